@@ -1,0 +1,72 @@
+"""The HTTP edge: the webhook route, /healthz, /readyz and /metrics on one port."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bridge.config import Settings
+from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.sources.webhook import WebhookHandler, error
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Readiness:
+    """Ready once Kafka is connected, and never again once shutdown has begun."""
+
+    def __init__(self, metrics: Metrics, kafka_connected: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._kafka_connected = kafka_connected
+        self.started = False
+        self.stopping = False
+
+    def ready(self) -> bool:
+        value = self.started and not self.stopping and self._kafka_connected()
+        self._metrics.ready.set(1 if value else 0)
+        return value
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers JSON; a bug answers 503 so Pinecall retries rather than loses."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unexpected error while handling a request", extra={"path": request.path})
+        return error(503, "internal_error", "not stored; retry later", **{"Retry-After": "5"})
+
+
+def build_app(
+    settings: Settings, webhook: WebhookHandler, readiness: Readiness, metrics: Metrics
+) -> web.Application:
+    # client_max_size makes aiohttp stop reading a body past the limit instead of buffering it.
+    app = web.Application(
+        client_max_size=settings.webhook.max_body_bytes, middlewares=[json_errors]
+    )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if readiness.ready():
+            return web.json_response({"status": "ready"})
+        state = "stopping" if readiness.stopping else "waiting_for_kafka"
+        return web.json_response({"status": state}, status=503)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        readiness.ready()  # refresh the gauge at scrape time
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_post(settings.webhook.path, webhook)
+    return app

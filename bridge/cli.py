@@ -1,0 +1,129 @@
+"""The `pinecall-bridge` command: run, check, send."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from bridge import jsoncodec
+from bridge.config import ConfigError, Settings, describe, load_settings
+from bridge.sources.signature import sign
+
+EXIT_CONFIG = 2
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print("pinecall-bridge: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _run(_: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from bridge import logsetup
+    from bridge.service import serve
+
+    logsetup.configure(settings.log.level, settings.log.format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional (not on every platform)
+        pass
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _check(_: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    print("configuration is valid:")
+    print(jsoncodec.dumps(describe(settings)).decode())
+    return 0
+
+
+def sample_event() -> dict[str, object]:
+    """A call-log entry as Pinecall writes it, unique per second so repeated sends all land."""
+    now = time.time()
+    return {
+        "seq": int(now) % 1_000_000 + 1,
+        "ts": now,
+        "call": "CA_demo",
+        "agent": "support",
+        "type": "call.started",
+        "ephemeral": False,
+        "data": {"from": "+15550100", "to": "+15550199", "direction": "inbound"},
+    }
+
+
+def _send(args: argparse.Namespace) -> int:
+    body = args.body.encode() if args.body else jsoncodec.dumps(sample_event())
+    secret = args.secret
+    if secret is None:
+        settings = _settings_or_exit()
+        secret = settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
+    signature = sign(secret.encode(), body)
+    if args.bare:
+        signature = signature.removeprefix("sha256=")
+    if args.curl:
+        print(
+            f"curl -sS -X POST {shlex.quote(args.url)} -H 'Content-Type: application/json' "
+            f"-H {shlex.quote('X-Pinecall-Signature: ' + signature)} "
+            f"--data-raw {shlex.quote(body.decode())}"
+        )
+        return 0
+    request = urllib.request.Request(
+        args.url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "X-Pinecall-Signature": signature},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.status, response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.code, exc.read().decode())
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"could not reach {args.url}: {exc.reason}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pinecall-bridge",
+        description="Pinecall events → CloudEvents → Kafka. Configured by BRIDGE_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the daemon").set_defaults(func=_run)
+    commands.add_parser(
+        "check", help="validate the configuration (exit 0 valid, 2 invalid)"
+    ).set_defaults(func=_check)
+    send = commands.add_parser("send", help="sign an event and POST it to a bridge")
+    send.add_argument("--url", default="http://127.0.0.1:8080/webhooks/pinecall")
+    send.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
+    send.add_argument("--body", help="raw JSON to send (default: a sample call.started entry)")
+    send.add_argument("--bare", action="store_true", help="bare hex signature, not sha256=<hex>")
+    send.add_argument("--curl", action="store_true", help="print the equivalent curl command")
+    send.set_defaults(func=_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""The bridge's one settings object: environment (`BRIDGE_*`, nested with `__`) and `.env`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept `a,b,c` from the environment as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_topic(name: str) -> str:
+    if not _TOPIC_RE.match(name) or name in {".", ".."}:
+        raise ValueError(f"{name!r} is not a valid Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
+    return name
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"]
+    )
+    client_id: str = "pinecall-bridge"
+    publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    linger_ms: int = Field(default=5, ge=0, le=10_000)
+    max_batch_bytes: int = Field(default=262_144, ge=1024)
+    compression: Literal["none", "gzip"] = "none"
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    metadata_probe_seconds: float = Field(default=5.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+
+    _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_have_ports(cls, servers: list[str]) -> list[str]:
+        if not servers:
+            raise ValueError("at least one host:port is required")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return servers
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        return path
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+        return self
+
+
+class HttpSettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class WebhookSettings(BaseModel):
+    path: str = "/webhooks/pinecall"
+    secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    allow_unsigned: bool = False
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+
+    _split = field_validator("secrets", mode="before")(_split_csv)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, path: str) -> str:
+        if not path.startswith("/") or path in {"/healthz", "/readyz", "/metrics"}:
+            raise ValueError("must start with '/' and not be /healthz, /readyz or /metrics")
+        return path
+
+    @model_validator(mode="after")
+    def _signed_unless_told(self) -> WebhookSettings:
+        if not self.secrets and not self.allow_unsigned:
+            raise ValueError(
+                "no secrets: set BRIDGE_WEBHOOK__SECRETS (comma-separated) or, for local testing"
+                " only, BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true"
+            )
+        return self
+
+
+class TopicSettings(BaseModel):
+    events: str = "pinecall.events"
+    alerts: str = "pinecall.alerts"
+    dlq: str = "pinecall.dlq"
+    ephemeral: str | None = None
+    create: bool = True
+    partitions: int = Field(default=3, ge=1, le=10_000)
+    replication_factor: int = Field(default=-1, ge=-1, le=32)
+
+    @field_validator("events", "alerts", "dlq")
+    @classmethod
+    def _valid(cls, name: str) -> str:
+        return _check_topic(name)
+
+    @field_validator("ephemeral", mode="before")
+    @classmethod
+    def _valid_or_unset(cls, name: str | None) -> str | None:
+        if name is None or name == "":
+            return None
+        return _check_topic(name)
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _not_zero(cls, factor: int) -> int:
+        if factor == 0:
+            raise ValueError("must be -1 (the broker's default) or at least 1")
+        return factor
+
+
+class RoutingRule(BaseModel):
+    match: str = Field(min_length=1)
+    topic: str
+
+    @field_validator("topic")
+    @classmethod
+    def _valid(cls, name: str) -> str:
+        return _check_topic(name)
+
+
+class RoutingSettings(BaseModel):
+    rules: list[RoutingRule] = Field(default_factory=list)
+
+
+class DedupSettings(BaseModel):
+    ttl_seconds: float = Field(default=900.0, gt=0)
+    max_entries: int = Field(default=1_000_000, ge=1)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, level: Any) -> Any:
+        return level.upper() if isinstance(level, str) else level
+
+
+class ShutdownSettings(BaseModel):
+    grace_seconds: float = Field(default=25.0, gt=0)
+    drain_delay_seconds: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _delay_fits(self) -> ShutdownSettings:
+        if self.drain_delay_seconds >= self.grace_seconds:
+            raise ValueError("drain_delay_seconds must be shorter than grace_seconds")
+        return self
+
+
+class CloudEventsSettings(BaseModel):
+    source: str = Field(default="https://api.pinecall.io", min_length=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    cloudevents: CloudEventsSettings = Field(default_factory=CloudEventsSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_every_section(cls, values: Any) -> Any:
+        # A section absent from the environment is validated like one given empty, so its
+        # own checks (e.g. "a secret is required") report under its name with everything else.
+        if isinstance(values, dict):
+            for name in cls.model_fields:
+                values.setdefault(name, {})
+        return values
+
+
+class ConfigError(Exception):
+    """The settings are invalid; `problems` names each bad field, readable and secret-free."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    fields = [str(part) for part in loc if isinstance(part, str)]
+    return "BRIDGE_" + "__".join(field.upper() for field in fields) if fields else "BRIDGE_*"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, or raise ConfigError listing every problem by its variable name."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        # Input values are left out on purpose: they may be secrets.
+        problems = [
+            f"{_env_name(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+    except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
+        field = re.search(r'field "(\w+)"', str(exc))
+        where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
+        raise ConfigError(
+            [f"{where}: a value could not be parsed (lists of objects are JSON)"]
+        ) from None
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data with every secret masked."""
+    return settings.model_dump(mode="json")

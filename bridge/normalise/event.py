@@ -1,0 +1,73 @@
+"""The one event model, and its CloudEvents 1.0 structured-JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bridge import jsoncodec
+
+Channel = Literal["webhook", "websocket"]
+CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A Pinecall event in the bridge's one schema; `id` is the dedup id."""
+
+    id: str
+    type: str
+    data: Any
+    channel: Channel
+    received_at: float
+    event_time: float | None = None
+    call: str | None = None
+    agent: str | None = None
+    org: str | None = None
+    env: str | None = None
+    seq: int | None = None
+    ephemeral: bool = False
+    marker: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time(self) -> float:
+        """The event's own time when it has one, else when the bridge received it."""
+        return self.event_time if self.event_time is not None else self.received_at
+
+    def to_cloudevent(self, source: str) -> dict[str, Any]:
+        """The CloudEvent as a dict; optional attributes are left out when Pinecall gave none."""
+        ce: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": source,
+            "type": self.type,
+            "time": rfc3339(self.time),
+            "datacontenttype": "application/json",
+        }
+        if self.call is not None:
+            ce["subject"] = self.call
+        if self.seq is not None:
+            ce["pinecallseq"] = self.seq
+        if self.agent is not None:
+            ce["pinecallagent"] = self.agent
+        if self.org is not None:
+            ce["pinecallorg"] = self.org
+        if self.env is not None:
+            ce["pinecallenv"] = self.env
+        ce["pinecallchannel"] = self.channel
+        ce["pinecallreceivedat"] = rfc3339(self.received_at)
+        if self.ephemeral:
+            ce["pinecallephemeral"] = True
+        if self.extra:
+            # CloudEvents attributes are scalars, so unknown envelope fields travel as JSON text.
+            ce["pinecallextra"] = jsoncodec.canonical(self.extra).decode()
+        ce["data"] = self.data
+        return ce
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds, e.g. 2026-11-23T21:40:59.123Z."""
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,211 @@
+"""Recognise each shape Pinecall sends and map it to the one Event.
+
+Shapes, checked in this order:
+- log entry `{seq, ts, call, agent, type, ephemeral, data}` (the platform's call and agent logs);
+- alert webhook `{type, org, env, agent, at, data}`;
+- documented `{type, data, id?, timestamp|created_at|time?}`;
+- older SDK frame `{event, callId, ...}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bridge import jsoncodec
+from bridge.normalise.event import Channel, Event
+from bridge.normalise.vocabulary import MARKER_TYPES
+
+UnrecognisedReason = Literal[
+    "not_an_object", "missing_type", "invalid_type", "invalid_data", "invalid_seq"
+]
+MAX_TYPE_LENGTH = 256
+
+_ENTRY_KEYS = frozenset({"seq", "ts", "call", "agent", "type", "ephemeral", "data", "id"})
+_ALERT_KEYS = frozenset({"type", "org", "env", "agent", "at", "data", "id"})
+_DOCUMENTED_KEYS = frozenset(
+    {"type", "data", "id", "timestamp", "created_at", "time", "agent", "org", "env"}
+)
+_LEGACY_ENVELOPE = frozenset({"event", "callId", "id"})
+_LEGACY_TIME_KEYS = ("timestamp", "ts", "time", "created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecognised:
+    """Valid JSON that is not a Pinecall event; it goes to the dead-letter topic."""
+
+    reason: UnrecognisedReason
+    item: Any
+
+
+def split_body(body: Any) -> list[Any]:
+    """A body is one event or a JSON array of events."""
+    return list(body) if isinstance(body, list) else [body]
+
+
+def normalise(item: Any, *, channel: Channel, received_at: float) -> Event | Unrecognised:
+    """Map one decoded JSON value to an Event, or say why it is not one."""
+    if not isinstance(item, dict):
+        return Unrecognised("not_an_object", item)
+    if "type" not in item and isinstance(item.get("event"), str):
+        return _legacy(item, channel, received_at)
+    event_type = item.get("type")
+    if event_type is None:
+        return Unrecognised("missing_type", item)
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_TYPE_LENGTH:
+        return Unrecognised("invalid_type", item)
+    if "seq" in item:
+        return _entry(item, event_type, channel, received_at)
+    if "org" in item and "at" in item:
+        return _alert(item, event_type, channel, received_at)
+    return _documented(item, event_type, channel, received_at)
+
+
+def _entry(
+    item: dict[str, Any], event_type: str, channel: Channel, received: float
+) -> Event | Unrecognised:
+    seq = item["seq"]
+    if not _is_int(seq) or seq < 0:
+        return Unrecognised("invalid_seq", item)
+    data = item.get("data")
+    if not isinstance(data, dict):
+        return Unrecognised("invalid_data", item)
+    call = _str_or_none(item.get("call"))
+    agent = _str_or_none(item.get("agent"))
+    natural_id = None
+    if seq >= 1 and call is not None:
+        natural_id = f"{call}:{seq}"
+    elif seq >= 1 and agent is not None:
+        natural_id = f"@{agent}:{seq}"
+    return Event(
+        id=_payload_id(item) or natural_id or _content_id(item),
+        type=event_type,
+        data=data,
+        channel=channel,
+        received_at=received,
+        event_time=to_epoch(item.get("ts")),
+        call=call,
+        agent=agent,
+        seq=seq,
+        ephemeral=item.get("ephemeral") is True,
+        marker=event_type in MARKER_TYPES,
+        extra=_extra(item, _ENTRY_KEYS),
+    )
+
+
+def _alert(
+    item: dict[str, Any], event_type: str, channel: Channel, received: float
+) -> Event | Unrecognised:
+    data = item.get("data", {})
+    if not isinstance(data, dict):
+        return Unrecognised("invalid_data", item)
+    return Event(
+        id=_payload_id(item) or _content_id(item),
+        type=event_type,
+        data=data,
+        channel=channel,
+        received_at=received,
+        event_time=to_epoch(item.get("at")),
+        agent=_str_or_none(item.get("agent")),
+        org=_str_or_none(item.get("org")),
+        env=_str_or_none(item.get("env")),
+        extra=_extra(item, _ALERT_KEYS),
+    )
+
+
+def _documented(
+    item: dict[str, Any], event_type: str, channel: Channel, received: float
+) -> Event | Unrecognised:
+    data = item.get("data")
+    if not isinstance(data, dict):
+        return Unrecognised("invalid_data", item)
+    return Event(
+        id=_payload_id(item) or _content_id(item),
+        type=event_type,
+        data=data,
+        channel=channel,
+        received_at=received,
+        event_time=_first_time(item, ("timestamp", "created_at", "time")),
+        call=_str_or_none(data.get("call_id")),
+        agent=_str_or_none(item.get("agent")),
+        org=_str_or_none(item.get("org")),
+        env=_str_or_none(item.get("env")),
+        marker=event_type in MARKER_TYPES,
+        extra=_extra(item, _DOCUMENTED_KEYS),
+    )
+
+
+def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | Unrecognised:
+    event_type = item["event"]
+    if not 0 < len(event_type) <= MAX_TYPE_LENGTH:
+        return Unrecognised("invalid_type", item)
+    # The older SDK spread the payload over the frame itself, so its data is what remains.
+    data = {key: value for key, value in item.items() if key not in _LEGACY_ENVELOPE}
+    return Event(
+        id=_payload_id(item) or _content_id(item),
+        type=event_type,
+        data=data,
+        channel=channel,
+        received_at=received,
+        event_time=_first_time(item, _LEGACY_TIME_KEYS),
+        call=_str_or_none(item.get("callId")),
+        marker=event_type in MARKER_TYPES,
+    )
+
+
+def _payload_id(item: dict[str, Any]) -> str | None:
+    value = item.get("id")
+    if isinstance(value, str) and value:
+        return value
+    if _is_int(value):
+        return str(value)
+    return None
+
+
+def _content_id(item: Any) -> str:
+    """Same JSON value, same id, whatever the key order or whitespace it arrived with."""
+    return "sha256:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
+
+
+def _extra(item: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    return {key: value for key, value in item.items() if key not in known}
+
+
+def _first_time(item: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        if key in item:
+            return to_epoch(item[key])
+    return None
+
+
+def to_epoch(value: Any) -> float | None:
+    """Epoch seconds from a number (seconds, or milliseconds when huge) or an ISO 8601 string."""
+    if _is_int(value) or isinstance(value, float):
+        seconds = float(value)
+        if seconds > 1e11:  # no event is from the year 5138: this is milliseconds
+            seconds /= 1000.0
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    else:
+        return None
+    # Reject what datetime cannot render (and NaN) instead of failing at serialisation.
+    if not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
+        return None
+    return seconds
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,131 @@
+"""The daemon's lifecycle: serve HTTP at once, connect to Kafka, drain and flush on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+
+from aiohttp import web
+
+from bridge.app import Readiness, build_app
+from bridge.config import Settings
+from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.routing import Router
+from bridge.sink.kafka import KafkaSink
+from bridge.sources.webhook import WebhookHandler
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """start() returns once HTTP is served; Kafka is connected in the background, with retries."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.sink = KafkaSink(settings.kafka, self.metrics)
+        self.router = Router(settings.topics, settings.routing.rules)
+        self.dedup = MemoryDedupStore(
+            DedupWindow(settings.dedup.ttl_seconds, settings.dedup.max_entries)
+        )
+        self.pipeline = Pipeline(
+            self.sink,
+            self.dedup,
+            self.router,
+            self.metrics,
+            source=settings.cloudevents.source,
+            dlq_topic=settings.topics.dlq,
+            publish_timeout=settings.kafka.publish_timeout_seconds,
+        )
+        self.readiness = Readiness(self.metrics, lambda: self.sink.connected)
+        webhook = WebhookHandler(settings.webhook, self.pipeline, self.metrics)
+        self.app = build_app(settings, webhook, self.readiness, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        http = self.settings.http
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown.grace_seconds,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, http.host, http.port)
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info(
+            "listening",
+            extra={"host": http.host, "port": self.port, "path": self.settings.webhook.path},
+        )
+        if not self.settings.webhook.secrets:
+            log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
+        self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.sink.start()
+                break
+            except Exception as exc:
+                await self.sink.stop()
+                log.warning(
+                    "Kafka not reachable yet; retrying",
+                    extra={
+                        "error": type(exc).__name__,
+                        "retry_in_s": round(delay, 1),
+                        "bootstrap_servers": ",".join(self.settings.kafka.bootstrap_servers),
+                    },
+                )
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 30.0)
+        if self.settings.topics.create:
+            await self.sink.ensure_topics(self.settings.topics, self.router.topics())
+        self.readiness.started = True
+        log.info("ready", extra={"topics": self.router.topics()})
+
+    async def stop(self) -> None:
+        """Unready at once; let requests in flight finish; flush the producer; all within grace."""
+        self.readiness.stopping = True
+        self.readiness.ready()
+        grace = self.settings.shutdown.grace_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        log.info("shutting down", extra={"grace_s": grace})
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
+                if self._runner is not None:
+                    await self._runner.cleanup()
+                await self.sink.stop()
+        except TimeoutError:
+            log.error("grace period over before everything was flushed")
+        self._runner = None
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    bridge = Bridge(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await bridge.start()
+    await stop.wait()
+    await bridge.stop()

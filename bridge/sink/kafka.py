@@ -1,0 +1,166 @@
+"""The Kafka sink: one idempotent producer (acks=all), topic set-up and a connectivity probe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from bridge.config import KafkaSettings, TopicSettings
+from bridge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by the producer and the admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            password=(
+                settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None
+            ),
+        )
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return options
+
+
+class KafkaSink:
+    """Start and stop are idempotent; stop flushes what the producer holds."""
+
+    def __init__(self, settings: KafkaSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self.connected = False
+
+    async def start(self) -> None:
+        """Connect; raises KafkaError when the cluster cannot be reached."""
+        if self._producer is not None:
+            return
+        s = self._settings
+        producer = AIOKafkaProducer(
+            **client_options(s),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.max_batch_bytes,
+            compression_type=None if s.compression == "none" else s.compression,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+        self._set_connected(True)
+        self._probe = asyncio.create_task(self._probe_loop(), name="kafka-probe")
+
+    async def stop(self) -> None:
+        """Flush and close; safe to call twice or before start."""
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+        self._set_connected(False)
+
+    async def send(self, record: Record) -> asyncio.Future[Any]:
+        """Append a record to the producer's batch; the returned future resolves on Kafka's ack.
+
+        Cancelling this coroutine withdraws the record; the future, once returned, does not.
+        """
+        if self._producer is None:
+            raise KafkaError("the Kafka producer is not running")
+        future: asyncio.Future[Any] = await self._producer.send(
+            record.topic, value=record.value, key=record.key, headers=list(record.headers)
+        )
+        return future
+
+    def mark_unreachable(self) -> None:
+        """A publish timed out: report the cluster as unreachable until the probe sees it again."""
+        self._set_connected(False)
+
+    def mark_reachable(self) -> None:
+        self._set_connected(True)
+
+    async def ensure_topics(self, topics: TopicSettings, names: list[str]) -> None:
+        """Create missing topics; a cluster that forbids it is fine when they already exist."""
+        admin = AIOKafkaAdminClient(**client_options(self._settings))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [name for name in names if name not in existing]
+            if not missing:
+                return
+            new = [NewTopic(name, topics.partitions, topics.replication_factor) for name in missing]
+            try:
+                response = await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                return
+            for name, code, *_ in getattr(response, "topic_errors", []):
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    log.warning("could not create topic", extra={"topic": name, "error_code": code})
+                else:
+                    log.info("topic ready", extra={"topic": name})
+        except KafkaError as exc:
+            log.warning(
+                "topic creation skipped; the topics must exist already",
+                extra={"error": type(exc).__name__},
+            )
+        finally:
+            await admin.close()
+
+    async def _probe_loop(self) -> None:
+        interval = self._settings.metadata_probe_seconds
+        while self._producer is not None:
+            await asyncio.sleep(interval)
+            producer = self._producer
+            if producer is None:
+                return
+            try:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=interval)
+            except (KafkaError, TimeoutError, OSError):
+                if self.connected:
+                    log.warning("Kafka unreachable")
+                self._set_connected(False)
+            else:
+                if not self.connected:
+                    log.info("Kafka reachable again")
+                self._set_connected(True)
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self._metrics.kafka_connected.set(1 if value else 0)

@@ -1,0 +1,1 @@
+"""Sources: where Pinecall events come in (webhooks now; the WebSocket feed next)."""

@@ -1,0 +1,41 @@
+"""Webhook signatures: hex HMAC-SHA256 of the raw body, bare or as `sha256=<hex>`. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from enum import Enum
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_DIGEST_HEX_LENGTH = 64
+
+
+class Verdict(Enum):
+    VALID = "valid"
+    MISSING = "missing_signature"
+    MALFORMED = "malformed_signature"
+    INVALID = "invalid_signature"
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The `sha256=<hex>` header value Pinecall's platform sends for this body."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Verdict:
+    """Check the header against every configured secret (rotation) in constant time each."""
+    if header is None or not header.strip():
+        return Verdict.MISSING
+    value = header.strip()
+    if value[:7].lower() == "sha256=":
+        value = value[7:]
+    if len(value) != _DIGEST_HEX_LENGTH or not _HEX_DIGITS.issuperset(value):
+        return Verdict.MALFORMED
+    given = bytes.fromhex(value)
+    # Every secret is tried, whichever matches, so timing does not tell which one did.
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(secret, body, hashlib.sha256).digest()
+        matched |= hmac.compare_digest(expected, given)
+    return Verdict.VALID if matched else Verdict.INVALID

@@ -1,0 +1,88 @@
+"""The webhook source: limits, signature on the raw bytes, JSON, then the one publish path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bridge import jsoncodec
+from bridge.config import WebhookSettings
+from bridge.metrics import Metrics
+from bridge.normalise import split_body
+from bridge.pipeline import Pipeline
+from bridge.sources.signature import Verdict, verify
+
+SIGNATURE_HEADER = "X-Pinecall-Signature"
+RETRY_AFTER_SECONDS = "5"
+
+
+def error(status: int, reason: str, detail: str, **headers: str) -> web.Response:
+    """A short JSON error; `reason` is the same word the rejection metric carries."""
+    return web.json_response(
+        {"error": reason, "detail": detail}, status=status, headers=headers or None
+    )
+
+
+class WebhookHandler:
+    """POST handler; answers 2xx only once every event of the body is acknowledged by Kafka."""
+
+    def __init__(self, settings: WebhookSettings, pipeline: Pipeline, metrics: Metrics) -> None:
+        self._settings = settings
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
+
+    def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
+        self._metrics.rejected.labels("webhook", reason).inc()
+        return error(status, reason, detail, **headers)
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            return self._reject(415, "unsupported_media_type", "send application/json")
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._reject(
+                413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(
+                413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
+            )
+        if self._secrets:
+            verdict = verify(request.headers.get(SIGNATURE_HEADER), body, self._secrets)
+            if verdict is not Verdict.VALID:
+                return self._reject(401, verdict.value, f"check the {SIGNATURE_HEADER} header")
+        try:
+            document: Any = jsoncodec.loads(body)
+        except jsoncodec.JSONDecodeError:
+            return self._reject(400, *_why_not_json(body))
+        items = split_body(document)
+        result = await self._pipeline.submit(
+            items, "webhook", raw=None if isinstance(document, list) else body
+        )
+        if not result.ok:
+            self._metrics.rejected.labels("webhook", "kafka_unavailable").inc()
+            return web.json_response(
+                {
+                    "error": "kafka_unavailable",
+                    "detail": "not stored; retry later",
+                    **result.as_dict(),
+                },
+                status=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        return web.json_response(result.as_dict(), status=202 if result.dead_lettered else 200)
+
+
+def _why_not_json(body: bytes) -> tuple[str, str]:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8", "the body is not valid UTF-8"
+    if not body.strip():
+        return "empty_body", "the body is empty"
+    return "invalid_json", "the body is not valid JSON"

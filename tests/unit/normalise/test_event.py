@@ -1,0 +1,80 @@
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from bridge.normalise import Event, normalise
+from bridge.normalise.event import rfc3339
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[3] / "bridge/schema/pinecall-cloudevent.schema.json").read_text()
+)
+
+
+def make(item: dict[str, object]) -> Event:
+    event = normalise(item, channel="webhook", received_at=1_700_000_001.5)
+    assert isinstance(event, Event)
+    return event
+
+
+def test_rfc3339_is_utc_with_millis() -> None:
+    assert rfc3339(1_700_000_000.123456) == "2023-11-14T22:13:20.123Z"
+
+
+def test_cloudevent_of_a_log_entry() -> None:
+    ce = make(
+        {
+            "seq": 3,
+            "ts": 1_700_000_000,
+            "call": "CA_1",
+            "agent": "a1",
+            "type": "turn.agent",
+            "ephemeral": False,
+            "data": {"text": "hi"},
+        }
+    ).to_cloudevent("https://api.pinecall.io")
+    assert ce == {
+        "specversion": "1.0",
+        "id": "CA_1:3",
+        "source": "https://api.pinecall.io",
+        "type": "turn.agent",
+        "subject": "CA_1",
+        "time": "2023-11-14T22:13:20.000Z",
+        "datacontenttype": "application/json",
+        "pinecallseq": 3,
+        "pinecallagent": "a1",
+        "pinecallchannel": "webhook",
+        "pinecallreceivedat": "2023-11-14T22:13:21.500Z",
+        "data": {"text": "hi"},
+    }
+    jsonschema.validate(ce, SCHEMA)
+
+
+def test_cloudevent_of_an_alert_validates() -> None:
+    ce = make(
+        {
+            "type": "spend.unusual",
+            "org": "o1",
+            "env": "production",
+            "agent": "a",
+            "at": 1_700_000_000,
+            "data": {},
+            "x": 1,
+        }
+    ).to_cloudevent("s")
+    assert "subject" not in ce
+    assert (ce["pinecallorg"], ce["pinecallenv"]) == ("o1", "production")
+    jsonschema.validate(ce, SCHEMA)
+
+
+def test_time_falls_back_to_receipt() -> None:
+    ce = make({"type": "call.started", "data": {"call_id": "CA"}}).to_cloudevent("s")
+    assert ce["time"] == ce["pinecallreceivedat"]
+
+
+def test_schema_refuses_a_broken_event() -> None:
+    ce = make({"type": "call.started", "data": {"call_id": "CA"}}).to_cloudevent("s")
+    del ce["id"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(ce, SCHEMA)

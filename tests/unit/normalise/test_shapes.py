@@ -1,0 +1,202 @@
+import hashlib
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.normalise import Event, Unrecognised, normalise, split_body
+from bridge.normalise.shapes import to_epoch
+
+NOW = 1_790_000_000.0
+
+
+def norm(item: object) -> Event:
+    result = normalise(item, channel="webhook", received_at=NOW)
+    assert isinstance(result, Event), result
+    return result
+
+
+def entry(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "seq": 7,
+        "ts": 1_789_999_999.5,
+        "call": "CA_8f4a2c",
+        "agent": "support",
+        "type": "turn.user",
+        "ephemeral": False,
+        "data": {"text": "hello", "call_id": "tool_1"},
+    }
+    base.update(over)
+    return base
+
+
+def test_log_entry_maps_every_field() -> None:
+    e = norm(entry())
+    assert (e.id, e.type, e.call, e.agent, e.seq) == (
+        "CA_8f4a2c:7",
+        "turn.user",
+        "CA_8f4a2c",
+        "support",
+        7,
+    )
+    assert e.event_time == 1_789_999_999.5
+    assert e.data == {"text": "hello", "call_id": "tool_1"}
+    assert not e.ephemeral and not e.marker
+
+
+def test_log_entry_data_call_id_is_not_the_call() -> None:
+    assert norm(entry(call=None)).call is None
+
+
+def test_agent_log_entry_id_uses_agent() -> None:
+    assert norm(entry(call=None, type="agent.registered")).id == "@support:7"
+
+
+def test_seq_zero_falls_back_to_content_hash() -> None:
+    item = entry(seq=0, call=None, type="release.changed")
+    expected = "sha256:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
+    assert norm(item).id == expected
+
+
+def test_payload_id_wins() -> None:
+    assert norm(entry(id="evt_1")).id == "evt_1"
+    assert norm({"type": "call.started", "id": 42, "data": {}}).id == "42"
+
+
+def test_ephemeral_and_markers_are_flagged() -> None:
+    assert norm(entry(ephemeral=True, type="user.transcript")).ephemeral
+    assert norm(entry(type="log.caught_up")).marker
+    assert norm(entry(type="log.gap", data={"from_seq": 1, "to_seq": 5, "snapshot": {}})).marker
+
+
+@pytest.mark.parametrize("seq", [-1, "7", 1.5, True, None])
+def test_bad_seq_is_unrecognised(seq: object) -> None:
+    result = normalise(entry(seq=seq), channel="webhook", received_at=NOW)
+    assert result == Unrecognised("invalid_seq", entry(seq=seq))
+
+
+def test_documented_shape() -> None:
+    e = norm(
+        {
+            "type": "call.started",
+            "data": {"call_id": "CA_1", "from": "+1"},
+            "timestamp": "2026-11-23T10:00:00Z",
+        }
+    )
+    assert e.call == "CA_1"
+    assert e.event_time == 1_795_428_000.0
+    assert e.id.startswith("sha256:")
+
+
+@pytest.mark.parametrize("key", ["timestamp", "created_at", "time"])
+def test_documented_time_keys(key: str) -> None:
+    assert norm({"type": "x.y", "data": {}, key: 1_700_000_000}).event_time == 1_700_000_000.0
+
+
+def test_alert_shape() -> None:
+    item = {
+        "type": "monitor.fired",
+        "org": "org_1",
+        "env": "production",
+        "agent": "support",
+        "at": 1_700_000_000.25,
+        "data": {"monitor": "m"},
+    }
+    e = norm(item)
+    assert (e.org, e.env, e.agent, e.call, e.event_time) == (
+        "org_1",
+        "production",
+        "support",
+        None,
+        1_700_000_000.25,
+    )
+    assert e.id.startswith("sha256:")
+
+
+def test_webhook_test_alert_has_null_agent() -> None:
+    e = norm(
+        {
+            "type": "webhook.test",
+            "org": "org_1",
+            "env": "sandbox",
+            "agent": None,
+            "at": 1,
+            "data": {},
+        }
+    )
+    assert e.agent is None and e.org == "org_1"
+
+
+def test_legacy_frame() -> None:
+    e = norm({"event": "call.started", "callId": "CA_9", "from": "+1", "timestamp": 1_700_000_000})
+    assert (e.type, e.call) == ("call.started", "CA_9")
+    assert e.data == {"from": "+1", "timestamp": 1_700_000_000}
+
+
+def test_unknown_fields_and_types_are_kept() -> None:
+    e = norm(entry(type="brand.new.type", region="eu"))
+    assert e.type == "brand.new.type"
+    assert e.extra == {"region": "eu"}
+    ce = e.to_cloudevent("https://api.pinecall.io")
+    assert jsoncodec.loads(ce["pinecallextra"]) == {"region": "eu"}
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ([], "not_an_object"),
+        ("text", "not_an_object"),
+        ({"data": {}}, "missing_type"),
+        ({"type": 5, "data": {}}, "invalid_type"),
+        ({"type": "", "data": {}}, "invalid_type"),
+        ({"type": "x" * 300, "data": {}}, "invalid_type"),
+        ({"type": "call.started"}, "invalid_data"),
+        ({"type": "call.started", "data": [1]}, "invalid_data"),
+        ({"type": "monitor.fired", "org": "o", "at": 1, "data": "no"}, "invalid_data"),
+        (entry(data=None), "invalid_data"),
+    ],
+)
+def test_unrecognised(item: object, reason: str) -> None:
+    result = normalise(item, channel="webhook", received_at=NOW)
+    assert isinstance(result, Unrecognised)
+    assert result.reason == reason
+
+
+def test_same_event_same_id_across_channels_and_bytes() -> None:
+    a = jsoncodec.loads(b'{"type":"call.ended","data":{"call_id":"CA_1","duration":3}}')
+    b = jsoncodec.loads(b'{ "data": {"duration": 3, "call_id": "CA_1"}, "type": "call.ended" }')
+    wa = normalise(a, channel="webhook", received_at=NOW)
+    wb = normalise(b, channel="websocket", received_at=NOW + 5)
+    assert isinstance(wa, Event) and isinstance(wb, Event)
+    assert wa.id == wb.id
+
+
+def test_split_body() -> None:
+    assert split_body([1, 2]) == [1, 2]
+    assert split_body({"a": 1}) == [{"a": 1}]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_700_000_000, 1_700_000_000.0),
+        (1_700_000_000_123, 1_700_000_000.123),
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20", 1_700_000_000.0),
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000.0),
+        ("yesterday", None),
+        ("", None),
+        (True, None),
+        (None, None),
+        (-5, None),
+        (float("inf"), None),
+        (1e30, None),
+    ],
+)
+def test_to_epoch(value: object, expected: float | None) -> None:
+    got = to_epoch(value)
+    assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def test_bad_timestamp_falls_back_to_receipt_time() -> None:
+    e = norm(entry(ts="soon"))
+    assert e.event_time is None and e.time == NOW

@@ -1,0 +1,59 @@
+import hashlib
+import hmac
+
+import pytest
+
+from bridge.sources.signature import Verdict, sign, verify
+
+BODY = b'{"type":"webhook.test","org":"o","env":"sandbox","agent":null,"at":1,"data":{}}'
+SECRET = b"s3cret"
+
+
+def hexdigest(secret: bytes, body: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def test_prefixed_form() -> None:
+    assert verify(sign(SECRET, BODY), BODY, [SECRET]) is Verdict.VALID
+
+
+def test_bare_form() -> None:
+    assert verify(hexdigest(SECRET, BODY), BODY, [SECRET]) is Verdict.VALID
+
+
+def test_rotation_any_secret_passes() -> None:
+    assert verify(sign(b"new", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
+    assert verify(sign(b"old", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
+    assert verify(sign(b"other", BODY), BODY, [b"old", b"new"]) is Verdict.INVALID
+
+
+def test_tampered_body_fails() -> None:
+    assert (
+        verify(sign(SECRET, BODY), BODY.replace(b"sandbox", b"production"), [SECRET])
+        is Verdict.INVALID
+    )
+
+
+def test_reserialised_body_is_not_what_is_signed() -> None:
+    reserialised = BODY.replace(b":", b": ")
+    assert verify(sign(SECRET, BODY), reserialised, [SECRET]) is Verdict.INVALID
+
+
+@pytest.mark.parametrize("header", [None, "", "   "])
+def test_missing(header: str | None) -> None:
+    assert verify(header, BODY, [SECRET]) is Verdict.MISSING
+
+
+@pytest.mark.parametrize(
+    "header", ["sha256=", "sha256=zz" + "0" * 62, "0" * 63, "sha1=" + "0" * 64, "0" * 65]
+)
+def test_malformed(header: str) -> None:
+    assert verify(header, BODY, [SECRET]) is Verdict.MALFORMED
+
+
+def test_wrong_signature_of_right_shape() -> None:
+    assert verify("sha256=" + "0" * 64, BODY, [SECRET]) is Verdict.INVALID
+
+
+def test_prefix_case_and_spaces_tolerated() -> None:
+    assert verify("  SHA256=" + hexdigest(SECRET, BODY) + " ", BODY, [SECRET]) is Verdict.VALID

@@ -1,0 +1,143 @@
+import pytest
+
+from bridge.config import ConfigError, describe, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]  # no stray .env
+
+
+def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "one")
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == ["127.0.0.1:9092"]
+    assert s.kafka.publish_timeout_seconds == 10
+    assert (s.http.port, s.webhook.path, s.webhook.max_body_bytes) == (
+        8080,
+        "/webhooks/pinecall",
+        1_048_576,
+    )
+    assert (s.topics.events, s.topics.alerts, s.topics.dlq, s.topics.ephemeral) == (
+        "pinecall.events",
+        "pinecall.alerts",
+        "pinecall.dlq",
+        None,
+    )
+    assert (s.dedup.ttl_seconds, s.dedup.max_entries) == (900, 1_000_000)
+
+
+def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": "k1:9092, k2:9093",
+        "BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS": "2.5",
+        "BRIDGE_HTTP__HOST": "127.0.0.1",
+        "BRIDGE_HTTP__PORT": "9000",
+        "BRIDGE_WEBHOOK__PATH": "/hook",
+        "BRIDGE_WEBHOOK__SECRETS": "old, new",
+        "BRIDGE_WEBHOOK__MAX_BODY_BYTES": "2048",
+        "BRIDGE_TOPICS__EVENTS": "e",
+        "BRIDGE_TOPICS__ALERTS": "a",
+        "BRIDGE_TOPICS__DLQ": "d",
+        "BRIDGE_TOPICS__EPHEMERAL": "eph",
+        "BRIDGE_DEDUP__TTL_SECONDS": "60",
+        "BRIDGE_DEDUP__MAX_ENTRIES": "10",
+        "BRIDGE_ROUTING__RULES": '[{"match": "metrics.*", "topic": "m"}]',
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == ["k1:9092", "k2:9093"]
+    assert s.kafka.publish_timeout_seconds == 2.5
+    assert (s.http.host, s.http.port, s.webhook.path) == ("127.0.0.1", 9000, "/hook")
+    assert [x.get_secret_value() for x in s.webhook.secrets] == ["old", "new"]
+    assert (s.topics.events, s.topics.alerts, s.topics.dlq, s.topics.ephemeral) == (
+        "e",
+        "a",
+        "d",
+        "eph",
+    )
+    assert (s.dedup.ttl_seconds, s.dedup.max_entries, s.webhook.max_body_bytes) == (60, 10, 2048)
+    assert s.routing.rules[0].topic == "m"
+
+
+def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from pathlib import Path
+
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=fromfile\nBRIDGE_HTTP__PORT=7000\n")
+    s = load_settings()
+    assert s.http.port == 7000
+    assert s.webhook.secrets[0].get_secret_value() == "fromfile"
+
+
+def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_HTTP__PORT", "99999")
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "nohostport")
+    monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic!")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = "\n".join(caught.value.problems)
+    for name in (
+        "BRIDGE_HTTP__PORT",
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS",
+        "BRIDGE_TOPICS__EVENTS",
+        "BRIDGE_WEBHOOK__SECRETS",
+    ):
+        assert name in text, text
+    assert "hunter2" not in text
+
+
+def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "BRIDGE_KAFKA: security_protocol SASL_SSL needs sasl_username and sasl_password"
+    ]
+
+
+def test_unsigned_needs_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="ALLOW_UNSIGNED"):
+        load_settings()
+    monkeypatch.setenv("BRIDGE_WEBHOOK__ALLOW_UNSIGNED", "true")
+    assert load_settings().webhook.allow_unsigned
+
+
+def test_describe_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "topsecret")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_USERNAME", "bridge")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
+    text = str(describe(load_settings()))
+    assert "topsecret" not in text and "hunter2" not in text
+    assert "bridge" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_WEBHOOK__PATH", "nopath"),
+        ("BRIDGE_WEBHOOK__PATH", "/metrics"),
+        ("BRIDGE_TOPICS__REPLICATION_FACTOR", "0"),
+        ("BRIDGE_KAFKA__SSL_CAFILE", "/does/not/exist.pem"),
+        ("BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS", "60"),
+        ("BRIDGE_LOG__LEVEL", "chatty"),
+        ("BRIDGE_ROUTING__RULES", "not json"),
+        ("BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS", "0"),
+    ],
+)
+def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert any(name.rsplit("__", 1)[0] in p for p in caught.value.problems), caught.value.problems

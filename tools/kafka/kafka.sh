@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Local single-node Kafka (KRaft, broker+controller in one JVM) for dev and tests.
+#
+#   tools/kafka/kafka.sh up|down|status|fetch
+#
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
+#      KAFKA_HOME_DIR (<repo>/.cache/kafka: jar cache shared by all ports),
+#      KAFKA_DATA_DIR (<repo>/.cache/kafka-data/<port>: one per broker, so
+#      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
+#      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), PYTHON (python3).
+# The Kafka version is the kafka.version property in pom.xml next to this file.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/../.." && pwd))"
+
+port="${KAFKA_PORT:-9092}"
+cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
+home="${KAFKA_HOME_DIR:-$repo/.cache/kafka}"
+data="${KAFKA_DATA_DIR:-$repo/.cache/kafka-data/$port}"
+heap="${KAFKA_HEAP:--Xmx512m -Xms256m}"
+# SerialGC: one core's worth of GC threads is plenty for a test broker.
+jvm_opts="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -Djava.awt.headless=true}"
+start_timeout="${KAFKA_START_TIMEOUT:-90}"
+python="${PYTHON:-python3}"
+
+pom="$here/pom.xml"
+# Jars live in a directory named after the pom's hash: bumping the version
+# fetches into a fresh directory instead of mixing two versions' jars.
+pom_hash="$(sha256sum "$pom" | cut -c1-16)"
+lib="$home/$pom_hash/lib"
+props="$data/server.properties"
+pidfile="$data/broker.pid"
+logfile="$data/broker.log"
+
+say() { echo "kafka[$port]: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+answering() { "$python" "$here/probe.py" --quiet --timeout 1 "127.0.0.1:$port"; }
+
+# The pid file only counts if that pid is still our broker (pids get reused).
+broker_pid() {
+  local pid
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(<"$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $props" || return 1
+  echo "$pid"
+}
+
+# Runs in a subshell so the lock fd never leaks into the broker JVM.
+cmd_fetch() (
+  [[ -f "$home/$pom_hash/.complete" ]] && exit 0
+  mkdir -p "$home"
+  exec 8>"$home/.fetch.lock"
+  flock 8
+  [[ -f "$home/$pom_hash/.complete" ]] && exit 0   # a concurrent fetch finished it
+  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars)"
+  say "fetching Kafka jars into $lib"
+  tmp="$home/$pom_hash.tmp.$$"
+  rm -rf "$tmp" "${home:?}/$pom_hash"
+  if ! out="$(mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+               -DoutputDirectory="$tmp/lib" 2>&1)"; then
+    rm -rf "$tmp"
+    echo "$out" >&2
+    die "mvn dependency:copy-dependencies failed"
+  fi
+  touch "$tmp/.complete"
+  mv "$tmp" "$home/$pom_hash"
+)
+
+render_config() {
+  local esc_log
+  esc_log="$(printf '%s' "$data/kraft" | sed 's/[\\|&]/\\&/g')"
+  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
+    "$here/server.properties.in" >"$props.tmp"
+  mv "$props.tmp" "$props"
+}
+
+cmd_up() {
+  answering && { say "already up"; return 0; }
+  cmd_fetch
+  mkdir -p "$data"
+  # Serialise concurrent `up`s for the same data dir; fd 9 is closed for the
+  # broker below so the JVM does not inherit (and hold) the lock.
+  exec 9>"$data/.lock"
+  flock 9
+  local pid
+  if ! pid="$(broker_pid)"; then
+    rm -f "$pidfile"
+    render_config
+    # Format once: reformatting would mint a new cluster id and orphan the data.
+    if [[ ! -f "$data/kraft/meta.properties" ]]; then
+      local cluster_id
+      cluster_id="$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid)"
+      java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
+        kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" >"$data/format.log" 2>&1 \
+        || { cat "$data/format.log" >&2; die "storage format failed"; }
+      say "formatted $data/kraft (cluster id $cluster_id)"
+    fi
+    say "starting (log: $logfile)"
+    # shellcheck disable=SC2086  # heap/jvm_opts are deliberately word-split
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
+      java $heap $jvm_opts -Dlog4j2.configurationFile="$here/log4j2.properties" \
+      -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
+    # Until bash has exec'd java, the pid's cmdline is not yet the broker's.
+    for _ in $(seq 50); do broker_pid >/dev/null && break; sleep 0.1; done
+  fi
+  exec 9>&-
+
+  local start=$SECONDS
+  while ! answering; do
+    if ! broker_pid >/dev/null; then
+      tail -n 40 "$logfile" >&2 || true
+      die "broker exited during startup"
+    fi
+    if (( SECONDS - start >= start_timeout )); then
+      tail -n 40 "$logfile" >&2 || true
+      die "broker not ready after ${start_timeout}s (still running, pid $(<"$pidfile"))"
+    fi
+    sleep 0.5
+  done
+  say "up on 127.0.0.1:$port (pid $(<"$pidfile"), ${SECONDS}s)"
+}
+
+cmd_down() {
+  local pid
+  if ! pid="$(broker_pid)"; then
+    rm -f "$pidfile"
+    say "not running"
+    return 0
+  fi
+  say "stopping pid $pid"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
+    sleep 0.1
+  done
+  say "no exit after 30s, sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$pidfile"
+}
+
+cmd_status() {
+  local pid state=1
+  if pid="$(broker_pid)"; then say "process running (pid $pid, data $data)"; else say "no broker process of ours"; fi
+  if "$python" "$here/probe.py" --timeout 2 "127.0.0.1:$port"; then state=0; fi
+  return $state
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  fetch) cmd_fetch ;;
+  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+esac
