@@ -49,7 +49,8 @@ async def test_publishes_cloudevent_keyed_by_call() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     result = await pipeline.submit([entry(1)], "webhook")
-    assert result.ok and result.published == 1
+    assert result.ok
+    assert result.published == 1
     [record] = sink.records
     assert (record.topic, record.key) == ("pinecall.events", b"CA_1")
     ce = jsoncodec.loads(record.value)
@@ -78,7 +79,8 @@ async def test_duplicate_after_ack_is_not_published() -> None:
     pipeline, metrics = make(sink)
     await pipeline.submit([entry(1)], "webhook")
     result = await pipeline.submit([entry(1, ts=5)], "websocket")
-    assert result.ok and (result.published, result.duplicates) == (0, 1)
+    assert result.ok
+    assert (result.published, result.duplicates) == (0, 1)
     assert len(sink.records) == 1
     assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="websocket") == 1
 
@@ -98,10 +100,12 @@ async def test_failed_publish_then_retry_publishes() -> None:
     sink.refuse = RuntimeError("broker said no")
     pipeline, metrics = make(sink)
     first = await pipeline.submit([entry(1)], "webhook")
-    assert not first.ok and first.failed == 1
+    assert not first.ok
+    assert first.failed == 1
     sink.refuse = None
     second = await pipeline.submit([entry(1)], "webhook")
-    assert second.ok and second.published == 1
+    assert second.ok
+    assert second.published == 1
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 1
 
 
@@ -126,7 +130,8 @@ async def test_concurrent_duplicates_make_one_record() -> None:
     sink.futures[0].set_result(None)
     a, b = await first, await second
     assert (a.published, b.duplicates) == (1, 1)
-    assert a.ok and b.ok
+    assert a.ok
+    assert b.ok
 
 
 async def test_concurrent_duplicate_fails_with_the_original() -> None:
@@ -142,16 +147,18 @@ async def test_concurrent_duplicate_fails_with_the_original() -> None:
 
 async def test_timeout_fails_and_late_ack_counts_as_seen() -> None:
     sink = FakeSink(auto_ack=False)
-    pipeline, metrics = make(sink, timeout=0.05)
+    pipeline, _metrics = make(sink, timeout=0.05)
     result = await pipeline.submit([entry(1)], "webhook")
-    assert not result.ok and result.failure_reasons == {"timeout"}
+    assert not result.ok
+    assert result.failure_reasons == {"timeout"}
     assert sink.reachable is False
     # Kafka takes the record after the deadline: the retry must not write it again.
     retry = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
     await asyncio.sleep(0.01)
     sink.futures[0].set_result(None)
     again = await retry
-    assert again.ok and again.duplicates == 1
+    assert again.ok
+    assert again.duplicates == 1
     assert len(sink.records) == 1
     assert pipeline.inflight_ids == 0
 
@@ -171,7 +178,8 @@ async def test_send_that_blocks_times_out() -> None:
     sink.block_send = True
     pipeline, _ = make(sink, timeout=0.05)
     result = await pipeline.submit([entry(1)], "webhook")
-    assert result.failed == 1 and result.failure_reasons == {"timeout"}
+    assert result.failed == 1
+    assert result.failure_reasons == {"timeout"}
     assert pipeline.inflight_ids == 0
 
 
@@ -187,7 +195,8 @@ async def test_batch_is_all_or_nothing_and_retry_completes_it() -> None:
     assert not result.ok
     sink.auto_ack = True
     retry = await pipeline.submit([entry(1), entry(2), entry(3)], "webhook")
-    assert retry.ok and (retry.published, retry.duplicates) == (1, 2)
+    assert retry.ok
+    assert (retry.published, retry.duplicates) == (1, 2)
     assert [jsoncodec.loads(r.value)["id"] for r in sink.acked()] == ["CA_1:1", "CA_1:3", "CA_1:2"]
 
 
@@ -209,7 +218,9 @@ async def test_ephemeral_and_markers_dropped_and_counted() -> None:
         [entry(1, ephemeral=True, type="user.transcript"), entry(1, type="log.caught_up")],
         "webhook",
     )
-    assert result.ok and result.dropped == 2 and not sink.records
+    assert result.ok
+    assert result.dropped == 2
+    assert not sink.records
     assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="ephemeral") == 1
     assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="marker") == 1
 
@@ -226,7 +237,8 @@ async def test_unrecognised_goes_to_dlq_with_reason(raw: bytes | None) -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     result = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
-    assert result.ok and result.dead_lettered == 1
+    assert result.ok
+    assert result.dead_lettered == 1
     [record] = sink.records
     assert record.topic == "pinecall.dlq"
     assert ("pinecall-dlq-reason", b"missing_type") in record.headers
@@ -235,4 +247,5 @@ async def test_unrecognised_goes_to_dlq_with_reason(raw: bytes | None) -> None:
         assert record.value == raw
     assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="missing_type") == 1
     again = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
-    assert again.duplicates == 1 and len(sink.records) == 1
+    assert again.duplicates == 1
+    assert len(sink.records) == 1

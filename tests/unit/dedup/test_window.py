@@ -39,7 +39,9 @@ def test_readd_refreshes_and_moves_to_back() -> None:
     clock.now += 5
     window.add("a")
     window.add("c")  # evicts b, the oldest, not the refreshed a
-    assert "a" in window and "c" in window and "b" not in window
+    assert "a" in window
+    assert "c" in window
+    assert "b" not in window
     clock.now += 7
     assert "a" in window
 

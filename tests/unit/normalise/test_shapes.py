@@ -40,7 +40,8 @@ def test_log_entry_maps_every_field() -> None:
     )
     assert e.event_time == 1_789_999_999.5
     assert e.data == {"text": "hello", "call_id": "tool_1"}
-    assert not e.ephemeral and not e.marker
+    assert not e.ephemeral
+    assert not e.marker
 
 
 def test_log_entry_data_call_id_is_not_the_call() -> None:
@@ -123,7 +124,8 @@ def test_webhook_test_alert_has_null_agent() -> None:
             "data": {},
         }
     )
-    assert e.agent is None and e.org == "org_1"
+    assert e.agent is None
+    assert e.org == "org_1"
 
 
 def test_legacy_frame() -> None:
@@ -166,7 +168,8 @@ def test_same_event_same_id_across_channels_and_bytes() -> None:
     b = jsoncodec.loads(b'{ "data": {"duration": 3, "call_id": "CA_1"}, "type": "call.ended" }')
     wa = normalise(a, channel="webhook", received_at=NOW)
     wb = normalise(b, channel="websocket", received_at=NOW + 5)
-    assert isinstance(wa, Event) and isinstance(wb, Event)
+    assert isinstance(wa, Event)
+    assert isinstance(wb, Event)
     assert wa.id == wb.id
 
 
@@ -199,4 +202,5 @@ def test_to_epoch(value: object, expected: float | None) -> None:
 
 def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     e = norm(entry(ts="soon"))
-    assert e.event_time is None and e.time == NOW
+    assert e.event_time is None
+    assert e.time == NOW
