@@ -68,5 +68,5 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
-    app.router.add_post(settings.webhook.path, webhook)
+    app.router.add_post(settings.webhook.path, webhook.handle)
     return app

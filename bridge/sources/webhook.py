@@ -37,7 +37,7 @@ class WebhookHandler:
         self._metrics.rejected.labels("webhook", reason).inc()
         return error(status, reason, detail, **headers)
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             return self._reject(415, "unsupported_media_type", "send application/json")

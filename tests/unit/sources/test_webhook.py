@@ -1,0 +1,253 @@
+"""The webhook endpoint over real HTTP (aiohttp test server), with a fake Kafka sink."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge import jsoncodec
+from bridge.app import Readiness, build_app
+from bridge.config import Settings, load_settings
+from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.routing import Router
+from bridge.sources.signature import sign
+from bridge.sources.webhook import WebhookHandler
+from tests.unit.fakes import FakeSink
+
+SECRET = b"whsec_test"
+PATH = "/webhooks/pinecall"
+
+
+class Harness:
+    def __init__(
+        self, client: TestClient[Any, Any], sink: FakeSink, metrics: Metrics, readiness: Readiness
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.metrics = metrics
+        self.readiness = readiness
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        signature: str | None = None,
+        content_type: str = "application/json",
+        sign_it: bool = True,
+    ) -> Any:
+        headers = {"Content-Type": content_type}
+        if signature is not None:
+            headers["X-Pinecall-Signature"] = signature
+        elif sign_it:
+            headers["X-Pinecall-Signature"] = sign(SECRET, body)
+        return await self.client.post(PATH, data=body, headers=headers)
+
+    def rejected(self, reason: str) -> float:
+        return (
+            self.metrics.registry.get_sample_value(
+                "pinecall_bridge_events_rejected_total", {"channel": "webhook", "reason": reason}
+            )
+            or 0.0
+        )
+
+
+def settings(**env: Any) -> Settings:
+    return load_settings(
+        webhook={"secrets": [SECRET.decode(), "older"], "max_body_bytes": 4096, **env}
+    )
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    s = settings()
+    metrics = Metrics()
+    sink = FakeSink()
+    pipeline = Pipeline(
+        sink,
+        MemoryDedupStore(DedupWindow(60, 1000)),
+        Router(s.topics, []),
+        metrics,
+        source="test",
+        dlq_topic=s.topics.dlq,
+        publish_timeout=0.2,
+    )
+    readiness = Readiness(metrics, lambda: True)
+    app = build_app(s, WebhookHandler(s.webhook, pipeline, metrics), readiness, metrics)
+    async with TestClient(TestServer(app)) as client:
+        yield Harness(client, sink, metrics, readiness)
+
+
+ENTRY = jsoncodec.dumps(
+    {
+        "seq": 1,
+        "ts": 1_700_000_000,
+        "call": "CA_1",
+        "agent": "a",
+        "type": "call.started",
+        "ephemeral": False,
+        "data": {},
+    }
+)
+
+
+async def test_signed_event_is_published(harness: Harness) -> None:
+    response = await harness.post(ENTRY)
+    assert response.status == 200
+    assert (await response.json())["published"] == 1
+    assert len(harness.sink.records) == 1
+
+
+async def test_bare_hex_signature_accepted(harness: Harness) -> None:
+    response = await harness.post(ENTRY, signature=sign(SECRET, ENTRY).removeprefix("sha256="))
+    assert response.status == 200
+
+
+async def test_rotated_secret_accepted(harness: Harness) -> None:
+    response = await harness.post(ENTRY, signature=sign(b"older", ENTRY))
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("signature", "sign_it", "reason"),
+    [
+        (None, False, "missing_signature"),
+        ("sha256=nothex", True, "malformed_signature"),
+        (sign(b"wrong", ENTRY), True, "invalid_signature"),
+    ],
+)
+async def test_bad_signatures_401_and_nothing_published(
+    harness: Harness, signature: str | None, sign_it: bool, reason: str
+) -> None:
+    response = await harness.post(ENTRY, signature=signature, sign_it=sign_it)
+    assert response.status == 401
+    assert (await response.json())["error"] == reason
+    assert harness.sink.records == []
+    assert harness.rejected(reason) == 1
+
+
+async def test_tampered_body_401(harness: Harness) -> None:
+    tampered = ENTRY.replace(b"CA_1", b"CA_2")
+    response = await harness.post(tampered, signature=sign(SECRET, ENTRY))
+    assert response.status == 401
+
+
+async def test_too_large_413(harness: Harness) -> None:
+    body = b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}'
+    response = await harness.post(body)
+    assert response.status == 413
+    assert (await response.json())["error"] == "body_too_large"
+    assert harness.rejected("body_too_large") == 1
+
+
+async def test_too_large_chunked_413(harness: Harness) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"a" * 1000
+
+    response = await harness.client.post(
+        PATH,
+        data=chunks(),
+        headers={"Content-Type": "application/json", "X-Pinecall-Signature": "sha256=" + "0" * 64},
+    )
+    assert response.status == 413
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/octet-stream"]
+)
+async def test_wrong_content_type_415(harness: Harness, content_type: str) -> None:
+    response = await harness.post(ENTRY, content_type=content_type)
+    assert response.status == 415
+    assert harness.sink.records == []
+
+
+async def test_json_variants_accepted(harness: Harness) -> None:
+    response = await harness.post(ENTRY, content_type="application/json; charset=utf-8")
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe{}", "invalid_utf8"),
+        (b"", "empty_body"),
+        (b'{"a": "\xed\xa0\x80"}', "invalid_utf8"),
+    ],
+)
+async def test_bad_body_400(harness: Harness, body: bytes, reason: str) -> None:
+    response = await harness.post(body)
+    assert response.status == 400
+    assert (await response.json())["error"] == reason
+    assert harness.rejected(reason) == 1
+
+
+async def test_valid_json_not_an_event_goes_to_dlq_202(harness: Harness) -> None:
+    body = b'{"hello": "world"}'
+    response = await harness.post(body)
+    assert response.status == 202
+    [record] = harness.sink.records
+    assert record.topic == "pinecall.dlq"
+    assert record.value == body
+
+
+async def test_batch(harness: Harness) -> None:
+    items = [
+        {
+            "seq": n,
+            "ts": 1,
+            "call": "CA_1",
+            "agent": "a",
+            "type": "turn.user",
+            "ephemeral": False,
+            "data": {},
+        }
+        for n in (1, 2, 3)
+    ]
+    response = await harness.post(jsoncodec.dumps(items))
+    assert response.status == 200
+    assert (await response.json())["published"] == 3
+
+
+async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
+    harness.sink.auto_ack = False
+    response = await harness.post(ENTRY)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert (await response.json())["error"] == "kafka_unavailable"
+
+
+async def test_unexpected_error_is_503_not_500(harness: Harness) -> None:
+    harness.sink.refuse = None
+
+    async def explode(_: object) -> Any:
+        raise ZeroDivisionError
+
+    harness.sink.send = explode  # type: ignore[method-assign]
+    response = await harness.post(ENTRY)
+    assert response.status == 503
+
+
+async def test_method_and_path_errors_are_json(harness: Harness) -> None:
+    response = await harness.client.get(PATH)
+    assert response.status == 405
+    assert "error" in await response.json()
+    response = await harness.client.get("/nope")
+    assert response.status == 404
+
+
+async def test_health_ready_metrics(harness: Harness) -> None:
+    assert (await harness.client.get("/healthz")).status == 200
+    assert (await harness.client.get("/readyz")).status == 503  # not started
+    harness.readiness.started = True
+    assert (await harness.client.get("/readyz")).status == 200
+    harness.readiness.stopping = True
+    assert (await harness.client.get("/readyz")).status == 503
+    text = await (await harness.client.get("/metrics")).text()
+    assert "pinecall_bridge_kafka_connected" in text
+    assert "pinecall_bridge_ready 0.0" in text
