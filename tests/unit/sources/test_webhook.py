@@ -197,7 +197,7 @@ async def test_valid_json_not_an_event_goes_to_dlq_202(harness: Harness) -> None
 
 
 async def test_batch(harness: Harness) -> None:
-    items = [
+    items: list[dict[str, Any]] = [
         {
             "seq": n,
             "ts": 1,
@@ -228,7 +228,7 @@ async def test_unexpected_error_is_503_not_500(harness: Harness) -> None:
     async def explode(_: object) -> Any:
         raise ZeroDivisionError
 
-    harness.sink.send = explode  # type: ignore[method-assign]
+    harness.sink.send = explode  # type: ignore[method-assign,assignment]
     response = await harness.post(ENTRY)
     assert response.status == 503
 
