@@ -80,7 +80,7 @@ class KafkaSettings(BaseModel):
 
 class HttpSettings(BaseModel):
     host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
 
 
 class WebhookSettings(BaseModel):

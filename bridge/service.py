@@ -77,6 +77,8 @@ class Bridge:
         while True:
             try:
                 await self.sink.start()
+                if self.settings.topics.create:
+                    await self.sink.ensure_topics(self.settings.topics, self.router.topics())
                 break
             except Exception as exc:
                 await self.sink.stop()
@@ -90,8 +92,6 @@ class Bridge:
                 )
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 30.0)
-        if self.settings.topics.create:
-            await self.sink.ensure_topics(self.settings.topics, self.router.topics())
         self.readiness.started = True
         log.info("ready", extra={"topics": self.router.topics()})
 

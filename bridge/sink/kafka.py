@@ -10,7 +10,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from bridge.config import KafkaSettings, TopicSettings
@@ -117,7 +122,7 @@ class KafkaSink:
         self._set_connected(True)
 
     async def ensure_topics(self, topics: TopicSettings, names: list[str]) -> None:
-        """Create missing topics; a cluster that forbids it is fine when they already exist."""
+        """Create missing topics; a cluster that forbids it is fine, other errors are raised."""
         admin = AIOKafkaAdminClient(**client_options(self._settings))
         try:
             await admin.start()
@@ -135,9 +140,10 @@ class KafkaSink:
                     log.warning("could not create topic", extra={"topic": name, "error_code": code})
                 else:
                     log.info("topic ready", extra={"topic": name})
-        except KafkaError as exc:
+        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+            # Locked-down clusters pre-create topics; the bridge then only needs to write.
             log.warning(
-                "topic creation skipped; the topics must exist already",
+                "not allowed to create topics; they must exist already",
                 extra={"error": type(exc).__name__},
             )
         finally:

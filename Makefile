@@ -1,0 +1,65 @@
+# The newcomer's two commands: `make run` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+DEV_SECRET ?= dev-secret
+HTTP_PORT ?= 8080
+export KAFKA_PORT
+
+.PHONY: help run test venv kafka-up kafka-down kafka-status lint typecheck unit integration clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed  ## create .venv and install the project with its dev tools
+
+kafka-up:  ## start the local Kafka broker (127.0.0.1:$KAFKA_PORT); no-op if it runs
+	@tools/kafka/kafka.sh up
+
+kafka-down:  ## stop the local Kafka broker; no-op if it is stopped
+	@tools/kafka/kafka.sh down
+
+kafka-status:  ## is the local broker running and answering?
+	@tools/kafka/kafka.sh status
+
+run: venv kafka-up  ## run the bridge in the foreground against the local broker (Ctrl-C stops it)
+	@echo
+	@echo "pinecall-bridge on http://127.0.0.1:$(HTTP_PORT)  (webhook secret: $(DEV_SECRET))"
+	@echo "Send a signed event from another terminal, with the bundled sender:"
+	@echo "  BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) $(BIN)/pinecall-bridge send --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall"
+	@echo "or with curl:"
+	@echo "  $$($(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall --curl)"
+	@echo "Metrics: curl -s http://127.0.0.1:$(HTTP_PORT)/metrics | grep ^pinecall_bridge"
+	@echo
+	BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) BRIDGE_LOG__FORMAT=console \
+	BRIDGE_HTTP__PORT=$(HTTP_PORT) BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
+	exec $(BIN)/pinecall-bridge run
+
+lint: venv  ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv  ## mypy --strict over bridge/ and tests/
+	$(BIN)/mypy
+
+unit: venv  ## unit tests only (no broker)
+	$(BIN)/pytest -m "not integration"
+
+integration: venv kafka-up  ## integration tests against the local broker
+	$(BIN)/pytest -m integration
+
+test: venv kafka-up lint typecheck  ## lint, type checks and every test, unit and integration
+	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
+
+clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
+	rm -rf $(VENV) .cache/kafka-data .mypy_cache .ruff_cache .pytest_cache

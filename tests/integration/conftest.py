@@ -1,0 +1,232 @@
+"""Integration fixtures: the project's real Kafka broker, a bridge on a free port, a real consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from bridge import jsoncodec
+from bridge.config import Settings, load_settings
+from bridge.service import Bridge
+from bridge.sources.signature import sign
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA_SH = REPO / "tools" / "kafka" / "kafka.sh"
+SECRET = "integration-secret"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.integration)
+
+
+def broker_answers(port: int) -> bool:
+    probe = REPO / "tools" / "kafka" / "probe.py"
+    return (
+        subprocess.run(
+            ["python3", str(probe), "--quiet", f"127.0.0.1:{port}"], check=False
+        ).returncode
+        == 0
+    )
+
+
+def kafka_sh(command: str, port: int, data_dir: Path | None = None) -> None:
+    env = {**os.environ, "KAFKA_PORT": str(port)}
+    if data_dir is not None:
+        env["KAFKA_DATA_DIR"] = str(data_dir)
+    subprocess.run([str(KAFKA_SH), command], check=True, env=env, timeout=180)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The local broker (`make kafka-up`); started here when it is not running yet."""
+    address = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    port = int(address.rsplit(":", 1)[1])
+    if not broker_answers(port):
+        kafka_sh("up", port)
+    return address
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str
+    alerts: str
+    dlq: str
+    ephemeral: str
+
+    def env(self) -> dict[str, Any]:
+        return {"events": self.events, "alerts": self.alerts, "dlq": self.dlq}
+
+
+@pytest.fixture
+def topics() -> Topics:
+    """Fresh topic names per test, so tests never read each other's records."""
+    run = uuid.uuid4().hex[:10]
+    return Topics(f"it.{run}.events", f"it.{run}.alerts", f"it.{run}.dlq", f"it.{run}.ephemeral")
+
+
+def bridge_settings(bootstrap: str, topics: Topics, **sections: dict[str, Any]) -> Settings:
+    base: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap_servers": [bootstrap], "publish_timeout_seconds": 10},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "webhook": {"secrets": [SECRET]},
+        "topics": {**topics.env(), "partitions": 3},
+        "log": {"format": "console"},
+        "shutdown": {"grace_seconds": 10},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_settings(**base)
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{url} not ready after {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class RunningBridge:
+    bridge: Bridge
+    url: str
+    session: aiohttp.ClientSession
+
+    async def post(
+        self, body: bytes | Any, *, secret: str = SECRET, bare: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
+        signature = sign(secret.encode(), raw)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Pinecall-Signature": signature.removeprefix("sha256=") if bare else signature,
+        }
+        async with self.session.post(
+            self.url + "/webhooks/pinecall", data=raw, headers=headers
+        ) as response:
+            return response.status, await response.json()
+
+
+BridgeFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_bridge(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Callable[..., Any]]:
+    """Start an in-process bridge (real HTTP, real Kafka); stopped at the end of the test."""
+    running: list[RunningBridge] = []
+
+    async def start(**sections: dict[str, Any]) -> RunningBridge:
+        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **sections))
+        await bridge.start()
+        url = f"http://127.0.0.1:{bridge.port}"
+        await wait_ready(url)
+        handle = RunningBridge(bridge, url, aiohttp.ClientSession())
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.session.close()
+        await handle.bridge.stop()
+
+
+@pytest.fixture
+async def bridge(start_bridge: Callable[..., Any]) -> RunningBridge:
+    handle: RunningBridge = await start_bridge()
+    return handle
+
+
+@dataclass(frozen=True)
+class Consumed:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+    def json(self) -> Any:
+        return jsoncodec.loads(self.value)
+
+
+async def consume_until(
+    bootstrap: str,
+    topic_names: list[str],
+    stop: Callable[[list[Consumed]], bool],
+    timeout: float = 30,
+) -> list[Consumed]:
+    """Read the topics from the beginning until `stop(records)` holds; fail after `timeout`."""
+    consumer = AIOKafkaConsumer(
+        *topic_names,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Consumed] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not stop(records):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"gave up after {timeout}s with {len(records)} records")
+            batches = await consumer.getmany(timeout_ms=500)
+            for batch in batches.values():
+                records.extend(
+                    Consumed(
+                        m.topic,
+                        m.key,
+                        m.value,
+                        dict(m.headers),
+                        m.partition,
+                        m.offset,
+                    )
+                    for m in batch
+                )
+    finally:
+        await consumer.stop()
+    return records
+
+
+def has_id(event_id: str) -> Callable[[list[Consumed]], bool]:
+    """Stop condition: a record whose CloudEvent id is `event_id` has been read."""
+    return lambda records: any(r.json().get("id") == event_id for r in records)
+
+
+def entry(seq: int, call: str = "CA_it", **over: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "seq": seq,
+        "ts": 1_790_000_000 + seq,
+        "call": call,
+        "agent": "support",
+        "type": "turn.user",
+        "ephemeral": False,
+        "data": {"text": f"utterance {seq}"},
+    }
+    item.update(over)
+    return item
+
+
+@pytest.fixture
+def unique_call() -> Iterator[str]:
+    yield "CA_" + uuid.uuid4().hex[:12]

@@ -1,0 +1,198 @@
+"""Signed webhooks through a real bridge into the real broker, read back by a real consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import jsonschema
+
+from bridge import jsoncodec
+from tests.integration.conftest import (
+    Consumed,
+    RunningBridge,
+    Topics,
+    consume_until,
+    entry,
+    has_id,
+)
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "bridge/schema/pinecall-cloudevent.schema.json").read_text()
+)
+
+
+async def test_signed_event_lands_keyed_by_call(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    status, body = await bridge.post(entry(1, unique_call))
+    assert status == 200
+    assert body["published"] == 1
+    [record] = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+    assert record.key == unique_call.encode()
+    assert record.headers["content-type"] == b"application/cloudevents+json; charset=utf-8"
+    ce = record.json()
+    jsonschema.validate(ce, SCHEMA)
+    assert ce["type"] == "turn.user"
+    assert ce["subject"] == unique_call
+    assert ce["pinecallseq"] == 1
+    assert ce["pinecallchannel"] == "webhook"
+    assert ce["data"] == {"text": "utterance 1"}
+
+
+async def test_duplicate_in_other_bytes_lands_once(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    first = entry(1, unique_call)
+    assert (await bridge.post(first))[0] == 200
+    # Same event: other key order and whitespace, bare-hex signature, and inside a batch.
+    reordered = json.dumps(dict(reversed(list(first.items()))), indent=2).encode()
+    status, body = await bridge.post(reordered, bare=True)
+    assert (status, body["duplicates"]) == (200, 1)
+    status, body = await bridge.post([first, entry(2, unique_call)])
+    assert (status, body["published"], body["duplicates"]) == (200, 1, 1)
+    # Concurrent copies of one new event.
+    results = await asyncio.gather(*(bridge.post(entry(3, unique_call)) for _ in range(5)))
+    assert [status for status, _ in results] == [200] * 5
+    assert sum(body["published"] for _, body in results) == 1
+
+    records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    assert [r.json()["id"] for r in records] == [
+        f"{unique_call}:1",
+        f"{unique_call}:2",
+        f"{unique_call}:3",
+    ]
+
+
+async def test_forged_signature_lands_nothing(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    status, body = await bridge.post(entry(1, unique_call), secret="not-the-secret")
+    assert (status, body["error"]) == (401, "invalid_signature")
+    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    records = await consume_until(
+        kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2")
+    )
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]
+
+
+async def test_ephemerals_and_markers_dropped(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    status, body = await bridge.post(
+        [
+            entry(1, unique_call, type="user.transcript", ephemeral=True),
+            entry(1, unique_call, type="log.caught_up"),
+            entry(2, unique_call),
+        ]
+    )
+    assert (status, body["dropped"], body["published"]) == (200, 2, 1)
+    records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    assert [r.json()["type"] for r in records] == ["turn.user"]
+
+
+async def test_batch_lands_whole_in_order(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    batch = [entry(seq, unique_call) for seq in range(1, 21)]
+    status, body = await bridge.post(batch)
+    assert (status, body["published"]) == (200, 20)
+    records = await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= 20)
+    assert [r.json()["pinecallseq"] for r in records] == list(range(1, 21))
+    assert {r.partition for r in records} == {records[0].partition}
+
+
+async def test_per_call_order_holds_across_concurrent_calls(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    calls = [f"{unique_call}_{n}" for n in range(6)]
+
+    async def one_call(call: str) -> None:
+        for seq in range(1, 16):
+            assert (await bridge.post(entry(seq, call)))[0] == 200
+
+    await asyncio.gather(*(one_call(call) for call in calls))
+    records = await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= 6 * 15)
+    by_key: dict[bytes | None, list[int]] = defaultdict(list)
+    partitions: dict[bytes | None, set[int]] = defaultdict(set)
+    for record in records:
+        by_key[record.key].append(record.json()["pinecallseq"])
+        partitions[record.key].add(record.partition)
+    assert set(by_key) == {call.encode() for call in calls}
+    assert all(seqs == list(range(1, 16)) for seqs in by_key.values())
+    assert all(len(p) == 1 for p in partitions.values())
+
+
+async def test_alerts_and_dead_letters(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str
+) -> None:
+    alert = {
+        "type": "monitor.fired",
+        "org": "org_it",
+        "env": "production",
+        "agent": "support",
+        "at": 1_790_000_000.5,
+        "data": {"monitor": "latency"},
+    }
+    raw_alert = jsoncodec.dumps(alert)
+    assert (await bridge.post(raw_alert))[0] == 200
+    assert (await bridge.post(raw_alert))[1]["duplicates"] == 1  # Pinecall's retry: same bytes
+    not_an_event = b'{"hello": "world"}'
+    status, body = await bridge.post(not_an_event)
+    assert (status, body["dead_lettered"]) == (202, 1)
+
+    def both(records: list[Consumed]) -> bool:
+        return {r.topic for r in records} == {topics.alerts, topics.dlq}
+
+    records = await consume_until(kafka_bootstrap, [topics.alerts, topics.dlq], both)
+    alerts = [r for r in records if r.topic == topics.alerts]
+    dead = [r for r in records if r.topic == topics.dlq]
+    assert len(alerts) == 1
+    assert alerts[0].key == b"@support"
+    ce = alerts[0].json()
+    assert (ce["type"], ce["pinecallorg"], ce["time"]) == (
+        "monitor.fired",
+        "org_it",
+        "2026-09-21T13:33:20.500Z",
+    )
+    assert "subject" not in ce
+    assert [(r.value, r.headers["pinecall-dlq-reason"]) for r in dead] == [
+        (not_an_event, b"missing_type")
+    ]
+
+
+async def test_ephemeral_topic_when_configured(
+    start_bridge: object, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    bridge: RunningBridge = await start_bridge(topics={"ephemeral": topics.ephemeral})  # type: ignore[operator]
+    status, _ = await bridge.post(entry(1, unique_call, type="user.transcript", ephemeral=True))
+    assert status == 200
+    [record] = await consume_until(kafka_bootstrap, [topics.ephemeral], lambda rs: len(rs) >= 1)
+    assert record.json()["pinecallephemeral"] is True
+
+
+async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: str) -> None:
+    await bridge.post(entry(1, unique_call))
+    await bridge.post(entry(1, unique_call))
+    await bridge.post(entry(2, unique_call), secret="forged")
+    async with bridge.session.get(bridge.url + "/metrics") as response:
+        text = await response.text()
+    metrics = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pinecall_bridge_")
+    }
+    events_topic = bridge.bridge.settings.topics.events
+    assert metrics[f'pinecall_bridge_events_published_total{{topic="{events_topic}"}}'] == 1
+    assert metrics['pinecall_bridge_events_duplicate_total{channel="webhook"}'] == 1
+    assert (
+        metrics[
+            'pinecall_bridge_events_rejected_total{channel="webhook",reason="invalid_signature"}'
+        ]
+        == 1
+    )
+    assert metrics["pinecall_bridge_kafka_connected"] == 1
+    assert metrics["pinecall_bridge_publish_duration_seconds_count"] == 1
+    assert metrics["pinecall_bridge_dedup_entries"] == 1
