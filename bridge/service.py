@@ -79,11 +79,12 @@ class Bridge:
                 await self.sink.start()
                 if self.settings.topics.create:
                     await self.sink.ensure_topics(self.settings.topics, self.router.topics())
+                await self.sink.warm(self.router.topics())
                 break
             except Exception as exc:
                 await self.sink.stop()
                 log.warning(
-                    "Kafka not reachable yet; retrying",
+                    "Kafka not ready yet (unreachable, or a topic is missing); retrying",
                     extra={
                         "error": type(exc).__name__,
                         "retry_in_s": round(delay, 1),

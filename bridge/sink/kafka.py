@@ -130,7 +130,11 @@ class KafkaSink:
             missing = [name for name in names if name not in existing]
             if not missing:
                 return
-            new = [NewTopic(name, topics.partitions, topics.replication_factor) for name in missing]
+            factor = topics.replication_factor
+            if factor == -1:
+                # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
+                factor = min(3, len((await admin.describe_cluster())["brokers"]))
+            new = [NewTopic(name, topics.partitions, factor) for name in missing]
             try:
                 response = await admin.create_topics(new)
             except TopicAlreadyExistsError:
@@ -148,6 +152,12 @@ class KafkaSink:
             )
         finally:
             await admin.close()
+
+    async def warm(self, names: list[str]) -> None:
+        """Fetch the topics' metadata now, so the first event does not wait for it."""
+        if self._producer is not None:
+            for name in names:
+                await self._producer.partitions_for(name)
 
     async def _probe_loop(self) -> None:
         interval = self._settings.metadata_probe_seconds

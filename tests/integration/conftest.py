@@ -1,4 +1,4 @@
-"""Integration fixtures: the project's real Kafka broker, a bridge on a free port, a real consumer."""
+"""Integration fixtures: the project's real Kafka broker, a bridge on a free port, a consumer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,12 @@ def topics() -> Topics:
     return Topics(f"it.{run}.events", f"it.{run}.alerts", f"it.{run}.dlq", f"it.{run}.ephemeral")
 
 
-def bridge_settings(bootstrap: str, topics: Topics, **sections: dict[str, Any]) -> Settings:
+def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -> Settings:
     base: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": [bootstrap], "publish_timeout_seconds": 10},
         "http": {"host": "127.0.0.1", "port": 0},
         "webhook": {"secrets": [SECRET]},
-        "topics": {**topics.env(), "partitions": 3},
+        "topics": {**names.env(), "partitions": 3},
         "log": {"format": "console"},
         "shutdown": {"grace_seconds": 10},
     }
@@ -90,8 +90,8 @@ def bridge_settings(bootstrap: str, topics: Topics, **sections: dict[str, Any]) 
     return load_settings(**base)
 
 
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_ready(url: str, within: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     async with aiohttp.ClientSession() as session:
         while True:
             try:
@@ -101,7 +101,7 @@ async def wait_ready(url: str, timeout: float = 60) -> None:
             except aiohttp.ClientError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{url} not ready after {timeout}s")
+                raise TimeoutError(f"{url} not ready after {within}s")
             await asyncio.sleep(0.1)
 
 
@@ -172,9 +172,9 @@ async def consume_until(
     bootstrap: str,
     topic_names: list[str],
     stop: Callable[[list[Consumed]], bool],
-    timeout: float = 30,
+    within: float = 30,
 ) -> list[Consumed]:
-    """Read the topics from the beginning until `stop(records)` holds; fail after `timeout`."""
+    """Read the topics from the beginning until `stop(records)` holds; fail after `within` s."""
     consumer = AIOKafkaConsumer(
         *topic_names,
         bootstrap_servers=bootstrap,
@@ -186,10 +186,10 @@ async def consume_until(
     await consumer.start()
     records: list[Consumed] = []
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while not stop(records):
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"gave up after {timeout}s with {len(records)} records")
+                raise AssertionError(f"gave up after {within}s with {len(records)} records")
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
                 records.extend(
@@ -228,5 +228,5 @@ def entry(seq: int, call: str = "CA_it", **over: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def unique_call() -> Iterator[str]:
-    yield "CA_" + uuid.uuid4().hex[:12]
+def unique_call() -> str:
+    return "CA_" + uuid.uuid4().hex[:12]

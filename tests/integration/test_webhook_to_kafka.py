@@ -155,7 +155,7 @@ async def test_alerts_and_dead_letters(
     assert (ce["type"], ce["pinecallorg"], ce["time"]) == (
         "monitor.fired",
         "org_it",
-        "2026-09-21T13:33:20.500Z",
+        "2026-09-21T14:13:20.500Z",
     )
     assert "subject" not in ce
     assert [(r.value, r.headers["pinecall-dlq-reason"]) for r in dead] == [

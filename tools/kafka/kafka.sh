@@ -36,6 +36,8 @@ logfile="$data/broker.log"
 say() { echo "kafka[$port]: $*" >&2; }
 die() { say "$*"; exit 1; }
 
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
 answering() { "$python" "$here/probe.py" --quiet --timeout 1 "127.0.0.1:$port"; }
 
 # The pid file only counts if that pid is still our broker (pids get reused).
@@ -44,7 +46,7 @@ broker_pid() {
   [[ -f "$pidfile" ]] || return 1
   pid="$(<"$pidfile")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $props" || return 1
+  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "kafka.Kafka $props" || return 1
   echo "$pid"
 }
 
@@ -85,8 +87,9 @@ cmd_up() {
   # broker below so the JVM does not inherit (and hold) the lock.
   exec 9>"$data/.lock"
   flock 9
-  local pid
+  local pid started=0
   if ! pid="$(broker_pid)"; then
+    started=1
     rm -f "$pidfile"
     render_config
     # Format once: reformatting would mint a new cluster id and orphan the data.
@@ -99,7 +102,7 @@ cmd_up() {
       say "formatted $data/kraft (cluster id $cluster_id)"
     fi
     say "starting (log: $logfile)"
-    # shellcheck disable=SC2086  # heap/jvm_opts are deliberately word-split
+    # shellcheck disable=SC2016,SC2086  # $$ is for the inner bash; heap/jvm_opts are word-split on purpose
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
       java $heap $jvm_opts -Dlog4j2.configurationFile="$here/log4j2.properties" \
       -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
@@ -108,7 +111,7 @@ cmd_up() {
   fi
   exec 9>&-
 
-  local start=$SECONDS
+  local start=$SECONDS t0=$EPOCHREALTIME
   while ! answering; do
     if ! broker_pid >/dev/null; then
       tail -n 40 "$logfile" >&2 || true
@@ -116,11 +119,14 @@ cmd_up() {
     fi
     if (( SECONDS - start >= start_timeout )); then
       tail -n 40 "$logfile" >&2 || true
-      die "broker not ready after ${start_timeout}s (still running, pid $(<"$pidfile"))"
+      say "broker not ready after ${start_timeout}s"
+      # A half-started broker we launched would only confuse the next `up`.
+      (( started )) && cmd_down
+      exit 1
     fi
     sleep 0.5
   done
-  say "up on 127.0.0.1:$port (pid $(<"$pidfile"), ${SECONDS}s)"
+  say "up on 127.0.0.1:$port (pid $(<"$pidfile"), ready after $(elapsed "$t0")s)"
 }
 
 cmd_down() {
@@ -132,13 +138,14 @@ cmd_down() {
   fi
   say "stopping pid $pid"
   kill -TERM "$pid" 2>/dev/null || true
+  # broker_pid rather than kill -0: an unreaped zombie has an empty cmdline.
   for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
+    broker_pid >/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
     sleep 0.1
   done
   say "no exit after 30s, sending SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  while broker_pid >/dev/null; do sleep 0.1; done
   rm -f "$pidfile"
 }
 

@@ -7,6 +7,7 @@ KRaft quorum and registered); a Metadata response listing a broker is.
 
 Exit status: 0 ready, 1 not ready. Prints the brokers found (or the reason).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 API_METADATA = 3
 # v8 is the newest non-flexible Metadata version (no tagged fields to encode);
@@ -28,7 +30,10 @@ class ProbeError(Exception):
 
 
 def _request(correlation_id: int) -> bytes:
-    header = struct.pack(">hhih", API_METADATA, METADATA_VERSION, correlation_id, len(CLIENT_ID)) + CLIENT_ID
+    header = (
+        struct.pack(">hhih", API_METADATA, METADATA_VERSION, correlation_id, len(CLIENT_ID))
+        + CLIENT_ID
+    )
     # topics: empty array (not null) so the reply carries no topic list at all;
     # then allow_auto_topic_creation, include_cluster_ops, include_topic_ops.
     body = struct.pack(">i???", 0, False, False, False)
@@ -50,7 +55,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
 
-    def take(self, fmt: str):
+    def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
             raise ProbeError("truncated Metadata response")
@@ -62,7 +67,7 @@ class _Reader:
         length = self.take(">h")
         if length < 0:
             return None
-        raw = self.data[self.pos:self.pos + length]
+        raw = self.data[self.pos : self.pos + length]
         if len(raw) != length:
             raise ProbeError("truncated Metadata response")
         self.pos += length
@@ -94,9 +99,22 @@ def probe(host: str, port: int, timeout: float) -> tuple[str | None, list[tuple[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("address", nargs="?", default="127.0.0.1:9092", help="host:port (default %(default)s)")
-    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="retry until ready or SECONDS elapsed")
-    ap.add_argument("--timeout", type=float, default=2.0, help="per-attempt socket timeout (default %(default)s)")
+    ap.add_argument(
+        "address", nargs="?", default="127.0.0.1:9092", help="host:port (default %(default)s)"
+    )
+    ap.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="retry until ready or SECONDS elapsed",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        help="per-attempt socket timeout (default %(default)s)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
 
