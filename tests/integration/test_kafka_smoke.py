@@ -1,0 +1,104 @@
+"""aiokafka against the project's Kafka 4.x broker: the requests the bridge relies on (KIP-896)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.config import KafkaSettings, TopicSettings
+from bridge.metrics import Metrics
+from bridge.sink.kafka import KafkaSink
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, isolation: str) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation,
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        for _ in range(20):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                values.extend(m.value for m in batch)
+            if len(values) >= expected:
+                break
+    finally:
+        await consumer.stop()
+    return values
+
+
+def api_versions(bootstrap: str) -> dict[int, tuple[int, int]]:
+    """ApiVersions v0 over a raw socket: {api_key: (min, max)} as the broker announces them."""
+    host, port = bootstrap.rsplit(":", 1)
+    client_id = b"smoke"
+    request = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        size = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))[0]
+        payload = sock.recv(size, socket.MSG_WAITALL)
+    correlation, error, count = struct.unpack_from(">ihi", payload)
+    assert (correlation, error) == (7, 0)
+    entries = (struct.unpack_from(">hhh", payload, 10 + 6 * i) for i in range(count))
+    return {key: (low, high) for key, low, high in entries}
+
+
+def test_broker_is_kafka_4(kafka_bootstrap: str) -> None:
+    # KIP-896 (Kafka 4.0) removed Fetch v0-v3 and CreateTopics v0-v1; 3.x brokers still offer
+    # them. (Produce and Metadata keep announcing v0 for old clients' sake, so they prove nothing.)
+    versions = api_versions(kafka_bootstrap)
+    assert versions[1][0] >= 4, f"Fetch versions {versions[1]}: not a Kafka 4 broker"
+    assert versions[19][0] >= 2, f"CreateTopics versions {versions[19]}: not a Kafka 4 broker"
+
+
+async def test_idempotent_produce_and_consume(kafka_bootstrap: str) -> None:
+    topic = f"smoke.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
+    await producer.start()
+    try:
+        metadata = await producer.send_and_wait(topic, b"one", key=b"k")
+        await producer.send_and_wait(topic, b"two", key=b"k")
+    finally:
+        await producer.stop()
+    assert metadata.offset == 0
+    assert await read_all(kafka_bootstrap, topic, 2, "read_uncommitted") == [b"one", b"two"]
+
+
+async def test_transactions_commit_and_abort(kafka_bootstrap: str) -> None:
+    topic = f"smoke.{uuid.uuid4().hex[:8]}"
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=[kafka_bootstrap]), Metrics())
+    await sink.ensure_topics(TopicSettings(partitions=1), [topic])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"smoke-{uuid.uuid4().hex[:8]}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send(topic, b"committed-1")
+        await producer.begin_transaction()
+        await producer.send(topic, b"aborted")
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send(topic, b"committed-2")
+    finally:
+        await producer.stop()
+    assert await read_all(kafka_bootstrap, topic, 2, "read_committed") == [
+        b"committed-1",
+        b"committed-2",
+    ]
+    assert b"aborted" in await read_all(kafka_bootstrap, topic, 3, "read_uncommitted")
