@@ -1,0 +1,72 @@
+import hashlib
+import hmac
+import shlex
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.cli import main, sample_event
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+
+
+def test_check_valid_exits_0_and_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "configuration is valid" in out
+    assert "s3cr3t-value" not in out
+    assert "pinecall.events" in out
+
+
+def test_check_invalid_exits_2_listing_each_problem(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_HTTP__PORT", "70000")
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES", "0")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    for name in ("BRIDGE_HTTP__PORT", "BRIDGE_DEDUP__MAX_ENTRIES", "BRIDGE_WEBHOOK"):
+        assert name in err
+    assert "hunter2" not in err
+
+
+def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic")
+    with pytest.raises(SystemExit) as exited:
+        main(["run"])
+    assert exited.value.code == 2
+
+
+def test_send_curl_is_correctly_signed(capsys: pytest.CaptureFixture[str]) -> None:
+    body = '{"type":"call.ended","data":{"call_id":"CA_1"}}'
+    assert main(["send", "--secret", "k", "--body", body, "--curl"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    signature = words[words.index("-H", words.index("-H") + 1) + 1]
+    assert words[words.index("--data-raw") + 1] == body
+    expected = hmac.new(b"k", body.encode(), hashlib.sha256).hexdigest()
+    assert signature == f"X-Pinecall-Signature: sha256={expected}"
+
+
+def test_send_reports_unreachable_bridge(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", "--secret", "k", "--url", "http://127.0.0.1:9/x"]) == 1
+    assert "could not reach" in capsys.readouterr().err
+
+
+def test_sample_event_is_a_log_entry() -> None:
+    event = sample_event()
+    assert set(event) == {"seq", "ts", "call", "agent", "type", "ephemeral", "data"}
+    assert jsoncodec.loads(jsoncodec.dumps(event)) == event
