@@ -1,0 +1,81 @@
+"""Topic set-up: created when allowed, pre-created topics used as they are, missing ones block."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.service import Bridge
+from tests.integration.conftest import (
+    RunningBridge,
+    Topics,
+    bridge_settings,
+    consume_until,
+    entry,
+    has_id,
+)
+
+
+async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
+
+
+async def test_bridge_creates_its_topics(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str
+) -> None:
+    found = await describe(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    assert found == {topics.events: 3, topics.alerts: 3, topics.dlq: 3}
+
+
+async def test_pre_created_topics_without_create_right(
+    start_bridge: Callable[..., Any], topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, 1, 1) for name in (topics.events, topics.alerts, topics.dlq)]
+        )
+    finally:
+        await admin.close()
+    bridge: RunningBridge = await start_bridge(topics={"create": False})
+    assert (await bridge.post(entry(1, unique_call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+    # The bridge kept the operator's layout: one partition, not its default three.
+    assert (await describe(kafka_bootstrap, [topics.events]))[topics.events] == 1
+
+
+async def test_missing_topic_keeps_the_bridge_unready(
+    topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    settings = bridge_settings(
+        kafka_bootstrap,
+        topics,
+        topics={"create": False},
+        kafka={"publish_timeout_seconds": 1, "request_timeout_ms": 1000},
+    )
+    bridge = Bridge(settings)
+    await bridge.start()
+    url = f"http://127.0.0.1:{bridge.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.sleep(2)
+            async with session.get(url + "/readyz") as response:
+                assert response.status == 503
+            async with session.get(url + "/healthz") as response:
+                assert response.status == 200
+            handle = RunningBridge(bridge, url, session)
+            status, body = await handle.post(entry(1, unique_call))
+            assert (status, body["error"]) == (503, "kafka_unavailable")
+    finally:
+        await bridge.stop()
