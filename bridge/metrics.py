@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# `*_created` series double the exposition and no dashboard or alert of ours reads them.
+disable_created_metrics()
 
 PREFIX = "pinecall_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
