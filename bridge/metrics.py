@@ -13,7 +13,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # `*_created` series double the exposition and no dashboard or alert of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "pinecall_bridge"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
