@@ -36,11 +36,10 @@ def _run(_: argparse.Namespace) -> int:
     logsetup.configure(settings.log.level, settings.log.format)
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:  # uvloop is optional (not on every platform)
-        pass
-    asyncio.run(serve(settings))
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
     return 0
 
 

@@ -127,6 +127,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await bridge.start()
+    try:
+        await bridge.start()
+    except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback
+        log.error("cannot listen", extra={"port": settings.http.port, "error": str(exc)})
+        raise SystemExit(1) from None
     await stop.wait()
     await bridge.stop()

@@ -251,3 +251,21 @@ async def test_health_ready_metrics(harness: Harness) -> None:
     text = await (await harness.client.get("/metrics")).text()
     assert "pinecall_bridge_kafka_connected" in text
     assert "pinecall_bridge_ready 0.0" in text
+
+
+async def test_empty_batch_is_acknowledged_with_nothing_published(harness: Harness) -> None:
+    response = await harness.post(b"[]")
+    assert response.status == 200
+    assert (await response.json())["published"] == 0
+    assert harness.sink.records == []
+
+
+async def test_batch_with_a_bad_item_dead_letters_it_and_publishes_the_rest(
+    harness: Harness,
+) -> None:
+    good = {"type": "call.started", "data": {"call_id": "CA_9"}}
+    response = await harness.post(jsoncodec.dumps([good, 42]))
+    assert response.status == 202
+    body = await response.json()
+    assert (body["published"], body["dead_lettered"]) == (1, 1)
+    assert [r.topic for r in harness.sink.records] == ["pinecall.events", "pinecall.dlq"]
