@@ -181,6 +181,64 @@ class CloudEventsSettings(BaseModel):
     source: str = Field(default="https://api.pinecall.io", min_length=1)
 
 
+class PinecallSettings(BaseModel):
+    """Pinecall's REST API: the WebSocket token and webhook registration."""
+
+    api_url: str = "https://api.pinecall.io"
+    api_key: SecretStr | None = None
+    webhooks_path: str = "/v1/webhooks"
+    register_webhook: bool = False
+    public_url: str | None = None
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_url", "public_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url.rstrip("/") if url else url
+
+    @model_validator(mode="after")
+    def _registration_is_complete(self) -> PinecallSettings:
+        if self.register_webhook and not (self.public_url and self.api_key):
+            raise ValueError("register_webhook needs public_url and api_key")
+        return self
+
+
+class WebSocketSettings(BaseModel):
+    enabled: bool = False
+    url: str = "wss://api.pinecall.io/v1/ws"
+    auth: Literal["query-token", "bearer"] = "query-token"
+    token_method: Literal["GET", "POST"] = "POST"
+    token_path: str = "/v1/auth/websocket-token"
+    token_field: str = Field(default="token", min_length=1)
+    events: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    open_timeout_seconds: float = Field(default=10.0, gt=0)
+    backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    stable_after_seconds: float = Field(default=60.0, gt=0)
+    max_inflight: int = Field(default=1000, ge=1)
+    max_frame_bytes: int = Field(default=1_048_576, ge=1024)
+
+    _split = field_validator("events", mode="before")(_split_csv)
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, url: str) -> str:
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return url
+
+    @field_validator("token_path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BRIDGE_",
@@ -198,6 +256,14 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     cloudevents: CloudEventsSettings = Field(default_factory=CloudEventsSettings)
+    pinecall: PinecallSettings = Field(default_factory=PinecallSettings)
+    websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
+
+    @model_validator(mode="after")
+    def _feed_has_credentials(self) -> Settings:
+        if self.websocket.enabled and self.pinecall.api_key is None:
+            raise ValueError("BRIDGE_WEBSOCKET__ENABLED needs BRIDGE_PINECALL__API_KEY")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -230,7 +296,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
         problems = [
-            f"{_env_name(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            _env_name(err["loc"]) + ": " + err["msg"].removeprefix("Value error, ")
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         ]
         raise ConfigError(problems) from None

@@ -98,6 +98,26 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the bridge reports ready.", registry=r)
+        self.websocket_connected = Gauge(
+            f"{PREFIX}_websocket_connected", "1 while the WebSocket feed is connected.", registry=r
+        )
+        self.websocket_reconnects = Counter(
+            f"{PREFIX}_websocket_reconnects_total",
+            "WebSocket feed reconnections, by why the previous attempt ended.",
+            ["reason"],
+            registry=r,
+        )
+        self.websocket_frames = Counter(
+            f"{PREFIX}_websocket_frames_total",
+            "WebSocket frames received: event, control or garbage.",
+            ["kind"],
+            registry=r,
+        )
+        self.websocket_backlog = Gauge(
+            f"{PREFIX}_websocket_backlog_events",
+            "Feed events read from the socket and not yet acknowledged by Kafka.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The exposition text for /metrics."""

@@ -18,6 +18,7 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
 from bridge.sources.webhook import WebhookHandler
+from bridge.sources.websocket import WebSocketSource
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class Bridge:
             publish_timeout=settings.kafka.publish_timeout_seconds,
         )
         self.readiness = Readiness(self.metrics, lambda: self.sink.connected)
+        self.feed = (
+            WebSocketSource(settings.websocket, settings.pinecall, self.pipeline, self.metrics)
+            if settings.websocket.enabled
+            else None
+        )
         webhook = WebhookHandler(settings.webhook, self.pipeline, self.metrics)
         self.app = build_app(settings, webhook, self.readiness, self.metrics)
         self._runner: web.AppRunner | None = None
@@ -71,6 +77,9 @@ class Bridge:
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
         self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
+        if self.feed is not None:
+            # Frames wait in the feed's bounded queue until Kafka is there: no need to hold it back.
+            await self.feed.start()
 
     async def _connect(self) -> None:
         delay = 0.5
@@ -96,6 +105,14 @@ class Bridge:
         self.readiness.started = True
         log.info("ready", extra={"topics": self.router.topics()})
 
+    async def _stop_http(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _stop_feed(self, deadline: float) -> None:
+        if self.feed is not None:
+            await self.feed.stop(deadline)
+
     async def stop(self) -> None:
         """Unready at once; let requests in flight finish; flush the producer; all within grace."""
         self.readiness.stopping = True
@@ -111,8 +128,9 @@ class Bridge:
         try:
             async with asyncio.timeout_at(deadline):
                 await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
-                if self._runner is not None:
-                    await self._runner.cleanup()
+                # Phase one: stop taking input, let what was taken reach Kafka.
+                await asyncio.gather(self._stop_http(), self._stop_feed(deadline))
+                # Phase two: flush the producer.
                 await self.sink.stop()
         except TimeoutError:
             log.error("grace period over before everything was flushed")

@@ -1,0 +1,45 @@
+"""WebSocket frames: event, control or garbage. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridge import jsoncodec
+
+FrameKind = Literal["event", "control", "garbage"]
+
+# Replies and notices of the feed itself, never events: they carry no seq and are not published.
+CONTROL_TYPES = frozenset(
+    {"subscribed", "unsubscribed", "ack", "pong", "ping", "error", "welcome", "connected", "hello"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: FrameKind
+    item: Any = None
+    detail: str = ""
+
+
+def classify(message: str | bytes) -> Frame:
+    """Decode one frame; anything that cannot be an event is garbage, never an exception."""
+    if isinstance(message, bytes):
+        return Frame("garbage", detail="binary frame")
+    try:
+        item = jsoncodec.loads(message)
+    except jsoncodec.JSONDecodeError:
+        return Frame("garbage", detail="not JSON")
+    if not isinstance(item, dict):
+        return Frame("garbage", detail="not a JSON object")
+    frame_type = item.get("type")
+    if frame_type in CONTROL_TYPES and "seq" not in item:
+        return Frame("control", item, detail=str(frame_type))
+    if not isinstance(frame_type, str) and not isinstance(item.get("event"), str):
+        return Frame("garbage", detail="no type")
+    return Frame("event", item)
+
+
+def subscribe_message(events: list[str]) -> str:
+    """The documented subscription; no list means every type."""
+    return jsoncodec.dumps({"type": "subscribe", "events": events or ["*"]}).decode()

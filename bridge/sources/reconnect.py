@@ -1,0 +1,46 @@
+"""When to reconnect the feed: exponential backoff with full jitter, reset once stable. Pure."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Literal
+
+DisconnectReason = Literal[
+    "auth", "token_error", "connect_error", "closed", "ping_timeout", "error"
+]
+# Auth failures come from a human's mistake or a revoked key: never retry them in a tight loop.
+AUTH_MIN_DELAY = 5.0
+
+
+class ReconnectPolicy:
+    """Delays grow 0.5, 1, 2 ... up to a cap (jittered); a stable connection starts them over."""
+
+    def __init__(
+        self,
+        initial: float,
+        cap: float,
+        stable_after: float,
+        rand: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._stable_after = stable_after
+        self._rand = rand
+        self.attempt = 0
+        self.auth_failures = 0
+
+    def next_delay(self, reason: DisconnectReason, connected_for: float | None) -> float:
+        """The wait before the next attempt; `connected_for` is None when no connection opened."""
+        if connected_for is not None and connected_for >= self._stable_after:
+            self.attempt = 0
+        if reason in ("auth", "token_error"):
+            self.auth_failures += 1
+        elif connected_for is not None:
+            self.auth_failures = 0
+        ceiling = min(self._cap, self._initial * 2.0**self.attempt)
+        self.attempt += 1
+        delay = self._rand(0.0, ceiling)
+        if self.auth_failures:
+            delay = max(delay, min(self._cap, AUTH_MIN_DELAY * self.auth_failures))
+        return delay

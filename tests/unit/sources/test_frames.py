@@ -1,0 +1,45 @@
+import pytest
+
+from bridge import jsoncodec
+from bridge.sources.frames import classify, subscribe_message
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (
+            '{"seq":1,"ts":1,"call":"c","agent":"a","type":"turn.user","ephemeral":false,"data":{}}',
+            "event",
+        ),
+        ('{"type":"call.started","data":{"call_id":"c"}}', "event"),
+        ('{"event":"call.started","callId":"c"}', "event"),
+        ('{"type":"subscribed","events":["*"]}', "control"),
+        ('{"type":"pong"}', "control"),
+        ('{"type":"error","message":"bad subscribe"}', "control"),
+        # A log entry of type pong is a real (ephemeral) entry, not the feed's reply.
+        (
+            '{"seq":4,"ts":1,"call":"c","agent":"a","type":"pong","ephemeral":true,"data":{}}',
+            "event",
+        ),
+        ("not json", "garbage"),
+        ("[1, 2]", "garbage"),
+        ('"text"', "garbage"),
+        ('{"no": "type"}', "garbage"),
+        (b"\x00\x01", "garbage"),
+    ],
+)
+def test_classify(message: str | bytes, kind: str) -> None:
+    assert classify(message).kind == kind
+
+
+def test_event_keeps_the_item() -> None:
+    frame = classify('{"type":"x","data":{"a":1},"new_field":true}')
+    assert frame.item == {"type": "x", "data": {"a": 1}, "new_field": True}
+
+
+def test_subscribe_message() -> None:
+    assert jsoncodec.loads(subscribe_message([])) == {"type": "subscribe", "events": ["*"]}
+    assert jsoncodec.loads(subscribe_message(["call.started"])) == {
+        "type": "subscribe",
+        "events": ["call.started"],
+    }

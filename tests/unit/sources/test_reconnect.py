@@ -1,0 +1,42 @@
+from bridge.sources.reconnect import AUTH_MIN_DELAY, ReconnectPolicy
+
+
+def top(low: float, high: float) -> float:
+    """Jitter at its ceiling, so the exponential schedule is visible."""
+    return high
+
+
+def test_exponential_with_cap() -> None:
+    policy = ReconnectPolicy(0.5, 30, 60, rand=top)
+    delays = [policy.next_delay("connect_error", None) for _ in range(9)]
+    assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_full_jitter_stays_within_the_ceiling() -> None:
+    seen: list[tuple[float, float]] = []
+
+    def record(low: float, high: float) -> float:
+        seen.append((low, high))
+        return (low + high) / 2
+
+    policy = ReconnectPolicy(0.5, 30, 60, rand=record)
+    assert policy.next_delay("closed", 1.0) == 0.25
+    assert seen == [(0.0, 0.5)]
+
+
+def test_stable_connection_resets_the_backoff() -> None:
+    policy = ReconnectPolicy(0.5, 30, 60, rand=top)
+    for _ in range(5):
+        policy.next_delay("closed", 1.0)
+    assert policy.next_delay("closed", 61.0) == 0.5
+    assert policy.next_delay("closed", 2.0) == 1.0
+
+
+def test_auth_failures_never_hammer() -> None:
+    policy = ReconnectPolicy(0.5, 30, 60, rand=lambda low, high: 0.0)
+    delays = [policy.next_delay("auth", None) for _ in range(8)]
+    assert delays[0] == AUTH_MIN_DELAY
+    assert delays == sorted(delays)
+    assert delays[-1] == 30
+    # A connection that opened clears the auth streak.
+    assert policy.next_delay("closed", 1.0) == 0.0

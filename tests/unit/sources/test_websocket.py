@@ -1,0 +1,341 @@
+"""The WebSocket source against a small scripted feed over real HTTP and WebSocket connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import WSCloseCode, web
+from aiohttp.test_utils import TestServer
+
+from bridge import jsoncodec
+from bridge.config import PinecallSettings, TopicSettings, WebSocketSettings
+from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.routing import Router
+from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
+from tests.unit.fakes import FakeSink
+
+API_KEY = "key-1"
+
+
+def entry(seq: int, call: str = "CA_ws") -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "ts": 1_790_000_000 + seq,
+        "call": call,
+        "agent": "a",
+        "type": "turn.user",
+        "ephemeral": False,
+        "data": {"n": seq},
+    }
+
+
+Script = Callable[[web.WebSocketResponse, int], Awaitable[None]]
+
+
+class FakeFeed:
+    """Token endpoint plus a feed that runs `script(ws, connection_number)` per connection."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.token_requests = 0
+        self.connections = 0
+        self.subscriptions: list[Any] = []
+        self.tokens_seen: list[str | None] = []
+        self.token_status = 200
+        app = web.Application()
+        app.router.add_post("/v1/auth/websocket-token", self.token)
+        app.router.add_get("/v1/ws", self.feed)
+        self.server = TestServer(app)
+
+    async def token(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if self.token_status != 200:
+            return web.json_response({"error": "nope"}, status=self.token_status)
+        self.token_requests += 1
+        return web.json_response({"token": f"tok-{self.token_requests}", "expires_in": 60})
+
+    async def feed(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connections += 1
+        self.tokens_seen.append(request.query.get("token"))
+        self.subscriptions.append(await ws.receive_json())
+        await ws.send_json({"type": "subscribed", "events": ["*"]})
+        await self.script(ws, self.connections)
+        return ws
+
+    def settings(self, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
+        base = str(self.server.make_url("")).rstrip("/")
+        ws = WebSocketSettings(
+            enabled=True,
+            url=base.replace("http", "ws", 1) + "/v1/ws",
+            backoff_initial_seconds=0.05,
+            backoff_max_seconds=0.2,
+            **over,
+        )
+        return ws, PinecallSettings(api_url=base, api_key=API_KEY)
+
+
+@pytest.fixture
+async def make_feed() -> AsyncIterator[Callable[[Script], Awaitable[FakeFeed]]]:
+    feeds: list[FakeFeed] = []
+
+    async def make(script: Script) -> FakeFeed:
+        feed = FakeFeed(script)
+        await feed.server.start_server()
+        feeds.append(feed)
+        return feed
+
+    yield make
+    for feed in feeds:
+        await feed.server.close()
+
+
+def pipeline_with(sink: FakeSink, metrics: Metrics) -> Pipeline:
+    return Pipeline(
+        sink,
+        MemoryDedupStore(DedupWindow(60, 1000)),
+        Router(TopicSettings(), []),
+        metrics,
+        source="test",
+        dlq_topic="pinecall.dlq",
+        publish_timeout=0.2,
+    )
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def seqs(sink: FakeSink) -> list[int]:
+    return [jsoncodec.loads(r.value)["pinecallseq"] for r in sink.acked()]
+
+
+async def hold_open(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+async def test_reads_in_order_and_skips_control_and_garbage(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await ws.send_str("garbage{")
+        await ws.send_bytes(b"\x00")
+        await ws.send_json({"type": "pong"})
+        await ws.send_json(entry(2))
+        await ws.send_json(entry(2))  # the feed repeats itself: one record
+        await ws.send_json({"event": "call.ended", "callId": "CA_ws", "seq": 3})
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings(events=["turn.user", "call.ended"])
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await until(lambda: len(sink.acked()) == 3)
+        assert metrics.registry.get_sample_value("pinecall_bridge_websocket_connected") == 1
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert [jsoncodec.loads(r.value)["type"] for r in sink.acked()] == [
+        "turn.user",
+        "turn.user",
+        "call.ended",
+    ]
+    assert jsoncodec.loads(sink.records[0].value)["pinecallchannel"] == "websocket"
+    assert feed.subscriptions == [{"type": "subscribe", "events": ["turn.user", "call.ended"]}]
+    assert feed.tokens_seen == ["tok-1"]
+    frames = {
+        kind: metrics.registry.get_sample_value(
+            "pinecall_bridge_websocket_frames_total", {"kind": kind}
+        )
+        for kind in ("event", "control", "garbage")
+    }
+    assert frames == {"event": 4, "control": 2, "garbage": 2}  # control: subscribed, pong
+    assert (
+        metrics.registry.get_sample_value(
+            "pinecall_bridge_events_duplicate_total", {"channel": "websocket"}
+        )
+        == 1
+    )
+    assert metrics.registry.get_sample_value("pinecall_bridge_websocket_connected") == 0
+
+
+async def test_auth_close_refetches_token_and_resubscribes(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n))
+        if n == 1:
+            await ws.close(code=4001, message=b"token expired")
+        elif n == 2:
+            await ws.close(code=WSCloseCode.GOING_AWAY)
+        else:
+            await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await until(lambda: len(sink.acked()) == 3, within=20)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert seqs(sink) == [1, 2, 3]
+    assert feed.tokens_seen == ["tok-1", "tok-2", "tok-3"]
+    assert len(feed.subscriptions) == 3
+    reconnects = metrics.registry.get_sample_value
+    assert reconnects("pinecall_bridge_websocket_reconnects_total", {"reason": "auth"}) == 1
+    assert reconnects("pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}) == 1
+
+
+async def test_bearer_mode_sends_the_key_and_asks_no_token(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings(auth="bearer")
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await until(lambda: len(sink.acked()) == 1)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.token_requests == 0
+    assert feed.tokens_seen == [None]
+
+
+async def test_backpressure_bounds_the_backlog_and_nothing_is_lost(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, 201):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    ws_settings, api = feed.settings(max_inflight=10)
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await until(lambda: len(sink.records) >= 1)
+        await asyncio.sleep(0.5)  # Kafka is "down": the publish is retried, reading must stall
+        backlog = metrics.registry.get_sample_value("pinecall_bridge_websocket_backlog_events")
+        assert backlog is not None
+        assert backlog <= 10
+        frames = metrics.registry.get_sample_value(
+            "pinecall_bridge_websocket_frames_total", {"kind": "event"}
+        )
+        assert frames is not None
+        assert frames < 200  # the socket was not drained into memory
+        sink.auto_ack = True
+        for future in sink.futures:
+            if not future.done():
+                future.set_result(None)
+        await until(lambda: len(set(seqs(sink))) == 200, within=20)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    published = seqs(sink)
+    assert sorted(set(published)) == list(range(1, 201))
+    assert len(published) == 200  # retries never doubled a record
+
+
+async def test_stop_flushes_what_was_read(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, 6):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    await until(lambda: len(sink.records) >= 1)
+
+    async def kafka_comes_back() -> None:
+        await asyncio.sleep(0.3)
+        sink.auto_ack = True
+        for future in sink.futures:
+            if not future.done():
+                future.set_result(None)
+
+    back = asyncio.create_task(kafka_comes_back())
+    await source.stop(asyncio.get_running_loop().time() + 5)
+    await back
+    assert sorted(set(seqs(sink))) == [1, 2, 3, 4, 5]
+
+
+async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings = WebSocketSettings(
+        enabled=True,
+        url="ws://127.0.0.1:9/v1/ws",
+        auth="bearer",
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.05,
+    )
+    api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+
+    def failures() -> float:
+        value = metrics.registry.get_sample_value(
+            "pinecall_bridge_websocket_reconnects_total", {"reason": "connect_error"}
+        )
+        return value or 0.0
+
+    try:
+        await until(lambda: failures() >= 3)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 1)
+
+
+async def test_token_client_errors(make_feed: Callable[[Script], Awaitable[FakeFeed]]) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    ws_settings, api = feed.settings()
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        token, expires = await TokenClient(session, api, ws_settings).fetch()
+        assert token == "tok-1"
+        assert expires is not None
+        bad_key = api.model_copy(update={"api_key": None})
+        with pytest.raises(TokenError) as refused:
+            await TokenClient(session, bad_key, ws_settings).fetch()
+        assert refused.value.auth
+        feed.token_status = 500
+        with pytest.raises(TokenError) as failed:
+            await TokenClient(session, api, ws_settings).fetch()
+        assert not failed.value.auth
+        feed.token_status = 200
+        other_field = ws_settings.model_copy(update={"token_field": "access_token"})
+        with pytest.raises(TokenError, match="access_token"):
+            await TokenClient(session, api, other_field).fetch()
+
+
+def test_with_token() -> None:
+    assert with_token("wss://h/v1/ws", "a b") == "wss://h/v1/ws?token=a+b"
+    assert with_token("wss://h/v1/ws?x=1", "t") == "wss://h/v1/ws?x=1&token=t"
