@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from bridge import jsoncodec
 from bridge.config import ConfigError, Settings, describe, load_settings
@@ -98,6 +99,57 @@ def _send(args: argparse.Namespace) -> int:
         return 1
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    import aiohttp
+
+    from bridge.sources.registration import RegistrationError, WebhookRegistry
+
+    async def act() -> Any:
+        async with aiohttp.ClientSession() as session:
+            registry = WebhookRegistry(session, settings.pinecall)
+            if args.action == "list":
+                return await registry.hooks()
+            if args.action == "delete":
+                await registry.delete(args.id)
+                return {"deleted": args.id}
+            secret = args.secret or (
+                settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
+            )
+            if not secret:
+                raise RegistrationError("no secret: pass --secret or set BRIDGE_WEBHOOK__SECRETS")
+            hook, created = await registry.ensure(args.url, args.events, secret)
+            return {"created": created, "webhook": hook}
+
+    try:
+        print(jsoncodec.dumps(asyncio.run(act())).decode())
+    except RegistrationError as exc:
+        print(f"pinecall-bridge: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from rich.console import Console
+
+    from bridge.tail import TailFilter, tail
+
+    topics = args.topic or [settings.topics.events, settings.topics.alerts]
+    wanted = TailFilter(type_glob=args.type, call=args.call)
+    asyncio.run(
+        tail(
+            settings,
+            topics,
+            wanted,
+            from_beginning=args.from_beginning,
+            limit=args.limit,
+            console=Console(),
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinecall-bridge",
@@ -115,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--bare", action="store_true", help="bare hex signature, not sha256=<hex>")
     send.add_argument("--curl", action="store_true", help="print the equivalent curl command")
     send.set_defaults(func=_send)
+
+    hooks = commands.add_parser("webhooks", help="register, list or delete Pinecall webhooks")
+    hook_actions = hooks.add_subparsers(dest="action", required=True)
+    register = hook_actions.add_parser("register", help="register a URL (no-op if it exists)")
+    register.add_argument("--url", required=True, help="the bridge's public webhook URL")
+    register.add_argument(
+        "--events", type=lambda v: [e for e in v.split(",") if e], default=[], help="a,b,c"
+    )
+    register.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
+    hook_actions.add_parser("list", help="list registered webhooks")
+    delete = hook_actions.add_parser("delete", help="delete a webhook by id")
+    delete.add_argument("id")
+    hooks.set_defaults(func=_webhooks)
+
+    tail = commands.add_parser("tail", help="print the events on the bridge's Kafka topics")
+    tail.add_argument("--topic", action="append", help="default: the events and alerts topics")
+    tail.add_argument("--type", default="*", help="type glob, e.g. 'call.*'")
+    tail.add_argument("--call", help="only this call id")
+    tail.add_argument("--from-beginning", action="store_true", help="not only new records")
+    tail.add_argument("--limit", type=int, help="stop after this many records")
+    tail.set_defaults(func=_tail)
     return parser
 
 

@@ -8,6 +8,7 @@ import logging
 import random
 import signal
 
+import aiohttp
 from aiohttp import web
 
 from bridge.app import Readiness, build_app
@@ -17,6 +18,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
+from bridge.sources.registration import RegistrationError, WebhookRegistry
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
 
@@ -53,6 +55,7 @@ class Bridge:
         self.app = build_app(settings, webhook, self.readiness, self.metrics)
         self._runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
+        self._registration: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -80,6 +83,8 @@ class Bridge:
         if self.feed is not None:
             # Frames wait in the feed's bounded queue until Kafka is there: no need to hold it back.
             await self.feed.start()
+        if self.settings.pinecall.register_webhook:
+            self._registration = asyncio.create_task(self._register(), name="webhook-register")
 
     async def _connect(self) -> None:
         delay = 0.5
@@ -105,6 +110,21 @@ class Bridge:
         self.readiness.started = True
         log.info("ready", extra={"topics": self.router.topics()})
 
+    async def _register(self) -> None:
+        """Register our public webhook URL with Pinecall unless it already is."""
+        api, hook = self.settings.pinecall, self.settings.webhook
+        url = f"{api.public_url}{hook.path}"
+        secret = hook.secrets[0].get_secret_value() if hook.secrets else ""
+        async with aiohttp.ClientSession() as session:
+            try:
+                _, created = await WebhookRegistry(session, api).ensure(url, [], secret)
+            except RegistrationError as exc:
+                log.error("webhook registration failed", extra={"url": url, "error": str(exc)})
+                return
+        log.info(
+            "webhook registered" if created else "webhook already registered", extra={"url": url}
+        )
+
     async def _stop_http(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -121,10 +141,11 @@ class Bridge:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         log.info("shutting down", extra={"grace_s": grace})
-        if self._connector is not None:
-            self._connector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
+        for task in (self._connector, self._registration):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             async with asyncio.timeout_at(deadline):
                 await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
