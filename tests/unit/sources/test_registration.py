@@ -48,7 +48,7 @@ async def api() -> AsyncIterator[tuple[FakeApi, WebhookRegistry]]:
     fake = FakeApi()
     await fake.server.start_server()
     base = str(fake.server.make_url("")).rstrip("/")
-    settings = PinecallSettings(api_url=base, api_key="k")  # type: ignore[arg-type]
+    settings = PinecallSettings(api_url=base, api_key="k")
     async with aiohttp.ClientSession() as session:
         yield fake, WebhookRegistry(session, settings)
     await fake.server.close()
