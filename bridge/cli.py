@@ -150,6 +150,12 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from bridge.simulator.command import main as simulate
+
+    return simulate(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinecall-bridge",
@@ -188,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="not only new records")
     tail.add_argument("--limit", type=int, help="stop after this many records")
     tail.set_defaults(func=_tail)
+
+    # The simulator parses its own many options; this entry hands them over untouched.
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a local stand-in for Pinecall (see `simulate --help`)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    simulate.add_argument("args", nargs=argparse.REMAINDER)
+    simulate.set_defaults(func=_simulate)
     return parser
 
 

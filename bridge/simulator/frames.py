@@ -1,0 +1,102 @@
+"""WebSocket frames: what the server pushes and what it makes of the client's. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import jsoncodec
+from bridge.simulator.filters import parse_events
+from bridge.simulator.plan import FrameShape
+
+# Things a broken or hostile feed might send: the bridge must count them and carry on.
+GARBAGE: tuple[str | bytes, ...] = (
+    "this is not JSON {",
+    b"\x00\x01\x02 a binary frame",
+    "[1, 2, 3]",
+    '"a JSON string"',
+    "42",
+    "null",
+)
+# Close codes the server uses.
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+UNAUTHORIZED = 4001  # bad, missing or expired credentials: fetch a new token before retrying
+
+PONG = jsoncodec.dumps({"type": "pong"}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    events: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    message: str
+
+
+ClientMessage = Subscribe | Ping | Invalid
+
+
+def interpret(message: str | bytes) -> ClientMessage:
+    """What a client frame asks for; anything unexpected is Invalid, answered but never fatal."""
+    if isinstance(message, bytes):
+        return Invalid("binary frames are not supported")
+    try:
+        item: Any = jsoncodec.loads(message)
+    except jsoncodec.JSONDecodeError:
+        return Invalid("the frame is not JSON")
+    if not isinstance(item, dict):
+        return Invalid("the frame is not a JSON object")
+    kind = item.get("type")
+    if kind == "ping":
+        return Ping()
+    if kind == "subscribe":
+        events = parse_events(item.get("events"))
+        if events is None:
+            return Invalid("events must be a list of event types")
+        return Subscribe(events)
+    return Invalid(f"unknown frame type {kind!r}")
+
+
+def subscribed(events: tuple[str, ...]) -> str:
+    return jsoncodec.dumps({"type": "subscribed", "events": list(events)}).decode()
+
+
+def error(message: str) -> str:
+    return jsoncodec.dumps({"type": "error", "message": message}).decode()
+
+
+def event_frame(entry: dict[str, Any], body: bytes, shape: FrameShape) -> str:
+    """The pushed text: the webhook's very bytes, or the same event in another shape.
+
+    Every shape carries the dedup id the log entry implies (`<call>:<seq>`), so the bridge
+    sees one event whichever channel or shape delivers it.
+    """
+    if shape == "log-entry":
+        return body.decode()
+    event_id = f"{entry['call']}:{entry['seq']}"
+    if shape == "documented":
+        frame: dict[str, Any] = {
+            "id": event_id,
+            "type": entry["type"],
+            "timestamp": entry["ts"],
+            "agent": entry["agent"],
+            "data": {**entry["data"], "call_id": entry["call"]},
+        }
+    else:
+        # The older SDK spread the payload over the frame itself.
+        frame = {
+            **entry["data"],
+            "event": entry["type"],
+            "callId": entry["call"],
+            "id": event_id,
+            "timestamp": entry["ts"],
+        }
+    return jsoncodec.dumps(frame).decode()

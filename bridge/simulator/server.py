@@ -1,0 +1,126 @@
+"""The HTTP surface: token, webhook registration, the feed, and the `/_sim/` controls."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from bridge import jsoncodec
+from bridge.simulator.auth import bearer_ok, unauthorized
+from bridge.simulator.config import DropMode, SimulatorConfig
+from bridge.simulator.hooks import HookStore, InvalidHookError, parse_hook
+from bridge.simulator.session import SessionHandler
+from bridge.simulator.stats import Stats
+from bridge.simulator.tokens import TokenStore
+
+DROP_MODES: tuple[DropMode, ...] = ("abort", "1011")
+
+
+class Controls(Protocol):
+    """Fault injection and counters, as the Simulator offers them."""
+
+    async def drop_connections(self, mode: DropMode = "abort") -> int: ...
+
+    async def auth_close(self) -> int: ...
+
+    async def expire_tokens(self) -> int: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Api:
+    """The REST endpoints; each answers 401 without `Authorization: Bearer <api key>`."""
+
+    def __init__(
+        self, config: SimulatorConfig, tokens: TokenStore, hooks: HookStore, stats: Stats
+    ) -> None:
+        self._config = config
+        self._tokens = tokens
+        self._hooks = hooks
+        self._stats = stats
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        if bearer_ok(request.headers.get("Authorization"), self._config.api_key):
+            return None
+        self._stats.unauthorized += 1
+        return unauthorized("Authorization: Bearer <api key> is required")
+
+    async def token(self, request: web.Request) -> web.Response:
+        self._stats.token_requests += 1
+        if refused := self._refused(request):
+            return refused
+        ttl = self._config.token_ttl
+        expires_in = int(ttl) if ttl.is_integer() else ttl
+        return web.json_response({"token": self._tokens.issue(), "expires_in": expires_in})
+
+    async def create_hook(self, request: web.Request) -> web.Response:
+        if refused := self._refused(request):
+            return refused
+        try:
+            url, events, secret = parse_hook(jsoncodec.loads(await request.read()))
+        except jsoncodec.JSONDecodeError:
+            return _bad_request("the body is not JSON")
+        except InvalidHookError as exc:
+            return _bad_request(str(exc))
+        hook = self._hooks.create(url, events, secret)
+        return web.json_response(hook.public(), status=201)
+
+    async def list_hooks(self, request: web.Request) -> web.Response:
+        if refused := self._refused(request):
+            return refused
+        return web.json_response({"data": [hook.public() for hook in self._hooks.all()]})
+
+    async def delete_hook(self, request: web.Request) -> web.Response:
+        if refused := self._refused(request):
+            return refused
+        if not self._hooks.delete(request.match_info["id"]):
+            return web.json_response(
+                {"error": "not_found", "detail": "no such webhook"}, status=404
+            )
+        return web.Response(status=204)
+
+
+class ControlRoutes:
+    """`/_sim/...`: no authentication, for the demo and the command line."""
+
+    def __init__(self, controls: Controls) -> None:
+        self._controls = controls
+
+    async def drop(self, request: web.Request) -> web.Response:
+        mode = request.query.get("mode", "abort")
+        if mode not in DROP_MODES:
+            return _bad_request(f"mode must be one of {', '.join(DROP_MODES)}")
+        closed = await self._controls.drop_connections(mode)
+        return web.json_response({"closed": closed})
+
+    async def auth_close(self, _: web.Request) -> web.Response:
+        return web.json_response({"closed": await self._controls.auth_close()})
+
+    async def expire_tokens(self, _: web.Request) -> web.Response:
+        return web.json_response({"closed": await self._controls.expire_tokens()})
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self._controls.snapshot())
+
+
+def build_app(
+    config: SimulatorConfig, api: Api, session: SessionHandler, controls: Controls
+) -> web.Application:
+    app = web.Application()
+    control = ControlRoutes(controls)
+    app.router.add_post(config.token_path, api.token)
+    app.router.add_get(config.token_path, api.token)
+    app.router.add_post(config.webhooks_path, api.create_hook)
+    app.router.add_get(config.webhooks_path, api.list_hooks)
+    app.router.add_delete(config.webhooks_path + "/{id}", api.delete_hook)
+    app.router.add_get(config.ws_path, session.handle)
+    app.router.add_post("/_sim/drop", control.drop)
+    app.router.add_post("/_sim/auth-close", control.auth_close)
+    app.router.add_post("/_sim/expire-tokens", control.expire_tokens)
+    app.router.add_get("/_sim/stats", control.stats)
+    return app
+
+
+def _bad_request(detail: str) -> web.Response:
+    return web.json_response({"error": "invalid_request", "detail": detail}, status=400)

@@ -1,0 +1,221 @@
+"""The stand-in for Pinecall: serve the API and the feed, play traffic, inject faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from bridge.simulator.config import Channel, DropMode, SimulatorConfig, TrafficSpec
+from bridge.simulator.delivery import Deliverer
+from bridge.simulator.feed import Feed
+from bridge.simulator.frames import GOING_AWAY, INTERNAL_ERROR, UNAUTHORIZED
+from bridge.simulator.hooks import Hook, HookStore, parse_hook
+from bridge.simulator.ledger import Ledger
+from bridge.simulator.records import Delivery, WsSend
+from bridge.simulator.server import Api, build_app
+from bridge.simulator.session import SessionHandler
+from bridge.simulator.stats import Stats
+from bridge.simulator.tokens import TokenStore
+from bridge.simulator.traffic import Traffic, TrafficReport
+
+log = logging.getLogger(__name__)
+
+
+class SimulatorStoppedError(Exception):
+    """stop() was called while this traffic was playing."""
+
+
+class Simulator:
+    """`await start()`, then `url` / `ws_url` serve; `await stop()` closes everything."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        self.stats = Stats()
+        self.hooks = HookStore()
+        self.tokens = TokenStore(self.config.token_ttl)
+        self.ledger = Ledger(self.config.ledger_path, keep=self.config.keep_records)
+        self.feed = Feed(
+            self.stats, garbage=self.config.ws_garbage, keep_records=self.config.keep_records
+        )
+        self.deliverer = Deliverer(self.config, self.stats)
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._runs: set[asyncio.Task[TrafficReport]] = set()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self.ledger.open()
+        await self.deliverer.start()
+        session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
+        api = Api(self.config, self.tokens, self.hooks, self.stats)
+        runner = web.AppRunner(
+            build_app(self.config, api, session, self), access_log=None, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        host = self.config.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, self.config.port), family=family)
+        await web.SockSite(runner, sock).start()
+        self._runner = runner
+        self._port = sock.getsockname()[1]
+        log.info("simulator listening", extra={"url": self.url, "ws_url": self.ws_url})
+
+    async def stop(self) -> None:
+        for run in list(self._runs):
+            run.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        await self.feed.close_all(GOING_AWAY, "server stopping")
+        await self.deliverer.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.ledger.close()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the simulator is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL, e.g. `http://127.0.0.1:8765`."""
+        host = self.config.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "[::1]"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The feed's URL without a token, e.g. `ws://127.0.0.1:8765/v1/ws`."""
+        return "ws" + self.url.removeprefix("http") + self.config.ws_path
+
+    @property
+    def token_requests(self) -> int:
+        return self.stats.token_requests
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return self.deliverer.records
+
+    @property
+    def ws_sends(self) -> list[WsSend]:
+        return self.feed.sends
+
+    def register_webhook(
+        self, url: str, secret: str | None = None, events: list[str] | None = None
+    ) -> Hook:
+        """What `POST <webhooks_path>` does; raises InvalidHookError (a ValueError) if bad."""
+        checked = parse_hook({"url": url, "secret": secret, "events": events})
+        return self.hooks.create(*checked)
+
+    async def run_traffic(
+        self,
+        calls: int = 10,
+        *,
+        concurrency: int = 10,
+        rate: float = 0.0,
+        channel: Channel = "both",
+        duplicates: float = 0.0,
+        reorder: float = 0.0,
+        seed: int | None = None,
+        subscribers: int = 0,
+        subscriber_timeout: float = 10.0,
+    ) -> TrafficReport:
+        """Play `calls` calls; returns once every delivery is answered and every frame written."""
+        spec = TrafficSpec(
+            calls=calls,
+            concurrency=concurrency,
+            rate=rate,
+            channel=channel,
+            duplicates=duplicates,
+            reorder=reorder,
+            seed=seed,
+            subscribers=subscribers,
+            subscriber_timeout=subscriber_timeout,
+        )
+        return await self.play(spec)
+
+    async def play(self, spec: TrafficSpec) -> TrafficReport:
+        """run_traffic() with the parameters in one object."""
+        traffic = Traffic(
+            spec,
+            self.config,
+            hooks=self.hooks,
+            deliverer=self.deliverer,
+            feed=self.feed,
+            ledger=self.ledger,
+            stats=self.stats,
+        )
+        run = asyncio.create_task(traffic.play())
+        self._runs.add(run)
+        try:
+            return await run
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if caller is not None and caller.cancelling():
+                raise
+            # stop() cancelled the run, not the caller: do not pass a cancellation on to it.
+            raise SimulatorStoppedError("the simulator stopped during the traffic") from None
+        finally:
+            self._runs.discard(run)
+
+    async def wait_for_subscribers(self, count: int = 1) -> None:
+        """Return once `count` connections are subscribed (bound it with asyncio.timeout)."""
+        await self.feed.wait_for_subscribers(count)
+
+    async def drop_connections(self, mode: DropMode = "abort") -> int:
+        """Cut every connection: `abort` without a close frame, `1011` with close code 1011."""
+        if mode == "abort":
+            dropped = self.feed.abort_all()
+        else:
+            dropped = await self.feed.close_all(INTERNAL_ERROR, "internal error")
+        self.stats.drops += dropped
+        log.info("connections dropped", extra={"mode": mode, "connections": dropped})
+        return dropped
+
+    async def auth_close(self) -> int:
+        """Close every connection with 4001 "unauthorized", as a revoked key would."""
+        closed = await self.feed.close_all(UNAUTHORIZED, "unauthorized")
+        self.stats.auth_closes += closed
+        log.info("connections closed as unauthorized", extra={"connections": closed})
+        return closed
+
+    async def expire_tokens(self) -> int:
+        """Expire every token; close the connections opened with one (4001 "token expired")."""
+        self.tokens.expire_all()
+        closed = await self.feed.close_all(UNAUTHORIZED, "token expired", token_only=True)
+        self.stats.auth_closes += closed
+        log.info("tokens expired", extra={"connections": closed})
+        return closed
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters `GET /_sim/stats` answers with."""
+        return {
+            **self.stats.as_dict(),
+            "connections_subscribed": len(self.feed.subscribed()),
+            "webhooks_registered": len(self.hooks.all()),
+            "ledger_size": self.ledger.size,
+        }

@@ -1,0 +1,174 @@
+"""A traffic run: calls played a few at a time, every event ledgered, then sent on its way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.simulator.config import SimulatorConfig, TrafficSpec
+from bridge.simulator.delivery import Deliverer
+from bridge.simulator.feed import EventRef, Feed
+from bridge.simulator.frames import event_frame
+from bridge.simulator.hooks import HookStore
+from bridge.simulator.ledger import Ledger, ledger_record
+from bridge.simulator.pacing import Pacer
+from bridge.simulator.plan import plan_event
+from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
+from bridge.simulator.stats import Stats
+from bridge.simulator.wire import encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficReport:
+    seed: int
+    calls: int
+    events: int
+    seconds: float
+    counters: dict[str, int]  # how much each Stats counter grew during the run
+    records: list[dict[str, Any]]  # this run's ledger records (empty when records are not kept)
+
+
+class _FrameLane:
+    """A call's WebSocket frames in seq order; a frame may wait for its webhook copy's answer."""
+
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self._held: deque[tuple[asyncio.Future[Any] | None, str, EventRef, int]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def push(
+        self, gate: asyncio.Future[Any] | None, frame: str, ref: EventRef, copies: int
+    ) -> None:
+        if gate is None and not self._held:
+            self._feed.publish(frame, ref, copies)
+            return
+        self._held.append((gate, frame, ref, copies))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._release())
+
+    async def finish(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def _release(self) -> None:
+        while self._held:
+            gate, frame, ref, copies = self._held[0]
+            if gate is not None:
+                await gate
+            self._held.popleft()
+            self._feed.publish(frame, ref, copies)
+
+
+class Traffic:
+    def __init__(
+        self,
+        spec: TrafficSpec,
+        config: SimulatorConfig,
+        *,
+        hooks: HookStore,
+        deliverer: Deliverer,
+        feed: Feed,
+        ledger: Ledger,
+        stats: Stats,
+    ) -> None:
+        self.spec = spec
+        self.seed = spec.seed if spec.seed is not None else secrets.randbits(32)
+        self._config = config
+        self._hooks = hooks
+        self._deliverer = deliverer
+        self._feed = feed
+        self._ledger = ledger
+        self._stats = stats
+        self._pacer = Pacer(spec.rate)
+        self._records: list[dict[str, Any]] = []
+
+    async def play(self) -> TrafficReport:
+        """Every call to its end, every delivery finally answered, every frame written."""
+        spec = self.spec
+        if spec.subscribers:
+            async with asyncio.timeout(spec.subscriber_timeout):
+                await self._feed.wait_for_subscribers(spec.subscribers)
+        self._warn_if_nobody_listens()
+        before, started = self._stats.as_dict(), time.monotonic()
+        scripts = generate_calls(self.seed, spec.calls)
+        log.info("traffic started", extra={"seed": self.seed, "calls": spec.calls})
+        pending = iter(enumerate(scripts))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(spec.concurrency, len(scripts))):
+                group.create_task(self._play_calls(pending))
+        await self._deliverer.join()
+        await self._feed.flush()
+        counters = self._stats.since(before)
+        report = TrafficReport(
+            seed=self.seed,
+            calls=spec.calls,
+            events=sum(len(script.steps) for script in scripts),
+            seconds=time.monotonic() - started,
+            counters=counters,
+            records=self._records,
+        )
+        log.info("traffic done", extra={"seed": self.seed, "events": report.events})
+        return report
+
+    def _warn_if_nobody_listens(self) -> None:
+        if self.spec.webhook and not self._hooks.all():
+            log.warning("no webhook is registered: the webhook copies go nowhere")
+        if self.spec.websocket and not self._feed.subscribed():
+            log.warning("no WebSocket connection is subscribed: the frames go nowhere")
+
+    async def _play_calls(self, pending: Iterator[tuple[int, CallScript]]) -> None:
+        # The workers share one iterator, so calls start in order, `concurrency` at a time.
+        for index, script in pending:
+            await self._play_call(index, script)
+
+    async def _play_call(self, index: int, script: CallScript) -> None:
+        rng = call_rng(self.seed, index, "plan")
+        lane = _FrameLane(self._feed)
+        for step in script.steps:
+            # Even a zero wait yields, so that concurrent calls interleave at full speed.
+            await asyncio.sleep(self._pacer.delay(time.monotonic()))
+            self._emit(script, step, rng, lane)
+        await lane.finish()
+
+    def _emit(self, script: CallScript, step: Step, rng: random.Random, lane: _FrameLane) -> None:
+        entry = script.entry(step, time.time())
+        body = encode(entry)
+        config = self._config
+        plan = plan_event(
+            rng,
+            self.spec,
+            ephemeral=step.ephemeral,
+            documented_ratio=config.ws_documented_ratio,
+            legacy_ratio=config.ws_legacy_ratio,
+        )
+        record = ledger_record(entry, plan.channels)
+        self._ledger.append(record)
+        if config.keep_records:
+            self._records.append(record)
+        self._stats.events_generated += 1
+        if step.ephemeral:
+            self._stats.events_ephemeral += 1
+        else:
+            self._stats.events_durable += 1
+        answered: list[asyncio.Future[None]] = []
+        for copy in range(plan.webhook_copies):
+            for hook in self._hooks.matching(step.type):
+                future = self._deliverer.submit(
+                    hook, body, call=script.call, seq=step.seq, event_type=step.type, copy=copy
+                )
+                if copy == 0:
+                    answered.append(future)
+        if plan.websocket_copies:
+            late = plan.websocket_after_webhook and answered
+            gate = asyncio.gather(*answered) if late else None
+            ref = EventRef(script.call, step.seq, step.type, plan.shape)
+            lane.push(gate, event_frame(entry, body, plan.shape), ref, plan.websocket_copies)

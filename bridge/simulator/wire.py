@@ -1,0 +1,26 @@
+"""The bytes and headers of a webhook delivery, as the platform sends them. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge import jsoncodec
+from bridge.simulator.config import SignatureForm
+from bridge.sources.signature import sign
+
+
+def encode(entry: dict[str, Any]) -> bytes:
+    """Compact JSON: the exact bytes signed, posted and pushed on the WebSocket."""
+    return jsoncodec.dumps(entry)
+
+
+def webhook_headers(
+    body: bytes, event_type: str, secret: str | None, form: SignatureForm
+) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "X-Pinecall-Event": event_type}
+    if secret is not None:
+        signature = sign(secret.encode(), body)
+        headers["X-Pinecall-Signature"] = (
+            signature if form == "prefixed" else signature.removeprefix("sha256=")
+        )
+    return headers

@@ -1,0 +1,87 @@
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.cli import main as bridge_main
+from bridge.simulator.command import build_parser, main, settings
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The command configures the root logger; put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_options_become_settings(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--port", "0", "--api-key", "k", "--token-ttl", "30", "--signature", "bare",
+         "--ws-heartbeat", "0", "--ws-documented", "0.5", "--calls", "3", "--rate", "50",
+         "--channel", "webhook", "--duplicates", "0.1", "--reorder", "0.2", "--seed", "9",
+         "--ledger", str(tmp_path / "l.jsonl"), "--max-attempts", "2", "--no-records"]
+    )  # fmt: skip
+    config, spec = settings(args)
+    assert (config.port, config.api_key, config.token_ttl, config.signature) == (0, "k", 30, "bare")
+    assert config.ws_heartbeat is None
+    assert config.ws_documented_ratio == 0.5
+    assert (config.max_attempts, config.keep_records) == (2, False)
+    assert config.ledger_path == tmp_path / "l.jsonl"
+    assert (spec.calls, spec.rate, spec.channel, spec.seed) == (3, 50, "webhook", 9)
+    assert (spec.duplicates, spec.reorder) == (0.1, 0.2)
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    config, spec = settings(build_parser().parse_args([]))
+    assert (config.port, config.api_key, config.signature) == (8765, "sim-api-key", "prefixed")
+    assert (spec.calls, spec.channel) == (20, "both")
+
+
+def test_bad_values_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--duplicates", "2"])
+    assert exited.value.code == 2
+    assert "duplicates" in capsys.readouterr().err
+
+
+def test_exit_when_done_prints_a_summary_and_writes_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    code = bridge_main(
+        ["simulate", "--port", "0", "--calls", "2", "--seed", "5", "--exit-when-done",
+         "--ledger", str(ledger), "--webhook-url", "http://127.0.0.1:9/hook",
+         "--webhook-secret", "s", "--max-attempts", "1", "--log-level", "WARNING"]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    events = len(ledger.read_bytes().splitlines())
+    assert events > 0
+    assert f"events generated   {events}" in out
+    assert f"0 ok, {events} failed" in out
+    assert "seed               5" in out
+    assert jsoncodec.loads(ledger.read_bytes().splitlines()[0])["seq"] == 1
+
+
+def test_waiting_in_vain_for_a_subscriber_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--port", "0", "--calls", "1", "--subscribers", "1", "--subscriber-timeout",
+                 "0.1", "--exit-when-done", "--log-level", "ERROR"])  # fmt: skip
+    assert code == 1
+    assert "no WebSocket subscriber" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_serving_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    timer = threading.Timer(0.5, signal.raise_signal, [signal.SIGTERM])
+    timer.start()
+    try:
+        assert main(["--port", "0", "--calls", "0", "--log-level", "ERROR"]) == 0
+    finally:
+        timer.cancel()
+    assert "events generated   0" in capsys.readouterr().out

@@ -1,0 +1,56 @@
+import pytest
+
+from bridge.simulator import SimulatorConfig, TrafficSpec
+
+
+def test_defaults_are_valid() -> None:
+    config = SimulatorConfig()
+    assert config.api_key == "sim-api-key"
+    assert config.token_ttl == 300.0
+    assert (config.max_attempts, config.retry_base, config.delivery_timeout) == (5, 0.2, 5.0)
+    assert config.delivery_concurrency == 64
+    assert TrafficSpec().channel == "both"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"port": 70000},
+        {"api_key": ""},
+        {"ws_path": "v1/ws"},
+        {"token_ttl": 0},
+        {"ws_garbage": 1.5},
+        {"ws_documented_ratio": 0.6, "ws_legacy_ratio": 0.6},
+        {"max_attempts": 0},
+        {"retry_base": -1},
+        {"ws_heartbeat": 0},
+    ],
+)
+def test_bad_simulator_settings_are_refused(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        SimulatorConfig(**change)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"calls": -1},
+        {"concurrency": 0},
+        {"rate": -1},
+        {"channel": "pigeon"},
+        {"duplicates": 2},
+        {"reorder": -0.1},
+    ],
+)
+def test_bad_traffic_is_refused(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        TrafficSpec(**change)  # type: ignore[arg-type]
+
+
+def test_channel_flags() -> None:
+    assert (TrafficSpec(channel="both").webhook, TrafficSpec(channel="both").websocket) == (
+        True,
+        True,
+    )
+    assert not TrafficSpec(channel="webhook").websocket
+    assert not TrafficSpec(channel="websocket").webhook

@@ -1,0 +1,184 @@
+import asyncio
+import dataclasses
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.simulator import SimulatorConfig, Stats
+from bridge.simulator.delivery import Deliverer
+from bridge.simulator.hooks import Hook, HookStore
+from bridge.sources.signature import Verdict, verify
+from tests.unit.simulator.conftest import FAST
+from tests.unit.simulator.receiver import Received, Receiver
+
+
+def body(call: str, seq: int) -> bytes:
+    entry = {"seq": seq, "ts": 1.0, "call": call, "agent": "a", "type": "message.sent",
+             "ephemeral": False, "data": {"text": "hi"}}  # fmt: skip
+    return jsoncodec.dumps(entry)
+
+
+async def started(config: SimulatorConfig = FAST) -> Deliverer:
+    deliverer = Deliverer(config, Stats())
+    await deliverer.start()
+    return deliverer
+
+
+@pytest.fixture
+async def deliverer() -> AsyncIterator[Deliverer]:
+    deliverer = await started()
+    yield deliverer
+    await deliverer.close()
+
+
+def hook_for(receiver: Receiver, secret: str | None = "s3cret") -> Hook:
+    return HookStore().create(receiver.url, ("*",), secret)
+
+
+def send(deliverer: Deliverer, hook: Hook, call: str, seq: int) -> asyncio.Future[None]:
+    return deliverer.submit(hook, body(call, seq), call=call, seq=seq, event_type="message.sent")
+
+
+async def test_the_exact_bytes_are_posted_and_signed(
+    deliverer: Deliverer, receiver: Receiver
+) -> None:
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    [request] = receiver.requests
+    assert request.body == body("CA_1", 1)
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["X-Pinecall-Event"] == "message.sent"
+    signature = request.headers["X-Pinecall-Signature"]
+    assert signature.startswith("sha256=")
+    assert verify(signature, request.body, [b"s3cret"]) is Verdict.VALID
+    [record] = deliverer.records
+    assert (record.outcome, record.call, record.seq, record.copy) == ("ok", "CA_1", 1, 0)
+    assert [a.status for a in record.attempts] == [200]
+
+
+async def test_bare_signatures_and_unsigned_hooks(receiver: Receiver) -> None:
+    deliverer = await started(dataclasses.replace(FAST, signature="bare"))
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    await send(deliverer, hook_for(receiver, secret=None), "CA_1", 2)
+    await deliverer.close()
+    signed, unsigned = receiver.requests
+    assert not signed.headers["X-Pinecall-Signature"].startswith("sha256=")
+    assert verify(signed.headers["X-Pinecall-Signature"], signed.body, [b"s3cret"]) is Verdict.VALID
+    assert "X-Pinecall-Signature" not in unsigned.headers
+
+
+async def test_a_5xx_is_retried_until_it_succeeds(deliverer: Deliverer, receiver: Receiver) -> None:
+    statuses = iter([503, 500, 200])
+
+    async def flaky(_: Received) -> int:
+        return next(statuses)
+
+    receiver.answer = flaky
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    [record] = deliverer.records
+    assert [a.status for a in record.attempts] == [503, 500, 200]
+    assert record.outcome == "ok"
+    assert record.retried
+    assert len({r.body for r in receiver.requests}) == 1  # a retry sends the same bytes
+
+
+async def test_a_4xx_is_never_retried(deliverer: Deliverer, receiver: Receiver) -> None:
+    async def refuse(_: Received) -> int:
+        return 401
+
+    receiver.answer = refuse
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    [record] = deliverer.records
+    assert (record.outcome, len(record.attempts)) == ("rejected", 1)
+
+
+async def test_it_gives_up_after_max_attempts(receiver: Receiver) -> None:
+    async def broken(_: Received) -> int:
+        return 500
+
+    receiver.answer = broken
+    deliverer = await started(dataclasses.replace(FAST, max_attempts=3))
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    await deliverer.close()
+    [record] = deliverer.records
+    assert (record.outcome, len(record.attempts)) == ("failed", 3)
+
+
+async def test_transport_errors_and_timeouts_are_retried(receiver: Receiver) -> None:
+    slow = iter([True, False])
+
+    async def sometimes_slow(_: Received) -> int:
+        if next(slow):
+            await asyncio.sleep(1)
+        return 200
+
+    receiver.answer = sometimes_slow
+    deliverer = await started(dataclasses.replace(FAST, delivery_timeout=0.2, max_attempts=2))
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    nowhere = HookStore().create("http://127.0.0.1:9/hook", ("*",), "s")
+    await send(deliverer, nowhere, "CA_2", 1)
+    await deliverer.close()
+    timed_out, refused = deliverer.records
+    assert [(a.status, a.error) for a in timed_out.attempts] == [(None, "timeout"), (200, None)]
+    assert timed_out.outcome == "ok"
+    assert refused.outcome == "failed"
+    assert all(a.status is None and a.error for a in refused.attempts)
+
+
+async def test_a_calls_deliveries_stay_in_order_while_calls_run_in_parallel(
+    deliverer: Deliverer, receiver: Receiver
+) -> None:
+    rng = random.Random(4)
+    seen: dict[tuple[str, int], int] = defaultdict(int)
+
+    async def jittery(request: Received) -> int:
+        seen[request.key] += 1
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        # Every third event fails twice first: retries must not let its successor overtake it.
+        return 503 if request.key[1] % 3 == 0 and seen[request.key] <= 2 else 200
+
+    receiver.answer = jittery
+    hook = hook_for(receiver)
+    futures = [send(deliverer, hook, f"CA_{c}", seq) for seq in range(1, 11) for c in range(5)]
+    await asyncio.gather(*futures)
+    arrivals: dict[str, list[int]] = defaultdict(list)
+    for request in receiver.requests:
+        call, seq = request.key
+        arrivals[call].append(seq)
+    for seqs in arrivals.values():
+        assert seqs == sorted(seqs)
+        assert set(seqs) == set(range(1, 11))
+    assert receiver.most_in_flight > 1
+    assert all(r.outcome == "ok" for r in deliverer.records)
+    assert sum(r.retried for r in deliverer.records) == 15
+
+
+async def test_requests_in_flight_are_bounded(receiver: Receiver) -> None:
+    async def slow(_: Received) -> int:
+        await asyncio.sleep(0.05)
+        return 200
+
+    receiver.answer = slow
+    deliverer = await started(dataclasses.replace(FAST, delivery_concurrency=2))
+    hook = hook_for(receiver)
+    await asyncio.gather(*(send(deliverer, hook, f"CA_{c}", 1) for c in range(8)))
+    await deliverer.close()
+    assert receiver.most_in_flight == 2
+
+
+async def test_closing_abandons_what_is_pending(receiver: Receiver) -> None:
+    async def never(_: Received) -> int:
+        await asyncio.Event().wait()
+        return 200
+
+    receiver.answer = never
+    deliverer = await started()
+    hook = hook_for(receiver)
+    futures = [send(deliverer, hook, "CA_1", 1), send(deliverer, hook, "CA_1", 2)]
+    await asyncio.sleep(0.05)
+    await deliverer.close()
+    assert all(f.done() for f in futures)
+    assert [r.outcome for r in deliverer.records] == ["cancelled", "cancelled"]
+    assert send(deliverer, hook, "CA_1", 3).done()
