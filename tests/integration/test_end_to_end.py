@@ -1,0 +1,161 @@
+"""The whole product: simulated Pinecall → both channels, with faults → the bridge → real Kafka.
+
+The simulator's ledger is the ground truth: every durable event once, none extra, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bridge.service import Bridge
+from bridge.simulator import Simulator, SimulatorConfig
+from tests.integration.conftest import SECRET, Consumed, Topics, bridge_settings, wait_ready
+
+
+async def read_to_end(bootstrap: str, topic_names: list[str]) -> list[Consumed]:
+    """Every record the topics hold right now, in partition order."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topic_names)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(topic["topic"], p["partition"])
+        for topic in described
+        for p in topic["partitions"]
+    ]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Consumed] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(
+                    Consumed(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
+                    for m in batch
+                )
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorConfig(token_ttl=30.0, retry_base=0.1, max_attempts=8)) as sim:
+        yield sim
+
+
+async def settled(bridge: Bridge) -> None:
+    """Wait until nothing is queued or in flight inside the bridge."""
+    registry = bridge.metrics.registry
+    for _ in range(200):
+        backlog = registry.get_sample_value("pinecall_bridge_websocket_backlog_events") or 0
+        inflight = registry.get_sample_value("pinecall_bridge_inflight_events") or 0
+        if backlog == 0 and inflight == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the bridge never settled")
+
+
+async def test_both_channels_with_faults_match_the_ledger(
+    simulator: Simulator, kafka_bootstrap: str, topics: Topics
+) -> None:
+    settings = bridge_settings(
+        kafka_bootstrap,
+        topics,
+        pinecall={"api_url": simulator.url, "api_key": "sim-api-key"},
+        websocket={
+            "enabled": True,
+            "url": simulator.ws_url,
+            "backoff_initial_seconds": 0.05,
+            "backoff_max_seconds": 0.5,
+        },
+    )
+    bridge = Bridge(settings)
+    await bridge.start()
+    try:
+        url = f"http://127.0.0.1:{bridge.port}"
+        await wait_ready(url)
+        simulator.register_webhook(url + settings.webhook.path, secret=SECRET)
+        async with asyncio.timeout(15):
+            await simulator.wait_for_subscribers(1)
+
+        traffic = asyncio.create_task(
+            simulator.run_traffic(
+                calls=50,
+                concurrency=20,
+                rate=300,
+                channel="both",
+                duplicates=0.1,
+                reorder=0.3,
+                seed=20261123,
+            )
+        )
+        faults: list[int] = []
+        for fault in (
+            lambda: simulator.drop_connections("abort"),
+            simulator.auth_close,
+            simulator.expire_tokens,
+            lambda: simulator.drop_connections("1011"),
+        ):
+            await asyncio.sleep(0.4)
+            async with asyncio.timeout(15):
+                await simulator.wait_for_subscribers(1)
+            faults.append(await fault())
+        faults_done_while_flowing = not traffic.done()
+        report = await traffic
+        async with asyncio.timeout(15):
+            await simulator.wait_for_subscribers(1)  # the last fault was noticed and recovered
+        await settled(bridge)
+        metrics = bridge.metrics.registry
+        reconnects = {
+            sample.labels["reason"]: sample.value
+            for metric in metrics.collect()
+            for sample in metric.samples
+            if sample.name == "pinecall_bridge_websocket_reconnects_total"
+        }
+    finally:
+        await bridge.stop()
+
+    assert faults == [1, 1, 1, 1], "every fault hit the bridge's one connection"
+    assert faults_done_while_flowing, "the faults must hit the feed while events flow"
+    assert report.events > 0
+    failed = [d for d in simulator.deliveries if d.outcome != "ok"]
+    assert failed == [], f"webhook deliveries not acknowledged: {failed[:3]}"
+    # Four forced disconnects, two of them auth closes, each followed by a fresh token.
+    assert sum(reconnects.values()) >= 4, reconnects
+    assert reconnects["auth"] >= 2, reconnects
+    assert simulator.token_requests >= 5
+
+    expected = simulator.ledger.expected_ids()
+    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    events = [r for r in records if r.topic == topics.events]
+    assert [r for r in records if r.topic != topics.events] == []
+    counts = Counter(r.json()["id"] for r in events)
+    doubled = {event_id: n for event_id, n in counts.items() if n > 1}
+    assert doubled == {}, f"published more than once: {list(doubled)[:5]}"
+    assert set(counts) - expected == set(), "published something Pinecall never sent durably"
+    assert expected - set(counts) == set(), f"lost: {sorted(expected - set(counts))[:5]}"
+
+    by_channel: dict[tuple[bytes | None, str], list[int]] = defaultdict(list)
+    for record in events:
+        event: dict[str, Any] = record.json()
+        assert record.key == event["subject"].encode()
+        by_channel[(record.key, event["pinecallchannel"])].append(event["pinecallseq"])
+    assert all(seqs == sorted(seqs) for seqs in by_channel.values()), "per-call order broken"
+    channels = Counter(channel for (_, channel), seqs in by_channel.items() for _ in seqs)
+    assert channels["websocket"] > 0, "the feed published nothing: both channels not exercised"
+    assert channels["webhook"] > 0
