@@ -10,7 +10,7 @@ DEV_SECRET ?= dev-secret
 HTTP_PORT ?= 8080
 export KAFKA_PORT
 
-.PHONY: help run test venv kafka-up kafka-down kafka-status lint typecheck unit integration clean
+.PHONY: help run demo-headless bridge test venv kafka-up kafka-down kafka-status lint typecheck unit integration clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,15 +34,17 @@ kafka-down:  ## stop the local Kafka broker; no-op if it is stopped
 kafka-status:  ## is the local broker running and answering?
 	@tools/kafka/kafka.sh status
 
-run: venv kafka-up  ## run the bridge in the foreground against the local broker (Ctrl-C stops it)
-	@echo
-	@echo "pinecall-bridge on http://127.0.0.1:$(HTTP_PORT)  (webhook secret: $(DEV_SECRET))"
-	@echo "Send a signed event from another terminal, with the bundled sender:"
-	@echo "  BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) $(BIN)/pinecall-bridge send --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall"
+run: venv kafka-up  ## the demo: simulated Pinecall → the bridge (both channels) → local Kafka, live
+	$(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
+
+demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check
+	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT)
+
+bridge: venv kafka-up  ## only the bridge, in the foreground, with a dev secret (no simulator)
+	@echo "Send a signed event from another terminal:"
+	@echo "  $(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall"
 	@echo "or with curl:"
 	@echo "  $$($(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall --curl)"
-	@echo "Metrics: curl -s http://127.0.0.1:$(HTTP_PORT)/metrics | grep ^pinecall_bridge"
-	@echo
 	BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) BRIDGE_LOG__FORMAT=console \
 	BRIDGE_HTTP__PORT=$(HTTP_PORT) BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	exec $(BIN)/pinecall-bridge run
@@ -60,8 +62,27 @@ unit: venv  ## unit tests only (no broker)
 integration: venv kafka-up  ## integration tests against the local broker
 	$(BIN)/pytest -m integration
 
-test: venv kafka-up lint typecheck  ## lint, type checks and every test, unit and integration
+test: venv kafka-up lint typecheck deploy-tools  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
 clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
 	rm -rf $(VENV) .cache/kafka-data .mypy_cache .ruff_cache .pytest_cache
+
+# Kubernetes artefacts (Dockerfile, helm/, deploy/): the tools tests/deploy checks them with.
+# helm is built from the Go module proxy once (about 1.5 min) into .cache/bin; prometheus and
+# promtool are Debian's package (apt-get, as root); hadolint comes with the venv's dev extras.
+.PHONY: helm prometheus deploy-tools deploy-check deploy-generate
+
+helm:  ## build helm into .cache/bin (once; no-op when it is there)
+	@tools/helm/install.sh
+
+prometheus:  ## install Debian's prometheus and promtool when missing (needs root)
+	@tools/prometheus/install.sh
+
+deploy-tools: venv helm prometheus  ## every tool the deploy checks need
+
+deploy-check: deploy-tools kafka-up  ## only the Dockerfile, Helm chart and deploy/ checks (tests/deploy)
+	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest tests/deploy
+
+deploy-generate: deploy-tools  ## regenerate deploy/ from the Helm chart
+	$(BIN)/python -m tests.deploy.generate

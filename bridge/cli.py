@@ -156,6 +156,22 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate(args.args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from bridge.demo.runner import DemoOptions, run_demo
+
+    options = DemoOptions(
+        calls=args.calls if args.calls is not None else (50 if args.headless else 0),
+        rate=args.rate,
+        http_port=args.http_port,
+        simulator_port=args.simulator_port,
+        seed=args.seed,
+        headless=args.headless,
+    )
+    return asyncio.run(run_demo(options, Console()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinecall-bridge",
@@ -194,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="not only new records")
     tail.add_argument("--limit", type=int, help="stop after this many records")
     tail.set_defaults(func=_tail)
+
+    demo = commands.add_parser(
+        "demo", help="simulated Pinecall → the bridge (both channels) → Kafka, on screen"
+    )
+    demo.add_argument("--headless", action="store_true", help="no live view: run, then summarise")
+    demo.add_argument("--calls", type=int, help="calls to play (default: forever; headless: 50)")
+    demo.add_argument("--rate", type=float, default=40.0, help="events per second (default 40)")
+    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--simulator-port", type=int, default=8765)
+    demo.add_argument("--seed", type=int)
+    demo.set_defaults(func=_demo)
 
     # The simulator parses its own many options; this entry hands them over untouched.
     simulate = commands.add_parser(

@@ -47,6 +47,14 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class _TransientMetadataFilter(logging.Filter):
+    """Drops aiokafka's ERROR for a topic not yet in metadata: routine right after creating it,
+    and a topic that stays missing is reported by the bridge itself (it stays unready)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Topic %s not found in cluster metadata")
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
@@ -55,4 +63,7 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level)
     # aiokafka logs every reconnect attempt at ERROR; the bridge reports outages itself.
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    cluster = logging.getLogger("aiokafka.cluster")
+    if not any(isinstance(f, _TransientMetadataFilter) for f in cluster.filters):
+        cluster.addFilter(_TransientMetadataFilter())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -66,7 +66,11 @@ class Bridge:
             self.app,
             handle_signals=False,
             access_log=None,
-            shutdown_timeout=self.settings.shutdown.grace_seconds,
+            # A handler needs at most the publish timeout; waiting longer only delays the flush.
+            shutdown_timeout=min(
+                self.settings.kafka.publish_timeout_seconds + 1,
+                self.settings.shutdown.grace_seconds,
+            ),
         )
         await runner.setup()
         site = web.TCPSite(runner, http.host, http.port)
@@ -126,8 +130,15 @@ class Bridge:
         )
 
     async def _stop_http(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._runner is None:
+            return
+        # Close the listeners first and let accepted connections reach their handlers: a handler
+        # that starts after aiohttp's cleanup began can wait out the whole shutdown timeout.
+        for site in list(self._runner.sites):
+            await site.stop()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await self._runner.cleanup()
 
     async def _stop_feed(self, deadline: float) -> None:
         if self.feed is not None:
@@ -146,15 +157,21 @@ class Bridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # The flush keeps a share of the grace period whatever phase one does.
+        flush_from = deadline - min(5.0, grace / 4)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(flush_from):
                 await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
                 # Phase one: stop taking input, let what was taken reach Kafka.
-                await asyncio.gather(self._stop_http(), self._stop_feed(deadline))
+                await asyncio.gather(self._stop_http(), self._stop_feed(flush_from))
+        except TimeoutError:
+            log.error("requests still in flight when the grace period ran short")
+        try:
+            async with asyncio.timeout_at(deadline):
                 # Phase two: flush the producer.
                 await self.sink.stop()
         except TimeoutError:
-            log.error("grace period over before everything was flushed")
+            log.error("grace period over before the producer was flushed")
         self._runner = None
         log.info("stopped")
 

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -22,6 +22,21 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of the topics, for readers that assign partitions themselves."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        for partition in topic["partitions"]
+    ]
 
 
 @dataclass(frozen=True, slots=True)

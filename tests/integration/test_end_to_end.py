@@ -7,31 +7,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 
+from bridge.config import KafkaSettings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sink.kafka import topic_partitions
 from tests.integration.conftest import SECRET, Consumed, Topics, bridge_settings, wait_ready
 
 
 async def read_to_end(bootstrap: str, topic_names: list[str]) -> list[Consumed]:
     """Every record the topics hold right now, in partition order."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topic_names)
-    finally:
-        await admin.close()
-    partitions = [
-        TopicPartition(topic["topic"], p["partition"])
-        for topic in described
-        for p in topic["partitions"]
-    ]
+    partitions = await topic_partitions(KafkaSettings(bootstrap_servers=[bootstrap]), topic_names)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
     )
@@ -105,12 +96,13 @@ async def test_both_channels_with_faults_match_the_ledger(
             )
         )
         faults: list[int] = []
-        for fault in (
+        injected: list[Callable[[], Awaitable[int]]] = [
             lambda: simulator.drop_connections("abort"),
             simulator.auth_close,
             simulator.expire_tokens,
             lambda: simulator.drop_connections("1011"),
-        ):
+        ]
+        for fault in injected:
             await asyncio.sleep(0.4)
             async with asyncio.timeout(15):
                 await simulator.wait_for_subscribers(1)

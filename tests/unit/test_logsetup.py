@@ -44,3 +44,14 @@ def test_console_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
 def test_aiokafka_noise_is_held_back() -> None:
     logsetup.configure("DEBUG", "json")
     assert logging.getLogger("aiokafka").level == logging.WARNING
+
+
+def test_transient_missing_topic_error_is_dropped(capsys: pytest.CaptureFixture[str]) -> None:
+    logsetup.configure("INFO", "json")
+    logsetup.configure("INFO", "json")  # idempotent: one filter, not two
+    cluster = logging.getLogger("aiokafka.cluster")
+    assert len(cluster.filters) == 1
+    cluster.error("Topic %s not found in cluster metadata", "pinecall.events")
+    cluster.error("Something else broke")
+    lines = capsys.readouterr().err.splitlines()
+    assert [jsoncodec.loads(line)["msg"] for line in lines] == ["Something else broke"]

@@ -1,0 +1,218 @@
+"""`pinecall-bridge demo`: the simulator, the bridge with both sources, and a live view on Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from rich.console import Console
+from rich.live import Live
+
+from bridge import jsoncodec, logsetup
+from bridge.config import Settings, load_settings
+from bridge.demo.stats import Snapshot, take
+from bridge.demo.view import render
+from bridge.service import Bridge
+from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sink.kafka import client_options, topic_partitions
+from bridge.tail import render as render_record
+
+log = logging.getLogger(__name__)
+DEV_SECRET = "dev-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    calls: int = 0  # 0: keep calling until Ctrl-C
+    rate: float = 40.0
+    concurrency: int = 8
+    duplicates: float = 0.05
+    reorder: float = 0.2
+    http_port: int = 8080
+    simulator_port: int = 8765
+    seed: int | None = None
+    headless: bool = False
+
+
+def demo_settings(options: DemoOptions, simulator: Simulator) -> Settings:
+    """The environment's settings (Kafka and so on), with both sources wired to the simulator."""
+    return load_settings(
+        webhook={"secrets": [DEV_SECRET]},
+        http={"host": "127.0.0.1", "port": options.http_port},
+        pinecall={"api_url": simulator.url, "api_key": simulator.config.api_key},
+        websocket={"enabled": True, "url": simulator.ws_url, "backoff_max_seconds": 2.0},
+        log={"format": "console", "level": "WARNING" if options.headless else "ERROR"},
+    )
+
+
+class RecentEvents:
+    """Reads what downstream teams read, from the end of the bridge's topics."""
+
+    def __init__(self, settings: Settings, topics: list[str]) -> None:
+        self.lines: deque[str] = deque(maxlen=8)
+        self.ids: Counter[str] = Counter()
+        self._settings = settings
+        self._topics = topics
+        self._consumer = AIOKafkaConsumer(
+            **client_options(settings.kafka), group_id=None, enable_auto_commit=False
+        )
+
+    async def start(self) -> None:
+        """Position at the current end, so exactly what comes after is read."""
+        partitions = await topic_partitions(self._settings.kafka, self._topics)
+        await self._consumer.start()
+        self._consumer.assign(partitions)
+        for partition, offset in (await self._consumer.end_offsets(partitions)).items():
+            self._consumer.seek(partition, offset)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                for batch in (await self._consumer.getmany(timeout_ms=200)).values():
+                    for message in batch:
+                        event: Any = jsoncodec.loads(message.value)
+                        if isinstance(event, dict):
+                            self.ids[str(event.get("id"))] += 1
+                        self.lines.append(render_record(message.topic, message.key, event))
+        finally:
+            await self._consumer.stop()
+
+
+async def run_demo(options: DemoOptions, console: Console) -> int:
+    """Run until Ctrl-C (or, headless, until the calls are done); returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sim_config = SimulatorConfig(port=options.simulator_port, keep_records=options.headless)
+    async with Simulator(sim_config) as simulator:
+        settings = demo_settings(options, simulator)
+        logsetup.configure(settings.log.level, settings.log.format)
+        bridge = Bridge(settings)
+        await bridge.start()
+        recent = RecentEvents(settings, [settings.topics.events, settings.topics.alerts])
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await _wait_ready(bridge, stop)
+            url = f"http://127.0.0.1:{bridge.port}{settings.webhook.path}"
+            simulator.register_webhook(url, secret=DEV_SECRET)
+            await recent.start()
+            tasks.append(asyncio.create_task(recent.run(), name="demo-consumer"))
+            traffic = asyncio.create_task(_traffic(simulator, options), name="demo-traffic")
+            tasks.append(traffic)
+            hint = (
+                f"[dim]Ctrl-C stops everything. Send your own signed event: "
+                f".venv/bin/pinecall-bridge send --secret {DEV_SECRET} --url {url}\n"
+                f"Metrics: http://127.0.0.1:{bridge.port}/metrics  Cut the feed: "
+                f"curl -X POST {simulator.url}/_sim/drop  Downstream view: "
+                f".venv/bin/pinecall-bridge tail[/]"
+            )
+            if options.headless:
+                return await _headless(bridge, simulator, recent, traffic, stop, console)
+            await _live(bridge, simulator, recent, stop, hint, console)
+            return 0
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await bridge.stop()
+
+
+async def _wait_ready(bridge: Bridge, stop: asyncio.Event) -> None:
+    while not bridge.readiness.ready():
+        if stop.is_set():
+            raise SystemExit(130)
+        await asyncio.sleep(0.1)
+
+
+async def _traffic(simulator: Simulator, options: DemoOptions) -> int:
+    """Calls in rounds; returns how many events were generated."""
+    generated, round_number = 0, 0
+    while options.calls == 0 or round_number == 0:
+        seed = None if options.seed is None else options.seed + round_number
+        report = await simulator.run_traffic(
+            calls=options.calls or options.concurrency,
+            concurrency=options.concurrency,
+            rate=options.rate,
+            channel="both",
+            duplicates=options.duplicates,
+            reorder=options.reorder,
+            seed=seed,
+            subscribers=1,
+            subscriber_timeout=60,
+        )
+        generated += report.events
+        round_number += 1
+    return generated
+
+
+def _simulator_line(simulator: Simulator) -> str:
+    stats = simulator.snapshot()
+    return (
+        f"[bold]simulator[/] calls in progress, events generated {stats['events_generated']:,}"
+        f" (durable {stats['events_durable']:,}), webhook deliveries ok"
+        f" {stats['deliveries_ok']:,} retried {stats['deliveries_retried']:,},"
+        f" frames sent {stats['frames_sent']:,}"
+    )
+
+
+async def _live(
+    bridge: Bridge,
+    simulator: Simulator,
+    recent: RecentEvents,
+    stop: asyncio.Event,
+    hint: str,
+    console: Console,
+) -> None:
+    before = take(bridge.metrics.registry, time.monotonic())
+    with Live(console=console, refresh_per_second=4, screen=False) as live:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            now = take(bridge.metrics.registry, time.monotonic())
+            live.update(render(now, before, list(recent.lines), _simulator_line(simulator), hint))
+            before = now
+
+
+async def _headless(
+    bridge: Bridge,
+    simulator: Simulator,
+    recent: RecentEvents,
+    traffic: asyncio.Task[int],
+    stop: asyncio.Event,
+    console: Console,
+) -> int:
+    start = time.monotonic()
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({traffic, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if not traffic.done():
+        console.print("interrupted")
+        return 130
+    expected = simulator.ledger.expected_ids()
+    # The consumer trails the producer by a poll or two: give it a few seconds to catch up.
+    for _ in range(100):
+        if expected <= set(recent.ids):
+            break
+        await asyncio.sleep(0.1)
+    snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
+    lost = expected - set(recent.ids)
+    doubled = [event_id for event_id, n in recent.ids.items() if n > 1]
+    console.print(
+        f"{len(expected):,} durable events from {simulator.snapshot()['events_generated']:,}"
+        f" generated in {time.monotonic() - start:.1f} s;"
+        f" received {sum(snapshot.received.values()):,.0f} copies over both channels,"
+        f" removed {snapshot.duplicates:,.0f} duplicates, dropped {snapshot.dropped:,.0f}"
+        f" ephemeral; published {sum(snapshot.published.values()):,.0f}."
+    )
+    console.print(f"lost {len(lost)}, doubled {len(doubled)}")
+    return 0 if not lost and not doubled else 1

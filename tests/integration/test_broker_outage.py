@@ -1,0 +1,232 @@
+"""A Kafka outage on a broker of its own: 503 and unready while down, then ready, none doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge import jsoncodec
+from bridge.service import Bridge
+from bridge.sources.signature import sign
+from tests.integration.conftest import (
+    SECRET,
+    RunningBridge,
+    Topics,
+    bridge_settings,
+    consume_until,
+    entry,
+    has_id,
+    kafka_sh,
+    wait_ready,
+)
+
+PUBLISH_TIMEOUT = 2.0
+# Short so that tests see the outage and the recovery within a second of them happening.
+PROBE_SECONDS = 0.5
+
+# Stopping and restarting a broker, plus the bridge's own connect backoff, outlast the default.
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A single-node broker of this module's own, which its tests stop and start at will."""
+
+    port: int
+    data_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def up(self) -> None:
+        """Start it (a no-op when it answers already) with its data kept across restarts."""
+        await asyncio.to_thread(kafka_sh, "up", self.port, self.data_dir)
+
+    async def down(self) -> None:
+        await asyncio.to_thread(kafka_sh, "down", self.port, self.data_dir)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too: kafka.sh puts the controller on port + 1."""
+    for _ in range(200):
+        port = random.randint(20000, 29000)
+        if _port_is_free(port) and _port_is_free(port + 1):
+            return port
+    raise RuntimeError("no free port pair in 20000-29000")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Never the shared 9092 broker: other tests would see it go down."""
+    own = Broker(_free_port_pair(), tmp_path_factory.mktemp("kafka-outage"))
+    try:
+        kafka_sh("up", own.port, own.data_dir)
+        yield own
+    finally:
+        kafka_sh("down", own.port, own.data_dir)
+
+
+Launch = Callable[[], Awaitable[RunningBridge]]
+
+
+@pytest.fixture
+async def launch(broker: Broker, topics: Topics) -> AsyncIterator[Launch]:
+    """Start an in-process bridge on the dedicated broker, without waiting for it to be ready."""
+    running: list[RunningBridge] = []
+
+    async def start() -> RunningBridge:
+        settings = bridge_settings(
+            broker.bootstrap,
+            topics,
+            kafka={
+                "publish_timeout_seconds": PUBLISH_TIMEOUT,
+                "metadata_probe_seconds": PROBE_SECONDS,
+            },
+            # A stop while the broker is down (a failed test) must not hold the run for long.
+            shutdown={"grace_seconds": 5},
+        )
+        bridge = Bridge(settings)
+        await bridge.start()
+        handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.session.close()
+        await handle.bridge.stop()
+
+
+async def post(handle: RunningBridge, item: Any) -> tuple[int, dict[str, Any], str | None]:
+    """POST a signed event; the status, the JSON answer and its Retry-After header."""
+    raw = jsoncodec.dumps(item)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
+    }
+    async with handle.session.post(
+        handle.url + "/webhooks/pinecall", data=raw, headers=headers
+    ) as response:
+        return response.status, await response.json(), response.headers.get("Retry-After")
+
+
+async def status_of(handle: RunningBridge, path: str) -> int:
+    async with handle.session.get(handle.url + path) as response:
+        return response.status
+
+
+async def poll_status(handle: RunningBridge, path: str, wanted: int, within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last = await status_of(handle, path)
+    while last != wanted:
+        if loop.time() > deadline:
+            raise AssertionError(f"{path} still answers {last}, not {wanted}, after {within}s")
+        await asyncio.sleep(0.1)
+        last = await status_of(handle, path)
+
+
+async def gauge(handle: RunningBridge, name: str) -> float:
+    async with handle.session.get(handle.url + "/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split(" ", 1)[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def assert_unavailable(status: int, body: dict[str, Any], retry_after: str | None) -> None:
+    assert (status, body.get("error")) == (503, "kafka_unavailable"), body
+    assert retry_after is not None, "a 503 without Retry-After"
+    assert int(retry_after) > 0
+
+
+async def test_outage_answers_503_then_recovers_without_doubling(
+    broker: Broker, launch: Launch, topics: Topics, unique_call: str
+) -> None:
+    """Down: 503 in time, alive but unready; back up: ready, and each event in Kafka once."""
+    await broker.up()
+    bridge = await launch()
+    await wait_ready(bridge.url)
+    before, during, after, sentinel = (entry(seq, unique_call) for seq in (1, 2, 3, 4))
+    assert (await post(bridge, before))[0] == 200
+
+    await broker.down()
+    loop = asyncio.get_running_loop()
+    sent_at = loop.time()
+    answer = await post(bridge, during)
+    elapsed = loop.time() - sent_at
+    assert_unavailable(*answer)
+    assert elapsed < PUBLISH_TIMEOUT + 3, f"the 503 took {elapsed:.1f}s"
+    # A broker outage must not get the pod restarted, only taken out of the load balancer.
+    assert await status_of(bridge, "/healthz") == 200
+    await poll_status(bridge, "/readyz", 503, within=10)
+    assert await gauge(bridge, "pinecall_bridge_kafka_connected") == 0
+
+    await broker.up()
+    await poll_status(bridge, "/readyz", 200, within=30)
+    assert await gauge(bridge, "pinecall_bridge_kafka_connected") == 1
+    # Pinecall's retry of the 503'd event: a duplicate if Kafka took the first copy late after
+    # all, published otherwise; either way 200, and one copy in Kafka.
+    status, body, _ = await post(bridge, during)
+    assert status == 200, body
+    assert body["published"] + body["duplicates"] == 1, body
+    for item in (after, sentinel):
+        status, body, _ = await post(bridge, item)
+        assert (status, body["published"]) == (200, 1), body
+
+    # One call, one partition: everything written before the sentinel is read before it.
+    records = await consume_until(
+        broker.bootstrap, [topics.events], has_id(f"{unique_call}:4"), within=30
+    )
+    ids = [r.json()["id"] for r in records]
+    assert ids == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)], ids
+
+
+async def test_bridge_started_during_outage_connects_by_itself(
+    broker: Broker, launch: Launch, topics: Topics, unique_call: str
+) -> None:
+    """Started with the broker down: serves HTTP, refuses webhooks, gets ready once it is back."""
+    await broker.down()
+    bridge = await launch()
+    assert await status_of(bridge, "/healthz") == 200
+    refused = entry(1, unique_call)
+    assert_unavailable(*await post(bridge, refused))
+    # Watch long enough for several failed connection attempts: none may claim readiness.
+    loop = asyncio.get_running_loop()
+    watch_until = loop.time() + 3
+    while loop.time() < watch_until:
+        assert await status_of(bridge, "/readyz") == 503
+        await asyncio.sleep(0.2)
+    assert await gauge(bridge, "pinecall_bridge_ready") == 0
+
+    await broker.up()
+    # The bridge retries with a capped, jittered backoff: no restart and no nudge from here.
+    await wait_ready(bridge.url, within=45)
+    landed = entry(2, unique_call)
+    status, body, _ = await post(bridge, landed)
+    assert (status, body["published"]) == (200, 1), body
+
+    records = await consume_until(
+        broker.bootstrap, [topics.events], has_id(f"{unique_call}:2"), within=30
+    )
+    # The refused event was never handed to a producer, so only the second one is there.
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]

@@ -1,0 +1,387 @@
+"""The real daemon as a subprocess: clean stops on SIGTERM and SIGINT, and bad configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from bridge import jsoncodec
+from bridge.sources.signature import sign
+from tests.integration.conftest import (
+    SECRET,
+    Consumed,
+    Topics,
+    consume_until,
+    entry,
+    has_id,
+    wait_ready,
+)
+
+GRACE_SECONDS = 15.0
+# The interpreter's own exit after the bridge has stopped.
+EXIT_MARGIN_SECONDS = 5.0
+SASL_SECRET = "sasl-password-that-must-never-be-printed"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no output)"
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:]) or "(no output)"
+
+
+def daemon_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
+    """The test process's environment without any BRIDGE_* of its own, plus the daemon's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        {
+            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "BRIDGE_HTTP__HOST": "127.0.0.1",
+            "BRIDGE_HTTP__PORT": str(free_port()),
+            "BRIDGE_TOPICS__EVENTS": topics.events,
+            "BRIDGE_TOPICS__ALERTS": topics.alerts,
+            "BRIDGE_TOPICS__DLQ": topics.dlq,
+            "BRIDGE_WEBHOOK__SECRETS": SECRET,
+            "BRIDGE_LOG__FORMAT": "json",
+            "BRIDGE_SHUTDOWN__GRACE_SECONDS": str(GRACE_SECONDS),
+            # Records wait 50 ms in the producer, so requests are genuinely in flight at SIGTERM.
+            "BRIDGE_KAFKA__LINGER_MS": "50",
+            **extra,
+        }
+    )
+    return env
+
+
+@dataclass
+class Daemon:
+    proc: asyncio.subprocess.Process
+    stderr: Path
+    url: str
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def log(self) -> str:
+        return f"\n--- daemon stderr (tail) ---\n{tail(self.stderr)}"
+
+    async def wait_ready(self, within: float = 60) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            assert self.alive, f"exited with {self.proc.returncode}{self.log()}"
+            try:
+                await wait_ready(self.url, within=1)
+            except TimeoutError:
+                assert loop.time() < deadline, f"not ready after {within}s{self.log()}"
+            else:
+                return
+
+    async def exit_code(self, within: float) -> int:
+        try:
+            return await asyncio.wait_for(self.proc.wait(), within)
+        except TimeoutError:
+            raise AssertionError(f"still running {within}s after the signal{self.log()}") from None
+
+    def error_logs(self, since: int = 0) -> list[dict[str, Any]]:
+        """Log lines at error level or above written after byte `since`; non-JSON lines too."""
+        with self.stderr.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        bad: list[dict[str, Any]] = []
+        for line in lines:
+            try:
+                record = jsoncodec.loads(line)
+            except jsoncodec.JSONDecodeError:
+                bad.append({"raw": line})
+                continue
+            if not isinstance(record, dict) or record.get("level") in {"error", "critical"}:
+                bad.append(record if isinstance(record, dict) else {"raw": line})
+        return bad
+
+
+Spawn = Callable[[dict[str, str]], Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start `python -m bridge run`; whatever happens in the test, it is killed at the end."""
+    started: list[Daemon] = []
+
+    async def start(env: dict[str, str]) -> Daemon:
+        err = tmp_path / f"daemon-{len(started)}.stderr"
+        with err.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge",
+                "run",
+                env=env,
+                # Out of the repository, so a developer's .env cannot leak into the test.
+                cwd=tmp_path,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+            )
+        daemon = Daemon(proc, err, f"http://127.0.0.1:{env['BRIDGE_HTTP__PORT']}")
+        started.append(daemon)
+        await daemon.wait_ready()
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.alive:
+            daemon.proc.kill()
+        await daemon.proc.wait()
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, item: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    raw = jsoncodec.dumps(item)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
+    }
+    async with session.post(url + "/webhooks/pinecall", data=raw, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[Consumed]:
+    """Every record of the topic, read once its writer is gone."""
+    # A marker appended to each partition, read back, proves everything before it was read.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        for partition in partitions:
+            marker = jsoncodec.dumps({"marker": partition})
+            await producer.send_and_wait(topic, value=marker, partition=partition)
+    finally:
+        await producer.stop()
+
+    def all_markers(records: list[Consumed]) -> bool:
+        return {r.json().get("marker") for r in records} >= set(partitions)
+
+    records = await consume_until(bootstrap, [topic], all_markers, within=60)
+    return [r for r in records if "marker" not in r.json()]
+
+
+@dataclass
+class Traffic:
+    """What the client loops saw: every event answered 200, and anything unexpected."""
+
+    acked: list[str] = field(default_factory=list)
+    acked_after_signal: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    sent: set[str] = field(default_factory=set)
+
+
+async def drive(
+    daemon: Daemon, call: str, workers: int, signalled: asyncio.Event, traffic: Traffic
+) -> None:
+    """Each worker posts its own call's events one after another until the server goes away."""
+    timeout = aiohttp.ClientTimeout(total=GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+
+    async def worker(session: aiohttp.ClientSession, n: int) -> None:
+        seq = 0
+        while True:
+            seq += 1
+            item = entry(seq, f"{call}_{n}")
+            event_id = f"{call}_{n}:{seq}"
+            traffic.sent.add(event_id)
+            try:
+                status, body = await post(session, daemon.url, item)
+            except aiohttp.ClientConnectionError as exc:
+                if not signalled.is_set():
+                    traffic.unexpected.append(f"{event_id}: {exc!r} before the signal")
+                return
+            except Exception as exc:  # a timeout or a broken answer: report it, do not hang
+                traffic.unexpected.append(f"{event_id}: {exc!r}")
+                return
+            traffic.statuses[status] += 1
+            if status == 200:
+                traffic.acked.append(event_id)
+                traffic.acked_after_signal += signalled.is_set()
+                # Every event is new: a 200 that is not a fresh publish is a dedup bug.
+                if body.get("published") != 1:
+                    traffic.unexpected.append(f"{event_id}: 200 {body}")
+            elif status != 503:
+                traffic.unexpected.append(f"{event_id}: {status} {body}")
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session, n) for n in range(workers)))
+
+
+async def watch_readiness(daemon: Daemon, observed: list[str], hold: float) -> None:
+    """Poll /readyz on fresh connections until it has stopped answering 200 for `hold` s."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=2)
+    loop = asyncio.get_running_loop()
+    until: float | None = None
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        while daemon.alive and (until is None or loop.time() < until):
+            try:
+                async with session.get(daemon.url + "/readyz") as response:
+                    observed.append(str(response.status))
+            except aiohttp.ClientConnectionError:
+                observed.append("refused")
+            except TimeoutError:
+                observed.append("no answer")
+            if until is None and observed[-1] != "200":
+                until = loop.time() + hold
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("drain_delay", [0.0, 1.0])
+async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
+    spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str, drain_delay: float
+) -> None:
+    """Every event answered 200 before or during the stop is in Kafka, once; the exit is 0."""
+    env = daemon_env(kafka_bootstrap, topics, BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS=str(drain_delay))
+    daemon = await spawn(env)
+    signalled = asyncio.Event()
+    traffic = Traffic()
+    readiness: list[str] = []
+    clients = asyncio.create_task(drive(daemon, unique_call, 8, signalled, traffic))
+    await asyncio.sleep(1.0)
+    assert not clients.done(), f"the clients stopped early: {traffic.unexpected}{daemon.log()}"
+    # Only the stop's own logs are judged: aiokafka may log an error while warming up.
+    startup_log = daemon.stderr.stat().st_size
+    daemon.proc.send_signal(signal.SIGTERM)
+    signalled.set()
+    # Without a drain delay the listener closes at once: /readyz is refused, never seen as 503.
+    # With one, watch it only while the delay keeps the listener open: what a connection racing
+    # the listener's close gets is not this test's subject.
+    watcher = None
+    if drain_delay:
+        watcher = asyncio.create_task(watch_readiness(daemon, readiness, hold=drain_delay / 2))
+
+    code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    await asyncio.wait_for(clients, timeout=10)
+    if watcher is not None:
+        await asyncio.wait_for(watcher, timeout=10)
+    assert code == 0, f"exit code {code}{daemon.log()}"
+    assert traffic.unexpected == [], daemon.log()
+    assert set(traffic.statuses) <= {200, 503}, traffic.statuses
+    assert len(traffic.acked) >= 8, f"too little traffic to mean anything: {traffic.statuses}"
+    # Requests in flight at the signal (and, with a drain delay, sent during it) were answered.
+    assert traffic.acked_after_signal >= 1, traffic.statuses
+    # A clean stop: in particular not "grace period over before everything was flushed".
+    assert daemon.error_logs(since=startup_log) == [], daemon.log()
+
+    if watcher is not None:
+        # Ready until the signal is handled, then 503 for good while the listener still serves.
+        first_down = next((i for i, seen in enumerate(readiness) if seen != "200"), None)
+        assert first_down is not None, readiness
+        assert set(readiness[first_down:]) == {"503"}, f"{readiness}{daemon.log()}"
+
+    records = await read_to_end(kafka_bootstrap, topics.events)
+    ids = [r.json()["id"] for r in records]
+    doubled = {event_id: n for event_id, n in Counter(ids).items() if n > 1}
+    assert doubled == {}, "records written twice"
+    assert set(traffic.acked) - set(ids) == set(), "acknowledged but not in Kafka"
+    assert set(ids) <= traffic.sent
+    # Each worker posted its call's events one after another: Kafka holds them in that order.
+    by_call: dict[bytes | None, list[int]] = defaultdict(list)
+    for record in records:
+        by_call[record.key].append(record.json()["pinecallseq"])
+    assert all(seqs == sorted(seqs) for seqs in by_call.values()), by_call
+
+
+async def test_sigint_stops_cleanly(
+    spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    """Ctrl-C in a terminal: the same clean stop as SIGTERM, exit 0, the acknowledged event kept."""
+    daemon = await spawn(daemon_env(kafka_bootstrap, topics))
+    async with aiohttp.ClientSession() as session:
+        status, body = await post(session, daemon.url, entry(1, unique_call))
+    assert (status, body.get("published")) == (200, 1), body
+    startup_log = daemon.stderr.stat().st_size
+    daemon.proc.send_signal(signal.SIGINT)
+    code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    assert code == 0, f"exit code {code}{daemon.log()}"
+    # No traceback (KeyboardInterrupt) and no error on the way out.
+    assert daemon.error_logs(since=startup_log) == [], daemon.log()
+    records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:1"]
+
+
+def run_cli(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_invalid_configuration_exits_2_naming_each_variable(
+    tmp_path: Path, kafka_bootstrap: str, topics: Topics, command: str
+) -> None:
+    """Each bad variable is named, no secret is printed, and `run` exits instead of serving."""
+    env = daemon_env(
+        kafka_bootstrap,
+        topics,
+        BRIDGE_HTTP__PORT="99999",
+        BRIDGE_TOPICS__EVENTS="bad topic!",
+        BRIDGE_KAFKA__SASL_PASSWORD=SASL_SECRET,
+    )
+    done = run_cli(command, env, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "BRIDGE_HTTP__PORT" in done.stderr, output
+    assert "BRIDGE_TOPICS__EVENTS" in done.stderr, output
+    assert "Traceback" not in output
+    assert SASL_SECRET not in output
+    assert SECRET not in output
+
+
+def test_check_valid_configuration_masks_secrets(
+    tmp_path: Path, kafka_bootstrap: str, topics: Topics
+) -> None:
+    """`check` prints the effective settings: the values given, and every secret masked."""
+    env = daemon_env(
+        kafka_bootstrap,
+        topics,
+        BRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        BRIDGE_KAFKA__SASL_USERNAME="bridge",
+        BRIDGE_KAFKA__SASL_PASSWORD=SASL_SECRET,
+    )
+    done = run_cli("check", env, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert SASL_SECRET not in output
+    assert SECRET not in output
+    shown = jsoncodec.loads(done.stdout[done.stdout.index("{") :])
+    assert shown["topics"]["events"] == topics.events
+    assert shown["kafka"]["sasl_username"] == "bridge"
+    # Present, so an operator sees it is set, but not its value.
+    assert shown["kafka"]["sasl_password"] not in (None, "", SASL_SECRET)
+    assert len(shown["webhook"]["secrets"]) == 1
+    assert shown["webhook"]["secrets"][0] not in ("", SECRET)
