@@ -142,7 +142,11 @@ class Pipeline:
             step = await self._start(normalised.id, record, normalised, deadline, result)
             if step is not None:
                 pending.append(step)
-        await self._finish(pending, deadline, channel, result)
+        try:
+            await self._finish(pending, deadline, channel, result)
+        except asyncio.CancelledError:
+            self._abandon(pending)
+            raise
         return result
 
     async def _start(
@@ -169,6 +173,9 @@ class Pipeline:
         except TimeoutError:
             self._fail(event_id, claim, "timeout", result)
             return None
+        except asyncio.CancelledError:
+            self._release(event_id, claim, delivered=False)
+            raise
         except Exception as exc:  # a refused record must not become a 500 or a lost claim
             reason = "retriable" if getattr(exc, "retriable", False) else "error"
             log.warning("Kafka refused a record", extra={"error": type(exc).__name__})
@@ -237,6 +244,14 @@ class Pipeline:
             self._metrics.publish_duration.observe(max(now - p.event.received_at, 0.0))
             if p.event.event_time is not None:
                 self._metrics.event_lag.observe(max(now - p.event.event_time, 0.0))
+
+    def _abandon(self, pending: list[_Pending]) -> None:
+        """The caller went away (shutdown): claims still settle when Kafka answers."""
+        for p in pending:
+            if p.delivery is not None and not p.claim.done():
+                p.delivery.add_done_callback(
+                    functools.partial(self._settle_late, p.event_id, p.claim)
+                )
 
     def _settle_late(
         self, event_id: str, claim: asyncio.Future[bool], fut: asyncio.Future[Any]

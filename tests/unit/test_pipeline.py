@@ -249,3 +249,31 @@ async def test_unrecognised_goes_to_dlq_with_reason(raw: bytes | None) -> None:
     again = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
     assert again.duplicates == 1
     assert len(sink.records) == 1
+
+
+async def test_cancelled_submit_still_settles_its_claims() -> None:
+    sink = FakeSink(auto_ack=False)
+    pipeline, _ = make(sink, timeout=60)
+    task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    sink.futures[0].set_result(None)
+    await asyncio.sleep(0.01)
+    assert pipeline.inflight_ids == 0
+    again = await pipeline.submit([entry(1)], "webhook")
+    assert again.duplicates == 1
+    assert len(sink.records) == 1
+
+
+async def test_cancelled_send_releases_the_claim() -> None:
+    sink = FakeSink()
+    sink.block_send = True
+    pipeline, _ = make(sink, timeout=60)
+    task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pipeline.inflight_ids == 0
