@@ -339,3 +339,48 @@ async def test_token_client_errors(make_feed: Callable[[Script], Awaitable[FakeF
 def test_with_token() -> None:
     assert with_token("wss://h/v1/ws", "a b") == "wss://h/v1/ws?token=a+b"
     assert with_token("wss://h/v1/ws?x=1", "t") == "wss://h/v1/ws?x=1&token=t"
+
+
+async def test_unanswered_pings_mean_a_dead_connection() -> None:
+    connections = 0
+
+    async def silent_feed(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connections
+        # autoping off: the server never answers the bridge's keepalive pings.
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        connections += 1
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/ws", silent_feed)
+    server = TestServer(app)
+    await server.start_server()
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings = WebSocketSettings(
+        enabled=True,
+        url=str(server.make_url("/v1/ws")).replace("http", "ws", 1),
+        auth="bearer",
+        ping_interval_seconds=0.1,
+        ping_timeout_seconds=0.2,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.05,
+    )
+    api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+
+    def timeouts() -> float:
+        value = metrics.registry.get_sample_value(
+            "pinecall_bridge_websocket_reconnects_total", {"reason": "ping_timeout"}
+        )
+        return value or 0.0
+
+    try:
+        await until(lambda: timeouts() >= 2)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 1)
+        await server.close()
+    assert connections >= 2

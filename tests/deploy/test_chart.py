@@ -1,0 +1,385 @@
+"""The Helm chart: lint, render (defaults and every feature on), Kubernetes API schemas, and
+what the Deployment must guarantee (probes, security, secrets, termination, spreading)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+
+from tests.deploy import pss
+from tests.deploy.tools import ALL_ON, CHART, Manifest, helm, load_yaml, one, render, render_text
+
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
+# Custom resources: kubernetes-validate has only the core API's schemas (see tests below).
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "KafkaTopic", "KafkaUser"}
+VARIANTS = {"defaults": None, "all-features": ALL_ON}
+
+
+@pytest.fixture(scope="module")
+def defaults() -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def all_on() -> list[Manifest]:
+    return render(values=ALL_ON)
+
+
+def pod_spec(manifests: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(manifests: list[Manifest]) -> dict[str, Any]:
+    (bridge,) = pod_spec(manifests)["containers"]
+    return bridge  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_helm_lint_is_clean(values: Path | None) -> None:
+    extra: list[str | Path] = ["-f", values] if values else []
+    helm("lint", "--strict", CHART, *extra)
+
+
+@pytest.mark.parametrize("variant", VARIANTS.keys())
+def test_manifests_validate_against_the_kubernetes_api(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    manifests = defaults if variant == "defaults" else all_on
+    unvalidated = set()
+    for manifest in manifests:
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                unvalidated.add(manifest["kind"])
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{manifest['kind']} vs Kubernetes {version}: {where}: {exc.message}")
+    # Only the known custom resources may go unvalidated, never a core kind by accident.
+    assert unvalidated <= CRD_KINDS
+    kinds = {m["kind"] for m in manifests}
+    if variant == "all-features":
+        assert kinds == {
+            "Deployment", "Service", "ServiceAccount", "ConfigMap", "Secret", "Ingress",
+            "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", *CRD_KINDS,
+        }  # fmt: skip
+    else:
+        assert kinds == {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "ConfigMap",
+            "PodDisruptionBudget",
+        }
+
+
+@pytest.mark.parametrize("variant", VARIANTS.keys())
+def test_probes_liveness_never_depends_on_kafka(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    bridge = container(defaults if variant == "defaults" else all_on)
+    assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert bridge["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert "startupProbe" not in bridge
+
+
+@pytest.mark.parametrize("variant", VARIANTS.keys())
+def test_pod_meets_the_restricted_pod_security_standard(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    manifests = defaults if variant == "defaults" else all_on
+    spec = pod_spec(manifests)
+    assert pss.violations(spec) == []
+    ctx = container(manifests)["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsUser"] == 10001
+    # The one writable place is /tmp, an emptyDir with a size cap.
+    mounts = {m["mountPath"]: m for m in container(manifests)["volumeMounts"]}
+    assert mounts["/tmp"]["name"] == "tmp"
+    tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
+    assert tmp["emptyDir"]["sizeLimit"]
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_restricted_check_itself_catches_violations() -> None:
+    spec = {
+        "hostNetwork": True,
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}],
+    }
+    assert len(pss.violations(spec)) == 7
+
+
+@pytest.mark.parametrize("variant", VARIANTS.keys())
+def test_rollouts_and_termination_never_drop_requests(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    manifests = defaults if variant == "defaults" else all_on
+    deployment = one(manifests, "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    spec = pod_spec(manifests)
+    config = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    grace = float(config["BRIDGE_SHUTDOWN__GRACE_SECONDS"])
+    pre_stop = container(manifests)["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        pause = pre_stop["sleep"]["seconds"]
+    else:  # exec: the image's Python sleeps (no shell, no sleep binary needed)
+        command = pre_stop["exec"]["command"]
+        assert command[:2] == ["python", "-c"]
+        pause = int(command[2].rsplit("(", 1)[1].rstrip(")"))
+    assert spec["terminationGracePeriodSeconds"] > pause + grace
+    spread = spec["topologySpreadConstraints"]
+    assert "kubernetes.io/hostname" in {s["topologyKey"] for s in spread}
+
+
+def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
+    done = helm("template", "x", CHART, "--set", "terminationGracePeriodSeconds=20", check=False)
+    assert done.returncode != 0
+    assert "must exceed" in done.stderr
+
+
+def env_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container(manifests).get("env", [])
+        if "valueFrom" in e
+    }
+
+
+def test_secrets_come_from_secrets_only(all_on: list[Manifest]) -> None:
+    refs = env_refs(all_on)
+    assert refs == {
+        # existingSecret: whichever keys it has (optional)
+        "BRIDGE_WEBHOOK__SECRETS": {
+            "name": "pinecall-bridge-secrets", "key": "webhook-secrets", "optional": True,
+        },
+        "BRIDGE_PINECALL__API_KEY": {
+            "name": "pinecall-bridge-secrets", "key": "pinecall-api-key", "optional": True,
+        },
+        "BRIDGE_KAFKA__SSL_KEY_PASSWORD": {
+            "name": "pinecall-bridge-secrets", "key": "kafka-ssl-key-password", "optional": True,
+        },
+        # its own secretName (the Strimzi KafkaUser's Secret): required
+        "BRIDGE_KAFKA__SASL_PASSWORD": {"name": "pinecall-bridge", "key": "password"},
+    }  # fmt: skip
+    config = one(all_on, "ConfigMap", "pinecall-bridge")["data"]
+    assert not set(refs) & set(config), "a secret setting is also in the ConfigMap"
+    # TLS material: files from the CA Secret and from the chart-created Secret, read-only.
+    tls = next(v for v in pod_spec(all_on)["volumes"] if v["name"] == "kafka-tls")
+    sources = [(s["secret"]["name"], s["secret"]["items"][0]) for s in tls["projected"]["sources"]]
+    assert sources == [
+        ("my-cluster-cluster-ca-cert", {"key": "ca.crt", "path": "ca.crt"}),
+        ("pinecall-bridge-secret", {"key": "client.crt", "path": "client.crt"}),
+        ("pinecall-bridge-secret", {"key": "client.key", "path": "client.key"}),
+    ]
+    assert config["BRIDGE_KAFKA__SSL_CAFILE"] == "/etc/pinecall-bridge/kafka-tls/ca.crt"
+    secret = one(all_on, "Secret")
+    assert set(secret["data"]) == {"client.crt", "client.key"}
+    # Not the KafkaUser's name: Strimzi writes that Secret.
+    assert secret["metadata"]["name"] != one(all_on, "KafkaUser")["metadata"]["name"]
+
+
+def test_secret_values_never_appear_outside_the_secret() -> None:
+    marker = "never-in-plain-text-{}"
+    items = ["webhookSecrets", "kafkaSaslPassword", "kafkaSslKeyPassword", "pinecallApiKey"]
+    sets = [f"secrets.{item}.value={marker.format(item)}" for item in items]
+    manifests = render(*sets)
+    secret = one(manifests, "Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert sorted(decoded.values()) == sorted(marker.format(item) for item in items)
+    for manifest in manifests:
+        if manifest["kind"] != "Secret":
+            assert "never-in-plain-text" not in str(manifest), manifest["kind"]
+    assert set(env_refs(manifests)) == {
+        "BRIDGE_WEBHOOK__SECRETS", "BRIDGE_KAFKA__SASL_PASSWORD",
+        "BRIDGE_KAFKA__SSL_KEY_PASSWORD", "BRIDGE_PINECALL__API_KEY",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "config.kafka.saslPassword=oops",
+        "config.webhook.secrets=oops",
+        "config.pinecall.apiKey=oops",
+    ],
+)
+def test_secret_settings_are_refused_under_config(bad: str) -> None:
+    done = helm("template", "x", CHART, "--set", bad, check=False)
+    assert done.returncode != 0
+    assert "not allowed" in done.stderr, done.stderr
+    # Even with the schema skipped, the templates refuse them.
+    done = helm("template", "x", CHART, "--skip-schema-validation", "--set", bad, check=False)
+    assert done.returncode != 0
+    assert "never in the ConfigMap" in done.stderr, done.stderr
+
+
+def checksum(*sets: str) -> str:
+    deployment = one(render(*sets), "Deployment")
+    value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    return value
+
+
+def test_config_and_secret_changes_roll_the_pods() -> None:
+    base = checksum()
+    assert checksum("config.log.level=DEBUG") != base
+    assert checksum("secrets.webhookSecrets.value=rotated") != base
+    assert checksum("replicaCount=5") == base, "scaling is not a configuration change"
+
+
+def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
+    labels = one(all_on, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selected = one(all_on, "Service")["spec"]
+    assert selected["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert selected["selector"].items() <= labels.items()
+    (rule,) = one(all_on, "Ingress")["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/webhooks/pinecall", "Exact"), "webhooks only"
+    assert (
+        one(all_on, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
+        <= labels.items()
+    )
+    assert (
+        one(all_on, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"]
+        == "pinecall-bridge"
+    )
+    assert "replicas" not in one(all_on, "Deployment")["spec"], "the HPA owns the replica count"
+    policy = one(all_on, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    egress_ports = [{p["port"] for p in rule["ports"]} for rule in policy["egress"]]
+    assert egress_ports == [{9092, 9093}, {53}, {443}], "Kafka, DNS, the Pinecall API"
+    monitor = one(all_on, "ServiceMonitor")["spec"]
+    assert monitor["endpoints"][0]["port"] == "http"
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+    assert (
+        monitor["selector"]["matchLabels"].items()
+        <= one(all_on, "Service")["metadata"]["labels"].items()
+    )
+    dashboard = one(all_on, "ConfigMap", "pinecall-bridge-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+
+
+def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]) -> None:
+    user = one(all_on, "KafkaUser")
+    acls = {
+        (acl["resource"]["type"], acl["resource"].get("name", ""), tuple(acl["operations"]))
+        for acl in user["spec"]["authorization"]["acls"]
+    }
+    topics = [
+        "pinecall.events",
+        "pinecall.alerts",
+        "pinecall.dlq",
+        "pinecall.ephemeral",
+        "pinecall.metrics",
+    ]
+    # config.topics.create=false: no Create, no cluster Describe (only used to create topics).
+    assert acls == {("topic", t, ("Write", "Describe")) for t in topics} | {
+        ("cluster", "", ("IdempotentWrite",))
+    }
+    kafka_topics = {m["spec"]["topicName"] for m in all_on if m["kind"] == "KafkaTopic"}
+    assert kafka_topics == set(topics)
+    created = render("strimzi.enabled=true", "config.topics.create=true")
+    ops = {
+        a["resource"]["type"]: a["operations"]
+        for a in one(created, "KafkaUser")["spec"]["authorization"]["acls"]
+    }
+    assert ops == {
+        "topic": ["Write", "Describe", "Create"],
+        "cluster": ["IdempotentWrite", "Describe"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("bad", "complaint"),
+    [
+        ("replicaCount=two", "/replicaCount"),
+        ("replicas=3", "additional properties 'replicas'"),
+        ("config.kafka.compression=zstd", "/config/kafka/compression"),
+        ("config.kafka.bootstrapServers=no-port", "/config/kafka/bootstrapServers"),
+        ("config.topics.events=bad topic", "/config/topics/events"),
+        ("config.webhook.path=/metrics", "/config/webhook/path"),
+        ("config.websocket.auth=basic", "/config/websocket/auth"),
+        ("config.kafka.unknownSetting=1", "additional properties 'unknownSetting'"),
+        ("lifecycle.preStopAction=shell", "/lifecycle/preStopAction"),
+        ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),
+    ],
+)
+def test_bad_values_fail_at_install_time(bad: str, complaint: str) -> None:
+    done = helm("template", "x", CHART, "--set", bad, check=False)
+    assert done.returncode != 0
+    assert complaint in done.stderr, done.stderr
+
+
+def render_notes(tmp_path: Path, *sets: str) -> str:
+    """NOTES.txt rendered: `helm template` skips it, so a copy of the chart wraps it."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" }}' + notes + "{{- end }}")
+    (chart / "templates" / "notes.yaml").write_text(
+        'kind: Notes\ntext: {{ include "notes" . | toJson }}\n'
+    )
+    args: list[str | Path] = ["template", "pinecall-bridge", chart]
+    args += ["--show-only", "templates/notes.yaml"]
+    for item in sets:
+        args += ["--set", item]
+    return helm(*args).stdout
+
+
+def test_notes_warn_about_what_stops_the_bridge(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path)
+    assert "no webhook secret is configured" in notes
+    assert "http://pinecall-bridge.default.svc:8080/webhooks/pinecall" in notes
+    notes = render_notes(
+        tmp_path / "2",
+        "secrets.existingSecret=s",
+        "ingress.enabled=true",
+        "ingress.tls[0].secretName=t",
+    )
+    assert "no webhook secret" not in notes
+    assert "https://bridge.example.com/webhooks/pinecall" in notes
+
+
+def test_every_template_renders_only_yaml() -> None:
+    # A stray `{{` from an unescaped Alertmanager template would break the YAML or leak here.
+    text = render_text(values=ALL_ON)
+    assert "<no value>" not in text
+
+
+# Objects handed to Kubernetes as they are: the chart README documents them as a whole.
+VERBATIM = {
+    "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
+    "networkPolicy.dns.to", "networkPolicy.pinecallApi.to", "strimzi.topics.config",
+    "grafanaDashboard.labels",
+}  # fmt: skip
+
+
+def leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in VERBATIM:
+            paths += leaf_paths(value, path + ".")
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_chart_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"`([A-Za-z][\w.]*)`", readme))
+    missing = [p for p in leaf_paths(load_yaml(CHART / "values.yaml")) if p not in listed]
+    assert not missing, f"values not in helm/pinecall-bridge/README.md: {missing}"

@@ -1,0 +1,149 @@
+"""The chart's `config` values and the bridge's settings are one set: every setting is reachable,
+with the bridge's default, and what the chart renders configures the bridge as the values say."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from bridge.config import Settings
+from tests.deploy.tools import ALL_ON, CHART, Manifest, load_yaml, one, render
+
+# Settings the chart takes from Secrets (env) or mounts as files, never from `config`.
+SECRET_SETTINGS = {
+    "webhook.secrets": "secrets.webhookSecrets",
+    "kafka.sasl_password": "secrets.kafkaSaslPassword",
+    "kafka.ssl_key_password": "secrets.kafkaSslKeyPassword",
+    "pinecall.api_key": "secrets.pinecallApiKey",
+    "kafka.ssl_cafile": "kafkaTls.ca",
+    "kafka.ssl_certfile": "kafkaTls.cert",
+    "kafka.ssl_keyfile": "kafkaTls.key",
+}
+# Where the chart's default is deliberately not the bridge's.
+CHART_DEFAULT_DIFFERS = {"kafka.bootstrap_servers"}  # 127.0.0.1 means nothing in a pod
+TLS_DIR = "/etc/pinecall-bridge/kafka-tls"
+
+
+def camel(snake: str) -> str:
+    first, *rest = snake.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def bridge_settings() -> dict[str, Any]:
+    """`section.field` -> the bridge's pydantic field, for every setting."""
+    fields = {}
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
+        for name, field in model.model_fields.items():
+            fields[f"{section}.{name}"] = field
+    return fields
+
+
+def is_secret_or_file(field: Any) -> bool:
+    text = str(field.annotation)
+    return "SecretStr" in text or "Path" in text
+
+
+def plain(value: Any) -> Any:
+    """A default as YAML would hold it."""
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    assert not isinstance(value, SecretStr | Path), "secrets and files are not in `config`"
+    return value
+
+
+def test_values_expose_every_bridge_setting_with_its_default() -> None:
+    fields = bridge_settings()
+    config: dict[str, dict[str, Any]] = load_yaml(CHART / "values.yaml")["config"]
+    in_values = {f"{s}.{k}" for s, section in config.items() for k in section}
+    by_camel = {f"{s}.{camel(k)}": f"{s}.{k}" for s, k in (n.split(".") for n in fields)}
+    secret = {name for name, field in fields.items() if is_secret_or_file(field)}
+    assert secret == set(SECRET_SETTINGS), "a secret/file setting must map to secrets/kafkaTls"
+    missing = {by_camel[c] for c in by_camel if c not in in_values} - secret
+    assert not missing, f"bridge settings the chart cannot set: {sorted(missing)}"
+    unknown = {c for c in in_values if c not in by_camel}
+    assert not unknown, f"chart values that are no bridge setting: {sorted(unknown)}"
+    wrong = {}
+    for camel_name, name in by_camel.items():
+        if name in secret or name in CHART_DEFAULT_DIFFERS:
+            continue
+        section, key = camel_name.split(".")
+        default = plain(fields[name].get_default(call_default_factory=True))
+        if config[section][key] != default:
+            wrong[camel_name] = (config[section][key], default)
+    assert not wrong, f"chart defaults that are not the bridge's (chart, bridge): {wrong}"
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
+def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:
+    """The container's BRIDGE_* environment as Kubernetes would build it from the manifests."""
+    env = dict(one(manifests, "ConfigMap", "pinecall-bridge")["data"])
+    secrets = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "Secret"}
+    (bridge,) = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    for item in bridge.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            env[item["name"]] = item["value"]
+        elif ref["name"] in secrets:  # the chart's own Secret: its real value
+            env[item["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+        else:  # a Secret someone else manages
+            env[item["name"]] = f"from-{ref['name']}-{ref['key']}"
+    files.mkdir(exist_ok=True)
+    for name, value in env.items():
+        if value.startswith(TLS_DIR):  # the mounted TLS files: present, as in the pod
+            env[name] = str(files / Path(value).name)
+            Path(env[name]).write_text("PEM\n")
+    return env
+
+
+@pytest.mark.parametrize("variant", ["defaults", "all-features"])
+def test_rendered_environment_configures_the_bridge_as_the_values_say(
+    variant: str, tmp_path: Path
+) -> None:
+    values: dict[str, Any] = load_yaml(CHART / "values.yaml")
+    if variant == "defaults":
+        manifests = render("secrets.webhookSecrets.value=s3cret")
+    else:
+        manifests = render(values=ALL_ON)
+        values = merged(values, load_yaml(ALL_ON))
+    env = environment(manifests, tmp_path / "tls")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "check"],
+        env=clean | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    effective = json.loads(done.stdout.split("\n", 1)[1])
+    for section, fields in values["config"].items():
+        for key, value in fields.items():
+            snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+            got = effective[section][snake]
+            if isinstance(value, str) and isinstance(got, list):
+                value = [part.strip() for part in value.split(",")]
+            assert got == value, f"config.{section}.{key}: values say {value!r}, bridge has {got!r}"
+    if variant == "all-features":
+        assert effective["kafka"]["ssl_cafile"] == str(tmp_path / "tls" / "ca.crt")
+        assert effective["kafka"]["sasl_password"] == "**********"

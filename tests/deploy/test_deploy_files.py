@@ -1,0 +1,72 @@
+"""deploy/: generated from the chart (no drift), alert rules checked and unit-tested by promtool,
+every alert documented with a runbook."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.deploy import generate
+from tests.deploy.tools import DEPLOY, REPO, find_tool, load_yaml, run
+
+RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
+RULE_TESTS = REPO / "tests" / "deploy" / "alerts.test.yaml"
+
+
+def alerts() -> list[dict[str, object]]:
+    return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
+
+
+def test_deploy_files_are_what_the_chart_generates() -> None:
+    assert generate.differences() == [], "run `make deploy-generate` and commit deploy/"
+    # The dashboard file is the chart's, byte for byte.
+    chart_json = (REPO / "helm" / "pinecall-bridge" / "files" / "dashboard.json").read_text()
+    assert (DEPLOY / "grafana" / "pinecall-bridge.json").read_text() == chart_json.rstrip(
+        "\n"
+    ) + "\n"
+
+
+def test_promtool_accepts_the_rules() -> None:
+    done = run(find_tool("promtool"), "check", "rules", RULES)
+    assert f"SUCCESS: {len(alerts())} rules found" in done.stdout
+
+
+def test_promtool_unit_tests_cover_every_alert() -> None:
+    run(find_tool("promtool"), "test", "rules", RULE_TESTS)
+    tested = {
+        case["alertname"]
+        for test in load_yaml(RULE_TESTS)["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert tested == {rule["alert"] for rule in alerts()}, "an alert without a firing test"
+
+
+def test_every_alert_has_summary_description_and_a_runbook() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    headings = {h.lower() for h in re.findall(r"^### (\w+)$", readme, flags=re.MULTILINE)}
+    for rule in alerts():
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert annotations["summary"], rule["alert"]
+        assert annotations["description"], rule["alert"]
+        anchor = str(annotations["runbook_url"]).rsplit("#", 1)[1]
+        assert anchor == str(rule["alert"]).lower(), rule["alert"]
+        assert anchor in headings, f"no runbook section for {rule['alert']} in deploy/README.md"
+        assert rule["labels"] in ({"severity": "critical"}, {"severity": "warning"})
+
+
+def test_dashboard_has_a_datasource_variable_and_a_pod_filter() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["pod"]["multi"]
+    assert variables["pod"]["includeAll"]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert 'pod=~"$pod"' in target["expr"], f"{panel['title']}: not filtered by pod"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"

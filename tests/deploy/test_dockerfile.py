@@ -1,0 +1,162 @@
+"""The Dockerfile: hadolint-clean, built the way its users rely on, and its install path works.
+
+No Docker engine here, so the image's install path is replayed on the host: the same build
+context, a wheel, a fresh virtualenv with the dependencies the Dockerfile installs, then the
+image's command (`pinecall-bridge`) run from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.tools import REPO, find_tool, run
+
+DOCKERFILE = REPO / "Dockerfile"
+CONTEXT = {"pyproject.toml", "README.md", "bridge/"}  # what the builder stage copies
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n(\s*#.*\n)*", " ", DOCKERFILE.read_text())
+    found = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            found.append((word.upper(), rest.strip()))
+    return found
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((word, rest))
+    return result
+
+
+def test_hadolint_has_nothing_to_say() -> None:
+    done = run(
+        find_tool("hadolint"), "--no-color", "--failure-threshold", "style", DOCKERFILE, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not done.stdout.strip(), done.stdout
+    for line in DOCKERFILE.read_text().splitlines():
+        if "hadolint ignore" in line:  # an ignored rule must say why, on the same line
+            assert re.search(r"ignore=\S+\s+\S", line), f"unexplained: {line}"
+
+
+def test_runtime_stage_is_slim_non_root_and_shell_free() -> None:
+    builder, runtime = stages()
+    assert "AS builder" in builder[0][1]
+    assert "AS runtime" in runtime[0][1]
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text())
+    copies = [rest for word, rest in runtime if word == "COPY"]
+    assert copies == ["--from=builder /opt/venv /opt/venv"], "runtime gets only the virtualenv"
+    assert not [rest for word, rest in runtime if word == "RUN"], (
+        "nothing runs in the runtime stage"
+    )
+    user = [rest for word, rest in runtime if word == "USER"][-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), "numeric, so Kubernetes can check runAsNonRoot"
+    assert gid.isdigit()
+    assert int(uid) >= 10000, "non-root, outside the host's usual ranges"
+    assert ("EXPOSE", "8080") in runtime
+    assert ("ENTRYPOINT", '["pinecall-bridge"]') in runtime, "exec form: no shell"
+    assert ("CMD", '["run"]') in runtime
+
+
+def test_dependencies_are_installed_before_the_source_is_copied() -> None:
+    builder = stages()[0]
+    order = [f"{word} {rest}" for word, rest in builder]
+    deps = next(i for i, line in enumerate(order) if "-r /tmp/requirements.txt" in line)
+    assert order.index("COPY pyproject.toml ./") < deps < order.index("COPY bridge/ bridge/")
+    copied = {rest.split()[0] for word, rest in builder if word == "COPY"}
+    assert copied == CONTEXT
+
+
+def test_dockerignore_lets_in_only_the_build_context() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "deny everything first"
+    assert {line[1:] for line in lines if line.startswith("!")} == CONTEXT
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the dependencies and the wheel, exactly as the builder stage."""
+    tmp = tmp_path_factory.mktemp("image")
+    context = tmp / "context"
+    context.mkdir()
+    for name in CONTEXT:
+        source = REPO / name.rstrip("/")
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, context / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "BRIDGE_"))}
+    env |= {"PIP_CACHE_DIR": str(REPO / ".cache" / "pip"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    venv = tmp / "venv"
+    run(sys.executable, "-m", "venv", venv)
+    pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "--quiet"]
+    deps = tomllib.loads((context / "pyproject.toml").read_text())["project"]["dependencies"]
+    (tmp / "requirements.txt").write_text("\n".join(deps) + "\n")
+    run(*pip, "install", "-r", tmp / "requirements.txt", env=env)
+    run(*pip, "wheel", "--no-deps", "--wheel-dir", tmp / "wheels", context, env=env)
+    (wheel,) = (tmp / "wheels").glob("pinecall_bridge-*.whl")
+    run(*pip, "install", "--no-deps", wheel, env=env)
+    run(*pip, "check", env=env)  # the wheel's requirements are exactly what the deps layer has
+    return venv
+
+
+def bridge_command(venv: Path, *args: str, **env: str) -> tuple[int, str]:
+    # An empty working directory and no BRIDGE_* from the caller: like the container.
+    cwd = venv.parent / "workdir"
+    cwd.mkdir(exist_ok=True)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    done = run(venv / "bin" / "pinecall-bridge", *args, check=False, cwd=cwd, env=clean | env)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_wheel_installs_the_command_and_its_data(installed: Path) -> None:
+    code, out = bridge_command(installed, "--help")
+    assert code == 0, out
+    assert "run" in out, out
+    assert "check" in out, out
+    where = run(
+        installed / "bin" / "python",
+        "-c",
+        "import bridge, importlib.resources as r; print(bridge.__file__);"
+        " print(r.files('bridge').joinpath('schema/pinecall-cloudevent.schema.json').is_file())",
+        cwd=installed.parent,
+    ).stdout.split()
+    assert Path(where[0]).is_relative_to(installed), "imported from the virtualenv, not the repo"
+    assert where[1] == "True", "the CloudEvent JSON schema is packaged"
+
+
+def test_check_validates_configuration_from_the_environment(installed: Path) -> None:
+    code, out = bridge_command(
+        installed,
+        "check",
+        BRIDGE_WEBHOOK__SECRETS="s3cret",
+        BRIDGE_KAFKA__BOOTSTRAP_SERVERS="kafka-0.kafka:9092,kafka-1.kafka:9092",
+    )
+    assert code == 0, out
+    effective = json.loads(out.split("\n", 1)[1])
+    assert effective["kafka"]["bootstrap_servers"] == ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]
+    assert "s3cret" not in out, "secrets are masked"
+    code, out = bridge_command(installed, "check")
+    assert code == 2, out
+    assert "BRIDGE_WEBHOOK__SECRETS" in out, out

@@ -1,0 +1,299 @@
+"""A real Prometheus scrapes a real bridge while events flow, with the alert rules loaded; every
+PromQL expression of the dashboard and of the rules is evaluated through Prometheus' HTTP API:
+each must parse, and every bridge metric it names must be in the bridge's /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.service import Bridge
+from tests.deploy.tools import DEPLOY, RELEASE, find_tool, load_yaml
+from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+DASHBOARD = DEPLOY / "grafana" / "pinecall-bridge.json"
+RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
+# Grafana's variables, as Grafana would expand them for "All" (regex .*) at a 1 s scrape.
+GRAFANA_VARIABLES = {
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "5m",
+    "namespace": ".*",
+    "pod": ".*",
+}
+# Panels that stay empty here because nothing in this test makes them happen.
+EMPTY_HERE = {"Publish failures by reason", "WebSocket frames by kind"}
+BRIDGE_METRIC = re.compile(r"\bpinecall_bridge_[a-z0-9_]+\b")
+# Metrics from elsewhere: Prometheus' own `up` and kube-state-metrics' (absent here).
+OTHER_METRIC = re.compile(r"\b(?:up|kube_[a-z0-9_]+)\b")
+OTHER_METRICS = {
+    "up",
+    "kube_deployment_spec_replicas",
+    "kube_deployment_status_replicas_available",
+}
+
+
+def promql(grafana_expr: str) -> str:
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in GRAFANA_VARIABLES, f"unknown Grafana variable ${name} in {grafana_expr}"
+        return GRAFANA_VARIABLES[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", expand, grafana_expr)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [
+        (panel["title"], promql(target["expr"]))
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":  # label_values(<selector>, <label>)
+            found = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["definition"])
+            assert found, variable["definition"]
+            selector, label = found.groups()
+            queries.append((f"${variable['name']}", f"count by ({label}) ({promql(selector)})"))
+    return queries
+
+
+def rule_queries() -> list[tuple[str, str]]:
+    return [
+        (rule["alert"], rule["expr"])
+        for group in load_yaml(RULES)["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Scraped:
+    prometheus: str
+    exposition: str
+    session: aiohttp.ClientSession
+
+    async def get(self, path: str, **params: str) -> Any:
+        async with self.session.get(self.prometheus + path, params=params) as response:
+            return await response.json()
+
+    async def query(self, expr: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.get("/api/v1/query", query=expr)
+        return answer
+
+
+async def send_traffic(bridge: RunningBridge, rounds: int) -> None:
+    """Every kind of outcome the metrics count, once per round, a scrape apart."""
+    for n in range(rounds):
+        call = f"CA_prom_{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        batch = [entry(1, call, ts=now), entry(2, call, ts=now, type="call.started")]
+        assert (await bridge.post(batch))[0] == 200
+        assert (await bridge.post(entry(1, call, ts=now)))[0] == 200  # a duplicate
+        alert = {"type": "monitor.fired", "org": "acme", "env": "prod", "at": now, "data": {"n": n}}
+        assert (await bridge.post(alert))[0] == 200
+        dropped = [entry(3, call, ephemeral=True), entry(4, call, type="log.caught_up")]
+        assert (await bridge.post(dropped))[0] == 200
+        assert (await bridge.post({"data": {"no": "type"}}))[0] in (200, 202)  # dead-lettered
+        assert (await bridge.post(entry(5, call), secret="wrong"))[0] == 401  # rejected
+        await asyncio.sleep(1.0)
+
+
+class PrometheusServer:
+    """Debian's `prometheus` on a free port, scraping the bridge with the alert rules loaded."""
+
+    def __init__(self, workdir: Path, bridge_port: int) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log_path = workdir / "prometheus.log"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {
+                    "job_name": RELEASE,
+                    # The labels Kubernetes service discovery would add.
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{bridge_port}"],
+                            "labels": {"namespace": "pinecall", "pod": "pinecall-bridge-0"},
+                        }
+                    ],
+                }
+            ],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self._log = self._log_path.open("w")
+        self._process = subprocess.Popen(
+            [
+                find_tool("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self._log_path.read_text()
+
+    def check_alive(self) -> None:
+        assert self._process.poll() is None, f"prometheus exited:\n{self.log()}"
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=30)
+        self._log.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def scraped(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Scraped]:
+    run = uuid.uuid4().hex[:10]
+    names = Topics(f"prom.{run}.events", f"prom.{run}.alerts", f"prom.{run}.dlq", "")
+    nowhere = f"127.0.0.1:{free_port()}"  # the WebSocket feed on, failing: its metrics move
+    settings = bridge_settings(
+        kafka_bootstrap,
+        names,
+        websocket={"enabled": True, "url": f"ws://{nowhere}/ws", "backoff_max_seconds": 1},
+        pinecall={"api_url": f"http://{nowhere}", "api_key": "test-key"},
+    )
+    bridge = Bridge(settings)
+    await bridge.start()
+    url = f"http://127.0.0.1:{bridge.port}"
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), int(bridge.port or 0))
+    session = aiohttp.ClientSession()
+    try:
+        await wait_ready(url)
+        scraped = Scraped(server.url, "", session)
+        await send_traffic(RunningBridge(bridge, url, session), rounds=6)
+        await until_scraped(scraped, server)
+        async with session.get(url + "/metrics") as response:
+            scraped.exposition = await response.text()
+        yield scraped
+    finally:
+        server.stop()
+        await session.close()
+        await bridge.stop()
+
+
+async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
+    """Enough samples for rate() over the traffic, and every rule evaluated since."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        server.check_alive()
+        try:
+            samples = await scraped.query(
+                "count_over_time(pinecall_bridge_events_published_total[1m])"
+            )
+            rules = await scraped.get("/api/v1/rules")
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.5)
+            continue
+        counts = [float(r["value"][1]) for r in samples["data"]["result"]]
+        evaluated = [
+            rule["lastEvaluation"] > "2000"
+            for group in rules["data"]["groups"]
+            for rule in group["rules"]
+        ]
+        if counts and min(counts) >= 5 and evaluated and all(evaluated):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"Prometheus did not scrape enough in time:\n{server.log()}")
+
+
+def exposed_names(exposition: str) -> set[str]:
+    """Every series name /metrics can have, including those of families with no sample yet."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, [""])}
+    return names
+
+
+async def test_every_dashboard_query_evaluates_with_data(scraped: Scraped) -> None:
+    problems = []
+    for where, expr in dashboard_queries():
+        answer = await scraped.query(expr)
+        if answer["status"] != "success":
+            problems.append(f"{where}: {answer.get('error')}: {expr}")
+        elif not answer["data"]["result"] and where not in EMPTY_HERE:
+            problems.append(f"{where}: no data while events flow: {expr}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_every_alert_rule_evaluates_and_is_healthy(scraped: Scraped) -> None:
+    for alert, expr in rule_queries():
+        answer = await scraped.query(expr)
+        assert answer["status"] == "success", f"{alert}: {answer.get('error')}"
+    rules = (await scraped.get("/api/v1/rules"))["data"]["groups"]
+    health = {
+        rule["name"]: (rule["health"], rule.get("lastError", ""))
+        for group in rules
+        for rule in group["rules"]
+    }
+    assert set(health) == {alert for alert, _ in rule_queries()}
+    assert all(state == ("ok", "") for state in health.values()), health
+
+
+async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
+    # The feed points nowhere: its alert fires. Everything else is healthy and stays quiet.
+    active = {
+        a["labels"]["alertname"] for a in (await scraped.get("/api/v1/alerts"))["data"]["alerts"]
+    }
+    assert "PinecallBridgeWebSocketDown" in active
+    quiet = {
+        "PinecallBridgePublishingStalled",
+        "PinecallBridgeKafkaDisconnected",
+        "PinecallBridgePodNotReady",
+        "PinecallBridgeTargetDown",
+    }
+    assert not active & quiet, active
+
+
+async def test_every_metric_named_exists_in_the_bridge(scraped: Scraped) -> None:
+    exposed = exposed_names(scraped.exposition)
+    used = {
+        name: where
+        for where, expr in dashboard_queries() + rule_queries()
+        for name in BRIDGE_METRIC.findall(expr)
+    }
+    missing = {name: where for name, where in used.items() if name not in exposed}
+    assert not missing, f"not in /metrics: {missing}"
+    others = {
+        n for _, expr in dashboard_queries() + rule_queries() for n in OTHER_METRIC.findall(expr)
+    }
+    assert others <= OTHER_METRICS, f"unknown standard metrics: {others - OTHER_METRICS}"
+    # And the reverse: every bridge metric is on the dashboard.
+    families = {f.name for f in text_string_to_metric_families(scraped.exposition)}
+    on_dashboard = {n for _, expr in dashboard_queries() for n in BRIDGE_METRIC.findall(expr)}
+    shown = {n.removesuffix("_total").removesuffix("_bucket") for n in on_dashboard}
+    assert {f for f in families if f.startswith("pinecall_bridge_")} <= shown

@@ -1,0 +1,119 @@
+"""The operator's tools against real parts: registration with the simulator, tail on Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from bridge.cli import main
+from bridge.service import Bridge
+from bridge.simulator import Simulator
+from bridge.tail import TailFilter, tail
+from tests.integration.conftest import (
+    SECRET,
+    RunningBridge,
+    Topics,
+    bridge_settings,
+    entry,
+    wait_ready,
+)
+
+
+async def test_start_up_registration_is_idempotent(kafka_bootstrap: str, topics: Topics) -> None:
+    async with Simulator() as simulator:
+        settings = bridge_settings(
+            kafka_bootstrap,
+            topics,
+            pinecall={
+                "api_url": simulator.url,
+                "api_key": "sim-api-key",
+                "register_webhook": True,
+                "public_url": "https://bridge.example.com",
+            },
+        )
+        for _ in range(2):  # a restart must not register a second webhook
+            bridge = Bridge(settings)
+            await bridge.start()
+            await wait_ready(f"http://127.0.0.1:{bridge.port}")
+            for _ in range(50):
+                if simulator.hooks.all():
+                    break
+                await asyncio.sleep(0.1)
+            await bridge.stop()
+        hooks = simulator.hooks.all()
+    assert [hook.url for hook in hooks] == ["https://bridge.example.com/webhooks/pinecall"]
+
+
+def test_webhooks_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    # The CLI runs its own event loop, so the simulator gets a thread and loop of its own.
+    ready, done = threading.Event(), threading.Event()
+    holder: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def run() -> None:
+            async with Simulator() as simulator:
+                holder["sim"] = simulator
+                ready.set()
+                await asyncio.to_thread(done.wait)
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    simulator: Simulator = holder["sim"]
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", SECRET)
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", simulator.url)
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "sim-api-key")
+    try:
+        url = "https://bridge.example.com/webhooks/pinecall"
+        assert main(["webhooks", "register", "--url", url]) == 0
+        assert '"created":true' in capsys.readouterr().out
+        assert main(["webhooks", "register", "--url", url]) == 0
+        assert '"created":false' in capsys.readouterr().out
+        assert main(["webhooks", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert listed.count(url) == 1
+        assert SECRET not in listed
+        hook_id = simulator.hooks.all()[0].id
+        assert main(["webhooks", "delete", hook_id]) == 0
+        assert simulator.hooks.all() == []
+        monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "wrong")
+        assert main(["webhooks", "list"]) == 1
+        assert "401" in capsys.readouterr().err
+    finally:
+        done.set()
+        thread.join(10)
+
+
+async def test_tail_shows_what_downstream_sees(
+    start_bridge: Callable[..., Any], topics: Topics, unique_call: str
+) -> None:
+    bridge: RunningBridge = await start_bridge()
+    assert (await bridge.post(entry(1, unique_call, type="call.started")))[0] == 200
+    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    console = Console(record=True, width=400)
+    shown = await tail(
+        bridge.bridge.settings,
+        [topics.events],
+        TailFilter(type_glob="call.*", call=unique_call),
+        from_beginning=True,
+        limit=1,
+        console=console,
+    )
+    text = console.export_text()
+    assert shown == 1
+    assert f"call.started {unique_call} {unique_call}:1 via webhook" in text
+    assert "turn.user" not in text
