@@ -1,0 +1,46 @@
+# pinecall-bridge: Pinecall webhooks -> CloudEvents -> Kafka. Configured only by BRIDGE_* variables.
+#   docker build -t pinecall-bridge .
+#   docker run --rm -p 8080:8080 -e BRIDGE_WEBHOOK__SECRETS=... -e BRIDGE_KAFKA__BOOTSTRAP_SERVERS=... pinecall-bridge
+# tests/deploy/test_dockerfile.py lints this file (hadolint) and runs the same install path
+# (wheel -> fresh virtualenv -> `pinecall-bridge --help` and `check`) without a Docker engine.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+
+# Dependencies first, from pyproject.toml alone: source edits do not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+
+# Then the package itself, as a wheel (what a release would publish), without touching the deps.
+# Byte-code is compiled here: at run time the root filesystem is read-only.
+COPY README.md ./
+COPY bridge/ bridge/
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="pinecall-bridge" \
+      org.opencontainers.image.description="Pinecall webhooks to CloudEvents on Kafka" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# No .pyc writes (read-only root), logs unbuffered; TMPDIR is the one writable path the chart mounts.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TMPDIR=/tmp
+COPY --from=builder /opt/venv /opt/venv
+# An empty working directory: the bridge reads an optional .env from here, never from /.
+WORKDIR /app
+# Numeric, so Kubernetes can verify runAsNonRoot without a passwd entry.
+USER 10001:10001
+EXPOSE 8080
+# Exec form: no shell at run time; the bridge itself handles SIGTERM (graceful drain).
+# `docker run IMAGE check` validates the configuration instead of running.
+ENTRYPOINT ["pinecall-bridge"]
+CMD ["run"]

@@ -1,0 +1,151 @@
+{{/* Names and labels, as `helm create` makes them. */}}
+{{- define "pinecall-bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pinecall-bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pinecall-bridge.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pinecall-bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "pinecall-bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pinecall-bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pinecall-bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pinecall-bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pinecall-bridge.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The chart-created Secret (holds only the `value`s of items with no other source). */}}
+{{- define "pinecall-bridge.secretName" -}}
+{{- /* Not the bare fullname: that is the KafkaUser's, whose Secret Strimzi writes. */}}
+{{- printf "%s-secret" (include "pinecall-bridge.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+One config value as the environment variable's text. Helm reads YAML numbers as float64,
+which would print 1048576 as 1.048576e+06: whole numbers are printed as integers.
+Lists of objects and objects are JSON; other lists are comma-separated.
+*/}}
+{{- define "pinecall-bridge.envValue" -}}
+{{- if kindIs "slice" . }}
+{{- if kindIs "map" (first .) }}{{ toJson . }}{{ else }}{{ join "," . }}{{ end }}
+{{- else if kindIs "map" . }}{{ toJson . }}
+{{- else if kindIs "float64" . }}
+{{- if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else }}{{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Settings that are secrets or files: never accepted under `config`. */}}
+{{- define "pinecall-bridge.notInConfig" -}}
+{{- $forbidden := dict
+  "kafka" (list "saslPassword" "sslKeyPassword" "sslCafile" "sslCertfile" "sslKeyfile")
+  "webhook" (list "secrets")
+  "pinecall" (list "apiKey") }}
+{{- range $section, $fields := $forbidden }}
+{{- range $fields }}
+{{- if hasKey (get $.Values.config $section | default dict) . }}
+{{- fail (printf "config.%s.%s is a secret or a file: set it under `secrets` or `kafkaTls`, never in the ConfigMap" $section .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The bridge's environment from `config`, as a dict NAME -> text (rendered into the ConfigMap).
+null values and empty lists are left out: the bridge's own default applies.
+*/}}
+{{- define "pinecall-bridge.configEnv" -}}
+{{- include "pinecall-bridge.notInConfig" . }}
+{{- $env := dict }}
+{{- range $section, $fields := .Values.config }}
+{{- range $field, $value := $fields }}
+{{- if not (or (kindIs "invalid" $value) (and (kindIs "slice" $value) (empty $value))) }}
+{{- $name := printf "BRIDGE_%s__%s" (snakecase $section | upper) (snakecase $field | upper) }}
+{{- $_ := set $env $name (include "pinecall-bridge.envValue" $value) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $file, $var := dict "ca" "SSL_CAFILE" "cert" "SSL_CERTFILE" "key" "SSL_KEYFILE" }}
+{{- $item := get $.Values.kafkaTls $file }}
+{{- if or $item.secretName $item.value }}
+{{- $path := printf "%s/%s" (include "pinecall-bridge.tlsDir" $) (include "pinecall-bridge.tlsFileName" $file) }}
+{{- $_ := set $env (printf "BRIDGE_KAFKA__%s" $var) $path }}
+{{- end }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{- define "pinecall-bridge.tlsDir" -}}/etc/pinecall-bridge/kafka-tls{{- end }}
+
+{{- define "pinecall-bridge.tlsFileName" -}}
+{{- get (dict "ca" "ca.crt" "cert" "client.crt" "key" "client.key") . }}
+{{- end }}
+
+{{/* Secret items: environment variable -> values item. */}}
+{{- define "pinecall-bridge.secretEnvNames" -}}
+webhookSecrets: BRIDGE_WEBHOOK__SECRETS
+kafkaSaslPassword: BRIDGE_KAFKA__SASL_PASSWORD
+kafkaSslKeyPassword: BRIDGE_KAFKA__SSL_KEY_PASSWORD
+pinecallApiKey: BRIDGE_PINECALL__API_KEY
+{{- end }}
+
+{{/* The chart-created Secret's data: every item whose only source is its `value`. */}}
+{{- define "pinecall-bridge.secretData" -}}
+{{- $data := dict }}
+{{- range $item, $_ := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
+{{- $spec := get $.Values.secrets $item }}
+{{- if and $spec.value (not $spec.secretName) (not $.Values.secrets.existingSecret) }}
+{{- $_ := set $data $spec.key ($spec.value | b64enc) }}
+{{- end }}
+{{- end }}
+{{- range $file := list "ca" "cert" "key" }}
+{{- $spec := get $.Values.kafkaTls $file }}
+{{- if and $spec.value (not $spec.secretName) }}
+{{- $_ := set $data $spec.key ($spec.value | b64enc) }}
+{{- end }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* preStop pause + the bridge's own grace (which includes its drain delay) + 5 s margin. */}}
+{{- define "pinecall-bridge.terminationGracePeriodSeconds" -}}
+{{- $pause := int .Values.lifecycle.preStopSleepSeconds }}
+{{- $grace := .Values.config.shutdown.graceSeconds | default 25 | ceil | int }}
+{{- $needed := add $pause $grace 1 }}
+{{- $value := .Values.terminationGracePeriodSeconds | default (add $pause $grace 5) | int }}
+{{- if lt $value $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds (%d)" $value (sub $needed 1)) }}
+{{- end }}
+{{- $value }}
+{{- end }}
