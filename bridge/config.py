@@ -75,6 +75,22 @@ class KafkaSettings(BaseModel):
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+        if self.ssl_key_password is not None and self.ssl_keyfile is None:
+            raise ValueError("ssl_key_password needs ssl_keyfile")
+        # Settings the protocol would ignore mean a forgotten security_protocol: refuse them
+        # rather than connect without the TLS or credentials the operator asked for.
+        uses_tls = self.security_protocol in {"SSL", "SASL_SSL"}
+        if not uses_tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_key_password):
+            raise ValueError(
+                f"ssl_* settings are ignored with {self.security_protocol}: use SSL or SASL_SSL"
+            )
+        if not self.security_protocol.startswith("SASL") and (
+            self.sasl_username or self.sasl_password
+        ):
+            raise ValueError(
+                f"sasl_* settings are ignored with {self.security_protocol}:"
+                " use SASL_PLAINTEXT or SASL_SSL"
+            )
         return self
 
 

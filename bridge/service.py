@@ -102,7 +102,8 @@ class Bridge:
             except Exception as exc:
                 await self.sink.stop()
                 log.warning(
-                    "Kafka not ready yet (unreachable, or a topic is missing); retrying",
+                    "Kafka not ready yet (unreachable, refused our credentials or TLS,"
+                    " or a topic is missing); retrying",
                     extra={
                         "error": type(exc).__name__,
                         "retry_in_s": round(delay, 1),

@@ -142,3 +142,25 @@ def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) 
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert any(name.rsplit("__", 1)[0] in p for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("protocol", "name", "value"),
+    [
+        ("PLAINTEXT", "BRIDGE_KAFKA__SASL_USERNAME", "u"),
+        ("SSL", "BRIDGE_KAFKA__SASL_PASSWORD", "p"),
+        ("PLAINTEXT", "BRIDGE_KAFKA__SSL_CAFILE", "/etc/hostname"),
+        ("SASL_PLAINTEXT", "BRIDGE_KAFKA__SSL_CAFILE", "/etc/hostname"),
+    ],
+)
+def test_settings_the_protocol_would_ignore_are_refused(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, name: str, value: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", protocol)
+    if protocol.startswith("SASL"):
+        monkeypatch.setenv("BRIDGE_KAFKA__SASL_USERNAME", "u")
+        monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "p")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="ignored with"):
+        load_settings()

@@ -8,6 +8,11 @@
 #      KAFKA_DATA_DIR (<repo>/.cache/kafka-data/<port>: one per broker, so
 #      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
 #      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), PYTHON (python3).
+# Extra listeners, for tests of the client's security settings (all unset by default):
+#      KAFKA_CONFIG_OVERLAY: a template rendered after server.properties.in into the same
+#        file, so its keys override the base ones; KAFKA_CONFIG_VAR_<NAME>=value fills
+#        @NAME@ in either template. KAFKA_ADD_SCRAM: StorageTool --add-scram specs, one a
+#        line, e.g. SCRAM-SHA-512=[name=u,password=p]; applied only when formatting.
 # The Kafka version is the kafka.version property in pom.xml next to this file.
 set -euo pipefail
 
@@ -71,11 +76,31 @@ cmd_fetch() (
   mv "$tmp" "$home/$pom_hash"
 )
 
+sed_escape() { printf '%s' "$1" | sed 's/[\\|&]/\\&/g'; }
+
 render_config() {
-  local esc_log
-  esc_log="$(printf '%s' "$data/kraft" | sed 's/[\\|&]/\\&/g')"
-  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
-    "$here/server.properties.in" >"$props.tmp"
+  local esc_log name
+  local -a extra=()
+  esc_log="$(sed_escape "$data/kraft")"
+  for name in $(compgen -v KAFKA_CONFIG_VAR_ || true); do
+    extra+=(-e "s|@${name#KAFKA_CONFIG_VAR_}@|$(sed_escape "${!name}")|g")
+  done
+  if [[ -z "${KAFKA_CONFIG_OVERLAY:-}" ]]; then
+    sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
+      ${extra[@]+"${extra[@]}"} "$here/server.properties.in" >"$props.tmp"
+  else
+    [[ -f "$KAFKA_CONFIG_OVERLAY" ]] || die "KAFKA_CONFIG_OVERLAY: no file $KAFKA_CONFIG_OVERLAY"
+    # Java properties: the last occurrence of a key wins, so the overlay's keys take effect.
+    { cat "$here/server.properties.in"; printf '\n# ---- overlay: %s\n' "$KAFKA_CONFIG_OVERLAY"
+      cat "$KAFKA_CONFIG_OVERLAY"; } \
+      | sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
+        ${extra[@]+"${extra[@]}"} >"$props.tmp"
+    # A placeholder left over would only surface as an obscure broker start-up error.
+    if grep -v '^[[:space:]]*#' "$props.tmp" | grep -qE '@[A-Z0-9_]+@'; then
+      die "unfilled placeholder(s) in $props.tmp: $(grep -v '^[[:space:]]*#' "$props.tmp" \
+        | grep -oE '@[A-Z0-9_]+@' | sort -u | tr '\n' ' ')(set KAFKA_CONFIG_VAR_<NAME>)"
+    fi
+  fi
   mv "$props.tmp" "$props"
 }
 
@@ -94,10 +119,15 @@ cmd_up() {
     render_config
     # Format once: reformatting would mint a new cluster id and orphan the data.
     if [[ ! -f "$data/kraft/meta.properties" ]]; then
-      local cluster_id
+      local cluster_id spec
+      local -a scram=()
+      while IFS= read -r spec; do
+        if [[ -n "$spec" ]]; then scram+=(--add-scram "$spec"); fi
+      done <<<"${KAFKA_ADD_SCRAM:-}"
       cluster_id="$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid)"
       java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
-        kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" >"$data/format.log" 2>&1 \
+        kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" \
+        ${scram[@]+"${scram[@]}"} >"$data/format.log" 2>&1 \
         || { cat "$data/format.log" >&2; die "storage format failed"; }
       say "formatted $data/kraft (cluster id $cluster_id)"
     fi

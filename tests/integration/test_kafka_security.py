@@ -1,0 +1,298 @@
+"""Each Kafka security setting against a real broker: it publishes, or refuses clearly and waits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bridge.service import Bridge
+from tests.integration.certs import Certs, make_certs
+from tests.integration.conftest import (
+    KAFKA_SH,
+    REPO,
+    RunningBridge,
+    Topics,
+    bridge_settings,
+    consume_until,
+    entry,
+    has_id,
+    wait_ready,
+)
+
+OVERLAY = REPO / "tools" / "kafka" / "server-secure.properties.in"
+USER, PASSWORD = "bridge", "bridge-secret"
+PUBLISH_TIMEOUT = 3.0
+# Long enough for several of the bridge's connection attempts (its backoff starts at 0.5 s).
+REFUSED_FOR = 3.0
+# The broker's listener name → the overlay's placeholder for its port.
+LISTENERS = {
+    "PLAINTEXT": "PORT",
+    "CONTROLLER": "CONTROLLER_PORT",
+    "SASL_PLAINTEXT": "SASL_PORT",
+    "SSL": "SSL_PORT",
+    "MTLS": "MTLS_PORT",
+    "SASL_SSL": "SASL_SSL_PORT",
+}
+
+# Setup includes certificates and the broker's start-up (format, then KRaft start): 5-10 s.
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """A broker of this module's own, with one listener per security setting the bridge has."""
+
+    ports: dict[str, int]
+    certs: Certs
+
+    def bootstrap(self, listener: str) -> str:
+        return f"127.0.0.1:{self.ports[listener]}"
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports below the ephemeral range: no client socket can take one meanwhile."""
+    ports: list[int] = []
+    for _ in range(500):
+        port = random.randint(30000, 32700)
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports in 30000-32700")
+
+
+def _kafka_sh(command: str, env: dict[str, str]) -> None:
+    subprocess.run([str(KAFKA_SH), command], check=True, env=env, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """Never the shared 9092 broker: it has no secure listeners, and must stay as it is."""
+    certs = make_certs(tmp_path_factory.mktemp("kafka-security-certs"))
+    ports = dict(zip(LISTENERS, _free_ports(len(LISTENERS)), strict=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_CONFIG_VAR_")}
+    env.update(
+        KAFKA_PORT=str(ports["PLAINTEXT"]),
+        KAFKA_CONTROLLER_PORT=str(ports["CONTROLLER"]),
+        KAFKA_DATA_DIR=str(tmp_path_factory.mktemp("kafka-security")),
+        KAFKA_CONFIG_OVERLAY=str(OVERLAY),
+        KAFKA_CONFIG_VAR_CERT_DIR=str(certs.dir),
+        KAFKA_CONFIG_VAR_SASL_USER=USER,
+        KAFKA_CONFIG_VAR_SASL_PASSWORD=PASSWORD,
+        KAFKA_ADD_SCRAM="\n".join(
+            f"{mechanism}=[name={USER},password={PASSWORD}]"
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+        ),
+    )
+    # KAFKA_PORT and KAFKA_CONTROLLER_PORT fill the first two.
+    for listener in ("SASL_PLAINTEXT", "SSL", "MTLS", "SASL_SSL"):
+        env[f"KAFKA_CONFIG_VAR_{LISTENERS[listener]}"] = str(ports[listener])
+    try:
+        _kafka_sh("up", env)
+        yield SecureBroker(ports, certs)
+    finally:
+        _kafka_sh("down", env)
+
+
+Launch = Callable[[str, dict[str, Any]], Awaitable[RunningBridge]]
+
+
+@pytest.fixture
+async def launch(topics: Topics) -> AsyncIterator[Launch]:
+    """Start an in-process bridge on one listener, without waiting for it to be ready."""
+    running: list[RunningBridge] = []
+
+    async def start(bootstrap: str, security: dict[str, Any]) -> RunningBridge:
+        settings = bridge_settings(
+            bootstrap,
+            topics,
+            kafka={**security, "publish_timeout_seconds": PUBLISH_TIMEOUT},
+            shutdown={"grace_seconds": 5},
+        )
+        bridge = Bridge(settings)
+        await bridge.start()
+        handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.session.close()
+        await handle.bridge.stop()
+
+
+Security = Callable[[Certs], dict[str, Any]]
+
+
+def sasl(protocol: str, mechanism: str, *, user: str = USER, password: str = PASSWORD) -> Security:
+    def options(certs: Certs) -> dict[str, Any]:
+        tls = {"ssl_cafile": certs.ca} if protocol == "SASL_SSL" else {}
+        return {
+            "security_protocol": protocol,
+            "sasl_mechanism": mechanism,
+            "sasl_username": user,
+            "sasl_password": password,
+            **tls,
+        }
+
+    return options
+
+
+def server_tls(certs: Certs) -> dict[str, Any]:
+    return {"security_protocol": "SSL", "ssl_cafile": certs.ca}
+
+
+def mutual_tls(certs: Certs) -> dict[str, Any]:
+    return {**server_tls(certs), "ssl_certfile": certs.client_cert, "ssl_keyfile": certs.client_key}
+
+
+def mutual_tls_encrypted_key(certs: Certs) -> dict[str, Any]:
+    return {
+        **mutual_tls(certs),
+        "ssl_keyfile": certs.client_key_encrypted,
+        "ssl_key_password": certs.client_key_password,
+    }
+
+
+@pytest.mark.parametrize(
+    ("listener", "security"),
+    [
+        pytest.param("SASL_PLAINTEXT", sasl("SASL_PLAINTEXT", "PLAIN"), id="sasl-plain"),
+        pytest.param("SASL_PLAINTEXT", sasl("SASL_PLAINTEXT", "SCRAM-SHA-256"), id="sasl-scram256"),
+        pytest.param("SASL_PLAINTEXT", sasl("SASL_PLAINTEXT", "SCRAM-SHA-512"), id="sasl-scram512"),
+        pytest.param("SSL", server_tls, id="ssl"),
+        pytest.param("MTLS", mutual_tls, id="ssl-client-cert"),
+        pytest.param("MTLS", mutual_tls_encrypted_key, id="ssl-client-cert-encrypted-key"),
+        pytest.param("SASL_SSL", sasl("SASL_SSL", "SCRAM-SHA-512"), id="sasl-ssl-scram512"),
+        pytest.param("SASL_SSL", sasl("SASL_SSL", "PLAIN"), id="sasl-ssl-plain"),
+    ],
+)
+async def test_publishes_through_secured_listener(
+    broker: SecureBroker,
+    launch: Launch,
+    topics: Topics,
+    unique_call: str,
+    listener: str,
+    security: Security,
+) -> None:
+    """Topics created, ready, the event acknowledged and in Kafka once, keyed by its call."""
+    bridge = await launch(broker.bootstrap(listener), security(broker.certs))
+    await wait_ready(bridge.url, within=30)
+    for seq in (1, 2):
+        status, body = await bridge.post(entry(seq, unique_call))
+        assert (status, body["published"]) == (200, 1), body
+
+    # The second event (same call, same partition) is read only after everything before it.
+    records = await consume_until(
+        broker.bootstrap("PLAINTEXT"), [topics.events], has_id(f"{unique_call}:2")
+    )
+    assert [(r.key, r.json()["id"]) for r in records] == [
+        (unique_call.encode(), f"{unique_call}:1"),
+        (unique_call.encode(), f"{unique_call}:2"),
+    ]
+
+
+def _untrusted_client_cert(certs: Certs) -> dict[str, Any]:
+    return {
+        **server_tls(certs),
+        "ssl_certfile": certs.other_client_cert,
+        "ssl_keyfile": certs.other_client_key,
+    }
+
+
+def _untrusted_broker(certs: Certs) -> dict[str, Any]:
+    return {"security_protocol": "SSL", "ssl_cafile": certs.other_ca}
+
+
+AUTH_FAILED = "SaslAuthenticationFailed"
+
+
+@pytest.mark.parametrize(
+    ("listener", "security", "cause"),
+    [
+        pytest.param(
+            "SASL_PLAINTEXT",
+            sasl("SASL_PLAINTEXT", "SCRAM-SHA-512", password="not-the-password"),
+            AUTH_FAILED,
+            id="scram512-wrong-password",
+        ),
+        pytest.param(
+            "SASL_PLAINTEXT",
+            sasl("SASL_PLAINTEXT", "PLAIN", password="not-the-password"),
+            AUTH_FAILED,
+            id="plain-wrong-password",
+        ),
+        pytest.param(
+            "SASL_SSL",
+            sasl("SASL_SSL", "SCRAM-SHA-256", user="nobody"),
+            AUTH_FAILED,
+            id="sasl-ssl-unknown-user",
+        ),
+        pytest.param("SSL", _untrusted_broker, "CERTIFICATE_VERIFY_FAILED", id="untrusted-broker"),
+        # TLS 1.3 sends the broker's refusal after the handshake: the client only sees a close.
+        pytest.param("MTLS", server_tls, "closed", id="no-client-cert"),
+        pytest.param("MTLS", _untrusted_client_cert, "closed", id="untrusted-client-cert"),
+    ],
+)
+async def test_refused_credentials_keep_it_unready(
+    broker: SecureBroker,
+    launch: Launch,
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+    listener: str,
+    security: Security,
+    cause: str,
+) -> None:
+    """Alive but unready while it keeps retrying, webhooks 503 at once, the cause in the log."""
+    bridge = await launch(broker.bootstrap(listener), security(broker.certs))
+    loop = asyncio.get_running_loop()
+    watch_until = loop.time() + REFUSED_FOR
+    while loop.time() < watch_until:
+        assert await _status(bridge, "/readyz") == 503
+        await asyncio.sleep(0.2)
+    # Unready, not dead: a restart would not fix credentials, and the pod must keep serving.
+    assert await _status(bridge, "/healthz") == 200
+
+    sent_at = loop.time()
+    status, body = await bridge.post(entry(1, unique_call))
+    assert (status, body.get("error")) == (503, "kafka_unavailable"), body
+    assert loop.time() - sent_at < PUBLISH_TIMEOUT, "the refusal waited for the publish timeout"
+
+    attempts = [r for r in caplog.records if r.getMessage().startswith("Kafka not ready yet")]
+    assert len(attempts) >= 2, "the bridge stopped retrying"
+    causes = [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")]
+    assert any(cause in message for message in causes), causes
+    # Nothing got through the refused listener: not even the bridge's topics were created.
+    assert topics.events not in await _topic_names(broker.bootstrap("PLAINTEXT"))
+
+
+async def _status(handle: RunningBridge, path: str) -> int:
+    async with handle.session.get(handle.url + path) as response:
+        return response.status
+
+
+async def _topic_names(bootstrap: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names: list[str] = await admin.list_topics()
+    finally:
+        await admin.close()
+    return names
