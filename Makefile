@@ -34,8 +34,8 @@ kafka-down:  ## stop the local Kafka broker; no-op if it is stopped
 kafka-status:  ## is the local broker running and answering?
 	@tools/kafka/kafka.sh status
 
-run: venv kafka-up  ## the demo: simulated Pinecall → the bridge (both channels) → local Kafka, live
-	$(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
+run: venv  ## the demo: simulated Pinecall → the bridge (both channels) → local Kafka, live
+	@tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
 
 demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check
 	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT)
