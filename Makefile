@@ -86,3 +86,19 @@ deploy-check: deploy-tools kafka-up  ## only the Dockerfile, Helm chart and depl
 
 deploy-generate: deploy-tools  ## regenerate deploy/ from the Helm chart
 	$(BIN)/python -m tests.deploy.generate
+
+# Benchmarks (issue 5): on demand only, never part of `make test`. A dedicated broker on
+# BENCH_KAFKA_PORT is started and stopped by the harness; kcat is installed when missing (root).
+.PHONY: bench bench-quick
+BENCH_KAFKA_PORT ?= 19092
+
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	@$(BIN)/python -m pip install -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install-bench.log; exit 1; }
+	@touch $@
+
+bench: $(BIN)/.bench-installed  ## benchmarks, baselines and the report in bench/results/ (~10 min)
+	$(BIN)/python -m bench.run --kafka-port $(BENCH_KAFKA_PORT) --profile $(BENCH_ARGS)
+
+bench-quick: $(BIN)/.bench-installed  ## a ~2 minute smoke run of the benchmarks
+	$(BIN)/python -m bench.run --kafka-port $(BENCH_KAFKA_PORT) --quick $(BENCH_ARGS)

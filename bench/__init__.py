@@ -1,0 +1,1 @@
+"""Benchmarks for pinecall-bridge: `make bench` (see bench/run.py)."""

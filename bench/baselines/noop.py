@@ -1,0 +1,66 @@
+"""Baseline (b): the real bridge with publishing replaced by a no-op: the Python-side ceiling.
+
+Everything runs as in `pinecall-bridge run` (settings from the environment, JSON logs, metrics,
+signature checks, normalisation, dedup) except that `send` returns an already-resolved future.
+
+  python -m bench.baselines.noop      # configured with the same BRIDGE_* variables
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import uvloop
+
+from bridge.config import Settings, load_settings
+from bridge.logsetup import configure
+from bridge.metrics import Metrics
+from bridge.service import Bridge
+from bridge.sink.kafka import KafkaSink, Record
+
+
+class NoopSink(KafkaSink):
+    """Connected from the start; every record is 'acknowledged' at once and goes nowhere."""
+
+    async def start(self) -> None:
+        self._set_connected(True)
+
+    async def stop(self) -> None:
+        self._set_connected(False)
+
+    async def send(self, record: Record) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def ensure_topics(self, *_: Any) -> None:
+        return None
+
+    async def warm(self, names: list[str]) -> None:
+        return None
+
+
+async def serve(settings: Settings) -> None:
+    bridge = Bridge(settings, Metrics())
+    sink = NoopSink(settings.kafka, bridge.metrics)
+    bridge.sink = sink
+    bridge.pipeline._sink = sink  # the pipeline's one reference to its sink
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await bridge.start()
+    await stop.wait()
+    await bridge.stop()
+
+
+def main() -> None:
+    settings = load_settings()
+    configure(settings.log.level, settings.log.format)
+    uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

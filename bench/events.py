@@ -1,0 +1,77 @@
+"""The benchmark's events: realistic Pinecall log entries with a global index for matching."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+
+EVENTS_PER_CALL = 20
+_TYPES = ("call.started", "message.received", "agent.thinking", "message.sent")
+_TEXT = "I'd like to move my appointment to Friday morning if that is possible"
+
+
+def call_id(salt: int, index: int) -> str:
+    """`CA_<16 hex>`: the run's salt and the call number, so every run's ids are fresh."""
+    return f"CA_{salt & 0xFFFFFFFF:08x}{(index // EVENTS_PER_CALL) & 0xFFFFFFFF:08x}"
+
+
+def entry(salt: int, index: int) -> dict[str, Any]:
+    """Event `index` as the platform's log entry; `data.bench` carries the index through."""
+    seq = index % EVENTS_PER_CALL + 1
+    kind = "call.ended" if seq == EVENTS_PER_CALL else _TYPES[(seq - 1) % len(_TYPES)]
+    return {
+        "seq": seq,
+        "ts": 1_790_000_000.0 + index / 1000,
+        "call": call_id(salt, index),
+        "agent": "support",
+        "type": kind,
+        "ephemeral": False,
+        "data": {"text": _TEXT, "bench": index},
+    }
+
+
+def body(salt: int, first: int, count: int) -> bytes:
+    """A webhook body: one entry, or a JSON array of `count` entries."""
+    if count == 1:
+        return orjson.dumps(entry(salt, first))
+    return orjson.dumps([entry(salt, first + k) for k in range(count)])
+
+
+def sign(secret: bytes, payload: bytes) -> str:
+    """The `X-Pinecall-Signature` value the platform sends."""
+    return "sha256=" + hmac.new(secret, payload, hashlib.sha256).hexdigest()
+
+
+def cloudevent_line(salt: int, index: int) -> bytes:
+    """`key<TAB>value` as the bridge would publish it, for kcat's producer baseline."""
+    e = entry(salt, index)
+    ce = {
+        "specversion": "1.0",
+        "id": f"{e['call']}:{e['seq']}",
+        "source": "https://api.pinecall.io",
+        "type": e["type"],
+        "time": "2026-09-21T13:46:40.000Z",
+        "datacontenttype": "application/json",
+        "subject": e["call"],
+        "pinecallseq": e["seq"],
+        "pinecallagent": e["agent"],
+        "pinecallchannel": "webhook",
+        "pinecallreceivedat": "2026-09-21T13:46:40.000Z",
+        "data": e["data"],
+    }
+    key: str = e["call"]
+    return key.encode() + b"\t" + orjson.dumps(ce) + b"\n"
+
+
+def bench_index(value: bytes) -> int | None:
+    """The event index a consumed record carries (CloudEvent or raw entry), None if foreign."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    index = data.get("bench") if isinstance(data, dict) else None
+    return index if isinstance(index, int) else None

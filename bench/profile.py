@@ -1,0 +1,64 @@
+"""py-spy on a running process: where its CPU goes, summarised for the report."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` for `seconds` into collapsed stacks (py-spy needs ptrace: root is fine)."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(int(seconds), 1)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], raw: Path, top: int = 25) -> dict[str, Any]:
+    """Wait for py-spy; the top functions by own samples and by samples they are on the stack."""
+    proc.wait(timeout=120)
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    return {
+        "samples": total,
+        "own": [(f, n / total) for f, n in own.most_common(top)] if total else [],
+        "inclusive": [(f, n / total) for f, n in inclusive.most_common(top)] if total else [],
+    }
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/module.py:12)` → `func (module.py)`: lines vary, functions do not."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if parts else path
+    return f"{name} ({short})"
