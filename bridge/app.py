@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.config import Settings
 from bridge.metrics import CONTENT_TYPE, Metrics
-from bridge.sources.webhook import WebhookHandler, error
+from bridge.sources.webhook import WebhookHandler, error, json_response
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,13 +53,13 @@ def build_app(
     )
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        return json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:
         if readiness.ready():
-            return web.json_response({"status": "ready"})
+            return json_response({"status": "ready"})
         state = "stopping" if readiness.stopping else "waiting_for_kafka"
-        return web.json_response({"status": state}, status=503)
+        return json_response({"status": state}, status=503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         readiness.ready()  # refresh the gauge at scrape time

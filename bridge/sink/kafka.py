@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
@@ -37,6 +40,21 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
         for topic in described
         for partition in topic["partitions"]
     ]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's (and Java's) default partitioner, with each key's murmur2 computed once.
+
+    A call's events all share its key, and aiokafka's murmur2 is pure Python.
+    """
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,7 @@ class KafkaSink:
             linger_ms=s.linger_ms,
             max_batch_size=s.max_batch_bytes,
             compression_type=None if s.compression == "none" else s.compression,
+            partitioner=partition_for,
         )
         try:
             await producer.start()

@@ -17,11 +17,18 @@ SIGNATURE_HEADER = "X-Pinecall-Signature"
 RETRY_AFTER_SECONDS = "5"
 
 
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """aiohttp's json_response, with orjson: the stdlib encoder showed up in the profile."""
+    return web.Response(
+        body=jsoncodec.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def error(status: int, reason: str, detail: str, **headers: str) -> web.Response:
     """A short JSON error; `reason` is the same word the rejection metric carries."""
-    return web.json_response(
-        {"error": reason, "detail": detail}, status=status, headers=headers or None
-    )
+    return json_response({"error": reason, "detail": detail}, status, headers or None)
 
 
 class WebhookHandler:
@@ -66,16 +73,16 @@ class WebhookHandler:
         )
         if not result.ok:
             self._metrics.rejected.labels("webhook", "kafka_unavailable").inc()
-            return web.json_response(
+            return json_response(
                 {
                     "error": "kafka_unavailable",
                     "detail": "not stored; retry later",
                     **result.as_dict(),
                 },
-                status=503,
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
+                503,
+                {"Retry-After": RETRY_AFTER_SECONDS},
             )
-        return web.json_response(result.as_dict(), status=202 if result.dead_lettered else 200)
+        return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
 
 
 def _why_not_json(body: bytes) -> tuple[str, str]:

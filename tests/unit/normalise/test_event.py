@@ -78,3 +78,15 @@ def test_schema_refuses_a_broken_event() -> None:
     del ce["id"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(ce, SCHEMA)
+
+
+def test_rfc3339_agrees_with_datetime() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    rng = random.Random(7)
+    samples = [rng.uniform(0, 4_000_000_000) for _ in range(5000)]
+    samples += [1_700_000_000.9999996, 1_700_000_000.0004999, 0.0, 1_700_000_000.123]
+    for moment in samples:
+        reference = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+        assert rfc3339(moment) == reference.replace("+00:00", "Z"), moment

@@ -58,3 +58,17 @@ async def test_send_without_producer_raises() -> None:
     sink = KafkaSink(KafkaSettings(), Metrics())
     with pytest.raises(Exception, match="not running"):
         await sink.send(Record("t", None, b"v"))
+
+
+def test_partitioner_matches_aiokafkas_default() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from bridge.sink.kafka import partition_for
+
+    partitions = list(range(12))
+    for n in range(500):
+        key = f"CA_{n:016x}".encode()
+        assert partition_for(key, partitions, partitions) == DefaultPartitioner()(
+            key, partitions, partitions
+        )
+    assert partition_for(None, partitions, [3]) == 3
