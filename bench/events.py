@@ -9,18 +9,29 @@ from typing import Any
 import orjson
 
 EVENTS_PER_CALL = 20
+# Calls in progress at once, their events interleaved as on a busy platform: consecutive events
+# belong to different calls, so records spread over the partitions as real traffic does (events
+# in call order would send every burst of 20 to one partition).
+CONCURRENT_CALLS = 200
 _TYPES = ("call.started", "message.received", "agent.thinking", "message.sent")
 _TEXT = "I'd like to move my appointment to Friday morning if that is possible"
 
 
+def call_and_seq(index: int) -> tuple[int, int]:
+    """Event `index` → (call number, seq): blocks of CONCURRENT_CALLS calls, interleaved."""
+    block, offset = divmod(index, EVENTS_PER_CALL * CONCURRENT_CALLS)
+    return block * CONCURRENT_CALLS + offset % CONCURRENT_CALLS, offset // CONCURRENT_CALLS + 1
+
+
 def call_id(salt: int, index: int) -> str:
     """`CA_<16 hex>`: the run's salt and the call number, so every run's ids are fresh."""
-    return f"CA_{salt & 0xFFFFFFFF:08x}{(index // EVENTS_PER_CALL) & 0xFFFFFFFF:08x}"
+    number, _ = call_and_seq(index)
+    return f"CA_{salt & 0xFFFFFFFF:08x}{number & 0xFFFFFFFF:08x}"
 
 
 def entry(salt: int, index: int) -> dict[str, Any]:
     """Event `index` as the platform's log entry; `data.bench` carries the index through."""
-    seq = index % EVENTS_PER_CALL + 1
+    _, seq = call_and_seq(index)
     kind = "call.ended" if seq == EVENTS_PER_CALL else _TYPES[(seq - 1) % len(_TYPES)]
     return {
         "seq": seq,

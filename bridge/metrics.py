@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +24,20 @@ _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class Children:
+    """A labelled metric's children by label values: labels() is too slow for every event."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -118,6 +134,11 @@ class Metrics:
             "Feed events read from the socket and not yet acknowledged by Kafka.",
             registry=r,
         )
+
+        # The per-event series, resolved once per label combination (labels are bounded).
+        self.received_by = Children(self.received)
+        self.published_by = Children(self.published)
+        self.duplicates_by = Children(self.duplicates)
 
     def render(self) -> bytes:
         """The exposition text for /metrics."""

@@ -123,7 +123,7 @@ class Pipeline:
                     step.dead_letter_reason = normalised.reason
                     pending.append(step)
                 continue
-            self._metrics.received.labels(channel, type_label(normalised.type)).inc()
+            self._metrics.received_by(channel, type_label(normalised.type)).inc()
             route = self._router.route(normalised)
             if isinstance(route, Drop):
                 self._metrics.dropped.labels(route.reason).inc()
@@ -245,7 +245,7 @@ class Pipeline:
     def _settle_follower(self, p: _Pending, channel: Channel, result: BatchResult) -> None:
         if p.claim.done() and p.claim.result():
             result.duplicates += 1
-            self._metrics.duplicates.labels(channel).inc()
+            self._metrics.duplicates_by(channel).inc()
         else:
             result.failed += 1
             result.failure_reasons.add("timeout" if not p.claim.done() else "error")
@@ -254,7 +254,7 @@ class Pipeline:
         await self._dedup.remember(p.event_id)
         self._release(p.event_id, p.claim, delivered=True)
         self._sink.mark_reachable()
-        self._metrics.published.labels(p.topic).inc()
+        self._metrics.published_by(p.topic).inc()
         self._metrics.dedup_entries.set(self._dedup.size())
         if p.dead_letter_reason is not None:
             result.dead_lettered += 1

@@ -131,16 +131,21 @@ BridgeFactory = Callable[..., Any]
 
 @pytest.fixture
 async def start_bridge(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Callable[..., Any]]:
-    """Start an in-process bridge (real HTTP, real Kafka); stopped at the end of the test."""
+    """Start in-process bridges (real HTTP, real Kafka); all stopped at the end of the test.
+
+    `bootstrap` picks another broker; `ready=False` returns before the bridge is ready.
+    """
     running: list[RunningBridge] = []
 
-    async def start(**sections: dict[str, Any]) -> RunningBridge:
-        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **sections))
+    async def start(
+        *, bootstrap: str | None = None, ready: bool = True, **sections: dict[str, Any]
+    ) -> RunningBridge:
+        bridge = Bridge(bridge_settings(bootstrap or kafka_bootstrap, topics, **sections))
         await bridge.start()
-        url = f"http://127.0.0.1:{bridge.port}"
-        await wait_ready(url)
-        handle = RunningBridge(bridge, url, aiohttp.ClientSession())
+        handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
         running.append(handle)
+        if ready:
+            await wait_ready(handle.url)
         return handle
 
     yield start

@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bridge import jsoncodec
-from bridge.service import Bridge
 from bridge.sources.signature import sign
 from tests.integration.conftest import (
     SECRET,
     RunningBridge,
     Topics,
-    bridge_settings,
     consume_until,
     entry,
     has_id,
@@ -88,14 +85,13 @@ Launch = Callable[[], Awaitable[RunningBridge]]
 
 
 @pytest.fixture
-async def launch(broker: Broker, topics: Topics) -> AsyncIterator[Launch]:
+def launch(broker: Broker, start_bridge: Callable[..., Any]) -> Launch:
     """Start an in-process bridge on the dedicated broker, without waiting for it to be ready."""
-    running: list[RunningBridge] = []
 
     async def start() -> RunningBridge:
-        settings = bridge_settings(
-            broker.bootstrap,
-            topics,
+        handle: RunningBridge = await start_bridge(
+            bootstrap=broker.bootstrap,
+            ready=False,
             kafka={
                 "publish_timeout_seconds": PUBLISH_TIMEOUT,
                 "metadata_probe_seconds": PROBE_SECONDS,
@@ -103,16 +99,9 @@ async def launch(broker: Broker, topics: Topics) -> AsyncIterator[Launch]:
             # A stop while the broker is down (a failed test) must not hold the run for long.
             shutdown={"grace_seconds": 5},
         )
-        bridge = Bridge(settings)
-        await bridge.start()
-        handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
-        running.append(handle)
         return handle
 
-    yield start
-    for handle in running:
-        await handle.session.close()
-        await handle.bridge.stop()
+    return start
 
 
 async def post(handle: RunningBridge, item: Any) -> tuple[int, dict[str, Any], str | None]:

@@ -7,22 +7,19 @@ import os
 import random
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bridge.service import Bridge
 from tests.integration.certs import Certs, make_certs
 from tests.integration.conftest import (
     KAFKA_SH,
     REPO,
     RunningBridge,
     Topics,
-    bridge_settings,
     consume_until,
     entry,
     has_id,
@@ -114,27 +111,19 @@ Launch = Callable[[str, dict[str, Any]], Awaitable[RunningBridge]]
 
 
 @pytest.fixture
-async def launch(topics: Topics) -> AsyncIterator[Launch]:
+def launch(start_bridge: Callable[..., Any]) -> Launch:
     """Start an in-process bridge on one listener, without waiting for it to be ready."""
-    running: list[RunningBridge] = []
 
     async def start(bootstrap: str, security: dict[str, Any]) -> RunningBridge:
-        settings = bridge_settings(
-            bootstrap,
-            topics,
+        handle: RunningBridge = await start_bridge(
+            bootstrap=bootstrap,
+            ready=False,
             kafka={**security, "publish_timeout_seconds": PUBLISH_TIMEOUT},
             shutdown={"grace_seconds": 5},
         )
-        bridge = Bridge(settings)
-        await bridge.start()
-        handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
-        running.append(handle)
         return handle
 
-    yield start
-    for handle in running:
-        await handle.session.close()
-        await handle.bridge.stop()
+    return start
 
 
 Security = Callable[[Certs], dict[str, Any]]
