@@ -212,5 +212,7 @@ class KafkaSink:
                 self._set_connected(True)
 
     def _set_connected(self, value: bool) -> None:
+        # Called on every acknowledgement: touch the gauge only when the state changes.
+        if value != self.connected or self._producer is None:
+            self._metrics.kafka_connected.set(1 if value else 0)
         self.connected = value
-        self._metrics.kafka_connected.set(1 if value else 0)
