@@ -25,6 +25,18 @@ def keys(frames: list[tuple[float, str]]) -> list[tuple[str, int]]:
     return [(e["call"], e["seq"]) for e in (jsoncodec.loads(f) for _, f in frames)]
 
 
+def hold_answers(receiver: Receiver) -> asyncio.Event:
+    """Make the receiver answer 200 only once the returned event is set."""
+    release = asyncio.Event()
+
+    async def held(_: Received) -> int:
+        await release.wait()
+        return 200
+
+    receiver.answer = held
+    return release
+
+
 async def test_both_channels_carry_every_event_with_the_same_signed_bytes(
     sim: Simulator, client: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
@@ -92,13 +104,7 @@ async def test_duplicates_send_the_same_bytes_twice_on_each_channel(
 async def test_without_reorder_frames_do_not_wait_for_the_webhook(
     sim: Simulator, client: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
-    release = asyncio.Event()
-
-    async def held(_: Received) -> int:
-        await release.wait()
-        return 200
-
-    receiver.answer = held
+    release = hold_answers(receiver)
     sim.register_webhook(receiver.url, "s")
     ws = await subscribe(sim, client)
     traffic = asyncio.create_task(sim.run_traffic(calls=1, seed=5))
@@ -111,13 +117,7 @@ async def test_without_reorder_frames_do_not_wait_for_the_webhook(
 async def test_reorder_holds_each_frame_until_its_webhook_is_answered(
     sim: Simulator, client: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
-    release = asyncio.Event()
-
-    async def held(_: Received) -> int:
-        await release.wait()
-        return 200
-
-    receiver.answer = held
+    release = hold_answers(receiver)
     sim.register_webhook(receiver.url, "s")
     ws = await subscribe(sim, client)
     traffic = asyncio.create_task(sim.run_traffic(calls=2, reorder=1.0, seed=5))
