@@ -129,11 +129,16 @@ class TopicSettings(BaseModel):
     alerts: str = "pinecall.alerts"
     dlq: str = "pinecall.dlq"
     ephemeral: str | None = None
+    # Internal: every replica writes here; the dedup stage reads it (one owner per partition).
+    ingest: str = "pinecall.ingest"
+    ingest_partitions: int = Field(default=12, ge=1, le=1000)
+    # Internal: a one-partition topic whose group membership elects the WebSocket feed's reader.
+    feed_lease: str = "pinecall.feed-lease"
     create: bool = True
     partitions: int = Field(default=3, ge=1, le=10_000)
     replication_factor: int = Field(default=-1, ge=-1, le=32)
 
-    @field_validator("events", "alerts", "dlq")
+    @field_validator("events", "alerts", "dlq", "ingest", "feed_lease")
     @classmethod
     def _valid(cls, name: str) -> str:
         return _check_topic(name)
@@ -168,8 +173,48 @@ class RoutingSettings(BaseModel):
 
 
 class DedupSettings(BaseModel):
+    """The dedup stage: a consumer group over the ingest topic, one transaction per commit."""
+
     ttl_seconds: float = Field(default=900.0, gt=0)
-    max_entries: int = Field(default=1_000_000, ge=1)
+    # Per owned ingest partition; reaching it evicts ids before their TTL (counted).
+    max_entries_per_partition: int = Field(default=5_000_000, ge=1)
+    group: str = Field(default="pinecall-bridge", min_length=1, max_length=200)
+    commit_interval_ms: int = Field(default=100, ge=1, le=60_000)
+    session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    transaction_timeout_ms: int = Field(default=8_000, ge=1000)
+    # A commit or abort that takes longer means the partition is lost: never written again here.
+    end_transaction_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The ingest topic keeps records this much longer than the TTL, so a restore finds them all.
+    ingest_retention_margin_seconds: float = Field(default=3600.0, ge=0)
+
+    @field_validator("group")
+    @classmethod
+    def _group_name(cls, group: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", group):
+            raise ValueError("must use only [A-Za-z0-9._-] (it names transactional ids too)")
+        return group
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> DedupSettings:
+        # A zombie's open transaction must time out before its partition can be handed on, and a
+        # transaction must outlive the interval it is committed at.
+        if not self.commit_interval_ms < self.transaction_timeout_ms < self.session_timeout_ms:
+            raise ValueError(
+                "need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
+                f" (got {self.commit_interval_ms}, {self.transaction_timeout_ms},"
+                f" {self.session_timeout_ms})"
+            )
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.end_transaction_timeout_seconds * 1000 >= self.transaction_timeout_ms:
+            raise ValueError(
+                "end_transaction_timeout_seconds must be shorter than transaction_timeout_ms"
+            )
+        return self
+
+    def ingest_retention_ms(self) -> int:
+        return int((self.ttl_seconds + self.ingest_retention_margin_seconds) * 1000)
 
 
 class LogSettings(BaseModel):
@@ -279,6 +324,13 @@ class Settings(BaseSettings):
     def _feed_has_credentials(self) -> Settings:
         if self.websocket.enabled and self.pinecall.api_key is None:
             raise ValueError("BRIDGE_WEBSOCKET__ENABLED needs BRIDGE_PINECALL__API_KEY")
+        t = self.topics
+        outputs = {t.events, t.alerts, t.dlq, t.ephemeral, *(r.topic for r in self.routing.rules)}
+        for name, internal in (("ingest", t.ingest), ("feed_lease", t.feed_lease)):
+            if internal in outputs:
+                raise ValueError(f"BRIDGE_TOPICS__{name.upper()} must not be an output topic")
+        if t.ingest == t.feed_lease:
+            raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
         return self
 
     @model_validator(mode="before")

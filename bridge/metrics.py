@@ -52,15 +52,21 @@ class Metrics:
             ["channel", "type"],
             registry=r,
         )
+        self.ingested = Counter(
+            f"{PREFIX}_events_ingested_total",
+            "Records acknowledged by Kafka in the ingest topic (webhooks are answered then).",
+            ["channel"],
+            registry=r,
+        )
         self.published = Counter(
             f"{PREFIX}_events_published_total",
-            "Records acknowledged by Kafka, by topic.",
+            "Records the dedup stage wrote to an output topic in a committed transaction.",
             ["topic"],
             registry=r,
         )
         self.duplicates = Counter(
             f"{PREFIX}_events_duplicate_total",
-            "Events not published because Kafka already holds them.",
+            "Ingest records the dedup stage dropped: their id was output within the TTL.",
             ["channel"],
             registry=r,
         )
@@ -90,22 +96,86 @@ class Metrics:
         )
         self.publish_duration = Histogram(
             f"{PREFIX}_publish_duration_seconds",
-            "From receipt by the bridge to Kafka's acknowledgement.",
+            "From receipt by the bridge to Kafka's acknowledgement in the ingest topic.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            f"{PREFIX}_end_to_end_seconds",
+            "From receipt by the bridge to its output record's committed transaction.",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.event_lag = Histogram(
             f"{PREFIX}_event_lag_seconds",
-            "From the event's own timestamp to Kafka's acknowledgement.",
+            "From the event's own timestamp to its output record's committed transaction.",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.dedup_entries = Gauge(
-            f"{PREFIX}_dedup_entries", "Ids in the dedup window.", registry=r
+            f"{PREFIX}_dedup_entries",
+            "Ids remembered by the dedup stage, over the partitions this process owns.",
+            registry=r,
         )
         self.inflight = Gauge(
             f"{PREFIX}_inflight_events",
-            "Events sent to Kafka and not yet acknowledged.",
+            "Events sent to the ingest topic and not yet acknowledged.",
+            registry=r,
+        )
+        # The dedup stage. Partition labels are bounded by the ingest topic's partition count.
+        self.dedup_lag_records = Gauge(
+            f"{PREFIX}_dedup_lag_records",
+            "Ingest records not yet processed by the dedup stage, by owned ingest partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.dedup_lag_seconds = Gauge(
+            f"{PREFIX}_dedup_lag_seconds",
+            "Age of the oldest unprocessed ingest record (0 when caught up), by owned partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.dedup_partitions_owned = Gauge(
+            f"{PREFIX}_dedup_partitions_owned",
+            "Ingest partitions this process owns and processes (restored and fenced in).",
+            registry=r,
+        )
+        self.dedup_restore_duration = Histogram(
+            f"{PREFIX}_dedup_restore_duration_seconds",
+            "Time to rebuild one partition's seen-set on assignment, before it processes anything.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=r,
+        )
+        self.dedup_restored_ids = Counter(
+            f"{PREFIX}_dedup_restored_ids_total",
+            "Ids read back from the ingest topic while restoring partitions.",
+            registry=r,
+        )
+        self.dedup_transactions = Counter(
+            f"{PREFIX}_dedup_transactions_total",
+            "Dedup-stage transactions by outcome: committed or aborted.",
+            ["outcome"],
+            registry=r,
+        )
+        self.dedup_partitions_lost = Counter(
+            f"{PREFIX}_dedup_partitions_lost_total",
+            "Partitions given up without a clean revocation: fenced, timeout or error.",
+            ["reason"],
+            registry=r,
+        )
+        self.dedup_evicted_early = Counter(
+            f"{PREFIX}_dedup_evicted_early_total",
+            "Ids forgotten before their TTL because max_entries_per_partition was reached.",
+            registry=r,
+        )
+        self.ingest_invalid = Counter(
+            f"{PREFIX}_ingest_invalid_total",
+            "Ingest records the dedup stage could not read (not written by this bridge); skipped.",
+            registry=r,
+        )
+        self.feed_lease_held = Gauge(
+            f"{PREFIX}_feed_lease_held",
+            "1 while this process holds the WebSocket feed lease (at most one process should).",
             registry=r,
         )
         self.kafka_connected = Gauge(
@@ -138,6 +208,7 @@ class Metrics:
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)
         self.published_by = Children(self.published)
+        self.ingested_by = Children(self.ingested)
         self.duplicates_by = Children(self.duplicates)
 
     def render(self) -> bytes:

@@ -1,4 +1,9 @@
-"""The daemon's lifecycle: serve HTTP at once, connect to Kafka, drain and flush on shutdown."""
+"""The daemon's lifecycle: serve HTTP at once, connect to Kafka, run both stages, drain on stop.
+
+Every process runs the same two stages: the ingest stage (sources → the ingest topic) and the
+dedup stage (the ingest topic → output topics, in transactions). One replica or six, the path is
+the same; the WebSocket feed runs only where this process holds the feed lease.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from aiohttp import web
 
 from bridge.app import Readiness, build_app
 from bridge.config import Settings
-from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.dedup.stage import DedupStage
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink
+from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
+from bridge.sources.lease import FeedLease
 from bridge.sources.registration import RegistrationError, WebhookRegistry
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
@@ -33,21 +39,31 @@ class Bridge:
         self.metrics = metrics if metrics is not None else Metrics()
         self.sink = KafkaSink(settings.kafka, self.metrics)
         self.router = Router(settings.topics, settings.routing.rules)
-        self.dedup = MemoryDedupStore(
-            DedupWindow(settings.dedup.ttl_seconds, settings.dedup.max_entries)
-        )
         self.pipeline = Pipeline(
             self.sink,
-            self.dedup,
             self.router,
             self.metrics,
             source=settings.cloudevents.source,
+            ingest_topic=settings.topics.ingest,
             dlq_topic=settings.topics.dlq,
             publish_timeout=settings.kafka.publish_timeout_seconds,
         )
+        client = client_options(settings.kafka)
+        dedup = settings.dedup
+        self.dedup = DedupStage(dedup, settings.topics.ingest, client, self.metrics)
         self.readiness = Readiness(self.metrics, lambda: self.sink.connected)
-        self.feed = (
-            WebSocketSource(settings.websocket, settings.pinecall, self.pipeline, self.metrics)
+        self.feed: WebSocketSource | None = None
+        self.lease = (
+            FeedLease(
+                settings.topics.feed_lease,
+                f"{dedup.group}-feed-lease",
+                client,
+                self.metrics,
+                on_acquired=self._start_feed,
+                on_lost=self._stop_feed_now,
+                session_timeout_ms=dedup.session_timeout_ms,
+                heartbeat_interval_ms=dedup.heartbeat_interval_ms,
+            )
             if settings.websocket.enabled
             else None
         )
@@ -84,11 +100,24 @@ class Bridge:
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
         self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
-        if self.feed is not None:
-            # Frames wait in the feed's bounded queue until Kafka is there: no need to hold it back.
-            await self.feed.start()
         if self.settings.pinecall.register_webhook:
             self._registration = asyncio.create_task(self._register(), name="webhook-register")
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """Every topic the bridge uses: outputs, the ingest topic and the feed lease topic."""
+        t, dedup = self.settings.topics, self.settings.dedup
+        ingest = TopicSpec(
+            t.ingest,
+            t.ingest_partitions,
+            {
+                # Restore replays by append time, which only the broker's clock makes monotonic.
+                "message.timestamp.type": "LogAppendTime",
+                "retention.ms": str(dedup.ingest_retention_ms()),
+                "cleanup.policy": "delete",
+            },
+        )
+        lease = TopicSpec(t.feed_lease, 1)
+        return [*(TopicSpec(name) for name in self.router.topics()), ingest, lease]
 
     async def _connect(self) -> None:
         delay = 0.5
@@ -96,10 +125,14 @@ class Bridge:
             try:
                 await self.sink.start()
                 if self.settings.topics.create:
-                    await self.sink.ensure_topics(self.settings.topics, self.router.topics())
-                await self.sink.warm(self.router.topics())
+                    await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
+                await self.sink.warm([self.settings.topics.ingest])
+                await self.dedup.start()
+                if self.lease is not None:
+                    await self.lease.start()
                 break
             except Exception as exc:
+                await self.dedup.stop()
                 await self.sink.stop()
                 log.warning(
                     "Kafka not ready yet (unreachable, refused our credentials or TLS,"
@@ -113,7 +146,22 @@ class Bridge:
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 30.0)
         self.readiness.started = True
-        log.info("ready", extra={"topics": self.router.topics()})
+        log.info(
+            "ready", extra={"topics": self.router.topics(), "ingest": self.settings.topics.ingest}
+        )
+
+    async def _start_feed(self) -> None:
+        if self.feed is None:
+            self.feed = WebSocketSource(
+                self.settings.websocket, self.settings.pinecall, self.pipeline, self.metrics
+            )
+            await self.feed.start()
+
+    async def _stop_feed_now(self) -> None:
+        """The lease is gone: stop reading, and give what was read a short while to reach Kafka."""
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            await feed.stop(asyncio.get_running_loop().time() + 5.0)
 
     async def _register(self) -> None:
         """Register our public webhook URL with Pinecall unless it already is."""
@@ -142,8 +190,11 @@ class Bridge:
         await self._runner.cleanup()
 
     async def _stop_feed(self, deadline: float) -> None:
-        if self.feed is not None:
-            await self.feed.stop(deadline)
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            await feed.stop(deadline)
+        if self.lease is not None:
+            await self.lease.stop()  # leave the lease group: another replica takes over at once
 
     async def stop(self) -> None:
         """Unready at once; let requests in flight finish; flush the producer; all within grace."""
@@ -169,10 +220,12 @@ class Bridge:
             log.error("requests still in flight when the grace period ran short")
         try:
             async with asyncio.timeout_at(deadline):
-                # Phase two: flush the producer.
+                # Phase two: flush the ingest producer, then let the dedup stage commit what it
+                # holds and leave the group, so its partitions move on without a session timeout.
                 await self.sink.stop()
+                await self.dedup.stop()
         except TimeoutError:
-            log.error("grace period over before the producer was flushed")
+            log.error("grace period over before the producer was flushed and the stage stopped")
         self._runner = None
         log.info("stopped")
 

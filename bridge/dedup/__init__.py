@@ -1,6 +1,5 @@
-"""Dedup: which event ids Kafka already holds."""
+"""Dedup: the Kafka-transactional stage that writes each event id once per TTL."""
 
-from bridge.dedup.store import DedupStore, MemoryDedupStore
-from bridge.dedup.window import DedupWindow
+from bridge.dedup.window import SeenWindow, digest
 
-__all__ = ["DedupStore", "DedupWindow", "MemoryDedupStore"]
+__all__ = ["SeenWindow", "digest"]

@@ -1,84 +1,87 @@
-"""A bounded, expiring set of ids: O(1) per operation, memory capped by max_entries. Pure.
+"""The dedup stage's seen-set for one ingest partition: exact within the TTL, bounded. Pure.
 
-An id is remembered by its 64-bit hash, not its text, and the expiry order lives in two flat
-arrays instead of an OrderedDict: about 110 bytes per id instead of about 190 (see
-bench/results). Two different ids share a hash with probability 2^-64 per pair: with a full
-window of 10^6 ids, a new id is mistaken for a duplicate with probability about
-10^6 / 2^64 ≈ 5e-14, i.e. less than one event in 10^13. str hashes are SipHash with a
-per-process random key, so ids cannot be crafted to collide, and the window lives in one process,
-so the key never has to agree with another process's.
+Ids are remembered by a 128-bit BLAKE2b digest, the same in every process (Python's `hash()` is
+keyed per process), so two replicas, or a replica and the one restoring after it, agree. Two ids
+share a digest with probability 2^-128 per pair.
+
+Time is the ingest records' own append time (LogAppendTime), never the wall clock: replaying the
+same records rebuilds the same window, which is what makes a restore exact. An id counts as seen
+when any copy of it was appended within the TTL before the record at hand, so live processing and
+a replay agree on every decision.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
-from time import monotonic
+from hashlib import blake2b
 
 _COMPACT_AFTER = 4096  # consumed slots before the arrays are worth shifting down
+_LOW = (1 << 64) - 1
 
 
-class DedupWindow:
-    """Ids remembered for `ttl` seconds, oldest first past `max_entries`."""
+def digest(event_id: str) -> int:
+    """The id's stable 128-bit digest."""
+    return int.from_bytes(blake2b(event_id.encode(), digest_size=16).digest(), "big")
 
-    def __init__(
-        self, ttl: float, max_entries: int, clock: Callable[[], float] = monotonic
-    ) -> None:
+
+class SeenWindow:
+    """Digests seen within `ttl` seconds of stream time; oldest first past `max_entries`."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("ttl must be > 0 and max_entries >= 1")
         self._ttl = ttl
         self._max = max_entries
-        self._clock = clock
-        # hash(id) → how many of its additions are still queued below (1 unless re-added):
-        # small ints are shared objects, so the values cost nothing per id.
-        self._queued: dict[int, int] = {}
-        # Additions in order, which is expiry order because the ttl is the same for every id;
-        # slots before _head are consumed.
-        self._keys = array("q")
-        self._expiries = array("d")
+        # digest → its last-seen time; the arrays queue every sighting in arrival order, which is
+        # expiry order because stream time never goes back (see `observe`).
+        self._last: dict[int, float] = {}
+        self._high = array("Q")
+        self._low = array("Q")
+        self._times = array("d")
         self._head = 0
+        self.stream_time = float("-inf")
+        self.evicted_early = 0
 
     def __len__(self) -> int:
-        return len(self._queued)
+        return len(self._last)
 
-    def __contains__(self, event_id: str) -> bool:
-        # Expired ids are all at the front: forgetting them first makes membership exact.
-        head = self._head
-        if head < len(self._expiries) and self._expiries[head] <= self._clock():
-            self._evict(self._clock())
-        return hash(event_id) in self._queued
+    def __contains__(self, key: int) -> bool:
+        seen = self._last.get(key)
+        return seen is not None and seen >= self.stream_time - self._ttl
 
-    def add(self, event_id: str) -> None:
-        """Remember an id from now for ttl seconds (a re-add refreshes it)."""
-        key = hash(event_id)
-        now = self._clock()
-        self._queued[key] = self._queued.get(key, 0) + 1
-        self._keys.append(key)
-        self._expiries.append(now + self._ttl)
+    def observe(self, key: int, appended_at: float) -> bool:
+        """Record a sighting; True when the id is new (not seen within the TTL before it)."""
+        # A broker clock step back must not reorder the queue: time only moves forward here.
+        now = appended_at if appended_at > self.stream_time else self.stream_time
+        self.stream_time = now
         self._evict(now)
+        previous = self._last.get(key)
+        fresh = previous is None or previous < now - self._ttl
+        self._last[key] = now
+        self._high.append(key >> 64)
+        self._low.append(key & _LOW)
+        self._times.append(now)
+        if len(self._last) > self._max:
+            self._evict(now, over_cap=True)
+        return fresh
 
-    def expire(self) -> int:
-        """Forget what has expired; returns how many ids were forgotten."""
-        before = len(self._queued)
-        self._evict(self._clock())
-        return before - len(self._queued)
-
-    def _evict(self, now: float) -> None:
-        queued, keys, expiries = self._queued, self._keys, self._expiries
-        head, end = self._head, len(keys)
+    def _evict(self, now: float, *, over_cap: bool = False) -> None:
+        last, high, low, times = self._last, self._high, self._low, self._times
+        head, end, horizon = self._head, len(times), now - self._ttl
         while head < end:
-            if expiries[head] > now and len(queued) <= self._max:
+            when = times[head]
+            if when >= horizon and not (over_cap and len(last) > self._max):
                 break
-            key = keys[head]
+            key = (high[head] << 64) | low[head]
             head += 1
-            count = queued[key]
-            if count > 1:
-                queued[key] = count - 1  # a later addition of this id keeps it
-            else:
-                del queued[key]
+            if last.get(key) == when:  # its latest sighting: nothing later keeps it
+                del last[key]
+                if when >= horizon:
+                    self.evicted_early += 1
         if head > _COMPACT_AFTER and head * 2 > end:
             # Amortised O(1): each slot is moved at most once per halving.
-            del keys[:head]
-            del expiries[:head]
+            del high[:head]
+            del low[:head]
+            del times[:head]
             head = 0
         self._head = head

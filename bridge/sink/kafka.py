@@ -1,4 +1,4 @@
-"""The Kafka sink: one idempotent producer (acks=all), topic set-up and a connectivity probe."""
+"""The ingest producer (idempotent, acks=all), topic set-up and a connectivity probe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -23,6 +23,7 @@ from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
+from bridge.sink.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
     return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
-@dataclass(slots=True)
-class Record:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Connection and security options shared by the producer and the admin client."""
     options: dict[str, Any] = {
@@ -89,6 +82,18 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
             settings.sasl_password.get_secret_value() if settings.sasl_password else None
         )
     return options
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the bridge creates when missing; `partitions` None means the configured default."""
+
+    name: str
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+
+__all__ = ["KafkaSink", "Record", "TopicSpec", "client_options", "partition_for"]
 
 
 class KafkaSink:
@@ -155,20 +160,28 @@ class KafkaSink:
     def mark_reachable(self) -> None:
         self._set_connected(True)
 
-    async def ensure_topics(self, topics: TopicSettings, names: list[str]) -> None:
+    async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> None:
         """Create missing topics; a cluster that forbids it is fine, other errors are raised."""
         admin = AIOKafkaAdminClient(**client_options(self._settings))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [name for name in names if name not in existing]
+            missing = [spec for spec in specs if spec.name not in existing]
             if not missing:
                 return
             factor = topics.replication_factor
             if factor == -1:
                 # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
                 factor = min(3, len((await admin.describe_cluster())["brokers"]))
-            new = [NewTopic(name, topics.partitions, factor) for name in missing]
+            new = [
+                NewTopic(
+                    spec.name,
+                    spec.partitions or topics.partitions,
+                    factor,
+                    topic_configs=dict(spec.config),
+                )
+                for spec in missing
+            ]
             try:
                 response = await admin.create_topics(new)
             except TopicAlreadyExistsError:

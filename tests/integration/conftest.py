@@ -64,16 +64,37 @@ class Topics:
     alerts: str
     dlq: str
     ephemeral: str
+    ingest: str
+    feed_lease: str
+    group: str
+
+    @classmethod
+    def fresh(cls, prefix: str = "it") -> Topics:
+        run = uuid.uuid4().hex[:10]
+        return cls(
+            f"{prefix}.{run}.events",
+            f"{prefix}.{run}.alerts",
+            f"{prefix}.{run}.dlq",
+            f"{prefix}.{run}.ephemeral",
+            f"{prefix}.{run}.ingest",
+            f"{prefix}.{run}.feed-lease",
+            f"{prefix}-{run}",
+        )
 
     def env(self) -> dict[str, Any]:
-        return {"events": self.events, "alerts": self.alerts, "dlq": self.dlq}
+        return {
+            "events": self.events,
+            "alerts": self.alerts,
+            "dlq": self.dlq,
+            "ingest": self.ingest,
+            "feed_lease": self.feed_lease,
+        }
 
 
 @pytest.fixture
 def topics() -> Topics:
-    """Fresh topic names per test, so tests never read each other's records."""
-    run = uuid.uuid4().hex[:10]
-    return Topics(f"it.{run}.events", f"it.{run}.alerts", f"it.{run}.dlq", f"it.{run}.ephemeral")
+    """Fresh topic names and dedup group per test, so tests never read each other's records."""
+    return Topics.fresh()
 
 
 def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -> Settings:
@@ -81,7 +102,8 @@ def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -
         "kafka": {"bootstrap_servers": [bootstrap], "publish_timeout_seconds": 10},
         "http": {"host": "127.0.0.1", "port": 0},
         "webhook": {"secrets": [SECRET]},
-        "topics": {**names.env(), "partitions": 3},
+        "topics": {**names.env(), "partitions": 3, "ingest_partitions": 3},
+        "dedup": {"group": names.group},
         "log": {"format": "console"},
         "shutdown": {"grace_seconds": 10},
     }

@@ -1,0 +1,233 @@
+"""The dedup stage: a consumer group over the ingest topic, one owner per partition.
+
+Each owned partition is a PartitionTask with its own transactional producer. The loop fetches,
+lets each task decide and send, and commits every task whose transaction has been open for the
+commit interval: output records and consumed offsets in one transaction, so a crash anywhere
+replays into the same output, never a second copy of it.
+
+Assignment only pauses the new partitions and starts their tasks in the background (fence, read
+the committed offset, restore); a partition is resumed, at its committed offset, once its task is
+ready. Revocation aborts and closes. A task that fails is dropped and its partition paused until
+the group hands it out again; one lost for a timeout or an error is started afresh after a pause,
+which fences the producer that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from bridge.config import DedupSettings
+from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+_RETRY_LOST_AFTER = 2.0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, stage: DedupStage) -> None:
+        self._stage = stage
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._stage.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._stage.assigned(assigned)
+
+
+class DedupStage:
+    """start() joins the group and returns; stop() commits what is open and leaves."""
+
+    def __init__(
+        self,
+        settings: DedupSettings,
+        ingest_topic: str,
+        client: dict[str, Any],
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._topic = ingest_topic
+        self._client = client
+        self._metrics = metrics
+        self._consumer: AIOKafkaConsumer | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
+        self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._running = False
+        metrics.dedup_partitions_owned.set_function(lambda: len(self._tasks))
+        metrics.dedup_entries.set_function(
+            lambda: sum(len(t.window) for t in list(self._tasks.values()))
+        )
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(tp.partition for tp in self._tasks)
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        s = self._settings
+        consumer = AIOKafkaConsumer(
+            **self._client,
+            group_id=s.group,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+        )
+        await consumer.start()
+        consumer.subscribe([self._topic], listener=_Listener(self))
+        self._consumer = consumer
+        self._running = True
+        self._loop = asyncio.create_task(self._run(), name="dedup-stage")
+
+    async def stop(self) -> None:
+        """Commit each owned partition's open transaction, close the producers, leave the group."""
+        self._running = False
+        if self._loop is not None:
+            await self._loop
+            self._loop = None
+        for starting in list(self._starting.values()):
+            starting.cancel()
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        self._starting.clear()
+        async with self._lock:
+            tasks, self._tasks = list(self._tasks.values()), {}
+            await asyncio.gather(*(t.close(abort=False) for t in tasks))
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        for tp in {t.tp for t in tasks}:
+            self._forget_lag(tp)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        interval = self._settings.commit_interval_ms / 1000
+        while self._running:
+            try:
+                batches = await consumer.getmany(timeout_ms=self._settings.commit_interval_ms)
+            except Exception:  # the group must outlive a fetch error; aiokafka retries inside
+                log.exception("dedup stage fetch failed")
+                await asyncio.sleep(interval)
+                continue
+            async with self._lock:
+                for tp, records in batches.items():
+                    task = self._tasks.get(tp)
+                    if task is not None:
+                        await self._step(task, task.process(records))
+                due = [
+                    t
+                    for t in self._tasks.values()
+                    if (age := t.transaction_age) is not None and age >= interval
+                ]
+                await asyncio.gather(*(self._step(t, t.commit()) for t in due))
+                self._update_lag(consumer)
+
+    async def _step(self, task: PartitionTask, step: Any) -> None:
+        try:
+            await step
+        except PartitionLostError as lost:
+            await self._lose(task, lost.reason)
+
+    async def _lose(self, task: PartitionTask, reason: str) -> None:
+        self._metrics.dedup_partitions_lost.labels(reason).inc()
+        log.error(
+            "dedup partition lost; its producer is dropped and its state forgotten",
+            extra={"partition": task.tp.partition, "reason": reason},
+        )
+        self._tasks.pop(task.tp, None)
+        self._forget_lag(task.tp)
+        if self._consumer is not None and task.tp in self._consumer.assignment():
+            self._consumer.pause(task.tp)
+        await task.discard()
+        if reason != "fenced" and self._running:
+            # Still ours as far as the group knows: start afresh, which fences the old producer.
+            self._launch(task.tp, delay=_RETRY_LOST_AFTER)
+
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            starting = self._starting.pop(tp, None)
+            if starting is not None:
+                starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await starting
+        async with self._lock:
+            tasks = [self._tasks.pop(tp) for tp in revoked if tp in self._tasks]
+            await asyncio.gather(*(t.close(abort=True) for t in tasks))
+        for tp in revoked:
+            self._forget_lag(tp)
+        if revoked:
+            log.info(
+                "dedup partitions revoked",
+                extra={"partitions": sorted(p.partition for p in revoked)},
+            )
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._consumer is None or not assigned:
+            return
+        self._consumer.pause(*assigned)
+        for tp in assigned:
+            self._launch(tp)
+
+    def _launch(self, tp: TopicPartition, delay: float = 0.0) -> None:
+        if tp in self._starting:
+            return
+        self._starting[tp] = asyncio.create_task(
+            self._start_task(tp, delay), name=f"dedup-start-{tp.partition}"
+        )
+
+    async def _start_task(self, tp: TopicPartition, delay: float) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        attempt = 0
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            while self._running and tp in consumer.assignment():
+                task = PartitionTask(tp, self._settings, self._client, self._metrics)
+                try:
+                    await task.start(consumer.committed)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    attempt += 1
+                    log.warning(
+                        "dedup partition could not be started; retrying",
+                        extra={"partition": tp.partition, "error": repr(exc), "attempt": attempt},
+                    )
+                    await asyncio.sleep(min(0.5 * attempt, 5.0))
+                    continue
+                async with self._lock:
+                    if not self._running or tp not in consumer.assignment():
+                        await task.close(abort=True)
+                        return
+                    self._tasks[tp] = task
+                    consumer.seek(tp, task.position)
+                    consumer.resume(tp)
+                return
+        finally:
+            if self._starting.get(tp) is asyncio.current_task():
+                del self._starting[tp]
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.time()
+        for tp, task in self._tasks.items():
+            high = consumer.highwater(tp)
+            behind = max(high - task.position, 0) if high is not None else 0
+            self._metrics.dedup_lag_records.labels(task.label).set(behind)
+            age = now - task.last_appended_at if behind and task.last_appended_at else 0.0
+            self._metrics.dedup_lag_seconds.labels(task.label).set(max(age, 0.0))
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        for gauge in (self._metrics.dedup_lag_records, self._metrics.dedup_lag_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(str(tp.partition))

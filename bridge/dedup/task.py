@@ -1,0 +1,257 @@
+"""One owned ingest partition: its transactional producer, its seen-set, its open transaction.
+
+EOS-v1 fencing (aiokafka has no KIP-447): the producer's transactional id names the partition,
+`<group>-dedup-<partition>`, so starting it fences every earlier owner and settles whatever
+transaction that owner left open. Only then are the committed offset read and the window restored.
+Whatever goes wrong after that loses the partition: the producer is dropped and never used again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TransactionCoordinatorFenced,
+)
+
+from bridge.config import DedupSettings
+from bridge.dedup.restore import restore
+from bridge.dedup.window import SeenWindow, digest
+from bridge.ingest.record import decode
+from bridge.metrics import Metrics
+from bridge.sink.kafka import partition_for
+
+log = logging.getLogger(__name__)
+
+LossReason = Literal["fenced", "timeout", "error"]
+_STOP_TIMEOUT = 5.0
+_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionCoordinatorFenced)
+
+
+class PartitionLostError(Exception):
+    """This process must not write for the partition again; `reason` says why."""
+
+    def __init__(self, reason: LossReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Transaction:
+    """What the open transaction holds, counted only once it commits."""
+
+    started: float
+    published: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    timings: list[tuple[float, float | None]] = field(default_factory=list)
+
+
+def transactional_id(group: str, partition: int) -> str:
+    return f"{group}-dedup-{partition}"
+
+
+class PartitionTask:
+    """Not safe for concurrent use: the stage calls it from one loop, under its lock."""
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        settings: DedupSettings,
+        client: dict[str, Any],
+        metrics: Metrics,
+    ) -> None:
+        self.tp = tp
+        self._settings = settings
+        self._client = client
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self.window = SeenWindow(settings.ttl_seconds, settings.max_entries_per_partition)
+        self.position = 0  # the next ingest offset to process
+        self.last_appended_at: float | None = None
+        self._txn: _Transaction | None = None
+        self._evicted_reported = 0
+
+    @property
+    def label(self) -> str:
+        return str(self.tp.partition)
+
+    async def start(self, committed: Any) -> None:
+        """Fence earlier owners, then restore from `committed()` (a coroutine function)."""
+        started = time.monotonic()
+        producer = AIOKafkaProducer(
+            **self._client,
+            transactional_id=transactional_id(self._settings.group, self.tp.partition),
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            partitioner=partition_for,
+        )
+        try:
+            await producer.start()  # InitProducerId: the fence
+            offset = await committed(self.tp)
+            if offset is None:
+                offset = await self._beginning()
+            ids = await restore(
+                self._client, self.tp, offset, self.window, self._settings.ttl_seconds
+            )
+        except BaseException:
+            await _stop_quietly(producer)
+            raise
+        self._producer = producer
+        self.position = offset
+        elapsed = time.monotonic() - started
+        self._metrics.dedup_restore_duration.observe(elapsed)
+        self._metrics.dedup_restored_ids.inc(ids)
+        log.info(
+            "dedup partition owned",
+            extra={
+                "partition": self.tp.partition,
+                "offset": offset,
+                "restored_ids": ids,
+                "restore_s": round(elapsed, 3),
+            },
+        )
+
+    async def _beginning(self) -> int:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return int((await consumer.beginning_offsets([self.tp]))[self.tp])
+        finally:
+            await consumer.stop()
+
+    @property
+    def transaction_age(self) -> float | None:
+        return None if self._txn is None else time.monotonic() - self._txn.started
+
+    async def process(self, records: list[Any]) -> None:
+        """Decide each record, sending the new ones inside the open transaction."""
+        producer = self._require_producer()
+        for record in records:
+            if record.offset < self.position:
+                continue  # already processed: a fetch from before a seek
+            if self._txn is None:
+                await self._guard(producer.begin_transaction())
+                self._txn = _Transaction(time.monotonic())
+            txn = self._txn
+            self.position = record.offset + 1
+            self.last_appended_at = record.timestamp / 1000
+            entry = decode(record.key, record.value, record.headers)
+            if entry is None:
+                self._metrics.ingest_invalid.inc()
+                log.warning(
+                    "skipped an ingest record not written by the bridge",
+                    extra={"partition": self.tp.partition, "offset": record.offset},
+                )
+                continue
+            if not self.window.observe(digest(entry.event_id), self.last_appended_at):
+                txn.duplicates[entry.channel] += 1
+                continue
+            out = entry.output
+            await self._guard(
+                producer.send(out.topic, value=out.value, key=out.key, headers=list(out.headers))
+            )
+            txn.published[out.topic] += 1
+            txn.timings.append((entry.received_at, entry.event_time))
+
+    async def commit(self) -> None:
+        """Commit the open transaction with the offsets it consumed; no-op without one."""
+        txn, producer = self._txn, self._require_producer()
+        if txn is None:
+            return
+        offsets = {self.tp: self.position}
+        await self._guard(producer.send_offsets_to_transaction(offsets, self._settings.group))
+        await self._guard(producer.commit_transaction())
+        self._txn = None
+        m = self._metrics
+        m.dedup_transactions.labels("committed").inc()
+        for topic, n in txn.published.items():
+            m.published_by(topic).inc(n)
+        for channel, n in txn.duplicates.items():
+            m.duplicates_by(channel).inc(n)
+        now = time.time()
+        for received_at, event_time in txn.timings:
+            m.end_to_end.observe(max(now - received_at, 0.0))
+            if event_time is not None:
+                m.event_lag.observe(max(now - event_time, 0.0))
+        evicted = self.window.evicted_early - self._evicted_reported
+        if evicted:
+            m.dedup_evicted_early.inc(evicted)
+            self._evicted_reported = self.window.evicted_early
+
+    async def close(self, *, abort: bool) -> None:
+        """Give the partition up: abort (or commit) what is open, then stop the producer."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            if self._txn is not None:
+                if abort:
+                    await self._bounded(producer.abort_transaction())
+                    self._metrics.dedup_transactions.labels("aborted").inc()
+                else:
+                    self._producer = producer
+                    await self.commit()
+                    self._producer = None
+        except (PartitionLostError, KafkaError) as exc:
+            log.warning(
+                "transaction not ended cleanly on close; the next owner's fence settles it",
+                extra={"partition": self.tp.partition, "error": type(exc).__name__},
+            )
+        finally:
+            self._txn = None
+            self._producer = None
+            await _stop_quietly(producer)
+
+    async def discard(self) -> None:
+        """The partition is lost: drop the producer without another word to Kafka for it."""
+        producer, self._producer, self._txn = self._producer, None, None
+        if producer is not None:
+            await _stop_quietly(producer)
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise PartitionLostError("error")
+        return self._producer
+
+    async def _guard(self, step: Any) -> Any:
+        """Run one transactional step; any failure of it loses the partition."""
+        try:
+            return await self._bounded(step)
+        except PartitionLostError:
+            raise
+        except _FENCED as exc:
+            raise PartitionLostError("fenced") from exc
+        except KafkaError as exc:
+            log.warning(
+                "dedup transaction step failed",
+                extra={"partition": self.tp.partition, "error": repr(exc)},
+            )
+            raise PartitionLostError("error") from exc
+
+    async def _bounded(self, step: Any) -> Any:
+        # aiokafka's commit and abort wait without a timeout: a stuck one would stall the stage.
+        # asyncio.timeout, not wait_for: no task per step, and steps run once per record.
+        try:
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                return await step
+        except TimeoutError as exc:
+            raise PartitionLostError("timeout") from exc
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT)

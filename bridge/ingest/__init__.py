@@ -1,0 +1,5 @@
+"""The ingest stage's record format: what every replica writes and the dedup stage reads. Pure."""
+
+from bridge.ingest.record import IngestEntry, decode, encode, ingest_key
+
+__all__ = ["IngestEntry", "decode", "encode", "ingest_key"]

@@ -1,0 +1,95 @@
+"""One ingest record per event: the output record as it will be written, plus what dedup needs.
+
+The value and the output headers are carried as they are, so the dedup stage copies bytes and
+parses nothing. Its own facts travel in `pinecall-ingest-*` headers, which never reach an output
+topic. The ingest key is the output key (a call's events share an ingest partition, so they keep
+their order and one dedup owner); a keyless output is keyed by its dedup id instead, so every copy
+of it still meets the same owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bridge.sink.kafka import Record
+
+PREFIX = "pinecall-ingest-"
+TOPIC = PREFIX + "topic"
+ID = PREFIX + "id"
+CHANNEL = PREFIX + "channel"
+RECEIVED_AT = PREFIX + "received-at"
+EVENT_TIME = PREFIX + "event-time"
+UNKEYED = PREFIX + "unkeyed"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestEntry:
+    """An ingest record read back: the output record, its dedup id and its timings."""
+
+    event_id: str
+    output: Record
+    channel: str
+    received_at: float
+    event_time: float | None
+
+
+def ingest_key(event_id: str, key: bytes | None) -> bytes:
+    return key if key is not None else event_id.encode()
+
+
+def encode(
+    ingest_topic: str,
+    event_id: str,
+    output: Record,
+    channel: str,
+    received_at: float,
+    event_time: float | None = None,
+) -> Record:
+    """The ingest record that carries `output` to the dedup stage."""
+    headers = [
+        (TOPIC, output.topic.encode()),
+        (ID, event_id.encode()),
+        (CHANNEL, channel.encode()),
+        (RECEIVED_AT, repr(received_at).encode()),
+    ]
+    if event_time is not None:
+        headers.append((EVENT_TIME, repr(event_time).encode()))
+    if output.key is None:
+        headers.append((UNKEYED, b"1"))
+    return Record(
+        topic=ingest_topic,
+        key=ingest_key(event_id, output.key),
+        value=output.value,
+        headers=(*headers, *output.headers),
+    )
+
+
+def decode(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> IngestEntry | None:
+    """The entry, or None when the record was not written by this bridge's ingest stage."""
+    mine: dict[str, bytes] = {}
+    rest: list[tuple[str, bytes]] = []
+    for name, raw in headers:
+        if name.startswith(PREFIX):
+            mine[name] = raw
+        else:
+            rest.append((name, raw))
+    try:
+        topic = mine[TOPIC].decode()
+        event_id = mine[ID].decode()
+        channel = mine[CHANNEL].decode()
+        received_at = float(mine[RECEIVED_AT])
+        event_time = float(mine[EVENT_TIME]) if EVENT_TIME in mine else None
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+    if not topic or not event_id or value is None:
+        return None
+    output = Record(
+        topic=topic,
+        key=None if UNKEYED in mine else key,
+        value=value,
+        headers=tuple(rest),
+    )
+    return IngestEntry(event_id, output, channel, received_at, event_time)
