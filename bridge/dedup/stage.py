@@ -7,9 +7,11 @@ replays into the same output, never a second copy of it.
 
 Assignment only pauses the new partitions and starts their tasks in the background (fence, read
 the committed offset, restore); a partition is resumed, at its committed offset, once its task is
-ready. Revocation aborts and closes. A task that fails is dropped and its partition paused until
-the group hands it out again; one lost for a timeout or an error is started afresh after a pause,
-which fences the producer that failed.
+ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands straight
+back (the assignor keeps partitions where they are) resumes when nobody committed for it since;
+any other is closed. A task that fails is dropped, never written with again, and its partition
+paused; it is started afresh (a new producer, fencing the failed one) after a pause if this member
+still owns it: 2 s after a timeout or an error, a session timeout after a fence.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.config import DedupSettings
 from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,13 @@ class DedupStage:
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        # Revoked and committed, kept in case the rebalance hands them straight back.
+        self._suspended: dict[TopicPartition, PartitionTask] = {}
         self._running = False
+        # The last assignment, kept through revocation: claimed at the next join so partitions
+        # stay where their state is (a moved partition costs a restore).
+        self._assigned: set[int] = set()
+        self._assigned_since = 0
         metrics.dedup_partitions_owned.set_function(lambda: len(self._tasks))
         metrics.dedup_entries.set_function(
             lambda: sum(len(t.window) for t in list(self._tasks.values()))
@@ -82,6 +91,7 @@ class DedupStage:
             auto_offset_reset="earliest",
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
+            partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
         await consumer.start()
         consumer.subscribe([self._topic], listener=_Listener(self))
@@ -101,12 +111,17 @@ class DedupStage:
         self._starting.clear()
         async with self._lock:
             tasks, self._tasks = list(self._tasks.values()), {}
+            tasks.extend(self._suspended.values())
+            self._suspended.clear()
             await asyncio.gather(*(t.close(abort=False) for t in tasks))
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
         for tp in {t.tp for t in tasks}:
             self._forget_lag(tp)
+
+    def _claim(self) -> Claim:
+        return Claim(tuple(sorted(self._assigned)), self._assigned_since)
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -138,7 +153,7 @@ class DedupStage:
         except PartitionLostError as lost:
             await self._lose(task, lost.reason)
 
-    async def _lose(self, task: PartitionTask, reason: str) -> None:
+    async def _lose(self, task: PartitionTask, reason: str, *, restart: bool = True) -> None:
         self._metrics.dedup_partitions_lost.labels(reason).inc()
         log.error(
             "dedup partition lost; its producer is dropped and its state forgotten",
@@ -149,11 +164,19 @@ class DedupStage:
         if self._consumer is not None and task.tp in self._consumer.assignment():
             self._consumer.pause(task.tp)
         await task.discard()
-        if reason != "fenced" and self._running:
-            # Still ours as far as the group knows: start afresh, which fences the old producer.
-            self._launch(task.tp, delay=_RETRY_LOST_AFTER)
+        if restart and self._running:
+            # Still ours as far as this member knows: start afresh (a new producer, which fences
+            # the one that failed). Fenced means another member wrote for it: wait out a session,
+            # by which time a zombie has rejoined and no longer has the partition to restart.
+            delay = (
+                self._settings.session_timeout_ms / 1000
+                if reason == "fenced"
+                else _RETRY_LOST_AFTER
+            )
+            self._launch(task.tp, delay=delay)
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit and suspend: a task handed straight back resumes without a fence or restore."""
         for tp in revoked:
             starting = self._starting.pop(tp, None)
             if starting is not None:
@@ -162,7 +185,7 @@ class DedupStage:
                     await starting
         async with self._lock:
             tasks = [self._tasks.pop(tp) for tp in revoked if tp in self._tasks]
-            await asyncio.gather(*(t.close(abort=True) for t in tasks))
+            await asyncio.gather(*(self._suspend(t) for t in tasks))
         for tp in revoked:
             self._forget_lag(tp)
         if revoked:
@@ -171,27 +194,63 @@ class DedupStage:
                 extra={"partitions": sorted(p.partition for p in revoked)},
             )
 
+    async def _suspend(self, task: PartitionTask) -> None:
+        try:
+            await task.commit()
+        except PartitionLostError as lost:
+            await self._lose(task, lost.reason, restart=False)
+        else:
+            self._suspended[task.tp] = task
+
     async def assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned = {tp.partition for tp in assigned}
+        self._assigned_since = int(time.time() * 1000)
+        gone = [self._suspended.pop(tp) for tp in list(self._suspended) if tp not in assigned]
+        await asyncio.gather(*(t.close(abort=True) for t in gone))
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
         for tp in assigned:
-            self._launch(tp)
+            self._launch(tp, suspended=self._suspended.pop(tp, None))
 
-    def _launch(self, tp: TopicPartition, delay: float = 0.0) -> None:
+    def _launch(
+        self, tp: TopicPartition, delay: float = 0.0, suspended: PartitionTask | None = None
+    ) -> None:
         if tp in self._starting:
             return
         self._starting[tp] = asyncio.create_task(
-            self._start_task(tp, delay), name=f"dedup-start-{tp.partition}"
+            self._start_task(tp, delay, suspended), name=f"dedup-start-{tp.partition}"
         )
 
-    async def _start_task(self, tp: TopicPartition, delay: float) -> None:
+    async def _resumable(self, task: PartitionTask) -> bool:
+        """Nobody committed for the partition since this task did: its state is still exact."""
+        assert self._consumer is not None
+        try:
+            committed = await self._consumer.committed(task.tp)
+        except Exception:  # unknown: start afresh, which is always safe
+            committed = None
+        if committed == task.position:
+            return True
+        await task.close(abort=True)
+        return False
+
+    async def _start_task(
+        self, tp: TopicPartition, delay: float, suspended: PartitionTask | None
+    ) -> None:
         consumer = self._consumer
         assert consumer is not None
         attempt = 0
         try:
             if delay:
                 await asyncio.sleep(delay)
+            if suspended is not None and await self._resumable(suspended):
+                async with self._lock:
+                    if self._running and tp in consumer.assignment():
+                        self._tasks[tp] = suspended
+                        consumer.seek(tp, suspended.position)
+                        consumer.resume(tp)
+                        return
+                await suspended.close(abort=True)
             while self._running and tp in consumer.assignment():
                 task = PartitionTask(tp, self._settings, self._client, self._metrics)
                 try:

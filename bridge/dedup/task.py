@@ -194,27 +194,26 @@ class PartitionTask:
 
     async def close(self, *, abort: bool) -> None:
         """Give the partition up: abort (or commit) what is open, then stop the producer."""
-        producer, self._producer = self._producer, None
-        if producer is None:
+        if self._producer is None:
             return
         try:
             if self._txn is not None:
                 if abort:
-                    await self._bounded(producer.abort_transaction())
+                    await self._guard(self._producer.abort_transaction())
                     self._metrics.dedup_transactions.labels("aborted").inc()
                 else:
-                    self._producer = producer
                     await self.commit()
-                    self._producer = None
-        except (PartitionLostError, KafkaError) as exc:
+        except PartitionLostError as lost:
+            # A zombie learns here that it was fenced: the next owner's fence settled its txn.
+            self._metrics.dedup_partitions_lost.labels(lost.reason).inc()
             log.warning(
-                "transaction not ended cleanly on close; the next owner's fence settles it",
-                extra={"partition": self.tp.partition, "error": type(exc).__name__},
+                "transaction not ended cleanly on close",
+                extra={"partition": self.tp.partition, "reason": lost.reason},
             )
         finally:
-            self._txn = None
-            self._producer = None
-            await _stop_quietly(producer)
+            producer, self._producer, self._txn = self._producer, None, None
+            if producer is not None:
+                await _stop_quietly(producer)
 
     async def discard(self) -> None:
         """The partition is lost: drop the producer without another word to Kafka for it."""

@@ -1,9 +1,10 @@
 """The WebSocket feed's lease: at most one replica reads the feed, elected by Kafka's group.
 
 Every replica with the feed enabled joins one consumer group on a one-partition topic; the member
-assigned partition 0 holds the lease and runs the feed. A clean stop hands it on within about a
-heartbeat; a crash within the session timeout. A holder that lingers after losing it (paused, cut
-off) only writes copies of events the new holder also writes: the dedup stage drops them.
+assigned partition 0 holds the lease and runs the feed, and keeps it through rebalances. A clean
+stop hands it on within about a heartbeat; a crash within the session timeout. A holder that
+lingers after losing it (paused, cut off) only writes copies of events the new holder also
+writes: the dedup stage drops them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -28,11 +31,15 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lease = lease
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._lease.release()
+        # Every rebalance revokes everything first (the eager protocol): the holder keeps the feed
+        # until the new assignment says otherwise, or a replica joining would cost a reconnect.
+        return
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if TopicPartition(self._lease.topic, 0) in assigned:
             await self._lease.acquire()
+        else:
+            await self._lease.release()
 
 
 class FeedLease:
@@ -61,6 +68,7 @@ class FeedLease:
         self._consumer: AIOKafkaConsumer | None = None
         self._poller: asyncio.Task[None] | None = None
         self.held = False
+        self._since = 0
         metrics.feed_lease_held.set(0)
 
     async def start(self) -> None:
@@ -72,6 +80,7 @@ class FeedLease:
             enable_auto_commit=False,
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
+            partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
         await consumer.start()
         consumer.subscribe([self.topic], listener=_Listener(self))
@@ -90,6 +99,11 @@ class FeedLease:
         if consumer is not None:
             await consumer.stop()
 
+    def _claim(self) -> Claim:
+        # The holder claims the lease at each join and keeps it: a replica joining or leaving
+        # does not move the feed.
+        return Claim((0,), self._since) if self.held else Claim()
+
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         # The topic stays empty; polling keeps the membership alive (max_poll_interval_ms).
         while True:
@@ -105,6 +119,7 @@ class FeedLease:
         if self.held:
             return
         self.held = True
+        self._since = int(time.time() * 1000)
         self._metrics.feed_lease_held.set(1)
         log.info("feed lease acquired: this replica reads the WebSocket feed")
         await self._on_acquired()

@@ -1,0 +1,111 @@
+"""Group assignment that leaves partitions where they are: a sticky, balanced assignor.
+
+Every rebalance under aiokafka's default (round robin) can move every partition: for the dedup
+stage that is a restore per moved partition, for the feed lease a reconnect. Here each member
+reports the partitions it owns, keeps them as far as balance allows, and only the rest move.
+`keep_and_balance` is the pure decision; `StickyAssignor` adapts it to aiokafka's interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+
+from bridge import jsoncodec
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a member owned, and since when (ms): a newer claim beats an older one."""
+
+    partitions: tuple[int, ...] = ()
+    since: int = 0
+
+
+def keep_and_balance(
+    partitions: Iterable[int], claims: Mapping[str, Claim]
+) -> dict[str, list[int]]:
+    """Each member's partitions: balanced to within one, keeping what each owns where it can.
+
+    Two members claim one partition when one was cut off and the group moved on (a zombie
+    rejoining): the newer claim keeps it, so the partition does not move back.
+    """
+    members = sorted(claims)
+    if not members:
+        return {}
+    wanted = sorted(set(partitions))
+    base, extra = divmod(len(wanted), len(members))
+    # Members that own more keep the extra slots, so fewer partitions move.
+    by_load = sorted(members, key=lambda m: (-len(set(claims[m].partitions) & set(wanted)), m))
+    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_load)}
+    result: dict[str, list[int]] = {m: [] for m in members}
+    taken: set[int] = set()
+    for member in sorted(members, key=lambda m: (-claims[m].since, m)):
+        for partition in sorted(set(claims[member].partitions)):
+            if (
+                partition in wanted
+                and partition not in taken
+                and len(result[member]) < quota[member]
+            ):
+                result[member].append(partition)
+                taken.add(partition)
+    free = [p for p in wanted if p not in taken]
+    for member in by_load:
+        while len(result[member]) < quota[member] and free:
+            result[member].append(free.pop(0))
+    return {m: sorted(ps) for m, ps in result.items()}
+
+
+class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """An instance per consumer: `claim()` tells the group what this member owns, since when."""
+
+    name = "pinecall-sticky"
+    version = 0
+
+    def __init__(self, claim: Callable[[], Claim]) -> None:
+        self._claim = claim
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        claim = self._claim()
+        data = {"owned": sorted(claim.partitions), "since": claim.since}
+        return ConsumerProtocolMemberMetadata(self.version, list(topics), jsoncodec.dumps(data))
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        topics = sorted({t for meta in members.values() for t in meta.subscription})
+        # The bridge's groups subscribe to one topic each: partitions are numbers in it.
+        assert len(topics) <= 1, "a sticky group subscribes to one topic"
+        topic = topics[0] if topics else ""
+        partitions = cluster.partitions_for_topic(topic) or set() if topic else set()
+        claims = {member: parse_claim(meta.user_data) for member, meta in members.items()}
+        plan = keep_and_balance(partitions, claims)
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                self.version, [(topic, plan[member])] if topic else [], b""
+            )
+            for member in members
+        }
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        """Nothing to keep: what a member owns is read from its owner at the next join."""
+
+
+def parse_claim(user_data: bytes | None) -> Claim:
+    """A member's claim from its join metadata; anything unreadable claims nothing."""
+    try:
+        data = jsoncodec.loads(user_data or b"{}")
+    except ValueError:
+        return Claim()
+    if not isinstance(data, dict):
+        return Claim()
+    owned, since = data.get("owned"), data.get("since")
+    partitions = tuple(p for p in owned if isinstance(p, int)) if isinstance(owned, list) else ()
+    return Claim(partitions, since if isinstance(since, int) else 0)

@@ -1,0 +1,200 @@
+"""Bridge replicas as real processes (`pinecall-bridge run`), to crash, pause and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+
+from bridge import jsoncodec
+from bridge.config import KafkaSettings
+from bridge.sink.kafka import topic_partitions
+from bridge.sources.signature import sign
+from tests.integration.conftest import SECRET, Topics, wait_ready
+
+COMMAND = Path(sys.executable).parent / "pinecall-bridge"
+# Short group timings so failovers fit a test; the broker's minimum session timeout is 6 s.
+FAST_GROUP = {
+    "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "6000",
+    "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "1000",
+    "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "5000",
+    "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "BRIDGE_HTTP__HOST": "127.0.0.1",
+        "BRIDGE_HTTP__PORT": str(port),
+        "BRIDGE_WEBHOOK__SECRETS": SECRET,
+        "BRIDGE_TOPICS__EVENTS": topics.events,
+        "BRIDGE_TOPICS__ALERTS": topics.alerts,
+        "BRIDGE_TOPICS__DLQ": topics.dlq,
+        "BRIDGE_TOPICS__INGEST": topics.ingest,
+        "BRIDGE_TOPICS__FEED_LEASE": topics.feed_lease,
+        "BRIDGE_TOPICS__PARTITIONS": "3",
+        "BRIDGE_TOPICS__INGEST_PARTITIONS": "6",
+        "BRIDGE_DEDUP__GROUP": topics.group,
+        "BRIDGE_LOG__FORMAT": "json",
+        "BRIDGE_SHUTDOWN__GRACE_SECONDS": "15",
+        **FAST_GROUP,
+        **extra,
+    }
+    return env
+
+
+@dataclass
+class Replica:
+    """One `pinecall-bridge run` process; its log goes to `log`."""
+
+    name: str
+    env: dict[str, str]
+    log: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def start(self, *, ready: bool = True) -> None:
+        self.process = await asyncio.to_thread(self._spawn)
+        self.history.append("started")
+        if ready:
+            await wait_ready(self.url)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [str(COMMAND), "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no LeaveGroup, no abort; the group notices after the session."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.history.append("killed")
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+        self.history.append("paused")
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+        self.history.append("resumed")
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait for the graceful shutdown; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process is not None else 0
+        if self.paused:
+            self.resume()
+        self.process.terminate()
+        code = await asyncio.to_thread(self.process.wait, 30)
+        self.history.append("stopped")
+        return code
+
+    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
+        """The replica's /metrics as {series: value}, labels in Prometheus text form."""
+        async with session.get(
+            self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            text = await response.text()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                samples[series] = float(value)
+        return samples
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of a metric's series whose labels include `labels`."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(
+        value
+        for series, value in samples.items()
+        if (series == name or series.startswith(name + "{"))
+        and all(label in series for label in wanted)
+    )
+
+
+async def post_signed(
+    session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
+) -> int:
+    """POST a signed webhook body; the status, or 0 when no answer came (refused, timed out)."""
+    raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
+    }
+    try:
+        async with session.post(
+            url + "/webhooks/pinecall",
+            data=raw,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=within),
+        ) as response:
+            await response.read()
+            return response.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
+async def read_all(
+    bootstrap: str, topic_names: list[str], *, committed: bool = True, within: float = 60
+) -> list[tuple[str, int, bytes | None, Any]]:
+    """Every record the topics hold now, as (topic, partition, key, CloudEvent), in log order.
+
+    `committed=False` reads as a careless consumer would, aborted transactions included.
+    """
+    partitions = await topic_partitions(KafkaSettings(bootstrap_servers=[bootstrap]), topic_names)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        out: list[tuple[str, int, bytes | None, Any]] = []
+        deadline = asyncio.get_running_loop().time() + within
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"could not read {topic_names} to their end in {within}s")
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend((m.topic, m.partition, m.key, jsoncodec.loads(m.value)) for m in batch)
+        return out
+    finally:
+        await consumer.stop()

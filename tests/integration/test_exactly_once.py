@@ -1,0 +1,286 @@
+"""Each event once for the whole deployment: three bridge processes on one broker, broken.
+
+The processes are real `pinecall-bridge run` processes sharing one dedup group. Webhook copies
+are spread over them, replicas are SIGKILLed, SIGSTOPped past their session (zombies) and all
+restarted; the checker is a read_committed consumer of the output topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.simulator import Simulator, SimulatorConfig
+from tests.integration.conftest import Topics, entry
+from tests.integration.replicas import (
+    Replica,
+    free_port,
+    post_signed,
+    read_all,
+    replica_env,
+    total,
+)
+
+pytestmark = pytest.mark.timeout(420)
+CALLS = 24
+ZOMBIE_PAUSE_S = 10.0  # longer than the 6 s session timeout the replicas run with
+
+
+@pytest.fixture
+async def replicas(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> AsyncIterator[Callable[..., Replica]]:
+    """Make replicas (not started); every one still running is stopped at the end."""
+    made: list[Replica] = []
+
+    def make(name: str, **extra: str) -> Replica:
+        port = free_port()
+        replica = Replica(
+            name,
+            replica_env(kafka_bootstrap, topics, port, **extra),
+            tmp_path / f"{name}.log",
+            port,
+        )
+        made.append(replica)
+        return replica
+
+    yield make
+    for replica in made:
+        if replica.alive:
+            await replica.stop()
+
+
+class Traffic:
+    """Calls that each send their events in seq order; every event as two copies via two replicas.
+
+    An event counts as answered once one copy got a 2xx; only then does its call send the next,
+    so the answered events of a call entered the ingest topic in seq order.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, replicas: list[Replica], run: str) -> None:
+        self._session = session
+        self._replicas = replicas
+        self._turn = itertools.count()
+        self.calls = [f"CA_{run}_{n}" for n in range(CALLS)]
+        self.answered: dict[str, list[int]] = defaultdict(list)
+        self.stopping = asyncio.Event()
+
+    @property
+    def count(self) -> int:
+        return sum(len(seqs) for seqs in self.answered.values())
+
+    def _pick(self, *, skip: Replica | None = None) -> Replica:
+        # Only live, unpaused replicas take a first copy; a second copy may hit a zombie.
+        live = [r for r in self._replicas if r.alive and r is not skip]
+        unpaused = [r for r in live if not r.paused] or live
+        return unpaused[next(self._turn) % len(unpaused)]
+
+    async def _deliver(self, body: dict[str, Any], concurrently: bool) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            first = self._pick()
+            second = self._pick(skip=first)
+            if concurrently:
+                statuses = await asyncio.gather(
+                    post_signed(self._session, first.url, body),
+                    post_signed(self._session, second.url, body, within=3),
+                )
+            else:
+                statuses = [
+                    await post_signed(self._session, first.url, body),
+                    await post_signed(self._session, second.url, body, within=3),
+                ]
+            if any(200 <= status < 300 for status in statuses):
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"no replica answered 2xx for {body['call']}:{body['seq']}")
+
+    async def _call(self, call: str) -> None:
+        for seq in itertools.count(1):
+            if self.stopping.is_set():
+                return
+            await self._deliver(entry(seq, call), concurrently=seq % 2 == 0)
+            self.answered[call].append(seq)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._call(call) for call in self.calls))
+
+    async def until(self, count: int) -> None:
+        async def reached() -> bool:
+            return self.count >= count
+
+        await wait_for(reached, 120, f"{count} answered events")
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {within}s")
+        await asyncio.sleep(0.25)
+
+
+async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
+    replicas: Callable[..., Replica], kafka_bootstrap: str, topics: Topics
+) -> None:
+    fleet = [replicas(f"r{n}") for n in range(3)]
+    await asyncio.gather(*(r.start() for r in fleet))
+    async with aiohttp.ClientSession() as session:
+        traffic = Traffic(session, fleet, topics.group[-6:])
+        flowing = asyncio.create_task(traffic.run())
+        try:
+            await traffic.until(150)
+            # A crash mid-stream: no flush, no LeaveGroup, its transactions left open.
+            fleet[0].kill()
+            await traffic.until(traffic.count + 150)
+            await fleet[0].start()
+
+            # A zombie: paused past its session, its partitions move on; when it wakes, its
+            # writes for them must be fenced. Paused again if it held no open transaction.
+            zombie, fenced = fleet[1], 0.0
+            for _ in range(3):
+                await traffic.until(traffic.count + 100)
+                zombie.pause()
+                await asyncio.sleep(ZOMBIE_PAUSE_S)
+                zombie.resume()
+                await traffic.until(traffic.count + 100)
+                samples = await zombie.metrics(session)
+                fenced = total(
+                    samples, "pinecall_bridge_dedup_partitions_lost_total", reason="fenced"
+                )
+                if fenced:
+                    break
+            assert fenced >= 1, "the zombie was never fenced"
+        finally:
+            traffic.stopping.set()
+            await flowing
+
+        # Every replica restarted: the new processes know nothing but what Kafka holds.
+        assert [await r.stop() for r in fleet] == [0, 0, 0]
+        await asyncio.gather(*(r.start() for r in fleet))
+        answered = [(call, seq) for call, seqs in traffic.answered.items() for seq in seqs]
+        resent = 0
+        for n, (call, seq) in enumerate(answered):
+            status = await post_signed(session, fleet[n % 3].url, entry(seq, call))
+            assert status == 200, f"copy of {call}:{seq} after the restart answered {status}"
+            resent += 1
+
+        async def copies_dropped() -> bool:
+            dropped = 0.0
+            for r in fleet:
+                dropped += total(await r.metrics(session), "pinecall_bridge_events_duplicate_total")
+            return dropped >= resent
+
+        await wait_for(copies_dropped, 90, "the dedup stage to drop every resent copy")
+
+    records = await read_all(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    ids = Counter(event["id"] for _, _, _, event in records)
+    expected = {f"{call}:{seq}" for call, seq in answered}
+    assert {i: n for i, n in ids.items() if n > 1} == {}, "an event was published twice"
+    assert expected - set(ids) == set(), f"answered 2xx but lost: {sorted(expected - set(ids))[:5]}"
+    # Events never answered 2xx may or may not be in (a timed-out write can land): at most once.
+    sent = {f"{call}:{seq}" for call in traffic.calls for seq in range(1, 10_000)}
+    assert set(ids) <= sent
+    by_call: dict[str, list[int]] = defaultdict(list)
+    for _, _, key, event in records:
+        assert key == event["subject"].encode()
+        by_call[event["subject"]].append(event["pinecallseq"])
+    assert all(seqs == sorted(seqs) for seqs in by_call.values()), "per-call order broken"
+    # What an uncommitted reader would also see: records of aborted transactions. Never counted.
+    uncommitted = await read_all(
+        kafka_bootstrap, [topics.events, topics.alerts, topics.dlq], committed=False
+    )
+    assert len(uncommitted) >= len(records)
+    print(
+        f"answered {len(expected)} events, resent {resent} after the restart, zombie fenced"
+        f" {fenced:.0f} times; {len(uncommitted) - len(records)} records of aborted transactions"
+    )
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorConfig(token_ttl=300.0)) as sim:
+        yield sim
+
+
+async def test_the_feed_has_one_reader_and_fails_over(
+    replicas: Callable[..., Replica],
+    simulator: Simulator,
+    kafka_bootstrap: str,
+    topics: Topics,
+) -> None:
+    feed = {
+        "BRIDGE_WEBSOCKET__ENABLED": "true",
+        "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
+        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
+        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
+        "BRIDGE_PINECALL__API_URL": simulator.url,
+        "BRIDGE_PINECALL__API_KEY": "sim-api-key",
+    }
+    fleet = [replicas(f"f{n}", **feed) for n in range(3)]
+    await asyncio.gather(*(r.start() for r in fleet))
+    async with asyncio.timeout(60):
+        await simulator.wait_for_subscribers(1)
+    async with aiohttp.ClientSession() as session:
+
+        async def held() -> list[float]:
+            return [
+                total(await r.metrics(session), "pinecall_bridge_feed_lease_held")
+                for r in fleet
+                if r.alive
+            ]
+
+        await asyncio.sleep(3)  # time for a second reader to show up, if the lease were broken
+        assert len(simulator.feed.subscribed()) == 1
+        assert simulator.stats.connections_total == 1, "more than one replica opened the feed"
+        assert sorted(await held()) == [0, 0, 1]
+        holder = fleet[(await held()).index(1)]
+        before = {c.number for c in simulator.feed.subscribed()}
+
+        traffic = asyncio.create_task(
+            simulator.run_traffic(
+                calls=40, concurrency=10, rate=100, channel="websocket", duplicates=0.2, seed=8
+            )
+        )
+        await asyncio.sleep(1.5)
+        holder.kill()  # mid-stream: what it read and had not yet written dies with it
+        killed_at = time.monotonic()
+
+        async def taken_over() -> bool:
+            return any(c.number not in before for c in simulator.feed.subscribed())
+
+        await wait_for(taken_over, 60, "another replica to take the feed over")
+        failover = time.monotonic() - killed_at
+        print(f"feed failover after SIGKILL of its holder: {failover:.1f}s")
+        await traffic
+        # And calls that start after the failover: all of them reach the new holder.
+        await simulator.run_traffic(
+            calls=10, concurrency=10, rate=100, channel="websocket", duplicates=0.2, seed=9
+        )
+        assert sorted(await held()) == [0, 1]
+        assert len(simulator.feed.subscribed()) == 1
+
+    # Frames written to the killed holder may have died with it: the feed has no replay.
+    # Every durable event written to a surviving reader must land, and nothing twice.
+    durable = simulator.ledger.expected_ids()
+    reached = {f"{s.call}:{s.seq}" for s in simulator.ws_sends if s.connection not in before}
+    must_land = durable & reached
+    assert must_land, "no event reached the new holder: the failover was not exercised"
+
+    async def landed() -> bool:
+        records = await read_all(kafka_bootstrap, [topics.events])
+        return must_land <= {event["id"] for _, _, _, event in records}
+
+    await wait_for(landed, 60, "every event the surviving reader received to land")
+    records = await read_all(kafka_bootstrap, [topics.events])
+    ids = Counter(event["id"] for _, _, _, event in records)
+    assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
+    assert set(ids) <= durable, "published something Pinecall never sent durably"
