@@ -42,8 +42,11 @@ def keep_and_balance(
         return {}
     wanted = sorted(set(partitions))
     base, extra = divmod(len(wanted), len(members))
-    # Members that own more keep the extra slots, so fewer partitions move.
-    by_load = sorted(members, key=lambda m: (-len(set(claims[m].partitions) & set(wanted)), m))
+    # Members that own more (then newer claims) get the extra slots, so fewer partitions move.
+    by_load = sorted(
+        members,
+        key=lambda m: (-len(set(claims[m].partitions) & set(wanted)), -claims[m].since, m),
+    )
     quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_load)}
     result: dict[str, list[int]] = {m: [] for m in members}
     taken: set[int] = set()

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+from bridge.groups import Claim, StickyAssignor, keep_and_balance, parse_claim
+
+
+def test_a_new_member_takes_only_what_balance_needs() -> None:
+    plan = keep_and_balance(
+        range(6), {"a": Claim((0, 1, 2), 1), "b": Claim((3, 4, 5), 1), "c": Claim()}
+    )
+    assert sorted(len(ps) for ps in plan.values()) == [2, 2, 2]
+    # a and b each give one partition up; everything else stays where its state is
+    assert set(plan["a"]) <= {0, 1, 2}
+    assert set(plan["b"]) <= {3, 4, 5}
+    assert sorted(p for ps in plan.values() for p in ps) == list(range(6))
+
+
+def test_a_leaving_member_hands_its_partitions_to_the_others_only() -> None:
+    plan = keep_and_balance(range(6), {"a": Claim((0, 1), 1), "b": Claim((2, 3), 1)})
+    assert {0, 1} <= set(plan["a"])
+    assert {2, 3} <= set(plan["b"])
+    assert sorted(plan["a"] + plan["b"]) == list(range(6))
+
+
+def test_a_newer_claim_wins_a_partition_two_members_claim() -> None:
+    # The zombie ("a", older) still claims 0 after the group gave it to "b".
+    plan = keep_and_balance([0], {"a": Claim((0,), 100), "b": Claim((0,), 200)})
+    assert plan == {"a": [], "b": [0]}
+
+
+def test_the_lease_stays_with_its_holder_whoever_joins() -> None:
+    for newcomer in ("0-first-by-name", "zz-last-by-name"):
+        plan = keep_and_balance([0], {"m-holder": Claim((0,), 5), newcomer: Claim()})
+        assert plan["m-holder"] == [0]
+
+
+def test_claims_of_partitions_that_no_longer_exist_are_ignored() -> None:
+    assert keep_and_balance([0, 1], {"a": Claim((7, 8), 1)}) == {"a": [0, 1]}
+    assert keep_and_balance([0], {}) == {}
+
+
+def test_unreadable_claims_claim_nothing() -> None:
+    assert parse_claim(b"not json") == Claim()
+    assert parse_claim(b"[1, 2]") == Claim()
+    assert parse_claim(None) == Claim()
+    assert parse_claim(b'{"owned": [1, "x", 2], "since": 9}') == Claim((1, 2), 9)
+
+
+def test_the_assignor_round_trips_claims_through_join_metadata() -> None:
+    a = StickyAssignor(lambda: Claim((1,), 10))
+    b = StickyAssignor(lambda: Claim((0,), 10))
+    members: dict[str, ConsumerProtocolMemberMetadata] = {
+        "a": a.metadata(["t"]),
+        "b": b.metadata(["t"]),
+    }
+    cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0, 1})
+    assignment = a.assign(cluster, members)
+    assert assignment["a"].assignment == [("t", [1])]
+    assert assignment["b"].assignment == [("t", [0])]
