@@ -205,6 +205,13 @@ class Metrics:
             registry=r,
         )
 
+        # Series that alerts take increase() of exist from the start: a first fencing or abort
+        # must count as an increase from 0, not as the series appearing.
+        for reason in ("fenced", "timeout", "error"):
+            self.dedup_partitions_lost.labels(reason)
+        for outcome in ("committed", "aborted"):
+            self.dedup_transactions.labels(outcome)
+
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)
         self.published_by = Children(self.published)

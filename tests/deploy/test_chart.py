@@ -272,12 +272,20 @@ def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
     assert dashboard["metadata"]["namespace"] == "monitoring"
 
 
-def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]) -> None:
-    user = one(all_on, "KafkaUser")
-    acls = {
-        (acl["resource"]["type"], acl["resource"].get("name", ""), tuple(acl["operations"]))
-        for acl in user["spec"]["authorization"]["acls"]
+def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    """The KafkaUser's ACLs as (type, name, patternType, operations)."""
+    return {
+        (
+            acl["resource"]["type"],
+            acl["resource"].get("name", ""),
+            acl["resource"].get("patternType", ""),
+            tuple(acl["operations"]),
+        )
+        for acl in one(manifests, "KafkaUser")["spec"]["authorization"]["acls"]
     }
+
+
+def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]) -> None:
     topics = [
         "pinecall.events",
         "pinecall.alerts",
@@ -286,20 +294,65 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         "pinecall.metrics",
     ]
     # config.topics.create=false: no Create, no cluster Describe (only used to create topics).
-    assert acls == {("topic", t, ("Write", "Describe")) for t in topics} | {
-        ("cluster", "", ("IdempotentWrite",))
+    assert acl_set(all_on) == {("topic", t, "literal", ("Write", "Describe")) for t in topics} | {
+        ("topic", "pinecall.ingest", "literal", ("Read", "Write", "Describe")),
+        ("topic", "pinecall.feed-lease", "literal", ("Read", "Describe")),
+        ("group", "pinecall-bridge", "literal", ("Read",)),
+        ("group", "pinecall-bridge-feed-lease", "literal", ("Read",)),
+        ("transactionalId", "pinecall-bridge-dedup-", "prefix", ("Write", "Describe")),
+        ("cluster", "", "", ("IdempotentWrite",)),
     }
     kafka_topics = {m["spec"]["topicName"] for m in all_on if m["kind"] == "KafkaTopic"}
-    assert kafka_topics == set(topics)
+    assert kafka_topics == set(topics) | {"pinecall.ingest", "pinecall.feed-lease"}
     created = render("strimzi.enabled=true", "config.topics.create=true")
-    ops = {
-        a["resource"]["type"]: a["operations"]
-        for a in one(created, "KafkaUser")["spec"]["authorization"]["acls"]
+    for kind, _, _, operations in acl_set(created):
+        if kind == "topic":
+            assert "Create" in operations
+        elif kind == "cluster":
+            assert operations == ("IdempotentWrite", "Describe")
+
+
+def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:
+    def topic(manifests: list[Manifest], name: str) -> dict[str, Any]:
+        (found,) = [
+            m["spec"]
+            for m in manifests
+            if m["kind"] == "KafkaTopic" and m["spec"]["topicName"] == name
+        ]
+        return found  # type: ignore[no-any-return]
+
+    defaults = render("strimzi.enabled=true")
+    ingest = topic(defaults, "pinecall.ingest")
+    assert ingest["partitions"] == 12
+    # As the bridge creates it: append time for restores, retention = (TTL + margin) * 1000.
+    assert ingest["config"] == {
+        "message.timestamp.type": "LogAppendTime",
+        "retention.ms": (900 + 3600) * 1000,
+        "cleanup.policy": "delete",
+        "min.insync.replicas": 2,
     }
-    assert ops == {
-        "topic": ["Write", "Describe", "Create"],
-        "cluster": ["IdempotentWrite", "Describe"],
-    }
+    assert topic(defaults, "pinecall.feed-lease")["partitions"] == 1
+    assert topic(defaults, "pinecall.events")["config"]["retention.ms"] == 604800000
+    custom = render(
+        "strimzi.enabled=true",
+        "config.topics.ingest=bridge.in",
+        "config.topics.ingestPartitions=24",
+        "config.topics.feedLease=bridge.lease",
+        "config.dedup.ttlSeconds=600",
+        "config.dedup.ingestRetentionMarginSeconds=0",
+        "config.dedup.group=bridge-a",
+    )
+    ingest = topic(custom, "bridge.in")
+    assert (ingest["partitions"], ingest["config"]["retention.ms"]) == (24, 600000)
+    assert topic(custom, "bridge.lease")["partitions"] == 1
+    names = {(kind, name, pattern) for kind, name, pattern, _ in acl_set(custom)}
+    assert {
+        ("topic", "bridge.in", "literal"),
+        ("topic", "bridge.lease", "literal"),
+        ("group", "bridge-a", "literal"),
+        ("group", "bridge-a-feed-lease", "literal"),
+        ("transactionalId", "bridge-a-dedup-", "prefix"),
+    } <= names
 
 
 @pytest.mark.parametrize(
@@ -315,6 +368,9 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         ("config.kafka.unknownSetting=1", "additional properties 'unknownSetting'"),
         ("lifecycle.preStopAction=shell", "/lifecycle/preStopAction"),
         ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),
+        ("config.topics.ingestPartitions=0", "/config/topics/ingestPartitions"),
+        ("config.dedup.group=two words", "/config/dedup/group"),
+        ("config.dedup.maxEntries=1000", "additional properties 'maxEntries'"),
     ],
 )
 def test_bad_values_fail_at_install_time(bad: str, complaint: str) -> None:
@@ -351,6 +407,10 @@ def test_notes_warn_about_what_stops_the_bridge(tmp_path: Path) -> None:
     )
     assert "no webhook secret" not in notes
     assert "https://bridge.example.com/webhooks/pinecall" in notes
+    assert "isolation.level=read_committed" in notes
+    assert "ingest partitions" not in notes.split("Exactly once")[0]
+    notes = render_notes(tmp_path / "3", "autoscaling.enabled=true", "autoscaling.maxReplicas=16")
+    assert "up to 16 replicas but 12 ingest partitions" in notes
 
 
 def test_every_template_renders_only_yaml() -> None:

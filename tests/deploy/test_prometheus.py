@@ -39,7 +39,13 @@ GRAFANA_VARIABLES = {
     "pod": ".*",
 }
 # Panels that stay empty here because nothing in this test makes them happen.
-EMPTY_HERE = {"Publish failures by reason", "WebSocket frames by kind"}
+EMPTY_HERE = {
+    "Ingest failures by reason",
+    "WebSocket frames by kind",
+    "Partitions lost by reason (fencings)",
+}
+# The chart's default, which the rules' PinecallBridgeDedupPartitionsUnowned compares with.
+INGEST_PARTITIONS = 12
 BRIDGE_METRIC = re.compile(r"\bpinecall_bridge_[a-z0-9_]+\b")
 # Metrics from elsewhere: Prometheus' own `up` and kube-state-metrics' (absent here).
 OTHER_METRIC = re.compile(r"\b(?:up|kube_[a-z0-9_]+)\b")
@@ -176,12 +182,12 @@ class PrometheusServer:
 async def scraped(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scraped]:
-    run = uuid.uuid4().hex[:10]
-    names = Topics(f"prom.{run}.events", f"prom.{run}.alerts", f"prom.{run}.dlq", "")
+    names = Topics.fresh("prom")
     nowhere = f"127.0.0.1:{free_port()}"  # the WebSocket feed on, failing: its metrics move
     settings = bridge_settings(
         kafka_bootstrap,
         names,
+        topics={"ingest_partitions": INGEST_PARTITIONS},
         websocket={"enabled": True, "url": f"ws://{nowhere}/ws", "backoff_max_seconds": 1},
         pinecall={"api_url": f"http://{nowhere}", "api_key": "test-key"},
     )
@@ -204,8 +210,16 @@ async def scraped(
         await bridge.stop()
 
 
+async def scalar(scraped: Scraped, expr: str) -> float | None:
+    """The value of a one-series query, None when it has no result."""
+    result = (await scraped.query(expr))["data"]["result"]
+    assert len(result) <= 1, f"{expr}: {result}"
+    return float(result[0]["value"][1]) if result else None
+
+
 async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
-    """Enough samples for rate() over the traffic, and every rule evaluated since."""
+    """Enough samples for rate() over the traffic, the dedup stage and the feed lease settled
+    (every ingest partition owned, one lease holder), and every rule evaluated since."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         server.check_alive()
@@ -213,6 +227,8 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
             samples = await scraped.query(
                 "count_over_time(pinecall_bridge_events_published_total[1m])"
             )
+            owned = await scalar(scraped, "sum(pinecall_bridge_dedup_partitions_owned)")
+            holders = await scalar(scraped, "sum(pinecall_bridge_feed_lease_held)")
             rules = await scraped.get("/api/v1/rules")
         except aiohttp.ClientError:
             await asyncio.sleep(0.5)
@@ -223,7 +239,8 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
             for group in rules["data"]["groups"]
             for rule in group["rules"]
         ]
-        if counts and min(counts) >= 5 and evaluated and all(evaluated):
+        settled = owned == INGEST_PARTITIONS and holders == 1
+        if counts and min(counts) >= 5 and settled and evaluated and all(evaluated):
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"Prometheus did not scrape enough in time:\n{server.log()}")
@@ -265,18 +282,62 @@ async def test_every_alert_rule_evaluates_and_is_healthy(scraped: Scraped) -> No
 
 
 async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
-    # The feed points nowhere: its alert fires. Everything else is healthy and stays quiet.
-    active = {
-        a["labels"]["alertname"] for a in (await scraped.get("/api/v1/alerts"))["data"]["alerts"]
-    }
-    assert "PinecallBridgeWebSocketDown" in active
+    # The feed points nowhere: its alert fires. Everything else is healthy and stays quiet
+    # (not even pending), once the rules have seen the settled state a few times.
     quiet = {
         "PinecallBridgePublishingStalled",
+        "PinecallBridgeDedupStalled",
+        "PinecallBridgeDedupLagGrowing",
+        "PinecallBridgeDedupPartitionsUnowned",
+        "PinecallBridgeDedupRestoreSlow",
+        "PinecallBridgeDedupRepeatedFencing",
+        "PinecallBridgeDedupEvictingEarly",
+        "PinecallBridgeNoFeedLeaseHolder",
+        "PinecallBridgeFeedLeaseSplitBrain",
         "PinecallBridgeKafkaDisconnected",
         "PinecallBridgePodNotReady",
         "PinecallBridgeTargetDown",
     }
+    deadline = time.monotonic() + 10
+    while True:
+        alerts = (await scraped.get("/api/v1/alerts"))["data"]["alerts"]
+        active = {a["labels"]["alertname"] for a in alerts}
+        if not active & quiet or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    assert "PinecallBridgeWebSocketDown" in active
     assert not active & quiet, active
+
+
+async def test_prometheus_sees_the_dedup_stage_output_each_event_once(scraped: Scraped) -> None:
+    # Every ingest partition owned by the one pod, which also holds the feed lease.
+    assert await scalar(scraped, "sum(pinecall_bridge_dedup_partitions_owned)") == INGEST_PARTITIONS
+    assert await scalar(scraped, "sum(pinecall_bridge_feed_lease_held)") == 1
+    assert (
+        await scalar(scraped, 'sum(pinecall_bridge_dedup_transactions_total{outcome="committed"})')
+        or 0
+    ) > 0
+    assert (await scalar(scraped, "sum(pinecall_bridge_end_to_end_seconds_count)") or 0) > 0
+    lag = await scraped.query("pinecall_bridge_dedup_lag_records")
+    assert {r["metric"]["partition"] for r in lag["data"]["result"]} == {
+        str(p) for p in range(INGEST_PARTITIONS)
+    }
+    # Every ingest record is either output or dropped as a duplicate: one per round was.
+    accounts = (
+        "sum(pinecall_bridge_events_ingested_total)",
+        "sum(pinecall_bridge_events_published_total)",
+        "sum(pinecall_bridge_events_duplicate_total)",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        ingested, published, duplicates = [await scalar(scraped, e) or 0 for e in accounts]
+        balanced = ingested > 0 and ingested == published + duplicates
+        if (balanced and duplicates >= 6) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    assert published > 0
+    assert duplicates >= 6, "the duplicate of each round"
+    assert ingested == published + duplicates
 
 
 async def test_every_metric_named_exists_in_the_bridge(scraped: Scraped) -> None:

@@ -88,10 +88,13 @@ class Traffic:
         while time.monotonic() < deadline:
             first = self._pick()
             second = self._pick(skip=first)
+            statuses: list[int]
             if concurrently:
-                statuses = await asyncio.gather(
-                    post_signed(self._session, first.url, body),
-                    post_signed(self._session, second.url, body, within=3),
+                statuses = list(
+                    await asyncio.gather(
+                        post_signed(self._session, first.url, body),
+                        post_signed(self._session, second.url, body, within=3),
+                    )
                 )
             else:
                 statuses = [

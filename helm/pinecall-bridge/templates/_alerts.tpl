@@ -11,18 +11,37 @@ groups:
   - name: pinecall-bridge
     rules:
       - alert: PinecallBridgePublishingStalled
-        # Events come in but none reaches Kafka: the one symptom every other failure leads to.
+        # Events come in but none reaches the ingest topic: the one symptom every failure of the
+        # ingest stage leads to. (The output is the dedup stage's: PinecallBridgeDedupStalled.)
         expr: |
           (sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m])) > 0)
           unless
-          (sum by (namespace, pod) (increase(pinecall_bridge_events_published_total[{{ $a.publishStalledMinutes }}m])) > 0)
+          (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $a.publishStalledMinutes }}m])) > 0)
         for: 1m
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "Pod %s received events but published none for %vm" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
-          description: {{ printf "%s/%s received events in the last %v minutes and Kafka acknowledged none of them: webhooks are answered 503 and Pinecall keeps retrying." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
+          summary: {{ printf "Pod %s received events but wrote none to the ingest topic for %vm" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
+          description: {{ printf "%s/%s received events in the last %v minutes and Kafka acknowledged none of them in the ingest topic: webhooks are answered 503 and Pinecall keeps retrying." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepublishingstalled" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupStalled
+        # The ingest topic fills but the dedup stage commits nothing: no output and no duplicate
+        # dropped anywhere in the namespace (whichever pods own the ingest partitions).
+        expr: |
+          (sum by (namespace) (increase(pinecall_bridge_events_ingested_total[{{ $a.publishStalledMinutes }}m])) > 0)
+          unless on (namespace)
+          (
+            (sum by (namespace) (increase(pinecall_bridge_events_published_total[{{ $a.publishStalledMinutes }}m])) > 0)
+            or
+            (sum by (namespace) (increase(pinecall_bridge_events_duplicate_total[{{ $a.publishStalledMinutes }}m])) > 0)
+          )
+        for: 1m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "pinecall-bridge in %s ingested events but output none for %vm" "{{ $labels.namespace }}" $a.publishStalledMinutes | quote }}
+          description: {{ printf "Events reached the ingest topic in the last %v minutes but the dedup stage committed no output record and dropped no duplicate: consumers see nothing new. Webhooks are still answered 200; the events wait in the ingest topic." $a.publishStalledMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
         # Rejected requests are lost (Pinecall does not retry a 4xx); kafka_unavailable (503,
         # retried) is left to the Kafka alerts. `or ... * 0`: no events received at all is 100 %.
@@ -66,7 +85,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "pinecall-bridge p99 publish latency in %s is %s" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile from receipt to Kafka's acknowledgement has been above %vs for 10 minutes." $a.publishLatencyP99Seconds | quote }}
+          description: {{ printf "The 99th percentile from receipt to the ingest topic's acknowledgement (what a webhook's answer waits for) has been above %vs for 10 minutes." $a.publishLatencyP99Seconds | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepublishlatencyhigh" $a.runbookUrl }}
       - alert: PinecallBridgeEventLagHigh
         expr: |
@@ -77,8 +96,93 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "pinecall-bridge p99 event lag in %s is %s" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile from an event's own time to Kafka's acknowledgement has been above %vs for 15 minutes: events reach Kafka late (Pinecall retries, or a slow cluster)." $a.eventLagP99Seconds | quote }}
+          description: {{ printf "The 99th percentile from an event's own time to its output record's committed transaction has been above %vs for 15 minutes: consumers see events late (Pinecall retries, a slow cluster, or dedup lag)." $a.eventLagP99Seconds | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeeventlaghigh" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupLagGrowing
+        # The lag SREs watch: an owned ingest partition whose oldest unprocessed record stayed
+        # old for the whole window, or whose backlog stayed large and grew.
+        expr: |
+          max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_seconds[{{ $a.dedupLagMinutes }}m])) > {{ $a.dedupLagSeconds }}
+          or
+          (
+            max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_records[{{ $a.dedupLagMinutes }}m])) > {{ $a.dedupLagRecords }}
+            and
+            max by (namespace, pod, partition) (delta(pinecall_bridge_dedup_lag_records[{{ $a.dedupLagMinutes }}m])) > 0
+          )
+        for: 1m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Dedup stage of pod %s is behind on ingest partition %s" "{{ $labels.pod }}" "{{ $labels.partition }}" | quote }}
+          description: {{ printf "%s/%s has been more than %vs or %v records behind on ingest partition %s for %v minutes: its events reach the output topics late." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupLagSeconds $a.dedupLagRecords "{{ $labels.partition }}" $a.dedupLagMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuplaggrowing" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupPartitionsUnowned
+        # A partition no pod processes has no lag series at all (lag is per owned partition).
+        # The bridge exports no partition count: the chart's value is the one it runs with.
+        expr: |
+          sum by (namespace) (pinecall_bridge_dedup_partitions_owned) < {{ .Values.config.topics.ingestPartitions | default 12 }}
+        for: {{ $a.dedupPartitionsUnownedMinutes }}m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Only %s of %v ingest partitions are processed in %s" "{{ $value }}" (.Values.config.topics.ingestPartitions | default 12) "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "For %v minutes fewer ingest partitions than the topic's %v have been owned (restored and running) by a pod: the events on the others are not output at all." $a.dedupPartitionsUnownedMinutes (.Values.config.topics.ingestPartitions | default 12) | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupRestoreSlow
+        # Restores are rare: the p99 of those in the last hour (none: no value, no alert).
+        expr: |
+          histogram_quantile(0.99, sum by (namespace, le) (increase(pinecall_bridge_dedup_restore_duration_seconds_bucket[1h])))
+          > {{ $a.dedupRestoreP99Seconds }}
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Dedup restores in %s take %s (p99)" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
+          description: {{ printf "The 99th percentile of ingest-partition restores in the last hour is above %vs. A restoring partition outputs nothing, so every rebalance (rollout, scaling, crash) delays its events that long." $a.dedupRestoreP99Seconds | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuprestoreslow" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupRepeatedFencing
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m]))
+          > {{ $a.dedupFencingsPer15Minutes }}
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s keeps losing ingest partitions to fencing" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s was fenced out of more than %v ingest partitions in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupFencingsPer15Minutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuprepeatedfencing" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupEvictingEarly
+        # Any id forgotten before its TTL: a copy arriving later would be output twice.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_dedup_evicted_early_total[10m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s forgets ids before their TTL" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s evicted %s ids before config.dedup.ttlSeconds in the last 10 minutes (config.dedup.maxEntriesPerPartition reached): a late copy of those events would be output twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
+      - alert: PinecallBridgeNoFeedLeaseHolder
+        # Every pod exports the gauge, feed on or off: "the feed is on" is read as "a pod held the
+        # lease in the last feedLeaseLookbackHours", so deployments without the feed stay quiet.
+        expr: |
+          sum by (namespace) (pinecall_bridge_feed_lease_held) == 0
+          and on (namespace)
+          sum by (namespace) (max_over_time(pinecall_bridge_feed_lease_held[{{ $a.feedLeaseLookbackHours }}h])) > 0
+        for: {{ $a.feedLeaseMissingMinutes }}m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "No pod in %s reads Pinecall's WebSocket feed" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "The feed lease has had no holder for %v minutes (it had one in the last %v hours): the feed's events of the gap are missed unless Pinecall replays them or also sends them by webhook." $a.feedLeaseMissingMinutes $a.feedLeaseLookbackHours | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgenofeedleaseholder" $a.runbookUrl }}
+      - alert: PinecallBridgeFeedLeaseSplitBrain
+        expr: |
+          sum by (namespace) (pinecall_bridge_feed_lease_held) > 1
+        for: {{ $a.feedLeaseSplitBrainMinutes }}m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "%s pods in %s hold the feed lease" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "More than one pod has held the WebSocket feed lease for %v minutes: each reads the whole feed. The dedup stage still outputs each event once, but Pinecall sees several connections and the ingest topic gets every feed event several times." $a.feedLeaseSplitBrainMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgefeedleasesplitbrain" $a.runbookUrl }}
       - alert: PinecallBridgeKafkaDisconnected
         expr: |
           max by (namespace, pod) (pinecall_bridge_kafka_connected) == 0
