@@ -5,7 +5,8 @@ measured from that time, so a slow bridge shows up as latency instead of as a sl
 Protocol with the orchestrator: print `ready`, read `go <t0>`, run, write results, print
 `done`, exit on EOF of stdin.
 
-  python -m bench.loadgen webhook --port P --rate R --count N [--batch B] --out F
+  python -m bench.loadgen webhook --port P[,P2,...] --rate R --count N [--batch B] --out F
+  (several ports: request j goes to port j mod n, round-robin, as a Service spreads them)
   python -m bench.loadgen ws --listen-port P --rate R|0 --count N --out F
   python -m bench.loadgen kcat --brokers B --topic T --rate R|0 --count N --out F
 """
@@ -142,8 +143,11 @@ class WebhookGen:
                 f"Content-Length: {len(payload)}\r\n\r\n".encode()
                 + payload
             )
-        self.free: list[_HttpConn] = []
-        self.backlog: collections.deque[int] = collections.deque()
+        self.ports = [int(p) for p in str(args.port).split(",")]
+        # One pool and one backlog per port: round-robin holds even when one target is slower.
+        self.free: list[list[_HttpConn]] = [[] for _ in self.ports]
+        self.backlog: list[collections.deque[int]] = [collections.deque() for _ in self.ports]
+        self.port_of: dict[_HttpConn, int] = {}
         self.next = 0
         self.answers = 0
         self.finished = asyncio.get_running_loop().create_future()
@@ -151,13 +155,15 @@ class WebhookGen:
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(self.args.connections):
+        for k in range(self.args.connections):
+            slot = k % len(self.ports)
             transport, conn = await loop.create_connection(
-                lambda: _HttpConn(self), "127.0.0.1", self.args.port
+                lambda: _HttpConn(self), "127.0.0.1", self.ports[slot]
             )
             # uvloop may run connection_made after create_connection returns: set it here.
             conn.transport = transport
-            self.free.append(conn)
+            self.free[slot].append(conn)
+            self.port_of[conn] = slot
 
     def sched(self, j: int) -> float:
         return self.t0 + j / self.req_rate
@@ -174,10 +180,11 @@ class WebhookGen:
     def tick(self) -> None:
         due = min(self.requests_n, int((time.time() - self.t0) * self.req_rate) + 1)
         for j in range(self.next, due):
-            if self.free:
-                self.send(self.free.pop(), j)
+            slot = j % len(self.ports)
+            if self.free[slot]:
+                self.send(self.free[slot].pop(), j)
             else:
-                self.backlog.append(j)
+                self.backlog[slot].append(j)
         self.next = max(self.next, due)
         if self.next < self.requests_n:
             asyncio.get_running_loop().call_later(TICK, self.tick)
@@ -194,16 +201,21 @@ class WebhookGen:
         self.result.statuses[str(status)] += 1
         if status == 200:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-                self.result.published += int(orjson.loads(payload).get("published", 0))
+                # The two-stage bridge answers `accepted` (in the ingest topic); the naive
+                # handler, like the bridge before it, `published`.
+                answer = orjson.loads(payload)
+                self.result.published += int(answer.get("accepted", answer.get("published", 0)))
         self._done_one(now)
-        if self.backlog:
-            self.send(conn, self.backlog.popleft())
+        slot = self.port_of[conn]
+        if self.backlog[slot]:
+            self.send(conn, self.backlog[slot].popleft())
         else:
-            self.free.append(conn)
+            self.free[slot].append(conn)
 
     def lost(self, conn: _HttpConn) -> None:
-        if conn in self.free:
-            self.free.remove(conn)
+        slot = self.port_of.get(conn, 0)
+        if conn in self.free[slot]:
+            self.free[slot].remove(conn)
         if conn.request >= 0 and self.result.latency[conn.request] == 0.0:
             self.result.statuses["connection_lost"] += 1
             self._done_one(time.time())
@@ -344,7 +356,7 @@ def main() -> None:
         p.add_argument("--salt", type=int, required=True)
         p.add_argument("--out", required=True)
     hook = sub.choices["webhook"]
-    hook.add_argument("--port", type=int, required=True)
+    hook.add_argument("--port", required=True, help="one port, or several comma-separated")
     hook.add_argument("--path", default="/webhooks/pinecall")
     hook.add_argument("--secret", default="bench-secret")
     hook.add_argument("--batch", type=int, default=1)

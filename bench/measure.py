@@ -6,6 +6,7 @@ import bisect
 import math
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -62,6 +63,8 @@ _BUCKET = re.compile(
 
 
 _PUBLISHED = re.compile(rb"^pinecall_bridge_events_published_total\{[^}]*\} (\S+)$", re.M)
+_INGESTED = re.compile(rb"^pinecall_bridge_events_ingested_total\{[^}]*\} (\S+)$", re.M)
+_OWNED = re.compile(rb"^pinecall_bridge_dedup_partitions_owned (\S+)$", re.M)
 
 
 def _scrape(port: int) -> bytes:
@@ -75,9 +78,40 @@ def published(port: int) -> float:
     return sum(float(x) for x in _PUBLISHED.findall(_scrape(port)))
 
 
+def ingested(port: int) -> float:
+    """Records the ingest stage counts as acknowledged (in the ingest topic), every channel."""
+    return sum(float(x) for x in _INGESTED.findall(_scrape(port)))
+
+
+_TRANSACTIONS = re.compile(
+    rb'^pinecall_bridge_dedup_transactions_total\{outcome="committed"\} (\S+)$', re.M
+)
+
+
+def transactions(port: int) -> float:
+    """Dedup transactions the process on `port` has committed."""
+    found = _TRANSACTIONS.findall(_scrape(port))
+    return float(found[0]) if found else 0.0
+
+
+def owned(port: int) -> int:
+    """Ingest partitions whose dedup task is running in the process on `port`."""
+    found = _OWNED.findall(_scrape(port))
+    return int(float(found[0])) if found else 0
+
+
 def histogram(port: int) -> list[tuple[float, float]]:
-    """The bridge's receipt → Kafka-ack histogram: cumulative (upper bound, count) pairs."""
+    """The bridge's receipt → ingest-ack histogram: cumulative (upper bound, count) pairs."""
     return [(float(le), float(count)) for le, count in _BUCKET.findall(_scrape(port))]
+
+
+def histograms(ports: Sequence[int]) -> list[tuple[float, float]]:
+    """Several processes' histograms added up bucket by bucket (they share the buckets)."""
+    total: dict[float, float] = {}
+    for port in ports:
+        for le, count in histogram(port):
+            total[le] = total.get(le, 0.0) + count
+    return sorted(total.items())
 
 
 def histogram_quantiles(
@@ -107,6 +141,16 @@ def histogram_quantiles(
     return out
 
 
+def ensure_kcat() -> None:
+    """kcat is Debian's package; install it when missing (needs root, like the Makefile's tools)."""
+    if shutil.which("kcat"):
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("kcat is missing: apt-get install -y kcat (as root)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "kcat"], check=True)
+
+
 @dataclass
 class ReadBack:
     """Every record of the scenario's topic, as the consumer saw it: index → read times."""
@@ -126,7 +170,11 @@ class ReadBack:
 
 
 class Consumer:
-    """kcat reading the topic from the beginning, one value per line, stamped when read."""
+    """kcat reading the topic from the beginning, one value per line, stamped when read.
+
+    read_committed (librdkafka's default, said explicitly): the dedup stage writes in
+    transactions, and records of aborted ones must never count as delivered.
+    """
 
     def __init__(self, brokers: str, topic: str) -> None:
         self.read = ReadBack()
@@ -148,6 +196,8 @@ class Consumer:
                 "fetch.wait.max.ms=5",
                 "-X",
                 "fetch.error.backoff.ms=10",
+                "-X",
+                "isolation.level=read_committed",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -176,6 +226,8 @@ class Consumer:
         deadline = time.monotonic() + timeout
         last, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the kcat consumer exited with {self._proc.returncode}")
             seen = self.distinct()
             if seen >= expected:
                 time.sleep(0.5)  # a short grace to catch doubles arriving after the last original

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,37 @@ def _short(frame: str) -> str:
     parts = Path(path).parts
     short = "/".join(parts[-2:]) if parts else path
     return f"{name} ({short})"
+
+
+def start_open(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` until `interrupt`: for a stretch whose length is not known in advance."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def interrupt(proc: subprocess.Popen[bytes], raw: Path, top: int = 25) -> dict[str, Any]:
+    """Stop a `start_open` sampler (SIGINT makes py-spy write its file) and summarise."""
+    proc.send_signal(signal.SIGINT)
+    return finish(proc, raw, top)
+
+
+def wait_attached(proc: subprocess.Popen[bytes]) -> None:
+    """py-spy needs a moment to attach; samples before that are lost, not wrong."""
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        raise RuntimeError("py-spy exited at once (ptrace not permitted?)")

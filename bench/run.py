@@ -3,7 +3,11 @@
   .venv/bin/python -m bench.run [--quick] [--kafka-port 19092] [--profile] [--only NAME,...]
 
 Each target (the bridge, its no-op-publisher variant, the naive handler, kcat) runs as its own
-process, fed by open-loop load generators in their own processes, read back from Kafka by kcat.
+process, fed by open-loop load generators in their own processes, read back from Kafka by kcat
+(read_committed). The bridge is the two-stage one: webhooks are answered once their records are
+in its ingest topic, and the dedup stage writes the output topic in transactions; every bridge
+target gets its own ingest topic and dedup group. `replicas` runs two bridge processes sharing
+them, round-robin; `restore` and `stage` run bench.restore and bench.dedupstage.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -31,13 +34,14 @@ from typing import Any
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench import measure, profile, report
+from bench import broker, measure, profile, report
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SECRET = "bench-secret"
 P99_GOAL = 0.025
 HTTP_PORT = 18080
+HTTP_PORT_2 = 18081  # the second bridge process of `replicas`
 WS_PORT = 18765
 
 
@@ -51,11 +55,24 @@ class Plan:
     fixed_seconds: float
     ws_events: int
     kcat_events: int
+    restore_sizes: list[int]
+    stage_records: int
 
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool, steps: str | None = None, step_seconds: float = 0) -> Plan:
+        plan = cls._make(quick)
+        if steps:
+            plan.steps = [float(x) for x in steps.split(",")]
+        if step_seconds:
+            plan.step_seconds = step_seconds
+        return plan
+
+    @classmethod
+    def _make(cls, quick: bool) -> Plan:
         if quick:
-            return cls([1000, 3000, 5000], 2.0, [5000, 15000], 3.0, 30_000, 30_000)
+            return cls(
+                [1000, 3000, 5000], 2.0, [5000, 15000], 3.0, 30_000, 30_000, [100_000], 50_000
+            )
         return cls(
             [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000],
             4.0,
@@ -63,6 +80,8 @@ class Plan:
             8.0,
             150_000,
             150_000,
+            [100_000, 1_000_000],
+            200_000,
         )
 
 
@@ -81,6 +100,7 @@ class Measured:
     cpu_per_10k: float = math.nan
     broker_cpu_per_10k: float = math.nan
     loadgen_cpu_s: float = math.nan
+    transactions: float = math.nan  # dedup transactions committed during the row (bridge only)
     peak_rss: int = 0
     lost: int = 0
     doubled: int = 0
@@ -94,10 +114,18 @@ class Measured:
 
 
 class Proc:
-    """A child process we started and stop by its own pid."""
+    """A child process we started and stop by its own pid; `port` is its HTTP port."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path,
+        port: int = HTTP_PORT,
+    ) -> None:
         self.log = log
+        self.port = port
         self._log = log.open("wb")
         self.p = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
@@ -155,7 +183,7 @@ class Loadgen:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.plan = Plan.make(args.quick)
+        self.plan = Plan.make(args.quick, args.steps, args.step_seconds)
         self.brokers = f"127.0.0.1:{args.kafka_port}"
         self.work = ROOT / ".cache" / "bench" / f"{int(time.time())}"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -169,8 +197,7 @@ class Bench:
     # --- infrastructure -------------------------------------------------------------------
 
     def kafka(self, action: str) -> None:
-        env = {**os.environ, "KAFKA_PORT": str(self.args.kafka_port)}
-        subprocess.run([str(ROOT / "tools/kafka/kafka.sh"), action], env=env, check=True)
+        broker.kafka(self.args.kafka_port, action)
 
     def broker_cpu(self) -> float:
         try:
@@ -179,30 +206,55 @@ class Bench:
             return math.nan
 
     def topics(self, prefix: str) -> dict[str, str]:
+        """Output topics, created here; names for the ingest and lease topics the bridge creates."""
         names = {k: f"bench.{self.salt:x}.{prefix}.{k}" for k in ("events", "alerts", "dlq")}
+        internal = {
+            "ingest": f"bench.{self.salt:x}.{prefix}.ingest",
+            "lease": f"bench.{self.salt:x}.{prefix}.feed-lease",
+            "group": f"bench-{self.salt:x}-{prefix}",
+        }
 
         async def create() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.brokers)
             await admin.start()
             try:
                 await admin.create_topics([NewTopic(n, 3, 1) for n in names.values()])
+                # kcat exits at once on a topic it cannot see yet: a fresh broker (the first
+                # scenario of a run) can take a moment before every partition has a leader.
+                for _ in range(100):
+                    described = await admin.describe_topics(list(names.values()))
+                    if all(
+                        not t["error_code"]
+                        and len(t["partitions"]) == 3
+                        and all(p["leader"] >= 0 for p in t["partitions"])
+                        for t in described
+                    ):
+                        break
+                    await asyncio.sleep(0.1)
             finally:
                 await admin.close()
 
         asyncio.run(create())
-        return names
+        return names | internal
 
-    def target(self, kind: str, topics: dict[str, str], *, ws: bool = False) -> Proc:
+    def target(
+        self, kind: str, topics: dict[str, str], *, ws: bool = False, port: int = HTTP_PORT
+    ) -> Proc:
         """Start the bridge (`bridge`, `noop`) or the naive handler; return once it is ready."""
         env = {
             **os.environ,
             "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": self.brokers,
             "BRIDGE_HTTP__HOST": "127.0.0.1",
-            "BRIDGE_HTTP__PORT": str(HTTP_PORT),
+            "BRIDGE_HTTP__PORT": str(port),
             "BRIDGE_WEBHOOK__SECRETS": SECRET,
             "BRIDGE_TOPICS__EVENTS": topics["events"],
             "BRIDGE_TOPICS__ALERTS": topics["alerts"],
             "BRIDGE_TOPICS__DLQ": topics["dlq"],
+            # Per target: a fresh ingest topic (default 12 partitions, LogAppendTime, created by
+            # the bridge) and dedup group, shared only by the processes of one target.
+            "BRIDGE_TOPICS__INGEST": topics["ingest"],
+            "BRIDGE_TOPICS__FEED_LEASE": topics["lease"],
+            "BRIDGE_DEDUP__GROUP": topics["group"],
             "BRIDGE_LOG__LEVEL": "INFO",
             "BRIDGE_LOG__FORMAT": "json",
         }
@@ -220,16 +272,17 @@ class Bench:
             args = [PY, "-m", "bench.baselines.noop"]
         else:
             args = [
-                PY, "-m", "bench.baselines.naive", "--port", str(HTTP_PORT),
+                PY, "-m", "bench.baselines.naive", "--port", str(port),
                 "--brokers", self.brokers, "--topic", topics["events"],
             ]  # fmt: skip
-        proc = Proc(args, env=env, log=self.work / f"{kind}-{len(self.rows)}.log")
+        log = self.work / f"{kind}-{len(self.rows)}-{port}-{time.monotonic_ns()}.log"
+        proc = Proc(args, env=env, log=log, port=port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.p.poll() is not None:
                 raise RuntimeError(f"{kind} exited; see {proc.log}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/readyz", timeout=1):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
                     return proc
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
@@ -243,9 +296,11 @@ class Bench:
         self.next_index += count
         return first
 
-    def webhook_args(self, rate: float, count: int, first: int, batch: int = 1) -> list[str]:
+    def webhook_args(
+        self, rate: float, count: int, first: int, batch: int = 1, ports: str = str(HTTP_PORT)
+    ) -> list[str]:
         return [
-            "webhook", "--port", str(HTTP_PORT), "--secret", SECRET, "--rate", str(rate),
+            "webhook", "--port", ports, "--secret", SECRET, "--rate", str(rate),
             "--count", str(count), "--first", str(first), "--salt", str(self.salt),
             "--batch", str(batch),
         ]  # fmt: skip
@@ -253,7 +308,7 @@ class Bench:
     def measured(
         self,
         row: Measured,
-        target: Proc | None,
+        target: Proc | list[Proc] | None,
         loadgens: list[Loadgen],
         consumer: measure.Consumer | None,
         first: int,
@@ -261,16 +316,23 @@ class Bench:
         cpu_pid: int | None = None,
         already_read: int = 0,
     ) -> Measured:
-        """Start the load generators together, wait for the read-back, fill in the row."""
+        """Start the load generators together, wait for the read-back, fill in the row.
+
+        Several target processes (replicas) count together: CPU and peak RSS are summed, their
+        receipt → ack histograms merged.
+        """
         for gen in loadgens:
             gen.expect("ready")
-        pid = cpu_pid if cpu_pid is not None else (target.pid if target else None)
-        hist_port = HTTP_PORT if target is not None and row.target == "bridge" else None
-        hist0 = measure.histogram(hist_port) if hist_port else []
-        cpu0 = measure.cpu_seconds(pid) if pid else math.nan
+        procs = target if isinstance(target, list) else ([target] if target else [])
+        pids = [cpu_pid] if cpu_pid is not None else [p.pid for p in procs]
+        hist_ports = [p.port for p in procs] if row.target == "bridge" else []
+        hist0 = measure.histograms(hist_ports) if hist_ports else []
+        txn0 = sum(measure.transactions(port) for port in hist_ports)
+        cpu0 = sum(measure.cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker0 = self.broker_cpu()
         load0 = measure.loadavg()
-        published0 = measure.published(HTTP_PORT) if consumer is None and target else 0.0
+        noop_ports = [p.port for p in procs] if consumer is None else []
+        ingested0 = sum(measure.ingested(port) for port in noop_ports)
         noop_done = 0.0
         t0 = time.time() + 0.3
         for gen in loadgens:
@@ -280,11 +342,13 @@ class Bench:
         expected = row.events
         if consumer is not None:
             consumer.wait_for(already_read + expected, timeout=120)
-        elif target is not None:
-            noop_done = self.wait_published(published0 + expected)
-        cpu1 = measure.cpu_seconds(pid) if pid else math.nan
+        elif noop_ports:
+            noop_done = self.wait_ingested(noop_ports, ingested0 + expected)
+        cpu1 = sum(measure.cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker1 = self.broker_cpu()
-        hist1 = measure.histogram(hist_port) if hist_port else []
+        hist1 = measure.histograms(hist_ports) if hist_ports else []
+        if hist_ports:
+            row.transactions = sum(measure.transactions(port) for port in hist_ports) - txn0
         results = [gen.result() for gen in loadgens]
         row.load = f"{load0} → {measure.loadavg()}"
         row.loadgen_cpu_s = sum(r[0]["cpu_s"] + r[0].get("kcat_cpu_s", 0.0) for r in results)
@@ -299,7 +363,7 @@ class Bench:
             for status, n in r[0]["statuses"].items()
             if status not in ("200", "sent") and not status.startswith("kcat_exit_0")
         )
-        if hist_port:
+        if hist_ports:
             row.hist_ms = [
                 x * 1000 for x in measure.histogram_quantiles(hist0, hist1, (50, 95, 99))
             ]
@@ -314,16 +378,16 @@ class Bench:
             t_first = min(sched) if len(sched) else t0
             row.throughput = len(got) / max(last - t_first, 1e-9)
         else:
-            # No-op publisher: nothing reaches Kafka; its own counter says what was "published".
-            published = measure.published(HTTP_PORT) - published0
+            # No-op publisher: nothing reaches Kafka; its own counter says what was "ingested".
+            published = sum(measure.ingested(port) for port in noop_ports) - ingested0
             row.lost = max(expected - int(published), 0)
             end = max([noop_done, *(r[0]["end"] for r in results if r[0]["mode"] == "webhook")])
             row.throughput = published / max(end - t0, 1e-9)
         events = max(expected - row.lost, 1)
         row.cpu_per_10k = (cpu1 - cpu0) / events * 10_000
         row.broker_cpu_per_10k = (broker1 - broker0) / events * 10_000
-        if target is not None:
-            row.peak_rss = measure.peak_rss(target.pid)
+        if procs:
+            row.peak_rss = sum(measure.peak_rss(p.pid) for p in procs)
         print(
             f"  {row.scenario:<18} {row.target:<7} offered {row.offered:>7.0f}/s"
             f"  got {row.throughput:>8.0f}/s  e2e p99 {row.e2e_ms[2]:7.1f} ms"
@@ -335,12 +399,14 @@ class Bench:
         return row
 
     @staticmethod
-    def wait_published(expected: float, timeout: float = 120, idle: float = 5.0) -> float:
-        """Poll the target's published counter until it reaches `expected`; when it did."""
+    def wait_ingested(
+        ports: list[int], expected: float, timeout: float = 120, idle: float = 5.0
+    ) -> float:
+        """Poll the targets' ingested counters until they reach `expected`; when they did."""
         deadline = time.monotonic() + timeout
         last, changed = -1.0, time.monotonic()
         while time.monotonic() < deadline:
-            now = measure.published(HTTP_PORT)
+            now = sum(measure.ingested(port) for port in ports)
             if now >= expected:
                 return time.time()
             if now != last:
@@ -352,27 +418,54 @@ class Bench:
 
     @contextlib.contextmanager
     def serving(
-        self, kind: str, prefix: str, *, consume: bool = True
-    ) -> Iterator[tuple[Proc | None, measure.Consumer | None]]:
+        self, kind: str, prefix: str, *, consume: bool = True, replicas: int = 1
+    ) -> Iterator[tuple[list[Proc], measure.Consumer | None]]:
         topics = self.topics(prefix)
         consumer = measure.Consumer(self.brokers, topics["events"]) if consume else None
-        proc = None
+        procs: list[Proc] = []
         try:
             if kind != "kcat":
-                proc = self.target(kind, topics)
-            yield proc, consumer
+                for port in (HTTP_PORT, HTTP_PORT_2)[:replicas]:
+                    procs.append(self.target(kind, topics, port=port))
+            yield procs, consumer
         finally:
-            if proc is not None:
+            for proc in procs:
                 proc.stop()
             if consumer is not None:
                 consumer.stop()
 
+    def settled(self, procs: list[Proc], timeout: float = 60) -> None:
+        """Until the dedup group is stable: every ingest partition owned, the same for 2 s.
+
+        A second replica joining moves half the partitions (revoke, fence, restore); measuring
+        during that would charge the rebalance to the steady rate.
+        """
+        want = int(os.environ.get("BRIDGE_TOPICS__INGEST_PARTITIONS", "12"))
+        deadline = time.monotonic() + timeout
+        stable_since, last = time.monotonic(), None
+        while time.monotonic() < deadline:
+            counts = [measure.owned(p.port) for p in procs]
+            if counts != last:
+                stable_since, last = time.monotonic(), counts
+            elif sum(counts) == want and all(counts) and time.monotonic() - stable_since > 2:
+                print(f"  dedup group settled: partitions owned {counts}", flush=True)
+                return
+            time.sleep(0.2)
+        print(f"  dedup group NOT settled after {timeout:.0f} s: owned {last}", flush=True)
+
     # --- scenarios ------------------------------------------------------------------------
 
-    def warm_up(self, proc: Proc | None, consumer: measure.Consumer | None) -> int:
+    def warm_up(
+        self, procs: list[Proc], consumer: measure.Consumer | None, kind: str = "bridge"
+    ) -> int:
         """A second of light traffic first, so connection set-up is not measured."""
+        if kind == "bridge" and procs:
+            self.settled(procs)
         first = self._indices(1000)
-        gen = Loadgen(self.webhook_args(1000, 1000, first), self.work / f"warm-{first}.json")
+        ports = ",".join(str(p.port) for p in procs) or str(HTTP_PORT)
+        gen = Loadgen(
+            self.webhook_args(1000, 1000, first, ports=ports), self.work / f"warm-{first}.json"
+        )
         gen.expect("ready")
         gen.go(time.time() + 0.1)
         gen.expect("done")
@@ -381,22 +474,30 @@ class Bench:
             consumer.wait_for(1000, timeout=30)
         return 1000
 
-    def step_up(self, kind: str, name: str, rates: list[float], batch: int = 1) -> list[Measured]:
+    def step_up(
+        self, kind: str, name: str, rates: list[float], batch: int = 1, replicas: int = 1
+    ) -> list[Measured]:
         """Scenario 5: rising offered load on one running target until it fails twice."""
         rows: list[Measured] = []
         consume = kind != "noop"
-        with self.serving(kind, f"{name}-{kind}", consume=consume) as (proc, consumer):
-            read = self.warm_up(proc, consumer)
+        with self.serving(kind, f"{name}-{kind}", consume=consume, replicas=replicas) as (
+            procs,
+            consumer,
+        ):
+            read = self.warm_up(procs, consumer, kind)
+            ports = ",".join(str(p.port) for p in procs) or str(HTTP_PORT)
             failures = 0
             for rate in rates:
                 count = int(rate * self.plan.step_seconds) // batch * batch
                 first = self._indices(count)
                 gen = Loadgen(
-                    self.webhook_args(rate, count, first, batch),
+                    self.webhook_args(rate, count, first, batch, ports=ports),
                     self.work / f"{name}-{kind}-{rate:.0f}.json",
                 )
                 row = Measured(name, kind, rate, count)
-                self.measured(row, proc, [gen], consumer, first, already_read=read)
+                if replicas > 1:
+                    row.note = f"{replicas} processes, round-robin"
+                self.measured(row, procs, [gen], consumer, first, already_read=read)
                 read += count
                 rows.append(row)
                 failures = 0 if self.sustained(row) else failures + 1
@@ -418,14 +519,14 @@ class Bench:
 
     def fixed_webhook(self, kind: str, name: str, rate: float, batch: int = 1) -> Measured:
         count = int(rate * self.plan.fixed_seconds) // batch * batch
-        with self.serving(kind, f"{name}-{kind}", consume=kind != "noop") as (proc, consumer):
-            read = self.warm_up(proc, consumer)
+        with self.serving(kind, f"{name}-{kind}", consume=kind != "noop") as (procs, consumer):
+            read = self.warm_up(procs, consumer, kind)
             first = self._indices(count)
             gen = Loadgen(
                 self.webhook_args(rate, count, first, batch), self.work / f"{name}-{kind}.json"
             )
             row = Measured(name, kind, rate, count)
-            self.measured(row, proc, [gen], consumer, first, already_read=read)
+            self.measured(row, procs, [gen], consumer, first, already_read=read)
         self.rows.append(row)
         return row
 
@@ -499,25 +600,37 @@ class Bench:
         return row
 
     def dedup_memory(self) -> None:
-        out = subprocess.run(
-            [PY, "-m", "bench.dedupmem"], cwd=ROOT, check=True, capture_output=True, text=True
-        )
-        self.extra["dedup"] = orjson.loads(out.stdout)
-        last = self.extra["dedup"]["points"][-1]
-        print(f"  dedup window: {last['bytes_per_entry']:.0f} bytes per id at 1M ids", flush=True)
+        from bench.restore import memory
+
+        mem = memory()
+        self.extra["dedup"] = {
+            "window": "SeenWindow",
+            "points": mem["rss"],
+            "traced": mem["traced"],
+        }
+        last = mem["rss"][-1]
+        print(f"  SeenWindow: {last['bytes_per_entry']:.0f} bytes per id at 1M ids", flush=True)
+
+    def standalone(self, module: str, key: str, args: list[str]) -> None:
+        """bench.restore or bench.dedupstage in its own process, on this run's broker."""
+        out = self.work / f"{key}.json"
+        cmd = [PY, "-m", module, "--kafka-port", str(self.args.kafka_port), "--out", str(out)]
+        if self.args.profile:
+            cmd.append("--profile")
+        subprocess.run([*cmd, *args], cwd=ROOT, check=True)
+        self.extra[key] = orjson.loads(out.read_bytes())
 
     def profile_bridge(self, rate: float) -> None:
         """py-spy on the bridge under scenario 1's load: where its CPU goes."""
         seconds = self.plan.fixed_seconds
         count = int(rate * seconds)
-        with self.serving("bridge", "profile") as (proc, consumer):
-            assert proc is not None
-            read = self.warm_up(proc, consumer)
+        with self.serving("bridge", "profile") as (procs, consumer):
+            read = self.warm_up(procs, consumer)
             first = self._indices(count)
             gen = Loadgen(self.webhook_args(rate, count, first), self.work / "profile.json")
-            spy = profile.start(proc.pid, seconds, self.work / "profile.raw")
+            spy = profile.start(procs[0].pid, seconds, self.work / "profile.raw")
             row = Measured("profile", "bridge", rate, count)
-            self.measured(row, proc, [gen], consumer, first, already_read=read)
+            self.measured(row, procs, [gen], consumer, first, already_read=read)
             self.extra["profile"] = profile.finish(spy, self.work / "profile.raw")
 
     # --- the whole run --------------------------------------------------------------------
@@ -530,6 +643,7 @@ class Bench:
 
         self.extra["machine"] = machine()
         self.extra["uptime_start"] = uptime()
+        self.extra["tree"] = tree_state()
         started = time.time()
         plan = self.plan
         if want("stepup") or want("webhook"):
@@ -561,11 +675,22 @@ class Bench:
             rate = 0.5 * self.extra.get("max_rate", 0.0) or 1000.0
             print(f"scenario 4: both channels, every event twice, {rate:.0f} events/s", flush=True)
             self.ws_run("bridge", "both-channels", rate, int(rate * plan.fixed_seconds), both=True)
+        if want("replicas"):
+            print("two-stage: step-up with two bridge processes, round-robin", flush=True)
+            self.step_up("bridge", "stepup-2proc", plan.steps, replicas=2)
+        if want("restore"):
+            print("two-stage: restore of the seen-window", flush=True)
+            sizes = self.args.restore_sizes or ",".join(str(n) for n in plan.restore_sizes)
+            self.standalone("bench.restore", "restore", ["--sizes", sizes, "--no-memory"])
+        if want("stage"):
+            print("two-stage: the dedup stage's own throughput", flush=True)
+            records = self.args.stage_records or plan.stage_records
+            self.standalone("bench.dedupstage", "stage", ["--records", str(records)])
         if want("memory"):
             print("scenario 6: dedup window memory", flush=True)
             self.dedup_memory()
         if self.args.profile:
-            rate = 0.7 * self.extra.get("max_rate", 0.0) or 3000.0
+            rate = 0.7 * (self.extra.get("max_rate") or plan.steps[0])
             print(f"profile: py-spy on the bridge at {rate:.0f}/s", flush=True)
             self.profile_bridge(rate)
         self.extra["uptime_end"] = uptime()
@@ -575,7 +700,7 @@ class Bench:
 
     def write(self) -> Path:
         stamp = datetime.date.today().isoformat()
-        name = f"{stamp}-{commit()}{'-quick' if self.args.quick else ''}"
+        name = self.args.name or f"{stamp}-{commit()}{'-quick' if self.args.quick else ''}"
         out_dir = Path(self.args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         data = {
@@ -639,14 +764,12 @@ def commit() -> str:
     return head or "nocommit"
 
 
-def ensure_kcat() -> None:
-    """kcat is Debian's package; install it when missing (needs root, like the Makefile's tools)."""
-    if shutil.which("kcat"):
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("kcat is missing: apt-get install -y kcat (as root)")
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "kcat"], check=True)
+def tree_state() -> list[str]:
+    """`git status --short` of bridge/: what the measured code was, beyond the commit."""
+    out = subprocess.run(
+        ["git", "status", "--short", "--", "bridge"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def main() -> None:
@@ -654,19 +777,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
     parser.add_argument("--kafka-port", type=int, default=19092)
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--only", help="stepup,batch,ws,kcat,both,memory")
+    parser.add_argument("--only", help="stepup,batch,ws,kcat,both,replicas,restore,stage,memory")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also py-spy the bridge")
+    parser.add_argument("--name", help="the report's file name (default <date>-<commit>)")
+    parser.add_argument("--restore-sizes", help="ids per restore, e.g. 100000,1000000")
+    parser.add_argument("--stage-records", type=int, help="distinct ids for the stage run")
+    parser.add_argument("--steps", help="step-up rates, events/s, e.g. 500,1000,2000")
+    parser.add_argument("--step-seconds", type=float, default=0, help="seconds per step")
     args = parser.parse_args()
-    ensure_kcat()
+    measure.ensure_kcat()
     bench = Bench(args)
     bench.kafka("up")
-    try:
-        bench.broker_pid = int(
-            (ROOT / ".cache" / "kafka-data" / str(args.kafka_port) / "broker.pid").read_text()
-        )
-    except (OSError, ValueError):
-        bench.broker_pid = 0
+    bench.broker_pid = broker.pid(args.kafka_port)
     try:
         bench.run()
     finally:

@@ -59,6 +59,8 @@ async def tail(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        # The dedup stage writes in transactions: only committed records are real output.
+        isolation_level="read_committed",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,9 @@
 """Baseline (b): the real bridge with publishing replaced by a no-op: the Python-side ceiling.
 
-Everything runs as in `pinecall-bridge run` (settings from the environment, JSON logs, metrics,
-signature checks, normalisation, dedup) except that `send` returns an already-resolved future.
+Everything of the ingest stage runs as in `pinecall-bridge run` (settings from the environment,
+JSON logs, metrics, signature checks, normalisation, ingest encoding) except that `send` returns
+an already-resolved future. There is no Kafka, so no dedup stage and no feed lease: the feed, when
+enabled, starts at once. Its delivered count is `events_ingested_total`.
 
   python -m bench.baselines.noop      # configured with the same BRIDGE_* variables
 """
@@ -42,11 +44,37 @@ class NoopSink(KafkaSink):
         return None
 
 
+class NoDedup:
+    """The dedup stage's place, empty: nothing reaches an ingest topic to deduplicate."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class HeldLease:
+    """The feed lease, always held: one process, no group to ask."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+
+    async def start(self) -> None:
+        await self._bridge._start_feed()
+
+    async def stop(self) -> None:
+        return None
+
+
 async def serve(settings: Settings) -> None:
     bridge = Bridge(settings, Metrics())
     sink = NoopSink(settings.kafka, bridge.metrics)
     bridge.sink = sink
     bridge.pipeline._sink = sink  # the pipeline's one reference to its sink
+    bridge.dedup = NoDedup()  # type: ignore[assignment]
+    if bridge.lease is not None:
+        bridge.lease = HeldLease(bridge)  # type: ignore[assignment]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -61,7 +61,11 @@ class RecentEvents:
         self._settings = settings
         self._topics = topics
         self._consumer = AIOKafkaConsumer(
-            **client_options(settings.kafka), group_id=None, enable_auto_commit=False
+            **client_options(settings.kafka),
+            group_id=None,
+            enable_auto_commit=False,
+            # Aborted dedup transactions stay in the log; downstream readers skip them.
+            isolation_level="read_committed",
         )
 
     async def start(self) -> None:
@@ -199,8 +203,8 @@ async def _headless(
         console.print("interrupted")
         return 130
     expected = simulator.ledger.expected_ids()
-    # The consumer trails the producer by a poll or two: give it a few seconds to catch up.
-    for _ in range(100):
+    # Output trails the answers by a dedup commit interval and a poll or two: let it catch up.
+    for _ in range(300):
         if expected <= set(recent.ids):
             break
         await asyncio.sleep(0.1)
@@ -211,8 +215,10 @@ async def _headless(
         f"{len(expected):,} durable events from {simulator.snapshot()['events_generated']:,}"
         f" generated in {time.monotonic() - start:.1f} s;"
         f" received {sum(snapshot.received.values()):,.0f} copies over both channels,"
-        f" removed {snapshot.duplicates:,.0f} duplicates, dropped {snapshot.dropped:,.0f}"
-        f" ephemeral; published {sum(snapshot.published.values()):,.0f}."
+        f" dropped {snapshot.dropped:,.0f} ephemeral, ingested"
+        f" {sum(snapshot.ingested.values()):,.0f}; the dedup stage removed"
+        f" {snapshot.duplicates:,.0f} duplicates and published"
+        f" {sum(snapshot.published.values()):,.0f}."
     )
     console.print(f"lost {len(lost)}, doubled {len(doubled)}")
     return 0 if not lost and not doubled else 1

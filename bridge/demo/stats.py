@@ -15,7 +15,8 @@ PREFIX = "pinecall_bridge_"
 class Snapshot:
     at: float
     received: dict[str, float] = field(default_factory=dict)
-    published: dict[str, float] = field(default_factory=dict)
+    ingested: dict[str, float] = field(default_factory=dict)  # by channel, in the ingest topic
+    published: dict[str, float] = field(default_factory=dict)  # by output topic, committed
     duplicates: float = 0.0
     rejected: float = 0.0
     dead_lettered: float = 0.0
@@ -23,25 +24,32 @@ class Snapshot:
     kafka_connected: bool = False
     websocket_connected: bool = False
     websocket_reconnects: float = 0.0
-    latency_buckets: tuple[tuple[float, float], ...] = ()
+    latency_buckets: tuple[tuple[float, float], ...] = ()  # receipt → ingest ack
+    end_to_end_buckets: tuple[tuple[float, float], ...] = ()  # receipt → output committed
 
 
 def take(registry: CollectorRegistry, at: float) -> Snapshot:
     """Read the registry once."""
     received: dict[str, float] = defaultdict(float)
+    ingested: dict[str, float] = defaultdict(float)
     published: dict[str, float] = defaultdict(float)
     totals: dict[str, float] = defaultdict(float)
     buckets: list[tuple[float, float]] = []
+    end_to_end: list[tuple[float, float]] = []
     gauges: dict[str, float] = {}
     for metric in registry.collect():
         for sample in metric.samples:
             name = sample.name.removeprefix(PREFIX)
             if name == "events_received_total":
                 received[sample.labels["channel"]] += sample.value
+            elif name == "events_ingested_total":
+                ingested[sample.labels["channel"]] += sample.value
             elif name == "events_published_total":
                 published[sample.labels["topic"]] += sample.value
             elif name == "publish_duration_seconds_bucket":
                 buckets.append((float(sample.labels["le"]), sample.value))
+            elif name == "end_to_end_seconds_bucket":
+                end_to_end.append((float(sample.labels["le"]), sample.value))
             elif name.endswith("_total"):
                 totals[name] += sample.value
             else:
@@ -49,6 +57,7 @@ def take(registry: CollectorRegistry, at: float) -> Snapshot:
     return Snapshot(
         at=at,
         received=dict(received),
+        ingested=dict(ingested),
         published=dict(published),
         duplicates=totals["events_duplicate_total"],
         rejected=totals["events_rejected_total"],
@@ -58,6 +67,7 @@ def take(registry: CollectorRegistry, at: float) -> Snapshot:
         websocket_connected=gauges.get("websocket_connected", 0.0) == 1.0,
         websocket_reconnects=totals["websocket_reconnects_total"],
         latency_buckets=tuple(sorted(buckets)),
+        end_to_end_buckets=tuple(sorted(end_to_end)),
     )
 
 

@@ -42,11 +42,14 @@ def render(
             f"{now.received[channel]:,.0f}",
             f"{received_rate[channel]:,.1f}",
         )
+    ingested = sum(now.ingested.values())
+    ingested_rate = sum(rate(now.ingested, before.ingested, seconds).values())
+    flow.add_row("written to the ingest topic", f"{ingested:,.0f}", f"{ingested_rate:,.1f}")
     for topic in sorted(now.published):
         flow.add_row(
             f"published to {topic}", f"{now.published[topic]:,.0f}", f"{published_rate[topic]:,.1f}"
         )
-    flow.add_row("duplicates removed", f"{now.duplicates:,.0f}", "")
+    flow.add_row("duplicates removed (dedup stage)", f"{now.duplicates:,.0f}", "")
     flow.add_row("dropped (ephemeral, markers)", f"{now.dropped:,.0f}", "")
     flow.add_row("rejected", f"{now.rejected:,.0f}", "")
     flow.add_row("dead-lettered", f"{now.dead_lettered:,.0f}", "")
@@ -61,6 +64,8 @@ def render(
     health.add_row("publish p50 (last 1 s)", _ms(quantile(0.5, *window)))
     health.add_row("publish p99 (last 1 s)", _ms(quantile(0.99, *window)))
     health.add_row("publish p99 (all)", _ms(quantile(0.99, now.latency_buckets)))
+    e2e = (now.end_to_end_buckets, before.end_to_end_buckets)
+    health.add_row("end-to-end p99 (last 1 s)", _ms(quantile(0.99, *e2e)))
 
     tables = Table.grid(expand=True)
     tables.add_column(ratio=3)

@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -151,6 +152,31 @@ class RunningBridge:
 BridgeFactory = Callable[..., Any]
 
 
+async def scrape(handle: RunningBridge) -> dict[str, float]:
+    """The bridge's /metrics as {'name{labels}': value}."""
+    async with handle.session.get(handle.url + "/metrics") as response:
+        text = await response.text()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pinecall_bridge_")
+    }
+
+
+async def until_metrics(
+    handle: RunningBridge, condition: Callable[[dict[str, float]], bool], within: float = 30
+) -> dict[str, float]:
+    """Scrape until `condition` holds: the dedup stage counts only when a transaction commits."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        metrics = await scrape(handle)
+        if condition(metrics):
+            return metrics
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"metrics never matched within {within}s: {metrics}")
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def start_bridge(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Callable[..., Any]]:
     """Start in-process bridges (real HTTP, real Kafka); all stopped at the end of the test.
@@ -230,6 +256,88 @@ async def consume_until(
                     )
                     for m in batch
                 )
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
+    """Per ingest partition, records not yet committed by the dedup group (0: all decided)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        [described] = await admin.describe_topics([names.ingest])
+        partitions = [TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]]
+        ends = await consumer.end_offsets(partitions)
+        committed = await admin.list_consumer_group_offsets(names.group, partitions=partitions)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return {
+        tp.partition: end - max(committed[tp].offset if tp in committed else 0, 0)
+        for tp, end in ends.items()
+    }
+
+
+async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> None:
+    """Until the dedup group has committed every ingest record: the output is then final."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        backlog = await ingest_backlog(bootstrap, names)
+        if not any(backlog.values()):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"dedup backlog after {within}s: {backlog}")
+        await asyncio.sleep(0.2)
+
+
+async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:
+    """Run a bridge of the same dedup group until the ingest topic is decided, then stop it.
+
+    A stopped bridge leaves ingest records it was not handed yet to the group's next member;
+    this is that member.
+    """
+    bridge = Bridge(bridge_settings(bootstrap, names))
+    await bridge.start()
+    try:
+        await until_decided(bootstrap, names, within)
+    finally:
+        await bridge.stop()
+
+
+async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) -> list[Consumed]:
+    """Once the dedup group has decided every ingest record: all committed output, to its end."""
+    await until_decided(bootstrap, names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topic_names)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+    ]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Consumed] = []
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
+        async with asyncio.timeout(30):
+            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(
+                        Consumed(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
+                        for m in batch
+                    )
     finally:
         await consumer.stop()
     return records

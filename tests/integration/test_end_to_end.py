@@ -17,14 +17,24 @@ from bridge.config import KafkaSettings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sink.kafka import topic_partitions
-from tests.integration.conftest import SECRET, Consumed, Topics, bridge_settings, wait_ready
+from tests.integration.conftest import (
+    SECRET,
+    Consumed,
+    Topics,
+    bridge_settings,
+    until_decided,
+    wait_ready,
+)
 
 
 async def read_to_end(bootstrap: str, topic_names: list[str]) -> list[Consumed]:
-    """Every record the topics hold right now, in partition order."""
+    """Every committed record the topics hold right now, in partition order."""
     partitions = await topic_partitions(KafkaSettings(bootstrap_servers=[bootstrap]), topic_names)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:
@@ -112,15 +122,26 @@ async def test_both_channels_with_faults_match_the_ledger(
         async with asyncio.timeout(15):
             await simulator.wait_for_subscribers(1)  # the last fault was noticed and recovered
         await settled(bridge)
-        metrics = bridge.metrics.registry
-        reconnects = {
-            sample.labels["reason"]: sample.value
-            for metric in metrics.collect()
-            for sample in metric.samples
-            if sample.name == "pinecall_bridge_websocket_reconnects_total"
-        }
+        # Every ingest record decided and committed by the dedup stage: the output is final.
+        await until_decided(kafka_bootstrap, topics)
     finally:
         await bridge.stop()
+
+    # Read after the stop: the dedup stage counts a transaction once its commit has returned.
+    metrics = bridge.metrics.registry
+    samples = [sample for metric in metrics.collect() for sample in metric.samples]
+    reconnects = {
+        sample.labels["reason"]: sample.value
+        for sample in samples
+        if sample.name == "pinecall_bridge_websocket_reconnects_total"
+    }
+    ingested = sum(s.value for s in samples if s.name == "pinecall_bridge_events_ingested_total")
+    duplicates = sum(s.value for s in samples if s.name == "pinecall_bridge_events_duplicate_total")
+    published = sum(
+        s.value
+        for s in samples
+        if s.name == "pinecall_bridge_events_published_total" and s.labels["topic"] == topics.events
+    )
 
     assert faults == [1, 1, 1, 1], "every fault hit the bridge's one connection"
     assert faults_done_while_flowing, "the faults must hit the feed while events flow"
@@ -131,6 +152,9 @@ async def test_both_channels_with_faults_match_the_ledger(
     assert sum(reconnects.values()) >= 4, reconnects
     assert reconnects["auth"] >= 2, reconnects
     assert simulator.token_requests >= 5
+    # Copies arrived over both channels; the dedup stage, not the ingest stage, removed them.
+    assert ingested > published > 0, (ingested, published)
+    assert duplicates == ingested - published, (ingested, published, duplicates)
 
     expected = simulator.ledger.expected_ids()
     records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])

@@ -180,20 +180,21 @@ async def test_publishes_through_secured_listener(
     listener: str,
     security: Security,
 ) -> None:
-    """Topics created, ready, the event acknowledged and in Kafka once, keyed by its call."""
+    """Topics created, ready, events acknowledged and output once, keyed by their call."""
     bridge = await launch(broker.bootstrap(listener), security(broker.certs))
     await wait_ready(bridge.url, within=30)
-    for seq in (1, 2):
+    for seq in (1, 2, 1):
         status, body = await bridge.post(entry(seq, unique_call))
-        assert (status, body["published"]) == (200, 1), body
+        assert (status, body["accepted"]) == (200, 1), body
+    assert (await bridge.post(entry(3, unique_call)))[0] == 200
 
-    # The second event (same call, same partition) is read only after everything before it.
+    # Both stages (ingest producer, dedup group and transactional producers) work through the
+    # listener. The last event (same call, same partition) is read only after those before it.
     records = await consume_until(
-        broker.bootstrap("PLAINTEXT"), [topics.events], has_id(f"{unique_call}:2")
+        broker.bootstrap("PLAINTEXT"), [topics.events], has_id(f"{unique_call}:3")
     )
     assert [(r.key, r.json()["id"]) for r in records] == [
-        (unique_call.encode(), f"{unique_call}:1"),
-        (unique_call.encode(), f"{unique_call}:2"),
+        (unique_call.encode(), f"{unique_call}:{seq}") for seq in (1, 2, 3)
     ]
 
 

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
-from bridge.sink.kafka import KafkaSink
+from bridge.sink.kafka import KafkaSink, TopicSpec
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, isolation: str) -> list[bytes]:
@@ -82,7 +82,7 @@ async def test_idempotent_produce_and_consume(kafka_bootstrap: str) -> None:
 async def test_transactions_commit_and_abort(kafka_bootstrap: str) -> None:
     topic = f"smoke.{uuid.uuid4().hex[:8]}"
     sink = KafkaSink(KafkaSettings(bootstrap_servers=[kafka_bootstrap]), Metrics())
-    await sink.ensure_topics(TopicSettings(partitions=1), [topic])
+    await sink.ensure_topics(TopicSettings(partitions=1), [TopicSpec(topic)])
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_bootstrap, transactional_id=f"smoke-{uuid.uuid4().hex[:8]}"
     )

@@ -9,8 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 
+from bridge import jsoncodec
 from bridge.cli import main
 from bridge.service import Bridge
 from bridge.simulator import Simulator
@@ -117,3 +120,42 @@ async def test_tail_shows_what_downstream_sees(
     assert shown == 1
     assert f"call.started {unique_call} {unique_call}:1 via webhook" in text
     assert "turn.user" not in text
+
+
+async def test_tail_skips_records_of_aborted_transactions(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topics.events, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{topics.group}-tail"
+    )
+    await producer.start()
+    try:
+        for event_id, commit in (("aborted:1", False), ("committed:1", True)):
+            await producer.begin_transaction()
+            value = jsoncodec.dumps({"id": event_id, "type": "turn.user", "subject": "CA_t"})
+            await producer.send_and_wait(topics.events, value, key=b"CA_t")
+            if commit:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    console = Console(record=True, width=400)
+    shown = await tail(
+        bridge_settings(kafka_bootstrap, topics),
+        [topics.events],
+        TailFilter(),
+        from_beginning=True,
+        limit=1,
+        console=console,
+    )
+    text = console.export_text()
+    assert shown == 1
+    assert "committed:1" in text
+    assert "aborted:1" not in text

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bridge.service import Bridge
 from tests.integration.conftest import (
@@ -30,11 +31,34 @@ async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
 
 
+async def topic_config(bootstrap: str, name: str) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    finally:
+        await admin.close()
+    [resource] = response.resources
+    return {entry[0]: entry[1] for entry in resource[4]}
+
+
 async def test_bridge_creates_its_topics(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str
 ) -> None:
-    found = await describe(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
-    assert found == {topics.events: 3, topics.alerts: 3, topics.dlq: 3}
+    names = [topics.events, topics.alerts, topics.dlq, topics.ingest, topics.feed_lease]
+    found = await describe(kafka_bootstrap, names)
+    assert found == {
+        topics.events: 3,
+        topics.alerts: 3,
+        topics.dlq: 3,
+        topics.ingest: 3,  # ingest_partitions, set to 3 for the tests
+        topics.feed_lease: 1,  # one partition: its one assignee holds the feed
+    }
+    config = await topic_config(kafka_bootstrap, topics.ingest)
+    # Restore replays by the broker's append time; retention keeps the TTL plus a margin.
+    assert config["message.timestamp.type"] == "LogAppendTime"
+    assert config["cleanup.policy"] == "delete"
+    assert config["retention.ms"] == str((900 + 3600) * 1000)
 
 
 async def test_pre_created_topics_without_create_right(
@@ -43,8 +67,13 @@ async def test_pre_created_topics_without_create_right(
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
+        names = (topics.events, topics.alerts, topics.dlq, topics.ingest, topics.feed_lease)
+        ingest_config = {"message.timestamp.type": "LogAppendTime"}
         await admin.create_topics(
-            [NewTopic(name, 1, 1) for name in (topics.events, topics.alerts, topics.dlq)]
+            [
+                NewTopic(name, 1, 1, topic_configs=ingest_config if name == topics.ingest else None)
+                for name in names
+            ]
         )
     finally:
         await admin.close()
@@ -52,7 +81,8 @@ async def test_pre_created_topics_without_create_right(
     assert (await bridge.post(entry(1, unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     # The bridge kept the operator's layout: one partition, not its default three.
-    assert (await describe(kafka_bootstrap, [topics.events]))[topics.events] == 1
+    found = await describe(kafka_bootstrap, [topics.events, topics.ingest])
+    assert found == {topics.events: 1, topics.ingest: 1}
 
 
 async def test_missing_topic_keeps_the_bridge_unready(

@@ -17,6 +17,8 @@ from tests.integration.conftest import (
     consume_until,
     entry,
     has_id,
+    read_decided,
+    until_metrics,
 )
 
 SCHEMA = json.loads(
@@ -29,7 +31,7 @@ async def test_signed_event_lands_keyed_by_call(
 ) -> None:
     status, body = await bridge.post(entry(1, unique_call))
     assert status == 200
-    assert body["published"] == 1
+    assert body == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
     [record] = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     assert record.key == unique_call.encode()
     assert record.headers["content-type"] == b"application/cloudevents+json; charset=utf-8"
@@ -47,23 +49,25 @@ async def test_duplicate_in_other_bytes_lands_once(
 ) -> None:
     first = entry(1, unique_call)
     assert (await bridge.post(first))[0] == 200
-    # Same event: other key order and whitespace, bare-hex signature, and inside a batch.
+    # Same event: other key order and whitespace, bare-hex signature, and inside a batch. Each
+    # copy is accepted into the ingest topic; the dedup stage drops all but the first.
     reordered = json.dumps(dict(reversed(list(first.items()))), indent=2).encode()
     status, body = await bridge.post(reordered, bare=True)
-    assert (status, body["duplicates"]) == (200, 1)
+    assert (status, body["accepted"]) == (200, 1)
     status, body = await bridge.post([first, entry(2, unique_call)])
-    assert (status, body["published"], body["duplicates"]) == (200, 1, 1)
+    assert (status, body["accepted"]) == (200, 2)
     # Concurrent copies of one new event.
     results = await asyncio.gather(*(bridge.post(entry(3, unique_call)) for _ in range(5)))
-    assert [status for status, _ in results] == [200] * 5
-    assert sum(body["published"] for _, body in results) == 1
+    assert [(status, body["accepted"]) for status, body in results] == [(200, 1)] * 5
+    # Posted last on the same call: once it is visible, every earlier copy has been decided.
+    assert (await bridge.post(entry(4, unique_call)))[0] == 200
 
-    records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
-    assert [r.json()["id"] for r in records] == [
-        f"{unique_call}:1",
-        f"{unique_call}:2",
-        f"{unique_call}:3",
-    ]
+    records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:4"))
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:{n}" for n in (1, 2, 3, 4)]
+    metrics = await until_metrics(
+        bridge, lambda m: m.get('pinecall_bridge_events_duplicate_total{channel="webhook"}') == 6
+    )
+    assert metrics['pinecall_bridge_events_ingested_total{channel="webhook"}'] == 10
 
 
 async def test_forged_signature_lands_nothing(
@@ -88,7 +92,7 @@ async def test_ephemerals_and_markers_dropped(
             entry(2, unique_call),
         ]
     )
-    assert (status, body["dropped"], body["published"]) == (200, 2, 1)
+    assert (status, body["dropped"], body["accepted"]) == (200, 2, 1)
     records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
     assert [r.json()["type"] for r in records] == ["turn.user"]
 
@@ -98,7 +102,7 @@ async def test_batch_lands_whole_in_order(
 ) -> None:
     batch = [entry(seq, unique_call) for seq in range(1, 21)]
     status, body = await bridge.post(batch)
-    assert (status, body["published"]) == (200, 20)
+    assert (status, body["accepted"]) == (200, 20)
     records = await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= 20)
     assert [r.json()["pinecallseq"] for r in records] == list(range(1, 21))
     assert {r.partition for r in records} == {records[0].partition}
@@ -138,18 +142,27 @@ async def test_alerts_and_dead_letters(
     }
     raw_alert = jsoncodec.dumps(alert)
     assert (await bridge.post(raw_alert))[0] == 200
-    assert (await bridge.post(raw_alert))[1]["duplicates"] == 1  # Pinecall's retry: same bytes
+    assert (await bridge.post(raw_alert))[0] == 200  # Pinecall's retry: same bytes
     not_an_event = b'{"hello": "world"}'
     status, body = await bridge.post(not_an_event)
     assert (status, body["dead_lettered"]) == (202, 1)
+    assert (await bridge.post(not_an_event))[0] == 202  # and the dead letter's retry
+    # Later, distinct records on each topic: once both are visible, the copies have been decided.
+    later_alert = {**alert, "at": 1_790_000_001.5}
+    assert (await bridge.post(later_alert))[0] == 200
+    assert (await bridge.post(b'{"hello": "later"}'))[0] == 202
 
     def both(records: list[Consumed]) -> bool:
-        return {r.topic for r in records} == {topics.alerts, topics.dlq}
+        return sum(r.topic == topics.alerts for r in records) >= 2 and any(
+            r.value == b'{"hello": "later"}' for r in records
+        )
 
     records = await consume_until(kafka_bootstrap, [topics.alerts, topics.dlq], both)
+    # Dead letters are keyless, each in an ingest partition of its own: wait for every copy.
+    records = await read_decided(kafka_bootstrap, topics, [topics.alerts, topics.dlq])
     alerts = [r for r in records if r.topic == topics.alerts]
     dead = [r for r in records if r.topic == topics.dlq]
-    assert len(alerts) == 1
+    assert len(alerts) == 2
     assert alerts[0].key == b"@support"
     ce = alerts[0].json()
     assert (ce["type"], ce["pinecallorg"], ce["time"]) == (
@@ -158,9 +171,12 @@ async def test_alerts_and_dead_letters(
         "2026-09-21T14:13:20.500Z",
     )
     assert "subject" not in ce
-    assert [(r.value, r.headers["pinecall-dlq-reason"]) for r in dead] == [
-        (not_an_event, b"missing_type")
+    assert sorted((r.value, r.headers["pinecall-dlq-reason"]) for r in dead) == [
+        (b'{"hello": "later"}', b"missing_type"),
+        (not_an_event, b"missing_type"),
     ]
+    # The dedup stage's bookkeeping never reaches a reader.
+    assert not any(name.startswith("pinecall-ingest-") for r in records for name in r.headers)
 
 
 async def test_ephemeral_topic_when_configured(
@@ -177,16 +193,14 @@ async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: s
     await bridge.post(entry(1, unique_call))
     await bridge.post(entry(1, unique_call))
     await bridge.post(entry(2, unique_call), secret="forged")
-    async with bridge.session.get(bridge.url + "/metrics") as response:
-        text = await response.text()
-    metrics = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("pinecall_bridge_")
-    }
     events_topic = bridge.bridge.settings.topics.events
-    assert metrics[f'pinecall_bridge_events_published_total{{topic="{events_topic}"}}'] == 1
-    assert metrics['pinecall_bridge_events_duplicate_total{channel="webhook"}'] == 1
+    published = f'pinecall_bridge_events_published_total{{topic="{events_topic}"}}'
+    duplicates = 'pinecall_bridge_events_duplicate_total{channel="webhook"}'
+    # Output counters move when the dedup stage commits, a moment after the webhook answer.
+    metrics = await until_metrics(
+        bridge, lambda m: m.get(published) == 1 and m.get(duplicates) == 1
+    )
+    assert metrics['pinecall_bridge_events_ingested_total{channel="webhook"}'] == 2
     assert (
         metrics[
             'pinecall_bridge_events_rejected_total{channel="webhook",reason="invalid_signature"}'
@@ -194,5 +208,10 @@ async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: s
         == 1
     )
     assert metrics["pinecall_bridge_kafka_connected"] == 1
-    assert metrics["pinecall_bridge_publish_duration_seconds_count"] == 1
+    assert metrics["pinecall_bridge_publish_duration_seconds_count"] == 2
+    assert metrics["pinecall_bridge_end_to_end_seconds_count"] == 1
+    assert metrics["pinecall_bridge_event_lag_seconds_count"] == 1
     assert metrics["pinecall_bridge_dedup_entries"] == 1
+    assert metrics["pinecall_bridge_dedup_partitions_owned"] == 3
+    assert metrics['pinecall_bridge_dedup_transactions_total{outcome="committed"}'] >= 1
+    assert metrics["pinecall_bridge_inflight_events"] == 0

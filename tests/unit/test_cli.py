@@ -33,13 +33,13 @@ def test_check_invalid_exits_2_listing_each_problem(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "70000")
-    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES", "0")
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "0")
     monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
     with pytest.raises(SystemExit) as exited:
         main(["check"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    for name in ("BRIDGE_HTTP__PORT", "BRIDGE_DEDUP__MAX_ENTRIES", "BRIDGE_WEBHOOK"):
+    for name in ("BRIDGE_HTTP__PORT", "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "BRIDGE_WEBHOOK"):
         assert name in err
     assert "hunter2" not in err
 

@@ -29,7 +29,27 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         "pinecall.dlq",
         None,
     )
-    assert (s.dedup.ttl_seconds, s.dedup.max_entries) == (900, 1_000_000)
+    assert (s.topics.ingest, s.topics.ingest_partitions, s.topics.feed_lease) == (
+        "pinecall.ingest",
+        12,
+        "pinecall.feed-lease",
+    )
+    d = s.dedup
+    assert (d.ttl_seconds, d.max_entries_per_partition, d.group) == (
+        900,
+        5_000_000,
+        "pinecall-bridge",
+    )
+    assert (
+        d.commit_interval_ms,
+        d.session_timeout_ms,
+        d.heartbeat_interval_ms,
+        d.transaction_timeout_ms,
+        d.end_transaction_timeout_seconds,
+        d.ingest_retention_margin_seconds,
+    ) == (100, 10_000, 3_000, 8_000, 5, 3600)
+    assert d.ingest_retention_ms() == (900 + 3600) * 1000
+    assert not hasattr(d, "max_entries")  # replaced by max_entries_per_partition
 
 
 def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +66,17 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "BRIDGE_TOPICS__DLQ": "d",
         "BRIDGE_TOPICS__EPHEMERAL": "eph",
         "BRIDGE_DEDUP__TTL_SECONDS": "60",
-        "BRIDGE_DEDUP__MAX_ENTRIES": "10",
+        "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION": "10",
+        "BRIDGE_DEDUP__GROUP": "bridge.prod_1",
+        "BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "50",
+        "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "30000",
+        "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "10000",
+        "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "20000",
+        "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "15",
+        "BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS": "0",
+        "BRIDGE_TOPICS__INGEST": "i",
+        "BRIDGE_TOPICS__INGEST_PARTITIONS": "24",
+        "BRIDGE_TOPICS__FEED_LEASE": "l",
         "BRIDGE_ROUTING__RULES": '[{"match": "metrics.*", "topic": "m"}]',
     }
     for key, value in env.items():
@@ -62,7 +92,12 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "d",
         "eph",
     )
-    assert (s.dedup.ttl_seconds, s.dedup.max_entries, s.webhook.max_body_bytes) == (60, 10, 2048)
+    d = s.dedup
+    assert (d.ttl_seconds, d.max_entries_per_partition, s.webhook.max_body_bytes) == (60, 10, 2048)
+    assert (d.group, d.commit_interval_ms, d.session_timeout_ms) == ("bridge.prod_1", 50, 30_000)
+    assert (d.heartbeat_interval_ms, d.transaction_timeout_ms) == (10_000, 20_000)
+    assert (d.end_transaction_timeout_seconds, d.ingest_retention_ms()) == (15, 60_000)
+    assert (s.topics.ingest, s.topics.ingest_partitions, s.topics.feed_lease) == ("i", 24, "l")
     assert s.routing.rules[0].topic == "m"
 
 
@@ -134,6 +169,14 @@ def test_describe_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BRIDGE_LOG__LEVEL", "chatty"),
         ("BRIDGE_ROUTING__RULES", "not json"),
         ("BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS", "0"),
+        ("BRIDGE_TOPICS__INGEST", "bad topic"),
+        ("BRIDGE_TOPICS__FEED_LEASE", ""),
+        ("BRIDGE_TOPICS__INGEST_PARTITIONS", "0"),
+        ("BRIDGE_DEDUP__TTL_SECONDS", "0"),
+        ("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "0"),
+        ("BRIDGE_DEDUP__GROUP", ""),
+        ("BRIDGE_DEDUP__COMMIT_INTERVAL_MS", "0"),
+        ("BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS", "-1"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -164,3 +207,72 @@ def test_settings_the_protocol_would_ignore_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="ignored with"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "8000"},
+            "BRIDGE_DEDUP: need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
+            " (got 8000, 8000, 10000)",
+        ),
+        (
+            {"BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "10000"},
+            "BRIDGE_DEDUP: need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
+            " (got 100, 10000, 10000)",
+        ),
+        (
+            {"BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "3334"},
+            "BRIDGE_DEDUP: heartbeat_interval_ms must be at most a third of session_timeout_ms",
+        ),
+        (
+            {"BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "8"},
+            "BRIDGE_DEDUP: end_transaction_timeout_seconds must be shorter than"
+            " transaction_timeout_ms",
+        ),
+        (
+            {"BRIDGE_DEDUP__GROUP": "my group"},
+            "BRIDGE_DEDUP__GROUP: must use only [A-Za-z0-9._-] (it names transactional ids too)",
+        ),
+        (
+            {"BRIDGE_TOPICS__INGEST": "pinecall.alerts"},
+            "BRIDGE_TOPICS__INGEST must not be an output topic",
+        ),
+        (
+            {"BRIDGE_TOPICS__FEED_LEASE": "eph", "BRIDGE_TOPICS__EPHEMERAL": "eph"},
+            "BRIDGE_TOPICS__FEED_LEASE must not be an output topic",
+        ),
+        (
+            {"BRIDGE_ROUTING__RULES": '[{"match": "metrics.*", "topic": "pinecall.ingest"}]'},
+            "BRIDGE_TOPICS__INGEST must not be an output topic",
+        ),
+        (
+            {"BRIDGE_TOPICS__FEED_LEASE": "pinecall.ingest"},
+            "BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ",
+        ),
+    ],
+)
+def test_dedup_and_internal_topic_rules(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [problem]
+
+
+def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for name, value in {
+        "BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "4999",
+        "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "5000",
+        "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "6000",
+        "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "2000",
+        "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "4.999",
+    }.items():
+        monkeypatch.setenv(name, value)
+    d = load_settings().dedup
+    assert (d.commit_interval_ms, d.heartbeat_interval_ms) == (4999, 2000)

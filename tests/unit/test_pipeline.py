@@ -5,11 +5,14 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.config import TopicSettings
-from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
+from bridge.sink.record import Record
 from tests.unit.fakes import FakeSink
+
+INGEST = "pinecall.ingest"
 
 
 def entry(seq: int, call: str = "CA_1", **over: Any) -> dict[str, Any]:
@@ -30,12 +33,13 @@ def make(sink: FakeSink, timeout: float = 1.0, **topics: Any) -> tuple[Pipeline,
     metrics = Metrics()
     pipeline = Pipeline(
         sink,
-        MemoryDedupStore(DedupWindow(ttl=60, max_entries=1000)),
         Router(TopicSettings(**topics), []),
         metrics,
         source="test",
+        ingest_topic=INGEST,
         dlq_topic="pinecall.dlq",
         publish_timeout=timeout,
+        clock=lambda: 1_700_000_500.25,
     )
     return pipeline, metrics
 
@@ -45,23 +49,53 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def test_publishes_cloudevent_keyed_by_call() -> None:
+def output(record: Record) -> Record:
+    """The output record an ingest record carries (what the dedup stage will write)."""
+    decoded = decode(record.key, record.value, record.headers)
+    assert decoded is not None
+    return decoded.output
+
+
+def reachable(sink: FakeSink) -> bool | None:
+    """What the pipeline last reported (a call, so the type checker does not narrow it)."""
+    return sink.reachable
+
+
+def ids(sink: FakeSink) -> list[str]:
+    return [jsoncodec.loads(r.value)["id"] for r in sink.records]
+
+
+async def test_writes_the_cloudevent_to_the_ingest_topic_keyed_by_call() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     result = await pipeline.submit([entry(1)], "webhook")
     assert result.ok
-    assert result.published == 1
+    assert result.as_dict() == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
     [record] = sink.records
-    assert (record.topic, record.key) == ("pinecall.events", b"CA_1")
-    ce = jsoncodec.loads(record.value)
+    assert (record.topic, record.key) == (INGEST, b"CA_1")
+    headers = dict(record.headers)
+    assert headers["pinecall-ingest-topic"] == b"pinecall.events"
+    assert headers["pinecall-ingest-id"] == b"CA_1:1"
+    assert headers["pinecall-ingest-channel"] == b"webhook"
+    assert float(headers["pinecall-ingest-received-at"]) == 1_700_000_500.25
+    assert float(headers["pinecall-ingest-event-time"]) == 1_700_000_001
+    assert "pinecall-ingest-unkeyed" not in headers
+    decoded = decode(record.key, record.value, record.headers)
+    assert decoded is not None
+    assert (decoded.event_id, decoded.channel) == ("CA_1:1", "webhook")
+    out = decoded.output
+    assert (out.topic, out.key) == ("pinecall.events", b"CA_1")
+    assert ("content-type", b"application/cloudevents+json; charset=utf-8") in out.headers
+    assert ("ce_id", b"CA_1:1") in out.headers
+    assert ("ce_type", b"turn.user") in out.headers
+    ce = jsoncodec.loads(out.value)
     assert (ce["id"], ce["type"], ce["subject"], ce["data"]) == (
         "CA_1:1",
         "turn.user",
         "CA_1",
         {"n": 1},
     )
-    assert ("content-type", b"application/cloudevents+json; charset=utf-8") in record.headers
-    assert sample(metrics, "pinecall_bridge_events_published_total", topic="pinecall.events") == 1
+    assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 1
     assert (
         sample(
             metrics, "pinecall_bridge_events_received_total", channel="webhook", type="turn.user"
@@ -69,20 +103,23 @@ async def test_publishes_cloudevent_keyed_by_call() -> None:
         == 1
     )
     assert sample(metrics, "pinecall_bridge_publish_duration_seconds_count") == 1
-    assert sample(metrics, "pinecall_bridge_event_lag_seconds_count") == 1
+    # Publishing to an output topic is the dedup stage's business, counted when it commits.
+    assert sample(metrics, "pinecall_bridge_events_published_total", topic="pinecall.events") == 0
     await asyncio.sleep(0)  # the in-flight gauge is settled by the future's done-callback
     assert sample(metrics, "pinecall_bridge_inflight_events") == 0
 
 
-async def test_duplicate_after_ack_is_not_published() -> None:
+async def test_copies_of_an_id_are_all_ingested() -> None:
+    # Dedup happens downstream, for the whole deployment: the ingest stage writes every copy.
     sink = FakeSink()
     pipeline, metrics = make(sink)
-    await pipeline.submit([entry(1)], "webhook")
-    result = await pipeline.submit([entry(1, ts=5)], "websocket")
-    assert result.ok
-    assert (result.published, result.duplicates) == (0, 1)
-    assert len(sink.records) == 1
-    assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="websocket") == 1
+    first = await pipeline.submit([entry(1)], "webhook")
+    second = await pipeline.submit([entry(1, ts=5)], "websocket")
+    assert (first.accepted, second.accepted) == (1, 1)
+    assert ids(sink) == ["CA_1:1", "CA_1:1"]
+    assert [dict(r.headers)["pinecall-ingest-id"] for r in sink.records] == [b"CA_1:1"] * 2
+    assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="websocket") == 0
+    assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="websocket") == 1
 
 
 async def test_unknown_type_counted_as_other() -> None:
@@ -95,95 +132,87 @@ async def test_unknown_type_counted_as_other() -> None:
     )
 
 
-async def test_failed_publish_then_retry_publishes() -> None:
+async def test_batch_keeps_its_order_in_the_ingest_topic() -> None:
+    sink = FakeSink()
+    pipeline, _ = make(sink, timeout=60)
+    items = [entry(3), entry(1), entry(2, call="CA_2"), entry(1), entry(4)]
+    result = await asyncio.wait_for(pipeline.submit(items, "webhook"), timeout=5)
+    assert result.accepted == 5
+    assert ids(sink) == ["CA_1:3", "CA_1:1", "CA_2:2", "CA_1:1", "CA_1:4"]
+    assert [r.key for r in sink.records] == [b"CA_1", b"CA_1", b"CA_2", b"CA_1", b"CA_1"]
+
+
+async def test_refused_record_fails_and_a_retry_is_accepted() -> None:
     sink = FakeSink()
     sink.refuse = RuntimeError("broker said no")
     pipeline, metrics = make(sink)
     first = await pipeline.submit([entry(1)], "webhook")
     assert not first.ok
-    assert first.failed == 1
+    assert (first.failed, first.failure_reasons) == (1, {"error"})
     sink.refuse = None
     second = await pipeline.submit([entry(1)], "webhook")
     assert second.ok
-    assert second.published == 1
+    assert second.accepted == 1
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 1
 
 
-async def test_delivery_error_then_retry_publishes() -> None:
+async def test_retriable_refusal_is_reported_as_retriable() -> None:
+    class RetriableError(Exception):
+        retriable = True
+
+    sink = FakeSink()
+    sink.refuse = RetriableError()
+    pipeline, metrics = make(sink)
+    result = await pipeline.submit([entry(1)], "webhook")
+    assert result.failure_reasons == {"retriable"}
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="retriable") == 1
+
+
+async def test_delivery_error_fails_and_marks_nothing_reachable() -> None:
     sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink)
+    pipeline, metrics = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
     await asyncio.sleep(0.01)
     sink.futures[0].set_exception(RuntimeError("not leader"))
-    assert not (await task).ok
+    result = await task
+    assert (result.failed, result.failure_reasons) == (1, {"error"})
+    assert sink.reachable is None
+    assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 0
     sink.auto_ack = True
-    assert (await pipeline.submit([entry(1)], "webhook")).published == 1
+    assert (await pipeline.submit([entry(1)], "webhook")).accepted == 1
 
 
-async def test_concurrent_duplicates_make_one_record() -> None:
+async def test_ack_after_the_deadline_fails_and_marks_kafka_unreachable() -> None:
     sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink)
-    first = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
-    second = asyncio.create_task(pipeline.submit([entry(1)], "websocket"))
-    await asyncio.sleep(0.01)
-    assert len(sink.records) == 1
-    sink.futures[0].set_result(None)
-    a, b = await first, await second
-    assert (a.published, b.duplicates) == (1, 1)
-    assert a.ok
-    assert b.ok
-
-
-async def test_concurrent_duplicate_fails_with_the_original() -> None:
-    sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink)
-    first = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
-    second = asyncio.create_task(pipeline.submit([entry(1)], "websocket"))
-    await asyncio.sleep(0.01)
-    sink.futures[0].set_exception(RuntimeError("boom"))
-    assert not (await first).ok
-    assert not (await second).ok
-
-
-async def test_timeout_fails_and_late_ack_counts_as_seen() -> None:
-    sink = FakeSink(auto_ack=False)
-    pipeline, _metrics = make(sink, timeout=0.05)
+    pipeline, metrics = make(sink, timeout=0.05)
     result = await pipeline.submit([entry(1)], "webhook")
     assert not result.ok
     assert result.failure_reasons == {"timeout"}
-    assert sink.reachable is False
-    # Kafka takes the record after the deadline: the retry must not write it again.
-    retry = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
-    await asyncio.sleep(0.01)
+    assert reachable(sink) is False
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 1
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 1
+    # Kafka takes it late: the gauge settles; the retry's copy is the dedup stage's to drop.
     sink.futures[0].set_result(None)
-    again = await retry
-    assert again.ok
-    assert again.duplicates == 1
-    assert len(sink.records) == 1
-    assert pipeline.inflight_ids == 0
-
-
-async def test_timeout_then_late_failure_lets_a_retry_publish() -> None:
-    sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink, timeout=0.05)
-    assert not (await pipeline.submit([entry(1)], "webhook")).ok
-    sink.futures[0].set_exception(RuntimeError("gone"))
     await asyncio.sleep(0)
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 0
     sink.auto_ack = True
-    assert (await pipeline.submit([entry(1)], "webhook")).published == 1
+    again = await pipeline.submit([entry(1)], "webhook")
+    assert again.accepted == 1
+    assert reachable(sink) is True
+    assert ids(sink) == ["CA_1:1", "CA_1:1"]
 
 
 async def test_send_that_blocks_times_out() -> None:
     sink = FakeSink()
     sink.block_send = True
-    pipeline, _ = make(sink, timeout=0.05)
-    result = await pipeline.submit([entry(1)], "webhook")
-    assert result.failed == 1
+    pipeline, metrics = make(sink, timeout=0.05)
+    result = await asyncio.wait_for(pipeline.submit([entry(1), entry(2)], "webhook"), 5)
     assert result.failure_reasons == {"timeout"}
-    assert pipeline.inflight_ids == 0
+    assert result.failed == 2  # the second send starts past the deadline and fails at once
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 0
 
 
-async def test_batch_is_all_or_nothing_and_retry_completes_it() -> None:
+async def test_batch_with_one_failure_is_not_ok_and_counts_each_item() -> None:
     sink = FakeSink(auto_ack=False)
     pipeline, _ = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1), entry(2), entry(3)], "webhook"))
@@ -193,22 +222,7 @@ async def test_batch_is_all_or_nothing_and_retry_completes_it() -> None:
     sink.futures[2].set_result(None)
     result = await task
     assert not result.ok
-    sink.auto_ack = True
-    retry = await pipeline.submit([entry(1), entry(2), entry(3)], "webhook")
-    assert retry.ok
-    assert (retry.published, retry.duplicates) == (1, 2)
-    assert [jsoncodec.loads(r.value)["id"] for r in sink.acked()] == ["CA_1:1", "CA_1:3", "CA_1:2"]
-
-
-async def test_batch_keeps_order_and_dedups_inside() -> None:
-    sink = FakeSink()
-    pipeline, _ = make(sink, timeout=60)
-    # The in-batch duplicate must settle with its leader, not sit out the publish timeout.
-    result = await asyncio.wait_for(
-        pipeline.submit([entry(1), entry(2), entry(1), entry(3)], "webhook"), timeout=5
-    )
-    assert (result.published, result.duplicates) == (3, 1)
-    assert [jsoncodec.loads(r.value)["pinecallseq"] for r in sink.records] == [1, 2, 3]
+    assert (result.accepted, result.failed) == (2, 1)
 
 
 async def test_ephemeral_and_markers_dropped_and_counted() -> None:
@@ -229,51 +243,73 @@ async def test_ephemeral_topic_when_configured() -> None:
     sink = FakeSink()
     pipeline, _ = make(sink, ephemeral="pinecall.ephemeral")
     await pipeline.submit([entry(1, ephemeral=True)], "webhook")
-    assert sink.records[0].topic == "pinecall.ephemeral"
+    assert sink.records[0].topic == INGEST
+    assert output(sink.records[0]).topic == "pinecall.ephemeral"
 
 
-@pytest.mark.parametrize("raw", [b'{"hello": "world"}', None])
-async def test_unrecognised_goes_to_dlq_with_reason(raw: bytes | None) -> None:
+@pytest.mark.parametrize("raw", [b'{"hello":  "world"}', None])
+async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes | None) -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     result = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
     assert result.ok
-    assert result.dead_lettered == 1
+    assert result.as_dict() == {"accepted": 0, "dropped": 0, "dead_lettered": 1, "failed": 0}
     [record] = sink.records
-    assert record.topic == "pinecall.dlq"
-    assert ("pinecall-dlq-reason", b"missing_type") in record.headers
-    assert jsoncodec.loads(record.value) == {"hello": "world"}
-    if raw is not None:
-        assert record.value == raw
+    assert record.topic == INGEST
+    decoded = decode(record.key, record.value, record.headers)
+    assert decoded is not None
+    out = decoded.output
+    assert (out.topic, out.key) == ("pinecall.dlq", None)
+    # Keyless output: the ingest key is the dedup id, so every copy meets the same owner.
+    assert decoded.event_id.startswith("dlq:")
+    assert record.key == decoded.event_id.encode()
+    assert ("pinecall-dlq-reason", b"missing_type") in out.headers
+    assert ("pinecall-channel", b"webhook") in out.headers
+    assert out.value == (raw if raw is not None else jsoncodec.dumps({"hello": "world"}))
     assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="missing_type") == 1
-    again = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
-    assert again.duplicates == 1
-    assert len(sink.records) == 1
+    # The same bad item is given the same dedup id, whatever its bytes.
+    await pipeline.submit([{"hello": "world"}], "webhook")
+    again = decode(sink.records[1].key, sink.records[1].value, sink.records[1].headers)
+    assert again is not None
+    assert again.event_id == decoded.event_id
 
 
-async def test_cancelled_submit_still_settles_its_claims() -> None:
+async def test_dead_letter_in_a_batch_uses_the_item_not_the_whole_body() -> None:
+    sink = FakeSink()
+    pipeline, _ = make(sink)
+    raw = b'[{"hello": "world"}, {"x": 1}]'
+    result = await pipeline.submit([{"hello": "world"}, entry(1)], "webhook", raw=raw)
+    assert (result.accepted, result.dead_lettered) == (1, 1)
+    assert jsoncodec.loads(output(sink.records[0]).value) == {"hello": "world"}
+
+
+async def test_a_delivery_cancelled_while_waiting_leaves_nothing_in_flight() -> None:
     sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink, timeout=60)
-    task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
+    pipeline, metrics = make(sink, timeout=60)
+    task = asyncio.create_task(pipeline.submit([entry(1), entry(2)], "webhook"))
     await asyncio.sleep(0.01)
+    assert len(sink.records) == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    sink.futures[0].set_result(None)
-    await asyncio.sleep(0.01)
-    assert pipeline.inflight_ids == 0
-    again = await pipeline.submit([entry(1)], "webhook")
-    assert again.duplicates == 1
-    assert len(sink.records) == 1
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 2
+    for future in sink.futures:
+        future.set_result(None)
+    await asyncio.sleep(0)
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 0
+    sink.auto_ack = True
+    assert (await pipeline.submit([entry(1)], "webhook")).accepted == 1
 
 
-async def test_cancelled_send_releases_the_claim() -> None:
+async def test_a_delivery_cancelled_inside_send_leaves_nothing_in_flight() -> None:
     sink = FakeSink()
     sink.block_send = True
-    pipeline, _ = make(sink, timeout=60)
+    pipeline, metrics = make(sink, timeout=60)
     task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert pipeline.inflight_ids == 0
+    assert sample(metrics, "pinecall_bridge_inflight_events") == 0
+    sink.block_send = False
+    assert (await pipeline.submit([entry(1)], "webhook")).accepted == 1

@@ -1,4 +1,11 @@
-from bridge.tail import TailFilter, render
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from bridge import tail as tail_module
+from bridge.config import load_settings
+from bridge.tail import TailFilter, render, tail
 
 EVENT = {
     "id": "CA_1:3",
@@ -33,3 +40,27 @@ def test_render_without_subject_uses_the_key() -> None:
 
 def test_render_non_cloudevent() -> None:
     assert "not a CloudEvent" in render("t", None, b"raw")
+
+
+async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aborted dedup transactions leave records in the log; tail must not show them."""
+    seen: dict[str, Any] = {}
+
+    class Consumer:
+        def __init__(self, *topics: str, **options: Any) -> None:
+            seen.update(options, topics=topics)
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    settings = load_settings(webhook={"allow_unsigned": True})
+    shown = await tail(
+        settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
+    )
+    assert shown == 0
+    assert seen["isolation_level"] == "read_committed"
+    assert seen["topics"] == ("t",)

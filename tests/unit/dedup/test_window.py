@@ -1,71 +1,173 @@
+import hashlib
+import os
+import random
+import subprocess
+import sys
+
 import pytest
 
-from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.dedup import SeenWindow, digest
+
+TTL = 10.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def key(event_id: str) -> int:
+    return digest(event_id)
 
 
-def test_remembers_until_ttl() -> None:
-    clock = Clock()
-    window = DedupWindow(ttl=10, max_entries=100, clock=clock)
-    window.add("a")
-    clock.now += 9.9
-    assert "a" in window
-    clock.now += 0.2
-    assert "a" not in window
-    assert len(window) == 0
+def test_new_then_duplicate() -> None:
+    window = SeenWindow(TTL, 100)
+    assert window.observe(key("a"), 1000.0)
+    assert not window.observe(key("a"), 1000.0)
+    assert window.observe(key("b"), 1000.0)
+    assert len(window) == 2
 
 
-def test_size_is_bounded_oldest_first() -> None:
-    window = DedupWindow(ttl=1000, max_entries=3, clock=Clock())
-    for key in "abcd":
-        window.add(key)
+def test_ttl_is_exact_by_append_time() -> None:
+    # A copy appended exactly TTL after the first is still a duplicate; a moment later it is not.
+    at_edge = SeenWindow(TTL, 100)
+    at_edge.observe(key("a"), 1000.0)
+    assert not at_edge.observe(key("a"), 1000.0 + TTL)
+    past_edge = SeenWindow(TTL, 100)
+    past_edge.observe(key("a"), 1000.0)
+    assert past_edge.observe(key("a"), 1000.0 + TTL + 0.001)
+
+
+def test_expiry_follows_other_records_times_not_the_wall_clock() -> None:
+    window = SeenWindow(TTL, 100)
+    window.observe(key("a"), 1000.0)
+    window.observe(key("b"), 1000.0 + TTL)
+    assert key("a") in window
+    window.observe(key("c"), 1000.0 + TTL + 0.5)
+    assert key("a") not in window
+    assert len(window) == 2  # a was forgotten when stream time passed its TTL
+
+
+def test_a_sighting_refreshes_the_window() -> None:
+    window = SeenWindow(TTL, 100)
+    assert window.observe(key("a"), 0.0)
+    assert not window.observe(key("a"), 6.0)
+    # 15 s after the first copy but 9 s after the last: still a duplicate, and refreshed again.
+    assert not window.observe(key("a"), 15.0)
+    assert not window.observe(key("a"), 25.0)
+    assert window.observe(key("a"), 35.5)
+
+
+def test_stale_queue_slots_of_a_refreshed_id_do_not_evict_it() -> None:
+    window = SeenWindow(TTL, 100)
+    window.observe(key("a"), 0.0)
+    window.observe(key("a"), 8.0)
+    window.observe(key("b"), 12.0)  # past a's first sighting's TTL, not its second's
+    assert key("a") in window
+    assert not window.observe(key("a"), 17.0)
+
+
+def test_a_clock_stepping_back_does_not_rewind_the_window() -> None:
+    window = SeenWindow(TTL, 100)
+    window.observe(key("a"), 100.0)
+    assert window.observe(key("b"), 50.0)  # the broker clock stepped back: counted at 100
+    assert window.stream_time == 100.0
+    assert not window.observe(key("b"), 105.0)
+    # b's sighting stands at 100, not 50, so it is remembered until 110...
+    assert not window.observe(key("b"), 109.0)
+    window.observe(key("c"), 121.0)
+    assert key("a") not in window
+    # ...and an id that expired is not brought back by a record stamped in the past.
+    assert window.observe(key("a"), 99.0)
+
+
+def test_cap_evicts_oldest_first_and_counts_it() -> None:
+    window = SeenWindow(1000.0, 3)
+    for n, event_id in enumerate("abcd"):
+        assert window.observe(key(event_id), float(n))
     assert len(window) == 3
-    assert "a" not in window
-    assert all(key in window for key in "bcd")
+    assert window.evicted_early == 1
+    assert key("a") not in window
+    assert all(key(e) in window for e in "bcd")
+    assert window.observe(key("a"), 4.0)  # forgotten early: a copy now counts as new
+    assert window.evicted_early == 2
 
 
-def test_readd_refreshes_and_moves_to_back() -> None:
-    clock = Clock()
-    window = DedupWindow(ttl=10, max_entries=2, clock=clock)
-    window.add("a")
-    window.add("b")
-    clock.now += 5
-    window.add("a")
-    window.add("c")  # evicts b, the oldest, not the refreshed a
-    assert "a" in window
-    assert "c" in window
-    assert "b" not in window
-    clock.now += 7
-    assert "a" in window
+def test_cap_skips_a_refreshed_id() -> None:
+    window = SeenWindow(1000.0, 2)
+    window.observe(key("a"), 0.0)
+    window.observe(key("b"), 1.0)
+    window.observe(key("a"), 2.0)
+    window.observe(key("c"), 3.0)  # evicts b, the oldest by last sighting, not a
+    assert key("a") in window
+    assert key("c") in window
+    assert key("b") not in window
+    assert window.evicted_early == 1
 
 
-def test_expire_forgets_old_ids() -> None:
-    clock = Clock()
-    window = DedupWindow(ttl=10, max_entries=100, clock=clock)
-    window.add("a")
-    clock.now += 5
-    window.add("b")
-    clock.now += 6
-    assert window.expire() == 1
+def test_expiry_within_the_ttl_is_not_counted_as_early() -> None:
+    window = SeenWindow(TTL, 2)
+    window.observe(key("a"), 0.0)
+    window.observe(key("b"), 1.0)
+    window.observe(key("c"), 20.0)  # a and b expired by time, not by the cap
     assert len(window) == 1
+    assert window.evicted_early == 0
 
 
-@pytest.mark.parametrize(("ttl", "size"), [(0, 1), (1, 0)])
+def test_long_streams_stay_bounded_and_correct() -> None:
+    window = SeenWindow(100.0, 1_000_000)
+    for n in range(20_000):
+        assert window.observe(key(f"id-{n}"), float(n))
+    assert len(window) == 101  # ids from 19_899 to 19_999
+    assert not window.observe(key("id-19899"), 19_999.0)
+    assert window.observe(key("id-19898"), 19_999.0)
+    assert window.evicted_early == 0
+
+
+def test_a_replay_from_ttl_before_the_last_record_decides_like_the_original() -> None:
+    # What restore relies on: rebuilding from [t_last - TTL, t_last] gives the same decisions.
+    rng = random.Random(8)
+    stream: list[tuple[int, float]] = []
+    t = 0.0
+    for _ in range(5_000):
+        t += rng.choice((0.0, 0.001, 0.05, 0.4))
+        stream.append((key(f"CA_{rng.randrange(300)}:{rng.randrange(5)}"), t))
+    split = 3_000
+    original = SeenWindow(TTL, 1_000_000)
+    for k, at in stream[:split]:
+        original.observe(k, at)
+    last = stream[split - 1][1]
+    restored = SeenWindow(TTL, 1_000_000)
+    for k, at in stream[:split]:
+        if at >= last - TTL:
+            restored.observe(k, at)
+    assert [original.observe(k, at) for k, at in stream[split:]] == [
+        restored.observe(k, at) for k, at in stream[split:]
+    ]
+
+
+@pytest.mark.parametrize(("ttl", "size"), [(0, 1), (-1, 1), (1, 0)])
 def test_refuses_nonsense(ttl: float, size: int) -> None:
     with pytest.raises(ValueError, match="ttl"):
-        DedupWindow(ttl=ttl, max_entries=size)
+        SeenWindow(ttl, size)
 
 
-async def test_memory_store() -> None:
-    store = MemoryDedupStore(DedupWindow(ttl=10, max_entries=10))
-    assert not await store.seen("x")
-    await store.remember("x")
-    assert await store.seen("x")
-    assert store.size() == 1
+def test_digest_is_128_bit_blake2b() -> None:
+    # RFC 7693's BLAKE2b with a 16-byte digest; the empty-string vector is published.
+    assert digest("") == 0xCAE66941D9EFBD404E4D88758EA67670
+    assert digest("CA_1:1") == 0x65EE87D523B92A6AD60EFFE7124AEC58
+    assert digest("CA_1:1") != digest("CA_1:2")
+    expected = hashlib.blake2b("é".encode(), digest_size=16).digest()
+    assert digest("é") == int.from_bytes(expected, "big")
+
+
+def test_digest_is_the_same_in_another_process() -> None:
+    ids = ["CA_1:1", "dlq:" + "ab" * 32, "CA_ünïcode:7"]
+    code = (
+        "import sys; from bridge.dedup import digest; "
+        "print(' '.join(str(digest(i)) for i in sys.argv[1:]))"
+    )
+    for seed in ("1", "2"):  # unlike hash(), the digest does not depend on the hash seed
+        out = subprocess.run(
+            [sys.executable, "-c", code, *ids],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.split()
+        assert [int(x) for x in out] == [digest(i) for i in ids]

@@ -10,17 +10,22 @@ def test_take_reads_the_registry() -> None:
     metrics = Metrics()
     metrics.received.labels("webhook", "call.started").inc(3)
     metrics.received.labels("websocket", "other").inc(2)
+    metrics.ingested.labels("webhook").inc(3)
+    metrics.ingested.labels("websocket").inc(2)
     metrics.published.labels("pinecall.events").inc(4)
     metrics.duplicates.labels("websocket").inc()
+    metrics.end_to_end.observe(0.2)
     metrics.kafka_connected.set(1)
     metrics.publish_duration.observe(0.003)
     snap = take(metrics.registry, at=10.0)
     assert snap.received == {"webhook": 3, "websocket": 2}
+    assert snap.ingested == {"webhook": 3, "websocket": 2}
     assert snap.published == {"pinecall.events": 4}
     assert snap.duplicates == 1
     assert snap.kafka_connected
     assert not snap.websocket_connected
     assert snap.latency_buckets[-1] == (float("inf"), 1.0)
+    assert snap.end_to_end_buckets[-1] == (float("inf"), 1.0)
 
 
 def test_rate() -> None:
@@ -44,11 +49,19 @@ def test_quantile_over_a_window_and_empty() -> None:
 def test_view_renders() -> None:
     metrics = Metrics()
     metrics.received.labels("webhook", "call.started").inc(5)
+    metrics.ingested.labels("webhook").inc(5)
+    metrics.published.labels("pinecall.events").inc(4)
+    metrics.duplicates.labels("webhook").inc(1)
+    metrics.end_to_end.observe(0.04)
     before = Snapshot(at=0.0)
     now = take(metrics.registry, at=1.0)
     console = Console(width=120, record=True)
     console.print(render(now, before, ["[bold]call.started[/] CA_1"], "simulator: 1 call"))
     text = console.export_text()
     assert "received via webhook" in text
+    assert "written to the ingest topic" in text
+    assert "published to pinecall.events" in text
+    assert "duplicates removed (dedup stage)" in text
+    assert "end-to-end p99" in text
     assert "call.started CA_1" in text
     assert "simulator: 1 call" in text

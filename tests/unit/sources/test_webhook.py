@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, load_settings
-from bridge.dedup import DedupWindow, MemoryDedupStore
+from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
@@ -56,6 +56,17 @@ class Harness:
         )
 
 
+def output_topics(harness: Harness) -> list[str]:
+    """Where the dedup stage will write each ingest record the webhook produced."""
+    topics = []
+    for record in harness.sink.records:
+        assert record.topic == "pinecall.ingest"
+        entry = decode(record.key, record.value, record.headers)
+        assert entry is not None
+        topics.append(entry.output.topic)
+    return topics
+
+
 def settings(**env: Any) -> Settings:
     return load_settings(
         webhook={"secrets": [SECRET.decode(), "older"], "max_body_bytes": 4096, **env}
@@ -69,10 +80,10 @@ async def harness() -> AsyncIterator[Harness]:
     sink = FakeSink()
     pipeline = Pipeline(
         sink,
-        MemoryDedupStore(DedupWindow(60, 1000)),
         Router(s.topics, []),
         metrics,
         source="test",
+        ingest_topic=s.topics.ingest,
         dlq_topic=s.topics.dlq,
         publish_timeout=0.2,
     )
@@ -95,11 +106,20 @@ ENTRY = jsoncodec.dumps(
 )
 
 
-async def test_signed_event_is_published(harness: Harness) -> None:
+async def test_signed_event_is_accepted(harness: Harness) -> None:
     response = await harness.post(ENTRY)
     assert response.status == 200
-    assert (await response.json())["published"] == 1
-    assert len(harness.sink.records) == 1
+    assert await response.json() == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
+    assert output_topics(harness) == ["pinecall.events"]
+
+
+async def test_a_repeated_delivery_is_accepted_again(harness: Harness) -> None:
+    # The ingest stage keeps no memory of ids: the dedup stage drops the second copy.
+    for _ in range(2):
+        response = await harness.post(ENTRY)
+        assert response.status == 200
+        assert (await response.json())["accepted"] == 1
+    assert output_topics(harness) == ["pinecall.events", "pinecall.events"]
 
 
 async def test_bare_hex_signature_accepted(harness: Harness) -> None:
@@ -192,7 +212,7 @@ async def test_valid_json_not_an_event_goes_to_dlq_202(harness: Harness) -> None
     response = await harness.post(body)
     assert response.status == 202
     [record] = harness.sink.records
-    assert record.topic == "pinecall.dlq"
+    assert output_topics(harness) == ["pinecall.dlq"]
     assert record.value == body
 
 
@@ -211,7 +231,7 @@ async def test_batch(harness: Harness) -> None:
     ]
     response = await harness.post(jsoncodec.dumps(items))
     assert response.status == 200
-    assert (await response.json())["published"] == 3
+    assert (await response.json())["accepted"] == 3
 
 
 async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
@@ -219,7 +239,8 @@ async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
     response = await harness.post(ENTRY)
     assert response.status == 503
     assert response.headers["Retry-After"] == "5"
-    assert (await response.json())["error"] == "kafka_unavailable"
+    body = await response.json()
+    assert (body["error"], body["accepted"], body["failed"]) == ("kafka_unavailable", 0, 1)
 
 
 async def test_unexpected_error_is_503_not_500(harness: Harness) -> None:
@@ -253,10 +274,10 @@ async def test_health_ready_metrics(harness: Harness) -> None:
     assert "pinecall_bridge_ready 0.0" in text
 
 
-async def test_empty_batch_is_acknowledged_with_nothing_published(harness: Harness) -> None:
+async def test_empty_batch_is_acknowledged_with_nothing_accepted(harness: Harness) -> None:
     response = await harness.post(b"[]")
     assert response.status == 200
-    assert (await response.json())["published"] == 0
+    assert (await response.json())["accepted"] == 0
     assert harness.sink.records == []
 
 
@@ -267,5 +288,5 @@ async def test_batch_with_a_bad_item_dead_letters_it_and_publishes_the_rest(
     response = await harness.post(jsoncodec.dumps([good, 42]))
     assert response.status == 202
     body = await response.json()
-    assert (body["published"], body["dead_lettered"]) == (1, 1)
-    assert [r.topic for r in harness.sink.records] == ["pinecall.events", "pinecall.dlq"]
+    assert (body["accepted"], body["dead_lettered"]) == (1, 1)
+    assert output_topics(harness) == ["pinecall.events", "pinecall.dlq"]

@@ -1,0 +1,336 @@
+"""The dedup stage against the real broker: restore after a restart, fencing, group members.
+
+In-process: Bridge instances from `start_bridge` (same topics and dedup group per test), or
+PartitionTask objects driven by hand where the test needs to stand between their steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bridge.config import DedupSettings
+from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.ingest.record import encode
+from bridge.metrics import Metrics
+from bridge.sink.record import Record
+from tests.integration.conftest import (
+    Consumed,
+    RunningBridge,
+    Topics,
+    consume_until,
+    entry,
+    has_id,
+    ingest_backlog,
+    read_decided,
+)
+
+Start = Callable[..., Any]
+
+
+def ids(records: list[Consumed]) -> list[str]:
+    return [r.json()["id"] for r in records]
+
+
+def sample(handle: RunningBridge, name: str, **labels: str) -> float:
+    return handle.bridge.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def until_sample(
+    handles: list[RunningBridge], name: str, wanted: float, **labels: str
+) -> None:
+    """Until the bridges' summed sample is `wanted`: counted just after a commit returns."""
+    for _ in range(100):
+        if sum(sample(h, name, **labels) for h in handles) == wanted:
+            return
+        await asyncio.sleep(0.05)
+    total = sum(sample(h, name, **labels) for h in handles)
+    raise AssertionError(f"{name}{labels} is {total}, not {wanted}")
+
+
+def seqs_by_call(records: list[Consumed]) -> dict[bytes | None, list[int]]:
+    by_call: dict[bytes | None, list[int]] = defaultdict(list)
+    for record in records:
+        by_call[record.key].append(record.json()["pinecallseq"])
+    return dict(by_call)
+
+
+async def post_all(handle: RunningBridge, items: list[dict[str, Any]]) -> None:
+    for item in items:
+        status, body = await handle.post(item)
+        assert (status, body["accepted"]) == (200, 1), body
+
+
+async def test_copies_posted_after_a_restart_are_not_output_again(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    calls = [f"{unique_call}_{n}" for n in range(4)]
+    first = [entry(seq, call) for call in calls for seq in (1, 2, 3)]
+    before: RunningBridge = await start_bridge()
+    await post_all(before, first)
+    await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= len(first))
+    await before.bridge.stop()
+
+    after: RunningBridge = await start_bridge()  # same topics, same dedup group
+    # Copies of everything, then one new event per call: once those are out, the copies were
+    # decided (a call's events share an ingest partition and its one owner).
+    await post_all(after, [*first, *(entry(4, call) for call in calls)])
+    await consume_until(
+        kafka_bootstrap,
+        [topics.events],
+        lambda rs: {f"{call}:4" for call in calls} <= set(ids(rs)),
+    )
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    counts = Counter(ids(records))
+    assert {i: n for i, n in counts.items() if n > 1} == {}
+    assert set(counts) == {f"{call}:{seq}" for call in calls for seq in (1, 2, 3, 4)}
+    assert all(s == [1, 2, 3, 4] for s in seqs_by_call(records).values())
+    assert sample(after, "pinecall_bridge_dedup_restored_ids_total") >= len(first)
+    assert sample(after, "pinecall_bridge_dedup_restore_duration_seconds_count") >= 3
+    # Counted when the transactions that dropped them committed.
+    await until_sample(
+        [after], "pinecall_bridge_events_duplicate_total", len(first), channel="webhook"
+    )
+
+
+async def test_a_lagging_partition_is_restored_exactly(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """Ingest records the stopped stage never read: restore up to the commit, then decide them."""
+    first: RunningBridge = await start_bridge()
+    await post_all(first, [entry(1, unique_call), entry(2, unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    # The stage stops (its commit holds :1 and :2); the ingest stage goes on taking webhooks.
+    await first.bridge.dedup.stop()
+    await post_all(
+        first,
+        [entry(seq, unique_call) for seq in (2, 3, 3, 4)],
+    )
+    backlog = await _backlog(kafka_bootstrap, topics)
+    assert backlog == 4, "the copies wait in the ingest topic, undecided"
+
+    second: RunningBridge = await start_bridge()
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:4"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)]
+    # Restore read exactly what was committed before: :1 and :2, not the lag after them.
+    assert sample(second, "pinecall_bridge_dedup_restored_ids_total") == 2
+    await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
+
+
+async def _backlog(bootstrap: str, names: Topics) -> int:
+    return sum((await ingest_backlog(bootstrap, names)).values())
+
+
+async def test_two_members_split_the_partitions_and_output_each_id_once_in_order(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    one: RunningBridge = await start_bridge()
+    two: RunningBridge = await start_bridge()
+
+    async def owned() -> tuple[float, float]:
+        return (
+            sample(one, "pinecall_bridge_dedup_partitions_owned"),
+            sample(two, "pinecall_bridge_dedup_partitions_owned"),
+        )
+
+    for _ in range(300):  # the group settles: 3 ingest partitions over 2 members
+        split = await owned()
+        if sum(split) == 3 and min(split) >= 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"partitions never split over both members: {await owned()}")
+
+    calls = [f"{unique_call}_{n}" for n in range(8)]
+
+    async def one_call(call: str) -> None:
+        # Every event through both members, the copy sometimes first, sometimes concurrently.
+        for seq in range(1, 9):
+            item = entry(seq, call)
+            if seq % 2:
+                await asyncio.gather(one.post(item), two.post(item))
+            else:
+                assert (await two.post(item))[0] == 200
+                assert (await one.post(item))[0] == 200
+
+    await asyncio.gather(*(one_call(call) for call in calls))
+    await consume_until(
+        kafka_bootstrap, [topics.events], lambda rs: {f"{c}:8" for c in calls} <= set(ids(rs))
+    )
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    counts = Counter(ids(records))
+    assert {i: n for i, n in counts.items() if n > 1} == {}
+    assert len(counts) == 8 * 8
+    assert all(s == list(range(1, 9)) for s in seqs_by_call(records).values())
+    await until_sample(
+        [one, two], "pinecall_bridge_events_published_total", 64, topic=topics.events
+    )
+
+
+async def test_dead_letters_and_alerts_go_through_the_stage_once(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    at = 1_790_000_000.5
+    alert = {
+        "type": "monitor.fired",
+        "org": "org_it",
+        "env": "production",
+        "agent": unique_call,
+        "at": at,
+        "data": {"monitor": "latency"},
+    }
+    garbage = b'{"not": "an event"}'
+    for _ in range(3):
+        assert (await bridge.post(alert))[0] == 200
+        assert (await bridge.post(garbage))[0] == 202
+    # Distinct ones after the copies: the alert shares its key (so comes out after them).
+    assert (await bridge.post({**alert, "at": at + 1}))[0] == 200
+    assert (await bridge.post(b'{"not": "an event either"}'))[0] == 202
+
+    def done(records: list[Consumed]) -> bool:
+        alerts = [r for r in records if r.topic == topics.alerts]
+        dead = [r for r in records if r.topic == topics.dlq]
+        return len(alerts) >= 2 and any(r.value == b'{"not": "an event either"}' for r in dead)
+
+    await consume_until(kafka_bootstrap, [topics.alerts, topics.dlq], done)
+    records = await read_decided(kafka_bootstrap, topics, [topics.alerts, topics.dlq])
+    alerts = [r for r in records if r.topic == topics.alerts]
+    dead = [r for r in records if r.topic == topics.dlq]
+    assert [r.json()["time"] for r in alerts] == [
+        "2026-09-21T14:13:20.500Z",
+        "2026-09-21T14:13:21.500Z",
+    ]
+    # Keyless: each dead letter has an ingest partition of its own, so no order between them.
+    assert sorted(r.value for r in dead) == sorted([garbage, b'{"not": "an event either"}'])
+    assert all(r.key is None for r in dead)  # keyless as before: the dedup id only keyed ingest
+    assert all(r.headers["pinecall-dlq-reason"] == b"missing_type" for r in dead)
+
+
+# --- fencing, with PartitionTask driven by hand ---------------------------------------------
+
+
+async def _ingest_with(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
+    """A one-partition ingest topic holding `items`, read back as consumer records."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    names.ingest, 1, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}
+                ),
+                NewTopic(names.events, 1, 1),
+            ]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for item in items:
+            await producer.send_and_wait(
+                item.topic, item.value, key=item.key, headers=list(item.headers)
+            )
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        while len(records) < len(items):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> list[bytes]:
+    """Values of `topic` up to and including the record `marker` (appended after the test)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, marker)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level=isolation,
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(30):
+            while marker not in values:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    values.extend(m.value for m in batch)
+    finally:
+        await consumer.stop()
+    return values[: values.index(marker)]
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_aborted(
+    kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    items = [
+        encode(
+            topics.ingest,
+            f"{unique_call}:{seq}",
+            Record(topics.events, unique_call.encode(), f"{unique_call}:{seq}".encode()),
+            "webhook",
+            1.0,
+        )
+        for seq in (1, 2)
+    ]
+    records = await _ingest_with(kafka_bootstrap, topics, items)
+    tp = TopicPartition(topics.ingest, 0)
+    settings = DedupSettings(group=topics.group)
+    client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
+
+    async def never_committed(_: TopicPartition) -> int | None:
+        return None
+
+    zombie_metrics, owner_metrics = Metrics(), Metrics()
+    zombie = PartitionTask(tp, settings, client, zombie_metrics)
+    owner = PartitionTask(tp, settings, client, owner_metrics)
+    try:
+        await zombie.start(never_committed)
+        await zombie.process(records[:1])  # sent in its open transaction, not committed
+        await owner.start(never_committed)  # same transactional id: the fence
+        with pytest.raises(PartitionLostError) as lost:
+            await zombie.commit()
+        assert lost.value.reason == "fenced"
+        await zombie.discard()  # what the stage does with a lost partition
+        with pytest.raises(PartitionLostError):
+            await zombie.process(records[1:])  # never written for again
+        await owner.process(records)
+        await owner.commit()
+    finally:
+        await zombie.discard()
+        await owner.close(abort=True)
+
+    first = f"{unique_call}:1".encode()
+    second = f"{unique_call}:2".encode()
+    committed = await _read(kafka_bootstrap, topics.events, "read_committed", b"end-1")
+    uncommitted = await _read(kafka_bootstrap, topics.events, "read_uncommitted", b"end-2")
+    # The zombie's record is in the log, in an aborted transaction: hidden from read_committed.
+    assert committed == [first, second]
+    assert uncommitted[:1] == [first]
+    assert Counter(uncommitted)[first] == 2
+    assert committed == [v for v in uncommitted if v != b"end-1"][1:]
+    assert zombie_metrics.registry.get_sample_value(
+        "pinecall_bridge_events_published_total", {"topic": topics.events}
+    ) in (None, 0.0)

@@ -1,0 +1,110 @@
+import pytest
+
+from bridge.ingest.record import (
+    CHANNEL,
+    EVENT_TIME,
+    ID,
+    RECEIVED_AT,
+    TOPIC,
+    UNKEYED,
+    IngestEntry,
+    decode,
+    encode,
+    ingest_key,
+)
+from bridge.sink.record import Record
+
+OUTPUT_HEADERS = (("content-type", b"application/cloudevents+json"), ("ce_id", b"CA_1:1"))
+
+
+def output(key: bytes | None = b"CA_1") -> Record:
+    return Record("pinecall.events", key, b'{"id":"CA_1:1"}', OUTPUT_HEADERS)
+
+
+def read_back(record: Record) -> IngestEntry:
+    entry = decode(record.key, record.value, record.headers)
+    assert entry is not None
+    return entry
+
+
+def test_round_trip_keeps_the_output_record_and_the_timings() -> None:
+    received_at = 1_790_000_000.123456789
+    record = encode("ingest", "CA_1:1", output(), "webhook", received_at, 1_789_999_999.5)
+    assert (record.topic, record.key, record.value) == ("ingest", b"CA_1", b'{"id":"CA_1:1"}')
+    assert record.headers[-2:] == OUTPUT_HEADERS  # the output headers ride along unchanged
+    entry = read_back(record)
+    assert entry == IngestEntry("CA_1:1", output(), "webhook", received_at, 1_789_999_999.5)
+    assert entry.received_at == received_at  # repr() round-trips a float exactly
+
+
+def test_without_an_event_time() -> None:
+    record = encode("ingest", "CA_1:1", output(), "websocket", 1.5)
+    assert EVENT_TIME not in dict(record.headers)
+    entry = read_back(record)
+    assert (entry.channel, entry.event_time) == ("websocket", None)
+
+
+def test_unkeyed_output_is_keyed_by_its_dedup_id_and_read_back_unkeyed() -> None:
+    dead_letter = Record("pinecall.dlq", None, b"garbage", (("pinecall-dlq-reason", b"x"),))
+    record = encode("ingest", "dlq:abc", dead_letter, "webhook", 2.0)
+    assert record.key == b"dlq:abc"  # every copy meets the same dedup owner
+    assert dict(record.headers)[UNKEYED] == b"1"
+    entry = read_back(record)
+    assert entry.output == dead_letter
+    assert entry.output.key is None
+
+
+def test_ingest_key() -> None:
+    assert ingest_key("CA_1:1", b"CA_1") == b"CA_1"
+    assert ingest_key("dlq:abc", None) == b"dlq:abc"
+    assert ingest_key("x", b"") == b""  # an empty key is a key
+
+
+def test_ingest_headers_never_reach_the_output() -> None:
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0, 2.0)
+    names = {name for name, _ in read_back(record).output.headers}
+    assert names == {"content-type", "ce_id"}
+
+
+def test_header_order_does_not_matter() -> None:
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0)
+    shuffled = tuple(reversed(record.headers))
+    entry = decode(record.key, record.value, shuffled)
+    assert entry is not None
+    assert entry.event_id == "CA_1:1"
+    assert entry.output.headers == tuple(reversed(OUTPUT_HEADERS))
+
+
+def _without(name: str) -> tuple[tuple[str, bytes], ...]:
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0, 2.0)
+    return tuple(h for h in record.headers if h[0] != name)
+
+
+def _replaced(name: str, value: bytes) -> tuple[tuple[str, bytes], ...]:
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0, 2.0)
+    return tuple((n, value if n == name else v) for n, v in record.headers)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        OUTPUT_HEADERS,
+        _without(TOPIC),
+        _without(ID),
+        _without(CHANNEL),
+        _without(RECEIVED_AT),
+        _replaced(RECEIVED_AT, b"soon"),
+        _replaced(EVENT_TIME, b"later"),
+        _replaced(ID, b""),
+        _replaced(TOPIC, b""),
+        _replaced(ID, b"\xff\xfe"),
+    ],
+)
+def test_foreign_or_damaged_records_are_none(headers: tuple[tuple[str, bytes], ...]) -> None:
+    assert decode(b"CA_1", b"{}", headers) is None
+
+
+def test_a_record_without_a_value_is_none() -> None:
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0)
+    assert decode(record.key, None, record.headers) is None
