@@ -97,8 +97,8 @@ $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
 		|| { tail -n 40 $(VENV)/install-bench.log; exit 1; }
 	@touch $@
 
-bench: $(BIN)/.bench-installed  ## benchmarks, baselines and the report in bench/results/ (~10 min)
+bench: $(BIN)/.bench-installed  ## benchmarks, baselines and the report in bench/results/ (~25 min)
 	$(BIN)/python -m bench.run --kafka-port $(BENCH_KAFKA_PORT) --profile $(BENCH_ARGS)
 
-bench-quick: $(BIN)/.bench-installed  ## a ~2 minute smoke run of the benchmarks
+bench-quick: $(BIN)/.bench-installed  ## a ~6 minute smoke run of the benchmarks
 	$(BIN)/python -m bench.run --kafka-port $(BENCH_KAFKA_PORT) --quick $(BENCH_ARGS)

@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.dedup.window import SeenWindow, digest
-from bridge.ingest.record import decode
+from bridge.ingest.record import event_id_of
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
@@ -77,12 +77,13 @@ async def _replay(
             position = await consumer.position(tp)
             continue
         idle = 0
+        observe = window.observe
         for record in batch:
             if record.offset >= end:
                 return read
-            entry = decode(record.key, record.value, record.headers)
-            if entry is not None:
-                window.observe(digest(entry.event_id), record.timestamp / 1000)
+            event_id = event_id_of(record.headers)
+            if event_id is not None:
+                observe(digest(event_id), record.timestamp / 1000)
                 read += 1
             position = record.offset + 1
     return read

@@ -265,13 +265,18 @@ class DedupStage:
                     )
                     await asyncio.sleep(min(0.5 * attempt, 5.0))
                     continue
-                async with self._lock:
-                    if not self._running or tp not in consumer.assignment():
-                        await task.close(abort=True)
-                        return
-                    self._tasks[tp] = task
-                    consumer.seek(tp, task.position)
-                    consumer.resume(tp)
+                try:
+                    async with self._lock:
+                        if self._running and tp in consumer.assignment():
+                            self._tasks[tp] = task
+                            consumer.seek(tp, task.position)
+                            consumer.resume(tp)
+                            return
+                except asyncio.CancelledError:
+                    # Revoked while waiting for the lock: the started producer must not leak.
+                    await asyncio.shield(task.close(abort=True))
+                    raise
+                await task.close(abort=True)
                 return
         finally:
             if self._starting.get(tp) is asyncio.current_task():

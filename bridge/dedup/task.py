@@ -161,9 +161,12 @@ class PartitionTask:
                 txn.duplicates[entry.channel] += 1
                 continue
             out = entry.output
-            await self._guard(
+            delivery = await self._guard(
                 producer.send(out.topic, value=out.value, key=out.key, headers=list(out.headers))
             )
+            # Its outcome is the transaction's: a fenced one fails every send, and an unread
+            # failure would be logged by asyncio as an error of its own.
+            delivery.add_done_callback(_consume_outcome)
             txn.published[out.topic] += 1
             txn.timings.append((entry.received_at, entry.event_time))
 
@@ -249,6 +252,11 @@ class PartitionTask:
                 return await step
         except TimeoutError as exc:
             raise PartitionLostError("timeout") from exc
+
+
+def _consume_outcome(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

@@ -307,9 +307,13 @@ async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:
         await bridge.stop()
 
 
-async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) -> list[Consumed]:
-    """Once the dedup group has decided every ingest record: all committed output, to its end."""
-    await until_decided(bootstrap, names)
+async def read_to_end(
+    bootstrap: str, topic_names: list[str], *, committed: bool = True, within: float = 30
+) -> list[Consumed]:
+    """Every record the topics hold now, in partition order.
+
+    `committed=False` reads as a careless consumer would: records of aborted transactions too.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -323,7 +327,7 @@ async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) ->
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
-        isolation_level="read_committed",
+        isolation_level="read_committed" if committed else "read_uncommitted",
     )
     await consumer.start()
     records: list[Consumed] = []
@@ -331,7 +335,7 @@ async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) ->
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(within):
             while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     records.extend(
@@ -341,6 +345,12 @@ async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) ->
     finally:
         await consumer.stop()
     return records
+
+
+async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) -> list[Consumed]:
+    """Once the dedup group has decided every ingest record: all committed output, to its end."""
+    await until_decided(bootstrap, names)
+    return await read_to_end(bootstrap, topic_names)
 
 
 def has_id(event_id: str) -> Callable[[list[Consumed]], bool]:

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
 
 from bridge import jsoncodec
-from bridge.config import KafkaSettings
-from bridge.sink.kafka import topic_partitions
 from bridge.sources.signature import sign
 from tests.integration.conftest import SECRET, Topics, wait_ready
 
@@ -167,34 +164,3 @@ async def post_signed(
             return response.status
     except (aiohttp.ClientError, TimeoutError):
         return 0
-
-
-async def read_all(
-    bootstrap: str, topic_names: list[str], *, committed: bool = True, within: float = 60
-) -> list[tuple[str, int, bytes | None, Any]]:
-    """Every record the topics hold now, as (topic, partition, key, CloudEvent), in log order.
-
-    `committed=False` reads as a careless consumer would, aborted transactions included.
-    """
-    partitions = await topic_partitions(KafkaSettings(bootstrap_servers=[bootstrap]), topic_names)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed" if committed else "read_uncommitted",
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        out: list[tuple[str, int, bytes | None, Any]] = []
-        deadline = asyncio.get_running_loop().time() + within
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"could not read {topic_names} to their end in {within}s")
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend((m.topic, m.partition, m.key, jsoncodec.loads(m.value)) for m in batch)
-        return out
-    finally:
-        await consumer.stop()

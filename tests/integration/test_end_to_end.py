@@ -11,46 +11,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from bridge.config import KafkaSettings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
-from bridge.sink.kafka import topic_partitions
 from tests.integration.conftest import (
     SECRET,
-    Consumed,
     Topics,
     bridge_settings,
+    read_to_end,
     until_decided,
     wait_ready,
 )
-
-
-async def read_to_end(bootstrap: str, topic_names: list[str]) -> list[Consumed]:
-    """Every committed record the topics hold right now, in partition order."""
-    partitions = await topic_partitions(KafkaSettings(bootstrap_servers=[bootstrap]), topic_names)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[Consumed] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(
-                    Consumed(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
-                    for m in batch
-                )
-        return records
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture

@@ -19,12 +19,11 @@ import aiohttp
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, entry
+from tests.integration.conftest import Topics, entry, read_decided, read_to_end, until_decided
 from tests.integration.replicas import (
     Replica,
     free_port,
     post_signed,
-    read_all,
     replica_env,
     total,
 )
@@ -134,7 +133,13 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float, what: st
 async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
     replicas: Callable[..., Replica], kafka_bootstrap: str, topics: Topics
 ) -> None:
-    fleet = [replicas(f"r{n}") for n in range(3)]
+    # r1 becomes the zombie: its long commit interval keeps a transaction open most of the time,
+    # so the pause catches it with writes in flight that its successor must fence.
+    fleet = [
+        replicas("r0"),
+        replicas("r1", BRIDGE_DEDUP__COMMIT_INTERVAL_MS="3000"),
+        replicas("r2"),
+    ]
     await asyncio.gather(*(r.start() for r in fleet))
     async with aiohttp.ClientSession() as session:
         traffic = Traffic(session, fleet, topics.group[-6:])
@@ -176,16 +181,15 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
             assert status == 200, f"copy of {call}:{seq} after the restart answered {status}"
             resent += 1
 
-        async def copies_dropped() -> bool:
-            dropped = 0.0
-            for r in fleet:
-                dropped += total(await r.metrics(session), "pinecall_bridge_events_duplicate_total")
-            return dropped >= resent
+        await until_decided(kafka_bootstrap, topics, within=90)
+        dropped = [
+            total(await r.metrics(session), "pinecall_bridge_events_duplicate_total") for r in fleet
+        ]
+        assert sum(dropped) >= resent, "the restarted replicas did not drop every copy"
 
-        await wait_for(copies_dropped, 90, "the dedup stage to drop every resent copy")
-
-    records = await read_all(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
-    ids = Counter(event["id"] for _, _, _, event in records)
+    outputs = [topics.events, topics.alerts, topics.dlq]
+    records = await read_to_end(kafka_bootstrap, outputs)
+    ids = Counter(r.json()["id"] for r in records)
     expected = {f"{call}:{seq}" for call, seq in answered}
     assert {i: n for i, n in ids.items() if n > 1} == {}, "an event was published twice"
     assert expected - set(ids) == set(), f"answered 2xx but lost: {sorted(expected - set(ids))[:5]}"
@@ -193,14 +197,13 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
     sent = {f"{call}:{seq}" for call in traffic.calls for seq in range(1, 10_000)}
     assert set(ids) <= sent
     by_call: dict[str, list[int]] = defaultdict(list)
-    for _, _, key, event in records:
-        assert key == event["subject"].encode()
+    for record in records:
+        event = record.json()
+        assert record.key == event["subject"].encode()
         by_call[event["subject"]].append(event["pinecallseq"])
     assert all(seqs == sorted(seqs) for seqs in by_call.values()), "per-call order broken"
     # What an uncommitted reader would also see: records of aborted transactions. Never counted.
-    uncommitted = await read_all(
-        kafka_bootstrap, [topics.events, topics.alerts, topics.dlq], committed=False
-    )
+    uncommitted = await read_to_end(kafka_bootstrap, outputs, committed=False)
     assert len(uncommitted) >= len(records)
     print(
         f"answered {len(expected)} events, resent {resent} after the restart, zombie fenced"
@@ -278,12 +281,8 @@ async def test_the_feed_has_one_reader_and_fails_over(
     must_land = durable & reached
     assert must_land, "no event reached the new holder: the failover was not exercised"
 
-    async def landed() -> bool:
-        records = await read_all(kafka_bootstrap, [topics.events])
-        return must_land <= {event["id"] for _, _, _, event in records}
-
-    await wait_for(landed, 60, "every event the surviving reader received to land")
-    records = await read_all(kafka_bootstrap, [topics.events])
-    ids = Counter(event["id"] for _, _, _, event in records)
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    ids = Counter(r.json()["id"] for r in records)
+    assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
     assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
     assert set(ids) <= durable, "published something Pinecall never sent durably"

@@ -37,7 +37,7 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     d = s.dedup
     assert (d.ttl_seconds, d.max_entries_per_partition, d.group) == (
         900,
-        5_000_000,
+        1_000_000,
         "pinecall-bridge",
     )
     assert (

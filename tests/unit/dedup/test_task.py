@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class FakeProducer:
     calls: list[Any] = field(default_factory=list)
     fail: dict[str, BaseException] = field(default_factory=dict)
     block: set[str] = field(default_factory=set)
+    deliveries: list[asyncio.Future[None]] = field(default_factory=list)
 
     async def _step(self, name: str, *args: Any) -> None:
         self.calls.append((name, *args))
@@ -48,8 +50,11 @@ class FakeProducer:
     async def begin_transaction(self) -> None:
         await self._step("begin")
 
-    async def send(self, topic: str, **kw: Any) -> None:
+    async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
         await self._step("send", topic, kw["key"], kw["value"])
+        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.deliveries.append(delivery)
+        return delivery
 
     async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
         await self._step("offsets", offsets, group)
@@ -246,3 +251,15 @@ async def test_early_evictions_are_reported_once_at_commit() -> None:
     await task.process([ingest(5, "CA_1:5", 106.0)])
     await task.commit()
     assert sample(metrics, "pinecall_bridge_dedup_evicted_early_total") == 4
+
+
+async def test_a_fenced_transaction_failing_its_sends_logs_no_unread_future_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task, producer, _ = make()
+    await task.process([ingest(0, "CA_1:1", 100.0)])
+    producer.deliveries[0].set_exception(ProducerFenced())
+    del producer.deliveries[:]  # the task keeps no reference either: only the callback reads it
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "exception was never retrieved" not in caplog.text

@@ -10,6 +10,7 @@ from bridge.ingest.record import (
     IngestEntry,
     decode,
     encode,
+    event_id_of,
     ingest_key,
 )
 from bridge.sink.record import Record
@@ -108,3 +109,11 @@ def test_foreign_or_damaged_records_are_none(headers: tuple[tuple[str, bytes], .
 def test_a_record_without_a_value_is_none() -> None:
     record = encode("ingest", "CA_1:1", output(), "webhook", 1.0)
     assert decode(record.key, None, record.headers) is None
+
+
+def test_the_restore_reads_the_same_id_as_a_full_decode() -> None:
+    record = encode("ingest", "CA_1:7", output(), "websocket", 1.0)
+    assert event_id_of(record.headers) == read_back(record).event_id == "CA_1:7"
+    assert event_id_of(OUTPUT_HEADERS) is None
+    assert event_id_of(((ID, b"\xff"),)) is None
+    assert event_id_of(((ID, b""),)) is None
