@@ -152,6 +152,9 @@ class DedupStage:
             await step
         except PartitionLostError as lost:
             await self._lose(task, lost.reason)
+        except Exception:  # a bug must cost one partition a restart, not stall the whole stage
+            log.exception("dedup partition step failed", extra={"partition": task.tp.partition})
+            await self._lose(task, "error")
 
     async def _lose(self, task: PartitionTask, reason: str, *, restart: bool = True) -> None:
         self._metrics.dedup_partitions_lost.labels(reason).inc()
