@@ -287,7 +287,10 @@ class DedupStage:
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         now = time.time()
+        assigned = consumer.assignment()
         for tp, task in self._tasks.items():
+            if tp not in assigned:  # mid-rebalance: revocation is about to take the task
+                continue
             high = consumer.highwater(tp)
             behind = max(high - task.position, 0) if high is not None else 0
             self._metrics.dedup_lag_records.labels(task.label).set(behind)
