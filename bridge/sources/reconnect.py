@@ -11,6 +11,9 @@ DisconnectReason = Literal[
 ]
 # Auth failures come from a human's mistake or a revoked key: never retry them in a tight loop.
 AUTH_MIN_DELAY = 5.0
+# 2.0**1024 overflows a float: past this many doublings any sane cap has long been reached, and
+# the feed must go on reconnecting forever (a Pinecall outage of hours is ~1,000 attempts).
+_MAX_DOUBLINGS = 64
 
 
 class ReconnectPolicy:
@@ -38,7 +41,7 @@ class ReconnectPolicy:
             self.auth_failures += 1
         elif connected_for is not None:
             self.auth_failures = 0
-        ceiling = min(self._cap, self._initial * 2.0**self.attempt)
+        ceiling = min(self._cap, self._initial * 2.0 ** min(self.attempt, _MAX_DOUBLINGS))
         self.attempt += 1
         delay = self._rand(0.0, ceiling)
         if self.auth_failures:

@@ -40,3 +40,11 @@ def test_auth_failures_never_hammer() -> None:
     assert delays[-1] == 30
     # A connection that opened clears the auth streak.
     assert policy.next_delay("closed", 1.0) == 0.0
+
+
+def test_reconnects_forever_past_any_number_of_attempts() -> None:
+    # 2.0**1024 raised OverflowError at the 1,025th consecutive attempt and killed the reader.
+    policy = ReconnectPolicy(0.5, 30, 60, rand=top)
+    delays = [policy.next_delay("connect_error", None) for _ in range(5000)]
+    assert delays[-1] == 30
+    assert policy.attempt == 5000
