@@ -15,10 +15,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import events
-from bridge import jsoncodec
 from bridge.ingest.record import encode
-from bridge.normalise import Event, normalise
-from bridge.normalise.event import CLOUDEVENTS_CONTENT_TYPE
+from bridge.normalise import Event, binding, normalise
 from bridge.sink.kafka import partition_for
 from bridge.sink.record import Record
 
@@ -30,16 +28,9 @@ def record(ingest_topic: str, output_topic: str, salt: int, index: int) -> Recor
     received_at = time.time()
     event = normalise(events.entry(salt, index), channel="webhook", received_at=received_at)
     assert isinstance(event, Event)
-    output = Record(
-        topic=output_topic,
-        key=event.call.encode() if event.call else None,
-        value=jsoncodec.dumps(event.to_cloudevent(SOURCE)),
-        headers=(
-            ("content-type", CLOUDEVENTS_CONTENT_TYPE),
-            ("ce_id", event.id.encode()),
-            ("ce_type", event.type.encode()),
-        ),
-    )
+    key = event.call.encode() if event.call else None
+    value, headers = binding.encode(event, SOURCE, key, "structured")
+    output = Record(topic=output_topic, key=key, value=value, headers=headers)
     return encode(ingest_topic, event.id, output, "webhook", received_at, event.event_time)
 
 

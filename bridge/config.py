@@ -240,6 +240,9 @@ class ShutdownSettings(BaseModel):
 
 class CloudEventsSettings(BaseModel):
     source: str = Field(default="https://api.pinecall.io", min_length=1)
+    # The Kafka protocol binding's content mode: the whole event in the value, or `data` in the
+    # value and the attributes in `ce_` headers (bridge/normalise/binding.py).
+    mode: Literal["structured", "binary"] = "structured"
 
 
 class PinecallSettings(BaseModel):

@@ -19,7 +19,8 @@ from bridge import jsoncodec
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Unrecognised, normalise
-from bridge.normalise.event import CLOUDEVENTS_CONTENT_TYPE
+from bridge.normalise.binding import CONTENT_TYPE, Mode
+from bridge.normalise.binding import encode as encode_cloudevent
 from bridge.normalise.vocabulary import type_label
 from bridge.routing import Drop, Router
 from bridge.sink.record import Record
@@ -78,12 +79,14 @@ class Pipeline:
         ingest_topic: str,
         dlq_topic: str,
         publish_timeout: float,
+        mode: Mode = "structured",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sink = sink
         self._router = router
         self._metrics = metrics
         self._source = source
+        self._mode: Mode = mode
         self._ingest = ingest_topic
         self._dlq_topic = dlq_topic
         self._timeout = publish_timeout
@@ -119,16 +122,8 @@ class Pipeline:
                     self._metrics.dropped.labels(route.reason).inc()
                     result.dropped += 1
                     continue
-                output = Record(
-                    topic=route.topic,
-                    key=route.key,
-                    value=jsoncodec.dumps(normalised.to_cloudevent(self._source)),
-                    headers=(
-                        ("content-type", CLOUDEVENTS_CONTENT_TYPE),
-                        ("ce_id", normalised.id.encode()),
-                        ("ce_type", normalised.type.encode()),
-                    ),
-                )
+                value, headers = encode_cloudevent(normalised, self._source, route.key, self._mode)
+                output = Record(route.topic, route.key, value, headers)
                 record = encode(
                     self._ingest,
                     normalised.id,
@@ -229,12 +224,13 @@ class Pipeline:
     def _dead_letter_record(
         self, bad: Unrecognised, value: bytes, channel: Channel, received_at: float
     ) -> Record:
+        # Not a CloudEvent, in either mode: no `ce_` header, so no reader takes it for binary mode.
         return Record(
             topic=self._dlq_topic,
             key=None,
             value=value,
             headers=(
-                ("content-type", b"application/json"),
+                (CONTENT_TYPE, b"application/json"),
                 ("pinecall-dlq-reason", bad.reason.encode()),
                 ("pinecall-channel", channel.encode()),
                 ("pinecall-received-at", str(received_at).encode()),

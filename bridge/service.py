@@ -44,6 +44,7 @@ class Bridge:
             self.router,
             self.metrics,
             source=settings.cloudevents.source,
+            mode=settings.cloudevents.mode,
             ingest_topic=settings.topics.ingest,
             dlq_topic=settings.topics.dlq,
             publish_timeout=settings.kafka.publish_timeout_seconds,

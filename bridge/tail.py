@@ -14,6 +14,7 @@ from rich.console import Console
 
 from bridge import jsoncodec
 from bridge.config import Settings
+from bridge.normalise.binding import decode
 from bridge.sink.kafka import client_options
 
 
@@ -29,7 +30,10 @@ class TailFilter:
 
 
 def render(topic: str, key: bytes | None, event: Any) -> str:
-    """One line per record: time, topic, type, call, id, then the data."""
+    """One line per record: time, topic, type, call, id, then the data.
+
+    `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value.
+    """
     if not isinstance(event, dict):
         return f"[red]{topic}[/] [dim]not a CloudEvent:[/] {str(event)[:200]}"
     data = jsoncodec.dumps(event.get("data")).decode()
@@ -73,12 +77,11 @@ async def tail(
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
                 for message in batch:
-                    event: Any
-                    try:
-                        event = jsoncodec.loads(message.value)
-                    except jsoncodec.JSONDecodeError:
+                    # Structured or binary mode alike; anything else (dead letters) shown raw.
+                    event: Any = decode(message.headers, message.value)
+                    if event is None:
                         event = message.value
-                    if isinstance(event, dict) and not wanted.matches(event):
+                    elif not wanted.matches(event):
                         continue
                     console.print(
                         render(message.topic, message.key, event), highlight=False, soft_wrap=True

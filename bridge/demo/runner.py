@@ -15,10 +15,11 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.live import Live
 
-from bridge import jsoncodec, logsetup
+from bridge import logsetup
 from bridge.config import Settings, load_settings
 from bridge.demo.stats import Snapshot, take
 from bridge.demo.view import render
+from bridge.normalise.binding import decode
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sink.kafka import client_options, topic_partitions
@@ -81,8 +82,11 @@ class RecentEvents:
             while True:
                 for batch in (await self._consumer.getmany(timeout_ms=200)).values():
                     for message in batch:
-                        event: Any = jsoncodec.loads(message.value)
-                        if isinstance(event, dict):
+                        # Whichever content mode BRIDGE_CLOUDEVENTS__MODE picked.
+                        event: Any = decode(message.headers, message.value)
+                        if event is None:
+                            event = message.value
+                        else:
                             self.ids[str(event.get("id"))] += 1
                         self.lines.append(render_record(message.topic, message.key, event))
         finally:

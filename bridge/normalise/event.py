@@ -38,8 +38,11 @@ class Event:
         """The event's own time when it has one, else when the bridge received it."""
         return self.event_time if self.event_time is not None else self.received_at
 
-    def to_cloudevent(self, source: str) -> dict[str, Any]:
-        """The CloudEvent as a dict; optional attributes are left out when Pinecall gave none."""
+    def to_cloudevent(self, source: str, partition_key: str | None = None) -> dict[str, Any]:
+        """The CloudEvent as a dict; optional attributes are left out when Pinecall gave none.
+
+        `partition_key` is the Kafka record key, carried as the Partitioning extension's attribute.
+        """
         ce: dict[str, Any] = {
             "specversion": "1.0",
             "id": self.id,
@@ -50,6 +53,8 @@ class Event:
         }
         if self.call is not None:
             ce["subject"] = self.call
+        if partition_key is not None:
+            ce["partitionkey"] = partition_key
         if self.seq is not None:
             ce["pinecallseq"] = self.seq
         if self.agent is not None:

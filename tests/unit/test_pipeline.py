@@ -7,6 +7,7 @@ from bridge import jsoncodec
 from bridge.config import TopicSettings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
+from bridge.normalise.binding import Mode
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.record import Record
@@ -29,7 +30,9 @@ def entry(seq: int, call: str = "CA_1", **over: Any) -> dict[str, Any]:
     return item
 
 
-def make(sink: FakeSink, timeout: float = 1.0, **topics: Any) -> tuple[Pipeline, Metrics]:
+def make(
+    sink: FakeSink, timeout: float = 1.0, mode: Mode = "structured", **topics: Any
+) -> tuple[Pipeline, Metrics]:
     metrics = Metrics()
     pipeline = Pipeline(
         sink,
@@ -39,6 +42,7 @@ def make(sink: FakeSink, timeout: float = 1.0, **topics: Any) -> tuple[Pipeline,
         ingest_topic=INGEST,
         dlq_topic="pinecall.dlq",
         publish_timeout=timeout,
+        mode=mode,
         clock=lambda: 1_700_000_500.25,
     )
     return pipeline, metrics
@@ -85,9 +89,11 @@ async def test_writes_the_cloudevent_to_the_ingest_topic_keyed_by_call() -> None
     assert (decoded.event_id, decoded.channel) == ("CA_1:1", "webhook")
     out = decoded.output
     assert (out.topic, out.key) == ("pinecall.events", b"CA_1")
-    assert ("content-type", b"application/cloudevents+json; charset=utf-8") in out.headers
-    assert ("ce_id", b"CA_1:1") in out.headers
-    assert ("ce_type", b"turn.user") in out.headers
+    assert out.headers == (
+        ("content-type", b"application/cloudevents+json; charset=utf-8"),
+        ("pinecall-id", b"CA_1:1"),
+        ("pinecall-type", b"turn.user"),
+    )
     ce = jsoncodec.loads(out.value)
     assert (ce["id"], ce["type"], ce["subject"], ce["data"]) == (
         "CA_1:1",
@@ -239,6 +245,26 @@ async def test_ephemeral_and_markers_dropped_and_counted() -> None:
     assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="marker") == 1
 
 
+async def test_binary_mode_writes_data_as_the_value_and_attributes_as_ce_headers() -> None:
+    sink = FakeSink()
+    pipeline, _ = make(sink, mode="binary")
+    await pipeline.submit([entry(1), {"hello": "world"}], "webhook")
+    out, dead = (output(record) for record in sink.records)
+    assert (out.key, jsoncodec.loads(out.value)) == (b"CA_1", {"n": 1})
+    headers = dict(out.headers)
+    assert headers["content-type"] == b"application/json"
+    assert (headers["ce_id"], headers["ce_type"], headers["ce_source"]) == (
+        b"CA_1:1",
+        b"turn.user",
+        b"test",
+    )
+    assert (headers["ce_partitionkey"], headers["ce_pinecallseq"]) == (b"CA_1", b"1")
+    assert (headers["pinecall-id"], headers["pinecall-type"]) == (b"CA_1:1", b"turn.user")
+    # A dead letter is no CloudEvent in either mode.
+    assert dead.topic == "pinecall.dlq"
+    assert not [name for name, _ in dead.headers if name.startswith("ce_")]
+
+
 async def test_ephemeral_topic_when_configured() -> None:
     sink = FakeSink()
     pipeline, _ = make(sink, ephemeral="pinecall.ephemeral")
@@ -265,6 +291,8 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
     assert record.key == decoded.event_id.encode()
     assert ("pinecall-dlq-reason", b"missing_type") in out.headers
     assert ("pinecall-channel", b"webhook") in out.headers
+    assert ("content-type", b"application/json") in out.headers
+    assert not [name for name, _ in out.headers if name.startswith("ce_")]
     assert out.value == (raw if raw is not None else jsoncodec.dumps({"hello": "world"}))
     assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="missing_type") == 1
     # The same bad item is given the same dedup id, whatever its bytes.

@@ -1,3 +1,4 @@
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -5,6 +6,8 @@ from rich.console import Console
 
 from bridge import tail as tail_module
 from bridge.config import load_settings
+from bridge.normalise import Event, normalise
+from bridge.normalise.binding import encode
 from bridge.tail import TailFilter, render, tail
 
 EVENT = {
@@ -64,3 +67,54 @@ async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> 
     assert shown == 0
     assert seen["isolation_level"] == "read_committed"
     assert seen["topics"] == ("t",)
+
+
+async def test_reads_both_content_modes_and_shows_dead_letters_raw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = normalise(entry(), channel="webhook", received_at=1_790_000_010.0)
+    assert isinstance(event, Event)
+    messages = [
+        SimpleNamespace(topic="t", key=b"CA_9", value=value, headers=list(headers))
+        for value, headers in (
+            encode(event, "s", b"CA_9", "structured"),
+            encode(event, "s", b"CA_9", "binary"),
+        )
+    ]
+    dead = (("content-type", b"application/json"), ("pinecall-dlq-reason", b"missing_type"))
+    messages.append(SimpleNamespace(topic="dlq", key=None, value=b'{"a":1}', headers=dead))
+
+    class Consumer:
+        def __init__(self, *topics: str, **options: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
+            return {"tp": messages}
+
+    monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    console = Console(record=True, width=400)
+    settings = load_settings(webhook={"allow_unsigned": True})
+    shown = await tail(
+        settings, ["t"], TailFilter(call="CA_9"), from_beginning=True, limit=3, console=console
+    )
+    lines = console.export_text().splitlines()
+    assert shown == 3
+    assert all("turn.user CA_9 CA_9:4 via webhook" in line for line in lines[:2])
+    assert all('{"text":"x"}' in line for line in lines[:2])
+    assert "not a CloudEvent" in lines[2]
+
+
+def entry() -> dict[str, Any]:
+    return {
+        "seq": 4,
+        "ts": 1_790_000_000,
+        "call": "CA_9",
+        "type": "turn.user",
+        "data": {"text": "x"},
+    }

@@ -71,7 +71,7 @@ class FakeProducer:
 
 def ingest(offset: int, event_id: str, at: float, *, channel: str = "webhook") -> FakeRecord:
     call = event_id.split(":")[0]
-    out = Record("pinecall.events", call.encode(), event_id.encode(), (("ce_id", b"x"),))
+    out = Record("pinecall.events", call.encode(), event_id.encode(), (("pinecall-id", b"x"),))
     r = encode("ingest", event_id, out, channel, received_at=at - 0.01, event_time=at - 1)
     return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
 

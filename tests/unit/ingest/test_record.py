@@ -15,7 +15,7 @@ from bridge.ingest.record import (
 )
 from bridge.sink.record import Record
 
-OUTPUT_HEADERS = (("content-type", b"application/cloudevents+json"), ("ce_id", b"CA_1:1"))
+OUTPUT_HEADERS = (("content-type", b"application/cloudevents+json"), ("pinecall-id", b"CA_1:1"))
 
 
 def output(key: bytes | None = b"CA_1") -> Record:
@@ -64,7 +64,19 @@ def test_ingest_key() -> None:
 def test_ingest_headers_never_reach_the_output() -> None:
     record = encode("ingest", "CA_1:1", output(), "webhook", 1.0, 2.0)
     names = {name for name, _ in read_back(record).output.headers}
-    assert names == {"content-type", "ce_id"}
+    assert names == {"content-type", "pinecall-id"}
+
+
+def test_binary_mode_headers_pass_through_verbatim() -> None:
+    headers = (
+        ("content-type", b"application/json"),
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"CA_1:1"),
+        ("ce_pinecallseq", b"1"),
+        ("pinecall-id", b"CA_1:1"),
+    )
+    out = Record("pinecall.events", b"CA_1", b'{"text":"hi"}', headers)
+    assert read_back(encode("ingest", "CA_1:1", out, "webhook", 1.0)).output == out
 
 
 def test_header_order_does_not_matter() -> None:
