@@ -107,6 +107,7 @@ class Pipeline:
         received_at = self._clock()
         result = BatchResult()
         sent: list[_Sent] = []
+        held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
         for item in items:
             normalised = normalise(item, channel=channel, received_at=received_at)
             if isinstance(normalised, Unrecognised):
@@ -133,9 +134,16 @@ class Pipeline:
                     normalised.event_time,
                 )
                 reason = None
+            if record.key in held_back:
+                # An earlier event of this call failed: sending this one would put it before
+                # that event's retry. It fails too, and the retry sends both in order.
+                self._fail("held_back", result)
+                continue
             delivery = await self._send(record, deadline, result)
             if delivery is not None:
                 sent.append(_Sent(delivery, received_at, reason))
+            elif record.key is not None:
+                held_back.add(record.key)
         await self._wait_until({s.delivery for s in sent}, deadline)
         for s in sent:
             self._settle(s, channel, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from bridge.sink.kafka import Record
@@ -16,13 +17,14 @@ class FakeSink:
         self.records: list[Record] = []
         self.futures: list[asyncio.Future[Any]] = []
         self.refuse: Exception | None = None
+        self.refuse_if: Callable[[Record], bool] = lambda record: True
         self.block_send = False
         self.reachable: bool | None = None
 
     async def send(self, record: Record) -> asyncio.Future[Any]:
         if self.block_send:
             await asyncio.Event().wait()
-        if self.refuse is not None:
+        if self.refuse is not None and self.refuse_if(record):
             raise self.refuse
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.futures.append(future)

@@ -2,10 +2,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from bridge import jsoncodec
 from bridge.config import TopicSettings
-from bridge.ingest.record import decode
+from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
 from bridge.normalise.binding import Mode
 from bridge.pipeline import Pipeline
@@ -213,8 +214,8 @@ async def test_send_that_blocks_times_out() -> None:
     sink.block_send = True
     pipeline, metrics = make(sink, timeout=0.05)
     result = await asyncio.wait_for(pipeline.submit([entry(1), entry(2)], "webhook"), 5)
-    assert result.failure_reasons == {"timeout"}
-    assert result.failed == 2  # the second send starts past the deadline and fails at once
+    assert result.failure_reasons == {"timeout", "held_back"}
+    assert result.failed == 2  # the second, of the same call, is held back behind the first
     assert sample(metrics, "pinecall_bridge_inflight_events") == 0
 
 
@@ -341,3 +342,20 @@ async def test_a_delivery_cancelled_inside_send_leaves_nothing_in_flight() -> No
     assert sample(metrics, "pinecall_bridge_inflight_events") == 0
     sink.block_send = False
     assert (await pipeline.submit([entry(1)], "webhook")).accepted == 1
+
+
+async def test_after_a_failed_send_later_events_of_that_call_wait_for_the_retry() -> None:
+    # Sending 3 after 2 failed put 3 before 2's retry in the ingest topic: 1, 3, 2 downstream.
+    sink = FakeSink()
+    sink.refuse = KafkaTimeoutError()
+    sink.refuse_if = lambda record: dict(record.headers)[ID] == b"CA_1:2"
+    pipeline, metrics = make(sink)
+    items = [entry(1), entry(2), entry(3), entry(1, call="CA_2")]
+    result = await pipeline.submit(items, "webhook")
+    assert (result.accepted, result.failed) == (2, 2)
+    assert ids(sink) == ["CA_1:1", "CA_2:1"]  # CA_2 is another call: not held back
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="held_back") == 1
+    sink.refuse = None
+    retry = await pipeline.submit(items, "webhook")
+    assert retry.ok
+    assert ids(sink)[2:] == ["CA_1:1", "CA_1:2", "CA_1:3", "CA_2:1"]
