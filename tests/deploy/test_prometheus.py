@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -24,7 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.service import Bridge
 from tests.deploy.tools import DEPLOY, RELEASE, find_tool, load_yaml
-from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
+from tests.integration.conftest import (
+    RunningBridge,
+    Topics,
+    bridge_settings,
+    entry,
+    free_port,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -88,13 +94,6 @@ def rule_queries() -> list[tuple[str, str]]:
         for group in load_yaml(RULES)["groups"]
         for rule in group["rules"]
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

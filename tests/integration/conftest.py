@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -96,6 +97,37 @@ class Topics:
 def topics() -> Topics:
     """Fresh topic names and dedup group per test, so tests never read each other's records."""
     return Topics.fresh()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def daemon_env(bootstrap: str, names: Topics, **extra: str) -> dict[str, str]:
+    """The environment of a `pinecall-bridge` process of the test's: none of the test's own
+    BRIDGE_* variables, its topics and dedup group, the test secret, JSON logs, a free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        {
+            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "BRIDGE_HTTP__HOST": "127.0.0.1",
+            "BRIDGE_HTTP__PORT": str(free_port()),
+            "BRIDGE_TOPICS__EVENTS": names.events,
+            "BRIDGE_TOPICS__ALERTS": names.alerts,
+            "BRIDGE_TOPICS__DLQ": names.dlq,
+            "BRIDGE_TOPICS__INGEST": names.ingest,
+            "BRIDGE_TOPICS__INGEST_PARTITIONS": "3",
+            "BRIDGE_TOPICS__FEED_LEASE": names.feed_lease,
+            "BRIDGE_DEDUP__GROUP": names.group,
+            "BRIDGE_WEBHOOK__SECRETS": SECRET,
+            "BRIDGE_LOG__FORMAT": "json",
+            **extra,
+        }
+    )
+    return env
 
 
 def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -> Settings:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.sources.signature import sign
-from tests.integration.conftest import SECRET, Topics, wait_ready
+from tests.integration.conftest import SECRET, Topics, daemon_env, wait_ready
 
 COMMAND = Path(sys.executable).parent / "pinecall-bridge"
 # Short group timings so failovers fit a test; the broker's minimum session timeout is 6 s.
@@ -28,33 +26,16 @@ FAST_GROUP = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "BRIDGE_HTTP__HOST": "127.0.0.1",
-        "BRIDGE_HTTP__PORT": str(port),
-        "BRIDGE_WEBHOOK__SECRETS": SECRET,
-        "BRIDGE_TOPICS__EVENTS": topics.events,
-        "BRIDGE_TOPICS__ALERTS": topics.alerts,
-        "BRIDGE_TOPICS__DLQ": topics.dlq,
-        "BRIDGE_TOPICS__INGEST": topics.ingest,
-        "BRIDGE_TOPICS__FEED_LEASE": topics.feed_lease,
-        "BRIDGE_TOPICS__PARTITIONS": "3",
-        "BRIDGE_TOPICS__INGEST_PARTITIONS": "6",
-        "BRIDGE_DEDUP__GROUP": topics.group,
-        "BRIDGE_LOG__FORMAT": "json",
-        "BRIDGE_SHUTDOWN__GRACE_SECONDS": "15",
+    return daemon_env(
+        bootstrap,
+        topics,
+        BRIDGE_HTTP__PORT=str(port),
+        BRIDGE_TOPICS__INGEST_PARTITIONS="6",
+        BRIDGE_SHUTDOWN__GRACE_SECONDS="15",
         **FAST_GROUP,
         **extra,
-    }
-    return env
+    )
 
 
 @dataclass

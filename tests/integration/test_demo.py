@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Topics
+from tests.integration.conftest import Topics, daemon_env, free_port
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_headless_demo_reports_nothing_lost_or_doubled(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        {
-            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            # The test's own topics and group: the demo's defaults are shared with `make run`.
-            "BRIDGE_TOPICS__EVENTS": topics.events,
-            "BRIDGE_TOPICS__ALERTS": topics.alerts,
-            "BRIDGE_TOPICS__DLQ": topics.dlq,
-            "BRIDGE_TOPICS__INGEST": topics.ingest,
-            "BRIDGE_TOPICS__INGEST_PARTITIONS": "3",
-            "BRIDGE_TOPICS__FEED_LEASE": topics.feed_lease,
-            "BRIDGE_DEDUP__GROUP": topics.group,
-        }
-    )
+    # The test's own topics and group: the demo's defaults are shared with `make run`.
+    env = daemon_env(kafka_bootstrap, topics)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

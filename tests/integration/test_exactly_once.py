@@ -19,10 +19,16 @@ import aiohttp
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, entry, read_decided, read_to_end, until_decided
+from tests.integration.conftest import (
+    Topics,
+    entry,
+    free_port,
+    read_decided,
+    read_to_end,
+    until_decided,
+)
 from tests.integration.replicas import (
     Replica,
-    free_port,
     post_signed,
     replica_env,
     total,

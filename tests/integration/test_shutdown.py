@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -25,6 +23,7 @@ from tests.integration.conftest import (
     Consumed,
     Topics,
     consume_until,
+    daemon_env,
     drain,
     entry,
     has_id,
@@ -37,13 +36,6 @@ EXIT_MARGIN_SECONDS = 5.0
 SASL_SECRET = "sasl-password-that-must-never-be-printed"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def tail(path: Path, lines: int = 40) -> str:
     if not path.exists():
         return "(no output)"
@@ -51,30 +43,15 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:]) or "(no output)"
 
 
-def daemon_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
-    """The test process's environment without any BRIDGE_* of its own, plus the daemon's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        {
-            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "BRIDGE_HTTP__HOST": "127.0.0.1",
-            "BRIDGE_HTTP__PORT": str(free_port()),
-            "BRIDGE_TOPICS__EVENTS": topics.events,
-            "BRIDGE_TOPICS__ALERTS": topics.alerts,
-            "BRIDGE_TOPICS__DLQ": topics.dlq,
-            "BRIDGE_TOPICS__INGEST": topics.ingest,
-            "BRIDGE_TOPICS__INGEST_PARTITIONS": "3",
-            "BRIDGE_TOPICS__FEED_LEASE": topics.feed_lease,
-            "BRIDGE_DEDUP__GROUP": topics.group,
-            "BRIDGE_WEBHOOK__SECRETS": SECRET,
-            "BRIDGE_LOG__FORMAT": "json",
-            "BRIDGE_SHUTDOWN__GRACE_SECONDS": str(GRACE_SECONDS),
-            # Records wait 50 ms in the producer, so requests are genuinely in flight at SIGTERM.
-            "BRIDGE_KAFKA__LINGER_MS": "50",
-            **extra,
-        }
+def shutdown_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
+    return daemon_env(
+        bootstrap,
+        topics,
+        BRIDGE_SHUTDOWN__GRACE_SECONDS=str(GRACE_SECONDS),
+        # Records wait 50 ms in the producer, so requests are genuinely in flight at SIGTERM.
+        BRIDGE_KAFKA__LINGER_MS="50",
+        **extra,
     )
-    return env
 
 
 @dataclass
@@ -264,7 +241,9 @@ async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
     spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str, drain_delay: float
 ) -> None:
     """Every event answered 200 before or during the stop is output once; the exit is 0."""
-    env = daemon_env(kafka_bootstrap, topics, BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS=str(drain_delay))
+    env = shutdown_env(
+        kafka_bootstrap, topics, BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS=str(drain_delay)
+    )
     daemon = await spawn(env)
     signalled = asyncio.Event()
     traffic = Traffic()
@@ -322,7 +301,7 @@ async def test_sigint_stops_cleanly(
     spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str
 ) -> None:
     """Ctrl-C in a terminal: the same clean stop as SIGTERM, exit 0, the acknowledged event kept."""
-    daemon = await spawn(daemon_env(kafka_bootstrap, topics))
+    daemon = await spawn(shutdown_env(kafka_bootstrap, topics))
     async with aiohttp.ClientSession() as session:
         status, body = await post(session, daemon.url, entry(1, unique_call))
     assert (status, body.get("accepted")) == (200, 1), body
@@ -354,7 +333,7 @@ def test_invalid_configuration_exits_2_naming_each_variable(
     tmp_path: Path, kafka_bootstrap: str, topics: Topics, command: str
 ) -> None:
     """Each bad variable is named, no secret is printed, and `run` exits instead of serving."""
-    env = daemon_env(
+    env = shutdown_env(
         kafka_bootstrap,
         topics,
         BRIDGE_HTTP__PORT="99999",
@@ -375,7 +354,7 @@ def test_check_valid_configuration_masks_secrets(
     tmp_path: Path, kafka_bootstrap: str, topics: Topics
 ) -> None:
     """`check` prints the effective settings: the values given, and every secret masked."""
-    env = daemon_env(
+    env = shutdown_env(
         kafka_bootstrap,
         topics,
         BRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_PLAINTEXT",
