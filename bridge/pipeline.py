@@ -26,6 +26,7 @@ from bridge.routing import Drop, Router
 from bridge.sink.record import Record
 
 log = logging.getLogger(__name__)
+_YIELD_EVERY = 64
 
 
 class Sender(Protocol):
@@ -108,7 +109,11 @@ class Pipeline:
         result = BatchResult()
         sent: list[_Sent] = []
         held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
-        for item in items:
+        for n, item in enumerate(items):
+            if n and n % _YIELD_EVERY == 0:
+                # A 1 MiB array of tiny items is thousands of sends that need not suspend:
+                # let other requests run in between.
+                await asyncio.sleep(0)
             normalised = normalise(item, channel=channel, received_at=received_at)
             if isinstance(normalised, Unrecognised):
                 value = raw if raw is not None and len(items) == 1 else jsoncodec.dumps(item)

@@ -359,3 +359,24 @@ async def test_after_a_failed_send_later_events_of_that_call_wait_for_the_retry(
     retry = await pipeline.submit(items, "webhook")
     assert retry.ok
     assert ids(sink)[2:] == ["CA_1:1", "CA_1:2", "CA_1:3", "CA_2:1"]
+
+
+async def test_a_huge_array_lets_other_requests_run_while_it_is_written() -> None:
+    # Thousands of tiny items used to be sent without once giving the event loop back.
+    pipeline, _ = make(FakeSink())
+    ticks = 0
+
+    async def other_request() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_request())
+    await asyncio.sleep(0)
+    before = ticks
+    result = await pipeline.submit([entry(n, call=f"CA_{n}") for n in range(1, 2001)], "webhook")
+    during = ticks - before
+    other.cancel()
+    assert result.accepted == 2000
+    assert during >= 2000 // 64 - 1
