@@ -245,14 +245,20 @@ class WebSocketSource:
         """Retry until Kafka acknowledges the whole batch; dedup makes retries publish the rest."""
         attempt = 0
         while True:
-            result = await self._pipeline.submit(batch, "websocket")
-            if result.ok:
-                return
+            try:
+                result = await self._pipeline.submit(batch, "websocket")
+            except Exception:  # a bug must not end publishing silently, nor drop the batch
+                log.exception("feed batch failed unexpectedly; retrying it")
+                failed = len(batch)
+            else:
+                if result.ok:
+                    return
+                failed = result.failed
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             attempt += 1
             log.warning(
                 "feed events not acknowledged by Kafka; retrying",
-                extra={"events": result.failed, "attempt": attempt, "retry_in_s": delay},
+                extra={"events": failed, "attempt": attempt, "retry_in_s": delay},
             )
             await asyncio.sleep(delay)
 

@@ -14,7 +14,8 @@ from bridge import jsoncodec
 from bridge.config import PinecallSettings, TopicSettings, WebSocketSettings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
+from bridge.normalise import Channel
+from bridge.pipeline import BatchResult, Pipeline
 from bridge.routing import Router
 from bridge.sink.record import Record
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
@@ -394,3 +395,31 @@ async def test_unanswered_pings_mean_a_dead_connection() -> None:
         await source.stop(asyncio.get_running_loop().time() + 1)
         await server.close()
     assert connections >= 2
+
+
+async def test_a_publishing_bug_retries_the_batch_instead_of_ending_the_publisher(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    pipeline = pipeline_with(sink, metrics)
+    real_submit, failures = pipeline.submit, [RuntimeError("a bug")]
+
+    async def flaky_submit(items: list[Any], channel: Channel, **kw: Any) -> BatchResult:
+        if failures:
+            raise failures.pop()
+        return await real_submit(items, channel, **kw)
+
+    pipeline.submit = flaky_submit  # type: ignore[method-assign]
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline, metrics)
+    await source.start()
+    try:
+        await until(lambda: len(sink.acked()) == 1)  # the failed batch, retried
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert seqs(sink) == [1]
