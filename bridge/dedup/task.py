@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -127,8 +127,6 @@ class PartitionTask:
         )
 
     async def _beginning(self) -> int:
-        from aiokafka import AIOKafkaConsumer
-
         consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
