@@ -214,7 +214,13 @@ class DedupStage:
             return
         self._consumer.pause(*assigned)
         for tp in assigned:
-            self._launch(tp, suspended=self._suspended.pop(tp, None))
+            suspended = self._suspended.pop(tp, None)
+            # A fresh start fences whoever had the partition. A member cut off from the group
+            # (a zombie) may act on an assignment that is already stale when it wakes, and would
+            # fence the rightful owner: its next heartbeat tells it, so wait for that first.
+            # A resumed task fences nobody and need not wait.
+            settle = 0.0 if suspended is not None else self._settings.heartbeat_interval_ms * 0.0015
+            self._launch(tp, delay=settle, suspended=suspended)
 
     def _launch(
         self, tp: TopicPartition, delay: float = 0.0, suspended: PartitionTask | None = None

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    IllegalOperation,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
@@ -243,7 +244,9 @@ class PartitionTask:
             raise
         except _FENCED as exc:
             raise PartitionLostError("fenced") from exc
-        except KafkaError as exc:
+        except (KafkaError, IllegalOperation) as exc:  # IllegalOperation is no KafkaError
+            if isinstance(_fatal_cause(self._producer), _FENCED):
+                raise PartitionLostError("fenced") from exc
             log.warning(
                 "dedup transaction step failed",
                 extra={"partition": self.tp.partition, "error": repr(exc)},
@@ -258,6 +261,20 @@ class PartitionTask:
                 return await step
         except TimeoutError as exc:
             raise PartitionLostError("timeout") from exc
+
+
+def _fatal_cause(producer: AIOKafkaProducer | None) -> BaseException | None:
+    """Why a producer's transaction failed, when aiokafka kept the error for itself.
+
+    A fence seen by the sender (say, adding a partition) puts aiokafka's transaction manager in
+    its fatal state; the next call then fails with IllegalOperation, and the fence is only on the
+    manager's waiter. Private attributes of aiokafka 0.12-0.14, read defensively.
+    """
+    manager = getattr(producer, "_txn_manager", None)
+    waiter = getattr(manager, "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        return waiter.exception()
+    return None
 
 
 def _consume_outcome(delivery: asyncio.Future[Any]) -> None:

@@ -160,8 +160,17 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
             # A zombie: paused past its session, its partitions move on; when it wakes, its
             # writes for them must be fenced. Paused again if it held no open transaction.
             zombie, fenced = fleet[1], 0.0
+
+            async def zombie_owns_partitions() -> bool:
+                samples = await zombie.metrics(session)
+                return total(samples, "pinecall_bridge_dedup_partitions_owned") >= 1
+
             for _ in range(3):
                 await traffic.until(traffic.count + 100)
+                # Paused while it owns partitions (not mid-rebalance), with traffic flowing: its
+                # 3 s transactions are open, so it wakes with writes its successor has fenced.
+                await wait_for(zombie_owns_partitions, 60, "the zombie to own partitions")
+                await asyncio.sleep(0.5)
                 zombie.pause()
                 await asyncio.sleep(ZOMBIE_PAUSE_S)
                 zombie.resume()
@@ -181,11 +190,15 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
         assert [await r.stop() for r in fleet] == [0, 0, 0]
         await asyncio.gather(*(r.start() for r in fleet))
         answered = [(call, seq) for call, seqs in traffic.answered.items() for seq in seqs]
-        resent = 0
-        for n, (call, seq) in enumerate(answered):
-            status = await post_signed(session, fleet[n % 3].url, entry(seq, call))
-            assert status == 200, f"copy of {call}:{seq} after the restart answered {status}"
-            resent += 1
+
+        # Each call's copies in order, the calls side by side, over the three new replicas.
+        async def resend(call: str, seqs: list[int]) -> None:
+            for n, seq in enumerate(seqs):
+                status = await post_signed(session, fleet[n % 3].url, entry(seq, call))
+                assert status == 200, f"copy of {call}:{seq} after the restart answered {status}"
+
+        await asyncio.gather(*(resend(call, seqs) for call, seqs in traffic.answered.items()))
+        resent = len(answered)
 
         await until_decided(kafka_bootstrap, topics, within=90)
         dropped = [

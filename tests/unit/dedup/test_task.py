@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaConnectionError, ProducerFenced
 
 from bridge.config import DedupSettings
 from bridge.dedup.task import PartitionLostError, PartitionTask, transactional_id
@@ -263,3 +264,17 @@ async def test_a_fenced_transaction_failing_its_sends_logs_no_unread_future_erro
     gc.collect()
     await asyncio.sleep(0)
     assert "exception was never retrieved" not in caplog.text
+
+
+async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
+    # Under load the fence can reach aiokafka's sender before our commit: the commit then fails
+    # with IllegalOperation and the fence is only on the transaction manager.
+    task, producer, _ = make()
+    await task.process([ingest(0, "CA_1:1", 100.0)])
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter.set_exception(ProducerFenced())
+    producer._txn_manager = SimpleNamespace(_transaction_waiter=waiter)  # type: ignore[attr-defined]
+    producer.fail["offsets"] = IllegalOperation("Not in the middle of a transaction")
+    with pytest.raises(PartitionLostError) as lost:
+        await task.commit()
+    assert lost.value.reason == "fenced"
