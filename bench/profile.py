@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
-def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """Sample `pid` for `seconds` into collapsed stacks (py-spy needs ptrace: root is fine)."""
+def _record(pid: int, out: Path, duration: float | None) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` into collapsed stacks; until SIGINT when `duration` is None."""
+    timed = [] if duration is None else ["--duration", str(max(int(duration), 1))]
     return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "py-spy"),
             "record",
             "--pid",
             str(pid),
-            "--duration",
-            str(max(int(seconds), 1)),
+            *timed,
             "--rate",
             "250",
             "--format",
@@ -32,6 +32,11 @@ def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` for `seconds` into collapsed stacks (py-spy needs ptrace: root is fine)."""
+    return _record(pid, out, seconds)
 
 
 def finish(proc: subprocess.Popen[bytes], raw: Path, top: int = 25) -> dict[str, Any]:
@@ -68,23 +73,7 @@ def _short(frame: str) -> str:
 
 def start_open(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """Sample `pid` until `interrupt`: for a stretch whose length is not known in advance."""
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "py-spy"),
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "250",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return _record(pid, out, None)
 
 
 def interrupt(proc: subprocess.Popen[bytes], raw: Path, top: int = 25) -> dict[str, Any]:

@@ -243,6 +243,22 @@ class DedupStage:
         await task.close(abort=True)
         return False
 
+    async def _install(self, task: PartitionTask) -> None:
+        """Process the partition with `task` from its position, if it is still ours; else close."""
+        consumer = self._consumer
+        try:
+            async with self._lock:
+                if self._running and consumer is not None and task.tp in consumer.assignment():
+                    self._tasks[task.tp] = task
+                    consumer.seek(task.tp, task.position)
+                    consumer.resume(task.tp)
+                    return
+        except asyncio.CancelledError:
+            # Revoked while waiting for the lock: the started producer must not leak.
+            await asyncio.shield(task.close(abort=True))
+            raise
+        await task.close(abort=True)
+
     async def _start_task(
         self, tp: TopicPartition, delay: float, suspended: PartitionTask | None
     ) -> None:
@@ -253,13 +269,8 @@ class DedupStage:
             if delay:
                 await asyncio.sleep(delay)
             if suspended is not None and await self._resumable(suspended):
-                async with self._lock:
-                    if self._running and tp in consumer.assignment():
-                        self._tasks[tp] = suspended
-                        consumer.seek(tp, suspended.position)
-                        consumer.resume(tp)
-                        return
-                await suspended.close(abort=True)
+                await self._install(suspended)
+                return
             while self._running and tp in consumer.assignment():
                 task = PartitionTask(tp, self._settings, self._client, self._metrics)
                 try:
@@ -274,18 +285,7 @@ class DedupStage:
                     )
                     await asyncio.sleep(min(0.5 * attempt, 5.0))
                     continue
-                try:
-                    async with self._lock:
-                        if self._running and tp in consumer.assignment():
-                            self._tasks[tp] = task
-                            consumer.seek(tp, task.position)
-                            consumer.resume(tp)
-                            return
-                except asyncio.CancelledError:
-                    # Revoked while waiting for the lock: the started producer must not leak.
-                    await asyncio.shield(task.close(abort=True))
-                    raise
-                await task.close(abort=True)
+                await self._install(task)
                 return
         finally:
             if self._starting.get(tp) is asyncio.current_task():
