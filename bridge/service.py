@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import signal
+from typing import get_args
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,7 @@ from bridge.app import Readiness, build_app
 from bridge.config import Settings
 from bridge.dedup.stage import DedupStage
 from bridge.metrics import Metrics
+from bridge.normalise import Channel
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
@@ -39,6 +41,13 @@ class Bridge:
         self.metrics = metrics if metrics is not None else Metrics()
         self.sink = KafkaSink(settings.kafka, self.metrics)
         self.router = Router(settings.topics, settings.routing.rules)
+        # Flow counters exist at 0 from the start: alerts compare their increase(), and a series
+        # born with its first events shows no increase until the next ones.
+        for channel in get_args(Channel):
+            self.metrics.ingested_by(channel)
+            self.metrics.duplicates_by(channel)
+        for topic in self.router.topics():
+            self.metrics.published_by(topic)
         self.pipeline = Pipeline(
             self.sink,
             self.router,
