@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import shlex
 import sys
 import time
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge import jsoncodec
-from bridge.config import ConfigError, Settings, describe, load_settings
+from bridge.config import ConfigError, Settings, describe, load_settings, unknown_variables
 from bridge.sources.signature import sign
 
 EXIT_CONFIG = 2
@@ -35,6 +37,8 @@ def _run(_: argparse.Namespace) -> int:
     from bridge.service import serve
 
     logsetup.configure(settings.log.level, settings.log.format)
+    for problem in unknown_variables(os.environ):
+        logging.getLogger("bridge.config").warning(problem)
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)
@@ -46,6 +50,8 @@ def _run(_: argparse.Namespace) -> int:
 
 def _check(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    for problem in unknown_variables(os.environ):
+        print(f"warning: {problem}", file=sys.stderr)
     print("configuration is valid:")
     print(jsoncodec.dumps(describe(settings)).decode())
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -379,6 +381,34 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             [f"{where}: a value could not be parsed (lists of objects are JSON)"]
         ) from None
+
+
+def known_variables() -> set[str]:
+    """Every `BRIDGE_*` name the settings read: one per section and one per field of it."""
+    names: set[str] = set()
+    for section, field in Settings.model_fields.items():
+        names.add(f"BRIDGE_{section.upper()}")
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names.update(f"BRIDGE_{section.upper()}__{key.upper()}" for key in model.model_fields)
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """`BRIDGE_*` variables no setting reads, each with the likeliest intended name.
+
+    Pydantic-settings ignores them silently, so a typo or a renamed setting would quietly
+    fall back to the default.
+    """
+    known = known_variables()
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith("BRIDGE_") or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{name} is not a setting and is ignored{hint}")
+    return problems
 
 
 def describe(settings: Settings) -> dict[str, Any]:

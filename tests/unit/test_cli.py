@@ -29,6 +29,17 @@ def test_check_valid_exits_0_and_masks_secrets(
     assert "pinecall.events" in out
 
 
+def test_check_warns_about_unknown_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "typo")
+    assert main(["check"]) == 0
+    err = capsys.readouterr().err
+    assert "BRIDGE_WEBHOOK__SECRET is not a setting" in err
+    assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in err
+
+
 def test_check_invalid_exits_2_listing_each_problem(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,6 +1,9 @@
+import re
+from pathlib import Path
+
 import pytest
 
-from bridge.config import ConfigError, describe, load_settings
+from bridge.config import ConfigError, describe, known_variables, load_settings, unknown_variables
 
 
 @pytest.fixture(autouse=True)
@@ -276,3 +279,28 @@ def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     d = load_settings().dedup
     assert (d.commit_interval_ms, d.heartbeat_interval_ms) == (4999, 2000)
+
+
+def test_unknown_variables_are_named_with_the_likely_intent() -> None:
+    environ = {
+        "BRIDGE_DEDUP__MAX_ENTRIES": "5",  # renamed to MAX_ENTRIES_PER_PARTITION
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVER": "h:1",
+        "BRIDGE_NOTHING_LIKE_IT": "1",
+        "BRIDGE_WEBHOOK__SECRETS": "x",
+        "BRIDGE_DEDUP": "{}",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [
+        "BRIDGE_DEDUP__MAX_ENTRIES is not a setting and is ignored"
+        " (did you mean BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION?)",
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVER is not a setting and is ignored"
+        " (did you mean BRIDGE_KAFKA__BOOTSTRAP_SERVERS?)",
+        "BRIDGE_NOTHING_LIKE_IT is not a setting and is ignored",
+    ]
+
+
+def test_every_documented_setting_is_known() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"BRIDGE_[A-Z_]+__[A-Z_]+", readme))
+    assert documented
+    assert documented <= known_variables()
