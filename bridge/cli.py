@@ -54,6 +54,12 @@ def _check(_: argparse.Namespace) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     print("configuration is valid:")
     print(jsoncodec.dumps(describe(settings)).decode())
+    k = settings.kafka
+    print(
+        f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"
+        f" frames up to {settings.websocket.max_frame_bytes} fit in Kafka records of up to"
+        f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)"
+    )
     return 0
 
 
@@ -156,6 +162,17 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from rich.console import Console
+
+    from bridge import logsetup
+    from bridge.backfill import run_backfill
+
+    logsetup.configure(settings.log.level, settings.log.format)
+    return run_backfill(settings, args.call, Console())
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from bridge.simulator.command import main as simulate
 
@@ -227,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--simulator-port", type=int, default=8765)
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="publish calls' stored event logs again (idempotent: the dedup drops repeats)",
+    )
+    backfill.add_argument(
+        "--call", action="append", required=True, help="a call id, e.g. CA_8f4a2c (repeatable)"
+    )
+    backfill.set_defaults(func=_backfill)
 
     # The simulator parses its own many options; this entry hands them over untouched.
     simulate = commands.add_parser(

@@ -12,6 +12,12 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
+# attributes, the binding's and the ingest stage's headers, the key. An input within its limit
+# plus this fits in `kafka.max_request_bytes`; one that still does not (fields repeated as
+# attributes) gets a final answer per record, never an endless retry (bridge/pipeline.py).
+RECORD_RESERVE_BYTES = 65_536
+_KIB = 1024
 
 
 def _split_csv(value: Any) -> Any:
@@ -35,6 +41,9 @@ class KafkaSettings(BaseModel):
     publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     linger_ms: int = Field(default=5, ge=0, le=10_000)
     max_batch_bytes: int = Field(default=262_144, ge=1024)
+    # The largest record the producers send (aiokafka's max_request_size); the topics the bridge
+    # creates get it as max.message.bytes. Kafka's own default, so existing topics take it too.
+    max_request_bytes: int = Field(default=1_048_576, ge=128 * _KIB, le=64 * 1_048_576)
     compression: Literal["none", "gzip"] = "none"
     request_timeout_ms: int = Field(default=30_000, ge=1000)
     metadata_probe_seconds: float = Field(default=5.0, gt=0)
@@ -79,6 +88,8 @@ class KafkaSettings(BaseModel):
             raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
         if self.ssl_key_password is not None and self.ssl_keyfile is None:
             raise ValueError("ssl_key_password needs ssl_keyfile")
+        if self.max_batch_bytes > self.max_request_bytes:
+            raise ValueError("max_batch_bytes must not exceed max_request_bytes")
         # Settings the protocol would ignore mean a forgotten security_protocol: refuse them
         # rather than connect without the TLS or credentials the operator asked for.
         uses_tls = self.security_protocol in {"SSL", "SASL_SSL"}
@@ -105,7 +116,7 @@ class WebhookSettings(BaseModel):
     path: str = "/webhooks/pinecall"
     secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_unsigned: bool = False
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    max_body_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
@@ -252,6 +263,8 @@ class PinecallSettings(BaseModel):
 
     api_url: str = "https://api.pinecall.io"
     api_key: SecretStr | None = None
+    # Sent as the `pinecall-env` header by the call-log source when set (a key's non-default env).
+    env: str | None = None
     webhooks_path: str = "/v1/webhooks"
     register_webhook: bool = False
     public_url: str | None = None
@@ -285,8 +298,11 @@ class WebSocketSettings(BaseModel):
     backoff_initial_seconds: float = Field(default=0.5, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
-    max_inflight: int = Field(default=1000, ge=1)
-    max_frame_bytes: int = Field(default=1_048_576, ge=1024)
+    # The backlog of feed events read and not yet in Kafka, in events and bytes: enough for a
+    # minute's Kafka stall at a busy feed's pace; past either bound a frame is dropped (counted).
+    max_inflight: int = Field(default=20_000, ge=1)
+    max_backlog_bytes: int = Field(default=64 * 1_048_576, ge=1024)
+    max_frame_bytes: int = Field(default=960 * _KIB, ge=1024)
 
     _split = field_validator("events", mode="before")(_split_csv)
 
@@ -303,6 +319,51 @@ class WebSocketSettings(BaseModel):
         if not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
+
+    @model_validator(mode="after")
+    def _backlog_takes_a_frame(self) -> WebSocketSettings:
+        if self.max_backlog_bytes < self.max_frame_bytes:
+            raise ValueError("max_backlog_bytes must be at least max_frame_bytes")
+        return self
+
+
+class SseSettings(BaseModel):
+    """The call-log source: every call's event log over Server-Sent Events (off by default)."""
+
+    enabled: bool = False
+    # Calls followed at once by one process; more wait in a first-in-first-out queue.
+    max_calls: int = Field(default=500, ge=1, le=100_000)
+    # No byte, not even Pinecall's 25 s `: ping`, for this long: the connection is dead.
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    stable_after_seconds: float = Field(default=60.0, gt=0)
+    # One event's data (a log entry): a longer one means a broken stream, and bounds memory.
+    max_event_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)
+    # The org feed announces calls; the call list (`GET /v1/sessions`) finds those that started
+    # while no bridge was reading it, at start-up and on taking partitions over.
+    org_feed_path: str = "/v1/events"
+    call_list_path: str | None = "/v1/sessions"
+    call_list_lookback_seconds: float = Field(default=21_600.0, ge=0)
+
+    @field_validator("org_feed_path", "call_list_path", mode="before")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path == "":
+            return None
+        if path is not None and not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @model_validator(mode="after")
+    def _backoff_nests(self) -> SseSettings:
+        if self.backoff_initial_seconds > self.backoff_max_seconds:
+            raise ValueError(
+                "BRIDGE_SSE__BACKOFF_INITIAL_SECONDS must not exceed"
+                " BRIDGE_SSE__BACKOFF_MAX_SECONDS"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -324,11 +385,17 @@ class Settings(BaseSettings):
     cloudevents: CloudEventsSettings = Field(default_factory=CloudEventsSettings)
     pinecall: PinecallSettings = Field(default_factory=PinecallSettings)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
+    sse: SseSettings = Field(default_factory=SseSettings)
 
     @model_validator(mode="after")
     def _feed_has_credentials(self) -> Settings:
         if self.websocket.enabled and self.pinecall.api_key is None:
             raise ValueError("BRIDGE_WEBSOCKET__ENABLED needs BRIDGE_PINECALL__API_KEY")
+        if self.sse.enabled and self.pinecall.api_key is None:
+            raise ValueError(
+                "BRIDGE_SSE__ENABLED needs BRIDGE_PINECALL__API_KEY"
+                " (the call logs are read with it)"
+            )
         t = self.topics
         outputs = {t.events, t.alerts, t.dlq, t.ephemeral, *(r.topic for r in self.routing.rules)}
         for name, internal in (("ingest", t.ingest), ("feed_lease", t.feed_lease)):
@@ -336,6 +403,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"BRIDGE_TOPICS__{name.upper()} must not be an output topic")
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
+        record = self.kafka.max_request_bytes
+        for name, limit in (
+            ("BRIDGE_WEBHOOK__MAX_BODY_BYTES", self.webhook.max_body_bytes),
+            ("BRIDGE_WEBSOCKET__MAX_FRAME_BYTES", self.websocket.max_frame_bytes),
+            ("BRIDGE_SSE__MAX_EVENT_BYTES", self.sse.max_event_bytes),
+        ):
+            if limit + RECORD_RESERVE_BYTES > record:
+                raise ValueError(
+                    f"{name} ({limit}) leaves no room for the record's envelope: it must be at"
+                    f" most BRIDGE_KAFKA__MAX_REQUEST_BYTES ({record}) - {RECORD_RESERVE_BYTES}"
+                    " (raise the Kafka limit, and the topics' max.message.bytes, or lower this)"
+                )
         return self
 
     @model_validator(mode="before")

@@ -7,11 +7,25 @@ from typing import Any
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
+# orjson reads 1,024 levels of nesting but writes only this many: a deeper document would parse,
+# then fail at every encode (a webhook answering 503 forever, a feed batch retried forever).
+MAX_DEPTH = 254
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON; raises JSONDecodeError on invalid JSON or invalid UTF-8."""
-    return orjson.loads(raw)
+    """Parse JSON; JSONDecodeError on invalid JSON, invalid UTF-8, or nesting past MAX_DEPTH."""
+    value = orjson.loads(raw)
+    # Fewer brackets than the limit cannot nest past it; only then is the (C-speed) trial write due.
+    if _count(raw, "[") + _count(raw, "{") > MAX_DEPTH:
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            raise JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0) from None
+    return value
+
+
+def _count(raw: bytes | str, bracket: str) -> int:
+    return raw.count(bracket.encode()) if isinstance(raw, bytes) else raw.count(bracket)
 
 
 def dumps(value: Any) -> bytes:

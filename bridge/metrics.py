@@ -199,9 +199,61 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.task_crashes = Counter(
+            f"{PREFIX}_task_crashes_total",
+            "Crashes of a long-lived task (restarted, or the process exits after too many).",
+            ["task"],
+            registry=r,
+        )
         self.websocket_backlog = Gauge(
             f"{PREFIX}_websocket_backlog_events",
             "Feed events read from the socket and not yet acknowledged by Kafka.",
+            registry=r,
+        )
+        # The call-log source (SSE). Never a label per call: calls are unbounded.
+        self.sse_enabled = Gauge(
+            f"{PREFIX}_sse_enabled", "1 when the call-log (SSE) source runs here.", registry=r
+        )
+        self.sse_org_feed_connected = Gauge(
+            f"{PREFIX}_sse_org_feed_connected",
+            "1 while this process reads the organisation feed (call discovery).",
+            registry=r,
+        )
+        self.sse_calls_followed = Gauge(
+            f"{PREFIX}_sse_calls_followed",
+            "Call logs this process follows now (at most BRIDGE_SSE__MAX_CALLS).",
+            registry=r,
+        )
+        self.sse_calls_queued = Gauge(
+            f"{PREFIX}_sse_calls_queued",
+            "Calls waiting for a free follower slot, in arrival order.",
+            registry=r,
+        )
+        self.sse_reconnects = Counter(
+            f"{PREFIX}_sse_reconnects_total",
+            "SSE reconnections, by stream (call or org_feed) and why the previous one ended.",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.sse_gaps = Counter(
+            f"{PREFIX}_sse_gaps_total",
+            "log.gap markers: a call log's stream skipped entries this reader fell behind on.",
+            registry=r,
+        )
+        self.sse_gaps_filled = Counter(
+            f"{PREFIX}_sse_gaps_filled_total",
+            "Gaps whose entries were read from the JSON pages and acknowledged by Kafka.",
+            registry=r,
+        )
+        self.sse_gap_entries = Counter(
+            f"{PREFIX}_sse_gap_entries_total",
+            "Entries read from the JSON pages to fill gaps.",
+            registry=r,
+        )
+        self.sse_behind_live = Histogram(
+            f"{PREFIX}_sse_behind_live_seconds",
+            "From a call-log entry's own timestamp to Kafka's acknowledgement of it.",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
 

@@ -13,20 +13,32 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import jsoncodec
-from bridge.ingest.record import encode
+from bridge.ingest.record import ID, encode
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Unrecognised, normalise
 from bridge.normalise.binding import CONTENT_TYPE, Mode
 from bridge.normalise.binding import encode as encode_cloudevent
 from bridge.normalise.vocabulary import type_label
 from bridge.routing import Drop, Router
+from bridge.sink.limits import too_large
 from bridge.sink.record import Record
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
 
 log = logging.getLogger(__name__)
 _YIELD_EVERY = 64
+TOO_LARGE = "too_large"
+
+
+class _Refused:
+    """Kafka refused the record for good (its size): retrying would only be refused again."""
+
+
+_REFUSED = _Refused()
 
 
 class Sender(Protocol):
@@ -41,12 +53,16 @@ class Sender(Protocol):
 
 @dataclass(slots=True)
 class BatchResult:
-    """What became of each item of one delivery; `ok` only when every record is in Kafka."""
+    """What became of each item of one delivery; `ok` when none is worth retrying.
+
+    `refused`: items Kafka will never take (too large even as a dead letter): a final answer.
+    """
 
     accepted: int = 0
     dropped: int = 0
     dead_lettered: int = 0
     failed: int = 0
+    refused: int = 0
     failure_reasons: set[str] = field(default_factory=set)
 
     @property
@@ -59,6 +75,7 @@ class BatchResult:
             "dropped": self.dropped,
             "dead_lettered": self.dead_lettered,
             "failed": self.failed,
+            "refused": self.refused,
         }
 
 
@@ -115,12 +132,11 @@ class Pipeline:
                 # let other requests run in between.
                 await asyncio.sleep(0)
             normalised = normalise(item, channel=channel, received_at=received_at)
+            # A dead letter keeps the body's exact bytes when the body is this one item.
+            exact = raw if raw is not None and len(items) == 1 else None
             if isinstance(normalised, Unrecognised):
-                value = raw if raw is not None and len(items) == 1 else jsoncodec.dumps(item)
-                event_id = "dlq:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
-                output = self._dead_letter_record(normalised, value, channel, received_at)
-                record = encode(self._ingest, event_id, output, channel, received_at)
                 reason: str | None = normalised.reason
+                record = self._dead_letter(item, exact, normalised.reason, channel, received_at)
             else:
                 self._metrics.received_by(channel, type_label(normalised.type)).inc()
                 route = self._router.route(normalised)
@@ -145,8 +161,20 @@ class Pipeline:
                 self._fail("held_back", result)
                 continue
             delivery = await self._send(record, deadline, result)
-            if delivery is not None:
+            if delivery is _REFUSED and reason is None:
+                # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
+                # limits leave room for that), so it is kept, not retried forever.
+                log.error(
+                    "an event too large for Kafka is dead-lettered",
+                    extra={"event_id": record_id(record), "bytes": len(record.value)},
+                )
+                reason = TOO_LARGE
+                record = self._dead_letter(item, exact, reason, channel, received_at)
+                delivery = await self._send(record, deadline, result)
+            if isinstance(delivery, asyncio.Future):
                 sent.append(_Sent(delivery, received_at, reason))
+            elif delivery is _REFUSED:
+                self._refuse(channel, result)
             elif record.key is not None:
                 held_back.add(record.key)
         await self._wait_until({s.delivery for s in sent}, deadline)
@@ -156,7 +184,7 @@ class Pipeline:
 
     async def _send(
         self, record: Record, deadline: float, result: BatchResult
-    ) -> asyncio.Future[Any] | None:
+    ) -> asyncio.Future[Any] | _Refused | None:
         try:
             # timeout_at, not wait_for: no task per record, and the send stays in arrival order.
             async with asyncio.timeout_at(deadline):
@@ -165,6 +193,8 @@ class Pipeline:
             self._fail("timeout", result)
             return None
         except Exception as exc:  # a refused record must not become a 500
+            if too_large(exc):
+                return _REFUSED
             reason = "retriable" if getattr(exc, "retriable", False) else "error"
             log.warning("Kafka refused a record", extra={"error": type(exc).__name__})
             self._fail(reason, result)
@@ -209,8 +239,16 @@ class Pipeline:
             self._sink.mark_unreachable()
             self._fail("timeout", result)
             return
-        if delivery.cancelled() or delivery.exception() is not None:
+        if delivery.cancelled():
             self._fail("error", result)
+            return
+        error = delivery.exception()
+        if error is not None:
+            if too_large(error):
+                # The broker's limit is below what was learned at start: a final answer too.
+                self._refuse(channel, result)
+            else:
+                self._fail("error", result)
             return
         self._sink.mark_reachable()
         self._metrics.ingested_by(channel).inc()
@@ -220,6 +258,11 @@ class Pipeline:
             self._metrics.dead_lettered.labels(s.dead_letter_reason).inc()
         else:
             result.accepted += 1
+
+    def _refuse(self, channel: Channel, result: BatchResult) -> None:
+        result.refused += 1
+        self._metrics.publish_failures.labels(TOO_LARGE).inc()
+        self._metrics.rejected.labels(channel, TOO_LARGE).inc()
 
     def _fail(self, reason: str, result: BatchResult) -> None:
         result.failed += 1
@@ -234,8 +277,17 @@ class Pipeline:
                 extra={"error": type(fut.exception()).__name__},
             )
 
+    def _dead_letter(
+        self, item: Any, exact: bytes | None, reason: str, channel: Channel, received_at: float
+    ) -> Record:
+        """The ingest record of a dead letter: the item's bytes, bound for the dead-letter topic."""
+        value = exact if exact is not None else jsoncodec.dumps(item)
+        event_id = "dlq:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
+        output = self._dead_letter_record(reason, value, channel, received_at)
+        return encode(self._ingest, event_id, output, channel, received_at)
+
     def _dead_letter_record(
-        self, bad: Unrecognised, value: bytes, channel: Channel, received_at: float
+        self, reason: str, value: bytes, channel: Channel, received_at: float
     ) -> Record:
         # Not a CloudEvent, in either mode: no `ce_` header, so no reader takes it for binary mode.
         return Record(
@@ -244,8 +296,27 @@ class Pipeline:
             value=value,
             headers=(
                 (CONTENT_TYPE, b"application/json"),
-                ("pinecall-dlq-reason", bad.reason.encode()),
+                ("pinecall-dlq-reason", reason.encode()),
                 ("pinecall-channel", channel.encode()),
                 ("pinecall-received-at", str(received_at).encode()),
             ),
         )
+
+
+def pipeline_for(settings: Settings, sink: Sender, router: Router, metrics: Metrics) -> Pipeline:
+    """The ingest stage as the settings configure it: the daemon's, and the backfill's."""
+    return Pipeline(
+        sink,
+        router,
+        metrics,
+        source=settings.cloudevents.source,
+        mode=settings.cloudevents.mode,
+        ingest_topic=settings.topics.ingest,
+        dlq_topic=settings.topics.dlq,
+        publish_timeout=settings.kafka.publish_timeout_seconds,
+    )
+
+
+def record_id(record: Record) -> str:
+    """The dedup id an ingest record carries, for the log."""
+    return next((v.decode(errors="replace") for k, v in record.headers if k == ID), "")

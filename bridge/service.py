@@ -22,13 +22,15 @@ from bridge.config import Settings
 from bridge.dedup.stage import DedupStage
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
-from bridge.pipeline import Pipeline
+from bridge.pipeline import pipeline_for
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
+from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registration import RegistrationError, WebhookRegistry
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ class Bridge:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
-        self.sink = KafkaSink(settings.kafka, self.metrics)
+        # Set when a task crashed too often to be restarted: serve() then exits non-zero.
+        self.crashed = asyncio.Event()
+        self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
+        self.sink = KafkaSink(settings.kafka, self.metrics, self.supervisor)
         self.router = Router(settings.topics, settings.routing.rules)
         # Flow counters exist at 0 from the start: alerts compare their increase(), and a series
         # born with its first events shows no increase until the next ones.
@@ -48,19 +53,32 @@ class Bridge:
             self.metrics.duplicates_by(channel)
         for topic in self.router.topics():
             self.metrics.published_by(topic)
-        self.pipeline = Pipeline(
-            self.sink,
-            self.router,
-            self.metrics,
-            source=settings.cloudevents.source,
-            mode=settings.cloudevents.mode,
-            ingest_topic=settings.topics.ingest,
-            dlq_topic=settings.topics.dlq,
-            publish_timeout=settings.kafka.publish_timeout_seconds,
-        )
+        self.pipeline = pipeline_for(settings, self.sink, self.router, self.metrics)
         client = client_options(settings.kafka)
         dedup = settings.dedup
-        self.dedup = DedupStage(dedup, settings.topics.ingest, client, self.metrics)
+        self.dedup = DedupStage(
+            dedup,
+            settings.topics.ingest,
+            client,
+            self.metrics,
+            self.supervisor,
+            limits=self.sink.limits,
+        )
+        # The call-log source follows the calls of the ingest partitions the dedup stage owns.
+        self.calllog = (
+            CallLogSource(
+                settings.sse,
+                settings.pinecall,
+                settings.kafka,
+                settings.topics.ingest,
+                self.pipeline,
+                self.metrics,
+                dedup_ttl_seconds=settings.dedup.ttl_seconds,
+            )
+            if settings.sse.enabled
+            else None
+        )
+        self.dedup.listener = self.calllog
         self.readiness = Readiness(self.metrics, lambda: self.sink.connected)
         self.feed: WebSocketSource | None = None
         self.lease = (
@@ -73,6 +91,7 @@ class Bridge:
                 on_lost=self._stop_feed_now,
                 session_timeout_ms=dedup.session_timeout_ms,
                 heartbeat_interval_ms=dedup.heartbeat_interval_ms,
+                supervisor=self.supervisor,
             )
             if settings.websocket.enabled
             else None
@@ -82,6 +101,7 @@ class Bridge:
         self._runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
+        self.registered = asyncio.Event()  # set once the webhook registration succeeded
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -92,6 +112,9 @@ class Bridge:
             self.app,
             handle_signals=False,
             access_log=None,
+            # The signature covers the raw body, and inflating a gzip bomb (1,000:1) would stall
+            # the event loop: encoded bodies stay as they came and are refused (415).
+            auto_decompress=False,
             # A handler needs at most the publish timeout; waiting longer only delays the flush.
             shutdown_timeout=min(
                 self.settings.kafka.publish_timeout_seconds + 1,
@@ -109,9 +132,9 @@ class Bridge:
         )
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
-        self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
+        self._connector = self.supervisor.spawn("kafka-connect", self._connect)
         if self.settings.pinecall.register_webhook:
-            self._registration = asyncio.create_task(self._register(), name="webhook-register")
+            self._registration = self.supervisor.spawn("webhook-register", self._register)
 
     def topic_specs(self) -> list[TopicSpec]:
         """Every topic the bridge uses: outputs, the ingest topic and the feed lease topic."""
@@ -136,7 +159,10 @@ class Bridge:
                 await self.sink.start()
                 if self.settings.topics.create:
                     await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
+                await self.sink.learn_limits([self.settings.topics.ingest, *self.router.topics()])
                 await self.sink.warm([self.settings.topics.ingest])
+                if self.calllog is not None:
+                    await self.calllog.start()  # ready for the stage's first assignment
                 await self.dedup.start()
                 if self.lease is not None:
                     await self.lease.start()
@@ -163,7 +189,11 @@ class Bridge:
     async def _start_feed(self) -> None:
         if self.feed is None:
             self.feed = WebSocketSource(
-                self.settings.websocket, self.settings.pinecall, self.pipeline, self.metrics
+                self.settings.websocket,
+                self.settings.pinecall,
+                self.pipeline,
+                self.metrics,
+                self.supervisor,
             )
             await self.feed.start()
 
@@ -174,16 +204,28 @@ class Bridge:
             await feed.stop(asyncio.get_running_loop().time() + 5.0)
 
     async def _register(self) -> None:
-        """Register our public webhook URL with Pinecall unless it already is."""
+        """Register our public webhook URL with Pinecall unless it already is; retry until done.
+
+        Pinecall may be unreachable at start-up, or refuse a key being rotated: the webhook is
+        the durable channel, so keep trying, with a capped, jittered backoff.
+        """
         api, hook = self.settings.pinecall, self.settings.webhook
         url = f"{api.public_url}{hook.path}"
         secret = hook.secrets[0].get_secret_value() if hook.secrets else ""
+        delay = 0.5
         async with aiohttp.ClientSession() as session:
-            try:
-                _, created = await WebhookRegistry(session, api).ensure(url, [], secret)
-            except RegistrationError as exc:
-                log.error("webhook registration failed", extra={"url": url, "error": str(exc)})
-                return
+            while True:
+                try:
+                    _, created = await WebhookRegistry(session, api).ensure(url, [], secret)
+                    break
+                except RegistrationError as exc:
+                    log.error(
+                        "webhook registration failed; retrying",
+                        extra={"url": url, "error": str(exc), "retry_in_s": round(delay, 1)},
+                    )
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 60.0)
+        self.registered.set()
         log.info(
             "webhook registered" if created else "webhook already registered", extra={"url": url}
         )
@@ -206,6 +248,11 @@ class Bridge:
         if self.lease is not None:
             await self.lease.stop()  # leave the lease group: another replica takes over at once
 
+    async def _stop_calllog(self, deadline: float) -> None:
+        """Stop following calls; entries being published may land until `deadline`."""
+        if self.calllog is not None:
+            await self.calllog.stop(deadline)
+
     async def stop(self) -> None:
         """Unready at once; let requests in flight finish; flush the producer; all within grace."""
         self.readiness.stopping = True
@@ -225,7 +272,9 @@ class Bridge:
             async with asyncio.timeout_at(flush_from):
                 await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
                 # Phase one: stop taking input, let what was taken reach Kafka.
-                await asyncio.gather(self._stop_http(), self._stop_feed(flush_from))
+                await asyncio.gather(
+                    self._stop_http(), self._stop_feed(flush_from), self._stop_calllog(flush_from)
+                )
         except TimeoutError:
             log.error("requests still in flight when the grace period ran short")
         try:
@@ -252,5 +301,11 @@ async def serve(settings: Settings) -> None:
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback
         log.error("cannot listen", extra={"port": settings.http.port, "error": str(exc)})
         raise SystemExit(1) from None
-    await stop.wait()
+    stopped, crashed = asyncio.create_task(stop.wait()), asyncio.create_task(bridge.crashed.wait())
+    await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    crashed.cancel()
     await bridge.stop()
+    if bridge.crashed.is_set():
+        log.critical("exiting: a task kept crashing (see task_crashes_total and the log above)")
+        raise SystemExit(1)

@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.dedup.window import SeenWindow, digest
+from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import event_id_of
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,17 @@ _FETCH_MS = 500
 
 
 async def restore(
-    options: dict[str, Any], tp: TopicPartition, end: int, window: SeenWindow, ttl: float
+    options: dict[str, Any],
+    tp: TopicPartition,
+    end: int,
+    window: SeenWindow,
+    ttl: float,
+    progress: PartitionProgress | None = None,
 ) -> int:
-    """Replay [start, end) of the partition into `window`; returns how many ids it read."""
+    """Replay [start, end) of the partition into `window`; returns how many ids it read.
+
+    `progress`, when given, also learns each call log's progress from the same records.
+    """
     consumer = AIOKafkaConsumer(
         **options,
         group_id=None,
@@ -45,7 +54,7 @@ async def restore(
         found = await consumer.offsets_for_times({tp: max(int(last.timestamp - ttl * 1000), 0)})
         at = found.get(tp)
         start = max(at.offset if at is not None else end, first)
-        return await _replay(consumer, tp, start, end, window)
+        return await _replay(consumer, tp, start, end, window, progress)
     finally:
         await consumer.stop()
 
@@ -62,7 +71,12 @@ async def _read_one(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int)
 
 
 async def _replay(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, window: SeenWindow
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    end: int,
+    window: SeenWindow,
+    progress: PartitionProgress | None,
 ) -> int:
     consumer.seek(tp, start)
     read = 0
@@ -84,6 +98,8 @@ async def _replay(
             event_id = event_id_of(record.headers)
             if event_id is not None:
                 observe(digest(event_id), record.timestamp / 1000)
+                if progress is not None:
+                    progress.observe(event_id, record.headers)
                 read += 1
             position = record.offset + 1
     return read

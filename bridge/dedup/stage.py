@@ -25,9 +25,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.config import DedupSettings
+from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
+from bridge.sink.limits import TopicLimits
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 _RETRY_LOST_AFTER = 2.0
@@ -53,11 +56,15 @@ class DedupStage:
         ingest_topic: str,
         client: dict[str, Any],
         metrics: Metrics,
+        supervisor: Supervisor | None = None,
+        limits: TopicLimits | None = None,
     ) -> None:
         self._settings = settings
         self._topic = ingest_topic
+        self._limits = limits
         self._client = client
         self._metrics = metrics
+        self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -70,6 +77,8 @@ class DedupStage:
         # stay where their state is (a moved partition costs a restore).
         self._assigned: set[int] = set()
         self._assigned_since = 0
+        # Told which partitions this member owns (the call-log source follows their calls).
+        self.listener: PartitionListener | None = None
         metrics.dedup_partitions_owned.set_function(lambda: len(self._tasks))
         metrics.dedup_entries.set_function(
             lambda: sum(len(t.window) for t in list(self._tasks.values()))
@@ -97,7 +106,7 @@ class DedupStage:
         consumer.subscribe([self._topic], listener=_Listener(self))
         self._consumer = consumer
         self._running = True
-        self._loop = asyncio.create_task(self._run(), name="dedup-stage")
+        self._loop = self._supervisor.spawn("dedup-stage", self._run)
 
     async def stop(self) -> None:
         """Commit each owned partition's open transaction, close the producers, leave the group."""
@@ -164,6 +173,8 @@ class DedupStage:
         )
         self._tasks.pop(task.tp, None)
         self._forget_lag(task.tp)
+        if self.listener is not None:
+            self.listener.partition_lost(task.tp.partition)
         if self._consumer is not None and task.tp in self._consumer.assignment():
             self._consumer.pause(task.tp)
         await task.discard()
@@ -208,6 +219,8 @@ class DedupStage:
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
+        if self.listener is not None:
+            self.listener.partitions_assigned(set(self._assigned))
         gone = [self._suspended.pop(tp) for tp in list(self._suspended) if tp not in assigned]
         await asyncio.gather(*(t.close(abort=True) for t in gone))
         if self._consumer is None or not assigned:
@@ -252,6 +265,9 @@ class DedupStage:
                     self._tasks[task.tp] = task
                     consumer.seek(task.tp, task.position)
                     consumer.resume(task.tp)
+                    if self.listener is not None:
+                        self.listener.partition_owned(task.tp.partition, task.progress)
+                        task.progress = None  # handed over; a resumed task has nothing new
                     return
         except asyncio.CancelledError:
             # Revoked while waiting for the lock: the started producer must not leak.
@@ -272,7 +288,14 @@ class DedupStage:
                 await self._install(suspended)
                 return
             while self._running and tp in consumer.assignment():
-                task = PartitionTask(tp, self._settings, self._client, self._metrics)
+                task = PartitionTask(
+                    tp,
+                    self._settings,
+                    self._client,
+                    self._metrics,
+                    track_progress=self.listener is not None,
+                    limits=self._limits,
+                )
                 try:
                     await task.start(consumer.committed)
                 except asyncio.CancelledError:

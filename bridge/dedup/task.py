@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -28,9 +29,16 @@ from aiokafka.errors import (
 from bridge.config import DedupSettings
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
+from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.sink.kafka import partition_for
+from bridge.sink.limits import (
+    KAFKA_DEFAULT_MAX_REQUEST_BYTES,
+    TopicLimits,
+    record_size,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +79,15 @@ class PartitionTask:
         settings: DedupSettings,
         client: dict[str, Any],
         metrics: Metrics,
+        *,
+        track_progress: bool = False,
+        limits: TopicLimits | None = None,
     ) -> None:
         self.tp = tp
+        # Shared by every task: a size refusal learned by one is known to its successor.
+        self._limits = (
+            limits if limits is not None else TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES)
+        )
         self._settings = settings
         self._client = client
         self._metrics = metrics
@@ -81,7 +96,12 @@ class PartitionTask:
         self.position = 0  # the next ingest offset to process
         self.last_appended_at: float | None = None
         self._txn: _Transaction | None = None
+        # aiokafka commits a transaction even when one of its sends failed (that record is then
+        # silently missing): the first failure of the open transaction, checked before commit.
+        self._send_error: BaseException | None = None
         self._evicted_reported = 0
+        # What the restore saw of each call log, for the call-log source's takeover.
+        self.progress = PartitionProgress() if track_progress else None
 
     @property
     def label(self) -> str:
@@ -100,6 +120,7 @@ class PartitionTask:
             # produce requests (one request per send was the stage's largest cost).
             linger_ms=_LINGER_MS,
             partitioner=partition_for,
+            max_request_size=self._limits.default,
         )
         try:
             await producer.start()  # InitProducerId: the fence
@@ -107,7 +128,12 @@ class PartitionTask:
             if offset is None:
                 offset = await self._beginning()
             ids = await restore(
-                self._client, self.tp, offset, self.window, self._settings.ttl_seconds
+                self._client,
+                self.tp,
+                offset,
+                self.window,
+                self._settings.ttl_seconds,
+                self.progress,
             )
         except BaseException:
             await _stop_quietly(producer)
@@ -153,6 +179,7 @@ class PartitionTask:
             if self._txn is None:
                 await producer.begin_transaction()
                 self._txn = _Transaction(time.monotonic())
+                self._send_error = None
             txn = self._txn
             self.position = record.offset + 1
             self.last_appended_at = record.timestamp / 1000
@@ -168,12 +195,29 @@ class PartitionTask:
                 txn.duplicates[entry.channel] += 1
                 continue
             out = entry.output
+            size = record_size(out)
+            if size > self._limits.limit(out.topic):
+                # Its output topic takes smaller records than the ingest topic did: sending it
+                # would fail the transaction at every retry and stall the partition for good.
+                self._metrics.dropped.labels("too_large").inc()
+                log.error(
+                    "output record too large for its topic; skipped (it stays in the ingest topic)",
+                    extra={
+                        "partition": self.tp.partition,
+                        "offset": record.offset,
+                        "event_id": entry.event_id,
+                        "topic": out.topic,
+                        "bytes": size,
+                        "limit": self._limits.limit(out.topic),
+                    },
+                )
+                continue
             delivery = await producer.send(
                 out.topic, value=out.value, key=out.key, headers=list(out.headers)
             )
             # Its outcome is the transaction's: a fenced one fails every send, and an unread
             # failure would be logged by asyncio as an error of its own.
-            delivery.add_done_callback(_consume_outcome)
+            delivery.add_done_callback(functools.partial(self._outcome, out.topic, size))
             txn.published[out.topic] += 1
             txn.timings.append((entry.received_at, entry.event_time))
 
@@ -182,6 +226,16 @@ class PartitionTask:
         txn, producer = self._txn, self._require_producer()
         if txn is None:
             return
+        await self._guard(producer.flush())  # every send of the transaction has its outcome
+        await asyncio.sleep(0)  # and the outcomes' callbacks have run
+        if self._send_error is not None:
+            error = self._send_error
+            fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
+            log.warning(
+                "a send of the dedup transaction failed; it is not committed",
+                extra={"partition": self.tp.partition, "error": repr(error)},
+            )
+            raise PartitionLostError("fenced" if fenced else "error") from error
         offsets = {self.tp: self.position}
         await self._guard(producer.send_offsets_to_transaction(offsets, self._settings.group))
         await self._guard(producer.commit_transaction())
@@ -231,6 +285,19 @@ class PartitionTask:
         if producer is not None:
             await _stop_quietly(producer)
 
+    def _outcome(self, topic: str, size: int, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            return
+        error = delivery.exception()  # read, or asyncio logs an unread failure of its own
+        if error is None:
+            return
+        if self._send_error is None:
+            self._send_error = error
+        if too_large(error):
+            # The topic's limit is lower than learned (changed since): with the limit lowered,
+            # the partition's restart skips this record instead of failing on it again.
+            self._limits.learn(topic, size - 1)
+
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             raise PartitionLostError("error")
@@ -275,11 +342,6 @@ def _fatal_cause(producer: AIOKafkaProducer | None) -> BaseException | None:
     if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
         return waiter.exception()
     return None
-
-
-def _consume_outcome(delivery: asyncio.Future[Any]) -> None:
-    if not delivery.cancelled():
-        delivery.exception()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

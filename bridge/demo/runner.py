@@ -1,4 +1,4 @@
-"""`pinecall-bridge demo`: the simulator, the bridge with both sources, and a live view on Kafka."""
+"""`pinecall-bridge demo`: the simulator, the bridge with its three sources, a live Kafka view."""
 
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ class DemoOptions:
 
 
 def demo_settings(options: DemoOptions, simulator: Simulator) -> Settings:
-    """The environment's settings (Kafka and so on), with both sources wired to the simulator."""
+    """The environment's settings (Kafka and so on), with every source wired to the simulator."""
     return load_settings(
         webhook={"secrets": [DEV_SECRET]},
         http={"host": "127.0.0.1", "port": options.http_port},
         pinecall={"api_url": simulator.url, "api_key": simulator.config.api_key},
         websocket={"enabled": True, "url": simulator.ws_url, "backoff_max_seconds": 2.0},
+        sse={"enabled": True, "backoff_max_seconds": 2.0},
         log={"format": "console", "level": "WARNING" if options.headless else "ERROR"},
     )
 
@@ -119,7 +120,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                 f"[dim]Ctrl-C stops everything. Send your own signed event: "
                 f".venv/bin/pinecall-bridge send --secret {DEV_SECRET} --url {url}\n"
                 f"Metrics: http://127.0.0.1:{bridge.port}/metrics  Cut the feed: "
-                f"curl -X POST {simulator.url}/_sim/drop  Downstream view: "
+                f"curl -X POST {simulator.url}/_sim/drop  Cut the call logs: "
+                f"curl -X POST {simulator.url}/_sim/sse/cut  Downstream view: "
                 f".venv/bin/pinecall-bridge tail[/]"
             )
             if options.headless:
@@ -151,11 +153,12 @@ async def _traffic(simulator: Simulator, options: DemoOptions) -> int:
             calls=options.calls or options.concurrency,
             concurrency=options.concurrency,
             rate=options.rate,
-            channel="both",
+            channel="all",  # webhooks, the WebSocket feed and the call logs over SSE
             duplicates=options.duplicates,
             reorder=options.reorder,
             seed=seed,
             subscribers=1,
+            feed_subscribers=1,  # the call-log source's org feed: it announces the calls
             subscriber_timeout=60,
         )
         generated += report.events
@@ -169,7 +172,8 @@ def _simulator_line(simulator: Simulator) -> str:
         f"[bold]simulator[/] calls in progress, events generated {stats['events_generated']:,}"
         f" (durable {stats['events_durable']:,}), webhook deliveries ok"
         f" {stats['deliveries_ok']:,} retried {stats['deliveries_retried']:,},"
-        f" frames sent {stats['frames_sent']:,}"
+        f" frames sent {stats['frames_sent']:,}, call-log entries streamed"
+        f" {stats['sse_entries_streamed']:,}"
     )
 
 
@@ -218,7 +222,8 @@ async def _headless(
     console.print(
         f"{len(expected):,} durable events from {simulator.snapshot()['events_generated']:,}"
         f" generated in {time.monotonic() - start:.1f} s;"
-        f" received {sum(snapshot.received.values()):,.0f} copies over both channels,"
+        f" received {sum(snapshot.received.values()):,.0f} copies over"
+        f" {len(snapshot.received)} channels,"
         f" dropped {snapshot.dropped:,.0f} ephemeral, ingested"
         f" {sum(snapshot.ingested.values()):,.0f}; the dedup stage removed"
         f" {snapshot.duplicates:,.0f} duplicates and published"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from bridge import jsoncodec
 
-Channel = Literal["webhook", "websocket"]
+Channel = Literal["webhook", "websocket", "sse"]
 CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
 
 

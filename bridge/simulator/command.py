@@ -27,7 +27,10 @@ def _events(value: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinecall-bridge simulate",
-        description="A local stand-in for Pinecall: REST API, WebSocket feed, signed webhooks.",
+        description=(
+            "A local stand-in for Pinecall: REST API, WebSocket feed, signed webhooks, "
+            "per-call event logs (JSON pages and SSE) and the org feed."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve = parser.add_argument_group("server")
@@ -66,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="share of durable frames in the older SDK's {event, callId} shape",
+    )
+    serve.add_argument(
+        "--sse-ping",
+        type=float,
+        default=25.0,
+        help="seconds between `: ping` comments on a quiet call-log or org-feed stream",
+    )
+    serve.add_argument(
+        "--sse-buffer",
+        type=int,
+        default=256,
+        help="entries a call-log stream may fall behind before it gets a log.gap",
     )
     serve.add_argument(
         "--no-records",
@@ -114,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="wait for this many subscribed WebSocket clients first",
     )
+    traffic.add_argument(
+        "--feed-subscribers",
+        type=int,
+        default=0,
+        help="wait for this many org-feed (GET /v1/events) streams first",
+    )
     traffic.add_argument("--subscriber-timeout", type=float, default=60.0, help="seconds")
     traffic.add_argument(
         "--start-delay", type=float, default=0.0, help="seconds to wait before the traffic starts"
@@ -153,6 +174,8 @@ def settings(args: argparse.Namespace) -> tuple[SimulatorConfig, TrafficSpec]:
         delivery_concurrency=args.delivery_concurrency,
         ledger_path=args.ledger,
         keep_records=not args.no_records,
+        sse_ping_interval=args.sse_ping,
+        sse_reader_buffer=args.sse_buffer,
     )
     spec = TrafficSpec(
         calls=args.calls,
@@ -164,6 +187,7 @@ def settings(args: argparse.Namespace) -> tuple[SimulatorConfig, TrafficSpec]:
         seed=args.seed,
         subscribers=args.subscribers,
         subscriber_timeout=args.subscriber_timeout,
+        feed_subscribers=args.feed_subscribers,
     )
     return config, spec
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Channel = Literal["both", "webhook", "websocket"]
+# "both" is webhook + websocket (the documented pair); "sse" the per-call logs alone, as the
+# platform serves call events today; "all" every channel at once.
+Channel = Literal["both", "webhook", "websocket", "sse", "all"]
 SignatureForm = Literal["prefixed", "bare"]
 AuthFailure = Literal["close", "http"]
 DropMode = Literal["abort", "1011"]
 
-CHANNELS: tuple[Channel, ...] = ("both", "webhook", "websocket")
+CHANNELS: tuple[Channel, ...] = ("both", "webhook", "websocket", "sse", "all")
 
 
 def _probability(name: str, value: float) -> None:
@@ -48,6 +50,8 @@ class SimulatorConfig:
     ws_documented_ratio: float = 0.0
     ws_legacy_ratio: float = 0.0
     signature: SignatureForm = "prefixed"
+    # Seconds each webhook-registration request takes, as a distant API does (races show).
+    api_latency: float = 0.0
     delivery_timeout: float = 5.0
     retry_base: float = 0.2
     retry_max_delay: float = 10.0
@@ -55,6 +59,10 @@ class SimulatorConfig:
     delivery_concurrency: int = 64
     ledger_path: Path | None = None
     keep_records: bool = True
+    sse_ping_interval: float = 25.0  # seconds between `: ping` comments on a quiet stream
+    sse_retry_ms: int = 1000  # the `retry:` a stream opens with
+    sse_reader_buffer: int = 256  # entries a stream's reader may fall behind before a log.gap
+    sse_retain_calls: int = 10_000  # sealed call logs kept for pages and replays
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,7 +71,13 @@ class SimulatorConfig:
             raise ValueError("api_key must not be empty")
         for name in ("token_path", "webhooks_path", "ws_path"):
             _path(name, getattr(self, name))
-        for name in ("token_ttl", "ws_close_timeout", "delivery_timeout", "retry_max_delay"):
+        for name in (
+            "token_ttl",
+            "ws_close_timeout",
+            "delivery_timeout",
+            "retry_max_delay",
+            "sse_ping_interval",
+        ):
             _positive(name, getattr(self, name))
         if self.ws_heartbeat is not None:
             _positive("ws_heartbeat", self.ws_heartbeat)
@@ -73,10 +87,17 @@ class SimulatorConfig:
             _probability(name, getattr(self, name))
         if self.ws_documented_ratio + self.ws_legacy_ratio > 1.0:
             raise ValueError("ws_documented_ratio + ws_legacy_ratio must not exceed 1")
+        if self.api_latency < 0:
+            raise ValueError(f"api_latency must not be negative, not {self.api_latency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.delivery_concurrency < 1:
             raise ValueError("delivery_concurrency must be at least 1")
+        if self.sse_retry_ms < 0:
+            raise ValueError(f"sse_retry_ms must not be negative, not {self.sse_retry_ms}")
+        for name in ("sse_reader_buffer", "sse_retain_calls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +113,7 @@ class TrafficSpec:
     seed: int | None = None  # None: a random seed, reported in the TrafficReport
     subscribers: int = 0  # wait for this many subscribed WebSocket connections first
     subscriber_timeout: float = 10.0
+    feed_subscribers: int = 0  # wait for this many org-feed (`GET /v1/events`) streams first
 
     def __post_init__(self) -> None:
         if self.calls < 0:
@@ -106,12 +128,19 @@ class TrafficSpec:
         _probability("reorder", self.reorder)
         if self.subscribers < 0:
             raise ValueError("subscribers must not be negative")
+        if self.feed_subscribers < 0:
+            raise ValueError("feed_subscribers must not be negative")
         _positive("subscriber_timeout", self.subscriber_timeout)
 
     @property
     def webhook(self) -> bool:
-        return self.channel in ("both", "webhook")
+        return self.channel in ("both", "webhook", "all")
 
     @property
     def websocket(self) -> bool:
-        return self.channel in ("both", "websocket")
+        return self.channel in ("both", "websocket", "all")
+
+    @property
+    def sse(self) -> bool:
+        """Whether calls are written to their logs, served as pages, SSE and the org feed."""
+        return self.channel in ("sse", "all")

@@ -9,7 +9,7 @@ from typing import Literal
 from bridge.simulator.config import TrafficSpec
 
 FrameShape = Literal["log-entry", "documented", "legacy"]
-ChannelName = Literal["webhook", "websocket"]
+ChannelName = Literal["webhook", "websocket", "sse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +46,12 @@ def plan_event(
         channels += ("webhook",)
     if spec.websocket:
         channels += ("websocket",)
+    if spec.sse:
+        channels += ("sse",)
     return Plan(
         channels=channels,
         webhook_copies=(1 + webhook_duplicate) if spec.webhook else 0,
         websocket_copies=(1 + websocket_duplicate) if spec.websocket else 0,
-        websocket_after_webhook=late and spec.channel == "both",
+        websocket_after_webhook=late and spec.webhook and spec.websocket,
         shape=shape,
     )

@@ -1,7 +1,8 @@
-"""The HTTP surface: token, webhook registration, the feed, and the `/_sim/` controls."""
+"""The HTTP surface: token, webhook registration, the feeds, the call logs, `/_sim/` controls."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -9,6 +10,12 @@ from aiohttp import web
 from bridge import jsoncodec
 from bridge.simulator.auth import bearer_ok, unauthorized
 from bridge.simulator.config import DropMode, SimulatorConfig
+from bridge.simulator.eventstream import (
+    CALL_EVENTS_PATH,
+    ORG_EVENTS_PATH,
+    SESSIONS_PATH,
+    EventStreams,
+)
 from bridge.simulator.hooks import HookStore, InvalidHookError, parse_hook
 from bridge.simulator.session import SessionHandler
 from bridge.simulator.stats import Stats
@@ -26,6 +33,16 @@ class Controls(Protocol):
 
     async def expire_tokens(self) -> int: ...
 
+    def sse_cut(self) -> int: ...
+
+    def sse_silence(self) -> int: ...
+
+    def sse_fail(self, count: int, status: int = 503) -> None: ...
+
+    def sse_refuse_auth(self, seconds: float) -> None: ...
+
+    def sse_gap(self, call: str | None = None, entries: int = 3) -> int: ...
+
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -39,6 +56,12 @@ class Api:
         self._tokens = tokens
         self._hooks = hooks
         self._stats = stats
+
+    async def _hook_request(self, request: web.Request) -> web.Response | None:
+        """The registration endpoints' common start: the API's latency, then its key check."""
+        if self._config.api_latency:
+            await asyncio.sleep(self._config.api_latency)
+        return self._refused(request)
 
     def _refused(self, request: web.Request) -> web.Response | None:
         if bearer_ok(request.headers.get("Authorization"), self._config.api_key):
@@ -55,7 +78,7 @@ class Api:
         return web.json_response({"token": self._tokens.issue(), "expires_in": expires_in})
 
     async def create_hook(self, request: web.Request) -> web.Response:
-        if refused := self._refused(request):
+        if refused := await self._hook_request(request):
             return refused
         try:
             url, events, secret = parse_hook(jsoncodec.loads(await request.read()))
@@ -67,12 +90,12 @@ class Api:
         return web.json_response(hook.public(), status=201)
 
     async def list_hooks(self, request: web.Request) -> web.Response:
-        if refused := self._refused(request):
+        if refused := await self._hook_request(request):
             return refused
         return web.json_response({"data": [hook.public() for hook in self._hooks.all()]})
 
     async def delete_hook(self, request: web.Request) -> web.Response:
-        if refused := self._refused(request):
+        if refused := await self._hook_request(request):
             return refused
         if not self._hooks.delete(request.match_info["id"]):
             return web.json_response(
@@ -103,9 +126,44 @@ class ControlRoutes:
     async def stats(self, _: web.Request) -> web.Response:
         return web.json_response(self._controls.snapshot())
 
+    async def sse_cut(self, _: web.Request) -> web.Response:
+        return web.json_response({"cut": self._controls.sse_cut()})
+
+    async def sse_silence(self, _: web.Request) -> web.Response:
+        return web.json_response({"silenced": self._controls.sse_silence()})
+
+    async def sse_fail(self, request: web.Request) -> web.Response:
+        count = _query_int(request, "count", 1)
+        status = _query_int(request, "status", 503)
+        if count is None or count < 0 or status is None or not 500 <= status <= 599:
+            return _bad_request("count must be a non-negative integer, status a 5xx")
+        self._controls.sse_fail(count, status)
+        return web.json_response({"failing": count, "status": status})
+
+    async def sse_refuse_auth(self, request: web.Request) -> web.Response:
+        try:
+            seconds = float(request.query.get("seconds", "5"))
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0:
+            return _bad_request("seconds must be a non-negative number")
+        self._controls.sse_refuse_auth(seconds)
+        return web.json_response({"refusing_for": seconds})
+
+    async def sse_gap(self, request: web.Request) -> web.Response:
+        entries = _query_int(request, "entries", 3)
+        if entries is None or entries < 0:
+            return _bad_request("entries must be a non-negative integer")
+        readers = self._controls.sse_gap(request.query.get("call"), entries)
+        return web.json_response({"readers": readers})
+
 
 def build_app(
-    config: SimulatorConfig, api: Api, session: SessionHandler, controls: Controls
+    config: SimulatorConfig,
+    api: Api,
+    session: SessionHandler,
+    controls: Controls,
+    streams: EventStreams,
 ) -> web.Application:
     app = web.Application()
     control = ControlRoutes(controls)
@@ -115,11 +173,26 @@ def build_app(
     app.router.add_get(config.webhooks_path, api.list_hooks)
     app.router.add_delete(config.webhooks_path + "/{id}", api.delete_hook)
     app.router.add_get(config.ws_path, session.handle)
+    app.router.add_get(CALL_EVENTS_PATH, streams.call_events)
+    app.router.add_get(ORG_EVENTS_PATH, streams.org_events)
+    app.router.add_get(SESSIONS_PATH, streams.sessions)
     app.router.add_post("/_sim/drop", control.drop)
     app.router.add_post("/_sim/auth-close", control.auth_close)
     app.router.add_post("/_sim/expire-tokens", control.expire_tokens)
     app.router.add_get("/_sim/stats", control.stats)
+    app.router.add_post("/_sim/sse/cut", control.sse_cut)
+    app.router.add_post("/_sim/sse/silence", control.sse_silence)
+    app.router.add_post("/_sim/sse/fail", control.sse_fail)
+    app.router.add_post("/_sim/sse/refuse-auth", control.sse_refuse_auth)
+    app.router.add_post("/_sim/sse/gap", control.sse_gap)
     return app
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int | None:
+    try:
+        return int(request.query.get(name, str(default)))
+    except ValueError:
+        return None
 
 
 def _bad_request(detail: str) -> web.Response:

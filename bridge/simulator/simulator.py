@@ -10,8 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import Channel, DropMode, SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
+from bridge.simulator.eventstream import EventStreams
 from bridge.simulator.feed import Feed
 from bridge.simulator.frames import GOING_AWAY, INTERNAL_ERROR, UNAUTHORIZED
 from bridge.simulator.hooks import Hook, HookStore, parse_hook
@@ -43,6 +45,8 @@ class Simulator:
             self.stats, garbage=self.config.ws_garbage, keep_records=self.config.keep_records
         )
         self.deliverer = Deliverer(self.config, self.stats)
+        self.calllogs = CallLogs(retain=self.config.sse_retain_calls)
+        self.streams = EventStreams(self.config, self.calllogs, self.stats)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._runs: set[asyncio.Task[TrafficReport]] = set()
@@ -67,7 +71,9 @@ class Simulator:
         session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
         api = Api(self.config, self.tokens, self.hooks, self.stats)
         runner = web.AppRunner(
-            build_app(self.config, api, session, self), access_log=None, shutdown_timeout=1.0
+            build_app(self.config, api, session, self, self.streams),
+            access_log=None,
+            shutdown_timeout=1.0,
         )
         await runner.setup()
         host = self.config.host
@@ -83,6 +89,7 @@ class Simulator:
             run.cancel()
         await asyncio.gather(*self._runs, return_exceptions=True)
         await self.feed.close_all(GOING_AWAY, "server stopping")
+        self.streams.abort_all()
         await self.deliverer.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -143,6 +150,7 @@ class Simulator:
         seed: int | None = None,
         subscribers: int = 0,
         subscriber_timeout: float = 10.0,
+        feed_subscribers: int = 0,
     ) -> TrafficReport:
         """Play `calls` calls; returns once every delivery is answered and every frame written."""
         spec = TrafficSpec(
@@ -155,6 +163,7 @@ class Simulator:
             seed=seed,
             subscribers=subscribers,
             subscriber_timeout=subscriber_timeout,
+            feed_subscribers=feed_subscribers,
         )
         return await self.play(spec)
 
@@ -168,6 +177,7 @@ class Simulator:
             feed=self.feed,
             ledger=self.ledger,
             stats=self.stats,
+            calllogs=self.calllogs,
         )
         run = asyncio.create_task(traffic.play())
         self._runs.add(run)
@@ -211,6 +221,30 @@ class Simulator:
         log.info("tokens expired", extra={"connections": closed})
         return closed
 
+    def sse_cut(self) -> int:
+        """Cut every SSE stream mid-event: half an event written, then the TCP stream aborted."""
+        cut = self.streams.cut_all()
+        log.info("sse streams cut", extra={"connections": cut})
+        return cut
+
+    def sse_silence(self) -> int:
+        """Every open SSE stream stops writing, pings included, until it is cut."""
+        silenced = self.streams.silence_all()
+        log.info("sse streams silenced", extra={"connections": silenced})
+        return silenced
+
+    def sse_fail(self, count: int, status: int = 503) -> None:
+        """Answer the next `count` call-log requests (pages or streams) with a 5xx."""
+        self.streams.fail_next(count, status)
+
+    def sse_refuse_auth(self, seconds: float) -> None:
+        """Refuse the call-log, org-feed and call-list requests with 401 for `seconds`."""
+        self.streams.refuse_auth(seconds)
+
+    def sse_gap(self, call: str | None = None, entries: int = 3) -> int:
+        """Make the live readers (of `call`, or all) miss what they hold and the next entries."""
+        return self.streams.force_gap(call, entries)
+
     def snapshot(self) -> dict[str, Any]:
         """The counters `GET /_sim/stats` answers with."""
         return {
@@ -218,4 +252,5 @@ class Simulator:
             "connections_subscribed": len(self.feed.subscribed()),
             "webhooks_registered": len(self.hooks.all()),
             "ledger_size": self.ledger.size,
+            "call_logs": len(self.calllogs.logs),
         }

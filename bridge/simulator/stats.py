@@ -28,6 +28,18 @@ class Stats:
     duplicate_deliveries: int = 0
     drops: int = 0  # connections dropped by fault injection
     auth_closes: int = 0  # connections closed with 4001 by fault injection or token expiry
+    sse_connections_total: int = 0  # call-log streams and org-feed streams opened
+    sse_connections_open: int = 0
+    sse_entries_streamed: int = 0  # entries written on call-log streams (markers not counted)
+    sse_markers_sent: int = 0  # log.caught_up and log.gap lines
+    sse_pings_sent: int = 0
+    sse_gaps: int = 0  # log.gap markers written to slow (or forced) readers
+    sse_cuts: int = 0  # streams cut mid-event by fault injection
+    sse_silenced: int = 0  # streams made silent by fault injection
+    sse_errors_injected: int = 0  # call-log requests answered 5xx by fault injection
+    sse_auth_refused: int = 0  # call-log, feed and list requests refused 401 by fault injection
+    log_pages_served: int = 0  # JSON pages of a call log
+    feed_entries_sent: int = 0  # lifecycle entries written on org-feed streams
 
     def count_delivery(self, outcome: str, *, retried: bool) -> None:
         """A delivery's final outcome: ok, failed, rejected or cancelled."""

@@ -20,6 +20,11 @@ def render(
         f"websocket          {c['connections_total']} connections, {c['frames_sent']} event frames "
         f"({c['duplicate_frames']} duplicates), {c['garbage_frames_sent']} garbage, "
         f"{c['drops']} dropped, {c['auth_closes']} closed 4001",
+        f"call logs (sse)    {c['sse_connections_total']} streams, "
+        f"{c['sse_entries_streamed']} entries streamed, {c['sse_gaps']} gaps, "
+        f"{c['log_pages_served']} pages, {c['feed_entries_sent']} org-feed entries; faults: "
+        f"{c['sse_cuts']} cut, {c['sse_silenced']} silenced, {c['sse_errors_injected']} 5xx, "
+        f"{c['sse_auth_refused']} 401",
         f"auth               {c['token_requests']} token requests, "
         f"{c['unauthorized']} unauthorized",
     ]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.feed import EventRef, Feed
@@ -79,6 +80,7 @@ class Traffic:
         feed: Feed,
         ledger: Ledger,
         stats: Stats,
+        calllogs: CallLogs | None = None,
     ) -> None:
         self.spec = spec
         self.seed = spec.seed if spec.seed is not None else secrets.randbits(32)
@@ -88,6 +90,7 @@ class Traffic:
         self._feed = feed
         self._ledger = ledger
         self._stats = stats
+        self._calllogs = calllogs if calllogs is not None else CallLogs()
         self._pacer = Pacer(spec.rate)
         self._records: list[dict[str, Any]] = []
 
@@ -97,6 +100,9 @@ class Traffic:
         if spec.subscribers:
             async with asyncio.timeout(spec.subscriber_timeout):
                 await self._feed.wait_for_subscribers(spec.subscribers)
+        if spec.feed_subscribers:
+            async with asyncio.timeout(spec.subscriber_timeout):
+                await self._calllogs.wait_for_feed_readers(spec.feed_subscribers)
         self._warn_if_nobody_listens()
         before, started = self._stats.as_dict(), time.monotonic()
         scripts = generate_calls(self.seed, spec.calls)
@@ -137,6 +143,9 @@ class Traffic:
             # Even a zero wait yields, so that concurrent calls interleave at full speed.
             await asyncio.sleep(self._pacer.delay(time.monotonic()))
             self._emit(script, step, rng, lane)
+        if self.spec.sse:
+            # The platform seals a log at call.score; these scripts end on their last step.
+            self._calllogs.seal(script.call)
         await lane.finish()
 
     def _emit(self, script: CallScript, step: Step, rng: random.Random, lane: _FrameLane) -> None:
@@ -152,6 +161,9 @@ class Traffic:
         )
         record = ledger_record(entry, plan.channels)
         self._ledger.append(record)
+        if self.spec.sse:
+            # The very entry the other channels carry: the same (call, seq), the same ts.
+            self._calllogs.append(entry)
         if config.keep_records:
             self._records.append(record)
         self._stats.events_generated += 1

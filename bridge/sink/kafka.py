@@ -12,6 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaError,
@@ -23,7 +24,9 @@ from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
+from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,14 @@ __all__ = ["KafkaSink", "Record", "TopicSpec", "client_options", "partition_for"
 class KafkaSink:
     """Start and stop are idempotent; stop flushes what the producer holds."""
 
-    def __init__(self, settings: KafkaSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: KafkaSettings, metrics: Metrics, supervisor: Supervisor | None = None
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
+        # Shared with the dedup stage's producers, which write the output topics.
+        self.limits = TopicLimits(settings.max_request_bytes)
         self._producer: AIOKafkaProducer | None = None
         self._probe: asyncio.Task[None] | None = None
         self.connected = False
@@ -117,6 +125,7 @@ class KafkaSink:
             enable_idempotence=True,
             linger_ms=s.linger_ms,
             max_batch_size=s.max_batch_bytes,
+            max_request_size=s.max_request_bytes,
             compression_type=None if s.compression == "none" else s.compression,
             partitioner=partition_for,
         )
@@ -127,7 +136,7 @@ class KafkaSink:
             raise
         self._producer = producer
         self._set_connected(True)
-        self._probe = asyncio.create_task(self._probe_loop(), name="kafka-probe")
+        self._probe = self._supervisor.spawn("kafka-probe", self._probe_loop)
 
     async def stop(self) -> None:
         """Flush and close; safe to call twice or before start."""
@@ -145,9 +154,11 @@ class KafkaSink:
         """Append a record to the producer's batch; the returned future resolves on Kafka's ack.
 
         Cancelling this coroutine withdraws the record; the future, once returned, does not.
+        Raises MessageSizeTooLargeError, before sending, for a record its topic cannot take.
         """
         if self._producer is None:
             raise KafkaError("the Kafka producer is not running")
+        self.limits.check(record)
         future: asyncio.Future[Any] = await self._producer.send(
             record.topic, value=record.value, key=record.key, headers=list(record.headers)
         )
@@ -178,7 +189,11 @@ class KafkaSink:
                     spec.name,
                     spec.partitions or topics.partitions,
                     factor,
-                    topic_configs=dict(spec.config),
+                    # Every record a producer may send fits, whatever Kafka's default.
+                    topic_configs={
+                        "max.message.bytes": str(self._settings.max_request_bytes),
+                        **spec.config,
+                    },
                 )
                 for spec in missing
             ]
@@ -199,6 +214,55 @@ class KafkaSink:
             )
         finally:
             await admin.close()
+
+    async def learn_limits(self, names: list[str]) -> None:
+        """Read the topics' max.message.bytes, so no record is sent that they would refuse.
+
+        Without the right to describe them (an ACL), the configured limit is assumed: the
+        topics must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES, as the README says.
+        """
+        admin = AIOKafkaAdminClient(**client_options(self._settings))
+        try:
+            await admin.start()
+            responses = await admin.describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
+                    for name in names
+                ]
+            )
+        except KafkaError as exc:
+            log.warning(
+                "could not read the topics' max.message.bytes; assuming max_request_bytes",
+                extra={"error": type(exc).__name__},
+            )
+            return
+        finally:
+            await admin.close()
+        s = self._settings
+        for response in responses:
+            for error_code, _, _, name, entries, *_ in response.resources:
+                values = [value for key, value, *_ in entries if key == "max.message.bytes"]
+                if error_code or not values:
+                    continue
+                limit = int(values[0])
+                self.limits.learn(name, limit)
+                if limit < s.max_batch_bytes:
+                    # A batch of small records could exceed it, and the broker would refuse them
+                    # all: set the topic's max.message.bytes to at least max_request_bytes.
+                    log.error(
+                        "a topic takes smaller records than the producer batches",
+                        extra={
+                            "topic": name,
+                            "max_message_bytes": limit,
+                            "max_batch_bytes": s.max_batch_bytes,
+                        },
+                    )
+                elif limit < s.max_request_bytes:
+                    log.warning(
+                        "a topic takes smaller records than max_request_bytes; larger ones are"
+                        " dead-lettered or refused",
+                        extra={"topic": name, "max_message_bytes": limit},
+                    )
 
     async def warm(self, names: list[str]) -> None:
         """Fetch the topics' metadata now, so the first event does not wait for it."""

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class FeedLease:
         on_lost: Hook,
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.topic = topic
         self._group = group
@@ -65,6 +67,7 @@ class FeedLease:
         self._on_lost = on_lost
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._poller: asyncio.Task[None] | None = None
         self.held = False
@@ -85,7 +88,7 @@ class FeedLease:
         await consumer.start()
         consumer.subscribe([self.topic], listener=_Listener(self))
         self._consumer = consumer
-        self._poller = asyncio.create_task(self._poll(consumer), name="feed-lease")
+        self._poller = self._supervisor.spawn("feed-lease", lambda: self._poll(consumer))
 
     async def stop(self) -> None:
         """Stop the feed if held, then leave the group so another replica takes over at once."""

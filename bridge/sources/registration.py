@@ -1,4 +1,11 @@
-"""Registering the bridge's webhook with Pinecall's REST API, idempotently."""
+"""Registering the bridge's webhook with Pinecall's REST API, idempotently and concurrently.
+
+The API lists, creates and deletes; it has no "create unless it exists". Replicas starting
+together would each list, find nothing and create: two hooks, every delivery doubled. So a
+replica creates, then lists again and deletes every hook for its URL but the winner, the same
+one for everybody (the oldest, then the lowest id). The winner is never deleted, and whoever
+lists last has seen every create: one hook remains, however the replicas interleave.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +65,35 @@ class WebhookRegistry:
         await self._call("DELETE", f"{self._api.webhooks_path}/{hook_id}")
 
     async def ensure(self, url: str, events: list[str], secret: str) -> tuple[dict[str, Any], bool]:
-        """The webhook for `url`, created only when none exists: restarts add no duplicates."""
-        for hook in await self.hooks():
-            if hook.get("url") == url:
-                return hook, False
-        return await self.create(url, events, secret), True
+        """The webhook for `url`, created only when none exists; extra ones deleted.
+
+        Returns the hook that stays and whether this call created it.
+        """
+        mine = [hook for hook in await self.hooks() if hook.get("url") == url]
+        created: dict[str, Any] | None = None
+        if not mine:
+            created = await self.create(url, events, secret)
+            mine = [hook for hook in await self.hooks() if hook.get("url") == url]
+            if not any(hook.get("id") == created.get("id") for hook in mine):
+                mine.append(created)  # a list that lags the create still counts it
+        keep = winner(mine)
+        for hook in mine:
+            if hook is not keep:
+                await self._delete_extra(hook)
+        return keep, created is not None and keep.get("id") == created.get("id")
+
+    async def _delete_extra(self, hook: dict[str, Any]) -> None:
+        log.warning(
+            "deleting a duplicate webhook (replicas registered together)",
+            extra={"id": hook.get("id"), "url": hook.get("url")},
+        )
+        try:
+            await self.delete(str(hook.get("id")))
+        except RegistrationError as exc:
+            if "HTTP 404" not in str(exc):  # another replica deleted it first
+                raise
+
+
+def winner(hooks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The hook every replica keeps among copies: the oldest, then the lowest id. Pure."""
+    return min(hooks, key=lambda hook: (str(hook.get("created_at", "")), str(hook.get("id", ""))))

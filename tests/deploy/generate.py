@@ -15,14 +15,17 @@ import json
 import re
 import sys
 
-from tests.deploy.tools import DEPLOY, RELEASE, render, render_text
+from tests.deploy.tools import DEPLOY, RELEASE, SIGNED, render, render_text
 
 GENERATED = (
     "# Generated from helm/pinecall-bridge by `make deploy-generate`: edit the chart, not this.\n"
 )
 SETS = (
+    SIGNED,
     "grafanaDashboard.enabled=true",
     "prometheusRule.enabled=true",
+    # Off in the chart by default; in deploy/'s file it is harmless without Kafka Exporter.
+    "prometheusRule.downstreamLag.enabled=true",
     "strimzi.enabled=true",
     "config.topics.create=false",
 )

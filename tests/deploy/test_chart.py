@@ -13,7 +13,17 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from tests.deploy import pss
-from tests.deploy.tools import ALL_ON, CHART, Manifest, helm, load_yaml, one, render, render_text
+from tests.deploy.tools import (
+    ALL_ON,
+    CHART,
+    SIGNED,
+    Manifest,
+    helm,
+    load_yaml,
+    one,
+    render,
+    render_text,
+)
 
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
@@ -24,7 +34,7 @@ VARIANTS = {"defaults": None, "all-features": ALL_ON}
 
 @pytest.fixture(scope="module")
 def defaults() -> list[Manifest]:
-    return render()
+    return render(SIGNED)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,7 @@ def container(manifests: list[Manifest]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
 def test_helm_lint_is_clean(values: Path | None) -> None:
-    extra: list[str | Path] = ["-f", values] if values else []
+    extra: list[str | Path] = ["-f", values] if values else ["--set", SIGNED]
     helm("lint", "--strict", CHART, *extra)
 
 
@@ -143,7 +153,10 @@ def test_rollouts_and_termination_never_drop_requests(
 
 
 def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
-    done = helm("template", "x", CHART, "--set", "terminationGracePeriodSeconds=20", check=False)
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "terminationGracePeriodSeconds=20",
+        check=False,
+    )  # fmt: skip
     assert done.returncode != 0
     assert "must exceed" in done.stderr
 
@@ -193,6 +206,13 @@ def test_secret_values_never_appear_outside_the_secret() -> None:
     marker = "never-in-plain-text-{}"
     items = ["webhookSecrets", "kafkaSaslPassword", "kafkaSslKeyPassword", "pinecallApiKey"]
     sets = [f"secrets.{item}.value={marker.format(item)}" for item in items]
+    # The settings those secrets go with (the chart refuses a password the bridge would ignore).
+    sets += [
+        "config.kafka.securityProtocol=SASL_SSL",
+        "config.kafka.saslUsername=bridge",
+        "kafkaTls.cert.secretName=client-cert",
+        "kafkaTls.key.secretName=client-cert",
+    ]
     manifests = render(*sets)
     secret = one(manifests, "Secret")
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -219,7 +239,10 @@ def test_secret_settings_are_refused_under_config(bad: str) -> None:
     assert done.returncode != 0
     assert "not allowed" in done.stderr, done.stderr
     # Even with the schema skipped, the templates refuse them.
-    done = helm("template", "x", CHART, "--skip-schema-validation", "--set", bad, check=False)
+    done = helm(
+        "template", "x", CHART, "--skip-schema-validation", "--set", SIGNED, "--set", bad,
+        check=False,
+    )  # fmt: skip
     assert done.returncode != 0
     assert "never in the ConfigMap" in done.stderr, done.stderr
 
@@ -231,10 +254,11 @@ def checksum(*sets: str) -> str:
 
 
 def test_config_and_secret_changes_roll_the_pods() -> None:
-    base = checksum()
-    assert checksum("config.log.level=DEBUG") != base
+    signed = "secrets.webhookSecrets.value=s3cret"
+    base = checksum(signed)
+    assert checksum(signed, "config.log.level=DEBUG") != base
     assert checksum("secrets.webhookSecrets.value=rotated") != base
-    assert checksum("replicaCount=5") == base, "scaling is not a configuration change"
+    assert checksum(signed, "replicaCount=5") == base, "scaling is not a configuration change"
 
 
 def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
@@ -304,7 +328,7 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
     }
     kafka_topics = {m["spec"]["topicName"] for m in all_on if m["kind"] == "KafkaTopic"}
     assert kafka_topics == set(topics) | {"pinecall.ingest", "pinecall.feed-lease"}
-    created = render("strimzi.enabled=true", "config.topics.create=true")
+    created = render(SIGNED, "strimzi.enabled=true", "config.topics.create=true")
     for kind, _, _, operations in acl_set(created):
         if kind == "topic":
             assert "Create" in operations
@@ -321,7 +345,7 @@ def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:
         ]
         return found  # type: ignore[no-any-return]
 
-    defaults = render("strimzi.enabled=true")
+    defaults = render(SIGNED, "strimzi.enabled=true")
     ingest = topic(defaults, "pinecall.ingest")
     assert ingest["partitions"] == 12
     # As the bridge creates it: append time for restores, retention = (TTL + margin) * 1000.
@@ -330,10 +354,17 @@ def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:
         "retention.ms": (900 + 3600) * 1000,
         "cleanup.policy": "delete",
         "min.insync.replicas": 2,
+        # Every record the producers may send fits (BRIDGE_KAFKA__MAX_REQUEST_BYTES).
+        "max.message.bytes": 1048576,
     }
     assert topic(defaults, "pinecall.feed-lease")["partitions"] == 1
+    larger = render(SIGNED, "strimzi.enabled=true", "config.kafka.maxRequestBytes=2097152")
+    assert {
+        m["spec"]["config"]["max.message.bytes"] for m in larger if m["kind"] == "KafkaTopic"
+    } == {2097152}
     assert topic(defaults, "pinecall.events")["config"]["retention.ms"] == 604800000
     custom = render(
+        SIGNED,
         "strimzi.enabled=true",
         "config.topics.ingest=bridge.in",
         "config.topics.ingestPartitions=24",
@@ -395,22 +426,50 @@ def render_notes(tmp_path: Path, *sets: str) -> str:
     return helm(*args).stdout
 
 
-def test_notes_warn_about_what_stops_the_bridge(tmp_path: Path) -> None:
-    notes = render_notes(tmp_path)
-    assert "no webhook secret is configured" in notes
+def test_notes_tell_what_to_know(tmp_path: Path) -> None:
+    # A missing webhook secret is no warning here any more: the render itself is refused
+    # (tests/deploy/test_chart_refusals.py).
+    notes = render_notes(tmp_path, SIGNED)
+    assert "WARNING" not in notes
     assert "http://pinecall-bridge.default.svc:8080/webhooks/pinecall" in notes
+    notes = render_notes(tmp_path / "1", "config.webhook.allowUnsigned=true")
+    assert "WARNING: config.webhook.allowUnsigned=true" in notes
     notes = render_notes(
         tmp_path / "2",
         "secrets.existingSecret=s",
         "ingress.enabled=true",
         "ingress.tls[0].secretName=t",
     )
-    assert "no webhook secret" not in notes
     assert "https://bridge.example.com/webhooks/pinecall" in notes
     assert "isolation.level=read_committed" in notes
     assert "ingest partitions" not in notes.split("Exactly once")[0]
-    notes = render_notes(tmp_path / "3", "autoscaling.enabled=true", "autoscaling.maxReplicas=16")
+    notes = render_notes(
+        tmp_path / "3", SIGNED, "autoscaling.enabled=true", "autoscaling.maxReplicas=16"
+    )
     assert "up to 16 replicas but 12 ingest partitions" in notes
+
+
+def alert_names(*sets: str) -> dict[str, dict[str, Any]]:
+    rule = one(render(SIGNED, "prometheusRule.enabled=true", *sets), "PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> None:
+    assert "PinecallBridgeDownstreamLagHigh" not in alert_names(), "off by default"
+    rules = alert_names(
+        "prometheusRule.downstreamLag.enabled=true",
+        "config.topics.ephemeral=pinecall.ephemeral",
+        "config.routing.rules[0].match=metrics.*",
+        "config.routing.rules[0].topic=pinecall.metrics",
+        "alerts.downstreamLagRecords=500",
+    )
+    expr = rules["PinecallBridgeDownstreamLagHigh"]["expr"]
+    topics = re.search(r"topic=~`([^`]*)`", expr)
+    assert topics, expr
+    outputs = ["events", "alerts", "dlq", "ephemeral", "metrics"]
+    assert topics.group(1).split("|") == [rf"pinecall\.{name}" for name in outputs]
+    assert "kafka_consumergroup_lag" in expr
+    assert "> 500" in expr
 
 
 def test_every_template_renders_only_yaml() -> None:

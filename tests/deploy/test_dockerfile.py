@@ -139,11 +139,13 @@ def test_the_wheel_installs_the_command_and_its_data(installed: Path) -> None:
         installed / "bin" / "python",
         "-c",
         "import bridge, importlib.resources as r; print(bridge.__file__);"
-        " print(r.files('bridge').joinpath('schema/pinecall-cloudevent.schema.json').is_file())",
+        " print(r.files('bridge').joinpath('schema/pinecall-cloudevent.schema.json').is_file());"
+        " print(r.files('bridge').joinpath('schema/asyncapi.yaml').is_file())",
         cwd=installed.parent,
     ).stdout.split()
     assert Path(where[0]).is_relative_to(installed), "imported from the virtualenv, not the repo"
     assert where[1] == "True", "the CloudEvent JSON schema is packaged"
+    assert where[2] == "True", "the AsyncAPI document is packaged"
 
 
 def test_check_validates_configuration_from_the_environment(installed: Path) -> None:

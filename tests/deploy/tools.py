@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,22 @@ CHART = REPO / "helm" / "pinecall-bridge"
 ALL_ON = CHART / "ci" / "all-features-values.yaml"
 DEPLOY = REPO / "deploy"
 RELEASE = "pinecall-bridge"  # fullname = pinecall-bridge: the names deploy/ files use
+# The least a render needs: a webhook secret (the chart refuses to render without one).
+SIGNED = "secrets.existingSecret=pinecall-bridge-secrets"
 
 Manifest = dict[str, Any]
+
+# Kafka Exporter's consumer-group metrics (the dashboard's downstream consumers row, the optional
+# PinecallBridgeDownstreamLagHigh): another exporter's, so never in the bridge's /metrics.
+KAFKA_EXPORTER_METRIC = re.compile(r"\bkafka_consumergroup_[a-z_]+\b")
+
+
+# `make deploy-tools` installs prometheus and promtool only with apt-get as root.
+_PROMETHEUS = (
+    "`sudo apt-get install prometheus` (Debian/Ubuntu), or prometheus and promtool from "
+    "https://prometheus.io/download/ on PATH"
+)
+HOW_TO_GET = {"prometheus": _PROMETHEUS, "promtool": _PROMETHEUS}
 
 
 def find_tool(name: str) -> Path:
@@ -30,7 +45,7 @@ def find_tool(name: str) -> Path:
     for candidate in [*candidates, shutil.which(name) or ""]:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
-    message = f"{name} is not installed: `make deploy-tools` installs it"
+    message = f"{name} is not installed: {HOW_TO_GET.get(name, '`make deploy-tools` installs it')}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -85,3 +100,8 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+def kafka_exporter_only(expr: str) -> bool:
+    """An expression over Kafka Exporter's consumer-group metrics and no bridge metric."""
+    return bool(KAFKA_EXPORTER_METRIC.search(expr)) and "pinecall_bridge_" not in expr

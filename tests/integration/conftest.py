@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from bridge import jsoncodec
 from bridge.config import Settings, load_settings
 from bridge.service import Bridge
 from bridge.sources.signature import sign
+from tests.schema import contract
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "tools" / "kafka" / "kafka.sh"
@@ -43,11 +46,72 @@ def broker_answers(port: int) -> bool:
     )
 
 
-def kafka_sh(command: str, port: int, data_dir: Path | None = None) -> None:
-    env = {**os.environ, "KAFKA_PORT": str(port)}
+def kafka_sh(
+    command: str, port: int, data_dir: Path | None = None, extra_env: Mapping[str, str] = {}
+) -> None:
+    env = {**os.environ, "KAFKA_PORT": str(port), **extra_env}
     if data_dir is not None:
         env["KAFKA_DATA_DIR"] = str(data_dir)
     subprocess.run([str(KAFKA_SH), command], check=True, env=env, timeout=180)
+
+
+def bare_path(into: Path, without: Collection[str]) -> str:
+    """A PATH (a dir of symlinks) with every command of this one but `without`: a barer machine."""
+    into.mkdir(parents=True, exist_ok=True)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory or not Path(directory).is_dir():
+            continue
+        for entry in Path(directory).iterdir():
+            link = into / entry.name
+            # The first directory on PATH wins, as for the shell.
+            if entry.name in without or link.is_symlink() or entry.is_dir():
+                continue
+            if os.access(entry, os.X_OK):
+                link.symlink_to(entry)
+    for name in without:
+        assert shutil.which(name, path=str(into)) is None, f"{name} still on the bare PATH"
+    return str(into)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A single-node broker of a test's (or the chaos harness's) own, stopped and started at will.
+
+    `env`: extra kafka.sh variables, e.g. a KAFKA_CONFIG_OVERLAY with other listeners.
+    """
+
+    port: int
+    data_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def up(self) -> None:
+        """Start it (a no-op when it answers already) with its data kept across restarts."""
+        await asyncio.to_thread(kafka_sh, "up", self.port, self.data_dir, self.env)
+
+    async def down(self) -> None:
+        await asyncio.to_thread(kafka_sh, "down", self.port, self.data_dir, self.env)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too: kafka.sh puts the controller on port + 1."""
+    for _ in range(200):
+        port = random.randint(20000, 29000)
+        if port_is_free(port) and port_is_free(port + 1):
+            return port
+    raise RuntimeError("no free port pair in 20000-29000")
 
 
 @pytest.fixture(scope="session")
@@ -249,6 +313,13 @@ class Consumed:
     partition: int
     offset: int
 
+    @classmethod
+    def read(cls, m: Any) -> Consumed:
+        """A record as read from Kafka, held to bridge/schema/asyncapi.yaml (every output record
+        the tests read must match the message the document names for it)."""
+        contract.check(m.key, m.value, dict(m.headers))
+        return cls(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
+
     def json(self) -> Any:
         return jsoncodec.loads(self.value)
 
@@ -277,17 +348,7 @@ async def consume_until(
                 raise AssertionError(f"gave up after {within}s with {len(records)} records")
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
-                records.extend(
-                    Consumed(
-                        m.topic,
-                        m.key,
-                        m.value,
-                        dict(m.headers),
-                        m.partition,
-                        m.offset,
-                    )
-                    for m in batch
-                )
+                records.extend(Consumed.read(m) for m in batch)
     finally:
         await consumer.stop()
     return records
@@ -370,10 +431,7 @@ async def read_to_end(
         async with asyncio.timeout(within):
             while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(
-                        Consumed(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
-                        for m in batch
-                    )
+                    records.extend(Consumed.read(m) for m in batch)
     finally:
         await consumer.stop()
     return records

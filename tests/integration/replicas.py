@@ -70,6 +70,13 @@ class Replica:
                 [str(COMMAND), "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
 
+    def rss_bytes(self) -> int:
+        """The process's resident set size now, from /proc (Linux)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
     def kill(self) -> None:
         """SIGKILL: no flush, no LeaveGroup, no abort; the group notices after the session."""
         assert self.process is not None
@@ -129,6 +136,14 @@ async def post_signed(
     session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
 ) -> int:
     """POST a signed webhook body; the status, or 0 when no answer came (refused, timed out)."""
+    status, _ = await post_signed_answer(session, url, body, within=within)
+    return status
+
+
+async def post_signed_answer(
+    session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
+) -> tuple[int, dict[str, str]]:
+    """post_signed, with the answer's headers (empty when no answer came)."""
     raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
     headers = {
         "Content-Type": "application/json",
@@ -142,6 +157,6 @@ async def post_signed(
             timeout=aiohttp.ClientTimeout(total=within),
         ) as response:
             await response.read()
-            return response.status
+            return response.status, dict(response.headers)
     except (aiohttp.ClientError, TimeoutError):
-        return 0
+        return 0, {}

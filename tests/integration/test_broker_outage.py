@@ -7,11 +7,7 @@ lost when their transactions could not end, are started afresh once the broker i
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +16,12 @@ from bridge import jsoncodec
 from bridge.sources.signature import sign
 from tests.integration.conftest import (
     SECRET,
+    Broker,
     RunningBridge,
     Topics,
     consume_until,
     entry,
+    free_port_pair,
     has_id,
     kafka_sh,
     until_metrics,
@@ -38,47 +36,10 @@ PROBE_SECONDS = 0.5
 pytestmark = pytest.mark.timeout(240)
 
 
-@dataclass(frozen=True)
-class Broker:
-    """A single-node broker of this module's own, which its tests stop and start at will."""
-
-    port: int
-    data_dir: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def up(self) -> None:
-        """Start it (a no-op when it answers already) with its data kept across restarts."""
-        await asyncio.to_thread(kafka_sh, "up", self.port, self.data_dir)
-
-    async def down(self) -> None:
-        await asyncio.to_thread(kafka_sh, "down", self.port, self.data_dir)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_pair() -> int:
-    """A port whose successor is free too: kafka.sh puts the controller on port + 1."""
-    for _ in range(200):
-        port = random.randint(20000, 29000)
-        if _port_is_free(port) and _port_is_free(port + 1):
-            return port
-    raise RuntimeError("no free port pair in 20000-29000")
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """Never the shared 9092 broker: other tests would see it go down."""
-    own = Broker(_free_port_pair(), tmp_path_factory.mktemp("kafka-outage"))
+    own = Broker(free_port_pair(), tmp_path_factory.mktemp("kafka-outage"))
     try:
         kafka_sh("up", own.port, own.data_dir)
         yield own

@@ -49,6 +49,8 @@ async def test_headless_demo_reports_nothing_lost_or_doubled(
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     assert "lost 0, doubled 0" in text, text
+    # Webhooks, the WebSocket feed and the call logs over SSE all carried events.
+    assert "copies over 3 channels" in " ".join(text.split()), text
     summary = re.search(
         r"([\d,]+) durable events .* ingested ([\d,]+); the dedup stage removed ([\d,]+)"
         r" duplicates and published ([\d,]+)\.",

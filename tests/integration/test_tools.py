@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,16 +17,18 @@ from rich.console import Console
 from bridge import jsoncodec
 from bridge.cli import main
 from bridge.service import Bridge
-from bridge.simulator import Simulator
+from bridge.simulator import Simulator, SimulatorConfig
 from bridge.tail import TailFilter, tail
 from tests.integration.conftest import (
     SECRET,
     RunningBridge,
     Topics,
     bridge_settings,
+    daemon_env,
     entry,
-    wait_ready,
+    free_port,
 )
+from tests.integration.replicas import Replica
 
 
 async def test_start_up_registration_is_idempotent(kafka_bootstrap: str, topics: Topics) -> None:
@@ -43,14 +46,79 @@ async def test_start_up_registration_is_idempotent(kafka_bootstrap: str, topics:
         for _ in range(2):  # a restart must not register a second webhook
             bridge = Bridge(settings)
             await bridge.start()
-            await wait_ready(f"http://127.0.0.1:{bridge.port}")
-            for _ in range(50):
-                if simulator.hooks.all():
-                    break
-                await asyncio.sleep(0.1)
+            # Until its registration is done: stopped before, the second start registered
+            # nothing, and the test could not fail.
+            await asyncio.wait_for(bridge.registered.wait(), 30)
             await bridge.stop()
         hooks = simulator.hooks.all()
     assert [hook.url for hook in hooks] == ["https://bridge.example.com/webhooks/pinecall"]
+
+
+async def test_replicas_started_together_register_one_webhook(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """Three `pinecall-bridge run` processes at once: each lists, finds nothing and creates;
+    each then lists again and deletes all but the same winner: one hook, not three."""
+    # A distant API's latency makes the list-then-create window as wide as in production.
+    async with Simulator(SimulatorConfig(api_latency=0.5)) as simulator:
+        env = {
+            "BRIDGE_PINECALL__API_URL": simulator.url,
+            "BRIDGE_PINECALL__API_KEY": "sim-api-key",
+            "BRIDGE_PINECALL__REGISTER_WEBHOOK": "true",
+            "BRIDGE_PINECALL__PUBLIC_URL": "https://bridge.example.com",
+        }
+        replicas = [
+            Replica(f"r{n}", daemon_env(kafka_bootstrap, topics, **env), tmp_path / f"r{n}.log", 0)
+            for n in range(3)
+        ]
+        for replica in replicas:
+            replica.port = int(replica.env["BRIDGE_HTTP__PORT"])
+        try:
+            await asyncio.gather(*(replica.start(ready=False) for replica in replicas))
+            for _ in range(300):
+                if all(registered(replica.log) for replica in replicas):
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("not every replica finished registering within 60 s")
+            hooks = simulator.hooks.all()
+        finally:
+            await asyncio.gather(*(replica.stop() for replica in replicas))
+    assert [hook.url for hook in hooks] == ["https://bridge.example.com/webhooks/pinecall"]
+
+
+async def test_registration_retries_until_pinecall_answers(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    # It used to try once at start-up and give up: no webhook until the next restart.
+    port = free_port()
+    settings = bridge_settings(
+        kafka_bootstrap,
+        topics,
+        pinecall={
+            "api_url": f"http://127.0.0.1:{port}",
+            "api_key": "sim-api-key",
+            "register_webhook": True,
+            "public_url": "https://bridge.example.com",
+        },
+    )
+    bridge = Bridge(settings)
+    await bridge.start()
+    try:
+        await asyncio.sleep(2)  # a few refused attempts
+        assert not bridge.registered.is_set()
+        async with Simulator(SimulatorConfig(port=port)) as simulator:
+            await asyncio.wait_for(bridge.registered.wait(), 30)
+            assert [hook.url for hook in simulator.hooks.all()] == [
+                "https://bridge.example.com/webhooks/pinecall"
+            ]
+    finally:
+        await bridge.stop()
+
+
+def registered(log: Path) -> bool:
+    text = log.read_text() if log.exists() else ""
+    return '"webhook registered"' in text or '"webhook already registered"' in text
 
 
 def test_webhooks_cli(

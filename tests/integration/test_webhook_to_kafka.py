@@ -31,7 +31,13 @@ async def test_signed_event_lands_keyed_by_call(
 ) -> None:
     status, body = await bridge.post(entry(1, unique_call))
     assert status == 200
-    assert body == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
+    assert body == {
+        "accepted": 1,
+        "dropped": 0,
+        "dead_lettered": 0,
+        "failed": 0,
+        "refused": 0,
+    }
     [record] = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     assert record.key == unique_call.encode()
     assert record.headers["content-type"] == b"application/cloudevents+json; charset=utf-8"

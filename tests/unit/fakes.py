@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.sink.kafka import Record
+from bridge.sink.limits import TopicLimits
 
 
 class FakeSink:
@@ -20,12 +21,15 @@ class FakeSink:
         self.refuse_if: Callable[[Record], bool] = lambda record: True
         self.block_send = False
         self.reachable: bool | None = None
+        self.limits: TopicLimits | None = None  # checked as KafkaSink checks them
 
     async def send(self, record: Record) -> asyncio.Future[Any]:
         if self.block_send:
             await asyncio.Event().wait()
         if self.refuse is not None and self.refuse_if(record):
             raise self.refuse
+        if self.limits is not None:
+            self.limits.check(record)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
         self.records.append(record)

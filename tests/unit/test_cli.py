@@ -55,6 +55,34 @@ def test_check_invalid_exits_2_listing_each_problem(
     assert "hunter2" not in err
 
 
+def test_check_refuses_inputs_larger_than_the_records_kafka_takes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 1 MiB body used to become a record over Kafka's 1 MiB: refused forever, retried forever.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", "1048576")
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    assert "BRIDGE_WEBHOOK__MAX_BODY_BYTES (1048576) leaves no room" in capsys.readouterr().err
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("BRIDGE_KAFKA__MAX_BATCH_BYTES", "2000000")
+    with pytest.raises(SystemExit):
+        main(["check"])
+    assert "max_batch_bytes must not exceed max_request_bytes" in capsys.readouterr().err
+
+
+def test_check_accepts_limits_that_fit_and_prints_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_KAFKA__MAX_REQUEST_BYTES", "2097152")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", str(2097152 - 65536))
+    monkeypatch.setenv("BRIDGE_WEBSOCKET__MAX_FRAME_BYTES", str(2097152 - 65536))
+    assert main(["check"]) == 0
+    assert "fit in Kafka records of up to 2097152 bytes" in capsys.readouterr().out
+
+
 def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic")
     with pytest.raises(SystemExit) as exited:
@@ -81,3 +109,14 @@ def test_sample_event_is_a_log_entry() -> None:
     event = sample_event()
     assert set(event) == {"seq", "ts", "call", "agent", "type", "ephemeral", "data"}
     assert jsoncodec.loads(jsoncodec.dumps(event)) == event
+
+
+def test_backfill_takes_one_or_more_calls(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import build_parser
+
+    args = build_parser().parse_args(["backfill", "--call", "CA_1", "--call", "CA_2"])
+    assert args.call == ["CA_1", "CA_2"]
+    with pytest.raises(SystemExit) as exited:
+        main(["backfill"])
+    assert exited.value.code == 2
+    assert "--call" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.http.port, s.webhook.path, s.webhook.max_body_bytes) == (
         8080,
         "/webhooks/pinecall",
-        1_048_576,
+        983_040,
     )
     assert (s.topics.events, s.topics.alerts, s.topics.dlq, s.topics.ephemeral) == (
         "pinecall.events",
@@ -304,3 +304,46 @@ def test_every_documented_setting_is_known() -> None:
     documented = set(re.findall(r"BRIDGE_[A-Z_]+__[A-Z_]+", readme))
     assert documented
     assert documented <= known_variables()
+
+
+def test_the_call_log_source_is_off_by_default_and_needs_the_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    s = load_settings()
+    assert not s.sse.enabled
+    assert (s.sse.max_calls, s.sse.read_timeout_seconds, s.sse.call_list_path) == (
+        500,
+        60,
+        "/v1/sessions",
+    )
+    monkeypatch.setenv("BRIDGE_SSE__ENABLED", "true")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "BRIDGE_SSE__ENABLED needs BRIDGE_PINECALL__API_KEY (the call logs are read with it)"
+    ]
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_PINECALL__ENV", "sandbox")
+    monkeypatch.setenv("BRIDGE_SSE__CALL_LIST_PATH", "")
+    s = load_settings()
+    assert (s.sse.enabled, s.pinecall.env, s.sse.call_list_path) == (True, "sandbox", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_SSE__MAX_CALLS", "0"),
+        ("BRIDGE_SSE__READ_TIMEOUT_SECONDS", "0"),
+        ("BRIDGE_SSE__ORG_FEED_PATH", "v1/events"),
+        ("BRIDGE_SSE__CALL_LIST_PATH", "sessions"),
+        ("BRIDGE_SSE__BACKOFF_INITIAL_SECONDS", "60"),
+        ("BRIDGE_SSE__MAX_EVENT_BYTES", "2000000"),
+    ],
+)
+def test_invalid_call_log_settings(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert any("BRIDGE_SSE__" in p for p in caught.value.problems), caught.value.problems

@@ -2,7 +2,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from bridge import jsoncodec
 from bridge.config import TopicSettings
@@ -11,6 +11,7 @@ from bridge.metrics import Metrics
 from bridge.normalise.binding import Mode
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
+from bridge.sink.limits import TopicLimits, record_size
 from bridge.sink.record import Record
 from tests.unit.fakes import FakeSink
 
@@ -75,7 +76,13 @@ async def test_writes_the_cloudevent_to_the_ingest_topic_keyed_by_call() -> None
     pipeline, metrics = make(sink)
     result = await pipeline.submit([entry(1)], "webhook")
     assert result.ok
-    assert result.as_dict() == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
+    assert result.as_dict() == {
+        "accepted": 1,
+        "dropped": 0,
+        "dead_lettered": 0,
+        "failed": 0,
+        "refused": 0,
+    }
     [record] = sink.records
     assert (record.topic, record.key) == (INGEST, b"CA_1")
     headers = dict(record.headers)
@@ -280,7 +287,13 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
     pipeline, metrics = make(sink)
     result = await pipeline.submit([{"hello": "world"}], "webhook", raw=raw)
     assert result.ok
-    assert result.as_dict() == {"accepted": 0, "dropped": 0, "dead_lettered": 1, "failed": 0}
+    assert result.as_dict() == {
+        "accepted": 0,
+        "dropped": 0,
+        "dead_lettered": 1,
+        "failed": 0,
+        "refused": 0,
+    }
     [record] = sink.records
     assert record.topic == INGEST
     decoded = decode(record.key, record.value, record.headers)
@@ -380,3 +393,69 @@ async def test_a_huge_array_lets_other_requests_run_while_it_is_written() -> Non
     other.cancel()
     assert result.accepted == 2000
     assert during >= 2000 // 64 - 1
+
+
+def limited_to(sink: FakeSink, limit: int) -> FakeSink:
+    """The sink refuses ingest records over `limit` bytes, as KafkaSink does before sending."""
+    sink.limits = TopicLimits(1_048_576)
+    sink.limits.learn(INGEST, limit)
+    return sink
+
+
+async def test_an_event_too_large_for_kafka_is_dead_lettered_not_retried_forever() -> None:
+    # Refused for good used to count as a failure: 503 to Pinecall and the feed's batch retried
+    # forever, with later events of the call held back behind it.
+    # The call id is repeated in the key, the id, the subject and a header: the event's record
+    # is several times the item's size, and only the item's bytes fit as a dead letter.
+    big = entry(2, call="CA_" + "x" * 1500)
+    sink = limited_to(FakeSink(), 5000)
+    pipeline, metrics = make(sink)
+    result = await pipeline.submit([entry(1), big, entry(3)], "websocket")
+    assert result.ok
+    assert (result.accepted, result.dead_lettered, result.refused) == (2, 1, 0)
+    [first, dead, third] = sink.records
+    assert [dict(r.headers)[ID] for r in (first, third)] == [b"CA_1:1", b"CA_1:3"]
+    out = output(dead)
+    assert out.topic == "pinecall.dlq"
+    assert ("pinecall-dlq-reason", b"too_large") in out.headers
+    assert jsoncodec.loads(out.value) == big
+    assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
+
+
+async def test_too_large_even_as_a_dead_letter_is_refused_for_good() -> None:
+    huge = b'{"type": "turn.user", "call": "CA_1", "seq": 1, "data": "' + b"x" * 6000 + b'"}'
+    sink = limited_to(FakeSink(), 5000)
+    pipeline, metrics = make(sink)
+    result = await pipeline.submit([jsoncodec.loads(huge)], "webhook", raw=huge)
+    assert result.ok, "a refusal for good is no reason to retry"
+    assert (result.accepted, result.dead_lettered, result.refused) == (0, 0, 1)
+    assert sink.records == []
+    assert (
+        sample(
+            metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason="too_large"
+        )
+        == 1
+    )
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
+
+
+async def test_a_size_refusal_by_the_broker_is_final_too() -> None:
+    sink = FakeSink(auto_ack=False)
+    pipeline, _ = make(sink)
+    task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
+    await asyncio.sleep(0.01)
+    [delivery] = sink.futures
+    delivery.set_exception(MessageSizeTooLargeError())
+    result = await task
+    assert (result.ok, result.refused) == (True, 1)
+
+
+def test_the_size_check_is_kafkas_own_estimate() -> None:
+    record = Record("t", b"key", b"v" * 100, (("h", b"x"),))
+    limits = TopicLimits(1_048_576)
+    limits.learn("t", record_size(record))
+    limits.check(record)  # exactly at the limit: taken
+    limits.learn("t", record_size(record) - 1)
+    with pytest.raises(MessageSizeTooLargeError):
+        limits.check(record)
+    assert limits.limit("other") == 1_048_576

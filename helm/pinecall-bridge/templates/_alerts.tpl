@@ -206,6 +206,40 @@ groups:
           summary: {{ printf "Pod %s has no WebSocket connection to Pinecall" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not been connected to Pinecall's WebSocket feed for %v minutes and keeps reconnecting; events still arrive by webhook, if Pinecall sends them." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.websocketDownMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketdown" $a.runbookUrl }}
+      - alert: PinecallBridgeCallLogSourceDown
+        # Only where the source is on: the org feed never connected in the window while still
+        # trying (no call is discovered), or call streams failing while nothing arrives over them.
+        expr: |
+          (
+            max by (namespace, pod) (pinecall_bridge_sse_enabled) == 1
+            and on (namespace, pod)
+            max by (namespace, pod) (max_over_time(pinecall_bridge_sse_org_feed_connected[{{ $a.callLogDownMinutes }}m])) == 0
+            and on (namespace, pod)
+            sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="org_feed"}[{{ $a.callLogDownMinutes }}m])) > 0
+          )
+          or
+          (
+            sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $a.callLogDownMinutes }}m])) > 0
+            and on (namespace, pod)
+            sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $a.callLogDownMinutes }}m])) == 0
+          )
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s reads no Pinecall call logs" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s has not read the org feed, or its call-log streams have failed with nothing ingested, for %v minutes: the calls of its ingest partitions are not followed (they are read from where they got to once it recovers)." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.callLogDownMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgecalllogsourcedown" $a.runbookUrl }}
+      - alert: PinecallBridgeCallLogGapsNotFilled
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason="gap_fill_failed"}[{{ $a.callLogGapsMinutes }}m])) > 0
+          and on (namespace, pod)
+          sum by (namespace, pod) (increase(pinecall_bridge_sse_gaps_filled_total[{{ $a.callLogGapsMinutes }}m])) == 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s cannot fill call-log gaps" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s fell behind call logs (log.gap) and could not read the missing entries from the JSON pages for %v minutes; it re-reads the streams from the last published entry instead, which delays those calls." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.callLogGapsMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgecallloggapsnotfilled" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
         expr: |
           max by (namespace, pod) (pinecall_bridge_ready) == 0
@@ -239,4 +273,29 @@ groups:
           summary: {{ printf "Deployment %s has unavailable replicas" "{{ $labels.namespace }}/{{ $labels.deployment }}" | quote }}
           description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (mul $a.notReadyMinutes 2) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgereplicasunavailable" $a.runbookUrl }}
+{{- if (.Values.prometheusRule.downstreamLag | default dict).enabled }}
+{{- /* The output topics, as a regular expression (a raw PromQL string: no escaping twice). */}}
+{{- $t := .Values.config.topics }}
+{{- $topics := list ($t.events | default "pinecall.events") ($t.alerts | default "pinecall.alerts") ($t.dlq | default "pinecall.dlq") }}
+{{- with $t.ephemeral }}{{ $topics = append $topics . }}{{ end }}
+{{- range (.Values.config.routing | default dict).rules | default list }}{{ $topics = append $topics .topic }}{{ end }}
+{{- $quoted := list }}
+{{- range $topics | uniq }}{{ $quoted = append $quoted (regexQuoteMeta .) }}{{ end }}
+  # Needs Kafka Exporter (Strimzi: spec.kafkaExporter in the Kafka resource); without its
+  # metric this group never fires. Consumers of the output topics, not the bridge itself.
+  - name: pinecall-bridge-downstream
+    rules:
+      - alert: PinecallBridgeDownstreamLagHigh
+        # Lag per consumer group and output topic, summed over the topic's partitions.
+        expr: |
+          sum by (consumergroup, topic) (kafka_consumergroup_lag{topic=~`{{ join "|" $quoted }}`})
+          > {{ $a.downstreamLagRecords }}
+        for: {{ $a.downstreamLagMinutes }}m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Consumer group %s is %s records behind on %s" "{{ $labels.consumergroup }}" "{{ $value | humanize }}" "{{ $labels.topic }}" | quote }}
+          description: {{ printf "Consumer group %s has been more than %v records behind on the bridge's output topic %s for %v minutes (Kafka Exporter's kafka_consumergroup_lag, all partitions): that downstream team sees Pinecall's events late. The bridge itself is not behind." "{{ $labels.consumergroup }}" $a.downstreamLagRecords "{{ $labels.topic }}" $a.downstreamLagMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgedownstreamlaghigh" $a.runbookUrl }}
+{{- end }}
 {{- end }}

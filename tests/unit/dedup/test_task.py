@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import IllegalOperation, KafkaConnectionError, ProducerFenced
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+)
 
 from bridge.config import DedupSettings
 from bridge.dedup.task import PartitionLostError, PartitionTask, transactional_id
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
+from bridge.sink.limits import TopicLimits, record_size
 from bridge.sink.record import Record
 
 TP = TopicPartition("ingest", 4)
@@ -57,6 +63,9 @@ class FakeProducer:
         self.deliveries.append(delivery)
         return delivery
 
+    async def flush(self) -> None:
+        await self._step("flush")
+
     async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
         await self._step("offsets", offsets, group)
 
@@ -77,9 +86,13 @@ def ingest(offset: int, event_id: str, at: float, *, channel: str = "webhook") -
     return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
 
 
-def make(**settings: Any) -> tuple[PartitionTask, FakeProducer, Metrics]:
+def make(
+    limits: TopicLimits | None = None, **settings: Any
+) -> tuple[PartitionTask, FakeProducer, Metrics]:
     metrics = Metrics()
-    task = PartitionTask(TP, DedupSettings(group="g", ttl_seconds=60, **settings), {}, metrics)
+    task = PartitionTask(
+        TP, DedupSettings(group="g", ttl_seconds=60, **settings), {}, metrics, limits=limits
+    )
     producer = FakeProducer()
     task._producer = producer  # as start() leaves it, without the fence
     return task, producer, metrics
@@ -223,7 +236,14 @@ async def test_close_without_abort_commits_what_is_open() -> None:
     task, producer, metrics = make()
     await task.process([ingest(0, "CA_1:1", 100.0)])
     await task.close(abort=False)
-    assert [c[0] for c in producer.calls] == ["begin", "send", "offsets", "commit", "stop"]
+    assert [c[0] for c in producer.calls] == [
+        "begin",
+        "send",
+        "flush",
+        "offsets",
+        "commit",
+        "stop",
+    ]
     assert sample(metrics, "pinecall_bridge_dedup_transactions_total", outcome="committed") == 1
 
 
@@ -278,3 +298,45 @@ async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
     with pytest.raises(PartitionLostError) as lost:
         await task.commit()
     assert lost.value.reason == "fenced"
+
+
+async def test_an_output_record_too_large_for_its_topic_is_skipped_not_wedging_the_partition(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Sent, it failed the transaction, and every restart replayed it into the same failure.
+    small = ingest(0, "CA_1:1", 100.0)
+    big = ingest(1, "CA_1:" + "2" * 400, 100.1)
+    limits = TopicLimits(1_048_576)
+    limits.learn("pinecall.events", 300)
+    task, producer, metrics = make(limits)
+    await task.process([small, big, ingest(2, "CA_1:3", 100.2)])
+    await task.commit()
+    assert sends(producer) == [b"CA_1:1", b"CA_1:3"]
+    assert producer.calls[-2:] == [("offsets", {TP: 3}, "g"), ("commit",)]
+    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="too_large") == 1
+    assert "output record too large" in caplog.text
+
+
+async def test_a_size_refusal_by_the_broker_fails_the_commit_and_lowers_the_limit() -> None:
+    # aiokafka commits a transaction whose send failed: the record was silently missing.
+    limits = TopicLimits(1_048_576)
+    task, producer, _ = make(limits)
+    await task.process([ingest(0, "CA_1:1", 100.0)])
+    [delivery] = producer.deliveries
+    delivery.set_exception(MessageSizeTooLargeError())
+    with pytest.raises(PartitionLostError) as lost:
+        await task.commit()
+    assert lost.value.reason == "error"
+    assert "commit" not in [call[0] for call in producer.calls]
+    out = Record("pinecall.events", b"CA_1", b"CA_1:1", (("pinecall-id", b"x"),))
+    assert limits.limit("pinecall.events") == record_size(out) - 1
+
+
+async def test_any_failed_send_fails_the_commit() -> None:
+    task, producer, _ = make()
+    await task.process([ingest(0, "CA_1:1", 100.0), ingest(1, "CA_1:2", 100.1)])
+    producer.deliveries[0].set_result(None)
+    producer.deliveries[1].set_exception(KafkaConnectionError())
+    with pytest.raises(PartitionLostError):
+        await task.commit()
+    assert "commit" not in [call[0] for call in producer.calls]

@@ -85,3 +85,25 @@ def test_sigterm_stops_a_serving_simulator(capsys: pytest.CaptureFixture[str]) -
     finally:
         timer.cancel()
     assert "events generated   0" in capsys.readouterr().out
+
+
+def test_the_sse_channel_and_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(
+        ["--channel", "sse", "--sse-ping", "0.5", "--sse-buffer", "8", "--feed-subscribers", "2"]
+    )
+    config, spec = settings(args)
+    assert (config.sse_ping_interval, config.sse_reader_buffer) == (0.5, 8)
+    assert (spec.channel, spec.sse, spec.webhook, spec.websocket) == ("sse", True, False, False)
+    assert spec.feed_subscribers == 2
+    with pytest.raises(SystemExit):
+        main(["--sse-buffer", "0"])
+    assert "sse_reader_buffer" in capsys.readouterr().err
+
+
+def test_an_sse_run_summarises_its_call_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bridge_main(
+        ["simulate", "--port", "0", "--calls", "2", "--seed", "5", "--channel", "sse",
+         "--exit-when-done", "--log-level", "WARNING"]
+    )  # fmt: skip
+    assert code == 0
+    assert "call logs (sse)    0 streams, 0 entries streamed" in capsys.readouterr().out

@@ -1,6 +1,8 @@
+from typing import Any
+
 import pytest
 
-from bridge.simulator import SimulatorConfig, TrafficSpec
+from bridge.simulator import Channel, SimulatorConfig, TrafficSpec
 
 
 def test_defaults_are_valid() -> None:
@@ -54,3 +56,40 @@ def test_channel_flags() -> None:
     )
     assert not TrafficSpec(channel="webhook").websocket
     assert not TrafficSpec(channel="websocket").webhook
+
+
+@pytest.mark.parametrize(
+    ("channel", "webhook", "websocket", "sse"),
+    [
+        ("both", True, True, False),
+        ("webhook", True, False, False),
+        ("websocket", False, True, False),
+        ("sse", False, False, True),
+        ("all", True, True, True),
+    ],
+)
+def test_channels_choose_the_ways_events_travel(
+    channel: Channel, webhook: bool, websocket: bool, sse: bool
+) -> None:
+    spec = TrafficSpec(channel=channel)
+    assert (spec.webhook, spec.websocket, spec.sse) == (webhook, websocket, sse)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sse_ping_interval", 0.0),
+        ("sse_retry_ms", -1),
+        ("sse_reader_buffer", 0),
+        ("sse_retain_calls", 0),
+    ],
+)
+def test_bad_sse_settings_are_refused(field: str, value: float) -> None:
+    change: dict[str, Any] = {field: value}
+    with pytest.raises(ValueError, match=field):
+        SimulatorConfig(**change)
+
+
+def test_feed_subscribers_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="feed_subscribers"):
+        TrafficSpec(feed_subscribers=-1)

@@ -26,6 +26,8 @@ from bridge.sources.frames import classify, subscribe_message
         ('"text"', "garbage"),
         ('{"no": "type"}', "garbage"),
         (b"\x00\x01", "garbage"),
+        # Deeper than the JSON codec writes: it could never be published, only retried forever.
+        ('{"type":"turn.user","data":' + "[" * 255 + "]" * 255 + "}", "garbage"),
     ],
 )
 def test_classify(message: str | bytes, kind: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,13 +13,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.config import PinecallSettings
-from bridge.sources.registration import RegistrationError, WebhookRegistry
+from bridge.sources.registration import RegistrationError, WebhookRegistry, winner
 
 
 class FakeApi:
     def __init__(self) -> None:
         self.hooks: dict[str, dict[str, Any]] = {}
         self.ids = itertools.count(1)
+        self.delay = 0.0  # seconds every request takes, so concurrent callers interleave
         app = web.Application()
         app.router.add_route("*", "/v1/webhooks", self.collection)
         app.router.add_delete("/v1/webhooks/{id}", self.delete)
@@ -30,6 +32,7 @@ class FakeApi:
     async def collection(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
             return web.json_response({"error": "unauthorized"}, status=401)
+        await asyncio.sleep(self.delay)
         if request.method == "GET":
             return web.json_response({"data": list(self.hooks.values())})
         body = await request.json()
@@ -38,6 +41,7 @@ class FakeApi:
         return web.json_response(hook, status=201)
 
     async def delete(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.delay)
         if self.hooks.pop(request.match_info["id"], None) is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.Response(status=204)
@@ -89,3 +93,40 @@ async def test_unreachable_api_is_a_clear_error() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(RegistrationError, match="GET /v1/webhooks"):
             await WebhookRegistry(session, settings).hooks()
+
+
+async def test_concurrent_ensures_leave_exactly_one_hook(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    # Each listed, found nothing and created: three hooks, every delivery tripled.
+    fake, registry = api
+    fake.delay = 0.05
+    url = "https://bridge/webhooks/pinecall"
+    results = await asyncio.gather(*(registry.ensure(url, [], "s") for _ in range(3)))
+    assert len(fake.hooks) == 1
+    [kept] = fake.hooks
+    assert {hook["id"] for hook, _ in results} == {kept}
+    assert [created for _, created in results].count(True) == 1
+
+
+async def test_ensure_keeps_the_oldest_of_existing_copies(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    fake, registry = api
+    first = await registry.create("https://a", [], "s")
+    await registry.create("https://a", [], "s")
+    await registry.create("https://other", [], "s")
+    hook, created = await registry.ensure("https://a", [], "s")
+    assert (hook["id"], created) == (first["id"], False)
+    assert sorted(h["url"] for h in fake.hooks.values()) == ["https://a", "https://other"]
+
+
+def test_the_winner_is_the_same_whoever_looks() -> None:
+    hooks = [
+        {"id": "wh_b", "created_at": "2026-01-01T00:00:00.001Z"},
+        {"id": "wh_c", "created_at": "2026-01-01T00:00:00.000Z"},
+        {"id": "wh_a", "created_at": "2026-01-01T00:00:00.000Z"},
+    ]
+    assert winner(hooks)["id"] == "wh_a"
+    assert winner(list(reversed(hooks)))["id"] == "wh_a"
+    assert winner([{"id": "wh_2"}, {"id": "wh_1"}])["id"] == "wh_1"

@@ -15,8 +15,10 @@ from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
+from bridge.sink.limits import TopicLimits
 from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
+from tests.rawhttp import Framing, build_request, exchange
 from tests.unit.fakes import FakeSink
 
 SECRET = b"whsec_test"
@@ -46,6 +48,12 @@ class Harness:
         elif sign_it:
             headers["X-Pinecall-Signature"] = sign(SECRET, body)
         return await self.client.post(PATH, data=body, headers=headers)
+
+    @property
+    def port(self) -> int:
+        port = self.client.port
+        assert port is not None
+        return port
 
     def rejected(self, reason: str) -> float:
         return (
@@ -109,7 +117,13 @@ ENTRY = jsoncodec.dumps(
 async def test_signed_event_is_accepted(harness: Harness) -> None:
     response = await harness.post(ENTRY)
     assert response.status == 200
-    assert await response.json() == {"accepted": 1, "dropped": 0, "dead_lettered": 0, "failed": 0}
+    assert await response.json() == {
+        "accepted": 1,
+        "dropped": 0,
+        "dead_lettered": 0,
+        "failed": 0,
+        "refused": 0,
+    }
     assert output_topics(harness) == ["pinecall.events"]
 
 
@@ -178,6 +192,32 @@ async def test_too_large_chunked_413(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize(
+    ("header", "body", "status"),
+    [
+        # An encoded body is refused unread: the signature covers the body as sent.
+        (("Content-Encoding", "gzip"), ENTRY, 415),
+        (("Content-Encoding", "deflate"), ENTRY, 415),
+        (("Transfer-Encoding", "chunked"), b"zz\r\n" + ENTRY + b"\r\n0\r\n\r\n", 400),
+    ],
+)
+async def test_encoded_or_broken_body_is_refused_not_a_bug(
+    harness: Harness,
+    header: tuple[str, str],
+    body: bytes,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    headers = [("Content-Type", "application/json"), ("X-Pinecall-Signature", sign(SECRET, body))]
+    framing: Framing = "none" if header[0] == "Transfer-Encoding" else "length"
+    request = build_request("POST", PATH, [*headers, header], body, framing=framing)
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    assert response.status == status
+    assert harness.sink.records == []
+    assert "unexpected error" not in caplog.text
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/octet-stream"]
 )
 async def test_wrong_content_type_415(harness: Harness, content_type: str) -> None:
@@ -205,6 +245,19 @@ async def test_bad_body_400(harness: Harness, body: bytes, reason: str) -> None:
     assert response.status == 400
     assert (await response.json())["error"] == reason
     assert harness.rejected(reason) == 1
+
+
+async def test_json_nested_deeper_than_the_codec_writes_is_400_not_503(harness: Harness) -> None:
+    # orjson reads 1,024 levels but writes 254: such a body used to answer 503 on every retry.
+    body = b'{"type":"turn.user","data":{"k":' + b"[" * 260 + b"]" * 260 + b"}}"
+    response = await harness.post(body)
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "invalid_json",
+        "detail": "the body is not valid JSON: nested deeper than 254 levels",
+    }
+    assert harness.rejected("invalid_json") == 1
+    assert harness.sink.records == []
 
 
 async def test_valid_json_not_an_event_goes_to_dlq_202(harness: Harness) -> None:
@@ -290,3 +343,16 @@ async def test_batch_with_a_bad_item_dead_letters_it_and_publishes_the_rest(
     body = await response.json()
     assert (body["accepted"], body["dead_lettered"]) == (1, 1)
     assert output_topics(harness) == ["pinecall.events", "pinecall.dlq"]
+
+
+async def test_a_body_kafka_can_never_take_gets_a_final_413_not_503(harness: Harness) -> None:
+    # 503 made Pinecall retry it forever; a 4xx is final for Pinecall.
+    harness.sink.limits = TopicLimits(1_048_576)
+    harness.sink.limits.learn("pinecall.ingest", 1000)
+    body = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"text": "x" * 2000}})
+    response = await harness.post(body)
+    assert response.status == 413
+    answer = await response.json()
+    assert (answer["error"], answer["refused"], answer["failed"]) == ("record_too_large", 1, 0)
+    assert harness.rejected("too_large") == 1
+    assert harness.sink.records == []

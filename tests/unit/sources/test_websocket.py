@@ -49,6 +49,7 @@ class FakeFeed:
         self.subscriptions: list[Any] = []
         self.tokens_seen: list[str | None] = []
         self.token_status = 200
+        self.expires_in: float = 60
         app = web.Application()
         app.router.add_post("/v1/auth/websocket-token", self.token)
         app.router.add_get("/v1/ws", self.feed)
@@ -60,7 +61,9 @@ class FakeFeed:
         if self.token_status != 200:
             return web.json_response({"error": "nope"}, status=self.token_status)
         self.token_requests += 1
-        return web.json_response({"token": f"tok-{self.token_requests}", "expires_in": 60})
+        return web.json_response(
+            {"token": f"tok-{self.token_requests}", "expires_in": self.expires_in}
+        )
 
     async def feed(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -230,7 +233,11 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
     assert feed.tokens_seen == [None]
 
 
-async def test_backpressure_bounds_the_backlog_and_nothing_is_lost(
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
     async def script(ws: web.WebSocketResponse, n: int) -> None:
@@ -244,28 +251,69 @@ async def test_backpressure_bounds_the_backlog_and_nothing_is_lost(
     source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
     await source.start()
     try:
-        await until(lambda: len(sink.records) >= 1)
-        await asyncio.sleep(0.5)  # Kafka is "down": the publish is retried, reading must stall
-        backlog = metrics.registry.get_sample_value("pinecall_bridge_websocket_backlog_events")
-        assert backlog is not None
-        assert backlog <= 10
-        frames = metrics.registry.get_sample_value(
-            "pinecall_bridge_websocket_frames_total", {"kind": "event"}
+        # Kafka is "down": the reader goes on reading; past 10 events it drops and counts.
+        await until(
+            lambda: sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event") == 200
         )
-        assert frames is not None
-        assert frames < 200  # the socket was not drained into memory
+        assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 10
+        dropped = sample(
+            metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="websocket",
+            reason="backlog_full",
+        )
+        assert dropped == 190
         sink.auto_ack = True
         for future in sink.futures:
             if not future.done():
                 future.set_result(None)
-        await until(lambda: len(set(seqs(sink))) == 200, within=20)
+        await until(lambda: len(set(seqs(sink))) == 10, within=20)
+        await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0)
     finally:
         await source.stop(asyncio.get_running_loop().time() + 2)
-    ingested = seqs(sink)
-    assert sorted(set(ingested)) == list(range(1, 201))
-    # A retry may write a second copy (the dedup stage drops it); first copies keep feed order.
-    firsts = list(dict.fromkeys(ingested))
-    assert firsts == list(range(1, 201))
+    # What it held is all published, in feed order (a retry may add a copy the dedup drops).
+    assert list(dict.fromkeys(seqs(sink))) == list(range(1, 11))
+    assert feed.connections == 1
+
+
+async def test_a_kafka_stall_does_not_starve_the_keepalive(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The reader used to wait for room in the queue: the socket went unread, pongs too, and the
+    # keepalive closed the connection; frames sent until the reconnect were lost, uncounted.
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, 1000):
+            await ws.send_json(entry(seq))
+            await asyncio.sleep(0.005)
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    ws_settings, api = feed.settings(
+        max_inflight=10, ping_interval_seconds=0.1, ping_timeout_seconds=0.3
+    )
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await asyncio.sleep(2.0)  # a stall ten pings long
+        assert feed.connections == 1
+        assert sample(metrics, "pinecall_bridge_websocket_connected") == 1
+        reconnects = sum(
+            sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
+            for reason in ("ping_timeout", "closed", "error")
+        )
+        assert reconnects == 0
+        read = sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event")
+        dropped = sample(
+            metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="websocket",
+            reason="backlog_full",
+        )
+        assert read > 25  # still reading, past the bound
+        assert dropped == read - 10  # every frame read is held or counted
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 0.5)
 
 
 async def test_stop_flushes_what_was_read(
@@ -423,3 +471,48 @@ async def test_a_publishing_bug_retries_the_batch_instead_of_ending_the_publishe
     finally:
         await source.stop(asyncio.get_running_loop().time() + 2)
     assert seqs(sink) == [1]
+
+
+async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # `expires_in` was read and never used: the server closed the connection at expiry, and
+    # the auth backoff (5 s) lost every frame sent meanwhile.
+    sent: list[int] = []
+    opened: list[web.WebSocketResponse] = []
+
+    async def tracked(ws: web.WebSocketResponse, n: int) -> None:
+        opened.append(ws)
+        await hold_open(ws)
+
+    async def publish() -> None:
+        # Every connection gets what is published from its subscription on, as a feed does.
+        while True:
+            sent.append(len(sent) + 1)
+            for ws in list(opened):
+                if not ws.closed:
+                    await ws.send_json(entry(sent[-1]))
+            await asyncio.sleep(0.02)
+
+    feed = await make_feed(tracked)
+    feed.expires_in = 2.0
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    await until(lambda: len(opened) == 1)
+    publisher = asyncio.create_task(publish())
+    try:
+        await until(lambda: feed.connections == 2, within=3)  # before the 2 s expiry
+        await asyncio.sleep(0.3)
+        last = len(sent)
+        await until(lambda: last in seqs(sink))
+    finally:
+        publisher.cancel()
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
+    assert set(range(1, last + 1)) <= set(seqs(sink))
+    reconnects = metrics.registry.get_sample_value(
+        "pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}
+    )
+    assert not reconnects

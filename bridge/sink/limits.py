@@ -1,0 +1,54 @@
+"""How large a record each topic takes. Pure.
+
+A record is checked before it reaches a producer, against the smaller of the producers'
+max_request_size and the topic's max.message.bytes. A record the broker refuses for its size
+would not only fail: it leaves the idempotent producer's sequence with a gap, and every later
+record of that partition then fails with OutOfOrderSequenceNumber. So it must never be sent.
+"""
+
+from __future__ import annotations
+
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from bridge.sink.record import Record
+
+# Kafka's own default for max_request_size and, all but its batch header, message.max.bytes.
+KAFKA_DEFAULT_MAX_REQUEST_BYTES = 1_048_576
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+
+def record_size(record: Record) -> int:
+    """The record's size as Kafka counts it against the limits: alone in a batch (v2 format)."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers)
+    )
+    return size
+
+
+def too_large(exc: BaseException) -> bool:
+    """Kafka refused the record for its size: it will be refused again, whatever the retry."""
+    return isinstance(exc, _TOO_LARGE)
+
+
+class TopicLimits:
+    """The largest record per topic; topics not learned yet take the producers' limit."""
+
+    def __init__(self, max_request_bytes: int) -> None:
+        self.default = max_request_bytes
+        self._topics: dict[str, int] = {}
+
+    def learn(self, topic: str, max_message_bytes: int) -> None:
+        """The topic's max.message.bytes, as the cluster reports it."""
+        self._topics[topic] = min(max_message_bytes, self.default)
+
+    def limit(self, topic: str) -> int:
+        return self._topics.get(topic, self.default)
+
+    def check(self, record: Record) -> None:
+        """Raise MessageSizeTooLargeError (as aiokafka would) when the record cannot be taken."""
+        size, limit = record_size(record), self.limit(record.topic)
+        if size > limit:
+            raise MessageSizeTooLargeError(
+                f"a record of {size} bytes for {record.topic}, whose limit is {limit} bytes"
+            )

@@ -1,0 +1,130 @@
+"""Pinecall's call list (`GET /v1/sessions`): the calls that no notice announced to this process.
+
+Pages come newest first (`{calls, total, next}`, `next` = the call id to pass as `before`); the
+list has no `since` filter, so reading stops at the first call older than the lookback. The parser
+is pure; `live_calls` is the thin aiohttp shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bridge import jsoncodec
+
+PAGE_LIMIT = 200  # the platform's longest list
+MAX_PAGES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    call: str
+    live: bool
+    last_seq: int | None
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallPage:
+    calls: tuple[CallRow, ...]
+    next: str | None
+
+
+class CallListError(Exception):
+    """The list could not be read; `unsupported` when the platform has no such endpoint."""
+
+    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.unsupported = unsupported
+
+
+def parse_call_page(body: bytes) -> CallPage:
+    try:
+        decoded: Any = jsoncodec.loads(body)
+    except ValueError as exc:
+        raise CallListError("the call list is not JSON") from exc
+    rows = decoded.get("calls") if isinstance(decoded, dict) else None
+    if not isinstance(rows, list):
+        raise CallListError("the call list has no `calls` list")
+    calls = []
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("call"), str) or not row["call"]:
+            continue
+        seq = row.get("last_seq")
+        calls.append(
+            CallRow(
+                row["call"],
+                row.get("live") is True,
+                seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                _epoch(row.get("started_at")),
+                _epoch(row.get("ended_at")),
+            )
+        )
+    nxt = decoded.get("next")
+    return CallPage(tuple(calls), nxt if isinstance(nxt, str) and nxt else None)
+
+
+def page_is_last(page: CallPage, oldest: float) -> bool:
+    """Nothing after this page started within the lookback (or there is nothing after it)."""
+    if page.next is None:
+        return True
+    started = [row.started_at for row in page.calls if row.started_at is not None]
+    return bool(started) and min(started) < oldest
+
+
+def wanted(row: CallRow, ended_after: float) -> bool:
+    """Live, or ended so recently that its end would be in the dedup window had it been read.
+
+    A call that ended within the window and whose end no ingest record shows was never fully
+    read (its notices came while no process owned it): reading it again is safe, as the dedup
+    drops what was published. One that ended before the window is left alone: re-reading it
+    would publish copies.
+    """
+    return row.live or (row.ended_at is not None and row.ended_at >= ended_after)
+
+
+async def list_calls(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    oldest: float,
+    timeout_seconds: float,
+) -> list[CallRow]:
+    """The calls the list shows, newest first, down to the first started before `oldest`."""
+    found: list[CallRow] = []
+    before: str | None = None
+    for _ in range(MAX_PAGES):
+        params = {"limit": str(PAGE_LIMIT)}
+        if before is not None:
+            params["before"] = before
+        try:
+            async with session.get(
+                url,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CallListError(f"the call list failed ({type(exc).__name__})") from exc
+        if status in (404, 405):
+            raise CallListError(f"no call list here ({status})", unsupported=True)
+        if status != 200:
+            raise CallListError(f"the call list answered {status}")
+        page = parse_call_page(body)
+        found.extend(page.calls)
+        if page_is_last(page, oldest):
+            break
+        before = page.next
+    return found
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None

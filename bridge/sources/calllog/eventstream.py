@@ -1,0 +1,141 @@
+"""Server-Sent Events as the WHATWG EventSource spec parses them: bytes in, events out. Pure.
+
+Lines end in CR, LF or CRLF, and any of them may be split across chunks; one leading BOM is
+dropped; an event is dispatched by a blank line, so a partial event at EOF is never seen. Comments
+(`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
+Line and event sizes are capped: a stream that exceeds them is broken, not a reason to grow.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+MAX_LINE_BYTES = 1_048_576
+MAX_EVENT_BYTES = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A dispatched event; `last_event_id` is the stream's last id when it was dispatched."""
+
+    type: str
+    data: str
+    last_event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """A comment line (the server's `: ping`): the connection is alive, nothing happened."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A valid `retry:` field: the server's reconnection delay in milliseconds."""
+
+    milliseconds: int
+
+
+Item = Event | KeepAlive | Retry
+
+
+class EventStreamError(Exception):
+    """The stream broke a size limit: drop the connection and resume from the last id."""
+
+
+class EventStreamParser:
+    """Feed chunks with feed(); each call returns what they completed, in order."""
+
+    def __init__(
+        self, *, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES
+    ) -> None:
+        # utf-8-sig drops one leading BOM even when it is split across chunks; bad bytes become
+        # U+FFFD, as the spec's UTF-8 decode says.
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
+        self._pending = ""  # the current line, not yet terminated
+        self._skip_lf = False  # the last chunk ended in CR: a leading LF completes that CRLF
+        self._data: list[str] = []
+        self._data_bytes = 0
+        self._type = ""
+        self._id_buffer = ""
+        self.last_event_id = ""
+
+    def feed(self, chunk: bytes) -> list[Item]:
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        items: list[Item] = []
+        start = 0
+        for end in _LINE_END.finditer(text):
+            line = text[start : end.start()]
+            if self._pending:
+                line, self._pending = self._pending + line, ""
+            self._line(line, items)
+            start = end.end()
+            if end.group() == "\r" and start == len(text):
+                self._skip_lf = True
+        rest = text[start:]
+        if rest:
+            if _size(self._pending) + _size(rest) > self._max_line:
+                raise EventStreamError(f"a line is longer than {self._max_line} bytes")
+            self._pending += rest
+        return items
+
+    def feed_eof(self) -> None:
+        """The stream ended: whatever was not dispatched by a blank line is dropped."""
+        self._decoder.decode(b"", final=True)
+        self._pending = ""
+        self._skip_lf = False
+        self._reset_event()
+
+    def _line(self, line: str, items: list[Item]) -> None:
+        if _size(line) > self._max_line:
+            raise EventStreamError(f"a line is longer than {self._max_line} bytes")
+        if not line:
+            self._dispatch(items)
+            return
+        if line[0] == ":":
+            items.append(KeepAlive(line[1:].removeprefix(" ")))
+            return
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data_bytes += _size(value) + 1
+            if self._data_bytes > self._max_event:
+                raise EventStreamError(f"an event is longer than {self._max_event} bytes")
+            self._data.append(value)
+        elif name == "event":
+            self._type = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id_buffer = value
+        elif name == "retry" and value and value.isascii() and value.isdigit():
+            items.append(Retry(int(value)))
+        # Any other field name is ignored, as the spec says.
+
+    def _dispatch(self, items: list[Item]) -> None:
+        self.last_event_id = self._id_buffer
+        if self._data:
+            items.append(Event(self._type or "message", "\n".join(self._data), self.last_event_id))
+        self._reset_event()
+
+    def _reset_event(self) -> None:
+        self._data = []
+        self._data_bytes = 0
+        self._type = ""
+
+
+def _size(text: str) -> int:
+    """The UTF-8 size of decoded text: its length when ASCII, which a log entry almost always is."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

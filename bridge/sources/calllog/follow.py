@@ -1,0 +1,164 @@
+"""One call's log as the follower sees it: what each stream item means and where to resume. Pure.
+
+The resume point is the highest seq Kafka has acknowledged, never merely the highest read: a
+crash or a cut then re-reads what was in flight (the dedup stage drops the copies) instead of
+losing it. A `log.gap` means entries were skipped on this connection: they are fetched from the
+JSON pages and published, in seq order, before anything after the gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridge import jsoncodec
+from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
+from bridge.sources.reconnect import ReconnectPolicy
+
+TERMINAL_TYPE = "call.score"
+GAP_TYPE = "log.gap"
+CAUGHT_UP_TYPE = "log.caught_up"
+
+# Why a connection ended (a metric label, so a closed set).
+Reason = Literal[
+    "closed",  # the server ended the stream before the call's end
+    "silent",  # no byte (not even a ping) within the read timeout
+    "connect_error",
+    "server_error",  # 5xx or 429
+    "auth",
+    "protocol",  # unparseable or oversized stream, or an unexpected status
+    "publish_failed",  # Kafka did not take the entries: re-read them from the last ack
+    "gap_fill_failed",
+    "error",
+]
+REASONS: tuple[Reason, ...] = (
+    "closed",
+    "silent",
+    "connect_error",
+    "server_error",
+    "auth",
+    "protocol",
+    "publish_failed",
+    "gap_fill_failed",
+    "error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An entry to publish; `seq` is None when the item is not an entry (it dead-letters)."""
+
+    item: Any
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """Fetch seqs `first`..`last` (inclusive) from the JSON pages and publish them first."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """The replay is over: what follows is live."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nothing:
+    """Nothing to do; `garbage` when the item was not JSON (counted, logged, skipped)."""
+
+    garbage: bool = False
+
+
+Step = Publish | Fill | CaughtUp | Nothing
+
+
+class CallFollow:
+    """Not thread-safe; one per followed call, driven by its follower task."""
+
+    def __init__(self, call: str, after: int, policy: ReconnectPolicy) -> None:
+        self.call = call
+        self.acked = max(after, 0)  # the resume point
+        self.ended = False  # the terminal entry is in Kafka: nothing more will come
+        self.caught_up = False  # this connection has replayed and is live
+        self.server_retry: float | None = None  # seconds, from `retry:`
+        self._policy = policy
+        self._terminal_pending: int | None = None
+
+    def query(self) -> dict[str, str]:
+        """The query of the next request: `after` the resume point."""
+        return {"after": str(self.acked)}
+
+    def headers(self) -> dict[str, str]:
+        """`Last-Event-ID` too, as EventSource sends it (the server takes the larger)."""
+        return {"Last-Event-ID": str(self.acked)} if self.acked > 0 else {}
+
+    def connected(self) -> None:
+        self.caught_up = False
+
+    def step(self, item: Item) -> Step:
+        """What one parsed stream item asks for."""
+        if isinstance(item, Retry):
+            self.server_retry = item.milliseconds / 1000
+            return Nothing()
+        if isinstance(item, KeepAlive):
+            return Nothing()
+        return self._event(item)
+
+    def _event(self, event: Event) -> Step:
+        try:
+            entry = jsoncodec.loads(event.data)
+        except jsoncodec.JSONDecodeError:
+            return Nothing(garbage=True)
+        seq = entry.get("seq") if isinstance(entry, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            return Publish(entry, None)  # the pipeline dead-letters what is not an entry
+        kind = entry.get("type")
+        if kind == CAUGHT_UP_TYPE:
+            self.caught_up = True
+            return CaughtUp(seq)
+        if kind == GAP_TYPE:
+            data = entry.get("data")
+            last = data.get("to_seq") if isinstance(data, dict) else None
+            if not isinstance(last, int) or isinstance(last, bool):
+                last = seq
+            # From the resume point, not the marker's from_seq: whatever this reader has not had
+            # acknowledged is fetched again, and the dedup drops what was already there.
+            first = self.acked + 1
+            return Fill(first, last) if last >= first else Nothing()
+        if seq <= self.acked and seq > 0:
+            return Nothing()  # a replay of what Kafka already has
+        if kind == TERMINAL_TYPE:
+            self._terminal_pending = seq
+        return Publish(entry, seq)
+
+    def published(self, last_seq: int | None) -> None:
+        """Kafka acknowledged everything up to `last_seq`: the resume point moves there."""
+        if last_seq is not None and last_seq > self.acked:
+            self.acked = last_seq
+        if self._terminal_pending is not None and self.acked >= self._terminal_pending:
+            self.ended = True
+
+    def filled(self, last: int) -> None:
+        """A gap was filled through `last` (ephemeral seqs in it are gone for good)."""
+        self.published(last)
+
+    def not_published(self) -> None:
+        """The entries read since the last ack were not taken: they will be read again."""
+        self._terminal_pending = None
+
+    def sealed(self) -> None:
+        """The server answered 204: the log is sealed and read to its end."""
+        self.ended = True
+
+    def retry_delay(self, reason: Reason, connected_for: float | None) -> float:
+        """The wait before reconnecting: the server's `retry:` at least, backing off beyond it."""
+        delay = self._policy.next_delay(
+            "auth" if reason == "auth" else "closed" if connected_for else "connect_error",
+            connected_for,
+        )
+        return max(delay, self.server_retry or 0.0)

@@ -1,0 +1,252 @@
+"""One call's follower: stream its log, publish each entry, resume after any drop, fill gaps.
+
+Reading and publishing take turns: what one read returned is published (and acknowledged by
+Kafka) before the next read, so a call holds at most one chunk in memory and a slow Kafka slows
+the stream down instead of filling memory. When Pinecall then drops this reader and marks a gap,
+the gap is read from the JSON pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from bridge.config import PinecallSettings, SseSettings
+from bridge.metrics import Metrics
+from bridge.sources.calllog.eventstream import EventStreamError, EventStreamParser
+from bridge.sources.calllog.follow import CallFollow, Fill, Nothing, Publish, Reason
+from bridge.sources.calllog.pages import PageError, events_url, fetch_pages
+from bridge.sources.calllog.publish import Publisher
+from bridge.sources.reconnect import ReconnectPolicy
+
+log = logging.getLogger(__name__)
+EVENT_STREAM = "text/event-stream"
+
+
+def api_headers(api: PinecallSettings, accept: str) -> dict[str, str]:
+    """Bearer auth, the `pinecall-env` header where set, and what we accept."""
+    key = api.api_key.get_secret_value() if api.api_key else ""
+    headers = {"Authorization": f"Bearer {key}", "Accept": accept}
+    if api.env:
+        headers["pinecall-env"] = api.env
+    return headers
+
+
+class _StoppedError(Exception):
+    """The source is stopping or the call moved: leave; what is not acknowledged is re-read."""
+
+
+class _FillFailedError(Exception):
+    """A gap could not be read from the pages: reconnect, and the replay covers it."""
+
+
+class Follower:
+    """`run()` follows until the log ends (True) or the source stops or drops the call (False)."""
+
+    def __init__(
+        self,
+        call: str,
+        after: int,
+        *,
+        session: aiohttp.ClientSession,
+        api: PinecallSettings,
+        settings: SseSettings,
+        publisher: Publisher,
+        metrics: Metrics,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.state = CallFollow(
+            call,
+            after,
+            ReconnectPolicy(
+                settings.backoff_initial_seconds,
+                settings.backoff_max_seconds,
+                settings.stable_after_seconds,
+            ),
+        )
+        self._session = session
+        self._api = api
+        self._settings = settings
+        self._publisher = publisher
+        self._metrics = metrics
+        self._stopping = stopping
+        self.publishing = False  # a stop lets a publish in flight land before cancelling
+        self.halted = False  # this call moved to another process: stop after the publish
+
+    @property
+    def call(self) -> str:
+        return self.state.call
+
+    async def run(self) -> bool:
+        state = self.state
+        while not self._stopping.is_set():
+            opened_at: float | None = None
+            reason: Reason = "error"
+            floor = 0.0
+            try:
+                async with self._session.get(
+                    events_url(self._api.api_url, state.call),
+                    params=state.query(),
+                    headers={**api_headers(self._api, EVENT_STREAM), **state.headers()},
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._settings.connect_timeout_seconds
+                    ),
+                ) as response:
+                    if response.status == 204:
+                        state.sealed()
+                        return True
+                    if response.status == 404:
+                        # Not this key's call: following it again would only fail again.
+                        log.warning("call log not found; not following it", extra=self._ctx())
+                        return True
+                    if response.status == 200 and response.content_type == EVENT_STREAM:
+                        opened_at = time.monotonic()
+                        state.connected()
+                        reason = await self._read(response)
+                    else:
+                        reason, floor = _refusal(response)
+                        log.warning(
+                            "call log stream refused",
+                            extra={**self._ctx(), "status": response.status},
+                        )
+            except _StoppedError:
+                return False
+            except _FillFailedError:
+                reason = "gap_fill_failed"
+            except EventStreamError as exc:
+                reason = "protocol"
+                log.warning("call log stream broken", extra={**self._ctx(), "error": str(exc)})
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = "closed" if opened_at is not None else "connect_error"
+                log.info(
+                    "call log connection failed",
+                    extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one call's bug must not end the follower silently
+                log.exception("call log follower failed", extra=self._ctx())
+            if state.ended:
+                return True
+            if self._stopping.is_set():
+                return False
+            self._metrics.sse_reconnects.labels("call", reason).inc()
+            connected_for = time.monotonic() - opened_at if opened_at is not None else None
+            delay = max(state.retry_delay(reason, connected_for), floor)
+            log.debug(
+                "call log reconnecting",
+                extra={**self._ctx(), "reason": reason, "in_s": round(delay, 2)},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        return False
+
+    async def _read(self, response: aiohttp.ClientResponse) -> Reason:
+        """Read and publish until the stream ends; the reason it did, or "ended"."""
+        parser = EventStreamParser(
+            max_line_bytes=self._settings.max_event_bytes + 64,
+            max_event_bytes=self._settings.max_event_bytes,
+        )
+        state = self.state
+        rejected = self._metrics.rejected
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.read_timeout_seconds):
+                    chunk = await response.content.readany()
+            except TimeoutError:
+                return "silent"
+            if not chunk:
+                parser.feed_eof()
+                return "closed"
+            batch: list[Any] = []
+            times: list[float] = []
+            last: int | None = None
+            for item in parser.feed(chunk):
+                step = state.step(item)
+                if isinstance(step, Publish):
+                    batch.append(step.item)
+                    if step.seq is not None:
+                        last = step.seq
+                        ts = step.item.get("ts")
+                        if isinstance(ts, int | float) and not isinstance(ts, bool):
+                            times.append(float(ts))
+                elif isinstance(step, Fill):
+                    await self._publish(batch, times, last)
+                    batch, times, last = [], [], None
+                    await self._fill(step)
+                elif isinstance(step, Nothing) and step.garbage:
+                    rejected.labels("sse", "invalid_json").inc()
+                    log.warning("call log event is not JSON; skipped", extra=self._ctx())
+            await self._publish(batch, times, last)
+            if state.ended:
+                return "closed"
+
+    async def _publish(self, batch: list[Any], times: list[float], last: int | None) -> None:
+        if not batch:
+            return
+        self.publishing = True
+        try:
+            ok = await self._publisher.publish(batch, times)
+        finally:
+            self.publishing = False
+        if not ok:
+            self.state.not_published()
+            raise _StoppedError
+        self.state.published(last)
+        if self.halted:
+            raise _StoppedError
+
+    async def _fill(self, gap: Fill) -> None:
+        """Read seqs gap.first..gap.last from the JSON pages and publish them, page by page."""
+        self._metrics.sse_gaps.inc()
+        log.info(
+            "call log gap: reading it from the pages",
+            extra={**self._ctx(), "from_seq": gap.first, "to_seq": gap.last},
+        )
+        key = self._api.api_key.get_secret_value() if self._api.api_key else ""
+        try:
+            async for page in fetch_pages(
+                self._session,
+                self._api.api_url,
+                key,
+                self.call,
+                after=gap.first - 1,
+                env=self._api.env,
+                timeout_seconds=self._api.request_timeout_seconds,
+            ):
+                entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
+                times = [
+                    float(e["ts"])
+                    for e in entries
+                    if isinstance(e.get("ts"), int | float) and not isinstance(e["ts"], bool)
+                ]
+                self._metrics.sse_gap_entries.inc(len(entries))
+                await self._publish(entries, times, entries[-1]["seq"] if entries else None)
+                if page.next is None or page.next >= gap.last:
+                    break
+        except PageError as exc:
+            log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})
+            raise _FillFailedError from exc
+        self.state.filled(gap.last)
+        self._metrics.sse_gaps_filled.inc()
+
+    def _ctx(self) -> dict[str, Any]:
+        return {"call": self.call, "after": self.state.acked}
+
+
+def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:
+    """Why a response is not a stream, and the server's own wait (Retry-After) if it said."""
+    status = response.status
+    if status in (401, 403):
+        return "auth", 0.0
+    if status == 429 or status >= 500:
+        try:
+            return "server_error", max(float(response.headers.get("Retry-After", "0")), 0.0)
+        except ValueError:
+            return "server_error", 0.0
+    return "protocol", 0.0

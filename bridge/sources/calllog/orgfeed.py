@@ -1,0 +1,127 @@
+"""The organisation feed (`GET /v1/events`): lifecycle notices that announce calls.
+
+Every process reads it; each announced call goes to `announce`, which follows it only where this
+process owns the call. The feed has no resume: a notice missed while disconnected is made up for
+by the next notice of the same call (every call log ends with `call.score`, which the feed
+carries too) and by the call list on start-up and takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from bridge import jsoncodec
+from bridge.config import PinecallSettings, SseSettings
+from bridge.metrics import Metrics
+from bridge.sources.calllog.eventstream import Event, EventStreamError, EventStreamParser, Retry
+from bridge.sources.calllog.follower import EVENT_STREAM, api_headers
+from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
+
+log = logging.getLogger(__name__)
+
+
+def announced_call(event: Event) -> str | None:
+    """The call a feed event is about, or None (agent and deployment notices, garbage). Pure."""
+    try:
+        entry: Any = jsoncodec.loads(event.data)
+    except jsoncodec.JSONDecodeError:
+        return None
+    call = entry.get("call") if isinstance(entry, dict) else None
+    return call if isinstance(call, str) and call else None
+
+
+class OrgFeed:
+    """run() reads the feed until cancelled, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api: PinecallSettings,
+        settings: SseSettings,
+        metrics: Metrics,
+        announce: Callable[[str], None],
+        connected: Callable[[], None],
+    ) -> None:
+        self._session = session
+        self._api = api
+        self._settings = settings
+        self._metrics = metrics
+        self._announce = announce
+        self._connected = connected
+        self._policy = ReconnectPolicy(
+            settings.backoff_initial_seconds,
+            settings.backoff_max_seconds,
+            settings.stable_after_seconds,
+        )
+
+    async def run(self) -> None:
+        url = self._api.api_url + self._settings.org_feed_path
+        connected = self._metrics.sse_org_feed_connected
+        while True:
+            opened_at: float | None = None
+            reason = "error"
+            retry = 0.0
+            try:
+                async with self._session.get(
+                    url,
+                    headers=api_headers(self._api, EVENT_STREAM),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._settings.connect_timeout_seconds
+                    ),
+                ) as response:
+                    if response.status in (401, 403):
+                        reason = "auth"
+                    elif response.status == 429 or response.status >= 500:
+                        reason = "server_error"
+                    elif response.status != 200 or response.content_type != EVENT_STREAM:
+                        reason = "protocol"
+                    else:
+                        opened_at = time.monotonic()
+                        connected.set(1)
+                        log.info("org feed connected", extra={"url": url})
+                        self._connected()
+                        reason, retry = await self._read(response)
+                    if opened_at is None:
+                        log.warning("org feed refused", extra={"status": response.status})
+            except EventStreamError as exc:
+                reason = "protocol"
+                log.warning("org feed stream broken", extra={"error": str(exc)})
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = "closed" if opened_at is not None else "connect_error"
+                log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # discovery must outlive any bug in one connection's handling
+                log.exception("org feed failed")
+            finally:
+                connected.set(0)
+            self._metrics.sse_reconnects.labels("org_feed", reason).inc()
+            connected_for = time.monotonic() - opened_at if opened_at is not None else None
+            policy_reason: DisconnectReason = "auth" if reason == "auth" else "closed"
+            delay = max(self._policy.next_delay(policy_reason, connected_for), retry)
+            await asyncio.sleep(delay)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[str, float]:
+        parser = EventStreamParser(max_event_bytes=self._settings.max_event_bytes)
+        retry = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.read_timeout_seconds):
+                    chunk = await response.content.readany()
+            except TimeoutError:
+                return "silent", retry
+            if not chunk:
+                return "closed", retry
+            for item in parser.feed(chunk):
+                if isinstance(item, Event):
+                    call = announced_call(item)
+                    if call is not None:
+                        self._announce(call)
+                elif isinstance(item, Retry):
+                    retry = item.milliseconds / 1000

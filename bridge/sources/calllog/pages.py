@@ -1,0 +1,212 @@
+"""A call log's stored entries as JSON pages (`{entries, live, next}`): parse one, follow them all.
+
+The parser is pure. `fetch_pages` is the thin aiohttp shell the follower's gap fill and the
+backfill command read through: it asks for `after=<cursor>` and moves the cursor to the page's
+`next` until there is none. Pinecall sets `next` to the last seq it READ (before any filter), so
+a page can be empty and still move the cursor; a missing `next` falls back to the last entry's
+seq. A 204 means the call is sealed and read to the end: an empty, not-live last page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge import jsoncodec
+
+ENV_HEADER = "pinecall-env"
+# The platform's cap on `limit` (pinecall-runtime log/store.py DEFAULT_LIMIT).
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page: its entries as sent (seq order), whether the call is still live, the cursor."""
+
+    entries: tuple[dict[str, Any], ...]
+    live: bool
+    next: int | None
+
+    @property
+    def last_seq(self) -> int | None:
+        """The highest seq on the page, or None for an empty page."""
+        return max((entry["seq"] for entry in self.entries), default=None)
+
+
+SEALED_END = Page(entries=(), live=False, next=None)
+
+
+class PageError(Exception):
+    """Reading a page failed; `retriable` says whether asking again may succeed."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PageFormatError(PageError):
+    """The answer is not a `{entries, live, next}` page: a bug or a changed wire, not a blip."""
+
+
+class PageAuthError(PageError):
+    """401/403: the API key is missing, wrong or lacks the `calls` scope."""
+
+
+class CallNotFoundError(PageError):
+    """404: no such call in this key's org and world."""
+
+
+class PageServerError(PageError):
+    """5xx or 429: the platform is struggling; `retry_after` is its own hint in seconds."""
+
+    retriable = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class PageTransportError(PageError):
+    """The connection failed or timed out before a whole answer came back."""
+
+    retriable = True
+
+
+def parse_page(body: bytes | str) -> Page:
+    """Parse one page's JSON body; raise PageFormatError when it is not a page."""
+    try:
+        decoded = jsoncodec.loads(body)
+    except ValueError as exc:
+        raise PageFormatError(f"the log page is not JSON: {exc}") from exc
+    return page_of(decoded)
+
+
+def page_of(decoded: Any) -> Page:
+    """A decoded JSON value as a Page; entries must be objects with a non-negative int seq."""
+    if not isinstance(decoded, dict):
+        raise PageFormatError("the log page is not a JSON object")
+    raw_entries = decoded.get("entries")
+    if not isinstance(raw_entries, list):
+        raise PageFormatError("the log page has no `entries` list")
+    entries: list[dict[str, Any]] = []
+    for entry in raw_entries:
+        if not isinstance(entry, dict) or not _is_seq(entry.get("seq")):
+            raise PageFormatError(f"a log page entry has no valid seq: {entry!r:.200}")
+        entries.append(entry)
+    live = decoded.get("live", False)
+    if not isinstance(live, bool):
+        raise PageFormatError("the log page's `live` is not a boolean")
+    if "next" in decoded:
+        nxt = decoded["next"]
+        if nxt is not None and not _is_seq(nxt):
+            raise PageFormatError("the log page's `next` is not a seq")
+    else:
+        nxt = max((entry["seq"] for entry in entries), default=None)
+    return Page(entries=tuple(entries), live=live, next=nxt)
+
+
+def error_for(status: int, detail: str, retry_after: str | None = None) -> PageError:
+    """The typed error for a non-success HTTP status."""
+    message = f"call log page answered {status}: {detail[:200]}"
+    if status in (401, 403):
+        return PageAuthError(message, status=status)
+    if status == 404:
+        return CallNotFoundError(message, status=status)
+    if status >= 500 or status == 429:
+        return PageServerError(message, status=status, retry_after=_seconds(retry_after))
+    return PageError(message, status=status)
+
+
+def events_url(api_url: str, call_id: str) -> str:
+    """`GET /v1/calls/{id}/events` under the API's base URL."""
+    return f"{api_url.rstrip('/')}/v1/calls/{quote(call_id, safe='')}/events"
+
+
+async def fetch_page(
+    session: aiohttp.ClientSession,
+    api_url: str,
+    api_key: str,
+    call_id: str,
+    *,
+    after: int = 0,
+    env: str | None = None,
+    limit: int | None = None,
+    timeout_seconds: float = 10.0,
+) -> Page:
+    """One page of the call's stored entries above `after`; SEALED_END for a 204."""
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+    if env is not None:
+        headers[ENV_HEADER] = env
+    params: dict[str, str] = {"after": str(after)}
+    if limit is not None:
+        params["limit"] = str(min(max(limit, 1), MAX_LIMIT))
+    try:
+        async with session.get(
+            events_url(api_url, call_id),
+            headers=headers,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+        ) as response:
+            # Read whole before returning, so no connection is held while a caller works.
+            body = await response.read()
+            if response.status == 204:
+                return SEALED_END
+            if response.status != 200:
+                detail = body.decode("utf-8", "replace")
+                raise error_for(response.status, detail, response.headers.get("Retry-After"))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PageTransportError(f"call log page request failed ({type(exc).__name__})") from exc
+    return parse_page(body)
+
+
+async def fetch_pages(
+    session: aiohttp.ClientSession,
+    api_url: str,
+    api_key: str,
+    call_id: str,
+    *,
+    after: int = 0,
+    env: str | None = None,
+    limit: int | None = None,
+    timeout_seconds: float = 10.0,
+) -> AsyncIterator[Page]:
+    """Every page above `after`, in order, until one has no `next` (or the call answers 204)."""
+    cursor = after
+    while True:
+        page = await fetch_page(
+            session,
+            api_url,
+            api_key,
+            call_id,
+            after=cursor,
+            env=env,
+            limit=limit,
+            timeout_seconds=timeout_seconds,
+        )
+        yield page
+        if page.next is None:
+            return
+        if page.next <= cursor:
+            # A cursor that does not move would loop forever against a misbehaving server.
+            raise PageFormatError(f"the log page's next ({page.next}) is not past {cursor}")
+        cursor = page.next
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _seconds(header: str | None) -> float | None:
+    try:
+        value = float(header) if header is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None

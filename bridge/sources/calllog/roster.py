@@ -1,0 +1,112 @@
+"""Which calls this process follows: the owner of a call's ingest partition follows it. Pure.
+
+A call's ingest records are keyed by its id, so the partition is the producer's own choice
+(murmur2, as aiokafka and Java do). The dedup stage tells which partitions this member owns; the
+roster follows the live calls of those partitions, at most `capacity` at once, the rest waiting in
+arrival order. Calls that ended are remembered (boundedly) so a late lifecycle notice in the org
+feed does not send a follower back over a finished log.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from bridge.sink.kafka import partition_for
+
+
+def partition_of(call: str, partitions: int) -> int:
+    """The ingest partition of a call's records: the key is the call id."""
+    return partition_for(call.encode(), list(range(partitions)), [])
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Follow `call`, resuming after seq `after` (0: from its first entry)."""
+
+    call: str
+    after: int
+
+
+class Roster:
+    """Not thread-safe; the source calls it from the event loop only."""
+
+    def __init__(self, partitions: int, capacity: int, remember_ended: int = 10_000) -> None:
+        self.partitions = partitions
+        self.capacity = capacity
+        self.owned: set[int] = set()
+        self.following: dict[str, int] = {}  # call → its partition
+        self.waiting: OrderedDict[str, int] = OrderedDict()  # call → after, first in first out
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember_ended
+
+    def owns(self, call: str) -> bool:
+        return partition_of(call, self.partitions) in self.owned
+
+    def has_ended(self, call: str) -> bool:
+        return call in self._ended
+
+    def offer(self, call: str, after: int = 0) -> list[Start]:
+        """A call this process may have to follow (announced, listed, or found on takeover)."""
+        if call in self.following or call in self._ended or not self.owns(call):
+            return []
+        if call in self.waiting:
+            self.waiting[call] = max(self.waiting[call], after)
+            return []
+        if len(self.following) >= self.capacity:
+            self.waiting[call] = after
+            return []
+        self.following[call] = partition_of(call, self.partitions)
+        return [Start(call, after)]
+
+    def finished(self, call: str, *, ended: bool) -> list[Start]:
+        """A follower stopped by itself: `ended` when its log is complete; frees its slot."""
+        if ended:
+            self._ended[call] = None
+            self._ended.move_to_end(call)
+            while len(self._ended) > self._remember:
+                self._ended.popitem(last=False)
+        if self.following.pop(call, None) is None:
+            return []
+        return self._fill()
+
+    def own(self, partition: int, live: dict[str, int], ended: set[str]) -> list[Start]:
+        """A partition taken over: follow its live calls from where its records got to."""
+        self.owned.add(partition)
+        for call in ended:
+            if partition_of(call, self.partitions) == partition:
+                self.finished(call, ended=True)
+        starts: list[Start] = []
+        for call, after in live.items():
+            starts.extend(self.offer(call, after))
+        return starts
+
+    def keep_only(self, partitions: set[int]) -> list[str]:
+        """The group's assignment: calls of any other partition stop (returned) or stop waiting."""
+        return self._drop(self.owned - partitions)
+
+    def lose(self, partition: int) -> list[str]:
+        return self._drop({partition})
+
+    def _drop(self, gone: set[int]) -> list[str]:
+        if not gone:
+            return []
+        self.owned -= gone
+        stopped = [call for call, p in self.following.items() if p in gone]
+        for call in stopped:
+            del self.following[call]
+        for call in [c for c in self.waiting if partition_of(c, self.partitions) in gone]:
+            del self.waiting[call]
+        return stopped
+
+    def refill(self) -> list[Start]:
+        """Starts for slots freed by dropped calls."""
+        return self._fill()
+
+    def _fill(self) -> list[Start]:
+        starts: list[Start] = []
+        while self.waiting and len(self.following) < self.capacity:
+            call, after = self.waiting.popitem(last=False)
+            self.following[call] = partition_of(call, self.partitions)
+            starts.append(Start(call, after))
+        return starts

@@ -1,0 +1,254 @@
+"""The call-log source: discover calls, follow the ones this process owns, hand them over.
+
+A call is followed by the process whose dedup stage owns the call's ingest partition, so across
+replicas each call has one follower and the Kafka group moves them as it moves partitions. On
+taking a partition over, its live calls are resumed from what the partition's records say was
+published (collected during the dedup restore); the org feed and the call list add the calls
+that no record mentions yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+
+import aiohttp
+
+from bridge.config import KafkaSettings, PinecallSettings, SseSettings
+from bridge.ingest.progress import PartitionProgress
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.sink.kafka import topic_partitions
+from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
+from bridge.sources.calllog.follow import REASONS
+from bridge.sources.calllog.follower import Follower, api_headers
+from bridge.sources.calllog.orgfeed import OrgFeed
+from bridge.sources.calllog.publish import Publisher
+from bridge.sources.calllog.roster import Roster, Start
+
+log = logging.getLogger(__name__)
+_STOP_GRACE = 5.0
+
+
+class CallLogSource:
+    """A PartitionListener of the dedup stage; start() before the stage joins its group."""
+
+    def __init__(
+        self,
+        settings: SseSettings,
+        api: PinecallSettings,
+        kafka: KafkaSettings,
+        ingest_topic: str,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        dedup_ttl_seconds: float,
+    ) -> None:
+        self._settings = settings
+        self._ttl = dedup_ttl_seconds
+        self._api = api
+        self._kafka = kafka
+        self._ingest = ingest_topic
+        self._metrics = metrics
+        self._stopping = asyncio.Event()
+        self._publisher = Publisher(pipeline, metrics, self._stopping)
+        self.roster: Roster | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._feed: asyncio.Task[None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
+        self._sweep_again = False
+        self._followers: dict[str, tuple[Follower, asyncio.Task[bool]]] = {}
+        self._retiring: set[asyncio.Task[bool]] = set()
+        self._call_list = settings.call_list_path is not None
+
+    async def start(self) -> None:
+        """Learn the ingest partition count (the calls' partitions depend on it), read the feed."""
+        if self._session is not None:
+            return
+        partitions = len(await topic_partitions(self._kafka, [self._ingest]))
+        self.roster = Roster(partitions, self._settings.max_calls)
+        self._session = aiohttp.ClientSession()
+        m = self._metrics
+        m.sse_enabled.set(1)
+        m.sse_calls_followed.set_function(lambda: len(self._followers))
+        m.sse_calls_queued.set_function(
+            lambda: len(self.roster.waiting) if self.roster is not None else 0
+        )
+        for reason in REASONS:  # alerts take increase() of these
+            m.sse_reconnects.labels("call", reason)
+            m.sse_reconnects.labels("org_feed", reason)
+        # After each (re)connect, the call list makes up for the notices missed meanwhile.
+        feed = OrgFeed(
+            self._session, self._api, self._settings, m, self.announce, self._schedule_sweep
+        )
+        self._feed = asyncio.create_task(feed.run(), name="sse-org-feed")
+        log.info("call-log source started", extra={"ingest_partitions": partitions})
+
+    async def stop(self, deadline: float) -> None:
+        """Stop reading; a publish in flight may land until `deadline` (loop time)."""
+        self._stopping.set()
+        for reader in (self._feed, self._sweep):
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        followers = list(self._followers.values())
+        self._followers.clear()
+        tasks = [task for _, task in followers] + list(self._retiring)
+        for follower, task in followers:
+            if not follower.publishing:
+                task.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.0))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        self._session = self._feed = self._sweep = None
+        self._metrics.sse_enabled.set(0)
+
+    # The dedup stage's PartitionListener.
+
+    def partition_owned(self, partition: int, progress: PartitionProgress | None) -> None:
+        if self.roster is None or self._stopping.is_set():
+            return
+        if progress is None:  # handed straight back: its calls never stopped
+            self.roster.owned.add(partition)
+            return
+        self._launch(self.roster.own(partition, progress.live(), progress.ended()))
+        log.info(
+            "call-log partition taken over",
+            extra={"partition": partition, "live_calls": len(progress.live())},
+        )
+        self._schedule_sweep()
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        if self.roster is None:
+            return
+        self._retire(self.roster.keep_only(partitions))
+        self._launch(self.roster.refill())
+
+    def partition_lost(self, partition: int) -> None:
+        if self.roster is None:
+            return
+        self._retire(self.roster.lose(partition))
+        self._launch(self.roster.refill())
+
+    # Discovery.
+
+    def announce(self, call: str) -> None:
+        """A lifecycle notice of `call`: follow it from its start if it is ours and new."""
+        if self.roster is not None and not self._stopping.is_set():
+            self._launch(self.roster.offer(call, 0))
+
+    def _schedule_sweep(self) -> None:
+        """One call-list read at a time; takeovers meanwhile ask for one more after it."""
+        if not self._call_list:
+            return
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep_again = True
+            return
+        self._sweep = asyncio.create_task(self._read_call_list(), name="sse-call-list")
+
+    async def _read_call_list(self) -> None:
+        assert self._session is not None
+        assert self._settings.call_list_path is not None
+        while True:
+            self._sweep_again = False
+            now = time.time()
+            try:
+                rows = await list_calls(
+                    self._session,
+                    self._api.api_url + self._settings.call_list_path,
+                    api_headers(self._api, "application/json"),
+                    oldest=now - self._settings.call_list_lookback_seconds,
+                    timeout_seconds=self._api.request_timeout_seconds,
+                )
+            except CallListError as exc:
+                if exc.unsupported:
+                    self._call_list = False
+                    log.warning(
+                        "Pinecall has no call list here: calls are found by the org feed and"
+                        " the ingest topic only",
+                        extra={"error": str(exc)},
+                    )
+                    return
+                log.warning("call list not read; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(5.0)
+                self._sweep_again = True
+            else:
+                # The window's start is measured from before the read: never too generous.
+                for row in rows:
+                    if wanted(row, now - self._ttl):
+                        self.announce(row.call)
+            if not self._sweep_again:
+                return
+
+    # Followers.
+
+    def _launch(self, starts: list[Start]) -> None:
+        if self._session is None or self._stopping.is_set():
+            return
+        for start in starts:
+            follower = Follower(
+                start.call,
+                start.after,
+                session=self._session,
+                api=self._api,
+                settings=self._settings,
+                publisher=self._publisher,
+                metrics=self._metrics,
+                stopping=self._stopping,
+            )
+            previous = [t for t in self._retiring if t.get_name() == _task_name(start.call)]
+            name = _task_name(start.call)
+            task = asyncio.create_task(self._follow(follower, previous), name=name)
+            self._followers[start.call] = (follower, task)
+            task.add_done_callback(functools.partial(self._finished, start.call))
+
+    async def _follow(self, follower: Follower, previous: list[asyncio.Task[bool]]) -> bool:
+        # A follower of the same call stopped a moment ago may still be publishing: one at a time.
+        if previous:
+            await asyncio.gather(*previous, return_exceptions=True)
+        log.info("following call log", extra={"call": follower.call, "after": follower.state.acked})
+        return await follower.run()
+
+    def _finished(self, call: str, task: asyncio.Task[bool]) -> None:
+        current = self._followers.get(call)
+        if current is None or current[1] is not task:
+            return  # retired or replaced: the roster has already let it go
+        del self._followers[call]
+        ended = not task.cancelled() and task.exception() is None and task.result()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call log follower crashed", exc_info=task.exception())
+        if self.roster is not None and not self._stopping.is_set():
+            self._launch(self.roster.finished(call, ended=ended))
+
+    def _retire(self, calls: list[str]) -> None:
+        """Stop following `calls` (their partitions moved): after a publish in flight lands."""
+        for call in calls:
+            entry = self._followers.pop(call, None)
+            if entry is None:
+                continue
+            follower, task = entry
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            asyncio.get_running_loop().create_task(self._retire_one(follower, task))
+        if calls:
+            log.info("call logs handed over", extra={"calls": len(calls)})
+
+    @staticmethod
+    async def _retire_one(follower: Follower, task: asyncio.Task[bool]) -> None:
+        follower.halted = True  # ends it right after a publish in flight
+        if follower.publishing:
+            await asyncio.wait([task], timeout=_STOP_GRACE)
+        task.cancel()
+
+
+def _task_name(call: str) -> str:
+    return f"sse-call-{call}"

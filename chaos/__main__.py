@@ -1,0 +1,94 @@
+"""`python -m chaos [--only NAME ...]`: run the fault matrix, (re)write docs/reliability.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from chaos.checker import Counts
+from chaos.harness import Check, Context, Outcome
+from chaos.report import embedded, merge, render, row
+from chaos.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("chaos")
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+uncommitted" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+async def run(names: list[str], ctx: Context) -> list[Outcome]:
+    outcomes = []
+    for name in names:
+        log.info("scenario %s: starting", name)
+        started = time.monotonic()
+        try:
+            outcome = await SCENARIOS[name](ctx)
+        except Exception as exc:  # a scenario that breaks is a row that says so, not a lost run
+            traceback.print_exc()
+            empty = Counts(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            outcome = Outcome(name, "the scenario itself failed", empty, 0.0)
+            outcome.checks.append(Check("scenario ran to the end", False, repr(exc)[:300]))
+        outcome.seconds = time.monotonic() - started
+        log.info("scenario %s: %s %s", name, outcome.verdict, outcome.failures)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="these scenarios")
+    parser.add_argument("--rate", type=float, default=250.0, help="webhook events/s")
+    parser.add_argument("--scale", type=float, default=1.0, help="shorten every phase (< 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
+    parser.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="a running broker for the scenarios that never stop theirs (default: their own)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = args.only or list(SCENARIOS)
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    log.info("scratch dir (broker data, replica logs): %s", workdir)
+    outcomes = asyncio.run(
+        run(
+            names,
+            Context(workdir, rate=args.rate, scale=args.scale, existing_bootstrap=args.broker),
+        )
+    )
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = commit()
+    old = embedded(args.out.read_text()) if args.out.exists() else []
+    rows = merge(old, [row(o, head, date) for o in outcomes], list(SCENARIOS))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, "make chaos"))
+    print(f"wrote {args.out}")
+    for o in outcomes:
+        print(f"  {o.scenario:14} {o.verdict:5} {'; '.join(o.failures)}")
+    passed = all(o.verdict == "pass" for o in outcomes)
+    if passed and not args.keep:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    else:
+        print(f"replica logs and broker data kept in {workdir}")
+    sys.exit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""What every scenario shares: its own broker, replicas, health probes, reading the history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bridge.ingest.record import event_id_of
+from chaos.checker import Counts, History, check, producer_doubles
+from chaos.load import WebhookLoad
+from tests.integration.conftest import (
+    Broker,
+    Topics,
+    free_port,
+    free_port_pair,
+    read_to_end,
+    until_decided,
+)
+from tests.integration.replicas import Replica, replica_env
+
+PUBLISH_TIMEOUT = 5.0
+DECIDE_SECONDS = 90.0  # after the load: long enough for a restarted group to catch up
+# Faster than production so an outage and its recovery show within a second or two.
+CHAOS_ENV = {
+    "BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS": str(PUBLISH_TIMEOUT),
+    "BRIDGE_KAFKA__METADATA_PROBE_SECONDS": "2",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Outcome:
+    """One scenario's row: the checker's counts, peak RSS, its own checks, and notes."""
+
+    scenario: str
+    fault: str
+    counts: Counts
+    peak_rss_mib: float
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[str]:
+        return self.counts.failures + [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if not self.failures else "FAIL"
+
+
+@dataclass
+class Context:
+    """A scenario's scratch directory (broker data, replica logs) and its scale."""
+
+    workdir: Path
+    rate: float = 250.0
+    scale: float = 1.0  # < 1 shortens every phase (the CI variant)
+    # A running broker that scenarios which never stop theirs may use (the test session's).
+    existing_bootstrap: str | None = None
+
+    def seconds(self, full: float) -> float:
+        return full * self.scale
+
+    def replica(self, name: str, bootstrap: str, topics: Topics, **extra: str) -> Replica:
+        port = free_port()
+        return Replica(
+            name,
+            replica_env(bootstrap, topics, port, **{**CHAOS_ENV, **extra}),
+            self.workdir / f"{name}.log",
+            port,
+        )
+
+    @contextlib.asynccontextmanager
+    async def broker(
+        self, name: str, env: Mapping[str, str] | None = None, *, stopped: bool = False
+    ) -> AsyncIterator[Broker]:
+        """A broker of the scenario's own on a free port pair: never the shared 9092 one.
+
+        `stopped`: the scenario stops or reconfigures it, so it is always its own.
+        """
+        if self.existing_bootstrap is not None and not stopped and env is None:
+            yield Broker(int(self.existing_bootstrap.rsplit(":", 1)[1]), self.workdir)
+            return
+        data = self.workdir / f"kafka-{name}"
+        data.mkdir(parents=True, exist_ok=True)
+        own = Broker(free_port_pair(), data, dict(env or {}))
+        await own.up()
+        try:
+            yield own
+        finally:
+            await own.down()
+
+
+def pids(replicas: Iterable[Replica]) -> list[int]:
+    return [r.process.pid for r in replicas if r.process is not None and r.alive]
+
+
+async def stop_all(replicas: Iterable[Replica]) -> None:
+    for replica in replicas:
+        if replica.alive:
+            await replica.stop()
+
+
+class HealthWatch:
+    """Probes /healthz and /readyz of the replicas every half second; keeps the timeline."""
+
+    def __init__(self, replicas: list[Replica], every: float = 0.5) -> None:
+        self._replicas = replicas
+        self._every = every
+        # (monotonic time, replica, path, status; 0 = no answer within the probe timeout)
+        self.timeline: list[tuple[float, str, str, int]] = []
+        # The slowest answer per path: a slow /healthz means the bridge's event loop lagged.
+        self.slowest: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self, session: aiohttp.ClientSession, replica: Replica, path: str) -> None:
+        at = time.monotonic()
+        try:
+            async with session.get(
+                replica.url + path, timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            status = 0
+        self.timeline.append((at, replica.name, path, status))
+        self.slowest[path] = max(self.slowest.get(path, 0.0), time.monotonic() - at)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                probes = [
+                    self._probe(session, r, path)
+                    for r in self._replicas
+                    if r.alive and not r.paused
+                    for path in ("/healthz", "/readyz")
+                ]
+                await asyncio.gather(*probes)
+                await asyncio.sleep(self._every)
+
+    def statuses(self, path: str, start: float = 0.0, end: float = float("inf")) -> list[int]:
+        return [s for at, _, p, s in self.timeline if p == path and start <= at <= end]
+
+    def liveness(self) -> Check:
+        """Every /healthz probe answered 200 (5 s timeout), with the slowest answer's time."""
+        answers = self.statuses("/healthz")
+        return Check(
+            "liveness green throughout",
+            bool(answers) and set(answers) == {200},
+            f"{len(answers)} /healthz probes answered {sorted(set(answers))},"
+            f" the slowest in {self.slowest.get('/healthz', 0.0):.1f}s",
+        )
+
+    async def __aenter__(self) -> HealthWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def read_output(bootstrap: str, topics: Topics, checks: list[Check]) -> list[tuple[str, str]]:
+    """(call, id) of every committed output record, once the dedup group decided everything.
+
+    A group that never decides its backlog is a failed check; what it did write is read anyway.
+    """
+    try:
+        await until_decided(bootstrap, topics, within=DECIDE_SECONDS)
+        checks.append(Check("the dedup stage decided every ingest record", True))
+    except AssertionError as stuck:
+        checks.append(Check("the dedup stage decided every ingest record", False, str(stuck)))
+    records = await read_to_end(bootstrap, [topics.events, topics.alerts, topics.dlq], within=120)
+    read = []
+    for record in records:
+        event = record.json()
+        read.append((str(event.get("subject")), str(event.get("id"))))
+    return read
+
+
+async def ingest_copies(bootstrap: str, topics: Topics) -> Counter[str]:
+    """How many ingest records carry each event id (every request may leave one)."""
+    records = await read_to_end(bootstrap, [topics.ingest], within=120)
+    ids = (event_id_of(list(record.headers.items())) for record in records)
+    return Counter(event for event in ids if event is not None)
+
+
+async def webhook_counts(
+    bootstrap: str, topics: Topics, loads: list[WebhookLoad], checks: list[Check]
+) -> tuple[Counts, int]:
+    """The checker's counts over every load's history, and the producer's doubles."""
+    sent: dict[str, list[str]] = {}
+    answers: dict[str, list[int]] = {}
+    for load in loads:
+        sent.update(load.sent)
+        answers.update(load.answers)
+    read = await read_output(bootstrap, topics, checks)
+    counts = check(History(sent=sent, answers=answers, read=read))
+    doubles = producer_doubles(answers, await ingest_copies(bootstrap, topics))
+    return counts, doubles
+
+
+def retry_after_check(load: WebhookLoad, fault_at: float) -> Check:
+    """Every 503 said when to retry, and came within the publish timeout (plus 2 s slack)."""
+    unavailable = [a for a in load.attempts if a.status == 503]
+    bare = [a for a in unavailable if not a.retry_after]
+    slow = [a for a in unavailable if a.elapsed > PUBLISH_TIMEOUT + 2]
+    slowest = max((a.elapsed for a in unavailable), default=0.0)
+    when = ""
+    if slow:
+        offsets = [a.started - fault_at for a in slow]
+        when = f", sent {min(offsets):+.0f}s to {max(offsets):+.0f}s after the fault began"
+    return Check(
+        "503 carries Retry-After within the publish timeout",
+        not bare and not slow,
+        f"{len(unavailable)} 503s, {len(bare)} without Retry-After, {len(slow)} slower than"
+        f" {PUBLISH_TIMEOUT + 2:.0f}s (publish timeout {PUBLISH_TIMEOUT:.0f}s + 2s){when};"
+        f" slowest {slowest:.1f}s; the harness's own event loop lagged up to"
+        f" {load.max_loop_lag:.1f}s",
+    )

@@ -1,0 +1,108 @@
+"""Scenario 3: a three-broker cluster (RF 3, min ISR 2): the leader killed, then two brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from chaos.cluster import Cluster
+from chaos.harness import (
+    Check,
+    Context,
+    HealthWatch,
+    Outcome,
+    pids,
+    retry_after_check,
+    webhook_counts,
+)
+from chaos.load import WebhookLoad
+from chaos.rss import PeakRss
+from tests.integration.conftest import Topics
+
+
+async def leader_of(bootstrap: str, topic: str, partition: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    leader: int = next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
+    return leader
+
+
+async def cluster(ctx: Context) -> Outcome:
+    steady, down = ctx.seconds(15), ctx.seconds(20)
+    nodes = Cluster(ctx.workdir / "cluster")
+    await nodes.up()
+    try:
+        topics = Topics.fresh("chaos")
+        replica = ctx.replica(
+            "cluster-r0", nodes.bootstrap, topics, BRIDGE_TOPICS__REPLICATION_FACTOR="3"
+        )
+        await replica.start()
+        load = WebhookLoad(
+            url=lambda: replica.url,
+            rate=ctx.rate,
+            count=int(ctx.rate * (4 * steady + 2 * down)),
+            salt=random.getrandbits(32),
+        )
+        async with PeakRss(lambda: pids([replica])) as rss, HealthWatch([replica]) as watch:
+            flowing = asyncio.create_task(load.run())
+            await asyncio.sleep(steady)
+            leader = nodes.node(await leader_of(nodes.bootstrap, topics.ingest, 0))
+            killed_at = time.monotonic()
+            nodes.kill(leader)  # the leader of ingest partition 0, mid-stream
+            await asyncio.sleep(down)
+            nodes.start(leader)
+            await nodes.until_answering(leader)
+            await asyncio.sleep(steady)
+            survivor, *lost = random.sample(nodes.nodes, 3)
+            for n in lost:
+                nodes.kill(n)
+            two_down_at = time.monotonic()
+            await asyncio.sleep(down)
+            two_back_at = time.monotonic()
+            for n in lost:
+                nodes.start(n)
+            await asyncio.gather(*(nodes.until_answering(n) for n in lost))
+            await flowing
+        decided: list[Check] = []
+        counts, doubles = await webhook_counts(nodes.bootstrap, topics, [load], decided)
+        alone = [a.status for a in load.attempts if two_down_at <= a.started <= two_back_at]
+        acked_alone = sum(1 for s in alone if 200 <= s < 300)
+        after = [a for a in load.attempts if a.started > two_back_at and 200 <= a.status < 300]
+        checks = [
+            *decided,
+            Check(
+                "with one broker of three left, nothing is acknowledged (min ISR 2)",
+                acked_alone == 0 and 503 in alone,
+                f"{acked_alone} 2xx and {alone.count(503)} 503s of {len(alone)} answers to"
+                f" requests sent while node {survivor.node} was alone",
+            ),
+            retry_after_check(load, killed_at),
+            watch.liveness(),
+            Check(
+                "recovery once the brokers are back",
+                bool(after),
+                f"{len(after)} events acknowledged after the two brokers returned",
+            ),
+            Check(
+                "producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"
+            ),
+        ]
+        await replica.stop()
+    finally:
+        await nodes.down()
+    return Outcome(
+        "cluster",
+        f"3 brokers (RF 3, min ISR 2): the leader of ingest partition 0 (node {leader.node})"
+        f" SIGKILLed for {down:.0f}s, then two brokers SIGKILLed for {down:.0f}s, under"
+        f" {ctx.rate:.0f} events/s",
+        counts,
+        rss.peak_mib,
+        checks,
+    )

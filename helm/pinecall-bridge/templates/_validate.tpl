@@ -1,0 +1,146 @@
+{{/*
+Refuse at render time what the bridge would refuse at start (bridge/config.py's validators), so
+a broken install fails `helm install` with the values to fix instead of pods that exit 2 and
+crash-loop. Included by the Deployment; every problem is listed at once. Per-value rules (types,
+ranges, patterns) are values.schema.json's; these are the ones that combine values or secrets.
+A value left out (null) is the bridge's default, as the ConfigMap leaves it out too.
+secrets.existingSecret holds whichever keys it holds (optional): it may supply any secret, so a
+secret it could supply is never refused for missing, nor refused as superfluous.
+*/}}
+{{- define "pinecall-bridge.validate" -}}
+{{- $c := .Values.config }}
+{{- $s := .Values.secrets }}
+{{- $tls := .Values.kafkaTls }}
+{{- $problems := list }}
+{{- $extraEnv := list }}
+{{- range .Values.extraEnv }}{{ $extraEnv = append $extraEnv .name }}{{ end }}
+{{- /* Each secret: "given" when the chart sets it for sure, "possible" when it may be set. */}}
+{{- $given := dict }}
+{{- $possible := dict }}
+{{- range $item, $var := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
+{{- $spec := get $s $item }}
+{{- $sure := or $spec.value $spec.secretName (has $var $extraEnv) }}
+{{- $_ := set $given $item (ternary true false (not (not $sure))) }}
+{{- $_ := set $possible $item (ternary true false (not (not (or $sure $s.existingSecret)))) }}
+{{- end }}
+{{- $webhook := merge (deepCopy ($c.webhook | default dict)) (dict "allowUnsigned" false) }}
+{{- if not (or (get $possible "webhookSecrets") $webhook.allowUnsigned) }}
+{{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
+{{- end }}
+{{- $apiKey := printf "the Pinecall API key: set secrets.pinecallApiKey.value or secrets.pinecallApiKey.secretName, or secrets.existingSecret (a Secret with the key %q)" $s.pinecallApiKey.key }}
+{{- $pinecall := merge (deepCopy ($c.pinecall | default dict)) (dict "registerWebhook" false) }}
+{{- if and $pinecall.registerWebhook (not $pinecall.publicUrl) }}
+{{- $problems = append $problems "config.pinecall.registerWebhook=true needs config.pinecall.publicUrl (the bridge's public base URL, e.g. https://bridge.example.com)" }}
+{{- end }}
+{{- if and $pinecall.registerWebhook (not (get $possible "pinecallApiKey")) }}
+{{- $problems = append $problems (printf "config.pinecall.registerWebhook=true needs %s" $apiKey) }}
+{{- end }}
+{{- $websocket := merge (deepCopy ($c.websocket | default dict)) (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864) }}
+{{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
+{{- $problems = append $problems (printf "config.websocket.enabled=true needs %s" $apiKey) }}
+{{- end }}
+{{- if lt (float64 $websocket.maxBacklogBytes) (float64 $websocket.maxFrameBytes) }}
+{{- $problems = append $problems (printf "config.websocket.maxBacklogBytes (%s) must be at least config.websocket.maxFrameBytes (%s)" (include "pinecall-bridge.envValue" (float64 $websocket.maxBacklogBytes)) (include "pinecall-bridge.envValue" (float64 $websocket.maxFrameBytes))) }}
+{{- end }}
+{{- $sse := merge (deepCopy ($c.sse | default dict)) (dict "enabled" false "maxEventBytes" 983040 "backoffInitialSeconds" 1 "backoffMaxSeconds" 30) }}
+{{- if and $sse.enabled (not (get $possible "pinecallApiKey")) }}
+{{- $problems = append $problems (printf "config.sse.enabled=true needs %s" $apiKey) }}
+{{- end }}
+{{- if gt (float64 $sse.backoffInitialSeconds) (float64 $sse.backoffMaxSeconds) }}
+{{- $problems = append $problems (printf "config.sse.backoffInitialSeconds (%s) must not exceed config.sse.backoffMaxSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $sse.backoffInitialSeconds)) (include "pinecall-bridge.envValue" (float64 $sse.backoffMaxSeconds))) }}
+{{- end }}
+{{- /* The dedup stage's timeouts must nest (a zombie's transaction times out before its
+partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compared as floats. */}}
+{{- $d := merge (deepCopy ($c.dedup | default dict)) (dict "commitIntervalMs" 100 "transactionTimeoutMs" 8000 "sessionTimeoutMs" 10000 "heartbeatIntervalMs" 3000 "endTransactionTimeoutSeconds" 5) }}
+{{- $commit := float64 $d.commitIntervalMs }}
+{{- $transaction := float64 $d.transactionTimeoutMs }}
+{{- $session := float64 $d.sessionTimeoutMs }}
+{{- if not (and (lt $commit $transaction) (lt $transaction $session)) }}
+{{- $problems = append $problems (printf "config.dedup needs commitIntervalMs < transactionTimeoutMs < sessionTimeoutMs (got %s, %s, %s)" (include "pinecall-bridge.envValue" $commit) (include "pinecall-bridge.envValue" $transaction) (include "pinecall-bridge.envValue" $session)) }}
+{{- end }}
+{{- if gt (mulf (float64 $d.heartbeatIntervalMs) 3) $session }}
+{{- $problems = append $problems (printf "config.dedup.heartbeatIntervalMs (%s) must be at most a third of config.dedup.sessionTimeoutMs (%s)" (include "pinecall-bridge.envValue" (float64 $d.heartbeatIntervalMs)) (include "pinecall-bridge.envValue" $session)) }}
+{{- end }}
+{{- if ge (mulf (float64 $d.endTransactionTimeoutSeconds) 1000) $transaction }}
+{{- $problems = append $problems (printf "config.dedup.endTransactionTimeoutSeconds (%s s) must be shorter than config.dedup.transactionTimeoutMs (%s ms)" (include "pinecall-bridge.envValue" (float64 $d.endTransactionTimeoutSeconds)) (include "pinecall-bridge.envValue" $transaction)) }}
+{{- end }}
+{{- $shutdown := merge (deepCopy ($c.shutdown | default dict)) (dict "graceSeconds" 25 "drainDelaySeconds" 0) }}
+{{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
+{{- $problems = append $problems (printf "config.shutdown.drainDelaySeconds (%s) must be shorter than config.shutdown.graceSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $shutdown.drainDelaySeconds)) (include "pinecall-bridge.envValue" (float64 $shutdown.graceSeconds))) }}
+{{- end }}
+{{- /* Topics: the internal ones are never outputs, and differ from each other. */}}
+{{- $t := merge (deepCopy ($c.topics | default dict)) (dict "events" "pinecall.events" "alerts" "pinecall.alerts" "dlq" "pinecall.dlq" "ingest" "pinecall.ingest" "feedLease" "pinecall.feed-lease") }}
+{{- $outputs := dict "config.topics.events" $t.events "config.topics.alerts" $t.alerts "config.topics.dlq" $t.dlq }}
+{{- with $t.ephemeral }}{{ $_ := set $outputs "config.topics.ephemeral" . }}{{ end }}
+{{- range $i, $rule := ($c.routing | default dict).rules | default list }}
+{{- $_ := set $outputs (printf "config.routing.rules[%d].topic" $i) $rule.topic }}
+{{- end }}
+{{- range $value, $name := dict "ingest" $t.ingest "feedLease" $t.feedLease }}
+{{- range $where, $output := $outputs }}
+{{- if eq $output $name }}
+{{- $problems = append $problems (printf "config.topics.%s (%s) is an internal topic: it must not also be %s" $value $name $where) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $t.ingest $t.feedLease }}
+{{- $problems = append $problems (printf "config.topics.ingest and config.topics.feedLease must differ (both %s)" $t.ingest) }}
+{{- end }}
+{{- range $where, $name := merge (dict "config.topics.ingest" $t.ingest "config.topics.feedLease" $t.feedLease) $outputs }}
+{{- if or (eq $name ".") (eq $name "..") }}
+{{- $problems = append $problems (printf "%s: %q is not a valid Kafka topic name" $where $name) }}
+{{- end }}
+{{- end }}
+{{- /* Kafka: ports in range, and security settings the protocol uses, all of them. */}}
+{{- $k := merge (deepCopy ($c.kafka | default dict)) (dict "securityProtocol" "PLAINTEXT" "bootstrapServers" "127.0.0.1:9092") }}
+{{- $servers := $k.bootstrapServers }}
+{{- if kindIs "string" $servers }}{{ $servers = splitList "," $servers }}{{ end }}
+{{- range $servers }}
+{{- $port := regexFind "[0-9]+$" (trim .) | default "0" | atoi }}
+{{- if or (lt $port 1) (gt $port 65535) }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q has no port between 1 and 65535" (trim .)) }}
+{{- end }}
+{{- end }}
+{{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
+RECORD_RESERVE_BYTES) must fit in a Kafka request. */}}
+{{- $k = merge $k (dict "maxRequestBytes" 1048576 "maxBatchBytes" 262144) }}
+{{- $request := float64 $k.maxRequestBytes }}
+{{- $reserve := 65536.0 }}
+{{- if gt (float64 $k.maxBatchBytes) $request }}
+{{- $problems = append $problems (printf "config.kafka.maxBatchBytes (%s) must not exceed config.kafka.maxRequestBytes (%s)" (include "pinecall-bridge.envValue" (float64 $k.maxBatchBytes)) (include "pinecall-bridge.envValue" $request)) }}
+{{- end }}
+{{- $bodyLimit := (merge (deepCopy ($c.webhook | default dict)) (dict "maxBodyBytes" 983040)).maxBodyBytes }}
+{{- range $name, $limit := dict "config.webhook.maxBodyBytes" $bodyLimit "config.websocket.maxFrameBytes" $websocket.maxFrameBytes "config.sse.maxEventBytes" $sse.maxEventBytes }}
+{{- if gt (addf (float64 $limit) $reserve) $request }}
+{{- $problems = append $problems (printf "%s (%s) leaves no room for the record's envelope: it must be at most config.kafka.maxRequestBytes (%s) - %s (raise the Kafka limit and the topics' max.message.bytes, or lower this)" $name (include "pinecall-bridge.envValue" (float64 $limit)) (include "pinecall-bridge.envValue" $request) (include "pinecall-bridge.envValue" $reserve)) }}
+{{- end }}
+{{- end }}
+{{- $protocol := $k.securityProtocol }}
+{{- $sasl := hasPrefix "SASL" $protocol }}
+{{- $usesTls := has $protocol (list "SSL" "SASL_SSL") }}
+{{- if and $sasl (not $k.saslUsername) }}
+{{- $problems = append $problems (printf "config.kafka.securityProtocol=%s needs config.kafka.saslUsername" $protocol) }}
+{{- end }}
+{{- if and $sasl (not (get $possible "kafkaSaslPassword")) }}
+{{- $problems = append $problems (printf "config.kafka.securityProtocol=%s needs the SASL password: set secrets.kafkaSaslPassword.secretName (Strimzi: the KafkaUser's Secret, key password) or .value, or secrets.existingSecret" $protocol) }}
+{{- end }}
+{{- if and (not $sasl) (or $k.saslUsername (get $given "kafkaSaslPassword")) }}
+{{- $problems = append $problems (printf "config.kafka.saslUsername and secrets.kafkaSaslPassword are ignored with config.kafka.securityProtocol=%s: use SASL_PLAINTEXT or SASL_SSL, or unset them" $protocol) }}
+{{- end }}
+{{- $hasFile := dict }}
+{{- range $file := list "ca" "cert" "key" }}
+{{- $spec := get $tls $file }}
+{{- $_ := set $hasFile $file (ternary true false (not (not (or $spec.secretName $spec.value)))) }}
+{{- end }}
+{{- if ne $hasFile.cert $hasFile.key }}
+{{- $problems = append $problems "kafkaTls.cert and kafkaTls.key go together (a client certificate): set both or neither" }}
+{{- end }}
+{{- if and (get $given "kafkaSslKeyPassword") (not $hasFile.key) }}
+{{- $problems = append $problems "secrets.kafkaSslKeyPassword needs kafkaTls.key (the encrypted client key)" }}
+{{- end }}
+{{- if and (not $usesTls) (or $hasFile.ca $hasFile.cert (get $given "kafkaSslKeyPassword")) }}
+{{- $problems = append $problems (printf "kafkaTls and secrets.kafkaSslKeyPassword are ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" $protocol) }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n\nthe bridge would refuse to start with these values (it exits 2 and crash-loops):\n  - %s" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}

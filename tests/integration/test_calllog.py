@@ -1,0 +1,325 @@
+"""The call-log source against the simulator's SSE doors and the real broker.
+
+Calls are written into the simulator's logs while bridges follow them; faults (cuts mid-event,
+silent connections, gaps, 5xx) are injected in the middle. The proof is the output topic: every
+durable entry of every call exactly once, in seq order within the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from bridge import jsoncodec
+from bridge.simulator import Simulator
+from bridge.simulator.config import SimulatorConfig
+from bridge.sources.calllog.roster import partition_of
+from tests.integration.conftest import (
+    Consumed,
+    RunningBridge,
+    Topics,
+    consume_until,
+    free_port,
+    read_decided,
+)
+from tests.integration.replicas import Replica, replica_env, total
+
+API_KEY = "sim-api-key"
+FAST_SSE = {
+    "enabled": True,
+    "read_timeout_seconds": 1.5,
+    "connect_timeout_seconds": 2.0,
+    "backoff_initial_seconds": 0.05,
+    "backoff_max_seconds": 0.5,
+}
+_seq_types = itertools.cycle(["turn.user", "agent.state", "turn.agent", "tool.call"])
+
+
+def sim_config(**over: Any) -> SimulatorConfig:
+    return SimulatorConfig(api_key=API_KEY, sse_ping_interval=0.5, sse_retry_ms=50, **over)
+
+
+class Calls:
+    """Writes call logs into the simulator, as Pinecall's workers would; knows what is durable."""
+
+    def __init__(self, sim: Simulator, prefix: str) -> None:
+        self.sim = sim
+        self.prefix = prefix
+        self.next_seq: dict[str, int] = {}
+        self.durable: dict[str, list[int]] = defaultdict(list)
+
+    def open(self, n: int) -> list[str]:
+        calls = [f"{self.prefix}_{i:03d}" for i in range(n)]
+        for call in calls:
+            self.next_seq[call] = 1
+            self.write(call, "call.started", {"direction": "inbound"})
+        return calls
+
+    def write(self, call: str, kind: str, data: dict[str, Any], *, ephemeral: bool = False) -> int:
+        seq = self.next_seq[call]
+        self.next_seq[call] = seq + 1
+        entry = {
+            "seq": seq,
+            "ts": time.time(),
+            "call": call,
+            "agent": "support",
+            "type": kind,
+            "ephemeral": ephemeral,
+            "data": data,
+        }
+        self.sim.calllogs.append(entry)
+        if not ephemeral:
+            self.durable[call].append(seq)
+        return seq
+
+    def talk(self, call: str, rng: random.Random) -> None:
+        if rng.random() < 0.25:
+            self.write(call, "user.transcript", {"text": "…"}, ephemeral=True)
+        else:
+            self.write(call, next(_seq_types), {"text": f"line {self.next_seq[call]}"})
+
+    def end(self, call: str) -> None:
+        self.write(call, "call.ended", {"reason": "hangup"})
+        self.write(call, "call.summary", {"summary": "done"})
+        self.write(call, "call.score", {"score": 5})
+
+    @property
+    def expected(self) -> int:
+        return sum(len(seqs) for seqs in self.durable.values())
+
+
+def by_call(records: list[Consumed]) -> dict[str, list[tuple[int, int, int]]]:
+    """Per call: (partition, offset, seq) of each output record, in partition order."""
+    found: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for r in records:
+        ce = r.json()
+        found[ce["subject"]].append((r.partition, r.offset, ce["pinecallseq"]))
+    return found
+
+
+def assert_exactly_once_in_order(calls: Calls, records: list[Consumed]) -> None:
+    found = by_call(records)
+    assert set(found) == set(calls.durable)
+    for call, seqs in calls.durable.items():
+        got = sorted(found[call])
+        assert len({p for p, _, _ in got}) == 1, f"{call} spread over partitions"
+        assert [seq for _, _, seq in got] == seqs, f"{call}: published {got} != durable {seqs}"
+    channels = {r.json()["pinecallchannel"] for r in records}
+    assert channels == {"sse"}
+
+
+def has(n: int) -> Callable[[list[Consumed]], bool]:
+    return lambda records: len(records) >= n
+
+
+async def owns_all(handle: RunningBridge, partitions: int = 3, within: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while len(handle.bridge.dedup.owned) < partitions:
+        assert asyncio.get_running_loop().time() < deadline, "dedup never owned its partitions"
+        await asyncio.sleep(0.1)
+
+
+async def play(calls: Calls, names: list[str], rounds: int, rng: random.Random) -> None:
+    for _ in range(rounds):
+        for call in names:
+            calls.talk(call, rng)
+        await asyncio.sleep(0.01)
+
+
+async def test_many_calls_through_cuts_silences_gaps_and_5xx(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    rng = random.Random(10)
+    async with Simulator(sim_config(sse_reader_buffer=8)) as sim:
+        handle: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
+        )
+        await owns_all(handle)
+        async with asyncio.timeout(20):
+            await sim.calllogs.wait_for_feed_readers(1)
+        calls = Calls(sim, "CA_many")
+        names = calls.open(40)
+        await play(calls, names, 10, rng)
+        assert sim.sse_cut() > 0  # mid-event: half an event, then the TCP stream aborted
+        await play(calls, names, 10, rng)
+        assert sim.sse_gap(entries=4) > 0  # readers lose what they hold and the next 4
+        await play(calls, names, 10, rng)
+        sim.sse_fail(5)  # the next reconnects (and gap pages) answer 503
+        sim.sse_cut()
+        await play(calls, names, 10, rng)
+        sim.sse_silence()  # no byte, not even a ping: only the read timeout notices
+        await play(calls, names, 10, rng)
+        for call in names:
+            calls.end(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        assert_exactly_once_in_order(calls, records)
+        sample = handle.bridge.metrics.registry.get_sample_value
+        for name in ("gaps", "gaps_filled", "gap_entries"):
+            assert (sample(f"pinecall_bridge_sse_{name}_total") or 0) > 0, name
+        reconnects = {
+            reason: sample(
+                "pinecall_bridge_sse_reconnects_total", {"stream": "call", "reason": reason}
+            )
+            or 0
+            for reason in ("closed", "silent", "server_error")
+        }
+        assert reconnects["closed"] > 0, reconnects
+        assert reconnects["silent"] > 0, reconnects
+        assert reconnects["server_error"] > 0, reconnects
+
+
+def sse_env(sim: Simulator) -> dict[str, str]:
+    env = {f"BRIDGE_SSE__{key.upper()}": str(value).lower() for key, value in FAST_SSE.items()}
+    return {
+        **env,
+        "BRIDGE_PINECALL__API_URL": sim.url,
+        "BRIDGE_PINECALL__API_KEY": API_KEY,
+        "BRIDGE_LOG__LEVEL": "INFO",
+    }
+
+
+async def until(
+    condition: Callable[[], Any], what: str, within: float = 60, every: float = 0.2
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
+        await asyncio.sleep(every)
+
+
+def followed_once(sim: Simulator, calls: list[str]) -> bool:
+    """Each call has exactly one open stream: one follower in the whole deployment."""
+    return all(len(sim.calllogs.readers(call)) == 1 for call in calls)
+
+
+def resumes_logged(replica: Replica, since: int) -> dict[str, int]:
+    """`after` of each `following call log` line the replica logged past byte `since`."""
+    found: dict[str, int] = {}
+    with replica.log.open("rb") as log:
+        log.seek(since)
+        for line in log:
+            try:
+                record = jsoncodec.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("msg") == "following call log":
+                found[record["call"]] = record["after"]
+    return found
+
+
+async def test_replicas_split_calls_take_over_on_kill_and_resume_on_restart(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Any
+) -> None:
+    rng = random.Random(11)
+    async with Simulator(sim_config()) as sim, aiohttp.ClientSession() as session:
+        replicas = [
+            Replica(
+                name,
+                replica_env(kafka_bootstrap, topics, port, **sse_env(sim)),
+                tmp_path / f"{name}.log",
+                port,
+            )
+            for name, port in (("a", free_port()), ("b", free_port()))
+        ]
+        a, b = replicas
+        try:
+            await asyncio.gather(a.start(), b.start())
+
+            async def owned(replica: Replica) -> float:
+                return total(
+                    await replica.metrics(session), "pinecall_bridge_dedup_partitions_owned"
+                )
+
+            async def split() -> bool:
+                return (
+                    (await owned(a)) > 0
+                    and (await owned(b)) > 0
+                    and (await owned(a)) + await owned(b) == 6
+                )
+
+            await until(split, "both replicas own ingest partitions")
+            async with asyncio.timeout(30):
+                await sim.calllogs.wait_for_feed_readers(2)
+            calls = Calls(sim, "CA_rep")
+            names = calls.open(30)
+            await play(calls, names, 5, rng)
+
+            async def followed(replica: Replica) -> float:
+                return total(await replica.metrics(session), "pinecall_bridge_sse_calls_followed")
+
+            async def disjoint() -> bool:
+                fa, fb = await followed(a), await followed(b)
+                return fa > 0 and fb > 0 and fa + fb == len(names) and followed_once(sim, names)
+
+            await until(disjoint, "each call followed by exactly one replica")
+
+            a.kill()
+            await play(calls, names, 5, rng)  # written while a's calls have no follower
+
+            async def taken_over() -> bool:
+                return (await followed(b)) == len(names) and followed_once(sim, names)
+
+            await until(taken_over, "b follows every call after a was killed")
+            await play(calls, names, 5, rng)
+
+            restart_at = a.log.stat().st_size
+            await a.start()
+            await until(disjoint, "a follows its calls again after its restart")
+            resumed = resumes_logged(a, restart_at)
+            assert resumed, "a followed nothing after its restart"
+            # Resumed from what was published, not from the first entry.
+            assert all(after > 1 for after in resumed.values()), resumed
+            await play(calls, names, 5, rng)
+            for call in names:
+                calls.end(call)
+            await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+            records = await read_decided(kafka_bootstrap, topics, [topics.events])
+            assert_exactly_once_in_order(calls, records)
+
+            # The ownership rule's partition is the producer's: every ingest record of a call
+            # is where partition_of says.
+            ingest = await read_decided(kafka_bootstrap, topics, [topics.ingest])
+            assert ingest
+            for record in ingest:
+                assert record.key is not None
+                assert record.partition == partition_of(record.key.decode(), 6)
+        finally:
+            await asyncio.gather(*(r.stop() for r in replicas))
+
+
+async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    rng = random.Random(12)
+    async with Simulator(sim_config()) as sim:
+        handle: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse={**FAST_SSE, "max_calls": 3}
+        )
+        await owns_all(handle)
+        async with asyncio.timeout(20):
+            await sim.calllogs.wait_for_feed_readers(1)
+        calls = Calls(sim, "CA_cap")
+        names = calls.open(8)
+        await play(calls, names, 5, rng)
+        sample = handle.bridge.metrics.registry.get_sample_value
+
+        async def capped() -> bool:
+            followed = sample("pinecall_bridge_sse_calls_followed")
+            return followed == 3 and sample("pinecall_bridge_sse_calls_queued") == 5
+
+        await until(capped, "3 calls followed, 5 queued")
+        assert sum(len(sim.calllogs.readers(call)) for call in names) == 3
+        for call in names:  # each end frees a slot for the next call in the queue
+            calls.end(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        assert_exactly_once_in_order(calls, records)
+        assert sample("pinecall_bridge_sse_calls_queued") == 0

@@ -1,0 +1,177 @@
+"""The WebSocket feed through a token's expiry and a minute-long Kafka stall, on real parts.
+
+The simulator's feed and ledger, an in-process bridge, a real broker: the ledger says what was
+sent, the output topic what arrived. The stall runs on a broker of this module's own (paused
+with SIGSTOP: connections stay open and nothing answers, as a hung broker does), never the
+shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from bridge.service import Bridge
+from bridge.simulator import Simulator, SimulatorConfig
+from tests.integration.conftest import (
+    Broker,
+    Topics,
+    bridge_settings,
+    free_port_pair,
+    kafka_sh,
+    read_to_end,
+    until_decided,
+    wait_ready,
+)
+
+# The stall test takes about two minutes: a minute of stall, the broker's start and recovery.
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    own = Broker(free_port_pair(), tmp_path_factory.mktemp("kafka-stall"))
+    try:
+        kafka_sh("up", own.port, own.data_dir)
+        yield own
+    finally:
+        kafka_sh("down", own.port, own.data_dir)
+
+
+def broker_pid(broker: Broker) -> int:
+    return int((broker.data_dir / "broker.pid").read_text().strip())
+
+
+def feed_settings(simulator: Simulator, **websocket: Any) -> dict[str, Any]:
+    return {
+        "pinecall": {"api_url": simulator.url, "api_key": "sim-api-key"},
+        "websocket": {
+            "enabled": True,
+            "url": simulator.ws_url,
+            "backoff_initial_seconds": 0.05,
+            "backoff_max_seconds": 0.5,
+            **websocket,
+        },
+    }
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[Bridge]]:
+    bridges: list[Bridge] = []
+    yield bridges
+    for bridge in bridges:
+        await bridge.stop()
+
+
+def sample(bridge: Bridge, name: str, **labels: str) -> float:
+    return bridge.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def reconnects(bridge: Bridge) -> dict[str, float]:
+    return {
+        s.labels["reason"]: s.value
+        for metric in bridge.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "pinecall_bridge_websocket_reconnects_total" and s.value
+    }
+
+
+async def settled(bridge: Bridge, within: float = 120) -> None:
+    """Until nothing read from the feed waits for Kafka inside the bridge."""
+    for _ in range(int(within / 0.1)):
+        if sample(bridge, "pinecall_bridge_websocket_backlog_events") == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the feed's backlog never drained")
+
+
+async def published_ids(bootstrap: str, topics: Topics) -> Counter[str]:
+    await until_decided(bootstrap, topics, within=120)
+    return Counter(r.json()["id"] for r in await read_to_end(bootstrap, [topics.events]))
+
+
+async def test_the_token_is_refreshed_before_the_feed_closes_on_its_expiry(
+    kafka_bootstrap: str, topics: Topics, started: list[Bridge]
+) -> None:
+    """A 4 s token, and a feed that closes connections when their token expires (4001)."""
+    config = SimulatorConfig(token_ttl=4.0, ws_close_on_token_expiry=True)
+    async with Simulator(config) as simulator:
+        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
+        started.append(bridge)
+        await bridge.start()
+        await wait_ready(f"http://127.0.0.1:{bridge.port}")
+        async with asyncio.timeout(30):
+            await simulator.wait_for_subscribers(1)
+        # About 12 s of traffic: two or three expiries while events flow.
+        report = await simulator.run_traffic(calls=24, concurrency=6, rate=25, channel="websocket")
+        await settled(bridge)
+        expected = simulator.ledger.expected_ids()
+        tokens = simulator.token_requests
+        seen = reconnects(bridge)  # before the simulator stops and closes the feed
+    counts = await published_ids(kafka_bootstrap, topics)
+    assert report.seconds > 8, "the traffic must outlive two tokens"
+    assert tokens >= 3, "a token per refresh"
+    assert seen == {}, "a refresh is no reconnect, and no expiry closed the feed"
+    assert expected - set(counts) == set(), f"lost: {sorted(expected - set(counts))[:5]}"
+    assert [i for i, n in counts.items() if n > 1] == []
+
+
+async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_nothing(
+    broker: Broker, topics: Topics, started: list[Bridge]
+) -> None:
+    """The broker hangs for 60 s while the feed sends 25 events a second.
+
+    The reader used to stop at a full queue (1,000 events, 40 s in), the unread socket let the
+    keepalive's pongs go unread, and the connection closed: frames sent until the reconnect were
+    lost, and websocket_connected said 1 meanwhile.
+    """
+    async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
+        settings = bridge_settings(
+            broker.bootstrap,
+            topics,
+            kafka={"publish_timeout_seconds": 2, "metadata_probe_seconds": 1},
+            **feed_settings(simulator, ping_interval_seconds=5, ping_timeout_seconds=5),
+        )
+        bridge = Bridge(settings)
+        started.append(bridge)
+        await bridge.start()
+        await wait_ready(f"http://127.0.0.1:{bridge.port}", within=90)
+        async with asyncio.timeout(30):
+            await simulator.wait_for_subscribers(1)
+        traffic = asyncio.create_task(
+            simulator.run_traffic(calls=200, concurrency=20, rate=25, channel="websocket")
+        )
+        await asyncio.sleep(5)
+        pid = broker_pid(broker)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(60)
+            assert not traffic.done(), "the feed must be sending throughout the stall"
+            backlog = sample(bridge, "pinecall_bridge_websocket_backlog_events")
+            connected = sample(bridge, "pinecall_bridge_websocket_connected")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        report = await traffic
+        await settled(bridge)
+        expected = simulator.ledger.expected_ids()
+        connections = simulator.stats.connections_total
+        frames_sent = simulator.stats.frames_sent
+        seen = reconnects(bridge)  # before the simulator stops and closes the feed
+    counts = await published_ids(broker.bootstrap, topics)
+    assert backlog > 1000, "the stall must have backed up more than the old queue held"
+    assert connected == 1
+    assert (connections, seen) == (1, {}), "the stall cost the feed its connection"
+    assert sample(bridge, "pinecall_bridge_websocket_frames_total", kind="event") == frames_sent
+    dropped = sample(
+        bridge, "pinecall_bridge_events_rejected_total", channel="websocket", reason="backlog_full"
+    )
+    assert dropped == 0
+    assert report.events > 1500
+    assert expected - set(counts) == set(), f"lost: {len(expected - set(counts))}"
+    assert [i for i, n in counts.items() if n > 1] == []

@@ -1,0 +1,90 @@
+"""Records Kafka can never take, on the real broker: a final answer, never an endless retry.
+
+Topics with a small max.message.bytes make them cheap to produce: the ingest topic's for the
+webhook's answer, an output topic's for the dedup stage, lowered while running for a refusal
+only the broker sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from tests.integration.conftest import (
+    RunningBridge,
+    Topics,
+    entry,
+    read_decided,
+    until_metrics,
+)
+
+Start = Callable[..., Any]
+
+
+async def create(bootstrap: str, name: str, partitions: int, max_message_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(max_message_bytes)}
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
+async def lower_limit(bootstrap: str, name: str, max_message_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(max_message_bytes)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, config)])
+    finally:
+        await admin.close()
+
+
+async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    await create(kafka_bootstrap, topics.ingest, 3, 8000)
+    bridge: RunningBridge = await start_bridge()
+    # Its call id is repeated in the record's key, id, subject and headers: as an event it is
+    # too large, as the body's bytes (a dead letter) it fits.
+    long_call = "CA_" + "x" * 1500
+    status, body = await bridge.post(entry(1, long_call))
+    assert (status, body["dead_lettered"], body["failed"]) == (202, 1, 0), body
+    # Even its bytes are too large: 413, final for Pinecall, where 503 was retried forever.
+    status, body = await bridge.post(entry(2, unique_call, data={"text": "x" * 9000}))
+    assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
+    # The producer is not wedged: the same call's next events are taken.
+    for seq in (3, 4):
+        status, body = await bridge.post(entry(seq, unique_call))
+        assert (status, body["accepted"]) == (200, 1), body
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:3", f"{unique_call}:4"]
+    [dead] = await read_decided(kafka_bootstrap, topics, [topics.dlq])
+    assert dead.headers["pinecall-dlq-reason"] == b"too_large"
+    assert dead.json()["call"] == long_call
+
+
+async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_partition(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    await create(kafka_bootstrap, topics.events, 3, 8000)
+    bridge: RunningBridge = await start_bridge()
+    await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
+    # Larger than the events topic takes, not than the ingest topic: skipped before sending.
+    assert (await bridge.post(entry(1, unique_call, data={"text": "x" * 9000})))[0] == 200
+    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    # The limit lowered behind the bridge's back: only the broker refuses the next one, which
+    # fails its transaction; the restarted partition skips it instead of failing forever.
+    await lower_limit(kafka_bootstrap, topics.events, 3000)
+    assert (await bridge.post(entry(3, unique_call, data={"text": "y" * 4000})))[0] == 200
+    assert (await bridge.post(entry(4, unique_call)))[0] == 200
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:2", f"{unique_call}:4"]
+    metrics = await until_metrics(
+        bridge, lambda m: m.get('pinecall_bridge_events_dropped_total{reason="too_large"}') == 2
+    )
+    assert metrics['pinecall_bridge_dedup_partitions_lost_total{reason="error"}'] >= 1

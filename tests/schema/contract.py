@@ -1,0 +1,112 @@
+"""The AsyncAPI contract (bridge/schema/asyncapi.yaml) as checks on records read from Kafka.
+
+The schemas are the ones the document names, resolved from it (file references and JSON
+pointers), never copies: a record the bridge wrote must match its message's payload, headers and
+key. The integration tests' reading helpers pass every record through `check`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from bridge import jsoncodec
+
+DOCUMENT = Path(__file__).resolve().parents[2] / "bridge" / "schema" / "asyncapi.yaml"
+
+
+class ContractError(AssertionError):
+    """A record that does not match the message the AsyncAPI document names for it."""
+
+
+def _pointer(document: Any, pointer: str) -> Any:
+    for part in [p for p in pointer.split("/") if p]:
+        document = document[part.replace("~1", "/").replace("~0", "~")]
+    return document
+
+
+def _resolve(node: Any, base: Path, document: Any) -> Any:
+    """`node` with a top-level `$ref` (to this document or a file beside it) followed."""
+    while isinstance(node, dict) and "$ref" in node:
+        target, _, pointer = node["$ref"].partition("#")
+        if target:
+            base = (base.parent / target).resolve()
+            text = base.read_text()
+            document = json.loads(text) if base.suffix == ".json" else yaml.safe_load(text)
+        node = _pointer(document, pointer)
+    return node
+
+
+@functools.cache
+def messages() -> dict[str, dict[str, Any]]:
+    """Per kind of record ("structured", "binary", "dead-letter"): its payload, headers and key
+    schemas, as the document names them. Kinds share payload and headers on every topic; keys
+    differ by topic (a call id; or a call id, agent, org or none), so any of them is accepted."""
+    document = yaml.safe_load(DOCUMENT.read_text())
+    found: dict[str, dict[str, Any]] = {}
+    keys: dict[str, list[Any]] = {}
+    for name, message in document["components"]["messages"].items():
+        kind = message.get("x-cloudevents-mode") or (
+            "dead-letter" if name == "deadLetter" else None
+        )
+        if kind is None:
+            continue
+        schemas = {
+            part: _resolve(message[part], DOCUMENT, document) for part in ("payload", "headers")
+        }
+        if found.setdefault(kind, schemas) != schemas:
+            raise ContractError(f"the {kind} messages name different schemas")
+        keys.setdefault(kind, []).append(
+            _resolve(message["bindings"]["kafka"]["key"], DOCUMENT, document)
+        )
+    return {kind: {**schemas, "key": {"anyOf": keys[kind]}} for kind, schemas in found.items()}
+
+
+def _validate(instance: Any, schema: Any, what: str) -> None:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        raise ContractError(f"{what}: " + "; ".join(e.message for e in errors[:3]))
+
+
+def kind_of(headers: Mapping[str, bytes]) -> str | None:
+    """Which message a record is, by its headers; None: not an output record of the bridge."""
+    if any(name.startswith("pinecall-ingest-") for name in headers):
+        return None  # the internal ingest topic: not a consumer's record
+    if "pinecall-dlq-reason" in headers:
+        return "dead-letter"
+    content_type = headers.get("content-type", b"").decode(errors="replace")
+    if content_type.startswith("application/cloudevents"):
+        return "structured"
+    if any(name.startswith("ce_") for name in headers):
+        return "binary"
+    return None
+
+
+def check(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> None:
+    """Raise ContractError unless an output record matches its message in asyncapi.yaml."""
+    kind = kind_of(headers)
+    if kind is None:
+        return
+    schemas = messages()[kind]
+    texts = {name: raw.decode() for name, raw in headers.items()}
+    _validate(texts, schemas["headers"], f"{kind} record headers")
+    _validate(None if key is None else key.decode(), schemas["key"], f"{kind} record key")
+    if kind == "dead-letter":
+        return  # the input's bytes as received: any payload
+    try:
+        payload = jsoncodec.loads(value or b"")
+    except jsoncodec.JSONDecodeError as exc:
+        raise ContractError(f"{kind} record value is not JSON: {exc}") from None
+    _validate(payload, schemas["payload"], f"{kind} record value")
+    partition_key = (
+        payload.get("partitionkey") if kind == "structured" else texts.get("ce_partitionkey")
+    )
+    if partition_key != (None if key is None else key.decode()):
+        raise ContractError(f"{kind} record: key {key!r} is not its partitionkey {partition_key!r}")

@@ -1,0 +1,123 @@
+"""The contract check the integration tests' reading helpers run on every record: records the
+bridge encodes pass it; a record off the contract in any part fails it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.normalise import Event, normalise
+from bridge.normalise.binding import Mode, encode
+from tests.schema import contract
+
+SOURCE = "https://api.pinecall.io"
+
+
+def event(item: dict[str, object]) -> Event:
+    normalised = normalise(item, channel="webhook", received_at=1_700_000_001.5)
+    assert isinstance(normalised, Event)
+    return normalised
+
+
+CALL = event({"seq": 3, "ts": 1_700_000_000, "call": "CA_1", "type": "turn.user", "data": {}})
+ALERT = event({"type": "monitor.fired", "org": "acme", "at": 1_700_000_000, "data": {"n": 1}})
+
+
+def record(
+    ev: Event, key: bytes | None, mode: Mode
+) -> tuple[bytes | None, bytes, dict[str, bytes]]:
+    value, headers = encode(ev, SOURCE, key, mode)
+    return key, value, dict(headers)
+
+
+DEAD_LETTER = (
+    None,
+    b'{"data": {}}',
+    {
+        "content-type": b"application/json",
+        "pinecall-dlq-reason": b"missing_type",
+        "pinecall-channel": b"webhook",
+        "pinecall-received-at": b"1700000001.5",
+    },
+)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+@pytest.mark.parametrize(("ev", "key"), [(CALL, b"CA_1"), (ALERT, b"acme"), (ALERT, None)])
+def test_what_the_bridge_encodes_keeps_the_contract(
+    ev: Event, key: bytes | None, mode: Mode
+) -> None:
+    contract.check(*record(ev, key, mode))
+    assert contract.kind_of(record(ev, key, mode)[2]) == mode
+
+
+def test_dead_letters_keep_the_contract() -> None:
+    contract.check(*DEAD_LETTER)
+
+
+def test_records_that_are_not_the_bridges_output_are_left_alone() -> None:
+    contract.check(b"k", b"not json", {"content-type": b"text/plain"})
+    ingest = {"pinecall-ingest-id": b"x", "content-type": b"application/cloudevents+json"}
+    contract.check(None, b"whatever", ingest)
+
+
+def broken_structured() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    key, value, headers = record(CALL, b"CA_1", "structured")
+    ce = jsoncodec.loads(value)
+    return [
+        (key, jsoncodec.dumps({**ce, "specversion": "0.3"}), headers),  # payload off the schema
+        (key, jsoncodec.dumps({k: v for k, v in ce.items() if k != "type"}), headers),
+        (key, jsoncodec.dumps({**ce, "surprise": 1}), headers),  # additionalProperties: false
+        (key, b"{not json", headers),
+        (key, value, {k: v for k, v in headers.items() if k != "pinecall-id"}),  # headers
+        (key, value, {**headers, "ce_id": b"x"}),  # a ce_ header in structured mode
+        (b"CA_2", value, headers),  # key is not the partitionkey
+        (None, value, headers),
+    ]
+
+
+def broken_others() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    key, value, headers = record(CALL, b"CA_1", "binary")
+    dl_key, dl_value, dl_headers = DEAD_LETTER
+    return [
+        (key, value, {k: v for k, v in headers.items() if k != "ce_time"}),
+        (key, value, {**headers, "ce_pinecallchannel": b"carrier-pigeon"}),
+        (key, b"{not json", headers),
+        (b"", value, headers),  # an empty key: not a call id
+        (dl_key, dl_value, {**dl_headers, "pinecall-received-at": b"yesterday"}),
+        (b"k", dl_value, dl_headers),  # dead letters are unkeyed
+    ]
+
+
+@pytest.mark.parametrize("bad", [*broken_structured(), *broken_others()])
+def test_a_record_off_the_contract_fails(bad: tuple[bytes | None, bytes, dict[str, bytes]]) -> None:
+    with pytest.raises(contract.ContractError):
+        contract.check(*bad)
+
+
+def test_the_schemas_are_the_ones_the_document_names() -> None:
+    schemas = contract.messages()
+    assert set(schemas) == {"structured", "binary", "dead-letter"}
+    # The payload is the JSON Schema file itself, resolved through the document's $ref.
+    assert (
+        schemas["structured"]["payload"]["title"]
+        == "Pinecall event as published by pinecall-bridge"
+    )
+    assert schemas["binary"]["headers"]["required"][1] == "ce_specversion"
+
+
+def test_the_integration_tests_reading_helpers_apply_the_check() -> None:
+    from tests.integration.conftest import Consumed
+
+    def read(key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Consumed:
+        m = SimpleNamespace(
+            topic="t", key=key, value=value, headers=list(headers.items()), partition=0, offset=0
+        )
+        return Consumed.read(m)
+
+    key, value, headers = record(CALL, b"CA_1", "structured")
+    assert read(key, value, headers).json()["id"] == CALL.id
+    with pytest.raises(contract.ContractError):
+        read(b"CA_other", value, headers)

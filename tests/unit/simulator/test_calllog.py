@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge.simulator.calllog import CallLog, CallLogs, Gap, LogReader
+
+
+def entry(
+    seq: int,
+    kind: str = "turn.user",
+    *,
+    call: str = "CA_1",
+    ephemeral: bool = False,
+    ts: float = 1.0,
+) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "ts": ts,
+        "call": call,
+        "agent": "support",
+        "type": kind,
+        "ephemeral": ephemeral,
+        "data": {"n": seq},
+    }
+
+
+def seqs(items: list[Any]) -> list[Any]:
+    return [item if isinstance(item, Gap) else item["seq"] for item in items]
+
+
+def test_only_durable_entries_are_stored_so_a_replay_has_holes() -> None:
+    log = CallLog("CA_1", "support")
+    for seq in range(1, 6):
+        log.append(entry(seq, ephemeral=seq in (2, 3)))
+    assert log.last_seq == 5
+    assert seqs(log.since(0)) == [1, 4, 5]
+    assert seqs(log.since(1)) == [4, 5]
+    assert seqs(log.since(2, limit=1)) == [4]
+    assert log.since(5) == []
+
+
+def test_call_score_seals_the_log_and_nothing_more_is_written() -> None:
+    log = CallLog("CA_1", "support")
+    log.append(entry(1, "call.started"))
+    log.append(entry(2, "call.score"))
+    assert log.sealed
+    with pytest.raises(ValueError, match="sealed"):
+        log.append(entry(3))
+
+
+def test_seqs_must_grow() -> None:
+    log = CallLog("CA_1", "support")
+    log.append(entry(2))
+    with pytest.raises(ValueError, match="not past"):
+        log.append(entry(2))
+
+
+def test_a_reader_gets_live_entries_in_order_ephemeral_ones_included() -> None:
+    log = CallLog("CA_1", "support")
+    woken: list[int] = []
+    reader = log.subscribe(0, capacity=10, notify=lambda: woken.append(1))
+    log.append(entry(1))
+    log.append(entry(2, ephemeral=True))
+    assert seqs(reader.take()) == [1, 2]
+    assert reader.delivered == 2
+    assert woken == [1, 1]
+    assert reader.take() == []
+
+
+def test_a_reader_skips_what_its_backlog_already_delivered() -> None:
+    log = CallLog("CA_1", "support")
+    reader = log.subscribe(0, capacity=10)
+    log.append(entry(1))
+    log.append(entry(2))
+    reader.mark_delivered(1)  # written from the backlog by the connection
+    assert seqs(reader.take()) == [2]
+
+
+def test_a_full_buffer_becomes_a_gap_and_the_reader_goes_on_live() -> None:
+    log = CallLog("CA_1", "support")
+    reader = log.subscribe(3, capacity=2)
+    for seq in (4, 5, 6, 7):
+        log.append(entry(seq))
+    # 4 and 5 filled the buffer; 6 overflowed it: all three are one gap, then 7 is live.
+    assert seqs(reader.take()) == [Gap(4, 6), 7]
+    assert reader.gaps == 1
+    assert reader.delivered == 7
+
+
+def test_a_forced_gap_drops_the_buffer_and_the_next_entries() -> None:
+    log = CallLog("CA_1", "support")
+    reader = log.subscribe(0, capacity=10)
+    log.append(entry(1))
+    assert reader.force_gap(2)
+    for seq in (2, 3, 4):
+        log.append(entry(seq))
+    assert seqs(reader.take()) == [Gap(1, 3), 4]
+
+
+def test_a_forced_gap_still_open_when_the_log_seals_is_reported() -> None:
+    log = CallLog("CA_1", "support")
+    reader = log.subscribe(0, capacity=10)
+    reader.force_gap(5)
+    log.append(entry(1))
+    log.append(entry(2, "call.score"))
+    assert reader.ended
+    assert seqs(reader.take()) == [Gap(1, 2)]
+    assert reader.drained
+
+
+def test_a_forced_gap_with_nothing_to_drop_does_nothing() -> None:
+    reader = CallLog("CA_1", "support").subscribe(0, capacity=10)
+    assert reader.force_gap(0) is False
+    assert reader.take() == []
+
+
+def test_subscribing_to_a_sealed_log_gives_an_ended_reader() -> None:
+    log = CallLog("CA_1", "support")
+    log.append(entry(1, "call.score"))
+    reader = log.subscribe(0, capacity=10)
+    assert reader.ended
+    assert not log.readers
+    assert isinstance(reader, LogReader)
+
+
+def test_pages_say_the_last_seq_read_and_whether_the_call_is_live() -> None:
+    logs = CallLogs()
+    for seq in (1, 2, 3):
+        logs.append(entry(seq, ephemeral=seq == 2))
+    log = logs.get("CA_1")
+    assert log is not None
+    page = logs.page(log, 0, 1)
+    assert (seqs(page.entries), page.live, page.next) == ([1], True, 1)
+    assert logs.page(log, 1, 500).body() == {"entries": [entry(3)], "live": True, "next": 3}
+    logs.seal("CA_1")
+    assert logs.page(log, 3, 500).body() == {"entries": [], "live": False, "next": None}
+
+
+def test_the_org_feed_carries_lifecycle_entries_only_and_summary_without_data() -> None:
+    logs = CallLogs()
+    reader = logs.subscribe_feed(10)
+    for seq, kind in enumerate(
+        ("call.started", "turn.user", "agent.state", "call.ended", "call.summary", "call.score"),
+        start=1,
+    ):
+        logs.append(entry(seq, kind))
+    fed = reader.take()
+    assert [item["type"] for item in fed] == [
+        "call.started",
+        "call.ended",
+        "call.summary",
+        "call.score",
+    ]
+    assert fed[0]["data"] == {"n": 1}
+    assert fed[2]["data"] == {}
+    assert fed[3]["data"] == {}
+    assert [item["seq"] for item in fed] == [1, 4, 5, 6]
+
+
+def test_a_feed_reader_that_falls_behind_is_dropped() -> None:
+    logs = CallLogs()
+    reader = logs.subscribe_feed(1)
+    logs.append(entry(1, "call.started", call="CA_1"))
+    logs.append(entry(1, "call.started", call="CA_2"))
+    assert reader.overflowed
+    assert reader.take() == []
+
+
+def test_the_call_list_is_newest_first_and_pages_with_before() -> None:
+    logs = CallLogs()
+    for number, started in ((1, 10.0), (2, 30.0), (3, 20.0)):
+        logs.append(entry(1, "call.started", call=f"CA_{number}", ts=started))
+    logs.append(entry(2, "call.ended", call="CA_2", ts=40.0))
+    first = logs.listing(2)
+    assert [row["call"] for row in first["calls"]] == ["CA_2", "CA_3"]
+    assert first["total"] == 3
+    assert first["next"] == "CA_3"
+    assert first["calls"][0]["status"] == "ended"
+    assert first["calls"][0]["last_seq"] == 2
+    assert first["calls"][0]["started_at"] == 30.0
+    rest = logs.listing(2, before=first["next"])
+    assert [row["call"] for row in rest["calls"]] == ["CA_1"]
+    assert rest["next"] is None
+    assert logs.listing(5, agent="nobody") == {"calls": [], "total": 0, "next": None}
+
+
+def test_sealed_logs_nobody_reads_are_forgotten_beyond_the_retention() -> None:
+    logs = CallLogs(retain=2)
+    kept = logs.append(entry(1, call="CA_read"))
+    reader = kept.subscribe(0, capacity=10)
+    for number in range(4):
+        logs.append(entry(1, "call.score", call=f"CA_{number}"))
+    assert set(logs.logs) == {"CA_read", "CA_3"}
+    assert not reader.ended

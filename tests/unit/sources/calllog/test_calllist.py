@@ -1,0 +1,64 @@
+import pytest
+
+from bridge import jsoncodec
+from bridge.sources.calllog.calllist import (
+    CallListError,
+    CallRow,
+    page_is_last,
+    parse_call_page,
+    wanted,
+)
+
+
+def row(call: str, **over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "call": call,
+        "live": True,
+        "last_seq": 4,
+        "started_at": 100.0,
+        "ended_at": None,
+    }
+    return {**base, **over}
+
+
+def test_a_page_of_calls() -> None:
+    body = jsoncodec.dumps(
+        {
+            "calls": [
+                row("CA_1"),
+                row("CA_2", live=False, ended_at=150, last_seq=True, started_at="x"),
+                {"call": ""},
+                "not a row",
+            ],
+            "total": 4,
+            "next": "CA_2",
+        }
+    )
+    page = parse_call_page(body)
+    assert page.calls == (
+        CallRow("CA_1", True, 4, 100.0, None),
+        CallRow("CA_2", False, None, None, 150.0),
+    )
+    assert page.next == "CA_2"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"calls": {}}'])
+def test_not_a_call_list(body: bytes) -> None:
+    with pytest.raises(CallListError):
+        parse_call_page(body)
+
+
+def test_reading_stops_past_the_lookback_or_at_the_end() -> None:
+    newer = parse_call_page(jsoncodec.dumps({"calls": [row("a", started_at=500)], "next": "a"}))
+    older = parse_call_page(jsoncodec.dumps({"calls": [row("b", started_at=50)], "next": "b"}))
+    last = parse_call_page(jsoncodec.dumps({"calls": [row("c", started_at=500)], "next": None}))
+    assert not page_is_last(newer, oldest=100)
+    assert page_is_last(older, oldest=100)
+    assert page_is_last(last, oldest=100)
+
+
+def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:
+    assert wanted(CallRow("live", True, 3, 1.0, None), ended_after=1000)
+    assert wanted(CallRow("recent", False, 9, 1.0, 1500.0), ended_after=1000)
+    assert not wanted(CallRow("old", False, 9, 1.0, 900.0), ended_after=1000)
+    assert not wanted(CallRow("unknown end", False, 9, 1.0, None), ended_after=1000)

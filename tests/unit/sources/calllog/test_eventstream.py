@@ -1,0 +1,187 @@
+import pytest
+
+from bridge.sources.calllog.eventstream import (
+    Event,
+    EventStreamError,
+    EventStreamParser,
+    Item,
+    KeepAlive,
+    Retry,
+)
+
+
+def parse(*chunks: bytes) -> list[Item]:
+    parser = EventStreamParser()
+    items: list[Item] = []
+    for chunk in chunks:
+        items.extend(parser.feed(chunk))
+    return items
+
+
+def events(*chunks: bytes) -> list[Event]:
+    return [item for item in parse(*chunks) if isinstance(item, Event)]
+
+
+def bytewise(stream: bytes) -> list[bytes]:
+    return [stream[i : i + 1] for i in range(len(stream))]
+
+
+STREAM = (
+    b"retry: 1000\r\n"
+    b": ping\r\n"
+    b'id: 1\r\nevent: call.started\r\ndata: {"seq": 1}\r\n\r\n'
+    b'id: 2\revent: turn.user\rdata: {"seq":\rdata:  2}\r\r'
+    b'id: 3\nevent: call.score\ndata: {"seq": 3}\n\n'
+)
+EXPECTED: list[Item] = [
+    Retry(1000),
+    KeepAlive("ping"),
+    Event("call.started", '{"seq": 1}', "1"),
+    Event("turn.user", '{"seq":\n 2}', "2"),
+    Event("call.score", '{"seq": 3}', "3"),
+]
+
+
+def test_a_whole_stream_in_one_chunk() -> None:
+    assert parse(STREAM) == EXPECTED
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_any_split_into_two_chunks_gives_the_same_items(cut: int) -> None:
+    assert parse(STREAM[:cut], STREAM[cut:]) == EXPECTED
+
+
+def test_byte_by_byte_gives_the_same_items() -> None:
+    assert parse(*bytewise(STREAM)) == EXPECTED
+
+
+def test_crlf_split_between_chunks_is_one_line_end() -> None:
+    # Were the LF taken for a second line end, the empty line would dispatch early.
+    assert events(b"data: a\r", b"\ndata: b\r\n\r\n") == [Event("message", "a\nb", "")]
+
+
+def test_cr_then_cr_is_two_line_ends() -> None:
+    assert events(b"data: a\r", b"\r") == [Event("message", "a", "")]
+
+
+def test_multi_line_data_joins_with_lf_and_drops_the_last() -> None:
+    assert events(b"data: one\ndata:two\ndata\ndata:  four\n\n") == [
+        Event("message", "one\ntwo\n\n four", "")
+    ]
+
+
+def test_only_one_space_after_the_colon_is_removed() -> None:
+    assert events(b"data:   x\n\n") == [Event("message", "  x", "")]
+
+
+def test_empty_data_line_still_dispatches_an_empty_event() -> None:
+    assert events(b"data:\n\n") == [Event("message", "", "")]
+
+
+def test_no_data_means_no_event_but_the_id_is_kept() -> None:
+    parser = EventStreamParser()
+    assert parser.feed(b"id: 7\nevent: x\n\n") == []
+    assert parser.last_event_id == "7"
+    # The event type does not leak into the next event; the id does.
+    assert parser.feed(b"data: d\n\n") == [Event("message", "d", "7")]
+
+
+def test_an_id_with_nul_is_ignored() -> None:
+    assert events(b"id: 5\n\ndata: a\nid: 6\x00x\n\n") == [Event("message", "a", "5")]
+
+
+def test_an_empty_id_resets_the_last_event_id() -> None:
+    assert events(b"id: 5\ndata: a\n\nid\ndata: b\n\n") == [
+        Event("message", "a", "5"),
+        Event("message", "b", ""),
+    ]
+
+
+@pytest.mark.parametrize("value", [b"", b"1.5", b"-1", b"  10", b"10s", b"\xd9\xa3"])
+def test_retry_needs_ascii_digits_only(value: bytes) -> None:
+    # "  10": the field rule drops one space only, and " 10" is not all digits.
+    assert parse(b"retry:" + value + b"\n") == []
+
+
+def test_retry_with_digits() -> None:
+    assert parse(b"retry: 0\nretry: 2500\n") == [Retry(0), Retry(2500)]
+
+
+def test_comments_are_keep_alives_in_order() -> None:
+    assert parse(b": ping\n:\ndata: x\n: mid\n\n") == [
+        KeepAlive("ping"),
+        KeepAlive(""),
+        KeepAlive("mid"),
+        Event("message", "x", ""),
+    ]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert events(b"foo: bar\nDATA: no\ndata: yes\n\n") == [Event("message", "yes", "")]
+
+
+def test_a_partial_event_at_eof_is_dropped() -> None:
+    parser = EventStreamParser()
+    assert parser.feed(b"data: whole\n\ndata: half") == [Event("message", "whole", "")]
+    parser.feed_eof()
+    # A new stream on the same parser does not inherit the half event.
+    assert parser.feed(b"\n\n") == []
+
+
+def test_an_undispatched_event_at_eof_is_dropped() -> None:
+    parser = EventStreamParser()
+    assert parser.feed(b"data: no blank line\n") == []
+    parser.feed_eof()
+    assert parser.feed(b"\n") == []
+
+
+def test_one_leading_bom_is_dropped() -> None:
+    assert events(b"\xef\xbb\xbfdata: a\n\n") == [Event("message", "a", "")]
+
+
+def test_a_bom_split_across_chunks_is_dropped() -> None:
+    assert events(b"\xef", b"\xbb", b"\xbfdata: a\n\n") == [Event("message", "a", "")]
+
+
+def test_a_second_bom_is_kept_and_makes_an_unknown_field() -> None:
+    assert events(b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n") == []
+
+
+def test_utf8_split_across_chunks() -> None:
+    raw = "data: ünïcødé ✓\n\n".encode()
+    assert events(*bytewise(raw)) == [Event("message", "ünïcødé ✓", "")]
+
+
+def test_invalid_utf8_becomes_replacement_characters() -> None:
+    assert events(b"data: a\xffb\n\n") == [Event("message", "a\ufffdb", "")]
+
+
+def test_a_line_over_the_limit_is_an_error() -> None:
+    parser = EventStreamParser(max_line_bytes=10)
+    parser.feed(b"data: 1234")
+    with pytest.raises(EventStreamError):
+        parser.feed(b"56789")
+
+
+def test_a_terminated_line_over_the_limit_is_an_error() -> None:
+    with pytest.raises(EventStreamError):
+        EventStreamParser(max_line_bytes=10).feed(b"data: 0123456789\n")
+
+
+def test_an_event_over_the_limit_is_an_error() -> None:
+    parser = EventStreamParser(max_event_bytes=10)
+    parser.feed(b"data: 1234\n")
+    with pytest.raises(EventStreamError):
+        parser.feed(b"data: 56789\n")
+
+
+def test_data_sizes_reset_after_each_event() -> None:
+    parser = EventStreamParser(max_event_bytes=10)
+    for _ in range(5):
+        assert parser.feed(b"data: 12345\n\n") == [Event("message", "12345", "")]
+
+
+def test_sizes_count_utf8_bytes_not_characters() -> None:
+    parser = EventStreamParser(max_event_bytes=10)
+    with pytest.raises(EventStreamError):
+        parser.feed("data: ééééé\n".encode())  # 5 characters, 10 bytes, plus the newline

@@ -1,0 +1,122 @@
+from typing import Any
+
+from bridge import jsoncodec
+from bridge.sources.calllog.eventstream import Event, KeepAlive, Retry
+from bridge.sources.calllog.follow import CallFollow, CaughtUp, Fill, Nothing, Publish
+from bridge.sources.reconnect import ReconnectPolicy
+
+
+def follow(after: int = 0, rand: Any = lambda low, high: high) -> CallFollow:
+    return CallFollow("CA_1", after, ReconnectPolicy(0.5, 30, 60, rand=rand))
+
+
+def entry(seq: int, kind: str = "turn.user", **data: Any) -> Event:
+    data = {k.removeprefix("data_"): v for k, v in data.items()}
+    item = {"seq": seq, "ts": 1.0, "call": "CA_1", "agent": "a", "type": kind, "data": data}
+    return Event(kind, jsoncodec.dumps(item).decode(), str(seq))
+
+
+def test_a_fresh_follow_asks_from_the_start_without_last_event_id() -> None:
+    f = follow()
+    assert f.query() == {"after": "0"}
+    assert f.headers() == {}
+
+
+def test_the_resume_point_moves_only_when_kafka_acknowledged() -> None:
+    f = follow(after=3)
+    assert f.headers() == {"Last-Event-ID": "3"}
+    step = f.step(entry(4))
+    assert isinstance(step, Publish)
+    assert step.seq == 4
+    assert f.query() == {"after": "3"}  # read, not yet acknowledged: a cut re-reads it
+    f.published(4)
+    assert f.query() == {"after": "4"}
+    assert f.headers() == {"Last-Event-ID": "4"}
+
+
+def test_a_replay_of_acknowledged_entries_is_skipped() -> None:
+    f = follow(after=5)
+    assert f.step(entry(5)) == Nothing()
+    assert f.step(entry(2)) == Nothing()
+    assert isinstance(f.step(entry(6)), Publish)
+
+
+def test_a_gap_fills_from_the_resume_point_to_its_end() -> None:
+    f = follow(after=10)
+    gap = entry(40, "log.gap", from_seq=12, to_seq=40, snapshot={})
+    # 11 was read but not acknowledged on this connection: fetched again with the gap.
+    assert f.step(gap) == Fill(11, 40)
+    f.filled(40)
+    assert f.query() == {"after": "40"}
+
+
+def test_a_gap_already_covered_asks_for_nothing() -> None:
+    f = follow(after=40)
+    assert f.step(entry(40, "log.gap", from_seq=30, to_seq=40)) == Nothing()
+
+
+def test_a_gap_without_to_seq_uses_its_own_seq() -> None:
+    assert follow(after=1).step(entry(9, "log.gap", from_seq=2)) == Fill(2, 9)
+
+
+def test_caught_up_is_a_marker_not_an_entry() -> None:
+    f = follow(after=3)
+    f.connected()
+    assert f.step(entry(3, "log.caught_up", data_seq=3)) == CaughtUp(3)
+    assert f.caught_up
+    f.connected()
+    assert not f.caught_up
+
+
+def test_the_call_ends_once_its_score_is_acknowledged() -> None:
+    f = follow()
+    assert isinstance(f.step(entry(7, "call.score")), Publish)
+    assert not f.ended
+    f.published(7)
+    assert f.ended
+
+
+def test_a_score_not_acknowledged_does_not_end_the_call() -> None:
+    f = follow()
+    f.step(entry(7, "call.score"))
+    f.not_published()
+    f.published(6)
+    assert not f.ended
+    assert f.query() == {"after": "6"}
+
+
+def test_not_json_is_garbage_and_not_an_entry_dead_letters() -> None:
+    f = follow()
+    assert f.step(Event("x", "{not json", "")) == Nothing(garbage=True)
+    assert f.step(Event("x", '{"type": "x"}', "")) == Publish({"type": "x"}, None)
+    assert f.step(Event("x", '{"seq": true}', "")) == Publish({"seq": True}, None)
+    assert f.step(Event("x", "[1]", "")) == Publish([1], None)
+    f.published(None)
+    assert f.query() == {"after": "0"}
+
+
+def test_keep_alives_change_nothing_and_retry_sets_the_floor() -> None:
+    f = follow(rand=lambda low, high: 0.0)
+    assert f.step(KeepAlive("ping")) == Nothing()
+    assert f.retry_delay("closed", 100.0) == 0.0
+    assert f.step(Retry(1000)) == Nothing()
+    assert f.retry_delay("closed", 100.0) == 1.0
+
+
+def test_retry_delays_back_off_past_the_servers_retry_and_are_capped() -> None:
+    f = follow()
+    f.step(Retry(1000))
+    delays = [f.retry_delay("connect_error", None) for _ in range(2000)]
+    assert delays[:8] == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert max(delays) == 30.0  # no overflow after thousands of attempts
+
+
+def test_auth_failures_wait_longer() -> None:
+    f = follow(rand=lambda low, high: 0.0)
+    assert f.retry_delay("auth", None) >= 5.0
+
+
+def test_sealed_ends_the_call() -> None:
+    f = follow()
+    f.sealed()
+    assert f.ended

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridge import jsoncodec
+from bridge.sources.calllog.pages import (
+    SEALED_END,
+    CallNotFoundError,
+    Page,
+    PageAuthError,
+    PageError,
+    PageFormatError,
+    PageServerError,
+    PageTransportError,
+    error_for,
+    events_url,
+    fetch_page,
+    fetch_pages,
+    parse_page,
+)
+
+
+def entry(seq: int, kind: str = "turn.user") -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "ts": 1.0,
+        "call": "CA_1",
+        "agent": "a",
+        "type": kind,
+        "ephemeral": False,
+        "data": {},
+    }
+
+
+def test_a_page_parses_into_its_entries_live_flag_and_cursor() -> None:
+    body = jsoncodec.dumps({"entries": [entry(1), entry(3)], "live": True, "next": 3})
+    page = parse_page(body)
+    assert page == Page(entries=(entry(1), entry(3)), live=True, next=3)
+    assert page.last_seq == 3
+
+
+def test_next_is_the_servers_cursor_not_the_last_kept_entry() -> None:
+    # A filtered page keeps nothing but still moves the cursor.
+    page = parse_page(b'{"entries": [], "live": true, "next": 40}')
+    assert page.entries == ()
+    assert page.next == 40
+    assert page.last_seq is None
+
+
+def test_a_missing_next_falls_back_to_the_last_seq_and_missing_live_to_false() -> None:
+    page = parse_page(jsoncodec.dumps({"entries": [entry(2), entry(5)]}))
+    assert page.next == 5
+    assert page.live is False
+    assert parse_page(b'{"entries": []}').next is None
+
+
+def test_entries_keep_unknown_keys() -> None:
+    odd = {**entry(1), "future": [1, 2]}
+    assert parse_page(jsoncodec.dumps({"entries": [odd], "live": False, "next": 1})).entries == (
+        odd,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"live": true}',
+        b'{"entries": {}, "live": true}',
+        b'{"entries": [1], "live": true}',
+        b'{"entries": [{"type": "x"}], "live": true}',
+        b'{"entries": [{"seq": "1"}], "live": true}',
+        b'{"entries": [{"seq": -1}], "live": true}',
+        b'{"entries": [{"seq": true}], "live": true}',
+        b'{"entries": [], "live": "yes"}',
+        b'{"entries": [], "live": true, "next": "7"}',
+        b'{"entries": [], "live": true, "next": 1.5}',
+    ],
+)
+def test_what_is_not_a_page_is_a_format_error(body: bytes) -> None:
+    with pytest.raises(PageFormatError) as raised:
+        parse_page(body)
+    assert raised.value.retriable is False
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retriable"),
+    [
+        (401, PageAuthError, False),
+        (403, PageAuthError, False),
+        (404, CallNotFoundError, False),
+        (400, PageError, False),
+        (429, PageServerError, True),
+        (500, PageServerError, True),
+        (503, PageServerError, True),
+    ],
+)
+def test_statuses_map_to_typed_errors(status: int, kind: type[PageError], retriable: bool) -> None:
+    error = error_for(status, '{"detail": "why"}')
+    assert type(error) is kind
+    assert error.retriable is retriable
+    assert error.status == status
+    assert "why" in str(error)
+
+
+def test_retry_after_is_kept_when_it_is_a_number() -> None:
+    error = error_for(429, "", "7")
+    assert isinstance(error, PageServerError)
+    assert error.retry_after == 7.0
+    unusable = error_for(503, "", "Wed, 21 Oct 2015 07:28:00 GMT")
+    assert isinstance(unusable, PageServerError)
+    assert unusable.retry_after is None
+
+
+def test_the_call_id_is_quoted_into_the_path() -> None:
+    assert events_url("http://h:1/", "CA_1") == "http://h:1/v1/calls/CA_1/events"
+    assert events_url("http://h", "a/b c") == "http://h/v1/calls/a%2Fb%20c/events"
+
+
+class Platform:
+    """A tiny stand-in log door whose answers the test scripts; it records every request."""
+
+    def __init__(self) -> None:
+        self.log = [entry(seq) for seq in (1, 2, 4, 5, 6)]  # 3 was ephemeral
+        self.sealed = True
+        self.limit = 2
+        self.statuses: list[int] = []
+        self.requests: list[aiohttp.web.Request] = []
+        self.url = ""
+        self.fixed: dict[str, Any] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request)
+        if self.statuses:
+            status = self.statuses.pop(0)
+            return web.json_response({"detail": "scripted"}, status=status)
+        if self.fixed is not None:
+            return web.json_response(self.fixed)
+        after = int(request.query.get("after", "0"))
+        limit = min(int(request.query.get("limit", self.limit)), self.limit)
+        if self.sealed and after >= self.log[-1]["seq"]:
+            return web.Response(status=204)
+        read = [item for item in self.log if item["seq"] > after][:limit]
+        next_seq = read[-1]["seq"] if read else None
+        return web.json_response({"entries": read, "live": not self.sealed, "next": next_seq})
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[Platform]:
+    stand_in = Platform()
+    app = web.Application()
+    app.router.add_get("/v1/calls/{call}/events", stand_in.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    stand_in.url = f"http://127.0.0.1:{port}"
+    yield stand_in
+    await runner.cleanup()
+
+
+async def collect(session: aiohttp.ClientSession, platform: Platform, **kwargs: Any) -> list[Page]:
+    return [page async for page in fetch_pages(session, platform.url, "key", "CA_1", **kwargs)]
+
+
+async def test_pages_are_followed_until_a_sealed_call_answers_204(platform: Platform) -> None:
+    async with aiohttp.ClientSession() as session:
+        pages = await collect(session, platform)
+    seqs = [item["seq"] for page in pages for item in page.entries]
+    assert seqs == [1, 2, 4, 5, 6]
+    assert pages[-1] == SEALED_END
+    assert [r.query["after"] for r in platform.requests] == ["0", "2", "5", "6"]
+
+
+async def test_a_live_call_stops_at_the_first_page_without_next(platform: Platform) -> None:
+    platform.sealed = False
+    async with aiohttp.ClientSession() as session:
+        pages = await collect(session, platform, after=2, limit=10)
+    assert [item["seq"] for page in pages for item in page.entries] == [4, 5, 6]
+    assert pages[-1].next is None
+    assert all(page.live for page in pages)
+    assert platform.requests[0].query["limit"] == "10"
+
+
+async def test_headers_carry_the_key_the_env_and_ask_for_json(platform: Platform) -> None:
+    async with aiohttp.ClientSession() as session:
+        await fetch_page(session, platform.url, "sek", "CA_1", env="production", limit=9999)
+    request = platform.requests[0]
+    assert request.headers["Authorization"] == "Bearer sek"
+    assert request.headers["pinecall-env"] == "production"
+    assert request.headers["Accept"] == "application/json"
+    assert request.query["limit"] == "500"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, PageAuthError), (404, CallNotFoundError), (502, PageServerError)]
+)
+async def test_error_statuses_raise_typed_errors(
+    platform: Platform, status: int, kind: type[PageError]
+) -> None:
+    platform.statuses = [status]
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(kind) as raised:
+            await collect(session, platform)
+    assert raised.value.status == status
+
+
+async def test_a_cursor_that_does_not_move_is_refused(platform: Platform) -> None:
+    platform.fixed = {"entries": [], "live": True, "next": 0}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageFormatError):
+            await collect(session, platform)
+    assert len(platform.requests) == 1
+
+
+async def test_an_unreachable_platform_is_a_retriable_transport_error() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageTransportError) as raised:
+            await fetch_page(session, "http://127.0.0.1:9", "key", "CA_1", timeout_seconds=2)
+    assert raised.value.retriable is True

@@ -1,0 +1,98 @@
+import pytest
+
+from bridge.sink.kafka import partition_for
+from bridge.sources.calllog.roster import Roster, Start, partition_of
+
+
+def calls_in(partition: int, n: int, partitions: int = 6) -> list[str]:
+    found = [f"CA_{i}" for i in range(10_000) if partition_of(f"CA_{i}", partitions) == partition]
+    return found[:n]
+
+
+def test_partition_of_is_the_producers_choice() -> None:
+    # The producer's partitioner for keyed records is deterministic: murmur2 of the key.
+    for call in ("CA_1", "CA_8f4a2c", "x" * 300, "ü"):
+        assert partition_of(call, 12) == partition_for(call.encode(), list(range(12)), [0])
+
+
+def test_partition_of_matches_kafkas_murmur2_vectors() -> None:
+    # Kafka's UtilsTest: murmur2("21") = -973932308, murmur2("foobar") = -790332482; the
+    # partitioner takes the positive part (& 0x7fffffff) modulo the partition count.
+    assert partition_of("21", 997) == (-973932308 & 0x7FFFFFFF) % 997
+    assert partition_of("foobar", 1000) == (-790332482 & 0x7FFFFFFF) % 1000
+
+
+def test_only_owned_calls_are_followed() -> None:
+    roster = Roster(6, capacity=10)
+    mine, other = calls_in(1, 1)[0], calls_in(2, 1)[0]
+    assert roster.own(1, {}, set()) == []
+    assert roster.offer(mine) == [Start(mine, 0)]
+    assert roster.offer(other) == []
+    assert roster.offer(mine) == []  # already followed
+
+
+def test_excess_calls_wait_in_arrival_order() -> None:
+    roster = Roster(6, capacity=2)
+    a, b, c, d = calls_in(0, 4)
+    roster.own(0, {}, set())
+    assert roster.offer(a) + roster.offer(b) == [Start(a, 0), Start(b, 0)]
+    assert roster.offer(c, 4) == []
+    assert roster.offer(d) == []
+    assert roster.offer(c, 7) == []  # a later offer can only move the resume point on
+    assert list(roster.waiting) == [c, d]
+    assert roster.finished(a, ended=True) == [Start(c, 7)]
+    assert roster.finished(b, ended=False) == [Start(d, 0)]
+    assert roster.offer(a) == []  # ended: a late notice does not restart it
+    assert not roster.has_ended(b)
+
+
+def test_takeover_follows_live_calls_from_their_progress() -> None:
+    roster = Roster(6, capacity=10)
+    live, done = calls_in(3, 2)
+    assert roster.own(3, {live: 12}, {done}) == [Start(live, 12)]
+    assert roster.has_ended(done)
+    assert roster.offer(done) == []
+
+
+def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
+    roster = Roster(6, capacity=2)
+    a1, a2, a3 = calls_in(0, 3)
+    b1 = calls_in(1, 1)[0]
+    roster.own(0, {}, set())
+    roster.own(1, {}, set())
+    roster.offer(a1)
+    roster.offer(b1)
+    roster.offer(a2)
+    roster.offer(a3)
+    assert sorted(roster.keep_only({0})) == [b1]
+    assert roster.refill() == [Start(a2, 0)]
+    assert sorted(roster.lose(0)) == sorted([a1, a2])
+    assert not roster.following
+    assert not roster.waiting
+    assert roster.finished(a1, ended=False) == []  # its follower ending later changes nothing
+
+
+def test_keep_only_the_same_partitions_stops_nothing() -> None:
+    roster = Roster(6, capacity=2)
+    a = calls_in(0, 1)[0]
+    roster.own(0, {a: 1}, set())
+    assert roster.keep_only({0, 5}) == []
+    assert roster.following == {a: 0}
+
+
+def test_ended_calls_are_remembered_boundedly() -> None:
+    roster = Roster(1, capacity=1, remember_ended=2)
+    for call in ("a", "b", "c"):
+        roster.finished(call, ended=True)
+    assert not roster.has_ended("a")
+    assert roster.has_ended("c")
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 12])
+def test_every_call_has_one_owner(partitions: int) -> None:
+    rosters = [Roster(partitions, capacity=1000) for _ in range(2)]
+    for p in range(partitions):
+        rosters[p % 2].own(p, {}, set())
+    for i in range(200):
+        call = f"CA_{i}"
+        assert len([r for r in rosters if r.offer(call)]) == 1

@@ -1,0 +1,97 @@
+"""tools/kafka: jars.lock matches pom.xml, and fetch_jars.py keeps only jars with the pinned sum."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+KAFKA_TOOLS = Path(__file__).resolve().parents[3] / "tools" / "kafka"
+LOCK = KAFKA_TOOLS / "jars.lock"
+POM = KAFKA_TOOLS / "pom.xml"
+JAR = b"PK\x03\x04 not really a jar, but bytes with a known sum"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Maven-layout repository served over real HTTP, holding org.example:demo:1.0."""
+    root = tmp_path / "m2"
+    jar = root / "org" / "example" / "demo" / "1.0" / "demo-1.0.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(JAR)
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", tmp_path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(url: str, lock: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(KAFKA_TOOLS / "fetch_jars.py"), str(lock), str(dest)],
+        env={**os.environ, "MAVEN_REPO_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_a_jar_with_the_pinned_sum_is_kept(repo: tuple[str, Path]) -> None:
+    url, tmp = repo
+    lock = tmp / "jars.lock"
+    lock.write_text(f"# a comment\norg.example:demo:1.0 sha512:{hashlib.sha512(JAR).hexdigest()}\n")
+    done = fetch(url, lock, tmp / "lib")
+    assert done.returncode == 0, done.stderr
+    assert (tmp / "lib" / "demo-1.0.jar").read_bytes() == JAR
+
+
+def test_a_jar_with_another_sum_is_refused_in_one_line(repo: tuple[str, Path]) -> None:
+    url, tmp = repo
+    lock = tmp / "jars.lock"
+    lock.write_text(f"org.example:demo:1.0 sha512:{hashlib.sha512(b'other').hexdigest()}\n")
+    done = fetch(url, lock, tmp / "lib")
+    assert done.returncode == 1
+    assert done.stderr.startswith("fetch_jars: refusing org.example:demo:1.0: the sha512 of ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list((tmp / "lib").iterdir()) == []  # neither the jar nor a partial download
+
+
+def test_an_unreachable_repository_fails_in_one_line(tmp_path: Path) -> None:
+    lock = tmp_path / "jars.lock"
+    lock.write_text(f"org.example:demo:1.0 sha512:{hashlib.sha512(JAR).hexdigest()}\n")
+    done = fetch("http://127.0.0.1:9/", lock, tmp_path / "lib")
+    assert done.returncode == 1
+    assert done.stderr.startswith("fetch_jars: cannot download http://127.0.0.1:9/org/example/")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_lock_file_was_generated_from_the_current_pom() -> None:
+    text = LOCK.read_text()
+    recorded = re.search(r"^# pom\.xml sha256: ([0-9a-f]{64})$", text, re.MULTILINE)
+    assert recorded, "jars.lock has no pom.xml sha256 line"
+    assert recorded[1] == hashlib.sha256(POM.read_bytes()).hexdigest(), (
+        "pom.xml changed since jars.lock was generated: run tools/kafka/lock.py"
+    )
+    kafka = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    assert kafka
+    assert re.search(rf"^org\.apache\.kafka:kafka_2\.13:{re.escape(kafka[1])} sha512:", text, re.M)
