@@ -37,7 +37,7 @@ kafka-down:  ## stop the local Kafka broker; no-op if it is stopped
 kafka-status:  ## is the local broker running and answering?
 	@tools/kafka/kafka.sh status
 
-run: venv  ## the demo: simulated Pinecall → the bridge (both channels) → local Kafka, live
+run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
 	@tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
 
 demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check

@@ -4,6 +4,7 @@ Entries go through the daemon's own path (normalise → route → the ingest top
 so their ids are the log's `<call>:<seq>` and the dedup stage publishes each once: a second run,
 or a call the running bridge already carried, adds nothing to the output topics. A dedup stage
 (any running bridge of the deployment) must be consuming the ingest topic for them to land.
+`--since` picks the calls from the call list (`GET /v1/sessions`, the source's own client).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, Pipeline, pipeline_for
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
+from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
+from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
 
 if TYPE_CHECKING:
@@ -31,10 +34,14 @@ log = logging.getLogger(__name__)
 # A page Kafka did not take is offered again this many times before the backfill gives up.
 SUBMIT_ATTEMPTS = 5
 PAGE_ATTEMPTS = 5
+# `--since` reads at most this many pages of the call list (200 calls each).
+SINCE_MAX_PAGES = 5_000
 
 
 class Progress(Protocol):
     """What the backfill reports as it goes (a rich progress bar, or nothing)."""
+
+    def calls_found(self, total: int) -> None: ...
 
     def call_started(self, call: str) -> None: ...
 
@@ -44,6 +51,9 @@ class Progress(Protocol):
 
 
 class NoProgress:
+    def calls_found(self, total: int) -> None:
+        pass
+
     def call_started(self, call: str) -> None:
         pass
 
@@ -66,10 +76,11 @@ class CallOutcome:
 @dataclass(slots=True)
 class BackfillReport:
     calls: list[CallOutcome] = field(default_factory=list)
+    list_error: str | None = None  # `--since`: the call list could not be read
 
     @property
     def ok(self) -> bool:
-        return all(outcome.error is None for outcome in self.calls)
+        return self.list_error is None and all(outcome.error is None for outcome in self.calls)
 
     @property
     def entries(self) -> int:
@@ -80,10 +91,15 @@ async def backfill_calls(
     settings: Settings,
     calls: Sequence[str],
     *,
+    since: float | None = None,
     progress: Progress | None = None,
     metrics: Metrics | None = None,
 ) -> BackfillReport:
-    """Read each call's stored log from its JSON pages and submit every page to the ingest topic."""
+    """Read each call's stored log from its JSON pages and submit every page to the ingest topic.
+
+    With `since` (epoch seconds), the calls the call list shows started since then come after
+    `calls`, oldest first.
+    """
     metrics = metrics if metrics is not None else Metrics()
     shown = progress if progress is not None else NoProgress()
     sink = KafkaSink(settings.kafka, metrics)
@@ -94,7 +110,16 @@ async def backfill_calls(
     try:
         await sink.learn_limits([settings.topics.ingest, *router.topics()])
         async with aiohttp.ClientSession() as session:
-            for call in dict.fromkeys(calls):  # each call once, in the order given
+            wanted = list(dict.fromkeys(calls))  # each call once, in the order given
+            if since is not None:
+                try:
+                    listed = await _calls_since(settings, session, since)
+                except CallListError as exc:
+                    report.list_error = str(exc)
+                    return report
+                wanted = list(dict.fromkeys([*wanted, *listed]))
+            shown.calls_found(len(wanted))
+            for call in wanted:
                 shown.call_started(call)
                 outcome = await _backfill_call(settings, session, pipeline, call, shown)
                 report.calls.append(outcome)
@@ -150,6 +175,34 @@ async def _backfill_call(
     return outcome
 
 
+async def _calls_since(
+    settings: Settings, session: aiohttp.ClientSession, since: float
+) -> list[str]:
+    """The calls started since `since`, from the call list (newest first, paged with `before`)."""
+    path = settings.sse.call_list_path
+    if path is None:
+        raise CallListError("no call list is configured (BRIDGE_SSE__CALL_LIST_PATH is empty)")
+    api = settings.pinecall
+    for attempt in range(1, PAGE_ATTEMPTS + 1):
+        try:
+            rows = await list_calls(
+                session,
+                api.api_url + path,
+                api_headers(api, "application/json"),
+                oldest=since,
+                timeout_seconds=api.request_timeout_seconds,
+                max_pages=SINCE_MAX_PAGES,
+            )
+        except CallListError as exc:
+            if exc.unsupported or not exc.retriable or attempt == PAGE_ATTEMPTS:
+                raise
+            log.warning("call list failed; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+        else:
+            return started_since(rows, since)
+    raise AssertionError("unreachable")
+
+
 async def _submit(pipeline: Pipeline, entries: list[object]) -> BatchResult:
     result = BatchResult()
     for attempt in range(1, SUBMIT_ATTEMPTS + 1):
@@ -173,10 +226,13 @@ def _add(total: BatchResult, part: BatchResult) -> None:
 class BarProgress:
     """A rich progress bar: one bar over the calls, entries counted as they are submitted."""
 
-    def __init__(self, bar: RichProgress, calls: int) -> None:
+    def __init__(self, bar: RichProgress, calls: int | None) -> None:
         self._bar = bar
         self._task = bar.add_task("calls", total=calls, entries=0)
         self._entries = 0
+
+    def calls_found(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
 
     def call_started(self, call: str) -> None:
         self._bar.update(self._task, description=call)
@@ -189,7 +245,9 @@ class BarProgress:
         self._bar.advance(self._task)
 
 
-def run_backfill(settings: Settings, calls: Sequence[str], console: Console) -> int:
+def run_backfill(
+    settings: Settings, calls: Sequence[str], console: Console, *, since: float | None = None
+) -> int:
     """The command: backfill with a progress bar, print what became of each call; 1 on errors."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -200,9 +258,12 @@ def run_backfill(settings: Settings, calls: Sequence[str], console: Console) -> 
         TextColumn("calls, {task.fields[entries]} entries submitted"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
+        total = len(set(calls)) if since is None else None  # known once the list is read
         report = asyncio.run(
-            backfill_calls(settings, calls, progress=BarProgress(bar, len(set(calls))))
+            backfill_calls(settings, calls, since=since, progress=BarProgress(bar, total))
         )
+    if report.list_error is not None:
+        console.print(f"[red]the call list[/]: {report.list_error}", highlight=False)
     for outcome in report.calls:
         state = "live" if outcome.live else "sealed"
         if outcome.error is not None:

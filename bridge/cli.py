@@ -58,7 +58,8 @@ def _check(_: argparse.Namespace) -> int:
     print(
         f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"
         f" frames up to {settings.websocket.max_frame_bytes} fit in Kafka records of up to"
-        f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)"
+        f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)",
+        file=sys.stderr,  # stdout is the settings as JSON, for tools
     )
     return 0
 
@@ -170,7 +171,16 @@ def _backfill(args: argparse.Namespace) -> int:
     from bridge.backfill import run_backfill
 
     logsetup.configure(settings.log.level, settings.log.format)
-    return run_backfill(settings, args.call, Console())
+    return run_backfill(settings, args.call or [], Console(), since=args.since)
+
+
+def _since(text: str) -> float:
+    from bridge.timespec import parse_since
+
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -249,8 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill",
         help="publish calls' stored event logs again (idempotent: the dedup drops repeats)",
     )
-    backfill.add_argument(
-        "--call", action="append", required=True, help="a call id, e.g. CA_8f4a2c (repeatable)"
+    which = backfill.add_mutually_exclusive_group(required=True)
+    which.add_argument("--call", action="append", help="a call id, e.g. CA_8f4a2c (repeatable)")
+    which.add_argument(
+        "--since",
+        type=_since,
+        help="every call the call list shows started since then: epoch seconds, an ISO-8601"
+        " time (UTC unless it says) or a span back from now (30m, 2h, 7d)",
     )
     backfill.set_defaults(func=_backfill)
 

@@ -245,10 +245,13 @@ class Pipeline:
         error = delivery.exception()
         if error is not None:
             if too_large(error):
-                # The broker's limit is below what was learned at start: a final answer too.
-                self._refuse(channel, result)
-            else:
-                self._fail("error", result)
+                # The topic's limit was lowered below what was learned at start. Not a final
+                # answer: the broker refuses the whole batch, small records included.
+                log.error(
+                    "the broker refused a record for its size: the ingest topic's"
+                    " max.message.bytes was lowered while running; restart the bridge"
+                )
+            self._fail("error", result)
             return
         self._sink.mark_reachable()
         self._metrics.ingested_by(channel).inc()

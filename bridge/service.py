@@ -2,7 +2,8 @@
 
 Every process runs the same two stages: the ingest stage (sources → the ingest topic) and the
 dedup stage (the ingest topic → output topics, in transactions). One replica or six, the path is
-the same; the WebSocket feed runs only where this process holds the feed lease.
+the same; the WebSocket feed runs only where this process holds the feed lease, and the call-log
+source follows the calls of the ingest partitions this process's dedup stage owns.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Bridge:
                 self.pipeline,
                 self.metrics,
                 dedup_ttl_seconds=settings.dedup.ttl_seconds,
+                supervisor=self.supervisor,
             )
             if settings.sse.enabled
             else None

@@ -182,7 +182,7 @@ async def read_output(bootstrap: str, topics: Topics, checks: list[Check]) -> li
     """
     try:
         await until_decided(bootstrap, topics, within=DECIDE_SECONDS)
-        checks.append(Check("the dedup stage decided every ingest record", True))
+        checks.append(Check("the dedup stage decided every ingest record", True, "backlog 0"))
     except AssertionError as stuck:
         checks.append(Check("the dedup stage decided every ingest record", False, str(stuck)))
     records = await read_to_end(bootstrap, [topics.events, topics.alerts, topics.dlq], within=120)
@@ -216,20 +216,27 @@ async def webhook_counts(
 
 
 def retry_after_check(load: WebhookLoad, fault_at: float) -> Check:
-    """Every 503 said when to retry, and came within the publish timeout (plus 2 s slack)."""
+    """Every 503 said when to retry, and came within the publish timeout (plus 2 s slack).
+
+    Measured at the client, less the time the harness's own event loop ran late during the
+    request (a busy shared machine); the raw figures are reported too.
+    """
     unavailable = [a for a in load.attempts if a.status == 503]
     bare = [a for a in unavailable if not a.retry_after]
-    slow = [a for a in unavailable if a.elapsed > PUBLISH_TIMEOUT + 2]
+    limit = PUBLISH_TIMEOUT + 2
+    slow_raw = [a for a in unavailable if a.elapsed > limit]
+    slow = [a for a in slow_raw if a.elapsed - load.own_delay(a) > limit]
     slowest = max((a.elapsed for a in unavailable), default=0.0)
+    slowest_own = max((a.elapsed - load.own_delay(a) for a in unavailable), default=0.0)
     when = ""
     if slow:
         offsets = [a.started - fault_at for a in slow]
-        when = f", sent {min(offsets):+.0f}s to {max(offsets):+.0f}s after the fault began"
+        when = f" (sent {min(offsets):+.0f}s to {max(offsets):+.0f}s after the fault began)"
     return Check(
         "503 carries Retry-After within the publish timeout",
         not bare and not slow,
-        f"{len(unavailable)} 503s, {len(bare)} without Retry-After, {len(slow)} slower than"
-        f" {PUBLISH_TIMEOUT + 2:.0f}s (publish timeout {PUBLISH_TIMEOUT:.0f}s + 2s){when};"
-        f" slowest {slowest:.1f}s; the harness's own event loop lagged up to"
-        f" {load.max_loop_lag:.1f}s",
+        f"{len(unavailable)} 503s, {len(bare)} without Retry-After; {len(slow)} slower than"
+        f" {limit:.0f}s (publish timeout {PUBLISH_TIMEOUT:.0f}s + 2s){when}, slowest"
+        f" {slowest_own:.1f}s, less the harness's own loop delay; raw: {len(slow_raw)} slower,"
+        f" slowest {slowest:.1f}s, harness loop up to {load.max_loop_lag:.1f}s late",
     )

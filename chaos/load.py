@@ -48,6 +48,7 @@ class WebhookLoad:
     abandoned: list[str] = field(default_factory=list)
     # The harness's own event-loop lag: an answer's measured time includes it.
     max_loop_lag: float = 0.0
+    lags: list[tuple[float, float]] = field(default_factory=list)  # (woke at, late by), > 50 ms
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -78,7 +79,20 @@ class WebhookLoad:
         while True:
             before = time.monotonic()
             await asyncio.sleep(every)
-            self.max_loop_lag = max(self.max_loop_lag, time.monotonic() - before - every)
+            woke = time.monotonic()
+            late = woke - before - every
+            self.max_loop_lag = max(self.max_loop_lag, late)
+            if late > 0.05:
+                self.lags.append((woke, late))
+
+    def own_delay(self, attempt: Attempt) -> float:
+        """How late the harness's loop ran during the attempt: part of its measured time."""
+        end = attempt.started + attempt.elapsed
+        return sum(
+            min(late, woke - attempt.started)
+            for woke, late in self.lags
+            if attempt.started < woke <= end + 0.1
+        )
 
     async def _call(
         self, session: aiohttp.ClientSession, call: str, indices: list[int], t0: float

@@ -94,7 +94,7 @@ async def exchange(
 
 
 def parse_response(received: bytes) -> RawResponse | None:
-    """The first response in `received`, or None when it holds no complete head."""
+    """The first final response in `received` (after any 100 Continue), or None if it has none."""
     head, separator, rest = received.partition(b"\r\n\r\n")
     if not separator:
         return None
@@ -102,6 +102,8 @@ def parse_response(received: bytes) -> RawResponse | None:
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         return None
+    if 100 <= int(parts[1]) < 200:  # interim: the final response follows
+        return parse_response(rest)
     headers: dict[str, str] = {}
     for line in header_lines:
         name, _, value = line.partition(":")

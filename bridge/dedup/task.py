@@ -32,7 +32,7 @@ from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
-from bridge.sink.kafka import partition_for
+from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import (
     KAFKA_DEFAULT_MAX_REQUEST_BYTES,
     TopicLimits,
@@ -64,6 +64,7 @@ class _Transaction:
     published: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     timings: list[tuple[float, float | None]] = field(default_factory=list)
+    too_large: int = 0  # output records skipped: their topic cannot take them
 
 
 def transactional_id(group: str, partition: int) -> str:
@@ -123,6 +124,7 @@ class PartitionTask:
             max_request_size=self._limits.default,
         )
         try:
+            await self._relearn_limits()
             await producer.start()  # InitProducerId: the fence
             offset = await committed(self.tp)
             if offset is None:
@@ -152,6 +154,23 @@ class PartitionTask:
                 "restore_s": round(elapsed, 3),
             },
         )
+
+    async def _relearn_limits(self) -> None:
+        stale = self._limits.take_stale()
+        if not stale:
+            return
+        try:
+            found = await max_message_bytes(self._client, stale)
+        except BaseException:
+            for topic in stale:
+                self._limits.mark_stale(topic)
+            raise
+        for topic, limit in found.items():
+            self._limits.learn(topic, limit)
+            log.warning(
+                "an output topic's max.message.bytes read again after a size refusal",
+                extra={"topic": topic, "max_message_bytes": limit},
+            )
 
     async def _beginning(self) -> int:
         consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
@@ -199,7 +218,7 @@ class PartitionTask:
             if size > self._limits.limit(out.topic):
                 # Its output topic takes smaller records than the ingest topic did: sending it
                 # would fail the transaction at every retry and stall the partition for good.
-                self._metrics.dropped.labels("too_large").inc()
+                txn.too_large += 1
                 log.error(
                     "output record too large for its topic; skipped (it stays in the ingest topic)",
                     extra={
@@ -246,6 +265,8 @@ class PartitionTask:
             m.published_by(topic).inc(n)
         for channel, n in txn.duplicates.items():
             m.duplicates_by(channel).inc(n)
+        if txn.too_large:
+            m.dropped.labels("too_large").inc(txn.too_large)
         now = time.time()
         for received_at, event_time in txn.timings:
             m.end_to_end.observe(max(now - received_at, 0.0))
@@ -294,9 +315,9 @@ class PartitionTask:
         if self._send_error is None:
             self._send_error = error
         if too_large(error):
-            # The topic's limit is lower than learned (changed since): with the limit lowered,
-            # the partition's restart skips this record instead of failing on it again.
-            self._limits.learn(topic, size - 1)
+            # The topic's limit is lower than learned (changed since): the partition's restart
+            # reads it again, and skips this record instead of failing on it again.
+            self._limits.mark_stale(topic)
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -168,6 +168,7 @@ class EventStreams:
         if cursor is None:
             return _bad_request("after must be a non-negative integer")
         if found.sealed and cursor >= found.last_seq:
+            self._stats.sealed_answers += 1
             return web.Response(status=204)
         if SSE in request.headers.get("Accept", ""):
             return await self._stream_log(request, found, cursor)

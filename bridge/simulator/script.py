@@ -63,7 +63,8 @@ def generate_calls(seed: int, count: int) -> list[CallScript]:
 
 
 def generate_call(rng: random.Random) -> CallScript:
-    """call.started, a few turns (with interim transcripts), call.ended, recording, transcript."""
+    """call.started, a few turns (with interim transcripts), call.ended, recording, transcript,
+    and `call.score`, the last line of every call log on the platform (it seals the log)."""
     call = f"CA_{rng.getrandbits(64):016x}"
     agent = rng.choice(AGENTS)
     topic = rng.choice(TOPICS)
@@ -96,6 +97,9 @@ def generate_call(rng: random.Random) -> CallScript:
     ]
     summary = f"The caller wanted to {topic[0]}; {len(turns)} turns."
     kinds.append(("transcription.completed", {"summary": summary, "transcript": transcript}, False))
+    # pinecall-runtime's CallScore for an agent without judges; no draw, so seeds keep their calls.
+    score = {"passed": None, "not_judged": "no judges", "judges": [], "judge_calls": 0}
+    kinds.append(("call.score", score, False))
     steps = tuple(
         Step(seq, kind, data, ephemeral)
         for seq, (kind, data, ephemeral) in enumerate(kinds, start=1)

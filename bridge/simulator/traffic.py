@@ -143,9 +143,7 @@ class Traffic:
             # Even a zero wait yields, so that concurrent calls interleave at full speed.
             await asyncio.sleep(self._pacer.delay(time.monotonic()))
             self._emit(script, step, rng, lane)
-        if self.spec.sse:
-            # The platform seals a log at call.score; these scripts end on their last step.
-            self._calllogs.seal(script.call)
+        # A call log seals itself at its last step, `call.score`, as the platform's does.
         await lane.finish()
 
     def _emit(self, script: CallScript, step: Step, rng: random.Random, lane: _FrameLane) -> None:

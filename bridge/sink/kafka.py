@@ -96,7 +96,36 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-__all__ = ["KafkaSink", "Record", "TopicSpec", "client_options", "partition_for"]
+__all__ = [
+    "KafkaSink",
+    "Record",
+    "TopicSpec",
+    "client_options",
+    "max_message_bytes",
+    "partition_for",
+]
+
+
+async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await admin.start()
+        responses = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
+                for name in names
+            ]
+        )
+    finally:
+        await admin.close()
+    found: dict[str, int] = {}
+    for response in responses:
+        for error_code, _, _, name, entries, *_ in response.resources:
+            values = [value for key, value, *_ in entries if key == "max.message.bytes"]
+            if not error_code and values:
+                found[name] = int(values[0])
+    return found
 
 
 class KafkaSink:
@@ -221,48 +250,34 @@ class KafkaSink:
         Without the right to describe them (an ACL), the configured limit is assumed: the
         topics must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES, as the README says.
         """
-        admin = AIOKafkaAdminClient(**client_options(self._settings))
         try:
-            await admin.start()
-            responses = await admin.describe_configs(
-                [
-                    ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
-                    for name in names
-                ]
-            )
+            found = await max_message_bytes(client_options(self._settings), names)
         except KafkaError as exc:
             log.warning(
                 "could not read the topics' max.message.bytes; assuming max_request_bytes",
                 extra={"error": type(exc).__name__},
             )
             return
-        finally:
-            await admin.close()
         s = self._settings
-        for response in responses:
-            for error_code, _, _, name, entries, *_ in response.resources:
-                values = [value for key, value, *_ in entries if key == "max.message.bytes"]
-                if error_code or not values:
-                    continue
-                limit = int(values[0])
-                self.limits.learn(name, limit)
-                if limit < s.max_batch_bytes:
-                    # A batch of small records could exceed it, and the broker would refuse them
-                    # all: set the topic's max.message.bytes to at least max_request_bytes.
-                    log.error(
-                        "a topic takes smaller records than the producer batches",
-                        extra={
-                            "topic": name,
-                            "max_message_bytes": limit,
-                            "max_batch_bytes": s.max_batch_bytes,
-                        },
-                    )
-                elif limit < s.max_request_bytes:
-                    log.warning(
-                        "a topic takes smaller records than max_request_bytes; larger ones are"
-                        " dead-lettered or refused",
-                        extra={"topic": name, "max_message_bytes": limit},
-                    )
+        for name, limit in found.items():
+            self.limits.learn(name, limit)
+            if limit < s.max_batch_bytes:
+                # A batch of small records could exceed it, and the broker would refuse them
+                # all: set the topic's max.message.bytes to at least max_request_bytes.
+                log.error(
+                    "a topic takes smaller records than the producer batches",
+                    extra={
+                        "topic": name,
+                        "max_message_bytes": limit,
+                        "max_batch_bytes": s.max_batch_bytes,
+                    },
+                )
+            elif limit < s.max_request_bytes:
+                log.warning(
+                    "a topic takes smaller records than max_request_bytes; larger ones are"
+                    " dead-lettered or refused",
+                    extra={"topic": name, "max_message_bytes": limit},
+                )
 
     async def warm(self, names: list[str]) -> None:
         """Fetch the topics' metadata now, so the first event does not wait for it."""

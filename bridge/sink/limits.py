@@ -37,10 +37,22 @@ class TopicLimits:
     def __init__(self, max_request_bytes: int) -> None:
         self.default = max_request_bytes
         self._topics: dict[str, int] = {}
+        self._stale: set[str] = set()
 
     def learn(self, topic: str, max_message_bytes: int) -> None:
         """The topic's max.message.bytes, as the cluster reports it."""
         self._topics[topic] = min(max_message_bytes, self.default)
+
+    def mark_stale(self, topic: str) -> None:
+        """The broker refused a record of the topic for its size: its limit must be read again.
+
+        Not guessed from the record: a whole batch is refused with it, small records included.
+        """
+        self._stale.add(topic)
+
+    def take_stale(self) -> list[str]:
+        stale, self._stale = sorted(self._stale), set()
+        return stale
 
     def limit(self, topic: str) -> int:
         return self._topics.get(topic, self.default)

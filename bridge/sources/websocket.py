@@ -295,8 +295,6 @@ class WebSocketSource:
 
     async def _read(self, ws: ClientConnection) -> DisconnectReason:
         async for message in ws:
-            while self._held >= 1000:  # REVERTED FIX (test run only)
-                await asyncio.sleep(0.01)
             self._take(message)
         # The server closed cleanly (or a refresh closed it); async-for ends without raising.
         code = ws.close_code or 1000

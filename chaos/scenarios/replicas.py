@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections import Counter
 
+from chaos.checker import TRANSPORT_ERROR
 from chaos.harness import Check, Context, Outcome, pids, stop_all, webhook_counts
 from chaos.load import WebhookLoad
 from chaos.proxy import TcpProxy
@@ -31,21 +34,29 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
             salt=random.getrandbits(32),
         )
         exits: dict[str, int] = {}
+        phases: list[tuple[str, float]] = [("steady", time.monotonic())]
         try:
             async with PeakRss(lambda: pids(fleet)) as rss:
                 flowing = asyncio.create_task(load.run())
                 await asyncio.sleep(steady)
+                phases.append(("SIGTERM r0 and its restart", time.monotonic()))
                 exits["SIGTERM r0"] = await fleet[0].stop()
                 await fleet[0].start()
+                phases.append(("steady", time.monotonic()))
                 await asyncio.sleep(steady)
+                phases.append(("SIGKILL r1 and its restart", time.monotonic()))
                 fleet[1].kill()
                 await asyncio.sleep(2)
                 await fleet[1].start()
+                phases.append(("steady", time.monotonic()))
                 await asyncio.sleep(steady)
-                for n, replica in enumerate(fleet if rolling else []):  # the rolling restart
-                    exits[f"rolling r{n}"] = await replica.stop()
-                    await replica.start()
-                    await asyncio.sleep(ctx.seconds(3))
+                if rolling:
+                    phases.append(("rolling restart", time.monotonic()))
+                    for n, replica in enumerate(fleet):
+                        exits[f"rolling r{n}"] = await replica.stop()
+                        await replica.start()
+                        await asyncio.sleep(ctx.seconds(3))
+                    phases.append(("steady", time.monotonic()))
                 await asyncio.sleep(steady)
                 load.stop()
                 await flowing
@@ -55,6 +66,11 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
             await balancer.stop()
             await stop_all(fleet)
     retried = sum(1 for statuses in load.answers.values() if len(statuses) > 1)
+    failed_by_phase: Counter[str] = Counter()
+    for attempt in load.attempts:
+        if attempt.status == TRANSPORT_ERROR or attempt.status >= 500:
+            phase = [name for name, start in phases if start <= attempt.started]
+            failed_by_phase[phase[-1] if phase else "steady"] += 1
     checks = [
         *decided,
         Check(
@@ -74,6 +90,8 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
         checks,
         [
             f"{counts.transport_errors} requests failed at the transport level and {retried}"
-            " events were retried by the client (as Pinecall does)"
+            " events were retried by the client (as Pinecall does)",
+            "failed attempts (no answer or 5xx) by phase: "
+            + (", ".join(f"{k}: {v}" for k, v in failed_by_phase.items()) or "none"),
         ],
     )

@@ -70,11 +70,12 @@ class Replica:
                 [str(COMMAND), "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
 
-    def rss_bytes(self) -> int:
-        """The process's resident set size now, from /proc (Linux)."""
+    def rss_bytes(self, *, peak: bool = False) -> int:
+        """The process's resident set size now, or its peak so far, from /proc (Linux)."""
         assert self.process is not None
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        key = "VmHWM:" if peak else "VmRSS:"
+        line = next(line for line in status.splitlines() if line.startswith(key))
         return int(line.split()[1]) * 1024
 
     def kill(self) -> None:

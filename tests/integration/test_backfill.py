@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from bridge.backfill import backfill_calls, run_backfill
 from bridge.simulator import Simulator
+from bridge.sources.calllog import calllist
 from tests.integration.conftest import (
     Topics,
     bridge_settings,
@@ -82,3 +84,53 @@ async def test_an_unknown_call_is_reported_and_the_others_still_land(
     assert not result.ok
     published = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert {record.json()["id"] for record in published} == simulator.ledger.expected_ids()
+
+
+async def test_since_backfills_the_calls_the_call_list_shows_started_since_then(
+    simulator: Simulator,
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await simulator.run_traffic(calls=3, channel="sse", seed=2020)
+    since = time.time()
+    newer = await simulator.run_traffic(calls=3, channel="sse", seed=2021)
+    started = {r["call"]: r["entry"]["ts"] for r in newer.records if r["type"] == "call.started"}
+    expected = {f"{r['call']}:{r['seq']}" for r in newer.records if r["durable"]}
+    # Two calls a page: the list is read across pages with `before=`, and stops at an older call.
+    monkeypatch.setattr(calllist, "PAGE_LIMIT", 2)
+    await start_bridge()
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "sim-api-key"}
+    )
+
+    first = await backfill_calls(settings, [], since=since)
+    assert first.ok
+    assert [outcome.call for outcome in first.calls] == sorted(started, key=started.__getitem__)
+    published = await read_decided(kafka_bootstrap, topics, [topics.events])
+    counts = Counter(record.json()["id"] for record in published)
+    assert set(counts) == expected, "the calls started before --since are left alone"
+    assert max(counts.values()) == 1
+
+    out = io.StringIO()
+    code = await asyncio.to_thread(
+        run_backfill, settings, [], Console(file=out, width=120), since=since
+    )
+    assert code == 0, out.getvalue()
+    assert f"{len(expected)} entries from 3 calls" in out.getvalue()
+    again = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert len(again) == len(published), "a second backfill published nothing new"
+
+
+async def test_since_without_a_readable_call_list_fails_clearly(
+    simulator: Simulator, kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    await start_bridge()
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "wrong-key"}
+    )
+    report = await backfill_calls(settings, [], since=time.time() - 60)
+    assert not report.ok
+    assert report.calls == []
+    assert "401" in (report.list_error or "")

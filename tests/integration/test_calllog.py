@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge import jsoncodec
 from bridge.simulator import Simulator
 from bridge.simulator.config import SimulatorConfig
 from bridge.sources.calllog.roster import partition_of
 from tests.integration.conftest import (
+    SECRET,
     Consumed,
     RunningBridge,
     Topics,
@@ -323,3 +326,91 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
         records = await read_decided(kafka_bootstrap, topics, [topics.events])
         assert_exactly_once_in_order(calls, records)
         assert sample("pinecall_bridge_sse_calls_queued") == 0
+
+
+async def test_a_graceful_restart_resumes_live_calls_where_they_were(
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(13)
+    async with Simulator(sim_config()) as sim:
+        sections = {"pinecall": {"api_url": sim.url, "api_key": API_KEY}, "sse": FAST_SSE}
+        first: RunningBridge = await start_bridge(**sections)
+        await owns_all(first)
+        async with asyncio.timeout(20):
+            await sim.calllogs.wait_for_feed_readers(1)
+        calls = Calls(sim, "CA_restart")
+        names = calls.open(10)
+        await play(calls, names, 5, rng)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
+        published = {call: calls.durable[call][-1] for call in names}
+        await first.bridge.stop()  # followers stop after what is in flight is acknowledged
+        await play(calls, names, 5, rng)  # written while no bridge runs
+        caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+        second: RunningBridge = await start_bridge(**sections)
+        await owns_all(second)
+        for call in names:
+            calls.end(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        assert_exactly_once_in_order(calls, records)
+        resumed = {
+            r.__dict__["call"]: r.__dict__["after"]
+            for r in caplog.records
+            if r.getMessage() == "following call log"
+        }
+        assert set(resumed) == set(names)
+        # From the last published entry (ephemerals after it are not published), not the start.
+        assert all(resumed[call] == published[call] for call in names), (resumed, published)
+
+
+async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    async with Simulator(sim_config(retry_base=0.1)) as sim:
+        handle: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY},
+            sse=FAST_SSE,
+            websocket={
+                "enabled": True,
+                "url": sim.ws_url,
+                "backoff_initial_seconds": 0.05,
+                "backoff_max_seconds": 0.5,
+            },
+        )
+        await owns_all(handle)
+        sim.register_webhook(handle.url + handle.bridge.settings.webhook.path, secret=SECRET)
+        async with asyncio.timeout(20):
+            await sim.wait_for_subscribers(1)
+            await sim.calllogs.wait_for_feed_readers(1)
+        report = await sim.run_traffic(
+            calls=20, concurrency=10, channel="all", duplicates=0.1, seed=20261201
+        )
+        expected = sim.ledger.expected_ids()
+        assert {tuple(r["channels"]) for r in report.records} == {("webhook", "websocket", "sse")}
+        await consume_until(kafka_bootstrap, [topics.events], has(len(expected)), within=90)
+        sample = handle.bridge.metrics.registry.get_sample_value
+
+        async def all_ended() -> bool:
+            return sample("pinecall_bridge_sse_calls_followed") == 0
+
+        await until(all_ended, "every call log followed to its end")
+        records = await read_decided(
+            kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
+        )
+        ingested = {
+            channel: sample("pinecall_bridge_events_ingested_total", {"channel": channel}) or 0
+            for channel in ("webhook", "websocket", "sse")
+        }
+
+    assert [r.topic for r in records if r.topic != topics.events] == []
+    counts = Counter(r.json()["id"] for r in records)
+    assert set(counts) == expected
+    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:5]
+    # Each channel carried every durable entry to the ingest topic; the dedup kept one of each.
+    assert all(n >= len(expected) for n in ingested.values()), (ingested, len(expected))
+    # Every follower ended at its log's last line, `call.score`, not at a 204 after a reconnect.
+    assert sim.stats.sse_entries_streamed >= len(expected)
+    assert sim.stats.sealed_answers == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import TopicSettings
+from bridge.config import DedupSettings, TopicSettings
 from tests.schema.contract import DOCUMENT
 
 VALIDATE = Path(__file__).resolve().parents[2] / "tools" / "asyncapi" / "validate.sh"
@@ -122,6 +122,8 @@ def test_every_topic_the_bridge_writes_is_a_channel() -> None:
             assert channel["bindings"]["kafka"]["topic"] == channel["address"]
     kafka = {n: c["bindings"]["kafka"] for n, c in channels.items() if "bindings" in c}
     assert kafka["ingest"]["partitions"] == defaults.ingest_partitions
+    retention = kafka["ingest"]["topicConfiguration"]["retention.ms"]
+    assert retention == DedupSettings().ingest_retention_ms()
     assert kafka["feedLease"]["partitions"] == 1
     assert kafka["events"]["partitions"] == defaults.partitions
     # The exactly-once stage reads the ingest topic read_committed, as its group.

@@ -1,6 +1,7 @@
 import hashlib
 import hmac
 import shlex
+import time
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_check_accepts_limits_that_fit_and_prints_them(
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", str(2097152 - 65536))
     monkeypatch.setenv("BRIDGE_WEBSOCKET__MAX_FRAME_BYTES", str(2097152 - 65536))
     assert main(["check"]) == 0
-    assert "fit in Kafka records of up to 2097152 bytes" in capsys.readouterr().out
+    assert "fit in Kafka records of up to 2097152 bytes" in capsys.readouterr().err
 
 
 def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +121,20 @@ def test_backfill_takes_one_or_more_calls(capsys: pytest.CaptureFixture[str]) ->
         main(["backfill"])
     assert exited.value.code == 2
     assert "--call" in capsys.readouterr().err
+
+
+def test_backfill_since_takes_a_time_or_a_span(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import build_parser
+
+    before = time.time()
+    args = build_parser().parse_args(["backfill", "--since", "2h"])
+    assert args.call is None
+    assert before - 7_200 <= args.since <= time.time() - 7_200
+    assert build_parser().parse_args(["backfill", "--since", "1764590400"]).since == 1764590400.0
+    for wrong in (["--since", "yesterday"], ["--since", "2h", "--call", "CA_1"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["backfill", *wrong])
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "'yesterday' is not epoch seconds" in err
+    assert "not allowed with argument" in err

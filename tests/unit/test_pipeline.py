@@ -439,7 +439,8 @@ async def test_too_large_even_as_a_dead_letter_is_refused_for_good() -> None:
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
 
 
-async def test_a_size_refusal_by_the_broker_is_final_too() -> None:
+async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
+    # The broker refuses a whole batch for one record: the small ones must not get a final no.
     sink = FakeSink(auto_ack=False)
     pipeline, _ = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
@@ -447,7 +448,7 @@ async def test_a_size_refusal_by_the_broker_is_final_too() -> None:
     [delivery] = sink.futures
     delivery.set_exception(MessageSizeTooLargeError())
     result = await task
-    assert (result.ok, result.refused) == (True, 1)
+    assert (result.ok, result.failed, result.refused) == (False, 1, 0)
 
 
 def test_the_size_check_is_kafkas_own_estimate() -> None:

@@ -110,3 +110,17 @@ async def test_cancellation_is_not_a_crash() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert crashes(metrics, "forever") == 0
+
+
+async def test_the_bridge_escalates_a_task_crashing_too_often_to_a_non_zero_exit() -> None:
+    from bridge.config import load_settings
+    from bridge.service import Bridge
+
+    bridge = Bridge(load_settings(webhook={"allow_unsigned": True}))
+
+    async def broken() -> None:
+        raise RuntimeError("always")
+
+    bridge.supervisor._first_delay = 0.001
+    await asyncio.wait_for(bridge.supervisor.spawn("broken", broken), 10)
+    assert bridge.crashed.is_set()  # serve() then stops the bridge and exits with status 1

@@ -2,7 +2,7 @@
 
 Pages come newest first (`{calls, total, next}`, `next` = the call id to pass as `before`); the
 list has no `since` filter, so reading stops at the first call older than the lookback. The parser
-is pure; `live_calls` is the thin aiohttp shell.
+is pure; `list_calls` is the thin aiohttp shell.
 """
 
 from __future__ import annotations
@@ -34,11 +34,15 @@ class CallPage:
 
 
 class CallListError(Exception):
-    """The list could not be read; `unsupported` when the platform has no such endpoint."""
+    """The list could not be read; `unsupported` when the platform has no such endpoint.
 
-    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+    Not `retriable` when the platform refused the request itself (a bad key, a missing scope).
+    """
+
+    def __init__(self, message: str, *, unsupported: bool = False, retriable: bool = True) -> None:
         super().__init__(message)
         self.unsupported = unsupported
+        self.retriable = retriable
 
 
 def parse_call_page(body: bytes) -> CallPage:
@@ -75,6 +79,13 @@ def page_is_last(page: CallPage, oldest: float) -> bool:
     return bool(started) and min(started) < oldest
 
 
+def started_since(rows: list[CallRow], since: float) -> list[str]:
+    """The calls that started at or after `since`, oldest first, each once (a backfill's order)."""
+    found = [row for row in rows if row.started_at is not None and row.started_at >= since]
+    found.sort(key=lambda row: (row.started_at, row.call))
+    return list(dict.fromkeys(row.call for row in found))
+
+
 def wanted(row: CallRow, ended_after: float) -> bool:
     """Live, or ended so recently that its end would be in the dedup window had it been read.
 
@@ -93,11 +104,12 @@ async def list_calls(
     *,
     oldest: float,
     timeout_seconds: float,
+    max_pages: int = MAX_PAGES,
 ) -> list[CallRow]:
     """The calls the list shows, newest first, down to the first started before `oldest`."""
     found: list[CallRow] = []
     before: str | None = None
-    for _ in range(MAX_PAGES):
+    for _ in range(max_pages):
         params = {"limit": str(PAGE_LIMIT)}
         if before is not None:
             params["before"] = before
@@ -115,7 +127,8 @@ async def list_calls(
         if status in (404, 405):
             raise CallListError(f"no call list here ({status})", unsupported=True)
         if status != 200:
-            raise CallListError(f"the call list answered {status}")
+            retriable = status == 429 or status >= 500
+            raise CallListError(f"the call list answered {status}", retriable=retriable)
         page = parse_call_page(body)
         found.extend(page.calls)
         if page_is_last(page, oldest):

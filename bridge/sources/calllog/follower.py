@@ -178,7 +178,10 @@ class Follower:
                 elif isinstance(step, Fill):
                     await self._publish(batch, times, last)
                     batch, times, last = [], [], None
-                    await self._fill(step)
+                    # What was just acknowledged before the gap need not be read again.
+                    first = max(step.first, state.acked + 1)
+                    if first <= step.last:
+                        await self._fill(Fill(first, step.last))
                 elif isinstance(step, Nothing) and step.garbage:
                     rejected.labels("sse", "invalid_json").inc()
                     log.warning("call log event is not JSON; skipped", extra=self._ctx())

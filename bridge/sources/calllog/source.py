@@ -28,6 +28,7 @@ from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.orgfeed import OrgFeed
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
+from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 _STOP_GRACE = 5.0
@@ -46,8 +47,10 @@ class CallLogSource:
         metrics: Metrics,
         *,
         dedup_ttl_seconds: float,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
+        self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._ttl = dedup_ttl_seconds
         self._api = api
         self._kafka = kafka
@@ -69,6 +72,8 @@ class CallLogSource:
         if self._session is not None:
             return
         partitions = len(await topic_partitions(self._kafka, [self._ingest]))
+        if not partitions:  # the start-up loop retries: the topic may be being created
+            raise RuntimeError(f"the ingest topic {self._ingest} has no partitions yet")
         self.roster = Roster(partitions, self._settings.max_calls)
         self._session = aiohttp.ClientSession()
         m = self._metrics
@@ -84,7 +89,7 @@ class CallLogSource:
         feed = OrgFeed(
             self._session, self._api, self._settings, m, self.announce, self._schedule_sweep
         )
-        self._feed = asyncio.create_task(feed.run(), name="sse-org-feed")
+        self._feed = self._supervisor.spawn("sse-org-feed", feed.run)
         log.info("call-log source started", extra={"ingest_partitions": partitions})
 
     async def stop(self, deadline: float) -> None:

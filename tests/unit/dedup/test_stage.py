@@ -48,3 +48,28 @@ async def test_an_unexpected_error_loses_one_partition_instead_of_killing_the_st
     task, metrics = await run_step(ValueError("a bug"))
     assert task.discarded
     assert lost(metrics, "error") == 1
+
+
+class Listener:
+    """Records what the stage tells the call-log source."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+
+    def partition_owned(self, partition: int, progress: object) -> None:
+        self.told.append(("owned", partition))
+
+    def partitions_assigned(self, partitions: set[int]) -> None:
+        self.told.append(("assigned", partitions))
+
+    def partition_lost(self, partition: int) -> None:
+        self.told.append(("lost", partition))
+
+
+async def test_the_listener_hears_of_assignments_and_losses() -> None:
+    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics())
+    listener = Listener()
+    stage.listener = listener
+    await stage.assigned({TopicPartition("ingest", 1), TopicPartition("ingest", 3)})
+    await stage._step(cast(PartitionTask, FakeTask()), failing(PartitionLostError("timeout")))
+    assert listener.told == [("assigned", {1, 3}), ("lost", 4)]

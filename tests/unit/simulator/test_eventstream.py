@@ -132,6 +132,7 @@ async def test_pages_hold_stored_entries_only_and_a_sealed_log_read_to_the_end_i
         async with client.get(f"{events_url(sim)}?after=5", headers={**AUTH, **headers}) as answer:
             assert answer.status == 204
     assert sim.stats.log_pages_served == 4
+    assert sim.stats.sealed_answers == 2
 
 
 async def test_the_bridge_page_client_reads_a_whole_log(
@@ -189,7 +190,7 @@ async def test_a_sealed_call_read_from_the_middle_ends_after_the_replay(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
     write(sim, entry(1), entry(2))
-    sim.calllogs.seal(CALL)  # sealed without call.score, as the simulator's scripts end
+    sim.calllogs.seal(CALL)  # sealed without call.score (a log whose writer went away)
     async with stream(client, events_url(sim), {"Last-Event-ID": "1"}) as sse:
         rest = [item for item in await sse.rest() if isinstance(item, Event)]
     assert [(jsoncodec.loads(item.data)["seq"], item.type) for item in rest] == [
@@ -431,10 +432,13 @@ async def test_traffic_waits_for_org_feed_readers(
     assert sim.stats.events_generated == 0
     async with stream(client, sim.url + "/v1/events") as feed:
         await run
-        got = await feed.events(4)
+        got = await feed.events(6)
     assert sorted(item["type"] for item in got) == [
         "call.ended",
         "call.ended",
+        "call.score",  # the feed carries it without its data
+        "call.score",
         "call.started",
         "call.started",
     ]
+    assert all(item["data"] == {} for item in got if item["type"] == "call.score")

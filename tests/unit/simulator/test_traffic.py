@@ -134,7 +134,7 @@ async def test_webhook_event_filters_are_honoured(sim: Simulator, receiver: Rece
     sim.register_webhook(receiver.url, "s", events=["call.*"])
     await sim.run_traffic(calls=2, channel="webhook", seed=1)
     types = {jsoncodec.loads(r.body)["type"] for r in receiver.requests}
-    assert types == {"call.started", "call.ended"}
+    assert types == {"call.started", "call.ended", "call.score"}
 
 
 def replayable(sim: Simulator) -> list[tuple[Any, ...]]:

@@ -516,3 +516,34 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
         "pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}
     )
     assert not reconnects
+
+
+async def test_a_crashed_reader_is_counted_and_restarted_not_silently_gone(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.close()  # every connection ends at once: the reader asks its policy for a delay
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    policy = source._policy
+    real_next_delay, bugs = policy.next_delay, [RuntimeError("a bug outside the loop's try")]
+
+    def buggy_next_delay(*args: Any) -> float:
+        if bugs:
+            raise bugs.pop()
+        return real_next_delay(*args)
+
+    policy.next_delay = buggy_next_delay  # type: ignore[method-assign,assignment]
+    await source.start()
+    try:
+        # Before, the reader task died with the bug and the feed was never read again.
+        await until(lambda: feed.connections >= 3)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 1)
+    crashes = metrics.registry.get_sample_value(
+        "pinecall_bridge_task_crashes_total", {"task": "websocket-reader"}
+    )
+    assert crashes == 1

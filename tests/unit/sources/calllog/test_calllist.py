@@ -6,6 +6,7 @@ from bridge.sources.calllog.calllist import (
     CallRow,
     page_is_last,
     parse_call_page,
+    started_since,
     wanted,
 )
 
@@ -62,3 +63,15 @@ def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:
     assert wanted(CallRow("recent", False, 9, 1.0, 1500.0), ended_after=1000)
     assert not wanted(CallRow("old", False, 9, 1.0, 900.0), ended_after=1000)
     assert not wanted(CallRow("unknown end", False, 9, 1.0, None), ended_after=1000)
+
+
+def test_calls_started_since_come_oldest_first_and_once() -> None:
+    rows = [
+        CallRow("c", True, 3, 300.0, None),
+        CallRow("b", False, 9, 200.0, 250.0),
+        CallRow("b", False, 9, 200.0, 250.0),  # a page boundary that moved under a new call
+        CallRow("at", False, 9, 100.0, 150.0),
+        CallRow("before", False, 9, 99.9, 150.0),
+        CallRow("never started", True, 1, None, None),
+    ]
+    assert started_since(rows, 100.0) == ["at", "b", "c"]

@@ -1,0 +1,39 @@
+"""Points in time as people type them on a command line (`--since`). Pure."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+
+_EPOCH = re.compile(r"\d+(?:\.\d+)?")
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+
+
+def parse_since(text: str, now: float) -> float:
+    """Epoch seconds from epoch seconds, an ISO-8601 time (UTC unless it says), or a span back.
+
+    A span is a number and a unit, `90s`, `30m`, `2h`, `7d` or `1w`, counted back from `now`.
+    """
+    value = text.strip()
+    if span := _SPAN.fullmatch(value):
+        when = now - float(span.group(1)) * _UNIT_SECONDS[span.group(2).lower()]
+    elif _EPOCH.fullmatch(value):
+        when = float(value)
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not epoch seconds, an ISO-8601 time (2026-12-01T09:00:00Z)"
+                " or a span back from now (30m, 2h, 7d)"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        when = parsed.timestamp()
+    if not math.isfinite(when):
+        raise ValueError(f"{text!r} is not a point in time")
+    if when > now:
+        raise ValueError(f"{text!r} is in the future: there is nothing to read since then")
+    return when

@@ -1,0 +1,291 @@
+"""The follower's shell against a small real HTTP server: what it sends, how it resumes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from bridge import jsoncodec
+from bridge.config import PinecallSettings, SseSettings
+from bridge.metrics import Metrics
+from bridge.sources.calllog.follow import REASONS
+from bridge.sources.calllog.follower import Follower
+from bridge.sources.calllog.publish import Publisher
+
+Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+def entry(seq: int, kind: str = "turn.user", **data: Any) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "ts": 1.0,
+        "call": "CA_1",
+        "agent": "a",
+        "type": kind,
+        "ephemeral": kind.startswith("log."),
+        "data": data,
+    }
+
+
+def frame(item: dict[str, Any]) -> bytes:
+    return f"id: {item['seq']}\nevent: {item['type']}\ndata: ".encode() + (
+        jsoncodec.dumps(item) + b"\n\n"
+    )
+
+
+async def stream(request: web.Request, *chunks: bytes, hold: float = 0.0) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"retry: 10\n\n")
+    for chunk in chunks:
+        await response.write(chunk)
+    if hold:
+        await asyncio.sleep(hold)
+    return response
+
+
+class FakePublisher:
+    """Acknowledges everything unless told to refuse (as a stopping source's publisher does)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.refuse = False
+
+    async def publish(self, items: list[Any], times: list[float] = ()) -> bool:  # type: ignore[assignment]
+        if self.refuse:
+            return False
+        self.batches.append(list(items))
+        return True
+
+    @property
+    def seqs(self) -> list[int]:
+        return [item["seq"] for batch in self.batches for item in batch]
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[dict[str, str], dict[str, str]]] = []
+        app = web.Application()
+        app.router.add_get("/v1/calls/{call}/events", self._handle)
+        self.server = TestServer(app)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((dict(request.headers), dict(request.query)))
+        return await self.handler(request, len(self.requests))
+
+
+@pytest.fixture
+async def run_follower() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[TestServer] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def run(
+        handler: Handler, *, after: int = 0, publisher: FakePublisher | None = None
+    ) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
+        server = Server(handler)
+        await server.server.start_server()
+        servers.append(server.server)
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        publisher = publisher or FakePublisher()
+        metrics = Metrics()
+        follower = Follower(
+            "CA_1",
+            after,
+            session=session,
+            api=PinecallSettings(
+                api_url=str(server.server.make_url("")).rstrip("/"),
+                api_key=SecretStr("k"),
+                env="sandbox",
+            ),
+            settings=SseSettings(
+                read_timeout_seconds=0.3, backoff_initial_seconds=0.01, backoff_max_seconds=0.05
+            ),
+            publisher=cast(Publisher, publisher),
+            metrics=metrics,
+            stopping=asyncio.Event(),
+        )
+        ended = await asyncio.wait_for(follower.run(), 10)
+        return ended, server, publisher, follower, metrics
+
+    yield run
+    for session in sessions:
+        await session.close()
+    for server in servers:
+        await server.close()
+
+
+def reconnects(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "pinecall_bridge_sse_reconnects_total", {"stream": "call", "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_it_authenticates_and_resumes_from_what_was_acknowledged(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:  # three entries, then the server goes away without the call's end
+            return await stream(request, frame(entry(1)), frame(entry(2)) + frame(entry(3)))
+        return await stream(request, frame(entry(4, "call.score")))
+
+    ended, server, publisher, follower, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3, 4]
+    (first_headers, first_query), (headers, query) = server.requests
+    assert first_headers["Authorization"] == "Bearer k"
+    assert first_headers["pinecall-env"] == "sandbox"
+    assert first_headers["Accept"] == "text/event-stream"
+    assert "Last-Event-ID" not in first_headers
+    assert first_query == {"after": "0"}
+    assert (headers["Last-Event-ID"], query) == ("3", {"after": "3"})
+    assert reconnects(metrics, "closed") == 1
+    assert follower.state.acked == 4
+
+
+async def test_the_call_ends_at_its_score_without_waiting_for_the_stream_to_close(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        # The connection stays open after the score: no close, no 204 to learn the end from.
+        return await stream(request, frame(entry(1)) + frame(entry(2, "call.score")), hold=5.0)
+
+    ended, server, publisher, follower, metrics = await run_follower(handler)
+    assert ended
+    assert follower.state.ended
+    assert publisher.seqs == [1, 2]
+    assert len(server.requests) == 1
+    assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
+
+
+async def test_a_sealed_call_ends_at_once(run_follower: Callable[..., Any]) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=204)
+
+    ended, server, publisher, _, _ = await run_follower(handler, after=9)
+    assert ended
+    assert publisher.seqs == []
+    assert server.requests[0][1] == {"after": "9"}
+
+
+async def test_a_silent_connection_is_dropped_and_resumed(run_follower: Callable[..., Any]) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:  # an entry, then nothing at all, not even a ping
+            return await stream(request, frame(entry(1)), hold=5.0)
+        return await stream(request, frame(entry(2, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2]
+    assert reconnects(metrics, "silent") == 1
+    assert server.requests[1][1] == {"after": "1"}
+
+
+async def test_pings_keep_an_idle_connection(run_follower: Callable[..., Any]) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        response = await stream(request, frame(entry(1)))
+        for _ in range(5):  # 0.5 s idle in all, longer than the read timeout, pinged
+            await asyncio.sleep(0.1)
+            await response.write(b": ping\n\n")
+        await response.write(frame(entry(2, "call.score")))
+        return response
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2]
+    assert len(server.requests) == 1
+    assert reconnects(metrics, "silent") == 0
+
+
+async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return web.json_response({"detail": "bad key"}, status=401)
+        if n == 2:
+            return web.json_response({"detail": "busy"}, status=503)
+        if n == 3:
+            return web.json_response({"entries": [], "live": True, "next": None})  # not a stream
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    assert [reconnects(metrics, r) for r in ("auth", "server_error", "protocol")] == [1, 1, 1]
+
+
+async def test_a_gap_is_read_from_the_pages_before_what_follows(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            after = int(request.query["after"])
+            stored = [entry(s) for s in (2, 4) if s > after]  # 3 was ephemeral: never stored
+            return web.json_response(
+                {"entries": stored, "live": True, "next": stored[-1]["seq"] if stored else None}
+            )
+        gap = entry(4, "log.gap", from_seq=2, to_seq=4, snapshot=None)
+        return await stream(request, frame(entry(1)) + frame(gap) + frame(entry(5, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 4, 5]
+    page_headers, page_query = server.requests[1]
+    assert page_query["after"] == "1"
+    assert page_headers["Authorization"] == "Bearer k"
+    sample = metrics.registry.get_sample_value
+    assert sample("pinecall_bridge_sse_gaps_total") == 1
+    assert sample("pinecall_bridge_sse_gaps_filled_total") == 1
+    assert sample("pinecall_bridge_sse_gap_entries_total") == 2
+
+
+async def test_a_failed_gap_fill_resumes_the_stream_before_the_gap(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return web.json_response({"detail": "down"}, status=500)
+        if request.query["after"] == "0":
+            gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
+            return await stream(request, frame(entry(1)) + frame(gap), hold=5.0)
+        # The replay of stored entries covers what the gap skipped.
+        return await stream(request, frame(entry(2)) + frame(entry(3, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    assert reconnects(metrics, "gap_fill_failed") == 1
+
+
+async def test_what_was_not_acknowledged_is_not_skipped(run_follower: Callable[..., Any]) -> None:
+    publisher = FakePublisher()
+    publisher.refuse = True
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return await stream(request, frame(entry(6)) + frame(entry(7, "call.score")))
+
+    ended, _, _, follower, _ = await run_follower(handler, after=5, publisher=publisher)
+    assert not ended
+    assert follower.state.acked == 5
+    assert not follower.state.ended
+
+
+async def test_not_json_is_counted_and_skipped(run_follower: Callable[..., Any]) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return await stream(request, b"data: {oops\n\n" + frame(entry(1, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    rejected = metrics.registry.get_sample_value(
+        "pinecall_bridge_events_rejected_total", {"channel": "sse", "reason": "invalid_json"}
+    )
+    assert rejected == 1
