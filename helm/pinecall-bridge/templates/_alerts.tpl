@@ -193,6 +193,28 @@ groups:
           summary: {{ printf "Pod %s cannot reach Kafka" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes; it is unready and answers webhooks 503." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
+      - alert: PinecallBridgeFeedBacklogDropping
+        # The feed's reader never waits (a blocked reader would miss pongs and lose the
+        # connection), so past the backlog bounds frames are dropped: events lost for good.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_events_rejected_total{channel="websocket", reason="backlog_full"}[5m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s drops WebSocket feed events: its backlog is full" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s dropped %s feed events in 5 minutes because Kafka took them slower than the feed sent them; they are lost unless they also arrive by webhook or call log." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgefeedbacklogdropping" $a.runbookUrl }}
+      - alert: PinecallBridgeTaskCrashing
+        # A long-lived task (feed reader, dedup loop, lease, ...) crashed and was restarted: a bug
+        # or an unexpected answer; repeated crashes make the process exit (a pod restart).
+        expr: |
+          sum by (namespace, pod, task) (increase(pinecall_bridge_task_crashes_total[10m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Task %s crashed in pod %s" "{{ $labels.task }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s restarted its %s task after a crash in the last 10 minutes; the log has the traceback (message: task crashed; restarting it)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.task }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgetaskcrashing" $a.runbookUrl }}
       - alert: PinecallBridgeWebSocketDown
         # Never connected during the window while still trying: the gauge alone is 0 on pods
         # without the feed too, so reconnect attempts tell an enabled feed from a disabled one.
