@@ -119,6 +119,8 @@ def test_pod_meets_the_restricted_pod_security_standard(
     tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
     assert tmp["emptyDir"]["sizeLimit"]
     assert spec["automountServiceAccountToken"] is False
+    # No <SERVICE>_* variables injected: a Service named `bridge` would add BRIDGE_* ones.
+    assert spec["enableServiceLinks"] is False
 
 
 def test_the_restricted_check_itself_catches_violations() -> None:
