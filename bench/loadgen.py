@@ -87,6 +87,27 @@ async def _finish(result: Result, out: Path) -> None:
 # --- webhooks -------------------------------------------------------------------------------
 
 
+def parse_response(buf: bytes | bytearray) -> tuple[int, bytes, int] | None:
+    """The first complete response in `buf`: (status, body, bytes used), None while incomplete.
+
+    Bodies framed by Content-Length only (what every target answers); the header may come
+    anywhere in the head, including last.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    return int(lines[0].split(None, 2)[1]), bytes(buf[end + 4 : total]), total
+
+
 class _HttpConn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection: one request at a time, responses parsed by hand."""
 
@@ -102,18 +123,8 @@ class _HttpConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end]).lower()
-            at = head.find(b"content-length:")
-            length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
-            total = end + 4 + length
-            if len(self.buf) < total:
-                return
-            status = int(head[9:12])
-            payload = bytes(self.buf[end + 4 : total])
+        while (framed := parse_response(self.buf)) is not None:
+            status, payload, total = framed
             del self.buf[:total]
             self.gen.answered(self, status, payload)
 

@@ -59,7 +59,72 @@ def finish(proc: subprocess.Popen[bytes], raw: Path, top: int = 25) -> dict[str,
         "samples": total,
         "own": [(f, n / total) for f, n in own.most_common(top)] if total else [],
         "inclusive": [(f, n / total) for f, n in inclusive.most_common(top)] if total else [],
+        "attribution": attribute(raw),
     }
+
+
+# Where a sample's CPU goes, by the innermost frame that names a part of the work. The first
+# rule whose path fragment is in a frame's file wins; frames are scanned leaf first.
+_PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("signature (HMAC)", ("sources/signature.py", "hmac.py")),
+    ("JSON (orjson loads/dumps)", ("bridge/jsoncodec.py",)),
+    (
+        "normalise, route, encode the record",
+        ("bridge/normalise/", "bridge/routing.py", "bridge/ingest/record.py", "sink/record.py"),
+    ),
+    ("metrics", ("prometheus_client/", "bridge/metrics.py")),
+    ("logging", ("logging/", "bridge/logsetup.py")),
+    ("ingest publish (producer append)", ("bridge/sink/kafka.py", "bridge/sink/limits.py")),
+    (
+        "pipeline bookkeeping (futures, timeouts)",
+        ("bridge/pipeline.py", "asyncio/timeouts.py", "asyncio/futures.py", "asyncio/tasks.py"),
+    ),
+    (
+        "HTTP parsing and response (aiohttp)",
+        ("aiohttp/", "multidict/", "yarl/", "sources/webhook.py", "bridge/app.py"),
+    ),
+]
+_DEDUP = "dedup stage"
+_KAFKA_BACKGROUND = "Kafka producers' I/O: sender loop, requests, acks (ingest + dedup)"
+
+
+def part_of(frames: list[str]) -> str:
+    """The part of the work one sample (frames root first, as py-spy writes them) belongs to.
+
+    The dedup stage runs in the same process: anything under bridge/dedup/, the consumer's
+    fetcher, and the transactional requests are its. aiokafka frames under the ingest sink are
+    the ingest append; the other aiokafka frames are the producers' shared background I/O.
+    """
+    if any("bridge/dedup/" in f for f in frames):
+        if any("aiokafka/consumer/" in f for f in frames):
+            return f"{_DEDUP}: consume"
+        if any("aiokafka/" in f for f in frames):
+            return f"{_DEDUP}: transactional produce"
+        return f"{_DEDUP}: own code (decide, window)"
+    if any("aiokafka/consumer/" in f for f in frames):
+        return f"{_DEDUP}: consume"
+    if any("Txn" in f or "Transaction" in f or "transaction" in f for f in frames):
+        return f"{_DEDUP}: transactional produce"
+    for frame in reversed(frames):
+        if "aiokafka/" in frame:
+            if any("bridge/sink/kafka.py" in f for f in frames):
+                return "ingest publish (producer append)"
+            return _KAFKA_BACKGROUND
+        for part, paths in _PARTS:
+            if any(p in frame for p in paths):
+                return part
+    return "event loop (uvloop, C) and other"
+
+
+def attribute(raw: Path) -> list[tuple[str, float]]:
+    """Share of the samples per part of the work, largest first (see `part_of`)."""
+    parts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            parts[part_of(stack.split(";"))] += int(count_text)
+    total = sum(parts.values())
+    return [(part, n / total) for part, n in parts.most_common()] if total else []
 
 
 def _short(frame: str) -> str:

@@ -27,8 +27,11 @@ def _ms(values: list[float]) -> str:
     return " / ".join(_f(v) for v in values)
 
 
-def _sustained(row: dict[str, Any]) -> bool:
-    p99 = row["hist_ms"][2] if not math.isnan(row["hist_ms"][2]) else row["client_ms"][2]
+def sustained(row: dict[str, Any]) -> bool:
+    """The one pass criterion, for every system: client p99 (scheduled send → answer) under the
+    goal, ≥ 95% of offered, no error, nothing lost or doubled. The bridge's own histogram is
+    reported beside it, never instead of it."""
+    p99 = row["client_ms"][2]
     clean = row["lost"] == 0 and row["doubled"] == 0 and row["errors"] == 0
     return bool(clean and p99 < P99_GOAL_MS and row["throughput"] >= 0.95 * row["offered"])
 
@@ -38,7 +41,7 @@ def _get(row: dict[str, Any] | None, key: str) -> float | None:
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ok = [r for r in rows if _sustained(r)]
+    ok = [r for r in rows if sustained(r)]
     return max(ok, key=lambda r: r["offered"]) if ok else None
 
 
@@ -98,6 +101,7 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
                 "tree): " + ", ".join(f"`{t}`" for t in data["tree"]),
                 "",
             ]
+    lines += _method(data)
     rows = data.get("rows", [])
     steps = data.get("steps", {})
     lines += ["## Results", "", HEADER]
@@ -119,8 +123,9 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
         "within its buckets). *CPU s/10k ev* is the target process's user+system CPU over the "
         "run divided by events (for kcat: the kcat producer). A row is **FAIL** when any event "
         "was lost or doubled, or any request failed. *max sustained*: the highest step with no "
-        f"error, nothing lost or doubled, throughput ≥ 95% of offered and p99 < {P99_GOAL_MS:.0f} "
-        "ms (the bridge's histogram for the bridge, the client's latency for baselines).",
+        f"error, nothing lost or doubled, throughput ≥ 95% of offered and client p99 < "
+        f"{P99_GOAL_MS:.0f} ms, the same criterion for every system (the bridge's own histogram "
+        "is shown beside it, never instead of it).",
         "",
     ]
     lines += _targets(data)
@@ -143,43 +148,85 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
     return md
 
 
+def _method(data: dict[str, Any]) -> list[str]:
+    """How the steps were taken: their length, the warm-ups, the bisection."""
+    plan = data.get("plan")
+    if not plan:
+        return []
+    text = (
+        f"Method: every step lasts {plan['step_seconds']:.0f} s of open-loop load; the broker is "
+        f"warmed once ({plan['broker_warm_seconds']:.0f} s through a throw-away bridge) and every "
+        f"system {plan['warm_seconds']:.0f} s at its first step's rate before that step. A "
+        "step-up climbs coarse steps until one fails, then bisects between the last pass and "
+        f"that failure (up to {plan['bisect']} steps, rounded to 50/s)."
+    )
+    if plan["step_seconds"] < 20:
+        text += (
+            f" **Quick mode: {plan['step_seconds']:.0f} s steps are too short for a steady state "
+            "(a backlog that grows for a few seconds barely moves a p99); indicative only.**"
+        )
+    return [text, ""]
+
+
 def _targets(data: dict[str, Any]) -> list[str]:
-    """The issue's goals, checked against this run (goals for the benchmark, not test asserts)."""
+    """Issue 12's goals, checked against this run (goals for the benchmark, not test asserts)."""
     steps = data.get("steps", {})
     out = ["## Targets", "", "| goal | this run | met |", "|---|---|---|"]
 
     def goal(what: str, value: str, met: bool | None) -> None:
         out.append(f"| {what} | {value} | {'-' if met is None else ('yes' if met else '**no**')} |")
 
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b and not math.isnan(a) and not math.isnan(b) else None
+
     best = _best(steps.get("stepup:bridge", []))
-    top = best["offered"] if best else 0.0
-    goal(
-        "webhooks, one event per request: ≥ 6,000 events/s with p99 receipt→ack < 25 ms",
-        f"{top:,.0f} events/s" if best else "not sustained at the lowest step",
-        top >= 6000,
-    )
-    single = _find(data, "webhook-single", "bridge")
-    if single:
-        goal(
-            "p50 receipt→ack < 5 ms at 70% of that rate",
-            f"{_f(single['hist_ms'][0])} ms at {single['offered']:,.0f}/s "
-            f"(client {_f(single['client_ms'][0])} ms)",
-            single["hist_ms"][0] < 5.0,
-        )
-    ws = _find(data, "ws-flat-out", "bridge")
-    if ws:
-        goal("WebSocket feed ≥ 15,000 events/s", f"{ws['throughput']:,.0f} events/s",
-             ws["throughput"] >= 15000)  # fmt: skip
-    dedup = data.get("dedup")
-    if dedup:
-        worst = max(p["bytes_per_entry"] for p in dedup["points"])
-        goal("dedup window ≤ 150 bytes per id", f"{worst:.0f} bytes (worst of 100k, 1M)",
-             worst <= 150)  # fmt: skip
     naive = _best(steps.get("stepup:naive", []))
-    if naive or best:
-        n_top = naive["offered"] if naive else 0.0
-        goal("faster than the naive handler (max sustained)",
-             f"bridge {top:,.0f} vs naive {n_top:,.0f} events/s", top > n_top)  # fmt: skip
+    top, n_top = _get(best, "offered") or 0.0, _get(naive, "offered")
+    r = ratio(top, n_top)
+    goal(
+        "webhooks, one event per request, one process: max sustained ≥ 1.0x the naive handler",
+        f"bridge {top:,.0f} vs naive {n_top or 0:,.0f} events/s"
+        + (f" = {r:.2f}x" if r is not None else ""),
+        None if r is None else r >= 1.0,
+    )
+    pod = _best(steps.get("stepup-2proc:bridge", []))
+    if steps.get("stepup-2proc:bridge"):
+        p_top = _get(pod, "offered") or 0.0
+        goal(
+            "two processes: the pod's max sustained, ÷ one process",
+            f"{p_top:,.0f} events/s" + (f" = {p_top / top:.2f}x" if top else ""),
+            None,
+        )
+    single, n_single = (
+        _find(data, "webhook-single", "bridge"),
+        _find(data, "webhook-single", "naive"),
+    )
+    r = ratio(_get(single, "cpu_per_10k"), _get(n_single, "cpu_per_10k"))
+    if r is not None and single is not None:
+        goal(
+            "CPU per event ≤ 1.3x the naive handler's (at 70% of the bridge's max)",
+            f"{r:.2f}x at {single['offered']:,.0f}/s",
+            r <= 1.3,
+        )
+    ws, ws_noop = _find(data, "ws-flat-out", "bridge"), _find(data, "ws-flat-out", "noop")
+    r = ratio(_get(ws, "throughput"), _get(ws_noop, "throughput"))
+    if r is not None:
+        goal("WebSocket feed flat out ≥ 0.8x the no-op publisher", f"{r:.2f}x", r >= 0.8)
+    stage = data.get("stage")
+    if stage and top:
+        r = stage["events_per_s"] / top
+        goal(
+            "dedup stage ≥ 3x the one-process webhook rate",
+            f"{stage['events_per_s']:,.0f} events/s = {r:.1f}x",
+            r >= 3.0,
+        )
+    r = ratio(single["e2e_ms"][2] if single else None, n_single["e2e_ms"][2] if n_single else None)
+    if r is not None:
+        goal(
+            "end-to-end p99 at 70% of the sustained rate ≤ 1.5x the naive handler's",
+            f"{r:.2f}x",
+            r <= 1.5,
+        )
     out.append("")
     return out
 
@@ -259,15 +306,16 @@ def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> list[str]:
         "## Step-up (scenario 5) and batches (scenario 2)",
         "",
         "| series | offered ev/s | events/s | client p50/p95/p99 ms | bridge p50/p95/p99 ms "
-        "| e2e p99 ms | CPU s/10k | errors | sustained |",
-        "|---|---:|---:|---|---|---:|---:|---:|---|",
+        "| e2e p99 ms | CPU s/10k | errors | sustained | step |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|---|",
     ]
     for key, series in steps.items():
         for r in series:
             out.append(
                 f"| {key} | {r['offered']:,.0f} | {_f(r['throughput'], 0)} | {_ms(r['client_ms'])} "
                 f"| {_ms(r['hist_ms'])} | {_f(r['e2e_ms'][2])} | {_f(r['cpu_per_10k'], 2)} "
-                f"| {r['errors'] + r['lost'] + r['doubled']} | {'yes' if _sustained(r) else 'no'} |"
+                f"| {r['errors'] + r['lost'] + r['doubled']} | {'yes' if sustained(r) else 'no'} "
+                f"| {r.get('note') or '-'} |"
             )
     out.append("")
     return out
@@ -386,8 +434,7 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
         "*e2e* is scheduled send → first read by a read_committed kcat consumer of the output "
         "topic: it includes the dedup stage and its transaction commit interval (100 ms). Pass "
         f"criterion, as for every series: no error, nothing lost or doubled, ≥ 95% of offered, "
-        f"p99 < {P99_GOAL_MS:.0f} ms (the bridge's histogram for the bridge, the client's latency "
-        "for the baselines).",
+        f"client p99 < {P99_GOAL_MS:.0f} ms (the bridge's own histogram only shown beside it).",
         "",
         "| system | max sustained ev/s | client p50/p95/p99 ms | bridge p99 ms "
         "| e2e p50/p95/p99 ms | CPU s/10k ev | dedup txn/s | peak RSS MiB | first failing step |",
@@ -405,7 +452,8 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
         if not series:
             continue
         b = best[key] = _best(series)
-        failing = [r for r in series if not _sustained(r)]
+        # The lowest failing step: after the bisection, the closest to the limit.
+        failing = sorted((r for r in series if not sustained(r)), key=lambda r: r["offered"])
         fail = (
             f"{failing[0]['offered']:,.0f}/s: client p99 {_f(failing[0]['client_ms'][2])}, "
             f"bridge p99 {_f(failing[0]['hist_ms'][2])}, {_f(failing[0]['throughput'], 0)} ev/s, "
@@ -482,7 +530,13 @@ def _same_step(steps: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -
 
 
 def _profile_rows(prof: dict[str, Any]) -> list[str]:
-    out = [
+    out = []
+    if prof.get("attribution"):
+        # bench.profile.part_of: the innermost frame that names a part of the work.
+        out += ["| part of the work | share of samples |", "|---|---:|"]
+        out += [f"| {part} | {share:.1%} |" for part, share in prof["attribution"]]
+        out.append("")
+    out += [
         f"{prof['samples']:,} samples. Own time (the function itself) and inclusive time (on the "
         "stack):",
         "",

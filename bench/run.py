@@ -39,7 +39,6 @@ from bench import broker, measure, profile, report
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SECRET = "bench-secret"
-P99_GOAL = 0.025
 HTTP_PORT = 18080
 HTTP_PORT_2 = 18081  # the second bridge process of `replicas`
 WS_PORT = 18765
@@ -47,7 +46,11 @@ WS_PORT = 18765
 
 @dataclass
 class Plan:
-    """Durations and sizes: full for the committed report, quick for a smoke run."""
+    """Durations and sizes: full for the committed report, quick for a smoke run.
+
+    A step-up climbs the coarse `steps` until one fails, then bisects between the last pass
+    and that failure `bisect` times (or until they are within `resolution` of each other).
+    """
 
     steps: list[float]
     step_seconds: float
@@ -57,6 +60,10 @@ class Plan:
     kcat_events: int
     restore_sizes: list[int]
     stage_records: int
+    warm_seconds: float = 10.0  # each system, at its first step's rate, before that step
+    broker_warm_seconds: float = 30.0  # the broker, once, through a throw-away bridge
+    bisect: int = 3
+    resolution: float = 0.05  # stop bisecting once (fail - pass) / fail is below this
 
     @classmethod
     def make(cls, quick: bool, steps: str | None = None, step_seconds: float = 0) -> Plan:
@@ -70,14 +77,16 @@ class Plan:
     @classmethod
     def _make(cls, quick: bool) -> Plan:
         if quick:
+            # Steps too short for a steady state: the report says so.
             return cls(
-                [1000, 3000, 5000], 2.0, [5000, 15000], 3.0, 30_000, 30_000, [100_000], 50_000
-            )
+                [1000, 2000, 4000, 8000], 5.0, [5000, 15000], 5.0, 30_000, 30_000, [100_000],
+                50_000, warm_seconds=3.0, broker_warm_seconds=5.0, bisect=1,
+            )  # fmt: skip
         return cls(
-            [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000],
-            4.0,
+            [1000, 2000, 4000, 6000, 8000, 10000, 12000],
+            20.0,
             [4000, 8000, 12000, 16000, 24000],
-            8.0,
+            20.0,
             150_000,
             150_000,
             [100_000, 1_000_000],
@@ -195,9 +204,6 @@ class Bench:
         self.broker_pid = 0
 
     # --- infrastructure -------------------------------------------------------------------
-
-    def kafka(self, action: str) -> None:
-        broker.kafka(self.args.kafka_port, action)
 
     def broker_cpu(self) -> float:
         try:
@@ -456,61 +462,100 @@ class Bench:
     # --- scenarios ------------------------------------------------------------------------
 
     def warm_up(
-        self, procs: list[Proc], consumer: measure.Consumer | None, kind: str = "bridge"
+        self,
+        procs: list[Proc],
+        consumer: measure.Consumer | None,
+        kind: str = "bridge",
+        *,
+        rate: float = 1000,
+        seconds: float | None = None,
     ) -> int:
-        """A second of light traffic first, so connection set-up is not measured."""
+        """Traffic at `rate` for the plan's warm-up, unmeasured: connections, caches, JIT.
+
+        Returns the events sent, all read back when there is a consumer.
+        """
         if kind == "bridge" and procs:
             self.settled(procs)
-        first = self._indices(1000)
+        count = max(int(rate * (self.plan.warm_seconds if seconds is None else seconds)), 1)
+        first = self._indices(count)
         ports = ",".join(str(p.port) for p in procs) or str(HTTP_PORT)
         gen = Loadgen(
-            self.webhook_args(1000, 1000, first, ports=ports), self.work / f"warm-{first}.json"
+            self.webhook_args(rate, count, first, ports=ports), self.work / f"warm-{first}.json"
         )
         gen.expect("ready")
         gen.go(time.time() + 0.1)
         gen.expect("done")
         gen.result()
         if consumer is not None:
-            consumer.wait_for(1000, timeout=30)
-        return 1000
+            consumer.wait_for(count, timeout=120)
+        return count
+
+    def warm_broker(self) -> None:
+        """The broker's JIT and page cache, once per run: idempotent and transactional writes,
+        read_committed reads, through a throw-away bridge on its own topics."""
+        seconds = self.plan.broker_warm_seconds
+        print(f"warm-up: the broker, {seconds:.0f} s through a throw-away bridge", flush=True)
+        with self.serving("bridge", "warm-broker") as (procs, consumer):
+            self.warm_up(procs, consumer, rate=self.plan.steps[0], seconds=seconds)
 
     def step_up(
         self, kind: str, name: str, rates: list[float], batch: int = 1, replicas: int = 1
     ) -> list[Measured]:
-        """Scenario 5: rising offered load on one running target until it fails twice."""
+        """Scenario 5: rising offered load on one running target, then a bisection.
+
+        The coarse steps climb until one fails; the steps after it bisect between the last
+        pass (0 when none) and the lowest failure, each step as long as the coarse ones.
+        """
         rows: list[Measured] = []
         consume = kind != "noop"
         with self.serving(kind, f"{name}-{kind}", consume=consume, replicas=replicas) as (
             procs,
             consumer,
         ):
-            read = self.warm_up(procs, consumer, kind)
+            read = self.warm_up(procs, consumer, kind, rate=rates[0])
             ports = ",".join(str(p.port) for p in procs) or str(HTTP_PORT)
-            failures = 0
-            for rate in rates:
-                count = int(rate * self.plan.step_seconds) // batch * batch
+
+            def step(rate: float, note: str) -> bool:
+                nonlocal read
+                count = max(int(rate * self.plan.step_seconds) // batch * batch, batch)
                 first = self._indices(count)
                 gen = Loadgen(
                     self.webhook_args(rate, count, first, batch, ports=ports),
                     self.work / f"{name}-{kind}-{rate:.0f}.json",
                 )
-                row = Measured(name, kind, rate, count)
+                row = Measured(name, kind, rate, count, note=note)
                 if replicas > 1:
-                    row.note = f"{replicas} processes, round-robin"
+                    row.note = f"{note}; {replicas} processes, round-robin"
                 self.measured(row, procs, [gen], consumer, first, already_read=read)
                 read += count
                 rows.append(row)
-                failures = 0 if self.sustained(row) else failures + 1
-                if failures >= 2:
+                passed = self.sustained(row)
+                if not passed:
+                    time.sleep(2.0)  # let a backlog's stragglers clear before the next step
+                return passed
+
+            passed, failed = 0.0, math.inf
+            for rate in rates:
+                if step(rate, "coarse"):
+                    passed = rate
+                else:
+                    failed = rate
                     break
+            for _ in range(self.plan.bisect if failed < math.inf else 0):
+                mid = bisection(passed, failed, self.plan.resolution)
+                if mid is None:
+                    break
+                if step(mid, "bisection"):
+                    passed = mid
+                else:
+                    failed = mid
         self.steps[f"{name}:{kind}"] = rows
         return rows
 
     @staticmethod
     def sustained(row: Measured) -> bool:
-        """Kept up with no errors and p99 under the goal (the bridge's own histogram if any)."""
-        p99 = row.hist_ms[2] if not math.isnan(row.hist_ms[2]) else row.client_ms[2]
-        return row.clean and p99 < P99_GOAL * 1000 and row.throughput >= 0.95 * row.offered
+        """The one pass criterion, for every system: see `report.sustained`."""
+        return report.sustained(asdict(row))
 
     @staticmethod
     def best(rows: list[Measured]) -> Measured | None:
@@ -625,7 +670,7 @@ class Bench:
         seconds = self.plan.fixed_seconds
         count = int(rate * seconds)
         with self.serving("bridge", "profile") as (procs, consumer):
-            read = self.warm_up(procs, consumer)
+            read = self.warm_up(procs, consumer, rate=rate)
             first = self._indices(count)
             gen = Loadgen(self.webhook_args(rate, count, first), self.work / "profile.json")
             spy = profile.start(procs[0].pid, seconds, self.work / "profile.raw")
@@ -646,6 +691,9 @@ class Bench:
         self.extra["tree"] = tree_state()
         started = time.time()
         plan = self.plan
+        self.extra["plan"] = asdict(plan)
+        if only is None or only & {"stepup", "webhook", "batch", "ws", "both", "replicas"}:
+            self.warm_broker()
         if want("stepup") or want("webhook"):
             print("scenario 5: step-up, one event per request", flush=True)
             bridge_best = self.best(self.step_up("bridge", "stepup", plan.steps))
@@ -690,7 +738,7 @@ class Bench:
             print("scenario 6: dedup window memory", flush=True)
             self.dedup_memory()
         if self.args.profile:
-            rate = 0.7 * (self.extra.get("max_rate") or plan.steps[0])
+            rate = self.args.profile_rate or 0.7 * (self.extra.get("max_rate") or plan.steps[0])
             print(f"profile: py-spy on the bridge at {rate:.0f}/s", flush=True)
             self.profile_bridge(rate)
         self.extra["uptime_end"] = uptime()
@@ -713,6 +761,14 @@ class Bench:
         md = report.write(data, out_dir, name)
         print(f"report: {md}", flush=True)
         return md
+
+
+def bisection(passed: float, failed: float, resolution: float) -> float | None:
+    """The next rate between a pass and a failure, rounded to 50/s; None once close enough."""
+    if failed - passed <= resolution * failed:
+        return None
+    mid = round((passed + failed) / 2 / 50) * 50
+    return mid if passed < mid < failed else None
 
 
 def machine() -> dict[str, str]:
@@ -780,6 +836,9 @@ def main() -> None:
     parser.add_argument("--only", help="stepup,batch,ws,kcat,both,replicas,restore,stage,memory")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also py-spy the bridge")
+    parser.add_argument(
+        "--profile-rate", type=float, default=0, help="events/s under py-spy (default 70%% of max)"
+    )
     parser.add_argument("--name", help="the report's file name (default <date>-<commit>)")
     parser.add_argument("--restore-sizes", help="ids per restore, e.g. 100000,1000000")
     parser.add_argument("--stage-records", type=int, help="distinct ids for the stage run")
@@ -788,13 +847,11 @@ def main() -> None:
     args = parser.parse_args()
     measure.ensure_kcat()
     bench = Bench(args)
-    bench.kafka("up")
-    bench.broker_pid = broker.pid(args.kafka_port)
-    try:
+    # Stopped afterwards when this run started it (it is ours alone: it would hold memory on a
+    # shared box); one that was already up is left running.
+    with broker.running(args.kafka_port):
+        bench.broker_pid = broker.pid(args.kafka_port)
         bench.run()
-    finally:
-        # The bench broker is ours alone: stop it so it does not hold memory on a shared box.
-        bench.kafka("down")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,17 @@ def main() -> None:
         metavar="HOST:PORT",
         help="a running broker for the scenarios that never stop theirs (default: their own)",
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: rewrite the document from the results it already holds",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.render_only:
+        args.out.write_text(render(embedded(args.out.read_text()), "make chaos"))
+        print(f"rewrote {args.out}")
+        return
     names = args.only or list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     log.info("scratch dir (broker data, replica logs): %s", workdir)

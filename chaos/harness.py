@@ -105,10 +105,6 @@ class Context:
             await own.down()
 
 
-def pids(replicas: Iterable[Replica]) -> list[int]:
-    return [r.process.pid for r in replicas if r.process is not None and r.alive]
-
-
 async def stop_all(replicas: Iterable[Replica]) -> None:
     for replica in replicas:
         if replica.alive:

@@ -14,8 +14,9 @@ _EMBEDDED = re.compile(r"<!-- " + MARK + r"\n(.*?)\n-->", re.DOTALL)
 
 METHOD = """\
 Each scenario starts its own single-node KRaft broker on a free port (tools/kafka/kafka.sh;
-never the shared 9092 one) and real `pinecall-bridge run` processes (tests/integration/replicas.py),
-then drives load and injects its fault while it flows. Webhook load is open-loop: event *i*
+never the shared 9092 one; `cluster` starts three nodes with chaos/cluster.py from kafka.sh's jar
+cache) and real `pinecall-bridge run` processes (tests/integration/replicas.py), then drives load
+and injects its fault while it flows. Webhook load is open-loop: event *i*
 (bench/events.py's interleaved calls) is due at *t0 + i / rate*, so a stalled bridge builds a
 backlog instead of slowing the sender; within a call the events go one at a time, each retried
 after a transport failure or a 5xx (Retry-After honoured, capped at 2 s) until a 2xx, as Pinecall
@@ -26,10 +27,12 @@ more than once, order = each call's records in the order it sent them, and no 5x
 503. For the feed, "acknowledged" means written to the bridge's socket by the simulator; the
 feed has no replay, so frames still in a socket when a fault cut it are counted apart and
 tolerated only as that connection's tail. Ingest copies beyond the requests that carried an event
-would be a producer retry that doubled. Peak RSS is the largest VmHWM of any bridge process,
-sampled from /proc every half second. Faults come from the harness: `kafka.sh down/up`, a small
-asyncio TCP proxy (latency, black hole, RST resets, round robin over replicas), signals, and the
-simulator's `/_sim/` controls. The machine is a shared 2-core box, so timings are indicative."""
+would be a producer retry that doubled. A 503 must come within the publish timeout
+(5 s here) plus 2 s, measured at the client less the time the harness's own event loop ran late.
+Peak RSS is the largest VmHWM of any bridge process, sampled from /proc every half second.
+Faults come from the harness: `kafka.sh down/up`, SIGKILL of broker nodes, a small asyncio TCP
+proxy (latency, black hole, RST resets, round robin over replicas), signals, and the simulator's
+`/_sim/` controls. The machine is a shared 2-core box, so timings are indicative."""
 
 
 def row(outcome: Outcome, commit: str, date: str) -> dict[str, Any]:

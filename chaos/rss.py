@@ -1,4 +1,4 @@
-"""Peak resident memory of the bridge processes, from /proc (no psutil).
+"""Peak resident memory of the bridge processes, from /proc via `Replica.rss_bytes` (no psutil).
 
 VmHWM vanishes with the process, so a sampler reads it while the processes live; a replica
 that is killed keeps the last peak read before its death.
@@ -9,46 +9,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
-
-def parse_hwm_kib(status: str) -> int | None:
-    """`VmHWM:   123456 kB` from /proc/<pid>/status → 123456; None when absent."""
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            fields = line.split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                return int(fields[1])
-    return None
-
-
-def hwm_kib(pid: int) -> int | None:
-    """The process's peak resident set so far, None when it is gone."""
-    try:
-        return parse_hwm_kib(Path(f"/proc/{pid}/status").read_text())
-    except OSError:
-        return None
+from tests.integration.replicas import Replica
 
 
 class PeakRss:
-    """Samples the pids `pids()` names every `every` seconds; `peak_mib` is the highest seen."""
+    """Samples the replicas `replicas()` names every `every` s; `peak_mib` is the highest seen."""
 
-    def __init__(self, pids: Callable[[], Iterable[int]], every: float = 0.5) -> None:
-        self._pids = pids
+    def __init__(self, replicas: Callable[[], Iterable[Replica]], every: float = 0.5) -> None:
+        self._replicas = replicas
         self._every = every
-        self.peaks: dict[int, int] = {}
+        self.peaks: dict[int, int] = {}  # pid → bytes
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
-        for pid in self._pids():
-            value = hwm_kib(pid)
-            if value is not None:
+        for replica in self._replicas():
+            if replica.process is None or not replica.alive:
+                continue
+            # It may exit between the check and the read.
+            with contextlib.suppress(OSError, StopIteration):
+                value = replica.rss_bytes(peak=True)
+                pid = replica.process.pid
                 self.peaks[pid] = max(value, self.peaks.get(pid, 0))
 
     @property
     def peak_mib(self) -> float:
         """The largest single process's peak, MiB (replicas are separate pods, not summed)."""
-        return max(self.peaks.values(), default=0) / 1024
+        return max(self.peaks.values(), default=0) / 2**20
 
     async def _run(self) -> None:
         while True:

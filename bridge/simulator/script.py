@@ -98,7 +98,12 @@ def generate_call(rng: random.Random) -> CallScript:
     summary = f"The caller wanted to {topic[0]}; {len(turns)} turns."
     kinds.append(("transcription.completed", {"summary": summary, "transcript": transcript}, False))
     # pinecall-runtime's CallScore for an agent without judges; no draw, so seeds keep their calls.
-    score = {"passed": None, "not_judged": "no judges", "judges": [], "judge_calls": 0}
+    score: dict[str, Any] = {
+        "passed": None,
+        "not_judged": "no judges",
+        "judges": [],
+        "judge_calls": 0,
+    }
     kinds.append(("call.score", score, False))
     steps = tuple(
         Step(seq, kind, data, ephemeral)

@@ -11,7 +11,6 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
-    pids,
     retry_after_check,
     webhook_counts,
 )
@@ -36,7 +35,7 @@ async def broker_stop(ctx: Context) -> Outcome:
             count=int(ctx.rate * (before + outage + after)),
             salt=random.getrandbits(32),
         )
-        async with PeakRss(lambda: pids([replica])) as rss, HealthWatch([replica]) as watch:
+        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
             flowing = asyncio.create_task(load.run())
             await asyncio.sleep(before)
             down_at = time.monotonic()

@@ -14,7 +14,6 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
-    pids,
     retry_after_check,
     webhook_counts,
 )
@@ -50,7 +49,7 @@ async def cluster(ctx: Context) -> Outcome:
             count=int(ctx.rate * (4 * steady + 2 * down)),
             salt=random.getrandbits(32),
         )
-        async with PeakRss(lambda: pids([replica])) as rss, HealthWatch([replica]) as watch:
+        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
             flowing = asyncio.create_task(load.run())
             await asyncio.sleep(steady)
             leader = nodes.node(await leader_of(nodes.bootstrap, topics.ingest, 0))

@@ -14,7 +14,6 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
-    pids,
     retry_after_check,
     webhook_counts,
 )
@@ -108,7 +107,7 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
                 count=int(ctx.rate * (2 * clean + fault_seconds)),
                 salt=random.getrandbits(32),
             )
-            async with PeakRss(lambda: pids([replica])) as rss, HealthWatch([replica]) as watch:
+            async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
                 flowing = asyncio.create_task(load.run())
                 await asyncio.sleep(clean)
                 fault_at, healed_at = await faults(proxy)

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from chaos.checker import TRANSPORT_ERROR
-from chaos.harness import Check, Context, Outcome, pids, stop_all, webhook_counts
+from chaos.harness import Check, Context, Outcome, stop_all, webhook_counts
 from chaos.load import WebhookLoad
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
@@ -36,7 +36,7 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
         exits: dict[str, int] = {}
         phases: list[tuple[str, float]] = [("steady", time.monotonic())]
         try:
-            async with PeakRss(lambda: pids(fleet)) as rss:
+            async with PeakRss(lambda: fleet) as rss:
                 flowing = asyncio.create_task(load.run())
                 await asyncio.sleep(steady)
                 phases.append(("SIGTERM r0 and its restart", time.monotonic()))

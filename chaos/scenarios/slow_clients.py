@@ -8,9 +8,9 @@ import random
 import statistics
 import time
 
-from chaos.harness import Check, Context, HealthWatch, Outcome, pids, webhook_counts
+from chaos.harness import Check, Context, HealthWatch, Outcome, webhook_counts
 from chaos.load import WebhookLoad
-from chaos.rss import PeakRss, hwm_kib
+from chaos.rss import PeakRss
 from tests.integration.conftest import Topics
 
 SLOW_CLIENTS = 300
@@ -59,8 +59,7 @@ async def slow_clients(ctx: Context) -> Outcome:
         topics = Topics.fresh("chaos")
         replica = ctx.replica("slow-r0", broker.bootstrap, topics)
         await replica.start()
-        assert replica.process is not None
-        baseline_mib = (hwm_kib(replica.process.pid) or 0) / 1024
+        baseline_mib = replica.rss_bytes(peak=True) / 2**20
         steady = WebhookLoad(
             url=lambda: replica.url,
             rate=ctx.rate,
@@ -73,7 +72,7 @@ async def slow_clients(ctx: Context) -> Outcome:
             count=int(FLOOD_RATE * ctx.seconds(5)),
             salt=random.getrandbits(32),
         )
-        async with PeakRss(lambda: pids([replica])) as rss, HealthWatch([replica]) as watch:
+        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
             flowing = asyncio.create_task(steady.run())
             await asyncio.sleep(3)
             # Half dribble their headers, half send headers and dribble the body.

@@ -179,6 +179,43 @@ async def test_many_calls_through_cuts_silences_gaps_and_5xx(
         assert reconnects["server_error"] > 0, reconnects
 
 
+async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    rng = random.Random(14)
+    async with Simulator(sim_config()) as sim:
+        handle: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
+        )
+        await owns_all(handle)
+        async with asyncio.timeout(20):
+            await sim.calllogs.wait_for_feed_readers(1)
+        calls = Calls(sim, "CA_auth")
+        names = calls.open(10)
+        await play(calls, names, 5, rng)
+        refusing = 3.0
+        sim.sse_refuse_auth(refusing)  # every reconnect, the feed's too, is answered 401 meanwhile
+        assert sim.sse_cut() > 0
+        await play(calls, names, 5, rng)
+        await asyncio.sleep(refusing)
+        refused = sim.stats.sse_auth_refused
+        for call in names:
+            calls.end(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        assert_exactly_once_in_order(calls, records)
+        sample = handle.bridge.metrics.registry.get_sample_value
+        for stream in ("call", "org_feed"):
+            auth = sample(
+                "pinecall_bridge_sse_reconnects_total", {"stream": stream, "reason": "auth"}
+            )
+            assert (auth or 0) > 0, stream
+    # Backed off, not hammered: each reader retried a 401 at most every BACKOFF_MAX_SECONDS (0.5 s)
+    # or so; a tight loop would make thousands of requests in these seconds.
+    readers = len(names) + 2  # the calls' followers, the org feed and the call list
+    assert 0 < refused <= readers * (refusing / FAST_SSE["backoff_max_seconds"] + 2), refused
+
+
 def sse_env(sim: Simulator) -> dict[str, str]:
     env = {f"BRIDGE_SSE__{key.upper()}": str(value).lower() for key, value in FAST_SSE.items()}
     return {

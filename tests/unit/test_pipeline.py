@@ -460,3 +460,18 @@ def test_the_size_check_is_kafkas_own_estimate() -> None:
     with pytest.raises(MessageSizeTooLargeError):
         limits.check(record)
     assert limits.limit("other") == 1_048_576
+
+
+async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
+    sink = FakeSink(auto_ack=False)
+    pipeline, metrics = make(sink)
+    items = [entry(1, "CA_1"), entry(1, "CA_2"), entry(1, "CA_3")]
+    task = asyncio.create_task(pipeline.submit(items, "webhook"))
+    await asyncio.sleep(0.01)
+    sink.futures[0].set_result(0)
+    sink.futures[1].set_exception(RuntimeError("not leader"))
+    sink.futures[2].set_result(2)
+    result = await task
+    assert (result.accepted, result.failed) == (2, 1)
+    assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 2
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 1

@@ -156,9 +156,13 @@ class CallFollow:
         self.ended = True
 
     def retry_delay(self, reason: Reason, connected_for: float | None) -> float:
-        """The wait before reconnecting: the server's `retry:` at least, backing off beyond it."""
+        """The wait before reconnecting: the server's `retry:`, then a jittered backoff on top.
+
+        On top, not the larger of the two: the backoff starts below `retry:` (1 s), so the larger
+        would be exactly `retry:` for every follower a platform restart cut at once.
+        """
         delay = self._policy.next_delay(
             "auth" if reason == "auth" else "closed" if connected_for else "connect_error",
             connected_for,
         )
-        return max(delay, self.server_retry or 0.0)
+        return (self.server_retry or 0.0) + delay

@@ -20,7 +20,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import EventStreamError, EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Nothing, Publish, Reason
-from bridge.sources.calllog.pages import PageError, events_url, fetch_pages
+from bridge.sources.calllog.pages import PageError, events_url, fetch_pages, retry_after_seconds
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
 
@@ -201,7 +201,8 @@ class Follower:
             self.state.not_published()
             raise _StoppedError
         self.state.published(last)
-        if self.halted:
+        # A stop (or a handover) waited for this publish to land; reading on would only delay it.
+        if self.halted or self._stopping.is_set():
             raise _StoppedError
 
     async def _fill(self, gap: Fill) -> None:
@@ -248,8 +249,5 @@ def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:
     if status in (401, 403):
         return "auth", 0.0
     if status == 429 or status >= 500:
-        try:
-            return "server_error", max(float(response.headers.get("Retry-After", "0")), 0.0)
-        except ValueError:
-            return "server_error", 0.0
+        return "server_error", retry_after_seconds(response.headers.get("Retry-After")) or 0.0
     return "protocol", 0.0

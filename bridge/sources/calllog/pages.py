@@ -9,6 +9,7 @@ seq. A 204 means the call is sealed and read to the end: an empty, not-live last
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from bridge import jsoncodec
 ENV_HEADER = "pinecall-env"
 # The platform's cap on `limit` (pinecall-runtime log/store.py DEFAULT_LIMIT).
 MAX_LIMIT = 500
+# The longest wait a `Retry-After` may ask for (a 429 of the per-org pacing is seconds).
+MAX_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +124,7 @@ def error_for(status: int, detail: str, retry_after: str | None = None) -> PageE
     if status == 404:
         return CallNotFoundError(message, status=status)
     if status >= 500 or status == 429:
-        return PageServerError(message, status=status, retry_after=_seconds(retry_after))
+        return PageServerError(message, status=status, retry_after=retry_after_seconds(retry_after))
     return PageError(message, status=status)
 
 
@@ -204,9 +207,15 @@ def _is_seq(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _seconds(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None) -> float | None:
+    """A `Retry-After` of delta seconds, at most MAX_RETRY_AFTER; None when absent or not one.
+
+    Capped, and only finite: a header of `inf` or of a year would otherwise stall a call forever.
+    """
     try:
         value = float(header) if header is not None else None
     except ValueError:
         return None
-    return value if value is not None and value >= 0 else None
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return min(value, MAX_RETRY_AFTER)

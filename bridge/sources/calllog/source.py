@@ -65,6 +65,7 @@ class CallLogSource:
         self._sweep_again = False
         self._followers: dict[str, tuple[Follower, asyncio.Task[bool]]] = {}
         self._retiring: set[asyncio.Task[bool]] = set()
+        self._handovers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._call_list = settings.call_list_path is not None
 
     async def start(self) -> None:
@@ -75,7 +76,7 @@ class CallLogSource:
         if not partitions:  # the start-up loop retries: the topic may be being created
             raise RuntimeError(f"the ingest topic {self._ingest} has no partitions yet")
         self.roster = Roster(partitions, self._settings.max_calls)
-        self._session = aiohttp.ClientSession()
+        self._session = stream_session()
         m = self._metrics
         m.sse_enabled.set(1)
         m.sse_calls_followed.set_function(lambda: len(self._followers))
@@ -158,7 +159,8 @@ class CallLogSource:
         if self._sweep is not None and not self._sweep.done():
             self._sweep_again = True
             return
-        self._sweep = asyncio.create_task(self._read_call_list(), name="sse-call-list")
+        # Supervised: a bug in one read is logged, counted and retried, not a silent dead task.
+        self._sweep = self._supervisor.spawn("sse-call-list", self._read_call_list)
 
     async def _read_call_list(self) -> None:
         assert self._session is not None
@@ -243,7 +245,9 @@ class CallLogSource:
             follower, task = entry
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-            asyncio.get_running_loop().create_task(self._retire_one(follower, task))
+            handover = asyncio.get_running_loop().create_task(self._retire_one(follower, task))
+            self._handovers.add(handover)
+            handover.add_done_callback(self._handovers.discard)
         if calls:
             log.info("call logs handed over", extra={"calls": len(calls)})
 
@@ -253,6 +257,16 @@ class CallLogSource:
         if follower.publishing:
             await asyncio.wait([task], timeout=_STOP_GRACE)
         task.cancel()
+
+
+def stream_session() -> aiohttp.ClientSession:
+    """One HTTP session for the org feed, every followed call's stream, gap pages and the list.
+
+    aiohttp pools 100 connections by default, and a stream holds its connection for the whole
+    call: past 100 followed calls the others, the feed and the gap pages would wait for a free
+    connection until their connect timeout, over and over. The roster bounds the streams instead.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
 def _task_name(call: str) -> str:

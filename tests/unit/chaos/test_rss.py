@@ -1,24 +1,33 @@
-"""Peak RSS from /proc/<pid>/status."""
+"""Peak RSS of replicas, sampled while they live."""
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
+from pathlib import Path
 
-from chaos.rss import PeakRss, hwm_kib, parse_hwm_kib
+from chaos.rss import PeakRss
+from tests.integration.replicas import Replica
+
+GROW = "import time; b = bytearray(40 * 2**20); print('ok', flush=True); time.sleep(60)"
 
 
-def test_vmhwm_is_parsed_from_the_status_text() -> None:
-    status = "Name:\tpython\nVmPeak:\t  999 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n"
-    assert parse_hwm_kib(status) == 12345
-    assert parse_hwm_kib("Name:\tkthreadd\n") is None
+def grown() -> subprocess.Popen[bytes]:
+    """A stand-in process that has grown to ~40 MiB and waits to be killed."""
+    process = subprocess.Popen([sys.executable, "-c", GROW], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ok\n"
+    process.stdout.close()
+    return process
 
 
-async def test_the_sampler_keeps_the_peak_of_live_processes_only() -> None:
-    own = hwm_kib(os.getpid())
-    assert own is not None
-    assert own > 0
-    gone = 2**22 + 7  # above pid_max's default: no such process
-    async with PeakRss(lambda: [os.getpid(), gone], every=0.01) as rss:
+async def test_the_sampler_keeps_each_process_peak_past_its_death(tmp_path: Path) -> None:
+    replica = Replica("r", {}, tmp_path / "r.log", 0)
+    replica.process = grown()
+    never_started = Replica("n", {}, tmp_path / "n.log", 0)
+    async with PeakRss(lambda: [replica, never_started], every=0.01) as rss:
         pass
-    assert set(rss.peaks) == {os.getpid()}
-    assert rss.peak_mib >= own / 1024
+    replica.kill()
+    rss.sample()  # a dead process keeps its last peak
+    assert list(rss.peaks) == [replica.process.pid]
+    assert rss.peak_mib >= 40

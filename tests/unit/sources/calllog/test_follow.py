@@ -1,3 +1,4 @@
+import random
 from typing import Any
 
 from bridge import jsoncodec
@@ -107,8 +108,18 @@ def test_retry_delays_back_off_past_the_servers_retry_and_are_capped() -> None:
     f = follow()
     f.step(Retry(1000))
     delays = [f.retry_delay("connect_error", None) for _ in range(2000)]
-    assert delays[:8] == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    assert max(delays) == 30.0  # no overflow after thousands of attempts
+    assert delays[:8] == [1.5, 2.0, 3.0, 5.0, 9.0, 17.0, 31.0, 31.0]
+    assert max(delays) == 31.0  # no overflow after thousands of attempts
+
+
+def test_followers_cut_together_do_not_all_come_back_at_the_servers_retry() -> None:
+    rng = random.Random(5)
+    followers = [follow(rand=rng.uniform) for _ in range(50)]
+    for f in followers:
+        f.step(Retry(1000))
+    first = [f.retry_delay("closed", 0.5) for f in followers]
+    assert min(first) >= 1.0  # never sooner than the server asked
+    assert len(set(first)) == len(first)  # spread by the jitter, not one burst at 1.0 s
 
 
 def test_auth_failures_wait_longer() -> None:

@@ -88,7 +88,11 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def run(
-        handler: Handler, *, after: int = 0, publisher: FakePublisher | None = None
+        handler: Handler,
+        *,
+        after: int = 0,
+        publisher: FakePublisher | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
         server = Server(handler)
         await server.server.start_server()
@@ -111,7 +115,7 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
             ),
             publisher=cast(Publisher, publisher),
             metrics=metrics,
-            stopping=asyncio.Event(),
+            stopping=stopping or asyncio.Event(),
         )
         ended = await asyncio.wait_for(follower.run(), 10)
         return ended, server, publisher, follower, metrics
@@ -222,6 +226,20 @@ async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> 
     assert [reconnects(metrics, r) for r in ("auth", "server_error", "protocol")] == [1, 1, 1]
 
 
+async def test_a_retry_after_of_forever_does_not_stall_the_call(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            return web.json_response({"detail": "busy"}, status=429, headers={"Retry-After": "inf"})
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    assert reconnects(metrics, "server_error") == 1
+
+
 async def test_a_gap_is_read_from_the_pages_before_what_follows(
     run_follower: Callable[..., Any],
 ) -> None:
@@ -276,6 +294,30 @@ async def test_what_was_not_acknowledged_is_not_skipped(run_follower: Callable[.
     assert not ended
     assert follower.state.acked == 5
     assert not follower.state.ended
+
+
+async def test_a_stop_during_a_publish_leaves_once_it_landed(
+    run_follower: Callable[..., Any],
+) -> None:
+    stopping = asyncio.Event()
+
+    class StoppedMeanwhile(FakePublisher):
+        async def publish(self, items: list[Any], times: list[float] = ()) -> bool:  # type: ignore[assignment]
+            stopping.set()  # the source stops while Kafka takes this batch
+            return await super().publish(items, times)
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        response = await stream(request, frame(entry(1)))
+        await asyncio.sleep(0.1)
+        await response.write(frame(entry(2)) + frame(entry(3, "call.score")))
+        return response
+
+    ended, _, publisher, follower, _ = await run_follower(
+        handler, publisher=StoppedMeanwhile(), stopping=stopping
+    )
+    assert not ended
+    assert publisher.seqs == [1]  # not a read more: the stop waits for nothing else
+    assert follower.state.acked == 1
 
 
 async def test_not_json_is_counted_and_skipped(run_follower: Callable[..., Any]) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge import jsoncodec
 from bridge.sources.calllog.pages import (
+    MAX_RETRY_AFTER,
     SEALED_END,
     CallNotFoundError,
     Page,
@@ -22,6 +23,7 @@ from bridge.sources.calllog.pages import (
     fetch_page,
     fetch_pages,
     parse_page,
+    retry_after_seconds,
 )
 
 
@@ -116,6 +118,14 @@ def test_retry_after_is_kept_when_it_is_a_number() -> None:
     unusable = error_for(503, "", "Wed, 21 Oct 2015 07:28:00 GMT")
     assert isinstance(unusable, PageServerError)
     assert unusable.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("inf", None), ("nan", None), ("-1", None), ("1e12", MAX_RETRY_AFTER), ("2.5", 2.5)],
+)
+def test_retry_after_is_finite_and_capped(header: str, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds
 
 
 def test_the_call_id_is_quoted_into_the_path() -> None:

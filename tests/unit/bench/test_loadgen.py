@@ -1,0 +1,63 @@
+"""The load generator's response framing: each answer counted once, whatever the header order."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pytest
+
+from bench.loadgen import WebhookGen, _HttpConn, parse_response
+
+BODY = b'{"accepted":1,"dropped":0}'
+# aiohttp's header order, and the order servers in other languages use: Content-Length last.
+CL_FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: application/json\r\n\r\n"
+CL_LAST = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length:%d\r\n\r\n"
+
+
+class _Answers:
+    """Stands in for WebhookGen: what the connection reported."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, bytes]] = []
+        self.lost_count = 0
+
+    def answered(self, conn: _HttpConn, status: int, payload: bytes) -> None:
+        self.answers.append((status, payload))
+
+    def lost(self, conn: _HttpConn) -> None:
+        self.lost_count += 1
+
+
+def _conn() -> tuple[_HttpConn, _Answers]:
+    answers = _Answers()
+    return _HttpConn(cast(WebhookGen, answers)), answers
+
+
+@pytest.mark.parametrize("head", [CL_FIRST, CL_LAST], ids=["length-first", "length-last"])
+def test_keep_alive_responses_are_framed_by_content_length(head: bytes) -> None:
+    conn, answers = _conn()
+    response = head % len(BODY) + BODY
+    conn.data_received(response + response[:7])
+    conn.data_received(response[7:])
+    assert answers.answers == [(200, BODY), (200, BODY)]
+    assert conn.buf == b""
+
+
+def test_a_response_split_anywhere_is_answered_once_when_complete() -> None:
+    response = CL_LAST % len(BODY) + BODY
+    for cut in range(1, len(response)):
+        conn, answers = _conn()
+        conn.data_received(response[:cut])
+        assert answers.answers == []
+        conn.data_received(response[cut:])
+        assert answers.answers == [(200, BODY)], cut
+
+
+def test_parse_response_reports_status_body_and_bytes_used() -> None:
+    error = b'{"error":"kafka_unavailable"}'
+    wire = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: %d\r\n\r\n" % (
+        len(error)
+    )
+    assert parse_response(wire + error + b"HTTP/1.1") == (503, error, len(wire) + len(error))
+    assert parse_response(wire + error[:-1]) is None
+    assert parse_response(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"", 27)

@@ -1,0 +1,99 @@
+"""The call-log source's own tasks: a bug in one is logged, counted and retried, never silent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from bridge.config import KafkaSettings, PinecallSettings, SseSettings
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.sources.calllog import source as source_module
+from bridge.sources.calllog.calllist import CallRow
+from bridge.sources.calllog.roster import Roster
+from bridge.sources.calllog.source import CallLogSource, stream_session
+from bridge.supervise import Supervisor
+
+
+async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics()
+    source = CallLogSource(
+        SseSettings(enabled=True),
+        PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k")),
+        KafkaSettings(),
+        "ingest",
+        cast(Pipeline, None),
+        metrics,
+        dedup_ttl_seconds=3_600,
+        supervisor=Supervisor(metrics, first_delay=0.001),
+    )
+    reads = 0
+
+    async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise KeyError("a bug in reading the list")
+        return [CallRow("CA_1", True, 3, 1.0, None)]
+
+    announced: list[str] = []
+    monkeypatch.setattr(source_module, "list_calls", list_calls)
+    monkeypatch.setattr(source, "announce", announced.append)
+    source.roster = Roster(1, 10)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        source._schedule_sweep()
+        assert source._sweep is not None
+        await asyncio.wait_for(source._sweep, 5)
+    assert announced == ["CA_1"]
+    crashes = metrics.registry.get_sample_value(
+        "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
+    )
+    assert crashes == 1
+
+
+async def test_the_session_holds_more_streams_than_aiohttps_default_pool_of_100() -> None:
+    streams = 120
+    opened = 0
+    all_open = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal opened
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        opened += 1
+        if opened == streams:
+            all_open.set()
+        await release.wait()  # a live call's stream: open until the call ends
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/calls/{call}/events", handler)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with stream_session() as session:
+
+            async def follow(call: int) -> None:
+                timeout = aiohttp.ClientTimeout(total=None, connect=2.0)
+                url = server.make_url(f"/v1/calls/CA_{call}/events")
+                async with session.get(url, timeout=timeout) as response:
+                    await response.read()
+
+            following = [asyncio.create_task(follow(call)) for call in range(streams)]
+            await asyncio.wait_for(all_open.wait(), 10)
+            release.set()
+            await asyncio.gather(*following)
+    finally:
+        release.set()
+        await server.close()
+    assert opened == streams
