@@ -66,7 +66,7 @@ integration: venv kafka-up  ## integration tests against the local broker
 	$(BIN)/pytest -m integration
 
 .PHONY: fuzz
-fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~15 min; `make test` runs a short one)
+fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min; `make test` runs a short one)
 	FUZZ=long KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m hypothesis -o timeout=3600
 
 test: venv kafka-up lint typecheck deploy-tools asyncapi  ## lint, type checks and every test, unit and integration

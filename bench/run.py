@@ -830,10 +830,12 @@ def tree_state() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 s steps")
     parser.add_argument("--kafka-port", type=int, default=19092)
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--only", help="stepup,batch,ws,kcat,both,replicas,restore,stage,memory")
+    parser.add_argument(
+        "--only", help="stepup,batch,ws,kcat,both,replicas,restore,stage,memory (none: profile)"
+    )
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also py-spy the bridge")
     parser.add_argument(

@@ -37,7 +37,7 @@ SCHEMA = jsoncodec.loads(
 FAST = "fast"
 LONG = "long"
 FAST_EXAMPLES = 40
-LONG_EXAMPLES = 2000
+LONG_EXAMPLES = 1000
 
 
 def register_profiles() -> None:
