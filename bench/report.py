@@ -10,10 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import orjson
 
 P99_GOAL_MS = 25.0
@@ -325,6 +321,12 @@ def _plots(data: dict[str, Any], out_dir: Path, name: str) -> list[tuple[str, Pa
     steps = data.get("steps", {})
     if not steps:
         return []
+    # Imported here: matplotlib is in the bench extra only, and the tests import this module.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     made: list[tuple[str, Path]] = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     top = 0.0
