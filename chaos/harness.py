@@ -206,9 +206,24 @@ async def webhook_counts(
         sent.update(load.sent)
         answers.update(load.answers)
     read = await read_output(bootstrap, topics, checks)
+    checks.append(completion_check(loads))
     counts = check(History(sent=sent, answers=answers, read=read))
     doubles = producer_doubles(answers, await ingest_copies(bootstrap, topics))
     return counts, doubles
+
+
+def completion_check(loads: list[WebhookLoad]) -> Check:
+    """Every call got through in the end: none gave up after its retries ran out."""
+    gave_up = [event for load in loads for event in load.abandoned]
+    sent = sum(len(load.answers) for load in loads)
+    acknowledged = sum(load.acknowledged for load in loads)
+    return Check(
+        "every event acknowledged in the end (the bridge recovered)",
+        not gave_up,
+        f"{acknowledged} of {sent} sent events acknowledged; {len(gave_up)} calls gave up after"
+        f" {loads[0].give_up_seconds:.0f}s of retries"
+        + (f", e.g. at {gave_up[0]}" if gave_up else ""),
+    )
 
 
 def retry_after_check(load: WebhookLoad, fault_at: float) -> Check:

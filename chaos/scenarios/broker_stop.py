@@ -79,5 +79,4 @@ async def broker_stop(ctx: Context) -> Outcome:
         counts,
         rss.peak_mib,
         checks,
-        [f"{len(load.abandoned)} calls gave up after 120 s of retries"] if load.abandoned else [],
     )

@@ -24,7 +24,8 @@ from tests.integration.conftest import Topics, free_port, wait_ready
 
 LATENCY_SECONDS = 0.2
 BLACK_HOLE_SECONDS = 20.0
-RESET_ROUNDS = 3
+RESET_ROUNDS = 30
+RESET_EVERY = 1.0  # seconds: often, to catch a write racing the close
 # The broker advertises the proxy, so clients that bootstrap through it stay behind it; its
 # own traffic (transaction markers) and the checker use an INTERNAL listener that bypasses it.
 OVERLAY = """\
@@ -69,13 +70,13 @@ async def resets(ctx: Context) -> Outcome:
         start = time.monotonic()
         for _ in range(RESET_ROUNDS):
             rounds.append(proxy.reset_all())
-            await asyncio.sleep(ctx.seconds(5))
+            await asyncio.sleep(ctx.seconds(RESET_EVERY))
         return start, time.monotonic()
 
-    outcome = await _behind_proxy(ctx, "resets", faults, RESET_ROUNDS * ctx.seconds(5))
+    outcome = await _behind_proxy(ctx, "resets", faults, RESET_ROUNDS * ctx.seconds(RESET_EVERY))
     outcome.fault = (
         f"bridge↔broker via a TCP proxy: every connection reset (RST) {RESET_ROUNDS} times,"
-        " 5 s apart"
+        f" {RESET_EVERY:.0f} s apart"
     )
     outcome.notes.append(f"connections cut per round: {rounds}")
     return outcome
@@ -117,6 +118,7 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
             decided: list[Check] = []
             counts, doubles = await webhook_counts(direct, topics, [load], decided)
             during = [a.status for a in load.attempts if fault_at <= a.started <= healed_at]
+            ready_after = watch.statuses("/readyz", healed_at)
             checks = [
                 *decided,
                 retry_after_check(load, fault_at),
@@ -141,5 +143,8 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
         counts,
         rss.peak_mib,
         checks,
-        [f"proxy: {proxy.connections_total} connections"],
+        [
+            f"proxy: {proxy.connections_total} connections",
+            f"/readyz after the faults: {dict(sorted(Counter(ready_after).items()))}",
+        ],
     )
