@@ -16,13 +16,26 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Readiness:
-    """Ready once Kafka is connected, and never again once shutdown has begun."""
+    """Ready once Kafka is connected, and never again once shutdown has begun.
 
-    def __init__(self, metrics: Metrics, kafka_connected: Callable[[], bool]) -> None:
+    Alive unless a Kafka client of ours died and could not be replaced (a broker outage never
+    counts): only a process restart can help then.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        kafka_connected: Callable[[], bool],
+        clients_alive: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._metrics = metrics
         self._kafka_connected = kafka_connected
+        self._clients_alive = clients_alive
         self.started = False
         self.stopping = False
+
+    def alive(self) -> bool:
+        return self._clients_alive()
 
     def ready(self) -> bool:
         value = self.started and not self.stopping and self._kafka_connected()
@@ -53,6 +66,8 @@ def build_app(
     )
 
     async def healthz(_: web.Request) -> web.Response:
+        if not readiness.alive():
+            return json_response({"status": "kafka_client_dead"}, status=503)
         return json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:

@@ -110,6 +110,13 @@ class KafkaSettings(BaseModel):
 class HttpSettings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
+    # Longer than the idle timeout of the balancers in front (ALB and ingress-nginx 60 s, Traefik
+    # 90 s), so the balancer, never the bridge, closes an idle connection it may be reusing.
+    keepalive_timeout_seconds: float = Field(default=120.0, gt=0, le=3630)
+    # From a request's first byte to the end of its headers; then the connection is closed.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # The whole body read (and any unread body drained after the answer); past it: 408, closed.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
 class WebhookSettings(BaseModel):

@@ -76,6 +76,14 @@ class Metrics:
             ["channel", "reason"],
             registry=r,
         )
+        self.http_timed_out = Counter(
+            f"{PREFIX}_http_connections_timed_out_total",
+            "Connections the HTTP edge closed because a client was too slow, by phase.",
+            ["phase"],
+            registry=r,
+        )
+        for phase in ("header", "body"):  # at 0 from the start, for increase()
+            self.http_timed_out.labels(phase)
         self.dead_lettered = Counter(
             f"{PREFIX}_events_dead_lettered_total",
             "Authenticated input that is not an event, sent to the dead-letter topic.",
@@ -205,6 +213,12 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.kafka_client_restarts = Counter(
+            f"{PREFIX}_kafka_client_restarts_total",
+            "Kafka clients replaced because their aiokafka background task died, by client.",
+            ["client"],
+            registry=r,
+        )
         self.websocket_backlog = Gauge(
             f"{PREFIX}_websocket_backlog_events",
             "Feed events read from the socket and not yet acknowledged by Kafka.",
@@ -263,6 +277,8 @@ class Metrics:
             self.dedup_partitions_lost.labels(reason)
         for outcome in ("committed", "aborted"):
             self.dedup_transactions.labels(outcome)
+        for client in ("ingest_producer", "dedup_consumer"):
+            self.kafka_client_restarts.labels(client)
 
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)

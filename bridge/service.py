@@ -21,6 +21,7 @@ from aiohttp import web
 from bridge.app import Readiness, build_app
 from bridge.config import Settings
 from bridge.dedup.stage import DedupStage
+from bridge.http_timeouts import timed_runner
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
@@ -81,7 +82,11 @@ class Bridge:
             else None
         )
         self.dedup.listener = self.calllog
-        self.readiness = Readiness(self.metrics, lambda: self.sink.connected)
+        self.readiness = Readiness(
+            self.metrics,
+            lambda: self.sink.connected,
+            clients_alive=lambda: self.sink.alive and self.dedup.alive,
+        )
         self.feed: WebSocketSource | None = None
         self.lease = (
             FeedLease(
@@ -98,7 +103,12 @@ class Bridge:
             if settings.websocket.enabled
             else None
         )
-        webhook = WebhookHandler(settings.webhook, self.pipeline, self.metrics)
+        webhook = WebhookHandler(
+            settings.webhook,
+            self.pipeline,
+            self.metrics,
+            body_timeout_seconds=settings.http.body_timeout_seconds,
+        )
         self.app = build_app(settings, webhook, self.readiness, self.metrics)
         self._runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
@@ -110,8 +120,10 @@ class Bridge:
         if self._runner is not None:
             return
         http = self.settings.http
-        runner = web.AppRunner(
+        runner = timed_runner(
             self.app,
+            http,
+            self.metrics,
             handle_signals=False,
             access_log=None,
             # The signature covers the raw body, and inflating a gzip bomb (1,000:1) would stall

@@ -127,3 +127,65 @@ def _dechunk(data: bytes) -> bytes:
         body += data[:size]
         data = data[size + 2 :]
     return bytes(body)
+
+
+class RawConnection:
+    """One connection written and read step by step: a slow client, or one kept alive."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> RawConnection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> bool:
+        """Write `data`; False if the server has closed the connection."""
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            return False
+        return not self.writer.is_closing()
+
+    async def dribble(self, data: bytes, every: float) -> None:
+        """Send `data` a byte at a time, `every` seconds apart, until sent or refused."""
+        for byte in data:
+            if not await self.send(bytes([byte])):
+                return
+            await asyncio.sleep(every)
+
+    async def response(self, within: float = 10.0) -> RawResponse | None:
+        """The next response (head and Content-Length body), or None if the server closed first."""
+        async with asyncio.timeout(within):
+            try:
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            parsed = parse_response(head)
+            if parsed is None:
+                return None
+            length = int(parsed.headers.get("content-length", "0"))
+            body = await self.reader.readexactly(length)
+        return parse_response(head + body)
+
+    async def closed(self, within: float) -> bytes:
+        """What the server sends until it closes; TimeoutError if still open after `within`."""
+        received = bytearray()
+        async with asyncio.timeout(within):
+            while True:
+                try:
+                    chunk = await self.reader.read(65536)
+                except ConnectionError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+        return bytes(received)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

@@ -29,11 +29,14 @@ from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import consumer_died, stop_dead, unreachable
+from bridge.sink.kafka import REPLACE_ATTEMPTS
 from bridge.sink.limits import TopicLimits
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 _RETRY_LOST_AFTER = 2.0
+_STOP_DEAD_AFTER = 5.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -73,6 +76,8 @@ class DedupStage:
         # Revoked and committed, kept in case the rebalance hands them straight back.
         self._suspended: dict[TopicPartition, PartitionTask] = {}
         self._running = False
+        # False once a dead consumer could not be replaced REPLACE_ATTEMPTS times in a row.
+        self.alive = True
         # The last assignment, kept through revocation: claimed at the next join so partitions
         # stay where their state is (a moved partition costs a restore).
         self._assigned: set[int] = set()
@@ -91,6 +96,11 @@ class DedupStage:
     async def start(self) -> None:
         if self._consumer is not None:
             return
+        self._consumer = await self._started_consumer()
+        self._running = True
+        self._loop = self._supervisor.spawn("dedup-stage", self._run)
+
+    async def _started_consumer(self) -> AIOKafkaConsumer:
         s = self._settings
         consumer = AIOKafkaConsumer(
             **self._client,
@@ -102,11 +112,13 @@ class DedupStage:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
         consumer.subscribe([self._topic], listener=_Listener(self))
-        self._consumer = consumer
-        self._running = True
-        self._loop = self._supervisor.spawn("dedup-stage", self._run)
+        return consumer
 
     async def stop(self) -> None:
         """Commit each owned partition's open transaction, close the producers, leave the group."""
@@ -137,9 +149,18 @@ class DedupStage:
         consumer = self._consumer
         interval = self._settings.commit_interval_ms / 1000
         while self._running:
+            died = consumer_died(consumer)
+            if died is not None:
+                fresh = await self._replace_consumer(consumer, died)
+                if fresh is None:
+                    return
+                consumer = fresh
+                continue
             try:
                 batches = await consumer.getmany(timeout_ms=self._settings.commit_interval_ms)
             except Exception:  # the group must outlive a fetch error; aiokafka retries inside
+                if consumer_died(consumer) is not None:
+                    continue  # replaced at the top of the loop
                 log.exception("dedup stage fetch failed")
                 await asyncio.sleep(interval)
                 continue
@@ -155,6 +176,52 @@ class DedupStage:
                 ]
                 await asyncio.gather(*(self._step(t, t.commit()) for t in due))
                 self._update_lag(consumer)
+
+    async def _replace_consumer(self, dead: AIOKafkaConsumer, why: str) -> AIOKafkaConsumer | None:
+        """Its group task died, so it fetches nothing ever again: lose every partition, rejoin.
+
+        Open transactions are aborted; the new consumer's assignment restarts each partition
+        afresh (fencing the old producers), as after any other loss. None if stopped meanwhile.
+        """
+        log.error("the dedup stage's consumer died; replacing it", extra={"why": why})
+        for starting in list(self._starting.values()):
+            starting.cancel()
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        self._starting.clear()
+        async with self._lock:
+            for task in list(self._tasks.values()):
+                await self._lose(task, "error", restart=False)
+            gone, self._suspended = list(self._suspended.values()), {}
+            await asyncio.gather(*(t.close(abort=True) for t in gone))
+        self._consumer = None
+        # Bounded: leaving the group through a broken client can wait out every timeout.
+        await stop_dead(dead, _STOP_DEAD_AFTER)
+        failures, delay = 0, 0.5
+        while self._running:
+            try:
+                fresh = await self._started_consumer()
+            except Exception as exc:
+                # An outage is not ours to cure: keep trying, never report the process dead.
+                failures += 0 if unreachable(exc) else 1
+                if failures >= REPLACE_ATTEMPTS and self.alive:
+                    self.alive = False
+                    log.critical(
+                        "the dedup consumer cannot be replaced; reporting the process dead",
+                        extra={"error": repr(exc), "attempts": failures},
+                    )
+                else:
+                    log.warning(
+                        "could not replace the dedup consumer yet", extra={"error": repr(exc)}
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._consumer = fresh
+            self.alive = True
+            self._metrics.kafka_client_restarts.labels("dedup_consumer").inc()
+            log.info("dedup consumer replaced; rejoining the group")
+            return fresh
+        return None
 
     async def _step(self, task: PartitionTask, step: Any) -> None:
         try:

@@ -24,11 +24,15 @@ from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import producer_died, stop_dead, unreachable
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# Failed replacements of a dead producer, in a row and with the cluster reachable, before the
+# process reports itself dead (/healthz) for the orchestrator to restart it.
+REPLACE_ATTEMPTS = 5
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -141,12 +145,21 @@ class KafkaSink:
         self.limits = TopicLimits(settings.max_request_bytes)
         self._producer: AIOKafkaProducer | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a send found the sender task dead: replace it now
+        self._replace_failures = 0
         self.connected = False
+        # False once a dead producer could not be replaced REPLACE_ATTEMPTS times in a row.
+        self.alive = True
 
     async def start(self) -> None:
         """Connect; raises KafkaError when the cluster cannot be reached."""
         if self._producer is not None:
             return
+        self._producer = await self._started_producer()
+        self._set_connected(True)
+        self._probe = self._supervisor.spawn("kafka-probe", self._probe_loop)
+
+    async def _started_producer(self) -> AIOKafkaProducer:
         s = self._settings
         producer = AIOKafkaProducer(
             **client_options(s),
@@ -163,9 +176,7 @@ class KafkaSink:
         except BaseException:
             await producer.stop()
             raise
-        self._producer = producer
-        self._set_connected(True)
-        self._probe = self._supervisor.spawn("kafka-probe", self._probe_loop)
+        return producer
 
     async def stop(self) -> None:
         """Flush and close; safe to call twice or before start."""
@@ -185,12 +196,18 @@ class KafkaSink:
         Cancelling this coroutine withdraws the record; the future, once returned, does not.
         Raises MessageSizeTooLargeError, before sending, for a record its topic cannot take.
         """
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             raise KafkaError("the Kafka producer is not running")
         self.limits.check(record)
-        future: asyncio.Future[Any] = await self._producer.send(
-            record.topic, value=record.value, key=record.key, headers=list(record.headers)
-        )
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                record.topic, value=record.value, key=record.key, headers=list(record.headers)
+            )
+        except KafkaError:
+            if producer_died(producer) is not None:
+                self._wake.set()
+            raise
         return future
 
     def mark_unreachable(self) -> None:
@@ -288,10 +305,16 @@ class KafkaSink:
     async def _probe_loop(self) -> None:
         interval = self._settings.metadata_probe_seconds
         while self._producer is not None:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
             producer = self._producer
             if producer is None:
                 return
+            died = producer_died(producer)
+            if died is not None:
+                await self._replace(producer, died)
+                continue
             try:
                 await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=interval)
             except (KafkaError, TimeoutError, OSError):
@@ -302,6 +325,38 @@ class KafkaSink:
                 if not self.connected:
                     log.info("Kafka reachable again")
                 self._set_connected(True)
+
+    async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
+        """Its sender task died, so every send fails: start a new producer in its place.
+
+        The dead one already failed what it held (answered 503, so retried by Pinecall).
+        """
+        self._set_connected(False)
+        log.error(
+            "the Kafka producer's sender task died; replacing the producer", extra={"why": why}
+        )
+        try:
+            fresh = await self._started_producer()
+        except Exception as exc:
+            # An outage is not ours to cure: not ready, retried at the next probe, never dead.
+            if not unreachable(exc):
+                self._replace_failures += 1
+            if self._replace_failures >= REPLACE_ATTEMPTS and self.alive:
+                self.alive = False
+                log.critical(
+                    "the Kafka producer cannot be replaced; reporting the process dead",
+                    extra={"error": repr(exc), "attempts": self._replace_failures},
+                )
+            else:
+                log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
+            return
+        self._producer = fresh
+        self._replace_failures = 0
+        self.alive = True
+        self._metrics.kafka_client_restarts.labels("ingest_producer").inc()
+        self._set_connected(True)
+        log.info("Kafka producer replaced")
+        await stop_dead(dead, max(self._settings.metadata_probe_seconds, 5.0))
 
     def _set_connected(self, value: bool) -> None:
         # Called on every acknowledgement: touch the gauge only when the state changes.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from bridge import jsoncodec
-from bridge.config import WebhookSettings
+from bridge.config import HttpSettings, WebhookSettings
 from bridge.metrics import Metrics
 from bridge.normalise import split_body
 from bridge.pipeline import Pipeline
@@ -34,8 +35,16 @@ def error(status: int, reason: str, detail: str, **headers: str) -> web.Response
 class WebhookHandler:
     """POST handler; answers 2xx only once every event of the body is acknowledged by Kafka."""
 
-    def __init__(self, settings: WebhookSettings, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        body_timeout_seconds: float = HttpSettings().body_timeout_seconds,
+    ) -> None:
         self._settings = settings
+        self._body_timeout = body_timeout_seconds
         self._pipeline = pipeline
         self._metrics = metrics
         self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
@@ -58,7 +67,13 @@ class WebhookHandler:
                 413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
             )
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                body = await request.read()
+        except TimeoutError:
+            # A client this slow holds a connection and a buffer: answer, then hang up.
+            self._metrics.http_timed_out.labels("body").inc()
+            detail = f"the body did not arrive within {self._body_timeout:g} s"
+            return self._reject(408, "body_timeout", detail, Connection="close")
         except web.HTTPRequestEntityTooLarge:
             return self._reject(
                 413, "body_too_large", f"the limit is {limit} bytes", Connection="close"

@@ -156,7 +156,9 @@ def test_check_validates_configuration_from_the_environment(installed: Path) -> 
         BRIDGE_KAFKA__BOOTSTRAP_SERVERS="kafka-0.kafka:9092,kafka-1.kafka:9092",
     )
     assert code == 0, out
-    effective = json.loads(out.split("\n", 1)[1])
+    # The settings as JSON, then (stderr, merged here) the record-limits line.
+    effective, _ = json.JSONDecoder().raw_decode(out.split("\n", 1)[1])
+    assert "record limits:" in out
     assert effective["kafka"]["bootstrap_servers"] == ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]
     assert "s3cret" not in out, "secrets are masked"
     code, out = bridge_command(installed, "check")

@@ -1,0 +1,160 @@
+"""A request-head timeout for aiohttp's server, which has none of its own.
+
+aiohttp closes idle keep-alive connections and lets a handler time out its body read, but a
+client that sends its request line and headers a byte at a time holds a connection (and its
+buffers) for as long as it likes: the slowloris attack. Here a timer starts at the first byte of
+a request head and closes the connection unless the head is complete when it fires.
+
+aiohttp builds its protocol (RequestHandler) in web.Server.__call__, with no hook for another
+class; so a Server subclass builds ours, and an AppRunner subclass puts that Server in place.
+Knowing where a head starts and ends needs two private attributes of RequestHandler
+(`_request_count`, bumped per parsed head, and `_messages`, the parsed requests): `check_aiohttp`
+refuses to start on an aiohttp without them, and tests/unit/test_http_timeouts.py fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from bridge.config import HttpSettings
+from bridge.metrics import Metrics
+
+_INTERNALS = ("_request_count", "_messages")
+
+
+def check_aiohttp() -> None:
+    """Raise unless aiohttp's RequestHandler still has the internals the head timer reads."""
+    missing = [name for name in _INTERNALS if name not in RequestHandler.__slots__]
+    if missing:
+        raise RuntimeError(
+            f"aiohttp's RequestHandler has no {', '.join(missing)}: bridge/http_timeouts.py"
+            " needs updating for this aiohttp version"
+        )
+
+
+class HeadTimeoutHandler(RequestHandler):
+    """aiohttp's protocol, closing a connection whose request head is not complete in time."""
+
+    __slots__ = ("_head_timeout", "_head_timer", "_last_payload", "_on_head_timeout")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        head_timeout: float,
+        on_head_timeout: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._on_head_timeout = on_head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        # The body of the newest parsed request: bytes that arrive before it ends are body.
+        self._last_payload: StreamReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        payload = self._last_payload
+        # Only bytes after the last body's end are a head; a chunk that ends a body and starts
+        # a pipelined head is left for the next chunk (the keep-alive timeout bounds it meanwhile).
+        starts_head = payload is None or payload.is_eof()
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._cancel_head_timer()
+            messages: deque[Any] = self._messages
+            if messages:
+                self._last_payload = messages[-1][1]
+        elif data and starts_head and self._head_timer is None and self.transport is not None:
+            self._head_timer = self._loop.call_later(
+                self._head_timeout, self._head_timed_out, parsed
+            )
+
+    def _head_timed_out(self, parsed: int) -> None:
+        self._head_timer = None
+        if self._request_count == parsed and self.transport is not None:
+            self._on_head_timeout()
+            self.force_close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        self._last_payload = None
+        super().connection_lost(exc)
+
+
+class HeadTimeoutServer(web.Server):
+    """aiohttp's low-level server, building HeadTimeoutHandler protocols."""
+
+    def __init__(
+        self, base: web.Server, head_timeout: float, on_head_timeout: Callable[[], None]
+    ) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            **base._kwargs,
+        )
+        self._head_timeout = head_timeout
+        self._on_head_timeout = on_head_timeout
+
+    def __call__(self) -> RequestHandler:
+        # Unlike aiohttp's, no fallback dropping unknown arguments: a mistake fails at start.
+        return HeadTimeoutHandler(
+            self,
+            loop=self._loop,
+            head_timeout=self._head_timeout,
+            on_head_timeout=self._on_head_timeout,
+            **self._kwargs,
+        )
+
+
+class HeadTimeoutAppRunner(web.AppRunner):
+    """An AppRunner whose server closes connections that send a request head too slowly."""
+
+    __slots__ = ("_head_timeout", "_on_head_timeout")
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        head_timeout: float,
+        on_head_timeout: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        check_aiohttp()
+        super().__init__(app, **kwargs)
+        self._head_timeout = head_timeout
+        self._on_head_timeout = on_head_timeout
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()  # starts the app up and builds aiohttp's server
+        return HeadTimeoutServer(base, self._head_timeout, self._on_head_timeout)
+
+
+def timed_runner(
+    app: web.Application, http: HttpSettings, metrics: Metrics, **kwargs: Any
+) -> HeadTimeoutAppRunner:
+    """The HTTP edge's runner: head, body-drain and keep-alive timeouts from the settings."""
+    timed_out = metrics.http_timed_out.labels("header")
+    return HeadTimeoutAppRunner(
+        app,
+        head_timeout=http.header_timeout_seconds,
+        on_head_timeout=timed_out.inc,
+        # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.
+        keepalive_timeout=http.keepalive_timeout_seconds,
+        # After answering without reading the whole body (413, 415, 408...) aiohttp drains the
+        # rest for up to 10 s before it closes: never longer than the body timeout.
+        lingering_time=min(10.0, http.body_timeout_seconds),
+        **kwargs,
+    )

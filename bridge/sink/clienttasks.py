@@ -1,0 +1,90 @@
+"""Whether an aiokafka client's background task has died: the one look at its private attributes.
+
+aiokafka sends from one background task per producer (Sender.sender_task) and keeps a consumer's
+group membership and fetching in others (GroupCoordinator._coordination_task,
+Fetcher._fetch_task), and each keeps its metadata fresh in another (AIOKafkaClient._sync_task).
+When one of them dies of an unexpected error (aiokafka#1038: under uvloop,
+writing to a just-reset connection raises RuntimeError) the client fails every later call and
+never recovers by itself: its owner must replace it. The attributes are private; where a future
+aiokafka lacks them the client counts as alive, and that is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
+
+log = logging.getLogger(__name__)
+
+_PRODUCER = (("_sender", "sender_task"), ("client", "_sync_task"))
+_CONSUMER = (
+    ("_coordinator", "_coordination_task"),
+    ("_fetcher", "_fetch_task"),
+    ("_client", "_sync_task"),
+)
+_UNREACHABLE = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    OSError,
+    TimeoutError,
+)
+_warned: set[str] = set()
+
+
+def producer_died(producer: Any) -> str | None:
+    """Why a started producer's sender task ended, or None while it runs (or cannot be told)."""
+    return _died(producer, _PRODUCER)
+
+
+def consumer_died(consumer: Any) -> str | None:
+    """Why a started group consumer's coordination or fetch task ended, or None while both run."""
+    return _died(consumer, _CONSUMER)
+
+
+async def stop_dead(client: Any, within: float) -> None:
+    """Stop a client whose task died, within `within` s; whatever it raises is logged only.
+
+    Its own task, so that a CancelledError from inside aiokafka (its fetcher awaits the tasks
+    it cancels) cannot pass for a cancellation of the caller.
+    """
+    stopping = asyncio.ensure_future(client.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=within)
+    if not done:
+        stopping.cancel()
+        log.warning("a dead Kafka client did not stop in time", extra={"within_s": within})
+    elif stopping.cancelled() or stopping.exception() is not None:
+        error = "cancelled" if stopping.cancelled() else repr(stopping.exception())
+        log.warning("a dead Kafka client did not stop cleanly", extra={"error": error})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The cluster could not be reached: an outage, which restarting the process cannot cure."""
+    return isinstance(exc, _UNREACHABLE)
+
+
+def _died(client: Any, paths: tuple[tuple[str, str], ...]) -> str | None:
+    for owner_name, task_name in paths:
+        task = getattr(getattr(client, owner_name, None), task_name, None)
+        if not isinstance(task, asyncio.Future):
+            path = f"{type(client).__name__}.{owner_name}.{task_name}"
+            if path not in _warned:
+                _warned.add(path)
+                log.warning(
+                    "cannot watch an aiokafka background task (aiokafka changed?); assuming alive",
+                    extra={"attribute": path},
+                )
+            continue
+        if not task.done():
+            continue
+        if task.cancelled():
+            return f"{task_name} cancelled"
+        exc = task.exception()
+        if exc is None:
+            return f"{task_name} ended"
+        cause = f" (from {exc.__cause__!r})" if exc.__cause__ is not None else ""
+        return f"{task_name} died: {exc!r}{cause}"
+    return None

@@ -1,0 +1,107 @@
+"""A Kafka client whose aiokafka background task dies is replaced; the bridge keeps serving.
+
+The fault is aiokafka#1038: under uvloop, writing to a connection the broker just reset raises
+RuntimeError("... the handler is closed"), which aiokafka does not expect, and the task that
+wrote dies for good. The stock event loop the tests run on only logs such a write, so each test
+makes the real client's real connections behave as uvloop's do: the next write resets the
+connection and raises that RuntimeError inside aiokafka's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bridge.sink.clienttasks import consumer_died, producer_died
+from tests.integration.conftest import (
+    BridgeFactory,
+    Topics,
+    consume_until,
+    entry,
+    has_id,
+    until_metrics,
+)
+
+
+def reset_like_uvloop(client: Any) -> int:
+    """Make each open connection of an aiokafka client fail its next write as uvloop does."""
+    patched = 0
+    for conn in list(client._conns.values()):
+        writer = conn._writer
+        if writer is None:
+            continue
+        transport = writer.transport
+
+        def write(_: bytes, transport: Any = transport) -> None:
+            transport.abort()  # the broker's reset, seen by the loop a moment too late
+            raise RuntimeError(
+                f"unable to perform operation on {transport!r}; the handler is closed"
+            )
+
+        writer.write = write
+        patched += 1
+    return patched
+
+
+async def until(condition: Any, within: float = 30) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_ingest_producer_whose_sender_died_is_replaced(
+    start_bridge: BridgeFactory, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    handle = await start_bridge(kafka={"metadata_probe_seconds": 1.0})
+    assert (await handle.post(entry(1, unique_call)))[0] == 200
+
+    dead = handle.bridge.sink._producer
+    assert reset_like_uvloop(dead.client) > 0
+    status, _ = await handle.post(entry(2, unique_call))
+    assert status == 503  # the sender task died delivering it; Pinecall will retry
+    assert producer_died(dead) is not None
+
+    # Pinecall's retries: answered 200 again once the producer is replaced.
+    async with asyncio.timeout(30):
+        while True:
+            if (await handle.post(entry(2, unique_call)))[0] == 200:
+                break
+            await asyncio.sleep(0.2)
+    assert handle.bridge.sink._producer is not dead
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    metrics = await until_metrics(
+        handle,
+        lambda m: (
+            m.get('pinecall_bridge_kafka_client_restarts_total{client="ingest_producer"}') == 1
+        ),
+    )
+    assert metrics["pinecall_bridge_ready"] == 1
+    async with handle.session.get(handle.url + "/healthz") as response:
+        assert response.status == 200
+
+
+async def test_dedup_consumer_whose_coordinator_died_is_replaced(
+    start_bridge: BridgeFactory, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    handle = await start_bridge()
+    assert (await handle.post(entry(1, unique_call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+
+    stage = handle.bridge.dedup
+    dead = stage._consumer
+    assert reset_like_uvloop(dead._client) > 0
+    # The coordinator writes next when it rejoins: a new member makes the group rebalance.
+    dead._coordinator.request_rejoin()
+    await until(lambda: consumer_died(dead) is not None or stage._consumer is not dead)
+
+    assert (await handle.post(entry(2, unique_call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"), within=60)
+    assert stage._consumer is not dead
+    await until_metrics(
+        handle,
+        lambda m: (
+            m.get('pinecall_bridge_kafka_client_restarts_total{client="dedup_consumer"}') == 1
+        ),
+    )

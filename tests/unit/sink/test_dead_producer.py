@@ -1,0 +1,177 @@
+"""The ingest producer is replaced when aiokafka's sender task dies (aiokafka#1038 under uvloop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from bridge.config import KafkaSettings
+from bridge.metrics import Metrics
+from bridge.sink import kafka
+from bridge.sink.clienttasks import consumer_died, producer_died
+from bridge.sink.kafka import REPLACE_ATTEMPTS, KafkaSink, Record
+
+RECORD = Record("t", b"k", b"v")
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.sender_task: asyncio.Task[None] | None = None
+
+
+class _Client:
+    def __init__(self) -> None:
+        self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
+
+    async def fetch_all_metadata(self) -> None:
+        return None
+
+
+class FakeProducer:
+    """Shaped like AIOKafkaProducer where the sink and clienttasks look at it."""
+
+    made: ClassVar[list[FakeProducer]] = []
+    start_errors: ClassVar[list[BaseException]] = []
+
+    def __init__(self, **_: Any) -> None:
+        self._sender = _Sender()
+        self.client = _Client()
+        self.sent: list[bytes | None] = []
+        self.stopped = False
+        self._death: asyncio.Future[BaseException] | None = None
+        FakeProducer.made.append(self)
+
+    async def start(self) -> None:
+        if FakeProducer.start_errors:
+            raise FakeProducer.start_errors.pop(0)
+        self._death = asyncio.get_running_loop().create_future()
+        self._sender.sender_task = asyncio.create_task(self._sender_routine())
+
+    async def _sender_routine(self) -> None:
+        assert self._death is not None
+        cause = await self._death
+        # What aiokafka's Sender does with an unexpected error: log it and end the task.
+        raise KafkaError("Unexpected error during batch delivery") from cause
+
+    def kill(self) -> None:
+        assert self._death is not None
+        self._death.set_result(RuntimeError("unable to perform operation; the handler is closed"))
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> Any:
+        task = self._sender.sender_task
+        if task is not None and task.done():
+            raise KafkaError("Unexpected error during batch delivery")
+        self.sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def stop(self) -> None:
+        self.stopped = True
+        task = self._sender.sender_task
+        if task is not None and not task.done():
+            task.cancel()
+
+
+@pytest.fixture(autouse=True)
+def fake_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeProducer.made = []
+    FakeProducer.start_errors = []
+    monkeypatch.setattr(kafka, "AIOKafkaProducer", FakeProducer)
+
+
+def restarts(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "pinecall_bridge_kafka_client_restarts_total", {"client": "ingest_producer"}
+    )
+
+
+async def until(condition: Any) -> None:
+    async with asyncio.timeout(5.0):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+async def started_sink(metrics: Metrics, probe_seconds: float = 60.0) -> KafkaSink:
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=probe_seconds), metrics)
+    await sink.start()
+    return sink
+
+
+async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced() -> None:
+    metrics = Metrics()
+    # A probe interval far beyond the test: only the failed send can have woken the replacement.
+    sink = await started_sink(metrics)
+    first = FakeProducer.made[0]
+    first.kill()
+    await until(lambda: producer_died(first) is not None)
+    assert sink.connected  # the bug: the cluster answers metadata, so nothing looked wrong
+
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+
+    await (await sink.send(RECORD))
+    assert FakeProducer.made[1].sent == [b"v"]
+    assert first.stopped
+    assert restarts(metrics) == 1
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_the_probe_finds_a_dead_sender_without_any_send() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    FakeProducer.made[0].kill()
+    await until(lambda: restarts(metrics) == 1)
+    assert sink.connected
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_repeated_failed_replacements_report_the_process_dead() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    FakeProducer.start_errors = [KafkaError("refused") for _ in range(REPLACE_ATTEMPTS)]
+    FakeProducer.made[0].kill()
+    await until(lambda: not sink.alive)
+    assert not sink.connected
+    assert restarts(metrics) == 0
+    # Once a replacement succeeds, the process is alive again.
+    await until(lambda: sink.alive and sink.connected)
+    assert restarts(metrics) == 1
+    await sink.stop()
+
+
+async def test_an_outage_during_replacement_never_reports_the_process_dead() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    outage = [KafkaConnectionError("Unable to bootstrap") for _ in range(REPLACE_ATTEMPTS * 3)]
+    FakeProducer.start_errors = list(outage)
+    FakeProducer.made[0].kill()
+    await until(lambda: not FakeProducer.start_errors)
+    assert sink.alive
+    await until(lambda: sink.connected)
+    assert restarts(metrics) == 1
+    await sink.stop()
+
+
+def test_a_client_without_the_expected_attributes_counts_as_alive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Changed:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="bridge.sink.clienttasks"):
+        assert producer_died(Changed()) is None
+        assert producer_died(Changed()) is None
+        assert consumer_died(Changed()) is None
+    warned = [r for r in caplog.records if "cannot watch" in r.getMessage()]
+    # Once per attribute: the producer's sender and metadata tasks, the consumer's three.
+    assert len(warned) == 5

@@ -1,0 +1,239 @@
+"""The HTTP edge's timeouts over raw sockets, against the real app on a real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from bridge import jsoncodec
+from bridge.app import Readiness, build_app
+from bridge.config import ConfigError, Settings, load_settings
+from bridge.http_timeouts import HeadTimeoutHandler, check_aiohttp, timed_runner
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.routing import Router
+from bridge.sources.signature import sign
+from bridge.sources.webhook import WebhookHandler
+from tests.rawhttp import RawConnection
+from tests.unit.fakes import FakeSink
+
+SECRET = b"whsec_test"
+PATH = "/webhooks/pinecall"
+# Generous: the timeouts under test are 0.5 s, the ones not under test 60 s.
+CLOSED_WITHIN = 15.0
+LONG = 60.0
+SHORT = 0.5
+ENTRY = jsoncodec.dumps(
+    {
+        "seq": 1,
+        "ts": 1_700_000_000,
+        "call": "CA_1",
+        "agent": "a",
+        "type": "call.started",
+        "ephemeral": False,
+        "data": {},
+    }
+)
+
+
+def head(method: str, target: str, *headers: str) -> bytes:
+    """A keep-alive request head (no `Connection: close`)."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def signed_post(body: bytes) -> bytes:
+    return (
+        head(
+            "POST",
+            PATH,
+            "Content-Type: application/json",
+            f"X-Pinecall-Signature: {sign(SECRET, body)}",
+            f"Content-Length: {len(body)}",
+        )
+        + body
+    )
+
+
+HEALTHZ = head("GET", "/healthz")
+
+
+@dataclass
+class Edge:
+    port: int
+    metrics: Metrics
+    sink: FakeSink
+    server: web.Server
+
+    def timed_out(self, phase: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "pinecall_bridge_http_connections_timed_out_total", {"phase": phase}
+        )
+        return value or 0.0
+
+    def rejected(self, reason: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "pinecall_bridge_events_rejected_total", {"channel": "webhook", "reason": reason}
+        )
+        return value or 0.0
+
+    async def connect(self) -> RawConnection:
+        return await RawConnection.open("127.0.0.1", self.port)
+
+
+@contextlib.asynccontextmanager
+async def edge(
+    header: float = LONG, body: float = LONG, keepalive: float = LONG
+) -> AsyncIterator[Edge]:
+    """The bridge's app behind the bridge's runner, on a free port, with a fake Kafka."""
+    s: Settings = load_settings(
+        http={
+            "port": 0,
+            "header_timeout_seconds": header,
+            "body_timeout_seconds": body,
+            "keepalive_timeout_seconds": keepalive,
+        },
+        webhook={"secrets": [SECRET.decode()], "max_body_bytes": 4096},
+    )
+    metrics, sink = Metrics(), FakeSink()
+    pipeline = Pipeline(
+        sink,
+        Router(s.topics, []),
+        metrics,
+        source="test",
+        ingest_topic=s.topics.ingest,
+        dlq_topic=s.topics.dlq,
+        publish_timeout=0.2,
+    )
+    webhook = WebhookHandler(
+        s.webhook, pipeline, metrics, body_timeout_seconds=s.http.body_timeout_seconds
+    )
+    app = build_app(s, webhook, Readiness(metrics, lambda: True), metrics)
+    runner = timed_runner(app, s.http, metrics, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert runner.server is not None
+    try:
+        yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slow_request_head_is_closed_after_the_header_timeout() -> None:
+    async with edge(header=SHORT) as e:
+        conn = await e.connect()
+        dribbling = asyncio.create_task(conn.dribble(signed_post(ENTRY), every=0.1))
+        received = await conn.closed(within=CLOSED_WITHIN)
+        await dribbling
+        await conn.close()
+        assert received == b""  # no answer: the head never ended
+        assert e.timed_out("header") == 1
+        assert e.sink.records == []
+
+
+async def test_a_connection_that_sends_nothing_is_closed_by_the_keepalive_timeout() -> None:
+    async with edge(keepalive=SHORT) as e:
+        conn = await e.connect()
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
+        assert e.timed_out("header") == 0  # an idle connection is no slow client
+
+
+async def test_a_slow_body_gets_408_and_is_closed() -> None:
+    async with edge(body=SHORT) as e:
+        conn = await e.connect()
+        request = signed_post(ENTRY)
+        split = request.index(b"\r\n\r\n") + 4 + 5
+        assert await conn.send(request[:split])
+        dribbling = asyncio.create_task(conn.dribble(request[split:], every=0.2))
+        response = await conn.response(within=CLOSED_WITHIN)
+        assert response is not None
+        assert response.status == 408
+        assert response.headers.get("connection", "").lower() == "close"
+        assert jsoncodec.loads(response.body)["error"] == "body_timeout"
+        await conn.closed(within=CLOSED_WITHIN)
+        dribbling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dribbling
+        await conn.close()
+        assert e.rejected("body_timeout") == 1
+        assert e.timed_out("body") == 1
+        assert e.timed_out("header") == 0
+        assert e.sink.records == []
+
+
+async def test_an_idle_keepalive_connection_is_closed() -> None:
+    async with edge(keepalive=SHORT) as e:
+        conn = await e.connect()
+        assert await conn.send(HEALTHZ)
+        response = await conn.response()
+        assert response is not None
+        assert response.status == 200
+        assert "close" not in response.headers.get("connection", "").lower()
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
+
+
+async def test_normal_requests_are_unaffected() -> None:
+    async with edge(header=SHORT, body=SHORT) as e:
+        conn = await e.connect()
+        # A signed webhook, its head in pieces sent quickly; then idle longer than the header
+        # timeout (only the keep-alive timeout applies between requests); then two pipelined.
+        request = signed_post(ENTRY)
+        for at in range(0, len(request), 40):
+            assert await conn.send(request[at : at + 40])
+        response = await conn.response()
+        assert response is not None
+        assert response.status == 200, response
+        await asyncio.sleep(SHORT * 3)
+        assert await conn.send(HEALTHZ + signed_post(ENTRY))
+        for _ in range(2):
+            response = await conn.response()
+            assert response is not None
+            assert response.status == 200, response
+        await asyncio.sleep(SHORT * 3)
+        assert await conn.send(HEALTHZ)
+        response = await conn.response()
+        assert response is not None
+        assert response.status == 200
+        await conn.close()
+        assert e.timed_out("header") == 0
+        assert e.timed_out("body") == 0
+        assert len(e.sink.records) == 2
+
+
+async def test_the_server_builds_the_head_timeout_protocol() -> None:
+    async with edge() as e:
+        conn = await e.connect()
+        assert await conn.send(HEALTHZ)
+        assert await conn.response() is not None
+        assert [type(c) for c in e.server.connections] == [HeadTimeoutHandler]
+        await conn.close()
+
+
+def test_aiohttp_still_has_the_internals_the_head_timer_reads() -> None:
+    # An aiohttp upgrade that renames them must fail here, not silently disable the timeout.
+    check_aiohttp()
+
+
+def test_a_missing_internal_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    slots: Any = tuple(s for s in RequestHandler.__slots__ if s != "_request_count")
+    monkeypatch.setattr(RequestHandler, "__slots__", slots)
+    with pytest.raises(RuntimeError, match="_request_count"):
+        check_aiohttp()
+
+
+@pytest.mark.parametrize(
+    "key", ["header_timeout_seconds", "body_timeout_seconds", "keepalive_timeout_seconds"]
+)
+def test_timeouts_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"BRIDGE_HTTP__{key.upper()}: .*greater than 0"):
+        load_settings(http={key: 0}, webhook={"allow_unsigned": True})
