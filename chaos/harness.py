@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from bridge.ingest.record import event_id_of
+from chaos.background import Background
 from chaos.checker import Counts, History, check, producer_doubles
 from chaos.load import WebhookLoad
 from tests.integration.conftest import (
@@ -111,7 +112,7 @@ async def stop_all(replicas: Iterable[Replica]) -> None:
             await replica.stop()
 
 
-class HealthWatch:
+class HealthWatch(Background):
     """Probes /healthz and /readyz of the replicas every half second; keeps the timeline."""
 
     def __init__(self, replicas: list[Replica], every: float = 0.5) -> None:
@@ -121,7 +122,6 @@ class HealthWatch:
         self.timeline: list[tuple[float, str, str, int]] = []
         # The slowest answer per path: a slow /healthz means the bridge's event loop lagged.
         self.slowest: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def _probe(self, session: aiohttp.ClientSession, replica: Replica, path: str) -> None:
         at = time.monotonic()
@@ -159,16 +159,6 @@ class HealthWatch:
             f"{len(answers)} /healthz probes answered {sorted(set(answers))},"
             f" the slowest in {self.slowest.get('/healthz', 0.0):.1f}s",
         )
-
-    async def __aenter__(self) -> HealthWatch:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 async def read_output(bootstrap: str, topics: Topics, checks: list[Check]) -> list[tuple[str, str]]:

@@ -10,17 +10,17 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 
+from chaos.background import Background
 from tests.integration.replicas import Replica
 
 
-class PeakRss:
+class PeakRss(Background):
     """Samples the replicas `replicas()` names every `every` s; `peak_mib` is the highest seen."""
 
     def __init__(self, replicas: Callable[[], Iterable[Replica]], every: float = 0.5) -> None:
         self._replicas = replicas
         self._every = every
         self.peaks: dict[int, int] = {}  # pid → bytes
-        self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
         for replica in self._replicas():
@@ -42,13 +42,6 @@ class PeakRss:
             self.sample()
             await asyncio.sleep(self._every)
 
-    async def __aenter__(self) -> PeakRss:
-        self._task = asyncio.create_task(self._run())
-        return self
-
     async def __aexit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().__aexit__()
         self.sample()

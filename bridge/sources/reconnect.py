@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 DisconnectReason = Literal[
     "auth", "token_error", "connect_error", "closed", "ping_timeout", "error"
@@ -14,6 +14,17 @@ AUTH_MIN_DELAY = 5.0
 # 2.0**1024 overflows a float: past this many doublings any sane cap has long been reached, and
 # the feed must go on reconnecting forever (a Pinecall outage of hours is ~1,000 attempts).
 _MAX_DOUBLINGS = 64
+
+
+class BackoffSettings(Protocol):
+    """A reconnecting source's settings section (the WebSocket feed's, the call logs')."""
+
+    @property
+    def backoff_initial_seconds(self) -> float: ...
+    @property
+    def backoff_max_seconds(self) -> float: ...
+    @property
+    def stable_after_seconds(self) -> float: ...
 
 
 class ReconnectPolicy:
@@ -32,6 +43,15 @@ class ReconnectPolicy:
         self._rand = rand
         self.attempt = 0
         self.auth_failures = 0
+
+    @classmethod
+    def of(cls, settings: BackoffSettings) -> ReconnectPolicy:
+        """The policy a source's settings section describes."""
+        return cls(
+            settings.backoff_initial_seconds,
+            settings.backoff_max_seconds,
+            settings.stable_after_seconds,
+        )
 
     def next_delay(self, reason: DisconnectReason, connected_for: float | None) -> float:
         """The wait before the next attempt; `connected_for` is None when no connection opened."""

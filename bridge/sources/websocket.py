@@ -135,11 +135,7 @@ class WebSocketSource:
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
         metrics.rejected.labels("websocket", "backlog_full")  # exists from 0, for increase()
-        self._policy = ReconnectPolicy(
-            settings.backoff_initial_seconds,
-            settings.backoff_max_seconds,
-            settings.stable_after_seconds,
-        )
+        self._policy = ReconnectPolicy.of(settings)
         self._session: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None

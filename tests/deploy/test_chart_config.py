@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from bridge.config import Settings
-from tests.deploy.tools import ALL_ON, CHART, Manifest, load_yaml, one, render
+from tests.deploy.tools import ALL_ON, CHART, Manifest, load_yaml, merged, one, render
 
 # Settings the chart takes from Secrets (env) or mounts as files, never from `config`.
 SECRET_SETTINGS = {
@@ -84,14 +84,6 @@ def test_values_expose_every_bridge_setting_with_its_default() -> None:
         if config[section][key] != default:
             wrong[camel_name] = (config[section][key], default)
     assert not wrong, f"chart defaults that are not the bridge's (chart, bridge): {wrong}"
-
-
-def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merged(out[key], value) if both else value
-    return out
 
 
 def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:

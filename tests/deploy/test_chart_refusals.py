@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.config import ConfigError, load_settings
-from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, render
+from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, merged, render
 
 # A webhook secret the chart knows for sure (existingSecret might hold any secret, so the
 # refusals that depend on a missing secret start from this instead).
@@ -30,14 +30,6 @@ def refused(*sets: str) -> str:
     done = helm(*args, check=False)
     assert done.returncode != 0, f"rendered with {sets}"
     return done.stderr
-
-
-def deep_merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = deep_merged(out[key], value) if both else value
-    return out
 
 
 @pytest.fixture
@@ -274,7 +266,7 @@ def test_what_the_bridge_refuses_the_chart_refuses(case: Refusal, bridge_problem
     error = refused(SECRET, *case.sets)
     assert case.message in error, error
     assert "the bridge would refuse to start" in error
-    assert bridge_problems(deep_merged(BRIDGE_SECRET, case.bridge)), "the bridge accepts it"
+    assert bridge_problems(merged(BRIDGE_SECRET, case.bridge)), "the bridge accepts it"
 
 
 def test_the_base_of_the_refusals_is_accepted_by_both(bridge_problems: Any) -> None:

@@ -98,6 +98,15 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
     return found[0]
 
 
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, nested mappings merged key by key (as helm merges values)."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 

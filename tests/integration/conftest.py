@@ -9,7 +9,8 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,17 @@ def free_port_pair() -> int:
         if port_is_free(port) and port_is_free(port + 1):
             return port
     raise RuntimeError("no free port pair in 20000-29000")
+
+
+@contextmanager
+def own_broker(data_dir: Path) -> Iterator[Broker]:
+    """A broker of a test's own, for tests that stop it: never the shared 9092 one."""
+    own = Broker(free_port_pair(), data_dir)
+    try:
+        kafka_sh("up", own.port, own.data_dir)
+        yield own
+    finally:
+        kafka_sh("down", own.port, own.data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,8 @@ from tests.integration.conftest import (
     Topics,
     consume_until,
     entry,
-    free_port_pair,
     has_id,
-    kafka_sh,
+    own_broker,
     until_metrics,
     wait_ready,
 )
@@ -38,13 +37,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """Never the shared 9092 broker: other tests would see it go down."""
-    own = Broker(free_port_pair(), tmp_path_factory.mktemp("kafka-outage"))
-    try:
-        kafka_sh("up", own.port, own.data_dir)
+    with own_broker(tmp_path_factory.mktemp("kafka-outage")) as own:
         yield own
-    finally:
-        kafka_sh("down", own.port, own.data_dir)
 
 
 Launch = Callable[[], Awaitable[RunningBridge]]

@@ -136,17 +136,36 @@ async def play(calls: Calls, names: list[str], rounds: int, rng: random.Random) 
         await asyncio.sleep(0.01)
 
 
+async def following(
+    start_bridge: Callable[..., Any], sim: Simulator, sse: dict[str, Any] = FAST_SSE
+) -> RunningBridge:
+    """A bridge on the simulator that owns its partitions and reads the org feed."""
+    handle: RunningBridge = await start_bridge(
+        pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=sse
+    )
+    await owns_all(handle)
+    async with asyncio.timeout(20):
+        await sim.calllogs.wait_for_feed_readers(1)
+    return handle
+
+
+async def end_and_check(
+    kafka_bootstrap: str, topics: Topics, calls: Calls, names: list[str]
+) -> None:
+    """Ends the calls, then checks every durable entry was published once, in order."""
+    for call in names:
+        calls.end(call)
+    await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert_exactly_once_in_order(calls, records)
+
+
 async def test_many_calls_through_cuts_silences_gaps_and_5xx(
     kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
 ) -> None:
     rng = random.Random(10)
     async with Simulator(sim_config(sse_reader_buffer=8)) as sim:
-        handle: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
-        )
-        await owns_all(handle)
-        async with asyncio.timeout(20):
-            await sim.calllogs.wait_for_feed_readers(1)
+        handle = await following(start_bridge, sim)
         calls = Calls(sim, "CA_many")
         names = calls.open(40)
         await play(calls, names, 10, rng)
@@ -159,11 +178,7 @@ async def test_many_calls_through_cuts_silences_gaps_and_5xx(
         await play(calls, names, 10, rng)
         sim.sse_silence()  # no byte, not even a ping: only the read timeout notices
         await play(calls, names, 10, rng)
-        for call in names:
-            calls.end(call)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
-        records = await read_decided(kafka_bootstrap, topics, [topics.events])
-        assert_exactly_once_in_order(calls, records)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
         sample = handle.bridge.metrics.registry.get_sample_value
         for name in ("gaps", "gaps_filled", "gap_entries"):
             assert (sample(f"pinecall_bridge_sse_{name}_total") or 0) > 0, name
@@ -184,12 +199,7 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
 ) -> None:
     rng = random.Random(14)
     async with Simulator(sim_config()) as sim:
-        handle: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
-        )
-        await owns_all(handle)
-        async with asyncio.timeout(20):
-            await sim.calllogs.wait_for_feed_readers(1)
+        handle = await following(start_bridge, sim)
         calls = Calls(sim, "CA_auth")
         names = calls.open(10)
         await play(calls, names, 5, rng)
@@ -199,11 +209,7 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
         await play(calls, names, 5, rng)
         await asyncio.sleep(refusing)
         refused = sim.stats.sse_auth_refused
-        for call in names:
-            calls.end(call)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
-        records = await read_decided(kafka_bootstrap, topics, [topics.events])
-        assert_exactly_once_in_order(calls, records)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
         sample = handle.bridge.metrics.registry.get_sample_value
         for stream in ("call", "org_feed"):
             auth = sample(
@@ -318,11 +324,7 @@ async def test_replicas_split_calls_take_over_on_kill_and_resume_on_restart(
             # Resumed from what was published, not from the first entry.
             assert all(after > 1 for after in resumed.values()), resumed
             await play(calls, names, 5, rng)
-            for call in names:
-                calls.end(call)
-            await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
-            records = await read_decided(kafka_bootstrap, topics, [topics.events])
-            assert_exactly_once_in_order(calls, records)
+            await end_and_check(kafka_bootstrap, topics, calls, names)
 
             # The ownership rule's partition is the producer's: every ingest record of a call
             # is where partition_of says.
@@ -340,12 +342,7 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
 ) -> None:
     rng = random.Random(12)
     async with Simulator(sim_config()) as sim:
-        handle: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse={**FAST_SSE, "max_calls": 3}
-        )
-        await owns_all(handle)
-        async with asyncio.timeout(20):
-            await sim.calllogs.wait_for_feed_readers(1)
+        handle = await following(start_bridge, sim, {**FAST_SSE, "max_calls": 3})
         calls = Calls(sim, "CA_cap")
         names = calls.open(8)
         await play(calls, names, 5, rng)
@@ -357,11 +354,8 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
 
         await until(capped, "3 calls followed, 5 queued")
         assert sum(len(sim.calllogs.readers(call)) for call in names) == 3
-        for call in names:  # each end frees a slot for the next call in the queue
-            calls.end(call)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
-        records = await read_decided(kafka_bootstrap, topics, [topics.events])
-        assert_exactly_once_in_order(calls, records)
+        # Each end frees a slot for the next call in the queue.
+        await end_and_check(kafka_bootstrap, topics, calls, names)
         assert sample("pinecall_bridge_sse_calls_queued") == 0
 
 
@@ -373,11 +367,7 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
 ) -> None:
     rng = random.Random(13)
     async with Simulator(sim_config()) as sim:
-        sections = {"pinecall": {"api_url": sim.url, "api_key": API_KEY}, "sse": FAST_SSE}
-        first: RunningBridge = await start_bridge(**sections)
-        await owns_all(first)
-        async with asyncio.timeout(20):
-            await sim.calllogs.wait_for_feed_readers(1)
+        first = await following(start_bridge, sim)
         calls = Calls(sim, "CA_restart")
         names = calls.open(10)
         await play(calls, names, 5, rng)
@@ -386,13 +376,11 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
         await first.bridge.stop()  # followers stop after what is in flight is acknowledged
         await play(calls, names, 5, rng)  # written while no bridge runs
         caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
-        second: RunningBridge = await start_bridge(**sections)
+        second: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
+        )
         await owns_all(second)
-        for call in names:
-            calls.end(call)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
-        records = await read_decided(kafka_bootstrap, topics, [topics.events])
-        assert_exactly_once_in_order(calls, records)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
         resumed = {
             r.__dict__["call"]: r.__dict__["after"]
             for r in caplog.records

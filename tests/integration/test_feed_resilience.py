@@ -23,8 +23,7 @@ from tests.integration.conftest import (
     Broker,
     Topics,
     bridge_settings,
-    free_port_pair,
-    kafka_sh,
+    own_broker,
     read_to_end,
     until_decided,
     wait_ready,
@@ -36,12 +35,8 @@ pytestmark = pytest.mark.timeout(420)
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    own = Broker(free_port_pair(), tmp_path_factory.mktemp("kafka-stall"))
-    try:
-        kafka_sh("up", own.port, own.data_dir)
+    with own_broker(tmp_path_factory.mktemp("kafka-stall")) as own:
         yield own
-    finally:
-        kafka_sh("down", own.port, own.data_dir)
 
 
 def broker_pid(broker: Broker) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.conftest import Topics, free_port
+from tests.integration.conftest import Topics, entry, free_port
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.rawhttp import RawConnection
 
@@ -70,15 +70,7 @@ async def test_slow_clients_are_closed_while_the_bridge_serves(
                         health.append(response.status)
                 except (aiohttp.ClientError, TimeoutError):
                     health.append(0)
-                event = {
-                    "seq": 1,
-                    "ts": 1_700_000_000,
-                    "call": f"CA_slow_{random.getrandbits(32)}",
-                    "agent": "a",
-                    "type": "call.started",
-                    "ephemeral": False,
-                    "data": {},
-                }
+                event = entry(1, f"CA_slow_{random.getrandbits(32)}", type="call.started")
                 webhooks.append(await post_signed(session, replica.url, event, within=10))
                 await asyncio.sleep(0.5)
             closed = [task.result() for task in slow]

@@ -1,4 +1,5 @@
-"""Test doubles for the Kafka sink: records accepted in memory, acks controlled by the test."""
+"""Test doubles for the Kafka sink (records in memory, acks controlled by the test), and the
+call-log entries, pipeline and webhook body that unit tests share."""
 
 from __future__ import annotations
 
@@ -6,8 +7,48 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from bridge import jsoncodec
+from bridge.config import TopicSettings
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.routing import Router
 from bridge.sink.kafka import Record
 from bridge.sink.limits import TopicLimits
+
+SECRET = b"whsec_test"
+# A webhook body: one durable call-log entry.
+ENTRY = jsoncodec.dumps(
+    {
+        "seq": 1,
+        "ts": 1_700_000_000,
+        "call": "CA_1",
+        "agent": "a",
+        "type": "call.started",
+        "ephemeral": False,
+        "data": {},
+    }
+)
+
+
+def entry(
+    seq: int,
+    kind: str = "turn.user",
+    *,
+    call: str = "CA_1",
+    ephemeral: bool | None = None,
+    ts: float = 1.0,
+    **data: Any,
+) -> dict[str, Any]:
+    """A call-log entry; `data` defaults to {"n": seq}, `ephemeral` to whether it is a `log.*`."""
+    return {
+        "seq": seq,
+        "ts": ts,
+        "call": call,
+        "agent": "support",
+        "type": kind,
+        "ephemeral": kind.startswith("log.") if ephemeral is None else ephemeral,
+        "data": data or {"n": seq},
+    }
 
 
 class FakeSink:
@@ -49,3 +90,19 @@ class FakeSink:
             for r, f in zip(self.records, self.futures, strict=True)
             if f.done() and not f.exception()
         ]
+
+
+def pipeline_with(
+    sink: FakeSink, metrics: Metrics, topics: TopicSettings | None = None
+) -> Pipeline:
+    """The ingest pipeline onto `sink`, routing by default rules."""
+    topics = topics if topics is not None else TopicSettings()
+    return Pipeline(
+        sink,
+        Router(topics, []),
+        metrics,
+        source="test",
+        ingest_topic=topics.ingest,
+        dlq_topic=topics.dlq,
+        publish_timeout=0.2,
+    )

@@ -7,24 +7,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.app import Readiness, build_app
 from bridge.config import load_settings
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
-from bridge.routing import Router
 from bridge.sources.webhook import WebhookHandler
-from tests.unit.fakes import FakeSink
+from tests.unit.fakes import FakeSink, pipeline_with
 
 
 async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
     settings = load_settings(webhook={"allow_unsigned": True})
     metrics = Metrics()
-    pipeline = Pipeline(
-        FakeSink(),
-        Router(settings.topics, []),
-        metrics,
-        source="test",
-        ingest_topic=settings.topics.ingest,
-        dlq_topic=settings.topics.dlq,
-        publish_timeout=0.2,
-    )
+    pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
     alive = True
     readiness = Readiness(metrics, lambda: False, clients_alive=lambda: alive)
     app = build_app(

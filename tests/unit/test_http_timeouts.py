@@ -17,30 +17,16 @@ from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import HeadTimeoutHandler, check_aiohttp, timed_runner
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
-from bridge.routing import Router
 from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
 from tests.rawhttp import RawConnection
-from tests.unit.fakes import FakeSink
+from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
 
-SECRET = b"whsec_test"
 PATH = "/webhooks/pinecall"
 # Generous: the timeouts under test are 0.5 s, the ones not under test 60 s.
 CLOSED_WITHIN = 15.0
 LONG = 60.0
 SHORT = 0.5
-ENTRY = jsoncodec.dumps(
-    {
-        "seq": 1,
-        "ts": 1_700_000_000,
-        "call": "CA_1",
-        "agent": "a",
-        "type": "call.started",
-        "ephemeral": False,
-        "data": {},
-    }
-)
 
 
 def head(method: str, target: str, *headers: str) -> bytes:
@@ -103,15 +89,7 @@ async def edge(
         webhook={"secrets": [SECRET.decode()], "max_body_bytes": 4096},
     )
     metrics, sink = Metrics(), FakeSink()
-    pipeline = Pipeline(
-        sink,
-        Router(s.topics, []),
-        metrics,
-        source="test",
-        ingest_topic=s.topics.ingest,
-        dlq_topic=s.topics.dlq,
-        publish_timeout=0.2,
-    )
+    pipeline = pipeline_with(sink, metrics, s.topics)
     webhook = WebhookHandler(
         s.webhook, pipeline, metrics, body_timeout_seconds=s.http.body_timeout_seconds
     )

@@ -60,15 +60,7 @@ class Follower:
         metrics: Metrics,
         stopping: asyncio.Event,
     ) -> None:
-        self.state = CallFollow(
-            call,
-            after,
-            ReconnectPolicy(
-                settings.backoff_initial_seconds,
-                settings.backoff_max_seconds,
-                settings.stable_after_seconds,
-            ),
-        )
+        self.state = CallFollow(call, after, ReconnectPolicy.of(settings))
         self._session = session
         self._api = api
         self._settings = settings

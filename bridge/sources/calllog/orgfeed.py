@@ -54,11 +54,7 @@ class OrgFeed:
         self._metrics = metrics
         self._announce = announce
         self._connected = connected
-        self._policy = ReconnectPolicy(
-            settings.backoff_initial_seconds,
-            settings.backoff_max_seconds,
-            settings.stable_after_seconds,
-        )
+        self._policy = ReconnectPolicy.of(settings)
 
     async def run(self) -> None:
         url = self._api.api_url + self._settings.org_feed_path

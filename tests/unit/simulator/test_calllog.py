@@ -5,25 +5,7 @@ from typing import Any
 import pytest
 
 from bridge.simulator.calllog import CallLog, CallLogs, Gap, LogReader
-
-
-def entry(
-    seq: int,
-    kind: str = "turn.user",
-    *,
-    call: str = "CA_1",
-    ephemeral: bool = False,
-    ts: float = 1.0,
-) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "ts": ts,
-        "call": call,
-        "agent": "support",
-        "type": kind,
-        "ephemeral": ephemeral,
-        "data": {"n": seq},
-    }
+from tests.unit.fakes import entry
 
 
 def seqs(items: list[Any]) -> list[Any]:

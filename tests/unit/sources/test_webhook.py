@@ -13,15 +13,12 @@ from bridge.app import Readiness, build_app
 from bridge.config import Settings, load_settings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
-from bridge.routing import Router
 from bridge.sink.limits import TopicLimits
 from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
 from tests.rawhttp import Framing, build_request, exchange
-from tests.unit.fakes import FakeSink
+from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
 
-SECRET = b"whsec_test"
 PATH = "/webhooks/pinecall"
 
 
@@ -86,32 +83,11 @@ async def harness() -> AsyncIterator[Harness]:
     s = settings()
     metrics = Metrics()
     sink = FakeSink()
-    pipeline = Pipeline(
-        sink,
-        Router(s.topics, []),
-        metrics,
-        source="test",
-        ingest_topic=s.topics.ingest,
-        dlq_topic=s.topics.dlq,
-        publish_timeout=0.2,
-    )
+    pipeline = pipeline_with(sink, metrics, s.topics)
     readiness = Readiness(metrics, lambda: True)
     app = build_app(s, WebhookHandler(s.webhook, pipeline, metrics), readiness, metrics)
     async with TestClient(TestServer(app)) as client:
         yield Harness(client, sink, metrics, readiness)
-
-
-ENTRY = jsoncodec.dumps(
-    {
-        "seq": 1,
-        "ts": 1_700_000_000,
-        "call": "CA_1",
-        "agent": "a",
-        "type": "call.started",
-        "ephemeral": False,
-        "data": {},
-    }
-)
 
 
 async def test_signed_event_is_accepted(harness: Harness) -> None:

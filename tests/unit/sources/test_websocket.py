@@ -11,15 +11,14 @@ from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
 
 from bridge import jsoncodec
-from bridge.config import PinecallSettings, TopicSettings, WebSocketSettings
+from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
-from bridge.pipeline import BatchResult, Pipeline
-from bridge.routing import Router
+from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
-from tests.unit.fakes import FakeSink
+from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
 
@@ -100,18 +99,6 @@ async def make_feed() -> AsyncIterator[Callable[[Script], Awaitable[FakeFeed]]]:
     yield make
     for feed in feeds:
         await feed.server.close()
-
-
-def pipeline_with(sink: FakeSink, metrics: Metrics) -> Pipeline:
-    return Pipeline(
-        sink,
-        Router(TopicSettings(), []),
-        metrics,
-        source="test",
-        ingest_topic="pinecall.ingest",
-        dlq_topic="pinecall.dlq",
-        publish_timeout=0.2,
-    )
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:

@@ -18,20 +18,9 @@ from bridge.metrics import Metrics
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.publish import Publisher
+from tests.unit.fakes import entry
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
-
-
-def entry(seq: int, kind: str = "turn.user", **data: Any) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "ts": 1.0,
-        "call": "CA_1",
-        "agent": "a",
-        "type": kind,
-        "ephemeral": kind.startswith("log."),
-        "data": data,
-    }
 
 
 def frame(item: dict[str, Any]) -> bytes:

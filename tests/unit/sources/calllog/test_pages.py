@@ -25,18 +25,7 @@ from bridge.sources.calllog.pages import (
     parse_page,
     retry_after_seconds,
 )
-
-
-def entry(seq: int, kind: str = "turn.user") -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "ts": 1.0,
-        "call": "CA_1",
-        "agent": "a",
-        "type": kind,
-        "ephemeral": False,
-        "data": {},
-    }
+from tests.unit.fakes import entry
 
 
 def test_a_page_parses_into_its_entries_live_flag_and_cursor() -> None:
