@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bridge import jsoncodec
 
@@ -55,6 +58,37 @@ class _TransientMetadataFilter(logging.Filter):
         return not str(record.msg).startswith("Topic %s not found in cluster metadata")
 
 
+class MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a malformed request into a short WARNING, at most
+    one per `every` seconds: a hostile client must not be able to flood the logs."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not str(record.msg).startswith(
+            "Error handling request"
+        ):
+            return True
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return False
+        self._next = now + self._every
+        record.msg, record.args = "malformed HTTP request refused", None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        record.error = f"{type(exc).__name__}: {exc.message}"
+        record.suppressed_before = self._suppressed
+        self._suppressed = 0
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
@@ -67,3 +101,6 @@ def configure(level: str, fmt: str) -> None:
     if not any(isinstance(f, _TransientMetadataFilter) for f in cluster.filters):
         cluster.addFilter(_TransientMetadataFilter())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())

@@ -55,3 +55,67 @@ def test_transient_missing_topic_error_is_dropped(capsys: pytest.CaptureFixture[
     cluster.error("Something else broke")
     lines = capsys.readouterr().err.splitlines()
     assert [jsoncodec.loads(line)["msg"] for line in lines] == ["Something else broke"]
+
+
+def test_malformed_requests_log_one_short_warning_per_period() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    now = [100.0]
+    flt = logsetup.MalformedRequestFilter(every=10.0, clock=lambda: now[0])
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            "",
+            0,
+            "Error handling request from %s",
+            ("1.2.3.4",),
+            (type(exc), exc, None),
+        )
+
+    first = record(BadHttpMessage("bad header"))
+    assert flt.filter(first)
+    assert (first.levelno, first.getMessage(), first.exc_info) == (
+        logging.WARNING,
+        "malformed HTTP request refused",
+        None,
+    )
+    assert first.error == "BadHttpMessage: bad header"  # type: ignore[attr-defined]
+    assert not flt.filter(record(BadHttpMessage("again")))
+    assert not flt.filter(record(BadHttpMessage("and again")))
+    now[0] += 10.0
+    later = record(BadHttpMessage("later"))
+    assert flt.filter(later)
+    assert later.suppressed_before == 2  # type: ignore[attr-defined]
+    # A real bug in a handler keeps its ERROR and traceback.
+    bug = record(RuntimeError("bug"))
+    assert flt.filter(bug)
+    assert (bug.levelno, bug.exc_info is not None) == (logging.ERROR, True)
+
+
+async def test_a_flood_of_malformed_requests_is_not_a_flood_of_tracebacks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aiohttp import web
+
+    from tests.rawhttp import exchange
+
+    logsetup.configure("INFO", "json")
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        for _ in range(20):
+            answer = await exchange("127.0.0.1", port, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+            assert answer is not None
+            assert answer.status == 400
+    finally:
+        await runner.cleanup()
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    refused = [e for e in lines if e["logger"] == "aiohttp.server"]
+    assert [(e["level"], e["msg"]) for e in refused] == [
+        ("warning", "malformed HTTP request refused")
+    ]
+    assert "exc" not in refused[0]
