@@ -215,6 +215,18 @@ groups:
           summary: {{ printf "Task %s crashed in pod %s" "{{ $labels.task }}" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s restarted its %s task after a crash in the last 10 minutes; the log has the traceback (message: task crashed; restarting it)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.task }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetaskcrashing" $a.runbookUrl }}
+      - alert: PinecallBridgeKafkaClientReplaced
+        # An aiokafka client's background task died (aiokafka#1038: e.g. a write to a connection
+        # reset under uvloop) and the bridge replaced the client. Recovered, but worth a look if
+        # it recurs; replacing that keeps failing fails liveness instead.
+        expr: |
+          sum by (namespace, pod, client) (increase(pinecall_bridge_kafka_client_restarts_total[30m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s replaced its Kafka client %s" "{{ $labels.pod }}" "{{ $labels.client }}" | quote }}
+          description: {{ printf "%s/%s replaced its %s in the last 30 minutes after the client's background task died; deliveries in flight then were answered 503 and retried." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.client }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgekafkaclientreplaced" $a.runbookUrl }}
       - alert: PinecallBridgeWebSocketDown
         # Never connected during the window while still trying: the gauge alone is 0 on pods
         # without the feed too, so reconnect attempts tell an enabled feed from a disabled one.
