@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 
 LossReason = Literal["fenced", "timeout", "error"]
 _STOP_TIMEOUT = 5.0
+# The group coordinator applies a committed transaction's offsets after InitProducerId already
+# returned; a read in that gap sees the offset before it, and the records of that transaction
+# would be processed, and published, again. aiokafka cannot ask for stable offsets (OffsetFetch
+# RequireStable is v7+, it sends v3), so the offset is read until two reads this far apart agree.
+_SETTLE_SECONDS = 0.25
+_SETTLE_READS = 8
 _LINGER_MS = 5
 _FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionCoordinatorFenced)
 
@@ -126,7 +133,7 @@ class PartitionTask:
         try:
             await self._relearn_limits()
             await producer.start()  # InitProducerId: the fence
-            offset = await committed(self.tp)
+            offset = await settled_offset(committed, self.tp)
             if offset is None:
                 offset = await self._beginning()
             ids = await restore(
@@ -363,6 +370,28 @@ def _fatal_cause(producer: AIOKafkaProducer | None) -> BaseException | None:
     if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
         return waiter.exception()
     return None
+
+
+async def settled_offset(
+    committed: Callable[[TopicPartition], Awaitable[int | None]],
+    tp: TopicPartition,
+    *,
+    pause: float = _SETTLE_SECONDS,
+    reads: int = _SETTLE_READS,
+) -> int | None:
+    """The committed offset once two reads `pause` apart agree (offsets only move forward)."""
+    offset = await committed(tp)
+    for _ in range(reads - 1):
+        await asyncio.sleep(pause)
+        again = await committed(tp)
+        if again == offset:
+            return offset
+        log.warning(
+            "the committed offset moved after the fence: a transaction was still settling",
+            extra={"partition": tp.partition, "before": offset, "after": again},
+        )
+        offset = again
+    return offset
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
