@@ -20,7 +20,13 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import EventStreamError, EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Nothing, Publish, Reason
-from bridge.sources.calllog.pages import PageError, events_url, fetch_pages, retry_after_seconds
+from bridge.sources.calllog.pages import (
+    PageError,
+    bearer_headers,
+    events_url,
+    fetch_pages,
+    retry_after_seconds,
+)
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
 
@@ -31,10 +37,7 @@ EVENT_STREAM = "text/event-stream"
 def api_headers(api: PinecallSettings, accept: str) -> dict[str, str]:
     """Bearer auth, the `pinecall-env` header where set, and what we accept."""
     key = api.api_key.get_secret_value() if api.api_key else ""
-    headers = {"Authorization": f"Bearer {key}", "Accept": accept}
-    if api.env:
-        headers["pinecall-env"] = api.env
-    return headers
+    return bearer_headers(key, api.env, accept)
 
 
 class _StoppedError(Exception):

@@ -128,6 +128,14 @@ def error_for(status: int, detail: str, retry_after: str | None = None) -> PageE
     return PageError(message, status=status)
 
 
+def bearer_headers(api_key: str, env: str | None, accept: str) -> dict[str, str]:
+    """Bearer auth, the `pinecall-env` header where set, and what we accept."""
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": accept}
+    if env:
+        headers[ENV_HEADER] = env
+    return headers
+
+
 def events_url(api_url: str, call_id: str) -> str:
     """`GET /v1/calls/{id}/events` under the API's base URL."""
     return f"{api_url.rstrip('/')}/v1/calls/{quote(call_id, safe='')}/events"
@@ -145,9 +153,7 @@ async def fetch_page(
     timeout_seconds: float = 10.0,
 ) -> Page:
     """One page of the call's stored entries above `after`; SEALED_END for a 204."""
-    headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-    if env is not None:
-        headers[ENV_HEADER] = env
+    headers = bearer_headers(api_key, env, "application/json")
     params: dict[str, str] = {"after": str(after)}
     if limit is not None:
         params["limit"] = str(min(max(limit, 1), MAX_LIMIT))
