@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.config import DedupSettings
+from bridge.dedup.committed import Committed, StableOffsets, stable_or_settled
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.groups import Claim, StickyAssignor
@@ -69,6 +70,8 @@ class DedupStage:
         self._metrics = metrics
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._consumer: AIOKafkaConsumer | None = None
+        # Committed offsets are read stably (see committed.py), over a client of its own.
+        self._offsets = StableOffsets(client, settings.group)
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
@@ -96,7 +99,12 @@ class DedupStage:
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        self._consumer = await self._started_consumer()
+        await self._offsets.start()
+        try:
+            self._consumer = await self._started_consumer()
+        except BaseException:
+            await self._offsets.stop()
+            raise
         self._running = True
         self._loop = self._supervisor.spawn("dedup-stage", self._run)
 
@@ -138,8 +146,12 @@ class DedupStage:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        await self._offsets.stop()
         for tp in {t.tp for t in tasks}:
             self._forget_lag(tp)
+
+    def _committed(self, consumer: AIOKafkaConsumer) -> Committed:
+        return stable_or_settled(self._offsets, consumer.committed)
 
     def _claim(self) -> Claim:
         return Claim(tuple(sorted(self._assigned)), self._assigned_since)
@@ -315,7 +327,7 @@ class DedupStage:
         """Nobody committed for the partition since this task did: its state is still exact."""
         assert self._consumer is not None
         try:
-            committed = await self._consumer.committed(task.tp)
+            committed = await self._committed(self._consumer)(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
             committed = None
         if committed == task.position:
@@ -364,7 +376,7 @@ class DedupStage:
                     limits=self._limits,
                 )
                 try:
-                    await task.start(consumer.committed)
+                    await task.start(self._committed(consumer))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -2,7 +2,8 @@
 
 EOS-v1 fencing (aiokafka has no KIP-447): the producer's transactional id names the partition,
 `<group>-dedup-<partition>`, so starting it fences every earlier owner and settles whatever
-transaction that owner left open. Only then are the committed offset read and the window restored.
+transaction that owner left open. Only then are the committed offset read (stably: see
+committed.py) and the window restored.
 Whatever goes wrong after that loses the partition: the producer is dropped and never used again.
 """
 
@@ -14,7 +15,6 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
+from bridge.dedup.committed import Committed
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
@@ -45,12 +46,6 @@ log = logging.getLogger(__name__)
 
 LossReason = Literal["fenced", "timeout", "error"]
 _STOP_TIMEOUT = 5.0
-# The group coordinator applies a committed transaction's offsets after InitProducerId already
-# returned; a read in that gap sees the offset before it, and the records of that transaction
-# would be processed, and published, again. aiokafka cannot ask for stable offsets (OffsetFetch
-# RequireStable is v7+, it sends v3), so the offset is read until two reads this far apart agree.
-_SETTLE_SECONDS = 0.25
-_SETTLE_READS = 8
 _LINGER_MS = 5
 _FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionCoordinatorFenced)
 
@@ -115,8 +110,8 @@ class PartitionTask:
     def label(self) -> str:
         return str(self.tp.partition)
 
-    async def start(self, committed: Any) -> None:
-        """Fence earlier owners, then restore from `committed()` (a coroutine function)."""
+    async def start(self, committed: Committed) -> None:
+        """Fence earlier owners, then restore from the stable committed offset `committed` reads."""
         started = time.monotonic()
         producer = AIOKafkaProducer(
             **self._client,
@@ -133,7 +128,7 @@ class PartitionTask:
         try:
             await self._relearn_limits()
             await producer.start()  # InitProducerId: the fence
-            offset = await settled_offset(committed, self.tp)
+            offset = await committed(self.tp)
             if offset is None:
                 offset = await self._beginning()
             ids = await restore(
@@ -370,28 +365,6 @@ def _fatal_cause(producer: AIOKafkaProducer | None) -> BaseException | None:
     if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
         return waiter.exception()
     return None
-
-
-async def settled_offset(
-    committed: Callable[[TopicPartition], Awaitable[int | None]],
-    tp: TopicPartition,
-    *,
-    pause: float = _SETTLE_SECONDS,
-    reads: int = _SETTLE_READS,
-) -> int | None:
-    """The committed offset once two reads `pause` apart agree (offsets only move forward)."""
-    offset = await committed(tp)
-    for _ in range(reads - 1):
-        await asyncio.sleep(pause)
-        again = await committed(tp)
-        if again == offset:
-            return offset
-        log.warning(
-            "the committed offset moved after the fence: a transaction was still settling",
-            extra={"partition": tp.partition, "before": offset, "after": again},
-        )
-        offset = again
-    return offset
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

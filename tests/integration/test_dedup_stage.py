@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import DedupSettings
+from bridge.dedup.committed import StableOffsets, stable_or_settled
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
@@ -334,3 +335,101 @@ async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_abort
     assert zombie_metrics.registry.get_sample_value(
         "pinecall_bridge_events_published_total", {"topic": topics.events}
     ) in (None, 0.0)
+
+
+async def _pending_offsets(
+    bootstrap: str, names: Topics, tp: TopicPartition, committed: int, pending: int
+) -> AIOKafkaProducer:
+    """Commit `committed` for `tp` in a transaction, then leave `pending` in an open one."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"{names.group}-other-writer"
+    )
+    await producer.start()
+    for offset in (committed, pending):
+        await producer.begin_transaction()
+        await producer.send_offsets_to_transaction({tp: offset}, names.group)
+        if offset == committed:
+            await producer.commit_transaction()
+    return producer
+
+
+@pytest.mark.timeout(120)
+async def test_a_pending_transactional_offset_commit_holds_the_stable_read(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """What the new owner's read relies on (OffsetFetch v7, RequireStable) on the real broker.
+
+    The fence settles the old owner's transaction, but its offsets reach the group coordinator a
+    moment later: a plain read in that gap answers the offset before them (the stall test once
+    republished 28 events that way). Here the gap is held open with a transaction left pending.
+    """
+    await _ingest_with(kafka_bootstrap, topics, [])  # the topic: offsets of a missing one hang
+    tp = TopicPartition(topics.ingest, 0)
+    client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
+    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group)
+    stable = StableOffsets(client, topics.group)
+    await plain.start()
+    await stable.start()
+    writer = await _pending_offsets(kafka_bootstrap, topics, tp, committed=5, pending=9)
+    try:
+        read = asyncio.create_task(stable.committed(tp))
+        await asyncio.sleep(1.5)
+        assert not read.done(), "the stable read answered while a commit was pending"
+        assert await plain.committed(tp) == 5  # the stale answer a plain read gives
+        await writer.commit_transaction()
+        assert await asyncio.wait_for(read, 10) == 9
+        await writer.begin_transaction()
+        await writer.send_offsets_to_transaction({tp: 12}, topics.group)
+        read = asyncio.create_task(stable.committed(tp))
+        await asyncio.sleep(0.5)
+        assert not read.done()
+        await writer.abort_transaction()
+        assert await asyncio.wait_for(read, 10) == 9  # an aborted commit leaves the offset
+    finally:
+        await writer.stop()
+        await stable.stop()
+        await plain.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_new_owner_resumes_after_offsets_still_settling(
+    kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    """PartitionTask.start with the stage's reader waits for the pending offsets, then uses them.
+
+    With the plain read (what the stage passed before) it started at 1 and processed, so published
+    again, the records of offsets 1 and 2.
+    """
+    items = [
+        encode(
+            topics.ingest,
+            f"{unique_call}:{seq}",
+            Record(topics.events, unique_call.encode(), f"{unique_call}:{seq}".encode()),
+            "webhook",
+            1.0,
+        )
+        for seq in range(4)
+    ]
+    await _ingest_with(kafka_bootstrap, topics, items)
+    tp = TopicPartition(topics.ingest, 0)
+    client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
+    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group)
+    stable = StableOffsets(client, topics.group)
+    await plain.start()
+    await stable.start()
+    writer = await _pending_offsets(kafka_bootstrap, topics, tp, committed=1, pending=3)
+    owner = PartitionTask(tp, DedupSettings(group=topics.group), client, Metrics())
+    try:
+        starting = asyncio.create_task(owner.start(stable_or_settled(stable, plain.committed)))
+        await asyncio.sleep(1.5)
+        assert not starting.done()
+        await writer.commit_transaction()
+        await asyncio.wait_for(starting, 30)
+        assert owner.position == 3
+        # The restore saw every record before the resume point: none of them is new again.
+        assert len(owner.window) == 3
+    finally:
+        await writer.stop()
+        await owner.close(abort=True)
+        await stable.stop()
+        await plain.stop()

@@ -21,7 +21,6 @@ from bridge.config import DedupSettings
 from bridge.dedup.task import (
     PartitionLostError,
     PartitionTask,
-    settled_offset,
     transactional_id,
 )
 from bridge.ingest.record import encode
@@ -345,26 +344,3 @@ async def test_any_failed_send_fails_the_commit() -> None:
     with pytest.raises(PartitionLostError):
         await task.commit()
     assert "commit" not in [call[0] for call in producer.calls]
-
-
-async def test_the_committed_offset_is_read_until_it_stops_moving() -> None:
-    """A transaction committed just before the fence shows its offsets a moment later."""
-    answers = iter([100, 140, 140, 999])
-    reads: list[TopicPartition] = []
-
-    async def committed(tp: TopicPartition) -> int | None:
-        reads.append(tp)
-        return next(answers)
-
-    tp = TopicPartition("ingest", 3)
-    assert await settled_offset(committed, tp, pause=0) == 140
-    assert reads == [tp] * 3
-
-
-async def test_a_committed_offset_that_keeps_moving_is_read_a_bounded_number_of_times() -> None:
-    answers = iter(range(10))
-
-    async def committed(_: TopicPartition) -> int | None:
-        return next(answers)
-
-    assert await settled_offset(committed, TopicPartition("ingest", 0), pause=0, reads=4) == 3

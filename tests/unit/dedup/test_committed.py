@@ -1,0 +1,160 @@
+"""Reading a new owner's committed offset: the stable read's decisions and its fallback."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, KafkaError
+
+from bridge.dedup import committed as module
+from bridge.dedup.committed import (
+    Answer,
+    StableOffsetFetch,
+    StableOffsets,
+    StableUnsupportedError,
+    read_answer,
+    settled_offset,
+    stable_or_settled,
+)
+
+TP = TopicPartition("ingest", 3)
+
+
+def response(*partitions: tuple[int, int, int], error: int = 0, topic: str = "ingest") -> Any:
+    """An OffsetFetch v7 response: (partition, offset, error code) per partition."""
+    rows = [(p, offset, -1, "", code, {}) for p, offset, code in partitions]
+    return SimpleNamespace(error_code=error, topics=[(topic, rows, {})])
+
+
+def test_the_request_is_v7_and_asks_for_stable_offsets() -> None:
+    built = StableOffsetFetch("group", TP).prepare({9: (1, 9)})
+    assert (built.API_VERSION, built.FLEXIBLE_VERSION) == (7, True)
+    assert built.to_object() == {
+        "group_id": "group",
+        "topics": [{"name": "ingest", "partition_indexes": [3], "tags": {}}],
+        "require_stable": True,
+        "tags": {},
+    }
+
+
+def test_a_broker_without_v7_is_told_apart() -> None:
+    with pytest.raises(NotImplementedError):
+        StableOffsetFetch("group", TP).prepare({9: (1, 6)})
+
+
+def test_an_answer_gives_the_partitions_offset_and_none_for_nothing_committed() -> None:
+    assert read_answer(response((2, 50, 0), (3, 140, 0)), TP) == Answer(offset=140)
+    assert read_answer(response((3, -1, 0)), TP) == Answer(offset=None)
+
+
+@pytest.mark.parametrize(
+    ("partition_error", "top_error", "expected"),
+    [
+        (88, 0, Answer(retry="unstable")),
+        (0, 88, Answer(retry="unstable")),
+        (0, 14, Answer(retry="coordinator_loading")),
+        (0, 16, Answer(retry="coordinator_moved", relookup=True)),
+        (0, 15, Answer(retry="coordinator_moved", relookup=True)),
+    ],
+)
+def test_a_pending_commit_or_a_moving_coordinator_is_retried(
+    partition_error: int, top_error: int, expected: Answer
+) -> None:
+    assert read_answer(response((3, 100, partition_error), error=top_error), TP) == expected
+
+
+def test_any_other_error_is_raised() -> None:
+    with pytest.raises(GroupAuthorizationFailedError):
+        read_answer(response((3, 100, 0), error=30), TP)
+    with pytest.raises(KafkaError, match="without ingest-3"):
+        read_answer(response((2, 100, 0)), TP)
+
+
+async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
+    offsets = StableOffsets({}, "group")
+    answers = iter(
+        [
+            Answer(retry="unstable"),
+            KafkaConnectionError(),
+            Answer(retry="coordinator_moved", relookup=True),
+            Answer(offset=140),
+        ]
+    )
+    relooked: list[int | None] = []
+
+    async def fetch(_: TopicPartition) -> Answer:
+        relooked.append(offsets._coordinator)
+        offsets._coordinator = 1
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    assert await offsets.committed(TP) == 140
+    # A connection error or a moved coordinator looks the coordinator up again.
+    assert relooked == [None, 1, None, None]
+
+
+async def test_the_stable_read_gives_up_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
+    monkeypatch.setattr(module, "_DEADLINE_SECONDS", 0.05)
+    offsets = StableOffsets({}, "group")
+
+    async def fetch(_: TopicPartition) -> Answer:
+        return Answer(retry="unstable")
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    with pytest.raises(TimeoutError, match="unstable"):
+        await offsets.committed(TP)
+
+
+async def test_without_a_stable_read_the_plain_one_is_settled_and_warned_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(module, "_SETTLE_SECONDS", 0)
+    offsets = StableOffsets({}, "group")
+
+    async def unsupported(_: TopicPartition) -> int | None:
+        raise StableUnsupportedError("OffsetFetch v7")
+
+    monkeypatch.setattr(offsets, "committed", unsupported)
+    answers = iter([100, 140, 140, 7, 7])
+
+    async def plain(_: TopicPartition) -> int | None:
+        return next(answers)
+
+    read = stable_or_settled(offsets, plain)
+    with caplog.at_level(logging.WARNING, logger="bridge.dedup.committed"):
+        assert await read(TP) == 140
+        assert await read(TP) == 7
+    assert [r.message for r in caplog.records].count(
+        "the broker cannot read committed offsets stably (OffsetFetch v7, Kafka 2.5+);"
+        " a takeover right after a commit may republish that transaction's records"
+    ) == 1
+
+
+async def test_the_settled_read_stops_once_two_reads_agree() -> None:
+    answers = iter([100, 140, 140, 999])
+    reads: list[TopicPartition] = []
+
+    async def committed(tp: TopicPartition) -> int | None:
+        reads.append(tp)
+        return next(answers)
+
+    assert await settled_offset(committed, TP, pause=0) == 140
+    assert reads == [TP] * 3
+
+
+async def test_a_committed_offset_that_keeps_moving_is_read_a_bounded_number_of_times() -> None:
+    answers = iter(range(10))
+
+    async def committed(_: TopicPartition) -> int | None:
+        return next(answers)
+
+    assert await settled_offset(committed, TP, pause=0, reads=4) == 3
