@@ -27,9 +27,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def tree(pid: int) -> list[int]:
+    """`pid` and its living descendants (a pod's worker processes), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its living descendants so far."""
+    total = 0.0
+    for each in tree(pid):
+        try:
+            total += cpu_seconds(each)
+        except OSError:
+            continue
+    return total
+
+
 def peak_rss(pid: int) -> int:
-    """VmHWM: the most resident memory the process ever had, in bytes."""
-    return _status_kb(pid, "VmHWM") * 1024
+    """VmHWM summed over the process and its descendants: the most each ever had, in bytes."""
+    total = 0
+    for each in tree(pid):
+        try:
+            total += _status_kb(each, "VmHWM") * 1024
+        except OSError:
+            continue
+    return total
 
 
 def rss(pid: int) -> int:
@@ -57,52 +89,65 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values) - 1)]
 
 
-_BUCKET = re.compile(
-    rb'^pinecall_bridge_publish_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M
-)
-
-
-_PUBLISHED = re.compile(rb"^pinecall_bridge_events_published_total\{[^}]*\} (\S+)$", re.M)
-_INGESTED = re.compile(rb"^pinecall_bridge_events_ingested_total\{[^}]*\} (\S+)$", re.M)
-_OWNED = re.compile(rb"^pinecall_bridge_dedup_partitions_owned (\S+)$", re.M)
-
-
 def _scrape(port: int) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body
 
 
+def samples(body: bytes, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample named `name`, whatever its labels (a pod of workers adds `worker`)."""
+    found = []
+    for line in body.decode().splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, brace, rest = head.partition("{")
+        if metric != name:
+            continue
+        labels = dict(_LABEL.findall(rest)) if brace else {}
+        found.append((labels, float(value)))
+    return found
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _total(port: int, name: str, **match: str) -> float:
+    return sum(
+        value
+        for labels, value in samples(_scrape(port), name)
+        if all(labels.get(k) == v for k, v in match.items())
+    )
+
+
 def published(port: int) -> float:
     """Records the bridge counts as acknowledged, over every topic."""
-    return sum(float(x) for x in _PUBLISHED.findall(_scrape(port)))
+    return _total(port, "pinecall_bridge_events_published_total")
 
 
 def ingested(port: int) -> float:
     """Records the ingest stage counts as acknowledged (in the ingest topic), every channel."""
-    return sum(float(x) for x in _INGESTED.findall(_scrape(port)))
-
-
-_TRANSACTIONS = re.compile(
-    rb'^pinecall_bridge_dedup_transactions_total\{outcome="committed"\} (\S+)$', re.M
-)
+    return _total(port, "pinecall_bridge_events_ingested_total")
 
 
 def transactions(port: int) -> float:
-    """Dedup transactions the process on `port` has committed."""
-    found = _TRANSACTIONS.findall(_scrape(port))
-    return float(found[0]) if found else 0.0
+    """Dedup transactions the process (or pod) on `port` has committed."""
+    return _total(port, "pinecall_bridge_dedup_transactions_total", outcome="committed")
 
 
 def owned(port: int) -> int:
-    """Ingest partitions whose dedup task is running in the process on `port`."""
-    found = _OWNED.findall(_scrape(port))
-    return int(float(found[0])) if found else 0
+    """Ingest partitions whose dedup task is running in the process (or pod) on `port`."""
+    return int(_total(port, "pinecall_bridge_dedup_partitions_owned"))
 
 
 def histogram(port: int) -> list[tuple[float, float]]:
-    """The bridge's receipt → ingest-ack histogram: cumulative (upper bound, count) pairs."""
-    return [(float(le), float(count)) for le, count in _BUCKET.findall(_scrape(port))]
+    """The receipt → ingest-ack histogram: cumulative (upper bound, count), summed over workers."""
+    total: dict[float, float] = {}
+    for labels, count in samples(_scrape(port), "pinecall_bridge_publish_duration_seconds_bucket"):
+        le = float(labels["le"])
+        total[le] = total.get(le, 0.0) + count
+    return sorted(total.items())
 
 
 def histograms(ports: Sequence[int]) -> list[tuple[float, float]]:

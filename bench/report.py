@@ -185,12 +185,23 @@ def _targets(data: dict[str, Any]) -> list[str]:
         + (f" = {r:.2f}x" if r is not None else ""),
         None if r is None else r >= 1.0,
     )
-    pod = _best(steps.get("stepup-2proc:bridge", []))
+    two = _best(steps.get("stepup-2proc:bridge", []))
     if steps.get("stepup-2proc:bridge"):
-        p_top = _get(pod, "offered") or 0.0
+        p_top = _get(two, "offered") or 0.0
         goal(
-            "two processes: the pod's max sustained, ÷ one process",
+            "two processes: their max sustained, ÷ one process",
             f"{p_top:,.0f} events/s" + (f" = {p_top / top:.2f}x" if top else ""),
+            None,
+        )
+    pod = _best(steps.get("stepup-pod:bridge", []))
+    if steps.get("stepup-pod:bridge"):
+        p_top = _get(pod, "offered") or 0.0
+        workers = data.get("pod_workers", "?")
+        goal(
+            f"one pod, {workers} workers (one per core), one port: max sustained, ÷ one process",
+            f"{p_top:,.0f} events/s"
+            + (f" = {p_top / top:.2f}x" if top else "")
+            + (f"; ÷ naive {p_top / n_top:.2f}x" if n_top else ""),
             None,
         )
     single, n_single = (
@@ -423,16 +434,19 @@ def _memory(data: dict[str, Any]) -> list[str]:
 def _two_stage(data: dict[str, Any]) -> list[str]:
     """One and two bridge processes against the baselines of the same run, same criterion."""
     steps = data.get("steps", {})
-    one, two = steps.get("stepup:bridge"), steps.get("stepup-2proc:bridge")
-    if two is None:
+    one = steps.get("stepup:bridge")
+    if steps.get("stepup-2proc:bridge") is None and steps.get("stepup-pod:bridge") is None:
         return []
     out = [
-        "## Two-stage path: webhooks, one and two bridge processes",
+        "## Two-stage path: webhooks, one process, two processes, one pod of workers",
         "",
         "Step-up, one event per request. *two processes*: two bridge processes sharing the "
         "ingest topic and dedup group (6 ingest partitions each once the group settled), the "
-        "load generator sending request j to process j mod 2 (round-robin). CPU and peak RSS are "
-        "the processes' sum; *bridge p99* is their merged receipt → ingest-ack histograms. "
+        "load generator sending request j to process j mod 2 (round-robin). *one pod of "
+        "workers*: one `pinecall-bridge run` with `BRIDGE_HTTP__WORKERS` = the cores, its worker "
+        "processes sharing one port (SO_REUSEPORT: the kernel spreads the connections). CPU and "
+        "peak RSS are the processes' sum; *bridge p99* is their merged receipt → ingest-ack "
+        "histograms. "
         "*e2e* is scheduled send → first read by a read_committed kcat consumer of the output "
         "topic: it includes the dedup stage and its transaction commit interval (100 ms). Pass "
         f"criterion, as for every series: no error, nothing lost or doubled, ≥ 95% of offered, "
@@ -445,6 +459,7 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
     labels = {
         "stepup:bridge": "bridge, one process",
         "stepup-2proc:bridge": "bridge, two processes",
+        "stepup-pod:bridge": f"bridge, one pod of {data.get('pod_workers', '?')} workers",
         "stepup:naive": "naive handler (c)",
         "stepup:noop": "no-op publisher (b)",
     }
@@ -482,6 +497,10 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
 
     ratio("two processes ÷ one process, max sustained", best.get("stepup-2proc:bridge"),
           best.get("stepup:bridge"))  # fmt: skip
+    ratio("one pod of workers ÷ one process, max sustained", best.get("stepup-pod:bridge"),
+          best.get("stepup:bridge"))  # fmt: skip
+    ratio("one pod of workers ÷ naive handler, max sustained", best.get("stepup-pod:bridge"),
+          best.get("stepup:naive"))  # fmt: skip
     ratio("one process ÷ naive handler, max sustained", best.get("stepup:bridge"),
           best.get("stepup:naive"))  # fmt: skip
     ratio("two processes ÷ naive handler, max sustained", best.get("stepup-2proc:bridge"),

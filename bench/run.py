@@ -7,7 +7,8 @@ process, fed by open-loop load generators in their own processes, read back from
 (read_committed). The bridge is the two-stage one: webhooks are answered once their records are
 in its ingest topic, and the dedup stage writes the output topic in transactions; every bridge
 target gets its own ingest topic and dedup group. `replicas` runs two bridge processes sharing
-them, round-robin; `restore` and `stage` run bench.restore and bench.dedupstage.
+them, round-robin; `workers` runs one pod of as many worker processes as cores on one port
+(SO_REUSEPORT); `restore` and `stage` run bench.restore and bench.dedupstage.
 """
 
 from __future__ import annotations
@@ -244,7 +245,13 @@ class Bench:
         return names | internal
 
     def target(
-        self, kind: str, topics: dict[str, str], *, ws: bool = False, port: int = HTTP_PORT
+        self,
+        kind: str,
+        topics: dict[str, str],
+        *,
+        ws: bool = False,
+        port: int = HTTP_PORT,
+        workers: int = 1,
     ) -> Proc:
         """Start the bridge (`bridge`, `noop`) or the naive handler; return once it is ready."""
         env = {
@@ -263,6 +270,8 @@ class Bench:
             "BRIDGE_DEDUP__GROUP": topics["group"],
             "BRIDGE_LOG__LEVEL": "INFO",
             "BRIDGE_LOG__FORMAT": "json",
+            # More than one: a pod of worker processes sharing the port (SO_REUSEPORT).
+            "BRIDGE_HTTP__WORKERS": str(workers),
         }
         if ws:
             env |= {
@@ -334,7 +343,7 @@ class Bench:
         hist_ports = [p.port for p in procs] if row.target == "bridge" else []
         hist0 = measure.histograms(hist_ports) if hist_ports else []
         txn0 = sum(measure.transactions(port) for port in hist_ports)
-        cpu0 = sum(measure.cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
+        cpu0 = sum(measure.tree_cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker0 = self.broker_cpu()
         load0 = measure.loadavg()
         noop_ports = [p.port for p in procs] if consumer is None else []
@@ -350,7 +359,7 @@ class Bench:
             consumer.wait_for(already_read + expected, timeout=120)
         elif noop_ports:
             noop_done = self.wait_ingested(noop_ports, ingested0 + expected)
-        cpu1 = sum(measure.cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
+        cpu1 = sum(measure.tree_cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker1 = self.broker_cpu()
         hist1 = measure.histograms(hist_ports) if hist_ports else []
         if hist_ports:
@@ -424,7 +433,13 @@ class Bench:
 
     @contextlib.contextmanager
     def serving(
-        self, kind: str, prefix: str, *, consume: bool = True, replicas: int = 1
+        self,
+        kind: str,
+        prefix: str,
+        *,
+        consume: bool = True,
+        replicas: int = 1,
+        workers: int = 1,
     ) -> Iterator[tuple[list[Proc], measure.Consumer | None]]:
         topics = self.topics(prefix)
         consumer = measure.Consumer(self.brokers, topics["events"]) if consume else None
@@ -432,7 +447,7 @@ class Bench:
         try:
             if kind != "kcat":
                 for port in (HTTP_PORT, HTTP_PORT_2)[:replicas]:
-                    procs.append(self.target(kind, topics, port=port))
+                    procs.append(self.target(kind, topics, port=port, workers=workers))
             yield procs, consumer
         finally:
             for proc in procs:
@@ -499,7 +514,13 @@ class Bench:
             self.warm_up(procs, consumer, rate=self.plan.steps[0], seconds=seconds)
 
     def step_up(
-        self, kind: str, name: str, rates: list[float], batch: int = 1, replicas: int = 1
+        self,
+        kind: str,
+        name: str,
+        rates: list[float],
+        batch: int = 1,
+        replicas: int = 1,
+        workers: int = 1,
     ) -> list[Measured]:
         """Scenario 5: rising offered load on one running target, then a bisection.
 
@@ -508,10 +529,10 @@ class Bench:
         """
         rows: list[Measured] = []
         consume = kind != "noop"
-        with self.serving(kind, f"{name}-{kind}", consume=consume, replicas=replicas) as (
-            procs,
-            consumer,
-        ):
+        serving = self.serving(
+            kind, f"{name}-{kind}", consume=consume, replicas=replicas, workers=workers
+        )
+        with serving as (procs, consumer):
             read = self.warm_up(procs, consumer, kind, rate=rates[0])
             ports = ",".join(str(p.port) for p in procs) or str(HTTP_PORT)
 
@@ -526,6 +547,8 @@ class Bench:
                 row = Measured(name, kind, rate, count, note=note)
                 if replicas > 1:
                     row.note = f"{note}; {replicas} processes, round-robin"
+                if workers > 1:
+                    row.note = f"{note}; one pod of {workers} worker processes, one port"
                 self.measured(row, procs, [gen], consumer, first, already_read=read)
                 read += count
                 rows.append(row)
@@ -692,7 +715,9 @@ class Bench:
         started = time.time()
         plan = self.plan
         self.extra["plan"] = asdict(plan)
-        if only is None or only & {"stepup", "webhook", "batch", "ws", "both", "replicas"}:
+        if only is None or only & {
+            "stepup", "webhook", "batch", "ws", "both", "replicas", "workers"
+        }:  # fmt: skip
             self.warm_broker()
         if want("stepup") or want("webhook"):
             print("scenario 5: step-up, one event per request", flush=True)
@@ -726,6 +751,11 @@ class Bench:
         if want("replicas"):
             print("two-stage: step-up with two bridge processes, round-robin", flush=True)
             self.step_up("bridge", "stepup-2proc", plan.steps, replicas=2)
+        if want("workers"):
+            workers = len(os.sched_getaffinity(0))
+            self.extra["pod_workers"] = workers
+            print(f"two-stage: step-up with one pod of {workers} workers, one port", flush=True)
+            self.step_up("bridge", "stepup-pod", plan.steps, workers=workers)
         if want("restore"):
             print("two-stage: restore of the seen-window", flush=True)
             sizes = self.args.restore_sizes or ",".join(str(n) for n in plan.restore_sizes)
@@ -834,7 +864,8 @@ def main() -> None:
     parser.add_argument("--kafka-port", type=int, default=19092)
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
-        "--only", help="stepup,batch,ws,kcat,both,replicas,restore,stage,memory (none: profile)"
+        "--only",
+        help="stepup,batch,ws,kcat,both,replicas,workers,restore,stage,memory (none: profile)",
     )
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also py-spy the bridge")

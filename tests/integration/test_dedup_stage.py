@@ -7,8 +7,10 @@ PartitionTask objects driven by hand where the test needs to stand between their
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -337,20 +339,41 @@ async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_abort
     ) in (None, 0.0)
 
 
-async def _pending_offsets(
-    bootstrap: str, names: Topics, tp: TopicPartition, committed: int, pending: int
-) -> AIOKafkaProducer:
-    """Commit `committed` for `tp` in a transaction, then leave `pending` in an open one."""
-    producer = AIOKafkaProducer(
+@dataclass
+class _Settling:
+    """A plain and a stable offset reader of the group, and a writer holding a commit open."""
+
+    tp: TopicPartition
+    plain: AIOKafkaConsumer
+    stable: StableOffsets
+    writer: AIOKafkaProducer
+
+
+@contextlib.asynccontextmanager
+async def _settling(
+    bootstrap: str, names: Topics, committed: int, pending: int
+) -> AsyncIterator[_Settling]:
+    """`committed` committed for partition 0 in a transaction, then `pending` in an open one."""
+    tp = TopicPartition(names.ingest, 0)
+    plain = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=names.group)
+    stable = StableOffsets({"bootstrap_servers": bootstrap}, names.group)
+    writer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, transactional_id=f"{names.group}-other-writer"
     )
-    await producer.start()
-    for offset in (committed, pending):
-        await producer.begin_transaction()
-        await producer.send_offsets_to_transaction({tp: offset}, names.group)
-        if offset == committed:
-            await producer.commit_transaction()
-    return producer
+    await plain.start()
+    await stable.start()
+    await writer.start()
+    try:
+        for offset in (committed, pending):
+            await writer.begin_transaction()
+            await writer.send_offsets_to_transaction({tp: offset}, names.group)
+            if offset == committed:
+                await writer.commit_transaction()
+        yield _Settling(tp, plain, stable, writer)
+    finally:
+        await writer.stop()
+        await stable.stop()
+        await plain.stop()
 
 
 @pytest.mark.timeout(120)
@@ -364,31 +387,20 @@ async def test_a_pending_transactional_offset_commit_holds_the_stable_read(
     republished 28 events that way). Here the gap is held open with a transaction left pending.
     """
     await _ingest_with(kafka_bootstrap, topics, [])  # the topic: offsets of a missing one hang
-    tp = TopicPartition(topics.ingest, 0)
-    client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
-    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group)
-    stable = StableOffsets(client, topics.group)
-    await plain.start()
-    await stable.start()
-    writer = await _pending_offsets(kafka_bootstrap, topics, tp, committed=5, pending=9)
-    try:
-        read = asyncio.create_task(stable.committed(tp))
+    async with _settling(kafka_bootstrap, topics, committed=5, pending=9) as it:
+        read = asyncio.create_task(it.stable.committed(it.tp))
         await asyncio.sleep(1.5)
         assert not read.done(), "the stable read answered while a commit was pending"
-        assert await plain.committed(tp) == 5  # the stale answer a plain read gives
-        await writer.commit_transaction()
+        assert await it.plain.committed(it.tp) == 5  # the stale answer a plain read gives
+        await it.writer.commit_transaction()
         assert await asyncio.wait_for(read, 10) == 9
-        await writer.begin_transaction()
-        await writer.send_offsets_to_transaction({tp: 12}, topics.group)
-        read = asyncio.create_task(stable.committed(tp))
+        await it.writer.begin_transaction()
+        await it.writer.send_offsets_to_transaction({it.tp: 12}, topics.group)
+        read = asyncio.create_task(it.stable.committed(it.tp))
         await asyncio.sleep(0.5)
         assert not read.done()
-        await writer.abort_transaction()
+        await it.writer.abort_transaction()
         assert await asyncio.wait_for(read, 10) == 9  # an aborted commit leaves the offset
-    finally:
-        await writer.stop()
-        await stable.stop()
-        await plain.stop()
 
 
 @pytest.mark.timeout(120)
@@ -411,25 +423,18 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
         for seq in range(4)
     ]
     await _ingest_with(kafka_bootstrap, topics, items)
-    tp = TopicPartition(topics.ingest, 0)
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
-    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group)
-    stable = StableOffsets(client, topics.group)
-    await plain.start()
-    await stable.start()
-    writer = await _pending_offsets(kafka_bootstrap, topics, tp, committed=1, pending=3)
-    owner = PartitionTask(tp, DedupSettings(group=topics.group), client, Metrics())
-    try:
-        starting = asyncio.create_task(owner.start(stable_or_settled(stable, plain.committed)))
-        await asyncio.sleep(1.5)
-        assert not starting.done()
-        await writer.commit_transaction()
-        await asyncio.wait_for(starting, 30)
-        assert owner.position == 3
-        # The restore saw every record before the resume point: none of them is new again.
-        assert len(owner.window) == 3
-    finally:
-        await writer.stop()
-        await owner.close(abort=True)
-        await stable.stop()
-        await plain.stop()
+    async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
+        owner = PartitionTask(it.tp, DedupSettings(group=topics.group), client, Metrics())
+        try:
+            read = stable_or_settled(it.stable, it.plain.committed)
+            starting = asyncio.create_task(owner.start(read))
+            await asyncio.sleep(1.5)
+            assert not starting.done()
+            await it.writer.commit_transaction()
+            await asyncio.wait_for(starting, 30)
+            assert owner.position == 3
+            # The restore saw every record before the resume point: none of them is new again.
+            assert len(owner.window) == 3
+        finally:
+            await owner.close(abort=True)

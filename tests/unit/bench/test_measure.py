@@ -1,0 +1,57 @@
+"""The bench's scrape parsing: one process, or a pod whose workers each add a `worker` label."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import measure
+
+POD = b"""# HELP pinecall_bridge_publish_duration_seconds Receipt to ack.
+# TYPE pinecall_bridge_publish_duration_seconds histogram
+pinecall_bridge_publish_duration_seconds_bucket{le="0.005",worker="0"} 3.0
+pinecall_bridge_publish_duration_seconds_bucket{le="+Inf",worker="0"} 4.0
+pinecall_bridge_publish_duration_seconds_bucket{le="0.005",worker="1"} 5.0
+pinecall_bridge_publish_duration_seconds_bucket{le="+Inf",worker="1"} 7.0
+pinecall_bridge_dedup_transactions_total{outcome="committed",worker="0"} 10.0
+pinecall_bridge_dedup_transactions_total{outcome="aborted",worker="0"} 99.0
+pinecall_bridge_dedup_transactions_total{outcome="committed",worker="1"} 2.0
+pinecall_bridge_dedup_partitions_owned{worker="0"} 7.0
+pinecall_bridge_dedup_partitions_owned{worker="1"} 5.0
+pinecall_bridge_dedup_partitions_owned_extra 100.0
+"""
+
+
+def test_samples_match_the_name_exactly_and_read_every_label() -> None:
+    owned = measure.samples(POD, "pinecall_bridge_dedup_partitions_owned")
+    assert owned == [({"worker": "0"}, 7.0), ({"worker": "1"}, 5.0)]
+    assert measure.samples(b"up 1\n", "up") == [({}, 1.0)]
+    escaped = b'm{path="a\\"b",le="1"} 2\n'
+    assert measure.samples(escaped, "m") == [({"path": 'a\\"b', "le": "1"}, 2.0)]
+
+
+def test_a_pods_workers_are_added_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measure, "_scrape", lambda _port: POD)
+    assert measure.histogram(1) == [(0.005, 8.0), (float("inf"), 11.0)]
+    assert measure.transactions(1) == 12.0
+    assert measure.owned(1) == 12
+
+
+def test_a_process_tree_counts_its_children() -> None:
+    busy = "import time\nx = 0\nfor _ in range(3_000_000): x += 1\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 20
+        while measure.cpu_seconds(child.pid) < 0.1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.pid in measure.tree(os.getpid())
+        own = measure.cpu_seconds(os.getpid())
+        assert measure.tree_cpu_seconds(os.getpid()) >= own + measure.cpu_seconds(child.pid) - 0.02
+        assert measure.peak_rss(os.getpid()) > measure.rss(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
