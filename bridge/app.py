@@ -57,13 +57,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(503, "internal_error", "not stored; retry later", **{"Retry-After": "5"})
 
 
-def build_app(
-    settings: Settings, webhook: WebhookHandler, readiness: Readiness, metrics: Metrics
-) -> web.Application:
-    # client_max_size makes aiohttp stop reading a body past the limit instead of buffering it.
-    app = web.Application(
-        client_max_size=settings.webhook.max_body_bytes, middlewares=[json_errors]
-    )
+def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:
+    """/healthz, /readyz and /metrics of this process."""
 
     async def healthz(_: web.Request) -> web.Response:
         if not readiness.alive():
@@ -80,8 +75,25 @@ def build_app(
         readiness.ready()  # refresh the gauge at scrape time
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics_view),
+    ]
+
+
+def build_app(
+    settings: Settings,
+    webhook: WebhookHandler,
+    readiness: Readiness,
+    metrics: Metrics,
+    probes: list[web.RouteDef] | None = None,
+) -> web.Application:
+    """The public app; `probes` replace this process's own (a worker answers for its pod)."""
+    # client_max_size makes aiohttp stop reading a body past the limit instead of buffering it.
+    app = web.Application(
+        client_max_size=settings.webhook.max_body_bytes, middlewares=[json_errors]
+    )
+    app.add_routes(probes if probes is not None else probe_routes(readiness, metrics))
     app.router.add_post(settings.webhook.path, webhook.handle)
     return app

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from bridge import jsoncodec
@@ -35,17 +35,53 @@ def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from bridge import logsetup
     from bridge.service import serve
+    from bridge.workers.role import WorkerRole
 
+    role = WorkerRole.from_env(os.environ)
+    if role is not None:  # one of several worker processes, started by the parent below
+        from bridge.workers.worker import serve_worker
+
+        logsetup.configure(settings.log.level, settings.log.format, {"worker": role.index})
+        _run_loop(serve_worker(settings, role))
+        return 0
     logsetup.configure(settings.log.level, settings.log.format)
     for problem in unknown_variables(os.environ):
         logging.getLogger("bridge.config").warning(problem)
+    if settings.http.workers != 1:
+        workers = _workers(settings)
+        if workers > 1:
+            from bridge.workers.parent import run_parent
+
+            return run_parent(settings, workers)
+    _run_loop(serve(settings))
+    return 0
+
+
+def _workers(settings: Settings) -> int:
+    """BRIDGE_HTTP__WORKERS as a count (0: one per CPU available); only Linux can run several."""
+    from bridge.workers.cpus import resolve_workers
+
+    if not sys.platform.startswith("linux"):
+        print(
+            "pinecall-bridge: BRIDGE_HTTP__WORKERS other than 1 needs Linux"
+            " (SO_REUSEPORT balancing, PR_SET_PDEATHSIG)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    workers = resolve_workers(settings.http.workers)
+    logging.getLogger("bridge.workers").info(
+        "worker processes", extra={"workers": workers, "setting": settings.http.workers}
+    )
+    return workers
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)
-        asyncio.run(serve(settings))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings))
-    return 0
+        uvloop.run(main)
 
 
 def _check(_: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # attributes) gets a final answer per record, never an endless retry (bridge/pipeline.py).
 RECORD_RESERVE_BYTES = 65_536
 _KIB = 1024
+# BRIDGE_HTTP__WORKERS: more than a pod would be given cores for is a typo.
+MAX_WORKERS = 64
 
 
 def _split_csv(value: Any) -> Any:
@@ -117,6 +119,26 @@ class HttpSettings(BaseModel):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # The whole body read (and any unread body drained after the answer); past it: 408, closed.
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Processes sharing the port (SO_REUSEPORT) under a supervisor; 0: one per CPU available.
+    workers: int = 1
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, workers: int) -> int:
+        if not 0 <= workers <= MAX_WORKERS:
+            raise ValueError(
+                f"must be 0 (one per CPU available to the process) or 1 to {MAX_WORKERS}"
+            )
+        return workers
+
+    @model_validator(mode="after")
+    def _workers_share_a_fixed_port(self) -> HttpSettings:
+        if self.workers != 1 and self.port == 0:
+            raise ValueError(
+                "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT"
+                " (with 0 each worker would listen on a port of its own)"
+            )
+        return self
 
 
 class WebhookSettings(BaseModel):

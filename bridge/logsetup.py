@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -89,9 +89,25 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
-def configure(level: str, fmt: str) -> None:
+class StaticFields(logging.Filter):
+    """Adds the same fields to every record, e.g. a worker process's index."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self._fields.items():
+            setattr(record, name, value)
+        return True
+
+
+def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> None:
+    """Log to stderr at `level`; `fields` are added to every line (a worker's `worker: <i>`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    if fields:
+        handler.addFilter(StaticFields(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -24,6 +24,11 @@ _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# With several worker processes the pod's /metrics has this once, for the pod (bridge/workers).
+WORKERS_UNREACHABLE = f"{PREFIX}_workers_unreachable"
+WORKERS_UNREACHABLE_HELP = (
+    "Worker processes of this pod left out of this scrape (no answer in time); 0 with one."
+)
 
 
 class Children:
@@ -181,10 +186,12 @@ class Metrics:
             "Ingest records the dedup stage could not read (not written by this bridge); skipped.",
             registry=r,
         )
+        # The WebSocket feed's series are exported only once `register_feed()` is called, by the
+        # parts of a process with the feed enabled: elsewhere a 0 would read as a feed that is down.
         self.feed_lease_held = Gauge(
             f"{PREFIX}_feed_lease_held",
             "1 while this process holds the WebSocket feed lease (at most one process should).",
-            registry=r,
+            registry=None,
         )
         self.kafka_connected = Gauge(
             f"{PREFIX}_kafka_connected",
@@ -193,20 +200,28 @@ class Metrics:
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the bridge reports ready.", registry=r)
         self.websocket_connected = Gauge(
-            f"{PREFIX}_websocket_connected", "1 while the WebSocket feed is connected.", registry=r
+            f"{PREFIX}_websocket_connected",
+            "1 while the WebSocket feed is connected.",
+            registry=None,
         )
         self.websocket_reconnects = Counter(
             f"{PREFIX}_websocket_reconnects_total",
             "WebSocket feed reconnections, by why the previous attempt ended.",
             ["reason"],
-            registry=r,
+            registry=None,
         )
         self.websocket_frames = Counter(
             f"{PREFIX}_websocket_frames_total",
             "WebSocket frames received: event, control or garbage.",
             ["kind"],
+            registry=None,
+        )
+        self.worker_restarts = Counter(
+            f"{PREFIX}_worker_restarts_total",
+            "Restarts of this worker process after it exited unexpectedly (several workers only).",
             registry=r,
         )
+        self.workers_unreachable = Gauge(WORKERS_UNREACHABLE, WORKERS_UNREACHABLE_HELP, registry=r)
         self.task_crashes = Counter(
             f"{PREFIX}_task_crashes_total",
             "Crashes of a long-lived task (restarted, or the process exits after too many).",
@@ -222,8 +237,9 @@ class Metrics:
         self.websocket_backlog = Gauge(
             f"{PREFIX}_websocket_backlog_events",
             "Feed events read from the socket and not yet acknowledged by Kafka.",
-            registry=r,
+            registry=None,
         )
+        self._feed_registered = False
         # The call-log source (SSE). Never a label per call: calls are unbounded.
         self.sse_enabled = Gauge(
             f"{PREFIX}_sse_enabled", "1 when the call-log (SSE) source runs here.", registry=r
@@ -285,6 +301,21 @@ class Metrics:
         self.published_by = Children(self.published)
         self.ingested_by = Children(self.ingested)
         self.duplicates_by = Children(self.duplicates)
+
+    def register_feed(self) -> None:
+        """Export the WebSocket feed's series (idempotent): a process with the feed enabled."""
+        if self._feed_registered:
+            return
+        self._feed_registered = True
+        for metric in (
+            self.feed_lease_held,
+            self.websocket_connected,
+            self.websocket_reconnects,
+            self.websocket_frames,
+            self.websocket_backlog,
+        ):
+            self.registry.register(metric)
+        self.kafka_client_restarts.labels("feed_lease")  # at 0 from the start, for increase()
 
     def render(self) -> bytes:
         """The exposition text for /metrics."""

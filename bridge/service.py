@@ -40,8 +40,17 @@ log = logging.getLogger(__name__)
 class Bridge:
     """start() returns once HTTP is served; Kafka is connected in the background, with retries."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        probes: list[web.RouteDef] | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """`probes` and `reuse_port`: a worker process answering for its pod (bridge/workers)."""
         self.settings = settings
+        self._reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics()
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
         self.crashed = asyncio.Event()
@@ -85,7 +94,9 @@ class Bridge:
         self.readiness = Readiness(
             self.metrics,
             lambda: self.sink.connected,
-            clients_alive=lambda: self.sink.alive and self.dedup.alive,
+            clients_alive=lambda: (
+                self.sink.alive and self.dedup.alive and (self.lease is None or self.lease.alive)
+            ),
         )
         self.feed: WebSocketSource | None = None
         self.lease = (
@@ -109,7 +120,7 @@ class Bridge:
             self.metrics,
             body_timeout_seconds=settings.http.body_timeout_seconds,
         )
-        self.app = build_app(settings, webhook, self.readiness, self.metrics)
+        self.app = build_app(settings, webhook, self.readiness, self.metrics, probes)
         self._runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
@@ -136,7 +147,7 @@ class Bridge:
             ),
         )
         await runner.setup()
-        site = web.TCPSite(runner, http.host, http.port)
+        site = web.TCPSite(runner, http.host, http.port, reuse_port=self._reuse_port or None)
         await site.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
@@ -305,7 +316,12 @@ class Bridge:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    bridge = Bridge(settings)
+    await run_until_stopped(Bridge(settings))
+
+
+async def run_until_stopped(bridge: Bridge) -> None:
+    """Start `bridge`, run it until SIGTERM or SIGINT, then stop it gracefully."""
+    settings = bridge.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

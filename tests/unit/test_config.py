@@ -334,3 +334,29 @@ def test_the_call_log_source_is_off_by_default_and_needs_the_api_key(
     monkeypatch.setenv("BRIDGE_SSE__CALL_LIST_PATH", "")
     s = load_settings()
     assert (s.sse.enabled, s.pinecall.env, s.sse.call_list_path) == (True, "sandbox", None)
+
+
+def test_workers_default_to_one_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    assert load_settings().http.workers == 1
+    for good in ("0", "4", "64"):
+        monkeypatch.setenv("BRIDGE_HTTP__WORKERS", good)
+        assert load_settings().http.workers == int(good)
+    for bad in ("-1", "65"):
+        monkeypatch.setenv("BRIDGE_HTTP__WORKERS", bad)
+        with pytest.raises(ConfigError) as caught:
+            load_settings()
+        assert caught.value.problems == [
+            "BRIDGE_HTTP__WORKERS: must be 0 (one per CPU available to the process) or 1 to 64"
+        ]
+
+
+def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_HTTP__PORT", "0")
+    assert load_settings().http.port == 0
+    monkeypatch.setenv("BRIDGE_HTTP__WORKERS", "2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [problem] = caught.value.problems
+    assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT" in problem

@@ -119,3 +119,17 @@ async def test_a_flood_of_malformed_requests_is_not_a_flood_of_tracebacks(
         ("warning", "malformed HTTP request refused")
     ]
     assert "exc" not in refused[0]
+
+
+def test_fields_given_at_configuration_are_on_every_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logsetup.configure("INFO", "json", {"worker": 3})
+    logging.getLogger("bridge.x").info("one")
+    logging.getLogger("aiokafka.y").warning("two", extra={"topic": "t"})
+    entries = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["msg"], e["worker"]) for e in entries] == [("one", 3), ("two", 3)]
+    assert entries[1]["topic"] == "t"
+    logsetup.configure("INFO", "json")  # configured again without: gone
+    logging.getLogger("bridge.x").info("three")
+    assert "worker" not in jsoncodec.loads(capsys.readouterr().err)

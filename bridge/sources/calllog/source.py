@@ -28,6 +28,7 @@ from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.orgfeed import OrgFeed
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
+from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class CallLogSource:
         self._retiring: set[asyncio.Task[bool]] = set()
         self._handovers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._call_list = settings.call_list_path is not None
+        # Failed reads back off like the streams; a read that succeeds starts the delays over.
+        self._list_backoff = ReconnectPolicy.of(settings)
 
     async def start(self) -> None:
         """Learn the ingest partition count (the calls' partitions depend on it), read the feed."""
@@ -185,10 +188,17 @@ class CallLogSource:
                         extra={"error": str(exc)},
                     )
                     return
-                log.warning("call list not read; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(5.0)
+                # A refusal (a bad key, a missing scope) waits at least as long as an auth failure.
+                reason: DisconnectReason = "connect_error" if exc.retriable else "auth"
+                delay = self._list_backoff.next_delay(reason, None)
+                log.warning(
+                    "call list not read; retrying",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 1)},
+                )
+                await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
+                self._list_backoff.reset()
                 # The window's start is measured from before the read: never too generous.
                 for row in rows:
                     if wanted(row, now - self._ttl):

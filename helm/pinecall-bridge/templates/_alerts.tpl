@@ -2,7 +2,9 @@
 The alert rules (Prometheus rule groups), shared by the PrometheusRule and, through
 `make deploy-generate`, deploy/prometheus/pinecall-bridge.rules.yaml. Thresholds: .Values.alerts.
 Alertmanager templates ({{ $labels.pod }}) are escaped as {{`...`}} so Helm leaves them alone.
-Aggregations keep namespace and pod, the labels Kubernetes service discovery adds.
+Aggregations keep namespace and pod, the labels Kubernetes service discovery adds. A pod with
+several worker processes (config.http.workers) labels each one's series `worker`: a pod-wide
+state takes the worst worker (min of a 1-when-fine gauge), a per-process one keeps `worker`.
 */}}
 {{- define "pinecall-bridge.alertGroups" -}}
 {{- $a := .Values.alerts }}
@@ -160,18 +162,16 @@ groups:
           description: {{ printf "%s/%s evicted %s ids before config.dedup.ttlSeconds in the last 10 minutes (config.dedup.maxEntriesPerPartition reached): a late copy of those events would be output twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
       - alert: PinecallBridgeNoFeedLeaseHolder
-        # Every pod exports the gauge, feed on or off: "the feed is on" is read as "a pod held the
-        # lease in the last feedLeaseLookbackHours", so deployments without the feed stay quiet.
+        # Only pods with the feed enabled export the gauge (0 until elected): a namespace without
+        # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.
         expr: |
           sum by (namespace) (pinecall_bridge_feed_lease_held) == 0
-          and on (namespace)
-          sum by (namespace) (max_over_time(pinecall_bridge_feed_lease_held[{{ $a.feedLeaseLookbackHours }}h])) > 0
         for: {{ $a.feedLeaseMissingMinutes }}m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "No pod in %s reads Pinecall's WebSocket feed" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "The feed lease has had no holder for %v minutes (it had one in the last %v hours): the feed's events of the gap are missed unless Pinecall replays them or also sends them by webhook." $a.feedLeaseMissingMinutes $a.feedLeaseLookbackHours | quote }}
+          description: {{ printf "The WebSocket feed is enabled and its lease has had no holder for %v minutes: the feed's events of the gap are missed unless Pinecall replays them or also sends them by webhook." $a.feedLeaseMissingMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgenofeedleaseholder" $a.runbookUrl }}
       - alert: PinecallBridgeFeedLeaseSplitBrain
         expr: |
@@ -185,7 +185,7 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgefeedleasesplitbrain" $a.runbookUrl }}
       - alert: PinecallBridgeKafkaDisconnected
         expr: |
-          max by (namespace, pod) (pinecall_bridge_kafka_connected) == 0
+          min by (namespace, pod) (pinecall_bridge_kafka_connected) == 0
         for: {{ $a.kafkaDisconnectedMinutes }}m
         labels:
           severity: critical
@@ -228,8 +228,8 @@ groups:
           description: {{ printf "%s/%s replaced its %s in the last 30 minutes after the client's background task died; deliveries in flight then were answered 503 and retried." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.client }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkaclientreplaced" $a.runbookUrl }}
       - alert: PinecallBridgeWebSocketDown
-        # Never connected during the window while still trying: the gauge alone is 0 on pods
-        # without the feed too, so reconnect attempts tell an enabled feed from a disabled one.
+        # Never connected during the window while still trying: only pods with the feed enabled
+        # export the gauge, and it is 0 on those not holding the lease, which never try.
         expr: |
           max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $a.websocketDownMinutes }}m])) == 0
           and on (namespace, pod)
@@ -243,19 +243,20 @@ groups:
       - alert: PinecallBridgeCallLogSourceDown
         # Only where the source is on: the org feed never connected in the window while still
         # trying (no call is discovered), or call streams failing while nothing arrives over them.
+        # Per process: each worker of a pod reads the org feed and follows its own calls.
         expr: |
           (
-            max by (namespace, pod) (pinecall_bridge_sse_enabled) == 1
-            and on (namespace, pod)
-            max by (namespace, pod) (max_over_time(pinecall_bridge_sse_org_feed_connected[{{ $a.callLogDownMinutes }}m])) == 0
-            and on (namespace, pod)
-            sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="org_feed"}[{{ $a.callLogDownMinutes }}m])) > 0
+            max by (namespace, pod, worker) (pinecall_bridge_sse_enabled) == 1
+            and on (namespace, pod, worker)
+            max by (namespace, pod, worker) (max_over_time(pinecall_bridge_sse_org_feed_connected[{{ $a.callLogDownMinutes }}m])) == 0
+            and on (namespace, pod, worker)
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="org_feed"}[{{ $a.callLogDownMinutes }}m])) > 0
           )
           or
           (
-            sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $a.callLogDownMinutes }}m])) > 0
-            and on (namespace, pod)
-            sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $a.callLogDownMinutes }}m])) == 0
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $a.callLogDownMinutes }}m])) > 0
+            and on (namespace, pod, worker)
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $a.callLogDownMinutes }}m])) == 0
           )
         labels:
           severity: warning
@@ -265,9 +266,9 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgecalllogsourcedown" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogGapsNotFilled
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason="gap_fill_failed"}[{{ $a.callLogGapsMinutes }}m])) > 0
-          and on (namespace, pod)
-          sum by (namespace, pod) (increase(pinecall_bridge_sse_gaps_filled_total[{{ $a.callLogGapsMinutes }}m])) == 0
+          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason="gap_fill_failed"}[{{ $a.callLogGapsMinutes }}m])) > 0
+          and on (namespace, pod, worker)
+          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_gaps_filled_total[{{ $a.callLogGapsMinutes }}m])) == 0
         labels:
           severity: warning
         annotations:
@@ -276,7 +277,7 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgecallloggapsnotfilled" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
         expr: |
-          max by (namespace, pod) (pinecall_bridge_ready) == 0
+          min by (namespace, pod) (pinecall_bridge_ready) == 0
         for: {{ $a.notReadyMinutes }}m
         labels:
           severity: warning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +27,9 @@ TP = TopicPartition("ingest", 3)
 
 def response(*partitions: tuple[int, int, int], error: int = 0, topic: str = "ingest") -> Any:
     """An OffsetFetch v7 response: (partition, offset, error code) per partition."""
-    rows = [(p, offset, -1, "", code, {}) for p, offset, code in partitions]
+    rows: list[tuple[int, int, int, str, int, dict[int, bytes]]] = [
+        (p, offset, -1, "", code, {}) for p, offset, code in partitions
+    ]
     return SimpleNamespace(error_code=error, topics=[(topic, rows, {})])
 
 
@@ -77,7 +80,7 @@ def test_any_other_error_is_raised() -> None:
 async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
     offsets = StableOffsets({}, "group")
-    answers = iter(
+    answers: Iterator[Answer | Exception] = iter(
         [
             Answer(retry="unstable"),
             KafkaConnectionError(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
 from bridge.sink import kafka
-from bridge.sink.clienttasks import consumer_died, producer_died
+from bridge.sink.clienttasks import consumer_died, producer_died, stop_dead
 from bridge.sink.kafka import REPLACE_ATTEMPTS, KafkaSink, Record
 
 RECORD = Record("t", b"k", b"v")
@@ -123,6 +124,30 @@ async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced
     assert restarts(metrics) == 1
     assert sink.alive
     await sink.stop()
+
+
+async def test_a_stopped_dead_client_logs_its_tasks_error_no_second_time() -> None:
+    # Its replacement logged the death and its cause; asyncio would log the error of a task
+    # nobody retrieved again, traceback and all, whenever the task is garbage-collected.
+    async def stop_a_dead_producer() -> None:
+        producer = FakeProducer()
+        await producer.start()
+        producer.kill()
+        # The same reset killed its metadata task too: one death is reported, not both.
+        producer.client._sync_task.set_exception(RuntimeError("the handler is closed"))
+        await until(lambda: producer_died(producer) is not None)
+        await stop_dead(producer, 1.0)
+
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        await stop_a_dead_producer()
+        FakeProducer.made.clear()
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
 
 
 async def test_the_probe_finds_a_dead_sender_without_any_send() -> None:

@@ -15,17 +15,15 @@ from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sources.calllog import source as source_module
-from bridge.sources.calllog.calllist import CallRow
+from bridge.sources.calllog.calllist import CallListError, CallRow
 from bridge.sources.calllog.roster import Roster
 from bridge.sources.calllog.source import CallLogSource, stream_session
+from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
 
-async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    metrics = Metrics()
-    source = CallLogSource(
+def call_log_source(metrics: Metrics) -> CallLogSource:
+    return CallLogSource(
         SseSettings(enabled=True),
         PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k")),
         KafkaSettings(),
@@ -35,6 +33,13 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
         dedup_ttl_seconds=3_600,
         supervisor=Supervisor(metrics, first_delay=0.001),
     )
+
+
+async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics()
+    source = call_log_source(metrics)
     reads = 0
 
     async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
@@ -97,3 +102,58 @@ async def test_the_session_holds_more_streams_than_aiohttps_default_pool_of_100(
         release.set()
         await server.close()
     assert opened == streams
+
+
+class RecordedBackoff(ReconnectPolicy):
+    """Delays of 10 ms doubling to 40 ms, each the top of its jittered range, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(0.01, 0.04, 60.0, rand=lambda _low, high: high)
+        self.waits: list[tuple[str, float]] = []
+
+    def next_delay(self, reason: DisconnectReason, connected_for: float | None) -> float:
+        delay = super().next_delay(reason, connected_for)
+        self.waits.append((reason, delay))
+        return delay
+
+
+async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    backoff = source._list_backoff = RecordedBackoff()
+    outcomes: list[CallListError | None] = [
+        *(CallListError("the call list answered 503") for _ in range(5)),
+        CallListError("the call list answered 401", retriable=False),
+        None,
+        CallListError("the call list answered 502"),
+        None,
+    ]
+
+    async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return [CallRow("CA_1", True, 3, 1.0, None)]
+
+    announced: list[str] = []
+    monkeypatch.setattr(source_module, "list_calls", list_calls)
+    monkeypatch.setattr(source, "announce", announced.append)
+    source.roster = Roster(1, 10)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for _ in range(2):  # a second sweep, after a successful one, starts the delays over
+            source._schedule_sweep()
+            assert source._sweep is not None
+            await asyncio.wait_for(source._sweep, 2)
+    assert outcomes == []
+    assert announced == ["CA_1", "CA_1"]
+    retriable: list[tuple[str, float]] = [
+        ("connect_error", d) for d in (0.01, 0.02, 0.04, 0.04, 0.04)
+    ]
+    assert backoff.waits == [*retriable, ("auth", 0.04), ("connect_error", 0.01)]
+    crashes = metrics.registry.get_sample_value(
+        "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
+    )
+    assert not crashes

@@ -1,0 +1,195 @@
+"""The supervisor of a pod's worker processes: start them, restart the ones that exit, stop all.
+
+It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker, each drains as a
+single process does, and the parent exits 0 once all have stopped cleanly; workers still running
+`GRACE_MARGIN_SECONDS` after the grace period are killed. A worker exiting on its own is
+restarted after a pause; too many such exits (budget.py) stop the pod with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bridge.config import Settings
+from bridge.workers.budget import GiveUp, RestartBudget
+from bridge.workers.role import WorkerRole
+
+log = logging.getLogger(__name__)
+
+# Past the workers' own grace period: room for their exit after the last flush.
+GRACE_MARGIN_SECONDS = 3.0
+# A worker killed by the stop signal itself had not installed its handler yet: nothing was taken.
+_CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT}
+# sun_path holds 108 bytes on Linux, its terminating NUL included.
+_MAX_UNIX_PATH = 107
+
+
+def exit_fields(code: int) -> dict[str, object]:
+    """A worker's exit for the log: its code, and the signal's name when a signal ended it."""
+    fields: dict[str, object] = {"exit_code": code}
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            fields["signal"] = signal.Signals(-code).name
+    return fields
+
+
+class Parent:
+    """Keeps `count` workers running until told to stop."""
+
+    def __init__(
+        self,
+        count: int,
+        runtime_dir: Path,
+        grace_seconds: float,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "bridge", "run"),
+        budget: RestartBudget | None = None,
+        margin: float = GRACE_MARGIN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._grace = grace_seconds
+        self._margin = margin
+        self._count = count
+        self._runtime_dir = runtime_dir
+        self._command = list(command)
+        self._budget = budget if budget is not None else RestartBudget()
+        self._clock = clock
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._restarts = [0] * count
+        self._stopped_with: dict[int, int] = {}
+        self._stop = asyncio.Event()
+        self._signal = signal.SIGTERM
+        self._gave_up = False
+
+    async def run(self) -> int:
+        """0 after a clean stop; 1 when workers kept exiting or had to be killed."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig)
+        log.info(
+            "starting worker processes",
+            extra={"workers": self._count, "runtime_dir": str(self._runtime_dir)},
+        )
+        slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
+        await self._stop.wait()
+        _, running = await asyncio.wait(slots, timeout=self._grace + self._margin)
+        killed = sorted(i for i, p in self._processes.items() if p.returncode is None)
+        if killed:
+            log.error(
+                "workers still running after the grace period; killing them",
+                extra={"workers": killed, "grace_s": self._grace},
+            )
+            for i in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    self._processes[i].kill()
+            await asyncio.wait(running, timeout=10)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        clean = not self._gave_up and all(c in _CLEAN_EXITS for c in self._stopped_with.values())
+        log.info("all workers stopped", extra={"clean": clean})
+        return 0 if clean else 1
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop every worker with `sig` (again on a repeated signal: each handles it once)."""
+        if not self._stop.is_set():
+            log.info("stopping worker processes", extra={"signal": sig.name})
+            self._signal = sig
+            self._stop.set()
+        for process in self._processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(sig)
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        role = WorkerRole(
+            index=index,
+            count=self._count,
+            runtime_dir=self._runtime_dir,
+            parent_pid=os.getpid(),
+            restarts=self._restarts[index],
+        )
+        # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
+        process = await asyncio.create_subprocess_exec(
+            *self._command, env={**os.environ, **role.env()}, stdin=subprocess.DEVNULL
+        )
+        self._processes[index] = process
+        log.info(
+            "worker started",
+            extra={"worker": index, "pid": process.pid, "restarts": self._restarts[index]},
+        )
+        if self._stop.is_set():  # the stop came while it was being spawned
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(self._signal)
+        return process
+
+    async def _keep(self, index: int) -> None:
+        """Run worker `index` until the stop; restart it whenever it exits before that."""
+        try:
+            await self._keep_running(index)
+        except Exception:  # e.g. the worker could not be spawned: the pod would run short
+            log.critical("cannot run a worker process; stopping the pod", exc_info=True)
+            self._gave_up = True
+            self.stop()
+
+    async def _keep_running(self, index: int) -> None:
+        while not self._stop.is_set():
+            process = await self._spawn(index)
+            code = await process.wait()
+            if self._stop.is_set():
+                self._stopped_with[index] = code
+                log.info("worker stopped", extra={"worker": index, **exit_fields(code)})
+                return
+            decision = self._budget.exited(index, self._clock())
+            if isinstance(decision, GiveUp):
+                log.critical(
+                    "worker processes keep exiting; stopping the pod",
+                    extra={
+                        "worker": index,
+                        "exits": decision.exits,
+                        "period_s": decision.period,
+                        **exit_fields(code),
+                    },
+                )
+                self._gave_up = True
+                self.stop()
+                return
+            self._restarts[index] += 1
+            log.error(
+                "worker exited unexpectedly; restarting it",
+                extra={
+                    "worker": index,
+                    "pid": process.pid,
+                    "restart_in_s": decision.delay,
+                    "restarts": self._restarts[index],
+                    **exit_fields(code),
+                },
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), decision.delay)
+
+
+def run_parent(settings: Settings, count: int) -> int:
+    """Supervise `count` workers until SIGTERM or SIGINT; the process's exit code."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="pinecall-bridge-"))
+    last = WorkerRole(index=count - 1, count=count, runtime_dir=runtime_dir, parent_pid=0)
+    longest = last.socket(last.index)
+    if len(os.fsencode(longest)) > _MAX_UNIX_PATH:
+        log.error("TMPDIR is too long for the workers' unix sockets", extra={"path": str(longest)})
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        return 1
+    try:
+        parent = Parent(count, runtime_dir, settings.shutdown.grace_seconds)
+        return asyncio.run(parent.run())
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)

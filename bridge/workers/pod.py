@@ -1,0 +1,93 @@
+"""Whichever worker a probe or scrape reaches answers for the pod, asking every worker's socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from bridge import jsoncodec
+from bridge.metrics import CONTENT_TYPE
+from bridge.sources.webhook import json_response
+from bridge.workers.merge import merge
+from bridge.workers.probes import Answer, pod_answer
+
+# Below the probes' timeoutSeconds (2 s in the chart): a worker this slow counts as unreachable.
+ASK_TIMEOUT_SECONDS = 1.0
+
+
+class PodView:
+    """/healthz, /readyz and /metrics of the pod, from every worker's own on its unix socket."""
+
+    def __init__(self, sockets: Mapping[str, Path], timeout: float = ASK_TIMEOUT_SECONDS) -> None:
+        self._sockets = dict(sockets)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+        ]
+
+    def _session(self, worker: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(worker)
+        if session is None or session.closed:
+            # A new connection per request: a pooled one to a restarted worker would be dead.
+            connector = aiohttp.UnixConnector(str(self._sockets[worker]), force_close=True)
+            session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._sessions[worker] = session
+        return session
+
+    async def _get(self, worker: str, path: str) -> tuple[int, bytes] | None:
+        try:
+            async with self._session(worker).get(f"http://worker-{worker}{path}") as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
+    async def ask(self, path: str) -> dict[str, tuple[int, bytes] | None]:
+        """Every worker's answer to GET `path`, at once; None where none came in time."""
+        answers = await asyncio.gather(*(self._get(worker, path) for worker in self._sockets))
+        return dict(zip(self._sockets, answers, strict=True))
+
+    async def _probe(self, path: str, ok: str, not_ok: str) -> web.Response:
+        answers: dict[str, Answer] = {}
+        for worker, answer in (await self.ask(path)).items():
+            answers[worker] = None if answer is None else (answer[0], _status(answer[1]))
+        status, body = pod_answer(answers, ok, not_ok)
+        return json_response(body, status=status)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return await self._probe("/healthz", "alive", "not_alive")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        return await self._probe("/readyz", "ready", "not_ready")
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        texts = {
+            worker: answer[1].decode() if answer is not None and answer[0] == 200 else None
+            for worker, answer in (await self.ask("/metrics")).items()
+        }
+        # Parsing N expositions takes milliseconds: not on the loop that answers webhooks.
+        body = await asyncio.to_thread(merge, texts)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def _status(body: bytes) -> str:
+    """The `status` of a worker's probe answer."""
+    try:
+        parsed = jsoncodec.loads(body)
+    except ValueError:
+        return "invalid_answer"
+    status = parsed.get("status") if isinstance(parsed, dict) else None
+    return status if isinstance(status, str) else "invalid_answer"

@@ -1,0 +1,63 @@
+"""One worker process: a full Bridge on the shared port, its own probes on a unix socket."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+
+from aiohttp import web
+
+from bridge.app import probe_routes
+from bridge.config import Settings
+from bridge.metrics import Metrics
+from bridge.service import Bridge, run_until_stopped
+from bridge.workers.pod import PodView
+from bridge.workers.role import WorkerRole
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Have Linux send this process SIGTERM (a graceful stop) when its parent dies.
+
+    False when the parent is gone already (this process was re-parented before asking).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getppid() == parent_pid
+
+
+def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
+    """Worker 0 registers the webhook at start-up (if asked); the others never do."""
+    if role.index == 0 or not settings.pinecall.register_webhook:
+        return settings
+    pinecall = settings.pinecall.model_copy(update={"register_webhook": False})
+    return settings.model_copy(update={"pinecall": pinecall})
+
+
+async def serve_worker(settings: Settings, role: WorkerRole) -> None:
+    """Run one worker until SIGTERM or SIGINT (or its parent's death), then stop gracefully."""
+    if not die_with_parent(role.parent_pid):
+        log.error("the supervisor is gone before this worker started; exiting")
+        raise SystemExit(1)
+    metrics = Metrics()
+    metrics.worker_restarts.inc(role.restarts)
+    pod = PodView(role.sockets)
+    bridge = Bridge(worker_settings(settings, role), metrics, probes=pod.routes(), reuse_port=True)
+    own = web.Application()
+    own.add_routes(probe_routes(bridge.readiness, metrics))
+    runner = web.AppRunner(own, handle_signals=False, access_log=None)
+    await runner.setup()
+    path = role.socket(role.index)
+    path.unlink(missing_ok=True)  # left by this worker's previous life
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        await run_until_stopped(bridge)
+    finally:
+        await pod.close()
+        await runner.cleanup()

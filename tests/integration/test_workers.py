@@ -1,0 +1,212 @@
+"""One pod, two worker processes: `pinecall-bridge run` with BRIDGE_HTTP__WORKERS=2.
+
+A real process tree on one port (SO_REUSEPORT) against the real broker: webhooks over many
+connections reach both workers, /metrics, /readyz and /healthz answer for the pod, a SIGKILLed
+worker is restarted, SIGTERM stops it all cleanly, and every event is output exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import jsoncodec
+from tests.integration.conftest import (
+    Topics,
+    drain,
+    entry,
+    free_port,
+    read_to_end,
+    wait_ready,
+)
+from tests.integration.replicas import Replica, post_signed, replica_env, total
+from tests.processes import process_gone
+
+pytestmark = pytest.mark.timeout(300)
+GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS
+STOP_MARGIN_SECONDS = 3  # the parent's wait past the grace before it kills
+
+
+@pytest.fixture
+async def pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
+    """A pod of two workers, not started; stopped at the end if still running."""
+    port = free_port()
+    env = replica_env(kafka_bootstrap, topics, port, BRIDGE_HTTP__WORKERS="2")
+    replica = Replica("pod", env, tmp_path / "pod.log", port)
+    yield replica
+    if replica.alive:
+        await replica.stop()
+
+
+def new_connections() -> aiohttp.ClientSession:
+    """Every request on a connection of its own: the kernel picks a worker per connection."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=16))
+
+
+def events(prefix: str, calls: int, per_call: int) -> list[dict[str, Any]]:
+    return [entry(seq, f"{prefix}{n}") for n in range(calls) for seq in range(1, per_call + 1)]
+
+
+def ids(bodies: Iterable[dict[str, Any]]) -> set[str]:
+    return {f"{body['call']}:{body['seq']}" for body in bodies}
+
+
+async def deliver(session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]]) -> None:
+    """POST each until it is answered 2xx, as Pinecall retries."""
+
+    async def one(body: dict[str, Any]) -> None:
+        deadline = time.monotonic() + 90
+        while not 200 <= await post_signed(session, url, body) < 300:
+            assert time.monotonic() < deadline, f"never answered 2xx: {body['call']}"
+            await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(one(body) for body in bodies))
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        return response.status, jsoncodec.loads(await response.read())
+
+
+async def refused(port: int) -> bool:
+    """Nobody listens on the port any more."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+async def until_gone(pid: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not process_gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still there after {within}s"
+        await asyncio.sleep(0.05)
+
+
+async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
+    pod: Replica, kafka_bootstrap: str, topics: Topics
+) -> None:
+    run = topics.group[-6:]
+    await pod.start()  # the pod's /readyz: 200 only once both workers are ready
+    sent: set[str] = set()
+    async with new_connections() as session:
+        status, body = await get_json(session, pod.url + "/readyz")
+        assert (status, body) == (200, {"status": "ready", "workers": {"0": "ready", "1": "ready"}})
+        assert (await get_json(session, pod.url + "/healthz"))[0] == 200
+        first = sorted(pod.worker_pids().items())
+        assert [worker for worker, _ in first] == [0, 1]
+
+        # A few hundred webhooks, each on a new connection: both workers take some.
+        batch = events(f"CA_{run}_a", 30, 10)
+        await deliver(session, pod.url, batch)
+        sent |= ids(batch)
+        text = await pod.metrics_text(session)
+        samples = await pod.metrics(session)
+        ingested = "pinecall_bridge_events_ingested_total"
+        by_worker = [total(samples, ingested, channel="webhook", worker=w) for w in ("0", "1")]
+        assert all(n > 0 for n in by_worker), by_worker
+        assert sum(by_worker) >= len(batch)
+        assert text.count(f"# HELP {ingested} ") == 1
+        assert text.count(f"# TYPE {ingested} counter") == 1
+        assert samples["pinecall_bridge_workers_unreachable"] == 0
+        families = {f.name for f in text_string_to_metric_families(text)}
+        assert "pinecall_bridge_publish_duration_seconds" in families
+
+        # Worker 1 dies without a word: the pod is unready (and says which worker) until the
+        # parent has restarted it; webhooks sent meanwhile are retried until answered.
+        killed = dict(first)[1]
+        during = events(f"CA_{run}_b", 15, 10)
+        posting = asyncio.create_task(deliver(session, pod.url, during))
+        os.kill(killed, signal.SIGKILL)
+        await until_gone(killed, 10)
+        status, body = await get_json(session, pod.url + "/readyz")
+        assert status == 503
+        assert "1" in body["failing"], body
+        assert body["workers"]["0"] == "ready", body
+        deadline = time.monotonic() + 30
+        while pod.worker_pids()[1] == killed:
+            assert time.monotonic() < deadline, "worker 1 was not restarted"
+            await asyncio.sleep(0.1)
+        await wait_ready(pod.url)
+        await posting
+        sent |= ids(during)
+        crashes = [
+            e
+            for e in pod.log_entries()
+            if e.get("msg") == "worker exited unexpectedly; restarting it"
+        ]
+        assert [(e["worker"], e["exit_code"], e["signal"]) for e in crashes] == [(1, -9, "SIGKILL")]
+        after = events(f"CA_{run}_c", 10, 10)
+        await deliver(session, pod.url, after)
+        sent |= ids(after)
+        samples = await pod.metrics(session)
+        assert total(samples, "pinecall_bridge_worker_restarts_total", worker="1") == 1
+        assert total(samples, "pinecall_bridge_worker_restarts_total", worker="0") == 0
+        # The new worker 1 counts from 0 and takes its share of connections again.
+        assert total(samples, ingested, channel="webhook", worker="1") > 0
+
+        # SIGTERM to the parent while webhooks keep coming: every worker drains and exits, the
+        # parent exits 0 within the grace period; what was answered 2xx is kept.
+        pids = list(pod.worker_pids().values())
+        acked: set[str] = set()
+        stopping, flowing = asyncio.Event(), asyncio.Event()
+
+        async def keep_posting(client: int) -> None:
+            for body in events(f"CA_{run}_d{client}_", 250, 1):
+                if stopping.is_set():
+                    return
+                if 200 <= await post_signed(session, pod.url, body, within=10) < 300:
+                    acked.add(f"{body['call']}:{body['seq']}")
+                    if len(acked) >= 20:
+                        flowing.set()
+
+        clients = [asyncio.create_task(keep_posting(n)) for n in range(4)]
+        await asyncio.wait_for(flowing.wait(), 60)
+        started = time.monotonic()
+        code = await pod.stop()
+        took = time.monotonic() - started
+        stopping.set()
+        await asyncio.gather(*clients)
+    assert code == 0, pod.log.read_text()[-3000:]
+    assert took < GRACE_SECONDS + STOP_MARGIN_SECONDS, took
+    assert all(process_gone(pid) for pid in pids)
+    assert await refused(pod.port)
+    log = pod.log_entries()
+    assert not [e for e in log if e.get("msg", "").startswith("workers still running")]
+    stopped = sorted(e["worker"] for e in log if e.get("msg") == "worker stopped")
+    assert stopped == [0, 1]
+    assert [e.get("clean") for e in log if e.get("msg") == "all workers stopped"] == [True]
+
+    # Records the stopped pod was not handed yet are the group's next member's.
+    await drain(kafka_bootstrap, topics)
+    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    counted = Counter(r.json()["id"] for r in records)
+    assert {i: n for i, n in counted.items() if n > 1} == {}, "an event was output twice"
+    missing = (sent | acked) - set(counted)
+    assert missing == set(), f"answered 2xx but not output: {sorted(missing)[:5]}"
+
+
+async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
+    await pod.start()
+    pids = pod.worker_pids()
+    assert sorted(pids) == [0, 1]
+    pod.kill()  # SIGKILL: the parent cannot forward anything
+    for pid in pids.values():
+        await until_gone(pid, GRACE_SECONDS + STOP_MARGIN_SECONDS)
+    # They got SIGTERM (PR_SET_PDEATHSIG) and stopped as on a rollout, not killed.
+    log = pod.log_entries()
+    stopped = sorted(e["worker"] for e in log if e.get("msg") == "stopped" and "worker" in e)
+    assert stopped == [0, 1]
+    assert await refused(pod.port)

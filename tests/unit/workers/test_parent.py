@@ -1,0 +1,131 @@
+"""The parent with stand-in workers (real processes): stop, restart, give up, kill stragglers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import load_settings
+from bridge.workers.budget import RestartBudget
+from bridge.workers.parent import Parent, run_parent
+from tests.processes import process_gone
+
+# A worker stand-in: records its role, then behaves as `mode` says until SIGTERM.
+STAND_IN = """
+import json, os, signal, sys, time
+role = json.loads(os.environ["PINECALL_BRIDGE_WORKER"])
+mode, out = sys.argv[1], sys.argv[2]
+with open(out, "a") as f:
+    f.write(json.dumps({**role, "pid": os.getpid()}) + "\\n")
+if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
+    sys.exit(3)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(0.02)
+"""
+
+
+def parent(
+    tmp_path: Path, mode: str, count: int = 2, grace: float = 5.0, **options: Any
+) -> tuple[Parent, Path]:
+    started = tmp_path / "started.jsonl"
+    command = [sys.executable, "-c", STAND_IN, mode, str(started)]
+    options.setdefault("budget", RestartBudget(first_delay=0.01))
+    return Parent(count, tmp_path, grace, command=command, **options), started
+
+
+def starts(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def until_started(path: Path, count: int) -> list[dict[str, Any]]:
+    async with asyncio.timeout(20):
+        while True:
+            found = starts(path)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.02)
+
+
+async def test_a_stop_reaches_every_worker_and_a_clean_stop_exits_0(tmp_path: Path) -> None:
+    supervisor, started = parent(tmp_path, "run")
+    running = asyncio.create_task(supervisor.run())
+    roles = await until_started(started, 2)
+    assert sorted(r["index"] for r in roles) == [0, 1]
+    assert {r["count"] for r in roles} == {2}
+    assert {r["runtime_dir"] for r in roles} == {str(tmp_path)}
+    await asyncio.sleep(0.3)  # their SIGTERM handlers in place
+    supervisor.stop(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 0
+    assert all(process_gone(r["pid"]) for r in roles)
+
+
+async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor, started = parent(tmp_path, "crash-once")
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        running = asyncio.create_task(supervisor.run())
+        roles = await until_started(started, 3)
+        await asyncio.sleep(0.3)
+        supervisor.stop(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await running == 0
+    assert sorted((r["index"], r["restarts"]) for r in roles) == [(0, 0), (1, 0), (1, 1)]
+    [crash] = [r for r in caplog.records if r.msg == "worker exited unexpectedly; restarting it"]
+    assert (getattr(crash, "worker", None), getattr(crash, "exit_code", None)) == (1, 3)
+    assert getattr(crash, "restarts", None) == 1
+
+
+async def test_workers_that_keep_exiting_stop_the_pod_with_exit_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor, started = parent(tmp_path, "crash", count=1)
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        async with asyncio.timeout(20):
+            assert await supervisor.run() == 1
+    # Five unexpected exits are restarted; the sixth within 60 s stops everything.
+    assert len(starts(started)) == 6
+    assert [r.msg for r in caplog.records if r.levelno == logging.CRITICAL] == [
+        "worker processes keep exiting; stopping the pod"
+    ]
+
+
+async def test_a_worker_ignoring_the_stop_is_killed_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    supervisor, started = parent(tmp_path, "stubborn", count=1, grace=0.5, margin=0.5)
+    running = asyncio.create_task(supervisor.run())
+    [role] = await until_started(started, 1)
+    await asyncio.sleep(0.3)
+    supervisor.stop(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 1  # not a clean stop: it had to be killed
+    assert process_gone(role["pid"])
+
+
+def test_a_tmpdir_too_long_for_unix_sockets_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    settings = load_settings(webhook={"secrets": ["s"]})
+    with caplog.at_level(logging.ERROR):
+        assert run_parent(settings, 2) == 1
+    assert [r.msg for r in caplog.records] == ["TMPDIR is too long for the workers' unix sockets"]
+    assert list(deep.iterdir()) == []  # its runtime directory removed again

@@ -1,0 +1,125 @@
+"""The pod's probes and metrics over real unix sockets: a worker that does not answer counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.app import Readiness, probe_routes
+from bridge.metrics import Metrics
+from bridge.workers.pod import PodView
+
+
+async def serve_worker(path: Path, metrics: Metrics, readiness: Readiness) -> web.AppRunner:
+    """A worker's own probes on its socket, as bridge/workers/worker.py serves them."""
+    app = web.Application()
+    app.add_routes(probe_routes(readiness, metrics))
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    return runner
+
+
+@pytest.fixture
+async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics, Path]]:
+    """Worker 0 answers on its socket; worker 1's socket has nobody behind it (yet)."""
+    metrics = Metrics()
+    metrics.ingested_by("webhook").inc(4)
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = True
+    sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
+    worker = await serve_worker(sockets["0"], metrics, readiness)
+    view = PodView(sockets, timeout=0.5)
+    public = web.Application()
+    public.add_routes(view.routes())
+    runner = web.AppRunner(public, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", readiness, metrics, sockets["1"]
+    finally:
+        await view.close()
+        await runner.cleanup()
+        await worker.cleanup()
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_a_missing_worker_fails_both_probes_and_is_named(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    url, _, _, _ = pod_app
+    status, body = await get(url + "/readyz")
+    assert status == 503
+    assert '"failing":["1"]' in body
+    assert '"1":"unreachable"' in body
+    assert '"0":"ready"' in body
+    status, body = await get(url + "/healthz")
+    assert status == 503
+    assert '"1":"unreachable"' in body
+
+
+async def test_metrics_leave_the_missing_worker_out_and_count_it(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    url, _, _, _ = pod_app
+    status, text = await get(url + "/metrics")
+    assert status == 200
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert values[("pinecall_bridge_workers_unreachable", ())] == 1
+    ingested = ("pinecall_bridge_events_ingested_total", (("channel", "webhook"), ("worker", "0")))
+    assert values[ingested] == 4
+    assert not [key for key in values if dict(key[1]).get("worker") == "1"]
+
+
+async def test_once_every_worker_answers_the_pod_is_ready(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    url, _, _, missing = pod_app
+    other = Metrics()
+    other_ready = Readiness(other, lambda: True)
+    runner = await serve_worker(missing, other, other_ready)
+    try:
+        status, body = await get(url + "/readyz")
+        assert (status, '"1":"waiting_for_kafka"' in body) == (503, True)
+        other_ready.started = True
+        status, body = await get(url + "/readyz")
+        assert status == 200, body
+        assert (await get(url + "/healthz"))[0] == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path) -> None:
+    path = tmp_path / "slow.sock"
+
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)  # past the view's 0.2 s
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/readyz", hang)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    view = PodView({"0": path}, timeout=0.2)
+    try:
+        assert await view.ask("/readyz") == {"0": None}
+    finally:
+        await view.close()
+        await runner.cleanup()

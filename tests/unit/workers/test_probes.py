@@ -1,0 +1,29 @@
+"""The pod's /healthz and /readyz: fine only when every worker answered fine."""
+
+from __future__ import annotations
+
+from bridge.workers.probes import pod_answer
+
+
+def test_every_worker_ready_is_a_ready_pod() -> None:
+    status, body = pod_answer({"0": (200, "ready"), "1": (200, "ready")}, "ready", "not_ready")
+    assert status == 200
+    assert body == {"status": "ready", "workers": {"0": "ready", "1": "ready"}}
+
+
+def test_an_unreachable_worker_makes_the_pod_unready_and_is_named() -> None:
+    status, body = pod_answer({"0": (200, "ready"), "1": None}, "ready", "not_ready")
+    assert status == 503
+    assert body == {
+        "status": "not_ready",
+        "failing": ["1"],
+        "workers": {"0": "ready", "1": "unreachable"},
+    }
+
+
+def test_a_worker_answering_503_says_why() -> None:
+    answers = {"0": (503, "kafka_client_dead"), "1": (200, "alive"), "2": (503, "stopping")}
+    status, body = pod_answer(answers, "alive", "not_alive")
+    assert status == 503
+    assert body["failing"] == ["0", "2"]
+    assert body["workers"]["0"] == "kafka_client_dead"

@@ -1,0 +1,81 @@
+"""A worker's own rules: it dies with its parent, and only worker 0 registers the webhook."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bridge.config import load_settings
+from bridge.workers.role import WorkerRole
+from bridge.workers.worker import worker_settings
+
+# Asks for SIGTERM on its parent's death, says so, and leaves a mark when the SIGTERM comes.
+ORPHAN = """
+import os, signal, sys, time
+from bridge.workers.worker import die_with_parent
+def on_term(*_):
+    open(sys.argv[1], "w").write("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("armed" if die_with_parent(os.getppid()) else "parent gone", flush=True)
+while True:
+    time.sleep(0.02)
+"""
+# Starts the orphan-to-be, passes on its pid and first line, then waits to be killed.
+MIDDLE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE)
+print(child.pid, child.stdout.readline().decode().strip(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_worker_gets_sigterm_when_its_parent_dies(tmp_path: Path) -> None:
+    marker = tmp_path / "terminated"
+    middle = subprocess.Popen(
+        [sys.executable, "-c", MIDDLE, ORPHAN, str(marker)], stdout=subprocess.PIPE
+    )
+    assert middle.stdout is not None
+    pid, state = middle.stdout.readline().decode().split()
+    assert state == "armed"
+    assert not marker.exists()
+    middle.kill()
+    middle.wait(10)
+    deadline = time.monotonic() + 15
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "SIGTERM", f"worker {pid} outlived its parent"
+
+
+def test_a_parent_gone_before_the_worker_asked_is_noticed() -> None:
+    check = (
+        "import os; from bridge.workers.worker import die_with_parent;"
+        " print(die_with_parent(os.getppid()), die_with_parent(os.getppid() + 1))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_only_worker_0_registers_the_webhook() -> None:
+    settings = load_settings(
+        webhook={"secrets": ["s"]},
+        pinecall={
+            "register_webhook": True,
+            "public_url": "https://bridge.example.com",
+            "api_key": "k",
+        },
+    )
+    first, second = (
+        WorkerRole(index=i, count=2, runtime_dir=Path("/tmp"), parent_pid=os.getpid())
+        for i in (0, 1)
+    )
+    assert worker_settings(settings, first).pinecall.register_webhook is True
+    other = worker_settings(settings, second)
+    assert other.pinecall.register_webhook is False
+    assert other.pinecall.public_url == settings.pinecall.public_url
+    assert settings.pinecall.register_webhook is True  # the parent's settings are left alone
