@@ -218,7 +218,13 @@ def _targets(data: dict[str, Any]) -> list[str]:
     ws, ws_noop = _find(data, "ws-flat-out", "bridge"), _find(data, "ws-flat-out", "noop")
     r = ratio(_get(ws, "throughput"), _get(ws_noop, "throughput"))
     if r is not None:
-        goal("WebSocket feed flat out ≥ 0.8x the no-op publisher", f"{r:.2f}x", r >= 0.8)
+        # A run that lost events measured how fast frames were dropped, not published.
+        lossy = any(row["lost"] or row["doubled"] or row["errors"] for row in (ws, ws_noop) if row)
+        goal(
+            "WebSocket feed flat out ≥ 0.8x the no-op publisher",
+            f"{r:.2f}x" + (" (events lost: not a throughput)" if lossy else ""),
+            False if lossy else r >= 0.8,
+        )
     stage = data.get("stage")
     if stage and top:
         r = stage["events_per_s"] / top
