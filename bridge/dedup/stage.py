@@ -38,6 +38,7 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 _RETRY_LOST_AFTER = 2.0
 _STOP_DEAD_AFTER = 5.0
+_FETCH_MIN_BYTES = 64 * 1024
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -116,6 +117,10 @@ class DedupStage:
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Records are committed once per interval anyway: a fetch may wait that long for
+            # more, so a slow trickle costs a fetch per interval, not one per record.
+            fetch_min_bytes=_FETCH_MIN_BYTES,
+            fetch_max_wait_ms=s.commit_interval_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),

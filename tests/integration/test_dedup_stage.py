@@ -307,7 +307,9 @@ async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_abort
         return None
 
     zombie_metrics, owner_metrics = Metrics(), Metrics()
-    zombie = PartitionTask(tp, settings, client, zombie_metrics)
+    # Its producer lingers a commit interval: a short one, so its send reaches the log in time.
+    lingering_briefly = DedupSettings(group=topics.group, commit_interval_ms=1)
+    zombie = PartitionTask(tp, lingering_briefly, client, zombie_metrics)
     owner = PartitionTask(tp, settings, client, owner_metrics)
     try:
         await zombie.start(never_committed)

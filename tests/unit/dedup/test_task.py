@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     IllegalOperation,
     KafkaConnectionError,
@@ -18,6 +18,7 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
+from bridge.dedup import task as task_module
 from bridge.dedup.task import (
     PartitionLostError,
     PartitionTask,
@@ -344,3 +345,18 @@ async def test_any_failed_send_fails_the_commit() -> None:
     with pytest.raises(PartitionLostError):
         await task.commit()
     assert "commit" not in [call[0] for call in producer.calls]
+
+
+async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_flush() -> None:
+    """The producer lingers a whole commit interval; a plain flush() would wait all of it."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    accumulator = producer._message_accumulator
+    called: list[str] = []
+
+    async def flush_for_commit() -> None:
+        called.append("flush_for_commit")
+
+    accumulator.flush_for_commit = flush_for_commit  # the private method must exist to be used
+    await task_module._flush_for_commit(producer)
+    assert called == ["flush_for_commit"]
+    assert callable(getattr(type(accumulator), "flush_for_commit", None))
