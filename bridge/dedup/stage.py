@@ -30,8 +30,7 @@ from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import consumer_died, stop_dead, unreachable
-from bridge.sink.kafka import REPLACE_ATTEMPTS
+from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
 from bridge.sink.limits import TopicLimits
 from bridge.supervise import Supervisor
 
@@ -80,8 +79,7 @@ class DedupStage:
         # Revoked and committed, kept in case the rebalance hands them straight back.
         self._suspended: dict[TopicPartition, PartitionTask] = {}
         self._running = False
-        # False once a dead consumer could not be replaced REPLACE_ATTEMPTS times in a row.
-        self.alive = True
+        self._replacement = Replacement("dedup consumer")
         # The last assignment, kept through revocation: claimed at the next join so partitions
         # stay where their state is (a moved partition costs a restore).
         self._assigned: set[int] = set()
@@ -92,6 +90,11 @@ class DedupStage:
         metrics.dedup_entries.set_function(
             lambda: sum(len(t.window) for t in list(self._tasks.values()))
         )
+
+    @property
+    def alive(self) -> bool:
+        """False once a dead consumer could not be replaced REPLACE_ATTEMPTS times in a row."""
+        return self._replacement.alive
 
     @property
     def owned(self) -> list[int]:
@@ -213,32 +216,12 @@ class DedupStage:
         self._consumer = None
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
-        failures, delay = 0, 0.5
-        while self._running:
-            try:
-                fresh = await self._started_consumer()
-            except Exception as exc:
-                # An outage is not ours to cure: keep trying, never report the process dead.
-                failures += 0 if unreachable(exc) else 1
-                if failures >= REPLACE_ATTEMPTS and self.alive:
-                    self.alive = False
-                    log.critical(
-                        "the dedup consumer cannot be replaced; reporting the process dead",
-                        extra={"error": repr(exc), "attempts": failures},
-                    )
-                else:
-                    log.warning(
-                        "could not replace the dedup consumer yet", extra={"error": repr(exc)}
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
+        fresh = await self._replacement.start(self._started_consumer, lambda: self._running)
+        if fresh is not None:
             self._consumer = fresh
-            self.alive = True
             self._metrics.kafka_client_restarts.labels("dedup_consumer").inc()
             log.info("dedup consumer replaced; rejoining the group")
-            return fresh
-        return None
+        return fresh
 
     async def _step(self, task: PartitionTask, step: Any) -> None:
         try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
@@ -33,6 +35,9 @@ _UNREACHABLE = (
     TimeoutError,
 )
 _warned: set[str] = set()
+# Failed replacements in a row (the cluster reachable) before the owner reports the process dead.
+REPLACE_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 def producer_died(producer: Any) -> str | None:
@@ -94,3 +99,42 @@ def _died(client: Any, paths: tuple[tuple[str, str], ...]) -> str | None:
         cause = f" (from {exc.__cause__!r})" if exc.__cause__ is not None else ""
         return f"{task_name} died: {exc!r}{cause}"
     return None
+
+
+class Replacement:
+    """Starts a dead client's replacement until one starts: the retry loop every owner shares.
+
+    `alive` turns False once REPLACE_ATTEMPTS starts in a row failed with the cluster reachable
+    (an outage is not the process's to cure, and never counts), and True again on a start.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.alive = True
+
+    async def start(
+        self, start: Callable[[], Awaitable[T]], running: Callable[[], bool] = lambda: True
+    ) -> T | None:
+        """The started replacement; None if `running()` turned False first."""
+        failures, delay = 0, 0.5
+        while running():
+            try:
+                fresh = await start()
+            except Exception as exc:
+                failures += 0 if unreachable(exc) else 1
+                if failures >= REPLACE_ATTEMPTS and self.alive:
+                    self.alive = False
+                    log.critical(
+                        f"the {self.name} cannot be replaced; reporting the process dead",
+                        extra={"error": repr(exc), "attempts": failures},
+                    )
+                else:
+                    log.warning(
+                        f"could not replace the {self.name} yet", extra={"error": repr(exc)}
+                    )
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 30.0)
+                continue
+            self.alive = True
+            return fresh
+        return None

@@ -24,15 +24,12 @@ from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import producer_died, stop_dead, unreachable
+from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died, stop_dead, unreachable
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
-# Failed replacements of a dead producer, in a row and with the cluster reachable, before the
-# process reports itself dead (/healthz) for the orchestrator to restart it.
-REPLACE_ATTEMPTS = 5
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:

@@ -21,9 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import consumer_died, stop_dead, unreachable
-from bridge.sink.kafka import REPLACE_ATTEMPTS
-from bridge.sources.reconnect import ReconnectPolicy
+from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -77,9 +75,14 @@ class FeedLease:
         self._poller: asyncio.Task[None] | None = None
         self.held = False
         self._since = 0
-        self.alive = True  # False once a dead consumer could not be replaced (/healthz)
+        self._replacement = Replacement("feed lease's consumer")
         metrics.register_feed()
         metrics.feed_lease_held.set(0)
+
+    @property
+    def alive(self) -> bool:
+        """False once a dead consumer could not be replaced (/healthz)."""
+        return self._replacement.alive
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -152,32 +155,11 @@ class FeedLease:
         await self.release()
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
-        backoff = ReconnectPolicy(0.5, 30.0, float("inf"))
-        failures = 0
-        while True:
-            try:
-                fresh = await self._started_consumer()
-            except Exception as exc:
-                # An outage is not ours to cure: keep trying, never report the process dead.
-                failures += 0 if unreachable(exc) else 1
-                if failures >= REPLACE_ATTEMPTS and self.alive:
-                    self.alive = False
-                    log.critical(
-                        "the feed lease's consumer cannot be replaced; reporting the process dead",
-                        extra={"error": repr(exc), "attempts": failures},
-                    )
-                else:
-                    log.warning(
-                        "could not replace the feed lease's consumer yet",
-                        extra={"error": repr(exc)},
-                    )
-                await asyncio.sleep(backoff.next_delay("connect_error", None))
-                continue
+        fresh = await self._replacement.start(self._started_consumer)
+        if fresh is not None:
             self._consumer = fresh
-            self.alive = True
             self._metrics.kafka_client_restarts.labels("feed_lease").inc()
             log.info("feed lease consumer replaced; rejoining the election")
-            return
 
     async def acquire(self) -> None:
         if self.held:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,20 @@ async def test_dead_letters_and_alerts_go_through_the_stage_once(
 # --- fencing, with PartitionTask driven by hand ---------------------------------------------
 
 
+def _webhook_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:
+    """Ingest records of webhook events `call:seq`, each bound for the events topic."""
+    return [
+        encode(
+            names.ingest,
+            f"{call}:{seq}",
+            Record(names.events, call.encode(), f"{call}:{seq}".encode()),
+            "webhook",
+            1.0,
+        )
+        for seq in seqs
+    ]
+
+
 async def _ingest_with(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
     """A one-partition ingest topic holding `items`, read back as consumer records."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -288,16 +302,7 @@ async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> li
 async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_aborted(
     kafka_bootstrap: str, topics: Topics, unique_call: str
 ) -> None:
-    items = [
-        encode(
-            topics.ingest,
-            f"{unique_call}:{seq}",
-            Record(topics.events, unique_call.encode(), f"{unique_call}:{seq}".encode()),
-            "webhook",
-            1.0,
-        )
-        for seq in (1, 2)
-    ]
+    items = _webhook_records(topics, unique_call, (1, 2))
     records = await _ingest_with(kafka_bootstrap, topics, items)
     tp = TopicPartition(topics.ingest, 0)
     settings = DedupSettings(group=topics.group)
@@ -414,16 +419,7 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     With the plain read (what the stage passed before) it started at 1 and processed, so published
     again, the records of offsets 1 and 2.
     """
-    items = [
-        encode(
-            topics.ingest,
-            f"{unique_call}:{seq}",
-            Record(topics.events, unique_call.encode(), f"{unique_call}:{seq}".encode()),
-            "webhook",
-            1.0,
-        )
-        for seq in range(4)
-    ]
+    items = _webhook_records(topics, unique_call, range(4))
     await _ingest_with(kafka_bootstrap, topics, items)
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:

@@ -12,9 +12,9 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
-from bridge.sink import kafka
-from bridge.sink.clienttasks import consumer_died, producer_died, stop_dead
-from bridge.sink.kafka import REPLACE_ATTEMPTS, KafkaSink, Record
+from bridge.sink import clienttasks, kafka
+from bridge.sink.clienttasks import REPLACE_ATTEMPTS, consumer_died, producer_died, stop_dead
+from bridge.sink.kafka import KafkaSink, Record
 
 RECORD = Record("t", b"k", b"v")
 
@@ -200,3 +200,31 @@ def test_a_client_without_the_expected_attributes_counts_as_alive(
     warned = [r for r in caplog.records if "cannot watch" in r.getMessage()]
     # Once per attribute: the producer's sender and metadata tasks, the consumer's three.
     assert len(warned) == 5
+
+
+async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    replacement = clienttasks.Replacement("test client")
+    outcomes: list[BaseException | str] = [
+        *(KafkaConnectionError("unreachable") for _ in range(REPLACE_ATTEMPTS * 2)),
+        *(KafkaError("refused") for _ in range(REPLACE_ATTEMPTS)),
+        "started",
+    ]
+    seen_alive: list[bool] = []
+
+    async def start() -> str:
+        seen_alive.append(replacement.alive)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    assert await replacement.start(start) == "started"
+    assert seen_alive == [True] * (REPLACE_ATTEMPTS * 3) + [False]  # dead after 5 refusals
+    assert replacement.alive  # and alive again once one started
+    assert await replacement.start(start, running=lambda: False) is None
