@@ -22,6 +22,17 @@ from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
 
+def sweeps_with(
+    monkeypatch: pytest.MonkeyPatch, source: CallLogSource, list_calls: Any
+) -> list[str]:
+    """`source` reads the call list with `list_calls` and owns every call; the calls announced."""
+    announced: list[str] = []
+    monkeypatch.setattr(source_module, "list_calls", list_calls)
+    monkeypatch.setattr(source, "announce", announced.append)
+    source.roster = Roster(1, 10)
+    return announced
+
+
 def call_log_source(metrics: Metrics) -> CallLogSource:
     return CallLogSource(
         SseSettings(enabled=True),
@@ -49,10 +60,7 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
             raise KeyError("a bug in reading the list")
         return [CallRow("CA_1", True, 3, 1.0, None)]
 
-    announced: list[str] = []
-    monkeypatch.setattr(source_module, "list_calls", list_calls)
-    monkeypatch.setattr(source, "announce", announced.append)
-    source.roster = Roster(1, 10)
+    announced = sweeps_with(monkeypatch, source, list_calls)
     async with aiohttp.ClientSession() as session:
         source._session = session
         source._schedule_sweep()
@@ -137,10 +145,7 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
             raise outcome
         return [CallRow("CA_1", True, 3, 1.0, None)]
 
-    announced: list[str] = []
-    monkeypatch.setattr(source_module, "list_calls", list_calls)
-    monkeypatch.setattr(source, "announce", announced.append)
-    source.roster = Roster(1, 10)
+    announced = sweeps_with(monkeypatch, source, list_calls)
     async with aiohttp.ClientSession() as session:
         source._session = session
         for _ in range(2):  # a second sweep, after a successful one, starts the delays over
