@@ -215,6 +215,17 @@ groups:
           summary: {{ printf "Task %s crashed in pod %s" "{{ $labels.task }}" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s restarted its %s task after a crash in the last 10 minutes; the log has the traceback (message: task crashed; restarting it)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.task }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetaskcrashing" $a.runbookUrl }}
+      - alert: PinecallBridgeWorkerRestarting
+        # With several worker processes (BRIDGE_HTTP__WORKERS), one exited on its own (a crash, an
+        # OOM kill) and the pod's supervisor restarted it; too many exits stop the pod (exit 1).
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_worker_restarts_total[10m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "A worker process of pod %s was restarted" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s restarted a worker process that exited on its own in the last 10 minutes; the log says which and why (message: worker exited unexpectedly; restarting it)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeworkerrestarting" $a.runbookUrl }}
       - alert: PinecallBridgeKafkaClientReplaced
         # An aiokafka client's background task died (aiokafka#1038: e.g. a write to a connection
         # reset under uvloop) and the bridge replaced the client. Recovered, but worth a look if
