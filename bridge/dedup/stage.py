@@ -23,9 +23,10 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
-from bridge.dedup.committed import Committed, StableOffsets, stable_or_settled
+from bridge.dedup.committed import StableOffsets, stable_or_settled
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionLostError, PartitionTask
 from bridge.groups import Claim, StickyAssignor
@@ -72,6 +73,8 @@ class DedupStage:
         self._consumer: AIOKafkaConsumer | None = None
         # Committed offsets are read stably (see committed.py), over a client of its own.
         self._offsets = StableOffsets(client, settings.group)
+        # Built once, so an old broker's fallback is warned about once, not at every start.
+        self._committed = stable_or_settled(self._offsets, self._plain_committed)
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
@@ -158,8 +161,11 @@ class DedupStage:
         for tp in {t.tp for t in tasks}:
             self._forget_lag(tp)
 
-    def _committed(self, consumer: AIOKafkaConsumer) -> Committed:
-        return stable_or_settled(self._offsets, consumer.committed)
+    async def _plain_committed(self, tp: TopicPartition) -> int | None:
+        if self._consumer is None:
+            raise KafkaConnectionError("the dedup consumer is being replaced")
+        committed: int | None = await self._consumer.committed(tp)
+        return committed
 
     def _claim(self) -> Claim:
         return Claim(tuple(sorted(self._assigned)), self._assigned_since)
@@ -315,7 +321,7 @@ class DedupStage:
         """Nobody committed for the partition since this task did: its state is still exact."""
         assert self._consumer is not None
         try:
-            committed = await self._committed(self._consumer)(task.tp)
+            committed = await self._committed(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
             committed = None
         if committed == task.position:
@@ -364,7 +370,7 @@ class DedupStage:
                     limits=self._limits,
                 )
                 try:
-                    await task.start(self._committed(consumer))
+                    await task.start(self._committed)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
