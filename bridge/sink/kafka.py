@@ -313,7 +313,13 @@ class KafkaSink:
                 await self._replace(producer, died)
                 continue
             try:
-                await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=interval)
+                # Only the topics this producer writes to: a whole cluster's metadata (thousands
+                # of partitions on a shared cluster) takes tens of ms to decode, and that blocks
+                # the event loop, and with it every request in flight, at every probe.
+                if not await asyncio.wait_for(
+                    producer.client.force_metadata_update(), timeout=interval
+                ):
+                    raise KafkaError("no broker answered a metadata request")
             except (KafkaError, TimeoutError, OSError):
                 if self.connected:
                     log.warning("Kafka unreachable")

@@ -1,4 +1,5 @@
-"""The ingest producer is replaced when aiokafka's sender task dies (aiokafka#1038 under uvloop)."""
+"""The ingest producer's liveness: replaced when aiokafka's sender task dies (aiokafka#1038 under
+uvloop), and probed with metadata for its own topics."""
 
 from __future__ import annotations
 
@@ -27,9 +28,18 @@ class _Sender:
 class _Client:
     def __init__(self) -> None:
         self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
+        self.answers = True  # what the next metadata updates report
+        self.updates = 0
+
+    def force_metadata_update(self) -> asyncio.Future[bool]:
+        """Like aiokafka's: a future of whether the tracked topics' metadata was refreshed."""
+        self.updates += 1
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(self.answers)
+        return done
 
     async def fetch_all_metadata(self) -> None:
-        return None
+        raise AssertionError("probed with the whole cluster's metadata")
 
 
 class FakeProducer:
@@ -156,6 +166,20 @@ async def test_the_probe_finds_a_dead_sender_without_any_send() -> None:
     FakeProducer.made[0].kill()
     await until(lambda: restarts(metrics) == 1)
     assert sink.connected
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_the_probe_asks_for_its_own_topics_and_follows_the_answer() -> None:
+    # The probe used to fetch every topic's metadata, decoded on the event loop at each probe.
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    await until(lambda: client.updates >= 2)
+    assert sink.connected
+    client.answers = False
+    await until(lambda: not sink.connected)
+    client.answers = True
+    await until(lambda: sink.connected)
     assert sink.alive
     await sink.stop()
 
