@@ -2,12 +2,14 @@
 
 Started and stopped with tools/kafka/kafka.sh; a broker that was already running when a
 benchmark began is left running, so `bench.run` can call the standalone benchmarks in between.
+One that a benchmark starts begins empty and runs with Kafka's own JVM settings (see JVM).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +17,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PORT = 9092
+# What Kafka's own start scripts give a broker (kafka-server-start.sh's heap, kafka-run-class.sh's
+# KAFKA_JVM_PERFORMANCE_OPTS), not the test broker's small SerialGC heap: its stop-the-world
+# collections of 25-100 ms every few seconds stalled every acks=all produce, which measured the
+# test broker's GC rather than the systems. KAFKA_HEAP / KAFKA_JVM_OPTS set by the caller win.
+JVM = {
+    "KAFKA_HEAP": "-Xmx1G -Xms1G",
+    "KAFKA_JVM_OPTS": "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20"
+    " -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent"
+    " -Djava.awt.headless=true",
+}
 
 
 def default_port() -> int:
@@ -25,7 +37,7 @@ def kafka(port: int, action: str) -> None:
     """`tools/kafka/kafka.sh <action>` for the broker on `port`."""
     if port == TEST_PORT:
         raise SystemExit(f"port {TEST_PORT} is the tests' broker; benchmarks use their own")
-    env = {**os.environ, "KAFKA_PORT": str(port)}
+    env = {**JVM, **os.environ, "KAFKA_PORT": str(port)}
     subprocess.run([str(ROOT / "tools/kafka/kafka.sh"), action], env=env, check=True)
 
 
@@ -35,10 +47,15 @@ def answering(port: int) -> bool:
     return False
 
 
+def data_dir(port: int) -> Path:
+    """Where kafka.sh keeps this port's broker: its logs, metadata and pid file."""
+    return Path(os.environ.get("KAFKA_DATA_DIR") or ROOT / ".cache" / "kafka-data" / str(port))
+
+
 def pid(port: int) -> int:
     """The broker's pid from kafka.sh's pid file, 0 when unknown."""
     try:
-        return int((ROOT / ".cache" / "kafka-data" / str(port) / "broker.pid").read_text())
+        return int((data_dir(port) / "broker.pid").read_text())
     except (OSError, ValueError):
         return 0
 
@@ -47,6 +64,10 @@ def pid(port: int) -> int:
 def running(port: int, *, keep: bool = False) -> Iterator[str]:
     """The broker's bootstrap address; stopped afterwards only when this call started it."""
     started = not answering(port)
+    if started:
+        # Every earlier run's topics (GBs, thousands of partitions) would otherwise be loaded,
+        # held in the heap and sent in metadata: each run starts from an empty broker.
+        shutil.rmtree(data_dir(port), ignore_errors=True)
     kafka(port, "up")
     try:
         yield f"127.0.0.1:{port}"

@@ -60,6 +60,18 @@ HEADER = (
 )
 
 
+def _broker_line(m: dict[str, Any], data: dict[str, Any]) -> str:
+    """How the broker ran: reports before 2026-12-02 did not record it (the test broker's JVM)."""
+    jvm = m.get("broker_jvm") or "-Xmx512m -Xms256m -XX:+UseSerialGC (not recorded: kafka.sh's)"
+    if data.get("broker_reused"):
+        start = "already running when the run began (its topics and JVM are not this run's)"
+    elif "broker_jvm" in m:
+        start = "started empty by this run"
+    else:
+        start = "started by this run on the data of earlier runs"
+    return f"- broker JVM: `{jvm}`; {start}"
+
+
 def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
     """Write `<name>.md` and its PNGs into out_dir; returns the markdown's path."""
     plots = _plots(data, out_dir, name)
@@ -73,6 +85,7 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
         f"- Python {m.get('python', '')}, aiohttp {m.get('aiohttp', '')}, aiokafka "
         f"{m.get('aiokafka', '')}; Kafka {m.get('kafka', '')} (single node, KRaft, same box); "
         f"kcat: {m.get('kcat', '')}",
+        _broker_line(m, data),
         f"- `uptime` at start: `{data.get('uptime_start', '')}`",
         f"- `uptime` at end: `{data.get('uptime_end', '')}`",
         f"- wall time {data.get('wall_s', 0):.0f} s{' (quick mode)' if data.get('quick') else ''}",

@@ -829,6 +829,7 @@ def machine() -> dict[str, str]:
         "aiohttp": aiohttp.__version__,
         "aiokafka": aiokafka.__version__,
         "kafka": kafka,
+        "broker_jvm": " ".join(os.environ.get(k) or v for k, v in broker.JVM.items()),
         "kcat": librdkafka,
     }
 
@@ -884,6 +885,7 @@ def main() -> None:
     bench = Bench(args)
     # Stopped afterwards when this run started it (it is ours alone: it would hold memory on a
     # shared box); one that was already up is left running.
+    bench.extra["broker_reused"] = broker.answering(args.kafka_port)
     with broker.running(args.kafka_port):
         bench.broker_pid = broker.pid(args.kafka_port)
         bench.run()
