@@ -60,6 +60,10 @@ HEADER = (
 )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _broker_line(m: dict[str, Any], data: dict[str, Any]) -> str:
     """How the broker ran: reports before 2026-12-02 did not record it (the test broker's JVM)."""
     jvm = m.get("broker_jvm") or "-Xmx512m -Xms256m -XX:+UseSerialGC (not recorded: kafka.sh's)"
@@ -97,10 +101,13 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
         "",
     ]
     if "tree" in data:
+        bs = data.get("bridge_settings", {})
         lines += [
             "The bridge measured is the two-stage one (issue 8): answered once its records are in "
-            "its own ingest topic (12 partitions, LogAppendTime), deduplicated by its dedup stage "
-            "into the output topic in transactions (100 ms commit interval); every reader is "
+            f"its own ingest topic ({_count(bs.get('ingest_partitions', 12), 'partition')}, "
+            "LogAppendTime), "
+            "deduplicated by its dedup stage into the output topic in transactions "
+            f"({bs.get('commit_interval_ms', 100)} ms commit interval); every reader is "
             "read_committed.",
             "",
         ]

@@ -205,6 +205,12 @@ class Bench:
         self.salt = random.getrandbits(31)
         self.next_index = 0
         self.broker_pid = 0
+        # The two settings that set the broker's transaction load: about ingest partitions x
+        # 1000 / commit interval transactions/s, whatever the rate (2026-12-02-probe's notes).
+        self.extra["bridge_settings"] = {
+            "ingest_partitions": args.ingest_partitions,
+            "commit_interval_ms": int(os.environ.get("BRIDGE_DEDUP__COMMIT_INTERVAL_MS", "100")),
+        }
 
     # --- infrastructure -------------------------------------------------------------------
 
@@ -265,9 +271,10 @@ class Bench:
             "BRIDGE_TOPICS__EVENTS": topics["events"],
             "BRIDGE_TOPICS__ALERTS": topics["alerts"],
             "BRIDGE_TOPICS__DLQ": topics["dlq"],
-            # Per target: a fresh ingest topic (default 12 partitions, LogAppendTime, created by
+            # Per target: a fresh ingest topic (--ingest-partitions, LogAppendTime, created by
             # the bridge) and dedup group, shared only by the processes of one target.
             "BRIDGE_TOPICS__INGEST": topics["ingest"],
+            "BRIDGE_TOPICS__INGEST_PARTITIONS": str(self.args.ingest_partitions),
             "BRIDGE_TOPICS__FEED_LEASE": topics["lease"],
             "BRIDGE_DEDUP__GROUP": topics["group"],
             "BRIDGE_LOG__LEVEL": "INFO",
@@ -463,7 +470,7 @@ class Bench:
         A second replica joining moves half the partitions (revoke, fence, restore); measuring
         during that would charge the rebalance to the steady rate.
         """
-        want = int(os.environ.get("BRIDGE_TOPICS__INGEST_PARTITIONS", "12"))
+        want = self.args.ingest_partitions
         deadline = time.monotonic() + timeout
         stable_since, last = time.monotonic(), None
         while time.monotonic() < deadline:
@@ -880,6 +887,12 @@ def main() -> None:
     parser.add_argument("--stage-records", type=int, help="distinct ids for the stage run")
     parser.add_argument("--steps", help="step-up rates, events/s, e.g. 500,1000,2000")
     parser.add_argument("--step-seconds", type=float, default=0, help="seconds per step")
+    parser.add_argument(
+        "--ingest-partitions",
+        type=int,
+        default=int(os.environ.get("BRIDGE_TOPICS__INGEST_PARTITIONS", "12")),
+        help="the bridge's ingest partitions (default 12, the bridge's own)",
+    )
     args = parser.parse_args()
     measure.ensure_kcat()
     bench = Bench(args)
