@@ -113,6 +113,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late the event loop woke a timer due every 0.25 s: time it was blocked or"
+            " starved of CPU, which delays every request in flight.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end = Histogram(
             f"{PREFIX}_end_to_end_seconds",
             "From receipt by the bridge to its output record's committed transaction.",

@@ -18,6 +18,7 @@ from typing import get_args
 import aiohttp
 from aiohttp import web
 
+from bridge import looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings
 from bridge.dedup.stage import DedupStage
@@ -124,6 +125,7 @@ class Bridge:
         self._runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
+        self._loop_lag: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()  # set once the webhook registration succeeded
         self.port: int | None = None
 
@@ -158,6 +160,9 @@ class Bridge:
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
         self._connector = self.supervisor.spawn("kafka-connect", self._connect)
+        self._loop_lag = asyncio.create_task(
+            looplag.watch(self.metrics.event_loop_lag.observe), name="loop-lag"
+        )
         if self.settings.pinecall.register_webhook:
             self._registration = self.supervisor.spawn("webhook-register", self._register)
 
@@ -286,7 +291,7 @@ class Bridge:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         log.info("shutting down", extra={"grace_s": grace})
-        for task in (self._connector, self._registration):
+        for task in (self._connector, self._registration, self._loop_lag):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

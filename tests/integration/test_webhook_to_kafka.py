@@ -221,3 +221,5 @@ async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: s
     assert metrics["pinecall_bridge_dedup_partitions_owned"] == 3
     assert metrics['pinecall_bridge_dedup_transactions_total{outcome="committed"}'] >= 1
     assert metrics["pinecall_bridge_inflight_events"] == 0
+    # The loop's own timer has been observed since start, four times a second.
+    assert metrics["pinecall_bridge_event_loop_lag_seconds_count"] >= 1
