@@ -29,6 +29,11 @@ JVM = {
 }
 
 
+def jvm() -> dict[str, str]:
+    """The JVM settings a broker started here gets: the caller's where set, else JVM's."""
+    return {name: os.environ.get(name) or value for name, value in JVM.items()}
+
+
 def default_port() -> int:
     return int(os.environ.get("BENCH_KAFKA_PORT", "19092"))
 
@@ -37,7 +42,7 @@ def kafka(port: int, action: str) -> None:
     """`tools/kafka/kafka.sh <action>` for the broker on `port`."""
     if port == TEST_PORT:
         raise SystemExit(f"port {TEST_PORT} is the tests' broker; benchmarks use their own")
-    env = {**JVM, **os.environ, "KAFKA_PORT": str(port)}
+    env = {**os.environ, **jvm(), "KAFKA_PORT": str(port)}
     subprocess.run([str(ROOT / "tools/kafka/kafka.sh"), action], env=env, check=True)
 
 

@@ -840,7 +840,7 @@ def machine() -> dict[str, str]:
         "aiohttp": aiohttp.__version__,
         "aiokafka": aiokafka.__version__,
         "kafka": kafka,
-        "broker_jvm": " ".join(os.environ.get(k) or v for k, v in broker.JVM.items()),
+        "broker_jvm": " ".join(broker.jvm().values()),
         "kcat": librdkafka,
     }
 

@@ -316,18 +316,16 @@ class KafkaSink:
                 # Only the topics this producer writes to: a whole cluster's metadata (thousands
                 # of partitions on a shared cluster) takes tens of ms to decode, and that blocks
                 # the event loop, and with it every request in flight, at every probe.
-                if not await asyncio.wait_for(
+                reachable = await asyncio.wait_for(
                     producer.client.force_metadata_update(), timeout=interval
-                ):
-                    raise KafkaError("no broker answered a metadata request")
+                )
             except (KafkaError, TimeoutError, OSError):
-                if self.connected:
-                    log.warning("Kafka unreachable")
-                self._set_connected(False)
-            else:
-                if not self.connected:
-                    log.info("Kafka reachable again")
-                self._set_connected(True)
+                reachable = False
+            if reachable and not self.connected:
+                log.info("Kafka reachable again")
+            elif not reachable and self.connected:
+                log.warning("Kafka unreachable")
+            self._set_connected(bool(reachable))
 
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
         """Its sender task died, so every send fails: start a new producer in its place.
