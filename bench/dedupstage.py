@@ -5,8 +5,9 @@
 The ingest topic (LogAppendTime, partitioned by call id as the ingest producer does) is filled
 first with M records: every id once, plus a late second copy of every `--dup-every`-th. Then a
 DedupStage with a fresh group is started in this process (uvloop, default settings: 100 ms
-commit interval, one transactional producer per partition) and timed until a read_committed
-kcat consumer of the output topic has seen every distinct id. Nothing else runs in the process.
+commit interval, one transactional producer for all its partitions) and timed until a
+read_committed kcat consumer of the output topic has seen every distinct id. Nothing else runs
+in the process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench import broker, ingest, measure, profile
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.stage import DedupStage
 from bridge.dedup.task import PartitionTask
+from bridge.dedup.transaction import StageProducer
 from bridge.metrics import Metrics
 from bridge.sink.kafka import client_options
 
@@ -35,30 +37,30 @@ Span = tuple[float, float]
 
 
 def instrument() -> dict[str, list[Span]]:
-    """Time every PartitionTask.process and .commit call (wall clock spans), for the cost split.
+    """Time every PartitionTask.process and StageProducer.commit call (wall clock spans).
 
     The stage runs them under one lock, so the union of each kind's spans is the share of the
     wall time the stage spent deciding and sending, and waiting for transactions to commit.
     """
     spans: dict[str, list[Span]] = {"process": [], "commit": []}
-    process, commit = PartitionTask.process, PartitionTask.commit
+    process, commit = PartitionTask.process, StageProducer.commit
 
-    async def timed_process(task: PartitionTask, records: list[Any]) -> None:
+    async def timed_process(task: PartitionTask, records: list[Any], out: StageProducer) -> None:
         started = time.perf_counter()
         try:
-            await process(task, records)
+            await process(task, records, out)
         finally:
             spans["process"].append((started, time.perf_counter()))
 
-    async def timed_commit(task: PartitionTask) -> None:
+    async def timed_commit(out: StageProducer, offsets: Any, group: Any) -> None:
         started = time.perf_counter()
         try:
-            await commit(task)
+            await commit(out, offsets, group)
         finally:
             spans["commit"].append((started, time.perf_counter()))
 
     PartitionTask.process = timed_process  # type: ignore[method-assign,assignment]
-    PartitionTask.commit = timed_commit  # type: ignore[method-assign,assignment]
+    StageProducer.commit = timed_commit  # type: ignore[method-assign,assignment]
     return spans
 
 

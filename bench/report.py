@@ -609,7 +609,7 @@ def _stage(data: dict[str, Any]) -> list[str]:
         "settings, uvloop) then runs alone in its process; the clock stops when a read_committed "
         "kcat consumer has seen every distinct id in the output topic. *process* and *commit* "
         "are the shares of wall time inside `PartitionTask.process` (decide and send) and "
-        "`PartitionTask.commit` (offsets + commit), which the stage runs under one lock.",
+        "`StageProducer.commit` (offsets + commit), which the stage runs under one lock.",
         "",
         "| distinct events/s | ingest records/s | steady events/s (after first output) "
         "| first output after s | total s | stage CPU (µs/record) | broker CPU (µs/record) "

@@ -1,16 +1,18 @@
 """The dedup stage: a consumer group over the ingest topic, one owner per partition.
 
-Each owned partition is a PartitionTask with its own transactional producer. The loop fetches,
-lets each task decide and send, and commits every task whose transaction has been open for the
-commit interval: output records and consumed offsets in one transaction, so a crash anywhere
-replays into the same output, never a second copy of it.
+Each owned partition is a PartitionTask: its window and position. All of them write through the
+stage's one transactional producer (KIP-447, as Kafka Streams' EOS-v2). The loop fetches, lets
+each task decide and send, and commits once the transaction has been open for the commit
+interval: output records and the consumed offsets of every partition in it, with this member's
+group generation, so a crash anywhere replays into the same output, never a second copy of it,
+and a member the group has moved on from cannot commit at all.
 
-Assignment only pauses the new partitions and starts their tasks in the background (fence, read
-the committed offset, restore); a partition is resumed, at its committed offset, once its task is
-ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands straight
-back (the assignor keeps partitions where they are) resumes when nobody committed for it since;
-any other is closed. A task that fails is dropped, never written with again, and its partition
-paused; it is started afresh (a new producer, fencing the failed one) after a pause if this member
+Assignment only pauses the new partitions and starts their tasks in the background (read the
+committed offset stably, restore); a partition is resumed, at its committed offset, once its task
+is ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands
+straight back (the assignor keeps partitions where they are) resumes when nobody committed for it
+since; any other is dropped. A failed transaction drops every task it touched and its producer
+(the replacement's start aborts it); each partition is started afresh after a pause if this member
 still owns it: 2 s after a timeout or an error, a session timeout after a fence.
 """
 
@@ -27,12 +29,14 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets, stable_or_settled
+from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
-from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.dedup.task import PartitionTask
+from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.groups import Claim, StickyAssignor
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
-from bridge.sink.limits import TopicLimits
+from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -66,11 +70,16 @@ class DedupStage:
     ) -> None:
         self._settings = settings
         self._topic = ingest_topic
-        self._limits = limits
         self._client = client
         self._metrics = metrics
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._consumer: AIOKafkaConsumer | None = None
+        self._out = StageProducer(
+            settings,
+            client,
+            metrics,
+            limits if limits is not None else TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES),
+        )
         # Committed offsets are read stably (see committed.py), over a client of its own.
         self._offsets = StableOffsets(client, settings.group)
         # Built once, so an old broker's fallback is warned about once, not at every start.
@@ -108,8 +117,10 @@ class DedupStage:
             return
         await self._offsets.start()
         try:
+            await self._out.start()
             self._consumer = await self._started_consumer()
         except BaseException:
+            await self._out.stop()
             await self._offsets.stop()
             raise
         self._running = True
@@ -150,15 +161,16 @@ class DedupStage:
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         self._starting.clear()
         async with self._lock:
-            tasks, self._tasks = list(self._tasks.values()), {}
-            tasks.extend(self._suspended.values())
+            await self._commit()
+            gone = {*self._tasks, *self._suspended}
+            self._tasks.clear()
             self._suspended.clear()
-            await asyncio.gather(*(t.close(abort=False) for t in tasks))
+            await self._out.stop()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
         await self._offsets.stop()
-        for tp in {t.tp for t in tasks}:
+        for tp in gone:
             self._forget_lag(tp)
 
     async def _plain_committed(self, tp: TopicPartition) -> int | None:
@@ -194,13 +206,10 @@ class DedupStage:
                 for tp, records in batches.items():
                     task = self._tasks.get(tp)
                     if task is not None:
-                        await self._step(task, task.process(records))
-                due = [
-                    t
-                    for t in self._tasks.values()
-                    if (age := t.transaction_age) is not None and age >= interval
-                ]
-                await asyncio.gather(*(self._step(t, t.commit()) for t in due))
+                        await self._step(task, task.process(records, self._out))
+                age = self._out.age
+                if age is not None and age >= interval:
+                    await self._commit()
                 self._update_lag(consumer)
 
     async def _replace_consumer(self, dead: AIOKafkaConsumer, why: str) -> AIOKafkaConsumer | None:
@@ -215,10 +224,10 @@ class DedupStage:
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         self._starting.clear()
         async with self._lock:
+            await self._out.abandon()
             for task in list(self._tasks.values()):
                 await self._lose(task, "error", restart=False)
-            gone, self._suspended = list(self._suspended.values()), {}
-            await asyncio.gather(*(t.close(abort=True) for t in gone))
+            self._suspended.clear()
         self._consumer = None
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
@@ -230,18 +239,52 @@ class DedupStage:
         return fresh
 
     async def _step(self, task: PartitionTask, step: Any) -> None:
+        """Run one task's step in the open transaction; its failure loses what the txn touched."""
         try:
-            await step
-        except PartitionLostError as lost:
-            await self._lose(task, lost.reason)
-        except Exception:  # a bug must cost one partition a restart, not stall the whole stage
-            log.exception("dedup partition step failed", extra={"partition": task.tp.partition})
-            await self._lose(task, "error")
+            await self._out.guard(step, also=frozenset({task.tp}))
+        except TransactionLostError as lost:
+            await self._lose_all(lost)
 
-    async def _lose(self, task: PartitionTask, reason: str, *, restart: bool = True) -> None:
+    async def _commit(self, *, keep: set[TopicPartition] | None = None) -> None:
+        """Commit the open transaction, if any, with every partition's position in it.
+
+        On failure its partitions are lost; those in `keep` are not restarted (being revoked).
+        """
+        if self._out.age is None:
+            return
+        touched = self._out.partitions
+        try:
+            await self._out.guard(self._commit_open(touched))
+        except TransactionLostError as lost:
+            await self._lose_all(lost, no_restart=keep)
+            return
+        for tp in touched:
+            task = self._tasks.get(tp)
+            if task is not None:
+                task.committed()
+
+    async def _commit_open(self, touched: frozenset[TopicPartition]) -> None:
+        # A partition in the transaction always has its task: losing one abandons the transaction.
+        offsets = {tp: self._tasks[tp].position for tp in touched}
+        consumer = self._consumer
+        group = group_metadata(consumer, self._settings.group) if consumer is not None else None
+        if group is None:
+            # Out of the group (a rebalance reset it): whatever it owned may be someone else's.
+            raise TransactionLostError("fenced", touched)
+        await self._out.commit(offsets, group)
+
+    async def _lose_all(
+        self, lost: TransactionLostError, no_restart: set[TopicPartition] | None = None
+    ) -> None:
+        for tp in sorted(lost.partitions):
+            task = self._tasks.get(tp)
+            if task is not None:
+                await self._lose(task, lost.reason, restart=tp not in (no_restart or set()))
+
+    async def _lose(self, task: PartitionTask, reason: LossReason, *, restart: bool = True) -> None:
         self._metrics.dedup_partitions_lost.labels(reason).inc()
         log.error(
-            "dedup partition lost; its producer is dropped and its state forgotten",
+            "dedup partition lost; its uncommitted progress is dropped",
             extra={"partition": task.tp.partition, "reason": reason},
         )
         self._tasks.pop(task.tp, None)
@@ -250,10 +293,9 @@ class DedupStage:
             self.listener.partition_lost(task.tp.partition)
         if self._consumer is not None and task.tp in self._consumer.assignment():
             self._consumer.pause(task.tp)
-        await task.discard()
         if restart and self._running:
-            # Still ours as far as this member knows: start afresh (a new producer, which fences
-            # the one that failed). Fenced means another member wrote for it: wait out a session,
+            # Still ours as far as this member knows: start afresh from the committed offset.
+            # Fenced means the group moved on (or our transaction timed out): wait out a session,
             # by which time a zombie has rejoined and no longer has the partition to restart.
             delay = (
                 self._settings.session_timeout_ms / 1000
@@ -263,7 +305,7 @@ class DedupStage:
             self._launch(task.tp, delay=delay)
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
-        """Commit and suspend: a task handed straight back resumes without a fence or restore."""
+        """Commit and suspend: a task handed straight back resumes without a restore."""
         for tp in revoked:
             starting = self._starting.pop(tp, None)
             if starting is not None:
@@ -271,8 +313,12 @@ class DedupStage:
                 with contextlib.suppress(BaseException):
                     await starting
         async with self._lock:
-            tasks = [self._tasks.pop(tp) for tp in revoked if tp in self._tasks]
-            await asyncio.gather(*(self._suspend(t) for t in tasks))
+            # The one transaction holds every partition's progress: commit all of it now.
+            await self._commit(keep=set(revoked))
+            for tp in revoked:
+                task = self._tasks.pop(tp, None)
+                if task is not None:
+                    self._suspended[tp] = task
         for tp in revoked:
             self._forget_lag(tp)
         if revoked:
@@ -281,32 +327,21 @@ class DedupStage:
                 extra={"partitions": sorted(p.partition for p in revoked)},
             )
 
-    async def _suspend(self, task: PartitionTask) -> None:
-        try:
-            await task.commit()
-        except PartitionLostError as lost:
-            await self._lose(task, lost.reason, restart=False)
-        else:
-            self._suspended[task.tp] = task
-
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:
             self.listener.partitions_assigned(set(self._assigned))
-        gone = [self._suspended.pop(tp) for tp in list(self._suspended) if tp not in assigned]
-        await asyncio.gather(*(t.close(abort=True) for t in gone))
+        for tp in list(self._suspended):
+            if tp not in assigned:
+                del self._suspended[tp]
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
         for tp in assigned:
-            suspended = self._suspended.pop(tp, None)
-            # A fresh start fences whoever had the partition. A member cut off from the group
-            # (a zombie) may act on an assignment that is already stale when it wakes, and would
-            # fence the rightful owner: its next heartbeat tells it, so wait for that first.
-            # A resumed task fences nobody and need not wait.
-            settle = 0.0 if suspended is not None else self._settings.heartbeat_interval_ms * 0.0015
-            self._launch(tp, delay=settle, suspended=suspended)
+            # A member cut off from the group (a zombie) may act on an assignment that is already
+            # stale: harmless, its commit carries a generation the coordinator refuses.
+            self._launch(tp, suspended=self._suspended.pop(tp, None))
 
     def _launch(
         self, tp: TopicPartition, delay: float = 0.0, suspended: PartitionTask | None = None
@@ -324,29 +359,19 @@ class DedupStage:
             committed = await self._committed(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
             committed = None
-        if committed == task.position:
-            return True
-        await task.close(abort=True)
-        return False
+        return committed == task.position
 
     async def _install(self, task: PartitionTask) -> None:
-        """Process the partition with `task` from its position, if it is still ours; else close."""
+        """Process the partition with `task` from its position, if it is still ours."""
         consumer = self._consumer
-        try:
-            async with self._lock:
-                if self._running and consumer is not None and task.tp in consumer.assignment():
-                    self._tasks[task.tp] = task
-                    consumer.seek(task.tp, task.position)
-                    consumer.resume(task.tp)
-                    if self.listener is not None:
-                        self.listener.partition_owned(task.tp.partition, task.progress)
-                        task.progress = None  # handed over; a resumed task has nothing new
-                    return
-        except asyncio.CancelledError:
-            # Revoked while waiting for the lock: the started producer must not leak.
-            await asyncio.shield(task.close(abort=True))
-            raise
-        await task.close(abort=True)
+        async with self._lock:
+            if self._running and consumer is not None and task.tp in consumer.assignment():
+                self._tasks[task.tp] = task
+                consumer.seek(task.tp, task.position)
+                consumer.resume(task.tp)
+                if self.listener is not None:
+                    self.listener.partition_owned(task.tp.partition, task.progress)
+                    task.progress = None  # handed over; a resumed task has nothing new
 
     async def _start_task(
         self, tp: TopicPartition, delay: float, suspended: PartitionTask | None
@@ -367,9 +392,9 @@ class DedupStage:
                     self._client,
                     self._metrics,
                     track_progress=self.listener is not None,
-                    limits=self._limits,
                 )
                 try:
+                    await self._out.start()  # a failed transaction took it: resume only with one
                     await task.start(self._committed)
                 except asyncio.CancelledError:
                     raise

@@ -408,15 +408,47 @@ async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
     }
 
 
+async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
+    """Output partitions with a transaction still open: read_committed readers stop before it.
+
+    A crashed process's transaction stays open until the broker times it out, after its
+    partitions' new owner has committed their records.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        outputs = [t for t in (names.events, names.alerts, names.dlq) if t in existing]
+        described = await admin.describe_topics(outputs) if outputs else []
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+    ]
+    ends: list[dict[TopicPartition, int]] = []
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation
+        )
+        await consumer.start()
+        try:
+            ends.append(await consumer.end_offsets(partitions) if partitions else {})
+        finally:
+            await consumer.stop()
+    stable, high = ends
+    return [tp for tp in partitions if stable[tp] < high[tp]]
+
+
 async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> None:
-    """Until the dedup group has committed every ingest record: the output is then final."""
+    """Until every ingest record is committed and no output transaction is open: output final."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         backlog = await ingest_backlog(bootstrap, names)
-        if not any(backlog.values()):
+        still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
+        if not any(backlog.values()) and not still_open:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"dedup backlog after {within}s: {backlog}")
+            raise AssertionError(f"after {within}s: backlog {backlog}, open output {still_open}")
         await asyncio.sleep(0.2)
 
 

@@ -1,7 +1,8 @@
 """The dedup stage against the real broker: restore after a restart, fencing, group members.
 
 In-process: Bridge instances from `start_bridge` (same topics and dedup group per test), or
-PartitionTask objects driven by hand where the test needs to stand between their steps.
+PartitionTask and StageProducer objects driven by hand where the test needs to stand between
+their steps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets, stable_or_settled
-from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.dedup.groupcommit import GroupMetadata, group_metadata
+from bridge.dedup.task import PartitionTask
+from bridge.dedup.transaction import StageProducer, TransactionLostError
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
+from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
 from bridge.sink.record import Record
 from tests.integration.conftest import (
     Consumed,
@@ -131,6 +135,61 @@ async def _backlog(bootstrap: str, names: Topics) -> int:
     return sum((await ingest_backlog(bootstrap, names)).values())
 
 
+async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_ends(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """The revocation's commit carries the generation being ended: the coordinator takes it.
+
+    A long commit interval keeps the first member's transaction open when the second joins.
+    """
+    interval = 9.0
+    one: RunningBridge = await start_bridge(
+        dedup={"commit_interval_ms": int(interval * 1000), "transaction_timeout_ms": 9500}
+    )
+    stage = one.bridge.dedup
+    revocations: list[tuple[bool, float]] = []  # (a transaction was open, committed after)
+    revoked_once = asyncio.Event()
+    revoke = stage.revoked
+
+    async def revoked(partitions: set[TopicPartition]) -> None:
+        was_open = stage._out.age is not None
+        await revoke(partitions)
+        committed = sample(one, "pinecall_bridge_dedup_transactions_total", outcome="committed")
+        revocations.append((was_open, committed))
+        revoked_once.set()
+
+    stage.revoked = revoked  # type: ignore[method-assign,assignment]
+    for _ in range(300):
+        if sample(one, "pinecall_bridge_dedup_partitions_owned") == 3:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the first member never owned the partitions")
+    calls = [f"{unique_call}_{n}" for n in range(6)]
+    for call in calls:
+        await post_all(one, [entry(1, call)])
+    # Fetched and sent, not committed: a fetch waits up to the interval for more records, so
+    # the records may come with the fetch after the one already waiting when they were posted.
+    for _ in range(int(interval * 2 / 0.05) + 100):
+        if stage._out.age is not None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the first member never opened a transaction")
+    two: RunningBridge = await start_bridge()
+    await asyncio.wait_for(revoked_once.wait(), interval * 3)
+    assert revocations[0] == (True, 1.0)  # the open transaction, committed by the revocation
+    await consume_until(
+        kafka_bootstrap, [topics.events], lambda rs: {f"{c}:1" for c in calls} <= set(ids(rs))
+    )
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert Counter(ids(records)) == {f"{c}:1": 1 for c in calls}
+    for handle in (one, two):
+        for reason in ("fenced", "timeout", "error"):
+            assert sample(handle, "pinecall_bridge_dedup_partitions_lost_total", reason=reason) == 0
+    assert sample(one, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 0
+
+
 async def test_two_members_split_the_partitions_and_output_each_id_once_in_order(
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
@@ -216,7 +275,7 @@ async def test_dead_letters_and_alerts_go_through_the_stage_once(
     assert all(r.headers["pinecall-dlq-reason"] == b"missing_type" for r in dead)
 
 
-# --- fencing, with PartitionTask driven by hand ---------------------------------------------
+# --- fencing, with PartitionTask and StageProducer driven by hand ---------------------------
 
 
 def _webhook_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:
@@ -298,52 +357,94 @@ async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> li
     return values[: values.index(marker)]
 
 
+@contextlib.asynccontextmanager
+async def _member(bootstrap: str, names: Topics) -> AsyncIterator[AIOKafkaConsumer]:
+    """A member of the dedup group that owns the ingest topic's partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=names.group)
+    await consumer.start()
+    try:
+        consumer.subscribe([names.ingest])
+        async with asyncio.timeout(30):
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=200)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+def _generation(member: AIOKafkaConsumer, names: Topics) -> GroupMetadata:
+    found = group_metadata(member, names.group)
+    assert found is not None
+    return found
+
+
+def _stage_producer(bootstrap: str, names: Topics, metrics: Metrics) -> StageProducer:
+    limits = TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES)
+    return StageProducer(
+        DedupSettings(group=names.group), {"bootstrap_servers": bootstrap}, metrics, limits
+    )
+
+
 @pytest.mark.timeout(120)
-async def test_a_second_owner_fences_the_first_and_its_open_transaction_is_aborted(
+async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_are_aborted(
     kafka_bootstrap: str, topics: Topics, unique_call: str
 ) -> None:
+    """KIP-447's fence: the offsets carry the member's generation, which the coordinator checks.
+
+    The zombie processed a record as the partition's owner, then the group moved on (another
+    member owns it now) before the zombie committed.
+    """
     items = _webhook_records(topics, unique_call, (1, 2))
     records = await _ingest_with(kafka_bootstrap, topics, items)
     tp = TopicPartition(topics.ingest, 0)
     settings = DedupSettings(group=topics.group)
-    client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
-
-    async def never_committed(_: TopicPartition) -> int | None:
-        return None
-
     zombie_metrics, owner_metrics = Metrics(), Metrics()
-    # Its producer lingers a commit interval: a short one, so its send reaches the log in time.
-    lingering_briefly = DedupSettings(group=topics.group, commit_interval_ms=1)
-    zombie = PartitionTask(tp, lingering_briefly, client, zombie_metrics)
-    owner = PartitionTask(tp, settings, client, owner_metrics)
+    zombie = _stage_producer(kafka_bootstrap, topics, zombie_metrics)
+    owner = _stage_producer(kafka_bootstrap, topics, owner_metrics)
+    zombie_task = PartitionTask(tp, settings, {}, zombie_metrics)
+    owner_task = PartitionTask(tp, settings, {}, owner_metrics)
+    await zombie.start()
+    await owner.start()
     try:
-        await zombie.start(never_committed)
-        await zombie.process(records[:1])  # sent in its open transaction, not committed
-        await owner.start(never_committed)  # same transactional id: the fence
-        with pytest.raises(PartitionLostError) as lost:
-            await zombie.commit()
-        assert lost.value.reason == "fenced"
-        await zombie.discard()  # what the stage does with a lost partition
-        with pytest.raises(PartitionLostError):
-            await zombie.process(records[1:])  # never written for again
-        await owner.process(records)
-        await owner.commit()
+        async with _member(kafka_bootstrap, topics) as first:
+            stale = _generation(first, topics)
+            await zombie.guard(zombie_task.process(records[:1], zombie))
+        async with _member(kafka_bootstrap, topics) as second:  # the group moved on
+            current = _generation(second, topics)
+            assert current.generation_id > stale.generation_id
+            with pytest.raises(TransactionLostError) as lost:
+                await zombie.guard(zombie.commit({tp: zombie_task.position}, stale))
+            assert lost.value.reason == "fenced"
+            assert lost.value.partitions == {tp}
+            await owner.guard(owner_task.process(records, owner))
+            await owner.guard(owner.commit({tp: owner_task.position}, current))
+            stable = StableOffsets({"bootstrap_servers": kafka_bootstrap}, topics.group)
+            await stable.start()
+            try:
+                assert await stable.committed(tp) == 2  # the owner's, never the zombie's
+            finally:
+                await stable.stop()
     finally:
-        await zombie.discard()
-        await owner.close(abort=True)
+        await zombie.stop()
+        await owner.stop()
 
-    first = f"{unique_call}:1".encode()
-    second = f"{unique_call}:2".encode()
+    first_id = f"{unique_call}:1".encode()
+    second_id = f"{unique_call}:2".encode()
     committed = await _read(kafka_bootstrap, topics.events, "read_committed", b"end-1")
     uncommitted = await _read(kafka_bootstrap, topics.events, "read_uncommitted", b"end-2")
-    # The zombie's record is in the log, in an aborted transaction: hidden from read_committed.
-    assert committed == [first, second]
-    assert uncommitted[:1] == [first]
-    assert Counter(uncommitted)[first] == 2
-    assert committed == [v for v in uncommitted if v != b"end-1"][1:]
+    # The zombie's record reached the log (its commit flushed it), in a transaction its
+    # producer's replacement aborted: hidden from read_committed.
+    assert committed == [first_id, second_id]
+    assert Counter(uncommitted)[first_id] == 2
     assert zombie_metrics.registry.get_sample_value(
         "pinecall_bridge_events_published_total", {"topic": topics.events}
     ) in (None, 0.0)
+    assert (
+        zombie_metrics.registry.get_sample_value(
+            "pinecall_bridge_dedup_transactions_total", {"outcome": "aborted"}
+        )
+        == 1.0
+    )
 
 
 @dataclass
@@ -424,15 +525,12 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
         owner = PartitionTask(it.tp, DedupSettings(group=topics.group), client, Metrics())
-        try:
-            read = stable_or_settled(it.stable, it.plain.committed)
-            starting = asyncio.create_task(owner.start(read))
-            await asyncio.sleep(1.5)
-            assert not starting.done()
-            await it.writer.commit_transaction()
-            await asyncio.wait_for(starting, 30)
-            assert owner.position == 3
-            # The restore saw every record before the resume point: none of them is new again.
-            assert len(owner.window) == 3
-        finally:
-            await owner.close(abort=True)
+        read = stable_or_settled(it.stable, it.plain.committed)
+        starting = asyncio.create_task(owner.start(read))
+        await asyncio.sleep(1.5)
+        assert not starting.done()
+        await it.writer.commit_transaction()
+        await asyncio.wait_for(starting, 30)
+        assert owner.position == 3
+        # The restore saw every record before the resume point: none of them is new again.
+        assert len(owner.window) == 3

@@ -1,53 +1,61 @@
+"""DedupStage's handling of its one transaction, without Kafka: fake tasks, producer, consumer."""
+
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import cast
 
+import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
+from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
 from bridge.dedup.stage import DedupStage
-from bridge.dedup.task import PartitionLostError, PartitionTask
+from bridge.dedup.task import PartitionTask
+from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
+from tests.unit.dedup.fakes import FakeProducer, ingest, install, sample, steps
+
+GROUP = "pinecall-bridge"  # DedupSettings' default
+MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
+
+
+def tp(partition: int) -> TopicPartition:
+    return TopicPartition("ingest", partition)
 
 
 class FakeTask:
-    def __init__(self) -> None:
-        self.tp = TopicPartition("ingest", 4)
-        self.discarded = False
+    """The parts of a PartitionTask the stage reads around a transaction."""
 
-    async def discard(self) -> None:
-        self.discarded = True
+    def __init__(self, partition: int, position: int) -> None:
+        self.tp = tp(partition)
+        self.position = position
+        self.window: list[bytes] = []  # sized by the stage's entries gauge
+        self.commits = 0
 
-
-def lost(metrics: Metrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "pinecall_bridge_dedup_partitions_lost_total", {"reason": reason}
-    )
-    return value or 0.0
+    def committed(self) -> None:
+        self.commits += 1
 
 
-async def failing(error: BaseException) -> None:
-    raise error
+class FakeConsumer:
+    """A group member: its generation (as aiokafka's coordinator keeps it) and assignment."""
 
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self._coordinator = SimpleNamespace(
+            generation=MEMBER.generation_id,
+            member_id=MEMBER.member_id,
+            group_id=GROUP,
+            _group_instance_id=None,
+        )
+        self.assigned = assigned
+        self.paused: list[TopicPartition] = []
 
-async def run_step(error: BaseException) -> tuple[FakeTask, Metrics]:
-    metrics = Metrics()
-    stage = DedupStage(DedupSettings(), "ingest", {}, metrics)
-    task = FakeTask()
-    await stage._step(cast(PartitionTask, task), failing(error))
-    return task, metrics
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
-
-async def test_a_lost_partition_drops_its_task() -> None:
-    task, metrics = await run_step(PartitionLostError("fenced"))
-    assert task.discarded
-    assert lost(metrics, "fenced") == 1
-
-
-async def test_an_unexpected_error_loses_one_partition_instead_of_killing_the_stage() -> None:
-    task, metrics = await run_step(ValueError("a bug"))
-    assert task.discarded
-    assert lost(metrics, "error") == 1
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.extend(partitions)
 
 
 class Listener:
@@ -66,10 +74,145 @@ class Listener:
         self.told.append(("lost", partition))
 
 
+class Harness:
+    """A stage owning a FakeTask at position 10 * p for each partition p, and a fake producer."""
+
+    def __init__(self, *partitions: int, consumer: FakeConsumer | None = None) -> None:
+        self.metrics = Metrics()
+        self.stage = DedupStage(DedupSettings(), "ingest", {}, self.metrics)
+        self.producer = FakeProducer()
+        install(self.stage._out, self.producer)
+        self.stage._consumer = consumer
+        self.listener = Listener()
+        self.stage.listener = self.listener
+        self.tasks = {p: FakeTask(p, 10 * p) for p in partitions}
+        for task in self.tasks.values():
+            self.stage._tasks[task.tp] = cast(PartitionTask, task)
+        self.launched: list[tuple[TopicPartition, float]] = []
+
+    def running(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """As if started: lost partitions are relaunched (recorded here, not run)."""
+
+        def launch(partition: TopicPartition, delay: float = 0.0, suspended: object = None) -> None:
+            self.launched.append((partition, delay))
+
+        monkeypatch.setattr(self.stage, "_launch", launch)
+        self.stage._running = True
+
+    async def open(self, *partitions: int) -> None:
+        """A transaction holding `partitions`."""
+        for p in partitions:
+            await self.stage._out.join(tp(p))
+
+    def task(self, partition: int) -> PartitionTask:
+        return cast(PartitionTask, self.tasks[partition])
+
+    def owned(self) -> list[int]:
+        return self.stage.owned
+
+    def lost(self, reason: str) -> float:
+        return sample(self.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
+
+
+async def failing(error: BaseException) -> None:
+    raise error
+
+
+async def test_a_lost_transaction_loses_every_partition_it_names() -> None:
+    h = Harness(1, 2, 3)
+    lost = TransactionLostError("fenced", frozenset({tp(1), tp(2)}))
+    await h.stage._step(h.task(1), failing(lost))
+    assert h.owned() == [3]
+    assert h.lost("fenced") == 2
+    assert h.listener.told == [("lost", 1), ("lost", 2)]
+
+
+async def test_an_unexpected_error_in_a_step_loses_the_transactions_partitions() -> None:
+    # A bug must cost a restart of the partitions, not the stage.
+    h = Harness(1, 2, 3, 4)
+    await h.open(1, 2)
+    await h.stage._step(h.task(3), failing(ValueError("a bug")))
+    assert h.owned() == [4]
+    assert h.lost("error") == 3
+    assert h.listener.told == [("lost", 1), ("lost", 2), ("lost", 3)]
+    # The transaction went with its producer: the next one starts afresh.
+    assert h.stage._out._producer is None
+    assert h.stage._out.age is None
+    assert sample(h.metrics, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 1
+
+
+async def test_a_failed_send_while_a_task_processes_loses_every_partition_in_the_transaction() -> (
+    None
+):
+    h = Harness()
+    settings, metrics = h.stage._settings, h.metrics
+    first = PartitionTask(tp(1), settings, {}, metrics)
+    second = PartitionTask(tp(2), settings, {}, metrics)
+    h.stage._tasks.update({first.tp: first, second.tp: second})
+    await h.stage._step(first, first.process([ingest(0, "CA_1:1", 100.0)], h.stage._out))
+    h.producer.fail["send"] = KafkaConnectionError()
+    await h.stage._step(second, second.process([ingest(0, "CA_2:1", 100.0)], h.stage._out))
+    assert h.owned() == []
+    assert h.lost("error") == 2
+    # The second send failed: nothing of the transaction is committed, its producer is dropped.
+    assert steps(h.producer) == ["begin", "send", "send", "stop"]
+    assert h.stage._out._producer is None
+
+
+async def test_commit_sends_every_touched_partitions_position_with_the_members_generation() -> None:
+    h = Harness(1, 2, 3, consumer=FakeConsumer({tp(1), tp(2), tp(3)}))
+    await h.open(1, 2)
+    await h.stage._commit()
+    assert h.producer.calls[-2:] == [("offsets", {tp(1): 10, tp(2): 20}, MEMBER), ("commit",)]
+    assert [h.tasks[p].commits for p in (1, 2, 3)] == [1, 1, 0]
+    assert h.owned() == [1, 2, 3]
+    await h.stage._commit()  # nothing open: nothing sent
+    assert steps(h.producer).count("commit") == 1
+
+
+async def test_a_commit_outside_the_group_loses_the_touched_partitions_as_fenced() -> None:
+    h = Harness(1, 2, 3)  # no consumer: no generation to commit with
+    await h.open(1, 2)
+    await h.stage._commit()
+    assert "offsets" not in steps(h.producer)
+    assert h.owned() == [3]
+    assert h.lost("fenced") == 2
+    assert [h.tasks[p].commits for p in (1, 2, 3)] == [0, 0, 0]
+    assert h.stage._out._producer is None
+
+
+async def test_a_member_out_of_generation_loses_the_touched_partitions_as_fenced() -> None:
+    consumer = FakeConsumer({tp(1), tp(2)})
+    consumer._coordinator.generation = -1  # a rebalance reset it
+    h = Harness(1, 2, consumer=consumer)
+    await h.open(1, 2)
+    await h.stage._commit()
+    assert "offsets" not in steps(h.producer)
+    assert h.owned() == []
+    assert h.lost("fenced") == 2
+    assert consumer.paused == [tp(1), tp(2)]
+
+
+async def test_lost_partitions_still_owned_are_restarted_after_a_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = FakeConsumer({tp(1), tp(2), tp(3)})
+    h = Harness(1, 2, 3, consumer=consumer)
+    h.running(monkeypatch)
+    await h.open(1, 2)
+    h.producer.fail["offsets"] = GroupCommitFailedError(22, MEMBER)
+    # Being revoked, partition 1 is committed but not restarted; a fence waits out a session.
+    await h.stage._commit(keep={tp(1)})
+    assert h.lost("fenced") == 2
+    assert consumer.paused == [tp(1), tp(2)]
+    assert h.launched == [(tp(2), 10.0)]  # session_timeout_ms
+    await h.stage._step(h.task(3), failing(TransactionLostError("timeout", frozenset())))
+    assert h.launched[-1] == (tp(3), 2.0)
+
+
 async def test_the_listener_hears_of_assignments_and_losses() -> None:
-    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics())
-    listener = Listener()
-    stage.listener = listener
-    await stage.assigned({TopicPartition("ingest", 1), TopicPartition("ingest", 3)})
-    await stage._step(cast(PartitionTask, FakeTask()), failing(PartitionLostError("timeout")))
-    assert listener.told == [("assigned", {1, 3}), ("lost", 4)]
+    h = Harness(4)
+    await h.stage.assigned({tp(1), tp(3)})
+    await h.stage._step(h.task(4), failing(TransactionLostError("timeout", frozenset())))
+    assert h.listener.told == [("assigned", {1, 3}), ("lost", 4)]
+    assert h.lost("timeout") == 1

@@ -1,0 +1,336 @@
+"""Transactional offset commits that carry the consumer group's generation (KIP-447).
+
+aiokafka sends TxnOffsetCommit v0, which names the group but no member: the group coordinator
+accepts it from any producer, so each partition needs a producer (a transactional id) of its
+own to fence the zombie that still works on it. TxnOffsetCommit v3 (Kafka 2.5+) carries the
+member id and generation, and the coordinator refuses a commit from a stale generation
+(ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID): one producer per process suffices.
+
+v3 is defined here with aiokafka's protocol types and sent by aiokafka's own sender, in the
+place of its v0 request. That takes aiokafka privates, all of them in this module, checked
+against aiokafka 0.14.0:
+
+- ``AIOKafkaConsumer._coordinator``: ``GroupCoordinator.generation`` (-1 outside a generation),
+  ``.member_id`` ("" when unknown), ``._group_instance_id``, ``.group_id``;
+- ``AIOKafkaProducer._sender``: ``Sender._do_txn_offset_commit(offsets, group_id)``, replaced on
+  the one producer instance, and ``Sender._find_coordinator``, ``._coordinator_dead``,
+  ``._txn_manager``, ``.client``, ``._retry_backoff``;
+- ``aiokafka.producer.sender.TxnOffsetCommitHandler``, subclassed for its ``do()`` (send, retry
+  on connection errors);
+- ``TransactionManager.error_transaction``, ``.offset_committed``, ``._txn_partitions`` and
+  ``._txn_consumer_group``.
+
+A refused commit makes the transaction abortable, as in Kafka's Java producer. aiokafka's
+``error_transaction`` forgets which partitions the broker's transaction holds, and its abort
+then sends no EndTxn: the records stayed in an open transaction, to be committed by the next
+one. The handler keeps that list, so that ``abort_transaction()`` ends the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import CoordinationType
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalOperation,
+    KafkaError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+    for_code,
+)
+from aiokafka.producer.sender import TxnOffsetCommitHandler
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import (
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
+
+log = logging.getLogger(__name__)
+
+API_KEY = 28
+NONE = 0
+ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID = 22, 25, 82
+# The coordinator refused this member: its generation is over (the Java producer's
+# CommitFailedException, or FencedInstanceIdException for a static member).
+FENCED_MEMBER = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID})
+RELOOKUP = frozenset({7, 15, 16})  # REQUEST_TIMED_OUT, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR
+RETRY = frozenset({3, 14})  # UNKNOWN_TOPIC_OR_PARTITION, COORDINATOR_LOAD_IN_PROGRESS
+PRODUCER_FENCED = frozenset({47, 90})  # INVALID_PRODUCER_EPOCH, PRODUCER_FENCED
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+GROUP_AUTHORIZATION_FAILED = 30
+NO_LEADER_EPOCH = -1
+_CODE_NAMES = {
+    ILLEGAL_GENERATION: "ILLEGAL_GENERATION",
+    UNKNOWN_MEMBER_ID: "UNKNOWN_MEMBER_ID",
+    FENCED_INSTANCE_ID: "FENCED_INSTANCE_ID",
+}
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """Who commits: the group, and the member's generation and ids in it."""
+
+    group_id: str
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None = None
+
+
+class GroupCommitFailedError(KafkaError):  # type: ignore[misc]
+    """The group coordinator refused the offsets: this member's generation is stale (fenced)."""
+
+    def __init__(self, code: int, metadata: GroupMetadata) -> None:
+        name = _CODE_NAMES.get(code, str(code))
+        super().__init__(
+            f"{name}: group {metadata.group_id!r} refused the offsets of member "
+            f"{metadata.member_id!r} (generation {metadata.generation_id})"
+        )
+        self.code = code
+        self.metadata = metadata
+
+
+class TxnOffsetCommitResponseV3(Response):  # type: ignore[misc]
+    API_KEY = API_KEY
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("name", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition_index", Int32),
+                        ("error_code", Int16),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class TxnOffsetCommitRequestV3(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = API_KEY
+    API_VERSION = 3
+    RESPONSE_TYPE = TxnOffsetCommitResponseV3
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("group_id", CompactString("utf-8")),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("generation_id", Int32),
+        ("member_id", CompactString("utf-8")),
+        # Nullable: aiokafka's CompactString encodes None as the null string (length 0).
+        ("group_instance_id", CompactString("utf-8")),
+        (
+            "topics",
+            CompactArray(
+                ("name", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition_index", Int32),
+                        ("committed_offset", Int64),
+                        ("committed_leader_epoch", Int32),
+                        ("committed_metadata", CompactString("utf-8")),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+Partitions = list[tuple[int, int, int, str | None, dict[int, bytes]]]
+
+
+class GroupTxnOffsetCommit(Request[TxnOffsetCommitRequestV3]):  # type: ignore[misc]
+    """TxnOffsetCommit v3 only: older versions cannot name the member, so are never sent."""
+
+    API_KEY = API_KEY
+
+    def __init__(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        metadata: GroupMetadata,
+        offsets: dict[TopicPartition, tuple[int, str | None]],
+    ) -> None:
+        self._head = (transactional_id, metadata.group_id, producer_id, producer_epoch)
+        self._member = (metadata.generation_id, metadata.member_id, metadata.group_instance_id)
+        self._offsets = offsets
+
+    def build(self, request_struct_class: type[TxnOffsetCommitRequestV3]) -> Any:
+        by_topic: dict[str, Partitions] = collections.defaultdict(list)
+        for tp, (offset, text) in sorted(self._offsets.items()):
+            by_topic[tp.topic].append((tp.partition, offset, NO_LEADER_EPOCH, text, {}))
+        topics: list[tuple[str, Partitions, dict[int, bytes]]] = [
+            (name, partitions, {}) for name, partitions in by_topic.items()
+        ]
+        return request_struct_class(*self._head, *self._member, topics, {})
+
+
+def partition_errors(response: Any) -> list[tuple[TopicPartition, int]]:
+    """Each partition of a TxnOffsetCommit v3 response with its error code, in response order."""
+    return [
+        (TopicPartition(name, partition), code)
+        for name, partitions, _tags in response.topics
+        for partition, code, _ptags in partitions
+    ]
+
+
+def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> GroupMetadata | None:
+    """The consumer's current generation and member id (None while it is in no generation)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    own_group = getattr(coordinator, "group_id", None)
+    if own_group is None:
+        return None  # not started, or a consumer without a group
+    if own_group != group_id:
+        raise ValueError(f"the consumer is in group {own_group!r}, not {group_id!r}")
+    generation = getattr(coordinator, "generation", None)
+    member_id = getattr(coordinator, "member_id", None)
+    if generation is None or member_id is None:
+        _warn_once("consumer", "aiokafka's group coordinator has no generation/member_id")
+        return None
+    if not isinstance(generation, int) or generation < 0:
+        return None
+    if not isinstance(member_id, str) or not member_id:
+        return None
+    instance = getattr(coordinator, "_group_instance_id", None)
+    return GroupMetadata(group_id, generation, member_id, instance or None)
+
+
+class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
+    """aiokafka's TxnOffsetCommit handler, sending v3 with the member's generation."""
+
+    def __init__(
+        self, sender: Any, offsets: dict[TopicPartition, Any], meta: GroupMetadata
+    ) -> None:
+        super().__init__(sender, offsets, meta.group_id)
+        self._meta = meta
+
+    def create_request(self) -> GroupTxnOffsetCommit:
+        txn = self._sender._txn_manager
+        offsets = {tp: (o.offset, o.metadata) for tp, o in self._offsets.items()}
+        return GroupTxnOffsetCommit(
+            txn.transactional_id, txn.producer_id, txn.producer_epoch, self._meta, offsets
+        )
+
+    def handle_response(self, resp: Any) -> float | None:
+        """None when done (committed, or the transaction made abortable), else a retry backoff.
+
+        Mirrors Kafka's Java TransactionManager.TxnOffsetCommitHandler. Raising here ends
+        aiokafka's sender task, the producer's fatal error: only for a fenced producer.
+        """
+        txn = self._sender._txn_manager
+        for tp, code in partition_errors(resp):
+            if code == NONE:
+                txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
+            elif code in FENCED_MEMBER:
+                abort_transaction_with(txn, GroupCommitFailedError(code, self._meta))
+                return None
+            elif code == GROUP_AUTHORIZATION_FAILED:
+                abort_transaction_with(txn, GroupAuthorizationFailedError(self._group_id))
+                return None
+            elif code in RELOOKUP:
+                self._sender._coordinator_dead(CoordinationType.GROUP)
+                return float(self._default_backoff)
+            elif code in RETRY:
+                return float(self._default_backoff)
+            elif code in PRODUCER_FENCED:
+                raise ProducerFenced()
+            elif code == TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                raise TransactionalIdAuthorizationFailed(txn.transactional_id)
+            else:
+                log.error("transactional offset commit failed", extra={"error_code": code})
+                raise for_code(code)()
+        return None
+
+
+def abort_transaction_with(txn: Any, error: Exception) -> None:
+    """Make the transaction abortable with `error`, keeping what the broker's transaction holds.
+
+    aiokafka's error_transaction clears the added partitions and group, and its abort, seeing an
+    empty transaction, would then end nothing (no EndTxn): put them back.
+    """
+    partitions = set(getattr(txn, "_txn_partitions", ()))
+    group = getattr(txn, "_txn_consumer_group", None)
+    txn.error_transaction(error)
+    if hasattr(txn, "_txn_partitions"):
+        txn._txn_partitions.update(partitions)
+        txn._txn_consumer_group = group
+    else:
+        _warn_once("transaction", "aiokafka's TransactionManager has no _txn_partitions")
+
+
+class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A transactional producer whose consumed offsets carry the group's generation (KIP-447)."""
+
+    def __init__(self, **configs: Any) -> None:
+        super().__init__(**configs)
+        self._group: GroupMetadata | None = None
+        # One commit queued at a time, so the sender reads the metadata it was queued with.
+        self._group_lock = asyncio.Lock()
+        sender = self._sender
+        if not hasattr(sender, "_do_txn_offset_commit"):
+            raise TypeError("this aiokafka has no Sender._do_txn_offset_commit to replace")
+        sender._do_txn_offset_commit = self._txn_offset_commit
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        """Refused: offsets without the member's generation would defeat the fencing."""
+        raise IllegalOperation("GroupCommitProducer sends offsets with send_offsets_with_group")
+
+    async def send_offsets_with_group(
+        self, offsets: dict[TopicPartition, int], metadata: GroupMetadata
+    ) -> None:
+        """Like send_offsets_to_transaction, but sent as TxnOffsetCommit v3 with `metadata`."""
+        async with self._group_lock:
+            self._group = metadata
+            try:
+                await super().send_offsets_to_transaction(offsets, metadata.group_id)
+            finally:
+                self._group = None
+
+    async def _txn_offset_commit(self, offsets: dict[TopicPartition, Any], group_id: str) -> None:
+        """The sender's step for queued offsets (in its task): aiokafka's, with our handler."""
+        if not offsets:
+            return
+        sender, meta = self._sender, self._group
+        if meta is None or meta.group_id != group_id:
+            # Only reachable past send_offsets_to_transaction's refusal.
+            abort_transaction_with(
+                sender._txn_manager, KafkaError("offsets without group metadata")
+            )
+            return
+        try:
+            node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
+        except GroupAuthorizationFailedError as exc:
+            abort_transaction_with(sender._txn_manager, exc)
+            return
+        await GroupCommitHandler(sender, offsets, meta).do(node_id)
+
+
+def _warn_once(what: str, message: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(message, extra={"aiokafka_private": what})

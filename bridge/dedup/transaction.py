@@ -1,0 +1,374 @@
+"""The dedup stage's one transactional producer: output records and consumed offsets, together.
+
+KIP-447, the Kafka Streams EOS-v2 way: one producer per process, however many partitions it owns.
+Its transactional id is new at every start, so it fences nobody; zombies are fenced by the
+consumer group instead. The offsets go with the member's generation (groupcommit.py), and the
+group coordinator refuses a member the group has moved on from, which fails the transaction.
+
+Any failure ends the producer for good. Its replacement, with the same transactional id, starts
+with InitProducerId, which aborts whatever the failed one left open. aiokafka's own abort after
+an abortable error sends no EndTxn, so reusing the producer would commit those records with the
+next transaction. The caller restarts every partition the failed transaction touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TransactionCoordinatorFenced,
+)
+
+from bridge.config import DedupSettings
+from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
+from bridge.ingest.record import IngestEntry
+from bridge.metrics import Metrics
+from bridge.sink.kafka import max_message_bytes, partition_for
+from bridge.sink.limits import TopicLimits, record_size, too_large
+
+log = logging.getLogger(__name__)
+
+LossReason = Literal["fenced", "timeout", "error"]
+_STOP_TIMEOUT = 5.0
+# Another owner or the coordinator settled our transaction: the group moved on, or it timed out.
+_FENCED = (
+    ProducerFenced,
+    InvalidProducerEpoch,
+    TransactionCoordinatorFenced,
+    GroupCommitFailedError,
+)
+
+
+class TransactionLostError(Exception):
+    """The open transaction is gone: nothing in it is written; `partitions` must start afresh."""
+
+    def __init__(self, reason: LossReason, partitions: frozenset[TopicPartition]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.partitions = partitions
+
+
+def transactional_id(group: str) -> str:
+    """New at every start: a process fences nobody by its id (the group generation does)."""
+    return f"{group}-dedup-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass
+class _Transaction:
+    """What the open transaction holds, counted only once it commits."""
+
+    started: float
+    partitions: set[TopicPartition] = field(default_factory=set)
+    published: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    timings: list[tuple[float, float | None]] = field(default_factory=list)
+    too_large: int = 0  # output records skipped: their topic cannot take them
+    # aiokafka commits a transaction even when one of its sends failed (that record is then
+    # silently missing): the first failure of its sends, checked before commit. Kept here, not
+    # on the stage: a dropped producer's sends may fail later, during another transaction.
+    send_error: BaseException | None = None
+
+
+class StageProducer:
+    """Not safe for concurrent use: the stage calls it from one loop, under its lock."""
+
+    def __init__(
+        self,
+        settings: DedupSettings,
+        client: dict[str, Any],
+        metrics: Metrics,
+        limits: TopicLimits,
+        txn_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._metrics = metrics
+        self._limits = limits
+        self.transactional_id = txn_id if txn_id is not None else transactional_id(settings.group)
+        self._producer: GroupCommitProducer | None = None
+        self._starting = asyncio.Lock()
+        self._stopped = False
+        self._restart: asyncio.Task[None] | None = None
+        self._txn: _Transaction | None = None
+
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """The partitions whose records the open transaction holds."""
+        return frozenset(self._txn.partitions) if self._txn is not None else frozenset()
+
+    @property
+    def age(self) -> float | None:
+        return None if self._txn is None else time.monotonic() - self._txn.started
+
+    async def start(self) -> None:
+        """Start a producer if there is none: its InitProducerId aborts what a predecessor left."""
+        self._stopped = False
+        async with self._starting:
+            if self._producer is not None:
+                return
+            await self._relearn_limits()
+            producer = GroupCommitProducer(
+                **self._client,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self._settings.transaction_timeout_ms,
+                enable_idempotence=True,
+                acks="all",
+                # Nothing sent is readable before the commit, which flushes: lingering until
+                # then makes one produce request per output partition and transaction.
+                linger_ms=self._settings.commit_interval_ms,
+                partitioner=partition_for,
+                max_request_size=self._limits.default,
+            )
+            try:
+                async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                    await producer.start()
+            except BaseException:
+                await _stop_quietly(producer)
+                raise
+            self._producer = producer
+
+    async def stop(self) -> None:
+        """Drop the producer for good; an open transaction is left to its timeout."""
+        self._stopped = True
+        restart, self._restart = self._restart, None
+        if restart is not None:
+            restart.cancel()
+            await asyncio.gather(restart, return_exceptions=True)
+        self._txn = None
+        await self._drop_producer()
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _fatal_cause(producer)  # read: an unread failure is logged by asyncio on its own
+            await _stop_quietly(producer)
+
+    def _restart_soon(self) -> None:
+        """Start the replacement now: its InitProducerId aborts the failed transaction's records.
+
+        Until then they hold back every read_committed reader of the partitions they went to,
+        up to the transaction timeout.
+        """
+        if self._stopped or (self._restart is not None and not self._restart.done()):
+            return
+        self._restart = asyncio.create_task(self._restart_quietly(), name="dedup-producer-restart")
+
+    async def _restart_quietly(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:  # the next transaction or partition start tries again
+            log.warning("the dedup producer could not be restarted", extra={"error": repr(exc)})
+
+    async def join(self, tp: TopicPartition) -> None:
+        """Make `tp`'s next records part of the open transaction, beginning one if none is open."""
+        txn = self._txn
+        if txn is None:
+            producer = await self._require_producer(frozenset({tp}))
+            await producer.begin_transaction()  # no I/O: the first send adds the partition
+            txn = self._txn = _Transaction(time.monotonic())
+        txn.partitions.add(tp)
+
+    def duplicate(self, channel: str) -> None:
+        assert self._txn is not None
+        self._txn.duplicates[channel] += 1
+
+    async def publish(self, entry: IngestEntry, tp: TopicPartition, offset: int) -> None:
+        """Send `entry`'s output in the open transaction, unless its topic cannot take it.
+
+        Run it inside `guard`: a failed send fails the transaction.
+        """
+        txn, producer, out = self._txn, self._producer, entry.output
+        if txn is None or producer is None:
+            raise TransactionLostError("error", self.partitions)
+        size = record_size(out)
+        if size > self._limits.limit(out.topic):
+            # Its output topic takes smaller records than the ingest topic did: sending it would
+            # fail the transaction at every retry and stall its partitions for good.
+            txn.too_large += 1
+            log.error(
+                "output record too large for its topic; skipped (it stays in the ingest topic)",
+                extra={
+                    "partition": tp.partition,
+                    "offset": offset,
+                    "event_id": entry.event_id,
+                    "topic": out.topic,
+                    "bytes": size,
+                    "limit": self._limits.limit(out.topic),
+                },
+            )
+            return
+        delivery = await producer.send(
+            out.topic, value=out.value, key=out.key, headers=list(out.headers)
+        )
+        # Its outcome is the transaction's: a fenced one fails every send, and an unread
+        # failure would be logged by asyncio as an error of its own.
+        delivery.add_done_callback(functools.partial(self._outcome, txn, out.topic))
+        txn.published[out.topic] += 1
+        txn.timings.append((entry.received_at, entry.event_time))
+
+    async def commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
+        """Commit the open transaction with the offsets it consumed; no-op without one."""
+        if self._txn is not None:
+            await self.guard(self._commit(offsets, group))
+
+    async def _commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
+        txn, producer = self._txn, self._producer
+        if txn is None or producer is None:
+            raise TransactionLostError("error", self.partitions)
+        # Every send of the transaction has its outcome (lingering batches are sent now).
+        await _flush_for_commit(producer)
+        await asyncio.sleep(0)  # and the outcomes' callbacks have run
+        if txn.send_error is not None:
+            error = txn.send_error
+            fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
+            log.warning(
+                "a send of the dedup transaction failed; it is not committed",
+                extra={"error": repr(error)},
+            )
+            raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
+        await producer.send_offsets_with_group(offsets, group)
+        await producer.commit_transaction()
+        self._txn = None
+        self._count(txn)
+
+    async def guard(self, step: Any, also: frozenset[TopicPartition] = frozenset()) -> Any:
+        """Run a step of the open transaction, bounded; any failure ends it and the producer.
+
+        Raises TransactionLostError naming every partition the transaction touched, and `also`.
+        """
+        reason: LossReason
+        cause: BaseException
+        try:
+            # aiokafka's commit and abort wait without a timeout: a stuck one would stall the
+            # stage. asyncio.timeout, not wait_for: no task per step.
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                return await step
+        except TransactionLostError as exc:
+            reason, cause = exc.reason, exc
+            also = also | exc.partitions
+        except TimeoutError as exc:
+            reason, cause = "timeout", exc
+        except _FENCED as exc:
+            reason, cause = "fenced", exc
+        except (KafkaError, IllegalOperation) as exc:  # IllegalOperation is no KafkaError
+            reason = "fenced" if isinstance(_fatal_cause(self._producer), _FENCED) else "error"
+            cause = exc
+            log.warning("dedup transaction step failed", extra={"error": repr(exc)})
+        except Exception as exc:  # a bug must cost a restart of its partitions, not the stage
+            log.exception("dedup step failed")
+            reason, cause = "error", exc
+        touched = self.partitions | also
+        await self._abandon()
+        raise TransactionLostError(reason, touched) from cause
+
+    async def abandon(self) -> frozenset[TopicPartition]:
+        """Give up the open transaction (its records are never read); returns what it touched."""
+        touched = self.partitions
+        await self._abandon()
+        return touched
+
+    async def _abandon(self) -> None:
+        # The producer goes with the transaction: only its replacement's start aborts it for sure.
+        if self._txn is not None:
+            self._metrics.dedup_transactions.labels("aborted").inc()
+        self._txn = None
+        await self._drop_producer()
+        self._restart_soon()
+
+    def _count(self, txn: _Transaction) -> None:
+        m = self._metrics
+        m.dedup_transactions.labels("committed").inc()
+        for topic, n in txn.published.items():
+            m.published_by(topic).inc(n)
+        for channel, n in txn.duplicates.items():
+            m.duplicates_by(channel).inc(n)
+        if txn.too_large:
+            m.dropped.labels("too_large").inc(txn.too_large)
+        now = time.time()
+        for received_at, event_time in txn.timings:
+            m.end_to_end.observe(max(now - received_at, 0.0))
+            if event_time is not None:
+                m.event_lag.observe(max(now - event_time, 0.0))
+
+    def _outcome(self, txn: _Transaction, topic: str, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            return
+        error = delivery.exception()  # read, or asyncio logs an unread failure of its own
+        if error is None:
+            return
+        if txn.send_error is None:
+            txn.send_error = error
+        if too_large(error):
+            # The topic's limit is lower than learned (changed since): the next producer reads
+            # it again, and its partitions skip this record instead of failing on it again.
+            self._limits.mark_stale(topic)
+
+    async def _require_producer(self, touched: frozenset[TopicPartition]) -> GroupCommitProducer:
+        if self._producer is None:
+            try:
+                await self.start()
+            except Exception as exc:
+                log.warning("the dedup producer could not be started", extra={"error": repr(exc)})
+                raise TransactionLostError("error", touched) from exc
+        assert self._producer is not None
+        return self._producer
+
+    async def _relearn_limits(self) -> None:
+        stale = self._limits.take_stale()
+        if not stale:
+            return
+        try:
+            found = await max_message_bytes(self._client, stale)
+        except BaseException:
+            for topic in stale:
+                self._limits.mark_stale(topic)
+            raise
+        for topic, limit in found.items():
+            self._limits.learn(topic, limit)
+            log.warning(
+                "an output topic's max.message.bytes read again after a size refusal",
+                extra={"topic": topic, "max_message_bytes": limit},
+            )
+
+
+def _fatal_cause(producer: GroupCommitProducer | None) -> BaseException | None:
+    """Why a producer's transaction failed, when aiokafka kept the error for itself.
+
+    A fence seen by the sender (say, adding a partition) puts aiokafka's transaction manager in
+    its fatal state; the next call then fails with IllegalOperation, and the fence is only on the
+    manager's waiter. Private attributes of aiokafka 0.12-0.14, read defensively.
+    """
+    manager = getattr(producer, "_txn_manager", None)
+    waiter = getattr(manager, "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        return waiter.exception()
+    return None
+
+
+async def _flush_for_commit(producer: GroupCommitProducer) -> None:
+    """Send what lingers at once and wait for every outcome, as aiokafka's own commit does.
+
+    `flush()` would wait out the linger (the commit interval). Private to aiokafka 0.12-0.14,
+    read defensively: without it, the plain flush.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    flush = getattr(accumulator, "flush_for_commit", None)
+    await (flush() if callable(flush) else producer.flush())
+
+
+async def _stop_quietly(producer: GroupCommitProducer) -> None:
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT)

@@ -1,0 +1,241 @@
+"""TxnOffsetCommit v3 on the real broker: the group coordinator fences a stale member's commit.
+
+One group member (a real AIOKafkaConsumer, joined) and a GroupCommitProducer; the ingest topic
+stands for the input, the events topic for the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.dedup import groupcommit
+from bridge.dedup.committed import StableOffsets
+from bridge.dedup.groupcommit import (
+    ILLEGAL_GENERATION,
+    UNKNOWN_MEMBER_ID,
+    GroupCommitFailedError,
+    GroupCommitProducer,
+    GroupMetadata,
+    group_metadata,
+)
+from tests.integration.conftest import Topics, read_to_end
+from tests.integration.test_dedup_stage import _ingest_with
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@dataclasses.dataclass
+class Setup:
+    """A joined member of the group, its metadata, and a GroupCommitProducer."""
+
+    names: Topics
+    bootstrap: str
+    member: AIOKafkaConsumer
+    meta: GroupMetadata
+    producer: GroupCommitProducer
+
+    @property
+    def input(self) -> TopicPartition:
+        return TopicPartition(self.names.ingest, 0)
+
+    async def transaction(self, value: bytes, offset: int, meta: GroupMetadata) -> None:
+        """One transaction: `value` out, `offset` for the input partition, committed."""
+        await self.producer.begin_transaction()
+        await self.producer.send_and_wait(self.names.events, value)
+        await self.producer.send_offsets_with_group({self.input: offset}, meta)
+        await self.producer.commit_transaction()
+
+    async def refused(self, value: bytes, offset: int, meta: GroupMetadata) -> int:
+        """A transaction whose offsets the coordinator refuses: the refusal's error code."""
+        await self.producer.begin_transaction()
+        await self.producer.send_and_wait(self.names.events, value)  # in the log, uncommitted
+        with pytest.raises(GroupCommitFailedError) as sent:
+            await self.producer.send_offsets_with_group({self.input: offset}, meta)
+        with pytest.raises(GroupCommitFailedError) as committed:
+            await self.producer.commit_transaction()
+        assert committed.value.code == sent.value.code
+        # Abortable, not fatal: aiokafka's sender task lives on.
+        assert not self.producer._sender.sender_task.done()
+        return sent.value.code
+
+    async def committed_offset(self) -> int | None:
+        """The group's offset for the input, once no transactional commit for it is pending."""
+        stable = StableOffsets({"bootstrap_servers": self.bootstrap}, self.names.group)
+        await stable.start()
+        try:
+            return await stable.committed(self.input)
+        finally:
+            await stable.stop()
+
+    async def output(self, *, committed: bool = True) -> list[bytes]:
+        """The output's records; committed ones once its transactions have settled."""
+        if committed:
+            assert await self.settles(within=10), "a transaction holds the output open"
+        records = await read_to_end(self.bootstrap, [self.names.events], committed=committed)
+        return [r.value for r in records]
+
+    async def settles(self, within: float) -> bool:
+        """Whether the output's last stable offset reaches its end within `within` s: no
+        transaction is left open (EndTxn's markers are written just after it returns)."""
+        tp = TopicPartition(self.names.events, 0)
+        readers = [
+            AIOKafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level=isolation)
+            for isolation in ("read_committed", "read_uncommitted")
+        ]
+        for reader in readers:
+            await reader.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + within
+            while asyncio.get_running_loop().time() < deadline:
+                stable, end = [(await r.end_offsets([tp]))[tp] for r in readers]
+                if stable == end:
+                    return True
+                await asyncio.sleep(0.1)
+            return False
+        finally:
+            for reader in readers:
+                await reader.stop()
+
+
+def txn_producer(bootstrap: str, names: Topics) -> GroupCommitProducer:
+    return GroupCommitProducer(bootstrap_servers=bootstrap, transactional_id=f"{names.group}-txn")
+
+
+@pytest.fixture
+async def setup(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Setup]:
+    await _ingest_with(kafka_bootstrap, topics, [])  # one-partition ingest and events topics
+    member = AIOKafkaConsumer(
+        topics.ingest,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=topics.group,
+        enable_auto_commit=False,
+    )
+    await member.start()
+    try:
+        meta = await _joined(member, topics.group)
+        producer = txn_producer(kafka_bootstrap, topics)
+        await producer.start()
+        it = Setup(topics, kafka_bootstrap, member, meta, producer)
+        try:
+            yield it
+        finally:
+            await it.producer.stop()  # a test may have replaced it
+    finally:
+        await member.stop()
+
+
+async def _joined(member: AIOKafkaConsumer, group: str) -> GroupMetadata:
+    """The member's metadata once it has joined the group and holds its partition."""
+    for _ in range(400):
+        meta = group_metadata(member, group)
+        if member.assignment() and meta is not None:
+            assert meta.generation_id >= 1
+            return meta
+        await asyncio.sleep(0.05)
+    raise AssertionError("the member never joined its group")
+
+
+async def test_offsets_with_the_members_generation_commit(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions: list[int] = []
+    build = groupcommit.GroupTxnOffsetCommit.build
+
+    def spy(request: Any, struct_class: Any) -> Any:
+        versions.append(struct_class.API_VERSION)
+        return build(request, struct_class)
+
+    monkeypatch.setattr(groupcommit.GroupTxnOffsetCommit, "build", spy)
+    await setup.transaction(b"one", 5, setup.meta)
+    assert versions == [3]  # negotiated with the broker's ApiVersions
+    assert await setup.committed_offset() == 5
+    assert await setup.output() == [b"one"]
+
+
+@pytest.mark.parametrize(
+    ("stale", "code"),
+    [
+        (lambda m: dataclasses.replace(m, generation_id=m.generation_id + 1), ILLEGAL_GENERATION),
+        (lambda m: dataclasses.replace(m, member_id=m.member_id + "-zombie"), UNKNOWN_MEMBER_ID),
+    ],
+    ids=["next-generation", "made-up-member"],
+)
+async def test_a_stale_member_is_refused_and_its_transaction_aborted(
+    setup: Setup, stale: Any, code: int
+) -> None:
+    await setup.transaction(b"one", 5, setup.meta)
+    assert await setup.refused(b"zombie", 9, stale(setup.meta)) == code
+    await setup.producer.abort_transaction()
+    assert await setup.committed_offset() == 5
+    assert await setup.settles(within=10)  # EndTxn(ABORT) went out
+    assert await setup.output() == [b"one"]
+    assert await setup.output(committed=False) == [b"one", b"zombie"]
+    # The same producer goes on, and the aborted record stays out of its next commit.
+    await setup.transaction(b"two", 7, setup.meta)
+    assert await setup.committed_offset() == 7
+    assert await setup.output() == [b"one", b"two"]
+
+
+async def test_a_refused_transaction_left_open_is_aborted_by_the_next_producer(
+    setup: Setup,
+) -> None:
+    """A process that dies between the refusal and the abort: its successor's InitProducerId
+    (the same transactional id) aborts what the dead one left open."""
+    stale = dataclasses.replace(setup.meta, generation_id=setup.meta.generation_id + 1)
+    await setup.refused(b"zombie", 9, stale)
+    await setup.producer.stop()  # no abort
+    assert not await setup.settles(within=2)
+    setup.producer = txn_producer(setup.bootstrap, setup.names)
+    await setup.producer.start()
+    assert await setup.settles(within=10)
+    await setup.transaction(b"one", 5, setup.meta)
+    assert await setup.output() == [b"one"]
+    assert await setup.committed_offset() == 5
+
+
+async def test_without_the_kept_partitions_aiokafka_would_commit_the_aborted_record(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the handler keeps the transaction's partitions: aiokafka's own error_transaction
+    forgets them, its abort sends no EndTxn, and the next commit takes the record along."""
+    monkeypatch.setattr(
+        groupcommit, "abort_transaction_with", lambda txn, error: txn.error_transaction(error)
+    )
+    stale = dataclasses.replace(setup.meta, generation_id=setup.meta.generation_id + 1)
+    await setup.refused(b"zombie", 9, stale)
+    await setup.producer.abort_transaction()
+    assert not await setup.settles(within=2)
+    await setup.transaction(b"one", 5, setup.meta)
+    assert await setup.output() == [b"zombie", b"one"]
+
+
+async def test_the_generation_before_a_rebalance_is_refused(setup: Setup) -> None:
+    """The zombie case itself: a member's metadata from before the group rebalanced."""
+    before = setup.meta
+    other = AIOKafkaConsumer(
+        setup.names.ingest,
+        bootstrap_servers=setup.bootstrap,
+        group_id=setup.names.group,
+        enable_auto_commit=False,
+    )
+    await other.start()
+    try:
+        for _ in range(400):
+            now = group_metadata(other, setup.names.group)
+            if now is not None and now.generation_id > before.generation_id:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the group never rebalanced")
+        assert await setup.refused(b"zombie", 9, before) == ILLEGAL_GENERATION
+        await setup.producer.abort_transaction()
+    finally:
+        await other.stop()
+    assert await setup.committed_offset() is None
+    assert await setup.output() == []

@@ -1,0 +1,150 @@
+"""Test doubles for the dedup stage: ingest records, and a fake transactional producer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aiokafka import TopicPartition
+
+from bridge.config import DedupSettings
+from bridge.dedup.groupcommit import GroupCommitProducer, GroupMetadata
+from bridge.dedup.transaction import StageProducer
+from bridge.ingest.record import IngestEntry, decode, encode
+from bridge.metrics import Metrics
+from bridge.sink.limits import TopicLimits
+from bridge.sink.record import Record
+
+TP = TopicPartition("ingest", 4)
+GROUP = GroupMetadata("g", generation_id=3, member_id="member-1")
+
+
+@dataclass
+class FakeRecord:
+    """The parts of an aiokafka ConsumerRecord the task reads."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class FakeProducer:
+    """Records each transactional call; `fail` raises from the next step named in it.
+
+    A step named in `block` never returns. The flush delivers every send still pending, as the
+    real one waits for each send's outcome.
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    calls: list[Any] = field(default_factory=list)
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    block: set[str] = field(default_factory=set)
+    deliveries: list[asyncio.Future[None]] = field(default_factory=list)
+    # aiokafka's transaction manager, where a fence the sender saw is kept (see _fatal_cause).
+    _txn_manager: Any = None
+
+    async def _step(self, name: str, *args: Any) -> None:
+        self.calls.append((name, *args))
+        if name in self.block:
+            await asyncio.Event().wait()
+        if name in self.fail:
+            raise self.fail.pop(name)
+
+    async def start(self) -> None:
+        await self._step("start")
+
+    async def begin_transaction(self) -> None:
+        await self._step("begin")
+
+    async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
+        await self._step("send", topic, kw["key"], kw["value"])
+        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def flush(self) -> None:
+        await self._step("flush")
+        for delivery in self.deliveries:
+            if not delivery.done():
+                delivery.set_result(None)
+
+    async def send_offsets_with_group(
+        self, offsets: dict[TopicPartition, int], metadata: GroupMetadata
+    ) -> None:
+        await self._step("offsets", dict(offsets), metadata)
+
+    async def commit_transaction(self) -> None:
+        await self._step("commit")
+
+    async def abort_transaction(self) -> None:
+        await self._step("abort")
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+class ProducerFactory:
+    """Stands in for GroupCommitProducer: each producer it made, with its configuration."""
+
+    def __init__(self) -> None:
+        self.made: list[FakeProducer] = []
+        self.fail_start: BaseException | None = None
+
+    def __call__(self, **config: Any) -> FakeProducer:
+        producer = FakeProducer(config=config)
+        if self.fail_start is not None:
+            producer.fail["start"] = self.fail_start
+        self.made.append(producer)
+        return producer
+
+
+def ingest(offset: int, event_id: str, at: float, *, channel: str = "webhook") -> FakeRecord:
+    """An ingest record, as the bridge writes it, appended at `at`."""
+    call = event_id.split(":")[0]
+    out = Record("pinecall.events", call.encode(), event_id.encode(), (("pinecall-id", b"x"),))
+    r = encode("ingest", event_id, out, channel, received_at=at - 0.01, event_time=at - 1)
+    return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
+
+
+def entry_of(record: FakeRecord) -> IngestEntry:
+    entry = decode(record.key, record.value, record.headers)
+    assert entry is not None
+    return entry
+
+
+def stage_producer(
+    limits: TopicLimits | None = None, **settings: Any
+) -> tuple[StageProducer, FakeProducer, Metrics]:
+    """A StageProducer holding a FakeProducer, as start() leaves it."""
+    metrics = Metrics()
+    out = StageProducer(
+        DedupSettings(group="g", ttl_seconds=60, **settings),
+        {},
+        metrics,
+        limits if limits is not None else TopicLimits(1_048_576),
+    )
+    producer = FakeProducer()
+    install(out, producer)
+    return out, producer, metrics
+
+
+def install(out: StageProducer, producer: FakeProducer) -> None:
+    out._producer = cast(GroupCommitProducer, producer)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def sends(producer: FakeProducer) -> list[bytes]:
+    """The values sent, in order."""
+    return [call[3] for call in producer.calls if call[0] == "send"]
+
+
+def steps(producer: FakeProducer) -> list[str]:
+    """The names of the producer's calls, in order."""
+    return [call[0] for call in producer.calls]

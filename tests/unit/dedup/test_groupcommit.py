@@ -1,0 +1,278 @@
+"""TxnOffsetCommit v3 with the group's generation: wire format, response handling, metadata."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalOperation,
+    InvalidRequestError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
+from aiokafka.structs import OffsetAndMetadata
+
+from bridge.dedup import groupcommit
+from bridge.dedup.groupcommit import (
+    FENCED_MEMBER,
+    GroupCommitFailedError,
+    GroupCommitHandler,
+    GroupCommitProducer,
+    GroupMetadata,
+    GroupTxnOffsetCommit,
+    TxnOffsetCommitRequestV3,
+    TxnOffsetCommitResponseV3,
+    group_metadata,
+    partition_errors,
+)
+
+GROUP = "dedup"
+META = GroupMetadata(GROUP, 7, "member-1")
+IN, OUT = TopicPartition("ingest", 0), TopicPartition("events", 2)
+BROKER_4_4 = {28: (0, 6)}  # TxnOffsetCommit versions a Kafka 4.4 broker answers ApiVersions with
+
+
+def request(meta: GroupMetadata = META) -> Any:
+    offsets = {
+        IN: (12, ""),
+        TopicPartition("ingest", 1): (3, None),
+        TopicPartition("b", 0): (1, ""),
+    }
+    return GroupTxnOffsetCommit("txn-1", 4000, 3, meta, offsets).prepare(BROKER_4_4)
+
+
+def test_the_request_goes_out_as_v3_with_the_member() -> None:
+    sent = request()
+    assert type(sent) is TxnOffsetCommitRequestV3
+    assert (sent.API_KEY, sent.API_VERSION, sent.FLEXIBLE_VERSION) == (28, 3, True)
+    decoded = TxnOffsetCommitRequestV3.decode(sent.encode())
+    assert decoded.to_object() == {
+        "transactional_id": "txn-1",
+        "group_id": GROUP,
+        "producer_id": 4000,
+        "producer_epoch": 3,
+        "generation_id": 7,
+        "member_id": "member-1",
+        "group_instance_id": None,
+        "topics": [
+            {
+                "name": "b",
+                "partitions": [
+                    {
+                        "partition_index": 0,
+                        "committed_offset": 1,
+                        "committed_leader_epoch": -1,
+                        "committed_metadata": "",
+                        "tags": {},
+                    }
+                ],
+                "tags": {},
+            },
+            {
+                "name": "ingest",
+                "partitions": [
+                    {
+                        "partition_index": p,
+                        "committed_offset": offset,
+                        "committed_leader_epoch": -1,
+                        "committed_metadata": text,
+                        "tags": {},
+                    }
+                    for p, offset, text in ((0, 12, ""), (1, 3, None))
+                ],
+                "tags": {},
+            },
+        ],
+        "tags": {},
+    }
+
+
+def test_a_dynamic_member_sends_a_null_instance_id_and_a_static_one_its_own() -> None:
+    dynamic = request().encode()
+    # After the member id's compact string: the null compact string, a single 0 byte.
+    member = b"\x09member-1"
+    assert dynamic[dynamic.index(member) + len(member)] == 0
+    static = request(GroupMetadata(GROUP, 7, "member-1", "pod-3"))
+    assert TxnOffsetCommitRequestV3.decode(static.encode()).group_instance_id == "pod-3"
+
+
+@pytest.mark.parametrize("versions", [(0, 3), (3, 5), (2, 6)])
+def test_v3_is_picked_from_any_broker_range_holding_it(versions: tuple[int, int]) -> None:
+    sent = GroupTxnOffsetCommit("t", 1, 0, META, {IN: (1, "")}).prepare({28: versions})
+    assert sent.API_VERSION == 3
+
+
+def test_a_broker_without_v3_gets_no_commit_without_the_member() -> None:
+    with pytest.raises(NotImplementedError):
+        GroupTxnOffsetCommit("t", 1, 0, META, {IN: (1, "")}).prepare({28: (0, 2)})
+
+
+def response(*codes: tuple[TopicPartition, int]) -> Any:
+    """A v3 response as the broker sends it: bytes, decoded with our schema."""
+    by_topic: dict[str, list[tuple[int, int, dict[int, bytes]]]] = {}
+    for tp, code in codes:
+        by_topic.setdefault(tp.topic, []).append((tp.partition, code, {}))
+    topics: list[tuple[str, Any, dict[int, bytes]]] = [
+        (name, partitions, {}) for name, partitions in by_topic.items()
+    ]
+    raw = TxnOffsetCommitResponseV3(0, topics, {}).encode()
+    return TxnOffsetCommitResponseV3.decode(raw)
+
+
+def test_the_response_round_trips_to_partition_errors() -> None:
+    b0 = TopicPartition("b", 0)
+    assert partition_errors(response((IN, 0), (b0, 22))) == [(IN, 0), (b0, 22)]
+
+
+@dataclass
+class FakeSender:
+    """What the handler uses of aiokafka's Sender."""
+
+    _txn_manager: TransactionManager
+    _retry_backoff: float = 0.1
+    dead: list[Any] = field(default_factory=list)
+
+    def _coordinator_dead(self, coordinator_type: Any) -> None:
+        self.dead.append(coordinator_type)
+
+
+@dataclass
+class Pending:
+    sender: FakeSender
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    committed: asyncio.Future[None]
+
+    @property
+    def txn(self) -> TransactionManager:
+        return self.sender._txn_manager
+
+    def answer(self, code: int) -> float | None:
+        handler = GroupCommitHandler(self.sender, self.offsets, META)
+        backoff: float | None = handler.handle_response(response((IN, code)))
+        return backoff
+
+
+@pytest.fixture
+async def pending() -> Pending:
+    """A transaction with a record partition added and offsets queued for the group, as the
+    sender holds it when the TxnOffsetCommit answer arrives."""
+    txn = TransactionManager("txn-1", 60_000)
+    txn.set_pid_and_epoch(4000, 3)
+    txn.begin_transaction()
+    txn.maybe_add_partition_to_txn(OUT)
+    txn.partition_added(OUT)
+    committed = txn.add_offsets_to_txn({IN: OffsetAndMetadata(12, "")}, GROUP)
+    txn.consumer_group_added(GROUP)
+    offsets, _ = txn.offsets_to_commit()
+    return Pending(FakeSender(txn), offsets, committed)
+
+
+async def test_a_committed_offset_resolves_the_send(pending: Pending) -> None:
+    assert pending.answer(0) is None
+    assert pending.committed.done()
+    assert pending.committed.exception() is None
+    assert pending.txn.state == TransactionState.IN_TRANSACTION
+
+
+@pytest.mark.parametrize("code", sorted(FENCED_MEMBER))
+async def test_a_stale_member_makes_the_transaction_abortable(pending: Pending, code: int) -> None:
+    assert pending.answer(code) is None  # no raise: that would end the sender task
+    error = pending.committed.exception()
+    assert isinstance(error, GroupCommitFailedError)
+    assert (error.code, error.metadata) == (code, META)
+    assert pending.txn.state == TransactionState.ABORTABLE_ERROR
+    with pytest.raises(GroupCommitFailedError):
+        pending.txn.committing_transaction()
+    # What the broker's transaction holds stays known, so the abort sends EndTxn.
+    assert pending.txn.txn_partitions == {OUT}
+    assert not pending.txn.is_empty_transaction()
+
+
+async def test_a_refused_group_makes_the_transaction_abortable(pending: Pending) -> None:
+    assert pending.answer(30) is None
+    assert isinstance(pending.committed.exception(), GroupAuthorizationFailedError)
+    assert pending.txn.txn_partitions == {OUT}
+    pending.txn.wait_for_transaction_end().exception()
+
+
+@pytest.mark.parametrize(("code", "relookup"), [(16, True), (15, True), (7, True), (14, False)])
+async def test_a_moved_or_loading_coordinator_is_retried(
+    pending: Pending, code: int, relookup: bool
+) -> None:
+    assert pending.answer(code) == 0.1
+    assert bool(pending.sender.dead) == relookup
+    assert not pending.committed.done()
+    assert pending.txn.state == TransactionState.IN_TRANSACTION
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [(47, ProducerFenced), (90, ProducerFenced), (53, TransactionalIdAuthorizationFailed)],
+)
+async def test_a_fenced_producer_is_fatal(pending: Pending, code: int, fatal: type) -> None:
+    with pytest.raises(fatal):
+        pending.answer(code)
+
+
+async def test_an_unexpected_error_is_raised(pending: Pending) -> None:
+    with pytest.raises(InvalidRequestError):
+        pending.answer(42)
+
+
+def consumer(**coordinator: Any) -> Any:
+    return SimpleNamespace(_coordinator=SimpleNamespace(**coordinator))
+
+
+def test_group_metadata_reads_the_joined_consumer() -> None:
+    joined = consumer(group_id=GROUP, generation=7, member_id="member-1", _group_instance_id=None)
+    assert group_metadata(joined, GROUP) == META
+    static = consumer(group_id=GROUP, generation=2, member_id="m", _group_instance_id="pod-3")
+    assert group_metadata(static, GROUP) == GroupMetadata(GROUP, 2, "m", "pod-3")
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        consumer(group_id=GROUP, generation=-1, member_id="", _group_instance_id=None),
+        consumer(group_id=GROUP, generation=-1, member_id="member-1"),
+        consumer(group_id=GROUP, generation=3, member_id=""),
+        SimpleNamespace(_coordinator=None),
+        SimpleNamespace(),
+        consumer(group_id=None),  # aiokafka's NoGroupCoordinator: no generation at all
+    ],
+)
+def test_group_metadata_is_none_outside_a_generation(outside: Any) -> None:
+    assert group_metadata(outside, GROUP) is None
+
+
+def test_group_metadata_warns_when_aiokafka_keeps_no_generation(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(groupcommit, "_warned", set())
+    assert group_metadata(consumer(group_id=GROUP), GROUP) is None
+    assert "no generation" in caplog.text
+
+
+def test_group_metadata_refuses_another_group() -> None:
+    with pytest.raises(ValueError, match="other"):
+        group_metadata(consumer(group_id="other", generation=1, member_id="m"), GROUP)
+
+
+async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> None:
+    producer = GroupCommitProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t")
+    plain = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t")
+    try:
+        with pytest.raises(IllegalOperation):
+            await producer.send_offsets_to_transaction({IN: 1}, GROUP)
+        assert producer._sender._do_txn_offset_commit == producer._txn_offset_commit
+        assert plain._sender._do_txn_offset_commit.__func__.__module__ == "aiokafka.producer.sender"
+    finally:
+        await producer.stop()
+        await plain.stop()

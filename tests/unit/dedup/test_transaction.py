@@ -1,0 +1,398 @@
+"""StageProducer: the stage's one transaction, over a fake transactional producer."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    TransactionCoordinatorFenced,
+)
+
+from bridge.dedup import transaction
+from bridge.dedup.groupcommit import GroupCommitFailedError
+from bridge.dedup.transaction import StageProducer, TransactionLostError, transactional_id
+from bridge.metrics import Metrics
+from bridge.sink.limits import TopicLimits
+from tests.unit.dedup.fakes import (
+    GROUP,
+    TP,
+    FakeProducer,
+    ProducerFactory,
+    entry_of,
+    ingest,
+    sample,
+    sends,
+    stage_producer,
+    steps,
+)
+
+TP2 = TopicPartition("ingest", 7)
+TP3 = TopicPartition("ingest", 9)
+PUBLISHED = "pinecall_bridge_events_published_total"
+DUPLICATES = "pinecall_bridge_events_duplicate_total"
+TRANSACTIONS = "pinecall_bridge_dedup_transactions_total"
+
+
+@pytest.fixture
+def factory(monkeypatch: pytest.MonkeyPatch) -> ProducerFactory:
+    """Producers start()ed by a StageProducer are fakes: no network."""
+    made = ProducerFactory()
+    monkeypatch.setattr(transaction, "GroupCommitProducer", made)
+    return made
+
+
+async def publish(out: StageProducer, tp: TopicPartition, offset: int, event_id: str) -> None:
+    await out.publish(entry_of(ingest(offset, event_id, 100.0 + offset)), tp, offset)
+
+
+async def two_partitions(out: StageProducer) -> None:
+    """A transaction holding TP (two records sent) and TP2 (one duplicate)."""
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    await publish(out, TP, 1, "CA_1:2")
+    await out.join(TP2)
+    out.duplicate("websocket")
+
+
+def test_a_transactional_id_names_the_group_and_is_new_at_every_start() -> None:
+    first, second = transactional_id("pinecall-bridge"), transactional_id("pinecall-bridge")
+    assert first.startswith("pinecall-bridge-dedup-")
+    assert second.startswith("pinecall-bridge-dedup-")
+    assert first != second
+
+
+async def test_join_begins_once_per_transaction_and_records_its_partitions() -> None:
+    out, producer, _ = stage_producer()
+    assert out.partitions == frozenset()
+    await out.join(TP)
+    await out.join(TP2)
+    await out.join(TP)
+    assert steps(producer) == ["begin"]
+    assert out.partitions == {TP, TP2}
+    age = out.age
+    assert age is not None
+    assert age >= 0
+    await out.commit({TP: 0, TP2: 0}, GROUP)
+    assert out.partitions == frozenset()
+    assert out.age is None
+    await out.join(TP2)  # the next transaction
+    assert steps(producer) == ["begin", "flush", "offsets", "commit", "begin"]
+    assert out.partitions == {TP2}
+
+
+async def test_publish_sends_but_counts_nothing_before_the_commit() -> None:
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    assert producer.calls[1] == ("send", "pinecall.events", b"CA_1", b"CA_1:1")
+    assert sends(producer) == [b"CA_1:1", b"CA_1:2"]
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 0
+    assert sample(metrics, DUPLICATES, channel="websocket") == 0
+    assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 0
+    assert sample(metrics, TRANSACTIONS, outcome="committed") == 0
+
+
+async def test_commit_flushes_then_sends_the_offsets_with_the_group_then_commits_and_counts() -> (
+    None
+):
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    await out.commit({TP: 2, TP2: 5}, GROUP)
+    assert steps(producer) == ["begin", "send", "send", "flush", "offsets", "commit"]
+    assert producer.calls[-2] == ("offsets", {TP: 2, TP2: 5}, GROUP)
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 2
+    assert sample(metrics, DUPLICATES, channel="websocket") == 1
+    assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 2
+    assert sample(metrics, "pinecall_bridge_event_lag_seconds_count") == 2
+    assert sample(metrics, TRANSACTIONS, outcome="committed") == 1
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 0
+
+
+async def test_commit_without_an_open_transaction_does_nothing() -> None:
+    out, producer, metrics = stage_producer()
+    await out.commit({TP: 3}, GROUP)
+    assert producer.calls == []
+    assert sample(metrics, TRANSACTIONS, outcome="committed") == 0
+
+
+async def test_a_transaction_of_only_duplicates_still_commits_its_offsets() -> None:
+    out, producer, metrics = stage_producer()
+    await out.join(TP)
+    out.duplicate("webhook")
+    await out.commit({TP: 8}, GROUP)
+    assert sends(producer) == []
+    assert producer.calls[-2:] == [("offsets", {TP: 8}, GROUP), ("commit",)]
+    assert sample(metrics, DUPLICATES, channel="webhook") == 1
+    assert sample(metrics, TRANSACTIONS, outcome="committed") == 1
+
+
+def assert_lost(
+    lost: TransactionLostError,
+    reason: str,
+    partitions: set[TopicPartition],
+    out: StageProducer,
+    producer: FakeProducer,
+    metrics: Metrics,
+) -> None:
+    """The transaction is gone, uncounted, and its producer with it (no abort: its successor's
+    start aborts it)."""
+    assert lost.reason == reason
+    assert lost.partitions == partitions
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 0
+    assert sample(metrics, DUPLICATES, channel="websocket") == 0
+    assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 0
+    assert sample(metrics, TRANSACTIONS, outcome="committed") == 0
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+    assert out._producer is None
+    assert producer.calls[-1] == ("stop",)
+    assert "abort" not in steps(producer)
+    assert out.partitions == frozenset()
+    assert out.age is None
+
+
+@pytest.mark.parametrize(
+    ("step", "error", "reason"),
+    [
+        ("send", KafkaConnectionError(), "error"),
+        ("send", ProducerFenced(), "fenced"),
+        ("flush", KafkaConnectionError(), "error"),
+        ("offsets", GroupCommitFailedError(22, GROUP), "fenced"),
+        ("offsets", ProducerFenced(), "fenced"),
+        ("offsets", IllegalOperation("Not in the middle of a transaction"), "error"),
+        ("commit", ProducerFenced(), "fenced"),
+        ("commit", InvalidProducerEpoch(), "fenced"),
+        ("commit", TransactionCoordinatorFenced(), "fenced"),
+        ("commit", KafkaConnectionError(), "error"),
+        ("commit", RuntimeError("a bug"), "error"),
+    ],
+)
+async def test_a_failed_step_loses_every_partition_the_transaction_touched_and_its_producer(
+    step: str, error: BaseException, reason: str
+) -> None:
+    out, producer, metrics = stage_producer()
+    producer.fail[step] = error
+
+    async def transaction_of_two_partitions() -> None:
+        await out.join(TP)
+        await out.join(TP2)
+        out.duplicate("websocket")
+        await publish(out, TP, 0, "CA_1:1")
+        await out.commit({TP: 1, TP2: 1}, GROUP)
+
+    with pytest.raises(TransactionLostError) as lost:
+        await out.guard(transaction_of_two_partitions(), also=frozenset({TP3}))
+    assert_lost(lost.value, reason, {TP, TP2, TP3}, out, producer, metrics)
+
+
+@pytest.mark.parametrize("step", ["flush", "offsets", "commit"])
+async def test_a_commit_that_hangs_is_a_timeout(step: str) -> None:
+    out, producer, metrics = stage_producer(end_transaction_timeout_seconds=0.05)
+    await two_partitions(out)
+    producer.block.add(step)
+    with pytest.raises(TransactionLostError) as lost:
+        await asyncio.wait_for(out.commit({TP: 2, TP2: 1}, GROUP), 5)
+    assert_lost(lost.value, "timeout", {TP, TP2}, out, producer, metrics)
+
+
+async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
+    # Under load the fence can reach aiokafka's sender before our commit: the commit then fails
+    # with IllegalOperation and the fence is only on the transaction manager.
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter.set_exception(ProducerFenced())
+    producer._txn_manager = type("Manager", (), {"_transaction_waiter": waiter})()
+    producer.fail["offsets"] = IllegalOperation("Not in the middle of a transaction")
+    with pytest.raises(TransactionLostError) as lost:
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
+
+
+async def test_a_failed_begin_loses_the_partition_that_was_joining() -> None:
+    out, producer, metrics = stage_producer()
+    producer.fail["begin"] = ProducerFenced()
+    with pytest.raises(TransactionLostError) as lost:
+        await out.guard(out.join(TP), also=frozenset({TP}))
+    assert lost.value.reason == "fenced"
+    assert lost.value.partitions == {TP}
+    assert out._producer is None
+    assert producer.calls[-1] == ("stop",)
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 0  # none was open
+
+
+async def test_the_next_join_after_a_loss_starts_a_new_producer(factory: ProducerFactory) -> None:
+    out, producer, _ = stage_producer()
+    await two_partitions(out)
+    producer.fail["commit"] = ProducerFenced()
+    with pytest.raises(TransactionLostError):
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    assert factory.made == []
+    await out.join(TP2)
+    [fresh] = factory.made
+    assert steps(fresh) == ["start", "begin"]
+    # The same transactional id: its InitProducerId aborts what the lost producer left open.
+    assert fresh.config["transactional_id"] == out.transactional_id
+    assert fresh.config["transaction_timeout_ms"] == 8_000
+    assert out.partitions == {TP2}
+    await out.commit({TP2: 1}, GROUP)
+    assert steps(fresh)[-2:] == ["offsets", "commit"]
+    assert steps(producer).count("commit") == 1  # the lost one is never used again
+
+
+async def test_a_producer_that_cannot_start_loses_the_joining_partition(
+    factory: ProducerFactory,
+) -> None:
+    out, _producer, _ = stage_producer()
+    await out.stop()
+    factory.fail_start = KafkaConnectionError()
+    with pytest.raises(TransactionLostError) as lost:
+        await out.guard(out.join(TP2))
+    assert lost.value.reason == "error"
+    assert lost.value.partitions == {TP2}
+    [failed] = factory.made
+    assert steps(failed) == ["start", "stop"]
+    assert out._producer is None
+
+
+async def test_publish_outside_a_transaction_is_a_loss() -> None:
+    out, producer, _ = stage_producer()
+    with pytest.raises(TransactionLostError) as lost:
+        await out.guard(publish(out, TP, 0, "CA_1:1"), also=frozenset({TP}))
+    assert lost.value.reason == "error"
+    assert lost.value.partitions == {TP}
+    assert sends(producer) == []
+
+
+async def test_any_failed_send_fails_the_commit() -> None:
+    # aiokafka commits a transaction whose send failed: that record was silently missing.
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    producer.deliveries[0].set_result(None)
+    producer.deliveries[1].set_exception(KafkaConnectionError())
+    with pytest.raises(TransactionLostError) as lost:
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    assert_lost(lost.value, "error", {TP, TP2}, out, producer, metrics)
+    assert "offsets" not in steps(producer)
+    assert "commit" not in steps(producer)
+
+
+async def test_a_send_failed_by_a_fence_fails_the_commit_as_a_fence() -> None:
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    producer.deliveries[0].set_exception(ProducerFenced())
+    with pytest.raises(TransactionLostError) as lost:
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
+    assert "commit" not in steps(producer)
+
+
+async def test_a_fenced_transaction_failing_its_sends_logs_no_unread_future_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out, producer, _ = stage_producer()
+    await two_partitions(out)
+    for delivery in producer.deliveries:
+        delivery.set_exception(ProducerFenced())
+    del producer.deliveries[:]  # nothing keeps a reference either: only the callback reads it
+    gc.collect()
+    await asyncio.sleep(0)
+    gc.collect()
+    assert "exception was never retrieved" not in caplog.text
+    assert out._txn is not None
+    assert out._txn.send_error is not None  # the commit fails on it
+
+
+async def test_a_late_failure_of_a_dropped_producers_send_fails_no_later_transaction(
+    factory: ProducerFactory,
+) -> None:
+    # A producer whose stop() timed out keeps its sender running: its sends expire later, during
+    # the next transaction, which used to fail on them and lose its partitions for nothing.
+    out, producer, _ = stage_producer()
+    await two_partitions(out)
+    producer.fail["flush"] = KafkaConnectionError()
+    with pytest.raises(TransactionLostError):
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    late = [d for d in producer.deliveries if not d.done()]
+    assert late
+    await out.join(TP)
+    await publish(out, TP, 2, "CA_1:9")
+    for delivery in late:
+        delivery.set_exception(KafkaTimeoutError())
+    await asyncio.sleep(0)
+    await out.commit({TP: 3}, GROUP)
+    [fresh] = factory.made
+    assert steps(fresh)[-2:] == ["offsets", "commit"]
+
+
+async def test_an_output_record_too_large_for_its_topic_is_skipped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Sent, it failed the transaction, and every restart replayed it into the same failure.
+    limits = TopicLimits(1_048_576)
+    limits.learn("pinecall.events", 300)
+    out, producer, metrics = stage_producer(limits)
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    await publish(out, TP, 1, "CA_1:" + "2" * 400)
+    await publish(out, TP, 2, "CA_1:3")
+    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="too_large") == 0
+    await out.commit({TP: 3}, GROUP)
+    assert sends(producer) == [b"CA_1:1", b"CA_1:3"]
+    assert producer.calls[-2:] == [("offsets", {TP: 3}, GROUP), ("commit",)]
+    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="too_large") == 1
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 2
+    assert "output record too large" in caplog.text
+
+
+async def test_a_size_refusal_by_the_broker_fails_the_commit_and_marks_the_limit_stale() -> None:
+    limits = TopicLimits(1_048_576)
+    out, producer, metrics = stage_producer(limits)
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    [delivery] = producer.deliveries
+    delivery.set_exception(MessageSizeTooLargeError())
+    with pytest.raises(TransactionLostError) as lost:
+        await out.commit({TP: 1}, GROUP)
+    assert lost.value.reason == "error"
+    assert lost.value.partitions == {TP}
+    assert "commit" not in steps(producer)
+    # Not guessed from the record (its whole batch was refused): read again at the next start.
+    assert limits.take_stale() == ["pinecall.events"]
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+
+
+async def test_abandon_gives_up_the_transaction_and_its_producer() -> None:
+    out, producer, metrics = stage_producer()
+    await two_partitions(out)
+    assert await out.abandon() == {TP, TP2}
+    assert out.partitions == frozenset()
+    assert out._producer is None
+    assert producer.calls[-1] == ("stop",)
+    assert "abort" not in steps(producer)
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 0
+    assert await out.abandon() == frozenset()  # nothing open: nothing counted twice
+    assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+
+
+async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_flush() -> None:
+    """The producer lingers a whole commit interval; a plain flush() would wait all of it."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    accumulator = producer._message_accumulator
+    called: list[str] = []
+
+    async def flush_for_commit() -> None:
+        called.append("flush_for_commit")
+
+    accumulator.flush_for_commit = flush_for_commit  # the private method must exist to be used
+    await transaction._flush_for_commit(producer)
+    assert called == ["flush_for_commit"]
+    assert callable(getattr(type(accumulator), "flush_for_commit", None))
