@@ -229,13 +229,19 @@ class DedupSettings(BaseModel):
     end_transaction_timeout_seconds: float = Field(default=5.0, gt=0)
     # The ingest topic keeps records this much longer than the TTL, so a restore finds them all.
     ingest_retention_margin_seconds: float = Field(default=3600.0, ge=0)
+    # Names this process's transactional id, `<group>-dedup-<instance_id>`; unset, it is random
+    # at every start. A restarted process with the same id aborts what its predecessor left open
+    # as it starts, instead of holding back read_committed readers until the transaction times
+    # out. It must be unique among live processes: two with one id fence each other at every
+    # start and commit. The Helm chart sets the pod name.
+    instance_id: str | None = Field(default=None, min_length=1, max_length=100)
 
-    @field_validator("group")
+    @field_validator("group", "instance_id")
     @classmethod
-    def _group_name(cls, group: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", group):
+    def _id_part(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ValueError("must use only [A-Za-z0-9._-] (it names transactional ids too)")
-        return group
+        return name
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> DedupSettings:

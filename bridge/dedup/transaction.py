@@ -1,9 +1,10 @@
 """The dedup stage's one transactional producer: output records and consumed offsets, together.
 
 KIP-447, the Kafka Streams EOS-v2 way: one producer per process, however many partitions it owns.
-Its transactional id is new at every start, so it fences nobody; zombies are fenced by the
-consumer group instead. The offsets go with the member's generation (groupcommit.py), and the
-group coordinator refuses a member the group has moved on from, which fails the transaction.
+Zombies are fenced by the consumer group, not by the transactional id: it is random at every start
+unless `instance_id` names it, so that a restarted process aborts what its predecessor left open.
+The offsets go with the member's generation (groupcommit.py), and the group coordinator refuses a
+member the group has moved on from, which fails the transaction.
 
 Any failure ends the producer for good. Its replacement, with the same transactional id, starts
 with InitProducerId, which aborts whatever the failed one left open. aiokafka's own abort after
@@ -61,9 +62,9 @@ class TransactionLostError(Exception):
         self.partitions = partitions
 
 
-def transactional_id(group: str) -> str:
-    """New at every start: a process fences nobody by its id (the group generation does)."""
-    return f"{group}-dedup-{uuid.uuid4().hex[:16]}"
+def transactional_id(group: str, instance_id: str | None = None) -> str:
+    """`instance_id`'s, stable across restarts; without one, new at every start."""
+    return f"{group}-dedup-{instance_id if instance_id is not None else uuid.uuid4().hex[:16]}"
 
 
 @dataclass
@@ -97,7 +98,9 @@ class StageProducer:
         self._client = client
         self._metrics = metrics
         self._limits = limits
-        self.transactional_id = txn_id if txn_id is not None else transactional_id(settings.group)
+        self.transactional_id = (
+            txn_id if txn_id is not None else transactional_id(settings.group, settings.instance_id)
+        )
         self._producer: GroupCommitProducer | None = None
         self._starting = asyncio.Lock()
         self._stopped = False
@@ -139,6 +142,8 @@ class StageProducer:
                 await _stop_quietly(producer)
                 raise
             self._producer = producer
+        # Its InitProducerId has aborted what an earlier producer of this id left open.
+        log.info("dedup producer started", extra={"transactional_id": self.transactional_id})
 
     async def stop(self) -> None:
         """Drop the producer for good; an open transaction is left to its timeout."""
@@ -236,7 +241,7 @@ class StageProducer:
             fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
             log.warning(
                 "a send of the dedup transaction failed; it is not committed",
-                extra={"error": repr(error)},
+                extra={"error": repr(error), "transactional_id": self.transactional_id},
             )
             raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
         await producer.send_offsets_with_group(offsets, group)
@@ -263,16 +268,29 @@ class StageProducer:
             reason, cause = "timeout", exc
         except _FENCED as exc:
             reason, cause = "fenced", exc
+            self._log_fenced(exc)
         except (KafkaError, IllegalOperation) as exc:  # IllegalOperation is no KafkaError
             reason = "fenced" if isinstance(_fatal_cause(self._producer), _FENCED) else "error"
             cause = exc
-            log.warning("dedup transaction step failed", extra={"error": repr(exc)})
+            log.warning(
+                "dedup transaction step failed",
+                extra={"error": repr(exc), "transactional_id": self.transactional_id},
+            )
         except Exception as exc:  # a bug must cost a restart of its partitions, not the stage
             log.exception("dedup step failed")
             reason, cause = "error", exc
         touched = self.partitions | also
         await self._abandon()
         raise TransactionLostError(reason, touched) from cause
+
+    def _log_fenced(self, exc: BaseException) -> None:
+        # Named, so that two live processes given one instance id (fencing each other at every
+        # start and commit) can be told from a group that moved on or a transaction timed out.
+        log.warning(
+            "dedup transaction fenced: the group moved on, it timed out, or another live producer"
+            " has this transactional id",
+            extra={"error": repr(exc), "transactional_id": self.transactional_id},
+        )
 
     async def abandon(self) -> frozenset[TopicPartition]:
         """Give up the open transaction (its records are never read); returns what it touched."""

@@ -33,11 +33,19 @@ def die_with_parent(parent_pid: int) -> bool:
 
 
 def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
-    """Worker 0 registers the webhook at start-up (if asked); the others never do."""
-    if role.index == 0 or not settings.pinecall.register_webhook:
-        return settings
-    pinecall = settings.pinecall.model_copy(update={"register_webhook": False})
-    return settings.model_copy(update={"pinecall": pinecall})
+    """Worker 0 registers the webhook at start-up (if asked); the others never do.
+
+    Each worker runs a dedup stage of its own, so a dedup instance id gets the worker's index.
+    """
+    update: dict[str, object] = {}
+    if role.index != 0 and settings.pinecall.register_webhook:
+        update["pinecall"] = settings.pinecall.model_copy(update={"register_webhook": False})
+    if settings.dedup.instance_id is not None:
+        # Unique among the pod's workers, and kept by a restarted worker (same index), which
+        # so aborts the transaction its predecessor left open.
+        instance_id = f"{settings.dedup.instance_id}-w{role.index}"
+        update["dedup"] = settings.dedup.model_copy(update={"instance_id": instance_id})
+    return settings.model_copy(update=update) if update else settings
 
 
 async def serve_worker(settings: Settings, role: WorkerRole) -> None:

@@ -167,8 +167,24 @@ def env_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
     return {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in container(manifests).get("env", [])
-        if "valueFrom" in e
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_dedup_instance_id_is_the_pods_name(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    # A container restarted in its pod keeps the transactional id, so it aborts at once what
+    # the crashed one left open; a replacement pod has a name (and id) of its own.
+    manifests = defaults if variant == "defaults" else all_on
+    env = {e["name"]: e for e in container(manifests)["env"]}
+    assert env["BRIDGE_DEDUP__INSTANCE_ID"] == {
+        "name": "BRIDGE_DEDUP__INSTANCE_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    config = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    assert "BRIDGE_DEDUP__INSTANCE_ID" not in config  # one value for every pod would fence
 
 
 def test_secrets_come_from_secrets_only(all_on: list[Manifest]) -> None:

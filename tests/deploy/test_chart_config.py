@@ -27,6 +27,9 @@ SECRET_SETTINGS = {
     "kafka.ssl_certfile": "kafkaTls.cert",
     "kafka.ssl_keyfile": "kafkaTls.key",
 }
+# Settings the chart sets per pod (the downward API), never from `config`: they must differ.
+POD_SETTINGS = {"dedup.instance_id": "metadata.name"}
+POD_NAME = "pinecall-bridge-7f9c5d8b4-x2kqz"
 # Where the chart's default is deliberately not the bridge's.
 CHART_DEFAULT_DIFFERS = {"kafka.bootstrap_servers"}  # 127.0.0.1 means nothing in a pod
 TLS_DIR = "/etc/pinecall-bridge/kafka-tls"
@@ -71,13 +74,15 @@ def test_values_expose_every_bridge_setting_with_its_default() -> None:
     by_camel = {f"{s}.{camel(k)}": f"{s}.{k}" for s, k in (n.split(".") for n in fields)}
     secret = {name for name, field in fields.items() if is_secret_or_file(field)}
     assert secret == set(SECRET_SETTINGS), "a secret/file setting must map to secrets/kafkaTls"
-    missing = {by_camel[c] for c in by_camel if c not in in_values} - secret
+    missing = {by_camel[c] for c in by_camel if c not in in_values} - secret - set(POD_SETTINGS)
     assert not missing, f"bridge settings the chart cannot set: {sorted(missing)}"
     unknown = {c for c in in_values if c not in by_camel}
     assert not unknown, f"chart values that are no bridge setting: {sorted(unknown)}"
+    per_pod = {c for c in in_values if by_camel.get(c) in POD_SETTINGS}
+    assert not per_pod, f"per-pod settings must not be in `config`: {sorted(per_pod)}"
     wrong = {}
     for camel_name, name in by_camel.items():
-        if name in secret or name in CHART_DEFAULT_DIFFERS:
+        if name in secret or name in CHART_DEFAULT_DIFFERS or name in POD_SETTINGS:
             continue
         section, key = camel_name.split(".")
         default = plain(fields[name].get_default(call_default_factory=True))
@@ -93,7 +98,11 @@ def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:
     (bridge,) = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
     for item in bridge.get("env", []):
         ref = item.get("valueFrom", {}).get("secretKeyRef")
-        if ref is None:
+        field = item.get("valueFrom", {}).get("fieldRef")
+        if field is not None:  # the downward API: the pod's own name
+            assert field == {"fieldPath": "metadata.name"}
+            env[item["name"]] = POD_NAME
+        elif ref is None:
             env[item["name"]] = item["value"]
         elif ref["name"] in secrets:  # the chart's own Secret: its real value
             env[item["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
@@ -136,6 +145,7 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
             if isinstance(value, str) and isinstance(got, list):
                 value = [part.strip() for part in value.split(",")]
             assert got == value, f"config.{section}.{key}: values say {value!r}, bridge has {got!r}"
+    assert effective["dedup"]["instance_id"] == POD_NAME  # a pod's name is a valid instance id
     if variant == "all-features":
         assert effective["kafka"]["ssl_cafile"] == str(tmp_path / "tls" / "ca.crt")
         assert effective["kafka"]["sasl_password"] == "**********"

@@ -17,12 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
 from bridge.service import Bridge
+from bridge.sink.record import Record
 from bridge.sources.signature import sign
 from tests.schema import contract
 
@@ -406,6 +407,44 @@ async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
         tp.partition: end - max(committed[tp].offset if tp in committed else 0, 0)
         for tp, end in ends.items()
     }
+
+
+async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
+    """One-partition ingest and events topics, the ingest one holding `items`, read back."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    names.ingest, 1, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}
+                ),
+                NewTopic(names.events, 1, 1),
+            ]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for item in items:
+            await producer.send_and_wait(
+                item.topic, item.value, key=item.key, headers=list(item.headers)
+            )
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        while len(records) < len(items):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
 
 
 async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets, stable_or_settled
@@ -35,6 +35,8 @@ from tests.integration.conftest import (
     entry,
     has_id,
     ingest_backlog,
+    ingest_one_partition,
+    open_output,
     read_decided,
 )
 
@@ -292,44 +294,6 @@ def _webhook_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Reco
     ]
 
 
-async def _ingest_with(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
-    """A one-partition ingest topic holding `items`, read back as consumer records."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    names.ingest, 1, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}
-                ),
-                NewTopic(names.events, 1, 1),
-            ]
-        )
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        for item in items:
-            await producer.send_and_wait(
-                item.topic, item.value, key=item.key, headers=list(item.headers)
-            )
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(
-        names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        while len(records) < len(items):
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> list[bytes]:
     """Values of `topic` up to and including the record `marker` (appended after the test)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -378,11 +342,22 @@ def _generation(member: AIOKafkaConsumer, names: Topics) -> GroupMetadata:
     return found
 
 
-def _stage_producer(bootstrap: str, names: Topics, metrics: Metrics) -> StageProducer:
+def _stage_producer(
+    bootstrap: str, names: Topics, metrics: Metrics, instance_id: str | None = None
+) -> StageProducer:
     limits = TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES)
-    return StageProducer(
-        DedupSettings(group=names.group), {"bootstrap_servers": bootstrap}, metrics, limits
-    )
+    settings = DedupSettings(group=names.group, instance_id=instance_id)
+    return StageProducer(settings, {"bootstrap_servers": bootstrap}, metrics, limits)
+
+
+async def _until_open_output(
+    bootstrap: str, names: Topics, wanted: list[TopicPartition], within: float
+) -> None:
+    """Until `open_output` is `wanted`, polled for at most `within` seconds."""
+    deadline = time.monotonic() + within
+    while (found := await open_output(bootstrap, names)) != wanted:
+        assert time.monotonic() < deadline, f"open output partitions: {found}, not {wanted}"
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.timeout(120)
@@ -395,7 +370,7 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
     member owns it now) before the zombie committed.
     """
     items = _webhook_records(topics, unique_call, (1, 2))
-    records = await _ingest_with(kafka_bootstrap, topics, items)
+    records = await ingest_one_partition(kafka_bootstrap, topics, items)
     tp = TopicPartition(topics.ingest, 0)
     settings = DedupSettings(group=topics.group)
     zombie_metrics, owner_metrics = Metrics(), Metrics()
@@ -447,6 +422,51 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
     )
 
 
+@pytest.mark.timeout(120)
+async def test_a_restart_with_the_same_instance_id_aborts_the_crashed_transaction_at_once(
+    kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    """InitProducerId of the same transactional id aborts what the crashed producer left open.
+
+    Without it, read_committed readers of the events partition wait out the transaction timeout
+    (8 s) and the broker's check interval; a different instance id leaves it open.
+    """
+    records = await ingest_one_partition(
+        kafka_bootstrap, topics, _webhook_records(topics, unique_call, [1])
+    )
+    tp = TopicPartition(topics.ingest, 0)
+    held = [TopicPartition(topics.events, 0)]
+    crashed = _stage_producer(kafka_bootstrap, topics, Metrics(), instance_id="a")
+    assert crashed.transactional_id == f"{topics.group}-dedup-a"
+    task = PartitionTask(tp, DedupSettings(group=topics.group), {}, Metrics())
+    await crashed.start()
+    try:
+        await crashed.guard(task.process(records, crashed))
+        await _until_open_output(kafka_bootstrap, topics, held, within=10)  # sent after linger
+    finally:
+        await crashed.stop()  # the crash: aiokafka's stop() neither commits nor aborts
+    crashed_at = time.monotonic()
+    await _until_open_output(kafka_bootstrap, topics, held, within=0)
+
+    other = _stage_producer(kafka_bootstrap, topics, Metrics(), instance_id="b")
+    await other.start()
+    await other.stop()
+    await _until_open_output(kafka_bootstrap, topics, held, within=0)  # not its id: still open
+
+    successor = _stage_producer(kafka_bootstrap, topics, Metrics(), instance_id="a")
+    await successor.start()
+    try:
+        await _until_open_output(kafka_bootstrap, topics, [], within=3)
+    finally:
+        await successor.stop()
+    # Well before the broker would have timed it out.
+    assert time.monotonic() - crashed_at < DedupSettings().transaction_timeout_ms / 1000
+    record_id = f"{unique_call}:1".encode()
+    assert await _read(kafka_bootstrap, topics.events, "read_committed", b"end-1") == []
+    uncommitted = await _read(kafka_bootstrap, topics.events, "read_uncommitted", b"end-2")
+    assert uncommitted == [record_id, b"end-1"]  # it reached the log, in the aborted transaction
+
+
 @dataclass
 class _Settling:
     """A plain and a stable offset reader of the group, and a writer holding a commit open."""
@@ -494,7 +514,9 @@ async def test_a_pending_transactional_offset_commit_holds_the_stable_read(
     moment later: a plain read in that gap answers the offset before them (the stall test once
     republished 28 events that way). Here the gap is held open with a transaction left pending.
     """
-    await _ingest_with(kafka_bootstrap, topics, [])  # the topic: offsets of a missing one hang
+    await ingest_one_partition(
+        kafka_bootstrap, topics, []
+    )  # the topic: offsets of a missing one hang
     async with _settling(kafka_bootstrap, topics, committed=5, pending=9) as it:
         read = asyncio.create_task(it.stable.committed(it.tp))
         await asyncio.sleep(1.5)
@@ -521,7 +543,7 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     again, the records of offsets 1 and 2.
     """
     items = _webhook_records(topics, unique_call, range(4))
-    await _ingest_with(kafka_bootstrap, topics, items)
+    await ingest_one_partition(kafka_bootstrap, topics, items)
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
         owner = PartitionTask(it.tp, DedupSettings(group=topics.group), client, Metrics())

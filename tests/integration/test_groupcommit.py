@@ -24,8 +24,7 @@ from bridge.dedup.groupcommit import (
     GroupMetadata,
     group_metadata,
 )
-from tests.integration.conftest import Topics, read_to_end
-from tests.integration.test_dedup_stage import _ingest_with
+from tests.integration.conftest import Topics, ingest_one_partition, read_to_end
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -109,7 +108,9 @@ def txn_producer(bootstrap: str, names: Topics) -> GroupCommitProducer:
 
 @pytest.fixture
 async def setup(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Setup]:
-    await _ingest_with(kafka_bootstrap, topics, [])  # one-partition ingest and events topics
+    await ingest_one_partition(
+        kafka_bootstrap, topics, []
+    )  # one-partition ingest and events topics
     member = AIOKafkaConsumer(
         topics.ingest,
         bootstrap_servers=kafka_bootstrap,

@@ -70,6 +70,16 @@ def test_a_transactional_id_names_the_group_and_is_new_at_every_start() -> None:
     assert first != second
 
 
+def test_an_instance_id_names_the_transactional_id_at_every_start() -> None:
+    # So a restarted process's InitProducerId aborts what its predecessor left open.
+    assert transactional_id("pinecall-bridge", "pod-3") == "pinecall-bridge-dedup-pod-3"
+    assert transactional_id("g", "pod-3") == transactional_id("g", "pod-3")
+    assert stage_producer(instance_id="pod-3")[0].transactional_id == "g-dedup-pod-3"
+    unnamed = stage_producer()[0].transactional_id
+    assert unnamed.startswith("g-dedup-")
+    assert unnamed != "g-dedup-None"
+
+
 async def test_join_begins_once_per_transaction_and_records_its_partitions() -> None:
     out, producer, _ = stage_producer()
     assert out.partitions == frozenset()
@@ -214,6 +224,36 @@ async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
     with pytest.raises(TransactionLostError) as lost:
         await out.commit({TP: 2, TP2: 1}, GROUP)
     assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
+
+
+@pytest.mark.parametrize("error", [ProducerFenced(), InvalidProducerEpoch()])
+async def test_a_fence_is_logged_with_the_transactional_id(
+    caplog: pytest.LogCaptureFixture, error: BaseException
+) -> None:
+    # Two live processes given one instance id fence each other: the operator must see which id.
+    out, producer, _ = stage_producer(instance_id="pod-3")
+    await two_partitions(out)
+    producer.fail["commit"] = error
+    with (
+        caplog.at_level("WARNING", logger=transaction.__name__),
+        pytest.raises(TransactionLostError),
+    ):
+        await out.commit({TP: 2, TP2: 1}, GROUP)
+    [fenced] = [r for r in caplog.records if "fenced" in r.getMessage()]
+    assert fenced.levelname == "WARNING"
+    assert getattr(fenced, "transactional_id", None) == "g-dedup-pod-3"
+
+
+async def test_a_started_producer_logs_its_transactional_id(
+    factory: ProducerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, _producer, _ = stage_producer(instance_id="pod-3")
+    await out.stop()
+    with caplog.at_level("INFO", logger=transaction.__name__):
+        await out.start()
+    [started] = [r for r in caplog.records if r.getMessage() == "dedup producer started"]
+    assert getattr(started, "transactional_id", None) == "g-dedup-pod-3"
+    assert factory.made[0].config["transactional_id"] == "g-dedup-pod-3"
 
 
 async def test_a_failed_begin_loses_the_partition_that_was_joining() -> None:

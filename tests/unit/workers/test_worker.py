@@ -79,3 +79,26 @@ def test_only_worker_0_registers_the_webhook() -> None:
     assert other.pinecall.register_webhook is False
     assert other.pinecall.public_url == settings.pinecall.public_url
     assert settings.pinecall.register_webhook is True  # the parent's settings are left alone
+
+
+def test_each_worker_names_its_own_dedup_instance_id_by_its_index() -> None:
+    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"instance_id": "bridge-7f9c"})
+    roles = [
+        WorkerRole(index=i, count=2, runtime_dir=Path("/tmp"), parent_pid=os.getpid())
+        for i in (0, 1)
+    ]
+    ids = [worker_settings(settings, role).dedup.instance_id for role in roles]
+    assert ids == ["bridge-7f9c-w0", "bridge-7f9c-w1"]
+    # A restarted worker keeps its index, hence its id: it aborts what its predecessor left open.
+    restarted = WorkerRole(
+        index=1, count=2, runtime_dir=Path("/tmp"), parent_pid=os.getpid(), restarts=3
+    )
+    assert worker_settings(settings, restarted).dedup.instance_id == "bridge-7f9c-w1"
+    assert settings.dedup.instance_id == "bridge-7f9c"  # the parent's settings are left alone
+    assert worker_settings(settings, roles[0]).dedup.group == settings.dedup.group
+
+
+def test_without_an_instance_id_every_worker_keeps_a_random_one() -> None:
+    settings = load_settings(webhook={"secrets": ["s"]})
+    role = WorkerRole(index=1, count=2, runtime_dir=Path("/tmp"), parent_pid=os.getpid())
+    assert worker_settings(settings, role).dedup.instance_id is None
