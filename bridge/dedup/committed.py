@@ -38,6 +38,8 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
+from bridge.dedup.protocol import topics_field
+
 log = logging.getLogger(__name__)
 
 NONE, COORDINATOR_LOADING, COORDINATOR_UNAVAILABLE, NOT_COORDINATOR = 0, 14, 15, 16
@@ -55,23 +57,12 @@ class OffsetFetchResponseV7(Response):  # type: ignore[misc]
     API_VERSION = 7
     SCHEMA = Schema(
         ("throttle_time_ms", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("committed_offset", Int64),
-                        ("committed_leader_epoch", Int32),
-                        ("metadata", CompactString("utf-8")),
-                        ("error_code", Int16),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
+        topics_field(
+            ("partition_index", Int32),
+            ("committed_offset", Int64),
+            ("committed_leader_epoch", Int32),
+            ("metadata", CompactString("utf-8")),
+            ("error_code", Int16),
         ),
         ("error_code", Int16),
         ("tags", TaggedFields),

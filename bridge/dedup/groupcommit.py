@@ -47,7 +47,6 @@ from aiokafka.errors import (
 from aiokafka.producer.sender import TxnOffsetCommitHandler
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
-    CompactArray,
     CompactString,
     Int16,
     Int32,
@@ -55,6 +54,8 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
+
+from bridge.dedup.protocol import topics_field
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +107,7 @@ class TxnOffsetCommitResponseV3(Response):  # type: ignore[misc]
     API_VERSION = 3
     SCHEMA = Schema(
         ("throttle_time_ms", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("error_code", Int16),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
-        ),
+        topics_field(("partition_index", Int32), ("error_code", Int16)),
         ("tags", TaggedFields),
     )
 
@@ -139,22 +126,11 @@ class TxnOffsetCommitRequestV3(RequestStruct):  # type: ignore[misc]
         ("member_id", CompactString("utf-8")),
         # Nullable: aiokafka's CompactString encodes None as the null string (length 0).
         ("group_instance_id", CompactString("utf-8")),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("committed_offset", Int64),
-                        ("committed_leader_epoch", Int32),
-                        ("committed_metadata", CompactString("utf-8")),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
+        topics_field(
+            ("partition_index", Int32),
+            ("committed_offset", Int64),
+            ("committed_leader_epoch", Int32),
+            ("committed_metadata", CompactString("utf-8")),
         ),
         ("tags", TaggedFields),
     )
