@@ -92,15 +92,12 @@ class StageProducer:
         client: dict[str, Any],
         metrics: Metrics,
         limits: TopicLimits,
-        txn_id: str | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._metrics = metrics
         self._limits = limits
-        self.transactional_id = (
-            txn_id if txn_id is not None else transactional_id(settings.group, settings.instance_id)
-        )
+        self.transactional_id = transactional_id(settings.group, settings.instance_id)
         self._producer: GroupCommitProducer | None = None
         self._starting = asyncio.Lock()
         self._stopped = False
