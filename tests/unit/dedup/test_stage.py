@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from types import SimpleNamespace
 from typing import cast
 
@@ -11,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.stage import DedupStage
+from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
@@ -56,6 +58,41 @@ class FakeConsumer:
 
     def pause(self, *partitions: TopicPartition) -> None:
         self.paused.extend(partitions)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return None
+
+
+class BackloggedConsumer(FakeConsumer):
+    """Always has fetched records buffered, so getmany answers at once, as aiokafka's does then.
+
+    It notes how many turns another coroutine had by each call, and ends the stage after `calls`.
+    """
+
+    def __init__(self, partition: TopicPartition, stage: DedupStage, calls: int) -> None:
+        super().__init__({partition})
+        self.partition, self.stage, self.calls = partition, stage, calls
+        self.asked: list[int | None] = []
+        self.turns_seen: list[int] = []
+        self.turns = 0
+        self.next = 0
+
+    async def other_coroutine(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        self.asked.append(max_records)
+        self.turns_seen.append(self.turns)
+        if len(self.asked) == self.calls:
+            self.stage._running = False
+        count = max_records or 10_000
+        batch = [ingest(self.next + i, f"CA_1:{self.next + i}", 100.0) for i in range(count)]
+        self.next += count
+        return {self.partition: list(batch)}
 
 
 class Listener:
@@ -216,3 +253,22 @@ async def test_the_listener_hears_of_assignments_and_losses() -> None:
     await h.stage._step(h.task(4), failing(TransactionLostError("timeout", frozenset())))
     assert h.listener.told == [("assigned", {1, 3}), ("lost", 4)]
     assert h.lost("timeout") == 1
+
+
+async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop() -> None:
+    # The feed's burst, fetched at once, held the loop for the whole decide-and-send before.
+    h = Harness()
+    consumer = BackloggedConsumer(tp(1), h.stage, calls=4)
+    h.stage._consumer = consumer
+    task = PartitionTask(tp(1), h.stage._settings, {}, h.metrics)
+    h.stage._tasks[task.tp] = task
+    h.stage._running = True
+    other = asyncio.create_task(consumer.other_coroutine())
+    await asyncio.sleep(0)
+    await h.stage._run()
+    other.cancel()
+    assert consumer.asked == [MAX_RECORDS_PER_STEP] * 4
+    seen = consumer.turns_seen
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen)), seen
+    assert task.position == consumer.next  # every record handed out was decided
+    assert steps(h.producer).count("send") == consumer.next
