@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import time
@@ -25,6 +26,7 @@ import uvloop
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import broker, ingest, measure, profile
+from bridge import looplag
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.stage import DedupStage
 from bridge.dedup.task import PartitionTask
@@ -33,6 +35,8 @@ from bridge.metrics import Metrics
 from bridge.sink.kafka import client_options
 
 LAG = 500  # records between an id and its late copy
+# Finer than the bridge's own probe: what a webhook in the same process would wait at worst.
+LOOP_PROBE_S = 0.005
 Span = tuple[float, float]
 
 
@@ -129,6 +133,8 @@ async def run(
         profile.wait_attached(sampler)
     spans = instrument()
     broker0 = measure.cpu_seconds(broker_pid) if broker_pid else float("nan")
+    lags: list[float] = []
+    probe = asyncio.create_task(looplag.watch(lags.append, LOOP_PROBE_S))
     cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
     await stage.start()
     last, changed = -1, time.monotonic()
@@ -143,6 +149,8 @@ async def run(
         await asyncio.sleep(0.02)
     total_s = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
+    probe.cancel()
+    lags.sort()
     broker_s = (measure.cpu_seconds(broker_pid) if broker_pid else float("nan")) - broker0
     busy = {kind: covered(list(v)) for kind, v in spans.items()}
     commits = sorted(b - a for a, b in spans["commit"])
@@ -169,6 +177,11 @@ async def run(
         "process_share": busy["process"] / total_s,
         "commit_share": busy["commit"] / total_s,
         "commit_ms": [measure.percentile(commits, q) * 1000 for q in (50, 99)],
+        # How late a timer due every 5 ms fired: how long the stage held the loop at a stretch.
+        "loop_lag_ms": [
+            measure.percentile(lags, 99) * 1000 if lags else math.nan,
+            max(lags, default=math.nan) * 1000,
+        ],
         "lost": distinct - len(got),
         "doubled": sum(read.copies[i] - 1 for i in got),
         "foreign": read.foreign,
@@ -184,7 +197,8 @@ async def run(
         f"{first_out:.2f} s, {out['steady_events_per_s']:,.0f}/s after it); CPU "
         f"{out['cpu_share']:.0%} (broker {out['broker_cpu_share']:.0%}); wall time in process "
         f"{out['process_share']:.0%}, in commit {out['commit_share']:.0%} (p50/p99 "
-        f"{out['commit_ms'][0]:.0f}/{out['commit_ms'][1]:.0f} ms); "
+        f"{out['commit_ms'][0]:.0f}/{out['commit_ms'][1]:.0f} ms); loop held up to "
+        f"{out['loop_lag_ms'][1]:.0f} ms (p99 {out['loop_lag_ms'][0]:.0f}); "
         f"{out['transactions']:.0f} transactions; lost {out['lost']} doubled {out['doubled']}",
         flush=True,
     )

@@ -141,22 +141,45 @@ def owned(port: int) -> int:
     return int(_total(port, "pinecall_bridge_dedup_partitions_owned"))
 
 
-def histogram(port: int) -> list[tuple[float, float]]:
-    """The receipt → ingest-ack histogram: cumulative (upper bound, count), summed over workers."""
+PUBLISH_DURATION = "pinecall_bridge_publish_duration_seconds"
+LOOP_LAG = "pinecall_bridge_event_loop_lag_seconds"
+
+
+def histogram(port: int, name: str = PUBLISH_DURATION) -> list[tuple[float, float]]:
+    """Histogram `name` (receipt → ingest ack by default): cumulative (upper bound, count).
+
+    Summed over a pod's workers.
+    """
     total: dict[float, float] = {}
-    for labels, count in samples(_scrape(port), "pinecall_bridge_publish_duration_seconds_bucket"):
+    for labels, count in samples(_scrape(port), f"{name}_bucket"):
         le = float(labels["le"])
         total[le] = total.get(le, 0.0) + count
     return sorted(total.items())
 
 
-def histograms(ports: Sequence[int]) -> list[tuple[float, float]]:
+def histograms(ports: Sequence[int], name: str = PUBLISH_DURATION) -> list[tuple[float, float]]:
     """Several processes' histograms added up bucket by bucket (they share the buckets)."""
     total: dict[float, float] = {}
     for port in ports:
-        for le, count in histogram(port):
+        for le, count in histogram(port, name):
             total[le] = total.get(le, 0.0) + count
     return sorted(total.items())
+
+
+def highest_bucket(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """The upper bound of the highest bucket the observations between two scrapes reached.
+
+    The largest of them is at most this; nan when nothing was observed.
+    """
+    base = dict(before)
+    reached = math.nan
+    below = 0.0
+    for le, count in after:
+        gained = count - base.get(le, 0.0)
+        if gained > below:
+            reached = le
+        below = gained
+    return reached
 
 
 def histogram_quantiles(

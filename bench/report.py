@@ -23,6 +23,14 @@ def _ms(values: list[float]) -> str:
     return " / ".join(_f(v) for v in values)
 
 
+def _lag(row: dict[str, Any]) -> str:
+    """The loop lag column, a bucket bound: '-' in reports from before it was measured."""
+    ms = float(row.get("loop_lag_max_ms", math.nan))
+    if math.isnan(ms):
+        return "-"
+    return "> top bucket" if math.isinf(ms) else f"≤ {ms:,g}"
+
+
 def sustained(row: dict[str, Any]) -> bool:
     """The one pass criterion, for every system: client p99 (scheduled send → answer) under the
     goal, ≥ 95% of offered, no error, nothing lost or doubled. The bridge's own histogram is
@@ -47,16 +55,17 @@ def _row(r: dict[str, Any], label: str | None = None) -> str:
     return (
         f"| {label or r['scenario']} | {r['target']} | {offered} | {r['events']:,} "
         f"| {_f(r['throughput'], 0)} | {_ms(r['e2e_ms'])} | {_ms(r['client_ms'])} "
-        f"| {_ms(r['hist_ms'])} | {_f(r['cpu_per_10k'], 2)} | {_f(r['broker_cpu_per_10k'], 2)} "
-        f"| {r['peak_rss'] / 2**20:,.0f} | {r['lost']}/{r['doubled']}/{r['errors']} {verdict} |"
+        f"| {_ms(r['hist_ms'])} | {_lag(r)} | {_f(r['cpu_per_10k'], 2)} "
+        f"| {_f(r['broker_cpu_per_10k'], 2)} | {r['peak_rss'] / 2**20:,.0f} "
+        f"| {r['lost']}/{r['doubled']}/{r['errors']} {verdict} |"
     )
 
 
 HEADER = (
     "| scenario | target | offered ev/s | events | events/s | e2e p50/p95/p99 ms "
-    "| client p50/p95/p99 ms | bridge receipt→ack p50/p95/p99 ms | CPU s/10k ev "
-    "| broker CPU s/10k ev | peak RSS MiB | lost/doubled/errors |\n"
-    "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---|"
+    "| client p50/p95/p99 ms | bridge receipt→ack p50/p95/p99 ms | loop lag max ms "
+    "| CPU s/10k ev | broker CPU s/10k ev | peak RSS MiB | lost/doubled/errors |\n"
+    "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|"
 )
 
 
@@ -136,12 +145,14 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
         "published counter). *e2e* is scheduled send → read by a kcat consumer; *client* is "
         "scheduled send → HTTP answer (open loop: waiting for a free connection counts); *bridge* "
         "is the bridge's `publish_duration_seconds` histogram (receipt → Kafka ack, interpolated "
-        "within its buckets). *CPU s/10k ev* is the target process's user+system CPU over the "
-        "run divided by events (for kcat: the kcat producer). A row is **FAIL** when any event "
-        "was lost or doubled, or any request failed. *max sustained*: the highest step with no "
-        f"error, nothing lost or doubled, throughput ≥ 95% of offered and client p99 < "
-        f"{P99_GOAL_MS:.0f} ms, the same criterion for every system (the bridge's own histogram "
-        "is shown beside it, never instead of it).",
+        "within its buckets). *loop lag max* is the highest bucket the bridge's event loop lag "
+        "histogram reached during the row (a timer due every 0.25 s: how long the loop was held "
+        "or starved of CPU at worst). *CPU s/10k ev* is the target process's user+system CPU "
+        "over the run divided by events (for kcat: the kcat producer). A row is **FAIL** when "
+        "any event was lost or doubled, or any request failed. *max sustained*: the highest "
+        "step with no error, nothing lost or doubled, throughput ≥ 95% of offered and client "
+        f"p99 < {P99_GOAL_MS:.0f} ms, the same criterion for every system (the bridge's own "
+        "histogram is shown beside it, never instead of it).",
         "",
     ]
     lines += _targets(data)
@@ -339,14 +350,15 @@ def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> list[str]:
         "## Step-up (scenario 5) and batches (scenario 2)",
         "",
         "| series | offered ev/s | events/s | client p50/p95/p99 ms | bridge p50/p95/p99 ms "
-        "| e2e p99 ms | CPU s/10k | errors | sustained | step |",
-        "|---|---:|---:|---|---|---:|---:|---:|---|---|",
+        "| loop lag max ms | e2e p99 ms | CPU s/10k | errors | sustained | step |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---|",
     ]
     for key, series in steps.items():
         for r in series:
             out.append(
                 f"| {key} | {r['offered']:,.0f} | {_f(r['throughput'], 0)} | {_ms(r['client_ms'])} "
-                f"| {_ms(r['hist_ms'])} | {_f(r['e2e_ms'][2])} | {_f(r['cpu_per_10k'], 2)} "
+                f"| {_ms(r['hist_ms'])} | {_lag(r)} | {_f(r['e2e_ms'][2])} "
+                f"| {_f(r['cpu_per_10k'], 2)} "
                 f"| {r['errors'] + r['lost'] + r['doubled']} | {'yes' if sustained(r) else 'no'} "
                 f"| {r.get('note') or '-'} |"
             )
@@ -609,12 +621,15 @@ def _stage(data: dict[str, Any]) -> list[str]:
         "settings, uvloop) then runs alone in its process; the clock stops when a read_committed "
         "kcat consumer has seen every distinct id in the output topic. *process* and *commit* "
         "are the shares of wall time inside `PartitionTask.process` (decide and send) and "
-        "`StageProducer.commit` (offsets + commit), which the stage runs under one lock.",
+        "`StageProducer.commit` (offsets + commit), which the stage runs under one lock. *loop "
+        "held* is how late a timer due every 5 ms fired (p99 / max): the longest a webhook in "
+        "the same process would have waited for the stage.",
         "",
         "| distinct events/s | ingest records/s | steady events/s (after first output) "
         "| first output after s | total s | stage CPU (µs/record) | broker CPU (µs/record) "
-        "| wall in process / commit | commit p50/p99 ms | transactions | lost/doubled |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
+        "| wall in process / commit | commit p50/p99 ms | loop held p99/max ms | transactions "
+        "| lost/doubled |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---|",
         f"| {st['events_per_s']:,.0f} | {st['records_per_s']:,.0f} "
         f"| {st['steady_events_per_s']:,.0f} | {st['first_output_s']:.2f} | {st['total_s']:.1f} "
         f"| {st['cpu_share']:.0%} ({st['cpu_s'] / st['records'] * 1e6:.0f}) "
@@ -622,6 +637,7 @@ def _stage(data: dict[str, Any]) -> list[str]:
         f"({_f(st.get('broker_cpu_share', math.nan) * st['total_s'] / st['records'] * 1e6, 0)}) "
         f"| {st['process_share']:.0%} / {st['commit_share']:.0%} "
         f"| {_f(st['commit_ms'][0], 0)} / {_f(st['commit_ms'][1], 0)} "
+        f"| {' / '.join(_f(x, 0) for x in st.get('loop_lag_ms', [math.nan] * 2))} "
         f"| {st['transactions']:,.0f} | {st['lost']}/{st['doubled']} "
         f"{'ok' if st['lost'] == 0 and st['doubled'] == 0 else '**FAIL**'} |",
         "",

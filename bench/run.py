@@ -113,6 +113,8 @@ class Measured:
     broker_cpu_per_10k: float = math.nan
     loadgen_cpu_s: float = math.nan
     transactions: float = math.nan  # dedup transactions committed during the row (bridge only)
+    # The bridge's event loop lag (a timer every 0.25 s): its largest, as a bucket bound.
+    loop_lag_max_ms: float = math.nan
     peak_rss: int = 0
     lost: int = 0
     doubled: int = 0
@@ -351,6 +353,7 @@ class Bench:
         pids = [cpu_pid] if cpu_pid is not None else [p.pid for p in procs]
         hist_ports = [p.port for p in procs] if row.target == "bridge" else []
         hist0 = measure.histograms(hist_ports) if hist_ports else []
+        lag0 = measure.histograms(hist_ports, measure.LOOP_LAG) if hist_ports else []
         txn0 = sum(measure.transactions(port) for port in hist_ports)
         cpu0 = sum(measure.tree_cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker0 = self.broker_cpu()
@@ -371,7 +374,9 @@ class Bench:
         cpu1 = sum(measure.tree_cpu_seconds(pid) for pid in pids) if pids and pids[0] else math.nan
         broker1 = self.broker_cpu()
         hist1 = measure.histograms(hist_ports) if hist_ports else []
+        lag1 = measure.histograms(hist_ports, measure.LOOP_LAG) if hist_ports else []
         if hist_ports:
+            row.loop_lag_max_ms = measure.highest_bucket(lag0, lag1) * 1000
             row.transactions = sum(measure.transactions(port) for port in hist_ports) - txn0
         results = [gen.result() for gen in loadgens]
         row.load = f"{load0} → {measure.loadavg()}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ pinecall_bridge_dedup_transactions_total{outcome="committed",worker="1"} 2.0
 pinecall_bridge_dedup_partitions_owned{worker="0"} 7.0
 pinecall_bridge_dedup_partitions_owned{worker="1"} 5.0
 pinecall_bridge_dedup_partitions_owned_extra 100.0
+pinecall_bridge_event_loop_lag_seconds_bucket{le="0.01",worker="0"} 40.0
+pinecall_bridge_event_loop_lag_seconds_bucket{le="+Inf",worker="0"} 41.0
 """
 
 
@@ -37,8 +40,18 @@ def test_samples_match_the_name_exactly_and_read_every_label() -> None:
 def test_a_pods_workers_are_added_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(measure, "_scrape", lambda _port: POD)
     assert measure.histogram(1) == [(0.005, 8.0), (float("inf"), 11.0)]
+    assert measure.histogram(1, measure.LOOP_LAG) == [(0.01, 40.0), (float("inf"), 41.0)]
     assert measure.transactions(1) == 12.0
     assert measure.owned(1) == 12
+
+
+def test_the_highest_bucket_is_that_of_the_largest_observation_between_two_scrapes() -> None:
+    before = [(0.01, 10.0), (0.05, 12.0), (0.1, 12.0), (float("inf"), 13.0)]
+    # Between them: 5 within 10 ms and 1 in (50, 100] ms; the earlier ones above it don't count.
+    after = [(0.01, 15.0), (0.05, 17.0), (0.1, 18.0), (float("inf"), 19.0)]
+    assert measure.highest_bucket(before, after) == 0.1
+    assert math.isnan(measure.highest_bucket(before, before))
+    assert measure.highest_bucket([], [(0.01, 0.0), (float("inf"), 2.0)]) == float("inf")
 
 
 def test_a_process_tree_counts_its_children() -> None:
