@@ -262,8 +262,16 @@ class DedupStage:
         if self._out.age is None:
             return
         touched = self._out.partitions
+        # A partition in the transaction always has its task: losing one abandons the transaction.
+        offsets = {tp: self._tasks[tp].position for tp in touched}
+        consumer = self._consumer
+        group = group_metadata(consumer, self._settings.group) if consumer is not None else None
         try:
-            await self._out.guard(self._commit_open(touched))
+            if group is None:
+                # Out of the group (a rebalance reset it): what it owned may be someone else's.
+                await self._out.abandon()
+                raise TransactionLostError("fenced", touched)
+            await self._out.commit(offsets, group)  # guarded: a failure has abandoned it
         except TransactionLostError as lost:
             await self._lose_all(lost, no_restart=keep)
             return
@@ -271,16 +279,6 @@ class DedupStage:
             task = self._tasks.get(tp)
             if task is not None:
                 task.committed()
-
-    async def _commit_open(self, touched: frozenset[TopicPartition]) -> None:
-        # A partition in the transaction always has its task: losing one abandons the transaction.
-        offsets = {tp: self._tasks[tp].position for tp in touched}
-        consumer = self._consumer
-        group = group_metadata(consumer, self._settings.group) if consumer is not None else None
-        if group is None:
-            # Out of the group (a rebalance reset it): whatever it owned may be someone else's.
-            raise TransactionLostError("fenced", touched)
-        await self._out.commit(offsets, group)
 
     async def _lose_all(
         self, lost: TransactionLostError, no_restart: set[TopicPartition] | None = None

@@ -289,11 +289,9 @@ class StageProducer:
             extra={"error": repr(exc), "transactional_id": self.transactional_id},
         )
 
-    async def abandon(self) -> frozenset[TopicPartition]:
-        """Give up the open transaction (its records are never read); returns what it touched."""
-        touched = self.partitions
+    async def abandon(self) -> None:
+        """Give up the open transaction, if any: its records are never read."""
         await self._abandon()
-        return touched
 
     async def _abandon(self) -> None:
         # The producer goes with the transaction: only its replacement's start aborts it for sure.
