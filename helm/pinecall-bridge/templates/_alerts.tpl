@@ -142,14 +142,15 @@ groups:
           description: {{ printf "The 99th percentile of ingest-partition restores in the last hour is above %vs. A restoring partition outputs nothing, so every rebalance (rollout, scaling, crash) delays its events that long." $a.dedupRestoreP99Seconds | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprestoreslow" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRepeatedFencing
+        # changes, not increase: one fence loses every partition of the pod's transaction at once.
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m]))
+          sum by (namespace, pod) (changes(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m]))
           > {{ $a.dedupFencingsPer15Minutes }}
         labels:
           severity: warning
         annotations:
-          summary: {{ printf "Pod %s keeps losing ingest partitions to fencing" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s was fenced out of more than %v ingest partitions in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupFencingsPer15Minutes | quote }}
+          summary: {{ printf "Pod %s keeps being fenced out of its ingest partitions" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s was fenced out of its ingest partitions more than %v times in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupFencingsPer15Minutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprepeatedfencing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupEvictingEarly
         # Any id forgotten before its TTL: a copy arriving later would be output twice.
