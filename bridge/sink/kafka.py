@@ -25,6 +25,7 @@ from aiokafka.partitioner import murmur2
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died, stop_dead, unreachable
+from bridge.sink.drain import drain_whole_brokers
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from bridge.supervise import Supervisor
@@ -168,6 +169,7 @@ class KafkaSink:
             compression_type=None if s.compression == "none" else s.compression,
             partitioner=partition_for,
         )
+        drain_whole_brokers(producer)
         try:
             await producer.start()
         except BaseException:

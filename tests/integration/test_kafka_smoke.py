@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -12,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.kafka import KafkaSink, TopicSpec
+from bridge.sink.record import Record
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, isolation: str) -> list[bytes]:
@@ -102,3 +105,34 @@ async def test_transactions_commit_and_abort(kafka_bootstrap: str) -> None:
         b"committed-2",
     ]
     assert b"aborted" in await read_all(kafka_bootstrap, topic, 3, "read_uncommitted")
+
+
+async def test_the_sink_sends_every_partitions_batch_in_one_produce_request(
+    kafka_bootstrap: str,
+) -> None:
+    # aiokafka alone sends each partition's batch when its own linger ends: 12 requests here.
+    topic = f"smoke.{uuid.uuid4().hex[:8]}"
+    sink = KafkaSink(KafkaSettings(bootstrap_servers=[kafka_bootstrap], linger_ms=200), Metrics())
+    await sink.ensure_topics(TopicSettings(partitions=12), [TopicSpec(topic)])
+    await sink.start()
+    try:
+        client = sink._producer.client  # type: ignore[union-attr]
+        sent = client.send
+        produce_requests = 0
+
+        async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
+            nonlocal produce_requests
+            produce_requests += type(request).__name__.startswith("ProduceRequest")
+            return await sent(node_id, request, **kwargs)
+
+        client.send = counting
+        acks = []
+        for key in range(60):  # murmur2 spreads them over all 12 partitions
+            acks.append(await sink.send(Record(topic, f"CA_{key}".encode(), b"v", ())))
+            await asyncio.sleep(0.002)  # each partition's linger starts at another time
+        metadata = await asyncio.gather(*acks)
+    finally:
+        await sink.stop()
+    assert len({m.partition for m in metadata}) == 12
+    assert produce_requests <= 2
+    assert len(await read_all(kafka_bootstrap, topic, 60, "read_committed")) == 60
