@@ -23,9 +23,8 @@ Drained = tuple[dict[int, dict[TopicPartition, Any]], bool]
 
 def take_the_rest(
     accumulator: Any, nodes: dict[int, dict[TopicPartition, Any]], muted: Collection[TopicPartition]
-) -> int:
-    """Add to `nodes` each lingering batch whose leader is being sent to; returns how many."""
-    taken = 0
+) -> None:
+    """Add to `nodes` each lingering batch whose leader is being sent to, as aiokafka drains."""
     for tp in list(accumulator._batches):
         if tp in muted or not accumulator._batches[tp]:
             continue
@@ -37,8 +36,6 @@ def take_the_rest(
             batch.done_noack()  # as aiokafka's own drain does with one
             continue
         nodes[leader][tp] = batch
-        taken += 1
-    return taken
 
 
 def drain_whole_brokers(producer: AIOKafkaProducer) -> bool:
