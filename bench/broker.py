@@ -66,8 +66,12 @@ def pid(port: int) -> int:
 
 
 @contextlib.contextmanager
-def running(port: int, *, keep: bool = False) -> Iterator[str]:
-    """The broker's bootstrap address; stopped afterwards only when this call started it."""
+def session(port: int, *, keep: bool = False) -> Iterator[tuple[str, bool]]:
+    """The broker's bootstrap address, and whether it was up already (reused, not ours).
+
+    Stopped afterwards only when this call started it. One look decides both: a broker coming
+    up between two looks would be counted wrongly.
+    """
     started = not answering(port)
     if started:
         # Every earlier run's topics (GBs, thousands of partitions) would otherwise be loaded,
@@ -75,8 +79,15 @@ def running(port: int, *, keep: bool = False) -> Iterator[str]:
         shutil.rmtree(data_dir(port), ignore_errors=True)
     kafka(port, "up")
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", not started
     finally:
         if started and not keep:
             # Ours alone: stop it so it does not hold memory on a shared box.
             kafka(port, "down")
+
+
+@contextlib.contextmanager
+def running(port: int, *, keep: bool = False) -> Iterator[str]:
+    """The broker's bootstrap address; stopped afterwards only when this call started it."""
+    with session(port, keep=keep) as (bootstrap, _reused):
+        yield bootstrap

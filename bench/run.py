@@ -907,8 +907,8 @@ def main() -> None:
     bench = Bench(args)
     # Stopped afterwards when this run started it (it is ours alone: it would hold memory on a
     # shared box); one that was already up is left running.
-    bench.extra["broker_reused"] = broker.answering(args.kafka_port)
-    with broker.running(args.kafka_port):
+    with broker.session(args.kafka_port) as (_bootstrap, reused):
+        bench.extra["broker_reused"] = reused
         bench.broker_pid = broker.pid(args.kafka_port)
         bench.run()
 

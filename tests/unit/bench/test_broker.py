@@ -36,10 +36,12 @@ def test_a_broker_the_run_starts_begins_empty_with_kafkas_jvm(
 ) -> None:
     monkeypatch.setattr(broker, "answering", lambda _port: False)
     old = _earlier_run(19092)
+    with broker.session(19092) as (_address, reused):
+        assert not reused
     with broker.running(19092) as address:
         assert address == "127.0.0.1:19092"
         assert not old.exists()
-    assert [action for action, _ in calls] == ["up", "down"]
+    assert [action for action, _ in calls] == ["up", "down", "up", "down"]
     env = calls[0][1]
     assert "-XX:+UseG1GC" in env["KAFKA_JVM_OPTS"]
     assert env["KAFKA_HEAP"] == "-Xmx1G -Xms1G"
@@ -50,8 +52,8 @@ def test_a_running_broker_keeps_its_data_and_runs_on(
 ) -> None:
     monkeypatch.setattr(broker, "answering", lambda _port: True)
     old = _earlier_run(19092)
-    with broker.running(19092):
-        pass
+    with broker.session(19092) as (address, reused):
+        assert (address, reused) == ("127.0.0.1:19092", True)
     assert old.exists()
     assert [action for action, _ in calls] == ["up"]
 
