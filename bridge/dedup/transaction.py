@@ -277,7 +277,7 @@ class StageProducer:
             log.exception("dedup step failed")
             reason, cause = "error", exc
         touched = self.partitions | also
-        await self._abandon()
+        await self.abandon()
         raise TransactionLostError(reason, touched) from cause
 
     def _log_fenced(self, exc: BaseException) -> None:
@@ -291,9 +291,6 @@ class StageProducer:
 
     async def abandon(self) -> None:
         """Give up the open transaction, if any: its records are never read."""
-        await self._abandon()
-
-    async def _abandon(self) -> None:
         # The producer goes with the transaction: only its replacement's start aborts it for sure.
         if self._txn is not None:
             self._metrics.dedup_transactions.labels("aborted").inc()
