@@ -47,30 +47,35 @@ def _run(_: argparse.Namespace) -> int:
     logsetup.configure(settings.log.level, settings.log.format)
     for problem in unknown_variables(os.environ):
         logging.getLogger("bridge.config").warning(problem)
-    if settings.http.workers != 1:
-        workers = _workers(settings)
-        if workers > 1:
+    if settings.http.workers != 1 or settings.dedup.own_process:
+        processes = _workers(settings) + settings.dedup.own_process
+        if processes > 1:
             from bridge.workers.parent import run_parent
 
-            return run_parent(settings, workers)
+            return run_parent(settings, processes)
     _run_loop(serve(settings))
     return 0
 
 
 def _workers(settings: Settings) -> int:
-    """BRIDGE_HTTP__WORKERS as a count (0: one per CPU available); only Linux can run several."""
+    """BRIDGE_HTTP__WORKERS as a count (0: one per CPU available); only Linux runs a parent."""
     from bridge.workers.cpus import resolve_workers
 
     if not sys.platform.startswith("linux"):
         print(
-            "pinecall-bridge: BRIDGE_HTTP__WORKERS other than 1 needs Linux"
-            " (SO_REUSEPORT balancing, PR_SET_PDEATHSIG)",
+            "pinecall-bridge: BRIDGE_HTTP__WORKERS other than 1, and BRIDGE_DEDUP__OWN_PROCESS,"
+            " need Linux (SO_REUSEPORT balancing, PR_SET_PDEATHSIG)",
             file=sys.stderr,
         )
         raise SystemExit(EXIT_CONFIG)
     workers = resolve_workers(settings.http.workers)
     logging.getLogger("bridge.workers").info(
-        "worker processes", extra={"workers": workers, "setting": settings.http.workers}
+        "worker processes",
+        extra={
+            "workers": workers,
+            "setting": settings.http.workers,
+            "dedup_own_process": settings.dedup.own_process,
+        },
     )
     return workers
 

@@ -235,6 +235,9 @@ class DedupSettings(BaseModel):
     # out. It must be unique among live processes: two with one id fence each other at every
     # start and commit. The Helm chart sets the pod name.
     instance_id: str | None = Field(default=None, min_length=1, max_length=100)
+    # The stage (and the call-log source, which follows its partitions) in a worker process of
+    # its own beside the HTTP workers, whose event loops then carry only the ingest stage.
+    own_process: bool = False
 
     @field_validator("group", "instance_id")
     @classmethod

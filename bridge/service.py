@@ -1,9 +1,11 @@
 """The daemon's lifecycle: serve HTTP at once, connect to Kafka, run both stages, drain on stop.
 
-Every process runs the same two stages: the ingest stage (sources → the ingest topic) and the
-dedup stage (the ingest topic → output topics, in transactions). One replica or six, the path is
-the same; the WebSocket feed runs only where this process holds the feed lease, and the call-log
-source follows the calls of the ingest partitions this process's dedup stage owns.
+A process runs the two stages: the ingest stage (sources → the ingest topic) and the dedup stage
+(the ingest topic → output topics, in transactions). One replica or six, the path is the same;
+the WebSocket feed runs only where this process holds the feed lease, and the call-log source
+follows the calls of the ingest partitions this process's dedup stage owns. A pod's worker
+processes may split the stages (BRIDGE_DEDUP__OWN_PROCESS): then one runs the dedup stage and
+the call-log source and serves no port, the others take webhooks and the feed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bridge.sources.registration import RegistrationError, WebhookRegistry
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
 from bridge.supervise import Supervisor
+from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,11 @@ class Bridge:
         *,
         probes: list[web.RouteDef] | None = None,
         reuse_port: bool = False,
+        stages: Stages = "both",
     ) -> None:
-        """`probes` and `reuse_port`: a worker process answering for its pod (bridge/workers)."""
+        """`probes`, `reuse_port` and `stages`: a worker process of a pod (bridge/workers)."""
         self.settings = settings
+        self.stages: Stages = stages
         self._reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics()
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
@@ -68,13 +73,17 @@ class Bridge:
         self.pipeline = pipeline_for(settings, self.sink, self.router, self.metrics)
         client = client_options(settings.kafka)
         dedup = settings.dedup
-        self.dedup = DedupStage(
-            dedup,
-            settings.topics.ingest,
-            client,
-            self.metrics,
-            self.supervisor,
-            limits=self.sink.limits,
+        self.dedup = (
+            DedupStage(
+                dedup,
+                settings.topics.ingest,
+                client,
+                self.metrics,
+                self.supervisor,
+                limits=self.sink.limits,
+            )
+            if stages != "ingest"
+            else None
         )
         # The call-log source follows the calls of the ingest partitions the dedup stage owns.
         self.calllog = (
@@ -88,15 +97,18 @@ class Bridge:
                 dedup_ttl_seconds=settings.dedup.ttl_seconds,
                 supervisor=self.supervisor,
             )
-            if settings.sse.enabled
+            if settings.sse.enabled and self.dedup is not None
             else None
         )
-        self.dedup.listener = self.calllog
+        if self.dedup is not None:
+            self.dedup.listener = self.calllog
         self.readiness = Readiness(
             self.metrics,
             lambda: self.sink.connected,
             clients_alive=lambda: (
-                self.sink.alive and self.dedup.alive and (self.lease is None or self.lease.alive)
+                self.sink.alive
+                and (self.dedup is None or self.dedup.alive)
+                and (self.lease is None or self.lease.alive)
             ),
         )
         self.feed: WebSocketSource | None = None
@@ -112,7 +124,7 @@ class Bridge:
                 heartbeat_interval_ms=dedup.heartbeat_interval_ms,
                 supervisor=self.supervisor,
             )
-            if settings.websocket.enabled
+            if settings.websocket.enabled and stages != "dedup"
             else None
         )
         webhook = WebhookHandler(
@@ -123,6 +135,7 @@ class Bridge:
         )
         self.app = build_app(settings, webhook, self.readiness, self.metrics, probes)
         self._runner: web.AppRunner | None = None
+        self._started = False
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
         self._loop_lag: asyncio.Task[None] | None = None
@@ -130,8 +143,19 @@ class Bridge:
         self.port: int | None = None
 
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._started:
             return
+        if self.stages != "dedup":
+            await self._start_http()
+        self._started = True
+        self._connector = self.supervisor.spawn("kafka-connect", self._connect)
+        self._loop_lag = asyncio.create_task(
+            looplag.watch(self.metrics.event_loop_lag.observe), name="loop-lag"
+        )
+        if self.settings.pinecall.register_webhook and self.stages != "dedup":
+            self._registration = self.supervisor.spawn("webhook-register", self._register)
+
+    async def _start_http(self) -> None:
         http = self.settings.http
         runner = timed_runner(
             self.app,
@@ -159,12 +183,6 @@ class Bridge:
         )
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
-        self._connector = self.supervisor.spawn("kafka-connect", self._connect)
-        self._loop_lag = asyncio.create_task(
-            looplag.watch(self.metrics.event_loop_lag.observe), name="loop-lag"
-        )
-        if self.settings.pinecall.register_webhook:
-            self._registration = self.supervisor.spawn("webhook-register", self._register)
 
     def topic_specs(self) -> list[TopicSpec]:
         """Every topic the bridge uses: outputs, the ingest topic and the feed lease topic."""
@@ -193,12 +211,14 @@ class Bridge:
                 await self.sink.warm([self.settings.topics.ingest])
                 if self.calllog is not None:
                     await self.calllog.start()  # ready for the stage's first assignment
-                await self.dedup.start()
+                if self.dedup is not None:
+                    await self.dedup.start()
                 if self.lease is not None:
                     await self.lease.start()
                 break
             except Exception as exc:
-                await self.dedup.stop()
+                if self.dedup is not None:
+                    await self.dedup.stop()
                 await self.sink.stop()
                 log.warning(
                     "Kafka not ready yet (unreachable, refused our credentials or TLS,"
@@ -213,7 +233,12 @@ class Bridge:
                 delay = min(delay * 2, 30.0)
         self.readiness.started = True
         log.info(
-            "ready", extra={"topics": self.router.topics(), "ingest": self.settings.topics.ingest}
+            "ready",
+            extra={
+                "topics": self.router.topics(),
+                "ingest": self.settings.topics.ingest,
+                "stages": self.stages,
+            },
         )
 
     async def _start_feed(self) -> None:
@@ -312,10 +337,12 @@ class Bridge:
                 # Phase two: flush the ingest producer, then let the dedup stage commit what it
                 # holds and leave the group, so its partitions move on without a session timeout.
                 await self.sink.stop()
-                await self.dedup.stop()
+                if self.dedup is not None:
+                    await self.dedup.stop()
         except TimeoutError:
             log.error("grace period over before the producer was flushed and the stage stopped")
         self._runner = None
+        self._started = False
         log.info("stopped")
 
 

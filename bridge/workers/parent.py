@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.workers.budget import GiveUp, RestartBudget
-from bridge.workers.role import WorkerRole
+from bridge.workers.role import Stages, WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,19 @@ def exit_fields(code: int) -> dict[str, object]:
     return fields
 
 
+def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
+    """What worker `index` of `count` runs: with a dedup process, it is the last one."""
+    if not dedup_process:
+        return "both"
+    return "dedup" if index == count - 1 else "ingest"
+
+
 class Parent:
-    """Keeps `count` workers running until told to stop."""
+    """Keeps `count` workers running until told to stop.
+
+    With `dedup_process`, the last of them runs the dedup stage alone and the others only the
+    ingest stage; without, every worker runs both.
+    """
 
     def __init__(
         self,
@@ -53,6 +64,7 @@ class Parent:
         runtime_dir: Path,
         grace_seconds: float,
         *,
+        dedup_process: bool = False,
         command: Sequence[str] = (sys.executable, "-m", "bridge", "run"),
         budget: RestartBudget | None = None,
         margin: float = GRACE_MARGIN_SECONDS,
@@ -61,6 +73,7 @@ class Parent:
         self._grace = grace_seconds
         self._margin = margin
         self._count = count
+        self._dedup_process = dedup_process
         self._runtime_dir = runtime_dir
         self._command = list(command)
         self._budget = budget if budget is not None else RestartBudget()
@@ -79,7 +92,11 @@ class Parent:
             loop.add_signal_handler(sig, self.stop, sig)
         log.info(
             "starting worker processes",
-            extra={"workers": self._count, "runtime_dir": str(self._runtime_dir)},
+            extra={
+                "workers": self._count,
+                "dedup_process": self._dedup_process,
+                "runtime_dir": str(self._runtime_dir),
+            },
         )
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
         await self._stop.wait()
@@ -118,6 +135,7 @@ class Parent:
             runtime_dir=self._runtime_dir,
             parent_pid=os.getpid(),
             restarts=self._restarts[index],
+            stages=stages_of(index, self._count, self._dedup_process),
         )
         # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
         process = await asyncio.create_subprocess_exec(
@@ -126,7 +144,12 @@ class Parent:
         self._processes[index] = process
         log.info(
             "worker started",
-            extra={"worker": index, "pid": process.pid, "restarts": self._restarts[index]},
+            extra={
+                "worker": index,
+                "stages": role.stages,
+                "pid": process.pid,
+                "restarts": self._restarts[index],
+            },
         )
         if self._stop.is_set():  # the stop came while it was being spawned
             with contextlib.suppress(ProcessLookupError):
@@ -180,7 +203,10 @@ class Parent:
 
 
 def run_parent(settings: Settings, count: int) -> int:
-    """Supervise `count` workers until SIGTERM or SIGINT; the process's exit code."""
+    """Supervise `count` workers until SIGTERM or SIGINT; the process's exit code.
+
+    `count` includes the dedup stage's own process when BRIDGE_DEDUP__OWN_PROCESS is set.
+    """
     runtime_dir = Path(tempfile.mkdtemp(prefix="pinecall-bridge-"))
     last = WorkerRole(index=count - 1, count=count, runtime_dir=runtime_dir, parent_pid=0)
     longest = last.socket(last.index)
@@ -189,7 +215,12 @@ def run_parent(settings: Settings, count: int) -> int:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         return 1
     try:
-        parent = Parent(count, runtime_dir, settings.shutdown.grace_seconds)
+        parent = Parent(
+            count,
+            runtime_dir,
+            settings.shutdown.grace_seconds,
+            dedup_process=settings.dedup.own_process,
+        )
         return asyncio.run(parent.run())
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -6,6 +6,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, cast, get_args
+
+# Which stages a process runs: both (the default, and every worker unless the dedup stage has a
+# process of its own, BRIDGE_DEDUP__OWN_PROCESS), or one of them.
+Stages = Literal["both", "ingest", "dedup"]
 
 # Not BRIDGE_*: it is no setting, and `unknown_variables` would warn about it.
 ENV = "PINECALL_BRIDGE_WORKER"
@@ -20,6 +25,7 @@ class WorkerRole:
     runtime_dir: Path
     parent_pid: int
     restarts: int = 0
+    stages: Stages = "both"
 
     def socket(self, index: int) -> Path:
         """The unix socket on which worker `index` serves its own probes and metrics."""
@@ -48,4 +54,11 @@ class WorkerRole:
             runtime_dir=Path(fields["runtime_dir"]),
             parent_pid=int(fields["parent_pid"]),
             restarts=int(fields["restarts"]),
+            stages=_stages(fields["stages"]),
         )
+
+
+def _stages(value: object) -> Stages:
+    if value not in get_args(Stages):
+        raise ValueError(f"unknown stages {value!r} in {ENV}")
+    return cast(Stages, value)

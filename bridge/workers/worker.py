@@ -1,4 +1,7 @@
-"""One worker process: a full Bridge on the shared port, its own probes on a unix socket."""
+"""One worker process: a Bridge, and its own probes and metrics on a unix socket.
+
+A worker taking webhooks serves the shared port; the dedup stage's own process serves none.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def die_with_parent(parent_pid: int) -> bool:
 def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
     """Worker 0 registers the webhook at start-up (if asked); the others never do.
 
-    Each worker runs a dedup stage of its own, so a dedup instance id gets the worker's index.
+    A worker may run a dedup stage of its own, so a dedup instance id gets the worker's index.
     """
     update: dict[str, object] = {}
     if role.index != 0 and settings.pinecall.register_webhook:
@@ -56,7 +59,13 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
     metrics = Metrics()
     metrics.worker_restarts.inc(role.restarts)
     pod = PodView(role.sockets)
-    bridge = Bridge(worker_settings(settings, role), metrics, probes=pod.routes(), reuse_port=True)
+    bridge = Bridge(
+        worker_settings(settings, role),
+        metrics,
+        probes=pod.routes(),
+        reuse_port=True,
+        stages=role.stages,
+    )
     own = web.Application()
     own.add_routes(probe_routes(bridge.readiness, metrics))
     runner = web.AppRunner(own, handle_signals=False, access_log=None)

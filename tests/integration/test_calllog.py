@@ -124,7 +124,9 @@ def has(n: int) -> Callable[[list[Consumed]], bool]:
 
 async def owns_all(handle: RunningBridge, partitions: int = 3, within: float = 60) -> None:
     deadline = asyncio.get_running_loop().time() + within
-    while len(handle.bridge.dedup.owned) < partitions:
+    stage = handle.bridge.dedup
+    assert stage is not None
+    while len(stage.owned) < partitions:
         assert asyncio.get_running_loop().time() < deadline, "dedup never owned its partitions"
         await asyncio.sleep(0.1)
 

@@ -91,6 +91,7 @@ async def test_dedup_consumer_whose_coordinator_died_is_replaced(
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
 
     stage = handle.bridge.dedup
+    assert stage is not None
     dead = stage._consumer
     assert reset_like_uvloop(dead._client) > 0
     # The coordinator writes next when it rejoins: a new member makes the group rebalance.

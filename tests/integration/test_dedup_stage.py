@@ -116,6 +116,7 @@ async def test_a_lagging_partition_is_restored_exactly(
     await post_all(first, [entry(1, unique_call), entry(2, unique_call)])
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
     # The stage stops (its commit holds :1 and :2); the ingest stage goes on taking webhooks.
+    assert first.bridge.dedup is not None
     await first.bridge.dedup.stop()
     await post_all(
         first,
@@ -149,6 +150,7 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
         dedup={"commit_interval_ms": int(interval * 1000), "transaction_timeout_ms": 9500}
     )
     stage = one.bridge.dedup
+    assert stage is not None
     revocations: list[tuple[bool, float]] = []  # (a transaction was open, committed after)
     revoked_once = asyncio.Event()
     revoke = stage.revoked

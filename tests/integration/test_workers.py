@@ -2,7 +2,8 @@
 
 A real process tree on one port (SO_REUSEPORT) against the real broker: webhooks over many
 connections reach both workers, /metrics, /readyz and /healthz answer for the pod, a SIGKILLed
-worker is restarted, SIGTERM stops it all cleanly, and every event is output exactly once.
+worker is restarted, SIGTERM stops it all cleanly, and every event is output exactly once. With
+BRIDGE_DEDUP__OWN_PROCESS the dedup stage runs in a worker of its own that serves no port.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from tests.processes import process_gone
 pytestmark = pytest.mark.timeout(300)
 GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS
 STOP_MARGIN_SECONDS = 3  # the parent's wait past the grace before it kills
+OWNED = "pinecall_bridge_dedup_partitions_owned"
+INGESTED = "pinecall_bridge_events_ingested_total"
 
 
 @pytest.fixture
@@ -43,6 +46,17 @@ async def pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIter
     port = free_port()
     env = replica_env(kafka_bootstrap, topics, port, BRIDGE_HTTP__WORKERS="2")
     replica = Replica("pod", env, tmp_path / "pod.log", port)
+    yield replica
+    if replica.alive:
+        await replica.stop()
+
+
+@pytest.fixture
+async def split_pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
+    """A pod of one webhook worker and the dedup stage's own process, not started."""
+    port = free_port()
+    env = replica_env(kafka_bootstrap, topics, port, BRIDGE_DEDUP__OWN_PROCESS="true")
+    replica = Replica("split", env, tmp_path / "split.log", port)
     yield replica
     if replica.alive:
         await replica.stop()
@@ -225,3 +239,69 @@ async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
     stopped = sorted(e["worker"] for e in log if e.get("msg") == "stopped" and "worker" in e)
     assert stopped == [0, 1]
     assert await refused(pod.port)
+
+
+async def owned_by(pod: Replica, session: aiohttp.ClientSession, want: dict[str, float]) -> None:
+    """Until the workers own `want` ingest partitions each (by `worker` label)."""
+    deadline = time.monotonic() + 60
+    while True:
+        samples = await pod.metrics(session)
+        owned = {w: total(samples, OWNED, worker=w) for w in want}
+        if owned == want:
+            return
+        assert time.monotonic() < deadline, f"partitions owned {owned}, want {want}"
+        await asyncio.sleep(0.2)
+
+
+async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
+    split_pod: Replica, kafka_bootstrap: str, topics: Topics
+) -> None:
+    run = topics.group[-6:]
+    pod = split_pod
+    await pod.start()
+    sent: set[str] = set()
+    async with new_connections() as session:
+        status, body = await get_json(session, pod.url + "/readyz")
+        assert (status, body) == (200, {"status": "ready", "workers": {"0": "ready", "1": "ready"}})
+        stages = {e["worker"]: e["stages"] for e in pod.log_entries() if e.get("msg") == "ready"}
+        assert stages == {0: "ingest", 1: "dedup"}
+        # Worker 1 serves no port: every webhook reaches worker 0, and worker 1 owns every
+        # ingest partition (replica_env: 6).
+        await owned_by(pod, session, {"0": 0, "1": 6})
+        batch = events(f"CA_{run}_a", 20, 10)
+        await deliver(session, pod.url, batch)
+        sent |= ids(batch)
+        samples = await pod.metrics(session)
+        assert total(samples, INGESTED, channel="webhook", worker="0") >= len(batch)
+        assert total(samples, INGESTED, channel="webhook", worker="1") == 0
+
+        # The dedup process dies: webhooks are still taken (the ingest stage needs no dedup
+        # stage), the pod is unready until the parent restarted it, which then outputs them.
+        killed = pod.worker_pids()[1]
+        os.kill(killed, signal.SIGKILL)
+        await until_gone(killed, 10)
+        during = events(f"CA_{run}_b", 10, 10)
+        for body in during:
+            assert await post_signed(session, pod.url, body) == 200
+        sent |= ids(during)
+        status, body = await probe_json(session, pod.url + "/readyz")
+        assert (status, body["failing"]) == (503, ["1"]), body
+        deadline = time.monotonic() + 30
+        while pod.worker_pids().get(1, killed) == killed:
+            assert time.monotonic() < deadline, "the dedup process was not restarted"
+            await asyncio.sleep(0.1)
+        await wait_ready(pod.url)
+        await owned_by(pod, session, {"0": 0, "1": 6})
+        started = [e["stages"] for e in pod.log_entries() if e.get("msg") == "worker started"]
+        assert started == ["ingest", "dedup", "dedup"]
+
+        code = await pod.stop()
+    assert code == 0, pod.log.read_text()[-3000:]
+    log = pod.log_entries()
+    assert sorted(e["worker"] for e in log if e.get("msg") == "worker stopped") == [0, 1]
+
+    await drain(kafka_bootstrap, topics)
+    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    counted = Counter(r.json()["id"] for r in records)
+    assert {i: n for i, n in counted.items() if n > 1} == {}, "an event was output twice"
+    assert sent - set(counted) == set(), "answered 2xx but not output"

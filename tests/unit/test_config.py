@@ -53,6 +53,7 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     ) == (100, 10_000, 3_000, 8_000, 5, 3600)
     assert d.ingest_retention_ms() == (900 + 3600) * 1000
     assert d.instance_id is None  # a random transactional id at every start
+    assert d.own_process is False  # every process runs both stages
     assert not hasattr(d, "max_entries")  # replaced by max_entries_per_partition
 
 
@@ -73,6 +74,7 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION": "10",
         "BRIDGE_DEDUP__GROUP": "bridge.prod_1",
         "BRIDGE_DEDUP__INSTANCE_ID": "bridge-7f9c5-x2kq",
+        "BRIDGE_DEDUP__OWN_PROCESS": "true",
         "BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "50",
         "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "30000",
         "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "10000",
@@ -101,6 +103,7 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (d.ttl_seconds, d.max_entries_per_partition, s.webhook.max_body_bytes) == (60, 10, 2048)
     assert (d.group, d.commit_interval_ms, d.session_timeout_ms) == ("bridge.prod_1", 50, 30_000)
     assert d.instance_id == "bridge-7f9c5-x2kq"
+    assert d.own_process is True
     assert (d.heartbeat_interval_ms, d.transaction_timeout_ms) == (10_000, 20_000)
     assert (d.end_transaction_timeout_seconds, d.ingest_retention_ms()) == (15, 60_000)
     assert (s.topics.ingest, s.topics.ingest_partitions, s.topics.feed_lease) == ("i", 24, "l")

@@ -1,9 +1,13 @@
-"""What a bridge exports before it connects: the WebSocket feed's series only with the feed on."""
+"""Which parts a bridge runs for its stages, and the series it exports before it connects."""
 
 from __future__ import annotations
 
-from bridge.config import load_settings
+import asyncio
+import socket
+
+from bridge.config import Settings, load_settings
 from bridge.service import Bridge
+from bridge.workers.role import Stages
 
 # Every series of the feed: a 0 from a process without the feed reads as a feed that is down.
 FEED_SERIES = (
@@ -32,3 +36,76 @@ async def test_with_the_feed_every_process_exports_its_series_from_the_start() -
     assert [name for name in FEED_SERIES if name not in text] == []
     assert "pinecall_bridge_feed_lease_held 0.0" in text
     assert "pinecall_bridge_websocket_connected 0.0" in text
+
+
+def every_source(port: int = 0) -> Settings:
+    """Webhooks, the feed and the call logs on, Kafka unreachable (nothing connects)."""
+    return load_settings(
+        webhook={"secrets": ["s"]},
+        websocket={"enabled": True},
+        sse={"enabled": True},
+        pinecall={"api_key": "k"},
+        kafka={"bootstrap_servers": ["127.0.0.1:1"]},
+        http={"host": "127.0.0.1", "port": port},
+        shutdown={"grace_seconds": 2},
+    )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def runs(bridge: Bridge) -> dict[str, bool]:
+    """Which of the parts that depend on the stages a bridge has."""
+    return {
+        "dedup stage": bridge.dedup is not None,
+        "call-log source": bridge.calllog is not None,
+        "feed lease": bridge.lease is not None,
+    }
+
+
+async def test_a_process_runs_both_stages_and_every_source_by_default() -> None:
+    assert runs(Bridge(every_source())) == {
+        "dedup stage": True,
+        "call-log source": True,
+        "feed lease": True,
+    }
+
+
+async def test_an_ingest_worker_runs_no_dedup_stage_and_follows_no_call_log() -> None:
+    # The call-log source follows the partitions a dedup stage owns: it lives with the stage.
+    bridge = Bridge(every_source(), stages="ingest")
+    assert runs(bridge) == {"dedup stage": False, "call-log source": False, "feed lease": True}
+    assert "pinecall_bridge_feed_lease_held 0.0" in bridge.metrics.render().decode()
+
+
+async def test_the_dedup_process_reads_no_feed_and_exports_none_of_its_series() -> None:
+    bridge = Bridge(every_source(), stages="dedup")
+    assert runs(bridge) == {"dedup stage": True, "call-log source": True, "feed lease": False}
+    text = bridge.metrics.render().decode()
+    assert [name for name in FEED_SERIES if name in text] == []
+
+
+async def stays_closed_while_started(stages: Stages) -> bool:
+    """Whether the process listens on its HTTP port between start() and stop()."""
+    port = free_port()
+    bridge = Bridge(every_source(port), stages=stages)
+    await bridge.start()
+    try:
+        await asyncio.sleep(0.05)
+        return not listening(port) and bridge.port is None
+    finally:
+        await bridge.stop()
+
+
+async def test_the_dedup_process_serves_no_port_the_others_do() -> None:
+    assert await stays_closed_while_started("dedup")
+    assert not await stays_closed_while_started("ingest")
+    assert not await stays_closed_while_started("both")

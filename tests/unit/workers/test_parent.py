@@ -15,7 +15,7 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
-from bridge.workers.parent import Parent, run_parent
+from bridge.workers.parent import Parent, run_parent, stages_of
 from tests.processes import process_gone
 
 # A worker stand-in: records its role, then behaves as `mode` says until SIGTERM.
@@ -67,11 +67,39 @@ async def test_a_stop_reaches_every_worker_and_a_clean_stop_exits_0(tmp_path: Pa
     assert sorted(r["index"] for r in roles) == [0, 1]
     assert {r["count"] for r in roles} == {2}
     assert {r["runtime_dir"] for r in roles} == {str(tmp_path)}
+    assert {r["stages"] for r in roles} == {"both"}
     await asyncio.sleep(0.3)  # their SIGTERM handlers in place
     supervisor.stop(signal.SIGTERM)
     async with asyncio.timeout(10):
         assert await running == 0
     assert all(process_gone(r["pid"]) for r in roles)
+
+
+async def test_with_a_dedup_process_the_last_worker_runs_the_stage_the_others_ingest(
+    tmp_path: Path,
+) -> None:
+    supervisor, started = parent(tmp_path, "crash-once", count=2, dedup_process=True)
+    running = asyncio.create_task(supervisor.run())
+    roles = await until_started(started, 3)
+    await asyncio.sleep(0.3)
+    supervisor.stop(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 0
+    # Restarted, the dedup process runs the dedup stage again.
+    assert sorted((r["index"], r["restarts"], r["stages"]) for r in roles) == [
+        (0, 0, "ingest"),
+        (1, 0, "dedup"),
+        (1, 1, "dedup"),
+    ]
+
+
+def test_which_stages_each_worker_runs() -> None:
+    assert [stages_of(i, 3, dedup_process=False) for i in range(3)] == ["both"] * 3
+    assert [stages_of(i, 3, dedup_process=True) for i in range(3)] == [
+        "ingest",
+        "ingest",
+        "dedup",
+    ]
 
 
 async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
