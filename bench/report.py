@@ -235,6 +235,17 @@ def _targets(data: dict[str, Any]) -> list[str]:
             + (f"; ÷ naive {p_top / n_top:.2f}x" if n_top else ""),
             None,
         )
+    split = _best(steps.get("stepup-split:bridge", []))
+    if steps.get("stepup-split:bridge"):
+        s_top = _get(split, "offered") or 0.0
+        goal(
+            "one webhook process beside its dedup process (BRIDGE_DEDUP__OWN_PROCESS): max "
+            "sustained, ÷ one process",
+            f"{s_top:,.0f} events/s"
+            + (f" = {s_top / top:.2f}x" if top else "")
+            + (f"; ÷ naive {s_top / n_top:.2f}x" if n_top else ""),
+            None,
+        )
     single, n_single = (
         _find(data, "webhook-single", "bridge"),
         _find(data, "webhook-single", "naive"),
@@ -473,16 +484,20 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
     """One and two bridge processes against the baselines of the same run, same criterion."""
     steps = data.get("steps", {})
     one = steps.get("stepup:bridge")
-    if steps.get("stepup-2proc:bridge") is None and steps.get("stepup-pod:bridge") is None:
+    if not any(steps.get(f"{s}:bridge") for s in ("stepup-2proc", "stepup-pod", "stepup-split")):
         return []
     out = [
-        "## Two-stage path: webhooks, one process, two processes, one pod of workers",
+        "## Two-stage path: webhooks, one process, two processes, one pod of workers, the dedup "
+        "stage apart",
         "",
         "Step-up, one event per request. *two processes*: two bridge processes sharing the "
         "ingest topic and dedup group (6 ingest partitions each once the group settled), the "
         "load generator sending request j to process j mod 2 (round-robin). *one pod of "
         "workers*: one `pinecall-bridge run` with `BRIDGE_HTTP__WORKERS` = the cores, its worker "
-        "processes sharing one port (SO_REUSEPORT: the kernel spreads the connections). CPU and "
+        "processes sharing one port (SO_REUSEPORT: the kernel spreads the connections). *the "
+        "dedup stage apart*: one `pinecall-bridge run` with `BRIDGE_DEDUP__OWN_PROCESS=true`, "
+        "one worker taking every webhook (the ingest stage only) beside one running the dedup "
+        "stage. CPU and "
         "peak RSS are the processes' sum; *bridge p99* is their merged receipt → ingest-ack "
         "histograms. "
         "*e2e* is scheduled send → first read by a read_committed kcat consumer of the output "
@@ -498,6 +513,7 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
         "stepup:bridge": "bridge, one process",
         "stepup-2proc:bridge": "bridge, two processes",
         "stepup-pod:bridge": f"bridge, one pod of {data.get('pod_workers', '?')} workers",
+        "stepup-split:bridge": "bridge, one webhook process + its dedup process",
         "stepup:naive": "naive handler (c)",
         "stepup:noop": "no-op publisher (b)",
     }
@@ -539,6 +555,10 @@ def _two_stage(data: dict[str, Any]) -> list[str]:
           best.get("stepup:bridge"))  # fmt: skip
     ratio("one pod of workers ÷ naive handler, max sustained", best.get("stepup-pod:bridge"),
           best.get("stepup:naive"))  # fmt: skip
+    ratio("the dedup stage apart ÷ one process, max sustained", best.get("stepup-split:bridge"),
+          best.get("stepup:bridge"))  # fmt: skip
+    ratio("the dedup stage apart ÷ naive handler, max sustained",
+          best.get("stepup-split:bridge"), best.get("stepup:naive"))  # fmt: skip
     ratio("one process ÷ naive handler, max sustained", best.get("stepup:bridge"),
           best.get("stepup:naive"))  # fmt: skip
     ratio("two processes ÷ naive handler, max sustained", best.get("stepup-2proc:bridge"),

@@ -8,7 +8,8 @@ process, fed by open-loop load generators in their own processes, read back from
 in its ingest topic, and the dedup stage writes the output topic in transactions; every bridge
 target gets its own ingest topic and dedup group. `replicas` runs two bridge processes sharing
 them, round-robin; `workers` runs one pod of as many worker processes as cores on one port
-(SO_REUSEPORT); `restore` and `stage` run bench.restore and bench.dedupstage.
+(SO_REUSEPORT); `split` runs one webhook process beside its dedup stage's own process
+(BRIDGE_DEDUP__OWN_PROCESS); `restore` and `stage` run bench.restore and bench.dedupstage.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ class Bench:
         ws: bool = False,
         port: int = HTTP_PORT,
         workers: int = 1,
+        own_dedup: bool = False,
     ) -> Proc:
         """Start the bridge (`bridge`, `noop`) or the naive handler; return once it is ready."""
         env = {
@@ -283,6 +285,8 @@ class Bench:
             "BRIDGE_LOG__FORMAT": "json",
             # More than one: a pod of worker processes sharing the port (SO_REUSEPORT).
             "BRIDGE_HTTP__WORKERS": str(workers),
+            # The dedup stage in a process of its own beside the webhook workers.
+            "BRIDGE_DEDUP__OWN_PROCESS": "true" if own_dedup else "false",
         }
         if ws:
             env |= {
@@ -454,6 +458,7 @@ class Bench:
         consume: bool = True,
         replicas: int = 1,
         workers: int = 1,
+        own_dedup: bool = False,
     ) -> Iterator[tuple[list[Proc], measure.Consumer | None]]:
         topics = self.topics(prefix)
         consumer = measure.Consumer(self.brokers, topics["events"]) if consume else None
@@ -461,7 +466,9 @@ class Bench:
         try:
             if kind != "kcat":
                 for port in (HTTP_PORT, HTTP_PORT_2)[:replicas]:
-                    procs.append(self.target(kind, topics, port=port, workers=workers))
+                    procs.append(
+                        self.target(kind, topics, port=port, workers=workers, own_dedup=own_dedup)
+                    )
             yield procs, consumer
         finally:
             for proc in procs:
@@ -535,6 +542,7 @@ class Bench:
         batch: int = 1,
         replicas: int = 1,
         workers: int = 1,
+        own_dedup: bool = False,
     ) -> list[Measured]:
         """Scenario 5: rising offered load on one running target, then a bisection.
 
@@ -544,7 +552,12 @@ class Bench:
         rows: list[Measured] = []
         consume = kind != "noop"
         serving = self.serving(
-            kind, f"{name}-{kind}", consume=consume, replicas=replicas, workers=workers
+            kind,
+            f"{name}-{kind}",
+            consume=consume,
+            replicas=replicas,
+            workers=workers,
+            own_dedup=own_dedup,
         )
         with serving as (procs, consumer):
             read = self.warm_up(procs, consumer, kind, rate=rates[0])
@@ -563,6 +576,8 @@ class Bench:
                     row.note = f"{note}; {replicas} processes, round-robin"
                 if workers > 1:
                     row.note = f"{note}; one pod of {workers} worker processes, one port"
+                if own_dedup:
+                    row.note = f"{note}; the dedup stage in a process of its own"
                 self.measured(row, procs, [gen], consumer, first, already_read=read)
                 read += count
                 rows.append(row)
@@ -734,7 +749,7 @@ class Bench:
         plan = self.plan
         self.extra["plan"] = asdict(plan)
         if only is None or only & {
-            "stepup", "webhook", "batch", "ws", "both", "replicas", "workers"
+            "stepup", "webhook", "batch", "ws", "both", "replicas", "workers", "split"
         }:  # fmt: skip
             self.warm_broker()
         if want("stepup") or want("webhook"):
@@ -774,6 +789,9 @@ class Bench:
             self.extra["pod_workers"] = workers
             print(f"two-stage: step-up with one pod of {workers} workers, one port", flush=True)
             self.step_up("bridge", "stepup-pod", plan.steps, workers=workers)
+        if want("split"):
+            print("two-stage: step-up with the dedup stage in a process of its own", flush=True)
+            self.step_up("bridge", "stepup-split", plan.steps, own_dedup=True)
         if want("restore"):
             print("two-stage: restore of the seen-window", flush=True)
             sizes = self.args.restore_sizes or ",".join(str(n) for n in plan.restore_sizes)
@@ -884,7 +902,9 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
         "--only",
-        help="stepup,batch,ws,kcat,both,replicas,workers,restore,stage,memory (none: profile)",
+        help=(
+            "stepup,batch,ws,kcat,both,replicas,workers,split,restore,stage,memory (none: profile)"
+        ),
     )
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also py-spy the bridge")
