@@ -68,7 +68,7 @@ def _workers(settings: Settings) -> int:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_CONFIG)
-    workers = resolve_workers(settings.http.workers)
+    workers = resolve_workers(settings.http.workers, dedup_process=settings.dedup.own_process)
     logging.getLogger("bridge.workers").info(
         "worker processes",
         extra={

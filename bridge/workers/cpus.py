@@ -37,11 +37,14 @@ def cgroup_dir(proc_self_cgroup: str, root: Path = CGROUP_ROOT) -> Path:
     return root
 
 
-def resolve_workers(setting: int, root: Path = CGROUP_ROOT) -> int:
-    """BRIDGE_HTTP__WORKERS as a count: itself, or for 0 the CPUs available to this process."""
+def resolve_workers(setting: int, root: Path = CGROUP_ROOT, *, dedup_process: bool = False) -> int:
+    """BRIDGE_HTTP__WORKERS as a count: itself, or for 0 the CPUs available to this process.
+
+    With the dedup stage's own process beside them, 0 leaves it one CPU (but keeps one worker).
+    """
     if setting > 0:
         return setting
-    return available_cpus(len(os.sched_getaffinity(0)), read_cpu_max(root))
+    return max(1, available_cpus(len(os.sched_getaffinity(0)), read_cpu_max(root)) - dedup_process)
 
 
 def read_cpu_max(root: Path = CGROUP_ROOT) -> str | None:

@@ -25,6 +25,7 @@ from bridge.config import Settings, load_settings
 from bridge.service import Bridge
 from bridge.sink.record import Record
 from bridge.sources.signature import sign
+from bridge.workers.role import Stages
 from tests.schema import contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -312,18 +313,29 @@ async def until_metrics(
 async def start_bridge(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Callable[..., Any]]:
     """Start in-process bridges (real HTTP, real Kafka); all stopped at the end of the test.
 
-    `bootstrap` picks another broker; `ready=False` returns before the bridge is ready.
+    `bootstrap` picks another broker; `ready=False` returns before the bridge is ready;
+    `stages` runs one stage only, as a worker process of a pod does (BRIDGE_DEDUP__OWN_PROCESS).
     """
     running: list[RunningBridge] = []
 
     async def start(
-        *, bootstrap: str | None = None, ready: bool = True, **sections: dict[str, Any]
+        *,
+        bootstrap: str | None = None,
+        ready: bool = True,
+        stages: Stages = "both",
+        **sections: dict[str, Any],
     ) -> RunningBridge:
-        bridge = Bridge(bridge_settings(bootstrap or kafka_bootstrap, topics, **sections))
+        settings = bridge_settings(bootstrap or kafka_bootstrap, topics, **sections)
+        bridge = Bridge(settings, stages=stages)
         await bridge.start()
         handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
         running.append(handle)
-        if ready:
+        if ready and bridge.port is None:  # a dedup stage of its own serves no port
+            deadline = asyncio.get_running_loop().time() + 60
+            while not bridge.readiness.ready():
+                assert asyncio.get_running_loop().time() < deadline, "never ready"
+                await asyncio.sleep(0.05)
+        elif ready:
             await wait_ready(handle.url)
         return handle
 

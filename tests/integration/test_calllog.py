@@ -34,6 +34,8 @@ from tests.integration.conftest import (
 )
 from tests.integration.replicas import Replica, replica_env, total
 
+INGESTED = "pinecall_bridge_events_ingested_total"
+
 API_KEY = "sim-api-key"
 FAST_SSE = {
     "enabled": True,
@@ -393,21 +395,28 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
         assert all(resumed[call] == published[call] for call in names), (resumed, published)
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["one-process", "dedup-stage-apart"])
 async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
-    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], apart: bool
 ) -> None:
+    """`apart`: the stages in two bridges, as BRIDGE_DEDUP__OWN_PROCESS splits a pod's workers.
+
+    The ingest one takes webhooks and the feed; the dedup one follows the call logs.
+    """
     async with Simulator(sim_config(retry_base=0.1)) as sim:
-        handle: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY},
-            sse=FAST_SSE,
-            websocket={
+        sections: dict[str, Any] = {
+            "pinecall": {"api_url": sim.url, "api_key": API_KEY},
+            "sse": FAST_SSE,
+            "websocket": {
                 "enabled": True,
                 "url": sim.ws_url,
                 "backoff_initial_seconds": 0.05,
                 "backoff_max_seconds": 0.5,
             },
-        )
-        await owns_all(handle)
+        }
+        handle: RunningBridge = await start_bridge(stages="ingest" if apart else "both", **sections)
+        stage = await start_bridge(stages="dedup", **sections) if apart else handle
+        await owns_all(stage)
         sim.register_webhook(handle.url + handle.bridge.settings.webhook.path, secret=SECRET)
         async with asyncio.timeout(20):
             await sim.wait_for_subscribers(1)
@@ -418,7 +427,11 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
         expected = sim.ledger.expected_ids()
         assert {tuple(r["channels"]) for r in report.records} == {("webhook", "websocket", "sse")}
         await consume_until(kafka_bootstrap, [topics.events], has(len(expected)), within=90)
-        sample = handle.bridge.metrics.registry.get_sample_value
+        bridges = [handle, stage] if apart else [handle]
+        samples = [b.bridge.metrics.registry.get_sample_value for b in bridges]
+
+        def sample(name: str, labels: dict[str, str] | None = None) -> float:
+            return sum(get(name, labels or {}) or 0 for get in samples)
 
         async def all_ended() -> bool:
             return sample("pinecall_bridge_sse_calls_followed") == 0
@@ -428,9 +441,14 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
             kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
         )
         ingested = {
-            channel: sample("pinecall_bridge_events_ingested_total", {"channel": channel}) or 0
+            channel: sample(INGESTED, {"channel": channel})
             for channel in ("webhook", "websocket", "sse")
         }
+        if apart:  # webhooks and the feed went to the ingest bridge, the call logs to the other
+            on_ingest, on_stage = (b.bridge.metrics.registry.get_sample_value for b in bridges)
+            assert on_stage(INGESTED, {"channel": "webhook"}) == 0
+            assert on_stage(INGESTED, {"channel": "websocket"}) == 0
+            assert on_ingest(INGESTED, {"channel": "sse"}) == 0
 
     assert [r.topic for r in records if r.topic != topics.events] == []
     counts = Counter(r.json()["id"] for r in records)

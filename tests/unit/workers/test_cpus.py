@@ -57,6 +57,18 @@ def test_a_fake_cgroup_file_caps_the_count(tmp_path: Path) -> None:
     assert resolve_workers(3, tmp_path) == 3  # an explicit count is taken as it is
 
 
+def test_one_per_cpu_leaves_the_dedup_process_a_cpu_but_keeps_one_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    (tmp_path / "cpu.max").write_text("300000 100000\n")
+    assert resolve_workers(0, tmp_path, dedup_process=True) == 2
+    assert resolve_workers(0, tmp_path) == 3
+    assert resolve_workers(4, tmp_path, dedup_process=True) == 4  # explicit: as it is
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert resolve_workers(0, tmp_path, dedup_process=True) == 1
+
+
 def test_no_cgroup_file_means_the_affinity_mask(tmp_path: Path) -> None:
     assert read_cpu_max(tmp_path) is None
     assert resolve_workers(0, tmp_path) == len(os.sched_getaffinity(0))
