@@ -299,6 +299,9 @@ async def run_ws(args: argparse.Namespace) -> None:
     result.end = time.time()
     result.statuses["sent"] = args.count
     await _finish(result, Path(args.out))
+    # The bridge keeps the feed open, and aiohttp's cleanup waits for every handler (up to 60 s):
+    # close it from here. The frames already written reach the bridge before the close frame.
+    await ws.close()
     await runner.cleanup()
 
 

@@ -102,6 +102,11 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
         f"- `uptime` at start: `{data.get('uptime_start', '')}`",
         f"- `uptime` at end: `{data.get('uptime_end', '')}`",
         f"- wall time {data.get('wall_s', 0):.0f} s{' (quick mode)' if data.get('quick') else ''}",
+        *(
+            [f"- **the run stopped early**, at a scenario that failed: `{data['aborted']}`"]
+            if data.get("aborted")
+            else []
+        ),
         "",
         "The machine is shared and has 2 cores: the broker, the target, the load generator and "
         "the kcat consumer all compete for them, so absolute numbers are this box's, under this "

@@ -25,10 +25,11 @@ import random
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -746,8 +747,22 @@ class Bench:
         self.extra["uptime_start"] = uptime()
         self.extra["tree"] = tree_state()
         started = time.time()
+        self.extra["plan"] = asdict(self.plan)
+        try:
+            self.scenarios(only, want)
+        except Exception as exc:
+            # A scenario that broke must not cost the ones measured before it: they are written,
+            # the report says where the run stopped, and the exit status says it failed.
+            traceback.print_exc()
+            self.extra["aborted"] = f"{type(exc).__name__}: {exc}"
+        self.extra["uptime_end"] = uptime()
+        self.extra["wall_s"] = time.time() - started
+        self.extra["quick"] = self.args.quick
+        return self.write()
+
+    def scenarios(self, only: set[str] | None, want: Callable[[str], bool]) -> None:
+        """Every scenario `want` picks, in the report's order."""
         plan = self.plan
-        self.extra["plan"] = asdict(plan)
         if only is None or only & {
             "stepup", "webhook", "batch", "ws", "both", "replicas", "workers", "split"
         }:  # fmt: skip
@@ -807,10 +822,6 @@ class Bench:
             rate = self.args.profile_rate or 0.7 * (self.extra.get("max_rate") or plan.steps[0])
             print(f"profile: py-spy on the bridge at {rate:.0f}/s", flush=True)
             self.profile_bridge(rate)
-        self.extra["uptime_end"] = uptime()
-        self.extra["wall_s"] = time.time() - started
-        self.extra["quick"] = self.args.quick
-        return self.write()
 
     def write(self) -> Path:
         stamp = datetime.date.today().isoformat()
@@ -931,6 +942,8 @@ def main() -> None:
         bench.extra["broker_reused"] = reused
         bench.broker_pid = broker.pid(args.kafka_port)
         bench.run()
+    if "aborted" in bench.extra:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""The load generator's response framing: each answer counted once, whatever the header order."""
+"""The load generator: each answer counted once, whatever the header order; the feed ends."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import sys
+import time
+from pathlib import Path
 from typing import cast
 
+import aiohttp
 import pytest
 
 from bench.loadgen import WebhookGen, _HttpConn, parse_response
@@ -61,3 +67,49 @@ def test_parse_response_reports_status_body_and_bytes_used() -> None:
     assert parse_response(wire + error + b"HTTP/1.1") == (503, error, len(wire) + len(error))
     assert parse_response(wire + error[:-1]) is None
     assert parse_response(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"", 27)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_feed_generator_exits_when_told_though_its_reader_keeps_the_feed_open(
+    tmp_path: Path,
+) -> None:
+    # aiohttp's cleanup waits up to 60 s for a handler still serving an open WebSocket: the
+    # generator must close the feed itself, or the orchestrator's wait for it times out.
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", "ws", "--listen-port", str(port), "--rate", "0",
+        "--count", "5", "--salt", "1", "--out", str(tmp_path / "ws.json"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # until it listens
+                try:
+                    feed = await session.ws_connect(f"http://127.0.0.1:{port}/v1/ws")
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            await feed.send_str('{"type":"subscribe"}')
+            assert (await feed.receive_str(timeout=10)) == '{"type":"subscribed"}'
+            assert await process.stdout.readline() == b"ready\n"
+            process.stdin.write(f"go {time.time()}\n".encode())
+            await process.stdin.drain()
+            frames = [await feed.receive_str(timeout=10) for _ in range(5)]
+            assert len(frames) == 5
+            assert await process.stdout.readline() == b"done\n"
+            process.stdin.close()
+            # The reader never closes: it only answers the generator's close, as the bridge does.
+            closed = await feed.receive(timeout=10)
+            assert closed.type is aiohttp.WSMsgType.CLOSE
+            assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
