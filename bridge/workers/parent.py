@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.workers.budget import GiveUp, RestartBudget
-from bridge.workers.role import Stages, WorkerRole
+from bridge.workers.role import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,6 @@ def exit_fields(code: int) -> dict[str, object]:
         with contextlib.suppress(ValueError):
             fields["signal"] = signal.Signals(-code).name
     return fields
-
-
-def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
-    """What worker `index` of `count` runs: with a dedup process, it is the last one."""
-    if not dedup_process:
-        return "both"
-    return "dedup" if index == count - 1 else "ingest"
 
 
 class Parent:
@@ -135,7 +128,7 @@ class Parent:
             runtime_dir=self._runtime_dir,
             parent_pid=os.getpid(),
             restarts=self._restarts[index],
-            stages=stages_of(index, self._count, self._dedup_process),
+            dedup_process=self._dedup_process,
         )
         # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
         process = await asyncio.create_subprocess_exec(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -20,10 +20,20 @@ ASK_TIMEOUT_SECONDS = 1.0
 
 
 class PodView:
-    """/healthz, /readyz and /metrics of the pod, from every worker's own on its unix socket."""
+    """/healthz, /readyz and /metrics of the pod, from every worker's own on its unix socket.
 
-    def __init__(self, sockets: Mapping[str, Path], timeout: float = ASK_TIMEOUT_SECONDS) -> None:
+    `serving`: the workers whose readiness is the pod's (all by default).
+    """
+
+    def __init__(
+        self,
+        sockets: Mapping[str, Path],
+        timeout: float = ASK_TIMEOUT_SECONDS,
+        *,
+        serving: Collection[str] | None = None,
+    ) -> None:
         self._sockets = dict(sockets)
+        self._serving = None if serving is None else set(serving)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
@@ -55,18 +65,20 @@ class PodView:
         answers = await asyncio.gather(*(self._get(worker, path) for worker in self._sockets))
         return dict(zip(self._sockets, answers, strict=True))
 
-    async def _probe(self, path: str, ok: str, not_ok: str) -> web.Response:
+    async def _probe(
+        self, path: str, ok: str, not_ok: str, counted: Collection[str] | None = None
+    ) -> web.Response:
         answers: dict[str, Answer] = {}
         for worker, answer in (await self.ask(path)).items():
             answers[worker] = None if answer is None else (answer[0], _status(answer[1]))
-        status, body = pod_answer(answers, ok, not_ok)
+        status, body = pod_answer(answers, ok, not_ok, counted)
         return json_response(body, status=status)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return await self._probe("/healthz", "alive", "not_alive")
 
     async def readyz(self, _: web.Request) -> web.Response:
-        return await self._probe("/readyz", "ready", "not_ready")
+        return await self._probe("/readyz", "ready", "not_ready", self._serving)
 
     async def metrics(self, _: web.Request) -> web.Response:
         texts = {

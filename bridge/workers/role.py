@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Literal
 
 # Which stages a process runs: both (the default, and every worker unless the dedup stage has a
 # process of its own, BRIDGE_DEDUP__OWN_PROCESS), or one of them.
@@ -25,7 +25,22 @@ class WorkerRole:
     runtime_dir: Path
     parent_pid: int
     restarts: int = 0
-    stages: Stages = "both"
+    # The pod's last worker runs the dedup stage alone, the others only the ingest stage.
+    dedup_process: bool = False
+
+    @property
+    def stages(self) -> Stages:
+        """The stages this worker runs."""
+        return stages_of(self.index, self.count, self.dedup_process)
+
+    @property
+    def serving(self) -> list[str]:
+        """The `worker` labels of the workers serving the port: theirs is the pod's readiness."""
+        return [
+            str(i)
+            for i in range(self.count)
+            if stages_of(i, self.count, self.dedup_process) != "dedup"
+        ]
 
     def socket(self, index: int) -> Path:
         """The unix socket on which worker `index` serves its own probes and metrics."""
@@ -54,11 +69,12 @@ class WorkerRole:
             runtime_dir=Path(fields["runtime_dir"]),
             parent_pid=int(fields["parent_pid"]),
             restarts=int(fields["restarts"]),
-            stages=_stages(fields["stages"]),
+            dedup_process=bool(fields["dedup_process"]),
         )
 
 
-def _stages(value: object) -> Stages:
-    if value not in get_args(Stages):
-        raise ValueError(f"unknown stages {value!r} in {ENV}")
-    return cast(Stages, value)
+def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
+    """What worker `index` of `count` runs: with a dedup process, it is the last one."""
+    if not dedup_process:
+        return "both"
+    return "dedup" if index == count - 1 else "ingest"

@@ -58,7 +58,7 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         raise SystemExit(1)
     metrics = Metrics()
     metrics.worker_restarts.inc(role.restarts)
-    pod = PodView(role.sockets)
+    pod = PodView(role.sockets, serving=role.serving)
     bridge = Bridge(
         worker_settings(settings, role),
         metrics,

@@ -15,16 +15,18 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
-from bridge.workers.parent import Parent, run_parent, stages_of
+from bridge.workers.parent import Parent, run_parent
 from tests.processes import process_gone
 
 # A worker stand-in: records its role, then behaves as `mode` says until SIGTERM.
 STAND_IN = """
 import json, os, signal, sys, time
+from bridge.workers.role import WorkerRole
 role = json.loads(os.environ["PINECALL_BRIDGE_WORKER"])
+stages = WorkerRole.from_env(os.environ).stages
 mode, out = sys.argv[1], sys.argv[2]
 with open(out, "a") as f:
-    f.write(json.dumps({**role, "pid": os.getpid()}) + "\\n")
+    f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
 if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
     sys.exit(3)
 if mode == "stubborn":
@@ -90,15 +92,6 @@ async def test_with_a_dedup_process_the_last_worker_runs_the_stage_the_others_in
         (0, 0, "ingest"),
         (1, 0, "dedup"),
         (1, 1, "dedup"),
-    ]
-
-
-def test_which_stages_each_worker_runs() -> None:
-    assert [stages_of(i, 3, dedup_process=False) for i in range(3)] == ["both"] * 3
-    assert [stages_of(i, 3, dedup_process=True) for i in range(3)] == [
-        "ingest",
-        "ingest",
-        "dedup",
     ]
 
 

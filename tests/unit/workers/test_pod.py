@@ -123,3 +123,36 @@ async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path)
     finally:
         await view.close()
         await runner.cleanup()
+
+
+async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_others(
+    tmp_path: Path,
+) -> None:
+    # Worker 1 is the dedup stage's own process, down: webhooks are still taken by worker 0.
+    metrics = Metrics()
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = True
+    sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
+    worker = await serve_worker(sockets["0"], metrics, readiness)
+    view = PodView(sockets, timeout=0.5, serving=["0"])
+    public = web.Application()
+    public.add_routes(view.routes())
+    runner = web.AppRunner(public, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        status, body = await get(url + "/readyz")
+        assert (status, body) == (
+            200,
+            '{"status":"ready","workers":{"0":"ready","1":"unreachable"}}',
+        )
+        status, body = await get(url + "/healthz")  # liveness still asks every worker
+        assert status == 503
+        assert '"failing":["1"]' in body
+        readiness.stopping = True  # the serving worker is what decides
+        assert (await get(url + "/readyz"))[0] == 503
+    finally:
+        await view.close()
+        await runner.cleanup()
+        await worker.cleanup()

@@ -27,3 +27,16 @@ def test_a_worker_answering_503_says_why() -> None:
     assert status == 503
     assert body["failing"] == ["0", "2"]
     assert body["workers"]["0"] == "kafka_client_dead"
+
+
+def test_only_the_counted_workers_decide_the_others_are_shown() -> None:
+    answers = {"0": (200, "ready"), "1": None}
+    status, body = pod_answer(answers, "ready", "not_ready", counted=["0"])
+    assert (status, body) == (
+        200,
+        {"status": "ready", "workers": {"0": "ready", "1": "unreachable"}},
+    )
+    status, body = pod_answer(
+        {"0": (503, "stopping"), "1": (200, "ready")}, "ready", "not_ready", ["0"]
+    )
+    assert (status, body["failing"]) == (503, ["0"])

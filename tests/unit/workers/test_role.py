@@ -4,26 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bridge.config import unknown_variables
 from bridge.workers.role import WorkerRole
 
 
 def test_the_role_travels_through_the_environment() -> None:
     role = WorkerRole(
-        index=1, count=3, runtime_dir=Path("/tmp/x"), parent_pid=42, restarts=2, stages="dedup"
+        index=1, count=3, runtime_dir=Path("/tmp/x"), parent_pid=42, restarts=2, dedup_process=True
     )
     env = role.env()
     assert WorkerRole.from_env(env) == role
     assert unknown_variables(env) == []  # no warning about a variable no setting reads
 
 
-def test_a_role_naming_unknown_stages_is_refused() -> None:
-    env = WorkerRole(index=0, count=1, runtime_dir=Path("/tmp/x"), parent_pid=42).env()
-    env = {key: value.replace('"both"', '"all"') for key, value in env.items()}
-    with pytest.raises(ValueError, match="unknown stages 'all'"):
-        WorkerRole.from_env(env)
+def roles(count: int, dedup_process: bool) -> list[WorkerRole]:
+    return [
+        WorkerRole(i, count, Path("/tmp/x"), parent_pid=42, dedup_process=dedup_process)
+        for i in range(count)
+    ]
+
+
+def test_with_a_dedup_process_the_last_worker_runs_the_stage_the_others_serve_the_port() -> None:
+    assert [r.stages for r in roles(3, dedup_process=True)] == ["ingest", "ingest", "dedup"]
+    assert {tuple(r.serving) for r in roles(3, dedup_process=True)} == {("0", "1")}
+    assert [r.stages for r in roles(2, dedup_process=False)] == ["both", "both"]
+    assert roles(2, dedup_process=False)[1].serving == ["0", "1"]
 
 
 def test_no_variable_is_no_worker() -> None:
