@@ -40,26 +40,33 @@ OWNED = "pinecall_bridge_dedup_partitions_owned"
 INGESTED = "pinecall_bridge_events_ingested_total"
 
 
-@pytest.fixture
-async def pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
-    """A pod of two workers, not started; stopped at the end if still running."""
+async def a_pod(
+    kafka_bootstrap: str, topics: Topics, log: Path, **env: str
+) -> AsyncIterator[Replica]:
+    """A pod configured by `env`, not started; stopped at the end if still running."""
     port = free_port()
-    env = replica_env(kafka_bootstrap, topics, port, BRIDGE_HTTP__WORKERS="2")
-    replica = Replica("pod", env, tmp_path / "pod.log", port)
+    replica = Replica(log.stem, replica_env(kafka_bootstrap, topics, port, **env), log, port)
     yield replica
     if replica.alive:
         await replica.stop()
+
+
+@pytest.fixture
+async def pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
+    """A pod of two workers."""
+    async for replica in a_pod(
+        kafka_bootstrap, topics, tmp_path / "pod.log", BRIDGE_HTTP__WORKERS="2"
+    ):
+        yield replica
 
 
 @pytest.fixture
 async def split_pod(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
-    """A pod of one webhook worker and the dedup stage's own process, not started."""
-    port = free_port()
-    env = replica_env(kafka_bootstrap, topics, port, BRIDGE_DEDUP__OWN_PROCESS="true")
-    replica = Replica("split", env, tmp_path / "split.log", port)
-    yield replica
-    if replica.alive:
-        await replica.stop()
+    """A pod of one webhook worker and the dedup stage's own process."""
+    async for replica in a_pod(
+        kafka_bootstrap, topics, tmp_path / "split.log", BRIDGE_DEDUP__OWN_PROCESS="true"
+    ):
+        yield replica
 
 
 def new_connections() -> aiohttp.ClientSession:

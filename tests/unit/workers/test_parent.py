@@ -77,16 +77,22 @@ async def test_a_stop_reaches_every_worker_and_a_clean_stop_exits_0(tmp_path: Pa
     assert all(process_gone(r["pid"]) for r in roles)
 
 
+async def run_until_started(supervisor: Parent, started: Path, count: int) -> list[dict[str, Any]]:
+    """Run `supervisor` until `count` workers started, stop it; every start's role."""
+    running = asyncio.create_task(supervisor.run())
+    roles = await until_started(started, count)
+    await asyncio.sleep(0.3)  # their SIGTERM handlers in place
+    supervisor.stop(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 0
+    return roles
+
+
 async def test_with_a_dedup_process_the_last_worker_runs_the_stage_the_others_ingest(
     tmp_path: Path,
 ) -> None:
     supervisor, started = parent(tmp_path, "crash-once", count=2, dedup_process=True)
-    running = asyncio.create_task(supervisor.run())
-    roles = await until_started(started, 3)
-    await asyncio.sleep(0.3)
-    supervisor.stop(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        assert await running == 0
+    roles = await run_until_started(supervisor, started, 3)
     # Restarted, the dedup process runs the dedup stage again.
     assert sorted((r["index"], r["restarts"], r["stages"]) for r in roles) == [
         (0, 0, "ingest"),
@@ -100,12 +106,7 @@ async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
 ) -> None:
     supervisor, started = parent(tmp_path, "crash-once")
     with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
-        running = asyncio.create_task(supervisor.run())
-        roles = await until_started(started, 3)
-        await asyncio.sleep(0.3)
-        supervisor.stop(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            assert await running == 0
+        roles = await run_until_started(supervisor, started, 3)
     assert sorted((r["index"], r["restarts"]) for r in roles) == [(0, 0), (1, 0), (1, 1)]
     [crash] = [r for r in caplog.records if r.msg == "worker exited unexpectedly; restarting it"]
     assert (getattr(crash, "worker", None), getattr(crash, "exit_code", None)) == (1, 3)
