@@ -1,8 +1,9 @@
 """The supervisor of a pod's worker processes: start them, restart the ones that exit, stop all.
 
-It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker, each drains as a
-single process does, and the parent exits 0 once all have stopped cleanly; workers still running
-`GRACE_MARGIN_SECONDS` after the grace period are killed. A worker exiting on its own is
+It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker (to a dedup process
+once the others have exited), each drains as a single process does, and the parent exits 0 once
+all have stopped cleanly; workers still running `GRACE_MARGIN_SECONDS` after the grace period
+are killed. A worker exiting on its own is
 restarted after a pause; too many such exits (budget.py) stop the pod with exit code 1.
 """
 
@@ -74,6 +75,7 @@ class Parent:
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._restarts = [0] * count
         self._stopped_with: dict[int, int] = {}
+        self._told: set[int] = set()  # the workers sent the stop signal
         self._stop = asyncio.Event()
         self._signal = signal.SIGTERM
         self._gave_up = False
@@ -93,7 +95,17 @@ class Parent:
         )
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
         await self._stop.wait()
-        _, running = await asyncio.wait(slots, timeout=self._grace + self._margin)
+        deadline = loop.time() + self._grace + self._margin
+        last = self._last_to_stop()
+        if last:
+            # The dedup process stops once the webhook workers have flushed what they took to the
+            # ingest topic, so it outputs those records before it leaves its group: as a single
+            # process flushes its ingest producer before its dedup stage stops.
+            await asyncio.wait(
+                [s for i, s in enumerate(slots) if i not in last], timeout=self._grace
+            )
+            self._tell(last, self._signal)
+        _, running = await asyncio.wait(slots, timeout=max(deadline - loop.time(), 0.0))
         killed = sorted(i for i, p in self._processes.items() if p.returncode is None)
         if killed:
             log.error(
@@ -111,13 +123,28 @@ class Parent:
         return 0 if clean else 1
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop every worker with `sig` (again on a repeated signal: each handles it once)."""
-        if not self._stop.is_set():
+        """Stop every worker with `sig`, a dedup process last (see run).
+
+        A repeated signal goes to every worker at once (each handles it once).
+        """
+        repeated = self._stop.is_set()
+        if not repeated:
             log.info("stopping worker processes", extra={"signal": sig.name})
             self._signal = sig
             self._stop.set()
-        for process in self._processes.values():
-            if process.returncode is None:
+        last = [] if repeated else self._last_to_stop()
+        self._tell([i for i in range(self._count) if i not in last], sig)
+
+    def _last_to_stop(self) -> list[int]:
+        """The workers stopped only after the others: the dedup process, if there is one."""
+        return [self._count - 1] if self._dedup_process else []
+
+    def _tell(self, indices: list[int], sig: signal.Signals) -> None:
+        """Send `sig` to these workers now, and to any of them spawned from now on."""
+        self._told.update(indices)
+        for index in indices:
+            process = self._processes.get(index)
+            if process is not None and process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
 
@@ -144,7 +171,7 @@ class Parent:
                 "restarts": self._restarts[index],
             },
         )
-        if self._stop.is_set():  # the stop came while it was being spawned
+        if index in self._told:  # the stop came while it was being spawned
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(self._signal)
         return process

@@ -29,10 +29,17 @@ with open(out, "a") as f:
     f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
 if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
     sys.exit(3)
+def on_term(*_):
+    got = time.time()
+    if mode == "slow-stop" and role["index"] == 0:
+        time.sleep(0.5)
+    with open(out + ".stops", "a") as f:
+        f.write(json.dumps({"index": role["index"], "got": got, "exit": time.time()}) + "\\n")
+    sys.exit(0)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, on_term)
 while True:
     time.sleep(0.02)
 """
@@ -51,6 +58,12 @@ def starts(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def stops_of(started: Path) -> dict[int, dict[str, Any]]:
+    """When each worker got its SIGTERM and when it exited (the stand-in's `.stops` file)."""
+    lines = Path(f"{started}.stops").read_text().splitlines()
+    return {stop["index"]: stop for stop in map(json.loads, lines)}
 
 
 async def until_started(path: Path, count: int) -> list[dict[str, Any]]:
@@ -99,6 +112,21 @@ async def test_with_a_dedup_process_the_last_worker_runs_the_stage_the_others_in
         (1, 0, "dedup"),
         (1, 1, "dedup"),
     ]
+
+
+@pytest.mark.parametrize("dedup_process", [True, False])
+async def test_a_dedup_process_gets_the_stop_once_the_webhook_workers_have_exited(
+    tmp_path: Path, dedup_process: bool
+) -> None:
+    # Worker 0 takes 0.5 s to drain: the dedup process (worker 1) must output what it flushed.
+    supervisor, started = parent(tmp_path, "slow-stop", count=2, dedup_process=dedup_process)
+    await run_until_started(supervisor, started, 2)
+    stops = stops_of(started)
+    assert sorted(stops) == [0, 1]
+    if dedup_process:
+        assert stops[1]["got"] >= stops[0]["exit"]
+    else:  # workers running both stages all get it at once
+        assert stops[1]["got"] < stops[0]["exit"]
 
 
 async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
