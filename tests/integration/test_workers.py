@@ -265,16 +265,16 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
 ) -> None:
     run = topics.group[-6:]
     pod = split_pod
-    await pod.start()
+    await pod.start()  # ready with its webhook worker: the dedup process may still be starting
     sent: set[str] = set()
     async with new_connections() as session:
+        # Worker 1 serves no port: every webhook reaches worker 0, and worker 1 owns every
+        # ingest partition (replica_env: 6).
+        await owned_by(pod, session, {"0": 0, "1": 6})
         status, body = await get_json(session, pod.url + "/readyz")
         assert (status, body) == (200, {"status": "ready", "workers": {"0": "ready", "1": "ready"}})
         stages = {e["worker"]: e["stages"] for e in pod.log_entries() if e.get("msg") == "ready"}
         assert stages == {0: "ingest", 1: "dedup"}
-        # Worker 1 serves no port: every webhook reaches worker 0, and worker 1 owns every
-        # ingest partition (replica_env: 6).
-        await owned_by(pod, session, {"0": 0, "1": 6})
         batch = events(f"CA_{run}_a", 20, 10)
         await deliver(session, pod.url, batch)
         sent |= ids(batch)
