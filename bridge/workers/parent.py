@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.workers.budget import GiveUp, RestartBudget
-from bridge.workers.role import WorkerRole
+from bridge.workers.role import WorkerRole, stages_of
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class Parent:
 
     def _last_to_stop(self) -> list[int]:
         """The workers stopped only after the others: the dedup process, if there is one."""
-        return [self._count - 1] if self._dedup_process else []
+        count, dedup_process = self._count, self._dedup_process
+        return [i for i in range(count) if stages_of(i, count, dedup_process) == "dedup"]
 
     def _tell(self, indices: list[int], sig: signal.Signals) -> None:
         """Send `sig` to these workers now, and to any of them spawned from now on."""

@@ -131,6 +131,25 @@ async def until_gone(pid: int, within: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def until_restarted(pod: Replica, worker: int, killed: int) -> None:
+    """Until the parent logged a new process for `worker`, whose process `killed` was."""
+    deadline = time.monotonic() + 30
+    while pod.worker_pids().get(worker, killed) == killed:
+        assert time.monotonic() < deadline, f"worker {worker} was not restarted"
+        await asyncio.sleep(0.1)
+
+
+async def output_once(kafka_bootstrap: str, topics: Topics, answered: set[str]) -> None:
+    """Every event answered 2xx is output exactly once, once the group's next member drained
+    what a stopped pod was not handed yet."""
+    await drain(kafka_bootstrap, topics)
+    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
+    counted = Counter(r.json()["id"] for r in records)
+    assert {i: n for i, n in counted.items() if n > 1} == {}, "an event was output twice"
+    missing = answered - set(counted)
+    assert missing == set(), f"answered 2xx but not output: {sorted(missing)[:5]}"
+
+
 async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
     pod: Replica, kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -171,10 +190,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
         assert status == 503
         assert "1" in body["failing"], body
         assert body["workers"]["0"] == "ready", body
-        deadline = time.monotonic() + 30
-        while pod.worker_pids()[1] == killed:
-            assert time.monotonic() < deadline, "worker 1 was not restarted"
-            await asyncio.sleep(0.1)
+        await until_restarted(pod, 1, killed)
         await wait_ready(pod.url)
         await posting
         sent |= ids(during)
@@ -225,13 +241,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
     assert stopped == [0, 1]
     assert [e.get("clean") for e in log if e.get("msg") == "all workers stopped"] == [True]
 
-    # Records the stopped pod was not handed yet are the group's next member's.
-    await drain(kafka_bootstrap, topics)
-    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
-    counted = Counter(r.json()["id"] for r in records)
-    assert {i: n for i, n in counted.items() if n > 1} == {}, "an event was output twice"
-    missing = (sent | acked) - set(counted)
-    assert missing == set(), f"answered 2xx but not output: {sorted(missing)[:5]}"
+    await output_once(kafka_bootstrap, topics, sent | acked)
 
 
 async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
@@ -294,10 +304,7 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
         for body in during:
             assert await post_signed(session, pod.url, body) == 200
         sent |= ids(during)
-        deadline = time.monotonic() + 30
-        while pod.worker_pids().get(1, killed) == killed:
-            assert time.monotonic() < deadline, "the dedup process was not restarted"
-            await asyncio.sleep(0.1)
+        await until_restarted(pod, 1, killed)
         await wait_ready(pod.url)
         await owned_by(pod, session, {"0": 0, "1": 6})
         started = [e["stages"] for e in pod.log_entries() if e.get("msg") == "worker started"]
@@ -309,8 +316,4 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
     # In two phases: the dedup process only once the webhook worker had exited.
     assert [e["worker"] for e in log if e.get("msg") == "worker stopped"] == [0, 1]
 
-    await drain(kafka_bootstrap, topics)
-    records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
-    counted = Counter(r.json()["id"] for r in records)
-    assert {i: n for i, n in counted.items() if n > 1} == {}, "an event was output twice"
-    assert sent - set(counted) == set(), "answered 2xx but not output"
+    await output_once(kafka_bootstrap, topics, sent)
