@@ -334,11 +334,12 @@ class Bridge:
             log.error("requests still in flight when the grace period ran short")
         try:
             async with asyncio.timeout_at(deadline):
-                # Phase two: flush the ingest producer, then let the dedup stage commit what it
-                # holds and leave the group, so its partitions move on without a session timeout.
+                # Phase two: flush the ingest producer; the dedup stage outputs the records of its
+                # partitions up to their ends (until the flush's share of the grace period), then
+                # commits and leaves the group, so its partitions move on without a session timeout.
                 await self.sink.stop()
                 if self.dedup is not None:
-                    await self.dedup.stop()
+                    await self.dedup.stop(drain_by=flush_from)
         except TimeoutError:
             log.error("grace period over before the producer was flushed and the stage stopped")
         self._runner = None

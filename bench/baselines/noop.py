@@ -50,7 +50,7 @@ class NoDedup:
     async def start(self) -> None:
         return None
 
-    async def stop(self) -> None:
+    async def stop(self, drain_by: float | None = None) -> None:
         return None
 
 

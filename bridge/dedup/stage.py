@@ -14,6 +14,10 @@ straight back (the assignor keeps partitions where they are) resumes when nobody
 since; any other is dropped. A failed transaction drops every task it touched and its producer
 (the replacement's start aborts it); each partition is started afresh after a pause if this member
 still owns it: 2 s after a timeout or an error, a session timeout after a fence.
+
+A stop drains first (bounded by the caller's deadline): the loop runs on until every owned
+partition is decided up to its end offset at the stop, so what the ingest stage acknowledged
+leaves with this member; then the open transaction commits and the member leaves the group.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -61,7 +66,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class DedupStage:
-    """start() joins the group and returns; stop() commits what is open and leaves."""
+    """start() joins the group and returns; stop() drains, commits what is open and leaves."""
 
     def __init__(
         self,
@@ -95,6 +100,8 @@ class DedupStage:
         # Revoked and committed, kept in case the rebalance hands them straight back.
         self._suspended: dict[TopicPartition, PartitionTask] = {}
         self._running = False
+        # Set by the loop after each round: a drain waits on it rather than polling.
+        self._stepped = asyncio.Event()
         self._replacement = Replacement("dedup consumer")
         # The last assignment, kept through revocation: claimed at the next join so partitions
         # stay where their state is (a moved partition costs a restore).
@@ -154,8 +161,16 @@ class DedupStage:
         consumer.subscribe([self._topic], listener=_Listener(self))
         return consumer
 
-    async def stop(self) -> None:
-        """Commit each owned partition's open transaction, close the producers, leave the group."""
+    async def stop(self, drain_by: float | None = None) -> None:
+        """Drain until `drain_by` (loop time), commit what is open, close the producer, leave.
+
+        Draining works every owned partition up to its end offset at the stop, so the records
+        the ingest stage acknowledged before it stopped leave with this member: not with the
+        partition's next owner after a rebalance and a restore, nor never when the deployment
+        scales to zero.
+        """
+        if drain_by is not None:
+            await self._drain(drain_by)
         self._running = False
         if self._loop is not None:
             await self._loop
@@ -177,6 +192,38 @@ class DedupStage:
         for tp in gone:
             self._forget_lag(tp)
 
+    async def _drain(self, by: float) -> None:
+        consumer, loop = self._consumer, self._loop
+        if consumer is None or loop is None or loop.done() or not self._tasks:
+            return
+        started = time.monotonic()
+        left: dict[TopicPartition, int] = {}
+        try:
+            async with asyncio.timeout_at(by):
+                ends: dict[TopicPartition, int] = await consumer.end_offsets(list(self._tasks))
+                while not loop.done():
+                    left = behind(ends, {tp: t.position for tp, t in self._tasks.items()})
+                    if not left:
+                        break
+                    self._stepped.clear()
+                    await self._stepped.wait()
+        except TimeoutError:
+            log.warning(
+                "dedup stage stopped before it drained what it owns; the next owner outputs it",
+                extra={"records_left": sum(left.values()), "partitions": _numbers(left)},
+            )
+            return
+        except Exception as exc:  # the end offsets: stopping must go on without them
+            log.warning("dedup stage could not drain", extra={"error": repr(exc)})
+            return
+        log.info(
+            "dedup stage drained",
+            extra={
+                "drain_s": round(time.monotonic() - started, 3),
+                "partitions": _numbers(self._tasks),
+            },
+        )
+
     async def _plain_committed(self, tp: TopicPartition) -> int | None:
         if self._consumer is None:
             raise KafkaConnectionError("the dedup consumer is being replaced")
@@ -190,36 +237,41 @@ class DedupStage:
         assert self._consumer is not None
         consumer = self._consumer
         interval = self._settings.commit_interval_ms / 1000
-        while self._running:
-            died = consumer_died(consumer)
-            if died is not None:
-                fresh = await self._replace_consumer(consumer, died)
-                if fresh is None:
-                    return
-                consumer = fresh
-                continue
-            try:
-                batches = await consumer.getmany(
-                    timeout_ms=self._settings.commit_interval_ms, max_records=MAX_RECORDS_PER_STEP
-                )
-            except Exception:  # the group must outlive a fetch error; aiokafka retries inside
-                if consumer_died(consumer) is not None:
-                    continue  # replaced at the top of the loop
-                log.exception("dedup stage fetch failed")
-                await asyncio.sleep(interval)
-                continue
-            async with self._lock:
-                for tp, records in batches.items():
-                    task = self._tasks.get(tp)
-                    if task is not None:
-                        await self._step(task, task.process(records, self._out))
-                age = self._out.age
-                if age is not None and age >= interval:
-                    await self._commit()
-                self._update_lag(consumer)
-            # getmany hands out records already fetched without suspending, and neither does a
-            # send that fits the buffer: without this a backlog is worked off in one go.
-            await asyncio.sleep(0)
+        try:
+            while self._running:
+                died = consumer_died(consumer)
+                if died is not None:
+                    fresh = await self._replace_consumer(consumer, died)
+                    if fresh is None:
+                        return
+                    consumer = fresh
+                    continue
+                try:
+                    batches = await consumer.getmany(
+                        timeout_ms=self._settings.commit_interval_ms,
+                        max_records=MAX_RECORDS_PER_STEP,
+                    )
+                except Exception:  # the group must outlive a fetch error; aiokafka retries inside
+                    if consumer_died(consumer) is not None:
+                        continue  # replaced at the top of the loop
+                    log.exception("dedup stage fetch failed")
+                    await asyncio.sleep(interval)
+                    continue
+                async with self._lock:
+                    for tp, records in batches.items():
+                        task = self._tasks.get(tp)
+                        if task is not None:
+                            await self._step(task, task.process(records, self._out))
+                    age = self._out.age
+                    if age is not None and age >= interval:
+                        await self._commit()
+                    self._update_lag(consumer)
+                self._stepped.set()
+                # getmany hands out records already fetched without suspending, and neither does a
+                # send that fits the buffer: without this a backlog is worked off in one go.
+                await asyncio.sleep(0)
+        finally:
+            self._stepped.set()  # a drain waiting on the loop is not left waiting for its end
 
     async def _replace_consumer(self, dead: AIOKafkaConsumer, why: str) -> AIOKafkaConsumer | None:
         """Its group task died, so it fetches nothing ever again: lose every partition, rejoin.
@@ -435,3 +487,18 @@ class DedupStage:
         for gauge in (self._metrics.dedup_lag_records, self._metrics.dedup_lag_seconds):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(tp.partition))
+
+
+def behind(
+    ends: dict[TopicPartition, int], positions: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Records left before each end offset, among the partitions still owned (`positions`)."""
+    return {
+        tp: end - positions[tp]
+        for tp, end in ends.items()
+        if tp in positions and positions[tp] < end
+    }
+
+
+def _numbers(partitions: Iterable[TopicPartition]) -> list[int]:
+    return sorted(tp.partition for tp in partitions)

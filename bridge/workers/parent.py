@@ -99,8 +99,8 @@ class Parent:
         last = self._last_to_stop()
         if last:
             # The dedup process stops once the webhook workers have flushed what they took to the
-            # ingest topic, so it normally outputs those records before it leaves its group: as
-            # a single process flushes its ingest producer before its dedup stage stops.
+            # ingest topic, so its drain outputs those records before it leaves its group: as a
+            # single process flushes its ingest producer before its dedup stage drains.
             await asyncio.wait(
                 [s for i, s in enumerate(slots) if i not in last], timeout=self._grace
             )

@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
+from bridge.ingest.record import encode
 from bridge.service import Bridge
 from bridge.sink.record import Record
 from bridge.sources.signature import sign
@@ -419,6 +420,34 @@ async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
         tp.partition: end - max(committed[tp].offset if tp in committed else 0, 0)
         for tp, end in ends.items()
     }
+
+
+def ingest_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:
+    """Ingest records of webhook events `call:seq`, each bound for the events topic."""
+    return [
+        encode(
+            names.ingest,
+            f"{call}:{seq}",
+            Record(names.events, call.encode(), f"{call}:{seq}".encode()),
+            "webhook",
+            1.0,
+        )
+        for seq in seqs
+    ]
+
+
+async def write_ingest(bootstrap: str, records: list[Record]) -> None:
+    """Append `records` to their topic as an ingest stage does (one producer, then a flush)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send(
+                record.topic, record.value, key=record.key, headers=list(record.headers)
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:

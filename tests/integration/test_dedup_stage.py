@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,8 @@ from bridge.dedup.committed import StableOffsets, stable_or_settled
 from bridge.dedup.groupcommit import GroupMetadata, group_metadata
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
-from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
-from bridge.sink.record import Record
 from tests.integration.conftest import (
     Consumed,
     RunningBridge,
@@ -36,8 +34,11 @@ from tests.integration.conftest import (
     has_id,
     ingest_backlog,
     ingest_one_partition,
+    ingest_records,
     open_output,
     read_decided,
+    read_to_end,
+    write_ingest,
 )
 
 Start = Callable[..., Any]
@@ -240,6 +241,29 @@ async def test_two_members_split_the_partitions_and_output_each_id_once_in_order
     )
 
 
+async def test_a_stopping_stage_outputs_the_ingest_records_it_owns_before_it_leaves(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """Acknowledged just before the stop, they leave with this member, not with the next one."""
+    stage = bridge.bridge.dedup
+    assert stage is not None
+    await until_sample([bridge], "pinecall_bridge_dedup_partitions_owned", 3)
+    backlog = [
+        r for n in range(6) for r in ingest_records(topics, f"{unique_call}_{n}", range(500))
+    ]
+    # The stage's loop waits for its lock meanwhile: none of it is decided when the stop begins.
+    async with stage._lock:
+        await write_ingest(kafka_bootstrap, backlog)
+        stopping = asyncio.create_task(stage.stop(drain_by=asyncio.get_running_loop().time() + 60))
+        await asyncio.sleep(0)
+    await stopping
+    # Committed by the member that stopped: no record is left to the group's next member.
+    assert await _backlog(kafka_bootstrap, topics) == 0
+    output = Counter(r.value for r in await read_to_end(kafka_bootstrap, [topics.events]))
+    assert output == Counter(r.value for r in backlog)
+    assert max(output.values()) == 1
+
+
 async def test_dead_letters_and_alerts_go_through_the_stage_once(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
@@ -280,20 +304,6 @@ async def test_dead_letters_and_alerts_go_through_the_stage_once(
 
 
 # --- fencing, with PartitionTask and StageProducer driven by hand ---------------------------
-
-
-def _webhook_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:
-    """Ingest records of webhook events `call:seq`, each bound for the events topic."""
-    return [
-        encode(
-            names.ingest,
-            f"{call}:{seq}",
-            Record(names.events, call.encode(), f"{call}:{seq}".encode()),
-            "webhook",
-            1.0,
-        )
-        for seq in seqs
-    ]
 
 
 async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> list[bytes]:
@@ -371,7 +381,7 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
     The zombie processed a record as the partition's owner, then the group moved on (another
     member owns it now) before the zombie committed.
     """
-    items = _webhook_records(topics, unique_call, (1, 2))
+    items = ingest_records(topics, unique_call, (1, 2))
     records = await ingest_one_partition(kafka_bootstrap, topics, items)
     tp = TopicPartition(topics.ingest, 0)
     settings = DedupSettings(group=topics.group)
@@ -434,7 +444,7 @@ async def test_a_restart_with_the_same_instance_id_aborts_the_crashed_transactio
     (8 s) and the broker's check interval; a different instance id leaves it open.
     """
     records = await ingest_one_partition(
-        kafka_bootstrap, topics, _webhook_records(topics, unique_call, [1])
+        kafka_bootstrap, topics, ingest_records(topics, unique_call, [1])
     )
     tp = TopicPartition(topics.ingest, 0)
     held = [TopicPartition(topics.events, 0)]
@@ -544,7 +554,7 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     With the plain read (what the stage passed before) it started at 1 and processed, so published
     again, the records of offsets 1 and 2.
     """
-    items = _webhook_records(topics, unique_call, range(4))
+    items = ingest_records(topics, unique_call, range(4))
     await ingest_one_partition(kafka_bootstrap, topics, items)
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:

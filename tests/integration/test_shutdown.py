@@ -14,20 +14,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from bridge import jsoncodec
 from bridge.sources.signature import sign
 from tests.integration.conftest import (
     SECRET,
-    Consumed,
     Topics,
     consume_until,
     daemon_env,
     drain,
     entry,
     has_id,
+    ingest_backlog,
+    ingest_records,
+    read_to_end,
     wait_ready,
+    write_ingest,
 )
 
 GRACE_SECONDS = 15.0
@@ -149,26 +151,6 @@ async def post(
         return response.status, await response.json()
 
 
-async def read_to_end(bootstrap: str, topic: str) -> list[Consumed]:
-    """Every record of the topic, read once its writer is gone."""
-    # A marker appended to each partition, read back, proves everything before it was read.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        partitions = sorted(await producer.partitions_for(topic))
-        for partition in partitions:
-            marker = jsoncodec.dumps({"marker": partition})
-            await producer.send_and_wait(topic, value=marker, partition=partition)
-    finally:
-        await producer.stop()
-
-    def all_markers(records: list[Consumed]) -> bool:
-        return {r.json().get("marker") for r in records} >= set(partitions)
-
-    records = await consume_until(bootstrap, [topic], all_markers, within=60)
-    return [r for r in records if "marker" not in r.json()]
-
-
 @dataclass
 class Traffic:
     """What the client loops saw: every event answered 200, and anything unexpected."""
@@ -284,7 +266,7 @@ async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
     # The stopped daemon committed what its dedup stage held; ingest records it was not handed
     # yet are the next group member's, as in a rolling restart.
     await drain(kafka_bootstrap, topics)
-    records = await read_to_end(kafka_bootstrap, topics.events)
+    records = await read_to_end(kafka_bootstrap, [topics.events])
     ids = [r.json()["id"] for r in records]
     doubled = {event_id: n for event_id, n in Counter(ids).items() if n > 1}
     assert doubled == {}, "records written twice"
@@ -314,6 +296,45 @@ async def test_sigint_stops_cleanly(
     await drain(kafka_bootstrap, topics)
     records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     assert [r.json()["id"] for r in records] == [f"{unique_call}:1"]
+
+
+async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> None:
+    """Until the daemon's dedup stage owns `partitions` ingest partitions (from its /metrics)."""
+    wanted = f"pinecall_bridge_dedup_partitions_owned {float(partitions)}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{daemon.url}/metrics") as response:
+                if wanted in (await response.text()).splitlines():
+                    return
+            assert loop.time() < deadline, f"the stage never owned {partitions}{daemon.log()}"
+            await asyncio.sleep(0.1)
+
+
+async def test_sigterm_outputs_the_ingest_backlog_the_stage_owns_before_the_exit(
+    spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    """The last replica scaled away leaves nothing acknowledged undecided: no member follows it.
+
+    The backlog is written straight into the ingest topic, as another pod's (or worker's) ingest
+    stage acknowledges it, far more than the stage decides between the write and the signal.
+    """
+    daemon = await spawn(shutdown_env(kafka_bootstrap, topics))
+    await until_owned(daemon, 3)
+    backlog = [
+        r for n in range(20) for r in ingest_records(topics, f"{unique_call}_{n}", range(1000))
+    ]
+    await write_ingest(kafka_bootstrap, backlog)
+    stopping_log = daemon.stderr.stat().st_size
+    daemon.proc.send_signal(signal.SIGTERM)
+    code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    assert code == 0, f"exit code {code}{daemon.log()}"
+    assert daemon.error_logs(since=stopping_log) == [], daemon.log()
+    # No drain by a next member here: the stopped daemon committed past every record itself.
+    assert sum((await ingest_backlog(kafka_bootstrap, topics)).values()) == 0, daemon.log()
+    output = Counter(r.value for r in await read_to_end(kafka_bootstrap, [topics.events]))
+    assert output == Counter(r.value for r in backlog)
 
 
 def run_cli(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -109,3 +109,33 @@ async def test_the_dedup_process_serves_no_port_the_others_do() -> None:
     assert await stays_closed_while_started("dedup")
     assert not await stays_closed_while_started("ingest")
     assert not await stays_closed_while_started("both")
+
+
+class StageStand:
+    """The dedup stage's place: notes the drain deadline its stop is given."""
+
+    alive = True
+
+    def __init__(self) -> None:
+        self.drain_by: float | None = None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, drain_by: float | None = None) -> None:
+        self.drain_by = drain_by
+
+
+async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period() -> None:
+    bridge = Bridge(every_source(free_port()))  # a grace period of 2 s
+    stage = StageStand()
+    bridge.dedup = stage  # type: ignore[assignment]
+    await bridge.start()
+    loop = asyncio.get_running_loop()
+    stopping = loop.time()
+    await bridge.stop()
+    stopped = loop.time()
+    assert stage.drain_by is not None
+    # The last quarter of the grace period (at most 5 s) stays for the commit and the leave:
+    # 1.5 s after the stop began.
+    assert stopping <= stage.drain_by - 1.5 <= stopped

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage
+from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage, behind
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
@@ -93,6 +93,36 @@ class BackloggedConsumer(FakeConsumer):
         batch = [ingest(self.next + i, f"CA_1:{self.next + i}", 100.0) for i in range(count)]
         self.next += count
         return {self.partition: list(batch)}
+
+
+class FiniteConsumer(FakeConsumer):
+    """One owned partition holding `count` records from offset 0, handed out as asked.
+
+    With `stuck`, it fetches nothing (a broker that stopped answering fetches).
+    """
+
+    def __init__(self, partition: TopicPartition, count: int, *, stuck: bool = False) -> None:
+        super().__init__({partition})
+        self.partition, self.count, self.stuck = partition, count, stuck
+        self.next = 0
+        self.stopped = False
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, self.count)
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        if self.stuck or self.next >= self.count:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        n = min(max_records or 10_000, self.count - self.next)
+        batch = [ingest(self.next + i, f"CA_1:{self.next + i}", 100.0) for i in range(n)]
+        self.next += n
+        return {self.partition: list(batch)}
+
+    async def stop(self) -> None:
+        self.stopped = True
 
 
 class Listener:
@@ -272,3 +302,58 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
     assert all(later > earlier for earlier, later in itertools.pairwise(seen)), seen
     assert task.position == consumer.next  # every record handed out was decided
     assert steps(h.producer).count("send") == consumer.next
+
+
+def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:
+    """The stage's loop running over `consumer`, with a real task for its partition at 0."""
+    h.stage._consumer = consumer
+    task = PartitionTask(consumer.partition, h.stage._settings, {}, h.metrics)
+    h.stage._tasks[task.tp] = task
+    h.stage._running = True
+    h.stage._loop = asyncio.create_task(h.stage._run())
+    return task
+
+
+async def test_a_stop_with_a_drain_outputs_every_record_up_to_the_end_offsets_first() -> None:
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=10 * MAX_RECORDS_PER_STEP + 3)
+    task = running_over(h, consumer)
+    await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 30)
+    # Without the drain, the loop ends after the round in progress: one step of records at most.
+    assert task.position == consumer.count
+    assert steps(h.producer).count("send") == consumer.count
+    assert steps(h.producer)[-3:] == ["offsets", "commit", "stop"]
+    assert consumer.stopped
+
+
+async def test_a_drain_ends_at_its_deadline_and_the_stop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=500, stuck=True)
+    task = running_over(h, consumer)
+    async with asyncio.timeout(10):
+        await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 0.3)
+    assert task.position == 0
+    assert consumer.stopped
+    (left,) = [r for r in caplog.records if "before it drained" in r.getMessage()]
+    assert (left.records_left, left.partitions) == (500, [1])  # type: ignore[attr-defined]
+
+
+async def test_a_drain_stops_waiting_once_the_loop_has_ended() -> None:
+    # A loop that gives up (its consumer could not be replaced) must not hold the stop.
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=500, stuck=True)
+    running_over(h, consumer)
+    await asyncio.sleep(0)
+    h.stage._running = False  # the loop's own reason to end, here from outside
+    async with asyncio.timeout(10):
+        await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 300)
+    assert consumer.stopped
+
+
+def test_behind_counts_what_is_left_of_the_partitions_still_owned() -> None:
+    ends = {tp(1): 10, tp(2): 5, tp(3): 7}
+    # 1 is behind, 2 is at its end, 3 was lost meanwhile (no position): not waited for.
+    assert behind(ends, {tp(1): 4, tp(2): 5}) == {tp(1): 6}
+    assert behind(ends, {tp(1): 10, tp(2): 6}) == {}
