@@ -272,6 +272,15 @@ def _targets(data: dict[str, Any]) -> list[str]:
             f"{r:.2f}x" + (" (events lost: not a throughput)" if lossy else ""),
             False if lossy else r >= 0.8,
         )
+    ws_split = _find(data, "ws-flat-out-split", "bridge")
+    r = ratio(_get(ws_split, "throughput"), _get(ws_noop, "throughput"))
+    if r is not None and ws_split is not None:
+        lossy = bool(ws_split["lost"] or ws_split["doubled"] or ws_split["errors"])
+        goal(
+            "the same, the dedup stage in a process of its own (BRIDGE_DEDUP__OWN_PROCESS)",
+            f"{r:.2f}x" + (" (events lost: not a throughput)" if lossy else ""),
+            False if lossy else r >= 0.8,
+        )
     stage = data.get("stage")
     if stage and top:
         r = stage["events_per_s"] / top
@@ -330,6 +339,11 @@ def _ratios(data: dict[str, Any]) -> list[str]:
     line(
         "feed flat out, events/s vs no-op publisher (b)",
         _get(ws, "throughput"),
+        _get(ws_noop, "throughput"),
+    )
+    line(
+        "feed flat out, the dedup stage apart, events/s vs no-op publisher (b)",
+        _get(_find(data, "ws-flat-out-split", "bridge"), "throughput"),
         _get(ws_noop, "throughput"),
     )
     single = {t: _find(data, "webhook-single", t) for t in ("bridge", "naive", "noop", "kcat")}

@@ -628,7 +628,15 @@ class Bench:
         self.rows.append(row)
         return row
 
-    def ws_run(self, kind: str, name: str, rate: float, count: int, both: bool = False) -> Measured:
+    def ws_run(
+        self,
+        kind: str,
+        name: str,
+        rate: float,
+        count: int,
+        both: bool = False,
+        own_dedup: bool = False,
+    ) -> Measured:
         """Scenarios 3 and 4: the feed flat out, or both channels carrying every event."""
         topics = self.topics(f"{name}-{kind}")
         first = self._indices(count)
@@ -649,7 +657,7 @@ class Bench:
             self.work / f"{name}-{kind}-ws.json",
         )
         consumer = measure.Consumer(self.brokers, topics["events"]) if kind != "noop" else None
-        proc = self.target(kind, topics, ws=True)
+        proc = self.target(kind, topics, ws=True, own_dedup=own_dedup)
         try:
             if kind == "bridge":
                 # As the step-ups do: the feed waits for go, but the dedup group would still be
@@ -663,6 +671,8 @@ class Bench:
                     )
                 )
             row = Measured(name, kind, rate, count)
+            if own_dedup:
+                row.note = "the dedup stage in a process of its own; the feed in the other"
             self.measured(row, proc, gens, consumer, first)
         finally:
             proc.stop()
@@ -764,7 +774,7 @@ class Bench:
         """Every scenario `want` picks, in the report's order."""
         plan = self.plan
         if only is None or only & {
-            "stepup", "webhook", "batch", "ws", "both", "replicas", "workers", "split"
+            "stepup", "webhook", "batch", "ws", "ws-split", "both", "replicas", "workers", "split"
         }:  # fmt: skip
             self.warm_broker()
         if want("stepup") or want("webhook"):
@@ -789,6 +799,13 @@ class Bench:
             self.ws_run("bridge", "ws-flat-out", 0, plan.ws_events)
             if not self.args.no_baselines:
                 self.ws_run("noop", "ws-flat-out", 0, plan.ws_events)
+        if want("ws-split"):
+            print(
+                "scenario 3, the dedup stage in a process of its own: the feed flat out", flush=True
+            )
+            self.ws_run("bridge", "ws-flat-out-split", 0, plan.ws_events, own_dedup=True)
+            if only is not None and "ws" not in only and not self.args.no_baselines:
+                self.ws_run("noop", "ws-flat-out", 0, plan.ws_events)  # its baseline, once
         if want("kcat") and not self.args.no_baselines:
             print("baseline (a): kcat flat out", flush=True)
             self.kcat_run("flat-out", 0, plan.kcat_events)
@@ -914,7 +931,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         help=(
-            "stepup,batch,ws,kcat,both,replicas,workers,split,restore,stage,memory (none: profile)"
+            "stepup,batch,ws,ws-split,kcat,both,replicas,workers,split,restore,stage,memory"
+            " (none: profile)"
         ),
     )
     parser.add_argument("--no-baselines", action="store_true")
