@@ -198,24 +198,27 @@ class DedupStage:
         if consumer is None or loop is None or loop.done() or not self._tasks:
             return
         started = time.monotonic()
-        left: dict[TopicPartition, int] = {}
+        ends: dict[TopicPartition, int] | None = None
         try:
             async with asyncio.timeout_at(by):
-                ends: dict[TopicPartition, int] = await consumer.end_offsets(list(self._tasks))
-                while not loop.done():
-                    left = behind(ends, {tp: t.position for tp, t in self._tasks.items()})
-                    if not left:
-                        break
+                ends = await consumer.end_offsets(list(self._tasks))
+                while not loop.done() and behind(ends, self._positions()):
                     self._stepped.clear()
                     await self._stepped.wait()
         except TimeoutError:
-            log.warning(
-                "dedup stage stopped before it drained what it owns; the next owner outputs it",
-                extra={"records_left": sum(left.values()), "partitions": _numbers(left)},
-            )
-            return
+            pass
         except Exception as exc:  # the end offsets: stopping must go on without them
             log.warning("dedup stage could not drain", extra={"error": repr(exc)})
+            return
+        left = behind(ends, self._positions()) if ends is not None else None
+        if left is None or left:
+            log.warning(
+                "dedup stage stopped before it drained what it owns; the next owner outputs it",
+                extra={
+                    "records_left": None if left is None else sum(left.values()),
+                    "partitions": _numbers(self._tasks if left is None else left),
+                },
+            )
             return
         log.info(
             "dedup stage drained",
@@ -224,6 +227,9 @@ class DedupStage:
                 "partitions": _numbers(self._tasks),
             },
         )
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        return {tp: task.position for tp, task in self._tasks.items()}
 
     async def _plain_committed(self, tp: TopicPartition) -> int | None:
         if self._consumer is None:

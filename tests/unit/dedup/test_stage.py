@@ -340,6 +340,26 @@ async def test_a_drain_ends_at_its_deadline_and_the_stop_goes_on(
     assert (left.records_left, left.partitions) == (500, [1])  # type: ignore[attr-defined]
 
 
+async def test_a_drain_whose_end_offsets_never_come_ends_at_its_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=500, stuck=True)
+
+    async def unanswered(partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    consumer.end_offsets = unanswered  # type: ignore[method-assign]
+    running_over(h, consumer)
+    async with asyncio.timeout(10):
+        await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 0.3)
+    assert consumer.stopped
+    (left,) = [r for r in caplog.records if "before it drained" in r.getMessage()]
+    # How much was left is unknown: the partitions are named, the count is not made up.
+    assert (left.records_left, left.partitions) == (None, [1])  # type: ignore[attr-defined]
+
+
 async def test_a_drain_stops_waiting_once_the_loop_has_ended() -> None:
     # A loop that gives up (its consumer could not be replaced) must not hold the stop.
     h = Harness()
