@@ -465,15 +465,7 @@ async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record
         )
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        for item in items:
-            await producer.send_and_wait(
-                item.topic, item.value, key=item.key, headers=list(item.headers)
-            )
-    finally:
-        await producer.stop()
+    await write_ingest(bootstrap, items)
     consumer = AIOKafkaConsumer(
         names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
