@@ -308,6 +308,7 @@ class Metrics:
         self.published_by = Children(self.published)
         self.ingested_by = Children(self.ingested)
         self.duplicates_by = Children(self.duplicates)
+        self.frames_by = Children(self.websocket_frames)
 
     def register_feed(self) -> None:
         """Export the WebSocket feed's series (idempotent): a process with the feed enabled."""

@@ -300,7 +300,7 @@ class WebSocketSource:
     def _take(self, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
         frame = classify(message)
-        self._metrics.websocket_frames.labels(frame.kind).inc()
+        self._metrics.frames_by(frame.kind).inc()
         if frame.kind == "event":
             size = len(message)
             s = self._settings
