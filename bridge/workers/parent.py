@@ -3,8 +3,8 @@
 It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker (to a dedup process
 once the others have exited), each drains as a single process does, and the parent exits 0 once
 all have stopped cleanly; workers still running `GRACE_MARGIN_SECONDS` after the grace period
-are killed. A worker exiting on its own is
-restarted after a pause; too many such exits (budget.py) stop the pod with exit code 1.
+are killed. A worker exiting on its own is restarted after a pause; too many such exits
+(budget.py) stop the pod with exit code 1.
 """
 
 from __future__ import annotations

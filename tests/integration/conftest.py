@@ -527,8 +527,8 @@ async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> No
 async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:
     """Run a bridge of the same dedup group until the ingest topic is decided, then stop it.
 
-    A stopped bridge leaves ingest records it was not handed yet to the group's next member;
-    this is that member.
+    A killed bridge, or one whose drain on stop was cut short, leaves undecided ingest records
+    to the group's next member; this is that member.
     """
     bridge = Bridge(bridge_settings(bootstrap, names))
     await bridge.start()

@@ -263,8 +263,8 @@ async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
         assert first_down is not None, readiness
         assert set(readiness[first_down:]) == {"503"}, f"{readiness}{daemon.log()}"
 
-    # The stopped daemon committed what its dedup stage held; ingest records it was not handed
-    # yet are the next group member's, as in a rolling restart.
+    # The stopped daemon drained and committed what its dedup stage owned; a next group member
+    # decides anything a drain cut short left, as in a rolling restart.
     await drain(kafka_bootstrap, topics)
     records = await read_to_end(kafka_bootstrap, [topics.events])
     ids = [r.json()["id"] for r in records]

@@ -140,8 +140,8 @@ async def until_restarted(pod: Replica, worker: int, killed: int) -> None:
 
 
 async def output_once(kafka_bootstrap: str, topics: Topics, answered: set[str]) -> None:
-    """Every event answered 2xx is output exactly once, once the group's next member drained
-    what a stopped pod was not handed yet."""
+    """Every event answered 2xx is output exactly once, once a next group member decided
+    whatever a killed worker left."""
     await drain(kafka_bootstrap, topics)
     records = await read_to_end(kafka_bootstrap, [topics.events, topics.alerts, topics.dlq])
     counted = Counter(r.json()["id"] for r in records)
