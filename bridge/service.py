@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import signal
+from collections.abc import Callable
 from typing import get_args
 
 import aiohttp
@@ -308,14 +309,20 @@ class Bridge:
         if self.calllog is not None:
             await self.calllog.stop(deadline)
 
-    async def stop(self) -> None:
-        """Unready at once; let requests in flight finish; flush the producer; all within grace."""
+    async def stop(self, by: float | None = None) -> None:
+        """Unready at once; let requests in flight finish; flush the producer; all within grace.
+
+        `by` (loop time): a deadline set by whoever stops this process, if sooner than the grace.
+        """
         self.readiness.stopping = True
         self.readiness.ready()
-        grace = self.settings.shutdown.grace_seconds
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        log.info("shutting down", extra={"grace_s": grace})
+        now = loop.time()
+        deadline = now + self.settings.shutdown.grace_seconds
+        if by is not None:
+            deadline = min(deadline, max(by, now))
+        grace = deadline - now
+        log.info("shutting down", extra={"grace_s": round(grace, 3)})
         for task in (self._connector, self._registration, self._loop_lag):
             if task is not None:
                 task.cancel()
@@ -323,9 +330,11 @@ class Bridge:
                     await task
         # The flush keeps a share of the grace period whatever phase one does.
         flush_from = deadline - min(5.0, grace / 4)
+        # The delay lets load balancers stop sending to a closing port: without one, nobody sends.
+        delay = self.settings.shutdown.drain_delay_seconds if self._runner is not None else 0.0
         try:
             async with asyncio.timeout_at(flush_from):
-                await asyncio.sleep(self.settings.shutdown.drain_delay_seconds)
+                await asyncio.sleep(delay)
                 # Phase one: stop taking input, let what was taken reach Kafka.
                 await asyncio.gather(
                     self._stop_http(), self._stop_feed(flush_from), self._stop_calllog(flush_from)
@@ -352,8 +361,17 @@ async def serve(settings: Settings) -> None:
     await run_until_stopped(Bridge(settings))
 
 
-async def run_until_stopped(bridge: Bridge) -> None:
-    """Start `bridge`, run it until SIGTERM or SIGINT, then stop it gracefully."""
+def _no_deadline() -> float | None:
+    return None
+
+
+async def run_until_stopped(
+    bridge: Bridge, stop_by: Callable[[], float | None] = _no_deadline
+) -> None:
+    """Start `bridge`, run it until SIGTERM or SIGINT, then stop it gracefully.
+
+    `stop_by`, asked at the signal: a deadline (loop time) sooner than the grace period, if any.
+    """
     settings = bridge.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -368,7 +386,7 @@ async def run_until_stopped(bridge: Bridge) -> None:
     await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     crashed.cancel()
-    await bridge.stop()
+    await bridge.stop(by=stop_by())
     if bridge.crashed.is_set():
         log.critical("exiting: a task kept crashing (see task_crashes_total and the log above)")
         raise SystemExit(1)

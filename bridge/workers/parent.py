@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.workers.budget import GiveUp, RestartBudget
-from bridge.workers.role import WorkerRole, stages_of
+from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,20 @@ class Parent:
             log.info("stopping worker processes", extra={"signal": sig.name})
             self._signal = sig
             self._stop.set()
+            self._share_deadline()
         last = [] if repeated else self._last_to_stop()
         self._tell([i for i in range(self._count) if i not in last], sig)
+
+    def _share_deadline(self) -> None:
+        """Tell the workers when the pod's grace period ends: a dedup process is signalled later.
+
+        Its own grace period would start at its own signal, and the parent kills it at the pod's.
+        """
+        path = stop_by_file(self._runtime_dir)
+        try:
+            write_stop_by(path, time.monotonic() + self._grace)
+        except OSError as exc:  # each worker then keeps to its own grace period
+            log.warning("could not share the stop deadline", extra={"error": repr(exc)})
 
     def _last_to_stop(self) -> list[int]:
         """The workers stopped only after the others: the dedup process, if there is one."""

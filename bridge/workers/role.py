@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +49,11 @@ class WorkerRole:
         return self.runtime_dir / f"worker-{index}.sock"
 
     @property
+    def stop_by_file(self) -> Path:
+        """Where the parent writes the pod's stop deadline at its first stop signal."""
+        return stop_by_file(self.runtime_dir)
+
+    @property
     def sockets(self) -> dict[str, Path]:
         """Every worker's socket, by the `worker` label value."""
         return {str(i): self.socket(i) for i in range(self.count)}
@@ -78,3 +85,27 @@ def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
     if not dedup_process:
         return "both"
     return "dedup" if index == count - 1 else "ingest"
+
+
+def stop_by_file(runtime_dir: Path) -> Path:
+    return runtime_dir / "stop-by"
+
+
+def write_stop_by(path: Path, deadline: float) -> None:
+    """Write `deadline` (time.monotonic seconds) whole, or not at all: a reader never sees half."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(repr(deadline))
+    os.replace(temporary, path)
+
+
+def read_stop_by(path: Path) -> float | None:
+    """The pod's stop deadline, if the parent has set one.
+
+    time.monotonic is CLOCK_MONOTONIC, one clock for every process of the host: the parent's
+    deadline is the worker's too.
+    """
+    try:
+        deadline = float(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return deadline if math.isfinite(deadline) else None

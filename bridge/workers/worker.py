@@ -17,7 +17,7 @@ from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.service import Bridge, run_until_stopped
 from bridge.workers.pod import PodView
-from bridge.workers.role import WorkerRole
+from bridge.workers.role import WorkerRole, read_stop_by
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
     path.unlink(missing_ok=True)  # left by this worker's previous life
     await web.UnixSite(runner, str(path)).start()
     try:
-        await run_until_stopped(bridge)
+        await run_until_stopped(bridge, stop_by=lambda: read_stop_by(role.stop_by_file))
     finally:
         await pod.close()
         await runner.cleanup()

@@ -28,15 +28,12 @@ FAST_GROUP = {
 
 
 def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
-    return daemon_env(
-        bootstrap,
-        topics,
-        BRIDGE_HTTP__PORT=str(port),
-        BRIDGE_TOPICS__INGEST_PARTITIONS="6",
-        BRIDGE_SHUTDOWN__GRACE_SECONDS="15",
+    defaults = {
+        "BRIDGE_TOPICS__INGEST_PARTITIONS": "6",
+        "BRIDGE_SHUTDOWN__GRACE_SECONDS": "15",
         **FAST_GROUP,
-        **extra,
-    )
+    }
+    return daemon_env(bootstrap, topics, BRIDGE_HTTP__PORT=str(port), **{**defaults, **extra})
 
 
 @dataclass

@@ -317,3 +317,38 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
     assert [e["worker"] for e in log if e.get("msg") == "worker stopped"] == [0, 1]
 
     await output_once(kafka_bootstrap, topics, sent)
+
+
+async def test_the_dedup_process_keeps_to_the_pods_grace_period_after_a_long_drain_delay(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """Signalled only once the webhook worker has exited, the dedup process has what is left.
+
+    The webhook worker waits out a drain delay of 7 s of the 10 s grace period. Counted from
+    its own signal, the dedup process would wait 7 s more (for a port it does not serve) and
+    be killed at the pod's grace period plus the margin, 13 s after the pod's signal.
+    """
+    run = topics.group[-6:]
+    grace, delay = 10.0, 7.0
+    async for pod in a_pod(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "split-delay.log",
+        BRIDGE_DEDUP__OWN_PROCESS="true",
+        BRIDGE_SHUTDOWN__GRACE_SECONDS=str(grace),
+        BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS=str(delay),
+    ):
+        await pod.start()
+        async with new_connections() as session:
+            await owned_by(pod, session, {"0": 0, "1": 6})
+            batch = events(f"CA_{run}", 10, 5)
+            await deliver(session, pod.url, batch)
+            code = await pod.stop()
+        log = pod.log_entries()
+        assert code == 0, pod.log.read_text()[-3000:]
+        assert [e for e in log if "killing them" in str(e.get("msg"))] == []
+        budgets = {e["worker"]: e["grace_s"] for e in log if e.get("msg") == "shutting down"}
+        assert budgets[0] == pytest.approx(grace, abs=0.5)
+        # Whatever the webhook worker left of the pod's grace period: less than its delay.
+        assert budgets[1] <= grace - delay, budgets
+        await output_once(kafka_bootstrap, topics, ids(batch))

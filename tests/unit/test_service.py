@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import get_args
 
-from bridge.config import Settings, load_settings
+import pytest
+
+from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.service import Bridge
 from bridge.workers.role import Stages
 
@@ -139,3 +142,34 @@ async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period
     # The last quarter of the grace period (at most 5 s) stays for the commit and the leave:
     # 1.5 s after the stop began.
     assert stopping <= stage.drain_by - 1.5 <= stopped
+
+
+async def test_a_deadline_sooner_than_the_grace_period_bounds_the_stop() -> None:
+    """A dedup process signalled after the pod's webhook workers keeps to the pod's deadline."""
+    bridge = Bridge(every_source(free_port()))  # a grace period of 2 s
+    stage = StageStand()
+    bridge.dedup = stage  # type: ignore[assignment]
+    await bridge.start()
+    loop = asyncio.get_running_loop()
+    by = loop.time() + 1.0
+    await bridge.stop(by=by)
+    # A quarter of what is left (1 s) stays for the commit and the leave.
+    assert stage.drain_by == pytest.approx(by - 0.25, abs=0.01)
+
+
+async def test_a_process_serving_no_port_skips_the_drain_delay() -> None:
+    """The delay lets load balancers stop sending to the port: the dedup process has none."""
+    delay = 1.5
+    settings = every_source(free_port()).model_copy(
+        update={"shutdown": ShutdownSettings(grace_seconds=4, drain_delay_seconds=delay)}
+    )
+    loop = asyncio.get_running_loop()
+    took: dict[Stages, float] = {}
+    for stages in get_args(Stages):
+        bridge = Bridge(settings, stages=stages)
+        bridge.dedup = StageStand()  # type: ignore[assignment]
+        await bridge.start()
+        stopping = loop.time()
+        await bridge.stop()
+        took[stages] = loop.time() - stopping
+    assert took["dedup"] < delay <= min(took["both"], took["ingest"]), took

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from tests.processes import process_gone
 # A worker stand-in: records its role, then behaves as `mode` says until SIGTERM.
 STAND_IN = """
 import json, os, signal, sys, time
-from bridge.workers.role import WorkerRole
+from bridge.workers.role import WorkerRole, read_stop_by
 role = json.loads(os.environ["PINECALL_BRIDGE_WORKER"])
 stages = WorkerRole.from_env(os.environ).stages
+stop_by_file = WorkerRole.from_env(os.environ).stop_by_file
 mode, out = sys.argv[1], sys.argv[2]
 with open(out, "a") as f:
     f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
@@ -34,7 +36,8 @@ def on_term(*_):
     if mode == "slow-stop" and role["index"] == 0:
         time.sleep(0.5)
     with open(out + ".stops", "a") as f:
-        f.write(json.dumps({"index": role["index"], "got": got, "exit": time.time()}) + "\\n")
+        stop = {"index": role["index"], "got": got, "exit": time.time()}
+        f.write(json.dumps({**stop, "stop_by": read_stop_by(stop_by_file)}) + "\\n")
     sys.exit(0)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -120,6 +123,7 @@ async def test_a_dedup_process_gets_the_stop_once_the_webhook_workers_have_exite
 ) -> None:
     # Worker 0 takes 0.5 s to drain: the dedup process (worker 1) must output what it flushed.
     supervisor, started = parent(tmp_path, "slow-stop", count=2, dedup_process=dedup_process)
+    stopping = time.monotonic()
     await run_until_started(supervisor, started, 2)
     stops = stops_of(started)
     assert sorted(stops) == [0, 1]
@@ -127,6 +131,11 @@ async def test_a_dedup_process_gets_the_stop_once_the_webhook_workers_have_exite
         assert stops[1]["got"] >= stops[0]["exit"]
     else:  # workers running both stages all get it at once
         assert stops[1]["got"] < stops[0]["exit"]
+    # Both keep to the pod's grace period, from the parent's signal: the dedup process too,
+    # though its own signal came later (its grace would have started there).
+    stop_by = {stop["stop_by"] for stop in stops.values()}
+    assert len(stop_by) == 1, stops
+    assert stopping + 5.0 <= stop_by.pop() <= time.monotonic() + 5.0
 
 
 async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.config import unknown_variables
-from bridge.workers.role import WorkerRole
+from bridge.workers.role import WorkerRole, read_stop_by, stop_by_file, write_stop_by
 
 
 def test_the_role_travels_through_the_environment() -> None:
@@ -38,3 +38,14 @@ def test_no_variable_is_no_worker() -> None:
 def test_every_worker_has_its_own_socket_in_the_runtime_dir() -> None:
     role = WorkerRole(index=0, count=2, runtime_dir=Path("/run/b"), parent_pid=1)
     assert role.sockets == {"0": Path("/run/b/worker-0.sock"), "1": Path("/run/b/worker-1.sock")}
+
+
+def test_the_stop_deadline_is_read_as_written_and_only_then(tmp_path: Path) -> None:
+    path = stop_by_file(tmp_path)
+    assert read_stop_by(path) is None  # no stop yet
+    write_stop_by(path, 12345.678)
+    assert read_stop_by(path) == 12345.678
+    assert [p.name for p in tmp_path.iterdir()] == ["stop-by"]  # the temporary file renamed
+    for garbage in ("", "soon", "nan", "inf"):
+        path.write_text(garbage)
+        assert read_stop_by(path) is None, garbage
