@@ -1,7 +1,8 @@
 """The supervisor of a pod's worker processes: start them, restart the ones that exit, stop all.
 
 It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker (to a dedup process
-once the others have exited), each drains as a single process does, and the parent exits 0 once
+once the others have exited, with what is left of the pod's grace period: the deadline is shared
+through the runtime directory), each drains as a single process does, and the parent exits 0 once
 all have stopped cleanly; workers still running `GRACE_MARGIN_SECONDS` after the grace period
 are killed. A worker exiting on its own is restarted after a pause; too many such exits
 (budget.py) stop the pod with exit code 1.
