@@ -129,11 +129,19 @@ class StageStand:
         self.drain_by = drain_by
 
 
-async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period() -> None:
-    bridge = Bridge(every_source(free_port()))  # a grace period of 2 s
+async def started_with_a_stand(
+    settings: Settings | None = None, stages: Stages = "both"
+) -> tuple[Bridge, StageStand]:
+    """A started bridge (every_source's by default: a grace period of 2 s), its stage a stand."""
+    bridge = Bridge(settings or every_source(free_port()), stages=stages)
     stage = StageStand()
     bridge.dedup = stage  # type: ignore[assignment]
     await bridge.start()
+    return bridge, stage
+
+
+async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period() -> None:
+    bridge, stage = await started_with_a_stand()
     loop = asyncio.get_running_loop()
     stopping = loop.time()
     await bridge.stop()
@@ -146,10 +154,7 @@ async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period
 
 async def test_a_deadline_sooner_than_the_grace_period_bounds_the_stop() -> None:
     """A dedup process signalled after the pod's webhook workers keeps to the pod's deadline."""
-    bridge = Bridge(every_source(free_port()))  # a grace period of 2 s
-    stage = StageStand()
-    bridge.dedup = stage  # type: ignore[assignment]
-    await bridge.start()
+    bridge, stage = await started_with_a_stand()
     loop = asyncio.get_running_loop()
     by = loop.time() + 1.0
     await bridge.stop(by=by)
@@ -166,9 +171,7 @@ async def test_a_process_serving_no_port_skips_the_drain_delay() -> None:
     loop = asyncio.get_running_loop()
     took: dict[Stages, float] = {}
     for stages in get_args(Stages):
-        bridge = Bridge(settings, stages=stages)
-        bridge.dedup = StageStand()  # type: ignore[assignment]
-        await bridge.start()
+        bridge, _ = await started_with_a_stand(settings, stages)
         stopping = loop.time()
         await bridge.stop()
         took[stages] = loop.time() - stopping
