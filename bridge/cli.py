@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import shlex
@@ -162,18 +163,21 @@ def _webhooks(args: argparse.Namespace) -> int:
     async def act() -> Any:
         async with aiohttp.ClientSession() as session:
             registry = WebhookRegistry(session, settings.pinecall)
-            if args.action == "list":
-                return await registry.hooks()
+            if args.action == "show":
+                current = await registry.current()
+                return None if current is None else dataclasses.asdict(current)
             if args.action == "delete":
-                await registry.delete(args.id)
-                return {"deleted": args.id}
+                return {"deleted": await registry.delete()}
+            if args.action == "test":
+                return await registry.test()
             secret = args.secret or (
                 settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
             )
             if not secret:
                 raise RegistrationError("no secret: pass --secret or set BRIDGE_WEBHOOK__SECRETS")
-            hook, created = await registry.ensure(args.url, args.events, secret)
-            return {"created": created, "webhook": hook}
+            done = await registry.ensure(args.url, secret, replace=args.replace)
+            previous = None if done.previous is None else dataclasses.asdict(done.previous)
+            return {"url": args.url, "previous": previous, "took_over": done.took_over}
 
     try:
         print(jsoncodec.dumps(asyncio.run(act())).decode())
@@ -264,17 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--curl", action="store_true", help="print the equivalent curl command")
     send.set_defaults(func=_send)
 
-    hooks = commands.add_parser("webhooks", help="register, list or delete Pinecall webhooks")
-    hook_actions = hooks.add_subparsers(dest="action", required=True)
-    register = hook_actions.add_parser("register", help="register a URL (no-op if it exists)")
-    register.add_argument("--url", required=True, help="the bridge's public webhook URL")
-    register.add_argument(
-        "--events", type=lambda v: [e for e in v.split(",") if e], default=[], help="a,b,c"
+    hooks = commands.add_parser(
+        "webhooks", help="the organisation's Pinecall webhook: register, show, test or delete it"
     )
+    hook_actions = hooks.add_subparsers(dest="action", required=True)
+    register = hook_actions.add_parser(
+        "register", help="point it at a URL (refused if it points elsewhere, unless --replace)"
+    )
+    register.add_argument("--url", required=True, help="the bridge's public webhook URL")
     register.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
-    hook_actions.add_parser("list", help="list registered webhooks")
-    delete = hook_actions.add_parser("delete", help="delete a webhook by id")
-    delete.add_argument("id")
+    register.add_argument(
+        "--replace", action="store_true", help="take over a webhook that points elsewhere"
+    )
+    hook_actions.add_parser("show", help="where it points, and whether its posts are signed")
+    hook_actions.add_parser("test", help="have Pinecall post a signed webhook.test, and wait")
+    hook_actions.add_parser("delete", help="forget it: the organisation's alerts go nowhere")
     hooks.set_defaults(func=_webhooks)
 
     tail = commands.add_parser("tail", help="print the events on the bridge's Kafka topics")

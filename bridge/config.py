@@ -303,8 +303,12 @@ class PinecallSettings(BaseModel):
     api_key: SecretStr | None = None
     # Sent as the `pinecall-env` header by the call-log source when set (a key's non-default env).
     env: str | None = None
-    webhooks_path: str = "/v1/webhooks"
+    webhook_path: str = "/v1/webhook"
     register_webhook: bool = False
+    # Pinecall keeps one webhook per organisation: replace one that points elsewhere only if told.
+    replace_webhook: bool = False
+    # How often a registered bridge checks that the webhook still points at it (0: never).
+    webhook_recheck_seconds: float = Field(default=300.0, ge=0)
     public_url: str | None = None
     request_timeout_seconds: float = Field(default=10.0, gt=0)
 

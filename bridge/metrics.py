@@ -247,6 +247,13 @@ class Metrics:
             registry=None,
         )
         self._feed_registered = False
+        self.webhook_registered = Gauge(
+            f"{PREFIX}_webhook_registered",
+            "1 while the organisation's Pinecall webhook is known to point at this bridge "
+            "(exported by processes that register it).",
+            registry=None,
+        )
+        self._registration_registered = False
         # The call-log source (SSE). Never a label per call: calls are unbounded.
         self.sse_enabled = Gauge(
             f"{PREFIX}_sse_enabled", "1 when the call-log (SSE) source runs here.", registry=r
@@ -324,6 +331,12 @@ class Metrics:
         ):
             self.registry.register(metric)
         self.kafka_client_restarts.labels("feed_lease")  # at 0 from the start, for increase()
+
+    def register_registration(self) -> None:
+        """Export `webhook_registered` (idempotent): a process that registers the webhook."""
+        if not self._registration_registered:
+            self._registration_registered = True
+            self.registry.register(self.webhook_registered)
 
     def render(self) -> bytes:
         """The exposition text for /metrics."""

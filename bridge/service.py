@@ -18,7 +18,6 @@ import signal
 from collections.abc import Callable
 from typing import get_args
 
-import aiohttp
 from aiohttp import web
 
 from bridge import looplag
@@ -33,7 +32,7 @@ from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
-from bridge.sources.registration import RegistrationError, WebhookRegistry
+from bridge.sources.registrar import Registrar
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
 from bridge.supervise import Supervisor
@@ -139,8 +138,15 @@ class Bridge:
         self._started = False
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
+        self.registrar: Registrar | None = None
+        api = settings.pinecall
+        if api.register_webhook and self.stages != "dedup":
+            secret = (
+                settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
+            )
+            url = f"{api.public_url}{settings.webhook.path}"
+            self.registrar = Registrar(api, url, secret, self.metrics)
         self._loop_lag: asyncio.Task[None] | None = None
-        self.registered = asyncio.Event()  # set once the webhook registration succeeded
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -153,8 +159,8 @@ class Bridge:
         self._loop_lag = asyncio.create_task(
             looplag.watch(self.metrics.event_loop_lag.observe), name="loop-lag"
         )
-        if self.settings.pinecall.register_webhook and self.stages != "dedup":
-            self._registration = self.supervisor.spawn("webhook-register", self._register)
+        if self.registrar is not None:
+            self._registration = self.supervisor.spawn("webhook-register", self.registrar.run)
 
     async def _start_http(self) -> None:
         http = self.settings.http
@@ -258,33 +264,6 @@ class Bridge:
         feed, self.feed = self.feed, None
         if feed is not None:
             await feed.stop(asyncio.get_running_loop().time() + 5.0)
-
-    async def _register(self) -> None:
-        """Register our public webhook URL with Pinecall unless it already is; retry until done.
-
-        Pinecall may be unreachable at start-up, or refuse a key being rotated: the webhook is
-        the durable channel, so keep trying, with a capped, jittered backoff.
-        """
-        api, hook = self.settings.pinecall, self.settings.webhook
-        url = f"{api.public_url}{hook.path}"
-        secret = hook.secrets[0].get_secret_value() if hook.secrets else ""
-        delay = 0.5
-        async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    _, created = await WebhookRegistry(session, api).ensure(url, [], secret)
-                    break
-                except RegistrationError as exc:
-                    log.error(
-                        "webhook registration failed; retrying",
-                        extra={"url": url, "error": str(exc), "retry_in_s": round(delay, 1)},
-                    )
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, 60.0)
-        self.registered.set()
-        log.info(
-            "webhook registered" if created else "webhook already registered", extra={"url": url}
-        )
 
     async def _stop_http(self) -> None:
         if self._runner is None:

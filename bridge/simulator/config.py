@@ -40,7 +40,7 @@ class SimulatorConfig:
     api_key: str = "sim-api-key"
     token_ttl: float = 300.0
     token_path: str = "/v1/auth/websocket-token"
-    webhooks_path: str = "/v1/webhooks"
+    webhook_path: str = "/v1/webhook"
     ws_path: str = "/v1/ws"
     ws_auth_failure: AuthFailure = "close"
     ws_heartbeat: float | None = 20.0
@@ -69,7 +69,7 @@ class SimulatorConfig:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
         if not self.api_key:
             raise ValueError("api_key must not be empty")
-        for name in ("token_path", "webhooks_path", "ws_path"):
+        for name in ("token_path", "webhook_path", "ws_path"):
             _path(name, getattr(self, name))
         for name in (
             "token_ttl",

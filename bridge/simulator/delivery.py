@@ -25,7 +25,7 @@ class _Job:
     record: Delivery
     body: bytes
     headers: dict[str, str]
-    answered: asyncio.Future[None]
+    answered: asyncio.Future[Delivery]
 
 
 class Deliverer:
@@ -52,8 +52,8 @@ class Deliverer:
 
     def submit(
         self, hook: Hook, body: bytes, *, call: str, seq: int, event_type: str, copy: int = 0
-    ) -> asyncio.Future[None]:
-        """Queue one copy; the future resolves once it is finally answered or abandoned."""
+    ) -> asyncio.Future[Delivery]:
+        """Queue one copy; the future resolves to its record once finally answered or abandoned."""
         record = Delivery(hook.id, hook.url, call, seq, event_type, copy)
         if self._config.keep_records:
             self.records.append(record)
@@ -145,4 +145,4 @@ class Deliverer:
         job.record.outcome = outcome
         self._stats.count_delivery(outcome, retried=job.record.retried)
         if not job.answered.done():
-            job.answered.set_result(None)
+            job.answered.set_result(job.record)

@@ -1,4 +1,5 @@
-"""Registered webhooks, as `pinecall.webhooks.create/list/delete` manage them. Pure."""
+"""Webhooks: the organisation's one (`/v1/webhook`, as the platform keeps it), and the
+simulator's own extra ones (`register_webhook`, `--webhook-url`) with event filters. Pure."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.simulator.filters import matches, parse_events
+from bridge.simulator.filters import ALL, matches, parse_events
 
 
 class InvalidHookError(ValueError):
@@ -22,18 +23,29 @@ class Hook:
     secret: str | None  # None: deliveries are not signed
     created_at: str
 
-    def public(self) -> dict[str, Any]:
-        """What the API shows: never the secret."""
-        return {
-            "id": self.id,
-            "url": self.url,
-            "events": list(self.events),
-            "created_at": self.created_at,
-        }
+    def shown(self) -> dict[str, Any]:
+        """What `GET /v1/webhook` shows of the organisation's: never the secret."""
+        return {"url": self.url, "signed": self.secret is not None}
+
+
+ORG_HOOK_ID = "org"
+
+
+def parse_org_hook(body: Any) -> tuple[str, str | None]:
+    """url and secret of a `PUT /v1/webhook`; an empty or null secret means unsigned posts."""
+    if not isinstance(body, dict):
+        raise InvalidHookError("the body must be a JSON object")
+    url = body.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidHookError("url must be an http:// or https:// URL")
+    secret = body.get("secret")
+    if secret is not None and not isinstance(secret, str):
+        raise InvalidHookError("secret must be a string")
+    return url, secret or None
 
 
 def parse_hook(body: Any) -> tuple[str, tuple[str, ...], str | None]:
-    """url, events and secret of a create request."""
+    """url, events and secret of one of the simulator's own registrations."""
     if not isinstance(body, dict):
         raise InvalidHookError("the body must be a JSON object")
     url = body.get("url")
@@ -57,6 +69,16 @@ class HookStore:
         hook = Hook(f"wh_{secrets.token_hex(8)}", url, events, secret, created)
         self._hooks[hook.id] = hook
         return hook
+
+    def put_org(self, url: str, secret: str | None) -> Hook:
+        """Point the organisation's webhook at `url`, replacing what it had."""
+        created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        hook = Hook(ORG_HOOK_ID, url, ALL, secret, created)
+        self._hooks[hook.id] = hook
+        return hook
+
+    def org(self) -> Hook | None:
+        return self._hooks.get(ORG_HOOK_ID)
 
     def all(self) -> list[Hook]:
         return list(self._hooks.values())

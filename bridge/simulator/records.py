@@ -36,6 +36,15 @@ class Delivery:
     def retried(self) -> bool:
         return len(self.attempts) > 1
 
+    def why_not(self) -> str | None:
+        """None once delivered; else what the last attempt got: its status or its error."""
+        if self.outcome == "ok":
+            return None
+        if not self.attempts:
+            return self.outcome
+        last = self.attempts[-1]
+        return last.error if last.status is None else f"HTTP {last.status}"
+
 
 @dataclass(frozen=True, slots=True)
 class WsSend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -10,16 +11,18 @@ from aiohttp import web
 from bridge import jsoncodec
 from bridge.simulator.auth import bearer_ok, unauthorized
 from bridge.simulator.config import DropMode, SimulatorConfig
+from bridge.simulator.delivery import Deliverer
 from bridge.simulator.eventstream import (
     CALL_EVENTS_PATH,
     ORG_EVENTS_PATH,
     SESSIONS_PATH,
     EventStreams,
 )
-from bridge.simulator.hooks import HookStore, InvalidHookError, parse_hook
+from bridge.simulator.hooks import ORG_HOOK_ID, HookStore, InvalidHookError, parse_org_hook
 from bridge.simulator.session import SessionHandler
 from bridge.simulator.stats import Stats
 from bridge.simulator.tokens import TokenStore
+from bridge.simulator.wire import encode, test_alert
 
 DROP_MODES: tuple[DropMode, ...] = ("abort", "1011")
 
@@ -50,12 +53,18 @@ class Api:
     """The REST endpoints; each answers 401 without `Authorization: Bearer <api key>`."""
 
     def __init__(
-        self, config: SimulatorConfig, tokens: TokenStore, hooks: HookStore, stats: Stats
+        self,
+        config: SimulatorConfig,
+        tokens: TokenStore,
+        hooks: HookStore,
+        stats: Stats,
+        deliverer: Deliverer,
     ) -> None:
         self._config = config
         self._tokens = tokens
         self._hooks = hooks
         self._stats = stats
+        self._deliverer = deliverer
 
     async def _hook_request(self, request: web.Request) -> web.Response | None:
         """The registration endpoints' common start: the API's latency, then its key check."""
@@ -77,31 +86,43 @@ class Api:
         expires_in = int(ttl) if ttl.is_integer() else ttl
         return web.json_response({"token": self._tokens.issue(), "expires_in": expires_in})
 
-    async def create_hook(self, request: web.Request) -> web.Response:
+    async def get_hook(self, request: web.Request) -> web.Response:
+        if refused := await self._hook_request(request):
+            return refused
+        hook = self._hooks.org()
+        return web.json_response(None if hook is None else hook.shown())
+
+    async def put_hook(self, request: web.Request) -> web.Response:
         if refused := await self._hook_request(request):
             return refused
         try:
-            url, events, secret = parse_hook(jsoncodec.loads(await request.read()))
+            url, secret = parse_org_hook(jsoncodec.loads(await request.read()))
         except jsoncodec.JSONDecodeError:
             return _bad_request("the body is not JSON")
         except InvalidHookError as exc:
             return _bad_request(str(exc))
-        hook = self._hooks.create(url, events, secret)
-        return web.json_response(hook.public(), status=201)
-
-    async def list_hooks(self, request: web.Request) -> web.Response:
-        if refused := await self._hook_request(request):
-            return refused
-        return web.json_response({"data": [hook.public() for hook in self._hooks.all()]})
+        self._hooks.put_org(url, secret)
+        return web.Response(status=204)
 
     async def delete_hook(self, request: web.Request) -> web.Response:
         if refused := await self._hook_request(request):
             return refused
-        if not self._hooks.delete(request.match_info["id"]):
-            return web.json_response(
-                {"error": "not_found", "detail": "no such webhook"}, status=404
-            )
+        if not self._hooks.delete(ORG_HOOK_ID):
+            return _alerts_go_nowhere()
         return web.Response(status=204)
+
+    async def test_hook(self, request: web.Request) -> web.Response:
+        """One signed `webhook.test` alert, waited for, as the platform's test button sends it."""
+        if refused := await self._hook_request(request):
+            return refused
+        hook = self._hooks.org()
+        if hook is None:
+            return _alerts_go_nowhere()
+        alert = test_alert(time.time())
+        record = await self._deliverer.submit(
+            hook, encode(alert), call="@test", seq=0, event_type=alert["type"]
+        )
+        return web.json_response({"sent": record.outcome == "ok", "error": record.why_not()})
 
 
 class ControlRoutes:
@@ -169,9 +190,10 @@ def build_app(
     control = ControlRoutes(controls)
     app.router.add_post(config.token_path, api.token)
     app.router.add_get(config.token_path, api.token)
-    app.router.add_post(config.webhooks_path, api.create_hook)
-    app.router.add_get(config.webhooks_path, api.list_hooks)
-    app.router.add_delete(config.webhooks_path + "/{id}", api.delete_hook)
+    app.router.add_get(config.webhook_path, api.get_hook)
+    app.router.add_put(config.webhook_path, api.put_hook)
+    app.router.add_delete(config.webhook_path, api.delete_hook)
+    app.router.add_post(config.webhook_path + "/test", api.test_hook)
     app.router.add_get(config.ws_path, session.handle)
     app.router.add_get(CALL_EVENTS_PATH, streams.call_events)
     app.router.add_get(ORG_EVENTS_PATH, streams.org_events)
@@ -193,6 +215,12 @@ def _query_int(request: web.Request, name: str, default: int) -> int | None:
         return int(request.query.get(name, str(default)))
     except ValueError:
         return None
+
+
+def _alerts_go_nowhere() -> web.Response:
+    return web.json_response(
+        {"error": "not_found", "detail": "the organisation has no webhook"}, status=404
+    )
 
 
 def _bad_request(detail: str) -> web.Response:

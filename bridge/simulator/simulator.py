@@ -69,7 +69,7 @@ class Simulator:
         self.ledger.open()
         await self.deliverer.start()
         session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
-        api = Api(self.config, self.tokens, self.hooks, self.stats)
+        api = Api(self.config, self.tokens, self.hooks, self.stats, self.deliverer)
         runner = web.AppRunner(
             build_app(self.config, api, session, self, self.streams),
             access_log=None,
@@ -134,7 +134,7 @@ class Simulator:
     def register_webhook(
         self, url: str, secret: str | None = None, events: list[str] | None = None
     ) -> Hook:
-        """What `POST <webhooks_path>` does; raises InvalidHookError (a ValueError) if bad."""
+        """Add one of the simulator's own webhooks; raises InvalidHookError if bad."""
         checked = parse_hook({"url": url, "secret": secret, "events": events})
         return self.hooks.create(*checked)
 

@@ -21,6 +21,7 @@ from bridge.simulator.hooks import HookStore
 from bridge.simulator.ledger import Ledger, ledger_record
 from bridge.simulator.pacing import Pacer
 from bridge.simulator.plan import plan_event
+from bridge.simulator.records import Delivery
 from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
 from bridge.simulator.stats import Stats
 from bridge.simulator.wire import encode
@@ -169,7 +170,7 @@ class Traffic:
             self._stats.events_ephemeral += 1
         else:
             self._stats.events_durable += 1
-        answered: list[asyncio.Future[None]] = []
+        answered: list[asyncio.Future[Delivery]] = []
         for copy in range(plan.webhook_copies):
             for hook in self._hooks.matching(step.type):
                 future = self._deliverer.submit(

@@ -8,6 +8,8 @@ from bridge import jsoncodec
 from bridge.simulator.config import SignatureForm
 from bridge.sources.signature import sign
 
+SIMULATED_ORG = "org_sim"
+
 
 def encode(entry: dict[str, Any]) -> bytes:
     """Compact JSON: the exact bytes signed, posted and pushed on the WebSocket."""
@@ -24,3 +26,15 @@ def webhook_headers(
             signature if form == "prefixed" else signature.removeprefix("sha256=")
         )
     return headers
+
+
+def test_alert(at: float) -> dict[str, Any]:
+    """What the platform's `POST /v1/webhook/test` posts: an alert of the simulated org."""
+    return {
+        "type": "webhook.test",
+        "org": SIMULATED_ORG,
+        "env": "production",
+        "agent": None,
+        "at": int(at),
+        "data": {"said": "Pinecall reaches this URL; every alert of the org comes the same way."},
+    }

@@ -1,16 +1,16 @@
-"""Registering the bridge's webhook with Pinecall's REST API, idempotently and concurrently.
+"""Pointing the organisation's Pinecall webhook at the bridge, through Pinecall's REST API.
 
-The API lists, creates and deletes; it has no "create unless it exists". Replicas starting
-together would each list, find nothing and create: two hooks, every delivery doubled. So a
-replica creates, then lists again and deletes every hook for its URL but the winner, the same
-one for everybody (the oldest, then the lowest id). The winner is never deleted, and whoever
-lists last has seen every create: one hook remains, however the replicas interleave.
+The platform keeps one webhook per organisation: `GET`, `PUT {url, secret}` and `DELETE` on
+`/v1/webhook`, and `POST /v1/webhook/test`. A PUT is idempotent, so replicas starting together
+all put the same URL and secret and one webhook remains. It also replaces whatever URL the
+organisation had, so the bridge reads it first and takes another one over only when told to.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aiohttp
 
@@ -18,13 +18,55 @@ from bridge.config import PinecallSettings
 
 log = logging.getLogger(__name__)
 
+Step = Literal["set", "take-over", "refuse"]
+
 
 class RegistrationError(Exception):
     """Pinecall's API refused or failed a webhook request."""
 
 
+class WebhookTakenError(RegistrationError):
+    """The organisation's webhook points elsewhere, and the bridge may not replace it."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrgWebhook:
+    """What `GET /v1/webhook` shows: the URL and whether its posts are signed, never the secret."""
+
+    url: str
+    signed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What `ensure` did: the URL the organisation had before, and whether it was another."""
+
+    previous: OrgWebhook | None
+    took_over: bool
+
+
+def next_step(current: OrgWebhook | None, url: str, *, replace: bool) -> Step:
+    """Whether to put our URL, taking another over, or refuse. Pure.
+
+    Our URL is put again even when it is there already: the secret is never read back, so
+    only a PUT makes sure the platform signs with the one the bridge verifies.
+    """
+    if current is None or current.url == url:
+        return "set"
+    return "take-over" if replace else "refuse"
+
+
+def parse_webhook(body: Any) -> OrgWebhook | None:
+    """`GET /v1/webhook`'s answer: null when alerts go nowhere. Pure."""
+    if body is None:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+        raise RegistrationError(f"GET webhook: not {{url, signed}} but {body!r:.200}")
+    return OrgWebhook(url=body["url"], signed=bool(body.get("signed")))
+
+
 class WebhookRegistry:
-    """`pinecall.webhooks.create/list/delete`, as the SDK calls them."""
+    """The organisation's webhook, as Pinecall's REST API keeps it."""
 
     def __init__(self, session: aiohttp.ClientSession, api: PinecallSettings) -> None:
         self._session = session
@@ -49,51 +91,41 @@ class WebhookRegistry:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise RegistrationError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
-    async def hooks(self) -> list[dict[str, Any]]:
-        body = await self._call("GET", self._api.webhooks_path)
-        hooks = body.get("data", []) if isinstance(body, dict) else body
-        return [hook for hook in hooks or [] if isinstance(hook, dict)]
+    async def current(self) -> OrgWebhook | None:
+        return parse_webhook(await self._call("GET", self._api.webhook_path))
 
-    async def create(self, url: str, events: list[str], secret: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {"url": url, "secret": secret}
-        if events:
-            payload["events"] = events
-        hook: dict[str, Any] = await self._call("POST", self._api.webhooks_path, payload)
-        return hook
+    async def put(self, url: str, secret: str) -> None:
+        # An empty secret is the platform's "unsigned": it sends no signature header then.
+        await self._call("PUT", self._api.webhook_path, {"url": url, "secret": secret or None})
 
-    async def delete(self, hook_id: str) -> None:
-        await self._call("DELETE", f"{self._api.webhooks_path}/{hook_id}")
-
-    async def ensure(self, url: str, events: list[str], secret: str) -> tuple[dict[str, Any], bool]:
-        """The webhook for `url`, created only when none exists; extra ones deleted.
-
-        Returns the hook that stays and whether this call created it.
-        """
-        mine = [hook for hook in await self.hooks() if hook.get("url") == url]
-        created: dict[str, Any] | None = None
-        if not mine:
-            created = await self.create(url, events, secret)
-            mine = [hook for hook in await self.hooks() if hook.get("url") == url]
-            if not any(hook.get("id") == created.get("id") for hook in mine):
-                mine.append(created)  # a list that lags the create still counts it
-        keep = winner(mine)
-        for hook in mine:
-            if hook is not keep:
-                await self._delete_extra(hook)
-        return keep, created is not None and keep.get("id") == created.get("id")
-
-    async def _delete_extra(self, hook: dict[str, Any]) -> None:
-        log.warning(
-            "deleting a duplicate webhook (replicas registered together)",
-            extra={"id": hook.get("id"), "url": hook.get("url")},
-        )
+    async def delete(self) -> bool:
+        """Forget the organisation's webhook; False when it had none."""
         try:
-            await self.delete(str(hook.get("id")))
+            await self._call("DELETE", self._api.webhook_path)
         except RegistrationError as exc:
-            if "HTTP 404" not in str(exc):  # another replica deleted it first
-                raise
+            if "HTTP 404" in str(exc):
+                return False
+            raise
+        return True
 
+    async def test(self) -> dict[str, Any]:
+        """One signed `webhook.test` post from Pinecall, waited for: `{sent, error}`."""
+        answer: dict[str, Any] = await self._call("POST", self._api.webhook_path + "/test", {})
+        return answer
 
-def winner(hooks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The hook every replica keeps among copies: the oldest, then the lowest id. Pure."""
-    return min(hooks, key=lambda hook: (str(hook.get("created_at", "")), str(hook.get("id", ""))))
+    async def ensure(self, url: str, secret: str, *, replace: bool = False) -> Registered:
+        """Point the organisation's webhook at `url`, signed with `secret`.
+
+        Raises WebhookTakenError, and changes nothing, when it points elsewhere and `replace`
+        is off.
+        """
+        current = await self.current()
+        step = next_step(current, url, replace=replace)
+        if step == "refuse" and current is not None:
+            raise WebhookTakenError(
+                f"the organisation's webhook points at {current.url}, not {url}; Pinecall keeps "
+                "one per organisation: set BRIDGE_PINECALL__REPLACE_WEBHOOK=true (the CLI: "
+                "--replace) to take it over"
+            )
+        await self.put(url, secret)
+        return Registered(previous=current, took_over=step == "take-over")

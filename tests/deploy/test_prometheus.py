@@ -193,14 +193,20 @@ async def scraped(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scraped]:
     names = Topics.fresh("prom")
-    # The WebSocket feed and the call-log source on, failing: their metrics move.
+    # The WebSocket feed, the call-log source and webhook registration on, failing: their
+    # metrics move.
     nowhere = f"127.0.0.1:{free_port()}"
     settings = bridge_settings(
         kafka_bootstrap,
         names,
         topics={"ingest_partitions": INGEST_PARTITIONS},
         websocket={"enabled": True, "url": f"ws://{nowhere}/ws", "backoff_max_seconds": 1},
-        pinecall={"api_url": f"http://{nowhere}", "api_key": "test-key"},
+        pinecall={
+            "api_url": f"http://{nowhere}",
+            "api_key": "test-key",
+            "register_webhook": True,
+            "public_url": "https://bridge.example.com",
+        },
         sse={"enabled": True, "backoff_max_seconds": 1},
     )
     bridge = Bridge(settings)

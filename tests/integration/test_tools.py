@@ -9,21 +9,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 from rich.console import Console
 
 from bridge import jsoncodec
 from bridge.cli import main
+from bridge.config import PinecallSettings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sources.registration import WebhookRegistry
 from bridge.tail import TailFilter, tail
 from tests.integration.conftest import (
     SECRET,
+    Consumed,
     RunningBridge,
     Topics,
     bridge_settings,
+    consume_until,
     daemon_env,
     entry,
     free_port,
@@ -31,35 +37,40 @@ from tests.integration.conftest import (
 from tests.integration.replicas import Replica
 
 
+def pinecall(simulator_url: str, **over: Any) -> dict[str, Any]:
+    """The `pinecall` settings section that registers https://bridge.example.com at start-up."""
+    return {
+        "api_url": simulator_url,
+        "api_key": "sim-api-key",
+        "register_webhook": True,
+        "public_url": "https://bridge.example.com",
+        **over,
+    }
+
+
+OUR_HOOK = "https://bridge.example.com/webhooks/pinecall"
+
+
 async def test_start_up_registration_is_idempotent(kafka_bootstrap: str, topics: Topics) -> None:
     async with Simulator() as simulator:
-        settings = bridge_settings(
-            kafka_bootstrap,
-            topics,
-            pinecall={
-                "api_url": simulator.url,
-                "api_key": "sim-api-key",
-                "register_webhook": True,
-                "public_url": "https://bridge.example.com",
-            },
-        )
+        settings = bridge_settings(kafka_bootstrap, topics, pinecall=pinecall(simulator.url))
         for _ in range(2):  # a restart must not register a second webhook
             bridge = Bridge(settings)
             await bridge.start()
             # Until its registration is done: stopped before, the second start registered
             # nothing, and the test could not fail.
-            await asyncio.wait_for(bridge.registered.wait(), 30)
+            await asyncio.wait_for(registration(bridge).wait(), 30)
             await bridge.stop()
         hooks = simulator.hooks.all()
-    assert [hook.url for hook in hooks] == ["https://bridge.example.com/webhooks/pinecall"]
+    assert [(hook.url, hook.secret) for hook in hooks] == [(OUR_HOOK, SECRET)]
 
 
 async def test_replicas_started_together_register_one_webhook(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    """Three `pinecall-bridge run` processes at once: each lists, finds nothing and creates;
-    each then lists again and deletes all but the same winner: one hook, not three."""
-    # A distant API's latency makes the list-then-create window as wide as in production.
+    """Three `pinecall-bridge run` processes at once: each reads the webhook and puts its URL;
+    none refuses the URL a sibling put first, and one webhook remains."""
+    # A distant API's latency makes the read-then-put window as wide as in production.
     async with Simulator(SimulatorConfig(api_latency=0.5)) as simulator:
         env = {
             "BRIDGE_PINECALL__API_URL": simulator.url,
@@ -84,7 +95,44 @@ async def test_replicas_started_together_register_one_webhook(
             hooks = simulator.hooks.all()
         finally:
             await asyncio.gather(*(replica.stop() for replica in replicas))
-    assert [hook.url for hook in hooks] == ["https://bridge.example.com/webhooks/pinecall"]
+    assert [hook.url for hook in hooks] == [OUR_HOOK]
+    assert not any("registration failed" in replica.log.read_text() for replica in replicas)
+
+
+async def test_a_webhook_pointing_elsewhere_is_taken_over_only_when_allowed(
+    kafka_bootstrap: str, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A PUT replaces the organisation's one webhook: another system's alerts would silently
+    # stop reaching it.
+    theirs = "https://crm.example.com/pinecall"
+    async with Simulator() as simulator:
+        simulator.hooks.put_org(theirs, "their-secret")
+        refused = Bridge(bridge_settings(kafka_bootstrap, topics, pinecall=pinecall(simulator.url)))
+        await refused.start()
+        try:
+            await asyncio.sleep(2)  # a few refused attempts
+            assert not registration(refused).is_set()
+        finally:
+            await refused.stop()
+        org = simulator.hooks.org()
+        assert org is not None
+        assert (org.url, org.secret) == (theirs, "their-secret")
+        failures = [r for r in caplog.records if r.getMessage().startswith("webhook registration")]
+        assert failures
+        assert theirs in str(failures[0].__dict__["error"])
+        caplog.clear()
+        allowed = pinecall(simulator.url, replace_webhook=True)
+        taking = Bridge(bridge_settings(kafka_bootstrap, topics, pinecall=allowed))
+        await taking.start()
+        try:
+            await asyncio.wait_for(registration(taking).wait(), 30)
+        finally:
+            await taking.stop()
+        org = simulator.hooks.org()
+        assert org is not None
+        assert (org.url, org.secret) == (OUR_HOOK, SECRET)
+    [warning] = [r for r in caplog.records if "replacing" in r.getMessage()]
+    assert warning.__dict__["previous_url"] == theirs
 
 
 async def test_registration_retries_until_pinecall_answers(
@@ -93,27 +141,24 @@ async def test_registration_retries_until_pinecall_answers(
     # It used to try once at start-up and give up: no webhook until the next restart.
     port = free_port()
     settings = bridge_settings(
-        kafka_bootstrap,
-        topics,
-        pinecall={
-            "api_url": f"http://127.0.0.1:{port}",
-            "api_key": "sim-api-key",
-            "register_webhook": True,
-            "public_url": "https://bridge.example.com",
-        },
+        kafka_bootstrap, topics, pinecall=pinecall(f"http://127.0.0.1:{port}")
     )
     bridge = Bridge(settings)
     await bridge.start()
     try:
         await asyncio.sleep(2)  # a few refused attempts
-        assert not bridge.registered.is_set()
+        assert not registration(bridge).is_set()
         async with Simulator(SimulatorConfig(port=port)) as simulator:
-            await asyncio.wait_for(bridge.registered.wait(), 30)
-            assert [hook.url for hook in simulator.hooks.all()] == [
-                "https://bridge.example.com/webhooks/pinecall"
-            ]
+            await asyncio.wait_for(registration(bridge).wait(), 30)
+            assert [hook.url for hook in simulator.hooks.all()] == [OUR_HOOK]
     finally:
         await bridge.stop()
+
+
+def registration(bridge: Bridge) -> asyncio.Event:
+    """Set once the bridge's registrar saw Pinecall take its URL."""
+    assert bridge.registrar is not None
+    return bridge.registrar.registered
 
 
 def registered(log: Path) -> bool:
@@ -134,7 +179,7 @@ def test_webhooks_cli(
 
     def serve() -> None:
         async def run() -> None:
-            async with Simulator() as simulator:
+            async with Simulator(SimulatorConfig(retry_base=0.01)) as simulator:
                 holder["sim"] = simulator
                 ready.set()
                 await asyncio.to_thread(done.wait)
@@ -148,25 +193,75 @@ def test_webhooks_cli(
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", SECRET)
     monkeypatch.setenv("BRIDGE_PINECALL__API_URL", simulator.url)
     monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "sim-api-key")
+
+    def run(*args: str) -> tuple[int, Any, str]:
+        code = main(["webhooks", *args])
+        out, err = capsys.readouterr()
+        return code, jsoncodec.loads(out) if out else None, err
+
     try:
-        url = "https://bridge.example.com/webhooks/pinecall"
-        assert main(["webhooks", "register", "--url", url]) == 0
-        assert '"created":true' in capsys.readouterr().out
-        assert main(["webhooks", "register", "--url", url]) == 0
-        assert '"created":false' in capsys.readouterr().out
-        assert main(["webhooks", "list"]) == 0
-        listed = capsys.readouterr().out
-        assert listed.count(url) == 1
-        assert SECRET not in listed
-        hook_id = simulator.hooks.all()[0].id
-        assert main(["webhooks", "delete", hook_id]) == 0
+        nobody = f"http://127.0.0.1:{free_port()}/webhooks/pinecall"  # refuses connections
+        assert run("show") == (0, None, "")
+        assert run("register", "--url", nobody)[:2] == (
+            0,
+            {"url": nobody, "previous": None, "took_over": False},
+        )
+        code, again, _ = run("register", "--url", nobody)
+        assert (code, again["previous"]) == (0, {"url": nobody, "signed": True})
+        assert run("show")[1] == {"url": nobody, "signed": True}
+        code, tested, _ = run("test")
+        assert (code, tested["sent"]) == (0, False)
+        assert "Connect" in tested["error"]
+        other = "https://other.example.com/hook"
+        code, _, err = run("register", "--url", other)
+        assert code == 1
+        assert nobody in err  # the URL found, and how to take it over
+        assert "REPLACE_WEBHOOK" in err
+        assert "--replace" in err
+        code, took, _ = run("register", "--url", other, "--replace")
+        assert (code, took["took_over"], took["previous"]["url"]) == (0, True, nobody)
+        org = simulator.hooks.org()
+        assert org is not None
+        assert (org.url, org.secret) == (other, SECRET)
+        assert SECRET not in str(run("show"))
+        assert run("delete")[:2] == (0, {"deleted": True})
         assert simulator.hooks.all() == []
+        assert run("delete")[:2] == (0, {"deleted": False})
         monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "wrong")
-        assert main(["webhooks", "list"]) == 1
-        assert "401" in capsys.readouterr().err
+        code, _, err = run("show")
+        assert code == 1
+        assert "401" in err
     finally:
         done.set()
         thread.join(10)
+
+
+async def test_pinecalls_test_post_reaches_kafka_through_the_bridge(
+    bridge: RunningBridge, kafka_bootstrap: str, topics: Topics
+) -> None:
+    """`webhooks test`, for real: the platform's signed `webhook.test` alert, answered 2xx by
+    the bridge only once Kafka has it, and on the alerts topic."""
+    async with Simulator() as simulator:
+        api = PinecallSettings(api_url=simulator.url, api_key=SecretStr("sim-api-key"))
+        async with aiohttp.ClientSession() as session:
+            registry = WebhookRegistry(session, api)
+            await registry.ensure(bridge.url + "/webhooks/pinecall", SECRET)
+            assert await registry.test() == {"sent": True, "error": None}
+
+    def a_test_alert(records: list[Consumed]) -> bool:
+        return any(record.json()["type"] == "webhook.test" for record in records)
+
+    records = await consume_until(kafka_bootstrap, [topics.alerts], a_test_alert)
+    [test] = [record for record in records if record.json()["type"] == "webhook.test"]
+    alert = test.json()
+    # No id and no agent on the wire: the id hashes the body, the key is the organisation.
+    assert alert["id"].startswith("sha256:")
+    assert (test.key, alert["pinecallorg"], alert["pinecallchannel"]) == (
+        b"org_sim",
+        "org_sim",
+        "webhook",
+    )
+    assert alert["data"]["said"].startswith("Pinecall reaches this URL")
 
 
 async def test_tail_shows_what_downstream_sees(

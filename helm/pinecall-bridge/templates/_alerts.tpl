@@ -252,6 +252,18 @@ groups:
           summary: {{ printf "Pod %s has no WebSocket connection to Pinecall" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not been connected to Pinecall's WebSocket feed for %v minutes and keeps reconnecting; events still arrive by webhook, if Pinecall sends them." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.websocketDownMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketdown" $a.runbookUrl }}
+      - alert: PinecallBridgeWebhookNotRegistered
+        # Only processes that register the webhook (config.pinecall.registerWebhook) export the
+        # gauge; 1 in any of them means Pinecall's one webhook points at this deployment.
+        expr: |
+          max by (namespace) (pinecall_bridge_webhook_registered) == 0
+        for: {{ $a.webhookNotRegisteredMinutes }}m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pinecall's webhook does not point at the bridge in %s" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "For %v minutes no pod in %s has had the organisation's Pinecall webhook pointing at it: Pinecall posts its webhooks elsewhere or nowhere. The pods log why as `webhook registration failed; retrying`." $a.webhookNotRegisteredMinutes "{{ $labels.namespace }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgewebhooknotregistered" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogSourceDown
         # Only where the source is on: the org feed never connected in the window while still
         # trying (no call is discovered), or call streams failing while nothing arrives over them.

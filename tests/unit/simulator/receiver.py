@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -66,12 +65,3 @@ class Receiver:
         finally:
             self.in_flight -= 1
         return web.Response(status=status)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll until `condition()` holds; fail the test after five seconds."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")

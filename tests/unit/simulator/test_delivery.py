@@ -10,6 +10,7 @@ from bridge import jsoncodec
 from bridge.simulator import SimulatorConfig, Stats
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.hooks import Hook, HookStore
+from bridge.simulator.records import Delivery
 from bridge.sources.signature import Verdict, verify
 from tests.unit.simulator.conftest import FAST
 from tests.unit.simulator.receiver import Received, Receiver
@@ -38,7 +39,7 @@ def hook_for(receiver: Receiver, secret: str | None = "s3cret") -> Hook:
     return HookStore().create(receiver.url, ("*",), secret)
 
 
-def send(deliverer: Deliverer, hook: Hook, call: str, seq: int) -> asyncio.Future[None]:
+def send(deliverer: Deliverer, hook: Hook, call: str, seq: int) -> asyncio.Future[Delivery]:
     return deliverer.submit(hook, body(call, seq), call=call, seq=seq, event_type="message.sent")
 
 

@@ -16,8 +16,8 @@ from bridge.simulator import Simulator
 from bridge.simulator.eventstream import cursor_of, frame
 from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
 from bridge.sources.calllog.pages import fetch_pages
+from tests.polling import until
 from tests.unit.simulator.conftest import AUTH, FAST, Stream, stream
-from tests.unit.simulator.receiver import until
 
 CALL = "CA_test"
 

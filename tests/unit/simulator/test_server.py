@@ -3,11 +3,14 @@ import asyncio
 import aiohttp
 import pytest
 
+from bridge import jsoncodec
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sources.signature import Verdict, verify
 from tests.unit.simulator.conftest import AUTH, token
+from tests.unit.simulator.receiver import Received, Receiver
 
 TOKEN = "/v1/auth/websocket-token"
-HOOKS = "/v1/webhooks"
+HOOK = "/v1/webhook"
 
 
 @pytest.mark.parametrize(
@@ -18,14 +21,15 @@ async def test_every_rest_call_needs_the_api_key(
 ) -> None:
     for method, path in (
         ("POST", TOKEN),
-        ("POST", HOOKS),
-        ("GET", HOOKS),
-        ("DELETE", HOOKS + "/wh_1"),
+        ("GET", HOOK),
+        ("PUT", HOOK),
+        ("DELETE", HOOK),
+        ("POST", HOOK + "/test"),
     ):
         async with client.request(method, sim.url + path, headers=headers, json={}) as response:
             assert response.status == 401
             assert (await response.json())["error"] == "unauthorized"
-    assert sim.stats.unauthorized == 4
+    assert sim.stats.unauthorized == 5
 
 
 async def test_token_requests_are_answered_and_counted(
@@ -53,55 +57,79 @@ async def test_tokens_expire_after_their_ttl(client: aiohttp.ClientSession) -> N
         assert sim.tokens.status(body["token"]) == "expired"
 
 
-async def test_webhook_registration_create_list_delete(
+async def test_the_organisations_webhook_is_read_put_and_deleted(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    created = []
-    for body in (
-        {"url": "http://bridge/webhooks", "events": ["call.*"], "secret": "s1"},
-        {"url": "http://other/webhooks", "secret": "s2"},
+    async with client.get(sim.url + HOOK, headers=AUTH) as response:
+        assert (response.status, await response.json()) == (200, None)
+    for body, shown in (
+        ({"url": "http://bridge/webhooks", "secret": "s1"}, {"url": "http://bridge/webhooks"}),
+        ({"url": "http://other/webhooks"}, {"url": "http://other/webhooks"}),
     ):
-        async with client.post(sim.url + HOOKS, headers=AUTH, json=body) as response:
-            assert response.status == 201
-            created.append(await response.json())
-    assert set(created[0]) == {"id", "url", "events", "created_at"}
-    assert created[0]["events"] == ["call.*"]
-    assert created[1]["events"] == ["*"]
-    async with client.get(sim.url + HOOKS, headers=AUTH) as response:
-        listed = await response.json()
-    assert listed == {"data": created}
-    assert "s1" not in str(listed)
-    async with client.delete(f"{sim.url}{HOOKS}/{created[0]['id']}", headers=AUTH) as response:
+        async with client.put(sim.url + HOOK, headers=AUTH, json=body) as response:
+            assert response.status == 204
+        async with client.get(sim.url + HOOK, headers=AUTH) as response:
+            got = await response.json()
+        assert got == {**shown, "signed": "secret" in body}
+    assert [hook.url for hook in sim.hooks.all()] == ["http://other/webhooks"]
+    async with client.delete(sim.url + HOOK, headers=AUTH) as response:
         assert response.status == 204
-    async with client.delete(f"{sim.url}{HOOKS}/{created[0]['id']}", headers=AUTH) as response:
+    async with client.delete(sim.url + HOOK, headers=AUTH) as response:
         assert response.status == 404
-    assert [hook.id for hook in sim.hooks.all()] == [created[1]["id"]]
+    assert sim.hooks.all() == []
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"url": "nope"}', b"[]"])
 async def test_bad_registrations_get_400(
     sim: Simulator, client: aiohttp.ClientSession, body: bytes
 ) -> None:
-    async with client.post(sim.url + HOOKS, headers=AUTH, data=body) as response:
+    async with client.put(sim.url + HOOK, headers=AUTH, data=body) as response:
         assert response.status == 400
         assert (await response.json())["error"] == "invalid_request"
+
+
+async def test_a_test_post_is_a_signed_alert_and_its_answer_is_reported(
+    sim: Simulator, client: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    async with client.post(sim.url + HOOK + "/test", headers=AUTH) as response:
+        assert response.status == 404  # no webhook yet: the platform refuses too
+    sim.hooks.put_org(receiver.url, "s3cret")
+    async with client.post(sim.url + HOOK + "/test", headers=AUTH) as response:
+        assert await response.json() == {"sent": True, "error": None}
+    [request] = receiver.requests
+    alert = jsoncodec.loads(request.body)
+    assert set(alert) == {"type", "org", "env", "agent", "at", "data"}
+    assert (alert["type"], alert["agent"]) == ("webhook.test", None)
+    assert request.headers["X-Pinecall-Event"] == "webhook.test"
+    assert verify(request.headers["X-Pinecall-Signature"], request.body, [b"s3cret"]) is (
+        Verdict.VALID
+    )
+    receiver.answer = refuse
+    async with client.post(sim.url + HOOK + "/test", headers=AUTH) as response:
+        assert await response.json() == {"sent": False, "error": "HTTP 400"}
+
+
+async def refuse(_: Received) -> int:
+    return 400
 
 
 async def test_the_bridges_registry_client_works_against_it(sim: Simulator) -> None:
     from pydantic import SecretStr
 
     from bridge.config import PinecallSettings
-    from bridge.sources.registration import WebhookRegistry
+    from bridge.sources.registration import OrgWebhook, WebhookRegistry
 
     api = PinecallSettings(api_url=sim.url, api_key=SecretStr("sim-api-key"))
     async with aiohttp.ClientSession() as session:
         registry = WebhookRegistry(session, api)
-        hook, created = await registry.ensure("http://bridge/hook", [], "secret")
-        again, created_again = await registry.ensure("http://bridge/hook", [], "secret")
-        assert (created, created_again) == (True, False)
-        assert again["id"] == hook["id"]
-        await registry.delete(hook["id"])
-        assert await registry.hooks() == []
+        first = await registry.ensure("http://bridge/hook", "secret")
+        again = await registry.ensure("http://bridge/hook", "secret")
+        assert (first.previous, again.previous) == (None, OrgWebhook("http://bridge/hook", True))
+        kept = sim.hooks.org()
+        assert kept is not None
+        assert kept.secret == "secret"
+        assert await registry.delete()
+        assert await registry.current() is None
 
 
 async def test_stats_and_controls_need_no_key(

@@ -9,8 +9,8 @@ from bridge import jsoncodec
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.feed import EventRef
 from bridge.simulator.frames import GARBAGE
+from tests.polling import until
 from tests.unit.simulator.conftest import AUTH, subscribe, token
-from tests.unit.simulator.receiver import until
 
 
 def push(sim: Simulator, event_type: str, seq: int = 1) -> None:

@@ -16,6 +16,7 @@ from bridge.metrics import Metrics
 from bridge.sink import clienttasks, kafka
 from bridge.sink.clienttasks import REPLACE_ATTEMPTS, consumer_died, producer_died, stop_dead
 from bridge.sink.kafka import KafkaSink, Record
+from tests.polling import until
 
 RECORD = Record("t", b"k", b"v")
 
@@ -99,14 +100,6 @@ def restarts(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value(
         "pinecall_bridge_kafka_client_restarts_total", {"client": "ingest_producer"}
     )
-
-
-async def until(condition: Any) -> None:
-    async with asyncio.timeout(5.0):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
 
 
 async def started_sink(metrics: Metrics, probe_seconds: float = 60.0) -> KafkaSink:

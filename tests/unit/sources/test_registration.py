@@ -1,132 +1,133 @@
-"""Webhook registration against a small fake of Pinecall's REST API over real HTTP."""
+"""Webhook registration against a fake of Pinecall's `/v1/webhook` over real HTTP."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 
 from bridge.config import PinecallSettings
-from bridge.sources.registration import RegistrationError, WebhookRegistry, winner
+from bridge.sources.registration import (
+    OrgWebhook,
+    RegistrationError,
+    WebhookRegistry,
+    WebhookTakenError,
+    next_step,
+    parse_webhook,
+)
+from tests.unit.sources.pinecall_api import FakeApi
 
-
-class FakeApi:
-    def __init__(self) -> None:
-        self.hooks: dict[str, dict[str, Any]] = {}
-        self.ids = itertools.count(1)
-        self.delay = 0.0  # seconds every request takes, so concurrent callers interleave
-        app = web.Application()
-        app.router.add_route("*", "/v1/webhooks", self.collection)
-        app.router.add_delete("/v1/webhooks/{id}", self.delete)
-        self.server = TestServer(app)
-
-    def authorised(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == "Bearer k"
-
-    async def collection(self, request: web.Request) -> web.Response:
-        if not self.authorised(request):
-            return web.json_response({"error": "unauthorized"}, status=401)
-        await asyncio.sleep(self.delay)
-        if request.method == "GET":
-            return web.json_response({"data": list(self.hooks.values())})
-        body = await request.json()
-        hook = {"id": f"wh_{next(self.ids)}", "url": body["url"], "events": body.get("events")}
-        self.hooks[hook["id"]] = {**hook, "secret_seen": body["secret"]}
-        return web.json_response(hook, status=201)
-
-    async def delete(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(self.delay)
-        if self.hooks.pop(request.match_info["id"], None) is None:
-            return web.json_response({"error": "not found"}, status=404)
-        return web.Response(status=204)
+OURS = "https://bridge/webhooks/pinecall"
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[FakeApi, WebhookRegistry]]:
-    fake = FakeApi()
-    await fake.server.start_server()
-    base = str(fake.server.make_url("")).rstrip("/")
-    settings = PinecallSettings(api_url=base, api_key="k")
-    async with aiohttp.ClientSession() as session:
-        yield fake, WebhookRegistry(session, settings)
-    await fake.server.close()
+    async with FakeApi() as fake, aiohttp.ClientSession() as session:
+        yield fake, WebhookRegistry(session, fake.settings)
 
 
-async def test_ensure_is_idempotent(api: tuple[FakeApi, WebhookRegistry]) -> None:
+async def test_ensure_points_an_unset_webhook_at_the_bridge(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
     fake, registry = api
-    hook, created = await registry.ensure("https://bridge/webhooks/pinecall", [], "s")
-    assert created
-    again, created_again = await registry.ensure("https://bridge/webhooks/pinecall", [], "s")
-    assert not created_again
-    assert again["id"] == hook["id"]
-    assert len(fake.hooks) == 1
-    assert fake.hooks[hook["id"]]["secret_seen"] == "s"
+    done = await registry.ensure(OURS, "s")
+    assert (done.previous, done.took_over) == (None, False)
+    assert fake.hook == {"url": OURS, "secret": "s"}
 
 
-async def test_list_and_delete(api: tuple[FakeApi, WebhookRegistry]) -> None:
+async def test_ensure_puts_again_so_a_rotated_secret_reaches_the_platform(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    # The secret is never read back: with the URL already ours, only a PUT makes the platform
+    # sign with the secret the bridge now verifies first.
     fake, registry = api
-    hook = await registry.create("https://a", ["call.started"], "s")
-    assert [h["url"] for h in await registry.hooks()] == ["https://a"]
-    await registry.delete(hook["id"])
-    assert fake.hooks == {}
-    with pytest.raises(RegistrationError, match="404"):
-        await registry.delete(hook["id"])
+    await registry.ensure(OURS, "old")
+    done = await registry.ensure(OURS, "new")
+    assert done.previous == OrgWebhook(OURS, signed=True)
+    assert not done.took_over
+    assert fake.hook == {"url": OURS, "secret": "new"}
+    assert fake.puts == 2
+
+
+async def test_ensure_refuses_to_replace_another_url(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    fake, registry = api
+    fake.hook = {"url": "https://crm.example.com/pinecall", "secret": "theirs"}
+    with pytest.raises(WebhookTakenError, match=r"crm\.example\.com.*REPLACE_WEBHOOK"):
+        await registry.ensure(OURS, "s")
+    assert fake.hook == {"url": "https://crm.example.com/pinecall", "secret": "theirs"}
+    assert fake.puts == 0
+
+
+async def test_ensure_takes_another_url_over_when_told(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    fake, registry = api
+    fake.hook = {"url": "https://crm.example.com/pinecall", "secret": None}
+    done = await registry.ensure(OURS, "s", replace=True)
+    assert done.previous == OrgWebhook("https://crm.example.com/pinecall", signed=False)
+    assert done.took_over
+    assert fake.hook == {"url": OURS, "secret": "s"}
+
+
+async def test_an_empty_secret_asks_for_unsigned_posts(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    fake, registry = api
+    await registry.ensure(OURS, "")
+    assert fake.hook == {"url": OURS, "secret": None}
+    assert await registry.current() == OrgWebhook(OURS, signed=False)
+
+
+async def test_show_delete_and_test(api: tuple[FakeApi, WebhookRegistry]) -> None:
+    fake, registry = api
+    assert await registry.current() is None
+    await registry.put(OURS, "s")
+    assert await registry.current() == OrgWebhook(OURS, signed=True)
+    assert await registry.test() == {"sent": False, "error": "ConnectError: refused"}
+    assert await registry.delete()
+    assert fake.hook is None
+    assert not await registry.delete()  # the platform's 404: nothing was set
 
 
 async def test_bad_key_is_a_clear_error(api: tuple[FakeApi, WebhookRegistry]) -> None:
     fake, _ = api
-    base = str(fake.server.make_url("")).rstrip("/")
-    wrong = PinecallSettings(api_url=base, api_key="wrong")
+    wrong = fake.settings.model_copy(update={"api_key": SecretStr("wrong")})
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(RegistrationError, match="401"):
-            await WebhookRegistry(session, wrong).hooks()
+        with pytest.raises(RegistrationError, match="GET /v1/webhook: HTTP 401"):
+            await WebhookRegistry(session, wrong).ensure(OURS, "s")
+        with pytest.raises(RegistrationError, match="DELETE /v1/webhook: HTTP 401"):
+            await WebhookRegistry(session, wrong).delete()
 
 
 async def test_unreachable_api_is_a_clear_error() -> None:
     settings = PinecallSettings(api_url="http://127.0.0.1:9", api_key="k")
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(RegistrationError, match="GET /v1/webhooks"):
-            await WebhookRegistry(session, settings).hooks()
+        with pytest.raises(RegistrationError, match="GET /v1/webhook: ClientConnectorError"):
+            await WebhookRegistry(session, settings).current()
 
 
-async def test_concurrent_ensures_leave_exactly_one_hook(
-    api: tuple[FakeApi, WebhookRegistry],
-) -> None:
-    # Each listed, found nothing and created: three hooks, every delivery tripled.
-    fake, registry = api
-    fake.delay = 0.05
-    url = "https://bridge/webhooks/pinecall"
-    results = await asyncio.gather(*(registry.ensure(url, [], "s") for _ in range(3)))
-    assert len(fake.hooks) == 1
-    [kept] = fake.hooks
-    assert {hook["id"] for hook, _ in results} == {kept}
-    assert [created for _, created in results].count(True) == 1
+@pytest.mark.parametrize(
+    ("current", "replace", "step"),
+    [
+        (None, False, "set"),
+        (OrgWebhook(OURS, signed=True), False, "set"),
+        (OrgWebhook(OURS, signed=False), False, "set"),
+        (OrgWebhook("https://other/x", signed=True), False, "refuse"),
+        (OrgWebhook("https://other/x", signed=True), True, "take-over"),
+    ],
+)
+def test_next_step(current: OrgWebhook | None, replace: bool, step: str) -> None:
+    assert next_step(current, OURS, replace=replace) == step
 
 
-async def test_ensure_keeps_the_oldest_of_existing_copies(
-    api: tuple[FakeApi, WebhookRegistry],
-) -> None:
-    fake, registry = api
-    first = await registry.create("https://a", [], "s")
-    await registry.create("https://a", [], "s")
-    await registry.create("https://other", [], "s")
-    hook, created = await registry.ensure("https://a", [], "s")
-    assert (hook["id"], created) == (first["id"], False)
-    assert sorted(h["url"] for h in fake.hooks.values()) == ["https://a", "https://other"]
-
-
-def test_the_winner_is_the_same_whoever_looks() -> None:
-    hooks = [
-        {"id": "wh_b", "created_at": "2026-01-01T00:00:00.001Z"},
-        {"id": "wh_c", "created_at": "2026-01-01T00:00:00.000Z"},
-        {"id": "wh_a", "created_at": "2026-01-01T00:00:00.000Z"},
-    ]
-    assert winner(hooks)["id"] == "wh_a"
-    assert winner(list(reversed(hooks)))["id"] == "wh_a"
-    assert winner([{"id": "wh_2"}, {"id": "wh_1"}])["id"] == "wh_1"
+def test_parse_webhook() -> None:
+    assert parse_webhook(None) is None
+    assert parse_webhook({"url": OURS, "signed": True}) == OrgWebhook(OURS, signed=True)
+    bad: object
+    for bad in ([], {"signed": True}, {"url": 5}, "x"):
+        with pytest.raises(RegistrationError, match="not \\{url, signed\\}"):
+            parse_webhook(bad)

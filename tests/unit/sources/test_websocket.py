@@ -18,6 +18,7 @@ from bridge.normalise import Channel
 from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
+from tests.polling import until
 from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
@@ -99,13 +100,6 @@ async def make_feed() -> AsyncIterator[Callable[[Script], Awaitable[FakeFeed]]]:
     yield make
     for feed in feeds:
         await feed.server.close()
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def seqs(sink: FakeSink) -> list[int]:
