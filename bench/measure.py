@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -13,6 +12,8 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import events
 
@@ -97,20 +98,12 @@ def _scrape(port: int) -> bytes:
 
 def samples(body: bytes, name: str) -> list[tuple[dict[str, str], float]]:
     """Every sample named `name`, whatever its labels (a pod of workers adds `worker`)."""
-    found = []
-    for line in body.decode().splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, brace, rest = head.partition("{")
-        if metric != name:
-            continue
-        labels = dict(_LABEL.findall(rest)) if brace else {}
-        found.append((labels, float(value)))
-    return found
-
-
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def _total(port: int, name: str, **match: str) -> float:

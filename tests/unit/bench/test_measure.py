@@ -34,7 +34,7 @@ def test_samples_match_the_name_exactly_and_read_every_label() -> None:
     assert owned == [({"worker": "0"}, 7.0), ({"worker": "1"}, 5.0)]
     assert measure.samples(b"up 1\n", "up") == [({}, 1.0)]
     escaped = b'm{path="a\\"b",le="1"} 2\n'
-    assert measure.samples(escaped, "m") == [({"path": 'a\\"b', "le": "1"}, 2.0)]
+    assert measure.samples(escaped, "m") == [({"path": 'a"b', "le": "1"}, 2.0)]
 
 
 def test_a_pods_workers_are_added_up(monkeypatch: pytest.MonkeyPatch) -> None:
