@@ -450,6 +450,16 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     notes = render_notes(tmp_path, SIGNED)
     assert "WARNING" not in notes
     assert "http://pinecall-bridge.default.svc:8080/webhooks/pinecall" in notes
+    assert "webhooks test" not in notes
+    notes = render_notes(
+        tmp_path / "registers",
+        SIGNED,
+        "config.pinecall.registerWebhook=true",
+        "config.pinecall.publicUrl=https://bridge.example.com",
+        "secrets.pinecallApiKey.value=k",
+    )
+    assert "webhook at https://bridge.example.com/webhooks/pinecall and" in notes
+    assert "exec deployment/pinecall-bridge -- pinecall-bridge webhooks test" in notes
     notes = render_notes(tmp_path / "1", "config.webhook.allowUnsigned=true")
     assert "WARNING: config.webhook.allowUnsigned=true" in notes
     notes = render_notes(
