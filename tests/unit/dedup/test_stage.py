@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage, behind
+from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage, behind, fetch_wait_ms
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
@@ -123,6 +123,33 @@ class FiniteConsumer(FakeConsumer):
 
     async def stop(self) -> None:
         self.stopped = True
+
+
+class TrickleConsumer(FakeConsumer):
+    """A record now, another `gap` seconds later, then nothing: the few events a second of a
+    quiet deployment. Notes each fetch's `timeout_ms`; ends the stage after `calls` fetches."""
+
+    def __init__(
+        self, partition: TopicPartition, stage: DedupStage, gap: float, calls: int
+    ) -> None:
+        super().__init__({partition})
+        self.partition, self.stage, self.gap, self.calls = partition, stage, gap, calls
+        self.waits: list[int] = []
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        self.waits.append(timeout_ms)
+        fetch = len(self.waits)
+        if fetch == self.calls:
+            self.stage._running = False
+        if fetch == 1:
+            return {self.partition: [ingest(0, "CA_1:0", 100.0)]}
+        if fetch == 2:
+            await asyncio.sleep(self.gap)
+            return {self.partition: [ingest(1, "CA_1:1", 100.0)]}
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
 
 
 class Listener:
@@ -302,6 +329,32 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
     assert all(later > earlier for earlier, later in itertools.pairwise(seen)), seen
     assert task.position == consumer.next  # every record handed out was decided
     assert steps(h.producer).count("send") == consumer.next
+
+
+async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_interval() -> None:
+    # It waited a whole interval whatever the transaction's age: with no record to end the wait,
+    # a transaction committed up to an interval late, and at a few events a second most did.
+    h = Harness()
+    interval = h.stage._settings.commit_interval_ms
+    consumer = TrickleConsumer(tp(1), h.stage, gap=0.6 * interval / 1000, calls=5)
+    h.stage._consumer = consumer
+    task = PartitionTask(tp(1), h.stage._settings, {}, h.metrics)
+    h.stage._tasks[task.tp] = task
+    h.stage._running = True
+    await h.stage._run()
+    waits = consumer.waits
+    assert waits[0] == interval  # nothing open
+    assert 0.9 * interval <= waits[1] <= interval  # a transaction just opened
+    assert waits[2] <= 0.4 * interval  # what was left after the 60% gap, not a whole interval
+    assert steps(h.producer).count("commit") == 1  # committed once that wait ran out
+    assert waits[-1] == interval  # and nothing is open again
+
+
+@pytest.mark.parametrize(
+    ("age", "wait"), [(None, 100), (0.0, 100), (0.0301, 70), (0.1, 0), (0.5, 0)]
+)
+def test_fetch_wait_ms(age: float | None, wait: int) -> None:
+    assert fetch_wait_ms(100, age) == wait
 
 
 def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:
