@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     has_id,
     until_metrics,
 )
+from tests.polling import until
 
 
 def reset_like_uvloop(client: Any) -> int:
@@ -42,14 +43,6 @@ def reset_like_uvloop(client: Any) -> int:
         writer.write = write
         patched += 1
     return patched
-
-
-async def until(condition: Any, within: float = 30) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_ingest_producer_whose_sender_died_is_replaced(
@@ -96,7 +89,7 @@ async def test_dedup_consumer_whose_coordinator_died_is_replaced(
     assert reset_like_uvloop(dead._client) > 0
     # The coordinator writes next when it rejoins: a new member makes the group rebalance.
     dead._coordinator.request_rejoin()
-    await until(lambda: consumer_died(dead) is not None or stage._consumer is not dead)
+    await until(lambda: consumer_died(dead) is not None or stage._consumer is not dead, within=30)
 
     assert (await handle.post(entry(2, unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"), within=60)
@@ -121,7 +114,7 @@ async def test_feed_lease_consumer_whose_coordinator_died_is_replaced(
     first = await start_bridge(**feed)
     lease = first.bridge.lease
     assert lease is not None
-    await until(lambda: lease.held)
+    await until(lambda: lease.held, within=30)
     second = await start_bridge(**feed)
     other = second.bridge.lease
     assert other is not None
@@ -130,7 +123,7 @@ async def test_feed_lease_consumer_whose_coordinator_died_is_replaced(
     assert dead is not None
     assert reset_like_uvloop(dead._client) > 0
     dead._coordinator.request_rejoin()
-    await until(lambda: consumer_died(dead) is not None or lease._consumer is not dead)
+    await until(lambda: consumer_died(dead) is not None or lease._consumer is not dead, within=30)
 
     # A dead member neither heartbeats nor learns that it lost the lease: unwatched, the second
     # replica takes the lease after the session timeout while the first still reads the feed.
