@@ -125,7 +125,7 @@ def _send(args: argparse.Namespace) -> int:
     secret = args.secret
     if secret is None:
         settings = _settings_or_exit()
-        secret = settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
+        secret = settings.webhook.signing_secret
     signature = sign(secret.encode(), body)
     if args.bare:
         signature = signature.removeprefix("sha256=")
@@ -170,9 +170,7 @@ def _webhooks(args: argparse.Namespace) -> int:
                 return {"deleted": await registry.delete()}
             if args.action == "test":
                 return await registry.test()
-            secret = args.secret or (
-                settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
-            )
+            secret = args.secret or settings.webhook.signing_secret
             if not secret:
                 raise RegistrationError("no secret: pass --secret or set BRIDGE_WEBHOOK__SECRETS")
             done = await registry.ensure(args.url, secret, replace=args.replace)

@@ -156,6 +156,11 @@ class WebhookSettings(BaseModel):
             raise ValueError("must start with '/' and not be /healthz, /readyz or /metrics")
         return path
 
+    @property
+    def signing_secret(self) -> str:
+        """The secret a sender signs with: the first of `secrets`; "" when unsigned."""
+        return self.secrets[0].get_secret_value() if self.secrets else ""
+
     @model_validator(mode="after")
     def _signed_unless_told(self) -> WebhookSettings:
         if not self.secrets and not self.allow_unsigned:

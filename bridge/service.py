@@ -141,11 +141,8 @@ class Bridge:
         self.registrar: Registrar | None = None
         api = settings.pinecall
         if api.register_webhook and self.stages != "dedup":
-            secret = (
-                settings.webhook.secrets[0].get_secret_value() if settings.webhook.secrets else ""
-            )
             url = f"{api.public_url}{settings.webhook.path}"
-            self.registrar = Registrar(api, url, secret, self.metrics)
+            self.registrar = Registrar(api, url, settings.webhook.signing_secret, self.metrics)
         self._loop_lag: asyncio.Task[None] | None = None
         self.port: int | None = None
 

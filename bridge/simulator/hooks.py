@@ -31,13 +31,19 @@ class Hook:
 ORG_HOOK_ID = "org"
 
 
-def parse_org_hook(body: Any) -> tuple[str, str | None]:
-    """url and secret of a `PUT /v1/webhook`; an empty or null secret means unsigned posts."""
+def _url_of(body: Any) -> str:
+    """The `url` of a registration request, which must be a JSON object."""
     if not isinstance(body, dict):
         raise InvalidHookError("the body must be a JSON object")
     url = body.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise InvalidHookError("url must be an http:// or https:// URL")
+    return url
+
+
+def parse_org_hook(body: Any) -> tuple[str, str | None]:
+    """url and secret of a `PUT /v1/webhook`; an empty or null secret means unsigned posts."""
+    url = _url_of(body)
     secret = body.get("secret")
     if secret is not None and not isinstance(secret, str):
         raise InvalidHookError("secret must be a string")
@@ -46,11 +52,7 @@ def parse_org_hook(body: Any) -> tuple[str, str | None]:
 
 def parse_hook(body: Any) -> tuple[str, tuple[str, ...], str | None]:
     """url, events and secret of one of the simulator's own registrations."""
-    if not isinstance(body, dict):
-        raise InvalidHookError("the body must be a JSON object")
-    url = body.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidHookError("url must be an http:// or https:// URL")
+    url = _url_of(body)
     events = parse_events(body.get("events"))
     if events is None:
         raise InvalidHookError("events must be a list of event types")
@@ -65,16 +67,15 @@ class HookStore:
         self._hooks: dict[str, Hook] = {}
 
     def create(self, url: str, events: tuple[str, ...], secret: str | None) -> Hook:
-        created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        hook = Hook(f"wh_{secrets.token_hex(8)}", url, events, secret, created)
-        self._hooks[hook.id] = hook
-        return hook
+        return self._keep(f"wh_{secrets.token_hex(8)}", url, events, secret)
 
     def put_org(self, url: str, secret: str | None) -> Hook:
         """Point the organisation's webhook at `url`, replacing what it had."""
+        return self._keep(ORG_HOOK_ID, url, ALL, secret)
+
+    def _keep(self, hook_id: str, url: str, events: tuple[str, ...], secret: str | None) -> Hook:
         created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        hook = Hook(ORG_HOOK_ID, url, ALL, secret, created)
-        self._hooks[hook.id] = hook
+        hook = self._hooks[hook_id] = Hook(hook_id, url, events, secret, created)
         return hook
 
     def org(self) -> Hook | None:
