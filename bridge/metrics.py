@@ -155,6 +155,11 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.ingest_partitions = Gauge(
+            f"{PREFIX}_ingest_partitions",
+            "Partitions of the ingest topic in this process's Kafka metadata (0 until known).",
+            registry=r,
+        )
         self.dedup_partitions_owned = Gauge(
             f"{PREFIX}_dedup_partitions_owned",
             "Ingest partitions this process owns and processes (restored and fenced in).",

@@ -25,6 +25,7 @@ from bridge.app import Readiness, build_app
 from bridge.config import Settings
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
+from bridge.ingest.partitions import PartitionWatch
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
@@ -61,7 +62,13 @@ class Bridge:
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
         self.crashed = asyncio.Event()
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
-        self.sink = KafkaSink(settings.kafka, self.metrics, self.supervisor)
+        self.sink = KafkaSink(
+            settings.kafka, self.metrics, self.supervisor, after_probe=self._watch_ingest_topic
+        )
+        self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
+        self.metrics.ingest_partitions.set_function(
+            lambda: self.sink.partition_count(settings.topics.ingest)
+        )
         self.router = Router(settings.topics, settings.routing.rules)
         # Flow counters exist at 0 from the start: alerts compare their increase(), and a series
         # born with its first events shows no increase until the next ones.
@@ -81,6 +88,7 @@ class Bridge:
                 self.metrics,
                 self.supervisor,
                 limits=self.sink.limits,
+                metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
             )
             if stages != "ingest"
             else None
@@ -213,6 +221,7 @@ class Bridge:
                     await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
                 await self.sink.learn_limits([self.settings.topics.ingest, *self.router.topics()])
                 await self.sink.warm([self.settings.topics.ingest])
+                self._watch_ingest_topic()
                 if self.calllog is not None:
                     await self.calllog.start()  # ready for the stage's first assignment
                 if self.dedup is not None:
@@ -244,6 +253,17 @@ class Bridge:
                 "stages": self.stages,
             },
         )
+
+    def _watch_ingest_topic(self) -> None:
+        """Log a partition count that differs from the settings, or that changed."""
+        count = self.sink.partition_count(self.settings.topics.ingest)
+        found = self._ingest_partitions.observe(count)
+        if found is not None:
+            log.log(
+                found.level,
+                found.message,
+                extra={"topic": self.settings.topics.ingest, **found.facts},
+            )
 
     async def _start_feed(self) -> None:
         if self.feed is None:

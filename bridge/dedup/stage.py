@@ -76,8 +76,12 @@ class DedupStage:
         metrics: Metrics,
         supervisor: Supervisor | None = None,
         limits: TopicLimits | None = None,
+        *,
+        metadata_max_age_ms: int = 300_000,
     ) -> None:
+        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic."""
         self._settings = settings
+        self._metadata_max_age_ms = metadata_max_age_ms
         self._topic = ingest_topic
         self._client = client
         self._metrics = metrics
@@ -154,6 +158,9 @@ class DedupStage:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
+            # Its metadata names only the ingest topic, so it is cheap to refresh: a partition
+            # added to the topic is owned once some member's refresh sees it and they rejoin.
+            metadata_max_age_ms=self._metadata_max_age_ms,
         )
         try:
             await consumer.start()

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +135,14 @@ class KafkaSink:
     """Start and stop are idempotent; stop flushes what the producer holds."""
 
     def __init__(
-        self, settings: KafkaSettings, metrics: Metrics, supervisor: Supervisor | None = None
+        self,
+        settings: KafkaSettings,
+        metrics: Metrics,
+        supervisor: Supervisor | None = None,
+        *,
+        after_probe: Callable[[], None] | None = None,
     ) -> None:
+        """`after_probe`: called after each metadata probe that reached Kafka."""
         self._settings = settings
         self._metrics = metrics
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
@@ -145,6 +152,7 @@ class KafkaSink:
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the sender task dead: replace it now
         self._replace_failures = 0
+        self._after_probe = after_probe
         self.connected = False
         # False once a dead producer could not be replaced REPLACE_ATTEMPTS times in a row.
         self.alive = True
@@ -188,6 +196,13 @@ class KafkaSink:
         if producer is not None:
             await producer.stop()
         self._set_connected(False)
+
+    def partition_count(self, topic: str) -> int:
+        """The topic's partitions in the producer's metadata; 0 until it has the topic's."""
+        producer = self._producer
+        if producer is None:
+            return 0
+        return len(producer.client.cluster.partitions_for_topic(topic) or ())
 
     async def send(self, record: Record) -> asyncio.Future[Any]:
         """Append a record to the producer's batch; the returned future resolves on Kafka's ack.
@@ -328,6 +343,8 @@ class KafkaSink:
             elif not reachable and self.connected:
                 log.warning("Kafka unreachable")
             self._set_connected(bool(reachable))
+            if reachable and self._after_probe is not None:
+                self._after_probe()
 
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
         """Its sender task died, so every send fails: start a new producer in its place.

@@ -58,7 +58,8 @@ EMPTY_HERE = {
     "WebSocket frames by kind",
     "Partitions lost by reason (fencings)",
 }
-# The chart's default, which the rules' PinecallBridgeDedupPartitionsUnowned compares with.
+# The chart's default. PinecallBridgeDedupPartitionsUnowned compares the partitions owned with
+# the topic's count as the bridge exports it, which must be this.
 INGEST_PARTITIONS = 12
 BRIDGE_METRIC = re.compile(r"\bpinecall_bridge_[a-z0-9_]+\b")
 # Metrics from elsewhere: Prometheus' own `up`, kube-state-metrics' and Kafka Exporter's (the
@@ -335,6 +336,7 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
 async def test_prometheus_sees_the_dedup_stage_output_each_event_once(scraped: Scraped) -> None:
     # Every ingest partition owned by the one pod, which also holds the feed lease.
     assert await scalar(scraped, "sum(pinecall_bridge_dedup_partitions_owned)") == INGEST_PARTITIONS
+    assert await scalar(scraped, "max(pinecall_bridge_ingest_partitions)") == INGEST_PARTITIONS
     assert await scalar(scraped, "sum(pinecall_bridge_feed_lease_held)") == 1
     assert (
         await scalar(scraped, 'sum(pinecall_bridge_dedup_transactions_total{outcome="committed"})')

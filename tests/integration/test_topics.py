@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bridge.service import Bridge
+from bridge.sink.kafka import partition_for
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
@@ -18,7 +21,11 @@ from tests.integration.conftest import (
     consume_until,
     entry,
     has_id,
+    until_metrics,
 )
+
+OWNED = "pinecall_bridge_dedup_partitions_owned"
+PARTITIONS = "pinecall_bridge_ingest_partitions"
 
 
 async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
@@ -109,3 +116,63 @@ async def test_missing_topic_keeps_the_bridge_unready(
             assert (status, body["error"]) == (503, "kafka_unavailable")
     finally:
         await bridge.stop()
+
+
+async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_followed(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Made elsewhere (Strimzi, an admin) with 4 partitions where the settings say 3.
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        config = {"message.timestamp.type": "LogAppendTime"}
+        await admin.create_topics([NewTopic(topics.ingest, 4, 1, topic_configs=config)])
+        caplog.set_level(logging.WARNING, logger="bridge.service")
+        bridge: RunningBridge = await start_bridge(kafka={"metadata_probe_seconds": 0.5})
+        await until_metrics(bridge, lambda m: m.get(OWNED) == 4 and m.get(PARTITIONS) == 4)
+        assert logged(caplog, "not BRIDGE_TOPICS__INGEST_PARTITIONS") == [
+            {"partitions": 4, "configured": 3}
+        ]
+
+        # Grown while running: the alert's count follows, the group takes the new ones on.
+        await admin.create_partitions({topics.ingest: NewPartitions(6)})
+        await until_metrics(
+            bridge, lambda m: m.get(PARTITIONS) == 6 and m.get(OWNED) == 6, within=60
+        )
+    finally:
+        await admin.close()
+    assert logged(caplog, "changed while running") == [{"partitions": 6, "partitions_before": 4}]
+    # A call of each partition, the new ones among them, reaches the output topic.
+    calls = [call_on(partition, 6, unique_call) for partition in range(6)]
+    for call in calls:
+        assert (await bridge.post(entry(1, call)))[0] == 200
+    wanted = {f"{call}:1" for call in calls}
+    await consume_until(
+        kafka_bootstrap,
+        [topics.events],
+        lambda records: wanted <= {r.json().get("id") for r in records},
+    )
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> list[dict[str, int]]:
+    """The partition facts of each log record whose message has `words`."""
+    facts = ("partitions", "configured", "partitions_before")
+    return [
+        {name: getattr(r, name) for name in facts if hasattr(r, name)}
+        for r in caplog.records
+        if words in r.getMessage()
+    ]
+
+
+def call_on(partition: int, partitions: int, prefix: str) -> str:
+    """A call id whose key the producer sends to `partition` of `partitions`."""
+    everything = list(range(partitions))
+    return next(
+        f"{prefix}-{n}"
+        for n in range(100_000)
+        if partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
+    )

@@ -120,15 +120,18 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgededuplaggrowing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupPartitionsUnowned
         # A partition no pod processes has no lag series at all (lag is per owned partition).
-        # The bridge exports no partition count: the chart's value is the one it runs with.
+        # The count is the topic's, from the pods' Kafka metadata: a topic made elsewhere or
+        # grown while running may differ from config.topics.ingestPartitions.
         expr: |
-          sum by (namespace) (pinecall_bridge_dedup_partitions_owned) < {{ .Values.config.topics.ingestPartitions | default 12 }}
+          max by (namespace) (pinecall_bridge_ingest_partitions)
+          - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
+          > 0
         for: {{ $a.dedupPartitionsUnownedMinutes }}m
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "Only %s of %v ingest partitions are processed in %s" "{{ $value }}" (.Values.config.topics.ingestPartitions | default 12) "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "For %v minutes fewer ingest partitions than the topic's %v have been owned (restored and running) by a pod: the events on the others are not output at all." $a.dedupPartitionsUnownedMinutes (.Values.config.topics.ingestPartitions | default 12) | quote }}
+          summary: {{ printf "%s ingest partitions are processed by no pod in %s" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
         # Restores are rare: the p99 of those in the last hour (none: no value, no alert).

@@ -26,8 +26,17 @@ class _Sender:
         self.sender_task: asyncio.Task[None] | None = None
 
 
+class _Cluster:
+    def __init__(self) -> None:
+        self.partitions: dict[str, set[int]] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self.partitions.get(topic)
+
+
 class _Client:
     def __init__(self) -> None:
+        self.cluster = _Cluster()
         self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
         self.answers = True  # what the next metadata updates report
         self.updates = 0
@@ -175,6 +184,30 @@ async def test_the_probe_asks_for_its_own_topics_and_follows_the_answer() -> Non
     await until(lambda: sink.connected)
     assert sink.alive
     await sink.stop()
+
+
+async def test_each_answered_probe_is_reported_with_the_metadata_it_read() -> None:
+    seen: list[int] = []
+    sink = KafkaSink(
+        KafkaSettings(metadata_probe_seconds=0.01),
+        Metrics(),
+        after_probe=lambda: seen.append(sink.partition_count("ingest")),
+    )
+    assert sink.partition_count("ingest") == 0  # no producer, no metadata
+    await sink.start()
+    client = FakeProducer.made[0].client
+    await until(lambda: 0 in seen)  # the topic is not in the metadata yet
+    client.cluster.partitions["ingest"] = {0, 1, 2}
+    await until(lambda: 3 in seen)
+    client.answers = False
+    await until(lambda: not sink.connected)
+    reported, updates = len(seen), client.updates
+    await until(lambda: client.updates >= updates + 3)
+    assert len(seen) == reported  # an unanswered probe read nothing worth reporting
+    client.answers = True
+    await until(lambda: len(seen) > reported)
+    await sink.stop()
+    assert sink.partition_count("ingest") == 0
 
 
 async def test_repeated_failed_replacements_report_the_process_dead() -> None:
