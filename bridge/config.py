@@ -234,6 +234,10 @@ class DedupSettings(BaseModel):
     end_transaction_timeout_seconds: float = Field(default=5.0, gt=0)
     # The ingest topic keeps records this much longer than the TTL, so a restore finds them all.
     ingest_retention_margin_seconds: float = Field(default=3600.0, ge=0)
+    # How often the output topics' stable offsets are read (0: never), and how long one may stay
+    # put with records beyond it before the transaction holding it is logged as hanging.
+    hanging_check_seconds: float = Field(default=30.0, ge=0)
+    hanging_report_seconds: float = Field(default=120.0, gt=0)
     # Names this process's transactional id, `<group>-dedup-<instance_id>`; unset, it is random
     # at every start. A restarted process with the same id aborts what its predecessor left open
     # as it starts, instead of holding back read_committed readers until the transaction times
@@ -267,6 +271,9 @@ class DedupSettings(BaseModel):
             raise ValueError(
                 "end_transaction_timeout_seconds must be shorter than transaction_timeout_ms"
             )
+        if self.hanging_report_seconds * 1000 <= self.transaction_timeout_ms:
+            # Until then the broker may still abort a dead producer's transaction by itself.
+            raise ValueError("hanging_report_seconds must be longer than transaction_timeout_ms")
         return self
 
     def ingest_retention_ms(self) -> int:

@@ -160,6 +160,13 @@ class Metrics:
             "Partitions of the ingest topic in this process's Kafka metadata (0 until known).",
             registry=r,
         )
+        self.output_held = Gauge(
+            f"{PREFIX}_output_stable_offset_held_seconds",
+            "How long the output topic's most held partition has kept its last stable offset with"
+            " records beyond it (0: none): read_committed readers stop there.",
+            ["topic"],
+            registry=r,
+        )
         self.dedup_partitions_owned = Gauge(
             f"{PREFIX}_dedup_partitions_owned",
             "Ingest partitions this process owns and processes (restored and fenced in).",

@@ -23,6 +23,7 @@ from aiohttp import web
 from bridge import looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings
+from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
 from bridge.ingest.partitions import PartitionWatch
@@ -110,6 +111,18 @@ class Bridge:
         )
         if self.dedup is not None:
             self.dedup.listener = self.calllog
+        self.hanging = (
+            HangingTransactions(
+                client,
+                self.router.topics(),
+                self.metrics,
+                self.supervisor,
+                every=dedup.hanging_check_seconds,
+                report_after=dedup.hanging_report_seconds,
+            )
+            if self.dedup is not None and dedup.hanging_check_seconds > 0
+            else None
+        )
         self.readiness = Readiness(
             self.metrics,
             lambda: self.sink.connected,
@@ -226,6 +239,8 @@ class Bridge:
                     await self.calllog.start()  # ready for the stage's first assignment
                 if self.dedup is not None:
                     await self.dedup.start()
+                if self.hanging is not None:
+                    await self.hanging.start()
                 if self.lease is not None:
                     await self.lease.start()
                 break
@@ -324,6 +339,8 @@ class Bridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.hanging is not None:
+            await self.hanging.stop()
         # The flush keeps a share of the grace period whatever phase one does.
         flush_from = deadline - min(5.0, grace / 4)
         # The delay lets load balancers stop sending to a closing port: without one, nobody sends.

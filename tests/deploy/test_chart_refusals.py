@@ -177,6 +177,11 @@ REFUSALS = {
         "config.dedup.endTransactionTimeoutSeconds (8 s) must be shorter",
         {"dedup": {"end_transaction_timeout_seconds": 8}},
     ),
+    "hanging report not above the transaction timeout": Refusal(
+        ("config.dedup.hangingReportSeconds=8",),
+        "config.dedup.hangingReportSeconds (8 s) must be longer",
+        {"dedup": {"hanging_report_seconds": 8}},
+    ),
     "drain delay not below the grace": Refusal(
         ("config.shutdown.drainDelaySeconds=25",),
         "config.shutdown.drainDelaySeconds (25) must be shorter than config.shutdown.graceSeconds",

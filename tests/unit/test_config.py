@@ -51,6 +51,8 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         d.end_transaction_timeout_seconds,
         d.ingest_retention_margin_seconds,
     ) == (100, 10_000, 3_000, 8_000, 5, 3600)
+    # Output stable offsets read every 30 s; one held 2 minutes is a hanging transaction.
+    assert (d.hanging_check_seconds, d.hanging_report_seconds) == (30, 120)
     assert d.ingest_retention_ms() == (900 + 3600) * 1000
     assert d.instance_id is None  # a random transactional id at every start
     assert d.own_process is False  # every process runs both stages
@@ -245,6 +247,10 @@ def test_settings_the_protocol_would_ignore_are_refused(
             {"BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "8"},
             "BRIDGE_DEDUP: end_transaction_timeout_seconds must be shorter than"
             " transaction_timeout_ms",
+        ),
+        (
+            {"BRIDGE_DEDUP__HANGING_REPORT_SECONDS": "8"},
+            "BRIDGE_DEDUP: hanging_report_seconds must be longer than transaction_timeout_ms",
         ),
         (
             {"BRIDGE_DEDUP__GROUP": "my group"},

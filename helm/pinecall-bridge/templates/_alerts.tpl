@@ -165,6 +165,18 @@ groups:
           summary: {{ printf "Pod %s forgets ids before their TTL" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s evicted %s ids before config.dedup.ttlSeconds in the last 10 minutes (config.dedup.maxEntriesPerPartition reached): a late copy of those events would be output twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
+      - alert: PinecallBridgeOutputTransactionHanging
+        # The bridge's own transactions end within the commit interval, and the broker aborts a
+        # dead producer's after its timeout: a stable offset held this long is neither.
+        expr: |
+          max by (namespace, topic) (pinecall_bridge_output_stable_offset_held_seconds)
+          > {{ $a.outputTransactionHangingSeconds }}
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "A transaction on output topic %s has not ended for %s" "{{ $labels.topic }}" "{{ $value | humanizeDuration }}" | quote }}
+          description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody ends; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeoutputtransactionhanging" $a.runbookUrl }}
       - alert: PinecallBridgeNoFeedLeaseHolder
         # Only pods with the feed enabled export the gauge (0 until elected): a namespace without
         # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.

@@ -51,7 +51,7 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- end }}
 {{- /* The dedup stage's timeouts must nest (a zombie's transaction times out before its
 partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compared as floats. */}}
-{{- $d := merge (deepCopy ($c.dedup | default dict)) (dict "commitIntervalMs" 100 "transactionTimeoutMs" 8000 "sessionTimeoutMs" 10000 "heartbeatIntervalMs" 3000 "endTransactionTimeoutSeconds" 5) }}
+{{- $d := merge (deepCopy ($c.dedup | default dict)) (dict "commitIntervalMs" 100 "transactionTimeoutMs" 8000 "sessionTimeoutMs" 10000 "heartbeatIntervalMs" 3000 "endTransactionTimeoutSeconds" 5 "hangingReportSeconds" 120) }}
 {{- $commit := float64 $d.commitIntervalMs }}
 {{- $transaction := float64 $d.transactionTimeoutMs }}
 {{- $session := float64 $d.sessionTimeoutMs }}
@@ -63,6 +63,9 @@ partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compare
 {{- end }}
 {{- if ge (mulf (float64 $d.endTransactionTimeoutSeconds) 1000) $transaction }}
 {{- $problems = append $problems (printf "config.dedup.endTransactionTimeoutSeconds (%s s) must be shorter than config.dedup.transactionTimeoutMs (%s ms)" (include "pinecall-bridge.envValue" (float64 $d.endTransactionTimeoutSeconds)) (include "pinecall-bridge.envValue" $transaction)) }}
+{{- end }}
+{{- if le (mulf (float64 $d.hangingReportSeconds) 1000) $transaction }}
+{{- $problems = append $problems (printf "config.dedup.hangingReportSeconds (%s s) must be longer than config.dedup.transactionTimeoutMs (%s ms)" (include "pinecall-bridge.envValue" (float64 $d.hangingReportSeconds)) (include "pinecall-bridge.envValue" $transaction)) }}
 {{- end }}
 {{- $shutdown := merge (deepCopy ($c.shutdown | default dict)) (dict "graceSeconds" 25 "drainDelaySeconds" 0) }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}

@@ -1,0 +1,127 @@
+"""Reads the output topics' stable offsets and high watermarks now and then; see hanging.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
+from bridge.metrics import Metrics
+from bridge.supervise import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class HangingTransactions:
+    """Exports how long each output topic's most held partition has been held; logs each once.
+
+    Two clients without a group: a read_committed one's end offsets are the stable offsets, a
+    read_uncommitted one's the high watermarks (ListOffsets, as a reader's lag is measured).
+    """
+
+    def __init__(
+        self,
+        client: dict[str, Any],
+        topics: list[str],
+        metrics: Metrics,
+        supervisor: Supervisor,
+        *,
+        every: float,
+        report_after: float,
+    ) -> None:
+        self._client = client
+        self._topics = topics
+        self._metrics = metrics
+        self._supervisor = supervisor
+        self._every = every
+        self._report_after = report_after
+        self._watch = HangWatch()
+        self._reported: set[tuple[TopicPartition, int]] = set()
+        self._readers: tuple[AIOKafkaConsumer, AIOKafkaConsumer] | None = None
+        self._task: asyncio.Task[None] | None = None
+        for topic in topics:
+            metrics.output_held.labels(topic).set(0)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        readers = (
+            AIOKafkaConsumer(**self._client, group_id=None, isolation_level="read_committed"),
+            AIOKafkaConsumer(**self._client, group_id=None, isolation_level="read_uncommitted"),
+        )
+        started: list[AIOKafkaConsumer] = []
+        try:
+            for reader in readers:
+                await reader.start()
+                started.append(reader)
+        except BaseException:
+            for reader in started:
+                await reader.stop()
+            raise
+        self._readers = readers
+        self._task = self._supervisor.spawn("hanging-transactions", self._run)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        readers, self._readers = self._readers, None
+        for reader in readers or ():
+            await reader.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except (KafkaError, OSError) as exc:
+                # Kafka unreachable says nothing about transactions: other alerts cover it.
+                log.debug("could not read the output topics' offsets", extra={"error": repr(exc)})
+            await asyncio.sleep(self._every)
+
+    async def check(self) -> list[Held]:
+        """One read of every output partition; the gauge and the log follow it."""
+        assert self._readers is not None, "start() first"
+        committed, uncommitted = self._readers
+        partitions = [tp for topic in self._topics for tp in await _partitions(committed, topic)]
+        stable = await committed.end_offsets(partitions)
+        high = await uncommitted.end_offsets(partitions)
+        held = self._watch.observe(time.monotonic(), stable, high)
+        for topic, seconds in longest_by_topic(held, self._topics).items():
+            self._metrics.output_held.labels(topic).set(seconds)
+        for h in held:
+            key = (h.partition, h.stable)
+            if h.seconds >= self._report_after and key not in self._reported:
+                self._reported.add(key)
+                log.error(
+                    "a transaction on an output partition has not ended: read_committed readers"
+                    " of it stop at its stable offset. If no producer will end it, abort it:"
+                    " kafka-transactions.sh --bootstrap-server <broker> abort --topic <topic>"
+                    " --partition <partition> --start-offset <stable_offset>",
+                    extra={
+                        "topic": h.partition.topic,
+                        "partition": h.partition.partition,
+                        "stable_offset": h.stable,
+                        "high_watermark": h.high,
+                        "held_s": round(h.seconds, 1),
+                    },
+                )
+        self._reported = {(h.partition, h.stable) for h in held} & self._reported
+        return held
+
+
+async def _partitions(reader: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions from the reader's metadata, which follows the topics it read."""
+    known = reader.partitions_for_topic(topic)
+    if known is None:
+        # Reading partition 0's end adds the topic to the metadata the client keeps current.
+        await reader.end_offsets([TopicPartition(topic, 0)])
+        known = reader.partitions_for_topic(topic) or {0}
+    return [TopicPartition(topic, p) for p in sorted(known)]
