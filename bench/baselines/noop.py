@@ -73,6 +73,7 @@ async def serve(settings: Settings) -> None:
     bridge.sink = sink
     bridge.pipeline._sink = sink  # the pipeline's one reference to its sink
     bridge.dedup = NoDedup()  # type: ignore[assignment]
+    bridge.hanging = None  # no output topics are written: nothing to watch
     if bridge.lease is not None:
         bridge.lease = HeldLease(bridge)  # type: ignore[assignment]
     stop = asyncio.Event()
