@@ -81,7 +81,7 @@ class HangingTransactions:
         while True:
             try:
                 await self.check()
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 # Kafka unreachable says nothing about transactions: other alerts cover it.
                 log.debug("could not read the output topics' offsets", extra={"error": repr(exc)})
             await asyncio.sleep(self._every)

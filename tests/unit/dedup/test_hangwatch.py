@@ -1,0 +1,103 @@
+"""The hanging-transaction watch over fake readers: the gauge, one log line, Kafka errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from bridge.dedup.hangwatch import HangingTransactions
+from bridge.metrics import Metrics
+from bridge.supervise import Supervisor
+from tests.polling import until
+
+
+class FakeReader:
+    """A group-less consumer: its partitions and the end offsets it answers."""
+
+    def __init__(self, ends: dict[TopicPartition, int]) -> None:
+        self.ends = ends
+        self.error: Exception | None = None
+        self.reads = 0
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {tp.partition for tp in self.ends if tp.topic == topic} or None
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def stop(self) -> None:
+        return None
+
+
+def held(metrics: Metrics, topic: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "pinecall_bridge_output_stable_offset_held_seconds", {"topic": topic}
+    )
+
+
+def watch(metrics: Metrics, every: float = 0.01) -> HangingTransactions:
+    return HangingTransactions(
+        {}, ["events", "alerts"], metrics, Supervisor(metrics), every=every, report_after=0.05
+    )
+
+
+async def test_a_held_partition_is_exported_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+    hang = watch(metrics)
+    assert (held(metrics, "events"), held(metrics, "alerts")) == (0, 0)
+    e0, e1, a0 = (
+        TopicPartition("events", 0),
+        TopicPartition("events", 1),
+        TopicPartition("alerts", 0),
+    )
+    committed = FakeReader({e0: 4, e1: 9, a0: 2})
+    uncommitted = FakeReader({e0: 7, e1: 9, a0: 2})
+    hang._readers = (committed, uncommitted)
+    caplog.set_level(logging.ERROR, logger="bridge.dedup.hangwatch")
+    for _ in range(8):
+        await hang.check()
+        await asyncio.sleep(0.01)
+    assert (held(metrics, "events") or 0) > 0.05
+    assert held(metrics, "alerts") == 0
+    [line] = [r for r in caplog.records if "has not ended" in r.getMessage()]
+    facts: Any = line
+    assert (facts.topic, facts.partition, facts.stable_offset, facts.high_watermark) == (
+        "events",
+        0,
+        4,
+        7,
+    )
+    # Aborted: the stable offset passes the high watermark's old value.
+    committed.ends[e0] = 8
+    uncommitted.ends[e0] = 8
+    await hang.check()
+    assert held(metrics, "events") == 0
+
+
+async def test_kafka_errors_neither_crash_the_watch_nor_move_the_gauge() -> None:
+    metrics = Metrics()
+    hang = watch(metrics)
+    reader = FakeReader({TopicPartition("events", 0): 1})
+    reader.error = KafkaConnectionError("unreachable")
+    hang._readers = (reader, reader)
+    task = Supervisor(metrics).spawn("hanging-transactions", hang._run)
+    await until(lambda: reader.reads >= 5)
+    assert not task.done()
+    assert held(metrics, "events") == 0
+    assert (
+        metrics.registry.get_sample_value(
+            "pinecall_bridge_task_crashes_total", {"task": "hanging-transactions"}
+        )
+        == 0
+    )
+    task.cancel()
