@@ -46,10 +46,6 @@ NONE, COORDINATOR_LOADING, COORDINATOR_UNAVAILABLE, NOT_COORDINATOR = 0, 14, 15,
 UNSTABLE_OFFSET_COMMIT = 88
 _RETRY_SECONDS = 0.05
 _DEADLINE_SECONDS = 30.0
-# Without a stable read (a broker before Kafka 2.5), the offset is read until two reads this far
-# apart agree: it narrows the window the stable read closes.
-_SETTLE_SECONDS = 0.25
-_SETTLE_READS = 8
 
 
 class OffsetFetchResponseV7(Response):  # type: ignore[misc]
@@ -140,7 +136,7 @@ def read_answer(response: Any, tp: TopicPartition) -> Answer:
 
 
 class StableUnsupportedError(Exception):
-    """The broker has no OffsetFetch v7 (Kafka before 2.5)."""
+    """The broker has no OffsetFetch v7: it is older than Kafka 2.5, which the stage needs."""
 
 
 class StableOffsets:
@@ -201,51 +197,11 @@ class StableOffsets:
         try:
             response = await client.send(self._coordinator, StableOffsetFetch(self._group, tp))
         except (IncompatibleBrokerVersion, NotImplementedError) as exc:
-            raise StableUnsupportedError(str(exc)) from exc
+            # No fallback: without TxnOffsetCommit v3 (also 2.5+) the stage cannot commit anyway.
+            raise StableUnsupportedError(
+                "the broker has no OffsetFetch v7: the dedup stage needs Kafka 2.5 or later"
+            ) from exc
         return read_answer(response, tp)
 
 
 Committed = Callable[[TopicPartition], Awaitable[int | None]]
-
-
-def stable_or_settled(stable: StableOffsets, plain: Committed) -> Committed:
-    """The stable read; on a broker without it, `plain` read until two reads agree (once warned)."""
-    warned = False
-
-    async def committed(tp: TopicPartition) -> int | None:
-        nonlocal warned
-        try:
-            return await stable.committed(tp)
-        except StableUnsupportedError as exc:
-            if not warned:
-                warned = True
-                log.warning(
-                    "the broker cannot read committed offsets stably (OffsetFetch v7, Kafka 2.5+);"
-                    " a takeover right after a commit may republish that transaction's records",
-                    extra={"error": str(exc)},
-                )
-            return await settled_offset(plain, tp)
-
-    return committed
-
-
-async def settled_offset(
-    committed: Committed,
-    tp: TopicPartition,
-    *,
-    pause: float = _SETTLE_SECONDS,
-    reads: int = _SETTLE_READS,
-) -> int | None:
-    """The committed offset once two reads `pause` apart agree (offsets only move forward)."""
-    offset = await committed(tp)
-    for _ in range(reads - 1):
-        await asyncio.sleep(pause)
-        again = await committed(tp)
-        if again == offset:
-            return offset
-        log.warning(
-            "the committed offset moved after the fence: a transaction was still settling",
-            extra={"partition": tp.partition, "before": offset, "after": again},
-        )
-        offset = again
-    return offset

@@ -31,10 +31,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
-from bridge.dedup.committed import StableOffsets, stable_or_settled
+from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionTask
@@ -95,8 +94,6 @@ class DedupStage:
         )
         # Committed offsets are read stably (see committed.py), over a client of its own.
         self._offsets = StableOffsets(client, settings.group)
-        # Built once, so an old broker's fallback is warned about once, not at every start.
-        self._committed = stable_or_settled(self._offsets, self._plain_committed)
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
@@ -238,12 +235,6 @@ class DedupStage:
 
     def _positions(self) -> dict[TopicPartition, int]:
         return {tp: task.position for tp, task in self._tasks.items()}
-
-    async def _plain_committed(self, tp: TopicPartition) -> int | None:
-        if self._consumer is None:
-            raise KafkaConnectionError("the dedup consumer is being replaced")
-        committed: int | None = await self._consumer.committed(tp)
-        return committed
 
     def _claim(self) -> Claim:
         return Claim(tuple(sorted(self._assigned)), self._assigned_since)
@@ -430,7 +421,7 @@ class DedupStage:
         """Nobody committed for the partition since this task did: its state is still exact."""
         assert self._consumer is not None
         try:
-            committed = await self._committed(task.tp)
+            committed = await self._offsets.committed(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
             committed = None
         return committed == task.position
@@ -469,7 +460,7 @@ class DedupStage:
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one
-                    await task.start(self._committed)
+                    await task.start(self._offsets.committed)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bridge.config import DedupSettings
-from bridge.dedup.committed import StableOffsets, stable_or_settled
+from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import GroupMetadata, group_metadata
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
@@ -561,8 +561,7 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
         owner = PartitionTask(it.tp, DedupSettings(group=topics.group), client, Metrics())
-        read = stable_or_settled(it.stable, it.plain.committed)
-        starting = asyncio.create_task(owner.start(read))
+        starting = asyncio.create_task(owner.start(it.stable.committed))
         await asyncio.sleep(1.5)
         assert not starting.done()
         await it.writer.commit_transaction()

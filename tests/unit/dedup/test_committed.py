@@ -1,15 +1,19 @@
-"""Reading a new owner's committed offset: the stable read's decisions and its fallback."""
+"""Reading a new owner's committed offset: the stable read's decisions and retries."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IncompatibleBrokerVersion,
+    KafkaConnectionError,
+    KafkaError,
+)
 
 from bridge.dedup import committed as module
 from bridge.dedup.committed import (
@@ -18,8 +22,6 @@ from bridge.dedup.committed import (
     StableOffsets,
     StableUnsupportedError,
     read_answer,
-    settled_offset,
-    stable_or_settled,
 )
 
 TP = TopicPartition("ingest", 3)
@@ -117,47 +119,19 @@ async def test_the_stable_read_gives_up_at_its_deadline(monkeypatch: pytest.Monk
         await offsets.committed(TP)
 
 
-async def test_without_a_stable_read_the_plain_one_is_settled_and_warned_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_broker_without_the_stable_read_is_named_too_old(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(module, "_SETTLE_SECONDS", 0)
+    # No plain-read fallback: without TxnOffsetCommit v3 (Kafka 2.5 too) the stage cannot commit.
     offsets = StableOffsets({}, "group")
 
-    async def unsupported(_: TopicPartition) -> int | None:
-        raise StableUnsupportedError("OffsetFetch v7")
+    class OldClient:
+        async def coordinator_lookup(self, *_: Any) -> int:
+            return 1
 
-    monkeypatch.setattr(offsets, "committed", unsupported)
-    answers = iter([100, 140, 140, 7, 7])
+        async def send(self, *_: Any) -> Any:
+            raise IncompatibleBrokerVersion("OffsetFetch v7")
 
-    async def plain(_: TopicPartition) -> int | None:
-        return next(answers)
-
-    read = stable_or_settled(offsets, plain)
-    with caplog.at_level(logging.WARNING, logger="bridge.dedup.committed"):
-        assert await read(TP) == 140
-        assert await read(TP) == 7
-    assert [r.message for r in caplog.records].count(
-        "the broker cannot read committed offsets stably (OffsetFetch v7, Kafka 2.5+);"
-        " a takeover right after a commit may republish that transaction's records"
-    ) == 1
-
-
-async def test_the_settled_read_stops_once_two_reads_agree() -> None:
-    answers = iter([100, 140, 140, 999])
-    reads: list[TopicPartition] = []
-
-    async def committed(tp: TopicPartition) -> int | None:
-        reads.append(tp)
-        return next(answers)
-
-    assert await settled_offset(committed, TP, pause=0) == 140
-    assert reads == [TP] * 3
-
-
-async def test_a_committed_offset_that_keeps_moving_is_read_a_bounded_number_of_times() -> None:
-    answers = iter(range(10))
-
-    async def committed(_: TopicPartition) -> int | None:
-        return next(answers)
-
-    assert await settled_offset(committed, TP, pause=0, reads=4) == 3
+    monkeypatch.setattr(offsets, "_client", OldClient())
+    with pytest.raises(StableUnsupportedError, match=r"needs Kafka 2\.5 or later"):
+        await offsets.committed(TP)
