@@ -63,10 +63,10 @@ class Bridge:
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
         self.crashed = asyncio.Event()
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
+        self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
         self.sink = KafkaSink(
             settings.kafka, self.metrics, self.supervisor, after_probe=self._watch_ingest_topic
         )
-        self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
         self.metrics.ingest_partitions.set_function(
             lambda: self.sink.partition_count(settings.topics.ingest)
         )
