@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import get_args
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from bridge import looplag
 from bridge.app import Readiness, build_app
@@ -26,12 +27,12 @@ from bridge.config import Settings
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
-from bridge.ingest.partitions import PartitionWatch
+from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ingest_topic_problems
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
+from bridge.sink.kafka import KafkaSink, TopicSpec, client_options, topic_configs
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -235,6 +236,8 @@ class Bridge:
                 await self.sink.learn_limits([self.settings.topics.ingest, *self.router.topics()])
                 await self.sink.warm([self.settings.topics.ingest])
                 self._watch_ingest_topic()
+                if self.dedup is not None:
+                    await self._check_ingest_configs()
                 if self.calllog is not None:
                     await self.calllog.start()  # ready for the stage's first assignment
                 if self.dedup is not None:
@@ -279,6 +282,26 @@ class Bridge:
                 found.message,
                 extra={"topic": self.settings.topics.ingest, **found.facts},
             )
+
+    async def _check_ingest_configs(self) -> None:
+        """Log what in the ingest topic's configs lets a restore miss ids (one made elsewhere)."""
+        name = self.settings.topics.ingest
+        try:
+            configs = await topic_configs(client_options(self.settings.kafka), [name], CONFIG_KEYS)
+        except KafkaError as exc:
+            log.warning(
+                "could not read the ingest topic's configs to check them",
+                extra={"topic": name, "error": type(exc).__name__},
+            )
+            return
+        if name not in configs:
+            log.warning(
+                "could not read the ingest topic's configs to check them (no DescribeConfigs?)",
+                extra={"topic": name},
+            )
+            return
+        for problem in ingest_topic_problems(configs[name], self.settings.dedup):
+            log.error(problem, extra={"topic": name})
 
     async def _start_feed(self) -> None:
         if self.feed is None:

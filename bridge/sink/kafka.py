@@ -106,29 +106,40 @@ __all__ = [
     "client_options",
     "max_message_bytes",
     "partition_for",
+    "topic_configs",
 ]
 
 
-async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
-    """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
+async def topic_configs(
+    options: dict[str, Any], names: list[str], keys: tuple[str, ...]
+) -> dict[str, dict[str, str]]:
+    """Each existing topic's values of `keys`, as the cluster reports them (KafkaError if not)."""
     admin = AIOKafkaAdminClient(**options)
     try:
         await admin.start()
         responses = await admin.describe_configs(
-            [
-                ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
-                for name in names
-            ]
+            [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(keys)) for name in names]
         )
     finally:
         await admin.close()
-    found: dict[str, int] = {}
+    found: dict[str, dict[str, str]] = {}
     for response in responses:
         for error_code, _, _, name, entries, *_ in response.resources:
-            values = [value for key, value, *_ in entries if key == "max.message.bytes"]
-            if not error_code and values:
-                found[name] = int(values[0])
+            if not error_code:
+                found[name] = {
+                    key: value for key, value, *_ in entries if key in keys and value is not None
+                }
     return found
+
+
+async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
+    configs = await topic_configs(options, names, ("max.message.bytes",))
+    return {
+        name: int(values["max.message.bytes"])
+        for name, values in configs.items()
+        if "max.message.bytes" in values
+    }
 
 
 class KafkaSink:

@@ -336,8 +336,10 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         "pinecall.metrics",
     ]
     # config.topics.create=false: no Create, no cluster Describe (only used to create topics).
-    assert acl_set(all_on) == {("topic", t, "literal", ("Write", "Describe")) for t in topics} | {
-        ("topic", "pinecall.ingest", "literal", ("Read", "Write", "Describe")),
+    # DescribeConfigs: the topics' max.message.bytes, and the configs a restore depends on.
+    outputs = ("Write", "Describe", "DescribeConfigs")
+    assert acl_set(all_on) == {("topic", t, "literal", outputs) for t in topics} | {
+        ("topic", "pinecall.ingest", "literal", ("Read", "Write", "Describe", "DescribeConfigs")),
         ("topic", "pinecall.feed-lease", "literal", ("Read", "Describe")),
         ("group", "pinecall-bridge", "literal", ("Read",)),
         ("group", "pinecall-bridge-feed-lease", "literal", ("Read",)),

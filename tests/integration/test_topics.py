@@ -137,6 +137,8 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
         assert logged(caplog, "not BRIDGE_TOPICS__INGEST_PARTITIONS") == [
             {"partitions": 4, "configured": 3}
         ]
+        # Its configs let a restore see a whole TTL (the broker's default retention is a week).
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
         # Grown while running: the alert's count follows, the group takes the new ones on.
         await admin.create_partitions({topics.ingest: NewPartitions(6)})
@@ -176,3 +178,32 @@ def call_on(partition: int, partitions: int, prefix: str) -> str:
         for n in range(100_000)
         if partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
     )
+
+
+async def test_an_ingest_topic_made_elsewhere_that_would_lose_ids_is_logged_with_its_fixes(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        config = {
+            "message.timestamp.type": "CreateTime",
+            "retention.ms": "60000",
+            "retention.bytes": "1073741824",
+            "cleanup.policy": "compact,delete",
+        }
+        await admin.create_topics([NewTopic(topics.ingest, 3, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    caplog.set_level(logging.ERROR, logger="bridge.service")
+    await start_bridge()
+    problems = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the ingest")]
+    assert [p.split(" ")[3] for p in problems] == [
+        "message.timestamp.type",
+        "retention.ms",
+        "retention.bytes",
+        "cleanup.policy",
+    ]

@@ -1,0 +1,104 @@
+"""What the ingest topic, as Kafka describes it, means for the dedup stage. Pure.
+
+The partition count the bridge runs with is the topic's, not BRIDGE_TOPICS__INGEST_PARTITIONS
+(that one only creates the topic). A topic made elsewhere (Strimzi, an admin) may differ; a count
+changed while running moves calls to other partitions, whose dedup windows have not seen their
+events. A topic made elsewhere may also keep too little, or stamp records with the producers'
+clocks, for a restore to rebuild a whole TTL of ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bridge.config import DedupSettings
+
+# The configs a restore depends on, as DescribeConfigs names them.
+TIMESTAMP_TYPE = "message.timestamp.type"
+RETENTION_MS = "retention.ms"
+RETENTION_BYTES = "retention.bytes"
+CLEANUP_POLICY = "cleanup.policy"
+CONFIG_KEYS = (TIMESTAMP_TYPE, RETENTION_MS, RETENTION_BYTES, CLEANUP_POLICY)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A partition count worth a log line: how loud, what it means, and its facts."""
+
+    level: int
+    message: str
+    facts: dict[str, int]
+
+
+class PartitionWatch:
+    """Remembers the count last seen; tells when it differs from the settings or changes."""
+
+    def __init__(self, configured: int) -> None:
+        self.configured = configured
+        self.seen = 0
+
+    def observe(self, count: int) -> Finding | None:
+        """`count` from the metadata just read (0: not known yet, which says nothing)."""
+        if count <= 0 or count == self.seen:
+            return None
+        previous, self.seen = self.seen, count
+        if previous:
+            return Finding(
+                logging.ERROR,
+                "the ingest topic's partition count changed while running: until the dedup TTL"
+                " has passed, a copy of an event from before the change can be output again, and"
+                " a call's events from both sides of it out of order",
+                {"partitions": count, "partitions_before": previous},
+            )
+        if count != self.configured:
+            return Finding(
+                logging.WARNING,
+                "the ingest topic's partition count is not BRIDGE_TOPICS__INGEST_PARTITIONS: the"
+                " bridge runs with the topic's; set the setting (chart: config.topics."
+                "ingestPartitions) to it, which sizes the deployment and creates the topic",
+                {"partitions": count, "configured": self.configured},
+            )
+        return None
+
+
+def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> list[str]:
+    """What in the ingest topic's configs lets a restore miss ids of the TTL; [] when nothing.
+
+    A missed id is a copy output twice: each problem says what to set instead.
+    """
+    problems: list[str] = []
+    if configs.get(TIMESTAMP_TYPE, "LogAppendTime") != "LogAppendTime":
+        problems.append(
+            "the ingest topic's message.timestamp.type is not LogAppendTime: the dedup window then"
+            " times ids by the producers' clocks, which replicas do not share; set it to"
+            " LogAppendTime"
+        )
+    retention = _number(configs.get(RETENTION_MS))
+    if 0 <= retention < dedup.ttl_seconds * 1000:
+        problems.append(
+            "the ingest topic's retention.ms is shorter than the dedup TTL: a restore cannot see"
+            " a whole TTL of ids, so a late copy can be output twice; set it to"
+            f" {dedup.ingest_retention_ms()}, the TTL plus"
+            " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS"
+        )
+    if _number(configs.get(RETENTION_BYTES)) >= 0:
+        problems.append(
+            "the ingest topic's retention.bytes is set: a busy partition can drop ids younger than"
+            " the dedup TTL before a restore reads them; set it to -1"
+        )
+    if "compact" in configs.get(CLEANUP_POLICY, "delete"):
+        problems.append(
+            "the ingest topic's cleanup.policy compacts: only a call's last record survives, so"
+            " a restore misses the ids before it; set it to delete"
+        )
+    return problems
+
+
+def _number(value: str | None) -> int:
+    """A numeric config; -1 (unlimited, Kafka's default) when absent or unreadable."""
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1

@@ -1,0 +1,94 @@
+"""The ingest topic as Kafka describes it: its partition count and the configs a restore needs."""
+
+from __future__ import annotations
+
+import logging
+
+from bridge.config import DedupSettings
+from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ingest_topic_problems
+
+
+def test_a_count_as_configured_says_nothing() -> None:
+    watch = PartitionWatch(12)
+    assert watch.observe(12) is None
+    assert watch.observe(12) is None
+    assert watch.seen == 12
+
+
+def test_an_unknown_count_says_nothing_and_is_not_remembered() -> None:
+    watch = PartitionWatch(12)
+    assert watch.observe(0) is None
+    assert watch.seen == 0
+    # The first count known is still compared with the settings.
+    found = watch.observe(6)
+    assert found is not None
+    assert (found.level, found.facts) == (logging.WARNING, {"partitions": 6, "configured": 12})
+
+
+def test_a_topic_made_with_another_count_is_a_warning_once() -> None:
+    watch = PartitionWatch(3)
+    found = watch.observe(24)
+    assert found is not None
+    assert found.level == logging.WARNING
+    assert "BRIDGE_TOPICS__INGEST_PARTITIONS" in found.message
+    assert found.facts == {"partitions": 24, "configured": 3}
+    assert watch.observe(24) is None
+
+
+def test_a_change_while_running_is_an_error_whatever_the_settings() -> None:
+    watch = PartitionWatch(12)
+    assert watch.observe(12) is None
+    found = watch.observe(24)
+    assert found is not None
+    assert found.level == logging.ERROR
+    assert "changed while running" in found.message
+    assert found.facts == {"partitions": 24, "partitions_before": 12}
+    # A metadata read that knows nothing is no change back.
+    assert watch.observe(0) is None
+    assert watch.observe(24) is None
+    assert watch.seen == 24
+
+
+def test_the_configs_the_bridge_creates_its_ingest_topic_with_are_fine() -> None:
+    dedup = DedupSettings()
+    made = {
+        "message.timestamp.type": "LogAppendTime",
+        "retention.ms": str(dedup.ingest_retention_ms()),
+        "retention.bytes": "-1",
+        "cleanup.policy": "delete",
+    }
+    assert set(made) == set(CONFIG_KEYS)
+    assert ingest_topic_problems(made, dedup) == []
+    # Unlimited retention, and configs the cluster did not report, are fine too.
+    assert ingest_topic_problems({"retention.ms": "-1"}, dedup) == []
+    assert ingest_topic_problems({}, dedup) == []
+
+
+def test_each_config_that_lets_a_restore_miss_ids_is_named_with_its_fix() -> None:
+    dedup = DedupSettings(ttl_seconds=900, ingest_retention_margin_seconds=3600)
+    problems = ingest_topic_problems(
+        {
+            "message.timestamp.type": "CreateTime",
+            "retention.ms": "600000",
+            "retention.bytes": "1073741824",
+            "cleanup.policy": "compact,delete",
+        },
+        dedup,
+    )
+    assert len(problems) == 4
+    timestamp, retention, size, compaction = problems
+    assert timestamp.startswith("the ingest topic's message.timestamp.type")
+    assert timestamp.endswith("set it to LogAppendTime")
+    assert retention.startswith("the ingest topic's retention.ms")
+    assert "set it to 4500000" in retention
+    assert size.startswith("the ingest topic's retention.bytes")
+    assert size.endswith("set it to -1")
+    assert compaction.startswith("the ingest topic's cleanup.policy")
+    assert compaction.endswith("set it to delete")
+
+
+def test_a_retention_of_exactly_the_ttl_is_enough_and_an_unreadable_one_is_ignored() -> None:
+    dedup = DedupSettings(ttl_seconds=900)
+    assert ingest_topic_problems({"retention.ms": "900000"}, dedup) == []
+    assert len(ingest_topic_problems({"retention.ms": "899999"}, dedup)) == 1
+    assert ingest_topic_problems({"retention.ms": "lots"}, dedup) == []
