@@ -49,7 +49,7 @@ class PartitionWatch:
                 logging.ERROR,
                 "the ingest topic's partition count changed while running: until the dedup TTL"
                 " has passed, a copy of an event from before the change can be output again, and"
-                " a call's events from both sides of it out of order",
+                " a call's events from either side of it can be output out of order",
                 {"partitions": count, "partitions_before": previous},
             )
         if count != self.configured:
