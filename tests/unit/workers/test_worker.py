@@ -17,7 +17,10 @@ ORPHAN = """
 import os, signal, sys, time
 from bridge.workers.worker import die_with_parent
 def on_term(*_):
-    open(sys.argv[1], "w").write("SIGTERM")
+    # Written aside, then renamed: the test must never see the file before its content.
+    with open(sys.argv[1] + ".part", "w") as f:
+        f.write("SIGTERM")
+    os.replace(sys.argv[1] + ".part", sys.argv[1])
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
 print("armed" if die_with_parent(os.getppid()) else "parent gone", flush=True)
