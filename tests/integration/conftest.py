@@ -450,6 +450,18 @@ async def write_ingest(bootstrap: str, records: list[Record]) -> None:
         await producer.stop()
 
 
+async def create_topic(
+    bootstrap: str, name: str, partitions: int, config: Mapping[str, str] | None = None
+) -> None:
+    """A topic made before the bridge starts, as an admin or Strimzi would make it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(config or {}))])
+    finally:
+        await admin.close()
+
+
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
     """One-partition ingest and events topics, the ingest one holding `items`, read back."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)

@@ -10,28 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
+    create_topic,
     entry,
     read_decided,
     until_metrics,
 )
 
 Start = Callable[..., Any]
-
-
-async def create(bootstrap: str, name: str, partitions: int, max_message_bytes: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        config = {"max.message.bytes": str(max_message_bytes)}
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
-    finally:
-        await admin.close()
 
 
 async def lower_limit(bootstrap: str, name: str, max_message_bytes: int) -> None:
@@ -47,7 +38,7 @@ async def lower_limit(bootstrap: str, name: str, max_message_bytes: int) -> None
 async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
     kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
 ) -> None:
-    await create(kafka_bootstrap, topics.ingest, 3, 8000)
+    await create_topic(kafka_bootstrap, topics.ingest, 3, {"max.message.bytes": "8000"})
     bridge: RunningBridge = await start_bridge()
     # Its call id is repeated in the record's key, id, subject and headers: as an event it is
     # too large, as the body's bytes (a dead letter) it fits.
@@ -71,7 +62,7 @@ async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
 async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_partition(
     kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
 ) -> None:
-    await create(kafka_bootstrap, topics.events, 3, 8000)
+    await create_topic(kafka_bootstrap, topics.events, 3, {"max.message.bytes": "8000"})
     bridge: RunningBridge = await start_bridge()
     await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
     # Larger than the events topic takes, not than the ingest topic: skipped before sending.

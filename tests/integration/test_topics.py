@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     Topics,
     bridge_settings,
     consume_until,
+    create_topic,
     entry,
     has_id,
     until_metrics,
@@ -126,11 +127,11 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Made elsewhere (Strimzi, an admin) with 4 partitions where the settings say 3.
+    config = {"message.timestamp.type": "LogAppendTime"}
+    await create_topic(kafka_bootstrap, topics.ingest, 4, config)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
-        config = {"message.timestamp.type": "LogAppendTime"}
-        await admin.create_topics([NewTopic(topics.ingest, 4, 1, topic_configs=config)])
         caplog.set_level(logging.WARNING, logger="bridge.service")
         bridge: RunningBridge = await start_bridge(kafka={"metadata_probe_seconds": 0.5})
         await until_metrics(bridge, lambda m: m.get(OWNED) == 4 and m.get(PARTITIONS) == 4)
@@ -186,18 +187,13 @@ async def test_an_ingest_topic_made_elsewhere_that_would_lose_ids_is_logged_with
     kafka_bootstrap: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        config = {
-            "message.timestamp.type": "CreateTime",
-            "retention.ms": "60000",
-            "retention.bytes": "1073741824",
-            "cleanup.policy": "compact,delete",
-        }
-        await admin.create_topics([NewTopic(topics.ingest, 3, 1, topic_configs=config)])
-    finally:
-        await admin.close()
+    config = {
+        "message.timestamp.type": "CreateTime",
+        "retention.ms": "60000",
+        "retention.bytes": "1073741824",
+        "cleanup.policy": "compact,delete",
+    }
+    await create_topic(kafka_bootstrap, topics.ingest, 3, config)
     caplog.set_level(logging.ERROR, logger="bridge.service")
     await start_bridge()
     problems = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the ingest")]
