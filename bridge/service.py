@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import get_args
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
 from bridge import looplag
 from bridge.app import Readiness, build_app
@@ -32,7 +31,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink, TopicSpec, client_options, topic_configs
+from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -233,11 +232,15 @@ class Bridge:
                 await self.sink.start()
                 if self.settings.topics.create:
                     await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
-                await self.sink.learn_limits([self.settings.topics.ingest, *self.router.topics()])
+                # The dedup stage's config check rides on the limits' DescribeConfigs request.
+                configs = await self.sink.learn_limits(
+                    [self.settings.topics.ingest, *self.router.topics()],
+                    CONFIG_KEYS if self.dedup is not None else (),
+                )
                 await self.sink.warm([self.settings.topics.ingest])
                 self._watch_ingest_topic()
                 if self.dedup is not None:
-                    await self._check_ingest_configs()
+                    self._check_ingest_configs(configs)
                 if self.calllog is not None:
                     await self.calllog.start()  # ready for the stage's first assignment
                 if self.dedup is not None:
@@ -283,15 +286,12 @@ class Bridge:
                 extra={"topic": self.settings.topics.ingest, **found.facts},
             )
 
-    async def _check_ingest_configs(self) -> None:
+    def _check_ingest_configs(self, configs: dict[str, dict[str, str]] | None) -> None:
         """Log what in the ingest topic's configs lets a restore miss ids (one made elsewhere)."""
         name = self.settings.topics.ingest
-        try:
-            configs = await topic_configs(client_options(self.settings.kafka), [name], CONFIG_KEYS)
-        except KafkaError as exc:
+        if configs is None:
             log.warning(
-                "could not read the ingest topic's configs to check them",
-                extra={"topic": name, "error": type(exc).__name__},
+                "could not read the ingest topic's configs to check them", extra={"topic": name}
             )
             return
         if name not in configs:

@@ -32,6 +32,7 @@ from bridge.sink.record import Record
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = "max.message.bytes"
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -134,11 +135,14 @@ async def topic_configs(
 
 async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
     """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
-    configs = await topic_configs(options, names, ("max.message.bytes",))
+    return _limits(await topic_configs(options, names, (MAX_MESSAGE_BYTES,)))
+
+
+def _limits(configs: dict[str, dict[str, str]]) -> dict[str, int]:
     return {
-        name: int(values["max.message.bytes"])
+        name: int(values[MAX_MESSAGE_BYTES])
         for name, values in configs.items()
-        if "max.message.bytes" in values
+        if MAX_MESSAGE_BYTES in values
     }
 
 
@@ -286,22 +290,27 @@ class KafkaSink:
         finally:
             await admin.close()
 
-    async def learn_limits(self, names: list[str]) -> None:
+    async def learn_limits(
+        self, names: list[str], keys: tuple[str, ...] = ()
+    ) -> dict[str, dict[str, str]] | None:
         """Read the topics' max.message.bytes, so no record is sent that they would refuse.
 
-        Without the right to describe them (an ACL), the configured limit is assumed: the
-        topics must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES, as the README says.
+        `keys` are read in the same request, for the caller: the configs read are returned, or
+        None if the cluster refused. Without the right to describe the topics (an ACL), the
+        configured limit is assumed: they must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES.
         """
         try:
-            found = await max_message_bytes(client_options(self._settings), names)
+            configs = await topic_configs(
+                client_options(self._settings), names, (MAX_MESSAGE_BYTES, *keys)
+            )
         except KafkaError as exc:
             log.warning(
-                "could not read the topics' max.message.bytes; assuming max_request_bytes",
+                "could not read the topics' configs; assuming max_request_bytes",
                 extra={"error": type(exc).__name__},
             )
-            return
+            return None
         s = self._settings
-        for name, limit in found.items():
+        for name, limit in _limits(configs).items():
             self.limits.learn(name, limit)
             if limit < s.max_batch_bytes:
                 # A batch of small records could exceed it, and the broker would refuse them
@@ -320,6 +329,7 @@ class KafkaSink:
                     " dead-lettered or refused",
                     extra={"topic": name, "max_message_bytes": limit},
                 )
+        return configs
 
     async def warm(self, names: list[str]) -> None:
         """Fetch the topics' metadata now, so the first event does not wait for it."""

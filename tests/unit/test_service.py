@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import get_args
 
@@ -176,3 +177,33 @@ async def test_a_process_serving_no_port_skips_the_drain_delay() -> None:
         await bridge.stop()
         took[stages] = loop.time() - stopping
     assert took["dedup"] < delay <= min(took["both"], took["ingest"]), took
+
+
+def config_check_logs(
+    configs: dict[str, dict[str, str]] | None, caplog: pytest.LogCaptureFixture
+) -> list[tuple[str, str]]:
+    bridge = Bridge(load_settings(webhook={"secrets": ["s"]}))
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    bridge._check_ingest_configs(configs)
+    return [(r.levelname, r.getMessage()) for r in caplog.records]
+
+
+def test_unreadable_ingest_configs_are_said_to_be_unchecked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = "could not read the ingest topic's configs to check them"
+    assert config_check_logs(None, caplog) == [("WARNING", refused)]
+    caplog.clear()
+    assert config_check_logs({"pinecall.other": {}}, caplog) == [
+        ("WARNING", refused + " (no DescribeConfigs?)")
+    ]
+
+
+def test_each_problem_of_the_ingest_topic_is_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingest = load_settings(webhook={"secrets": ["s"]}).topics.ingest
+    logs = config_check_logs({ingest: {"message.timestamp.type": "CreateTime"}}, caplog)
+    assert [(level, message.split(" ")[3]) for level, message in logs] == [
+        ("ERROR", "message.timestamp.type")
+    ]
