@@ -464,19 +464,8 @@ async def create_topic(
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
     """One-partition ingest and events topics, the ingest one holding `items`, read back."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    names.ingest, 1, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}
-                ),
-                NewTopic(names.events, 1, 1),
-            ]
-        )
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, names.ingest, 1, {"message.timestamp.type": "LogAppendTime"})
+    await create_topic(bootstrap, names.events, 1)
     await write_ingest(bootstrap, items)
     consumer = AIOKafkaConsumer(
         names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"

@@ -9,12 +9,12 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.kafka import KafkaSink, TopicSpec
 from bridge.sink.record import Record
+from tests.integration.conftest import create_topic
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, isolation: str) -> list[bytes]:
@@ -63,12 +63,7 @@ def test_broker_is_kafka_4(kafka_bootstrap: str) -> None:
 
 async def test_idempotent_produce_and_consume(kafka_bootstrap: str) -> None:
     topic = f"smoke.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_bootstrap, topic, 1)
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
     )

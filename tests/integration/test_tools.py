@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -30,6 +29,7 @@ from tests.integration.conftest import (
     Topics,
     bridge_settings,
     consume_until,
+    create_topic,
     daemon_env,
     entry,
     free_port,
@@ -288,12 +288,7 @@ async def test_tail_shows_what_downstream_sees(
 async def test_tail_skips_records_of_aborted_transactions(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topics.events, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_bootstrap, topics.events, 1)
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_bootstrap, transactional_id=f"{topics.group}-tail"
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bridge.service import Bridge
@@ -72,19 +72,11 @@ async def test_bridge_creates_its_topics(
 async def test_pre_created_topics_without_create_right(
     start_bridge: Callable[..., Any], topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        names = (topics.events, topics.alerts, topics.dlq, topics.ingest, topics.feed_lease)
-        ingest_config = {"message.timestamp.type": "LogAppendTime"}
-        await admin.create_topics(
-            [
-                NewTopic(name, 1, 1, topic_configs=ingest_config if name == topics.ingest else None)
-                for name in names
-            ]
-        )
-    finally:
-        await admin.close()
+    for name in (topics.events, topics.alerts, topics.dlq, topics.feed_lease):
+        await create_topic(kafka_bootstrap, name, 1)
+    await create_topic(
+        kafka_bootstrap, topics.ingest, 1, {"message.timestamp.type": "LogAppendTime"}
+    )
     bridge: RunningBridge = await start_bridge(topics={"create": False})
     assert (await bridge.post(entry(1, unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
