@@ -40,6 +40,11 @@ def api_headers(api: PinecallSettings, accept: str) -> dict[str, str]:
     return bearer_headers(key, api.env, accept)
 
 
+def head_timeout(settings: SseSettings) -> float:
+    """How long a stream's request may wait for its answer's status and headers."""
+    return settings.connect_timeout_seconds + settings.read_timeout_seconds
+
+
 class _StoppedError(Exception):
     """The source is stopping or the call moved: leave; what is not acknowledged is re-read."""
 
@@ -84,14 +89,18 @@ class Follower:
             reason: Reason = "error"
             floor = 0.0
             try:
-                async with self._session.get(
-                    events_url(self._api.api_url, state.call),
-                    params=state.query(),
-                    headers={**api_headers(self._api, EVENT_STREAM), **state.headers()},
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=self._settings.connect_timeout_seconds
-                    ),
-                ) as response:
+                # A server that takes the request and never answers must not hold the call:
+                # the read timeout covers the wait for the answer's head too.
+                async with asyncio.timeout(head_timeout(self._settings)):
+                    response = await self._session.get(
+                        events_url(self._api.api_url, state.call),
+                        params=state.query(),
+                        headers={**api_headers(self._api, EVENT_STREAM), **state.headers()},
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, connect=self._settings.connect_timeout_seconds
+                        ),
+                    )
+                async with response:
                     if response.status == 204:
                         state.sealed()
                         return True

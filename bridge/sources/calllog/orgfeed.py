@@ -20,7 +20,7 @@ from bridge import jsoncodec
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import Event, EventStreamError, EventStreamParser, Retry
-from bridge.sources.calllog.follower import EVENT_STREAM, api_headers
+from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,15 @@ class OrgFeed:
             reason = "error"
             retry = 0.0
             try:
-                async with self._session.get(
-                    url,
-                    headers=api_headers(self._api, EVENT_STREAM),
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=self._settings.connect_timeout_seconds
-                    ),
-                ) as response:
+                async with asyncio.timeout(head_timeout(self._settings)):
+                    response = await self._session.get(
+                        url,
+                        headers=api_headers(self._api, EVENT_STREAM),
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, connect=self._settings.connect_timeout_seconds
+                        ),
+                    )
+                async with response:
                     if response.status in (401, 403):
                         reason = "auth"
                     elif response.status == 429 or response.status >= 500:

@@ -100,7 +100,10 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
                 env="sandbox",
             ),
             settings=SseSettings(
-                read_timeout_seconds=0.3, backoff_initial_seconds=0.01, backoff_max_seconds=0.05
+                read_timeout_seconds=0.3,
+                connect_timeout_seconds=0.2,
+                backoff_initial_seconds=0.01,
+                backoff_max_seconds=0.05,
             ),
             publisher=cast(Publisher, publisher),
             metrics=metrics,
@@ -181,6 +184,21 @@ async def test_a_silent_connection_is_dropped_and_resumed(run_follower: Callable
     assert publisher.seqs == [1, 2]
     assert reconnects(metrics, "silent") == 1
     assert server.requests[1][1] == {"after": "1"}
+
+
+async def test_a_request_never_answered_is_left_and_asked_again(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:  # the request is taken, and no status or header ever comes
+            await asyncio.sleep(2.0)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    assert len(server.requests) == 2
+    assert reconnects(metrics, "connect_error") == 1
 
 
 async def test_pings_keep_an_idle_connection(run_follower: Callable[..., Any]) -> None:
