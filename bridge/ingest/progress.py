@@ -2,8 +2,11 @@
 
 The dedup stage's restore replays a partition's last TTL; observing the same records here gives
 the call-log source, on taking the partition over, each call's highest seq and whether its last
-entry (`call.score`) is in. It may fall short (records appended after the restore's end, entries
-older than the TTL): the follower then re-reads a little, and the dedup stage drops the copies.
+entry (`call.score`) is in. Only records read from the call's own log count (channel `sse`, which a
+backfill uses too): the feed and webhooks may carry a later seq while missing one before it, and
+resuming after their seq would never read that one. It may fall short (records appended after the
+restore's end, entries older than the TTL): the follower then re-reads a little, and the dedup
+stage drops the copies.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bridge.ingest.record import CHANNEL
 from bridge.normalise.binding import CE_PREFIX, TYPE_HEADER
 
 TERMINAL_TYPE = "call.score"
 _CE_TYPE = CE_PREFIX + "type"
 _TERMINAL = TERMINAL_TYPE.encode()
+_CALL_LOG = b"sse"
 
 
 @dataclass(slots=True)
@@ -44,6 +49,14 @@ def is_terminal(headers: Sequence[tuple[str, bytes]]) -> bool:
     return False
 
 
+def from_call_log(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """The record was read from the call's own log (`pinecall-ingest-channel: sse`)."""
+    for name, raw in headers:
+        if name == CHANNEL:
+            return raw == _CALL_LOG
+    return False
+
+
 class PartitionProgress:
     """Per call, from the records observed in append order; bounded by the calls in the TTL."""
 
@@ -52,7 +65,7 @@ class PartitionProgress:
 
     def observe(self, event_id: str, headers: Sequence[tuple[str, bytes]]) -> None:
         parsed = call_and_seq(event_id)
-        if parsed is None:
+        if parsed is None or not from_call_log(headers):
             return
         call, seq = parsed
         known = self.calls.get(call)

@@ -1,8 +1,12 @@
 from bridge.ingest.progress import PartitionProgress, call_and_seq, is_terminal
 
 
-def headers(kind: str, *, binary: bool = False) -> list[tuple[str, bytes]]:
-    base = [("pinecall-ingest-id", b"x"), ("content-type", b"application/json")]
+def headers(kind: str, *, binary: bool = False, channel: str = "sse") -> list[tuple[str, bytes]]:
+    base = [
+        ("pinecall-ingest-id", b"x"),
+        ("pinecall-ingest-channel", channel.encode()),
+        ("content-type", b"application/json"),
+    ]
     if binary:
         base.append(("ce_type", kind.encode()))
     return [*base, ("pinecall-id", b"x"), ("pinecall-type", kind.encode())]
@@ -26,7 +30,7 @@ def test_progress_keeps_the_highest_seq_and_the_end() -> None:
     progress = PartitionProgress()
     progress.observe("CA_1:1", headers("call.started"))
     progress.observe("CA_1:3", headers("turn.user"))
-    progress.observe("CA_1:2", headers("turn.agent"))  # a late webhook copy
+    progress.observe("CA_1:2", headers("turn.agent"))  # a late copy
     progress.observe("CA_2:5", headers("call.score"))
     progress.observe("CA_2:4", headers("call.summary"))
     progress.observe("CA_3:9", headers("turn.user"))
@@ -35,3 +39,18 @@ def test_progress_keeps_the_highest_seq_and_the_end() -> None:
     progress.observe("sha256:ff", headers("monitor.fired"))
     assert progress.live() == {"CA_1": 3}
     assert progress.ended() == {"CA_2", "CA_3"}
+
+
+def test_only_the_call_log_moves_the_resume_point() -> None:
+    progress = PartitionProgress()
+    for seq in range(1, 31):
+        progress.observe(f"CA_1:{seq}", headers("turn.user"))
+    # The feed carried 31-36 but lost 34: resuming after 36 would never read it.
+    for seq in (31, 32, 33, 35, 36):
+        progress.observe(f"CA_1:{seq}", headers("turn.user", channel="websocket"))
+    progress.observe("CA_2:3", headers("turn.user"))
+    progress.observe("CA_2:9", headers("call.score", channel="webhook"))
+    progress.observe("CA_3:1", headers("turn.user", channel="websocket"))
+    progress.observe("CA_4:1", [("pinecall-ingest-id", b"x"), ("pinecall-type", b"turn.user")])
+    assert progress.live() == {"CA_1": 30, "CA_2": 3}
+    assert progress.ended() == set()
