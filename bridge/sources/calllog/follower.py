@@ -175,7 +175,8 @@ class Follower:
                 if isinstance(step, Publish):
                     batch.append(step.item)
                     if step.seq is not None:
-                        last = step.seq
+                        # Not simply the last: a seq-0 entry (a local error) may follow the rest.
+                        last = step.seq if last is None else max(last, step.seq)
                         ts = step.item.get("ts")
                         if isinstance(ts, int | float) and not isinstance(ts, bool):
                             times.append(float(ts))

@@ -163,6 +163,21 @@ async def test_the_call_ends_at_its_score_without_waiting_for_the_stream_to_clos
     assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
 
 
+async def test_a_seq_0_entry_after_the_score_does_not_hide_the_end(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        # Seq 0 marks entries outside the numbered log (local errors); it may come last.
+        chunk = frame(entry(1)) + frame(entry(2, "call.score")) + frame(entry(0, "error"))
+        return await stream(request, chunk, hold=5.0)
+
+    ended, server, publisher, follower, _ = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 0]
+    assert follower.state.acked == 2
+    assert len(server.requests) == 1
+
+
 async def test_a_sealed_call_ends_at_once(run_follower: Callable[..., Any]) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         return web.Response(status=204)
