@@ -45,22 +45,23 @@ groups:
           description: {{ printf "Events reached the ingest topic in the last %v minutes but the dedup stage committed no output record and dropped no duplicate: consumers see nothing new. Webhooks are still answered 200; the events wait in the ingest topic." $a.publishStalledMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
-        # Rejected requests are lost (Pinecall does not retry a 4xx); kafka_unavailable (503,
+        # Rejected input is lost (Pinecall does not retry a 4xx); kafka_unavailable (503,
         # retried) is left to the Kafka alerts. `or ... * 0`: no events received at all is 100 %.
+        # Per channel: the call logs' volume must not hide every webhook being refused.
         expr: |
-          sum by (namespace) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m]))
+          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m]))
           /
           (
-            sum by (namespace) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m]))
-            + (sum by (namespace) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m])) * 0)
+            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m]))
+            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!="kafka_unavailable"}[5m])) * 0)
           )
           > {{ $a.rejectedRatio }}
         for: 10m
         labels:
           severity: warning
         annotations:
-          summary: {{ printf "%s of webhook requests to pinecall-bridge in %s are rejected" "{{ $value | humanizePercentage }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "More than %v%% of requests were refused (bad signature, body or content type) for 10 minutes. Pinecall does not retry these: their events are lost." (mulf $a.rejectedRatio 100) | quote }}
+          summary: {{ printf "%s of %s input to pinecall-bridge in %s is rejected" "{{ $value | humanizePercentage }}" "{{ $labels.channel }}" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "More than %v%% of one channel's input was refused for 10 minutes (webhooks: a bad signature, body or content type; the feed: a full backlog; call logs: entries that are not JSON). Pinecall does not send these again: their events are lost." (mulf $a.rejectedRatio 100) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgerejectionratehigh" $a.runbookUrl }}
       - alert: PinecallBridgeDeadLettersHigh
         expr: |
