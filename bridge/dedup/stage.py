@@ -98,6 +98,9 @@ class DedupStage:
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        # Bumped by every revocation: a start launched before it must install nothing, since
+        # the committed offset it read may be older than what the next owner has committed.
+        self._epoch = 0
         # Revoked and committed, kept in case the rebalance hands them straight back.
         self._suspended: dict[TopicPartition, PartitionTask] = {}
         self._running = False
@@ -181,10 +184,7 @@ class DedupStage:
         if self._loop is not None:
             await self._loop
             self._loop = None
-        for starting in list(self._starting.values()):
-            starting.cancel()
-        await asyncio.gather(*self._starting.values(), return_exceptions=True)
-        self._starting.clear()
+        await self._cancel_starts()
         async with self._lock:
             await self._commit()
             gone = {*self._tasks, *self._suspended}
@@ -286,10 +286,8 @@ class DedupStage:
         afresh (fencing the old producers), as after any other loss. None if stopped meanwhile.
         """
         log.error("the dedup stage's consumer died; replacing it", extra={"why": why})
-        for starting in list(self._starting.values()):
-            starting.cancel()
-        await asyncio.gather(*self._starting.values(), return_exceptions=True)
-        self._starting.clear()
+        self._epoch += 1
+        await self._cancel_starts()
         async with self._lock:
             await self._out.abandon()
             for task in list(self._tasks.values()):
@@ -371,12 +369,6 @@ class DedupStage:
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit and suspend: a task handed straight back resumes without a restore."""
-        for tp in revoked:
-            starting = self._starting.pop(tp, None)
-            if starting is not None:
-                starting.cancel()
-                with contextlib.suppress(BaseException):
-                    await starting
         async with self._lock:
             # The one transaction holds every partition's progress: commit all of it now.
             await self._commit(keep=set(revoked))
@@ -384,6 +376,10 @@ class DedupStage:
                 task = self._tasks.pop(tp, None)
                 if task is not None:
                     self._suspended[tp] = task
+            # Every start belongs to the ending assignment, those launched while this waited for
+            # the lock (a loss in the loop's last step) included: the new assignment relaunches.
+            self._epoch += 1
+        await self._cancel_starts()
         for tp in revoked:
             self._forget_lag(tp)
         if revoked:
@@ -414,8 +410,15 @@ class DedupStage:
         if tp in self._starting:
             return
         self._starting[tp] = asyncio.create_task(
-            self._start_task(tp, delay, suspended), name=f"dedup-start-{tp.partition}"
+            self._start_task(tp, delay, suspended, self._epoch), name=f"dedup-start-{tp.partition}"
         )
+
+    async def _cancel_starts(self) -> None:
+        starting = list(self._starting.values())
+        self._starting.clear()
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
 
     async def _resumable(self, task: PartitionTask) -> bool:
         """Nobody committed for the partition since this task did: its state is still exact."""
@@ -426,11 +429,18 @@ class DedupStage:
             committed = None
         return committed == task.position
 
-    async def _install(self, task: PartitionTask) -> None:
+    async def _install(self, task: PartitionTask, epoch: int) -> None:
         """Process the partition with `task` from its position, if it is still ours."""
         consumer = self._consumer
         async with self._lock:
-            if self._running and consumer is not None and task.tp in consumer.assignment():
+            # assignment() still names the old partitions while a rebalance runs: the epoch
+            # tells a start of this assignment from one of the last.
+            if (
+                self._running
+                and epoch == self._epoch
+                and consumer is not None
+                and task.tp in consumer.assignment()
+            ):
                 self._tasks[task.tp] = task
                 consumer.seek(task.tp, task.position)
                 consumer.resume(task.tp)
@@ -439,7 +449,7 @@ class DedupStage:
                     task.progress = None  # handed over; a resumed task has nothing new
 
     async def _start_task(
-        self, tp: TopicPartition, delay: float, suspended: PartitionTask | None
+        self, tp: TopicPartition, delay: float, suspended: PartitionTask | None, epoch: int
     ) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -448,9 +458,9 @@ class DedupStage:
             if delay:
                 await asyncio.sleep(delay)
             if suspended is not None and await self._resumable(suspended):
-                await self._install(suspended)
+                await self._install(suspended, epoch)
                 return
-            while self._running and tp in consumer.assignment():
+            while self._running and epoch == self._epoch and tp in consumer.assignment():
                 task = PartitionTask(
                     tp,
                     self._settings,
@@ -471,7 +481,7 @@ class DedupStage:
                     )
                     await asyncio.sleep(min(0.5 * attempt, 5.0))
                     continue
-                await self._install(task)
+                await self._install(task, epoch)
                 return
         finally:
             if self._starting.get(tp) is asyncio.current_task():

@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
+from bridge.dedup import stage as stage_module
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
 from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage, behind, fetch_wait_ms
 from bridge.dedup.task import PartitionTask
@@ -302,6 +303,77 @@ async def test_lost_partitions_still_owned_are_restarted_after_a_pause(
     assert h.launched == [(tp(2), 10.0)]  # session_timeout_ms
     await h.stage._step(h.task(3), failing(TransactionLostError("timeout", frozenset())))
     assert h.launched[-1] == (tp(3), 2.0)
+
+
+class RebalancingConsumer(FakeConsumer):
+    """As aiokafka's: assignment() names the old partitions until the new assignment arrives."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        super().__init__(assigned)
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        pass
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+async def lost_as_a_rebalance_begins(
+    monkeypatch: pytest.MonkeyPatch, committed: dict[TopicPartition, int], restore_s: float
+) -> tuple[Harness, RebalancingConsumer]:
+    """Partition 0's step fails while the revocation waits for it: the loss relaunches it."""
+
+    async def read(partition: TopicPartition) -> int:
+        return committed[partition]
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        task.position = await read(task.tp)
+        await asyncio.sleep(restore_s)
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    monkeypatch.setattr(stage_module, "_RETRY_LOST_AFTER", 0.01)
+    consumer = RebalancingConsumer({tp(0)})
+    h = Harness(0, consumer=consumer)
+    monkeypatch.setattr(h.stage._offsets, "committed", read)
+    h.stage._running = True
+    async with h.stage._lock:  # the loop, in a step
+        revoking = asyncio.create_task(h.stage.revoked({tp(0)}))
+        await asyncio.sleep(0)  # the rebalance waits for the step to end
+        await h.stage._lose(h.task(0), "error")  # which failed
+    await revoking
+    return h, consumer
+
+
+async def test_a_restart_from_before_a_rebalance_never_installs_an_old_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    committed = {tp(0): 5}
+    h, consumer = await lost_as_a_rebalance_begins(monkeypatch, committed, restore_s=0.2)
+    await asyncio.sleep(0.05)
+    # The partition goes to another member, which outputs up to 50 and commits; then it returns.
+    consumer.assigned = set()
+    await h.stage.assigned(set())
+    committed[tp(0)] = 50
+    await h.stage.revoked(set())
+    consumer.assigned = {tp(0)}
+    await h.stage.assigned({tp(0)})
+    await asyncio.gather(*h.stage._starting.values())
+    # Resuming at 5 with a window restored to 5 would output 5-49 a second time.
+    assert consumer.seeks == [(tp(0), 50)]
+    assert h.owned() == [0]
+
+
+async def test_a_restart_from_before_a_rebalance_leaves_no_task_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h, consumer = await lost_as_a_rebalance_begins(monkeypatch, {tp(0): 5}, restore_s=0.01)
+    await asyncio.sleep(0.1)  # long enough to restore while the group still rebalances
+    consumer.assigned = set()
+    await h.stage.assigned(set())  # the partition went to another member
+    assert h.owned() == []
+    assert consumer.seeks == []
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_owned") == 0
 
 
 async def test_the_listener_hears_of_assignments_and_losses() -> None:
