@@ -131,12 +131,19 @@ class Pipeline:
                 # A 1 MiB array of tiny items is thousands of sends that need not suspend:
                 # let other requests run in between.
                 await asyncio.sleep(0)
-            normalised = normalise(item, channel=channel, received_at=received_at)
+            # A source may say itself that an item is no event (a call-log entry too large).
+            normalised = (
+                item
+                if isinstance(item, Unrecognised)
+                else normalise(item, channel=channel, received_at=received_at)
+            )
             # A dead letter keeps the body's exact bytes when the body is this one item.
             exact = raw if raw is not None and len(items) == 1 else None
             if isinstance(normalised, Unrecognised):
                 reason: str | None = normalised.reason
-                record = self._dead_letter(item, exact, normalised.reason, channel, received_at)
+                record = self._dead_letter(
+                    normalised.item, exact, normalised.reason, channel, received_at
+                )
             else:
                 self._metrics.received_by(channel, type_label(normalised.type)).inc()
                 route = self._router.route(normalised)

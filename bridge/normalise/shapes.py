@@ -20,7 +20,7 @@ from bridge.normalise.event import Channel, Event
 from bridge.normalise.vocabulary import MARKER_TYPES
 
 UnrecognisedReason = Literal[
-    "not_an_object", "missing_type", "invalid_type", "invalid_data", "invalid_seq"
+    "not_an_object", "missing_type", "invalid_type", "invalid_data", "invalid_seq", "too_large"
 ]
 MAX_TYPE_LENGTH = 256
 

@@ -15,6 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
@@ -224,6 +225,32 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
     # or so; a tight loop would make thousands of requests in these seconds.
     readers = len(names) + 2  # the calls' followers, the org feed and the call list
     assert 0 < refused <= readers * (refusing / FAST_SSE["backoff_max_seconds"] + 2), refused
+
+
+async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_passed(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    async with Simulator(sim_config()) as sim:
+        handle = await following(start_bridge, sim, {**FAST_SSE, "max_event_bytes": 1024})
+        calls = Calls(sim, "CA_big")
+        [name] = calls.open(1)
+        calls.write(name, "turn.user", {"text": "before"})
+        big = calls.write(name, "call.summary", {"transcript": "x" * 5000})
+        calls.durable[name].remove(big)  # it cannot be published as an event
+        calls.write(name, "turn.agent", {"text": "after"})
+        calls.write(name, "call.score", {"score": 5})
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq])
+        assert_exactly_once_in_order(calls, [r for r in records if r.topic == topics.events])
+        [note] = [r for r in records if r.topic == topics.dlq]
+        assert note.headers["pinecall-dlq-reason"] == b"too_large"
+        assert note.json() == {"call": name, "seq": big, "type": "call.summary", "bytes": ANY}
+        assert note.json()["bytes"] > 5000
+        # The call ended at its score: no reader of its log is left reconnecting over the entry.
+        sample = handle.bridge.metrics.registry.get_sample_value
+        protocol = {"stream": "call", "reason": "protocol"}
+        assert (sample("pinecall_bridge_sse_reconnects_total", protocol) or 0) == 0
+        assert sample("pinecall_bridge_events_dead_lettered_total", {"reason": "too_large"}) == 1
 
 
 def sse_env(sim: Simulator) -> dict[str, str]:

@@ -8,6 +8,7 @@ from bridge import jsoncodec
 from bridge.config import TopicSettings
 from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
+from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
@@ -314,6 +315,19 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
     again = decode(sink.records[1].key, sink.records[1].value, sink.records[1].headers)
     assert again is not None
     assert again.event_id == decoded.event_id
+
+
+async def test_an_item_its_source_calls_unrecognised_is_dead_lettered_as_it_says() -> None:
+    sink = FakeSink()
+    pipeline, metrics = make(sink)
+    note = {"call": "CA_1", "seq": 4, "type": "call.summary", "bytes": 2_000_000}
+    result = await pipeline.submit([entry(3), Unrecognised("too_large", note), entry(5)], "sse")
+    assert (result.accepted, result.dead_lettered) == (2, 1)
+    out = output(sink.records[1])
+    assert out.topic == "pinecall.dlq"
+    assert ("pinecall-dlq-reason", b"too_large") in out.headers
+    assert jsoncodec.loads(out.value) == note
+    assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
 
 
 async def test_dead_letter_in_a_batch_uses_the_item_not_the_whole_body() -> None:

@@ -3,7 +3,9 @@
 Lines end in CR, LF or CRLF, and any of them may be split across chunks; one leading BOM is
 dropped; an event is dispatched by a blank line, so a partial event at EOF is never seen. Comments
 (`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
-Line and event sizes are capped: a stream that exceeds them is broken, not a reason to grow.
+Line and event sizes are capped, and the parser never grows past them: an event that exceeds them
+is dropped as it is read and comes out as TooLarge, with its type and id, so a reader can say
+which entry it skipped and go on past it instead of meeting it again on every reconnect.
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ class Retry:
     milliseconds: int
 
 
-Item = Event | KeepAlive | Retry
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """An event dropped for its size: its type, the stream's last id then, and about how many
+    bytes of data it had (an over-long line counts whole)."""
+
+    type: str
+    last_event_id: str
+    size: int
 
 
-class EventStreamError(Exception):
-    """The stream broke a size limit: drop the connection and resume from the last id."""
+Item = Event | KeepAlive | Retry | TooLarge
 
 
 class EventStreamParser:
@@ -62,6 +70,8 @@ class EventStreamParser:
         self._skip_lf = False  # the last chunk ended in CR: a leading LF completes that CRLF
         self._data: list[str] = []
         self._data_bytes = 0
+        self._too_large = False  # the current event broke a limit: its data is being dropped
+        self._skip_line = False  # the rest of an over-long line is being dropped
         self._type = ""
         self._id_buffer = ""
         self.last_event_id = ""
@@ -78,17 +88,26 @@ class EventStreamParser:
         start = 0
         for end in _LINE_END.finditer(text):
             line = text[start : end.start()]
-            if self._pending:
-                line, self._pending = self._pending + line, ""
-            self._line(line, items)
+            if self._skip_line:  # the end of an over-long line
+                self._skip_line = False
+                self._data_bytes += _size(line)
+            else:
+                if self._pending:
+                    line, self._pending = self._pending + line, ""
+                self._line(line, items)
             start = end.end()
             if end.group() == "\r" and start == len(text):
                 self._skip_lf = True
         rest = text[start:]
         if rest:
-            if _size(self._pending) + _size(rest) > self._max_line:
-                raise EventStreamError(f"a line is longer than {self._max_line} bytes")
-            self._pending += rest
+            if self._skip_line:
+                self._data_bytes += _size(rest)
+            elif _size(self._pending) + _size(rest) > self._max_line:
+                self._drop(_size(self._pending) + _size(rest))
+                self._pending = ""
+                self._skip_line = True
+            else:
+                self._pending += rest
         return items
 
     def feed_eof(self) -> None:
@@ -96,11 +115,13 @@ class EventStreamParser:
         self._decoder.decode(b"", final=True)
         self._pending = ""
         self._skip_lf = False
+        self._skip_line = False
         self._reset_event()
 
     def _line(self, line: str, items: list[Item]) -> None:
         if _size(line) > self._max_line:
-            raise EventStreamError(f"a line is longer than {self._max_line} bytes")
+            self._drop(_size(line))
+            return
         if not line:
             self._dispatch(items)
             return
@@ -111,10 +132,12 @@ class EventStreamParser:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
-            self._data_bytes += _size(value) + 1
-            if self._data_bytes > self._max_event:
-                raise EventStreamError(f"an event is longer than {self._max_event} bytes")
-            self._data.append(value)
+            size = _size(value) + 1
+            if self._too_large or self._data_bytes + size > self._max_event:
+                self._drop(size)
+            else:
+                self._data_bytes += size
+                self._data.append(value)
         elif name == "event":
             self._type = value
         elif name == "id":
@@ -124,15 +147,24 @@ class EventStreamParser:
             items.append(Retry(int(value)))
         # Any other field name is ignored, as the spec says.
 
+    def _drop(self, size: int) -> None:
+        """The current event broke a limit: free what it holds, count what it had."""
+        self._too_large = True
+        self._data = []
+        self._data_bytes += size
+
     def _dispatch(self, items: list[Item]) -> None:
         self.last_event_id = self._id_buffer
-        if self._data:
+        if self._too_large:
+            items.append(TooLarge(self._type or "message", self.last_event_id, self._data_bytes))
+        elif self._data:
             items.append(Event(self._type or "message", "\n".join(self._data), self.last_event_id))
         self._reset_event()
 
     def _reset_event(self) -> None:
         self._data = []
         self._data_bytes = 0
+        self._too_large = False
         self._type = ""
 
 

@@ -3,7 +3,9 @@
 The resume point is the highest seq Kafka has acknowledged, never merely the highest read: a
 crash or a cut then re-reads what was in flight (the dedup stage drops the copies) instead of
 losing it. A `log.gap` means entries were skipped on this connection: they are fetched from the
-JSON pages and published, in seq order, before anything after the gap.
+JSON pages and published, in seq order, before anything after the gap. An entry too large to
+read (BRIDGE_SSE__MAX_EVENT_BYTES) becomes a note in the dead-letter topic at its seq, so the call
+goes on past it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge import jsoncodec
-from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
+from bridge.normalise import Unrecognised
+from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry, TooLarge
 from bridge.sources.reconnect import ReconnectPolicy
 
 TERMINAL_TYPE = "call.score"
@@ -26,7 +29,7 @@ Reason = Literal[
     "connect_error",
     "server_error",  # 5xx or 429
     "auth",
-    "protocol",  # unparseable or oversized stream, or an unexpected status
+    "protocol",  # an unexpected status or content type
     "publish_failed",  # Kafka did not take the entries: re-read them from the last ack
     "gap_fill_failed",
     "error",
@@ -46,7 +49,10 @@ REASONS: tuple[Reason, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """An entry to publish; `seq` is None when the item is not an entry (it dead-letters)."""
+    """An entry to publish; `seq` is None when the item is not an entry (it dead-letters).
+
+    `item` is an Unrecognised note for an entry too large to read: the pipeline dead-letters it.
+    """
 
     item: Any
     seq: int | None
@@ -107,7 +113,20 @@ class CallFollow:
             return Nothing()
         if isinstance(item, KeepAlive):
             return Nothing()
+        if isinstance(item, TooLarge):
+            return self._too_large(item)
         return self._event(item)
+
+    def _too_large(self, item: TooLarge) -> Step:
+        """A note of the entry in its place, from the stream's `id` (its seq) and `event`."""
+        raw = item.last_event_id
+        seq = int(raw) if raw.isascii() and raw.isdigit() else None
+        if seq is not None and 0 < seq <= self.acked:
+            return Nothing()  # a replay of what Kafka already has
+        if seq is not None and item.type == TERMINAL_TYPE:
+            self._terminal_pending = seq
+        note = {"call": self.call, "seq": seq, "type": item.type, "bytes": item.size}
+        return Publish(Unrecognised("too_large", note), seq)
 
     def _event(self, event: Event) -> Step:
         try:

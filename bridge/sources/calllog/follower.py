@@ -18,7 +18,8 @@ import aiohttp
 
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
-from bridge.sources.calllog.eventstream import EventStreamError, EventStreamParser
+from bridge.normalise import Unrecognised
+from bridge.sources.calllog.eventstream import EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Nothing, Publish, Reason
 from bridge.sources.calllog.pages import (
     PageError,
@@ -122,9 +123,6 @@ class Follower:
                 return False
             except _FillFailedError:
                 reason = "gap_fill_failed"
-            except EventStreamError as exc:
-                reason = "protocol"
-                log.warning("call log stream broken", extra={**self._ctx(), "error": str(exc)})
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = "closed" if opened_at is not None else "connect_error"
                 log.info(
@@ -177,6 +175,13 @@ class Follower:
                     if step.seq is not None:
                         # Not simply the last: a seq-0 entry (a local error) may follow the rest.
                         last = step.seq if last is None else max(last, step.seq)
+                    if isinstance(step.item, Unrecognised):
+                        log.warning(
+                            "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it"
+                            " goes to the dead-letter topic in its place",
+                            extra={**self._ctx(), **step.item.item},
+                        )
+                    elif step.seq is not None:
                         ts = step.item.get("ts")
                         if isinstance(ts, int | float) and not isinstance(ts, bool):
                             times.append(float(ts))

@@ -19,7 +19,7 @@ import aiohttp
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
-from bridge.sources.calllog.eventstream import Event, EventStreamError, EventStreamParser, Retry
+from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry
 from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 
@@ -87,9 +87,6 @@ class OrgFeed:
                         reason, retry = await self._read(response)
                     if opened_at is None:
                         log.warning("org feed refused", extra={"status": response.status})
-            except EventStreamError as exc:
-                reason = "protocol"
-                log.warning("org feed stream broken", extra={"error": str(exc)})
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = "closed" if opened_at is not None else "connect_error"
                 log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})

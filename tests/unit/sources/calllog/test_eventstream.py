@@ -2,11 +2,11 @@ import pytest
 
 from bridge.sources.calllog.eventstream import (
     Event,
-    EventStreamError,
     EventStreamParser,
     Item,
     KeepAlive,
     Retry,
+    TooLarge,
 )
 
 
@@ -156,23 +156,37 @@ def test_invalid_utf8_becomes_replacement_characters() -> None:
     assert events(b"data: a\xffb\n\n") == [Event("message", "a\ufffdb", "")]
 
 
-def test_a_line_over_the_limit_is_an_error() -> None:
+def test_a_line_over_the_limit_drops_its_event_and_the_stream_goes_on() -> None:
+    parser = EventStreamParser(max_line_bytes=20)
+    assert parser.feed(b"id: 7\nevent: call.summary\ndata: 1234567890") == []
+    assert parser.feed(b"12345") == []
+    # The over-long line counts whole, "data: " included.
+    assert parser.feed(b"0123\nid: 8\n\n") == [TooLarge("call.summary", "8", 25)]
+    assert parser.feed(b"id: 9\ndata: ok\n\n") == [Event("message", "ok", "9")]
+
+
+def test_a_terminated_line_over_the_limit_drops_its_event() -> None:
     parser = EventStreamParser(max_line_bytes=10)
-    parser.feed(b"data: 1234")
-    with pytest.raises(EventStreamError):
-        parser.feed(b"56789")
+    assert parser.feed(b"id: 3\ndata: 0123456789\n\ndata: x\n\n") == [
+        TooLarge("message", "3", 16),
+        Event("message", "x", "3"),
+    ]
 
 
-def test_a_terminated_line_over_the_limit_is_an_error() -> None:
-    with pytest.raises(EventStreamError):
-        EventStreamParser(max_line_bytes=10).feed(b"data: 0123456789\n")
-
-
-def test_an_event_over_the_limit_is_an_error() -> None:
+def test_an_event_over_the_limit_is_dropped_whole() -> None:
     parser = EventStreamParser(max_event_bytes=10)
-    parser.feed(b"data: 1234\n")
-    with pytest.raises(EventStreamError):
-        parser.feed(b"data: 56789\n")
+    assert parser.feed(b"id: 4\ndata: 1234\n") == []
+    assert parser.feed(b"data: 56789\ndata: a\n\n") == [TooLarge("message", "4", 13)]
+
+
+def test_a_huge_event_is_read_past_without_holding_it() -> None:
+    parser = EventStreamParser(max_line_bytes=1024, max_event_bytes=1024)
+    items = parser.feed(b"id: 5\nevent: call.score\ndata: ")
+    for _ in range(1000):
+        items += parser.feed(b"x" * 10_000)
+    items += parser.feed(b"\n\n")
+    assert items == [TooLarge("call.score", "5", len(b"data: ") + 10_000_000)]
+    assert len(parser._pending) == 0
 
 
 def test_data_sizes_reset_after_each_event() -> None:
@@ -183,5 +197,5 @@ def test_data_sizes_reset_after_each_event() -> None:
 
 def test_sizes_count_utf8_bytes_not_characters() -> None:
     parser = EventStreamParser(max_event_bytes=10)
-    with pytest.raises(EventStreamError):
-        parser.feed("data: ééééé\n".encode())  # 5 characters, 10 bytes, plus the newline
+    # 5 characters, 10 bytes, plus the newline
+    assert parser.feed("data: ééééé\n\n".encode()) == [TooLarge("message", "", 11)]

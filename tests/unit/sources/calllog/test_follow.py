@@ -2,7 +2,8 @@ import random
 from typing import Any
 
 from bridge import jsoncodec
-from bridge.sources.calllog.eventstream import Event, KeepAlive, Retry
+from bridge.normalise import Unrecognised
+from bridge.sources.calllog.eventstream import Event, KeepAlive, Retry, TooLarge
 from bridge.sources.calllog.follow import CallFollow, CaughtUp, Fill, Nothing, Publish
 from bridge.sources.reconnect import ReconnectPolicy
 
@@ -84,6 +85,39 @@ def test_a_score_not_acknowledged_does_not_end_the_call() -> None:
     f.published(6)
     assert not f.ended
     assert f.query() == {"after": "6"}
+
+
+def test_an_entry_too_large_to_read_becomes_a_note_at_its_seq() -> None:
+    f = follow(after=3)
+    note = {"call": "CA_1", "seq": 4, "type": "call.summary", "bytes": 2_000_000}
+    assert f.step(TooLarge("call.summary", "4", 2_000_000)) == Publish(
+        Unrecognised("too_large", note), 4
+    )
+    f.published(4)
+    assert f.query() == {"after": "4"}
+    assert f.step(TooLarge("call.summary", "2", 9)) == Nothing()  # a replay
+
+
+def test_a_score_too_large_to_read_still_ends_the_call() -> None:
+    f = follow()
+    step = f.step(TooLarge("call.score", "9", 2_000_000))
+    assert isinstance(step, Publish)
+    assert step.seq == 9
+    f.published(9)
+    assert f.ended
+
+
+def test_a_too_large_event_without_a_seq_is_noted_and_moves_nothing() -> None:
+    f = follow(after=5)
+    step = f.step(TooLarge("message", "", 2_000_000))
+    assert step == Publish(
+        Unrecognised(
+            "too_large", {"call": "CA_1", "seq": None, "type": "message", "bytes": 2_000_000}
+        ),
+        None,
+    )
+    f.published(None)
+    assert f.query() == {"after": "5"}
 
 
 def test_not_json_is_garbage_and_not_an_entry_dead_letters() -> None:

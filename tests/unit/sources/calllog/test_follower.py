@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
+from bridge.normalise import Unrecognised
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.publish import Publisher
@@ -55,7 +56,12 @@ class FakePublisher:
 
     @property
     def seqs(self) -> list[int]:
-        return [item["seq"] for batch in self.batches for item in batch]
+        """The seqs published; a note of an entry too large to read counts at its seq."""
+        return [
+            (item.item if isinstance(item, Unrecognised) else item)["seq"]
+            for batch in self.batches
+            for item in batch
+        ]
 
 
 class Server:
@@ -176,6 +182,27 @@ async def test_a_seq_0_entry_after_the_score_does_not_hide_the_end(
     assert publisher.seqs == [1, 2, 0]
     assert follower.state.acked == 2
     assert len(server.requests) == 1
+
+
+async def test_an_entry_too_large_to_read_is_noted_and_the_call_goes_on_past_it(
+    run_follower: Callable[..., Any],
+) -> None:
+    big = entry(2, "call.summary", transcript="x" * 2_000_000)  # over the 960 KiB default
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return await stream(request, frame(entry(1)), frame(big), frame(entry(3, "call.score")))
+
+    ended, server, publisher, _follower, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    [note] = [
+        item for batch in publisher.batches for item in batch if isinstance(item, Unrecognised)
+    ]
+    assert note.reason == "too_large"
+    assert note.item["type"] == "call.summary"
+    assert note.item["bytes"] > 2_000_000
+    assert len(server.requests) == 1
+    assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
 
 
 async def test_a_sealed_call_ends_at_once(run_follower: Callable[..., Any]) -> None:
