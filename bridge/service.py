@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import get_args
 
 from aiohttp import web
@@ -158,6 +158,7 @@ class Bridge:
         self._runner: web.AppRunner | None = None
         self._started = False
         self._connector: asyncio.Task[None] | None = None
+        self._starting_part = ""  # the part _start_parts is starting, for the failure log
         self._registration: asyncio.Task[None] | None = None
         self.registrar: Registrar | None = None
         api = settings.pinecall
@@ -226,45 +227,83 @@ class Bridge:
         return [*(TopicSpec(name) for name in self.router.topics()), ingest, lease]
 
     async def _connect(self) -> None:
+        """Connect the ingest path, then start the rest beside it, each retried until it works.
+
+        A webhook needs only the ingest path, so a process that serves the port is ready once it
+        works: a dedup stage, call-log source or lease that cannot start yet (a missing ACL, a
+        coordinator away) leaves events waiting in the ingest topic, not refused at the door.
+        """
+        await self._retry(
+            "Kafka not ready yet (unreachable, refused our credentials or TLS, or a topic is"
+            " missing); retrying",
+            self._connect_ingest,
+            self.sink.stop,
+        )
+        if self.stages != "dedup":
+            self._ready()
+        await self._retry(
+            "a part of the bridge could not start; retrying (webhooks are still taken: their"
+            " events wait in the ingest topic)",
+            self._start_parts,
+        )
+        if self.stages == "dedup":  # the stage is all a dedup process does
+            self._ready()
+
+    async def _connect_ingest(self) -> None:
+        await self.sink.start()
+        if self.settings.topics.create:
+            await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
+        # The dedup stage's config check rides on the limits' DescribeConfigs request.
+        configs = await self.sink.learn_limits(
+            [self.settings.topics.ingest, *self.router.topics()],
+            CONFIG_KEYS if self.dedup is not None else (),
+        )
+        await self.sink.warm([self.settings.topics.ingest])
+        self._watch_ingest_topic()
+        if self.dedup is not None:
+            self._check_ingest_configs(configs)
+
+    async def _start_parts(self) -> None:
+        """Each part's start is idempotent and undoes itself when it fails: a retry resumes."""
+        parts = (
+            ("call_log", self.calllog),  # first: ready for the stage's first assignment
+            ("dedup_stage", self.dedup),
+            ("hanging_watch", self.hanging),
+            ("feed_lease", self.lease),
+        )
+        for name, part in parts:
+            if part is not None:
+                self._starting_part = name
+                await part.start()
+
+    async def _retry(
+        self,
+        failed: str,
+        attempt: Callable[[], Awaitable[None]],
+        undo: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         delay = 0.5
         while True:
+            self._starting_part = ""
             try:
-                await self.sink.start()
-                if self.settings.topics.create:
-                    await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
-                # The dedup stage's config check rides on the limits' DescribeConfigs request.
-                configs = await self.sink.learn_limits(
-                    [self.settings.topics.ingest, *self.router.topics()],
-                    CONFIG_KEYS if self.dedup is not None else (),
-                )
-                await self.sink.warm([self.settings.topics.ingest])
-                self._watch_ingest_topic()
-                if self.dedup is not None:
-                    self._check_ingest_configs(configs)
-                if self.calllog is not None:
-                    await self.calllog.start()  # ready for the stage's first assignment
-                if self.dedup is not None:
-                    await self.dedup.start()
-                if self.hanging is not None:
-                    await self.hanging.start()
-                if self.lease is not None:
-                    await self.lease.start()
-                break
+                await attempt()
+                return
             except Exception as exc:
-                if self.dedup is not None:
-                    await self.dedup.stop()
-                await self.sink.stop()
+                if undo is not None:
+                    await undo()
                 log.warning(
-                    "Kafka not ready yet (unreachable, refused our credentials or TLS,"
-                    " or a topic is missing); retrying",
+                    failed,
                     extra={
-                        "error": type(exc).__name__,
+                        "part": self._starting_part or None,
+                        "error": repr(exc)[:500],
                         "retry_in_s": round(delay, 1),
                         "bootstrap_servers": ",".join(self.settings.kafka.bootstrap_servers),
                     },
                 )
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 30.0)
+
+    def _ready(self) -> None:
         self.readiness.started = True
         log.info(
             "ready",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +18,12 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import TransactionalIdAuthorizationFailed
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import GroupMetadata, group_metadata
+from bridge.dedup.stage import DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
 from bridge.metrics import Metrics
@@ -75,6 +78,40 @@ async def post_all(handle: RunningBridge, items: list[dict[str, Any]]) -> None:
     for item in items:
         status, body = await handle.post(item)
         assert (status, body["accepted"]) == (200, 1), body
+
+
+async def test_a_stage_that_cannot_start_yet_leaves_webhooks_taken_then_outputs_them(
+    start_bridge: Start,
+    kafka_bootstrap: str,
+    topics: Topics,
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As with a missing transactional-id ACL: the ingest path is ready, the stage retried."""
+    real_start = DedupStage.start
+    allowed = asyncio.Event()
+    refused = 0
+
+    async def start(stage: DedupStage) -> None:
+        nonlocal refused
+        if not allowed.is_set():
+            refused += 1
+            raise TransactionalIdAuthorizationFailed()
+        await real_start(stage)
+
+    monkeypatch.setattr(DedupStage, "start", start)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    bridge: RunningBridge = await start_bridge()  # until /readyz answers 200
+    status, body = await bridge.post(entry(1, unique_call))
+    assert (status, body["accepted"]) == (200, 1), body
+    assert refused >= 1
+    assert sample(bridge, "pinecall_bridge_kafka_connected") == 1
+    allowed.set()
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+    failures = [r for r in caplog.records if r.getMessage().startswith("a part of the bridge")]
+    assert {r.__dict__["part"] for r in failures} == {"dedup_stage"}
+    assert "TransactionalIdAuthorizationFailed" in failures[0].__dict__["error"]
 
 
 async def test_copies_posted_after_a_restart_are_not_output_again(
