@@ -112,3 +112,21 @@ def parse_claim(user_data: bytes | None) -> Claim:
     owned, since = data.get("owned"), data.get("since")
     partitions = tuple(p for p in owned if isinstance(p, int)) if isinstance(owned, list) else ()
     return Claim(partitions, since if isinstance(since, int) else 0)
+
+
+# aiokafka's default, made explicit: how long the coordinator waits for members to rejoin.
+REBALANCE_TIMEOUT_MS = 30_000
+
+
+def member_options(client: Mapping[str, Any]) -> dict[str, Any]:
+    """A group member's client options: its request timeout outlasts the rebalance timeout.
+
+    The coordinator may hold a JoinGroup answer for the whole rebalance timeout; a request that
+    times out first marks the coordinator dead and rejoins, as Kafka's Java consumer avoids.
+    """
+    asked = int(client.get("request_timeout_ms", 40_000))
+    return {
+        **client,
+        "rebalance_timeout_ms": REBALANCE_TIMEOUT_MS,
+        "request_timeout_ms": max(asked, REBALANCE_TIMEOUT_MS + 5_000),
+    }

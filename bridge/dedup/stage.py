@@ -38,7 +38,7 @@ from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
-from bridge.groups import Claim, StickyAssignor
+from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
@@ -144,7 +144,7 @@ class DedupStage:
     async def _started_consumer(self) -> AIOKafkaConsumer:
         s = self._settings
         consumer = AIOKafkaConsumer(
-            **self._client,
+            **member_options(self._client),
             group_id=s.group,
             isolation_level="read_committed",
             enable_auto_commit=False,

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from bridge.groups import Claim, StickyAssignor
+from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
 from bridge.supervise import Supervisor
@@ -92,7 +92,7 @@ class FeedLease:
 
     async def _started_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            **self._client,
+            **member_options(self._client),
             group_id=self._group,
             enable_auto_commit=False,
             session_timeout_ms=self._session_timeout_ms,

@@ -4,7 +4,14 @@ from types import SimpleNamespace
 
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
-from bridge.groups import Claim, StickyAssignor, keep_and_balance, parse_claim
+from bridge.groups import (
+    REBALANCE_TIMEOUT_MS,
+    Claim,
+    StickyAssignor,
+    keep_and_balance,
+    member_options,
+    parse_claim,
+)
 
 
 def test_a_new_member_takes_only_what_balance_needs() -> None:
@@ -60,3 +67,11 @@ def test_the_assignor_round_trips_claims_through_join_metadata() -> None:
     assignment = a.assign(cluster, members)
     assert assignment["a"].assignment == [("t", [1])]
     assert assignment["b"].assignment == [("t", [0])]
+
+
+def test_a_members_requests_outlast_the_rebalance_timeout() -> None:
+    # The coordinator may hold JoinGroup for the rebalance timeout: 30 s would time it out.
+    options = member_options({"bootstrap_servers": ["k:9092"], "request_timeout_ms": 30_000})
+    assert options["bootstrap_servers"] == ["k:9092"]
+    assert options["request_timeout_ms"] > options["rebalance_timeout_ms"] == REBALANCE_TIMEOUT_MS
+    assert member_options({"request_timeout_ms": 60_000})["request_timeout_ms"] == 60_000
