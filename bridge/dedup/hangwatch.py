@@ -43,6 +43,7 @@ class HangingTransactions:
         self._report_after = report_after
         self._watch = HangWatch()
         self._reported: set[tuple[TopicPartition, int]] = set()
+        self._unread: set[str] = set()  # topics the last check could not read
         self._readers: tuple[AIOKafkaConsumer, AIOKafkaConsumer] | None = None
         self._task: asyncio.Task[None] | None = None
         for topic in topics:
@@ -79,23 +80,41 @@ class HangingTransactions:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.check()
-            except (KafkaError, OSError, TimeoutError) as exc:
-                # Kafka unreachable says nothing about transactions: other alerts cover it.
-                log.debug("could not read the output topics' offsets", extra={"error": repr(exc)})
+            await self.check()
             await asyncio.sleep(self._every)
 
     async def check(self) -> list[Held]:
-        """One read of every output partition; the gauge and the log follow it."""
+        """One read of every output partition; the gauge and the log follow it.
+
+        A topic that cannot be read (missing, no Describe right, Kafka away) has no value until
+        it can: a frozen one could fire the alert for good, or keep it from ever firing.
+        """
         assert self._readers is not None, "start() first"
         committed, uncommitted = self._readers
-        partitions = [tp for topic in self._topics for tp in await _partitions(committed, topic)]
-        stable = await committed.end_offsets(partitions)
-        high = await uncommitted.end_offsets(partitions)
+        stable: dict[TopicPartition, int] = {}
+        high: dict[TopicPartition, int] = {}
+        unread: set[str] = set()
+        for topic in self._topics:
+            try:
+                partitions = await _partitions(committed, topic)
+                stable.update(await committed.end_offsets(partitions))
+                high.update(await uncommitted.end_offsets(partitions))
+            except (KafkaError, OSError, TimeoutError) as exc:
+                unread.add(topic)
+                if topic not in self._unread:
+                    log.warning(
+                        "could not read an output topic's offsets to watch for hanging"
+                        " transactions; its gauge is left out until it can be read",
+                        extra={"topic": topic, "error": repr(exc)},
+                    )
+        self._unread = unread
         held = self._watch.observe(time.monotonic(), stable, high)
         for topic, seconds in longest_by_topic(held, self._topics).items():
-            self._metrics.output_held.labels(topic).set(seconds)
+            if topic in unread:
+                with contextlib.suppress(KeyError):
+                    self._metrics.output_held.remove(topic)
+            else:
+                self._metrics.output_held.labels(topic).set(seconds)
         for h in held:
             key = (h.partition, h.stable)
             if h.seconds >= self._report_after and key not in self._reported:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.metrics import Metrics
@@ -84,20 +84,49 @@ async def test_a_held_partition_is_exported_and_logged_once(
     assert held(metrics, "events") == 0
 
 
-async def test_kafka_errors_neither_crash_the_watch_nor_move_the_gauge() -> None:
+async def test_kafka_errors_neither_crash_the_watch_nor_leave_a_stale_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     metrics = Metrics()
     hang = watch(metrics)
-    reader = FakeReader({TopicPartition("events", 0): 1})
+    reader = FakeReader({TopicPartition("events", 0): 1, TopicPartition("alerts", 0): 1})
     reader.error = KafkaConnectionError("unreachable")
     hang._readers = (reader, reader)
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.hangwatch")
     task = Supervisor(metrics).spawn("hanging-transactions", hang._run)
-    await until(lambda: reader.reads >= 5)
+    await until(lambda: reader.reads >= 6)
     assert not task.done()
-    assert held(metrics, "events") == 0
+    # Unknown, not 0 (never firing) nor the last value (firing for good).
+    assert (held(metrics, "events"), held(metrics, "alerts")) == (None, None)
+    warned = [r.__dict__["topic"] for r in caplog.records if "could not read" in r.getMessage()]
+    assert warned == ["events", "alerts"]  # once each, not at every check
     assert (
         metrics.registry.get_sample_value(
             "pinecall_bridge_task_crashes_total", {"task": "hanging-transactions"}
         )
         == 0
     )
+    reader.error = None
+    await until(lambda: held(metrics, "events") == 0)
     task.cancel()
+
+
+class MissingTopicReader(FakeReader):
+    """As with an output topic not created yet: reading it fails, the others answer."""
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if any(tp.topic == "alerts" for tp in partitions):
+            raise UnknownTopicOrPartitionError()
+        return await super().end_offsets(partitions)
+
+
+async def test_a_topic_that_cannot_be_read_does_not_blind_the_watch_to_the_others() -> None:
+    metrics = Metrics()
+    hang = watch(metrics)
+    e0 = TopicPartition("events", 0)
+    hang._readers = (MissingTopicReader({e0: 4}), MissingTopicReader({e0: 7}))
+    for _ in range(8):
+        await hang.check()
+        await asyncio.sleep(0.01)
+    assert (held(metrics, "events") or 0) > 0.05
+    assert held(metrics, "alerts") is None
