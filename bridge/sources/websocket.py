@@ -165,10 +165,12 @@ class WebSocketSource:
             remaining = deadline - asyncio.get_running_loop().time()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._publisher, timeout=max(remaining, 0.0))
-            left = 0
-            while not self._queue.empty():
-                left += self._queue.get_nowait() is not _DRAINED
+            # Held: still queued, or in the batch whose publish the deadline cancelled.
+            left, self._held, self._held_bytes = self._held, 0, 0
+            self._queue = asyncio.Queue()
+            self._metrics.websocket_backlog.set(0)
             if left:
+                self._metrics.rejected.labels("websocket", "shutdown").inc(left)
                 log.error(
                     "feed events not published before the grace period ended",
                     extra={"events": left},

@@ -325,6 +325,29 @@ async def test_stop_flushes_what_was_read(
     assert sorted(set(seqs(sink))) == [1, 2, 3, 4, 5]
 
 
+async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, 6):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()  # Kafka never acknowledges
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
+    await source.stop(asyncio.get_running_loop().time() + 0.3)
+    # The batch being published counts as much as what was still queued behind it.
+    lost = sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="shutdown"
+    )
+    assert lost == 5
+    assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
+
+
 async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
     sink, metrics = FakeSink(), Metrics()
     ws_settings = WebSocketSettings(
