@@ -206,7 +206,7 @@ async def _calls_since(
 async def _submit(pipeline: Pipeline, entries: list[object]) -> BatchResult:
     result = BatchResult()
     for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-        result = await pipeline.submit(entries, "sse")
+        result = await pipeline.submit(entries, "sse", again=attempt > 1)
         if result.ok:
             return result
         # The ingest stage is idempotent per id downstream: resubmitting the page is safe.

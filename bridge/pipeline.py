@@ -114,11 +114,12 @@ class Pipeline:
         metrics.inflight.set_function(lambda: self._records_in_flight)
 
     async def submit(
-        self, items: list[Any], channel: Channel, *, raw: bytes | None = None
+        self, items: list[Any], channel: Channel, *, raw: bytes | None = None, again: bool = False
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
         `raw` is the exact body when it holds a single item, so a dead letter keeps its bytes.
+        `again`: a source's own retry of the delivery, whose items were counted as received.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
@@ -145,10 +146,12 @@ class Pipeline:
                     normalised.item, exact, normalised.reason, channel, received_at
                 )
             else:
-                self._metrics.received_by(channel, type_label(normalised.type)).inc()
+                if not again:
+                    self._metrics.received_by(channel, type_label(normalised.type)).inc()
                 route = self._router.route(normalised)
                 if isinstance(route, Drop):
-                    self._metrics.dropped.labels(route.reason).inc()
+                    if not again:
+                        self._metrics.dropped.labels(route.reason).inc()
                     result.dropped += 1
                     continue
                 value, headers = encode_cloudevent(normalised, self._source, route.key, self._mode)

@@ -357,7 +357,7 @@ class WebSocketSource:
         attempt = 0
         while True:
             try:
-                result = await self._pipeline.submit(batch, "websocket")
+                result = await self._pipeline.submit(batch, "websocket", again=attempt > 0)
             except Exception:  # a bug must not end publishing silently, nor drop the batch
                 log.exception("feed batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -317,6 +317,20 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
     assert again.event_id == decoded.event_id
 
 
+async def test_a_sources_own_retry_is_not_received_again() -> None:
+    sink = FakeSink()
+    pipeline, metrics = make(sink)
+    batch = [entry(1), entry(2, type="user.transcript", ephemeral=True)]
+    await pipeline.submit(batch, "sse")
+    await pipeline.submit(batch, "sse", again=True)  # Kafka failed the first: sent once more
+    assert (
+        sample(metrics, "pinecall_bridge_events_received_total", channel="sse", type="turn.user")
+        == 1
+    )
+    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="ephemeral") == 1
+    assert len(sink.records) == 2  # both attempts reach Kafka; the dedup stage keeps one
+
+
 async def test_an_item_its_source_calls_unrecognised_is_dead_lettered_as_it_says() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)

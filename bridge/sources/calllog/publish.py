@@ -32,7 +32,7 @@ class Publisher:
         batch = list(items)
         while True:
             try:
-                result = await self._pipeline.submit(batch, "sse")
+                result = await self._pipeline.submit(batch, "sse", again=attempt > 0)
             except Exception:  # a bug must not drop entries silently: retry, then re-read
                 log.exception("call log batch failed unexpectedly; retrying it")
                 failed = len(batch)
