@@ -352,6 +352,16 @@ class StageProducer:
                 "an output topic's max.message.bytes read again after a size refusal",
                 extra={"topic": topic, "max_message_bytes": limit},
             )
+        for topic in sorted(set(stale) - found.keys()):
+            # Guessing from the refused record could skip records that fit (the broker refused
+            # its whole batch): the partitions are retried, and the operator has to act.
+            log.error(
+                "the broker refused an output record for its size and the topic's"
+                " max.message.bytes cannot be read (no DescribeConfigs right?): its records are"
+                " retried and the output of the partitions writing to it stalls until the topic"
+                " takes BRIDGE_KAFKA__MAX_REQUEST_BYTES, or the bridge may read its configs",
+                extra={"topic": topic, "assumed_max_message_bytes": self._limits.limit(topic)},
+            )
 
 
 def _fatal_cause(producer: GroupCommitProducer | None) -> BaseException | None:

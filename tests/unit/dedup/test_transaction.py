@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -407,6 +408,23 @@ async def test_a_size_refusal_by_the_broker_fails_the_commit_and_marks_the_limit
     # Not guessed from the record (its whole batch was refused): read again at the next start.
     assert limits.take_stale() == ["pinecall.events"]
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+
+
+async def test_a_limit_that_cannot_be_read_again_is_an_error_that_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unreadable(client: object, names: list[str]) -> dict[str, int]:
+        return {}  # as without DescribeConfigs: the cluster answers, without the topic
+
+    monkeypatch.setattr(transaction, "max_message_bytes", unreadable)
+    limits = TopicLimits(1_048_576)
+    limits.mark_stale("pinecall.events")
+    out, _, _ = stage_producer(limits)
+    caplog.set_level(logging.ERROR, logger="bridge.dedup.transaction")
+    await out._relearn_limits()
+    [line] = [r for r in caplog.records if "max.message.bytes cannot be read" in r.getMessage()]
+    assert line.__dict__["topic"] == "pinecall.events"
+    assert "BRIDGE_KAFKA__MAX_REQUEST_BYTES" in line.getMessage()
 
 
 async def test_abandon_gives_up_the_transaction_and_its_producer() -> None:
