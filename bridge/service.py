@@ -132,6 +132,10 @@ class Bridge:
                 and (self.lease is None or self.lease.alive)
             ),
         )
+        if stages == "dedup":
+            # `ready` is /readyz's answer, and the pod's /readyz is its webhook workers': a
+            # dedup process's own would make the pod look unready to whoever reads the gauge.
+            self.metrics.registry.unregister(self.metrics.ready)
         self.feed: WebSocketSource | None = None
         self.lease = (
             FeedLease(

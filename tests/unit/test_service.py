@@ -97,6 +97,16 @@ async def test_the_dedup_process_reads_no_feed_and_exports_none_of_its_series() 
     assert [name for name in FEED_SERIES if name in text] == []
 
 
+def test_only_a_process_serving_the_port_exports_its_readiness() -> None:
+    settings = load_settings(webhook={"secrets": ["s"]})
+    exported = {
+        stages: "pinecall_bridge_ready "
+        in Bridge(settings, stages=stages).metrics.render().decode()
+        for stages in get_args(Stages)
+    }
+    assert exported == {"both": True, "ingest": True, "dedup": False}
+
+
 async def stays_closed_while_started(stages: Stages) -> bool:
     """Whether the process listens on its HTTP port between start() and stop()."""
     port = free_port()
