@@ -378,6 +378,11 @@ class WebSocketSettings(BaseModel):
     def _backlog_takes_a_frame(self) -> WebSocketSettings:
         if self.max_backlog_bytes < self.max_frame_bytes:
             raise ValueError("max_backlog_bytes must be at least max_frame_bytes")
+        if self.backoff_initial_seconds > self.backoff_max_seconds:
+            raise ValueError(
+                "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS must not exceed"
+                " BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS"
+            )
         return self
 
 
@@ -451,10 +456,23 @@ class Settings(BaseSettings):
                 " (the call logs are read with it)"
             )
         t = self.topics
-        outputs = {t.events, t.alerts, t.dlq, t.ephemeral, *(r.topic for r in self.routing.rules)}
+        outputs = {
+            "BRIDGE_TOPICS__EVENTS": t.events,
+            "BRIDGE_TOPICS__ALERTS": t.alerts,
+            "BRIDGE_TOPICS__DLQ": t.dlq,
+            "BRIDGE_TOPICS__EPHEMERAL": t.ephemeral,
+            **{
+                f"BRIDGE_ROUTING__RULES[{n}].topic": r.topic
+                for n, r in enumerate(self.routing.rules)
+            },
+        }
         for name, internal in (("ingest", t.ingest), ("feed_lease", t.feed_lease)):
-            if internal in outputs:
-                raise ValueError(f"BRIDGE_TOPICS__{name.upper()} must not be an output topic")
+            clash = next((output for output, topic in outputs.items() if topic == internal), None)
+            if clash is not None:
+                raise ValueError(
+                    f"BRIDGE_TOPICS__{name.upper()} must not be an output topic"
+                    f" ({internal!r} is {clash} too)"
+                )
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
         record = self.kafka.max_request_bytes
@@ -491,8 +509,18 @@ class ConfigError(Exception):
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
-    fields = [str(part) for part in loc if isinstance(part, str)]
-    return "BRIDGE_" + "__".join(field.upper() for field in fields) if fields else "BRIDGE_*"
+    """The variable of a field; an item of a list (a routing rule) as `[index].field`."""
+    names: list[str] = []
+    for n, part in enumerate(loc):
+        if isinstance(part, int):
+            inner = ".".join(str(p) for p in loc[n + 1 :])
+            return _variable(names) + f"[{part}]" + (f".{inner}" if inner else "")
+        names.append(part)
+    return _variable(names)
+
+
+def _variable(names: list[str]) -> str:
+    return "BRIDGE_" + "__".join(name.upper() for name in names) if names else "BRIDGE_*"
 
 
 def load_settings(**overrides: Any) -> Settings:

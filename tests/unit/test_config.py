@@ -271,15 +271,31 @@ def test_settings_the_protocol_would_ignore_are_refused(
         ),
         (
             {"BRIDGE_TOPICS__INGEST": "pinecall.alerts"},
-            "BRIDGE_TOPICS__INGEST must not be an output topic",
+            "BRIDGE_TOPICS__INGEST must not be an output topic ('pinecall.alerts' is"
+            " BRIDGE_TOPICS__ALERTS too)",
         ),
         (
             {"BRIDGE_TOPICS__FEED_LEASE": "eph", "BRIDGE_TOPICS__EPHEMERAL": "eph"},
-            "BRIDGE_TOPICS__FEED_LEASE must not be an output topic",
+            "BRIDGE_TOPICS__FEED_LEASE must not be an output topic ('eph' is"
+            " BRIDGE_TOPICS__EPHEMERAL too)",
         ),
         (
             {"BRIDGE_ROUTING__RULES": '[{"match": "metrics.*", "topic": "pinecall.ingest"}]'},
-            "BRIDGE_TOPICS__INGEST must not be an output topic",
+            "BRIDGE_TOPICS__INGEST must not be an output topic ('pinecall.ingest' is"
+            " BRIDGE_ROUTING__RULES[0].topic too)",
+        ),
+        (
+            {
+                "BRIDGE_ROUTING__RULES": '[{"match": "a.*", "topic": "a"},'
+                ' {"match": "b.*", "topic": ""}]'
+            },
+            "BRIDGE_ROUTING__RULES[1].topic: '' is not a valid Kafka topic name"
+            " ([A-Za-z0-9._-], 1-249 chars)",
+        ),
+        (
+            {"BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "60"},
+            "BRIDGE_WEBSOCKET: BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS must not exceed"
+            " BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS",
         ),
         (
             {"BRIDGE_TOPICS__FEED_LEASE": "pinecall.ingest"},
