@@ -163,6 +163,28 @@ def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
     assert "must exceed" in done.stderr
 
 
+@pytest.mark.parametrize("cpu", ["100m", "0.25", "", None])
+def test_autoscaling_on_a_small_cpu_request_is_refused(cpu: str | None) -> None:
+    request = [] if cpu is None else ["--set-string", f"resources.requests.cpu={cpu}"]
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "autoscaling.enabled=true", *request,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "needs resources.requests.cpu of at least 500m" in done.stderr
+
+
+@pytest.mark.parametrize("cpu", ["500m", "0.5", "2"])
+def test_autoscaling_scales_in_one_pod_at_a_time_after_a_window(cpu: str) -> None:
+    hpa = one(
+        render(SIGNED, "autoscaling.enabled=true", f"resources.requests.cpu={cpu}"),
+        "HorizontalPodAutoscaler",
+    )
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 600
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
+
+
 def env_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
     return {
         e["name"]: e["valueFrom"]["secretKeyRef"]
@@ -474,7 +496,11 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     assert "isolation.level=read_committed" in notes
     assert "ingest partitions" not in notes.split("Exactly once")[0]
     notes = render_notes(
-        tmp_path / "3", SIGNED, "autoscaling.enabled=true", "autoscaling.maxReplicas=16"
+        tmp_path / "3",
+        SIGNED,
+        "autoscaling.enabled=true",
+        "autoscaling.maxReplicas=16",
+        "resources.requests.cpu=1",
     )
     assert "up to 16 replicas but 12 ingest partitions" in notes
 
