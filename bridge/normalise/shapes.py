@@ -50,7 +50,9 @@ def normalise(item: Any, *, channel: Channel, received_at: float) -> Event | Unr
     """Map one decoded JSON value to an Event, or say why it is not one."""
     if not isinstance(item, dict):
         return Unrecognised("not_an_object", item)
-    if "type" not in item and isinstance(item.get("event"), str):
+    # The older SDK's frame spreads its payload over the envelope, so a `type` may be payload
+    # (a participant's "sip"): its `callId` says which shape it is.
+    if isinstance(item.get("event"), str) and ("type" not in item or "callId" in item):
         return _legacy(item, channel, received_at)
     event_type = item.get("type")
     if event_type is None:

@@ -134,6 +134,12 @@ def test_legacy_frame() -> None:
     assert e.data == {"from": "+1", "timestamp": 1_700_000_000}
 
 
+def test_legacy_frame_whose_payload_has_a_type() -> None:
+    e = norm({"event": "participant.joined", "callId": "CA_1", "type": "sip", "id": "CA_1:7"})
+    assert (e.type, e.call, e.id) == ("participant.joined", "CA_1", "CA_1:7")
+    assert e.data == {"type": "sip"}
+
+
 def test_unknown_fields_and_types_are_kept() -> None:
     e = norm(entry(type="brand.new.type", region="eu"))
     assert e.type == "brand.new.type"
