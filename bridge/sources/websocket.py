@@ -277,7 +277,23 @@ class WebSocketSource:
 
     async def _refresh(self, tokens: TokenClient, current: _Opened, after: float) -> _Opened:
         await asyncio.sleep(after)
-        successor = await self._open(tokens)
+        attempt = 0
+        while True:
+            try:
+                successor = await self._open(tokens)
+                break
+            except (TokenError, OSError, TimeoutError, InvalidHandshake) as exc:
+                # The current connection lives until its token expires: a failed refresh is
+                # tried again meanwhile, or its frames are lost until a reconnect after expiry.
+                delay = min(0.25 * 2**attempt, 5.0)
+                attempt += 1
+                if current.expires_at is None or time.time() + delay >= current.expires_at:
+                    raise
+                log.warning(
+                    "feed token refresh failed; retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
         try:
             # Its first frame (the subscription's ack) says the server sends to it now.
             with contextlib.suppress(TimeoutError):

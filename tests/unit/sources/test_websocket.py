@@ -49,6 +49,7 @@ class FakeFeed:
         self.subscriptions: list[Any] = []
         self.tokens_seen: list[str | None] = []
         self.token_status = 200
+        self.token_failures = 0  # the next requests answered 503, then served again
         self.expires_in: float = 60
         app = web.Application()
         app.router.add_post("/v1/auth/websocket-token", self.token)
@@ -60,6 +61,9 @@ class FakeFeed:
             return web.json_response({"error": "unauthorized"}, status=401)
         if self.token_status != 200:
             return web.json_response({"error": "nope"}, status=self.token_status)
+        if self.token_failures:
+            self.token_failures -= 1
+            return web.json_response({"error": "busy"}, status=503)
         self.token_requests += 1
         return web.json_response(
             {"token": f"tok-{self.token_requests}", "expires_in": self.expires_in}
@@ -520,6 +524,35 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
         "pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}
     )
     assert not reconnects
+
+
+async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    feed.expires_in = 4.0
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    try:
+        await until(lambda: feed.connections == 1)
+        feed.token_failures = 2  # the refresh's first two tries
+        await until(lambda: feed.connections == 2, within=4)  # before the 4 s expiry
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
+    reconnects = sum(
+        metrics.registry.get_sample_value(
+            "pinecall_bridge_websocket_reconnects_total", {"reason": reason}
+        )
+        or 0
+        for reason in ("closed", "auth", "token_error", "connect_error", "error")
+    )
+    assert reconnects == 0
 
 
 async def test_a_crashed_reader_is_counted_and_restarted_not_silently_gone(
