@@ -185,7 +185,8 @@ class Metrics:
         )
         self.dedup_transactions = Counter(
             f"{PREFIX}_dedup_transactions_total",
-            "Dedup-stage transactions by outcome: committed or aborted.",
+            "Dedup-stage transactions by outcome: committed, aborted, or unknown (a commit"
+            " sent and unanswered: the coordinator commits or aborts it).",
             ["outcome"],
             registry=r,
         )
@@ -317,7 +318,7 @@ class Metrics:
         # must count as an increase from 0, not as the series appearing.
         for reason in ("fenced", "timeout", "error"):
             self.dedup_partitions_lost.labels(reason)
-        for outcome in ("committed", "aborted"):
+        for outcome in ("committed", "aborted", "unknown"):
             self.dedup_transactions.labels(outcome)
         for client in ("ingest_producer", "dedup_consumer"):
             self.kafka_client_restarts.labels(client)

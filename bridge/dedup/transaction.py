@@ -81,6 +81,8 @@ class _Transaction:
     # silently missing): the first failure of its sends, checked before commit. Kept here, not
     # on the stage: a dropped producer's sends may fail later, during another transaction.
     send_error: BaseException | None = None
+    # EndTxn(COMMIT) was sent: if no answer comes in time, the coordinator may commit it still.
+    ending: bool = False
 
 
 class StageProducer:
@@ -242,6 +244,7 @@ class StageProducer:
             )
             raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
         await producer.send_offsets_with_group(offsets, group)
+        txn.ending = True
         await producer.commit_transaction()
         self._txn = None
         self._count(txn)
@@ -277,7 +280,8 @@ class StageProducer:
             log.exception("dedup step failed")
             reason, cause = "error", exc
         touched = self.partitions | also
-        await self.abandon()
+        unanswered = reason == "timeout" and self._txn is not None and self._txn.ending
+        await self.abandon("unknown" if unanswered else "aborted")
         raise TransactionLostError(reason, touched) from cause
 
     def _log_fenced(self, exc: BaseException) -> None:
@@ -289,11 +293,13 @@ class StageProducer:
             extra={"error": repr(exc), "transactional_id": self.transactional_id},
         )
 
-    async def abandon(self) -> None:
-        """Give up the open transaction, if any: its records are never read."""
+    async def abandon(self, outcome: str = "aborted") -> None:
+        """Give up the open transaction, if any: its records are never read (`aborted`), or, when
+        its commit went out unanswered, read once or never as the coordinator decides (`unknown`).
+        """
         # The producer goes with the transaction: only its replacement's start aborts it for sure.
         if self._txn is not None:
-            self._metrics.dedup_transactions.labels("aborted").inc()
+            self._metrics.dedup_transactions.labels(outcome).inc()
         self._txn = None
         await self._drop_producer()
         self._restart_soon()
