@@ -301,6 +301,11 @@ class ShutdownSettings(BaseModel):
         return self
 
 
+def final_phase_seconds(grace: float) -> float:
+    """The end of a grace period kept for the ingest flush, the dedup commit and its leave."""
+    return min(5.0, grace / 4)
+
+
 class CloudEventsSettings(BaseModel):
     source: str = Field(default="https://api.pinecall.io", min_length=1)
     # The Kafka protocol binding's content mode: the whole event in the value, or `data` in the

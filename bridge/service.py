@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bridge import looplag
 from bridge.app import Readiness, build_app
-from bridge.config import Settings
+from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
@@ -408,7 +408,7 @@ class Bridge:
         if self.hanging is not None:
             await self.hanging.stop()
         # The flush keeps a share of the grace period whatever phase one does.
-        flush_from = deadline - min(5.0, grace / 4)
+        flush_from = deadline - final_phase_seconds(grace)
         # The delay lets load balancers stop sending to a closing port: without one, nobody sends.
         delay = self.settings.shutdown.drain_delay_seconds if self._runner is not None else 0.0
         try:

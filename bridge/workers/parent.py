@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bridge.config import Settings
+from bridge.config import Settings, final_phase_seconds
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
 
@@ -101,9 +101,11 @@ class Parent:
         if last:
             # The dedup process stops once the webhook workers have flushed what they took to the
             # ingest topic, so its drain outputs those records before it leaves its group: as a
-            # single process flushes its ingest producer before its dedup stage drains.
+            # single process flushes its ingest producer before its dedup stage drains. Not
+            # later than the grace period's final phase: it needs that to commit and leave.
             await asyncio.wait(
-                [s for i, s in enumerate(slots) if i not in last], timeout=self._grace
+                [s for i, s in enumerate(slots) if i not in last],
+                timeout=self._grace - final_phase_seconds(self._grace),
             )
             self._tell(last, self._signal)
         _, running = await asyncio.wait(slots, timeout=max(deadline - loop.time(), 0.0))
