@@ -17,8 +17,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaError,
+    OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
+    UnknownProducerId,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
@@ -33,6 +35,10 @@ from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = "max.message.bytes"
+# Answers after which an idempotent producer cannot send to a partition again (aiokafka#1017):
+# a batch failed after taking its sequence numbers (expired, refused for its size), or the
+# broker forgot the producer.
+WEDGING = (OutOfOrderSequenceNumber, UnknownProducerId)
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -165,7 +171,8 @@ class KafkaSink:
         self.limits = TopicLimits(settings.max_request_bytes)
         self._producer: AIOKafkaProducer | None = None
         self._probe: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()  # a send found the sender task dead: replace it now
+        self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
+        self._wedged: tuple[AIOKafkaProducer, str] | None = None
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
@@ -237,7 +244,19 @@ class KafkaSink:
             if producer_died(producer) is not None:
                 self._wake.set()
             raise
+        future.add_done_callback(functools.partial(self._check_delivery, producer))
         return future
+
+    def _check_delivery(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> None:
+        """A refusal that leaves the idempotent producer's sequence with a gap wedges it."""
+        if delivery.cancelled():
+            return
+        error = delivery.exception()
+        if isinstance(error, WEDGING) and producer is self._producer and self._wedged is None:
+            # Every later record of that partition would be refused as out of order, for good,
+            # while the producer looks alive: only a new producer (id) starts a new sequence.
+            self._wedged = (producer, type(error).__name__)
+            self._wake.set()
 
     def mark_unreachable(self) -> None:
         """A publish timed out: report the cluster as unreachable until the probe sees it again."""
@@ -347,6 +366,9 @@ class KafkaSink:
             if producer is None:
                 return
             died = producer_died(producer)
+            wedged = self._wedged
+            if died is None and wedged is not None and wedged[0] is producer:
+                died = f"its sequence has a gap ({wedged[1]})"
             if died is not None:
                 await self._replace(producer, died)
                 continue
@@ -368,14 +390,12 @@ class KafkaSink:
                 self._after_probe()
 
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
-        """Its sender task died, so every send fails: start a new producer in its place.
+        """Its sender task died, or its sequence has a gap, so sends fail: start a new producer.
 
         The dead one already failed what it held (answered 503, so retried by Pinecall).
         """
         self._set_connected(False)
-        log.error(
-            "the Kafka producer's sender task died; replacing the producer", extra={"why": why}
-        )
+        log.error("the Kafka producer cannot send; replacing the producer", extra={"why": why})
         try:
             fresh = await self._started_producer()
         except Exception as exc:
@@ -392,6 +412,7 @@ class KafkaSink:
                 log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
             return
         self._producer = fresh
+        self._wedged = None
         self._replace_failures = 0
         self.alive = True
         self._metrics.kafka_client_restarts.labels("ingest_producer").inc()

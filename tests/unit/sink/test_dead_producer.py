@@ -6,10 +6,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+)
 
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
@@ -62,6 +68,7 @@ class FakeProducer:
         self._sender = _Sender()
         self.client = _Client()
         self.sent: list[bytes | None] = []
+        self.refusals: list[BaseException] = []  # what Kafka answers the next sends
         self.stopped = False
         self._death: asyncio.Future[BaseException] | None = None
         FakeProducer.made.append(self)
@@ -88,7 +95,10 @@ class FakeProducer:
             raise KafkaError("Unexpected error during batch delivery")
         self.sent.append(value)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if self.refusals:
+            done.set_exception(self.refusals.pop(0))
+        else:
+            done.set_result(None)
         return done
 
     async def stop(self) -> None:
@@ -135,6 +145,33 @@ async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced
     assert first.stopped
     assert restarts(metrics) == 1
     assert sink.alive
+    await sink.stop()
+
+
+async def test_a_sequence_gap_has_the_producer_replaced() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics)  # no probe within the test: the refusal wakes it
+    first = FakeProducer.made[0]
+    # A timeout says nothing about the producer; an out-of-order answer means every later
+    # record of that partition would be refused too, while the producer looks alive.
+    first.refusals = [KafkaTimeoutError(), OutOfOrderSequenceNumber()]
+    with pytest.raises(KafkaTimeoutError):
+        await (await sink.send(RECORD))
+    await asyncio.sleep(0.05)
+    assert len(FakeProducer.made) == 1
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await (await sink.send(RECORD))
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+    await (await sink.send(RECORD))
+    assert FakeProducer.made[1].sent == [b"v"]
+    assert first.stopped
+    assert restarts(metrics) == 1
+    # The old producer's late refusals do not take its successor down too.
+    late: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    late.set_exception(OutOfOrderSequenceNumber())
+    sink._check_delivery(cast(AIOKafkaProducer, first), late)
+    await asyncio.sleep(0.05)
+    assert len(FakeProducer.made) == 2
     await sink.stop()
 
 
