@@ -42,7 +42,12 @@ _REFUSED = _Refused()
 
 
 class Sender(Protocol):
-    """What the pipeline needs of a sink (KafkaSink in production, fakes in unit tests)."""
+    """What the pipeline needs of a sink (KafkaSink in production, fakes in unit tests).
+
+    `generation` counts the producers it has had: a replacement changes it.
+    """
+
+    generation: int
 
     async def send(self, record: Record) -> asyncio.Future[Any]: ...
 
@@ -127,6 +132,7 @@ class Pipeline:
         result = BatchResult()
         sent: list[_Sent] = []
         held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
+        generation = self._sink.generation
         for n, item in enumerate(items):
             if n and n % _YIELD_EVERY == 0:
                 # A 1 MiB array of tiny items is thousands of sends that need not suspend:
@@ -169,6 +175,12 @@ class Pipeline:
                 # An earlier event of this call failed: sending this one would put it before
                 # that event's retry. It fails too, and the retry sends both in order.
                 self._fail("held_back", result)
+                continue
+            if self._sink.generation != generation:
+                # The producer was replaced during this delivery: an earlier event of the same
+                # call, left with the old one, may yet fail (or land after this one). The rest
+                # fails, and the retry sends it all in order through the new producer.
+                self._fail("producer_replaced", result)
                 continue
             delivery = await self._send(record, deadline, result)
             if delivery is _REFUSED and reason is None:

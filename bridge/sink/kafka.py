@@ -173,6 +173,7 @@ class KafkaSink:
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
         self._wedged: tuple[AIOKafkaProducer, str] | None = None
+        self.generation = 0  # the producers replaced so far
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
@@ -412,6 +413,7 @@ class KafkaSink:
                 log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
             return
         self._producer = fresh
+        self.generation += 1
         self._wedged = None
         self._replace_failures = 0
         self.alive = True

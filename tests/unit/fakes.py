@@ -63,6 +63,7 @@ class FakeSink:
         self.block_send = False
         self.reachable: bool | None = None
         self.limits: TopicLimits | None = None  # checked as KafkaSink checks them
+        self.generation = 0  # a test replacing the producer bumps it
 
     async def send(self, record: Record) -> asyncio.Future[Any]:
         if self.block_send:

@@ -402,6 +402,24 @@ async def test_after_a_failed_send_later_events_of_that_call_wait_for_the_retry(
     assert ids(sink)[2:] == ["CA_1:1", "CA_1:2", "CA_1:3", "CA_2:1"]
 
 
+async def test_a_producer_replaced_during_a_delivery_fails_the_rest_of_it() -> None:
+    class ReplacedAfterOne(FakeSink):
+        async def send(self, record: Record) -> asyncio.Future[Any]:
+            future = await super().send(record)
+            self.generation += 1  # the probe swapped producers while this record was in flight
+            return future
+
+    sink = ReplacedAfterOne()
+    pipeline, metrics = make(sink)
+    result = await pipeline.submit([entry(1), entry(2, call="CA_2"), entry(3)], "sse")
+    # Event 1 went to the old producer, which may yet fail it: 3 must not overtake it.
+    assert (result.accepted, result.failed) == (1, 2)
+    assert len(sink.records) == 1
+    assert (
+        sample(metrics, "pinecall_bridge_publish_failures_total", reason="producer_replaced") == 2
+    )
+
+
 async def test_a_huge_array_lets_other_requests_run_while_it_is_written() -> None:
     # Thousands of tiny items used to be sent without once giving the event loop back.
     pipeline, _ = make(FakeSink())
