@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -106,7 +108,27 @@ class KafkaSettings(BaseModel):
                 f"sasl_* settings are ignored with {self.security_protocol}:"
                 " use SASL_PLAINTEXT or SASL_SSL"
             )
+        if uses_tls:
+            self._tls_loads()
         return self
+
+    def _tls_loads(self) -> None:
+        """Load the TLS files now: a file that is no PEM, or a wrong key password, is a config
+        error (`check` says so, exit 2), not a traceback from every start."""
+        try:
+            create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                password=self.ssl_key_password.get_secret_value()
+                if self.ssl_key_password
+                else None,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                "the TLS files could not be loaded (ssl_cafile, ssl_certfile, ssl_keyfile,"
+                f" ssl_key_password): {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class HttpSettings(BaseModel):

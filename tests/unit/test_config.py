@@ -401,3 +401,18 @@ def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> N
         load_settings()
     [problem] = caught.value.problems
     assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT" in problem
+
+
+def test_tls_files_that_do_not_load_are_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("BRIDGE_KAFKA__SSL_CAFILE", str(not_pem))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [problem] = caught.value.problems
+    assert problem.startswith("BRIDGE_KAFKA: the TLS files could not be loaded"), problem
+    assert "SSLError" in problem
