@@ -51,10 +51,16 @@ class Supervisor:
         crashes: deque[float] = deque()
         while True:
             try:
-                await run()
-                return
-            except asyncio.CancelledError:
-                raise
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError as cancelled:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this task is being cancelled: it ends
+                    # A future someone else cancelled (aiokafka's, on a client's stop): a crash
+                    # like any other, or the task would end unseen, and with it what it runs.
+                    raise RuntimeError("a cancelled future inside the task") from cancelled
             except Exception as exc:
                 self._metrics.task_crashes.labels(name).inc()
                 now = self._clock()

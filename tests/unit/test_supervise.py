@@ -112,6 +112,27 @@ async def test_cancellation_is_not_a_crash() -> None:
     assert crashes(metrics, "forever") == 0
 
 
+async def test_a_future_cancelled_by_someone_else_is_a_crash_not_the_tasks_end() -> None:
+    # aiokafka cancels its own futures when a client stops: the task awaiting one is not being
+    # cancelled, and ending it unseen would stop what it runs (say, the dedup stage) for good.
+    metrics = Metrics()
+    runs = 0
+
+    async def awaits_a_foreign_future() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.cancel)
+            await future
+
+    await asyncio.wait_for(
+        Supervisor(metrics, first_delay=0.001).spawn("x", awaits_a_foreign_future), 5
+    )
+    assert runs == 2
+    assert crashes(metrics, "x") == 1
+
+
 async def test_the_bridge_escalates_a_task_crashing_too_often_to_a_non_zero_exit() -> None:
     from bridge.config import load_settings
     from bridge.service import Bridge
