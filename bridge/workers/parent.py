@@ -175,7 +175,12 @@ class Parent:
         )
         # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
         process = await asyncio.create_subprocess_exec(
-            *self._command, env={**os.environ, **role.env()}, stdin=subprocess.DEVNULL
+            *self._command,
+            env={**os.environ, **role.env()},
+            stdin=subprocess.DEVNULL,
+            # A group of its own: a terminal's Ctrl-C reaches only the parent, which stops the
+            # workers in two phases (a dedup process last); PDEATHSIG still ties them to it.
+            process_group=0,
         )
         self._processes[index] = process
         log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -151,6 +152,22 @@ async def test_a_dedup_process_keeps_the_final_phase_when_a_webhook_worker_overr
     stops = stops_of(started)
     left = stops[1]["stop_by"] - stops[1]["got_monotonic"]
     assert left >= 0.5 - 0.1, stops  # a quarter of the grace period, less the signal's way
+
+
+async def test_workers_run_in_a_process_group_of_their_own(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C goes to the foreground group: it must reach only the parent, which
+    # stops the dedup process after the webhook workers.
+    supervisor, started = parent(tmp_path, "wait", count=2, dedup_process=True)
+    running = asyncio.create_task(supervisor.run())
+    try:
+        roles = await until_started(started, 2)
+        groups = {os.getpgid(role["pid"]) for role in roles}
+        assert groups == {role["pid"] for role in roles}
+        assert os.getpgid(0) not in groups
+    finally:
+        supervisor.stop(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await running
 
 
 async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
