@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from bridge.config import MAX_WORKERS
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -44,7 +46,9 @@ def resolve_workers(setting: int, root: Path = CGROUP_ROOT, *, dedup_process: bo
     """
     if setting > 0:
         return setting
-    return max(1, available_cpus(len(os.sched_getaffinity(0)), read_cpu_max(root)) - dedup_process)
+    cpus = available_cpus(len(os.sched_getaffinity(0)), read_cpu_max(root))
+    # A large node without a CPU limit: as many as an explicit setting may ask for, no more.
+    return max(1, min(cpus - dedup_process, MAX_WORKERS))
 
 
 def read_cpu_max(root: Path = CGROUP_ROOT) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config import MAX_WORKERS
 from bridge.workers.cpus import (
     available_cpus,
     cgroup_dir,
@@ -67,6 +68,13 @@ def test_one_per_cpu_leaves_the_dedup_process_a_cpu_but_keeps_one_worker(
     assert resolve_workers(4, tmp_path, dedup_process=True) == 4  # explicit: as it is
     (tmp_path / "cpu.max").write_text("100000 100000\n")
     assert resolve_workers(0, tmp_path, dedup_process=True) == 1
+
+
+def test_one_per_cpu_on_a_large_node_stops_at_the_settings_maximum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(192)))
+    assert resolve_workers(0, tmp_path) == MAX_WORKERS
 
 
 def test_no_cgroup_file_means_the_affinity_mask(tmp_path: Path) -> None:
