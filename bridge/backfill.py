@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -257,6 +258,14 @@ def run_backfill(
         MofNCompleteColumn(),
         TextColumn("calls, {task.fields[entries]} entries submitted"),
     )
+    ttl = settings.dedup.ttl_seconds
+    if since is not None and since < time.time() - ttl:
+        console.print(
+            f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
+            " (BRIDGE_DEDUP__TTL_SECONDS): entries published longer ago than that are published"
+            " again, with the same CloudEvent ids",
+            highlight=False,
+        )
     with Progress(*columns, console=console, transient=False) as bar:
         total = len(set(calls)) if since is None else None  # known once the list is read
         report = asyncio.run(
@@ -276,8 +285,9 @@ def run_backfill(
                 highlight=False,
             )
     console.print(
-        f"{report.entries} entries from {len(report.calls)} calls; the dedup stage publishes"
-        " only those not published before.",
+        f"{report.entries} entries from {len(report.calls)} calls; the dedup stage drops those"
+        f" it saw in the last {ttl:g} s, and publishes the rest (again, for entries published"
+        " before that).",
         highlight=False,
     )
     return 0 if report.ok else 1

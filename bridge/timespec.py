@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime
 
 _EPOCH = re.compile(r"\d+(?:\.\d+)?")
+# ISO-8601's basic date (20261201): as epoch seconds it would be August 1970.
+_BASIC_DATE = re.compile(r"\d{8}")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 
@@ -19,7 +21,7 @@ def parse_since(text: str, now: float) -> float:
     value = text.strip()
     if span := _SPAN.fullmatch(value):
         when = now - float(span.group(1)) * _UNIT_SECONDS[span.group(2).lower()]
-    elif _EPOCH.fullmatch(value):
+    elif _EPOCH.fullmatch(value) and not _BASIC_DATE.fullmatch(value):
         when = float(value)
     else:
         try:

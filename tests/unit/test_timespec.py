@@ -27,6 +27,7 @@ def test_epoch_seconds() -> None:
         ("2026-12-01T09:00:00+01:00", datetime(2026, 12, 1, 8, tzinfo=UTC)),
         ("2026-12-01T09:00", datetime(2026, 12, 1, 9, tzinfo=UTC)),  # no zone: UTC
         ("2026-12-01", datetime(2026, 12, 1, tzinfo=UTC)),
+        ("20261201", datetime(2026, 12, 1, tzinfo=UTC)),  # the basic format, not 1970
     ],
 )
 def test_iso_8601_is_utc_unless_it_says(text: str, when: datetime) -> None:
