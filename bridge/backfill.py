@@ -206,8 +206,10 @@ async def _calls_since(
 
 async def _submit(pipeline: Pipeline, entries: list[object]) -> BatchResult:
     result = BatchResult()
+    first: float | None = None  # a retry is the same delivery, received then
     for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-        result = await pipeline.submit(entries, "sse", again=attempt > 1)
+        result = await pipeline.submit(entries, "sse", received_at=first)
+        first = result.received_at
         if result.ok:
             return result
         # The ingest stage is idempotent per id downstream: resubmitting the page is safe.

@@ -69,6 +69,7 @@ class BatchResult:
     failed: int = 0
     refused: int = 0
     failure_reasons: set[str] = field(default_factory=set)
+    received_at: float = 0.0  # when the delivery was received: a retry passes it on
 
     @property
     def ok(self) -> bool:
@@ -119,17 +120,25 @@ class Pipeline:
         metrics.inflight.set_function(lambda: self._records_in_flight)
 
     async def submit(
-        self, items: list[Any], channel: Channel, *, raw: bytes | None = None, again: bool = False
+        self,
+        items: list[Any],
+        channel: Channel,
+        *,
+        raw: bytes | None = None,
+        received_at: float | None = None,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
         `raw` is the exact body when it holds a single item, so a dead letter keeps its bytes.
-        `again`: a source's own retry of the delivery, whose items were counted as received.
+        `received_at` is set by a source retrying a delivery: when it was first submitted. Its
+        items were counted as received then, and its latencies run from then.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        received_at = self._clock()
-        result = BatchResult()
+        again = received_at is not None
+        if received_at is None:
+            received_at = self._clock()
+        result = BatchResult(received_at=received_at)
         sent: list[_Sent] = []
         held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
         generation = self._sink.generation

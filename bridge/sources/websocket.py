@@ -371,9 +371,11 @@ class WebSocketSource:
     async def _publish(self, batch: list[Any]) -> None:
         """Retry until Kafka acknowledges the whole batch; dedup makes retries publish the rest."""
         attempt = 0
+        first: float | None = None  # a retry is the same delivery, received then
         while True:
             try:
-                result = await self._pipeline.submit(batch, "websocket", again=attempt > 0)
+                result = await self._pipeline.submit(batch, "websocket", received_at=first)
+                first = result.received_at
             except Exception:  # a bug must not end publishing silently, nor drop the batch
                 log.exception("feed batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -321,14 +321,19 @@ async def test_a_sources_own_retry_is_not_received_again() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     batch = [entry(1), entry(2, type="user.transcript", ephemeral=True)]
-    await pipeline.submit(batch, "sse")
-    await pipeline.submit(batch, "sse", again=True)  # Kafka failed the first: sent once more
+    first = await pipeline.submit(batch, "sse")
+    await asyncio.sleep(0.01)
+    # Kafka failed the first: the source sends the same delivery once more.
+    await pipeline.submit(batch, "sse", received_at=first.received_at)
     assert (
         sample(metrics, "pinecall_bridge_events_received_total", channel="sse", type="turn.user")
         == 1
     )
     assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="ephemeral") == 1
     assert len(sink.records) == 2  # both attempts reach Kafka; the dedup stage keeps one
+    # Its latency runs from the first receipt, not from the retry.
+    received = [dict(r.headers)["pinecall-ingest-received-at"] for r in sink.records]
+    assert received[0] == received[1] == repr(first.received_at).encode()
 
 
 async def test_an_item_its_source_calls_unrecognised_is_dead_lettered_as_it_says() -> None:

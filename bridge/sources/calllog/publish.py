@@ -30,9 +30,11 @@ class Publisher:
         """
         attempt = 0
         batch = list(items)
+        first: float | None = None  # a retry is the same delivery, received then
         while True:
             try:
-                result = await self._pipeline.submit(batch, "sse", again=attempt > 0)
+                result = await self._pipeline.submit(batch, "sse", received_at=first)
+                first = result.received_at
             except Exception:  # a bug must not drop entries silently: retry, then re-read
                 log.exception("call log batch failed unexpectedly; retrying it")
                 failed = len(batch)

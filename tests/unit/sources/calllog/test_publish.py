@@ -1,0 +1,40 @@
+"""The call-log publisher's retries: the same delivery, sent again until Kafka has it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from bridge.metrics import Metrics
+from bridge.pipeline import BatchResult, Pipeline
+from bridge.sources.calllog import publish
+from bridge.sources.calllog.publish import Publisher
+from tests.unit.fakes import entry
+
+
+class FlakyPipeline:
+    """Fails the first submit of a delivery, takes the second; notes what each was told."""
+
+    def __init__(self) -> None:
+        self.told: list[float | None] = []
+
+    async def submit(
+        self, items: list[Any], channel: str, *, received_at: float | None = None
+    ) -> BatchResult:
+        self.told.append(received_at)
+        if len(self.told) == 1:
+            return BatchResult(failed=len(items), received_at=100.0)
+        return BatchResult(accepted=len(items), received_at=received_at or 0.0)
+
+
+async def test_a_retry_is_the_same_delivery_received_at_its_first_submit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(publish, "RETRY_DELAYS", (0.0,))
+    pipeline = FlakyPipeline()
+    publisher = Publisher(cast(Pipeline, pipeline), Metrics(), asyncio.Event())
+    assert await publisher.publish([entry(1), entry(2)])
+    # None: a new delivery, received now; then the time the pipeline said it was received.
+    assert pipeline.told == [None, 100.0]
