@@ -120,6 +120,26 @@ async def hold_open(ws: web.WebSocketResponse) -> None:
         pass
 
 
+def sending(count: int) -> Script:
+    """A feed that sends entries 1..count on each connection, then holds it open."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, count + 1):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    return script
+
+
+async def started(
+    ws_settings: WebSocketSettings, api: PinecallSettings, sink: FakeSink, metrics: Metrics
+) -> WebSocketSource:
+    """A started source publishing through a pipeline over `sink`."""
+    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
+    await source.start()
+    return source
+
+
 async def test_reads_in_order_and_skips_control_and_garbage(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -136,8 +156,7 @@ async def test_reads_in_order_and_skips_control_and_garbage(
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
     ws_settings, api = feed.settings(events=["turn.user", "call.ended"])
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         await until(lambda: len(sink.acked()) == 4)
         assert metrics.registry.get_sample_value("pinecall_bridge_websocket_connected") == 1
@@ -184,8 +203,7 @@ async def test_auth_close_refetches_token_and_resubscribes(
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
     ws_settings, api = feed.settings()
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         await until(lambda: len(sink.acked()) == 3, within=20)
     finally:
@@ -208,8 +226,7 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
     ws_settings, api = feed.settings(auth="bearer")
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         await until(lambda: len(sink.acked()) == 1)
     finally:
@@ -225,16 +242,10 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        for seq in range(1, 201):
-            await ws.send_json(entry(seq))
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(200))
     sink, metrics = FakeSink(auto_ack=False), Metrics()
     ws_settings, api = feed.settings(max_inflight=10)
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         # Kafka is "down": the reader goes on reading; past 10 events it drops and counts.
         await until(
@@ -277,8 +288,7 @@ async def test_a_kafka_stall_does_not_starve_the_keepalive(
     ws_settings, api = feed.settings(
         max_inflight=10, ping_interval_seconds=0.1, ping_timeout_seconds=0.3
     )
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         await asyncio.sleep(2.0)  # a stall ten pings long
         assert feed.connections == 1
@@ -304,16 +314,10 @@ async def test_a_kafka_stall_does_not_starve_the_keepalive(
 async def test_stop_flushes_what_was_read(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        for seq in range(1, 6):
-            await ws.send_json(entry(seq))
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(5))
     sink, metrics = FakeSink(auto_ack=False), Metrics()
     ws_settings, api = feed.settings()
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     await until(lambda: len(sink.records) >= 1)
 
     async def kafka_comes_back() -> None:
@@ -332,16 +336,10 @@ async def test_stop_flushes_what_was_read(
 async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        for seq in range(1, 6):
-            await ws.send_json(entry(seq))
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(5))
     sink, metrics = FakeSink(auto_ack=False), Metrics()  # Kafka never acknowledges
     ws_settings, api = feed.settings()
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
     await source.stop(asyncio.get_running_loop().time() + 0.3)
     # The batch being published counts as much as what was still queued behind it.
@@ -362,8 +360,7 @@ async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
         backoff_max_seconds=0.05,
     )
     api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
 
     def failures() -> float:
         value = metrics.registry.get_sample_value(
@@ -436,8 +433,7 @@ async def test_unanswered_pings_mean_a_dead_connection() -> None:
         backoff_max_seconds=0.05,
     )
     api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
 
     def timeouts() -> float:
         value = metrics.registry.get_sample_value(
@@ -506,8 +502,7 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
     feed.expires_in = 2.0
     sink, metrics = FakeSink(), Metrics()
     ws_settings, api = feed.settings()
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     await until(lambda: len(opened) == 1)
     publisher = asyncio.create_task(publish())
     try:
@@ -536,8 +531,7 @@ async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
     feed.expires_in = 4.0
     sink, metrics = FakeSink(), Metrics()
     ws_settings, api = feed.settings()
-    source = WebSocketSource(ws_settings, api, pipeline_with(sink, metrics), metrics)
-    await source.start()
+    source = await started(ws_settings, api, sink, metrics)
     try:
         await until(lambda: feed.connections == 1)
         feed.token_failures = 2  # the refresh's first two tries
