@@ -73,10 +73,13 @@ class Roster:
     def own(self, partition: int, live: dict[str, int], ended: set[str]) -> list[Start]:
         """A partition taken over: follow its live calls from where its records got to."""
         self.owned.add(partition)
+        starts: list[Start] = []
         for call in ended:
             if partition_of(call, self.partitions) == partition:
-                self.finished(call, ended=True)
-        starts: list[Start] = []
+                self.waiting.pop(call, None)
+                # A call still followed (its partition handed straight back) frees its slot
+                # for one that waited: that one starts now.
+                starts.extend(self.finished(call, ended=True))
         for call, after in live.items():
             starts.extend(self.offer(call, after))
         return starts

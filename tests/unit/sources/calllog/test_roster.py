@@ -54,6 +54,20 @@ def test_takeover_follows_live_calls_from_their_progress() -> None:
     assert roster.offer(done) == []
 
 
+def test_a_takeover_that_ends_a_followed_call_starts_the_one_that_waited() -> None:
+    # The partition comes back (a restart of it on this member) while its calls are followed;
+    # its records say one of them ended: the call waiting for a slot takes that slot.
+    roster = Roster(6, capacity=1)
+    a, b, c = calls_in(0, 3)
+    roster.own(0, {}, set())
+    assert roster.offer(a) == [Start(a, 0)]
+    assert roster.offer(b) == []
+    assert roster.offer(c) == []
+    assert roster.own(0, {}, {a, c}) == [Start(b, 0)]
+    assert roster.following == {b: 0}
+    assert list(roster.waiting) == []  # c ended while it waited: never started
+
+
 def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
     roster = Roster(6, capacity=2)
     a1, a2, a3 = calls_in(0, 3)
