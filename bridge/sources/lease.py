@@ -74,6 +74,7 @@ class FeedLease:
         self._consumer: AIOKafkaConsumer | None = None
         self._poller: asyncio.Task[None] | None = None
         self.held = False
+        self._stopping = False  # set by stop(): an assignment arriving meanwhile is not taken up
         self._since = 0
         self._replacement = Replacement("feed lease's consumer")
         metrics.register_feed()
@@ -87,6 +88,7 @@ class FeedLease:
     async def start(self) -> None:
         if self._consumer is not None:
             return
+        self._stopping = False
         self._consumer = await self._started_consumer()
         self._poller = self._supervisor.spawn("feed-lease", self._poll)
 
@@ -109,6 +111,9 @@ class FeedLease:
 
     async def stop(self) -> None:
         """Stop the feed if held, then leave the group so another replica takes over at once."""
+        # Leaving waits for a join already in flight, whose assignment may name this member: it
+        # would start a feed nothing stops any more.
+        self._stopping = True
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,7 +167,7 @@ class FeedLease:
             log.info("feed lease consumer replaced; rejoining the election")
 
     async def acquire(self) -> None:
-        if self.held:
+        if self.held or self._stopping:
             return
         self.held = True
         self._since = int(time.time() * 1000)

@@ -1,0 +1,59 @@
+"""The feed lease's own decisions, without Kafka: a fake consumer stands in for the group."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from bridge.metrics import Metrics
+from bridge.sources.lease import FeedLease, _Listener
+
+TOPIC = "pinecall.feed-lease"
+
+
+def lease_noting(events: list[str]) -> FeedLease:
+    async def acquired() -> None:
+        events.append("feed started")
+
+    async def lost() -> None:
+        events.append("feed stopped")
+
+    return FeedLease(
+        TOPIC,
+        "g-feed-lease",
+        {},
+        Metrics(),
+        on_acquired=acquired,
+        on_lost=lost,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+
+
+class JoinInFlight:
+    """aiokafka's stop waits for a join in flight, whose assignment can name this member."""
+
+    def __init__(self, lease: FeedLease) -> None:
+        self.lease = lease
+
+    async def stop(self) -> None:
+        await _Listener(self.lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+
+
+async def test_an_assignment_arriving_while_it_stops_starts_no_feed() -> None:
+    events: list[str] = []
+    lease = lease_noting(events)
+    lease._consumer = JoinInFlight(lease)
+    await lease.stop()
+    assert events == []
+    assert not lease.held
+
+
+async def test_the_holder_stops_its_feed_when_it_stops() -> None:
+    events: list[str] = []
+    lease = lease_noting(events)
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    assert lease.held
+    lease._consumer = JoinInFlight(lease)
+    await lease.stop()
+    assert events == ["feed started", "feed stopped"]
+    assert not lease.held
