@@ -38,6 +38,10 @@ async def restore(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # As the stage reads it: an aborted record (a transactional writer other than the
+        # bridge) it never decided must not enter the window, or its committed copy is dropped.
+        # The end, a committed offset, is never past the last stable offset.
+        isolation_level="read_committed",
         # Restore reads large stretches: bigger fetches mean fewer round trips.
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 from aiokafka import TopicPartition
@@ -148,3 +149,78 @@ def sends(producer: FakeProducer) -> list[bytes]:
 def steps(producer: FakeProducer) -> list[str]:
     """The names of the producer's calls, in order."""
     return [call[0] for call in producer.calls]
+
+
+@dataclass
+class LoggedRecord(FakeRecord):
+    """A record of a FakeLog; an aborted one is read by read_uncommitted readers only."""
+
+    aborted: bool = False
+
+
+@dataclass
+class FakeLog:
+    """One partition's log, read through FakeLogConsumer as restore reads a real one."""
+
+    records: list[LoggedRecord] = field(default_factory=list)
+    log_start: int = 0
+    isolation: list[str] = field(default_factory=list)  # each consumer's, as made
+
+    def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
+        self.records.append(LoggedRecord(**vars(record), aborted=aborted))
+
+    def consumer(self, **options: Any) -> FakeLogConsumer:
+        self.isolation.append(options.get("isolation_level", "read_uncommitted"))
+        return FakeLogConsumer(self, self.isolation[-1])
+
+
+class FakeLogConsumer:
+    """The calls restore makes of an AIOKafkaConsumer, over a FakeLog."""
+
+    def __init__(self, log: FakeLog, isolation: str) -> None:
+        self._log, self._isolation = log, isolation
+        self._position = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        return None
+
+    async def beginning_offsets(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, self._log.log_start)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._position = offset
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self._position
+
+    async def offsets_for_times(
+        self, query: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, Any]:
+        ((partition, at),) = query.items()
+        for r in self._log.records:
+            if r.offset >= self._log.log_start and r.timestamp >= at:
+                return {partition: SimpleNamespace(offset=r.offset, timestamp=r.timestamp)}
+        return {partition: None}
+
+    async def getmany(
+        self, partition: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[LoggedRecord]]:
+        out: list[LoggedRecord] = []
+        for r in self._log.records:
+            if r.offset < max(self._position, self._log.log_start):
+                continue
+            self._position = r.offset + 1
+            if r.aborted and self._isolation == "read_committed":
+                continue
+            out.append(r)
+            if max_records is not None and len(out) >= max_records:
+                break
+        return {partition: out} if out else {}

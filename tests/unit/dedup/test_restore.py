@@ -1,0 +1,55 @@
+"""The restore over a fake log: which records rebuild the window, and which never may."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import TopicPartition
+
+from bridge.dedup.restore import restore
+from bridge.dedup.window import SeenWindow, digest
+from tests.unit.dedup.fakes import FakeLog, ingest
+
+TP = TopicPartition("ingest", 0)
+TTL = 3.0
+
+
+def seen(window: SeenWindow, *ids: str) -> list[bool]:
+    return [digest(i) in window for i in ids]
+
+
+async def test_the_window_is_the_ttl_before_the_committed_offsets_last_record(
+    log: FakeLog,
+) -> None:
+    for n in range(10):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    window = SeenWindow(TTL, 1_000)
+    # Committed at 8: the last decided record is 7 (107 s), so 104 s on is replayed; 8 is not
+    # decided yet and must stay out, or the next owner would drop it as a copy.
+    assert await restore({}, TP, 8, window, TTL) == 4
+    assert seen(window, "CA_1:3", "CA_1:4", "CA_1:7", "CA_1:8") == [False, True, True, False]
+    assert window.stream_time == 107.0
+
+
+async def test_an_aborted_record_stays_out_of_the_window(log: FakeLog) -> None:
+    # Another transactional writer's aborted copy: the stage, reading read_committed, never
+    # decided it, and its committed copy (offset 3) was output. Restored, it would be a copy.
+    log.append(ingest(0, "CA_1:0", 100.0))
+    log.append(ingest(1, "CA_9:1", 100.5), aborted=True)
+    log.append(ingest(2, "CA_1:2", 101.0))
+    log.append(ingest(3, "CA_9:1", 101.5))
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 3, window, TTL) == 2
+    assert seen(window, "CA_1:0", "CA_9:1") == [True, False]
+    assert log.isolation == ["read_committed"]
+
+
+@pytest.mark.parametrize(("end", "log_start"), [(0, 0), (3, 5)])
+async def test_nothing_before_the_committed_offset_restores_nothing(
+    log: FakeLog, end: int, log_start: int
+) -> None:
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    log.log_start = log_start  # 5: retention deleted what came before the committed offset
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, end, window, TTL) == 0
+    assert len(window) == 0
