@@ -68,6 +68,8 @@ class PartitionTask:
             self._settings.ttl_seconds,
             self.progress,
         )
+        # The replay repeats the previous owner's early evictions, which it counted already.
+        self._evicted_reported = self.window.evicted_early
         self.position = offset
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)

@@ -12,6 +12,7 @@ from bridge.metrics import Metrics
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
+    FakeLog,
     FakeProducer,
     FakeRecord,
     ingest,
@@ -124,3 +125,21 @@ async def test_early_evictions_are_reported_once_via_committed() -> None:
     await task.process([ingest(5, "CA_1:5", 106.0)], out)
     await commit(task, out)
     assert sample(metrics, "pinecall_bridge_dedup_evicted_early_total") == 4
+
+
+async def test_a_restore_does_not_count_the_previous_owners_early_evictions_again(
+    log: FakeLog,
+) -> None:
+    # The previous owner's window (cap 2) evicted 3 ids early and counted them; the replay
+    # repeats those evictions, which the new owner's first commit counted a second time.
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> int:
+        return 5
+
+    task, out, _producer, metrics = make(max_entries_per_partition=2)
+    await task.start(committed)
+    assert task.window.evicted_early == 3
+    await commit(task, out)
+    assert sample(metrics, "pinecall_bridge_dedup_evicted_early_total") == 0
