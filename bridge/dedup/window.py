@@ -63,7 +63,28 @@ class SeenWindow:
         self._times.append(now)
         if len(self._last) > self._max:
             self._evict(now, over_cap=True)
+        elif len(self._times) - self._head > 2 * len(self._last) + _COMPACT_AFTER:
+            self._drop_stale()
         return fresh
+
+    def _drop_stale(self) -> None:
+        """Keep only each id's latest sighting in the queue, in order.
+
+        Copies of a few ids (a retry storm) would otherwise grow it by a slot each for a whole
+        TTL, whatever the cap on ids. At least half the slots go: amortised O(1) per sighting.
+        """
+        last, high, low, times = self._last, self._high, self._low, self._times
+        kept_high, kept_low, kept_times = array("Q"), array("Q"), array("d")
+        kept: set[int] = set()
+        for i in range(self._head, len(times)):
+            key = (high[i] << 64) | low[i]
+            when = times[i]
+            if last.get(key) == when and key not in kept:
+                kept.add(key)
+                kept_high.append(high[i])
+                kept_low.append(low[i])
+                kept_times.append(when)
+        self._high, self._low, self._times, self._head = kept_high, kept_low, kept_times, 0
 
     def _evict(self, now: float, *, over_cap: bool = False) -> None:
         last, high, low, times = self._last, self._high, self._low, self._times

@@ -119,6 +119,37 @@ def test_long_streams_stay_bounded_and_correct() -> None:
     assert window.evicted_early == 0
 
 
+def test_copies_of_a_few_ids_keep_the_queue_bounded() -> None:
+    # A retry storm: 100k copies of 10 ids within one TTL. Each sighting queued a slot until
+    # the TTL passed, whatever the cap on ids (48 MB for 2M copies).
+    window = SeenWindow(900.0, 1_000)
+    for n in range(100_000):
+        window.observe(key(f"id-{n % 10}"), 1_000.0 + n / 1_000)
+    assert len(window) == 10
+    assert len(window._times) - window._head <= 2 * 10 + 4_096 + 1
+
+
+class KeepsEverySighting(SeenWindow):
+    def _drop_stale(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("cap", [1_000_000, 25])
+def test_dropping_stale_slots_changes_no_decision(cap: int) -> None:
+    rng = random.Random(cap)
+    lean, full = SeenWindow(TTL, cap), KeepsEverySighting(TTL, cap)
+    t = 0.0
+    for _ in range(40_000):
+        t += rng.choice((0.0, 0.0, 0.0001, 0.001, 0.002))  # thousands within a TTL
+        k, at = key(f"CA_{rng.randrange(40)}"), t + rng.choice((0.0, 0.0, -3.0))
+        assert lean.observe(k, at) == full.observe(k, at)
+    assert lean.evicted_early == full.evicted_early
+    assert lean._last == full._last
+    queued = [len(w._times) - w._head for w in (lean, full)]
+    # Without a cap to trim it, the queue of the window that drops stale slots is the shorter.
+    assert queued[0] < queued[1] if cap > 1_000 else queued[0] <= queued[1]
+
+
 def test_a_replay_from_ttl_before_the_last_record_decides_like_the_original() -> None:
     # What restore relies on: rebuilding from [t_last - TTL, t_last] gives the same decisions.
     rng = random.Random(8)
