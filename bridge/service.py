@@ -420,16 +420,22 @@ class Bridge:
                 )
         except TimeoutError:
             log.error("requests still in flight when the grace period ran short")
+        # Phase two: flush the ingest producer; the dedup stage outputs the records of its
+        # partitions up to their ends (until the flush's share of the grace period), then
+        # commits and leaves the group, so its partitions move on without a session timeout.
+        # A flush that cannot finish (a partition without a leader: idempotent batches never
+        # expire) keeps to the first half of the final phase, so the stage still has the rest.
+        try:
+            async with asyncio.timeout_at(deadline - (deadline - flush_from) / 2):
+                await self.sink.stop()
+        except TimeoutError:
+            log.error("the ingest producer was not flushed within its share of the grace period")
         try:
             async with asyncio.timeout_at(deadline):
-                # Phase two: flush the ingest producer; the dedup stage outputs the records of its
-                # partitions up to their ends (until the flush's share of the grace period), then
-                # commits and leaves the group, so its partitions move on without a session timeout.
-                await self.sink.stop()
                 if self.dedup is not None:
                     await self.dedup.stop(drain_by=flush_from)
         except TimeoutError:
-            log.error("grace period over before the producer was flushed and the stage stopped")
+            log.error("grace period over before the dedup stage committed and left its group")
         self._runner = None
         self._started = False
         log.info("stopped")

@@ -173,6 +173,20 @@ async def test_a_deadline_sooner_than_the_grace_period_bounds_the_stop() -> None
     assert stage.drain_by == pytest.approx(by - 0.25, abs=0.01)
 
 
+async def test_a_flush_that_cannot_finish_leaves_the_stage_time_to_stop() -> None:
+    bridge, stage = await started_with_a_stand()
+
+    async def flush_forever() -> None:  # a partition without a leader: batches never expire
+        await asyncio.Event().wait()
+
+    bridge.sink.stop = flush_forever  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    stopping = loop.time()
+    await bridge.stop()
+    assert stage.drain_by is not None, "the stage was never stopped: no commit, no leave"
+    assert loop.time() - stopping <= 2.0 + 0.2  # every_source's grace period
+
+
 async def test_a_process_serving_no_port_skips_the_drain_delay() -> None:
     """The delay lets load balancers stop sending to the port: the dedup process has none."""
     delay = 1.5
