@@ -8,6 +8,7 @@ partition), so a lagging partition is restored as exactly as a caught-up one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,8 @@ from bridge.ingest.record import event_id_of
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
+# How long a takeover reads the undecided backlog for the call logs' progress.
+PROGRESS_SCAN_SECONDS = 10.0
 
 
 async def restore(
@@ -49,18 +52,67 @@ async def restore(
     await consumer.start()
     try:
         consumer.assign([tp])
-        first = (await consumer.beginning_offsets([tp]))[tp]
-        if end <= first:
-            return 0
-        last = await _read_one(consumer, tp, end - 1)
-        if last is None:  # deleted by retention meanwhile: nothing within the TTL is left
-            return 0
-        found = await consumer.offsets_for_times({tp: max(int(last.timestamp - ttl * 1000), 0)})
-        at = found.get(tp)
-        start = max(at.offset if at is not None else end, first)
-        return await _replay(consumer, tp, start, end, window, progress)
+        read = await _restore_window(consumer, tp, end, window, ttl, progress)
+        if progress is not None:
+            await _progress_past(consumer, tp, end, progress)
+        return read
     finally:
         await consumer.stop()
+
+
+async def _restore_window(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    end: int,
+    window: SeenWindow,
+    ttl: float,
+    progress: PartitionProgress | None,
+) -> int:
+    first = (await consumer.beginning_offsets([tp]))[tp]
+    if end <= first:
+        return 0
+    last = await _read_one(consumer, tp, end - 1)
+    if last is None:  # deleted by retention meanwhile: nothing within the TTL is left
+        return 0
+    found = await consumer.offsets_for_times({tp: max(int(last.timestamp - ttl * 1000), 0)})
+    at = found.get(tp)
+    start = max(at.offset if at is not None else end, first)
+    return await _replay(consumer, tp, start, end, window, progress)
+
+
+async def _progress_past(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, progress: PartitionProgress
+) -> None:
+    """The call logs' progress in the records past the committed offset too (headers only).
+
+    A stage lagging by more than the TTL would otherwise send each call's new follower back over
+    entries already in the topic, whose copies would land more than a TTL after them and be
+    published again. Bounded in time: a cut-short read only resumes followers further back.
+    """
+    high = (await consumer.end_offsets([tp]))[tp]
+    if high <= end:
+        return
+    consumer.seek(tp, end)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + PROGRESS_SCAN_SECONDS
+    position = end
+    while position < high and loop.time() < until:
+        batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS)).get(tp, [])
+        if not batch:
+            position = await consumer.position(tp)
+            continue
+        for record in batch:
+            if record.offset >= high:
+                return
+            event_id = event_id_of(record.headers)
+            if event_id is not None:
+                progress.observe(event_id, record.headers)
+            position = record.offset + 1
+    if position < high:
+        log.warning(
+            "call-log progress read short of the partition's end; followers resume further back",
+            extra={"partition": tp.partition, "records_left": high - position},
+        )
 
 
 async def _read_one(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> Any:

@@ -195,6 +195,10 @@ class FakeLogConsumer:
     ) -> dict[TopicPartition, int]:
         return dict.fromkeys(partitions, self._log.log_start)
 
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        end = self._log.records[-1].offset + 1 if self._log.records else self._log.log_start
+        return dict.fromkeys(partitions, end)
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._position = offset
 

@@ -7,6 +7,7 @@ from aiokafka import TopicPartition
 
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
+from bridge.ingest.progress import PartitionProgress
 from tests.unit.dedup.fakes import FakeLog, ingest
 
 TP = TopicPartition("ingest", 0)
@@ -53,3 +54,14 @@ async def test_nothing_before_the_committed_offset_restores_nothing(
     window = SeenWindow(TTL, 1_000)
     assert await restore({}, TP, end, window, TTL) == 0
     assert len(window) == 0
+
+
+async def test_call_log_progress_reads_past_the_committed_offset(log: FakeLog) -> None:
+    # The stage lags: offsets 3-5 are in the topic but not decided. A follower resumed from
+    # the committed offset's view (seq 2) would write its copies a lag later than the originals.
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n + 1}", 100.0 + n, channel="sse"))
+    window, progress = SeenWindow(TTL, 1_000), PartitionProgress()
+    assert await restore({}, TP, 3, window, TTL, progress) == 3
+    assert progress.live() == {"CA_1": 6}
+    assert seen(window, "CA_1:3", "CA_1:4") == [True, False]  # the window stops at 3 all the same
