@@ -16,6 +16,7 @@ from pydantic import BaseModel, SecretStr
 
 from bridge.config import Settings
 from tests.deploy.tools import ALL_ON, CHART, Manifest, load_yaml, merged, one, render
+from tests.integration.certs import make_certs
 
 # Settings the chart takes from Secrets (env) or mounts as files, never from `config`.
 SECRET_SETTINGS = {
@@ -109,10 +110,12 @@ def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:
         else:  # a Secret someone else manages
             env[item["name"]] = f"from-{ref['name']}-{ref['key']}"
     files.mkdir(exist_ok=True)
+    certs = make_certs(files / "made")  # the bridge loads them as it validates its settings
+    mounted = {"ca.crt": certs.ca, "client.crt": certs.client_cert, "client.key": certs.client_key}
     for name, value in env.items():
         if value.startswith(TLS_DIR):  # the mounted TLS files: present, as in the pod
             env[name] = str(files / Path(value).name)
-            Path(env[name]).write_text("PEM\n")
+            Path(env[name]).write_bytes(mounted[Path(value).name].read_bytes())
     return env
 
 
