@@ -76,12 +76,15 @@ def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> l
             " LogAppendTime"
         )
     retention = _number(configs.get(RETENTION_MS))
-    if 0 <= retention < dedup.ttl_seconds * 1000:
+    # A restore reads back a TTL from the last decided record, which is at least a session
+    # timeout old after a crash (the partition waits that long for its next owner), more if
+    # the stage lagged.
+    if 0 <= retention < dedup.ttl_seconds * 1000 + dedup.session_timeout_ms:
         problems.append(
-            "the ingest topic's retention.ms is shorter than the dedup TTL: a restore cannot see"
-            " a whole TTL of ids, so a late copy can be output twice; set it to"
-            f" {dedup.ingest_retention_ms()}, the TTL plus"
-            " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS"
+            "the ingest topic's retention.ms is shorter than the dedup TTL plus a session"
+            " timeout: a restore after a crash cannot see a whole TTL of ids, so a late copy can"
+            f" be output twice; set it to {dedup.ingest_retention_ms()}, the TTL plus"
+            " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS (room for a lagging stage)"
         )
     if _number(configs.get(RETENTION_BYTES)) >= 0:
         problems.append(

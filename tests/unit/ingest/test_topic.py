@@ -87,8 +87,10 @@ def test_each_config_that_lets_a_restore_miss_ids_is_named_with_its_fix() -> Non
     assert compaction.endswith("set it to delete")
 
 
-def test_a_retention_of_exactly_the_ttl_is_enough_and_an_unreadable_one_is_ignored() -> None:
-    dedup = DedupSettings(ttl_seconds=900)
-    assert ingest_topic_problems({"retention.ms": "900000"}, dedup) == []
-    assert len(ingest_topic_problems({"retention.ms": "899999"}, dedup)) == 1
+def test_a_retention_must_outlast_the_ttl_by_a_session_and_an_unreadable_one_is_ignored() -> None:
+    # After a crash the last decided record is a session timeout old or more when the next
+    # owner restores: exactly the TTL would have deleted the oldest ids it needs.
+    dedup = DedupSettings(ttl_seconds=900, session_timeout_ms=10_000)
+    assert ingest_topic_problems({"retention.ms": "910000"}, dedup) == []
+    assert len(ingest_topic_problems({"retention.ms": "900000"}, dedup)) == 1
     assert ingest_topic_problems({"retention.ms": "lots"}, dedup) == []
