@@ -32,6 +32,8 @@ from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# Pinecall's `: ping` on every event stream (pinecall-wire.md).
+PINECALL_PING_SECONDS = 25.0
 _STOP_GRACE = 5.0
 
 
@@ -70,6 +72,15 @@ class CallLogSource:
         self._call_list = settings.call_list_path is not None
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
+        if settings.read_timeout_seconds <= PINECALL_PING_SECONDS:
+            log.warning(
+                "BRIDGE_SSE__READ_TIMEOUT_SECONDS is not above Pinecall's ping interval: every"
+                " quiet stream is dropped as silent and read again",
+                extra={
+                    "read_timeout_s": settings.read_timeout_seconds,
+                    "ping_interval_s": PINECALL_PING_SECONDS,
+                },
+            )
 
     async def start(self) -> None:
         """Learn the ingest partition count (the calls' partitions depend on it), read the feed."""

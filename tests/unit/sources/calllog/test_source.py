@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import aiohttp
@@ -33,9 +34,9 @@ def sweeps_with(
     return announced
 
 
-def call_log_source(metrics: Metrics) -> CallLogSource:
+def call_log_source(metrics: Metrics, **sse: float) -> CallLogSource:
     return CallLogSource(
-        SseSettings(enabled=True),
+        SseSettings(enabled=True, **sse),
         PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k")),
         KafkaSettings(),
         "ingest",
@@ -162,3 +163,14 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
         "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
     )
     assert not crashes
+
+
+def test_a_read_timeout_pinecalls_pings_cannot_meet_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.source")
+    call_log_source(Metrics())  # 60 s: two pings in each
+    assert caplog.records == []
+    call_log_source(Metrics(), read_timeout_seconds=20)
+    [warning] = caplog.records
+    assert "not above Pinecall's ping interval" in warning.getMessage()
