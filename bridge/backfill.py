@@ -200,6 +200,13 @@ async def _calls_since(
             log.warning("call list failed; retrying", extra={"error": str(exc)})
             await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
         else:
+            undated = sorted({row.call for row in rows if row.started_at is None})
+            if undated:
+                log.warning(
+                    "the call list gave no start time for some calls: they are not backfilled"
+                    " (name them with --call)",
+                    extra={"calls": undated[:20], "count": len(undated)},
+                )
             return started_since(rows, since)
     raise AssertionError("unreachable")
 
