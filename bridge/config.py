@@ -116,19 +116,22 @@ class KafkaSettings(BaseModel):
         """Load the TLS files now: a file that is no PEM, or a wrong key password, is a config
         error (`check` says so, exit 2), not a traceback from every start."""
         try:
-            create_ssl_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-                password=self.ssl_key_password.get_secret_value()
-                if self.ssl_key_password
-                else None,
-            )
+            self.ssl_context()
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(
                 "the TLS files could not be loaded (ssl_cafile, ssl_certfile, ssl_keyfile,"
                 f" ssl_key_password): {type(exc).__name__}: {exc}"
             ) from None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every Kafka client, from the ssl_* files."""
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            password=self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        )
+        return context
 
 
 class HttpSettings(BaseModel):

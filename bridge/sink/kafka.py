@@ -22,7 +22,6 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnknownProducerId,
 )
-from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
@@ -80,14 +79,7 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
-            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            password=(
-                settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None
-            ),
-        )
+        options["ssl_context"] = settings.ssl_context()
     if settings.security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
