@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -90,25 +91,19 @@ async def _progress_past(
     published again. Bounded in time: a cut-short read only resumes followers further back.
     """
     high = (await consumer.end_offsets([tp]))[tp]
-    if high <= end:
-        return
-    consumer.seek(tp, end)
     loop = asyncio.get_running_loop()
     until = loop.time() + PROGRESS_SCAN_SECONDS
-    position = end
-    while position < high and loop.time() < until:
-        batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS)).get(tp, [])
-        if not batch:
-            position = await consumer.position(tp)
-            continue
-        for record in batch:
-            if record.offset >= high:
-                return
-            event_id = event_id_of(record.headers)
-            if event_id is not None:
-                progress.observe(event_id, record.headers)
-            position = record.offset + 1
-    if position < high:
+    position, stalled = end, False
+    try:
+        async for batch in _batches(consumer, tp, end, high, until):
+            for record in batch:
+                event_id = event_id_of(record.headers)
+                if event_id is not None:
+                    progress.observe(event_id, record.headers)
+            position = batch[-1].offset + 1
+    except TimeoutError:
+        stalled = True
+    if stalled or (position < high and loop.time() >= until):
         log.warning(
             "call-log progress read short of the partition's end; followers resume further back",
             extra={"partition": tp.partition, "records_left": high - position},
@@ -134,11 +129,31 @@ async def _replay(
     window: SeenWindow,
     progress: PartitionProgress | None,
 ) -> int:
-    consumer.seek(tp, start)
     read = 0
+    observe = window.observe
+    async for batch in _batches(consumer, tp, start, end):
+        for record in batch:
+            event_id = event_id_of(record.headers)
+            if event_id is not None:
+                observe(digest(event_id), record.timestamp / 1000)
+                if progress is not None:
+                    progress.observe(event_id, record.headers)
+                read += 1
+    return read
+
+
+async def _batches(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, until: float | None = None
+) -> AsyncIterator[list[Any]]:
+    """The records of [start, end) as fetched, batch by batch; none fetched after `until`.
+
+    Raises TimeoutError when fetches keep coming back empty short of `end`.
+    """
+    consumer.seek(tp, start)
+    loop = asyncio.get_running_loop()
     idle = 0
     position = start
-    while position < end:
+    while position < end and (until is None or loop.time() < until):
         batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS)).get(tp, [])
         if not batch:
             idle += 1
@@ -147,15 +162,10 @@ async def _replay(
             position = await consumer.position(tp)
             continue
         idle = 0
-        observe = window.observe
-        for record in batch:
-            if record.offset >= end:
-                return read
-            event_id = event_id_of(record.headers)
-            if event_id is not None:
-                observe(digest(event_id), record.timestamp / 1000)
-                if progress is not None:
-                    progress.observe(event_id, record.headers)
-                read += 1
-            position = record.offset + 1
-    return read
+        if batch[-1].offset >= end:  # offsets only grow: what is past the end is the tail
+            batch = [record for record in batch if record.offset < end]
+            if batch:
+                yield batch
+            return
+        yield batch
+        position = batch[-1].offset + 1
