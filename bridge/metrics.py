@@ -307,6 +307,14 @@ class Metrics:
             "Entries read from the JSON pages to fill gaps.",
             registry=r,
         )
+        self.sse_calls_given_up = Counter(
+            f"{PREFIX}_sse_calls_given_up_total",
+            "Calls whose log was left before its end, by reason: not_found (404), gone (410) or"
+            " refused (other refusals for BRIDGE_SSE__GIVE_UP_AFTER_SECONDS); the rest of their"
+            " entries is not read.",
+            ["reason"],
+            registry=r,
+        )
         self.sse_behind_live = Histogram(
             f"{PREFIX}_sse_behind_live_seconds",
             "From a call-log entry's own timestamp to Kafka's acknowledgement of it.",

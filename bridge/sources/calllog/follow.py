@@ -46,6 +46,14 @@ REASONS: tuple[Reason, ...] = (
     "error",
 )
 
+# Why a call's log was left before its end (a metric label).
+GiveUp = Literal[
+    "not_found",  # 404: not this key's call
+    "gone",  # 410: the log no longer exists
+    "refused",  # any other refusal, with no stream between, for the give-up time
+]
+GIVE_UP_REASONS: tuple[GiveUp, ...] = ("not_found", "gone", "refused")
+
 
 @dataclass(frozen=True, slots=True)
 class Publish:
@@ -94,6 +102,7 @@ class CallFollow:
         self.server_retry: float | None = None  # seconds, from `retry:`
         self._policy = policy
         self._terminal_pending: int | None = None
+        self._refused_since: float | None = None  # monotonic; reset by any stream
 
     def query(self) -> dict[str, str]:
         """The query of the next request: `after` the resume point."""
@@ -105,6 +114,21 @@ class CallFollow:
 
     def connected(self) -> None:
         self.caught_up = False
+        self._refused_since = None
+
+    def refused(self, status: int, now: float, give_up_after: float) -> GiveUp | None:
+        """A refusal that no retry can cure (400, 410, a 200 that is not a stream): give up?
+
+        Only after `give_up_after` seconds of refusals with no stream between, so a platform
+        briefly misbehaving costs a delay, not the call; 404 and 410 say so at once.
+        """
+        if status == 404:
+            return "not_found"
+        if status == 410:
+            return "gone"
+        if self._refused_since is None:
+            self._refused_since = now
+        return "refused" if now - self._refused_since >= give_up_after else None
 
     def step(self, item: Item) -> Step:
         """What one parsed stream item asks for."""

@@ -55,7 +55,7 @@ class _FillFailedError(Exception):
 
 
 class Follower:
-    """`run()` follows until the log ends (True) or the source stops or drops the call (False)."""
+    """`run()` follows until the log ends or is given up (True), or the source stops or drops it."""
 
     def __init__(
         self,
@@ -105,10 +105,6 @@ class Follower:
                     if response.status == 204:
                         state.sealed()
                         return True
-                    if response.status == 404:
-                        # Not this key's call: following it again would only fail again.
-                        log.warning("call log not found; not following it", extra=self._ctx())
-                        return True
                     if response.status == 200 and response.content_type == EVENT_STREAM:
                         opened_at = time.monotonic()
                         state.connected()
@@ -119,6 +115,8 @@ class Follower:
                             "call log stream refused",
                             extra={**self._ctx(), "status": response.status},
                         )
+                        if reason == "protocol" and self._given_up(response.status):
+                            return True
             except _StoppedError:
                 return False
             except _FillFailedError:
@@ -147,6 +145,20 @@ class Follower:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
         return False
+
+    def _given_up(self, status: int) -> bool:
+        """Leave a call whose log keeps being refused: counted, and an error in the log."""
+        given_up = self.state.refused(
+            status, time.monotonic(), self._settings.give_up_after_seconds
+        )
+        if given_up is None:
+            return False
+        self._metrics.sse_calls_given_up.labels(given_up).inc()
+        log.error(
+            "call log given up: the rest of its entries is not read",
+            extra={**self._ctx(), "status": status, "reason": given_up},
+        )
+        return True
 
     async def _read(self, response: aiohttp.ClientResponse) -> Reason:
         """Read and publish until the stream ends; the reason it did, or "ended"."""

@@ -23,7 +23,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
-from bridge.sources.calllog.follow import REASONS
+from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.orgfeed import OrgFeed
 from bridge.sources.calllog.publish import Publisher
@@ -100,6 +100,8 @@ class CallLogSource:
         for reason in REASONS:  # alerts take increase() of these
             m.sse_reconnects.labels("call", reason)
             m.sse_reconnects.labels("org_feed", reason)
+        for given_up in GIVE_UP_REASONS:
+            m.sse_calls_given_up.labels(given_up)
         # After each (re)connect, the call list makes up for the notices missed meanwhile.
         feed = OrgFeed(
             self._session, self._api, self._settings, m, self.announce, self._schedule_sweep

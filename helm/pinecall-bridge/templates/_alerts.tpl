@@ -315,6 +315,17 @@ groups:
           summary: {{ printf "Pod %s cannot fill call-log gaps" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s fell behind call logs (log.gap) and could not read the missing entries from the JSON pages for %v minutes; it re-reads the streams from the last published entry instead, which delays those calls." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.callLogGapsMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecallloggapsnotfilled" $a.runbookUrl }}
+      - alert: PinecallBridgeCallLogGivenUp
+        # A call's log left before its end: 404, 410, or refused with no stream between for
+        # BRIDGE_SSE__GIVE_UP_AFTER_SECONDS. Retrying could not help; the rest of its log is unread.
+        expr: |
+          sum by (namespace, pod, reason) (increase(pinecall_bridge_sse_calls_given_up_total[15m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s gave up %s call logs (%s)" "{{ $labels.pod }}" "{{ $value | humanize }}" "{{ $labels.reason }}" | quote }}
+          description: {{ printf "%s/%s stopped following %s call logs before their end in the last 15 minutes because Pinecall refused them (%s): the rest of those calls' entries is not read; they are lost unless they also arrive by webhook or the feed. The log names each call (message: call log given up)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" "{{ $labels.reason }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgecallloggivenup" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
         expr: |
           min by (namespace, pod) (pinecall_bridge_ready) == 0

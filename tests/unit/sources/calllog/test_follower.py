@@ -88,6 +88,7 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
         after: int = 0,
         publisher: FakePublisher | None = None,
         stopping: asyncio.Event | None = None,
+        give_up_after_seconds: float = 900.0,
     ) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
         server = Server(handler)
         await server.server.start_server()
@@ -110,6 +111,7 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
                 connect_timeout_seconds=0.2,
                 backoff_initial_seconds=0.01,
                 backoff_max_seconds=0.05,
+                give_up_after_seconds=give_up_after_seconds,
             ),
             publisher=cast(Publisher, publisher),
             metrics=metrics,
@@ -273,6 +275,61 @@ async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> 
     assert ended
     assert publisher.seqs == [1]
     assert [reconnects(metrics, r) for r in ("auth", "server_error", "protocol")] == [1, 1, 1]
+
+
+def given_up(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "pinecall_bridge_sse_calls_given_up_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(("status", "reason"), [(404, "not_found"), (410, "gone")])
+async def test_a_log_not_found_or_gone_is_given_up_at_once(
+    run_follower: Callable[..., Any], status: int, reason: str
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return web.json_response({"detail": "no such log"}, status=status)
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert len(server.requests) == 1
+    assert publisher.seqs == []
+    assert given_up(metrics, reason) == 1
+
+
+async def test_a_log_refused_for_the_give_up_time_is_left_not_retried_forever(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return web.json_response({"detail": "bad request"}, status=400)
+
+    ended, server, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert len(server.requests) > 1  # retried, with backoff, until the give-up time
+    assert publisher.seqs == []
+    assert given_up(metrics, "refused") == 1
+    assert reconnects(metrics, "protocol") == len(server.requests) - 1
+
+
+async def test_a_stream_between_refusals_restarts_the_give_up_clock(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n in (1, 3):  # refused before and after 0.4 s of stream: never 0.3 s in a row
+            return web.json_response({"detail": "bad request"}, status=400)
+        if n == 2:
+            response = await stream(request, frame(entry(1)))
+            for _ in range(4):
+                await asyncio.sleep(0.1)
+                await response.write(b": ping\n\n")
+            return response
+        return await stream(request, frame(entry(2, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert publisher.seqs == [1, 2]
+    assert given_up(metrics, "refused") == 0
 
 
 async def test_a_retry_after_of_forever_does_not_stall_the_call(
