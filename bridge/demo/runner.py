@@ -27,6 +27,10 @@ from bridge.tail import render as render_record
 
 log = logging.getLogger(__name__)
 DEV_SECRET = "dev-secret"
+READY_TIMEOUT_SECONDS = 120.0
+CATCH_UP_SECONDS = 30.0
+# After every expected event was read once: a copy published later still shows within this.
+SETTLE_SECONDS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class RecentEvents:
     def __init__(self, settings: Settings, topics: list[str]) -> None:
         self.lines: deque[str] = deque(maxlen=8)
         self.ids: Counter[str] = Counter()
+        self.read = 0  # records read, CloudEvents or not
+        self.undecodable = 0  # records that are not CloudEvents
         self._settings = settings
         self._topics = topics
         self._consumer = AIOKafkaConsumer(
@@ -85,7 +91,9 @@ class RecentEvents:
                     for message in batch:
                         # Whichever content mode BRIDGE_CLOUDEVENTS__MODE picked.
                         event: Any = decode(message.headers, message.value)
+                        self.read += 1
                         if event is None:
+                            self.undecodable += 1
                             event = message.value
                         else:
                             self.ids[str(event.get("id"))] += 1
@@ -109,7 +117,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         recent = RecentEvents(settings, [settings.topics.events, settings.topics.alerts])
         tasks: list[asyncio.Task[Any]] = []
         try:
-            await _wait_ready(bridge, stop)
+            await _wait_ready(bridge, stop, console)
             url = f"http://127.0.0.1:{bridge.port}{settings.webhook.path}"
             simulator.register_webhook(url, secret=DEV_SECRET)
             await recent.start()
@@ -137,10 +145,19 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             await bridge.stop()
 
 
-async def _wait_ready(bridge: Bridge, stop: asyncio.Event) -> None:
+async def _wait_ready(bridge: Bridge, stop: asyncio.Event, console: Console) -> None:
+    """Until the bridge is ready; a clear exit, not a silent wait, when it never is."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not bridge.readiness.ready():
         if stop.is_set():
             raise SystemExit(130)
+        if time.monotonic() > deadline:
+            console.print(
+                f"[red]the bridge is not ready after {READY_TIMEOUT_SECONDS:.0f} s: Kafka at"
+                f" {','.join(bridge.settings.kafka.bootstrap_servers)} unreachable, or its"
+                " topics missing (make kafka-up starts a local broker)[/]"
+            )
+            raise SystemExit(1)
         await asyncio.sleep(0.1)
 
 
@@ -210,15 +227,28 @@ async def _headless(
     if not traffic.done():
         console.print("interrupted")
         return 130
+    if traffic.exception() is not None:
+        console.print(f"[red]the simulated traffic failed: {traffic.exception()!r}[/]")
+        return 1
     expected = simulator.ledger.expected_ids()
+    if not expected:
+        console.print("[red]the simulated traffic made no durable event: nothing was checked[/]")
+        return 1
     # Output trails the answers by a dedup commit interval and a poll or two: let it catch up.
-    for _ in range(300):
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
         if expected <= set(recent.ids):
             break
         await asyncio.sleep(0.1)
+    # Then read on until nothing new comes for a while: a late second copy must be counted too.
+    seen = -1
+    while seen != recent.read:
+        seen = recent.read
+        await asyncio.sleep(SETTLE_SECONDS)
     snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
     lost = expected - set(recent.ids)
     doubled = [event_id for event_id, n in recent.ids.items() if n > 1]
+    unexpected = len(set(recent.ids) - expected) + recent.undecodable
     console.print(
         f"{len(expected):,} durable events from {simulator.snapshot()['events_generated']:,}"
         f" generated in {time.monotonic() - start:.1f} s;"
@@ -229,5 +259,5 @@ async def _headless(
         f" {snapshot.duplicates:,.0f} duplicates and published"
         f" {sum(snapshot.published.values()):,.0f}."
     )
-    console.print(f"lost {len(lost)}, doubled {len(doubled)}")
-    return 0 if not lost and not doubled else 1
+    console.print(f"lost {len(lost)}, doubled {len(doubled)}, unexpected {unexpected}")
+    return 0 if not lost and not doubled and not unexpected else 1

@@ -1,0 +1,136 @@
+"""The headless demo's verdict: it fails on lost, doubled or unexpected output, and on no check."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from typing import Any, cast
+
+import pytest
+from rich.console import Console
+
+from bridge.demo import runner
+from bridge.demo.runner import RecentEvents
+from bridge.metrics import Metrics
+from bridge.service import Bridge
+from bridge.simulator import Simulator
+
+
+class FakeLedger:
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+
+    def expected_ids(self) -> set[str]:
+        return self.ids
+
+
+class FakeSimulator:
+    def __init__(self, ids: set[str]) -> None:
+        self.ledger = FakeLedger(ids)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"events_generated": len(self.ledger.ids)}
+
+
+class FakeBridge:
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+
+
+class FakeRecent:
+    """What the demo's consumer read: ids with their counts, and records that were not events."""
+
+    def __init__(self, *ids: str, undecodable: int = 0) -> None:
+        self.ids: Counter[str] = Counter(ids)
+        self.undecodable = undecodable
+        self.read = len(ids) + undecodable
+
+    def arrive(self, event_id: str) -> None:
+        self.ids[event_id] += 1
+        self.read += 1
+
+
+async def verdict(
+    expected: set[str], recent: FakeRecent, traffic: asyncio.Task[int]
+) -> tuple[int, str]:
+    out = io.StringIO()
+    code = await runner._headless(
+        cast(Bridge, FakeBridge()),
+        cast(Simulator, FakeSimulator(expected)),
+        cast(RecentEvents, recent),
+        traffic,
+        asyncio.Event(),
+        Console(file=out, width=200),
+    )
+    return code, out.getvalue()
+
+
+async def traffic_of(events: int) -> asyncio.Task[int]:
+    async def play() -> int:
+        return events
+
+    task = asyncio.create_task(play())
+    await task
+    return task
+
+
+@pytest.fixture(autouse=True)
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(runner, "CATCH_UP_SECONDS", 0.3)
+
+
+async def test_everything_once_passes() -> None:
+    code, out = await verdict(
+        {"CA_1:1", "CA_1:2"}, FakeRecent("CA_1:1", "CA_1:2"), await traffic_of(2)
+    )
+    assert code == 0
+    assert "lost 0, doubled 0, unexpected 0" in out
+
+
+@pytest.mark.parametrize(
+    ("recent", "line"),
+    [
+        (FakeRecent("CA_1:1"), "lost 1, doubled 0, unexpected 0"),
+        (FakeRecent("CA_1:1", "CA_1:2", "CA_1:2"), "lost 0, doubled 1, unexpected 0"),
+        (FakeRecent("CA_1:1", "CA_1:2", "CA_9:1"), "lost 0, doubled 0, unexpected 1"),
+        (FakeRecent("CA_1:1", "CA_1:2", undecodable=1), "lost 0, doubled 0, unexpected 1"),
+    ],
+)
+async def test_lost_doubled_or_unexpected_output_fails(recent: FakeRecent, line: str) -> None:
+    code, out = await verdict({"CA_1:1", "CA_1:2"}, recent, await traffic_of(2))
+    assert code == 1
+    assert line in out
+
+
+async def test_a_copy_published_after_every_event_was_seen_still_counts() -> None:
+    recent = FakeRecent("CA_1:1", "CA_1:2")
+
+    async def late_copy() -> None:
+        await asyncio.sleep(0.02)
+        recent.arrive("CA_1:2")
+
+    late = asyncio.create_task(late_copy())
+    code, out = await verdict({"CA_1:1", "CA_1:2"}, recent, await traffic_of(2))
+    await late
+    assert code == 1
+    assert "doubled 1" in out
+
+
+async def test_failed_traffic_fails_instead_of_checking_an_empty_ledger() -> None:
+    async def play() -> int:
+        raise TimeoutError("no subscriber within 60 s")
+
+    traffic = asyncio.create_task(play())
+    with pytest.raises(TimeoutError):
+        await traffic
+    code, out = await verdict(set(), FakeRecent(), traffic)
+    assert code == 1
+    assert "simulated traffic failed" in out
+
+
+async def test_no_durable_event_is_no_pass() -> None:
+    code, out = await verdict(set(), FakeRecent(), await traffic_of(0))
+    assert code == 1
+    assert "nothing was checked" in out
