@@ -73,9 +73,10 @@ def session(port: int, *, keep: bool = False) -> Iterator[tuple[str, bool]]:
     up between two looks would be counted wrongly.
     """
     started = not answering(port)
-    if started:
+    if started and not os.environ.get("KAFKA_DATA_DIR"):
         # Every earlier run's topics (GBs, thousands of partitions) would otherwise be loaded,
-        # held in the heap and sent in metadata: each run starts from an empty broker.
+        # held in the heap and sent in metadata: each run starts from an empty broker. Only the
+        # bench's own per-port directory: one named by KAFKA_DATA_DIR may be another broker's.
         shutil.rmtree(data_dir(port), ignore_errors=True)
     kafka(port, "up")
     try:

@@ -19,7 +19,8 @@ def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, di
         seen.append((cmd[-1], env))
 
     monkeypatch.setattr(subprocess, "run", run)
-    monkeypatch.setenv("KAFKA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(broker, "ROOT", tmp_path)
+    monkeypatch.delenv("KAFKA_DATA_DIR", raising=False)
     monkeypatch.delenv("KAFKA_HEAP", raising=False)
     monkeypatch.delenv("KAFKA_JVM_OPTS", raising=False)
     return seen
@@ -45,6 +46,19 @@ def test_a_broker_the_run_starts_begins_empty_with_kafkas_jvm(
     env = calls[0][1]
     assert "-XX:+UseG1GC" in env["KAFKA_JVM_OPTS"]
     assert env["KAFKA_HEAP"] == "-Xmx1G -Xms1G"
+
+
+def test_a_data_dir_named_by_the_environment_is_never_emptied(
+    calls: list[tuple[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # kafka.sh puts every port's broker there: it may hold the tests' broker, or anyone's.
+    monkeypatch.setenv("KAFKA_DATA_DIR", str(tmp_path / "shared"))
+    monkeypatch.setattr(broker, "answering", lambda _port: False)
+    old = _earlier_run(19092)
+    with broker.session(19092):
+        pass
+    assert old.exists()
+    assert [action for action, _ in calls] == ["up", "down"]
 
 
 def test_a_running_broker_keeps_its_data_and_runs_on(
