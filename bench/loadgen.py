@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import math
 import resource
 import sys
 import time
@@ -185,7 +186,8 @@ class WebhookGen:
             t = self.sched(j)
             for k in range(self.batch):
                 self.result.sched[j * self.batch + k] = t
-        self.result.latency = array("d", bytes(8 * self.requests_n))
+        # NaN until answered: a request never answered has no latency, not one of 0 ms.
+        self.result.latency = array("d", [math.nan]) * self.requests_n
         self.tick()
 
     def tick(self) -> None:
@@ -227,7 +229,7 @@ class WebhookGen:
         slot = self.port_of.get(conn, 0)
         if conn in self.free[slot]:
             self.free[slot].remove(conn)
-        if conn.request >= 0 and self.result.latency[conn.request] == 0.0:
+        if conn.request >= 0 and math.isnan(self.result.latency[conn.request]):
             self.result.statuses["connection_lost"] += 1
             self._done_one(time.time())
 

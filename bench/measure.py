@@ -219,8 +219,10 @@ class ReadBack:
     first_read: dict[int, float] = field(default_factory=dict)
     copies: dict[int, int] = field(default_factory=dict)
     foreign: int = 0
+    records: int = 0  # every record read, copies and foreign ones too
 
     def add(self, index: int | None, now: float) -> None:
+        self.records += 1
         if index is None:
             self.foreign += 1
         elif index in self.copies:
@@ -282,8 +284,18 @@ class Consumer:
         with self._lock:
             return len(self.read.copies)
 
-    def wait_for(self, expected: int, timeout: float, idle: float = 5.0) -> None:
-        """Until `expected` distinct events arrived, or nothing new came for `idle` seconds."""
+    def records(self) -> int:
+        with self._lock:
+            return self.read.records
+
+    def wait_for(
+        self, expected: int, timeout: float, idle: float = 5.0, settle: float = 1.0
+    ) -> None:
+        """Until `expected` distinct events arrived, or nothing new came for `idle` seconds.
+
+        Then on until no record at all came for `settle` seconds: a double arriving after the
+        last original must be counted in this step, not missed or put in the next.
+        """
         deadline = time.monotonic() + timeout
         last, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -291,13 +303,20 @@ class Consumer:
                 raise RuntimeError(f"the kcat consumer exited with {self._proc.returncode}")
             seen = self.distinct()
             if seen >= expected:
-                time.sleep(0.5)  # a short grace to catch doubles arriving after the last original
+                self._settle(settle, min(deadline, time.monotonic() + idle))
                 return
             if seen != last:
                 last, last_change = seen, time.monotonic()
             elif time.monotonic() - last_change > idle:
                 return
             time.sleep(0.05)
+
+    def _settle(self, quiet: float, until: float) -> None:
+        records, since = self.records(), time.monotonic()
+        while time.monotonic() < until and time.monotonic() - since < quiet:
+            time.sleep(0.05)
+            if (now := self.records()) != records:
+                records, since = now, time.monotonic()
 
     def stop(self) -> ReadBack:
         self._proc.terminate()

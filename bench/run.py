@@ -389,7 +389,10 @@ class Bench:
         if row.target == "kcat":
             cpu1, cpu0 = results[0][0]["kcat_cpu_s"], 0.0
         sched = results[0][1]
-        latencies = sorted(x for r in results if r[0]["mode"] == "webhook" for x in r[2])
+        # Answered requests only (unanswered ones are NaN): they are counted as errors instead.
+        latencies = sorted(
+            x for r in results if r[0]["mode"] == "webhook" for x in r[2] if not math.isnan(x)
+        )
         row.client_ms = [measure.percentile(latencies, q) * 1000 for q in (50, 95, 99)]
         row.errors = sum(
             n

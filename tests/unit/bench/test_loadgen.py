@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import math
 import socket
 import sys
 import time
@@ -113,3 +115,30 @@ async def test_the_feed_generator_exits_when_told_though_its_reader_keeps_the_fe
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_request_never_answered_has_no_latency_not_zero() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the first request: answered at once
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second: the connection is cut instead
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    args = argparse.Namespace(
+        batch=1, count=2, rate=100.0, secret="s", path="/webhooks/pinecall", salt=1, first=0,
+        port=str(port), connections=1,
+    )  # fmt: skip
+    try:
+        gen = WebhookGen(args)
+        await gen.connect()
+        gen.start(time.time())
+        await asyncio.wait_for(gen.finished, 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert gen.result.statuses == {"200": 1, "connection_lost": 1}
+    assert gen.result.latency[0] > 0
+    assert math.isnan(gen.result.latency[1])

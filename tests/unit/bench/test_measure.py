@@ -6,7 +6,9 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
+from typing import cast
 
 import pytest
 
@@ -68,3 +70,36 @@ def test_a_process_tree_counts_its_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+class _Running:
+    """A kcat process that stays up."""
+
+    def poll(self) -> None:
+        return None
+
+
+def _consumer_of(read: measure.ReadBack) -> measure.Consumer:
+    consumer = measure.Consumer.__new__(measure.Consumer)
+    consumer.read = read
+    consumer._lock = threading.Lock()
+    consumer._proc = cast(subprocess.Popen[bytes], _Running())
+    return consumer
+
+
+def test_a_double_after_the_last_original_still_counts_in_its_step() -> None:
+    read = measure.ReadBack()
+    read.add(0, 0.0)
+    read.add(1, 0.0)
+    consumer = _consumer_of(read)
+
+    def late_double() -> None:
+        time.sleep(0.7)  # later than the old fixed 0.5 s grace
+        with consumer._lock:
+            read.add(1, 0.0)
+
+    thread = threading.Thread(target=late_double)
+    thread.start()
+    consumer.wait_for(2, timeout=10.0, settle=1.0)
+    thread.join()
+    assert read.copies == {0: 1, 1: 2}
