@@ -13,6 +13,7 @@ from bridge.app import Readiness, build_app
 from bridge.config import Settings, load_settings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
 from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
@@ -272,15 +273,19 @@ async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
     assert (body["error"], body["accepted"], body["failed"]) == ("kafka_unavailable", 0, 1)
 
 
-async def test_unexpected_error_is_503_not_500(harness: Harness) -> None:
-    harness.sink.refuse = None
-
-    async def explode(_: object) -> Any:
+async def test_a_bug_while_handling_answers_503_to_be_retried_not_500(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The handler itself raises (a failing send is the pipeline's own 503, tested above).
+    async def explode(*_: object, **__: object) -> Any:
         raise ZeroDivisionError
 
-    harness.sink.send = explode  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(Pipeline, "submit", explode)
     response = await harness.post(ENTRY)
     assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert (await response.json())["error"] == "internal_error"
+    assert "unexpected error while handling a request" in caplog.text
 
 
 async def test_method_and_path_errors_are_json(harness: Harness) -> None:
