@@ -127,6 +127,12 @@ REFUSALS = {
         "config.sse.enabled=true needs the Pinecall API key: set secrets.pinecallApiKey",
         {"sse": {"enabled": True}},
     ),
+    "feed backoff start above its maximum": Refusal(
+        ("config.websocket.backoffInitialSeconds=40",),
+        "config.websocket.backoffInitialSeconds (40) must not exceed"
+        " config.websocket.backoffMaxSeconds (30)",
+        {"websocket": {"backoff_initial_seconds": 40}},
+    ),
     "call-log backoff start above its maximum": Refusal(
         ("config.sse.backoffInitialSeconds=40",),
         "config.sse.backoffInitialSeconds (40) must not exceed config.sse.backoffMaxSeconds (30)",

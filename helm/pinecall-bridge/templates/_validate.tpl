@@ -35,12 +35,15 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- if and $pinecall.registerWebhook (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.pinecall.registerWebhook=true needs %s" $apiKey) }}
 {{- end }}
-{{- $websocket := merge (deepCopy ($c.websocket | default dict)) (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864) }}
+{{- $websocket := merge (deepCopy ($c.websocket | default dict)) (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30) }}
 {{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.websocket.enabled=true needs %s" $apiKey) }}
 {{- end }}
 {{- if lt (float64 $websocket.maxBacklogBytes) (float64 $websocket.maxFrameBytes) }}
 {{- $problems = append $problems (printf "config.websocket.maxBacklogBytes (%s) must be at least config.websocket.maxFrameBytes (%s)" (include "pinecall-bridge.envValue" (float64 $websocket.maxBacklogBytes)) (include "pinecall-bridge.envValue" (float64 $websocket.maxFrameBytes))) }}
+{{- end }}
+{{- if gt (float64 $websocket.backoffInitialSeconds) (float64 $websocket.backoffMaxSeconds) }}
+{{- $problems = append $problems (printf "config.websocket.backoffInitialSeconds (%s) must not exceed config.websocket.backoffMaxSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $websocket.backoffInitialSeconds)) (include "pinecall-bridge.envValue" (float64 $websocket.backoffMaxSeconds))) }}
 {{- end }}
 {{- $sse := merge (deepCopy ($c.sse | default dict)) (dict "enabled" false "maxEventBytes" 983040 "backoffInitialSeconds" 1 "backoffMaxSeconds" 30) }}
 {{- if and $sse.enabled (not (get $possible "pinecallApiKey")) }}
