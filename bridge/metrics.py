@@ -101,6 +101,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dedup_output_too_large = Counter(
+            f"{PREFIX}_dedup_output_too_large_total",
+            "Output records the dedup stage skipped because their topic cannot take them (its"
+            " limit is below the ingest topic's): answered 2xx, published nowhere.",
+            registry=r,
+        )
         self.publish_failures = Counter(
             f"{PREFIX}_publish_failures_total",
             "Records Kafka did not acknowledge in time or refused, by reason.",

@@ -312,7 +312,7 @@ class StageProducer:
         for channel, n in txn.duplicates.items():
             m.duplicates_by(channel).inc(n)
         if txn.too_large:
-            m.dropped.labels("too_large").inc(txn.too_large)
+            m.dedup_output_too_large.inc(txn.too_large)
         now = time.time()
         for received_at, event_time in txn.timings:
             m.end_to_end.observe(max(now - received_at, 0.0))

@@ -48,6 +48,7 @@ class WebhookHandler:
         self._pipeline = pipeline
         self._metrics = metrics
         self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
+        metrics.rejected.labels("webhook", "kafka_unavailable")  # exists from 0, for increase()
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
         self._metrics.rejected.labels("webhook", reason).inc()

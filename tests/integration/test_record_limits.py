@@ -76,6 +76,6 @@ async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_parti
     events = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:2", f"{unique_call}:4"]
     metrics = await until_metrics(
-        bridge, lambda m: m.get('pinecall_bridge_events_dropped_total{reason="too_large"}') == 2
+        bridge, lambda m: m.get("pinecall_bridge_dedup_output_too_large_total") == 2
     )
     assert metrics['pinecall_bridge_dedup_partitions_lost_total{reason="error"}'] >= 1

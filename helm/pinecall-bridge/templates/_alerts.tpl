@@ -166,6 +166,17 @@ groups:
           summary: {{ printf "Pod %s forgets ids before their TTL" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s evicted %s ids before config.dedup.ttlSeconds in the last 10 minutes (config.dedup.maxEntriesPerPartition reached): a late copy of those events would be output twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
+      - alert: PinecallBridgeOutputRecordsSkipped
+        # Answered 2xx, then too large for its output topic (a max.message.bytes below the ingest
+        # topic's): skipped so its partition goes on, and so published nowhere.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_dedup_output_too_large_total[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s skipped %s output records too large for their topic" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records because their output topic takes smaller records than the ingest topic: they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeoutputrecordsskipped" $a.runbookUrl }}
       - alert: PinecallBridgeOutputTransactionHanging
         # The bridge's own transactions end within the commit interval, and the broker aborts a
         # dead producer's after its timeout: a stable offset held this long is neither.
@@ -210,6 +221,17 @@ groups:
           summary: {{ printf "Pod %s cannot reach Kafka" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes; it is unready and answers webhooks 503." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
+      - alert: PinecallBridgeWebhooksRefused503
+        # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.
+        # Left out of PinecallBridgeRejectionRateHigh, which only counts what no retry cures.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason="kafka_unavailable"}[10m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s answered %s webhooks 503" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s answered %s webhooks 503 in the last 10 minutes because Kafka did not acknowledge them in time. Pinecall tries a webhook twice: an alert refused both times is lost." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgewebhooksrefused503" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
         # connection), so past the backlog bounds frames are dropped: events lost for good.

@@ -388,11 +388,11 @@ async def test_an_output_record_too_large_for_its_topic_is_skipped_and_counted(
     await publish(out, TP, 0, "CA_1:1")
     await publish(out, TP, 1, "CA_1:" + "2" * 400)
     await publish(out, TP, 2, "CA_1:3")
-    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="too_large") == 0
+    assert sample(metrics, "pinecall_bridge_dedup_output_too_large_total") == 0
     await out.commit({TP: 3}, GROUP)
     assert sends(producer) == [b"CA_1:1", b"CA_1:3"]
     assert producer.calls[-2:] == [("offsets", {TP: 3}, GROUP), ("commit",)]
-    assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="too_large") == 1
+    assert sample(metrics, "pinecall_bridge_dedup_output_too_large_total") == 1
     assert sample(metrics, PUBLISHED, topic="pinecall.events") == 2
     assert "output record too large" in caplog.text
 
