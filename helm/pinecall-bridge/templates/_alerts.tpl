@@ -15,8 +15,13 @@ groups:
       - alert: PinecallBridgePublishingStalled
         # Events come in but none reaches the ingest topic: the one symptom every failure of the
         # ingest stage leads to. (The output is the dedup stage's: PinecallBridgeDedupStalled.)
+        # Events dropped on purpose (ephemeral, markers) are not expected in the ingest topic.
         expr: |
-          (sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m])) > 0)
+          (
+            sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m]))
+            - (sum by (namespace, pod) (increase(pinecall_bridge_events_dropped_total[{{ $a.publishStalledMinutes }}m])) or sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m])) * 0)
+            > 0
+          )
           unless
           (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $a.publishStalledMinutes }}m])) > 0)
         for: 1m
@@ -358,6 +363,18 @@ groups:
           summary: {{ printf "Pod %s is not ready" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has answered /readyz 503 for %v minutes, so it receives no webhooks." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.notReadyMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepodnotready" $a.runbookUrl }}
+      - alert: PinecallBridgeWorkerUnreachable
+        # A worker process that answers no scrape has no series at all: every other alert is
+        # blind to it (min of ready sees only the workers that answered).
+        expr: |
+          max by (namespace, pod) (pinecall_bridge_workers_unreachable) > 0
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "%s worker processes of pod %s answer no scrape" "{{ $value }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "For 5 minutes %s of the worker processes of %s/%s have not answered the pod's scrape in time: hung (a blocked event loop) or overloaded. Their metrics are missing, so other alerts cannot see them; if one serves the port, the pod's /readyz is 503." "{{ $value }}" "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeworkerunreachable" $a.runbookUrl }}
       - alert: PinecallBridgeTargetDown
         # A crash-looping pod reports nothing itself: Prometheus' own view.
         expr: |
@@ -369,6 +386,18 @@ groups:
           summary: {{ printf "Prometheus cannot scrape %s" "{{ $labels.instance }}" | quote }}
           description: {{ printf "The pinecall-bridge target %s (job %s) has been down for %v minutes." "{{ $labels.instance }}" $job $a.notReadyMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetargetdown" $a.runbookUrl }}
+      - alert: PinecallBridgeMetricsAbsent
+        # Every other rule needs the bridge's own series: a ServiceMonitor no Prometheus selects,
+        # a relabelling change or no pod at all silences them all at once.
+        expr: |
+          absent(up{job="{{ $job }}"} == 1)
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "No pinecall-bridge target (job %s) is scraped" $job | quote }}
+          description: {{ printf "For 10 minutes Prometheus has scraped no target of job %s: no other pinecall-bridge alert can fire. The ServiceMonitor is not selected by this Prometheus, its relabelling changed, or no pod runs." $job | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgemetricsabsent" $a.runbookUrl }}
       - alert: PinecallBridgeReplicasUnavailable
         # Needs kube-state-metrics; without it this rule never fires.
         expr: |
