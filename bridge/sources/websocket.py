@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -136,6 +136,8 @@ class WebSocketSource:
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
         metrics.rejected.labels("websocket", "backlog_full")  # exists from 0, for increase()
+        for reason in get_args(DisconnectReason):  # as do these
+            metrics.websocket_reconnects.labels(reason)
         self._policy = ReconnectPolicy.of(settings)
         self._session: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task[None] | None = None

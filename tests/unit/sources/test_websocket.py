@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from aiohttp import WSCloseCode, web
@@ -17,6 +17,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
+from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
 from tests.polling import until
 from tests.unit.fakes import FakeSink, pipeline_with
@@ -578,3 +579,19 @@ async def test_a_crashed_reader_is_counted_and_restarted_not_silently_gone(
         "pinecall_bridge_task_crashes_total", {"task": "websocket-reader"}
     )
     assert crashes == 1
+
+
+def test_the_series_alerts_take_increase_of_exist_from_0() -> None:
+    # A first reconnect or drop must count as an increase from 0, not as a series appearing.
+    metrics = Metrics()
+    WebSocketSource(WebSocketSettings(enabled=True), PinecallSettings(api_key=API_KEY),
+                    pipeline_with(FakeSink(), metrics), metrics)  # fmt: skip
+    reconnects = {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "pinecall_bridge_websocket_reconnects_total"
+    }
+    assert reconnects == dict.fromkeys(get_args(DisconnectReason), 0.0)
+    assert sample(metrics, "pinecall_bridge_events_rejected_total",
+                  channel="websocket", reason="backlog_full") == 0  # fmt: skip
