@@ -226,7 +226,7 @@ class TopicSettings(BaseModel):
     @classmethod
     def _not_zero(cls, factor: int) -> int:
         if factor == 0:
-            raise ValueError("must be -1 (the broker's default) or at least 1")
+            raise ValueError("must be -1 (as many brokers as there are, at most 3) or at least 1")
         return factor
 
 

@@ -71,7 +71,8 @@ class Metrics:
         )
         self.duplicates = Counter(
             f"{PREFIX}_events_duplicate_total",
-            "Ingest records the dedup stage dropped: their id was output within the TTL.",
+            "Ingest records the dedup stage dropped: their id reached the ingest topic within the"
+            " TTL.",
             ["channel"],
             registry=r,
         )
@@ -157,7 +158,8 @@ class Metrics:
         )
         self.dedup_lag_seconds = Gauge(
             f"{PREFIX}_dedup_lag_seconds",
-            "Age of the oldest unprocessed ingest record (0 when caught up), by owned partition.",
+            "While behind, the age (by append time) of the last processed ingest record (0 when"
+            " caught up), by owned partition.",
             ["partition"],
             registry=r,
         )
