@@ -158,7 +158,7 @@ class Metrics:
         )
         self.dedup_lag_seconds = Gauge(
             f"{PREFIX}_dedup_lag_seconds",
-            "While behind, the age (by append time) of the last processed ingest record (0 when"
+            "While behind, about how long the oldest unprocessed ingest record has waited (0 when"
             " caught up), by owned partition.",
             ["partition"],
             registry=r,

@@ -97,6 +97,7 @@ class DedupStage:
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
+        self._behind_since: dict[TopicPartition, float] = {}  # first seen behind, this spell
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
         # Bumped by every revocation: a start launched before it must install nothing, since
         # the committed offset it read may be older than what the next owner has committed.
@@ -496,13 +497,30 @@ class DedupStage:
             high = consumer.highwater(tp)
             behind = max(high - task.position, 0) if high is not None else 0
             self._metrics.dedup_lag_records.labels(task.label).set(behind)
-            age = now - task.last_appended_at if behind and task.last_appended_at else 0.0
-            self._metrics.dedup_lag_seconds.labels(task.label).set(max(age, 0.0))
+            if behind:
+                since = self._behind_since.setdefault(tp, now)
+                age = lag_seconds(now, since, task.last_appended_at)
+            else:
+                self._behind_since.pop(tp, None)
+                age = 0.0
+            self._metrics.dedup_lag_seconds.labels(task.label).set(age)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
+        self._behind_since.pop(tp, None)
         for gauge in (self._metrics.dedup_lag_records, self._metrics.dedup_lag_seconds):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(tp.partition))
+
+
+def lag_seconds(now: float, behind_since: float, last_appended_at: float | None) -> float:
+    """About how long a partition's oldest unprocessed record has waited. Pure.
+
+    Since the later of its last processed record's append time (what waits came after it) and
+    when it was first seen behind: after an idle spell the last processed record is old, and a
+    record that just arrived is not.
+    """
+    start = behind_since if last_appended_at is None else max(behind_since, last_appended_at)
+    return max(now - start, 0.0)
 
 
 def fetch_wait_ms(interval_ms: int, age: float | None) -> int:

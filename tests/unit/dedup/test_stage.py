@@ -14,7 +14,13 @@ from aiokafka.errors import KafkaConnectionError
 from bridge.config import DedupSettings
 from bridge.dedup import stage as stage_module
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.stage import MAX_RECORDS_PER_STEP, DedupStage, behind, fetch_wait_ms
+from bridge.dedup.stage import (
+    MAX_RECORDS_PER_STEP,
+    DedupStage,
+    behind,
+    fetch_wait_ms,
+    lag_seconds,
+)
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
@@ -502,3 +508,18 @@ def test_behind_counts_what_is_left_of_the_partitions_still_owned() -> None:
     # 1 is behind, 2 is at its end, 3 was lost meanwhile (no position): not waited for.
     assert behind(ends, {tp(1): 4, tp(2): 5}) == {tp(1): 6}
     assert behind(ends, {tp(1): 10, tp(2): 6}) == {}
+
+
+def test_lag_after_an_idle_spell_is_the_new_records_wait_not_the_idle_time() -> None:
+    # The last record was processed an hour ago; one arrived and was seen 2 s ago.
+    assert lag_seconds(now=10_000.0, behind_since=9_998.0, last_appended_at=6_400.0) == 2.0
+
+
+def test_lag_through_a_long_backlog_runs_from_the_last_processed_record() -> None:
+    # Behind for 10 minutes, working through it: what waits came after the last one processed.
+    assert lag_seconds(now=10_000.0, behind_since=9_400.0, last_appended_at=9_700.0) == 300.0
+
+
+def test_lag_before_any_record_was_processed_runs_from_when_it_was_seen_behind() -> None:
+    assert lag_seconds(now=10_000.0, behind_since=9_940.0, last_appended_at=None) == 60.0
+    assert lag_seconds(now=10_000.0, behind_since=10_001.0, last_appended_at=None) == 0.0
