@@ -135,7 +135,8 @@ class WebSocketSource:
         self._held_bytes = 0
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
-        metrics.rejected.labels("websocket", "backlog_full")  # exists from 0, for increase()
+        for lost in ("backlog_full", "shutdown"):  # exist from 0, for increase()
+            metrics.rejected.labels("websocket", lost)
         for reason in get_args(DisconnectReason):  # as do these
             metrics.websocket_reconnects.labels(reason)
         self._policy = ReconnectPolicy.of(settings)
