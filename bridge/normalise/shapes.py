@@ -20,7 +20,13 @@ from bridge.normalise.event import Channel, Event
 from bridge.normalise.vocabulary import MARKER_TYPES
 
 UnrecognisedReason = Literal[
-    "not_an_object", "missing_type", "invalid_type", "invalid_data", "invalid_seq", "too_large"
+    "not_an_object",
+    "missing_type",
+    "invalid_type",
+    "invalid_data",
+    "invalid_seq",
+    "too_large",
+    "invalid_json",
 ]
 MAX_TYPE_LENGTH = 256
 

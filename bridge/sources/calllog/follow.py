@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
+from bridge.normalise.shapes import UnrecognisedReason
 from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry, TooLarge
 from bridge.sources.reconnect import ReconnectPolicy
 
@@ -83,9 +84,7 @@ class CaughtUp:
 
 @dataclass(frozen=True, slots=True)
 class Nothing:
-    """Nothing to do; `garbage` when the item was not JSON (counted, logged, skipped)."""
-
-    garbage: bool = False
+    """Nothing to do."""
 
 
 Step = Publish | Fill | CaughtUp | Nothing
@@ -143,20 +142,27 @@ class CallFollow:
 
     def _too_large(self, item: TooLarge) -> Step:
         """A note of the entry in its place, from the stream's `id` (its seq) and `event`."""
-        raw = item.last_event_id
-        seq = int(raw) if raw.isascii() and raw.isdigit() else None
+        note = {"call": self.call, "seq": None, "type": item.type, "bytes": item.size}
+        return self._dead_letter("too_large", note, item.last_event_id, item.type)
+
+    def _dead_letter(
+        self, reason: UnrecognisedReason, note: dict[str, Any], raw_id: str, kind: str
+    ) -> Step:
+        """What cannot be read dead-letters at its seq (the stream's `id`), so the call goes on."""
+        seq = int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None
         if seq is not None and 0 < seq <= self.acked:
             return Nothing()  # a replay of what Kafka already has
-        if seq is not None and item.type == TERMINAL_TYPE:
+        if seq is not None and kind == TERMINAL_TYPE:
             self._terminal_pending = seq
-        note = {"call": self.call, "seq": seq, "type": item.type, "bytes": item.size}
-        return Publish(Unrecognised("too_large", note), seq)
+        return Publish(Unrecognised(reason, {**note, "seq": seq}), seq)
 
     def _event(self, event: Event) -> Step:
         try:
             entry = jsoncodec.loads(event.data)
         except jsoncodec.JSONDecodeError:
-            return Nothing(garbage=True)
+            # Kept whole in the dead-letter topic: counted and skipped, it would be lost.
+            note = {"call": self.call, "seq": None, "type": event.type, "data": event.data}
+            return self._dead_letter("invalid_json", note, event.last_event_id, event.type)
         seq = entry.get("seq") if isinstance(entry, dict) else None
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             return Publish(entry, None)  # the pipeline dead-letters what is not an entry

@@ -20,7 +20,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.sources.calllog.eventstream import EventStreamParser
-from bridge.sources.calllog.follow import CallFollow, Fill, Nothing, Publish, Reason
+from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason
 from bridge.sources.calllog.pages import (
     PageError,
     bearer_headers,
@@ -167,7 +167,6 @@ class Follower:
             max_event_bytes=self._settings.max_event_bytes,
         )
         state = self.state
-        rejected = self._metrics.rejected
         while True:
             try:
                 async with asyncio.timeout(self._settings.read_timeout_seconds):
@@ -189,9 +188,8 @@ class Follower:
                         last = step.seq if last is None else max(last, step.seq)
                     if isinstance(step.item, Unrecognised):
                         log.warning(
-                            "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it"
-                            " goes to the dead-letter topic in its place",
-                            extra={**self._ctx(), **step.item.item},
+                            _UNREADABLE[step.item.reason],
+                            extra={**self._ctx(), **_loggable(step.item.item)},
                         )
                     elif step.seq is not None:
                         ts = step.item.get("ts")
@@ -204,9 +202,6 @@ class Follower:
                     first = max(step.first, state.acked + 1)
                     if first <= step.last:
                         await self._fill(Fill(first, step.last))
-                elif isinstance(step, Nothing) and step.garbage:
-                    rejected.labels("sse", "invalid_json").inc()
-                    log.warning("call log event is not JSON; skipped", extra=self._ctx())
             await self._publish(batch, times, last)
             if state.ended:
                 return "closed"
@@ -263,6 +258,18 @@ class Follower:
 
     def _ctx(self) -> dict[str, Any]:
         return {"call": self.call, "after": self.state.acked}
+
+
+_UNREADABLE = {
+    "too_large": "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it goes to"
+    " the dead-letter topic in its place",
+    "invalid_json": "call log entry is not JSON; it goes to the dead-letter topic as it came",
+}
+
+
+def _loggable(note: dict[str, Any]) -> dict[str, Any]:
+    """A dead-lettered entry's note for the log: its text is in the dead-letter topic."""
+    return {key: value for key, value in note.items() if key != "data"}
 
 
 def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:

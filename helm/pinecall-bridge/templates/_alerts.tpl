@@ -66,7 +66,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "%s of %s input to pinecall-bridge in %s is rejected" "{{ $value | humanizePercentage }}" "{{ $labels.channel }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "More than %v%% of one channel's input was refused for 10 minutes (webhooks: a bad signature, body or content type; the feed: a full backlog; call logs: entries that are not JSON). Pinecall does not send these again: their events are lost." (mulf $a.rejectedRatio 100) | quote }}
+          description: {{ printf "More than %v%% of one channel's input was refused for 10 minutes (webhooks: a bad signature, body or content type; the feed: a full backlog). Pinecall does not send these again: their events are lost." (mulf $a.rejectedRatio 100) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgerejectionratehigh" $a.runbookUrl }}
       - alert: PinecallBridgeDeadLettersHigh
         expr: |

@@ -120,9 +120,27 @@ def test_a_too_large_event_without_a_seq_is_noted_and_moves_nothing() -> None:
     assert f.query() == {"after": "5"}
 
 
-def test_not_json_is_garbage_and_not_an_entry_dead_letters() -> None:
+def test_not_json_dead_letters_as_it_came_at_its_seq() -> None:
     f = follow()
-    assert f.step(Event("x", "{not json", "")) == Nothing(garbage=True)
+    note = {"call": "CA_1", "seq": 3, "type": "turn.user", "data": "{not json"}
+    assert f.step(Event("turn.user", "{not json", "3")) == Publish(
+        Unrecognised("invalid_json", note), 3
+    )
+    f.published(3)
+    assert f.query() == {"after": "3"}
+    assert f.step(Event("turn.user", "{not json", "2")) == Nothing()  # a replay
+
+
+def test_a_score_that_is_not_json_still_ends_the_call() -> None:
+    f = follow()
+    step = f.step(Event("call.score", "{broken", "9"))
+    assert isinstance(step, Publish)
+    f.published(9)
+    assert f.ended
+
+
+def test_not_an_entry_dead_letters() -> None:
+    f = follow()
     assert f.step(Event("x", '{"type": "x"}', "")) == Publish({"type": "x"}, None)
     assert f.step(Event("x", '{"seq": true}', "")) == Publish({"seq": True}, None)
     assert f.step(Event("x", "[1]", "")) == Publish([1], None)

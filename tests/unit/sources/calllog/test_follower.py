@@ -426,14 +426,19 @@ async def test_a_stop_during_a_publish_leaves_once_it_landed(
     assert follower.state.acked == 1
 
 
-async def test_not_json_is_counted_and_skipped(run_follower: Callable[..., Any]) -> None:
+async def test_not_json_goes_to_the_dead_letter_topic_as_it_came(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
-        return await stream(request, b"data: {oops\n\n" + frame(entry(1, "call.score")))
+        broken = b"id: 1\nevent: turn.user\ndata: {oops\n\n"
+        return await stream(request, broken + frame(entry(2, "call.score")))
 
-    ended, _, publisher, _, metrics = await run_follower(handler)
+    ended, server, publisher, _, _ = await run_follower(handler)
     assert ended
-    assert publisher.seqs == [1]
-    rejected = metrics.registry.get_sample_value(
-        "pinecall_bridge_events_rejected_total", {"channel": "sse", "reason": "invalid_json"}
+    assert publisher.seqs == [1, 2]
+    note = publisher.batches[0][0]
+    assert note == Unrecognised(
+        "invalid_json", {"call": "CA_1", "seq": 1, "type": "turn.user", "data": "{oops"}
     )
-    assert rejected == 1
+    assert len(server.requests) == 1
+    assert "call log entry is not JSON" in caplog.text
