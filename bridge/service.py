@@ -16,7 +16,7 @@ import logging
 import random
 import signal
 from collections.abc import Awaitable, Callable
-from typing import get_args
+from typing import Protocol, get_args
 
 from aiohttp import web
 
@@ -41,6 +41,12 @@ from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
+
+
+class _Part(Protocol):
+    """A part started once Kafka answers (the call-log source, the dedup stage, ...)."""
+
+    async def start(self) -> None: ...
 
 
 class Bridge:
@@ -162,7 +168,6 @@ class Bridge:
         self._runner: web.AppRunner | None = None
         self._started = False
         self._connector: asyncio.Task[None] | None = None
-        self._starting_part = ""  # the part _start_parts is starting, for the failure log
         self._registration: asyncio.Task[None] | None = None
         self.registrar: Registrar | None = None
         api = settings.pinecall
@@ -245,11 +250,7 @@ class Bridge:
         )
         if self.stages != "dedup":
             self._ready()
-        await self._retry(
-            "a part of the bridge could not start; retrying (webhooks are still taken: their"
-            " events wait in the ingest topic)",
-            self._start_parts,
-        )
+        await self._start_parts()
         if self.stages == "dedup":  # the stage is all a dedup process does
             self._ready()
 
@@ -268,27 +269,40 @@ class Bridge:
             self._check_ingest_configs(configs)
 
     async def _start_parts(self) -> None:
-        """Each part's start is idempotent and undoes itself when it fails: a retry resumes."""
-        parts = (
-            ("call_log", self.calllog),  # first: ready for the stage's first assignment
-            ("dedup_stage", self.dedup),
-            ("hanging_watch", self.hanging),
-            ("feed_lease", self.lease),
-        )
-        for name, part in parts:
+        """Start every part, each retried on its own: one that cannot start holds up no other.
+
+        A dedup stage refused its transactional id must not keep the feed lease from starting,
+        or the feed's events are lost meanwhile. Each start is idempotent and undoes itself when
+        it fails, so a retry resumes.
+        """
+        chains: list[list[tuple[str, _Part | None]]] = [
+            # The call log first: ready for the stage's first assignment.
+            [("call_log", self.calllog), ("dedup_stage", self.dedup)],
+            [("hanging_watch", self.hanging)],
+            [("feed_lease", self.lease)],
+        ]
+        await asyncio.gather(*(self._start_chain(chain) for chain in chains))
+
+    async def _start_chain(self, chain: list[tuple[str, _Part | None]]) -> None:
+        for name, part in chain:
             if part is not None:
-                self._starting_part = name
-                await part.start()
+                await self._retry(
+                    "a part of the bridge could not start; retrying (webhooks are still taken:"
+                    " their events wait in the ingest topic)",
+                    part.start,
+                    part=name,
+                )
 
     async def _retry(
         self,
         failed: str,
         attempt: Callable[[], Awaitable[None]],
         undo: Callable[[], Awaitable[None]] | None = None,
+        *,
+        part: str | None = None,
     ) -> None:
         delay = 0.5
         while True:
-            self._starting_part = ""
             try:
                 await attempt()
                 return
@@ -298,7 +312,7 @@ class Bridge:
                 log.warning(
                     failed,
                     extra={
-                        "part": self._starting_part or None,
+                        "part": part,
                         "error": repr(exc)[:500],
                         "retry_in_s": round(delay, 1),
                         "bootstrap_servers": ",".join(self.settings.kafka.bootstrap_servers),

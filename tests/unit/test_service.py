@@ -12,6 +12,7 @@ import pytest
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.service import Bridge
 from bridge.workers.role import Stages
+from tests.polling import until
 
 # Every series of the feed: a 0 from a process without the feed reads as a feed that is down.
 FEED_SERIES = (
@@ -231,3 +232,38 @@ def test_each_problem_of_the_ingest_topic_is_logged_as_an_error(
     assert [(level, message.split(" ")[3]) for level, message in logs] == [
         ("ERROR", "message.timestamp.type")
     ]
+
+
+class FakePart:
+    """A part whose start fails until told otherwise; records the order of successful starts."""
+
+    def __init__(self, name: str, started: list[str], refuse: bool = False) -> None:
+        self.name = name
+        self.started = started
+        self.refuse = refuse
+        self.attempts = 0
+
+    async def start(self) -> None:
+        self.attempts += 1
+        if self.refuse:
+            raise RuntimeError(f"{self.name} refused (an ACL, say)")
+        self.started.append(self.name)
+
+
+async def test_a_part_that_cannot_start_holds_up_no_other() -> None:
+    # A dedup stage refused its transactional id must not keep the feed lease from starting.
+    bridge = Bridge(every_source())
+    started: list[str] = []
+    stage = FakePart("dedup_stage", started, refuse=True)
+    bridge.calllog = FakePart("call_log", started)  # type: ignore[assignment]
+    bridge.dedup = stage  # type: ignore[assignment]
+    bridge.hanging = FakePart("hanging_watch", started)  # type: ignore[assignment]
+    bridge.lease = FakePart("feed_lease", started)  # type: ignore[assignment]
+    starting = asyncio.create_task(bridge._start_parts())
+    await until(lambda: stage.attempts >= 2)
+    assert sorted(started) == ["call_log", "feed_lease", "hanging_watch"]
+    assert not starting.done()
+    stage.refuse = False
+    await asyncio.wait_for(starting, 10)
+    # The call log still starts before the stage: ready for its first assignment.
+    assert started.index("call_log") < started.index("dedup_stage")
