@@ -190,11 +190,13 @@ class Feed:
                 else:
                     await conn.ws.send_str(out.payload)
             except (ConnectionError, RuntimeError):
-                conn.queue.task_done()
                 conn.discard()
                 return
-            self._count(conn, out)
-            conn.queue.task_done()
+            else:
+                self._count(conn, out)
+            finally:
+                # Also when cancelled mid-send (the connection closed): a flush waits for it.
+                conn.queue.task_done()
 
     def _count(self, conn: Connection, out: Outgoing) -> None:
         if out.kind == "control":
