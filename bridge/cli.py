@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from bridge import jsoncodec
@@ -185,6 +185,21 @@ def _webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_or_exit(settings: Settings, run: Callable[[], int]) -> int:
+    """Run a command that needs Kafka: an unreachable cluster is one clear line, exit 1."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        return run()
+    except KafkaError as exc:
+        servers = ",".join(settings.kafka.bootstrap_servers)
+        print(
+            f"cannot reach Kafka at {servers} (BRIDGE_KAFKA__BOOTSTRAP_SERVERS): {exc!r}",
+            file=sys.stderr,
+        )
+        return 1
+
+
 def _tail(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from rich.console import Console
@@ -193,17 +208,21 @@ def _tail(args: argparse.Namespace) -> int:
 
     topics = args.topic or [settings.topics.events, settings.topics.alerts]
     wanted = TailFilter(type_glob=args.type, call=args.call)
-    asyncio.run(
-        tail(
-            settings,
-            topics,
-            wanted,
-            from_beginning=args.from_beginning,
-            limit=args.limit,
-            console=Console(),
+
+    def run() -> int:
+        asyncio.run(
+            tail(
+                settings,
+                topics,
+                wanted,
+                from_beginning=args.from_beginning,
+                limit=args.limit,
+                console=Console(),
+            )
         )
-    )
-    return 0
+        return 0
+
+    return _kafka_or_exit(settings, run)
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -214,7 +233,9 @@ def _backfill(args: argparse.Namespace) -> int:
     from bridge.backfill import run_backfill
 
     logsetup.configure(settings.log.level, settings.log.format)
-    return run_backfill(settings, args.call or [], Console(), since=args.since)
+    return _kafka_or_exit(
+        settings, lambda: run_backfill(settings, args.call or [], Console(), since=args.since)
+    )
 
 
 def _since(text: str) -> float:

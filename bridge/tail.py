@@ -70,9 +70,9 @@ async def tail(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await consumer.start()
     shown = 0
     try:
+        await consumer.start()
         while not stop.is_set() and (limit is None or shown < limit):
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():

@@ -138,3 +138,16 @@ def test_backfill_since_takes_a_time_or_a_span(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert "'yesterday' is not epoch seconds" in err
     assert "not allowed with argument" in err
+
+
+@pytest.mark.parametrize("command", [["tail"], ["backfill", "--call", "CA_1"]])
+def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Kafka at 127.0.0.1:9 (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)" in err
+    assert "Traceback" not in err
