@@ -105,6 +105,7 @@ class Pipeline:
         publish_timeout: float,
         mode: Mode = "structured",
         clock: Callable[[], float] = time.time,
+        event_lag: bool = True,
     ) -> None:
         self._sink = sink
         self._router = router
@@ -115,6 +116,9 @@ class Pipeline:
         self._dlq_topic = dlq_topic
         self._timeout = publish_timeout
         self._clock = clock
+        # Each record carries its event's own time for the dedup stage's event-lag histogram; a
+        # backfill's events are old by design and would only drown the live ones' lag.
+        self._event_lag = event_lag
         self._records_in_flight = 0
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
@@ -177,7 +181,7 @@ class Pipeline:
                     output,
                     channel,
                     received_at,
-                    normalised.event_time,
+                    normalised.event_time if self._event_lag else None,
                 )
                 reason = None
             if record.key in held_back:
@@ -349,7 +353,9 @@ def _release(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def pipeline_for(settings: Settings, sink: Sender, router: Router, metrics: Metrics) -> Pipeline:
+def pipeline_for(
+    settings: Settings, sink: Sender, router: Router, metrics: Metrics, *, event_lag: bool = True
+) -> Pipeline:
     """The ingest stage as the settings configure it: the daemon's, and the backfill's."""
     return Pipeline(
         sink,
@@ -360,6 +366,7 @@ def pipeline_for(settings: Settings, sink: Sender, router: Router, metrics: Metr
         ingest_topic=settings.topics.ingest,
         dlq_topic=settings.topics.dlq,
         publish_timeout=settings.kafka.publish_timeout_seconds,
+        event_lag=event_lag,
     )
 
 
