@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 _FETCH_MS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
 PROGRESS_SCAN_SECONDS = 10.0
+# How far the broker's clock (append times) may run ahead of ours.
+_CLOCK_MARGIN_S = 60.0
 
 
 async def restore(
@@ -73,9 +76,11 @@ async def _restore_window(
     if end <= first:
         return 0
     last = await _read_one(consumer, tp, end - 1)
-    if last is None:  # deleted by retention meanwhile: nothing within the TTL is left
-        return 0
-    found = await consumer.offsets_for_times({tp: max(int(last.timestamp - ttl * 1000), 0)})
+    # Nothing readable at or after end - 1 (a control or aborted record of another writer last,
+    # or retention meanwhile): what comes next is appended from now on, so the TTL before now
+    # covers it, with a margin for the broker's clock against ours.
+    moment = last.timestamp if last is not None else (time.time() - _CLOCK_MARGIN_S) * 1000
+    found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
     start = max(at.offset if at is not None else end, first)
     return await _replay(consumer, tp, start, end, window, progress)
@@ -111,6 +116,8 @@ async def _progress_past(
 
 
 async def _read_one(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> Any:
+    """The record at `offset`, or the first readable one after it (append times never go back,
+    so its time is as good a bound); None when there is none."""
     consumer.seek(tp, offset)
     for _ in range(20):
         batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS, max_records=1)).get(tp, [])

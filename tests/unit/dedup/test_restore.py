@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiokafka import TopicPartition
 
@@ -65,3 +67,15 @@ async def test_call_log_progress_reads_past_the_committed_offset(log: FakeLog) -
     assert await restore({}, TP, 3, window, TTL, progress) == 3
     assert progress.live() == {"CA_1": 6}
     assert seen(window, "CA_1:3", "CA_1:4") == [True, False]  # the window stops at 3 all the same
+
+
+async def test_an_unreadable_last_record_still_restores_the_ttl_before_now(log: FakeLog) -> None:
+    # Another transactional writer's aborted record is the last before the committed offset:
+    # the stage skipped it, and no record came since. The window is still the TTL's ids.
+    now = time.time()
+    log.append(ingest(0, "CA_1:0", now - 2.0))
+    log.append(ingest(1, "CA_1:1", now - 1.5))
+    log.append(ingest(2, "CA_9:7", now - 1.0), aborted=True)
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 3, window, TTL) == 2
+    assert seen(window, "CA_1:0", "CA_1:1", "CA_9:7") == [True, True, False]
