@@ -2,7 +2,7 @@
 #   docker build -t pinecall-bridge .
 #   docker run --rm -p 8080:8080 -e BRIDGE_WEBHOOK__SECRETS=... -e BRIDGE_KAFKA__BOOTSTRAP_SERVERS=... pinecall-bridge
 # tests/deploy/test_dockerfile.py lints this file (hadolint) and runs the same install path
-# (wheel -> fresh virtualenv -> `pinecall-bridge --help` and `check`) without a Docker engine.
+# (hashed lock -> wheel -> fresh virtualenv -> `pinecall-bridge --help`, `check`) without Docker.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -11,11 +11,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies first, from pyproject.toml alone: source edits do not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+# Dependencies first, from the lock alone (exact versions, every file's hash checked): source
+# edits do not reinstall them, and the image has what the tests ran (`make lock` renews it).
+COPY pyproject.toml requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # Then the package itself, as a wheel (what a release would publish), without touching the deps.
 # Byte-code is compiled here: at run time the root filesystem is read-only.
@@ -23,6 +22,7 @@ COPY README.md ./
 COPY bridge/ bridge/
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

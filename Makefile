@@ -16,13 +16,15 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # pip's output goes to a log, shown only when the install fails.
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 		|| { echo "Python 3.11+ is needed: $(PYTHON) is not one (install it, or set PYTHON=python3.12)"; exit 1; }
 	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >/dev/null 2>&1 \
 		|| { rm -rf $(VENV); echo "$(PYTHON) -m venv failed: on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
-	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[dev]'; } \
+	@{ $(BIN)/python -m pip install --upgrade pip \
+		&& $(BIN)/python -m pip install --require-hashes -r requirements.lock \
+		&& $(BIN)/python -m pip install -e '.[dev]'; } \
 		>$(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -103,6 +105,10 @@ deploy-check: deploy-tools kafka-up  ## only the Dockerfile, Helm chart and depl
 
 deploy-generate: deploy-tools  ## regenerate deploy/ from the Helm chart
 	$(BIN)/python -m tests.deploy.generate
+
+.PHONY: lock
+lock: venv  ## re-pin requirements.lock (the image's and the tests' runtime dependencies, hashed)
+	@tools/lock/lock.sh
 
 # Benchmarks (issue 5): on demand only, never part of `make test`. A dedicated broker on
 # BENCH_KAFKA_PORT is started and stopped by the harness; kcat is installed when missing (root).

@@ -16,11 +16,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.tools import REPO, find_tool, run
 
 DOCKERFILE = REPO / "Dockerfile"
-CONTEXT = {"pyproject.toml", "README.md", "bridge/"}  # what the builder stage copies
+CONTEXT = {"pyproject.toml", "requirements.lock", "README.md", "bridge/"}  # the builder's COPYs
+LOCK = REPO / "requirements.lock"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -78,10 +81,45 @@ def test_runtime_stage_is_slim_non_root_and_shell_free() -> None:
 def test_dependencies_are_installed_before_the_source_is_copied() -> None:
     builder = stages()[0]
     order = [f"{word} {rest}" for word, rest in builder]
-    deps = next(i for i, line in enumerate(order) if "-r /tmp/requirements.txt" in line)
-    assert order.index("COPY pyproject.toml ./") < deps < order.index("COPY bridge/ bridge/")
-    copied = {rest.split()[0] for word, rest in builder if word == "COPY"}
+    deps = next(i for i, line in enumerate(order) if "-r requirements.lock" in line)
+    assert "--require-hashes" in order[deps], "every file of every pinned version checked"
+    lock = order.index("COPY pyproject.toml requirements.lock ./")
+    assert lock < deps < order.index("COPY bridge/ bridge/")
+    copied = {name for word, rest in builder if word == "COPY" for name in rest.split()[:-1]}
     assert copied == CONTEXT
+
+
+def pins() -> dict[str, tuple[str, list[str], str]]:
+    """The lock's entries: name -> (version, hashes, marker)."""
+    entries = re.findall(
+        r"^([A-Za-z0-9_.-]+)==(\S+)(?: ; ([^\\\n]+?))? \\\n((?:\s+--hash=\S+(?: \\)?\n)+)",
+        LOCK.read_text(),
+        re.MULTILINE,
+    )
+    return {
+        canonicalize_name(name): (version, re.findall(r"--hash=(\S+)", hashes), marker)
+        for name, version, marker, hashes in entries
+    }
+
+
+def test_the_lock_pins_every_dependency_in_its_range_with_hashes() -> None:
+    # `make lock` after a change of pyproject.toml's dependencies; a stale lock fails here.
+    pinned = pins()
+    assert pinned, "requirements.lock has no pins"
+    assert all(hashes for _, hashes, _ in pinned.values())
+    assert all(h.startswith("sha256:") for _, hashes, _ in pinned.values() for h in hashes)
+    pinned_lines = len(re.findall(r"^[A-Za-z0-9_.-]+==", LOCK.read_text(), re.MULTILINE))
+    assert len(pinned) == pinned_lines, "every pin parsed"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for text in deps:
+        wanted = Requirement(text)
+        name = canonicalize_name(wanted.name)
+        assert name in pinned, f"{wanted.name} is not in requirements.lock: run make lock"
+        version = pinned[name][0]
+        assert wanted.specifier.contains(version), (
+            f"requirements.lock pins {wanted.name}=={version}, outside {wanted.specifier}:"
+            " run make lock"
+        )
 
 
 def test_dockerignore_lets_in_only_the_build_context() -> None:
@@ -111,9 +149,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp / "venv"
     run(sys.executable, "-m", "venv", venv)
     pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "--quiet"]
-    deps = tomllib.loads((context / "pyproject.toml").read_text())["project"]["dependencies"]
-    (tmp / "requirements.txt").write_text("\n".join(deps) + "\n")
-    run(*pip, "install", "-r", tmp / "requirements.txt", env=env)
+    run(*pip, "install", "--require-hashes", "-r", context / "requirements.lock", env=env)
     run(*pip, "wheel", "--no-deps", "--wheel-dir", tmp / "wheels", context, env=env)
     (wheel,) = (tmp / "wheels").glob("pinecall_bridge-*.whl")
     run(*pip, "install", "--no-deps", wheel, env=env)
