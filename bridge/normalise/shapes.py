@@ -160,6 +160,8 @@ def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | 
         received_at=received,
         event_time=_first_time(item, _LEGACY_TIME_KEYS),
         call=_str_or_none(item.get("callId")),
+        # Its agent too (it stays in data): an agent's frame without a call is keyed by it.
+        agent=_str_or_none(item.get("agent")),
         marker=event_type in MARKER_TYPES,
     )
 

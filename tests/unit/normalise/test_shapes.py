@@ -134,6 +134,12 @@ def test_legacy_frame() -> None:
     assert e.data == {"from": "+1", "timestamp": 1_700_000_000}
 
 
+def test_legacy_frame_keeps_its_agent() -> None:
+    e = norm({"event": "bot.word", "agent": "pines", "word": "hi"})
+    assert (e.type, e.call, e.agent) == ("bot.word", None, "pines")
+    assert e.data == {"agent": "pines", "word": "hi"}
+
+
 def test_legacy_frame_whose_payload_has_a_type() -> None:
     e = norm({"event": "participant.joined", "callId": "CA_1", "type": "sip", "id": "CA_1:7"})
     assert (e.type, e.call, e.id) == ("participant.joined", "CA_1", "CA_1:7")
