@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,6 +38,7 @@ _DOCUMENTED_KEYS = frozenset(
 )
 _LEGACY_ENVELOPE = frozenset({"event", "callId", "id"})
 _LEGACY_TIME_KEYS = ("timestamp", "ts", "time", "created_at")
+_NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?|[0-9]+\.[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,13 @@ def _first_time(item: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 
 
 def to_epoch(value: Any) -> float | None:
-    """Epoch seconds from a number (seconds, or milliseconds when huge) or an ISO 8601 string."""
+    """Epoch seconds from a number (seconds, or milliseconds when huge) or an ISO 8601 string.
+
+    A string of digits with a fraction or of 9 digits or more is a number too: no date is written
+    so (8 digits are a date, 20260101).
+    """
+    if isinstance(value, str) and _NUMERIC.fullmatch(value):
+        value = float(value)
     if _is_int(value) or isinstance(value, float):
         seconds = float(value)
         if seconds > 1e11:  # no event is from the year 5138: this is milliseconds
