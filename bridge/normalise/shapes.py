@@ -187,9 +187,10 @@ def _extra(item: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
 
 
 def _first_time(item: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The first of `keys` that holds a readable time."""
     for key in keys:
-        if key in item:
-            return to_epoch(item[key])
+        if key in item and (moment := to_epoch(item[key])) is not None:
+            return moment
     return None
 
 

@@ -134,6 +134,11 @@ def test_legacy_frame() -> None:
     assert e.data == {"from": "+1", "timestamp": 1_700_000_000}
 
 
+def test_an_unreadable_time_key_gives_way_to_the_next() -> None:
+    e = norm({"event": "call.started", "callId": "CA_9", "timestamp": "soon", "ts": 1_700_000_000})
+    assert e.event_time == 1_700_000_000.0
+
+
 def test_legacy_frame_keeps_its_agent() -> None:
     e = norm({"event": "bot.word", "agent": "pines", "word": "hi"})
     assert (e.type, e.call, e.agent) == ("bot.word", None, "pines")
