@@ -25,9 +25,9 @@ from bridge.config import Settings, load_settings
 from bridge.ingest.record import encode
 from bridge.service import Bridge
 from bridge.sink.record import Record
-from bridge.sources.signature import sign
 from bridge.workers.role import Stages
 from tests.schema import contract
+from tests.webhooks import signed
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "tools" / "kafka" / "kafka.sh"
@@ -270,12 +270,7 @@ class RunningBridge:
     async def post(
         self, body: bytes | Any, *, secret: str = SECRET, bare: bool = False
     ) -> tuple[int, dict[str, Any]]:
-        raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
-        signature = sign(secret.encode(), raw)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Pinecall-Signature": signature.removeprefix("sha256=") if bare else signature,
-        }
+        raw, headers = signed(body, secret, bare=bare)
         async with self.session.post(
             self.url + "/webhooks/pinecall", data=raw, headers=headers
         ) as response:

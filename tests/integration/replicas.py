@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from bridge import jsoncodec
-from bridge.sources.signature import sign
 from tests.integration.conftest import SECRET, Topics, daemon_env, wait_ready
+from tests.webhooks import signed
 
 COMMAND = Path(sys.executable).parent / "pinecall-bridge"
 # Short group timings so failovers fit a test; the broker's minimum session timeout is 6 s.
@@ -163,11 +163,7 @@ async def post_signed_answer(
     session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
 ) -> tuple[int, dict[str, str]]:
     """post_signed, with the answer's headers (empty when no answer came)."""
-    raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
-    headers = {
-        "Content-Type": "application/json",
-        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
-    }
+    raw, headers = signed(body, SECRET)
     try:
         async with session.post(
             url + "/webhooks/pinecall",

@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from bridge import jsoncodec
-from bridge.sources.signature import sign
 from tests.integration.conftest import (
     SECRET,
     Broker,
@@ -26,6 +24,7 @@ from tests.integration.conftest import (
     until_metrics,
     wait_ready,
 )
+from tests.webhooks import signed
 
 PUBLISH_TIMEOUT = 2.0
 # Short so that tests see the outage and the recovery within a second of them happening.
@@ -66,11 +65,7 @@ def launch(broker: Broker, start_bridge: Callable[..., Any]) -> Launch:
 
 async def post(handle: RunningBridge, item: Any) -> tuple[int, dict[str, Any], str | None]:
     """POST a signed event; the status, the JSON answer and its Retry-After header."""
-    raw = jsoncodec.dumps(item)
-    headers = {
-        "Content-Type": "application/json",
-        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
-    }
+    raw, headers = signed(item, SECRET)
     async with handle.session.post(
         handle.url + "/webhooks/pinecall", data=raw, headers=headers
     ) as response:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.conftest import Topics, entry, free_port
+from tests.integration.conftest import SECRET, Topics, entry, free_port
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.rawhttp import RawConnection
+from tests.webhooks import signed
 
 SLOW_CLIENTS = 100
 HEADER_TIMEOUT = 2.0
@@ -19,17 +20,18 @@ BODY_TIMEOUT = 3.0
 # Every slow client must be closed by then: the body timeout, the drain after the 408 (capped
 # at the body timeout) and ample slack for 100 connections on a shared machine.
 CLOSED_WITHIN = 2 * BODY_TIMEOUT + 15
+BODY, HEADERS = signed(b"x" * 4096, SECRET)
 HEAD = (
-    b"POST /webhooks/pinecall HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    b"Content-Type: application/json\r\nX-Pinecall-Signature: sha256=00\r\n"
-    b"Content-Length: 4096\r\n\r\n"
-)
+    "POST /webhooks/pinecall HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + "".join(f"{name}: {value}\r\n" for name, value in HEADERS.items())
+    + f"Content-Length: {len(BODY)}\r\n\r\n"
+).encode()
 
 
 async def slow_client(port: int, n: int) -> bool:
     """Half dribble their head, half their body, a byte every 0.5 s; True once closed."""
     conn = await RawConnection.open("127.0.0.1", port)
-    prefix, rest = (b"", HEAD) if n % 2 else (HEAD, b"x" * 4096)
+    prefix, rest = (b"", HEAD) if n % 2 else (HEAD, BODY)
     await conn.send(prefix)
     dribbling = asyncio.create_task(conn.dribble(rest, every=0.5))
     try:

@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 
 from bridge import jsoncodec
-from bridge.sources.signature import sign
 from tests.integration.conftest import (
     SECRET,
     Topics,
@@ -31,6 +30,7 @@ from tests.integration.conftest import (
     wait_ready,
     write_ingest,
 )
+from tests.webhooks import signed
 
 GRACE_SECONDS = 15.0
 # The interpreter's own exit after the bridge has stopped.
@@ -142,11 +142,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
 async def post(
     session: aiohttp.ClientSession, url: str, item: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
-    raw = jsoncodec.dumps(item)
-    headers = {
-        "Content-Type": "application/json",
-        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
-    }
+    raw, headers = signed(item, SECRET)
     async with session.post(url + "/webhooks/pinecall", data=raw, headers=headers) as response:
         return response.status, await response.json()
 
@@ -155,7 +151,7 @@ async def post_held(
     daemon: Daemon, item: dict[str, Any], release: asyncio.Event
 ) -> tuple[int, dict[str, Any]]:
     """Post `item` with its body half sent until `release`: a request surely in flight meanwhile."""
-    raw = jsoncodec.dumps(item)
+    raw, headers = signed(item, SECRET)
     half = len(raw) // 2
 
     async def body() -> AsyncIterator[bytes]:
@@ -163,11 +159,7 @@ async def post_held(
         await release.wait()
         yield raw[half:]
 
-    headers = {
-        "Content-Type": "application/json",
-        "Content-Length": str(len(raw)),
-        "X-Pinecall-Signature": sign(SECRET.encode(), raw),
-    }
+    headers["Content-Length"] = str(len(raw))
     timeout = aiohttp.ClientTimeout(total=GRACE_SECONDS + EXIT_MARGIN_SECONDS)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,

@@ -26,7 +26,6 @@ from bridge.config import WebhookSettings
 from bridge.ingest.record import decode as decode_ingest
 from bridge.normalise import Event, normalise, split_body
 from bridge.normalise.binding import decode as decode_cloudevent
-from bridge.sources.signature import sign
 from tests.fuzz import hostile_json, item_texts, signatures
 from tests.integration.conftest import (
     SECRET,
@@ -40,6 +39,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.replicas import Replica, replica_env, total
 from tests.rawhttp import Framing, Header, RawResponse, build_request, exchange
+from tests.webhooks import signed
 
 PATH = "/webhooks/pinecall"
 LIMIT = WebhookSettings(secrets=[SECRET]).max_body_bytes
@@ -349,12 +349,8 @@ async def test_a_body_cut_short_is_counted_not_logged_as_a_bug(
     bridge: RunningBridge, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The server as in production (no handler cancellation) sees the sender leave mid-body.
-    body = jsoncodec.dumps(entry(1))
-    headers: list[Header] = [
-        ("Content-Type", "application/json"),
-        ("X-Pinecall-Signature", sign(SECRET.encode(), body)),
-    ]
-    request = build_request("POST", PATH, headers, body, framing="long")
+    body, headers = signed(entry(1), SECRET)
+    request = build_request("POST", PATH, list(headers.items()), body, framing="long")
     port = int(bridge.url.rsplit(":", 1)[1])
     assert await exchange("127.0.0.1", port, request, half_close=True) is None
     series = 'pinecall_bridge_events_rejected_total{channel="webhook",reason="incomplete_body"}'
@@ -365,13 +361,10 @@ async def test_a_body_cut_short_is_counted_not_logged_as_a_bug(
 async def test_an_encoded_body_is_refused_unread(bridge: RunningBridge) -> None:
     # Signed as the platform would sign the event; the bridge must not inflate it to check:
     # inflating a gzip bomb (1,000:1) stalls every other request.
-    event = jsoncodec.dumps(entry(1))
-    headers: list[Header] = [
-        ("Content-Type", "application/json"),
-        ("Content-Encoding", "gzip"),
-        ("X-Pinecall-Signature", sign(SECRET.encode(), event)),
-    ]
-    request = build_request("POST", PATH, headers, gzip.compress(event))
+    event, headers = signed(entry(1), SECRET)
+    request = build_request(
+        "POST", PATH, [*headers.items(), ("Content-Encoding", "gzip")], gzip.compress(event)
+    )
     response = await exchange("127.0.0.1", int(bridge.url.rsplit(":", 1)[1]), request)
     assert response is not None
     assert response.status == 415

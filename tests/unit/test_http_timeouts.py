@@ -17,10 +17,10 @@ from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import HeadTimeoutHandler, check_aiohttp, timed_runner
 from bridge.metrics import Metrics
-from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
 from tests.rawhttp import RawConnection
 from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
+from tests.webhooks import signed
 
 PATH = "/webhooks/pinecall"
 # Generous: the timeouts under test are 0.5 s, the ones not under test 60 s.
@@ -36,16 +36,10 @@ def head(method: str, target: str, *headers: str) -> bytes:
 
 
 def signed_post(body: bytes) -> bytes:
-    return (
-        head(
-            "POST",
-            PATH,
-            "Content-Type: application/json",
-            f"X-Pinecall-Signature: {sign(SECRET, body)}",
-            f"Content-Length: {len(body)}",
-        )
-        + body
-    )
+    """A signed webhook request, its head as `head` builds it."""
+    _, headers = signed(body, SECRET)
+    lines = [f"{name}: {value}" for name, value in headers.items()]
+    return head("POST", PATH, *lines, f"Content-Length: {len(body)}") + body
 
 
 HEALTHZ = head("GET", "/healthz")

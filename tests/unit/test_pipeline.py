@@ -14,6 +14,7 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits, record_size
 from bridge.sink.record import Record
+from tests.polling import until
 from tests.unit.fakes import FakeSink
 
 INGEST = "pinecall.ingest"
@@ -187,7 +188,7 @@ async def test_delivery_error_fails_and_marks_nothing_reachable() -> None:
     sink = FakeSink(auto_ack=False)
     pipeline, metrics = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.futures) == 1)
     sink.futures[0].set_exception(RuntimeError("not leader"))
     result = await task
     assert (result.failed, result.failure_reasons) == (1, {"error"})
@@ -231,7 +232,7 @@ async def test_batch_with_one_failure_is_not_ok_and_counts_each_item() -> None:
     sink = FakeSink(auto_ack=False)
     pipeline, _ = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1), entry(2), entry(3)], "webhook"))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.futures) == 3)
     sink.futures[0].set_result(None)
     sink.futures[1].set_exception(RuntimeError("x"))
     sink.futures[2].set_result(None)
@@ -495,7 +496,7 @@ async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
     sink = FakeSink(auto_ack=False)
     pipeline, _ = make(sink)
     task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.futures) == 1)
     [delivery] = sink.futures
     delivery.set_exception(MessageSizeTooLargeError())
     result = await task
@@ -518,7 +519,7 @@ async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
     pipeline, metrics = make(sink)
     items = [entry(1, "CA_1"), entry(1, "CA_2"), entry(1, "CA_3")]
     task = asyncio.create_task(pipeline.submit(items, "webhook"))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.futures) == 3)
     sink.futures[0].set_result(0)
     sink.futures[1].set_exception(RuntimeError("not leader"))
     sink.futures[2].set_result(2)

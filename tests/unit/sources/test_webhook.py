@@ -15,10 +15,10 @@ from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
-from bridge.sources.signature import sign
 from bridge.sources.webhook import WebhookHandler
 from tests.rawhttp import Framing, build_request, exchange
 from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
+from tests.webhooks import SIGNATURE, signed
 
 PATH = "/webhooks/pinecall"
 
@@ -39,12 +39,16 @@ class Harness:
         signature: str | None = None,
         content_type: str = "application/json",
         sign_it: bool = True,
+        secret: bytes = SECRET,
+        bare: bool = False,
     ) -> Any:
-        headers = {"Content-Type": content_type}
+        """POST `body` signed with `secret`, or with `signature` as given, or unsigned."""
+        _, headers = signed(body, secret, bare=bare)
+        headers["Content-Type"] = content_type
         if signature is not None:
-            headers["X-Pinecall-Signature"] = signature
-        elif sign_it:
-            headers["X-Pinecall-Signature"] = sign(SECRET, body)
+            headers[SIGNATURE] = signature
+        elif not sign_it:
+            del headers[SIGNATURE]
         return await self.client.post(PATH, data=body, headers=headers)
 
     @property
@@ -114,12 +118,12 @@ async def test_a_repeated_delivery_is_accepted_again(harness: Harness) -> None:
 
 
 async def test_bare_hex_signature_accepted(harness: Harness) -> None:
-    response = await harness.post(ENTRY, signature=sign(SECRET, ENTRY).removeprefix("sha256="))
+    response = await harness.post(ENTRY, bare=True)
     assert response.status == 200
 
 
 async def test_rotated_secret_accepted(harness: Harness) -> None:
-    response = await harness.post(ENTRY, signature=sign(b"older", ENTRY))
+    response = await harness.post(ENTRY, secret=b"older")
     assert response.status == 200
 
 
@@ -128,7 +132,7 @@ async def test_rotated_secret_accepted(harness: Harness) -> None:
     [
         (None, False, "missing_signature"),
         ("sha256=nothex", True, "malformed_signature"),
-        (sign(b"wrong", ENTRY), True, "invalid_signature"),
+        (signed(ENTRY, b"wrong")[1][SIGNATURE], True, "invalid_signature"),
     ],
 )
 async def test_bad_signatures_401_and_nothing_published(
@@ -143,7 +147,7 @@ async def test_bad_signatures_401_and_nothing_published(
 
 async def test_tampered_body_401(harness: Harness) -> None:
     tampered = ENTRY.replace(b"CA_1", b"CA_2")
-    response = await harness.post(tampered, signature=sign(SECRET, ENTRY))
+    response = await harness.post(tampered, signature=signed(ENTRY, SECRET)[1][SIGNATURE])
     assert response.status == 401
 
 
@@ -184,9 +188,9 @@ async def test_encoded_or_broken_body_is_refused_not_a_bug(
     status: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    headers = [("Content-Type", "application/json"), ("X-Pinecall-Signature", sign(SECRET, body))]
+    _, headers = signed(body, SECRET)
     framing: Framing = "none" if header[0] == "Transfer-Encoding" else "length"
-    request = build_request("POST", PATH, [*headers, header], body, framing=framing)
+    request = build_request("POST", PATH, [*headers.items(), header], body, framing=framing)
     response = await exchange("127.0.0.1", harness.port, request)
     assert response is not None
     assert response.status == status
