@@ -423,6 +423,17 @@ groups:
           summary: {{ printf "Deployment %s has unavailable replicas" "{{ $labels.namespace }}/{{ $labels.deployment }}" | quote }}
           description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (mul $a.notReadyMinutes 2) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgereplicasunavailable" $a.runbookUrl }}
+      - alert: PinecallBridgePodRestarting
+        # Needs kube-state-metrics. A crash loop restarts faster than TargetDown's window, and the
+        # process's own counters start again at 0 each time: only Kubernetes' count shows it.
+        expr: |
+          increase(kube_pod_container_status_restarts_total{container="bridge", pod=~"{{ $job }}-.*"}[30m]) > 2
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s restarted %s times in 30 minutes" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "The bridge container of %s/%s restarted more than twice in 30 minutes: a crash loop (repeated task crashes or worker exits end the process with status 1), an OOM kill or a failing liveness probe. Each restart costs a rebalance and a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgepodrestarting" $a.runbookUrl }}
 {{- if (.Values.prometheusRule.downstreamLag | default dict).enabled }}
 {{- /* The output topics, as a regular expression (a raw PromQL string: no escaping twice). */}}
 {{- $t := .Values.config.topics }}
