@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
 from bridge.ingest.record import encode
+from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.sink.record import Record
 from bridge.workers.role import Stages
@@ -266,6 +267,10 @@ class RunningBridge:
     bridge: Bridge
     url: str
     session: aiohttp.ClientSession
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.bridge.metrics
 
     async def post(
         self, body: bytes | Any, *, secret: str = SECRET, bare: bool = False

@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     read_decided,
 )
 from tests.integration.replicas import Replica, replica_env, total
+from tests.metrics import sample
 
 INGESTED = "pinecall_bridge_events_ingested_total"
 
@@ -184,14 +185,12 @@ async def test_many_calls_through_cuts_silences_gaps_and_5xx(
         sim.sse_silence()  # no byte, not even a ping: only the read timeout notices
         await play(calls, names, 10, rng)
         await end_and_check(kafka_bootstrap, topics, calls, names)
-        sample = handle.bridge.metrics.registry.get_sample_value
         for name in ("gaps", "gaps_filled", "gap_entries"):
-            assert (sample(f"pinecall_bridge_sse_{name}_total") or 0) > 0, name
+            assert sample(handle.metrics, f"pinecall_bridge_sse_{name}_total") > 0, name
         reconnects = {
             reason: sample(
-                "pinecall_bridge_sse_reconnects_total", {"stream": "call", "reason": reason}
+                handle.metrics, "pinecall_bridge_sse_reconnects_total", stream="call", reason=reason
             )
-            or 0
             for reason in ("closed", "silent", "server_error")
         }
         assert reconnects["closed"] > 0, reconnects
@@ -215,12 +214,11 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
         await asyncio.sleep(refusing)
         refused = sim.stats.sse_auth_refused
         await end_and_check(kafka_bootstrap, topics, calls, names)
-        sample = handle.bridge.metrics.registry.get_sample_value
         for stream in ("call", "org_feed"):
             auth = sample(
-                "pinecall_bridge_sse_reconnects_total", {"stream": stream, "reason": "auth"}
+                handle.metrics, "pinecall_bridge_sse_reconnects_total", stream=stream, reason="auth"
             )
-            assert (auth or 0) > 0, stream
+            assert auth > 0, stream
     # Backed off, not hammered: each reader retried a 401 at most every BACKOFF_MAX_SECONDS (0.5 s)
     # or so; a tight loop would make thousands of requests in these seconds.
     readers = len(names) + 2  # the calls' followers, the org feed and the call list
@@ -247,10 +245,12 @@ async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_
         assert note.json() == {"call": name, "seq": big, "type": "call.summary", "bytes": ANY}
         assert note.json()["bytes"] > 5000
         # The call ended at its score: no reader of its log is left reconnecting over the entry.
-        sample = handle.bridge.metrics.registry.get_sample_value
+        metrics = handle.metrics
         protocol = {"stream": "call", "reason": "protocol"}
-        assert (sample("pinecall_bridge_sse_reconnects_total", protocol) or 0) == 0
-        assert sample("pinecall_bridge_events_dead_lettered_total", {"reason": "too_large"}) == 1
+        assert sample(metrics, "pinecall_bridge_sse_reconnects_total", **protocol) == 0
+        assert (
+            sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
+        )
 
 
 def sse_env(sim: Simulator) -> dict[str, str]:
@@ -377,17 +377,17 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
         calls = Calls(sim, "CA_cap")
         names = calls.open(8)
         await play(calls, names, 5, rng)
-        sample = handle.bridge.metrics.registry.get_sample_value
+        metrics = handle.metrics
 
         async def capped() -> bool:
-            followed = sample("pinecall_bridge_sse_calls_followed")
-            return followed == 3 and sample("pinecall_bridge_sse_calls_queued") == 5
+            followed = sample(metrics, "pinecall_bridge_sse_calls_followed")
+            return followed == 3 and sample(metrics, "pinecall_bridge_sse_calls_queued") == 5
 
         await until(capped, "3 calls followed, 5 queued")
         assert sum(len(sim.calllogs.readers(call)) for call in names) == 3
         # Each end frees a slot for the next call in the queue.
         await end_and_check(kafka_bootstrap, topics, calls, names)
-        assert sample("pinecall_bridge_sse_calls_queued") == 0
+        assert sample(metrics, "pinecall_bridge_sse_calls_queued") == 0
 
 
 async def test_a_graceful_restart_resumes_live_calls_where_they_were(
@@ -455,20 +455,19 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
         assert {tuple(r["channels"]) for r in report.records} == {("webhook", "websocket", "sse")}
         await consume_until(kafka_bootstrap, [topics.events], has(len(expected)), within=90)
         bridges = [handle, stage] if apart else [handle]
-        samples = [b.bridge.metrics.registry.get_sample_value for b in bridges]
 
-        def sample(name: str, labels: dict[str, str] | None = None) -> float:
-            return sum(get(name, labels or {}) or 0 for get in samples)
+        def summed(name: str, **labels: str) -> float:
+            return sum(sample(b.metrics, name, **labels) for b in bridges)
 
         async def all_ended() -> bool:
-            return sample("pinecall_bridge_sse_calls_followed") == 0
+            return summed("pinecall_bridge_sse_calls_followed") == 0
 
         await until(all_ended, "every call log followed to its end")
         records = await read_decided(
             kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
         )
         ingested = {
-            channel: sample(INGESTED, {"channel": channel})
+            channel: summed(INGESTED, channel=channel)
             for channel in ("webhook", "websocket", "sse")
         }
         if apart:  # webhooks and the feed went to the ingest bridge, the call logs to the other

@@ -43,6 +43,7 @@ from tests.integration.conftest import (
     read_to_end,
     write_ingest,
 )
+from tests.metrics import sample
 
 Start = Callable[..., Any]
 
@@ -51,19 +52,15 @@ def ids(records: list[Consumed]) -> list[str]:
     return [r.json()["id"] for r in records]
 
 
-def sample(handle: RunningBridge, name: str, **labels: str) -> float:
-    return handle.bridge.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 async def until_sample(
     handles: list[RunningBridge], name: str, wanted: float, **labels: str
 ) -> None:
     """Until the bridges' summed sample is `wanted`: counted just after a commit returns."""
     for _ in range(100):
-        if sum(sample(h, name, **labels) for h in handles) == wanted:
+        if sum(sample(h.metrics, name, **labels) for h in handles) == wanted:
             return
         await asyncio.sleep(0.05)
-    total = sum(sample(h, name, **labels) for h in handles)
+    total = sum(sample(h.metrics, name, **labels) for h in handles)
     raise AssertionError(f"{name}{labels} is {total}, not {wanted}")
 
 
@@ -106,7 +103,7 @@ async def test_a_stage_that_cannot_start_yet_leaves_webhooks_taken_then_outputs_
     status, body = await bridge.post(entry(1, unique_call))
     assert (status, body["accepted"]) == (200, 1), body
     assert refused >= 1
-    assert sample(bridge, "pinecall_bridge_kafka_connected") == 1
+    assert sample(bridge.metrics, "pinecall_bridge_kafka_connected") == 1
     allowed.set()
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     failures = [r for r in caplog.records if r.getMessage().startswith("a part of the bridge")]
@@ -138,8 +135,8 @@ async def test_copies_posted_after_a_restart_are_not_output_again(
     assert {i: n for i, n in counts.items() if n > 1} == {}
     assert set(counts) == {f"{call}:{seq}" for call in calls for seq in (1, 2, 3, 4)}
     assert all(s == [1, 2, 3, 4] for s in seqs_by_call(records).values())
-    assert sample(after, "pinecall_bridge_dedup_restored_ids_total") >= len(first)
-    assert sample(after, "pinecall_bridge_dedup_restore_duration_seconds_count") >= 3
+    assert sample(after.metrics, "pinecall_bridge_dedup_restored_ids_total") >= len(first)
+    assert sample(after.metrics, "pinecall_bridge_dedup_restore_duration_seconds_count") >= 3
     # Counted when the transactions that dropped them committed.
     await until_sample(
         [after], "pinecall_bridge_events_duplicate_total", len(first), channel="webhook"
@@ -168,7 +165,7 @@ async def test_a_lagging_partition_is_restored_exactly(
     records = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)]
     # Restore read exactly what was committed before: :1 and :2, not the lag after them.
-    assert sample(second, "pinecall_bridge_dedup_restored_ids_total") == 2
+    assert sample(second.metrics, "pinecall_bridge_dedup_restored_ids_total") == 2
     await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
 
 
@@ -190,7 +187,7 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     stage = one.bridge.dedup
     assert stage is not None
     for _ in range(300):
-        if sample(one, "pinecall_bridge_dedup_partitions_owned") == 3:
+        if sample(one.metrics, "pinecall_bridge_dedup_partitions_owned") == 3:
             break
         await asyncio.sleep(0.1)
     else:
@@ -204,7 +201,9 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     async def revoked(partitions: set[TopicPartition]) -> None:
         was_open = stage._out.age is not None
         await revoke(partitions)
-        committed = sample(one, "pinecall_bridge_dedup_transactions_total", outcome="committed")
+        committed = sample(
+            one.metrics, "pinecall_bridge_dedup_transactions_total", outcome="committed"
+        )
         revocations.append((was_open, committed))
         revoked_once.set()
 
@@ -230,8 +229,11 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     assert Counter(ids(records)) == {f"{c}:1": 1 for c in calls}
     for handle in (one, two):
         for reason in ("fenced", "timeout", "error"):
-            assert sample(handle, "pinecall_bridge_dedup_partitions_lost_total", reason=reason) == 0
-    assert sample(one, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 0
+            assert (
+                sample(handle.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
+                == 0
+            )
+    assert sample(one.metrics, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 0
 
 
 async def test_two_members_split_the_partitions_and_output_each_id_once_in_order(
@@ -242,8 +244,8 @@ async def test_two_members_split_the_partitions_and_output_each_id_once_in_order
 
     async def owned() -> tuple[float, float]:
         return (
-            sample(one, "pinecall_bridge_dedup_partitions_owned"),
-            sample(two, "pinecall_bridge_dedup_partitions_owned"),
+            sample(one.metrics, "pinecall_bridge_dedup_partitions_owned"),
+            sample(two.metrics, "pinecall_bridge_dedup_partitions_owned"),
         )
 
     for _ in range(300):  # the group settles: 3 ingest partitions over 2 members
@@ -462,14 +464,11 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
     # producer's replacement aborted: hidden from read_committed.
     assert committed == [first_id, second_id]
     assert Counter(uncommitted)[first_id] == 2
-    assert zombie_metrics.registry.get_sample_value(
-        "pinecall_bridge_events_published_total", {"topic": topics.events}
-    ) in (None, 0.0)
     assert (
-        zombie_metrics.registry.get_sample_value(
-            "pinecall_bridge_dedup_transactions_total", {"outcome": "aborted"}
-        )
-        == 1.0
+        sample(zombie_metrics, "pinecall_bridge_events_published_total", topic=topics.events) == 0
+    )
+    assert (
+        sample(zombie_metrics, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 1
     )
 
 

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     until_decided,
     wait_ready,
 )
+from tests.metrics import sample
 
 
 @pytest.fixture
@@ -32,10 +33,9 @@ async def simulator() -> AsyncIterator[Simulator]:
 
 async def settled(bridge: Bridge) -> None:
     """Wait until nothing is queued or in flight inside the bridge."""
-    registry = bridge.metrics.registry
     for _ in range(200):
-        backlog = registry.get_sample_value("pinecall_bridge_websocket_backlog_events") or 0
-        inflight = registry.get_sample_value("pinecall_bridge_inflight_events") or 0
+        backlog = sample(bridge.metrics, "pinecall_bridge_websocket_backlog_events")
+        inflight = sample(bridge.metrics, "pinecall_bridge_inflight_events")
         if backlog == 0 and inflight == 0:
             return
         await asyncio.sleep(0.05)
@@ -100,11 +100,11 @@ async def test_both_channels_with_faults_match_the_ledger(
 
     # Read after the stop: the dedup stage counts a transaction once its commit has returned.
     metrics = bridge.metrics.registry
-    samples = [sample for metric in metrics.collect() for sample in metric.samples]
+    samples = [s for metric in metrics.collect() for s in metric.samples]
     reconnects = {
-        sample.labels["reason"]: sample.value
-        for sample in samples
-        if sample.name == "pinecall_bridge_websocket_reconnects_total"
+        s.labels["reason"]: s.value
+        for s in samples
+        if s.name == "pinecall_bridge_websocket_reconnects_total"
     }
     ingested = sum(s.value for s in samples if s.name == "pinecall_bridge_events_ingested_total")
     duplicates = sum(s.value for s in samples if s.name == "pinecall_bridge_events_duplicate_total")

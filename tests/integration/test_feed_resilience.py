@@ -13,12 +13,13 @@ import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sources.reconnect import DisconnectReason
 from tests.integration.conftest import (
     Broker,
     Topics,
@@ -28,6 +29,7 @@ from tests.integration.conftest import (
     until_decided,
     wait_ready,
 )
+from tests.metrics import sample
 
 # The stall test takes about two minutes: a minute of stall, the broker's start and recovery.
 pytestmark = pytest.mark.timeout(420)
@@ -74,23 +76,19 @@ async def started() -> AsyncIterator[list[Bridge]]:
         await bridge.stop()
 
 
-def sample(bridge: Bridge, name: str, **labels: str) -> float:
-    return bridge.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 def reconnects(bridge: Bridge) -> dict[str, float]:
-    return {
-        s.labels["reason"]: s.value
-        for metric in bridge.metrics.registry.collect()
-        for s in metric.samples
-        if s.name == "pinecall_bridge_websocket_reconnects_total" and s.value
+    """The feed's reconnections by reason, the reasons with none left out."""
+    counts = {
+        reason: sample(bridge.metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
+        for reason in get_args(DisconnectReason)
     }
+    return {reason: n for reason, n in counts.items() if n}
 
 
 async def settled(bridge: Bridge, within: float = 120) -> None:
     """Until nothing read from the feed waits for Kafka inside the bridge."""
     for _ in range(int(within / 0.1)):
-        if sample(bridge, "pinecall_bridge_websocket_backlog_events") == 0:
+        if sample(bridge.metrics, "pinecall_bridge_websocket_backlog_events") == 0:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the feed's backlog never drained")
@@ -158,8 +156,8 @@ async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_noth
         try:
             await asyncio.sleep(60)
             assert not traffic.done(), "the feed must be sending throughout the stall"
-            backlog = sample(bridge, "pinecall_bridge_websocket_backlog_events")
-            connected = sample(bridge, "pinecall_bridge_websocket_connected")
+            backlog = sample(bridge.metrics, "pinecall_bridge_websocket_backlog_events")
+            connected = sample(bridge.metrics, "pinecall_bridge_websocket_connected")
         finally:
             os.kill(pid, signal.SIGCONT)
         report = await traffic
@@ -172,9 +170,15 @@ async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_noth
     assert (connections, seen) == (1, {}), "the stall cost the feed its connection"
     assert connected == 1
     assert backlog > 1000, "the stall must have backed up more than the old queue held"
-    assert sample(bridge, "pinecall_bridge_websocket_frames_total", kind="event") == frames_sent
+    assert (
+        sample(bridge.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
+        == frames_sent
+    )
     dropped = sample(
-        bridge, "pinecall_bridge_events_rejected_total", channel="websocket", reason="backlog_full"
+        bridge.metrics,
+        "pinecall_bridge_events_rejected_total",
+        channel="websocket",
+        reason="backlog_full",
     )
     assert dropped == 0
     assert report.events > 1500

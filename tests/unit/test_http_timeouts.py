@@ -18,6 +18,7 @@ from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import HeadTimeoutHandler, check_aiohttp, timed_runner
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
+from tests.metrics import sample
 from tests.rawhttp import RawConnection
 from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
 from tests.webhooks import signed
@@ -53,16 +54,12 @@ class Edge:
     server: web.Server
 
     def timed_out(self, phase: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "pinecall_bridge_http_connections_timed_out_total", {"phase": phase}
-        )
-        return value or 0.0
+        return sample(self.metrics, "pinecall_bridge_http_connections_timed_out_total", phase=phase)
 
     def rejected(self, reason: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "pinecall_bridge_events_rejected_total", {"channel": "webhook", "reason": reason}
+        return sample(
+            self.metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason=reason
         )
-        return value or 0.0
 
     async def connect(self) -> RawConnection:
         return await RawConnection.open("127.0.0.1", self.port)

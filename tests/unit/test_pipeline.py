@@ -14,6 +14,7 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits, record_size
 from bridge.sink.record import Record
+from tests.metrics import sample
 from tests.polling import until
 from tests.unit.fakes import FakeSink
 
@@ -50,11 +51,6 @@ def make(
         clock=lambda: 1_700_000_500.25,
     )
     return pipeline, metrics
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 def output(record: Record) -> Record:

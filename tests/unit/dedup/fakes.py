@@ -137,10 +137,6 @@ def install(out: StageProducer, producer: FakeProducer) -> None:
     out._producer = cast(GroupCommitProducer, producer)
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 def sends(producer: FakeProducer) -> list[bytes]:
     """The values sent, in order."""
     return [call[3] for call in producer.calls if call[0] == "send"]

@@ -24,7 +24,8 @@ from bridge.dedup.stage import (
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
-from tests.unit.dedup.fakes import FakeProducer, ingest, install, sample, steps
+from tests.metrics import sample
+from tests.unit.dedup.fakes import FakeProducer, ingest, install, steps
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")

@@ -9,6 +9,7 @@ from aiokafka import TopicPartition
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
 from bridge.metrics import Metrics
+from tests.metrics import sample
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
@@ -16,7 +17,6 @@ from tests.unit.dedup.fakes import (
     FakeProducer,
     FakeRecord,
     ingest,
-    sample,
     sends,
     stage_producer,
     steps,

@@ -23,6 +23,7 @@ from bridge.dedup.groupcommit import GroupCommitFailedError
 from bridge.dedup.transaction import StageProducer, TransactionLostError, transactional_id
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
+from tests.metrics import sample
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
@@ -30,7 +31,6 @@ from tests.unit.dedup.fakes import (
     ProducerFactory,
     entry_of,
     ingest,
-    sample,
     sends,
     stage_producer,
     steps,

@@ -16,6 +16,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
 from bridge.sources.webhook import WebhookHandler
+from tests.metrics import sample
 from tests.rawhttp import Framing, build_request, exchange
 from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
 from tests.webhooks import SIGNATURE, signed
@@ -58,11 +59,8 @@ class Harness:
         return port
 
     def rejected(self, reason: str) -> float:
-        return (
-            self.metrics.registry.get_sample_value(
-                "pinecall_bridge_events_rejected_total", {"channel": "webhook", "reason": reason}
-            )
-            or 0.0
+        return sample(
+            self.metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason=reason
         )
 
 

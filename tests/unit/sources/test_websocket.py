@@ -19,6 +19,7 @@ from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
+from tests.metrics import sample
 from tests.polling import until
 from tests.unit.fakes import FakeSink, pipeline_with
 
@@ -236,10 +237,6 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
     assert feed.tokens_seen == [None]
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -364,10 +361,7 @@ async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
     source = await started(ws_settings, api, sink, metrics)
 
     def failures() -> float:
-        value = metrics.registry.get_sample_value(
-            "pinecall_bridge_websocket_reconnects_total", {"reason": "connect_error"}
-        )
-        return value or 0.0
+        return sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="connect_error")
 
     try:
         await until(lambda: failures() >= 3)
@@ -437,10 +431,7 @@ async def test_unanswered_pings_mean_a_dead_connection() -> None:
     source = await started(ws_settings, api, sink, metrics)
 
     def timeouts() -> float:
-        value = metrics.registry.get_sample_value(
-            "pinecall_bridge_websocket_reconnects_total", {"reason": "ping_timeout"}
-        )
-        return value or 0.0
+        return sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="ping_timeout")
 
     try:
         await until(lambda: timeouts() >= 2)
@@ -516,9 +507,7 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
         await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
     assert set(range(1, last + 1)) <= set(seqs(sink))
-    reconnects = metrics.registry.get_sample_value(
-        "pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}
-    )
+    reconnects = sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="closed")
     assert not reconnects
 
 
@@ -541,10 +530,7 @@ async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
         await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
     reconnects = sum(
-        metrics.registry.get_sample_value(
-            "pinecall_bridge_websocket_reconnects_total", {"reason": reason}
-        )
-        or 0
+        sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
         for reason in ("closed", "auth", "token_error", "connect_error", "error")
     )
     assert reconnects == 0

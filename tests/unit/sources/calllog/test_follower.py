@@ -19,6 +19,7 @@ from bridge.normalise import Unrecognised
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.publish import Publisher
+from tests.metrics import sample
 from tests.unit.fakes import entry
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
@@ -128,10 +129,7 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
 
 
 def reconnects(metrics: Metrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "pinecall_bridge_sse_reconnects_total", {"stream": "call", "reason": reason}
-    )
-    return value or 0.0
+    return sample(metrics, "pinecall_bridge_sse_reconnects_total", stream="call", reason=reason)
 
 
 async def test_it_authenticates_and_resumes_from_what_was_acknowledged(
@@ -278,10 +276,7 @@ async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> 
 
 
 def given_up(metrics: Metrics, reason: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "pinecall_bridge_sse_calls_given_up_total", {"reason": reason}
-    )
-    return value or 0.0
+    return sample(metrics, "pinecall_bridge_sse_calls_given_up_total", reason=reason)
 
 
 @pytest.mark.parametrize(("status", "reason"), [(404, "not_found"), (410, "gone")])
@@ -365,10 +360,9 @@ async def test_a_gap_is_read_from_the_pages_before_what_follows(
     page_headers, page_query = server.requests[1]
     assert page_query["after"] == "1"
     assert page_headers["Authorization"] == "Bearer k"
-    sample = metrics.registry.get_sample_value
-    assert sample("pinecall_bridge_sse_gaps_total") == 1
-    assert sample("pinecall_bridge_sse_gaps_filled_total") == 1
-    assert sample("pinecall_bridge_sse_gap_entries_total") == 2
+    assert sample(metrics, "pinecall_bridge_sse_gaps_total") == 1
+    assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 1
+    assert sample(metrics, "pinecall_bridge_sse_gap_entries_total") == 2
 
 
 async def test_a_failed_gap_fill_resumes_the_stream_before_the_gap(

@@ -1,0 +1,51 @@
+"""One reader of a Prometheus sample for every test: a misspelt name fails instead of reading 0."""
+
+from __future__ import annotations
+
+import difflib
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from bridge.metrics import Metrics
+
+# The samples a family of each type exports, besides `_created` (off in the bridge; counted from
+# the samples when on). A labelled metric without children yet exports no sample at all: its
+# name is known from these.
+_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+
+def sample(registry: CollectorRegistry | Metrics, name: str, **labels: str) -> float:
+    """The value of sample `name` with exactly these labels; 0.0 while that series is absent.
+
+    Fails the test when no metric in the registry exports a sample named `name`, or when that
+    sample's series carry other label names than `labels`: either would read 0 for ever.
+    """
+    if isinstance(registry, Metrics):
+        registry = registry.registry
+    families = list(registry.collect())
+    names = {f.name + suffix for f in families for suffix in _SUFFIXES.get(f.type, ("",))}
+    names.update(s.name for f in families for s in f.samples)
+    if name not in names:
+        close = difflib.get_close_matches(name, sorted(names), n=3)
+        raise AssertionError(f"no metric exports a sample named {name!r} (close: {close})")
+    _check_label_names(families, name, labels)
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def _check_label_names(families: list[Metric], name: str, labels: dict[str, str]) -> None:
+    """Only checkable once a series exists: without one, the label names are not exported."""
+    seen = {frozenset(s.labels) for f in families for s in f.samples if s.name == name}
+    if seen and frozenset(labels) not in seen:
+        expected = sorted(sorted(keys) for keys in seen)
+        raise AssertionError(f"{name} has labels {expected}, not {sorted(labels)}")
