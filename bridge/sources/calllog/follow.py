@@ -90,11 +90,26 @@ class Nothing:
 Step = Publish | Fill | CaughtUp | Nothing
 
 
+def fit_json_text(text: str, limit: int) -> tuple[str, bool]:
+    """`text` cut so that it takes at most `limit` bytes as a JSON string; and whether it was."""
+    size = len(jsoncodec.dumps(text))
+    if size <= limit:
+        return text, False
+    while size > limit:
+        # Proportionally, a little under: escaping is uneven, so it may take another round.
+        text = text[: max(int(len(text) * limit / size * 0.95) - 1, 0)]
+        size = len(jsoncodec.dumps(text))
+    return text, True
+
+
 class CallFollow:
     """Not thread-safe; one per followed call, driven by its follower task."""
 
-    def __init__(self, call: str, after: int, policy: ReconnectPolicy) -> None:
+    def __init__(
+        self, call: str, after: int, policy: ReconnectPolicy, *, max_note_bytes: int = 1_048_576
+    ) -> None:
         self.call = call
+        self._max_note_bytes = max_note_bytes  # a dead letter's text, as JSON: fits a record
         self.acked = max(after, 0)  # the resume point
         self.ended = False  # the terminal entry is in Kafka: nothing more will come
         self.caught_up = False  # this connection has replayed and is live
@@ -160,8 +175,11 @@ class CallFollow:
         try:
             entry = jsoncodec.loads(event.data)
         except jsoncodec.JSONDecodeError:
-            # Kept whole in the dead-letter topic: counted and skipped, it would be lost.
-            note = {"call": self.call, "seq": None, "type": event.type, "data": event.data}
+            # Kept in the dead-letter topic: counted and skipped, it would be lost. Escaped as
+            # JSON its text can grow (up to 6 bytes a character): cut to what a record takes.
+            text, cut = fit_json_text(event.data, self._max_note_bytes)
+            note: dict[str, Any] = {"call": self.call, "seq": None, "type": event.type}
+            note |= {"data": text, "truncated": True} if cut else {"data": text}
             return self._dead_letter("invalid_json", note, event.last_event_id, event.type)
         seq = entry.get("seq") if isinstance(entry, dict) else None
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:

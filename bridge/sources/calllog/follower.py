@@ -69,7 +69,9 @@ class Follower:
         metrics: Metrics,
         stopping: asyncio.Event,
     ) -> None:
-        self.state = CallFollow(call, after, ReconnectPolicy.of(settings))
+        self.state = CallFollow(
+            call, after, ReconnectPolicy.of(settings), max_note_bytes=settings.max_event_bytes
+        )
         self._session = session
         self._api = api
         self._settings = settings
@@ -263,7 +265,7 @@ class Follower:
 _UNREADABLE = {
     "too_large": "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it goes to"
     " the dead-letter topic in its place",
-    "invalid_json": "call log entry is not JSON; it goes to the dead-letter topic as it came",
+    "invalid_json": "call log entry is not JSON; it goes to the dead-letter topic with its text",
 }
 
 

@@ -1,10 +1,19 @@
 import random
 from typing import Any
 
+import pytest
+
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
 from bridge.sources.calllog.eventstream import Event, KeepAlive, Retry, TooLarge
-from bridge.sources.calllog.follow import CallFollow, CaughtUp, Fill, Nothing, Publish
+from bridge.sources.calllog.follow import (
+    CallFollow,
+    CaughtUp,
+    Fill,
+    Nothing,
+    Publish,
+    fit_json_text,
+)
 from bridge.sources.reconnect import ReconnectPolicy
 
 
@@ -183,3 +192,25 @@ def test_sealed_ends_the_call() -> None:
     f = follow()
     f.sealed()
     assert f.ended
+
+
+def test_a_not_json_entry_is_cut_to_what_a_record_takes_and_says_so() -> None:
+    # Control characters escape to 6 bytes each: the raw limit alone would not fit the record.
+    f = CallFollow("CA_1", 0, ReconnectPolicy(0.5, 30, 60), max_note_bytes=1_000)
+    step = f.step(Event("turn.user", "{" + "\x01" * 900, "4"))
+    assert isinstance(step, Publish)
+    note = step.item.item
+    assert note["truncated"] is True
+    assert len(jsoncodec.dumps(note["data"])) <= 1_000
+    assert note["data"].startswith("{\x01")
+    small = f.step(Event("turn.user", "{oops", "5"))
+    assert isinstance(small, Publish)
+    assert "truncated" not in small.item.item
+
+
+@pytest.mark.parametrize("text", ["", "abc", "\x01" * 500, "é" * 700, '"' * 999])
+def test_fit_json_text_never_exceeds_its_limit(text: str) -> None:
+    cut, was_cut = fit_json_text(text, 200)
+    assert len(jsoncodec.dumps(cut)) <= 200
+    assert text.startswith(cut)
+    assert was_cut == (cut != text)
