@@ -97,7 +97,9 @@ class DedupStage:
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
-        self._behind_since: dict[TopicPartition, float] = {}  # first seen behind, this spell
+        # When each partition was first seen behind in this spell, once this owner has seen it
+        # caught up (before that, its backlog is as old as its last processed record says).
+        self._behind_since: dict[TopicPartition, float | None] = {}
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
         # Bumped by every revocation: a start launched before it must install nothing, since
         # the committed offset it read may be older than what the next owner has committed.
@@ -498,10 +500,12 @@ class DedupStage:
             behind = max(high - task.position, 0) if high is not None else 0
             self._metrics.dedup_lag_records.labels(task.label).set(behind)
             if behind:
-                since = self._behind_since.setdefault(tp, now)
+                since = self._behind_since.get(tp)
+                if since is None and tp in self._behind_since:
+                    since = self._behind_since[tp] = now  # a new spell, after catching up
                 age = lag_seconds(now, since, task.last_appended_at)
             else:
-                self._behind_since.pop(tp, None)
+                self._behind_since[tp] = None
                 age = 0.0
             self._metrics.dedup_lag_seconds.labels(task.label).set(age)
 
@@ -512,15 +516,16 @@ class DedupStage:
                 gauge.remove(str(tp.partition))
 
 
-def lag_seconds(now: float, behind_since: float, last_appended_at: float | None) -> float:
+def lag_seconds(now: float, behind_since: float | None, last_appended_at: float | None) -> float:
     """About how long a partition's oldest unprocessed record has waited. Pure.
 
     Since the later of its last processed record's append time (what waits came after it) and
-    when it was first seen behind: after an idle spell the last processed record is old, and a
-    record that just arrived is not.
+    when it was first seen behind, if known: after an idle spell the last processed record is
+    old, and a record that just arrived is not. Known only once its owner saw it caught up: a
+    backlog found at a takeover is as old as the last record processed says.
     """
-    start = behind_since if last_appended_at is None else max(behind_since, last_appended_at)
-    return max(now - start, 0.0)
+    starts = [t for t in (behind_since, last_appended_at) if t is not None]
+    return max(now - max(starts), 0.0) if starts else 0.0
 
 
 def fetch_wait_ms(interval_ms: int, age: float | None) -> int:

@@ -524,3 +524,9 @@ def test_lag_through_a_long_backlog_runs_from_the_last_processed_record() -> Non
 def test_lag_before_any_record_was_processed_runs_from_when_it_was_seen_behind() -> None:
     assert lag_seconds(now=10_000.0, behind_since=9_940.0, last_appended_at=None) == 60.0
     assert lag_seconds(now=10_000.0, behind_since=10_001.0, last_appended_at=None) == 0.0
+
+
+def test_a_backlog_found_at_a_takeover_is_as_old_as_its_last_processed_record() -> None:
+    # Not yet seen caught up by this owner: when it was first seen behind is not known.
+    assert lag_seconds(now=10_000.0, behind_since=None, last_appended_at=9_000.0) == 1_000.0
+    assert lag_seconds(now=10_000.0, behind_since=None, last_appended_at=None) == 0.0
