@@ -251,8 +251,6 @@ class Bridge:
         if self.stages != "dedup":
             self._ready()
         await self._start_parts()
-        if self.stages == "dedup":  # the stage is all a dedup process does
-            self._ready()
 
     async def _connect_ingest(self) -> None:
         await self.sink.start()
@@ -275,15 +273,18 @@ class Bridge:
         or the feed's events are lost meanwhile. Each start is idempotent and undoes itself when
         it fails, so a retry resumes.
         """
-        chains: list[list[tuple[str, _Part | None]]] = [
+        # The stage is all a dedup process does: it is ready once the stage runs.
+        staged = self._ready if self.stages == "dedup" else None
+        await asyncio.gather(
             # The call log first: ready for the stage's first assignment.
-            [("call_log", self.calllog), ("dedup_stage", self.dedup)],
-            [("hanging_watch", self.hanging)],
-            [("feed_lease", self.lease)],
-        ]
-        await asyncio.gather(*(self._start_chain(chain) for chain in chains))
+            self._start_chain([("call_log", self.calllog), ("dedup_stage", self.dedup)], staged),
+            self._start_chain([("hanging_watch", self.hanging)]),
+            self._start_chain([("feed_lease", self.lease)]),
+        )
 
-    async def _start_chain(self, chain: list[tuple[str, _Part | None]]) -> None:
+    async def _start_chain(
+        self, chain: list[tuple[str, _Part | None]], then: Callable[[], None] | None = None
+    ) -> None:
         for name, part in chain:
             if part is not None:
                 await self._retry(
@@ -292,6 +293,8 @@ class Bridge:
                     part.start,
                     part=name,
                 )
+        if then is not None:
+            then()
 
     async def _retry(
         self,

@@ -267,3 +267,18 @@ async def test_a_part_that_cannot_start_holds_up_no_other() -> None:
     await asyncio.wait_for(starting, 10)
     # The call log still starts before the stage: ready for its first assignment.
     assert started.index("call_log") < started.index("dedup_stage")
+
+
+async def test_a_dedup_process_is_ready_once_its_stage_runs_whatever_else_cannot_start() -> None:
+    bridge = Bridge(every_source(), stages="dedup")
+    started: list[str] = []
+    watch = FakePart("hanging_watch", started, refuse=True)
+    bridge.calllog = FakePart("call_log", started)  # type: ignore[assignment]
+    bridge.dedup = FakePart("dedup_stage", started)  # type: ignore[assignment]
+    bridge.hanging = watch  # type: ignore[assignment]
+    starting = asyncio.create_task(bridge._start_parts())
+    await until(lambda: watch.attempts >= 2)
+    assert started == ["call_log", "dedup_stage"]
+    assert bridge.readiness.started
+    watch.refuse = False
+    await asyncio.wait_for(starting, 10)
