@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 _FETCH_MS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
 PROGRESS_SCAN_SECONDS = 10.0
-# How far the broker's clock (append times) may run ahead of ours.
+# How far the broker's clock (append times) may lag ours: a fallback from our clock starts that
+# much earlier, so it still covers the TTL before the broker's now.
 _CLOCK_MARGIN_S = 60.0
 
 

@@ -38,7 +38,7 @@ _DOCUMENTED_KEYS = frozenset(
 )
 _LEGACY_ENVELOPE = frozenset({"event", "callId", "id"})
 _LEGACY_TIME_KEYS = ("timestamp", "ts", "time", "created_at")
-_NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?|[0-9]+\.[0-9]+")
+_NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +197,8 @@ def _first_time(item: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 def to_epoch(value: Any) -> float | None:
     """Epoch seconds from a number (seconds, or milliseconds when huge) or an ISO 8601 string.
 
-    A string of digits with a fraction or of 9 digits or more is a number too: no date is written
-    so (8 digits are a date, 20260101).
+    A string of 9 digits or more (a fraction allowed) is a number too: no date is written so (8
+    digits are a date, 20260101), and fewer would be a time of 1970, more likely an offset.
     """
     if isinstance(value, str) and _NUMERIC.fullmatch(value):
         value = float(value)

@@ -73,9 +73,10 @@ async def test_an_unreadable_last_record_still_restores_the_ttl_before_now(log: 
     # Another transactional writer's aborted record is the last before the committed offset:
     # the stage skipped it, and no record came since. The window is still the TTL's ids.
     now = time.time()
-    log.append(ingest(0, "CA_1:0", now - 2.0))
-    log.append(ingest(1, "CA_1:1", now - 1.5))
-    log.append(ingest(2, "CA_9:7", now - 1.0), aborted=True)
+    log.append(ingest(0, "CA_0:9", now - TTL - 120.0))  # past the TTL (and the clock margin)
+    log.append(ingest(1, "CA_1:0", now - 2.0))
+    log.append(ingest(2, "CA_1:1", now - 1.5))
+    log.append(ingest(3, "CA_9:7", now - 1.0), aborted=True)
     window = SeenWindow(TTL, 1_000)
-    assert await restore({}, TP, 3, window, TTL) == 2
-    assert seen(window, "CA_1:0", "CA_1:1", "CA_9:7") == [True, True, False]
+    assert await restore({}, TP, 4, window, TTL) == 2  # not the whole partition
+    assert seen(window, "CA_0:9", "CA_1:0", "CA_1:1", "CA_9:7") == [False, True, True, False]

@@ -208,6 +208,7 @@ def test_split_body() -> None:
         ("1700000000123", 1_700_000_000.123),
         ("20231114", 1_699_920_000.0),  # 8 digits: a date
         ("1e9", None),
+        ("12.5", None),  # an offset, not a time in 1970
         ("yesterday", None),
         ("", None),
         (True, None),
