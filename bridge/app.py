@@ -13,6 +13,8 @@ from bridge.sources.webhook import WebhookHandler, error, json_response
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A bug answering a webhook 503 loses it as a refused write does (Pinecall tries twice): counted.
+WEBHOOK_BUGS = web.AppKey("webhook_bugs", tuple[str, Callable[[], None]])
 
 
 class Readiness:
@@ -54,7 +56,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
         log.exception("unexpected error while handling a request", extra={"path": request.path})
+        path, count = request.app.get(WEBHOOK_BUGS, ("", _nothing))
+        if request.path == path:
+            count()
         return error(503, "internal_error", "not stored; retry later", **{"Retry-After": "5"})
+
+
+def _nothing() -> None:
+    return None
 
 
 def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:
@@ -96,4 +105,6 @@ def build_app(
     )
     app.add_routes(probes if probes is not None else probe_routes(readiness, metrics))
     app.router.add_post(settings.webhook.path, webhook.handle)
+    bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
+    app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
     return app

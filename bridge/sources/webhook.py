@@ -111,7 +111,7 @@ class WebhookHandler:
             )
         if result.refused:
             # Kafka will never take it, even as a dead letter: a 4xx is final for Pinecall, where
-            # a 503 would have it retried forever. What was stored of the body stays stored.
+            # a 503 would have it retried (once) for nothing. What was stored of it stays stored.
             return json_response(
                 {
                     "error": "record_too_large",

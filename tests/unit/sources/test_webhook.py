@@ -288,6 +288,7 @@ async def test_a_bug_while_handling_answers_503_to_be_retried_not_500(
     assert response.headers["Retry-After"] == "5"
     assert (await response.json())["error"] == "internal_error"
     assert "unexpected error while handling a request" in caplog.text
+    assert harness.rejected("internal_error") == 1  # lost as a refused write is, if retried in vain
 
 
 async def test_method_and_path_errors_are_json(harness: Harness) -> None:
