@@ -69,6 +69,7 @@ OTHER_METRICS = {
     "up",
     "kube_deployment_spec_replicas",
     "kube_deployment_status_replicas_available",
+    "kube_pod_container_status_restarts_total",
     "kafka_consumergroup_lag",
     "kafka_consumergroup_current_offset",
 }
