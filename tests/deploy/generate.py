@@ -26,6 +26,9 @@ SETS = (
     "prometheusRule.enabled=true",
     # Off in the chart by default; in deploy/'s file it is harmless without Kafka Exporter.
     "prometheusRule.downstreamLag.enabled=true",
+    # The rules then know the scrape job's name (PinecallBridgeMetricsAbsent): deploy/'s file
+    # assumes a job named pinecall-bridge, as its README says.
+    "serviceMonitor.enabled=true",
     "strimzi.enabled=true",
     "config.topics.create=false",
 )

@@ -528,6 +528,15 @@ def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> Non
     assert "> 500" in expr
 
 
+def test_the_metrics_absent_alert_comes_only_with_the_charts_service_monitor() -> None:
+    # Without it the scrape job's name is not the chart's to know: it would fire for ever.
+    assert "PinecallBridgeMetricsAbsent" not in alert_names()
+    rules = alert_names("serviceMonitor.enabled=true", "fullnameOverride=bridge-eu")
+    assert (
+        rules["PinecallBridgeMetricsAbsent"]["expr"].strip() == 'absent(up{job="bridge-eu"} == 1)'
+    )
+
+
 def test_every_template_renders_only_yaml() -> None:
     # A stray `{{` from an unescaped Alertmanager template would break the YAML or leak here.
     text = render_text(values=ALL_ON)

@@ -400,9 +400,11 @@ groups:
           summary: {{ printf "Prometheus cannot scrape %s" "{{ $labels.instance }}" | quote }}
           description: {{ printf "The pinecall-bridge target %s (job %s) has been down for %v minutes." "{{ $labels.instance }}" $job $a.notReadyMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetargetdown" $a.runbookUrl }}
+{{- if .Values.serviceMonitor.enabled }}
       - alert: PinecallBridgeMetricsAbsent
         # Every other rule needs the bridge's own series: a ServiceMonitor no Prometheus selects,
-        # a relabelling change or no pod at all silences them all at once.
+        # a relabelling change or no pod at all silences them all at once. Only with the chart's
+        # ServiceMonitor, whose job is the Service's name: any other scrape job's name is unknown.
         expr: |
           absent(up{job="{{ $job }}"} == 1)
         for: 10m
@@ -412,6 +414,7 @@ groups:
           summary: {{ printf "No pinecall-bridge target (job %s) is scraped" $job | quote }}
           description: {{ printf "For 10 minutes Prometheus has scraped no target of job %s: no other pinecall-bridge alert can fire. The ServiceMonitor is not selected by this Prometheus, its relabelling changed, or no pod runs." $job | quote }}
           runbook_url: {{ printf "%s#pinecallbridgemetricsabsent" $a.runbookUrl }}
+{{- end }}
       - alert: PinecallBridgeReplicasUnavailable
         # Needs kube-state-metrics; without it this rule never fires.
         expr: |
@@ -427,8 +430,9 @@ groups:
       - alert: PinecallBridgePodRestarting
         # Needs kube-state-metrics. A crash loop restarts faster than TargetDown's window, and the
         # process's own counters start again at 0 each time: only Kubernetes' count shows it.
+        # The Deployment's pods are <name>-<ReplicaSet hash>-<5 characters>: not <name>-canary-...
         expr: |
-          increase(kube_pod_container_status_restarts_total{container="bridge", pod=~"{{ $job }}-.*"}[30m]) > 2
+          increase(kube_pod_container_status_restarts_total{container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"}[30m]) > 2
         labels:
           severity: warning
         annotations:
