@@ -24,7 +24,8 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 		|| { rm -rf $(VENV); echo "$(PYTHON) -m venv failed: on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
 	@{ $(BIN)/python -m pip install --upgrade pip \
 		&& $(BIN)/python -m pip install --require-hashes -r requirements.lock \
-		&& $(BIN)/python -m pip install -e '.[dev]'; } \
+		&& sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' requirements.lock > $(VENV)/constraints.txt \
+		&& $(BIN)/python -m pip install -c $(VENV)/constraints.txt -e '.[dev]'; } \
 		>$(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -116,7 +117,7 @@ lock: venv  ## re-pin requirements.lock (the image's and the tests' runtime depe
 BENCH_KAFKA_PORT ?= 19092
 
 $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
-	@$(BIN)/python -m pip install -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1 \
+	@$(BIN)/python -m pip install -c $(VENV)/constraints.txt -e '.[dev,bench]' >$(VENV)/install-bench.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install-bench.log; exit 1; }
 	@touch $@
 

@@ -7,6 +7,7 @@ image's command (`pinecall-bridge`) run from there.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -130,6 +132,17 @@ def test_dockerignore_lets_in_only_the_build_context() -> None:
     ]
     assert lines[0] == "*", "deny everything first"
     assert {line[1:] for line in lines if line.startswith("!")} == CONTEXT
+
+
+def test_the_tests_run_the_versions_the_image_ships() -> None:
+    # `make venv` installs the lock first and the dev tools within it (pip -c).
+    for name, (version, _, marker) in pins().items():
+        if marker and not Marker(marker).evaluate():
+            continue
+        assert importlib.metadata.version(name) == version, (
+            f"{name} {importlib.metadata.version(name)} is installed, the lock pins {version}:"
+            " run make venv"
+        )
 
 
 @pytest.fixture(scope="module")
