@@ -186,15 +186,16 @@ def _webhooks(args: argparse.Namespace) -> int:
 
 
 def _kafka_or_exit(settings: Settings, run: Callable[[], int]) -> int:
-    """Run a command that needs Kafka: an unreachable cluster is one clear line, exit 1."""
-    from aiokafka.errors import KafkaError
+    """Run a command that needs Kafka: a Kafka error is one clear line, exit 1, no traceback."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     try:
         return run()
     except KafkaError as exc:
         servers = ",".join(settings.kafka.bootstrap_servers)
+        what = "cannot reach" if isinstance(exc, KafkaConnectionError) else "failed with"
         print(
-            f"cannot reach Kafka at {servers} (BRIDGE_KAFKA__BOOTSTRAP_SERVERS): {exc!r}",
+            f"{what} Kafka at {servers} (BRIDGE_KAFKA__BOOTSTRAP_SERVERS): {exc!r}",
             file=sys.stderr,
         )
         return 1

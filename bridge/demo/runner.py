@@ -227,8 +227,9 @@ async def _headless(
     if not traffic.done():
         console.print("interrupted")
         return 130
-    if traffic.exception() is not None:
-        console.print(f"[red]the simulated traffic failed: {traffic.exception()!r}[/]")
+    if traffic.cancelled() or traffic.exception() is not None:
+        why = "cancelled" if traffic.cancelled() else repr(traffic.exception())
+        console.print(f"[red]the simulated traffic failed: {why}[/]")
         return 1
     expected = simulator.ledger.expected_ids()
     if not expected:
@@ -241,8 +242,8 @@ async def _headless(
             break
         await asyncio.sleep(0.1)
     # Then read on until nothing new comes for a while: a late second copy must be counted too.
-    seen = -1
-    while seen != recent.read:
+    seen, until = -1, time.monotonic() + CATCH_UP_SECONDS
+    while seen != recent.read and time.monotonic() < until and not stop.is_set():
         seen = recent.read
         await asyncio.sleep(SETTLE_SECONDS)
     snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
