@@ -72,6 +72,17 @@ async def stop_dead(client: Any, within: float) -> None:
             task.exception()
 
 
+def fail_pending(producer: Any, error: BaseException) -> None:
+    """Fail every record a dead producer still holds: with its sender gone nothing else will.
+
+    Their waiters (and the in-flight count) would otherwise wait for ever. aiokafka 0.12-0.14's
+    accumulator; a version without it is left as it is.
+    """
+    fail_all = getattr(getattr(producer, "_message_accumulator", None), "fail_all", None)
+    if callable(fail_all):
+        fail_all(error)
+
+
 def unreachable(exc: BaseException) -> bool:
     """The cluster could not be reached: an outage, which restarting the process cannot cure."""
     return isinstance(exc, _UNREACHABLE)

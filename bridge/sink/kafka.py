@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    KafkaConnectionError,
     KafkaError,
     OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
@@ -26,7 +27,13 @@ from aiokafka.partitioner import murmur2
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died, stop_dead, unreachable
+from bridge.sink.clienttasks import (
+    REPLACE_ATTEMPTS,
+    fail_pending,
+    producer_died,
+    stop_dead,
+    unreachable,
+)
 from bridge.sink.drain import drain_whole_brokers
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
@@ -385,7 +392,7 @@ class KafkaSink:
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
         """Its sender task died, or its sequence has a gap, so sends fail: start a new producer.
 
-        The dead one already failed what it held (answered 503, so retried by Pinecall).
+        What the dead one still holds is failed (answered 503, or retried by its source).
         """
         self._set_connected(False)
         log.error("the Kafka producer cannot send; replacing the producer", extra={"why": why})
@@ -412,6 +419,8 @@ class KafkaSink:
         self._metrics.kafka_client_restarts.labels("ingest_producer").inc()
         self._set_connected(True)
         log.info("Kafka producer replaced")
+        # Retried by their sources (the dedup stage drops what did reach the topic after all).
+        fail_pending(dead, KafkaConnectionError("the Kafka producer was replaced"))
         await stop_dead(dead, max(self._settings.metadata_probe_seconds, 5.0))
 
     def _set_connected(self, value: bool) -> None:

@@ -58,6 +58,18 @@ class _Client:
         raise AssertionError("probed with the whole cluster's metadata")
 
 
+class _Accumulator:
+    """The records a producer holds unsent; aiokafka's fails them all with one call."""
+
+    def __init__(self) -> None:
+        self.held: list[asyncio.Future[None]] = []
+
+    def fail_all(self, error: BaseException) -> None:
+        for future in self.held:
+            if not future.done():
+                future.set_exception(error)
+
+
 class FakeProducer:
     """Shaped like AIOKafkaProducer where the sink and clienttasks look at it."""
 
@@ -69,6 +81,8 @@ class FakeProducer:
         self.client = _Client()
         self.sent: list[bytes | None] = []
         self.refusals: list[BaseException] = []  # what Kafka answers the next sends
+        self.hold = False  # the next sends stay unanswered (a sender that will never send them)
+        self._message_accumulator = _Accumulator()
         self.stopped = False
         self._death: asyncio.Future[BaseException] | None = None
         FakeProducer.made.append(self)
@@ -95,7 +109,9 @@ class FakeProducer:
             raise KafkaError("Unexpected error during batch delivery")
         self.sent.append(value)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.refusals:
+        if self.hold:
+            self._message_accumulator.held.append(done)
+        elif self.refusals:
             done.set_exception(self.refusals.pop(0))
         else:
             done.set_result(None)
@@ -315,3 +331,21 @@ async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for
     assert seen_alive == [True] * (REPLACE_ATTEMPTS * 3) + [False]  # dead after 5 refusals
     assert replacement.alive  # and alive again once one started
     assert await replacement.start(start, running=lambda: False) is None
+
+
+async def test_records_a_dead_producer_held_fail_when_it_is_replaced() -> None:
+    # Its sender gone, nothing would ever answer them: their waiters and the in-flight count
+    # would wait for ever.
+    metrics = Metrics()
+    sink = await started_sink(metrics)
+    first = FakeProducer.made[0]
+    first.hold = True
+    held = await sink.send(RECORD)
+    first.kill()
+    await until(lambda: producer_died(first) is not None)
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+    await until(held.done)
+    assert isinstance(held.exception(), KafkaConnectionError)
+    await sink.stop()
