@@ -29,3 +29,19 @@ def test_exits_older_than_the_period_are_forgotten() -> None:
     assert budget.exited(0, 61.0) == Restart(8.0)
     assert isinstance(budget.exited(0, 200.0), Restart)
     assert budget.exited(0, 200.0) == Restart(1.0)  # the old ones no longer count
+
+
+def test_one_worker_crashing_slowly_but_for_ever_gives_up_too() -> None:
+    # Every 30 s: never six exits in a minute, but eleven of one worker in ten minutes.
+    budget = RestartBudget()
+    for n in range(10):
+        assert isinstance(budget.exited(1, n * 30.0), Restart)
+    assert budget.exited(1, 300.0) == GiveUp(exits=11, period=600.0)
+
+
+def test_slow_exits_spread_over_workers_or_over_time_restart() -> None:
+    budget = RestartBudget()
+    for n in range(20):  # two workers taking turns every 30 s: ten each in 600 s
+        assert isinstance(budget.exited(n % 2, n * 30.0), Restart)
+    for n in range(11):  # one worker every 61 s: never eleven within ten minutes
+        assert isinstance(budget.exited(3, 1_000.0 + n * 61.0), Restart)
