@@ -58,9 +58,14 @@ def test_dead_letters_keep_the_contract() -> None:
 
 
 def test_records_that_are_not_the_bridges_output_are_left_alone() -> None:
-    contract.check(b"k", b"not json", {"content-type": b"text/plain"})
+    contract.check(b"k", b"not json", {})  # a test's own raw write
     ingest = {"pinecall-ingest-id": b"x", "content-type": b"application/cloudevents+json"}
     contract.check(None, b"whatever", ingest)
+
+
+def test_an_output_record_that_lost_its_cloudevents_headers_is_refused() -> None:
+    with pytest.raises(contract.ContractError, match="name no message"):
+        contract.check(b"CA_1", b'{"id": "CA_1:1"}', {"content-type": b"application/json"})
 
 
 def broken_structured() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
