@@ -296,6 +296,21 @@ async def scrape(handle: RunningBridge) -> dict[str, float]:
     }
 
 
+def publish_failures(handle: RunningBridge) -> dict[str, float]:
+    """The bridge's publish failures so far, by reason: what made it give up on a record."""
+    return {
+        s.labels["reason"]: s.value
+        for family in handle.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "pinecall_bridge_publish_failures_total"
+    }
+
+
+def grown(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """By how much each count of `after` exceeds its count in `before`, where it does."""
+    return {key: n - before.get(key, 0.0) for key, n in after.items() if n != before.get(key, 0.0)}
+
+
 async def until_metrics(
     handle: RunningBridge, condition: Callable[[dict[str, float]], bool], within: float = 30
 ) -> dict[str, float]:

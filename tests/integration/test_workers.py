@@ -209,8 +209,8 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
         # The new worker 1 counts from 0 and takes its share of connections again.
         assert total(samples, ingested, channel="webhook", worker="1") > 0
 
-        # SIGTERM to the parent while webhooks keep coming: every worker drains and exits, the
-        # parent exits 0 within the grace period; what was answered 2xx is kept.
+        # SIGTERM to the parent while webhooks keep coming: every worker drains and exits within
+        # the grace period (none is killed), the parent exits 0; what was answered 2xx is kept.
         pids = list(pod.worker_pids().values())
         acked: set[str] = set()
         stopping, flowing = asyncio.Event(), asyncio.Event()
@@ -226,16 +226,14 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
 
         clients = [asyncio.create_task(keep_posting(n)) for n in range(4)]
         await asyncio.wait_for(flowing.wait(), 60)
-        started = time.monotonic()
         code = await pod.stop()
-        took = time.monotonic() - started
         stopping.set()
         await asyncio.gather(*clients)
     assert code == 0, pod.log.read_text()[-3000:]
-    assert took < GRACE_SECONDS + STOP_MARGIN_SECONDS, took
     assert all(process_gone(pid) for pid in pids)
     assert await refused(pod.port)
     log = pod.log_entries()
+    # The parent kills what still runs once the grace period (and its margin) is over.
     assert not [e for e in log if e.get("msg", "").startswith("workers still running")]
     stopped = sorted(e["worker"] for e in log if e.get("msg") == "worker stopped")
     assert stopped == [0, 1]

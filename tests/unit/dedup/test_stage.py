@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from types import SimpleNamespace
 from typing import cast
 
@@ -13,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge.config import DedupSettings
 from bridge.dedup import stage as stage_module
+from bridge.dedup import transaction as transaction_module
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
 from bridge.dedup.stage import (
     MAX_RECORDS_PER_STEP,
@@ -133,15 +135,32 @@ class FiniteConsumer(FakeConsumer):
         self.stopped = True
 
 
+class FakeClock:
+    """The transaction's clock (time.monotonic), in whole milliseconds: moves when told to."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
 class TrickleConsumer(FakeConsumer):
-    """A record now, another `gap` seconds later, then nothing: the few events a second of a
-    quiet deployment. Notes each fetch's `timeout_ms`; ends the stage after `calls` fetches."""
+    """A record now, another `gap_ms` later, then nothing: the few events a second of a quiet
+    deployment. Notes each fetch's `timeout_ms`, and moves `clock` on by the time each fetch
+    takes instead of taking it; ends the stage after `calls` fetches."""
 
     def __init__(
-        self, partition: TopicPartition, stage: DedupStage, gap: float, calls: int
+        self,
+        partition: TopicPartition,
+        stage: DedupStage,
+        clock: FakeClock,
+        gap_ms: int,
+        calls: int,
     ) -> None:
         super().__init__({partition})
-        self.partition, self.stage, self.gap, self.calls = partition, stage, gap, calls
+        self.partition, self.stage, self.calls = partition, stage, calls
+        self.clock, self.gap_ms = clock, gap_ms
         self.waits: list[int] = []
 
     async def getmany(
@@ -154,9 +173,9 @@ class TrickleConsumer(FakeConsumer):
         if fetch == 1:
             return {self.partition: [ingest(0, "CA_1:0", 100.0)]}
         if fetch == 2:
-            await asyncio.sleep(self.gap)
+            self.clock.ms += self.gap_ms
             return {self.partition: [ingest(1, "CA_1:1", 100.0)]}
-        await asyncio.sleep(timeout_ms / 1000)
+        self.clock.ms += timeout_ms  # nothing arrives: the whole wait
         return {}
 
 
@@ -410,23 +429,32 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
     assert steps(h.producer).count("send") == consumer.next
 
 
-async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_interval() -> None:
+async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # It waited a whole interval whatever the transaction's age: with no record to end the wait,
     # a transaction committed up to an interval late, and at a few events a second most did.
+    clock = FakeClock()
+    monkeypatch.setattr(
+        transaction_module, "time", SimpleNamespace(monotonic=clock.monotonic, time=time.time)
+    )
     h = Harness()
     interval = h.stage._settings.commit_interval_ms
-    consumer = TrickleConsumer(tp(1), h.stage, gap=0.6 * interval / 1000, calls=5)
+    gap = interval * 6 // 10
+    consumer = TrickleConsumer(tp(1), h.stage, clock, gap_ms=gap, calls=5)
     h.stage._consumer = consumer
     task = PartitionTask(tp(1), h.stage._settings, {}, h.metrics)
     h.stage._tasks[task.tp] = task
     h.stage._running = True
     await h.stage._run()
-    waits = consumer.waits
-    assert waits[0] == interval  # nothing open
-    assert 0.9 * interval <= waits[1] <= interval  # a transaction just opened
-    assert waits[2] <= 0.4 * interval  # what was left after the 60% gap, not a whole interval
-    assert steps(h.producer).count("commit") == 1  # committed once that wait ran out
-    assert waits[-1] == interval  # and nothing is open again
+    assert consumer.waits == [
+        interval,  # nothing open
+        interval,  # a transaction just opened
+        interval - gap,  # what was left after the 60% gap, not a whole interval
+        interval,  # committed once that wait ran out: nothing is open again
+        interval,
+    ]
+    assert steps(h.producer).count("commit") == 1
 
 
 @pytest.mark.parametrize(

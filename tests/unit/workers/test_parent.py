@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from bridge.workers.budget import RestartBudget
 from bridge.workers.parent import Parent, run_parent
 from tests.processes import process_gone
 
-# A worker stand-in: records its role, then behaves as `mode` says until SIGTERM.
+# A worker stand-in: behaves as `mode` says until SIGTERM. It records its role only once its
+# SIGTERM handler is in place: a test that saw the start may stop it at once.
 STAND_IN = """
 import json, os, signal, sys, time
 from bridge.workers.role import WorkerRole, read_stop_by
@@ -28,25 +30,24 @@ role = json.loads(os.environ["PINECALL_BRIDGE_WORKER"])
 stages = WorkerRole.from_env(os.environ).stages
 stop_by_file = WorkerRole.from_env(os.environ).stop_by_file
 mode, out = sys.argv[1], sys.argv[2]
-with open(out, "a") as f:
-    f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
-if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
-    sys.exit(3)
 def on_term(*_):
-    got, got_monotonic = time.time(), time.monotonic()
+    got = time.time()
     if mode == "slow-stop" and role["index"] == 0:
         time.sleep(0.5)
     if mode == "overrun-stop" and role["index"] == 0:
         time.sleep(3.0)
     with open(out + ".stops", "a") as f:
-        stop = {"index": role["index"], "got": got, "got_monotonic": got_monotonic,
-                "exit": time.time()}
+        stop = {"index": role["index"], "got": got, "exit": time.time()}
         f.write(json.dumps({**stop, "stop_by": read_stop_by(stop_by_file)}) + "\\n")
     sys.exit(0)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, on_term)
+with open(out, "a") as f:
+    f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
+if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
+    sys.exit(3)
 while True:
     time.sleep(0.02)
 """
@@ -90,7 +91,6 @@ async def test_a_stop_reaches_every_worker_and_a_clean_stop_exits_0(tmp_path: Pa
     assert {r["count"] for r in roles} == {2}
     assert {r["runtime_dir"] for r in roles} == {str(tmp_path)}
     assert {r["stages"] for r in roles} == {"both"}
-    await asyncio.sleep(0.3)  # their SIGTERM handlers in place
     supervisor.stop(signal.SIGTERM)
     async with asyncio.timeout(10):
         assert await running == 0
@@ -101,7 +101,6 @@ async def run_until_started(supervisor: Parent, started: Path, count: int) -> li
     """Run `supervisor` until `count` workers started, stop it; every start's role."""
     running = asyncio.create_task(supervisor.run())
     roles = await until_started(started, count)
-    await asyncio.sleep(0.3)  # their SIGTERM handlers in place
     supervisor.stop(signal.SIGTERM)
     async with asyncio.timeout(10):
         assert await running == 0
@@ -143,15 +142,32 @@ async def test_a_dedup_process_gets_the_stop_once_the_webhook_workers_have_exite
 
 
 async def test_a_dedup_process_keeps_the_final_phase_when_a_webhook_worker_overruns(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Worker 0 takes 3 s to exit, past the 2 s grace: waiting for it would leave the dedup
     # process no time at all to commit and leave its group.
+    waits: list[tuple[list[str], float | None]] = []  # the parent's, for its worker slots
+    real_wait = asyncio.wait
+
+    async def noting_wait(
+        fs: Iterable[asyncio.Future[Any]], **options: Any
+    ) -> tuple[set[asyncio.Future[Any]], set[asyncio.Future[Any]]]:
+        fs = list(fs)
+        names = sorted(f.get_name() for f in fs if isinstance(f, asyncio.Task))
+        if names and all(name.startswith("worker-") for name in names):
+            waits.append((names, options.get("timeout")))
+        return await real_wait(fs, **options)
+
+    monkeypatch.setattr(asyncio, "wait", noting_wait)
     supervisor, started = parent(tmp_path, "overrun-stop", count=2, grace=2.0, dedup_process=True)
     await run_until_started(supervisor, started, 2)
     stops = stops_of(started)
-    left = stops[1]["stop_by"] - stops[1]["got_monotonic"]
-    assert left >= 0.5 - 0.1, stops  # a quarter of the grace period, less the signal's way
+    # The webhook worker is waited for until the final phase (a quarter of the 2 s) begins ...
+    assert waits[0] == (["worker-0"], 1.5), waits
+    # ... and no longer: the dedup process is told before the overrunning worker has exited,
+    assert stops[1]["got"] < stops[0]["exit"], stops
+    # with the pod's deadline, not one of its own from its later signal.
+    assert stops[1]["stop_by"] == stops[0]["stop_by"], stops
 
 
 async def test_workers_run_in_a_process_group_of_their_own(tmp_path: Path) -> None:
@@ -202,7 +218,6 @@ async def test_a_worker_ignoring_the_stop_is_killed_after_the_grace_period(
     supervisor, started = parent(tmp_path, "stubborn", count=1, grace=0.5, margin=0.5)
     running = asyncio.create_task(supervisor.run())
     [role] = await until_started(started, 1)
-    await asyncio.sleep(0.3)
     supervisor.stop(signal.SIGTERM)
     async with asyncio.timeout(10):
         assert await running == 1  # not a clean stop: it had to be killed
