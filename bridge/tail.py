@@ -73,6 +73,9 @@ async def tail(
     shown = 0
     try:
         await consumer.start()
+        # A misspelt or not yet created topic would otherwise be a silent wait.
+        for topic in sorted(set(topics) - await consumer.topics()):
+            console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
         while not stop.is_set() and (limit is None or shown < limit):
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():

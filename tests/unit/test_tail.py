@@ -56,6 +56,9 @@ async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> 
         async def start(self) -> None:
             pass
 
+        async def topics(self) -> set[str]:
+            return {"t", "dlq"}
+
         async def stop(self) -> None:
             pass
 
@@ -91,6 +94,9 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
         async def start(self) -> None:
             pass
 
+        async def topics(self) -> set[str]:
+            return {"t", "dlq"}
+
         async def stop(self) -> None:
             pass
 
@@ -118,3 +124,29 @@ def entry() -> dict[str, Any]:
         "type": "turn.user",
         "data": {"text": "x"},
     }
+
+
+async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Consumer:
+        def __init__(self, *topics: str, **options: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def topics(self) -> set[str]:
+            return {"pinecall.events"}
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    settings = load_settings(webhook={"allow_unsigned": True})
+    console = Console(record=True, width=200)
+    topics = ["pinecall.events", "pinecall.evnets"]
+    await tail(settings, topics, TailFilter(), from_beginning=True, limit=0, console=console)
+    out = console.export_text()
+    assert "topic pinecall.evnets does not exist (yet)" in out
+    assert "pinecall.events does not" not in out
