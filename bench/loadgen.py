@@ -366,7 +366,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     for name in ("webhook", "ws", "kcat"):
         p = sub.add_parser(name)
-        p.add_argument("--rate", type=float, required=True, help="events/s; 0 = flat out")
+        p.add_argument("--rate", type=float, required=True, help="events/s; 0: flat out (ws, kcat)")
         p.add_argument("--count", type=int, required=True)
         p.add_argument("--first", type=int, default=0)
         p.add_argument("--salt", type=int, required=True)
@@ -382,6 +382,9 @@ def main() -> None:
     kcat.add_argument("--brokers", required=True)
     kcat.add_argument("--topic", required=True)
     args = parser.parse_args()
+    if args.mode == "webhook" and args.rate <= 0:
+        # Open loop: every request has its scheduled send time, which needs a rate.
+        parser.error("webhook needs --rate above 0 (flat out is for ws and kcat)")
     runner = {"webhook": run_webhook, "ws": run_ws, "kcat": run_kcat}[args.mode]
     try:
         import uvloop

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,3 +143,13 @@ async def test_a_request_never_answered_has_no_latency_not_zero() -> None:
     assert gen.result.statuses == {"200": 1, "connection_lost": 1}
     assert gen.result.latency[0] > 0
     assert math.isnan(gen.result.latency[1])
+
+
+def test_webhooks_need_a_rate_the_open_loop_can_schedule() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", "webhook", "--rate", "0", "--count", "5",
+         "--salt", "1", "--out", "/dev/null", "--port", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "webhook needs --rate above 0" in done.stderr
