@@ -844,10 +844,15 @@ class Bench:
             self.profile_bridge(rate)
 
     def write(self) -> Path:
-        stamp = datetime.date.today().isoformat()
-        name = self.args.name or f"{stamp}-{commit()}{'-quick' if self.args.quick else ''}"
         out_dir = Path(self.args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        name = self.args.name or report_name(
+            datetime.date.today().isoformat(),
+            commit(),
+            quick=self.args.quick,
+            only=self.args.only,
+            taken={p.stem for p in out_dir.glob("*.json")},
+        )
         data = {
             "rows": [asdict(r) for r in self.rows],
             "steps": {k: [asdict(r) for r in v] for k, v in self.steps.items()},
@@ -858,6 +863,23 @@ class Bench:
         md = report.write(data, out_dir, name)
         print(f"report: {md}", flush=True)
         return md
+
+
+def report_name(
+    stamp: str, revision: str, *, quick: bool, only: str | None, taken: set[str]
+) -> str:
+    """<date>-<commit>[-quick][-<scenarios>], numbered past the names already taken. Pure.
+
+    A later run of the day (a single scenario, say) must not overwrite the full run's report.
+    """
+    base = f"{stamp}-{revision}{'-quick' if quick else ''}"
+    if only:
+        base += "-" + "+".join(part.strip() for part in only.split(",") if part.strip())
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def bisection(passed: float, failed: float, resolution: float) -> float | None:
@@ -943,7 +965,9 @@ def main() -> None:
     parser.add_argument(
         "--profile-rate", type=float, default=0, help="events/s under py-spy (default 70%% of max)"
     )
-    parser.add_argument("--name", help="the report's file name (default <date>-<commit>)")
+    parser.add_argument(
+        "--name", help="the report's file name (default <date>-<commit>[-quick][-<only>], numbered)"
+    )
     parser.add_argument("--restore-sizes", help="ids per restore, e.g. 100000,1000000")
     parser.add_argument("--stage-records", type=int, help="distinct ids for the stage run")
     parser.add_argument("--steps", help="step-up rates, events/s, e.g. 500,1000,2000")
