@@ -164,18 +164,28 @@ class WebhookGen:
         self.answers = 0
         self.finished = asyncio.get_running_loop().create_future()
         self.t0 = 0.0
+        self._reconnecting: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
         for k in range(self.args.connections):
-            slot = k % len(self.ports)
-            transport, conn = await loop.create_connection(
-                lambda: _HttpConn(self), "127.0.0.1", self.ports[slot]
-            )
-            # uvloop may run connection_made after create_connection returns: set it here.
-            conn.transport = transport
+            await self._open(k % len(self.ports))
+
+    async def _open(self, slot: int) -> None:
+        loop = asyncio.get_running_loop()
+        transport, conn = await loop.create_connection(
+            lambda: _HttpConn(self), "127.0.0.1", self.ports[slot]
+        )
+        # uvloop may run connection_made after create_connection returns: set it here.
+        conn.transport = transport
+        self.port_of[conn] = slot
+        if self.backlog[slot]:
+            self.send(conn, self.backlog[slot].popleft())
+        else:
             self.free[slot].append(conn)
-            self.port_of[conn] = slot
+
+    async def _reopen(self, slot: int) -> None:
+        with contextlib.suppress(OSError):  # the target is gone: the pool shrinks, as before
+            await self._open(slot)
 
     def sched(self, j: int) -> float:
         return self.t0 + j / self.req_rate
@@ -232,6 +242,12 @@ class WebhookGen:
         if conn.request >= 0 and math.isnan(self.result.latency[conn.request]):
             self.result.statuses["connection_lost"] += 1
             self._done_one(time.time())
+        if not self.finished.done():
+            # A server closing after an answer (`Connection: close`) must not shrink the pool
+            # for the rest of the run: another connection takes its place.
+            task = asyncio.get_running_loop().create_task(self._reopen(slot))
+            self._reconnecting.add(task)
+            task.add_done_callback(self._reconnecting.discard)
 
     def _done_one(self, now: float) -> None:
         self.answers += 1

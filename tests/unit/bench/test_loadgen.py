@@ -153,3 +153,27 @@ def test_webhooks_need_a_rate_the_open_loop_can_schedule() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "webhook needs --rate above 0" in done.stderr
+
+
+async def test_a_connection_the_server_closes_is_replaced_and_the_run_goes_on() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # one answer per connection, then it is closed
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    args = argparse.Namespace(
+        batch=1, count=5, rate=20.0, secret="s", path="/webhooks/pinecall", salt=1, first=0,
+        port=str(port), connections=1,
+    )  # fmt: skip
+    try:
+        gen = WebhookGen(args)
+        await gen.connect()
+        gen.start(time.time())
+        await asyncio.wait_for(gen.finished, 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert gen.result.statuses == {"200": 5}
