@@ -94,7 +94,7 @@ async def test_everything_once_passes() -> None:
     [
         (FakeRecent("CA_1:1"), "lost 1, doubled 0, unexpected 0"),
         (FakeRecent("CA_1:1", "CA_1:2", "CA_1:2"), "lost 0, doubled 1, unexpected 0"),
-        (FakeRecent("CA_1:1", "CA_1:2", "CA_9:1"), "lost 0, doubled 0, unexpected 1"),
+        (FakeRecent("CA_1:1", "CA_1:2", "CA_1:7"), "lost 0, doubled 0, unexpected 1"),
         (FakeRecent("CA_1:1", "CA_1:2", undecodable=1), "lost 0, doubled 0, unexpected 1"),
     ],
 )
@@ -134,3 +134,12 @@ async def test_no_durable_event_is_no_pass() -> None:
     code, out = await verdict(set(), FakeRecent(), await traffic_of(0))
     assert code == 1
     assert "nothing was checked" in out
+
+
+async def test_other_calls_output_meanwhile_are_reported_not_judged() -> None:
+    # An interrupted earlier run's backlog, output now: not this run's calls.
+    recent = FakeRecent("CA_1:1", "CA_1:2", "CA_9:1", "CA_9:1")
+    code, out = await verdict({"CA_1:1", "CA_1:2"}, recent, await traffic_of(2))
+    assert code == 0
+    assert "events of other calls (an earlier run's backlog), not judged: 1" in out
+    assert "lost 0, doubled 0, unexpected 0" in out
