@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,7 @@ class KafkaSink:
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
         self._wedged: tuple[AIOKafkaProducer, str] | None = None
         self.generation = 0  # the producers replaced so far
+        self._last_ack = float("-inf")  # monotonic: Kafka's last acknowledgement of a record
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
@@ -259,10 +261,17 @@ class KafkaSink:
             self._wake.set()
 
     def mark_unreachable(self) -> None:
-        """A publish timed out: report the cluster as unreachable until the probe sees it again."""
-        self._set_connected(False)
+        """A publish timed out: unreachable until an ack or the probe says otherwise, unless
+        Kafka acknowledged another record within the publish timeout.
+
+        One slow partition (no leader, say) while the others answer is not an outage: readiness
+        flapping with it would take every pod out of the Service over a fraction of the calls.
+        """
+        if time.monotonic() - self._last_ack > self._settings.publish_timeout_seconds:
+            self._set_connected(False)
 
     def mark_reachable(self) -> None:
+        self._last_ack = time.monotonic()
         self._set_connected(True)
 
     async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> None:

@@ -349,3 +349,19 @@ async def test_records_a_dead_producer_held_fail_when_it_is_replaced() -> None:
     await until(held.done)
     assert isinstance(held.exception(), KafkaConnectionError)
     await sink.stop()
+
+
+async def test_one_timed_out_record_among_acknowledged_ones_is_not_an_outage() -> None:
+    # A partition without a leader while the others answer: readiness must not flap with it.
+    sink = await started_sink(Metrics())
+    seen = []
+    sink.mark_reachable()  # an acknowledgement just now
+    sink.mark_unreachable()
+    seen.append(sink.connected)
+    sink._last_ack -= 20.0  # nothing acknowledged for longer than the publish timeout (10 s)
+    sink.mark_unreachable()
+    seen.append(sink.connected)
+    sink.mark_reachable()
+    seen.append(sink.connected)
+    assert seen == [True, False, True]
+    await sink.stop()
