@@ -275,8 +275,16 @@ async def test_the_feed_has_one_reader_and_fails_over(
                 calls=40, concurrency=10, rate=100, channel="websocket", duplicates=0.2, seed=8
             )
         )
-        await asyncio.sleep(1.5)
-        holder.kill()  # mid-stream: what it read and had not yet written dies with it
+
+        async def holder_ingests() -> bool:
+            samples = await holder.metrics(session)
+            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
+            return ingested >= 20 or traffic.done()
+
+        # Mid-stream: the holder has put feed events into the ingest topic and more are coming.
+        await wait_for(holder_ingests, 60, "the holder to ingest feed events")
+        assert not traffic.done(), "the traffic ended before the holder was killed"
+        holder.kill()  # what it read and had not yet written dies with it
         killed_at = time.monotonic()
 
         async def taken_over() -> bool:

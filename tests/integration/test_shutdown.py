@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     wait_ready,
     write_ingest,
 )
+from tests.polling import until
 from tests.webhooks import signed
 
 GRACE_SECONDS = 15.0
@@ -148,14 +149,19 @@ async def post(
 
 
 async def post_held(
-    daemon: Daemon, item: dict[str, Any], release: asyncio.Event
+    daemon: Daemon, item: dict[str, Any], release: asyncio.Event, half_sent: asyncio.Event
 ) -> tuple[int, dict[str, Any]]:
-    """Post `item` with its body half sent until `release`: a request surely in flight meanwhile."""
+    """Post `item` with its body half sent until `release`: a request surely in flight meanwhile.
+
+    `half_sent` is set once its head and the first half of its body are written.
+    """
     raw, headers = signed(item, SECRET)
     half = len(raw) // 2
 
     async def body() -> AsyncIterator[bytes]:
         yield raw[:half]
+        # aiohttp asks for the next chunk only once it has written the head and the first one.
+        half_sent.set()
         await release.wait()
         yield raw[half:]
 
@@ -252,8 +258,16 @@ async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
     # this one has its head read and half its body sent, so its handler is surely running.
     held_id = f"{unique_call}_held:1"
     traffic.sent.add(held_id)
-    held = asyncio.create_task(post_held(daemon, entry(1, f"{unique_call}_held"), signalled))
-    await asyncio.sleep(1.0)
+    half_sent = asyncio.Event()
+    held = asyncio.create_task(
+        post_held(daemon, entry(1, f"{unique_call}_held"), signalled, half_sent)
+    )
+    await until(lambda: half_sent.is_set() or held.done(), within=30)
+    # At most one request per worker was in flight when the held one was written: with 9 more
+    # acknowledged, one sent after it was answered, so the daemon has served its sockets since
+    # the held one's head reached it.
+    acked = len(traffic.acked)
+    await until(lambda: len(traffic.acked) >= acked + 9 or clients.done() or held.done(), within=30)
     assert not clients.done(), f"the clients stopped early: {traffic.unexpected}{daemon.log()}"
     assert not held.done(), f"the held request was answered early: {held}{daemon.log()}"
     # Only the stop's own logs are judged: aiokafka may log an error while warming up.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from tests.integration.conftest import (
     free_port,
 )
 from tests.integration.replicas import Replica
+from tests.polling import until
 
 
 def pinecall(simulator_url: str, **over: Any) -> dict[str, Any]:
@@ -110,7 +112,7 @@ async def test_a_webhook_pointing_elsewhere_is_taken_over_only_when_allowed(
         refused = Bridge(bridge_settings(kafka_bootstrap, topics, pinecall=pinecall(simulator.url)))
         await refused.start()
         try:
-            await asyncio.sleep(2)  # a few refused attempts
+            await until(lambda: len(failed_attempts(caplog)) >= 3, within=30)
             assert not registration(refused).is_set()
         finally:
             await refused.stop()
@@ -136,7 +138,7 @@ async def test_a_webhook_pointing_elsewhere_is_taken_over_only_when_allowed(
 
 
 async def test_registration_retries_until_pinecall_answers(
-    kafka_bootstrap: str, topics: Topics
+    kafka_bootstrap: str, topics: Topics, caplog: pytest.LogCaptureFixture
 ) -> None:
     # It used to try once at start-up and give up: no webhook until the next restart.
     port = free_port()
@@ -146,7 +148,7 @@ async def test_registration_retries_until_pinecall_answers(
     bridge = Bridge(settings)
     await bridge.start()
     try:
-        await asyncio.sleep(2)  # a few refused attempts
+        await until(lambda: len(failed_attempts(caplog)) >= 3, within=30)
         assert not registration(bridge).is_set()
         async with Simulator(SimulatorConfig(port=port)) as simulator:
             await asyncio.wait_for(registration(bridge).wait(), 30)
@@ -159,6 +161,11 @@ def registration(bridge: Bridge) -> asyncio.Event:
     """Set once the bridge's registrar saw Pinecall take its URL."""
     assert bridge.registrar is not None
     return bridge.registrar.registered
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The registrar's refused attempts so far, one log record each."""
+    return [r for r in caplog.records if r.getMessage().startswith("webhook registration failed")]
 
 
 def registered(log: Path) -> bool:

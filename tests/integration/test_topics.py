@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from tests.integration.conftest import (
     has_id,
     until_metrics,
 )
+from tests.polling import until
 
 OWNED = "pinecall_bridge_dedup_partitions_owned"
 PARTITIONS = "pinecall_bridge_ingest_partitions"
@@ -86,8 +86,9 @@ async def test_pre_created_topics_without_create_right(
 
 
 async def test_missing_topic_keeps_the_bridge_unready(
-    topics: Topics, kafka_bootstrap: str, unique_call: str
+    topics: Topics, kafka_bootstrap: str, unique_call: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.service")
     settings = bridge_settings(
         kafka_bootstrap,
         topics,
@@ -98,8 +99,10 @@ async def test_missing_topic_keeps_the_bridge_unready(
     await bridge.start()
     url = f"http://127.0.0.1:{bridge.port}"
     try:
+        # Until its attempt to connect has failed for the missing topic: unready for that, not
+        # merely because no attempt was over yet.
+        await until(lambda: missing_topic_retries(caplog), within=30)
         async with aiohttp.ClientSession() as session:
-            await asyncio.sleep(2)
             async with session.get(url + "/readyz") as response:
                 assert response.status == 503
             async with session.get(url + "/healthz") as response:
@@ -151,6 +154,16 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
         [topics.events],
         lambda records: wanted <= {r.json().get("id") for r in records},
     )
+
+
+def missing_topic_retries(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The bridge's failed attempts to connect, each for a topic the broker does not know."""
+    return [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("Kafka not ready yet")
+        and "UnknownTopicOrPartition" in str(getattr(r, "error", ""))
+    ]
 
 
 def logged(caplog: pytest.LogCaptureFixture, words: str) -> list[dict[str, int]]:
