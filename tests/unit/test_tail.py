@@ -45,8 +45,13 @@ def test_render_non_cloudevent() -> None:
     assert "not a CloudEvent" in render("t", None, b"raw")
 
 
-async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Aborted dedup transactions leave records in the log; tail must not show them."""
+def fake_consumer(
+    monkeypatch: pytest.MonkeyPatch, *, existing: set[str], messages: list[Any] | None = None
+) -> dict[str, Any]:
+    """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics and `messages`.
+
+    Returns what the consumer was made with (its options, and `topics`).
+    """
     seen: dict[str, Any] = {}
 
     class Consumer:
@@ -57,12 +62,21 @@ async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> 
             pass
 
         async def topics(self) -> set[str]:
-            return {"t", "dlq"}
+            return existing
 
         async def stop(self) -> None:
             pass
 
+        async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
+            return {"tp": messages or []}
+
     monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    return seen
+
+
+async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aborted dedup transactions leave records in the log; tail must not show them."""
+    seen = fake_consumer(monkeypatch, existing={"t"})
     settings = load_settings(webhook={"allow_unsigned": True})
     shown = await tail(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
@@ -87,23 +101,7 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
     dead = (("content-type", b"application/json"), ("pinecall-dlq-reason", b"missing_type"))
     messages.append(SimpleNamespace(topic="dlq", key=None, value=b'{"a":1}', headers=dead))
 
-    class Consumer:
-        def __init__(self, *topics: str, **options: Any) -> None:
-            pass
-
-        async def start(self) -> None:
-            pass
-
-        async def topics(self) -> set[str]:
-            return {"t", "dlq"}
-
-        async def stop(self) -> None:
-            pass
-
-        async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
-            return {"tp": messages}
-
-    monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    fake_consumer(monkeypatch, existing={"t", "dlq"}, messages=messages)
     console = Console(record=True, width=400)
     settings = load_settings(webhook={"allow_unsigned": True})
     shown = await tail(
@@ -129,20 +127,7 @@ def entry() -> dict[str, Any]:
 async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Consumer:
-        def __init__(self, *topics: str, **options: Any) -> None:
-            pass
-
-        async def start(self) -> None:
-            pass
-
-        async def topics(self) -> set[str]:
-            return {"pinecall.events"}
-
-        async def stop(self) -> None:
-            pass
-
-    monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    fake_consumer(monkeypatch, existing={"pinecall.events"})
     settings = load_settings(webhook={"allow_unsigned": True})
     console = Console(record=True, width=200)
     topics = ["pinecall.events", "pinecall.evnets"]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
@@ -118,18 +119,15 @@ async def test_the_feed_generator_exits_when_told_though_its_reader_keeps_the_fe
             await process.wait()
 
 
-async def test_a_request_never_answered_has_no_latency_not_zero() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")  # the first request: answered at once
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await reader.readuntil(b"\r\n\r\n")  # the second: the connection is cut instead
-        writer.close()
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+
+async def run_webhooks(serve: Serve, count: int, rate: float) -> WebhookGen:
+    """The webhook generator, one connection, against a small raw server, to its end."""
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     args = argparse.Namespace(
-        batch=1, count=2, rate=100.0, secret="s", path="/webhooks/pinecall", salt=1, first=0,
+        batch=1, count=count, rate=rate, secret="s", path="/webhooks/pinecall", salt=1, first=0,
         port=str(port), connections=1,
     )  # fmt: skip
     try:
@@ -140,6 +138,18 @@ async def test_a_request_never_answered_has_no_latency_not_zero() -> None:
     finally:
         server.close()
         await server.wait_closed()
+    return gen
+
+
+async def test_a_request_never_answered_has_no_latency_not_zero() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the first request: answered at once
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second: the connection is cut instead
+        writer.close()
+
+    gen = await run_webhooks(serve, count=2, rate=100.0)
     assert gen.result.statuses == {"200": 1, "connection_lost": 1}
     assert gen.result.latency[0] > 0
     assert math.isnan(gen.result.latency[1])
@@ -162,18 +172,5 @@ async def test_a_connection_the_server_closes_is_replaced_and_the_run_goes_on() 
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    args = argparse.Namespace(
-        batch=1, count=5, rate=20.0, secret="s", path="/webhooks/pinecall", salt=1, first=0,
-        port=str(port), connections=1,
-    )  # fmt: skip
-    try:
-        gen = WebhookGen(args)
-        await gen.connect()
-        gen.start(time.time())
-        await asyncio.wait_for(gen.finished, 10)
-    finally:
-        server.close()
-        await server.wait_closed()
+    gen = await run_webhooks(serve, count=5, rate=20.0)
     assert gen.result.statuses == {"200": 5}
