@@ -56,14 +56,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
         log.exception("unexpected error while handling a request", extra={"path": request.path})
-        path, count = request.app.get(WEBHOOK_BUGS, ("", _nothing))
-        if request.path == path:
-            count()
+        bugs = request.app.get(WEBHOOK_BUGS)
+        if bugs is not None and request.path == bugs[0]:
+            bugs[1]()
         return error(503, "internal_error", "not stored; retry later", **{"Retry-After": "5"})
-
-
-def _nothing() -> None:
-    return None
 
 
 def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:

@@ -218,6 +218,7 @@ class Pipeline:
             stored += self._settle(s, channel, result)
         if stored:
             # One update per delivery, not per item: nothing can scrape between the two.
+            self._sink.mark_reachable()
             self._metrics.ingested_by(channel).inc(stored)
         return result
 
@@ -295,7 +296,6 @@ class Pipeline:
                 )
             self._fail("error", result)
             return False
-        self._sink.mark_reachable()
         self._metrics.publish_duration.observe(max(self._clock() - s.received_at, 0.0))
         if s.dead_letter_reason is not None:
             result.dead_lettered += 1

@@ -39,8 +39,8 @@ def sample(registry: CollectorRegistry | Metrics, name: str, **labels: str) -> f
         close = difflib.get_close_matches(name, sorted(names), n=3)
         raise AssertionError(f"no metric exports a sample named {name!r} (close: {close})")
     _check_label_names(families, name, labels)
-    value = registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+    values = (s.value for f in families for s in f.samples if s.name == name and s.labels == labels)
+    return float(next(values, 0.0))
 
 
 def _check_label_names(families: list[Metric], name: str, labels: dict[str, str]) -> None:

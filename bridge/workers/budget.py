@@ -43,13 +43,13 @@ class RestartBudget:
         self._worker_period = worker_period
         self._first_delay = first_delay
         self._max_delay = max_delay
-        self._exits: deque[tuple[float, int]] = deque()
+        self._exits: deque[float] = deque()  # any worker's
         self._by_worker: dict[int, deque[float]] = {}
 
     def exited(self, worker: int, now: float) -> Restart | GiveUp:
         """Worker `worker` exited unexpectedly at `now` (monotonic seconds): what to do."""
-        self._exits.append((now, worker))
-        while self._exits and self._exits[0][0] < now - self._period:
+        self._exits.append(now)
+        while self._exits and self._exits[0] < now - self._period:
             self._exits.popleft()
         if len(self._exits) > self._intensity:
             return GiveUp(len(self._exits), self._period)
@@ -59,5 +59,5 @@ class RestartBudget:
             mine.popleft()
         if len(mine) > self._worker_intensity:
             return GiveUp(len(mine), self._worker_period)
-        own = sum(1 for _, which in self._exits if which == worker)
+        own = sum(1 for t in mine if t >= now - self._period)
         return Restart(min(self._first_delay * 2 ** (own - 1), self._max_delay))

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from bridge import jsoncodec
+from bridge.ingest.record import PREFIX as INGEST_PREFIX
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "bridge" / "schema" / "asyncapi.yaml"
 
@@ -75,9 +76,13 @@ def _validate(instance: Any, schema: Any, what: str) -> None:
         raise ContractError(f"{what}: " + "; ".join(e.message for e in errors[:3]))
 
 
+def _ingest(headers: Mapping[str, bytes]) -> bool:
+    return any(name.startswith(INGEST_PREFIX) for name in headers)
+
+
 def kind_of(headers: Mapping[str, bytes]) -> str | None:
     """Which message a record is, by its headers; None: not an output record of the bridge."""
-    if any(name.startswith("pinecall-ingest-") for name in headers):
+    if _ingest(headers):
         return None  # the internal ingest topic: not a consumer's record
     if "pinecall-dlq-reason" in headers:
         return "dead-letter"
@@ -97,7 +102,7 @@ def check(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) 
     """
     kind = kind_of(headers)
     if kind is None:
-        if headers and not any(name.startswith("pinecall-ingest-") for name in headers):
+        if headers and not _ingest(headers):
             raise ContractError(f"headers {sorted(headers)} name no message of asyncapi.yaml")
         return
     schemas = messages()[kind]

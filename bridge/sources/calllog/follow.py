@@ -11,12 +11,19 @@ goes on past it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
 from bridge.normalise.shapes import UnrecognisedReason
-from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry, TooLarge
+from bridge.sources.calllog.eventstream import (
+    MAX_EVENT_BYTES,
+    Event,
+    Item,
+    KeepAlive,
+    Retry,
+    TooLarge,
+)
 from bridge.sources.reconnect import ReconnectPolicy
 
 TERMINAL_TYPE = "call.score"
@@ -53,7 +60,7 @@ GiveUp = Literal[
     "gone",  # 410: the log no longer exists
     "refused",  # any other refusal, with no stream between, for the give-up time
 ]
-GIVE_UP_REASONS: tuple[GiveUp, ...] = ("not_found", "gone", "refused")
+GIVE_UP_REASONS: tuple[GiveUp, ...] = get_args(GiveUp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,12 @@ class CallFollow:
     """Not thread-safe; one per followed call, driven by its follower task."""
 
     def __init__(
-        self, call: str, after: int, policy: ReconnectPolicy, *, max_note_bytes: int = 1_048_576
+        self,
+        call: str,
+        after: int,
+        policy: ReconnectPolicy,
+        *,
+        max_note_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.call = call
         self._max_note_bytes = max_note_bytes  # a dead letter's text, as JSON: fits a record
@@ -157,7 +169,7 @@ class CallFollow:
 
     def _too_large(self, item: TooLarge) -> Step:
         """A note of the entry in its place, from the stream's `id` (its seq) and `event`."""
-        note = {"call": self.call, "seq": None, "type": item.type, "bytes": item.size}
+        note = {"call": self.call, "type": item.type, "bytes": item.size}
         return self._dead_letter("too_large", note, item.last_event_id, item.type)
 
     def _dead_letter(
@@ -178,7 +190,7 @@ class CallFollow:
             # Kept in the dead-letter topic: counted and skipped, it would be lost. Escaped as
             # JSON its text can grow (up to 6 bytes a character): cut to what a record takes.
             text, cut = fit_json_text(event.data, self._max_note_bytes)
-            note: dict[str, Any] = {"call": self.call, "seq": None, "type": event.type}
+            note: dict[str, Any] = {"call": self.call, "type": event.type}
             note |= {"data": text, "truncated": True} if cut else {"data": text}
             return self._dead_letter("invalid_json", note, event.last_event_id, event.type)
         seq = entry.get("seq") if isinstance(entry, dict) else None
