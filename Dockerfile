@@ -11,14 +11,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies first, from the lock alone (exact versions, every file's hash checked): source
-# edits do not reinstall them, and the image has what the tests ran (`make lock` renews it).
-COPY pyproject.toml requirements.lock ./
+# Dependencies first, from the lock alone (exact versions, every file's hash checked): edits to
+# the source or pyproject.toml do not reinstall them, and the image has what the tests ran
+# (`make lock` renews the lock).
+COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # Then the package itself, as a wheel (what a release would publish), without touching the deps.
 # Byte-code is compiled here: at run time the root filesystem is read-only.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY bridge/ bridge/
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \

@@ -17,7 +17,7 @@ from typing import Any
 
 from bridge import jsoncodec
 from bridge.config import ConfigError, Settings, describe, load_settings, unknown_variables
-from bridge.sources.signature import sign
+from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
 
@@ -126,9 +126,7 @@ def _send(args: argparse.Namespace) -> int:
     if secret is None:
         settings = _settings_or_exit()
         secret = settings.webhook.signing_secret
-    signature = sign(secret.encode(), body)
-    if args.bare:
-        signature = signature.removeprefix("sha256=")
+    signature = signature_header(secret.encode(), body, bare=args.bare)
     if args.curl:
         print(
             f"curl -sS -X POST {shlex.quote(args.url)} -H 'Content-Type: application/json' "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import jsoncodec
-from bridge.sources.signature import sign
+from bridge.sources.signature import signature_header
 
 SIGNATURE = "X-Pinecall-Signature"
 
@@ -19,8 +19,7 @@ def signed(
     """
     raw = body if isinstance(body, bytes) else jsoncodec.dumps(body)
     key = secret if isinstance(secret, bytes) else secret.encode()
-    signature = sign(key, raw)
     return raw, {
         "Content-Type": "application/json",
-        SIGNATURE: signature.removeprefix("sha256=") if bare else signature,
+        SIGNATURE: signature_header(key, raw, bare=bare),
     }

@@ -64,6 +64,7 @@ class RecentEvents:
     def __init__(self, settings: Settings, topics: list[str]) -> None:
         self.lines: deque[str] = deque(maxlen=8)
         self.ids: Counter[str] = Counter()
+        self.call_of: dict[str, str] = {}  # event id -> its call, the CloudEvent's subject
         self.read = 0  # records read, CloudEvents or not
         self.undecodable = 0  # records that are not CloudEvents
         self._settings = settings
@@ -96,7 +97,10 @@ class RecentEvents:
                             self.undecodable += 1
                             event = message.value
                         else:
-                            self.ids[str(event.get("id"))] += 1
+                            event_id = str(event.get("id"))
+                            self.ids[event_id] += 1
+                            if event.get("subject") is not None:
+                                self.call_of[event_id] = str(event["subject"])
                         self.lines.append(render_record(message.topic, message.key, event))
         finally:
             await self._consumer.stop()
@@ -249,8 +253,8 @@ async def _headless(
     snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
     lost = expected - set(recent.ids)
     # Only this run's calls are judged: a backlog an interrupted earlier run left may come out now.
-    calls = {event_id.rsplit(":", 1)[0] for event_id in expected}
-    ours = {i: n for i, n in recent.ids.items() if i.rsplit(":", 1)[0] in calls}
+    calls = {record["call"] for record in simulator.ledger.durable()}
+    ours = {i: n for i, n in recent.ids.items() if recent.call_of.get(i) in calls}
     doubled = [event_id for event_id, n in ours.items() if n > 1]
     unexpected = len(set(ours) - expected) + recent.undecodable
     earlier = len(recent.ids) - len(ours)

@@ -6,7 +6,7 @@ from typing import Any
 
 from bridge import jsoncodec
 from bridge.simulator.config import SignatureForm
-from bridge.sources.signature import sign
+from bridge.sources.signature import signature_header
 
 SIMULATED_ORG = "org_sim"
 
@@ -21,9 +21,8 @@ def webhook_headers(
 ) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "X-Pinecall-Event": event_type}
     if secret is not None:
-        signature = sign(secret.encode(), body)
-        headers["X-Pinecall-Signature"] = (
-            signature if form == "prefixed" else signature.removeprefix("sha256=")
+        headers["X-Pinecall-Signature"] = signature_header(
+            secret.encode(), body, bare=form == "bare"
         )
     return headers
 

@@ -18,9 +18,11 @@ class Verdict(Enum):
     INVALID = "invalid_signature"
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The `sha256=<hex>` header value Pinecall's platform sends for this body."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signature_header(secret: bytes, body: bytes, *, bare: bool = False) -> str:
+    """The `X-Pinecall-Signature` value for this body: `sha256=<hex>` as the platform sends it,
+    or with `bare` the docs page's hex alone."""
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return digest if bare else "sha256=" + digest
 
 
 def verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Verdict:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 from aiokafka import TopicPartition
 
+from bridge.dedup import restore as restore_module
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
@@ -58,15 +60,41 @@ async def test_nothing_before_the_committed_offset_restores_nothing(
     assert len(window) == 0
 
 
-async def test_call_log_progress_reads_past_the_committed_offset(log: FakeLog) -> None:
+def short_reads(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "read short of the partition's end" in r.getMessage()]
+
+
+async def test_call_log_progress_reads_past_the_committed_offset(
+    log: FakeLog, caplog: pytest.LogCaptureFixture
+) -> None:
     # The stage lags: offsets 3-5 are in the topic but not decided. A follower resumed from
     # the committed offset's view (seq 2) would write its copies a lag later than the originals.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
     for n in range(6):
         log.append(ingest(n, f"CA_1:{n + 1}", 100.0 + n, channel="sse"))
     window, progress = SeenWindow(TTL, 1_000), PartitionProgress()
     assert await restore({}, TP, 3, window, TTL, progress) == 3
     assert progress.live() == {"CA_1": 6}
     assert seen(window, "CA_1:3", "CA_1:4") == [True, False]  # the window stops at 3 all the same
+    assert short_reads(caplog) == []  # read to the end: nothing to warn of
+
+
+async def test_a_progress_read_cut_short_warns_how_far_it_stopped(
+    log: FakeLog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its time is up before it reads anything past the committed offset: followers of the calls
+    # in offsets 3-5 resume from the committed offset's view, further back, and that is said.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    monkeypatch.setattr(restore_module, "PROGRESS_SCAN_SECONDS", 0.0)
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n + 1}", 100.0 + n, channel="sse"))
+    window, progress = SeenWindow(TTL, 1_000), PartitionProgress()
+    assert await restore({}, TP, 3, window, TTL, progress) == 3
+    assert progress.live() == {"CA_1": 3}
+    (warning,) = short_reads(caplog)
+    assert warning.levelno == logging.WARNING
+    assert warning.__dict__["records_left"] == 3
+    assert warning.__dict__["partition"] == TP.partition
 
 
 async def test_an_unreadable_last_record_still_restores_the_ttl_before_now(log: FakeLog) -> None:

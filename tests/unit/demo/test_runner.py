@@ -15,22 +15,26 @@ from bridge.demo.runner import RecentEvents
 from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.simulator import Simulator
+from bridge.simulator.ledger import Ledger, ledger_record
 
 
-class FakeLedger:
-    def __init__(self, ids: set[str]) -> None:
-        self.ids = ids
-
-    def expected_ids(self) -> set[str]:
-        return self.ids
+def call_of(event_id: str) -> str:
+    """The call of a `<call>:<seq>` id: the subject the bridge gives its CloudEvent."""
+    return event_id.rpartition(":")[0]
 
 
 class FakeSimulator:
+    """A simulator whose ledger holds a durable entry for each `<call>:<seq>` id."""
+
     def __init__(self, ids: set[str]) -> None:
-        self.ledger = FakeLedger(ids)
+        self.ledger = Ledger()
+        for event_id in sorted(ids):
+            call, _, seq = event_id.rpartition(":")
+            entry = {"call": call, "seq": int(seq), "type": "turn.user", "ephemeral": False}
+            self.ledger.append(ledger_record(entry, ["webhook"]))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"events_generated": len(self.ledger.ids)}
+        return {"events_generated": self.ledger.size}
 
 
 class FakeBridge:
@@ -43,11 +47,13 @@ class FakeRecent:
 
     def __init__(self, *ids: str, undecodable: int = 0) -> None:
         self.ids: Counter[str] = Counter(ids)
+        self.call_of = {event_id: call_of(event_id) for event_id in ids}
         self.undecodable = undecodable
         self.read = len(ids) + undecodable
 
     def arrive(self, event_id: str) -> None:
         self.ids[event_id] += 1
+        self.call_of[event_id] = call_of(event_id)
         self.read += 1
 
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.sources.signature import Verdict, sign, verify
+from bridge.sources.signature import Verdict, signature_header, verify
 from tests.fuzz import signatures
 
 BODY = b'{"type":"webhook.test","org":"o","env":"sandbox","agent":null,"at":1,"data":{}}'
@@ -17,29 +17,41 @@ def hexdigest(secret: bytes, body: bytes) -> str:
 
 
 def test_prefixed_form() -> None:
-    assert verify(sign(SECRET, BODY), BODY, [SECRET]) is Verdict.VALID
+    assert verify(signature_header(SECRET, BODY), BODY, [SECRET]) is Verdict.VALID
 
 
 def test_bare_form() -> None:
     assert verify(hexdigest(SECRET, BODY), BODY, [SECRET]) is Verdict.VALID
 
 
+def test_header_spells_the_hmac_in_either_form() -> None:
+    assert signature_header(SECRET, BODY) == "sha256=" + hexdigest(SECRET, BODY)
+    assert signature_header(SECRET, BODY, bare=True) == hexdigest(SECRET, BODY)
+
+
+@pytest.mark.parametrize("bare", [False, True])
+def test_header_round_trips_through_verify(bare: bool) -> None:
+    header = signature_header(SECRET, BODY, bare=bare)
+    assert verify(header, BODY, [b"rotated-out", SECRET]) is Verdict.VALID
+    assert verify(header, BODY + b" ", [SECRET]) is Verdict.INVALID
+
+
 def test_rotation_any_secret_passes() -> None:
-    assert verify(sign(b"new", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
-    assert verify(sign(b"old", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
-    assert verify(sign(b"other", BODY), BODY, [b"old", b"new"]) is Verdict.INVALID
+    assert verify(signature_header(b"new", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
+    assert verify(signature_header(b"old", BODY), BODY, [b"old", b"new"]) is Verdict.VALID
+    assert verify(signature_header(b"other", BODY), BODY, [b"old", b"new"]) is Verdict.INVALID
 
 
 def test_tampered_body_fails() -> None:
     assert (
-        verify(sign(SECRET, BODY), BODY.replace(b"sandbox", b"production"), [SECRET])
+        verify(signature_header(SECRET, BODY), BODY.replace(b"sandbox", b"production"), [SECRET])
         is Verdict.INVALID
     )
 
 
 def test_reserialised_body_is_not_what_is_signed() -> None:
     reserialised = BODY.replace(b":", b": ")
-    assert verify(sign(SECRET, BODY), reserialised, [SECRET]) is Verdict.INVALID
+    assert verify(signature_header(SECRET, BODY), reserialised, [SECRET]) is Verdict.INVALID
 
 
 @pytest.mark.parametrize("header", [None, "", "   "])
