@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
 
 import orjson
@@ -49,11 +47,6 @@ def body(salt: int, first: int, count: int) -> bytes:
     if count == 1:
         return orjson.dumps(entry(salt, first))
     return orjson.dumps([entry(salt, first + k) for k in range(count)])
-
-
-def sign(secret: bytes, payload: bytes) -> str:
-    """The `X-Pinecall-Signature` value the platform sends."""
-    return "sha256=" + hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
 def cloudevent_line(salt: int, index: int) -> bytes:

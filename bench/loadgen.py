@@ -29,6 +29,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from bench import events
+from bridge.sources.signature import signature_header
 
 TICK = 0.001  # the pacer's period: due sends go out in small bursts at most 1 ms late
 
@@ -151,7 +152,7 @@ class WebhookGen:
             payload = events.body(args.salt, args.first + j * self.batch, self.batch)
             self.wire.append(
                 head
-                + f"X-Pinecall-Signature: {events.sign(secret, payload)}\r\n"
+                + f"X-Pinecall-Signature: {signature_header(secret, payload)}\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n".encode()
                 + payload
             )
