@@ -40,6 +40,7 @@ class DemoOptions:
     concurrency: int = 8
     duplicates: float = 0.05
     reorder: float = 0.2
+    alerts: float = 0.2  # calls that end with an alert of their agent's (webhook only)
     http_port: int = 8080
     simulator_port: int = 8765
     seed: int | None = None
@@ -177,6 +178,7 @@ async def _traffic(simulator: Simulator, options: DemoOptions) -> int:
             channel="all",  # webhooks, the WebSocket feed and the call logs over SSE
             duplicates=options.duplicates,
             reorder=options.reorder,
+            alerts=options.alerts,  # by webhook alone, as Pinecall posts them: to the alerts topic
             seed=seed,
             subscribers=1,
             feed_subscribers=1,  # the call-log source's org feed: it announces the calls
@@ -191,7 +193,8 @@ def _simulator_line(simulator: Simulator) -> str:
     stats = simulator.snapshot()
     return (
         f"[bold]simulator[/] calls in progress, events generated {stats['events_generated']:,}"
-        f" (durable {stats['events_durable']:,}), webhook deliveries ok"
+        f" (durable {stats['events_durable']:,}), alerts {stats['alerts_generated']:,},"
+        f" webhook deliveries ok"
         f" {stats['deliveries_ok']:,} retried {stats['deliveries_retried']:,},"
         f" frames sent {stats['frames_sent']:,}, call-log entries streamed"
         f" {stats['sse_entries_streamed']:,}"
@@ -236,6 +239,7 @@ async def _headless(
         console.print(f"[red]the simulated traffic failed: {why}[/]")
         return 1
     expected = simulator.ledger.expected_ids()
+    refused = simulator.ledger.refused_ids()
     if not expected:
         console.print("[red]the simulated traffic made no durable event: nothing was checked[/]")
         return 1
@@ -252,14 +256,17 @@ async def _headless(
         await asyncio.sleep(SETTLE_SECONDS)
     snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
     lost = expected - set(recent.ids)
-    # Only this run's calls are judged: a backlog an interrupted earlier run left may come out now.
-    calls = {record["call"] for record in simulator.ledger.durable()}
-    ours = {i: n for i, n in recent.ids.items() if recent.call_of.get(i) in calls}
+    # Only this run's calls and alerts are judged: a backlog an interrupted earlier run left may
+    # come out now. An alert has no call (nor subject): its id, its content's, is known or not.
+    calls = {record["call"] for record in simulator.ledger.durable() if record["call"] is not None}
+    ours = {i: n for i, n in recent.ids.items() if i in expected or recent.call_of.get(i) in calls}
     doubled = [event_id for event_id, n in ours.items() if n > 1]
     unexpected = len(set(ours) - expected) + recent.undecodable
     earlier = len(recent.ids) - len(ours)
+    alerts = sum(1 for event_id in expected if event_id.startswith("sha256:"))
     console.print(
-        f"{len(expected):,} durable events from {simulator.snapshot()['events_generated']:,}"
+        f"{len(expected):,} durable events ({alerts:,} of them alerts) from"
+        f" {simulator.snapshot()['events_generated']:,}"
         f" generated in {time.monotonic() - start:.1f} s;"
         f" received {sum(snapshot.received.values()):,.0f} copies over"
         f" {len(snapshot.received)} channels,"
@@ -270,5 +277,11 @@ async def _headless(
     )
     if earlier:
         console.print(f"events of other calls (an earlier run's backlog), not judged: {earlier:,}")
+    if refused:
+        # Refused, not lost: the bridge answered no to every attempt, and Pinecall gave up.
+        console.print(
+            f"alerts the bridge refused (4xx, or no 2xx in Pinecall's two attempts), not expected:"
+            f" {len(refused):,}"
+        )
     console.print(f"lost {len(lost)}, doubled {len(doubled)}, unexpected {unexpected}")
     return 0 if not lost and not doubled and not unexpected else 1

@@ -91,7 +91,7 @@ def _entry(
     elif seq >= 1 and agent is not None:
         natural_id = f"@{agent}:{seq}"
     return Event(
-        id=_payload_id(item) or natural_id or _content_id(item),
+        id=_payload_id(item) or natural_id or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
@@ -113,7 +113,7 @@ def _alert(
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
     return Event(
-        id=_payload_id(item) or _content_id(item),
+        id=_payload_id(item) or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
@@ -133,7 +133,7 @@ def _documented(
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
     return Event(
-        id=_payload_id(item) or _content_id(item),
+        id=_payload_id(item) or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
@@ -155,7 +155,7 @@ def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | 
     # The older SDK spread the payload over the frame itself, so its data is what remains.
     data = {key: value for key, value in item.items() if key not in _LEGACY_ENVELOPE}
     return Event(
-        id=_payload_id(item) or _content_id(item),
+        id=_payload_id(item) or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
@@ -177,7 +177,7 @@ def _payload_id(item: dict[str, Any]) -> str | None:
     return None
 
 
-def _content_id(item: Any) -> str:
+def content_id(item: Any) -> str:
     """Same JSON value, same id, whatever the key order or whitespace it arrived with."""
     return "sha256:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
 

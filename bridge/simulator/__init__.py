@@ -1,4 +1,8 @@
-"""A local stand-in for Pinecall: REST API, WebSocket feed and signed webhooks, with traffic."""
+"""A local stand-in for Pinecall: REST API, WebSocket feed, call logs, signed webhooks, traffic.
+
+Call logs are always served; webhooks carry call entries (the docs page's) and, on demand,
+alerts (the platform's), delivered as the platform does: 2 attempts, a 4xx final.
+"""
 
 from bridge.simulator.config import (
     AuthFailure,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -296,6 +297,21 @@ class CallLogs:
         self.feed_readers: set[FeedReader] = set()
         self._retain = retain
         self._feed_changed = asyncio.Event()
+        self._agent_seqs: dict[str, int] = {}
+
+    def agent_entry(self, agent: str, kind: str, data: dict[str, Any], ts: float) -> Entry:
+        """A new line of an agent's own log (`call` null: alerts, errors); only its seq is kept,
+        as the simulator serves no agent log."""
+        seq = self._agent_seqs[agent] = self._agent_seqs.get(agent, 0) + 1
+        return {
+            "seq": seq,
+            "ts": ts,
+            "call": None,
+            "agent": agent,
+            "type": kind,
+            "ephemeral": False,
+            "data": data,
+        }
 
     def append(self, entry: Entry) -> CallLog:
         """Write an entry of a call's log (the log opens with its first entry)."""
@@ -370,7 +386,9 @@ class CallLogs:
         excess = len(self.logs) - self._retain
         if excess <= 0:
             return
-        for call in [c for c, log in self.logs.items() if log.sealed and not log.readers][:excess]:
+        # Every run writes its calls' logs: stop at the first few, do not scan them all.
+        idle = (c for c, log in self.logs.items() if log.sealed and not log.readers)
+        for call in list(itertools.islice(idle, excess)):
             del self.logs[call]
 
 

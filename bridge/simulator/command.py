@@ -98,9 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="prefixed",
         help="sha256=<hex> or the bare hex",
     )
-    hooks.add_argument("--delivery-timeout", type=float, default=5.0, help="seconds")
+    hooks.add_argument(
+        "--delivery-timeout", type=float, default=5.0, help="seconds per attempt, as Pinecall's"
+    )
     hooks.add_argument("--retry-base", type=float, default=0.2, help="first backoff, seconds")
-    hooks.add_argument("--max-attempts", type=int, default=5)
+    hooks.add_argument(
+        "--max-attempts",
+        type=int,
+        default=2,
+        help="as Pinecall: a retry only after a transport error or a 5xx; a 4xx is final",
+    )
     hooks.add_argument("--delivery-concurrency", type=int, default=64)
 
     traffic = parser.add_argument_group("traffic")
@@ -109,7 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument(
         "--rate", type=float, default=0.0, help="events per second overall; 0: as fast as possible"
     )
-    traffic.add_argument("--channel", choices=CHANNELS, default="both")
+    traffic.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="both",
+        help="the pushes that carry the calls' log entries (sse: none; all: both); every call's "
+        "log is served whatever the channel",
+    )
+    traffic.add_argument(
+        "--alerts",
+        type=float,
+        default=0.0,
+        help="probability a call ends with an alert of its agent (monitor.fired, spend.unusual, "
+        "credits.exhausted), posted by webhook as Pinecall posts alerts, whatever the channel",
+    )
     traffic.add_argument(
         "--duplicates",
         type=float,
@@ -188,6 +208,7 @@ def settings(args: argparse.Namespace) -> tuple[SimulatorConfig, TrafficSpec]:
         subscribers=args.subscribers,
         subscriber_timeout=args.subscriber_timeout,
         feed_subscribers=args.feed_subscribers,
+        alerts=args.alerts,
     )
     return config, spec
 

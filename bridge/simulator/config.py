@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# "both" is webhook + websocket (the documented pair); "sse" the per-call logs alone, as the
-# platform serves call events today; "all" every channel at once.
+# Which pushes carry the calls' log entries: "both" webhook + websocket (the documented pair);
+# "sse" none, as the platform carries call events today. The per-call logs are served whatever
+# the channel, as the platform's are; "all" (every channel) is therefore "both", kept by name.
 Channel = Literal["both", "webhook", "websocket", "sse", "all"]
 SignatureForm = Literal["prefixed", "bare"]
 AuthFailure = Literal["close", "http"]
@@ -52,10 +53,11 @@ class SimulatorConfig:
     signature: SignatureForm = "prefixed"
     # Seconds each webhook-registration request takes, as a distant API does (races show).
     api_latency: float = 0.0
+    # The platform's delivery: 2 attempts, 5 s each; only a transport error or a 5xx is retried.
     delivery_timeout: float = 5.0
     retry_base: float = 0.2
     retry_max_delay: float = 10.0
-    max_attempts: int = 5
+    max_attempts: int = 2
     delivery_concurrency: int = 64
     ledger_path: Path | None = None
     keep_records: bool = True
@@ -114,6 +116,8 @@ class TrafficSpec:
     subscribers: int = 0  # wait for this many subscribed WebSocket connections first
     subscriber_timeout: float = 10.0
     feed_subscribers: int = 0  # wait for this many org-feed (`GET /v1/events`) streams first
+    # Probability a call ends with an alert of its agent's, posted by webhook whatever the channel.
+    alerts: float = 0.0
 
     def __post_init__(self) -> None:
         if self.calls < 0:
@@ -126,6 +130,7 @@ class TrafficSpec:
             raise ValueError(f"channel must be one of {', '.join(CHANNELS)}")
         _probability("duplicates", self.duplicates)
         _probability("reorder", self.reorder)
+        _probability("alerts", self.alerts)
         if self.subscribers < 0:
             raise ValueError("subscribers must not be negative")
         if self.feed_subscribers < 0:
@@ -139,8 +144,3 @@ class TrafficSpec:
     @property
     def websocket(self) -> bool:
         return self.channel in ("both", "websocket", "all")
-
-    @property
-    def sse(self) -> bool:
-        """Whether calls are written to their logs, served as pages, SSE and the org feed."""
-        return self.channel in ("sse", "all")

@@ -25,6 +25,14 @@ UNAUTHORIZED = 4001  # bad, missing or expired credentials: fetch a new token be
 
 PONG = jsoncodec.dumps({"type": "pong"}).decode()
 
+# The docs page's names for the log's types (the rest keep theirs); `recording.available` has
+# no line of its own: it is `call.summary`'s data.recording.
+_DOCS_NAMES = {
+    "turn.user": "message.received",
+    "turn.agent": "message.sent",
+    "call.summary": "transcription.completed",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
@@ -73,6 +81,19 @@ def error(message: str) -> str:
     return jsoncodec.dumps({"type": "error", "message": message}).decode()
 
 
+def docs_type(entry: dict[str, Any]) -> str:
+    """The docs page's name for a log entry's type, where it has one."""
+    kind = str(entry["type"])
+    if kind == "agent.state" and entry["data"].get("state") == "thinking":
+        return "agent.thinking"
+    return _DOCS_NAMES.get(kind, kind)
+
+
+def frame_type(entry: dict[str, Any], shape: FrameShape) -> str:
+    """The type a frame of this shape names: the docs page's names in the docs page's shape."""
+    return docs_type(entry) if shape == "documented" else str(entry["type"])
+
+
 def event_frame(entry: dict[str, Any], body: bytes, shape: FrameShape) -> str:
     """The pushed text: the webhook's very bytes, or the same event in another shape.
 
@@ -85,7 +106,7 @@ def event_frame(entry: dict[str, Any], body: bytes, shape: FrameShape) -> str:
     if shape == "documented":
         frame: dict[str, Any] = {
             "id": event_id,
-            "type": entry["type"],
+            "type": frame_type(entry, shape),
             "timestamp": entry["ts"],
             "agent": entry["agent"],
             "data": {**entry["data"], "call_id": entry["call"]},

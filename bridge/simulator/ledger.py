@@ -9,10 +9,13 @@ from typing import IO, Any
 from bridge import jsoncodec
 
 
-def ledger_record(entry: dict[str, Any], channels: Sequence[str]) -> dict[str, Any]:
-    """One ledger line for a generated entry. Pure."""
+def ledger_record(
+    entry: dict[str, Any], channels: Sequence[str], *, event_id: str | None = None
+) -> dict[str, Any]:
+    """One ledger line for a generated entry; `id` is the CloudEvent id it must get. Pure."""
     ephemeral = entry["ephemeral"] is True
     return {
+        "id": event_id if event_id is not None else f"{entry['call']}:{entry['seq']}",
         "call": entry["call"],
         "seq": entry["seq"],
         "type": entry["type"],
@@ -56,5 +59,14 @@ class Ledger:
         return [record for record in self.records if record["durable"]]
 
     def expected_ids(self) -> set[str]:
-        """The CloudEvent ids the bridge must publish: `<call>:<seq>` of every durable event."""
-        return {f"{record['call']}:{record['seq']}" for record in self.durable()}
+        """The CloudEvent ids the bridge must publish: every durable event that reached it.
+
+        An alert travels by webhook alone: one whose every attempt the bridge refused (`delivered`
+        false: a 4xx, or a 5xx or no answer twice) never reached it, and is not expected.
+        """
+        return {r["id"] for r in self.durable() if r.get("delivered", True)}
+
+    def refused_ids(self) -> set[str]:
+        """Alerts the bridge refused every attempt of (and no copy of them was taken)."""
+        refused = {r["id"] for r in self.durable() if r.get("delivered", True) is False}
+        return refused - self.expected_ids()

@@ -46,8 +46,7 @@ def plan_event(
         channels += ("webhook",)
     if spec.websocket:
         channels += ("websocket",)
-    if spec.sse:
-        channels += ("sse",)
+    channels += ("sse",)  # every entry is in its call's log, as on the platform
     return Plan(
         channels=channels,
         webhook_copies=(1 + webhook_duplicate) if spec.webhook else 0,

@@ -63,8 +63,12 @@ def generate_calls(seed: int, count: int) -> list[CallScript]:
 
 
 def generate_call(rng: random.Random) -> CallScript:
-    """call.started, a few turns (with interim transcripts), call.ended, recording, transcript,
-    and `call.score`, the last line of every call log on the platform (it seals the log)."""
+    """call.started, a few turns (with interim transcripts), call.ended, call.summary, and
+    `call.score`, the last line of every call log on the platform (it seals the log).
+
+    The log's own names and shapes: `turn.user`/`turn.agent` for final utterances,
+    `agent.state` for the agent's state, the recording in `call.summary`'s data.
+    """
     call = f"CA_{rng.getrandbits(64):016x}"
     agent = rng.choice(AGENTS)
     topic = rng.choice(TOPICS)
@@ -82,21 +86,22 @@ def generate_call(rng: random.Random) -> CallScript:
     ]
     for said, answer in turns:
         kinds.extend(("user.transcript", {"text": partial}, True) for partial in _partials(said))
-        kinds.append(("message.received", {"text": said}, False))
-        kinds.append(("agent.thinking", {"state": "thinking"}, False))
-        kinds.append(("message.sent", {"text": answer}, False))
+        kinds.append(("turn.user", {"text": said}, False))
+        kinds.append(("agent.state", {"state": "thinking"}, False))
+        kinds.append(("turn.agent", {"text": answer}, False))
     duration = round(rng.uniform(8.0, 30.0) * len(turns), 1)
     kinds.append(("call.ended", {"duration": duration, "reason": rng.choice(END_REASONS)}, False))
-    kinds.append(
-        ("recording.available", {"url": f"https://recordings.pinecall.sim/{call}.wav"}, False)
-    )
     transcript = [
         {"role": role, "text": text}
         for said, answer in turns
         for role, text in (("user", said), ("agent", answer))
     ]
-    summary = f"The caller wanted to {topic[0]}; {len(turns)} turns."
-    kinds.append(("transcription.completed", {"summary": summary, "transcript": transcript}, False))
+    summary = {
+        "summary": f"The caller wanted to {topic[0]}; {len(turns)} turns.",
+        "transcript": transcript,
+        "recording": f"https://recordings.pinecall.sim/{call}.wav",
+    }
+    kinds.append(("call.summary", summary, False))
     # pinecall-runtime's CallScore for an agent without judges; no draw, so seeds keep their calls.
     score: dict[str, Any] = {
         "passed": None,

@@ -151,6 +151,7 @@ class Simulator:
         subscribers: int = 0,
         subscriber_timeout: float = 10.0,
         feed_subscribers: int = 0,
+        alerts: float = 0.0,
     ) -> TrafficReport:
         """Play `calls` calls; returns once every delivery is answered and every frame written."""
         spec = TrafficSpec(
@@ -164,6 +165,7 @@ class Simulator:
             subscribers=subscribers,
             subscriber_timeout=subscriber_timeout,
             feed_subscribers=feed_subscribers,
+            alerts=alerts,
         )
         return await self.play(spec)
 

@@ -19,6 +19,7 @@ class Stats:
     events_generated: int = 0
     events_durable: int = 0
     events_ephemeral: int = 0
+    alerts_generated: int = 0  # alert lines of agents' logs, posted by webhook
     delivery_attempts: int = 0
     deliveries_ok: int = 0
     deliveries_failed: int = 0  # every attempt failed with a 5xx, a transport error or a timeout

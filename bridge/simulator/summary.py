@@ -12,7 +12,8 @@ def render(
     c = counters
     lines = [
         f"events generated   {c['events_generated']} "
-        f"({c['events_durable']} durable, {c['events_ephemeral']} ephemeral)",
+        f"({c['events_durable']} durable, {c['events_ephemeral']} ephemeral), "
+        f"{c['alerts_generated']} alerts",
         f"webhook deliveries {c['deliveries_ok']} ok, {c['deliveries_failed']} failed, "
         f"{c['deliveries_rejected']} rejected (4xx), {c['deliveries_cancelled']} cancelled; "
         f"{c['deliveries_retried']} retried, {c['delivery_attempts']} attempts, "

@@ -1,4 +1,8 @@
-"""A traffic run: calls played a few at a time, every event ledgered, then sent on its way."""
+"""A traffic run: calls played a few at a time, every event ledgered, then sent on its way.
+
+Every entry goes to its call's log; the channel says which pushes carry it too. An alert a call
+ends with is a line of its agent's log, posted by webhook alone, as the platform posts alerts.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.normalise.shapes import content_id
+from bridge.simulator.alerts import AlertPlan, plan_alert
 from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.feed import EventRef, Feed
-from bridge.simulator.frames import event_frame
+from bridge.simulator.frames import event_frame, frame_type
 from bridge.simulator.hooks import HookStore
 from bridge.simulator.ledger import Ledger, ledger_record
 from bridge.simulator.pacing import Pacer
@@ -24,7 +30,7 @@ from bridge.simulator.plan import plan_event
 from bridge.simulator.records import Delivery
 from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
 from bridge.simulator.stats import Stats
-from bridge.simulator.wire import encode
+from bridge.simulator.wire import alert_body, encode
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class Traffic:
         self._calllogs = calllogs if calllogs is not None else CallLogs()
         self._pacer = Pacer(spec.rate)
         self._records: list[dict[str, Any]] = []
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def play(self) -> TrafficReport:
         """Every call to its end, every delivery finally answered, every frame written."""
@@ -113,6 +120,7 @@ class Traffic:
             for _ in range(min(spec.concurrency, len(scripts))):
                 group.create_task(self._play_calls(pending))
         await self._deliverer.join()
+        await asyncio.gather(*self._settling)
         await self._feed.flush()
         counters = self._stats.since(before)
         report = TrafficReport(
@@ -127,8 +135,8 @@ class Traffic:
         return report
 
     def _warn_if_nobody_listens(self) -> None:
-        if self.spec.webhook and not self._hooks.all():
-            log.warning("no webhook is registered: the webhook copies go nowhere")
+        if (self.spec.webhook or self.spec.alerts) and not self._hooks.all():
+            log.warning("no webhook is registered: the webhook copies and alerts go nowhere")
         if self.spec.websocket and not self._feed.subscribed():
             log.warning("no WebSocket connection is subscribed: the frames go nowhere")
 
@@ -145,7 +153,46 @@ class Traffic:
             await asyncio.sleep(self._pacer.delay(time.monotonic()))
             self._emit(script, step, rng, lane)
         # A call log seals itself at its last step, `call.score`, as the platform's does.
+        spec = self.spec
+        alert = plan_alert(
+            call_rng(self.seed, index, "alert"),
+            script,
+            probability=spec.alerts,
+            duplicates=spec.duplicates,
+        )
+        if alert is not None:
+            self._alert(script.agent, alert)
         await lane.finish()
+
+    def _alert(self, agent: str, alert: AlertPlan) -> None:
+        entry = self._calllogs.agent_entry(agent, alert.type, alert.data, time.time())
+        body = alert_body(entry)
+        # No id and no seq on the wire: the bridge's id for it is its content's.
+        record = ledger_record(entry, ("webhook",), event_id=content_id(body))
+        self._stats.alerts_generated += 1
+        wire = encode(body)
+        answers = [
+            self._deliverer.submit(
+                hook, wire, call=f"@{agent}", seq=entry["seq"], event_type=alert.type, copy=copy
+            )
+            for copy in range(alert.copies)
+            for hook in self._hooks.matching(alert.type)
+        ]
+        settle = asyncio.create_task(self._settle(record, answers))
+        self._settling.add(settle)
+        settle.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self, record: dict[str, Any], answers: list[asyncio.Future[Delivery]]
+    ) -> None:
+        """Ledger an alert once its deliveries are answered: whether any copy got through."""
+        deliveries = await asyncio.gather(*answers)
+        self._record({**record, "delivered": any(d.outcome == "ok" for d in deliveries)})
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self._ledger.append(record)
+        if self._config.keep_records:
+            self._records.append(record)
 
     def _emit(self, script: CallScript, step: Step, rng: random.Random, lane: _FrameLane) -> None:
         entry = script.entry(step, time.time())
@@ -158,13 +205,9 @@ class Traffic:
             documented_ratio=config.ws_documented_ratio,
             legacy_ratio=config.ws_legacy_ratio,
         )
-        record = ledger_record(entry, plan.channels)
-        self._ledger.append(record)
-        if self.spec.sse:
-            # The very entry the other channels carry: the same (call, seq), the same ts.
-            self._calllogs.append(entry)
-        if config.keep_records:
-            self._records.append(record)
+        self._record(ledger_record(entry, plan.channels))
+        # The very entry the other channels carry: the same (call, seq), the same ts.
+        self._calllogs.append(entry)
         self._stats.events_generated += 1
         if step.ephemeral:
             self._stats.events_ephemeral += 1
@@ -181,5 +224,5 @@ class Traffic:
         if plan.websocket_copies:
             late = plan.websocket_after_webhook and answered
             gate = asyncio.gather(*answered) if late else None
-            ref = EventRef(script.call, step.seq, step.type, plan.shape)
+            ref = EventRef(script.call, step.seq, frame_type(entry, plan.shape), plan.shape)
             lane.push(gate, event_frame(entry, body, plan.shape), ref, plan.websocket_copies)

@@ -9,6 +9,7 @@ from bridge.simulator.config import SignatureForm
 from bridge.sources.signature import signature_header
 
 SIMULATED_ORG = "org_sim"
+SIMULATED_ENV = "production"
 
 
 def encode(entry: dict[str, Any]) -> bytes:
@@ -27,12 +28,24 @@ def webhook_headers(
     return headers
 
 
+def alert_body(entry: dict[str, Any]) -> dict[str, Any]:
+    """The platform's post of an alert line of an agent's log: no seq, no id, `at` in seconds."""
+    return {
+        "type": entry["type"],
+        "org": SIMULATED_ORG,
+        "env": SIMULATED_ENV,
+        "agent": entry["agent"],
+        "at": int(entry["ts"]),
+        "data": entry["data"],
+    }
+
+
 def test_alert(at: float) -> dict[str, Any]:
     """What the platform's `POST /v1/webhook/test` posts: an alert of the simulated org."""
     return {
         "type": "webhook.test",
         "org": SIMULATED_ORG,
-        "env": "production",
+        "env": SIMULATED_ENV,
         "agent": None,
         "at": int(at),
         "data": {"said": "Pinecall reaches this URL; every alert of the org comes the same way."},

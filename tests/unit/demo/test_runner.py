@@ -18,18 +18,25 @@ from bridge.simulator import Simulator
 from bridge.simulator.ledger import Ledger, ledger_record
 
 
-def call_of(event_id: str) -> str:
-    """The call of a `<call>:<seq>` id: the subject the bridge gives its CloudEvent."""
-    return event_id.rpartition(":")[0]
+def call_of(event_id: str) -> str | None:
+    """The call of a `<call>:<seq>` id: the subject the bridge gives its CloudEvent (an alert,
+    whose id is its content's, has none)."""
+    return None if event_id.startswith("sha256:") else event_id.rpartition(":")[0]
 
 
 class FakeSimulator:
-    """A simulator whose ledger holds a durable entry for each `<call>:<seq>` id."""
+    """A simulator whose ledger holds a durable entry for each `<call>:<seq>` id, and an
+    alert for each `sha256:` one (delivered, or refused by every attempt when in `refused`)."""
 
-    def __init__(self, ids: set[str]) -> None:
+    def __init__(self, ids: set[str], refused: set[str]) -> None:
         self.ledger = Ledger()
-        for event_id in sorted(ids):
+        for event_id in sorted(ids | refused):
             call, _, seq = event_id.rpartition(":")
+            if event_id.startswith("sha256:"):
+                entry = {"call": None, "seq": 1, "type": "monitor.fired", "ephemeral": False}
+                alert = ledger_record(entry, ["webhook"], event_id=event_id)
+                self.ledger.append({**alert, "delivered": event_id not in refused})
+                continue
             entry = {"call": call, "seq": int(seq), "type": "turn.user", "ephemeral": False}
             self.ledger.append(ledger_record(entry, ["webhook"]))
 
@@ -47,23 +54,32 @@ class FakeRecent:
 
     def __init__(self, *ids: str, undecodable: int = 0) -> None:
         self.ids: Counter[str] = Counter(ids)
-        self.call_of = {event_id: call_of(event_id) for event_id in ids}
+        self.call_of: dict[str, str] = {}
+        for event_id in ids:
+            self.remember(event_id)
         self.undecodable = undecodable
         self.read = len(ids) + undecodable
 
+    def remember(self, event_id: str) -> None:
+        if (call := call_of(event_id)) is not None:
+            self.call_of[event_id] = call
+
     def arrive(self, event_id: str) -> None:
         self.ids[event_id] += 1
-        self.call_of[event_id] = call_of(event_id)
+        self.remember(event_id)
         self.read += 1
 
 
 async def verdict(
-    expected: set[str], recent: FakeRecent, traffic: asyncio.Task[int]
+    expected: set[str],
+    recent: FakeRecent,
+    traffic: asyncio.Task[int],
+    refused: frozenset[str] = frozenset(),
 ) -> tuple[int, str]:
     out = io.StringIO()
     code = await runner._headless(
         cast(Bridge, FakeBridge()),
-        cast(Simulator, FakeSimulator(expected)),
+        cast(Simulator, FakeSimulator(expected, set(refused))),
         cast(RecentEvents, recent),
         traffic,
         asyncio.Event(),
@@ -149,3 +165,30 @@ async def test_other_calls_output_meanwhile_are_reported_not_judged() -> None:
     assert code == 0
     assert "events of other calls (an earlier run's backlog), not judged: 1" in out
     assert "lost 0, doubled 0, unexpected 0" in out
+
+
+async def test_alerts_are_judged_by_their_content_ids() -> None:
+    expected = {"CA_1:1", "sha256:aa"}
+    code, out = await verdict(expected, FakeRecent("CA_1:1"), await traffic_of(1))
+    assert (code, "lost 1, doubled 0, unexpected 0" in out) == (1, True)
+    recent = FakeRecent("CA_1:1", "sha256:aa", "sha256:aa")
+    code, out = await verdict(expected, recent, await traffic_of(1))
+    assert (code, "lost 0, doubled 1, unexpected 0" in out) == (1, True)
+
+
+async def test_an_alert_the_bridge_refused_is_reported_not_lost() -> None:
+    # Pinecall gave up after the bridge refused both attempts: the bridge said no, loudly.
+    code, out = await verdict(
+        {"CA_1:1"}, FakeRecent("CA_1:1"), await traffic_of(1), frozenset({"sha256:bb"})
+    )
+    assert code == 0
+    assert "lost 0, doubled 0, unexpected 0" in out
+    assert "alerts the bridge refused (4xx, or no 2xx in Pinecall's two attempts)" in out
+    assert "not expected: 1" in out
+
+
+async def test_another_runs_alert_is_not_judged() -> None:
+    recent = FakeRecent("CA_1:1", "sha256:aa", "sha256:cc")
+    code, out = await verdict({"CA_1:1", "sha256:aa"}, recent, await traffic_of(1))
+    assert code == 0
+    assert "not judged: 1" in out

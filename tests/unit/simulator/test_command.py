@@ -26,22 +26,24 @@ def test_options_become_settings(tmp_path: Path) -> None:
         ["--port", "0", "--api-key", "k", "--token-ttl", "30", "--signature", "bare",
          "--ws-heartbeat", "0", "--ws-documented", "0.5", "--calls", "3", "--rate", "50",
          "--channel", "webhook", "--duplicates", "0.1", "--reorder", "0.2", "--seed", "9",
-         "--ledger", str(tmp_path / "l.jsonl"), "--max-attempts", "2", "--no-records"]
+         "--ledger", str(tmp_path / "l.jsonl"), "--max-attempts", "3", "--no-records",
+         "--alerts", "0.3"]
     )  # fmt: skip
     config, spec = settings(args)
     assert (config.port, config.api_key, config.token_ttl, config.signature) == (0, "k", 30, "bare")
     assert config.ws_heartbeat is None
     assert config.ws_documented_ratio == 0.5
-    assert (config.max_attempts, config.keep_records) == (2, False)
+    assert (config.max_attempts, config.keep_records) == (3, False)
     assert config.ledger_path == tmp_path / "l.jsonl"
     assert (spec.calls, spec.rate, spec.channel, spec.seed) == (3, 50, "webhook", 9)
-    assert (spec.duplicates, spec.reorder) == (0.1, 0.2)
+    assert (spec.duplicates, spec.reorder, spec.alerts) == (0.1, 0.2, 0.3)
 
 
 def test_defaults_match_the_documented_ones() -> None:
     config, spec = settings(build_parser().parse_args([]))
     assert (config.port, config.api_key, config.signature) == (8765, "sim-api-key", "prefixed")
-    assert (spec.calls, spec.channel) == (20, "both")
+    assert (config.max_attempts, config.delivery_timeout) == (2, 5.0)  # Pinecall's delivery
+    assert (spec.calls, spec.channel, spec.alerts) == (20, "both", 0.0)
 
 
 def test_bad_values_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +95,7 @@ def test_the_sse_channel_and_its_options(capsys: pytest.CaptureFixture[str]) -> 
     )
     config, spec = settings(args)
     assert (config.sse_ping_interval, config.sse_reader_buffer) == (0.5, 8)
-    assert (spec.channel, spec.sse, spec.webhook, spec.websocket) == ("sse", True, False, False)
+    assert (spec.channel, spec.webhook, spec.websocket) == ("sse", False, False)
     assert spec.feed_subscribers == 2
     with pytest.raises(SystemExit):
         main(["--sse-buffer", "0"])

@@ -17,7 +17,7 @@ from tests.unit.simulator.receiver import Received, Receiver
 
 
 def body(call: str, seq: int) -> bytes:
-    entry = {"seq": seq, "ts": 1.0, "call": call, "agent": "a", "type": "message.sent",
+    entry = {"seq": seq, "ts": 1.0, "call": call, "agent": "a", "type": "turn.agent",
              "ephemeral": False, "data": {"text": "hi"}}  # fmt: skip
     return jsoncodec.dumps(entry)
 
@@ -40,7 +40,7 @@ def hook_for(receiver: Receiver, secret: str | None = "s3cret") -> Hook:
 
 
 def send(deliverer: Deliverer, hook: Hook, call: str, seq: int) -> asyncio.Future[Delivery]:
-    return deliverer.submit(hook, body(call, seq), call=call, seq=seq, event_type="message.sent")
+    return deliverer.submit(hook, body(call, seq), call=call, seq=seq, event_type="turn.agent")
 
 
 async def test_the_exact_bytes_are_posted_and_signed(
@@ -50,7 +50,7 @@ async def test_the_exact_bytes_are_posted_and_signed(
     [request] = receiver.requests
     assert request.body == body("CA_1", 1)
     assert request.headers["Content-Type"] == "application/json"
-    assert request.headers["X-Pinecall-Event"] == "message.sent"
+    assert request.headers["X-Pinecall-Event"] == "turn.agent"
     signature = request.headers["X-Pinecall-Signature"]
     assert signature.startswith("sha256=")
     assert verify(signature, request.body, [b"s3cret"]) is Verdict.VALID
@@ -70,14 +70,16 @@ async def test_bare_signatures_and_unsigned_hooks(receiver: Receiver) -> None:
     assert "X-Pinecall-Signature" not in unsigned.headers
 
 
-async def test_a_5xx_is_retried_until_it_succeeds(deliverer: Deliverer, receiver: Receiver) -> None:
+async def test_a_5xx_is_retried_until_it_succeeds(receiver: Receiver) -> None:
     statuses = iter([503, 500, 200])
 
     async def flaky(_: Received) -> int:
         return next(statuses)
 
     receiver.answer = flaky
+    deliverer = await started(dataclasses.replace(FAST, max_attempts=3))
     await send(deliverer, hook_for(receiver), "CA_1", 1)
+    await deliverer.close()
     [record] = deliverer.records
     assert [a.status for a in record.attempts] == [503, 500, 200]
     assert record.outcome == "ok"
@@ -85,14 +87,29 @@ async def test_a_5xx_is_retried_until_it_succeeds(deliverer: Deliverer, receiver
     assert len({r.body for r in receiver.requests}) == 1  # a retry sends the same bytes
 
 
-async def test_a_4xx_is_never_retried(deliverer: Deliverer, receiver: Receiver) -> None:
+async def test_by_default_it_gives_up_after_two_attempts_as_pinecall_does(
+    deliverer: Deliverer, receiver: Receiver
+) -> None:
+    async def broken(_: Received) -> int:
+        return 503
+
+    receiver.answer = broken
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    [record] = deliverer.records
+    assert [a.status for a in record.attempts] == [503, 503]
+    assert record.outcome == "failed"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410, 429])
+async def test_a_4xx_is_final(deliverer: Deliverer, receiver: Receiver, status: int) -> None:
     async def refuse(_: Received) -> int:
-        return 401
+        return status
 
     receiver.answer = refuse
     await send(deliverer, hook_for(receiver), "CA_1", 1)
     [record] = deliverer.records
     assert (record.outcome, len(record.attempts)) == ("rejected", 1)
+    assert len(receiver.requests) == 1
 
 
 async def test_it_gives_up_after_max_attempts(receiver: Receiver) -> None:
@@ -137,8 +154,8 @@ async def test_a_calls_deliveries_stay_in_order_while_calls_run_in_parallel(
     async def jittery(request: Received) -> int:
         seen[request.key] += 1
         await asyncio.sleep(rng.uniform(0, 0.01))
-        # Every third event fails twice first: retries must not let its successor overtake it.
-        return 503 if request.key[1] % 3 == 0 and seen[request.key] <= 2 else 200
+        # Every third event fails first: its retry must not let its successor overtake it.
+        return 503 if request.key[1] % 3 == 0 and seen[request.key] == 1 else 200
 
     receiver.answer = jittery
     hook = hook_for(receiver)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from bridge import jsoncodec
-from bridge.simulator import Simulator
+from bridge.simulator import Channel, Simulator
 from bridge.simulator.eventstream import cursor_of, frame
 from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
 from bridge.sources.calllog.pages import fetch_pages
@@ -418,9 +418,19 @@ async def test_all_channels_send_each_event_by_webhook_websocket_and_log(
     assert len(sim.calllogs.logs) == 1
 
 
-async def test_other_channels_keep_no_call_logs(sim: Simulator) -> None:
-    await sim.run_traffic(calls=2, channel="both", seed=3)
-    assert sim.calllogs.logs == {}
+@pytest.mark.parametrize("channel", ["both", "webhook", "websocket"])
+async def test_every_channel_keeps_and_serves_the_call_logs(
+    sim: Simulator, client: aiohttp.ClientSession, channel: Channel
+) -> None:
+    report = await sim.run_traffic(calls=2, channel=channel, seed=3)
+    assert len(sim.calllogs.logs) == 2
+    assert all(record["channels"][-1] == "sse" for record in report.records)
+    for call in sim.calllogs.logs:
+        async with client.get(f"{sim.url}/v1/calls/{call}/events", headers=AUTH) as answer:
+            assert answer.status == 200
+            page = await answer.json()
+        assert page["entries"][-1]["type"] == "call.score"
+        assert page["live"] is False
 
 
 async def test_traffic_waits_for_org_feed_readers(
@@ -432,13 +442,15 @@ async def test_traffic_waits_for_org_feed_readers(
     assert sim.stats.events_generated == 0
     async with stream(client, sim.url + "/v1/events") as feed:
         await run
-        got = await feed.events(6)
+        got = await feed.events(8)
     assert sorted(item["type"] for item in got) == [
         "call.ended",
         "call.ended",
-        "call.score",  # the feed carries it without its data
+        "call.score",  # the feed carries these two without their data
         "call.score",
         "call.started",
         "call.started",
+        "call.summary",
+        "call.summary",
     ]
-    assert all(item["data"] == {} for item in got if item["type"] == "call.score")
+    assert all(item["data"] == {} for item in got if item["type"] in ("call.score", "call.summary"))

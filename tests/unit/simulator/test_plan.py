@@ -6,7 +6,7 @@ from bridge.simulator.plan import plan_event
 
 def test_clean_traffic_sends_each_event_once_on_both_channels() -> None:
     plan = plan_event(random.Random(1), TrafficSpec(), ephemeral=False)
-    assert plan.channels == ("webhook", "websocket")
+    assert plan.channels == ("webhook", "websocket", "sse")  # the call log has it too
     assert (plan.webhook_copies, plan.websocket_copies) == (1, 1)
     assert not plan.websocket_after_webhook
     assert plan.shape == "log-entry"
@@ -22,10 +22,12 @@ def test_one_channel_only() -> None:
     webhook = plan_event(
         random.Random(1), TrafficSpec(channel="webhook", reorder=1), ephemeral=False
     )
-    assert (webhook.channels, webhook.websocket_copies) == (("webhook",), 0)
+    assert (webhook.channels, webhook.websocket_copies) == (("webhook", "sse"), 0)
     assert not webhook.websocket_after_webhook
     websocket = plan_event(random.Random(1), TrafficSpec(channel="websocket"), ephemeral=False)
-    assert (websocket.channels, websocket.webhook_copies) == (("websocket",), 0)
+    assert (websocket.channels, websocket.webhook_copies) == (("websocket", "sse"), 0)
+    logs = plan_event(random.Random(1), TrafficSpec(channel="sse"), ephemeral=False)
+    assert (logs.channels, logs.webhook_copies, logs.websocket_copies) == (("sse",), 0, 0)
 
 
 def test_other_shapes_only_for_durable_events() -> None:

@@ -7,6 +7,8 @@ import aiohttp
 import pytest
 
 from bridge import jsoncodec
+from bridge.normalise import normalise
+from bridge.normalise.event import Event
 from bridge.simulator import Simulator
 from bridge.sources.signature import Verdict, verify
 from tests.unit.simulator.conftest import FAST, subscribe
@@ -83,7 +85,7 @@ async def test_one_channel_only(
     websocket_only = await sim.run_traffic(calls=2, channel="websocket", seed=2)
     assert len(receiver.requests) == webhook_only.events
     assert len(await read(ws, websocket_only.events)) == websocket_only.events
-    assert {tuple(r["channels"]) for r in websocket_only.records} == {("websocket",)}
+    assert {tuple(r["channels"]) for r in websocket_only.records} == {("websocket", "sse")}
 
 
 async def test_duplicates_send_the_same_bytes_twice_on_each_channel(
@@ -134,7 +136,7 @@ async def test_webhook_event_filters_are_honoured(sim: Simulator, receiver: Rece
     sim.register_webhook(receiver.url, "s", events=["call.*"])
     await sim.run_traffic(calls=2, channel="webhook", seed=1)
     types = {jsoncodec.loads(r.body)["type"] for r in receiver.requests}
-    assert types == {"call.started", "call.ended", "call.score"}
+    assert types == {"call.started", "call.ended", "call.summary", "call.score"}
 
 
 def replayable(sim: Simulator) -> list[tuple[Any, ...]]:
@@ -171,7 +173,7 @@ async def test_the_ledger_is_the_ground_truth(sim: Simulator, receiver: Receiver
     for record in sim.ledger.records:
         assert record["entry"] == bodies[record["call"], record["seq"]]
         assert record["durable"] is not record["ephemeral"]
-        assert record["channels"] == ["webhook", "websocket"]
+        assert record["channels"] == ["webhook", "websocket", "sse"]
     durable = {key for key, entry in bodies.items() if not entry["ephemeral"]}
     assert sim.ledger.expected_ids() == {f"{call}:{seq}" for call, seq in durable}
     assert report.counters["events_durable"] == len(durable)
@@ -196,3 +198,58 @@ async def test_the_rate_spreads_events_over_time(sim: Simulator) -> None:
     report = await sim.run_traffic(calls=2, rate=200, seed=1)
     assert report.seconds >= (report.events - 1) / 200
     assert report.seconds < 5
+
+
+async def test_alerts_are_posted_as_the_platform_posts_them(
+    sim: Simulator, receiver: Receiver
+) -> None:
+    sim.register_webhook(receiver.url, "s3cret")
+    # The platform's way: call events in the call logs only, the webhook carries alerts.
+    report = await sim.run_traffic(calls=4, channel="sse", alerts=1.0, seed=6)
+    assert report.counters["alerts_generated"] == len(receiver.requests) == 4
+    alerts = [r for r in sim.ledger.records if r["call"] is None]
+    assert len(alerts) == 4
+    for request in receiver.requests:
+        body = jsoncodec.loads(request.body)
+        assert list(body) == ["type", "org", "env", "agent", "at", "data"]
+        assert body["type"] in {"monitor.fired", "spend.unusual", "credits.exhausted"}
+        assert isinstance(body["at"], int)
+        assert request.headers["X-Pinecall-Event"] == body["type"]
+        signature = request.headers["X-Pinecall-Signature"]
+        assert signature.startswith("sha256=")
+        assert verify(signature, request.body, [b"s3cret"]) is Verdict.VALID
+        # The id the bridge gives it is the one the ledger expects, and it goes to the alerts.
+        event = normalise(body, channel="webhook", received_at=time.time())
+        assert isinstance(event, Event)
+        assert event.call is None
+        assert event.id in sim.ledger.expected_ids()
+    assert all(r["channels"] == ["webhook"] and r["delivered"] for r in alerts)
+    # Each is a line of its agent's own log, numbered there.
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for record in alerts:
+        seqs[record["entry"]["agent"]].append(record["seq"])
+    assert all(sorted(n) == list(range(1, len(n) + 1)) for n in seqs.values())
+    assert report.counters["events_durable"] + 4 == len(sim.ledger.expected_ids())
+
+
+async def test_an_alert_the_bridge_refuses_twice_is_refused_not_expected(
+    sim: Simulator, receiver: Receiver
+) -> None:
+    async def unavailable(_: Received) -> int:
+        return 503
+
+    receiver.answer = unavailable
+    sim.register_webhook(receiver.url, "s")
+    report = await sim.run_traffic(calls=3, channel="sse", alerts=1.0, seed=6)
+    alert_ids = {r["id"] for r in sim.ledger.records if r["call"] is None}
+    assert len(alert_ids) == 3
+    assert [len(d.attempts) for d in sim.deliveries] == [2, 2, 2]  # Pinecall's two attempts
+    assert sim.ledger.refused_ids() == alert_ids
+    assert sim.ledger.expected_ids().isdisjoint(alert_ids)
+    assert len(sim.ledger.expected_ids()) == report.counters["events_durable"]
+
+
+async def test_no_alerts_unless_asked(sim: Simulator, receiver: Receiver) -> None:
+    sim.register_webhook(receiver.url, "s")
+    report = await sim.run_traffic(calls=3, channel="sse", seed=6)
+    assert (report.counters["alerts_generated"], receiver.requests) == (0, [])
