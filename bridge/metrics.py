@@ -209,6 +209,12 @@ class Metrics:
             "Ids forgotten before their TTL because max_entries_per_partition was reached.",
             registry=r,
         )
+        self.dedup_records_expired = Counter(
+            f"{PREFIX}_dedup_records_expired_total",
+            "Ingest records (offsets) retention deleted before the dedup stage decided them:"
+            " answered 2xx, published nowhere.",
+            registry=r,
+        )
         self.ingest_invalid = Counter(
             f"{PREFIX}_ingest_invalid_total",
             "Ingest records the dedup stage could not read (not written by this bridge); skipped.",

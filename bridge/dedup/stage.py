@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
@@ -151,7 +152,10 @@ class DedupStage:
             group_id=s.group,
             isolation_level="read_committed",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never a silent jump: a position below the log start means retention deleted
+            # records this stage never decided (counted: _out_of_range). Every partition is
+            # sought before it is resumed, so no position is ever taken from the group.
+            auto_offset_reset="none",
             # A fetch answers as soon as records are there (fetch_min_bytes 1, aiokafka's
             # default) and waits at most an interval when there are none. Waiting for 64 KiB
             # held each record up to an interval before it was decided, and the commit due
@@ -260,6 +264,18 @@ class DedupStage:
                         timeout_ms=fetch_wait_ms(self._settings.commit_interval_ms, self._out.age),
                         max_records=MAX_RECORDS_PER_STEP,
                     )
+                except OffsetOutOfRangeError as exc:
+                    try:
+                        await self._out_of_range(consumer, exc.args[0])
+                    except Exception:  # the offsets: the next fetch fails again and retries
+                        log.exception("dedup stage could not read the log start offsets")
+                        await asyncio.sleep(interval)
+                    continue
+                except NoOffsetForPartitionError:
+                    # Assigned and not yet sought (assigned() seeks it): no position yet. Not
+                    # expected to last; a pause keeps it from spinning if it does.
+                    await asyncio.sleep(interval)
+                    continue
                 except Exception:  # the group must outlive a fetch error; aiokafka retries inside
                     if consumer_died(consumer) is not None:
                         continue  # replaced at the top of the loop
@@ -281,6 +297,31 @@ class DedupStage:
                 await asyncio.sleep(0)
         finally:
             self._stepped.set()  # a drain waiting on the loop is not left waiting for its end
+
+    async def _out_of_range(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
+    ) -> None:
+        """Fetch positions outside their partitions: below the log start, retention deleted
+        records before this stage decided them (an outage longer than the ingest retention).
+
+        Those are skipped, counted and logged; the partition goes on from its log start. A
+        position past the end (a truncated log) is read again from the start, as ever.
+        """
+        starts = await consumer.beginning_offsets(list(offsets))
+        async with self._lock:
+            for tp in offsets:
+                task = self._tasks.get(tp)
+                if task is None or tp not in consumer.assignment():
+                    continue  # not processed here: its next start seeks it
+                start = starts[tp]
+                if task.position < start:
+                    await self._step(task, task.expire(start, self._out))
+                else:
+                    log.warning(
+                        "dedup partition's position is past its end; reading it from its start",
+                        extra={"partition": tp.partition, "offset": offsets[tp]},
+                    )
+                consumer.seek(tp, start)
 
     async def _replace_consumer(self, dead: AIOKafkaConsumer, why: str) -> AIOKafkaConsumer | None:
         """Its group task died, so it fetches nothing ever again: lose every partition, rejoin.
@@ -402,6 +443,11 @@ class DedupStage:
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
+        for tp in assigned:
+            # A position until its task seeks the real one: without any, the consumer asks the
+            # group for one, and a partition never committed has none (an error every fetch).
+            # Paused, it is never fetched from.
+            self._consumer.seek(tp, 0)
         for tp in assigned:
             # A member cut off from the group (a zombie) may act on an assignment that is already
             # stale: harmless, its commit carries a generation the coordinator refuses.

@@ -47,6 +47,7 @@ class PartitionTask:
         self.position = 0  # the next ingest offset to process
         self.last_appended_at: float | None = None
         self._evicted_reported = 0
+        self._expired = 0  # offsets skipped past retention: counted when the skip commits
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
 
@@ -116,9 +117,32 @@ class PartitionTask:
                 continue
             await out.publish(entry, self.tp, record.offset)
 
+    async def expire(self, start: int, out: StageProducer) -> None:
+        """Retention deleted the records from the position to `start`, the log start, before
+        they were decided: skip them, in `out`'s open transaction, which commits the skip."""
+        # Joined even with no record after the skip: uncommitted, the next owner would count
+        # these records again.
+        await out.join(self.tp)
+        skipped = start - self.position
+        log.error(
+            "ingest records deleted by retention before the dedup stage decided them: lost",
+            extra={
+                "partition": self.tp.partition,
+                "from_offset": self.position,
+                "to_offset": start,
+                "records": skipped,
+            },
+        )
+        self._expired += skipped
+        self.position = start
+
     def committed(self) -> None:
-        """Its records' transaction committed: report what the window evicted early meanwhile."""
+        """Its records' transaction committed: report what the window evicted early meanwhile,
+        and the records skipped past retention."""
         evicted = self.window.evicted_early - self._evicted_reported
         if evicted:
             self._metrics.dedup_evicted_early.inc(evicted)
             self._evicted_reported = self.window.evicted_early
+        if self._expired:
+            self._metrics.dedup_records_expired.inc(self._expired)
+            self._expired = 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 
 from bridge.config import DedupSettings
@@ -167,6 +168,42 @@ async def test_a_lagging_partition_is_restored_exactly(
     # Restore read exactly what was committed before: :1 and :2, not the lag after them.
     assert sample(second.metrics, "pinecall_bridge_dedup_restored_ids_total") == 2
     await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
+
+
+async def test_records_deleted_before_the_stage_read_them_are_counted_and_skipped(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """Retention (here an admin's delete) took undecided ingest records: lost, and counted."""
+    first: RunningBridge = await start_bridge()
+    await post_all(first, [entry(1, unique_call), entry(2, unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    assert first.bridge.dedup is not None
+    await first.bridge.dedup.stop()  # its commit holds :1 and :2
+    await post_all(first, [entry(3, unique_call), entry(4, unique_call)])
+    await _delete_ingest(kafka_bootstrap, topics)  # :3 and :4, never decided
+    await post_all(first, [entry(5, unique_call)])
+
+    second: RunningBridge = await start_bridge()
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:5"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 5)]
+    await until_sample([second], "pinecall_bridge_dedup_records_expired_total", 2)
+
+
+async def _delete_ingest(bootstrap: str, names: Topics) -> None:
+    """Delete every record now in the ingest topic, as retention would: its log start moves."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        [described] = await admin.describe_topics([names.ingest])
+        partitions = [TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]]
+        ends = await consumer.end_offsets(partitions)
+        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items() if end})
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 async def _backlog(bootstrap: str, names: Topics) -> int:

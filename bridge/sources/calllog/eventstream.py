@@ -21,11 +21,15 @@ MAX_EVENT_BYTES = 1_048_576
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A dispatched event; `last_event_id` is the stream's last id when it was dispatched."""
+    """A dispatched event; `last_event_id` is the stream's last id when it was dispatched.
+
+    `has_id`: it had an `id:` line of its own; without one, `last_event_id` is an earlier event's.
+    """
 
     type: str
     data: str
     last_event_id: str
+    has_id: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +48,14 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class TooLarge:
-    """An event dropped for its size: its type, the stream's last id then, and about how many
-    bytes of data it had (an over-long line counts whole)."""
+    """An event dropped for its size: its type, the stream's last id then (`has_id`: from an
+    `id:` line of its own), and about how many bytes of data it had (an over-long line counts
+    whole)."""
 
     type: str
     last_event_id: str
     size: int
+    has_id: bool = True
 
 
 Item = Event | KeepAlive | Retry | TooLarge
@@ -73,6 +79,7 @@ class EventStreamParser:
         self._too_large = False  # the current event broke a limit: its data is being dropped
         self._skip_line = False  # the rest of an over-long line is being dropped
         self._type = ""
+        self._has_id = False  # the current event has an `id:` line of its own
         self._id_buffer = ""
         self.last_event_id = ""
 
@@ -143,6 +150,7 @@ class EventStreamParser:
         elif name == "id":
             if "\0" not in value:
                 self._id_buffer = value
+                self._has_id = True
         elif name == "retry" and value and value.isascii() and value.isdigit():
             items.append(Retry(int(value)))
         # Any other field name is ignored, as the spec says.
@@ -154,11 +162,12 @@ class EventStreamParser:
         self._data_bytes += size
 
     def _dispatch(self, items: list[Item]) -> None:
-        self.last_event_id = self._id_buffer
+        self.last_event_id = last = self._id_buffer
+        kind = self._type or "message"
         if self._too_large:
-            items.append(TooLarge(self._type or "message", self.last_event_id, self._data_bytes))
+            items.append(TooLarge(kind, last, self._data_bytes, self._has_id))
         elif self._data:
-            items.append(Event(self._type or "message", "\n".join(self._data), self.last_event_id))
+            items.append(Event(kind, "\n".join(self._data), last, self._has_id))
         self._reset_event()
 
     def _reset_event(self) -> None:
@@ -166,6 +175,7 @@ class EventStreamParser:
         self._data_bytes = 0
         self._too_large = False
         self._type = ""
+        self._has_id = False
 
 
 def _size(text: str) -> int:

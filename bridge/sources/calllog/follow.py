@@ -97,6 +97,12 @@ class Nothing:
 Step = Publish | Fill | CaughtUp | Nothing
 
 
+def _own_id(item: Event | TooLarge) -> str | None:
+    """The item's own `id:`, or None: the stream's last id may be an earlier entry's, and taking
+    it would drop this one as a replay of that entry."""
+    return item.last_event_id if item.has_id else None
+
+
 def fit_json_text(text: str, limit: int) -> tuple[str, bool]:
     """`text` cut so that it takes at most `limit` bytes as a JSON string; and whether it was."""
     size = len(jsoncodec.dumps(text))
@@ -128,7 +134,10 @@ class CallFollow:
         self.server_retry: float | None = None  # seconds, from `retry:`
         self._policy = policy
         self._terminal_pending: int | None = None
-        self._refused_since: float | None = None  # monotonic; reset by any stream
+        # The give-up clock: seconds of refusals in a row, reset by any stream; and the last
+        # refusal's time (monotonic), None after an attempt that was not one (an outage).
+        self._refused_for = 0.0
+        self._refused_at: float | None = None
 
     def query(self) -> dict[str, str]:
         """The query of the next request: `after` the resume point."""
@@ -140,21 +149,32 @@ class CallFollow:
 
     def connected(self) -> None:
         self.caught_up = False
-        self._refused_since = None
+        self._refused_for = 0.0
+        self._refused_at = None
+
+    def unanswered(self) -> None:
+        """An attempt neither a stream nor a refusal (5xx, 429, 401/403, a connection error).
+
+        The give-up clock stops until the next refusal: an outage says nothing of the log, and
+        must not end a call it could still read once the platform is back.
+        """
+        self._refused_at = None
 
     def refused(self, status: int, now: float, give_up_after: float) -> GiveUp | None:
         """A refusal that no retry can cure (400, 410, a 200 that is not a stream): give up?
 
         Only after `give_up_after` seconds of refusals with no stream between, so a platform
-        briefly misbehaving costs a delay, not the call; 404 and 410 say so at once.
+        briefly misbehaving costs a delay, not the call; 404 and 410 say so at once. Only the
+        time from one refusal to the next counts: not a spell of outage between two.
         """
         if status == 404:
             return "not_found"
         if status == 410:
             return "gone"
-        if self._refused_since is None:
-            self._refused_since = now
-        return "refused" if now - self._refused_since >= give_up_after else None
+        if self._refused_at is not None:
+            self._refused_for += now - self._refused_at
+        self._refused_at = now
+        return "refused" if self._refused_for >= give_up_after else None
 
     def step(self, item: Item) -> Step:
         """What one parsed stream item asks for."""
@@ -168,15 +188,18 @@ class CallFollow:
         return self._event(item)
 
     def _too_large(self, item: TooLarge) -> Step:
-        """A note of the entry in its place, from the stream's `id` (its seq) and `event`."""
+        """A note of the entry in its place, from its own `id:` (its seq) and `event`."""
         note = {"call": self.call, "type": item.type, "bytes": item.size}
-        return self._dead_letter("too_large", note, item.last_event_id, item.type)
+        return self._dead_letter("too_large", note, _own_id(item), item.type)
 
     def _dead_letter(
-        self, reason: UnrecognisedReason, note: dict[str, Any], raw_id: str, kind: str
+        self, reason: UnrecognisedReason, note: dict[str, Any], raw_id: str | None, kind: str
     ) -> Step:
-        """What cannot be read dead-letters at its seq (the stream's `id`), so the call goes on."""
-        seq = int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None
+        """What cannot be read dead-letters at its seq (its `id:`), so the call goes on.
+
+        Without an `id:` of its own it has no seq: it dead-letters without moving the resume point.
+        """
+        seq = int(raw_id) if raw_id is not None and raw_id.isascii() and raw_id.isdigit() else None
         if seq is not None and 0 < seq <= self.acked:
             return Nothing()  # a replay of what Kafka already has
         if seq is not None and kind == TERMINAL_TYPE:
@@ -192,7 +215,7 @@ class CallFollow:
             text, cut = fit_json_text(event.data, self._max_note_bytes)
             note: dict[str, Any] = {"call": self.call, "type": event.type}
             note |= {"data": text, "truncated": True} if cut else {"data": text}
-            return self._dead_letter("invalid_json", note, event.last_event_id, event.type)
+            return self._dead_letter("invalid_json", note, _own_id(event), event.type)
         seq = entry.get("seq") if isinstance(entry, dict) else None
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             return Publish(entry, None)  # the pipeline dead-letters what is not an entry

@@ -137,6 +137,8 @@ class Follower:
                 return True
             if self._stopping.is_set():
                 return False
+            if opened_at is None and reason != "protocol":
+                state.unanswered()
             self._metrics.sse_reconnects.labels("call", reason).inc()
             connected_for = time.monotonic() - opened_at if opened_at is not None else None
             delay = max(state.retry_delay(reason, connected_for), floor)

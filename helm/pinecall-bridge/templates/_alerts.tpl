@@ -141,20 +141,25 @@ groups:
           description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
-        # Restores are rare: the p99 of those in the last hour (none: no value, no alert).
+        # The p99 of the restores that ended in the last 10 minutes (none: no value, no alert).
+        # Not an hour: one slow restore kept it firing that long after restores were fast again.
         expr: |
-          histogram_quantile(0.99, sum by (namespace, le) (increase(pinecall_bridge_dedup_restore_duration_seconds_bucket[1h])))
+          histogram_quantile(0.99, sum by (namespace, le) (increase(pinecall_bridge_dedup_restore_duration_seconds_bucket[10m])))
           > {{ $a.dedupRestoreP99Seconds }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Dedup restores in %s take %s (p99)" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile of ingest-partition restores in the last hour is above %vs. A restoring partition outputs nothing, so every rebalance (rollout, scaling, crash) delays its events that long." $a.dedupRestoreP99Seconds | quote }}
+          description: {{ printf "The 99th percentile of the ingest-partition restores that ended in the last 10 minutes is above %vs. A restoring partition outputs nothing, so every rebalance (rollout, scaling, crash) delays its events that long." $a.dedupRestoreP99Seconds | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprestoreslow" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRepeatedFencing
-        # changes, not increase: one fence loses every partition of the pod's transaction at once.
+        # The times the counter went up, not increase: one fence loses every partition of the
+        # pod's transaction at once. changes() alone also counts a restart's reset to 0.
         expr: |
-          sum by (namespace, pod) (changes(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m]))
+          sum by (namespace, pod) (
+            changes(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m])
+            - resets(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m])
+          )
           > {{ $a.dedupFencingsPer15Minutes }}
         labels:
           severity: warning
@@ -165,9 +170,13 @@ groups:
       - alert: PinecallBridgeDedupTransactionsFailing
         # Any failure but a fence (a refused send, a commit timing out, a missing ACL) loses every
         # partition of the transaction; each restarts from its last commit and may fail again.
-        # The lag gauges restart with them, so only the losses show it.
+        # The lag gauges restart with them, so only the losses show it: the times the counter
+        # went up (changes() less a restart's reset to 0).
         expr: |
-          sum by (namespace, pod) (changes(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error"}[15m]))
+          sum by (namespace, pod) (
+            changes(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error"}[15m])
+            - resets(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error"}[15m])
+          )
           > 3
         labels:
           severity: warning
@@ -175,6 +184,17 @@ groups:
           summary: {{ printf "Dedup transactions of pod %s keep failing" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s lost its ingest partitions to failed dedup transactions (reason timeout or error) more than 3 times in 15 minutes: its events reach the output topics late or not at all until the cause goes, and records past the ingest topic's retention are lost. The log says why (message: dedup transaction step failed, or dedup step failed)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuptransactionsfailing" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupRecordsExpired
+        # Answered 2xx, then deleted by the ingest topic's retention before the dedup stage read
+        # them: lost. Counted once the skip past them commits.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_dedup_records_expired_total[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s lost %s ingest records to retention before deciding them" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s found %s ingest records deleted by the ingest topic's retention before it decided them: they were answered 2xx and are published nowhere. The log names each partition and its offsets (message: ingest records deleted by retention before the dedup stage decided them)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuprecordsexpired" $a.runbookUrl }}
       - alert: PinecallBridgeDedupEvictingEarly
         # Any id forgotten before its TTL: a copy arriving later would be output twice.
         expr: |

@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
 
 from bridge.config import DedupSettings
 from bridge.dedup import stage as stage_module
@@ -371,6 +371,64 @@ async def lost_as_a_rebalance_begins(
     return h, consumer
 
 
+class PastRetentionConsumer(RebalancingConsumer):
+    """Partition 0 at `position`, its log starting at 10: its first fetch is out of range, as
+    aiokafka's is with auto_offset_reset "none"; then it hands out offset 10 and ends the stage.
+    """
+
+    def __init__(self, stage: DedupStage, position: int) -> None:
+        super().__init__({tp(0)})
+        self.stage, self.position = stage, position
+        self.fetches = 0
+
+    async def beginning_offsets(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 10)
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        self.fetches += 1
+        if self.fetches == 1:
+            raise OffsetOutOfRangeError({tp(0): self.position})
+        self.stage._running = False
+        return {tp(0): [ingest(10, "CA_1:10", 100.0)]}
+
+
+def past_retention(position: int) -> tuple[Harness, PastRetentionConsumer, PartitionTask]:
+    """A stage owning partition 0 with a real task at `position`, over PastRetentionConsumer."""
+    h = Harness()
+    consumer = PastRetentionConsumer(h.stage, position)
+    h.stage._consumer = consumer
+    task = PartitionTask(tp(0), h.stage._settings, {}, h.metrics)
+    task.position = position
+    h.stage._tasks[task.tp] = task
+    h.stage._running = True
+    return h, consumer, task
+
+
+async def test_records_deleted_before_they_were_decided_are_skipped_counted_and_committed() -> None:
+    # The consumer jumped to the log start on its own (auto_offset_reset "earliest") and the
+    # task took the first record it got: 3-9 were skipped with nothing counted.
+    h, consumer, task = past_retention(3)
+    await h.stage._run()
+    assert consumer.seeks == [(tp(0), 10)]
+    assert task.position == 11
+    await h.stage._commit()
+    assert h.producer.calls[-2][:2] == ("offsets", {tp(0): 11})
+    assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 7
+
+
+async def test_a_position_past_the_end_is_read_again_from_the_start_counting_nothing() -> None:
+    # A truncated log: what it had up to 12 was decided; nothing was deleted unread.
+    h, consumer, task = past_retention(12)
+    await h.stage._run()
+    assert consumer.seeks == [(tp(0), 10)]
+    assert task.position == 12
+    assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 0
+
+
 async def test_a_restart_from_before_a_rebalance_never_installs_an_old_offset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -385,8 +443,9 @@ async def test_a_restart_from_before_a_rebalance_never_installs_an_old_offset(
     consumer.assigned = {tp(0)}
     await h.stage.assigned({tp(0)})
     await asyncio.gather(*h.stage._starting.values())
-    # Resuming at 5 with a window restored to 5 would output 5-49 a second time.
-    assert consumer.seeks == [(tp(0), 50)]
+    # Resuming at 5 with a window restored to 5 would output 5-49 a second time (0: where
+    # the assignment put it, paused, until then).
+    assert consumer.seeks == [(tp(0), 0), (tp(0), 50)]
     assert h.owned() == [0]
 
 

@@ -143,3 +143,18 @@ async def test_a_restore_does_not_count_the_previous_owners_early_evictions_agai
     assert task.window.evicted_early == 3
     await commit(task, out)
     assert sample(metrics, "pinecall_bridge_dedup_evicted_early_total") == 0
+
+
+async def test_records_past_retention_are_skipped_and_counted_once_the_skip_commits() -> None:
+    task, out, producer, metrics = make()
+    task.position = 3
+    await task.expire(10, out)
+    assert task.position == 10
+    # In the transaction with no record after it: committed, the next owner starts at 10.
+    assert out.partitions == {TP}
+    assert sample(metrics, "pinecall_bridge_dedup_records_expired_total") == 0
+    await commit(task, out)
+    assert producer.calls[-2:] == [("offsets", {TP: 10}, GROUP), ("commit",)]
+    assert sample(metrics, "pinecall_bridge_dedup_records_expired_total") == 7
+    task.committed()
+    assert sample(metrics, "pinecall_bridge_dedup_records_expired_total") == 7

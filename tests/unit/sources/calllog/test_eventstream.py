@@ -22,6 +22,11 @@ def events(*chunks: bytes) -> list[Event]:
     return [item for item in parse(*chunks) if isinstance(item, Event)]
 
 
+def no_id(data: str, last_event_id: str = "") -> Event:
+    """An event without an `id:` line of its own: it carries the stream's last id."""
+    return Event("message", data, last_event_id, has_id=False)
+
+
 def bytewise(stream: bytes) -> list[bytes]:
     return [stream[i : i + 1] for i in range(len(stream))]
 
@@ -57,25 +62,23 @@ def test_byte_by_byte_gives_the_same_items() -> None:
 
 def test_crlf_split_between_chunks_is_one_line_end() -> None:
     # Were the LF taken for a second line end, the empty line would dispatch early.
-    assert events(b"data: a\r", b"\ndata: b\r\n\r\n") == [Event("message", "a\nb", "")]
+    assert events(b"data: a\r", b"\ndata: b\r\n\r\n") == [no_id("a\nb")]
 
 
 def test_cr_then_cr_is_two_line_ends() -> None:
-    assert events(b"data: a\r", b"\r") == [Event("message", "a", "")]
+    assert events(b"data: a\r", b"\r") == [no_id("a")]
 
 
 def test_multi_line_data_joins_with_lf_and_drops_the_last() -> None:
-    assert events(b"data: one\ndata:two\ndata\ndata:  four\n\n") == [
-        Event("message", "one\ntwo\n\n four", "")
-    ]
+    assert events(b"data: one\ndata:two\ndata\ndata:  four\n\n") == [no_id("one\ntwo\n\n four")]
 
 
 def test_only_one_space_after_the_colon_is_removed() -> None:
-    assert events(b"data:   x\n\n") == [Event("message", "  x", "")]
+    assert events(b"data:   x\n\n") == [no_id("  x")]
 
 
 def test_empty_data_line_still_dispatches_an_empty_event() -> None:
-    assert events(b"data:\n\n") == [Event("message", "", "")]
+    assert events(b"data:\n\n") == [no_id("")]
 
 
 def test_no_data_means_no_event_but_the_id_is_kept() -> None:
@@ -83,11 +86,11 @@ def test_no_data_means_no_event_but_the_id_is_kept() -> None:
     assert parser.feed(b"id: 7\nevent: x\n\n") == []
     assert parser.last_event_id == "7"
     # The event type does not leak into the next event; the id does.
-    assert parser.feed(b"data: d\n\n") == [Event("message", "d", "7")]
+    assert parser.feed(b"data: d\n\n") == [no_id("d", "7")]
 
 
 def test_an_id_with_nul_is_ignored() -> None:
-    assert events(b"id: 5\n\ndata: a\nid: 6\x00x\n\n") == [Event("message", "a", "5")]
+    assert events(b"id: 5\n\ndata: a\nid: 6\x00x\n\n") == [no_id("a", "5")]
 
 
 def test_an_empty_id_resets_the_last_event_id() -> None:
@@ -112,17 +115,17 @@ def test_comments_are_keep_alives_in_order() -> None:
         KeepAlive("ping"),
         KeepAlive(""),
         KeepAlive("mid"),
-        Event("message", "x", ""),
+        no_id("x"),
     ]
 
 
 def test_unknown_fields_are_ignored() -> None:
-    assert events(b"foo: bar\nDATA: no\ndata: yes\n\n") == [Event("message", "yes", "")]
+    assert events(b"foo: bar\nDATA: no\ndata: yes\n\n") == [no_id("yes")]
 
 
 def test_a_partial_event_at_eof_is_dropped() -> None:
     parser = EventStreamParser()
-    assert parser.feed(b"data: whole\n\ndata: half") == [Event("message", "whole", "")]
+    assert parser.feed(b"data: whole\n\ndata: half") == [no_id("whole")]
     parser.feed_eof()
     # A new stream on the same parser does not inherit the half event.
     assert parser.feed(b"\n\n") == []
@@ -136,11 +139,11 @@ def test_an_undispatched_event_at_eof_is_dropped() -> None:
 
 
 def test_one_leading_bom_is_dropped() -> None:
-    assert events(b"\xef\xbb\xbfdata: a\n\n") == [Event("message", "a", "")]
+    assert events(b"\xef\xbb\xbfdata: a\n\n") == [no_id("a")]
 
 
 def test_a_bom_split_across_chunks_is_dropped() -> None:
-    assert events(b"\xef", b"\xbb", b"\xbfdata: a\n\n") == [Event("message", "a", "")]
+    assert events(b"\xef", b"\xbb", b"\xbfdata: a\n\n") == [no_id("a")]
 
 
 def test_a_second_bom_is_kept_and_makes_an_unknown_field() -> None:
@@ -149,11 +152,11 @@ def test_a_second_bom_is_kept_and_makes_an_unknown_field() -> None:
 
 def test_utf8_split_across_chunks() -> None:
     raw = "data: ünïcødé ✓\n\n".encode()
-    assert events(*bytewise(raw)) == [Event("message", "ünïcødé ✓", "")]
+    assert events(*bytewise(raw)) == [no_id("ünïcødé ✓")]
 
 
 def test_invalid_utf8_becomes_replacement_characters() -> None:
-    assert events(b"data: a\xffb\n\n") == [Event("message", "a\ufffdb", "")]
+    assert events(b"data: a\xffb\n\n") == [no_id("a\ufffdb")]
 
 
 def test_a_line_over_the_limit_drops_its_event_and_the_stream_goes_on() -> None:
@@ -169,7 +172,7 @@ def test_a_terminated_line_over_the_limit_drops_its_event() -> None:
     parser = EventStreamParser(max_line_bytes=10)
     assert parser.feed(b"id: 3\ndata: 0123456789\n\ndata: x\n\n") == [
         TooLarge("message", "3", 16),
-        Event("message", "x", "3"),
+        no_id("x", "3"),
     ]
 
 
@@ -192,10 +195,19 @@ def test_a_huge_event_is_read_past_without_holding_it() -> None:
 def test_data_sizes_reset_after_each_event() -> None:
     parser = EventStreamParser(max_event_bytes=10)
     for _ in range(5):
-        assert parser.feed(b"data: 12345\n\n") == [Event("message", "12345", "")]
+        assert parser.feed(b"data: 12345\n\n") == [no_id("12345")]
 
 
 def test_sizes_count_utf8_bytes_not_characters() -> None:
     parser = EventStreamParser(max_event_bytes=10)
     # 5 characters, 10 bytes, plus the newline
-    assert parser.feed("data: ééééé\n\n".encode()) == [TooLarge("message", "", 11)]
+    assert parser.feed("data: ééééé\n\n".encode()) == [TooLarge("message", "", 11, has_id=False)]
+
+
+def test_only_an_events_own_id_line_marks_it_as_having_one() -> None:
+    parser = EventStreamParser(max_event_bytes=10)
+    assert parser.feed(b"id: 4\ndata: a\n\ndata: b\n\ndata: 0123456789x\n\n") == [
+        Event("message", "a", "4"),
+        no_id("b", "4"),
+        TooLarge("message", "4", 12, has_id=False),
+    ]

@@ -140,6 +140,28 @@ def test_not_json_dead_letters_as_it_came_at_its_seq() -> None:
     assert f.step(Event("turn.user", "{not json", "2")) == Nothing()  # a replay
 
 
+@pytest.mark.parametrize(
+    "item",
+    [
+        Event("turn.user", "{not json", "3", has_id=False),
+        TooLarge("turn.user", "3", 2_000_000, has_id=False),
+    ],
+)
+def test_an_unreadable_entry_without_an_id_of_its_own_dead_letters_without_a_seq(
+    item: Event | TooLarge,
+) -> None:
+    # The stream's last id is the previous entry's, already acknowledged: taken as this
+    # entry's, it made the entry a replay of that one, dropped and counted nowhere.
+    f = follow(after=3)
+    step = f.step(item)
+    assert isinstance(step, Publish)
+    assert isinstance(step.item, Unrecognised)
+    assert step.item.item["seq"] is None
+    assert step.seq is None
+    f.published(step.seq)
+    assert f.query() == {"after": "3"}
+
+
 def test_a_score_that_is_not_json_still_ends_the_call() -> None:
     f = follow()
     step = f.step(Event("call.score", "{broken", "9"))
@@ -214,3 +236,39 @@ def test_fit_json_text_never_exceeds_its_limit(text: str) -> None:
     assert len(jsoncodec.dumps(cut)) <= 200
     assert text.startswith(cut)
     assert was_cut == (cut != text)
+
+
+def test_refusals_in_a_row_for_the_give_up_time_give_the_call_up() -> None:
+    f = follow()
+    assert f.refused(400, 100.0, 900) is None
+    assert f.refused(400, 500.0, 900) is None
+    assert f.refused(400, 1000.0, 900) == "refused"
+
+
+def test_a_stream_between_refusals_restarts_the_give_up_clock() -> None:
+    f = follow()
+    assert f.refused(400, 100.0, 900) is None
+    f.connected()
+    assert f.refused(400, 950.0, 900) is None
+    assert f.refused(400, 1849.0, 900) is None
+    assert f.refused(400, 1850.0, 900) == "refused"
+
+
+def test_an_outage_between_refusals_does_not_run_the_give_up_clock() -> None:
+    # Refused, then 5xx or no connection for 20 minutes (the platform down), then refused
+    # again: the outage is no refusal of the log, and the call is still read once it is over.
+    f = follow()
+    assert f.refused(400, 100.0, 900) is None
+    assert f.refused(400, 400.0, 900) is None  # 300 s of refusals
+    f.unanswered()
+    assert f.refused(400, 1600.0, 900) is None
+    # The refusals before the outage still count: 300 + 599 s, then 300 + 600 s.
+    assert f.refused(400, 2199.0, 900) is None
+    assert f.refused(400, 2200.0, 900) == "refused"
+
+
+def test_not_found_and_gone_give_up_at_once_even_after_an_outage() -> None:
+    f = follow()
+    f.unanswered()
+    assert f.refused(404, 1.0, 900) == "not_found"
+    assert f.refused(410, 1.0, 900) == "gone"

@@ -327,6 +327,29 @@ async def test_a_stream_between_refusals_restarts_the_give_up_clock(
     assert given_up(metrics, "refused") == 0
 
 
+async def test_an_outage_between_refusals_does_not_run_the_give_up_clock(
+    run_follower: Callable[..., Any],
+) -> None:
+    started: list[float] = []
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        now = asyncio.get_running_loop().time()
+        started.append(now)
+        if n == 1:
+            return web.json_response({"detail": "bad request"}, status=400)
+        if now - started[0] < 0.4:  # down for longer than the give-up time
+            return web.json_response({"detail": "down"}, status=503)
+        if started[-2] - started[0] < 0.4:  # the first answer after the outage
+            return web.json_response({"detail": "bad request"}, status=400)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert publisher.seqs == [1]
+    assert given_up(metrics, "refused") == 0
+    assert reconnects(metrics, "protocol") == 2
+
+
 async def test_a_retry_after_of_forever_does_not_stall_the_call(
     run_follower: Callable[..., Any],
 ) -> None:
