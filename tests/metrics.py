@@ -1,9 +1,13 @@
-"""One reader of a Prometheus sample for every test: a misspelt name fails instead of reading 0."""
+"""One reader of a Prometheus sample for every test: a misspelt name fails instead of reading 0.
+
+Also the one scraper of a /metrics endpoint, for the bridges a test runs as processes.
+"""
 
 from __future__ import annotations
 
 import difflib
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
@@ -49,3 +53,27 @@ def _check_label_names(families: list[Metric], name: str, labels: dict[str, str]
     if seen and frozenset(labels) not in seen:
         expected = sorted(sorted(keys) for keys in seen)
         raise AssertionError(f"{name} has labels {expected}, not {sorted(labels)}")
+
+
+async def exposition(session: aiohttp.ClientSession, url: str, within: float | None = None) -> str:
+    """The text `url`/metrics answers; `within`: give up after that many seconds."""
+    timeout = session.timeout if within is None else aiohttp.ClientTimeout(total=within)
+    async with session.get(url + "/metrics", timeout=timeout) as response:
+        return await response.text()
+
+
+def series(text: str) -> dict[str, float]:
+    """An exposition's samples as {'name{labels}': value}, labels in Prometheus text form."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+async def scrape(
+    session: aiohttp.ClientSession, url: str, within: float | None = None
+) -> dict[str, float]:
+    """The samples `url`/metrics answers, as `series` reads them."""
+    return series(await exposition(session, url, within))

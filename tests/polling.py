@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 
 
-async def until(condition: Callable[[], object], within: float = 5.0, every: float = 0.01) -> None:
-    """Return once `condition()` is truthy; fail the test after `within` seconds."""
+async def until(
+    condition: Callable[[], object],
+    within: float = 5.0,
+    every: float = 0.01,
+    what: str | Callable[[], str] = "",
+) -> None:
+    """Return once `condition()` (awaited if it returns an awaitable) is truthy; fail the test
+    after `within` seconds, saying `what` (or what `what()` says then) was awaited."""
     deadline = asyncio.get_running_loop().time() + within
-    while not condition():
+    while not await _holds(condition):
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the condition never held within {within} s")
+            said = what() if callable(what) else what
+            raise AssertionError(
+                f"the condition never held within {within} s" + (f": {said}" if said else "")
+            )
         await asyncio.sleep(every)
+
+
+async def _holds(condition: Callable[[], object]) -> bool:
+    result = condition()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)

@@ -38,6 +38,8 @@ from tests.integration.conftest import (
     free_port,
     wait_ready,
 )
+from tests.metrics import exposition
+from tests.polling import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -221,8 +223,7 @@ async def scraped(
         scraped = Scraped(server.url, "", session)
         await send_traffic(RunningBridge(bridge, url, session), rounds=6)
         await until_scraped(scraped, server)
-        async with session.get(url + "/metrics") as response:
-            scraped.exposition = await response.text()
+        scraped.exposition = await exposition(session, url)
         yield scraped
     finally:
         server.stop()
@@ -240,8 +241,8 @@ async def scalar(scraped: Scraped, expr: str) -> float | None:
 async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
     """Enough samples for rate() over the traffic, the dedup stage and the feed lease settled
     (every ingest partition owned, one lease holder), and every rule evaluated since."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    async def enough() -> bool:
         server.check_alive()
         try:
             samples = await scraped.query(
@@ -251,8 +252,7 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
             holders = await scalar(scraped, "sum(pinecall_bridge_feed_lease_held)")
             rules = await scraped.get("/api/v1/rules")
         except aiohttp.ClientError:
-            await asyncio.sleep(0.5)
-            continue
+            return False
         counts = [float(r["value"][1]) for r in samples["data"]["result"]]
         evaluated = [
             rule["lastEvaluation"] > "2000"
@@ -260,10 +260,9 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
             for rule in group["rules"]
         ]
         settled = owned == INGEST_PARTITIONS and holders == 1
-        if counts and min(counts) >= 5 and settled and evaluated and all(evaluated):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"Prometheus did not scrape enough in time:\n{server.log()}")
+        return bool(counts and min(counts) >= 5 and settled and evaluated and all(evaluated))
+
+    await until(enough, 60, 0.5, lambda: f"Prometheus scraped enough:\n{server.log()}")
 
 
 def exposed_names(exposition: str) -> set[str]:

@@ -27,6 +27,8 @@ from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.sink.record import Record
 from bridge.workers.role import Stages
+from tests.metrics import scrape
+from tests.polling import until
 from tests.schema import contract
 from tests.webhooks import signed
 
@@ -247,19 +249,18 @@ def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -
     return load_settings(**base)
 
 
+async def answers_ready(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether `url`/readyz answers 200 now; False while nothing answers there."""
+    try:
+        async with session.get(url + "/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def wait_ready(url: str, within: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + within
     async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{url} not ready after {within}s")
-            await asyncio.sleep(0.1)
+        await until(lambda: answers_ready(session, url), within, 0.1, f"{url} ready")
 
 
 @dataclass
@@ -285,17 +286,6 @@ class RunningBridge:
 BridgeFactory = Callable[..., Any]
 
 
-async def scrape(handle: RunningBridge) -> dict[str, float]:
-    """The bridge's /metrics as {'name{labels}': value}."""
-    async with handle.session.get(handle.url + "/metrics") as response:
-        text = await response.text()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("pinecall_bridge_")
-    }
-
-
 def publish_failures(handle: RunningBridge) -> dict[str, float]:
     """The bridge's publish failures so far, by reason: what made it give up on a record."""
     return {
@@ -315,14 +305,15 @@ async def until_metrics(
     handle: RunningBridge, condition: Callable[[dict[str, float]], bool], within: float = 30
 ) -> dict[str, float]:
     """Scrape until `condition` holds: the dedup stage counts only when a transaction commits."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        metrics = await scrape(handle)
-        if condition(metrics):
-            return metrics
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"metrics never matched within {within}s: {metrics}")
-        await asyncio.sleep(0.1)
+    metrics: dict[str, float] = {}
+
+    async def matched() -> bool:
+        nonlocal metrics
+        metrics = await scrape(handle.session, handle.url)
+        return condition(metrics)
+
+    await until(matched, within, 0.1, lambda: f"metrics {metrics}")
+    return metrics
 
 
 @pytest.fixture
@@ -347,10 +338,7 @@ async def start_bridge(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Ca
         handle = RunningBridge(bridge, f"http://127.0.0.1:{bridge.port}", aiohttp.ClientSession())
         running.append(handle)
         if ready and bridge.port is None:  # a dedup stage of its own serves no port
-            deadline = asyncio.get_running_loop().time() + 60
-            while not bridge.readiness.ready():
-                assert asyncio.get_running_loop().time() < deadline, "never ready"
-                await asyncio.sleep(0.05)
+            await until(bridge.readiness.ready, 60, 0.05, "ready")
         elif ready:
             await wait_ready(handle.url)
         return handle
@@ -387,23 +375,26 @@ class Consumed:
         return jsoncodec.loads(self.value)
 
 
-async def consume_until(
+async def read_until(
     bootstrap: str,
     topic_names: list[str],
-    stop: Callable[[list[Consumed]], bool],
+    stop: Callable[[list[Any]], bool],
+    *,
+    committed: bool = True,
     within: float = 30,
-) -> list[Consumed]:
-    """Read the topics from the beginning until `stop(records)` holds; fail after `within` s."""
+) -> list[Any]:
+    """aiokafka's records of the topics, read from the beginning until `stop(records)` holds;
+    fail after `within` s. `committed=False` reads records of aborted transactions too."""
     consumer = AIOKafkaConsumer(
         *topic_names,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
-        isolation_level="read_committed",
+        isolation_level="read_committed" if committed else "read_uncommitted",
     )
     await consumer.start()
-    records: list[Consumed] = []
+    records: list[Any] = []
     try:
         deadline = asyncio.get_running_loop().time() + within
         while not stop(records):
@@ -411,9 +402,28 @@ async def consume_until(
                 raise AssertionError(f"gave up after {within}s with {len(records)} records")
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
-                records.extend(Consumed.read(m) for m in batch)
+                records.extend(batch)
     finally:
         await consumer.stop()
+    return records
+
+
+async def consume_until(
+    bootstrap: str,
+    topic_names: list[str],
+    stop: Callable[[list[Consumed]], bool],
+    within: float = 30,
+    *,
+    committed: bool = True,
+) -> list[Consumed]:
+    """`read_until`, the records read as Consumed (each held to the contract once)."""
+    records: list[Consumed] = []
+
+    def read(raw: list[Any]) -> bool:
+        records.extend(Consumed.read(m) for m in raw[len(records) :])
+        return stop(records)
+
+    await read_until(bootstrap, topic_names, read, committed=committed, within=within)
     return records
 
 
@@ -482,18 +492,9 @@ async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record
     await create_topic(bootstrap, names.ingest, 1, {"message.timestamp.type": "LogAppendTime"})
     await create_topic(bootstrap, names.events, 1)
     await write_ingest(bootstrap, items)
-    consumer = AIOKafkaConsumer(
-        names.ingest, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    return await read_until(
+        bootstrap, [names.ingest], lambda rs: len(rs) >= len(items), committed=False
     )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        while len(records) < len(items):
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
@@ -529,15 +530,16 @@ async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
 
 async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> None:
     """Until every ingest record is committed and no output transaction is open: output final."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
+    backlog: dict[int, int] = {}
+    still_open: list[TopicPartition] = []
+
+    async def decided() -> bool:
+        nonlocal backlog, still_open
         backlog = await ingest_backlog(bootstrap, names)
         still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
-        if not any(backlog.values()) and not still_open:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"after {within}s: backlog {backlog}, open output {still_open}")
-        await asyncio.sleep(0.2)
+        return not any(backlog.values()) and not still_open
+
+    await until(decided, within, 0.2, lambda: f"backlog {backlog}, open output {still_open}")
 
 
 async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:
@@ -591,9 +593,11 @@ async def read_to_end(
     return records
 
 
-async def read_decided(bootstrap: str, names: Topics, topic_names: list[str]) -> list[Consumed]:
+async def read_decided(
+    bootstrap: str, names: Topics, topic_names: list[str], within: float = 60
+) -> list[Consumed]:
     """Once the dedup group has decided every ingest record: all committed output, to its end."""
-    await until_decided(bootstrap, names)
+    await until_decided(bootstrap, names, within)
     return await read_to_end(bootstrap, topic_names)
 
 

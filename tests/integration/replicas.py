@@ -15,6 +15,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from tests.integration.conftest import SECRET, Topics, daemon_env, wait_ready
+from tests.metrics import exposition, scrape
 from tests.webhooks import signed
 
 COMMAND = Path(sys.executable).parent / "pinecall-bridge"
@@ -124,20 +125,11 @@ class Replica:
         }
 
     async def metrics_text(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(
-            self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)
-        ) as response:
-            return await response.text()
+        return await exposition(session, self.url, within=5)
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         """The replica's /metrics as {series: value}, labels in Prometheus text form."""
-        text = await self.metrics_text(session)
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                samples[series] = float(value)
-        return samples
+        return await scrape(session, self.url, within=5)
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -26,6 +26,8 @@ from tests.integration.conftest import (
     until_metrics,
     wait_ready,
 )
+from tests.metrics import scrape
+from tests.polling import until
 from tests.webhooks import signed
 
 PUBLISH_TIMEOUT = 2.0
@@ -80,23 +82,20 @@ async def status_of(handle: RunningBridge, path: str) -> int:
 
 
 async def poll_status(handle: RunningBridge, path: str, wanted: int, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last = await status_of(handle, path)
-    while last != wanted:
-        if loop.time() > deadline:
-            raise AssertionError(f"{path} still answers {last}, not {wanted}, after {within}s")
-        await asyncio.sleep(0.1)
+    last: int | None = None
+
+    async def answers() -> bool:
+        nonlocal last
         last = await status_of(handle, path)
+        return last == wanted
+
+    await until(answers, within, 0.1, lambda: f"{path} still answers {last}, not {wanted}")
 
 
 async def gauge(handle: RunningBridge, name: str) -> float:
-    async with handle.session.get(handle.url + "/metrics") as response:
-        text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split(" ", 1)[1])
-    raise AssertionError(f"{name} is not in /metrics")
+    samples = await scrape(handle.session, handle.url)
+    assert name in samples, f"{name} is not in /metrics"
+    return samples[name]
 
 
 def assert_unavailable(status: int, body: dict[str, Any], retry_after: str | None) -> None:

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.replicas import Replica, replica_env, total
 from tests.metrics import sample
+from tests.polling import until
 
 INGESTED = "pinecall_bridge_events_ingested_total"
 
@@ -127,12 +128,9 @@ def has(n: int) -> Callable[[list[Consumed]], bool]:
 
 
 async def owns_all(handle: RunningBridge, partitions: int = 3, within: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + within
     stage = handle.bridge.dedup
     assert stage is not None
-    while len(stage.owned) < partitions:
-        assert asyncio.get_running_loop().time() < deadline, "dedup never owned its partitions"
-        await asyncio.sleep(0.1)
+    await until(lambda: len(stage.owned) >= partitions, within, 0.1, "dedup owns its partitions")
 
 
 async def play(calls: Calls, names: list[str], rounds: int, rng: random.Random) -> None:
@@ -263,15 +261,6 @@ def sse_env(sim: Simulator) -> dict[str, str]:
     }
 
 
-async def until(
-    condition: Callable[[], Any], what: str, within: float = 60, every: float = 0.2
-) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(every)
-
-
 def followed_once(sim: Simulator, calls: list[str]) -> bool:
     """Each call has exactly one open stream: one follower in the whole deployment."""
     return all(len(sim.calllogs.readers(call)) == 1 for call in calls)
@@ -322,7 +311,7 @@ async def test_replicas_split_calls_take_over_on_kill_and_resume_on_restart(
                     and (await owned(a)) + await owned(b) == 6
                 )
 
-            await until(split, "both replicas own ingest partitions")
+            await until(split, 60, 0.2, "both replicas own ingest partitions")
             async with asyncio.timeout(30):
                 await sim.calllogs.wait_for_feed_readers(2)
             calls = Calls(sim, "CA_rep")
@@ -336,7 +325,7 @@ async def test_replicas_split_calls_take_over_on_kill_and_resume_on_restart(
                 fa, fb = await followed(a), await followed(b)
                 return fa > 0 and fb > 0 and fa + fb == len(names) and followed_once(sim, names)
 
-            await until(disjoint, "each call followed by exactly one replica")
+            await until(disjoint, 60, 0.2, "each call followed by exactly one replica")
 
             a.kill()
             await play(calls, names, 5, rng)  # written while a's calls have no follower
@@ -344,12 +333,12 @@ async def test_replicas_split_calls_take_over_on_kill_and_resume_on_restart(
             async def taken_over() -> bool:
                 return (await followed(b)) == len(names) and followed_once(sim, names)
 
-            await until(taken_over, "b follows every call after a was killed")
+            await until(taken_over, 60, 0.2, "b follows every call after a was killed")
             await play(calls, names, 5, rng)
 
             restart_at = a.log.stat().st_size
             await a.start()
-            await until(disjoint, "a follows its calls again after its restart")
+            await until(disjoint, 60, 0.2, "a follows its calls again after its restart")
             resumed = resumes_logged(a, restart_at)
             assert resumed, "a followed nothing after its restart"
             # Resumed from what was published, not from the first entry.
@@ -383,7 +372,7 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
             followed = sample(metrics, "pinecall_bridge_sse_calls_followed")
             return followed == 3 and sample(metrics, "pinecall_bridge_sse_calls_queued") == 5
 
-        await until(capped, "3 calls followed, 5 queued")
+        await until(capped, 60, 0.2, "3 calls followed, 5 queued")
         assert sum(len(sim.calllogs.readers(call)) for call in names) == 3
         # Each end frees a slot for the next call in the queue.
         await end_and_check(kafka_bootstrap, topics, calls, names)
@@ -462,7 +451,7 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
         async def all_ended() -> bool:
             return summed("pinecall_bridge_sse_calls_followed") == 0
 
-        await until(all_ended, "every call log followed to its end")
+        await until(all_ended, 60, 0.2, "every call log followed to its end")
         records = await read_decided(
             kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
         )

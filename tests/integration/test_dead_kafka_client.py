@@ -9,7 +9,6 @@ connection and raises that RuntimeError inside aiokafka's own code.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from bridge.sink.clienttasks import consumer_died, producer_died
@@ -58,11 +57,11 @@ async def test_ingest_producer_whose_sender_died_is_replaced(
     assert producer_died(dead) is not None
 
     # Pinecall's retries: answered 200 again once the producer is replaced.
-    async with asyncio.timeout(30):
-        while True:
-            if (await handle.post(entry(2, unique_call)))[0] == 200:
-                break
-            await asyncio.sleep(0.2)
+    async def answered() -> bool:
+        status, _ = await handle.post(entry(2, unique_call))
+        return bool(status == 200)
+
+    await until(answered, 30, 0.2, "a retry answered 200")
     assert handle.bridge.sink._producer is not dead
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
     metrics = await until_metrics(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from tests.integration.conftest import (
     write_ingest,
 )
 from tests.metrics import sample
+from tests.polling import until
 
 Start = Callable[..., Any]
 
@@ -57,12 +57,11 @@ async def until_sample(
     handles: list[RunningBridge], name: str, wanted: float, **labels: str
 ) -> None:
     """Until the bridges' summed sample is `wanted`: counted just after a commit returns."""
-    for _ in range(100):
-        if sum(sample(h.metrics, name, **labels) for h in handles) == wanted:
-            return
-        await asyncio.sleep(0.05)
-    total = sum(sample(h.metrics, name, **labels) for h in handles)
-    raise AssertionError(f"{name}{labels} is {total}, not {wanted}")
+
+    def total() -> float:
+        return sum(sample(h.metrics, name, **labels) for h in handles)
+
+    await until(lambda: total() == wanted, 5, 0.05, lambda: f"{name}{labels} is {total()}")
 
 
 def seqs_by_call(records: list[Consumed]) -> dict[bytes | None, list[int]]:
@@ -223,12 +222,8 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     )
     stage = one.bridge.dedup
     assert stage is not None
-    for _ in range(300):
-        if sample(one.metrics, "pinecall_bridge_dedup_partitions_owned") == 3:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the first member never owned the partitions")
+    owned = "pinecall_bridge_dedup_partitions_owned"
+    await until(lambda: sample(one.metrics, owned) == 3, 30, 0.1, "the first member owns them")
     # Watched from here on: the first join's own revocation (of nothing) may come after the
     # bridge is ready, and is not the one this test is about.
     revocations: list[tuple[bool, float]] = []  # (a transaction was open, committed after)
@@ -250,12 +245,8 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
         await post_all(one, [entry(1, call)])
     # Fetched and sent, not committed: a fetch waits up to the interval for more records, so
     # the records may come with the fetch after the one already waiting when they were posted.
-    for _ in range(int(interval * 2 / 0.05) + 100):
-        if stage._out.age is not None:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the first member never opened a transaction")
+    opened = interval * 2 + 5
+    await until(lambda: stage._out.age is not None, opened, 0.05, "a transaction is open")
     two: RunningBridge = await start_bridge()
     await asyncio.wait_for(revoked_once.wait(), interval * 3)
     assert revocations[0] == (True, 1.0)  # the open transaction, committed by the revocation
@@ -279,19 +270,16 @@ async def test_two_members_split_the_partitions_and_output_each_id_once_in_order
     one: RunningBridge = await start_bridge()
     two: RunningBridge = await start_bridge()
 
-    async def owned() -> tuple[float, float]:
+    def owned() -> tuple[float, float]:
         return (
             sample(one.metrics, "pinecall_bridge_dedup_partitions_owned"),
             sample(two.metrics, "pinecall_bridge_dedup_partitions_owned"),
         )
 
-    for _ in range(300):  # the group settles: 3 ingest partitions over 2 members
-        split = await owned()
-        if sum(split) == 3 and min(split) >= 1:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"partitions never split over both members: {await owned()}")
+    def split() -> bool:  # the group settles: 3 ingest partitions over 2 members
+        return sum(owned()) == 3 and min(owned()) >= 1
+
+    await until(split, 30, 0.1, lambda: f"partitions split over both members: {owned()}")
 
     calls = [f"{unique_call}_{n}" for n in range(8)]
 
@@ -384,7 +372,7 @@ async def test_dead_letters_and_alerts_go_through_the_stage_once(
 # --- fencing, with PartitionTask and StageProducer driven by hand ---------------------------
 
 
-async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> list[bytes]:
+async def _read(bootstrap: str, topic: str, marker: bytes, *, committed: bool) -> list[bytes]:
     """Values of `topic` up to and including the record `marker` (appended after the test)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
@@ -392,22 +380,12 @@ async def _read(bootstrap: str, topic: str, isolation: str, marker: bytes) -> li
         await producer.send_and_wait(topic, marker)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level=isolation,
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        async with asyncio.timeout(30):
-            while marker not in values:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    values.extend(m.value for m in batch)
-    finally:
-        await consumer.stop()
+
+    def marked(records: list[Consumed]) -> bool:
+        return any(r.value == marker for r in records)
+
+    records = await consume_until(bootstrap, [topic], marked, committed=committed)
+    values = [r.value for r in records]
     return values[: values.index(marker)]
 
 
@@ -444,10 +422,14 @@ async def _until_open_output(
     bootstrap: str, names: Topics, wanted: list[TopicPartition], within: float
 ) -> None:
     """Until `open_output` is `wanted`, polled for at most `within` seconds."""
-    deadline = time.monotonic() + within
-    while (found := await open_output(bootstrap, names)) != wanted:
-        assert time.monotonic() < deadline, f"open output partitions: {found}, not {wanted}"
-        await asyncio.sleep(0.1)
+    found: list[TopicPartition] = []
+
+    async def as_wanted() -> bool:
+        nonlocal found
+        found = await open_output(bootstrap, names)
+        return found == wanted
+
+    await until(as_wanted, within, 0.1, lambda: f"open output partitions: {found}, not {wanted}")
 
 
 @pytest.mark.timeout(120)
@@ -495,8 +477,8 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
 
     first_id = f"{unique_call}:1".encode()
     second_id = f"{unique_call}:2".encode()
-    committed = await _read(kafka_bootstrap, topics.events, "read_committed", b"end-1")
-    uncommitted = await _read(kafka_bootstrap, topics.events, "read_uncommitted", b"end-2")
+    committed = await _read(kafka_bootstrap, topics.events, b"end-1", committed=True)
+    uncommitted = await _read(kafka_bootstrap, topics.events, b"end-2", committed=False)
     # The zombie's record reached the log (its commit flushed it), in a transaction its
     # producer's replacement aborted: hidden from read_committed.
     assert committed == [first_id, second_id]
@@ -548,8 +530,8 @@ async def test_a_restart_with_the_same_instance_id_aborts_the_crashed_transactio
     finally:
         await successor.stop()
     record_id = f"{unique_call}:1".encode()
-    assert await _read(kafka_bootstrap, topics.events, "read_committed", b"end-1") == []
-    uncommitted = await _read(kafka_bootstrap, topics.events, "read_uncommitted", b"end-2")
+    assert await _read(kafka_bootstrap, topics.events, b"end-1", committed=True) == []
+    uncommitted = await _read(kafka_bootstrap, topics.events, b"end-2", committed=False)
     assert uncommitted == [record_id, b"end-1"]  # it reached the log, in the aborted transaction
 
 

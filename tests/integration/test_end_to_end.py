@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     wait_ready,
 )
 from tests.metrics import sample
+from tests.polling import until
 
 
 @pytest.fixture
@@ -33,13 +34,12 @@ async def simulator() -> AsyncIterator[Simulator]:
 
 async def settled(bridge: Bridge) -> None:
     """Wait until nothing is queued or in flight inside the bridge."""
-    for _ in range(200):
+
+    def idle() -> bool:
         backlog = sample(bridge.metrics, "pinecall_bridge_websocket_backlog_events")
-        inflight = sample(bridge.metrics, "pinecall_bridge_inflight_events")
-        if backlog == 0 and inflight == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the bridge never settled")
+        return backlog == 0 and sample(bridge.metrics, "pinecall_bridge_inflight_events") == 0
+
+    await until(idle, 10, 0.05, "the bridge settled")
 
 
 async def test_both_channels_with_faults_match_the_ledger(

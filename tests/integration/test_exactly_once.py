@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.integration.replicas import (
     replica_env,
     total,
 )
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(420)
 CALLS = 24
@@ -89,8 +90,7 @@ class Traffic:
         return unpaused[next(self._turn) % len(unpaused)]
 
     async def _deliver(self, body: dict[str, Any], concurrently: bool) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        async def answered() -> bool:
             first = self._pick()
             second = self._pick(skip=first)
             statuses: list[int]
@@ -106,10 +106,9 @@ class Traffic:
                     await post_signed(self._session, first.url, body),
                     await post_signed(self._session, second.url, body, within=3),
                 ]
-            if any(200 <= status < 300 for status in statuses):
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"no replica answered 2xx for {body['call']}:{body['seq']}")
+            return any(200 <= status < 300 for status in statuses)
+
+        await until(answered, 90, 0.2, f"a replica answers 2xx for {body['call']}:{body['seq']}")
 
     async def _call(self, call: str) -> None:
         for seq in itertools.count(1):
@@ -122,18 +121,7 @@ class Traffic:
         await asyncio.gather(*(self._call(call) for call in self.calls))
 
     async def until(self, count: int) -> None:
-        async def reached() -> bool:
-            return self.count >= count
-
-        await wait_for(reached, 120, f"{count} answered events")
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {within}s")
-        await asyncio.sleep(0.25)
+        await until(lambda: self.count >= count, 120, 0.25, f"{count} answered events")
 
 
 async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
@@ -169,7 +157,7 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
                 await traffic.until(traffic.count + 100)
                 # Paused while it owns partitions (not mid-rebalance), with traffic flowing: its
                 # 3 s transactions are open, so it wakes with writes its successor has fenced.
-                await wait_for(zombie_owns_partitions, 60, "the zombie to own partitions")
+                await until(zombie_owns_partitions, 60, 0.25, "the zombie owns partitions")
                 await asyncio.sleep(0.5)
                 zombie.pause()
                 await asyncio.sleep(ZOMBIE_PAUSE_S)
@@ -282,7 +270,7 @@ async def test_the_feed_has_one_reader_and_fails_over(
             return ingested >= 20 or traffic.done()
 
         # Mid-stream: the holder has put feed events into the ingest topic and more are coming.
-        await wait_for(holder_ingests, 60, "the holder to ingest feed events")
+        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
         assert not traffic.done(), "the traffic ended before the holder was killed"
         holder.kill()  # what it read and had not yet written dies with it
         killed_at = time.monotonic()
@@ -290,7 +278,7 @@ async def test_the_feed_has_one_reader_and_fails_over(
         async def taken_over() -> bool:
             return any(c.number not in before for c in simulator.feed.subscribed())
 
-        await wait_for(taken_over, 60, "another replica to take the feed over")
+        await until(taken_over, 60, 0.25, "another replica takes the feed over")
         failover = time.monotonic() - killed_at
         print(f"feed failover after SIGKILL of its holder: {failover:.1f}s")
         await traffic

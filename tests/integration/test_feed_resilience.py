@@ -25,11 +25,11 @@ from tests.integration.conftest import (
     Topics,
     bridge_settings,
     own_broker,
-    read_to_end,
-    until_decided,
+    read_decided,
     wait_ready,
 )
 from tests.metrics import sample
+from tests.polling import until
 
 # The stall test takes about two minutes: a minute of stall, the broker's start and recovery.
 pytestmark = pytest.mark.timeout(420)
@@ -87,16 +87,13 @@ def reconnects(bridge: Bridge) -> dict[str, float]:
 
 async def settled(bridge: Bridge, within: float = 120) -> None:
     """Until nothing read from the feed waits for Kafka inside the bridge."""
-    for _ in range(int(within / 0.1)):
-        if sample(bridge.metrics, "pinecall_bridge_websocket_backlog_events") == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the feed's backlog never drained")
+    backlog = "pinecall_bridge_websocket_backlog_events"
+    await until(lambda: sample(bridge.metrics, backlog) == 0, within, 0.1, "the backlog drained")
 
 
 async def published_ids(bootstrap: str, topics: Topics) -> Counter[str]:
-    await until_decided(bootstrap, topics, within=120)
-    return Counter(r.json()["id"] for r in await read_to_end(bootstrap, [topics.events]))
+    records = await read_decided(bootstrap, topics, [topics.events], within=120)
+    return Counter(r.json()["id"] for r in records)
 
 
 async def test_the_token_is_refreshed_before_the_feed_closes_on_its_expiry(

@@ -6,7 +6,6 @@ stands for the input, the events topic for the output.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,8 @@ from bridge.dedup.groupcommit import (
     GroupMetadata,
     group_metadata,
 )
-from tests.integration.conftest import Topics, ingest_one_partition, read_to_end
+from tests.integration.conftest import Topics, ingest_one_partition, open_output, read_to_end
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,24 +82,15 @@ class Setup:
     async def settles(self, within: float) -> bool:
         """Whether the output's last stable offset reaches its end within `within` s: no
         transaction is left open (EndTxn's markers are written just after it returns)."""
-        tp = TopicPartition(self.names.events, 0)
-        readers = [
-            AIOKafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level=isolation)
-            for isolation in ("read_committed", "read_uncommitted")
-        ]
-        for reader in readers:
-            await reader.start()
+
+        async def settled() -> bool:
+            return not await open_output(self.bootstrap, self.names)
+
         try:
-            deadline = asyncio.get_running_loop().time() + within
-            while asyncio.get_running_loop().time() < deadline:
-                stable, end = [(await r.end_offsets([tp]))[tp] for r in readers]
-                if stable == end:
-                    return True
-                await asyncio.sleep(0.1)
+            await until(settled, within, 0.1)
+        except AssertionError:
             return False
-        finally:
-            for reader in readers:
-                await reader.stop()
+        return True
 
 
 def txn_producer(bootstrap: str, names: Topics) -> GroupCommitProducer:
@@ -133,13 +124,11 @@ async def setup(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Setup]:
 
 async def _joined(member: AIOKafkaConsumer, group: str) -> GroupMetadata:
     """The member's metadata once it has joined the group and holds its partition."""
-    for _ in range(400):
-        meta = group_metadata(member, group)
-        if member.assignment() and meta is not None:
-            assert meta.generation_id >= 1
-            return meta
-        await asyncio.sleep(0.05)
-    raise AssertionError("the member never joined its group")
+    await until(lambda: member.assignment() and group_metadata(member, group), 20, 0.05, "joined")
+    meta = group_metadata(member, group)
+    assert meta is not None
+    assert meta.generation_id >= 1
+    return meta
 
 
 async def test_offsets_with_the_members_generation_commit(
@@ -227,13 +216,12 @@ async def test_the_generation_before_a_rebalance_is_refused(setup: Setup) -> Non
     )
     await other.start()
     try:
-        for _ in range(400):
+
+        def rebalanced() -> bool:
             now = group_metadata(other, setup.names.group)
-            if now is not None and now.generation_id > before.generation_id:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the group never rebalanced")
+            return now is not None and now.generation_id > before.generation_id
+
+        await until(rebalanced, 20, 0.05, "the group rebalanced")
         assert await setup.refused(b"zombie", 9, before) == ILLEGAL_GENERATION
         await setup.producer.abort_transaction()
     finally:

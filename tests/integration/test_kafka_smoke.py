@@ -8,34 +8,21 @@ import struct
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.kafka import KafkaSink, TopicSpec
 from bridge.sink.record import Record
-from tests.integration.conftest import create_topic
+from tests.integration.conftest import consume_until, create_topic
 
 
-async def read_all(bootstrap: str, topic: str, expected: int, isolation: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level=isolation,
+async def read_all(bootstrap: str, topic: str, expected: int, *, committed: bool) -> list[bytes]:
+    """The values of the topic's first `expected` records or more."""
+    records = await consume_until(
+        bootstrap, [topic], lambda rs: len(rs) >= expected, committed=committed
     )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        for _ in range(20):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                values.extend(m.value for m in batch)
-            if len(values) >= expected:
-                break
-    finally:
-        await consumer.stop()
-    return values
+    return [r.value for r in records]
 
 
 def api_versions(bootstrap: str) -> dict[int, tuple[int, int]]:
@@ -74,7 +61,7 @@ async def test_idempotent_produce_and_consume(kafka_bootstrap: str) -> None:
     finally:
         await producer.stop()
     assert metadata.offset == 0
-    assert await read_all(kafka_bootstrap, topic, 2, "read_uncommitted") == [b"one", b"two"]
+    assert await read_all(kafka_bootstrap, topic, 2, committed=False) == [b"one", b"two"]
 
 
 async def test_transactions_commit_and_abort(kafka_bootstrap: str) -> None:
@@ -95,11 +82,11 @@ async def test_transactions_commit_and_abort(kafka_bootstrap: str) -> None:
             await producer.send(topic, b"committed-2")
     finally:
         await producer.stop()
-    assert await read_all(kafka_bootstrap, topic, 2, "read_committed") == [
+    assert await read_all(kafka_bootstrap, topic, 2, committed=True) == [
         b"committed-1",
         b"committed-2",
     ]
-    assert b"aborted" in await read_all(kafka_bootstrap, topic, 3, "read_uncommitted")
+    assert b"aborted" in await read_all(kafka_bootstrap, topic, 3, committed=False)
 
 
 async def test_the_sink_sends_every_partitions_batch_in_one_produce_request(
@@ -130,4 +117,4 @@ async def test_the_sink_sends_every_partitions_batch_in_one_produce_request(
         await sink.stop()
     assert len({m.partition for m in metadata}) == 12
     assert produce_requests <= 2
-    assert len(await read_all(kafka_bootstrap, topic, 60, "read_committed")) == 60
+    assert len(await read_all(kafka_bootstrap, topic, 60, committed=True)) == 60

@@ -19,6 +19,7 @@ from bridge import jsoncodec
 from tests.integration.conftest import (
     SECRET,
     Topics,
+    answers_ready,
     consume_until,
     daemon_env,
     drain,
@@ -27,9 +28,9 @@ from tests.integration.conftest import (
     ingest_backlog,
     ingest_records,
     read_to_end,
-    wait_ready,
     write_ingest,
 )
+from tests.metrics import scrape
 from tests.polling import until
 from tests.webhooks import signed
 
@@ -71,16 +72,13 @@ class Daemon:
         return f"\n--- daemon stderr (tail) ---\n{tail(self.stderr)}"
 
     async def wait_ready(self, within: float = 60) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            assert self.alive, f"exited with {self.proc.returncode}{self.log()}"
-            try:
-                await wait_ready(self.url, within=1)
-            except TimeoutError:
-                assert loop.time() < deadline, f"not ready after {within}s{self.log()}"
-            else:
-                return
+        async with aiohttp.ClientSession() as session:
+
+            async def ready() -> bool:
+                assert self.alive, f"exited with {self.proc.returncode}{self.log()}"
+                return await answers_ready(session, self.url)
+
+            await until(ready, within, 0.1, lambda: f"ready{self.log()}")
 
     async def exit_code(self, within: float) -> int:
         try:
@@ -341,16 +339,13 @@ async def test_sigint_stops_cleanly(
 
 async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> None:
     """Until the daemon's dedup stage owns `partitions` ingest partitions (from its /metrics)."""
-    wanted = f"pinecall_bridge_dedup_partitions_owned {float(partitions)}"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
     async with aiohttp.ClientSession() as session:
-        while True:
-            async with session.get(f"{daemon.url}/metrics") as response:
-                if wanted in (await response.text()).splitlines():
-                    return
-            assert loop.time() < deadline, f"the stage never owned {partitions}{daemon.log()}"
-            await asyncio.sleep(0.1)
+
+        async def owned() -> bool:
+            samples = await scrape(session, daemon.url)
+            return samples.get("pinecall_bridge_dedup_partitions_owned") == partitions
+
+        await until(owned, within, 0.1, lambda: f"the stage owns {partitions}{daemon.log()}")
 
 
 async def test_sigterm_outputs_the_ingest_backlog_the_stage_owns_before_the_exit(

@@ -88,12 +88,12 @@ async def test_replicas_started_together_register_one_webhook(
             replica.port = int(replica.env["BRIDGE_HTTP__PORT"])
         try:
             await asyncio.gather(*(replica.start(ready=False) for replica in replicas))
-            for _ in range(300):
-                if all(registered(replica.log) for replica in replicas):
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError("not every replica finished registering within 60 s")
+            await until(
+                lambda: all(registered(replica.log) for replica in replicas),
+                60,
+                0.2,
+                "every replica finished registering",
+            )
             hooks = simulator.hooks.all()
         finally:
             await asyncio.gather(*(replica.stop() for replica in replicas))

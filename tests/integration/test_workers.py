@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.integration.conftest import (
     wait_ready,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env, total
+from tests.polling import until
 from tests.processes import process_gone
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,10 +86,10 @@ async def deliver(session: aiohttp.ClientSession, url: str, bodies: list[dict[st
     """POST each until it is answered 2xx, as Pinecall retries."""
 
     async def one(body: dict[str, Any]) -> None:
-        deadline = time.monotonic() + 90
-        while not 200 <= await post_signed(session, url, body) < 300:
-            assert time.monotonic() < deadline, f"never answered 2xx: {body['call']}"
-            await asyncio.sleep(0.2)
+        async def answered() -> bool:
+            return 200 <= await post_signed(session, url, body) < 300
+
+        await until(answered, 90, 0.2, f"answered 2xx: {body['call']}")
 
     await asyncio.gather(*(one(body) for body in bodies))
 
@@ -125,18 +125,16 @@ async def refused(port: int) -> bool:
 
 
 async def until_gone(pid: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while not process_gone(pid):
-        assert time.monotonic() < deadline, f"process {pid} still there after {within}s"
-        await asyncio.sleep(0.05)
+    await until(lambda: process_gone(pid), within, 0.05, f"process {pid} gone")
 
 
 async def until_restarted(pod: Replica, worker: int, killed: int) -> None:
     """Until the parent logged a new process for `worker`, whose process `killed` was."""
-    deadline = time.monotonic() + 30
-    while pod.worker_pids().get(worker, killed) == killed:
-        assert time.monotonic() < deadline, f"worker {worker} was not restarted"
-        await asyncio.sleep(0.1)
+
+    def restarted() -> bool:
+        return pod.worker_pids().get(worker, killed) != killed
+
+    await until(restarted, 30, 0.1, f"worker {worker} restarted")
 
 
 async def output_once(kafka_bootstrap: str, topics: Topics, answered: set[str]) -> None:
@@ -258,14 +256,15 @@ async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
 
 async def owned_by(pod: Replica, session: aiohttp.ClientSession, want: dict[str, float]) -> None:
     """Until the workers own `want` ingest partitions each (by `worker` label)."""
-    deadline = time.monotonic() + 60
-    while True:
+    owned: dict[str, float] = {}
+
+    async def as_wanted() -> bool:
+        nonlocal owned
         samples = await pod.metrics(session)
         owned = {w: total(samples, OWNED, worker=w) for w in want}
-        if owned == want:
-            return
-        assert time.monotonic() < deadline, f"partitions owned {owned}, want {want}"
-        await asyncio.sleep(0.2)
+        return owned == want
+
+    await until(as_wanted, 60, 0.2, lambda: f"partitions owned {owned}, want {want}")
 
 
 async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(

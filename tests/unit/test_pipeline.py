@@ -12,7 +12,7 @@ from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
-from bridge.sink.limits import TopicLimits, record_size
+from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from tests.metrics import sample
 from tests.polling import until
@@ -497,17 +497,6 @@ async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
     delivery.set_exception(MessageSizeTooLargeError())
     result = await task
     assert (result.ok, result.failed, result.refused) == (False, 1, 0)
-
-
-def test_the_size_check_is_kafkas_own_estimate() -> None:
-    record = Record("t", b"key", b"v" * 100, (("h", b"x"),))
-    limits = TopicLimits(1_048_576)
-    limits.learn("t", record_size(record))
-    limits.check(record)  # exactly at the limit: taken
-    limits.learn("t", record_size(record) - 1)
-    with pytest.raises(MessageSizeTooLargeError):
-        limits.check(record)
-    assert limits.limit("other") == 1_048_576
 
 
 async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:

@@ -4,7 +4,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bridge.metrics import Metrics
-from tests.metrics import sample
+from tests.metrics import sample, series
 
 RECEIVED = "pinecall_bridge_events_received_total"
 
@@ -38,3 +38,12 @@ def test_label_names_the_series_do_not_carry_fail() -> None:
         sample(metrics, name, phse="body")
     with pytest.raises(AssertionError, match="le"):
         sample(metrics, "pinecall_bridge_publish_duration_seconds_bucket")
+
+
+def test_an_exposition_reads_as_series_with_their_labels() -> None:
+    metrics = Metrics()
+    metrics.received_by("webhook", "turn.user").inc()
+    read = series(metrics.render().decode())
+    assert read[f'{RECEIVED}{{channel="webhook",type="turn.user"}}'] == 1
+    assert read["pinecall_bridge_ready"] == 0
+    assert not [name for name in read if name.startswith("#")]

@@ -1,13 +1,29 @@
+import asyncio
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+)
 
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died
 from bridge.sink.kafka import KafkaSink, Record, client_options
+from tests.polling import until
+from tests.unit.sink.fakes import FakeProducer
 
+# The producer's liveness below: replaced when aiokafka's sender task dies (aiokafka#1038 under
+# uvloop), probed with metadata for its own topics. No test here talks to a broker.
+pytestmark = pytest.mark.usefixtures("fake_producer")
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+RECORD = Record("t", b"k", b"v")
 
 
 def test_plaintext_options() -> None:
@@ -72,3 +88,172 @@ def test_partitioner_matches_aiokafkas_default() -> None:
             key, partitions, partitions
         )
     assert partition_for(None, partitions, [3]) == 3
+
+
+def restarts(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "pinecall_bridge_kafka_client_restarts_total", {"client": "ingest_producer"}
+    )
+
+
+async def started_sink(metrics: Metrics, probe_seconds: float = 60.0) -> KafkaSink:
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=probe_seconds), metrics)
+    await sink.start()
+    return sink
+
+
+async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced() -> None:
+    metrics = Metrics()
+    # A probe interval far beyond the test: only the failed send can have woken the replacement.
+    sink = await started_sink(metrics)
+    first = FakeProducer.made[0]
+    first.kill()
+    await until(lambda: producer_died(first) is not None)
+    assert sink.connected  # the bug: the cluster answers metadata, so nothing looked wrong
+
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+
+    await (await sink.send(RECORD))
+    assert FakeProducer.made[1].sent == [b"v"]
+    assert first.stopped
+    assert restarts(metrics) == 1
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_a_sequence_gap_has_the_producer_replaced() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics)  # no probe within the test: the refusal wakes it
+    first = FakeProducer.made[0]
+    # A timeout says nothing about the producer; an out-of-order answer means every later
+    # record of that partition would be refused too, while the producer looks alive.
+    first.refusals = [KafkaTimeoutError(), OutOfOrderSequenceNumber()]
+    with pytest.raises(KafkaTimeoutError):
+        await (await sink.send(RECORD))
+    await asyncio.sleep(0.05)
+    assert len(FakeProducer.made) == 1
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await (await sink.send(RECORD))
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+    await (await sink.send(RECORD))
+    assert FakeProducer.made[1].sent == [b"v"]
+    assert first.stopped
+    assert restarts(metrics) == 1
+    # The old producer's late refusals do not take its successor down too.
+    late: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    late.set_exception(OutOfOrderSequenceNumber())
+    sink._check_delivery(cast(AIOKafkaProducer, first), late)
+    await asyncio.sleep(0.05)
+    assert len(FakeProducer.made) == 2
+    await sink.stop()
+
+
+async def test_the_probe_finds_a_dead_sender_without_any_send() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    FakeProducer.made[0].kill()
+    await until(lambda: restarts(metrics) == 1)
+    assert sink.connected
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_the_probe_asks_for_its_own_topics_and_follows_the_answer() -> None:
+    # The probe used to fetch every topic's metadata, decoded on the event loop at each probe.
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    await until(lambda: client.updates >= 2)
+    assert sink.connected
+    client.answers = False
+    await until(lambda: not sink.connected)
+    client.answers = True
+    await until(lambda: sink.connected)
+    assert sink.alive
+    await sink.stop()
+
+
+async def test_each_answered_probe_is_reported_with_the_metadata_it_read() -> None:
+    seen: list[int] = []
+    sink = KafkaSink(
+        KafkaSettings(metadata_probe_seconds=0.01),
+        Metrics(),
+        after_probe=lambda: seen.append(sink.partition_count("ingest")),
+    )
+    assert sink.partition_count("ingest") == 0  # no producer, no metadata
+    await sink.start()
+    client = FakeProducer.made[0].client
+    await until(lambda: 0 in seen)  # the topic is not in the metadata yet
+    client.cluster.partitions["ingest"] = {0, 1, 2}
+    await until(lambda: 3 in seen)
+    client.answers = False
+    await until(lambda: not sink.connected)
+    reported, updates = len(seen), client.updates
+    await until(lambda: client.updates >= updates + 3)
+    assert len(seen) == reported  # an unanswered probe read nothing worth reporting
+    client.answers = True
+    await until(lambda: len(seen) > reported)
+    await sink.stop()
+    assert sink.partition_count("ingest") == 0
+
+
+async def test_repeated_failed_replacements_report_the_process_dead() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    FakeProducer.start_errors = [KafkaError("refused") for _ in range(REPLACE_ATTEMPTS)]
+    FakeProducer.made[0].kill()
+    await until(lambda: not sink.alive)
+    assert not sink.connected
+    assert restarts(metrics) == 0
+    # Once a replacement succeeds, the process is alive again.
+    await until(lambda: sink.alive and sink.connected)
+    assert restarts(metrics) == 1
+    await sink.stop()
+
+
+async def test_an_outage_during_replacement_never_reports_the_process_dead() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics, probe_seconds=0.01)
+    outage = [KafkaConnectionError("Unable to bootstrap") for _ in range(REPLACE_ATTEMPTS * 3)]
+    FakeProducer.start_errors = list(outage)
+    FakeProducer.made[0].kill()
+    await until(lambda: not FakeProducer.start_errors)
+    assert sink.alive
+    await until(lambda: sink.connected)
+    assert restarts(metrics) == 1
+    await sink.stop()
+
+
+async def test_records_a_dead_producer_held_fail_when_it_is_replaced() -> None:
+    # Its sender gone, nothing would ever answer them: their waiters and the in-flight count
+    # would wait for ever.
+    metrics = Metrics()
+    sink = await started_sink(metrics)
+    first = FakeProducer.made[0]
+    first.hold = True
+    held = await sink.send(RECORD)
+    first.kill()
+    await until(lambda: producer_died(first) is not None)
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+    await until(held.done)
+    assert isinstance(held.exception(), KafkaConnectionError)
+    await sink.stop()
+
+
+async def test_one_timed_out_record_among_acknowledged_ones_is_not_an_outage() -> None:
+    # A partition without a leader while the others answer: readiness must not flap with it.
+    sink = await started_sink(Metrics())
+    seen = []
+    sink.mark_reachable()  # an acknowledgement just now
+    sink.mark_unreachable()
+    seen.append(sink.connected)
+    sink._last_ack -= 20.0  # nothing acknowledged for longer than the publish timeout (10 s)
+    sink.mark_unreachable()
+    seen.append(sink.connected)
+    sink.mark_reachable()
+    seen.append(sink.connected)
+    assert seen == [True, False, True]
+    await sink.stop()

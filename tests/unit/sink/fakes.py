@@ -1,0 +1,105 @@
+"""A stand-in for aiokafka's producer, shaped as the sink and clienttasks look at it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from aiokafka.errors import KafkaError
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.sender_task: asyncio.Task[None] | None = None
+
+
+class _Cluster:
+    def __init__(self) -> None:
+        self.partitions: dict[str, set[int]] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self.partitions.get(topic)
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.cluster = _Cluster()
+        self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
+        self.answers = True  # what the next metadata updates report
+        self.updates = 0
+
+    def force_metadata_update(self) -> asyncio.Future[bool]:
+        """Like aiokafka's: a future of whether the tracked topics' metadata was refreshed."""
+        self.updates += 1
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(self.answers)
+        return done
+
+    async def fetch_all_metadata(self) -> None:
+        raise AssertionError("probed with the whole cluster's metadata")
+
+
+class _Accumulator:
+    """The records a producer holds unsent; aiokafka's fails them all with one call."""
+
+    def __init__(self) -> None:
+        self.held: list[asyncio.Future[None]] = []
+
+    def fail_all(self, error: BaseException) -> None:
+        for future in self.held:
+            if not future.done():
+                future.set_exception(error)
+
+
+class FakeProducer:
+    """Shaped like AIOKafkaProducer where the sink and clienttasks look at it."""
+
+    made: ClassVar[list[FakeProducer]] = []
+    start_errors: ClassVar[list[BaseException]] = []
+
+    def __init__(self, **_: Any) -> None:
+        self._sender = _Sender()
+        self.client = _Client()
+        self.sent: list[bytes | None] = []
+        self.refusals: list[BaseException] = []  # what Kafka answers the next sends
+        self.hold = False  # the next sends stay unanswered (a sender that will never send them)
+        self._message_accumulator = _Accumulator()
+        self.stopped = False
+        self._death: asyncio.Future[BaseException] | None = None
+        FakeProducer.made.append(self)
+
+    async def start(self) -> None:
+        if FakeProducer.start_errors:
+            raise FakeProducer.start_errors.pop(0)
+        self._death = asyncio.get_running_loop().create_future()
+        self._sender.sender_task = asyncio.create_task(self._sender_routine())
+
+    async def _sender_routine(self) -> None:
+        assert self._death is not None
+        cause = await self._death
+        # What aiokafka's Sender does with an unexpected error: log it and end the task.
+        raise KafkaError("Unexpected error during batch delivery") from cause
+
+    def kill(self) -> None:
+        assert self._death is not None
+        self._death.set_result(RuntimeError("unable to perform operation; the handler is closed"))
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> Any:
+        task = self._sender.sender_task
+        if task is not None and task.done():
+            raise KafkaError("Unexpected error during batch delivery")
+        self.sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.hold:
+            self._message_accumulator.held.append(done)
+        elif self.refusals:
+            done.set_exception(self.refusals.pop(0))
+        else:
+            done.set_result(None)
+        return done
+
+    async def stop(self) -> None:
+        self.stopped = True
+        task = self._sender.sender_task
+        if task is not None and not task.done():
+            task.cancel()

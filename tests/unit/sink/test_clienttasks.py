@@ -1,0 +1,84 @@
+"""The Kafka clients' background tasks watched, a dead client stopped, its replacement retried."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from bridge.sink import clienttasks
+from bridge.sink.clienttasks import REPLACE_ATTEMPTS, consumer_died, producer_died, stop_dead
+from tests.polling import until
+from tests.unit.sink.fakes import FakeProducer
+
+
+@pytest.mark.usefixtures("fake_producer")
+async def test_a_stopped_dead_client_logs_its_tasks_error_no_second_time() -> None:
+    # Its replacement logged the death and its cause; asyncio would log the error of a task
+    # nobody retrieved again, traceback and all, whenever the task is garbage-collected.
+    async def stop_a_dead_producer() -> None:
+        producer = FakeProducer()
+        await producer.start()
+        producer.kill()
+        # The same reset killed its metadata task too: one death is reported, not both.
+        producer.client._sync_task.set_exception(RuntimeError("the handler is closed"))
+        await until(lambda: producer_died(producer) is not None)
+        await stop_dead(producer, 1.0)
+
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        await stop_a_dead_producer()
+        FakeProducer.made.clear()
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
+
+
+def test_a_client_without_the_expected_attributes_counts_as_alive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Changed:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="bridge.sink.clienttasks"):
+        assert producer_died(Changed()) is None
+        assert producer_died(Changed()) is None
+        assert consumer_died(Changed()) is None
+    warned = [r for r in caplog.records if "cannot watch" in r.getMessage()]
+    # Once per attribute: the producer's sender and metadata tasks, the consumer's three.
+    assert len(warned) == 5
+
+
+async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    replacement = clienttasks.Replacement("test client")
+    outcomes: list[BaseException | str] = [
+        *(KafkaConnectionError("unreachable") for _ in range(REPLACE_ATTEMPTS * 2)),
+        *(KafkaError("refused") for _ in range(REPLACE_ATTEMPTS)),
+        "started",
+    ]
+    seen_alive: list[bool] = []
+
+    async def start() -> str:
+        seen_alive.append(replacement.alive)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    assert await replacement.start(start) == "started"
+    assert seen_alive == [True] * (REPLACE_ATTEMPTS * 3) + [False]  # dead after 5 refusals
+    assert replacement.alive  # and alive again once one started
+    assert await replacement.start(start, running=lambda: False) is None
