@@ -27,13 +27,16 @@ def call_id(salt: int, index: int) -> str:
     return f"CA_{salt & 0xFFFFFFFF:08x}{number & 0xFFFFFFFF:08x}"
 
 
-def entry(salt: int, index: int) -> dict[str, Any]:
-    """Event `index` as the platform's log entry; `data.bench` carries the index through."""
+def entry(salt: int, index: int, at: float | None = None) -> dict[str, Any]:
+    """Event `index` as the platform's log entry; `data.bench` carries the index through.
+
+    `at` is its time (epoch seconds); a fixed one of 2026 without it.
+    """
     _, seq = call_and_seq(index)
     kind = "call.ended" if seq == EVENTS_PER_CALL else _TYPES[(seq - 1) % len(_TYPES)]
     return {
         "seq": seq,
-        "ts": 1_790_000_000.0 + index / 1000,
+        "ts": 1_790_000_000.0 + index / 1000 if at is None else at,
         "call": call_id(salt, index),
         "agent": "support",
         "type": kind,
@@ -42,11 +45,14 @@ def entry(salt: int, index: int) -> dict[str, Any]:
     }
 
 
-def body(salt: int, first: int, count: int) -> bytes:
-    """A webhook body: one entry, or a JSON array of `count` entries."""
+def body(salt: int, first: int, count: int, at: float) -> bytes:
+    """A webhook body: one entry, or a JSON array of `count` entries, of time `at`.
+
+    A current time: the bridge refuses a signed body whose time is minutes off as a replay.
+    """
     if count == 1:
-        return orjson.dumps(entry(salt, first))
-    return orjson.dumps([entry(salt, first + k) for k in range(count)])
+        return orjson.dumps(entry(salt, first, at))
+    return orjson.dumps([entry(salt, first + k, at) for k in range(count)])
 
 
 def cloudevent_line(salt: int, index: int) -> bytes:

@@ -148,8 +148,13 @@ class WebhookGen:
             f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         ).encode()
         self.wire: list[bytes] = []
+        # Each body carries the time it is due at, were t0 now: sent at that or a little later,
+        # it is current however long the run (the bridge refuses bodies minutes off as replays).
+        built = time.time()
         for j in range(self.requests_n):
-            payload = events.body(args.salt, args.first + j * self.batch, self.batch)
+            payload = events.body(
+                args.salt, args.first + j * self.batch, self.batch, built + j / self.req_rate
+            )
             self.wire.append(
                 head
                 + f"X-Pinecall-Signature: {signature_header(secret, payload)}\r\n"

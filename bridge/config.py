@@ -171,6 +171,10 @@ class WebhookSettings(BaseModel):
     secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_unsigned: bool = False
     max_body_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)
+    # A signed body whose own time is further than this from now, either way, is refused (0: off):
+    # Pinecall sends the same bytes on a retry, so only the time tells a replay from a retry.
+    # Five minutes spans its retry (seconds later) and honest clock skew many times over.
+    max_age_seconds: float = Field(default=300.0, ge=0)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
@@ -509,6 +513,17 @@ class Settings(BaseSettings):
                 )
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
+        max_age, ttl = self.webhook.max_age_seconds, self.dedup.ttl_seconds
+        if 2 * max_age > ttl:
+            # A body is taken from max_age before its time to max_age after: a replay at the far
+            # end of that window must still find the first copy's id in the dedup stage.
+            raise ValueError(
+                f"BRIDGE_WEBHOOK__MAX_AGE_SECONDS ({max_age:g}) must be at most half of"
+                f" BRIDGE_DEDUP__TTL_SECONDS ({ttl:g}): a signed body is accepted that long"
+                " either side of its own time, and a replay more than the TTL after the first"
+                " copy would be published again (lower it, 0 turns the check off, or raise the"
+                " TTL)"
+            )
         record = self.kafka.max_request_bytes
         for name, limit in (
             ("BRIDGE_WEBHOOK__MAX_BODY_BYTES", self.webhook.max_body_bytes),

@@ -244,6 +244,12 @@ class Metrics:
             ["reason"],
             registry=None,
         )
+        self.websocket_down_seconds = Counter(
+            f"{PREFIX}_websocket_down_seconds_total",
+            "Seconds the WebSocket feed ran here (lease held) without a subscribed connection:"
+            " what it sent meanwhile is missed (a refused subscription counts as down).",
+            registry=None,
+        )
         self.websocket_frames = Counter(
             f"{PREFIX}_websocket_frames_total",
             "WebSocket frames received: event, control or garbage.",
@@ -361,6 +367,7 @@ class Metrics:
             self.feed_lease_held,
             self.websocket_connected,
             self.websocket_reconnects,
+            self.websocket_down_seconds,
             self.websocket_frames,
             self.websocket_backlog,
         ):

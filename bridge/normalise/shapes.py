@@ -37,7 +37,13 @@ _DOCUMENTED_KEYS = frozenset(
     {"type", "data", "id", "timestamp", "created_at", "time", "agent", "org", "env"}
 )
 _LEGACY_ENVELOPE = frozenset({"event", "callId", "id"})
-_LEGACY_TIME_KEYS = ("timestamp", "ts", "time", "created_at")
+Shape = Literal["entry", "alert", "documented", "legacy"]
+_TIME_KEYS: dict[Shape, tuple[str, ...]] = {
+    "entry": ("ts",),
+    "alert": ("at",),
+    "documented": ("timestamp", "created_at", "time"),
+    "legacy": ("timestamp", "ts", "time", "created_at"),
+}
 _NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?")
 
 
@@ -58,20 +64,44 @@ def normalise(item: Any, *, channel: Channel, received_at: float) -> Event | Unr
     """Map one decoded JSON value to an Event, or say why it is not one."""
     if not isinstance(item, dict):
         return Unrecognised("not_an_object", item)
-    # The older SDK's frame spreads its payload over the envelope, so a `type` may be payload
-    # (a participant's "sip"): its `callId` says which shape it is.
-    if isinstance(item.get("event"), str) and ("type" not in item or "callId" in item):
+    shape = _shape(item)
+    if shape == "legacy":
         return _legacy(item, channel, received_at)
     event_type = item.get("type")
     if event_type is None:
         return Unrecognised("missing_type", item)
     if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_TYPE_LENGTH:
         return Unrecognised("invalid_type", item)
-    if "seq" in item:
+    if shape == "entry":
         return _entry(item, event_type, channel, received_at)
-    if "org" in item and "at" in item:
+    if shape == "alert":
         return _alert(item, event_type, channel, received_at)
     return _documented(item, event_type, channel, received_at)
+
+
+def event_time(item: Any) -> float | None:
+    """The time `item` says it happened, as normalise() reads it; None when it says none."""
+    return _time(item, _shape(item)) if isinstance(item, dict) else None
+
+
+def _shape(item: dict[str, Any]) -> Shape:
+    # The older SDK's frame spreads its payload over the envelope, so a `type` may be payload
+    # (a participant's "sip"): its `callId` says which shape it is.
+    if isinstance(item.get("event"), str) and ("type" not in item or "callId" in item):
+        return "legacy"
+    if "seq" in item:
+        return "entry"
+    if "org" in item and "at" in item:
+        return "alert"
+    return "documented"
+
+
+def _time(item: dict[str, Any], shape: Shape) -> float | None:
+    """The first of the shape's time fields that holds a readable time."""
+    for key in _TIME_KEYS[shape]:
+        if key in item and (moment := to_epoch(item[key])) is not None:
+            return moment
+    return None
 
 
 def _entry(
@@ -96,7 +126,7 @@ def _entry(
         data=data,
         channel=channel,
         received_at=received,
-        event_time=to_epoch(item.get("ts")),
+        event_time=_time(item, "entry"),
         call=call,
         agent=agent,
         seq=seq,
@@ -118,7 +148,7 @@ def _alert(
         data=data,
         channel=channel,
         received_at=received,
-        event_time=to_epoch(item.get("at")),
+        event_time=_time(item, "alert"),
         agent=_str_or_none(item.get("agent")),
         org=_str_or_none(item.get("org")),
         env=_str_or_none(item.get("env")),
@@ -138,7 +168,7 @@ def _documented(
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_first_time(item, ("timestamp", "created_at", "time")),
+        event_time=_time(item, "documented"),
         call=_str_or_none(data.get("call_id")),
         agent=_str_or_none(item.get("agent")),
         org=_str_or_none(item.get("org")),
@@ -160,7 +190,7 @@ def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | 
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_first_time(item, _LEGACY_TIME_KEYS),
+        event_time=_time(item, "legacy"),
         call=_str_or_none(item.get("callId")),
         # Its agent too (it stays in data): an agent's frame without a call is keyed by it.
         agent=_str_or_none(item.get("agent")),
@@ -184,14 +214,6 @@ def content_id(item: Any) -> str:
 
 def _extra(item: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
     return {key: value for key, value in item.items() if key not in known}
-
-
-def _first_time(item: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    """The first of `keys` that holds a readable time."""
-    for key in keys:
-        if key in item and (moment := to_epoch(item[key])) is not None:
-            return moment
-    return None
 
 
 def to_epoch(value: Any) -> float | None:

@@ -47,6 +47,8 @@ class SimulatorConfig:
     ws_heartbeat: float | None = 20.0
     ws_close_timeout: float = 2.0
     ws_close_on_token_expiry: bool = False
+    # The first this many subscriptions are refused with an error frame (the connection stays open).
+    ws_refuse_subscriptions: int = 0
     ws_garbage: float = 0.0
     ws_documented_ratio: float = 0.0
     ws_legacy_ratio: float = 0.0
@@ -93,6 +95,8 @@ class SimulatorConfig:
             raise ValueError(f"api_latency must not be negative, not {self.api_latency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.ws_refuse_subscriptions < 0:
+            raise ValueError("ws_refuse_subscriptions must not be negative")
         if self.delivery_concurrency < 1:
             raise ValueError("delivery_concurrency must be at least 1")
         if self.sse_retry_ms < 0:

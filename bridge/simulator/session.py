@@ -35,6 +35,7 @@ class SessionHandler:
         self._tokens = tokens
         self._feed = feed
         self._stats = stats
+        self._refused = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         bearer = bearer_ok(request.headers.get("Authorization"), self._config.api_key)
@@ -69,7 +70,10 @@ class SessionHandler:
 
     def _answer(self, conn: Connection, data: str | bytes) -> None:
         request = interpret(data)
-        if isinstance(request, Subscribe):
+        if isinstance(request, Subscribe) and self._refused < self._config.ws_refuse_subscriptions:
+            self._refused += 1
+            conn.push(Outgoing(error("subscription refused (simulated)"), "control"))
+        elif isinstance(request, Subscribe):
             # Queued before any event frame, since events are queued only once subscribed.
             conn.push(Outgoing(subscribed(request.events), "control"))
             self._feed.subscribe(conn, request.events)

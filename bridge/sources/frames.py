@@ -15,6 +15,12 @@ CONTROL_TYPES = frozenset(
 )
 
 
+# Control frames that answer a subscription with a yes.
+SUBSCRIBED_TYPES = frozenset({"subscribed", "ack"})
+_REASON_FIELDS = ("message", "error", "reason", "detail")
+_REASON_LENGTH = 500
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     kind: FrameKind
@@ -43,3 +49,13 @@ def classify(message: str | bytes) -> Frame:
 def subscribe_message(events: list[str]) -> str:
     """The documented subscription; no list means every type."""
     return jsoncodec.dumps({"type": "subscribe", "events": events or ["*"]}).decode()
+
+
+def error_reason(item: Any) -> str:
+    """What an error frame says went wrong: its first text field, else the frame itself (cut)."""
+    if isinstance(item, dict):
+        for name in _REASON_FIELDS:
+            value = item.get(name)
+            if isinstance(value, str) and value:
+                return value[:_REASON_LENGTH]
+    return str(item)[:_REASON_LENGTH]

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 DisconnectReason = Literal[
-    "auth", "token_error", "connect_error", "closed", "ping_timeout", "error"
+    "auth", "token_error", "connect_error", "closed", "ping_timeout", "subscribe_refused", "error"
 ]
-# Auth failures come from a human's mistake or a revoked key: never retry them in a tight loop.
+# Refusals (auth, and a subscription the platform refused) come from a human's mistake or a
+# revoked key: never retry them in a tight loop.
 AUTH_MIN_DELAY = 5.0
+_REFUSALS = frozenset({"auth", "token_error", "subscribe_refused"})
 # 2.0**1024 overflows a float: past this many doublings any sane cap has long been reached, and
 # the feed must go on reconnecting forever (a Pinecall outage of hours is ~1,000 attempts).
 _MAX_DOUBLINGS = 64
@@ -62,7 +64,7 @@ class ReconnectPolicy:
         """The wait before the next attempt; `connected_for` is None when no connection opened."""
         if connected_for is not None and connected_for >= self._stable_after:
             self.attempt = 0
-        if reason in ("auth", "token_error"):
+        if reason in _REFUSALS:
             self.auth_failures += 1
         elif connected_for is not None:
             self.auth_failures = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +12,7 @@ from aiohttp import web
 from bridge import jsoncodec
 from bridge.config import HttpSettings, WebhookSettings
 from bridge.metrics import Metrics
-from bridge.normalise import split_body
+from bridge.normalise import event_time, split_body
 from bridge.pipeline import Pipeline
 from bridge.sources.signature import Verdict, verify
 
@@ -42,13 +44,17 @@ class WebhookHandler:
         metrics: Metrics,
         *,
         body_timeout_seconds: float = HttpSettings().body_timeout_seconds,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._clock = clock
         self._body_timeout = body_timeout_seconds
         self._pipeline = pipeline
         self._metrics = metrics
         self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
-        metrics.rejected.labels("webhook", "kafka_unavailable")  # exists from 0, for increase()
+        # At 0 from the start, for increase(): a first replay must count as an increase.
+        for reason in ("kafka_unavailable", "stale_timestamp", "future_timestamp"):
+            metrics.rejected.labels("webhook", reason)
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
         self._metrics.rejected.labels("webhook", reason).inc()
@@ -95,6 +101,11 @@ class WebhookHandler:
         except jsoncodec.JSONDecodeError as exc:
             return self._reject(400, *_why_not_json(body, exc))
         items = split_body(document)
+        if self._secrets and self._settings.max_age_seconds:
+            refusal = _outside_window(items, self._clock(), self._settings.max_age_seconds)
+            if refusal is not None:
+                # Final (a 4xx): Pinecall's retry of an old body would be refused again anyway.
+                return self._reject(400, *refusal)
         result = await self._pipeline.submit(
             items, "webhook", raw=None if isinstance(document, list) else body
         )
@@ -121,6 +132,29 @@ class WebhookHandler:
                 413,
             )
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
+
+
+def _outside_window(items: list[Any], now: float, max_age: float) -> tuple[str, str] | None:
+    """Why a signed body is refused as a replay (its own time too old or too far ahead), if it is.
+
+    Pinecall sends the same bytes on a retry and puts no time in a header: the body's time is
+    all there is. Items without a readable time pass.
+    """
+    times = [t for t in map(event_time, items) if t is not None]
+    if not times:
+        return None
+    oldest, newest = min(times), max(times)
+    if now - oldest > max_age:
+        return "stale_timestamp", (
+            f"the event time is {now - oldest:.0f} s old; signed bodies older than"
+            f" {max_age:g} s are refused as replays"
+        )
+    if newest - now > max_age:
+        return "future_timestamp", (
+            f"the event time is {newest - now:.0f} s ahead of the bridge's clock; more than"
+            f" {max_age:g} s is refused (check the sender's clock)"
+        )
+    return None
 
 
 def _why_not_json(body: bytes, exc: jsoncodec.JSONDecodeError) -> tuple[str, str]:

@@ -7,6 +7,11 @@ does not read its pongs either, and the keepalive would close the connection, lo
 sent until the reconnect, uncounted. So the reader keeps reading through a Kafka stall; past the
 backlog's bounds (events and bytes) a frame is dropped and counted instead.
 
+The platform answers the subscription; an error frame in answer, or a close before any answer,
+is a refusal (bad event names, a key without the feed's scope): counted, logged at ERROR with the
+platform's reason, and retried like an auth failure (5 s at least, growing), never left as a
+connection that delivers nothing. The time without a subscribed connection is counted too.
+
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
 Frames sent in the overlap arrive twice (the dedup stage drops the copies); none is missed.
@@ -29,7 +34,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
-from bridge.sources.frames import classify, subscribe_message
+from bridge.sources.downtime import Downtime
+from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Close codes that mean "your credentials are bad or expired": fetch a new token before retrying.
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
+# Going away, restarting, try again later: the server's own life, not an answer to a subscription.
+SERVER_CLOSE_CODES = frozenset({1001, 1012, 1013})
 MAX_BATCH = 500
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _DRAINED = object()
@@ -54,8 +62,25 @@ class _Opened:
 
     ws: ClientConnection
     expires_at: float | None
+    # Until when (monotonic) the subscription's answer is awaited; None once answered. An error
+    # frame or a close meanwhile is a refusal; after it, an error frame is only a notice.
+    answer_by: float | None = None
     early: list[str | bytes] = field(default_factory=list)
     replaced: bool = False  # its successor is open: it is being closed, not lost
+
+    def awaiting_answer(self) -> bool:
+        if self.answer_by is not None and time.monotonic() >= self.answer_by:
+            self.answer_by = None
+        return self.answer_by is not None
+
+
+class SubscribeRefusedError(Exception):
+    """The platform refused the subscription: `how` (error_frame or close) and its reason."""
+
+    def __init__(self, how: str, reason: str) -> None:
+        super().__init__(f"{how}: {reason}")
+        self.how = how
+        self.reason = reason
 
 
 class TokenError(Exception):
@@ -139,6 +164,7 @@ class WebSocketSource:
             metrics.rejected.labels("websocket", lost)
         for reason in get_args(DisconnectReason):  # as do these
             metrics.websocket_reconnects.labels(reason)
+        self._downtime = Downtime(metrics.websocket_down_seconds.inc)
         self._policy = ReconnectPolicy.of(settings)
         self._session: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -152,12 +178,14 @@ class WebSocketSource:
             return
         self._session = aiohttp.ClientSession()
         self._metrics.websocket_connected.set(0)
+        self._downtime.down(time.monotonic())
         self._reader = self._supervisor.spawn("websocket-reader", self._read_forever)
         self._publisher = self._supervisor.spawn("websocket-publisher", self._publish_forever)
 
     async def stop(self, deadline: float) -> None:
         """Stop reading, then publish what was already read until `deadline` (loop time)."""
         self._stopping.set()
+        self._downtime.up(time.monotonic())  # no longer meant to run: no more downtime
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,6 +216,7 @@ class WebSocketSource:
         handover: _Opened | None = None
         while not self._stopping.is_set():
             opened_at: float | None = None
+            refused = False
             reason: DisconnectReason = "error"
             opened, handover = handover, None
             refresher: asyncio.Task[_Opened] | None = None
@@ -197,10 +226,14 @@ class WebSocketSource:
                     log.info("feed connected", extra={"url": self._settings.url})
                 opened_at = time.monotonic()
                 self._metrics.websocket_connected.set(1)
+                self._downtime.up(opened_at)
                 refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
-                    self._take(message)
-                reason = await self._read(opened.ws)
+                    self._take(opened, message)
+                reason = await self._read(opened)
+            except SubscribeRefusedError as exc:
+                reason, refused = "subscribe_refused", True
+                _log_refusal(exc, self._settings.events)
             except TokenError as exc:
                 reason = "token_error" if not exc.auth else "auth"
                 log.warning("feed token unavailable", extra={"error": str(exc)})
@@ -226,6 +259,10 @@ class WebSocketSource:
                     handover = None
                 if handover is None:
                     self._metrics.websocket_connected.set(0)
+                    if not self._stopping.is_set():  # stopped, it is no longer meant to run
+                        # A refused connection delivered nothing: down since it opened.
+                        since = opened_at if refused and opened_at is not None else None
+                        self._downtime.down(time.monotonic() if since is None else since)
                 if opened is not None:
                     await opened.ws.close()
             if self._stopping.is_set():
@@ -238,8 +275,10 @@ class WebSocketSource:
             connected_for = time.monotonic() - opened_at if opened_at is not None else None
             delay = self._policy.next_delay(reason, connected_for)
             log.info("feed reconnecting", extra={"reason": reason, "in_s": round(delay, 2)})
+            self._downtime.tally(time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            self._downtime.tally(time.monotonic())
 
     async def _open(self, tokens: TokenClient) -> _Opened:
         """A connection with a fresh token (never an old or expired one), subscribed."""
@@ -258,7 +297,8 @@ class WebSocketSource:
         except BaseException:
             await ws.close()
             raise
-        return _Opened(ws, expires_at)
+        answer_by = time.monotonic() + self._settings.open_timeout_seconds
+        return _Opened(ws, expires_at, answer_by)
 
     async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str]]:
         if self._settings.auth == "bearer":
@@ -283,45 +323,81 @@ class WebSocketSource:
         attempt = 0
         while True:
             try:
-                successor = await self._open(tokens)
+                successor = await self._open_answered(tokens)
                 break
-            except (TokenError, OSError, TimeoutError, InvalidHandshake) as exc:
+            except (
+                TokenError,
+                OSError,
+                TimeoutError,
+                InvalidHandshake,
+                SubscribeRefusedError,
+            ) as exc:
                 # The current connection lives until its token expires: a failed refresh is
                 # tried again meanwhile, or its frames are lost until a reconnect after expiry.
                 delay = min(0.25 * 2**attempt, 5.0)
                 attempt += 1
                 if current.expires_at is None or time.time() + delay >= current.expires_at:
                     raise
+                if isinstance(exc, SubscribeRefusedError):
+                    _log_refusal(exc, self._settings.events)
                 log.warning(
                     "feed token refresh failed; retrying",
                     extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
-        try:
-            # Its first frame (the subscription's ack) says the server sends to it now.
-            with contextlib.suppress(TimeoutError):
-                successor.early.append(
-                    await asyncio.wait_for(successor.ws.recv(), FIRST_FRAME_TIMEOUT)
-                )
-        except BaseException:
-            await successor.ws.close()
-            raise
         # Only now the old one is closed: the reader drains what it holds, then takes this one.
         current.replaced = True
         await current.ws.close()
         return successor
 
-    async def _read(self, ws: ClientConnection) -> DisconnectReason:
-        async for message in ws:
-            self._take(message)
+    async def _open_answered(self, tokens: TokenClient) -> _Opened:
+        """A refresh's successor, once its first frame (the subscription's ack) came or timed out.
+
+        The ack says the server sends to it now; a refusal closes it and raises.
+        """
+        successor = await self._open(tokens)
+        try:
+            with contextlib.suppress(TimeoutError):
+                try:
+                    first = await asyncio.wait_for(successor.ws.recv(), FIRST_FRAME_TIMEOUT)
+                except ConnectionClosed as exc:
+                    raise _refusal_by_close(successor, exc) or exc from None
+                self._answer(successor, classify(first))
+                successor.early.append(first)
+        except BaseException:
+            await successor.ws.close()
+            raise
+        return successor
+
+    async def _read(self, opened: _Opened) -> DisconnectReason:
+        ws = opened.ws
+        try:
+            async for message in ws:
+                self._take(opened, message)
+        except ConnectionClosed as exc:
+            raise _refusal_by_close(opened, exc) or exc from None
         # The server closed cleanly (or a refresh closed it); async-for ends without raising.
+        refusal = _refusal_by_close(opened, ws.close_exc)
+        if refusal is not None:
+            raise refusal
         code = ws.close_code or 1000
         return "auth" if code in AUTH_CLOSE_CODES else "closed"
 
-    def _take(self, message: str | bytes) -> None:
+    def _answer(self, opened: _Opened, frame: Frame) -> None:
+        """Note the subscription's answer in `frame`, if awaited; raise if it is a refusal."""
+        if not opened.awaiting_answer():
+            return
+        if frame.kind == "control" and frame.detail == "error":
+            raise SubscribeRefusedError("error_frame", error_reason(frame.item))
+        # An event says the feed sends to this connection, as an ack does.
+        if frame.kind == "event" or frame.detail in SUBSCRIBED_TYPES:
+            opened.answer_by = None
+
+    def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
         frame = classify(message)
         self._metrics.frames_by(frame.kind).inc()
+        self._answer(opened, frame)
         if frame.kind == "event":
             size = len(message)
             s = self._settings
@@ -409,6 +485,29 @@ async def _successor(refresher: asyncio.Task[_Opened] | None, *, wait: bool) -> 
                 "feed token refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"}
             )
     return None
+
+
+def _log_refusal(exc: SubscribeRefusedError, events: list[str]) -> None:
+    log.error(
+        "feed subscription refused",
+        extra={"how": exc.how, "refusal": exc.reason, "events": events or ["*"]},
+    )
+
+
+def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRefusedError | None:
+    """A close the server began before the subscription's answer: a refusal, unless it is
+    about credentials (auth) or the server's own going away."""
+    received = closed.rcvd
+    # No close frame (the network), or one answering ours (a refresh or a stop closed it).
+    if received is None or closed.rcvd_then_sent is False or opened.replaced:
+        return None
+    if not opened.awaiting_answer():
+        return None
+    if received.code in AUTH_CLOSE_CODES or received.code in SERVER_CLOSE_CODES:
+        return None
+    if "auth" in received.reason.lower():
+        return None
+    return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
 
 
 def _close_reason(exc: ConnectionClosed) -> DisconnectReason:

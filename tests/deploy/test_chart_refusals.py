@@ -148,6 +148,11 @@ REFUSALS = {
         "config.webhook.maxBodyBytes (1000000) leaves no room for the record's envelope",
         {"webhook": {"max_body_bytes": 1000000}},
     ),
+    "webhook replay window longer than half the dedup TTL": Refusal(
+        ("config.dedup.ttlSeconds=500",),
+        "config.webhook.maxAgeSeconds (300) must be at most half of config.dedup.ttlSeconds (500)",
+        {"dedup": {"ttl_seconds": 500}},
+    ),
     "websocket frame with no room for the envelope": Refusal(
         ("config.websocket.maxFrameBytes=990000",),
         "config.websocket.maxFrameBytes (990000) leaves no room",

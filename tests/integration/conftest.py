@@ -227,6 +227,8 @@ def daemon_env(bootstrap: str, names: Topics, **extra: str) -> dict[str, str]:
             "BRIDGE_TOPICS__FEED_LEASE": names.feed_lease,
             "BRIDGE_DEDUP__GROUP": names.group,
             "BRIDGE_WEBHOOK__SECRETS": SECRET,
+            # entry() carries fixed times (2026-09): replays are refused in tests of their own.
+            "BRIDGE_WEBHOOK__MAX_AGE_SECONDS": "0",
             "BRIDGE_LOG__FORMAT": "json",
             **extra,
         }
@@ -238,7 +240,9 @@ def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -
     base: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": [bootstrap], "publish_timeout_seconds": 10},
         "http": {"host": "127.0.0.1", "port": 0},
-        "webhook": {"secrets": [SECRET]},
+        # entry() carries fixed times (2026-09): replays are refused in tests of their own, and
+        # the simulator's webhooks (current times) go through the check in test_end_to_end.
+        "webhook": {"secrets": [SECRET], "max_age_seconds": 0},
         "topics": {**names.env(), "partitions": 3, "ingest_partitions": 3},
         "dedup": {"group": names.group},
         "log": {"format": "console"},

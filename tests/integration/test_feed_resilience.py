@@ -122,6 +122,32 @@ async def test_the_token_is_refreshed_before_the_feed_closes_on_its_expiry(
     assert [i for i, n in counts.items() if n > 1] == []
 
 
+async def test_a_refused_subscription_reconnects_until_taken_and_the_gap_is_counted(
+    kafka_bootstrap: str, topics: Topics, started: list[Bridge]
+) -> None:
+    """A platform that refuses the first two subscriptions with an error frame, then takes one."""
+    async with Simulator(SimulatorConfig(ws_refuse_subscriptions=2)) as simulator:
+        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
+        started.append(bridge)
+        await bridge.start()
+        await wait_ready(f"http://127.0.0.1:{bridge.port}")
+        async with asyncio.timeout(30):
+            await simulator.wait_for_subscribers(1)
+        await simulator.run_traffic(calls=4, concurrency=2, rate=50, channel="websocket")
+        await settled(bridge)
+        expected = simulator.ledger.expected_ids()
+        seen = reconnects(bridge)
+        down = sample(bridge.metrics, "pinecall_bridge_websocket_down_seconds_total")
+        connections = simulator.stats.connections_total
+    counts = await published_ids(kafka_bootstrap, topics)
+    # Before, the first connection stayed open, subscribed to nothing, and nothing arrived.
+    assert seen == {"subscribe_refused": 2}
+    assert connections == 3
+    # Each refusal waits at least the backoff's maximum (0.5 s here) before the next attempt.
+    assert down >= 2 * 0.5
+    assert expected - set(counts) == set(), f"lost: {sorted(expected - set(counts))[:5]}"
+
+
 async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_nothing(
     broker: Broker, topics: Topics, started: list[Bridge]
 ) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import jsonschema
 
 from bridge import jsoncodec
+from bridge.config import WebhookSettings
+from bridge.normalise.event import rfc3339
 from tests.integration.conftest import (
     Consumed,
     RunningBridge,
@@ -20,6 +23,7 @@ from tests.integration.conftest import (
     read_decided,
     until_metrics,
 )
+from tests.metrics import sample
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "bridge/schema/pinecall-cloudevent.schema.json").read_text()
@@ -183,6 +187,41 @@ async def test_alerts_and_dead_letters(
     ]
     # The dedup stage's bookkeeping never reaches a reader.
     assert not any(name.startswith("pinecall-ingest-") for r in records for name in r.headers)
+
+
+async def test_a_replayed_alert_is_refused_and_its_current_delivery_lands_once(
+    start_bridge: object, topics: Topics, kafka_bootstrap: str
+) -> None:
+    # The check as deployed (the other tests' entries carry fixed 2026-09 times).
+    bridge: RunningBridge = await start_bridge(  # type: ignore[operator]
+        webhook={"max_age_seconds": WebhookSettings.model_fields["max_age_seconds"].default}
+    )
+    now = time.time()
+
+    def alert(at: float) -> bytes:
+        return jsoncodec.dumps(
+            {"type": "monitor.fired", "org": "org_it", "env": "production", "agent": "support",
+             "at": at, "data": {"monitor": "latency"}}
+        )  # fmt: skip
+
+    # Captured an hour ago and replayed now, past the dedup TTL: it used to be published again.
+    status, body = await bridge.post(alert(now - 3600))
+    assert (status, body["error"]) == (400, "stale_timestamp")
+    status, body = await bridge.post(alert(now + 3600))
+    assert (status, body["error"]) == (400, "future_timestamp")
+    current = alert(now)
+    assert (await bridge.post(current))[0] == 200
+    assert (await bridge.post(current))[0] == 200  # Pinecall's retry: same bytes, accepted
+    records = await read_decided(kafka_bootstrap, topics, [topics.alerts])
+    assert [r.json()["time"] for r in records] == [rfc3339(now)]
+    for reason in ("stale_timestamp", "future_timestamp"):
+        rejected = sample(
+            bridge.metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="webhook",
+            reason=reason,
+        )
+        assert rejected == 1
 
 
 async def test_ephemeral_topic_when_configured(

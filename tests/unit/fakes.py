@@ -16,11 +16,14 @@ from bridge.sink.kafka import Record
 from bridge.sink.limits import TopicLimits
 
 SECRET = b"whsec_test"
+# ENTRY's time: a webhook handler under test reads its clock as this, so signed bodies of that
+# time are current for its replay check.
+ENTRY_TIME = 1_700_000_000
 # A webhook body: one durable call-log entry.
 ENTRY = jsoncodec.dumps(
     {
         "seq": 1,
-        "ts": 1_700_000_000,
+        "ts": ENTRY_TIME,
         "call": "CA_1",
         "agent": "a",
         "type": "call.started",

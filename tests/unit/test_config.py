@@ -73,6 +73,7 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "BRIDGE_TOPICS__DLQ": "d",
         "BRIDGE_TOPICS__EPHEMERAL": "eph",
         "BRIDGE_DEDUP__TTL_SECONDS": "60",
+        "BRIDGE_WEBHOOK__MAX_AGE_SECONDS": "30",
         "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION": "10",
         "BRIDGE_DEDUP__GROUP": "bridge.prod_1",
         "BRIDGE_DEDUP__INSTANCE_ID": "bridge-7f9c5-x2kq",
@@ -103,6 +104,7 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     d = s.dedup
     assert (d.ttl_seconds, d.max_entries_per_partition, s.webhook.max_body_bytes) == (60, 10, 2048)
+    assert s.webhook.max_age_seconds == 30
     assert (d.group, d.commit_interval_ms, d.session_timeout_ms) == ("bridge.prod_1", 50, 30_000)
     assert d.instance_id == "bridge-7f9c5-x2kq"
     assert d.own_process is True
@@ -194,6 +196,7 @@ def test_describe_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BRIDGE_SSE__CALL_LIST_PATH", "sessions"),
         ("BRIDGE_SSE__BACKOFF_INITIAL_SECONDS", "60"),
         ("BRIDGE_SSE__MAX_EVENT_BYTES", "2000000"),
+        ("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "-1"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -312,6 +315,26 @@ def test_dedup_and_internal_topic_rules(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert caught.value.problems == [problem]
+
+
+def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A body is taken up to max_age either side of its time: a replay at the far end of that
+    # window, 2 x max_age after the first copy, must still find its id in the dedup stage.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", "500")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [problem] = caught.value.problems
+    assert problem.startswith(
+        "BRIDGE_WEBHOOK__MAX_AGE_SECONDS (300) must be at most half of"
+        " BRIDGE_DEDUP__TTL_SECONDS (500)"
+    )
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "250")  # at the bound
+    assert load_settings().webhook.max_age_seconds == 250
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "0")  # off
+    assert load_settings().webhook.max_age_seconds == 0
 
 
 def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

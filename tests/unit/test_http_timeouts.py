@@ -20,7 +20,7 @@ from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
 from tests.rawhttp import RawConnection
-from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
+from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import signed
 
 PATH = "/webhooks/pinecall"
@@ -82,7 +82,11 @@ async def edge(
     metrics, sink = Metrics(), FakeSink()
     pipeline = pipeline_with(sink, metrics, s.topics)
     webhook = WebhookHandler(
-        s.webhook, pipeline, metrics, body_timeout_seconds=s.http.body_timeout_seconds
+        s.webhook,
+        pipeline,
+        metrics,
+        body_timeout_seconds=s.http.body_timeout_seconds,
+        clock=lambda: ENTRY_TIME,
     )
     app = build_app(s, webhook, Readiness(metrics, lambda: True), metrics)
     runner = timed_runner(app, s.http, metrics, access_log=None, shutdown_timeout=1)

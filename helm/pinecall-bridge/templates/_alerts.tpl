@@ -329,6 +329,20 @@ groups:
           summary: {{ printf "Pod %s has no WebSocket connection to Pinecall" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not been connected to Pinecall's WebSocket feed for %v minutes and keeps reconnecting; events still arrive by webhook, if Pinecall sends them." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.websocketDownMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketdown" $a.runbookUrl }}
+      - alert: PinecallBridgeWebSocketGaps
+        # Connected at times, yet down (no subscribed connection) for much of the window: a
+        # flapping feed, or a subscription refused again and again. A feed never connected in
+        # the window is PinecallBridgeWebSocketDown's.
+        expr: |
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_down_seconds_total[{{ $a.websocketGapMinutes }}m])) > {{ $a.websocketGapRatio }}
+          and on (namespace, pod)
+          max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $a.websocketGapMinutes }}m])) == 1
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s's WebSocket feed keeps dropping" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s's WebSocket feed had no subscribed connection for %s of the last %v minutes (reconnects, or its subscription refused): what Pinecall sent meanwhile is missed unless webhooks or the call logs carry it." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" $a.websocketGapMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgewebsocketgaps" $a.runbookUrl }}
       - alert: PinecallBridgeWebhookNotRegistered
         # Only processes that register the webhook (config.pinecall.registerWebhook) export the
         # gauge; 1 in any of them means Pinecall's one webhook points at this deployment.

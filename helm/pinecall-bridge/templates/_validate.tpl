@@ -70,6 +70,13 @@ partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compare
 {{- if le (mulf (float64 $d.hangingReportSeconds) 1000) $transaction }}
 {{- $problems = append $problems (printf "config.dedup.hangingReportSeconds (%s s) must be longer than config.dedup.transactionTimeoutMs (%s ms)" (include "pinecall-bridge.envValue" (float64 $d.hangingReportSeconds)) (include "pinecall-bridge.envValue" $transaction)) }}
 {{- end }}
+{{- /* A replayed webhook body at the far end of the accepted window (maxAgeSeconds either side
+of its time) must still be within the dedup TTL of its first copy. */}}
+{{- $maxAge := float64 (merge (deepCopy ($c.webhook | default dict)) (dict "maxAgeSeconds" 300)).maxAgeSeconds }}
+{{- $ttl := float64 (merge (deepCopy ($c.dedup | default dict)) (dict "ttlSeconds" 900)).ttlSeconds }}
+{{- if gt (mulf $maxAge 2) $ttl }}
+{{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) must be at most half of config.dedup.ttlSeconds (%s): a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl)) }}
+{{- end }}
 {{- $shutdown := merge (deepCopy ($c.shutdown | default dict)) (dict "graceSeconds" 25 "drainDelaySeconds" 0) }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
 {{- $problems = append $problems (printf "config.shutdown.drainDelaySeconds (%s) must be shorter than config.shutdown.graceSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $shutdown.drainDelaySeconds)) (include "pinecall-bridge.envValue" (float64 $shutdown.graceSeconds))) }}

@@ -1,9 +1,10 @@
 import hashlib
+from typing import Any
 
 import pytest
 
 from bridge import jsoncodec
-from bridge.normalise import Event, Unrecognised, normalise, split_body
+from bridge.normalise import Event, Unrecognised, event_time, normalise, split_body
 from bridge.normalise.shapes import to_epoch
 
 NOW = 1_790_000_000.0
@@ -227,3 +228,19 @@ def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     e = norm(entry(ts="soon"))
     assert e.event_time is None
     assert e.time == NOW
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"seq": 1, "ts": 1_790_000_000.5, "type": "turn.user", "data": {}}, 1_790_000_000.5),
+        ({"type": "monitor.fired", "org": "acme", "at": 1_790_000_000}, 1_790_000_000.0),
+        ({"type": "x", "data": {}, "created_at": "2026-09-21T14:13:20Z"}, 1_790_000_000.0),
+        ({"event": "call.ended", "callId": "CA_1", "ts": 1_790_000_000_000}, 1_790_000_000.0),
+        ({"type": "monitor.fired", "org": "acme", "at": "soon"}, None),
+        ({"type": "call.started", "data": {}}, None),
+        ([1, 2], None),
+    ],
+)
+def test_event_time_of_each_shape(item: Any, expected: float | None) -> None:
+    assert event_time(item) == expected

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge import jsoncodec
-from bridge.normalise import Event, Unrecognised, normalise, split_body
+from bridge.normalise import Event, Unrecognised, event_time, normalise, split_body
 from bridge.normalise.binding import decode, encode
 from bridge.routing import record_key
 from tests.fuzz import hostile_json, pinecall_items, reserialised
@@ -83,3 +83,13 @@ def test_id_is_stable_under_reserialisation_and_channel(data: st.DataObject, ite
     else:
         assert isinstance(again, Unrecognised)
         assert again.reason == first.reason
+
+
+@given(pinecall_items)
+def test_event_time_is_the_time_normalise_reads(item: Any) -> None:
+    # The webhook's replay check reads a body's time with event_time(): it must be the time
+    # the published event carries, whatever the shape.
+    item = as_read(item)
+    event = normalise(item, channel="webhook", received_at=RECEIVED)
+    if isinstance(event, Event):
+        assert event_time(item) == event.event_time

@@ -1,4 +1,5 @@
 import asyncio
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -10,7 +11,7 @@ from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.feed import EventRef
 from bridge.simulator.frames import GARBAGE
 from tests.polling import until
-from tests.unit.simulator.conftest import AUTH, subscribe, token
+from tests.unit.simulator.conftest import AUTH, FAST, subscribe, token
 
 
 def push(sim: Simulator, event_type: str, seq: int = 1) -> None:
@@ -204,3 +205,16 @@ async def test_protocol_pings_are_sent(client: aiohttp.ClientSession) -> None:
         ws = await client.ws_connect(sim.ws_url, headers=AUTH, autoping=False)
         message = await ws.receive(timeout=5)
         assert message.type is aiohttp.WSMsgType.PING
+
+
+async def test_refused_subscriptions_get_an_error_frame_and_no_events(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(replace(FAST, ws_refuse_subscriptions=1)) as sim:
+        refused = await client.ws_connect(sim.ws_url, params={"token": await token(sim, client)})
+        await refused.send_str('{"type": "subscribe"}')
+        assert (await refused.receive_json(timeout=5))["type"] == "error"
+        assert sim.feed.subscribed() == []
+        accepted = await subscribe(sim, client)
+        push(sim, "call.ended", 1)
+        assert (await accepted.receive_json(timeout=5))["seq"] == 1

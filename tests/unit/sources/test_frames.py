@@ -1,7 +1,7 @@
 import pytest
 
 from bridge import jsoncodec
-from bridge.sources.frames import classify, subscribe_message
+from bridge.sources.frames import classify, error_reason, subscribe_message
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,19 @@ def test_subscribe_message() -> None:
         "type": "subscribe",
         "events": ["call.started"],
     }
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (
+            {"type": "error", "message": "unknown event type 'turn.nope'"},
+            "unknown event type 'turn.nope'",
+        ),
+        ({"type": "error", "error": "forbidden", "detail": "ignored"}, "forbidden"),
+        ({"type": "error", "code": 42}, "{'type': 'error', 'code': 42}"),
+        ({"type": "error", "message": "x" * 600}, "x" * 500),
+    ],
+)
+def test_error_reason(item: dict[str, object], reason: str) -> None:
+    assert error_reason(item) == reason

@@ -48,3 +48,13 @@ def test_reconnects_forever_past_any_number_of_attempts() -> None:
     delays = [policy.next_delay("connect_error", None) for _ in range(5000)]
     assert delays[-1] == 30
     assert policy.attempt == 5000
+
+
+def test_refused_subscriptions_never_hammer() -> None:
+    # The connection opens each time (connected_for is set), and the platform refuses the
+    # subscription at once: a streak of refusals, not a fresh start each time.
+    policy = ReconnectPolicy(0.5, 30, 60, rand=lambda low, high: 0.0)
+    delays = [policy.next_delay("subscribe_refused", 0.01) for _ in range(8)]
+    assert delays[0] == AUTH_MIN_DELAY
+    assert delays == sorted(delays)
+    assert delays[-1] == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from bridge.sink.limits import TopicLimits
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
 from tests.rawhttp import Framing, build_request, exchange
-from tests.unit.fakes import ENTRY, SECRET, FakeSink, pipeline_with
+from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, entry, pipeline_with
 from tests.webhooks import SIGNATURE, signed
 
 PATH = "/webhooks/pinecall"
@@ -81,16 +82,23 @@ def settings(**env: Any) -> Settings:
     )
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    s = settings()
+@contextlib.asynccontextmanager
+async def serving(s: Settings) -> AsyncIterator[Harness]:
+    """The webhook endpoint with settings `s`, its clock at ENTRY_TIME."""
     metrics = Metrics()
     sink = FakeSink()
     pipeline = pipeline_with(sink, metrics, s.topics)
     readiness = Readiness(metrics, lambda: True)
-    app = build_app(s, WebhookHandler(s.webhook, pipeline, metrics), readiness, metrics)
+    handler = WebhookHandler(s.webhook, pipeline, metrics, clock=lambda: ENTRY_TIME)
+    app = build_app(s, handler, readiness, metrics)
     async with TestClient(TestServer(app)) as client:
         yield Harness(client, sink, metrics, readiness)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    async with serving(settings()) as running:
+        yield running
 
 
 async def test_signed_event_is_accepted(harness: Harness) -> None:
@@ -252,7 +260,7 @@ async def test_batch(harness: Harness) -> None:
     items: list[dict[str, Any]] = [
         {
             "seq": n,
-            "ts": 1,
+            "ts": ENTRY_TIME,
             "call": "CA_1",
             "agent": "a",
             "type": "turn.user",
@@ -340,3 +348,73 @@ async def test_a_body_kafka_can_never_take_gets_a_final_413_not_503(harness: Har
     assert (answer["error"], answer["refused"], answer["failed"]) == ("record_too_large", 1, 0)
     assert harness.rejected("too_large") == 1
     assert harness.sink.records == []
+
+
+def alert(at: Any) -> bytes:
+    """An alert webhook as the platform sends it: its time is `at`, and no header carries one."""
+    return jsoncodec.dumps(
+        {"type": "monitor.fired", "org": "acme", "env": "prod", "agent": "support", "at": at,
+         "data": {"monitor": "latency"}}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("at", "reason"),
+    [(ENTRY_TIME - 301, "stale_timestamp"), (ENTRY_TIME + 301, "future_timestamp")],
+)
+async def test_a_signed_body_minutes_off_is_refused_as_a_replay(
+    harness: Harness, at: float, reason: str
+) -> None:
+    # Pinecall sends the same bytes on a retry: a captured body replayed after the dedup TTL
+    # used to be published again. Its own time is all that tells it from a retry.
+    response = await harness.post(alert(at))
+    assert response.status == 400  # final: Pinecall does not retry a 4xx
+    body = await response.json()
+    assert body["error"] == reason
+    assert "300 s" in body["detail"]
+    assert harness.rejected(reason) == 1
+    assert harness.sink.records == []
+
+
+@pytest.mark.parametrize("at", [ENTRY_TIME - 300, ENTRY_TIME + 300])
+async def test_retries_and_skew_within_the_window_are_accepted(harness: Harness, at: float) -> None:
+    for _ in range(2):  # the delivery and its retry, the same bytes
+        response = await harness.post(alert(at))
+        assert response.status == 200
+    assert output_topics(harness) == ["pinecall.alerts", "pinecall.alerts"]
+
+
+async def test_one_stale_item_refuses_the_whole_batch(harness: Harness) -> None:
+    items = [entry(1, ts=ENTRY_TIME), entry(2, ts=ENTRY_TIME - 3600)]
+    response = await harness.post(jsoncodec.dumps(items))
+    assert response.status == 400
+    assert (await response.json())["error"] == "stale_timestamp"
+    assert harness.sink.records == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        jsoncodec.dumps({"type": "call.started", "data": {"call_id": "CA_9"}}),  # no time at all
+        alert("yesterday"),  # a time that cannot be read
+    ],
+)
+async def test_a_body_without_a_readable_time_passes(harness: Harness, body: bytes) -> None:
+    response = await harness.post(body)
+    assert response.status == 200
+
+
+async def test_max_age_0_turns_the_replay_check_off() -> None:
+    async with serving(settings(max_age_seconds=0)) as harness:
+        response = await harness.post(alert(ENTRY_TIME - 86_400))
+        assert response.status == 200
+
+
+def test_the_replay_refusals_exist_from_0() -> None:
+    # A first refused replay must count as an increase from 0, not as a series appearing.
+    s, metrics = settings(), Metrics()
+    WebhookHandler(s.webhook, pipeline_with(FakeSink(), metrics, s.topics), metrics)
+    for reason in ("stale_timestamp", "future_timestamp"):
+        labels = {"channel": "webhook", "reason": reason}
+        value = metrics.registry.get_sample_value("pinecall_bridge_events_rejected_total", labels)
+        assert value == 0  # None if the series did not exist

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args
 
@@ -24,6 +25,7 @@ from tests.polling import until
 from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
+REFUSAL = "unknown event type 'turn.nope'"
 
 
 def entry(seq: int, call: str = "CA_ws") -> dict[str, Any]:
@@ -53,6 +55,9 @@ class FakeFeed:
         self.token_status = 200
         self.token_failures = 0  # the next requests answered 503, then served again
         self.expires_in: float = 60
+        # How the next subscriptions are refused, in turn: "error" (an error frame, the
+        # connection left open) or "close" (closed before any answer).
+        self.refusals: list[str] = []
         app = web.Application()
         app.router.add_post("/v1/auth/websocket-token", self.token)
         app.router.add_get("/v1/ws", self.feed)
@@ -77,6 +82,13 @@ class FakeFeed:
         self.connections += 1
         self.tokens_seen.append(request.query.get("token"))
         self.subscriptions.append(await ws.receive_json())
+        if self.refusals:
+            if self.refusals.pop(0) == "close":
+                await ws.close(code=4000, message=REFUSAL.encode())
+            else:
+                await ws.send_json({"type": "error", "message": REFUSAL})
+                await hold_open(ws)  # as a platform may: open, delivering nothing
+            return ws
         await ws.send_json({"type": "subscribed", "events": ["*"]})
         await self.script(ws, self.connections)
         return ws
@@ -585,3 +597,105 @@ def test_the_series_alerts_take_increase_of_exist_from_0() -> None:
         if s.name == "pinecall_bridge_events_rejected_total" and s.labels["channel"] == "websocket"
     }
     assert lost == {"backlog_full": 0.0, "shutdown": 0.0}
+
+
+def refusal_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "feed subscription refused"]
+
+
+async def test_a_refused_subscription_is_counted_logged_and_retried_until_it_heals(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An error frame in answer to the subscription was logged as a notice, and the bridge sat
+    # on a connection that delivered nothing, connected as far as its metrics said.
+    feed = await make_feed(sending(2))
+    feed.refusals = ["error", "close"]
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings(events=["turn.nope"])
+    source = await started(ws_settings, api, sink, metrics)
+    try:
+        await until(lambda: len(sink.acked()) == 2, within=10)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.connections == 3
+    refused = sample(
+        metrics, "pinecall_bridge_websocket_reconnects_total", reason="subscribe_refused"
+    )
+    assert refused == 2
+    logged = refusal_logs(caplog)
+    assert [r.levelno for r in logged] == [logging.ERROR, logging.ERROR]
+    assert [(r.how, r.refusal) for r in logged] == [  # type: ignore[attr-defined]
+        ("error_frame", REFUSAL),
+        ("close", f"4000 {REFUSAL}"),
+    ]
+
+
+async def test_an_error_notice_after_the_subscription_is_only_a_notice(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await ws.send_json({"type": "error", "message": "rate limited, slow down"})
+        await ws.send_json(entry(2))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = await started(ws_settings, api, sink, metrics)
+    try:
+        await until(lambda: len(sink.acked()) == 2)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.connections == 1
+    assert refusal_logs(caplog) == []
+
+
+async def test_the_time_without_a_subscribed_connection_is_counted(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Events sent while the feed reconnects are not recovered (the feed has no resume): the
+    # gap's length is at least made visible, refused connections included.
+    feed = await make_feed(sending(1))
+    feed.refusals = ["error"] * 3
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = await started(ws_settings, api, sink, metrics)
+
+    def down() -> float:
+        return sample(metrics, "pinecall_bridge_websocket_down_seconds_total")
+
+    try:
+        await until(lambda: len(sink.acked()) == 1, within=10)
+        while_up = down()
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    # Three refusals, each followed by at least the backoff's maximum (0.2 s): a refusal's
+    # delay is never below it.
+    assert while_up >= 3 * 0.2
+    assert down() == while_up  # connected until the stop: none of that time counts
+
+
+async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    feed.expires_in = 4.0
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings()
+    source = await started(ws_settings, api, sink, metrics)
+    try:
+        await until(lambda: len(feed.subscriptions) == 1)  # the first one answered
+        feed.refusals = ["error"]  # the refresh's first successor
+        await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    reconnects = sum(
+        sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
+        for reason in get_args(DisconnectReason)
+    )
+    assert reconnects == 0
+    assert len(refusal_logs(caplog)) == 1
