@@ -25,7 +25,7 @@ from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
-from bridge.sources.calllog.pages import PageError, fetch_pages
+from bridge.sources.calllog.pages import PageError, fetch_pages, usable_call_id
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,6 +139,9 @@ async def _backfill_call(
     progress: Progress,
 ) -> CallOutcome:
     outcome = CallOutcome(call)
+    if not usable_call_id(call):
+        outcome.error = "not a call id: it cannot name a call log in a URL"
+        return outcome
     api = settings.pinecall
     key = api.api_key.get_secret_value() if api.api_key else ""
     after = 0

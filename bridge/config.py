@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -29,6 +31,28 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _plain_to_another_host(url: str) -> bool:
+    """An http:// or ws:// URL whose host is not this machine (localhost, 127.0.0.0/8, ::1)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "ws"):
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _insecure(name: str, url: str, carries: str) -> str:
+    scheme = urlsplit(url).scheme
+    return (
+        f"{name} is a plain {scheme}:// URL to another host: it would send {carries} unencrypted;"
+        f" use {scheme}s://, or on a trusted network set BRIDGE_PINECALL__ALLOW_INSECURE_URLS=true"
+    )
 
 
 def _check_topic(name: str) -> str:
@@ -357,6 +381,9 @@ class PinecallSettings(BaseModel):
     webhook_recheck_seconds: float = Field(default=300.0, ge=0)
     public_url: str | None = None
     request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Lets api_url and the feed's URL be plain http:// and ws:// to a host other than loopback:
+    # the API key, the feed's token and the webhook secret then cross the network unencrypted.
+    allow_insecure_urls: bool = False
 
     @field_validator("api_url", "public_url")
     @classmethod
@@ -369,6 +396,12 @@ class PinecallSettings(BaseModel):
     def _registration_is_complete(self) -> PinecallSettings:
         if self.register_webhook and not (self.public_url and self.api_key):
             raise ValueError("register_webhook needs public_url and api_key")
+        if not self.allow_insecure_urls and _plain_to_another_host(self.api_url):
+            raise ValueError(
+                _insecure(
+                    "BRIDGE_PINECALL__API_URL", self.api_url, "the API key and the webhook secret"
+                )
+            )
         return self
 
 
@@ -488,6 +521,14 @@ class Settings(BaseSettings):
     def _feed_has_credentials(self) -> Settings:
         if self.websocket.enabled and self.pinecall.api_key is None:
             raise ValueError("BRIDGE_WEBSOCKET__ENABLED needs BRIDGE_PINECALL__API_KEY")
+        if (
+            self.websocket.enabled
+            and not self.pinecall.allow_insecure_urls
+            and _plain_to_another_host(self.websocket.url)
+        ):
+            raise ValueError(
+                _insecure("BRIDGE_WEBSOCKET__URL", self.websocket.url, "the API key or feed token")
+            )
         if self.sse.enabled and self.pinecall.api_key is None:
             raise ValueError(
                 "BRIDGE_SSE__ENABLED needs BRIDGE_PINECALL__API_KEY"

@@ -116,6 +116,9 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
     cluster = logging.getLogger("aiokafka.cluster")
     if not any(isinstance(f, _TransientMetadataFilter) for f in cluster.filters):
         cluster.addFilter(_TransientMetadataFilter())
+    # At DEBUG websockets logs the handshake's headers and URL (the API key, the feed token) and
+    # every frame: never below INFO, whatever the root level.
+    logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.INFO))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):

@@ -78,9 +78,12 @@ class DedupStage:
         limits: TopicLimits | None = None,
         *,
         metadata_max_age_ms: int = 300_000,
+        outputs: frozenset[str] | None = None,
     ) -> None:
-        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic."""
+        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic.
+        `outputs`: the topics records may go to; others are skipped and counted (None: any)."""
         self._settings = settings
+        self._outputs = outputs
         self._metadata_max_age_ms = metadata_max_age_ms
         self._topic = ingest_topic
         self._client = client
@@ -516,6 +519,7 @@ class DedupStage:
                     self._client,
                     self._metrics,
                     track_progress=self.listener is not None,
+                    outputs=self._outputs,
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one

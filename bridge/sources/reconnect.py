@@ -7,7 +7,14 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 DisconnectReason = Literal[
-    "auth", "token_error", "connect_error", "closed", "ping_timeout", "subscribe_refused", "error"
+    "auth",
+    "token_error",
+    "connect_error",
+    "closed",
+    "ping_timeout",
+    "subscribe_refused",
+    "frame_too_large",
+    "error",
 ]
 # Refusals (auth, and a subscription the platform refused) come from a human's mistake or a
 # revoked key: never retry them in a tight loop.

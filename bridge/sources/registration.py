@@ -15,6 +15,7 @@ from typing import Any, Literal
 import aiohttp
 
 from bridge.config import PinecallSettings
+from bridge.sources.redirects import redirected
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class WebhookRegistry:
                 json=body,
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=aiohttp.ClientTimeout(total=self._api.request_timeout_seconds),
+                allow_redirects=False,  # the body may hold the webhook secret
             ) as response:
+                if (refused := redirected(response)) is not None:
+                    raise RegistrationError(f"{method} {path}: {refused}")
                 if response.status >= 300:
                     text = (await response.text())[:300]
                     raise RegistrationError(f"{method} {path}: HTTP {response.status} {text}")

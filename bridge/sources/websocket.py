@@ -12,6 +12,10 @@ is a refusal (bad event names, a key without the feed's scope): counted, logged 
 platform's reason, and retried like an auth failure (5 s at least, growing), never left as a
 connection that delivers nothing. The time without a subscribed connection is counted too.
 
+A frame over BRIDGE_WEBSOCKET__MAX_FRAME_BYTES is read (up to READ_LIMIT_FACTOR times that) and
+a note of it is dead-lettered in its place, the connection kept: closing it would lose the
+frames sent until the reconnect, uncounted. Only a frame larger still closes it.
+
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
 Frames sent in the overlap arrive twice (the dedup stage drops the copies); none is missed.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,10 +38,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.metrics import Metrics
+from bridge.normalise import Unrecognised
 from bridge.pipeline import Pipeline
 from bridge.sources.downtime import Downtime
 from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
+from bridge.sources.redirects import redirected
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,13 @@ REFRESH_SHARE = 0.2
 # before the old one is closed anyway.
 FIRST_FRAME_TIMEOUT = 2.0
 _DROP_LOG_EVERY = 10.0
+# How much larger than BRIDGE_WEBSOCKET__MAX_FRAME_BYTES a frame websockets still reads, so that
+# it is dead-lettered as a note instead of closing the connection (close code 1009).
+READ_LIMIT_FACTOR = 4
+# The start of an oversized frame's text kept in its note, to tell which event it was.
+NOTE_HEAD_CHARS = 1024
+# The close code websockets sends for a frame over its max_size.
+_MESSAGE_TOO_BIG = 1009
 
 
 @dataclass
@@ -110,7 +124,10 @@ class TokenClient:
                 self._api.api_url + self._ws.token_path,
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=aiohttp.ClientTimeout(total=self._api.request_timeout_seconds),
+                allow_redirects=False,
             ) as response:
+                if (refused := redirected(response)) is not None:
+                    raise TokenError(f"token request refused: {refused}", auth=False)
                 if response.status in (401, 403):
                     raise TokenError(f"token request refused ({response.status})", auth=True)
                 if response.status >= 300:
@@ -160,7 +177,7 @@ class WebSocketSource:
         self._held_bytes = 0
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
-        for lost in ("backlog_full", "shutdown"):  # exist from 0, for increase()
+        for lost in ("backlog_full", "shutdown", "too_large"):  # exist from 0, for increase()
             metrics.rejected.labels("websocket", lost)
         for reason in get_args(DisconnectReason):  # as do these
             metrics.websocket_reconnects.labels(reason)
@@ -243,7 +260,18 @@ class WebSocketSource:
                 log.warning("feed refused the connection", extra={"status": status})
             except ConnectionClosed as exc:
                 reason = _close_reason(exc)
-                log.warning("feed closed", extra={"reason": reason, "detail": str(exc)})
+                if reason == "frame_too_large":
+                    # Not even read: the frame, an event or not, is lost.
+                    self._metrics.rejected.labels("websocket", "too_large").inc()
+                    log.error(
+                        "feed sent a frame too large to read: it is lost, the connection closed",
+                        extra={
+                            "read_limit_bytes": self._read_limit(),
+                            "max_frame_bytes": self._settings.max_frame_bytes,
+                        },
+                    )
+                else:
+                    log.warning("feed closed", extra={"reason": reason, "detail": str(exc)})
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = "connect_error"
                 log.warning("feed unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -290,7 +318,7 @@ class WebSocketSource:
             open_timeout=self._settings.open_timeout_seconds,
             ping_interval=self._settings.ping_interval_seconds,
             ping_timeout=self._settings.ping_timeout_seconds,
-            max_size=self._settings.max_frame_bytes,
+            max_size=self._read_limit(),
         )
         try:
             await ws.send(subscribe_message(self._settings.events))
@@ -299,6 +327,9 @@ class WebSocketSource:
             raise
         answer_by = time.monotonic() + self._settings.open_timeout_seconds
         return _Opened(ws, expires_at, answer_by)
+
+    def _read_limit(self) -> int:
+        return self._settings.max_frame_bytes * READ_LIMIT_FACTOR
 
     async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str]]:
         if self._settings.auth == "bearer":
@@ -395,23 +426,45 @@ class WebSocketSource:
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
+        if isinstance(message, str) and _utf8_size(message) > self._settings.max_frame_bytes:
+            self._too_large(message)
+            return
         frame = classify(message)
         self._metrics.frames_by(frame.kind).inc()
         self._answer(opened, frame)
         if frame.kind == "event":
-            size = len(message)
-            s = self._settings
-            if self._held >= s.max_inflight or self._held_bytes + size > s.max_backlog_bytes:
-                self._drop()
-                return
-            self._held += 1
-            self._held_bytes += size
-            self._queue.put_nowait((frame.item, size))
-            self._metrics.websocket_backlog.set(self._held)
+            self._hold(frame.item, len(message))
         elif frame.kind == "control" and frame.detail == "error":
             log.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
         elif frame.kind == "garbage":
             log.debug("feed sent garbage", extra={"detail": frame.detail})
+
+    def _too_large(self, message: str) -> None:
+        """A note of an oversized frame, in its place: not decoded, the connection kept."""
+        size = _utf8_size(message)
+        head = message[:NOTE_HEAD_CHARS]
+        # Its digest tells two frames that begin alike apart (and names the note's dedup id).
+        digest = hashlib.sha256(message.encode(errors="replace")).hexdigest()
+        note = Unrecognised(
+            "too_large", {"bytes": size, "sha256": digest, "data": head, "truncated": True}
+        )
+        log.warning(
+            "feed frame larger than BRIDGE_WEBSOCKET__MAX_FRAME_BYTES; a note of it goes to the"
+            " dead-letter topic in its place",
+            extra={"bytes": size, "max_frame_bytes": self._settings.max_frame_bytes},
+        )
+        self._hold(note, len(head))
+
+    def _hold(self, item: Any, size: int) -> None:
+        """Into the backlog, unless it is full (then dropped and counted)."""
+        s = self._settings
+        if self._held >= s.max_inflight or self._held_bytes + size > s.max_backlog_bytes:
+            self._drop()
+            return
+        self._held += 1
+        self._held_bytes += size
+        self._queue.put_nowait((item, size))
+        self._metrics.websocket_backlog.set(self._held)
 
     def _drop(self) -> None:
         self._metrics.rejected.labels("websocket", "backlog_full").inc()
@@ -510,7 +563,14 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
 
 
+def _utf8_size(text: str) -> int:
+    """The text's size in UTF-8 (as websockets counts a frame), encoding only when in doubt."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _close_reason(exc: ConnectionClosed) -> DisconnectReason:
+    if exc.sent is not None and exc.sent.code == _MESSAGE_TOO_BIG:
+        return "frame_too_large"
     received = exc.rcvd
     if received is None:
         # No close frame: the peer vanished, or our keepalive ping went unanswered.

@@ -486,6 +486,9 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     assert "exec deployment/pinecall-bridge -- pinecall-bridge webhooks test" in notes
     notes = render_notes(tmp_path / "1", "config.webhook.allowUnsigned=true")
     assert "WARNING: config.webhook.allowUnsigned=true" in notes
+    assert "allowInsecureUrls" not in notes
+    notes = render_notes(tmp_path / "insecure", SIGNED, "config.pinecall.allowInsecureUrls=true")
+    assert "WARNING: config.pinecall.allowInsecureUrls=true" in notes
     notes = render_notes(
         tmp_path / "2",
         "secrets.existingSecret=s",

@@ -17,8 +17,10 @@ from typing import Any, get_args
 
 import pytest
 
+from bridge import jsoncodec
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.simulator.feed import Outgoing
 from bridge.sources.reconnect import DisconnectReason
 from tests.integration.conftest import (
     Broker,
@@ -26,6 +28,7 @@ from tests.integration.conftest import (
     bridge_settings,
     own_broker,
     read_decided,
+    read_to_end,
     wait_ready,
 )
 from tests.metrics import sample
@@ -146,6 +149,53 @@ async def test_a_refused_subscription_reconnects_until_taken_and_the_gap_is_coun
     # Each refusal waits at least the backoff's maximum (0.5 s here) before the next attempt.
     assert down >= 2 * 0.5
     assert expected - set(counts) == set(), f"lost: {sorted(expected - set(counts))[:5]}"
+
+
+async def test_an_oversized_frame_is_dead_lettered_and_the_feed_stays_connected(
+    kafka_bootstrap: str, topics: Topics, started: list[Bridge]
+) -> None:
+    """A frame over BRIDGE_WEBSOCKET__MAX_FRAME_BYTES amid traffic.
+
+    It used to close the connection (1009): the frame and everything sent until the reconnect
+    were lost, counted only as a reconnect.
+    """
+    big = jsoncodec.dumps(
+        {"type": "call.note", "data": {"blob": "x" * 40_000}, "id": "evt_big"}
+    ).decode()
+    async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
+        bridge = Bridge(
+            bridge_settings(
+                kafka_bootstrap, topics, **feed_settings(simulator, max_frame_bytes=16_384)
+            )
+        )
+        started.append(bridge)
+        await bridge.start()
+        await wait_ready(f"http://127.0.0.1:{bridge.port}")
+        async with asyncio.timeout(30):
+            await simulator.wait_for_subscribers(1)
+        traffic = asyncio.create_task(
+            simulator.run_traffic(calls=20, concurrency=5, rate=25, channel="websocket")
+        )
+        frames = "pinecall_bridge_websocket_frames_total"
+        await until(lambda: sample(bridge.metrics, frames, kind="event") >= 20)  # amid traffic
+        [conn] = simulator.feed.subscribed()
+        conn.push(Outgoing(big, "garbage"))  # not in the ledger: no event the traffic sent
+        await traffic
+        await settled(bridge)
+        expected = simulator.ledger.expected_ids()
+        connections = simulator.stats.connections_total
+        seen = reconnects(bridge)
+    counts = await published_ids(kafka_bootstrap, topics)
+    assert (connections, seen) == (1, {}), "the oversized frame cost the feed its connection"
+    assert expected - set(counts) == set(), f"lost: {sorted(expected - set(counts))[:5]}"
+    [dead] = await read_to_end(kafka_bootstrap, [topics.dlq])
+    assert dead.headers["pinecall-dlq-reason"] == b"too_large"
+    note = dead.json()
+    assert (note["bytes"], note["data"]) == (len(big), big[:1024])
+    assert (
+        sample(bridge.metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large")
+        == 1
+    )
 
 
 async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_nothing(

@@ -439,3 +439,54 @@ def test_tls_files_that_do_not_load_are_a_config_error(
     [problem] = caught.value.problems
     assert problem.startswith("BRIDGE_KAFKA: the TLS files could not be loaded"), problem
     assert "SSLError" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("BRIDGE_PINECALL__API_URL", "http://api.pinecall.internal"),
+        ("BRIDGE_PINECALL__API_URL", "http://10.0.0.7:8080"),
+        ("BRIDGE_WEBSOCKET__URL", "ws://api.pinecall.internal/v1/ws"),
+        ("BRIDGE_WEBSOCKET__URL", "ws://[2001:db8::1]/v1/ws"),
+    ],
+)
+def test_plain_urls_to_another_host_need_an_explicit_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    # They would send the API key, the feed's token or the webhook secret unencrypted.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_WEBSOCKET__ENABLED", "true")
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [problem] = caught.value.problems
+    assert f"{name} is a plain" in problem
+    assert "BRIDGE_PINECALL__ALLOW_INSECURE_URLS=true" in problem
+    monkeypatch.setenv("BRIDGE_PINECALL__ALLOW_INSECURE_URLS", "true")
+    assert load_settings().pinecall.allow_insecure_urls
+
+
+@pytest.mark.parametrize(
+    ("api_url", "ws_url"),
+    [
+        ("http://localhost:8765", "ws://localhost:8765/v1/ws"),
+        ("http://127.0.0.1:8765", "ws://127.0.0.2/v1/ws"),
+        ("http://[::1]:8765", "ws://[::1]:8765/v1/ws"),
+        ("https://api.pinecall.internal", "wss://api.pinecall.internal/v1/ws"),
+    ],
+)
+def test_loopback_and_encrypted_urls_need_no_setting(
+    monkeypatch: pytest.MonkeyPatch, api_url: str, ws_url: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_WEBSOCKET__ENABLED", "true")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", api_url)
+    monkeypatch.setenv("BRIDGE_WEBSOCKET__URL", ws_url)
+    s = load_settings()
+    assert (s.pinecall.api_url, s.websocket.url, s.pinecall.allow_insecure_urls) == (
+        api_url,
+        ws_url,
+        False,
+    )

@@ -46,6 +46,43 @@ def test_aiokafka_noise_is_held_back() -> None:
     assert logging.getLogger("aiokafka").level == logging.WARNING
 
 
+async def test_debug_logs_no_feed_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    # At DEBUG the websockets library logged the handshake: `> Authorization: Bearer <key>` and
+    # `GET /feed?token=...`, then every frame.
+    from aiohttp import web
+    from websockets.asyncio.client import connect
+
+    logsetup.configure("DEBUG", "json")
+
+    async def feed(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("frame-secret")
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/feed", feed)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with connect(
+            f"ws://127.0.0.1:{port}/feed?token=token-secret",
+            additional_headers={"Authorization": "Bearer key-secret"},
+        ) as ws:
+            assert await ws.recv() == "frame-secret"
+    finally:
+        await runner.cleanup()
+    logging.getLogger("bridge.x").debug("the bridge's own DEBUG lines are kept")
+    err = capsys.readouterr().err
+    assert "the bridge's own DEBUG lines are kept" in err
+    for secret in ("key-secret", "token-secret", "frame-secret"):
+        assert secret not in err
+    assert logging.getLogger("websockets").getEffectiveLevel() == logging.INFO
+
+
 def test_transient_missing_topic_error_is_dropped(capsys: pytest.CaptureFixture[str]) -> None:
     logsetup.configure("INFO", "json")
     logsetup.configure("INFO", "json")  # idempotent: one filter, not two

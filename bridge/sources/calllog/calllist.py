@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.sources.redirects import redirected
 
 PAGE_LIMIT = 200  # the platform's longest list
 MAX_PAGES = 100
@@ -119,11 +120,15 @@ async def list_calls(
                 params=params,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 status = response.status
+                refused = redirected(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CallListError(f"the call list failed ({type(exc).__name__})") from exc
+        if refused is not None:
+            raise CallListError(f"the call list was refused: {refused}", retriable=False)
         if status in (404, 405):
             raise CallListError(f"no call list here ({status})", unsupported=True)
         if status != 200:

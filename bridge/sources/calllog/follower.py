@@ -30,6 +30,7 @@ from bridge.sources.calllog.pages import (
 )
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
+from bridge.sources.redirects import redirect_note
 
 log = logging.getLogger(__name__)
 EVENT_STREAM = "text/event-stream"
@@ -102,6 +103,7 @@ class Follower:
                         timeout=aiohttp.ClientTimeout(
                             total=None, connect=self._settings.connect_timeout_seconds
                         ),
+                        allow_redirects=False,
                     )
                 async with response:
                     if response.status == 204:
@@ -115,7 +117,11 @@ class Follower:
                         reason, floor = _refusal(response)
                         log.warning(
                             "call log stream refused",
-                            extra={**self._ctx(), "status": response.status},
+                            extra={
+                                **self._ctx(),
+                                "status": response.status,
+                                **redirect_note(response),
+                            },
                         )
                         if reason == "protocol" and self._given_up(response.status):
                             return True

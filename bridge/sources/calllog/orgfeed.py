@@ -22,6 +22,7 @@ from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry
 from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
+from bridge.sources.redirects import redirect_note
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class OrgFeed:
                         timeout=aiohttp.ClientTimeout(
                             total=None, connect=self._settings.connect_timeout_seconds
                         ),
+                        allow_redirects=False,
                     )
                 async with response:
                     if response.status in (401, 403):
@@ -86,7 +88,10 @@ class OrgFeed:
                         self._connected()
                         reason, retry = await self._read(response)
                     if opened_at is None:
-                        log.warning("org feed refused", extra={"status": response.status})
+                        log.warning(
+                            "org feed refused",
+                            extra={"status": response.status, **redirect_note(response)},
+                        )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = "closed" if opened_at is not None else "connect_error"
                 log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})

@@ -26,6 +26,7 @@ from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.orgfeed import OrgFeed
+from bridge.sources.calllog.pages import usable_call_id
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -69,6 +70,7 @@ class CallLogSource:
         self._followers: dict[str, tuple[Follower, asyncio.Task[bool]]] = {}
         self._retiring: set[asyncio.Task[bool]] = set()
         self._handovers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._refused_ids: set[str] = set()
         self._call_list = settings.call_list_path is not None
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
@@ -142,7 +144,8 @@ class CallLogSource:
         if progress is None:  # handed straight back: its calls never stopped
             self.roster.owned.add(partition)
             return
-        self._launch(self.roster.own(partition, progress.live(), progress.ended()))
+        live = {call: after for call, after in progress.live().items() if self._usable(call)}
+        self._launch(self.roster.own(partition, live, progress.ended()))
         log.info(
             "call-log partition taken over",
             extra={"partition": partition, "live_calls": len(progress.live())},
@@ -165,8 +168,21 @@ class CallLogSource:
 
     def announce(self, call: str) -> None:
         """A lifecycle notice of `call`: follow it from its start if it is ours and new."""
-        if self.roster is not None and not self._stopping.is_set():
+        if self.roster is not None and not self._stopping.is_set() and self._usable(call):
             self._launch(self.roster.offer(call, 0))
+
+    def _usable(self, call: str) -> bool:
+        """False for an id that would change the call log's URL (`..`): counted, logged once."""
+        if usable_call_id(call):
+            return True
+        self._metrics.rejected.labels("sse", "invalid_call_id").inc()
+        if call not in self._refused_ids:
+            self._refused_ids.add(call)  # at most the few UNUSABLE_CALL_IDS
+            log.error(
+                "a call id that cannot name a call log is refused (counted from now on)",
+                extra={"call": call},
+            )
+        return False
 
     def _schedule_sweep(self) -> None:
         """One call-list read at a time; takeovers meanwhile ask for one more after it."""

@@ -23,7 +23,8 @@ class FakeApi:
         app.router.add_route("*", "/v1/webhook", self.webhook)
         app.router.add_post("/v1/webhook/test", self.test)
         self.server = TestServer(app)
-        self.settings = PinecallSettings(api_url="http://unset", api_key=SecretStr("k"))
+        # Its api_url is the server's, once started.
+        self.settings = PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k"))
 
     async def __aenter__(self) -> FakeApi:
         await self.server.start_server()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args
@@ -280,6 +281,56 @@ async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     # What it held is all published, in feed order (a retry may add a copy the dedup drops).
     assert list(dict.fromkeys(seqs(sink))) == list(range(1, 11))
     assert feed.connections == 1
+
+
+async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # It used to close the connection (1009): the frame was lost uncounted, as were the frames
+    # sent until the reconnect.
+    big = jsoncodec.dumps({**entry(2), "data": {"blob": "x" * 3000}}).decode()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            await ws.send_json(entry(1))
+            await ws.send_str(big)  # over the 1024-byte limit, within what is read
+            await ws.send_json(entry(3))
+            await ws.send_str("y" * 5000)  # past what is read at all: the connection closes
+        else:
+            await ws.send_json(entry(4))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings(max_frame_bytes=1024)
+    source = await started(ws_settings, api, sink, metrics)
+    try:
+        await until(lambda: len(sink.acked()) == 4)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    entries = [decode(r.key, r.value, r.headers) for r in sink.acked()]
+    assert [e.output.topic for e in entries if e is not None] == [
+        "pinecall.events",
+        "pinecall.dlq",
+        "pinecall.events",
+        "pinecall.events",
+    ]
+    dead = entries[1]
+    assert dead is not None
+    assert ("pinecall-dlq-reason", b"too_large") in dead.output.headers
+    note = jsoncodec.loads(dead.output.value)
+    assert (note["bytes"], note["truncated"]) == (len(big), True)
+    assert note["data"] == big[:1024]
+    assert note["sha256"] == hashlib.sha256(big.encode()).hexdigest()
+    assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
+    assert feed.connections == 2  # the frame past the read limit, not the dead-lettered one
+    reconnects = "pinecall_bridge_websocket_reconnects_total"
+    assert sample(metrics, reconnects, reason="frame_too_large") == 1
+    assert sample(metrics, reconnects, reason="closed") == 0
+    lost = sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="too_large"
+    )
+    assert lost == 1
 
 
 async def test_a_kafka_stall_does_not_starve_the_keepalive(
@@ -596,7 +647,7 @@ def test_the_series_alerts_take_increase_of_exist_from_0() -> None:
         for s in samples
         if s.name == "pinecall_bridge_events_rejected_total" and s.labels["channel"] == "websocket"
     }
-    assert lost == {"backlog_full": 0.0, "shutdown": 0.0}
+    assert lost == {"backlog_full": 0.0, "shutdown": 0.0, "too_large": 0.0}
 
 
 def refusal_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

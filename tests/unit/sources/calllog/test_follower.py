@@ -275,6 +275,21 @@ async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> 
     assert [reconnects(metrics, r) for r in ("auth", "server_error", "protocol")] == [1, 1, 1]
 
 
+async def test_a_redirect_is_not_followed(run_follower: Callable[..., Any]) -> None:
+    # Followed, it would take the key along (to the same origin, as here, or, without it, to
+    # another one).
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            raise web.HTTPTemporaryRedirect(request.path + "?followed=1")
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    assert [query.get("followed") for _, query in server.requests] == [None, None]
+    assert reconnects(metrics, "protocol") == 1
+
+
 def given_up(metrics: Metrics, reason: str) -> float:
     return sample(metrics, "pinecall_bridge_sse_calls_given_up_total", reason=reason)
 

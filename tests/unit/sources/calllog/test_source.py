@@ -13,14 +13,17 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from bridge.config import KafkaSettings, PinecallSettings, SseSettings
+from bridge.ingest.progress import PartitionProgress
+from bridge.ingest.record import CHANNEL
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sources.calllog import source as source_module
 from bridge.sources.calllog.calllist import CallListError, CallRow
-from bridge.sources.calllog.roster import Roster
+from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.calllog.source import CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
+from tests.metrics import sample
 
 
 def sweeps_with(
@@ -72,6 +75,33 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
         "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
     )
     assert crashes == 1
+
+
+@pytest.mark.parametrize("bad", [".", ".."])
+def test_a_call_id_that_would_change_the_calls_url_is_refused_counted_and_logged_once(
+    bad: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `..` made `GET {api}/v1/calls/../events`, which the URL's normalisation sends to
+    # `GET {api}/v1/events`: the org feed, read as if it were a call's log.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    source.roster = Roster(1, 10)
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)  # no call list read here
+    progress = PartitionProgress()
+    for call in (bad, "CA_1"):
+        progress.observe(f"{call}:3", [(CHANNEL, b"sse")])
+    source.partition_owned(0, progress)  # the takeover's live calls
+    source.announce(bad)  # the org feed, the call list
+    source.announce("CA_2")
+    assert launched == [Start("CA_1", 3), Start("CA_2", 0)]
+    refused = sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="sse", reason="invalid_call_id"
+    )
+    assert refused == 2
+    logged = [r for r in caplog.records if r.getMessage().startswith("a call id that cannot")]
+    assert [r.call for r in logged] == [bad]  # type: ignore[attr-defined]
 
 
 async def test_the_session_holds_more_streams_than_aiohttps_default_pool_of_100() -> None:
