@@ -199,6 +199,10 @@ class WebhookSettings(BaseModel):
     # Pinecall sends the same bytes on a retry, so only the time tells a replay from a retry.
     # Five minutes spans its retry (seconds later) and honest clock skew many times over.
     max_age_seconds: float = Field(default=300.0, ge=0)
+    # Body bytes of the requests being handled at once (their Content-Length, or max_body_bytes
+    # when chunked): in a Kafka stall each is held up to the body plus the publish timeout. One
+    # more that would pass it is answered 503 at once; a lone request always gets in.
+    max_in_flight_bytes: int = Field(default=32 * 1_048_576, ge=1024)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 

@@ -310,6 +310,12 @@ class Metrics:
             "Calls waiting for a free follower slot, in arrival order.",
             registry=r,
         )
+        self.sse_calls_dropped = Counter(
+            f"{PREFIX}_sse_calls_dropped_total",
+            "Calls not queued: BRIDGE_SSE__MAX_CALLS followed and ten times as many waiting. The"
+            " call list is read again once the queue drains.",
+            registry=r,
+        )
         self.sse_reconnects = Counter(
             f"{PREFIX}_sse_reconnects_total",
             "SSE reconnections, by stream (call or org_feed) and why the previous one ended.",

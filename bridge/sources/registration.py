@@ -14,12 +14,16 @@ from typing import Any, Literal
 
 import aiohttp
 
+from bridge import jsoncodec
 from bridge.config import PinecallSettings
+from bridge.sources.capped import read_capped
 from bridge.sources.redirects import redirected
 
 log = logging.getLogger(__name__)
 
 Step = Literal["set", "take-over", "refuse"]
+# Every answer of the webhook API is a small object (`{url, signed}`, `{sent, error}`).
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class RegistrationError(Exception):
@@ -87,11 +91,13 @@ class WebhookRegistry:
                 if (refused := redirected(response)) is not None:
                     raise RegistrationError(f"{method} {path}: {refused}")
                 if response.status >= 300:
-                    text = (await response.text())[:300]
+                    text = (await response.content.read(300)).decode("utf-8", "replace")
                     raise RegistrationError(f"{method} {path}: HTTP {response.status} {text}")
                 if response.status == 204:
                     return None
-                return await response.json(content_type=None)
+                body = await read_capped(response, MAX_ANSWER_BYTES)
+                return jsoncodec.loads(body) if body.strip() else None
+        # ValueError: not JSON, or over the size cap (BodyTooLargeError).
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise RegistrationError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 

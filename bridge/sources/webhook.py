@@ -52,8 +52,9 @@ class WebhookHandler:
         self._pipeline = pipeline
         self._metrics = metrics
         self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
-        # At 0 from the start, for increase(): a first replay must count as an increase.
-        for reason in ("kafka_unavailable", "stale_timestamp", "future_timestamp"):
+        self._in_flight_bytes = 0  # one event loop: a plain int, no lock
+        # At 0 from the start, for increase(): a first 503 or replay must count as an increase.
+        for reason in ("kafka_unavailable", "overloaded", "stale_timestamp", "future_timestamp"):
             metrics.rejected.labels("webhook", reason)
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
@@ -61,6 +62,23 @@ class WebhookHandler:
         return error(status, reason, detail, **headers)
 
     async def handle(self, request: web.Request) -> web.Response:
+        """Refuse at once (503) a request past the bytes in flight; handle the others."""
+        limit = self._settings.max_body_bytes
+        length = request.content_length
+        size = limit if length is None else min(length, limit)
+        if (
+            self._in_flight_bytes
+            and self._in_flight_bytes + size > self._settings.max_in_flight_bytes
+        ):
+            detail = "too many webhooks in flight; retry later"
+            return self._reject(503, "overloaded", detail, **{"Retry-After": RETRY_AFTER_SECONDS})
+        self._in_flight_bytes += size
+        try:
+            return await self._handle(request)
+        finally:
+            self._in_flight_bytes -= size
+
+    async def _handle(self, request: web.Request) -> web.Response:
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             return self._reject(415, "unsupported_media_type", "send application/json")

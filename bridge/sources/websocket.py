@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -36,10 +37,12 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.pipeline import Pipeline
+from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -53,6 +56,9 @@ AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
 # Going away, restarting, try again later: the server's own life, not an answer to a subscription.
 SERVER_CLOSE_CODES = frozenset({1001, 1012, 1013})
 MAX_BATCH = 500
+# The one batch being published is held parsed, up to 25 times its text: bounded apart from
+# the backlog, so its share of memory stays small whatever the backlog's bound.
+MAX_BATCH_BYTES = 256 * 1024
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _DRAINED = object()
 # A token is refreshed when this share of its life is left (at least 1 s, at most 60 s before).
@@ -68,6 +74,8 @@ READ_LIMIT_FACTOR = 4
 NOTE_HEAD_CHARS = 1024
 # The close code websockets sends for a frame over its max_size.
 _MESSAGE_TOO_BIG = 1009
+# A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -132,7 +140,8 @@ class TokenClient:
                     raise TokenError(f"token request refused ({response.status})", auth=True)
                 if response.status >= 300:
                     raise TokenError(f"token request failed ({response.status})", auth=False)
-                body: Any = await response.json(content_type=None)
+                body: Any = jsoncodec.loads(await read_capped(response, MAX_TOKEN_ANSWER_BYTES))
+        # ValueError: not JSON, or over the size cap (BodyTooLargeError).
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TokenError(f"token request failed ({type(exc).__name__})", auth=False) from exc
         token = body.get(self._ws.token_field) if isinstance(body, dict) else None
@@ -433,7 +442,9 @@ class WebSocketSource:
         self._metrics.frames_by(frame.kind).inc()
         self._answer(opened, frame)
         if frame.kind == "event":
-            self._hold(frame.item, len(message))
+            # The text is held, not the parsed event (4 to 25 times larger): the bound is on
+            # what the backlog holds. The publisher parses it again.
+            self._hold(message, sys.getsizeof(message))
         elif frame.kind == "control" and frame.detail == "error":
             log.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
         elif frame.kind == "garbage":
@@ -453,7 +464,7 @@ class WebSocketSource:
             " dead-letter topic in its place",
             extra={"bytes": size, "max_frame_bytes": self._settings.max_frame_bytes},
         )
-        self._hold(note, len(head))
+        self._hold(note, sys.getsizeof(head))
 
     def _hold(self, item: Any, size: int) -> None:
         """Into the backlog, unless it is full (then dropped and counted)."""
@@ -487,15 +498,19 @@ class WebSocketSource:
             if first is _DRAINED:
                 return
             batch, last = [first], False
-            while len(batch) < MAX_BATCH and not self._queue.empty():
+            held_bytes = first[1]
+            while (
+                len(batch) < MAX_BATCH and held_bytes < MAX_BATCH_BYTES and not self._queue.empty()
+            ):
                 item = self._queue.get_nowait()
                 if item is _DRAINED:
                     last = True
                     break
                 batch.append(item)
-            await self._publish([item for item, _ in batch])
+                held_bytes += item[1]
+            await self._publish([_decoded(held) for held, _ in batch])
             self._held -= len(batch)
-            self._held_bytes -= sum(size for _, size in batch)
+            self._held_bytes -= held_bytes
             self._metrics.websocket_backlog.set(self._held)
             if last:
                 return
@@ -561,6 +576,11 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     if "auth" in received.reason.lower():
         return None
     return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
+
+
+def _decoded(held: str | bytes | Unrecognised) -> Any:
+    """A backlog item as the pipeline takes it: a frame's text parsed, a note as it is."""
+    return held if isinstance(held, Unrecognised) else jsoncodec.loads(held)
 
 
 def _utf8_size(text: str) -> int:

@@ -13,10 +13,14 @@ from typing import Any
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
 PAGE_LIMIT = 200  # the platform's longest list
 MAX_PAGES = 100
+# One page's answer: PAGE_LIMIT rows are a few hundred bytes each, some 50 KiB; far more is a
+# broken server, not a page to hold in memory.
+MAX_PAGE_BYTES = 4 * 1_048_576
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +126,11 @@ async def list_calls(
                 timeout=aiohttp.ClientTimeout(total=timeout_seconds),
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
+                body = await read_capped(response, MAX_PAGE_BYTES)
                 status = response.status
                 refused = redirected(response)
+        except BodyTooLargeError as exc:
+            raise CallListError(f"the call list page is too large: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CallListError(f"the call list failed ({type(exc).__name__})") from exc
         if refused is not None:

@@ -72,7 +72,10 @@ class EventStreamParser:
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
         self._max_line = max_line_bytes
         self._max_event = max_event_bytes
-        self._pending = ""  # the current line, not yet terminated
+        # The current line, not yet terminated: its parts and their UTF-8 size, so a long line
+        # arriving in small chunks costs linear time, not a copy and a count per chunk.
+        self._pending: list[str] = []
+        self._pending_bytes = 0
         self._skip_lf = False  # the last chunk ended in CR: a leading LF completes that CRLF
         self._data: list[str] = []
         self._data_bytes = 0
@@ -100,27 +103,35 @@ class EventStreamParser:
                 self._data_bytes += _size(line)
             else:
                 if self._pending:
-                    line, self._pending = self._pending + line, ""
+                    self._pending.append(line)
+                    line = "".join(self._pending)
+                    self._clear_pending()
                 self._line(line, items)
             start = end.end()
             if end.group() == "\r" and start == len(text):
                 self._skip_lf = True
         rest = text[start:]
         if rest:
+            size = _size(rest)
             if self._skip_line:
-                self._data_bytes += _size(rest)
-            elif _size(self._pending) + _size(rest) > self._max_line:
-                self._drop(_size(self._pending) + _size(rest))
-                self._pending = ""
+                self._data_bytes += size
+            elif self._pending_bytes + size > self._max_line:
+                self._drop(self._pending_bytes + size)
+                self._clear_pending()
                 self._skip_line = True
             else:
-                self._pending += rest
+                self._pending.append(rest)
+                self._pending_bytes += size
         return items
+
+    def _clear_pending(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
 
     def feed_eof(self) -> None:
         """The stream ended: whatever was not dispatched by a blank line is dropped."""
         self._decoder.decode(b"", final=True)
-        self._pending = ""
+        self._clear_pending()
         self._skip_lf = False
         self._skip_line = False
         self._reset_event()

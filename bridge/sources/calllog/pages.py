@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
 ENV_HEADER = "pinecall-env"
@@ -25,6 +26,9 @@ ENV_HEADER = "pinecall-env"
 MAX_LIMIT = 500
 # The longest wait a `Retry-After` may ask for (a 429 of the per-org pacing is seconds).
 MAX_RETRY_AFTER = 300.0
+# A page's whole answer: MAX_LIMIT entries of 128 KiB each, far above real pages (entries are
+# about a KiB), and a bound on what a broken or hostile server can make one read hold.
+MAX_PAGE_BYTES = MAX_LIMIT * 128 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,7 @@ async def fetch_page(
             allow_redirects=False,
         ) as response:
             # Read whole before returning, so no connection is held while a caller works.
-            body = await response.read()
+            body = await read_capped(response, MAX_PAGE_BYTES)
             if (refused := redirected(response)) is not None:
                 raise PageError(f"call log page refused: {refused}", status=response.status)
             if response.status == 204:
@@ -187,6 +191,8 @@ async def fetch_page(
             if response.status != 200:
                 detail = body.decode("utf-8", "replace")
                 raise error_for(response.status, detail, response.headers.get("Retry-After"))
+    except BodyTooLargeError as exc:
+        raise PageFormatError(f"the log page is too large: {exc}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PageTransportError(f"call log page request failed ({type(exc).__name__})") from exc
     return parse_page(body)

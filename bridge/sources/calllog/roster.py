@@ -10,6 +10,7 @@ feed does not send a follower back over a finished log.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.sink.kafka import partition_for
@@ -28,15 +29,32 @@ class Start:
     after: int
 
 
+# Calls that may wait for a slot, per slot: ten call lengths of waiting. Past that an
+# announcement storm (or a bug) must not grow the queue without end.
+WAITING_PER_SLOT = 10
+
+
 class Roster:
     """Not thread-safe; the source calls it from the event loop only."""
 
-    def __init__(self, partitions: int, capacity: int, remember_ended: int = 10_000) -> None:
+    def __init__(
+        self,
+        partitions: int,
+        capacity: int,
+        remember_ended: int = 10_000,
+        on_drop: Callable[[str], None] = lambda call: None,
+    ) -> None:
         self.partitions = partitions
         self.capacity = capacity
         self.owned: set[int] = set()
         self.following: dict[str, int] = {}  # call → its partition
         self.waiting: OrderedDict[str, int] = OrderedDict()  # call → after, first in first out
+        self.max_waiting = WAITING_PER_SLOT * capacity
+        # A call was dropped because the queue was full: the call list (where configured) is
+        # read again once the queue drains, and offers again a dropped call that is still live
+        # or ended within the dedup window; one that ended before is lost, and was counted.
+        self.missed = False
+        self._on_drop = on_drop
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_ended
 
@@ -54,6 +72,10 @@ class Roster:
             self.waiting[call] = max(self.waiting[call], after)
             return []
         if len(self.following) >= self.capacity:
+            if len(self.waiting) >= self.max_waiting:
+                self._on_drop(call)
+                self.missed = True
+                return []
             self.waiting[call] = after
             return []
         self.following[call] = partition_of(call, self.partitions)

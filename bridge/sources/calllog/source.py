@@ -91,9 +91,9 @@ class CallLogSource:
         partitions = len(await topic_partitions(self._kafka, [self._ingest]))
         if not partitions:  # the start-up loop retries: the topic may be being created
             raise RuntimeError(f"the ingest topic {self._ingest} has no partitions yet")
-        self.roster = Roster(partitions, self._settings.max_calls)
-        self._session = stream_session()
         m = self._metrics
+        self.roster = Roster(partitions, self._settings.max_calls, on_drop=self._dropped)
+        self._session = stream_session()
         m.sse_enabled.set(1)
         m.sse_calls_followed.set_function(lambda: len(self._followers))
         m.sse_calls_queued.set_function(
@@ -274,6 +274,21 @@ class CallLogSource:
             log.error("call log follower crashed", exc_info=task.exception())
         if self.roster is not None and not self._stopping.is_set():
             self._launch(self.roster.finished(call, ended=ended))
+            if self.roster.missed and not self.roster.waiting:
+                # Calls were dropped from a full queue, which has now drained: the call list
+                # finds those still live or recently ended (the org feed will not repeat them).
+                self.roster.missed = False
+                self._schedule_sweep()
+
+    def _dropped(self, call: str) -> None:
+        """A call the full waiting queue did not take: counted; logged once until it drains."""
+        self._metrics.sse_calls_dropped.inc()
+        if self.roster is not None and not self.roster.missed:
+            log.warning(
+                "call-log queue full: calls not followed until it drains, then the call list"
+                " is read again",
+                extra={"call": call, "waiting": len(self.roster.waiting)},
+            )
 
     def _retire(self, calls: list[str]) -> None:
         """Stop following `calls` (their partitions moved): after a publish in flight lands."""

@@ -50,16 +50,16 @@ groups:
           description: {{ printf "Events reached the ingest topic in the last %v minutes but the dedup stage committed no output record and dropped no duplicate: consumers see nothing new. Webhooks are still answered 200; the events wait in the ingest topic." $a.publishStalledMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
-        # Rejected input is lost (Pinecall does not retry a 4xx); 503s (kafka_unavailable and
-        # internal_error, retried once) are PinecallBridgeWebhooksRefused503's. `or ... * 0`: no
+        # Rejected input is lost (Pinecall does not retry a 4xx); 503s (kafka_unavailable,
+        # overloaded and internal_error, retried once) are PinecallBridgeWebhooksRefused503's. `or ... * 0`: no
         # events received at all is 100 %.
         # Per channel: the call logs' volume must not hide every webhook being refused.
         expr: |
-          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|internal_error"}[5m]))
+          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m]))
           /
           (
-            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|internal_error"}[5m]))
-            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|internal_error"}[5m])) * 0)
+            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m]))
+            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m])) * 0)
           )
           > {{ $a.rejectedRatio }}
         for: 10m
@@ -264,12 +264,12 @@ groups:
         # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.
         # Left out of PinecallBridgeRejectionRateHigh, which only counts what no retry cures.
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"kafka_unavailable|internal_error"}[10m])) > 0
+          sum by (namespace, pod) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"kafka_unavailable|overloaded|internal_error"}[10m])) > 0
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s answered %s webhooks 503" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "%s/%s answered %s webhooks 503 in the last 10 minutes: Kafka did not acknowledge them in time, or the bridge failed (logged). Pinecall tries a webhook twice: an alert refused both times is lost." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s answered %s webhooks 503 in the last 10 minutes: Kafka did not acknowledge them in time, too many were in flight, or the bridge failed (logged). Pinecall tries a webhook twice: an alert refused both times is lost." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebhooksrefused503" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the

@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from bridge.config import PinecallSettings
+from bridge.sources import registration
 from bridge.sources.registration import (
     OrgWebhook,
     RegistrationError,
@@ -101,6 +102,16 @@ async def test_bad_key_is_a_clear_error(api: tuple[FakeApi, WebhookRegistry]) ->
             await WebhookRegistry(session, wrong).ensure(OURS, "s")
         with pytest.raises(RegistrationError, match="DELETE /v1/webhook: HTTP 401"):
             await WebhookRegistry(session, wrong).delete()
+
+
+async def test_an_answer_over_the_size_cap_is_a_clear_error(
+    api: tuple[FakeApi, WebhookRegistry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, registry = api
+    fake.hook = {"url": OURS, "secret": "s"}
+    monkeypatch.setattr(registration, "MAX_ANSWER_BYTES", 10)
+    with pytest.raises(RegistrationError, match="GET /v1/webhook: BodyTooLargeError"):
+        await registry.current()
 
 
 async def test_unreachable_api_is_a_clear_error() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
+from tests.polling import until
 from tests.rawhttp import Framing, build_request, exchange
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, entry, pipeline_with
 from tests.webhooks import SIGNATURE, signed
@@ -281,6 +283,26 @@ async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
     assert response.headers["Retry-After"] == "5"
     body = await response.json()
     assert (body["error"], body["accepted"], body["failed"]) == ("kafka_unavailable", 0, 1)
+
+
+async def test_past_the_bytes_in_flight_a_webhook_is_refused_503_at_once() -> None:
+    body = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"pad": "a" * 600}})
+    async with serving(settings(max_in_flight_bytes=1024)) as harness:
+        harness.sink.auto_ack = False  # Kafka stalls: the first webhook stays in flight
+        first = asyncio.create_task(harness.post(body))
+        await until(lambda: len(harness.sink.records) == 1)
+        refused = await harness.post(body)
+        assert refused.status == 503
+        assert refused.headers["Retry-After"] == "5"
+        assert (await refused.json())["error"] == "overloaded"
+        assert harness.rejected("overloaded") == 1
+        assert len(harness.sink.records) == 1  # refused unread, nothing published
+        harness.sink.auto_ack = True
+        harness.sink.futures[0].set_result(None)
+        assert (await first).status == 200
+        # What the first held is released: the next one gets in.
+        assert (await harness.post(body)).status == 200
+    assert harness.rejected("kafka_unavailable") == 0
 
 
 async def test_a_bug_while_handling_answers_503_to_be_retried_not_500(

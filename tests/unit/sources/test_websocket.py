@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, get_args
 
+import aiohttp
 import pytest
 from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
@@ -19,6 +21,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
+from bridge.sources import websocket
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
 from tests.metrics import sample
@@ -333,6 +336,50 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
     assert lost == 1
 
 
+async def test_the_byte_bound_is_on_the_memory_the_backlog_holds(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # A frame of many small objects parses to about 25 times its text: the backlog used to hold
+    # the parsed frames and count their text, so it held far more than its bound.
+    stalled = asyncio.Event()
+    frame = jsoncodec.dumps({**entry(2), "data": [{}] * 20_000}).decode()  # 60 KB of text
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await stalled.wait()
+        for _ in range(40):
+            await ws.send_str(frame)
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    bound = 1_048_576
+    ws_settings, api = feed.settings(max_backlog_bytes=bound, max_frame_bytes=bound)
+    source = await started(ws_settings, api, sink, metrics)
+    tracemalloc.start()
+    try:
+        # The first batch (entry 1) is in flight, unacknowledged: the rest waits in the backlog.
+        await until(lambda: len(sink.records) == 1)
+        before = tracemalloc.get_traced_memory()[0]
+        stalled.set()
+        await until(
+            lambda: sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event") == 41
+        )
+        held = tracemalloc.get_traced_memory()[0] - before
+        dropped = sample(
+            metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="websocket",
+            reason="backlog_full",
+        )
+    finally:
+        tracemalloc.stop()
+        await source.stop(asyncio.get_running_loop().time() + 0.5)
+    assert 0 < dropped < 40  # the byte bound, not the event bound, was reached
+    # Measured: about 1.2 times the bound (buffers included); the parsed frames took 24 times.
+    assert held < 2 * bound
+
+
 async def test_a_kafka_stall_does_not_starve_the_keepalive(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -456,6 +503,18 @@ async def test_token_client_errors(make_feed: Callable[[Script], Awaitable[FakeF
         other_field = ws_settings.model_copy(update={"token_field": "access_token"})
         with pytest.raises(TokenError, match="access_token"):
             await TokenClient(session, api, other_field).fetch()
+
+
+async def test_a_token_answer_over_the_size_cap_is_a_token_error(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = await make_feed(sending(0))
+    ws_settings, api = feed.settings()
+    monkeypatch.setattr(websocket, "MAX_TOKEN_ANSWER_BYTES", 10)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TokenError, match="BodyTooLargeError") as failed:
+            await TokenClient(session, api, ws_settings).fetch()
+    assert not failed.value.auth
 
 
 def test_with_token() -> None:

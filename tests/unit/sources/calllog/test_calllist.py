@@ -1,9 +1,14 @@
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bridge import jsoncodec
+from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import (
     CallListError,
     CallRow,
+    list_calls,
     page_is_last,
     parse_call_page,
     started_since,
@@ -75,3 +80,22 @@ def test_calls_started_since_come_oldest_first_and_once() -> None:
         CallRow("never started", True, 1, None, None),
     ]
     assert started_since(rows, 100.0) == ["at", "b", "c"]
+
+
+async def test_a_list_page_over_the_size_cap_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def sessions(_: web.Request) -> web.Response:
+        return web.json_response({"calls": [row("CA_1")], "next": None})
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions", sessions)
+    monkeypatch.setattr(calllist, "MAX_PAGE_BYTES", 50)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        with pytest.raises(CallListError, match="too large"):
+            await list_calls(
+                session, str(server.make_url("/v1/sessions")), {}, oldest=0, timeout_seconds=5
+            )
+        monkeypatch.setattr(calllist, "MAX_PAGE_BYTES", 500)
+        rows = await list_calls(
+            session, str(server.make_url("/v1/sessions")), {}, oldest=0, timeout_seconds=5
+        )
+    assert [r.call for r in rows] == ["CA_1"]

@@ -211,3 +211,18 @@ def test_only_an_events_own_id_line_marks_it_as_having_one() -> None:
         no_id("b", "4"),
         TooLarge("message", "4", 12, has_id=False),
     ]
+
+
+def test_a_long_line_in_one_byte_chunks_keeps_its_limit_exactly() -> None:
+    # The pending line used to be copied and measured whole on every chunk: quadratic.
+    value = "é" * 100_000 + "x" * 100_000  # 300,000 bytes of UTF-8, split inside characters
+    line = f"data: {value}\n".encode()
+    stream = b"id: 6\n" + line + b"\n"
+    fits = EventStreamParser(max_line_bytes=len(line) - 1, max_event_bytes=len(line))
+    assert [item for chunk in bytewise(stream) for item in fits.feed(chunk)] == [
+        Event("message", value, "6")
+    ]
+    short = EventStreamParser(max_line_bytes=len(line) - 2, max_event_bytes=len(line))
+    assert [item for chunk in bytewise(stream) for item in short.feed(chunk)] == [
+        TooLarge("message", "6", len(line) - 1)
+    ]

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from bridge import jsoncodec
+from bridge.sources.calllog import pages
 from bridge.sources.calllog.pages import (
     MAX_RETRY_AFTER,
     SEALED_END,
@@ -228,6 +229,17 @@ async def test_a_cursor_that_does_not_move_is_refused(platform: Platform) -> Non
         with pytest.raises(PageFormatError):
             await collect(session, platform)
     assert len(platform.requests) == 1
+
+
+async def test_a_page_over_the_size_cap_is_a_format_error(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "MAX_PAGE_BYTES", 100)
+    platform.fixed = {"entries": [entry(1)], "live": True, "next": 1}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageFormatError, match="too large") as raised:
+            await fetch_page(session, platform.url, "key", "CA_1")
+    assert raised.value.retriable is False
 
 
 async def test_an_unreachable_platform_is_a_retriable_transport_error() -> None:

@@ -110,3 +110,21 @@ def test_every_call_has_one_owner(partitions: int) -> None:
     for i in range(200):
         call = f"CA_{i}"
         assert len([r for r in rosters if r.offer(call)]) == 1
+
+
+def test_past_ten_waiting_per_slot_a_call_is_dropped_and_counted() -> None:
+    dropped: list[str] = []
+    roster = Roster(6, capacity=2, on_drop=dropped.append)
+    calls = calls_in(0, 23)
+    roster.own(0, {}, set())
+    for call in calls:
+        roster.offer(call)
+    assert list(roster.following) == calls[:2]
+    assert list(roster.waiting) == calls[2:22]  # 10 per slot, in arrival order
+    assert dropped == calls[22:]
+    assert roster.missed
+    assert roster.offer(calls[22]) == []  # announced again: dropped again, never queued
+    assert dropped == [calls[22]] * 2
+    assert roster.finished(calls[0], ended=True) == [Start(calls[2], 0)]
+    assert roster.offer(calls[22]) == []  # a slot in the queue is free again
+    assert list(roster.waiting)[-1] == calls[22]

@@ -204,3 +204,39 @@ def test_a_read_timeout_pinecalls_pings_cannot_meet_is_warned_about(
     call_log_source(Metrics(), read_timeout_seconds=20)
     [warning] = caplog.records
     assert "not above Pinecall's ping interval" in warning.getMessage()
+
+
+async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    source = call_log_source(metrics, max_calls=1)
+    source.roster = Roster(1, 1, on_drop=source._dropped)
+    source.roster.own(0, {}, set())
+    sweeps: list[None] = []
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(None))
+    source._session = cast(aiohttp.ClientSession, object())  # followers are faked below
+
+    async def ended() -> bool:
+        return True
+
+    def launch(starts: list[Any]) -> None:
+        for start in starts:
+            task = asyncio.get_running_loop().create_task(ended())
+            source._followers[start.call] = (cast(Any, None), task)
+
+    monkeypatch.setattr(source, "_launch", launch)
+    for n in range(13):  # 1 followed, 10 waiting, 2 dropped
+        source.announce(f"CA_{n}")
+    dropped = metrics.registry.get_sample_value("pinecall_bridge_sse_calls_dropped_total")
+    assert dropped == 2
+    assert caplog.text.count("call-log queue full") == 1
+    while source._followers:
+        call, (_, task) = next(iter(source._followers.items()))
+        await task
+        assert not sweeps  # the queue still holds calls: a sweep now would drop them again
+        source._finished(call, task)
+        if not source.roster.waiting:
+            break
+    assert len(sweeps) == 1
+    assert not source.roster.missed
