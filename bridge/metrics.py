@@ -217,13 +217,9 @@ class Metrics:
         )
         self.ingest_invalid = Counter(
             f"{PREFIX}_ingest_invalid_total",
-            "Ingest records the dedup stage skipped: not written by this bridge (`unreadable`), or"
-            " bound for a topic this bridge does not write to (`unknown_topic`).",
-            ["reason"],
+            "Ingest records the dedup stage could not read (not written by this bridge); skipped.",
             registry=r,
         )
-        for reason in ("unreadable", "unknown_topic"):  # exist from 0, for increase()
-            self.ingest_invalid.labels(reason)
         # The WebSocket feed's series are exported only once `register_feed()` is called, by the
         # parts of a process with the feed enabled: elsewhere a 0 would read as a feed that is down.
         self.feed_lease_held = Gauge(

@@ -96,7 +96,6 @@ class Bridge:
                 self.supervisor,
                 limits=self.sink.limits,
                 metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
-                outputs=frozenset(self.router.topics()),
             )
             if stages != "ingest"
             else None

@@ -26,7 +26,7 @@ _FETCH_MS = 500
 PROGRESS_SCAN_SECONDS = 10.0
 # How far the broker's clock (append times) may lag ours: a fallback from our clock starts that
 # much earlier, so it still covers the TTL before the broker's now.
-_CLOCK_MARGIN_S = 60.0
+CLOCK_MARGIN_S = 60.0
 
 
 async def restore(
@@ -80,7 +80,7 @@ async def _restore_window(
     # Nothing readable at or after end - 1 (a control or aborted record of another writer last,
     # or retention meanwhile): what comes next is appended from now on, so the TTL before now
     # covers it, with a margin for the broker's clock against ours.
-    moment = last.timestamp if last is not None else (time.time() - _CLOCK_MARGIN_S) * 1000
+    moment = last.timestamp if last is not None else (time.time() - CLOCK_MARGIN_S) * 1000
     found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
     start = max(at.offset if at is not None else end, first)

@@ -37,6 +37,7 @@ from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
+from bridge.dedup.restore import CLOCK_MARGIN_S
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.groups import Claim, StickyAssignor, member_options
@@ -78,12 +79,9 @@ class DedupStage:
         limits: TopicLimits | None = None,
         *,
         metadata_max_age_ms: int = 300_000,
-        outputs: frozenset[str] | None = None,
     ) -> None:
-        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic.
-        `outputs`: the topics records may go to; others are skipped and counted (None: any)."""
+        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic."""
         self._settings = settings
-        self._outputs = outputs
         self._metadata_max_age_ms = metadata_max_age_ms
         self._topic = ingest_topic
         self._client = client
@@ -304,27 +302,49 @@ class DedupStage:
     async def _out_of_range(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
     ) -> None:
-        """Fetch positions outside their partitions: below the log start, retention deleted
-        records before this stage decided them (an outage longer than the ingest retention).
+        """Fetch positions outside their partitions.
 
-        Those are skipped, counted and logged; the partition goes on from its log start. A
-        position past the end (a truncated log) is read again from the start, as ever.
+        Below the log start, retention deleted records before this stage decided them (an outage
+        longer than the ingest retention): skipped, counted and logged; the partition goes on
+        from its log start. Past the end, the log was truncated (an unclean leader election) or
+        the topic recreated: what was appended since lies within the TTL before now, so it is
+        read again from there; the window drops what was output already.
         """
+        # The lookups may take up to a request timeout: never with a transaction open, which
+        # would time out meanwhile and lose every partition in it.
+        async with self._lock:
+            await self._commit()
         starts = await consumer.beginning_offsets(list(offsets))
+        past = [
+            tp for tp in offsets if tp in self._tasks and self._tasks[tp].position >= starts[tp]
+        ]
+        rewinds: dict[TopicPartition, int] = {}
+        if past:
+            since = time.time() - self._settings.ttl_seconds - CLOCK_MARGIN_S
+            found = await consumer.offsets_for_times(dict.fromkeys(past, max(int(since * 1000), 0)))
+            ends = await consumer.end_offsets(past)
+            for tp in past:
+                at = found.get(tp)
+                rewinds[tp] = max(at.offset, starts[tp]) if at is not None else ends[tp]
         async with self._lock:
             for tp in offsets:
                 task = self._tasks.get(tp)
                 if task is None or tp not in consumer.assignment():
                     continue  # not processed here: its next start seeks it
-                start = starts[tp]
-                if task.position < start:
-                    await self._step(task, task.expire(start, self._out))
-                else:
-                    log.warning(
-                        "dedup partition's position is past its end; reading it from its start",
-                        extra={"partition": tp.partition, "offset": offsets[tp]},
+                if tp in rewinds:
+                    log.error(
+                        "dedup partition's position is past its end (its log was truncated or"
+                        " the topic recreated): reading again what was appended within the TTL",
+                        extra={
+                            "partition": tp.partition,
+                            "offset": task.position,
+                            "from_offset": rewinds[tp],
+                        },
                     )
-                consumer.seek(tp, start)
+                    task.position = rewinds[tp]
+                elif task.position < starts[tp]:
+                    await self._step(task, task.expire(starts[tp], self._out))
+                consumer.seek(tp, task.position)
 
     async def _replace_consumer(self, dead: AIOKafkaConsumer, why: str) -> AIOKafkaConsumer | None:
         """Its group task died, so it fetches nothing ever again: lose every partition, rejoin.
@@ -519,7 +539,6 @@ class DedupStage:
                     self._client,
                     self._metrics,
                     track_progress=self.listener is not None,
-                    outputs=self._outputs,
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one

@@ -38,9 +38,7 @@ class PartitionTask:
         metrics: Metrics,
         *,
         track_progress: bool = False,
-        outputs: frozenset[str] | None = None,
     ) -> None:
-        """`outputs`: the topics records may be published to (the router's); None: any."""
         self.tp = tp
         self._settings = settings
         self._client = client
@@ -52,8 +50,6 @@ class PartitionTask:
         self._expired = 0  # offsets skipped past retention: counted when the skip commits
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
-        self._outputs = outputs
-        self._unknown_logged: set[str] = set()
 
     @property
     def label(self) -> str:
@@ -102,8 +98,7 @@ class PartitionTask:
         if not records or records[-1].offset < self.position:
             return  # all from before a seek: already processed
         await out.join(self.tp)
-        observe = self.window.observe
-        invalid = self._metrics.ingest_invalid.labels("unreadable")
+        observe, invalid = self.window.observe, self._metrics.ingest_invalid
         for record in records:
             if record.offset < self.position:
                 continue
@@ -116,9 +111,6 @@ class PartitionTask:
                     "skipped an ingest record not written by the bridge",
                     extra={"partition": self.tp.partition, "offset": record.offset},
                 )
-                continue
-            if self._outputs is not None and entry.output.topic not in self._outputs:
-                self._unknown_topic(entry.output.topic, record.offset)
                 continue
             if not observe(digest(entry.event_id), self.last_appended_at):
                 out.duplicate(entry.channel)
@@ -143,19 +135,6 @@ class PartitionTask:
         )
         self._expired += skipped
         self.position = start
-
-    def _unknown_topic(self, topic: str, offset: int) -> None:
-        """Skip a record bound for a topic the routing no longer names (a rule removed, or an
-        older replica's): sending it could fail the shared transaction at every retry."""
-        self._metrics.ingest_invalid.labels("unknown_topic").inc()
-        if topic in self._unknown_logged:
-            return
-        self._unknown_logged.add(topic)
-        log.error(
-            "skipped ingest records bound for a topic the routing does not name (logged once per"
-            " topic; each is counted)",
-            extra={"partition": self.tp.partition, "offset": offset, "topic": topic},
-        )
 
     def committed(self) -> None:
         """Its records' transaction committed: report what the window evicted early meanwhile,

@@ -103,17 +103,10 @@ class ProducerFactory:
         return producer
 
 
-def ingest(
-    offset: int,
-    event_id: str,
-    at: float,
-    *,
-    channel: str = "webhook",
-    topic: str = "pinecall.events",
-) -> FakeRecord:
-    """An ingest record for `topic`, as the bridge writes it, appended at `at`."""
+def ingest(offset: int, event_id: str, at: float, *, channel: str = "webhook") -> FakeRecord:
+    """An ingest record, as the bridge writes it, appended at `at`."""
     call = event_id.split(":")[0]
-    out = Record(topic, call.encode(), event_id.encode(), (("pinecall-id", b"x"),))
+    out = Record("pinecall.events", call.encode(), event_id.encode(), (("pinecall-id", b"x"),))
     r = encode("ingest", event_id, out, channel, received_at=at - 0.01, event_time=at - 1)
     return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
 

@@ -27,7 +27,7 @@ from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.metrics import Metrics
 from tests.metrics import sample
-from tests.unit.dedup.fakes import FakeProducer, ingest, install, steps
+from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
@@ -372,40 +372,61 @@ async def lost_as_a_rebalance_begins(
 
 
 class PastRetentionConsumer(RebalancingConsumer):
-    """Partition 0 at `position`, its log starting at 10: its first fetch is out of range, as
-    aiokafka's is with auto_offset_reset "none"; then it hands out offset 10 and ends the stage.
+    """Partition 0 at `position`, its log starting at 10: a fetch is out of range, as aiokafka's
+    is with auto_offset_reset "none"; then it hands out offset 10 and ends the stage.
+
+    `opened`: a first fetch hands out the record at `position - 1` (a transaction opens).
+    `within_ttl`: the first offset appended within the TTL before now (None: none is).
     """
 
-    def __init__(self, stage: DedupStage, position: int) -> None:
+    def __init__(
+        self, stage: DedupStage, position: int, *, opened: bool = False, within_ttl: int | None = 10
+    ) -> None:
         super().__init__({tp(0)})
         self.stage, self.position = stage, position
+        self.opened, self.within_ttl = opened, within_ttl
         self.fetches = 0
+        self.open_at_lookup: list[bool] = []
 
     async def beginning_offsets(
         self, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, int]:
+        self.open_at_lookup.append(self.stage._out.age is not None)
         return dict.fromkeys(partitions, 10)
+
+    async def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, object]:
+        at = self.within_ttl
+        return {p: None if at is None else SimpleNamespace(offset=at) for p in timestamps}
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 11)
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[object]]:
         self.fetches += 1
-        if self.fetches == 1:
+        if self.opened and self.fetches == 1:
+            return {tp(0): [ingest(self.position - 1, "CA_1:9", 100.0)]}
+        if self.fetches == 1 + self.opened:
             raise OffsetOutOfRangeError({tp(0): self.position})
         self.stage._running = False
         return {tp(0): [ingest(10, "CA_1:10", 100.0)]}
 
 
-def past_retention(position: int) -> tuple[Harness, PastRetentionConsumer, PartitionTask]:
+def past_retention(
+    position: int, **consumer: object
+) -> tuple[Harness, PastRetentionConsumer, PartitionTask]:
     """A stage owning partition 0 with a real task at `position`, over PastRetentionConsumer."""
     h = Harness()
-    consumer = PastRetentionConsumer(h.stage, position)
-    h.stage._consumer = consumer
+    fake = PastRetentionConsumer(h.stage, position, **consumer)  # type: ignore[arg-type]
+    h.stage._consumer = fake
     task = PartitionTask(tp(0), h.stage._settings, {}, h.metrics)
-    task.position = position
+    task.position = position - 1 if fake.opened else position
     h.stage._tasks[task.tp] = task
     h.stage._running = True
-    return h, consumer, task
+    return h, fake, task
 
 
 async def test_records_deleted_before_they_were_decided_are_skipped_counted_and_committed() -> None:
@@ -420,13 +441,37 @@ async def test_records_deleted_before_they_were_decided_are_skipped_counted_and_
     assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 7
 
 
-async def test_a_position_past_the_end_is_read_again_from_the_start_counting_nothing() -> None:
-    # A truncated log: what it had up to 12 was decided; nothing was deleted unread.
+async def test_a_position_past_the_end_reads_again_what_was_appended_within_the_ttl(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A truncated log (an unclean leader election) or a recreated topic: the records appended
+    # since sit below the old position. Kept there, the task skipped them, counting nothing.
     h, consumer, task = past_retention(12)
     await h.stage._run()
     assert consumer.seeks == [(tp(0), 10)]
-    assert task.position == 12
+    assert task.position == 11  # the record at 10 was decided, not skipped
+    assert sends(h.producer) == [b"CA_1:10"]
     assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 0
+    [logged] = [r for r in caplog.records if "past its end" in r.getMessage()]
+    assert (logged.offset, logged.from_offset) == (12, 10)  # type: ignore[attr-defined]
+
+
+async def test_past_the_end_with_nothing_appended_within_the_ttl_goes_on_from_the_end() -> None:
+    h, consumer, _ = past_retention(12, within_ttl=None)
+    await h.stage._run()
+    assert consumer.seeks == [(tp(0), 11)]
+    assert sends(h.producer) == []  # the record at 10 is older than the TTL: decided before
+
+
+async def test_the_open_transaction_commits_before_the_offsets_are_looked_up() -> None:
+    # The lookups may take a request timeout (35 s and more), longer than the transaction's
+    # own timeout: the broker would abort it meanwhile and every partition in it be lost.
+    h, consumer, _ = past_retention(3, opened=True)
+    await h.stage._run()
+    assert consumer.open_at_lookup == [False]
+    assert ("commit",) in h.producer.calls
+    await h.stage._commit()
+    assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 7
 
 
 async def test_a_restart_from_before_a_rebalance_never_installs_an_old_offset(
