@@ -47,6 +47,7 @@ from bridge.sources.downtime import Downtime
 from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.redirects import redirected
+from bridge.sources.textsize import utf8_size
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -435,7 +436,9 @@ class WebSocketSource:
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
-        if isinstance(message, str) and _utf8_size(message) > self._settings.max_frame_bytes:
+        # A frame's UTF-8 size is at most 4 bytes a character: most need no count at all.
+        limit = self._settings.max_frame_bytes
+        if isinstance(message, str) and len(message) * 4 > limit and utf8_size(message) > limit:
             self._too_large(message)
             return
         frame = classify(message)
@@ -452,7 +455,7 @@ class WebSocketSource:
 
     def _too_large(self, message: str) -> None:
         """A note of an oversized frame, in its place: not decoded, the connection kept."""
-        size = _utf8_size(message)
+        size = utf8_size(message)
         head = message[:NOTE_HEAD_CHARS]
         # Its digest tells two frames that begin alike apart (and names the note's dedup id).
         digest = hashlib.sha256(message.encode(errors="replace")).hexdigest()
@@ -469,7 +472,10 @@ class WebSocketSource:
     def _hold(self, item: Any, size: int) -> None:
         """Into the backlog, unless it is full (then dropped and counted)."""
         s = self._settings
-        if self._held >= s.max_inflight or self._held_bytes + size > s.max_backlog_bytes:
+        # An empty backlog takes any frame: its text's object overhead may put a frame of the
+        # largest size over a byte bound set to that size.
+        full = self._held and self._held_bytes + size > s.max_backlog_bytes
+        if self._held >= s.max_inflight or full:
             self._drop()
             return
         self._held += 1
@@ -581,11 +587,6 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
 def _decoded(held: str | bytes | Unrecognised) -> Any:
     """A backlog item as the pipeline takes it: a frame's text parsed, a note as it is."""
     return held if isinstance(held, Unrecognised) else jsoncodec.loads(held)
-
-
-def _utf8_size(text: str) -> int:
-    """The text's size in UTF-8 (as websockets counts a frame), encoding only when in doubt."""
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _close_reason(exc: ConnectionClosed) -> DisconnectReason:

@@ -126,9 +126,9 @@ async def list_calls(
                 timeout=aiohttp.ClientTimeout(total=timeout_seconds),
                 allow_redirects=False,
             ) as response:
-                body = await read_capped(response, MAX_PAGE_BYTES)
                 status = response.status
                 refused = redirected(response)
+                body = b"" if refused is not None else await read_capped(response, MAX_PAGE_BYTES)
         except BodyTooLargeError as exc:
             raise CallListError(f"the call list page is too large: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:

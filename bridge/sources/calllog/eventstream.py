@@ -14,6 +14,8 @@ import codecs
 import re
 from dataclasses import dataclass
 
+from bridge.sources.textsize import utf8_size
+
 _LINE_END = re.compile(r"\r\n|\r|\n")
 MAX_LINE_BYTES = 1_048_576
 MAX_EVENT_BYTES = 1_048_576
@@ -100,7 +102,7 @@ class EventStreamParser:
             line = text[start : end.start()]
             if self._skip_line:  # the end of an over-long line
                 self._skip_line = False
-                self._data_bytes += _size(line)
+                self._data_bytes += utf8_size(line)
             else:
                 if self._pending:
                     self._pending.append(line)
@@ -112,7 +114,7 @@ class EventStreamParser:
                 self._skip_lf = True
         rest = text[start:]
         if rest:
-            size = _size(rest)
+            size = utf8_size(rest)
             if self._skip_line:
                 self._data_bytes += size
             elif self._pending_bytes + size > self._max_line:
@@ -137,8 +139,8 @@ class EventStreamParser:
         self._reset_event()
 
     def _line(self, line: str, items: list[Item]) -> None:
-        if _size(line) > self._max_line:
-            self._drop(_size(line))
+        if utf8_size(line) > self._max_line:
+            self._drop(utf8_size(line))
             return
         if not line:
             self._dispatch(items)
@@ -150,7 +152,7 @@ class EventStreamParser:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
-            size = _size(value) + 1
+            size = utf8_size(value) + 1
             if self._too_large or self._data_bytes + size > self._max_event:
                 self._drop(size)
             else:
@@ -187,8 +189,3 @@ class EventStreamParser:
         self._too_large = False
         self._type = ""
         self._has_id = False
-
-
-def _size(text: str) -> int:
-    """The UTF-8 size of decoded text: its length when ASCII, which a log entry almost always is."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

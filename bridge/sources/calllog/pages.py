@@ -183,9 +183,9 @@ async def fetch_page(
             allow_redirects=False,
         ) as response:
             # Read whole before returning, so no connection is held while a caller works.
-            body = await read_capped(response, MAX_PAGE_BYTES)
             if (refused := redirected(response)) is not None:
                 raise PageError(f"call log page refused: {refused}", status=response.status)
+            body = await read_capped(response, MAX_PAGE_BYTES)
             if response.status == 204:
                 return SEALED_END
             if response.status != 200:

@@ -286,6 +286,35 @@ async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     assert feed.connections == 1
 
 
+async def test_an_empty_backlog_takes_a_frame_of_the_largest_size(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Counted with its text's object overhead, a frame of exactly the largest size did not fit
+    # a byte bound set to that size, however empty the backlog: every such frame was dropped.
+    limit = 4096
+    padding = "x" * 4096
+    frame = jsoncodec.dumps({**entry(1), "data": {"pad": ""}}).decode()
+    frame = frame.replace('"pad":""', f'"pad":"{padding[: limit - len(frame)]}"')
+    assert len(frame) == limit
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_str(frame)
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    ws_settings, api = feed.settings(max_backlog_bytes=limit, max_frame_bytes=limit)
+    source = await started(ws_settings, api, sink, metrics)
+    try:
+        await until(lambda: len(sink.acked()) == 1)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    dropped = sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="backlog_full"
+    )
+    assert dropped == 0
+
+
 async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
