@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.sink.record import Record
 from bridge.workers.role import Stages
+from tests import entries
 from tests.metrics import scrape
 from tests.polling import until
 from tests.schema import contract
@@ -610,18 +612,9 @@ def has_id(event_id: str) -> Callable[[list[Consumed]], bool]:
     return lambda records: any(r.json().get("id") == event_id for r in records)
 
 
-def entry(seq: int, call: str = "CA_it", **over: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "seq": seq,
-        "ts": 1_790_000_000 + seq,
-        "call": call,
-        "agent": "support",
-        "type": "turn.user",
-        "ephemeral": False,
-        "data": {"text": f"utterance {seq}"},
-    }
-    item.update(over)
-    return item
+entry = partial(
+    entries.entry, call="CA_it", epoch=1_790_000_000, ephemeral=False, numbered_text="utterance"
+)
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ async def test_outage_answers_503_then_recovers_without_doubling(
     await wait_ready(bridge.url)
     if owned_before_outage:
         await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
-    before, during, after, sentinel = (entry(seq, unique_call) for seq in (1, 2, 3, 4))
+    before, during, after, sentinel = (entry(seq, call=unique_call) for seq in (1, 2, 3, 4))
     # The first write may wait for the ingest partitions' leaders: retried, as Pinecall would.
     for _ in range(10):
         if (await post(bridge, before))[0] == 200:
@@ -164,7 +164,7 @@ async def test_bridge_started_during_outage_connects_by_itself(
     await broker.down()
     bridge = await launch()
     assert await status_of(bridge, "/healthz") == 200
-    refused = entry(1, unique_call)
+    refused = entry(1, call=unique_call)
     assert_unavailable(*await post(bridge, refused))
     # Watch long enough for several failed connection attempts: none may claim readiness.
     loop = asyncio.get_running_loop()
@@ -177,7 +177,7 @@ async def test_bridge_started_during_outage_connects_by_itself(
     await broker.up()
     # The bridge retries with a capped, jittered backoff: no restart and no nudge from here.
     await wait_ready(bridge.url, within=45)
-    landed = entry(2, unique_call)
+    landed = entry(2, call=unique_call)
     status, body, _ = await post(bridge, landed)
     assert (status, body["accepted"]) == (200, 1), body
 

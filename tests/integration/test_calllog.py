@@ -24,6 +24,7 @@ from bridge import jsoncodec
 from bridge.simulator import Simulator
 from bridge.simulator.config import SimulatorConfig
 from bridge.sources.calllog.roster import partition_of
+from tests.entries import entry
 from tests.integration.conftest import (
     SECRET,
     Consumed,
@@ -73,16 +74,9 @@ class Calls:
     def write(self, call: str, kind: str, data: dict[str, Any], *, ephemeral: bool = False) -> int:
         seq = self.next_seq[call]
         self.next_seq[call] = seq + 1
-        entry = {
-            "seq": seq,
-            "ts": time.time(),
-            "call": call,
-            "agent": "support",
-            "type": kind,
-            "ephemeral": ephemeral,
-            "data": data,
-        }
-        self.sim.calllogs.append(entry)
+        self.sim.calllogs.append(
+            entry(seq, kind, call=call, ts=time.time(), ephemeral=ephemeral, data=data)
+        )
         if not ephemeral:
             self.durable[call].append(seq)
         return seq

@@ -94,7 +94,7 @@ def expected(call: str) -> dict[str, tuple[datetime, dict[str, Any], Any]]:
 
 
 async def post_one_of_each(bridge: RunningBridge, call: str) -> None:
-    assert (await bridge.post(entry(7, call)))[0] == 200
+    assert (await bridge.post(entry(7, call=call)))[0] == 200
     documented = {
         "type": "call.started",
         "id": f"evt_{call}",

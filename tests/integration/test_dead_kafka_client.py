@@ -48,17 +48,17 @@ async def test_ingest_producer_whose_sender_died_is_replaced(
     start_bridge: BridgeFactory, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     handle = await start_bridge(kafka={"metadata_probe_seconds": 1.0})
-    assert (await handle.post(entry(1, unique_call)))[0] == 200
+    assert (await handle.post(entry(1, call=unique_call)))[0] == 200
 
     dead = handle.bridge.sink._producer
     assert reset_like_uvloop(dead.client) > 0
-    status, _ = await handle.post(entry(2, unique_call))
+    status, _ = await handle.post(entry(2, call=unique_call))
     assert status == 503  # the sender task died delivering it; Pinecall will retry
     assert producer_died(dead) is not None
 
     # Pinecall's retries: answered 200 again once the producer is replaced.
     async def answered() -> bool:
-        status, _ = await handle.post(entry(2, unique_call))
+        status, _ = await handle.post(entry(2, call=unique_call))
         return bool(status == 200)
 
     await until(answered, 30, 0.2, "a retry answered 200")
@@ -79,7 +79,7 @@ async def test_dedup_consumer_whose_coordinator_died_is_replaced(
     start_bridge: BridgeFactory, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     handle = await start_bridge()
-    assert (await handle.post(entry(1, unique_call)))[0] == 200
+    assert (await handle.post(entry(1, call=unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
 
     stage = handle.bridge.dedup
@@ -90,7 +90,7 @@ async def test_dedup_consumer_whose_coordinator_died_is_replaced(
     dead._coordinator.request_rejoin()
     await until(lambda: consumer_died(dead) is not None or stage._consumer is not dead, within=30)
 
-    assert (await handle.post(entry(2, unique_call)))[0] == 200
+    assert (await handle.post(entry(2, call=unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"), within=60)
     assert stage._consumer is not dead
     await until_metrics(

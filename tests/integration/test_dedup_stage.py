@@ -100,7 +100,7 @@ async def test_a_stage_that_cannot_start_yet_leaves_webhooks_taken_then_outputs_
     monkeypatch.setattr(DedupStage, "start", start)
     caplog.set_level(logging.WARNING, logger="bridge.service")
     bridge: RunningBridge = await start_bridge()  # until /readyz answers 200
-    status, body = await bridge.post(entry(1, unique_call))
+    status, body = await bridge.post(entry(1, call=unique_call))
     assert (status, body["accepted"]) == (200, 1), body
     assert refused >= 1
     assert sample(bridge.metrics, "pinecall_bridge_kafka_connected") == 1
@@ -115,7 +115,7 @@ async def test_copies_posted_after_a_restart_are_not_output_again(
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     calls = [f"{unique_call}_{n}" for n in range(4)]
-    first = [entry(seq, call) for call in calls for seq in (1, 2, 3)]
+    first = [entry(seq, call=call) for call in calls for seq in (1, 2, 3)]
     before: RunningBridge = await start_bridge()
     await post_all(before, first)
     await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= len(first))
@@ -124,7 +124,7 @@ async def test_copies_posted_after_a_restart_are_not_output_again(
     after: RunningBridge = await start_bridge()  # same topics, same dedup group
     # Copies of everything, then one new event per call: once those are out, the copies were
     # decided (a call's events share an ingest partition and its one owner).
-    await post_all(after, [*first, *(entry(4, call) for call in calls)])
+    await post_all(after, [*first, *(entry(4, call=call) for call in calls)])
     await consume_until(
         kafka_bootstrap,
         [topics.events],
@@ -148,14 +148,14 @@ async def test_a_lagging_partition_is_restored_exactly(
 ) -> None:
     """Ingest records the stopped stage never read: restore up to the commit, then decide them."""
     first: RunningBridge = await start_bridge()
-    await post_all(first, [entry(1, unique_call), entry(2, unique_call)])
+    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
     # The stage stops (its commit holds :1 and :2); the ingest stage goes on taking webhooks.
     assert first.bridge.dedup is not None
     await first.bridge.dedup.stop()
     await post_all(
         first,
-        [entry(seq, unique_call) for seq in (2, 3, 3, 4)],
+        [entry(seq, call=unique_call) for seq in (2, 3, 3, 4)],
     )
     backlog = await _backlog(kafka_bootstrap, topics)
     assert backlog == 4, "the copies wait in the ingest topic, undecided"
@@ -174,13 +174,13 @@ async def test_records_deleted_before_the_stage_read_them_are_counted_and_skippe
 ) -> None:
     """Retention (here an admin's delete) took undecided ingest records: lost, and counted."""
     first: RunningBridge = await start_bridge()
-    await post_all(first, [entry(1, unique_call), entry(2, unique_call)])
+    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
     assert first.bridge.dedup is not None
     await first.bridge.dedup.stop()  # its commit holds :1 and :2
-    await post_all(first, [entry(3, unique_call), entry(4, unique_call)])
+    await post_all(first, [entry(3, call=unique_call), entry(4, call=unique_call)])
     await _delete_ingest(kafka_bootstrap, topics)  # :3 and :4, never decided
-    await post_all(first, [entry(5, unique_call)])
+    await post_all(first, [entry(5, call=unique_call)])
 
     second: RunningBridge = await start_bridge()
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:5"))
@@ -242,7 +242,7 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     stage.revoked = revoked  # type: ignore[method-assign,assignment]
     calls = [f"{unique_call}_{n}" for n in range(6)]
     for call in calls:
-        await post_all(one, [entry(1, call)])
+        await post_all(one, [entry(1, call=call)])
     # Fetched and sent, not committed: a fetch waits up to the interval for more records, so
     # the records may come with the fetch after the one already waiting when they were posted.
     opened = interval * 2 + 5
@@ -286,7 +286,7 @@ async def test_two_members_split_the_partitions_and_output_each_id_once_in_order
     async def one_call(call: str) -> None:
         # Every event through both members, the copy sometimes first, sometimes concurrently.
         for seq in range(1, 9):
-            item = entry(seq, call)
+            item = entry(seq, call=call)
             if seq % 2:
                 await asyncio.gather(one.post(item), two.post(item))
             else:

@@ -114,7 +114,7 @@ class Traffic:
         for seq in itertools.count(1):
             if self.stopping.is_set():
                 return
-            await self._deliver(entry(seq, call), concurrently=seq % 2 == 0)
+            await self._deliver(entry(seq, call=call), concurrently=seq % 2 == 0)
             self.answered[call].append(seq)
 
     async def run(self) -> None:
@@ -182,7 +182,7 @@ async def test_webhook_copies_across_crashes_zombies_and_restarts_land_once(
         # Each call's copies in order, the calls side by side, over the three new replicas.
         async def resend(call: str, seqs: list[int]) -> None:
             for n, seq in enumerate(seqs):
-                status = await post_signed(session, fleet[n % 3].url, entry(seq, call))
+                status = await post_signed(session, fleet[n % 3].url, entry(seq, call=call))
                 assert status == 200, f"copy of {call}:{seq} after the restart answered {status}"
 
         await asyncio.gather(*(resend(call, seqs) for call, seqs in traffic.answered.items()))

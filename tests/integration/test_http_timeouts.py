@@ -72,7 +72,7 @@ async def test_slow_clients_are_closed_while_the_bridge_serves(
                         health.append(response.status)
                 except (aiohttp.ClientError, TimeoutError):
                     health.append(0)
-                event = entry(1, f"CA_slow_{random.getrandbits(32)}", type="call.started")
+                event = entry(1, "call.started", call=f"CA_slow_{random.getrandbits(32)}")
                 webhooks.append(await post_signed(session, replica.url, event, within=10))
                 await asyncio.sleep(0.5)
             closed = [task.result() for task in slow]

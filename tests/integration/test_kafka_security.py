@@ -186,9 +186,9 @@ async def test_publishes_through_secured_listener(
     bridge = await launch(broker.bootstrap(listener), security(broker.certs))
     await wait_ready(bridge.url, within=30)
     for seq in (1, 2, 1):
-        status, body = await bridge.post(entry(seq, unique_call))
+        status, body = await bridge.post(entry(seq, call=unique_call))
         assert (status, body["accepted"]) == (200, 1), body
-    assert (await bridge.post(entry(3, unique_call)))[0] == 200
+    assert (await bridge.post(entry(3, call=unique_call)))[0] == 200
 
     # Both stages (ingest producer, dedup group and transactional producers) work through the
     # listener. The last event (same call, same partition) is read only after those before it.
@@ -263,7 +263,7 @@ async def test_refused_credentials_keep_it_unready(
     assert await _status(bridge, "/healthz") == 200
 
     failures = publish_failures(bridge)
-    status, body = await bridge.post(entry(1, unique_call))
+    status, body = await bridge.post(entry(1, call=unique_call))
     assert (status, body.get("error")) == (503, "kafka_unavailable"), body
     # Refused at once, with no producer to send it: not given up at the publish timeout.
     assert grown(failures, publish_failures(bridge)) == {"error": 1}, "not refused at once"

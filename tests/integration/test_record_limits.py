@@ -43,14 +43,14 @@ async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
     # Its call id is repeated in the record's key, id, subject and headers: as an event it is
     # too large, as the body's bytes (a dead letter) it fits.
     long_call = "CA_" + "x" * 1500
-    status, body = await bridge.post(entry(1, long_call))
+    status, body = await bridge.post(entry(1, call=long_call))
     assert (status, body["dead_lettered"], body["failed"]) == (202, 1, 0), body
     # Even its bytes are too large: 413, final for Pinecall, where 503 was retried forever.
-    status, body = await bridge.post(entry(2, unique_call, data={"text": "x" * 9000}))
+    status, body = await bridge.post(entry(2, call=unique_call, data={"text": "x" * 9000}))
     assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
     # The producer is not wedged: the same call's next events are taken.
     for seq in (3, 4):
-        status, body = await bridge.post(entry(seq, unique_call))
+        status, body = await bridge.post(entry(seq, call=unique_call))
         assert (status, body["accepted"]) == (200, 1), body
     events = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:3", f"{unique_call}:4"]
@@ -66,13 +66,13 @@ async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_parti
     bridge: RunningBridge = await start_bridge()
     await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
     # Larger than the events topic takes, not than the ingest topic: skipped before sending.
-    assert (await bridge.post(entry(1, unique_call, data={"text": "x" * 9000})))[0] == 200
-    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    assert (await bridge.post(entry(1, call=unique_call, data={"text": "x" * 9000})))[0] == 200
+    assert (await bridge.post(entry(2, call=unique_call)))[0] == 200
     # The limit lowered behind the bridge's back: only the broker refuses the next one, which
     # fails its transaction; the restarted partition skips it instead of failing forever.
     await lower_limit(kafka_bootstrap, topics.events, 3000)
-    assert (await bridge.post(entry(3, unique_call, data={"text": "y" * 4000})))[0] == 200
-    assert (await bridge.post(entry(4, unique_call)))[0] == 200
+    assert (await bridge.post(entry(3, call=unique_call, data={"text": "y" * 4000})))[0] == 200
+    assert (await bridge.post(entry(4, call=unique_call)))[0] == 200
     events = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:2", f"{unique_call}:4"]
     metrics = await until_metrics(

@@ -193,7 +193,7 @@ async def drive(
         seq = 0
         while True:
             seq += 1
-            item = entry(seq, f"{call}_{n}")
+            item = entry(seq, call=f"{call}_{n}")
             event_id = f"{call}_{n}:{seq}"
             traffic.sent.add(event_id)
             try:
@@ -258,7 +258,7 @@ async def test_sigterm_with_requests_in_flight_loses_nothing_acknowledged(
     traffic.sent.add(held_id)
     half_sent = asyncio.Event()
     held = asyncio.create_task(
-        post_held(daemon, entry(1, f"{unique_call}_held"), signalled, half_sent)
+        post_held(daemon, entry(1, call=f"{unique_call}_held"), signalled, half_sent)
     )
     await until(lambda: half_sent.is_set() or held.done(), within=30)
     # At most one request per worker was in flight when the held one was written: with 9 more
@@ -324,7 +324,7 @@ async def test_sigint_stops_cleanly(
     """Ctrl-C in a terminal: the same clean stop as SIGTERM, exit 0, the acknowledged event kept."""
     daemon = await spawn(shutdown_env(kafka_bootstrap, topics))
     async with aiohttp.ClientSession() as session:
-        status, body = await post(session, daemon.url, entry(1, unique_call))
+        status, body = await post(session, daemon.url, entry(1, call=unique_call))
     assert (status, body.get("accepted")) == (200, 1), body
     startup_log = daemon.stderr.stat().st_size
     daemon.proc.send_signal(signal.SIGINT)

@@ -275,8 +275,8 @@ async def test_tail_shows_what_downstream_sees(
     start_bridge: Callable[..., Any], topics: Topics, unique_call: str
 ) -> None:
     bridge: RunningBridge = await start_bridge()
-    assert (await bridge.post(entry(1, unique_call, type="call.started")))[0] == 200
-    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    assert (await bridge.post(entry(1, "call.started", call=unique_call)))[0] == 200
+    assert (await bridge.post(entry(2, call=unique_call)))[0] == 200
     console = Console(record=True, width=400)
     shown = await tail(
         bridge.bridge.settings,

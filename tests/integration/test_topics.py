@@ -78,7 +78,7 @@ async def test_pre_created_topics_without_create_right(
         kafka_bootstrap, topics.ingest, 1, {"message.timestamp.type": "LogAppendTime"}
     )
     bridge: RunningBridge = await start_bridge(topics={"create": False})
-    assert (await bridge.post(entry(1, unique_call)))[0] == 200
+    assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
     await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
     # The bridge kept the operator's layout: one partition, not its default three.
     found = await describe(kafka_bootstrap, [topics.events, topics.ingest])
@@ -108,7 +108,7 @@ async def test_missing_topic_keeps_the_bridge_unready(
             async with session.get(url + "/healthz") as response:
                 assert response.status == 200
             handle = RunningBridge(bridge, url, session)
-            status, body = await handle.post(entry(1, unique_call))
+            status, body = await handle.post(entry(1, call=unique_call))
             assert (status, body["error"]) == (503, "kafka_unavailable")
     finally:
         await bridge.stop()
@@ -147,7 +147,7 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
     # A call of each partition, the new ones among them, reaches the output topic.
     calls = [call_on(partition, 6, unique_call) for partition in range(6)]
     for call in calls:
-        assert (await bridge.post(entry(1, call)))[0] == 200
+        assert (await bridge.post(entry(1, call=call)))[0] == 200
     wanted = {f"{call}:1" for call in calls}
     await consume_until(
         kafka_bootstrap,

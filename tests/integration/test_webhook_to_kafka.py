@@ -33,7 +33,7 @@ SCHEMA = json.loads(
 async def test_signed_event_lands_keyed_by_call(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
-    status, body = await bridge.post(entry(1, unique_call))
+    status, body = await bridge.post(entry(1, call=unique_call))
     assert status == 200
     assert body == {
         "accepted": 1,
@@ -57,20 +57,20 @@ async def test_signed_event_lands_keyed_by_call(
 async def test_duplicate_in_other_bytes_lands_once(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
-    first = entry(1, unique_call)
+    first = entry(1, call=unique_call)
     assert (await bridge.post(first))[0] == 200
     # Same event: other key order and whitespace, bare-hex signature, and inside a batch. Each
     # copy is accepted into the ingest topic; the dedup stage drops all but the first.
     reordered = json.dumps(dict(reversed(list(first.items()))), indent=2).encode()
     status, body = await bridge.post(reordered, bare=True)
     assert (status, body["accepted"]) == (200, 1)
-    status, body = await bridge.post([first, entry(2, unique_call)])
+    status, body = await bridge.post([first, entry(2, call=unique_call)])
     assert (status, body["accepted"]) == (200, 2)
     # Concurrent copies of one new event.
-    results = await asyncio.gather(*(bridge.post(entry(3, unique_call)) for _ in range(5)))
+    results = await asyncio.gather(*(bridge.post(entry(3, call=unique_call)) for _ in range(5)))
     assert [(status, body["accepted"]) for status, body in results] == [(200, 1)] * 5
     # Posted last on the same call: once it is visible, every earlier copy has been decided.
-    assert (await bridge.post(entry(4, unique_call)))[0] == 200
+    assert (await bridge.post(entry(4, call=unique_call)))[0] == 200
 
     records = await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:4"))
     assert [r.json()["id"] for r in records] == [f"{unique_call}:{n}" for n in (1, 2, 3, 4)]
@@ -83,9 +83,9 @@ async def test_duplicate_in_other_bytes_lands_once(
 async def test_forged_signature_lands_nothing(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
-    status, body = await bridge.post(entry(1, unique_call), secret="not-the-secret")
+    status, body = await bridge.post(entry(1, call=unique_call), secret="not-the-secret")
     assert (status, body["error"]) == (401, "invalid_signature")
-    assert (await bridge.post(entry(2, unique_call)))[0] == 200
+    assert (await bridge.post(entry(2, call=unique_call)))[0] == 200
     records = await consume_until(
         kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2")
     )
@@ -97,9 +97,9 @@ async def test_ephemerals_and_markers_dropped(
 ) -> None:
     status, body = await bridge.post(
         [
-            entry(1, unique_call, type="user.transcript", ephemeral=True),
-            entry(1, unique_call, type="log.caught_up"),
-            entry(2, unique_call),
+            entry(1, "user.transcript", call=unique_call, ephemeral=True),
+            entry(1, "log.caught_up", call=unique_call),
+            entry(2, call=unique_call),
         ]
     )
     assert (status, body["dropped"], body["accepted"]) == (200, 2, 1)
@@ -110,7 +110,7 @@ async def test_ephemerals_and_markers_dropped(
 async def test_batch_lands_whole_in_order(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
-    batch = [entry(seq, unique_call) for seq in range(1, 21)]
+    batch = [entry(seq, call=unique_call) for seq in range(1, 21)]
     status, body = await bridge.post(batch)
     assert (status, body["accepted"]) == (200, 20)
     records = await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= 20)
@@ -125,7 +125,7 @@ async def test_per_call_order_holds_across_concurrent_calls(
 
     async def one_call(call: str) -> None:
         for seq in range(1, 16):
-            assert (await bridge.post(entry(seq, call)))[0] == 200
+            assert (await bridge.post(entry(seq, call=call)))[0] == 200
 
     await asyncio.gather(*(one_call(call) for call in calls))
     records = await consume_until(kafka_bootstrap, [topics.events], lambda rs: len(rs) >= 6 * 15)
@@ -228,16 +228,16 @@ async def test_ephemeral_topic_when_configured(
     start_bridge: object, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     bridge: RunningBridge = await start_bridge(topics={"ephemeral": topics.ephemeral})  # type: ignore[operator]
-    status, _ = await bridge.post(entry(1, unique_call, type="user.transcript", ephemeral=True))
+    status, _ = await bridge.post(entry(1, "user.transcript", call=unique_call, ephemeral=True))
     assert status == 200
     [record] = await consume_until(kafka_bootstrap, [topics.ephemeral], lambda rs: len(rs) >= 1)
     assert record.json()["pinecallephemeral"] is True
 
 
 async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: str) -> None:
-    await bridge.post(entry(1, unique_call))
-    await bridge.post(entry(1, unique_call))
-    await bridge.post(entry(2, unique_call), secret="forged")
+    await bridge.post(entry(1, call=unique_call))
+    await bridge.post(entry(1, call=unique_call))
+    await bridge.post(entry(2, call=unique_call), secret="forged")
     events_topic = bridge.bridge.settings.topics.events
     published = f'pinecall_bridge_events_published_total{{topic="{events_topic}"}}'
     duplicates = 'pinecall_bridge_events_duplicate_total{channel="webhook"}'

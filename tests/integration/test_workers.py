@@ -75,7 +75,7 @@ def new_connections() -> aiohttp.ClientSession:
 
 
 def events(prefix: str, calls: int, per_call: int) -> list[dict[str, Any]]:
-    return [entry(seq, f"{prefix}{n}") for n in range(calls) for seq in range(1, per_call + 1)]
+    return [entry(seq, call=f"{prefix}{n}") for n in range(calls) for seq in range(1, per_call + 1)]
 
 
 def ids(bodies: Iterable[dict[str, Any]]) -> set[str]:

@@ -1,5 +1,5 @@
 """Test doubles for the Kafka sink (records in memory, acks controlled by the test), and the
-call-log entries, pipeline and webhook body that unit tests share."""
+pipeline and webhook body that unit tests share."""
 
 from __future__ import annotations
 
@@ -14,44 +14,14 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.kafka import Record
 from bridge.sink.limits import TopicLimits
+from tests.entries import entry
 
 SECRET = b"whsec_test"
 # ENTRY's time: a webhook handler under test reads its clock as this, so signed bodies of that
 # time are current for its replay check.
 ENTRY_TIME = 1_700_000_000
 # A webhook body: one durable call-log entry.
-ENTRY = jsoncodec.dumps(
-    {
-        "seq": 1,
-        "ts": ENTRY_TIME,
-        "call": "CA_1",
-        "agent": "a",
-        "type": "call.started",
-        "ephemeral": False,
-        "data": {},
-    }
-)
-
-
-def entry(
-    seq: int,
-    kind: str = "turn.user",
-    *,
-    call: str = "CA_1",
-    ephemeral: bool | None = None,
-    ts: float = 1.0,
-    **data: Any,
-) -> dict[str, Any]:
-    """A call-log entry; `data` defaults to {"n": seq}, `ephemeral` to whether it is a `log.*`."""
-    return {
-        "seq": seq,
-        "ts": ts,
-        "call": call,
-        "agent": "support",
-        "type": kind,
-        "ephemeral": kind.startswith("log.") if ephemeral is None else ephemeral,
-        "data": data or {"n": seq},
-    }
+ENTRY = jsoncodec.dumps(entry(1, "call.started", agent="a", ts=ENTRY_TIME, data={}))
 
 
 class FakeSink:

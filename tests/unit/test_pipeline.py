@@ -1,4 +1,5 @@
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
+from tests import entries
 from tests.metrics import sample
 from tests.polling import until
 from tests.unit.fakes import FakeSink
@@ -21,18 +23,8 @@ from tests.unit.fakes import FakeSink
 INGEST = "pinecall.ingest"
 
 
-def entry(seq: int, call: str = "CA_1", **over: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "seq": seq,
-        "ts": 1_700_000_000 + seq,
-        "call": call,
-        "agent": "a",
-        "type": "turn.user",
-        "ephemeral": False,
-        "data": {"n": seq},
-    }
-    item.update(over)
-    return item
+# The pipeline's clock reads 1_700_000_500.25: these entries were written a few minutes before.
+entry = partial(entries.entry, agent="a", epoch=1_700_000_000, ephemeral=False)
 
 
 def make(
@@ -137,7 +129,7 @@ async def test_copies_of_an_id_are_all_ingested() -> None:
 async def test_unknown_type_counted_as_other() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
-    await pipeline.submit([entry(1, type="brand.new")], "webhook")
+    await pipeline.submit([entry(1, "brand.new")], "webhook")
     assert (
         sample(metrics, "pinecall_bridge_events_received_total", channel="webhook", type="other")
         == 1
@@ -241,7 +233,7 @@ async def test_ephemeral_and_markers_dropped_and_counted() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
     result = await pipeline.submit(
-        [entry(1, ephemeral=True, type="user.transcript"), entry(1, type="log.caught_up")],
+        [entry(1, "user.transcript", ephemeral=True), entry(1, "log.caught_up")],
         "webhook",
     )
     assert result.ok
@@ -317,7 +309,7 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
 async def test_a_sources_own_retry_is_not_received_again() -> None:
     sink = FakeSink()
     pipeline, metrics = make(sink)
-    batch = [entry(1), entry(2, type="user.transcript", ephemeral=True)]
+    batch = [entry(1), entry(2, "user.transcript", ephemeral=True)]
     first = await pipeline.submit(batch, "sse")
     await asyncio.sleep(0.01)
     # Kafka failed the first: the source sends the same delivery once more.
@@ -502,7 +494,7 @@ async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
 async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
     sink = FakeSink(auto_ack=False)
     pipeline, metrics = make(sink)
-    items = [entry(1, "CA_1"), entry(1, "CA_2"), entry(1, "CA_3")]
+    items = [entry(1, call="CA_1"), entry(1, call="CA_2"), entry(1, call="CA_3")]
     task = asyncio.create_task(pipeline.submit(items, "webhook"))
     await until(lambda: len(sink.futures) == 3)
     sink.futures[0].set_result(0)

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from bridge.simulator.calllog import CallLog, CallLogs, Gap, LogReader
-from tests.unit.fakes import entry
+from tests.entries import entry
 
 
 def seqs(items: list[Any]) -> list[Any]:

@@ -12,14 +12,13 @@ from bridge.simulator.delivery import Deliverer
 from bridge.simulator.hooks import Hook, HookStore
 from bridge.simulator.records import Delivery
 from bridge.sources.signature import Verdict, verify
+from tests.entries import entry
 from tests.unit.simulator.conftest import FAST
 from tests.unit.simulator.receiver import Received, Receiver
 
 
 def body(call: str, seq: int) -> bytes:
-    entry = {"seq": seq, "ts": 1.0, "call": call, "agent": "a", "type": "turn.agent",
-             "ephemeral": False, "data": {"text": "hi"}}  # fmt: skip
-    return jsoncodec.dumps(entry)
+    return jsoncodec.dumps(entry(seq, "turn.agent", call=call, agent="a", data={"text": "hi"}))
 
 
 async def started(config: SimulatorConfig = FAST) -> Deliverer:

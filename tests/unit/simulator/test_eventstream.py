@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -16,24 +17,16 @@ from bridge.simulator import Channel, Simulator
 from bridge.simulator.eventstream import cursor_of, frame
 from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
 from bridge.sources.calllog.pages import fetch_pages
+from tests import entries
 from tests.polling import until
 from tests.unit.simulator.conftest import AUTH, FAST, Stream, stream
 
 CALL = "CA_test"
 
 
-def entry(
-    seq: int, kind: str = "turn.user", *, ephemeral: bool = False, call: str = CALL
-) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "ts": 1_700_000_000.0 + seq,
-        "call": call,
-        "agent": "support",
-        "type": kind,
-        "ephemeral": ephemeral,
-        "data": {"text": f"line {seq}"},
-    }
+entry = partial(
+    entries.entry, call=CALL, epoch=1_700_000_000.0, ephemeral=False, numbered_text="line"
+)
 
 
 def write(sim: Simulator, *entries: dict[str, Any]) -> None:
@@ -374,7 +367,7 @@ async def test_the_call_list_pages_newest_first(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
     for number in range(3):
-        write(sim, {**entry(1, "call.started", call=f"CA_{number}"), "ts": 100.0 + number})
+        write(sim, entry(1, "call.started", call=f"CA_{number}", ts=100.0 + number))
     async with client.get(sim.url + "/v1/sessions?limit=2", headers=AUTH) as answer:
         first = await answer.json()
     assert [row["call"] for row in first["calls"]] == ["CA_2", "CA_1"]

@@ -10,16 +10,14 @@ from bridge import jsoncodec
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.feed import EventRef
 from bridge.simulator.frames import GARBAGE
+from tests.entries import entry
 from tests.polling import until
 from tests.unit.simulator.conftest import AUTH, FAST, subscribe, token
 
 
 def push(sim: Simulator, event_type: str, seq: int = 1) -> None:
-    entry = {"seq": seq, "ts": 1.0, "call": "CA_1", "agent": "a", "type": event_type,
-             "ephemeral": False, "data": {}}  # fmt: skip
-    sim.feed.publish(
-        jsoncodec.dumps(entry).decode(), EventRef("CA_1", seq, event_type, "log-entry")
-    )
+    item = entry(seq, event_type, agent="a", ephemeral=False, data={})
+    sim.feed.publish(jsoncodec.dumps(item).decode(), EventRef("CA_1", seq, event_type, "log-entry"))
 
 
 async def test_subscribe_then_receive_matching_events_only(

@@ -18,10 +18,11 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
 from bridge.sources.webhook import WebhookHandler
+from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
 from tests.rawhttp import Framing, build_request, exchange
-from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, entry, pipeline_with
+from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import SIGNATURE, signed
 
 PATH = "/webhooks/pinecall"
@@ -259,18 +260,7 @@ async def test_valid_json_not_an_event_goes_to_dlq_202(harness: Harness) -> None
 
 
 async def test_batch(harness: Harness) -> None:
-    items: list[dict[str, Any]] = [
-        {
-            "seq": n,
-            "ts": ENTRY_TIME,
-            "call": "CA_1",
-            "agent": "a",
-            "type": "turn.user",
-            "ephemeral": False,
-            "data": {},
-        }
-        for n in (1, 2, 3)
-    ]
+    items = [entry(n, agent="a", ts=ENTRY_TIME, data={}) for n in (1, 2, 3)]
     response = await harness.post(jsoncodec.dumps(items))
     assert response.status == 200
     assert (await response.json())["accepted"] == 3

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, get_args
 
 import aiohttp
@@ -24,6 +25,7 @@ from bridge.sink.record import Record
 from bridge.sources import websocket
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
+from tests import entries
 from tests.metrics import sample
 from tests.polling import until
 from tests.unit.fakes import FakeSink, pipeline_with
@@ -32,17 +34,7 @@ API_KEY = "key-1"
 REFUSAL = "unknown event type 'turn.nope'"
 
 
-def entry(seq: int, call: str = "CA_ws") -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "ts": 1_790_000_000 + seq,
-        "call": call,
-        "agent": "a",
-        "type": "turn.user",
-        "ephemeral": False,
-        "data": {"n": seq},
-    }
-
+entry = partial(entries.entry, call="CA_ws", agent="a", epoch=1_790_000_000, ephemeral=False)
 
 Script = Callable[[web.WebSocketResponse, int], Awaitable[None]]
 

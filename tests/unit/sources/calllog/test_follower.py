@@ -19,8 +19,8 @@ from bridge.normalise import Unrecognised
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.publish import Publisher
+from tests.entries import entry
 from tests.metrics import sample
-from tests.unit.fakes import entry
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 

@@ -27,7 +27,7 @@ from bridge.sources.calllog.pages import (
     retry_after_seconds,
     usable_call_id,
 )
-from tests.unit.fakes import entry
+from tests.entries import entry
 
 
 def test_a_page_parses_into_its_entries_live_flag_and_cursor() -> None:

@@ -11,7 +11,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, Pipeline
 from bridge.sources.calllog import publish
 from bridge.sources.calllog.publish import Publisher
-from tests.unit.fakes import entry
+from tests.entries import entry
 
 
 class FlakyPipeline:
