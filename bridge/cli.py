@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import logging
 import os
 import shlex
@@ -16,20 +17,34 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from bridge import jsoncodec
-from bridge.config import ConfigError, Settings, describe, load_settings, unknown_variables
+from bridge.config import (
+    ConfigError,
+    Settings,
+    describe,
+    dotenv_variables,
+    load_settings,
+    unknown_variables,
+)
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
 
 
-def _settings_or_exit() -> Settings:
+def _settings_or_exit(*, unknown_is_invalid: bool = False) -> Settings:
+    """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
+    is often why a setting looks missing."""
+    unknown = unknown_variables(os.environ, dotenv_variables())
     try:
-        return load_settings()
+        settings = load_settings()
+        problems = unknown if unknown_is_invalid else []
     except ConfigError as exc:
+        problems = unknown + exc.problems
+    if problems:
         print("pinecall-bridge: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(EXIT_CONFIG)
+    return settings
 
 
 def _run(_: argparse.Namespace) -> int:
@@ -46,7 +61,7 @@ def _run(_: argparse.Namespace) -> int:
         _run_loop(serve_worker(settings, role))
         return 0
     logsetup.configure(settings.log.level, settings.log.format)
-    for problem in unknown_variables(os.environ):
+    for problem in unknown_variables(os.environ, dotenv_variables()):
         logging.getLogger("bridge.config").warning(problem)
     if settings.http.workers != 1 or settings.dedup.own_process:
         processes = _workers(settings) + settings.dedup.own_process
@@ -91,17 +106,16 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _check(_: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
-    for problem in unknown_variables(os.environ):
-        print(f"warning: {problem}", file=sys.stderr)
-    print("configuration is valid:")
+    # An unknown variable fails the check: a CI gate must catch a typo, which `run` only warns of.
+    settings = _settings_or_exit(unknown_is_invalid=True)
+    print("configuration is valid:", file=sys.stderr)  # stdout is the settings as JSON, for tools
     print(jsoncodec.dumps(describe(settings)).decode())
     k = settings.kafka
     print(
         f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"
         f" frames up to {settings.websocket.max_frame_bytes} fit in Kafka records of up to"
         f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)",
-        file=sys.stderr,  # stdout is the settings as JSON, for tools
+        file=sys.stderr,
     )
     return 0
 
@@ -154,6 +168,12 @@ def _send(args: argparse.Namespace) -> int:
 
 def _webhooks(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    if settings.pinecall.api_key is None:  # every call of the webhook API is authenticated
+        print(
+            f"pinecall-bridge: webhooks {args.action} needs BRIDGE_PINECALL__API_KEY",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     import aiohttp
 
     from bridge.sources.registration import RegistrationError, WebhookRegistry
@@ -268,18 +288,41 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(options, Console()))
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pinecall-bridge")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        from bridge import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinecall-bridge",
         description="Pinecall events → CloudEvents → Kafka. Configured by BRIDGE_* variables.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the daemon").set_defaults(func=_run)
     commands.add_parser(
-        "check", help="validate the configuration (exit 0 valid, 2 invalid)"
+        "run",
+        help="run the daemon",
+        description="Serve webhooks and read the configured sources until SIGTERM or SIGINT."
+        " Exit 2 on invalid configuration; unknown BRIDGE_* variables are logged as warnings.",
+    ).set_defaults(func=_run)
+    commands.add_parser(
+        "check",
+        help="validate the configuration (exit 0 valid, 2 invalid)",
+        description="Validate the BRIDGE_* variables (and .env) without starting. Valid: the"
+        " effective settings as JSON on stdout, secrets masked, exit 0. Invalid, or a BRIDGE_*"
+        " variable no setting reads: each problem on stderr, exit 2.",
     ).set_defaults(func=_check)
     send = commands.add_parser("send", help="sign an event and POST it to a bridge")
-    send.add_argument("--url", default="http://127.0.0.1:8080/webhooks/pinecall")
+    send.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080/webhooks/pinecall",
+        help="the bridge's webhook URL (default: %(default)s)",
+    )
     send.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
     send.add_argument("--body", help="raw JSON to send (default: a sample call.started entry)")
     send.add_argument("--bare", action="store_true", help="bare hex signature, not sha256=<hex>")
@@ -317,8 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true", help="no live view: run, then summarise")
     demo.add_argument("--calls", type=int, help="calls to play (default: forever; headless: 50)")
     demo.add_argument("--rate", type=float, default=40.0, help="events per second (default 40)")
-    demo.add_argument("--http-port", type=int, default=8080)
-    demo.add_argument("--simulator-port", type=int, default=8765)
+    demo.add_argument(
+        "--http-port", type=int, default=8080, help="the bridge's HTTP port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--simulator-port",
+        type=int,
+        default=8765,
+        help="the simulated Pinecall's port (default: %(default)s)",
+    )
     demo.add_argument("--seed", type=int)
     demo.set_defaults(func=_demo)
 

@@ -12,8 +12,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from aiokafka.helpers import create_ssl_context
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, NoDecode, SettingsConfigDict
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
@@ -55,13 +63,61 @@ def _insecure(name: str, url: str, carries: str) -> str:
     )
 
 
+def _check_url(url: str, schemes: tuple[str, ...]) -> str:
+    """An absolute URL of one of `schemes` with a host, a valid port and no whitespace."""
+    if not url.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+        raise ValueError("must start with " + " or ".join(f"{s}://" for s in schemes))
+    if any(c.isspace() for c in url):
+        raise ValueError("must not contain whitespace (percent-encode it in a path)")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        _ = parts.port  # a port that is no number, or out of range, raises
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    return url
+
+
+# RFC 3986 URI-reference: its allowed characters, '%' only as an escape.
+_URI_CHARS_RE = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _check_uri_reference(value: str) -> str:
+    """A URI-reference (RFC 3986), what CloudEvents requires of `source`: absolute or relative."""
+    if not _URI_CHARS_RE.fullmatch(value):
+        raise ValueError(
+            "must be a URI-reference (RFC 3986), e.g. https://api.pinecall.io or /pinecall:"
+            " no whitespace, other characters outside [A-Za-z0-9-._~:/?#[]@!$&'()*+,;=]"
+            " percent-encoded"
+        )
+    first = re.split(r"[/?#]", value, maxsplit=1)[0]
+    if ":" in first and not _SCHEME_RE.fullmatch(first.split(":", 1)[0]):
+        raise ValueError(
+            "must be a URI-reference (RFC 3986): the part before the first ':' is no scheme"
+            " (a relative reference has no ':' before its first '/')"
+        )
+    return value
+
+
+def _is(names: str) -> str:
+    return "are" if "," in names else "is"
+
+
+class _Section(BaseModel):
+    # `inf` passed `gt=0` and overflowed at start-up (int(inf)); `nan` fails every bound with a
+    # misleading message. No setting means either.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
 def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
         raise ValueError(f"{name!r} is not a valid Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
     return name
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(_Section):
     bootstrap_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1:9092"]
     )
@@ -106,35 +162,46 @@ class KafkaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> KafkaSettings:
+        protocol = f"BRIDGE_KAFKA__SECURITY_PROTOCOL={self.security_protocol}"
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_username and self.sasl_password
         ):
             raise ValueError(
-                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+                "BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD are both needed"
+                f" with {protocol}"
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+            raise ValueError(
+                "BRIDGE_KAFKA__SSL_CERTFILE and BRIDGE_KAFKA__SSL_KEYFILE go together"
+                " (a client certificate)"
+            )
         if self.ssl_key_password is not None and self.ssl_keyfile is None:
-            raise ValueError("ssl_key_password needs ssl_keyfile")
+            raise ValueError("BRIDGE_KAFKA__SSL_KEY_PASSWORD needs BRIDGE_KAFKA__SSL_KEYFILE")
         if self.max_batch_bytes > self.max_request_bytes:
-            raise ValueError("max_batch_bytes must not exceed max_request_bytes")
+            raise ValueError(
+                "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES"
+            )
         # Settings the protocol would ignore mean a forgotten security_protocol: refuse them
         # rather than connect without the TLS or credentials the operator asked for.
         uses_tls = self.security_protocol in {"SSL", "SASL_SSL"}
-        if not uses_tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_key_password):
+        tls = self._set("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        if not uses_tls and tls:
             raise ValueError(
-                f"ssl_* settings are ignored with {self.security_protocol}: use SSL or SASL_SSL"
+                f"{tls} {_is(tls)} ignored with {protocol}: use SSL or SASL_SSL, or unset"
             )
-        if not self.security_protocol.startswith("SASL") and (
-            self.sasl_username or self.sasl_password
-        ):
+        sasl = self._set("sasl_username", "sasl_password")
+        if not self.security_protocol.startswith("SASL") and sasl:
             raise ValueError(
-                f"sasl_* settings are ignored with {self.security_protocol}:"
-                " use SASL_PLAINTEXT or SASL_SSL"
+                f"{sasl} {_is(sasl)} ignored with {protocol}: use SASL_PLAINTEXT or SASL_SSL,"
+                " or unset"
             )
         if uses_tls:
             self._tls_loads()
         return self
+
+    def _set(self, *fields: str) -> str:
+        """The variables of those of `fields` that are set, e.g. `BRIDGE_KAFKA__SSL_CAFILE`."""
+        return ", ".join(f"BRIDGE_KAFKA__{f.upper()}" for f in fields if getattr(self, f))
 
     def _tls_loads(self) -> None:
         """Load the TLS files now: a file that is no PEM, or a wrong key password, is a config
@@ -142,9 +209,10 @@ class KafkaSettings(BaseModel):
         try:
             self.ssl_context()
         except (ssl.SSLError, OSError) as exc:
+            files = self._set("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
             raise ValueError(
-                "the TLS files could not be loaded (ssl_cafile, ssl_certfile, ssl_keyfile,"
-                f" ssl_key_password): {type(exc).__name__}: {exc}"
+                f"{files or 'BRIDGE_KAFKA__SSL_CAFILE'}: the TLS files could not be loaded:"
+                f" {type(exc).__name__}: {exc}"
             ) from None
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -158,7 +226,7 @@ class KafkaSettings(BaseModel):
         return context
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
     # Longer than the idle timeout of the balancers in front (ALB and ingress-nginx 60 s, Traefik
@@ -190,7 +258,7 @@ class HttpSettings(BaseModel):
         return self
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(_Section):
     path: str = "/webhooks/pinecall"
     secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_unsigned: bool = False
@@ -222,13 +290,13 @@ class WebhookSettings(BaseModel):
     def _signed_unless_told(self) -> WebhookSettings:
         if not self.secrets and not self.allow_unsigned:
             raise ValueError(
-                "no secrets: set BRIDGE_WEBHOOK__SECRETS (comma-separated) or, for local testing"
-                " only, BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true"
+                "BRIDGE_WEBHOOK__SECRETS is not set: set it (comma-separated) or, for local"
+                " testing only, BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true"
             )
         return self
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(_Section):
     events: str = "pinecall.events"
     alerts: str = "pinecall.alerts"
     dlq: str = "pinecall.dlq"
@@ -262,7 +330,7 @@ class TopicSettings(BaseModel):
         return factor
 
 
-class RoutingRule(BaseModel):
+class RoutingRule(_Section):
     match: str = Field(min_length=1)
     topic: str
 
@@ -272,11 +340,11 @@ class RoutingRule(BaseModel):
         return _check_topic(name)
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     rules: list[RoutingRule] = Field(default_factory=list)
 
 
-class DedupSettings(BaseModel):
+class DedupSettings(_Section):
     """The dedup stage: a consumer group over the ingest topic, one transaction per commit."""
 
     ttl_seconds: float = Field(default=900.0, gt=0)
@@ -318,26 +386,34 @@ class DedupSettings(BaseModel):
         # transaction must outlive the interval it is committed at.
         if not self.commit_interval_ms < self.transaction_timeout_ms < self.session_timeout_ms:
             raise ValueError(
-                "need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
-                f" (got {self.commit_interval_ms}, {self.transaction_timeout_ms},"
-                f" {self.session_timeout_ms})"
+                f"BRIDGE_DEDUP__COMMIT_INTERVAL_MS ({self.commit_interval_ms}) <"
+                f" BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS ({self.transaction_timeout_ms}) <"
+                f" BRIDGE_DEDUP__SESSION_TIMEOUT_MS ({self.session_timeout_ms}) does not hold:"
+                " each must be less than the next"
             )
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
-            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+            raise ValueError(
+                "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS must be at most a third of"
+                " BRIDGE_DEDUP__SESSION_TIMEOUT_MS"
+            )
         if self.end_transaction_timeout_seconds * 1000 >= self.transaction_timeout_ms:
             raise ValueError(
-                "end_transaction_timeout_seconds must be shorter than transaction_timeout_ms"
+                "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS must be shorter than"
+                " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS"
             )
         if self.hanging_report_seconds * 1000 <= self.transaction_timeout_ms:
             # Until then the broker may still abort a dead producer's transaction by itself.
-            raise ValueError("hanging_report_seconds must be longer than transaction_timeout_ms")
+            raise ValueError(
+                "BRIDGE_DEDUP__HANGING_REPORT_SECONDS must be longer than"
+                " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS"
+            )
         return self
 
     def ingest_retention_ms(self) -> int:
         return int((self.ttl_seconds + self.ingest_retention_margin_seconds) * 1000)
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
 
@@ -347,14 +423,17 @@ class LogSettings(BaseModel):
         return level.upper() if isinstance(level, str) else level
 
 
-class ShutdownSettings(BaseModel):
+class ShutdownSettings(_Section):
     grace_seconds: float = Field(default=25.0, gt=0)
     drain_delay_seconds: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _delay_fits(self) -> ShutdownSettings:
         if self.drain_delay_seconds >= self.grace_seconds:
-            raise ValueError("drain_delay_seconds must be shorter than grace_seconds")
+            raise ValueError(
+                "BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS must be shorter than"
+                " BRIDGE_SHUTDOWN__GRACE_SECONDS"
+            )
         return self
 
 
@@ -363,14 +442,19 @@ def final_phase_seconds(grace: float) -> float:
     return min(5.0, grace / 4)
 
 
-class CloudEventsSettings(BaseModel):
+class CloudEventsSettings(_Section):
     source: str = Field(default="https://api.pinecall.io", min_length=1)
     # The Kafka protocol binding's content mode: the whole event in the value, or `data` in the
     # value and the attributes in `ce_` headers (bridge/normalise/binding.py).
     mode: Literal["structured", "binary"] = "structured"
 
+    @field_validator("source")
+    @classmethod
+    def _uri_reference(cls, source: str) -> str:
+        return _check_uri_reference(source)
 
-class PinecallSettings(BaseModel):
+
+class PinecallSettings(_Section):
     """Pinecall's REST API: the WebSocket token and webhook registration."""
 
     api_url: str = "https://api.pinecall.io"
@@ -392,14 +476,17 @@ class PinecallSettings(BaseModel):
     @field_validator("api_url", "public_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return url.rstrip("/") if url else url
+        if url is None:
+            return None
+        return _check_url(url, ("http", "https")).rstrip("/")
 
     @model_validator(mode="after")
     def _registration_is_complete(self) -> PinecallSettings:
         if self.register_webhook and not (self.public_url and self.api_key):
-            raise ValueError("register_webhook needs public_url and api_key")
+            raise ValueError(
+                "BRIDGE_PINECALL__REGISTER_WEBHOOK needs BRIDGE_PINECALL__PUBLIC_URL and"
+                " BRIDGE_PINECALL__API_KEY"
+            )
         if not self.allow_insecure_urls and _plain_to_another_host(self.api_url):
             raise ValueError(
                 _insecure(
@@ -409,7 +496,7 @@ class PinecallSettings(BaseModel):
         return self
 
 
-class WebSocketSettings(BaseModel):
+class WebSocketSettings(_Section):
     enabled: bool = False
     url: str = "wss://api.pinecall.io/v1/ws"
     auth: Literal["query-token", "bearer"] = "query-token"
@@ -434,9 +521,7 @@ class WebSocketSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _ws_url(cls, url: str) -> str:
-        if not url.startswith(("ws://", "wss://")):
-            raise ValueError("must be a ws:// or wss:// URL")
-        return url
+        return _check_url(url, ("ws", "wss"))
 
     @field_validator("token_path")
     @classmethod
@@ -448,7 +533,10 @@ class WebSocketSettings(BaseModel):
     @model_validator(mode="after")
     def _backlog_takes_a_frame(self) -> WebSocketSettings:
         if self.max_backlog_bytes < self.max_frame_bytes:
-            raise ValueError("max_backlog_bytes must be at least max_frame_bytes")
+            raise ValueError(
+                "BRIDGE_WEBSOCKET__MAX_BACKLOG_BYTES must be at least"
+                " BRIDGE_WEBSOCKET__MAX_FRAME_BYTES"
+            )
         if self.backoff_initial_seconds > self.backoff_max_seconds:
             raise ValueError(
                 "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS must not exceed"
@@ -457,7 +545,7 @@ class WebSocketSettings(BaseModel):
         return self
 
 
-class SseSettings(BaseModel):
+class SseSettings(_Section):
     """The call-log source: every call's event log over Server-Sent Events (off by default)."""
 
     enabled: bool = False
@@ -506,6 +594,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        allow_inf_nan=False,
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -617,18 +706,24 @@ def _variable(names: list[str]) -> str:
     return "BRIDGE_" + "__".join(name.upper() for name in names) if names else "BRIDGE_*"
 
 
+def _problem(loc: tuple[int | str, ...], kind: str, msg: str) -> str:
+    """One line of ConfigError: the variable, then what is wrong with it."""
+    msg = msg.removeprefix("Value error, ")
+    if kind == "bool_parsing":
+        msg = "must be true or false (or 1/0, yes/no, on/off, t/f, y/n; any case)"
+    # A section's or the whole object's own check names its variables itself.
+    if not loc or msg.startswith("BRIDGE_"):
+        return msg
+    return f"{_env_name(loc)}: {msg}"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise ConfigError listing every problem by its variable name."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
-        problems = [
-            _env_name(err["loc"]) + ": " + err["msg"].removeprefix("Value error, ")
-            if err["loc"]
-            else err["msg"].removeprefix("Value error, ")
-            for err in exc.errors()
-        ]
+        problems = [_problem(err["loc"], err["type"], err["msg"]) for err in exc.errors()]
         raise ConfigError(problems) from None
     except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
         field = re.search(r'field "(\w+)"', str(exc))
@@ -649,20 +744,31 @@ def known_variables() -> set[str]:
     return names
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """`BRIDGE_*` variables no setting reads, each with the likeliest intended name.
+def dotenv_variables() -> Mapping[str, str | None]:
+    """The variables of the `.env` file the settings read (none without one), in lower case."""
+    return DotEnvSettingsSource(Settings).env_vars
+
+
+def unknown_variables(
+    environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None
+) -> list[str]:
+    """`BRIDGE_*` variables no setting reads, in `environ` or `dotenv` (a `.env` file's), each
+    with the likeliest intended name.
 
     Pydantic-settings ignores them silently, so a typo or a renamed setting would quietly
-    fall back to the default.
+    fall back to the default. Names match in any case, as the settings read them.
     """
     known = known_variables()
+    given = {name.upper(): name for name in environ}
+    in_file = {name.upper() for name in dotenv or {}}
     problems = []
-    for name in sorted(environ):
-        if not name.startswith("BRIDGE_") or name in known:
+    for upper in sorted(given.keys() | in_file):
+        if not upper.startswith("BRIDGE_") or upper in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        problems.append(f"{name} is not a setting and is ignored{hint}")
+        where = given.get(upper) or f"{upper} (in .env)"
+        problems.append(f"{where} is not a setting and is ignored{hint}")
     return problems
 
 

@@ -50,12 +50,29 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-class _TransientMetadataFilter(logging.Filter):
-    """Drops aiokafka's ERROR for a topic not yet in metadata: routine right after creating it,
-    and a topic that stays missing is reported by the bridge itself (it stays unready)."""
+class _TransientKafkaFilter(logging.Filter):
+    """Holds back aiokafka's ERRORs for what passes by itself and the bridge reports anyway.
+
+    A topic not yet in metadata is routine right after creating it, and one that stays missing
+    keeps the bridge unready: dropped. A broker it cannot connect to is retried on every
+    reconnect of an outage, which the bridge logs itself (`Kafka not ready yet`, readiness,
+    `kafka_connected`): a WARNING, so the address and the reason stay in the log.
+    """
+
+    _DROPPED = ("Topic %s not found in cluster metadata",)
+    _DEMOTED = (
+        'Unable connect to "%s:%s": %s',
+        "Unable connect to node with id %s: %s",
+        "Unable to update metadata from %s",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Topic %s not found in cluster metadata")
+        msg = str(record.msg)
+        if msg in self._DROPPED:
+            return False
+        if msg in self._DEMOTED and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -111,11 +128,12 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiokafka logs every reconnect attempt at ERROR; the bridge reports outages itself.
+    # aiokafka's INFO is per connection and per group event; the bridge reports outages itself.
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    cluster = logging.getLogger("aiokafka.cluster")
-    if not any(isinstance(f, _TransientMetadataFilter) for f in cluster.filters):
-        cluster.addFilter(_TransientMetadataFilter())
+    for name in ("aiokafka", "aiokafka.cluster"):  # client.py logs as "aiokafka"
+        noisy = logging.getLogger(name)
+        if not any(isinstance(f, _TransientKafkaFilter) for f in noisy.filters):
+            noisy.addFilter(_TransientKafkaFilter())
     # At DEBUG websockets logs the handshake's headers and URL (the API key, the feed token) and
     # every frame: never below INFO, whatever the root level.
     logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -312,16 +312,18 @@ class Bridge:
             except Exception as exc:
                 if undo is not None:
                     await undo()
+                # Full jitter, drawn first so the line says the wait actually taken.
+                wait = random.uniform(0, delay)
                 log.warning(
                     failed,
                     extra={
-                        "part": part,
+                        **({"part": part} if part is not None else {}),
                         "error": repr(exc)[:500],
-                        "retry_in_s": round(delay, 1),
+                        "retry_in_s": round(wait, 1),
                         "bootstrap_servers": ",".join(self.settings.kafka.bootstrap_servers),
                     },
                 )
-                await asyncio.sleep(random.uniform(0, delay))
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, 30.0)
 
     def _ready(self) -> None:
@@ -482,7 +484,10 @@ async def run_until_stopped(
     try:
         await bridge.start()
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback
-        log.error("cannot listen", extra={"port": settings.http.port, "error": str(exc)})
+        log.error(
+            "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT)",
+            extra={"host": settings.http.host, "port": settings.http.port, "error": str(exc)},
+        )
         raise SystemExit(1) from None
     stopped, crashed = asyncio.create_task(stop.wait()), asyncio.create_task(bridge.crashed.wait())
     await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)

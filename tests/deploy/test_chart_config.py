@@ -140,7 +140,7 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    effective = json.loads(done.stdout.split("\n", 1)[1])
+    effective = json.loads(done.stdout)
     for section, fields in values["config"].items():
         for key, value in fields.items():
             snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)

@@ -209,7 +209,7 @@ def test_check_validates_configuration_from_the_environment(installed: Path) -> 
     )
     assert code == 0, out
     # The settings as JSON, then (stderr, merged here) the record-limits line.
-    effective, _ = json.JSONDecoder().raw_decode(out.split("\n", 1)[1])
+    effective, _ = json.JSONDecoder().raw_decode(out)
     assert "record limits:" in out
     assert effective["kafka"]["bootstrap_servers"] == ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]
     assert "s3cret" not in out, "secrets are masked"

@@ -131,15 +131,15 @@ async def send_traffic(bridge: RunningBridge, rounds: int) -> None:
     for n in range(rounds):
         call = f"CA_prom_{uuid.uuid4().hex[:8]}"
         now = time.time()
-        batch = [entry(1, call, ts=now), entry(2, call, ts=now, type="call.started")]
+        batch = [entry(1, call=call, ts=now), entry(2, "call.started", call=call, ts=now)]
         assert (await bridge.post(batch))[0] == 200
-        assert (await bridge.post(entry(1, call, ts=now)))[0] == 200  # a duplicate
+        assert (await bridge.post(entry(1, call=call, ts=now)))[0] == 200  # a duplicate
         alert = {"type": "monitor.fired", "org": "acme", "env": "prod", "at": now, "data": {"n": n}}
         assert (await bridge.post(alert))[0] == 200
-        dropped = [entry(3, call, ephemeral=True), entry(4, call, type="log.caught_up")]
+        dropped = [entry(3, call=call, ephemeral=True), entry(4, "log.caught_up", call=call)]
         assert (await bridge.post(dropped))[0] == 200
         assert (await bridge.post({"data": {"no": "type"}}))[0] in (200, 202)  # dead-lettered
-        assert (await bridge.post(entry(5, call), secret="wrong"))[0] == 401  # rejected
+        assert (await bridge.post(entry(5, call=call), secret="wrong"))[0] == 401  # rejected
         await asyncio.sleep(1.0)
 
 

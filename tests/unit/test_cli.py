@@ -1,5 +1,6 @@
 import hashlib
 import hmac
+import logging
 import shlex
 import time
 
@@ -24,21 +25,73 @@ def test_check_valid_exits_0_and_masks_secrets(
 ) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
     assert main(["check"]) == 0
-    out = capsys.readouterr().out
-    assert "configuration is valid" in out
-    assert "s3cr3t-value" not in out
-    assert "pinecall.events" in out
+    out, err = capsys.readouterr()
+    assert "s3cr3t-value" not in out + err
+    assert "configuration is valid" in err
+    # stdout is the settings as JSON and nothing else: `check | jq` works.
+    assert jsoncodec.loads(out)["topics"]["events"] == "pinecall.events"
 
 
-def test_check_warns_about_unknown_variables(
+def test_check_fails_on_unknown_variables_and_run_warns(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A CI gate running `check` must catch a typo; `run` still starts, with a warning.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "typo")
-    assert main(["check"]) == 0
-    err = capsys.readouterr().err
-    assert "BRIDGE_WEBHOOK__SECRET is not a setting" in err
-    assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in err
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert (
+        "  - BRIDGE_WEBHOOK__SECRET is not a setting and is ignored"
+        " (did you mean BRIDGE_WEBHOOK__SECRETS?)"
+    ) in err
+    started: list[object] = []
+    root = logging.getLogger()  # `run` configures logging: undone when the test ends
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.cli._run_loop", started.append)
+    assert main(["run"]) == 0
+    assert len(started) == 1
+    [warning] = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (warning["level"], warning["logger"]) == ("warning", "bridge.config")
+    assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in warning["msg"]
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_typo_is_named_before_the_problems_it_causes(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only the misspelt secret: the hint was printed only once everything else was valid.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "abc")
+    with pytest.raises(SystemExit) as exited:
+        main([command])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:3] == [
+        "pinecall-bridge: invalid configuration:",
+        "  - BRIDGE_WEBHOOK__SECRET is not a setting and is ignored"
+        " (did you mean BRIDGE_WEBHOOK__SECRETS?)",
+        "  - BRIDGE_WEBHOOK__SECRETS is not set: set it (comma-separated) or, for local testing"
+        " only, BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true",
+    ]
+
+
+def test_check_reads_the_dotenv_file_for_unknown_variables_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=s\nBRIDGE_HTTP__PROT=8081\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    assert (
+        "BRIDGE_HTTP__PROT (in .env) is not a setting and is ignored"
+        " (did you mean BRIDGE_HTTP__PORT?)"
+    ) in capsys.readouterr().err
 
 
 def test_check_invalid_exits_2_listing_each_problem(
@@ -70,7 +123,10 @@ def test_check_refuses_inputs_larger_than_the_records_kafka_takes(
     monkeypatch.setenv("BRIDGE_KAFKA__MAX_BATCH_BYTES", "2000000")
     with pytest.raises(SystemExit):
         main(["check"])
-    assert "max_batch_bytes must not exceed max_request_bytes" in capsys.readouterr().err
+    assert (
+        "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES"
+        in capsys.readouterr().err
+    )
 
 
 def test_check_accepts_limits_that_fit_and_prints_them(
@@ -151,3 +207,44 @@ def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "cannot reach Kafka at 127.0.0.1:9 (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("action", [["show"], ["test"], ["delete"], ["register", "--url", "u"]])
+def test_webhook_commands_need_the_api_key_before_asking_pinecall(
+    action: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without it each went to Pinecall and came back with a 401.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", "http://127.0.0.1:9")  # nothing listens
+    assert main(["webhooks", *action]) == 2
+    err = capsys.readouterr().err
+    assert f"webhooks {action[0]} needs BRIDGE_PINECALL__API_KEY" in err
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    version = importlib.metadata.version("pinecall-bridge")
+    assert capsys.readouterr().out == f"pinecall-bridge {version}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["run"], ["until SIGTERM", "unknown BRIDGE_* variables"]),
+        (["check"], ["JSON on stdout", "variable no setting reads"]),
+        (["send"], ["--url URL", "(default: http://127.0.0.1:8080/webhooks/pinecall)"]),
+        (["demo"], ["HTTP port (default: 8080)", "Pinecall's port (default: 8765)"]),
+    ],
+)
+def test_help_describes_commands_and_defaults(
+    command: list[str], said: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    for words in said:
+        assert words in text, text

@@ -149,7 +149,8 @@ def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert caught.value.problems == [
-        "BRIDGE_KAFKA: security_protocol SASL_SSL needs sasl_username and sasl_password"
+        "BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD are both needed with"
+        " BRIDGE_KAFKA__SECURITY_PROTOCOL=SASL_SSL"
     ]
 
 
@@ -234,26 +235,30 @@ def test_settings_the_protocol_would_ignore_are_refused(
     [
         (
             {"BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "8000"},
-            "BRIDGE_DEDUP: need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
-            " (got 8000, 8000, 10000)",
+            "BRIDGE_DEDUP__COMMIT_INTERVAL_MS (8000) < BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS (8000)"
+            " < BRIDGE_DEDUP__SESSION_TIMEOUT_MS (10000) does not hold: each must be less than"
+            " the next",
         ),
         (
             {"BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "10000"},
-            "BRIDGE_DEDUP: need commit_interval_ms < transaction_timeout_ms < session_timeout_ms"
-            " (got 100, 10000, 10000)",
+            "BRIDGE_DEDUP__COMMIT_INTERVAL_MS (100) < BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS (10000)"
+            " < BRIDGE_DEDUP__SESSION_TIMEOUT_MS (10000) does not hold: each must be less than"
+            " the next",
         ),
         (
             {"BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "3334"},
-            "BRIDGE_DEDUP: heartbeat_interval_ms must be at most a third of session_timeout_ms",
+            "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS must be at most a third of"
+            " BRIDGE_DEDUP__SESSION_TIMEOUT_MS",
         ),
         (
             {"BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "8"},
-            "BRIDGE_DEDUP: end_transaction_timeout_seconds must be shorter than"
-            " transaction_timeout_ms",
+            "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS must be shorter than"
+            " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS",
         ),
         (
             {"BRIDGE_DEDUP__HANGING_REPORT_SECONDS": "8"},
-            "BRIDGE_DEDUP: hanging_report_seconds must be longer than transaction_timeout_ms",
+            "BRIDGE_DEDUP__HANGING_REPORT_SECONDS must be longer than"
+            " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS",
         ),
         (
             {"BRIDGE_DEDUP__GROUP": "my group"},
@@ -297,7 +302,7 @@ def test_settings_the_protocol_would_ignore_are_refused(
         ),
         (
             {"BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "60"},
-            "BRIDGE_WEBSOCKET: BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS must not exceed"
+            "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS must not exceed"
             " BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS",
         ),
         (
@@ -437,7 +442,7 @@ def test_tls_files_that_do_not_load_are_a_config_error(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     [problem] = caught.value.problems
-    assert problem.startswith("BRIDGE_KAFKA: the TLS files could not be loaded"), problem
+    assert problem.startswith("BRIDGE_KAFKA__SSL_CAFILE: the TLS files could not be loaded")
     assert "SSLError" in problem
 
 
@@ -490,3 +495,170 @@ def test_loopback_and_encrypted_urls_need_no_setting(
         ws_url,
         False,
     )
+
+
+def float_settings() -> list[str]:
+    """Every variable of a float setting, from the models: a section added later is covered."""
+    from bridge.config import Settings
+
+    names = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        names += [
+            f"BRIDGE_{section.upper()}__{name.upper()}"
+            for name, inner in model.model_fields.items()
+            if inner.annotation is float
+        ]
+    return names
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("name", float_settings())
+def test_no_setting_takes_an_infinity_or_nan(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # BRIDGE_DEDUP__TTL_SECONDS=inf passed `check`, then every start failed with an
+    # OverflowError logged as "Kafka not ready yet"; nan was refused as "not greater than 0".
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [f"{name}: Input should be a finite number"]
+
+
+def test_every_settings_model_refuses_infinities_and_nan() -> None:
+    from pydantic import BaseModel
+
+    from bridge import config
+
+    models = [
+        m
+        for m in vars(config).values()
+        if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == config.__name__
+    ]
+    assert len(models) > 10
+    assert [m.__name__ for m in models if m.model_config.get("allow_inf_nan") is not False] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "problem"),
+    [
+        ("BRIDGE_PINECALL__API_URL", "https://", "has no host"),
+        ("BRIDGE_PINECALL__API_URL", "https://:443/v1", "has no host"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io:https", "has a port that"),
+        ("BRIDGE_PINECALL__API_URL", "api.pinecall.io", "must start with http:// or https://"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://exa mple.com", "must not contain whitespace"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com ", "must not contain"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://", "has no host"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/w s", "must not contain whitespace"),
+    ],
+)
+def test_urls_need_a_host_and_no_whitespace(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str, problem: str
+) -> None:
+    # `https://exa mple.com` as the public URL would have been registered with Pinecall.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [line] = caught.value.problems
+    assert line.startswith(f"{name}: {problem}"), line
+
+
+@pytest.mark.parametrize(
+    ("source", "valid"),
+    [
+        ("https://api.pinecall.io", True),
+        ("urn:pinecall:org:42", True),
+        ("/pinecall/bridge", True),  # CloudEvents allows a relative reference
+        ("pinecall-bridge", True),
+        ("https://api.pinecall.io/a%20b", True),
+        ("not a uri", False),
+        ("https://api.pinecall.io/a b", False),
+        ("tab\there", False),
+        ("50%off", False),
+        ("1st:thing", False),  # no scheme, and a relative reference has no ':' before a '/'
+    ],
+)
+def test_the_cloudevents_source_is_a_uri_reference(
+    monkeypatch: pytest.MonkeyPatch, source: str, valid: bool
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_CLOUDEVENTS__SOURCE", source)
+    if valid:
+        assert load_settings().cloudevents.source == source
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [line] = caught.value.problems
+    assert line.startswith("BRIDGE_CLOUDEVENTS__SOURCE: must be a URI-reference (RFC 3986)")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BRIDGE_KAFKA__SASL_USERNAME": "u"}, "BRIDGE_KAFKA__SASL_USERNAME is ignored with"),
+        (
+            {"BRIDGE_KAFKA__SSL_CAFILE": "/etc/hostname"},
+            "BRIDGE_KAFKA__SSL_CAFILE is ignored with BRIDGE_KAFKA__SECURITY_PROTOCOL=PLAINTEXT",
+        ),
+        (
+            {
+                "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL",
+                "BRIDGE_KAFKA__SSL_CERTFILE": "/etc/hostname",
+            },
+            "BRIDGE_KAFKA__SSL_CERTFILE and BRIDGE_KAFKA__SSL_KEYFILE go together",
+        ),
+        (
+            {"BRIDGE_KAFKA__MAX_BATCH_BYTES": "2000000"},
+            "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES",
+        ),
+        (
+            {"BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS": "30"},
+            "BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS must be shorter than"
+            " BRIDGE_SHUTDOWN__GRACE_SECONDS",
+        ),
+        (
+            {"BRIDGE_PINECALL__REGISTER_WEBHOOK": "true"},
+            "BRIDGE_PINECALL__REGISTER_WEBHOOK needs BRIDGE_PINECALL__PUBLIC_URL and"
+            " BRIDGE_PINECALL__API_KEY",
+        ),
+        (
+            {"BRIDGE_PINECALL__API_URL": "http://api.pinecall.internal"},
+            "BRIDGE_PINECALL__API_URL is a plain http:// URL",
+        ),
+        (
+            {"BRIDGE_WEBSOCKET__MAX_BACKLOG_BYTES": "2048"},
+            "BRIDGE_WEBSOCKET__MAX_BACKLOG_BYTES must be at least"
+            " BRIDGE_WEBSOCKET__MAX_FRAME_BYTES",
+        ),
+        (
+            {"BRIDGE_HTTP__WORKERS": "2", "BRIDGE_HTTP__PORT": "0"},
+            "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT",
+        ),
+    ],
+)
+def test_a_rule_across_settings_names_their_variables(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    # They named the section ("BRIDGE_KAFKA: sasl_* settings are ignored ..."), or named a
+    # variable after the section's prefix ("BRIDGE_PINECALL: BRIDGE_PINECALL__API_URL ...").
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [line] = caught.value.problems
+    assert line.startswith(named), line
+
+
+def test_a_bad_boolean_says_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__ALLOW_UNSIGNED", "maybe")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "BRIDGE_WEBHOOK__ALLOW_UNSIGNED: must be true or false (or 1/0, yes/no, on/off, t/f, y/n;"
+        " any case)"
+    ]

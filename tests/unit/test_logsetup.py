@@ -83,15 +83,41 @@ async def test_debug_logs_no_feed_credentials(capsys: pytest.CaptureFixture[str]
     assert logging.getLogger("websockets").getEffectiveLevel() == logging.INFO
 
 
-def test_transient_missing_topic_error_is_dropped(capsys: pytest.CaptureFixture[str]) -> None:
+def test_transient_kafka_errors_are_dropped_or_demoted(capsys: pytest.CaptureFixture[str]) -> None:
     logsetup.configure("INFO", "json")
     logsetup.configure("INFO", "json")  # idempotent: one filter, not two
-    cluster = logging.getLogger("aiokafka.cluster")
-    assert len(cluster.filters) == 1
+    cluster, client = logging.getLogger("aiokafka.cluster"), logging.getLogger("aiokafka")
+    assert (len(cluster.filters), len(client.filters)) == (1, 1)
     cluster.error("Topic %s not found in cluster metadata", "pinecall.events")
     cluster.error("Something else broke")
-    lines = capsys.readouterr().err.splitlines()
-    assert [jsoncodec.loads(line)["msg"] for line in lines] == ["Something else broke"]
+    client.error("Unable connect to node with id %s: %s", 1, "refused")
+    client.error("Unable to update metadata from %s", [1])
+    client.error("Unexpected error during InitProducerIdRequest: %s", "boom")
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["msg"]) for e in lines] == [
+        ("error", "Something else broke"),
+        ("warning", "Unable connect to node with id 1: refused"),
+        ("warning", "Unable to update metadata from [1]"),
+        ("error", "Unexpected error during InitProducerIdRequest: boom"),
+    ]
+
+
+async def test_a_kafka_outage_logs_no_error_per_reconnect(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # aiokafka logged `Unable connect to ...` at ERROR on every attempt, beside the bridge's own
+    # WARNING; the README says it logs at WARNING at most.
+    from aiokafka import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError
+
+    logsetup.configure("INFO", "json")
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    with pytest.raises(KafkaConnectionError):
+        await client.bootstrap()
+    await client.close()
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    refused = [e for e in lines if e["msg"].startswith('Unable connect to "127.0.0.1:1"')]
+    assert [e["level"] for e in refused] == ["warning"], lines
 
 
 def test_malformed_requests_log_one_short_warning_per_period() -> None:

@@ -10,7 +10,7 @@ from typing import Any, get_args
 import pytest
 
 from bridge.config import Settings, ShutdownSettings, load_settings
-from bridge.service import Bridge
+from bridge.service import Bridge, run_until_stopped
 from bridge.workers.role import Stages
 from tests.polling import until
 
@@ -315,3 +315,51 @@ async def test_a_dedup_process_is_ready_once_its_stage_runs_whatever_else_cannot
     assert bridge.readiness.started
     watch.refuse = False
     await asyncio.wait_for(starting, 10)
+
+
+async def test_a_retry_logs_the_wait_it_takes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It logged the backoff's cap while the full jitter drawn after the line slept less, and a
+    # `part` of null while waiting for Kafka.
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def noting_sleep(seconds: float, result: Any = None) -> Any:
+        waits.append(seconds)
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", noting_sleep)
+    monkeypatch.setattr("bridge.service.random.uniform", lambda low, high: low + (high - low) / 3)
+    failures = [RuntimeError("unreachable"), RuntimeError("unreachable")]
+
+    async def attempt() -> None:
+        if failures:
+            raise failures.pop()
+
+    bridge = Bridge(every_source())
+    with caplog.at_level(logging.WARNING, logger="bridge.service"):
+        await bridge._retry("Kafka not ready yet", attempt)
+        failures.append(RuntimeError("refused"))
+        await bridge._retry("a part could not start", attempt, part="dedup_stage")
+    logged = [r.__dict__ for r in caplog.records]
+    assert [r["retry_in_s"] for r in logged] == [round(w, 1) for w in waits]
+    assert waits[:2] == [0.5 / 3, 1.0 / 3]
+    assert ["part" in r for r in logged] == [False, False, True]
+    assert logged[2]["part"] == "dedup_stage"
+
+
+async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bridge = Bridge(every_source(port))
+        try:
+            with caplog.at_level(logging.ERROR, logger="bridge.service"), pytest.raises(SystemExit):
+                await run_until_stopped(bridge)
+        finally:
+            await bridge.stop()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("cannot listen")]
+    assert (record.__dict__["host"], record.__dict__["port"]) == ("127.0.0.1", port)
+    assert "BRIDGE_HTTP__HOST" in record.getMessage()
