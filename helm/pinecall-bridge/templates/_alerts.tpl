@@ -401,6 +401,18 @@ groups:
           summary: {{ printf "Pod %s gave up %s call logs (%s)" "{{ $labels.pod }}" "{{ $value | humanize }}" "{{ $labels.reason }}" | quote }}
           description: {{ printf "%s/%s stopped following %s call logs before their end in the last 15 minutes because Pinecall refused them (%s): the rest of those calls' entries is not read; they are lost unless they also arrive by webhook or the feed. The log names each call (message: call log given up)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" "{{ $labels.reason }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecallloggivenup" $a.runbookUrl }}
+      - alert: PinecallBridgeCallLogCallsDropped
+        # More calls than BRIDGE_SSE__MAX_CALLS followed and ten times as many waiting: the rest
+        # are not followed. The call list, swept again once the queue drains, finds those still
+        # live or ended within the dedup TTL; older ones are lost.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_sse_calls_dropped_total[15m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s dropped %s calls from its call-log queue" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s had more calls to follow than BRIDGE_SSE__MAX_CALLS and ten times as many waiting in the last 15 minutes, and dropped %s of them: their logs are read only if the call list, swept again once the queue drains, still shows them within the dedup TTL. Raise config.sse.maxCalls or add replicas." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgecalllogcallsdropped" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
         expr: |
           min by (namespace, pod) (pinecall_bridge_ready) == 0
