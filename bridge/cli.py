@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(func=_tail)
 
     demo = commands.add_parser(
-        "demo", help="simulated Pinecall → the bridge (both channels) → Kafka, on screen"
+        "demo", help="simulated Pinecall → the bridge (all three channels) → Kafka, on screen"
     )
     demo.add_argument("--headless", action="store_true", help="no live view: run, then summarise")
     demo.add_argument("--calls", type=int, help="calls to play (default: forever; headless: 50)")

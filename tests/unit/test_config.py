@@ -1,9 +1,17 @@
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.config import ConfigError, describe, known_variables, load_settings, unknown_variables
+from bridge.config import (
+    ConfigError,
+    Settings,
+    describe,
+    known_variables,
+    load_settings,
+    unknown_variables,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -374,11 +382,42 @@ def test_unknown_variables_are_named_with_the_likely_intent() -> None:
     ]
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
 def test_every_documented_setting_is_known() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    documented = set(re.findall(r"BRIDGE_[A-Z_]+__[A-Z_]+", readme))
+    documented = set(re.findall(r"BRIDGE_[A-Z_]+__[A-Z_]+", README.read_text()))
     assert documented
     assert documented <= known_variables()
+
+
+def _shown(value: Any) -> str | None:
+    """A default as the README's table writes it; None for one it shows no value for."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) if value else None
+    return None if value is None else str(value)
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
+    # A row: | `VAR`[, `VAR2`] | `default`[, `default2`] | meaning |
+    rows: dict[str, str | None] = {}
+    for names, defaults in re.findall(r"^\| (`BRIDGE_[^|]*)\|([^|]*)\|", README.read_text(), re.M):
+        variables = re.findall(r"`(BRIDGE_\w+)`", names)
+        shown = re.findall(r"`([^`]*)`", defaults)
+        assert not shown or len(shown) == len(variables), f"row {names}: defaults {defaults}"
+        rows |= dict(zip(variables, shown or [None] * len(variables), strict=True))
+    for section, field in Settings.model_fields.items():
+        assert isinstance(field.annotation, type)
+        for key, info in field.annotation.model_fields.items():
+            variable = f"BRIDGE_{section.upper()}__{key.upper()}"
+            assert variable in rows, f"{variable} is not in README.md's Configuration table"
+            default = info.get_default(call_default_factory=True)
+            expected = "[]" if variable == "BRIDGE_ROUTING__RULES" else _shown(default)
+            assert rows[variable] == expected, f"{variable}: README says {rows[variable]!r}"
 
 
 def test_the_call_log_source_is_off_by_default_and_needs_the_api_key(
