@@ -569,7 +569,17 @@ class SseSettings(_Section):
     call_list_path: str | None = "/v1/sessions"
     call_list_lookback_seconds: float = Field(default=21_600.0, ge=0)
 
-    @field_validator("org_feed_path", "call_list_path", mode="before")
+    @field_validator("org_feed_path", mode="before")
+    @classmethod
+    def _feed_path(cls, path: str) -> str:
+        # The org feed is how calls are found: it cannot be turned off like the call list.
+        if path == "":
+            raise ValueError("must not be empty: it announces the calls to follow")
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @field_validator("call_list_path", mode="before")
     @classmethod
     def _path(cls, path: str | None) -> str | None:
         if path == "":

@@ -701,3 +701,10 @@ def test_a_bad_boolean_says_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> 
         "BRIDGE_WEBHOOK__ALLOW_UNSIGNED: must be true or false (or 1/0, yes/no, on/off, t/f, y/n;"
         " any case)"
     ]
+
+
+def test_an_empty_org_feed_path_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_SSE__ORG_FEED_PATH", "")
+    with pytest.raises(ConfigError, match="BRIDGE_SSE__ORG_FEED_PATH: must not be empty"):
+        load_settings()
