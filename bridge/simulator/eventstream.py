@@ -149,7 +149,7 @@ class EventStreams:
 
     async def call_events(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/calls/{call}/events`: a JSON page, or SSE with `Accept: text/event-stream`."""
-        if refused := self._refused(request):
+        if refused := self._refused(request, call_log=True):
             return refused
         if self._fail_next > 0:
             self._fail_next -= 1
@@ -321,9 +321,11 @@ class EventStreams:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _refused(self, request: web.Request) -> web.Response | None:
+    def _refused(self, request: web.Request, *, call_log: bool = False) -> web.Response | None:
         if time.monotonic() < self._refuse_until:
             self._stats.sse_auth_refused += 1
+            if call_log:
+                self._stats.sse_log_auth_refused += 1
             self._stats.unauthorized += 1
             return unauthorized("this key is refused (injected failure)")
         if bearer_ok(request.headers.get("Authorization"), self._config.api_key):

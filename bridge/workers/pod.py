@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -11,12 +12,19 @@ from aiohttp import web
 
 from bridge import jsoncodec
 from bridge.metrics import CONTENT_TYPE
+from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.webhook import json_response
 from bridge.workers.merge import merge
 from bridge.workers.probes import Answer, pod_answer
 
 # Below the probes' timeoutSeconds (2 s in the chart): a worker this slow counts as unreachable.
 ASK_TIMEOUT_SECONDS = 1.0
+# The most of a worker's answer read: a probe's is a line of JSON; an exposition is some hundred
+# KiB. A worker gone wrong must not fill every worker's memory at each scrape.
+MAX_PROBE_BYTES = 64 * 1024
+MAX_METRICS_BYTES = 32 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class PodView:
@@ -54,9 +62,17 @@ class PodView:
         return session
 
     async def _get(self, worker: str, path: str) -> tuple[int, bytes] | None:
+        cap = MAX_METRICS_BYTES if path == "/metrics" else MAX_PROBE_BYTES
         try:
             async with self._session(worker).get(f"http://worker-{worker}{path}") as response:
-                return response.status, await response.read()
+                return response.status, await read_capped(response, cap)
+        except BodyTooLargeError as exc:
+            # Counted as unreachable: in the probe's answer, and in workers_unreachable.
+            log.error(
+                "a worker's answer is too large: it counts as unreachable",
+                extra={"worker": worker, "path": path, "error": str(exc)},
+            )
+            return None
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ Stages = Literal["both", "ingest", "dedup"]
 
 # Not BRIDGE_*: it is no setting, and `unknown_variables` would warn about it.
 ENV = "PINECALL_BRIDGE_WORKER"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
     return "dedup" if index == count - 1 else "ingest"
 
 
+# A float's repr is at most 24 characters.
+MAX_STOP_BY_BYTES = 64
+
+
 def stop_by_file(runtime_dir: Path) -> Path:
     return runtime_dir / "stop-by"
 
@@ -105,7 +112,16 @@ def read_stop_by(path: Path) -> float | None:
     deadline is the worker's too.
     """
     try:
-        deadline = float(path.read_text())
+        with path.open("rb") as file:
+            text = file.read(MAX_STOP_BY_BYTES + 1)
+        if len(text) > MAX_STOP_BY_BYTES:
+            # Only ever a float's repr: anything longer is not the parent's deadline.
+            log.error(
+                "the stop deadline file is too large: stopping without its deadline",
+                extra={"path": str(path), "max_bytes": MAX_STOP_BY_BYTES},
+            )
+            return None
+        deadline = float(text)
     except (OSError, ValueError):
         return None
     return deadline if math.isfinite(deadline) else None

@@ -163,6 +163,69 @@ def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
     assert "must exceed" in done.stderr
 
 
+# Each way the pod runs worker processes under a supervisor (bridge/workers/parent.py), which
+# kills the ones still running 3 s (GRACE_MARGIN_SECONDS) after the grace period.
+SUPERVISED = {
+    "workers": ("config.http.workers=2",),
+    "one per CPU": ("config.http.workers=0", "resources.limits.cpu=2"),
+    "own dedup process": ("config.dedup.ownProcess=true",),
+}
+
+
+def grace_period(*sets: str) -> int:
+    period: int = pod_spec(render(SIGNED, *sets))["terminationGracePeriodSeconds"]
+    return period
+
+
+@pytest.mark.parametrize("sets", SUPERVISED.values(), ids=SUPERVISED.keys())
+def test_termination_grace_period_leaves_the_worker_supervisor_its_margin(
+    sets: tuple[str, ...],
+) -> None:
+    # preStop 5 s + grace 25 s: the supervisor kills stragglers at 33 s and must get to.
+    assert grace_period(*sets) > 5 + 25 + 3
+    assert grace_period(*sets, "terminationGracePeriodSeconds=34") == 34
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets),
+        "--set", "terminationGracePeriodSeconds=33", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds + 3" in (
+        done.stderr
+    )
+    # One process has no supervisor: just past the pause and the grace is enough.
+    assert grace_period("terminationGracePeriodSeconds=31") == 31
+
+
+def test_one_worker_per_cpu_needs_a_cpu_limit() -> None:
+    # Without one, the count is the cores of whichever node the pod lands on (up to 64).
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "config.http.workers=0", check=False
+    )
+    assert done.returncode != 0
+    assert "config.http.workers=0 needs resources.limits.cpu" in done.stderr
+    config = one(
+        render(SIGNED, "config.http.workers=0", "resources.limits.cpu=4"),
+        "ConfigMap",
+        "pinecall-bridge",
+    )
+    assert config["data"]["BRIDGE_HTTP__WORKERS"] == "0"
+
+
+@pytest.mark.parametrize("variant", VARIANTS.keys())
+def test_unready_pods_never_block_a_node_drain(
+    variant: str, defaults: list[Manifest], all_on: list[Manifest]
+) -> None:
+    # Pods that cannot reach Kafka stay unready (and alive) for good: with Kubernetes' default
+    # policy the budget would then refuse every eviction, and node drains hang.
+    budget = one(defaults if variant == "defaults" else all_on, "PodDisruptionBudget")["spec"]
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    kept = one(
+        render(SIGNED, "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget"),
+        "PodDisruptionBudget",
+    )
+    assert kept["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+
+
 @pytest.mark.parametrize("cpu", ["100m", "0.25", "", None])
 def test_autoscaling_on_a_small_cpu_request_is_refused(cpu: str | None) -> None:
     request = [] if cpu is None else ["--set-string", f"resources.requests.cpu={cpu}"]
@@ -506,6 +569,21 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
         "resources.requests.cpu=1",
     )
     assert "up to 16 replicas but 12 ingest partitions" in notes
+    # Every worker process runs a dedup stage, unless the stage has a process of its own.
+    notes = render_notes(
+        tmp_path / "4",
+        SIGNED,
+        "config.http.workers=0",
+        "resources.limits.cpu=2500m",
+        "replicaCount=5",
+    )
+    assert "up to 15 dedup stages (5 replicas, 3 worker processes each) but 12 ingest" in notes
+    notes = render_notes(
+        tmp_path / "5", SIGNED, "config.http.workers=4", "config.dedup.ownProcess=true"
+    )
+    assert "dedup stages" not in notes
+    notes = render_notes(tmp_path / "6", SIGNED, "config.http.workers=4", "replicaCount=4")
+    assert "up to 16 dedup stages (4 replicas, 4 worker processes each) but 12 ingest" in notes
 
 
 def alert_names(*sets: str) -> dict[str, dict[str, Any]]:

@@ -5,7 +5,6 @@ so the chart never refuses what the bridge accepts."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from bridge.config import ConfigError, load_settings
 from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, merged, render
+from tests.environ import without_bridge_variables
 
 # A webhook secret the chart knows for sure (existingSecret might hold any secret, so the
 # refusals that depend on a missing secret start from this instead).
@@ -35,9 +35,7 @@ def refused(*sets: str) -> str:
 @pytest.fixture
 def bridge_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The bridge's own verdict on settings: its problems ([] when it accepts them)."""
-    monkeypatch.chdir(tmp_path)  # no .env
-    for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
-        monkeypatch.delenv(name)
+    without_bridge_variables(monkeypatch, tmp_path)
     pem = tmp_path / "file.pem"
     pem.write_text("PEM\n")
 
@@ -289,6 +287,14 @@ def test_the_base_of_the_refusals_is_accepted_by_both(bridge_problems: Any) -> N
     assert {m["kind"] for m in render(SECRET)} >= {"Deployment", "Secret"}
     assert bridge_problems(BRIDGE_SECRET) == []
     assert bridge_problems({}), "and the bridge refuses no secret too"
+
+
+def test_a_zero_is_not_taken_for_an_unset_value(bridge_problems: Any) -> None:
+    # 0 turns the replay check off: no TTL is then too short for it.
+    sets = ("config.webhook.maxAgeSeconds=0", "config.dedup.ttlSeconds=500")
+    assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
+    off = {"webhook": {"max_age_seconds": 0}, "dedup": {"ttl_seconds": 500}}
+    assert bridge_problems(merged(BRIDGE_SECRET, off)) == []
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -433,8 +433,11 @@ async def consume_until(
     return records
 
 
-async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
-    """Per ingest partition, records not yet committed by the dedup group (0: all decided)."""
+@asynccontextmanager
+async def ingest_ends(
+    bootstrap: str, names: Topics
+) -> AsyncIterator[tuple[AIOKafkaAdminClient, dict[TopicPartition, int]]]:
+    """An admin client of the broker, and the end offset of every ingest partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
@@ -442,15 +445,26 @@ async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
     try:
         [described] = await admin.describe_topics([names.ingest])
         partitions = [TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]]
-        ends = await consumer.end_offsets(partitions)
-        committed = await admin.list_consumer_group_offsets(names.group, partitions=partitions)
+        yield admin, await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
+    """Per ingest partition, records not yet committed by the dedup group (0: all decided)."""
+    async with ingest_ends(bootstrap, names) as (admin, ends):
+        committed = await admin.list_consumer_group_offsets(names.group, partitions=list(ends))
     return {
         tp.partition: end - max(committed[tp].offset if tp in committed else 0, 0)
         for tp, end in ends.items()
     }
+
+
+async def delete_ingest(bootstrap: str, names: Topics) -> None:
+    """Delete every record now in the ingest topic, as retention would: its log start moves."""
+    async with ingest_ends(bootstrap, names) as (admin, ends):
+        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items() if end})
 
 
 def ingest_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:

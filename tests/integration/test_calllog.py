@@ -191,30 +191,47 @@ async def test_many_calls_through_cuts_silences_gaps_and_5xx(
 
 
 async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
-    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     rng = random.Random(14)
+    caplog.set_level(logging.ERROR, logger="bridge.sources.calllog.keygate")
+    refusing = 3.0
+    # Refused for longer than the give-up time: a refused key must not give calls up.
+    sse = {**FAST_SSE, "give_up_after_seconds": 1.0}
     async with Simulator(sim_config()) as sim:
-        handle = await following(start_bridge, sim)
+        handle = await following(start_bridge, sim, sse)
         calls = Calls(sim, "CA_auth")
-        names = calls.open(10)
+        names = calls.open(40)
         await play(calls, names, 5, rng)
-        refusing = 3.0
         sim.sse_refuse_auth(refusing)  # every reconnect, the feed's too, is answered 401 meanwhile
+        assert sim.stats.sse_log_auth_refused == 0
         assert sim.sse_cut() > 0
         await play(calls, names, 5, rng)
         await asyncio.sleep(refusing)
         refused = sim.stats.sse_auth_refused
+        log_refused = sim.stats.sse_log_auth_refused
         await end_and_check(kafka_bootstrap, topics, calls, names)
         for stream in ("call", "org_feed"):
             auth = sample(
                 handle.metrics, "pinecall_bridge_sse_reconnects_total", stream=stream, reason="auth"
             )
             assert auth > 0, stream
-    # Backed off, not hammered: each reader retried a 401 at most every BACKOFF_MAX_SECONDS (0.5 s)
-    # or so; a tight loop would make thousands of requests in these seconds.
-    readers = len(names) + 2  # the calls' followers, the org feed and the call list
-    assert 0 < refused <= readers * (refusing / FAST_SSE["backoff_max_seconds"] + 2), refused
+        given_up = sample(
+            handle.metrics, "pinecall_bridge_sse_calls_given_up_total", reason="refused"
+        )
+        assert given_up == 0
+    # Backed off, not hammered: the org feed and the call list retried a 401 at most every
+    # BACKOFF_MAX_SECONDS (0.5 s) or so; a tight loop would make thousands of requests.
+    assert 0 < refused <= log_refused + 2 * (refusing / FAST_SSE["backoff_max_seconds"] + 2)
+    # The call logs together: each follower's request out when the key was refused, then one
+    # probe per backoff; each on its own would make one per follower per backoff (~280 here).
+    probes = refusing / FAST_SSE["backoff_max_seconds"] + 2
+    assert 0 < log_refused <= len(names) + probes, log_refused
+    openings = [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API")]
+    assert len(openings) == 1
 
 
 async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_passed(

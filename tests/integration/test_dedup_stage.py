@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 
 from bridge.config import DedupSettings
@@ -33,6 +32,7 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     consume_until,
+    delete_ingest,
     entry,
     has_id,
     ingest_backlog,
@@ -143,16 +143,23 @@ async def test_copies_posted_after_a_restart_are_not_output_again(
     )
 
 
+async def _stage_stopped_after_two(
+    start_bridge: Start, bootstrap: str, names: Topics, call: str
+) -> RunningBridge:
+    """A bridge whose stage output `call`:1 and :2, then stopped; its ingest stage goes on."""
+    first: RunningBridge = await start_bridge()
+    await post_all(first, [entry(1, call=call), entry(2, call=call)])
+    await consume_until(bootstrap, [names.events], has_id(f"{call}:2"))
+    assert first.bridge.dedup is not None
+    await first.bridge.dedup.stop()  # its commit holds :1 and :2
+    return first
+
+
 async def test_a_lagging_partition_is_restored_exactly(
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     """Ingest records the stopped stage never read: restore up to the commit, then decide them."""
-    first: RunningBridge = await start_bridge()
-    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
-    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
-    # The stage stops (its commit holds :1 and :2); the ingest stage goes on taking webhooks.
-    assert first.bridge.dedup is not None
-    await first.bridge.dedup.stop()
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
     await post_all(
         first,
         [entry(seq, call=unique_call) for seq in (2, 3, 3, 4)],
@@ -173,13 +180,9 @@ async def test_records_deleted_before_the_stage_read_them_are_counted_and_skippe
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
     """Retention (here an admin's delete) took undecided ingest records: lost, and counted."""
-    first: RunningBridge = await start_bridge()
-    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
-    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
-    assert first.bridge.dedup is not None
-    await first.bridge.dedup.stop()  # its commit holds :1 and :2
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
     await post_all(first, [entry(3, call=unique_call), entry(4, call=unique_call)])
-    await _delete_ingest(kafka_bootstrap, topics)  # :3 and :4, never decided
+    await delete_ingest(kafka_bootstrap, topics)  # :3 and :4, never decided
     await post_all(first, [entry(5, call=unique_call)])
 
     second: RunningBridge = await start_bridge()
@@ -187,22 +190,6 @@ async def test_records_deleted_before_the_stage_read_them_are_counted_and_skippe
     records = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 5)]
     await until_sample([second], "pinecall_bridge_dedup_records_expired_total", 2)
-
-
-async def _delete_ingest(bootstrap: str, names: Topics) -> None:
-    """Delete every record now in the ingest topic, as retention would: its log start moves."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        [described] = await admin.describe_topics([names.ingest])
-        partitions = [TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]]
-        ends = await consumer.end_offsets(partitions)
-        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items() if end})
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def _backlog(bootstrap: str, names: Topics) -> int:
@@ -410,6 +397,21 @@ def _generation(member: AIOKafkaConsumer, names: Topics) -> GroupMetadata:
     return found
 
 
+def _ingest_partition(names: Topics) -> TopicPartition:
+    return TopicPartition(names.ingest, 0)
+
+
+async def _ingested(bootstrap: str, names: Topics, call: str, seqs: Iterable[int]) -> list[Any]:
+    """The call's events `seqs`, alone in a one-partition ingest topic, read back from it."""
+    return await ingest_one_partition(bootstrap, names, ingest_records(names, call, seqs))
+
+
+def _task(names: Topics, metrics: Metrics, client: dict[str, Any] | None = None) -> PartitionTask:
+    """The dedup task of the one ingest partition; its restore reads through `client`."""
+    settings = DedupSettings(group=names.group)
+    return PartitionTask(_ingest_partition(names), settings, client or {}, metrics)
+
+
 def _stage_producer(
     bootstrap: str, names: Topics, metrics: Metrics, instance_id: str | None = None
 ) -> StageProducer:
@@ -441,15 +443,13 @@ async def test_a_member_the_group_moved_on_from_cannot_commit_and_its_records_ar
     The zombie processed a record as the partition's owner, then the group moved on (another
     member owns it now) before the zombie committed.
     """
-    items = ingest_records(topics, unique_call, (1, 2))
-    records = await ingest_one_partition(kafka_bootstrap, topics, items)
-    tp = TopicPartition(topics.ingest, 0)
-    settings = DedupSettings(group=topics.group)
+    records = await _ingested(kafka_bootstrap, topics, unique_call, (1, 2))
+    tp = _ingest_partition(topics)
     zombie_metrics, owner_metrics = Metrics(), Metrics()
     zombie = _stage_producer(kafka_bootstrap, topics, zombie_metrics)
     owner = _stage_producer(kafka_bootstrap, topics, owner_metrics)
-    zombie_task = PartitionTask(tp, settings, {}, zombie_metrics)
-    owner_task = PartitionTask(tp, settings, {}, owner_metrics)
+    zombie_task = _task(topics, zombie_metrics)
+    owner_task = _task(topics, owner_metrics)
     await zombie.start()
     await owner.start()
     try:
@@ -500,14 +500,11 @@ async def test_a_restart_with_the_same_instance_id_aborts_the_crashed_transactio
     Without it, read_committed readers of the events partition wait out the transaction timeout
     (8 s) and the broker's check interval; a different instance id leaves it open.
     """
-    records = await ingest_one_partition(
-        kafka_bootstrap, topics, ingest_records(topics, unique_call, [1])
-    )
-    tp = TopicPartition(topics.ingest, 0)
+    records = await _ingested(kafka_bootstrap, topics, unique_call, [1])
     held = [TopicPartition(topics.events, 0)]
     crashed = _stage_producer(kafka_bootstrap, topics, Metrics(), instance_id="a")
     assert crashed.transactional_id == f"{topics.group}-dedup-a"
-    task = PartitionTask(tp, DedupSettings(group=topics.group), {}, Metrics())
+    task = _task(topics, Metrics())
     await crashed.start()
     try:
         await crashed.guard(task.process(records, crashed))
@@ -550,7 +547,7 @@ async def _settling(
     bootstrap: str, names: Topics, committed: int, pending: int
 ) -> AsyncIterator[_Settling]:
     """`committed` committed for partition 0 in a transaction, then `pending` in an open one."""
-    tp = TopicPartition(names.ingest, 0)
+    tp = _ingest_partition(names)
     plain = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=names.group)
     stable = StableOffsets({"bootstrap_servers": bootstrap}, names.group)
     writer = AIOKafkaProducer(
@@ -610,11 +607,10 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     With the plain read (what the stage passed before) it started at 1 and processed, so published
     again, the records of offsets 1 and 2.
     """
-    items = ingest_records(topics, unique_call, range(4))
-    await ingest_one_partition(kafka_bootstrap, topics, items)
+    await _ingested(kafka_bootstrap, topics, unique_call, range(4))
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
-        owner = PartitionTask(it.tp, DedupSettings(group=topics.group), client, Metrics())
+        owner = _task(topics, Metrics(), client)
         starting = asyncio.create_task(owner.start(it.stable.committed))
         await asyncio.sleep(1.5)
         assert not starting.done()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sources.registration import WebhookRegistry
 from bridge.tail import TailFilter, tail
+from tests.environ import without_bridge_variables
 from tests.integration.conftest import (
     SECRET,
     Consumed,
@@ -174,12 +174,9 @@ def registered(log: Path) -> bool:
 
 
 def test_webhooks_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("BRIDGE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    without_bridge_variables(monkeypatch, tmp_path)
     # The CLI runs its own event loop, so the simulator gets a thread and loop of its own.
     ready, done = threading.Event(), threading.Event()
     holder: dict[str, Any] = {}

@@ -52,6 +52,13 @@ class FakeSink:
             future.set_result(len(self.records))
         return future
 
+    def ack_all(self) -> None:
+        """Ack what waits, and every later record at once: Kafka is back."""
+        self.auto_ack = True
+        for future in self.futures:
+            if not future.done():
+                future.set_result(None)
+
     def mark_unreachable(self) -> None:
         self.reachable = False
 

@@ -3,21 +3,25 @@ import hmac
 import logging
 import shlex
 import time
+from pathlib import Path
 
 import pytest
 
 from bridge import jsoncodec
 from bridge.cli import main, sample_event
+from tests.environ import without_bridge_variables
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    import os
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    without_bridge_variables(monkeypatch, tmp_path)
 
-    for name in list(os.environ):
-        if name.startswith("BRIDGE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+
+def exit_code(args: list[str]) -> object:
+    """The code `main(args)` exits with, by SystemExit."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    return exited.value.code
 
 
 def test_check_valid_exits_0_and_masks_secrets(
@@ -38,9 +42,7 @@ def test_check_fails_on_unknown_variables_and_run_warns(
     # A CI gate running `check` must catch a typo; `run` still starts, with a warning.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "typo")
-    with pytest.raises(SystemExit) as exited:
-        main(["check"])
-    assert exited.value.code == 2
+    assert exit_code(["check"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert (
@@ -66,9 +68,7 @@ def test_a_typo_is_named_before_the_problems_it_causes(
 ) -> None:
     # Only the misspelt secret: the hint was printed only once everything else was valid.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "abc")
-    with pytest.raises(SystemExit) as exited:
-        main([command])
-    assert exited.value.code == 2
+    assert exit_code([command]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines[:3] == [
         "pinecall-bridge: invalid configuration:",
@@ -82,12 +82,8 @@ def test_a_typo_is_named_before_the_problems_it_causes(
 def test_check_reads_the_dotenv_file_for_unknown_variables_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pathlib import Path
-
     Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=s\nBRIDGE_HTTP__PROT=8081\n")
-    with pytest.raises(SystemExit) as exited:
-        main(["check"])
-    assert exited.value.code == 2
+    assert exit_code(["check"]) == 2
     assert (
         "BRIDGE_HTTP__PROT (in .env) is not a setting and is ignored"
         " (did you mean BRIDGE_HTTP__PORT?)"
@@ -100,9 +96,7 @@ def test_check_invalid_exits_2_listing_each_problem(
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "70000")
     monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "0")
     monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
-    with pytest.raises(SystemExit) as exited:
-        main(["check"])
-    assert exited.value.code == 2
+    assert exit_code(["check"]) == 2
     err = capsys.readouterr().err
     for name in ("BRIDGE_HTTP__PORT", "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "BRIDGE_WEBHOOK"):
         assert name in err
@@ -115,9 +109,7 @@ def test_check_refuses_inputs_larger_than_the_records_kafka_takes(
     # A 1 MiB body used to become a record over Kafka's 1 MiB: refused forever, retried forever.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", "1048576")
-    with pytest.raises(SystemExit) as exited:
-        main(["check"])
-    assert exited.value.code == 2
+    assert exit_code(["check"]) == 2
     assert "BRIDGE_WEBHOOK__MAX_BODY_BYTES (1048576) leaves no room" in capsys.readouterr().err
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("BRIDGE_KAFKA__MAX_BATCH_BYTES", "2000000")
@@ -142,9 +134,7 @@ def test_check_accepts_limits_that_fit_and_prints_them(
 
 def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic")
-    with pytest.raises(SystemExit) as exited:
-        main(["run"])
-    assert exited.value.code == 2
+    assert exit_code(["run"]) == 2
 
 
 def test_send_curl_is_correctly_signed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,9 +163,7 @@ def test_backfill_takes_one_or_more_calls(capsys: pytest.CaptureFixture[str]) ->
 
     args = build_parser().parse_args(["backfill", "--call", "CA_1", "--call", "CA_2"])
     assert args.call == ["CA_1", "CA_2"]
-    with pytest.raises(SystemExit) as exited:
-        main(["backfill"])
-    assert exited.value.code == 2
+    assert exit_code(["backfill"]) == 2
     assert "--call" in capsys.readouterr().err
 
 
@@ -188,9 +176,7 @@ def test_backfill_since_takes_a_time_or_a_span(capsys: pytest.CaptureFixture[str
     assert before - 7_200 <= args.since <= time.time() - 7_200
     assert build_parser().parse_args(["backfill", "--since", "1764590400"]).since == 1764590400.0
     for wrong in (["--since", "yesterday"], ["--since", "2h", "--call", "CA_1"]):
-        with pytest.raises(SystemExit) as exited:
-            main(["backfill", *wrong])
-        assert exited.value.code == 2
+        assert exit_code(["backfill", *wrong]) == 2
     err = capsys.readouterr().err
     assert "'yesterday' is not epoch seconds" in err
     assert "not allowed with argument" in err
@@ -224,9 +210,7 @@ def test_webhook_commands_need_the_api_key_before_asking_pinecall(
 def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.metadata
 
-    with pytest.raises(SystemExit) as exited:
-        main(["--version"])
-    assert exited.value.code == 0
+    assert exit_code(["--version"]) == 0
     version = importlib.metadata.version("pinecall-bridge")
     assert capsys.readouterr().out == f"pinecall-bridge {version}\n"
 

@@ -12,16 +12,26 @@ from bridge.config import (
     load_settings,
     unknown_variables,
 )
+from tests.environ import without_bridge_variables
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    import os
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    without_bridge_variables(monkeypatch, tmp_path)
 
-    for name in list(os.environ):
-        if name.startswith("BRIDGE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]  # no stray .env
+
+def setenv(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """A webhook secret (the one setting without a default) and `env`, in the environment."""
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def problems() -> list[str]:
+    """What load_settings refuses the environment for, as it stands."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    return caught.value.problems
 
 
 def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,9 +147,7 @@ def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic!")
     monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    text = "\n".join(caught.value.problems)
+    text = "\n".join(problems())
     for name in (
         "BRIDGE_HTTP__PORT",
         "BRIDGE_KAFKA__BOOTSTRAP_SERVERS",
@@ -151,12 +159,11 @@ def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
-    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "hunter2")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert caught.value.problems == [
+    setenv(
+        monkeypatch,
+        {"BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "BRIDGE_KAFKA__SASL_PASSWORD": "hunter2"},
+    )
+    assert problems() == [
         "BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD are both needed with"
         " BRIDGE_KAFKA__SECURITY_PROTOCOL=SASL_SSL"
     ]
@@ -209,11 +216,9 @@ def test_describe_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert any(name.rsplit("__", 1)[0] in p for p in caught.value.problems), caught.value.problems
+    setenv(monkeypatch, {name: value})
+    found = problems()
+    assert any(name.rsplit("__", 1)[0] in p for p in found), found
 
 
 @pytest.mark.parametrize(
@@ -322,12 +327,8 @@ def test_settings_the_protocol_would_ignore_are_refused(
 def test_dedup_and_internal_topic_rules(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
 ) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert caught.value.problems == [problem]
+    setenv(monkeypatch, env)
+    assert problems() == [problem]
 
 
 def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
@@ -335,11 +336,8 @@ def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
 ) -> None:
     # A body is taken up to max_age either side of its time: a replay at the far end of that
     # window, 2 x max_age after the first copy, must still find its id in the dedup stage.
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", "500")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [problem] = caught.value.problems
+    setenv(monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "500"})
+    [problem] = problems()
     assert problem.startswith(
         "BRIDGE_WEBHOOK__MAX_AGE_SECONDS (300) must be at most half of"
         " BRIDGE_DEDUP__TTL_SECONDS (500)"
@@ -351,15 +349,16 @@ def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
 
 
 def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    for name, value in {
-        "BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "4999",
-        "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "5000",
-        "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "6000",
-        "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "2000",
-        "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "4.999",
-    }.items():
-        monkeypatch.setenv(name, value)
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_DEDUP__COMMIT_INTERVAL_MS": "4999",
+            "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "5000",
+            "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "6000",
+            "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "2000",
+            "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "4.999",
+        },
+    )
     d = load_settings().dedup
     assert (d.commit_interval_ms, d.heartbeat_interval_ms) == (4999, 2000)
 
@@ -432,9 +431,7 @@ def test_the_call_log_source_is_off_by_default_and_needs_the_api_key(
         "/v1/sessions",
     )
     monkeypatch.setenv("BRIDGE_SSE__ENABLED", "true")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert caught.value.problems == [
+    assert problems() == [
         "BRIDGE_SSE__ENABLED needs BRIDGE_PINECALL__API_KEY (the call logs are read with it)"
     ]
     monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
@@ -452,9 +449,7 @@ def test_workers_default_to_one_and_are_bounded(monkeypatch: pytest.MonkeyPatch)
         assert load_settings().http.workers == int(good)
     for bad in ("-1", "65"):
         monkeypatch.setenv("BRIDGE_HTTP__WORKERS", bad)
-        with pytest.raises(ConfigError) as caught:
-            load_settings()
-        assert caught.value.problems == [
+        assert problems() == [
             "BRIDGE_HTTP__WORKERS: must be 0 (one per CPU available to the process) or 1 to 64"
         ]
 
@@ -464,9 +459,7 @@ def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "0")
     assert load_settings().http.port == 0
     monkeypatch.setenv("BRIDGE_HTTP__WORKERS", "2")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [problem] = caught.value.problems
+    [problem] = problems()
     assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT" in problem
 
 
@@ -475,12 +468,11 @@ def test_tls_files_that_do_not_load_are_a_config_error(
 ) -> None:
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("not a certificate\n")
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SSL")
-    monkeypatch.setenv("BRIDGE_KAFKA__SSL_CAFILE", str(not_pem))
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [problem] = caught.value.problems
+    setenv(
+        monkeypatch,
+        {"BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL", "BRIDGE_KAFKA__SSL_CAFILE": str(not_pem)},
+    )
+    [problem] = problems()
     assert problem.startswith("BRIDGE_KAFKA__SSL_CAFILE: the TLS files could not be loaded")
     assert "SSLError" in problem
 
@@ -498,13 +490,11 @@ def test_plain_urls_to_another_host_need_an_explicit_setting(
     monkeypatch: pytest.MonkeyPatch, name: str, url: str
 ) -> None:
     # They would send the API key, the feed's token or the webhook secret unencrypted.
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
-    monkeypatch.setenv("BRIDGE_WEBSOCKET__ENABLED", "true")
-    monkeypatch.setenv(name, url)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [problem] = caught.value.problems
+    setenv(
+        monkeypatch,
+        {"BRIDGE_PINECALL__API_KEY": "k", "BRIDGE_WEBSOCKET__ENABLED": "true", name: url},
+    )
+    [problem] = problems()
     assert f"{name} is a plain" in problem
     assert "BRIDGE_PINECALL__ALLOW_INSECURE_URLS=true" in problem
     monkeypatch.setenv("BRIDGE_PINECALL__ALLOW_INSECURE_URLS", "true")
@@ -523,11 +513,15 @@ def test_plain_urls_to_another_host_need_an_explicit_setting(
 def test_loopback_and_encrypted_urls_need_no_setting(
     monkeypatch: pytest.MonkeyPatch, api_url: str, ws_url: str
 ) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
-    monkeypatch.setenv("BRIDGE_WEBSOCKET__ENABLED", "true")
-    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", api_url)
-    monkeypatch.setenv("BRIDGE_WEBSOCKET__URL", ws_url)
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_PINECALL__API_KEY": "k",
+            "BRIDGE_WEBSOCKET__ENABLED": "true",
+            "BRIDGE_PINECALL__API_URL": api_url,
+            "BRIDGE_WEBSOCKET__URL": ws_url,
+        },
+    )
     s = load_settings()
     assert (s.pinecall.api_url, s.websocket.url, s.pinecall.allow_insecure_urls) == (
         api_url,
@@ -559,11 +553,8 @@ def test_no_setting_takes_an_infinity_or_nan(
 ) -> None:
     # BRIDGE_DEDUP__TTL_SECONDS=inf passed `check`, then every start failed with an
     # OverflowError logged as "Kafka not ready yet"; nan was refused as "not greater than 0".
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert caught.value.problems == [f"{name}: Input should be a finite number"]
+    setenv(monkeypatch, {name: value})
+    assert problems() == [f"{name}: Input should be a finite number"]
 
 
 def test_every_settings_model_refuses_infinities_and_nan() -> None:
@@ -597,11 +588,8 @@ def test_urls_need_a_host_and_no_whitespace(
     monkeypatch: pytest.MonkeyPatch, name: str, url: str, problem: str
 ) -> None:
     # `https://exa mple.com` as the public URL would have been registered with Pinecall.
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv(name, url)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [line] = caught.value.problems
+    setenv(monkeypatch, {name: url})
+    [line] = problems()
     assert line.startswith(f"{name}: {problem}"), line
 
 
@@ -623,14 +611,11 @@ def test_urls_need_a_host_and_no_whitespace(
 def test_the_cloudevents_source_is_a_uri_reference(
     monkeypatch: pytest.MonkeyPatch, source: str, valid: bool
 ) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_CLOUDEVENTS__SOURCE", source)
+    setenv(monkeypatch, {"BRIDGE_CLOUDEVENTS__SOURCE": source})
     if valid:
         assert load_settings().cloudevents.source == source
         return
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [line] = caught.value.problems
+    [line] = problems()
     assert line.startswith("BRIDGE_CLOUDEVENTS__SOURCE: must be a URI-reference (RFC 3986)")
 
 
@@ -683,28 +668,20 @@ def test_a_rule_across_settings_names_their_variables(
 ) -> None:
     # They named the section ("BRIDGE_KAFKA: sasl_* settings are ignored ..."), or named a
     # variable after the section's prefix ("BRIDGE_PINECALL: BRIDGE_PINECALL__API_URL ...").
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    [line] = caught.value.problems
+    setenv(monkeypatch, env)
+    [line] = problems()
     assert line.startswith(named), line
 
 
 def test_a_bad_boolean_says_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_WEBHOOK__ALLOW_UNSIGNED", "maybe")
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    assert caught.value.problems == [
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__ALLOW_UNSIGNED": "maybe"})
+    assert problems() == [
         "BRIDGE_WEBHOOK__ALLOW_UNSIGNED: must be true or false (or 1/0, yes/no, on/off, t/f, y/n;"
         " any case)"
     ]
 
 
 def test_an_empty_org_feed_path_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
-    monkeypatch.setenv("BRIDGE_SSE__ORG_FEED_PATH", "")
+    setenv(monkeypatch, {"BRIDGE_SSE__ORG_FEED_PATH": ""})
     with pytest.raises(ConfigError, match="BRIDGE_SSE__ORG_FEED_PATH: must not be empty"):
         load_settings()

@@ -21,6 +21,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.sources.calllog.eventstream import EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason
+from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.pages import (
     PageError,
     bearer_headers,
@@ -55,6 +56,14 @@ class _FillFailedError(Exception):
     """A gap could not be read from the pages: reconnect, and the replay covers it."""
 
 
+class _EndedError(Exception):
+    """The follower is done: `ended` when the log is read to its end or given up."""
+
+    def __init__(self, *, ended: bool) -> None:
+        super().__init__()
+        self.ended = ended
+
+
 class Follower:
     """`run()` follows until the log ends or is given up (True), or the source stops or drops it."""
 
@@ -69,6 +78,7 @@ class Follower:
         publisher: Publisher,
         metrics: Metrics,
         stopping: asyncio.Event,
+        gate: KeyGate,
     ) -> None:
         self.state = CallFollow(
             call, after, ReconnectPolicy.of(settings), max_note_bytes=settings.max_event_bytes
@@ -79,6 +89,8 @@ class Follower:
         self._publisher = publisher
         self._metrics = metrics
         self._stopping = stopping
+        self._gate = gate
+        self._opened_at: float | None = None  # when this attempt's stream opened (monotonic)
         self.publishing = False  # a stop lets a publish in flight land before cancelling
         self.halted = False  # this call moved to another process: stop after the publish
 
@@ -89,64 +101,27 @@ class Follower:
     async def run(self) -> bool:
         state = self.state
         while not self._stopping.is_set():
-            opened_at: float | None = None
-            reason: Reason = "error"
-            floor = 0.0
+            probe, waited = await self._gate.enter()
+            if waited:
+                # The wait was the key's, not this call's: it must not run the give-up clock.
+                state.unanswered()
             try:
-                # A server that takes the request and never answers must not hold the call:
-                # the read timeout covers the wait for the answer's head too.
-                async with asyncio.timeout(head_timeout(self._settings)):
-                    response = await self._session.get(
-                        events_url(self._api.api_url, state.call),
-                        params=state.query(),
-                        headers={**api_headers(self._api, EVENT_STREAM), **state.headers()},
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, connect=self._settings.connect_timeout_seconds
-                        ),
-                        allow_redirects=False,
-                    )
-                async with response:
-                    if response.status == 204:
-                        state.sealed()
-                        return True
-                    if response.status == 200 and response.content_type == EVENT_STREAM:
-                        opened_at = time.monotonic()
-                        state.connected()
-                        reason = await self._read(response)
-                    else:
-                        reason, floor = _refusal(response)
-                        log.warning(
-                            "call log stream refused",
-                            extra={
-                                **self._ctx(),
-                                "status": response.status,
-                                **redirect_note(response),
-                            },
-                        )
-                        if reason == "protocol" and self._given_up(response.status):
-                            return True
-            except _StoppedError:
-                return False
-            except _FillFailedError:
-                reason = "gap_fill_failed"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = "closed" if opened_at is not None else "connect_error"
-                log.info(
-                    "call log connection failed",
-                    extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one call's bug must not end the follower silently
-                log.exception("call log follower failed", extra=self._ctx())
+                reason, floor = await self._attempt()
+            except _EndedError as exc:
+                return exc.ended
+            finally:
+                if probe is not None:
+                    self._gate.probe_over(probe)
             if state.ended:
                 return True
             if self._stopping.is_set():
                 return False
-            if opened_at is None and reason != "protocol":
-                state.unanswered()
+            if reason == "auth":
+                continue  # the gate holds every follower back until the key is accepted again
             self._metrics.sse_reconnects.labels("call", reason).inc()
-            connected_for = time.monotonic() - opened_at if opened_at is not None else None
+            connected_for = (
+                time.monotonic() - self._opened_at if self._opened_at is not None else None
+            )
             delay = max(state.retry_delay(reason, connected_for), floor)
             log.debug(
                 "call log reconnecting",
@@ -155,6 +130,66 @@ class Follower:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
         return False
+
+    async def _attempt(self) -> tuple[Reason, float]:
+        """One request and, if it opens a stream, its reading: why it ended, the least wait."""
+        state = self.state
+        self._opened_at = None
+        reason: Reason = "error"
+        floor = 0.0
+        try:
+            # A server that takes the request and never answers must not hold the call:
+            # the read timeout covers the wait for the answer's head too.
+            async with asyncio.timeout(head_timeout(self._settings)):
+                response = await self._session.get(
+                    events_url(self._api.api_url, state.call),
+                    params=state.query(),
+                    headers={**api_headers(self._api, EVENT_STREAM), **state.headers()},
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._settings.connect_timeout_seconds
+                    ),
+                    allow_redirects=False,
+                )
+            async with response:
+                reason, floor = _refusal(response)
+                if _key_taken(response.status):
+                    self._gate.accepted()
+                if response.status == 204:
+                    state.sealed()
+                    raise _EndedError(ended=True)
+                if response.status == 200 and response.content_type == EVENT_STREAM:
+                    self._opened_at = time.monotonic()
+                    state.connected()
+                    return await self._read(response), 0.0
+                if reason == "auth":
+                    # Counted per refused request; the gate logs once per refusal of the key.
+                    self._metrics.sse_reconnects.labels("call", reason).inc()
+                    self._gate.refused(state.call, response.status)
+                    state.unanswered()
+                    return reason, floor
+                log.warning(
+                    "call log stream refused",
+                    extra={**self._ctx(), "status": response.status, **redirect_note(response)},
+                )
+                if reason == "protocol" and self._given_up(response.status):
+                    raise _EndedError(ended=True)
+        except _StoppedError as exc:
+            raise _EndedError(ended=False) from exc
+        except _FillFailedError:
+            reason = "gap_fill_failed"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = "closed" if self._opened_at is not None else "connect_error"
+            log.info(
+                "call log connection failed",
+                extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
+            )
+        except (asyncio.CancelledError, _EndedError):
+            raise
+        except Exception:  # one call's bug must not end the follower silently
+            log.exception("call log follower failed", extra=self._ctx())
+        if self._opened_at is None and reason != "protocol":
+            state.unanswered()
+        return reason, floor
 
     def _given_up(self, status: int) -> bool:
         """Leave a call whose log keeps being refused: counted, and an error in the log."""
@@ -280,6 +315,11 @@ _UNREADABLE = {
 def _loggable(note: dict[str, Any]) -> dict[str, Any]:
     """A dead-lettered entry's note for the log: its text is in the dead-letter topic."""
     return {key: value for key, value in note.items() if key != "data"}
+
+
+def _key_taken(status: int) -> bool:
+    """Whether an answer shows the key was accepted: not a 5xx or 429 (a proxy's, perhaps)."""
+    return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 403, 429))
 
 
 def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:

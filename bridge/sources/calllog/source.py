@@ -25,6 +25,7 @@ from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
+from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.orgfeed import OrgFeed
 from bridge.sources.calllog.pages import usable_call_id
 from bridge.sources.calllog.publish import Publisher
@@ -74,6 +75,8 @@ class CallLogSource:
         self._call_list = settings.call_list_path is not None
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
+        # A refused key holds every follower back at once; one of them asks again.
+        self._gate = KeyGate(ReconnectPolicy.of(settings))
         if settings.read_timeout_seconds <= PINECALL_PING_SECONDS:
             log.warning(
                 "BRIDGE_SSE__READ_TIMEOUT_SECONDS is not above Pinecall's ping interval: every"
@@ -250,6 +253,7 @@ class CallLogSource:
                 publisher=self._publisher,
                 metrics=self._metrics,
                 stopping=self._stopping,
+                gate=self._gate,
             )
             previous = [t for t in self._retiring if t.get_name() == _task_name(start.call)]
             name = _task_name(start.call)

@@ -106,6 +106,18 @@ null values and empty lists are left out: the bridge's own default applies.
 {{- toYaml $env }}
 {{- end }}
 
+{{/*
+A `config` section (list SECTION DEFAULTS) with DEFAULTS where a value is unset or null, as JSON
+(fromJson: numbers become float64). Not sprig's merge, which also replaces a 0 or false.
+*/}}
+{{- define "pinecall-bridge.withDefaults" -}}
+{{- $out := deepCopy (index . 1) }}
+{{- range $key, $value := index . 0 | default dict }}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $out $key $value }}{{ end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
 {{- define "pinecall-bridge.tlsDir" -}}/etc/pinecall-bridge/kafka-tls{{- end }}
 
 {{- define "pinecall-bridge.tlsFileName" -}}
@@ -138,14 +150,28 @@ pinecallApiKey: BRIDGE_PINECALL__API_KEY
 {{- toYaml $data }}
 {{- end }}
 
-{{/* preStop pause + the bridge's own grace (which includes its drain delay) + 5 s margin. */}}
+{{/*
+preStop pause + the bridge's own grace (which includes its drain delay) + 5 s margin. With worker
+processes (config.http.workers other than 1, or config.dedup.ownProcess) their supervisor kills
+stragglers 3 s past the grace (bridge/workers/parent.py's GRACE_MARGIN_SECONDS) and logs them:
+the kubelet must not kill the pod before it does.
+*/}}
 {{- define "pinecall-bridge.terminationGracePeriodSeconds" -}}
 {{- $pause := int .Values.lifecycle.preStopSleepSeconds }}
-{{- $grace := .Values.config.shutdown.graceSeconds | default 25 | ceil | int }}
-{{- $needed := add $pause $grace 1 }}
+{{- $c := .Values.config }}
+{{- $grace := (include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25)) | fromJson).graceSeconds | ceil | int }}
+{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "workers" 1)) | fromJson }}
+{{- $dedup := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ownProcess" false)) | fromJson }}
+{{- $supervised := or (ne (int $http.workers) 1) $dedup.ownProcess }}
+{{- $margin := ternary 3 0 $supervised }}
+{{- $needed := add $pause $grace $margin 1 }}
 {{- $value := .Values.terminationGracePeriodSeconds | default (add $pause $grace 5) | int }}
 {{- if lt $value $needed }}
+{{- if $supervised }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds + 3 (%d): with worker processes (config.http.workers other than 1, or config.dedup.ownProcess) their supervisor stops the last of them 3 s after the grace period" $value (sub $needed 1)) }}
+{{- else }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds (%d)" $value (sub $needed 1)) }}
+{{- end }}
 {{- end }}
 {{- $value }}
 {{- end }}

@@ -3,7 +3,8 @@ Refuse at render time what the bridge would refuse at start (bridge/config.py's 
 a broken install fails `helm install` with the values to fix instead of pods that exit 2 and
 crash-loop. Included by the Deployment; every problem is listed at once. Per-value rules (types,
 ranges, patterns) are values.schema.json's; these are the ones that combine values or secrets.
-A value left out (null) is the bridge's default, as the ConfigMap leaves it out too.
+A value left out (null) is the bridge's default, as the ConfigMap leaves it out too (a 0 or false
+stays itself: sprig's merge would take those for unset too).
 secrets.existingSecret holds whichever keys it holds (optional): it may supply any secret, so a
 secret it could supply is never refused for missing, nor refused as superfluous.
 */}}
@@ -23,19 +24,19 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- $_ := set $given $item (ternary true false (not (not $sure))) }}
 {{- $_ := set $possible $item (ternary true false (not (not (or $sure $s.existingSecret)))) }}
 {{- end }}
-{{- $webhook := merge (deepCopy ($c.webhook | default dict)) (dict "allowUnsigned" false) }}
+{{- $webhook := include "pinecall-bridge.withDefaults" (list $c.webhook (dict "allowUnsigned" false)) | fromJson }}
 {{- if not (or (get $possible "webhookSecrets") $webhook.allowUnsigned) }}
 {{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
 {{- end }}
 {{- $apiKey := printf "the Pinecall API key: set secrets.pinecallApiKey.value or secrets.pinecallApiKey.secretName, or secrets.existingSecret (a Secret with the key %q)" $s.pinecallApiKey.key }}
-{{- $pinecall := merge (deepCopy ($c.pinecall | default dict)) (dict "registerWebhook" false) }}
+{{- $pinecall := include "pinecall-bridge.withDefaults" (list $c.pinecall (dict "registerWebhook" false)) | fromJson }}
 {{- if and $pinecall.registerWebhook (not $pinecall.publicUrl) }}
 {{- $problems = append $problems "config.pinecall.registerWebhook=true needs config.pinecall.publicUrl (the bridge's public base URL, e.g. https://bridge.example.com)" }}
 {{- end }}
 {{- if and $pinecall.registerWebhook (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.pinecall.registerWebhook=true needs %s" $apiKey) }}
 {{- end }}
-{{- $websocket := merge (deepCopy ($c.websocket | default dict)) (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30) }}
+{{- $websocket := include "pinecall-bridge.withDefaults" (list $c.websocket (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30)) | fromJson }}
 {{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.websocket.enabled=true needs %s" $apiKey) }}
 {{- end }}
@@ -45,7 +46,7 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- if gt (float64 $websocket.backoffInitialSeconds) (float64 $websocket.backoffMaxSeconds) }}
 {{- $problems = append $problems (printf "config.websocket.backoffInitialSeconds (%s) must not exceed config.websocket.backoffMaxSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $websocket.backoffInitialSeconds)) (include "pinecall-bridge.envValue" (float64 $websocket.backoffMaxSeconds))) }}
 {{- end }}
-{{- $sse := merge (deepCopy ($c.sse | default dict)) (dict "enabled" false "maxEventBytes" 983040 "backoffInitialSeconds" 1 "backoffMaxSeconds" 30) }}
+{{- $sse := include "pinecall-bridge.withDefaults" (list $c.sse (dict "enabled" false "maxEventBytes" 983040 "backoffInitialSeconds" 1 "backoffMaxSeconds" 30)) | fromJson }}
 {{- if and $sse.enabled (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.sse.enabled=true needs %s" $apiKey) }}
 {{- end }}
@@ -54,7 +55,7 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- end }}
 {{- /* The dedup stage's timeouts must nest (a zombie's transaction times out before its
 partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compared as floats. */}}
-{{- $d := merge (deepCopy ($c.dedup | default dict)) (dict "commitIntervalMs" 100 "transactionTimeoutMs" 8000 "sessionTimeoutMs" 10000 "heartbeatIntervalMs" 3000 "endTransactionTimeoutSeconds" 5 "hangingReportSeconds" 120) }}
+{{- $d := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "commitIntervalMs" 100 "transactionTimeoutMs" 8000 "sessionTimeoutMs" 10000 "heartbeatIntervalMs" 3000 "endTransactionTimeoutSeconds" 5 "hangingReportSeconds" 120)) | fromJson }}
 {{- $commit := float64 $d.commitIntervalMs }}
 {{- $transaction := float64 $d.transactionTimeoutMs }}
 {{- $session := float64 $d.sessionTimeoutMs }}
@@ -72,17 +73,17 @@ partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compare
 {{- end }}
 {{- /* A replayed webhook body at the far end of the accepted window (maxAgeSeconds either side
 of its time) must still be within the dedup TTL of its first copy. */}}
-{{- $maxAge := float64 (merge (deepCopy ($c.webhook | default dict)) (dict "maxAgeSeconds" 300)).maxAgeSeconds }}
-{{- $ttl := float64 (merge (deepCopy ($c.dedup | default dict)) (dict "ttlSeconds" 900)).ttlSeconds }}
+{{- $maxAge := float64 (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxAgeSeconds" 300)) | fromJson).maxAgeSeconds }}
+{{- $ttl := float64 (include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ttlSeconds" 900)) | fromJson).ttlSeconds }}
 {{- if gt (mulf $maxAge 2) $ttl }}
 {{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) must be at most half of config.dedup.ttlSeconds (%s): a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl)) }}
 {{- end }}
-{{- $shutdown := merge (deepCopy ($c.shutdown | default dict)) (dict "graceSeconds" 25 "drainDelaySeconds" 0) }}
+{{- $shutdown := include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25 "drainDelaySeconds" 0)) | fromJson }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
 {{- $problems = append $problems (printf "config.shutdown.drainDelaySeconds (%s) must be shorter than config.shutdown.graceSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $shutdown.drainDelaySeconds)) (include "pinecall-bridge.envValue" (float64 $shutdown.graceSeconds))) }}
 {{- end }}
 {{- /* Topics: the internal ones are never outputs, and differ from each other. */}}
-{{- $t := merge (deepCopy ($c.topics | default dict)) (dict "events" "pinecall.events" "alerts" "pinecall.alerts" "dlq" "pinecall.dlq" "ingest" "pinecall.ingest" "feedLease" "pinecall.feed-lease") }}
+{{- $t := include "pinecall-bridge.withDefaults" (list $c.topics (dict "events" "pinecall.events" "alerts" "pinecall.alerts" "dlq" "pinecall.dlq" "ingest" "pinecall.ingest" "feedLease" "pinecall.feed-lease")) | fromJson }}
 {{- $outputs := dict "config.topics.events" $t.events "config.topics.alerts" $t.alerts "config.topics.dlq" $t.dlq }}
 {{- with $t.ephemeral }}{{ $_ := set $outputs "config.topics.ephemeral" . }}{{ end }}
 {{- range $i, $rule := ($c.routing | default dict).rules | default list }}
@@ -104,7 +105,7 @@ of its time) must still be within the dedup TTL of its first copy. */}}
 {{- end }}
 {{- end }}
 {{- /* Kafka: ports in range, and security settings the protocol uses, all of them. */}}
-{{- $k := merge (deepCopy ($c.kafka | default dict)) (dict "securityProtocol" "PLAINTEXT" "bootstrapServers" "127.0.0.1:9092") }}
+{{- $k := include "pinecall-bridge.withDefaults" (list $c.kafka (dict "securityProtocol" "PLAINTEXT" "bootstrapServers" "127.0.0.1:9092" "maxRequestBytes" 1048576 "maxBatchBytes" 262144)) | fromJson }}
 {{- $servers := $k.bootstrapServers }}
 {{- if kindIs "string" $servers }}{{ $servers = splitList "," $servers }}{{ end }}
 {{- range $servers }}
@@ -115,13 +116,12 @@ of its time) must still be within the dedup TTL of its first copy. */}}
 {{- end }}
 {{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
 RECORD_RESERVE_BYTES) must fit in a Kafka request. */}}
-{{- $k = merge $k (dict "maxRequestBytes" 1048576 "maxBatchBytes" 262144) }}
 {{- $request := float64 $k.maxRequestBytes }}
 {{- $reserve := 65536.0 }}
 {{- if gt (float64 $k.maxBatchBytes) $request }}
 {{- $problems = append $problems (printf "config.kafka.maxBatchBytes (%s) must not exceed config.kafka.maxRequestBytes (%s)" (include "pinecall-bridge.envValue" (float64 $k.maxBatchBytes)) (include "pinecall-bridge.envValue" $request)) }}
 {{- end }}
-{{- $bodyLimit := (merge (deepCopy ($c.webhook | default dict)) (dict "maxBodyBytes" 983040)).maxBodyBytes }}
+{{- $bodyLimit := (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxBodyBytes" 983040)) | fromJson).maxBodyBytes }}
 {{- range $name, $limit := dict "config.webhook.maxBodyBytes" $bodyLimit "config.websocket.maxFrameBytes" $websocket.maxFrameBytes "config.sse.maxEventBytes" $sse.maxEventBytes }}
 {{- if gt (addf (float64 $limit) $reserve) $request }}
 {{- $problems = append $problems (printf "%s (%s) leaves no room for the record's envelope: it must be at most config.kafka.maxRequestBytes (%s) - %s (raise the Kafka limit and the topics' max.message.bytes, or lower this)" $name (include "pinecall-bridge.envValue" (float64 $limit)) (include "pinecall-bridge.envValue" $request) (include "pinecall-bridge.envValue" $reserve)) }}

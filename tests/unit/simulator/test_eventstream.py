@@ -47,6 +47,15 @@ def events_url(sim: Simulator, call: str = CALL) -> str:
     return f"{sim.url}/v1/calls/{call}/events"
 
 
+@contextlib.asynccontextmanager
+async def past_replay(sim: Simulator, client: aiohttp.ClientSession) -> AsyncIterator[Stream]:
+    """A live stream of the call's log past its replay: entry 1 written, read, caught up."""
+    write(sim, entry(1))
+    async with stream(client, events_url(sim)) as sse:
+        await sse.events(2)
+        yield sse
+
+
 @pytest.fixture
 async def quick() -> AsyncIterator[Simulator]:
     """Pings every 50 ms, and a reader buffer of 4 entries."""
@@ -193,9 +202,7 @@ async def test_a_sealed_call_read_from_the_middle_ends_after_the_replay(
 
 
 async def test_a_quiet_stream_is_pinged(quick: Simulator, client: aiohttp.ClientSession) -> None:
-    write(quick, entry(1))
-    async with stream(client, events_url(quick)) as sse:
-        await sse.events(2)
+    async with past_replay(quick, client) as sse:
         assert await sse.item() == KeepAlive("ping")
     assert quick.stats.sse_pings_sent >= 1
 
@@ -203,9 +210,7 @@ async def test_a_quiet_stream_is_pinged(quick: Simulator, client: aiohttp.Client
 async def test_a_slow_reader_gets_a_gap_then_goes_on_live(
     quick: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(quick, entry(1))
-    async with stream(client, events_url(quick)) as sse:
-        await sse.events(2)  # entry 1, caught up
+    async with past_replay(quick, client) as sse:
         # Written in one go, faster than any connection: the 4-entry buffer overflows at 6.
         write(quick, *(entry(seq) for seq in range(2, 9)))
         got = await sse.events(4)
@@ -223,9 +228,7 @@ async def test_a_slow_reader_gets_a_gap_then_goes_on_live(
 async def test_the_entries_a_gap_lost_are_on_the_pages(
     quick: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(quick, entry(1))
-    async with stream(client, events_url(quick)) as sse:
-        await sse.events(2)
+    async with past_replay(quick, client) as sse:
         assert quick.sse_gap(CALL, entries=2) == 1
         write(quick, entry(2), entry(3, ephemeral=True), entry(4))
         gap, _, live = await sse.events(3)
@@ -245,9 +248,7 @@ async def test_the_entries_a_gap_lost_are_on_the_pages(
 async def test_a_cut_leaves_half_an_event_that_the_client_never_sees(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(sim, entry(1))
-    async with stream(client, events_url(sim)) as sse:
-        await sse.events(2)
+    async with past_replay(sim, client) as sse:
         assert sim.sse_cut() == 1
         assert not [item for item in await cut_off(sse) if isinstance(item, Event)]
         assert sse.parser.last_event_id == "1"
@@ -258,9 +259,7 @@ async def test_a_cut_leaves_half_an_event_that_the_client_never_sees(
 async def test_a_cut_mid_event_loses_the_event_to_that_connection_only(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(sim, entry(1))
-    async with stream(client, events_url(sim)) as sse:
-        await sse.events(2)
+    async with past_replay(sim, client) as sse:
         sim.sse_silence()  # hold the next entry in the buffer, then cut inside it
         write(sim, entry(2))
         await asyncio.sleep(0.05)
@@ -273,9 +272,7 @@ async def test_a_cut_mid_event_loses_the_event_to_that_connection_only(
 async def test_a_silent_stream_writes_nothing_not_even_pings(
     quick: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(quick, entry(1))
-    async with stream(client, events_url(quick)) as sse:
-        await sse.events(2)
+    async with past_replay(quick, client) as sse:
         assert quick.sse_silence() == 1
         write(quick, entry(2))
         pings = quick.stats.sse_pings_sent
@@ -310,6 +307,7 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
     async with client.get(events_url(sim), headers=AUTH) as answer:
         assert answer.status == 200
     assert sim.stats.sse_auth_refused == 1
+    assert sim.stats.sse_log_auth_refused == 1
 
 
 @pytest.mark.parametrize(
@@ -331,9 +329,7 @@ async def test_bad_fault_parameters_are_400(
 async def test_the_fault_controls_answer_over_http(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
-    write(sim, entry(1))
-    async with stream(client, events_url(sim)) as sse:
-        await sse.events(2)
+    async with past_replay(sim, client):
         for path, body in (
             ("/_sim/sse/gap?call=" + CALL + "&entries=1", {"readers": 1}),
             ("/_sim/sse/silence", {"silenced": 1}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import tracemalloc
@@ -150,6 +151,49 @@ async def started(
     return source
 
 
+@contextlib.asynccontextmanager
+async def running(
+    settings: tuple[WebSocketSettings, PinecallSettings],
+    sink: FakeSink,
+    metrics: Metrics,
+    grace: float = 2,
+) -> AsyncIterator[WebSocketSource]:
+    """A `started` source, stopped on leaving with `grace` s to publish what it holds."""
+    source = await started(*settings, sink, metrics)
+    try:
+        yield source
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + grace)
+
+
+def bearer(url: str, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
+    """Settings for a feed at `url` taking the API key itself, retried quickly; no API behind."""
+    ws = WebSocketSettings(
+        enabled=True,
+        url=url,
+        auth="bearer",
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.05,
+        **over,
+    )
+    return ws, PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
+
+
+def reconnects(metrics: Metrics, *reasons: str) -> float:
+    """Reconnects counted for any of `reasons`."""
+    return sum(
+        sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
+        for reason in reasons
+    )
+
+
+def rejected(metrics: Metrics, reason: str) -> float:
+    """WebSocket events lost for `reason`."""
+    return sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason=reason
+    )
+
+
 async def test_reads_in_order_and_skips_control_and_garbage(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -165,13 +209,9 @@ async def test_reads_in_order_and_skips_control_and_garbage(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings(events=["turn.user", "call.ended"])
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(events=["turn.user", "call.ended"]), sink, metrics):
         await until(lambda: len(sink.acked()) == 4)
         assert metrics.registry.get_sample_value("pinecall_bridge_websocket_connected") == 1
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert [jsoncodec.loads(r.value)["type"] for r in sink.acked()] == [
         "turn.user",
         "turn.user",
@@ -212,35 +252,22 @@ async def test_auth_close_refetches_token_and_resubscribes(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(), sink, metrics):
         await until(lambda: len(sink.acked()) == 3, within=20)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert seqs(sink) == [1, 2, 3]
     assert feed.tokens_seen == ["tok-1", "tok-2", "tok-3"]
     assert len(feed.subscriptions) == 3
-    reconnects = metrics.registry.get_sample_value
-    assert reconnects("pinecall_bridge_websocket_reconnects_total", {"reason": "auth"}) == 1
-    assert reconnects("pinecall_bridge_websocket_reconnects_total", {"reason": "closed"}) == 1
+    assert reconnects(metrics, "auth") == 1
+    assert reconnects(metrics, "closed") == 1
 
 
 async def test_bearer_mode_sends_the_key_and_asks_no_token(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await ws.send_json(entry(1))
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(1))
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings(auth="bearer")
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(auth="bearer"), sink, metrics):
         await until(lambda: len(sink.acked()) == 1)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.token_requests == 0
     assert feed.tokens_seen == [None]
 
@@ -250,29 +277,16 @@ async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
 ) -> None:
     feed = await make_feed(sending(200))
     sink, metrics = FakeSink(auto_ack=False), Metrics()
-    ws_settings, api = feed.settings(max_inflight=10)
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(max_inflight=10), sink, metrics):
         # Kafka is "down": the reader goes on reading; past 10 events it drops and counts.
         await until(
             lambda: sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event") == 200
         )
         assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 10
-        dropped = sample(
-            metrics,
-            "pinecall_bridge_events_rejected_total",
-            channel="websocket",
-            reason="backlog_full",
-        )
-        assert dropped == 190
-        sink.auto_ack = True
-        for future in sink.futures:
-            if not future.done():
-                future.set_result(None)
+        assert rejected(metrics, "backlog_full") == 190
+        sink.ack_all()
         await until(lambda: len(set(seqs(sink))) == 10, within=20)
         await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     # What it held is all published, in feed order (a retry may add a copy the dedup drops).
     assert list(dict.fromkeys(seqs(sink))) == list(range(1, 11))
     assert feed.connections == 1
@@ -295,16 +309,10 @@ async def test_an_empty_backlog_takes_a_frame_of_the_largest_size(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings(max_backlog_bytes=limit, max_frame_bytes=limit)
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    settings = feed.settings(max_backlog_bytes=limit, max_frame_bytes=limit)
+    async with running(settings, sink, metrics):
         await until(lambda: len(sink.acked()) == 1)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
-    dropped = sample(
-        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="backlog_full"
-    )
-    assert dropped == 0
+    assert rejected(metrics, "backlog_full") == 0
 
 
 async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
@@ -326,12 +334,8 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings(max_frame_bytes=1024)
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(max_frame_bytes=1024), sink, metrics):
         await until(lambda: len(sink.acked()) == 4)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     entries = [decode(r.key, r.value, r.headers) for r in sink.acked()]
     assert [e.output.topic for e in entries if e is not None] == [
         "pinecall.events",
@@ -348,13 +352,9 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
     assert note["sha256"] == hashlib.sha256(big.encode()).hexdigest()
     assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
     assert feed.connections == 2  # the frame past the read limit, not the dead-lettered one
-    reconnects = "pinecall_bridge_websocket_reconnects_total"
-    assert sample(metrics, reconnects, reason="frame_too_large") == 1
-    assert sample(metrics, reconnects, reason="closed") == 0
-    lost = sample(
-        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="too_large"
-    )
-    assert lost == 1
+    assert reconnects(metrics, "frame_too_large") == 1
+    assert reconnects(metrics, "closed") == 0
+    assert rejected(metrics, "too_large") == 1
 
 
 async def test_the_byte_bound_is_on_the_memory_the_backlog_holds(
@@ -375,27 +375,24 @@ async def test_the_byte_bound_is_on_the_memory_the_backlog_holds(
     feed = await make_feed(script)
     sink, metrics = FakeSink(auto_ack=False), Metrics()
     bound = 1_048_576
-    ws_settings, api = feed.settings(max_backlog_bytes=bound, max_frame_bytes=bound)
-    source = await started(ws_settings, api, sink, metrics)
-    tracemalloc.start()
-    try:
-        # The first batch (entry 1) is in flight, unacknowledged: the rest waits in the backlog.
-        await until(lambda: len(sink.records) == 1)
-        before = tracemalloc.get_traced_memory()[0]
-        stalled.set()
-        await until(
-            lambda: sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event") == 41
-        )
-        held = tracemalloc.get_traced_memory()[0] - before
-        dropped = sample(
-            metrics,
-            "pinecall_bridge_events_rejected_total",
-            channel="websocket",
-            reason="backlog_full",
-        )
-    finally:
-        tracemalloc.stop()
-        await source.stop(asyncio.get_running_loop().time() + 0.5)
+    settings = feed.settings(max_backlog_bytes=bound, max_frame_bytes=bound)
+    async with running(settings, sink, metrics, grace=0.5):
+        tracemalloc.start()
+        try:
+            # The first batch (entry 1) is in flight, unacknowledged: the rest waits in the
+            # backlog.
+            await until(lambda: len(sink.records) == 1)
+            before = tracemalloc.get_traced_memory()[0]
+            stalled.set()
+            await until(
+                lambda: (
+                    sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event") == 41
+                )
+            )
+            held = tracemalloc.get_traced_memory()[0] - before
+            dropped = rejected(metrics, "backlog_full")
+        finally:
+            tracemalloc.stop()
     assert 0 < dropped < 40  # the byte bound, not the event bound, was reached
     # Measured: about 1.2 times the bound (buffers included); the parsed frames took 24 times.
     assert held < 2 * bound
@@ -414,30 +411,16 @@ async def test_a_kafka_stall_does_not_starve_the_keepalive(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(auto_ack=False), Metrics()
-    ws_settings, api = feed.settings(
-        max_inflight=10, ping_interval_seconds=0.1, ping_timeout_seconds=0.3
-    )
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    settings = feed.settings(max_inflight=10, ping_interval_seconds=0.1, ping_timeout_seconds=0.3)
+    async with running(settings, sink, metrics, grace=0.5):
         await asyncio.sleep(2.0)  # a stall ten pings long
         assert feed.connections == 1
         assert sample(metrics, "pinecall_bridge_websocket_connected") == 1
-        reconnects = sum(
-            sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
-            for reason in ("ping_timeout", "closed", "error")
-        )
-        assert reconnects == 0
+        assert reconnects(metrics, "ping_timeout", "closed", "error") == 0
         read = sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event")
-        dropped = sample(
-            metrics,
-            "pinecall_bridge_events_rejected_total",
-            channel="websocket",
-            reason="backlog_full",
-        )
+        dropped = rejected(metrics, "backlog_full")
         assert read > 25  # still reading, past the bound
         assert dropped == read - 10  # every frame read is held or counted
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 0.5)
 
 
 async def test_stop_flushes_what_was_read(
@@ -451,10 +434,7 @@ async def test_stop_flushes_what_was_read(
 
     async def kafka_comes_back() -> None:
         await asyncio.sleep(0.3)
-        sink.auto_ack = True
-        for future in sink.futures:
-            if not future.done():
-                future.set_result(None)
+        sink.ack_all()
 
     back = asyncio.create_task(kafka_comes_back())
     await source.stop(asyncio.get_running_loop().time() + 5)
@@ -472,41 +452,19 @@ async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
     await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
     await source.stop(asyncio.get_running_loop().time() + 0.3)
     # The batch being published counts as much as what was still queued behind it.
-    lost = sample(
-        metrics, "pinecall_bridge_events_rejected_total", channel="websocket", reason="shutdown"
-    )
-    assert lost == 5
+    assert rejected(metrics, "shutdown") == 5
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
 
 
 async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
     sink, metrics = FakeSink(), Metrics()
-    ws_settings = WebSocketSettings(
-        enabled=True,
-        url="ws://127.0.0.1:9/v1/ws",
-        auth="bearer",
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.05,
-    )
-    api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
-    source = await started(ws_settings, api, sink, metrics)
-
-    def failures() -> float:
-        return sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="connect_error")
-
-    try:
-        await until(lambda: failures() >= 3)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 1)
+    async with running(bearer("ws://127.0.0.1:9/v1/ws"), sink, metrics, grace=1):
+        await until(lambda: reconnects(metrics, "connect_error") >= 3)
 
 
 async def test_token_client_errors(make_feed: Callable[[Script], Awaitable[FakeFeed]]) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(0))
     ws_settings, api = feed.settings()
-    import aiohttp
 
     async with aiohttp.ClientSession() as session:
         token, expires = await TokenClient(session, api, ws_settings).fetch()
@@ -558,40 +516,19 @@ async def test_unanswered_pings_mean_a_dead_connection() -> None:
 
     app = web.Application()
     app.router.add_get("/v1/ws", silent_feed)
-    server = TestServer(app)
-    await server.start_server()
     sink, metrics = FakeSink(), Metrics()
-    ws_settings = WebSocketSettings(
-        enabled=True,
-        url=str(server.make_url("/v1/ws")).replace("http", "ws", 1),
-        auth="bearer",
-        ping_interval_seconds=0.1,
-        ping_timeout_seconds=0.2,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.05,
-    )
-    api = PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
-    source = await started(ws_settings, api, sink, metrics)
-
-    def timeouts() -> float:
-        return sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="ping_timeout")
-
-    try:
-        await until(lambda: timeouts() >= 2)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 1)
-        await server.close()
+    async with TestServer(app) as server:
+        url = str(server.make_url("/v1/ws")).replace("http", "ws", 1)
+        settings = bearer(url, ping_interval_seconds=0.1, ping_timeout_seconds=0.2)
+        async with running(settings, sink, metrics, grace=1):
+            await until(lambda: reconnects(metrics, "ping_timeout") >= 2)
     assert connections >= 2
 
 
 async def test_a_publishing_bug_retries_the_batch_instead_of_ending_the_publisher(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await ws.send_json(entry(1))
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(1))
     sink, metrics = FakeSink(), Metrics()
     pipeline = pipeline_with(sink, metrics)
     real_submit, failures = pipeline.submit, [RuntimeError("a bug")]
@@ -636,47 +573,33 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
     feed = await make_feed(tracked)
     feed.expires_in = 2.0
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
-    await until(lambda: len(opened) == 1)
-    publisher = asyncio.create_task(publish())
-    try:
-        await until(lambda: feed.connections == 2, within=3)  # before the 2 s expiry
-        await asyncio.sleep(0.3)
-        last = len(sent)
-        await until(lambda: last in seqs(sink))
-    finally:
-        publisher.cancel()
-        await source.stop(asyncio.get_running_loop().time() + 2)
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: len(opened) == 1)
+        publisher = asyncio.create_task(publish())
+        try:
+            await until(lambda: feed.connections == 2, within=3)  # before the 2 s expiry
+            await asyncio.sleep(0.3)
+            last = len(sent)
+            await until(lambda: last in seqs(sink))
+        finally:
+            publisher.cancel()
     assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
     assert set(range(1, last + 1)) <= set(seqs(sink))
-    reconnects = sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason="closed")
-    assert not reconnects
+    assert not reconnects(metrics, "closed")
 
 
 async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(0))
     feed.expires_in = 4.0
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(), sink, metrics):
         await until(lambda: feed.connections == 1)
         feed.token_failures = 2  # the refresh's first two tries
         await until(lambda: feed.connections == 2, within=4)  # before the 4 s expiry
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
-    reconnects = sum(
-        sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
-        for reason in ("closed", "auth", "token_error", "connect_error", "error")
-    )
-    assert reconnects == 0
+    assert reconnects(metrics, "closed", "auth", "token_error", "connect_error", "error") == 0
 
 
 async def test_a_crashed_reader_is_counted_and_restarted_not_silently_gone(
@@ -742,17 +665,10 @@ async def test_a_refused_subscription_is_counted_logged_and_retried_until_it_hea
     feed = await make_feed(sending(2))
     feed.refusals = ["error", "close"]
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings(events=["turn.nope"])
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(events=["turn.nope"]), sink, metrics):
         await until(lambda: len(sink.acked()) == 2, within=10)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.connections == 3
-    refused = sample(
-        metrics, "pinecall_bridge_websocket_reconnects_total", reason="subscribe_refused"
-    )
-    assert refused == 2
+    assert reconnects(metrics, "subscribe_refused") == 2
     logged = refusal_logs(caplog)
     assert [r.levelno for r in logged] == [logging.ERROR, logging.ERROR]
     assert [(r.how, r.refusal) for r in logged] == [  # type: ignore[attr-defined]
@@ -772,12 +688,8 @@ async def test_an_error_notice_after_the_subscription_is_only_a_notice(
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(), sink, metrics):
         await until(lambda: len(sink.acked()) == 2)
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     assert feed.connections == 1
     assert refusal_logs(caplog) == []
 
@@ -790,17 +702,13 @@ async def test_the_time_without_a_subscribed_connection_is_counted(
     feed = await make_feed(sending(1))
     feed.refusals = ["error"] * 3
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
 
     def down() -> float:
         return sample(metrics, "pinecall_bridge_websocket_down_seconds_total")
 
-    try:
+    async with running(feed.settings(), sink, metrics):
         await until(lambda: len(sink.acked()) == 1, within=10)
         while_up = down()
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
     # Three refusals, each followed by at least the backoff's maximum (0.2 s): a refusal's
     # delay is never below it.
     assert while_up >= 3 * 0.2
@@ -810,23 +718,12 @@ async def test_the_time_without_a_subscribed_connection_is_counted(
 async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
     make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def script(ws: web.WebSocketResponse, n: int) -> None:
-        await hold_open(ws)
-
-    feed = await make_feed(script)
+    feed = await make_feed(sending(0))
     feed.expires_in = 4.0
     sink, metrics = FakeSink(), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
-    try:
+    async with running(feed.settings(), sink, metrics):
         await until(lambda: len(feed.subscriptions) == 1)  # the first one answered
         feed.refusals = ["error"]  # the refresh's first successor
         await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
-    finally:
-        await source.stop(asyncio.get_running_loop().time() + 2)
-    reconnects = sum(
-        sample(metrics, "pinecall_bridge_websocket_reconnects_total", reason=reason)
-        for reason in get_args(DisconnectReason)
-    )
-    assert reconnects == 0
+    assert reconnects(metrics, *get_args(DisconnectReason)) == 0
     assert len(refusal_logs(caplog)) == 1

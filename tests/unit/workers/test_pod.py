@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import Readiness, probe_routes
 from bridge.metrics import Metrics
+from bridge.workers import pod
 from bridge.workers.pod import PodView
 
 
@@ -156,3 +158,38 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
         await view.close()
         await runner.cleanup()
         await worker.cleanup()
+
+
+async def test_a_worker_answer_over_its_cap_counts_as_unreachable_and_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pod, "MAX_PROBE_BYTES", 1024)
+    monkeypatch.setattr(pod, "MAX_METRICS_BYTES", 64 * 1024)
+    path = tmp_path / "huge.sock"
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        # Chunked, no length ahead: only what is read shows it too large.
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(1024):
+            await response.write(b"# " + b"x" * 1021 + b"\n")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/readyz", endless)
+    app.router.add_get("/metrics", endless)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    view = PodView({"0": path}, timeout=5.0)
+    try:
+        assert await view.ask("/readyz") == {"0": None}
+        assert await view.ask("/metrics") == {"0": None}
+        merged = await view.metrics(cast(web.Request, None))
+        assert isinstance(merged.body, bytes)
+        assert b"pinecall_bridge_workers_unreachable 1.0" in merged.body
+    finally:
+        await view.close()
+        await runner.cleanup()
+    too_large = [r for r in caplog.records if "answer is too large" in r.getMessage()]
+    assert [r.path for r in too_large] == ["/readyz", "/metrics", "/metrics"]  # type: ignore[attr-defined]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bridge.config import unknown_variables
-from bridge.workers.role import WorkerRole, read_stop_by, stop_by_file, write_stop_by
+from bridge.workers.role import (
+    MAX_STOP_BY_BYTES,
+    WorkerRole,
+    read_stop_by,
+    stop_by_file,
+    write_stop_by,
+)
 
 
 def test_the_role_travels_through_the_environment() -> None:
@@ -49,3 +57,15 @@ def test_the_stop_deadline_is_read_as_written_and_only_then(tmp_path: Path) -> N
     for garbage in ("", "soon", "nan", "inf"):
         path.write_text(garbage)
         assert read_stop_by(path) is None, garbage
+
+
+def test_a_stop_deadline_file_too_large_is_not_read_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = stop_by_file(tmp_path)
+    # A float's text, were it read whole: only the cap and one byte more are read.
+    path.write_text("1" + "0" * MAX_STOP_BY_BYTES + ".0")
+    assert read_stop_by(path) is None
+    assert "the stop deadline file is too large" in caplog.text
+    path.write_text("1" * MAX_STOP_BY_BYTES)
+    assert read_stop_by(path) == float("1" * MAX_STOP_BY_BYTES)

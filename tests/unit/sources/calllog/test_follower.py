@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -18,7 +19,9 @@ from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
+from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.publish import Publisher
+from bridge.sources.reconnect import ReconnectPolicy
 from tests.entries import entry
 from tests.metrics import sample
 
@@ -79,18 +82,21 @@ class Server:
 
 
 @pytest.fixture
-async def run_follower() -> AsyncIterator[Callable[..., Any]]:
+async def run_followers() -> AsyncIterator[Callable[..., Any]]:
+    """Followers of `calls` against one server, sharing one key gate, run to their ends."""
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def run(
         handler: Handler,
         *,
+        calls: Sequence[str] = ("CA_1",),
         after: int = 0,
         publisher: FakePublisher | None = None,
         stopping: asyncio.Event | None = None,
         give_up_after_seconds: float = 900.0,
-    ) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
+        gate_policy: ReconnectPolicy | None = None,
+    ) -> tuple[list[bool], Server, FakePublisher, list[Follower], Metrics]:
         server = Server(handler)
         await server.server.start_server()
         servers.append(server.server)
@@ -98,34 +104,53 @@ async def run_follower() -> AsyncIterator[Callable[..., Any]]:
         sessions.append(session)
         publisher = publisher or FakePublisher()
         metrics = Metrics()
-        follower = Follower(
-            "CA_1",
-            after,
-            session=session,
-            api=PinecallSettings(
-                api_url=str(server.server.make_url("")).rstrip("/"),
-                api_key=SecretStr("k"),
-                env="sandbox",
-            ),
-            settings=SseSettings(
-                read_timeout_seconds=0.3,
-                connect_timeout_seconds=0.2,
-                backoff_initial_seconds=0.01,
-                backoff_max_seconds=0.05,
-                give_up_after_seconds=give_up_after_seconds,
-            ),
-            publisher=cast(Publisher, publisher),
-            metrics=metrics,
-            stopping=stopping or asyncio.Event(),
+        settings = SseSettings(
+            read_timeout_seconds=0.3,
+            connect_timeout_seconds=0.2,
+            backoff_initial_seconds=0.01,
+            backoff_max_seconds=0.05,
+            give_up_after_seconds=give_up_after_seconds,
         )
-        ended = await asyncio.wait_for(follower.run(), 10)
-        return ended, server, publisher, follower, metrics
+        gate = KeyGate(gate_policy or ReconnectPolicy.of(settings))
+        followers = [
+            Follower(
+                call,
+                after,
+                session=session,
+                api=PinecallSettings(
+                    api_url=str(server.server.make_url("")).rstrip("/"),
+                    api_key=SecretStr("k"),
+                    env="sandbox",
+                ),
+                settings=settings,
+                publisher=cast(Publisher, publisher),
+                metrics=metrics,
+                stopping=stopping or asyncio.Event(),
+                gate=gate,
+            )
+            for call in calls
+        ]
+        ended = await asyncio.wait_for(asyncio.gather(*(f.run() for f in followers)), 10)
+        return ended, server, publisher, followers, metrics
 
     yield run
     for session in sessions:
         await session.close()
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def run_follower(run_followers: Callable[..., Any]) -> Callable[..., Any]:
+    """One follower of CA_1: whether it ended, the server, publisher, follower and metrics."""
+
+    async def run(
+        handler: Handler, **options: Any
+    ) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
+        ended, server, publisher, followers, metrics = await run_followers(handler, **options)
+        return ended[0], server, publisher, followers[0], metrics
+
+    return run
 
 
 def reconnects(metrics: Metrics, reason: str) -> float:
@@ -474,3 +499,67 @@ async def test_not_json_goes_to_the_dead_letter_topic_as_it_came(
     )
     assert len(server.requests) == 1
     assert "call log entry is not JSON" in caplog.text
+
+
+def key_refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API key")]
+
+
+async def test_a_refused_key_holds_every_follower_back_while_one_probes(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = [f"CA_{i}" for i in range(20)]
+    refused: list[str] = []
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if len(refused) < len(calls) + 5:  # the first round, then five probes
+            refused.append(request.match_info["call"])
+            return web.json_response({"detail": "bad key"}, status=401)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_followers(handler, calls=calls)
+    assert all(ended)
+    assert sorted(publisher.seqs) == [1] * len(calls)  # each resumed from its own position
+    # One request each before the key was known refused; then one probe at a time, no more.
+    assert len(server.requests) == len(refused) + len(calls)
+    assert set(refused[: len(calls)]) == set(calls)
+    assert reconnects(metrics, "auth") == len(refused)
+    assert len(key_refusals(caplog)) == 1
+    assert key_refusals(caplog)[0].levelno == logging.ERROR
+    assert "call log stream refused" not in caplog.text  # not a line per follower
+
+
+async def test_waiting_for_a_refused_key_does_not_run_the_give_up_clock(
+    run_followers: Callable[..., Any],
+) -> None:
+    # CA_1 is refused (400); while it waits the 0.2 s its stream asked for, CA_2's request finds
+    # the key refused and the gate opens for 0.5 s; CA_1 is refused again when it reopens. The
+    # 0.55 s between its two refusals, over the give-up time, were the key's, not its call's.
+    ca1_refused = asyncio.Event()
+    ca1_answers = iter(["retry", 400, 400])
+    ca2_answers = iter([401])
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.match_info["call"] == "CA_1":
+            answer = next(ca1_answers, None)
+            if answer == "retry":
+                return await stream(request, b"retry: 200\n\n")
+            if answer == 400:
+                ca1_refused.set()
+                return web.json_response({"detail": "bad request"}, status=400)
+        elif next(ca2_answers, None) == 401:
+            await ca1_refused.wait()
+            await asyncio.sleep(0.05)  # the key is refused just after CA_1's refusal
+            return web.json_response({"detail": "bad key"}, status=401)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, _, publisher, _, metrics = await run_followers(
+        handler,
+        calls=["CA_1", "CA_2"],
+        give_up_after_seconds=0.35,
+        gate_policy=ReconnectPolicy(0.5, 0.5, 60.0, rand=lambda _low, high: high),
+    )
+    assert ended == [True, True]
+    assert publisher.seqs == [1, 1]
+    assert given_up(metrics, "refused") == 0
+    assert reconnects(metrics, "protocol") == 2
