@@ -23,6 +23,7 @@ from bridge.config import (
     describe,
     dotenv_variables,
     load_settings,
+    log_unknown_variables,
     unknown_variables,
 )
 from bridge.sources.signature import signature_header
@@ -47,6 +48,14 @@ def _settings_or_exit(*, unknown_is_invalid: bool = False) -> Settings:
     return settings
 
 
+def _configure_logging(settings: Settings) -> None:
+    """Log as the settings say, then warn of each unknown `BRIDGE_*` variable: a likely typo."""
+    from bridge import logsetup
+
+    logsetup.configure(settings.log.level, settings.log.format)
+    log_unknown_variables()
+
+
 def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from bridge import logsetup
@@ -60,9 +69,7 @@ def _run(_: argparse.Namespace) -> int:
         logsetup.configure(settings.log.level, settings.log.format, {"worker": role.index})
         _run_loop(serve_worker(settings, role))
         return 0
-    logsetup.configure(settings.log.level, settings.log.format)
-    for problem in unknown_variables(os.environ, dotenv_variables()):
-        logging.getLogger("bridge.config").warning(problem)
+    _configure_logging(settings)
     if settings.http.workers != 1 or settings.dedup.own_process:
         processes = _workers(settings) + settings.dedup.own_process
         if processes > 1:
@@ -139,6 +146,7 @@ def _send(args: argparse.Namespace) -> int:
     secret = args.secret
     if secret is None:
         settings = _settings_or_exit()
+        _configure_logging(settings)
         secret = settings.webhook.signing_secret
     signature = signature_header(secret.encode(), body, bare=args.bare)
     if args.curl:
@@ -168,6 +176,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _webhooks(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    _configure_logging(settings)
     if settings.pinecall.api_key is None:  # every call of the webhook API is authenticated
         print(
             f"pinecall-bridge: webhooks {args.action} needs BRIDGE_PINECALL__API_KEY",
@@ -221,6 +230,7 @@ def _kafka_or_exit(settings: Settings, run: Callable[[], int]) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    _configure_logging(settings)
     from rich.console import Console
 
     from bridge.tail import TailFilter, tail
@@ -246,12 +256,11 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _backfill(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    _configure_logging(settings)
     from rich.console import Console
 
-    from bridge import logsetup
     from bridge.backfill import run_backfill
 
-    logsetup.configure(settings.log.level, settings.log.format)
     return _kafka_or_exit(
         settings, lambda: run_backfill(settings, args.call or [], Console(), since=args.since)
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
+import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -99,6 +101,31 @@ def _check_uri_reference(value: str) -> str:
             " (a relative reference has no ':' before its first '/')"
         )
     return value
+
+
+# A DNS name: dot-separated labels of letters, digits, '-' (not at either end) and '_'.
+_LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(host: str) -> str:
+    """An IP address (v4 or v6) or a hostname: what the server can bind, no URL or port."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    # An all-digit last label is a mistyped IPv4 address, which a resolver would look up as a name.
+    if (
+        len(host) > 253
+        or not all(_LABEL_RE.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(
+            f"{host!r} is neither an IP address (e.g. 0.0.0.0 or ::) nor a hostname:"
+            " no scheme, port, brackets or whitespace (the port is BRIDGE_HTTP__PORT)"
+        )
+    return host
 
 
 def _is(names: str) -> str:
@@ -238,6 +265,11 @@ class HttpSettings(_Section):
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # Processes sharing the port (SO_REUSEPORT) under a supervisor; 0: one per CPU available.
     workers: int = 1
+
+    @field_validator("host")
+    @classmethod
+    def _bindable_host(cls, host: str) -> str:
+        return _check_host(host)
 
     @field_validator("workers")
     @classmethod
@@ -780,6 +812,12 @@ def unknown_variables(
         where = given.get(upper) or f"{upper} (in .env)"
         problems.append(f"{where} is not a setting and is ignored{hint}")
     return problems
+
+
+def log_unknown_variables() -> None:
+    """Log each unknown `BRIDGE_*` variable, of the environment or `.env`, as a WARNING."""
+    for problem in unknown_variables(os.environ, dotenv_variables()):
+        logging.getLogger(__name__).warning(problem)
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -54,25 +54,40 @@ class _TransientKafkaFilter(logging.Filter):
     """Holds back aiokafka's ERRORs for what passes by itself and the bridge reports anyway.
 
     A topic not yet in metadata is routine right after creating it, and one that stays missing
-    keeps the bridge unready: dropped. A broker it cannot connect to is retried on every
-    reconnect of an outage, which the bridge logs itself (`Kafka not ready yet`, readiness,
-    `kafka_connected`): a WARNING, so the address and the reason stay in the log.
+    keeps the bridge unready: dropped. A broker it cannot connect to, and the consumer group's
+    coordinator lookups, heartbeats and fetches that fail with it, are retried all through an
+    outage or a rebalance, which the bridge logs itself (`Kafka not ready yet`, readiness,
+    `kafka_connected`): WARNINGs, so the address and the reason stay in the log.
     """
 
     _DROPPED = ("Topic %s not found in cluster metadata",)
-    _DEMOTED = (
-        'Unable connect to "%s:%s": %s',
-        "Unable connect to node with id %s: %s",
-        "Unable to update metadata from %s",
-    )
+    # Message -> the position of its error among the arguments when aiokafka gives up on a
+    # non-retriable one (an authorization failure stays an ERROR), None when always retried.
+    _DEMOTED: ClassVar[Mapping[str, int | None]] = {
+        'Unable connect to "%s:%s": %s': None,
+        "Unable connect to node with id %s: %s": None,
+        "Unable to update metadata from %s": None,
+        "Group Coordinator Request failed: %s": 0,
+        "Error sending %s to node %s [%s] -- marking coordinator dead": 2,
+        "Heartbeat send request failed: %s. Will retry.": None,
+        "Heartbeat session expired - marking coordinator dead": None,
+        "Failed fetch messages from %s: %s": None,
+    }
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         if msg in self._DROPPED:
             return False
-        if msg in self._DEMOTED and record.levelno > logging.WARNING:
+        if msg in self._DEMOTED and record.levelno > logging.WARNING and self._retried(record):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+    def _retried(self, record: logging.LogRecord) -> bool:
+        at = self._DEMOTED[str(record.msg)]
+        if at is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return len(args) > at and getattr(args[at], "retriable", False) is True
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -130,7 +145,13 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
     root.setLevel(level)
     # aiokafka's INFO is per connection and per group event; the bridge reports outages itself.
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    for name in ("aiokafka", "aiokafka.cluster"):  # client.py logs as "aiokafka"
+    # A logger's filters see only its own records, not its children's: each module's logger.
+    for name in (
+        "aiokafka",  # client.py
+        "aiokafka.cluster",
+        "aiokafka.consumer.group_coordinator",
+        "aiokafka.consumer.fetcher",
+    ):
         noisy = logging.getLogger(name)
         if not any(isinstance(f, _TransientKafkaFilter) for f in noisy.filters):
             noisy.addFilter(_TransientKafkaFilter())

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _YIELD_EVERY = 64
 TOO_LARGE = "too_large"
+# A dead letter's headers: why it is not an event, and the channel it came through.
+DLQ_REASON_HEADER = "pinecall-dlq-reason"
+DLQ_CHANNEL_HEADER = "pinecall-channel"
 
 
 class _Refused:
@@ -341,8 +344,8 @@ class Pipeline:
             value=value,
             headers=(
                 (CONTENT_TYPE, b"application/json"),
-                ("pinecall-dlq-reason", reason.encode()),
-                ("pinecall-channel", channel.encode()),
+                (DLQ_REASON_HEADER, reason.encode()),
+                (DLQ_CHANNEL_HEADER, channel.encode()),
                 ("pinecall-received-at", str(received_at).encode()),
             ),
         )

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
+from rich.text import Text
 
 from bridge import jsoncodec
 from bridge.config import Settings
 from bridge.normalise.binding import decode
+from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.kafka import client_options
 
 
@@ -29,21 +32,39 @@ class TailFilter:
         return self.call is None or event.get("subject") == self.call
 
 
-def render(topic: str, key: bytes | None, event: Any) -> str:
-    """One line per record: time, topic, type, call, id, then the data.
+def render(
+    topic: str, key: bytes | None, event: Any, headers: Iterable[tuple[str, bytes]] = ()
+) -> Text:
+    """One line per record: time, topic, type, call, id, then the data; a dead letter's reason.
 
     `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value.
     """
+    # Styled Text, never markup: every field is the sender's text (a caller's words among them),
+    # and rich would fail on a "[/]" in it or take a "[bold]" for a style.
     if not isinstance(event, dict):
-        return f"[red]{topic}[/] [dim]not a CloudEvent:[/] {str(event)[:200]}"
+        raw = event.decode(errors="replace") if isinstance(event, bytes) else str(event)
+        found = {name: value.decode(errors="replace") for name, value in headers}
+        if DLQ_REASON_HEADER in found:
+            why = f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}"
+            return Text.assemble((topic, "red"), " dead letter ", (why, "bold"), ": ", raw[:200])
+        return Text.assemble((topic, "red"), " ", ("not a CloudEvent:", "dim"), " ", raw[:200])
     data = jsoncodec.dumps(event.get("data")).decode()
     if len(data) > 160:
         data = data[:157] + "..."
     subject = event.get("subject") or (key.decode(errors="replace") if key else "-")
-    channel = event.get("pinecallchannel", "?")
-    return (
-        f"[dim]{event.get('time', '?')}[/] [cyan]{topic}[/] [bold]{event.get('type', '?')}[/] "
-        f"[green]{subject}[/] [dim]{event.get('id', '?')} via {channel}[/] {data}"
+    via = f"{event.get('id', '?')} via {event.get('pinecallchannel', '?')}"
+    return Text.assemble(
+        (str(event.get("time", "?")), "dim"),
+        " ",
+        (topic, "cyan"),
+        " ",
+        (str(event.get("type", "?")), "bold"),
+        " ",
+        (str(subject), "green"),
+        " ",
+        (via, "dim"),
+        " ",
+        data,
     )
 
 
@@ -86,9 +107,8 @@ async def tail(
                         event = message.value
                     elif not wanted.matches(event):
                         continue
-                    console.print(
-                        render(message.topic, message.key, event), highlight=False, soft_wrap=True
-                    )
+                    line = render(message.topic, message.key, event, message.headers)
+                    console.print(line, highlight=False, soft_wrap=True)
                     shown += 1
                     if limit is not None and shown >= limit:
                         return shown

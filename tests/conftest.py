@@ -1,4 +1,4 @@
-"""Session-wide test set-up: none, unless the session has fuzz tests.
+"""Session-wide test set-up (none, unless the session has fuzz tests) and shared fixtures.
 
 The Hypothesis profiles are registered when tests/fuzz.py is first imported, which every fuzz test
 does before its @given reads them; a session without fuzz tests imports neither it nor Hypothesis.
@@ -6,7 +6,9 @@ does before its @given reads them; a session without fuzz tests imports neither 
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,3 +35,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     plugins = session.config.pluginmanager
     if "hypothesis" not in sys.modules and plugins.has_plugin(HYPOTHESIS_PLUGIN):
         plugins.unregister(name=HYPOTHESIS_PLUGIN)
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """For a test of a command that configures the root logger: put it back for the others."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

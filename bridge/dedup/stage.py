@@ -42,7 +42,7 @@ from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
+from bridge.sink.clienttasks import Replacement, consumer_died, stop_consumer, stop_dead
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
 from bridge.supervise import Supervisor
 
@@ -201,7 +201,7 @@ class DedupStage:
             await self._out.stop()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)
         await self._offsets.stop()
         for tp in gone:
             self._forget_lag(tp)
@@ -543,18 +543,24 @@ class DedupStage:
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one
                     await task.start(self._offsets.committed)
-                except asyncio.CancelledError:
-                    raise
+                except asyncio.CancelledError as exc:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                    # A client's stop raising the cancellation of a task of its own (aiokafka's
+                    # fetcher): a failure like any other, or the partition stays paused for good.
+                    failure: BaseException = exc
                 except Exception as exc:
-                    attempt += 1
-                    log.warning(
-                        "dedup partition could not be started; retrying",
-                        extra={"partition": tp.partition, "error": repr(exc), "attempt": attempt},
-                    )
-                    await asyncio.sleep(min(0.5 * attempt, 5.0))
-                    continue
-                await self._install(task, epoch)
-                return
+                    failure = exc
+                else:
+                    await self._install(task, epoch)
+                    return
+                attempt += 1
+                log.warning(
+                    "dedup partition could not be started; retrying",
+                    extra={"partition": tp.partition, "error": repr(failure), "attempt": attempt},
+                )
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
         finally:
             if self._starting.get(tp) is asyncio.current_task():
                 del self._starting[tp]

@@ -14,9 +14,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from bridge import logsetup
-from bridge.config import Settings, load_settings
+from bridge.config import Settings, load_settings, log_unknown_variables
 from bridge.demo.stats import Snapshot, take
 from bridge.demo.view import render
 from bridge.normalise.binding import decode
@@ -63,7 +64,7 @@ class RecentEvents:
     """Reads what downstream teams read, from the end of the bridge's topics."""
 
     def __init__(self, settings: Settings, topics: list[str]) -> None:
-        self.lines: deque[str] = deque(maxlen=8)
+        self.lines: deque[Text] = deque(maxlen=8)
         self.ids: Counter[str] = Counter()
         self.call_of: dict[str, str] = {}  # event id -> its call, the CloudEvent's subject
         self.read = 0  # records read, CloudEvents or not
@@ -102,7 +103,8 @@ class RecentEvents:
                             self.ids[event_id] += 1
                             if event.get("subject") is not None:
                                 self.call_of[event_id] = str(event["subject"])
-                        self.lines.append(render_record(message.topic, message.key, event))
+                        line = render_record(message.topic, message.key, event, message.headers)
+                        self.lines.append(line)
         finally:
             await self._consumer.stop()
 
@@ -117,6 +119,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     async with Simulator(sim_config) as simulator:
         settings = demo_settings(options, simulator)
         logsetup.configure(settings.log.level, settings.log.format)
+        log_unknown_variables()
         bridge = Bridge(settings)
         await bridge.start()
         recent = RecentEvents(settings, [settings.topics.events, settings.topics.alerts])

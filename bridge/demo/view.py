@@ -23,7 +23,7 @@ def _state(up: bool) -> Text:
 def render(
     now: Snapshot,
     before: Snapshot,
-    recent: Sequence[str],
+    recent: Sequence[Text],
     simulator: str,
     hint: str = "",
 ) -> Group:
@@ -71,7 +71,7 @@ def render(
     tables.add_column(ratio=3)
     tables.add_column(ratio=2)
     tables.add_row(flow, health)
-    last = Text.from_markup("\n".join(recent[-8:]) or "[dim]waiting for events...[/]")
+    last = Text("\n").join(recent[-8:]) or Text("waiting for events...", style="dim")
     parts: list[ConsoleRenderable] = [
         tables,
         Panel(last, title="last events on Kafka", border_style="dim"),

@@ -72,6 +72,29 @@ async def stop_dead(client: Any, within: float) -> None:
             task.exception()
 
 
+async def stop_consumer(consumer: Any) -> None:
+    """Stop a consumer; a CancelledError from inside aiokafka ends its stop, not the caller's.
+
+    aiokafka's fetcher awaits the fetch tasks it cancels, and one sleeping out its retry backoff
+    (a broker down or restarting) raises CancelledError out of stop(): awaited directly, it would
+    pass for a cancellation of the caller and end a whole shutdown or partition start with it.
+    """
+    stopping = asyncio.ensure_future(consumer.stop())
+    try:
+        await asyncio.wait({stopping})
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    if not stopping.cancelled():
+        stopping.result()
+        return
+    # The fetcher gave up at that task, before the consumer closed its connections.
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        await client.close()
+    log.info("a Kafka consumer's stop was cut short inside aiokafka (a fetch was being retried)")
+
+
 def fail_pending(producer: Any, error: BaseException) -> None:
     """Fail every record a dead producer still holds: with its sender gone nothing else will.
 

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import Replacement, consumer_died, stop_dead
+from bridge.sink.clienttasks import Replacement, consumer_died, stop_consumer, stop_dead
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class FeedLease:
         await self.release()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     def _claim(self) -> Claim:
         # The holder claims the lease at each join and keeps it: a replica joining or leaving

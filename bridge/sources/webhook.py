@@ -62,10 +62,13 @@ class WebhookHandler:
         return error(status, reason, detail, **headers)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Refuse at once (503) a request past the bytes in flight; handle the others."""
+        """Refuse at once a body declared too large (413) or past the bytes in flight (503)."""
         limit = self._settings.max_body_bytes
         length = request.content_length
-        size = limit if length is None else min(length, limit)
+        if length is not None and length > limit:
+            # Before the 503: a final answer, where a 503 would have it retried for nothing.
+            return self._too_large(limit)
+        size = limit if length is None else length
         if (
             self._in_flight_bytes
             and self._in_flight_bytes + size > self._settings.max_in_flight_bytes
@@ -74,22 +77,22 @@ class WebhookHandler:
             return self._reject(503, "overloaded", detail, **{"Retry-After": RETRY_AFTER_SECONDS})
         self._in_flight_bytes += size
         try:
-            return await self._handle(request)
+            return await self._handle(request, limit)
         finally:
             self._in_flight_bytes -= size
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    def _too_large(self, limit: int) -> web.Response:
+        return self._reject(
+            413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
+        )
+
+    async def _handle(self, request: web.Request, limit: int) -> web.Response:
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             return self._reject(415, "unsupported_media_type", "send application/json")
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             return self._reject(
                 415, "unsupported_media_type", "send the body unencoded", Connection="close"
-            )
-        limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return self._reject(
-                413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
             )
         try:
             async with asyncio.timeout(self._body_timeout):
@@ -99,10 +102,8 @@ class WebhookHandler:
             self._metrics.http_timed_out.labels("body").inc()
             detail = f"the body did not arrive within {self._body_timeout:g} s"
             return self._reject(408, "body_timeout", detail, Connection="close")
-        except web.HTTPRequestEntityTooLarge:
-            return self._reject(
-                413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
-            )
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length: the stream passed the limit
+            return self._too_large(limit)
         except web.RequestPayloadError:
             # Broken chunked framing or content encoding: the sender's fault, final, not a bug.
             detail = "the body's chunked framing or content encoding is invalid"

@@ -373,8 +373,8 @@ class Consumed:
     @classmethod
     def read(cls, m: Any) -> Consumed:
         """A record as read from Kafka, held to bridge/schema/asyncapi.yaml (every output record
-        the tests read must match the message the document names for it)."""
-        contract.check(m.key, m.value, dict(m.headers))
+        the tests read must match the message the document names for it on its topic)."""
+        contract.check(m.key, m.value, dict(m.headers), m.topic)
         return cls(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
 
     def json(self) -> Any:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from bridge import jsoncodec
 from tests.integration.conftest import (
     SECRET,
+    Broker,
     Topics,
     answers_ready,
     consume_until,
@@ -27,6 +28,7 @@ from tests.integration.conftest import (
     has_id,
     ingest_backlog,
     ingest_records,
+    own_broker,
     read_to_end,
     write_ingest,
 )
@@ -371,6 +373,51 @@ async def test_sigterm_outputs_the_ingest_backlog_the_stage_owns_before_the_exit
     assert sum((await ingest_backlog(kafka_bootstrap, topics)).values()) == 0, daemon.log()
     output = Counter(r.value for r in await read_to_end(kafka_bootstrap, [topics.events]))
     assert output == Counter(r.value for r in backlog)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of this module's own, for the test that stops it."""
+    with own_broker(tmp_path_factory.mktemp("kafka-shutdown")) as own:
+        yield own
+
+
+@pytest.mark.timeout(240)
+async def test_sigterm_with_kafka_gone_still_stops_cleanly(
+    spawn: Spawn, broker: Broker, topics: Topics
+) -> None:
+    """Kafka gone at the signal: each part gives up on it in turn, no traceback, exit 0.
+
+    The consumers' fetches are being retried then, and aiokafka's stop raised CancelledError
+    out of one such retry: it ended the daemon's stop half done, with a traceback and exit 1.
+    """
+    # The feed's lease is a consumer of its own; its feed needs no server to hold the lease.
+    env = shutdown_env(
+        broker.bootstrap,
+        topics,
+        BRIDGE_WEBSOCKET__ENABLED="true",
+        BRIDGE_WEBSOCKET__URL="ws://127.0.0.1:9/feed",
+        BRIDGE_PINECALL__API_URL="http://127.0.0.1:9",
+        BRIDGE_PINECALL__API_KEY="unused",
+    )
+    daemon = await spawn(env)
+    await until_owned(daemon, 3)
+    async with aiohttp.ClientSession() as session:
+
+        async def leased() -> bool:
+            samples = await scrape(session, daemon.url)
+            return samples.get("pinecall_bridge_feed_lease_held") == 1
+
+        await until(leased, 60, 0.1, lambda: f"the feed lease held{daemon.log()}")
+    await broker.down()
+    stopping_log = daemon.stderr.stat().st_size
+    daemon.proc.send_signal(signal.SIGTERM)
+    code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    assert code == 0, f"exit code {code}{daemon.log()}"
+    stop_logs = daemon.error_logs(since=stopping_log)
+    assert [line for line in stop_logs if "raw" in line] == [], daemon.log()
+    assert [line for line in stop_logs if line.get("level") == "critical"] == [], daemon.log()
+    assert b'"msg":"stopped"' in daemon.stderr.read_bytes()[stopping_log:], daemon.log()
 
 
 def run_cli(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -173,6 +173,7 @@ def registered(log: Path) -> bool:
     return '"webhook registered"' in text or '"webhook already registered"' in text
 
 
+@pytest.mark.usefixtures("keep_logging")  # the command configures the root logger
 def test_webhooks_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

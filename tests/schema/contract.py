@@ -69,6 +69,27 @@ def messages() -> dict[str, dict[str, Any]]:
     return {kind: {**schemas, "key": {"anyOf": keys[kind]}} for kind, schemas in found.items()}
 
 
+@functools.cache
+def channels() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per output channel with an address, by its last dotted part ("events" for
+    pinecall.events, as the tests' topics end too): its kinds of record and their schemas."""
+    document = yaml.safe_load(DOCUMENT.read_text())
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for channel in document["channels"].values():
+        address = channel.get("address")
+        if address is None or {"name": "output"} not in channel.get("tags", []):
+            continue
+        kinds: dict[str, dict[str, Any]] = {}
+        for ref in channel["messages"].values():
+            message = _resolve(ref, DOCUMENT, document)
+            kind = message.get("x-cloudevents-mode") or "dead-letter"
+            kinds[kind] = {
+                part: _resolve(message[part], DOCUMENT, document) for part in ("payload", "headers")
+            } | {"key": _resolve(message["bindings"]["kafka"]["key"], DOCUMENT, document)}
+        found[address.rsplit(".", 1)[-1]] = kinds
+    return found
+
+
 def _validate(instance: Any, schema: Any, what: str) -> None:
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
@@ -94,18 +115,25 @@ def kind_of(headers: Mapping[str, bytes]) -> str | None:
     return None
 
 
-def check(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> None:
+def check(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, bytes], topic: str = ""
+) -> None:
     """Raise ContractError unless an output record matches its message in asyncapi.yaml.
 
     A record without any header is a test's own raw write, left alone; one with headers that
-    name no message (a bridge record that lost its CloudEvents headers) is refused.
+    name no message (a bridge record that lost its CloudEvents headers) is refused. On a topic
+    named like an output channel (its last dotted part), the record must be one of that
+    channel's messages, with its key; elsewhere (routing rules' topics) any message.
     """
     kind = kind_of(headers)
     if kind is None:
         if headers and not _ingest(headers):
             raise ContractError(f"headers {sorted(headers)} name no message of asyncapi.yaml")
         return
-    schemas = messages()[kind]
+    channel = channels().get(topic.rsplit(".", 1)[-1])
+    if channel is not None and kind not in channel:
+        raise ContractError(f"a {kind} record on {topic}: not a message of its channel")
+    schemas = messages()[kind] if channel is None else channel[kind]
     texts = {name: raw.decode() for name, raw in headers.items()}
     _validate(texts, schemas["headers"], f"{kind} record headers")
     _validate(None if key is None else key.decode(), schemas["key"], f"{kind} record key")

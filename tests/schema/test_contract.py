@@ -102,6 +102,25 @@ def test_a_record_off_the_contract_fails(bad: tuple[bytes | None, bytes, dict[st
         contract.check(*bad)
 
 
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_each_topic_takes_its_own_messages_and_keys(mode: Mode) -> None:
+    """A test's topics end like the channels' addresses (`it.<run>.events`)."""
+    contract.check(*record(CALL, b"CA_1", mode), "it.x.events")
+    contract.check(*record(CALL, b"CA_1", mode), "it.x.ephemeral")
+    contract.check(*record(ALERT, b"acme", mode), "it.x.alerts")
+    contract.check(*record(ALERT, None, mode), "it.x.alerts")
+    contract.check(*record(ALERT, None, mode), "it.x.metrics")  # a routing rule's topic
+    contract.check(*DEAD_LETTER, "it.x.dlq")
+    for bad, topic in (
+        (record(ALERT, None, mode), "it.x.events"),  # a call's topic is keyed by the call id
+        (record(CALL, b"CA_1", mode), "it.x.dlq"),
+        (DEAD_LETTER, "it.x.events"),
+        (DEAD_LETTER, "it.x.alerts"),
+    ):
+        with pytest.raises(contract.ContractError):
+            contract.check(*bad, topic)
+
+
 def test_the_schemas_are_the_ones_the_document_names() -> None:
     schemas = contract.messages()
     assert set(schemas) == {"structured", "binary", "dead-letter"}
@@ -111,6 +130,12 @@ def test_the_schemas_are_the_ones_the_document_names() -> None:
         == "Pinecall event as published by pinecall-bridge"
     )
     assert schemas["binary"]["headers"]["required"][1] == "ce_specversion"
+    assert {name: set(kinds) for name, kinds in contract.channels().items()} == {
+        "events": {"structured", "binary"},
+        "alerts": {"structured", "binary"},
+        "dlq": {"dead-letter"},
+        "ephemeral": {"structured", "binary"},
+    }
 
 
 def test_the_integration_tests_reading_helpers_apply_the_check() -> None:

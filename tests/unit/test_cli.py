@@ -1,6 +1,5 @@
 import hashlib
 import hmac
-import logging
 import shlex
 import time
 from pathlib import Path
@@ -13,7 +12,9 @@ from tests.environ import without_bridge_variables
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keep_logging: None) -> None:
+    """No BRIDGE_* variable or .env of the caller's; the root logger, which most commands
+    configure, as it was after each test."""
     without_bridge_variables(monkeypatch, tmp_path)
 
 
@@ -50,9 +51,6 @@ def test_check_fails_on_unknown_variables_and_run_warns(
         " (did you mean BRIDGE_WEBHOOK__SECRETS?)"
     ) in err
     started: list[object] = []
-    root = logging.getLogger()  # `run` configures logging: undone when the test ends
-    monkeypatch.setattr(root, "handlers", [])
-    monkeypatch.setattr(root, "level", root.level)
     monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
     monkeypatch.setattr("bridge.cli._run_loop", started.append)
     assert main(["run"]) == 0
@@ -60,6 +58,35 @@ def test_check_fails_on_unknown_variables_and_run_warns(
     [warning] = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert (warning["level"], warning["logger"]) == ("warning", "bridge.config")
     assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in warning["msg"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["send", "--url", "http://127.0.0.1:9/x"],
+        ["tail"],
+        ["backfill", "--call", "CA_1"],
+        ["webhooks", "show"],
+    ],
+)
+def test_every_command_that_reads_the_settings_warns_of_a_typo(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only `run` and `check` named it: the others quietly used the default.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVER", "typo")
+    assert main(command) in (1, 2)  # Kafka, the bridge or Pinecall's API key is missing
+    err = capsys.readouterr().err.splitlines()
+    logged = [jsoncodec.loads(line) for line in err if line.startswith("{")]  # besides plain text
+    warnings = [e for e in logged if e["logger"] == "bridge.config"]
+    assert [(e["level"], e["msg"]) for e in warnings] == [
+        (
+            "warning",
+            "BRIDGE_KAFKA__BOOTSTRAP_SERVER is not a setting and is ignored"
+            " (did you mean BRIDGE_KAFKA__BOOTSTRAP_SERVERS?)",
+        )
+    ]
 
 
 @pytest.mark.parametrize("command", ["check", "run"])

@@ -594,6 +594,40 @@ def test_urls_need_a_host_and_no_whitespace(
 
 
 @pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("0.0.0.0", True),
+        ("127.0.0.1", True),
+        ("::", True),
+        ("fe80::1%eth0", True),
+        ("localhost", True),
+        ("bridge-0.bridge.svc.cluster.local", True),
+        ("http://0.0.0.0", False),
+        ("0.0.0.0:8080", False),
+        ("[::]", False),
+        (" 0.0.0.0", False),
+        ("local host", False),
+        ("", False),
+        ("-bad.example", False),
+        ("256.0.0.1", False),  # no address, and a resolver would look it up as a name
+    ],
+)
+def test_the_http_host_is_an_ip_address_or_a_hostname(
+    monkeypatch: pytest.MonkeyPatch, host: str, valid: bool
+) -> None:
+    # `http://0.0.0.0` or `0.0.0.0:8080` passed `check` and failed only when binding.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_HTTP__HOST", host)
+    if valid:
+        assert load_settings().http.host == host
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    [line] = caught.value.problems
+    assert line.startswith(f"BRIDGE_HTTP__HOST: {host!r} is neither an IP address"), line
+
+
+@pytest.mark.parametrize(
     ("source", "valid"),
     [
         ("https://api.pinecall.io", True),

@@ -102,6 +102,41 @@ def test_transient_kafka_errors_are_dropped_or_demoted(capsys: pytest.CaptureFix
     ]
 
 
+def test_retried_group_coordinator_errors_are_warnings_fatal_ones_stay_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A broker outage logged hundreds of these at ERROR: each coordinator lookup, heartbeat
+    # and fetch that failed and was retried.
+    from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, NodeNotReadyError
+
+    logsetup.configure("INFO", "json")
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    down = NodeNotReadyError("node 1")
+    coordinator.error("Group Coordinator Request failed: %s", down)
+    coordinator.error("Error sending %s to node %s [%s] -- marking coordinator dead", "H", 1, down)
+    coordinator.error("Heartbeat send request failed: %s. Will retry.", down)
+    coordinator.error("Heartbeat session expired - marking coordinator dead")
+    fetcher.error("Failed fetch messages from %s: %s", 1, down)
+    coordinator.error("Group Coordinator Request failed: %s", GroupAuthorizationFailedError("g"))
+    coordinator.error("Error sending %s to node %s [%s] -- marking coordinator dead", "H", 1, "x")
+    coordinator.error("Heartbeat failed: %r", KafkaError("unexpected"))
+    coordinator.error("Unexpected error in coordinator routine")
+    levels = [jsoncodec.loads(line)["level"] for line in capsys.readouterr().err.splitlines()]
+    assert levels == ["warning"] * 5 + ["error"] * 4
+
+
+def test_the_demoted_kafka_messages_are_aiokafkas() -> None:
+    # A reworded message in a new aiokafka would quietly be an ERROR again.
+    from pathlib import Path
+
+    import aiokafka
+
+    source = "".join(p.read_text() for p in Path(aiokafka.__file__).parent.rglob("*.py"))
+    for message in logsetup._TransientKafkaFilter._DEMOTED:
+        assert f'"{message}"' in source or f"'{message}'" in source, message
+
+
 async def test_a_kafka_outage_logs_no_error_per_reconnect(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

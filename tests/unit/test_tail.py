@@ -3,7 +3,9 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 
+from bridge import jsoncodec
 from bridge import tail as tail_module
 from bridge.config import load_settings
 from bridge.normalise import Event, normalise
@@ -32,7 +34,7 @@ def test_render_is_one_short_line() -> None:
     line = render("pinecall.events", b"CA_1", EVENT)
     assert "turn.user" in line
     assert "CA_1:3 via websocket" in line
-    assert line.endswith("...")
+    assert line.plain.endswith("...")
     assert len(line) < 400
 
 
@@ -43,6 +45,36 @@ def test_render_without_subject_uses_the_key() -> None:
 
 def test_render_non_cloudevent() -> None:
     assert "not a CloudEvent" in render("t", None, b"raw")
+
+
+def printed(line: Text) -> str:
+    console = Console(record=True, width=400)
+    console.print(line, highlight=False, soft_wrap=True)
+    return console.export_text().rstrip("\n")
+
+
+@pytest.mark.parametrize("said", ["see [/] below", "[bold]urgent[/bold]", "a [link=x]y", "end\\"])
+def test_what_callers_say_is_shown_as_said_never_as_markup(said: str) -> None:
+    """A caller's words (or a type, a call id) that look like rich markup are printed verbatim:
+    "[/]" used to stop tail with MarkupError, and "[bold]" vanished from the line."""
+    event = {**EVENT, "type": f"turn.{said}", "subject": said, "data": {"text": said}}
+    data = jsoncodec.dumps({"text": said}).decode()
+    assert printed(render(f"t.{said}", None, event)) == (
+        f"2026-11-23T10:00:00.000Z t.{said} turn.{said} {said} CA_1:3 via websocket {data}"
+    )
+    dead = printed(render("dlq", None, said.encode(), [("pinecall-dlq-reason", said.encode())]))
+    assert dead.endswith(said)
+    assert f"dead letter {said} via ?" in dead
+
+
+def test_a_dead_letter_says_why_and_where_from() -> None:
+    headers = [
+        ("content-type", b"application/json"),
+        ("pinecall-dlq-reason", b"missing_type"),
+        ("pinecall-channel", b"webhook"),
+    ]
+    line = printed(render("pinecall.dlq", None, b'{"data": {}}', headers))
+    assert line == 'pinecall.dlq dead letter missing_type via webhook: {"data": {}}'
 
 
 def fake_consumer(
@@ -111,7 +143,7 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
     assert shown == 3
     assert all("turn.user CA_9 CA_9:4 via webhook" in line for line in lines[:2])
     assert all('{"text":"x"}' in line for line in lines[:2])
-    assert "not a CloudEvent" in lines[2]
+    assert lines[2] == 'dlq dead letter missing_type via ?: {"a":1}'
 
 
 def entry() -> dict[str, Any]:

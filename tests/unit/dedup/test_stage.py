@@ -506,6 +506,33 @@ async def test_a_restart_from_before_a_rebalance_leaves_no_task_behind(
     assert sample(h.metrics, "pinecall_bridge_dedup_partitions_owned") == 0
 
 
+async def test_a_start_cut_by_a_cancelled_error_from_inside_aiokafka_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restore's consumer.stop() raises the CancelledError of a fetch it cancelled (its retry
+    backoff): the start tries again, not ends as if the stage had cancelled it, paused for good."""
+    starts = 0
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:
+            retrying = asyncio.create_task(asyncio.sleep(1))
+            await asyncio.sleep(0)
+            retrying.cancel()
+            await retrying
+        task.position = 5
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    consumer = RebalancingConsumer({tp(0)})
+    h = Harness(consumer=consumer)
+    h.stage._running = True
+    await h.stage.assigned({tp(0)})
+    await asyncio.wait(list(h.stage._starting.values()), timeout=10)
+    assert h.owned() == [0]
+    assert consumer.seeks == [(tp(0), 0), (tp(0), 5)]
+
+
 async def test_the_listener_hears_of_assignments_and_losses() -> None:
     h = Harness(4)
     await h.stage.assigned({tp(1), tp(3)})

@@ -1,5 +1,6 @@
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 from bridge.demo.stats import Snapshot, quantile, rate, take
 from bridge.demo.view import render
@@ -56,12 +57,14 @@ def test_view_renders() -> None:
     before = Snapshot(at=0.0)
     now = take(metrics.registry, at=1.0)
     console = Console(width=120, record=True)
-    console.print(render(now, before, ["[bold]call.started[/] CA_1"], "simulator: 1 call"))
+    # The last events as tail renders them: a caller's "[/]" is text, not markup.
+    recent = [Text.assemble(("call.started", "bold"), " CA_1 said [/]")]
+    console.print(render(now, before, recent, "simulator: 1 call"))
     text = console.export_text()
     assert "received via webhook" in text
     assert "written to the ingest topic" in text
     assert "published to pinecall.events" in text
     assert "duplicates removed (dedup stage)" in text
     assert "end-to-end p99" in text
-    assert "call.started CA_1" in text
+    assert "call.started CA_1 said [/]" in text
     assert "simulator: 1 call" in text

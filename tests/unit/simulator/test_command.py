@@ -1,7 +1,5 @@
-import logging
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,15 +8,7 @@ from bridge import jsoncodec
 from bridge.cli import main as bridge_main
 from bridge.simulator.command import build_parser, main, settings
 
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """The command configures the root logger; put it back for the other tests."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("keep_logging")  # the command configures the root logger
 
 
 def test_options_become_settings(tmp_path: Path) -> None:

@@ -295,6 +295,21 @@ async def test_past_the_bytes_in_flight_a_webhook_is_refused_503_at_once() -> No
     assert harness.rejected("kafka_unavailable") == 0
 
 
+async def test_a_body_declared_too_large_is_413_even_when_overloaded() -> None:
+    # It was a 503: Pinecall retried a body the bridge would never take.
+    body = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"pad": "a" * 600}})
+    async with serving(settings(max_in_flight_bytes=1024)) as harness:
+        harness.sink.auto_ack = False  # Kafka stalls: the first webhook stays in flight
+        first = asyncio.create_task(harness.post(body))
+        await until(lambda: len(harness.sink.records) == 1)
+        refused = await harness.post(b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}')
+        assert refused.status == 413
+        assert (await refused.json())["error"] == "body_too_large"
+        assert (harness.rejected("body_too_large"), harness.rejected("overloaded")) == (1, 0)
+        harness.sink.futures[0].set_result(None)
+        assert (await first).status == 200
+
+
 async def test_a_bug_while_handling_answers_503_to_be_retried_not_500(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
