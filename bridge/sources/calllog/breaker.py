@@ -1,6 +1,6 @@
 """One breaker for every call-log follower: a refused API key stops them all, one probes. Pure.
 
-A 401/403 is about the key, not the call: without a breaker each of hundreds of followers would
+A 401 is about the key, not the call: without a breaker each of hundreds of followers would
 ask and be refused on its own schedule. The first refusal opens it; the followers then wait one
 backoff (the feed's ReconnectPolicy), one of them probes, and an answer that is not a refusal
 closes it. Each follower keeps its own resume point meanwhile.
@@ -52,7 +52,7 @@ class AuthBreaker:
         return Wait(None)
 
     def refused(self, now: float) -> bool:
-        """A 401/403; True when it opened the breaker (the one refusal to report)."""
+        """A 401; True when it opened the breaker (the one refusal to report)."""
         opened = self.state == "closed"
         # Refusals of requests already out when it opened change nothing: one backoff for all.
         if self.state != "open":

@@ -116,7 +116,7 @@ class Follower:
                 return True
             if self._stopping.is_set():
                 return False
-            if reason == "auth":
+            if reason == "auth" and self._gate.holding:
                 continue  # the gate holds every follower back until the key is accepted again
             self._metrics.sse_reconnects.labels("call", reason).inc()
             connected_for = (
@@ -161,10 +161,19 @@ class Follower:
                     self._opened_at = time.monotonic()
                     state.connected()
                     return await self._read(response), 0.0
-                if reason == "auth":
+                if response.status == 401:
                     # Counted per refused request; the gate logs once per refusal of the key.
                     self._metrics.sse_reconnects.labels("call", reason).inc()
                     self._gate.refused(state.call, response.status)
+                    state.unanswered()
+                    return reason, floor
+                if reason == "auth":
+                    # A 403 may be this call's alone (another app's, say): were it to open the
+                    # gate, one such call would stall every follower at each of its retries.
+                    log.warning(
+                        "call log forbidden: the API key lacks the right to this call's log",
+                        extra={**self._ctx(), "status": response.status},
+                    )
                     state.unanswered()
                     return reason, floor
                 log.warning(
@@ -318,8 +327,11 @@ def _loggable(note: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key_taken(status: int) -> bool:
-    """Whether an answer shows the key was accepted: not a 5xx or 429 (a proxy's, perhaps)."""
-    return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 403, 429))
+    """Whether an answer shows the key was accepted: not a 5xx or 429 (a proxy's, perhaps).
+
+    A 403 is an authenticated answer: the key is known, only this call's log is not allowed.
+    """
+    return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 429))
 
 
 def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:

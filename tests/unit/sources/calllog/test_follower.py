@@ -529,6 +529,29 @@ async def test_a_refused_key_holds_every_follower_back_while_one_probes(
     assert "call log stream refused" not in caplog.text  # not a line per follower
 
 
+async def test_one_calls_403_holds_back_only_its_own_follower(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 403 may be about that call alone: the others read on, no gate opens for them.
+    forbidden = iter([403, 403, 403])
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.match_info["call"] == "CA_0" and next(forbidden, None) == 403:
+            return web.json_response({"detail": "not yours"}, status=403)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_followers(
+        handler, calls=["CA_0", "CA_1", "CA_2"]
+    )
+    assert ended == [True, True, True]
+    assert publisher.seqs == [1, 1, 1]
+    assert len(server.requests) == 4 + 1 + 1
+    assert reconnects(metrics, "auth") == 3
+    assert key_refusals(caplog) == []
+    forbidden_lines = [r for r in caplog.records if r.getMessage().startswith("call log forbidden")]
+    assert len(forbidden_lines) == 3
+
+
 async def test_waiting_for_a_refused_key_does_not_run_the_give_up_clock(
     run_followers: Callable[..., Any],
 ) -> None:
