@@ -297,8 +297,9 @@ class WebhookSettings(_Section):
     max_body_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)
     # A signed body whose own time is further than this from now, either way, is refused (0: off):
     # Pinecall sends the same bytes on a retry, so only the time tells a replay from a retry.
-    # Five minutes spans its retry (seconds later) and honest clock skew many times over.
-    max_age_seconds: float = Field(default=300.0, ge=0)
+    # Off by default: a 400 is final for Pinecall, so webhooks its own backlog delivered late
+    # would be lost, where a replay past the TTL is a copy with the id consumers already keep.
+    max_age_seconds: float = Field(default=0.0, ge=0)
     # Body bytes of the requests being handled at once (their Content-Length, or max_body_bytes
     # when chunked): in a Kafka stall each is held up to the body plus the publish timeout. One
     # more that would pass it is answered 503 at once; a lone request always gets in.

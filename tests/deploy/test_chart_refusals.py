@@ -147,9 +147,9 @@ REFUSALS = {
         {"webhook": {"max_body_bytes": 1000000}},
     ),
     "webhook replay window longer than half the dedup TTL": Refusal(
-        ("config.dedup.ttlSeconds=500",),
+        ("config.webhook.maxAgeSeconds=300", "config.dedup.ttlSeconds=500"),
         "config.webhook.maxAgeSeconds (300) must be at most half of config.dedup.ttlSeconds (500)",
-        {"dedup": {"ttl_seconds": 500}},
+        {"webhook": {"max_age_seconds": 300}, "dedup": {"ttl_seconds": 500}},
     ),
     "websocket frame with no room for the envelope": Refusal(
         ("config.websocket.maxFrameBytes=990000",),
@@ -290,7 +290,8 @@ def test_the_base_of_the_refusals_is_accepted_by_both(bridge_problems: Any) -> N
 
 
 def test_a_zero_is_not_taken_for_an_unset_value(bridge_problems: Any) -> None:
-    # 0 turns the replay check off: no TTL is then too short for it.
+    # 0 (the default) turns the replay check off: no TTL is then too short for it. (Set here as
+    # a value: Helm's merge took a 0 for unset, which test_chart's workers=0 case also shows.)
     sets = ("config.webhook.maxAgeSeconds=0", "config.dedup.ttlSeconds=500")
     assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
     off = {"webhook": {"max_age_seconds": 0}, "dedup": {"ttl_seconds": 500}}

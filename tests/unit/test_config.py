@@ -44,6 +44,8 @@ def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         "/webhooks/pinecall",
         983_040,
     )
+    # The replay check is opt-in: its 400 is final, so late deliveries would be lost.
+    assert s.webhook.max_age_seconds == 0
     assert (s.topics.events, s.topics.alerts, s.topics.dlq, s.topics.ephemeral) == (
         "pinecall.events",
         "pinecall.alerts",
@@ -336,7 +338,9 @@ def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
 ) -> None:
     # A body is taken up to max_age either side of its time: a replay at the far end of that
     # window, 2 x max_age after the first copy, must still find its id in the dedup stage.
-    setenv(monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "500"})
+    setenv(
+        monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "500", "BRIDGE_WEBHOOK__MAX_AGE_SECONDS": "300"}
+    )
     [problem] = problems()
     assert problem.startswith(
         "BRIDGE_WEBHOOK__MAX_AGE_SECONDS (300) must be at most half of"

@@ -73,7 +73,7 @@ partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compare
 {{- end }}
 {{- /* A replayed webhook body at the far end of the accepted window (maxAgeSeconds either side
 of its time) must still be within the dedup TTL of its first copy. */}}
-{{- $maxAge := float64 (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxAgeSeconds" 300)) | fromJson).maxAgeSeconds }}
+{{- $maxAge := float64 (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxAgeSeconds" 0)) | fromJson).maxAgeSeconds }}
 {{- $ttl := float64 (include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ttlSeconds" 900)) | fromJson).ttlSeconds }}
 {{- if gt (mulf $maxAge 2) $ttl }}
 {{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) must be at most half of config.dedup.ttlSeconds (%s): a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl)) }}
