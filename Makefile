@@ -72,7 +72,7 @@ integration: venv kafka-up  ## integration tests against the local broker
 fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min; `make test` runs a short one)
 	FUZZ=long KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m hypothesis -o timeout=3600
 
-test: venv kafka-up lint typecheck deploy-tools asyncapi  ## lint, type checks and every test, unit and integration
+test: venv kafka-up lint typecheck deploy-tools asyncapi kcat  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
 clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
@@ -98,6 +98,10 @@ helm:  ## build helm into .cache/bin (once; no-op when it is there)
 
 prometheus:  ## install Debian's prometheus and promtool when missing (as root; else says how)
 	@tools/prometheus/install.sh
+
+.PHONY: kcat
+kcat:  ## install Debian's kcat when missing (as root; else says how): the README's consumer example is tested
+	@tools/kcat/install.sh
 
 deploy-tools: venv helm prometheus  ## every tool the deploy checks need
 

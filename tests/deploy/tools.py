@@ -33,7 +33,11 @@ _PROMETHEUS = (
     "`sudo apt-get install prometheus` (Debian/Ubuntu), or prometheus and promtool from "
     "https://prometheus.io/download/ on PATH"
 )
-HOW_TO_GET = {"prometheus": _PROMETHEUS, "promtool": _PROMETHEUS}
+HOW_TO_GET = {
+    "prometheus": _PROMETHEUS,
+    "promtool": _PROMETHEUS,
+    "kcat": "`make kcat` installs it (Debian's package, as root)",
+}
 
 
 def find_tool(name: str) -> Path:

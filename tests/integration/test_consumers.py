@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from bridge import jsoncodec
+from tests.deploy.tools import find_tool
 from tests.integration.conftest import (
     Consumed,
     RunningBridge,
@@ -108,8 +108,7 @@ def ids(records: list[Consumed]) -> list[str]:
 async def test_the_kcat_example_reads_committed_records(
     written: Written, kafka_bootstrap: str, topics: Topics
 ) -> None:
-    if shutil.which("kcat") is None:
-        pytest.skip("kcat is not installed (Debian: apt-get install kcat)")
+    find_tool("kcat")
     [command] = examples("sh")
     assert command.startswith("kcat ")
     process = await asyncio.create_subprocess_exec(
