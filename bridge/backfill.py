@@ -20,7 +20,7 @@ import aiohttp
 
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, Pipeline, pipeline_for
+from bridge.pipeline import BatchResult, Pipeline, pipeline_for, submit_retrying
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
 
 log = logging.getLogger(__name__)
-# A page Kafka did not take is offered again this many times before the backfill gives up.
-SUBMIT_ATTEMPTS = 5
 PAGE_ATTEMPTS = 5
 # `--since` reads at most this many pages of the call list (200 calls each).
 SINCE_MAX_PAGES = 5_000
@@ -158,8 +156,8 @@ async def _backfill_call(
             ):
                 outcome.live = page.live
                 if page.entries:
-                    result = await _submit(pipeline, list(page.entries))
-                    _add(outcome.submitted, result)
+                    result = await submit_retrying(pipeline, list(page.entries), "sse")
+                    outcome.submitted.add(result)
                     if not result.ok:
                         outcome.error = "Kafka did not take every entry: " + ", ".join(
                             sorted(result.failure_reasons)
@@ -213,28 +211,6 @@ async def _calls_since(
                 )
             return started_since(rows, since)
     raise AssertionError("unreachable")
-
-
-async def _submit(pipeline: Pipeline, entries: list[object]) -> BatchResult:
-    result = BatchResult()
-    first: float | None = None  # a retry is the same delivery, received then
-    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-        result = await pipeline.submit(entries, "sse", received_at=first)
-        first = result.received_at
-        if result.ok:
-            return result
-        # The ingest stage is idempotent per id downstream: resubmitting the page is safe.
-        await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
-    return result
-
-
-def _add(total: BatchResult, part: BatchResult) -> None:
-    total.accepted += part.accepted
-    total.dropped += part.dropped
-    total.dead_lettered += part.dead_lettered
-    total.failed += part.failed
-    total.refused += part.refused
-    total.failure_reasons |= part.failure_reasons
 
 
 class BarProgress:

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from bridge import jsoncodec
 from bridge.config import (
@@ -26,6 +26,8 @@ from bridge.config import (
     log_unknown_variables,
     unknown_variables,
 )
+from bridge.normalise.event import Channel
+from bridge.normalise.shapes import UnrecognisedReason
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
@@ -266,6 +268,28 @@ def _backfill(args: argparse.Namespace) -> int:
     )
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    _configure_logging(settings)
+    if args.until is not None and args.until < args.since:
+        print("pinecall-bridge redrive: --until is before --since", file=sys.stderr)
+        return EXIT_CONFIG
+    from rich.console import Console
+
+    from bridge.deadletter import Selection
+    from bridge.redrive import run_redrive
+
+    selection = Selection(
+        since=args.since,
+        until=args.until,
+        reasons=frozenset(args.reason or ()),
+        channels=frozenset(args.channel or ()),
+    )
+    return _kafka_or_exit(
+        settings, lambda: run_redrive(settings, selection, Console(), dry_run=args.dry_run)
+    )
+
+
 def _since(text: str) -> float:
     from bridge.timespec import parse_since
 
@@ -394,6 +418,39 @@ def build_parser() -> argparse.ArgumentParser:
         " time (UTC unless it says) or a span back from now (30m, 2h, 7d)",
     )
     backfill.set_defaults(func=_backfill)
+
+    redrive = commands.add_parser(
+        "redrive",
+        help="offer dead letters the bridge now reads to the ingest stage again (idempotent)",
+        description="Read the dead-letter topic (BRIDGE_TOPICS__DLQ) from --since to its end and"
+        " submit each dead letter the bridge now reads to the ingest topic, with its first"
+        " channel and receipt time. Still unrecognised ones and notes are counted, never written"
+        " again. Exit 0 done, 1 Kafka failed, 2 usage.",
+    )
+    redrive.add_argument(
+        "--since",
+        type=_since,
+        required=True,
+        help="dead letters written since then: epoch seconds, an ISO-8601 time (UTC unless it"
+        " says) or a span back from now (30m, 2h, 7d)",
+    )
+    redrive.add_argument("--until", type=_since, help="and up to then (the same forms)")
+    redrive.add_argument(
+        "--reason",
+        action="append",
+        choices=get_args(UnrecognisedReason),
+        help="only this pinecall-dlq-reason (repeatable)",
+    )
+    redrive.add_argument(
+        "--channel",
+        action="append",
+        choices=get_args(Channel),
+        help="only dead letters that came through this channel (repeatable)",
+    )
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="read and classify, publish nothing"
+    )
+    redrive.set_defaults(func=_redrive)
 
     # The simulator parses its own many options; this entry hands them over untouched.
     simulate = commands.add_parser(

@@ -32,9 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _YIELD_EVERY = 64
 TOO_LARGE = "too_large"
+# A command's delivery Kafka did not take is offered again this many times before it gives up.
+SUBMIT_ATTEMPTS = 5
 # A dead letter's headers: why it is not an event, and the channel it came through.
 DLQ_REASON_HEADER = "pinecall-dlq-reason"
 DLQ_CHANNEL_HEADER = "pinecall-channel"
+DLQ_RECEIVED_AT_HEADER = "pinecall-received-at"
 
 
 class _Refused:
@@ -63,7 +66,8 @@ class Sender(Protocol):
 class BatchResult:
     """What became of each item of one delivery; `ok` when none is worth retrying.
 
-    `refused`: items Kafka will never take (too large even as a dead letter): a final answer.
+    `refused`: items Kafka will never take (too large even as a dead letter), or without dead
+    letters (a redrive) items that are no event or too large: a final answer.
     """
 
     accepted: int = 0
@@ -77,6 +81,15 @@ class BatchResult:
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+    def add(self, part: BatchResult) -> None:
+        """Count `part` in this total (a command's sum over its deliveries)."""
+        self.accepted += part.accepted
+        self.dropped += part.dropped
+        self.dead_lettered += part.dead_lettered
+        self.failed += part.failed
+        self.refused += part.refused
+        self.failure_reasons |= part.failure_reasons
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -109,6 +122,7 @@ class Pipeline:
         mode: Mode = "structured",
         clock: Callable[[], float] = time.time,
         event_lag: bool = True,
+        dead_letters: bool = True,
     ) -> None:
         self._sink = sink
         self._router = router
@@ -122,6 +136,8 @@ class Pipeline:
         # Each record carries its event's own time for the dedup stage's event-lag histogram; a
         # backfill's events are old by design and would only drown the live ones' lag.
         self._event_lag = event_lag
+        # A redrive reads the dead-letter topic: writing to it again would grow it at every run.
+        self._dead_letters = dead_letters
         self._records_in_flight = 0
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
@@ -162,6 +178,9 @@ class Pipeline:
             )
             # A dead letter keeps the body's exact bytes when the body is this one item.
             exact = raw if raw is not None and len(items) == 1 else None
+            if isinstance(normalised, Unrecognised) and not self._dead_letters:
+                result.refused += 1
+                continue
             if isinstance(normalised, Unrecognised):
                 reason: str | None = normalised.reason
                 record = self._dead_letter(
@@ -199,7 +218,7 @@ class Pipeline:
                 self._fail("producer_replaced", result)
                 continue
             delivery = await self._send(record, deadline, result)
-            if delivery is _REFUSED and reason is None:
+            if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
                 log.error(
@@ -346,7 +365,7 @@ class Pipeline:
                 (CONTENT_TYPE, b"application/json"),
                 (DLQ_REASON_HEADER, reason.encode()),
                 (DLQ_CHANNEL_HEADER, channel.encode()),
-                ("pinecall-received-at", str(received_at).encode()),
+                (DLQ_RECEIVED_AT_HEADER, str(received_at).encode()),
             ),
         )
 
@@ -357,9 +376,15 @@ def _release(waiter: asyncio.Future[None]) -> None:
 
 
 def pipeline_for(
-    settings: Settings, sink: Sender, router: Router, metrics: Metrics, *, event_lag: bool = True
+    settings: Settings,
+    sink: Sender,
+    router: Router,
+    metrics: Metrics,
+    *,
+    event_lag: bool = True,
+    dead_letters: bool = True,
 ) -> Pipeline:
-    """The ingest stage as the settings configure it: the daemon's, and the backfill's."""
+    """The ingest stage as the settings configure it: the daemon's, and the commands'."""
     return Pipeline(
         sink,
         router,
@@ -370,7 +395,29 @@ def pipeline_for(
         dlq_topic=settings.topics.dlq,
         publish_timeout=settings.kafka.publish_timeout_seconds,
         event_lag=event_lag,
+        dead_letters=dead_letters,
     )
+
+
+async def submit_retrying(
+    pipeline: Pipeline,
+    items: list[Any],
+    channel: Channel,
+    *,
+    received_at: float | None = None,
+    attempts: int = SUBMIT_ATTEMPTS,
+) -> BatchResult:
+    """A command's delivery: offered again while Kafka does not take every item, then given up."""
+    result = BatchResult()
+    for attempt in range(1, attempts + 1):
+        result = await pipeline.submit(items, channel, received_at=received_at)
+        received_at = result.received_at  # a retry is the same delivery, received then
+        if result.ok:
+            return result
+        if attempt < attempts:
+            # The ingest stage is idempotent per id downstream: resubmitting it is safe.
+            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+    return result
 
 
 def record_id(record: Record) -> str:

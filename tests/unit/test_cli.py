@@ -66,6 +66,7 @@ def test_check_fails_on_unknown_variables_and_run_warns(
         ["send", "--url", "http://127.0.0.1:9/x"],
         ["tail"],
         ["backfill", "--call", "CA_1"],
+        ["redrive", "--since", "1h"],
         ["webhooks", "show"],
     ],
 )
@@ -209,7 +210,40 @@ def test_backfill_since_takes_a_time_or_a_span(capsys: pytest.CaptureFixture[str
     assert "not allowed with argument" in err
 
 
-@pytest.mark.parametrize("command", [["tail"], ["backfill", "--call", "CA_1"]])
+def test_redrive_takes_a_time_range_reasons_and_channels(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import build_parser
+
+    reasons = ["--reason", "missing_type", "--reason", "invalid_data"]
+    args = build_parser().parse_args(
+        ["redrive", "--since", "2h", "--until", "1h", *reasons, "--channel", "sse", "--dry-run"]
+    )
+    assert args.since < args.until
+    assert (args.reason, args.channel, args.dry_run) == (
+        ["missing_type", "invalid_data"],
+        ["sse"],
+        True,
+    )
+    for wrong in ([], ["--since", "yesterday"], ["--since", "1h", "--reason", "misisng_type"]):
+        assert exit_code(["redrive", *wrong]) == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: --since" in err
+    assert "'yesterday' is not epoch seconds" in err
+    assert "invalid choice: 'misisng_type'" in err
+
+
+def test_redrive_until_before_since_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    assert main(["redrive", "--since", "1h", "--until", "2h"]) == 2
+    assert "--until is before --since" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["tail"], ["backfill", "--call", "CA_1"], ["redrive", "--since", "1h"]]
+)
 def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,7 +28,12 @@ entry = partial(entries.entry, agent="a", epoch=1_700_000_000, ephemeral=False)
 
 
 def make(
-    sink: FakeSink, timeout: float = 1.0, mode: Mode = "structured", **topics: Any
+    sink: FakeSink,
+    timeout: float = 1.0,
+    mode: Mode = "structured",
+    *,
+    dead_letters: bool = True,
+    **topics: Any,
 ) -> tuple[Pipeline, Metrics]:
     metrics = Metrics()
     pipeline = Pipeline(
@@ -41,6 +46,7 @@ def make(
         publish_timeout=timeout,
         mode=mode,
         clock=lambda: 1_700_000_500.25,
+        dead_letters=dead_letters,
     )
     return pipeline, metrics
 
@@ -477,6 +483,19 @@ async def test_too_large_even_as_a_dead_letter_is_refused_for_good() -> None:
         == 1
     )
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
+
+
+async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> None:
+    # A redrive reads the dead-letter topic: what it cannot publish must not be written there
+    # again, or every run would grow it.
+    big = entry(2, call="CA_" + "x" * 1500)
+    sink = limited_to(FakeSink(), 5000)
+    pipeline, metrics = make(sink, dead_letters=False)
+    result = await pipeline.submit([entry(1), big, {"no": "type"}, entry(3)], "webhook")
+    assert result.ok, "a final answer: nothing to retry"
+    assert (result.accepted, result.dead_lettered, result.refused) == (2, 0, 2)
+    assert [dict(r.headers)[ID] for r in sink.records] == [b"CA_1:1", b"CA_1:3"]
+    assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 0
 
 
 async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:

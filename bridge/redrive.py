@@ -1,0 +1,307 @@
+"""`pinecall-bridge redrive`: dead letters the bridge now reads, offered to the ingest stage again.
+
+The dead-letter topic is read (committed records, from `--since` to its end as it was when the
+command started), and each dead letter the normaliser now reads goes through the daemon's own
+path (normalise → route → the ingest topic) with its first channel and receipt time, so its id
+is the one it would have had: the dedup stage publishes it once. What is still unrecognised, and
+the sources' notes, are counted and reported, never written to the dead-letter topic again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.config import KafkaSettings, Settings
+from bridge.deadletter import (
+    DeadLetter,
+    Note,
+    Redrive,
+    Selection,
+    StillUnrecognised,
+    Verdict,
+    classify,
+    deliveries,
+)
+from bridge.metrics import Metrics
+from bridge.pipeline import BatchResult, pipeline_for, submit_retrying
+from bridge.routing import Router
+from bridge.sink.kafka import KafkaSink, client_options, topic_partitions
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+
+# Calls named in the hint to backfill them; the rest are counted.
+SHOWN_CALLS = 20
+
+
+class Progress(Protocol):
+    """What the redrive reports as it goes (a rich progress bar, or nothing)."""
+
+    def records_found(self, total: int) -> None: ...
+
+    def records_read(self, done: int) -> None: ...
+
+    def redriven(self, count: int) -> None: ...
+
+
+class NoProgress:
+    def records_found(self, total: int) -> None:
+        pass
+
+    def records_read(self, done: int) -> None:
+        pass
+
+    def redriven(self, count: int) -> None:
+        pass
+
+
+class MissingTopicError(Exception):
+    """The dead-letter topic does not exist: a misspelt BRIDGE_TOPICS__DLQ, or another cluster."""
+
+
+@dataclass(slots=True)
+class RedriveReport:
+    dry_run: bool = False
+    read: int = 0  # dead letters read from the range
+    selected: int = 0  # of those, the ones `--until`, `--reason` and `--channel` picked
+    redriven: int = 0  # offered to the ingest stage (in a dry run: would be)
+    submitted: BatchResult = field(default_factory=BatchResult)
+    unrecognised: Counter[str] = field(default_factory=Counter)  # by today's reason
+    notes: Counter[str] = field(default_factory=Counter)  # by kind
+    note_calls: set[str] = field(default_factory=set)
+    unreadable: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def take(self, letters: list[DeadLetter], selection: Selection) -> list[Redrive]:
+        """Count what each selected dead letter is now; the inputs to offer again."""
+        wanted: list[Redrive] = []
+        for letter in letters:
+            self.read += 1
+            if selection.matches(letter):
+                self.selected += 1
+                verdict = classify(letter)
+                self.count(verdict)
+                if isinstance(verdict, Redrive):
+                    wanted.append(verdict)
+        return wanted
+
+    def count(self, verdict: Verdict) -> None:
+        if isinstance(verdict, Redrive):
+            self.redriven += 1
+        elif isinstance(verdict, StillUnrecognised):
+            self.unrecognised[verdict.reason] += 1
+        elif isinstance(verdict, Note):
+            self.notes[verdict.kind] += 1
+            if verdict.call is not None:
+                self.note_calls.add(verdict.call)
+        else:
+            self.unreadable[verdict.why] += 1
+
+
+async def redrive(
+    settings: Settings,
+    selection: Selection,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    metrics: Metrics | None = None,
+) -> RedriveReport:
+    """Read the selected dead letters and submit those the bridge now reads to the ingest topic."""
+    shown = progress if progress is not None else NoProgress()
+    metrics = metrics if metrics is not None else Metrics()
+    report = RedriveReport(dry_run=dry_run)
+    sink = KafkaSink(settings.kafka, metrics)
+    router = Router(settings.topics, settings.routing.rules)
+    # Old events by design (not in the live event-lag histogram), and no dead letter written:
+    # one still unrecognised, or still too large for Kafka, is counted, not added again.
+    pipeline = pipeline_for(settings, sink, router, metrics, event_lag=False, dead_letters=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka),
+        group_id=None,
+        enable_auto_commit=False,
+        # A start that retention deleted meanwhile: from what is left, never from the end.
+        auto_offset_reset="earliest",
+        # The dedup stage writes dead letters in transactions: only committed ones were written.
+        isolation_level="read_committed",
+    )
+    sink_started = False
+    try:
+        await consumer.start()
+        if not dry_run:
+            await sink.start()
+            sink_started = True
+            await sink.learn_limits([settings.topics.ingest, *router.topics()])
+        read = _read(consumer, settings.kafka, settings.topics.dlq, selection.since, shown)
+        async with contextlib.aclosing(read) as batches:
+            async for letters in batches:
+                wanted = report.take(letters, selection)
+                if dry_run:
+                    continue
+                for channel, received_at, items in deliveries(wanted):
+                    result = await submit_retrying(
+                        pipeline, items, channel, received_at=received_at
+                    )
+                    report.submitted.add(result)
+                    if not result.ok:
+                        report.error = "Kafka did not take every event: " + ", ".join(
+                            sorted(result.failure_reasons)
+                        )
+                        return report
+                    shown.redriven(len(items))
+    except MissingTopicError as exc:
+        report.error = str(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        if sink_started:
+            await sink.stop()
+    return report
+
+
+async def _read(
+    consumer: AIOKafkaConsumer,
+    kafka: KafkaSettings,
+    topic: str,
+    since: float,
+    progress: Progress,
+) -> AsyncGenerator[list[DeadLetter], None]:
+    """The topic's records from `since` to its end as it is now, a fetched batch at a time."""
+    partitions = await topic_partitions(kafka, [topic])
+    if not partitions:
+        raise MissingTopicError(
+            f"the dead-letter topic {topic} does not exist (BRIDGE_TOPICS__DLQ)"
+        )
+    consumer.assign(partitions)
+    ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
+    found = await consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+    starts: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        at = found.get(tp)
+        # No record as recent as `since`: nothing to read there.
+        starts[tp] = ends[tp] if at is None else min(at.offset, ends[tp])
+        consumer.seek(tp, starts[tp])
+    progress.records_found(sum(ends[tp] - starts[tp] for tp in partitions))
+    while True:
+        positions = {tp: min(await consumer.position(tp), ends[tp]) for tp in partitions}
+        progress.records_read(sum(positions[tp] - starts[tp] for tp in partitions))
+        left = [tp for tp in partitions if positions[tp] < ends[tp]]
+        if not left:
+            return
+        batches = await consumer.getmany(*left, timeout_ms=500)
+        yield [
+            DeadLetter.of(m.value, m.headers, m.timestamp)
+            for tp, batch in batches.items()
+            for m in batch
+            if m.offset < ends[tp]  # written since the command started
+        ]
+
+
+class BarProgress:
+    """A rich progress bar over the dead-letter records to read, redriven ones counted."""
+
+    def __init__(self, bar: RichProgress) -> None:
+        self._bar = bar
+        self._task = bar.add_task("dead letters", total=None, redriven=0)
+        self._redriven = 0
+
+    def records_found(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
+    def records_read(self, done: int) -> None:
+        self._bar.update(self._task, completed=done)
+
+    def redriven(self, count: int) -> None:
+        self._redriven += count
+        self._bar.update(self._task, redriven=self._redriven)
+
+
+def run_redrive(
+    settings: Settings, selection: Selection, console: Console, *, dry_run: bool = False
+) -> int:
+    """The command: redrive with a progress bar, then a summary; 1 when Kafka failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records, {task.fields[redriven]} offered to the ingest topic"),
+    )
+    ttl = settings.dedup.ttl_seconds
+    if not dry_run and selection.since < time.time() - ttl:
+        console.print(
+            f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
+            " (BRIDGE_DEDUP__TTL_SECONDS): events published longer ago than that are published"
+            " again, with the same CloudEvent ids",
+            highlight=False,
+        )
+    with Progress(*columns, console=console, transient=False) as bar:
+        report = asyncio.run(
+            redrive(settings, selection, dry_run=dry_run, progress=BarProgress(bar))
+        )
+    for line in summary(report, ttl):
+        # Not markup: calls and reasons are the dead letters' own text.
+        console.print(line, highlight=False, markup=False)
+    return 0 if report.ok else 1
+
+
+def summary(report: RedriveReport, ttl: float) -> list[str]:
+    """What became of the dead letters read, one line per kind (plain text)."""
+    lines = [f"{report.read} dead letters read, {report.selected} selected"]
+    if report.dry_run:
+        lines.append(f"{report.redriven} the bridge reads now: dry run, nothing was published")
+    else:
+        s = report.submitted
+        lines.append(
+            f"{report.redriven} the bridge reads now: {s.accepted} to the ingest topic,"
+            f" {s.dropped} dropped by routing, {s.refused} refused by Kafka (too large)"
+        )
+    if report.unrecognised:
+        lines.append(
+            f"{sum(report.unrecognised.values())} still unrecognised ({_by(report.unrecognised)}):"
+            " left in the dead-letter topic, not written again"
+        )
+    if report.notes["call_log"]:
+        calls = sorted(report.note_calls)
+        named = " ".join(f"--call {call}" for call in calls[:SHOWN_CALLS])
+        more = f" (and {len(calls) - SHOWN_CALLS} more calls)" if len(calls) > SHOWN_CALLS else ""
+        lines.append(
+            f"{report.notes['call_log']} notes of call-log entries the bridge could not read:"
+            f" no input to offer again; `pinecall-bridge backfill {named}`{more} reads those"
+            " calls again"
+        )
+    if report.notes["feed_frame"]:
+        lines.append(
+            f"{report.notes['feed_frame']} notes of feed frames too large to decode: no input"
+            " to offer again (their call's log, if it has one, has the whole event)"
+        )
+    if report.unreadable:
+        lines.append(
+            f"{sum(report.unreadable.values())} records that are not the bridge's dead letters"
+            f" ({_by(report.unreadable)})"
+        )
+    if report.error is not None:
+        lines.append(f"error: {report.error}")
+    elif not report.dry_run and report.redriven:
+        lines.append(
+            f"the dedup stage drops those it saw in the last {ttl:g} s, and publishes the rest"
+            " (again, for events published before that)."
+        )
+    return lines
+
+
+def _by(counts: Counter[str]) -> str:
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items()))

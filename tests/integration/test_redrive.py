@@ -1,0 +1,106 @@
+"""Redrive against the real broker: what the bridge now reads lands once, the rest stays put."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from bridge import jsoncodec
+from bridge.deadletter import Selection
+from bridge.normalise.event import rfc3339
+from bridge.redrive import redrive, run_redrive
+from bridge.sink.record import Record
+from tests.integration.conftest import (
+    Topics,
+    bridge_settings,
+    entry,
+    ingest_ends,
+    read_decided,
+    read_to_end,
+    write_ingest,
+)
+
+RECEIVED = 1_790_000_100.5
+
+
+def dead_letter(names: Topics, item: Any, reason: str, channel: str) -> Record:
+    """A dead letter as the dedup stage writes it (an older bridge's, for `item`)."""
+    return Record(
+        names.dlq,
+        None,
+        jsoncodec.dumps(item),
+        (
+            ("content-type", b"application/json"),
+            ("pinecall-dlq-reason", reason.encode()),
+            ("pinecall-channel", channel.encode()),
+            ("pinecall-received-at", str(RECEIVED).encode()),
+        ),
+    )
+
+
+async def test_a_dead_letter_the_bridge_now_reads_is_published_once_and_the_dlq_not_grown(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    await start_bridge()  # creates the topics and runs the dedup stage
+    settings = bridge_settings(kafka_bootstrap, topics)
+    since = time.time() - 1
+    # An entry an older bridge could not read, as an upgraded one reads it; one no bridge reads;
+    # and a call log's note of an entry too large to read.
+    upgraded = entry(5, call=unique_call)
+    still = {"type": "turn.user", "data": "not an object"}
+    note = {"call": unique_call, "seq": 6, "type": "turn.user", "bytes": 2_000_000}
+    await write_ingest(
+        kafka_bootstrap,
+        [
+            dead_letter(topics, upgraded, "invalid_data", "webhook"),
+            dead_letter(topics, still, "invalid_data", "webhook"),
+            dead_letter(topics, note, "too_large", "sse"),
+        ],
+    )
+
+    dry = await redrive(settings, Selection(since), dry_run=True)
+    assert dry.ok
+    assert (dry.read, dry.selected, dry.redriven) == (3, 3, 1)
+    assert (dry.unrecognised, dry.notes, dry.note_calls) == (
+        {"invalid_data": 1},
+        {"call_log": 1},
+        {unique_call},
+    )
+    async with ingest_ends(kafka_bootstrap, topics) as (_, ends):
+        assert sum(ends.values()) == 0, "a dry run publishes nothing"
+
+    # The command itself, progress bar and all, in a thread: it runs its own event loop.
+    out = io.StringIO()
+    code = await asyncio.to_thread(
+        run_redrive, settings, Selection(since), Console(file=out, width=200)
+    )
+    said = " ".join(out.getvalue().split())
+    assert code == 0, said
+    assert "1 the bridge reads now: 1 to the ingest topic" in said
+    assert "1 still unrecognised (invalid_data: 1)" in said
+    assert f"`pinecall-bridge backfill --call {unique_call}`" in said
+    [published] = await read_decided(kafka_bootstrap, topics, [topics.events])
+    event = published.json()
+    # The id and times it would have had, had the bridge read it then.
+    assert event["id"] == f"{unique_call}:5"
+    assert (event["pinecallchannel"], event["pinecallreceivedat"]) == ("webhook", rfc3339(RECEIVED))
+
+    again = await redrive(settings, Selection(since))
+    assert again.ok
+    assert again.submitted.accepted == 1, "offered again: the dedup stage decides"
+    assert len(await read_decided(kafka_bootstrap, topics, [topics.events])) == 1
+    dlq = await read_to_end(kafka_bootstrap, [topics.dlq])
+    assert len(dlq) == 3, "what is still unrecognised is not dead-lettered again"
+
+
+async def test_a_missing_dead_letter_topic_fails_clearly(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    report = await redrive(bridge_settings(kafka_bootstrap, topics), Selection(0), dry_run=True)
+    assert not report.ok
+    assert report.error == f"the dead-letter topic {topics.dlq} does not exist (BRIDGE_TOPICS__DLQ)"

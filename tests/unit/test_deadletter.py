@@ -1,0 +1,144 @@
+"""Dead letters read back: what a redrive selects, and what each dead letter is today."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge import jsoncodec
+from bridge.deadletter import (
+    DeadLetter,
+    Note,
+    Redrive,
+    Selection,
+    StillUnrecognised,
+    Unreadable,
+    classify,
+    deliveries,
+)
+from tests import entries
+
+WRITTEN = 1_790_000_500.0  # when the dedup stage wrote the dead letter (the record's timestamp)
+
+
+def letter(
+    value: Any,
+    reason: str = "missing_type",
+    channel: str = "webhook",
+    received_at: str | None = "1790000100.5",
+    timestamp: float = WRITTEN,
+) -> DeadLetter:
+    """A dead letter as the dedup stage writes it; `value` as JSON unless it is bytes."""
+    raw = value if isinstance(value, bytes) else jsoncodec.dumps(value)
+    headers = [("content-type", b"application/json"), ("pinecall-dlq-reason", reason.encode())]
+    headers.append(("pinecall-channel", channel.encode()))
+    if received_at is not None:
+        headers.append(("pinecall-received-at", received_at.encode()))
+    return DeadLetter.of(raw, headers, int(timestamp * 1000))
+
+
+def test_an_input_the_bridge_reads_now_is_redriven_as_it_first_arrived() -> None:
+    item = entries.entry(4, call="CA_up")
+    verdict = classify(letter(item, reason="invalid_data", channel="websocket"))
+    assert verdict == Redrive(item, "websocket", 1_790_000_100.5)
+
+
+def test_without_a_readable_receipt_time_it_is_when_it_was_dead_lettered() -> None:
+    item = entries.entry(4, call="CA_up")
+    for header in (None, "soon", "nan", "-1"):
+        verdict = classify(letter(item, received_at=header))
+        assert verdict == Redrive(item, "webhook", WRITTEN)
+
+
+def test_an_input_still_unrecognised_says_why_today() -> None:
+    # Dead-lettered as not an object; a bridge of today reads its type but not its data.
+    still = {"type": "turn.user", "data": ["not", "an", "object"]}
+    assert classify(letter(still, reason="not_an_object")) == StillUnrecognised("invalid_data")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "channel", "note"),
+    [
+        # A call-log entry too large to read, and one that is not JSON: a backfill reads them.
+        (
+            {"call": "CA_big", "seq": 7, "type": "turn.user", "bytes": 2_000_000},
+            "too_large",
+            "sse",
+            Note("call_log", "CA_big"),
+        ),
+        (
+            {"call": "CA_txt", "seq": 8, "type": "turn.user", "data": "{not json"},
+            "invalid_json",
+            "sse",
+            Note("call_log", "CA_txt"),
+        ),
+        (
+            {"call": None, "seq": None, "type": "turn.user", "bytes": 2_000_000},
+            "too_large",
+            "sse",
+            Note("call_log", None),
+        ),
+        # A feed frame too large to decode: only its first characters were kept.
+        (
+            {"bytes": 9_000_000, "sha256": "ab" * 32, "data": '{"type": "tu', "truncated": True},
+            "too_large",
+            "websocket",
+            Note("feed_frame", None),
+        ),
+    ],
+)
+def test_a_sources_note_is_no_input(value: Any, reason: str, channel: str, note: Note) -> None:
+    assert classify(letter(value, reason=reason, channel=channel)) == note
+
+
+def test_an_event_too_large_for_kafka_was_dead_lettered_whole_and_is_an_input() -> None:
+    big = entries.entry(2, call="CA_big", data={"text": "x" * 5000})
+    assert classify(letter(big, reason="too_large")) == Redrive(big, "webhook", 1_790_000_100.5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "channel", "why"),
+    [
+        (b"{not json", "webhook", "its value is not JSON"),
+        (b"", "webhook", "its value is not JSON"),
+        (jsoncodec.dumps(entries.entry(1)), "fax", "no known pinecall-channel header ('fax')"),
+        (jsoncodec.dumps(entries.entry(1)), "", "no known pinecall-channel header ('')"),
+    ],
+)
+def test_a_record_the_bridge_did_not_write_is_unreadable_not_a_crash(
+    raw: bytes, channel: str, why: str
+) -> None:
+    assert classify(letter(raw, channel=channel)) == Unreadable(why)
+
+
+def test_selection_by_time_reason_and_channel() -> None:
+    item = entries.entry(1)
+    every = Selection(since=WRITTEN)
+    assert every.matches(letter(item))
+    assert not every.matches(letter(item, timestamp=WRITTEN - 1))
+    assert not Selection(since=0, until=WRITTEN - 1).matches(letter(item))
+    assert Selection(since=0, until=WRITTEN).matches(letter(item))
+    reasons = Selection(since=0, reasons=frozenset({"invalid_data", "invalid_seq"}))
+    assert reasons.matches(letter(item, reason="invalid_seq"))
+    assert not reasons.matches(letter(item, reason="missing_type"))
+    channels = Selection(since=0, channels=frozenset({"sse"}))
+    assert channels.matches(letter(item, channel="sse"))
+    assert not channels.matches(letter(item, channel="webhook"))
+
+
+def test_deliveries_group_what_arrived_together_in_order() -> None:
+    a, b, c, d = (entries.entry(n) for n in range(1, 5))
+    wanted = [
+        Redrive(a, "webhook", 10.0),
+        Redrive(b, "webhook", 10.0),  # the same webhook array
+        Redrive(c, "sse", 10.0),
+        Redrive(d, "webhook", 10.0),
+    ]
+    assert list(deliveries(wanted)) == [
+        ("webhook", 10.0, [a, b]),
+        ("sse", 10.0, [c]),
+        ("webhook", 10.0, [d]),
+    ]
+    assert list(deliveries(wanted[:2], size=1)) == [("webhook", 10.0, [a]), ("webhook", 10.0, [b])]
+    assert list(deliveries([])) == []

@@ -1,0 +1,122 @@
+"""The redrive command's own words: its summary, and what it says of the dedup window."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from bridge import jsoncodec, redrive
+from bridge.config import load_settings
+from bridge.deadletter import DeadLetter, Redrive, Selection
+from bridge.pipeline import BatchResult
+from bridge.redrive import SHOWN_CALLS, RedriveReport, run_redrive, summary
+from tests import entries
+
+
+def told(
+    monkeypatch: pytest.MonkeyPatch, since: float, report: RedriveReport, *, dry_run: bool = False
+) -> tuple[int, str]:
+    async def done(*_: Any, **__: Any) -> RedriveReport:
+        return report
+
+    monkeypatch.setattr(redrive, "redrive", done)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"ttl_seconds": 900})
+    code = run_redrive(settings, Selection(since), Console(file=out, width=400), dry_run=dry_run)
+    return code, out.getvalue()
+
+
+def test_a_redrive_reaching_past_the_dedup_window_says_it_publishes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published = RedriveReport(redriven=1, submitted=BatchResult(accepted=1))
+    far = told(monkeypatch, time.time() - 7 * 86_400, published)
+    assert far[0] == 0
+    assert "published again, with the same CloudEvent ids" in far[1]
+    near = told(monkeypatch, time.time() - 60, published)
+    assert "published again, with the same CloudEvent ids" not in near[1]
+    assert "drops those it saw in the last 900 s" in near[1]
+    # A dry run publishes nothing: nothing to warn of.
+    dry = told(monkeypatch, time.time() - 7 * 86_400, RedriveReport(dry_run=True), dry_run=True)
+    assert "CloudEvent ids" not in dry[1]
+
+
+def test_kafka_failing_exits_1_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = RedriveReport(redriven=3, error="Kafka did not take every event: timeout")
+    code, out = told(monkeypatch, time.time() - 60, failed)
+    assert code == 1
+    assert "error: Kafka did not take every event: timeout" in out
+
+
+def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
+    calls = {f"CA_{n:02}" for n in range(SHOWN_CALLS + 2)}
+    report = RedriveReport(
+        read=40,
+        selected=30,
+        redriven=5,
+        submitted=BatchResult(accepted=3, dropped=1, refused=1),
+        unrecognised=Counter({"missing_type": 2, "invalid_data": 1}),
+        notes=Counter({"call_log": 22, "feed_frame": 1}),
+        note_calls=calls,
+        unreadable=Counter({"its value is not JSON": 1}),
+    )
+    lines = summary(report, 900)
+    assert lines[:3] == [
+        "40 dead letters read, 30 selected",
+        "5 the bridge reads now: 3 to the ingest topic, 1 dropped by routing,"
+        " 1 refused by Kafka (too large)",
+        "3 still unrecognised (invalid_data: 1, missing_type: 2): left in the dead-letter topic,"
+        " not written again",
+    ]
+    [backfill] = [line for line in lines if "backfill" in line]
+    assert backfill.startswith("22 notes of call-log entries")
+    assert "`pinecall-bridge backfill --call CA_00 --call CA_01" in backfill
+    assert f"--call CA_{SHOWN_CALLS - 1:02}` (and 2 more calls)" in backfill
+    assert any(line.startswith("1 notes of feed frames too large") for line in lines)
+    assert "1 records that are not the bridge's dead letters (its value is not JSON: 1)" in lines
+
+
+def test_a_dry_run_says_nothing_was_published() -> None:
+    lines = summary(RedriveReport(dry_run=True, read=2, selected=2, redriven=2), 900)
+    assert lines == [
+        "2 dead letters read, 2 selected",
+        "2 the bridge reads now: dry run, nothing was published",
+    ]
+
+
+def test_a_call_named_in_markup_is_printed_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A call id is the sender's text: rich would fail on "[/]" in it, or take "[b]" for a style.
+    report = RedriveReport(notes=Counter({"call_log": 1}), note_calls={"CA_[/]x[b]"})
+    code, out = told(monkeypatch, time.time() - 60, report)
+    assert code == 0
+    assert "--call CA_[/]x[b]`" in out
+
+
+def test_a_batch_read_is_counted_by_selection_and_verdict() -> None:
+    def letter(value: bytes, reason: str, channel: str = "webhook") -> DeadLetter:
+        headers = [("pinecall-dlq-reason", reason.encode()), ("pinecall-channel", channel.encode())]
+        return DeadLetter.of(value, headers, 1_790_000_000_000)
+
+    upgraded = entries.entry(1, call="CA_up")
+    read = [
+        letter(jsoncodec.dumps(upgraded), "invalid_data"),
+        letter(b'{"type": "x", "data": 1}', "invalid_data"),
+        letter(b'{"call": "CA_n", "seq": 2, "type": "x", "data": "{"}', "invalid_json", "sse"),
+        letter(b"not json", "invalid_data"),
+        letter(jsoncodec.dumps(upgraded), "missing_type"),  # not a reason asked for
+    ]
+    report = RedriveReport()
+    asked = Selection(0, reasons=frozenset({"invalid_data", "invalid_json"}))
+    assert report.take(read, asked) == [Redrive(upgraded, "webhook", 1_790_000_000.0)]
+    assert (report.read, report.selected, report.redriven) == (5, 4, 1)
+    assert (report.unrecognised, report.notes, report.note_calls, report.unreadable) == (
+        {"invalid_data": 1},
+        {"call_log": 1},
+        {"CA_n"},
+        {"its value is not JSON": 1},
+    )
