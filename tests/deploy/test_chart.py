@@ -139,6 +139,8 @@ def test_rollouts_and_termination_never_drop_requests(
     manifests = defaults if variant == "defaults" else all_on
     deployment = one(manifests, "Deployment")
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # Each new pod rebalances the dedup group: the next is replaced only once it has settled.
+    assert deployment["spec"]["minReadySeconds"] == 10
     spec = pod_spec(manifests)
     config = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
     grace = float(config["BRIDGE_SHUTDOWN__GRACE_SECONDS"])
@@ -152,6 +154,12 @@ def test_rollouts_and_termination_never_drop_requests(
     assert spec["terminationGracePeriodSeconds"] > pause + grace
     spread = spec["topologySpreadConstraints"]
     assert "kubernetes.io/hostname" in {s["topologyKey"] for s in spread}
+
+
+def test_the_wait_between_replaced_pods_is_a_value() -> None:
+    deployment = one(render(SIGNED, "minReadySeconds=45"), "Deployment")
+    assert deployment["spec"]["minReadySeconds"] == 45
+    assert "progressDeadlineSeconds" not in deployment["spec"], "600 by default: the schema's limit"
 
 
 def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
@@ -507,12 +515,69 @@ def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:
         ("config.topics.ingestPartitions=0", "/config/topics/ingestPartitions"),
         ("config.dedup.group=two words", "/config/dedup/group"),
         ("config.dedup.maxEntries=1000", "additional properties 'maxEntries'"),
+        # What the Kubernetes API would refuse only at apply time, or silently replace.
+        ("updateStrategy.maxSurge=0", "'/updateStrategy/maxSurge': minimum: got 0, want 1"),
+        ("updateStrategy.maxSurge=0%", "'/updateStrategy/maxSurge': '0%' does not match"),
+        ("livenessProbe.successThreshold=2", "'/livenessProbe/successThreshold': value must be 1"),
+        ("livenessProbe.periodSeconds=0", "'/livenessProbe/periodSeconds': minimum: got 0"),
+        ("readinessProbe.timeoutSeconds=0", "'/readinessProbe/timeoutSeconds': minimum: got 0"),
+        ("readinessProbe.periodSeconds=-1", "'/readinessProbe/periodSeconds': minimum: got -1"),
+        ("lifecycle.preStopSleepSeconds=0", "'/lifecycle/preStopSleepSeconds': minimum: got 0"),
+        ("minReadySeconds=600", "'/minReadySeconds': maximum: got 600, want 599"),
     ],
 )
 def test_bad_values_fail_at_install_time(bad: str, complaint: str) -> None:
     done = helm("template", "x", CHART, "--set", bad, check=False)
     assert done.returncode != 0
     assert complaint in done.stderr, done.stderr
+
+
+def test_the_kubernetes_limits_refuse_only_what_kubernetes_refuses() -> None:
+    manifests = render(
+        SIGNED,
+        "updateStrategy.maxSurge=25%",
+        "readinessProbe.successThreshold=2",
+        "lifecycle.preStopAction=exec",
+        "lifecycle.preStopSleepSeconds=0",
+        "minReadySeconds=0",
+    )
+    deployment = one(manifests, "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
+    assert deployment["spec"]["minReadySeconds"] == 0
+    bridge = container(manifests)
+    assert bridge["readinessProbe"]["successThreshold"] == 2
+    assert bridge["lifecycle"]["preStop"]["exec"]["command"][2].endswith("sleep(0)")
+
+
+def sections(schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths of every section (an object with fields of its own) in the schema."""
+    found = []
+    for key, node in schema.get("properties", {}).items():
+        if "properties" in node:
+            found += [f"{prefix}{key}", *sections(node, f"{prefix}{key}.")]
+    return found
+
+
+def test_a_null_section_is_refused_not_a_nil_pointer() -> None:
+    # Helm drops a key set to null: the section reaches the templates missing, and each read of
+    # a field in it crashed the render. One render per depth: a null parent hides its children.
+    paths = sections(load_yaml(CHART / "values.schema.json"))
+    assert {"config", "config.http", "config.kafka", "secrets.pinecallApiKey"} <= set(paths)
+    for depth in range(1, max(p.count(".") for p in paths) + 2):
+        nulled = [p for p in paths if p.count(".") == depth - 1]
+        done = helm(
+            "template", "x", CHART, "--set", SIGNED, *(f"--set={p}=null" for p in nulled),
+            check=False,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "nil pointer" not in done.stderr
+        for path in nulled:
+            parent, _, name = path.rpartition(".")
+            where = re.escape(f"at '{'/' + parent.replace('.', '/') if parent else ''}'")
+            assert re.search(rf"{where}: missing propert[^\n]*'{name}'", done.stderr), (
+                path,
+                done.stderr,
+            )
 
 
 def render_notes(tmp_path: Path, *sets: str) -> str:

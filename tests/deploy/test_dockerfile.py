@@ -182,6 +182,12 @@ def bridge_command(venv: Path, *args: str, **env: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+# Building the image's virtualenv (pip from the lock, the wheel) is the first of these tests'
+# setup: minutes on a busy machine, not a hang.
+INSTALL_TIMEOUT = pytest.mark.timeout(600)
+
+
+@INSTALL_TIMEOUT
 def test_the_wheel_installs_the_command_and_its_data(installed: Path) -> None:
     code, out = bridge_command(installed, "--help")
     assert code == 0, out
@@ -200,6 +206,7 @@ def test_the_wheel_installs_the_command_and_its_data(installed: Path) -> None:
     assert where[2] == "True", "the AsyncAPI document is packaged"
 
 
+@INSTALL_TIMEOUT
 def test_check_validates_configuration_from_the_environment(installed: Path) -> None:
     code, out = bridge_command(
         installed,
