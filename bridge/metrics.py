@@ -247,7 +247,8 @@ class Metrics:
         self.websocket_down_seconds = Counter(
             f"{PREFIX}_websocket_down_seconds_total",
             "Seconds the WebSocket feed ran here (lease held) without a subscribed connection:"
-            " what it sent meanwhile is missed (a refused subscription counts as down).",
+            " what it sent meanwhile is missed (a refused subscription counts as down, as does a"
+            " shutdown's wait to publish the feed's backlog before the lease is handed on).",
             registry=None,
         )
         self.websocket_frames = Counter(

@@ -33,6 +33,7 @@ from bridge.deadletter import (
 from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, pipeline_for, submit_retrying
 from bridge.routing import Router
+from bridge.sink.clienttasks import stop_consumer
 from bridge.sink.kafka import KafkaSink, client_options, topic_partitions
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ async def redrive(
         report.error = str(exc)
     finally:
         with contextlib.suppress(Exception):
-            await consumer.stop()
+            await stop_consumer(consumer)
         if sink_started:
             await sink.stop()
     return report

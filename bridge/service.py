@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, get_args
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from bridge import looplag
 from bridge.app import Readiness, build_app
@@ -31,7 +32,8 @@ from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink, TopicSpec, client_options
+from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
+from bridge.sink.kafka import KafkaSink, TopicSpec, client_options, replication_factors
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -256,15 +258,17 @@ class Bridge:
         await self.sink.start()
         if self.settings.topics.create:
             await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
-        # The dedup stage's config check rides on the limits' DescribeConfigs request.
+        names = [self.settings.topics.ingest, *self.router.topics()]
+        # The dedup stage's config checks ride on the limits' DescribeConfigs request.
         configs = await self.sink.learn_limits(
-            [self.settings.topics.ingest, *self.router.topics()],
-            CONFIG_KEYS if self.dedup is not None else (),
+            names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS) if self.dedup is not None else ()
         )
         await self.sink.warm([self.settings.topics.ingest])
         self._watch_ingest_topic()
         if self.dedup is not None:
             self._check_ingest_configs(configs)
+            if configs is not None:
+                self._check_durability(configs, await self._replication_factors(names))
 
     async def _start_parts(self) -> None:
         """Start every part, each retried on its own: one that cannot start holds up no other.
@@ -365,6 +369,36 @@ class Bridge:
         for problem in ingest_topic_problems(configs[name], self.settings.dedup):
             log.error(problem, extra={"topic": name})
 
+    async def _replication_factors(self, names: list[str]) -> dict[str, int]:
+        try:
+            return await replication_factors(client_options(self.settings.kafka), names)
+        except KafkaError as exc:
+            log.warning(
+                "could not read the topics' replication factors to check their durability",
+                extra={"error": type(exc).__name__},
+            )
+            return {}
+
+    def _check_durability(
+        self, configs: dict[str, dict[str, str]], factors: dict[str, int]
+    ) -> None:
+        """Log a topic made elsewhere (Strimzi, an admin) whose acknowledged records one broker's
+        loss can take, or that refuses every write."""
+        for name, factor in factors.items():
+            insync = configs.get(name, {}).get(MIN_INSYNC_REPLICAS)
+            found = durability_problem(factor, insync)
+            if found is not None:
+                level, message = found
+                log.log(
+                    level,
+                    message,
+                    extra={
+                        "topic": name,
+                        "replication_factor": factor,
+                        "min_insync_replicas": insync,
+                    },
+                )
+
     async def _start_feed(self) -> None:
         if self.feed is None:
             self.feed = WebSocketSource(
@@ -380,7 +414,7 @@ class Bridge:
         """The lease is gone: stop reading, and give what was read a short while to reach Kafka."""
         feed, self.feed = self.feed, None
         if feed is not None:
-            await feed.stop(asyncio.get_running_loop().time() + 5.0)
+            await feed.stop(asyncio.get_running_loop().time() + 5.0, lease_held=False)
 
     async def _stop_http(self) -> None:
         if self._runner is None:
@@ -398,7 +432,10 @@ class Bridge:
         if feed is not None:
             await feed.stop(deadline)
         if self.lease is not None:
-            await self.lease.stop()  # leave the lease group: another replica takes over at once
+            # Only now, with the backlog published: a replica taking over earlier could publish
+            # a call's later events before this one's earlier ones. Leaving the group hands the
+            # lease on without a session timeout.
+            await self.lease.stop()
 
     async def _stop_calllog(self, deadline: float) -> None:
         """Stop following calls; entries being published may land until `deadline`."""

@@ -18,6 +18,7 @@ from bridge import jsoncodec
 from bridge.config import Settings
 from bridge.normalise.binding import decode
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
+from bridge.sink.clienttasks import stop_consumer
 from bridge.sink.kafka import client_options
 
 
@@ -114,5 +115,5 @@ async def tail(
                         return shown
     finally:
         with contextlib.suppress(Exception):
-            await consumer.stop()
+            await stop_consumer(consumer)
     return shown

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 
 from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import stop_consumer
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class HangingTransactions:
                 started.append(reader)
         except BaseException:
             for reader in started:
-                await reader.stop()
+                await stop_consumer(reader)
             raise
         self._readers = readers
         self._task = self._supervisor.spawn("hanging-transactions", self._run)
@@ -76,7 +77,7 @@ class HangingTransactions:
                 await task
         readers, self._readers = self._readers, None
         for reader in readers or ():
-            await reader.stop()
+            await stop_consumer(reader)
 
     async def _run(self) -> None:
         while True:

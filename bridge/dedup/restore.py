@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import event_id_of
+from bridge.sink.clienttasks import stop_consumer
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
@@ -62,7 +63,7 @@ async def restore(
             await _progress_past(consumer, tp, end, progress)
         return read
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _restore_window(

@@ -173,7 +173,7 @@ class DedupStage:
         try:
             await consumer.start()
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         consumer.subscribe([self._topic], listener=_Listener(self))
         return consumer

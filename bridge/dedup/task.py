@@ -23,6 +23,7 @@ from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class PartitionTask:
         try:
             return int((await consumer.beginning_offsets([self.tp]))[self.tp])
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     async def process(self, records: list[Any], out: StageProducer) -> None:
         """Decide each record, publishing the new ones in `out`'s open transaction."""

@@ -23,6 +23,7 @@ from bridge.demo.view import render
 from bridge.normalise.binding import decode
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sink.clienttasks import stop_consumer
 from bridge.sink.kafka import client_options, topic_partitions
 from bridge.tail import render as render_record
 
@@ -106,7 +107,7 @@ class RecentEvents:
                         line = render_record(message.topic, message.key, event, message.headers)
                         self.lines.append(line)
         finally:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
 
 
 async def run_demo(options: DemoOptions, console: Console) -> int:

@@ -36,6 +36,7 @@ from bridge.sink.clienttasks import (
     unreachable,
 )
 from bridge.sink.drain import drain_whole_brokers
+from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from bridge.supervise import Supervisor
@@ -113,6 +114,7 @@ __all__ = [
     "client_options",
     "max_message_bytes",
     "partition_for",
+    "replication_factors",
     "topic_configs",
 ]
 
@@ -142,6 +144,39 @@ async def topic_configs(
 async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
     """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
     return _limits(await topic_configs(options, names, (MAX_MESSAGE_BYTES,)))
+
+
+async def replication_factors(options: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """Each existing topic's replication factor: its partitions' fewest replicas (KafkaError if
+    the cluster cannot be asked)."""
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {
+        topic["topic"]: min(len(partition["replicas"]) for partition in topic["partitions"])
+        for topic in described
+        if topic["error_code"] == 0 and topic["partitions"]
+    }
+
+
+async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
+    """The cluster's default min.insync.replicas, as a broker reports it; None if unreadable."""
+    try:
+        broker = (await admin.describe_cluster())["brokers"][0]["node_id"]
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(broker), {MIN_INSYNC_REPLICAS: None})]
+        )
+    except (KafkaError, IndexError, KeyError):
+        return None  # e.g. no DescribeConfigs right on the cluster: the topics get 2 all the same
+    for response in responses:
+        for error_code, _, _, _, entries, *_ in response.resources:
+            for key, value, *_ in () if error_code else entries:
+                if key == MIN_INSYNC_REPLICAS and value is not None and value.isdigit():
+                    return int(value)
+    return None
 
 
 def _limits(configs: dict[str, dict[str, str]]) -> dict[str, int]:
@@ -287,14 +322,17 @@ class KafkaSink:
             if factor == -1:
                 # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
                 factor = min(3, len((await admin.describe_cluster())["brokers"]))
+            insync = min_insync_for(factor, await _cluster_min_insync(admin))
             new = [
                 NewTopic(
                     spec.name,
                     spec.partitions or topics.partitions,
                     factor,
-                    # Every record a producer may send fits, whatever Kafka's default.
+                    # Every record a producer may send fits, whatever Kafka's default; and
+                    # acks=all means a copy beyond the leader's (the cluster's default is 1).
                     topic_configs={
                         "max.message.bytes": str(self._settings.max_request_bytes),
+                        **({} if insync is None else {MIN_INSYNC_REPLICAS: str(insync)}),
                         **spec.config,
                     },
                 )

@@ -209,10 +209,16 @@ class WebSocketSource:
         self._reader = self._supervisor.spawn("websocket-reader", self._read_forever)
         self._publisher = self._supervisor.spawn("websocket-publisher", self._publish_forever)
 
-    async def stop(self, deadline: float) -> None:
-        """Stop reading, then publish what was already read until `deadline` (loop time)."""
+    async def stop(self, deadline: float, *, lease_held: bool = True) -> None:
+        """Stop reading, then publish what was already read until `deadline` (loop time).
+
+        `lease_held`: the lease is handed on only after this, so until then nobody reads the feed.
+        """
         self._stopping.set()
-        self._downtime.up(time.monotonic())  # no longer meant to run: no more downtime
+        if lease_held:
+            self._downtime.down(time.monotonic())
+        else:  # another replica may read the feed already: not this pod's downtime
+            self._downtime.up(time.monotonic())
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +242,7 @@ class WebSocketSource:
         if self._session is not None:
             await self._session.close()
         self._reader = self._publisher = self._session = None
+        self._downtime.up(time.monotonic())
 
     async def _read_forever(self) -> None:
         assert self._session is not None

@@ -17,7 +17,8 @@ from bridge.sources.webhook import json_response
 from bridge.workers.merge import merge
 from bridge.workers.probes import Answer, pod_answer
 
-# Below the probes' timeoutSeconds (2 s in the chart): a worker this slow counts as unreachable.
+# A worker this slow counts as unreachable. Every worker is asked at once, so a probe's answer
+# takes this long at most: the chart's probes wait 2 s, and refuse less with worker processes.
 ASK_TIMEOUT_SECONDS = 1.0
 # The most of a worker's answer read: a probe's is a line of JSON; an exposition is some hundred
 # KiB. A worker gone wrong must not fill every worker's memory at each scrape.

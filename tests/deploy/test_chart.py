@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
+from bridge.workers.pod import ASK_TIMEOUT_SECONDS
 from tests.deploy import pss
 from tests.deploy.tools import (
     ALL_ON,
@@ -202,6 +203,24 @@ def test_termination_grace_period_leaves_the_worker_supervisor_its_margin(
     )
     # One process has no supervisor: just past the pause and the grace is enough.
     assert grace_period("terminationGracePeriodSeconds=31") == 31
+
+
+@pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe"])
+@pytest.mark.parametrize("sets", SUPERVISED.values(), ids=SUPERVISED.keys())
+def test_probes_outwait_the_pods_ask_of_every_worker(sets: tuple[str, ...], probe: str) -> None:
+    # The worker a probe reaches asks every worker at once, each for up to ASK_TIMEOUT_SECONDS:
+    # a probe giving up sooner restarts (or unreadies) a healthy pod under load.
+    bridge = container(render(SIGNED, *sets))
+    assert bridge[probe]["timeoutSeconds"] >= ASK_TIMEOUT_SECONDS + 1
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets),
+        "--set", f"{probe}.timeoutSeconds=1", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{probe}.timeoutSeconds (1) must be at least 2" in done.stderr
+    # One process answers its probes itself: a 1 s timeout is the operator's to choose.
+    one_process = container(render(SIGNED, f"{probe}.timeoutSeconds=1"))
+    assert one_process[probe]["timeoutSeconds"] == 1
 
 
 def test_one_worker_per_cpu_needs_a_cpu_limit() -> None:

@@ -267,6 +267,20 @@ def test_each_problem_of_the_ingest_topic_is_logged_as_an_error(
     ]
 
 
+def test_a_topic_acknowledging_with_its_leader_alone_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = Bridge(load_settings(webhook={"secrets": ["s"]}))
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    configs = {name: {"min.insync.replicas": "1"} for name in ("a", "b", "c")}
+    configs["d"] = {"min.insync.replicas": "2"}
+    bridge._check_durability(configs, {"a": 3, "b": 1, "c": 2, "d": 3})
+    told = [
+        (r.levelname, r.__dict__["topic"], r.__dict__["replication_factor"]) for r in caplog.records
+    ]
+    assert told == [("WARNING", "a", 3)]  # 1 of 2 leaves a broker free to restart
+
+
 class FakePart:
     """A part whose start fails until told otherwise; records the order of successful starts."""
 

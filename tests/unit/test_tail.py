@@ -11,6 +11,7 @@ from bridge.config import load_settings
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import encode
 from bridge.tail import TailFilter, render, tail
+from tests.unit.sink.fakes import stop_cut_by_a_retry
 
 EVENT = {
     "id": "CA_1:3",
@@ -78,9 +79,15 @@ def test_a_dead_letter_says_why_and_where_from() -> None:
 
 
 def fake_consumer(
-    monkeypatch: pytest.MonkeyPatch, *, existing: set[str], messages: list[Any] | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    existing: set[str],
+    messages: list[Any] | None = None,
+    stop_cut: bool = False,
 ) -> dict[str, Any]:
     """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics and `messages`.
+
+    `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
 
     Returns what the consumer was made with (its options, and `topics`).
     """
@@ -97,7 +104,8 @@ def fake_consumer(
             return existing
 
         async def stop(self) -> None:
-            pass
+            if stop_cut:
+                await stop_cut_by_a_retry()
 
         async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
             return {"tp": messages or []}
@@ -167,3 +175,14 @@ async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
     out = console.export_text()
     assert "topic pinecall.evnets does not exist (yet)" in out
     assert "pinecall.events does not" not in out
+
+
+async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_consumer(monkeypatch, existing={"t"}, stop_cut=True)
+    settings = load_settings(webhook={"allow_unsigned": True})
+    shown = await tail(
+        settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
+    )
+    assert shown == 0

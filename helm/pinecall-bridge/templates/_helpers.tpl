@@ -151,6 +151,17 @@ pinecallApiKey: BRIDGE_PINECALL__API_KEY
 {{- end }}
 
 {{/*
+"true" when the pod runs worker processes (config.http.workers other than 1, or
+config.dedup.ownProcess): a supervisor, and probes answered by asking every worker.
+*/}}
+{{- define "pinecall-bridge.supervised" -}}
+{{- $c := .Values.config }}
+{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "workers" 1)) | fromJson }}
+{{- $dedup := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ownProcess" false)) | fromJson }}
+{{- or (ne (int $http.workers) 1) $dedup.ownProcess }}
+{{- end }}
+
+{{/*
 preStop pause + the bridge's own grace (which includes its drain delay) + 5 s margin. With worker
 processes (config.http.workers other than 1, or config.dedup.ownProcess) their supervisor kills
 stragglers 3 s past the grace (bridge/workers/parent.py's GRACE_MARGIN_SECONDS) and logs them:
@@ -160,9 +171,7 @@ the kubelet must not kill the pod before it does.
 {{- $pause := int .Values.lifecycle.preStopSleepSeconds }}
 {{- $c := .Values.config }}
 {{- $grace := (include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25)) | fromJson).graceSeconds | ceil | int }}
-{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "workers" 1)) | fromJson }}
-{{- $dedup := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ownProcess" false)) | fromJson }}
-{{- $supervised := or (ne (int $http.workers) 1) $dedup.ownProcess }}
+{{- $supervised := eq (include "pinecall-bridge.supervised" .) "true" }}
 {{- $margin := ternary 3 0 $supervised }}
 {{- $needed := add $pause $grace $margin 1 }}
 {{- $value := .Values.terminationGracePeriodSeconds | default (add $pause $grace 5) | int }}

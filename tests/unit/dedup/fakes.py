@@ -16,6 +16,7 @@ from bridge.ingest.record import IngestEntry, decode, encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
+from tests.unit.sink.fakes import stop_cut_by_a_retry
 
 TP = TopicPartition("ingest", 4)
 GROUP = GroupMetadata("g", generation_id=3, member_id="member-1")
@@ -161,6 +162,7 @@ class FakeLog:
     records: list[LoggedRecord] = field(default_factory=list)
     log_start: int = 0
     isolation: list[str] = field(default_factory=list)  # each consumer's, as made
+    stop_cut: bool = False  # consumers' stops raise a stray CancelledError, as aiokafka's can
 
     def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
         self.records.append(LoggedRecord(**vars(record), aborted=aborted))
@@ -181,7 +183,8 @@ class FakeLogConsumer:
         return None
 
     async def stop(self) -> None:
-        return None
+        if self._log.stop_cut:
+            await stop_cut_by_a_retry()
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
@@ -14,6 +14,7 @@ from bridge.dedup.hangwatch import HangingTransactions
 from bridge.metrics import Metrics
 from bridge.supervise import Supervisor
 from tests.polling import until
+from tests.unit.sink.fakes import RetryingConsumer
 
 
 class FakeReader:
@@ -130,3 +131,14 @@ async def test_a_topic_that_cannot_be_read_does_not_blind_the_watch_to_the_other
         await asyncio.sleep(0.01)
     assert (held(metrics, "events") or 0) > 0.05
     assert held(metrics, "alerts") is None
+
+
+async def test_a_cancelled_error_from_inside_a_readers_stop_stops_the_other_too() -> None:
+    # A reader's stop cancelled a fetch sleeping out its retry backoff: the watch's stop (part
+    # of the bridge's shutdown) goes on to the second reader, not out as a cancellation.
+    hang = watch(Metrics())
+    first, second = RetryingConsumer(), RetryingConsumer()
+    hang._readers = cast(Any, (first, second))
+    await hang.stop()
+    assert (first._client.closed, second._client.closed) == (True, True)
+    assert hang._readers is None

@@ -60,6 +60,18 @@ async def test_nothing_before_the_committed_offset_restores_nothing(
     assert len(window) == 0
 
 
+async def test_a_cancelled_error_from_inside_the_consumers_stop_does_not_end_the_restore(
+    log: FakeLog,
+) -> None:
+    # Its stop cancelled a fetch sleeping out its retry backoff (a broker restarting): the
+    # restore is done all the same, not taken for a cancelled partition start.
+    log.stop_cut = True
+    for n in range(3):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 3, window, TTL) == 3
+
+
 def short_reads(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "read short of the partition's end" in r.getMessage()]
 

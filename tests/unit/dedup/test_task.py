@@ -145,6 +145,24 @@ async def test_a_restore_does_not_count_the_previous_owners_early_evictions_agai
     assert sample(metrics, "pinecall_bridge_dedup_evicted_early_total") == 0
 
 
+async def test_a_start_from_the_partitions_beginning_outlives_a_cut_consumer_stop(
+    log: FakeLog,
+) -> None:
+    # No committed offset: the task reads the log start with a consumer of its own, whose stop
+    # raises a stray CancelledError (a fetch's retry backoff), as the restore's does.
+    log.stop_cut = True
+    log.log_start = 2
+    for n in range(4):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> None:
+        return None
+
+    task, _out, _producer, _metrics = make()
+    await task.start(committed)
+    assert task.position == 2
+
+
 async def test_records_past_retention_are_skipped_and_counted_once_the_skip_commits() -> None:
     task, out, producer, metrics = make()
     task.position = 3

@@ -103,3 +103,34 @@ class FakeProducer:
         task = self._sender.sender_task
         if task is not None and not task.done():
             task.cancel()
+
+
+async def stop_cut_by_a_retry() -> None:
+    """What aiokafka's consumer.stop() does with a fetch sleeping out its retry backoff: it
+    raises the CancelledError of the fetch task it cancels, though nobody cancelled the stop."""
+    retrying = asyncio.create_task(asyncio.sleep(0.1))  # the retry backoff
+    await asyncio.sleep(0)
+    retrying.cancel()
+    await retrying
+
+
+class _Connections:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class RetryingConsumer:
+    """Stops as aiokafka's consumer does with a fetch sleeping out its retry backoff."""
+
+    def __init__(self, stop_takes: float = 0.0) -> None:
+        self._client = _Connections()
+        self._stop_takes = stop_takes
+        self.stopping: asyncio.Task[Any] | None = None
+
+    async def stop(self) -> None:
+        self.stopping = asyncio.current_task()
+        await asyncio.sleep(self._stop_takes)
+        await stop_cut_by_a_retry()
+        await self._client.close()  # not reached

@@ -19,7 +19,7 @@ from bridge.sink.clienttasks import (
     stop_dead,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeProducer
+from tests.unit.sink.fakes import FakeProducer, RetryingConsumer
 
 
 @pytest.mark.usefixtures("fake_producer")
@@ -47,39 +47,14 @@ async def test_a_stopped_dead_client_logs_its_tasks_error_no_second_time() -> No
     assert unretrieved == []
 
 
-class _Connections:
-    closed = False
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class _RetryingConsumer:
-    """Stops as aiokafka's consumer does with a fetch sleeping out its retry backoff."""
-
-    def __init__(self, stop_takes: float = 0.0) -> None:
-        self._client = _Connections()
-        self._stop_takes = stop_takes
-        self.stopping: asyncio.Task[Any] | None = None
-
-    async def stop(self) -> None:
-        self.stopping = asyncio.current_task()
-        await asyncio.sleep(self._stop_takes)
-        retrying = asyncio.create_task(asyncio.sleep(0.1))  # the retry backoff
-        await asyncio.sleep(0)
-        retrying.cancel()
-        await retrying  # the fetcher's close: CancelledError, though nobody cancelled the stop
-        await self._client.close()  # not reached
-
-
 async def test_a_cancelled_error_from_inside_a_consumers_stop_does_not_end_the_caller() -> None:
-    consumer = _RetryingConsumer()
+    consumer = RetryingConsumer()
     await stop_consumer(consumer)
     assert consumer._client.closed  # what the cut stop left open is closed after all
 
 
 async def test_a_caller_cancelled_while_a_consumer_stops_is_cancelled_with_its_stop() -> None:
-    consumer = _RetryingConsumer(stop_takes=30.0)
+    consumer = RetryingConsumer(stop_takes=30.0)
     caller = asyncio.create_task(stop_consumer(consumer))
     await until(lambda: consumer.stopping is not None)
     caller.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -706,13 +707,40 @@ async def test_the_time_without_a_subscribed_connection_is_counted(
     def down() -> float:
         return sample(metrics, "pinecall_bridge_websocket_down_seconds_total")
 
-    async with running(feed.settings(), sink, metrics):
-        await until(lambda: len(sink.acked()) == 1, within=10)
-        while_up = down()
+    source = await started(*feed.settings(), sink, metrics)
+    await until(lambda: len(sink.acked()) == 1, within=10)
+    while_up = down()
+    # Stopped for a lost lease: the drain is not this pod's downtime (see the next test).
+    await source.stop(asyncio.get_running_loop().time() + 2, lease_held=False)
     # Three refusals, each followed by at least the backoff's maximum (0.2 s): a refusal's
     # delay is never below it.
     assert while_up >= 3 * 0.2
     assert down() == while_up  # connected until the stop: none of that time counts
+
+
+async def test_the_shutdowns_drain_counts_as_down_the_lease_waits_for_it(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The lease is handed on only once what was read is published: with Kafka slow, nobody
+    # reads the feed meanwhile, and that gap is counted like any other.
+    feed = await make_feed(sending(2))
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    source = await started(*feed.settings(), sink, metrics)
+    await until(lambda: len(sink.records) >= 1)
+    before = sample(metrics, "pinecall_bridge_websocket_down_seconds_total")
+    held: list[float] = []
+
+    async def kafka_comes_back() -> None:
+        held.append(time.monotonic())  # the stop has begun: its reader is being cancelled
+        await asyncio.sleep(0.3)
+        held.append(time.monotonic())
+        sink.ack_all()
+
+    back = asyncio.create_task(kafka_comes_back())
+    await source.stop(asyncio.get_running_loop().time() + 5)
+    await back
+    added = sample(metrics, "pinecall_bridge_websocket_down_seconds_total") - before
+    assert added >= held[1] - held[0]
 
 
 async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(

@@ -127,6 +127,38 @@ async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path)
         await runner.cleanup()
 
 
+async def test_every_worker_is_asked_at_once(tmp_path: Path) -> None:
+    # Each worker answers only once all of them have been asked: asked one after another, the
+    # first would wait out its timeout. At once, a probe takes one worker's wait, not the sum,
+    # which the chart's probe timeouts count on.
+    count = 3
+    asked = 0
+    everyone = asyncio.Event()
+
+    async def once_all_are_asked(_: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        if asked == count:
+            everyone.set()
+        await everyone.wait()
+        return web.json_response({"status": "alive"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", once_all_are_asked)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sockets = {str(n): tmp_path / f"worker-{n}.sock" for n in range(count)}
+    for path in sockets.values():
+        await web.UnixSite(runner, str(path)).start()
+    view = PodView(sockets, timeout=5.0)
+    try:
+        answers = await view.ask("/healthz")
+    finally:
+        await view.close()
+        await runner.cleanup()
+    assert [answer and answer[0] for answer in answers.values()] == [200] * count
+
+
 async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_others(
     tmp_path: Path,
 ) -> None:
