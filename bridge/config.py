@@ -350,10 +350,11 @@ class TopicSettings(_Section):
 
     @field_validator("ephemeral", mode="before")
     @classmethod
-    def _valid_or_unset(cls, name: str | None) -> str | None:
+    def _valid_or_unset(cls, name: Any) -> Any:
         if name is None or name == "":
             return None
-        return _check_topic(name)
+        # Not a string (a section given as JSON): pydantic's own type check names it.
+        return _check_topic(name) if isinstance(name, str) else name
 
     @field_validator("replication_factor")
     @classmethod
@@ -602,7 +603,7 @@ class SseSettings(_Section):
     call_list_path: str | None = "/v1/sessions"
     call_list_lookback_seconds: float = Field(default=21_600.0, ge=0)
 
-    @field_validator("org_feed_path", mode="before")
+    @field_validator("org_feed_path")
     @classmethod
     def _feed_path(cls, path: str) -> str:
         # The org feed is how calls are found: it cannot be turned off like the call list.
@@ -614,10 +615,10 @@ class SseSettings(_Section):
 
     @field_validator("call_list_path", mode="before")
     @classmethod
-    def _path(cls, path: str | None) -> str | None:
+    def _path(cls, path: Any) -> Any:
         if path == "":
             return None
-        if path is not None and not path.startswith("/"):
+        if isinstance(path, str) and not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,6 +63,10 @@ class NoProgress:
 
     def redriven(self, count: int) -> None:
         pass
+
+
+class ReadStalledError(Exception):
+    """Nothing was read for a while though records were left: Kafka is unreachable."""
 
 
 class MissingTopicError(Exception):
@@ -162,7 +166,7 @@ async def redrive(
                         )
                         return report
                     shown.redriven(len(items))
-    except MissingTopicError as exc:
+    except (MissingTopicError, ReadStalledError) as exc:
         report.error = str(exc)
     finally:
         with contextlib.suppress(Exception):
@@ -178,6 +182,7 @@ async def _read(
     topic: str,
     since: float,
     progress: Progress,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncGenerator[list[DeadLetter], None]:
     """The topic's records from `since` to its end as it is now, a fetched batch at a time."""
     partitions = await topic_partitions(kafka, [topic])
@@ -195,12 +200,25 @@ async def _read(
         starts[tp] = ends[tp] if at is None else min(at.offset, ends[tp])
         consumer.seek(tp, starts[tp])
     progress.records_found(sum(ends[tp] - starts[tp] for tp in partitions))
+    # aiokafka retries a lost broker forever and getmany then answers empty: without a bound
+    # the command would wait for ever instead of failing.
+    stall_limit = 2 * kafka.request_timeout_ms / 1000
+    read, moved_at = -1, clock()
     while True:
         positions = {tp: min(await consumer.position(tp), ends[tp]) for tp in partitions}
-        progress.records_read(sum(positions[tp] - starts[tp] for tp in partitions))
+        done = sum(positions[tp] - starts[tp] for tp in partitions)
+        progress.records_read(done)
         left = [tp for tp in partitions if positions[tp] < ends[tp]]
         if not left:
             return
+        if done > read:
+            read, moved_at = done, clock()
+        elif clock() - moved_at > stall_limit:
+            unread = sum(ends[tp] - positions[tp] for tp in left)
+            raise ReadStalledError(
+                f"no dead letter read for {stall_limit:g} s with {unread} left:"
+                " is Kafka reachable (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)?"
+            )
         batches = await consumer.getmany(*left, timeout_ms=500)
         yield [
             DeadLetter.of(m.value, m.headers, m.timestamp)

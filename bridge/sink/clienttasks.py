@@ -88,7 +88,11 @@ async def stop_consumer(consumer: Any) -> None:
     if not stopping.cancelled():
         stopping.result()
         return
-    # The fetcher gave up at that task, before the consumer closed its connections.
+    # The fetcher gave up at that task, before it cancelled its other brokers' fetches and before
+    # the consumer closed its connections.
+    fetcher = getattr(consumer, "_fetcher", None)
+    for task in list(getattr(fetcher, "_pending_tasks", ())):
+        task.cancel()
     client = getattr(consumer, "_client", None)
     if client is not None:
         await client.close()

@@ -40,6 +40,13 @@ def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str] |
             "a topic's min.insync.replicas is above its replication factor: Kafka refuses every"
             " write to it (NotEnoughReplicas); lower min.insync.replicas to the factor",
         )
+    if factor > 1 and required == factor:
+        return (
+            logging.WARNING,
+            "a topic needs every replica in sync to take a write (min.insync.replicas equal to"
+            " its replication factor): each broker restart stops writes to it, and webhooks get"
+            " 503 until Pinecall's retries run out; set min.insync.replicas below the factor",
+        )
     if factor > 2 and required <= 1:
         return (
             logging.WARNING,

@@ -723,3 +723,20 @@ def test_an_empty_org_feed_path_is_refused_saying_why(monkeypatch: pytest.Monkey
     setenv(monkeypatch, {"BRIDGE_SSE__ORG_FEED_PATH": ""})
     with pytest.raises(ConfigError, match="BRIDGE_SSE__ORG_FEED_PATH: must not be empty"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "name"),
+    [
+        ("BRIDGE_SSE", '{"org_feed_path": null}', "BRIDGE_SSE__ORG_FEED_PATH"),
+        ("BRIDGE_SSE", '{"org_feed_path": 5}', "BRIDGE_SSE__ORG_FEED_PATH"),
+        ("BRIDGE_SSE", '{"call_list_path": 5}', "BRIDGE_SSE__CALL_LIST_PATH"),
+        ("BRIDGE_TOPICS", '{"ephemeral": 5}', "BRIDGE_TOPICS__EPHEMERAL"),
+    ],
+)
+def test_a_section_given_as_json_with_a_value_not_a_string_is_refused_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, section: str, value: str, name: str
+) -> None:
+    setenv(monkeypatch, {section: value})
+    found = problems()
+    assert any(problem.startswith(f"{name}:") for problem in found), found

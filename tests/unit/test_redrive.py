@@ -120,3 +120,54 @@ def test_a_batch_read_is_counted_by_selection_and_verdict() -> None:
         {"CA_n"},
         {"its value is not JSON": 1},
     )
+
+
+class _UnreachableKafka:
+    """A consumer whose broker went away after the offsets were read: fetches come back empty."""
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.partitions = partitions
+
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, 10)
+
+    async def offsets_for_times(self, times: dict[Any, int]) -> dict[Any, None]:
+        return dict.fromkeys(times)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        pass
+
+    async def position(self, tp: Any) -> int:
+        return 0
+
+    async def getmany(self, *partitions: Any, timeout_ms: int) -> dict[Any, list[Any]]:
+        return {}
+
+
+async def test_a_read_that_stops_moving_fails_instead_of_waiting_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka import TopicPartition
+
+    async def one_partition(*_: Any) -> list[TopicPartition]:
+        return [TopicPartition("pinecall.dlq", 0)]
+
+    monkeypatch.setattr(redrive, "topic_partitions", one_partition)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # a second per look: the 60 s limit (2 x the request timeout) passes
+        return now[0]
+
+    settings = load_settings(webhook={"secrets": ["s"]})
+    read = redrive._read(
+        _UnreachableKafka(),
+        settings.kafka,
+        "pinecall.dlq",
+        0.0,
+        redrive.NoProgress(),
+        clock,
+    )
+    with pytest.raises(redrive.ReadStalledError, match="10 left: is Kafka reachable"):
+        async for _ in read:
+            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from aiokafka.errors import KafkaError
@@ -128,9 +129,12 @@ class RetryingConsumer:
         self._client = _Connections()
         self._stop_takes = stop_takes
         self.stopping: asyncio.Task[Any] | None = None
+        # Other brokers' fetches, which aiokafka's Fetcher.close() never reaches after the cut.
+        self._fetcher = SimpleNamespace(_pending_tasks=set[asyncio.Future[None]]())
 
     async def stop(self) -> None:
         self.stopping = asyncio.current_task()
+        self._fetcher._pending_tasks.add(asyncio.ensure_future(asyncio.sleep(60)))
         await asyncio.sleep(self._stop_takes)
         await stop_cut_by_a_retry()
         await self._client.close()  # not reached

@@ -51,6 +51,9 @@ async def test_a_cancelled_error_from_inside_a_consumers_stop_does_not_end_the_c
     consumer = RetryingConsumer()
     await stop_consumer(consumer)
     assert consumer._client.closed  # what the cut stop left open is closed after all
+    [fetch] = consumer._fetcher._pending_tasks
+    await asyncio.sleep(0)
+    assert fetch.cancelled()  # and the other brokers' fetches do not run on
 
 
 async def test_a_caller_cancelled_while_a_consumer_stops_is_cancelled_with_its_stop() -> None:

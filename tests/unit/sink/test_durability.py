@@ -33,7 +33,8 @@ def test_topics_are_created_to_hold_two_copies_of_what_is_acknowledged(
         (3, "1", logging.WARNING),  # the leader alone can acknowledge
         (2, "1", None),  # the most that leaves a broker free to restart
         (3, "2", None),
-        (2, "2", None),
+        (2, "2", logging.WARNING),  # every broker restart stops writes
+        (3, "3", logging.WARNING),
         (1, "1", None),  # a single copy: min.insync.replicas cannot help
         (1, "2", logging.ERROR),  # every write refused
         (3, "4", logging.ERROR),
