@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 from tests.deploy.tools import DEPLOY, RELEASE, SIGNED, render, render_text
 
@@ -44,8 +45,10 @@ def _portable(text: str) -> str:
     return "\n".join(lines).strip().removeprefix("---").strip() + "\n"
 
 
-def _rules(text: str) -> str:
-    """A PrometheusRule's spec as a plain Prometheus rules file (`groups:` at the top)."""
+def rules(values: Path | None = None) -> str:
+    """The PrometheusRule's spec as a plain Prometheus rules file (`groups:` at the top);
+    `values`: a values file over deploy/'s settings (a test's shorter windows)."""
+    text = render_text(*SETS, values=values, show_only="templates/prometheusrule.yaml")
     spec = text.split("\nspec:\n", 1)[1]
     return "".join(line.removeprefix("  ") + "\n" for line in spec.splitlines())
 
@@ -57,7 +60,6 @@ def expected() -> dict[str, str]:
     )["data"]["pinecall-bridge.json"]
     json.loads(dashboard)  # it must stay valid JSON
     show = {
-        "rules": "templates/prometheusrule.yaml",
         "topics": "templates/strimzi-topics.yaml",
         "user": "templates/strimzi-user.yaml",
     }
@@ -66,7 +68,7 @@ def expected() -> dict[str, str]:
         "grafana/pinecall-bridge.json": dashboard + "\n",
         "prometheus/pinecall-bridge.rules.yaml": GENERATED
         + f'# Thresholds: the chart\'s `alerts` values; job/deployment "{RELEASE}".\n'
-        + _rules(text["rules"]),
+        + rules(),
         "strimzi/kafka-topics.yaml": GENERATED + _portable(text["topics"]),
         "strimzi/kafka-user.yaml": GENERATED + _portable(text["user"]),
     }

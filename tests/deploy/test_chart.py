@@ -11,6 +11,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 
 from bridge.workers.pod import ASK_TIMEOUT_SECONDS
 from tests.deploy import pss
@@ -670,9 +671,26 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     assert "up to 16 dedup stages (4 replicas, 4 worker processes each) but 12 ingest" in notes
 
 
-def alert_names(*sets: str) -> dict[str, dict[str, Any]]:
-    rule = one(render(SIGNED, "prometheusRule.enabled=true", *sets), "PrometheusRule")
+def alert_names(*sets: str, values: Path | None = None) -> dict[str, dict[str, Any]]:
+    rendered = render(SIGNED, "prometheusRule.enabled=true", *sets, values=values)
+    rule = one(rendered, "PrometheusRule")
     return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path) -> None:
+    # PromQL has no "0.25m": the game-day test's short windows (test_gameday.py).
+    short = {"publishStalledMinutes": 0.25, "stalledForMinutes": 0.05, "notReadyMinutes": 0.1}
+    values = tmp_path / "short.yaml"
+    values.write_text(yaml.safe_dump({"alerts": {**short, "kafkaDisconnectedMinutes": 1.5}}))
+    rules = alert_names(values=values)
+    assert rules["PinecallBridgePublishingStalled"]["for"] == "3s"
+    assert "[15s]" in rules["PinecallBridgePublishingStalled"]["expr"]
+    assert "[15s]" in rules["PinecallBridgeDedupStalled"]["expr"]
+    assert rules["PinecallBridgeKafkaDisconnected"]["for"] == "90s"
+    assert rules["PinecallBridgePodNotReady"]["for"] == "6s"
+    assert rules["PinecallBridgeReplicasUnavailable"]["for"] == "12s"
+    # Whole minutes stay minutes, as deploy/'s generated rules show.
+    assert alert_names()["PinecallBridgeKafkaDisconnected"]["for"] == "2m"
 
 
 def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> None:

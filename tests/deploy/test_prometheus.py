@@ -7,29 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.service import Bridge
-from tests.deploy.tools import (
-    DEPLOY,
-    KAFKA_EXPORTER_METRIC,
-    RELEASE,
-    find_tool,
-    kafka_exporter_only,
-    load_yaml,
-)
+from tests.deploy.prometheus import RULES, PrometheusServer, Scraped, scalar
+from tests.deploy.tools import DEPLOY, KAFKA_EXPORTER_METRIC, kafka_exporter_only, load_yaml
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
@@ -44,7 +33,6 @@ from tests.polling import until
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 DASHBOARD = DEPLOY / "grafana" / "pinecall-bridge.json"
-RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
 # Grafana's variables, as Grafana would expand them for "All" (regex .*) at a 1 s scrape.
 GRAFANA_VARIABLES = {
     "__rate_interval": "1m",
@@ -111,21 +99,6 @@ def rule_queries() -> list[tuple[str, str]]:
     ]
 
 
-@dataclass
-class Scraped:
-    prometheus: str
-    exposition: str
-    session: aiohttp.ClientSession
-
-    async def get(self, path: str, **params: str) -> Any:
-        async with self.session.get(self.prometheus + path, params=params) as response:
-            return await response.json()
-
-    async def query(self, expr: str) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.get("/api/v1/query", query=expr)
-        return answer
-
-
 async def send_traffic(bridge: RunningBridge, rounds: int) -> None:
     """Every kind of outcome the metrics count, once per round, a scrape apart."""
     for n in range(rounds):
@@ -141,55 +114,6 @@ async def send_traffic(bridge: RunningBridge, rounds: int) -> None:
         assert (await bridge.post({"data": {"no": "type"}}))[0] in (200, 202)  # dead-lettered
         assert (await bridge.post(entry(5, call=call), secret="wrong"))[0] == 401  # rejected
         await asyncio.sleep(1.0)
-
-
-class PrometheusServer:
-    """Debian's `prometheus` on a free port, scraping the bridge with the alert rules loaded."""
-
-    def __init__(self, workdir: Path, bridge_port: int) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._log_path = workdir / "prometheus.log"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [
-                {
-                    "job_name": RELEASE,
-                    # The labels Kubernetes service discovery would add.
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{bridge_port}"],
-                            "labels": {"namespace": "pinecall", "pod": "pinecall-bridge-0"},
-                        }
-                    ],
-                }
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self._log = self._log_path.open("w")
-        self._process = subprocess.Popen(
-            [
-                find_tool("prometheus"),
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self._log_path.read_text()
-
-    def check_alive(self) -> None:
-        assert self._process.poll() is None, f"prometheus exited:\n{self.log()}"
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.wait(timeout=30)
-        self._log.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -216,7 +140,9 @@ async def scraped(
     bridge = Bridge(settings)
     await bridge.start()
     url = f"http://127.0.0.1:{bridge.port}"
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), int(bridge.port or 0))
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"), {"pinecall": int(bridge.port or 0)}
+    )
     session = aiohttp.ClientSession()
     try:
         await wait_ready(url)
@@ -229,13 +155,6 @@ async def scraped(
         server.stop()
         await session.close()
         await bridge.stop()
-
-
-async def scalar(scraped: Scraped, expr: str) -> float | None:
-    """The value of a one-series query, None when it has no result."""
-    result = (await scraped.query(expr))["data"]["result"]
-    assert len(result) <= 1, f"{expr}: {result}"
-    return float(result[0]["value"][1]) if result else None
 
 
 async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:

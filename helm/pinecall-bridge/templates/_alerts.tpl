@@ -6,8 +6,17 @@ Aggregations keep namespace and pod, the labels Kubernetes service discovery add
 several worker processes (config.http.workers) labels each one's series `worker`: a pod-wide
 state takes the worst worker (min of a 1-when-fine gauge), a per-process one keeps `worker`.
 */}}
+{{- /* Minutes as a PromQL duration: whole minutes as "10m"; a fraction (a test's short windows,
+which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
+{{- define "pinecall-bridge.minutes" -}}
+{{- $seconds := mulf . 60 | ceil | int -}}
+{{- if mod $seconds 60 }}{{ $seconds }}s{{ else }}{{ div $seconds 60 }}m{{ end -}}
+{{- end }}
 {{- define "pinecall-bridge.alertGroups" -}}
 {{- $a := .Values.alerts }}
+{{- $stalled := include "pinecall-bridge.minutes" $a.publishStalledMinutes }}
+{{- $stalledFor := include "pinecall-bridge.minutes" $a.stalledForMinutes }}
+{{- $notReady := include "pinecall-bridge.minutes" $a.notReadyMinutes }}
 {{- $job := include "pinecall-bridge.fullname" . -}}
 groups:
   - name: pinecall-bridge
@@ -18,13 +27,13 @@ groups:
         # Events dropped on purpose (ephemeral, markers) are not expected in the ingest topic.
         expr: |
           (
-            sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m]))
-            - (sum by (namespace, pod) (increase(pinecall_bridge_events_dropped_total[{{ $a.publishStalledMinutes }}m])) or sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $a.publishStalledMinutes }}m])) * 0)
+            sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}]))
+            - (sum by (namespace, pod) (increase(pinecall_bridge_events_dropped_total[{{ $stalled }}])) or sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}])) * 0)
             > 0
           )
           unless
-          (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $a.publishStalledMinutes }}m])) > 0)
-        for: 1m
+          (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $stalled }}])) > 0)
+        for: {{ $stalledFor }}
         labels:
           severity: critical
         annotations:
@@ -35,14 +44,14 @@ groups:
         # The ingest topic fills but the dedup stage commits nothing: no output and no duplicate
         # dropped anywhere in the namespace (whichever pods own the ingest partitions).
         expr: |
-          (sum by (namespace) (increase(pinecall_bridge_events_ingested_total[{{ $a.publishStalledMinutes }}m])) > 0)
+          (sum by (namespace) (increase(pinecall_bridge_events_ingested_total[{{ $stalled }}])) > 0)
           unless on (namespace)
           (
-            (sum by (namespace) (increase(pinecall_bridge_events_published_total[{{ $a.publishStalledMinutes }}m])) > 0)
+            (sum by (namespace) (increase(pinecall_bridge_events_published_total[{{ $stalled }}])) > 0)
             or
-            (sum by (namespace) (increase(pinecall_bridge_events_duplicate_total[{{ $a.publishStalledMinutes }}m])) > 0)
+            (sum by (namespace) (increase(pinecall_bridge_events_duplicate_total[{{ $stalled }}])) > 0)
           )
-        for: 1m
+        for: {{ $stalledFor }}
         labels:
           severity: critical
         annotations:
@@ -118,7 +127,7 @@ groups:
             and
             max by (namespace, pod, partition) (delta(pinecall_bridge_dedup_lag_records[{{ $a.dedupLagMinutes }}m])) > 0
           )
-        for: 1m
+        for: {{ $stalledFor }}
         labels:
           severity: warning
         annotations:
@@ -133,7 +142,7 @@ groups:
           max by (namespace) (pinecall_bridge_ingest_partitions)
           - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
           > 0
-        for: {{ $a.dedupPartitionsUnownedMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.dedupPartitionsUnownedMinutes }}
         labels:
           severity: critical
         annotations:
@@ -253,7 +262,7 @@ groups:
       - alert: PinecallBridgeKafkaDisconnected
         expr: |
           min by (namespace, pod) (pinecall_bridge_kafka_connected) == 0
-        for: {{ $a.kafkaDisconnectedMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.kafkaDisconnectedMinutes }}
         labels:
           severity: critical
         annotations:
@@ -416,7 +425,7 @@ groups:
       - alert: PinecallBridgePodNotReady
         expr: |
           min by (namespace, pod) (pinecall_bridge_ready) == 0
-        for: {{ $a.notReadyMinutes }}m
+        for: {{ $notReady }}
         labels:
           severity: warning
         annotations:
@@ -439,7 +448,7 @@ groups:
         # A crash-looping pod reports nothing itself: Prometheus' own view.
         expr: |
           up{job="{{ $job }}"} == 0
-        for: {{ $a.notReadyMinutes }}m
+        for: {{ $notReady }}
         labels:
           severity: warning
         annotations:
@@ -466,12 +475,12 @@ groups:
         expr: |
           kube_deployment_spec_replicas{deployment="{{ $job }}"}
           > kube_deployment_status_replicas_available{deployment="{{ $job }}"}
-        for: {{ mul $a.notReadyMinutes 2 }}m
+        for: {{ include "pinecall-bridge.minutes" (mulf $a.notReadyMinutes 2) }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Deployment %s has unavailable replicas" "{{ $labels.namespace }}/{{ $labels.deployment }}" | quote }}
-          description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (mul $a.notReadyMinutes 2) | quote }}
+          description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (mulf $a.notReadyMinutes 2) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgereplicasunavailable" $a.runbookUrl }}
       - alert: PinecallBridgePodRestarting
         # Needs kube-state-metrics. A crash loop restarts faster than TargetDown's window, and the
