@@ -21,6 +21,7 @@ import aiohttp
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, Pipeline, pipeline_for, submit_retrying
+from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
@@ -29,7 +30,6 @@ from bridge.sources.calllog.pages import PageError, fetch_pages, usable_call_id
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress as RichProgress
 
 log = logging.getLogger(__name__)
 PAGE_ATTEMPTS = 5
@@ -50,6 +50,8 @@ class Progress(Protocol):
 
 
 class NoProgress:
+    """No bar: library use and tests."""
+
     def calls_found(self, total: int) -> None:
         pass
 
@@ -214,39 +216,28 @@ async def _calls_since(
 
 
 class BarProgress:
-    """A rich progress bar: one bar over the calls, entries counted as they are submitted."""
+    """One bar over the calls, entries counted as they are submitted."""
 
-    def __init__(self, bar: RichProgress, calls: int | None) -> None:
+    def __init__(self, bar: CountedBar) -> None:
         self._bar = bar
-        self._task = bar.add_task("calls", total=calls, entries=0)
-        self._entries = 0
 
     def calls_found(self, total: int) -> None:
-        self._bar.update(self._task, total=total)
+        self._bar.total(total)
 
     def call_started(self, call: str) -> None:
-        self._bar.update(self._task, description=call)
+        self._bar.describe(call)
 
     def entries_read(self, call: str, count: int) -> None:
-        self._entries += count
-        self._bar.update(self._task, entries=self._entries)
+        self._bar.count(count)
 
     def call_done(self, call: str) -> None:
-        self._bar.advance(self._task)
+        self._bar.advance()
 
 
 def run_backfill(
     settings: Settings, calls: Sequence[str], console: Console, *, since: float | None = None
 ) -> int:
     """The command: backfill with a progress bar, print what became of each call; 1 on errors."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("calls, {task.fields[entries]} entries submitted"),
-    )
     ttl = settings.dedup.ttl_seconds
     if since is not None and since < time.time() - ttl:
         console.print(
@@ -255,10 +246,10 @@ def run_backfill(
             " again, with the same CloudEvent ids",
             highlight=False,
         )
-    with Progress(*columns, console=console, transient=False) as bar:
-        total = len(set(calls)) if since is None else None  # known once the list is read
+    total = len(set(calls)) if since is None else None  # known once the list is read
+    with counted_bar(console, "calls", total, unit="calls", counted="entries submitted") as bar:
         report = asyncio.run(
-            backfill_calls(settings, calls, since=since, progress=BarProgress(bar, total))
+            backfill_calls(settings, calls, since=since, progress=BarProgress(bar))
         )
     if report.list_error is not None:
         console.print(f"[red]the call list[/]: {report.list_error}", highlight=False)

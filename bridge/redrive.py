@@ -32,13 +32,13 @@ from bridge.deadletter import (
 )
 from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, pipeline_for, submit_retrying
+from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import stop_consumer
 from bridge.sink.kafka import KafkaSink, client_options, topic_partitions
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress as RichProgress
 
 # Calls named in the hint to backfill them; the rest are counted.
 SHOWN_CALLS = 20
@@ -55,6 +55,8 @@ class Progress(Protocol):
 
 
 class NoProgress:
+    """No bar: library use and tests."""
+
     def records_found(self, total: int) -> None:
         pass
 
@@ -229,36 +231,25 @@ async def _read(
 
 
 class BarProgress:
-    """A rich progress bar over the dead-letter records to read, redriven ones counted."""
+    """The dead-letter records read on the bar, redriven ones counted beside it."""
 
-    def __init__(self, bar: RichProgress) -> None:
+    def __init__(self, bar: CountedBar) -> None:
         self._bar = bar
-        self._task = bar.add_task("dead letters", total=None, redriven=0)
-        self._redriven = 0
 
     def records_found(self, total: int) -> None:
-        self._bar.update(self._task, total=total)
+        self._bar.total(total)
 
     def records_read(self, done: int) -> None:
-        self._bar.update(self._task, completed=done)
+        self._bar.completed(done)
 
     def redriven(self, count: int) -> None:
-        self._redriven += count
-        self._bar.update(self._task, redriven=self._redriven)
+        self._bar.count(count)
 
 
 def run_redrive(
     settings: Settings, selection: Selection, console: Console, *, dry_run: bool = False
 ) -> int:
     """The command: redrive with a progress bar, then a summary; 1 when Kafka failed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("records, {task.fields[redriven]} offered to the ingest topic"),
-    )
     ttl = settings.dedup.ttl_seconds
     if not dry_run and selection.since < time.time() - ttl:
         console.print(
@@ -267,7 +258,9 @@ def run_redrive(
             " again, with the same CloudEvent ids",
             highlight=False,
         )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with counted_bar(
+        console, "dead letters", None, unit="records", counted="offered to the ingest topic"
+    ) as bar:
         report = asyncio.run(
             redrive(settings, selection, dry_run=dry_run, progress=BarProgress(bar))
         )

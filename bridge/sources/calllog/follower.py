@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -64,6 +65,14 @@ class _EndedError(Exception):
         self.ended = ended
 
 
+class _Outcome(NamedTuple):
+    """How an attempt ended: why, the least wait before the next, and if the key was refused."""
+
+    reason: Reason
+    floor: float = 0.0
+    key_refused: bool = False  # a 401: the key gate holds the next attempt back, not a backoff
+
+
 class Follower:
     """`run()` follows until the log ends or is given up (True), or the source stops or drops it."""
 
@@ -79,6 +88,7 @@ class Follower:
         metrics: Metrics,
         stopping: asyncio.Event,
         gate: KeyGate,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = CallFollow(
             call, after, ReconnectPolicy.of(settings), max_note_bytes=settings.max_event_bytes
@@ -90,6 +100,7 @@ class Follower:
         self._metrics = metrics
         self._stopping = stopping
         self._gate = gate
+        self._clock = clock
         self._opened_at: float | None = None  # when this attempt's stream opened (monotonic)
         self.publishing = False  # a stop lets a publish in flight land before cancelling
         self.halted = False  # this call moved to another process: stop after the publish
@@ -106,7 +117,7 @@ class Follower:
                 # The wait was the key's, not this call's: it must not run the give-up clock.
                 state.unanswered()
             try:
-                reason, floor = await self._attempt()
+                reason, floor, key_refused = await self._attempt()
             except _EndedError as exc:
                 return exc.ended
             finally:
@@ -116,12 +127,11 @@ class Follower:
                 return True
             if self._stopping.is_set():
                 return False
-            if reason == "auth" and self._gate.holding:
-                continue  # the gate holds every follower back until the key is accepted again
+            # Every attempt to be retried counts here, a refused key's too (the gate times it).
             self._metrics.sse_reconnects.labels("call", reason).inc()
-            connected_for = (
-                time.monotonic() - self._opened_at if self._opened_at is not None else None
-            )
+            if key_refused:
+                continue  # the gate holds every follower back until the key is accepted again
+            connected_for = self._clock() - self._opened_at if self._opened_at is not None else None
             delay = max(state.retry_delay(reason, connected_for), floor)
             log.debug(
                 "call log reconnecting",
@@ -131,7 +141,7 @@ class Follower:
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
         return False
 
-    async def _attempt(self) -> tuple[Reason, float]:
+    async def _attempt(self) -> _Outcome:
         """One request and, if it opens a stream, its reading: why it ended, the least wait."""
         state = self.state
         self._opened_at = None
@@ -158,15 +168,14 @@ class Follower:
                     state.sealed()
                     raise _EndedError(ended=True)
                 if response.status == 200 and response.content_type == EVENT_STREAM:
-                    self._opened_at = time.monotonic()
+                    self._opened_at = self._clock()
                     state.connected()
-                    return await self._read(response), 0.0
+                    return _Outcome(await self._read(response))
                 if response.status == 401:
-                    # Counted per refused request; the gate logs once per refusal of the key.
-                    self._metrics.sse_reconnects.labels("call", reason).inc()
+                    # The gate logs once per refusal of the key, and times the next attempt.
                     self._gate.refused(state.call, response.status)
                     state.unanswered()
-                    return reason, floor
+                    return _Outcome(reason, floor, key_refused=True)
                 if reason == "auth":
                     # A 403 may be this call's alone (another app's, say): were it to open the
                     # gate, one such call would stall every follower at each of its retries.
@@ -175,7 +184,7 @@ class Follower:
                         extra={**self._ctx(), "status": response.status},
                     )
                     state.unanswered()
-                    return reason, floor
+                    return _Outcome(reason, floor)
                 log.warning(
                     "call log stream refused",
                     extra={**self._ctx(), "status": response.status, **redirect_note(response)},
@@ -198,13 +207,11 @@ class Follower:
             log.exception("call log follower failed", extra=self._ctx())
         if self._opened_at is None and reason != "protocol":
             state.unanswered()
-        return reason, floor
+        return _Outcome(reason, floor)
 
     def _given_up(self, status: int) -> bool:
         """Leave a call whose log keeps being refused: counted, and an error in the log."""
-        given_up = self.state.refused(
-            status, time.monotonic(), self._settings.give_up_after_seconds
-        )
+        given_up = self.state.refused(status, self._clock(), self._settings.give_up_after_seconds)
         if given_up is None:
             return False
         self._metrics.sse_calls_given_up.labels(given_up).inc()

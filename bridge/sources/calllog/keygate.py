@@ -37,11 +37,6 @@ class KeyGate:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), turn.seconds)
 
-    @property
-    def holding(self) -> bool:
-        """Whether followers are held back: the key was refused and not yet accepted again."""
-        return self._breaker.state != "closed"
-
     def refused(self, call: str, status: int) -> None:
         was = self._breaker.state
         now = self._clock()

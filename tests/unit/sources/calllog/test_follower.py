@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -95,7 +96,8 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
         publisher: FakePublisher | None = None,
         stopping: asyncio.Event | None = None,
         give_up_after_seconds: float = 900.0,
-        gate_policy: ReconnectPolicy | None = None,
+        gate: KeyGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> tuple[list[bool], Server, FakePublisher, list[Follower], Metrics]:
         server = Server(handler)
         await server.server.start_server()
@@ -111,7 +113,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
             backoff_max_seconds=0.05,
             give_up_after_seconds=give_up_after_seconds,
         )
-        gate = KeyGate(gate_policy or ReconnectPolicy.of(settings))
+        gate = gate or KeyGate(ReconnectPolicy.of(settings))
         followers = [
             Follower(
                 call,
@@ -127,6 +129,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
                 metrics=metrics,
                 stopping=stopping or asyncio.Event(),
                 gate=gate,
+                clock=clock,
             )
             for call in calls
         ]
@@ -552,37 +555,71 @@ async def test_one_calls_403_holds_back_only_its_own_follower(
     assert len(forbidden_lines) == 3
 
 
-async def test_waiting_for_a_refused_key_does_not_run_the_give_up_clock(
-    run_followers: Callable[..., Any],
+class ReopenedGate(KeyGate):
+    """A key gate that another follower's 401 reopens just after the first answer accepting
+    the key; `entered` is set as a follower comes to it (having found it holding or not)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(ReconnectPolicy(0.01, 0.01, 60.0, rand=lambda _low, high: high), clock)
+        self.entered = asyncio.Event()
+        self.reopened = asyncio.Event()
+
+    async def enter(self) -> tuple[int | None, bool]:
+        self.entered.set()
+        return await super().enter()
+
+    def accepted(self) -> None:
+        super().accepted()
+        if not self.reopened.is_set():
+            self.reopened.set()
+            self.entered.clear()
+            self.refused("CA_2", 401)
+
+
+async def test_a_403_is_counted_whatever_the_gate_does_meanwhile(
+    run_follower: Callable[..., Any],
 ) -> None:
-    # CA_1 is refused (400); while it waits the 0.2 s its stream asked for, CA_2's request finds
-    # the key refused and the gate opens for 0.5 s; CA_1 is refused again when it reopens. The
-    # 0.55 s between its two refusals, over the give-up time, were the key's, not its call's.
-    ca1_refused = asyncio.Event()
-    ca1_answers = iter(["retry", 400, 400])
-    ca2_answers = iter([401])
+    forbidden = iter([403])
 
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
-        if request.match_info["call"] == "CA_1":
-            answer = next(ca1_answers, None)
-            if answer == "retry":
-                return await stream(request, b"retry: 200\n\n")
-            if answer == 400:
-                ca1_refused.set()
-                return web.json_response({"detail": "bad request"}, status=400)
-        elif next(ca2_answers, None) == 401:
-            await ca1_refused.wait()
-            await asyncio.sleep(0.05)  # the key is refused just after CA_1's refusal
-            return web.json_response({"detail": "bad key"}, status=401)
+        if next(forbidden, None) == 403:
+            return web.json_response({"detail": "not yours"}, status=403)
         return await stream(request, frame(entry(1, "call.score")))
 
-    ended, _, publisher, _, metrics = await run_followers(
-        handler,
-        calls=["CA_1", "CA_2"],
-        give_up_after_seconds=0.35,
-        gate_policy=ReconnectPolicy(0.5, 0.5, 60.0, rand=lambda _low, high: high),
+    ended, server, publisher, _, metrics = await run_follower(handler, gate=ReopenedGate())
+    assert ended
+    assert publisher.seqs == [1]
+    assert len(server.requests) == 2
+    assert reconnects(metrics, "auth") == 1
+
+
+async def test_waiting_for_a_refused_key_does_not_run_the_give_up_clock(
+    run_follower: Callable[..., Any],
+) -> None:
+    # CA_1 is refused (400) as the key is found refused; it waits at the gate, whose clock
+    # stands still until then, and is refused again 1,000 s after its first refusal: those
+    # seconds, over the give-up time, were the key's, not its call's.
+    now = [0.0]
+    gate = ReopenedGate(clock=lambda: now[0])
+    answers = iter([400, 400])
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        status = next(answers, None)
+        if status is not None:
+            return web.json_response({"detail": "bad request"}, status=status)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    async def key_accepted_later() -> None:
+        await gate.reopened.wait()
+        await gate.entered.wait()  # CA_1 came to the gate, and found it holding
+        now[0] += 1_000.0
+
+    later = asyncio.create_task(key_accepted_later())
+    ended, _, publisher, _, metrics = await run_follower(
+        handler, give_up_after_seconds=100.0, gate=gate, clock=lambda: now[0]
     )
-    assert ended == [True, True]
-    assert publisher.seqs == [1, 1]
+    await later
+    assert ended
+    assert publisher.seqs == [1]
     assert given_up(metrics, "refused") == 0
     assert reconnects(metrics, "protocol") == 2
