@@ -282,38 +282,43 @@ async def test_kafka_down_503_with_retry_after(harness: Harness) -> None:
     assert (body["error"], body["accepted"], body["failed"]) == ("kafka_unavailable", 0, 1)
 
 
+# An entry of about 800 bytes: one in flight fills most of a 1024-byte in-flight budget.
+PADDED = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"pad": "a" * 600}})
+
+
+async def stalled_in_flight(harness: Harness) -> asyncio.Task[Any]:
+    """Kafka stalls and one PADDED webhook stays in flight, its record sent: the post's task."""
+    harness.sink.auto_ack = False
+    first = asyncio.create_task(harness.post(PADDED))
+    await until(lambda: len(harness.sink.records) == 1)
+    return first
+
+
 async def test_past_the_bytes_in_flight_a_webhook_is_refused_503_at_once() -> None:
-    body = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"pad": "a" * 600}})
     async with serving(settings(max_in_flight_bytes=1024)) as harness:
-        harness.sink.auto_ack = False  # Kafka stalls: the first webhook stays in flight
-        first = asyncio.create_task(harness.post(body))
-        await until(lambda: len(harness.sink.records) == 1)
-        refused = await harness.post(body)
+        first = await stalled_in_flight(harness)
+        refused = await harness.post(PADDED)
         assert refused.status == 503
         assert refused.headers["Retry-After"] == "5"
         assert (await refused.json())["error"] == "overloaded"
         assert harness.rejected("overloaded") == 1
         assert len(harness.sink.records) == 1  # refused unread, nothing published
-        harness.sink.auto_ack = True
-        harness.sink.futures[0].set_result(None)
+        harness.sink.ack_all()
         assert (await first).status == 200
         # What the first held is released: the next one gets in.
-        assert (await harness.post(body)).status == 200
+        assert (await harness.post(PADDED)).status == 200
     assert harness.rejected("kafka_unavailable") == 0
 
 
 async def test_a_body_declared_too_large_is_413_even_when_overloaded() -> None:
     # It was a 503: Pinecall retried a body the bridge would never take.
-    body = jsoncodec.dumps({**jsoncodec.loads(ENTRY), "data": {"pad": "a" * 600}})
     async with serving(settings(max_in_flight_bytes=1024)) as harness:
-        harness.sink.auto_ack = False  # Kafka stalls: the first webhook stays in flight
-        first = asyncio.create_task(harness.post(body))
-        await until(lambda: len(harness.sink.records) == 1)
+        first = await stalled_in_flight(harness)
         refused = await harness.post(b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}')
         assert refused.status == 413
         assert (await refused.json())["error"] == "body_too_large"
         assert (harness.rejected("body_too_large"), harness.rejected("overloaded")) == (1, 0)
-        harness.sink.futures[0].set_result(None)
+        harness.sink.ack_all()
         assert (await first).status == 200
 
 

@@ -18,14 +18,20 @@ from bridge.workers import pod
 from bridge.workers.pod import PodView
 
 
+async def serve_on(app: web.Application, *paths: Path) -> web.AppRunner:
+    """`app` served on each Unix socket of `paths`; the caller cleans the runner up."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    for path in paths:
+        await web.UnixSite(runner, str(path)).start()
+    return runner
+
+
 async def serve_worker(path: Path, metrics: Metrics, readiness: Readiness) -> web.AppRunner:
     """A worker's own probes on its socket, as bridge/workers/worker.py serves them."""
     app = web.Application()
     app.add_routes(probe_routes(readiness, metrics))
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
-    return runner
+    return await serve_on(app, path)
 
 
 @pytest.fixture
@@ -116,9 +122,7 @@ async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path)
 
     app = web.Application()
     app.router.add_get("/readyz", hang)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
+    runner = await serve_on(app, path)
     view = PodView({"0": path}, timeout=0.2)
     try:
         assert await view.ask("/readyz") == {"0": None}
@@ -145,11 +149,8 @@ async def test_every_worker_is_asked_at_once(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/healthz", once_all_are_asked)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
     sockets = {str(n): tmp_path / f"worker-{n}.sock" for n in range(count)}
-    for path in sockets.values():
-        await web.UnixSite(runner, str(path)).start()
+    runner = await serve_on(app, *sockets.values())
     view = PodView(sockets, timeout=5.0)
     try:
         answers = await view.ask("/healthz")
@@ -210,9 +211,7 @@ async def test_a_worker_answer_over_its_cap_counts_as_unreachable_and_is_logged(
     app = web.Application()
     app.router.add_get("/readyz", endless)
     app.router.add_get("/metrics", endless)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
+    runner = await serve_on(app, path)
     view = PodView({"0": path}, timeout=5.0)
     try:
         assert await view.ask("/readyz") == {"0": None}
