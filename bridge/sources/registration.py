@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Step = Literal["set", "take-over", "refuse"]
 # Every answer of the webhook API is a small object (`{url, signed}`, `{sent, error}`).
 MAX_ANSWER_BYTES = 64 * 1024
+# The start of a refusal's body kept in its error (which is logged at every retry).
+ERROR_TEXT_CHARS = 300
 
 
 class RegistrationError(Exception):
@@ -77,7 +79,8 @@ class WebhookRegistry:
         self._session = session
         self._api = api
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, *, hide: str = "") -> Any:
+        """One request; `hide` (the webhook secret of a PUT) never appears in its errors."""
         key = self._api.api_key.get_secret_value() if self._api.api_key else ""
         try:
             async with self._session.request(
@@ -91,7 +94,7 @@ class WebhookRegistry:
                 if (refused := redirected(response)) is not None:
                     raise RegistrationError(f"{method} {path}: {refused}")
                 if response.status >= 300:
-                    text = (await response.content.read(300)).decode("utf-8", "replace")
+                    text = await _error_text(response, hide)
                     raise RegistrationError(f"{method} {path}: HTTP {response.status} {text}")
                 if response.status == 204:
                     return None
@@ -106,7 +109,9 @@ class WebhookRegistry:
 
     async def put(self, url: str, secret: str) -> None:
         # An empty secret is the platform's "unsigned": it sends no signature header then.
-        await self._call("PUT", self._api.webhook_path, {"url": url, "secret": secret or None})
+        await self._call(
+            "PUT", self._api.webhook_path, {"url": url, "secret": secret or None}, hide=secret
+        )
 
     async def delete(self) -> bool:
         """Forget the organisation's webhook; False when it had none."""
@@ -139,3 +144,19 @@ class WebhookRegistry:
             )
         await self.put(url, secret)
         return Registered(previous=current, took_over=step == "take-over")
+
+
+async def _error_text(response: aiohttp.ClientResponse, hide: str) -> str:
+    """The start of a refusal's body, `hide` in it replaced whole.
+
+    An API's validation error may echo the request (FastAPI's 422 `input`): the body is read
+    past the cut, whatever its chunks, so a secret straddling the cut is hidden too.
+    """
+    want = ERROR_TEXT_CHARS + len(hide.encode())
+    raw = b""
+    while len(raw) < want and (chunk := await response.content.read(want - len(raw))):
+        raw += chunk
+    text = raw.decode("utf-8", "replace")
+    if hide:
+        text = text.replace(hide, "[secret]")
+    return text[:ERROR_TEXT_CHARS]

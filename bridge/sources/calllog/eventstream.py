@@ -5,7 +5,8 @@ dropped; an event is dispatched by a blank line, so a partial event at EOF is ne
 (`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
 Line and event sizes are capped, and the parser never grows past them: an event that exceeds them
 is dropped as it is read and comes out as TooLarge, with its type and id, so a reader can say
-which entry it skipped and go on past it instead of meeting it again on every reconnect.
+which entry it skipped and go on past it instead of meeting it again on every reconnect. A
+`retry:` is capped too (at 300 s).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from bridge.sources.textsize import utf8_size
 _LINE_END = re.compile(r"\r\n|\r|\n")
 MAX_LINE_BYTES = 1_048_576
 MAX_EVENT_BYTES = 1_048_576
+# The longest `retry:` taken, as a `Retry-After` is (pages.MAX_RETRY_AFTER): a server's year
+# would stall a stream for as long, and thousands of digits would not even parse.
+MAX_RETRY_MILLISECONDS = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,11 @@ class EventStreamParser:
                 self._id_buffer = value
                 self._has_id = True
         elif name == "retry" and value and value.isascii() and value.isdigit():
-            items.append(Retry(int(value)))
+            digits = value.lstrip("0")
+            # More digits than the cap has is above it: no need to parse them.
+            too_long = len(digits) > len(str(MAX_RETRY_MILLISECONDS))
+            milliseconds = MAX_RETRY_MILLISECONDS if too_long else int(digits or "0")
+            items.append(Retry(min(milliseconds, MAX_RETRY_MILLISECONDS)))
         # Any other field name is ignored, as the spec says.
 
     def _drop(self, size: int) -> None:

@@ -19,6 +19,8 @@ class FakeApi:
         self.puts = 0
         self.gets = 0
         self.failing = False  # answer every request 503, as a Pinecall having a bad moment
+        # Refuse a PUT 422 echoing its input, as FastAPI's validation errors do.
+        self.refuse_put_echoing = False
         app = web.Application()
         app.router.add_route("*", "/v1/webhook", self.webhook)
         app.router.add_post("/v1/webhook/test", self.test)
@@ -47,6 +49,9 @@ class FakeApi:
             return web.json_response(shown)
         if request.method == "PUT":
             body = await request.json()
+            if self.refuse_put_echoing:
+                detail = {"loc": ["body", "secret"], "msg": "too short", "input": body["secret"]}
+                return web.json_response({"detail": [detail]}, status=422)
             self.puts += 1
             self.hook = {"url": body["url"], "secret": body.get("secret") or None}
             return web.Response(status=204)

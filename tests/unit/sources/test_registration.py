@@ -104,6 +104,22 @@ async def test_bad_key_is_a_clear_error(api: tuple[FakeApi, WebhookRegistry]) ->
             await WebhookRegistry(session, wrong).delete()
 
 
+@pytest.mark.parametrize("filler", [0, 240])  # 240: the secret straddles the 300 bytes kept
+async def test_a_refused_put_never_repeats_the_secret(
+    api: tuple[FakeApi, WebhookRegistry], filler: int
+) -> None:
+    # The error is logged at every retry: an answer echoing the PUT's body must not put the
+    # webhook secret in the log.
+    fake, registry = api
+    fake.refuse_put_echoing = True
+    secret = "whsec-" + "x" * filler + "-0123456789abcdef0123456789abcdef"
+    with pytest.raises(RegistrationError, match="PUT /v1/webhook: HTTP 422") as raised:
+        await registry.ensure(OURS, secret)
+    said = str(raised.value)
+    assert secret[:12] not in said
+    assert secret[-12:] not in said
+
+
 async def test_an_answer_over_the_size_cap_is_a_clear_error(
     api: tuple[FakeApi, WebhookRegistry], monkeypatch: pytest.MonkeyPatch
 ) -> None:

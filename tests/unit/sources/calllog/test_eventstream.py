@@ -8,6 +8,7 @@ from bridge.sources.calllog.eventstream import (
     Retry,
     TooLarge,
 )
+from bridge.sources.calllog.pages import MAX_RETRY_AFTER
 
 
 def parse(*chunks: bytes) -> list[Item]:
@@ -108,6 +109,22 @@ def test_retry_needs_ascii_digits_only(value: bytes) -> None:
 
 def test_retry_with_digits() -> None:
     assert parse(b"retry: 0\nretry: 2500\n") == [Retry(0), Retry(2500)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"31536000000",  # a year: the stream would not be read again for as long
+        b"9" * 400,  # past a float: reading it in seconds would raise OverflowError
+        b"9" * 5000,  # past int()'s 4,300 digits: parsing it would raise ValueError
+    ],
+)
+def test_retry_is_capped_as_retry_after_is(value: bytes) -> None:
+    assert parse(b"retry: " + value + b"\n") == [Retry(int(MAX_RETRY_AFTER * 1000))]
+
+
+def test_retry_with_leading_zeros_is_its_value() -> None:
+    assert parse(b"retry: " + b"0" * 40 + b"250\n") == [Retry(250)]
 
 
 def test_comments_are_keep_alives_in_order() -> None:
