@@ -13,6 +13,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from bridge.sink.durability import min_insync_for
 from bridge.workers.pod import ASK_TIMEOUT_SECONDS
 from tests.deploy import pss
 from tests.deploy.tools import (
@@ -517,6 +518,38 @@ def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:
         ("group", "bridge-a-feed-lease", "literal"),
         ("transactionalId", "bridge-a-dedup-", "prefix"),
     } <= names
+
+
+@pytest.mark.parametrize(("replicas", "insync"), [(1, 1), (2, 1), (3, 2)])
+def test_strimzi_topics_min_insync_follows_the_replicas_as_the_bridge_sets_it(
+    replicas: int, insync: int
+) -> None:
+    # 2, but below the replicas: at 2 of 2 every broker restart stops writes; above, every write.
+    assert min_insync_for(replicas, None) == insync
+    manifests = render(SIGNED, "strimzi.enabled=true", f"strimzi.topics.replicas={replicas}")
+    topics = [m["spec"] for m in manifests if m["kind"] == "KafkaTopic"]
+    assert len(topics) == 5
+    assert {(t["replicas"], t["config"]["min.insync.replicas"]) for t in topics} == {
+        (replicas, insync)
+    }
+
+
+def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Path) -> None:
+    def insync(replicas: int, value: Any) -> set[Any]:
+        topics = {"replicas": replicas, "config": {"min.insync.replicas": value}}
+        values = tmp_path / "values.yaml"
+        values.write_text(yaml.safe_dump({"strimzi": {"topics": topics}}))
+        manifests = render(SIGNED, "strimzi.enabled=true", values=values)
+        return {
+            m["spec"]["config"]["min.insync.replicas"]
+            for m in manifests
+            if m["kind"] == "KafkaTopic"
+        }
+
+    assert insync(3, 3) == {3}
+    assert insync(3, 1) == {1}
+    # Strimzi takes a string too: kept as given.
+    assert insync(5, "3") == {"3"}
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """The chart refuses to render what the bridge would refuse to start with (templates/_validate.tpl):
 `helm install` fails with the values to fix, instead of pods that exit 2 and crash-loop. Each
 refusal is checked against the bridge's own validation (bridge/config.py) with the same settings,
-so the chart never refuses what the bridge accepts."""
+so the chart never refuses what the bridge accepts. Strimzi topics whose min.insync.replicas is
+above their replicas are refused too (templates/strimzi-topics.yaml): the bridge starts with
+them, but logs an ERROR, and Kafka refuses every write."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.config import ConfigError, load_settings
+from bridge.sink.durability import durability_problem
 from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, merged, render
 from tests.environ import without_bridge_variables
 
@@ -303,3 +307,26 @@ def test_every_problem_is_listed_at_once() -> None:
     assert "no webhook secret" in error
     assert "heartbeatIntervalMs (4000)" in error
     assert "config.topics.ingest (pinecall.dlq)" in error
+
+
+@pytest.mark.parametrize(("replicas", "insync"), [(1, 2), (2, 3), (3, 4)])
+def test_a_strimzi_min_insync_above_the_replicas_is_refused(replicas: int, insync: int) -> None:
+    # Not a value the bridge refuses to start with: it logs an ERROR at start, while Kafka
+    # refuses every write to the topics. The chart refuses it before any topic is made.
+    problem = durability_problem(replicas, str(insync))
+    assert problem is not None
+    assert problem[0] == logging.ERROR
+    error = refused(
+        SECRET,
+        "strimzi.enabled=true",
+        f"strimzi.topics.replicas={replicas}",
+        rf"strimzi.topics.config.min\.insync\.replicas={insync}",
+    )
+    assert (
+        f"strimzi.topics.config.min.insync.replicas ({insync}) must not exceed"
+        f" strimzi.topics.replicas ({replicas})"
+    ) in error
+    assert "NOT_ENOUGH_REPLICAS" in error
+    # The chart's own default fits any replica count: only an explicit value is refused.
+    defaults = render(SECRET, "strimzi.enabled=true", f"strimzi.topics.replicas={replicas}")
+    assert any(m["kind"] == "KafkaTopic" for m in defaults)
