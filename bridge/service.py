@@ -33,7 +33,14 @@ from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
 from bridge.routing import Router
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
-from bridge.sink.kafka import KafkaSink, TopicSpec, client_options, replication_factors
+from bridge.sink.kafka import (
+    KafkaSink,
+    TopicConfigs,
+    TopicSpec,
+    client_options,
+    replication_factors,
+)
+from bridge.sink.topicreads import unread
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -256,19 +263,21 @@ class Bridge:
 
     async def _connect_ingest(self) -> None:
         await self.sink.start()
+        fresh: set[str] = set()
         if self.settings.topics.create:
-            await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
+            fresh = await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
         names = [self.settings.topics.ingest, *self.router.topics()]
         # The dedup stage's config checks ride on the limits' DescribeConfigs request.
         configs = await self.sink.learn_limits(
-            names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS) if self.dedup is not None else ()
+            names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS) if self.dedup is not None else (), fresh
         )
         await self.sink.warm([self.settings.topics.ingest])
         self._watch_ingest_topic()
         if self.dedup is not None:
-            self._check_ingest_configs(configs)
+            self._check_configs(names, configs, fresh)
             if configs is not None:
-                self._check_durability(configs, await self._replication_factors(names))
+                factors = await self._replication_factors(names, fresh)
+                self._check_durability(configs.found, factors)
 
     async def _start_parts(self) -> None:
         """Start every part, each retried on its own: one that cannot start holds up no other.
@@ -352,26 +361,35 @@ class Bridge:
                 extra={"topic": self.settings.topics.ingest, **found.facts},
             )
 
-    def _check_ingest_configs(self, configs: dict[str, dict[str, str]] | None) -> None:
-        """Log what in the ingest topic's configs lets a restore miss ids (one made elsewhere)."""
-        name = self.settings.topics.ingest
+    def _check_configs(
+        self, names: list[str], configs: TopicConfigs | None, fresh: set[str]
+    ) -> None:
+        """Log each topic whose configs could not be read, and why; then check the ingest
+        topic's."""
         if configs is None:
             log.warning(
-                "could not read the ingest topic's configs to check them", extra={"topic": name}
+                "could not read the topics' configs to check them",
+                extra={"topic": self.settings.topics.ingest},
             )
             return
-        if name not in configs:
+        for name, why, error_code in unread(names, configs.found, configs.errors, fresh):
             log.warning(
-                "could not read the ingest topic's configs to check them (no DescribeConfigs?)",
-                extra={"topic": name},
+                f"could not read a topic's configs to check them: {why}",
+                extra={"topic": name, "error_code": error_code},
             )
-            return
+        self._check_ingest_configs(configs.found)
+
+    def _check_ingest_configs(self, configs: dict[str, dict[str, str]]) -> None:
+        """Log what in the ingest topic's configs lets a restore miss ids (one made elsewhere)."""
+        name = self.settings.topics.ingest
+        if name not in configs:
+            return  # said by _check_configs
         for problem in ingest_topic_problems(configs[name], self.settings.dedup):
             log.error(problem, extra={"topic": name})
 
-    async def _replication_factors(self, names: list[str]) -> dict[str, int]:
+    async def _replication_factors(self, names: list[str], fresh: set[str]) -> dict[str, int]:
         try:
-            return await replication_factors(client_options(self.settings.kafka), names)
+            return await replication_factors(client_options(self.settings.kafka), names, fresh)
         except KafkaError as exc:
             log.warning(
                 "could not read the topics' replication factors to check their durability",

@@ -37,8 +37,8 @@ class NoopSink(KafkaSink):
         future.set_result(None)
         return future
 
-    async def ensure_topics(self, *_: Any) -> None:
-        return None
+    async def ensure_topics(self, *_: Any) -> set[str]:
+        return set()
 
     async def warm(self, names: list[str]) -> None:
         return None

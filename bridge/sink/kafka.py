@@ -8,9 +8,9 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -19,6 +19,7 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
+    LeaderNotAvailableError,
     OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -39,6 +40,7 @@ from bridge.sink.drain import drain_whole_brokers
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
+from bridge.sink.topicreads import not_yet_visible
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ MAX_MESSAGE_BYTES = "max.message.bytes"
 # a batch failed after taking its sequence numbers (expired, refused for its size), or the
 # broker forgot the producer.
 WEDGING = (OutOfOrderSequenceNumber, UnknownProducerId)
+T = TypeVar("T")
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -110,6 +113,7 @@ class TopicSpec:
 __all__ = [
     "KafkaSink",
     "Record",
+    "TopicConfigs",
     "TopicSpec",
     "client_options",
     "max_message_bytes",
@@ -119,47 +123,107 @@ __all__ = [
 ]
 
 
+# How long a read waits for topics just created to reach the broker it asks: their metadata
+# takes tens of milliseconds to spread, and a read before that says the topic does not exist.
+SETTLE_SECONDS = 5.0
+_SETTLE_FIRST_DELAY = 0.05
+_SETTLE_MAX_DELAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfigs:
+    """The configs read of each topic, and the error code a broker answered for each not read."""
+
+    found: dict[str, dict[str, str]]
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+Read = Callable[[list[str]], Awaitable[tuple[dict[str, T], dict[str, int]]]]
+
+
+async def _settled(
+    read: Read[T], names: list[str], fresh: Collection[str]
+) -> tuple[dict[str, T], dict[str, int]]:
+    """`read` the topics, and again those of `fresh` a broker did not know yet, for at most
+    SETTLE_SECONDS: the found, and the error codes of those still not read."""
+    found, errors = await read(names)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_SECONDS
+    delay = _SETTLE_FIRST_DELAY
+    while (pending := not_yet_visible(errors, fresh)) and loop.time() < deadline:
+        await asyncio.sleep(min(delay, deadline - loop.time()))
+        delay = min(delay * 2, _SETTLE_MAX_DELAY)
+        more, still = await read(pending)
+        found.update(more)
+        errors = {name: code for name, code in errors.items() if name not in pending} | still
+    return found, errors
+
+
 async def topic_configs(
-    options: dict[str, Any], names: list[str], keys: tuple[str, ...]
-) -> dict[str, dict[str, str]]:
-    """Each existing topic's values of `keys`, as the cluster reports them (KafkaError if not)."""
+    options: dict[str, Any],
+    names: list[str],
+    keys: tuple[str, ...],
+    fresh: Collection[str] = (),
+) -> TopicConfigs:
+    """Each existing topic's values of `keys`, as the cluster reports them (KafkaError if not);
+    those of `fresh` (just created) are waited for a moment if a broker does not know them yet."""
+
+    async def read(asked: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(keys)) for name in asked]
+        )
+        found: dict[str, dict[str, str]] = {}
+        errors: dict[str, int] = {}
+        for response in responses:
+            for error_code, _, _, name, entries, *_ in response.resources:
+                if error_code:
+                    errors[name] = error_code
+                else:
+                    found[name] = {
+                        key: value
+                        for key, value, *_ in entries
+                        if key in keys and value is not None
+                    }
+        return found, errors
+
     admin = AIOKafkaAdminClient(**options)
     try:
         await admin.start()
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(keys)) for name in names]
-        )
+        found, errors = await _settled(read, names, fresh)
     finally:
         await admin.close()
-    found: dict[str, dict[str, str]] = {}
-    for response in responses:
-        for error_code, _, _, name, entries, *_ in response.resources:
-            if not error_code:
-                found[name] = {
-                    key: value for key, value, *_ in entries if key in keys and value is not None
-                }
-    return found
+    return TopicConfigs(found, errors)
 
 
 async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
     """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
-    return _limits(await topic_configs(options, names, (MAX_MESSAGE_BYTES,)))
+    return _limits((await topic_configs(options, names, (MAX_MESSAGE_BYTES,))).found)
 
 
-async def replication_factors(options: dict[str, Any], names: list[str]) -> dict[str, int]:
+async def replication_factors(
+    options: dict[str, Any], names: list[str], fresh: Collection[str] = ()
+) -> dict[str, int]:
     """Each existing topic's replication factor: its partitions' fewest replicas (KafkaError if
-    the cluster cannot be asked)."""
+    the cluster cannot be asked); those of `fresh` are waited for a moment, as by topic_configs."""
+
+    async def read(asked: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        found: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        for topic in await admin.describe_topics(asked):
+            if topic["error_code"] == 0 and topic["partitions"]:
+                found[topic["topic"]] = min(len(p["replicas"]) for p in topic["partitions"])
+            else:
+                # No partitions yet: as unknown, the topic's creation has not arrived whole.
+                errors[topic["topic"]] = topic["error_code"] or LeaderNotAvailableError.errno
+        return found, errors
+
     admin = AIOKafkaAdminClient(**options)
     try:
         await admin.start()
-        described = await admin.describe_topics(names)
+        found, _ = await _settled(read, names, fresh)
     finally:
         await admin.close()
-    return {
-        topic["topic"]: min(len(partition["replicas"]) for partition in topic["partitions"])
-        for topic in described
-        if topic["error_code"] == 0 and topic["partitions"]
-    }
+    return found
 
 
 async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
@@ -309,15 +373,19 @@ class KafkaSink:
         self._last_ack = time.monotonic()
         self._set_connected(True)
 
-    async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> None:
-        """Create missing topics; a cluster that forbids it is fine, other errors are raised."""
+    async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> set[str]:
+        """Create missing topics; a cluster that forbids it is fine, other errors are raised.
+
+        Returns the topics created just now (here or by another process): not every broker
+        may know them yet.
+        """
         admin = AIOKafkaAdminClient(**client_options(self._settings))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             missing = [spec for spec in specs if spec.name not in existing]
             if not missing:
-                return
+                return set()
             factor = topics.replication_factor
             if factor == -1:
                 # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
@@ -341,33 +409,39 @@ class KafkaSink:
             try:
                 response = await admin.create_topics(new)
             except TopicAlreadyExistsError:
-                return
+                return {spec.name for spec in missing}
+            created: set[str] = set()
             for name, code, *_ in getattr(response, "topic_errors", []):
                 if code not in (0, TopicAlreadyExistsError.errno):
                     log.warning("could not create topic", extra={"topic": name, "error_code": code})
                 else:
+                    created.add(name)
                     log.info("topic ready", extra={"topic": name})
+            return created
         except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
             # Locked-down clusters pre-create topics; the bridge then only needs to write.
             log.warning(
                 "not allowed to create topics; they must exist already",
                 extra={"error": type(exc).__name__},
             )
+            return set()
         finally:
             await admin.close()
 
     async def learn_limits(
-        self, names: list[str], keys: tuple[str, ...] = ()
-    ) -> dict[str, dict[str, str]] | None:
+        self, names: list[str], keys: tuple[str, ...] = (), fresh: Collection[str] = ()
+    ) -> TopicConfigs | None:
         """Read the topics' max.message.bytes, so no record is sent that they would refuse.
 
         `keys` are read in the same request, for the caller: the configs read are returned, or
         None if the cluster refused. Without the right to describe the topics (an ACL), the
         configured limit is assumed: they must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES.
+        The topics of `fresh`, just created, are waited for a moment if a broker does not know
+        them yet.
         """
         try:
             configs = await topic_configs(
-                client_options(self._settings), names, (MAX_MESSAGE_BYTES, *keys)
+                client_options(self._settings), names, (MAX_MESSAGE_BYTES, *keys), fresh
             )
         except KafkaError as exc:
             log.warning(
@@ -376,7 +450,7 @@ class KafkaSink:
             )
             return None
         s = self._settings
-        for name, limit in _limits(configs).items():
+        for name, limit in _limits(configs.found).items():
             self.limits.learn(name, limit)
             if limit < s.max_batch_bytes:
                 # A batch of small records could exceed it, and the broker would refuse them

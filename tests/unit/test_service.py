@@ -11,6 +11,8 @@ import pytest
 
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.service import Bridge, run_until_stopped
+from bridge.sink.kafka import TopicConfigs
+from bridge.sink.topicreads import why_unread
 from bridge.workers.role import Stages
 from tests.polling import until
 
@@ -238,23 +240,38 @@ async def test_a_process_serving_no_port_skips_the_drain_delay(
 
 
 def config_check_logs(
-    configs: dict[str, dict[str, str]] | None, caplog: pytest.LogCaptureFixture
+    configs: dict[str, dict[str, str]] | TopicConfigs | None,
+    caplog: pytest.LogCaptureFixture,
+    fresh: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
     bridge = Bridge(load_settings(webhook={"secrets": ["s"]}))
     caplog.set_level(logging.WARNING, logger="bridge.service")
-    bridge._check_ingest_configs(configs)
+    if isinstance(configs, dict):
+        configs = TopicConfigs(configs)
+    ingest = bridge.settings.topics.ingest
+    names = [ingest, *(name for name in configs.found if name != ingest)] if configs else [ingest]
+    bridge._check_configs(names, configs, set(fresh))
     return [(r.levelname, r.getMessage()) for r in caplog.records]
 
 
-def test_unreadable_ingest_configs_are_said_to_be_unchecked(
+def test_unreadable_configs_are_said_to_be_unchecked_with_the_reason(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    refused = "could not read the ingest topic's configs to check them"
-    assert config_check_logs(None, caplog) == [("WARNING", refused)]
-    caplog.clear()
-    assert config_check_logs({"pinecall.other": {}}, caplog) == [
-        ("WARNING", refused + " (no DescribeConfigs?)")
+    ingest = load_settings(webhook={"secrets": ["s"]}).topics.ingest
+    assert config_check_logs(None, caplog) == [
+        ("WARNING", "could not read the topics' configs to check them")
     ]
+    unread = "could not read a topic's configs to check them: "
+    other = {"pinecall.other": {"min.insync.replicas": "1"}}
+    for errors, fresh, said in [
+        ({ingest: 3}, {ingest}, why_unread(3, fresh=True)),  # created, not visible yet
+        ({ingest: 3}, set(), why_unread(3, fresh=False)),
+        ({ingest: 29}, {ingest}, why_unread(29, fresh=True)),  # an ACL
+        ({}, set(), why_unread(None, fresh=False)),
+    ]:
+        caplog.clear()
+        logs = config_check_logs(TopicConfigs(other, errors), caplog, frozenset(fresh))
+        assert logs == [("WARNING", unread + said)]
 
 
 def test_each_problem_of_the_ingest_topic_is_logged_as_an_error(

@@ -1,4 +1,5 @@
-"""A stand-in for aiokafka's producer, shaped as the sink and clienttasks look at it."""
+"""Stand-ins for aiokafka's producer and admin client, shaped as the sink and clienttasks look
+at them."""
 
 from __future__ import annotations
 
@@ -138,3 +139,50 @@ class RetryingConsumer:
         await asyncio.sleep(self._stop_takes)
         await stop_cut_by_a_retry()
         await self._client.close()  # not reached
+
+
+class FakeAdmin:
+    """An admin client of a cluster whose brokers learn of each topic of `late` only after
+    answering `misses` reads that it does not exist (UnknownTopicOrPartition)."""
+
+    made: ClassVar[list[FakeAdmin]] = []
+    misses = 1
+    late: ClassVar[set[str]] = set()
+    refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
+
+    def __init__(self, **_: Any) -> None:
+        self.asked: list[list[str]] = []  # the topics of each read, in order
+        self._missed: dict[str, int] = {}
+        FakeAdmin.made.append(self)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _code(self, name: str) -> int:
+        if name in self.refused:
+            return 29
+        if name in self.late and self._missed.get(name, 0) < self.misses:
+            self._missed[name] = self._missed.get(name, 0) + 1
+            return 3
+        return 0
+
+    async def describe_configs(self, resources: list[Any]) -> list[Any]:
+        self.asked.append([r.name for r in resources])
+        answered = []
+        for r in resources:
+            code = self._code(r.name)
+            entries = [] if code else [(key, "1", False, 1, False) for key in r.configs]
+            answered.append((code, "", 2, r.name, entries))
+        return [SimpleNamespace(resources=answered)]
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        self.asked.append(list(names))
+        described = []
+        for name in names:
+            code = self._code(name)
+            partitions = [] if code else [{"partition": 0, "replicas": [1]}]
+            described.append({"topic": name, "error_code": code, "partitions": partitions})
+        return described

@@ -14,10 +14,17 @@ from aiokafka.errors import (
 
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
+from bridge.sink import kafka
 from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died
-from bridge.sink.kafka import KafkaSink, Record, client_options
+from bridge.sink.kafka import (
+    KafkaSink,
+    Record,
+    client_options,
+    replication_factors,
+    topic_configs,
+)
 from tests.polling import until
-from tests.unit.sink.fakes import FakeProducer
+from tests.unit.sink.fakes import FakeAdmin, FakeProducer
 
 # The producer's liveness below: replaced when aiokafka's sender task dies (aiokafka#1038 under
 # uvloop), probed with metadata for its own topics. No test here talks to a broker.
@@ -257,3 +264,58 @@ async def test_one_timed_out_record_among_acknowledged_ones_is_not_an_outage() -
     seen.append(sink.connected)
     assert seen == [True, False, True]
     await sink.stop()
+
+
+@pytest.fixture
+def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admin clients are FakeAdmins; every topic known to every broker unless a test says."""
+    FakeAdmin.made = []
+    FakeAdmin.misses = 1
+    FakeAdmin.late = set()
+    FakeAdmin.refused = set()
+    monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)
+
+
+OPTIONS = client_options(KafkaSettings())
+INSYNC = ("min.insync.replicas",)
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_topic_just_created_is_read_again_until_its_broker_knows_it() -> None:
+    # The metadata of a topic just created takes a moment to reach every broker: a read before
+    # that says UnknownTopicOrPartition, which used to pass for a refused DescribeConfigs.
+    FakeAdmin.late, FakeAdmin.misses = {"fresh"}, 2
+    read = await topic_configs(OPTIONS, ["old", "fresh"], INSYNC, fresh={"fresh"})
+    assert read.found == {name: {"min.insync.replicas": "1"} for name in ("old", "fresh")}
+    assert read.errors == {}
+    assert FakeAdmin.made[0].asked == [["old", "fresh"], ["fresh"], ["fresh"]]
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_only_topics_just_created_and_unknown_are_read_again() -> None:
+    FakeAdmin.late, FakeAdmin.refused = {"gone"}, {"locked"}
+    read = await topic_configs(OPTIONS, ["gone", "locked"], INSYNC, fresh={"locked"})
+    # "gone" was not created now (missing or deleted); "locked" is refused by an ACL.
+    assert (read.found, read.errors) == ({}, {"gone": 3, "locked": 29})
+    assert FakeAdmin.made[0].asked == [["gone", "locked"]]
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_topic_just_created_is_waited_for_a_bounded_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kafka, "SETTLE_SECONDS", 0.2)
+    FakeAdmin.late, FakeAdmin.misses = {"fresh"}, 10**9
+    read = await asyncio.wait_for(topic_configs(OPTIONS, ["fresh"], INSYNC, fresh={"fresh"}), 10)
+    assert (read.found, read.errors) == ({}, {"fresh": 3})
+    assert len(FakeAdmin.made[0].asked) > 1
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_replication_factor_of_a_topic_just_created_is_read_again() -> None:
+    FakeAdmin.late = {"fresh"}
+    assert await replication_factors(OPTIONS, ["old", "fresh"], fresh={"fresh"}) == {
+        "old": 1,
+        "fresh": 1,
+    }
+    assert FakeAdmin.made[0].asked == [["old", "fresh"], ["fresh"]]
