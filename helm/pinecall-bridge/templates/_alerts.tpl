@@ -423,6 +423,9 @@ groups:
           description: {{ printf "%s/%s had more calls to follow than BRIDGE_SSE__MAX_CALLS and ten times as many waiting in the last 15 minutes, and dropped %s of them: their logs are read only if the call list, swept again once the queue drains, still shows them within the dedup TTL. Raise config.sse.maxCalls or add replicas." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecalllogcallsdropped" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
+        # The pod's /readyz: only the processes serving the port export `ready` (a dedup-only
+        # process, config.dedup.ownProcess, does not); one that answers no scrape has no series
+        # here (PinecallBridgeWorkerUnreachable).
         expr: |
           min by (namespace, pod) (pinecall_bridge_ready) == 0
         for: {{ $notReady }}
