@@ -326,6 +326,8 @@ class EventStreams:
             self._stats.sse_auth_refused += 1
             if call_log:
                 self._stats.sse_log_auth_refused += 1
+                if SSE not in request.headers.get("Accept", ""):
+                    self._stats.sse_page_auth_refused += 1
             self._stats.unauthorized += 1
             return unauthorized("this key is refused (injected failure)")
         if bearer_ok(request.headers.get("Authorization"), self._config.api_key):

@@ -40,6 +40,7 @@ class Stats:
     sse_errors_injected: int = 0  # call-log requests answered 5xx by fault injection
     sse_auth_refused: int = 0  # call-log, feed and list requests refused 401 by fault injection
     sse_log_auth_refused: int = 0  # of those, the call-log requests (streams and pages)
+    sse_page_auth_refused: int = 0  # of those, the call-log pages (a gap fill's, say)
     log_pages_served: int = 0  # JSON pages of a call log
     sealed_answers: int = 0  # 204s: a sealed call log already read to its end
     feed_entries_sent: int = 0  # lifecycle entries written on org-feed streams

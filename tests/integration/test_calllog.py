@@ -242,9 +242,25 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
         calls = Calls(sim, "CA_auth")
         names = calls.open(40)
         await play(calls, names, 5, rng)
-        sim.sse_refuse_auth(refusing)  # every reconnect, the feed's too, is answered 401 meanwhile
-        assert sim.stats.sse_log_auth_refused == 0
-        assert sim.sse_cut() > 0
+        await all_followed(sim, names)
+        sim.sse_refuse_auth(refusing)  # every request, the feed's too, is answered 401 meanwhile
+        # A gap on one open stream: its first page is refused, and that opens the key gate.
+        assert sim.sse_gap(names[0], entries=4) == 1
+        await play(calls, names, 5, rng)
+        await until(lambda: openings(caplog), 10, 0.01, "the key gate opened by a gap page")
+        assert sim.stats.sse_log_auth_refused == sim.stats.sse_page_auth_refused == 1
+        # Then a gap on every other stream: each follower leaves it without asking for a page.
+        gaps = sample(handle.metrics, "pinecall_bridge_sse_gaps_total")
+        assert sim.sse_gap(entries=4) >= len(names) - 1
+
+        def every_gap_read() -> bool:
+            read = sample(handle.metrics, "pinecall_bridge_sse_gaps_total") - gaps
+            return read >= len(names) - 1
+
+        await play(calls, names, 5, rng)
+        await until(every_gap_read, 10, 0.01, "the other streams' gaps read")
+        assert sim.stats.sse_page_auth_refused == 1
+        assert sim.sse_cut() > 0  # the org feed's stream: its reconnects are refused too
         await play(calls, names, 5, rng)
         await asyncio.sleep(refusing)
         refused = sim.stats.sse_auth_refused
@@ -262,12 +278,17 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
     # Backed off, not hammered: the org feed and the call list retried a 401 at most every
     # BACKOFF_MAX_SECONDS (0.5 s) or so; a tight loop would make thousands of requests.
     assert 0 < refused <= log_refused + 2 * (refusing / FAST_SSE["backoff_max_seconds"] + 2)
-    # The call logs together: each follower's request out when the key was refused, then one
-    # probe per backoff; each on its own would make one per follower per backoff (~280 here).
+    # The call logs together, gap pages and streams: each follower's request out when the key
+    # was refused, then one probe per backoff; each on its own would make one per follower per
+    # backoff (~280 here).
     probes = refusing / FAST_SSE["backoff_max_seconds"] + 2
     assert 0 < log_refused <= len(names) + probes, log_refused
-    openings = [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API")]
-    assert len(openings) == 1
+    assert len(openings(caplog)) == 1
+
+
+def openings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The key gate's ERRORs: one per refusal of the key."""
+    return [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API")]
 
 
 async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_passed(

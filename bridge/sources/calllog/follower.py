@@ -57,6 +57,14 @@ class _FillFailedError(Exception):
     """A gap could not be read from the pages: reconnect, and the replay covers it."""
 
 
+class _PageRefusedError(Exception):
+    """A gap page was refused (401/403) or not asked for (the key gate holds): leave the stream."""
+
+    def __init__(self, outcome: _Outcome) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+
 class _EndedError(Exception):
     """The follower is done: `ended` when the log is read to its end or given up."""
 
@@ -161,9 +169,9 @@ class Follower:
                     allow_redirects=False,
                 )
             async with response:
+                if (refused := self._answered(response.status)) is not None:
+                    return refused
                 reason, floor = _refusal(response)
-                if _key_taken(response.status):
-                    self._gate.accepted()
                 if response.status == 204:
                     state.sealed()
                     raise _EndedError(ended=True)
@@ -171,20 +179,6 @@ class Follower:
                     self._opened_at = self._clock()
                     state.connected()
                     return _Outcome(await self._read(response))
-                if response.status == 401:
-                    # The gate logs once per refusal of the key, and times the next attempt.
-                    self._gate.refused(state.call, response.status)
-                    state.unanswered()
-                    return _Outcome(reason, floor, key_refused=True)
-                if reason == "auth":
-                    # A 403 may be this call's alone (another app's, say): were it to open the
-                    # gate, one such call would stall every follower at each of its retries.
-                    log.warning(
-                        "call log forbidden: the API key lacks the right to this call's log",
-                        extra={**self._ctx(), "status": response.status},
-                    )
-                    state.unanswered()
-                    return _Outcome(reason, floor)
                 log.warning(
                     "call log stream refused",
                     extra={**self._ctx(), "status": response.status, **redirect_note(response)},
@@ -193,6 +187,8 @@ class Follower:
                     raise _EndedError(ended=True)
         except _StoppedError as exc:
             raise _EndedError(ended=False) from exc
+        except _PageRefusedError as exc:
+            return exc.outcome
         except _FillFailedError:
             reason = "gap_fill_failed"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -208,6 +204,27 @@ class Follower:
         if self._opened_at is None and reason != "protocol":
             state.unanswered()
         return _Outcome(reason, floor)
+
+    def _answered(self, status: int) -> _Outcome | None:
+        """Tell the key gate what an answer (a stream's or a gap page's) says of the key; how
+        the attempt ends for a 401 or 403, None for any other answer."""
+        if status == 401:
+            # The gate logs once per refusal of the key, and times the next attempt.
+            self._gate.refused(self.call, status)
+            self.state.unanswered()
+            return _Outcome("auth", key_refused=True)
+        if _key_taken(status):
+            self._gate.accepted()
+        if status == 403:
+            # A 403 may be this call's alone (another app's, say): were it to open the gate,
+            # one such call would stall every follower at each of its retries.
+            log.warning(
+                "call log forbidden: the API key lacks the right to this call's log",
+                extra={**self._ctx(), "status": status},
+            )
+            self.state.unanswered()
+            return _Outcome("auth")
+        return None
 
     def _given_up(self, status: int) -> bool:
         """Leave a call whose log keeps being refused: counted, and an error in the log."""
@@ -286,6 +303,7 @@ class Follower:
     async def _fill(self, gap: Fill) -> None:
         """Read seqs gap.first..gap.last from the JSON pages and publish them, page by page."""
         self._metrics.sse_gaps.inc()
+        self._page_admitted()
         log.info(
             "call log gap: reading it from the pages",
             extra={**self._ctx(), "from_seq": gap.first, "to_seq": gap.last},
@@ -301,6 +319,7 @@ class Follower:
                 env=self._api.env,
                 timeout_seconds=self._api.request_timeout_seconds,
             ):
+                self._gate.accepted()  # a page came: the key was taken
                 entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
                 times = [
                     float(e["ts"])
@@ -311,11 +330,20 @@ class Follower:
                 await self._publish(entries, times, entries[-1]["seq"] if entries else None)
                 if page.next is None or page.next >= gap.last:
                     break
+                self._page_admitted()  # before the next page is asked for
         except PageError as exc:
+            if exc.status is not None and (refused := self._answered(exc.status)) is not None:
+                raise _PageRefusedError(refused) from exc
             log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})
             raise _FillFailedError from exc
         self.state.filled(gap.last)
         self._metrics.sse_gaps_filled.inc()
+
+    def _page_admitted(self) -> None:
+        """A gap page is asked for only while the key is not known refused; else the follower
+        leaves its stream (its position kept) to wait at the gate with the others."""
+        if self._gate.holding:
+            raise _PageRefusedError(_Outcome("auth", key_refused=True))
 
     def _ctx(self) -> dict[str, Any]:
         return {"call": self.call, "after": self.state.acked}
@@ -342,10 +370,9 @@ def _key_taken(status: int) -> bool:
 
 
 def _refusal(response: aiohttp.ClientResponse) -> tuple[Reason, float]:
-    """Why a response is not a stream, and the server's own wait (Retry-After) if it said."""
+    """Why a response is not a stream (401 and 403 are `_answered`'s), and the server's own wait
+    (Retry-After) if it said."""
     status = response.status
-    if status in (401, 403):
-        return "auth", 0.0
     if status == 429 or status >= 500:
         return "server_error", retry_after_seconds(response.headers.get("Retry-After")) or 0.0
     return "protocol", 0.0

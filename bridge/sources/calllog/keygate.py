@@ -37,6 +37,12 @@ class KeyGate:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), turn.seconds)
 
+    @property
+    def holding(self) -> bool:
+        """Whether the key is known refused: a request inside an admitted attempt (a gap's page)
+        must not go, but its follower come back to `enter`."""
+        return self._breaker.state != "closed"
+
     def refused(self, call: str, status: int) -> None:
         was = self._breaker.state
         now = self._clock()

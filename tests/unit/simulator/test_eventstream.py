@@ -308,6 +308,7 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
         assert answer.status == 200
     assert sim.stats.sse_auth_refused == 1
     assert sim.stats.sse_log_auth_refused == 1
+    assert sim.stats.sse_page_auth_refused == 1  # no `Accept: text/event-stream`
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
 from tests.entries import entry
 from tests.metrics import sample
+from tests.polling import until
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 
@@ -623,3 +624,120 @@ async def test_waiting_for_a_refused_key_does_not_run_the_give_up_clock(
     assert publisher.seqs == [1]
     assert given_up(metrics, "refused") == 0
     assert reconnects(metrics, "protocol") == 2
+
+
+class WatchedGate(KeyGate):
+    """A key gate on a clock the test moves: `waiting` counts the followers held at it, and
+    `opened` is set once the key is refused."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(ReconnectPolicy(0.01, 0.01, 60.0, rand=lambda _low, high: high), clock)
+        self.waiting = 0
+        self.opened = asyncio.Event()
+
+    async def enter(self) -> tuple[int | None, bool]:
+        self.waiting += 1
+        try:
+            return await super().enter()
+        finally:
+            self.waiting -= 1
+
+    def refused(self, call: str, status: int) -> None:
+        super().refused(call, status)
+        self.opened.set()
+
+
+def call_log(call: str, seqs: range) -> bytes:
+    """Frames of `call`'s entries at `seqs`; seq 4 is its score, the end."""
+    return b"".join(
+        frame(entry(s, "call.score" if s == 4 else "turn.user", call=call)) for s in seqs
+    )
+
+
+def gap_frame(call: str) -> bytes:
+    """Seqs 2 and 3 skipped on this connection."""
+    return frame(entry(3, "log.gap", call=call, from_seq=2, to_seq=3, snapshot=None))
+
+
+def is_page(request: web.Request) -> bool:
+    return "text/event-stream" not in request.headers.get("Accept", "")
+
+
+def published(publisher: FakePublisher, call: str) -> list[int]:
+    return [item["seq"] for batch in publisher.batches for item in batch if item["call"] == call]
+
+
+async def test_a_401_on_a_gap_page_holds_every_follower_back_until_the_key_is_accepted(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The key is revoked as CA_0 asks for its gap's first page: that 401 opens the gate. CA_1
+    # and CA_2 read a gap of their own once it is open: they ask for no page, and no follower
+    # asks for anything (the gate's clock stands still) until the probe.
+    now = [0.0]
+    gate = WatchedGate(clock=lambda: now[0])
+    calls = ["CA_0", "CA_1", "CA_2"]
+    key_ok = True
+    refused: list[tuple[str, str]] = []
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        nonlocal key_ok
+        call = request.match_info["call"]
+        if call == "CA_0" and is_page(request):
+            key_ok = False
+        if not key_ok:
+            refused.append((call, "page" if is_page(request) else "stream"))
+            return web.json_response({"detail": "bad key"}, status=401)
+        if request.query["after"] == "0":
+            response = await stream(request, call_log(call, range(1, 2)))
+            if call != "CA_0":
+                await gate.opened.wait()
+            await response.write(gap_frame(call))
+            await asyncio.sleep(5.0)
+            return response
+        return await stream(request, call_log(call, range(2, 5)))
+
+    followed = asyncio.create_task(
+        run_followers(handler, calls=calls, gate=gate, clock=lambda: now[0])
+    )
+    try:
+        await until(lambda: gate.waiting == len(calls), what="every follower held at the gate")
+        assert refused == [("CA_0", "page")]
+        key_ok = True
+        now[0] += 60.0  # the probe's turn
+        ended, server, publisher, _, metrics = await followed
+    finally:
+        followed.cancel()
+    assert ended == [True, True, True]
+    for call in calls:  # each resumed from its own position: nothing lost, nothing twice
+        assert published(publisher, call) == [1, 2, 3, 4], call
+    after_the_key = server.requests[len(calls) + 1 :]
+    assert [query["after"] for _, query in after_the_key] == ["1"] * len(calls)
+    assert len(key_refusals(caplog)) == 1
+    assert reconnects(metrics, "auth") == len(calls)
+    assert reconnects(metrics, "gap_fill_failed") == 0
+    assert sample(metrics, "pinecall_bridge_sse_gaps_total") == len(calls)
+
+
+async def test_a_403_on_a_gap_page_holds_back_only_its_own_follower(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    forbidden = iter([403])
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        call = request.match_info["call"]
+        if is_page(request):
+            assert next(forbidden) == 403  # the one page asked for
+            return web.json_response({"detail": "not yours"}, status=403)
+        if call == "CA_0" and request.query["after"] == "0":
+            return await stream(request, call_log(call, range(1, 2)) + gap_frame(call), hold=5.0)
+        return await stream(request, call_log(call, range(int(request.query["after"]) + 1, 5)))
+
+    ended, _, publisher, _, metrics = await run_followers(handler, calls=["CA_0", "CA_1", "CA_2"])
+    assert ended == [True, True, True]
+    for call in ("CA_0", "CA_1", "CA_2"):
+        assert published(publisher, call) == [1, 2, 3, 4], call
+    assert key_refusals(caplog) == []
+    forbidden_lines = [r for r in caplog.records if r.getMessage().startswith("call log forbidden")]
+    assert [r.__dict__["call"] for r in forbidden_lines] == ["CA_0"]
+    assert reconnects(metrics, "auth") == 1
+    assert reconnects(metrics, "gap_fill_failed") == 0

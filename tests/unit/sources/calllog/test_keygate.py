@@ -105,3 +105,17 @@ async def test_a_probe_ending_without_a_verdict_lets_another_probe_after_a_backo
     clock.now = 10.0
     await until(waiter.done, what="the next probe after the backoff")
     assert waiter.result() == (2, True)
+
+
+async def test_it_holds_from_the_refusal_of_the_key_until_it_is_accepted_again() -> None:
+    clock = Clock()
+    gate = gate_at(clock)
+    held = [gate.holding]
+    gate.refused("CA_1", 401)
+    held.append(gate.holding)
+    clock.now = 5.0
+    assert await gate.enter() == (1, False)
+    held.append(gate.holding)  # the probe is out: no verdict yet
+    gate.accepted()
+    held.append(gate.holding)
+    assert held == [False, True, True, False]
