@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import (
@@ -251,7 +252,14 @@ async def test_the_feed_has_one_reader_and_fails_over(
                 if r.alive
             ]
 
-        await asyncio.sleep(3)  # time for a second reader to show up, if the lease were broken
+        # Every replica has been through the lease's election (the group settled with all three,
+        # each given its assignment): a broken lease would have a second reader by now.
+        await until(
+            lambda: lease_members(kafka_bootstrap, f"{topics.group}-feed-lease", 3),
+            60,
+            0.25,
+            "all three replicas in the feed lease's group",
+        )
         assert len(simulator.feed.subscribed()) == 1
         assert simulator.stats.connections_total == 1, "more than one replica opened the feed"
         assert sorted(await held()) == [0, 0, 1]
@@ -301,3 +309,15 @@ async def test_the_feed_has_one_reader_and_fails_over(
     assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
     assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
     assert set(ids) <= durable, "published something Pinecall never sent durably"
+
+
+async def lease_members(bootstrap: str, group: str, members: int) -> bool:
+    """Whether `group` is stable with `members` members, each of them given its assignment."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    [(error, _, state, _, _, described, *_)] = response.groups
+    return error == 0 and state == "Stable" and len(described) == members
