@@ -27,7 +27,6 @@ from bridge.config import (
     unknown_variables,
 )
 from bridge.normalise.event import Channel
-from bridge.normalise.shapes import UnrecognisedReason
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
@@ -276,9 +275,18 @@ def _redrive(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from rich.console import Console
 
-    from bridge.deadletter import Selection
+    from bridge.deadletter import REASONS, Selection, unknown_reasons
     from bridge.redrive import run_redrive
 
+    unknown = unknown_reasons(args.reason or ())
+    if unknown:
+        # Not an error: dead letters of an older version may carry reasons this one dropped.
+        print(
+            f"pinecall-bridge redrive: warning: this version writes no dead letter with reason"
+            f" {', '.join(map(repr, unknown))} (only an older one may have); it writes"
+            f" {', '.join(sorted(REASONS))}",
+            file=sys.stderr,
+        )
     selection = Selection(
         since=args.since,
         until=args.until,
@@ -438,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument(
         "--reason",
         action="append",
-        choices=get_args(UnrecognisedReason),
-        help="only this pinecall-dlq-reason (repeatable)",
+        metavar="REASON",
+        # Any text: a dead-letter topic keeps what older versions wrote, under their reasons.
+        help="only this pinecall-dlq-reason (repeatable); any text, for reasons an older"
+        " version wrote",
     )
     redrive.add_argument(
         "--channel",

@@ -14,9 +14,12 @@ from typing import Any, Literal, cast, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Channel, Unrecognised, normalise
+from bridge.normalise.shapes import UnrecognisedReason
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER, DLQ_RECEIVED_AT_HEADER
 
 CHANNELS: frozenset[str] = frozenset(get_args(Channel))
+# The reasons this version writes (`pinecall-dlq-reason`); older versions may have written others.
+REASONS: frozenset[str] = frozenset(get_args(UnrecognisedReason))
 # The reasons under which a source dead-letters a note of what it could not read.
 NOTE_REASONS = frozenset({"too_large", "invalid_json"})
 # Dead letters offered to the ingest stage in one delivery at most.
@@ -77,6 +80,11 @@ class Selection:
         if self.reasons and letter.reason not in self.reasons:
             return False
         return not self.channels or letter.channel in self.channels
+
+
+def unknown_reasons(reasons: Iterable[str]) -> list[str]:
+    """The reasons asked for that this version never writes (an older one may have), sorted."""
+    return sorted(set(reasons) - REASONS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ class Metrics:
         )
         self.end_to_end = Histogram(
             f"{PREFIX}_end_to_end_seconds",
-            "From receipt by the bridge to its output record's committed transaction.",
+            "From receipt by the bridge to its output record's committed transaction (not for"
+            " events a redrive offered again: their receipt was the first one).",
             buckets=_LAG_BUCKETS,
             registry=r,
         )

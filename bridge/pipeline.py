@@ -23,7 +23,7 @@ from bridge.normalise.binding import CONTENT_TYPE, Mode
 from bridge.normalise.binding import encode as encode_cloudevent
 from bridge.normalise.vocabulary import type_label
 from bridge.routing import Drop, Router
-from bridge.sink.limits import too_large
+from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.record import Record
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         event_lag: bool = True,
         dead_letters: bool = True,
+        redriven: bool = False,
+        output_limits: TopicLimits | None = None,
     ) -> None:
         self._sink = sink
         self._router = router
@@ -138,6 +140,12 @@ class Pipeline:
         self._event_lag = event_lag
         # A redrive reads the dead-letter topic: writing to it again would grow it at every run.
         self._dead_letters = dead_letters
+        # A redrive's events keep their first receipt time: the dedup stage leaves them out of
+        # its end-to-end latency, which would otherwise show their days in the dead-letter topic.
+        self._redriven = redriven
+        # A command's output limits: an event its output topic cannot take is refused here, where
+        # the dedup stage would skip it after the command counted it as taken.
+        self._output_limits = output_limits
         self._records_in_flight = 0
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
@@ -197,6 +205,10 @@ class Pipeline:
                     continue
                 value, headers = encode_cloudevent(normalised, self._source, route.key, self._mode)
                 output = Record(route.topic, route.key, value, headers)
+                limits = self._output_limits
+                if limits is not None and record_size(output) > limits.limit(output.topic):
+                    self._refuse(channel, result)
+                    continue
                 record = encode(
                     self._ingest,
                     normalised.id,
@@ -204,6 +216,7 @@ class Pipeline:
                     channel,
                     received_at,
                     normalised.event_time if self._event_lag else None,
+                    redriven=self._redriven,
                 )
                 reason = None
             if record.key in held_back:
@@ -383,6 +396,8 @@ def pipeline_for(
     *,
     event_lag: bool = True,
     dead_letters: bool = True,
+    redriven: bool = False,
+    output_limits: TopicLimits | None = None,
 ) -> Pipeline:
     """The ingest stage as the settings configure it: the daemon's, and the commands'."""
     return Pipeline(
@@ -396,6 +411,8 @@ def pipeline_for(
         publish_timeout=settings.kafka.publish_timeout_seconds,
         event_lag=event_lag,
         dead_letters=dead_letters,
+        redriven=redriven,
+        output_limits=output_limits,
     )
 
 

@@ -221,7 +221,8 @@ class StageProducer:
         # failure would be logged by asyncio as an error of its own.
         delivery.add_done_callback(functools.partial(self._outcome, txn, out.topic))
         txn.published[out.topic] += 1
-        txn.timings.append((entry.received_at, entry.event_time))
+        if not entry.redriven:  # received days ago, maybe: no latency of the bridge's now
+            txn.timings.append((entry.received_at, entry.event_time))
 
     async def commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
         """Commit the open transaction with the offsets it consumed; no-op without one."""

@@ -21,6 +21,9 @@ CHANNEL = PREFIX + "channel"
 RECEIVED_AT = PREFIX + "received-at"
 EVENT_TIME = PREFIX + "event-time"
 UNKEYED = PREFIX + "unkeyed"
+# Offered again by `redrive`: its receipt time is its first, maybe days ago, so no latency of it
+# says anything of the bridge now.
+REDRIVEN = PREFIX + "redriven"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class IngestEntry:
     channel: str
     received_at: float
     event_time: float | None
+    redriven: bool = False
 
 
 def ingest_key(event_id: str, key: bytes | None) -> bytes:
@@ -45,6 +49,8 @@ def encode(
     channel: str,
     received_at: float,
     event_time: float | None = None,
+    *,
+    redriven: bool = False,
 ) -> Record:
     """The ingest record that carries `output` to the dedup stage."""
     headers = [
@@ -57,6 +63,8 @@ def encode(
         headers.append((EVENT_TIME, repr(event_time).encode()))
     if output.key is None:
         headers.append((UNKEYED, b"1"))
+    if redriven:
+        headers.append((REDRIVEN, b"1"))
     return Record(
         topic=ingest_topic,
         key=ingest_key(event_id, output.key),
@@ -103,4 +111,4 @@ def decode(
         value=value,
         headers=tuple(rest),
     )
-    return IngestEntry(event_id, output, channel, received_at, event_time)
+    return IngestEntry(event_id, output, channel, received_at, event_time, REDRIVEN in mine)

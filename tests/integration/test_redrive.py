@@ -16,12 +16,15 @@ from bridge.normalise.event import rfc3339
 from bridge.redrive import redrive, run_redrive
 from bridge.sink.record import Record
 from tests.integration.conftest import (
+    RunningBridge,
     Topics,
     bridge_settings,
+    create_topic,
     entry,
     ingest_ends,
     read_decided,
     read_to_end,
+    until_metrics,
     write_ingest,
 )
 
@@ -96,6 +99,49 @@ async def test_a_dead_letter_the_bridge_now_reads_is_published_once_and_the_dlq_
     assert len(await read_decided(kafka_bootstrap, topics, [topics.events])) == 1
     dlq = await read_to_end(kafka_bootstrap, [topics.dlq])
     assert len(dlq) == 3, "what is still unrecognised is not dead-lettered again"
+
+
+async def test_events_still_too_large_are_counted_and_left_in_the_dlq_the_rest_published(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    await create_topic(kafka_bootstrap, topics.ingest, 3, {"max.message.bytes": "20000"})
+    await create_topic(kafka_bootstrap, topics.events, 3, {"max.message.bytes": "8000"})
+    bridge: RunningBridge = await start_bridge()
+    settings = bridge_settings(kafka_bootstrap, topics)
+    since = time.time() - 1
+    # Dead-lettered whole as too large, in one webhook delivery: one still too large for the
+    # ingest topic, one that the ingest topic takes and the events topic does not (the dedup
+    # stage would skip it, published nowhere), and one that fits now.
+    for_neither = entry(1, call=unique_call, data={"text": "x" * 30_000})
+    for_ingest_only = entry(2, call=unique_call, data={"text": "y" * 10_000})
+    fits = entry(3, call=unique_call)
+    await write_ingest(
+        kafka_bootstrap,
+        [
+            dead_letter(topics, item, "too_large", "webhook")
+            for item in (for_neither, for_ingest_only, fits)
+        ],
+    )
+
+    out = io.StringIO()
+    code = await asyncio.to_thread(
+        run_redrive, settings, Selection(since), Console(file=out, width=400)
+    )
+    said = " ".join(out.getvalue().split())
+    assert code == 0, said
+    assert "3 the bridge reads now: 1 to the ingest topic, 0 dropped by routing," in said
+    assert "2 still too large for Kafka (" in said
+    assert "left in the dead-letter topic, not written again" in said
+    assert "error" not in said
+    [published] = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert published.json()["id"] == f"{unique_call}:3"
+    dlq = await read_to_end(kafka_bootstrap, [topics.dlq])
+    assert len(dlq) == 3, "what is still too large is not dead-lettered again"
+    events = f'pinecall_bridge_events_published_total{{topic="{topics.events}"}}'
+    metrics = await until_metrics(bridge, lambda m: m.get(events) == 1)
+    assert metrics.get("pinecall_bridge_dedup_output_too_large_total") == 0, "never offered"
+    # Received long ago: published, but no end-to-end latency of the bridge's.
+    assert metrics.get("pinecall_bridge_end_to_end_seconds_count") == 0
 
 
 async def test_a_missing_dead_letter_topic_fails_clearly(

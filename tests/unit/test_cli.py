@@ -225,12 +225,36 @@ def test_redrive_takes_a_time_range_reasons_and_channels(
         ["sse"],
         True,
     )
-    for wrong in ([], ["--since", "yesterday"], ["--since", "1h", "--reason", "misisng_type"]):
+    for wrong in ([], ["--since", "yesterday"]):
         assert exit_code(["redrive", *wrong]) == 2
     err = capsys.readouterr().err
     assert "the following arguments are required: --since" in err
     assert "'yesterday' is not epoch seconds" in err
-    assert "invalid choice: 'misisng_type'" in err
+
+
+def test_redrive_selects_a_reason_only_an_older_version_wrote_and_warns_of_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge import redrive
+    from bridge.deadletter import Selection
+
+    asked: list[Selection] = []
+
+    def run(settings: object, selection: Selection, console: object, *, dry_run: bool) -> int:
+        asked.append(selection)
+        return 0
+
+    monkeypatch.setattr(redrive, "run_redrive", run)
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    reasons = ["--reason", "bad_schema_v1", "--reason", "invalid_data"]
+    assert main(["redrive", "--since", "1h", *reasons, "--dry-run"]) == 0
+    assert asked[0].reasons == {"bad_schema_v1", "invalid_data"}
+    err = capsys.readouterr().err
+    assert "warning: this version writes no dead letter with reason 'bad_schema_v1'" in err
+    assert "it writes invalid_data, invalid_json, invalid_seq, invalid_type, missing_type," in err
+    # Only today's reasons: nothing to warn of.
+    assert main(["redrive", "--since", "1h", "--reason", "invalid_data"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_redrive_until_before_since_is_a_usage_error(

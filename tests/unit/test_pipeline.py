@@ -33,6 +33,8 @@ def make(
     mode: Mode = "structured",
     *,
     dead_letters: bool = True,
+    redriven: bool = False,
+    output_limits: TopicLimits | None = None,
     **topics: Any,
 ) -> tuple[Pipeline, Metrics]:
     metrics = Metrics()
@@ -47,6 +49,8 @@ def make(
         mode=mode,
         clock=lambda: 1_700_000_500.25,
         dead_letters=dead_letters,
+        redriven=redriven,
+        output_limits=output_limits,
     )
     return pipeline, metrics
 
@@ -496,6 +500,33 @@ async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> N
     assert (result.accepted, result.dead_lettered, result.refused) == (2, 0, 2)
     assert [dict(r.headers)[ID] for r in sink.records] == [b"CA_1:1", b"CA_1:3"]
     assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 0
+
+
+async def test_an_event_its_output_topic_cannot_take_is_refused_given_output_limits() -> None:
+    # A redrive's: the dedup stage would skip it, published nowhere, after the ingest topic took
+    # it and the command counted it as taken.
+    limits = TopicLimits(1_048_576)
+    limits.learn(TopicSettings().events, 3000)
+    sink = FakeSink()
+    pipeline, _ = make(sink, dead_letters=False, output_limits=limits)
+    big = entry(2, data={"text": "x" * 4000})
+    result = await pipeline.submit([entry(1), big, entry(3)], "webhook")
+    assert result.ok
+    assert (result.accepted, result.dead_lettered, result.refused) == (2, 0, 1)
+    assert [dict(r.headers)[ID] for r in sink.records] == [b"CA_1:1", b"CA_1:3"]
+
+
+async def test_a_redrive_marks_its_records_so_the_dedup_stage_does_not_time_them() -> None:
+    for redriven in (False, True):
+        sink = FakeSink()
+        pipeline, _ = make(sink, redriven=redriven)
+        first_receipt = 1_699_000_000.0  # days before the clock: a dead letter's
+        result = await pipeline.submit([entry(1)], "webhook", received_at=first_receipt)
+        assert result.accepted == 1
+        [record] = sink.records
+        read = decode(record.key, record.value, record.headers)
+        assert read is not None
+        assert (read.redriven, read.received_at) == (redriven, first_receipt)
 
 
 async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:

@@ -66,10 +66,12 @@ def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
         unreadable=Counter({"its value is not JSON": 1}),
     )
     lines = summary(report, 900)
-    assert lines[:3] == [
+    assert lines[:4] == [
         "40 dead letters read, 30 selected",
         "5 the bridge reads now: 3 to the ingest topic, 1 dropped by routing,"
         " 1 refused by Kafka (too large)",
+        "1 still too large for Kafka (the ingest or output topic's max.message.bytes,"
+        " BRIDGE_KAFKA__MAX_REQUEST_BYTES): left in the dead-letter topic, not written again",
         "3 still unrecognised (invalid_data: 1, missing_type: 2): left in the dead-letter topic,"
         " not written again",
     ]

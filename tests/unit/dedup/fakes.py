@@ -104,11 +104,15 @@ class ProducerFactory:
         return producer
 
 
-def ingest(offset: int, event_id: str, at: float, *, channel: str = "webhook") -> FakeRecord:
-    """An ingest record, as the bridge writes it, appended at `at`."""
+def ingest(
+    offset: int, event_id: str, at: float, *, channel: str = "webhook", redriven: bool = False
+) -> FakeRecord:
+    """An ingest record, as the bridge writes it (or a redrive: `redriven`), appended at `at`."""
     call = event_id.split(":")[0]
     out = Record("pinecall.events", call.encode(), event_id.encode(), (("pinecall-id", b"x"),))
-    r = encode("ingest", event_id, out, channel, received_at=at - 0.01, event_time=at - 1)
+    r = encode(
+        "ingest", event_id, out, channel, at - 0.01, None if redriven else at - 1, redriven=redriven
+    )
     return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
 
 

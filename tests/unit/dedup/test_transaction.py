@@ -127,6 +127,20 @@ async def test_commit_flushes_then_sends_the_offsets_with_the_group_then_commits
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 0
 
 
+async def test_a_redriven_event_is_published_but_not_timed_from_its_first_receipt() -> None:
+    # Received days ago and dead-lettered: its wait in the dead-letter topic is no latency.
+    out, producer, metrics = stage_producer()
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    redriven = entry_of(ingest(1, "CA_1:2", 100.0, redriven=True))
+    await out.publish(redriven, TP, 1)
+    await out.commit({TP: 2}, GROUP)
+    assert sends(producer) == [b"CA_1:1", b"CA_1:2"]
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 2
+    assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 1
+    assert sample(metrics, "pinecall_bridge_event_lag_seconds_count") == 1
+
+
 async def test_commit_without_an_open_transaction_does_nothing() -> None:
     out, producer, metrics = stage_producer()
     await out.commit({TP: 3}, GROUP)

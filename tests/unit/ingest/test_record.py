@@ -5,6 +5,7 @@ from bridge.ingest.record import (
     EVENT_TIME,
     ID,
     RECEIVED_AT,
+    REDRIVEN,
     TOPIC,
     UNKEYED,
     IngestEntry,
@@ -43,6 +44,16 @@ def test_without_an_event_time() -> None:
     assert EVENT_TIME not in dict(record.headers)
     entry = read_back(record)
     assert (entry.channel, entry.event_time) == ("websocket", None)
+
+
+def test_a_redriven_record_says_so_and_a_live_one_does_not() -> None:
+    live = encode("ingest", "CA_1:1", output(), "webhook", 1.5)
+    assert REDRIVEN not in dict(live.headers)
+    assert not read_back(live).redriven
+    again = encode("ingest", "CA_1:1", output(), "webhook", 1.5, redriven=True)
+    assert dict(again.headers)[REDRIVEN] == b"1"
+    entry = read_back(again)
+    assert (entry.redriven, entry.received_at, entry.output) == (True, 1.5, output())
 
 
 def test_unkeyed_output_is_keyed_by_its_dedup_id_and_read_back_unkeyed() -> None:
