@@ -16,6 +16,11 @@ A frame over BRIDGE_WEBSOCKET__MAX_FRAME_BYTES is read (up to READ_LIMIT_FACTOR 
 a note of it is dead-lettered in its place, the connection kept: closing it would lose the
 frames sent until the reconnect, uncounted. Only a frame larger still closes it.
 
+A stop closes the connection with the close handshake and reads it to its end: Pinecall stops
+sending once it reads the close, and every frame sent before, received or on its way, is read and
+published (the feed has no resume: a frame thrown away with the connection is lost). A close
+unanswered within half of what is left of the stop's budget cuts the connection.
+
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
 Frames sent in the overlap arrive twice (the dedup stage drops the copies); none is missed.
@@ -197,6 +202,8 @@ class WebSocketSource:
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._close_by = 0.0  # loop time; set by stop(): when an unanswered close is cut
+        self._connecting = False  # the reader waits for a connection: nothing to read yet
         self._draining = False
         self.token_expires_at: float | None = None
 
@@ -210,17 +217,28 @@ class WebSocketSource:
         self._publisher = self._supervisor.spawn("websocket-publisher", self._publish_forever)
 
     async def stop(self, deadline: float, *, lease_held: bool = True) -> None:
-        """Stop reading, then publish what was already read until `deadline` (loop time).
+        """Close the connection and read it to its end, publishing as it goes, all by `deadline`
+        (loop time).
 
         `lease_held`: the lease is handed on only after this, so until then nobody reads the feed.
         """
+        now = asyncio.get_running_loop().time()
+        remaining = max(deadline - now, 0.0)
+        # Half of what is left for the close handshake (the publisher runs meanwhile), a quarter
+        # more for the reader to end after it, the rest for publishing what it read last.
+        self._close_by = now + remaining / 2
         self._stopping.set()
         if lease_held:
             self._downtime.down(time.monotonic())
         else:  # another replica may read the feed already: not this pod's downtime
             self._downtime.up(time.monotonic())
         if self._reader is not None:
-            self._reader.cancel()
+            if self._connecting:  # nothing received yet: nothing to read to its end
+                self._reader.cancel()
+            done, _ = await asyncio.wait({self._reader}, timeout=remaining * 3 / 4)
+            if not done:
+                log.error("feed reader still running past its share of the stop; cancelled")
+                self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._draining = True
@@ -248,7 +266,8 @@ class WebSocketSource:
         assert self._session is not None
         tokens = TokenClient(self._session, self._api, self._settings)
         handover: _Opened | None = None
-        while not self._stopping.is_set():
+        # Stopping, a successor already opened is read to its end too: it has frames of its own.
+        while not self._stopping.is_set() or handover is not None:
             opened_at: float | None = None
             refused = False
             reason: DisconnectReason = "error"
@@ -256,12 +275,17 @@ class WebSocketSource:
             refresher: asyncio.Task[_Opened] | None = None
             try:
                 if opened is None:
-                    opened = await self._open(tokens)
+                    self._connecting = True
+                    try:
+                        opened = await self._open(tokens)
+                    finally:
+                        self._connecting = False
                     log.info("feed connected", extra={"url": self._settings.url})
                 opened_at = time.monotonic()
-                self._metrics.websocket_connected.set(1)
-                self._downtime.up(opened_at)
-                refresher = self._refresh_later(tokens, opened)
+                if not self._stopping.is_set():
+                    self._metrics.websocket_connected.set(1)
+                    self._downtime.up(opened_at)
+                    refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
                     self._take(opened, message)
                 reason = await self._read(opened)
@@ -287,6 +311,12 @@ class WebSocketSource:
                             "max_frame_bytes": self._settings.max_frame_bytes,
                         },
                     )
+                elif self._stopping.is_set():
+                    log.warning(
+                        "feed did not answer the stop's close in time: the connection was cut,"
+                        " frames it sent meanwhile are lost",
+                        extra={"detail": str(exc)},
+                    )
                 else:
                     log.warning("feed closed", extra={"reason": reason, "detail": str(exc)})
             except (OSError, TimeoutError, InvalidHandshake) as exc:
@@ -299,9 +329,6 @@ class WebSocketSource:
             finally:
                 replaced = opened is not None and opened.replaced
                 handover = await _successor(refresher, wait=replaced)
-                if handover is not None and self._stopping.is_set():
-                    await handover.ws.close()
-                    handover = None
                 if handover is None:
                     self._metrics.websocket_connected.set(0)
                     if not self._stopping.is_set():  # stopped, it is no longer meant to run
@@ -310,7 +337,7 @@ class WebSocketSource:
                         self._downtime.down(time.monotonic() if since is None else since)
                 if opened is not None:
                     await opened.ws.close()
-            if self._stopping.is_set():
+            if self._stopping.is_set() and handover is None:
                 return
             if handover is not None:
                 # The old connection is read to its end; the new one takes over at once.
@@ -419,17 +446,30 @@ class WebSocketSource:
 
     async def _read(self, opened: _Opened) -> DisconnectReason:
         ws = opened.ws
+        closer = asyncio.create_task(self._close_on_stop(ws), name="websocket-close-on-stop")
         try:
             async for message in ws:
                 self._take(opened, message)
         except ConnectionClosed as exc:
             raise _refusal_by_close(opened, exc) or exc from None
+        finally:
+            closer.cancel()
         # The server closed cleanly (or a refresh closed it); async-for ends without raising.
         refusal = _refusal_by_close(opened, ws.close_exc)
         if refusal is not None:
             raise refusal
         code = ws.close_code or 1000
         return "auth" if code in AUTH_CLOSE_CODES else "closed"
+
+    async def _close_on_stop(self, ws: ClientConnection) -> None:
+        """At the stop, begin the close handshake; the reader reads on until the connection ends.
+
+        Cancelling the reader instead threw away what websockets had received and what was on its
+        way. Unanswered by `_close_by`, websockets cuts the connection; what it received is read.
+        """
+        await self._stopping.wait()
+        ws.close_timeout = max(self._close_by - asyncio.get_running_loop().time(), 0.0)
+        await ws.close()
 
     def _answer(self, opened: _Opened, frame: Frame) -> None:
         """Note the subscription's answer in `frame`, if awaited; raise if it is a refusal."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 import tracemalloc
@@ -733,7 +734,7 @@ async def test_the_shutdowns_drain_counts_as_down_the_lease_waits_for_it(
     held: list[float] = []
 
     async def kafka_comes_back() -> None:
-        held.append(time.monotonic())  # the stop has begun: its reader is being cancelled
+        held.append(time.monotonic())  # the stop has begun: its connection is closing
         await asyncio.sleep(0.3)
         held.append(time.monotonic())
         sink.ack_all()
@@ -757,3 +758,89 @@ async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
         await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
     assert reconnects(metrics, *get_args(DisconnectReason)) == 0
     assert len(refusal_logs(caplog)) == 1
+
+
+async def test_frames_received_when_the_stop_begins_are_published(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The feed has no resume: frames already received, or on their way, when the stop began
+    # were thrown away with the connection, neither published nor counted.
+    sink, metrics = FakeSink(), Metrics()
+    burst = 1000
+    streaming = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in range(1, burst + 1):
+            await ws.send_json(entry(seq))
+        await until(lambda: len(sink.records) >= 1)  # the bridge is reading and publishing
+        streaming.set()
+        for seq in range(burst + 1, 2 * burst + 1):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)  # only now is the bridge's close read, and answered
+
+    feed = await make_feed(script)
+    source = await started(*feed.settings(), sink, metrics)
+    await streaming.wait()
+    await source.stop(asyncio.get_running_loop().time() + 5)
+    assert seqs(sink) == list(range(1, 2 * burst + 1))
+    assert rejected(metrics, "shutdown") == 0
+
+
+async def test_a_close_left_unanswered_is_cut_and_the_stop_keeps_its_deadline(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lease is handed on only after the stop: a feed that never reads the bridge's close
+    # (websockets waits 10 s for its answer by default) must not hold it past the deadline.
+    sink, metrics = FakeSink(), Metrics()
+    sent: list[int] = []
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        with contextlib.suppress(ConnectionError):
+            for seq in itertools.count(1):
+                await ws.send_json(entry(seq))
+                sent.append(seq)
+                await asyncio.sleep(0.005)
+
+    feed = await make_feed(script)
+    source = await started(*feed.settings(), sink, metrics)
+    await until(lambda: len(sink.records) >= 10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    before_stop = len(sent)
+    await source.stop(deadline)
+    assert loop.time() <= deadline
+    published = seqs(sink)
+    # Read until the cut, in order, nothing skipped.
+    assert published == list(range(1, len(published) + 1))
+    assert len(published) >= before_stop
+    assert any("did not answer the stop's close" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its_end(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The successor of a token refresh was closed unread when a stop came before its turn: the
+    # frames it had already received were thrown away.
+    answer_old_close = asyncio.Event()
+    successor_sent = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            await answer_old_close.wait()  # the refresh's close of it waits for this
+        else:
+            for seq in range(1, 51):
+                await ws.send_json(entry(seq))
+            successor_sent.set()
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    feed.expires_in = 1.0  # refreshed after half a second
+    sink, metrics = FakeSink(), Metrics()
+    source = await started(*feed.settings(), sink, metrics)
+    await successor_sent.wait()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.create_task(source.stop(loop.time() + 5))
+    loop.call_soon(answer_old_close.set)  # after the stop's first step: callbacks run in order
+    await stopping
+    assert seqs(sink) == list(range(1, 51))
+    assert rejected(metrics, "shutdown") == 0
