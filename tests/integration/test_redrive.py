@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from bridge import jsoncodec
+from bridge.config import Settings
 from bridge.deadletter import Selection
 from bridge.normalise.event import rfc3339
 from bridge.redrive import redrive, run_redrive
@@ -46,6 +47,14 @@ def dead_letter(names: Topics, item: Any, reason: str, channel: str) -> Record:
     )
 
 
+async def run_command(settings: Settings, selection: Selection) -> tuple[int, str]:
+    """The command itself, progress bar and all, in a thread (it runs its own event loop): its
+    exit status and what it printed, whitespace folded."""
+    out = io.StringIO()
+    code = await asyncio.to_thread(run_redrive, settings, selection, Console(file=out, width=400))
+    return code, " ".join(out.getvalue().split())
+
+
 async def test_a_dead_letter_the_bridge_now_reads_is_published_once_and_the_dlq_not_grown(
     kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
 ) -> None:
@@ -77,12 +86,7 @@ async def test_a_dead_letter_the_bridge_now_reads_is_published_once_and_the_dlq_
     async with ingest_ends(kafka_bootstrap, topics) as (_, ends):
         assert sum(ends.values()) == 0, "a dry run publishes nothing"
 
-    # The command itself, progress bar and all, in a thread: it runs its own event loop.
-    out = io.StringIO()
-    code = await asyncio.to_thread(
-        run_redrive, settings, Selection(since), Console(file=out, width=200)
-    )
-    said = " ".join(out.getvalue().split())
+    code, said = await run_command(settings, Selection(since))
     assert code == 0, said
     assert "1 the bridge reads now: 1 to the ingest topic" in said
     assert "1 still unrecognised (invalid_data: 1)" in said
@@ -123,11 +127,7 @@ async def test_events_still_too_large_are_counted_and_left_in_the_dlq_the_rest_p
         ],
     )
 
-    out = io.StringIO()
-    code = await asyncio.to_thread(
-        run_redrive, settings, Selection(since), Console(file=out, width=400)
-    )
-    said = " ".join(out.getvalue().split())
+    code, said = await run_command(settings, Selection(since))
     assert code == 0, said
     assert "3 the bridge reads now: 1 to the ingest topic, 0 dropped by routing," in said
     assert "2 still too large for Kafka (" in said
