@@ -260,6 +260,7 @@ groups:
           description: {{ printf "More than one pod has held the WebSocket feed lease for %v minutes: each reads the whole feed. The dedup stage still outputs each event once, but Pinecall sees several connections and the ingest topic gets every feed event several times." $a.feedLeaseSplitBrainMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgefeedleasesplitbrain" $a.runbookUrl }}
       - alert: PinecallBridgeKafkaDisconnected
+        # Every process of the pod counts, the dedup-only one too: its stage waits on Kafka.
         expr: |
           min by (namespace, pod) (pinecall_bridge_kafka_connected) == 0
         for: {{ include "pinecall-bridge.minutes" $a.kafkaDisconnectedMinutes }}
@@ -267,7 +268,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "Pod %s cannot reach Kafka" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes; it is unready and answers webhooks 503." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
+          description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes: unready and answering webhooks 503 if a process serving the port lost it; if only its dedup process did, webhooks are still taken and wait in the ingest topic." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
       - alert: PinecallBridgeWebhooksRefused503
         # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.
