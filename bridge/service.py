@@ -36,6 +36,7 @@ from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
     KafkaSink,
     TopicConfigs,
+    TopicReads,
     TopicSpec,
     client_options,
     replication_factors,
@@ -277,7 +278,8 @@ class Bridge:
             self._check_configs(names, configs, fresh)
             if configs is not None:
                 factors = await self._replication_factors(names, fresh)
-                self._check_durability(configs.found, factors)
+                if factors is not None:
+                    self._check_durability(configs.found, factors, fresh)
 
     async def _start_parts(self) -> None:
         """Start every part, each retried on its own: one that cannot start holds up no other.
@@ -387,7 +389,9 @@ class Bridge:
         for problem in ingest_topic_problems(configs[name], self.settings.dedup):
             log.error(problem, extra={"topic": name})
 
-    async def _replication_factors(self, names: list[str], fresh: set[str]) -> dict[str, int]:
+    async def _replication_factors(
+        self, names: list[str], fresh: set[str]
+    ) -> TopicReads[int] | None:
         try:
             return await replication_factors(client_options(self.settings.kafka), names, fresh)
         except KafkaError as exc:
@@ -395,14 +399,22 @@ class Bridge:
                 "could not read the topics' replication factors to check their durability",
                 extra={"error": type(exc).__name__},
             )
-            return {}
+            return None
 
     def _check_durability(
-        self, configs: dict[str, dict[str, str]], factors: dict[str, int]
+        self, configs: dict[str, dict[str, str]], factors: TopicReads[int], fresh: set[str]
     ) -> None:
         """Log a topic made elsewhere (Strimzi, an admin) whose acknowledged records one broker's
-        loss can take, or that refuses every write."""
-        for name, factor in factors.items():
+        loss can take, or that refuses every write; and each whose factor could not be read."""
+        # A topic whose configs were not read is said by _check_configs already.
+        for name, why, error_code in unread(
+            list(configs), factors.found, factors.errors, fresh, right="Describe"
+        ):
+            log.warning(
+                f"could not read a topic's replication factor to check its durability: {why}",
+                extra={"topic": name, "error_code": error_code},
+            )
+        for name, factor in factors.found.items():
             insync = configs.get(name, {}).get(MIN_INSYNC_REPLICAS)
             found = durability_problem(factor, insync)
             if found is not None:

@@ -39,6 +39,7 @@ from bridge.ingest.record import IngestEntry
 from bridge.metrics import Metrics
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
+from bridge.sink.topicreads import unread
 
 log = logging.getLogger(__name__)
 
@@ -348,26 +349,30 @@ class StageProducer:
         if not stale:
             return
         try:
-            found = await max_message_bytes(self._client, stale)
+            read = await max_message_bytes(self._client, stale)
         except BaseException:
             for topic in stale:
                 self._limits.mark_stale(topic)
             raise
-        for topic, limit in found.items():
+        for topic, limit in read.found.items():
             self._limits.learn(topic, limit)
             log.warning(
                 "an output topic's max.message.bytes read again after a size refusal",
                 extra={"topic": topic, "max_message_bytes": limit},
             )
-        for topic in sorted(set(stale) - found.keys()):
+        for topic, why, error_code in unread(sorted(set(stale)), read.found, read.errors, ()):
             # Guessing from the refused record could skip records that fit (the broker refused
             # its whole batch): the partitions are retried, and the operator has to act.
             log.error(
                 "the broker refused an output record for its size and the topic's"
-                " max.message.bytes cannot be read (no DescribeConfigs right?): its records are"
+                f" max.message.bytes cannot be read ({why}): its records are"
                 " retried and the output of the partitions writing to it stalls until the topic"
                 " takes BRIDGE_KAFKA__MAX_REQUEST_BYTES, or the bridge may read its configs",
-                extra={"topic": topic, "assumed_max_message_bytes": self._limits.limit(topic)},
+                extra={
+                    "topic": topic,
+                    "error_code": error_code,
+                    "assumed_max_message_bytes": self._limits.limit(topic),
+                },
             )
 
 

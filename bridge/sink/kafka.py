@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -114,6 +114,7 @@ __all__ = [
     "KafkaSink",
     "Record",
     "TopicConfigs",
+    "TopicReads",
     "TopicSpec",
     "client_options",
     "max_message_bytes",
@@ -130,12 +131,16 @@ _SETTLE_FIRST_DELAY = 0.05
 _SETTLE_MAX_DELAY = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class TopicConfigs:
-    """The configs read of each topic, and the error code a broker answered for each not read."""
+# Not slotted: a slotted frozen generic dataclass cannot be made through an alias (TopicConfigs).
+@dataclass(frozen=True)
+class TopicReads(Generic[T]):
+    """What was read of each topic, and the error code a broker answered for each not read."""
 
-    found: dict[str, dict[str, str]]
+    found: dict[str, T]
     errors: dict[str, int] = field(default_factory=dict)
+
+
+TopicConfigs = TopicReads[dict[str, str]]
 
 
 Read = Callable[[list[str]], Awaitable[tuple[dict[str, T], dict[str, int]]]]
@@ -192,17 +197,18 @@ async def topic_configs(
         found, errors = await _settled(read, names, fresh)
     finally:
         await admin.close()
-    return TopicConfigs(found, errors)
+    return TopicReads(found, errors)
 
 
-async def max_message_bytes(options: dict[str, Any], names: list[str]) -> dict[str, int]:
+async def max_message_bytes(options: dict[str, Any], names: list[str]) -> TopicReads[int]:
     """Each existing topic's max.message.bytes, as the cluster reports it (KafkaError if not)."""
-    return _limits((await topic_configs(options, names, (MAX_MESSAGE_BYTES,))).found)
+    configs = await topic_configs(options, names, (MAX_MESSAGE_BYTES,))
+    return TopicReads(_limits(configs.found), configs.errors)
 
 
 async def replication_factors(
     options: dict[str, Any], names: list[str], fresh: Collection[str] = ()
-) -> dict[str, int]:
+) -> TopicReads[int]:
     """Each existing topic's replication factor: its partitions' fewest replicas (KafkaError if
     the cluster cannot be asked); those of `fresh` are waited for a moment, as by topic_configs."""
 
@@ -220,10 +226,10 @@ async def replication_factors(
     admin = AIOKafkaAdminClient(**options)
     try:
         await admin.start()
-        found, _ = await _settled(read, names, fresh)
+        found, errors = await _settled(read, names, fresh)
     finally:
         await admin.close()
-    return found
+    return TopicReads(found, errors)
 
 
 async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:

@@ -24,13 +24,13 @@ def not_yet_visible(errors: Mapping[str, int], fresh: Collection[str]) -> list[s
     )
 
 
-def why_unread(error_code: int | None, *, fresh: bool) -> str:
-    """Why a topic's configs were not read, from the error code its broker answered for it
-    (None: the answer left the topic out)."""
+def why_unread(error_code: int | None, *, fresh: bool, right: str = "DescribeConfigs") -> str:
+    """Why a topic's configs (or, with `right` "Describe", metadata) were not read, from the error
+    code its broker answered for it (None: the answer left the topic out)."""
     if error_code is None:
         return "the cluster's answer left the topic out"
     if error_code == TopicAuthorizationFailedError.errno:
-        return "not allowed: the bridge has no DescribeConfigs right on the topic (an ACL)"
+        return f"not allowed: the bridge has no {right} right on the topic (an ACL)"
     if error_code in NOT_YET_VISIBLE:
         if fresh:
             return (
@@ -42,11 +42,15 @@ def why_unread(error_code: int | None, *, fresh: bool) -> str:
 
 
 def unread(
-    names: list[str], found: Collection[str], errors: Mapping[str, int], fresh: Collection[str]
+    names: list[str],
+    found: Collection[str],
+    errors: Mapping[str, int],
+    fresh: Collection[str],
+    right: str = "DescribeConfigs",
 ) -> list[tuple[str, str, int | None]]:
-    """Each of `names` whose configs were not read: its name, why, and its error code."""
+    """Each of `names` not read: its name, why, and its error code."""
     return [
-        (name, why_unread(errors.get(name), fresh=name in fresh), errors.get(name))
+        (name, why_unread(errors.get(name), fresh=name in fresh, right=right), errors.get(name))
         for name in names
         if name not in found
     ]

@@ -14,7 +14,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 
 from bridge.service import Bridge
 from bridge.sink import kafka
-from bridge.sink.kafka import partition_for
+from bridge.sink.kafka import TopicReads, partition_for
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
@@ -128,9 +128,14 @@ async def test_the_topics_the_bridge_just_created_get_their_configs_checked(
     checked: list[tuple[dict[str, dict[str, str]], dict[str, int]]] = []
     check = Bridge._check_durability
 
-    def noting(self: Bridge, configs: dict[str, dict[str, str]], factors: dict[str, int]) -> None:
-        checked.append((configs, factors))
-        check(self, configs, factors)
+    def noting(
+        self: Bridge,
+        configs: dict[str, dict[str, str]],
+        factors: TopicReads[int],
+        fresh: set[str],
+    ) -> None:
+        checked.append((configs, factors.found))
+        check(self, configs, factors, fresh)
 
     monkeypatch.setattr(Bridge, "_check_durability", noting)
     caplog.set_level(logging.WARNING, logger="bridge.service")

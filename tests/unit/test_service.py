@@ -11,10 +11,11 @@ import pytest
 
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.service import Bridge, run_until_stopped
-from bridge.sink.kafka import TopicConfigs
+from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
 from bridge.workers.role import Stages
 from tests.polling import until
+from tests.unit.sink.fakes import FakeAdmin
 
 # Every series of the feed: a 0 from a process without the feed reads as a feed that is down.
 FEED_SERIES = (
@@ -291,7 +292,7 @@ def test_a_topic_acknowledging_with_its_leader_alone_is_warned_of(
     caplog.set_level(logging.WARNING, logger="bridge.service")
     configs = {name: {"min.insync.replicas": "1"} for name in ("a", "b", "c")}
     configs["d"] = {"min.insync.replicas": "2"}
-    bridge._check_durability(configs, {"a": 3, "b": 1, "c": 2, "d": 3})
+    bridge._check_durability(configs, TopicReads({"a": 3, "b": 1, "c": 2, "d": 3}), set())
     told = [
         (r.levelname, r.__dict__["topic"], r.__dict__["replication_factor"]) for r in caplog.records
     ]
@@ -394,3 +395,25 @@ async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFi
     [record] = [r for r in caplog.records if r.getMessage().startswith("cannot listen")]
     assert (record.__dict__["host"], record.__dict__["port"]) == ("127.0.0.1", port)
     assert "BRIDGE_HTTP__HOST" in record.getMessage()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchecked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It used to be skipped without a word: its durability went unchecked unknown to anyone.
+    bridge = Bridge(load_settings(webhook={"secrets": ["s"]}))
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    FakeAdmin.late, FakeAdmin.misses, FakeAdmin.refused = {"gone"}, 10**9, {"locked"}
+    names = ["read", "gone", "locked", "no-configs"]
+    configs = {name: {"min.insync.replicas": "1"} for name in names[:3]}
+    factors = await bridge._replication_factors(names, set())
+    assert factors is not None
+    bridge._check_durability(configs, factors, set())
+    told = [(r.levelname, r.__dict__["topic"], r.getMessage()) for r in caplog.records]
+    unread = "could not read a topic's replication factor to check its durability: "
+    # "no-configs" was said unchecked by the configs' check already: not twice.
+    assert told == [
+        ("WARNING", "gone", unread + why_unread(3, fresh=False)),
+        ("WARNING", "locked", unread + why_unread(29, fresh=False, right="Describe")),
+    ]

@@ -23,6 +23,7 @@ from bridge.dedup.groupcommit import GroupCommitFailedError
 from bridge.dedup.transaction import StageProducer, TransactionLostError, transactional_id
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
+from bridge.sink.topicreads import why_unread
 from tests.metrics import sample
 from tests.unit.dedup.fakes import (
     GROUP,
@@ -35,6 +36,7 @@ from tests.unit.dedup.fakes import (
     stage_producer,
     steps,
 )
+from tests.unit.sink.fakes import FakeAdmin
 
 TP2 = TopicPartition("ingest", 7)
 TP3 = TopicPartition("ingest", 9)
@@ -428,20 +430,25 @@ async def test_a_size_refusal_by_the_broker_fails_the_commit_and_marks_the_limit
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
 
 
-async def test_a_limit_that_cannot_be_read_again_is_an_error_that_names_the_fix(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.usefixtures("fake_admin")
+@pytest.mark.parametrize("error_code", [3, 29], ids=["unknown", "refused"])
+async def test_a_limit_that_cannot_be_read_again_is_an_error_that_names_its_cause_and_fix(
+    caplog: pytest.LogCaptureFixture, error_code: int
 ) -> None:
-    async def unreadable(client: object, names: list[str]) -> dict[str, int]:
-        return {}  # as without DescribeConfigs: the cluster answers, without the topic
-
-    monkeypatch.setattr(transaction, "max_message_bytes", unreadable)
+    # The error used to guess the cause ("no DescribeConfigs right?") whatever the broker said.
+    FakeAdmin.misses = 10**9
+    if error_code == 29:
+        FakeAdmin.refused = {"pinecall.events"}
+    else:
+        FakeAdmin.late = {"pinecall.events"}
     limits = TopicLimits(1_048_576)
     limits.mark_stale("pinecall.events")
     out, _, _ = stage_producer(limits)
     caplog.set_level(logging.ERROR, logger="bridge.dedup.transaction")
     await out._relearn_limits()
     [line] = [r for r in caplog.records if "max.message.bytes cannot be read" in r.getMessage()]
-    assert line.__dict__["topic"] == "pinecall.events"
+    assert f"({why_unread(error_code, fresh=False)})" in line.getMessage()
+    assert (line.__dict__["topic"], line.__dict__["error_code"]) == ("pinecall.events", error_code)
     assert "BRIDGE_KAFKA__MAX_REQUEST_BYTES" in line.getMessage()
 
 

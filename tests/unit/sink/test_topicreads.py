@@ -40,3 +40,10 @@ def test_each_topic_not_read_is_named_with_its_reason_and_code() -> None:
         ("locked", why_unread(REFUSED, fresh=False), REFUSED),
         ("silent", why_unread(None, fresh=False), None),
     ]
+
+
+def test_a_refusal_names_the_right_the_read_needed() -> None:
+    assert "no Describe right on the topic" in why_unread(REFUSED, fresh=False, right="Describe")
+    assert unread(["t"], [], {"t": REFUSED}, (), right="Describe") == [
+        ("t", why_unread(REFUSED, fresh=False, right="Describe"), REFUSED)
+    ]
