@@ -1,4 +1,5 @@
-"""A request-head timeout for aiohttp's server, which has none of its own.
+"""A request-head timeout for aiohttp's server, which has none of its own; and a count of the
+request heads its parser refuses.
 
 aiohttp closes idle keep-alive connections and lets a handler time out its body read, but a
 client that sends its request line and headers a byte at a time holds a connection (and its
@@ -10,6 +11,9 @@ class; so a Server subclass builds ours, and an AppRunner subclass puts that Ser
 Knowing where a head starts and ends needs two private attributes of RequestHandler
 (`_request_count`, bumped per parsed head, and `_messages`, the parsed requests): `check_aiohttp`
 refuses to start on an aiohttp without them, and tests/unit/test_http_timeouts.py fails loudly.
+
+aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
+line) with a 400 before any handler runs: only the protocol's handle_error sees it.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from bridge.config import HttpSettings
 from bridge.metrics import Metrics
 
 _INTERNALS = ("_request_count", "_messages")
+# events_rejected_total{channel="webhook"}'s reason for a head aiohttp's parser refused.
+BAD_REQUEST_HEAD = "bad_request_head"
 
 
 def check_aiohttp() -> None:
@@ -42,7 +51,13 @@ def check_aiohttp() -> None:
 class HeadTimeoutHandler(RequestHandler):
     """aiohttp's protocol, closing a connection whose request head is not complete in time."""
 
-    __slots__ = ("_head_timeout", "_head_timer", "_last_payload", "_on_head_timeout")
+    __slots__ = (
+        "_head_timeout",
+        "_head_timer",
+        "_last_payload",
+        "_on_bad_head",
+        "_on_head_timeout",
+    )
 
     def __init__(
         self,
@@ -50,11 +65,13 @@ class HeadTimeoutHandler(RequestHandler):
         *,
         head_timeout: float,
         on_head_timeout: Callable[[], None],
+        on_bad_head: Callable[[], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
+        self._on_bad_head = on_bad_head
         self._head_timer: asyncio.TimerHandle | None = None
         # The body of the newest parsed request: bytes that arrive before it ends are body.
         self._last_payload: StreamReader | None = None
@@ -87,6 +104,18 @@ class HeadTimeoutHandler(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        # The parser's refusals come here as 400s; a handler's own errors as 500 or 504.
+        if status == 400 and isinstance(exc, HttpProcessingError):
+            self._on_bad_head()
+        return super().handle_error(request, status, exc, message)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
         self._last_payload = None
@@ -97,7 +126,11 @@ class HeadTimeoutServer(web.Server):
     """aiohttp's low-level server, building HeadTimeoutHandler protocols."""
 
     def __init__(
-        self, base: web.Server, head_timeout: float, on_head_timeout: Callable[[], None]
+        self,
+        base: web.Server,
+        head_timeout: float,
+        on_head_timeout: Callable[[], None],
+        on_bad_head: Callable[[], None],
     ) -> None:
         super().__init__(
             base.request_handler,
@@ -107,6 +140,7 @@ class HeadTimeoutServer(web.Server):
         )
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
+        self._on_bad_head = on_bad_head
 
     def __call__(self) -> RequestHandler:
         # Unlike aiohttp's, no fallback dropping unknown arguments: a mistake fails at start.
@@ -115,6 +149,7 @@ class HeadTimeoutServer(web.Server):
             loop=self._loop,
             head_timeout=self._head_timeout,
             on_head_timeout=self._on_head_timeout,
+            on_bad_head=self._on_bad_head,
             **self._kwargs,
         )
 
@@ -122,7 +157,7 @@ class HeadTimeoutServer(web.Server):
 class HeadTimeoutAppRunner(web.AppRunner):
     """An AppRunner whose server closes connections that send a request head too slowly."""
 
-    __slots__ = ("_head_timeout", "_on_head_timeout")
+    __slots__ = ("_head_timeout", "_on_bad_head", "_on_head_timeout")
 
     def __init__(
         self,
@@ -130,16 +165,18 @@ class HeadTimeoutAppRunner(web.AppRunner):
         *,
         head_timeout: float,
         on_head_timeout: Callable[[], None],
+        on_bad_head: Callable[[], None],
         **kwargs: Any,
     ) -> None:
         check_aiohttp()
         super().__init__(app, **kwargs)
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
+        self._on_bad_head = on_bad_head
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # starts the app up and builds aiohttp's server
-        return HeadTimeoutServer(base, self._head_timeout, self._on_head_timeout)
+        return HeadTimeoutServer(base, self._head_timeout, self._on_head_timeout, self._on_bad_head)
 
 
 def timed_runner(
@@ -147,10 +184,13 @@ def timed_runner(
 ) -> HeadTimeoutAppRunner:
     """The HTTP edge's runner: head, body-drain and keep-alive timeouts from the settings."""
     timed_out = metrics.http_timed_out.labels("header")
+    # The edge serves the webhook path (and probes): a refused head may be a lost webhook.
+    bad_head = metrics.rejected.labels("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
     return HeadTimeoutAppRunner(
         app,
         head_timeout=http.header_timeout_seconds,
         on_head_timeout=timed_out.inc,
+        on_bad_head=bad_head.inc,
         # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.
         keepalive_timeout=http.keepalive_timeout_seconds,
         # After answering without reading the whole body (413, 415, 408...) aiohttp drains the

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
+JSONEncodeError = orjson.JSONEncodeError
 # orjson reads 1,024 levels of nesting but writes only this many: a deeper document would parse,
 # then fail at every encode (a webhook answering 503 forever, a feed batch retried forever).
 MAX_DEPTH = 254
@@ -28,8 +30,9 @@ def _count(raw: bytes | str, bracket: str) -> int:
     return raw.count(bracket.encode()) if isinstance(raw, bytes) else raw.count(bracket)
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact JSON; `default` turns a value of a type orjson cannot write into one it can."""
+    return orjson.dumps(value, default=default)
 
 
 def canonical(value: Any) -> bytes:

@@ -23,6 +23,36 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
+def _jsonable(value: Any) -> Any:
+    """A value orjson cannot write as JSON (bytes, an exception, any object): a set as a list,
+    anything else as its repr."""
+    return list(value) if isinstance(value, set | frozenset) else repr(value)
+
+
+def _text(text: str) -> str:
+    # A lone surrogate (from surrogateescape-decoded bytes, say) is no UTF-8: spelt as \udcxx.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    try:
+        jsoncodec.dumps(value, default=_jsonable)
+    except jsoncodec.JSONEncodeError:  # a lone surrogate inside, an int past 64 bits, too deep
+        return _text(repr(value))
+    return value
+
+
+def _dumps(entry: dict[str, Any]) -> bytes:
+    """The entry as JSON, whatever its fields hold: a log line is never dropped."""
+    try:
+        return jsoncodec.dumps(entry, default=_jsonable)
+    except jsoncodec.JSONEncodeError:
+        # Rare, so field by field only now: the fields that cannot be written become text.
+        return jsoncodec.dumps({_text(k): _safe(v) for k, v in entry.items()}, default=_jsonable)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -35,7 +65,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return jsoncodec.dumps(entry).decode()
+        return _dumps(entry).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -160,5 +190,7 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
     logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.INFO))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     server = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
-        server.addFilter(MalformedRequestFilter())
+    # A fresh one: configuring again must not inherit an earlier configuration's quiet period.
+    for stale in [f for f in server.filters if isinstance(f, MalformedRequestFilter)]:
+        server.removeFilter(stale)
+    server.addFilter(MalformedRequestFilter())

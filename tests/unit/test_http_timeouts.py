@@ -15,11 +15,16 @@ from aiohttp.web_protocol import RequestHandler
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
-from bridge.http_timeouts import HeadTimeoutHandler, check_aiohttp, timed_runner
+from bridge.http_timeouts import (
+    BAD_REQUEST_HEAD,
+    HeadTimeoutHandler,
+    check_aiohttp,
+    timed_runner,
+)
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
-from tests.rawhttp import RawConnection
+from tests.rawhttp import RawConnection, build_request, exchange
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import signed
 
@@ -181,6 +186,27 @@ async def test_normal_requests_are_unaffected() -> None:
         assert e.timed_out("header") == 0
         assert e.timed_out("body") == 0
         assert len(e.sink.records) == 2
+
+
+async def test_a_request_head_aiohttp_refuses_gets_400_and_is_counted() -> None:
+    # A header line over aiohttp's limit (8190 bytes): its parser refuses it, no handler runs.
+    _, headers = signed(ENTRY, SECRET)
+    huge = [(name, value) for name, value in headers.items()] + [("X-Padding", "a" * 9000)]
+    async with edge() as e:
+        assert ("webhook", BAD_REQUEST_HEAD) in {
+            (s.labels.get("channel"), s.labels.get("reason"))
+            for f in e.metrics.registry.collect()
+            for s in f.samples
+        }, "the series exists from the start, for increase()"
+        response = await exchange("127.0.0.1", e.port, build_request("POST", PATH, huge, ENTRY))
+        assert response is not None
+        assert response.status == 400
+        assert e.rejected(BAD_REQUEST_HEAD) == 1
+        response = await exchange("127.0.0.1", e.port, b"GET /\x00 HTTP/1.1\r\n\r\n")
+        assert response is not None
+        assert response.status == 400
+        assert e.rejected(BAD_REQUEST_HEAD) == 2
+        assert e.sink.records == []
 
 
 async def test_the_server_builds_the_head_timeout_protocol() -> None:

@@ -31,6 +31,23 @@ def test_json_exceptions(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ValueError: boom" in entry["exc"]
 
 
+def test_json_fields_json_cannot_hold_are_logged_as_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logsetup.configure("INFO", "json")
+    log = logging.getLogger("bridge.test")
+    log.info("types", extra={"ids": {"a"}, "raw": b"\xff", "error": ValueError("boom")})
+    log.info("surrogate \udcff", extra={"path": "/x\udcfe", "nested": {"k": "\udcfd"}})
+    log.info("huge", extra={"n": 2**64})
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    types, surrogate, huge = (jsoncodec.loads(line) for line in err.splitlines())
+    assert (types["ids"], types["raw"], types["error"]) == (["a"], "b'\\xff'", "ValueError('boom')")
+    assert (surrogate["msg"], surrogate["path"]) == ("surrogate \\udcff", "/x\\udcfe")
+    assert surrogate["nested"] == "{'k': '\\udcfd'}"
+    assert huge["n"] == str(2**64)
+
+
 def test_console_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
     logsetup.configure("WARNING", "console")
     logging.getLogger("bridge.x").warning("careful", extra={"retry_in_s": 2})
