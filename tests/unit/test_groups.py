@@ -69,6 +69,16 @@ def test_the_assignor_round_trips_claims_through_join_metadata() -> None:
     assert assignment["b"].assignment == [("t", [0])]
 
 
+def test_the_group_protocol_is_pinned_for_rolling_upgrades() -> None:
+    # Old and new pods join one group during a rollout: a renamed assignor is refused by the
+    # coordinator (no protocol common to all members), and claims an old leader cannot read move
+    # every partition; the leader may be either version, so both sides are pinned.
+    assert (StickyAssignor.name, StickyAssignor.version) == ("pinecall-sticky", 0)
+    written = StickyAssignor(lambda: Claim((2, 0), 17)).metadata(["t"]).user_data
+    assert written == b'{"owned":[0,2],"since":17}'
+    assert parse_claim(b'{"owned":[0,2],"since":17,"newer":true}') == Claim((0, 2), 17)
+
+
 def test_a_members_requests_outlast_the_rebalance_timeout() -> None:
     # The coordinator may hold JoinGroup for the rebalance timeout: 30 s would time it out.
     options = member_options({"bootstrap_servers": ["k:9092"], "request_timeout_ms": 30_000})
