@@ -196,5 +196,8 @@ def timed_runner(
         # After answering without reading the whole body (413, 415, 408...) aiohttp drains the
         # rest for up to 10 s before it closes: never longer than the body timeout.
         lingering_time=min(10.0, http.body_timeout_seconds),
+        # A sender that gave up (Pinecall waits 5 s) must not cancel a publish under way: its
+        # retry's copy is then dropped by the dedup stage, and the event lands once.
+        handler_cancellation=False,
         **kwargs,
     )
