@@ -21,7 +21,7 @@ from typing import Protocol, get_args
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from bridge import looplag
+from bridge import listen, looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
@@ -218,8 +218,7 @@ class Bridge:
             ),
         )
         await runner.setup()
-        site = web.TCPSite(runner, http.host, http.port, reuse_port=self._reuse_port or None)
-        await site.start()
+        await listen.site(runner, http.host, http.port, reuse_port=self._reuse_port).start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info(

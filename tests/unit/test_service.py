@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any, get_args
 
+import aiohttp
 import pytest
 
 from bridge.config import Settings, ShutdownSettings, load_settings
@@ -46,7 +47,7 @@ async def test_with_the_feed_every_process_exports_its_series_from_the_start() -
     assert "pinecall_bridge_websocket_connected 0.0" in text
 
 
-def every_source(port: int = 0) -> Settings:
+def every_source(port: int = 0, host: str = "127.0.0.1") -> Settings:
     """Webhooks, the feed and the call logs on, Kafka unreachable (nothing connects)."""
     return load_settings(
         webhook={"secrets": ["s"]},
@@ -54,7 +55,7 @@ def every_source(port: int = 0) -> Settings:
         sse={"enabled": True},
         pinecall={"api_key": "k"},
         kafka={"bootstrap_servers": ["127.0.0.1:1"]},
-        http={"host": "127.0.0.1", "port": port},
+        http={"host": host, "port": port},
         shutdown={"grace_seconds": 2},
     )
 
@@ -417,3 +418,46 @@ async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchec
         ("WARNING", "gone", unread + why_unread(3, fresh=False)),
         ("WARNING", "locked", unread + why_unread(29, fresh=False, right="Describe")),
     ]
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (a container may have IPv6 off)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def healthz_statuses(port: int) -> dict[str, int | str]:
+    """/healthz's status over IPv4 and IPv6 loopback, or the connection's error."""
+    statuses: dict[str, int | str] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for address in ("127.0.0.1", "[::1]"):
+            try:
+                async with session.get(f"http://{address}:{port}/healthz") as response:
+                    statuses[address] = response.status
+            except aiohttp.ClientConnectionError as exc:
+                statuses[address] = type(exc).__name__
+    return statuses
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_listening_on_the_ipv6_any_address_takes_ipv4_too(workers: int) -> None:
+    # `::` on an IPv6 or dual-stack cluster: the kubelet's probes and the Service may come over
+    # either family. Two workers: SO_REUSEPORT sockets sharing the port, as in a pod.
+    port = free_port()
+    bridges = [
+        Bridge(every_source(port, host="::"), reuse_port=workers > 1) for _ in range(workers)
+    ]
+    try:
+        for bridge in bridges:
+            await bridge.start()
+        assert await healthz_statuses(port) == {"127.0.0.1": 200, "[::1]": 200}
+    finally:
+        for bridge in bridges:
+            await bridge.stop()
