@@ -434,21 +434,32 @@ async def consume_until(
 
 
 @asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client of the broker, closed on leaving."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
 async def ingest_ends(
     bootstrap: str, names: Topics
 ) -> AsyncIterator[tuple[AIOKafkaAdminClient, dict[TopicPartition, int]]]:
     """An admin client of the broker, and the end offset of every ingest partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        [described] = await admin.describe_topics([names.ingest])
-        partitions = [TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]]
-        yield admin, await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-        await admin.close()
+    async with admin_client(bootstrap) as admin:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            [described] = await admin.describe_topics([names.ingest])
+            partitions = [
+                TopicPartition(names.ingest, p["partition"]) for p in described["partitions"]
+            ]
+            yield admin, await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
 
 
 async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
@@ -499,12 +510,8 @@ async def create_topic(
     bootstrap: str, name: str, partitions: int, config: Mapping[str, str] | None = None
 ) -> None:
     """A topic made before the bridge starts, as an admin or Strimzi would make it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(config or {}))])
-    finally:
-        await admin.close()
 
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:
@@ -523,14 +530,10 @@ async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
     A crashed process's transaction stays open until the broker times it out, after its
     partitions' new owner has committed their records.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         existing = set(await admin.list_topics())
         outputs = [t for t in (names.events, names.alerts, names.dlq) if t in existing]
         described = await admin.describe_topics(outputs) if outputs else []
-    finally:
-        await admin.close()
     partitions = [
         TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
     ]
@@ -583,12 +586,8 @@ async def read_to_end(
 
     `committed=False` reads as a careless consumer would: records of aborted transactions too.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         described = await admin.describe_topics(topic_names)
-    finally:
-        await admin.close()
     partitions = [
         TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
     ]

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import (
     Topics,
+    admin_client,
     entry,
     free_port,
     read_decided,
@@ -313,11 +313,7 @@ async def test_the_feed_has_one_reader_and_fails_over(
 
 async def lease_members(bootstrap: str, group: str, members: int) -> bool:
     """Whether `group` is stable with `members` members, each of them given its assignment."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         [response] = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
     [(error, _, state, _, _, described, *_)] = response.groups
     return error == 0 and state == "Stable" and len(described) == members

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.certs import Certs, make_certs
 from tests.integration.conftest import (
@@ -19,6 +18,7 @@ from tests.integration.conftest import (
     REPO,
     RunningBridge,
     Topics,
+    admin_client,
     consume_until,
     entry,
     grown,
@@ -285,10 +285,6 @@ async def _status(handle: RunningBridge, path: str) -> int:
 
 
 async def _topic_names(bootstrap: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         names: list[str] = await admin.list_topics()
-    finally:
-        await admin.close()
     return names

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
+    admin_client,
     create_topic,
     entry,
     read_decided,
@@ -26,13 +26,9 @@ Start = Callable[..., Any]
 
 
 async def lower_limit(bootstrap: str, name: str, max_message_bytes: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         config = {"max.message.bytes": str(max_message_bytes)}
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, config)])
-    finally:
-        await admin.close()
 
 
 async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(

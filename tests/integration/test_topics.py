@@ -18,6 +18,7 @@ from bridge.sink.kafka import TopicReads, partition_for
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
+    admin_client,
     bridge_settings,
     consume_until,
     create_topic,
@@ -32,23 +33,15 @@ PARTITIONS = "pinecall_bridge_ingest_partitions"
 
 
 async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         found = await admin.describe_topics(names)
-    finally:
-        await admin.close()
     return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
 
 
 async def topic_config(bootstrap: str, name: str, *, own: bool = False) -> dict[str, str]:
     """The topic's configs; `own`: only those set on the topic itself, not the cluster's."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-    finally:
-        await admin.close()
     [resource] = response.resources
     # An entry is (name, value, read-only, source, ...); source 1 is the topic's own.
     return {entry[0]: entry[1] for entry in resource[4] if not own or entry[3] == 1}
@@ -203,9 +196,7 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
     # Made elsewhere (Strimzi, an admin) with 4 partitions where the settings say 3.
     config = {"message.timestamp.type": "LogAppendTime"}
     await create_topic(kafka_bootstrap, topics.ingest, 4, config)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(kafka_bootstrap) as admin:
         caplog.set_level(logging.WARNING, logger="bridge.service")
         bridge: RunningBridge = await start_bridge(kafka={"metadata_probe_seconds": 0.5})
         await until_metrics(bridge, lambda m: m.get(OWNED) == 4 and m.get(PARTITIONS) == 4)
@@ -220,8 +211,6 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
         await until_metrics(
             bridge, lambda m: m.get(PARTITIONS) == 6 and m.get(OWNED) == 6, within=60
         )
-    finally:
-        await admin.close()
     assert logged(caplog, "changed while running") == [{"partitions": 6, "partitions_before": 4}]
     # A call of each partition, the new ones among them, reaches the output topic.
     calls = [call_on(partition, 6, unique_call) for partition in range(6)]
