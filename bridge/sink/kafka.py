@@ -8,7 +8,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -52,14 +52,21 @@ WEDGING = (OutOfOrderSequenceNumber, UnknownProducerId)
 T = TypeVar("T")
 
 
-async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of the topics, for readers that assign partitions themselves."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
+@contextlib.asynccontextmanager
+async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on leaving: after a failed start too (it may hold sockets)."""
+    admin = AIOKafkaAdminClient(**options)
     try:
-        described = await admin.describe_topics(topics)
+        await admin.start()
+        yield admin
     finally:
         await admin.close()
+
+
+async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of the topics, for readers that assign partitions themselves."""
+    async with admin_client(client_options(settings)) as admin:
+        described = await admin.describe_topics(topics)
     return [
         TopicPartition(topic["topic"], partition["partition"])
         for topic in described
@@ -191,12 +198,8 @@ async def topic_configs(
                     }
         return found, errors
 
-    admin = AIOKafkaAdminClient(**options)
-    try:
-        await admin.start()
+    async with admin_client(options) as admin:
         found, errors = await _settled(read, names, fresh)
-    finally:
-        await admin.close()
     return TopicReads(found, errors)
 
 
@@ -223,12 +226,8 @@ async def replication_factors(
                 errors[topic["topic"]] = topic["error_code"] or LeaderNotAvailableError.errno
         return found, errors
 
-    admin = AIOKafkaAdminClient(**options)
-    try:
-        await admin.start()
+    async with admin_client(options) as admin:
         found, errors = await _settled(read, names, fresh)
-    finally:
-        await admin.close()
     return TopicReads(found, errors)
 
 
@@ -385,45 +384,9 @@ class KafkaSink:
         Returns the topics created just now (here or by another process): not every broker
         may know them yet.
         """
-        admin = AIOKafkaAdminClient(**client_options(self._settings))
         try:
-            await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [spec for spec in specs if spec.name not in existing]
-            if not missing:
-                return set()
-            factor = topics.replication_factor
-            if factor == -1:
-                # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
-                factor = min(3, len((await admin.describe_cluster())["brokers"]))
-            insync = min_insync_for(factor, await _cluster_min_insync(admin))
-            new = [
-                NewTopic(
-                    spec.name,
-                    spec.partitions or topics.partitions,
-                    factor,
-                    # Every record a producer may send fits, whatever Kafka's default; and
-                    # acks=all means a copy beyond the leader's (the cluster's default is 1).
-                    topic_configs={
-                        "max.message.bytes": str(self._settings.max_request_bytes),
-                        **({} if insync is None else {MIN_INSYNC_REPLICAS: str(insync)}),
-                        **spec.config,
-                    },
-                )
-                for spec in missing
-            ]
-            try:
-                response = await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                return {spec.name for spec in missing}
-            created: set[str] = set()
-            for name, code, *_ in getattr(response, "topic_errors", []):
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    log.warning("could not create topic", extra={"topic": name, "error_code": code})
-                else:
-                    created.add(name)
-                    log.info("topic ready", extra={"topic": name})
-            return created
+            async with admin_client(client_options(self._settings)) as admin:
+                return await self._create_missing(admin, topics, specs)
         except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
             # Locked-down clusters pre-create topics; the bridge then only needs to write.
             log.warning(
@@ -431,8 +394,46 @@ class KafkaSink:
                 extra={"error": type(exc).__name__},
             )
             return set()
-        finally:
-            await admin.close()
+
+    async def _create_missing(
+        self, admin: AIOKafkaAdminClient, topics: TopicSettings, specs: list[TopicSpec]
+    ) -> set[str]:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if not missing:
+            return set()
+        factor = topics.replication_factor
+        if factor == -1:
+            # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
+            factor = min(3, len((await admin.describe_cluster())["brokers"]))
+        insync = min_insync_for(factor, await _cluster_min_insync(admin))
+        new = [
+            NewTopic(
+                spec.name,
+                spec.partitions or topics.partitions,
+                factor,
+                # Every record a producer may send fits, whatever Kafka's default; and
+                # acks=all means a copy beyond the leader's (the cluster's default is 1).
+                topic_configs={
+                    "max.message.bytes": str(self._settings.max_request_bytes),
+                    **({} if insync is None else {MIN_INSYNC_REPLICAS: str(insync)}),
+                    **spec.config,
+                },
+            )
+            for spec in missing
+        ]
+        try:
+            response = await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            return {spec.name for spec in missing}
+        created: set[str] = set()
+        for name, code, *_ in getattr(response, "topic_errors", []):
+            if code not in (0, TopicAlreadyExistsError.errno):
+                log.warning("could not create topic", extra={"topic": name, "error_code": code})
+            else:
+                created.add(name)
+                log.info("topic ready", extra={"topic": name})
+        return created
 
     async def learn_limits(
         self, names: list[str], keys: tuple[str, ...] = (), fresh: Collection[str] = ()

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from bridge.config import Settings, load_settings
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.service import Bridge
+from bridge.sink import kafka
 from bridge.sink.record import Record
 from bridge.workers.role import Stages
 from tests import entries
@@ -433,15 +434,9 @@ async def consume_until(
     return records
 
 
-@asynccontextmanager
-async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+def admin_client(bootstrap: str) -> AbstractAsyncContextManager[AIOKafkaAdminClient]:
     """A started admin client of the broker, closed on leaving."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        yield admin
-    finally:
-        await admin.close()
+    return kafka.admin_client({"bootstrap_servers": bootstrap})
 
 
 @asynccontextmanager
