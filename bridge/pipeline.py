@@ -77,6 +77,9 @@ class BatchResult:
     refused: int = 0
     failure_reasons: set[str] = field(default_factory=set)
     received_at: float = 0.0  # when the delivery was received: a retry passes it on
+    # The same moment on the event loop's monotonic clock, which durations are measured on: a
+    # wall-clock step (NTP, a VM resumed) mid-publish must not become a latency. Passed on too.
+    started: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -104,7 +107,7 @@ class BatchResult:
 @dataclass(slots=True)
 class _Sent:
     delivery: asyncio.Future[Any]
-    received_at: float
+    started: float
     dead_letter_reason: str | None
 
 
@@ -157,19 +160,22 @@ class Pipeline:
         *,
         raw: bytes | None = None,
         received_at: float | None = None,
+        started: float | None = None,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
         `raw` is the exact body when it holds a single item, so a dead letter keeps its bytes.
         `received_at` is set by a source retrying a delivery: when it was first submitted. Its
-        items were counted as received then, and its latencies run from then.
+        items were counted as received then, and its latencies run from then: from `started`,
+        the first result's, when given (a redrive's days-old receipt is not, so from now).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        now = loop.time()
+        deadline = now + self._timeout
         again = received_at is not None
         if received_at is None:
             received_at = self._clock()
-        result = BatchResult(received_at=received_at)
+        result = BatchResult(received_at=received_at, started=now if started is None else started)
         sent: list[_Sent] = []
         held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
         generation = self._sink.generation
@@ -242,7 +248,7 @@ class Pipeline:
                 record = self._dead_letter(item, exact, reason, channel, received_at)
                 delivery = await self._send(record, deadline, result)
             if isinstance(delivery, asyncio.Future):
-                sent.append(_Sent(delivery, received_at, reason))
+                sent.append(_Sent(delivery, result.started, reason))
             elif delivery is _REFUSED:
                 self._refuse(channel, result)
             elif record.key is not None:
@@ -331,7 +337,8 @@ class Pipeline:
                 )
             self._fail("error", result)
             return False
-        self._metrics.publish_duration.observe(max(self._clock() - s.received_at, 0.0))
+        latency = asyncio.get_running_loop().time() - s.started
+        self._metrics.publish_duration.observe(max(latency, 0.0))
         if s.dead_letter_reason is not None:
             result.dead_lettered += 1
             self._metrics.dead_lettered.labels(s.dead_letter_reason).inc()
@@ -426,9 +433,11 @@ async def submit_retrying(
 ) -> BatchResult:
     """A command's delivery: offered again while Kafka does not take every item, then given up."""
     result = BatchResult()
+    started: float | None = None
     for attempt in range(1, attempts + 1):
-        result = await pipeline.submit(items, channel, received_at=received_at)
-        received_at = result.received_at  # a retry is the same delivery, received then
+        result = await pipeline.submit(items, channel, received_at=received_at, started=started)
+        # A retry is the same delivery, received then.
+        received_at, started = result.received_at, result.started
         if result.ok:
             return result
         if attempt < attempts:

@@ -572,10 +572,13 @@ class WebSocketSource:
         """Retry until Kafka acknowledges the whole batch; dedup makes retries publish the rest."""
         attempt = 0
         first: float | None = None  # a retry is the same delivery, received then
+        started: float | None = None
         while True:
             try:
-                result = await self._pipeline.submit(batch, "websocket", received_at=first)
-                first = result.received_at
+                result = await self._pipeline.submit(
+                    batch, "websocket", received_at=first, started=started
+                )
+                first, started = result.received_at, result.started
             except Exception:  # a bug must not end publishing silently, nor drop the batch
                 log.exception("feed batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -123,6 +123,34 @@ async def test_writes_the_cloudevent_to_the_ingest_topic_keyed_by_call() -> None
     assert sample(metrics, "pinecall_bridge_inflight_events") == 0
 
 
+async def test_a_wall_clock_step_mid_publish_is_no_publish_latency() -> None:
+    # The duration ran on the wall clock: an NTP step or a resumed VM while a record waited for
+    # its ack was observed as an hour's latency (+Inf bucket, the sum off by an hour).
+    sink = FakeSink(auto_ack=False)
+    pipeline, metrics = make(sink)
+    wall = [1_700_000_000.0]
+    pipeline._clock = lambda: wall[0]
+    submitted = asyncio.create_task(pipeline.submit([entries.entry(1)], "webhook"))
+    await until(lambda: len(sink.futures) == 1)
+    wall[0] += 3_600.0
+    sink.ack_all()
+    result = await submitted
+    assert result.received_at == 1_700_000_000.0  # what the records say stays the wall clock
+    assert sample(metrics, "pinecall_bridge_publish_duration_seconds_count") == 1
+    assert sample(metrics, "pinecall_bridge_publish_duration_seconds_sum") < 10.0
+
+
+async def test_a_retry_measures_its_publish_latency_from_the_first_submit() -> None:
+    sink = FakeSink()
+    pipeline, metrics = make(sink)
+    first = await pipeline.submit([entries.entry(1)], "webhook")
+    await asyncio.sleep(0.05)
+    await pipeline.submit(
+        [entries.entry(1)], "webhook", received_at=first.received_at, started=first.started
+    )
+    assert sample(metrics, "pinecall_bridge_publish_duration_seconds_sum") >= 0.05
+
+
 async def test_copies_of_an_id_are_all_ingested() -> None:
     # Dedup happens downstream, for the whole deployment: the ingest stage writes every copy.
     sink = FakeSink()

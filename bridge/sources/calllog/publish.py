@@ -31,10 +31,13 @@ class Publisher:
         attempt = 0
         batch = list(items)
         first: float | None = None  # a retry is the same delivery, received then
+        started: float | None = None
         while True:
             try:
-                result = await self._pipeline.submit(batch, "sse", received_at=first)
-                first = result.received_at
+                result = await self._pipeline.submit(
+                    batch, "sse", received_at=first, started=started
+                )
+                first, started = result.received_at, result.started
             except Exception:  # a bug must not drop entries silently: retry, then re-read
                 log.exception("call log batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -21,7 +21,12 @@ class FlakyPipeline:
         self.told: list[float | None] = []
 
     async def submit(
-        self, items: list[Any], channel: str, *, received_at: float | None = None
+        self,
+        items: list[Any],
+        channel: str,
+        *,
+        received_at: float | None = None,
+        started: float | None = None,
     ) -> BatchResult:
         self.told.append(received_at)
         if len(self.told) == 1:
