@@ -20,7 +20,7 @@ import aiohttp
 
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, Pipeline, pipeline_for, submit_retrying
+from bridge.pipeline import BACKFILL, BatchResult, Pipeline, pipeline_for, submit_retrying
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
@@ -106,7 +106,7 @@ async def backfill_calls(
     sink = KafkaSink(settings.kafka, metrics)
     router = Router(settings.topics, settings.routing.rules)
     # Its events are old by design: not in the live event-lag histogram (EventLagHigh).
-    pipeline = pipeline_for(settings, sink, router, metrics, event_lag=False)
+    pipeline = pipeline_for(settings, sink, router, metrics, BACKFILL)
     report = BackfillReport()
     await sink.start()
     try:

@@ -20,11 +20,21 @@ def dual_stack(host: str) -> bool:
         return False
 
 
-def site(runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool) -> web.BaseSite:
-    """The site serving `host`:`port`; `reuse_port`: shared with the pod's other workers."""
+async def start(runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool) -> web.BaseSite:
+    """The started site serving `host`:`port`; `reuse_port`: shared with the pod's other workers."""
     if not dual_stack(host):
-        return web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site: web.BaseSite = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()  # create_server closes its own sockets when it fails
+        return site
     sock = socket.create_server(
         ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=reuse_port
     )
-    return web.SockSite(runner, sock)
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+    except BaseException:
+        # Until the site's server holds it, the socket is ours: a failed start (or a cancelled
+        # one) would leave the port bound and the fd open for the life of the process.
+        sock.close()
+        raise
+    return site

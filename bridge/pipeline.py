@@ -111,6 +111,29 @@ class _Sent:
     dead_letter_reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ForDaemon:
+    """The daemon's live traffic: every behaviour on."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForBackfill:
+    """`pinecall-bridge backfill`: calls' logs read again, their events old by design."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForRedrive:
+    """`pinecall-bridge redrive`: dead letters offered again; `output_limits` its output topics'."""
+
+    output_limits: TopicLimits
+
+
+# What a pipeline serves: each decides which of the behaviours below apply.
+Purpose = ForDaemon | ForBackfill | ForRedrive
+DAEMON = ForDaemon()
+BACKFILL = ForBackfill()
+
+
 class Pipeline:
     def __init__(
         self,
@@ -124,10 +147,7 @@ class Pipeline:
         publish_timeout: float,
         mode: Mode = "structured",
         clock: Callable[[], float] = time.time,
-        event_lag: bool = True,
-        dead_letters: bool = True,
-        redriven: bool = False,
-        output_limits: TopicLimits | None = None,
+        purpose: Purpose = DAEMON,
     ) -> None:
         self._sink = sink
         self._router = router
@@ -139,16 +159,17 @@ class Pipeline:
         self._timeout = publish_timeout
         self._clock = clock
         # Each record carries its event's own time for the dedup stage's event-lag histogram; a
-        # backfill's events are old by design and would only drown the live ones' lag.
-        self._event_lag = event_lag
+        # backfill's events (and a redrive's dead letters) are old by design and would only drown
+        # the live ones' lag.
+        self._event_lag = isinstance(purpose, ForDaemon)
         # A redrive reads the dead-letter topic: writing to it again would grow it at every run.
-        self._dead_letters = dead_letters
+        self._dead_letters = not isinstance(purpose, ForRedrive)
         # A redrive's events keep their first receipt time: the dedup stage leaves them out of
         # its end-to-end latency, which would otherwise show their days in the dead-letter topic.
-        self._redriven = redriven
-        # A command's output limits: an event its output topic cannot take is refused here, where
+        self._redriven = isinstance(purpose, ForRedrive)
+        # A redrive's output limits: an event its output topic cannot take is refused here, where
         # the dedup stage would skip it after the command counted it as taken.
-        self._output_limits = output_limits
+        self._output_limits = purpose.output_limits if isinstance(purpose, ForRedrive) else None
         self._records_in_flight = 0
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
@@ -400,11 +421,7 @@ def pipeline_for(
     sink: Sender,
     router: Router,
     metrics: Metrics,
-    *,
-    event_lag: bool = True,
-    dead_letters: bool = True,
-    redriven: bool = False,
-    output_limits: TopicLimits | None = None,
+    purpose: Purpose = DAEMON,
 ) -> Pipeline:
     """The ingest stage as the settings configure it: the daemon's, and the commands'."""
     return Pipeline(
@@ -416,10 +433,7 @@ def pipeline_for(
         ingest_topic=settings.topics.ingest,
         dlq_topic=settings.topics.dlq,
         publish_timeout=settings.kafka.publish_timeout_seconds,
-        event_lag=event_lag,
-        dead_letters=dead_letters,
-        redriven=redriven,
-        output_limits=output_limits,
+        purpose=purpose,
     )
 
 

@@ -31,7 +31,7 @@ from bridge.deadletter import (
     deliveries,
 )
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, pipeline_for, submit_retrying
+from bridge.pipeline import BatchResult, ForRedrive, pipeline_for, submit_retrying
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import stop_consumer
@@ -51,7 +51,7 @@ class Progress(Protocol):
 
     def records_read(self, done: int) -> None: ...
 
-    def redriven(self, count: int) -> None: ...
+    def offered(self, count: int) -> None: ...
 
 
 class NoProgress:
@@ -63,7 +63,7 @@ class NoProgress:
     def records_read(self, done: int) -> None:
         pass
 
-    def redriven(self, count: int) -> None:
+    def offered(self, count: int) -> None:
         pass
 
 
@@ -80,7 +80,7 @@ class RedriveReport:
     dry_run: bool = False
     read: int = 0  # dead letters read from the range
     selected: int = 0  # of those, the ones `--until`, `--reason` and `--channel` picked
-    redriven: int = 0  # offered to the ingest stage (in a dry run: would be)
+    redriven: int = 0  # the bridge reads now: submitted to the ingest stage (dry run: would be)
     submitted: BatchResult = field(default_factory=BatchResult)
     unrecognised: Counter[str] = field(default_factory=Counter)  # by today's reason
     notes: Counter[str] = field(default_factory=Counter)  # by kind
@@ -135,16 +135,7 @@ async def redrive(
     # Old events by design (in neither the event-lag nor the end-to-end histogram: their receipt
     # was the first one), and no dead letter written: one still unrecognised, or still too large
     # for the ingest topic or its output topic (learned below), is counted, not added again.
-    pipeline = pipeline_for(
-        settings,
-        sink,
-        router,
-        metrics,
-        event_lag=False,
-        dead_letters=False,
-        redriven=True,
-        output_limits=sink.limits,
-    )
+    pipeline = pipeline_for(settings, sink, router, metrics, ForRedrive(sink.limits))
     consumer = AIOKafkaConsumer(
         **client_options(settings.kafka),
         group_id=None,
@@ -177,7 +168,8 @@ async def redrive(
                             sorted(result.failure_reasons)
                         )
                         return report
-                    shown.redriven(len(items))
+                    # Not those dropped by routing or still too large: never offered.
+                    shown.offered(result.accepted)
     except (MissingTopicError, ReadStalledError) as exc:
         report.error = str(exc)
     finally:
@@ -241,7 +233,7 @@ async def _read(
 
 
 class BarProgress:
-    """The dead-letter records read on the bar, redriven ones counted beside it."""
+    """The dead-letter records read on the bar, those offered to the ingest topic beside it."""
 
     def __init__(self, bar: CountedBar) -> None:
         self._bar = bar
@@ -252,7 +244,7 @@ class BarProgress:
     def records_read(self, done: int) -> None:
         self._bar.completed(done)
 
-    def redriven(self, count: int) -> None:
+    def offered(self, count: int) -> None:
         self._bar.count(count)
 
 
@@ -288,15 +280,15 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
     else:
         s = report.submitted
         lines.append(
-            f"{report.redriven} the bridge reads now: {s.accepted} to the ingest topic,"
-            f" {s.dropped} dropped by routing, {s.refused} refused by Kafka (too large)"
+            f"{report.redriven} the bridge reads now: {s.accepted} offered to the ingest topic,"
+            f" {s.dropped} dropped by routing, {s.refused} still too large for Kafka"
         )
         if s.refused:
             # A final answer, not a failure: it would be refused again at every run.
             lines.append(
                 f"{s.refused} still too large for Kafka (the ingest or output topic's"
-                " max.message.bytes, BRIDGE_KAFKA__MAX_REQUEST_BYTES): left in the dead-letter"
-                " topic, not written again"
+                " max.message.bytes, BRIDGE_KAFKA__MAX_REQUEST_BYTES): never offered, left in"
+                " the dead-letter topic, not written again"
             )
     if report.unrecognised:
         lines.append(
@@ -324,7 +316,7 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
         )
     if report.error is not None:
         lines.append(f"error: {report.error}")
-    elif not report.dry_run and report.redriven:
+    elif not report.dry_run and report.submitted.accepted:
         lines.append(
             f"the dedup stage drops those it saw in the last {ttl:g} s, and publishes the rest"
             " (again, for events published before that)."

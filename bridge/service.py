@@ -218,7 +218,7 @@ class Bridge:
             ),
         )
         await runner.setup()
-        await listen.site(runner, http.host, http.port, reuse_port=self._reuse_port).start()
+        await listen.start(runner, http.host, http.port, reuse_port=self._reuse_port)
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from bridge import listen
 from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import Channel, DropMode, SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
@@ -76,12 +76,10 @@ class Simulator:
             shutdown_timeout=1.0,
         )
         await runner.setup()
-        host = self.config.host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, self.config.port), family=family)
-        await web.SockSite(runner, sock).start()
+        # The bridge's own helper: `::` takes IPv4 too, in both.
+        await listen.start(runner, self.config.host, self.config.port, reuse_port=False)
         self._runner = runner
-        self._port = sock.getsockname()[1]
+        self._port = int(runner.addresses[0][1])
         log.info("simulator listening", extra={"url": self.url, "ws_url": self.ws_url})
 
     async def stop(self) -> None:

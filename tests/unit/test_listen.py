@@ -1,10 +1,17 @@
-"""Which listen addresses are served dual stack (IPv6 and IPv4 on one socket)."""
+"""Which listen addresses are served dual stack, and the site's socket when its start fails."""
 
 from __future__ import annotations
 
-import pytest
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
+from aiohttp import web
+
+from bridge import listen
 from bridge.listen import dual_stack
+from tests.sockets import ipv6_loopback
 
 
 @pytest.mark.parametrize(
@@ -21,3 +28,62 @@ from bridge.listen import dual_stack
 )
 def test_only_the_ipv6_any_address_is_served_dual_stack(host: str, both_families: bool) -> None:
     assert dual_stack(host) is both_families
+
+
+@pytest.fixture
+def created(monkeypatch: pytest.MonkeyPatch) -> list[socket.socket]:
+    """The sockets listen.start creates itself."""
+    sockets: list[socket.socket] = []
+    create = socket.create_server
+
+    def spied(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = create(*args, **kwargs)
+        sockets.append(sock)
+        return sock
+
+    monkeypatch.setattr(socket, "create_server", spied)
+    return sockets
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    yield runner
+    await runner.cleanup()
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on this machine")
+async def test_a_dual_stack_site_that_fails_to_start_closes_its_socket(
+    created: list[socket.socket], runner: web.AppRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(self: web.SockSite) -> None:
+        raise OSError("listen failed")
+
+    monkeypatch.setattr(web.SockSite, "start", refused)
+    with pytest.raises(OSError, match="listen failed"):
+        await listen.start(runner, "::", 0, reuse_port=False)
+    [sock] = created
+    assert sock.fileno() == -1, "the socket was left open: a leaked fd and a bound port"
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on this machine")
+async def test_a_dual_stack_site_refused_by_its_runner_closes_its_socket(
+    created: list[socket.socket],
+) -> None:
+    unready = web.AppRunner(web.Application())  # not set up: the site refuses it
+    with pytest.raises(RuntimeError, match="setup"):
+        await listen.start(unready, "::", 0, reuse_port=False)
+    [sock] = created
+    assert sock.fileno() == -1
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on this machine")
+async def test_a_started_dual_stack_site_keeps_its_socket_until_stopped(
+    created: list[socket.socket], runner: web.AppRunner
+) -> None:
+    site = await listen.start(runner, "::", 0, reuse_port=False)
+    [sock] = created
+    assert sock.fileno() != -1
+    await site.stop()
+    assert sock.fileno() == -1

@@ -11,7 +11,7 @@ from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
-from bridge.pipeline import Pipeline
+from bridge.pipeline import BACKFILL, DAEMON, ForRedrive, Pipeline, Purpose
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
@@ -32,9 +32,7 @@ def make(
     timeout: float = 1.0,
     mode: Mode = "structured",
     *,
-    dead_letters: bool = True,
-    redriven: bool = False,
-    output_limits: TopicLimits | None = None,
+    purpose: Purpose = DAEMON,
     **topics: Any,
 ) -> tuple[Pipeline, Metrics]:
     metrics = Metrics()
@@ -48,9 +46,7 @@ def make(
         publish_timeout=timeout,
         mode=mode,
         clock=lambda: 1_700_000_500.25,
-        dead_letters=dead_letters,
-        redriven=redriven,
-        output_limits=output_limits,
+        purpose=purpose,
     )
     return pipeline, metrics
 
@@ -522,7 +518,7 @@ async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> N
     # again, or every run would grow it.
     big = entry(2, call="CA_" + "x" * 1500)
     sink = limited_to(FakeSink(), 5000)
-    pipeline, metrics = make(sink, dead_letters=False)
+    pipeline, metrics = make(sink, purpose=ForRedrive(TopicLimits(1_048_576)))
     result = await pipeline.submit([entry(1), big, {"no": "type"}, entry(3)], "webhook")
     assert result.ok, "a final answer: nothing to retry"
     assert (result.accepted, result.dead_lettered, result.refused) == (2, 0, 2)
@@ -536,7 +532,7 @@ async def test_an_event_its_output_topic_cannot_take_is_refused_given_output_lim
     limits = TopicLimits(1_048_576)
     limits.learn(TopicSettings().events, 3000)
     sink = FakeSink()
-    pipeline, _ = make(sink, dead_letters=False, output_limits=limits)
+    pipeline, _ = make(sink, purpose=ForRedrive(limits))
     big = entry(2, data={"text": "x" * 4000})
     result = await pipeline.submit([entry(1), big, entry(3)], "webhook")
     assert result.ok
@@ -545,9 +541,9 @@ async def test_an_event_its_output_topic_cannot_take_is_refused_given_output_lim
 
 
 async def test_a_redrive_marks_its_records_so_the_dedup_stage_does_not_time_them() -> None:
-    for redriven in (False, True):
+    for purpose, redriven in ((DAEMON, False), (ForRedrive(TopicLimits(1_048_576)), True)):
         sink = FakeSink()
-        pipeline, _ = make(sink, redriven=redriven)
+        pipeline, _ = make(sink, purpose=purpose)
         first_receipt = 1_699_000_000.0  # days before the clock: a dead letter's
         result = await pipeline.submit([entry(1)], "webhook", received_at=first_receipt)
         assert result.accepted == 1
@@ -555,6 +551,26 @@ async def test_a_redrive_marks_its_records_so_the_dedup_stage_does_not_time_them
         read = decode(record.key, record.value, record.headers)
         assert read is not None
         assert (read.redriven, read.received_at) == (redriven, first_receipt)
+
+
+@pytest.mark.parametrize(
+    ("purpose", "timed", "redriven", "dead_letters"),
+    [
+        (DAEMON, True, False, 1),
+        (BACKFILL, False, False, 1),  # old events by design: no event lag
+        (ForRedrive(TopicLimits(1_048_576)), False, True, 0),
+    ],
+)
+async def test_what_a_pipeline_serves_decides_its_records_marks_and_dead_letters(
+    purpose: Purpose, timed: bool, redriven: bool, dead_letters: int
+) -> None:
+    sink = FakeSink()
+    pipeline, _ = make(sink, purpose=purpose)
+    result = await pipeline.submit([entry(1), {"no": "type"}], "webhook")
+    assert (result.accepted, result.dead_lettered) == (1, dead_letters)
+    read = decode(sink.records[0].key, sink.records[0].value, sink.records[0].headers)
+    assert read is not None
+    assert (read.event_time is not None, read.redriven) == (timed, redriven)
 
 
 async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:

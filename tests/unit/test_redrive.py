@@ -68,10 +68,11 @@ def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
     lines = summary(report, 900)
     assert lines[:4] == [
         "40 dead letters read, 30 selected",
-        "5 the bridge reads now: 3 to the ingest topic, 1 dropped by routing,"
-        " 1 refused by Kafka (too large)",
+        "5 the bridge reads now: 3 offered to the ingest topic, 1 dropped by routing,"
+        " 1 still too large for Kafka",
         "1 still too large for Kafka (the ingest or output topic's max.message.bytes,"
-        " BRIDGE_KAFKA__MAX_REQUEST_BYTES): left in the dead-letter topic, not written again",
+        " BRIDGE_KAFKA__MAX_REQUEST_BYTES): never offered, left in the dead-letter topic,"
+        " not written again",
         "3 still unrecognised (invalid_data: 1, missing_type: 2): left in the dead-letter topic,"
         " not written again",
     ]
@@ -81,6 +82,17 @@ def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
     assert f"--call CA_{SHOWN_CALLS - 1:02}` (and 2 more calls)" in backfill
     assert any(line.startswith("1 notes of feed frames too large") for line in lines)
     assert "1 records that are not the bridge's dead letters (its value is not JSON: 1)" in lines
+
+
+def test_events_all_still_too_large_are_not_said_to_reach_the_dedup_stage() -> None:
+    lines = summary(
+        RedriveReport(read=2, selected=2, redriven=2, submitted=BatchResult(refused=2)), 900
+    )
+    assert lines[1] == (
+        "2 the bridge reads now: 0 offered to the ingest topic, 0 dropped by routing,"
+        " 2 still too large for Kafka"
+    )
+    assert not any("dedup stage" in line for line in lines), "none was offered to it"
 
 
 def test_a_dry_run_says_nothing_was_published() -> None:

@@ -16,6 +16,7 @@ from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
 from bridge.workers.role import Stages
 from tests.polling import until
+from tests.sockets import ipv6_loopback
 from tests.unit.sink.fakes import FakeAdmin
 
 # Every series of the feed: a 0 from a process without the feed reads as a feed that is down.
@@ -418,18 +419,6 @@ async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchec
         ("WARNING", "gone", unread + why_unread(3, fresh=False)),
         ("WARNING", "locked", unread + why_unread(29, fresh=False, right="Describe")),
     ]
-
-
-def ipv6_loopback() -> bool:
-    """Whether this machine can bind ::1 (a container may have IPv6 off)."""
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 async def healthz_statuses(port: int) -> dict[str, int | str]:

@@ -6,6 +6,7 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.simulator import InvalidHookError, Simulator, SimulatorConfig, SimulatorStoppedError
+from tests.sockets import ipv6_loopback
 from tests.unit.simulator.conftest import AUTH, FAST, subscribe
 from tests.unit.simulator.receiver import Received, Receiver
 
@@ -23,6 +24,17 @@ async def test_urls_follow_the_bound_port() -> None:
             pass
     finally:
         await sim.stop()
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+async def test_the_ipv6_any_address_takes_ipv4_too_as_the_bridges_does() -> None:
+    # `::` means dual stack to the bridge (BRIDGE_HTTP__HOST): the same to the simulator.
+    async with Simulator(SimulatorConfig(host="::")) as sim:
+        assert sim.url == f"http://[::1]:{sim.port}"
+        for address in ("127.0.0.1", "::1"):
+            _, writer = await asyncio.open_connection(address, sim.port)
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_a_taken_port_fails_to_start() -> None:
