@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import logging
 import os
 import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from aiokafka.helpers import create_ssl_context
@@ -507,6 +508,15 @@ class PinecallSettings(_Section):
     # the API key, the feed's token and the webhook secret then cross the network unencrypted.
     allow_insecure_urls: bool = False
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_or_unset(cls, key: Any) -> Any:
+        # A Secret made from a file often ends in a newline, which no HTTP header may carry; an
+        # empty key (an empty Secret) is no key, so what needs one says so instead of a 401.
+        if isinstance(key, str):
+            return key.strip() or None
+        return key
+
     @field_validator("api_url", "public_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
@@ -788,6 +798,56 @@ def known_variables() -> set[str]:
     return names
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds, itself or as the items of a list; None for a value."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _json_model(upper: str) -> type[BaseModel] | None:
+    """The model a variable's JSON value is read into: a section's, or a field's (the rules)."""
+    section, _, key = upper.removeprefix("BRIDGE_").lower().partition("__")
+    model = _model_in(Settings.model_fields[section].annotation)
+    if model is None or not key:
+        return model
+    return _model_in(model.model_fields[key].annotation)
+
+
+def _unknown_keys(model: type[BaseModel], value: Any, where: str) -> list[str]:
+    """Keys of a JSON value read into `model` that none of its fields reads, recursively."""
+    if isinstance(value, list):
+        return [
+            p for n, item in enumerate(value) for p in _unknown_keys(model, item, f"{where}[{n}]")
+        ]
+    if not isinstance(value, dict):
+        return []
+    fields = {name.lower(): info for name, info in model.model_fields.items()}
+    problems = []
+    for key, inner in value.items():
+        info = fields.get(str(key).lower())
+        if info is None:
+            close = difflib.get_close_matches(str(key).lower(), fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{str(key)!r} in {where} is not a setting and is ignored{hint}")
+        elif (inner_model := _model_in(info.annotation)) is not None:
+            problems += _unknown_keys(inner_model, inner, f"{where}.{key}")
+    return problems
+
+
+def _unknown_json_keys(upper: str, value: str | None, where: str) -> list[str]:
+    """Unknown keys in a known variable's JSON value (e.g. `BRIDGE_KAFKA='{"bootstrap": …}'`)."""
+    model = _json_model(upper)
+    if model is None or not value:
+        return []
+    try:
+        parsed = json.loads(value)  # the stdlib's, as pydantic-settings reads it
+    except ValueError:  # not JSON: load_settings names the variable
+        return []
+    return _unknown_keys(model, parsed, where)
+
+
 def dotenv_variables() -> Mapping[str, str | None]:
     """The variables of the `.env` file the settings read (none without one), in lower case."""
     return DotEnvSettingsSource(Settings).env_vars
@@ -796,18 +856,25 @@ def dotenv_variables() -> Mapping[str, str | None]:
 def unknown_variables(
     environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None
 ) -> list[str]:
-    """`BRIDGE_*` variables no setting reads, in `environ` or `dotenv` (a `.env` file's), each
-    with the likeliest intended name.
+    """`BRIDGE_*` variables no setting reads, in `environ` or `dotenv` (a `.env` file's), and keys
+    no setting reads in a JSON value (a section given whole, a routing rule), each with the
+    likeliest intended name.
 
     Pydantic-settings ignores them silently, so a typo or a renamed setting would quietly
     fall back to the default. Names match in any case, as the settings read them.
     """
     known = known_variables()
     given = {name.upper(): name for name in environ}
-    in_file = {name.upper() for name in dotenv or {}}
+    in_file = {name.upper(): value for name, value in (dotenv or {}).items()}
     problems = []
-    for upper in sorted(given.keys() | in_file):
-        if not upper.startswith("BRIDGE_") or upper in known:
+    for upper in sorted(given.keys() | in_file.keys()):
+        if not upper.startswith("BRIDGE_"):
+            continue
+        if upper in known:
+            if upper in given:
+                problems += _unknown_json_keys(upper, environ[given[upper]], given[upper])
+            if upper in in_file:
+                problems += _unknown_json_keys(upper, in_file[upper], f"{upper} (in .env)")
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -104,12 +104,18 @@ class _TransientKafkaFilter(logging.Filter):
         "Failed fetch messages from %s: %s": None,
     }
 
+    _UNREACHABLE = ('Unable connect to "%s:%s": %s', "Unable connect to node with id %s: %s")
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         if msg in self._DROPPED:
             return False
         if msg in self._DEMOTED and record.levelno > logging.WARNING and self._retried(record):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if msg in self._UNREACHABLE and isinstance(record.args, tuple) and record.args:
+            *rest, error = record.args
+            if not str(error):
+                record.args = (*rest, _unexplained(error))
         return True
 
     def _retried(self, record: logging.LogRecord) -> bool:
@@ -118,6 +124,25 @@ class _TransientKafkaFilter(logging.Filter):
             return True
         args = record.args if isinstance(record.args, tuple) else ()
         return len(args) > at and getattr(args[at], "retriable", False) is True
+
+
+def _unexplained(error: object) -> str:
+    """A reason for a connection error whose text is empty: the line ended at its colon.
+
+    A timeout or a reset is what a port that is no Kafka listener, or a TLS mismatch, gives.
+    """
+    name = type(error).__name__
+    if isinstance(error, TimeoutError):
+        return (
+            f"{name}: no answer within BRIDGE_KAFKA__REQUEST_TIMEOUT_MS (is the port a Kafka"
+            " listener, and does BRIDGE_KAFKA__SECURITY_PROTOCOL match its TLS or plaintext?)"
+        )
+    if isinstance(error, ConnectionError):
+        return (
+            f"{name}: the listener closed the connection (does BRIDGE_KAFKA__SECURITY_PROTOCOL"
+            " match its TLS or plaintext?)"
+        )
+    return name
 
 
 class MalformedRequestFilter(logging.Filter):

@@ -251,6 +251,17 @@ class Bridge:
         works: a dedup stage, call-log source or lease that cannot start yet (a missing ACL, a
         coordinator away) leaves events waiting in the ingest topic, not refused at the door.
         """
+        # A port that never answers (no Kafka listener, a TLS mismatch) is only reported after
+        # the request timeout: until then this line says what is being waited for.
+        k = self.settings.kafka
+        log.info(
+            "connecting to Kafka",
+            extra={
+                "bootstrap_servers": ",".join(k.bootstrap_servers),
+                "security_protocol": k.security_protocol,
+                "request_timeout_ms": k.request_timeout_ms,
+            },
+        )
         await self._retry(
             "Kafka not ready yet (unreachable, refused our credentials or TLS, or a topic is"
             " missing); retrying",

@@ -385,6 +385,46 @@ def test_unknown_variables_are_named_with_the_likely_intent() -> None:
     ]
 
 
+def test_unknown_keys_in_a_json_value_are_named_with_the_likely_intent() -> None:
+    # Pydantic ignores them as it does unknown variables: a section given whole, or a rule.
+    environ = {
+        "BRIDGE_KAFKA": '{"bootstrap": "kafka:9092", "CLIENT_ID": "b"}',
+        "BRIDGE_ROUTING__RULES": '[{"match": "call.*", "topic": "calls", "topik": "x"}]',
+        "BRIDGE_ROUTING": '{"rules": [{"match": "a", "topic": "b", "ephemeral": true}]}',
+        "BRIDGE_DEDUP": "not json",  # a parse error, which load_settings names
+        "BRIDGE_HTTP__PORT": "8080",
+    }
+    dotenv = {"bridge_sse": '{"enabled": true, "max_call": 5}'}
+    assert unknown_variables(environ, dotenv) == [
+        "'bootstrap' in BRIDGE_KAFKA is not a setting and is ignored"
+        " (did you mean 'bootstrap_servers'?)",
+        "'ephemeral' in BRIDGE_ROUTING.rules[0] is not a setting and is ignored",
+        "'topik' in BRIDGE_ROUTING__RULES[0] is not a setting and is ignored"
+        " (did you mean 'topic'?)",
+        "'max_call' in BRIDGE_SSE (in .env) is not a setting and is ignored"
+        " (did you mean 'max_calls'?)",
+    ]
+
+
+@pytest.mark.parametrize("key", ["", "  ", "\n"])
+def test_an_empty_api_key_is_no_key(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    # An empty Secret was a key of "": the feed and call logs started with it, refused by Pinecall.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__API_KEY": key, "BRIDGE_SSE__ENABLED": "true"})
+    assert problems() == [
+        "BRIDGE_SSE__ENABLED needs BRIDGE_PINECALL__API_KEY (the call logs are read with it)"
+    ]
+
+
+def test_the_api_key_loses_the_newline_a_secret_file_ends_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No HTTP header may carry a newline: aiohttp refuses the request before sending it.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__API_KEY": " key\n"})
+    key = load_settings().pinecall.api_key
+    assert key is not None
+    assert key.get_secret_value() == "key"
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

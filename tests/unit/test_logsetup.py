@@ -143,6 +143,27 @@ def test_retried_group_coordinator_errors_are_warnings_fatal_ones_stay_errors(
     assert levels == ["warning"] * 5 + ["error"] * 4
 
 
+def test_a_connection_error_without_text_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    # A port that is no Kafka listener times out, TLS to a plaintext listener is reset: both
+    # errors' text is empty, and the line ended at its colon.
+    logsetup.configure("INFO", "json")
+    client = logging.getLogger("aiokafka")
+    client.error('Unable connect to "%s:%s": %s', "kafka", 9092, TimeoutError())
+    client.error("Unable connect to node with id %s: %s", 1, ConnectionResetError())
+    client.error('Unable connect to "%s:%s": %s', "kafka", 9092, OSError())
+    client.error('Unable connect to "%s:%s": %s', "kafka", 9092, OSError("Connect call failed"))
+    lines = [jsoncodec.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        'Unable connect to "kafka:9092": TimeoutError: no answer within'
+        " BRIDGE_KAFKA__REQUEST_TIMEOUT_MS (is the port a Kafka listener, and does"
+        " BRIDGE_KAFKA__SECURITY_PROTOCOL match its TLS or plaintext?)",
+        "Unable connect to node with id 1: ConnectionResetError: the listener closed the"
+        " connection (does BRIDGE_KAFKA__SECURITY_PROTOCOL match its TLS or plaintext?)",
+        'Unable connect to "kafka:9092": OSError',
+        'Unable connect to "kafka:9092": Connect call failed',
+    ]
+
+
 def test_the_demoted_kafka_messages_are_aiokafkas() -> None:
     # A reworded message in a new aiokafka would quietly be an ERROR again.
     from pathlib import Path

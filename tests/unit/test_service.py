@@ -383,6 +383,31 @@ async def test_a_retry_logs_the_wait_it_takes(
     assert logged[2]["part"] == "dedup_stage"
 
 
+async def test_the_wait_for_a_kafka_that_does_not_answer_is_logged_before_it_times_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A port that is no Kafka listener answers nothing: the first line came only after
+    # BRIDGE_KAFKA__REQUEST_TIMEOUT_MS (30 s), with nothing logged since `listening`.
+    bridge = Bridge(every_source())
+    never = asyncio.Event()
+
+    async def unanswered() -> None:
+        await never.wait()
+
+    monkeypatch.setattr(bridge, "_connect_ingest", unanswered)
+    with caplog.at_level(logging.INFO, logger="bridge.service"):
+        connecting = asyncio.create_task(bridge._connect())
+        await until(lambda: bool(caplog.records))
+        connecting.cancel()
+    [record] = caplog.records
+    assert record.getMessage() == "connecting to Kafka"
+    assert (
+        record.__dict__["bootstrap_servers"],
+        record.__dict__["security_protocol"],
+        record.__dict__["request_timeout_ms"],
+    ) == ("127.0.0.1:1", "PLAINTEXT", 30_000)
+
+
 async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
