@@ -19,7 +19,8 @@ frames sent until the reconnect, uncounted. Only a frame larger still closes it.
 A stop closes the connection with the close handshake and reads it to its end: Pinecall stops
 sending once it reads the close, and every frame sent before, received or on its way, is read and
 published (the feed has no resume: a frame thrown away with the connection is lost). A close
-unanswered within half of what is left of the stop's budget cuts the connection.
+unanswered within half of what is left of the stop's budget, the stop's own or a token refresh's,
+cuts the connection. A reader the stop cancels counts what websockets received and it had not read.
 
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
@@ -452,6 +453,9 @@ class WebSocketSource:
                 self._take(opened, message)
         except ConnectionClosed as exc:
             raise _refusal_by_close(opened, exc) or exc from None
+        except asyncio.CancelledError:
+            self._lost_unread(ws)
+            raise
         finally:
             closer.cancel()
         # The server closed cleanly (or a refresh closed it); async-for ends without raising.
@@ -469,7 +473,30 @@ class WebSocketSource:
         """
         await self._stopping.wait()
         ws.close_timeout = max(self._close_by - asyncio.get_running_loop().time(), 0.0)
-        await ws.close()
+        try:
+            async with asyncio.timeout_at(self._close_by):
+                await ws.close()
+        except TimeoutError:
+            # A close begun before the stop (a token refresh's) keeps the deadline websockets
+            # gave it then (10 s): cut it at the stop's, as websockets cuts its own.
+            ws.transport.abort()
+
+    def _lost_unread(self, ws: ClientConnection) -> None:
+        """The stop cancelled the reader past its share: the connection is cut, and what websockets
+        received and the reader had not read is counted as lost at shutdown."""
+        # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
+        # so the count is final (websockets has no public count of its buffer).
+        ws.transport.abort()
+        try:
+            unread = len(ws.recv_messages.frames)
+        except (AttributeError, TypeError):  # websockets' internals moved: uncounted, as before
+            unread = 0
+        if unread:
+            self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
+            log.error(
+                "feed frames received but not read before the stop's deadline: lost",
+                extra={"frames": unread},
+            )
 
     def _answer(self, opened: _Opened, frame: Frame) -> None:
         """Note the subscription's answer in `frame`, if awaited; raise if it is a refusal."""

@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.messages import Assembler
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
@@ -844,3 +846,71 @@ async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its
     await stopping
     assert seqs(sink) == list(range(1, 51))
     assert rejected(metrics, "shutdown") == 0
+
+
+async def test_a_stop_while_a_refresh_closes_the_old_connection_keeps_its_deadline(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refresh's close of the old connection kept websockets' own timeout (10 s): a stop
+    # landing while it went unanswered waited it out, holding the lease past the deadline.
+    closing: list[ClientConnection] = []
+    close = ClientConnection.close
+
+    async def recorded(ws: ClientConnection, *args: Any, **kwargs: Any) -> None:
+        closing.append(ws)
+        await close(ws, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "close", recorded)
+    never = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            await never.wait()  # never reads: the refresh's close of it goes unanswered
+        else:
+            await hold_open(ws)
+
+    feed = await make_feed(script)
+    feed.expires_in = 1.0  # refreshed after half a second
+    sink, metrics = FakeSink(), Metrics()
+    source = await started(*feed.settings(), sink, metrics)
+    await until(lambda: closing)  # the successor is subscribed: the old one is being closed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    await source.stop(deadline)
+    assert loop.time() <= deadline
+
+
+async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_counted(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop past the reader's share cancels it: what websockets had received and the reader
+    # had not read was lost uncounted.
+    received = 0
+    source: WebSocketSource | None = None
+    put = Assembler.put
+
+    def counted(assembler: Assembler, frame: Any) -> None:
+        nonlocal received
+        received += 1
+        put(assembler, frame)
+        if received == 300 and source is not None and source._reader is not None:
+            # As the stop does past the reader's share; here with this frame still unread.
+            source._reader.cancel()
+
+    monkeypatch.setattr(Assembler, "put", counted)
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        with contextlib.suppress(ConnectionError):
+            for seq in itertools.count(1):
+                await ws.send_json(entry(seq))
+                await asyncio.sleep(0)
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(auto_ack=False), Metrics()  # nothing is published
+    source = await started(*feed.settings(), sink, metrics)
+    await until(lambda: received >= 300)
+    await source.stop(asyncio.get_running_loop().time() + 1)
+    read = sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event")
+    assert received - 1 > read  # frames were left unread (1: the subscription's ack)
+    assert rejected(metrics, "shutdown") == received - 1
