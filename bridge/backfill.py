@@ -20,13 +20,14 @@ import aiohttp
 
 from bridge.config import Settings
 from bridge.metrics import Metrics
+from bridge.normalise.ids import valid_call_id
 from bridge.pipeline import BACKFILL, BatchResult, Pipeline, pipeline_for, submit_retrying
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
-from bridge.sources.calllog.pages import PageError, fetch_pages, usable_call_id
+from bridge.sources.calllog.pages import PageError, fetch_pages
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,8 +140,11 @@ async def _backfill_call(
     progress: Progress,
 ) -> CallOutcome:
     outcome = CallOutcome(call)
-    if not usable_call_id(call):
-        outcome.error = "not a call id: it cannot name a call log in a URL"
+    if not valid_call_id(call):
+        outcome.error = (
+            "not a call id: empty, over 256 characters, a control character, a / or \\,"
+            " or . or .. (it cannot name a call log in a URL)"
+        )
         return outcome
     api = settings.pinecall
     key = api.api_key.get_secret_value() if api.api_key else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -68,13 +69,29 @@ class JsonFormatter(logging.Formatter):
         return _dumps(entry).decode()
 
 
+# C0 and C1 controls, DEL and the Unicode line separators: in a console line they would start a
+# new, forged line (an untrusted call id or type holding `\n2026 ERROR ...`) or move the cursor.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: re.Match[str]) -> str:
+    c = char.group()
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def _one_line(value: Any) -> str:
+    """`value` as text on one line: control characters escaped as in a Python literal."""
+    text = _text(str(value))
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = (
-            f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()} {extras}".rstrip()
-        )
+        extras = " ".join(f"{_one_line(k)}={_one_line(v)}" for k, v in _fields(record).items())
+        message = _one_line(record.getMessage())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {message} {extras}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -18,12 +18,15 @@ from typing import Any, Literal
 
 from bridge import jsoncodec
 from bridge.normalise.event import Channel, Event
+from bridge.normalise.ids import valid_call_id, valid_id
 from bridge.normalise.vocabulary import MARKER_TYPES
 
 UnrecognisedReason = Literal[
     "not_an_object",
     "missing_type",
     "invalid_type",
+    "invalid_call_id",
+    "invalid_id",
     "invalid_data",
     "invalid_seq",
     "too_large",
@@ -66,17 +69,29 @@ def normalise(item: Any, *, channel: Channel, received_at: float) -> Event | Unr
         return Unrecognised("not_an_object", item)
     shape = _shape(item)
     if shape == "legacy":
-        return _legacy(item, channel, received_at)
+        return _checked(_legacy(item, channel, received_at), item)
     event_type = item.get("type")
     if event_type is None:
         return Unrecognised("missing_type", item)
-    if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_TYPE_LENGTH:
+    if not isinstance(event_type, str) or not valid_id(event_type, MAX_TYPE_LENGTH):
         return Unrecognised("invalid_type", item)
     if shape == "entry":
-        return _entry(item, event_type, channel, received_at)
+        return _checked(_entry(item, event_type, channel, received_at), item)
     if shape == "alert":
-        return _alert(item, event_type, channel, received_at)
-    return _documented(item, event_type, channel, received_at)
+        return _checked(_alert(item, event_type, channel, received_at), item)
+    return _checked(_documented(item, event_type, channel, received_at), item)
+
+
+def _checked(event: Event | Unrecognised, item: dict[str, Any]) -> Event | Unrecognised:
+    """The event, unless an id it took from the input is none: those become keys and headers."""
+    if isinstance(event, Unrecognised):
+        return event
+    if event.call is not None and not valid_call_id(event.call):
+        return Unrecognised("invalid_call_id", item)
+    for value in (_payload_id(item), event.agent, event.org):
+        if value is not None and not valid_id(value):
+            return Unrecognised("invalid_id", item)
+    return event
 
 
 def event_time(item: Any) -> float | None:
@@ -180,7 +195,7 @@ def _documented(
 
 def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | Unrecognised:
     event_type = item["event"]
-    if not 0 < len(event_type) <= MAX_TYPE_LENGTH:
+    if not valid_id(event_type, MAX_TYPE_LENGTH):
         return Unrecognised("invalid_type", item)
     # The older SDK spread the payload over the frame itself, so its data is what remains.
     data = {key: value for key, value in item.items() if key not in _LEGACY_ENVELOPE}

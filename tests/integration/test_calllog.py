@@ -319,6 +319,37 @@ async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_
         )
 
 
+async def test_call_ids_that_are_no_call_ids_are_refused_not_followed(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    # The org feed announces calls: one with a path in it would have its log read from
+    # another URL (a server decoding %2F), a newline forges log lines, and a huge one was held
+    # whole in the roster's maps (10,000 ended calls remembered) and logged on every reconnect.
+    bad = ["CA_ids/../../v1/sessions", "CA_ids\n12:00:00 ERROR forged", "CA_ids" + "x" * 100_000]
+    async with Simulator(sim_config()) as sim:
+        handle = await following(start_bridge, sim)
+        for call in bad:
+            for seq, kind in enumerate(("call.started", "turn.user", "call.score"), start=1):
+                sim.calllogs.append(entry(seq, kind, call=call, ts=time.time()))
+        calls = Calls(sim, "CA_ids")
+        [name] = calls.open(1)  # announced after the bad ones, on the same feed
+        calls.write(name, "turn.user", {"text": "hello"})
+        calls.end(name)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
+        records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq])
+        events = [r for r in records if r.topic == topics.events]
+        assert_exactly_once_in_order(calls, events)  # none of the bad calls' entries
+        assert not [r for r in records if r.topic == topics.dlq]
+        refused = sample(
+            handle.metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="sse",
+            reason="invalid_call_id",
+        )
+        assert refused >= len(bad)
+        assert not any(sim.calllogs.readers(call) for call in bad)
+
+
 def sse_env(sim: Simulator) -> dict[str, str]:
     env = {f"BRIDGE_SSE__{key.upper()}": str(value).lower() for key, value in FAST_SSE.items()}
     return {

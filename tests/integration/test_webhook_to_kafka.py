@@ -188,6 +188,29 @@ async def test_alerts_and_dead_letters(
     assert not any(name.startswith("pinecall-ingest-") for r in records for name in r.headers)
 
 
+async def test_an_event_whose_call_id_is_no_call_id_is_dead_lettered(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    # The call id becomes the record key and the dedup id, and from the ingest topic a call
+    # log's URL on a takeover: a path, a newline (a forged log line) or a huge id names no call.
+    bad = [
+        f"{unique_call}/../../v1/events",
+        f"{unique_call}\n12:00:00 ERROR   bridge.service: forged",
+        unique_call + "x" * 200_000,
+    ]
+    for call in bad:
+        status, body = await bridge.post(entry(1, call=call))
+        assert (status, body["dead_lettered"], body["accepted"]) == (202, 1, 0)
+    assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:1"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq])
+    mine = [r for r in records if unique_call.encode() in r.value]
+    assert [r.key for r in mine if r.topic == topics.events] == [unique_call.encode()]
+    dead = [r for r in mine if r.topic == topics.dlq]
+    assert sorted(jsoncodec.loads(r.value)["call"] for r in dead) == sorted(bad)
+    assert {r.headers["pinecall-dlq-reason"] for r in dead} == {b"invalid_call_id"}
+
+
 async def test_a_replayed_alert_is_refused_and_its_current_delivery_lands_once(
     start_bridge: object, topics: Topics, kafka_bootstrap: str
 ) -> None:

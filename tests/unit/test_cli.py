@@ -251,7 +251,7 @@ def test_redrive_selects_a_reason_only_an_older_version_wrote_and_warns_of_it(
     assert asked[0].reasons == {"bad_schema_v1", "invalid_data"}
     err = capsys.readouterr().err
     assert "warning: this version writes no dead letter with reason 'bad_schema_v1'" in err
-    assert "it writes invalid_data, invalid_json, invalid_seq, invalid_type, missing_type," in err
+    assert "it writes invalid_call_id, invalid_data, invalid_id, invalid_json, invalid_seq," in err
     # Only today's reasons: nothing to warn of.
     assert main(["redrive", "--since", "1h", "--reason", "invalid_data"]) == 0
     assert capsys.readouterr().err == ""

@@ -58,6 +58,27 @@ def test_console_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not shown" not in err
 
 
+def test_console_lines_cannot_be_forged_by_what_they_echo(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An untrusted call id or type echoed in a WARNING: its newline started a fake line.
+    logsetup.configure("WARNING", "console")
+    forged = "CA_1\n12:00:00 ERROR   bridge.service: credentials leaked"
+    log = logging.getLogger("bridge.x")
+    log.warning(f"refused {forged}\r\x1b[2J", extra={"call": forged, "k\nv": "\x00\u2028\t"})
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith(
+        "refused CA_1\\n12:00:00 ERROR   bridge.service: credentials leaked\\r\\x1b[2J"
+        " call=CA_1\\n12:00:00 ERROR   bridge.service: credentials leaked k\\nv=\\x00\\u2028\\t"
+    )
+
+
+def test_console_output_of_ordinary_text_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    logsetup.configure("WARNING", "console")
+    logging.getLogger("bridge.x").warning("café 'x' \\n", extra={"path": "/a b", "n": [1]})
+    assert capsys.readouterr().err.endswith("bridge.x: café 'x' \\n path=/a b n=[1]\n")
+
+
 def test_aiokafka_noise_is_held_back() -> None:
     logsetup.configure("DEBUG", "json")
     assert logging.getLogger("aiokafka").level == logging.WARNING

@@ -479,9 +479,10 @@ def limited_to(sink: FakeSink, limit: int) -> FakeSink:
 async def test_an_event_too_large_for_kafka_is_dead_lettered_not_retried_forever() -> None:
     # Refused for good used to count as a failure: 503 to Pinecall and the feed's batch retried
     # forever, with later events of the call held back behind it.
-    # The call id is repeated in the key, the id, the subject and a header: the event's record
-    # is several times the item's size, and only the item's bytes fit as a dead letter.
-    big = entry(2, call="CA_" + "x" * 1500)
+    # The call id (at most 256 characters) is repeated in the key, the id, the subject and a
+    # header: the event's record is larger than the item, and only the item's bytes fit as a
+    # dead letter.
+    big = entry(2, call="CA_" + "x" * 253, data={"text": "y" * 3800})
     sink = limited_to(FakeSink(), 5000)
     pipeline, metrics = make(sink)
     result = await pipeline.submit([entry(1), big, entry(3)], "websocket")

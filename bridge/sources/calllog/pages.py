@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.normalise.ids import shown, valid_call_id
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
@@ -141,20 +142,10 @@ def bearer_headers(api_key: str, env: str | None, accept: str) -> dict[str, str]
     return headers
 
 
-# Ids that are no path segment of their own: `quote` keeps dots, and the URL's normalisation
-# (yarl's, even of %2E, and many servers') turns `/v1/calls/../events` into `/v1/events`.
-UNUSABLE_CALL_IDS = frozenset({"", ".", ".."})
-
-
-def usable_call_id(call_id: str) -> bool:
-    """Whether the id can name its call in a URL path."""
-    return call_id not in UNUSABLE_CALL_IDS
-
-
 def events_url(api_url: str, call_id: str) -> str:
     """`GET /v1/calls/{id}/events` under the API's base URL; ValueError for an unusable id."""
-    if not usable_call_id(call_id):
-        raise ValueError(f"call id {call_id!r} cannot be a URL path segment")
+    if not valid_call_id(call_id):
+        raise ValueError(f"call id {shown(call_id)!r} cannot be a URL path segment")
     return f"{api_url.rstrip('/')}/v1/calls/{quote(call_id, safe='')}/events"
 
 

@@ -20,6 +20,7 @@ import aiohttp
 from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.ingest.progress import PartitionProgress
 from bridge.metrics import Metrics
+from bridge.normalise.ids import shown, valid_call_id
 from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
@@ -27,7 +28,6 @@ from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.orgfeed import OrgFeed
-from bridge.sources.calllog.pages import usable_call_id
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Pinecall's `: ping` on every event stream (pinecall-wire.md).
 PINECALL_PING_SECONDS = 25.0
 _STOP_GRACE = 5.0
+# Refused call ids each logged once, up to this many: a stream of distinct ones is only counted.
+_LOGGED_REFUSALS = 16
 
 
 class CallLogSource:
@@ -175,15 +177,16 @@ class CallLogSource:
             self._launch(self.roster.offer(call, 0))
 
     def _usable(self, call: str) -> bool:
-        """False for an id that would change the call log's URL (`..`): counted, logged once."""
-        if usable_call_id(call):
+        """False for an id that is no call id (`..`, `a/b`, 1 MB): counted, logged once."""
+        if valid_call_id(call):
             return True
         self._metrics.rejected.labels("sse", "invalid_call_id").inc()
-        if call not in self._refused_ids:
-            self._refused_ids.add(call)  # at most the few UNUSABLE_CALL_IDS
+        short = shown(call)  # a 1 MB id is not kept, nor logged, whole
+        if short not in self._refused_ids and len(self._refused_ids) < _LOGGED_REFUSALS:
+            self._refused_ids.add(short)
             log.error(
                 "a call id that cannot name a call log is refused (counted from now on)",
-                extra={"call": call},
+                extra={"call": short},
             )
         return False
 

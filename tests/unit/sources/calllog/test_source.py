@@ -16,6 +16,7 @@ from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import CHANNEL
 from bridge.metrics import Metrics
+from bridge.normalise.ids import shown
 from bridge.pipeline import Pipeline
 from bridge.sources.calllog import source as source_module
 from bridge.sources.calllog.calllist import CallListError, CallRow
@@ -77,7 +78,9 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
     assert crashes == 1
 
 
-@pytest.mark.parametrize("bad", [".", ".."])
+@pytest.mark.parametrize(
+    "bad", [".", "..", "CA_1/../../v1/sessions", "CA_1\nforged", "x" * 1_048_576]
+)
 def test_a_call_id_that_would_change_the_calls_url_is_refused_counted_and_logged_once(
     bad: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -101,7 +104,25 @@ def test_a_call_id_that_would_change_the_calls_url_is_refused_counted_and_logged
     )
     assert refused == 2
     logged = [r for r in caplog.records if r.getMessage().startswith("a call id that cannot")]
-    assert [r.call for r in logged] == [bad]  # type: ignore[attr-defined]
+    assert [r.call for r in logged] == [shown(bad)]  # type: ignore[attr-defined]
+    assert len(logged[0].call) <= 100  # type: ignore[attr-defined]
+
+
+def test_distinct_refused_call_ids_are_logged_a_bounded_number_of_times(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    source.roster = Roster(1, 10)
+    monkeypatch.setattr(source, "_launch", lambda starts: None)
+    for n in range(100):
+        source.announce(f"{n}/..")
+    refused = sample(
+        metrics, "pinecall_bridge_events_rejected_total", channel="sse", reason="invalid_call_id"
+    )
+    assert refused == 100
+    logged = [r for r in caplog.records if r.getMessage().startswith("a call id that cannot")]
+    assert len(logged) == 16
 
 
 async def test_the_session_holds_more_streams_than_aiohttps_default_pool_of_100() -> None:
