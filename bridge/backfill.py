@@ -73,16 +73,27 @@ class CallOutcome:
     submitted: BatchResult = field(default_factory=BatchResult)
     live: bool = False
     error: str | None = None
+    key_refused: bool = False  # a 401: the key, not this call, was refused
 
 
 @dataclass(slots=True)
 class BackfillReport:
     calls: list[CallOutcome] = field(default_factory=list)
     list_error: str | None = None  # `--since`: the call list could not be read
+    # After a 401 the calls left are not asked for: each would only be refused in turn.
+    not_asked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.list_error is None and all(outcome.error is None for outcome in self.calls)
+        return (
+            self.list_error is None
+            and not self.not_asked
+            and all(outcome.error is None for outcome in self.calls)
+        )
+
+    @property
+    def key_refused(self) -> bool:
+        return any(outcome.key_refused for outcome in self.calls)
 
     @property
     def entries(self) -> int:
@@ -122,7 +133,14 @@ async def backfill_calls(
                     return report
                 wanted = list(dict.fromkeys([*wanted, *listed]))
             shown.calls_found(len(wanted))
-            for call in wanted:
+            for index, call in enumerate(wanted):
+                if report.key_refused:
+                    report.not_asked = wanted[index:]
+                    log.error(
+                        "Pinecall refuses the API key: the calls left are not asked for",
+                        extra={"count": len(report.not_asked)},
+                    )
+                    break
                 shown.call_started(call)
                 outcome = await _backfill_call(settings, session, pipeline, call, shown)
                 report.calls.append(outcome)
@@ -177,6 +195,8 @@ async def _backfill_call(
         except PageError as exc:
             if not exc.retriable or attempt == PAGE_ATTEMPTS:
                 outcome.error = str(exc)
+                # A 403 may be this call's alone (another app's); a 401 is the key's.
+                outcome.key_refused = exc.status == 401
                 return outcome
             delay = getattr(exc, "retry_after", None) or min(0.5 * 2**attempt, 10.0)
             log.warning("call log page failed; retrying", extra={"call": call, "error": str(exc)})
@@ -257,6 +277,13 @@ def run_backfill(
         )
     if report.list_error is not None:
         console.print(f"[red]the call list[/]: {report.list_error}", highlight=False)
+    if report.not_asked:
+        shown = ", ".join(report.not_asked[:10]) + (", …" if len(report.not_asked) > 10 else "")
+        console.print(
+            f"[red]{len(report.not_asked)} calls not read[/]: Pinecall refused the API key (401),"
+            f" so they were not asked for ({shown}); fix BRIDGE_PINECALL__API_KEY and run again",
+            highlight=False,
+        )
     for outcome in report.calls:
         state = "live" if outcome.live else "sealed"
         if outcome.error is not None:

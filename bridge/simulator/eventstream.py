@@ -105,6 +105,7 @@ class EventStreams:
         self._numbers = 0
         self._fail_next = 0
         self._fail_status = 503
+        self._break_next = 0
         self._refuse_until = 0.0
 
     # --- faults -------------------------------------------------------------------------------
@@ -130,6 +131,10 @@ class EventStreams:
         """Answer the next `count` call-log requests (pages or streams) with `status`."""
         self._fail_next = count
         self._fail_status = status
+
+    def break_pages(self, count: int) -> None:
+        """Answer the next `count` JSON page requests 200 with a page cut short: not JSON."""
+        self._break_next = count
 
     def refuse_auth(self, seconds: float) -> None:
         """Refuse every call-log, feed and list request with 401 for `seconds`."""
@@ -175,8 +180,14 @@ class EventStreams:
         limit = _int_in(request.query.get("limit"), MAX_PAGE, 1, MAX_PAGE)
         if limit is None:
             return _bad_request(f"limit must be an integer from 1 to {MAX_PAGE}")
+        body = jsoncodec.dumps(self._logs.page(found, cursor, limit).body())
+        if self._break_next > 0:
+            self._break_next -= 1
+            self._stats.log_pages_broken += 1
+            # As a proxy that lost the end of a body it had buffered would pass it on.
+            return web.Response(body=body[: len(body) // 2], content_type="application/json")
         self._stats.log_pages_served += 1
-        return web.json_response(self._logs.page(found, cursor, limit).body(), dumps=_dumps)
+        return web.Response(body=body, content_type="application/json")
 
     async def org_events(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/events`: the org's lifecycle entries as they happen; no resume."""

@@ -42,6 +42,8 @@ class Controls(Protocol):
 
     def sse_fail(self, count: int, status: int = 503) -> None: ...
 
+    def sse_break_pages(self, count: int) -> None: ...
+
     def sse_refuse_auth(self, seconds: float) -> None: ...
 
     def sse_gap(self, call: str | None = None, entries: int = 3) -> int: ...
@@ -161,6 +163,13 @@ class ControlRoutes:
         self._controls.sse_fail(count, status)
         return web.json_response({"failing": count, "status": status})
 
+    async def sse_break_pages(self, request: web.Request) -> web.Response:
+        count = _query_int(request, "count", 1)
+        if count is None or count < 0:
+            return _bad_request("count must be a non-negative integer")
+        self._controls.sse_break_pages(count)
+        return web.json_response({"breaking": count})
+
     async def sse_refuse_auth(self, request: web.Request) -> web.Response:
         try:
             seconds = float(request.query.get("seconds", "5"))
@@ -205,6 +214,7 @@ def build_app(
     app.router.add_post("/_sim/sse/cut", control.sse_cut)
     app.router.add_post("/_sim/sse/silence", control.sse_silence)
     app.router.add_post("/_sim/sse/fail", control.sse_fail)
+    app.router.add_post("/_sim/sse/break-pages", control.sse_break_pages)
     app.router.add_post("/_sim/sse/refuse-auth", control.sse_refuse_auth)
     app.router.add_post("/_sim/sse/gap", control.sse_gap)
     return app

@@ -237,6 +237,10 @@ class Simulator:
         """Answer the next `count` call-log requests (pages or streams) with a 5xx."""
         self.streams.fail_next(count, status)
 
+    def sse_break_pages(self, count: int) -> None:
+        """Answer the next `count` JSON page requests 200 with a body cut short (not JSON)."""
+        self.streams.break_pages(count)
+
     def sse_refuse_auth(self, seconds: float) -> None:
         """Refuse the call-log, org-feed and call-list requests with 401 for `seconds`."""
         self.streams.refuse_auth(seconds)

@@ -25,7 +25,7 @@ def render(
         f"{c['sse_entries_streamed']} entries streamed, {c['sse_gaps']} gaps, "
         f"{c['log_pages_served']} pages, {c['feed_entries_sent']} org-feed entries; faults: "
         f"{c['sse_cuts']} cut, {c['sse_silenced']} silenced, {c['sse_errors_injected']} 5xx, "
-        f"{c['sse_auth_refused']} 401",
+        f"{c['sse_auth_refused']} 401, {c['log_pages_broken']} broken pages",
         f"auth               {c['token_requests']} token requests, "
         f"{c['unauthorized']} unauthorized",
     ]

@@ -138,3 +138,22 @@ async def test_since_without_a_readable_call_list_fails_clearly(
     assert not report.ok
     assert report.calls == []
     assert "401" in (report.list_error or "")
+
+
+async def test_a_refused_key_is_asked_once_and_the_command_fails_naming_the_calls_left(
+    simulator: Simulator, kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    report = await simulator.run_traffic(calls=3, channel="sse", seed=3030)
+    calls = sorted({record["call"] for record in report.records})
+    await start_bridge()
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "revoked-key"}
+    )
+    out = io.StringIO()
+    code = await asyncio.to_thread(run_backfill, settings, calls, Console(file=out, width=400))
+    assert code == 1
+    assert simulator.stats.unauthorized == 1, "one 401, not one a call"
+    assert f"{calls[0]}: call log page answered 401" in out.getvalue()
+    assert "2 calls not read: Pinecall refused the API key (401)" in out.getvalue()
+    assert f"({calls[1]}, {calls[2]})" in out.getvalue()
+    assert await read_decided(kafka_bootstrap, topics, [topics.events]) == []

@@ -286,6 +286,50 @@ async def test_a_refused_key_is_backed_off_counted_and_recovered_from(
     assert len(openings(caplog)) == 1
 
 
+async def test_a_gap_page_answered_200_but_cut_short_is_counted_and_read_again(
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A page whose body is no page says the key was taken: no key refusal, no wait at the gate;
+    # the gap is counted as not filled, and the stream's replay brings what it skipped.
+    rng = random.Random(16)
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog")
+    async with Simulator(sim_config()) as sim:
+        handle = await following(start_bridge, sim)
+        calls = Calls(sim, "CA_cut_page")
+        names = calls.open(5)
+        await play(calls, names, 5, rng)
+        await all_followed(sim, names)
+        sim.sse_break_pages(1)
+        assert sim.sse_gap(names[0], entries=4) == 1
+
+        def fill_failed() -> float:
+            return sample(
+                handle.metrics,
+                "pinecall_bridge_sse_reconnects_total",
+                stream="call",
+                reason="gap_fill_failed",
+            )
+
+        async def failed() -> bool:
+            await play(calls, names, 1, rng)  # the marker comes after the entries it skips
+            return fill_failed() > 0
+
+        await until(failed, 30, 0.01, "the gap's page read cut short")
+        assert sim.stats.log_pages_broken == 1
+        assert "call log gap not read" in caplog.text
+        await play(calls, names, 5, rng)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
+        assert fill_failed() == 1
+        auth = sample(
+            handle.metrics, "pinecall_bridge_sse_reconnects_total", stream="call", reason="auth"
+        )
+        assert auth == 0
+        assert openings(caplog) == []
+
+
 def openings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """The key gate's ERRORs: one per refusal of the key."""
     return [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,9 +13,14 @@ import pytest
 from rich.console import Console
 
 from bridge import backfill
-from bridge.backfill import BackfillReport, run_backfill
+from bridge.backfill import BackfillReport, CallOutcome, NoProgress, backfill_calls, run_backfill
 from bridge.config import load_settings
+from bridge.metrics import Metrics
+from bridge.simulator import Simulator
 from bridge.sources.calllog.calllist import CallRow
+from bridge.sources.calllog.pages import Page, PageAuthError
+from tests.entries import entry
+from tests.unit.fakes import FakeSink
 
 
 def told(monkeypatch: pytest.MonkeyPatch, since: float | None) -> str:
@@ -55,3 +61,91 @@ async def test_calls_the_list_gives_no_start_time_are_named_not_dropped_silently
         assert await backfill._calls_since(settings, session, 50.0) == ["CA_1"]
     [warning] = caplog.records
     assert warning.__dict__["calls"] == ["CA_2"]
+
+
+class IdleKafka(FakeSink):
+    """The backfill's KafkaSink: records kept in memory, acknowledged at once."""
+
+    def __init__(self, *_: Any) -> None:
+        super().__init__()
+
+    async def start(self) -> None:
+        pass
+
+    async def learn_limits(self, *_: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class RevokedAfterTheFirstCall(NoProgress):
+    """The key is revoked (every request refused 401) once the first call is read."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def call_done(self, call: str) -> None:
+        self.sim.sse_refuse_auth(3600)
+
+
+async def test_a_refused_key_stops_the_backfill_asking_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = [f"CA_{i}" for i in range(1, 6)]
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    async with Simulator() as sim:
+        for call in calls:
+            sim.calllogs.append(entry(1, "call.started", call=call, data={}))
+            sim.calllogs.seal(call)
+        settings = load_settings(
+            webhook={"secrets": ["s"]}, pinecall={"api_url": sim.url, "api_key": "sim-api-key"}
+        )
+        report = await backfill_calls(
+            settings, calls, progress=RevokedAfterTheFirstCall(sim), metrics=Metrics()
+        )
+        # One page refused, not one a call: the rest is not asked for with a key known refused.
+        assert sim.stats.sse_page_auth_refused == 1
+    assert [(o.call, o.entries, o.error is None) for o in report.calls] == [
+        ("CA_1", 1, True),
+        ("CA_2", 0, False),
+    ]
+    assert "401" in (report.calls[1].error or "")
+    assert report.key_refused
+    assert report.not_asked == calls[2:]
+    assert not report.ok
+
+
+def test_the_command_names_the_calls_a_refused_key_left_unread_and_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused = CallOutcome("CA_1", error="call log page answered 401: bad key", key_refused=True)
+
+    async def refused_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(calls=[refused], not_asked=["CA_2", "CA_3"])
+
+    monkeypatch.setattr(backfill, "backfill_calls", refused_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]})
+    assert run_backfill(settings, ["CA_1", "CA_2", "CA_3"], Console(file=out, width=400)) == 1
+    assert "2 calls not read: Pinecall refused the API key (401)" in out.getvalue()
+    assert "(CA_2, CA_3)" in out.getvalue()
+
+
+async def test_a_403_is_one_calls_refusal_and_the_others_are_still_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def forbidden_then_pages(
+        session: Any, url: str, key: str, call: str, **_: Any
+    ) -> AsyncIterator[Page]:
+        if call == "CA_1":
+            raise PageAuthError("call log page answered 403: not yours", status=403)
+        yield Page(entries=(entry(1, "call.started", call=call, data={}),), live=False, next=None)
+
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    monkeypatch.setattr(backfill, "fetch_pages", forbidden_then_pages)
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    report = await backfill_calls(settings, ["CA_1", "CA_2"], metrics=Metrics())
+    assert [o.error is None for o in report.calls] == [False, True]
+    assert not report.key_refused
+    assert report.not_asked == []

@@ -332,6 +332,7 @@ class Follower:
                     break
                 self._page_admitted()  # before the next page is asked for
         except PageError as exc:
+            # Any answer tells the gate about the key: a 200 whose body is no page took it too.
             if exc.status is not None and (refused := self._answered(exc.status)) is not None:
                 raise _PageRefusedError(refused) from exc
             log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})

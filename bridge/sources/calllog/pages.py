@@ -60,7 +60,10 @@ class PageError(Exception):
 
 
 class PageFormatError(PageError):
-    """The answer is not a `{entries, live, next}` page: a bug or a changed wire, not a blip."""
+    """The answer is not a `{entries, live, next}` page: a bug or a changed wire, not a blip.
+
+    `status` is the answer's (200): the key was taken, only the body is unreadable.
+    """
 
 
 class PageAuthError(PageError):
@@ -176,17 +179,26 @@ async def fetch_page(
             # Read whole before returning, so no connection is held while a caller works.
             if (refused := redirected(response)) is not None:
                 raise PageError(f"call log page refused: {refused}", status=response.status)
-            body = await read_capped(response, MAX_PAGE_BYTES)
-            if response.status == 204:
+            status = response.status
+            retry_after = response.headers.get("Retry-After")
+            try:
+                body = await read_capped(response, MAX_PAGE_BYTES)
+            except BodyTooLargeError as exc:
+                if status not in (200, 204):
+                    # An error's body too long to read: its status still says what it is.
+                    raise error_for(status, str(exc), retry_after) from exc
+                raise PageFormatError(f"the log page is too large: {exc}", status=status) from exc
+            if status == 204:
                 return SEALED_END
-            if response.status != 200:
-                detail = body.decode("utf-8", "replace")
-                raise error_for(response.status, detail, response.headers.get("Retry-After"))
-    except BodyTooLargeError as exc:
-        raise PageFormatError(f"the log page is too large: {exc}") from exc
+            if status != 200:
+                raise error_for(status, body.decode("utf-8", "replace"), retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PageTransportError(f"call log page request failed ({type(exc).__name__})") from exc
-    return parse_page(body)
+    try:
+        return parse_page(body)
+    except PageFormatError as exc:
+        # With its 200: the platform took the key (it refuses one before any handler).
+        raise PageFormatError(str(exc), status=200) from exc
 
 
 async def fetch_pages(
@@ -218,7 +230,9 @@ async def fetch_pages(
             return
         if page.next <= cursor:
             # A cursor that does not move would loop forever against a misbehaving server.
-            raise PageFormatError(f"the log page's next ({page.next}) is not past {cursor}")
+            raise PageFormatError(
+                f"the log page's next ({page.next}) is not past {cursor}", status=200
+            )
         cursor = page.next
 
 

@@ -297,6 +297,25 @@ async def test_injected_5xx_answer_the_next_requests_then_it_recovers(
     assert sim.stats.sse_errors_injected == 2
 
 
+async def test_broken_pages_answer_200_cut_short_then_it_recovers(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    write(sim, entry(1))
+    async with client.post(sim.url + "/_sim/sse/break-pages?count=1") as answer:
+        assert await answer.json() == {"breaking": 1}
+    bodies = []
+    for accept in ("text/event-stream", "application/json", "application/json"):
+        async with client.get(events_url(sim), headers={**AUTH, "Accept": accept}) as answer:
+            assert answer.status == 200
+            if accept == "application/json":  # a stream is never broken: only pages
+                bodies.append(await answer.read())
+    with pytest.raises(jsoncodec.JSONDecodeError):
+        jsoncodec.loads(bodies[0])
+    assert [item["seq"] for item in jsoncodec.loads(bodies[1])["entries"]] == [1]
+    assert bodies[1].startswith(bodies[0])
+    assert sim.stats.log_pages_broken == 1
+
+
 async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.ClientSession) -> None:
     write(sim, entry(1))
     async with client.post(sim.url + "/_sim/sse/refuse-auth?seconds=0.3") as answer:
@@ -317,6 +336,7 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
         "/_sim/sse/fail?count=x",
         "/_sim/sse/fail?status=404",
         "/_sim/sse/refuse-auth?seconds=-1",
+        "/_sim/sse/break-pages?count=-1",
         "/_sim/sse/gap?entries=-2",
     ],
 )

@@ -741,3 +741,49 @@ async def test_a_403_on_a_gap_page_holds_back_only_its_own_follower(
     assert [r.__dict__["call"] for r in forbidden_lines] == ["CA_0"]
     assert reconnects(metrics, "auth") == 1
     assert reconnects(metrics, "gap_fill_failed") == 0
+
+
+class RecordingGate(KeyGate):
+    """A key gate with a short backoff; `held` says, at each entry, whether the key was then
+    known refused (so that follower had to wait for a probe)."""
+
+    def __init__(self) -> None:
+        super().__init__(ReconnectPolicy(0.01, 0.01, 60.0, rand=lambda _low, high: high))
+        self.held: list[bool] = []
+
+    async def enter(self) -> tuple[int | None, bool]:
+        self.held.append(self.holding)
+        return await super().enter()
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>a proxy's page</html>", b'{"entries": "none"}', b'{"entries": [{"seq": 2']
+)
+async def test_a_gap_page_answered_200_with_no_page_in_it_takes_the_key_and_is_retried(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    # Another follower's 401 opens the gate while CA_1's gap page is out; the page's 200 says
+    # the key was taken (the gate closes: no wait for a probe), though its body is no page: the
+    # gap is not filled, counted, and read again from the replay of the stream that follows.
+    gate = RecordingGate()
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            gate.refused("CA_2", 401)
+            return web.Response(body=body, content_type="application/json")
+        if request.query["after"] == "0":
+            return await stream(request, call_log("CA_1", range(1, 2)) + gap_frame("CA_1"), hold=5)
+        return await stream(request, call_log("CA_1", range(2, 5)))
+
+    ended, server, publisher, _, metrics = await run_follower(handler, gate=gate)
+    assert ended
+    assert publisher.seqs == [1, 2, 3, 4]
+    assert gate.held == [False, False]
+    assert not gate.holding
+    assert len(server.requests) == 3
+    assert server.requests[2][1]["after"] == "1"
+    assert reconnects(metrics, "gap_fill_failed") == 1
+    assert reconnects(metrics, "auth") == 0
+    assert sample(metrics, "pinecall_bridge_sse_gaps_total") == 1
+    assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 0
+    assert "call log gap not read" in caplog.text

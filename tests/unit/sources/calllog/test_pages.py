@@ -137,6 +137,7 @@ class Platform:
 
     def __init__(self) -> None:
         self.log = [entry(seq) for seq in (1, 2, 4, 5, 6)]  # 3 was ephemeral
+        self.raw: web.Response | None = None  # answered as it is, before anything else
         self.sealed = True
         self.limit = 2
         self.statuses: list[int] = []
@@ -146,6 +147,8 @@ class Platform:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
+        if self.raw is not None:
+            return self.raw
         if self.statuses:
             status = self.statuses.pop(0)
             return web.json_response({"detail": "scripted"}, status=status)
@@ -224,9 +227,26 @@ async def test_error_statuses_raise_typed_errors(
 async def test_a_cursor_that_does_not_move_is_refused(platform: Platform) -> None:
     platform.fixed = {"entries": [], "live": True, "next": 0}
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(PageFormatError):
+        with pytest.raises(PageFormatError) as raised:
             await collect(session, platform)
     assert len(platform.requests) == 1
+    assert raised.value.status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>a proxy's page</html>", b'{"entries": "none"}', b'{"entries": [{"seq": 1'],
+)
+async def test_a_200_whose_body_is_no_page_says_it_was_a_200(
+    platform: Platform, body: bytes
+) -> None:
+    # The status is what tells the key gate the key was taken; the body only that it is no page.
+    platform.raw = web.Response(body=body, content_type="application/json")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageFormatError) as raised:
+            await fetch_page(session, platform.url, "key", "CA_1")
+    assert raised.value.status == 200
+    assert raised.value.retriable is False
 
 
 async def test_a_page_over_the_size_cap_is_a_format_error(
@@ -238,6 +258,28 @@ async def test_a_page_over_the_size_cap_is_a_format_error(
         with pytest.raises(PageFormatError, match="too large") as raised:
             await fetch_page(session, platform.url, "key", "CA_1")
     assert raised.value.retriable is False
+    assert raised.value.status == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retriable"),
+    [(401, PageAuthError, False), (503, PageServerError, True), (429, PageServerError, True)],
+)
+async def test_an_error_over_the_size_cap_is_still_the_error_its_status_says(
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    kind: type[PageError],
+    retriable: bool,
+) -> None:
+    # A proxy's long error page: a 401 must still reach the key gate, a 503 still be retried.
+    monkeypatch.setattr(pages, "MAX_PAGE_BYTES", 100)
+    platform.raw = web.Response(body=b"x" * 1000, status=status, headers={"Retry-After": "3"})
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(kind) as raised:
+            await fetch_page(session, platform.url, "key", "CA_1")
+    assert raised.value.status == status
+    assert raised.value.retriable is retriable
 
 
 async def test_an_unreachable_platform_is_a_retriable_transport_error() -> None:
