@@ -301,9 +301,10 @@ class WebhookSettings(_Section):
     # Off by default: a 400 is final for Pinecall, so webhooks its own backlog delivered late
     # would be lost, where a replay past the TTL is a copy with the id consumers already keep.
     max_age_seconds: float = Field(default=0.0, ge=0)
-    # Body bytes of the requests being handled at once (their Content-Length, or max_body_bytes
-    # when chunked): in a Kafka stall each is held up to the body plus the publish timeout. One
-    # more that would pass it is answered 503 at once; a lone request always gets in.
+    # Bytes of the requests being handled at once (their Content-Length, or max_body_bytes when
+    # chunked, plus 20 KiB each for the request itself, and 768 per event once parsed): in a Kafka
+    # stall each is held up to the body plus the publish timeout. One more that would pass it is
+    # answered 503 at once; a lone request always gets in.
     max_in_flight_bytes: int = Field(default=32 * 1_048_576, ge=1024)
 
     _split = field_validator("secrets", mode="before")(_split_csv)

@@ -150,6 +150,13 @@ class Metrics:
             "Events sent to the ingest topic and not yet acknowledged.",
             registry=r,
         )
+        self.webhook_in_flight_bytes = Gauge(
+            f"{PREFIX}_webhook_in_flight_bytes",
+            "What the webhooks being handled are charged against max_in_flight_bytes: each its"
+            " Content-Length (max_body_bytes when chunked) plus a request's overhead, and once"
+            " parsed an overhead per event.",
+            registry=r,
+        )
         # The dedup stage. Partition labels are bounded by the ingest topic's partition count.
         self.dedup_lag_records = Gauge(
             f"{PREFIX}_dedup_lag_records",

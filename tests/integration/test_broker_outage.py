@@ -7,11 +7,13 @@ lost when their transactions could not end, are started afresh once the broker i
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
+from bridge.sources.webhook import REQUEST_OVERHEAD_BYTES
 from tests.integration.conftest import (
     SECRET,
     Broker,
@@ -44,14 +46,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield own
 
 
-Launch = Callable[[], Awaitable[RunningBridge]]
+Launch = Callable[..., Awaitable[RunningBridge]]
 
 
 @pytest.fixture
 def launch(broker: Broker, start_bridge: Callable[..., Any]) -> Launch:
-    """Start an in-process bridge on the dedicated broker, without waiting for it to be ready."""
+    """Start an in-process bridge on the dedicated broker, without waiting for it to be ready;
+    keyword arguments are more settings sections (`webhook={...}`)."""
 
-    async def start() -> RunningBridge:
+    async def start(**sections: dict[str, Any]) -> RunningBridge:
         handle: RunningBridge = await start_bridge(
             bootstrap=broker.bootstrap,
             ready=False,
@@ -61,6 +64,7 @@ def launch(broker: Broker, start_bridge: Callable[..., Any]) -> Launch:
             },
             # A stop while the broker is down (a failed test) must not hold the run for long.
             shutdown={"grace_seconds": 5},
+            **sections,
         )
         return handle
 
@@ -186,3 +190,34 @@ async def test_bridge_started_during_outage_connects_by_itself(
     )
     # The refused event was never handed to a producer, so only the second one is there.
     assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]
+
+
+async def test_small_webhooks_past_the_bytes_in_flight_are_refused_at_once_in_an_outage(
+    broker: Broker, launch: Launch, unique_call: str
+) -> None:
+    """Webhooks of 100-odd bytes each held until the publish timeout are bounded by count too.
+
+    Charged their bodies alone, all twenty fitted a budget of four requests' overhead, and in a
+    real stall tens of thousands of them held gigabytes before the first 503.
+    """
+    await broker.up()
+    bridge = await launch(webhook={"max_in_flight_bytes": 4 * REQUEST_OVERHEAD_BYTES})
+    await wait_ready(bridge.url)
+    for _ in range(10):
+        if (await post(bridge, entry(1, call=unique_call)))[0] == 200:
+            break
+    else:
+        raise AssertionError("the first event was never accepted")
+
+    await broker.down()
+    answers = await asyncio.gather(
+        *(post(bridge, entry(seq, call=unique_call)) for seq in range(2, 22))
+    )
+    # Three fit (each its body, 20 KiB for the request and 768 bytes for its one event) and wait
+    # for Kafka until the publish timeout; the rest are told to come back later.
+    assert Counter(body["error"] for _, body, _ in answers) == {
+        "kafka_unavailable": 3,
+        "overloaded": 17,
+    }
+    assert all(status == 503 and retry_after == "5" for status, _, retry_after in answers)
+    assert await gauge(bridge, "pinecall_bridge_webhook_in_flight_bytes") == 0

@@ -17,7 +17,7 @@ from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
-from bridge.sources.webhook import WebhookHandler
+from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, WebhookHandler
 from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
@@ -308,6 +308,40 @@ async def test_past_the_bytes_in_flight_a_webhook_is_refused_503_at_once() -> No
         # What the first held is released: the next one gets in.
         assert (await harness.post(PADDED)).status == 200
     assert harness.rejected("kafka_unavailable") == 0
+
+
+async def test_a_small_webhook_is_charged_its_request_not_only_its_body() -> None:
+    # Charged its body alone, 32 MiB let in over 300,000 webhooks of 100 bytes, each holding
+    # about 20 KiB through a Kafka stall: gigabytes before the first 503.
+    async with serving(settings(max_in_flight_bytes=2 * REQUEST_OVERHEAD_BYTES)) as harness:
+        first = await stalled_in_flight(harness)
+        assert sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes") == (
+            len(PADDED) + REQUEST_OVERHEAD_BYTES + ITEM_OVERHEAD_BYTES
+        )
+        refused = await harness.post(ENTRY)
+        assert refused.status == 503
+        assert (await refused.json())["error"] == "overloaded"
+        assert len(harness.sink.records) == 1
+        harness.sink.ack_all()
+        assert (await first).status == 200
+        assert sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes") == 0
+
+
+async def test_a_body_of_many_small_items_is_charged_each_item() -> None:
+    # 200 items in 600 bytes: their records' futures and the pipeline's notes hold some 150 KB
+    # until Kafka answers, which the body's bytes alone did not count.
+    many = jsoncodec.dumps([0] * 200)
+    async with serving(settings(max_in_flight_bytes=64 * 1024)) as harness:
+        first = await stalled_in_flight(harness)
+        refused = await harness.post(many)
+        assert refused.status == 503
+        assert (await refused.json())["error"] == "overloaded"
+        assert len(harness.sink.records) == 1  # none of its items was sent
+        harness.sink.ack_all()
+        assert (await first).status == 200
+        # Alone, it gets in, as any lone request does.
+        alone = await harness.post(many)
+        assert (alone.status, (await alone.json())["dead_lettered"]) == (202, 200)
 
 
 async def test_a_body_declared_too_large_is_413_even_when_overloaded() -> None:
