@@ -399,6 +399,10 @@ class DedupSettings(_Section):
     # put with records beyond it before the transaction holding it is logged as hanging.
     hanging_check_seconds: float = Field(default=30.0, ge=0)
     hanging_report_seconds: float = Field(default=120.0, gt=0)
+    # How often the ingest and output topics' configs are read again while running (0: only at
+    # the start): an admin's change (a shorter retention.ms, a topic deleted) must not wait for
+    # the next restart to be said.
+    topic_check_seconds: float = Field(default=60.0, ge=0)
     # Names this process's transactional id, `<group>-dedup-<instance_id>`; unset, it is random
     # at every start. A restarted process with the same id aborts what its predecessor left open
     # as it starts, instead of holding back read_committed readers until the transaction times

@@ -27,7 +27,7 @@ from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
-from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ingest_topic_problems
+from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ProblemWatch, ingest_topic_problems
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
@@ -40,8 +40,9 @@ from bridge.sink.kafka import (
     TopicSpec,
     client_options,
     replication_factors,
+    topic_configs,
 )
-from bridge.sink.topicreads import unread
+from bridge.sink.topicreads import NOT_YET_VISIBLE, unread
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -80,6 +81,8 @@ class Bridge:
         self.crashed = asyncio.Event()
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
+        self._topic_problems = ProblemWatch()
+        self._topic_watch: asyncio.Task[None] | None = None
         self.sink = KafkaSink(
             settings.kafka, self.metrics, self.supervisor, after_probe=self._watch_ingest_topic
         )
@@ -270,6 +273,8 @@ class Bridge:
         )
         if self.stages != "dedup":
             self._ready()
+        if self.dedup is not None and self.settings.dedup.topic_check_seconds > 0:
+            self._topic_watch = self.supervisor.spawn("topic-watch", self._watch_topics)
         await self._start_parts()
 
     async def _connect_ingest(self) -> None:
@@ -396,8 +401,48 @@ class Bridge:
         name = self.settings.topics.ingest
         if name not in configs:
             return  # said by _check_configs
-        for problem in ingest_topic_problems(configs[name], self.settings.dedup):
+        problems = ingest_topic_problems(configs[name], self.settings.dedup)
+        self._say_topic_problems([(name, problem) for problem in problems])
+
+    async def _watch_topics(self) -> None:
+        """Read the topics' configs again every topic_check_seconds: an admin may shorten the
+        ingest topic's retention, or delete a topic, while the bridge runs."""
+        names = [self.settings.topics.ingest, *self.router.topics()]
+        while True:
+            await asyncio.sleep(self.settings.dedup.topic_check_seconds)
+            try:
+                configs = await topic_configs(
+                    client_options(self.settings.kafka), names, CONFIG_KEYS
+                )
+            except (KafkaError, OSError, TimeoutError):
+                continue  # unreachable: the probe says so (kafka_connected)
+            problems = [
+                (name, f"a topic of the bridge's cannot be read while running: {why}")
+                for name, why, _ in unread(names, configs.found, configs.errors, ())
+            ]
+            name = self.settings.topics.ingest
+            if name in configs.found:
+                problems += [
+                    (name, problem)
+                    for problem in ingest_topic_problems(configs.found[name], self.settings.dedup)
+                ]
+            self._say_topic_problems(problems, missing=configs.errors)
+
+    def _say_topic_problems(
+        self, problems: list[tuple[str, str]], missing: dict[str, int] | None = None
+    ) -> None:
+        """Log each problem not said before (ERROR), and each said before and gone (INFO)."""
+        new, gone = self._topic_problems.observe(problems)
+        for name, problem in new:
+            if (missing or {}).get(name) in NOT_YET_VISIBLE:
+                problem += (
+                    ": webhooks and feed events are answered 503 until it exists again"
+                    if name == self.settings.topics.ingest
+                    else ": its events wait in the ingest topic until it exists again"
+                )
             log.error(problem, extra={"topic": name})
+        for name, problem in gone:
+            log.info("a topic's problem is gone", extra={"topic": name, "problem": problem})
 
     async def _replication_factors(
         self, names: list[str], fresh: set[str]
@@ -496,7 +541,7 @@ class Bridge:
             deadline = min(deadline, max(by, now))
         grace = deadline - now
         log.info("shutting down", extra={"grace_s": round(grace, 3)})
-        for task in (self._connector, self._registration, self._loop_lag):
+        for task in (self._connector, self._topic_watch, self._registration, self._loop_lag):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

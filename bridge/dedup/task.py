@@ -61,7 +61,7 @@ class PartitionTask:
         started = time.monotonic()
         offset = await committed(self.tp)
         if offset is None:
-            offset = await self._beginning()
+            offset = await self._from_beginning()
         ids = await restore(
             self._client,
             self.tp,
@@ -86,13 +86,35 @@ class PartitionTask:
             },
         )
 
-    async def _beginning(self) -> int:
+    async def _from_beginning(self) -> int:
+        """The log start, for a partition with no committed offset; said when records wait there.
+
+        The group's offsets are all that says which records were decided: without them (a new
+        group, or offsets an admin deleted or reset, or the broker expired) every record the
+        topic keeps is decided again with an empty window, and those output before are output
+        again. The other way, skipping them, would lose those never decided.
+        """
         consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            return int((await consumer.beginning_offsets([self.tp]))[self.tp])
+            start = int((await consumer.beginning_offsets([self.tp]))[self.tp])
+            end = int((await consumer.end_offsets([self.tp]))[self.tp])
         finally:
             await stop_consumer(consumer)
+        if end > start:
+            log.warning(
+                "dedup partition has no committed offset: deciding every record the ingest topic"
+                " keeps, from its log start. Expected at a new group's first start; if the"
+                " group's offsets were deleted or expired instead, the events among them output"
+                " before are output again",
+                extra={
+                    "partition": self.tp.partition,
+                    "from_offset": start,
+                    "records": end - start,
+                    "group": self._settings.group,
+                },
+            )
+        return start
 
     async def process(self, records: list[Any], out: StageProducer) -> None:
         """Decide each record, publishing the new ones in `out`'s open transaction."""

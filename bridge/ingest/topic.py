@@ -63,6 +63,22 @@ class PartitionWatch:
         return None
 
 
+class ProblemWatch:
+    """Remembers the problems last said; tells which are new and which were fixed since."""
+
+    def __init__(self) -> None:
+        self.said: list[tuple[str, str]] = []
+
+    def observe(
+        self, problems: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """`problems` (topic, what) as read just now: (those not said before, those gone since)."""
+        new = [p for p in problems if p not in self.said]
+        gone = [p for p in self.said if p not in problems]
+        self.said = list(problems)
+        return new, gone
+
+
 def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> list[str]:
     """What in the ingest topic's configs lets a restore miss ids of the TTL; [] when nothing.
 

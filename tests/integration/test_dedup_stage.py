@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import TransactionalIdAuthorizationFailed
+from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
@@ -31,6 +32,7 @@ from tests.integration.conftest import (
     Consumed,
     RunningBridge,
     Topics,
+    admin_client,
     consume_until,
     delete_ingest,
     entry,
@@ -190,6 +192,51 @@ async def test_records_deleted_before_the_stage_read_them_are_counted_and_skippe
     records = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 5)]
     await until_sample([second], "pinecall_bridge_dedup_records_expired_total", 2)
+
+
+async def test_a_group_whose_offsets_were_deleted_outputs_the_kept_log_again_and_says_so(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An admin deleted the stopped group (kafka-consumer-groups --delete): nothing says what
+    was decided, so every kept record is decided again, the output ones output again."""
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    first: RunningBridge = await start_bridge()
+    await until_sample([first], "pinecall_bridge_dedup_partitions_owned", 3)
+    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    assert first.bridge.dedup is not None
+    await first.bridge.dedup.stop()  # its commit holds :1 and :2; the group is empty
+    # A new group's first start over an empty ingest topic says nothing.
+    assert no_committed_offset(caplog) == []
+    await delete_group(kafka_bootstrap, topics.group)
+
+    await start_bridge()
+    await until(lambda: no_committed_offset(caplog), 30, 0.05, "the restart's warning")
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 1, 2)]
+    # Said once, for the one partition holding records, with how many it decides again.
+    assert [count for _, count in no_committed_offset(caplog)] == [2]
+
+
+def no_committed_offset(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
+    """(partition, records) of each start that found no committed offset and records waiting."""
+    return [
+        (r.__dict__["partition"], r.__dict__["records"])
+        for r in caplog.records
+        if r.getMessage().startswith("dedup partition has no committed offset")
+    ]
+
+
+async def delete_group(bootstrap: str, group: str) -> None:
+    """Delete an empty consumer group, its committed offsets with it, as an admin's CLI does."""
+    async with admin_client(bootstrap) as admin:
+        coordinator = await admin.find_coordinator(group)
+        response = await admin._send_request_to_node(coordinator, DeleteGroupsRequest([group]))
+    assert [code for _, code in response.results] == [0]
 
 
 async def _backlog(bootstrap: str, names: Topics) -> int:

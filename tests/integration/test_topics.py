@@ -1,4 +1,5 @@
-"""Topic set-up: created when allowed, pre-created topics used as they are, missing ones block."""
+"""Topic set-up: created when allowed, pre-created topics used as they are, missing ones block;
+an admin's changes to the topics while the bridge runs are said."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     create_topic,
     entry,
     has_id,
+    read_decided,
     until_metrics,
 )
 from tests.polling import until
@@ -295,3 +297,63 @@ async def test_an_output_topic_made_elsewhere_that_refuses_every_write_is_logged
         if "min.insync.replicas" in r.getMessage()
     ]
     assert told == [("ERROR", topics.events, 1)]
+
+
+async def test_an_ingest_retention_shortened_while_running_is_logged_once_and_its_fix_too(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    await start_bridge(dedup={"topic_check_seconds": 0.2})
+    good = (await topic_config(kafka_bootstrap, topics.ingest))["retention.ms"]
+    # An admin's change: a restore after a crash can no longer see a whole TTL of ids.
+    await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": "60000"})
+    await until(lambda: said(caplog, "retention.ms"), within=30)
+    await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": good})
+    await until(lambda: gone(caplog, "retention.ms"), within=30)
+    # Said once each, however many checks saw it meanwhile.
+    assert (len(said(caplog, "retention.ms")), len(gone(caplog, "retention.ms"))) == (1, 1)
+
+
+async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait_for_it(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_topics([topics.events])
+    await until(lambda: said(caplog, "wait in the ingest topic"), within=30)
+    # The ingest topic has it: taken, and output once the topic exists again.
+    assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
+    await create_topic(kafka_bootstrap, topics.events, 3)
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:1"]
+    await until(lambda: gone(caplog, "cannot be read while running"), within=30)
+    assert [r.__dict__["topic"] for r in said(caplog, "cannot be read while running")] == [
+        topics.events
+    ]
+
+
+async def alter_topic(bootstrap: str, name: str, config: dict[str, str]) -> None:
+    async with admin_client(bootstrap) as admin:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, config)])
+
+
+def said(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
+    """The topic problems logged (ERROR) whose message has `words`."""
+    return [r for r in caplog.records if r.levelno == logging.ERROR and words in r.getMessage()]
+
+
+def gone(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
+    """The topic problems logged as gone whose problem has `words`."""
+    return [
+        r
+        for r in caplog.records
+        if r.getMessage() == "a topic's problem is gone" and words in getattr(r, "problem", "")
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bridge.config import DedupSettings
-from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ingest_topic_problems
+from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ProblemWatch, ingest_topic_problems
 
 
 def test_a_count_as_configured_says_nothing() -> None:
@@ -94,3 +94,15 @@ def test_a_retention_must_outlast_the_ttl_by_a_session_and_an_unreadable_one_is_
     assert ingest_topic_problems({"retention.ms": "910000"}, dedup) == []
     assert len(ingest_topic_problems({"retention.ms": "900000"}, dedup)) == 1
     assert ingest_topic_problems({"retention.ms": "lots"}, dedup) == []
+
+
+def test_a_problem_is_said_once_while_it_lasts_and_its_fix_once() -> None:
+    watch = ProblemWatch()
+    short = ("ingest", "retention.ms is short")
+    missing = ("events", "cannot be read")
+    assert watch.observe([short]) == ([short], [])
+    assert watch.observe([short]) == ([], [])
+    assert watch.observe([short, missing]) == ([missing], [])
+    assert watch.observe([missing]) == ([], [short])
+    assert watch.observe([]) == ([], [missing])
+    assert watch.observe([]) == ([], [])
