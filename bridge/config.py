@@ -306,6 +306,10 @@ class WebhookSettings(_Section):
     # stall each is held up to the body plus the publish timeout. One more that would pass it is
     # answered 503 at once; a lone request always gets in.
     max_in_flight_bytes: int = Field(default=32 * 1_048_576, ge=1024)
+    # Events in one body (a JSON array's items): more is answered 413 before any is published.
+    # Pinecall sends one object per webhook; a lone body is let in whatever the bytes in flight,
+    # and each event holds ~768 bytes until Kafka answers (a 960 KiB array of tiny items: 285 MB).
+    max_events_per_body: int = Field(default=1000, ge=1, le=1_000_000)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
@@ -612,6 +616,9 @@ class SseSettings(_Section):
     give_up_after_seconds: float = Field(default=900.0, gt=0)
     # One event's data (a log entry): a longer one means a broken stream, and bounds memory.
     max_event_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)
+    # Gap pages read (and held until published) at once by all of a process's followers: a page
+    # may be 64 MiB raw and 5 to 10 times that parsed, and a slow Kafka makes hundreds of gaps.
+    max_gap_pages_in_flight: int = Field(default=8, ge=1, le=1000)
     # The org feed announces calls; the call list (`GET /v1/sessions`) finds those that started
     # while no bridge was reading it, at start-up and on taking partitions over.
     org_feed_path: str = "/v1/events"

@@ -65,7 +65,13 @@ class WebhookHandler:
         # Read at scrape time, as the pipeline's in-flight gauge: no update per request.
         metrics.webhook_in_flight_bytes.set_function(lambda: self._in_flight_bytes)
         # At 0 from the start, for increase(): a first 503 or replay must count as an increase.
-        for reason in ("kafka_unavailable", "overloaded", "stale_timestamp", "future_timestamp"):
+        for reason in (
+            "kafka_unavailable",
+            "overloaded",
+            "stale_timestamp",
+            "future_timestamp",
+            "too_many_events",
+        ):
             metrics.rejected.labels("webhook", reason)
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
@@ -137,6 +143,11 @@ class WebhookHandler:
         except jsoncodec.JSONDecodeError as exc:
             return self._reject(400, *_why_not_json(body, exc))
         items = split_body(document)
+        if len(items) > self._settings.max_events_per_body:
+            # Final, before anything is charged or sent: a lone body gets in whatever the bytes
+            # in flight, and each event holds far more than its bytes until Kafka answers.
+            detail = f"{len(items)} events; the limit is {self._settings.max_events_per_body}"
+            return self._reject(413, "too_many_events", detail)
         if self._secrets and self._settings.max_age_seconds:
             refusal = _outside_window(items, self._clock(), self._settings.max_age_seconds)
             if refusal is not None:

@@ -91,6 +91,28 @@ async def test_forged_signature_lands_nothing(
     assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]
 
 
+async def test_a_body_of_too_many_events_is_413_and_lands_nothing(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    # Pinecall sends one object per webhook: past the default 1000, none of the array is taken.
+    status, body = await bridge.post([entry(seq, call=unique_call) for seq in range(1, 1002)])
+    assert (status, body["error"]) == (413, "too_many_events")
+    assert (
+        sample(
+            bridge.metrics,
+            "pinecall_bridge_events_rejected_total",
+            channel="webhook",
+            reason="too_many_events",
+        )
+        == 1
+    )
+    assert (await bridge.post(entry(2000, call=unique_call)))[0] == 200
+    records = await consume_until(
+        kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2000")
+    )
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:2000"]
+
+
 async def test_ephemerals_and_markers_dropped(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -24,12 +24,14 @@ from bridge.sources.calllog.eventstream import EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason
 from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.pages import (
+    Page,
     PageError,
     bearer_headers,
     events_url,
     fetch_pages,
     retry_after_seconds,
 )
+from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
 from bridge.sources.redirects import redirect_note
@@ -96,6 +98,7 @@ class Follower:
         metrics: Metrics,
         stopping: asyncio.Event,
         gate: KeyGate,
+        pages: PageSlots,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = CallFollow(
@@ -108,6 +111,7 @@ class Follower:
         self._metrics = metrics
         self._stopping = stopping
         self._gate = gate
+        self._pages = pages
         self._clock = clock
         self._opened_at: float | None = None  # when this attempt's stream opened (monotonic)
         self.publishing = False  # a stop lets a publish in flight land before cancelling
@@ -309,28 +313,21 @@ class Follower:
             extra={**self._ctx(), "from_seq": gap.first, "to_seq": gap.last},
         )
         key = self._api.api_key.get_secret_value() if self._api.api_key else ""
+        pages = fetch_pages(
+            self._session,
+            self._api.api_url,
+            key,
+            self.call,
+            after=gap.first - 1,
+            env=self._api.env,
+            timeout_seconds=self._api.request_timeout_seconds,
+        )
         try:
-            async for page in fetch_pages(
-                self._session,
-                self._api.api_url,
-                key,
-                self.call,
-                after=gap.first - 1,
-                env=self._api.env,
-                timeout_seconds=self._api.request_timeout_seconds,
-            ):
-                self._gate.accepted()  # a page came: the key was taken
-                entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
-                times = [
-                    float(e["ts"])
-                    for e in entries
-                    if isinstance(e.get("ts"), int | float) and not isinstance(e["ts"], bool)
-                ]
-                self._metrics.sse_gap_entries.inc(len(entries))
-                await self._publish(entries, times, entries[-1]["seq"] if entries else None)
-                if page.next is None or page.next >= gap.last:
-                    break
-                self._page_admitted()  # before the next page is asked for
+            async with contextlib.aclosing(pages):
+                while True:
+                    nxt = await self._fill_page(pages, gap)
+                    if nxt is None or nxt >= gap.last:
+                        break
         except PageError as exc:
             # Any answer tells the gate about the key: a 200 whose body is no page took it too.
             if exc.status is not None and (refused := self._answered(exc.status)) is not None:
@@ -339,6 +336,37 @@ class Follower:
             raise _FillFailedError from exc
         self.state.filled(gap.last)
         self._metrics.sse_gaps_filled.inc()
+
+    async def _fill_page(self, pages: AsyncGenerator[Page, None], gap: Fill) -> int | None:
+        """Read and publish the gap's next page in a page slot: its `next`, None at the end.
+
+        A page is held from its request until Kafka took it, and no longer: in one slot throughout.
+        """
+        async with self._page_slot():
+            page = await anext(pages, None)
+            if page is None:
+                return None
+            self._gate.accepted()  # a page came: the key was taken
+            entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
+            times = [
+                float(e["ts"])
+                for e in entries
+                if isinstance(e.get("ts"), int | float) and not isinstance(e["ts"], bool)
+            ]
+            self._metrics.sse_gap_entries.inc(len(entries))
+            await self._publish(entries, times, entries[-1]["seq"] if entries else None)
+            return page.next
+
+    @contextlib.asynccontextmanager
+    async def _page_slot(self) -> AsyncIterator[None]:
+        """One of the source's page slots; a stop while waiting for it leaves the follower."""
+        if not await self._pages.acquire(self._stopping):
+            raise _StoppedError
+        try:
+            self._page_admitted()  # the key may have been refused while this one waited
+            yield
+        finally:
+            self._pages.release()
 
     def _page_admitted(self) -> None:
         """A gap page is asked for only while the key is not known refused; else the follower

@@ -10,7 +10,7 @@ seq. A 204 means the call is sealed and read to the end: an empty, not-live last
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -211,7 +211,7 @@ async def fetch_pages(
     env: str | None = None,
     limit: int | None = None,
     timeout_seconds: float = 10.0,
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Every page above `after`, in order, until one has no `next` (or the call answers 204)."""
     cursor = after
     while True:

@@ -28,6 +28,7 @@ from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.orgfeed import OrgFeed
+from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -79,6 +80,8 @@ class CallLogSource:
         self._list_backoff = ReconnectPolicy.of(settings)
         # A refused key holds every follower back at once; one of them asks again.
         self._gate = KeyGate(ReconnectPolicy.of(settings))
+        # Gap pages read and held at once by all the followers: a Kafka stall gaps many calls.
+        self._pages = PageSlots(settings.max_gap_pages_in_flight)
         if settings.read_timeout_seconds <= PINECALL_PING_SECONDS:
             log.warning(
                 "BRIDGE_SSE__READ_TIMEOUT_SECONDS is not above Pinecall's ping interval: every"
@@ -257,6 +260,7 @@ class CallLogSource:
                 metrics=self._metrics,
                 stopping=self._stopping,
                 gate=self._gate,
+                pages=self._pages,
             )
             previous = [t for t in self._retiring if t.get_name() == _task_name(start.call)]
             name = _task_name(start.call)

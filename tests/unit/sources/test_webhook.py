@@ -344,6 +344,21 @@ async def test_a_body_of_many_small_items_is_charged_each_item() -> None:
         assert (alone.status, (await alone.json())["dead_lettered"]) == (202, 200)
 
 
+async def test_a_body_of_more_events_than_the_limit_is_413_and_nothing_published() -> None:
+    # A lone body always got in: a 960 KiB array of half a million tiny items held 285 MB.
+    async with serving(settings(max_events_per_body=3)) as harness:
+        items = [entry(n, agent="a", ts=ENTRY_TIME, data={}) for n in (1, 2, 3, 4)]
+        refused = await harness.post(jsoncodec.dumps(items))
+        assert refused.status == 413
+        assert (await refused.json())["error"] == "too_many_events"
+        assert harness.rejected("too_many_events") == 1
+        assert harness.sink.records == []
+        assert sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes") == 0
+        # At the limit, it is taken whole.
+        accepted = await harness.post(jsoncodec.dumps(items[:3]))
+        assert (accepted.status, (await accepted.json())["accepted"]) == (200, 3)
+
+
 async def test_a_body_declared_too_large_is_413_even_when_overloaded() -> None:
     # It was a 503: Pinecall retried a body the bridge would never take.
     async with serving(settings(max_in_flight_bytes=1024)) as harness:
@@ -483,11 +498,11 @@ async def test_the_replay_check_is_off_by_default(harness: Harness) -> None:
     assert response.status == 200
 
 
-def test_the_replay_refusals_exist_from_0() -> None:
+def test_the_replay_and_event_count_refusals_exist_from_0() -> None:
     # A first refused replay must count as an increase from 0, not as a series appearing.
     s, metrics = settings(), Metrics()
     WebhookHandler(s.webhook, pipeline_with(FakeSink(), metrics, s.topics), metrics)
-    for reason in ("stale_timestamp", "future_timestamp"):
+    for reason in ("stale_timestamp", "future_timestamp", "too_many_events"):
         labels = {"channel": "webhook", "reason": reason}
         value = metrics.registry.get_sample_value("pinecall_bridge_events_rejected_total", labels)
         assert value == 0  # None if the series did not exist

@@ -21,6 +21,7 @@ from bridge.normalise import Unrecognised
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.keygate import KeyGate
+from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.reconnect import ReconnectPolicy
 from tests.entries import entry
@@ -98,6 +99,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
         stopping: asyncio.Event | None = None,
         give_up_after_seconds: float = 900.0,
         gate: KeyGate | None = None,
+        pages: PageSlots | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> tuple[list[bool], Server, FakePublisher, list[Follower], Metrics]:
         server = Server(handler)
@@ -115,6 +117,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
             give_up_after_seconds=give_up_after_seconds,
         )
         gate = gate or KeyGate(ReconnectPolicy.of(settings))
+        pages = pages or PageSlots(settings.max_gap_pages_in_flight)
         followers = [
             Follower(
                 call,
@@ -130,6 +133,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
                 metrics=metrics,
                 stopping=stopping or asyncio.Event(),
                 gate=gate,
+                pages=pages,
                 clock=clock,
             )
             for call in calls
@@ -787,3 +791,104 @@ async def test_a_gap_page_answered_200_with_no_page_in_it_takes_the_key_and_is_r
     assert sample(metrics, "pinecall_bridge_sse_gaps_total") == 1
     assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 0
     assert "call log gap not read" in caplog.text
+
+
+class HeldPublisher(FakePublisher):
+    """Holds the gap pages' entries (seqs 2 and 3) until `release` is set, as a slow Kafka does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.held = self.most_held = 0  # gap pages being published now, and at most
+
+    async def publish(self, items: list[Any], times: list[float] = ()) -> bool:  # type: ignore[assignment]
+        if not any(item["seq"] in (2, 3) for item in items):
+            return await super().publish(items, times)
+        self.held += 1
+        self.most_held = max(self.most_held, self.held)
+        try:
+            await self.release.wait()
+            return await super().publish(items, times)
+        finally:
+            self.held -= 1
+
+
+def paged_gaps(asked: list[str]) -> Handler:
+    """Each call's stream skips seqs 2 and 3, read from two pages of one entry; `asked` names
+    the call of each page request."""
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        call = request.match_info["call"]
+        if is_page(request):
+            asked.append(call)
+            seq = int(request.query["after"]) + 1
+            return web.json_response(
+                {"entries": [entry(seq, call=call)], "live": True, "next": seq}
+            )
+        if request.query["after"] == "0":
+            return await stream(request, call_log(call, range(1, 2)) + gap_frame(call), hold=5.0)
+        return await stream(request, call_log(call, range(int(request.query["after"]) + 1, 5)))
+
+    return handler
+
+
+async def test_gap_pages_read_and_held_at_once_are_bounded_across_followers(
+    run_followers: Callable[..., Any],
+) -> None:
+    # In a Kafka stall Pinecall gaps hundreds of calls at once; each page held until Kafka takes
+    # it may be 64 MiB raw: only the slots' worth of them are asked for, the rest wait their turn.
+    calls = [f"CA_{n}" for n in range(5)]
+    slots, publisher = PageSlots(2), HeldPublisher()
+    asked: list[str] = []
+    followed = asyncio.create_task(
+        run_followers(paged_gaps(asked), calls=calls, publisher=publisher, pages=slots)
+    )
+    try:
+        await until(
+            lambda: (publisher.held, slots.waiting) == (2, 3),
+            what="two pages held until Kafka takes them, three followers waiting for a slot",
+        )
+        assert len(asked) == 2
+        publisher.release.set()
+        ended, _, _, _, metrics = await followed
+    finally:
+        followed.cancel()
+    assert ended == [True] * len(calls)
+    for call in calls:
+        assert published(publisher, call) == [1, 2, 3, 4], call
+    assert sorted(asked) == sorted(calls * 2)
+    assert publisher.most_held == 2
+    assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == len(calls)
+
+
+async def test_a_follower_waiting_for_a_page_slot_leaves_at_once_on_a_stop(
+    run_followers: Callable[..., Any],
+) -> None:
+    stopping, slots, publisher = asyncio.Event(), PageSlots(1), HeldPublisher()
+    asked: list[str] = []
+    followed = asyncio.create_task(
+        run_followers(
+            paged_gaps(asked),
+            calls=["CA_0", "CA_1"],
+            publisher=publisher,
+            pages=slots,
+            stopping=stopping,
+        )
+    )
+    try:
+        await until(
+            lambda: (publisher.held, slots.waiting) == (1, 1),
+            what="one page held until Kafka takes it, one follower waiting for the slot",
+        )
+        stopping.set()
+        # It leaves while the other still holds the slot, its publish not yet landed.
+        await until(lambda: slots.waiting == 0, what="the waiting follower gone")
+        assert not followed.done()
+        publisher.release.set()
+        ended, _, _, followers, _ = await followed
+    finally:
+        followed.cancel()
+    assert ended == [False, False]
+    assert len(asked) == 1
+    # The one whose page landed resumes after it; the other where it was.
+    assert sorted(f.state.acked for f in followers) == [1, 2]
