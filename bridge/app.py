@@ -8,10 +8,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge.config import Settings
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.sources.webhook import WebhookHandler, error, json_response
 
 log = logging.getLogger(__name__)
+# A bug hit by every request must not log a traceback per request: thinned (bridge.logthrottle).
+flood = LogThrottle(log)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A bug answering a webhook 503 loses it as a refused write does (Pinecall tries twice): counted.
 WEBHOOK_BUGS = web.AppKey("webhook_bugs", tuple[str, Callable[[], None]])
@@ -55,7 +58,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
-        log.exception("unexpected error while handling a request", extra={"path": request.path})
+        flood.exception("unexpected error while handling a request", extra={"path": request.path})
         bugs = request.app.get(WEBHOOK_BUGS)
         if bugs is not None and request.path == bugs[0]:
             bugs[1]()

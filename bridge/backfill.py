@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
+from bridge import logthrottle
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.normalise.ids import valid_call_id
@@ -147,6 +148,7 @@ async def backfill_calls(
                 shown.call_done(call)
     finally:
         await sink.stop()
+        logthrottle.flush_all()  # what the thinned lines held back is said before the report
     return report
 
 

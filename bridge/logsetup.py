@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from bridge import jsoncodec
+from bridge import jsoncodec, logthrottle
+from bridge.logthrottle import EVERY, Throttle, say_held
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -166,12 +167,14 @@ class MalformedRequestFilter(logging.Filter):
     """Turns aiohttp's ERROR-with-traceback for a malformed request into a short WARNING, at most
     one per `every` seconds: a hostile client must not be able to flood the logs."""
 
-    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    _MSG = "malformed HTTP request refused"
+
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._every = every
         self._clock = clock
-        self._next = float("-inf")
-        self._suppressed = 0
+        self._throttle: Throttle[str] = Throttle(every, clock)
+        logthrottle.register(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -179,18 +182,23 @@ class MalformedRequestFilter(logging.Filter):
             "Error handling request"
         ):
             return True
-        now = self._clock()
-        if now < self._next:
-            self._suppressed += 1
+        held = self._throttle.admit(self._MSG)
+        if held is None:
             return False
-        self._next = now + self._every
-        record.msg, record.args = "malformed HTTP request refused", None
+        record.msg, record.args = self._MSG, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
         record.error = f"{type(exc).__name__}: {exc.message}"
-        record.suppressed_before = self._suppressed
-        self._suppressed = 0
+        for name, value in held.fields().items():
+            setattr(record, name, value)
         return True
+
+    def flush(self) -> None:
+        for _, held in self._throttle.drain():
+            say_held(logging.getLogger("aiohttp.server"), logging.WARNING, self._MSG, held)
+
+    def forget(self) -> None:
+        self._throttle = Throttle(self._every, self._clock)
 
 
 class StaticFields(logging.Filter):
@@ -235,4 +243,5 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
     # A fresh one: configuring again must not inherit an earlier configuration's quiet period.
     for stale in [f for f in server.filters if isinstance(f, MalformedRequestFilter)]:
         server.removeFilter(stale)
+        stale.flush()
     server.addFilter(MalformedRequestFilter())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import jsoncodec
 from bridge.ingest.record import ID, encode
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Unrecognised, normalise
 from bridge.normalise.binding import CONTENT_TYPE, Mode
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from bridge.config import Settings
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
+flood = LogThrottle(log)
 _YIELD_EVERY = 64
 TOO_LARGE = "too_large"
 # A command's delivery Kafka did not take is offered again this many times before it gives up.
@@ -261,7 +264,7 @@ class Pipeline:
             if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
-                log.error(
+                flood.error(
                     "an event too large for Kafka is dead-lettered",
                     extra={"event_id": record_id(record), "bytes": len(record.value)},
                 )
@@ -298,7 +301,7 @@ class Pipeline:
             if too_large(exc):
                 return _REFUSED
             reason = "retriable" if getattr(exc, "retriable", False) else "error"
-            log.warning("Kafka refused a record", extra={"error": type(exc).__name__})
+            flood.warning("Kafka refused a record", extra={"error": type(exc).__name__})
             self._fail(reason, result)
             return None
         self._records_in_flight += 1
@@ -352,7 +355,7 @@ class Pipeline:
             if too_large(error):
                 # The topic's limit was lowered below what was learned at start. Not a final
                 # answer: the broker refuses the whole batch, small records included.
-                log.error(
+                flood.error(
                     "the broker refused a record for its size: the ingest topic's"
                     " max.message.bytes was lowered while running; restart the bridge"
                 )
@@ -380,7 +383,7 @@ class Pipeline:
     def _delivered(self, fut: asyncio.Future[Any]) -> None:
         self._records_in_flight -= 1
         if not fut.cancelled() and fut.exception() is not None:
-            log.warning(
+            flood.warning(
                 "Kafka did not acknowledge a record",
                 extra={"error": type(fut.exception()).__name__},
             )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bridge import logthrottle
 from bridge.config import KafkaSettings, Settings
 from bridge.deadletter import (
     DeadLetter,
@@ -177,6 +178,7 @@ async def redrive(
             await stop_consumer(consumer)
         if sink_started:
             await sink.stop()
+        logthrottle.flush_all()  # what the thinned lines held back is said before the report
     return report
 
 

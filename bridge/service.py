@@ -21,7 +21,7 @@ from typing import Protocol, get_args
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from bridge import listen, looplag
+from bridge import listen, logthrottle, looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
@@ -579,6 +579,8 @@ class Bridge:
             log.error("grace period over before the dedup stage committed and left its group")
         self._runner = None
         self._started = False
+        # The counts of thinned lines no later line told of (a flood that ended): not lost.
+        logthrottle.flush_all()
         log.info("stopped")
 
 

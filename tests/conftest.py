@@ -45,3 +45,11 @@ def keep_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_throttles() -> None:
+    """Each test sees the first line of a kind, whatever an earlier test logged within 10 s."""
+    from bridge import logthrottle
+
+    logthrottle.forget_all()

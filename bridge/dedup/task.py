@@ -22,10 +22,13 @@ from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decode
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import stop_consumer
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
+flood = LogThrottle(log)
 
 
 class PartitionTask:
@@ -130,7 +133,7 @@ class PartitionTask:
             entry = decode(record.key, record.value, record.headers)
             if entry is None:
                 invalid.inc()
-                log.warning(
+                flood.warning(
                     "skipped an ingest record not written by the bridge",
                     extra={"partition": self.tp.partition, "offset": record.offset},
                 )

@@ -36,12 +36,15 @@ from aiokafka.errors import (
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
 from bridge.ingest.record import IngestEntry
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.topicreads import unread
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
+flood = LogThrottle(log)
 
 LossReason = Literal["fenced", "timeout", "error"]
 _STOP_TIMEOUT = 5.0
@@ -203,7 +206,7 @@ class StageProducer:
             # Its output topic takes smaller records than the ingest topic did: sending it would
             # fail the transaction at every retry and stall its partitions for good.
             txn.too_large += 1
-            log.error(
+            flood.error(
                 "output record too large for its topic; skipped (it stays in the ingest topic)",
                 extra={
                     "partition": tp.partition,

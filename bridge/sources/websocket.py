@@ -45,6 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.pipeline import Pipeline
@@ -57,6 +58,8 @@ from bridge.sources.textsize import utf8_size
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per frame: thinned (bridge.logthrottle), the metrics count each.
+flood = LogThrottle(log)
 
 # Close codes that mean "your credentials are bad or expired": fetch a new token before retrying.
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
@@ -73,7 +76,6 @@ REFRESH_SHARE = 0.2
 # How long a refreshed connection may take to send its first frame (the subscription's ack)
 # before the old one is closed anyway.
 FIRST_FRAME_TIMEOUT = 2.0
-_DROP_LOG_EVERY = 10.0
 # How much larger than BRIDGE_WEBSOCKET__MAX_FRAME_BYTES a frame websockets still reads, so that
 # it is dead-lettered as a note instead of closing the connection (close code 1009).
 READ_LIMIT_FACTOR = 4
@@ -191,8 +193,6 @@ class WebSocketSource:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._held = 0  # events read and not yet acknowledged (queued or in the batch)
         self._held_bytes = 0
-        self._dropped_unlogged = 0
-        self._last_drop_log = float("-inf")
         for lost in ("backlog_full", "shutdown", "too_large"):  # exist from 0, for increase()
             metrics.rejected.labels("websocket", lost)
         for reason in get_args(DisconnectReason):  # as do these
@@ -523,9 +523,9 @@ class WebSocketSource:
             # what the backlog holds. The publisher parses it again.
             self._hold(message, sys.getsizeof(message))
         elif frame.kind == "control" and frame.detail == "error":
-            log.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
+            flood.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
         elif frame.kind == "garbage":
-            log.debug("feed sent garbage", extra={"detail": frame.detail})
+            flood.debug("feed sent garbage", extra={"detail": frame.detail})
 
     def _too_large(self, message: str) -> None:
         """A note of an oversized frame, in its place: not decoded, the connection kept."""
@@ -536,7 +536,7 @@ class WebSocketSource:
         note = Unrecognised(
             "too_large", {"bytes": size, "sha256": digest, "data": head, "truncated": True}
         )
-        log.warning(
+        flood.warning(
             "feed frame larger than BRIDGE_WEBSOCKET__MAX_FRAME_BYTES; a note of it goes to the"
             " dead-letter topic in its place",
             extra={"bytes": size, "max_frame_bytes": self._settings.max_frame_bytes},
@@ -559,18 +559,13 @@ class WebSocketSource:
 
     def _drop(self) -> None:
         self._metrics.rejected.labels("websocket", "backlog_full").inc()
-        self._dropped_unlogged += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= _DROP_LOG_EVERY:
-            log.error(
-                "feed backlog full (Kafka slow or down): events dropped",
-                extra={
-                    "events": self._dropped_unlogged,
-                    "max_inflight": self._settings.max_inflight,
-                    "max_backlog_bytes": self._settings.max_backlog_bytes,
-                },
-            )
-            self._dropped_unlogged, self._last_drop_log = 0, now
+        flood.error(
+            "feed backlog full (Kafka slow or down): events dropped",
+            extra={
+                "max_inflight": self._settings.max_inflight,
+                "max_backlog_bytes": self._settings.max_backlog_bytes,
+            },
+        )
 
     async def _publish_forever(self) -> None:
         while not (self._draining and self._queue.empty()):

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from bridge import jsoncodec, logsetup
+from bridge import jsoncodec, logsetup, logthrottle
 
 
 def test_json_lines_carry_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -244,11 +244,36 @@ def test_malformed_requests_log_one_short_warning_per_period() -> None:
     now[0] += 10.0
     later = record(BadHttpMessage("later"))
     assert flt.filter(later)
-    assert later.suppressed_before == 2  # type: ignore[attr-defined]
+    # The shared throttle's fields: how many were held back, over how long.
+    assert (later.suppressed, later.suppressed_s) == (2, 10.0)  # type: ignore[attr-defined]
     # A real bug in a handler keeps its ERROR and traceback.
     bug = record(RuntimeError("bug"))
     assert flt.filter(bug)
     assert (bug.levelno, bug.exc_info is not None) == (logging.ERROR, True)
+
+
+def test_malformed_requests_held_back_are_said_at_stop(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    flt = logsetup.MalformedRequestFilter(every=10.0, clock=lambda: 100.0)
+    for _ in range(4):
+        exc = BadHttpMessage("bad header")
+        flt.filter(
+            logging.LogRecord(
+                "aiohttp.server",
+                logging.ERROR,
+                "",
+                0,
+                "Error handling request",
+                (),
+                (type(exc), exc, None),
+            )
+        )
+    with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
+        logthrottle.flush_all()
+    assert [(r.getMessage(), getattr(r, "suppressed", None)) for r in caplog.records] == [
+        ("malformed HTTP request refused: 3 more like this in the last 0 s", 3)
+    ]
 
 
 async def test_a_flood_of_malformed_requests_is_not_a_flood_of_tracebacks(

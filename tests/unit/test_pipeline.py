@@ -1,11 +1,12 @@
 import asyncio
+import logging
 from functools import partial
 from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from bridge import jsoncodec
+from bridge import jsoncodec, logthrottle
 from bridge.config import TopicSettings
 from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
@@ -599,3 +600,32 @@ async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
     assert (result.accepted, result.failed) == (2, 1)
     assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 2
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 1
+
+
+async def test_a_kafka_outage_logs_a_few_lines_and_counts_every_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every record refused, then every one sent but never acknowledged: one line of each kind
+    # (the rest said by a later line or at stop), and the metrics count all of them.
+    n = 500
+    sink = FakeSink()
+    sink.refuse = RuntimeError("broker said no")
+    pipeline, metrics = make(sink)
+    items = [entry(1, call=f"CA_{i}") for i in range(n)]
+    with caplog.at_level(logging.WARNING, logger="bridge.pipeline"):
+        refused = await pipeline.submit(items, "webhook")
+        sink.refuse, sink.auto_ack = None, False
+        task = asyncio.create_task(pipeline.submit(items, "webhook"))
+        await until(lambda: len(sink.futures) == n)
+        for future in sink.futures:
+            future.set_exception(RuntimeError("not leader"))
+        unacknowledged = await task
+    assert refused.failed == unacknowledged.failed == n
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 2 * n
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["Kafka refused a record", "Kafka did not acknowledge a record"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bridge.pipeline"):
+        logthrottle.flush_all()
+    said = {r.getMessage().split(":")[0]: getattr(r, "suppressed", None) for r in caplog.records}
+    assert said == {"Kafka refused a record": n - 1, "Kafka did not acknowledge a record": n - 1}

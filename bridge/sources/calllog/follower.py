@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from bridge.config import PinecallSettings, SseSettings
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.sources.calllog.eventstream import EventStreamParser
@@ -37,6 +38,8 @@ from bridge.sources.reconnect import ReconnectPolicy
 from bridge.sources.redirects import redirect_note
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per entry: thinned (bridge.logthrottle), the metrics count each.
+flood = LogThrottle(log)
 EVENT_STREAM = "text/event-stream"
 
 
@@ -269,7 +272,7 @@ class Follower:
                         # Not simply the last: a seq-0 entry (a local error) may follow the rest.
                         last = step.seq if last is None else max(last, step.seq)
                     if isinstance(step.item, Unrecognised):
-                        log.warning(
+                        flood.warning(
                             _UNREADABLE[step.item.reason],
                             extra={**self._ctx(), **_loggable(step.item.item)},
                         )
