@@ -518,7 +518,7 @@ async def test_too_large_even_as_a_dead_letter_is_refused_for_good() -> None:
 async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> None:
     # A redrive reads the dead-letter topic: what it cannot publish must not be written there
     # again, or every run would grow it.
-    big = entry(2, call="CA_" + "x" * 1500)
+    big = entry(2, call="CA_" + "x" * 253, data={"text": "y" * 3800})
     sink = limited_to(FakeSink(), 5000)
     pipeline, metrics = make(sink, purpose=ForRedrive(TopicLimits(1_048_576)))
     result = await pipeline.submit([entry(1), big, {"no": "type"}, entry(3)], "webhook")
