@@ -185,6 +185,7 @@ class Pipeline:
         raw: bytes | None = None,
         received_at: float | None = None,
         started: float | None = None,
+        settled: set[int] | None = None,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
@@ -192,6 +193,8 @@ class Pipeline:
         `received_at` is set by a source retrying a delivery: when it was first submitted. Its
         items were counted as received then, and its latencies run from then: from `started`,
         the first result's, when given (a redrive's days-old receipt is not, so from now).
+        `settled` gains, as it happens, the index of each item Kafka acknowledged or that needs no
+        retry (dropped, refused): what a source cut off mid-delivery did not lose.
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -218,6 +221,8 @@ class Pipeline:
             exact = raw if raw is not None and len(items) == 1 else None
             if isinstance(normalised, Unrecognised) and not self._dead_letters:
                 result.refused += 1
+                if settled is not None:
+                    settled.add(n)
                 continue
             if isinstance(normalised, Unrecognised):
                 reason: str | None = normalised.reason
@@ -232,12 +237,16 @@ class Pipeline:
                     if not again:
                         self._metrics.dropped.labels(route.reason).inc()
                     result.dropped += 1
+                    if settled is not None:
+                        settled.add(n)
                     continue
                 value, headers = encode_cloudevent(normalised, self._source, route.key, self._mode)
                 output = Record(route.topic, route.key, value, headers)
                 limits = self._output_limits
                 if limits is not None and record_size(output) > limits.limit(output.topic):
                     self._refuse(channel, result)
+                    if settled is not None:
+                        settled.add(n)
                     continue
                 record = encode(
                     self._ingest,
@@ -273,8 +282,12 @@ class Pipeline:
                 delivery = await self._send(record, deadline, result)
             if isinstance(delivery, asyncio.Future):
                 sent.append(_Sent(delivery, result.started, reason))
+                if settled is not None:
+                    delivery.add_done_callback(_noting_ack(settled, n))
             elif delivery is _REFUSED:
                 self._refuse(channel, result)
+                if settled is not None:
+                    settled.add(n)
             elif record.key is not None:
                 held_back.add(record.key)
         await self._wait_until({s.delivery for s in sent}, deadline)
@@ -438,6 +451,16 @@ def pipeline_for(
         publish_timeout=settings.kafka.publish_timeout_seconds,
         purpose=purpose,
     )
+
+
+def _noting_ack(settled: set[int], n: int) -> Callable[[asyncio.Future[Any]], None]:
+    """A delivery's callback adding `n` to `settled` once Kafka acknowledged it, late or not."""
+
+    def noted(delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is None:
+            settled.add(n)
+
+    return noted
 
 
 async def submit_retrying(

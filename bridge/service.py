@@ -52,6 +52,7 @@ from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
+LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
 
 
 class _Part(Protocol):
@@ -513,14 +514,29 @@ class Bridge:
         await self._runner.cleanup()
 
     async def _stop_feed(self, deadline: float) -> None:
+        """Stop the feed, then hand its lease on, both by `deadline` (loop time)."""
         feed, self.feed = self.feed, None
         if feed is not None:
-            await feed.stop(deadline)
+            by = deadline
+            if self.lease is not None:
+                # A feed using its whole share (Kafka slow) left no time to leave the group: the
+                # leave was cut, and nobody read the feed until the session timeout.
+                by -= lease_leave_reserve(deadline - asyncio.get_running_loop().time())
+            await feed.stop(by)
         if self.lease is not None:
-            # Only now, with the backlog published: a replica taking over earlier could publish
-            # a call's later events before this one's earlier ones. Leaving the group hands the
-            # lease on without a session timeout.
-            await self.lease.stop()
+            # Only now, with the backlog published or given up: a replica taking over earlier
+            # could publish a call's later events before this one's earlier ones. Leaving the
+            # group hands the lease on without a session timeout.
+            try:
+                # Its own bound: Kafka down, the leave never ends, and a cancellation the feed's
+                # stop absorbed must not leave it unbounded.
+                async with asyncio.timeout_at(deadline):
+                    await self.lease.stop()
+            except TimeoutError:
+                log.error(
+                    "the feed lease was not handed on in time: the next holder waits out"
+                    " BRIDGE_DEDUP__SESSION_TIMEOUT_MS"
+                )
 
     async def _stop_calllog(self, deadline: float) -> None:
         """Stop following calls; entries being published may land until `deadline`."""
@@ -582,6 +598,15 @@ class Bridge:
         # The counts of thinned lines no later line told of (a flood that ended): not lost.
         logthrottle.flush_all()
         log.info("stopped")
+
+
+def lease_leave_reserve(left: float) -> float:
+    """The end of the feed's share of a stop kept for leaving the lease's group.
+
+    A leave takes milliseconds (a LeaveGroup round trip); a second covers a loaded broker, and a
+    short stop keeps most of its time for publishing what the feed read.
+    """
+    return min(LEASE_LEAVE_SECONDS, max(left, 0.0) / 4)
 
 
 async def serve(settings: Settings) -> None:

@@ -193,6 +193,9 @@ class WebSocketSource:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._held = 0  # events read and not yet acknowledged (queued or in the batch)
         self._held_bytes = 0
+        # Indexes of the batch being published that Kafka took (or that need no retry): a stop
+        # cutting the batch off lost only the rest of it.
+        self._settled: set[int] = set()
         for lost in ("backlog_full", "shutdown", "too_large"):  # exist from 0, for increase()
             metrics.rejected.labels("websocket", lost)
         for reason in get_args(DisconnectReason):  # as do these
@@ -249,7 +252,8 @@ class WebSocketSource:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._publisher, timeout=max(remaining, 0.0))
             # Held: still queued, or in the batch whose publish the deadline cancelled.
-            left, self._held, self._held_bytes = self._held, 0, 0
+            left = self._held - len(self._settled)
+            self._held, self._held_bytes, self._settled = 0, 0, set()
             self._queue = asyncio.Queue()
             self._metrics.websocket_backlog.set(0)
             if left:
@@ -583,9 +587,11 @@ class WebSocketSource:
                     break
                 batch.append(item)
                 held_bytes += item[1]
+            self._settled = set()
             await self._publish([_decoded(held) for held, _ in batch])
             self._held -= len(batch)
             self._held_bytes -= held_bytes
+            self._settled = set()
             self._metrics.websocket_backlog.set(self._held)
             if last:
                 return
@@ -598,7 +604,7 @@ class WebSocketSource:
         while True:
             try:
                 result = await self._pipeline.submit(
-                    batch, "websocket", received_at=first, started=started
+                    batch, "websocket", received_at=first, started=started, settled=self._settled
                 )
                 first, started = result.received_at, result.started
             except Exception:  # a bug must not end publishing silently, nor drop the batch

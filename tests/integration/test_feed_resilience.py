@@ -1,4 +1,4 @@
-"""The WebSocket feed through a token's expiry and a minute-long Kafka stall, on real parts.
+"""The WebSocket feed through a token's expiry, a minute-long Kafka stall and a slow stop.
 
 The simulator's feed and ledger, an in-process bridge, a real broker: the ledger says what was
 sent, the output topic what arrived. The stall runs on a broker of this module's own (paused
@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     read_to_end,
     wait_ready,
 )
+from tests.integration.test_exactly_once import lease_members
 from tests.metrics import sample
 from tests.polling import until
 
@@ -257,3 +258,40 @@ async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_noth
     assert report.events > 1500
     assert expected - set(counts) == set(), f"lost: {len(expected - set(counts))}"
     assert [i for i, n in counts.items() if n > 1] == []
+
+
+async def test_a_holder_stopping_while_kafka_is_slow_hands_the_lease_on_without_a_timeout(
+    kafka_bootstrap: str, topics: Topics, started: list[Bridge]
+) -> None:
+    """The holder's last feed events are never acknowledged: its stop waits for them its whole
+    share, then still leaves the lease's group, so the feed is not left unread for a session."""
+    async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
+        settings = bridge_settings(
+            kafka_bootstrap,
+            topics,
+            dedup={"session_timeout_ms": 60_000},
+            shutdown={"grace_seconds": 4},
+            **feed_settings(simulator),
+        )
+        holder, successor = Bridge(settings), Bridge(settings)
+        started.extend([successor, holder])
+        await holder.start()
+        held = "pinecall_bridge_feed_lease_held"
+        await until(lambda: sample(holder.metrics, held) == 1, 60, 0.1, "the holder's lease")
+        await successor.start()
+        group = f"{topics.group}-feed-lease"
+        await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
+
+        async def kafka_never_answers(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        holder.pipeline.submit = kafka_never_answers  # type: ignore[method-assign]
+        await simulator.run_traffic(calls=2, concurrency=2, rate=50, channel="websocket")
+        backlog = "pinecall_bridge_websocket_backlog_events"
+        await until(lambda: sample(holder.metrics, backlog) > 0, 30, 0.1, "a held backlog")
+        started.remove(holder)
+        await holder.stop()
+        lost = "pinecall_bridge_events_rejected_total"
+        assert sample(holder.metrics, lost, channel="websocket", reason="shutdown") > 0
+        # Otherwise the lease moves after the session timeout (60 s).
+        await until(lambda: sample(successor.metrics, held) == 1, 20, 0.1, "the lease moved on")

@@ -278,6 +278,25 @@ async def test_ephemeral_and_markers_dropped_and_counted() -> None:
     assert sample(metrics, "pinecall_bridge_events_dropped_total", reason="marker") == 1
 
 
+async def test_a_delivery_cut_off_says_which_items_need_no_retry() -> None:
+    """Acknowledged (late too) or dropped: what a source stopped mid-delivery did not lose."""
+    sink = FakeSink(auto_ack=False)
+    pipeline, _ = make(sink, timeout=60)
+    settled: set[int] = set()
+    items = [entry(1), entry(2, "log.caught_up"), entry(3), entry(4)]
+    task = asyncio.create_task(pipeline.submit(items, "websocket", settled=settled))
+    await until(lambda: len(sink.futures) == 3)
+    sink.futures[0].set_result(None)
+    sink.futures[1].set_exception(RuntimeError("x"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    sink.futures[2].set_result(None)  # Kafka's answer to a delivery given up
+    await asyncio.sleep(0)
+    assert settled == {0, 1, 3}
+
+
 async def test_binary_mode_writes_data_as_the_value_and_attributes_as_ce_headers() -> None:
     sink = FakeSink()
     pipeline, _ = make(sink, mode="binary")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Any, get_args
@@ -212,6 +213,74 @@ async def test_a_flush_that_cannot_finish_leaves_the_stage_time_to_stop() -> Non
     assert stage.drain_by is not None, "the stage was never stopped: no commit, no leave"
     # The flush is given up while the grace period still has room for the stage's stop.
     assert events == ["flush given up", "stage left its group"]
+
+
+class FeedStand:
+    """A feed whose stop ends `early` s before its deadline: Kafka took its last batch just then.
+
+    A negative `early` overruns the deadline and, as the real feed's wait for its publisher does,
+    absorbs the cancellation that the stop's phase timeout sends meanwhile.
+    """
+
+    def __init__(self, early: float) -> None:
+        self.early = early
+
+    async def stop(self, deadline: float, *, lease_held: bool = True) -> None:
+        until_then = deadline - self.early - asyncio.get_running_loop().time()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(max(until_then, 0.0))
+
+
+class LeaseStand:
+    """A lease whose leave (a LeaveGroup, the consumer's stop) takes `leave` s; None: never ends."""
+
+    def __init__(self, leave: float | None) -> None:
+        self.leave = leave
+        self.events: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        try:
+            if self.leave is None:  # Kafka down: the LeaveGroup is never answered
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(self.leave)
+        except asyncio.CancelledError:
+            self.events.append("leave cut")
+            raise
+        self.events.append("left")
+
+
+async def stopped_with(feed: FeedStand, lease: LeaseStand) -> StageStand:
+    """A bridge whose feed and lease are `feed` and `lease`, started then stopped (grace 2 s)."""
+    bridge = Bridge(every_source(free_port()))
+    stage = StageStand()
+    bridge.dedup = stage  # type: ignore[assignment]
+    bridge.lease = lease  # type: ignore[assignment]
+    await bridge.start()
+    bridge.feed = feed  # type: ignore[assignment]
+    await asyncio.wait_for(bridge.stop(), 30)  # only a guard against a hang
+    return stage
+
+
+async def test_a_feed_using_its_whole_share_of_the_stop_still_leaves_the_lease_time_to_leave() -> (
+    None
+):
+    # Cut, the leave hands the lease on only after a session timeout: nobody reads the feed.
+    lease = LeaseStand(leave=0.2)
+    await stopped_with(FeedStand(early=0.05), lease)
+    assert lease.events == ["left"]
+
+
+async def test_a_leave_kafka_never_answers_is_cut_within_the_stop() -> None:
+    # The feed's stop overran its deadline and absorbed the phase's timeout: the leave has a
+    # bound of its own, or the stop waits for ever.
+    lease = LeaseStand(leave=None)
+    stage = await stopped_with(FeedStand(early=-0.1), lease)
+    assert lease.events == ["leave cut"]
+    assert stage.drain_by is not None, "the stage was never stopped: no commit, no leave"
 
 
 async def test_a_process_serving_no_port_skips_the_drain_delay(

@@ -462,6 +462,21 @@ async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
 
 
+async def test_of_a_batch_cut_off_by_the_stop_only_what_kafka_did_not_take_is_lost(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    feed = await make_feed(sending(5))
+    sink, metrics = FakeSink(auto_ack=False), Metrics()
+    ws_settings, api = feed.settings()
+    source = await started(ws_settings, api, sink, metrics)
+    await until(lambda: len(sink.records) == 5)  # one batch, all of it sent
+    for future in sink.futures[:3]:  # Kafka took three of them, then stalled
+        future.set_result(None)
+    await source.stop(asyncio.get_running_loop().time() + 0.3)
+    assert rejected(metrics, "shutdown") == 2
+    assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
+
+
 async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
     sink, metrics = FakeSink(), Metrics()
     async with running(bearer("ws://127.0.0.1:9/v1/ws"), sink, metrics, grace=1):
