@@ -439,6 +439,14 @@ def admin_client(bootstrap: str) -> AbstractAsyncContextManager[AIOKafkaAdminCli
     return kafka.admin_client({"bootstrap_servers": bootstrap})
 
 
+async def lease_members(bootstrap: str, group: str, members: int) -> bool:
+    """Whether `group` is stable with `members` members, each of them given its assignment."""
+    async with admin_client(bootstrap) as admin:
+        [response] = await admin.describe_consumer_groups([group])
+    [(error, _, state, _, _, described, *_)] = response.groups
+    return error == 0 and state == "Stable" and len(described) == members
+
+
 @asynccontextmanager
 async def ingest_ends(
     bootstrap: str, names: Topics

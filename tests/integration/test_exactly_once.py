@@ -21,9 +21,9 @@ import pytest
 from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import (
     Topics,
-    admin_client,
     entry,
     free_port,
+    lease_members,
     read_decided,
     read_to_end,
     until_decided,
@@ -309,11 +309,3 @@ async def test_the_feed_has_one_reader_and_fails_over(
     assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
     assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
     assert set(ids) <= durable, "published something Pinecall never sent durably"
-
-
-async def lease_members(bootstrap: str, group: str, members: int) -> bool:
-    """Whether `group` is stable with `members` members, each of them given its assignment."""
-    async with admin_client(bootstrap) as admin:
-        [response] = await admin.describe_consumer_groups([group])
-    [(error, _, state, _, _, described, *_)] = response.groups
-    return error == 0 and state == "Stable" and len(described) == members

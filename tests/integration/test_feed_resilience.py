@@ -26,12 +26,12 @@ from tests.integration.conftest import (
     Broker,
     Topics,
     bridge_settings,
+    lease_members,
     own_broker,
     read_decided,
     read_to_end,
     wait_ready,
 )
-from tests.integration.test_exactly_once import lease_members
 from tests.metrics import sample
 from tests.polling import until
 
