@@ -11,6 +11,7 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 
+from bridge import pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.service import Bridge, run_until_stopped
 from bridge.sink.kafka import TopicConfigs, TopicReads
@@ -168,6 +169,20 @@ async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period
     # The last quarter of the grace period (at most 5 s) stays for the commit and the leave:
     # 1.5 s after the stop began.
     assert stopping <= stage.drain_by - 1.5 <= stopped
+
+
+async def test_the_stop_says_what_thinned_log_lines_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A flood that ended before the next line of its kind: its count is said at the stop.
+    bridge, _ = await started_with_a_stand()
+    caplog.set_level(logging.WARNING, logger="bridge.pipeline")
+    for _ in range(3):
+        pipeline.flood.warning("Kafka refused a record")
+    await bridge.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.pipeline"]
+    assert lines[0] == "Kafka refused a record"
+    assert lines[1].startswith("Kafka refused a record: 2 more like this")
 
 
 async def test_a_deadline_sooner_than_the_grace_period_bounds_the_stop() -> None:
