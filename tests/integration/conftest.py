@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -515,6 +516,12 @@ async def create_topic(
     """A topic made before the bridge starts, as an admin or Strimzi would make it."""
     async with admin_client(bootstrap) as admin:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(config or {}))])
+
+
+async def alter_topic(bootstrap: str, name: str, config: Mapping[str, str]) -> None:
+    """Change a topic's configs while the bridge runs, as an admin would."""
+    async with admin_client(bootstrap) as admin:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, dict(config))])
 
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:

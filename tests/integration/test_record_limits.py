@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
-    admin_client,
+    alter_topic,
     create_topic,
     entry,
     read_decided,
@@ -23,12 +21,6 @@ from tests.integration.conftest import (
 )
 
 Start = Callable[..., Any]
-
-
-async def lower_limit(bootstrap: str, name: str, max_message_bytes: int) -> None:
-    async with admin_client(bootstrap) as admin:
-        config = {"max.message.bytes": str(max_message_bytes)}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, config)])
 
 
 async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
@@ -66,7 +58,7 @@ async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_parti
     assert (await bridge.post(entry(2, call=unique_call)))[0] == 200
     # The limit lowered behind the bridge's back: only the broker refuses the next one, which
     # fails its transaction; the restarted partition skips it instead of failing forever.
-    await lower_limit(kafka_bootstrap, topics.events, 3000)
+    await alter_topic(kafka_bootstrap, topics.events, {"max.message.bytes": "3000"})
     assert (await bridge.post(entry(3, call=unique_call, data={"text": "y" * 4000})))[0] == 200
     assert (await bridge.post(entry(4, call=unique_call)))[0] == 200
     events = await read_decided(kafka_bootstrap, topics, [topics.events])

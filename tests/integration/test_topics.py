@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     admin_client,
+    alter_topic,
     bridge_settings,
     consume_until,
     create_topic,
@@ -338,11 +339,6 @@ async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait
     assert [r.__dict__["topic"] for r in said(caplog, "cannot be read while running")] == [
         topics.events
     ]
-
-
-async def alter_topic(bootstrap: str, name: str, config: dict[str, str]) -> None:
-    async with admin_client(bootstrap) as admin:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, config)])
 
 
 def said(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
