@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PAGE_ATTEMPTS = 5
+# A retried page waits RETRY_BASE_SECONDS * 2**attempt (1, 2, 4, 8 s), at most RETRY_MAX_SECONDS.
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
 # `--since` reads at most this many pages of the call list (200 calls each).
 SINCE_MAX_PAGES = 5_000
 
@@ -200,10 +203,15 @@ async def _backfill_call(
                 # A 403 may be this call's alone (another app's); a 401 is the key's.
                 outcome.key_refused = exc.status == 401
                 return outcome
-            delay = getattr(exc, "retry_after", None) or min(0.5 * 2**attempt, 10.0)
+            # A 5xx, a cut connection, or a 200 whose body is not JSON (cut short by a proxy).
+            delay = getattr(exc, "retry_after", None) or _backoff(attempt)
             log.warning("call log page failed; retrying", extra={"call": call, "error": str(exc)})
             await asyncio.sleep(delay)
     return outcome
+
+
+def _backoff(attempt: int) -> float:
+    return min(RETRY_BASE_SECONDS * 2.0**attempt, RETRY_MAX_SECONDS)
 
 
 async def _calls_since(
@@ -228,7 +236,7 @@ async def _calls_since(
             if exc.unsupported or not exc.retriable or attempt == PAGE_ATTEMPTS:
                 raise
             log.warning("call list failed; retrying", extra={"error": str(exc)})
-            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+            await asyncio.sleep(_backoff(attempt))
         else:
             undated = sorted({row.call for row in rows if row.started_at is None})
             if undated:

@@ -170,6 +170,15 @@ class KafkaSettings(_Section):
 
     _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
 
+    @field_validator("sasl_username", "sasl_password", "ssl_key_password", mode="before")
+    @classmethod
+    def _line_end_or_unset(cls, value: Any) -> Any:
+        # A Secret made from a file with `echo` ends in a newline no broker expects; a space may
+        # be part of a password, so only line ends go. Empty is unset: SASL then says it is missing.
+        if isinstance(value, str):
+            return value.rstrip("\r\n") or None
+        return value
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_have_ports(cls, servers: list[str]) -> list[str]:

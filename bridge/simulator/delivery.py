@@ -47,6 +47,7 @@ class Deliverer:
         self._closed = False
 
     async def start(self) -> None:
+        self._closed = False  # a start after a close (a failed start, say) delivers again
         connector = aiohttp.TCPConnector(limit=self._config.delivery_concurrency)
         self._session = aiohttp.ClientSession(connector=connector)
 

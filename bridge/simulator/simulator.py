@@ -66,18 +66,29 @@ class Simulator:
     async def start(self) -> None:
         if self._runner is not None:
             return
+        set_up: web.AppRunner | None = None
         self.ledger.open()
-        await self.deliverer.start()
-        session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
-        api = Api(self.config, self.tokens, self.hooks, self.stats, self.deliverer)
-        runner = web.AppRunner(
-            build_app(self.config, api, session, self, self.streams),
-            access_log=None,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        # The bridge's own helper: `::` takes IPv4 too, in both.
-        await listen.start(runner, self.config.host, self.config.port, reuse_port=False)
+        try:
+            await self.deliverer.start()
+            session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
+            api = Api(self.config, self.tokens, self.hooks, self.stats, self.deliverer)
+            runner = web.AppRunner(
+                build_app(self.config, api, session, self, self.streams),
+                access_log=None,
+                shutdown_timeout=1.0,
+            )
+            await runner.setup()
+            set_up = runner
+            # The bridge's own helper: `::` takes IPv4 too, in both.
+            await listen.start(runner, self.config.host, self.config.port, reuse_port=False)
+        except BaseException:
+            # A failed start (a taken port, say) is never stopped: close what it opened, or the
+            # ledger's file and the delivery client stay open for the life of the process.
+            if set_up is not None:
+                await set_up.cleanup()
+            await self.deliverer.close()
+            self.ledger.close()
+            raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         log.info("simulator listening", extra={"url": self.url, "ws_url": self.ws_url})

@@ -149,3 +149,39 @@ async def test_a_403_is_one_calls_refusal_and_the_others_are_still_read(
     assert [o.error is None for o in report.calls] == [False, True]
     assert not report.key_refused
     assert report.not_asked == []
+
+
+async def backfill_broken_pages(monkeypatch: pytest.MonkeyPatch, broken: int) -> BackfillReport:
+    """Backfill one sealed call of two entries while the next `broken` pages come cut short."""
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    monkeypatch.setattr(backfill, "RETRY_BASE_SECONDS", 0.001)
+    async with Simulator() as sim:
+        sim.calllogs.append(entry(1, "call.started", call="CA_1", data={}))
+        sim.calllogs.append(entry(2, "call.ended", call="CA_1", data={}))
+        sim.calllogs.seal("CA_1")
+        sim.sse_break_pages(broken)
+        settings = load_settings(
+            webhook={"secrets": ["s"]}, pinecall={"api_url": sim.url, "api_key": "sim-api-key"}
+        )
+        report = await backfill_calls(settings, ["CA_1"], metrics=Metrics())
+        assert sim.stats.log_pages_broken == min(broken, backfill.PAGE_ATTEMPTS)
+    return report
+
+
+async def test_a_page_cut_short_on_the_way_is_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    report = await backfill_broken_pages(monkeypatch, broken=2)
+    assert [(o.call, o.entries, o.error) for o in report.calls] == [("CA_1", 2, None)]
+    assert report.ok
+
+
+async def test_pages_cut_short_at_every_attempt_fail_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    report = await backfill_broken_pages(monkeypatch, broken=backfill.PAGE_ATTEMPTS + 1)
+    [outcome] = report.calls
+    assert outcome.entries == 0
+    assert "not JSON" in (outcome.error or "")
+    assert not outcome.key_refused
+    assert not report.ok

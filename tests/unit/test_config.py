@@ -171,6 +171,51 @@ def test_sasl_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("given", "kept"), [("hunter2\n", "hunter2"), ("hunter2\r\n", "hunter2"), (" pw ", " pw ")]
+)
+def test_sasl_credentials_lose_the_newline_a_secret_file_ends_with(
+    monkeypatch: pytest.MonkeyPatch, given: str, kept: str
+) -> None:
+    # A Secret made with `echo`: the broker refused "hunter2\n". Spaces may be a password's own.
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "BRIDGE_KAFKA__SASL_USERNAME": given,
+            "BRIDGE_KAFKA__SASL_PASSWORD": given,
+        },
+    )
+    kafka = load_settings().kafka
+    assert kafka.sasl_username == kept
+    assert kafka.sasl_password is not None
+    assert kafka.sasl_password.get_secret_value() == kept
+
+
+def test_an_empty_kafka_password_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unset, it is named as missing, not sent to the broker as "" (or as a lone newline).
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "BRIDGE_KAFKA__SASL_USERNAME": "bridge",
+            "BRIDGE_KAFKA__SASL_PASSWORD": "\n",
+            "BRIDGE_KAFKA__SSL_KEY_PASSWORD": "\n",
+        },
+    )
+    assert problems() == [
+        "BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD are both needed with"
+        " BRIDGE_KAFKA__SECURITY_PROTOCOL=SASL_SSL"
+    ]
+
+
+def test_webhook_secrets_lose_surrounding_whitespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The comma-separated form: `a, b` and a file's newline are no part of a secret.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "first, second\n"})
+    secrets = [s.get_secret_value() for s in load_settings().webhook.secrets]
+    assert secrets == ["first", "second"]
+
+
 def test_unsigned_needs_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="ALLOW_UNSIGNED"):
         load_settings()

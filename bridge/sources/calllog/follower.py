@@ -200,7 +200,8 @@ class Follower:
             reason = "gap_fill_failed"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = "closed" if self._opened_at is not None else "connect_error"
-            log.info(
+            # One line a call: an outage of the platform would log every call followed at once.
+            flood.info(
                 "call log connection failed",
                 extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
             )

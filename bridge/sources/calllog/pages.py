@@ -66,6 +66,15 @@ class PageFormatError(PageError):
     """
 
 
+class PageGarbledError(PageFormatError):
+    """A 200 whose body is not even JSON: cut short or replaced on the way (a proxy), so retriable.
+
+    JSON that parses but is no page stays a PageFormatError: asking again reads the same wire.
+    """
+
+    retriable = True
+
+
 class PageAuthError(PageError):
     """401/403: the API key is missing, wrong or lacks the `calls` scope."""
 
@@ -97,7 +106,7 @@ def parse_page(body: bytes | str) -> Page:
     try:
         decoded = jsoncodec.loads(body)
     except ValueError as exc:
-        raise PageFormatError(f"the log page is not JSON: {exc}") from exc
+        raise PageGarbledError(f"the log page is not JSON: {exc}") from exc
     return page_of(decoded)
 
 
@@ -198,7 +207,7 @@ async def fetch_page(
         return parse_page(body)
     except PageFormatError as exc:
         # With its 200: the platform took the key (it refuses one before any handler).
-        raise PageFormatError(str(exc), status=200) from exc
+        raise type(exc)(str(exc), status=200) from exc
 
 
 async def fetch_pages(

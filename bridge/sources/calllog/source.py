@@ -185,6 +185,8 @@ class CallLogSource:
             return True
         self._metrics.rejected.labels("sse", "invalid_call_id").inc()
         short = shown(call)  # a 1 MB id is not kept, nor logged, whole
+        # Not a LogThrottle: that would name one id per 10 s however many differ, and the same
+        # id again at each later sweep; this names each of the first ids once, to look them up.
         if short not in self._refused_ids and len(self._refused_ids) < _LOGGED_REFUSALS:
             self._refused_ids.add(short)
             log.error(

@@ -1,5 +1,7 @@
 import asyncio
+import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -41,6 +43,43 @@ async def test_a_taken_port_fails_to_start() -> None:
     async with Simulator() as first:
         with pytest.raises(OSError):  # noqa: PT011 - EADDRINUSE
             await Simulator(SimulatorConfig(port=first.port)).start()
+
+
+def open_files(path: Path) -> int:
+    """How many of this process's file descriptors are `path` (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if fd.exists() and fd.resolve() == path.resolve())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="no /proc/self/fd to count fds")
+async def test_a_failed_start_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    opened: list[aiohttp.ClientSession] = []
+    real = aiohttp.ClientSession
+
+    def recorded(*args: Any, **kwargs: Any) -> aiohttp.ClientSession:
+        opened.append(session := real(*args, **kwargs))
+        return session
+
+    monkeypatch.setattr(aiohttp, "ClientSession", recorded)  # the deliverer's client too
+    path = tmp_path / "ledger.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        sim = Simulator(SimulatorConfig(port=taken.getsockname()[1], ledger_path=path))
+        with pytest.raises(OSError):  # noqa: PT011 - EADDRINUSE
+            await sim.start()
+    assert open_files(path) == 0, "the ledger's file was left open"
+    assert [session.closed for session in opened] == [True], "the delivery client was left open"
+    # Nothing half-closed stays behind: once the port is free the same simulator starts, and
+    # delivers (its deliverer was closed, not left refusing every delivery as cancelled).
+    await sim.start()
+    try:
+        assert open_files(path) == 1
+        sim.register_webhook(receiver.url, "s")
+        await sim.run_traffic(calls=1, channel="webhook", seed=1)
+        assert {d.outcome for d in sim.deliveries} == {"ok"}
+    finally:
+        await sim.stop()
 
 
 def test_register_webhook_checks_its_input() -> None:

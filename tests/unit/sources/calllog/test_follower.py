@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from bridge import jsoncodec
+from bridge import jsoncodec, logthrottle
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
@@ -274,6 +274,29 @@ async def test_a_request_never_answered_is_left_and_asked_again(
     assert publisher.seqs == [1]
     assert len(server.requests) == 2
     assert reconnects(metrics, "connect_error") == 1
+
+
+async def test_an_outage_is_one_connection_failed_line_not_one_a_call(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = [f"CA_{n}" for n in range(20)]
+    asked: dict[str, int] = {}
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        call = request.match_info["call"]
+        asked[call] = asked.get(call, 0) + 1
+        if asked[call] == 1:  # every call's first request times out: the platform is down
+            await asyncio.sleep(2.0)
+        return await stream(request, frame(entry(1, "call.score", call=call)))
+
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.follower")
+    ended, _, _, _, metrics = await run_followers(handler, calls=calls)
+    assert all(ended)
+    assert reconnects(metrics, "connect_error") == len(calls)  # each counted
+    failed = [r for r in caplog.records if r.getMessage() == "call log connection failed"]
+    assert len(failed) == 1
+    logthrottle.flush_all()
+    assert "call log connection failed: 19 more like this" in caplog.text
 
 
 async def test_pings_keep_an_idle_connection(run_follower: Callable[..., Any]) -> None:
