@@ -17,6 +17,7 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $stalled := include "pinecall-bridge.minutes" $a.publishStalledMinutes }}
 {{- $stalledFor := include "pinecall-bridge.minutes" $a.stalledForMinutes }}
 {{- $notReady := include "pinecall-bridge.minutes" $a.notReadyMinutes }}
+{{- $dedupLag := include "pinecall-bridge.minutes" $a.dedupLagMinutes }}
 {{- $job := include "pinecall-bridge.fullname" . -}}
 groups:
   - name: pinecall-bridge
@@ -120,12 +121,12 @@ groups:
         # The lag SREs watch: an owned ingest partition whose oldest unprocessed record stayed
         # old for the whole window, or whose backlog stayed large and grew.
         expr: |
-          max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_seconds[{{ $a.dedupLagMinutes }}m])) > {{ $a.dedupLagSeconds }}
+          max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_seconds[{{ $dedupLag }}])) > {{ $a.dedupLagSeconds }}
           or
           (
-            max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_records[{{ $a.dedupLagMinutes }}m])) > {{ $a.dedupLagRecords }}
+            max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_records[{{ $dedupLag }}])) > {{ $a.dedupLagRecords }}
             and
-            max by (namespace, pod, partition) (delta(pinecall_bridge_dedup_lag_records[{{ $a.dedupLagMinutes }}m])) > 0
+            max by (namespace, pod, partition) (delta(pinecall_bridge_dedup_lag_records[{{ $dedupLag }}])) > 0
           )
         for: {{ $stalledFor }}
         labels:
@@ -138,10 +139,17 @@ groups:
         # A partition no pod processes has no lag series at all (lag is per owned partition).
         # The count is the topic's, from the pods' Kafka metadata: a topic made elsewhere or
         # grown while running may differ from config.topics.ingestPartitions.
+        # Not while no process in the namespace reaches Kafka: an outage loses just the partitions
+        # of the transaction open then (the rest stay owned, and go on once it is back), so it
+        # would fire or not by chance; KafkaDisconnected is the alert, and `for` starts afresh.
         expr: |
-          max by (namespace) (pinecall_bridge_ingest_partitions)
-          - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
-          > 0
+          (
+            max by (namespace) (pinecall_bridge_ingest_partitions)
+            - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
+            > 0
+          )
+          unless on (namespace)
+          (max by (namespace) (pinecall_bridge_kafka_connected) == 0)
         for: {{ include "pinecall-bridge.minutes" $a.dedupPartitionsUnownedMinutes }}
         labels:
           severity: critical
