@@ -183,6 +183,15 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        # Topic and problem are both bounded: the bridge's own topics, and a fixed vocabulary.
+        self.topic_problem = Gauge(
+            f"{PREFIX}_topic_problem",
+            "1 while the dedup stage's topic check finds this problem with one of the bridge's"
+            " topics (missing, not_allowed, unreadable; for the ingest topic also timestamp_type,"
+            " retention_ms, retention_bytes, cleanup_policy), 0 once it is gone.",
+            ["topic", "problem"],
+            registry=r,
+        )
         self.dedup_partitions_owned = Gauge(
             f"{PREFIX}_dedup_partitions_owned",
             "Ingest partitions this process owns and processes (restored and fenced in).",

@@ -27,7 +27,13 @@ from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
-from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ProblemWatch, ingest_topic_problems
+from bridge.ingest.topic import (
+    CONFIG_KEYS,
+    PartitionWatch,
+    ProblemLevels,
+    ProblemWatch,
+    ingest_topic_findings,
+)
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
@@ -42,7 +48,7 @@ from bridge.sink.kafka import (
     replication_factors,
     topic_configs,
 )
-from bridge.sink.topicreads import NOT_YET_VISIBLE, unread
+from bridge.sink.topicreads import NOT_YET_VISIBLE, unread, unread_kind
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -83,6 +89,7 @@ class Bridge:
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
         self._topic_problems = ProblemWatch()
+        self._topic_levels = ProblemLevels()
         self._topic_watch: asyncio.Task[None] | None = None
         self.sink = KafkaSink(
             settings.kafka, self.metrics, self.supervisor, after_probe=self._watch_ingest_topic
@@ -402,8 +409,8 @@ class Bridge:
         name = self.settings.topics.ingest
         if name not in configs:
             return  # said by _check_configs
-        problems = ingest_topic_problems(configs[name], self.settings.dedup)
-        self._say_topic_problems([(name, problem) for problem in problems])
+        problems = ingest_topic_findings(configs[name], self.settings.dedup)
+        self._say_topic_problems([(name, kind, problem) for kind, problem in problems])
 
     async def _watch_topics(self) -> None:
         """Read the topics' configs again every topic_check_seconds: an admin may shorten the
@@ -418,22 +425,32 @@ class Bridge:
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
             problems = [
-                (name, f"a topic of the bridge's cannot be read while running: {why}")
-                for name, why, _ in unread(names, configs.found, configs.errors, ())
+                (
+                    name,
+                    unread_kind(error_code),
+                    f"a topic of the bridge's cannot be read while running: {why}",
+                )
+                for name, why, error_code in unread(names, configs.found, configs.errors, ())
             ]
             name = self.settings.topics.ingest
             if name in configs.found:
                 problems += [
-                    (name, problem)
-                    for problem in ingest_topic_problems(configs.found[name], self.settings.dedup)
+                    (name, kind, problem)
+                    for kind, problem in ingest_topic_findings(
+                        configs.found[name], self.settings.dedup
+                    )
                 ]
             self._say_topic_problems(problems, missing=configs.errors)
 
     def _say_topic_problems(
-        self, problems: list[tuple[str, str]], missing: dict[str, int] | None = None
+        self, problems: list[tuple[str, str, str]], missing: dict[str, int] | None = None
     ) -> None:
-        """Log each problem not said before (ERROR), and each said before and gone (INFO)."""
-        new, gone = self._topic_problems.observe(problems)
+        """Log each (topic, kind, message) not said before (ERROR), and each said before and gone
+        (INFO); set the `topic_problem` gauge to what is present now."""
+        levels = self._topic_levels.observe((name, kind) for name, kind, _ in problems)
+        for (name, kind), value in levels.items():
+            self.metrics.topic_problem.labels(name, kind).set(value)
+        new, gone = self._topic_problems.observe([(name, what) for name, _, what in problems])
         for name, problem in new:
             if (missing or {}).get(name) in NOT_YET_VISIBLE:
                 problem += (

@@ -10,7 +10,7 @@ clocks, for a restore to rebuild a whole TTL of ids.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bridge.config import DedupSettings
@@ -79,17 +79,42 @@ class ProblemWatch:
         return new, gone
 
 
+class ProblemLevels:
+    """The `topic_problem` gauge's series: each (topic, problem) 1 while present, 0 once gone."""
+
+    def __init__(self) -> None:
+        self.present: set[tuple[str, str]] = set()
+
+    def observe(self, now: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """`now` (topic, problem) as read just now: the value each series is to be set to."""
+        current = set(now)
+        levels = dict.fromkeys(self.present - current, 0) | dict.fromkeys(current, 1)
+        self.present = current
+        return levels
+
+
 def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> list[str]:
     """What in the ingest topic's configs lets a restore miss ids of the TTL; [] when nothing.
 
     A missed id is a copy output twice: each problem says what to set instead.
     """
-    problems: list[str] = []
+    return [message for _, message in ingest_topic_findings(configs, dedup)]
+
+
+def ingest_topic_findings(
+    configs: Mapping[str, str], dedup: DedupSettings
+) -> list[tuple[str, str]]:
+    """ingest_topic_problems, each with its `topic_problem` label: the config's name, as
+    `timestamp_type`, `retention_ms`, `retention_bytes` or `cleanup_policy`."""
+    problems: list[tuple[str, str]] = []
     if configs.get(TIMESTAMP_TYPE, "LogAppendTime") != "LogAppendTime":
         problems.append(
-            "the ingest topic's message.timestamp.type is not LogAppendTime: the dedup window then"
-            " times ids by the producers' clocks, which replicas do not share; set it to"
-            " LogAppendTime"
+            (
+                "timestamp_type",
+                "the ingest topic's message.timestamp.type is not LogAppendTime: the dedup window"
+                " then times ids by the producers' clocks, which replicas do not share; set it to"
+                " LogAppendTime",
+            )
         )
     retention = _number(configs.get(RETENTION_MS))
     # A restore reads back a TTL from the last decided record, which is at least a session
@@ -97,20 +122,29 @@ def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> l
     # the stage lagged.
     if 0 <= retention < dedup.ttl_seconds * 1000 + dedup.session_timeout_ms:
         problems.append(
-            "the ingest topic's retention.ms is shorter than the dedup TTL plus a session"
-            " timeout: a restore after a crash cannot see a whole TTL of ids, so a late copy can"
-            f" be output twice; set it to {dedup.ingest_retention_ms()}, the TTL plus"
-            " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS (room for a lagging stage)"
+            (
+                "retention_ms",
+                "the ingest topic's retention.ms is shorter than the dedup TTL plus a session"
+                " timeout: a restore after a crash cannot see a whole TTL of ids, so a late copy"
+                f" can be output twice; set it to {dedup.ingest_retention_ms()}, the TTL plus"
+                " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS (room for a lagging stage)",
+            )
         )
     if _number(configs.get(RETENTION_BYTES)) >= 0:
         problems.append(
-            "the ingest topic's retention.bytes is set: a busy partition can drop ids younger than"
-            " the dedup TTL before a restore reads them; set it to -1"
+            (
+                "retention_bytes",
+                "the ingest topic's retention.bytes is set: a busy partition can drop ids younger"
+                " than the dedup TTL before a restore reads them; set it to -1",
+            )
         )
     if "compact" in configs.get(CLEANUP_POLICY, "delete"):
         problems.append(
-            "the ingest topic's cleanup.policy compacts: only a call's last record survives, so"
-            " a restore misses the ids before it; set it to delete"
+            (
+                "cleanup_policy",
+                "the ingest topic's cleanup.policy compacts: only a call's last record survives,"
+                " so a restore misses the ids before it; set it to delete",
+            )
         )
     return problems
 

@@ -41,6 +41,16 @@ def why_unread(error_code: int | None, *, fresh: bool, right: str = "DescribeCon
     return f"the broker answered {for_code(error_code).__name__}"
 
 
+def unread_kind(error_code: int | None) -> str:
+    """The `topic_problem` label of a topic whose configs were not read: `missing` (deleted, or
+    not made yet), `not_allowed` (an ACL) or `unreadable` (any other answer)."""
+    if error_code in NOT_YET_VISIBLE:
+        return "missing"
+    if error_code == TopicAuthorizationFailedError.errno:
+        return "not_allowed"
+    return "unreadable"
+
+
 def unread(
     names: list[str],
     found: Collection[str],

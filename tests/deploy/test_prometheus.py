@@ -47,6 +47,7 @@ EMPTY_HERE = {
     "Ingest failures by reason",
     "WebSocket frames by kind",
     "Partitions lost by reason (fencings)",
+    "Topic problems",  # a series only once a topic had a problem
 }
 # The chart's default. PinecallBridgeDedupPartitionsUnowned compares the partitions owned with
 # the topic's count as the bridge exports it, which must be this.
@@ -238,6 +239,8 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         "PinecallBridgeKafkaDisconnected",
         "PinecallBridgePodNotReady",
         "PinecallBridgeTargetDown",
+        "PinecallBridgeTopicUnreadable",
+        "PinecallBridgeIngestTopicUnsafe",
         "PinecallBridgeDownstreamLagHigh",  # no Kafka Exporter here: no series, never fires
     }
     deadline = time.monotonic() + 10

@@ -307,13 +307,17 @@ async def test_an_ingest_retention_shortened_while_running_is_logged_once_and_it
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge.service")
-    await start_bridge(dedup={"topic_check_seconds": 0.2})
+    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
     good = (await topic_config(kafka_bootstrap, topics.ingest))["retention.ms"]
     # An admin's change: a restore after a crash can no longer see a whole TTL of ids.
     await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": "60000"})
     await until(lambda: said(caplog, "retention.ms"), within=30)
+    # Shown to whoever watches dashboards and alerts, not only the log.
+    short = problem(topics.ingest, "retention_ms")
+    await until_metrics(bridge, lambda m: m.get(short) == 1)
     await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": good})
     await until(lambda: gone(caplog, "retention.ms"), within=30)
+    await until_metrics(bridge, lambda m: m.get(short) == 0)
     # Said once each, however many checks saw it meanwhile.
     assert (len(said(caplog, "retention.ms")), len(gone(caplog, "retention.ms"))) == (1, 1)
 
@@ -330,15 +334,25 @@ async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait
     async with admin_client(kafka_bootstrap) as admin:
         await admin.delete_topics([topics.events])
     await until(lambda: said(caplog, "wait in the ingest topic"), within=30)
+    missing = problem(topics.events, "missing")
+    await until_metrics(bridge, lambda m: m.get(missing) == 1)
     # The ingest topic has it: taken, and output once the topic exists again.
     assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
     await create_topic(kafka_bootstrap, topics.events, 3)
     events = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:1"]
     await until(lambda: gone(caplog, "cannot be read while running"), within=30)
+    metrics = await until_metrics(bridge, lambda m: m.get(missing) == 0)
+    # Only the deleted topic was ever a problem: no other series.
+    assert [k for k in metrics if k.startswith("pinecall_bridge_topic_problem{")] == [missing]
     assert [r.__dict__["topic"] for r in said(caplog, "cannot be read while running")] == [
         topics.events
     ]
+
+
+def problem(topic: str, kind: str) -> str:
+    """The `topic_problem` series of `topic` and `kind`, as scraped."""
+    return f'pinecall_bridge_topic_problem{{problem="{kind}",topic="{topic}"}}'
 
 
 def said(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:

@@ -245,6 +245,31 @@ groups:
           summary: {{ printf "A transaction on output topic %s has not ended for %s" "{{ $labels.topic }}" "{{ $value | humanizeDuration }}" | quote }}
           description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody ends; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtransactionhanging" $a.runbookUrl }}
+      - alert: PinecallBridgeTopicUnreadable
+        # The dedup stage's topic check (every config.dedup.topicCheckSeconds) cannot read one of
+        # the bridge's topics: deleted (missing), an ACL (not_allowed), or another refusal. A
+        # check that fails as a whole (Kafka away) changes nothing, so it does not flap.
+        expr: |
+          max by (namespace, topic, problem) (pinecall_bridge_topic_problem{problem=~"missing|not_allowed|unreadable"}) == 1
+        for: 2m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Topic %s of the bridge cannot be read (%s)" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
+          description: {{ printf "For 2 minutes the dedup stage in %s has found topic %s %s. The ingest topic missing: every webhook and feed event is answered 503. An output topic missing: its events wait in the ingest topic until it exists again, and are lost once its retention passes. The log says why (message: a topic of the bridge's cannot be read while running)." "{{ $labels.namespace }}" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgetopicunreadable" $a.runbookUrl }}
+      - alert: PinecallBridgeIngestTopicUnsafe
+        # An ingest topic config that lets a restore miss ids of the TTL (a copy output twice):
+        # set at creation by someone else, or changed by an admin while it runs.
+        expr: |
+          max by (namespace, topic, problem) (pinecall_bridge_topic_problem{problem=~"timestamp_type|retention_ms|retention_bytes|cleanup_policy"}) == 1
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "The ingest topic %s has an unsafe %s" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
+          description: {{ printf "For 5 minutes the ingest topic %s in %s has had a %s that lets a restore after a crash miss ids of the dedup TTL: a late copy of an event can then be output twice. The log says what to set it to (ERROR, with the topic's name)." "{{ $labels.topic }}" "{{ $labels.namespace }}" "{{ $labels.problem }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeingesttopicunsafe" $a.runbookUrl }}
       - alert: PinecallBridgeNoFeedLeaseHolder
         # Only pods with the feed enabled export the gauge (0 until elected): a namespace without
         # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.

@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 
 from bridge.config import DedupSettings
-from bridge.ingest.topic import CONFIG_KEYS, PartitionWatch, ProblemWatch, ingest_topic_problems
+from bridge.ingest.topic import (
+    CONFIG_KEYS,
+    PartitionWatch,
+    ProblemLevels,
+    ProblemWatch,
+    ingest_topic_findings,
+    ingest_topic_problems,
+)
 
 
 def test_a_count_as_configured_says_nothing() -> None:
@@ -87,6 +94,24 @@ def test_each_config_that_lets_a_restore_miss_ids_is_named_with_its_fix() -> Non
     assert compaction.endswith("set it to delete")
 
 
+def test_each_config_problem_has_its_own_metric_label() -> None:
+    dedup = DedupSettings(ttl_seconds=900, ingest_retention_margin_seconds=3600)
+    bad = {
+        "message.timestamp.type": "CreateTime",
+        "retention.ms": "600000",
+        "retention.bytes": "1073741824",
+        "cleanup.policy": "compact",
+    }
+    findings = ingest_topic_findings(bad, dedup)
+    assert [kind for kind, _ in findings] == [
+        "timestamp_type",
+        "retention_ms",
+        "retention_bytes",
+        "cleanup_policy",
+    ]
+    assert [message for _, message in findings] == ingest_topic_problems(bad, dedup)
+
+
 def test_a_retention_must_outlast_the_ttl_by_a_session_and_an_unreadable_one_is_ignored() -> None:
     # After a crash the last decided record is a session timeout old or more when the next
     # owner restores: exactly the TTL would have deleted the oldest ids it needs.
@@ -106,3 +131,15 @@ def test_a_problem_is_said_once_while_it_lasts_and_its_fix_once() -> None:
     assert watch.observe([missing]) == ([], [short])
     assert watch.observe([]) == ([], [missing])
     assert watch.observe([]) == ([], [])
+
+
+def test_a_problem_series_is_1_while_present_and_set_to_0_once_gone() -> None:
+    levels = ProblemLevels()
+    short, missing = ("ingest", "retention_ms"), ("events", "missing")
+    assert levels.observe([]) == {}
+    assert levels.observe([short]) == {short: 1}
+    assert levels.observe([short, missing]) == {short: 1, missing: 1}
+    assert levels.observe([missing]) == {short: 0, missing: 1}
+    assert levels.observe([]) == {missing: 0}
+    # A series set to 0 stays 0 without being set again.
+    assert levels.observe([]) == {}

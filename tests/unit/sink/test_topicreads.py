@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.sink.topicreads import not_yet_visible, unread, why_unread
+from bridge.sink.topicreads import not_yet_visible, unread, unread_kind, why_unread
 
 UNKNOWN, LEADER_NOT_AVAILABLE, REFUSED, INVALID_REQUEST = 3, 5, 29, 42
 
@@ -47,3 +47,9 @@ def test_a_refusal_names_the_right_the_read_needed() -> None:
     assert unread(["t"], [], {"t": REFUSED}, (), right="Describe") == [
         ("t", why_unread(REFUSED, fresh=False, right="Describe"), REFUSED)
     ]
+
+
+def test_a_topic_not_read_is_labelled_by_what_its_error_code_says() -> None:
+    assert [unread_kind(code) for code in (UNKNOWN, LEADER_NOT_AVAILABLE)] == ["missing"] * 2
+    assert unread_kind(REFUSED) == "not_allowed"
+    assert [unread_kind(code) for code in (INVALID_REQUEST, None)] == ["unreadable"] * 2
