@@ -67,7 +67,8 @@ def _insecure(name: str, url: str, carries: str) -> str:
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> str:
-    """An absolute URL of one of `schemes` with a host, a valid port and no whitespace."""
+    """An absolute URL of one of `schemes` with a host, a valid port, no credentials and no
+    whitespace."""
     if not url.startswith(tuple(f"{scheme}://" for scheme in schemes)):
         raise ValueError("must start with " + " or ".join(f"{s}://" for s in schemes))
     if any(c.isspace() for c in url):
@@ -79,6 +80,13 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
         _ = parts.port  # a port that is no number, or out of range, raises
     except ValueError:
         raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if "@" in parts.netloc:
+        # These URLs are no secrets: `check` prints them and the logs name them. Pinecall's API
+        # takes the key as a bearer token, which aiohttp refuses to combine with URL credentials.
+        raise ValueError(
+            "must not carry credentials (user:password@): `check` prints this URL and the logs"
+            " name it; Pinecall's API key is BRIDGE_PINECALL__API_KEY"
+        )
     return url
 
 
@@ -532,7 +540,14 @@ class PinecallSettings(_Section):
         # A Secret made from a file often ends in a newline, which no HTTP header may carry; an
         # empty key (an empty Secret) is no key, so what needs one says so instead of a 401.
         if isinstance(key, str):
-            return key.strip() or None
+            key = key.strip()
+            if any(c.isspace() or not c.isprintable() for c in key):
+                # aiohttp would refuse every request it goes in, each retried for ever.
+                raise ValueError(
+                    "must not contain whitespace or control characters: it is sent in an HTTP"
+                    " header (is the Secret holding it two values, or a file with two lines?)"
+                )
+            return key or None
         return key
 
     @field_validator("api_url", "public_url")

@@ -428,6 +428,18 @@ def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
     assert dashboard["metadata"]["namespace"] == "monitoring"
 
 
+def test_the_network_policy_lets_the_pinecall_api_be_reached_over_ipv6_too() -> None:
+    # The chart takes IPv6-only clusters (config.http.host "::"): there an IPv4-only allow-list
+    # blocked the feed, the call logs and registration as soon as the policy was on.
+    policy = one(render(SIGNED, "networkPolicy.enabled=true"), "NetworkPolicy")["spec"]
+    api = next(rule for rule in policy["egress"] if rule["ports"][0]["port"] == 443)
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in api["to"]}
+    assert blocks == {
+        "0.0.0.0/0": {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"},
+        "::/0": {"fc00::/7", "fe80::/10"},
+    }, "public addresses of either family, no private ones"
+
+
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:
     """The KafkaUser's ACLs as (type, name, patternType, operations)."""
     return {

@@ -1,5 +1,6 @@
 import hashlib
 import hmac
+import json
 import shlex
 import time
 from pathlib import Path
@@ -129,6 +130,74 @@ def test_check_invalid_exits_2_listing_each_problem(
     for name in ("BRIDGE_HTTP__PORT", "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "BRIDGE_WEBHOOK"):
         assert name in err
     assert "hunter2" not in err
+
+
+WEBHOOK_SECRETS = ("whsec-old-4b1d", "whsec-new-9e2a")
+SASL_PASSWORD = "sasl-pw-7c3f"
+SSL_KEY_PASSWORD = "keypw-2a6b"
+API_KEY = "pk-live-5d8e"
+KNOWN_SECRETS = {
+    "BRIDGE_WEBHOOK__SECRETS": ",".join(WEBHOOK_SECRETS),
+    "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "BRIDGE_KAFKA__SASL_USERNAME": "bridge",
+    "BRIDGE_KAFKA__SASL_PASSWORD": SASL_PASSWORD,
+    "BRIDGE_PINECALL__API_KEY": API_KEY,
+}
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize(
+    ("mistake", "codes"),
+    [
+        ({}, (0, 0)),
+        ({"BRIDGE_KAFKA__SSL_KEY_PASSWORD": SSL_KEY_PASSWORD}, (2, 2)),  # ignored without SSL
+        ({"BRIDGE_PINECALL__API_URL": f"https://bridge:{API_KEY}@api.pinecall.io"}, (2, 2)),
+        ({"BRIDGE_WEBSOCKET__URL": f"wss://{API_KEY}@api.pinecall.io/v1/ws"}, (2, 2)),
+        ({"BRIDGE_PINECALL__PUBLIC_URL": f"https://pinecall:{API_KEY}@bridge.example"}, (2, 2)),
+        ({"BRIDGE_KAFKA": json.dumps({"sasl_password": SASL_PASSWORD, "linger_ms": -1})}, (2, 2)),
+        ({"BRIDGE_KAFKA": f'{{"sasl_password": "{SASL_PASSWORD}"'}, (2, 2)),  # not JSON
+        # A section as JSON, its secret of the wrong type (None: the variable is unset).
+        (
+            {
+                "BRIDGE_WEBHOOK__SECRETS": None,
+                "BRIDGE_WEBHOOK": json.dumps({"secrets": {"k": WEBHOOK_SECRETS[0]}}),
+            },
+            (2, 2),
+        ),
+        (
+            {
+                "BRIDGE_PINECALL__API_KEY": None,
+                "BRIDGE_PINECALL": json.dumps({"api_key": [API_KEY]}),
+            },
+            (2, 2),
+        ),
+        ({"BRIDGE_PINECALL__APIKEY": API_KEY}, (2, 0)),  # misspelt: `run` only warns of it
+    ],
+)
+def test_no_secret_is_ever_printed_by_check_or_run(
+    command: str,
+    mistake: dict[str, str | None],
+    codes: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Whatever goes wrong, what `check` and `run` print (a CI log, a pod's log) holds no secret.
+    for name, value in {**KNOWN_SECRETS, **mistake}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
+    try:
+        done: object = main([command])
+    except SystemExit as exited:
+        done = exited.code
+    out, err = capsys.readouterr()
+    assert done == codes[command == "run"], out + err
+    assert out + err or command == "run", "check always says something"
+    for secret in (*WEBHOOK_SECRETS, SASL_PASSWORD, SSL_KEY_PASSWORD, API_KEY):
+        assert secret not in out + err
 
 
 def test_check_refuses_inputs_larger_than_the_records_kafka_takes(

@@ -470,6 +470,17 @@ def test_the_api_key_loses_the_newline_a_secret_file_ends_with(
     assert key.get_secret_value() == "key"
 
 
+@pytest.mark.parametrize("key", ["pk-1\npk-2", "pk 1", "pk\x1b"])
+def test_an_api_key_no_header_can_carry_is_refused(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    # Each request would fail inside aiohttp before it is sent, retried for ever, never a 401.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__API_KEY": key})
+    [line] = problems()
+    assert line.startswith("BRIDGE_PINECALL__API_KEY: must not contain whitespace"), line
+    assert "pk" not in line.split(":", 1)[1], "the problem never shows the key"
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -671,15 +682,20 @@ def test_every_settings_model_refuses_infinities_and_nan() -> None:
         ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com ", "must not contain"),
         ("BRIDGE_WEBSOCKET__URL", "wss://", "has no host"),
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/w s", "must not contain whitespace"),
+        # Credentials in a URL would be printed by `check` and logged.
+        ("BRIDGE_PINECALL__API_URL", "https://key:s3cret@api.pinecall.io", "must not carry"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://s3cret@bridge.example.com", "must not carry"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://:s3cret@api.pinecall.io/v1/ws", "must not carry"),
     ],
 )
-def test_urls_need_a_host_and_no_whitespace(
+def test_urls_need_a_host_no_whitespace_and_no_credentials(
     monkeypatch: pytest.MonkeyPatch, name: str, url: str, problem: str
 ) -> None:
     # `https://exa mple.com` as the public URL would have been registered with Pinecall.
     setenv(monkeypatch, {name: url})
     [line] = problems()
     assert line.startswith(f"{name}: {problem}"), line
+    assert "s3cret" not in line, "the problem names the variable, never its value"
 
 
 @pytest.mark.parametrize(
