@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, NoDecode, SettingsConfigDict
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
 # attributes, the binding's and the ingest stage's headers, the key. An input within its limit
@@ -738,15 +740,21 @@ class Settings(BaseSettings):
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
         max_age, ttl = self.webhook.max_age_seconds, self.dedup.ttl_seconds
-        if 2 * max_age > ttl:
-            # A body is taken from max_age before its time to max_age after: a replay at the far
-            # end of that window must still find the first copy's id in the dedup stage.
+        margin = SKEW_ALLOWANCE_SECONDS + self.kafka.publish_timeout_seconds
+        if max_age and 2 * max_age + margin > ttl:
+            # A body is taken from max_age before its time to max_age after, by the clock of
+            # whichever replica gets it, and the dedup window runs on broker append times: a
+            # replay at the far end must still find the first copy's id. The margin covers the
+            # replicas' clocks disagreeing and a copy appended up to the publish timeout late
+            # (Pinecall's own clock only moves the window, it does not widen it).
             raise ValueError(
-                f"BRIDGE_WEBHOOK__MAX_AGE_SECONDS ({max_age:g}) must be at most half of"
-                f" BRIDGE_DEDUP__TTL_SECONDS ({ttl:g}): a signed body is accepted that long"
-                " either side of its own time, and a replay more than the TTL after the first"
-                " copy would be published again (lower it, 0 turns the check off, or raise the"
-                " TTL)"
+                f"BRIDGE_WEBHOOK__MAX_AGE_SECONDS ({max_age:g}) is too long for"
+                f" BRIDGE_DEDUP__TTL_SECONDS ({ttl:g}): 2 x max age + {margin:g} s (a"
+                f" {SKEW_ALLOWANCE_SECONDS:g} s clock skew allowance plus"
+                " BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS) must not exceed the TTL, or a replay"
+                " at the far end of the accepted window, more than the TTL after the first copy,"
+                f" would be published again (at most {max(ttl - margin, 0) / 2:g} here; lower"
+                " it, 0 turns the check off, or raise the TTL)"
             )
         record = self.kafka.max_request_bytes
         for name, limit in (

@@ -48,6 +48,9 @@ _TIME_KEYS: dict[Shape, tuple[str, ...]] = {
     "legacy": ("timestamp", "ts", "time", "created_at"),
 }
 _NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?")
+# The readable times, whatever form they came in: from the first 9-digit epoch second (1973-03-03,
+# the numeric strings' bound) to the last that datetime can render (9999-12-31).
+_EARLIEST, _LATEST = 100_000_000.0, 253402300800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +238,8 @@ def to_epoch(value: Any) -> float | None:
     """Epoch seconds from a number (seconds, or milliseconds when huge) or an ISO 8601 string.
 
     A string of 9 digits or more (a fraction allowed) is a number too: no date is written so (8
-    digits are a date, 20260101), and fewer would be a time of 1970, more likely an offset.
+    digits are a date, 20260101), and fewer would be a time of 1970, more likely an offset. So a
+    time before 1973 is none, whatever its JSON type: `0` is a field left unset, as `"0"` is.
     """
     if isinstance(value, str) and _NUMERIC.fullmatch(value):
         value = float(value)
@@ -254,7 +258,7 @@ def to_epoch(value: Any) -> float | None:
     else:
         return None
     # Reject what datetime cannot render (and NaN) instead of failing at serialisation.
-    if not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
+    if not math.isfinite(seconds) or not _EARLIEST <= seconds < _LATEST:
         return None
     return seconds
 

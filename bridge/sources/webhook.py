@@ -70,6 +70,7 @@ class WebhookHandler:
             "overloaded",
             "stale_timestamp",
             "future_timestamp",
+            "missing_timestamp",
             "too_many_events",
         ):
             metrics.rejected.labels("webhook", reason)
@@ -192,11 +193,18 @@ def _outside_window(items: list[Any], now: float, max_age: float) -> tuple[str, 
     """Why a signed body is refused as a replay (its own time too old or too far ahead), if it is.
 
     Pinecall sends the same bytes on a retry and puts no time in a header: the body's time is
-    all there is. Items without a readable time pass.
+    all there is. A body is replayed whole, so one readable time among its items bounds it all.
     """
+    if not items:  # `[]` publishes nothing, replayed or not
+        return None
     times = [t for t in map(event_time, items) if t is not None]
     if not times:
-        return None
+        # Every alert Pinecall sends has its `at`: a signed body with no time could be replayed
+        # for ever, which is what turning the check on means to prevent.
+        return "missing_timestamp", (
+            "no readable event time (`at`, `ts`, `timestamp`, ...); with the replay check on"
+            f" ({max_age:g} s), a signed body must carry one"
+        )
     oldest, newest = min(times), max(times)
     if now - oldest > max_age:
         return "stale_timestamp", (

@@ -152,8 +152,27 @@ REFUSALS = {
     ),
     "webhook replay window longer than half the dedup TTL": Refusal(
         ("config.webhook.maxAgeSeconds=300", "config.dedup.ttlSeconds=500"),
-        "config.webhook.maxAgeSeconds (300) must be at most half of config.dedup.ttlSeconds (500)",
+        "config.webhook.maxAgeSeconds (300) is too long for config.dedup.ttlSeconds (500):"
+        " 2 x maxAgeSeconds + 70 s",
         {"webhook": {"max_age_seconds": 300}, "dedup": {"ttl_seconds": 500}},
+    ),
+    "webhook replay window with no room for clock skew and a late append": Refusal(
+        ("config.webhook.maxAgeSeconds=250", "config.dedup.ttlSeconds=500"),
+        "config.webhook.maxAgeSeconds (250) is too long for config.dedup.ttlSeconds (500)",
+        {"webhook": {"max_age_seconds": 250}, "dedup": {"ttl_seconds": 500}},
+    ),
+    "webhook replay window with a longer publish timeout": Refusal(
+        (
+            "config.webhook.maxAgeSeconds=215",
+            "config.dedup.ttlSeconds=500",
+            "config.kafka.publishTimeoutSeconds=30",
+        ),
+        "2 x maxAgeSeconds + 90 s",
+        {
+            "webhook": {"max_age_seconds": 215},
+            "dedup": {"ttl_seconds": 500},
+            "kafka": {"publish_timeout_seconds": 30},
+        },
     ),
     "websocket frame with no room for the envelope": Refusal(
         ("config.websocket.maxFrameBytes=990000",),
@@ -300,6 +319,14 @@ def test_a_zero_is_not_taken_for_an_unset_value(bridge_problems: Any) -> None:
     assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
     off = {"webhook": {"max_age_seconds": 0}, "dedup": {"ttl_seconds": 500}}
     assert bridge_problems(merged(BRIDGE_SECRET, off)) == []
+
+
+def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) -> None:
+    # 2 x 215 + 60 s of clock skew + the 10 s publish timeout: exactly the TTL.
+    sets = ("config.webhook.maxAgeSeconds=215", "config.dedup.ttlSeconds=500")
+    assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
+    bound = {"webhook": {"max_age_seconds": 215}, "dedup": {"ttl_seconds": 500}}
+    assert bridge_problems(merged(BRIDGE_SECRET, bound)) == []
 
 
 def test_every_problem_is_listed_at_once() -> None:

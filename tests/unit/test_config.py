@@ -92,7 +92,7 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "BRIDGE_TOPICS__ALERTS": "a",
         "BRIDGE_TOPICS__DLQ": "d",
         "BRIDGE_TOPICS__EPHEMERAL": "eph",
-        "BRIDGE_DEDUP__TTL_SECONDS": "60",
+        "BRIDGE_DEDUP__TTL_SECONDS": "600",
         "BRIDGE_WEBHOOK__MAX_AGE_SECONDS": "30",
         "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION": "10",
         "BRIDGE_DEDUP__GROUP": "bridge.prod_1",
@@ -123,13 +123,13 @@ def test_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "eph",
     )
     d = s.dedup
-    assert (d.ttl_seconds, d.max_entries_per_partition, s.webhook.max_body_bytes) == (60, 10, 2048)
+    assert (d.ttl_seconds, d.max_entries_per_partition, s.webhook.max_body_bytes) == (600, 10, 2048)
     assert s.webhook.max_age_seconds == 30
     assert (d.group, d.commit_interval_ms, d.session_timeout_ms) == ("bridge.prod_1", 50, 30_000)
     assert d.instance_id == "bridge-7f9c5-x2kq"
     assert d.own_process is True
     assert (d.heartbeat_interval_ms, d.transaction_timeout_ms) == (10_000, 20_000)
-    assert (d.end_transaction_timeout_seconds, d.ingest_retention_ms()) == (15, 60_000)
+    assert (d.end_transaction_timeout_seconds, d.ingest_retention_ms()) == (15, 600_000)
     assert (s.topics.ingest, s.topics.ingest_partitions, s.topics.feed_lease) == ("i", 24, "l")
     assert s.routing.rules[0].topic == "m"
 
@@ -382,19 +382,29 @@ def test_the_webhook_replay_window_must_fit_in_the_dedup_ttl(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A body is taken up to max_age either side of its time: a replay at the far end of that
-    # window, 2 x max_age after the first copy, must still find its id in the dedup stage.
+    # window, 2 x max_age after the first copy, must still find its id in the dedup stage, with
+    # room for the replicas' clocks (60 s) and a late append (the publish timeout, 10 s).
     setenv(
         monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "500", "BRIDGE_WEBHOOK__MAX_AGE_SECONDS": "300"}
     )
     [problem] = problems()
     assert problem.startswith(
-        "BRIDGE_WEBHOOK__MAX_AGE_SECONDS (300) must be at most half of"
-        " BRIDGE_DEDUP__TTL_SECONDS (500)"
+        "BRIDGE_WEBHOOK__MAX_AGE_SECONDS (300) is too long for BRIDGE_DEDUP__TTL_SECONDS (500):"
+        " 2 x max age + 70 s (a 60 s clock skew allowance plus"
+        " BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS) must not exceed the TTL"
     )
-    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "250")  # at the bound
-    assert load_settings().webhook.max_age_seconds == 250
+    assert "(at most 215 here;" in problem
+    # Half the TTL left no room for a replica's clock or a late append: refused now.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "250")
+    assert len(problems()) == 1
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "215")  # at the bound
+    assert load_settings().webhook.max_age_seconds == 215
+    monkeypatch.setenv("BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS", "30")  # a later append: less room
+    assert len(problems()) == 1
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", "0")  # off
     assert load_settings().webhook.max_age_seconds == 0
+    monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", "30")  # off: no TTL is too short for it
+    assert load_settings().dedup.ttl_seconds == 30
 
 
 def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

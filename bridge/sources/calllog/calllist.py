@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
@@ -91,14 +92,16 @@ def started_since(rows: list[CallRow], since: float) -> list[str]:
     return list(dict.fromkeys(row.call for row in found))
 
 
-def wanted(row: CallRow, ended_after: float) -> bool:
+def wanted(row: CallRow, now: float, ttl: float) -> bool:
     """Live, or ended so recently that its end would be in the dedup window had it been read.
 
     A call that ended within the window and whose end no ingest record shows was never fully
     read (its notices came while no process owned it): reading it again is safe, as the dedup
     drops what was published. One that ended before the window is left alone: re-reading it
-    would publish copies.
+    would publish copies. `ended_at` is Pinecall's clock and the window the broker's: the window
+    is taken a skew allowance short, so a clock ahead of ours never makes it too generous.
     """
+    ended_after = now - ttl + SKEW_ALLOWANCE_SECONDS
     return row.live or (row.ended_at is not None and row.ended_at >= ended_after)
 
 

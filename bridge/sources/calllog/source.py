@@ -241,7 +241,7 @@ class CallLogSource:
                 self._list_backoff.reset()
                 # The window's start is measured from before the read: never too generous.
                 for row in rows:
-                    if wanted(row, now - self._ttl):
+                    if wanted(row, now, self._ttl):
                         self.announce(row.call)
             if not self._sweep_again:
                 return

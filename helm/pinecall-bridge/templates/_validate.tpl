@@ -72,11 +72,14 @@ partition is handed on). Numbers may be int64 (--set) or float64 (YAML): compare
 {{- $problems = append $problems (printf "config.dedup.hangingReportSeconds (%s s) must be longer than config.dedup.transactionTimeoutMs (%s ms)" (include "pinecall-bridge.envValue" (float64 $d.hangingReportSeconds)) (include "pinecall-bridge.envValue" $transaction)) }}
 {{- end }}
 {{- /* A replayed webhook body at the far end of the accepted window (maxAgeSeconds either side
-of its time) must still be within the dedup TTL of its first copy. */}}
+of its time) must still be within the dedup TTL of its first copy, with room for the replicas'
+clocks disagreeing (60 s, bridge/clocks.py) and a copy appended up to the publish timeout late. */}}
 {{- $maxAge := float64 (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxAgeSeconds" 0)) | fromJson).maxAgeSeconds }}
 {{- $ttl := float64 (include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ttlSeconds" 900)) | fromJson).ttlSeconds }}
-{{- if gt (mulf $maxAge 2) $ttl }}
-{{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) must be at most half of config.dedup.ttlSeconds (%s): a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl)) }}
+{{- $publish := float64 (include "pinecall-bridge.withDefaults" (list $c.kafka (dict "publishTimeoutSeconds" 10)) | fromJson).publishTimeoutSeconds }}
+{{- $margin := addf 60 $publish }}
+{{- if and (gt $maxAge 0.0) (gt (addf (mulf $maxAge 2) $margin) $ttl) }}
+{{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) is too long for config.dedup.ttlSeconds (%s): 2 x maxAgeSeconds + %s s (a 60 s clock skew allowance plus config.kafka.publishTimeoutSeconds) must not exceed the TTL, or a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl) (include "pinecall-bridge.envValue" $margin)) }}
 {{- end }}
 {{- $shutdown := include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25 "drainDelaySeconds" 0)) | fromJson }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}

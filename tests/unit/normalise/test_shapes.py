@@ -236,6 +236,36 @@ def test_to_epoch(value: object, expected: float | None) -> None:
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
+@pytest.mark.parametrize(
+    ("number", "text", "expected"),
+    [
+        (0, "0", None),  # a field left unset, not 1970-01-01
+        (0.0, "0.0", None),
+        (5, "5", None),
+        (12.5, "12.5", None),
+        (99_999_999, "99999999", None),
+        (-1_700_000_000, "-1700000000", None),
+        (10**30, "1" + "0" * 30, None),
+        (100_000_000, "100000000", 100_000_000.0),  # the first 9-digit epoch second, 1973
+        (1_700_000_000, "1700000000", 1_700_000_000.0),
+        (1_700_000_000.5, "1700000000.5", 1_700_000_000.5),
+        (1_700_000_000_123, "1700000000123", 1_700_000_000.123),
+    ],
+)
+def test_a_time_reads_the_same_as_a_number_or_a_string(
+    number: float, text: str, expected: float | None
+) -> None:
+    # `ts: 0` was 1970 while `ts: "0"` was no time: zero, negative and absurd times are no time
+    # whatever their JSON type, and the same epoch reads the same either way.
+    assert to_epoch(number) == to_epoch(text) == expected
+    assert norm(entry(ts=number)).time == (NOW if expected is None else expected)
+
+
+def test_an_iso_time_before_1973_is_no_time_either() -> None:
+    assert to_epoch("1970-01-01T00:00:00Z") is None
+    assert to_epoch("1973-03-03T09:46:40Z") == 100_000_000.0
+
+
 def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     e = norm(entry(ts="soon"))
     assert e.event_time is None

@@ -485,10 +485,38 @@ async def test_one_stale_item_refuses_the_whole_batch(checked: Harness) -> None:
     [
         jsoncodec.dumps({"type": "call.started", "data": {"call_id": "CA_9"}}),  # no time at all
         alert("yesterday"),  # a time that cannot be read
+        alert(0),  # an unset time, not 1970
+        jsoncodec.dumps([entry(1) | {"ts": "soon"}, entry(2) | {"ts": None}]),
     ],
 )
-async def test_a_body_without_a_readable_time_passes(checked: Harness, body: bytes) -> None:
+async def test_a_body_without_a_readable_time_is_refused_when_checked(
+    checked: Harness, body: bytes
+) -> None:
+    # Every alert Pinecall sends has its `at`: a signed body without one used to pass the check,
+    # and could be replayed for ever, uncounted.
     response = await checked.post(body)
+    assert response.status == 400  # final, as a stale body's
+    answer = await response.json()
+    assert answer["error"] == "missing_timestamp"
+    assert "300 s" in answer["detail"]
+    assert checked.rejected("missing_timestamp") == 1
+    assert checked.sink.records == []
+
+
+async def test_one_readable_time_bounds_the_whole_batch(checked: Harness) -> None:
+    # The body is replayed whole: its one timed item refuses it out of the window.
+    items = [entry(1, ts=ENTRY_TIME), entry(2) | {"ts": "soon"}]
+    response = await checked.post(jsoncodec.dumps(items))
+    assert response.status == 200
+
+
+async def test_an_empty_batch_has_no_time_to_check(checked: Harness) -> None:
+    response = await checked.post(b"[]")
+    assert response.status == 200  # nothing to publish, replayed or not
+
+
+async def test_a_body_without_a_time_passes_with_the_check_off(harness: Harness) -> None:
+    response = await harness.post(jsoncodec.dumps({"type": "call.started", "data": {}}))
     assert response.status == 200
 
 
@@ -502,7 +530,7 @@ def test_the_replay_and_event_count_refusals_exist_from_0() -> None:
     # A first refused replay must count as an increase from 0, not as a series appearing.
     s, metrics = settings(), Metrics()
     WebhookHandler(s.webhook, pipeline_with(FakeSink(), metrics, s.topics), metrics)
-    for reason in ("stale_timestamp", "future_timestamp", "too_many_events"):
+    for reason in ("stale_timestamp", "future_timestamp", "missing_timestamp", "too_many_events"):
         labels = {"channel": "webhook", "reason": reason}
         value = metrics.registry.get_sample_value("pinecall_bridge_events_rejected_total", labels)
         assert value == 0  # None if the series did not exist

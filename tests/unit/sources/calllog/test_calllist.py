@@ -4,6 +4,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge import jsoncodec
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import (
     CallListError,
@@ -64,10 +65,22 @@ def test_reading_stops_past_the_lookback_or_at_the_end() -> None:
 
 
 def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:
-    assert wanted(CallRow("live", True, 3, 1.0, None), ended_after=1000)
-    assert wanted(CallRow("recent", False, 9, 1.0, 1500.0), ended_after=1000)
-    assert not wanted(CallRow("old", False, 9, 1.0, 900.0), ended_after=1000)
-    assert not wanted(CallRow("unknown end", False, 9, 1.0, None), ended_after=1000)
+    now, ttl = 10_000.0, 900.0
+    assert wanted(CallRow("live", True, 3, 1.0, None), now, ttl)
+    assert wanted(CallRow("recent", False, 9, 1.0, now - 600), now, ttl)
+    assert not wanted(CallRow("old", False, 9, 1.0, now - 1000), now, ttl)
+    assert not wanted(CallRow("unknown end", False, 9, 1.0, None), now, ttl)
+
+
+def test_a_call_ended_at_the_windows_edge_by_a_clock_ahead_is_left_alone() -> None:
+    # `ended_at` is Pinecall's clock: one 60 s ahead of ours dated a call that ended just before
+    # the dedup window inside it, and its whole log was read again and published as copies.
+    now, ttl = 10_000.0, 900.0
+    ended_just_before = now - ttl - 30  # by our clock
+    ahead = CallRow("ahead", False, 9, 1.0, ended_just_before + 60)  # as Pinecall dates it
+    assert not wanted(ahead, now, ttl)
+    assert wanted(CallRow("inside", False, 9, 1.0, now - ttl + SKEW_ALLOWANCE_SECONDS), now, ttl)
+    assert not wanted(CallRow("short", False, 9, 1.0, now), now, ttl=30)  # TTL below the skew
 
 
 def test_calls_started_since_come_oldest_first_and_once() -> None:
