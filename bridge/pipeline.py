@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,12 +66,28 @@ class Sender(Protocol):
     def mark_reachable(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery as first submitted: its retry passes it back, so it is not received again."""
+
+    received_at: float  # the wall clock: what its records say
+    # The event loop's monotonic clock, which latencies run from: a wall-clock step mid-publish
+    # (NTP, a resumed VM) must not become a latency.
+    started: float
+
+    @classmethod
+    def redriven(cls, received_at: float) -> Delivery:
+        """A dead letter's, received long ago: counted then, timed from now."""
+        return cls(received_at, asyncio.get_running_loop().time())
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What became of each item of one delivery; `ok` when none is worth retrying.
 
     `refused`: items Kafka will never take (too large even as a dead letter), or without dead
-    letters (a redrive) items that are no event or too large: a final answer.
+    letters (a redrive) items that are no event or too large: a final answer. `too_large_for`
+    counts the too large by each topic whose limit they exceed (one may exceed two).
     """
 
     accepted: int = 0
@@ -79,10 +96,8 @@ class BatchResult:
     failed: int = 0
     refused: int = 0
     failure_reasons: set[str] = field(default_factory=set)
-    received_at: float = 0.0  # when the delivery was received: a retry passes it on
-    # The same moment on the event loop's monotonic clock, which durations are measured on: a
-    # wall-clock step (NTP, a VM resumed) mid-publish must not become a latency. Passed on too.
-    started: float = 0.0
+    too_large_for: Counter[str] = field(default_factory=Counter)
+    delivery: Delivery | None = None  # set by `submit`: what its retry passes back
 
     @property
     def ok(self) -> bool:
@@ -96,6 +111,7 @@ class BatchResult:
         self.failed += part.failed
         self.refused += part.refused
         self.failure_reasons |= part.failure_reasons
+        self.too_large_for.update(part.too_large_for)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -126,9 +142,9 @@ class ForBackfill:
 
 @dataclass(frozen=True, slots=True)
 class ForRedrive:
-    """`pinecall-bridge redrive`: dead letters offered again; `output_limits` its output topics'."""
+    """`pinecall-bridge redrive`: dead letters offered again; `limits` its topics' (all learned)."""
 
-    output_limits: TopicLimits
+    limits: TopicLimits
 
 
 # What a pipeline serves: each decides which of the behaviours below apply.
@@ -170,9 +186,10 @@ class Pipeline:
         # A redrive's events keep their first receipt time: the dedup stage leaves them out of
         # its end-to-end latency, which would otherwise show their days in the dead-letter topic.
         self._redriven = isinstance(purpose, ForRedrive)
-        # A redrive's output limits: an event its output topic cannot take is refused here, where
-        # the dedup stage would skip it after the command counted it as taken.
-        self._output_limits = purpose.output_limits if isinstance(purpose, ForRedrive) else None
+        # A redrive's limits: an event its output topic cannot take is refused here, where the
+        # dedup stage would skip it after the command counted it as taken; and the ingest topic's
+        # are checked with them, so that the command names each topic to raise at once.
+        self._limits = purpose.limits if isinstance(purpose, ForRedrive) else None
         self._records_in_flight = 0
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
@@ -183,26 +200,23 @@ class Pipeline:
         channel: Channel,
         *,
         raw: bytes | None = None,
-        received_at: float | None = None,
-        started: float | None = None,
+        retry: Delivery | None = None,
         settled: set[int] | None = None,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
         `raw` is the exact body when it holds a single item, so a dead letter keeps its bytes.
-        `received_at` is set by a source retrying a delivery: when it was first submitted. Its
-        items were counted as received then, and its latencies run from then: from `started`,
-        the first result's, when given (a redrive's days-old receipt is not, so from now).
+        `retry` is an earlier result's `delivery`: its items were counted as received then, and
+        its receipt time and latencies stay the first submit's.
         `settled` gains, as it happens, the index of each item Kafka acknowledged or that needs no
         retry (dropped, refused): what a source cut off mid-delivery did not lose.
         """
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + self._timeout
-        again = received_at is not None
-        if received_at is None:
-            received_at = self._clock()
-        result = BatchResult(received_at=received_at, started=now if started is None else started)
+        deadline = loop.time() + self._timeout
+        again = retry is not None
+        first = retry if retry is not None else Delivery(self._clock(), loop.time())
+        received_at = first.received_at
+        result = BatchResult(delivery=first)
         sent: list[_Sent] = []
         held_back: set[bytes] = set()  # ingest keys (calls) with a record that failed to send
         generation = self._sink.generation
@@ -242,12 +256,6 @@ class Pipeline:
                     continue
                 value, headers = encode_cloudevent(normalised, self._source, route.key, self._mode)
                 output = Record(route.topic, route.key, value, headers)
-                limits = self._output_limits
-                if limits is not None and record_size(output) > limits.limit(output.topic):
-                    self._refuse(channel, result)
-                    if settled is not None:
-                        settled.add(n)
-                    continue
                 record = encode(
                     self._ingest,
                     normalised.id,
@@ -257,6 +265,12 @@ class Pipeline:
                     normalised.event_time if self._event_lag else None,
                     redriven=self._redriven,
                 )
+                over = [] if self._limits is None else _over(self._limits, record, output)
+                if over:
+                    self._refuse(channel, result, over)
+                    if settled is not None:
+                        settled.add(n)
+                    continue
                 reason = None
             if record.key in held_back:
                 # An earlier event of this call failed: sending this one would put it before
@@ -281,11 +295,11 @@ class Pipeline:
                 record = self._dead_letter(item, exact, reason, channel, received_at)
                 delivery = await self._send(record, deadline, result)
             if isinstance(delivery, asyncio.Future):
-                sent.append(_Sent(delivery, result.started, reason))
+                sent.append(_Sent(delivery, first.started, reason))
                 if settled is not None:
                     delivery.add_done_callback(_noting_ack(settled, n))
             elif delivery is _REFUSED:
-                self._refuse(channel, result)
+                self._refuse(channel, result, [record.topic])
                 if settled is not None:
                     settled.add(n)
             elif record.key is not None:
@@ -383,8 +397,9 @@ class Pipeline:
             result.accepted += 1
         return True
 
-    def _refuse(self, channel: Channel, result: BatchResult) -> None:
+    def _refuse(self, channel: Channel, result: BatchResult, topics: list[str]) -> None:
         result.refused += 1
+        result.too_large_for.update(topics)
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
         self._metrics.rejected.labels(channel, TOO_LARGE).inc()
 
@@ -453,6 +468,11 @@ def pipeline_for(
     )
 
 
+def _over(limits: TopicLimits, *records: Record) -> list[str]:
+    """The topics among the records' whose limit their record exceeds."""
+    return [r.topic for r in records if record_size(r) > limits.limit(r.topic)]
+
+
 def _noting_ack(settled: set[int], n: int) -> Callable[[asyncio.Future[Any]], None]:
     """A delivery's callback adding `n` to `settled` once Kafka acknowledged it, late or not."""
 
@@ -468,16 +488,17 @@ async def submit_retrying(
     items: list[Any],
     channel: Channel,
     *,
-    received_at: float | None = None,
+    retry: Delivery | None = None,
     attempts: int = SUBMIT_ATTEMPTS,
 ) -> BatchResult:
-    """A command's delivery: offered again while Kafka does not take every item, then given up."""
+    """A command's delivery: offered again while Kafka does not take every item, then given up.
+
+    `retry` as for `Pipeline.submit`: a redrive's dead letters were received long ago.
+    """
     result = BatchResult()
-    started: float | None = None
     for attempt in range(1, attempts + 1):
-        result = await pipeline.submit(items, channel, received_at=received_at, started=started)
-        # A retry is the same delivery, received then.
-        received_at, started = result.received_at, result.started
+        result = await pipeline.submit(items, channel, retry=retry)
+        retry = result.delivery  # a retry is the same delivery, received then
         if result.ok:
             return result
         if attempt < attempts:

@@ -32,7 +32,7 @@ from bridge.deadletter import (
     deliveries,
 )
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, ForRedrive, pipeline_for, submit_retrying
+from bridge.pipeline import BatchResult, Delivery, ForRedrive, pipeline_for, submit_retrying
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import stop_consumer
@@ -88,6 +88,7 @@ class RedriveReport:
     note_calls: set[str] = field(default_factory=set)
     unreadable: Counter[str] = field(default_factory=Counter)
     error: str | None = None
+    ingest_topic: str = ""  # of the topics `submitted.too_large_for` names, the ingest topic
 
     @property
     def ok(self) -> bool:
@@ -130,7 +131,7 @@ async def redrive(
     """Read the selected dead letters and submit those the bridge now reads to the ingest topic."""
     shown = progress if progress is not None else NoProgress()
     metrics = metrics if metrics is not None else Metrics()
-    report = RedriveReport(dry_run=dry_run)
+    report = RedriveReport(dry_run=dry_run, ingest_topic=settings.topics.ingest)
     sink = KafkaSink(settings.kafka, metrics)
     router = Router(settings.topics, settings.routing.rules)
     # Old events by design (in neither the event-lag nor the end-to-end histogram: their receipt
@@ -161,7 +162,7 @@ async def redrive(
                     continue
                 for channel, received_at, items in deliveries(wanted):
                     result = await submit_retrying(
-                        pipeline, items, channel, received_at=received_at
+                        pipeline, items, channel, retry=Delivery.redriven(received_at)
                     )
                     report.submitted.add(result)
                     if not result.ok:
@@ -288,10 +289,10 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
         if s.refused:
             # A final answer, not a failure: it would be refused again at every run.
             lines.append(
-                f"{s.refused} still too large for Kafka (the ingest or output topic's"
-                " max.message.bytes, BRIDGE_KAFKA__MAX_REQUEST_BYTES): never offered, left in"
-                " the dead-letter topic, not written again"
+                f"{s.refused} still too large for Kafka: never offered, left in the dead-letter"
+                " topic, not written again"
             )
+            lines.extend(_too_large(s.too_large_for, report.ingest_topic))
     if report.unrecognised:
         lines.append(
             f"{sum(report.unrecognised.values())} still unrecognised ({_by(report.unrecognised)}):"
@@ -322,6 +323,18 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
         lines.append(
             f"the dedup stage drops those it saw in the last {ttl:g} s, and publishes the rest"
             " (again, for events published before that)."
+        )
+    return lines
+
+
+def _too_large(by_topic: Counter[str], ingest: str) -> list[str]:
+    """A line per topic too small for some (the ingest topic's first), saying what to raise."""
+    lines = []
+    for topic, n in sorted(by_topic.items(), key=lambda kv: (kv[0] != ingest, kv[0])):
+        what = "the ingest topic" if topic == ingest else "the output topic"
+        lines.append(
+            f"{n} too large for {what} {topic}: raise its max.message.bytes (and"
+            " BRIDGE_KAFKA__MAX_REQUEST_BYTES if that is lower), then redrive them again"
         )
     return lines
 

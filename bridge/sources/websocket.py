@@ -48,7 +48,7 @@ from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
-from bridge.pipeline import Pipeline
+from bridge.pipeline import Delivery, Pipeline
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
@@ -599,14 +599,13 @@ class WebSocketSource:
     async def _publish(self, batch: list[Any]) -> None:
         """Retry until Kafka acknowledges the whole batch; dedup makes retries publish the rest."""
         attempt = 0
-        first: float | None = None  # a retry is the same delivery, received then
-        started: float | None = None
+        delivery: Delivery | None = None  # a retry is the same delivery, received then
         while True:
             try:
                 result = await self._pipeline.submit(
-                    batch, "websocket", received_at=first, started=started, settled=self._settled
+                    batch, "websocket", retry=delivery, settled=self._settled
                 )
-                first, started = result.received_at, result.started
+                delivery = result.delivery
             except Exception:  # a bug must not end publishing silently, nor drop the batch
                 log.exception("feed batch failed unexpectedly; retrying it")
                 failed = len(batch)

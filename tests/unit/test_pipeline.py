@@ -12,7 +12,7 @@ from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
-from bridge.pipeline import BACKFILL, DAEMON, ForRedrive, Pipeline, Purpose
+from bridge.pipeline import BACKFILL, DAEMON, Delivery, ForRedrive, Pipeline, Purpose
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
@@ -132,7 +132,8 @@ async def test_a_wall_clock_step_mid_publish_is_no_publish_latency() -> None:
     wall[0] += 3_600.0
     sink.ack_all()
     result = await submitted
-    assert result.received_at == 1_700_000_000.0  # what the records say stays the wall clock
+    assert result.delivery is not None  # what the records say stays the wall clock:
+    assert result.delivery.received_at == 1_700_000_000.0
     assert sample(metrics, "pinecall_bridge_publish_duration_seconds_count") == 1
     assert sample(metrics, "pinecall_bridge_publish_duration_seconds_sum") < 10.0
 
@@ -142,9 +143,7 @@ async def test_a_retry_measures_its_publish_latency_from_the_first_submit() -> N
     pipeline, metrics = make(sink)
     first = await pipeline.submit([entries.entry(1)], "webhook")
     await asyncio.sleep(0.05)
-    await pipeline.submit(
-        [entries.entry(1)], "webhook", received_at=first.received_at, started=first.started
-    )
+    await pipeline.submit([entries.entry(1)], "webhook", retry=first.delivery)
     assert sample(metrics, "pinecall_bridge_publish_duration_seconds_sum") >= 0.05
 
 
@@ -367,7 +366,7 @@ async def test_a_sources_own_retry_is_not_received_again() -> None:
     first = await pipeline.submit(batch, "sse")
     await asyncio.sleep(0.01)
     # Kafka failed the first: the source sends the same delivery once more.
-    await pipeline.submit(batch, "sse", received_at=first.received_at)
+    await pipeline.submit(batch, "sse", retry=first.delivery)
     assert (
         sample(metrics, "pinecall_bridge_events_received_total", channel="sse", type="turn.user")
         == 1
@@ -376,7 +375,8 @@ async def test_a_sources_own_retry_is_not_received_again() -> None:
     assert len(sink.records) == 2  # both attempts reach Kafka; the dedup stage keeps one
     # Its latency runs from the first receipt, not from the retry.
     received = [dict(r.headers)["pinecall-ingest-received-at"] for r in sink.records]
-    assert received[0] == received[1] == repr(first.received_at).encode()
+    assert first.delivery is not None
+    assert received[0] == received[1] == repr(first.delivery.received_at).encode()
 
 
 async def test_an_item_its_source_calls_unrecognised_is_dead_lettered_as_it_says() -> None:
@@ -561,12 +561,29 @@ async def test_an_event_its_output_topic_cannot_take_is_refused_given_output_lim
     assert [dict(r.headers)[ID] for r in sink.records] == [b"CA_1:1", b"CA_1:3"]
 
 
+async def test_a_refused_event_is_counted_for_each_topic_too_small_for_it() -> None:
+    # A redrive's summary names the topic to raise: the ingest topic (the event in its envelope)
+    # or the output topic (the event alone); one too large for both names both.
+    limits = TopicLimits(1_048_576)
+    limits.learn(INGEST, 6000)
+    limits.learn(TopicSettings().events, 3000)
+    sink = FakeSink()
+    pipeline, _ = make(sink, purpose=ForRedrive(limits))
+    output_only = entry(2, data={"text": "x" * 4000})
+    both = entry(3, data={"text": "y" * 7000})
+    result = await pipeline.submit([entry(1), output_only, both], "webhook")
+    assert (result.accepted, result.refused) == (1, 2)
+    assert result.too_large_for == {TopicSettings().events: 2, INGEST: 1}
+
+
 async def test_a_redrive_marks_its_records_so_the_dedup_stage_does_not_time_them() -> None:
     for purpose, redriven in ((DAEMON, False), (ForRedrive(TopicLimits(1_048_576)), True)):
         sink = FakeSink()
         pipeline, _ = make(sink, purpose=purpose)
         first_receipt = 1_699_000_000.0  # days before the clock: a dead letter's
-        result = await pipeline.submit([entry(1)], "webhook", received_at=first_receipt)
+        result = await pipeline.submit(
+            [entry(1)], "webhook", retry=Delivery.redriven(first_receipt)
+        )
         assert result.accepted == 1
         [record] = sink.records
         read = decode(record.key, record.value, record.headers)

@@ -59,20 +59,23 @@ def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
         read=40,
         selected=30,
         redriven=5,
-        submitted=BatchResult(accepted=3, dropped=1, refused=1),
+        submitted=BatchResult(
+            accepted=3, dropped=1, refused=1, too_large_for=Counter({"pinecall.events": 1})
+        ),
         unrecognised=Counter({"missing_type": 2, "invalid_data": 1}),
         notes=Counter({"call_log": 22, "feed_frame": 1}),
         note_calls=calls,
         unreadable=Counter({"its value is not JSON": 1}),
     )
     lines = summary(report, 900)
-    assert lines[:4] == [
+    assert lines[:5] == [
         "40 dead letters read, 30 selected",
         "5 the bridge reads now: 3 offered to the ingest topic, 1 dropped by routing,"
         " 1 still too large for Kafka",
-        "1 still too large for Kafka (the ingest or output topic's max.message.bytes,"
-        " BRIDGE_KAFKA__MAX_REQUEST_BYTES): never offered, left in the dead-letter topic,"
+        "1 still too large for Kafka: never offered, left in the dead-letter topic,"
         " not written again",
+        "1 too large for the output topic pinecall.events: raise its max.message.bytes (and"
+        " BRIDGE_KAFKA__MAX_REQUEST_BYTES if that is lower), then redrive them again",
         "3 still unrecognised (invalid_data: 1, missing_type: 2): left in the dead-letter topic,"
         " not written again",
     ]
@@ -93,6 +96,30 @@ def test_events_all_still_too_large_are_not_said_to_reach_the_dedup_stage() -> N
         " 2 still too large for Kafka"
     )
     assert not any("dedup stage" in line for line in lines), "none was offered to it"
+
+
+def test_events_still_too_large_are_told_apart_by_the_topic_to_raise() -> None:
+    # The ingest topic's limit (the event in its envelope) and an output topic's (the event
+    # alone) are raised apart: "the ingest or output topic" left the operator to guess which.
+    too_large = Counter({"pinecall.events": 2, "pinecall.alerts": 1, "pinecall.ingest": 1})
+    report = RedriveReport(
+        read=3,
+        selected=3,
+        redriven=3,
+        submitted=BatchResult(refused=3, too_large_for=too_large),
+        ingest_topic="pinecall.ingest",
+    )
+    raise_it = (
+        ": raise its max.message.bytes (and BRIDGE_KAFKA__MAX_REQUEST_BYTES if that is lower),"
+        " then redrive them again"
+    )
+    assert summary(report, 900)[2:] == [
+        "3 still too large for Kafka: never offered, left in the dead-letter topic,"
+        " not written again",
+        "1 too large for the ingest topic pinecall.ingest" + raise_it,
+        "1 too large for the output topic pinecall.alerts" + raise_it,
+        "2 too large for the output topic pinecall.events" + raise_it,
+    ]
 
 
 def test_a_dry_run_says_nothing_was_published() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
+from bridge.pipeline import Delivery, Pipeline
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -30,14 +30,11 @@ class Publisher:
         """
         attempt = 0
         batch = list(items)
-        first: float | None = None  # a retry is the same delivery, received then
-        started: float | None = None
+        delivery: Delivery | None = None  # a retry is the same delivery, received then
         while True:
             try:
-                result = await self._pipeline.submit(
-                    batch, "sse", received_at=first, started=started
-                )
-                first, started = result.received_at, result.started
+                result = await self._pipeline.submit(batch, "sse", retry=delivery)
+                delivery = result.delivery
             except Exception:  # a bug must not drop entries silently: retry, then re-read
                 log.exception("call log batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, Pipeline
+from bridge.pipeline import BatchResult, Delivery, Pipeline
 from bridge.sources.calllog import publish
 from bridge.sources.calllog.publish import Publisher
 from tests.entries import entry
@@ -25,13 +25,12 @@ class FlakyPipeline:
         items: list[Any],
         channel: str,
         *,
-        received_at: float | None = None,
-        started: float | None = None,
+        retry: Delivery | None = None,
     ) -> BatchResult:
-        self.told.append(received_at)
+        self.told.append(None if retry is None else retry.received_at)
         if len(self.told) == 1:
-            return BatchResult(failed=len(items), received_at=100.0)
-        return BatchResult(accepted=len(items), received_at=received_at or 0.0)
+            return BatchResult(failed=len(items), delivery=Delivery(100.0, 0.0))
+        return BatchResult(accepted=len(items), delivery=retry)
 
 
 async def test_a_retry_is_the_same_delivery_received_at_its_first_submit(
