@@ -545,8 +545,8 @@ class Bridge:
             # could publish a call's later events before this one's earlier ones. Leaving the
             # group hands the lease on without a session timeout.
             try:
-                # Its own bound: Kafka down, the leave never ends, and a cancellation the feed's
-                # stop absorbed must not leave it unbounded.
+                # Its own bound: Kafka down, the leave never ends, and a feed's stop that overran
+                # its deadline must not leave it unbounded.
                 async with asyncio.timeout_at(deadline):
                     await self.lease.stop()
             except TimeoutError:

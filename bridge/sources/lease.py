@@ -11,7 +11,6 @@ heartbeats nor learns that it lost the lease: it gives the feed up at once and i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -116,8 +115,9 @@ class FeedLease:
         self._stopping = True
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            # asyncio.wait, not await: the poller ending cancelled is expected; the caller's own
+            # cancellation (its bound on the leave) is not, and is raised.
+            await asyncio.wait({self._poller})
             self._poller = None
         await self.release()
         consumer, self._consumer = self._consumer, None

@@ -20,7 +20,9 @@ A stop closes the connection with the close handshake and reads it to its end: P
 sending once it reads the close, and every frame sent before, received or on its way, is read and
 published (the feed has no resume: a frame thrown away with the connection is lost). A close
 unanswered within half of what is left of the stop's budget, the stop's own or a token refresh's,
-cuts the connection. A reader the stop cancels counts what websockets received and it had not read.
+cuts the connection; so does that of a refresh's successor the stop calls off. A reader the stop
+cancels counts what websockets received and it had not read. A stop cancelled by its caller cuts
+what is left at once, ends its tasks, counts what it did not publish and raises the cancellation.
 
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
@@ -225,8 +227,10 @@ class WebSocketSource:
         (loop time).
 
         `lease_held`: the lease is handed on only after this, so until then nobody reads the feed.
+        A stop cancelled itself (its caller's own bound) cuts what is left short, then re-raises.
         """
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         remaining = max(deadline - now, 0.0)
         # Half of what is left for the close handshake (the publisher runs meanwhile), a quarter
         # more for the reader to end after it, the rest for publishing what it read last.
@@ -236,36 +240,50 @@ class WebSocketSource:
             self._downtime.down(time.monotonic())
         else:  # another replica may read the feed already: not this pod's downtime
             self._downtime.up(time.monotonic())
-        if self._reader is not None:
-            if self._connecting:  # nothing received yet: nothing to read to its end
-                self._reader.cancel()
-            done, _ = await asyncio.wait({self._reader}, timeout=remaining * 3 / 4)
-            if not done:
-                log.error("feed reader still running past its share of the stop; cancelled")
-                self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._draining = True
-        self._queue.put_nowait(_DRAINED)  # wakes a publisher waiting on an empty queue
-        if self._publisher is not None:
-            remaining = deadline - asyncio.get_running_loop().time()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._publisher, timeout=max(remaining, 0.0))
-            # Held: still queued, or in the batch whose publish the deadline cancelled.
-            left = self._held - len(self._settled)
-            self._held, self._held_bytes, self._settled = 0, 0, set()
-            self._queue = asyncio.Queue()
-            self._metrics.websocket_backlog.set(0)
-            if left:
-                self._metrics.rejected.labels("websocket", "shutdown").inc(left)
-                log.error(
-                    "feed events not published before the grace period ended",
-                    extra={"events": left},
-                )
-        if self._session is not None:
-            await self._session.close()
-        self._reader = self._publisher = self._session = None
-        self._downtime.up(time.monotonic())
+        try:
+            if self._reader is not None:
+                if self._connecting:  # nothing received yet: nothing to read to its end
+                    self._reader.cancel()
+                # asyncio.wait, not await: only the caller's own cancellation raises here.
+                done, _ = await asyncio.wait({self._reader}, timeout=remaining * 3 / 4)
+                if not done:
+                    log.error("feed reader still running past its share of the stop; cancelled")
+                    await _cancelled(self._reader)
+            self._draining = True
+            self._queue.put_nowait(_DRAINED)  # wakes a publisher waiting on an empty queue
+            if self._publisher is not None:
+                left = max(deadline - loop.time(), 0.0)
+                done, _ = await asyncio.wait({self._publisher}, timeout=left)
+                if not done:
+                    await _cancelled(self._publisher)
+        except asyncio.CancelledError:
+            # Cut short: closes still begun are cut at once, and neither task outlives the stop.
+            self._close_by = loop.time()
+            for task in (self._reader, self._publisher):
+                if task is not None:
+                    await _cancelled(task)
+            raise
+        finally:
+            self._stopped()
+            if self._session is not None:
+                await self._session.close()
+            self._reader = self._publisher = self._session = None
+            self._downtime.up(time.monotonic())
+
+    def _stopped(self) -> None:
+        """Count what the stop could not publish: still queued, or in the batch it cut off."""
+        if self._publisher is None:
+            return
+        left = self._held - len(self._settled)
+        self._held, self._held_bytes, self._settled = 0, 0, set()
+        self._queue = asyncio.Queue()
+        self._metrics.websocket_backlog.set(0)
+        if left:
+            self._metrics.rejected.labels("websocket", "shutdown").inc(left)
+            log.error(
+                "feed events not published before the grace period ended",
+                extra={"events": left},
+            )
 
     async def _read_forever(self) -> None:
         assert self._session is not None
@@ -278,6 +296,7 @@ class WebSocketSource:
             reason: DisconnectReason = "error"
             opened, handover = handover, None
             refresher: asyncio.Task[_Opened] | None = None
+            cancelled = False  # the reader ends: the stop cancelled it
             try:
                 if opened is None:
                     self._connecting = True
@@ -328,20 +347,26 @@ class WebSocketSource:
                 reason = "connect_error"
                 log.warning("feed unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
             except asyncio.CancelledError:
+                cancelled = True
                 raise
             except Exception:  # the loop must outlive any bug in one connection's handling
                 log.exception("feed connection failed")
             finally:
                 replaced = opened is not None and opened.replaced
-                handover = await _successor(refresher, wait=replaced)
-                if handover is None:
-                    self._metrics.websocket_connected.set(0)
-                    if not self._stopping.is_set():  # stopped, it is no longer meant to run
-                        # A refused connection delivered nothing: down since it opened.
-                        since = opened_at if refused and opened_at is not None else None
-                        self._downtime.down(time.monotonic() if since is None else since)
-                if opened is not None:
-                    await opened.ws.close()
+                try:
+                    handover = await _successor(refresher, wait=replaced and not cancelled)
+                    if cancelled and handover is not None:  # nothing reads it any more
+                        self._lost_unread(handover.ws)
+                        handover = None
+                finally:  # the reader cancelled meanwhile still closes its connection
+                    if handover is None:
+                        self._metrics.websocket_connected.set(0)
+                        if not self._stopping.is_set():  # stopped, it is no longer meant to run
+                            # A refused connection delivered nothing: down since it opened.
+                            since = opened_at if refused and opened_at is not None else None
+                            self._downtime.down(time.monotonic() if since is None else since)
+                    if opened is not None:
+                        await self._close(opened.ws)
             if self._stopping.is_set() and handover is None:
                 return
             if handover is not None:
@@ -372,7 +397,7 @@ class WebSocketSource:
         try:
             await ws.send(subscribe_message(self._settings.events))
         except BaseException:
-            await ws.close()
+            await self._close(ws)
             raise
         answer_by = time.monotonic() + self._settings.open_timeout_seconds
         return _Opened(ws, expires_at, answer_by)
@@ -427,7 +452,11 @@ class WebSocketSource:
                 await asyncio.sleep(delay)
         # Only now the old one is closed: the reader drains what it holds, then takes this one.
         current.replaced = True
-        await current.ws.close()
+        try:
+            await self._close(current.ws)
+        except BaseException:  # the reader ends (the stop cancelled it): nothing reads this one
+            self._lost_unread(successor.ws)
+            raise
         return successor
 
     async def _open_answered(self, tokens: TokenClient) -> _Opened:
@@ -445,7 +474,8 @@ class WebSocketSource:
                 self._answer(successor, classify(first))
                 successor.early.append(first)
         except BaseException:
-            await successor.ws.close()
+            # Called off by a stop, it is closed by the stop's bound, not websockets' 10 s.
+            await self._close(successor.ws)
             raise
         return successor
 
@@ -476,18 +506,28 @@ class WebSocketSource:
         way. Unanswered by `_close_by`, websockets cuts the connection; what it received is read.
         """
         await self._stopping.wait()
-        ws.close_timeout = max(self._close_by - asyncio.get_running_loop().time(), 0.0)
+        await self._close(ws)
+
+    async def _close(self, ws: ClientConnection) -> None:
+        """Close `ws`; once the stop began, a close unanswered by `_close_by` cuts it."""
         try:
+            if not self._stopping.is_set():
+                await ws.close()
+                return
+            ws.close_timeout = max(self._close_by - asyncio.get_running_loop().time(), 0.0)
             async with asyncio.timeout_at(self._close_by):
                 await ws.close()
         except TimeoutError:
             # A close begun before the stop (a token refresh's) keeps the deadline websockets
             # gave it then (10 s): cut it at the stop's, as websockets cuts its own.
             ws.transport.abort()
+        except asyncio.CancelledError:
+            ws.transport.abort()  # websockets leaves a connection whose close is cancelled open
+            raise
 
     def _lost_unread(self, ws: ClientConnection) -> None:
-        """The stop cancelled the reader past its share: the connection is cut, and what websockets
-        received and the reader had not read is counted as lost at shutdown."""
+        """The stop cancelled the reader past its share: the connection (or a refresh's successor)
+        is cut, and what websockets received and the reader had not read is counted as lost."""
         # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
         # so the count is final (websockets has no public count of its buffer).
         ws.transport.abort()
@@ -626,16 +666,27 @@ async def _successor(refresher: asyncio.Task[_Opened] | None, *, wait: bool) -> 
     """The refreshed connection; a refresh not that far (`wait` False) is called off."""
     if refresher is None:
         return None
-    if not wait and not refresher.done():
+    if not wait:
         refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        try:
-            return await refresher
-        except Exception as exc:
-            log.warning(
-                "feed token refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"}
-            )
-    return None
+    try:
+        # asyncio.wait, not await: the refresh ending cancelled is no cancellation of the reader,
+        # which the stop's, past its share, is and must stay.
+        await asyncio.wait({refresher})
+    except asyncio.CancelledError:
+        refresher.cancel()  # its successor's close is bounded by the stop's
+        raise
+    if refresher.cancelled():
+        return None
+    if (exc := refresher.exception()) is not None:
+        log.warning("feed token refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return None
+    return refresher.result()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end; only the caller's own cancellation raises."""
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _log_refusal(exc: SubscribeRefusedError, events: list[str]) -> None:

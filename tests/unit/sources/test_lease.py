@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from aiokafka import TopicPartition
 
 from bridge.metrics import Metrics
@@ -57,3 +60,26 @@ async def test_the_holder_stops_its_feed_when_it_stops() -> None:
     await lease.stop()
     assert events == ["feed started", "feed stopped"]
     assert not lease.held
+
+
+async def test_a_stop_cancelled_while_the_poller_ends_is_cancelled() -> None:
+    # The stop swallowed its caller's cancellation (the bound on the leave) as the poller's own:
+    # the leave went on past the bound.
+    lease = lease_noting([])
+    ending = asyncio.Event()
+
+    async def poll() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ending.set()
+            await asyncio.Event().wait()  # ends only when cancelled again
+            raise
+
+    lease._poller = poller = asyncio.create_task(poll())
+    stopping = asyncio.create_task(lease.stop())
+    await ending.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    poller.cancel()

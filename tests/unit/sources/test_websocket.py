@@ -10,6 +10,7 @@ import logging
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, get_args
 
@@ -59,6 +60,9 @@ class FakeFeed:
         # How the next subscriptions are refused, in turn: "error" (an error frame, the
         # connection left open) or "close" (closed before any answer).
         self.refusals: list[str] = []
+        # Connections (by number) whose subscription is not answered and that read nothing
+        # more: a close to them goes unanswered.
+        self.mute: set[int] = set()
         app = web.Application()
         app.router.add_post("/v1/auth/websocket-token", self.token)
         app.router.add_get("/v1/ws", self.feed)
@@ -81,8 +85,11 @@ class FakeFeed:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections += 1
+        n = self.connections
         self.tokens_seen.append(request.query.get("token"))
         self.subscriptions.append(await ws.receive_json())
+        if n in self.mute:
+            await asyncio.Event().wait()
         if self.refusals:
             if self.refusals.pop(0) == "close":
                 await ws.close(code=4000, message=REFUSAL.encode())
@@ -91,7 +98,7 @@ class FakeFeed:
                 await hold_open(ws)  # as a platform may: open, delivering nothing
             return ws
         await ws.send_json({"type": "subscribed", "events": ["*"]})
-        await self.script(ws, self.connections)
+        await self.script(ws, n)
         return ws
 
     def settings(self, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
@@ -168,6 +175,48 @@ async def running(
         yield source
     finally:
         await source.stop(asyncio.get_running_loop().time() + grace)
+
+
+@dataclass
+class Fed:
+    """A started source reading a scripted feed and publishing to `sink`."""
+
+    feed: FakeFeed
+    sink: FakeSink
+    metrics: Metrics
+    source: WebSocketSource
+
+    async def stop(self, within: float) -> float:
+        """Stop the source with `within` s to do it; its deadline (loop time)."""
+        deadline = asyncio.get_running_loop().time() + within
+        await self.source.stop(deadline)
+        return deadline
+
+
+Feeding = Callable[..., Awaitable[Fed]]
+
+
+@pytest.fixture
+async def feeding(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> AsyncIterator[Feeding]:
+    """Start a source on a feed running `script`; a test that failed before its stop stops it."""
+    fed: list[Fed] = []
+
+    async def start(
+        script: Script, *, sink: FakeSink | None = None, expires_in: float | None = None
+    ) -> Fed:
+        feed = await make_feed(script)
+        if expires_in is not None:
+            feed.expires_in = expires_in
+        sink = FakeSink() if sink is None else sink
+        metrics = Metrics()
+        fed.append(Fed(feed, sink, metrics, await started(*feed.settings(), sink, metrics)))
+        return fed[-1]
+
+    yield start
+    for each in fed:
+        await each.stop(0.5)  # a second stop does nothing
 
 
 def bearer(url: str, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
@@ -429,13 +478,9 @@ async def test_a_kafka_stall_does_not_starve_the_keepalive(
         assert dropped == read - 10  # every frame read is held or counted
 
 
-async def test_stop_flushes_what_was_read(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
-) -> None:
-    feed = await make_feed(sending(5))
-    sink, metrics = FakeSink(auto_ack=False), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
+async def test_stop_flushes_what_was_read(feeding: Feeding) -> None:
+    fed = await feeding(sending(5), sink=FakeSink(auto_ack=False))
+    sink = fed.sink
     await until(lambda: len(sink.records) >= 1)
 
     async def kafka_comes_back() -> None:
@@ -443,36 +488,32 @@ async def test_stop_flushes_what_was_read(
         sink.ack_all()
 
     back = asyncio.create_task(kafka_comes_back())
-    await source.stop(asyncio.get_running_loop().time() + 5)
+    await fed.stop(5)
     await back
     assert sorted(set(seqs(sink))) == [1, 2, 3, 4, 5]
 
 
 async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    feeding: Feeding,
 ) -> None:
-    feed = await make_feed(sending(5))
-    sink, metrics = FakeSink(auto_ack=False), Metrics()  # Kafka never acknowledges
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
+    fed = await feeding(sending(5), sink=FakeSink(auto_ack=False))  # Kafka never acknowledges
+    metrics = fed.metrics
     await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
-    await source.stop(asyncio.get_running_loop().time() + 0.3)
+    await fed.stop(0.3)
     # The batch being published counts as much as what was still queued behind it.
     assert rejected(metrics, "shutdown") == 5
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
 
 
 async def test_of_a_batch_cut_off_by_the_stop_only_what_kafka_did_not_take_is_lost(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    feeding: Feeding,
 ) -> None:
-    feed = await make_feed(sending(5))
-    sink, metrics = FakeSink(auto_ack=False), Metrics()
-    ws_settings, api = feed.settings()
-    source = await started(ws_settings, api, sink, metrics)
+    fed = await feeding(sending(5), sink=FakeSink(auto_ack=False))
+    sink, metrics = fed.sink, fed.metrics
     await until(lambda: len(sink.records) == 5)  # one batch, all of it sent
     for future in sink.futures[:3]:  # Kafka took three of them, then stalled
         future.set_result(None)
-    await source.stop(asyncio.get_running_loop().time() + 0.3)
+    await fed.stop(0.3)
     assert rejected(metrics, "shutdown") == 2
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
 
@@ -739,13 +780,12 @@ async def test_the_time_without_a_subscribed_connection_is_counted(
 
 
 async def test_the_shutdowns_drain_counts_as_down_the_lease_waits_for_it(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    feeding: Feeding,
 ) -> None:
     # The lease is handed on only once what was read is published: with Kafka slow, nobody
     # reads the feed meanwhile, and that gap is counted like any other.
-    feed = await make_feed(sending(2))
-    sink, metrics = FakeSink(auto_ack=False), Metrics()
-    source = await started(*feed.settings(), sink, metrics)
+    fed = await feeding(sending(2), sink=FakeSink(auto_ack=False))
+    sink, metrics = fed.sink, fed.metrics
     await until(lambda: len(sink.records) >= 1)
     before = sample(metrics, "pinecall_bridge_websocket_down_seconds_total")
     held: list[float] = []
@@ -757,7 +797,7 @@ async def test_the_shutdowns_drain_counts_as_down_the_lease_waits_for_it(
         sink.ack_all()
 
     back = asyncio.create_task(kafka_comes_back())
-    await source.stop(asyncio.get_running_loop().time() + 5)
+    await fed.stop(5)
     await back
     added = sample(metrics, "pinecall_bridge_websocket_down_seconds_total") - before
     assert added >= held[1] - held[0]
@@ -777,12 +817,10 @@ async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
     assert len(refusal_logs(caplog)) == 1
 
 
-async def test_frames_received_when_the_stop_begins_are_published(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
-) -> None:
+async def test_frames_received_when_the_stop_begins_are_published(feeding: Feeding) -> None:
     # The feed has no resume: frames already received, or on their way, when the stop began
     # were thrown away with the connection, neither published nor counted.
-    sink, metrics = FakeSink(), Metrics()
+    sink = FakeSink()
     burst = 1000
     streaming = asyncio.Event()
 
@@ -795,20 +833,18 @@ async def test_frames_received_when_the_stop_begins_are_published(
             await ws.send_json(entry(seq))
         await hold_open(ws)  # only now is the bridge's close read, and answered
 
-    feed = await make_feed(script)
-    source = await started(*feed.settings(), sink, metrics)
+    fed = await feeding(script, sink=sink)
     await streaming.wait()
-    await source.stop(asyncio.get_running_loop().time() + 5)
+    await fed.stop(5)
     assert seqs(sink) == list(range(1, 2 * burst + 1))
-    assert rejected(metrics, "shutdown") == 0
+    assert rejected(fed.metrics, "shutdown") == 0
 
 
 async def test_a_close_left_unanswered_is_cut_and_the_stop_keeps_its_deadline(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+    feeding: Feeding, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The lease is handed on only after the stop: a feed that never reads the bridge's close
     # (websockets waits 10 s for its answer by default) must not hold it past the deadline.
-    sink, metrics = FakeSink(), Metrics()
     sent: list[int] = []
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
@@ -818,15 +854,12 @@ async def test_a_close_left_unanswered_is_cut_and_the_stop_keeps_its_deadline(
                 sent.append(seq)
                 await asyncio.sleep(0.005)
 
-    feed = await make_feed(script)
-    source = await started(*feed.settings(), sink, metrics)
-    await until(lambda: len(sink.records) >= 10)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 1.0
+    fed = await feeding(script)
+    await until(lambda: len(fed.sink.records) >= 10)
     before_stop = len(sent)
-    await source.stop(deadline)
-    assert loop.time() <= deadline
-    published = seqs(sink)
+    deadline = await fed.stop(1.0)
+    assert asyncio.get_running_loop().time() <= deadline
+    published = seqs(fed.sink)
     # Read until the cut, in order, nothing skipped.
     assert published == list(range(1, len(published) + 1))
     assert len(published) >= before_stop
@@ -834,7 +867,7 @@ async def test_a_close_left_unanswered_is_cut_and_the_stop_keeps_its_deadline(
 
 
 async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its_end(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    feeding: Feeding,
 ) -> None:
     # The successor of a token refresh was closed unread when a stop came before its turn: the
     # frames it had already received were thrown away.
@@ -850,24 +883,18 @@ async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its
             successor_sent.set()
         await hold_open(ws)
 
-    feed = await make_feed(script)
-    feed.expires_in = 1.0  # refreshed after half a second
-    sink, metrics = FakeSink(), Metrics()
-    source = await started(*feed.settings(), sink, metrics)
+    fed = await feeding(script, expires_in=1.0)  # refreshed after half a second
     await successor_sent.wait()
     loop = asyncio.get_running_loop()
-    stopping = asyncio.create_task(source.stop(loop.time() + 5))
+    stopping = asyncio.create_task(fed.stop(5))
     loop.call_soon(answer_old_close.set)  # after the stop's first step: callbacks run in order
     await stopping
-    assert seqs(sink) == list(range(1, 51))
-    assert rejected(metrics, "shutdown") == 0
+    assert seqs(fed.sink) == list(range(1, 51))
+    assert rejected(fed.metrics, "shutdown") == 0
 
 
-async def test_a_stop_while_a_refresh_closes_the_old_connection_keeps_its_deadline(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The refresh's close of the old connection kept websockets' own timeout (10 s): a stop
-    # landing while it went unanswered waited it out, holding the lease past the deadline.
+def recording_closes(monkeypatch: pytest.MonkeyPatch) -> list[ClientConnection]:
+    """The connections the bridge begins to close, from now on."""
     closing: list[ClientConnection] = []
     close = ClientConnection.close
 
@@ -876,6 +903,15 @@ async def test_a_stop_while_a_refresh_closes_the_old_connection_keeps_its_deadli
         await close(ws, *args, **kwargs)
 
     monkeypatch.setattr(ClientConnection, "close", recorded)
+    return closing
+
+
+async def test_a_stop_while_a_refresh_closes_the_old_connection_keeps_its_deadline(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refresh's close of the old connection kept websockets' own timeout (10 s): a stop
+    # landing while it went unanswered waited it out, holding the lease past the deadline.
+    closing = recording_closes(monkeypatch)
     never = asyncio.Event()
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
@@ -884,33 +920,103 @@ async def test_a_stop_while_a_refresh_closes_the_old_connection_keeps_its_deadli
         else:
             await hold_open(ws)
 
-    feed = await make_feed(script)
-    feed.expires_in = 1.0  # refreshed after half a second
-    sink, metrics = FakeSink(), Metrics()
-    source = await started(*feed.settings(), sink, metrics)
+    fed = await feeding(script, expires_in=1.0)  # refreshed after half a second
     await until(lambda: closing)  # the successor is subscribed: the old one is being closed
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 1.0
-    await source.stop(deadline)
-    assert loop.time() <= deadline
+    deadline = await fed.stop(1.0)
+    assert asyncio.get_running_loop().time() <= deadline
+
+
+async def test_a_refresh_the_stop_calls_off_closes_its_connection_by_the_stops_bound(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A successor opened and not yet answered when the stop came was called off with
+    # websockets' own close timeout (10 s): unanswered, the reader outlived its share of the
+    # stop and was cancelled, the close cut short and the connection left open.
+    monkeypatch.setattr(websocket, "FIRST_FRAME_TIMEOUT", 30.0)  # the stop comes meanwhile
+    fed = await feeding(sending(0), expires_in=1.0)  # refreshed after half a second
+    fed.feed.mute.add(2)  # the successor: neither answered nor is its close
+    await until(lambda: len(fed.feed.subscriptions) == 2, what="the successor subscribing")
+    deadline = await fed.stop(2.0)
+    assert asyncio.get_running_loop().time() <= deadline
+    assert not any("past its share of the stop" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_reader_cancelled_while_a_refresh_hands_over_leaves_no_connection_open(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader the stop cancelled past its share while a refresh closed the old connection took
+    # the successor over and ended: nothing read or closed the successor any more.
+    closing = recording_closes(monkeypatch)
+    never = asyncio.Event()
+    successor_ended = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            await never.wait()  # never reads: the refresh's close of it goes unanswered
+        else:
+            try:
+                await hold_open(ws)
+            finally:  # a connection cut raises
+                successor_ended.set()
+
+    fed = await feeding(script, expires_in=1.0)  # refreshed after half a second
+    await until(lambda: closing)  # the successor is subscribed: the old one is being closed
+    assert fed.source._reader is not None
+    fed.source._reader.cancel()  # as the stop does past the reader's share
+    await until(successor_ended.is_set, within=2, what="the successor's connection ending")
+
+
+def feed_tasks() -> list[asyncio.Task[Any]]:
+    """The source's tasks (reader, publisher, refresh, close) not yet ended."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("websocket-")]
+
+
+@pytest.mark.parametrize("waiting_for", ["reader", "publisher"])
+async def test_a_cancelled_stop_is_cancelled_and_leaves_nothing_running(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch, waiting_for: str
+) -> None:
+    # Cancelled (its caller's own bound passed) while it waited for the publisher, the stop
+    # returned as if it had ended: the cancellation was lost. While it waited for the reader, it
+    # raised, but left the reader and the publisher running.
+    closing = recording_closes(monkeypatch)
+    never = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        for seq in (1, 2):
+            await ws.send_json(entry(seq))
+        if waiting_for == "reader":
+            await never.wait()  # the stop's close goes unanswered
+        await hold_open(ws)
+
+    fed = await feeding(script, sink=FakeSink(auto_ack=False))  # Kafka never acknowledges
+    await until(lambda: len(fed.sink.records) == 2)
+    stopping = asyncio.create_task(fed.stop(10))
+    await until(lambda: closing)
+    if waiting_for == "publisher":
+        await until(lambda: all(t.get_name() != "websocket-reader" for t in feed_tasks()))
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await until(lambda: not feed_tasks(), within=1, what="the source's tasks ending")
+    assert rejected(fed.metrics, "shutdown") == 2
 
 
 async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_counted(
-    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A stop past the reader's share cancels it: what websockets had received and the reader
     # had not read was lost uncounted.
     received = 0
-    source: WebSocketSource | None = None
+    fed: Fed | None = None
     put = Assembler.put
 
     def counted(assembler: Assembler, frame: Any) -> None:
         nonlocal received
         received += 1
         put(assembler, frame)
-        if received == 300 and source is not None and source._reader is not None:
+        if received == 300 and fed is not None and fed.source._reader is not None:
             # As the stop does past the reader's share; here with this frame still unread.
-            source._reader.cancel()
+            fed.source._reader.cancel()
 
     monkeypatch.setattr(Assembler, "put", counted)
 
@@ -921,11 +1027,9 @@ async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_coun
                 await asyncio.sleep(0)
         await hold_open(ws)
 
-    feed = await make_feed(script)
-    sink, metrics = FakeSink(auto_ack=False), Metrics()  # nothing is published
-    source = await started(*feed.settings(), sink, metrics)
+    fed = await feeding(script, sink=FakeSink(auto_ack=False))  # nothing is published
     await until(lambda: received >= 300)
-    await source.stop(asyncio.get_running_loop().time() + 1)
-    read = sample(metrics, "pinecall_bridge_websocket_frames_total", kind="event")
+    await fed.stop(1)
+    read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert received - 1 > read  # frames were left unread (1: the subscription's ack)
-    assert rejected(metrics, "shutdown") == received - 1
+    assert rejected(fed.metrics, "shutdown") == received - 1
