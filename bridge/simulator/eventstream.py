@@ -48,6 +48,9 @@ PING = b": ping\n\n"
 MAX_PAGE = 500
 MAX_LIST = 200
 DEFAULT_LIST = 20
+# Which call-log requests an injected 5xx answers: any, only streams, or only JSON pages.
+FailOn = Literal["any", "stream", "page"]
+FAIL_ON: tuple[FailOn, ...] = ("any", "stream", "page")
 # How often an idle or silent stream looks whether its client went away.
 _POLL_SECONDS = 0.2
 
@@ -105,6 +108,7 @@ class EventStreams:
         self._numbers = 0
         self._fail_next = 0
         self._fail_status = 503
+        self._fail_on: FailOn = "any"
         self._break_next = 0
         self._refuse_until = 0.0
 
@@ -127,10 +131,11 @@ class EventStreams:
         self._stats.sse_silenced += silenced
         return silenced
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        """Answer the next `count` call-log requests (pages or streams) with `status`."""
+    def fail_next(self, count: int, status: int = 503, on: FailOn = "any") -> None:
+        """Answer the next `count` call-log requests of the kind `on` names with `status`."""
         self._fail_next = count
         self._fail_status = status
+        self._fail_on = on
 
     def break_pages(self, count: int) -> None:
         """Answer the next `count` JSON page requests 200 with a page cut short: not JSON."""
@@ -156,7 +161,7 @@ class EventStreams:
         """`GET /v1/calls/{call}/events`: a JSON page, or SSE with `Accept: text/event-stream`."""
         if refused := self._refused(request, call_log=True):
             return refused
-        if self._fail_next > 0:
+        if self._fail_next > 0 and self._fail_on in ("any", _kind(request)):
             self._fail_next -= 1
             self._stats.sse_errors_injected += 1
             return web.json_response(
@@ -376,6 +381,10 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _kind(request: web.Request) -> FailOn:
+    return "stream" if SSE in request.headers.get("Accept", "") else "page"
 
 
 def _int_in(value: str | None, default: int, low: int, high: int) -> int | None:

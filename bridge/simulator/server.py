@@ -14,9 +14,11 @@ from bridge.simulator.config import DropMode, SimulatorConfig
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.eventstream import (
     CALL_EVENTS_PATH,
+    FAIL_ON,
     ORG_EVENTS_PATH,
     SESSIONS_PATH,
     EventStreams,
+    FailOn,
 )
 from bridge.simulator.hooks import ORG_HOOK_ID, HookStore, InvalidHookError, parse_org_hook
 from bridge.simulator.session import SessionHandler
@@ -40,7 +42,7 @@ class Controls(Protocol):
 
     def sse_silence(self) -> int: ...
 
-    def sse_fail(self, count: int, status: int = 503) -> None: ...
+    def sse_fail(self, count: int, status: int = 503, on: FailOn = "any") -> None: ...
 
     def sse_break_pages(self, count: int) -> None: ...
 
@@ -158,10 +160,14 @@ class ControlRoutes:
     async def sse_fail(self, request: web.Request) -> web.Response:
         count = _query_int(request, "count", 1)
         status = _query_int(request, "status", 503)
+        asked = request.query.get("on", "any")
+        on = next((kind for kind in FAIL_ON if kind == asked), None)
         if count is None or count < 0 or status is None or not 500 <= status <= 599:
             return _bad_request("count must be a non-negative integer, status a 5xx")
-        self._controls.sse_fail(count, status)
-        return web.json_response({"failing": count, "status": status})
+        if on is None:
+            return _bad_request(f"on must be one of {', '.join(FAIL_ON)}")
+        self._controls.sse_fail(count, status, on)
+        return web.json_response({"failing": count, "status": status, "on": on})
 
     async def sse_break_pages(self, request: web.Request) -> web.Response:
         count = _query_int(request, "count", 1)

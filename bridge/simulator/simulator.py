@@ -13,7 +13,7 @@ from bridge import listen
 from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import Channel, DropMode, SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
-from bridge.simulator.eventstream import EventStreams
+from bridge.simulator.eventstream import EventStreams, FailOn
 from bridge.simulator.feed import Feed
 from bridge.simulator.frames import GOING_AWAY, INTERNAL_ERROR, UNAUTHORIZED
 from bridge.simulator.hooks import Hook, HookStore, parse_hook
@@ -244,9 +244,9 @@ class Simulator:
         log.info("sse streams silenced", extra={"connections": silenced})
         return silenced
 
-    def sse_fail(self, count: int, status: int = 503) -> None:
-        """Answer the next `count` call-log requests (pages or streams) with a 5xx."""
-        self.streams.fail_next(count, status)
+    def sse_fail(self, count: int, status: int = 503, on: FailOn = "any") -> None:
+        """Answer the next `count` call-log requests with a 5xx: any, only streams or only pages."""
+        self.streams.fail_next(count, status, on)
 
     def sse_break_pages(self, count: int) -> None:
         """Answer the next `count` JSON page requests 200 with a body cut short (not JSON)."""

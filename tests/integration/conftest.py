@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -518,10 +519,37 @@ async def create_topic(
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(config or {}))])
 
 
-async def alter_topic(bootstrap: str, name: str, config: Mapping[str, str]) -> None:
-    """Change a topic's configs while the bridge runs, as an admin would."""
+async def topic_config(bootstrap: str, name: str, *, own: bool = False) -> dict[str, str]:
+    """The topic's configs; `own`: only those set on the topic itself, not the cluster's."""
     async with admin_client(bootstrap) as admin:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, dict(config))])
+        return await _topic_config(admin, name, own=own)
+
+
+async def _topic_config(admin: AIOKafkaAdminClient, name: str, *, own: bool) -> dict[str, str]:
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    [(error_code, message, _, _, configs, *_)] = response.resources
+    if error_code:
+        raise for_code(error_code)(message)
+    # An entry is (name, value, read-only, source, ...); source 1 is the topic's own.
+    return {entry[0]: entry[1] for entry in configs if not own or entry[3] == 1}
+
+
+async def alter_topic(bootstrap: str, name: str, config: Mapping[str, str]) -> None:
+    """Change some of a topic's configs while the bridge runs, as an admin would; the rest stay.
+
+    AlterConfigs replaces the topic's whole set (aiokafka has no IncrementalAlterConfigs): its own
+    configs go back with the change, else each would fall back to the cluster's default.
+    """
+    async with admin_client(bootstrap) as admin:
+        kept = await _topic_config(admin, name, own=True)
+        # A sensitive config is described without its value: sent back, it would be lost.
+        assert None not in kept.values(), f"{name} has a config that cannot be read back"
+        [response] = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, kept | dict(config))]
+        )
+    [(error_code, message, *_)] = response.resources
+    if error_code:
+        raise for_code(error_code)(message)
 
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:

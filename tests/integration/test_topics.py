@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import UnknownTopicOrPartitionError
 
 from bridge.service import Bridge
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     entry,
     has_id,
     read_decided,
+    topic_config,
     until_metrics,
 )
 from tests.polling import until
@@ -39,15 +39,6 @@ async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
     async with admin_client(bootstrap) as admin:
         found = await admin.describe_topics(names)
     return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
-
-
-async def topic_config(bootstrap: str, name: str, *, own: bool = False) -> dict[str, str]:
-    """The topic's configs; `own`: only those set on the topic itself, not the cluster's."""
-    async with admin_client(bootstrap) as admin:
-        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-    [resource] = response.resources
-    # An entry is (name, value, read-only, source, ...); source 1 is the topic's own.
-    return {entry[0]: entry[1] for entry in resource[4] if not own or entry[3] == 1}
 
 
 async def test_bridge_creates_its_topics(
@@ -298,6 +289,19 @@ async def test_an_output_topic_made_elsewhere_that_refuses_every_write_is_logged
         if "min.insync.replicas" in r.getMessage()
     ]
     assert told == [("ERROR", topics.events, 1)]
+
+
+async def test_alter_topic_changes_what_it_is_given_and_keeps_the_topics_other_configs(
+    topics: Topics, kafka_bootstrap: str
+) -> None:
+    # The test helper: a plain AlterConfigs would reset the timestamp type to CreateTime.
+    kept = {"message.timestamp.type": "LogAppendTime", "retention.ms": "86400000"}
+    await create_topic(kafka_bootstrap, topics.ingest, 1, kept)
+    await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": "60000"})
+    assert await topic_config(kafka_bootstrap, topics.ingest, own=True) == {
+        **kept,
+        "retention.ms": "60000",
+    }
 
 
 async def test_an_ingest_retention_shortened_while_running_is_logged_once_and_its_fix_too(

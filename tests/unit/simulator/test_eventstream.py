@@ -288,13 +288,33 @@ async def test_injected_5xx_answer_the_next_requests_then_it_recovers(
 ) -> None:
     write(sim, entry(1))
     async with client.post(sim.url + "/_sim/sse/fail?count=2&status=502") as answer:
-        assert await answer.json() == {"failing": 2, "status": 502}
+        assert await answer.json() == {"failing": 2, "status": 502, "on": "any"}
     statuses = []
     for accept in ("application/json", "text/event-stream", "application/json"):
         async with client.get(events_url(sim), headers={**AUTH, "Accept": accept}) as answer:
             statuses.append(answer.status)
     assert statuses == [502, 502, 200]
     assert sim.stats.sse_errors_injected == 2
+
+
+@pytest.mark.parametrize(
+    ("on", "failed"), [("stream", "text/event-stream"), ("page", "application/json")]
+)
+async def test_injected_5xx_scoped_to_one_kind_pass_the_other_by(
+    sim: Simulator, client: aiohttp.ClientSession, on: str, failed: str
+) -> None:
+    write(sim, entry(1))
+    write(sim, entry(2, "call.score"))  # a stream that answers 200 then ends, not hangs
+    async with client.post(sim.url + f"/_sim/sse/fail?count=1&on={on}") as answer:
+        assert await answer.json() == {"failing": 1, "status": 503, "on": on}
+    passed = "application/json" if failed == "text/event-stream" else "text/event-stream"
+    statuses = []
+    for accept in (passed, passed, failed, failed):
+        async with client.get(events_url(sim), headers={**AUTH, "Accept": accept}) as answer:
+            await answer.read()
+            statuses.append(answer.status)
+    assert statuses == [200, 200, 503, 200]
+    assert sim.stats.sse_errors_injected == 1
 
 
 async def test_broken_pages_answer_200_cut_short_then_it_recovers(
@@ -335,6 +355,7 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
     [
         "/_sim/sse/fail?count=x",
         "/_sim/sse/fail?status=404",
+        "/_sim/sse/fail?on=feed",
         "/_sim/sse/refuse-auth?seconds=-1",
         "/_sim/sse/break-pages?count=-1",
         "/_sim/sse/gap?entries=-2",
