@@ -738,6 +738,22 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     assert alert_names()["PinecallBridgeKafkaDisconnected"]["for"] == "2m"
 
 
+def test_the_feed_and_call_log_alert_windows_may_be_fractions_too(tmp_path: Path) -> None:
+    windows = ["websocketDownMinutes", "websocketGapMinutes", "callLogDownMinutes"]
+    values = tmp_path / "short.yaml"
+    short = {**dict.fromkeys(windows, 0.5), "callLogGapsMinutes": 1.5}
+    values.write_text(yaml.safe_dump({"alerts": {**short, "feedLeaseSplitBrainMinutes": 0.25}}))
+    rules = alert_names(values=values)
+    for name in ("WebSocketDown", "WebSocketGaps", "CallLogSourceDown"):
+        expr = rules[f"PinecallBridge{name}"]["expr"]
+        assert "[30s]" in expr, expr
+        assert "m]" not in expr, expr
+    assert "[90s]" in rules["PinecallBridgeCallLogGapsNotFilled"]["expr"]
+    assert rules["PinecallBridgeFeedLeaseSplitBrain"]["for"] == "15s"
+    # Whole minutes stay minutes.
+    assert "[5m]" in alert_names()["PinecallBridgeWebSocketDown"]["expr"]
+
+
 def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> None:
     assert "PinecallBridgeDownstreamLagHigh" not in alert_names(), "off by default"
     rules = alert_names(

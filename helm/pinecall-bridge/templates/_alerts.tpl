@@ -18,6 +18,10 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $stalledFor := include "pinecall-bridge.minutes" $a.stalledForMinutes }}
 {{- $notReady := include "pinecall-bridge.minutes" $a.notReadyMinutes }}
 {{- $dedupLag := include "pinecall-bridge.minutes" $a.dedupLagMinutes }}
+{{- $websocketDown := include "pinecall-bridge.minutes" $a.websocketDownMinutes }}
+{{- $websocketGap := include "pinecall-bridge.minutes" $a.websocketGapMinutes }}
+{{- $callLogDown := include "pinecall-bridge.minutes" $a.callLogDownMinutes }}
+{{- $callLogGaps := include "pinecall-bridge.minutes" $a.callLogGapsMinutes }}
 {{- $job := include "pinecall-bridge.fullname" . -}}
 groups:
   - name: pinecall-bridge
@@ -139,9 +143,10 @@ groups:
         # A partition no pod processes has no lag series at all (lag is per owned partition).
         # The count is the topic's, from the pods' Kafka metadata: a topic made elsewhere or
         # grown while running may differ from config.topics.ingestPartitions.
-        # Not while no process in the namespace reaches Kafka: an outage loses just the partitions
-        # of the transaction open then (the rest stay owned, and go on once it is back), so it
-        # would fire or not by chance; KafkaDisconnected is the alert, and `for` starts afresh.
+        # Not while no process in the namespace reaches Kafka: an outage loses the partitions of
+        # the transaction open then, and all of them past the session timeout (a pod cut off
+        # alone counts none owned then, the group handing them on), so it would fire or not by
+        # chance; KafkaDisconnected is the alert, and `for` starts afresh.
         expr: |
           (
             max by (namespace) (pinecall_bridge_ingest_partitions)
@@ -285,7 +290,7 @@ groups:
       - alert: PinecallBridgeFeedLeaseSplitBrain
         expr: |
           sum by (namespace) (pinecall_bridge_feed_lease_held) > 1
-        for: {{ $a.feedLeaseSplitBrainMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.feedLeaseSplitBrainMinutes }}
         labels:
           severity: warning
         annotations:
@@ -363,9 +368,9 @@ groups:
         # Never connected during the window while still trying: only pods with the feed enabled
         # export the gauge, and it is 0 on those not holding the lease, which never try.
         expr: |
-          max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $a.websocketDownMinutes }}m])) == 0
+          max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $websocketDown }}])) == 0
           and on (namespace, pod)
-          sum by (namespace, pod) (increase(pinecall_bridge_websocket_reconnects_total[{{ $a.websocketDownMinutes }}m])) > 0
+          sum by (namespace, pod) (increase(pinecall_bridge_websocket_reconnects_total[{{ $websocketDown }}])) > 0
         labels:
           severity: warning
         annotations:
@@ -377,9 +382,9 @@ groups:
         # flapping feed, or a subscription refused again and again. A feed never connected in
         # the window is PinecallBridgeWebSocketDown's.
         expr: |
-          sum by (namespace, pod) (rate(pinecall_bridge_websocket_down_seconds_total[{{ $a.websocketGapMinutes }}m])) > {{ $a.websocketGapRatio }}
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_down_seconds_total[{{ $websocketGap }}])) > {{ $a.websocketGapRatio }}
           and on (namespace, pod)
-          max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $a.websocketGapMinutes }}m])) == 1
+          max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $websocketGap }}])) == 1
         labels:
           severity: warning
         annotations:
@@ -406,15 +411,15 @@ groups:
           (
             max by (namespace, pod, worker) (pinecall_bridge_sse_enabled) == 1
             and on (namespace, pod, worker)
-            max by (namespace, pod, worker) (max_over_time(pinecall_bridge_sse_org_feed_connected[{{ $a.callLogDownMinutes }}m])) == 0
+            max by (namespace, pod, worker) (max_over_time(pinecall_bridge_sse_org_feed_connected[{{ $callLogDown }}])) == 0
             and on (namespace, pod, worker)
-            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="org_feed"}[{{ $a.callLogDownMinutes }}m])) > 0
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="org_feed"}[{{ $callLogDown }}])) > 0
           )
           or
           (
-            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $a.callLogDownMinutes }}m])) > 0
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $callLogDown }}])) > 0
             and on (namespace, pod, worker)
-            sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $a.callLogDownMinutes }}m])) == 0
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $callLogDown }}])) == 0
           )
         labels:
           severity: warning
@@ -424,9 +429,9 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgecalllogsourcedown" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogGapsNotFilled
         expr: |
-          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason="gap_fill_failed"}[{{ $a.callLogGapsMinutes }}m])) > 0
+          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason="gap_fill_failed"}[{{ $callLogGaps }}])) > 0
           and on (namespace, pod, worker)
-          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_gaps_filled_total[{{ $a.callLogGapsMinutes }}m])) == 0
+          sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_gaps_filled_total[{{ $callLogGaps }}])) == 0
         labels:
           severity: warning
         annotations:

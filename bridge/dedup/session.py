@@ -1,0 +1,62 @@
+"""Whether this member's group session still holds, by its own clock.
+
+aiokafka keeps a member's assignment however long the coordinator has been out of reach: at the
+session timeout it only marks the coordinator dead and looks for it again, so a member cut off
+alone would go on counting partitions the group has handed to another member. Kafka's Java
+consumer loses them then; the stage does the same with `Session`, and takes them up again when
+the coordinator answers (the same generation: nobody took over) or through the rejoin's
+assignment (the group moved on).
+
+`watch_heartbeats` takes one aiokafka private, checked against aiokafka 0.14.0:
+``AIOKafkaConsumer._coordinator`` (``GroupCoordinator``) and its ``_do_heartbeat()``, which
+returns True when the coordinator answered that the member is still in its generation (or
+rebalancing), replaced on the one coordinator instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class Session:
+    """The member's session as the coordinator last confirmed it. Pure: the caller's clock."""
+
+    def __init__(self, timeout_s: float, now: float) -> None:
+        self._timeout = timeout_s
+        self._heard = now
+        self.lost = False
+
+    def heard(self, now: float) -> bool:
+        """The coordinator confirmed the session (a heartbeat, an assignment); True if that ends
+        a loss."""
+        self._heard = max(self._heard, now)
+        regained, self.lost = self.lost, False
+        return regained
+
+    def expired(self, now: float) -> bool:
+        """Unconfirmed for longer than the session timeout: the group may have moved on."""
+        return self.lost or now - self._heard > self._timeout
+
+    def lose(self, now: float) -> bool:
+        """True once per loss, when it is first seen: the partitions are to be given up then."""
+        if self.lost or not self.expired(now):
+            return False
+        self.lost = True
+        return True
+
+
+def watch_heartbeats(consumer: Any, heard: Callable[[], None]) -> None:
+    """Call `heard` after each heartbeat the coordinator answered with the member still in."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    beat: Callable[[], Awaitable[bool]] | None = getattr(coordinator, "_do_heartbeat", None)
+    if beat is None:
+        raise TypeError("this aiokafka has no GroupCoordinator._do_heartbeat to watch")
+
+    async def watched() -> bool:
+        ok = await beat()
+        if ok:
+            heard()
+        return ok
+
+    coordinator._do_heartbeat = watched  # type: ignore[union-attr]
