@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import event_id_of
@@ -25,9 +26,6 @@ log = logging.getLogger(__name__)
 _FETCH_MS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
 PROGRESS_SCAN_SECONDS = 10.0
-# How far the broker's clock (append times) may lag ours: a fallback from our clock starts that
-# much earlier, so it still covers the TTL before the broker's now.
-CLOCK_MARGIN_S = 60.0
 
 
 async def restore(
@@ -80,8 +78,8 @@ async def _restore_window(
     last = await _read_one(consumer, tp, end - 1)
     # Nothing readable at or after end - 1 (a control or aborted record of another writer last,
     # or retention meanwhile): what comes next is appended from now on, so the TTL before now
-    # covers it, with a margin for the broker's clock against ours.
-    moment = last.timestamp if last is not None else (time.time() - CLOCK_MARGIN_S) * 1000
+    # covers it, started a skew allowance early: the broker's clock (append times) may lag ours.
+    moment = last.timestamp if last is not None else (time.time() - SKEW_ALLOWANCE_SECONDS) * 1000
     found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
     start = max(at.offset if at is not None else end, first)

@@ -36,11 +36,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
-from bridge.dedup.restore import CLOCK_MARGIN_S
 from bridge.dedup.session import Session, watch_heartbeats
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
@@ -385,7 +385,8 @@ class DedupStage:
         ]
         rewinds: dict[TopicPartition, int] = {}
         if past:
-            since = time.time() - self._settings.ttl_seconds - CLOCK_MARGIN_S
+            # A skew allowance early: append times are the broker's clock, which may lag ours.
+            since = time.time() - self._settings.ttl_seconds - SKEW_ALLOWANCE_SECONDS
             found = await consumer.offsets_for_times(dict.fromkeys(past, max(int(since * 1000), 0)))
             ends = await consumer.end_offsets(past)
             for tp in past:

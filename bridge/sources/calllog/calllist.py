@@ -1,8 +1,9 @@
 """Pinecall's call list (`GET /v1/sessions`): the calls that no notice announced to this process.
 
 Pages come newest first (`{calls, total, next}`, `next` = the call id to pass as `before`); the
-list has no `since` filter, so reading stops at the first call older than the lookback. The parser
-is pure; `list_calls` is the thin aiohttp shell.
+list has no `since` filter, so reading stops at the first call older than the lookback. Its times
+are read as the log's (`to_epoch`: seconds or milliseconds, ISO 8601; none before 1973). The
+parser is pure; `list_calls` is the thin aiohttp shell.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.normalise.shapes import to_epoch
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
@@ -69,8 +71,8 @@ def parse_call_page(body: bytes) -> CallPage:
                 row["call"],
                 row.get("live") is True,
                 seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-                _epoch(row.get("started_at")),
-                _epoch(row.get("ended_at")),
+                to_epoch(row.get("started_at")),
+                to_epoch(row.get("ended_at")),
             )
         )
     nxt = decoded.get("next")
@@ -149,9 +151,3 @@ async def list_calls(
             break
         before = page.next
     return found
-
-
-def _epoch(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None

@@ -27,6 +27,7 @@ from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.pages import (
     Page,
     PageError,
+    PageServerError,
     bearer_headers,
     events_url,
     fetch_pages,
@@ -59,7 +60,14 @@ class _StoppedError(Exception):
 
 
 class _FillFailedError(Exception):
-    """A gap could not be read from the pages: reconnect, and the replay covers it."""
+    """A gap could not be read from the pages: reconnect, and the replay covers it.
+
+    `floor`: the page's own `Retry-After` (a 5xx or 429), which the reconnect waits at least.
+    """
+
+    def __init__(self, floor: float = 0.0) -> None:
+        super().__init__()
+        self.floor = floor
 
 
 class _PageRefusedError(Exception):
@@ -196,8 +204,8 @@ class Follower:
             raise _EndedError(ended=False) from exc
         except _PageRefusedError as exc:
             return exc.outcome
-        except _FillFailedError:
-            reason = "gap_fill_failed"
+        except _FillFailedError as exc:
+            reason, floor = "gap_fill_failed", exc.floor
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = "closed" if self._opened_at is not None else "connect_error"
             # One line a call: an outage of the platform would log every call followed at once.
@@ -337,7 +345,9 @@ class Follower:
             if exc.status is not None and (refused := self._answered(exc.status)) is not None:
                 raise _PageRefusedError(refused) from exc
             log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})
-            raise _FillFailedError from exc
+            # The stream that replays the gap is asked of the same server: it waits as told.
+            wait = exc.retry_after if isinstance(exc, PageServerError) else None
+            raise _FillFailedError(wait or 0.0) from exc
         self.state.filled(gap.last)
         self._metrics.sse_gaps_filled.inc()
 

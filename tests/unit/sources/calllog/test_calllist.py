@@ -16,13 +16,15 @@ from bridge.sources.calllog.calllist import (
     wanted,
 )
 
+T = 1_780_000_000.0  # a time of 2026: the list's times are read as the log's, none before 1973
+
 
 def row(call: str, **over: object) -> dict[str, object]:
     base: dict[str, object] = {
         "call": call,
         "live": True,
         "last_seq": 4,
-        "started_at": 100.0,
+        "started_at": T,
         "ended_at": None,
     }
     return {**base, **over}
@@ -33,7 +35,7 @@ def test_a_page_of_calls() -> None:
         {
             "calls": [
                 row("CA_1"),
-                row("CA_2", live=False, ended_at=150, last_seq=True, started_at="x"),
+                row("CA_2", live=False, ended_at=T + 50, last_seq=True, started_at="x"),
                 {"call": ""},
                 "not a row",
             ],
@@ -43,10 +45,47 @@ def test_a_page_of_calls() -> None:
     )
     page = parse_call_page(body)
     assert page.calls == (
-        CallRow("CA_1", True, 4, 100.0, None),
-        CallRow("CA_2", False, None, None, 150.0),
+        CallRow("CA_1", True, 4, T, None),
+        CallRow("CA_2", False, None, None, T + 50),
     )
     assert page.next == "CA_2"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (T, T),
+        (int(T), T),
+        (T * 1000, T),  # milliseconds
+        (str(int(T)), T),
+        ("2026-05-28T20:26:40Z", T),
+        ("2026-05-28T20:26:40", T),  # no offset: UTC
+        (0, None),  # a field left unset
+        (150, None),  # before 1973: an offset or a unit error, not a time
+        ("soon", None),
+        (True, None),
+    ],
+)
+def test_the_lists_times_are_read_as_the_logs(value: object, seconds: float | None) -> None:
+    body = jsoncodec.dumps({"calls": [row("CA_1", started_at=value, ended_at=value)]})
+    (call,) = parse_call_page(body).calls
+    assert (call.started_at, call.ended_at) == (seconds, seconds)
+
+
+def test_an_end_in_milliseconds_from_before_the_window_is_not_wanted() -> None:
+    # Read as seconds, a millisecond `ended_at` is a time far ahead: every ended call was
+    # wanted, followed again from seq 0 and its whole log published again.
+    now, ttl = T, 900.0
+    ended_ms = (now - 2 * ttl) * 1000
+    body = jsoncodec.dumps({"calls": [row("CA_old", live=False, ended_at=ended_ms)]})
+    (call,) = parse_call_page(body).calls
+    assert call.ended_at == now - 2 * ttl
+    assert not wanted(call, now, ttl)
+
+
+def test_a_start_in_milliseconds_still_ends_the_reading() -> None:
+    older = jsoncodec.dumps({"calls": [row("b", started_at=(T - 100) * 1000)], "next": "b"})
+    assert page_is_last(parse_call_page(older), oldest=T)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"calls": {}}'])
@@ -56,12 +95,12 @@ def test_not_a_call_list(body: bytes) -> None:
 
 
 def test_reading_stops_past_the_lookback_or_at_the_end() -> None:
-    newer = parse_call_page(jsoncodec.dumps({"calls": [row("a", started_at=500)], "next": "a"}))
-    older = parse_call_page(jsoncodec.dumps({"calls": [row("b", started_at=50)], "next": "b"}))
-    last = parse_call_page(jsoncodec.dumps({"calls": [row("c", started_at=500)], "next": None}))
-    assert not page_is_last(newer, oldest=100)
-    assert page_is_last(older, oldest=100)
-    assert page_is_last(last, oldest=100)
+    newer = parse_call_page(jsoncodec.dumps({"calls": [row("a", started_at=T + 400)], "next": "a"}))
+    older = parse_call_page(jsoncodec.dumps({"calls": [row("b", started_at=T - 50)], "next": "b"}))
+    last = parse_call_page(jsoncodec.dumps({"calls": [row("c", started_at=T + 400)], "next": None}))
+    assert not page_is_last(newer, oldest=T)
+    assert page_is_last(older, oldest=T)
+    assert page_is_last(last, oldest=T)
 
 
 def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:

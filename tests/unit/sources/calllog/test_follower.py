@@ -477,6 +477,45 @@ async def test_a_failed_gap_fill_resumes_the_stream_before_the_gap(
     assert reconnects(metrics, "gap_fill_failed") == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after", "waits"), [(503, "120", 120.0), (429, "86400", 300.0)]
+)
+async def test_a_failed_gap_fill_waits_the_pages_retry_after_before_resuming(
+    run_follower: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    retry_after: str,
+    waits: float,
+) -> None:
+    # The stream that replays the gap is asked of the server that said to wait (up to 300 s),
+    # as a stream's own 5xx or 429 is.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return web.json_response(
+                {"detail": "busy"}, status=status, headers={"Retry-After": retry_after}
+            )
+        gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
+        return await stream(request, frame(entry(1)) + frame(gap), hold=5.0)
+
+    def reconnecting() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "call log reconnecting"]
+
+    caplog.set_level(logging.DEBUG, logger="bridge.sources.calllog.follower")
+    stopping = asyncio.Event()
+    followed = asyncio.create_task(run_follower(handler, stopping=stopping))
+    try:
+        await until(lambda: bool(reconnecting()), what="the follower waiting to reconnect")
+        (record,) = reconnecting()
+        assert (record.reason, record.in_s) == ("gap_fill_failed", waits)  # type: ignore[attr-defined]
+        stopping.set()
+        ended, server, publisher, _, _ = await followed
+    finally:
+        followed.cancel()
+    assert not ended
+    assert publisher.seqs == [1]
+    assert len(server.requests) == 2  # the stream and its gap's page; no reconnect yet
+
+
 async def test_what_was_not_acknowledged_is_not_skipped(run_follower: Callable[..., Any]) -> None:
     publisher = FakePublisher()
     publisher.refuse = True
