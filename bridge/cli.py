@@ -24,6 +24,7 @@ from bridge.config import (
     dotenv_variables,
     load_settings,
     log_unknown_variables,
+    secret_origins,
     unknown_variables,
 )
 from bridge.normalise.event import Channel
@@ -118,6 +119,8 @@ def _check(_: argparse.Namespace) -> int:
     settings = _settings_or_exit(unknown_is_invalid=True)
     print("configuration is valid:", file=sys.stderr)  # stdout is the settings as JSON, for tools
     print(jsoncodec.dumps(describe(settings)).decode())
+    for name, origin in secret_origins(os.environ, dotenv_variables()).items():
+        print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
     k = settings.kafka
     print(
         f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"

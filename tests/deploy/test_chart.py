@@ -285,6 +285,81 @@ def env_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
     }
 
 
+SECRETS_DIR = "/etc/pinecall-bridge/secrets"
+
+
+def file_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
+    """The secret settings mounted as files: file name (the variable) -> where from."""
+    volume = next((v for v in pod_spec(manifests)["volumes"] if v["name"] == "secrets"), None)
+    if volume is None:
+        return {}
+    refs = {}
+    for source in volume["projected"]["sources"]:
+        secret = source["secret"]
+        (item,) = secret["items"]
+        refs[item["path"]] = {"name": secret["name"], "key": item["key"]} | (
+            {"optional": True} if secret.get("optional") else {}
+        )
+    return refs
+
+
+# all-features: each from existingSecret (optional: whichever keys it has), but the SASL
+# password from its own secretName (the Strimzi KafkaUser's Secret): required.
+ALL_ON_SECRET_REFS = {
+    "BRIDGE_WEBHOOK__SECRETS": {
+        "name": "pinecall-bridge-secrets", "key": "webhook-secrets", "optional": True,
+    },
+    "BRIDGE_PINECALL__API_KEY": {
+        "name": "pinecall-bridge-secrets", "key": "pinecall-api-key", "optional": True,
+    },
+    "BRIDGE_KAFKA__SSL_KEY_PASSWORD": {
+        "name": "pinecall-bridge-secrets", "key": "kafka-ssl-key-password", "optional": True,
+    },
+    "BRIDGE_KAFKA__SASL_PASSWORD": {"name": "pinecall-bridge", "key": "password"},
+}  # fmt: skip
+
+
+def test_secrets_are_files_of_a_read_only_volume_by_default(all_on: list[Manifest]) -> None:
+    # Not variables: those show in `kubectl describe`, /proc/<pid>/environ and child processes.
+    assert env_refs(all_on) == {}
+    assert file_refs(all_on) == ALL_ON_SECRET_REFS
+    volume = next(v for v in pod_spec(all_on)["volumes"] if v["name"] == "secrets")
+    assert volume["projected"]["defaultMode"] == 0o440  # the bridge reads it by the fsGroup
+    assert pod_spec(all_on)["securityContext"]["fsGroup"] == 10001
+    mount = next(m for m in container(all_on)["volumeMounts"] if m["name"] == "secrets")
+    assert mount == {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}
+    assert container(all_on)["securityContext"]["readOnlyRootFilesystem"] is True
+    config = one(all_on, "ConfigMap", "pinecall-bridge")["data"]
+    assert config["BRIDGE_SECRETS_DIR"] == SECRETS_DIR
+
+
+def test_secrets_as_variables_when_asked() -> None:
+    manifests = render("secrets.asFiles=false", values=ALL_ON)
+    assert env_refs(manifests) == ALL_ON_SECRET_REFS
+    assert file_refs(manifests) == {}
+    assert "secrets" not in {m["name"] for m in container(manifests)["volumeMounts"]}
+    config = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    assert "BRIDGE_SECRETS_DIR" not in config
+
+
+def test_no_secrets_volume_without_a_secret() -> None:
+    manifests = render("config.webhook.allowUnsigned=true")
+    assert file_refs(manifests) == {}
+    assert env_refs(manifests) == {}
+    assert "BRIDGE_SECRETS_DIR" not in one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+
+
+def test_a_secret_extra_env_sets_is_not_also_a_file() -> None:
+    # The bridge refuses a secret set both ways; extraEnv, last, wins as it did as a variable.
+    manifests = render(
+        "secrets.existingSecret=mine",
+        "extraEnv[0].name=BRIDGE_WEBHOOK__SECRETS,extraEnv[0].value=s3cret",
+    )
+    assert set(file_refs(manifests)) == {
+        "BRIDGE_PINECALL__API_KEY", "BRIDGE_KAFKA__SASL_PASSWORD", "BRIDGE_KAFKA__SSL_KEY_PASSWORD",
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_dedup_instance_id_is_the_pods_name(
     variant: str, defaults: list[Manifest], all_on: list[Manifest]
@@ -302,21 +377,8 @@ def test_the_dedup_instance_id_is_the_pods_name(
 
 
 def test_secrets_come_from_secrets_only(all_on: list[Manifest]) -> None:
-    refs = env_refs(all_on)
-    assert refs == {
-        # existingSecret: whichever keys it has (optional)
-        "BRIDGE_WEBHOOK__SECRETS": {
-            "name": "pinecall-bridge-secrets", "key": "webhook-secrets", "optional": True,
-        },
-        "BRIDGE_PINECALL__API_KEY": {
-            "name": "pinecall-bridge-secrets", "key": "pinecall-api-key", "optional": True,
-        },
-        "BRIDGE_KAFKA__SSL_KEY_PASSWORD": {
-            "name": "pinecall-bridge-secrets", "key": "kafka-ssl-key-password", "optional": True,
-        },
-        # its own secretName (the Strimzi KafkaUser's Secret): required
-        "BRIDGE_KAFKA__SASL_PASSWORD": {"name": "pinecall-bridge", "key": "password"},
-    }  # fmt: skip
+    refs = file_refs(all_on)
+    assert refs == ALL_ON_SECRET_REFS
     config = one(all_on, "ConfigMap", "pinecall-bridge")["data"]
     assert not set(refs) & set(config), "a secret setting is also in the ConfigMap"
     # TLS material: files from the CA Secret and from the chart-created Secret, read-only.
@@ -352,7 +414,7 @@ def test_secret_values_never_appear_outside_the_secret() -> None:
     for manifest in manifests:
         if manifest["kind"] != "Secret":
             assert "never-in-plain-text" not in str(manifest), manifest["kind"]
-    assert set(env_refs(manifests)) == {
+    assert set(file_refs(manifests)) == {
         "BRIDGE_WEBHOOK__SECRETS", "BRIDGE_KAFKA__SASL_PASSWORD",
         "BRIDGE_KAFKA__SSL_KEY_PASSWORD", "BRIDGE_PINECALL__API_KEY",
     }  # fmt: skip

@@ -110,6 +110,20 @@ def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:
         else:  # a Secret someone else manages
             env[item["name"]] = f"from-{ref['name']}-{ref['key']}"
     files.mkdir(exist_ok=True)
+    volumes = one(manifests, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    for volume in volumes:  # the secret settings as files, where the kubelet would put them
+        if volume["name"] == "secrets":
+            mounted_secrets = files / "secrets"
+            mounted_secrets.mkdir()
+            env["BRIDGE_SECRETS_DIR"] = str(mounted_secrets)
+            for source in volume["projected"]["sources"]:
+                name, (item,) = source["secret"]["name"], source["secret"]["items"]
+                text = (
+                    base64.b64decode(secrets[name][item["key"]]).decode()
+                    if name in secrets
+                    else f"from-{name}-{item['key']}"
+                )
+                (mounted_secrets / item["path"]).write_text(text)
     certs = make_certs(files / "made")  # the bridge loads them as it validates its settings
     mounted = {"ca.crt": certs.ca, "client.crt": certs.client_cert, "client.key": certs.client_key}
     for name, value in env.items():
@@ -119,7 +133,7 @@ def environment(manifests: list[Manifest], files: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("variant", ["defaults", "all-features"])
+@pytest.mark.parametrize("variant", ["defaults", "all-features", "all-features-as-variables"])
 def test_rendered_environment_configures_the_bridge_as_the_values_say(
     variant: str, tmp_path: Path
 ) -> None:
@@ -127,7 +141,8 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
     if variant == "defaults":
         manifests = render("secrets.webhookSecrets.value=s3cret")
     else:
-        manifests = render(values=ALL_ON)
+        as_variables = ["secrets.asFiles=false"] if variant.endswith("as-variables") else []
+        manifests = render(*as_variables, values=ALL_ON)
         values = merged(values, load_yaml(ALL_ON))
     env = environment(manifests, tmp_path / "tls")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -149,6 +164,9 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
                 value = [part.strip() for part in value.split(",")]
             assert got == value, f"config.{section}.{key}: values say {value!r}, bridge has {got!r}"
     assert effective["dedup"]["instance_id"] == POD_NAME  # a pod's name is a valid instance id
-    if variant == "all-features":
+    if variant != "defaults":
         assert effective["kafka"]["ssl_cafile"] == str(tmp_path / "tls" / "ca.crt")
         assert effective["kafka"]["sasl_password"] == "**********"
+    # Where the chart put the secrets, as `check` tells: files by default, else variables.
+    origin = "environment" if variant.endswith("as-variables") else "file "
+    assert f"BRIDGE_WEBHOOK__SECRETS: {origin}" in done.stderr

@@ -386,3 +386,19 @@ def test_help_describes_commands_and_defaults(
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
     for words in said:
         assert words in text, text
+
+
+def test_check_says_where_each_secret_comes_from_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "BRIDGE_WEBHOOK__SECRETS").write_text("s3cr3t-file\n")
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "s3cr3t-env")
+    assert main(["check"]) == 0
+    out, err = capsys.readouterr()
+    assert "s3cr3t" not in out + err
+    file = tmp_path / "secrets" / "BRIDGE_WEBHOOK__SECRETS"
+    assert f"BRIDGE_WEBHOOK__SECRETS: file {file}\n" in err
+    assert "BRIDGE_PINECALL__API_KEY: environment\n" in err
+    assert "BRIDGE_KAFKA__SASL_PASSWORD: unset\n" in err

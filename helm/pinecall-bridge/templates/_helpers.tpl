@@ -103,6 +103,9 @@ null values and empty lists are left out: the bridge's own default applies.
 {{- $_ := set $env (printf "BRIDGE_KAFKA__%s" $var) $path }}
 {{- end }}
 {{- end }}
+{{- if (include "pinecall-bridge.secretFiles" . | fromYaml).items }}
+{{- $_ := set $env "BRIDGE_SECRETS_DIR" (include "pinecall-bridge.secretsDir" .) }}
+{{- end }}
 {{- toYaml $env }}
 {{- end }}
 
@@ -130,6 +133,44 @@ webhookSecrets: BRIDGE_WEBHOOK__SECRETS
 kafkaSaslPassword: BRIDGE_KAFKA__SASL_PASSWORD
 kafkaSslKeyPassword: BRIDGE_KAFKA__SSL_KEY_PASSWORD
 pinecallApiKey: BRIDGE_PINECALL__API_KEY
+{{- end }}
+
+{{- define "pinecall-bridge.secretsDir" -}}/etc/pinecall-bridge/secrets{{- end }}
+
+{{/*
+The secret settings given a source, as a YAML list of {var, secret, key, optional}: from their own
+Secret, else existingSecret (optional there: it holds whichever keys it holds), else the chart's.
+*/}}
+{{- define "pinecall-bridge.secretItems" -}}
+{{- $items := list }}
+{{- range $item, $var := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
+{{- $spec := get $.Values.secrets $item }}
+{{- $from := $spec.secretName | default $.Values.secrets.existingSecret }}
+{{- if or $from $spec.value }}
+{{- $ref := dict "var" $var "secret" ($from | default (include "pinecall-bridge.secretName" $)) "key" $spec.key "optional" false }}
+{{- if and (not $spec.secretName) $.Values.secrets.existingSecret }}
+{{- $_ := set $ref "optional" true }}
+{{- end }}
+{{- $items = append $items $ref }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "items" $items) }}
+{{- end }}
+
+{{/*
+The secret settings mounted as files (secrets.asFiles): those given a source that extraEnv does
+not set (the bridge refuses a secret set both ways; extraEnv came last, and won, as variables).
+*/}}
+{{- define "pinecall-bridge.secretFiles" -}}
+{{- $extraEnv := list }}
+{{- range .Values.extraEnv }}{{ $extraEnv = append $extraEnv .name }}{{ end }}
+{{- $files := list }}
+{{- if .Values.secrets.asFiles }}
+{{- range (include "pinecall-bridge.secretItems" . | fromYaml).items }}
+{{- if not (has .var $extraEnv) }}{{ $files = append $files . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "items" $files) }}
 {{- end }}
 
 {{/* The chart-created Secret's data: every item whose only source is its `value`. */}}
