@@ -18,16 +18,16 @@ def loads(raw: bytes | str) -> Any:
     """Parse JSON; JSONDecodeError on invalid JSON, invalid UTF-8, or nesting past MAX_DEPTH."""
     value = orjson.loads(raw)
     # Fewer brackets than the limit cannot nest past it; only then is the (C-speed) trial write due.
-    if _count(raw, "[") + _count(raw, "{") > MAX_DEPTH:
+    if isinstance(raw, bytes):
+        brackets = raw.count(b"[") + raw.count(b"{")
+    else:
+        brackets = raw.count("[") + raw.count("{")
+    if brackets > MAX_DEPTH:
         try:
             orjson.dumps(value)
         except orjson.JSONEncodeError:
             raise JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0) from None
     return value
-
-
-def _count(raw: bytes | str, bracket: str) -> int:
-    return raw.count(bracket.encode()) if isinstance(raw, bytes) else raw.count(bracket)
 
 
 def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:

@@ -7,8 +7,8 @@ import hmac
 from collections.abc import Sequence
 from enum import Enum
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _DIGEST_HEX_LENGTH = 64
+_DIGEST_BYTES = 32
 
 
 class Verdict(Enum):
@@ -32,9 +32,16 @@ def verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Verdict
     value = header.strip()
     if value[:7].lower() == "sha256=":
         value = value[7:]
-    if len(value) != _DIGEST_HEX_LENGTH or not _HEX_DIGITS.issuperset(value):
+    if len(value) != _DIGEST_HEX_LENGTH:
         return Verdict.MALFORMED
-    given = bytes.fromhex(value)
+    try:
+        given = bytes.fromhex(value)
+    except ValueError:
+        return Verdict.MALFORMED
+    # fromhex skips whitespace between pairs: 64 characters make 32 bytes only if all are hex
+    # digits. A quarter of verify's cost was the per-character set check this replaces.
+    if len(given) != _DIGEST_BYTES:
+        return Verdict.MALFORMED
     # Every secret is tried, whichever matches, so timing does not tell which one did.
     matched = False
     for secret in secrets:

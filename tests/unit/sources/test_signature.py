@@ -60,7 +60,19 @@ def test_missing(header: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["sha256=", "sha256=zz" + "0" * 62, "0" * 63, "sha1=" + "0" * 64, "0" * 65]
+    "header",
+    [
+        "sha256=",
+        "sha256=zz" + "0" * 62,
+        "0" * 63,
+        "sha1=" + "0" * 64,
+        "0" * 65,
+        # 64 characters that bytes.fromhex reads (it skips whitespace between pairs) but fewer
+        # bytes than a digest; and digits that are not ASCII.
+        "0" * 30 + "    " + "0" * 30,
+        "00 " * 21 + "0",
+        "\u0660" * 64,
+    ],
 )
 def test_malformed(header: str) -> None:
     assert verify(header, BODY, [SECRET]) is Verdict.MALFORMED
