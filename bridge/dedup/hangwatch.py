@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -53,20 +53,18 @@ class HangingTransactions:
     async def start(self) -> None:
         if self._task is not None:
             return
-        readers = (
-            AIOKafkaConsumer(**self._client, group_id=None, isolation_level="read_committed"),
-            AIOKafkaConsumer(**self._client, group_id=None, isolation_level="read_uncommitted"),
-        )
+        # Each made only as it is started: a made one never started is still one to stop.
         started: list[AIOKafkaConsumer] = []
         try:
-            for reader in readers:
-                await reader.start()
+            for isolation in ("read_committed", "read_uncommitted"):
+                reader = AIOKafkaConsumer(**self._client, group_id=None, isolation_level=isolation)
+                await start_consumer(reader)
                 started.append(reader)
         except BaseException:
             for reader in started:
                 await stop_consumer(reader)
             raise
-        self._readers = readers
+        self._readers = (started[0], started[1])
         self._task = self._supervisor.spawn("hanging-transactions", self._run)
 
     async def stop(self) -> None:

@@ -20,7 +20,7 @@ from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import event_id_of
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
@@ -53,7 +53,7 @@ async def restore(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    await consumer.start()
+    await start_consumer(consumer)
     try:
         consumer.assign([tp])
         read = await _restore_window(consumer, tp, end, window, ttl, progress)

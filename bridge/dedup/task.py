@@ -24,7 +24,7 @@ from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 
 log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
@@ -98,7 +98,7 @@ class PartitionTask:
         again. The other way, skipping them, would lose those never decided.
         """
         consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        await start_consumer(consumer)
         try:
             start = int((await consumer.beginning_offsets([self.tp]))[self.tp])
             end = int((await consumer.end_offsets([self.tp]))[self.tp])

@@ -12,6 +12,7 @@ aiokafka lacks them the client counts as alive, and that is logged once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,22 @@ async def stop_dead(client: Any, within: float) -> None:
         task = getattr(getattr(client, owner_name, None), task_name, None)
         if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
             task.exception()
+
+
+async def start_consumer(consumer: Any) -> None:
+    """Start a consumer; one whose start fails or is cancelled is stopped before that is raised.
+
+    A constructed aiokafka consumer counts as open: never stopped (a partition start or the
+    shutdown cancelling the task in its start), it holds the connections its start opened and
+    is reported "Unclosed AIOKafkaConsumer" when collected.
+    """
+    try:
+        await consumer.start()
+    except BaseException:
+        # What the start raised is what the caller must see, not a failure of this stop.
+        with contextlib.suppress(Exception):
+            await stop_consumer(consumer)
+        raise
 
 
 async def stop_consumer(consumer: Any) -> None:

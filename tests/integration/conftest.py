@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaError, for_code
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -593,14 +593,29 @@ async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> No
     """Until every ingest record is committed and no output transaction is open: output final."""
     backlog: dict[int, int] = {}
     still_open: list[TopicPartition] = []
+    unanswered: KafkaError | None = None
 
     async def decided() -> bool:
-        nonlocal backlog, still_open
-        backlog = await ingest_backlog(bootstrap, names)
-        still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
+        nonlocal backlog, still_open, unanswered
+        try:
+            backlog = await ingest_backlog(bootstrap, names)
+            still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
+        except KafkaError as exc:
+            # A group coordinator moving or still loading (a fresh broker) answers for a moment
+            # only: not yet known, as the deadline still bounds.
+            if not exc.retriable:
+                raise
+            unanswered = exc
+            return False
+        unanswered = None
         return not any(backlog.values()) and not still_open
 
-    await until(decided, within, 0.2, lambda: f"backlog {backlog}, open output {still_open}")
+    await until(
+        decided,
+        within,
+        0.2,
+        lambda: f"backlog {backlog}, open output {still_open}, last error {unanswered!r}",
+    )
 
 
 async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:

@@ -167,6 +167,9 @@ class FakeLog:
     log_start: int = 0
     isolation: list[str] = field(default_factory=list)  # each consumer's, as made
     stop_cut: bool = False  # consumers' stops raise a stray CancelledError, as aiokafka's can
+    start_held: bool = False  # consumers' starts never end (a broker not answering)
+    starts: int = 0  # starts begun
+    stops: int = 0  # stops begun
 
     def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
         self.records.append(LoggedRecord(**vars(record), aborted=aborted))
@@ -184,9 +187,12 @@ class FakeLogConsumer:
         self._position = 0
 
     async def start(self) -> None:
-        return None
+        self._log.starts += 1
+        if self._log.start_held:
+            await asyncio.Event().wait()
 
     async def stop(self) -> None:
+        self._log.stops += 1
         if self._log.stop_cut:
             await stop_cut_by_a_retry()
 

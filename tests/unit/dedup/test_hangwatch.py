@@ -10,6 +10,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
+from bridge.dedup import hangwatch
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.metrics import Metrics
 from bridge.supervise import Supervisor
@@ -142,3 +143,44 @@ async def test_a_cancelled_error_from_inside_a_readers_stop_stops_the_other_too(
     await hang.stop()
     assert (first._client.closed, second._client.closed) == (True, True)
     assert hang._readers is None
+
+
+class HeldReader:
+    """A reader whose start never ends (a broker not answering); its stop is recorded."""
+
+    def __init__(self, made: list[HeldReader], **_: Any) -> None:
+        self.starting = self.stopped = False
+        made.append(self)
+
+    async def start(self) -> None:
+        self.starting = True
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class StartedReader(HeldReader):
+    async def start(self) -> None:
+        self.starting = True
+
+
+@pytest.mark.parametrize("held_at", [0, 1])
+async def test_a_start_cancelled_while_a_reader_starts_stops_every_reader_made(
+    monkeypatch: pytest.MonkeyPatch, held_at: int
+) -> None:
+    # The shutdown cancelling the bridge's start: a reader left unstopped keeps its
+    # connections and is reported "Unclosed AIOKafkaConsumer" on stderr.
+    made: list[HeldReader] = []
+    kinds = [StartedReader] * held_at + [HeldReader] * (2 - held_at)
+    monkeypatch.setattr(
+        hangwatch, "AIOKafkaConsumer", lambda **options: kinds[len(made)](made, **options)
+    )
+    hang = watch(Metrics())
+    starting = asyncio.create_task(hang.start())
+    await until(lambda: len(made) > held_at and made[held_at].starting)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    # Made, started or not: each is stopped.
+    assert [reader.stopped for reader in made] == [True] * len(made)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -12,6 +13,7 @@ from bridge.dedup import restore as restore_module
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
+from tests.polling import until
 from tests.unit.dedup.fakes import FakeLog, ingest
 
 TP = TopicPartition("ingest", 0)
@@ -70,6 +72,20 @@ async def test_a_cancelled_error_from_inside_the_consumers_stop_does_not_end_the
         log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
     window = SeenWindow(TTL, 1_000)
     assert await restore({}, TP, 3, window, TTL) == 3
+
+
+async def test_a_restore_cancelled_while_its_consumer_starts_stops_that_consumer(
+    log: FakeLog,
+) -> None:
+    # A partition start the shutdown or a rebalance calls off: left unstopped, the consumer
+    # keeps its connections and is reported "Unclosed AIOKafkaConsumer" on stderr.
+    log.start_held = True
+    restoring = asyncio.create_task(restore({}, TP, 3, SeenWindow(TTL, 1_000), TTL))
+    await until(lambda: log.starts == 1)
+    restoring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await restoring
+    assert log.stops == 1
 
 
 def short_reads(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
 from bridge.metrics import Metrics
 from tests.metrics import sample
+from tests.polling import until
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
@@ -161,6 +164,25 @@ async def test_a_start_from_the_partitions_beginning_outlives_a_cut_consumer_sto
     task, _out, _producer, _metrics = make()
     await task.start(committed)
     assert task.position == 2
+
+
+async def test_a_start_cancelled_while_reading_the_log_start_stops_that_consumer(
+    log: FakeLog,
+) -> None:
+    # No committed offset, and the partition start is called off (the shutdown, a rebalance)
+    # while the consumer reading the log start is starting: it must not be left open.
+    log.start_held = True
+
+    async def committed(tp: TopicPartition) -> None:
+        return None
+
+    task, _out, _producer, _metrics = make()
+    starting = asyncio.create_task(task.start(committed))
+    await until(lambda: log.starts == 1)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert log.stops == 1
 
 
 async def test_records_past_retention_are_skipped_and_counted_once_the_skip_commits() -> None:
