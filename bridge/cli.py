@@ -23,11 +23,13 @@ from bridge.config import (
     describe,
     dotenv_variables,
     load_settings,
+    log_setting_warnings,
     log_unknown_variables,
-    secret_origins,
+    setting_warnings,
     unknown_variables,
 )
 from bridge.normalise.event import Channel
+from bridge.secretfiles import secret_origins
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
@@ -72,6 +74,8 @@ def _run(_: argparse.Namespace) -> int:
         _run_loop(serve_worker(settings, role))
         return 0
     _configure_logging(settings)
+    # Only where webhooks are taken: once, by the parent of any workers.
+    log_setting_warnings(settings)
     if settings.http.workers != 1 or settings.dedup.own_process:
         processes = _workers(settings) + settings.dedup.own_process
         if processes > 1:
@@ -121,6 +125,8 @@ def _check(_: argparse.Namespace) -> int:
     print(jsoncodec.dumps(describe(settings)).decode())
     for name, origin in secret_origins(os.environ, dotenv_variables()).items():
         print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
+    for warning in setting_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     k = settings.kafka
     print(
         f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"

@@ -28,14 +28,14 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
-    EnvSettingsSource,
-    NestedSecretsSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
+from bridge.secretfiles import SECRETS_DIR_VARIABLE, with_secret_files
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
@@ -46,15 +46,9 @@ RECORD_RESERVE_BYTES = 65_536
 _KIB = 1024
 # BRIDGE_HTTP__WORKERS: more than a pod would be given cores for is a typo.
 MAX_WORKERS = 64
-# A directory (a mounted Kubernetes Secret) holding secret settings as files named like their
-# variables: kept out of the environment, which `kubectl describe`, /proc and children all see.
-SECRETS_DIR_VARIABLE = "BRIDGE_SECRETS_DIR"
-SECRET_VARIABLES = (
-    "BRIDGE_WEBHOOK__SECRETS",
-    "BRIDGE_PINECALL__API_KEY",
-    "BRIDGE_KAFKA__SASL_PASSWORD",
-    "BRIDGE_KAFKA__SSL_KEY_PASSWORD",
-)
+# A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
+# answered 401. Only warned of: local testing and the simulator use short ones.
+MIN_WEBHOOK_SECRET_CHARS = 16
 
 
 def _split_csv(value: Any) -> Any:
@@ -729,24 +723,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        assert isinstance(env_settings, EnvSettingsSource)
-        assert isinstance(dotenv_settings, DotEnvSettingsSource)
-        directory = _secrets_dir(env_settings.env_vars, dotenv_settings.env_vars)
-        if directory is None:
-            return init_settings, env_settings, dotenv_settings
-        files = _SecretFiles(file_secret_settings, secrets_dir=directory)
-        # Both would be a secret with two values, one of them stale after a rotation: refuse.
-        twice = [
-            f"{name}: set both as a file in {SECRETS_DIR_VARIABLE} and in the"
-            f" {'environment' if name.lower() in env_settings.env_vars else '.env file'};"
-            " set it in one place"
-            for name in SECRET_VARIABLES
-            if name.lower() in files.env_vars
-            and (name.lower() in env_settings.env_vars or name.lower() in dotenv_settings.env_vars)
-        ]
-        if twice:
-            raise ConfigError(twice)
-        return init_settings, env_settings, dotenv_settings, files
+        return with_secret_files(init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="after")
     def _feed_has_credentials(self) -> Settings:
@@ -825,97 +802,6 @@ class Settings(BaseSettings):
             for name in cls.model_fields:
                 values.setdefault(name, {})
         return values
-
-
-def _secrets_dir(
-    environ: Mapping[str, str | None], dotenv: Mapping[str, str | None]
-) -> Path | None:
-    """BRIDGE_SECRETS_DIR (`environ` and `dotenv` in lower case), checked; None when unset."""
-    key = SECRETS_DIR_VARIABLE.lower()
-    value = environ.get(key) or dotenv.get(key)
-    if not value:
-        return None
-    directory = Path(value)
-    if not directory.is_dir():
-        raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: {value!r} is no directory (missing, or not mounted)"]
-        )
-    return directory
-
-
-def secret_files(directory: Path) -> dict[str, Path]:
-    """The secret files of `directory`, by variable; any other entry there is a ConfigError."""
-    try:
-        # Hidden entries are the kubelet's (..data, ..<time>): the visible names link into them.
-        entries = sorted(e for e in directory.iterdir() if not e.name.startswith("."))
-    except OSError as exc:
-        raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: {directory} cannot be listed: {exc.strerror}"]
-        ) from None
-    found, problems = {}, []
-    for entry in entries:
-        name = entry.name.upper()
-        if name not in SECRET_VARIABLES:
-            problems.append(
-                f"{SECRETS_DIR_VARIABLE}: {entry} is not one of the secret settings read from"
-                f" files ({', '.join(SECRET_VARIABLES)}); set other settings in the environment"
-            )
-        elif not entry.is_file():
-            problems.append(f"{SECRETS_DIR_VARIABLE}: {entry} is not a file")
-        else:
-            found[name] = entry
-    if problems:
-        raise ConfigError(problems)
-    return found
-
-
-def _read_secret(path: Path) -> str:
-    """A secret file's text, as the variable would hold it: its validators strip line ends."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        # The path and the reason only: the bytes may be the secret.
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: the secret file {path} could not be read: {reason}"]
-        ) from None
-
-
-class _SecretFiles(NestedSecretsSettingsSource):
-    """pydantic-settings' secrets directory limited to the secret settings, read unstripped."""
-
-    @classmethod
-    def load_secrets(cls, path: Path) -> dict[str, str]:
-        # The library strips all whitespace; a password may end in a space, so the same
-        # validators as for the variable take the line end off.
-        return {name: _read_secret(file) for name, file in secret_files(path).items()}
-
-
-def secret_origins(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
-    """Where each secret setting comes from (a file's path, environment, .env, unset), no value."""
-    lower_env = {name.lower(): value for name, value in environ.items()}
-    lower_dotenv = {name.lower(): value for name, value in dotenv.items()}
-    directory = _secrets_dir(lower_env, lower_dotenv)
-    files = secret_files(directory) if directory is not None else {}
-    origins = {}
-    for name in SECRET_VARIABLES:
-        if name in files:
-            origins[name] = f"file {files[name]}"
-        elif lower_env.get(name.lower()):
-            origins[name] = "environment"
-        elif lower_dotenv.get(name.lower()):
-            origins[name] = ".env"
-        else:
-            origins[name] = "unset"
-    return origins
-
-
-class ConfigError(Exception):
-    """The settings are invalid; `problems` names each bad field, readable and secret-free."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
@@ -1062,6 +948,30 @@ def log_unknown_variables() -> None:
     """Log each unknown `BRIDGE_*` variable, of the environment or `.env`, as a WARNING."""
     for problem in unknown_variables(os.environ, dotenv_variables()):
         logging.getLogger(__name__).warning(problem)
+
+
+def setting_warnings(settings: Settings) -> list[str]:
+    """Valid settings that are weak in production, one line each, naming no secret's value."""
+    secrets = settings.webhook.secrets
+    return [
+        f"BRIDGE_WEBHOOK__SECRETS: {_nth(n, len(secrets))} is shorter than"
+        f" {MIN_WEBHOOK_SECRET_CHARS} characters: anyone who can reach the webhook endpoint could"
+        " guess it (bad signatures are answered without limit); outside local testing use a long"
+        " random one, e.g. `openssl rand -hex 32`"
+        for n, secret in enumerate(secrets, 1)
+        if len(secret.get_secret_value()) < MIN_WEBHOOK_SECRET_CHARS
+    ]
+
+
+def _nth(n: int, of: int) -> str:
+    """Which secret of a comma-separated list: "the secret" when it is the only one."""
+    return "the secret" if of == 1 else f"secret {n} of {of}"
+
+
+def log_setting_warnings(settings: Settings) -> None:
+    """Log each of `setting_warnings` as a WARNING."""
+    for warning in setting_warnings(settings):
+        logging.getLogger(__name__).warning(warning)
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config import ConfigError, load_settings
+
 
 def without_bridge_variables(monkeypatch: pytest.MonkeyPatch, cwd: Path) -> None:
     """Unset the caller's BRIDGE_* variables and work in `cwd`, so that no .env is read."""
     for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(cwd)
+
+
+def settings_problems() -> list[str]:
+    """What load_settings refuses the environment for, as it stands."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    return caught.value.problems

@@ -41,8 +41,9 @@ def test_check_valid_exits_0_and_masks_secrets(
 def test_check_fails_on_unknown_variables_and_run_warns(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A CI gate running `check` must catch a typo; `run` still starts, with a warning.
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
+    # A CI gate running `check` must catch a typo; `run` still starts, with a warning (that one
+    # only: the secret is long enough not to be warned of).
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRET", "typo")
     assert exit_code(["check"]) == 2
     out, err = capsys.readouterr()
@@ -402,3 +403,24 @@ def test_check_says_where_each_secret_comes_from_without_its_value(
     assert f"BRIDGE_WEBHOOK__SECRETS: file {file}\n" in err
     assert "BRIDGE_PINECALL__API_KEY: environment\n" in err
     assert "BRIDGE_KAFKA__SASL_PASSWORD: unset\n" in err
+
+
+@pytest.mark.parametrize(("secrets", "warned"), [("s", True), ("0123456789abcdef", False)])
+def test_check_and_run_warn_of_a_short_webhook_secret(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    secrets: str,
+    warned: bool,
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", secrets)
+    said = "BRIDGE_WEBHOOK__SECRETS: the secret is shorter than 16 characters: anyone who can"
+    assert main(["check"]) == 0  # a warning, not a problem: local testing uses short secrets
+    err = capsys.readouterr().err
+    assert (f"warning: {said}" in err) is warned, err
+    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
+    assert main(["run"]) == 0
+    logged = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"], e["msg"].startswith(said)) for e in logged] == (
+        [("warning", "bridge.config", True)] if warned else []
+    )

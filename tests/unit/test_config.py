@@ -10,9 +10,10 @@ from bridge.config import (
     describe,
     known_variables,
     load_settings,
-    secret_origins,
+    setting_warnings,
     unknown_variables,
 )
+from tests.environ import settings_problems as problems
 from tests.environ import without_bridge_variables
 
 
@@ -26,13 +27,6 @@ def setenv(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-
-
-def problems() -> list[str]:
-    """What load_settings refuses the environment for, as it stands."""
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    return caught.value.problems
 
 
 def test_defaults_with_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,6 +209,28 @@ def test_webhook_secrets_lose_surrounding_whitespace(monkeypatch: pytest.MonkeyP
     setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "first, second\n"})
     secrets = [s.get_secret_value() for s in load_settings().webhook.secrets]
     assert secrets == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("secrets", "warned"),
+    [
+        ("Q", ["the secret"]),
+        ("dev-secret", ["the secret"]),
+        ("0123456789abcde", ["the secret"]),  # 15 characters
+        ("0123456789abcdef", []),
+        ("0123456789abcdef, zQ9", ["secret 2 of 2"]),
+    ],
+)
+def test_a_short_webhook_secret_is_warned_of_but_valid(
+    monkeypatch: pytest.MonkeyPatch, secrets: str, warned: list[str]
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": secrets})
+    warnings = setting_warnings(load_settings())
+    assert [w.split(" is shorter than 16 characters:")[0] for w in warnings] == [
+        f"BRIDGE_WEBHOOK__SECRETS: {which}" for which in warned
+    ]
+    # Neither the short secret nor the long one is in the text.
+    assert not any(secret.strip() in w for w in warnings for secret in secrets.split(","))
 
 
 def test_unsigned_needs_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -852,121 +868,6 @@ def test_a_section_given_as_json_with_a_value_not_a_string_is_refused_not_a_cras
     setenv(monkeypatch, {section: value})
     found = problems()
     assert any(problem.startswith(f"{name}:") for problem in found), found
-
-
-def secrets_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, files: dict[str, str]) -> Path:
-    """`files` written in a directory named by BRIDGE_SECRETS_DIR."""
-    directory = tmp_path / "secrets"
-    directory.mkdir()
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(directory))
-    return directory
-
-
-def test_secret_settings_are_read_from_files(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    secrets_dir(
-        monkeypatch,
-        tmp_path,
-        {
-            "BRIDGE_WEBHOOK__SECRETS": "old,new\n",
-            "BRIDGE_PINECALL__API_KEY": "key\n",
-            "BRIDGE_KAFKA__SASL_PASSWORD": " pass word \r\n",
-        },
-    )
-    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
-    monkeypatch.setenv("BRIDGE_KAFKA__SASL_USERNAME", "bridge")
-    s = load_settings()
-    assert [x.get_secret_value() for x in s.webhook.secrets] == ["old", "new"]
-    assert s.pinecall.api_key is not None
-    assert s.pinecall.api_key.get_secret_value() == "key"
-    # The variable's validators: the line end goes, a password's own spaces stay.
-    password = s.kafka.sasl_password
-    assert password is not None
-    assert password.get_secret_value() == " pass word "
-
-
-def test_a_kubernetes_secret_volume_is_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # The kubelet's layout: each file a link into ..data, itself a link to a timestamped directory
-    # (hidden entries, swapped on rotation), which holds the real files.
-    directory = tmp_path / "secrets"
-    (directory / "..2026_12_04").mkdir(parents=True)
-    (directory / "..2026_12_04" / "BRIDGE_WEBHOOK__SECRETS").write_text("mounted\n")
-    (directory / "..data").symlink_to("..2026_12_04")
-    (directory / "BRIDGE_WEBHOOK__SECRETS").symlink_to("..data/BRIDGE_WEBHOOK__SECRETS")
-    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(directory))
-    assert [x.get_secret_value() for x in load_settings().webhook.secrets] == ["mounted"]
-
-
-def test_a_secret_in_a_file_and_in_the_environment_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "from-file"})
-    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "from-env")
-    (problem,) = problems()
-    assert problem.startswith("BRIDGE_WEBHOOK__SECRETS: set both as a file")
-    assert "environment" in problem
-    assert "from-" not in problem
-
-
-def test_a_secret_in_a_file_and_in_dotenv_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_PINECALL__API_KEY": "from-file"})
-    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=x\nBRIDGE_PINECALL__API_KEY=from-env\n")
-    (problem,) = problems()
-    assert problem.startswith("BRIDGE_PINECALL__API_KEY: set both as a file")
-    assert ".env file" in problem
-
-
-def test_a_missing_secrets_dir_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "not-mounted"))
-    assert problems() == [
-        f"BRIDGE_SECRETS_DIR: {str(tmp_path / 'not-mounted')!r} is no directory"
-        " (missing, or not mounted)"
-    ]
-
-
-def test_an_unreadable_secret_file_is_named_without_its_content(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    directory = secrets_dir(monkeypatch, tmp_path, {})
-    # Bytes that are no UTF-8 fail the read as an unreadable file does, whoever runs the tests.
-    (directory / "BRIDGE_WEBHOOK__SECRETS").write_bytes(b"s3cret\xff\n")
-    (problem,) = problems()
-    assert problem == (
-        f"BRIDGE_SECRETS_DIR: the secret file {directory / 'BRIDGE_WEBHOOK__SECRETS'}"
-        " could not be read: not UTF-8 text"
-    )
-
-
-def test_a_file_that_is_no_secret_setting_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # Only the four secrets: any other setting is visible configuration, in the environment.
-    directory = secrets_dir(
-        monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "x", "BRIDGE_HTTP__PORT": "1"}
-    )
-    (problem,) = problems()
-    assert problem.startswith(f"BRIDGE_SECRETS_DIR: {directory / 'BRIDGE_HTTP__PORT'} is not")
-
-
-def test_secret_origins_name_the_source_never_the_value(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    directory = secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "s3cret"})
-    environ = {"BRIDGE_SECRETS_DIR": str(directory), "BRIDGE_PINECALL__API_KEY": "k3y"}
-    origins = secret_origins(environ, {"BRIDGE_KAFKA__SASL_PASSWORD": "pa55"})
-    assert origins == {
-        "BRIDGE_WEBHOOK__SECRETS": f"file {directory / 'BRIDGE_WEBHOOK__SECRETS'}",
-        "BRIDGE_PINECALL__API_KEY": "environment",
-        "BRIDGE_KAFKA__SASL_PASSWORD": ".env",
-        "BRIDGE_KAFKA__SSL_KEY_PASSWORD": "unset",
-    }
 
 
 def test_the_secrets_dir_is_a_known_variable() -> None:

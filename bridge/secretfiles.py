@@ -1,0 +1,144 @@
+"""The secret settings read as files of `BRIDGE_SECRETS_DIR` (a mounted Kubernetes Secret)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic_settings import (
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+)
+
+from bridge.configerror import ConfigError
+
+# A directory (a mounted Kubernetes Secret) holding secret settings as files named like their
+# variables: kept out of the environment, which `kubectl describe`, /proc and children all see.
+SECRETS_DIR_VARIABLE = "BRIDGE_SECRETS_DIR"
+SECRET_VARIABLES = (
+    "BRIDGE_WEBHOOK__SECRETS",
+    "BRIDGE_PINECALL__API_KEY",
+    "BRIDGE_KAFKA__SASL_PASSWORD",
+    "BRIDGE_KAFKA__SSL_KEY_PASSWORD",
+)
+
+
+def _secrets_dir(
+    environ: Mapping[str, str | None], dotenv: Mapping[str, str | None]
+) -> Path | None:
+    """BRIDGE_SECRETS_DIR (`environ` and `dotenv` in lower case), checked; None when unset."""
+    key = SECRETS_DIR_VARIABLE.lower()
+    value = environ.get(key) or dotenv.get(key)
+    if not value:
+        return None
+    directory = Path(value)
+    if not directory.is_dir():
+        raise ConfigError(
+            [f"{SECRETS_DIR_VARIABLE}: {value!r} is no directory (missing, or not mounted)"]
+        )
+    return directory
+
+
+def secret_files(directory: Path) -> dict[str, Path]:
+    """The secret files of `directory`, by variable; any other entry there is a ConfigError."""
+    try:
+        # Hidden entries are the kubelet's (..data, ..<time>): the visible names link into them.
+        entries = sorted(e for e in directory.iterdir() if not e.name.startswith("."))
+    except OSError as exc:
+        raise ConfigError(
+            [f"{SECRETS_DIR_VARIABLE}: {directory} cannot be listed: {exc.strerror}"]
+        ) from None
+    found, problems = {}, []
+    for entry in entries:
+        name = entry.name.upper()
+        if name not in SECRET_VARIABLES:
+            problems.append(
+                f"{SECRETS_DIR_VARIABLE}: {entry} is not one of the secret settings read from"
+                f" files ({', '.join(SECRET_VARIABLES)}); set other settings in the environment"
+            )
+        elif not entry.is_file():
+            problems.append(f"{SECRETS_DIR_VARIABLE}: {entry} is not a file")
+        else:
+            found[name] = entry
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def _read_secret(path: Path) -> str:
+    """A secret file's text, as the variable would hold it: its validators strip line ends."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        # The path and the reason only: the bytes may be the secret.
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [f"{SECRETS_DIR_VARIABLE}: the secret file {path} could not be read: {reason}"]
+        ) from None
+
+
+class _SecretFiles(NestedSecretsSettingsSource):
+    """pydantic-settings' secrets directory limited to the secret settings, read unstripped."""
+
+    @classmethod
+    def load_secrets(cls, path: Path) -> dict[str, str]:
+        # The library strips all whitespace; a password may end in a space, so the same
+        # validators as for the variable take the line end off.
+        return {name: _read_secret(file) for name, file in secret_files(path).items()}
+
+
+def secret_origins(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
+    """Where each secret setting comes from (a file's path, environment, .env, unset), no value."""
+    lower_env = {name.lower(): value for name, value in environ.items()}
+    lower_dotenv = {name.lower(): value for name, value in dotenv.items()}
+    directory = _secrets_dir(lower_env, lower_dotenv)
+    files = secret_files(directory) if directory is not None else {}
+    origins = {}
+    for name in SECRET_VARIABLES:
+        if name in files:
+            origins[name] = f"file {files[name]}"
+        elif name.lower() in lower_env:
+            # Empty is unset, and still hides a value in .env: the environment is read first.
+            origins[name] = "environment" if lower_env[name.lower()] else "unset"
+        elif lower_dotenv.get(name.lower()):
+            origins[name] = ".env"
+        else:
+            origins[name] = "unset"
+    return origins
+
+
+def with_secret_files(
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+    dotenv_settings: PydanticBaseSettingsSource,
+    file_secret_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """The settings' sources: those given, then the secret files when BRIDGE_SECRETS_DIR is set."""
+    assert isinstance(env_settings, EnvSettingsSource)
+    assert isinstance(dotenv_settings, DotEnvSettingsSource)
+    directory = _secrets_dir(env_settings.env_vars, dotenv_settings.env_vars)
+    if directory is None:
+        return init_settings, env_settings, dotenv_settings
+    files = _SecretFiles(file_secret_settings, secrets_dir=directory)
+    # Empty is unset for these settings: an empty variable is no second value, and left in, its ""
+    # would win over the file (an earlier source wins).
+    for source in (env_settings, dotenv_settings):
+        source.env_vars = {
+            key: value
+            for key, value in source.env_vars.items()
+            if value or key not in files.env_vars
+        }
+    # Both would be a secret with two values, one of them stale after a rotation: refuse.
+    twice = [
+        f"{name}: set both as a file in {SECRETS_DIR_VARIABLE} and in the"
+        f" {'environment' if name.lower() in env_settings.env_vars else '.env file'};"
+        " set it in one place"
+        for name in SECRET_VARIABLES
+        if name.lower() in files.env_vars
+        and (name.lower() in env_settings.env_vars or name.lower() in dotenv_settings.env_vars)
+    ]
+    if twice:
+        raise ConfigError(twice)
+    return init_settings, env_settings, dotenv_settings, files

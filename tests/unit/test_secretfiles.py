@@ -1,0 +1,169 @@
+from pathlib import Path
+
+import pytest
+
+from bridge.config import load_settings
+from bridge.secretfiles import secret_origins
+from tests.environ import settings_problems as problems
+from tests.environ import without_bridge_variables
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    without_bridge_variables(monkeypatch, tmp_path)
+
+
+def secrets_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, files: dict[str, str]) -> Path:
+    """`files` written in a directory named by BRIDGE_SECRETS_DIR."""
+    directory = tmp_path / "secrets"
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(directory))
+    return directory
+
+
+def test_secret_settings_are_read_from_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(
+        monkeypatch,
+        tmp_path,
+        {
+            "BRIDGE_WEBHOOK__SECRETS": "old,new\n",
+            "BRIDGE_PINECALL__API_KEY": "key\n",
+            "BRIDGE_KAFKA__SASL_PASSWORD": " pass word \r\n",
+        },
+    )
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_USERNAME", "bridge")
+    s = load_settings()
+    assert [x.get_secret_value() for x in s.webhook.secrets] == ["old", "new"]
+    assert s.pinecall.api_key is not None
+    assert s.pinecall.api_key.get_secret_value() == "key"
+    # The variable's validators: the line end goes, a password's own spaces stay.
+    password = s.kafka.sasl_password
+    assert password is not None
+    assert password.get_secret_value() == " pass word "
+
+
+def test_a_kubernetes_secret_volume_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The kubelet's layout: each file a link into ..data, itself a link to a timestamped directory
+    # (hidden entries, swapped on rotation), which holds the real files.
+    directory = tmp_path / "secrets"
+    (directory / "..2026_12_04").mkdir(parents=True)
+    (directory / "..2026_12_04" / "BRIDGE_WEBHOOK__SECRETS").write_text("mounted\n")
+    (directory / "..data").symlink_to("..2026_12_04")
+    (directory / "BRIDGE_WEBHOOK__SECRETS").symlink_to("..data/BRIDGE_WEBHOOK__SECRETS")
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(directory))
+    assert [x.get_secret_value() for x in load_settings().webhook.secrets] == ["mounted"]
+
+
+def test_a_secret_in_a_file_and_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "from-file"})
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "from-env")
+    (problem,) = problems()
+    assert problem.startswith("BRIDGE_WEBHOOK__SECRETS: set both as a file")
+    assert "environment" in problem
+    assert "from-" not in problem
+
+
+def test_a_secret_in_a_file_and_in_dotenv_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_PINECALL__API_KEY": "from-file"})
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=x\nBRIDGE_PINECALL__API_KEY=from-env\n")
+    (problem,) = problems()
+    assert problem.startswith("BRIDGE_PINECALL__API_KEY: set both as a file")
+    assert ".env file" in problem
+
+
+def test_a_missing_secrets_dir_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "not-mounted"))
+    assert problems() == [
+        f"BRIDGE_SECRETS_DIR: {str(tmp_path / 'not-mounted')!r} is no directory"
+        " (missing, or not mounted)"
+    ]
+
+
+def test_an_unreadable_secret_file_is_named_without_its_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = secrets_dir(monkeypatch, tmp_path, {})
+    # Bytes that are no UTF-8 fail the read as an unreadable file does, whoever runs the tests.
+    (directory / "BRIDGE_WEBHOOK__SECRETS").write_bytes(b"s3cret\xff\n")
+    (problem,) = problems()
+    assert problem == (
+        f"BRIDGE_SECRETS_DIR: the secret file {directory / 'BRIDGE_WEBHOOK__SECRETS'}"
+        " could not be read: not UTF-8 text"
+    )
+
+
+def test_a_file_that_is_no_secret_setting_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Only the four secrets: any other setting is visible configuration, in the environment.
+    directory = secrets_dir(
+        monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "x", "BRIDGE_HTTP__PORT": "1"}
+    )
+    (problem,) = problems()
+    assert problem.startswith(f"BRIDGE_SECRETS_DIR: {directory / 'BRIDGE_HTTP__PORT'} is not")
+
+
+def test_secret_origins_name_the_source_never_the_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "s3cret"})
+    environ = {"BRIDGE_SECRETS_DIR": str(directory), "BRIDGE_PINECALL__API_KEY": "k3y"}
+    origins = secret_origins(environ, {"BRIDGE_KAFKA__SASL_PASSWORD": "pa55"})
+    assert origins == {
+        "BRIDGE_WEBHOOK__SECRETS": f"file {directory / 'BRIDGE_WEBHOOK__SECRETS'}",
+        "BRIDGE_PINECALL__API_KEY": "environment",
+        "BRIDGE_KAFKA__SASL_PASSWORD": ".env",
+        "BRIDGE_KAFKA__SSL_KEY_PASSWORD": "unset",
+    }
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_an_empty_variable_is_unset_and_the_file_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    # Empty is unset for the secret settings (e.g. a chart or compose file that always sets it):
+    # neither "set twice" nor the "" hiding the file.
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_PINECALL__API_KEY": "from-file\n"})
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    if where == "environment":
+        monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "")
+    else:
+        Path(".env").write_text("BRIDGE_PINECALL__API_KEY=\n")
+    key = load_settings().pinecall.api_key
+    assert key is not None
+    assert key.get_secret_value() == "from-file"
+
+
+def test_an_empty_variable_with_a_value_in_dotenv_and_a_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_PINECALL__API_KEY": "from-file"})
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "")
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=x\nBRIDGE_PINECALL__API_KEY=from-env\n")
+    (problem,) = problems()
+    assert problem.startswith("BRIDGE_PINECALL__API_KEY: set both as a file")
+    assert ".env file" in problem
+
+
+def test_secret_origins_of_empty_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    directory = secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "s3cret"})
+    environ = {
+        "BRIDGE_SECRETS_DIR": str(directory),
+        "BRIDGE_WEBHOOK__SECRETS": "",
+        "BRIDGE_PINECALL__API_KEY": "",
+    }
+    origins = secret_origins(environ, {"BRIDGE_PINECALL__API_KEY": "k3y"})
+    # The empty variable hides .env's value, as the settings read it (load_settings: no key).
+    assert origins["BRIDGE_PINECALL__API_KEY"] == "unset"
+    assert origins["BRIDGE_WEBHOOK__SECRETS"] == f"file {directory / 'BRIDGE_WEBHOOK__SECRETS'}"
