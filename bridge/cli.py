@@ -246,7 +246,10 @@ def _tail(args: argparse.Namespace) -> int:
     from bridge.tail import TailFilter, tail
 
     topics = args.topic or [settings.topics.events, settings.topics.alerts]
-    wanted = TailFilter(type_glob=args.type, call=args.call)
+    if args.everywhere:
+        t = settings.topics
+        topics = [t.ingest, t.events, t.alerts, *([t.ephemeral] if t.ephemeral else []), t.dlq]
+    wanted = TailFilter(type_glob=args.type, call=args.call, event_id=args.id)
 
     def run() -> int:
         asyncio.run(
@@ -397,9 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.set_defaults(func=_webhooks)
 
     tail = commands.add_parser("tail", help="print the events on the bridge's Kafka topics")
-    tail.add_argument("--topic", action="append", help="default: the events and alerts topics")
+    where = tail.add_mutually_exclusive_group()
+    where.add_argument("--topic", action="append", help="default: the events and alerts topics")
     tail.add_argument("--type", default="*", help="type glob, e.g. 'call.*'")
-    tail.add_argument("--call", help="only this call id")
+    tail.add_argument("--call", help="only this call id (a dead letter: one that mentions it)")
+    tail.add_argument("--id", help="only this event id (a dead letter: one that mentions it)")
+    where.add_argument(
+        "--everywhere",
+        action="store_true",
+        help="the ingest, output and dead-letter topics: where did an event go?",
+    )
     tail.add_argument("--from-beginning", action="store_true", help="not only new records")
     tail.add_argument("--limit", type=int, help="stop after this many records")
     tail.set_defaults(func=_tail)

@@ -10,36 +10,93 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.text import Text
 
 from bridge import jsoncodec
 from bridge.config import Settings
+from bridge.ingest import record as ingest_record
 from bridge.normalise.binding import decode
+from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import stop_consumer
-from bridge.sink.kafka import client_options
+from bridge.sink.kafka import admin_client, client_options
 
 
 @dataclass(frozen=True, slots=True)
 class TailFilter:
     type_glob: str = "*"
     call: str | None = None
+    event_id: str | None = None
 
     def matches(self, event: dict[str, Any]) -> bool:
         if not fnmatchcase(str(event.get("type", "")), self.type_glob):
             return False
+        if self.event_id is not None and event.get("id") != self.event_id:
+            return False
         return self.call is None or event.get("subject") == self.call
+
+    def matches_raw(self, value: bytes | None) -> bool:
+        """A record that is no CloudEvent (a dead letter): kept if it mentions the call and id."""
+        # A dead letter is what the bridge could not read, so no field is sure to hold the call:
+        # any string of it equal to the call (or id) is taken as naming it.
+        wanted = [w for w in (self.call, self.event_id) if w is not None]
+        return not wanted or all(_mentions(value or b"", w) for w in wanted)
+
+
+def _mentions(raw: bytes, text: str) -> bool:
+    try:
+        document = jsoncodec.loads(raw)
+    except jsoncodec.JSONDecodeError:
+        return text.encode() in raw
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if node == text:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def ingest_note(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]],
+    offset: int,
+    committed: int | None,
+) -> str:
+    """What an ingest record says of its event (bound for, received) and whether dedup decided it.
+
+    `committed`: the dedup group's committed offset of the record's partition, None if it has none.
+    """
+    entry = ingest_record.decode(key, value, list(headers))
+    if entry is None:
+        return ""
+    redriven = ", redriven" if entry.redriven else ""
+    # Below the committed offset the dedup stage has written it out or dropped it as a copy of an
+    # id it saw: which, the output topic tells (one record per id, whichever copy came first).
+    decided = "decided" if committed is not None and offset < committed else "not yet decided"
+    return f"-> {entry.output.topic} received {rfc3339(entry.received_at)}{redriven}, {decided}"
 
 
 def render(
-    topic: str, key: bytes | None, event: Any, headers: Iterable[tuple[str, bytes]] = ()
+    topic: str,
+    key: bytes | None,
+    event: Any,
+    headers: Iterable[tuple[str, bytes]] = (),
+    *,
+    note: str = "",
 ) -> Text:
     """One line per record: time, topic, type, call, id, then the data; a dead letter's reason.
 
-    `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value.
+    `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value;
+    `note`, shown after the topic, what an ingest record's own headers say (`ingest_note`).
     """
+    noted = (" ", (note, "magenta"), " ") if note else (" ",)
     # Styled Text, never markup: every field is the sender's text (a caller's words among them),
     # and rich would fail on a "[/]" in it or take a "[bold]" for a style.
     if not isinstance(event, dict):
@@ -47,8 +104,10 @@ def render(
         found = {name: value.decode(errors="replace") for name, value in headers}
         if DLQ_REASON_HEADER in found:
             why = f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}"
-            return Text.assemble((topic, "red"), " dead letter ", (why, "bold"), ": ", raw[:200])
-        return Text.assemble((topic, "red"), " ", ("not a CloudEvent:", "dim"), " ", raw[:200])
+            return Text.assemble(
+                (topic, "red"), *noted, "dead letter ", (why, "bold"), ": ", raw[:200]
+            )
+        return Text.assemble((topic, "red"), *noted, ("not a CloudEvent:", "dim"), " ", raw[:200])
     data = jsoncodec.dumps(event.get("data")).decode()
     if len(data) > 160:
         data = data[:157] + "..."
@@ -58,7 +117,7 @@ def render(
         (str(event.get("time", "?")), "dim"),
         " ",
         (topic, "cyan"),
-        " ",
+        *noted,
         (str(event.get("type", "?")), "bold"),
         " ",
         (str(subject), "green"),
@@ -67,6 +126,13 @@ def render(
         " ",
         data,
     )
+
+
+async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
+    """The dedup group's committed ingest offsets, read once: what it had decided at the start."""
+    async with admin_client(client_options(settings.kafka)) as admin:
+        found = await admin.list_consumer_group_offsets(settings.dedup.group)
+    return {tp: meta.offset for tp, meta in found.items() if tp.topic == settings.topics.ingest}
 
 
 async def tail(
@@ -93,6 +159,9 @@ async def tail(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     shown = 0
+    decided: dict[TopicPartition, int] = {}
+    if settings.topics.ingest in topics:
+        decided = await committed_offsets(settings)
     try:
         await consumer.start()
         # A misspelt or not yet created topic would otherwise be a silent wait.
@@ -105,10 +174,20 @@ async def tail(
                     # Structured or binary mode alike; anything else (dead letters) shown raw.
                     event: Any = decode(message.headers, message.value)
                     if event is None:
+                        if not wanted.matches_raw(message.value):
+                            continue
                         event = message.value
                     elif not wanted.matches(event):
                         continue
-                    line = render(message.topic, message.key, event, message.headers)
+                    # Where it is, to tell an ingest copy from its output and to find it again.
+                    place = f"{message.topic}[{message.partition}]@{message.offset}"
+                    note = ""
+                    if message.topic == settings.topics.ingest:
+                        committed = decided.get(TopicPartition(message.topic, message.partition))
+                        note = ingest_note(
+                            message.key, message.value, message.headers, message.offset, committed
+                        )
+                    line = render(place, message.key, event, message.headers, note=note)
                     console.print(line, highlight=False, soft_wrap=True)
                     shown += 1
                     if limit is not None and shown >= limit:

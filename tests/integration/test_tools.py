@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.integration.conftest import (
     daemon_env,
     entry,
     free_port,
+    until_decided,
 )
 from tests.integration.replicas import Replica
 from tests.polling import until
@@ -288,6 +290,39 @@ async def test_tail_shows_what_downstream_sees(
     assert shown == 1
     assert f"call.started {unique_call} {unique_call}:1 via webhook" in text
     assert "turn.user" not in text
+
+
+async def test_tail_everywhere_shows_where_a_calls_event_went(
+    start_bridge: Callable[..., Any], topics: Topics, unique_call: str, kafka_bootstrap: str
+) -> None:
+    """Each ingest copy (bound for, decided), the one published, a dead letter naming the call."""
+    bridge: RunningBridge = await start_bridge()
+    ended = entry(2, "call.ended", call=unique_call)
+    # The same call.ended twice (a retry), another call's event, and a dead letter (no type).
+    bodies = (ended, ended, entry(3, call="CA_other"), {"data": {"call_id": unique_call}})
+    assert [(await bridge.post(body))[0] for body in bodies] == [200, 200, 200, 202]
+    await until_decided(kafka_bootstrap, topics)
+    console = Console(record=True, width=600)
+    shown = await tail(
+        bridge.bridge.settings,
+        [topics.ingest, topics.events, topics.dlq],
+        TailFilter(call=unique_call),
+        from_beginning=True,
+        limit=5,
+        console=console,
+    )
+    lines = console.export_text().splitlines()
+    assert shown == 5
+    copy = (
+        rf"{re.escape(topics.ingest)}\[\d+\]@\d+ -> {re.escape(topics.events)} received \S+Z,"
+        rf" decided call\.ended {unique_call} {unique_call}:2 via webhook"
+    )
+    assert sum(bool(re.search(copy, line)) for line in lines) == 2
+    published = rf"{re.escape(topics.events)}\[\d+\]@\d+ call\.ended {unique_call} "
+    assert sum(bool(re.search(published, line)) for line in lines) == 1
+    dead = "dead letter missing_type via webhook: " + '{"data":{"call_id":"' + unique_call
+    assert sum(f"-> {topics.dlq} received " in line and dead in line for line in lines) == 1
+    assert sum(line.startswith(f"{topics.dlq}[") and dead in line for line in lines) == 1
 
 
 async def test_tail_skips_records_of_aborted_transactions(

@@ -4,6 +4,7 @@ import json
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -336,7 +337,13 @@ def test_redrive_until_before_since_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
-    "command", [["tail"], ["backfill", "--call", "CA_1"], ["redrive", "--since", "1h"]]
+    "command",
+    [
+        ["tail"],
+        ["tail", "--everywhere"],  # reads the dedup group's offsets first
+        ["backfill", "--call", "CA_1"],
+        ["redrive", "--since", "1h"],
+    ],
 )
 def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -348,6 +355,30 @@ def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "cannot reach Kafka at 127.0.0.1:9 (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)" in err
     assert "Traceback" not in err
+
+
+def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_TOPICS__EPHEMERAL", "pinecall.ephemeral")
+    asked: list[Any] = []
+
+    async def tail(settings: Any, topics: list[str], wanted: Any, **options: Any) -> int:
+        asked.append((topics, wanted))
+        return 0
+
+    monkeypatch.setattr("bridge.tail.tail", tail)
+    assert main(["tail", "--everywhere", "--call", "CA_1", "--id", "CA_1:2"]) == 0
+    [(topics, wanted)] = asked
+    assert topics == [
+        "pinecall.ingest",
+        "pinecall.events",
+        "pinecall.alerts",
+        "pinecall.ephemeral",
+        "pinecall.dlq",
+    ]
+    assert (wanted.call, wanted.event_id) == ("CA_1", "CA_1:2")
 
 
 @pytest.mark.parametrize("action", [["show"], ["test"], ["delete"], ["register", "--url", "u"]])

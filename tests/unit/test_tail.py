@@ -8,9 +8,11 @@ from rich.text import Text
 from bridge import jsoncodec
 from bridge import tail as tail_module
 from bridge.config import load_settings
+from bridge.ingest import record as ingest_record
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import encode
-from bridge.tail import TailFilter, render, tail
+from bridge.sink.record import Record
+from bridge.tail import TailFilter, ingest_note, render, tail
 from tests.unit.sink.fakes import stop_cut_by_a_retry
 
 EVENT = {
@@ -29,6 +31,64 @@ def test_filter_by_type_glob_and_call() -> None:
     assert not TailFilter(type_glob="call.*").matches(EVENT)
     assert TailFilter(call="CA_1").matches(EVENT)
     assert not TailFilter(call="CA_2").matches(EVENT)
+
+
+def test_filter_by_event_id() -> None:
+    assert TailFilter(call="CA_1", event_id="CA_1:3").matches(EVENT)
+    assert not TailFilter(event_id="CA_1:4").matches(EVENT)
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (b'{"data": {"call_id": "CA_1", "n": 2}}', True),
+        (b'[{"x": ["CA_1"]}]', True),
+        (b'{"data": {"call_id": "CA_12"}}', False),
+        (b'{"CA_1": 1}', False),  # a key is no value
+        (b"not json CA_1 here", True),
+        (b"not json", False),
+    ],
+)
+def test_a_dead_letter_is_kept_for_a_call_it_mentions(value: bytes, kept: bool) -> None:
+    assert TailFilter(call="CA_1").matches_raw(value) is kept
+    assert TailFilter(type_glob="call.*").matches_raw(value)
+
+
+def test_a_dead_letter_is_kept_for_an_id_only_with_the_call_too() -> None:
+    value = b'{"id": "E_7", "data": {"call_id": "CA_1"}}'
+    assert TailFilter(call="CA_1", event_id="E_7").matches_raw(value)
+    assert not TailFilter(call="CA_2", event_id="E_7").matches_raw(value)
+    assert not TailFilter(event_id="E_8").matches_raw(value)
+
+
+def ingest_headers(*, redriven: bool = False) -> tuple[bytes | None, bytes, list[Any]]:
+    output = Record("pinecall.events", b"CA_1", b"{}", (("ce_id", b"CA_1:3"),))
+    encoded = ingest_record.encode(
+        "pinecall.ingest", "CA_1:3", output, "webhook", 1_790_000_000.25, redriven=redriven
+    )
+    return encoded.key, encoded.value or b"", list(encoded.headers)
+
+
+def test_an_ingest_record_says_where_it_is_bound_when_received_and_whether_decided() -> None:
+    key, value, headers = ingest_headers()
+    bound = "-> pinecall.events received 2026-09-21T14:13:20.250Z"
+    assert ingest_note(key, value, headers, 4, 5) == f"{bound}, decided"
+    assert ingest_note(key, value, headers, 5, 5) == f"{bound}, not yet decided"
+    assert ingest_note(key, value, headers, 0, None) == f"{bound}, not yet decided"
+    key, value, headers = ingest_headers(redriven=True)
+    assert ingest_note(key, value, headers, 4, 5) == f"{bound}, redriven, decided"
+
+
+def test_an_output_record_has_no_ingest_note() -> None:
+    assert ingest_note(b"CA_1", b"{}", [("ce_id", b"CA_1:3")], 4, 5) == ""
+
+
+def test_the_note_follows_the_topic() -> None:
+    line = printed(render("pinecall.ingest[2]@7", b"CA_1", EVENT, note="-> pinecall.events"))
+    assert line.startswith("2026-11-23T10:00:00.000Z pinecall.ingest[2]@7 -> pinecall.events turn")
+    dead = [("pinecall-dlq-reason", b"missing_type"), ("pinecall-channel", b"webhook")]
+    line = printed(render("pinecall.ingest[0]@1", None, b"{}", dead, note="-> pinecall.dlq"))
+    assert line == "pinecall.ingest[0]@1 -> pinecall.dlq dead letter missing_type via webhook: {}"
 
 
 def test_render_is_one_short_line() -> None:
@@ -132,14 +192,23 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
     event = normalise(entry(), channel="webhook", received_at=1_790_000_010.0)
     assert isinstance(event, Event)
     messages = [
-        SimpleNamespace(topic="t", key=b"CA_9", value=value, headers=list(headers))
-        for value, headers in (
-            encode(event, "s", b"CA_9", "structured"),
-            encode(event, "s", b"CA_9", "binary"),
+        SimpleNamespace(
+            topic="t", partition=0, offset=n, key=b"CA_9", value=value, headers=list(headers)
+        )
+        for n, (value, headers) in enumerate(
+            (encode(event, "s", b"CA_9", "structured"), encode(event, "s", b"CA_9", "binary"))
         )
     ]
+    # Another call's dead letter is left out; this call's is shown, however it names the call.
+    other = b'{"data":{"call_id":"CA_8"}}'
+    mine = b'{"call":"CA_9"}'
     dead = (("content-type", b"application/json"), ("pinecall-dlq-reason", b"missing_type"))
-    messages.append(SimpleNamespace(topic="dlq", key=None, value=b'{"a":1}', headers=dead))
+    for offset, value in enumerate((other, mine)):
+        messages.append(
+            SimpleNamespace(
+                topic="dlq", partition=1, offset=offset, key=None, value=value, headers=dead
+            )
+        )
 
     fake_consumer(monkeypatch, existing={"t", "dlq"}, messages=messages)
     console = Console(record=True, width=400)
@@ -151,7 +220,7 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
     assert shown == 3
     assert all("turn.user CA_9 CA_9:4 via webhook" in line for line in lines[:2])
     assert all('{"text":"x"}' in line for line in lines[:2])
-    assert lines[2] == 'dlq dead letter missing_type via ?: {"a":1}'
+    assert lines[2] == 'dlq[1]@1 dead letter missing_type via ?: {"call":"CA_9"}'
 
 
 def entry() -> dict[str, Any]:
