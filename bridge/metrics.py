@@ -145,6 +145,11 @@ class Metrics:
             "Ids remembered by the dedup stage, over the partitions this process owns.",
             registry=r,
         )
+        self.dedup_window_bytes = Gauge(
+            f"{PREFIX}_dedup_window_bytes",
+            "Estimated memory of the dedup stage's windows, over the partitions this process owns.",
+            registry=r,
+        )
         self.inflight = Gauge(
             f"{PREFIX}_inflight_events",
             "Events sent to the ingest topic and not yet acknowledged.",

@@ -133,6 +133,9 @@ class DedupStage:
         metrics.dedup_entries.set_function(
             lambda: sum(len(t.window) for t in list(self._tasks.values()))
         )
+        metrics.dedup_window_bytes.set_function(
+            lambda: sum(t.window.size_bytes() for t in list(self._tasks.values()))
+        )
 
     @property
     def alive(self) -> bool:

@@ -12,11 +12,15 @@ a replay agree on every decision.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from hashlib import blake2b
 
 _COMPACT_AFTER = 4096  # consumed slots before the arrays are worth shifting down
 _LOW = (1 << 64) - 1
+# Each remembered id's own objects as the allocator hands them out (16-byte blocks): its digest,
+# a 128-bit int (44 bytes), and its last-seen time, a float (24).
+_ENTRY_OBJECTS = 48 + 32
 
 
 def digest(event_id: str) -> int:
@@ -44,6 +48,14 @@ class SeenWindow:
 
     def __len__(self) -> int:
         return len(self._last)
+
+    def size_bytes(self) -> int:
+        """Estimated bytes held: the table and queues as allocated, plus each id's objects. O(1)."""
+        # sys.getsizeof counts a dict's or array's allocation, not its length: the slack a
+        # growth or a takeover left behind shows too.
+        tables = sys.getsizeof(self._last) + sys.getsizeof(self._high)
+        queues = sys.getsizeof(self._low) + sys.getsizeof(self._times)
+        return tables + queues + len(self._last) * _ENTRY_OBJECTS
 
     def __contains__(self, key: int) -> bool:
         seen = self._last.get(key)

@@ -788,7 +788,11 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     # PromQL has no "0.25m": the game-day test's short windows (test_gameday.py).
     short = {"publishStalledMinutes": 0.25, "stalledForMinutes": 0.05, "notReadyMinutes": 0.1}
     values = tmp_path / "short.yaml"
-    values.write_text(yaml.safe_dump({"alerts": {**short, "kafkaDisconnectedMinutes": 1.5}}))
+    values.write_text(
+        yaml.safe_dump(
+            {"alerts": {**short, "kafkaDisconnectedMinutes": 1.5, "memoryNearLimitMinutes": 0.5}}
+        )
+    )
     rules = alert_names(values=values)
     assert rules["PinecallBridgePublishingStalled"]["for"] == "3s"
     assert "[15s]" in rules["PinecallBridgePublishingStalled"]["expr"]
@@ -796,6 +800,7 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     assert rules["PinecallBridgeKafkaDisconnected"]["for"] == "90s"
     assert rules["PinecallBridgePodNotReady"]["for"] == "6s"
     assert rules["PinecallBridgeReplicasUnavailable"]["for"] == "12s"
+    assert rules["PinecallBridgeMemoryNearLimit"]["for"] == "30s"
     # Whole minutes stay minutes, as deploy/'s generated rules show.
     assert alert_names()["PinecallBridgeKafkaDisconnected"]["for"] == "2m"
 

@@ -53,14 +53,19 @@ EMPTY_HERE = {
 # the topic's count as the bridge exports it, which must be this.
 INGEST_PARTITIONS = 12
 BRIDGE_METRIC = re.compile(r"\bpinecall_bridge_[a-z0-9_]+\b")
-# Metrics from elsewhere: Prometheus' own `up`, kube-state-metrics' and Kafka Exporter's (the
-# last two absent here: their queries must parse, and only Kafka Exporter's may stay empty).
-OTHER_METRIC = re.compile(r"\b(?:up|kube_[a-z0-9_]+)\b|" + KAFKA_EXPORTER_METRIC.pattern)
+# Metrics from elsewhere: Prometheus' own `up`, kube-state-metrics', cAdvisor's and Kafka
+# Exporter's (the last three absent here: their queries must parse, and only Kafka Exporter's may
+# stay empty).
+OTHER_METRIC = re.compile(
+    r"\b(?:up|kube_[a-z0-9_]+|container_[a-z0-9_]+)\b|" + KAFKA_EXPORTER_METRIC.pattern
+)
 OTHER_METRICS = {
     "up",
     "kube_deployment_spec_replicas",
     "kube_deployment_status_replicas_available",
     "kube_pod_container_status_restarts_total",
+    "kube_pod_container_resource_limits",
+    "container_memory_working_set_bytes",
     "kafka_consumergroup_lag",
     "kafka_consumergroup_current_offset",
 }

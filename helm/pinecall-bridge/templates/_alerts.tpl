@@ -536,6 +536,22 @@ groups:
           summary: {{ printf "Pod %s restarted %s times in 30 minutes" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "The bridge container of %s/%s restarted more than twice in 30 minutes: a crash loop (repeated task crashes or worker exits end the process with status 1), an OOM kill or a failing liveness probe. Each restart costs a rebalance and a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepodrestarting" $a.runbookUrl }}
+      - alert: PinecallBridgeMemoryNearLimit
+        # Needs cAdvisor's working set (usage less inactive page cache, what OOM kills track) and
+        # kube-state-metrics' limit; no limit, no series, no alert. The dedup window grows with
+        # the partitions a pod takes over: warn before the kill moves them on to the next pod.
+        expr: |
+          max by (namespace, pod, container) (container_memory_working_set_bytes{container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"})
+          / on (namespace, pod, container)
+          (max by (namespace, pod, container) (kube_pod_container_resource_limits{resource="memory", container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"}) > 0)
+          > {{ $a.memoryNearLimitRatio }}
+        for: {{ include "pinecall-bridge.minutes" $a.memoryNearLimitMinutes }}
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s uses %s of its memory limit" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" | quote }}
+          description: {{ printf "The bridge container of %s/%s has used more than %v%% of its memory limit for %v minutes. At the limit it is OOM-killed and its ingest partitions, with the dedup window they need, move to the pods left, which may follow it." "{{ $labels.namespace }}" "{{ $labels.pod }}" (mulf $a.memoryNearLimitRatio 100) $a.memoryNearLimitMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgememorynearlimit" $a.runbookUrl }}
 {{- if (.Values.prometheusRule.downstreamLag | default dict).enabled }}
 {{- /* The output topics, as a regular expression (a raw PromQL string: no escaping twice). */}}
 {{- $t := .Values.config.topics }}

@@ -26,6 +26,7 @@ from bridge.dedup.stage import (
 )
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
+from bridge.dedup.window import SeenWindow, digest
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
@@ -44,7 +45,7 @@ class FakeTask:
     def __init__(self, partition: int, position: int) -> None:
         self.tp = tp(partition)
         self.position = position
-        self.window: list[bytes] = []  # sized by the stage's entries gauge
+        self.window = SeenWindow(900.0, 1000)  # sized by the stage's entries and bytes gauges
         self.commits = 0
 
     def committed(self) -> None:
@@ -532,6 +533,16 @@ async def test_a_start_cut_by_a_cancelled_error_from_inside_aiokafka_is_retried(
     await asyncio.wait(list(h.stage._starting.values()), timeout=10)
     assert h.owned() == [0]
     assert consumer.seeks == [(tp(0), 0), (tp(0), 5)]
+
+
+def test_the_window_gauges_sum_the_owned_partitions_windows() -> None:
+    h = Harness(0, 1)
+    for n, task in enumerate(h.tasks.values()):
+        for i in range(100 * (n + 1)):
+            task.window.observe(digest(f"{n}-{i}"), 1000.0)
+    assert sample(h.metrics, "pinecall_bridge_dedup_entries") == 300
+    windows = [task.window.size_bytes() for task in h.tasks.values()]
+    assert sample(h.metrics, "pinecall_bridge_dedup_window_bytes") == sum(windows)
 
 
 async def test_the_listener_hears_of_assignments_and_losses() -> None:

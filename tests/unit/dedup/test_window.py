@@ -3,6 +3,7 @@ import os
 import random
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -170,6 +171,26 @@ def test_a_replay_from_ttl_before_the_last_record_decides_like_the_original() ->
     assert [original.observe(k, at) for k, at in stream[split:]] == [
         restored.observe(k, at) for k, at in stream[split:]
     ]
+
+
+@pytest.mark.parametrize("expiring", [False, True], ids=["growing", "steady"])
+def test_size_estimate_is_what_the_window_allocates(expiring: bool) -> None:
+    # What deploy/README.md's memory figures (and pinecall_bridge_dedup_window_bytes) rest on:
+    # tracemalloc counts requested sizes, the estimate the allocator's blocks, a little more.
+    n = 20_000
+    tracemalloc.start()
+    try:
+        window = SeenWindow(TTL if expiring else 1e9, 10 * n)
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n * (3 if expiring else 1)):
+            # Steady: n new ids per TTL for three TTLs, so n live at the end, the rest expired.
+            window.observe(key(f"evt-{i}"), 1000.0 + i * TTL / n)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(window) == n + (1 if expiring else 0)
+    assert traced <= window.size_bytes() <= traced * 1.15
+    assert 120 <= window.size_bytes() / len(window) <= 260, "the runbook's bytes per id"
 
 
 @pytest.mark.parametrize(("ttl", "size"), [(0, 1), (-1, 1), (1, 0)])
