@@ -2,10 +2,10 @@
 
 aiokafka keeps a member's assignment however long the coordinator has been out of reach: at the
 session timeout it only marks the coordinator dead and looks for it again, so a member cut off
-alone would go on counting partitions the group has handed to another member. Kafka's Java
-consumer loses them then; the stage does the same with `Session`, and takes them up again when
-the coordinator answers (the same generation: nobody took over) or through the rejoin's
-assignment (the group moved on).
+alone would go on counting partitions the group has handed to another member, and hide one that
+nobody processes. The stage counts none owned while `Session` says it has expired. It keeps its
+tasks (dropping them would cost every partition a restore after any outage longer than the
+session timeout, the whole cluster's included): the rejoin's revocation and assignment settle them.
 
 `watch_heartbeats` takes one aiokafka private, checked against aiokafka 0.14.0:
 ``AIOKafkaConsumer._coordinator`` (``GroupCoordinator``) and its ``_do_heartbeat()``, which
@@ -25,25 +25,14 @@ class Session:
     def __init__(self, timeout_s: float, now: float) -> None:
         self._timeout = timeout_s
         self._heard = now
-        self.lost = False
 
-    def heard(self, now: float) -> bool:
-        """The coordinator confirmed the session (a heartbeat, an assignment); True if that ends
-        a loss."""
+    def heard(self, now: float) -> None:
+        """The coordinator confirmed the session (a heartbeat, an assignment)."""
         self._heard = max(self._heard, now)
-        regained, self.lost = self.lost, False
-        return regained
 
     def expired(self, now: float) -> bool:
         """Unconfirmed for longer than the session timeout: the group may have moved on."""
-        return self.lost or now - self._heard > self._timeout
-
-    def lose(self, now: float) -> bool:
-        """True once per loss, when it is first seen: the partitions are to be given up then."""
-        if self.lost or not self.expired(now):
-            return False
-        self.lost = True
-        return True
+        return now - self._heard > self._timeout
 
 
 def watch_heartbeats(consumer: Any, heard: Callable[[], None]) -> None:

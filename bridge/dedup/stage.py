@@ -12,8 +12,9 @@ committed offset stably, restore); a partition is resumed, at its committed offs
 is ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands
 straight back (the assignor keeps partitions where they are) resumes when nobody committed for it
 since; any other is dropped. A member that has not heard from the group coordinator for longer
-than the session timeout (cut off from Kafka) gives up every partition as lost (session.py),
-since the group will have handed them on; it takes them up again once the coordinator answers.
+than the session timeout (cut off from Kafka) counts no partition owned (session.py): the group
+will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
+revocation and assignment settle them once Kafka answers, as after any rebalance.
 A failed transaction drops every task it touched and its producer
 (the replacement's start aborts it); each partition is started afresh after a pause if this member
 still owns it: 2 s after a timeout or an error, a session timeout after a fence.
@@ -123,8 +124,6 @@ class DedupStage:
         # Told which partitions this member owns (the call-log source follows their calls).
         self.listener: PartitionListener | None = None
         self._session = Session(settings.session_timeout_ms / 1000, time.monotonic())
-        # Set when the coordinator answers again after a loss; the loop takes the partitions up.
-        self._regained = False
         # Nothing once the session has expired, even before the loop has given the tasks up:
         # the group may have handed them to another member already.
         metrics.dedup_partitions_owned.set_function(
@@ -195,8 +194,7 @@ class DedupStage:
         return consumer
 
     def _heard(self) -> None:
-        if self._session.heard(time.monotonic()):
-            self._regained = True
+        self._session.heard(time.monotonic())
 
     async def stop(self, drain_by: float | None = None) -> None:
         """Drain until `drain_by` (loop time), commit what is open, close the producer, leave.
@@ -280,7 +278,6 @@ class DedupStage:
                         return
                     consumer = fresh
                     continue
-                await self._check_session(time.monotonic())
                 try:
                     batches = await consumer.getmany(
                         timeout_ms=fetch_wait_ms(self._settings.commit_interval_ms, self._out.age),
@@ -319,53 +316,6 @@ class DedupStage:
                 await asyncio.sleep(0)
         finally:
             self._stepped.set()  # a drain waiting on the loop is not left waiting for its end
-
-    async def _check_session(self, now: float) -> None:
-        """Give the partitions up once the session has expired; take them up once it is back."""
-        if self._session.lose(now):
-            await self._lose_session()
-        elif self._regained and not self._session.lost:
-            self._regained = False
-            self._take_up()
-
-    async def _lose_session(self) -> None:
-        """Lose every partition: the group has handed them on, or will when the member rejoins.
-
-        Its open transaction would be refused (fenced): aborted now. Tasks outside it are kept
-        in case the coordinator still has this member (resumed if nobody committed since).
-        """
-        self._epoch += 1
-        await self._cancel_starts()
-        async with self._lock:
-            open_ = self._out.partitions
-            if self._out.age is not None:
-                await self._out.abandon()
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                await self._lose(task, "fenced", restart=False)
-                if task.tp not in open_:
-                    self._suspended[task.tp] = task
-        log.error(
-            "dedup stage has not heard from the group coordinator for longer than the session"
-            " timeout: its partitions are another member's now",
-            extra={
-                "partitions": _numbers(t.tp for t in tasks),
-                "session_timeout_ms": self._settings.session_timeout_ms,
-            },
-        )
-
-    def _take_up(self) -> None:
-        """The coordinator answered in the same generation: the assignment is still ours."""
-        consumer = self._consumer
-        if consumer is None or not self._running:
-            return
-        partitions = sorted(consumer.assignment() - set(self._tasks), key=lambda tp: tp.partition)
-        log.info(
-            "dedup stage heard from the group coordinator again; restarting its partitions",
-            extra={"partitions": _numbers(partitions)},
-        )
-        for tp in partitions:
-            self._launch(tp, suspended=self._suspended.pop(tp, None))
 
     async def _out_of_range(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
@@ -527,7 +477,6 @@ class DedupStage:
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         # The coordinator's answer to this member's join: a session, and the partitions it owns.
         self._session.heard(time.monotonic())
-        self._regained = False
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:
@@ -581,7 +530,6 @@ class DedupStage:
             # tells a start of this assignment from one of the last.
             if (
                 self._running
-                and not self._session.lost
                 and epoch == self._epoch
                 and consumer is not None
                 and task.tp in consumer.assignment()

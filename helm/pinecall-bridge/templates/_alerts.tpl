@@ -144,9 +144,9 @@ groups:
         # The count is the topic's, from the pods' Kafka metadata: a topic made elsewhere or
         # grown while running may differ from config.topics.ingestPartitions.
         # Not while no process in the namespace reaches Kafka: an outage loses the partitions of
-        # the transaction open then, and all of them past the session timeout (a pod cut off
-        # alone counts none owned then, the group handing them on), so it would fire or not by
-        # chance; KafkaDisconnected is the alert, and `for` starts afresh.
+        # the transaction open then, and past the session timeout a pod counts none owned (the
+        # group hands them on), so it would fire or not by chance; KafkaDisconnected is the
+        # alert, and `for` starts afresh.
         expr: |
           (
             max by (namespace) (pinecall_bridge_ingest_partitions)
