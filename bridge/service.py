@@ -30,8 +30,8 @@ from bridge.http_timeouts import timed_runner
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     PartitionWatch,
-    ProblemLevels,
-    ProblemWatch,
+    Problem,
+    TopicProblems,
     ingest_topic_findings,
 )
 from bridge.metrics import Metrics
@@ -48,7 +48,7 @@ from bridge.sink.kafka import (
     replication_factors,
     topic_configs,
 )
-from bridge.sink.topicreads import NOT_YET_VISIBLE, unread, unread_kind
+from bridge.sink.topicreads import NOT_YET_VISIBLE, not_yet_visible, unread, unread_kind
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
@@ -88,8 +88,7 @@ class Bridge:
         self.crashed = asyncio.Event()
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
-        self._topic_problems = ProblemWatch()
-        self._topic_levels = ProblemLevels()
+        self._topic_problems = TopicProblems()
         self._topic_watch: asyncio.Task[None] | None = None
         self.sink = KafkaSink(
             settings.kafka, self.metrics, self.supervisor, after_probe=self._watch_ingest_topic
@@ -389,28 +388,24 @@ class Bridge:
     def _check_configs(
         self, names: list[str], configs: TopicConfigs | None, fresh: set[str]
     ) -> None:
-        """Log each topic whose configs could not be read, and why; then check the ingest
-        topic's."""
+        """The start's topic check: what the checks while running say, worded for the start."""
         if configs is None:
             log.warning(
                 "could not read the topics' configs to check them",
                 extra={"topic": self.settings.topics.ingest},
             )
             return
-        for name, why, error_code in unread(names, configs.found, configs.errors, fresh):
+        # Just created by the bridge, so not missing: its metadata is late to reach a broker.
+        late = not_yet_visible(configs.errors, fresh)
+        for name, why, error_code in unread(late, configs.found, configs.errors, fresh):
             log.warning(
                 f"could not read a topic's configs to check them: {why}",
                 extra={"topic": name, "error_code": error_code},
             )
-        self._check_ingest_configs(configs.found)
-
-    def _check_ingest_configs(self, configs: dict[str, dict[str, str]]) -> None:
-        """Log what in the ingest topic's configs lets a restore miss ids (one made elsewhere)."""
-        name = self.settings.topics.ingest
-        if name not in configs:
-            return  # said by _check_configs
-        problems = ingest_topic_findings(configs[name], self.settings.dedup)
-        self._say_topic_problems([(name, kind, problem) for kind, problem in problems])
+        checked = [name for name in names if name not in late]
+        unread_as = "could not read a topic's configs to check them"
+        problems = self._topic_problems_in(checked, configs, fresh, unread_as)
+        self._say_topic_problems(problems, missing=configs.errors)
 
     async def _watch_topics(self) -> None:
         """Read the topics' configs again every topic_check_seconds: an admin may shorten the
@@ -424,43 +419,44 @@ class Bridge:
                 )
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
-            problems = [
-                (
-                    name,
-                    unread_kind(error_code),
-                    f"a topic of the bridge's cannot be read while running: {why}",
-                )
-                for name, why, error_code in unread(names, configs.found, configs.errors, ())
-            ]
-            name = self.settings.topics.ingest
-            if name in configs.found:
-                problems += [
-                    (name, kind, problem)
-                    for kind, problem in ingest_topic_findings(
-                        configs.found[name], self.settings.dedup
-                    )
-                ]
+            unread_as = "a topic of the bridge's cannot be read while running"
+            problems = self._topic_problems_in(names, configs, set(), unread_as)
             self._say_topic_problems(problems, missing=configs.errors)
 
-    def _say_topic_problems(
-        self, problems: list[tuple[str, str, str]], missing: dict[str, int] | None = None
-    ) -> None:
-        """Log each (topic, kind, message) not said before (ERROR), and each said before and gone
-        (INFO); set the `topic_problem` gauge to what is present now."""
-        levels = self._topic_levels.observe((name, kind) for name, kind, _ in problems)
-        for (name, kind), value in levels.items():
-            self.metrics.topic_problem.labels(name, kind).set(value)
-        new, gone = self._topic_problems.observe([(name, what) for name, _, what in problems])
-        for name, problem in new:
-            if (missing or {}).get(name) in NOT_YET_VISIBLE:
-                problem += (
+    def _topic_problems_in(
+        self, names: list[str], configs: TopicConfigs, fresh: set[str], unread_as: str
+    ) -> list[Problem]:
+        """Each of `names` whose configs were not read, then what in the ingest topic's configs
+        lets a restore miss ids (one made elsewhere, or changed by an admin)."""
+        problems = [
+            Problem(name, unread_kind(error_code), f"{unread_as}: {why}")
+            for name, why, error_code in unread(names, configs.found, configs.errors, fresh)
+        ]
+        ingest = self.settings.topics.ingest
+        if ingest in configs.found:
+            findings = ingest_topic_findings(configs.found[ingest], self.settings.dedup)
+            problems += [Problem(ingest, kind, message) for kind, message in findings]
+        return problems
+
+    def _say_topic_problems(self, problems: list[Problem], missing: dict[str, int]) -> None:
+        """Log each problem not present before (ERROR), and each present before and gone
+        (INFO); set its `topic_problem` series to 1, then 0 once gone."""
+        new, gone = self._topic_problems.observe(problems)
+        for found in new:
+            self.metrics.topic_problem.labels(found.topic, found.kind).set(1)
+            message = found.message
+            if missing.get(found.topic) in NOT_YET_VISIBLE:
+                message += (
                     ": webhooks and feed events are answered 503 until it exists again"
-                    if name == self.settings.topics.ingest
+                    if found.topic == self.settings.topics.ingest
                     else ": its events wait in the ingest topic until it exists again"
                 )
-            log.error(problem, extra={"topic": name})
-        for name, problem in gone:
-            log.info("a topic's problem is gone", extra={"topic": name, "problem": problem})
+            log.error(message, extra={"topic": found.topic})
+        for fixed in gone:
+            self.metrics.topic_problem.labels(fixed.topic, fixed.kind).set(0)
+            log.info(
+                "a topic's problem is gone", extra={"topic": fixed.topic, "problem": fixed.message}
+            )
 
     async def _replication_factors(
         self, names: list[str], fresh: set[str]

@@ -63,34 +63,32 @@ class PartitionWatch:
         return None
 
 
-class ProblemWatch:
-    """Remembers the problems last said; tells which are new and which were fixed since."""
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What a topic check found: the topic, its `topic_problem` label, and the line to log."""
+
+    topic: str
+    kind: str
+    message: str
+
+
+class TopicProblems:
+    """The problems the last topic check found, by (topic, kind): which are new, which gone.
+
+    Keyed by kind, not message: the check at the start words an unread topic otherwise than the
+    checks while running, and the same problem must not read as fixed and found again.
+    """
 
     def __init__(self) -> None:
-        self.said: list[tuple[str, str]] = []
+        self.present: dict[tuple[str, str], Problem] = {}
 
-    def observe(
-        self, problems: list[tuple[str, str]]
-    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """`problems` (topic, what) as read just now: (those not said before, those gone since)."""
-        new = [p for p in problems if p not in self.said]
-        gone = [p for p in self.said if p not in problems]
-        self.said = list(problems)
+    def observe(self, problems: Iterable[Problem]) -> tuple[list[Problem], list[Problem]]:
+        """`problems` as read just now: (those not present before, those present and gone)."""
+        now = {(p.topic, p.kind): p for p in problems}
+        new = [p for key, p in now.items() if key not in self.present]
+        gone = [p for key, p in self.present.items() if key not in now]
+        self.present = now
         return new, gone
-
-
-class ProblemLevels:
-    """The `topic_problem` gauge's series: each (topic, problem) 1 while present, 0 once gone."""
-
-    def __init__(self) -> None:
-        self.present: set[tuple[str, str]] = set()
-
-    def observe(self, now: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """`now` (topic, problem) as read just now: the value each series is to be set to."""
-        current = set(now)
-        levels = dict.fromkeys(self.present - current, 0) | dict.fromkeys(current, 1)
-        self.present = current
-        return levels
 
 
 def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> list[str]:

@@ -805,20 +805,30 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     assert alert_names()["PinecallBridgeKafkaDisconnected"]["for"] == "2m"
 
 
-def test_the_feed_and_call_log_alert_windows_may_be_fractions_too(tmp_path: Path) -> None:
+def test_the_feed_call_log_webhook_and_downstream_alert_windows_may_be_fractions_too(
+    tmp_path: Path,
+) -> None:
     windows = ["websocketDownMinutes", "websocketGapMinutes", "callLogDownMinutes"]
     values = tmp_path / "short.yaml"
     short = {**dict.fromkeys(windows, 0.5), "callLogGapsMinutes": 1.5}
+    fors = {"feedLeaseMissingMinutes": 0.2, "webhookNotRegisteredMinutes": 2.5}
+    short |= {**fors, "downstreamLagMinutes": 0.75}
     values.write_text(yaml.safe_dump({"alerts": {**short, "feedLeaseSplitBrainMinutes": 0.25}}))
-    rules = alert_names(values=values)
+    rules = alert_names("prometheusRule.downstreamLag.enabled=true", values=values)
     for name in ("WebSocketDown", "WebSocketGaps", "CallLogSourceDown"):
         expr = rules[f"PinecallBridge{name}"]["expr"]
         assert "[30s]" in expr, expr
         assert "m]" not in expr, expr
     assert "[90s]" in rules["PinecallBridgeCallLogGapsNotFilled"]["expr"]
     assert rules["PinecallBridgeFeedLeaseSplitBrain"]["for"] == "15s"
+    assert rules["PinecallBridgeNoFeedLeaseHolder"]["for"] == "12s"
+    assert rules["PinecallBridgeWebhookNotRegistered"]["for"] == "150s"
+    assert rules["PinecallBridgeDownstreamLagHigh"]["for"] == "45s"
     # Whole minutes stay minutes.
-    assert "[5m]" in alert_names()["PinecallBridgeWebSocketDown"]["expr"]
+    defaults = alert_names("prometheusRule.downstreamLag.enabled=true")
+    assert "[5m]" in defaults["PinecallBridgeWebSocketDown"]["expr"]
+    assert defaults["PinecallBridgeWebhookNotRegistered"]["for"] == "10m"
+    assert defaults["PinecallBridgeDownstreamLagHigh"]["for"] == "15m"
 
 
 def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> None:

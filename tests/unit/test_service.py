@@ -17,6 +17,7 @@ from bridge.service import Bridge, run_until_stopped
 from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
 from bridge.workers.role import Stages
+from tests.metrics import sample
 from tests.polling import until
 from tests.sockets import ipv6_loopback
 from tests.unit.sink.fakes import FakeAdmin
@@ -351,14 +352,34 @@ def test_unreadable_configs_are_said_to_be_unchecked_with_the_reason(
     unread = "could not read a topic's configs to check them: "
     other = {"pinecall.other": {"min.insync.replicas": "1"}}
     for errors, fresh, said in [
-        ({ingest: 3}, {ingest}, why_unread(3, fresh=True)),  # created, not visible yet
-        ({ingest: 3}, set(), why_unread(3, fresh=False)),
-        ({ingest: 29}, {ingest}, why_unread(29, fresh=True)),  # an ACL
-        ({}, set(), why_unread(None, fresh=False)),
+        ({ingest: 3}, {ingest}, ("WARNING", why_unread(3, fresh=True))),  # created, not visible yet
+        ({ingest: 3}, set(), ("ERROR", why_unread(3, fresh=False))),
+        ({ingest: 29}, {ingest}, ("ERROR", why_unread(29, fresh=True))),  # an ACL
+        ({}, set(), ("ERROR", why_unread(None, fresh=False))),
     ]:
         caplog.clear()
         logs = config_check_logs(TopicConfigs(other, errors), caplog, frozenset(fresh))
-        assert logs == [("WARNING", unread + said)]
+        level, why = said
+        # The ingest topic unknown also says what it does to webhooks: the start of the line.
+        assert [(lvl, message[: len(unread + why)]) for lvl, message in logs] == [
+            (level, unread + why)
+        ]
+
+
+def test_the_start_check_shows_a_topic_it_cannot_read_in_the_problem_gauge() -> None:
+    # With BRIDGE_DEDUP__TOPIC_CHECK_SECONDS=0 there is no later check to show it.
+    bridge = Bridge(load_settings(webhook={"secrets": ["s"]}))
+    ingest, events = bridge.settings.topics.ingest, bridge.settings.topics.events
+    short = {ingest: {"retention.ms": "60000"}}
+    gauge = bridge.metrics.registry
+    bridge._check_configs([ingest, events], TopicConfigs(short, {events: 3}), set())
+    assert sample(gauge, "pinecall_bridge_topic_problem", topic=events, problem="missing") == 1
+    assert sample(gauge, "pinecall_bridge_topic_problem", topic=ingest, problem="retention_ms") == 1
+    # A topic the bridge has just created is not missing: its metadata is late to reach a broker.
+    late = Bridge(load_settings(webhook={"secrets": ["s"]}))
+    late._check_configs([ingest, events], TopicConfigs(short, {events: 3}), {events})
+    missing = sample(late.metrics, "pinecall_bridge_topic_problem", topic=events, problem="missing")
+    assert missing == 0
 
 
 def test_each_problem_of_the_ingest_topic_is_logged_as_an_error(

@@ -251,9 +251,10 @@ groups:
           description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody ends; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtransactionhanging" $a.runbookUrl }}
       - alert: PinecallBridgeTopicUnreadable
-        # The dedup stage's topic check (every config.dedup.topicCheckSeconds) cannot read one of
-        # the bridge's topics: deleted (missing), an ACL (not_allowed), or another refusal. A
-        # check that fails as a whole (Kafka away) changes nothing, so it does not flap.
+        # The dedup stage's topic check (at its start, then every config.dedup.topicCheckSeconds)
+        # cannot read one of the bridge's topics: deleted (missing), an ACL (not_allowed), or
+        # another refusal. A check that fails as a whole (Kafka away) changes nothing, so it
+        # does not flap.
         expr: |
           max by (namespace, topic, problem) (pinecall_bridge_topic_problem{problem=~"missing|not_allowed|unreadable"}) == 1
         for: 2m
@@ -261,7 +262,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "Topic %s of the bridge cannot be read (%s)" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
-          description: {{ printf "For 2 minutes the dedup stage in %s has found topic %s %s. The ingest topic missing: every webhook and feed event is answered 503. An output topic missing: its events wait in the ingest topic until it exists again, and are lost once its retention passes. The log says why (message: a topic of the bridge's cannot be read while running)." "{{ $labels.namespace }}" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
+          description: {{ printf "For 2 minutes the dedup stage in %s has found topic %s %s. The ingest topic missing: every webhook and feed event is answered 503. An output topic missing: its events wait in the ingest topic until it exists again, and are lost once its retention passes. The log says why (message: a topic of the bridge's cannot be read while running, or at the start: could not read a topic's configs to check them)." "{{ $labels.namespace }}" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetopicunreadable" $a.runbookUrl }}
       - alert: PinecallBridgeIngestTopicUnsafe
         # An ingest topic config that lets a restore miss ids of the TTL (a copy output twice):
@@ -280,7 +281,7 @@ groups:
         # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.
         expr: |
           sum by (namespace) (pinecall_bridge_feed_lease_held) == 0
-        for: {{ $a.feedLeaseMissingMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.feedLeaseMissingMinutes }}
         labels:
           severity: warning
         annotations:
@@ -396,7 +397,7 @@ groups:
         # gauge; 1 in any of them means Pinecall's one webhook points at this deployment.
         expr: |
           max by (namespace) (pinecall_bridge_webhook_registered) == 0
-        for: {{ $a.webhookNotRegisteredMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.webhookNotRegisteredMinutes }}
         labels:
           severity: warning
         annotations:
@@ -569,7 +570,7 @@ groups:
         expr: |
           sum by (consumergroup, topic) (kafka_consumergroup_lag{topic=~`{{ join "|" $quoted }}`})
           > {{ $a.downstreamLagRecords }}
-        for: {{ $a.downstreamLagMinutes }}m
+        for: {{ include "pinecall-bridge.minutes" $a.downstreamLagMinutes }}
         labels:
           severity: warning
         annotations:

@@ -8,8 +8,8 @@ from bridge.config import DedupSettings
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     PartitionWatch,
-    ProblemLevels,
-    ProblemWatch,
+    Problem,
+    TopicProblems,
     ingest_topic_findings,
     ingest_topic_problems,
 )
@@ -122,24 +122,23 @@ def test_a_retention_must_outlast_the_ttl_by_a_session_and_an_unreadable_one_is_
 
 
 def test_a_problem_is_said_once_while_it_lasts_and_its_fix_once() -> None:
-    watch = ProblemWatch()
-    short = ("ingest", "retention.ms is short")
-    missing = ("events", "cannot be read")
-    assert watch.observe([short]) == ([short], [])
-    assert watch.observe([short]) == ([], [])
-    assert watch.observe([short, missing]) == ([missing], [])
-    assert watch.observe([missing]) == ([], [short])
-    assert watch.observe([]) == ([], [missing])
-    assert watch.observe([]) == ([], [])
+    problems = TopicProblems()
+    short = Problem("ingest", "retention_ms", "retention.ms is short")
+    missing = Problem("events", "missing", "cannot be read")
+    assert problems.observe([short]) == ([short], [])
+    assert problems.observe([short]) == ([], [])
+    assert problems.observe([short, missing]) == ([missing], [])
+    assert problems.observe([missing]) == ([], [short])
+    assert problems.observe([]) == ([], [missing])
+    assert problems.observe([]) == ([], [])
 
 
-def test_a_problem_series_is_1_while_present_and_set_to_0_once_gone() -> None:
-    levels = ProblemLevels()
-    short, missing = ("ingest", "retention_ms"), ("events", "missing")
-    assert levels.observe([]) == {}
-    assert levels.observe([short]) == {short: 1}
-    assert levels.observe([short, missing]) == {short: 1, missing: 1}
-    assert levels.observe([missing]) == {short: 0, missing: 1}
-    assert levels.observe([]) == {missing: 0}
-    # A series set to 0 stays 0 without being set again.
-    assert levels.observe([]) == {}
+def test_a_problem_worded_otherwise_is_still_the_same_problem() -> None:
+    # The start's check and the checks while running word an unread topic differently.
+    problems = TopicProblems()
+    at_start = Problem("events", "missing", "could not read a topic's configs")
+    assert problems.observe([at_start]) == ([at_start], [])
+    running = Problem("events", "missing", "cannot be read while running")
+    assert problems.observe([running]) == ([], [])
+    # Gone, it is said with the wording it was last seen with.
+    assert problems.observe([]) == ([], [running])
