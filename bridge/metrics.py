@@ -249,6 +249,13 @@ class Metrics:
             "1 while this process holds the WebSocket feed lease (at most one process should).",
             registry=None,
         )
+        self.feed_handover_gap = Histogram(
+            f"{PREFIX}_feed_handover_gap_seconds",
+            "Between the previous feed lease holder's last read and this one's first connection,"
+            " observed by the new holder: nobody read the WebSocket feed meanwhile.",
+            buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+            registry=None,
+        )
         self.kafka_connected = Gauge(
             f"{PREFIX}_kafka_connected",
             "1 when the Kafka producer reaches the cluster.",
@@ -394,6 +401,7 @@ class Metrics:
         self._feed_registered = True
         for metric in (
             self.feed_lease_held,
+            self.feed_handover_gap,
             self.websocket_connected,
             self.websocket_reconnects,
             self.websocket_down_seconds,

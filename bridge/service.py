@@ -174,6 +174,7 @@ class Bridge:
                 session_timeout_ms=dedup.session_timeout_ms,
                 heartbeat_interval_ms=dedup.heartbeat_interval_ms,
                 supervisor=self.supervisor,
+                reading=lambda: self.feed is not None and self.feed.connected,
             )
             if settings.websocket.enabled and stages != "dedup"
             else None
@@ -506,6 +507,7 @@ class Bridge:
                 self.pipeline,
                 self.metrics,
                 self.supervisor,
+                on_connected=self.lease.connected if self.lease is not None else None,
             )
             await self.feed.start()
 
@@ -529,6 +531,7 @@ class Bridge:
     async def _stop_feed(self, deadline: float) -> None:
         """Stop the feed, then hand its lease on, both by `deadline` (loop time)."""
         feed, self.feed = self.feed, None
+        read_until: float | None = None
         if feed is not None:
             by = deadline
             if self.lease is not None:
@@ -536,6 +539,7 @@ class Bridge:
                 # leave was cut, and nobody read the feed until the session timeout.
                 by -= lease_leave_reserve(deadline - asyncio.get_running_loop().time())
             await feed.stop(by)
+            read_until = feed.disconnected_at
         if self.lease is not None:
             # Only now, with the backlog published or given up: a replica taking over earlier
             # could publish a call's later events before this one's earlier ones. Leaving the
@@ -544,7 +548,7 @@ class Bridge:
                 # Its own bound: Kafka down, the leave never ends, and a feed's stop that overran
                 # its deadline must not leave it unbounded.
                 async with asyncio.timeout_at(deadline):
-                    await self.lease.stop()
+                    await self.lease.stop(read_until)
             except TimeoutError:
                 log.error(
                     "the feed lease was not handed on in time: the next holder waits out"

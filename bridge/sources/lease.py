@@ -6,6 +6,8 @@ stop hands it on within about a heartbeat; a crash within the session timeout. A
 lingers after losing it (paused, cut off) only writes copies of events the new holder also
 writes: the dedup stage drops them. A member whose aiokafka task died (aiokafka#1038) neither
 heartbeats nor learns that it lost the lease: it gives the feed up at once and is replaced.
+The holder notes in the group's committed offset until when it read the feed (bridge.sources.
+leasenote); the next holder reads the note and measures the handover gap.
 """
 
 from __future__ import annotations
@@ -17,14 +19,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import Replacement, consumer_died, stop_consumer, stop_dead
+from bridge.sink.kafka import admin_client
+from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 _STOP_DEAD_AFTER = 5.0
+NOTE_EVERY = (
+    5.0  # seconds between a connected holder's notes: a crash's gap is over by at most this
+)
+_NOTE_TIMEOUT = 2.0
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -60,7 +69,10 @@ class FeedLease:
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
         supervisor: Supervisor | None = None,
+        reading: Callable[[], bool] = lambda: False,
+        name: str | None = None,
     ) -> None:
+        """`reading`: whether this process's feed is connected now (what the notes say)."""
         self.topic = topic
         self._group = group
         self._client = client
@@ -76,6 +88,10 @@ class FeedLease:
         self._stopping = False  # set by stop(): an assignment arriving meanwhile is not taken up
         self._since = 0
         self._replacement = Replacement("feed lease's consumer")
+        self._reading = reading
+        self.name = name if name is not None else holder_name()
+        self._previous: LeaseNote | None = None  # the note found on acquiring, until connected
+        self._noted = 0.0  # monotonic time of the last note
         metrics.register_feed()
         metrics.feed_lease_held.set(0)
 
@@ -108,8 +124,11 @@ class FeedLease:
             raise
         return consumer
 
-    async def stop(self) -> None:
-        """Stop the feed if held, then leave the group so another replica takes over at once."""
+    async def stop(self, read_until: float | None = None) -> None:
+        """Stop the feed if held, then leave the group so another replica takes over at once.
+
+        `read_until` (epoch seconds): when the stopped feed last read, noted for the next holder.
+        """
         # Leaving waits for a join already in flight, whose assignment may name this member: it
         # would start a feed nothing stops any more.
         self._stopping = True
@@ -119,6 +138,8 @@ class FeedLease:
             # cancellation (its bound on the leave) is not, and is raised.
             await asyncio.wait({self._poller})
             self._poller = None
+        if read_until is not None:
+            await self._note(read_until, clean=True)
         await self.release()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
@@ -139,6 +160,8 @@ class FeedLease:
             if died is not None:
                 await self._replace(consumer, died)
                 continue
+            if self.held and self._reading() and time.monotonic() - self._noted >= NOTE_EVERY:
+                await self._note(time.time())
             try:
                 await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
@@ -172,8 +195,55 @@ class FeedLease:
         self.held = True
         self._since = int(time.time() * 1000)
         self._metrics.feed_lease_held.set(1)
+        self._previous = await self._last_note()
         log.info("feed lease acquired: this replica reads the WebSocket feed")
         await self._on_acquired()
+
+    def connected(self, at: float) -> None:
+        """The feed this lease started connected at `at` (epoch seconds): the handover is over."""
+        previous, self._previous = self._previous, None
+        if previous is None or not self.held:
+            return
+        gap = handover_gap(previous, at)
+        self._metrics.feed_handover_gap.observe(gap)
+        log.info(
+            "feed handed over",
+            extra={
+                "from_holder": previous.holder,
+                "to_holder": self.name,
+                "gap_s": round(gap, 3),
+                # Not clean (a crash, a lost lease): the gap is over by up to NOTE_EVERY.
+                "clean": previous.clean,
+            },
+        )
+
+    async def _note(self, read_until: float, *, clean: bool = False) -> None:
+        """Commit the note as the lease partition's offset metadata; best effort, bounded."""
+        consumer = self._consumer
+        self._noted = time.monotonic()
+        if consumer is None or not self.held:
+            return
+        note = LeaseNote(self.name, read_until, clean).encode()
+        try:
+            async with asyncio.timeout(_NOTE_TIMEOUT):
+                await consumer.commit({TopicPartition(self.topic, 0): (0, note)})
+        except (KafkaError, TimeoutError) as exc:
+            # A rebalance under way, Kafka slow: the next holder measures from an older note.
+            log.warning("feed lease note not written", extra={"error": repr(exc)})
+
+    async def _last_note(self) -> LeaseNote | None:
+        # The admin client, not the member's: the consumer's public committed() drops metadata.
+        partition = TopicPartition(self.topic, 0)
+        try:
+            async with asyncio.timeout(_NOTE_TIMEOUT), admin_client(self._client) as admin:
+                committed = await admin.list_consumer_group_offsets(
+                    self._group, partitions=[partition]
+                )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("feed lease note not read", extra={"error": repr(exc)})
+            return None
+        found = committed.get(partition)
+        return parse_note(found.metadata if found is not None else None)
 
     async def release(self) -> None:
         if not self.held:

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -184,7 +185,9 @@ class WebSocketSource:
         pipeline: Pipeline,
         metrics: Metrics,
         supervisor: Supervisor | None = None,
+        on_connected: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_connected`: told the time (epoch seconds) of each subscribed connection."""
         self._settings = settings
         self._api = api
         self._pipeline = pipeline
@@ -212,12 +215,16 @@ class WebSocketSource:
         self._connecting = False  # the reader waits for a connection: nothing to read yet
         self._draining = False
         self.token_expires_at: float | None = None
+        self._on_connected = on_connected
+        self.connected = False
+        self.disconnected_at: float | None = None  # epoch seconds the last connection ended
 
     async def start(self) -> None:
         if self._reader is not None:
             return
         self._session = aiohttp.ClientSession()
         self._metrics.websocket_connected.set(0)
+        self.connected = False
         self._downtime.down(time.monotonic())
         self._reader = self._supervisor.spawn("websocket-reader", self._read_forever)
         self._publisher = self._supervisor.spawn("websocket-publisher", self._publish_forever)
@@ -308,6 +315,9 @@ class WebSocketSource:
                 opened_at = time.monotonic()
                 if not self._stopping.is_set():
                     self._metrics.websocket_connected.set(1)
+                    self.connected = True
+                    if self._on_connected is not None:
+                        self._on_connected(time.time())
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
@@ -361,6 +371,8 @@ class WebSocketSource:
                 finally:  # the reader cancelled meanwhile still closes its connection
                     if handover is None:
                         self._metrics.websocket_connected.set(0)
+                        if self.connected:
+                            self.connected, self.disconnected_at = False, time.time()
                         if not self._stopping.is_set():  # stopped, it is no longer meant to run
                             # A refused connection delivered nothing: down since it opened.
                             since = opened_at if refused and opened_at is not None else None

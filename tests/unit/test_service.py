@@ -240,6 +240,7 @@ class FeedStand:
 
     def __init__(self, early: float) -> None:
         self.early = early
+        self.disconnected_at: float | None = 1_700_000_000.0  # its last read, for the lease note
 
     async def stop(self, deadline: float, *, lease_held: bool = True) -> None:
         until_then = deadline - self.early - asyncio.get_running_loop().time()
@@ -253,11 +254,13 @@ class LeaseStand:
     def __init__(self, leave: float | None) -> None:
         self.leave = leave
         self.events: list[str] = []
+        self.read_until: float | None = None
 
     async def start(self) -> None:
         return None
 
-    async def stop(self) -> None:
+    async def stop(self, read_until: float | None = None) -> None:
+        self.read_until = read_until
         try:
             if self.leave is None:  # Kafka down: the LeaveGroup is never answered
                 await asyncio.Event().wait()
@@ -288,6 +291,13 @@ async def test_a_feed_using_its_whole_share_of_the_stop_still_leaves_the_lease_t
     lease = LeaseStand(leave=0.2)
     await stopped_with(FeedStand(early=0.05), lease)
     assert lease.events == ["left"]
+
+
+async def test_the_lease_is_told_when_the_stopped_feed_last_read() -> None:
+    # The next holder measures the handover gap from it.
+    lease, feed = LeaseStand(leave=0.0), FeedStand(early=0.5)
+    await stopped_with(feed, lease)
+    assert lease.read_until == feed.disconnected_at
 
 
 async def test_a_leave_kafka_never_answers_is_cut_within_the_stop() -> None:

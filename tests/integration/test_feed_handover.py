@@ -1,0 +1,99 @@
+"""The feed lease handed on by a clean stop: the new holder measures the time nobody read the feed.
+
+Two real `pinecall-bridge run` processes and the simulator's feed sending continuously; the holder
+is stopped with SIGTERM mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bridge.simulator import Simulator, SimulatorConfig
+from tests.integration.conftest import Topics, free_port, lease_members
+from tests.integration.replicas import Replica, replica_env, total
+from tests.polling import until
+
+pytestmark = pytest.mark.timeout(300)
+GAP = "pinecall_bridge_feed_handover_gap_seconds"
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorConfig(token_ttl=300.0)) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def pair(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, simulator: Simulator
+) -> AsyncIterator[list[Replica]]:
+    feed = {
+        "BRIDGE_WEBSOCKET__ENABLED": "true",
+        "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
+        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
+        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
+        "BRIDGE_PINECALL__API_URL": simulator.url,
+        "BRIDGE_PINECALL__API_KEY": "sim-api-key",
+    }
+    made = []
+    for name in ("h0", "h1"):
+        port = free_port()
+        env = replica_env(kafka_bootstrap, topics, port, **feed)
+        made.append(Replica(name, env, tmp_path / f"{name}.log", port))
+    yield made
+    for replica in made:
+        if replica.alive:
+            await replica.stop()
+
+
+async def test_a_clean_handover_is_measured_by_the_new_holder(
+    pair: list[Replica], simulator: Simulator, kafka_bootstrap: str, topics: Topics
+) -> None:
+    holder, successor = pair
+    await holder.start()
+    async with asyncio.timeout(60):
+        await simulator.wait_for_subscribers(1)
+    await successor.start()
+    await until(
+        lambda: lease_members(kafka_bootstrap, f"{topics.group}-feed-lease", 2),
+        60,
+        0.25,
+        "both replicas in the feed lease's group",
+    )
+    before = {c.number for c in simulator.feed.subscribed()}
+    async with aiohttp.ClientSession() as session:
+        assert total(await successor.metrics(session), f"{GAP}_count") == 0
+        traffic = asyncio.create_task(
+            simulator.run_traffic(calls=40, concurrency=10, rate=100, channel="websocket", seed=3)
+        )
+
+        async def holder_ingests() -> bool:
+            samples = await holder.metrics(session)
+            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
+            return ingested >= 20 or traffic.done()
+
+        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
+        assert not traffic.done(), "the traffic ended before the holder was stopped"
+        assert await holder.stop() == 0
+
+        async def taken_over() -> bool:
+            return any(c.number not in before for c in simulator.feed.subscribed())
+
+        await until(taken_over, 60, 0.25, "the successor takes the feed over")
+        await traffic
+        samples = await successor.metrics(session)
+    assert total(samples, f"{GAP}_count") == 1
+    handed = [e for e in successor.log_entries() if e.get("msg") == "feed handed over"]
+    assert len(handed) == 1, handed
+    # The old holder's final note, written after its feed closed: not a heartbeat's.
+    assert handed[0]["clean"] is True
+    assert handed[0]["from_holder"] != handed[0]["to_holder"]
+    assert handed[0]["gap_s"] == pytest.approx(total(samples, f"{GAP}_sum"), abs=0.001)
+    # Frames the feed sent between the holder's close and the successor's subscription reached
+    # no reader: a clean handover still has a gap, and the histogram saw it.
+    assert handed[0]["gap_s"] > 0
