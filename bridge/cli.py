@@ -23,6 +23,7 @@ from bridge.config import (
     describe,
     dotenv_variables,
     load_settings,
+    load_tool_settings,
     log_setting_warnings,
     log_unknown_variables,
     setting_warnings,
@@ -35,12 +36,12 @@ from bridge.sources.signature import signature_header
 EXIT_CONFIG = 2
 
 
-def _settings_or_exit(*, unknown_is_invalid: bool = False) -> Settings:
+def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Settings:
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
-    is often why a setting looks missing."""
+    is often why a setting looks missing. `serving=False`: a Kafka tool's (`load_tool_settings`)."""
     unknown = unknown_variables(os.environ, dotenv_variables())
     try:
-        settings = load_settings()
+        settings = load_settings() if serving else load_tool_settings()
         problems = unknown if unknown_is_invalid else []
     except ConfigError as exc:
         problems = unknown + exc.problems
@@ -239,7 +240,11 @@ def _kafka_or_exit(settings: Settings, run: Callable[[], int]) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
+    if args.to_end and not (args.from_beginning or args.since is not None):
+        # From the end to the end: it would print nothing, as if the event were nowhere.
+        print("pinecall-bridge tail: --to-end needs --from-beginning or --since", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = _settings_or_exit(serving=False)
     _configure_logging(settings)
     from rich.console import Console
 
@@ -258,6 +263,8 @@ def _tail(args: argparse.Namespace) -> int:
                 topics,
                 wanted,
                 from_beginning=args.from_beginning,
+                since=args.since,
+                to_end=args.to_end,
                 limit=args.limit,
                 console=Console(),
             )
@@ -268,7 +275,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
+    settings = _settings_or_exit(serving=False)
     _configure_logging(settings)
     from rich.console import Console
 
@@ -280,7 +287,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
+    settings = _settings_or_exit(serving=False)
     _configure_logging(settings)
     if args.until is not None and args.until < args.since:
         print("pinecall-bridge redrive: --until is before --since", file=sys.stderr)
@@ -410,7 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the ingest, output and dead-letter topics: where did an event go?",
     )
-    tail.add_argument("--from-beginning", action="store_true", help="not only new records")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="not only new records")
+    start.add_argument(
+        "--since",
+        type=_since,
+        help="records written since then: epoch seconds, an ISO-8601 time (UTC unless it says)"
+        " or a span back from now (30m, 2h, 7d)",
+    )
+    tail.add_argument(
+        "--to-end",
+        action="store_true",
+        help="exit 0 once every partition is read to the end it had at the start (committed"
+        " records only: an open transaction's are not waited for)",
+    )
     tail.add_argument("--limit", type=int, help="stop after this many records")
     tail.set_defaults(func=_tail)
 

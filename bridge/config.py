@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -49,6 +50,9 @@ MAX_WORKERS = 64
 # A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
 # answered 401. Only warned of: local testing and the simulator use short ones.
 MIN_WEBHOOK_SECRET_CHARS = 16
+# Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
+# variable: pydantic-settings passes no validation context from `Settings(...)` to a section.
+_SERVING: ContextVar[bool] = ContextVar("_SERVING", default=True)
 
 
 def _split_csv(value: Any) -> Any:
@@ -358,7 +362,7 @@ class WebhookSettings(_Section):
 
     @model_validator(mode="after")
     def _signed_unless_told(self) -> WebhookSettings:
-        if not self.secrets and not self.allow_unsigned:
+        if not self.secrets and not self.allow_unsigned and _SERVING.get():
             raise ValueError(
                 "BRIDGE_WEBHOOK__SECRETS is not set: set it (comma-separated) or, for local"
                 " testing only, BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true"
@@ -832,6 +836,17 @@ def _problem(loc: tuple[int | str, ...], kind: str, msg: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise ConfigError listing every problem by its variable name."""
+    return _load(overrides, serving=True)
+
+
+def load_tool_settings(**overrides: Any) -> Settings:
+    """`load_settings` for the Kafka tools (tail, redrive, backfill): no webhook secret required,
+    since they never serve webhooks."""
+    return _load(overrides, serving=False)
+
+
+def _load(overrides: dict[str, Any], *, serving: bool) -> Settings:
+    token = _SERVING.set(serving)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -844,6 +859,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             [f"{where}: a value could not be parsed (lists of objects are JSON)"]
         ) from None
+    finally:
+        _SERVING.reset(token)
 
 
 def known_variables() -> set[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
 
@@ -21,7 +22,7 @@ from bridge.normalise.binding import decode
 from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import stop_consumer
-from bridge.sink.kafka import admin_client, client_options
+from bridge.sink.kafka import admin_client, client_options, topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +136,58 @@ async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
     return {tp: meta.offset for tp, meta in found.items() if tp.topic == settings.topics.ingest}
 
 
+def since_offsets(
+    found: Mapping[TopicPartition, OffsetAndTimestamp | None], ends: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Where each partition starts for `--since`: its first record at or after the time, else
+    its end (`found` is `offsets_for_times`' answer, `ends` the end offsets)."""
+    starts = {}
+    for tp, end in ends.items():
+        first = found.get(tp)
+        starts[tp] = end if first is None else first.offset
+    return starts
+
+
+def unfinished(
+    positions: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]
+) -> list[TopicPartition]:
+    """The partitions whose position has not reached the end they had at the start."""
+    return sorted(tp for tp, end in ends.items() if positions[tp] < end)
+
+
+async def _partitions(
+    settings: Settings, consumer: AIOKafkaConsumer, topics: list[str], console: Console
+) -> list[TopicPartition]:
+    """Every partition of those of `topics` that exist; each missing one is said, not waited for."""
+    existing = await consumer.topics()
+    for topic in topics:
+        if topic not in existing:
+            console.print(f"[yellow]topic {topic} does not exist: nothing to read in it[/]")
+    found = [topic for topic in topics if topic in existing]
+    return await topic_partitions(settings.kafka, found) if found else []
+
+
 async def tail(
     settings: Settings,
     topics: list[str],
     wanted: TailFilter,
     *,
-    from_beginning: bool,
+    from_beginning: bool = False,
+    since: float | None = None,
+    to_end: bool = False,
     limit: int | None,
     console: Console,
 ) -> int:
-    """Print matching records until Ctrl-C or `limit` records; returns how many were printed."""
+    """Print matching records until Ctrl-C or `limit` records; returns how many were printed.
+
+    `since` (epoch seconds): start each partition at its first record of then or later;
+    `to_end`: stop once every partition has reached the end it had at the start.
+    """
+    # A fixed start or end needs the partitions themselves, read once; otherwise the
+    # subscription also picks up a topic created while tail waits.
+    fixed = since is not None or to_end
     consumer = AIOKafkaConsumer(
-        *topics,
+        *([] if fixed else topics),
         **client_options(settings.kafka),
         group_id=None,
         enable_auto_commit=False,
@@ -162,15 +203,38 @@ async def tail(
     decided: dict[TopicPartition, int] = {}
     if settings.topics.ingest in topics:
         decided = await committed_offsets(settings)
+    ends: dict[TopicPartition, int] | None = None
     try:
         await consumer.start()
-        # A misspelt or not yet created topic would otherwise be a silent wait.
-        for topic in sorted(set(topics) - await consumer.topics()):
-            console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
+        if fixed:
+            partitions = await _partitions(settings, consumer, topics, console)
+            consumer.assign(partitions)
+            # Under read_committed the end offsets are the last stable offsets: what a
+            # downstream consumer can read now, never past a transaction still open.
+            now = await consumer.end_offsets(partitions) if partitions else {}
+            if since is not None and partitions:
+                at = int(since * 1000)
+                found = await consumer.offsets_for_times(dict.fromkeys(partitions, at))
+                for tp, offset in since_offsets(found, now).items():
+                    consumer.seek(tp, offset)
+            ends = now if to_end else None
+        else:
+            # A misspelt or not yet created topic would otherwise be a silent wait.
+            for topic in sorted(set(topics) - await consumer.topics()):
+                console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
         while not stop.is_set() and (limit is None or shown < limit):
+            if ends is not None:
+                positions = {tp: await consumer.position(tp) for tp in ends}
+                if not unfinished(positions, ends):
+                    break
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
                 for message in batch:
+                    # Past the end it had at the start: a record written since tail began.
+                    if ends is not None:
+                        tp = TopicPartition(message.topic, message.partition)
+                        if message.offset >= ends[tp]:
+                            continue
                     # Structured or binary mode alike; anything else (dead letters) shown raw.
                     event: Any = decode(message.headers, message.value)
                     if event is None:

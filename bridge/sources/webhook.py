@@ -140,7 +140,8 @@ class WebhookHandler:
         except ConnectionResetError:
             # The sender went away mid-body: nothing is stored, and it is no bug to log.
             return self._reject(400, "incomplete_body", "the connection closed mid-body")
-        if self._secrets:
+        # No secret and unsigned not allowed (settings loaded for a Kafka tool): refuse them all.
+        if self._secrets or not self._settings.allow_unsigned:
             verdict = verify(request.headers.get(SIGNATURE_HEADER), body, self._secrets)
             if verdict is not Verdict.VALID:
                 return self._reject(401, verdict.value, f"check the {SIGNATURE_HEADER} header")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,134 @@ async def test_tail_skips_records_of_aborted_transactions(
     assert shown == 1
     assert "committed:1" in text
     assert "aborted:1" not in text
+
+
+STRUCTURED = [("content-type", b"application/cloudevents+json")]
+
+
+def cloudevent(event_id: str) -> bytes:
+    """A structured CloudEvent of call CA_t, as the dedup stage writes one."""
+    return jsoncodec.dumps(
+        {"specversion": "1.0", "id": event_id, "type": "turn.user", "subject": "CA_t"}
+    )
+
+
+async def send_committed(
+    bootstrap: str, topic: str, events: list[tuple[str, int]], *, transactional_id: str
+) -> None:
+    """Each (id, create time in ms) as a committed CloudEvent in partition 0, one transaction."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for event_id, at in events:
+                await producer.send_and_wait(
+                    topic, cloudevent(event_id), partition=0, timestamp_ms=at, headers=STRUCTURED
+                )
+    finally:
+        await producer.stop()
+
+
+async def test_tail_to_end_stops_at_the_last_stable_offsets_of_every_partition(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Partitions 1 and 2 empty, partition 0 ending in a commit marker then an open transaction:
+    tail --to-end shows the committed records and exits, waiting for none of them."""
+    await create_topic(kafka_bootstrap, topics.events, 3)
+    now = int(time.time() * 1000)
+    await send_committed(
+        kafka_bootstrap,
+        topics.events,
+        [("committed:1", now), ("committed:2", now)],
+        transactional_id=f"{topics.group}-done",
+    )
+    still_open = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{topics.group}-open"
+    )
+    await still_open.start()
+    try:
+        await still_open.begin_transaction()
+        await still_open.send_and_wait(
+            topics.events, cloudevent("open:1"), partition=0, headers=STRUCTURED
+        )
+        console = Console(record=True, width=400)
+        async with asyncio.timeout(30):
+            shown = await tail(
+                bridge_settings(kafka_bootstrap, topics),
+                [topics.events],
+                TailFilter(),
+                from_beginning=True,
+                to_end=True,
+                limit=None,
+                console=console,
+            )
+        await still_open.abort_transaction()
+    finally:
+        await still_open.stop()
+    text = console.export_text()
+    assert shown == 2
+    assert "committed:1" in text
+    assert "committed:2" in text
+    assert "open:1" not in text
+
+
+async def test_tail_since_starts_each_partition_at_that_time(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Records of two hours ago are left out, those of a minute ago shown; a partition with only
+    old records starts at its end (no record that recent) and is finished at once."""
+    await create_topic(kafka_bootstrap, topics.events, 2)
+    now = int(time.time() * 1000)
+    hours_ago, minute_ago = now - 7_200_000, now - 60_000
+    await send_committed(
+        kafka_bootstrap,
+        topics.events,
+        [("old:1", hours_ago), ("old:2", hours_ago), ("new:1", minute_ago), ("new:2", now)],
+        transactional_id=f"{topics.group}-p0",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.events, cloudevent("old:3"), partition=1, timestamp_ms=hours_ago
+        )
+    finally:
+        await producer.stop()
+    console = Console(record=True, width=400)
+    async with asyncio.timeout(30):
+        shown = await tail(
+            bridge_settings(kafka_bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            since=time.time() - 15 * 60,
+            to_end=True,
+            limit=None,
+            console=console,
+        )
+    lines = console.export_text().splitlines()
+    assert shown == 2
+    assert [line.split()[4] for line in lines] == ["new:1", "new:2"]
+
+
+def test_tail_runs_with_only_the_kafka_settings(
+    kafka_bootstrap: str,
+    topics: Topics,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An SRE's laptop: Kafka and the topic, no webhook secret; --to-end exits 0 by itself."""
+    asyncio.run(create_topic(kafka_bootstrap, topics.events, 1))
+    asyncio.run(
+        send_committed(
+            kafka_bootstrap,
+            topics.events,
+            [("laptop:1", int(time.time() * 1000))],
+            transactional_id=f"{topics.group}-laptop",
+        )
+    )
+    without_bridge_variables(monkeypatch, tmp_path)
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", topics.events)
+    assert main(["tail", "--topic", topics.events, "--since", "1h", "--to-end"]) == 0
+    assert "turn.user CA_t laptop:1 via ?" in capsys.readouterr().out

@@ -357,6 +357,55 @@ def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tail", "--from-beginning", "--to-end"],
+        ["backfill", "--call", "CA_1"],
+        ["redrive", "--since", "1h"],
+    ],
+)
+def test_the_kafka_tools_need_no_webhook_secret(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An SRE's laptop has the Kafka settings (and for backfill Pinecall's key), not the secret:
+    # the command gets as far as Kafka instead of exiting 2 for a setting it never reads.
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    assert main(command) == 1
+    assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["run"], ["check"]])
+def test_what_serves_webhooks_still_needs_the_secret(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(command) == 2
+    assert "BRIDGE_WEBHOOK__SECRETS is not set" in capsys.readouterr().err
+
+
+def test_tail_passes_since_and_to_end_and_refuses_an_end_with_no_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def tail(settings: Any, topics: list[str], wanted: Any, **options: Any) -> int:
+        asked.append(options)
+        return 0
+
+    monkeypatch.setattr("bridge.tail.tail", tail)
+    before = time.time()
+    assert main(["tail", "--since", "15m", "--to-end"]) == 0
+    [options] = asked
+    assert before - 900 <= options["since"] <= time.time() - 900
+    assert (options["to_end"], options["from_beginning"]) == (True, False)
+    # From the end to the end prints nothing: it would read as "the event is nowhere".
+    assert main(["tail", "--to-end"]) == 2
+    assert "--to-end needs --from-beginning or --since" in capsys.readouterr().err
+    assert exit_code(["tail", "--since", "15m", "--from-beginning"]) == 2
+    assert len(asked) == 1
+
+
 def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

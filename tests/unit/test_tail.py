@@ -2,17 +2,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
 
 from bridge import jsoncodec
 from bridge import tail as tail_module
-from bridge.config import load_settings
+from bridge.config import load_tool_settings
 from bridge.ingest import record as ingest_record
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import encode
 from bridge.sink.record import Record
-from bridge.tail import TailFilter, ingest_note, render, tail
+from bridge.tail import TailFilter, ingest_note, render, since_offsets, tail, unfinished
 from tests.unit.sink.fakes import stop_cut_by_a_retry
 
 EVENT = {
@@ -177,7 +179,7 @@ def fake_consumer(
 async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Aborted dedup transactions leave records in the log; tail must not show them."""
     seen = fake_consumer(monkeypatch, existing={"t"})
-    settings = load_settings(webhook={"allow_unsigned": True})
+    settings = load_tool_settings()
     shown = await tail(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
     )
@@ -212,7 +214,7 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
 
     fake_consumer(monkeypatch, existing={"t", "dlq"}, messages=messages)
     console = Console(record=True, width=400)
-    settings = load_settings(webhook={"allow_unsigned": True})
+    settings = load_tool_settings()
     shown = await tail(
         settings, ["t"], TailFilter(call="CA_9"), from_beginning=True, limit=3, console=console
     )
@@ -237,7 +239,7 @@ async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_consumer(monkeypatch, existing={"pinecall.events"})
-    settings = load_settings(webhook={"allow_unsigned": True})
+    settings = load_tool_settings()
     console = Console(record=True, width=200)
     topics = ["pinecall.events", "pinecall.evnets"]
     await tail(settings, topics, TailFilter(), from_beginning=True, limit=0, console=console)
@@ -250,8 +252,25 @@ async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_consumer(monkeypatch, existing={"t"}, stop_cut=True)
-    settings = load_settings(webhook={"allow_unsigned": True})
+    settings = load_tool_settings()
     shown = await tail(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
     )
     assert shown == 0
+
+
+A, B, C = (TopicPartition("t", n) for n in range(3))
+
+
+def test_since_starts_each_partition_at_its_first_record_then_or_at_its_end() -> None:
+    # offsets_for_times answers None for a partition with no record that recent.
+    found = {A: OffsetAndTimestamp(7, 1_000), B: None}
+    assert since_offsets(found, {A: 9, B: 4, C: 0}) == {A: 7, B: 4, C: 0}
+
+
+def test_a_partition_is_unfinished_until_its_position_reaches_its_end() -> None:
+    # An empty partition (end 0) is finished from the start; C's records past its end, written
+    # since, do not hold tail up.
+    ends = {A: 5, B: 0, C: 3}
+    assert unfinished({A: 4, B: 0, C: 3}, ends) == [A]
+    assert unfinished({A: 5, B: 0, C: 8}, ends) == []

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
-from bridge.config import Settings, load_settings
+from bridge.config import Settings, load_settings, load_tool_settings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
@@ -159,6 +159,16 @@ async def test_bad_signatures_401_and_nothing_published(
     assert (await response.json())["error"] == reason
     assert harness.sink.records == []
     assert harness.rejected(reason) == 1
+
+
+async def test_without_a_secret_nothing_is_taken_unless_unsigned_is_allowed() -> None:
+    # Settings loaded for a Kafka tool need no secret: served anyway, they must fail closed.
+    tool_settings = load_tool_settings()
+    assert not tool_settings.webhook.secrets
+    async with serving(tool_settings) as running:
+        for sign_it in (True, False):
+            assert (await running.post(ENTRY, sign_it=sign_it)).status == 401
+        assert running.sink.records == []
 
 
 async def test_tampered_body_401(harness: Harness) -> None:
