@@ -35,7 +35,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import BatchResult, Delivery, ForRedrive, pipeline_for, submit_retrying
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import KafkaSink, client_options, topic_partitions
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ async def redrive(
     )
     sink_started = False
     try:
-        await consumer.start()
+        await start_consumer(consumer)
         if not dry_run:
             await sink.start()
             sink_started = True

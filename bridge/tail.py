@@ -21,7 +21,7 @@ from bridge.ingest import record as ingest_record
 from bridge.normalise.binding import decode
 from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import admin_client, client_options, topic_partitions
 
 
@@ -186,6 +186,15 @@ async def tail(
     # A fixed start or end needs the partitions themselves, read once; otherwise the
     # subscription also picks up a topic created while tail waits.
     fixed = since is not None or to_end
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    shown = 0
+    decided: dict[TopicPartition, int] = {}
+    if settings.topics.ingest in topics:
+        decided = await committed_offsets(settings)
+    # Made only as it is started: one made before a failed read of the offsets is never stopped.
     consumer = AIOKafkaConsumer(
         *([] if fixed else topics),
         **client_options(settings.kafka),
@@ -195,17 +204,9 @@ async def tail(
         # The dedup stage writes in transactions: only committed records are real output.
         isolation_level="read_committed",
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    shown = 0
-    decided: dict[TopicPartition, int] = {}
-    if settings.topics.ingest in topics:
-        decided = await committed_offsets(settings)
     ends: dict[TopicPartition, int] | None = None
+    await start_consumer(consumer)
     try:
-        await consumer.start()
         if fixed:
             partitions = await _partitions(settings, consumer, topics, console)
             consumer.assign(partitions)

@@ -39,6 +39,7 @@ from aiokafka.protocol.types import (
 )
 
 from bridge.dedup.protocol import topics_field
+from bridge.sink.clienttasks import start_client
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,7 @@ class StableOffsets:
         if self._client is not None:
             return
         client = AIOKafkaClient(**self._options)
-        try:
-            await client.bootstrap()
-        except BaseException:
-            await client.close()
-            raise
+        await start_client(client.bootstrap, client.close)
         self._client = client
 
     async def stop(self) -> None:

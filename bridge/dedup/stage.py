@@ -47,7 +47,13 @@ from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import Replacement, consumer_died, stop_consumer, stop_dead
+from bridge.sink.clienttasks import (
+    Replacement,
+    consumer_died,
+    start_consumer,
+    stop_consumer,
+    stop_dead,
+)
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
 from bridge.supervise import Supervisor
 
@@ -183,11 +189,7 @@ class DedupStage:
             # added to the topic is owned once some member's refresh sees it and they rejoin.
             metadata_max_age_ms=self._metadata_max_age_ms,
         )
-        try:
-            await consumer.start()
-        except BaseException:
-            await stop_consumer(consumer)
-            raise
+        await start_consumer(consumer)
         watch_heartbeats(consumer, self._heard)
         self._session.heard(time.monotonic())
         consumer.subscribe([self._topic], listener=_Listener(self))

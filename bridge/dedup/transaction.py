@@ -38,6 +38,7 @@ from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.topicreads import unread
@@ -138,12 +139,8 @@ class StageProducer:
                 partitioner=partition_for,
                 max_request_size=self._limits.default,
             )
-            try:
-                async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                    await producer.start()
-            except BaseException:
-                await _stop_quietly(producer)
-                raise
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                await start_client(producer.start, lambda: _stop_quietly(producer))
             self._producer = producer
         # Its InitProducerId has aborted what an earlier producer of this id left open.
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})

@@ -23,7 +23,7 @@ from bridge.demo.view import render
 from bridge.normalise.binding import decode
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
-from bridge.sink.clienttasks import stop_consumer
+from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import client_options, topic_partitions
 from bridge.tail import render as render_record
 
@@ -72,42 +72,58 @@ class RecentEvents:
         self.undecodable = 0  # records that are not CloudEvents
         self._settings = settings
         self._topics = topics
-        self._consumer = AIOKafkaConsumer(
-            **client_options(settings.kafka),
+        # Made by start(): a consumer counts as open from its construction, and one made here
+        # would leak whenever the demo ended before its run.
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Position at the current end, so exactly what comes after is read."""
+        if self._consumer is not None:
+            return
+        partitions = await topic_partitions(self._settings.kafka, self._topics)
+        consumer = AIOKafkaConsumer(
+            **client_options(self._settings.kafka),
             group_id=None,
             enable_auto_commit=False,
             # Aborted dedup transactions stay in the log; downstream readers skip them.
             isolation_level="read_committed",
         )
+        await start_consumer(consumer)
+        try:
+            consumer.assign(partitions)
+            for partition, offset in (await consumer.end_offsets(partitions)).items():
+                consumer.seek(partition, offset)
+        except BaseException:
+            await stop_consumer(consumer)
+            raise
+        self._consumer = consumer
 
-    async def start(self) -> None:
-        """Position at the current end, so exactly what comes after is read."""
-        partitions = await topic_partitions(self._settings.kafka, self._topics)
-        await self._consumer.start()
-        self._consumer.assign(partitions)
-        for partition, offset in (await self._consumer.end_offsets(partitions)).items():
-            self._consumer.seek(partition, offset)
+    async def stop(self) -> None:
+        """Close the consumer; safe before start() and twice."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await stop_consumer(consumer)
 
     async def run(self) -> None:
-        try:
-            while True:
-                for batch in (await self._consumer.getmany(timeout_ms=200)).values():
-                    for message in batch:
-                        # Whichever content mode BRIDGE_CLOUDEVENTS__MODE picked.
-                        event: Any = decode(message.headers, message.value)
-                        self.read += 1
-                        if event is None:
-                            self.undecodable += 1
-                            event = message.value
-                        else:
-                            event_id = str(event.get("id"))
-                            self.ids[event_id] += 1
-                            if event.get("subject") is not None:
-                                self.call_of[event_id] = str(event["subject"])
-                        line = render_record(message.topic, message.key, event, message.headers)
-                        self.lines.append(line)
-        finally:
-            await stop_consumer(self._consumer)
+        """Read until cancelled; the owner stops the consumer (stop())."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        while True:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                for message in batch:
+                    # Whichever content mode BRIDGE_CLOUDEVENTS__MODE picked.
+                    event: Any = decode(message.headers, message.value)
+                    self.read += 1
+                    if event is None:
+                        self.undecodable += 1
+                        event = message.value
+                    else:
+                        event_id = str(event.get("id"))
+                        self.ids[event_id] += 1
+                        if event.get("subject") is not None:
+                            self.call_of[event_id] = str(event["subject"])
+                    line = render_record(message.topic, message.key, event, message.headers)
+                    self.lines.append(line)
 
 
 async def run_demo(options: DemoOptions, console: Console) -> int:
@@ -151,7 +167,10 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await bridge.stop()
+            try:
+                await recent.stop()
+            finally:
+                await bridge.stop()
 
 
 async def _wait_ready(bridge: Bridge, stop: asyncio.Event, console: Console) -> None:

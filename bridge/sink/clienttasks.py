@@ -38,6 +38,8 @@ _UNREACHABLE = (
 _warned: set[str] = set()
 # Failed replacements in a row (the cluster reachable) before the owner reports the process dead.
 REPLACE_ATTEMPTS = 5
+# How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
+START_SETTLE_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -80,13 +82,43 @@ async def start_consumer(consumer: Any) -> None:
     shutdown cancelling the task in its start), it holds the connections its start opened and
     is reported "Unclosed AIOKafkaConsumer" when collected.
     """
+    await start_client(consumer.start, lambda: stop_consumer(consumer))
+
+
+async def start_client(
+    start: Callable[[], Awaitable[Any]], undo: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run a Kafka client's `start`; one that fails or is cancelled is undone before that is raised.
+
+    A cancelled start first runs on, for up to START_SETTLE_SECONDS: aiokafka's bootstrap cut
+    short while its metadata request is out drops that connection unclosed (nothing else refers
+    to it: "Unclosed AIOKafkaConnection" when collected), which no stop of the client can reach.
+    Against a live broker that request takes milliseconds.
+    """
+    starting = asyncio.ensure_future(start())
     try:
-        await consumer.start()
+        await asyncio.shield(starting)
     except BaseException:
-        # What the start raised is what the caller must see, not a failure of this stop.
+        if not starting.done():  # the caller was cancelled, not the start
+            await _settle(starting)
+        if starting.done() and not starting.cancelled():
+            starting.exception()  # raised already, or superseded by the cancellation
+        # What the start raised is what the caller must see, not a failure of this undo.
         with contextlib.suppress(Exception):
-            await stop_consumer(consumer)
+            await undo()
         raise
+
+
+async def _settle(starting: asyncio.Future[Any]) -> None:
+    """Let a start whose caller was cancelled finish, within START_SETTLE_SECONDS; else cancel."""
+    # Cancelled again: the caller raises its cancellation anyway; the wait ends here.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait({starting}, timeout=START_SETTLE_SECONDS)
+    if not starting.done():
+        starting.cancel()
+        # Unwound before the undo, as an awaited start would be; a cancelled start ends at once.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({starting})
 
 
 async def stop_consumer(consumer: Any) -> None:

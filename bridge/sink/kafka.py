@@ -33,6 +33,7 @@ from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     fail_pending,
     producer_died,
+    start_client,
     stop_dead,
     unreachable,
 )
@@ -56,8 +57,8 @@ T = TypeVar("T")
 async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on leaving: after a failed start too (it may hold sockets)."""
     admin = AIOKafkaAdminClient(**options)
+    await start_client(admin.start, admin.close)
     try:
-        await admin.start()
         yield admin
     finally:
         await admin.close()
@@ -306,11 +307,7 @@ class KafkaSink:
             partitioner=partition_for,
         )
         drain_whole_brokers(producer)
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
+        await start_client(producer.start, producer.stop)
         return producer
 
     async def stop(self) -> None:

@@ -23,7 +23,13 @@ from aiokafka.errors import KafkaError
 
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import Replacement, consumer_died, stop_consumer, stop_dead
+from bridge.sink.clienttasks import (
+    Replacement,
+    consumer_died,
+    start_client,
+    stop_consumer,
+    stop_dead,
+)
 from bridge.sink.kafka import admin_client
 from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
 from bridge.supervise import Supervisor
@@ -116,8 +122,8 @@ class FeedLease:
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
+        await start_client(consumer.start, lambda: stop_dead(consumer, _STOP_DEAD_AFTER))
         try:
-            await consumer.start()
             consumer.subscribe([self.topic], listener=_Listener(self))
         except BaseException:
             await stop_dead(consumer, _STOP_DEAD_AFTER)

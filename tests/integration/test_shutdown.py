@@ -339,6 +339,28 @@ async def test_sigint_stops_cleanly(
     assert [r.json()["id"] for r in records] == [f"{unique_call}:1"]
 
 
+# After ready, the dedup stage is still starting: joining its group, its partitions' starts
+# (committed offset, log start, restore), the hanging-transaction readers and the feed lease.
+SIGNAL_DELAYS = (0.0, 0.2, 0.4, 0.6, 0.9, 1.5)
+
+
+@pytest.mark.parametrize("delay", SIGNAL_DELAYS)
+async def test_a_signal_while_the_stage_starts_leaves_no_kafka_client_open(
+    spawn: Spawn, kafka_bootstrap: str, topics: Topics, delay: float
+) -> None:
+    """Each Kafka client made is stopped, whichever start the signal cuts short.
+
+    One left open is reported "Unclosed AIOKafkaConsumer" (or Producer) when collected.
+    """
+    daemon = await spawn(shutdown_env(kafka_bootstrap, topics))
+    await asyncio.sleep(delay)
+    daemon.proc.send_signal(signal.SIGINT)
+    code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    assert code == 0, f"exit code {code}{daemon.log()}"
+    assert "Unclosed" not in daemon.stderr.read_text(errors="replace"), daemon.log()
+    assert daemon.error_logs() == [], daemon.log()
+
+
 async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> None:
     """Until the daemon's dedup stage owns `partitions` ingest partitions (from its /metrics)."""
     async with aiohttp.ClientSession() as session:

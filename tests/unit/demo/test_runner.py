@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
+import socket
+import warnings
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from rich.console import Console
 
+from bridge.config import Settings, load_settings
 from bridge.demo import runner
 from bridge.demo.runner import RecentEvents
 from bridge.metrics import Metrics
@@ -192,3 +199,52 @@ async def test_another_runs_alert_is_not_judged() -> None:
     code, out = await verdict({"CA_1:1", "sha256:aa"}, recent, await traffic_of(1))
     assert code == 0
     assert "not judged: 1" in out
+
+
+@pytest.fixture
+async def unclosed() -> AsyncIterator[list[str]]:
+    """What the loop is told of clients collected unclosed ("Unclosed AIOKafkaConsumer")."""
+    told: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: told.append(context["message"]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            yield told
+    finally:
+        loop.set_exception_handler(None)
+
+
+def unreachable_kafka() -> Settings:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Closed again: a connection to it is refused at once.
+    return load_settings(
+        webhook={"allow_unsigned": True}, kafka={"bootstrap_servers": [f"127.0.0.1:{port}"]}
+    )
+
+
+async def test_recent_events_never_started_leaves_no_kafka_client_open(
+    unclosed: list[str],
+) -> None:
+    # The demo can end before the reader starts (the bridge never ready, Ctrl-C meanwhile).
+    recent = RecentEvents(unreachable_kafka(), ["events"])
+    del recent
+    gc.collect()
+    assert unclosed == []
+
+
+async def test_recent_events_whose_start_fails_leaves_no_kafka_client_open(
+    unclosed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def partitions(*_: Any) -> list[TopicPartition]:
+        return [TopicPartition("events", 0)]
+
+    monkeypatch.setattr(runner, "topic_partitions", partitions)
+    recent = RecentEvents(unreachable_kafka(), ["events"])
+    with pytest.raises(KafkaConnectionError):
+        await recent.start()
+    del recent
+    gc.collect()
+    assert unclosed == []

@@ -15,6 +15,7 @@ from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     consumer_died,
     producer_died,
+    start_client,
     stop_consumer,
     stop_dead,
 )
@@ -65,6 +66,58 @@ async def test_a_caller_cancelled_while_a_consumer_stops_is_cancelled_with_its_s
         await caller
     assert consumer.stopping is not None
     assert consumer.stopping.cancelled()
+
+
+class Starting:
+    """A client's start that takes `takes` s (or fails), and its undo, both recorded."""
+
+    def __init__(self, takes: float, fails: Exception | None = None) -> None:
+        self.takes = takes
+        self.fails = fails
+        self.began = asyncio.Event()
+        self.finished = False
+        self.undone = False
+
+    async def start(self) -> None:
+        self.began.set()
+        await asyncio.sleep(self.takes)
+        if self.fails is not None:
+            raise self.fails
+        self.finished = True
+
+    async def undo(self) -> None:
+        self.undone = True
+
+
+async def test_a_start_whose_caller_is_cancelled_finishes_then_is_undone() -> None:
+    # aiokafka's bootstrap cut short in its metadata request drops that connection unclosed.
+    client = Starting(takes=0.2)
+    caller = asyncio.create_task(start_client(client.start, client.undo))
+    await client.began.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert (client.finished, client.undone) == (True, True)
+
+
+async def test_a_start_still_running_after_the_settle_time_is_cancelled_and_undone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", 0.05)
+    client = Starting(takes=30.0)
+    caller = asyncio.create_task(start_client(client.start, client.undo))
+    await client.began.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert (client.finished, client.undone) == (False, True)
+
+
+async def test_a_failed_start_is_undone_and_its_error_raised() -> None:
+    client = Starting(takes=0.0, fails=KafkaConnectionError("refused"))
+    with pytest.raises(KafkaConnectionError):
+        await start_client(client.start, client.undo)
+    assert client.undone
 
 
 def test_a_client_without_the_expected_attributes_counts_as_alive(
