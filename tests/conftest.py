@@ -37,9 +37,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         plugins.unregister(name=HYPOTHESIS_PLUGIN)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def keep_logging() -> Iterator[None]:
-    """For a test of a command that configures the root logger: put it back for the others."""
+    """The root logger put back after every test: a handler a test configured writes to that
+    test's captured stderr, closed after it (a later thread's log line then fails noisily)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
