@@ -135,7 +135,32 @@ def _check(_: argparse.Namespace) -> int:
         f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)",
         file=sys.stderr,
     )
+    _check_memory(settings)
     return 0
+
+
+def _check_memory(settings: Settings) -> None:
+    """The dedup window's worst case here, for BRIDGE_TOPICS__INGEST_PARTITIONS (check reads no
+    topic; `run` says it again for the topic's own count)."""
+    from bridge.dedup.memoryfit import WindowFit, read_limit
+
+    limit = read_limit()
+    if limit.problem is not None:
+        print(
+            f"warning: could not read the container's memory limit ({limit.source}:"
+            f" {limit.problem}) to size the dedup window against",
+            file=sys.stderr,
+        )
+        return
+    processes = max(settings.http.workers, 1) + settings.dedup.own_process
+    fit = WindowFit(
+        settings.topics.ingest_partitions,
+        settings.dedup.max_entries_per_partition,
+        limit.limit,
+        processes,
+    )
+    warning = fit.warning()
+    print(f"warning: {warning}" if warning else f"dedup memory: {fit.summary()}", file=sys.stderr)
 
 
 def sample_event() -> dict[str, object]:

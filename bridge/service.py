@@ -25,6 +25,7 @@ from bridge import listen, logthrottle, looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
+from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import timed_runner
 from bridge.ingest.topic import (
@@ -78,10 +79,16 @@ class Bridge:
         probes: list[web.RouteDef] | None = None,
         reuse_port: bool = False,
         stages: Stages = "both",
+        pod_processes: int = 1,
+        memory_check: bool = True,
     ) -> None:
-        """`probes`, `reuse_port` and `stages`: a worker process of a pod (bridge/workers)."""
+        """`probes`, `reuse_port`, `stages`, `pod_processes` and `memory_check` (one worker of
+        the pod says the dedup window's fit): a worker process of a pod (bridge/workers)."""
         self.settings = settings
         self.stages: Stages = stages
+        self._pod_processes = pod_processes
+        # The partition count the memory limit was last compared for (0: not yet; -1: never here).
+        self._memory_checked = 0 if memory_check and stages != "ingest" else -1
         self._reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics()
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
@@ -385,6 +392,36 @@ class Bridge:
                 found.message,
                 extra={"topic": self.settings.topics.ingest, **found.facts},
             )
+        if count > 0 and self._memory_checked not in (-1, count):
+            self._memory_checked = count
+            self._check_memory(count, read_limit())
+
+    def _check_memory(self, partitions: int, limit: MemoryLimit) -> None:
+        """Warn when one pod owning all `partitions` would outgrow the container's memory."""
+        if limit.problem is not None:
+            log.warning(
+                "could not read the container's memory limit to size the dedup window against",
+                extra={"file": limit.source, "error": limit.problem},
+            )
+            return
+        fit = WindowFit(
+            partitions,
+            self.settings.dedup.max_entries_per_partition,
+            limit.limit,
+            self._pod_processes,
+        )
+        facts = {
+            "partitions": partitions,
+            "max_entries_per_partition": fit.max_entries,
+            "worst_case_bytes": fit.worst_case,
+            "needed_bytes": fit.needed,
+            "memory_limit_bytes": fit.limit,
+        }
+        warning = fit.warning()
+        if warning is not None:
+            log.warning(warning, extra={**facts, "largest_cap": fit.largest_cap()})
+        else:
+            log.info(fit.summary(), extra=facts)
 
     def _check_configs(
         self, names: list[str], configs: TopicConfigs | None, fresh: set[str]

@@ -65,6 +65,9 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         probes=pod.routes(),
         reuse_port=True,
         stages=role.stages,
+        pod_processes=role.count,
+        # The last worker always runs the dedup stage: it alone says the window's fit.
+        memory_check=role.index == role.count - 1,
     )
     own = web.Application()
     own.add_routes(probe_routes(bridge.readiness, metrics))

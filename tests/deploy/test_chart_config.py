@@ -32,7 +32,10 @@ SECRET_SETTINGS = {
 POD_SETTINGS = {"dedup.instance_id": "metadata.name"}
 POD_NAME = "pinecall-bridge-7f9c5d8b4-x2kqz"
 # Where the chart's default is deliberately not the bridge's.
-CHART_DEFAULT_DIFFERS = {"kafka.bootstrap_servers"}  # 127.0.0.1 means nothing in a pod
+CHART_DEFAULT_DIFFERS = {
+    "kafka.bootstrap_servers",  # 127.0.0.1 means nothing in a pod
+    "dedup.max_entries_per_partition",  # the chart's every window must fit its memory limit
+}
 TLS_DIR = "/etc/pinecall-bridge/kafka-tls"
 
 

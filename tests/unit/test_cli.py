@@ -504,3 +504,28 @@ def test_check_and_run_warn_of_a_short_webhook_secret(
     assert [(e["level"], e["logger"], e["msg"].startswith(said)) for e in logged] == (
         [("warning", "bridge.config", True)] if warned else []
     )
+
+
+def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{2 * 1024**3}\n")
+    monkeypatch.setattr("bridge.dedup.memoryfit.CGROUP_ROOT", cgroup)
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "a-long-enough-secret-value")
+    assert main(["check"]) == 0  # a warning, never a refusal
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
+    assert line.startswith("warning: the dedup window's worst case (one pod owning all 12 ingest")
+    assert "against a limit of 2,048 MiB" in line
+    assert (
+        "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION (chart: config.dedup.maxEntriesPerPartition)"
+        in line
+    )
+    assert "to at most 626349" in line
+    assert "to at least 3,117 MiB" in line
+
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "626349")
+    assert main(["check"]) == 0
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
+    assert line.startswith("dedup memory: the dedup window's worst case")

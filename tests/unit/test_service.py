@@ -13,6 +13,7 @@ import pytest
 
 from bridge import pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
+from bridge.dedup.memoryfit import MemoryLimit
 from bridge.service import Bridge, run_until_stopped
 from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
@@ -590,3 +591,54 @@ async def test_listening_on_the_ipv6_any_address_takes_ipv4_too(workers: int) ->
     finally:
         for bridge in bridges:
             await bridge.stop()
+
+
+@pytest.mark.parametrize(
+    ("limit", "level"),
+    [
+        (MemoryLimit(2 * 1024**3, "memory.max"), "WARNING"),
+        (MemoryLimit(4 * 1024**3, "memory.max"), "INFO"),
+        (MemoryLimit(None), "INFO"),
+    ],
+)
+def test_the_start_compares_the_topic_partitions_worst_window_with_the_memory_limit(
+    caplog: pytest.LogCaptureFixture, limit: MemoryLimit, level: str
+) -> None:
+    bridge = Bridge(every_source(), pod_processes=2)
+    with caplog.at_level(logging.INFO, logger="bridge.service"):
+        bridge._check_memory(12, limit)
+    [record] = caplog.records
+    assert record.levelname == level
+    assert (record.__dict__["partitions"], record.__dict__["needed_bytes"]) == (
+        12,
+        12 * 1_000_000 * 250 + 2 * 256 * 1024**2,
+    )
+    assert ("lower BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION" in record.getMessage()) == (
+        level == "WARNING"
+    )
+
+
+def test_an_unreadable_memory_limit_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="bridge.service"):
+        Bridge(every_source())._check_memory(12, MemoryLimit(None, "memory.max", "junk"))
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.__dict__["error"] == "junk"
+
+
+@pytest.mark.parametrize(
+    ("stages", "memory_check", "checks"),
+    [("both", True, [12, 24]), ("ingest", True, []), ("both", False, [])],
+)
+def test_the_memory_limit_is_compared_once_per_partition_count_where_a_window_is(
+    monkeypatch: pytest.MonkeyPatch, stages: Stages, memory_check: bool, checks: list[int]
+) -> None:
+    bridge = Bridge(every_source(), stages=stages, memory_check=memory_check)
+    counts = iter([0, 12, 12, 24])
+    monkeypatch.setattr(bridge.sink, "partition_count", lambda _topic: next(counts))
+    monkeypatch.setattr("bridge.service.read_limit", lambda: MemoryLimit(None))
+    seen: list[int] = []
+    monkeypatch.setattr(bridge, "_check_memory", lambda count, _limit: seen.append(count))
+    for _ in range(4):
+        bridge._watch_ingest_topic()
+    assert seen == checks
