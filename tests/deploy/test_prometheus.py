@@ -308,5 +308,5 @@ async def test_every_metric_named_exists_in_the_bridge(scraped: Scraped) -> None
     # And the reverse: every bridge metric is on the dashboard.
     families = {f.name for f in text_string_to_metric_families(scraped.exposition)}
     on_dashboard = {n for _, expr in dashboard_queries() for n in BRIDGE_METRIC.findall(expr)}
-    shown = {n.removesuffix("_total").removesuffix("_bucket") for n in on_dashboard}
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in on_dashboard}
     assert {f for f in families if f.startswith("pinecall_bridge_")} <= shown
