@@ -339,7 +339,8 @@ class Metrics:
         self.sse_calls_dropped = Counter(
             f"{PREFIX}_sse_calls_dropped_total",
             "Calls not queued: BRIDGE_SSE__MAX_CALLS followed and ten times as many waiting. The"
-            " call list is read again once the queue drains.",
+            " call list is read again once the queue drains. Also ended calls the list found that"
+            " waited in the queue until their end left the dedup window.",
             registry=r,
         )
         self.sse_reconnects = Counter(

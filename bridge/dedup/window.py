@@ -17,6 +17,10 @@ from array import array
 from hashlib import blake2b
 
 _COMPACT_AFTER = 4096  # consumed slots before the arrays are worth shifting down
+# ...and once they are a quarter of the queue: the arrays then hold at most a third more slots
+# than are live (at a half, twice as many: 24 B/id more at steady state), and a slot is moved
+# about three times in its life, a memmove (bench/OPTIMISATIONS.md).
+_COMPACT_SHARE = 4
 _LOW = (1 << 64) - 1
 # Each remembered id's own objects as the allocator hands them out (16-byte blocks): its digest,
 # a 128-bit int (44 bytes), and its last-seen time, a float (24).
@@ -111,8 +115,9 @@ class SeenWindow:
                 del last[key]
                 if when >= horizon:
                     self.evicted_early += 1
-        if head > _COMPACT_AFTER and head * 2 > end:
-            # Amortised O(1): each slot is moved at most once per halving.
+        if head > _COMPACT_AFTER and head * _COMPACT_SHARE > end:
+            # Amortised O(1): a compaction moves the live slots, at most three times the
+            # consumed ones that set it off.
             del high[:head]
             del low[:head]
             del times[:head]

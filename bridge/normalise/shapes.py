@@ -239,7 +239,8 @@ def to_epoch(value: Any) -> float | None:
 
     A string of 9 digits or more (a fraction allowed) is a number too: no date is written so (8
     digits are a date, 20260101), and fewer would be a time of 1970, more likely an offset. So a
-    time before 1973 is none, whatever its JSON type: `0` is a field left unset, as `"0"` is.
+    time before 1973 is none, whatever its JSON type: `0` is a field left unset, as `"0"` is. A
+    JSON number is one in any form (`1e9`); a string with a sign or exponent (`"1e9"`) is none.
     """
     if isinstance(value, str) and _NUMERIC.fullmatch(value):
         value = float(value)

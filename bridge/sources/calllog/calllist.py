@@ -103,8 +103,18 @@ def wanted(row: CallRow, now: float, ttl: float) -> bool:
     would publish copies. `ended_at` is Pinecall's clock and the window the broker's: the window
     is taken a skew allowance short, so a clock ahead of ours never makes it too generous.
     """
-    ended_after = now - ttl + SKEW_ALLOWANCE_SECONDS
-    return row.live or (row.ended_at is not None and row.ended_at >= ended_after)
+    until = read_by(row, ttl)
+    return row.live or (until is not None and now <= until)
+
+
+def read_by(row: CallRow, ttl: float) -> float | None:
+    """The wall time past which an ended call is no longer `wanted`; None for a live one.
+
+    A call waits for a follower slot after the list was read: its turn is checked against this.
+    """
+    if row.live or row.ended_at is None:
+        return None
+    return row.ended_at + ttl - SKEW_ALLOWANCE_SECONDS
 
 
 async def list_calls(

@@ -21,6 +21,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
+from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import EventStreamParser
 from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason
 from bridge.sources.calllog.keygate import KeyGate
@@ -48,6 +49,12 @@ def api_headers(api: PinecallSettings, accept: str) -> dict[str, str]:
     """Bearer auth, the `pinecall-env` header where set, and what we accept."""
     key = api.api_key.get_secret_value() if api.api_key else ""
     return bearer_headers(key, api.env, accept)
+
+
+def entry_time(item: dict[str, Any]) -> float | None:
+    """An entry's `ts` read as its event's time is (milliseconds, numeric strings, none before
+    1973), so `sse_behind_live` measures from the time the CloudEvent carries."""
+    return to_epoch(item.get("ts"))
 
 
 def head_timeout(settings: SseSettings) -> float:
@@ -285,10 +292,8 @@ class Follower:
                             _UNREADABLE[step.item.reason],
                             extra={**self._ctx(), **_loggable(step.item.item)},
                         )
-                    elif step.seq is not None:
-                        ts = step.item.get("ts")
-                        if isinstance(ts, int | float) and not isinstance(ts, bool):
-                            times.append(float(ts))
+                    elif step.seq is not None and (moment := entry_time(step.item)) is not None:
+                        times.append(moment)
                 elif isinstance(step, Fill):
                     await self._publish(batch, times, last)
                     batch, times, last = [], [], None
@@ -362,11 +367,7 @@ class Follower:
                 return None
             self._gate.accepted()  # a page came: the key was taken
             entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
-            times = [
-                float(e["ts"])
-                for e in entries
-                if isinstance(e.get("ts"), int | float) and not isinstance(e["ts"], bool)
-            ]
+            times = [moment for e in entries if (moment := entry_time(e)) is not None]
             self._metrics.sse_gap_entries.inc(len(entries))
             await self._publish(entries, times, entries[-1]["seq"] if entries else None)
             return page.next

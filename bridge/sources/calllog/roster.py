@@ -9,6 +9,7 @@ feed does not send a follower back over a finished log.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,18 +44,27 @@ class Roster:
         capacity: int,
         remember_ended: int = 10_000,
         on_drop: Callable[[str], None] = lambda call: None,
+        on_expire: Callable[[str], None] = lambda call: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.partitions = partitions
         self.capacity = capacity
         self.owned: set[int] = set()
         self.following: dict[str, int] = {}  # call → its partition
         self.waiting: OrderedDict[str, int] = OrderedDict()  # call → after, first in first out
+        # Waiting calls the call list offered only because they ended within the dedup window:
+        # the wall time (`clock`) past which starting one would re-publish entries the window
+        # has forgotten. A wait in the queue is not bounded by the skew allowance the list's
+        # decision left, so the bound is checked again when the call's turn comes.
+        self._until: dict[str, float] = {}
         self.max_waiting = WAITING_PER_SLOT * capacity
         # A call was dropped because the queue was full: the call list (where configured) is
         # read again once the queue drains, and offers again a dropped call that is still live
         # or ended within the dedup window; one that ended before is lost, and was counted.
         self.missed = False
         self._on_drop = on_drop
+        self._on_expire = on_expire
+        self._clock = clock
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_ended
 
@@ -64,12 +74,25 @@ class Roster:
     def has_ended(self, call: str) -> bool:
         return call in self._ended
 
-    def offer(self, call: str, after: int = 0) -> list[Start]:
-        """A call this process may have to follow (announced, listed, or found on takeover)."""
+    def offer(self, call: str, after: int = 0, until: float | None = None) -> list[Start]:
+        """A call this process may have to follow (announced, listed, or found on takeover).
+
+        `until`: the wall time past which it must not start (an ended call the list found).
+        """
         if call in self.following or call in self._ended or not self.owns(call):
             return []
         if call in self.waiting:
             self.waiting[call] = max(self.waiting[call], after)
+            # A notice or a takeover needs no window to follow the call: unbounded from now on.
+            bound = self._until.get(call)
+            if bound is not None:
+                if until is None:
+                    del self._until[call]
+                else:
+                    self._until[call] = max(bound, until)
+            return []
+        if until is not None and self._clock() > until:
+            self._on_expire(call)
             return []
         if len(self.following) >= self.capacity:
             if len(self.waiting) >= self.max_waiting:
@@ -77,6 +100,8 @@ class Roster:
                 self.missed = True
                 return []
             self.waiting[call] = after
+            if until is not None:
+                self._until[call] = until
             return []
         self.following[call] = partition_of(call, self.partitions)
         return [Start(call, after)]
@@ -99,6 +124,7 @@ class Roster:
         for call in ended:
             if partition_of(call, self.partitions) == partition:
                 self.waiting.pop(call, None)
+                self._until.pop(call, None)
                 # A call still followed (its partition handed straight back) frees its slot
                 # for one that waited: that one starts now.
                 starts.extend(self.finished(call, ended=True))
@@ -122,6 +148,7 @@ class Roster:
             del self.following[call]
         for call in [c for c in self.waiting if partition_of(c, self.partitions) in gone]:
             del self.waiting[call]
+            self._until.pop(call, None)
         return stopped
 
     def refill(self) -> list[Start]:
@@ -130,8 +157,13 @@ class Roster:
 
     def _fill(self) -> list[Start]:
         starts: list[Start] = []
+        now = self._clock()
         while self.waiting and len(self.following) < self.capacity:
             call, after = self.waiting.popitem(last=False)
+            until = self._until.pop(call, None)
+            if until is not None and now > until:
+                self._on_expire(call)
+                continue
             self.following[call] = partition_of(call, self.partitions)
             starts.append(Start(call, after))
         return starts

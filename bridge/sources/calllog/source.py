@@ -19,11 +19,12 @@ import aiohttp
 
 from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.ingest.progress import PartitionProgress
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise.ids import shown, valid_call_id
 from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
-from bridge.sources.calllog.calllist import CallListError, list_calls, wanted
+from bridge.sources.calllog.calllist import CallListError, list_calls, read_by, wanted
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.keygate import KeyGate
@@ -35,6 +36,8 @@ from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# A drained queue can let many ended calls expire at once: one line for them, each counted.
+flood = LogThrottle(log)
 # Pinecall's `: ping` on every event stream (pinecall-wire.md).
 PINECALL_PING_SECONDS = 25.0
 _STOP_GRACE = 5.0
@@ -100,7 +103,9 @@ class CallLogSource:
         if not partitions:  # the start-up loop retries: the topic may be being created
             raise RuntimeError(f"the ingest topic {self._ingest} has no partitions yet")
         m = self._metrics
-        self.roster = Roster(partitions, self._settings.max_calls, on_drop=self._dropped)
+        self.roster = Roster(
+            partitions, self._settings.max_calls, on_drop=self._dropped, on_expire=self._expired
+        )
         self._session = stream_session()
         m.sse_enabled.set(1)
         m.sse_calls_followed.set_function(lambda: len(self._followers))
@@ -174,10 +179,13 @@ class CallLogSource:
 
     # Discovery.
 
-    def announce(self, call: str) -> None:
-        """A lifecycle notice of `call`: follow it from its start if it is ours and new."""
+    def announce(self, call: str, until: float | None = None) -> None:
+        """A lifecycle notice of `call`: follow it from its start if it is ours and new.
+
+        `until`: the wall time past which an ended call the list found must not start.
+        """
         if self.roster is not None and not self._stopping.is_set() and self._usable(call):
-            self._launch(self.roster.offer(call, 0))
+            self._launch(self.roster.offer(call, 0, until))
 
     def _usable(self, call: str) -> bool:
         """False for an id that is no call id (`..`, `a/b`, 1 MB): counted, logged once."""
@@ -242,7 +250,7 @@ class CallLogSource:
                 # The window's start is measured from before the read: never too generous.
                 for row in rows:
                     if wanted(row, now, self._ttl):
-                        self.announce(row.call)
+                        self.announce(row.call, read_by(row, self._ttl))
             if not self._sweep_again:
                 return
 
@@ -302,6 +310,15 @@ class CallLogSource:
                 " is read again",
                 extra={"call": call, "waiting": len(self.roster.waiting)},
             )
+
+    def _expired(self, call: str) -> None:
+        """An ended call the list found waited past the dedup window: re-reading it would double
+        what was published of it, so it is left alone, and counted as dropped."""
+        self._metrics.sse_calls_dropped.inc()
+        flood.warning(
+            "call-log queue: an ended call waited past the dedup window and is not read again",
+            extra={"call": call},
+        )
 
     def _retire(self, calls: list[str]) -> None:
         """Stop following `calls` (their partitions moved): after a publish in flight lands."""

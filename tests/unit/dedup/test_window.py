@@ -130,6 +130,20 @@ def test_copies_of_a_few_ids_keep_the_queue_bounded() -> None:
     assert len(window._times) - window._head <= 2 * 10 + 4_096 + 1
 
 
+def test_at_steady_state_the_queue_holds_at_most_a_third_more_slots_than_live_ids() -> None:
+    # Each id once, at a steady rate: the consumed head was cut off only past half the queue, so
+    # the arrays (24 bytes a slot) grew to twice the live ids before each compaction.
+    live = 20_000
+    window = SeenWindow(TTL, 10 * live)
+    most = 0
+    for i in range(3 * live):
+        window.observe(key(f"evt-{i}"), 1000.0 + i * TTL / live)
+        if i >= live:
+            most = max(most, len(window._times) - 4 * len(window) // 3)
+    assert len(window) == live + 1
+    assert most <= 4_096 + 1
+
+
 class KeepsEverySighting(SeenWindow):
     def _drop_stale(self) -> None:
         return None

@@ -261,6 +261,34 @@ def test_a_time_reads_the_same_as_a_number_or_a_string(
     assert norm(entry(ts=number)).time == (NOW if expected is None else expected)
 
 
+@pytest.mark.parametrize(
+    ("written", "as_number"),
+    [
+        ("1e9", 1e9),
+        ("1E9", 1e9),
+        ("1e12", 1e9),  # milliseconds
+        ("1.5e9", 1.5e9),
+        ("1.7e12", 1.7e9),
+        ("-1e9", None),  # before 1973
+        ("-1000000000", None),
+        ("1000000000", 1e9),
+    ],
+)
+def test_a_json_number_in_any_form_is_a_time_a_string_only_in_digits_or_iso(
+    written: str, as_number: float | None
+) -> None:
+    # JSON writes one number as `1e9` or `1000000000` alike; a string is what its sender wrote,
+    # and an exponent or a sign in one is no way of writing a time (the README's `time` row).
+    number, text = jsoncodec.loads(f'[{written}, "{written}"]'.encode())
+    assert to_epoch(number) == as_number
+    assert to_epoch(text) == (as_number if written.isdigit() else None)
+
+
+@pytest.mark.parametrize("text", ["NaN", "nan", "inf", "Infinity", "-Infinity", "1e400"])
+def test_a_string_naming_no_finite_number_is_no_time(text: str) -> None:
+    assert to_epoch(text) is None
+
+
 def test_an_iso_time_before_1973_is_no_time_either() -> None:
     assert to_epoch("1970-01-01T00:00:00Z") is None
     assert to_epoch("1973-03-03T09:46:40Z") == 100_000_000.0

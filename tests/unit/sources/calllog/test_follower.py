@@ -53,12 +53,14 @@ class FakePublisher:
 
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
+        self.times: list[float] = []
         self.refuse = False
 
     async def publish(self, items: list[Any], times: list[float] = ()) -> bool:  # type: ignore[assignment]
         if self.refuse:
             return False
         self.batches.append(list(items))
+        self.times.extend(times)
         return True
 
     @property
@@ -954,3 +956,27 @@ async def test_a_follower_waiting_for_a_page_slot_leaves_at_once_on_a_stop(
     assert len(asked) == 1
     # The one whose page landed resumes after it; the other where it was.
     assert sorted(f.state.acked for f in followers) == [1, 2]
+
+
+async def test_entry_times_for_how_far_behind_live_are_read_as_the_events_time_is(
+    run_follower: Callable[..., Any],
+) -> None:
+    # `sse_behind_live` took a raw number: milliseconds made an entry look live, `ts: 0` made it
+    # 56 years late, and an epoch in a string was left out, while the CloudEvent's time read each.
+    times: list[object] = [
+        1_700_000_000_123,  # milliseconds
+        "1700000000",  # epoch seconds as a string
+        1e9,  # a number in exponent form is a number
+        "1e9",  # a string is a time only as digits or ISO 8601
+        0,  # a field left unset
+        "2023-11-14T22:13:20Z",
+    ]
+    items = [{**entry(seq), "ts": ts} for seq, ts in enumerate(times, 1)]
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        chunks = b"".join(frame(item) for item in items)
+        return await stream(request, chunks + frame(entry(len(items) + 1, "call.score", ts=1e9)))
+
+    ended, _, publisher, _, _ = await run_follower(handler)
+    assert ended
+    assert publisher.times == [1_700_000_000.123, 1_700_000_000.0, 1e9, 1_700_000_000.0, 1e9]

@@ -128,3 +128,28 @@ def test_past_ten_waiting_per_slot_a_call_is_dropped_and_counted() -> None:
     assert roster.finished(calls[0], ended=True) == [Start(calls[2], 0)]
     assert roster.offer(calls[22]) == []  # a slot in the queue is free again
     assert list(roster.waiting)[-1] == calls[22]
+
+
+def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
+    # The call list offers an ended call only while re-reading it cannot double it; the queue
+    # can hold it for longer than the list's skew allowance.
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
+    busy, a, b, c, d = calls_in(0, 5)
+    roster.own(0, {}, set())
+    assert roster.offer(busy) == [Start(busy, 0)]
+    assert roster.offer(a, until=1_100.0) == []
+    assert roster.offer(b, until=1_050.0) == []
+    assert roster.offer(b, 4) == []  # a notice or takeover of it: no bound any more
+    assert roster.offer(c, until=1_050.0) == []
+    assert roster.offer(d, until=1_000.0) == []
+    now[0] = 1_060.0
+    assert roster.finished(busy, ended=True) == [Start(a, 0)]
+    assert roster.finished(a, ended=True) == [Start(b, 4)]
+    assert roster.finished(b, ended=True) == []  # c and d: past their time
+    assert expired == [c, d]
+    assert not roster.waiting
+    assert roster.offer(c, until=1_050.0) == []  # offered again, late: not started either
+    assert expired == [c, d, c]
+    assert roster.offer(c, until=1_100.0) == [Start(c, 0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import aiohttp
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import CHANNEL
@@ -33,7 +35,7 @@ def sweeps_with(
     """`source` reads the call list with `list_calls` and owns every call; the calls announced."""
     announced: list[str] = []
     monkeypatch.setattr(source_module, "list_calls", list_calls)
-    monkeypatch.setattr(source, "announce", announced.append)
+    monkeypatch.setattr(source, "announce", lambda call, until=None: announced.append(call))
     source.roster = Roster(1, 10)
     return announced
 
@@ -261,3 +263,36 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
             break
     assert len(sweeps) == 1
     assert not source.roster.missed
+
+
+async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The list is read with the window a skew allowance short, but the call then waits for a
+    # slot: after five minutes in the queue its end, and every entry of it published before,
+    # has left the dedup window. Read again from seq 0, its whole log would be published twice.
+    metrics = Metrics()
+    source = call_log_source(metrics, max_calls=1)
+    waited = [0.0]
+    source.roster = Roster(1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0])
+    source.roster.own(0, {}, set())
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    ttl = source._ttl
+
+    async def list_calls(*args: Any, **kwargs: Any) -> list[CallRow]:
+        ended_at = time.time() - ttl + 2 * SKEW_ALLOWANCE_SECONDS  # wanted, by two minutes
+        return [CallRow("CA_busy", True, 3, 1.0, None), CallRow("CA_done", False, 9, 1.0, ended_at)]
+
+    monkeypatch.setattr(source_module, "list_calls", list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        source._schedule_sweep()
+        assert source._sweep is not None
+        await asyncio.wait_for(source._sweep, 5)
+    assert launched == [Start("CA_busy", 0)]
+    assert list(source.roster.waiting) == ["CA_done"]
+    waited[0] = 5 * SKEW_ALLOWANCE_SECONDS
+    assert source.roster.finished("CA_busy", ended=True) == []
+    assert not source.roster.following
+    assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
