@@ -12,17 +12,19 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import jsoncodec
+from bridge.deadline import by_deadline
 from bridge.ingest.record import ID, encode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Unrecognised, normalise
 from bridge.normalise.binding import CONTENT_TYPE, Mode
 from bridge.normalise.binding import encode as encode_cloudevent
+from bridge.normalise.shapes import UNREAD
 from bridge.normalise.vocabulary import type_label
 from bridge.routing import Drop, Router
 from bridge.sink.limits import TopicLimits, record_size, too_large
@@ -202,6 +204,7 @@ class Pipeline:
         raw: bytes | None = None,
         retry: Delivery | None = None,
         settled: set[int] | None = None,
+        event_times: Sequence[float | None] | None = None,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
@@ -210,6 +213,8 @@ class Pipeline:
         its receipt time and latencies stay the first submit's.
         `settled` gains, as it happens, the index of each item Kafka acknowledged or that needs no
         retry (dropped, refused): what a source cut off mid-delivery did not lose.
+        `event_times` are the items' times as `event_time` read them, when the source did (the
+        webhook's replay check): not read twice.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
@@ -229,7 +234,12 @@ class Pipeline:
             normalised = (
                 item
                 if isinstance(item, Unrecognised)
-                else normalise(item, channel=channel, received_at=received_at)
+                else normalise(
+                    item,
+                    channel=channel,
+                    received_at=received_at,
+                    known_time=UNREAD if event_times is None else event_times[n],
+                )
             )
             # A dead letter keeps the body's exact bytes when the body is this one item.
             exact = raw if raw is not None and len(items) == 1 else None
@@ -318,9 +328,9 @@ class Pipeline:
         self, record: Record, deadline: float, result: BatchResult
     ) -> asyncio.Future[Any] | _Refused | None:
         try:
-            # timeout_at, not wait_for: no task per record, and the send stays in arrival order.
-            async with asyncio.timeout_at(deadline):
-                delivery = await self._sink.send(record)
+            # Not wait_for: no task per record, and the send stays in arrival order. The timer is
+            # armed only if the send suspends (a full batch, metadata): rarely, and it costs.
+            delivery = await by_deadline(deadline, self._sink.send(record))
         except TimeoutError:
             self._fail("timeout", result)
             return None

@@ -14,7 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import Enum
+from typing import Any, Final, Literal
 
 from bridge import jsoncodec
 from bridge.normalise.event import Channel, Event
@@ -33,6 +34,14 @@ UnrecognisedReason = Literal[
     "invalid_json",
 ]
 MAX_TYPE_LENGTH = 256
+
+
+class _Unread(Enum):
+    UNREAD = "unread"
+
+
+# normalise()'s `known_time` when the caller has not read the item's time with event_time().
+UNREAD: Final = _Unread.UNREAD
 
 _ENTRY_KEYS = frozenset({"seq", "ts", "call", "agent", "type", "ephemeral", "data", "id"})
 _ALERT_KEYS = frozenset({"type", "org", "env", "agent", "at", "data", "id"})
@@ -66,32 +75,49 @@ def split_body(body: Any) -> list[Any]:
     return list(body) if isinstance(body, list) else [body]
 
 
-def normalise(item: Any, *, channel: Channel, received_at: float) -> Event | Unrecognised:
-    """Map one decoded JSON value to an Event, or say why it is not one."""
+def normalise(
+    item: Any,
+    *,
+    channel: Channel,
+    received_at: float,
+    known_time: float | _Unread | None = UNREAD,
+) -> Event | Unrecognised:
+    """Map one decoded JSON value to an Event, or say why it is not one.
+
+    `known_time`: what event_time(item) said, when the caller read it already (a replay check).
+    """
     if not isinstance(item, dict):
         return Unrecognised("not_an_object", item)
     shape = _shape(item)
+    # Read once: the event's id, and an id to check (a natural or content id is not one).
+    payload_id = _payload_id(item)
     if shape == "legacy":
-        return _checked(_legacy(item, channel, received_at), item)
+        when = _time(item, shape) if known_time is UNREAD else known_time
+        return _checked(_legacy(item, payload_id, when, channel, received_at), item, payload_id)
     event_type = item.get("type")
     if event_type is None:
         return Unrecognised("missing_type", item)
     if not isinstance(event_type, str) or not valid_id(event_type, MAX_TYPE_LENGTH):
         return Unrecognised("invalid_type", item)
+    when = _time(item, shape) if known_time is UNREAD else known_time
     if shape == "entry":
-        return _checked(_entry(item, event_type, channel, received_at), item)
-    if shape == "alert":
-        return _checked(_alert(item, event_type, channel, received_at), item)
-    return _checked(_documented(item, event_type, channel, received_at), item)
+        event = _entry(item, payload_id, when, event_type, channel, received_at)
+    elif shape == "alert":
+        event = _alert(item, payload_id, when, event_type, channel, received_at)
+    else:
+        event = _documented(item, payload_id, when, event_type, channel, received_at)
+    return _checked(event, item, payload_id)
 
 
-def _checked(event: Event | Unrecognised, item: dict[str, Any]) -> Event | Unrecognised:
+def _checked(
+    event: Event | Unrecognised, item: dict[str, Any], payload_id: str | None
+) -> Event | Unrecognised:
     """The event, unless an id it took from the input is none: those become keys and headers."""
     if isinstance(event, Unrecognised):
         return event
     if event.call is not None and not valid_call_id(event.call):
         return Unrecognised("invalid_call_id", item)
-    for value in (_payload_id(item), event.agent, event.org):
+    for value in (payload_id, event.agent, event.org):
         if value is not None and not valid_id(value):
             return Unrecognised("invalid_id", item)
     return event
@@ -123,7 +149,12 @@ def _time(item: dict[str, Any], shape: Shape) -> float | None:
 
 
 def _entry(
-    item: dict[str, Any], event_type: str, channel: Channel, received: float
+    item: dict[str, Any],
+    payload_id: str | None,
+    when: float | None,
+    event_type: str,
+    channel: Channel,
+    received: float,
 ) -> Event | Unrecognised:
     seq = item["seq"]
     if not _is_int(seq) or seq < 0:
@@ -139,12 +170,12 @@ def _entry(
     elif seq >= 1 and agent is not None:
         natural_id = f"@{agent}:{seq}"
     return Event(
-        id=_payload_id(item) or natural_id or content_id(item),
+        id=payload_id or natural_id or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_time(item, "entry"),
+        event_time=when,
         call=call,
         agent=agent,
         seq=seq,
@@ -155,18 +186,23 @@ def _entry(
 
 
 def _alert(
-    item: dict[str, Any], event_type: str, channel: Channel, received: float
+    item: dict[str, Any],
+    payload_id: str | None,
+    when: float | None,
+    event_type: str,
+    channel: Channel,
+    received: float,
 ) -> Event | Unrecognised:
     data = item.get("data", {})
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
     return Event(
-        id=_payload_id(item) or content_id(item),
+        id=payload_id or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_time(item, "alert"),
+        event_time=when,
         agent=_str_or_none(item.get("agent")),
         org=_str_or_none(item.get("org")),
         env=_str_or_none(item.get("env")),
@@ -175,18 +211,23 @@ def _alert(
 
 
 def _documented(
-    item: dict[str, Any], event_type: str, channel: Channel, received: float
+    item: dict[str, Any],
+    payload_id: str | None,
+    when: float | None,
+    event_type: str,
+    channel: Channel,
+    received: float,
 ) -> Event | Unrecognised:
     data = item.get("data")
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
     return Event(
-        id=_payload_id(item) or content_id(item),
+        id=payload_id or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_time(item, "documented"),
+        event_time=when,
         call=_str_or_none(data.get("call_id")),
         agent=_str_or_none(item.get("agent")),
         org=_str_or_none(item.get("org")),
@@ -196,19 +237,25 @@ def _documented(
     )
 
 
-def _legacy(item: dict[str, Any], channel: Channel, received: float) -> Event | Unrecognised:
+def _legacy(
+    item: dict[str, Any],
+    payload_id: str | None,
+    when: float | None,
+    channel: Channel,
+    received: float,
+) -> Event | Unrecognised:
     event_type = item["event"]
     if not valid_id(event_type, MAX_TYPE_LENGTH):
         return Unrecognised("invalid_type", item)
     # The older SDK spread the payload over the frame itself, so its data is what remains.
     data = {key: value for key, value in item.items() if key not in _LEGACY_ENVELOPE}
     return Event(
-        id=_payload_id(item) or content_id(item),
+        id=payload_id or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
         received_at=received,
-        event_time=_time(item, "legacy"),
+        event_time=when,
         call=_str_or_none(item.get("callId")),
         # Its agent too (it stays in data): an agent's frame without a call is keyed by it.
         agent=_str_or_none(item.get("agent")),

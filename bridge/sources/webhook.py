@@ -155,8 +155,11 @@ class WebhookHandler:
             # in flight, and each event holds far more than its bytes until Kafka answers.
             detail = f"{len(items)} events; the limit is {self._settings.max_events_per_body}"
             return self._reject(413, "too_many_events", detail)
+        times = None
         if self._secrets and self._settings.max_age_seconds:
-            refusal = _outside_window(items, self._clock(), self._settings.max_age_seconds)
+            # Read once: the pipeline's normalise takes them, where it would read them again.
+            times = [event_time(item) for item in items]
+            refusal = _outside_window(times, self._clock(), self._settings.max_age_seconds)
             if refusal is not None:
                 # Final (a 4xx): Pinecall's retry of an old body would be refused again anyway.
                 return self._reject(400, *refusal)
@@ -166,7 +169,10 @@ class WebhookHandler:
         self._in_flight_bytes += charge
         try:
             result = await self._pipeline.submit(
-                items, "webhook", raw=None if isinstance(document, list) else body
+                items,
+                "webhook",
+                raw=None if isinstance(document, list) else body,
+                event_times=times,
             )
         finally:
             self._in_flight_bytes -= charge
@@ -195,15 +201,18 @@ class WebhookHandler:
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
 
 
-def _outside_window(items: list[Any], now: float, max_age: float) -> tuple[str, str] | None:
-    """Why a signed body is refused as a replay (its own time too old or too far ahead), if it is.
+def _outside_window(
+    item_times: list[float | None], now: float, max_age: float
+) -> tuple[str, str] | None:
+    """Why a signed body is refused as a replay (its own time too old or too far ahead), if it is;
+    `item_times` are its items' times as `event_time` reads them.
 
     Pinecall sends the same bytes on a retry and puts no time in a header: the body's time is
     all there is. A body is replayed whole, so one readable time among its items bounds it all.
     """
-    if not items:  # `[]` publishes nothing, replayed or not
+    if not item_times:  # `[]` publishes nothing, replayed or not
         return None
-    times = [t for t in map(event_time, items) if t is not None]
+    times = [t for t in item_times if t is not None]
     if not times:
         # Every alert Pinecall sends has its `at`: a signed body with no time could be replayed
         # for ever, which is what turning the check on means to prevent.

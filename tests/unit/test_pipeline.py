@@ -240,6 +240,20 @@ async def test_ack_after_the_deadline_fails_and_marks_kafka_unreachable() -> Non
     assert ids(sink) == ["CA_1:1", "CA_1:1"]
 
 
+async def test_sends_that_do_not_suspend_arm_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    armed: list[float | None] = []
+    real = asyncio.timeout_at
+
+    def counted(when: float | None) -> asyncio.Timeout:
+        armed.append(when)
+        return real(when)
+
+    monkeypatch.setattr(asyncio, "timeout_at", counted)
+    pipeline, _ = make(FakeSink())
+    assert (await pipeline.submit([entry(1), entry(2)], "webhook")).accepted == 2
+    assert armed == []
+
+
 async def test_send_that_blocks_times_out() -> None:
     sink = FakeSink()
     sink.block_send = True

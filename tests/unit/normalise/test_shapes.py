@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 
 from bridge import jsoncodec
-from bridge.normalise import Event, Unrecognised, event_time, normalise, split_body
+from bridge.normalise import Event, Unrecognised, event_time, normalise, shapes, split_body
 from bridge.normalise.shapes import to_epoch
 
 NOW = 1_790_000_000.0
@@ -300,17 +300,47 @@ def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     assert e.time == NOW
 
 
-@pytest.mark.parametrize(
-    ("item", "expected"),
-    [
-        ({"seq": 1, "ts": 1_790_000_000.5, "type": "turn.user", "data": {}}, 1_790_000_000.5),
-        ({"type": "monitor.fired", "org": "acme", "at": 1_790_000_000}, 1_790_000_000.0),
-        ({"type": "x", "data": {}, "created_at": "2026-09-21T14:13:20Z"}, 1_790_000_000.0),
-        ({"event": "call.ended", "callId": "CA_1", "ts": 1_790_000_000_000}, 1_790_000_000.0),
-        ({"type": "monitor.fired", "org": "acme", "at": "soon"}, None),
-        ({"type": "call.started", "data": {}}, None),
-        ([1, 2], None),
-    ],
-)
+TIMED = [
+    ({"seq": 1, "ts": 1_790_000_000.5, "type": "turn.user", "data": {}}, 1_790_000_000.5),
+    ({"type": "monitor.fired", "org": "acme", "at": 1_790_000_000}, 1_790_000_000.0),
+    ({"type": "x", "data": {}, "created_at": "2026-09-21T14:13:20Z"}, 1_790_000_000.0),
+    ({"event": "call.ended", "callId": "CA_1", "ts": 1_790_000_000_000}, 1_790_000_000.0),
+    ({"type": "monitor.fired", "org": "acme", "at": "soon"}, None),
+    ({"type": "call.started", "data": {}}, None),
+    ([1, 2], None),
+]
+
+
+@pytest.mark.parametrize(("item", "expected"), TIMED)
 def test_event_time_of_each_shape(item: Any, expected: float | None) -> None:
     assert event_time(item) == expected
+
+
+@pytest.mark.parametrize(("item", "expected"), TIMED)
+def test_a_time_read_before_normalise_gives_the_same_event(item: Any, expected: Any) -> None:
+    read = normalise(item, channel="webhook", received_at=NOW, known_time=event_time(item))
+    assert read == normalise(item, channel="webhook", received_at=NOW)
+
+
+def test_normalise_takes_the_time_it_is_given_without_reading_it_again() -> None:
+    assert norm_known(entry(ts=1_790_000_000.0), 1_790_000_001.0).event_time == 1_790_000_001.0
+    assert norm_known(entry(ts=1_790_000_000.0), None).time == NOW
+
+
+def norm_known(item: object, known: float | None) -> Event:
+    result = normalise(item, channel="webhook", received_at=NOW, known_time=known)
+    assert isinstance(result, Event), result
+    return result
+
+
+def test_the_payload_id_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str | None] = []
+    read = shapes._payload_id
+
+    def counted(item: dict[str, Any]) -> str | None:
+        reads.append(read(item))
+        return reads[-1]
+
+    monkeypatch.setattr(shapes, "_payload_id", counted)
+    assert norm({"type": "x.y", "data": {}, "id": "evt_1"}).id == "evt_1"
+    assert reads == ["evt_1"]

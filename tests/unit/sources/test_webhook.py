@@ -15,6 +15,7 @@ from bridge.app import Readiness, build_app
 from bridge.config import Settings, load_settings, load_tool_settings
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
+from bridge.normalise import shapes
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
 from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, WebhookHandler
@@ -480,6 +481,26 @@ async def test_retries_and_skew_within_the_window_are_accepted(checked: Harness,
         response = await checked.post(alert(at))
         assert response.status == 200
     assert output_topics(checked) == ["pinecall.alerts", "pinecall.alerts"]
+
+
+async def test_the_replay_check_reads_each_time_once(
+    checked: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[float | None] = []
+    read = shapes._time
+
+    def counted(item: dict[str, Any], shape: shapes.Shape) -> float | None:
+        reads.append(read(item, shape))
+        return reads[-1]
+
+    monkeypatch.setattr(shapes, "_time", counted)
+    body = [entry(1, ts=ENTRY_TIME), jsoncodec.loads(alert(ENTRY_TIME))]
+    response = await checked.post(jsoncodec.dumps(body))
+    assert response.status == 200
+    # The pipeline's normalise takes what the check read, where it read each time again.
+    assert reads == [ENTRY_TIME, ENTRY_TIME]
+    times = [decode(r.key, r.value, r.headers) for r in checked.sink.records]
+    assert [d.event_time if d else None for d in times] == [ENTRY_TIME, ENTRY_TIME]
 
 
 async def test_one_stale_item_refuses_the_whole_batch(checked: Harness) -> None:

@@ -1,0 +1,292 @@
+"""CPU per event of the webhook handler path, in-process: two variants paired in ABBA rounds.
+
+    python -m bench.handlerpath [--variant timer|payload-id|event-time|all|control] [--rounds 40]
+                                [--per-round 300]
+
+What runs: `WebhookHandler.handle` on prepared `make_mocked_request`s (signed one-event bodies
+from `bench.events`, the whole body arrived: no HTTP parsing or socket writes), the real pipeline
+and `KafkaSink.send`, the producer's `send` answering a done future (no Kafka I/O); replay check
+on (300 s), uvloop when installed. The old variant is today's code with one change undone by
+patching (the old function is copied below); `control` runs today's code against itself, to
+show what the harness reads into no change. Each round times `--per-round` requests of each
+variant with `time.process_time`, the order alternated per round (A B, B A, ...), the GC frozen
+over the prepared requests. Printed: each variant's min and median µs per event, then the median
+of the per-round ratios new/old and in how many rounds new was lower. The box may be shared:
+only the paired ratios mean anything, and a control's tells how far they move with no change.
+To measure another change, copy its old function here and add a variant to VARIANTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import streams, web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.test_utils import make_mocked_request
+
+from bench.events import body
+from bridge import pipeline as pipeline_module
+from bridge.config import load_settings
+from bridge.metrics import Metrics
+from bridge.normalise import Channel, Event, Unrecognised, shapes
+from bridge.normalise.ids import valid_call_id, valid_id
+from bridge.pipeline import BatchResult, Pipeline, _Refused, pipeline_for
+from bridge.routing import Router
+from bridge.sink import kafka
+from bridge.sink.limits import too_large
+from bridge.sink.record import Record
+from bridge.sources.signature import signature_header
+from bridge.sources.webhook import SIGNATURE_HEADER, WebhookHandler
+
+SECRET = "bench-handlerpath-secret"
+MAX_AGE_SECONDS = 300.0
+Patch = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+# --- The old functions, as they were before each change -----------------------------------------
+
+
+async def _old_send(
+    self: Pipeline, record: Record, deadline: float, result: BatchResult
+) -> asyncio.Future[Any] | _Refused | None:
+    """Pipeline._send before the timer was armed only for a send that suspends."""
+    from bridge.pipeline import _REFUSED, flood
+
+    try:
+        async with asyncio.timeout_at(deadline):
+            delivery = await self._sink.send(record)
+    except TimeoutError:
+        self._fail("timeout", result)
+        return None
+    except Exception as exc:
+        if too_large(exc):
+            return _REFUSED
+        reason = "retriable" if getattr(exc, "retriable", False) else "error"
+        flood.warning("Kafka refused a record", extra={"error": type(exc).__name__})
+        self._fail(reason, result)
+        return None
+    self._records_in_flight += 1
+    delivery.add_done_callback(self._delivered)
+    return delivery
+
+
+def _old_checked(
+    event: Event | Unrecognised, item: dict[str, Any], payload_id: str | None
+) -> Event | Unrecognised:
+    """shapes._checked before the payload's id was read once: it read it again."""
+    if isinstance(event, Unrecognised):
+        return event
+    if event.call is not None and not valid_call_id(event.call):
+        return Unrecognised("invalid_call_id", item)
+    for value in (shapes._payload_id(item), event.agent, event.org):
+        if value is not None and not valid_id(value):
+            return Unrecognised("invalid_id", item)
+    return event
+
+
+def _old_normalise(
+    item: Any,
+    *,
+    channel: Channel,
+    received_at: float,
+    known_time: float | shapes._Unread | None = shapes.UNREAD,
+) -> Event | Unrecognised:
+    """shapes.normalise before it took the time the replay check read: it read it again."""
+    if not isinstance(item, dict):
+        return Unrecognised("not_an_object", item)
+    shape = shapes._shape(item)
+    payload_id = shapes._payload_id(item)
+    if shape == "legacy":
+        when = shapes._time(item, shape)
+        legacy = shapes._legacy(item, payload_id, when, channel, received_at)
+        return shapes._checked(legacy, item, payload_id)
+    event_type = item.get("type")
+    if event_type is None:
+        return Unrecognised("missing_type", item)
+    if not isinstance(event_type, str) or not valid_id(event_type, shapes.MAX_TYPE_LENGTH):
+        return Unrecognised("invalid_type", item)
+    when = shapes._time(item, shape)
+    event: Event | Unrecognised
+    if shape == "entry":
+        event = shapes._entry(item, payload_id, when, event_type, channel, received_at)
+    elif shape == "alert":
+        event = shapes._alert(item, payload_id, when, event_type, channel, received_at)
+    else:
+        event = shapes._documented(item, payload_id, when, event_type, channel, received_at)
+    return shapes._checked(event, item, payload_id)
+
+
+@contextlib.contextmanager
+def _patched(*patches: tuple[Any, str, Any]) -> Iterator[None]:
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+VARIANTS: dict[str, Patch] = {
+    "timer": lambda: _patched((Pipeline, "_send", _old_send)),
+    "payload-id": lambda: _patched((shapes, "_checked", _old_checked)),
+    "event-time": lambda: _patched((pipeline_module, "normalise", _old_normalise)),
+    "all": lambda: _patched(
+        (Pipeline, "_send", _old_send),
+        (shapes, "_checked", _old_checked),
+        (pipeline_module, "normalise", _old_normalise),
+    ),
+    "control": contextlib.nullcontext,
+}
+
+
+# --- The path --------------------------------------------------------------------------------
+
+
+class _Producer:
+    """Takes each record at once, acknowledged: the path without Kafka's I/O."""
+
+    async def send(self, topic: str, **_: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _handler() -> WebhookHandler:
+    settings = load_settings(
+        webhook={"secrets": [SECRET], "max_age_seconds": MAX_AGE_SECONDS},
+    )
+    metrics = Metrics()
+    sink = kafka.KafkaSink(settings.kafka, metrics)
+    sink._producer = _Producer()
+    router = Router(settings.topics, settings.routing.rules)
+    pipeline = pipeline_for(settings, sink, router, metrics)
+    return WebhookHandler(settings.webhook, pipeline, metrics)
+
+
+def _requests(salt: int, first: int, count: int) -> list[web.Request]:
+    """`count` signed one-event webhooks, each body already arrived whole."""
+    loop = asyncio.get_running_loop()
+    made: list[web.Request] = []
+    shared: dict[str, Any] = {}  # the first request's mocks, for all: making them costs ms
+    for index in range(first, first + count):
+        raw = body(salt, index, 1, time.time())
+        payload = streams.StreamReader(cast(BaseProtocol, _Protocol()), 2**16, loop=loop)
+        payload.feed_data(raw)
+        payload.feed_eof()
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(raw)),
+            SIGNATURE_HEADER: signature_header(SECRET.encode(), raw),
+        }
+        request = make_mocked_request(
+            "POST", "/webhooks/pinecall", headers, payload=payload, **shared
+        )
+        if not shared:
+            shared = {
+                "app": request.app,
+                "protocol": request.protocol,
+                "transport": request.transport,
+                "writer": request._payload_writer,
+            }
+        made.append(request)
+    return made
+
+
+class _Protocol:
+    """What a StreamReader asks of its protocol: nothing here ever pauses reading."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self, **_: Any) -> None: ...
+
+
+async def _timed(handler: WebhookHandler, requests: list[web.Request]) -> float:
+    """CPU seconds to handle `requests` one after another."""
+    started = time.process_time()
+    for request in requests:
+        response = await handler.handle(request)
+        if response.status != 200:
+            raise RuntimeError(f"answered {response.status}: {response.text}")
+    return time.process_time() - started
+
+
+@dataclass
+class Outcome:
+    old: list[float]  # µs per event, per round
+    new: list[float]
+
+    def ratios(self) -> list[float]:
+        return [n / o for o, n in zip(self.old, self.new, strict=True)]
+
+
+async def measure(variant: str, rounds: int, per_round: int) -> Outcome:
+    """`rounds` paired rounds of `per_round` requests of the old and the new variant each."""
+    handler = _handler()
+    old_patch = VARIANTS[variant]
+    await _timed(handler, _requests(0, 0, per_round))  # warm-up: caches, first-call paths
+    outcome = Outcome([], [])
+    for n in range(rounds):
+        batches = [_requests(n + 1, k * per_round, per_round) for k in range(2)]
+        gc.collect()
+        gc.freeze()  # the prepared requests are no collection's work inside the timed part
+        order = ("old", "new") if n % 2 == 0 else ("new", "old")
+        for which, requests in zip(order, batches, strict=True):
+            patch = old_patch() if which == "old" else contextlib.nullcontext()
+            with patch:
+                seconds = await _timed(handler, requests)
+            getattr(outcome, which).append(seconds / per_round * 1e6)
+        gc.unfreeze()
+    return outcome
+
+
+def report(variant: str, outcome: Outcome) -> str:
+    ratios = outcome.ratios()
+    lower = sum(r < 1 for r in ratios)
+
+    def summary(values: list[float]) -> str:
+        return f"min {min(values):.1f}, median {statistics.median(values):.1f} µs/event"
+
+    return (
+        f"{variant}: old {summary(outcome.old)}; new {summary(outcome.new)}; "
+        f"per-round new/old median {statistics.median(ratios):.3f}, "
+        f"new lower in {lower} of {len(ratios)} rounds"
+    )
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # as the bridge: uvloop is optional
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), action="append")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--per-round", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    async def each() -> None:
+        for variant in args.variant or ["timer", "payload-id", "event-time", "all", "control"]:
+            print(report(variant, await measure(variant, args.rounds, args.per_round)), flush=True)
+
+    _run(each())
+
+
+if __name__ == "__main__":
+    main()
