@@ -345,6 +345,9 @@ class WebhookSettings(_Section):
     # Pinecall sends one object per webhook; a lone body is let in whatever the bytes in flight,
     # and each event holds ~768 bytes until Kafka answers (a 960 KiB array of tiny items: 285 MB).
     max_events_per_body: int = Field(default=1000, ge=1, le=1_000_000)
+    # How often secrets read from a file (BRIDGE_SECRETS_DIR) are read again, to take a rotated
+    # Secret without a restart (the kubelet updates the mounted files in place); 0: read at start.
+    secrets_check_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
@@ -967,9 +970,36 @@ def log_unknown_variables() -> None:
         logging.getLogger(__name__).warning(problem)
 
 
+def reloaded_webhook(webhook: WebhookSettings, secrets: str) -> WebhookSettings:
+    """`webhook` with the secrets of a file read again, checked as at start, or ConfigError.
+
+    Reloading never turns signature checks off: no secrets where there were some is refused.
+    """
+    try:
+        fresh = WebhookSettings.model_validate(
+            {**webhook.model_dump(exclude={"secrets"}), "secrets": secrets}
+        )
+    except ValidationError as exc:
+        # As load_settings: the rule broken, never the input (the secret itself).
+        problems = [_problem(("webhook", *e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
+        raise ConfigError(problems) from None
+    if webhook.secrets and not fresh.secrets:
+        raise ConfigError(
+            [
+                "BRIDGE_WEBHOOK__SECRETS: the file now holds no secret; a reload does not turn"
+                " signature checks off (restart for that, with BRIDGE_WEBHOOK__ALLOW_UNSIGNED)"
+            ]
+        )
+    return fresh
+
+
 def setting_warnings(settings: Settings) -> list[str]:
     """Valid settings that are weak in production, one line each, naming no secret's value."""
-    secrets = settings.webhook.secrets
+    return webhook_secret_warnings(settings.webhook.secrets)
+
+
+def webhook_secret_warnings(secrets: list[SecretStr]) -> list[str]:
+    """Webhook secrets too short to be safe, one line each, naming none's value."""
     return [
         f"BRIDGE_WEBHOOK__SECRETS: {_nth(n, len(secrets))} is shorter than"
         f" {MIN_WEBHOOK_SECRET_CHARS} characters: anyone who can reach the webhook endpoint could"

@@ -310,6 +310,13 @@ class Metrics:
             registry=None,
         )
         self._feed_registered = False
+        self.secret_reloads = Counter(
+            f"{PREFIX}_secret_reloads_total",
+            "Changes of a secret's file (BRIDGE_SECRETS_DIR) while running, by secret and result:"
+            " reloaded, or invalid or unreadable (the previous value kept).",
+            ["secret", "result"],
+            registry=r,
+        )
         self.webhook_registered = Gauge(
             f"{PREFIX}_webhook_registered",
             "1 while the organisation's Pinecall webhook is known to point at this bridge "

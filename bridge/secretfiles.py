@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def secret_files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def _read_secret(path: Path) -> str:
+def read_secret(path: Path) -> str:
     """A secret file's text, as the variable would hold it: its validators strip line ends."""
     try:
         return path.read_text(encoding="utf-8")
@@ -86,7 +87,31 @@ class _SecretFiles(NestedSecretsSettingsSource):
     def load_secrets(cls, path: Path) -> dict[str, str]:
         # The library strips all whitespace; a password may end in a space, so the same
         # validators as for the variable take the line end off.
-        return {name: _read_secret(file) for name, file in secret_files(path).items()}
+        return {name: read_secret(file) for name, file in secret_files(path).items()}
+
+
+def secret_file(
+    name: str, environ: Mapping[str, str], dotenv: Mapping[str, str | None]
+) -> Path | None:
+    """The file secret setting `name` is read from, or None when it comes from no file."""
+    lower_env = {key.lower(): value for key, value in environ.items()}
+    lower_dotenv = {key.lower(): value for key, value in dotenv.items()}
+    directory = _secrets_dir(lower_env, lower_dotenv)
+    return secret_files(directory).get(name) if directory is not None else None
+
+
+def _in_section(name: str, variables: Mapping[str, str | None]) -> bool:
+    """Whether the section of secret `name` is given whole as JSON (`BRIDGE_WEBHOOK='{...}'`)
+    with that field in it: pydantic-settings would read it, and the file never."""
+    section, _, field = name.lower().partition("__")
+    value = variables.get(section)
+    if not value:
+        return False
+    try:
+        parsed = json.loads(value)  # the stdlib's, as pydantic-settings reads it
+    except ValueError:  # not JSON: load_settings names the variable
+        return False
+    return isinstance(parsed, dict) and any(str(key).lower() == field for key in parsed)
 
 
 def secret_origins(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
@@ -132,13 +157,25 @@ def with_secret_files(
         }
     # Both would be a secret with two values, one of them stale after a rotation: refuse.
     twice = [
-        f"{name}: set both as a file in {SECRETS_DIR_VARIABLE} and in the"
-        f" {'environment' if name.lower() in env_settings.env_vars else '.env file'};"
-        " set it in one place"
+        f"{name}: set both as a file in {SECRETS_DIR_VARIABLE} and {where}; set it in one place"
         for name in SECRET_VARIABLES
         if name.lower() in files.env_vars
-        and (name.lower() in env_settings.env_vars or name.lower() in dotenv_settings.env_vars)
+        and (where := _elsewhere(name, env_settings.env_vars, dotenv_settings.env_vars))
     ]
     if twice:
         raise ConfigError(twice)
     return init_settings, env_settings, dotenv_settings, files
+
+
+def _elsewhere(
+    name: str, environ: Mapping[str, str | None], dotenv: Mapping[str, str | None]
+) -> str:
+    """Where else than its file secret `name` is set, in words; "" when nowhere."""
+    section = name.split("__")[0]
+    for variables, place in ((environ, "the environment"), (dotenv, "the .env file")):
+        if name.lower() in variables:
+            return f"in {place}"
+        if _in_section(name, variables):
+            field = name.split("__")[1].lower()
+            return f"in {place}, as the key {field!r} of the JSON in {section}"
+    return ""

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol, get_args
 
 from aiohttp import web
@@ -23,7 +25,7 @@ from aiokafka.errors import KafkaError
 
 from bridge import listen, logthrottle, looplag
 from bridge.app import Readiness, build_app
-from bridge.config import Settings, final_phase_seconds
+from bridge.config import Settings, dotenv_variables, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
@@ -39,6 +41,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
 from bridge.routing import Router
+from bridge.secretfiles import secret_file
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
     KafkaSink,
@@ -54,6 +57,7 @@ from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
 from bridge.sources.webhook import WebhookHandler
+from bridge.sources.webhooksecrets import WebhookSecretsWatch
 from bridge.sources.websocket import WebSocketSource
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
@@ -81,9 +85,11 @@ class Bridge:
         stages: Stages = "both",
         pod_processes: int = 1,
         memory_check: bool = True,
+        webhook_secrets_file: Path | None = None,
     ) -> None:
         """`probes`, `reuse_port`, `stages`, `pod_processes` and `memory_check` (one worker of
-        the pod says the dedup window's fit): a worker process of a pod (bridge/workers)."""
+        the pod says the dedup window's fit): a worker process of a pod (bridge/workers);
+        `webhook_secrets_file`: where the webhook secrets were read, to read again on a change."""
         self.settings = settings
         self.stages: Stages = stages
         self._pod_processes = pod_processes
@@ -193,6 +199,15 @@ class Bridge:
             body_timeout_seconds=settings.http.body_timeout_seconds,
         )
         self.app = build_app(settings, webhook, self.readiness, self.metrics, probes)
+        every = settings.webhook.secrets_check_seconds
+        self.secrets_watch = (
+            WebhookSecretsWatch(
+                webhook_secrets_file, lambda: webhook.settings, webhook.use, self.metrics, every
+            )
+            if webhook_secrets_file is not None and every > 0 and stages != "dedup"
+            else None
+        )
+        self._secrets_watching: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._started = False
         self._connector: asyncio.Task[None] | None = None
@@ -201,7 +216,9 @@ class Bridge:
         api = settings.pinecall
         if api.register_webhook and self.stages != "dedup":
             url = f"{api.public_url}{settings.webhook.path}"
-            self.registrar = Registrar(api, url, settings.webhook.signing_secret, self.metrics)
+            self.registrar = Registrar(
+                api, url, lambda: webhook.settings.signing_secret, self.metrics
+            )
         self._loop_lag: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -217,6 +234,10 @@ class Bridge:
         )
         if self.registrar is not None:
             self._registration = self.supervisor.spawn("webhook-register", self.registrar.run)
+        if self.secrets_watch is not None:
+            self._secrets_watching = self.supervisor.spawn(
+                "webhook-secrets", self.secrets_watch.run
+            )
 
     async def _start_http(self) -> None:
         http = self.settings.http
@@ -611,7 +632,13 @@ class Bridge:
             deadline = min(deadline, max(by, now))
         grace = deadline - now
         log.info("shutting down", extra={"grace_s": round(grace, 3)})
-        for task in (self._connector, self._topic_watch, self._registration, self._loop_lag):
+        for task in (
+            self._connector,
+            self._topic_watch,
+            self._registration,
+            self._secrets_watching,
+            self._loop_lag,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -665,7 +692,12 @@ def lease_leave_reserve(left: float) -> float:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    await run_until_stopped(Bridge(settings))
+    await run_until_stopped(Bridge(settings, webhook_secrets_file=webhook_secrets_file()))
+
+
+def webhook_secrets_file() -> Path | None:
+    """The file the webhook secrets were read from (BRIDGE_SECRETS_DIR), if any."""
+    return secret_file("BRIDGE_WEBHOOK__SECRETS", os.environ, dotenv_variables())
 
 
 def _no_deadline() -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import aiohttp
 
@@ -23,7 +24,10 @@ class Registrar:
     and retried, with a capped, jittered backoff, and `webhook_registered` says 0 meanwhile.
     """
 
-    def __init__(self, api: PinecallSettings, url: str, secret: str, metrics: Metrics) -> None:
+    def __init__(
+        self, api: PinecallSettings, url: str, secret: str | Callable[[], str], metrics: Metrics
+    ) -> None:
+        """`secret`: the one to put, or what gives it at each put (a reloaded secret file)."""
         self._api = api
         self._url = url
         self._secret = secret
@@ -43,12 +47,16 @@ class Registrar:
                 await self._until_moved(registry)
                 self._metrics.webhook_registered.set(0)
 
+    def _current_secret(self) -> str:
+        # A put after a rotation removed the secret read at start must not bring it back.
+        return self._secret() if callable(self._secret) else self._secret
+
     async def _ensure(self, registry: WebhookRegistry) -> Registered:
         delay = 0.5
         while True:
             try:
                 return await registry.ensure(
-                    self._url, self._secret, replace=self._api.replace_webhook
+                    self._url, self._current_secret(), replace=self._api.replace_webhook
                 )
             except RegistrationError as exc:
                 log.error(

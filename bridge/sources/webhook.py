@@ -60,7 +60,7 @@ class WebhookHandler:
         self._body_timeout = body_timeout_seconds
         self._pipeline = pipeline
         self._metrics = metrics
-        self._secrets = [s.get_secret_value().encode() for s in settings.secrets]
+        self._secrets = _encoded(settings)
         self._in_flight_bytes = 0  # one event loop: a plain int, no lock
         # Read at scrape time, as the pipeline's in-flight gauge: no update per request.
         metrics.webhook_in_flight_bytes.set_function(lambda: self._in_flight_bytes)
@@ -74,6 +74,15 @@ class WebhookHandler:
             "too_many_events",
         ):
             metrics.rejected.labels("webhook", reason)
+
+    @property
+    def settings(self) -> WebhookSettings:
+        return self._settings
+
+    def use(self, settings: WebhookSettings) -> None:
+        """Verify with `settings`' secrets from the next request on (a reloaded secret file)."""
+        # No await between the two: a request sees the old pair or the new, never a mix.
+        self._settings, self._secrets = settings, _encoded(settings)
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
         self._metrics.rejected.labels("webhook", reason).inc()
@@ -199,6 +208,10 @@ class WebhookHandler:
                 413,
             )
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
+
+
+def _encoded(settings: WebhookSettings) -> list[bytes]:
+    return [secret.get_secret_value().encode() for secret in settings.secrets]
 
 
 def _outside_window(

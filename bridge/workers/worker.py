@@ -15,7 +15,7 @@ from aiohttp import web
 from bridge.app import probe_routes
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.service import Bridge, run_until_stopped
+from bridge.service import Bridge, run_until_stopped, webhook_secrets_file
 from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, read_stop_by
 
@@ -68,6 +68,7 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         pod_processes=role.count,
         # The last worker always runs the dedup stage: it alone says the window's fit.
         memory_check=role.index == role.count - 1,
+        webhook_secrets_file=webhook_secrets_file(),
     )
     own = web.Application()
     own.add_routes(probe_routes(bridge.readiness, metrics))

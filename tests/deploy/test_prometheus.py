@@ -48,6 +48,7 @@ EMPTY_HERE = {
     "WebSocket frames by kind",
     "Partitions lost by reason (fencings)",
     "Topic problems",  # a series only once a topic had a problem
+    "Secret reloads by result",  # a series only where a secret file is watched
 }
 # The chart's default. PinecallBridgeDedupPartitionsUnowned compares the partitions owned with
 # the topic's count as the bridge exports it, which must be this.

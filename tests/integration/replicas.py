@@ -144,18 +144,28 @@ def total(samples: dict[str, float], name: str, **labels: str) -> float:
 
 
 async def post_signed(
-    session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any,
+    *,
+    within: float = 5.0,
+    secret: str = SECRET,
 ) -> int:
     """POST a signed webhook body; the status, or 0 when no answer came (refused, timed out)."""
-    status, _ = await post_signed_answer(session, url, body, within=within)
+    status, _ = await post_signed_answer(session, url, body, within=within, secret=secret)
     return status
 
 
 async def post_signed_answer(
-    session: aiohttp.ClientSession, url: str, body: Any, *, within: float = 5.0
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any,
+    *,
+    within: float = 5.0,
+    secret: str = SECRET,
 ) -> tuple[int, dict[str, str]]:
     """post_signed, with the answer's headers (empty when no answer came)."""
-    raw, headers = signed(body, SECRET)
+    raw, headers = signed(body, secret)
     try:
         async with session.post(
             url + "/webhooks/pinecall",

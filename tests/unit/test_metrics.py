@@ -12,6 +12,7 @@ from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.signature import Verdict
+from bridge.sources.webhooksecrets import SECRET_LABEL, Result
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -53,6 +54,7 @@ def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
             v.value for v in Verdict if v is not Verdict.VALID
         }
         | {BAD_REQUEST_HEAD},
+        "pinecall_bridge_secret_reloads_total": set(get_args(Result)) | {SECRET_LABEL},
     }
     # The values created at 0 from the start (for increase()) are named by the code too.
     for family in _metrics().registry.collect():

@@ -167,3 +167,47 @@ def test_secret_origins_of_empty_variables(monkeypatch: pytest.MonkeyPatch, tmp_
     # The empty variable hides .env's value, as the settings read it (load_settings: no key).
     assert origins["BRIDGE_PINECALL__API_KEY"] == "unset"
     assert origins["BRIDGE_WEBHOOK__SECRETS"] == f"file {directory / 'BRIDGE_WEBHOOK__SECRETS'}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BRIDGE_WEBHOOK", '{"secrets": "from-env"}'),
+        ("BRIDGE_WEBHOOK", '{"Secrets": "from-env", "max_age_seconds": 0}'),
+        ("BRIDGE_WEBHOOK", '{"secrets": ""}'),
+    ],
+)
+def test_a_secret_in_a_file_and_in_its_sections_json_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str
+) -> None:
+    # The section's JSON would win over the file (an earlier source), unseen.
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "from-file"})
+    monkeypatch.setenv(variable, value)
+    (problem,) = problems()
+    assert problem == (
+        "BRIDGE_WEBHOOK__SECRETS: set both as a file in BRIDGE_SECRETS_DIR and in the"
+        " environment, as the key 'secrets' of the JSON in BRIDGE_WEBHOOK; set it in one place"
+    )
+
+
+def test_a_secret_in_a_file_and_in_its_sections_json_in_dotenv_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(
+        monkeypatch,
+        tmp_path,
+        {"BRIDGE_WEBHOOK__SECRETS": "from-file", "BRIDGE_PINECALL__API_KEY": "from-file"},
+    )
+    Path(".env").write_text('BRIDGE_PINECALL=\'{"api_key": "from-env"}\'\n')
+    (problem,) = problems()
+    assert problem.startswith("BRIDGE_PINECALL__API_KEY: set both as a file")
+    assert "the .env file, as the key 'api_key' of the JSON in BRIDGE_PINECALL" in problem
+    assert "from-" not in problem
+
+
+def test_a_section_json_without_the_secret_goes_with_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "from-file"})
+    monkeypatch.setenv("BRIDGE_WEBHOOK", '{"max_age_seconds": 0}')
+    assert [x.get_secret_value() for x in load_settings().webhook.secrets] == ["from-file"]

@@ -57,6 +57,17 @@ async def test_it_registers_and_puts_back_a_deleted_webhook(fake: FakeApi) -> No
         assert fake.puts == 2
 
 
+async def test_a_put_back_webhook_carries_the_secret_of_now(fake: FakeApi) -> None:
+    # The webhook secrets were reloaded from their file after the first put: the old one is gone.
+    secret = "before"
+    settings = fake.settings.model_copy(update={"webhook_recheck_seconds": 0.05})
+    async with running(Registrar(settings, OURS, lambda: secret, Metrics())):
+        await until(lambda: fake.hook == {"url": OURS, "secret": "before"})
+        secret = "after"
+        fake.hook = None
+        await until(lambda: fake.hook == {"url": OURS, "secret": "after"})
+
+
 async def test_a_webhook_moved_elsewhere_turns_the_gauge_to_0_and_is_left_alone(
     fake: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -31,12 +31,18 @@ PATH = "/webhooks/pinecall"
 
 class Harness:
     def __init__(
-        self, client: TestClient[Any, Any], sink: FakeSink, metrics: Metrics, readiness: Readiness
+        self,
+        client: TestClient[Any, Any],
+        sink: FakeSink,
+        metrics: Metrics,
+        readiness: Readiness,
+        handler: WebhookHandler,
     ) -> None:
         self.client = client
         self.sink = sink
         self.metrics = metrics
         self.readiness = readiness
+        self.handler = handler
 
     async def post(
         self,
@@ -96,7 +102,7 @@ async def serving(s: Settings) -> AsyncIterator[Harness]:
     handler = WebhookHandler(s.webhook, pipeline, metrics, clock=lambda: ENTRY_TIME)
     app = build_app(s, handler, readiness, metrics)
     async with TestClient(TestServer(app)) as client:
-        yield Harness(client, sink, metrics, readiness)
+        yield Harness(client, sink, metrics, readiness, handler)
 
 
 @pytest.fixture
@@ -565,3 +571,10 @@ def test_the_replay_and_event_count_refusals_exist_from_0() -> None:
         labels = {"channel": "webhook", "reason": reason}
         value = metrics.registry.get_sample_value("pinecall_bridge_events_rejected_total", labels)
         assert value == 0  # None if the series did not exist
+
+
+async def test_new_secrets_verify_from_the_next_request(harness: Harness) -> None:
+    # A reloaded secret file (bridge/sources/webhooksecrets.py): the old secret is gone.
+    harness.handler.use(settings(secrets="rotated-secret").webhook)
+    assert (await harness.post(ENTRY)).status == 401
+    assert (await harness.post(ENTRY, secret=b"rotated-secret")).status == 200
