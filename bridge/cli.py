@@ -64,9 +64,13 @@ def _configure_logging(settings: Settings) -> None:
 def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from bridge import logsetup
+    from bridge.connlimit import raise_open_files_limit
     from bridge.service import serve
     from bridge.workers.role import WorkerRole
 
+    # A container's soft limit is often 1024 under a far higher hard one: raised, the cap on
+    # HTTP connections (BRIDGE_HTTP__MAX_CONNECTIONS) is not lowered to fit it.
+    open_files = raise_open_files_limit()
     role = WorkerRole.from_env(os.environ)
     if role is not None:  # one of several worker processes, started by the parent below
         from bridge.workers.worker import serve_worker
@@ -75,6 +79,9 @@ def _run(_: argparse.Namespace) -> int:
         _run_loop(serve_worker(settings, role))
         return 0
     _configure_logging(settings)
+    logging.getLogger("bridge.connlimit").info(
+        "open files limit", extra={"soft": open_files[0], "hard": open_files[1]}
+    )
     # Only where webhooks are taken: once, by the parent of any workers.
     log_setting_warnings(settings)
     if settings.http.workers != 1 or settings.dedup.own_process:

@@ -299,6 +299,11 @@ class HttpSettings(_Section):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # The whole body read (and any unread body drained after the answer); past it: 408, closed.
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Open connections per process (keep-alive ones while open); one more is answered 503 and
+    # closed unread. Lowered at start if the open-files limit cannot hold it (bridge/connlimit.py).
+    # 4096: above a retry storm's (250 webhooks/s, each held up to the 5 s publish timeout in a
+    # Kafka stall: 1250), ~12 KiB each when idle (measured: ~50 MB in all).
+    max_connections: int = Field(default=4096, ge=1, le=1_000_000)
     # Processes sharing the port (SO_REUSEPORT) under a supervisor; 0: one per CPU available.
     workers: int = 1
 

@@ -14,6 +14,9 @@ refuses to start on an aiohttp without them, and tests/unit/test_http_timeouts.p
 
 aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
+
+The same protocol enforces the cap on open connections (bridge/connlimit.py) as each is made:
+one past it is refused without its parser ever running, and aiohttp's server never sees it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -31,6 +34,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from bridge.config import HttpSettings
+from bridge.connlimit import Admission, ConnectionCap, Refusal
 from bridge.metrics import Metrics
 
 _INTERNALS = ("_request_count", "_messages")
@@ -49,14 +53,18 @@ def check_aiohttp() -> None:
 
 
 class HeadTimeoutHandler(RequestHandler):
-    """aiohttp's protocol, closing a connection whose request head is not complete in time."""
+    """aiohttp's protocol, closing a connection whose request head is not complete in time, and
+    refusing one made past the cap on open connections."""
 
     __slots__ = (
+        "_admitted",
+        "_cap",
         "_head_timeout",
         "_head_timer",
         "_last_payload",
         "_on_bad_head",
         "_on_head_timeout",
+        "_refusal",
     )
 
     def __init__(
@@ -66,9 +74,13 @@ class HeadTimeoutHandler(RequestHandler):
         head_timeout: float,
         on_head_timeout: Callable[[], None],
         on_bad_head: Callable[[], None],
+        cap: ConnectionCap,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        self._cap = cap
+        self._admitted: Admission | None = None
+        self._refusal: Refusal | None = None
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
@@ -76,7 +88,20 @@ class HeadTimeoutHandler(RequestHandler):
         # The body of the newest parsed request: bytes that arrive before it ends are body.
         self._last_payload: StreamReader | None = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._admitted = self._cap.admit()
+        if self._admitted == "serve":
+            super().connection_made(transport)
+        elif self._admitted == "refuse":
+            self._refusal = Refusal(cast(asyncio.Transport, transport), self._loop)
+        else:
+            cast(asyncio.Transport, transport).abort()
+
     def data_received(self, data: bytes) -> None:
+        if self._admitted != "serve":
+            # A refused connection's request is dropped unread; at its end-of-file the transport
+            # closes (aiohttp's eof_received does not keep it open).
+            return
         payload = self._last_payload
         # Only bytes after the last body's end are a head; a chunk that ends a body and starts
         # a pipelined head is left for the next chunk (the keep-alive timeout bounds it meanwhile).
@@ -117,6 +142,14 @@ class HeadTimeoutHandler(RequestHandler):
         return super().handle_error(request, status, exc, message)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        admitted, self._admitted = self._admitted, None
+        if admitted is not None:
+            self._cap.release(admitted)
+        if admitted != "serve":  # never set up as aiohttp's protocol
+            if self._refusal is not None:
+                self._refusal.ended()
+                self._refusal = None
+            return
         self._cancel_head_timer()
         self._last_payload = None
         super().connection_lost(exc)
@@ -131,6 +164,7 @@ class HeadTimeoutServer(web.Server):
         head_timeout: float,
         on_head_timeout: Callable[[], None],
         on_bad_head: Callable[[], None],
+        cap: ConnectionCap,
     ) -> None:
         super().__init__(
             base.request_handler,
@@ -141,6 +175,7 @@ class HeadTimeoutServer(web.Server):
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
+        self.cap = cap
 
     def __call__(self) -> RequestHandler:
         # Unlike aiohttp's, no fallback dropping unknown arguments: a mistake fails at start.
@@ -150,6 +185,7 @@ class HeadTimeoutServer(web.Server):
             head_timeout=self._head_timeout,
             on_head_timeout=self._on_head_timeout,
             on_bad_head=self._on_bad_head,
+            cap=self.cap,
             **self._kwargs,
         )
 
@@ -157,7 +193,7 @@ class HeadTimeoutServer(web.Server):
 class HeadTimeoutAppRunner(web.AppRunner):
     """An AppRunner whose server closes connections that send a request head too slowly."""
 
-    __slots__ = ("_head_timeout", "_on_bad_head", "_on_head_timeout")
+    __slots__ = ("_cap", "_head_timeout", "_on_bad_head", "_on_head_timeout")
 
     def __init__(
         self,
@@ -166,23 +202,36 @@ class HeadTimeoutAppRunner(web.AppRunner):
         head_timeout: float,
         on_head_timeout: Callable[[], None],
         on_bad_head: Callable[[], None],
+        cap: ConnectionCap,
         **kwargs: Any,
     ) -> None:
         check_aiohttp()
         super().__init__(app, **kwargs)
+        self._cap = cap
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # starts the app up and builds aiohttp's server
-        return HeadTimeoutServer(base, self._head_timeout, self._on_head_timeout, self._on_bad_head)
+        return HeadTimeoutServer(
+            base, self._head_timeout, self._on_head_timeout, self._on_bad_head, self._cap
+        )
 
 
 def timed_runner(
-    app: web.Application, http: HttpSettings, metrics: Metrics, **kwargs: Any
+    app: web.Application,
+    http: HttpSettings,
+    metrics: Metrics,
+    *,
+    max_connections: int | None = None,
+    **kwargs: Any,
 ) -> HeadTimeoutAppRunner:
-    """The HTTP edge's runner: head, body-drain and keep-alive timeouts from the settings."""
+    """The HTTP edge's runner: head, body-drain and keep-alive timeouts from the settings, and
+    the cap on open connections (`max_connections`, else the setting's)."""
+    limit = http.max_connections if max_connections is None else max_connections
+    metrics.http_connections_max.set(limit)
+    cap = ConnectionCap(limit, metrics.http_connections_open, metrics.http_connections_refused)
     timed_out = metrics.http_timed_out.labels("header")
     # The edge serves the webhook path (and probes): a refused head may be a lost webhook.
     bad_head = metrics.rejected.labels("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
@@ -191,6 +240,7 @@ def timed_runner(
         head_timeout=http.header_timeout_seconds,
         on_head_timeout=timed_out.inc,
         on_bad_head=bad_head.inc,
+        cap=cap,
         # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.
         keepalive_timeout=http.keepalive_timeout_seconds,
         # After answering without reading the whole body (413, 415, 408...) aiohttp drains the

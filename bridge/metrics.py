@@ -90,6 +90,27 @@ class Metrics:
         )
         for phase in ("header", "body"):  # at 0 from the start, for increase()
             self.http_timed_out.labels(phase)
+        self.http_connections_open = Gauge(
+            f"{PREFIX}_http_connections_open",
+            "Connections the HTTP edge serves now, idle keep-alive ones included (this process).",
+            registry=r,
+        )
+        self.http_connections_max = Gauge(
+            f"{PREFIX}_http_connections_max",
+            "The cap on http_connections_open in force in this process:"
+            " BRIDGE_HTTP__MAX_CONNECTIONS,"
+            " lowered if the open-files limit cannot hold it.",
+            registry=r,
+        )
+        self.http_connections_refused = Counter(
+            f"{PREFIX}_http_connections_refused_total",
+            "Connections made past the cap, unread: answered 503 (Retry-After, Connection: close),"
+            " or closed at once while too many others were being refused.",
+            ["how"],
+            registry=r,
+        )
+        for how in ("answered", "closed"):  # at 0 from the start, for increase()
+            self.http_connections_refused.labels(how)
         self.dead_lettered = Counter(
             f"{PREFIX}_events_dead_lettered_total",
             "Authenticated input that is not an event, sent to the dead-letter topic.",

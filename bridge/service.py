@@ -23,7 +23,7 @@ from typing import Protocol, get_args
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from bridge import listen, logthrottle, looplag
+from bridge import connlimit, listen, logthrottle, looplag
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, dotenv_variables, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
@@ -245,6 +245,7 @@ class Bridge:
             self.app,
             http,
             self.metrics,
+            max_connections=self._connection_limit(),
             handle_signals=False,
             access_log=None,
             # The signature covers the raw body, and inflating a gzip bomb (1,000:1) would stall
@@ -266,6 +267,25 @@ class Bridge:
         )
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
+
+    def _connection_limit(self) -> int:
+        """BRIDGE_HTTP__MAX_CONNECTIONS, lowered (and said) if the open-files limit is too low."""
+        wanted = self.settings.http.max_connections
+        open_files = connlimit.open_files_limit()
+        sse = self.settings.sse
+        reserved = connlimit.RESERVED_FDS + (sse.max_calls if sse.enabled else 0)
+        limit = connlimit.fitted_limit(wanted, open_files, reserved)
+        if limit < wanted:
+            log.warning(
+                "BRIDGE_HTTP__MAX_CONNECTIONS lowered to fit the open-files limit (ulimit -n)",
+                extra={
+                    "max_connections": limit,
+                    "setting": wanted,
+                    "open_files_limit": open_files,
+                    "reserved": reserved + connlimit.REFUSING_MAX,
+                },
+            )
+        return limit
 
     def topic_specs(self) -> list[TopicSpec]:
         """Every topic the bridge uses: outputs, the ingest topic and the feed lease topic."""

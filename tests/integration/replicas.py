@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class Replica:
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     history: list[str] = field(default_factory=list)
+    # The soft RLIMIT_NOFILE it starts with (None: the test's own), as a container may set it.
+    open_files: int | None = None
 
     @property
     def url(self) -> str:
@@ -66,8 +69,25 @@ class Replica:
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
             return subprocess.Popen(
-                [str(COMMAND), "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [str(COMMAND), "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if self.open_files is None else self._lower_open_files,
             )
+
+    def _lower_open_files(self) -> None:
+        assert self.open_files is not None
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
+
+    def open_files_limits(self) -> tuple[str, str]:
+        """Its soft and hard RLIMIT_NOFILE now, as /proc says them (Linux)."""
+        assert self.process is not None
+        limits = Path(f"/proc/{self.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        soft, hard = line.split()[3:5]
+        return soft, hard
 
     def rss_bytes(self, *, peak: bool = False) -> int:
         """The process's resident set size now, or its peak so far, from /proc (Linux)."""

@@ -58,7 +58,8 @@ def test_check_fails_on_unknown_variables_and_run_warns(
     monkeypatch.setattr("bridge.cli._run_loop", started.append)
     assert main(["run"]) == 0
     assert len(started) == 1
-    [warning] = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    warning, limit = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (limit["level"], limit["msg"]) == ("info", "open files limit")
     assert (warning["level"], warning["logger"]) == ("warning", "bridge.config")
     assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in warning["msg"]
 
@@ -501,9 +502,9 @@ def test_check_and_run_warn_of_a_short_webhook_secret(
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
     assert main(["run"]) == 0
     logged = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [(e["level"], e["logger"], e["msg"].startswith(said)) for e in logged] == (
-        [("warning", "bridge.config", True)] if warned else []
-    )
+    assert [(e["level"], e["logger"], e["msg"].startswith(said)) for e in logged] == [
+        ("info", "bridge.connlimit", False)  # the open files limit
+    ] + ([("warning", "bridge.config", True)] if warned else [])
 
 
 def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(

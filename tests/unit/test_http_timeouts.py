@@ -12,19 +12,21 @@ import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from bridge import jsoncodec
+from bridge import connlimit, jsoncodec
 from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import (
     BAD_REQUEST_HEAD,
     HeadTimeoutHandler,
+    HeadTimeoutServer,
     check_aiohttp,
     timed_runner,
 )
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
-from tests.rawhttp import RawConnection, build_request, exchange
+from tests.polling import until
+from tests.rawhttp import RawConnection, RawResponse, build_request, exchange
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import signed
 
@@ -49,6 +51,8 @@ def signed_post(body: bytes) -> bytes:
 
 
 HEALTHZ = head("GET", "/healthz")
+# One request per connection (`Connection: close`), for exchange().
+HEALTHZ_ONCE = build_request("GET", "/healthz", [])
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Edge:
     port: int
     metrics: Metrics
     sink: FakeSink
-    server: web.Server
+    server: HeadTimeoutServer
 
     def timed_out(self, phase: str) -> float:
         return sample(self.metrics, "pinecall_bridge_http_connections_timed_out_total", phase=phase)
@@ -66,13 +70,35 @@ class Edge:
             self.metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason=reason
         )
 
+    def refused(self, how: str) -> float:
+        return sample(self.metrics, "pinecall_bridge_http_connections_refused_total", how=how)
+
+    def open_connections(self) -> float:
+        return sample(self.metrics, "pinecall_bridge_http_connections_open")
+
     async def connect(self) -> RawConnection:
         return await RawConnection.open("127.0.0.1", self.port)
+
+    async def healthz(self) -> RawResponse | None:
+        """GET /healthz on a connection of its own: its answer, or None if it got none."""
+        return await exchange("127.0.0.1", self.port, HEALTHZ_ONCE, within=CLOSED_WITHIN)
+
+    async def served(self, count: int) -> list[RawConnection]:
+        """`count` keep-alive connections, each answered once: open, and served, until closed."""
+        connections = []
+        for _ in range(count):
+            conn = await self.connect()
+            assert await conn.send(HEALTHZ)
+            response = await conn.response()
+            assert response is not None
+            assert response.status == 200
+            connections.append(conn)
+        return connections
 
 
 @contextlib.asynccontextmanager
 async def edge(
-    header: float = LONG, body: float = LONG, keepalive: float = LONG
+    header: float = LONG, body: float = LONG, keepalive: float = LONG, max_connections: int = 4096
 ) -> AsyncIterator[Edge]:
     """The bridge's app behind the bridge's runner, on a free port, with a fake Kafka."""
     s: Settings = load_settings(
@@ -81,6 +107,7 @@ async def edge(
             "header_timeout_seconds": header,
             "body_timeout_seconds": body,
             "keepalive_timeout_seconds": keepalive,
+            "max_connections": max_connections,
         },
         webhook={"secrets": [SECRET.decode()], "max_body_bytes": 4096},
     )
@@ -98,7 +125,7 @@ async def edge(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    assert runner.server is not None
+    assert isinstance(runner.server, HeadTimeoutServer)
     try:
         yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server)
     finally:
@@ -216,6 +243,72 @@ async def test_the_server_builds_the_head_timeout_protocol() -> None:
         assert await conn.response() is not None
         assert [type(c) for c in e.server.connections] == [HeadTimeoutHandler]
         await conn.close()
+
+
+def is_refusal(response: RawResponse | None) -> bool:
+    return (
+        response is not None
+        and response.status == 503
+        and response.headers.get("retry-after") == "1"
+        and response.headers.get("connection") == "close"
+    )
+
+
+async def test_connections_past_the_cap_are_answered_503_and_the_first_still_work() -> None:
+    async with edge(max_connections=2) as e:
+        first = await e.served(2)
+        assert e.open_connections() == 2
+        refusals = [await e.healthz() for _ in range(3)]
+        assert all(is_refusal(r) for r in refusals), refusals
+        assert e.refused("answered") == 3
+        assert e.refused("closed") == 0
+        assert e.open_connections() == 2  # the refused ones are not served
+        for conn in first:  # kept alive, still served: a webhook each
+            assert await conn.send(signed_post(ENTRY))
+            response = await conn.response()
+            assert response is not None
+            assert response.status == 200, response
+        assert len(e.sink.records) == 2
+        await first[0].close()
+        await until(lambda: e.open_connections() == 1, CLOSED_WITHIN, what="a place freed")
+        response = await e.healthz()
+        assert response is not None
+        assert response.status == 200
+        assert e.refused("answered") == 3
+        await first[1].close()
+        await until(lambda: e.open_connections() == 0, CLOSED_WITHIN, what="all closed")
+
+
+async def test_past_as_many_refusals_at_once_a_connection_is_closed_unanswered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connlimit, "REFUSING_MAX", 1)
+    monkeypatch.setattr(connlimit, "REFUSAL_LINGER_SECONDS", LONG)
+    async with edge(max_connections=1) as e:
+        (kept,) = await e.served(1)
+        staying = await e.connect()  # refused, and keeps its end open: the refusal lingers
+        assert is_refusal(await staying.response())
+        assert await e.healthz() is None  # past the one refusal at once: closed unanswered
+        assert e.refused("closed") == 1
+        await staying.close()
+        await until(lambda: e.server.cap.refusing == 0, CLOSED_WITHIN, what="refusal ended")
+        assert is_refusal(await e.healthz())
+        assert e.refused("answered") == 2
+        await kept.close()
+
+
+async def test_a_refused_client_that_never_closes_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connlimit, "REFUSAL_LINGER_SECONDS", SHORT)
+    async with edge(max_connections=1) as e:
+        (kept,) = await e.served(1)
+        staying = await e.connect()
+        assert is_refusal(await staying.response())
+        assert e.server.cap.refusing == 1
+        await until(lambda: e.server.cap.refusing == 0, CLOSED_WITHIN, what="refusal cut off")
+        await staying.close()
+        await kept.close()
 
 
 def test_aiohttp_still_has_the_internals_the_head_timer_reads() -> None:

@@ -11,7 +11,7 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 
-from bridge import pipeline
+from bridge import connlimit, pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.dedup.memoryfit import MemoryLimit
 from bridge.service import Bridge, run_until_stopped
@@ -642,3 +642,29 @@ def test_the_memory_limit_is_compared_once_per_partition_count_where_a_window_is
     for _ in range(4):
         bridge._watch_ingest_topic()
     assert seen == checks
+
+
+@pytest.mark.parametrize(
+    ("open_files", "in_force"),
+    [
+        (None, 4096),  # unlimited
+        (1_048_576, 4096),
+        # every_source follows call logs: their 500 followers are kept descriptors too.
+        (1024, 1024 - connlimit.RESERVED_FDS - 500 - connlimit.REFUSING_MAX),
+    ],
+)
+async def test_the_connection_cap_in_force_fits_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    open_files: int | None,
+    in_force: int,
+) -> None:
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: open_files)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    bridge, _ = await started_with_a_stand()
+    try:
+        assert sample(bridge.metrics, "pinecall_bridge_http_connections_max") == in_force
+        lowered = [r for r in caplog.records if "MAX_CONNECTIONS lowered" in r.getMessage()]
+        assert len(lowered) == (in_force < 4096)
+    finally:
+        await bridge.stop()

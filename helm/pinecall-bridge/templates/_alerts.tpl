@@ -320,6 +320,17 @@ groups:
           summary: {{ printf "Pod %s answered %s webhooks 503" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "%s/%s answered %s webhooks 503 in the last 10 minutes: Kafka did not acknowledge them in time, too many were in flight, or the bridge failed (logged). Pinecall tries a webhook twice: an alert refused both times is lost." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebhooksrefused503" $a.runbookUrl }}
+      - alert: PinecallBridgeConnectionsRefused
+        # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
+        # webhook on it is refused like an overloaded one, and the probes share the port.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total[10m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s refused %s connections past its cap" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s refused %s connections in the last 10 minutes because config.http.maxConnections were open (per process): each got a 503 unread, or was closed. A webhook sent on one is refused, and Pinecall tries a webhook twice; the probes share the port and fail too." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeconnectionsrefused" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
         # connection), so past the backlog bounds frames are dropped: events lost for good.

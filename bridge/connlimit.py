@@ -1,0 +1,136 @@
+"""A cap on the HTTP edge's open connections, so a burst of them (a scanner, a retry storm)
+cannot use up the process's file descriptors, which Kafka's connections and files need too.
+
+Past the cap a new connection is answered 503 with `Retry-After` and `Connection: close`,
+without its request being read; past as many more being refused at once, it is closed at once.
+The cap is per process: worker processes (BRIDGE_HTTP__WORKERS) each have their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Literal
+
+from prometheus_client import Counter, Gauge
+
+# Connections being refused (answered, their sending side shut, waiting for the client to
+# close) at once: past these, more are closed at once. They take descriptors too.
+REFUSING_MAX = 64
+# A refused client that neither closes nor stops sending is cut off after this.
+REFUSAL_LINGER_SECONDS = 1.0
+# Descriptors kept for the rest of the process (Kafka's connections, the feed, files, the log);
+# the call-log source's followers come on top (BRIDGE_SSE__MAX_CALLS).
+RESERVED_FDS = 256
+RETRY_AFTER_SECONDS = 1
+_BODY = b"too many connections\n"
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Retry-After: %d\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+) % (RETRY_AFTER_SECONDS, len(_BODY), _BODY)
+
+Admission = Literal["serve", "refuse", "close"]
+
+
+def admission(open_: int, refusing: int, limit: int) -> Admission:
+    """What to do with one more connection, `open_` served and `refusing` being refused."""
+    if open_ < limit:
+        return "serve"
+    return "refuse" if refusing < REFUSING_MAX else "close"
+
+
+def fitted_limit(max_connections: int, open_files: int | None, reserved: int) -> int:
+    """The cap in force: `max_connections`, lowered if it and the refusals would leave fewer than
+    `reserved` descriptors under the open-files limit (None: unlimited); at least 1."""
+    if open_files is None:
+        return max_connections
+    return max(1, min(max_connections, open_files - reserved - REFUSING_MAX))
+
+
+def open_files_limit() -> int | None:
+    """This process's soft RLIMIT_NOFILE; None if unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_open_files_limit() -> tuple[int | None, int | None]:
+    """Raise the soft RLIMIT_NOFILE to the hard one (as most servers do); (soft, hard) after.
+
+    A container's soft limit is often 1024 under a far higher hard one. None: unlimited.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. macOS refuses an unlimited soft limit
+            pass
+        else:
+            soft = hard
+
+    def finite(n: int) -> int | None:
+        return None if n == resource.RLIM_INFINITY else n
+
+    return finite(soft), finite(hard)
+
+
+class ConnectionCap:
+    """Counts the edge's served and refused connections and admits one more or not."""
+
+    def __init__(self, limit: int, open_gauge: Gauge, refused: Counter) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refusing = 0
+        self._open_gauge = open_gauge
+        self._answered = refused.labels("answered")
+        self._closed = refused.labels("closed")
+
+    def admit(self) -> Admission:
+        """Decide for a connection just made, and count it until `release(admission)`."""
+        decided = admission(self.open, self.refusing, self.limit)
+        if decided == "serve":
+            self.open += 1
+            self._open_gauge.set(self.open)
+        elif decided == "refuse":
+            self.refusing += 1
+            self._answered.inc()
+        else:
+            self._closed.inc()
+        return decided
+
+    def release(self, admitted: Admission) -> None:
+        """A connection `admit` counted is closed."""
+        if admitted == "serve":
+            self.open -= 1
+            self._open_gauge.set(self.open)
+        elif admitted == "refuse":
+            self.refusing -= 1
+
+
+class Refusal:
+    """A connection past the cap: the canned 503 written, then closed once the client closes.
+
+    Closing while the request is unread would send the client a reset, which may discard the
+    503 before it is read; so the sending side is shut and what arrives is dropped, for at
+    most REFUSAL_LINGER_SECONDS.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        transport.write(REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer: asyncio.TimerHandle | None = loop.call_later(
+                REFUSAL_LINGER_SECONDS, transport.abort
+            )
+        else:
+            self._timer = None
+            transport.close()
+
+    def ended(self) -> None:
+        """The connection is lost."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
