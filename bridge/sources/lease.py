@@ -97,6 +97,10 @@ class FeedLease:
         self._reading = reading
         self.name = name if name is not None else holder_name()
         self._previous: LeaseNote | None = None  # the note found on acquiring, until connected
+        # Read beside the feed's start, not before it: the feed is not held up by a Kafka round
+        # trip, nor the rebalance callback that acquires the lease.
+        self._note_read: asyncio.Task[None] | None = None
+        self._connected_at: float | None = None  # the first connection, if before the note
         self._noted = 0.0  # monotonic time of the last note
         metrics.register_feed()
         metrics.feed_lease_held.set(0)
@@ -147,6 +151,8 @@ class FeedLease:
         if read_until is not None:
             await self._note(read_until, clean=True)
         await self.release()
+        if self._note_read is not None:
+            await asyncio.wait({self._note_read})  # cancelled by the release: its client closed
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await stop_consumer(consumer)
@@ -201,12 +207,28 @@ class FeedLease:
         self.held = True
         self._since = int(time.time() * 1000)
         self._metrics.feed_lease_held.set(1)
-        self._previous = await self._last_note()
+        self._previous, self._connected_at = None, None
+        self._note_read = asyncio.ensure_future(self._read_note())
         log.info("feed lease acquired: this replica reads the WebSocket feed")
         await self._on_acquired()
 
+    async def _read_note(self) -> None:
+        note = await self._last_note()
+        if not self.held:
+            return
+        self._previous = note
+        if self._connected_at is not None:  # the feed connected first
+            self._handed_over(self._connected_at)
+
     def connected(self, at: float) -> None:
         """The feed this lease started connected at `at` (epoch seconds): the handover is over."""
+        if self._note_read is not None and not self._note_read.done():
+            if self._connected_at is None:
+                self._connected_at = at  # measured once the note is read
+            return
+        self._handed_over(at)
+
+    def _handed_over(self, at: float) -> None:
         previous, self._previous = self._previous, None
         if previous is None or not self.held:
             return
@@ -256,5 +278,7 @@ class FeedLease:
             return
         self.held = False
         self._metrics.feed_lease_held.set(0)
+        if self._note_read is not None:
+            self._note_read.cancel()
         log.info("feed lease released: this replica stops reading the WebSocket feed")
         await self._on_lost()

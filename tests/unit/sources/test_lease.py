@@ -9,6 +9,8 @@ from aiokafka import TopicPartition
 
 from bridge.metrics import Metrics
 from bridge.sources.lease import FeedLease, _Listener
+from bridge.sources.leasenote import LeaseNote
+from tests.metrics import sample
 
 TOPIC = "pinecall.feed-lease"
 
@@ -83,3 +85,31 @@ async def test_a_stop_cancelled_while_the_poller_ends_is_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await stopping
     poller.cancel()
+
+
+async def test_the_feed_starts_without_waiting_for_the_previous_holders_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reading the note is a Kafka round trip: the feed must not wait for it (nor the rebalance
+    # callback that acquires the lease), and a feed connected first is measured once it is read.
+    events: list[str] = []
+    lease = lease_noting(events)
+    read = asyncio.Event()
+
+    async def slow_note() -> LeaseNote:
+        await read.wait()
+        return LeaseNote("old-pod/1", 1_000.0, clean=True)
+
+    monkeypatch.setattr(lease, "_last_note", slow_note)
+    async with asyncio.timeout(5):
+        await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    assert events == ["feed started"]
+    lease.connected(1_002.5)
+    lease.connected(1_010.0)  # a reconnect later: not the handover
+    gap = "pinecall_bridge_feed_handover_gap_seconds"
+    assert sample(lease._metrics, f"{gap}_count") == 0
+    read.set()
+    assert lease._note_read is not None
+    await lease._note_read
+    assert sample(lease._metrics, f"{gap}_count") == 1
+    assert sample(lease._metrics, f"{gap}_sum") == 2.5
