@@ -64,6 +64,10 @@ _STOP_DEAD_AFTER = 5.0
 # 25-40 ms (bench.dedupstage measures the longest hold). A whole fetch of a backlog, up to 1 MiB a
 # partition, held it for hundreds of ms, and every webhook and feed frame in the process with it.
 MAX_RECORDS_PER_STEP = 256
+# Kafka's own default fetch.max.wait.ms. Records end a held fetch at once (fetch_min_bytes 1);
+# what waits on it is a partition resumed or sought meanwhile, whose fetch goes to that broker
+# only once the held one returns: at a takeover, after its restore.
+IDLE_FETCH_WAIT_MS = 500
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -177,11 +181,11 @@ class DedupStage:
             # sought before it is resumed, so no position is ever taken from the group.
             auto_offset_reset="none",
             # A fetch answers as soon as records are there (fetch_min_bytes 1, aiokafka's
-            # default) and waits at most an interval when there are none. Waiting for 64 KiB
-            # held each record up to an interval before it was decided, and the commit due
-            # meanwhile for a fetch more: end-to-end p99 190 ms at 1,400/s, now 120
-            # (bench/OPTIMISATIONS.md).
-            fetch_max_wait_ms=s.commit_interval_ms,
+            # default). Waiting for 64 KiB held each record up to an interval before it was
+            # decided, and the commit due meanwhile for a fetch more: end-to-end p99 190 ms at
+            # 1,400/s, now 120 (bench/OPTIMISATIONS.md). With none there the broker holds the
+            # fetch longer than an interval: commits are timed by getmany's own wait, not by it.
+            fetch_max_wait_ms=broker_fetch_wait_ms(s.commit_interval_ms),
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
@@ -624,6 +628,12 @@ def lag_seconds(now: float, behind_since: float | None, last_appended_at: float 
     """
     starts = [t for t in (behind_since, last_appended_at) if t is not None]
     return max(now - max(starts), 0.0) if starts else 0.0
+
+
+def broker_fetch_wait_ms(interval_ms: int) -> int:
+    """How long the broker may hold a fetch that finds no records: the longer of an interval
+    and IDLE_FETCH_WAIT_MS. Pure. At one interval an idle stage fetched ten times a second."""
+    return max(interval_ms, IDLE_FETCH_WAIT_MS)
 
 
 def fetch_wait_ms(interval_ms: int, age: float | None) -> int:

@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import GroupMetadata, group_metadata
-from bridge.dedup.stage import DedupStage
+from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
 from bridge.metrics import Metrics
@@ -666,3 +667,33 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
         assert owner.position == 3
         # The restore saw every record before the resume point: none of them is new again.
         assert len(owner.window) == 3
+
+
+async def test_an_idle_stage_fetches_twice_a_second_and_opens_no_transaction(
+    start_bridge: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no records the broker holds each fetch IDLE_FETCH_WAIT_MS, and nothing commits.
+
+    At one commit interval (100 ms) an idle stage fetched ten times a second, all day.
+    """
+    sent: Counter[str] = Counter()
+    send = AIOKafkaConnection.send
+
+    def counted(self: AIOKafkaConnection, request: Any, *args: Any, **kwargs: Any) -> Any:
+        sent[type(request).__name__] += 1
+        return send(self, request, *args, **kwargs)
+
+    handle: RunningBridge = await start_bridge()
+    owned = "pinecall_bridge_dedup_partitions_owned"
+    await until(lambda: sample(handle.metrics, owned) == 3, 30, 0.1, "the stage owns them")
+    monkeypatch.setattr(AIOKafkaConnection, "send", counted)
+    window = 3.0
+    await asyncio.sleep(window)  # the idle spell being measured: no condition to poll for
+    fetches = sum(n for kind, n in sent.items() if kind.startswith("FetchRequest"))
+    # One broker, so one fetch held at a time; a held one may have been sent before the window.
+    assert 1 <= fetches <= window * 1000 / IDLE_FETCH_WAIT_MS + 1, sent
+    transactional = {k: n for k, n in sent.items() if "Txn" in k}
+    assert transactional == {}
+    assert (
+        sample(handle.metrics, "pinecall_bridge_dedup_transactions_total", outcome="committed") == 0
+    )

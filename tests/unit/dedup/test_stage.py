@@ -21,6 +21,7 @@ from bridge.dedup.stage import (
     MAX_RECORDS_PER_STEP,
     DedupStage,
     behind,
+    broker_fetch_wait_ms,
     fetch_wait_ms,
     lag_seconds,
 )
@@ -605,6 +606,11 @@ async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_inte
 )
 def test_fetch_wait_ms(age: float | None, wait: int) -> None:
     assert fetch_wait_ms(100, age) == wait
+
+
+@pytest.mark.parametrize(("interval", "wait"), [(25, 500), (100, 500), (500, 500), (2000, 2000)])
+def test_the_broker_holds_an_empty_fetch_at_least_half_a_second(interval: int, wait: int) -> None:
+    assert broker_fetch_wait_ms(interval) == wait
 
 
 def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:
