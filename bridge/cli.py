@@ -38,7 +38,8 @@ EXIT_CONFIG = 2
 
 def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Settings:
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
-    is often why a setting looks missing. `serving=False`: a Kafka tool's (`load_tool_settings`)."""
+    is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret
+    (`load_tool_settings`)."""
     unknown = unknown_variables(os.environ, dotenv_variables())
     try:
         settings = load_settings() if serving else load_tool_settings()
@@ -218,7 +219,9 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
+    # Only `register` sends a secret (Pinecall signs `test` with the one it keeps), and only
+    # when none is passed does it need the setting's.
+    settings = _settings_or_exit(serving=args.action == "register" and args.secret is None)
     _configure_logging(settings)
     if settings.pinecall.api_key is None:  # every call of the webhook API is authenticated
         print(

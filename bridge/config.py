@@ -848,8 +848,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def load_tool_settings(**overrides: Any) -> Settings:
-    """`load_settings` for the Kafka tools (tail, redrive, backfill): no webhook secret required,
-    since they never serve webhooks."""
+    """`load_settings` for the tools (tail, redrive, backfill, webhooks but a secretless register):
+    no webhook secret required, since they never serve webhooks nor send one."""
     return _load(overrides, serving=False)
 
 

@@ -74,3 +74,18 @@ def test_dashboard_has_a_datasource_variable_and_a_pod_filter() -> None:
             assert 'pod=~"$pod"' in target["expr"], f"{panel['title']}: not filtered by pod"
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+def test_the_dropped_calls_panel_says_which_dropped_calls_are_read_again() -> None:
+    # Two kinds: calls past a full queue, which the sweep finds again only within the dedup
+    # window (older ones need a backfill), and ended calls that waited in the queue past it.
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    [panel] = [
+        p
+        for p in dashboard["panels"]
+        if any("sse_calls_dropped_total" in t["expr"] for t in p.get("targets", []))
+    ]
+    description = panel["description"]
+    assert "BRIDGE_DEDUP__TTL_SECONDS" in description
+    assert "backfill --since" in description
+    assert "waited in the queue until their end left the dedup window" in description

@@ -443,6 +443,30 @@ def test_webhook_commands_need_the_api_key_before_asking_pinecall(
     assert f"webhooks {action[0]} needs BRIDGE_PINECALL__API_KEY" in err
 
 
+@pytest.mark.parametrize(
+    "action", [["show"], ["test"], ["delete"], ["register", "--url", "u", "--secret", "s"]]
+)
+def test_webhook_commands_that_send_no_configured_secret_do_not_require_one(
+    action: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pinecall's key is enough to look at, test or delete the webhook, or to register one with
+    # a secret given: the command gets as far as Pinecall instead of exiting 2.
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", "http://127.0.0.1:9")  # nothing listens
+    assert main(["webhooks", *action]) == 1
+    err = capsys.readouterr().err
+    assert "ClientConnectorError" in err
+    assert "BRIDGE_WEBHOOK__SECRETS" not in err
+
+
+def test_webhooks_register_without_a_secret_still_needs_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    assert exit_code(["webhooks", "register", "--url", "u"]) == 2
+    assert "BRIDGE_WEBHOOK__SECRETS is not set" in capsys.readouterr().err
+
+
 def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.metadata
 
