@@ -45,6 +45,7 @@ from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.session import Session, watch_heartbeats
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
+from bridge.dedup.txnsize import TransactionSize
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -109,6 +110,7 @@ class DedupStage:
             metrics,
             limits if limits is not None else TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES),
         )
+        self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.
         self._offsets = StableOffsets(client, settings.group)
         self._loop: asyncio.Task[None] | None = None
@@ -287,7 +289,7 @@ class DedupStage:
                 try:
                     batches = await consumer.getmany(
                         timeout_ms=fetch_wait_ms(self._settings.commit_interval_ms, self._out.age),
-                        max_records=MAX_RECORDS_PER_STEP,
+                        max_records=self._size.room(self._out.sent, MAX_RECORDS_PER_STEP),
                     )
                 except OffsetOutOfRangeError as exc:
                     try:
@@ -313,7 +315,7 @@ class DedupStage:
                         if task is not None:
                             await self._step(task, task.process(records, self._out))
                     age = self._out.age
-                    if age is not None and age >= interval:
+                    if age is not None and (age >= interval or self._size.full(self._out.sent)):
                         await self._commit()
                     self._update_lag(consumer)
                 self._stepped.set()
@@ -400,6 +402,7 @@ class DedupStage:
         try:
             await self._out.guard(step, also=frozenset({task.tp}))
         except TransactionLostError as lost:
+            self._shrink(lost)
             await self._lose_all(lost)
 
     async def _commit(self, *, keep: set[TopicPartition] | None = None) -> None:
@@ -414,6 +417,7 @@ class DedupStage:
         offsets = {tp: self._tasks[tp].position for tp in touched}
         consumer = self._consumer
         group = group_metadata(consumer, self._settings.group) if consumer is not None else None
+        sent = self._out.sent
         try:
             if group is None:
                 # Out of the group (a rebalance reset it): what it owned may be someone else's.
@@ -421,12 +425,23 @@ class DedupStage:
                 raise TransactionLostError("fenced", touched)
             await self._out.commit(offsets, group)  # guarded: a failure has abandoned it
         except TransactionLostError as lost:
+            self._shrink(lost)
             await self._lose_all(lost, no_restart=keep)
             return
+        self._size.committed(sent)
         for tp in touched:
             task = self._tasks.get(tp)
             if task is not None:
                 task.committed()
+
+    def _shrink(self, lost: TransactionLostError) -> None:
+        """A transaction that timed out bounds the next ones: Kafka took longer to send it than
+        a step may take (a client quota throttling the bridge, say), and would again."""
+        if lost.reason == "timeout" and self._size.timed_out(lost.sent):
+            log.warning(
+                "a dedup transaction timed out; bounding them in records (a throttled cluster?)",
+                extra={"records_sent": lost.sent, "limit": self._size.limit},
+            )
 
     async def _lose_all(
         self, lost: TransactionLostError, no_restart: set[TopicPartition] | None = None

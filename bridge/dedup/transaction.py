@@ -61,10 +61,13 @@ _FENCED = (
 class TransactionLostError(Exception):
     """The open transaction is gone: nothing in it is written; `partitions` must start afresh."""
 
-    def __init__(self, reason: LossReason, partitions: frozenset[TopicPartition]) -> None:
+    def __init__(
+        self, reason: LossReason, partitions: frozenset[TopicPartition], sent: int = 0
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partitions = partitions
+        self.sent = sent  # the output records it had sent when it was lost
 
 
 def transactional_id(group: str, instance_id: str | None = None) -> str:
@@ -119,6 +122,11 @@ class StageProducer:
     @property
     def age(self) -> float | None:
         return None if self._txn is None else time.monotonic() - self._txn.started
+
+    @property
+    def sent(self) -> int:
+        """The output records the open transaction has sent (0 without one)."""
+        return 0 if self._txn is None else sum(self._txn.published.values())
 
     async def start(self) -> None:
         """Start a producer if there is none: its InitProducerId aborts what a predecessor left."""
@@ -281,10 +289,10 @@ class StageProducer:
         except Exception as exc:  # a bug must cost a restart of its partitions, not the stage
             log.exception("dedup step failed")
             reason, cause = "error", exc
-        touched = self.partitions | also
+        touched, sent = self.partitions | also, self.sent
         unanswered = reason == "timeout" and self._txn is not None and self._txn.ending
         await self.abandon("unknown" if unanswered else "aborted")
-        raise TransactionLostError(reason, touched) from cause
+        raise TransactionLostError(reason, touched, sent) from cause
 
     def _log_fenced(self, exc: BaseException) -> None:
         # Named, so that two live processes given one instance id (fencing each other at every

@@ -506,6 +506,12 @@ class KafkaSink:
                 )
             except (KafkaError, TimeoutError, OSError):
                 reachable = False
+            # A throttled broker (a client quota) holds the probe behind the produce requests it
+            # delays, for seconds, while it acknowledges records: slow, not unreachable. Every
+            # pod shares the quota: unready, all would leave the Service at once.
+            acked = time.monotonic() - self._last_ack <= self._settings.publish_timeout_seconds
+            if not reachable and acked:
+                continue
             if reachable and not self.connected:
                 log.info("Kafka reachable again")
             elif not reachable and self.connected:

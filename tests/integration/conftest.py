@@ -22,6 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schema, String
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
@@ -550,6 +552,85 @@ async def alter_topic(bootstrap: str, name: str, config: Mapping[str, str]) -> N
     [(error_code, message, *_)] = response.resources
     if error_code:
         raise for_code(error_code)(message)
+
+
+class _AlterClientQuotasResponse(Response):  # type: ignore[misc]
+    API_KEY = 49
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "entries",
+            Array(
+                ("error_code", Int16),
+                ("error_message", String("utf-8")),
+                (
+                    "entity",
+                    Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8"))),
+                ),
+            ),
+        ),
+    )
+
+
+class _AlterClientQuotasStruct(RequestStruct):  # type: ignore[misc]
+    API_KEY = 49
+    API_VERSION = 0
+    RESPONSE_TYPE = _AlterClientQuotasResponse
+    SCHEMA = Schema(
+        (
+            "entries",
+            Array(
+                (
+                    "entity",
+                    Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8"))),
+                ),
+                ("ops", Array(("key", String("utf-8")), ("value", Float64), ("remove", Boolean))),
+            ),
+        ),
+        ("validate_only", Boolean),
+    )
+
+
+class _AlterClientQuotas(Request[_AlterClientQuotasStruct]):  # type: ignore[misc]
+    """AlterClientQuotas v0 (KIP-546): aiokafka has no call for it, and the broker's jars no
+    kafka-configs.sh (ConfigCommand is in kafka-tools, not fetched)."""
+
+    API_KEY = 49
+
+    def __init__(self, client_id: str, quotas: Mapping[str, float | None]) -> None:
+        self._client_id = client_id
+        self._quotas = quotas
+
+    def build(self, struct: type[_AlterClientQuotasStruct]) -> _AlterClientQuotasStruct:
+        # None removes the quota.
+        ops = [(key, value or 0.0, value is None) for key, value in self._quotas.items()]
+        return struct([([("client-id", self._client_id)], ops)], False)
+
+
+async def set_client_quotas(
+    bootstrap: str, client_id: str, quotas: Mapping[str, float | None]
+) -> None:
+    """Set (a value) or remove (None) quotas such as producer_byte_rate on a client id, as
+    `kafka-configs.sh --alter --entity-type clients` does; the broker applies them at once."""
+    async with admin_client(bootstrap) as admin:
+        # aiokafka's admin client has no public way to send a request it does not know.
+        response = await admin._send_request(_AlterClientQuotas(client_id, quotas))
+    for error_code, message, _ in response.entries:
+        if error_code:
+            raise for_code(error_code)(message)
+
+
+@asynccontextmanager
+async def client_quotas(
+    bootstrap: str, client_id: str, quotas: Mapping[str, float]
+) -> AsyncIterator[None]:
+    """The client id throttled by `quotas` while inside; removed on leaving."""
+    await set_client_quotas(bootstrap, client_id, quotas)
+    try:
+        yield
+    finally:
+        await set_client_quotas(bootstrap, client_id, dict.fromkeys(quotas))
 
 
 async def ingest_one_partition(bootstrap: str, names: Topics, items: list[Record]) -> list[Any]:

@@ -307,3 +307,21 @@ async def test_the_replication_factor_of_a_topic_just_created_is_read_again() ->
     read = await replication_factors(OPTIONS, ["old", "fresh"], fresh={"fresh"})
     assert (read.found, read.errors) == ({"old": 1, "fresh": 1}, {})
     assert FakeAdmin.made[0].asked == [["old", "fresh"], ["fresh"]]
+
+
+async def test_a_probe_unanswered_while_records_are_acknowledged_keeps_it_connected() -> None:
+    # A broker throttling the client id (a quota) holds the probe for seconds while it still
+    # acknowledges records: every pod turned unready at once.
+    sink = KafkaSink(
+        KafkaSettings(metadata_probe_seconds=0.01, publish_timeout_seconds=0.3), Metrics()
+    )
+    await sink.start()
+    client = FakeProducer.made[0].client
+    sink.mark_reachable()  # an acknowledgement, as the pipeline reports it
+    client.answers = False
+    updates = client.updates
+    await until(lambda: client.updates >= updates + 5)
+    assert sink.connected
+    # No acknowledgement within the publish timeout: the unanswered probe counts again.
+    await until(lambda: not sink.connected)
+    await sink.stop()

@@ -1,0 +1,42 @@
+"""How many output records a dedup transaction may hold: bounded only after one timed out."""
+
+from __future__ import annotations
+
+# Won back per commit that filled the bound: an eighth, so a throttle that eased is followed
+# within tens of commits, and one that did not times out again rarely.
+_GROWTH = 8
+
+
+class TransactionSize:
+    """Unbounded until a transaction times out, then half what that one held.
+
+    A throttled cluster (a client quota) sends slower than the transaction step's timeout
+    allows for a whole backlog: every attempt timed out and started over from the same offset,
+    for good. Pure.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+
+    def room(self, sent: int, most: int) -> int:
+        """How many more records to fetch for a transaction that has sent `sent`: 1 at least."""
+        return most if self.limit is None else max(1, min(most, self.limit - sent))
+
+    def full(self, sent: int) -> bool:
+        """Whether a transaction that has sent `sent` records should commit now."""
+        return self.limit is not None and sent >= self.limit
+
+    def timed_out(self, sent: int) -> bool:
+        """A transaction that had sent `sent` records timed out; True if the bound shrank."""
+        if sent <= 0:
+            return False  # nothing of it to send: its size was not what took too long
+        limit = max(1, sent // 2)
+        if self.limit is not None and limit >= self.limit:
+            return False
+        self.limit = limit
+        return True
+
+    def committed(self, sent: int) -> None:
+        """A transaction of `sent` records committed: one that filled the bound raises it."""
+        if self.limit is not None and sent >= self.limit:
+            self.limit += max(1, self.limit // _GROWTH)

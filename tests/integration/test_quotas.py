@@ -1,0 +1,75 @@
+"""The bridge under a Kafka client quota: the broker throttles its client id's produce requests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.conftest import (
+    SECRET,
+    RunningBridge,
+    Topics,
+    client_quotas,
+    entry,
+    read_decided,
+)
+from tests.webhooks import signed
+
+# Far below what 40 senders of 2 KiB events offer, and what one transaction of a backlog holds:
+# every produce response is throttled, by up to 6.5 s measured (the broker's longest delay).
+PRODUCE_QUOTA = 50_000.0
+SENDERS = 40
+SENDING_SECONDS = 10.0
+# Pinecall waits Retry-After (5 s) before a retry: shorter here, so the test takes seconds.
+RETRY_SECONDS = 0.5
+
+
+async def send_as_pinecall(
+    handle: RunningBridge, call: str, seconds: float
+) -> tuple[list[int], Counter[tuple[int, str | None]]]:
+    """New events from `SENDERS` senders for `seconds`, each retried until a 200: the seqs
+    accepted, and every answer as (status, Retry-After)."""
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + seconds
+    seqs = iter(range(1, 1_000_000))
+    accepted: list[int] = []
+    answers: Counter[tuple[int, str | None]] = Counter()
+
+    async def sender() -> None:
+        while loop.time() < stop:
+            seq = next(seqs)
+            raw, headers = signed(entry(seq, call=call, data={"text": "x" * 2048}), SECRET)
+            while True:
+                async with handle.session.post(
+                    handle.url + "/webhooks/pinecall", data=raw, headers=headers
+                ) as response:
+                    answers[response.status, response.headers.get("Retry-After")] += 1
+                    if response.status == 200:
+                        accepted.append(seq)
+                        break
+                await asyncio.sleep(RETRY_SECONDS)
+
+    await asyncio.gather(*(sender() for _ in range(SENDERS)))
+    return accepted, answers
+
+
+async def test_under_a_produce_quota_nothing_is_lost_or_doubled_and_overflow_is_503(
+    start_bridge: Callable[..., Any], topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    client_id = f"quota-{uuid.uuid4().hex[:8]}"
+    async with client_quotas(kafka_bootstrap, client_id, {"producer_byte_rate": PRODUCE_QUOTA}):
+        handle = await start_bridge(
+            kafka={"client_id": client_id}, webhook={"max_in_flight_bytes": 512 * 1024}
+        )
+        accepted, answers = await send_as_pinecall(handle, unique_call, SENDING_SECONDS)
+        # Decided while still throttled: a dedup transaction of the whole backlog took longer
+        # to send than a step may take, timed out and started over, for good.
+        records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq], 90)
+    # The in-flight bytes filled: the overflow was answered 503 with Retry-After, nothing else.
+    assert answers[503, "5"] > 0, answers
+    assert set(answers) == {(200, None), (503, "5")}, answers
+    ids = Counter(record.json()["id"] for record in records)
+    assert ids == Counter(f"{unique_call}:{seq}" for seq in accepted)
