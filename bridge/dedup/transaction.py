@@ -38,7 +38,7 @@ from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
-from bridge.sink.clienttasks import start_client
+from bridge.sink.clienttasks import cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.topicreads import unread
@@ -49,6 +49,8 @@ flood = LogThrottle(log)
 
 LossReason = Literal["fenced", "timeout", "error"]
 _STOP_TIMEOUT = 5.0
+# Of _STOP_TIMEOUT, what a stop cut short keeps to end the sender and connections it left.
+_CUT_SECONDS = 1.0
 # Another owner or the coordinator settled our transaction: the group moved on, or it timed out.
 _FENCED = (
     ProducerFenced,
@@ -411,4 +413,6 @@ async def _flush_for_commit(producer: GroupCommitProducer) -> None:
 
 async def _stop_quietly(producer: GroupCommitProducer) -> None:
     with contextlib.suppress(Exception, TimeoutError):
-        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT)
+        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT - _CUT_SECONDS)
+        return
+    await cut_short(producer, _CUT_SECONDS)

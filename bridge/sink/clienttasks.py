@@ -75,6 +75,28 @@ async def stop_dead(client: Any, within: float) -> None:
             task.exception()
 
 
+async def cut_short(producer: Any, within: float) -> None:
+    """End what a producer's stop, cut short, left running: its sender task and connections.
+
+    aiokafka's stop() counts the producer closed before it waits for the sender, so a stop cut
+    by a timeout leaves the sender task pending and the client open for good; no later stop()
+    reaches them, and asyncio logs "Task was destroyed but it is pending!" when they are collected.
+    """
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if isinstance(sender, asyncio.Future) and not sender.done():
+        sender.cancel()  # it then awaits its in-flight requests: closing the client fails them
+    client = getattr(producer, "client", None)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            if isinstance(sender, asyncio.Future):
+                await asyncio.wait({sender})
+    if isinstance(sender, asyncio.Future) and sender.done() and not sender.cancelled():
+        sender.exception()  # its death is the stop's failure, logged by the caller if at all
+
+
 async def start_consumer(consumer: Any) -> None:
     """Start a consumer; one whose start fails or is cancelled is stopped before that is raised.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -480,3 +482,40 @@ async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_f
     await transaction._flush_for_commit(producer)
     assert called == ["flush_for_commit"]
     assert callable(getattr(type(accumulator), "flush_for_commit", None))
+
+
+class _StuckProducer:
+    """aiokafka's stop() where the flush never ends: closed first, then waits on its sender."""
+
+    def __init__(self) -> None:
+        self._sender = SimpleNamespace(sender_task=asyncio.create_task(self._send()))
+        self.client = SimpleNamespace(close=self._close)
+        self.client_closed = False
+
+    async def _send(self) -> None:
+        await asyncio.get_running_loop().create_future()  # referred to by this task alone
+
+    async def _close(self) -> None:
+        self.client_closed = True
+
+    async def stop(self) -> None:
+        await asyncio.wait({self._sender.sender_task})
+
+
+async def test_a_producer_whose_stop_is_cut_short_leaves_no_pending_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transaction, "_STOP_TIMEOUT", 0.2)
+    monkeypatch.setattr(transaction, "_CUT_SECONDS", 0.1, raising=False)
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        producer = _StuckProducer()
+        await transaction._stop_quietly(producer)  # type: ignore[arg-type]
+        assert producer.client_closed
+        del producer
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [c["message"] for c in reported] == []
