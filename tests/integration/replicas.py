@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.simulator import Simulator
 from tests.integration.conftest import SECRET, Topics, daemon_env, wait_ready
 from tests.metrics import exposition, scrape
 from tests.webhooks import signed
@@ -36,6 +37,18 @@ def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict
         **FAST_GROUP,
     }
     return daemon_env(bootstrap, topics, BRIDGE_HTTP__PORT=str(port), **{**defaults, **extra})
+
+
+def feed_env(simulator: Simulator) -> dict[str, str]:
+    """A replica's settings to read the simulator's WebSocket feed, retrying it quickly."""
+    return {
+        "BRIDGE_WEBSOCKET__ENABLED": "true",
+        "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
+        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
+        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
+        "BRIDGE_PINECALL__API_URL": simulator.url,
+        "BRIDGE_PINECALL__API_KEY": "sim-api-key",
+    }
 
 
 @dataclass

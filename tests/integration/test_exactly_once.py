@@ -30,6 +30,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.replicas import (
     Replica,
+    feed_env,
     post_signed,
     replica_env,
     total,
@@ -231,14 +232,7 @@ async def test_the_feed_has_one_reader_and_fails_over(
     kafka_bootstrap: str,
     topics: Topics,
 ) -> None:
-    feed = {
-        "BRIDGE_WEBSOCKET__ENABLED": "true",
-        "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
-        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
-        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
-        "BRIDGE_PINECALL__API_URL": simulator.url,
-        "BRIDGE_PINECALL__API_KEY": "sim-api-key",
-    }
+    feed = feed_env(simulator)
     fleet = [replicas(f"f{n}", **feed) for n in range(3)]
     await asyncio.gather(*(r.start() for r in fleet))
     async with asyncio.timeout(60):

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import Topics, free_port, lease_members
-from tests.integration.replicas import Replica, replica_env, total
+from tests.integration.replicas import Replica, feed_env, replica_env, total
 from tests.polling import until
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,14 +32,7 @@ async def simulator() -> AsyncIterator[Simulator]:
 async def pair(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, simulator: Simulator
 ) -> AsyncIterator[list[Replica]]:
-    feed = {
-        "BRIDGE_WEBSOCKET__ENABLED": "true",
-        "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
-        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
-        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
-        "BRIDGE_PINECALL__API_URL": simulator.url,
-        "BRIDGE_PINECALL__API_KEY": "sim-api-key",
-    }
+    feed = feed_env(simulator)
     made = []
     for name in ("h0", "h1"):
         port = free_port()

@@ -386,6 +386,25 @@ async def send_committed(
         await producer.stop()
 
 
+async def tail_to_end(
+    bootstrap: str, topics: Topics, *, since: float | None = None
+) -> tuple[int, str]:
+    """`tail --to-end` of the events topic (from the beginning, or `since`): (shown, text)."""
+    console = Console(record=True, width=400)
+    async with asyncio.timeout(30):
+        shown = await tail(
+            bridge_settings(bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            from_beginning=since is None,
+            since=since,
+            to_end=True,
+            limit=None,
+            console=console,
+        )
+    return shown, console.export_text()
+
+
 async def test_tail_to_end_stops_at_the_last_stable_offsets_of_every_partition(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -408,21 +427,10 @@ async def test_tail_to_end_stops_at_the_last_stable_offsets_of_every_partition(
         await still_open.send_and_wait(
             topics.events, cloudevent("open:1"), partition=0, headers=STRUCTURED
         )
-        console = Console(record=True, width=400)
-        async with asyncio.timeout(30):
-            shown = await tail(
-                bridge_settings(kafka_bootstrap, topics),
-                [topics.events],
-                TailFilter(),
-                from_beginning=True,
-                to_end=True,
-                limit=None,
-                console=console,
-            )
+        shown, text = await tail_to_end(kafka_bootstrap, topics)
         await still_open.abort_transaction()
     finally:
         await still_open.stop()
-    text = console.export_text()
     assert shown == 2
     assert "committed:1" in text
     assert "committed:2" in text
@@ -451,18 +459,8 @@ async def test_tail_since_starts_each_partition_at_that_time(
         )
     finally:
         await producer.stop()
-    console = Console(record=True, width=400)
-    async with asyncio.timeout(30):
-        shown = await tail(
-            bridge_settings(kafka_bootstrap, topics),
-            [topics.events],
-            TailFilter(),
-            since=time.time() - 15 * 60,
-            to_end=True,
-            limit=None,
-            console=console,
-        )
-    lines = console.export_text().splitlines()
+    shown, text = await tail_to_end(kafka_bootstrap, topics, since=time.time() - 15 * 60)
+    lines = text.splitlines()
     assert shown == 2
     assert [line.split()[4] for line in lines] == ["new:1", "new:2"]
 
