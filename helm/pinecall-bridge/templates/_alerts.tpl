@@ -464,14 +464,15 @@ groups:
       - alert: PinecallBridgeCallLogCallsDropped
         # More calls than BRIDGE_SSE__MAX_CALLS followed and ten times as many waiting: the rest
         # are not followed. The call list, swept again once the queue drains, finds those still
-        # live or ended within the dedup TTL; older ones are lost.
+        # live or ended within the dedup TTL; older ones are lost. Also counted: an ended call
+        # the list found that waited in the queue until its end left the TTL (not read twice).
         expr: |
           sum by (namespace, pod) (increase(pinecall_bridge_sse_calls_dropped_total[15m])) > 0
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s dropped %s calls from its call-log queue" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "%s/%s had more calls to follow than BRIDGE_SSE__MAX_CALLS and ten times as many waiting in the last 15 minutes, and dropped %s of them: their logs are read only if the call list, swept again once the queue drains, still shows them within the dedup TTL. Raise config.sse.maxCalls or add replicas." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s had more calls to follow than BRIDGE_SSE__MAX_CALLS and ten times as many waiting in the last 15 minutes, and dropped %s of them: their logs are read only if the call list, swept again once the queue drains, still shows them within the dedup TTL (an ended call that waited in the queue past it is dropped too, not read twice). Raise config.sse.maxCalls or add replicas." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecalllogcallsdropped" $a.runbookUrl }}
       - alert: PinecallBridgePodNotReady
         # The pod's /readyz: only the processes serving the port export `ready` (a dedup-only
