@@ -57,7 +57,8 @@ Patch = Callable[[], contextlib.AbstractContextManager[None]]
 async def _old_send(
     self: Pipeline, record: Record, deadline: float, result: BatchResult
 ) -> asyncio.Future[Any] | _Refused | None:
-    """Pipeline._send before the timer was armed only for a send that suspends."""
+    """A copy, on purpose (the A/B's old side), of bridge/pipeline.py's `Pipeline._send` before
+    the timer was armed only for a send that suspends."""
     from bridge.pipeline import _REFUSED, flood
 
     try:
@@ -81,7 +82,8 @@ async def _old_send(
 def _old_checked(
     event: Event | Unrecognised, item: dict[str, Any], payload_id: str | None
 ) -> Event | Unrecognised:
-    """shapes._checked before the payload's id was read once: it read it again."""
+    """A copy, on purpose (the A/B's old side), of bridge/normalise/shapes.py's `_checked` before
+    the payload's id was read once: it read it again."""
     if isinstance(event, Unrecognised):
         return event
     if event.call is not None and not valid_call_id(event.call):
@@ -99,7 +101,8 @@ def _old_normalise(
     received_at: float,
     known_time: float | shapes._Unread | None = shapes.UNREAD,
 ) -> Event | Unrecognised:
-    """shapes.normalise before it took the time the replay check read: it read it again."""
+    """A copy, on purpose (the A/B's old side), of bridge/normalise/shapes.py's `normalise`
+    before it took the time the replay check read: it read it again."""
     if not isinstance(item, dict):
         return Unrecognised("not_an_object", item)
     shape = shapes._shape(item)

@@ -361,6 +361,17 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_since(where: argparse._ActionsContainer, what: str, *, required: bool = False) -> None:
+    """A `--since` of the forms `_since` reads, helped as "<what> since then: <the forms>"."""
+    where.add_argument(
+        "--since",
+        type=_since,
+        required=required,
+        help=f"{what} since then: epoch seconds, an ISO-8601 time (UTC unless it says) or a span"
+        " back from now (30m, 2h, 7d)",
+    )
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from bridge.simulator.command import main as simulate
 
@@ -454,12 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="not only new records")
-    start.add_argument(
-        "--since",
-        type=_since,
-        help="records written since then: epoch seconds, an ISO-8601 time (UTC unless it says)"
-        " or a span back from now (30m, 2h, 7d)",
-    )
+    _add_since(start, "records written")
     tail.add_argument(
         "--to-end",
         action="store_true",
@@ -493,12 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = backfill.add_mutually_exclusive_group(required=True)
     which.add_argument("--call", action="append", help="a call id, e.g. CA_8f4a2c (repeatable)")
-    which.add_argument(
-        "--since",
-        type=_since,
-        help="every call the call list shows started since then: epoch seconds, an ISO-8601"
-        " time (UTC unless it says) or a span back from now (30m, 2h, 7d)",
-    )
+    _add_since(which, "every call the call list shows started")
     backfill.set_defaults(func=_backfill)
 
     redrive = commands.add_parser(
@@ -509,13 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         " channel and receipt time. Still unrecognised ones and notes are counted, never written"
         " again. Exit 0 done, 1 Kafka failed, 2 usage.",
     )
-    redrive.add_argument(
-        "--since",
-        type=_since,
-        required=True,
-        help="dead letters written since then: epoch seconds, an ISO-8601 time (UTC unless it"
-        " says) or a span back from now (30m, 2h, 7d)",
-    )
+    _add_since(redrive, "dead letters written", required=True)
     redrive.add_argument("--until", type=_since, help="and up to then (the same forms)")
     redrive.add_argument(
         "--reason",

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
@@ -23,6 +24,10 @@ from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import admin_client, client_options, topic_partitions
+
+# How often a following `--since` tail looks for partitions added to its topics (an operator
+# raising a topic's partition count): their records are shown at most this late.
+PARTITIONS_RELOOK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,32 @@ async def _partitions(
     return await topic_partitions(settings.kafka, found) if found else []
 
 
+async def _take_up_added(
+    settings: Settings,
+    consumer: AIOKafkaConsumer,
+    assigned: list[TopicPartition],
+    console: Console,
+) -> list[TopicPartition]:
+    """Assign the partitions added to the tailed topics since `assigned` was read; each is read
+    from its beginning (all its records are newer than the start). Returns the new assignment."""
+    topics = sorted({tp.topic for tp in assigned})
+    added = sorted(set(await topic_partitions(settings.kafka, topics)) - set(assigned))
+    if not added:
+        return assigned
+    # assign() replaces the assignment and forgets its positions: the old ones are kept.
+    positions = {tp: await consumer.position(tp) for tp in assigned}
+    partitions = [*assigned, *added]
+    consumer.assign(partitions)
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    await consumer.seek_to_beginning(*added)
+    for tp in added:
+        console.print(
+            f"[yellow]topic {tp.topic} has a new partition {tp.partition}: reading it too[/]"
+        )
+    return partitions
+
+
 async def tail(
     settings: Settings,
     topics: list[str],
@@ -183,9 +214,11 @@ async def tail(
     `since` (epoch seconds): start each partition at its first record of then or later;
     `to_end`: stop once every partition has reached the end it had at the start.
     """
-    # A fixed start or end needs the partitions themselves, read once; otherwise the
-    # subscription also picks up a topic created while tail waits.
+    # A fixed start or end needs the partitions themselves; otherwise the subscription also
+    # picks up a topic created while tail waits. A fixed end is what existed at the start, but
+    # a `since` tail that follows looks again every few seconds for partitions added since.
     fixed = since is not None or to_end
+    following = since is not None and not to_end
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -205,6 +238,7 @@ async def tail(
         isolation_level="read_committed",
     )
     ends: dict[TopicPartition, int] | None = None
+    partitions: list[TopicPartition] = []
     await start_consumer(consumer)
     try:
         if fixed:
@@ -223,7 +257,13 @@ async def tail(
             # A misspelt or not yet created topic would otherwise be a silent wait.
             for topic in sorted(set(topics) - await consumer.topics()):
                 console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
+        look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
         while not stop.is_set() and (limit is None or shown < limit):
+            if following and partitions and loop.time() >= look_again:
+                # A look Kafka did not answer is only late: the next one tries again.
+                with contextlib.suppress(KafkaError):
+                    partitions = await _take_up_added(settings, consumer, partitions, console)
+                look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
                 positions = {tp: await consumer.position(tp) for tp in ends}
                 if not unfinished(positions, ends):

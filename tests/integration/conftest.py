@@ -513,6 +513,23 @@ async def write_ingest(bootstrap: str, records: list[Record]) -> None:
         await producer.stop()
 
 
+async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """How many partitions each of those topics has; one that does not exist is left out."""
+    async with admin_client(bootstrap) as admin:
+        found = await admin.describe_topics(names)
+    return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
+
+
+def call_on(partition: int, partitions: int, prefix: str) -> str:
+    """A call id whose key the producer sends to `partition` of `partitions`."""
+    everything = list(range(partitions))
+    return next(
+        f"{prefix}-{n}"
+        for n in range(100_000)
+        if kafka.partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
+    )
+
+
 async def create_topic(
     bootstrap: str, name: str, partitions: int, config: Mapping[str, str] | None = None
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewPartitions
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -30,10 +31,13 @@ from tests.integration.conftest import (
     Consumed,
     RunningBridge,
     Topics,
+    admin_client,
     bridge_settings,
+    call_on,
     consume_until,
     create_topic,
     daemon_env,
+    describe,
     entry,
     free_port,
     until_decided,
@@ -463,6 +467,66 @@ async def test_tail_since_starts_each_partition_at_that_time(
     lines = text.splitlines()
     assert shown == 2
     assert [line.split()[4] for line in lines] == ["new:1", "new:2"]
+
+
+async def test_tail_since_follows_a_partition_added_while_it_runs(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """An operator raises the topic's partition count while tail --since follows it: the new
+    partition is said and its record shown, and partition 0's records still once each."""
+    await create_topic(kafka_bootstrap, topics.events, 1)
+    console = Console(record=True, width=400)
+    following = asyncio.create_task(
+        tail(
+            bridge_settings(kafka_bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            since=time.time() - 60,
+            limit=3,
+            console=console,
+        )
+    )
+    try:
+        now = int(time.time() * 1000)
+        await send_committed(
+            kafka_bootstrap,
+            topics.events,
+            [("before:1", now)],
+            transactional_id=f"{topics.group}-1",
+        )
+        await until(lambda: "before:1" in console.export_text(clear=False), within=30)
+        async with admin_client(kafka_bootstrap) as admin:
+            await admin.create_partitions({topics.events: NewPartitions(2)})
+
+        async def grown() -> bool:
+            return (await describe(kafka_bootstrap, [topics.events])).get(topics.events) == 2
+
+        # The broker's metadata, which the producer reads next, shows the new partition.
+        await until(grown, within=10)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            call = call_on(1, 2, "CA_grown")
+            sent = await producer.send_and_wait(
+                topics.events, cloudevent("added:1"), key=call.encode(), headers=STRUCTURED
+            )
+        finally:
+            await producer.stop()
+        assert sent.partition == 1
+        then = f"{topics.group}-then"
+        await send_committed(
+            kafka_bootstrap, topics.events, [("after:1", now)], transactional_id=then
+        )
+        async with asyncio.timeout(30):
+            shown = await following
+    finally:
+        following.cancel()
+    text = console.export_text()
+    assert shown == 3
+    assert f"topic {topics.events} has a new partition 1: reading it too" in text
+    ids = [line.split()[4] for line in text.splitlines() if " via " in line]
+    assert ids[0] == "before:1"
+    assert sorted(ids[1:]) == ["added:1", "after:1"]
 
 
 def test_tail_runs_with_only_the_kafka_settings(

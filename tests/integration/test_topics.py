@@ -14,15 +14,17 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 
 from bridge.service import Bridge
 from bridge.sink import kafka
-from bridge.sink.kafka import TopicReads, partition_for
+from bridge.sink.kafka import TopicReads
 from tests.integration.conftest import (
     RunningBridge,
     Topics,
     admin_client,
     alter_topic,
     bridge_settings,
+    call_on,
     consume_until,
     create_topic,
+    describe,
     entry,
     has_id,
     read_decided,
@@ -33,12 +35,6 @@ from tests.polling import until
 
 OWNED = "pinecall_bridge_dedup_partitions_owned"
 PARTITIONS = "pinecall_bridge_ingest_partitions"
-
-
-async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
-    async with admin_client(bootstrap) as admin:
-        found = await admin.describe_topics(names)
-    return {t["topic"]: len(t["partitions"]) for t in found if t["error_code"] == 0}
 
 
 async def test_bridge_creates_its_topics(
@@ -236,16 +232,6 @@ def logged(caplog: pytest.LogCaptureFixture, words: str) -> list[dict[str, int]]
         for r in caplog.records
         if words in r.getMessage()
     ]
-
-
-def call_on(partition: int, partitions: int, prefix: str) -> str:
-    """A call id whose key the producer sends to `partition` of `partitions`."""
-    everything = list(range(partitions))
-    return next(
-        f"{prefix}-{n}"
-        for n in range(100_000)
-        if partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
-    )
 
 
 async def test_an_ingest_topic_made_elsewhere_that_would_lose_ids_is_logged_with_its_fixes(

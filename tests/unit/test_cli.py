@@ -337,6 +337,14 @@ def test_redrive_until_before_since_is_a_usage_error(
     assert "--until is before --since" in capsys.readouterr().err
 
 
+@pytest.fixture
+def unreachable_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kafka tools' settings, Kafka at 127.0.0.1:9 (nothing listens) and, for backfill,
+    Pinecall's API key; the webhook secret is the test's to set or not."""
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -346,11 +354,10 @@ def test_redrive_until_before_since_is_a_usage_error(
         ["redrive", "--since", "1h"],
     ],
 )
+@pytest.mark.usefixtures("unreachable_kafka")
 def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
-    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
     assert main(command) == 1
     err = capsys.readouterr().err
@@ -366,13 +373,12 @@ def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
         ["redrive", "--since", "1h"],
     ],
 )
+@pytest.mark.usefixtures("unreachable_kafka")
 def test_the_kafka_tools_need_no_webhook_secret(
-    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # An SRE's laptop has the Kafka settings (and for backfill Pinecall's key), not the secret:
     # the command gets as far as Kafka instead of exiting 2 for a setting it never reads.
-    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
-    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
     assert main(command) == 1
     assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
 
