@@ -412,7 +412,13 @@ async def _flush_for_commit(producer: GroupCommitProducer) -> None:
 
 
 async def _stop_quietly(producer: GroupCommitProducer) -> None:
-    with contextlib.suppress(Exception, TimeoutError):
-        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT - _CUT_SECONDS)
-        return
+    try:
+        with contextlib.suppress(Exception, TimeoutError):
+            await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT - _CUT_SECONDS)
+            return
+    except asyncio.CancelledError:
+        # The caller's bound (the stage's stop at the end of the grace period) cut the stop:
+        # what it left is ended all the same, then the cancellation goes on.
+        await cut_short(producer, _CUT_SECONDS)
+        raise
     await cut_short(producer, _CUT_SECONDS)

@@ -28,6 +28,15 @@ _CONSUMER = (
     ("_fetcher", "_fetch_task"),
     ("_client", "_sync_task"),
 )
+# What a stop cut short may leave running: a producer's sender, a consumer's group and fetch tasks
+# (the metadata task is the client's, ended by its close).
+_CUT_TASKS = (
+    ("_sender", "sender_task"),
+    ("_coordinator", "_coordination_task"),
+    ("_coordinator", "_heartbeat_task"),
+    ("_coordinator", "_commit_refresh_task"),
+    ("_fetcher", "_fetch_task"),
+)
 _UNREACHABLE = (
     KafkaConnectionError,
     NodeNotReadyError,
@@ -40,6 +49,15 @@ _warned: set[str] = set()
 REPLACE_ATTEMPTS = 5
 # How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
 START_SETTLE_SECONDS = 1.0
+# How long a consumer's stop whose caller was cancelled may still run, to leave its group and
+# close its connections (stop_consumer). Against a live broker that is a LeaveGroup round trip:
+# milliseconds; a second covers a loaded broker (as for the lease's leave, LEASE_LEAVE_SECONDS),
+# and keeps a stop cut at the end of the grace period well inside the pod's margin after it
+# (terminationGracePeriodSeconds: grace + 5 s, + 3 s with worker processes).
+STOP_SETTLE_SECONDS = 1.0
+# How long cut_short waits for the tasks it cancelled and the connections it closes: closing is
+# local (no request is sent), so milliseconds; the bound is for a loop too busy to get there.
+CUT_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -56,45 +74,70 @@ def consumer_died(consumer: Any) -> str | None:
 async def stop_dead(client: Any, within: float) -> None:
     """Stop a client whose task died, within `within` s; whatever it raises is logged only.
 
-    Its own task, so that a CancelledError from inside aiokafka (its fetcher awaits the tasks
-    it cancels) cannot pass for a cancellation of the caller.
+    A stop not over by then is cut short (cut_short, within CUT_SECONDS more): cancelled alone,
+    it would leave a producer's sender task pending and either client's connections open.
     """
-    stopping = asyncio.ensure_future(client.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=within)
-    if not done:
-        stopping.cancel()
+    try:
+        stopping, timed_out = await _stop(client, within, min(STOP_SETTLE_SECONDS, within))
+    finally:
+        # The death was logged once, with its cause: unretrieved, each dead task's error would
+        # be logged again, traceback and all, whenever the task is garbage-collected.
+        for owner_name, task_name in _PRODUCER + _CONSUMER:
+            task = getattr(getattr(client, owner_name, None), task_name, None)
+            if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+                task.exception()
+    if timed_out:
         log.warning("a dead Kafka client did not stop in time", extra={"within_s": within})
     elif stopping.cancelled() or stopping.exception() is not None:
         error = "cancelled" if stopping.cancelled() else repr(stopping.exception())
         log.warning("a dead Kafka client did not stop cleanly", extra={"error": error})
-    # The death was logged once, with its cause: unretrieved, each dead task's error would be
-    # logged again, traceback and all, whenever the task is garbage-collected.
-    for owner_name, task_name in _PRODUCER + _CONSUMER:
-        task = getattr(getattr(client, owner_name, None), task_name, None)
-        if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
-            task.exception()
 
 
-async def cut_short(producer: Any, within: float) -> None:
-    """End what a producer's stop, cut short, left running: its sender task and connections.
+async def stop_producer(producer: Any) -> None:
+    """Stop (flush and close) a producer; one cut by the caller's cancellation is cut short.
 
-    aiokafka's stop() counts the producer closed before it waits for the sender, so a stop cut
-    by a timeout leaves the sender task pending and the client open for good; no later stop()
-    reaches them, and asyncio logs "Task was destroyed but it is pending!" when they are collected.
+    No settle time, unlike a consumer's stop: the caller's bound is on the flush itself, which
+    one more second would not finish, and what is left of the grace period belongs to others.
     """
-    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    if isinstance(sender, asyncio.Future) and not sender.done():
-        sender.cancel()  # it then awaits its in-flight requests: closing the client fails them
-    client = getattr(producer, "client", None)
+    stopping, _ = await _stop(producer, None, 0.0)
+    if not stopping.cancelled():
+        stopping.result()
+
+
+async def cut_short(client: Any, within: float) -> None:
+    """End what a client's stop, cut short, left running: its background tasks and connections.
+
+    aiokafka's stop() counts the client closed before it waits for its tasks, so a stop cut by a
+    timeout or a cancellation leaves them pending and the connections open for good; no later
+    stop() reaches them, and asyncio logs "Task was destroyed but it is pending!" (or aiokafka
+    "Unclosed AIOKafkaConnection") when they are collected. A fetch task left running would
+    even open connections anew.
+    """
+    tasks = [
+        task
+        for owner_name, task_name in _CUT_TASKS
+        if isinstance(
+            task := getattr(getattr(client, owner_name, None), task_name, None), asyncio.Future
+        )
+    ]
+    # A consumer's fetches from each broker, which its fetcher's close would have cancelled.
+    tasks += list(getattr(getattr(client, "_fetcher", None), "_pending_tasks", ()))
+    for task in tasks:
+        task.cancel()  # a sender then awaits its in-flight requests: closing the client fails them
+    # A producer's AIOKafkaClient is `client`, a consumer's `_client`.
+    connections = getattr(client, "client", None)
+    if connections is None:
+        connections = getattr(client, "_client", None)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
-            if client is not None:
+            if connections is not None:
                 with contextlib.suppress(Exception):
-                    await client.close()
-            if isinstance(sender, asyncio.Future):
-                await asyncio.wait({sender})
-    if isinstance(sender, asyncio.Future) and sender.done() and not sender.cancelled():
-        sender.exception()  # its death is the stop's failure, logged by the caller if at all
+                    await connections.close()
+            if tasks:
+                await asyncio.wait(tasks)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # its death is the stop's failure, logged by the caller if at all
 
 
 async def start_consumer(consumer: Any) -> None:
@@ -122,7 +165,7 @@ async def start_client(
         await asyncio.shield(starting)
     except BaseException:
         if not starting.done():  # the caller was cancelled, not the start
-            await _settle(starting)
+            await _settle(starting, START_SETTLE_SECONDS)
         if starting.done() and not starting.cancelled():
             starting.exception()  # raised already, or superseded by the cancellation
         # What the start raised is what the caller must see, not a failure of this undo.
@@ -131,11 +174,11 @@ async def start_client(
         raise
 
 
-async def _settle(starting: asyncio.Future[Any]) -> None:
-    """Let a start whose caller was cancelled finish, within START_SETTLE_SECONDS; else cancel."""
+async def _settle(starting: asyncio.Future[Any], within: float) -> None:
+    """Let a start or stop whose caller was cancelled finish, within `within` s; else cancel."""
     # Cancelled again: the caller raises its cancellation anyway; the wait ends here.
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait({starting}, timeout=START_SETTLE_SECONDS)
+        await asyncio.wait({starting}, timeout=within)
     if not starting.done():
         starting.cancel()
         # Unwound before the undo, as an awaited start would be; a cancelled start ends at once.
@@ -149,25 +192,43 @@ async def stop_consumer(consumer: Any) -> None:
     aiokafka's fetcher awaits the fetch tasks it cancels, and one sleeping out its retry backoff
     (a broker down or restarting) raises CancelledError out of stop(): awaited directly, it would
     pass for a cancellation of the caller and end a whole shutdown or partition start with it.
+    The caller's own cancellation lets the stop settle for STOP_SETTLE_SECONDS, then cuts it.
     """
-    stopping = asyncio.ensure_future(consumer.stop())
-    try:
-        await asyncio.wait({stopping})
-    except asyncio.CancelledError:
-        stopping.cancel()
-        raise
+    stopping, _ = await _stop(consumer, None, STOP_SETTLE_SECONDS)
     if not stopping.cancelled():
         stopping.result()
         return
     # The fetcher gave up at that task, before it cancelled its other brokers' fetches and before
-    # the consumer closed its connections.
-    fetcher = getattr(consumer, "_fetcher", None)
-    for task in list(getattr(fetcher, "_pending_tasks", ())):
-        task.cancel()
-    client = getattr(consumer, "_client", None)
-    if client is not None:
-        await client.close()
+    # the consumer closed its connections: cut_short (in _stop) ended them.
     log.info("a Kafka consumer's stop was cut short inside aiokafka (a fetch was being retried)")
+
+
+async def _stop(
+    client: Any, within: float | None, settle: float
+) -> tuple[asyncio.Future[Any], bool]:
+    """Stop a client in a task of its own; the ended stop, and whether `within` s cut it.
+
+    Its own task, so that a CancelledError from inside aiokafka (its fetcher awaits the tasks it
+    cancels) cannot pass for a cancellation of the caller. A stop cut (by `within`, by the
+    caller's cancellation after `settle` s, or inside aiokafka) or failed is cut short; the
+    caller's cancellation is then raised.
+    """
+    stopping = asyncio.ensure_future(client.stop())
+    try:
+        await asyncio.wait({stopping}, timeout=within)
+    except asyncio.CancelledError:
+        await _settle(stopping, settle)
+        await _cut_unless_stopped(client, stopping)
+        raise
+    timed_out = not stopping.done()
+    await _settle(stopping, 0.0)  # cancels one not over
+    await _cut_unless_stopped(client, stopping)
+    return stopping, timed_out
+
+
+async def _cut_unless_stopped(client: Any, stopping: asyncio.Future[Any]) -> None:
+    if stopping.cancelled() or stopping.exception() is not None:
+        await cut_short(client, CUT_SECONDS)
 
 
 def fail_pending(producer: Any, error: BaseException) -> None:

@@ -35,6 +35,7 @@ from bridge.sink.clienttasks import (
     producer_died,
     start_client,
     stop_dead,
+    stop_producer,
     unreachable,
 )
 from bridge.sink.drain import drain_whole_brokers
@@ -319,7 +320,9 @@ class KafkaSink:
             self._probe = None
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            # Bounded by the caller (the flush's share of the grace period): a stop cut there
+            # must not leave the sender task pending and the connections open.
+            await stop_producer(producer)
         self._set_connected(False)
 
     def partition_count(self, topic: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,7 +37,7 @@ from tests.unit.dedup.fakes import (
     stage_producer,
     steps,
 )
-from tests.unit.sink.fakes import FakeAdmin
+from tests.unit.sink.fakes import FakeAdmin, StuckProducer
 
 TP2 = TopicPartition("ingest", 7)
 TP3 = TopicPartition("ingest", 9)
@@ -484,24 +483,6 @@ async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_f
     assert callable(getattr(type(accumulator), "flush_for_commit", None))
 
 
-class _StuckProducer:
-    """aiokafka's stop() where the flush never ends: closed first, then waits on its sender."""
-
-    def __init__(self) -> None:
-        self._sender = SimpleNamespace(sender_task=asyncio.create_task(self._send()))
-        self.client = SimpleNamespace(close=self._close)
-        self.client_closed = False
-
-    async def _send(self) -> None:
-        await asyncio.get_running_loop().create_future()  # referred to by this task alone
-
-    async def _close(self) -> None:
-        self.client_closed = True
-
-    async def stop(self) -> None:
-        await asyncio.wait({self._sender.sender_task})
-
-
 async def test_a_producer_whose_stop_is_cut_short_leaves_no_pending_sender(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -511,7 +492,7 @@ async def test_a_producer_whose_stop_is_cut_short_leaves_no_pending_sender(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
-        producer = _StuckProducer()
+        producer = StuckProducer()
         await transaction._stop_quietly(producer)  # type: ignore[arg-type]
         assert producer.client_closed
         del producer
@@ -519,3 +500,15 @@ async def test_a_producer_whose_stop_is_cut_short_leaves_no_pending_sender(
     finally:
         loop.set_exception_handler(None)
     assert [c["message"] for c in reported] == []
+
+
+async def test_a_producer_stop_cut_by_the_callers_cancellation_leaves_no_pending_sender() -> None:
+    # The stage's stop bounded by the end of the grace period cancels it mid-stop.
+    producer = StuckProducer()
+    caller = asyncio.create_task(transaction._stop_quietly(producer))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # in the stop
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert producer.client_closed
+    assert producer._sender.sender_task.cancelled()

@@ -124,21 +124,53 @@ class _Connections:
 
 
 class RetryingConsumer:
-    """Stops as aiokafka's consumer does with a fetch sleeping out its retry backoff."""
+    """Stops as aiokafka's consumer does with a fetch sleeping out its retry backoff; with
+    `retrying` False, as it does without one: its fetches cancelled, then its connections closed.
+    """
 
-    def __init__(self, stop_takes: float = 0.0) -> None:
+    def __init__(self, stop_takes: float = 0.0, retrying: bool = True) -> None:
         self._client = _Connections()
         self._stop_takes = stop_takes
+        self._retrying = retrying
         self.stopping: asyncio.Task[Any] | None = None
         # Other brokers' fetches, which aiokafka's Fetcher.close() never reaches after the cut.
         self._fetcher = SimpleNamespace(_pending_tasks=set[asyncio.Future[None]]())
 
     async def stop(self) -> None:
         self.stopping = asyncio.current_task()
-        self._fetcher._pending_tasks.add(asyncio.ensure_future(asyncio.sleep(60)))
+        fetch = asyncio.ensure_future(asyncio.sleep(60))
+        self._fetcher._pending_tasks.add(fetch)
         await asyncio.sleep(self._stop_takes)
-        await stop_cut_by_a_retry()
-        await self._client.close()  # not reached
+        if self._retrying:
+            await stop_cut_by_a_retry()
+        fetch.cancel()
+        await self._client.close()  # not reached when retrying
+
+    @property
+    def fetch(self) -> asyncio.Future[None]:
+        """The fetch its stop found running."""
+        fetch: asyncio.Future[None]
+        [fetch] = self._fetcher._pending_tasks
+        return fetch
+
+
+class StuckProducer:
+    """aiokafka's producer stop() where the flush never ends: closed first, then waits on its
+    sender, which nothing else refers to."""
+
+    def __init__(self) -> None:
+        self._sender = SimpleNamespace(sender_task=asyncio.create_task(self._send()))
+        self.client = SimpleNamespace(close=self._close)
+        self.client_closed = False
+
+    async def _send(self) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    async def _close(self) -> None:
+        self.client_closed = True
+
+    async def stop(self) -> None:
+        await asyncio.wait({self._sender.sender_task})
 
 
 class FakeAdmin:

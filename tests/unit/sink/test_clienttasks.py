@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -18,9 +19,10 @@ from bridge.sink.clienttasks import (
     start_client,
     stop_consumer,
     stop_dead,
+    stop_producer,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeProducer, RetryingConsumer
+from tests.unit.sink.fakes import FakeProducer, RetryingConsumer, StuckProducer
 
 
 @pytest.mark.usefixtures("fake_producer")
@@ -52,20 +54,63 @@ async def test_a_cancelled_error_from_inside_a_consumers_stop_does_not_end_the_c
     consumer = RetryingConsumer()
     await stop_consumer(consumer)
     assert consumer._client.closed  # what the cut stop left open is closed after all
-    [fetch] = consumer._fetcher._pending_tasks
-    await asyncio.sleep(0)
-    assert fetch.cancelled()  # and the other brokers' fetches do not run on
+    assert consumer.fetch.cancelled()  # and the other brokers' fetches do not run on
 
 
-async def test_a_caller_cancelled_while_a_consumer_stops_is_cancelled_with_its_stop() -> None:
-    consumer = RetryingConsumer(stop_takes=30.0)
-    caller = asyncio.create_task(stop_consumer(consumer))
+async def cancel_while_stopping(
+    stop: Coroutine[Any, Any, None], consumer: RetryingConsumer
+) -> None:
+    """Run `stop` of `consumer` in a task cancelled once the consumer's stop began."""
+    caller = asyncio.create_task(stop)
     await until(lambda: consumer.stopping is not None)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def test_a_consumers_stop_whose_caller_is_cancelled_runs_on_to_its_end() -> None:
+    # Cut at once, it might not have left the group nor closed its connections.
+    consumer = RetryingConsumer(stop_takes=0.2, retrying=False)
+    await cancel_while_stopping(stop_consumer(consumer), consumer)
+    assert consumer.stopping is not None
+    assert not consumer.stopping.cancelled()
+    assert consumer._client.closed
+
+
+@pytest.mark.parametrize("stop", [stop_consumer, lambda c: stop_dead(c, 30.0)])
+async def test_a_stop_still_running_after_the_settle_time_is_cut_and_leaves_nothing_open(
+    stop: Callable[[Any], Coroutine[Any, Any, None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clienttasks, "STOP_SETTLE_SECONDS", 0.05)
+    consumer = RetryingConsumer(stop_takes=30.0)
+    await cancel_while_stopping(stop(consumer), consumer)
     assert consumer.stopping is not None
     assert consumer.stopping.cancelled()
+    assert consumer._client.closed
+    assert consumer.fetch.cancelled()
+
+
+async def test_a_producers_stop_whose_caller_is_cancelled_is_cut_at_once() -> None:
+    # No settle time: the caller's bound is on the flush, and a second more would not finish it.
+    client = RetryingConsumer(stop_takes=0.3, retrying=False)
+    await cancel_while_stopping(stop_producer(client), client)
+    assert client.stopping is not None
+    assert client.stopping.cancelled()
+    assert client._client.closed
+
+
+async def test_a_dead_producers_stop_cut_by_its_bound_leaves_no_pending_sender() -> None:
+    producer = StuckProducer()
+    await stop_dead(producer, 0.05)
+    assert producer.client_closed
+    assert producer._sender.sender_task.cancelled()
+
+
+async def test_a_dead_consumers_stop_cut_by_its_bound_leaves_nothing_open() -> None:
+    consumer = RetryingConsumer(stop_takes=30.0)
+    await stop_dead(consumer, 0.05)
+    assert consumer._client.closed
+    assert consumer.fetch.cancelled()
 
 
 class Starting:
@@ -89,28 +134,25 @@ class Starting:
         self.undone = True
 
 
-async def test_a_start_whose_caller_is_cancelled_finishes_then_is_undone() -> None:
-    # aiokafka's bootstrap cut short in its metadata request drops that connection unclosed.
-    client = Starting(takes=0.2)
-    caller = asyncio.create_task(start_client(client.start, client.undo))
-    await client.began.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    assert (client.finished, client.undone) == (True, True)
-
-
-async def test_a_start_still_running_after_the_settle_time_is_cancelled_and_undone(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("takes", "settle", "finished"),
+    [
+        # aiokafka's bootstrap cut short in its metadata request drops that connection unclosed.
+        (0.2, 1.0, True),
+        (30.0, 0.05, False),  # still running after the settle time: cancelled
+    ],
+)
+async def test_a_start_whose_caller_is_cancelled_settles_then_is_undone(
+    takes: float, settle: float, finished: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", 0.05)
-    client = Starting(takes=30.0)
+    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", settle)
+    client = Starting(takes=takes)
     caller = asyncio.create_task(start_client(client.start, client.undo))
     await client.began.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert (client.finished, client.undone) == (False, True)
+    assert (client.finished, client.undone) == (finished, True)
 
 
 async def test_a_failed_start_is_undone_and_its_error_raised() -> None:

@@ -24,7 +24,7 @@ from bridge.sink.kafka import (
     topic_configs,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeAdmin, FakeProducer
+from tests.unit.sink.fakes import FakeAdmin, FakeProducer, StuckProducer
 
 # The producer's liveness below: replaced when aiokafka's sender task dies (aiokafka#1038 under
 # uvloop), probed with metadata for its own topics. No test here talks to a broker.
@@ -75,6 +75,20 @@ async def test_stop_before_start_and_twice_is_safe() -> None:
     await sink.stop()
     await sink.stop()
     assert metrics.registry.get_sample_value("pinecall_bridge_kafka_connected") == 0
+
+
+async def test_a_stop_cut_by_its_callers_bound_leaves_no_pending_sender() -> None:
+    # The shutdown bounds the flush to its share of the grace period (a partition without a
+    # leader: idempotent batches never expire): the cut stop must not leave the client open.
+    sink = await started_sink(Metrics())
+    await FakeProducer.made[0].stop()
+    stuck = StuckProducer()
+    sink._producer = stuck
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await sink.stop()
+    assert stuck.client_closed
+    assert stuck._sender.sender_task.cancelled()
 
 
 async def test_send_without_producer_raises() -> None:
