@@ -1,4 +1,5 @@
-"""The HTTP edge: the webhook route, /healthz, /readyz and /metrics on one port."""
+"""The HTTP edge: the webhook route, /healthz, /readyz and /metrics on one port; the last three
+also on the admin port when one is set (BRIDGE_HTTP__ADMIN_PORT)."""
 
 from __future__ import annotations
 
@@ -106,4 +107,11 @@ def build_app(
     app.router.add_post(settings.webhook.path, webhook.handle)
     bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
     app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
+    return app
+
+
+def build_admin_app(probes: list[web.RouteDef]) -> web.Application:
+    """The admin port's app: the probes and /metrics only (no body is ever read)."""
+    app = web.Application(client_max_size=1024, middlewares=[json_errors])
+    app.add_routes(probes)
     return app

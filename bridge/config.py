@@ -306,11 +306,20 @@ class HttpSettings(_Section):
     max_connections: int = Field(default=4096, ge=1, le=1_000_000)
     # Processes sharing the port (SO_REUSEPORT) under a supervisor; 0: one per CPU available.
     workers: int = 1
+    # A second port serving only /healthz, /readyz and /metrics, outside max_connections, so a
+    # full webhook port fails neither the kubelet's probes nor Prometheus' scrapes. Unset: off
+    # (one port, as before; a new listener is opt-in). 0: any free port (tests).
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("host")
     @classmethod
     def _bindable_host(cls, host: str) -> str:
         return _check_host(host)
+
+    @field_validator("admin_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, port: Any) -> Any:
+        return None if port == "" else port
 
     @field_validator("workers")
     @classmethod
@@ -327,6 +336,21 @@ class HttpSettings(_Section):
             raise ValueError(
                 "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT"
                 " (with 0 each worker would listen on a port of its own)"
+            )
+        if self.workers != 1 and self.admin_port == 0:
+            raise ValueError(
+                "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__ADMIN_PORT"
+                " (with 0 each worker would listen on a port of its own)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_port_of_its_own(self) -> HttpSettings:
+        # Two 0s are two free ports; one fixed port twice would fail to bind at start.
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError(
+                f"BRIDGE_HTTP__ADMIN_PORT must differ from BRIDGE_HTTP__PORT ({self.port}):"
+                " the probes and /metrics need a port of their own"
             )
         return self
 

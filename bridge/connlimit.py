@@ -23,6 +23,10 @@ REFUSAL_LINGER_SECONDS = 1.0
 # the call-log source's followers come on top (BRIDGE_SSE__MAX_CALLS).
 RESERVED_FDS = 256
 RETRY_AFTER_SECONDS = 1
+# The admin port's own cap (BRIDGE_HTTP__ADMIN_PORT): the kubelet's three probes and a scraper or
+# two hold a handful; a cap still keeps a flood of them (a looping scraper) from taking the
+# descriptors Kafka needs, and so small a one costs the webhook port little (it is reserved).
+ADMIN_MAX_CONNECTIONS = 64
 _BODY = b"too many connections\n"
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"

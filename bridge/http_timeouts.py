@@ -32,9 +32,10 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bridge.config import HttpSettings
-from bridge.connlimit import Admission, ConnectionCap, Refusal
+from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Refusal
 from bridge.metrics import Metrics
 
 _INTERNALS = ("_request_count", "_messages")
@@ -232,14 +233,38 @@ def timed_runner(
     limit = http.max_connections if max_connections is None else max_connections
     metrics.http_connections_max.set(limit)
     cap = ConnectionCap(limit, metrics.http_connections_open, metrics.http_connections_refused)
-    timed_out = metrics.http_timed_out.labels("header")
     # The edge serves the webhook path (and probes): a refused head may be a lost webhook.
     bad_head = metrics.rejected.labels("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
+    return _runner(app, http, metrics, cap, bad_head.inc, **kwargs)
+
+
+def admin_runner(
+    app: web.Application, http: HttpSettings, metrics: Metrics, **kwargs: Any
+) -> HeadTimeoutAppRunner:
+    """The admin port's runner: the edge's timeouts, and a small cap of its own, counted apart
+    from the webhook port's (its gauges are BRIDGE_HTTP__MAX_CONNECTIONS')."""
+    private = CollectorRegistry()  # not exported: the metrics of the cap are the webhook port's
+    cap = ConnectionCap(
+        ADMIN_MAX_CONNECTIONS,
+        Gauge("admin_connections_open", "", registry=private),
+        Counter("admin_connections_refused", "", ["how"], registry=private),
+    )
+    return _runner(app, http, metrics, cap, lambda: None, **kwargs)
+
+
+def _runner(
+    app: web.Application,
+    http: HttpSettings,
+    metrics: Metrics,
+    cap: ConnectionCap,
+    on_bad_head: Callable[[], None],
+    **kwargs: Any,
+) -> HeadTimeoutAppRunner:
     return HeadTimeoutAppRunner(
         app,
         head_timeout=http.header_timeout_seconds,
-        on_head_timeout=timed_out.inc,
-        on_bad_head=bad_head.inc,
+        on_head_timeout=metrics.http_timed_out.labels("header").inc,
+        on_bad_head=on_bad_head,
         cap=cap,
         # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.
         keepalive_timeout=http.keepalive_timeout_seconds,

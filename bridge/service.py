@@ -24,12 +24,12 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from bridge import connlimit, listen, logthrottle, looplag
-from bridge.app import Readiness, build_app
+from bridge.app import Readiness, build_admin_app, build_app, probe_routes
 from bridge.config import Settings, dotenv_variables, final_phase_seconds
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
-from bridge.http_timeouts import timed_runner
+from bridge.http_timeouts import admin_runner, timed_runner
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     PartitionWatch,
@@ -64,6 +64,9 @@ from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
 LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
+# A probe or scrape under way when the admin port closes, at the very end of a stop: a pod's
+# answer takes at most its workers' 1 s (bridge/workers/pod.py).
+ADMIN_SHUTDOWN_SECONDS = 1.0
 
 
 class _Part(Protocol):
@@ -199,6 +202,13 @@ class Bridge:
             body_timeout_seconds=settings.http.body_timeout_seconds,
         )
         self.app = build_app(settings, webhook, self.readiness, self.metrics, probes)
+        self.admin_app = (
+            build_admin_app(
+                probes if probes is not None else probe_routes(self.readiness, self.metrics)
+            )
+            if settings.http.admin_port is not None
+            else None
+        )
         every = settings.webhook.secrets_check_seconds
         self.secrets_watch = (
             WebhookSecretsWatch(
@@ -209,6 +219,7 @@ class Bridge:
         )
         self._secrets_watching: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
         self._started = False
         self._connector: asyncio.Task[None] | None = None
         self._registration: asyncio.Task[None] | None = None
@@ -221,6 +232,7 @@ class Bridge:
             )
         self._loop_lag: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.admin_port: int | None = None
 
     async def start(self) -> None:
         if self._started:
@@ -261,12 +273,42 @@ class Bridge:
         await listen.start(runner, http.host, http.port, reuse_port=self._reuse_port)
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        if self.admin_app is not None and http.admin_port is not None:
+            await self._start_admin(http.admin_port)
         log.info(
             "listening",
-            extra={"host": http.host, "port": self.port, "path": self.settings.webhook.path},
+            extra={
+                "host": http.host,
+                "port": self.port,
+                "path": self.settings.webhook.path,
+                "admin_port": self.admin_port,
+            },
         )
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
+
+    async def _start_admin(self, port: int) -> None:
+        """The admin port, shared by the pod's workers as the webhook port is (SO_REUSEPORT)."""
+        assert self.admin_app is not None
+        runner = admin_runner(
+            self.admin_app,
+            self.settings.http,
+            self.metrics,
+            handle_signals=False,
+            access_log=None,
+            # Closed last (see stop): only a scrape or probe under way, at most a pod's answer.
+            shutdown_timeout=ADMIN_SHUTDOWN_SECONDS,
+        )
+        await runner.setup()
+        try:
+            await listen.start(runner, self.settings.http.host, port, reuse_port=self._reuse_port)
+        except BaseException:
+            await runner.cleanup()
+            await self._stop_http()  # the webhook port too: the process will not serve
+            self._runner = None
+            raise
+        self._admin_runner = runner
+        self.admin_port = int(runner.addresses[0][1])
 
     def _connection_limit(self) -> int:
         """BRIDGE_HTTP__MAX_CONNECTIONS, lowered (and said) if the open-files limit is too low."""
@@ -274,6 +316,8 @@ class Bridge:
         open_files = connlimit.open_files_limit()
         sse = self.settings.sse
         reserved = connlimit.RESERVED_FDS + (sse.max_calls if sse.enabled else 0)
+        if self.settings.http.admin_port is not None:
+            reserved += connlimit.ADMIN_MAX_CONNECTIONS + connlimit.REFUSING_MAX
         limit = connlimit.fitted_limit(wanted, open_files, reserved)
         if limit < wanted:
             log.warning(
@@ -695,6 +739,11 @@ class Bridge:
         except TimeoutError:
             log.error("grace period over before the dedup stage committed and left its group")
         self._runner = None
+        # Last: the probes and /metrics answered all along (/readyz 503), so the last scrape
+        # sees the drain.
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
         self._started = False
         # The counts of thinned lines no later line told of (a flood that ended): not lost.
         logthrottle.flush_all()
@@ -740,8 +789,13 @@ async def run_until_stopped(
         await bridge.start()
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback
         log.error(
-            "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT)",
-            extra={"host": settings.http.host, "port": settings.http.port, "error": str(exc)},
+            "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT, BRIDGE_HTTP__ADMIN_PORT)",
+            extra={
+                "host": settings.http.host,
+                "port": settings.http.port,
+                "admin_port": settings.http.admin_port,
+                "error": str(exc),
+            },
         )
         raise SystemExit(1) from None
     stopped, crashed = asyncio.create_task(stop.wait()), asyncio.create_task(bridge.crashed.wait())

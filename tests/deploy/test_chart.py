@@ -99,10 +99,27 @@ def test_probes_liveness_never_depends_on_kafka(
     variant: str, defaults: list[Manifest], all_on: list[Manifest]
 ) -> None:
     bridge = container(defaults if variant == "defaults" else all_on)
+    # On the admin port: a webhook port full of connections must not fail them.
+    assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert bridge["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert "startupProbe" not in bridge
+
+
+def test_without_an_admin_port_everything_is_on_the_webhook_port() -> None:
+    manifests = render(SIGNED, "config.http.adminPort=null", values=ALL_ON)
+    bridge = container(manifests)
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert bridge["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert "startupProbe" not in bridge
+    assert [p["name"] for p in one(manifests, "Service")["spec"]["ports"]] == ["http"]
+    assert one(manifests, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http"
+    policy = one(manifests, "NetworkPolicy")["spec"]
+    assert [rule["ports"] for rule in policy["ingress"]] == [[{"port": "http", "protocol": "TCP"}]]
+    assert "BRIDGE_HTTP__ADMIN_PORT" not in one(manifests, "ConfigMap", "pinecall-bridge")["data"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS.keys())
@@ -459,7 +476,8 @@ def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
     labels = one(all_on, "Deployment")["spec"]["template"]["metadata"]["labels"]
     selected = one(all_on, "Service")["spec"]
     assert selected["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "admin", "port": 8081, "targetPort": "admin", "protocol": "TCP"},
     ]
     assert selected["selector"].items() <= labels.items()
     (rule,) = one(all_on, "Ingress")["spec"]["rules"]
@@ -478,8 +496,10 @@ def test_service_ingress_and_friends(all_on: list[Manifest]) -> None:
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     egress_ports = [{p["port"] for p in rule["ports"]} for rule in policy["egress"]]
     assert egress_ports == [{9092, 9093}, {53}, {443}], "Kafka, DNS, the Pinecall API"
+    ingress_ports = [[p["port"] for p in rule["ports"]] for rule in policy["ingress"]]
+    assert ingress_ports == [["http"], ["admin"]], "the webhook port, the admin port"
     monitor = one(all_on, "ServiceMonitor")["spec"]
-    assert monitor["endpoints"][0]["port"] == "http"
+    assert monitor["endpoints"][0]["port"] == "admin", "scraped where a full port cannot refuse"
     assert monitor["endpoints"][0]["path"] == "/metrics"
     assert (
         monitor["selector"]["matchLabels"].items()

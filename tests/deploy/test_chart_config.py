@@ -35,6 +35,9 @@ POD_NAME = "pinecall-bridge-7f9c5d8b4-x2kqz"
 CHART_DEFAULT_DIFFERS = {
     "kafka.bootstrap_servers",  # 127.0.0.1 means nothing in a pod
     "dedup.max_entries_per_partition",  # the chart's every window must fit its memory limit
+    # The chart's probes and scrapes need a port a full webhook port cannot refuse; the bridge
+    # alone keeps one port unless told, opening no listener nobody asked for.
+    "http.admin_port",
 }
 TLS_DIR = "/etc/pinecall-bridge/kafka-tls"
 

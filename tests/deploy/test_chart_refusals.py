@@ -357,3 +357,8 @@ def test_a_strimzi_min_insync_above_the_replicas_is_refused(replicas: int, insyn
     # The chart's own default fits any replica count: only an explicit value is refused.
     defaults = render(SECRET, "strimzi.enabled=true", f"strimzi.topics.replicas={replicas}")
     assert any(m["kind"] == "KafkaTopic" for m in defaults)
+
+
+def test_an_admin_port_equal_to_the_webhook_port_is_refused() -> None:
+    error = refused(SIGNED, "config.http.adminPort=8080")
+    assert "config.http.adminPort (8080) must differ from config.http.port" in error

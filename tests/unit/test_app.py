@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import Readiness, build_app
+from bridge.app import Readiness, build_admin_app, build_app, probe_routes
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
@@ -28,3 +28,19 @@ async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
         response = await client.get("/healthz")
         assert response.status == 503
         assert await response.json() == {"status": "kafka_client_dead"}
+
+
+async def test_the_admin_app_serves_the_probes_and_metrics_but_no_webhook() -> None:
+    metrics = Metrics()
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = True
+    app = build_admin_app(probe_routes(readiness, metrics))
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/readyz")).status == 200
+        scraped = await client.get("/metrics")
+        assert scraped.status == 200
+        assert "pinecall_bridge_ready 1.0" in await scraped.text()
+        refused = await client.post("/webhooks/pinecall", data=b"{}")
+        assert refused.status == 404
+        assert (await refused.json())["error"] == "not_found"

@@ -590,6 +590,33 @@ def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> N
     assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT" in problem
 
 
+def test_the_admin_port_is_off_by_default_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    assert load_settings().http.admin_port is None
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "")
+    assert load_settings().http.admin_port is None
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "8081")
+    assert load_settings().http.admin_port == 8081
+    for bad in ("-1", "65536"):
+        monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", bad)
+        [problem] = problems()
+        assert problem.startswith("BRIDGE_HTTP__ADMIN_PORT: "), problem
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "8080")
+    [problem] = problems()
+    assert "BRIDGE_HTTP__ADMIN_PORT must differ from BRIDGE_HTTP__PORT (8080)" in problem
+
+
+def test_an_admin_port_of_0_is_a_free_port_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_HTTP__PORT", "0")
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "0")
+    assert (load_settings().http.port, load_settings().http.admin_port) == (0, 0)
+    monkeypatch.setenv("BRIDGE_HTTP__PORT", "8080")
+    monkeypatch.setenv("BRIDGE_HTTP__WORKERS", "2")
+    [problem] = problems()
+    assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__ADMIN_PORT" in problem
+
+
 def test_tls_files_that_do_not_load_are_a_config_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -322,14 +322,14 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgewebhooksrefused503" $a.runbookUrl }}
       - alert: PinecallBridgeConnectionsRefused
         # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
-        # webhook on it is refused like an overloaded one, and the probes share the port.
+        # webhook on it is refused like an overloaded one, and so are the probes on that port.
         expr: |
           sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total[10m])) > 0
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s refused %s connections past its cap" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "%s/%s refused %s connections in the last 10 minutes because config.http.maxConnections were open (per process): each got a 503 unread, or was closed. A webhook sent on one is refused, and Pinecall tries a webhook twice; the probes share the port and fail too." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s refused %s connections in the last 10 minutes because config.http.maxConnections were open (per process): each got a 503 unread, or was closed. A webhook sent on one is refused, and Pinecall tries a webhook twice. Probes and scrapes on that port fail too (not on config.http.adminPort)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeconnectionsrefused" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the

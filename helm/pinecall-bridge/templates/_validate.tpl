@@ -156,6 +156,10 @@ RECORD_RESERVE_BYTES) must fit in a Kafka request. */}}
 {{- if and (not $usesTls) (or $hasFile.ca $hasFile.cert (get $given "kafkaSslKeyPassword")) }}
 {{- $problems = append $problems (printf "kafkaTls and secrets.kafkaSslKeyPassword are ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" $protocol) }}
 {{- end }}
+{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "port" 8080)) | fromJson }}
+{{- if and $http.adminPort (eq (int $http.adminPort) (int $http.port)) }}
+{{- $problems = append $problems (printf "config.http.adminPort (%d) must differ from config.http.port: the probes and /metrics need a port of their own (null turns it off)" (int $http.adminPort)) }}
+{{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nthe bridge would refuse to start with these values (it exits 2 and crash-loops):\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
