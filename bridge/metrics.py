@@ -258,6 +258,13 @@ class Metrics:
             " answered 2xx, published nowhere.",
             registry=r,
         )
+        self.dedup_offset_resets = Counter(
+            f"{PREFIX}_dedup_offset_resets_total",
+            "Partitions taken at a committed offset the bridge did not commit (an operator's"
+            " reset): moved (its mark names another offset) or unmarked (it has none).",
+            ["kind"],
+            registry=r,
+        )
         self.ingest_invalid = Counter(
             f"{PREFIX}_ingest_invalid_total",
             "Ingest records the dedup stage could not read (not written by this bridge); skipped.",
@@ -415,6 +422,8 @@ class Metrics:
             self.dedup_transactions.labels(outcome)
         for client in ("ingest_producer", "dedup_consumer"):
             self.kafka_client_restarts.labels(client)
+        for kind in ("moved", "unmarked"):  # bridge.dedup.offsetmark.RESET_KINDS
+            self.dedup_offset_resets.labels(kind)
 
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)

@@ -104,21 +104,31 @@ class StableOffsetFetch(Request[OffsetFetchRequestV7]):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class Answer:
-    """What one response says: the offset (None: nothing committed), or retry, and why."""
+    """What one response says: the offset (None: nothing committed) and its metadata, or retry,
+    and why."""
 
     offset: int | None = None
     retry: str | None = None
     relookup: bool = False
+    metadata: str | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A partition's committed offset (None: nothing committed), with the metadata it carries."""
+
+    offset: int | None
+    metadata: str | None = None
 
 
 def read_answer(response: Any, tp: TopicPartition) -> Answer:
     """Decide on one OffsetFetch v7 response for `tp`; raises the error that is not retried."""
     codes = [response.error_code]
-    found: tuple[int, int] | None = None
+    found: tuple[int, int, str | None] | None = None
     for name, partitions in ((t[0], t[1]) for t in response.topics):
-        for partition, offset, _epoch, _metadata, code, _tags in partitions:
+        for partition, offset, _epoch, metadata, code, _tags in partitions:
             if name == tp.topic and partition == tp.partition:
-                found = (offset, code)
+                found = (offset, code, metadata)
     if found is not None:
         codes.append(found[1])
     for code in codes:
@@ -133,7 +143,9 @@ def read_answer(response: Any, tp: TopicPartition) -> Answer:
     if found is None:
         raise KafkaError(f"OffsetFetch answered without {tp.topic}-{tp.partition}")
     offset = found[0]
-    return Answer(offset=None if offset < 0 else offset)
+    if offset < 0:
+        return Answer(offset=None)
+    return Answer(offset=offset, metadata=found[2])
 
 
 class StableUnsupportedError(Exception):
@@ -163,6 +175,10 @@ class StableOffsets:
 
     async def committed(self, tp: TopicPartition) -> int | None:
         """The partition's committed offset once no transactional commit for it is pending."""
+        return (await self.found(tp)).offset
+
+    async def found(self, tp: TopicPartition) -> Found:
+        """The partition's committed offset and its metadata, read as `committed` reads it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _DEADLINE_SECONDS
         waited: str | None = None
@@ -177,7 +193,7 @@ class StableOffsets:
                         "a transactional offset commit settled before the partition was taken",
                         extra={"partition": tp.partition, "offset": answer.offset, "was": waited},
                     )
-                return answer.offset
+                return Found(answer.offset, answer.metadata)
             waited = answer.retry
             if answer.relookup:
                 self._coordinator = None
@@ -201,4 +217,4 @@ class StableOffsets:
         return read_answer(response, tp)
 
 
-Committed = Callable[[TopicPartition], Awaitable[int | None]]
+Committed = Callable[[TopicPartition], Awaitable[Found]]

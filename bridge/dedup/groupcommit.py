@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,9 +278,10 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
         raise IllegalOperation("GroupCommitProducer sends offsets with send_offsets_with_group")
 
     async def send_offsets_with_group(
-        self, offsets: dict[TopicPartition, int], metadata: GroupMetadata
+        self, offsets: Mapping[TopicPartition, int | tuple[int, str]], metadata: GroupMetadata
     ) -> None:
-        """Like send_offsets_to_transaction, but sent as TxnOffsetCommit v3 with `metadata`."""
+        """Like send_offsets_to_transaction (offsets, or offsets with their metadata strings), but
+        sent as TxnOffsetCommit v3 with the group's `metadata`."""
         async with self._group_lock:
             self._group = metadata
             try:

@@ -584,7 +584,7 @@ class DedupStage:
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one
-                    await task.start(self._offsets.committed)
+                    await task.start(self._offsets.found)
                 except asyncio.CancelledError as exc:
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
+from bridge.dedup.offsetmark import Verdict, judge
 from bridge.dedup.restore import restore
 from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
@@ -62,7 +63,9 @@ class PartitionTask:
     async def start(self, committed: Committed) -> None:
         """Restore from the stable committed offset `committed` reads."""
         started = time.monotonic()
-        offset = await committed(self.tp)
+        found = await committed(self.tp)
+        offset = found.offset
+        verdict = judge(offset, found.metadata)
         if offset is None:
             offset = await self._from_beginning()
         ids = await restore(
@@ -76,6 +79,8 @@ class PartitionTask:
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early
         self.position = offset
+        if verdict.reset:  # once started: a failed start is retried, and would say it again
+            self._reset(verdict)
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
@@ -88,6 +93,34 @@ class PartitionTask:
                 "restore_s": round(elapsed, 3),
             },
         )
+
+    def _reset(self, verdict: Verdict) -> None:
+        """Someone else moved the committed offset (all bridges stopped): go on from it, said."""
+        self._metrics.dedup_offset_resets.labels(verdict.kind).inc()
+        extra: dict[str, Any] = {
+            "partition": self.tp.partition,
+            "offset": verdict.offset,
+            "kind": verdict.kind,
+            "group": self._settings.group,
+        }
+        shift = verdict.shift
+        if shift is None:
+            # The reset tool writes empty metadata, as bridges did before the mark.
+            message = (
+                "dedup partition's committed offset carries no bridge mark: reset by an operator"
+                " (which way and how far is unknown), or last committed by a bridge older than"
+                " the mark; going on from it"
+            )
+        else:
+            extra["bridge_committed"] = verdict.previous
+            extra["direction"] = "forwards" if shift > 0 else "backwards"
+            extra["records"] = abs(shift)
+            message = (
+                "dedup partition's committed offset was moved since the bridge committed it:"
+                " forwards skips records (never published), backwards publishes those older"
+                " than the TTL again; going on from it"
+            )
+        log.warning(message, extra=extra)
 
     async def _from_beginning(self) -> int:
         """The log start, for a partition with no committed offset; said when records wait there.

@@ -35,6 +35,7 @@ from aiokafka.errors import (
 
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
+from bridge.dedup.offsetmark import mark
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
@@ -255,7 +256,9 @@ class StageProducer:
                 extra={"error": repr(error), "transactional_id": self.transactional_id},
             )
             raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
-        await producer.send_offsets_with_group(offsets, group)
+        # Marked, so that the partition's next owner can tell an offset someone else moved.
+        marked = {tp: (offset, mark(offset)) for tp, offset in offsets.items()}
+        await producer.send_offsets_with_group(marked, group)
         txn.ending = True
         await producer.commit_transaction()
         self._txn = None

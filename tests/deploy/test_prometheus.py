@@ -46,7 +46,7 @@ GRAFANA_VARIABLES = {
 EMPTY_HERE = {
     "Ingest failures by reason",
     "WebSocket frames by kind",
-    "Partitions lost by reason (fencings)",
+    "Partitions lost by reason (fencings), or taken at a reset offset",
     "Topic problems",  # a series only once a topic had a problem
     "Secret reloads by result",  # a series only where a secret file is watched
 }

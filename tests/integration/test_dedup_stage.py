@@ -240,6 +240,85 @@ async def delete_group(bootstrap: str, group: str) -> None:
     assert [code for _, code in response.results] == [0]
 
 
+async def group_offsets(bootstrap: str, names: Topics) -> dict[TopicPartition, tuple[int, str]]:
+    """The dedup group's committed ingest offsets, each with its metadata."""
+    async with admin_client(bootstrap) as admin:
+        committed = await admin.list_consumer_group_offsets(names.group)
+    return {tp: (o.offset, o.metadata) for tp, o in committed.items() if tp.topic == names.ingest}
+
+
+async def reset_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """What kafka-consumer-groups --reset-offsets --execute does to a group with no members: an
+    OffsetCommit outside any generation, with empty metadata."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def offset_resets(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        r.__dict__
+        for r in caplog.records
+        if r.getMessage().startswith("dedup partition's committed offset")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shift", "output", "end"),
+    [
+        (-2, [1, 2, 1, 2, 3], 3),  # backwards: :1 and :2 are decided, and output, again
+        (+2, [1, 2, 5], 5),  # forwards: :3 and :4 are never decided, so never output
+    ],
+)
+async def test_an_operators_reset_of_the_stopped_groups_offsets_is_taken_said_and_counted(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+    shift: int,
+    output: list[int],
+    end: int,
+) -> None:
+    """kafka-consumer-groups --reset-offsets while every bridge is stopped: the next owner goes
+    on from the offset it finds (the operator's intent), logs it and counts it."""
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
+    # The stage's commit names the offset it commits: the bridge's own, no reset.
+    [(tp, (offset, metadata))] = (await group_offsets(kafka_bootstrap, topics)).items()
+    assert (offset, metadata) == (2, "pcb1:2")
+    if shift > 0:  # taken by its ingest path, undecided
+        await post_all(first, [entry(seq, call=unique_call) for seq in (3, 4, 5)])
+    # Its stage has left the group, now without members: Kafka takes a reset only then.
+    await reset_offsets(kafka_bootstrap, topics.group, {tp: offset + shift})
+    assert (await group_offsets(kafka_bootstrap, topics))[tp] == (offset + shift, "")
+
+    second: RunningBridge = await start_bridge()
+    if shift < 0:
+        await post_all(second, [entry(3, call=unique_call)])
+    last = f"{unique_call}:{output[-1]}"
+    await consume_until(kafka_bootstrap, [topics.events], has_id(last))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in output]
+    await until_sample([second], "pinecall_bridge_dedup_offset_resets_total", 1, kind="unmarked")
+    assert sample(second.metrics, "pinecall_bridge_dedup_offset_resets_total", kind="moved") == 0
+    [said] = offset_resets(caplog)
+    found = [said[k] for k in ("partition", "offset", "kind")]
+    assert found == [tp.partition, 2 + shift, "unmarked"]
+    # Its next commit carries the mark again: a later owner sees the bridge's own offset.
+    await until(lambda: _own_mark(kafka_bootstrap, topics, tp, end), 10, 0.05)
+
+
+async def _own_mark(bootstrap: str, names: Topics, tp: TopicPartition, offset: int) -> bool:
+    return (await group_offsets(bootstrap, names)).get(tp) == (offset, f"pcb1:{offset}")
+
+
 async def _backlog(bootstrap: str, names: Topics) -> int:
     return sum((await ingest_backlog(bootstrap, names)).values())
 
@@ -659,7 +738,7 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
     client: dict[str, Any] = {"bootstrap_servers": kafka_bootstrap}
     async with _settling(kafka_bootstrap, topics, committed=1, pending=3) as it:
         owner = _task(topics, Metrics(), client)
-        starting = asyncio.create_task(owner.start(it.stable.committed))
+        starting = asyncio.create_task(owner.start(it.stable.found))
         await asyncio.sleep(1.5)
         assert not starting.done()
         await it.writer.commit_transaction()

@@ -217,6 +217,23 @@ groups:
           summary: {{ printf "Pod %s lost %s ingest records to retention before deciding them" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "In the last 15 minutes the dedup stage of %s/%s found %s ingest records deleted by the ingest topic's retention before it decided them: they were answered 2xx and are published nowhere. The log names each partition and its offsets (message: ingest records deleted by retention before the dedup stage decided them)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprecordsexpired" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupOffsetsReset
+        # Someone moved the dedup group's offsets while every bridge was stopped (Kafka refuses
+        # a reset while the group has members). Counted at the takeover, in a pod's first
+        # seconds: a series first scraped above 0 has no increase(), hence the second term.
+        expr: |
+          sum by (namespace, pod, kind) (increase(pinecall_bridge_dedup_offset_resets_total[15m])) > 0
+          or
+          sum by (namespace, pod, kind) (
+            pinecall_bridge_dedup_offset_resets_total > 0
+            unless pinecall_bridge_dedup_offset_resets_total offset 15m
+          )
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s took ingest partitions at offsets the bridge did not commit (%s)" "{{ $labels.pod }}" "{{ $labels.kind }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s took ingest partitions at committed offsets its group's bridges did not write (kind %s; unmarked: no bridge mark, as kafka-consumer-groups --reset-offsets writes, or the last commit of a bridge older than the mark). It went on from them: reset backwards, events already published are published again; forwards, the events in between are never published. The log names each partition and offset (message: dedup partition's committed offset ...)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.kind }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededupoffsetsreset" $a.runbookUrl }}
       - alert: PinecallBridgeDedupEvictingEarly
         # Any id forgotten before its TTL: a copy arriving later would be output twice.
         expr: |

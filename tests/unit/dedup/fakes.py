@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -46,6 +47,8 @@ class FakeProducer:
     fail: dict[str, BaseException] = field(default_factory=dict)
     block: set[str] = field(default_factory=set)
     deliveries: list[asyncio.Future[None]] = field(default_factory=list)
+    # The metadata string committed with each partition's offset (calls name the offsets only).
+    marks: dict[TopicPartition, str] = field(default_factory=dict)
     # aiokafka's transaction manager, where a fence the sender saw is kept (see _fatal_cause).
     _txn_manager: Any = None
 
@@ -75,9 +78,11 @@ class FakeProducer:
                 delivery.set_result(None)
 
     async def send_offsets_with_group(
-        self, offsets: dict[TopicPartition, int], metadata: GroupMetadata
+        self, offsets: Mapping[TopicPartition, int | tuple[int, str]], metadata: GroupMetadata
     ) -> None:
-        await self._step("offsets", dict(offsets), metadata)
+        plain = {tp: o if isinstance(o, int) else o[0] for tp, o in offsets.items()}
+        self.marks.update({tp: o[1] for tp, o in offsets.items() if not isinstance(o, int)})
+        await self._step("offsets", plain, metadata)
 
     async def commit_transaction(self) -> None:
         await self._step("commit")

@@ -18,6 +18,7 @@ from aiokafka.errors import (
 from bridge.dedup import committed as module
 from bridge.dedup.committed import (
     Answer,
+    Found,
     StableOffsetFetch,
     StableOffsets,
     StableUnsupportedError,
@@ -27,10 +28,12 @@ from bridge.dedup.committed import (
 TP = TopicPartition("ingest", 3)
 
 
-def response(*partitions: tuple[int, int, int], error: int = 0, topic: str = "ingest") -> Any:
+def response(
+    *partitions: tuple[int, int, int], error: int = 0, topic: str = "ingest", metadata: str = ""
+) -> Any:
     """An OffsetFetch v7 response: (partition, offset, error code) per partition."""
     rows: list[tuple[int, int, int, str, int, dict[int, bytes]]] = [
-        (p, offset, -1, "", code, {}) for p, offset, code in partitions
+        (p, offset, -1, metadata, code, {}) for p, offset, code in partitions
     ]
     return SimpleNamespace(error_code=error, topics=[(topic, rows, {})])
 
@@ -52,8 +55,13 @@ def test_a_broker_without_v7_is_told_apart() -> None:
 
 
 def test_an_answer_gives_the_partitions_offset_and_none_for_nothing_committed() -> None:
-    assert read_answer(response((2, 50, 0), (3, 140, 0)), TP) == Answer(offset=140)
+    assert read_answer(response((2, 50, 0), (3, 140, 0)), TP) == Answer(offset=140, metadata="")
     assert read_answer(response((3, -1, 0)), TP) == Answer(offset=None)
+
+
+def test_an_answer_carries_the_offsets_metadata() -> None:
+    answer = read_answer(response((3, 140, 0), metadata="pcb1:140"), TP)
+    assert answer == Answer(offset=140, metadata="pcb1:140")
 
 
 @pytest.mark.parametrize(
@@ -104,6 +112,18 @@ async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.Mo
     assert await offsets.committed(TP) == 140
     # A connection error or a moved coordinator looks the coordinator up again.
     assert relooked == [None, 1, None, None]
+
+
+async def test_the_stable_read_gives_the_offset_with_its_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    offsets = StableOffsets({}, "group")
+
+    async def fetch(_: TopicPartition) -> Answer:
+        return Answer(offset=140, metadata="pcb1:140")
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    assert await offsets.found(TP) == Found(140, "pcb1:140")
 
 
 async def test_the_stable_read_gives_up_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:

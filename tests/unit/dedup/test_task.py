@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
+from bridge.dedup.committed import Found
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
 from bridge.metrics import Metrics
@@ -138,8 +140,8 @@ async def test_a_restore_does_not_count_the_previous_owners_early_evictions_agai
     for n in range(6):
         log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
 
-    async def committed(tp: TopicPartition) -> int:
-        return 5
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(5, "pcb1:5")
 
     task, out, _producer, metrics = make(max_entries_per_partition=2)
     await task.start(committed)
@@ -158,8 +160,8 @@ async def test_a_start_from_the_partitions_beginning_outlives_a_cut_consumer_sto
     for n in range(4):
         log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
 
-    async def committed(tp: TopicPartition) -> None:
-        return None
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(None)
 
     task, _out, _producer, _metrics = make()
     await task.start(committed)
@@ -173,8 +175,8 @@ async def test_a_start_cancelled_while_reading_the_log_start_stops_that_consumer
     # while the consumer reading the log start is starting: it must not be left open.
     log.start_held = True
 
-    async def committed(tp: TopicPartition) -> None:
-        return None
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(None)
 
     task, _out, _producer, _metrics = make()
     starting = asyncio.create_task(task.start(committed))
@@ -183,6 +185,70 @@ async def test_a_start_cancelled_while_reading_the_log_start_stops_that_consumer
     with pytest.raises(asyncio.CancelledError):
         await starting
     assert log.stops == 1
+
+
+RESETS = "pinecall_bridge_dedup_offset_resets_total"
+
+
+def reset_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "partition's committed offset" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("found", "kind", "shown"),
+    [
+        # An operator's reset backwards over a mark (a tool that kept the metadata): known.
+        (Found(2, "pcb1:5"), "moved", {"bridge_committed": 5, "direction": "backwards"}),
+        (Found(5, "pcb1:2"), "moved", {"bridge_committed": 2, "direction": "forwards"}),
+        # kafka-consumer-groups --reset-offsets writes empty metadata: where it was is unknown.
+        (Found(2, ""), "unmarked", {}),
+    ],
+)
+async def test_a_start_at_an_offset_the_bridge_did_not_commit_is_logged_counted_and_taken(
+    log: FakeLog,
+    caplog: pytest.LogCaptureFixture,
+    found: Found,
+    kind: str,
+    shown: dict[str, Any],
+) -> None:
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return found
+
+    task, _out, _producer, metrics = make()
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    await task.start(committed)
+    assert task.position == found.offset  # the operator's intent: go on from there
+    assert sample(metrics, RESETS, kind=kind) == 1
+    [line] = reset_lines(caplog)
+    assert line.levelno == logging.WARNING
+    assert (line.partition, line.offset, line.kind) == (TP.partition, found.offset, kind)  # type: ignore[attr-defined]
+    for name, value in shown.items():
+        assert getattr(line, name) == value
+    if shown:
+        assert line.records == 3  # type: ignore[attr-defined]
+    else:
+        assert not hasattr(line, "direction")
+
+
+@pytest.mark.parametrize("found", [Found(5, "pcb1:5"), Found(None)])
+async def test_a_start_at_the_bridges_own_commit_or_a_new_groups_is_no_reset(
+    log: FakeLog, caplog: pytest.LogCaptureFixture, found: Found
+) -> None:
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return found
+
+    task, _out, _producer, metrics = make()
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    await task.start(committed)
+    assert task.position == (5 if found.offset is not None else 0)
+    assert sample(metrics, RESETS, kind="moved") == sample(metrics, RESETS, kind="unmarked") == 0
+    assert reset_lines(caplog) == []
 
 
 async def test_records_past_retention_are_skipped_and_counted_once_the_skip_commits() -> None:

@@ -122,6 +122,8 @@ async def test_commit_flushes_then_sends_the_offsets_with_the_group_then_commits
     await out.commit({TP: 2, TP2: 5}, GROUP)
     assert steps(producer) == ["begin", "send", "send", "flush", "offsets", "commit"]
     assert producer.calls[-2] == ("offsets", {TP: 2, TP2: 5}, GROUP)
+    # Each offset carries the bridge's mark naming it: a new owner tells a moved offset by it.
+    assert producer.marks == {TP: "pcb1:2", TP2: "pcb1:5"}
     assert sample(metrics, PUBLISHED, topic="pinecall.events") == 2
     assert sample(metrics, DUPLICATES, channel="websocket") == 1
     assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 2
