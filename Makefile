@@ -10,7 +10,7 @@ DEV_SECRET ?= dev-secret
 HTTP_PORT ?= 8080
 export KAFKA_PORT
 
-.PHONY: help run demo-headless bridge test venv kafka-up kafka-down kafka-status lint typecheck unit integration clean
+.PHONY: help run demo-headless bridge test venv kafka-up kafka-down kafka-status kafka-cluster-up kafka-cluster-down lint typecheck unit integration clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ kafka-down:  ## stop the local Kafka broker; no-op if it is stopped
 
 kafka-status:  ## is the local broker running and answering?
 	@tools/kafka/kafka.sh status
+
+kafka-cluster-up:  ## start a local 3-node Kafka cluster (RF 3, min.insync 2) on 127.0.0.1:9192,9194,9196
+	@tools/kafka/cluster.sh up
+
+kafka-cluster-down:  ## stop the local 3-node Kafka cluster
+	@tools/kafka/cluster.sh down
 
 run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
 	@tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)

@@ -14,9 +14,9 @@ _EMBEDDED = re.compile(r"<!-- " + MARK + r"\n(.*?)\n-->", re.DOTALL)
 
 METHOD = """\
 Each scenario starts its own single-node KRaft broker on a free port (tools/kafka/kafka.sh;
-never the shared 9092 one; `cluster` starts three nodes with chaos/cluster.py from kafka.sh's jar
-cache) and real `pinecall-bridge run` processes (tests/integration/replicas.py), then drives load
-and injects its fault while it flows. Webhook load is open-loop: event *i*
+never the shared 9092 one; `cluster` starts three with tools/kafka/cluster.sh) and real
+`pinecall-bridge run` processes (tests/integration/replicas.py), then drives load and injects
+its fault while it flows. Webhook load is open-loop: event *i*
 (bench/events.py's interleaved calls) is due at *t0 + i / rate*, so a stalled bridge builds a
 backlog instead of slowing the sender; within a call the events go one at a time, each retried
 after a transport failure or a 5xx (Retry-After honoured, capped at 2 s) until a 2xx, as Pinecall

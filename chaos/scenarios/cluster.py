@@ -8,7 +8,6 @@ import time
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from chaos.cluster import Cluster
 from chaos.harness import (
     Check,
     Context,
@@ -19,6 +18,7 @@ from chaos.harness import (
 )
 from chaos.load import WebhookLoad
 from chaos.rss import PeakRss
+from tests.integration.cluster import NODES, Cluster, free_port_range
 from tests.integration.conftest import Topics
 
 
@@ -35,7 +35,7 @@ async def leader_of(bootstrap: str, topic: str, partition: int) -> int:
 
 async def cluster(ctx: Context) -> Outcome:
     steady, down = ctx.seconds(15), ctx.seconds(20)
-    nodes = Cluster(ctx.workdir / "cluster")
+    nodes = Cluster(free_port_range(2 * NODES), ctx.workdir / "cluster")
     await nodes.up()
     try:
         topics = Topics.fresh("chaos")
@@ -52,22 +52,20 @@ async def cluster(ctx: Context) -> Outcome:
         async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
             flowing = asyncio.create_task(load.run())
             await asyncio.sleep(steady)
-            leader = nodes.node(await leader_of(nodes.bootstrap, topics.ingest, 0))
+            leader = await leader_of(nodes.bootstrap, topics.ingest, 0)
             killed_at = time.monotonic()
-            nodes.kill(leader)  # the leader of ingest partition 0, mid-stream
+            await nodes.kill(leader)  # the leader of ingest partition 0, mid-stream
             await asyncio.sleep(down)
-            nodes.start(leader)
-            await nodes.until_answering(leader)
+            await nodes.start(leader)
             await asyncio.sleep(steady)
-            survivor, *lost = random.sample(nodes.nodes, 3)
+            survivor, *lost = random.sample(range(1, NODES + 1), 3)
             for n in lost:
-                nodes.kill(n)
+                await nodes.kill(n)
             two_down_at = time.monotonic()
             await asyncio.sleep(down)
             two_back_at = time.monotonic()
-            for n in lost:
-                nodes.start(n)
-            await asyncio.gather(*(nodes.until_answering(n) for n in lost))
+            # Together: neither answers before the two of them make a quorum again.
+            await asyncio.gather(*(nodes.start(n) for n in lost))
             await flowing
         decided: list[Check] = []
         counts, doubles = await webhook_counts(nodes.bootstrap, topics, [load], decided)
@@ -80,7 +78,7 @@ async def cluster(ctx: Context) -> Outcome:
                 "with one broker of three left, nothing is acknowledged (min ISR 2)",
                 acked_alone == 0 and 503 in alone,
                 f"{acked_alone} 2xx and {alone.count(503)} 503s of {len(alone)} answers to"
-                f" requests sent while node {survivor.node} was alone",
+                f" requests sent while node {survivor} was alone",
             ),
             retry_after_check(load, killed_at),
             watch.liveness(),
@@ -98,7 +96,7 @@ async def cluster(ctx: Context) -> Outcome:
         await nodes.down()
     return Outcome(
         "cluster",
-        f"3 brokers (RF 3, min ISR 2): the leader of ingest partition 0 (node {leader.node})"
+        f"3 brokers (RF 3, min ISR 2): the leader of ingest partition 0 (node {leader})"
         f" SIGKILLed for {down:.0f}s, then two brokers SIGKILLed for {down:.0f}s, under"
         f" {ctx.rate:.0f} events/s",
         counts,

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft, broker+controller in one JVM) for dev and tests.
 #
-#   tools/kafka/kafka.sh up|down|status|fetch
+#   tools/kafka/kafka.sh up|down|kill|status|fetch
 #
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 #      KAFKA_HOME_DIR (<repo>/.cache/kafka: jar cache shared by all ports),
 #      KAFKA_DATA_DIR (<repo>/.cache/kafka-data/<port>: one per broker, so
 #      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
-#      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), PYTHON (python3),
+#      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s: then SIGKILL),
+#      PYTHON (python3),
 #      MAVEN_REPO_URL (Maven Central; see fetch_jars.py).
 # Extra listeners, for tests of the client's security settings (all unset by default):
 #      KAFKA_CONFIG_OVERLAY: a template rendered after server.properties.in into the same
 #        file, so its keys override the base ones; KAFKA_CONFIG_VAR_<NAME>=value fills
 #        @NAME@ in either template. KAFKA_ADD_SCRAM: StorageTool --add-scram specs, one a
 #        line, e.g. SCRAM-SHA-512=[name=u,password=p]; applied only when formatting.
+# One node of a cluster (tools/kafka/cluster.sh sets these; unset: a standalone node):
+#      KAFKA_CLUSTER_ID: the id to format with (else a random one);
+#      KAFKA_INITIAL_CONTROLLERS: StorageTool's --initial-controllers list
+#        (id@host:port:directory-id,...), the same for every node, instead of --standalone;
+#      node.id and the quorum's bootstrap servers come from the cluster's config overlay.
+# `kill` SIGKILLs the broker (no controlled shutdown), for tests of a crashed node.
 # Needs only Python 3 besides bash and coreutils/util-linux:
 # - the jars are the ones pinned by sha512 in jars.lock (generated from pom.xml by lock.py),
 #   fetched from Maven Central by fetch_jars.py, no Maven needed;
@@ -32,6 +39,7 @@ heap="${KAFKA_HEAP:--Xmx512m -Xms256m}"
 # SerialGC: one core's worth of GC threads is plenty for a test broker.
 jvm_opts="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -Djava.awt.headless=true}"
 start_timeout="${KAFKA_START_TIMEOUT:-90}"
+stop_timeout="${KAFKA_STOP_TIMEOUT:-30}"
 python="${PYTHON:-python3}"
 
 jars_lock="$here/jars.lock"
@@ -155,9 +163,13 @@ cmd_up() {
       while IFS= read -r spec; do
         if [[ -n "$spec" ]]; then scram+=(--add-scram "$spec"); fi
       done <<<"${KAFKA_ADD_SCRAM:-}"
-      cluster_id="$("$java" -cp "$lib/*" kafka.tools.StorageTool random-uuid)"
+      local -a quorum=(--standalone)
+      if [[ -n "${KAFKA_INITIAL_CONTROLLERS:-}" ]]; then
+        quorum=(--initial-controllers "$KAFKA_INITIAL_CONTROLLERS")
+      fi
+      cluster_id="${KAFKA_CLUSTER_ID:-$("$java" -cp "$lib/*" kafka.tools.StorageTool random-uuid)}"
       "$java" -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
-        kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" \
+        kafka.tools.StorageTool format "${quorum[@]}" -t "$cluster_id" -c "$props" \
         ${scram[@]+"${scram[@]}"} >"$data/format.log" 2>&1 \
         || { cat "$data/format.log" >&2; die "storage format failed"; }
       say "formatted $data/kraft (cluster id $cluster_id)"
@@ -200,11 +212,24 @@ cmd_down() {
   say "stopping pid $pid"
   kill -TERM "$pid" 2>/dev/null || true
   # broker_pid rather than kill -0: an unreaped zombie has an empty cmdline.
-  for _ in $(seq 300); do
+  for _ in $(seq $((stop_timeout * 10))); do
     broker_pid >/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
     sleep 0.1
   done
-  say "no exit after 30s, sending SIGKILL"
+  say "no exit after ${stop_timeout}s, sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  while broker_pid >/dev/null; do sleep 0.1; done
+  rm -f "$pidfile"
+}
+
+cmd_kill() {
+  local pid
+  if ! pid="$(broker_pid)"; then
+    rm -f "$pidfile"
+    say "not running"
+    return 0
+  fi
+  say "killing pid $pid (SIGKILL)"
   kill -KILL "$pid" 2>/dev/null || true
   while broker_pid >/dev/null; do sleep 0.1; done
   rm -f "$pidfile"
@@ -220,7 +245,8 @@ cmd_status() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
+  kill) cmd_kill ;;
   status) cmd_status ;;
   fetch) cmd_fetch ;;
-  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kill|status|fetch" >&2; exit 2 ;;
 esac

@@ -1,0 +1,118 @@
+"""A 3-node Kafka cluster of a test module's own (tools/kafka/cluster.sh): RF 3, min.insync 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.errors import KafkaError
+
+from tests.integration.conftest import REPO, admin_client, port_is_free
+from tests.polling import until
+
+CLUSTER_SH = REPO / "tools" / "kafka" / "cluster.sh"
+NODES = 3
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Three combined broker+controller nodes; node n (1-3) listens on port + 2(n - 1)."""
+
+    port: int
+    data_dir: Path
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, NODES + 1))
+
+    def sh(self, command: str, node: int | None = None) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_CLUSTER_PORT": str(self.port),
+            "KAFKA_CLUSTER_DIR": str(self.data_dir),
+        }
+        args = [str(CLUSTER_SH), command, *([str(node)] if node is not None else [])]
+        subprocess.run(args, check=True, env=env, timeout=180)
+
+    async def up(self) -> None:
+        """Start every node (formatted once); returns once each answers."""
+        await asyncio.to_thread(self.sh, "up")
+
+    async def down(self) -> None:
+        await asyncio.to_thread(self.sh, "down")
+
+    async def stop(self, node: int) -> None:
+        """A controlled shutdown (SIGTERM): its leaderships move before it exits."""
+        await asyncio.to_thread(self.sh, "down", node)
+
+    async def kill(self, node: int) -> None:
+        """A crash (SIGKILL): its partitions' leaders move only once the controller notices."""
+        await asyncio.to_thread(self.sh, "kill", node)
+
+    async def start(self, node: int) -> None:
+        """Start it again on its kept data; returns once it answers."""
+        await asyncio.to_thread(self.sh, "up", node)
+
+    async def under_replicated(self) -> list[str]:
+        """Partitions (internal ones too) without a leader or with a replica out of the ISR."""
+        async with admin_client(self.bootstrap) as admin:
+            described = await admin.describe_topics(await admin.list_topics())
+        return [
+            f"{topic['topic']}-{p['partition']} leader {p['leader']} isr {p['isr']}"
+            for topic in described
+            for p in topic["partitions"]
+            if p["leader"] < 0 or sorted(p["isr"]) != sorted(p["replicas"])
+        ]
+
+    async def wait_fully_replicated(self, within: float = 90) -> None:
+        lagging: list[str] = []
+        unanswered: KafkaError | None = None
+
+        async def replicated() -> bool:
+            nonlocal lagging, unanswered
+            try:
+                lagging = await self.under_replicated()
+            except KafkaError as exc:
+                # A node going or coming back: its metadata answers for a moment only.
+                if not exc.retriable:
+                    raise
+                unanswered = exc
+                return False
+            unanswered = None
+            return not lagging
+
+        await until(
+            replicated,
+            within,
+            0.5,
+            lambda: f"under-replicated {lagging[:10]}, last error {unanswered!r}",
+        )
+
+
+def free_port_range(size: int) -> int:
+    """The first of `size` consecutive free ports."""
+    for _ in range(200):
+        port = random.randint(20000, 29000)
+        if all(port_is_free(port + i) for i in range(size)):
+            return port
+    raise RuntimeError(f"no {size} consecutive free ports in 20000-29000")
+
+
+@contextmanager
+def own_cluster(data_dir: Path) -> Iterator[Cluster]:
+    """A cluster started on free ports, every node stopped on leaving (a failed test too)."""
+    cluster = Cluster(free_port_range(2 * NODES), data_dir)
+    try:
+        cluster.sh("up")
+        yield cluster
+    finally:
+        cluster.sh("down")
