@@ -82,8 +82,6 @@ def transactional_id(group: str, instance_id: str | None = None) -> str:
 class _Transaction:
     """What the open transaction holds, counted only once it commits."""
 
-    # When its interval began: the last commit's start if any (commits are paced one an
-    # interval, as Kafka Streams' maybeCommit does), else its own begin.
     started: float
     partitions: set[TopicPartition] = field(default_factory=set)
     published: Counter[str] = field(default_factory=Counter)
@@ -118,10 +116,6 @@ class StageProducer:
         self._stopped = False
         self._restart: asyncio.Task[None] | None = None
         self._txn: _Transaction | None = None
-        # When the last commit began (monotonic). The next transaction is due an interval after
-        # it, not after its own begin: records that came during a commit waited it out, then a
-        # whole interval, then their own commit (two commits above the interval at the p99).
-        self._last_commit: float | None = None
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -130,7 +124,6 @@ class StageProducer:
 
     @property
     def age(self) -> float | None:
-        """How long the open transaction's interval has run: since the last commit began."""
         return None if self._txn is None else time.monotonic() - self._txn.started
 
     @property
@@ -201,8 +194,7 @@ class StageProducer:
         if txn is None:
             producer = await self._require_producer(frozenset({tp}))
             await producer.begin_transaction()  # no I/O: the first send adds the partition
-            begun = time.monotonic() if self._last_commit is None else self._last_commit
-            txn = self._txn = _Transaction(begun)
+            txn = self._txn = _Transaction(time.monotonic())
         txn.partitions.add(tp)
 
     def duplicate(self, channel: str) -> None:
@@ -247,38 +239,26 @@ class StageProducer:
     async def commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
         """Commit the open transaction with the offsets it consumed; no-op without one."""
         if self._txn is not None:
-            self._last_commit = time.monotonic()
             await self.guard(self._commit(offsets, group))
 
     async def _commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
         txn, producer = self._txn, self._producer
         if txn is None or producer is None:
             raise TransactionLostError("error", self.partitions)
-        # The offsets go out while the lingering batches are sent: the commit waits for the
-        # longer of the produce and AddOffsetsToTxn + TxnOffsetCommit, not their sum
-        # (bench/OPTIMISATIONS.md). A failed send still stops the commit before EndTxn.
+        # Every send of the transaction has its outcome (lingering batches are sent now).
+        await _flush_for_commit(producer)
+        await asyncio.sleep(0)  # and the outcomes' callbacks have run
+        if txn.send_error is not None:
+            error = txn.send_error
+            fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
+            log.warning(
+                "a send of the dedup transaction failed; it is not committed",
+                extra={"error": repr(error), "transactional_id": self.transactional_id},
+            )
+            raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
         # Marked, so that the partition's next owner can tell an offset someone else moved.
         marked = {tp: (offset, mark(offset)) for tp, offset in offsets.items()}
-        offsets_sent = asyncio.ensure_future(producer.send_offsets_with_group(marked, group))
-        try:
-            # Every send of the transaction has its outcome (lingering batches are sent now).
-            await _flush_for_commit(producer)
-            await asyncio.sleep(0)  # and the outcomes' callbacks have run
-            if txn.send_error is not None:
-                error = txn.send_error
-                fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
-                log.warning(
-                    "a send of the dedup transaction failed; it is not committed",
-                    extra={"error": repr(error), "transactional_id": self.transactional_id},
-                )
-                raise TransactionLostError(
-                    "fenced" if fenced else "error", self.partitions
-                ) from error
-            await offsets_sent
-        finally:
-            # Failed or cut short: the transaction is abandoned with its producer; its outcome read.
-            offsets_sent.cancel()
-            await asyncio.gather(offsets_sent, return_exceptions=True)
+        await producer.send_offsets_with_group(marked, group)
         txn.ending = True
         await producer.commit_transaction()
         self._txn = None

@@ -34,16 +34,6 @@ class FakeRecord:
     headers: list[tuple[str, bytes]]
 
 
-class FakeClock:
-    """The transaction's clock (time.monotonic), in whole milliseconds: moves when told to."""
-
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 @dataclass
 class FakeProducer:
     """Records each transactional call; `fail` raises from the next step named in it.

@@ -30,7 +30,7 @@ from bridge.dedup.transaction import TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
 from bridge.metrics import Metrics
 from tests.metrics import sample
-from tests.unit.dedup.fakes import FakeClock, FakeProducer, ingest, install, sends, steps
+from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
@@ -136,6 +136,16 @@ class FiniteConsumer(FakeConsumer):
 
     async def stop(self) -> None:
         self.stopped = True
+
+
+class FakeClock:
+    """The transaction's clock (time.monotonic), in whole milliseconds: moves when told to."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
 
 
 class TrickleConsumer(FakeConsumer):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,11 +26,9 @@ from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
 from bridge.sink.topicreads import why_unread
 from tests.metrics import sample
-from tests.polling import until
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
-    FakeClock,
     FakeProducer,
     ProducerFactory,
     entry_of,
@@ -105,28 +101,6 @@ async def test_join_begins_once_per_transaction_and_records_its_partitions() -> 
     await out.join(TP2)  # the next transaction
     assert steps(producer) == ["begin", "flush", "offsets", "commit", "begin"]
     assert out.partitions == {TP2}
-
-
-async def test_a_transaction_is_due_an_interval_after_the_last_commit_began(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Not after its own begin: records that came during a commit waited it out, then a whole
-    # interval, then their own commit. Commits stay one an interval at most.
-    clock = FakeClock()
-    monkeypatch.setattr(
-        transaction, "time", SimpleNamespace(monotonic=clock.monotonic, time=time.time)
-    )
-    out, _, _ = stage_producer()
-    clock.ms = 1_000
-    await out.join(TP)
-    assert out.age == 0.0  # the first: from its own begin
-    clock.ms = 1_100
-    await out.commit({TP: 1}, GROUP)
-    clock.ms = 1_130  # the commit's round trips, and the records that came meanwhile
-    await out.join(TP)
-    assert out.age == pytest.approx(0.030)
-    clock.ms = 1_200
-    assert out.age == pytest.approx(0.100)
 
 
 async def test_publish_sends_but_counts_nothing_before_the_commit() -> None:
@@ -214,22 +188,6 @@ def assert_lost(
     assert "abort" not in steps(producer)
     assert out.partitions == frozenset()
     assert out.age is None
-
-
-async def test_the_offsets_go_out_while_the_lingering_batches_are_still_being_sent() -> None:
-    # AddOffsetsToTxn and TxnOffsetCommit need not wait for the produce round trip: two round
-    # trips fewer per commit. EndTxn waits for both.
-    out, producer, _ = stage_producer()
-    await two_partitions(out)
-    producer.block.add("flush")
-    committing = asyncio.create_task(out.commit({TP: 2, TP2: 5}, GROUP))
-    try:
-        await until(lambda: "offsets" in steps(producer))
-        assert steps(producer)[-2:] == ["flush", "offsets"]
-        assert "commit" not in steps(producer)
-    finally:
-        committing.cancel()
-        await asyncio.gather(committing, return_exceptions=True)
 
 
 @pytest.mark.parametrize(
@@ -386,8 +344,7 @@ async def test_any_failed_send_fails_the_commit() -> None:
     with pytest.raises(TransactionLostError) as lost:
         await out.commit({TP: 2, TP2: 1}, GROUP)
     assert_lost(lost.value, "error", {TP, TP2}, out, producer, metrics)
-    # The offsets went out beside the flush; with no EndTxn, the replacement's InitProducerId
-    # aborts them with the records.
+    assert "offsets" not in steps(producer)
     assert "commit" not in steps(producer)
 
 
