@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 
@@ -14,4 +15,14 @@ def ipv6_loopback() -> bool:
             s.bind(("::1", 0))
     except OSError:
         return False
+    return True
+
+
+async def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return False
+    writer.close()
     return True

@@ -17,6 +17,7 @@ from tests.integration.replicas import Replica, replica_env, total
 from tests.metrics import scrape
 from tests.polling import until
 from tests.rawhttp import RawConnection, RawResponse, build_request, exchange
+from tests.sockets import listening
 
 KEPT_ALIVE = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -33,15 +34,6 @@ async def json_answer(port: int, path: str) -> tuple[int, Any]:
     response = await get(port, path)
     assert response is not None, path
     return response.status, jsoncodec.loads(response.body)
-
-
-async def listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return False
-    writer.close()
-    return True
 
 
 async def hold_a_connection(port: int) -> RawConnection:

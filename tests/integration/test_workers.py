@@ -32,6 +32,7 @@ from tests.integration.conftest import (
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.polling import until
 from tests.processes import process_gone
+from tests.sockets import listening
 
 pytestmark = pytest.mark.timeout(300)
 GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS
@@ -112,16 +113,6 @@ async def probe_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any
         except aiohttp.ClientConnectionError:
             await asyncio.sleep(0.05)
     return await get_json(session, url)
-
-
-async def refused(port: int) -> bool:
-    """Nobody listens on the port any more."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return True
-    writer.close()
-    return False
 
 
 async def until_gone(pid: int, within: float) -> None:
@@ -229,7 +220,7 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
         await asyncio.gather(*clients)
     assert code == 0, pod.log.read_text()[-3000:]
     assert all(process_gone(pid) for pid in pids)
-    assert await refused(pod.port)
+    assert not await listening(pod.port)
     log = pod.log_entries()
     # The parent kills what still runs once the grace period (and its margin) is over.
     assert not [e for e in log if e.get("msg", "").startswith("workers still running")]
@@ -251,7 +242,7 @@ async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
     log = pod.log_entries()
     stopped = sorted(e["worker"] for e in log if e.get("msg") == "stopped" and "worker" in e)
     assert stopped == [0, 1]
-    assert await refused(pod.port)
+    assert not await listening(pod.port)
 
 
 async def owned_by(pod: Replica, session: aiohttp.ClientSession, want: dict[str, float]) -> None:

@@ -194,6 +194,22 @@ def reset_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "partition's committed offset" in r.getMessage()]
 
 
+async def started_at(
+    found: Found, log: FakeLog, caplog: pytest.LogCaptureFixture
+) -> tuple[PartitionTask, Metrics]:
+    """A task started over six records at the committed offset `found`, its warnings captured."""
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return found
+
+    task, _out, _producer, metrics = make()
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    await task.start(committed)
+    return task, metrics
+
+
 @pytest.mark.parametrize(
     ("found", "kind", "shown"),
     [
@@ -211,15 +227,7 @@ async def test_a_start_at_an_offset_the_bridge_did_not_commit_is_logged_counted_
     kind: str,
     shown: dict[str, Any],
 ) -> None:
-    for n in range(6):
-        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
-
-    async def committed(tp: TopicPartition) -> Found:
-        return found
-
-    task, _out, _producer, metrics = make()
-    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
-    await task.start(committed)
+    task, metrics = await started_at(found, log, caplog)
     assert task.position == found.offset  # the operator's intent: go on from there
     assert sample(metrics, RESETS, kind=kind) == 1
     [line] = reset_lines(caplog)
@@ -237,15 +245,7 @@ async def test_a_start_at_an_offset_the_bridge_did_not_commit_is_logged_counted_
 async def test_a_start_at_the_bridges_own_commit_or_a_new_groups_is_no_reset(
     log: FakeLog, caplog: pytest.LogCaptureFixture, found: Found
 ) -> None:
-    for n in range(6):
-        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
-
-    async def committed(tp: TopicPartition) -> Found:
-        return found
-
-    task, _out, _producer, metrics = make()
-    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
-    await task.start(committed)
+    task, metrics = await started_at(found, log, caplog)
     assert task.position == (5 if found.offset is not None else 0)
     assert sample(metrics, RESETS, kind="moved") == sample(metrics, RESETS, kind="unmarked") == 0
     assert reset_lines(caplog) == []
