@@ -25,8 +25,9 @@ from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import admin_client, client_options, topic_partitions
 
-# How often a following `--since` tail looks for partitions added to its topics (an operator
-# raising a topic's partition count): their records are shown at most this late.
+# How often a following tail looks for partitions added to its topics (an operator raising a
+# topic's partition count) and for its topics created since: their records are shown at most
+# this late.
 PARTITIONS_RELOOK_SECONDS = 5.0
 
 
@@ -160,14 +161,13 @@ def unfinished(
     return sorted(tp for tp, end in ends.items() if positions[tp] < end)
 
 
-async def _partitions(
-    settings: Settings, consumer: AIOKafkaConsumer, topics: list[str], console: Console
+async def _existing(
+    settings: Settings, consumer: AIOKafkaConsumer, topics: list[str]
 ) -> list[TopicPartition]:
-    """Every partition of those of `topics` that exist; each missing one is said, not waited for."""
+    """Every partition of those of `topics` that exist now."""
+    # Named only once the list of every topic has it: a look-up by name asks a broker that
+    # auto-creates topics to make it, a misspelt --topic among them.
     existing = await consumer.topics()
-    for topic in topics:
-        if topic not in existing:
-            console.print(f"[yellow]topic {topic} does not exist: nothing to read in it[/]")
     found = [topic for topic in topics if topic in existing]
     return await topic_partitions(settings.kafka, found) if found else []
 
@@ -175,13 +175,14 @@ async def _partitions(
 async def _take_up_added(
     settings: Settings,
     consumer: AIOKafkaConsumer,
+    topics: list[str],
     assigned: list[TopicPartition],
     console: Console,
 ) -> list[TopicPartition]:
-    """Assign the partitions added to the tailed topics since `assigned` was read; each is read
-    from its beginning (all its records are newer than the start). Returns the new assignment."""
-    topics = sorted({tp.topic for tp in assigned})
-    added = sorted(set(await topic_partitions(settings.kafka, topics)) - set(assigned))
+    """Assign the partitions of `topics` that appeared since `assigned` was read (a raised
+    partition count, a topic created); each is read from its beginning, as all its records are
+    newer than the start. Returns the new assignment."""
+    added = sorted(set(await _existing(settings, consumer, topics)) - set(assigned))
     if not added:
         return assigned
     # assign() replaces the assignment and forgets its positions: the old ones are kept.
@@ -191,10 +192,14 @@ async def _take_up_added(
     for tp, offset in positions.items():
         consumer.seek(tp, offset)
     await consumer.seek_to_beginning(*added)
+    known = {tp.topic for tp in assigned}
+    for topic in sorted({tp.topic for tp in added} - known):
+        console.print(f"[yellow]topic {topic} now exists: reading it from its beginning[/]")
     for tp in added:
-        console.print(
-            f"[yellow]topic {tp.topic} has a new partition {tp.partition}: reading it too[/]"
-        )
+        if tp.topic in known:
+            console.print(
+                f"[yellow]topic {tp.topic} has a new partition {tp.partition}: reading it too[/]"
+            )
     return partitions
 
 
@@ -214,11 +219,11 @@ async def tail(
     `since` (epoch seconds): start each partition at its first record of then or later;
     `to_end`: stop once every partition has reached the end it had at the start.
     """
-    # A fixed start or end needs the partitions themselves; otherwise the subscription also
-    # picks up a topic created while tail waits. A fixed end is what existed at the start, but
-    # a `since` tail that follows looks again every few seconds for partitions added since.
-    fixed = since is not None or to_end
-    following = since is not None and not to_end
+    # Partitions assigned, never a subscription: aiokafka's sees a partition added to a topic
+    # only on its metadata refresh (5 min) and then reads it from "latest", skipping what was
+    # written to it meanwhile. A fixed end is what existed at the start; otherwise tail looks
+    # every few seconds for partitions and topics that appeared since and reads them whole.
+    following = not to_end
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -229,7 +234,6 @@ async def tail(
         decided = await committed_offsets(settings)
     # Made only as it is started: one made before a failed read of the offsets is never stopped.
     consumer = AIOKafkaConsumer(
-        *([] if fixed else topics),
         **client_options(settings.kafka),
         group_id=None,
         enable_auto_commit=False,
@@ -241,9 +245,15 @@ async def tail(
     partitions: list[TopicPartition] = []
     await start_consumer(consumer)
     try:
-        if fixed:
-            partitions = await _partitions(settings, consumer, topics, console)
-            consumer.assign(partitions)
+        partitions = await _existing(settings, consumer, topics)
+        # A misspelt or not yet created topic would otherwise be a silent wait.
+        for topic in sorted(set(topics) - {tp.topic for tp in partitions}):
+            if following:
+                console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
+            else:
+                console.print(f"[yellow]topic {topic} does not exist: nothing to read in it[/]")
+        consumer.assign(partitions)
+        if since is not None or to_end:
             # Under read_committed the end offsets are the last stable offsets: what a
             # downstream consumer can read now, never past a transaction still open.
             now = await consumer.end_offsets(partitions) if partitions else {}
@@ -253,16 +263,14 @@ async def tail(
                 for tp, offset in since_offsets(found, now).items():
                     consumer.seek(tp, offset)
             ends = now if to_end else None
-        else:
-            # A misspelt or not yet created topic would otherwise be a silent wait.
-            for topic in sorted(set(topics) - await consumer.topics()):
-                console.print(f"[yellow]topic {topic} does not exist (yet): waiting for it[/]")
         look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
         while not stop.is_set() and (limit is None or shown < limit):
-            if following and partitions and loop.time() >= look_again:
+            if following and loop.time() >= look_again:
                 # A look Kafka did not answer is only late: the next one tries again.
                 with contextlib.suppress(KafkaError):
-                    partitions = await _take_up_added(settings, consumer, partitions, console)
+                    partitions = await _take_up_added(
+                        settings, consumer, topics, partitions, console
+                    )
                 look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
                 positions = {tp: await consumer.position(tp) for tp in ends}

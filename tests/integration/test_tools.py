@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -527,6 +528,122 @@ async def test_tail_since_follows_a_partition_added_while_it_runs(
     ids = [line.split()[4] for line in text.splitlines() if " via " in line]
     assert ids[0] == "before:1"
     assert sorted(ids[1:]) == ["added:1", "after:1"]
+
+
+async def test_tail_reads_a_partition_added_while_it_runs_from_its_beginning(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Plain tail (new records only) while the topic's partition count is raised: the record
+    written to the new partition before tail could know of it is shown, not skipped as older
+    than "latest", and partition 0's records still once each."""
+    await create_topic(kafka_bootstrap, topics.events, 1)
+    console = Console(record=True, width=400)
+    following = asyncio.create_task(
+        tail(
+            bridge_settings(kafka_bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            limit=None,
+            console=console,
+        )
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = 0
+
+        async def started() -> bool:
+            # Tail starts at partition 0's end at a moment it does not say: a record each try,
+            # until one is shown.
+            nonlocal sent
+            sent += 1
+            await producer.send_and_wait(
+                topics.events, cloudevent(f"before:{sent}"), partition=0, headers=STRUCTURED
+            )
+            return "before:" in console.export_text(clear=False)
+
+        await until(started, within=30, every=0.5)
+        async with admin_client(kafka_bootstrap) as admin:
+            await admin.create_partitions({topics.events: NewPartitions(2)})
+
+        async def grown() -> bool:
+            return (await describe(kafka_bootstrap, [topics.events])).get(topics.events) == 2
+
+        await until(grown, within=10)
+        # A new producer: the broker's metadata it reads first shows the new partition.
+        grown_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await grown_producer.start()
+        try:
+            await grown_producer.send_and_wait(
+                topics.events, cloudevent("added:1"), partition=1, headers=STRUCTURED
+            )
+            await grown_producer.send_and_wait(
+                topics.events, cloudevent("after:1"), partition=0, headers=STRUCTURED
+            )
+        finally:
+            await grown_producer.stop()
+
+        def both() -> bool:
+            text = console.export_text(clear=False)
+            return "added:1" in text and "after:1" in text
+
+        await until(both, within=30, what=lambda: console.export_text(clear=False))
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await producer.stop()
+    text = console.export_text()
+    assert f"topic {topics.events} has a new partition 1: reading it too" in text
+    shown = [line.split() for line in text.splitlines() if " via " in line]
+    first = [ids for place, ids in ((words[1], words[4]) for words in shown) if "[0]@" in place]
+    assert [ids for place, ids in ((words[1], words[4]) for words in shown) if "[1]@" in place] == [
+        "added:1"
+    ]
+    # Partition 0 from where tail started: the records sent since, in order, each once.
+    begun = int(first[0].removeprefix("before:"))
+    assert first == [f"before:{n}" for n in range(begun, sent + 1)] + ["after:1"]
+
+
+@pytest.mark.parametrize("since", [False, True], ids=["new-records", "since"])
+async def test_tail_waits_for_a_topic_created_while_it_runs(
+    kafka_bootstrap: str, topics: Topics, since: bool
+) -> None:
+    """A topic that does not exist yet is said and waited for, then read from its beginning:
+    its record, written at once after its creation, is shown (with or without --since)."""
+    console = Console(record=True, width=400)
+    following = asyncio.create_task(
+        tail(
+            bridge_settings(kafka_bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            since=time.time() - 60 if since else None,
+            limit=1,
+            console=console,
+        )
+    )
+    try:
+        await until(
+            lambda: "does not exist" in console.export_text(clear=False),
+            within=30,
+            what=lambda: console.export_text(clear=False),
+        )
+        await create_topic(kafka_bootstrap, topics.events, 2)
+        await send_committed(
+            kafka_bootstrap,
+            topics.events,
+            [("created:1", int(time.time() * 1000))],
+            transactional_id=f"{topics.group}-created",
+        )
+        async with asyncio.timeout(30):
+            shown = await following
+    finally:
+        following.cancel()
+    text = console.export_text()
+    assert shown == 1
+    assert f"topic {topics.events} does not exist (yet): waiting for it" in text
+    assert f"topic {topics.events} now exists: reading it from its beginning" in text
+    assert "turn.user CA_t created:1 via ?" in text
 
 
 def test_tail_runs_with_only_the_kafka_settings(

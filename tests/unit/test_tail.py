@@ -1,3 +1,4 @@
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -146,14 +147,17 @@ def fake_consumer(
     existing: set[str],
     messages: list[Any] | None = None,
     stop_cut: bool = False,
+    partitions: int = 1,
 ) -> dict[str, Any]:
-    """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics and `messages`.
+    """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics of `partitions`
+    partitions each, and `messages`.
 
     `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
 
-    Returns what the consumer was made with (its options, and `topics`).
+    Returns what the consumer was made with (its options, `topics`), its `assigned` partitions,
+    `sought`: each seek, (partition, offset or "beginning"), and the `consumer` class.
     """
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"assigned": [], "sought": []}
 
     class Consumer:
         def __init__(self, *topics: str, **options: Any) -> None:
@@ -165,14 +169,33 @@ def fake_consumer(
         async def topics(self) -> set[str]:
             return existing
 
+        def assign(self, assigned: list[TopicPartition]) -> None:
+            seen["assigned"] = list(assigned)
+
+        async def position(self, tp: TopicPartition) -> int:
+            return 10 + int(tp.partition)
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            seen["sought"].append((tp, offset))
+
+        async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            seen["sought"].extend((tp, "beginning") for tp in tps)
+
         async def stop(self) -> None:
             if stop_cut:
                 await stop_cut_by_a_retry()
 
         async def getmany(self, timeout_ms: int) -> dict[str, list[Any]]:
+            # A real wait yields to the loop: a tail that never ends can be timed out.
+            await asyncio.sleep(0)
             return {"tp": messages or []}
 
+    async def topic_partitions(kafka: Any, topics: list[str]) -> list[TopicPartition]:
+        return [TopicPartition(t, n) for t in topics if t in existing for n in range(partitions)]
+
     monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(tail_module, "topic_partitions", topic_partitions)
+    seen["consumer"] = Consumer
     return seen
 
 
@@ -185,7 +208,9 @@ async def test_reads_only_committed_records(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert shown == 0
     assert seen["isolation_level"] == "read_committed"
-    assert seen["topics"] == ("t",)
+    # Assigned, not subscribed: a subscription reads an added partition from "latest", late.
+    assert seen["topics"] == ()
+    assert seen["assigned"] == [TopicPartition("t", 0)]
 
 
 async def test_reads_both_content_modes_and_shows_dead_letters_raw(
@@ -244,8 +269,54 @@ async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
     topics = ["pinecall.events", "pinecall.evnets"]
     await tail(settings, topics, TailFilter(), from_beginning=True, limit=0, console=console)
     out = console.export_text()
-    assert "topic pinecall.evnets does not exist (yet)" in out
+    assert "topic pinecall.evnets does not exist (yet): waiting for it" in out
     assert "pinecall.events does not" not in out
+
+
+async def test_to_end_of_topics_that_do_not_exist_says_so_and_exits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_consumer(monkeypatch, existing=set())
+    console = Console(record=True, width=200)
+    async with asyncio.timeout(5):
+        shown = await tail(
+            load_tool_settings(),
+            ["gone"],
+            TailFilter(),
+            from_beginning=True,
+            to_end=True,
+            limit=None,
+            console=console,
+        )
+    assert shown == 0
+    assert "topic gone does not exist: nothing to read in it" in console.export_text()
+
+
+async def test_partitions_and_topics_that_appear_are_read_from_their_beginning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A raised partition count and a topic created since: both said and assigned from their
+    beginning, the partitions already read kept where they were."""
+    t0 = TopicPartition("t", 0)
+    seen = fake_consumer(monkeypatch, existing={"t", "u"}, partitions=2)
+    settings = load_tool_settings()
+    console = Console(record=True, width=200)
+    consumer = seen["consumer"]()
+    topics = ["t", "u", "v"]
+    assigned = await tail_module._take_up_added(settings, consumer, topics, [t0], console)
+    added = [TopicPartition("t", 1), TopicPartition("u", 0), TopicPartition("u", 1)]
+    assert assigned == seen["assigned"] == [t0, *added]
+    assert seen["sought"] == [(t0, 10), *((tp, "beginning") for tp in added)]
+    out = console.export_text()
+    assert "topic t has a new partition 1: reading it too" in out
+    assert "topic u now exists: reading it from its beginning" in out
+    assert "topic v" not in out
+    assert "partition 0" not in out
+    # Nothing new: the assignment is left alone.
+    seen["sought"].clear()
+    again = await tail_module._take_up_added(settings, consumer, topics, assigned, console)
+    assert again == assigned
+    assert seen["sought"] == []
 
 
 async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
