@@ -561,6 +561,8 @@ class DedupStage:
                 if self.listener is not None:
                     self.listener.partition_owned(task.tp.partition, task.progress)
                     task.progress = None  # handed over; a resumed task has nothing new
+                if task.unmarked:  # after the hand-over: a failed step loses what it owns
+                    await self._step(task, task.mark(self._out))
 
     async def _start_task(
         self, tp: TopicPartition, delay: float, suspended: PartitionTask | None, epoch: int

@@ -53,6 +53,7 @@ class PartitionTask:
         self.last_appended_at: float | None = None
         self._evicted_reported = 0
         self._expired = 0  # offsets skipped past retention: counted when the skip commits
+        self.unmarked = False  # started at an offset without the bridge's mark: to be marked
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
 
@@ -81,6 +82,7 @@ class PartitionTask:
         self.position = offset
         if verdict.reset:  # once started: a failed start is retried, and would say it again
             self._reset(verdict)
+        self.unmarked = verdict.reset
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
@@ -175,6 +177,12 @@ class PartitionTask:
                 out.duplicate(entry.channel)
                 continue
             await out.publish(entry, self.tp, record.offset)
+
+    async def mark(self, out: StageProducer) -> None:
+        """Commit the offset the task started at with the bridge's mark, in `out`'s open
+        transaction: a quiet partition left unmarked is said and counted at every takeover."""
+        await out.join(self.tp)
+        self.unmarked = False
 
     async def expire(self, start: int, out: StageProducer) -> None:
         """Retention deleted the records from the position to `start`, the log start, before

@@ -191,6 +191,17 @@ def test_termination_grace_period_shorter_than_the_drain_is_refused() -> None:
     assert "must exceed" in done.stderr
 
 
+def test_a_service_port_equal_to_the_admin_port_is_refused() -> None:
+    # The Service would list the port twice: Kubernetes refuses it ("Duplicate value").
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "service.port=8081", check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "service.port (8081) must differ from config.http.adminPort" in done.stderr
+    # Without an admin port, any service.port goes.
+    render(SIGNED, "service.port=8081", "config.http.adminPort=null")
+
+
 # Each way the pod runs worker processes under a supervisor (bridge/workers/parent.py), which
 # kills the ones still running 3 s (GRACE_MARGIN_SECONDS) after the grace period.
 SUPERVISED = {

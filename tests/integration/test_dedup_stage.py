@@ -315,6 +315,25 @@ async def test_an_operators_reset_of_the_stopped_groups_offsets_is_taken_said_an
     await until(lambda: _own_mark(kafka_bootstrap, topics, tp, end), 10, 0.05)
 
 
+async def test_a_reset_partition_without_new_records_is_marked_and_said_once(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """A quiet partition taken at an operator's offset (or a pre-mark bridge's) gets the mark at
+    the next commit: otherwise every later takeover (each rollout) says and counts it again."""
+    await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
+    [tp] = await group_offsets(kafka_bootstrap, topics)
+    await reset_offsets(kafka_bootstrap, topics.group, {tp: 2})  # --to-current: no mark
+    second: RunningBridge = await start_bridge()
+    await until_sample([second], "pinecall_bridge_dedup_offset_resets_total", 1, kind="unmarked")
+    await until(lambda: _own_mark(kafka_bootstrap, topics, tp, 2), 10, 0.05)
+    assert second.bridge.dedup is not None
+    await second.bridge.dedup.stop()
+
+    third: RunningBridge = await start_bridge()
+    await until_sample([third], "pinecall_bridge_dedup_restored_ids_total", 2)
+    assert sample(third.metrics, "pinecall_bridge_dedup_offset_resets_total", kind="unmarked") == 0
+
+
 async def _own_mark(bootstrap: str, names: Topics, tp: TopicPartition, offset: int) -> bool:
     return (await group_offsets(bootstrap, names)).get(tp) == (offset, f"pcb1:{offset}")
 

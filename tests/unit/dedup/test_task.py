@@ -230,6 +230,7 @@ async def test_a_start_at_an_offset_the_bridge_did_not_commit_is_logged_counted_
     task, metrics = await started_at(found, log, caplog)
     assert task.position == found.offset  # the operator's intent: go on from there
     assert sample(metrics, RESETS, kind=kind) == 1
+    assert task.unmarked, "its offset is to be committed with the mark (the stage's install)"
     [line] = reset_lines(caplog)
     assert line.levelno == logging.WARNING
     assert (line.partition, line.offset, line.kind) == (TP.partition, found.offset, kind)  # type: ignore[attr-defined]
@@ -247,8 +248,22 @@ async def test_a_start_at_the_bridges_own_commit_or_a_new_groups_is_no_reset(
 ) -> None:
     task, metrics = await started_at(found, log, caplog)
     assert task.position == (5 if found.offset is not None else 0)
+    assert not task.unmarked
     assert sample(metrics, RESETS, kind="moved") == sample(metrics, RESETS, kind="unmarked") == 0
     assert reset_lines(caplog) == []
+
+
+async def test_marking_a_reset_offset_commits_it_with_no_record(
+    log: FakeLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    task, _metrics = await started_at(Found(2, ""), log, caplog)
+    out, producer, _ = stage_producer()
+    await task.mark(out)
+    assert not task.unmarked
+    # In the transaction with no record: committed (marked), a later owner sees the bridge's own.
+    assert out.partitions == {TP}
+    await commit(task, out)
+    assert producer.calls[-2:] == [("offsets", {TP: 2}, GROUP), ("commit",)]
 
 
 async def test_records_past_retention_are_skipped_and_counted_once_the_skip_commits() -> None:
