@@ -732,6 +732,9 @@ class Bridge:
                 await self.sink.stop()
         except TimeoutError:
             log.error("the ingest producer was not flushed within its share of the grace period")
+        except Exception:
+            # Its stop failing must not skip the stage's commit and leave, nor the admin port's.
+            log.exception("the ingest producer's stop failed")
         try:
             async with asyncio.timeout_at(deadline):
                 if self.dedup is not None:

@@ -10,6 +10,7 @@ from typing import Any, get_args
 
 import aiohttp
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from bridge import connlimit, pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
@@ -230,6 +231,24 @@ async def test_a_flush_that_cannot_finish_leaves_the_stage_time_to_stop() -> Non
     assert stage.drain_by is not None, "the stage was never stopped: no commit, no leave"
     # The flush is given up while the grace period still has room for the stage's stop.
     assert events == ["flush given up", "stage left its group"]
+
+
+async def test_a_failed_producer_stop_still_stops_the_stage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = Bridge(every_source(free_port()))
+    stage = LeavingStand([])
+    bridge.dedup = stage  # type: ignore[assignment]
+    await bridge.start()
+
+    async def stop_fails() -> None:
+        raise KafkaConnectionError("the flush's connection broke")
+
+    bridge.sink.stop = stop_fails  # type: ignore[method-assign]
+    await asyncio.wait_for(bridge.stop(), 30)  # only a guard against a hang
+    assert stage.drain_by is not None, "the stage was never stopped: no commit, no leave"
+    assert stage.events == ["stage left its group"]
+    assert "the ingest producer's stop failed" in caplog.messages
 
 
 class FeedStand:
