@@ -20,7 +20,10 @@ its fault while it flows. Webhook load is open-loop: event *i*
 (bench/events.py's interleaved calls) is due at *t0 + i / rate*, so a stalled bridge builds a
 backlog instead of slowing the sender; within a call the events go one at a time, each retried
 after a transport failure or a 5xx (Retry-After honoured, capped at 2 s) until a 2xx, as Pinecall
-delivers them. Every attempt's status is recorded. Once the dedup group has committed every
+delivers them. Every attempt's status is recorded. Where a scenario has phases (`cluster`), the
+load runs by time until its last phase ends, and each judged phase must see requests in flight
+during it (at least 5% of the offered rate times its length): a phase the load never reached
+fails, never passes on nothing. Once the dedup group has committed every
 ingest record, a read_committed consumer reads the output topics to their end, and one checker
 (chaos/checker.py) compares: **lost** = acknowledged (2xx) but absent, **doubled** = an id present
 more than once, order = each call's records in the order it sent them, and no 5xx other than

@@ -1,4 +1,8 @@
-"""Scenario 3: a three-broker cluster (RF 3, min ISR 2): the leader killed, then two brokers."""
+"""Scenario 3: a three-broker cluster (RF 3, min ISR 2): the leader killed, then two brokers.
+
+The load runs by time until the last phase ends, and each judged phase must have seen load sent
+during it (chaos/phases.py): slow broker restarts cannot leave a phase judged on nothing.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +21,14 @@ from chaos.harness import (
     webhook_counts,
 )
 from chaos.load import WebhookLoad
+from chaos.phases import Timeline, load_check, started_during, summary
 from chaos.rss import PeakRss
 from tests.integration.cluster import NODES, Cluster, free_port_range
 from tests.integration.conftest import Topics
+
+# The phases whose checks rest on load sent during them; the others are transitions.
+JUDGED = ("steady", "leader down", "steady again", "two down", "recovery")
+RESTARTS_CAP_SECONDS = 300.0
 
 
 async def leader_of(bootstrap: str, topic: str, partition: int) -> int:
@@ -46,34 +55,58 @@ async def cluster(ctx: Context) -> Outcome:
         load = WebhookLoad(
             url=lambda: replica.url,
             rate=ctx.rate,
-            count=int(ctx.rate * (4 * steady + 2 * down)),
+            # Paced by time and stopped when the last phase ends: this only caps it, with room
+            # for broker restarts however slow (they are not scaled).
+            count=int(ctx.rate * (3 * steady + 2 * down + RESTARTS_CAP_SECONDS)),
             salt=random.getrandbits(32),
         )
+        timeline = Timeline()
         async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
             flowing = asyncio.create_task(load.run())
+            timeline.enter("steady", time.monotonic())
             await asyncio.sleep(steady)
             leader = await leader_of(nodes.bootstrap, topics.ingest, 0)
             killed_at = time.monotonic()
+            timeline.enter("killing the leader", killed_at)
             await nodes.kill(leader)  # the leader of ingest partition 0, mid-stream
+            timeline.enter("leader down", time.monotonic())
             await asyncio.sleep(down)
+            timeline.enter("leader restarting", time.monotonic())
             await nodes.start(leader)
+            timeline.enter("steady again", time.monotonic())
             await asyncio.sleep(steady)
             survivor, *lost = random.sample(range(1, NODES + 1), 3)
+            timeline.enter("killing two", time.monotonic())
             for n in lost:
                 await nodes.kill(n)
-            two_down_at = time.monotonic()
+            timeline.enter("two down", time.monotonic())
             await asyncio.sleep(down)
-            two_back_at = time.monotonic()
+            timeline.enter("two restarting", time.monotonic())
             # Together: neither answers before the two of them make a quorum again.
             await asyncio.gather(*(nodes.start(n) for n in lost))
+            timeline.enter("recovery", time.monotonic())
+            await asyncio.sleep(steady)
+            ran_out = flowing.done()
+            load.stop()
+            timeline.close(time.monotonic())
             await flowing
         decided: list[Check] = []
         counts, doubles = await webhook_counts(nodes.bootstrap, topics, [load], decided)
-        alone = [a.status for a in load.attempts if two_down_at <= a.started <= two_back_at]
+        phases = {p.name: p for p in timeline.phases}
+        alone = [a.status for a in started_during(load.attempts, phases["two down"])]
         acked_alone = sum(1 for s in alone if 200 <= s < 300)
-        after = [a for a in load.attempts if a.started > two_back_at and 200 <= a.status < 300]
+        back = phases["recovery"].start
+        after = [
+            a for a in load.attempts if a.started + a.elapsed >= back and 200 <= a.status < 300
+        ]
         checks = [
             *decided,
+            *(load_check(phases[name], load.attempts, ctx.rate) for name in JUDGED),
+            Check(
+                "the load lasted until the last phase ended",
+                not ran_out,
+                "stopped at the end" if not ran_out else f"all {load.count} events sent earlier",
+            ),
             Check(
                 "with one broker of three left, nothing is acknowledged (min ISR 2)",
                 acked_alone == 0 and 503 in alone,
@@ -102,4 +135,5 @@ async def cluster(ctx: Context) -> Outcome:
         counts,
         rss.peak_mib,
         checks,
+        [f"phases: {summary(timeline, load.attempts)}"],
     )
