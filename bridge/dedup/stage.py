@@ -436,10 +436,11 @@ class DedupStage:
 
     def _shrink(self, lost: TransactionLostError) -> None:
         """A transaction that timed out bounds the next ones: Kafka took longer to send it than
-        a step may take (a client quota throttling the bridge, say), and would again."""
+        a step may take (a client quota throttling the bridge, or a broker failing over)."""
         if lost.reason == "timeout" and self._size.timed_out(lost.sent):
             log.warning(
-                "a dedup transaction timed out; bounding them in records (a throttled cluster?)",
+                "a dedup transaction timed out; bounding them in records"
+                " (a throttled cluster, or brokers failing over?)",
                 extra={"records_sent": lost.sent, "limit": self._size.limit},
             )
 

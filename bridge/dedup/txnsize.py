@@ -10,9 +10,10 @@ _GROWTH = 8
 class TransactionSize:
     """Unbounded until a transaction times out, then half what that one held.
 
-    A throttled cluster (a client quota) sends slower than the transaction step's timeout
-    allows for a whole backlog: every attempt timed out and started over from the same offset,
-    for good. Pure.
+    A throttled cluster (a client quota), or one whose brokers fail over (a crashed leader or
+    transaction coordinator), sends slower than the transaction step's timeout allows for a
+    whole backlog: every attempt timed out and started over from the same offset, for good.
+    Pure.
     """
 
     def __init__(self) -> None:

@@ -6,11 +6,12 @@ import asyncio
 import os
 import random
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import KafkaError
 
 from tests.integration.conftest import REPO, admin_client, port_is_free
@@ -61,6 +62,27 @@ class Cluster:
     async def start(self, node: int) -> None:
         """Start it again on its kept data; returns once it answers."""
         await asyncio.to_thread(self.sh, "up", node)
+
+    @asynccontextmanager
+    async def restoring(self) -> AsyncIterator[None]:
+        """Every node stopped or killed within is started again on leaving, a failed test's too:
+        the module's next tests share the cluster."""
+        try:
+            yield
+        finally:
+            await self.up()
+
+    async def transaction_coordinator(self, transactional_id: str) -> int:
+        """The node (1-3) coordinating a transactional id's transactions (FindCoordinator)."""
+        client = AIOKafkaClient(bootstrap_servers=self.bootstrap)
+        await client.bootstrap()
+        try:
+            node: int = await client.coordinator_lookup(
+                CoordinationType.TRANSACTION, transactional_id
+            )
+        finally:
+            await client.close()
+        return node
 
     async def under_replicated(self) -> list[str]:
         """Partitions (internal ones too) without a leader or with a replica out of the ISR."""

@@ -1,10 +1,12 @@
-"""A rolling restart of a 3-broker cluster (RF 3, min.insync 2) under steady webhook load.
+"""Brokers of a 3-node cluster (RF 3, min.insync 2) stopped and crashed under webhook load.
 
-Each broker in turn is stopped (a controlled shutdown: its leaderships, the group and the
-transaction coordinators move), started again and waited for until every partition is fully
-replicated, while webhooks keep coming. Senders retry like Pinecall (the same bytes, after a
-transport error or a 5xx); every event must be answered 2xx in the end and be in the output
-once, read_committed.
+A rolling restart: each broker in turn is stopped (a controlled shutdown: its leaderships, the
+group and the transaction coordinators move), started again and waited for until every
+partition is fully replicated. A crash (SIGKILL) of the broker coordinating the dedup stage's
+transactions. Two brokers down at once (with them the controllers' quorum), and one down under
+a min.insync of 3: fewer in-sync replicas than min.insync, so nothing may be answered 2xx until
+they are back. Senders retry like Pinecall (the same bytes, after a transport error or a 5xx);
+every event must be answered 2xx in the end and be in the output once, read_committed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,8 @@ import pytest
 from tests.integration.cluster import NODES, Cluster, own_cluster
 from tests.integration.conftest import (
     Topics,
+    alter_topic,
+    answers_ready,
     entry,
     free_port,
     grown,
@@ -29,8 +34,9 @@ from tests.integration.conftest import (
     wait_ready,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env, total
+from tests.polling import until
 
-# Cluster start (~25-40 s on 2 cores), three stop/start/re-replicate rounds, the final drain.
+# Cluster start (~20-40 s on 2 cores), then each test's stops, starts and drain: ~2.5 min in all.
 pytestmark = pytest.mark.timeout(400)
 
 RATE = 50  # webhooks a second
@@ -54,20 +60,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield own
 
 
-@pytest.fixture
-async def daemon(cluster: Cluster, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
+@asynccontextmanager
+async def bridge_on(
+    cluster: Cluster, topics: Topics, log_dir: Path, **extra: str
+) -> AsyncIterator[Replica]:
     """One `pinecall-bridge run` process on the cluster, its topics RF 3; stopped at the end."""
     port = free_port()
-    replica = Replica(
-        "bridge",
-        replica_env(cluster.bootstrap, topics, port, BRIDGE_TOPICS__REPLICATION_FACTOR="3"),
-        tmp_path / "bridge.log",
-        port,
+    env = replica_env(
+        cluster.bootstrap, topics, port, BRIDGE_TOPICS__REPLICATION_FACTOR="3", **extra
     )
+    replica = Replica("bridge", env, log_dir / "bridge.log", port)
     await replica.start()
-    yield replica
-    if replica.alive:
-        await replica.stop()
+    try:
+        yield replica
+    finally:
+        if replica.alive:
+            await replica.stop()
+
+
+@pytest.fixture
+async def daemon(cluster: Cluster, topics: Topics, tmp_path: Path) -> AsyncIterator[Replica]:
+    async with bridge_on(cluster, topics, tmp_path) as replica:
+        yield replica
 
 
 @dataclass
@@ -77,6 +91,8 @@ class Load:
     session: aiohttp.ClientSession
     url: str
     answered: Counter[str] = field(default_factory=Counter)  # event id: attempts it took
+    # Event id: when the attempt answered 2xx was sent, and answered (the event loop's clock).
+    answered_when: dict[str, tuple[float, float]] = field(default_factory=dict)
     refusals: Counter[int] = field(default_factory=Counter)  # status (0: no answer): count
     unanswered: list[str] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
@@ -88,9 +104,11 @@ class Load:
         self.sent.append(event_id)
         deadline = asyncio.get_running_loop().time() + GIVE_UP_SECONDS
         for attempt in itertools.count(1):
+            sent_at = asyncio.get_running_loop().time()
             status = await post_signed(self.session, self.url, body, within=ATTEMPT_SECONDS)
             if 200 <= status < 300:
                 self.answered[event_id] = attempt
+                self.answered_when[event_id] = (sent_at, asyncio.get_running_loop().time())
                 return
             self.refusals[status] += 1
             # Pinecall retries a transport error or a 5xx only: a 4xx is the bridge's refusal.
@@ -112,9 +130,48 @@ class Load:
         await asyncio.gather(*deliveries)
 
 
+@asynccontextmanager
+async def loaded(url: str) -> AsyncIterator[Load]:
+    """A Load running on `url` until the block ends; then every delivery has its last answer."""
+    # Pinecall sends each webhook on its own: no pool of 100 connections (aiohttp's default)
+    # that deliveries queue for, within their attempt's timeout, while answers are slow.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        load = Load(session, url)
+        stopping = asyncio.Event()
+        running = asyncio.create_task(load.run(stopping))
+        try:
+            yield load
+        finally:
+            stopping.set()
+            await running
+
+
 async def watched(replica: Replica, session: aiohttp.ClientSession) -> dict[str, float]:
     samples = await replica.metrics(session)
     return {name.removeprefix("pinecall_bridge_"): total(samples, name) for name in WATCHED}
+
+
+def retold(load: Load, what: str) -> str:
+    """What the bridge went through, for an assertion's message."""
+    retried = Counter(n for n in load.answered.values() if n > 1)
+    return f"{what}; refusals {dict(load.refusals)}; answered after n tries {retried}"
+
+
+async def answered_once(
+    cluster: Cluster, daemon: Replica, topics: Topics, load: Load, story: str
+) -> None:
+    """Every event answered 2xx, the bridge alive and ready, each event output once."""
+    assert daemon.alive, story
+    assert not load.unanswered, f"never answered 2xx: {load.unanswered[:20]}; {story}"
+    await wait_ready(daemon.url, within=60)
+    records = await read_decided(cluster.bootstrap, topics, [topics.events], within=120)
+    copies = Counter(r.json()["id"] for r in records)
+    doubled = {event: n for event, n in copies.items() if n > 1}
+    missing = set(load.answered) - set(copies)
+    assert not doubled, f"doubled: {doubled}; {story}"
+    assert not missing, f"{len(missing)} answered but not in the output: {sorted(missing)[:20]}"
+    assert set(copies) == set(load.answered), story
+    print(f"{len(load.sent)} events; {story}")
 
 
 async def test_rolling_restart_under_load_loses_and_doubles_nothing(
@@ -122,11 +179,8 @@ async def test_rolling_restart_under_load_loses_and_doubles_nothing(
 ) -> None:
     await cluster.wait_fully_replicated()
     async with aiohttp.ClientSession() as session:
-        load = Load(session, daemon.url)
-        stopping = asyncio.Event()
-        running = asyncio.create_task(load.run(stopping))
         rounds: list[str] = []
-        try:
+        async with cluster.restoring(), loaded(daemon.url) as load:
             for node in range(1, NODES + 1):
                 before = await watched(daemon, session)
                 answered_before, refused_before = len(load.answered), sum(load.refusals.values())
@@ -140,21 +194,158 @@ async def test_rolling_restart_under_load_loses_and_doubles_nothing(
                     f" {grown(before, after)}"
                 )
                 assert daemon.alive, f"the bridge exited during node {node}'s restart: {rounds}"
-        finally:
-            stopping.set()
-            await running
+        await answered_once(cluster, daemon, topics, load, retold(load, f"rounds {rounds}"))
 
-        retried = Counter(n for n in load.answered.values() if n > 1)
-        story = f"rounds {rounds}; refusals {dict(load.refusals)}; answered after n tries {retried}"
-        assert daemon.alive, story
-        assert not load.unanswered, f"never answered 2xx: {load.unanswered[:20]}; {story}"
-        await wait_ready(daemon.url, within=60)
 
-    records = await read_decided(cluster.bootstrap, topics, [topics.events], within=120)
-    copies = Counter(r.json()["id"] for r in records)
-    doubled = {event: n for event, n in copies.items() if n > 1}
-    missing = set(load.answered) - set(copies)
-    assert not doubled, f"doubled: {doubled}; {story}"
-    assert not missing, f"{len(missing)} answered but not in the output: {sorted(missing)[:20]}"
-    assert set(copies) == set(load.answered), story
-    print(f"{len(load.sent)} events; {story}")
+INSTANCE = "crash"
+CRASHED_SECONDS = 5.0  # how long the coordinator stays down: past a transaction's timeout
+
+
+async def transactions_committed(replica: Replica, session: aiohttp.ClientSession) -> bool:
+    samples = await replica.metrics(session)
+    name = "pinecall_bridge_dedup_transactions_total"
+    return total(samples, name, outcome="committed") > 0
+
+
+async def test_crash_of_the_transaction_coordinator_loses_and_doubles_nothing(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    await cluster.wait_fully_replicated()
+    transactional_id = f"{topics.group}-dedup-{INSTANCE}"
+    async with (
+        bridge_on(cluster, topics, tmp_path, BRIDGE_DEDUP__INSTANCE_ID=INSTANCE) as daemon,
+        aiohttp.ClientSession() as session,
+        cluster.restoring(),
+    ):
+        async with loaded(daemon.url) as load:
+            # Its producer has found its coordinator and committed: a crash now is mid-load.
+            await until(lambda: transactions_committed(daemon, session), 60, 0.2)
+            coordinator = await cluster.transaction_coordinator(transactional_id)
+            before = await watched(daemon, session)
+            await cluster.kill(coordinator)
+            # A crash's downtime, not a wait for a condition: the stage's transactions time out.
+            await asyncio.sleep(CRASHED_SECONDS)
+            await cluster.start(coordinator)
+            await cluster.wait_fully_replicated()
+            after = await watched(daemon, session)
+            assert daemon.alive, f"the bridge exited after node {coordinator}'s crash"
+        story = retold(load, f"node {coordinator} (coordinator) crashed: {grown(before, after)}")
+        await answered_once(cluster, daemon, topics, load, story)
+
+
+PUBLISH_TIMEOUT = 2.0  # BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS: a 503 well within an attempt
+
+
+async def test_two_brokers_down_nothing_is_answered_2xx_until_they_are_back(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    await cluster.wait_fully_replicated()
+    loop = asyncio.get_running_loop()
+    async with (
+        bridge_on(
+            cluster,
+            topics,
+            tmp_path,
+            BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(PUBLISH_TIMEOUT),
+        ) as daemon,
+        aiohttp.ClientSession() as session,
+        cluster.restoring(),
+    ):
+        async with loaded(daemon.url) as load:
+            await until(lambda: len(load.answered) >= RATE, 30, 0.1, "the load answered")
+            before = await watched(daemon, session)
+            refused_before = load.refusals[503]
+            # Node 1's leaderships move to 2 and 3 first; node 2's crash then leaves node 3
+            # alone: one in-sync replica where min.insync is 2, and no controller quorum.
+            await cluster.stop(1)
+            await cluster.kill(2)
+            down_at = loop.time()
+
+            # The README: /readyz 503 while Kafka is unreachable, which a publish that timed
+            # out with no record acknowledged within the publish timeout makes it.
+            async def unready() -> bool:
+                return not await answers_ready(session, daemon.url)
+
+            await until(unready, 30, 0.1, "/readyz 503 with two brokers down")
+
+            def refused_while_down() -> int:
+                return load.refusals[503] - refused_before
+
+            # Pinecall's retries meet 503s for a while: two seconds' deliveries refused.
+            await until(lambda: refused_while_down() >= 2 * RATE, 60, 0.1, "503s while down")
+            up_at = loop.time()
+
+            # From the moment the nodes are launched: one can take writes before its start
+            # returns (that waits for its listener and a probe), so a later mark would count
+            # records acknowledged by two replicas as answered while down.
+            back_at = loop.time()
+            await asyncio.gather(cluster.start(1), cluster.start(2))
+            await cluster.wait_fully_replicated()
+            after = await watched(daemon, session)
+            assert daemon.alive, "the bridge exited while two brokers were down"
+        story = retold(
+            load,
+            f"two brokers down {up_at - down_at:.1f} s, back {back_at - up_at:.1f} s later:"
+            f" {grown(before, after)}",
+        )
+        # Sent after node 2 died, answered before either was launched again: no record of it can
+        # have had two in-sync replicas acknowledge it.
+        unacknowledged = sorted(
+            event
+            for event, (sent_at, answered_at) in load.answered_when.items()
+            if sent_at >= down_at and answered_at < back_at
+        )
+        assert not unacknowledged, f"answered 2xx while two brokers were down: {unacknowledged}"
+        # Each answered within the publish timeout, well within an attempt's: a 503, never none.
+        assert set(load.refusals) == {503}, f"refused otherwise than 503: {story}"
+        assert grown(before, after).get("publish_failures_total"), story
+        await answered_once(cluster, daemon, topics, load, story)
+
+
+async def test_fewer_in_sync_replicas_than_min_insync_are_answered_503_not_2xx(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    """NotEnoughReplicas itself: two nodes down also lose the controllers' quorum, so the ISR
+    cannot shrink and writes only time out. Here one is down and the ingest topic asks for 3."""
+    await cluster.wait_fully_replicated()
+    loop = asyncio.get_running_loop()
+    async with (
+        bridge_on(
+            cluster,
+            topics,
+            tmp_path,
+            BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(PUBLISH_TIMEOUT),
+        ) as daemon,
+        aiohttp.ClientSession() as session,
+        cluster.restoring(),
+    ):
+        async with loaded(daemon.url) as load:
+            await until(lambda: len(load.answered) >= RATE, 30, 0.1, "the load answered")
+            before = await watched(daemon, session)
+            await cluster.stop(3)
+            await alter_topic(cluster.bootstrap, topics.ingest, {"min.insync.replicas": "3"})
+            refused_before = load.refusals[503]
+
+            def refused() -> int:
+                return load.refusals[503] - refused_before
+
+            # Once a second's deliveries were refused, every broker applies the new config.
+            await until(lambda: refused() >= RATE, 60, 0.1, "503s with 2 of 3 in sync")
+            refusing_at = loop.time()
+            await until(lambda: refused() >= 3 * RATE, 60, 0.1, "more 503s")
+            await alter_topic(cluster.bootstrap, topics.ingest, {"min.insync.replicas": "2"})
+            restored_at = loop.time()
+            await cluster.start(3)
+            await cluster.wait_fully_replicated()
+            after = await watched(daemon, session)
+            assert daemon.alive, "the bridge exited while too few replicas were in sync"
+        story = retold(load, f"2 of 3 in sync, min.insync 3: {grown(before, after)}")
+        unacknowledged = sorted(
+            event
+            for event, (sent_at, answered_at) in load.answered_when.items()
+            if sent_at >= refusing_at and answered_at < restored_at
+        )
+        assert not unacknowledged, f"answered 2xx with too few in sync: {unacknowledged}"
+        assert set(load.refusals) == {503}, f"refused otherwise than 503: {story}"
+        assert "NotEnoughReplicas" in daemon.log.read_text(), f"not the refusal meant: {story}"
+        await answered_once(cluster, daemon, topics, load, story)
