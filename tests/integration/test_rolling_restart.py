@@ -236,21 +236,28 @@ async def test_crash_of_the_transaction_coordinator_loses_and_doubles_nothing(
 PUBLISH_TIMEOUT = 2.0  # BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS: a 503 well within an attempt
 
 
-async def test_two_brokers_down_nothing_is_answered_2xx_until_they_are_back(
+@asynccontextmanager
+async def refusing_soon(
     cluster: Cluster, topics: Topics, tmp_path: Path
-) -> None:
+) -> AsyncIterator[tuple[Replica, aiohttp.ClientSession]]:
+    """A bridge on the whole cluster answering 503 after PUBLISH_TIMEOUT; every node restarted
+    when the test leaves, failed or not."""
     await cluster.wait_fully_replicated()
-    loop = asyncio.get_running_loop()
     async with (
         bridge_on(
-            cluster,
-            topics,
-            tmp_path,
-            BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(PUBLISH_TIMEOUT),
+            cluster, topics, tmp_path, BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(PUBLISH_TIMEOUT)
         ) as daemon,
         aiohttp.ClientSession() as session,
         cluster.restoring(),
     ):
+        yield daemon, session
+
+
+async def test_two_brokers_down_nothing_is_answered_2xx_until_they_are_back(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with refusing_soon(cluster, topics, tmp_path) as (daemon, session):
         async with loaded(daemon.url) as load:
             await until(lambda: len(load.answered) >= RATE, 30, 0.1, "the load answered")
             before = await watched(daemon, session)
@@ -307,18 +314,8 @@ async def test_fewer_in_sync_replicas_than_min_insync_are_answered_503_not_2xx(
 ) -> None:
     """NotEnoughReplicas itself: two nodes down also lose the controllers' quorum, so the ISR
     cannot shrink and writes only time out. Here one is down and the ingest topic asks for 3."""
-    await cluster.wait_fully_replicated()
     loop = asyncio.get_running_loop()
-    async with (
-        bridge_on(
-            cluster,
-            topics,
-            tmp_path,
-            BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(PUBLISH_TIMEOUT),
-        ) as daemon,
-        aiohttp.ClientSession() as session,
-        cluster.restoring(),
-    ):
+    async with refusing_soon(cluster, topics, tmp_path) as (daemon, session):
         async with loaded(daemon.url) as load:
             await until(lambda: len(load.answered) >= RATE, 30, 0.1, "the load answered")
             before = await watched(daemon, session)

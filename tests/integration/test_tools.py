@@ -470,6 +470,17 @@ async def test_tail_since_starts_each_partition_at_that_time(
     assert [line.split()[4] for line in lines] == ["new:1", "new:2"]
 
 
+async def second_partition(bootstrap: str, topic: str) -> None:
+    """Raise the topic to two partitions, and wait until the broker's metadata shows both."""
+    async with admin_client(bootstrap) as admin:
+        await admin.create_partitions({topic: NewPartitions(2)})
+
+    async def grown() -> bool:
+        return (await describe(bootstrap, [topic])).get(topic) == 2
+
+    await until(grown, within=10)
+
+
 async def test_tail_since_follows_a_partition_added_while_it_runs(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -496,14 +507,8 @@ async def test_tail_since_follows_a_partition_added_while_it_runs(
             transactional_id=f"{topics.group}-1",
         )
         await until(lambda: "before:1" in console.export_text(clear=False), within=30)
-        async with admin_client(kafka_bootstrap) as admin:
-            await admin.create_partitions({topics.events: NewPartitions(2)})
-
-        async def grown() -> bool:
-            return (await describe(kafka_bootstrap, [topics.events])).get(topics.events) == 2
-
         # The broker's metadata, which the producer reads next, shows the new partition.
-        await until(grown, within=10)
+        await second_partition(kafka_bootstrap, topics.events)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         try:
@@ -563,13 +568,7 @@ async def test_tail_reads_a_partition_added_while_it_runs_from_its_beginning(
             return "before:" in console.export_text(clear=False)
 
         await until(started, within=30, every=0.5)
-        async with admin_client(kafka_bootstrap) as admin:
-            await admin.create_partitions({topics.events: NewPartitions(2)})
-
-        async def grown() -> bool:
-            return (await describe(kafka_bootstrap, [topics.events])).get(topics.events) == 2
-
-        await until(grown, within=10)
+        await second_partition(kafka_bootstrap, topics.events)
         # A new producer: the broker's metadata it reads first shows the new partition.
         grown_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await grown_producer.start()
