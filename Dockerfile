@@ -41,6 +41,9 @@ WORKDIR /app
 # Numeric, so Kubernetes can verify runAsNonRoot without a passwd entry.
 USER 10001:10001
 EXPOSE 8080
+# The admin port (probes, /metrics) the Helm chart turns on here (config.http.adminPort); the
+# bridge's own default leaves it off: set BRIDGE_HTTP__ADMIN_PORT=8081 to serve it.
+EXPOSE 8081
 # Exec form: no shell at run time; the bridge itself handles SIGTERM (graceful drain).
 # `docker run IMAGE check` validates the configuration instead of running.
 ENTRYPOINT ["pinecall-bridge"]

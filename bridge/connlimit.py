@@ -37,6 +37,8 @@ REFUSAL = (
 ) % (RETRY_AFTER_SECONDS, len(_BODY), _BODY)
 
 Admission = Literal["serve", "refuse", "close"]
+# The bridge's HTTP listeners, each with its own cap: the `listener` label of their metrics.
+Listener = Literal["webhook", "admin"]
 
 
 def admission(open_: int, refusing: int, limit: int) -> Admission:
@@ -81,15 +83,21 @@ def raise_open_files_limit() -> tuple[int | None, int | None]:
 
 
 class ConnectionCap:
-    """Counts the edge's served and refused connections and admits one more or not."""
+    """Counts a listener's served and refused connections and admits one more or not."""
 
-    def __init__(self, limit: int, open_gauge: Gauge, refused: Counter) -> None:
+    def __init__(
+        self, limit: int, listener: Listener, cap: Gauge, open_gauge: Gauge, refused: Counter
+    ) -> None:
+        """`cap`, `open_gauge` and `refused` are labelled by listener first (bridge/metrics)."""
         self.limit = limit
         self.open = 0
         self.refusing = 0
-        self._open_gauge = open_gauge
-        self._answered = refused.labels("answered")
-        self._closed = refused.labels("closed")
+        cap.labels(listener).set(limit)
+        self._open_gauge = open_gauge.labels(listener)
+        self._open_gauge.set(0)
+        # At 0 from the start, for increase().
+        self._answered = refused.labels(listener, "answered")
+        self._closed = refused.labels(listener, "closed")
 
     def admit(self) -> Admission:
         """Decide for a connection just made, and count it until `release(admission)`."""

@@ -32,10 +32,9 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bridge.config import HttpSettings
-from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Refusal
+from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Listener, Refusal
 from bridge.metrics import Metrics
 
 _INTERNALS = ("_request_count", "_messages")
@@ -231,39 +230,40 @@ def timed_runner(
     """The HTTP edge's runner: head, body-drain and keep-alive timeouts from the settings, and
     the cap on open connections (`max_connections`, else the setting's)."""
     limit = http.max_connections if max_connections is None else max_connections
-    metrics.http_connections_max.set(limit)
-    cap = ConnectionCap(limit, metrics.http_connections_open, metrics.http_connections_refused)
     # The edge serves the webhook path (and probes): a refused head may be a lost webhook.
     bad_head = metrics.rejected.labels("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
-    return _runner(app, http, metrics, cap, bad_head.inc, **kwargs)
+    return _runner(app, http, metrics, "webhook", limit, bad_head.inc, **kwargs)
 
 
 def admin_runner(
     app: web.Application, http: HttpSettings, metrics: Metrics, **kwargs: Any
 ) -> HeadTimeoutAppRunner:
     """The admin port's runner: the edge's timeouts, and a small cap of its own, counted apart
-    from the webhook port's (its gauges are BRIDGE_HTTP__MAX_CONNECTIONS')."""
-    private = CollectorRegistry()  # not exported: the metrics of the cap are the webhook port's
-    cap = ConnectionCap(
-        ADMIN_MAX_CONNECTIONS,
-        Gauge("admin_connections_open", "", registry=private),
-        Counter("admin_connections_refused", "", ["how"], registry=private),
-    )
-    return _runner(app, http, metrics, cap, lambda: None, **kwargs)
+    from the webhook port's (the `listener="admin"` series)."""
+    return _runner(app, http, metrics, "admin", ADMIN_MAX_CONNECTIONS, lambda: None, **kwargs)
 
 
 def _runner(
     app: web.Application,
     http: HttpSettings,
     metrics: Metrics,
-    cap: ConnectionCap,
+    listener: Listener,
+    limit: int,
     on_bad_head: Callable[[], None],
     **kwargs: Any,
 ) -> HeadTimeoutAppRunner:
+    cap = ConnectionCap(
+        limit,
+        listener,
+        metrics.http_connections_max,
+        metrics.http_connections_open,
+        metrics.http_connections_refused,
+    )
+    head_timed_out = metrics.http_timed_out.labels(listener, "header")  # from 0, for increase()
     return HeadTimeoutAppRunner(
         app,
         head_timeout=http.header_timeout_seconds,
-        on_head_timeout=metrics.http_timed_out.labels("header").inc,
+        on_head_timeout=head_timed_out.inc,
         on_bad_head=on_bad_head,
         cap=cap,
         # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.

@@ -82,35 +82,37 @@ class Metrics:
             ["channel", "reason"],
             registry=r,
         )
+        # `listener`: the webhook port (BRIDGE_HTTP__PORT) or the admin port; the admin
+        # port's series exist only once it is set up (bridge/http_timeouts.admin_runner).
         self.http_timed_out = Counter(
             f"{PREFIX}_http_connections_timed_out_total",
-            "Connections the HTTP edge closed because a client was too slow, by phase.",
-            ["phase"],
+            "Connections the HTTP edge closed because a client was too slow, by listener, phase.",
+            ["listener", "phase"],
             registry=r,
         )
         for phase in ("header", "body"):  # at 0 from the start, for increase()
-            self.http_timed_out.labels(phase)
+            self.http_timed_out.labels("webhook", phase)
         self.http_connections_open = Gauge(
             f"{PREFIX}_http_connections_open",
-            "Connections the HTTP edge serves now, idle keep-alive ones included (this process).",
+            "Connections a listener serves now, idle keep-alive ones included (this process).",
+            ["listener"],
             registry=r,
         )
         self.http_connections_max = Gauge(
             f"{PREFIX}_http_connections_max",
-            "The cap on http_connections_open in force in this process:"
-            " BRIDGE_HTTP__MAX_CONNECTIONS,"
-            " lowered if the open-files limit cannot hold it.",
+            "The cap on http_connections_open in force in this process: the webhook port's"
+            " BRIDGE_HTTP__MAX_CONNECTIONS, lowered if the open-files limit cannot hold it;"
+            " the admin port's 64.",
+            ["listener"],
             registry=r,
         )
         self.http_connections_refused = Counter(
             f"{PREFIX}_http_connections_refused_total",
-            "Connections made past the cap, unread: answered 503 (Retry-After, Connection: close),"
-            " or closed at once while too many others were being refused.",
-            ["how"],
+            "Connections made past a listener's cap, unread: answered 503 (Retry-After,"
+            " Connection: close), or closed at once while too many others were being refused.",
+            ["listener", "how"],
             registry=r,
         )
-        for how in ("answered", "closed"):  # at 0 from the start, for increase()
-            self.http_connections_refused.labels(how)
         self.dead_lettered = Counter(
             f"{PREFIX}_events_dead_lettered_total",
             "Authenticated input that is not an event, sent to the dead-letter topic.",

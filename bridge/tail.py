@@ -23,7 +23,7 @@ from bridge.normalise.binding import decode
 from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
-from bridge.sink.kafka import admin_client, client_options, topic_partitions
+from bridge.sink.kafka import admin_client, client_options
 
 # How often a following tail looks for partitions added to its topics (an operator raising a
 # topic's partition count) and for its topics created since: their records are shown at most
@@ -161,19 +161,24 @@ def unfinished(
     return sorted(tp for tp, end in ends.items() if positions[tp] < end)
 
 
-async def _existing(
-    settings: Settings, consumer: AIOKafkaConsumer, topics: list[str]
-) -> list[TopicPartition]:
-    """Every partition of those of `topics` that exist now."""
-    # Named only once the list of every topic has it: a look-up by name asks a broker that
-    # auto-creates topics to make it, a misspelt --topic among them.
-    existing = await consumer.topics()
-    found = [topic for topic in topics if topic in existing]
-    return await topic_partitions(settings.kafka, found) if found else []
+async def _existing(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of those of `topics` that exist now, from one metadata request."""
+    # The whole cluster's metadata, never a look-up by name: that asks a broker that
+    # auto-creates topics to make it, a misspelt --topic among them. It is what
+    # consumer.topics() fetches, kept whole: topics() returns only the names, and
+    # consumer.partitions_for_topic reads the client's own metadata, which topics() does not
+    # refresh (it knows only assigned topics, and a raised partition count after 5 min).
+    cluster = await consumer._client.fetch_all_metadata()
+    existing = cluster.topics()
+    return [
+        TopicPartition(topic, partition)
+        for topic in topics
+        if topic in existing
+        for partition in sorted(cluster.partitions_for_topic(topic) or ())
+    ]
 
 
 async def _take_up_added(
-    settings: Settings,
     consumer: AIOKafkaConsumer,
     topics: list[str],
     assigned: list[TopicPartition],
@@ -182,7 +187,7 @@ async def _take_up_added(
     """Assign the partitions of `topics` that appeared since `assigned` was read (a raised
     partition count, a topic created); each is read from its beginning, as all its records are
     newer than the start. Returns the new assignment."""
-    added = sorted(set(await _existing(settings, consumer, topics)) - set(assigned))
+    added = sorted(set(await _existing(consumer, topics)) - set(assigned))
     if not added:
         return assigned
     # assign() replaces the assignment and forgets its positions: the old ones are kept.
@@ -245,7 +250,7 @@ async def tail(
     partitions: list[TopicPartition] = []
     await start_consumer(consumer)
     try:
-        partitions = await _existing(settings, consumer, topics)
+        partitions = await _existing(consumer, topics)
         # A misspelt or not yet created topic would otherwise be a silent wait.
         for topic in sorted(set(topics) - {tp.topic for tp in partitions}):
             if following:
@@ -268,9 +273,7 @@ async def tail(
             if following and loop.time() >= look_again:
                 # A look Kafka did not answer is only late: the next one tries again.
                 with contextlib.suppress(KafkaError):
-                    partitions = await _take_up_added(
-                        settings, consumer, topics, partitions, console
-                    )
+                    partitions = await _take_up_added(consumer, topics, partitions, console)
                 look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
                 positions = {tp: await consumer.position(tp) for tp in ends}

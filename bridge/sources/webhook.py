@@ -137,7 +137,7 @@ class WebhookHandler:
                     body = await request.read()
         except TimeoutError:
             # A client this slow holds a connection and a buffer: answer, then hang up.
-            self._metrics.http_timed_out.labels("body").inc()
+            self._metrics.http_timed_out.labels("webhook", "body").inc()
             detail = f"the body did not arrive within {self._body_timeout:g} s"
             return self._reject(408, "body_timeout", detail, Connection="close")
         except web.HTTPRequestEntityTooLarge:  # no Content-Length: the stream passed the limit

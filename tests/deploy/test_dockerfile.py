@@ -76,6 +76,7 @@ def test_runtime_stage_is_slim_non_root_and_shell_free() -> None:
     assert gid.isdigit()
     assert int(uid) >= 10000, "non-root, outside the host's usual ranges"
     assert ("EXPOSE", "8080") in runtime
+    assert ("EXPOSE", "8081") in runtime, "the chart's admin port"
     assert ("ENTRYPOINT", '["pinecall-bridge"]') in runtime, "exec form: no shell"
     assert ("CMD", '["run"]') in runtime
 

@@ -76,9 +76,14 @@ async def test_a_full_webhook_port_leaves_the_admin_port_answering(
         assert await json_answer(admin, "/readyz") == (200, {"status": "ready"})
         async with aiohttp.ClientSession() as session:
             samples = await scrape(session, f"http://127.0.0.1:{admin}")
-        # The admin port's own connections count against neither gauge nor cap.
-        assert total(samples, "pinecall_bridge_http_connections_open") == 1
-        assert total(samples, "pinecall_bridge_http_connections_refused_total", how="answered") >= 1
+        # The admin port's own connections count against neither the webhook port's gauge nor
+        # its cap: they are the admin listener's, the scrape's own among them.
+        opened = "pinecall_bridge_http_connections_open"
+        refusals = "pinecall_bridge_http_connections_refused_total"
+        assert total(samples, opened, listener="webhook") == 1
+        assert total(samples, refusals, listener="webhook", how="answered") >= 1
+        assert total(samples, opened, listener="admin") >= 1
+        assert total(samples, refusals, listener="admin") == 0
         # The connection held on the webhook port is still served.
         assert await held.send(KEPT_ALIVE)
         answer = await held.response()

@@ -12,6 +12,7 @@ from bridge.connlimit import (
     REFUSAL,
     REFUSING_MAX,
     ConnectionCap,
+    Listener,
     admission,
     fitted_limit,
     raise_open_files_limit,
@@ -22,6 +23,7 @@ from tests.rawhttp import parse_response
 
 OPEN = "pinecall_bridge_http_connections_open"
 REFUSED = "pinecall_bridge_http_connections_refused_total"
+MAX = "pinecall_bridge_http_connections_max"
 
 
 def test_a_connection_under_the_cap_is_served() -> None:
@@ -43,20 +45,42 @@ def test_the_cap_fits_the_open_files_limit() -> None:
     assert fitted_limit(1000, 100, 256) == 1  # never 0: the probes must get in
 
 
+def capped(metrics: Metrics, limit: int, listener: Listener = "webhook") -> ConnectionCap:
+    return ConnectionCap(
+        limit,
+        listener,
+        metrics.http_connections_max,
+        metrics.http_connections_open,
+        metrics.http_connections_refused,
+    )
+
+
 def test_the_cap_counts_served_and_refused_connections() -> None:
     metrics = Metrics()
-    cap = ConnectionCap(2, metrics.http_connections_open, metrics.http_connections_refused)
-    assert sample(metrics, REFUSED, how="answered") == 0  # from the start, for increase()
-    assert sample(metrics, REFUSED, how="closed") == 0
+    cap = capped(metrics, 2)
+    assert sample(metrics, MAX, listener="webhook") == 2
+    # From the start, for increase().
+    assert sample(metrics, REFUSED, listener="webhook", how="answered") == 0
+    assert sample(metrics, REFUSED, listener="webhook", how="closed") == 0
     assert [cap.admit(), cap.admit(), cap.admit()] == ["serve", "serve", "refuse"]
-    assert sample(metrics, OPEN) == 2
-    assert sample(metrics, REFUSED, how="answered") == 1
+    assert sample(metrics, OPEN, listener="webhook") == 2
+    assert sample(metrics, REFUSED, listener="webhook", how="answered") == 1
     cap.release("refuse")
     assert cap.refusing == 0
     cap.release("serve")
-    assert sample(metrics, OPEN) == 1
+    assert sample(metrics, OPEN, listener="webhook") == 1
     assert cap.admit() == "serve"  # a freed place is taken again
-    assert sample(metrics, OPEN) == 2
+    assert sample(metrics, OPEN, listener="webhook") == 2
+
+
+def test_each_listeners_cap_counts_in_its_own_series() -> None:
+    metrics = Metrics()
+    webhook, admin = capped(metrics, 1), capped(metrics, 1, "admin")
+    assert [admin.admit(), admin.admit()] == ["serve", "refuse"]
+    assert webhook.admit() == "serve"  # the admin port's connections take no webhook place
+    assert sample(metrics, OPEN, listener="admin") == 1
+    assert sample(metrics, REFUSED, listener="admin", how="answered") == 1
+    assert sample(metrics, REFUSED, listener="webhook", how="answered") == 0
 
 
 def test_past_the_refusals_a_connection_is_closed_and_counted(
@@ -64,11 +88,11 @@ def test_past_the_refusals_a_connection_is_closed_and_counted(
 ) -> None:
     monkeypatch.setattr(connlimit, "REFUSING_MAX", 1)
     metrics = Metrics()
-    cap = ConnectionCap(1, metrics.http_connections_open, metrics.http_connections_refused)
+    cap = capped(metrics, 1)
     assert [cap.admit(), cap.admit(), cap.admit()] == ["serve", "refuse", "close"]
     cap.release("close")  # nothing was held for it
     assert (cap.open, cap.refusing) == (1, 1)
-    assert sample(metrics, REFUSED, how="closed") == 1
+    assert sample(metrics, REFUSED, listener="webhook", how="closed") == 1
 
 
 def test_the_refusal_is_a_complete_503_asking_for_a_retry_and_a_new_connection() -> None:

@@ -12,13 +12,14 @@ import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from bridge import connlimit, jsoncodec
+from bridge import connlimit, http_timeouts, jsoncodec
 from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import (
     BAD_REQUEST_HEAD,
     HeadTimeoutHandler,
     HeadTimeoutServer,
+    admin_runner,
     check_aiohttp,
     timed_runner,
 )
@@ -61,20 +62,38 @@ class Edge:
     metrics: Metrics
     sink: FakeSink
     server: HeadTimeoutServer
+    listener: str = "webhook"
 
-    def timed_out(self, phase: str) -> float:
-        return sample(self.metrics, "pinecall_bridge_http_connections_timed_out_total", phase=phase)
+    def timed_out(self, phase: str, listener: str | None = None) -> float:
+        """This edge's listener's count, or `listener`'s."""
+        return sample(
+            self.metrics,
+            "pinecall_bridge_http_connections_timed_out_total",
+            listener=listener or self.listener,
+            phase=phase,
+        )
 
     def rejected(self, reason: str) -> float:
         return sample(
             self.metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason=reason
         )
 
-    def refused(self, how: str) -> float:
-        return sample(self.metrics, "pinecall_bridge_http_connections_refused_total", how=how)
+    def refused(self, how: str, listener: str | None = None) -> float:
+        """This edge's listener's count, or `listener`'s."""
+        return sample(
+            self.metrics,
+            "pinecall_bridge_http_connections_refused_total",
+            listener=listener or self.listener,
+            how=how,
+        )
 
-    def open_connections(self) -> float:
-        return sample(self.metrics, "pinecall_bridge_http_connections_open")
+    def open_connections(self, listener: str | None = None) -> float:
+        """This edge's listener's count, or `listener`'s."""
+        return sample(
+            self.metrics,
+            "pinecall_bridge_http_connections_open",
+            listener=listener or self.listener,
+        )
 
     async def connect(self) -> RawConnection:
         return await RawConnection.open("127.0.0.1", self.port)
@@ -98,9 +117,16 @@ class Edge:
 
 @contextlib.asynccontextmanager
 async def edge(
-    header: float = LONG, body: float = LONG, keepalive: float = LONG, max_connections: int = 4096
+    header: float = LONG,
+    body: float = LONG,
+    keepalive: float = LONG,
+    max_connections: int = 4096,
+    *,
+    admin: bool = False,
 ) -> AsyncIterator[Edge]:
-    """The bridge's app behind the bridge's runner, on a free port, with a fake Kafka."""
+    """The bridge's app behind the bridge's runner, on a free port, with a fake Kafka.
+
+    `admin`: behind the admin port's runner instead (its cap is ADMIN_MAX_CONNECTIONS)."""
     s: Settings = load_settings(
         http={
             "port": 0,
@@ -121,13 +147,17 @@ async def edge(
         clock=lambda: ENTRY_TIME,
     )
     app = build_app(s, webhook, Readiness(metrics, lambda: True), metrics)
-    runner = timed_runner(app, s.http, metrics, access_log=None, shutdown_timeout=1)
+    if admin:
+        runner = admin_runner(app, s.http, metrics, access_log=None, shutdown_timeout=1)
+    else:
+        runner = timed_runner(app, s.http, metrics, access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     assert isinstance(runner.server, HeadTimeoutServer)
     try:
-        yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server)
+        listener = "admin" if admin else "webhook"
+        yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server, listener)
     finally:
         await runner.cleanup()
 
@@ -295,6 +325,33 @@ async def test_past_as_many_refusals_at_once_a_connection_is_closed_unanswered(
         assert is_refusal(await e.healthz())
         assert e.refused("answered") == 2
         await kept.close()
+
+
+async def test_the_admin_ports_connections_refusals_and_slow_heads_count_as_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its cap's gauges and refusals, and its header timeouts, on listener="admin": none in the
+    webhook port's series, which the admin port's used to swallow or drop."""
+    monkeypatch.setattr(http_timeouts, "ADMIN_MAX_CONNECTIONS", 1)
+    async with edge(header=SHORT, admin=True) as e:
+        cap = sample(e.metrics, "pinecall_bridge_http_connections_max", listener="admin")
+        assert cap == 1
+        assert e.refused("answered") == 0  # from the start, for increase()
+        (kept,) = await e.served(1)
+        assert e.open_connections() == 1
+        assert is_refusal(await e.healthz())
+        assert e.refused("answered") == 1
+        await kept.close()
+        await until(lambda: e.open_connections() == 0, CLOSED_WITHIN, what="the place freed")
+        conn = await e.connect()
+        dribbling = asyncio.create_task(conn.dribble(HEALTHZ, every=0.1))
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await dribbling
+        await conn.close()
+        assert e.timed_out("header") == 1
+        assert e.timed_out("header", listener="webhook") == 0
+        assert e.refused("answered", listener="webhook") == 0
+        assert e.open_connections(listener="webhook") == 0
 
 
 async def test_a_refused_client_that_never_closes_is_cut_off(

@@ -4,6 +4,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from bridge.connlimit import Listener
 from bridge.http_timeouts import BAD_REQUEST_HEAD
 from bridge.metrics import Metrics
 from bridge.normalise.shapes import UnrecognisedReason
@@ -55,6 +56,10 @@ def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
         }
         | {BAD_REQUEST_HEAD},
         "pinecall_bridge_secret_reloads_total": set(get_args(Result)) | {SECRET_LABEL},
+        **{
+            f"pinecall_bridge_http_connections_{name}": set(get_args(Listener))
+            for name in ("timed_out_total", "open", "max", "refused_total")
+        },
     }
     # The values created at 0 from the start (for increase()) are named by the code too.
     for family in _metrics().registry.collect():

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
@@ -14,6 +15,7 @@ from bridge.config import load_tool_settings
 from bridge.ingest import record as ingest_record
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import encode
+from bridge.sink import kafka as kafka_module
 from bridge.sink.record import Record
 from bridge.tail import TailFilter, ingest_note, render, since_offsets, tail, unfinished
 from tests.unit.sink.fakes import stop_cut_by_a_retry
@@ -155,19 +157,30 @@ def fake_consumer(
     `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
 
     Returns what the consumer was made with (its options, `topics`), its `assigned` partitions,
-    `sought`: each seek, (partition, offset or "beginning"), and the `consumer` class.
+    `sought`: each seek, (partition, offset or "beginning"), `looks`: how many times the
+    cluster's metadata was fetched, `admins`: admin clients made, and the `consumer` class.
     """
-    seen: dict[str, Any] = {"assigned": [], "sought": []}
+    seen: dict[str, Any] = {"assigned": [], "sought": [], "looks": 0, "admins": 0}
+
+    class Cluster:
+        def topics(self) -> set[str]:
+            return existing
+
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return set(range(partitions)) if topic in existing else None
+
+    class Client:
+        async def fetch_all_metadata(self) -> Cluster:
+            seen["looks"] += 1
+            return Cluster()
 
     class Consumer:
         def __init__(self, *topics: str, **options: Any) -> None:
             seen.update(options, topics=topics)
+            self._client = Client()
 
         async def start(self) -> None:
             pass
-
-        async def topics(self) -> set[str]:
-            return existing
 
         def assign(self, assigned: list[TopicPartition]) -> None:
             seen["assigned"] = list(assigned)
@@ -190,11 +203,13 @@ def fake_consumer(
             await asyncio.sleep(0)
             return {"tp": messages or []}
 
-    async def topic_partitions(kafka: Any, topics: list[str]) -> list[TopicPartition]:
-        return [TopicPartition(t, n) for t in topics if t in existing for n in range(partitions)]
+    class Admin:
+        def __init__(self, **options: Any) -> None:
+            seen["admins"] += 1
+            raise KafkaError("no admin client in these tests")
 
     monkeypatch.setattr(tail_module, "AIOKafkaConsumer", Consumer)
-    monkeypatch.setattr(tail_module, "topic_partitions", topic_partitions)
+    monkeypatch.setattr(kafka_module, "AIOKafkaAdminClient", Admin)
     seen["consumer"] = Consumer
     return seen
 
@@ -299,11 +314,10 @@ async def test_partitions_and_topics_that_appear_are_read_from_their_beginning(
     beginning, the partitions already read kept where they were."""
     t0 = TopicPartition("t", 0)
     seen = fake_consumer(monkeypatch, existing={"t", "u"}, partitions=2)
-    settings = load_tool_settings()
     console = Console(record=True, width=200)
     consumer = seen["consumer"]()
     topics = ["t", "u", "v"]
-    assigned = await tail_module._take_up_added(settings, consumer, topics, [t0], console)
+    assigned = await tail_module._take_up_added(consumer, topics, [t0], console)
     added = [TopicPartition("t", 1), TopicPartition("u", 0), TopicPartition("u", 1)]
     assert assigned == seen["assigned"] == [t0, *added]
     assert seen["sought"] == [(t0, 10), *((tp, "beginning") for tp in added)]
@@ -314,9 +328,11 @@ async def test_partitions_and_topics_that_appear_are_read_from_their_beginning(
     assert "partition 0" not in out
     # Nothing new: the assignment is left alone.
     seen["sought"].clear()
-    again = await tail_module._take_up_added(settings, consumer, topics, assigned, console)
+    again = await tail_module._take_up_added(consumer, topics, assigned, console)
     assert again == assigned
     assert seen["sought"] == []
+    # Each look is one request for the cluster's metadata, partitions included: no admin client.
+    assert (seen["looks"], seen["admins"]) == (2, 0)
 
 
 async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(

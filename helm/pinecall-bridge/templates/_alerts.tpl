@@ -340,8 +340,9 @@ groups:
       - alert: PinecallBridgeConnectionsRefused
         # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
         # webhook on it is refused like an overloaded one, and so are the probes on that port.
+        # The webhook port's alone: the admin port's refusals (listener="admin") are no webhook's.
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total[10m])) > 0
+          sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total{listener="webhook"}[10m])) > 0
         labels:
           severity: warning
         annotations:
