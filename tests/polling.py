@@ -6,6 +6,8 @@ import asyncio
 import inspect
 from collections.abc import Callable
 
+from aiokafka.errors import KafkaError
+
 
 async def until(
     condition: Callable[[], object],
@@ -23,6 +25,32 @@ async def until(
                 f"the condition never held within {within} s" + (f": {said}" if said else "")
             )
         await asyncio.sleep(every)
+
+
+async def until_kafka(
+    condition: Callable[[], object],
+    within: float,
+    every: float,
+    what: Callable[[], str],
+) -> None:
+    """As `until`, a retriable KafkaError from `condition` counting as "not yet" (a coordinator or
+    leader moving answers for a moment only); the failure names the last one unless a check
+    answered since."""
+    unanswered: KafkaError | None = None
+
+    async def answered() -> bool:
+        nonlocal unanswered
+        try:
+            held = await _holds(condition)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            unanswered = exc
+            return False
+        unanswered = None
+        return held
+
+    await until(answered, within, every, lambda: f"{what()}, last error {unanswered!r}")
 
 
 async def _holds(condition: Callable[[], object]) -> bool:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.client import AIOKafkaClient, CoordinationType
-from aiokafka.errors import KafkaError
 
 from tests.integration.conftest import REPO, admin_client, port_is_free
-from tests.polling import until
+from tests.polling import until_kafka
 
 CLUSTER_SH = REPO / "tools" / "kafka" / "cluster.sh"
 NODES = 3
@@ -97,27 +96,14 @@ class Cluster:
 
     async def wait_fully_replicated(self, within: float = 90) -> None:
         lagging: list[str] = []
-        unanswered: KafkaError | None = None
 
         async def replicated() -> bool:
-            nonlocal lagging, unanswered
-            try:
-                lagging = await self.under_replicated()
-            except KafkaError as exc:
-                # A node going or coming back: its metadata answers for a moment only.
-                if not exc.retriable:
-                    raise
-                unanswered = exc
-                return False
-            unanswered = None
+            nonlocal lagging
+            lagging = await self.under_replicated()
             return not lagging
 
-        await until(
-            replicated,
-            within,
-            0.5,
-            lambda: f"under-replicated {lagging[:10]}, last error {unanswered!r}",
-        )
+        # A node going or coming back: its metadata answers for a moment only.
+        await until_kafka(replicated, within, 0.5, lambda: f"under-replicated {lagging[:10]}")
 
 
 def free_port_range(size: int) -> int:

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import for_code
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schema, String
 
@@ -35,7 +35,7 @@ from bridge.sink.record import Record
 from bridge.workers.role import Stages
 from tests import entries
 from tests.metrics import scrape
-from tests.polling import until
+from tests.polling import until, until_kafka
 from tests.schema import contract
 from tests.webhooks import signed
 
@@ -691,29 +691,16 @@ async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> No
     """Until every ingest record is committed and no output transaction is open: output final."""
     backlog: dict[int, int] = {}
     still_open: list[TopicPartition] = []
-    unanswered: KafkaError | None = None
 
     async def decided() -> bool:
-        nonlocal backlog, still_open, unanswered
-        try:
-            backlog = await ingest_backlog(bootstrap, names)
-            still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
-        except KafkaError as exc:
-            # A group coordinator moving or still loading (a fresh broker) answers for a moment
-            # only: not yet known, as the deadline still bounds.
-            if not exc.retriable:
-                raise
-            unanswered = exc
-            return False
-        unanswered = None
+        nonlocal backlog, still_open
+        backlog = await ingest_backlog(bootstrap, names)
+        still_open = await open_output(bootstrap, names) if not any(backlog.values()) else []
         return not any(backlog.values()) and not still_open
 
-    await until(
-        decided,
-        within,
-        0.2,
-        lambda: f"backlog {backlog}, open output {still_open}, last error {unanswered!r}",
-    )
+    # A group coordinator moving or still loading (a fresh broker) answers for a moment only:
+    # not yet known, as the deadline still bounds.
+    await until_kafka(decided, within, 0.2, lambda: f"backlog {backlog}, open output {still_open}")
 
 
 async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:

@@ -97,6 +97,14 @@ class Load:
     unanswered: list[str] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
 
+    def answered_between(self, since: float, before: float) -> list[str]:
+        """The events sent at or after `since` and answered 2xx before `before`, sorted."""
+        return sorted(
+            event
+            for event, (sent_at, answered_at) in self.answered_when.items()
+            if sent_at >= since and answered_at < before
+        )
+
     async def _deliver(self, seq: int) -> None:
         call = f"CA_roll_{seq % CALLS}"
         body = entry(seq // CALLS + 1, call=call)
@@ -297,11 +305,7 @@ async def test_two_brokers_down_nothing_is_answered_2xx_until_they_are_back(
         )
         # Sent after node 2 died, answered before either was launched again: no record of it can
         # have had two in-sync replicas acknowledge it.
-        unacknowledged = sorted(
-            event
-            for event, (sent_at, answered_at) in load.answered_when.items()
-            if sent_at >= down_at and answered_at < back_at
-        )
+        unacknowledged = load.answered_between(down_at, back_at)
         assert not unacknowledged, f"answered 2xx while two brokers were down: {unacknowledged}"
         # Each answered within the publish timeout, well within an attempt's: a 503, never none.
         assert set(load.refusals) == {503}, f"refused otherwise than 503: {story}"
@@ -337,11 +341,7 @@ async def test_fewer_in_sync_replicas_than_min_insync_are_answered_503_not_2xx(
             after = await watched(daemon, session)
             assert daemon.alive, "the bridge exited while too few replicas were in sync"
         story = retold(load, f"2 of 3 in sync, min.insync 3: {grown(before, after)}")
-        unacknowledged = sorted(
-            event
-            for event, (sent_at, answered_at) in load.answered_when.items()
-            if sent_at >= refusing_at and answered_at < restored_at
-        )
+        unacknowledged = load.answered_between(refusing_at, restored_at)
         assert not unacknowledged, f"answered 2xx with too few in sync: {unacknowledged}"
         assert set(load.refusals) == {503}, f"refused otherwise than 503: {story}"
         assert "NotEnoughReplicas" in daemon.log.read_text(), f"not the refusal meant: {story}"

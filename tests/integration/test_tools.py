@@ -8,7 +8,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -481,24 +481,47 @@ async def second_partition(bootstrap: str, topic: str) -> None:
     await until(grown, within=10)
 
 
+@contextlib.asynccontextmanager
+async def following_tail(
+    bootstrap: str,
+    topics: Topics,
+    *,
+    partitions: int | None = 1,
+    since: float | None = None,
+    limit: int | None,
+) -> AsyncIterator[tuple[Console, asyncio.Task[int]]]:
+    """A tail following the events topic, created first with `partitions` (None: not created),
+    and its recording console; cancelled on leaving unless it has ended."""
+    if partitions is not None:
+        await create_topic(bootstrap, topics.events, partitions)
+    console = Console(record=True, width=400)
+    following = asyncio.create_task(
+        tail(
+            bridge_settings(bootstrap, topics),
+            [topics.events],
+            TailFilter(),
+            since=since,
+            limit=limit,
+            console=console,
+        )
+    )
+    try:
+        yield console, following
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+
 async def test_tail_since_follows_a_partition_added_while_it_runs(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
     """An operator raises the topic's partition count while tail --since follows it: the new
     partition is said and its record shown, and partition 0's records still once each."""
-    await create_topic(kafka_bootstrap, topics.events, 1)
-    console = Console(record=True, width=400)
-    following = asyncio.create_task(
-        tail(
-            bridge_settings(kafka_bootstrap, topics),
-            [topics.events],
-            TailFilter(),
-            since=time.time() - 60,
-            limit=3,
-            console=console,
-        )
-    )
-    try:
+    async with following_tail(kafka_bootstrap, topics, since=time.time() - 60, limit=3) as (
+        console,
+        following,
+    ):
         now = int(time.time() * 1000)
         await send_committed(
             kafka_bootstrap,
@@ -525,8 +548,6 @@ async def test_tail_since_follows_a_partition_added_while_it_runs(
         )
         async with asyncio.timeout(30):
             shown = await following
-    finally:
-        following.cancel()
     text = console.export_text()
     assert shown == 3
     assert f"topic {topics.events} has a new partition 1: reading it too" in text
@@ -541,57 +562,44 @@ async def test_tail_reads_a_partition_added_while_it_runs_from_its_beginning(
     """Plain tail (new records only) while the topic's partition count is raised: the record
     written to the new partition before tail could know of it is shown, not skipped as older
     than "latest", and partition 0's records still once each."""
-    await create_topic(kafka_bootstrap, topics.events, 1)
-    console = Console(record=True, width=400)
-    following = asyncio.create_task(
-        tail(
-            bridge_settings(kafka_bootstrap, topics),
-            [topics.events],
-            TailFilter(),
-            limit=None,
-            console=console,
-        )
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        sent = 0
-
-        async def started() -> bool:
-            # Tail starts at partition 0's end at a moment it does not say: a record each try,
-            # until one is shown.
-            nonlocal sent
-            sent += 1
-            await producer.send_and_wait(
-                topics.events, cloudevent(f"before:{sent}"), partition=0, headers=STRUCTURED
-            )
-            return "before:" in console.export_text(clear=False)
-
-        await until(started, within=30, every=0.5)
-        await second_partition(kafka_bootstrap, topics.events)
-        # A new producer: the broker's metadata it reads first shows the new partition.
-        grown_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await grown_producer.start()
+    async with following_tail(kafka_bootstrap, topics, limit=None) as (console, _):
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
         try:
-            await grown_producer.send_and_wait(
-                topics.events, cloudevent("added:1"), partition=1, headers=STRUCTURED
-            )
-            await grown_producer.send_and_wait(
-                topics.events, cloudevent("after:1"), partition=0, headers=STRUCTURED
-            )
+            sent = 0
+
+            async def started() -> bool:
+                # Tail starts at partition 0's end at a moment it does not say: a record each
+                # try, until one is shown.
+                nonlocal sent
+                sent += 1
+                await producer.send_and_wait(
+                    topics.events, cloudevent(f"before:{sent}"), partition=0, headers=STRUCTURED
+                )
+                return "before:" in console.export_text(clear=False)
+
+            await until(started, within=30, every=0.5)
+            await second_partition(kafka_bootstrap, topics.events)
+            # A new producer: the broker's metadata it reads first shows the new partition.
+            grown_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await grown_producer.start()
+            try:
+                await grown_producer.send_and_wait(
+                    topics.events, cloudevent("added:1"), partition=1, headers=STRUCTURED
+                )
+                await grown_producer.send_and_wait(
+                    topics.events, cloudevent("after:1"), partition=0, headers=STRUCTURED
+                )
+            finally:
+                await grown_producer.stop()
+
+            def both() -> bool:
+                text = console.export_text(clear=False)
+                return "added:1" in text and "after:1" in text
+
+            await until(both, within=30, what=lambda: console.export_text(clear=False))
         finally:
-            await grown_producer.stop()
-
-        def both() -> bool:
-            text = console.export_text(clear=False)
-            return "added:1" in text and "after:1" in text
-
-        await until(both, within=30, what=lambda: console.export_text(clear=False))
-    finally:
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
-        await producer.stop()
+            await producer.stop()
     text = console.export_text()
     assert f"topic {topics.events} has a new partition 1: reading it too" in text
     shown = [line.split() for line in text.splitlines() if " via " in line]
@@ -610,18 +618,13 @@ async def test_tail_waits_for_a_topic_created_while_it_runs(
 ) -> None:
     """A topic that does not exist yet is said and waited for, then read from its beginning:
     its record, written at once after its creation, is shown (with or without --since)."""
-    console = Console(record=True, width=400)
-    following = asyncio.create_task(
-        tail(
-            bridge_settings(kafka_bootstrap, topics),
-            [topics.events],
-            TailFilter(),
-            since=time.time() - 60 if since else None,
-            limit=1,
-            console=console,
-        )
-    )
-    try:
+    async with following_tail(
+        kafka_bootstrap,
+        topics,
+        partitions=None,
+        since=time.time() - 60 if since else None,
+        limit=1,
+    ) as (console, following):
         await until(
             lambda: "does not exist" in console.export_text(clear=False),
             within=30,
@@ -636,8 +639,6 @@ async def test_tail_waits_for_a_topic_created_while_it_runs(
         )
         async with asyncio.timeout(30):
             shown = await following
-    finally:
-        following.cancel()
     text = console.export_text()
     assert shown == 1
     assert f"topic {topics.events} does not exist (yet): waiting for it" in text

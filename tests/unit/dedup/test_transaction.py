@@ -46,9 +46,10 @@ DUPLICATES = "pinecall_bridge_events_duplicate_total"
 TRANSACTIONS = "pinecall_bridge_dedup_transactions_total"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def factory(monkeypatch: pytest.MonkeyPatch) -> ProducerFactory:
-    """Producers start()ed by a StageProducer are fakes: no network."""
+    """Producers start()ed by a StageProducer are fakes: no network. Every test's, as a lost
+    transaction's restart (in a task of its own) starts one too."""
     made = ProducerFactory()
     monkeypatch.setattr(transaction, "GroupCommitProducer", made)
     return made

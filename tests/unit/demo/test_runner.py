@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import socket
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -13,10 +12,11 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 from rich.console import Console
 
-from bridge.config import Settings, load_settings
+from bridge.config import load_settings
 from bridge.demo import runner
 from bridge.demo.runner import RecentEvents
 from bridge.metrics import Metrics
@@ -215,21 +215,11 @@ async def unclosed() -> AsyncIterator[list[str]]:
         loop.set_exception_handler(None)
 
 
-def unreachable_kafka() -> Settings:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # Closed again: a connection to it is refused at once.
-    return load_settings(
-        webhook={"allow_unsigned": True}, kafka={"bootstrap_servers": [f"127.0.0.1:{port}"]}
-    )
-
-
 async def test_recent_events_never_started_leaves_no_kafka_client_open(
     unclosed: list[str],
 ) -> None:
     # The demo can end before the reader starts (the bridge never ready, Ctrl-C meanwhile).
-    recent = RecentEvents(unreachable_kafka(), ["events"])
+    recent = RecentEvents(load_settings(webhook={"allow_unsigned": True}), ["events"])
     del recent
     gc.collect()
     assert unclosed == []
@@ -241,8 +231,13 @@ async def test_recent_events_whose_start_fails_leaves_no_kafka_client_open(
     async def partitions(*_: Any) -> list[TopicPartition]:
         return [TopicPartition("events", 0)]
 
+    async def refused(_client: AIOKafkaClient) -> None:
+        # aiokafka's own consumer, whose start fails as against a closed port: no network.
+        raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+
     monkeypatch.setattr(runner, "topic_partitions", partitions)
-    recent = RecentEvents(unreachable_kafka(), ["events"])
+    monkeypatch.setattr(AIOKafkaClient, "bootstrap", refused)
+    recent = RecentEvents(load_settings(webhook={"allow_unsigned": True}), ["events"])
     with pytest.raises(KafkaConnectionError):
         await recent.start()
     del recent
