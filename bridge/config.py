@@ -37,6 +37,7 @@ from pydantic_settings import (
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
 from bridge.secretfiles import SECRETS_DIR_VARIABLE, with_secret_files
+from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, min_supervised_grace, supervised_fits
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
@@ -548,11 +549,6 @@ class ShutdownSettings(_Section):
         return self
 
 
-def final_phase_seconds(grace: float) -> float:
-    """The end of a grace period kept for the ingest flush, the dedup commit and its leave."""
-    return min(5.0, grace / 4)
-
-
 class CloudEventsSettings(_Section):
     source: str = Field(default="https://api.pinecall.io", min_length=1)
     # The Kafka protocol binding's content mode: the whole event in the value, or `data` in the
@@ -566,7 +562,11 @@ class CloudEventsSettings(_Section):
 
 
 class PinecallSettings(_Section):
-    """Pinecall's REST API: the WebSocket token and webhook registration."""
+    """Pinecall's REST API: the WebSocket token, the call logs and webhook registration.
+
+    One instance is shared by every source, which reads `api_key` at each request: a reloaded
+    key file (bridge/sources/secretwatch.py) is swapped into it in place.
+    """
 
     api_url: str = "https://api.pinecall.io"
     api_key: SecretStr | None = None
@@ -815,6 +815,16 @@ class Settings(BaseSettings):
                 f" would be published again (at most {max(ttl - margin, 0) / 2:g} here; lower"
                 " it, 0 turns the check off, or raise the TTL)"
             )
+        grace = self.shutdown.grace_seconds
+        if (self.http.workers != 1 or self.dedup.own_process) and not supervised_fits(grace):
+            # A Kafka client's stop cut at a short grace period's end runs on past it, and the
+            # worker's supervisor kills what still runs its margin after (bridge/stopbudget.py).
+            raise ValueError(
+                f"BRIDGE_SHUTDOWN__GRACE_SECONDS ({grace:g}) is too short for worker processes"
+                " (BRIDGE_HTTP__WORKERS other than 1, or BRIDGE_DEDUP__OWN_PROCESS): at least"
+                f" {min_supervised_grace():g}, so a stop cut short still ends within the"
+                f" {SUPERVISOR_MARGIN_SECONDS:g} s their supervisor allows after it"
+            )
         record = self.kafka.max_request_bytes
         for name, limit in (
             ("BRIDGE_WEBHOOK__MAX_BODY_BYTES", self.webhook.max_body_bytes),
@@ -1017,6 +1027,29 @@ def reloaded_webhook(webhook: WebhookSettings, secrets: str) -> WebhookSettings:
             [
                 "BRIDGE_WEBHOOK__SECRETS: the file now holds no secret; a reload does not turn"
                 " signature checks off (restart for that, with BRIDGE_WEBHOOK__ALLOW_UNSIGNED)"
+            ]
+        )
+    return fresh
+
+
+def reloaded_api_key(api: PinecallSettings, key: str) -> PinecallSettings:
+    """`api` with the key of a file read again, checked as at start, or ConfigError.
+
+    A reload never takes the key away: an emptied file is refused, the key in use kept.
+    """
+    try:
+        fresh = PinecallSettings.model_validate(
+            {**api.model_dump(exclude={"api_key"}), "api_key": key}
+        )
+    except ValidationError as exc:
+        # As load_settings: the rule broken, never the input (the key itself).
+        problems = [_problem(("pinecall", *e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
+        raise ConfigError(problems) from None
+    if api.api_key is not None and fresh.api_key is None:
+        raise ConfigError(
+            [
+                "BRIDGE_PINECALL__API_KEY: the file now holds no key; a reload does not take the"
+                " key away (restart for that)"
             ]
         )
     return fresh

@@ -263,7 +263,8 @@ class Metrics:
         self.dedup_offset_resets = Counter(
             f"{PREFIX}_dedup_offset_resets_total",
             "Partitions taken at a committed offset the bridge did not commit (an operator's"
-            " reset): moved (its mark names another offset) or unmarked (it has none).",
+            " reset): moved (its mark names another offset) or unmarked (it has none); or with"
+            " none at all though the partition was in use before (missing: deleted or expired).",
             ["kind"],
             registry=r,
         )
@@ -424,7 +425,7 @@ class Metrics:
             self.dedup_transactions.labels(outcome)
         for client in ("ingest_producer", "dedup_consumer"):
             self.kafka_client_restarts.labels(client)
-        for kind in ("moved", "unmarked"):  # bridge.dedup.offsetmark.RESET_KINDS
+        for kind in ("moved", "unmarked", "missing"):  # bridge.dedup.offsetmark.RESET_KINDS
             self.dedup_offset_resets.labels(kind)
 
         # The per-event series, resolved once per label combination (labels are bounded).

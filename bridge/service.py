@@ -16,16 +16,16 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol, get_args
+from typing import Any, Protocol, get_args
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from bridge import connlimit, listen, logthrottle, looplag
 from bridge.app import Readiness, build_admin_app, build_app, probe_routes
-from bridge.config import Settings, dotenv_variables, final_phase_seconds
+from bridge.config import PinecallSettings, Settings, dotenv_variables
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
@@ -56,14 +56,19 @@ from bridge.sink.topicreads import NOT_YET_VISIBLE, not_yet_visible, unread, unr
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
 from bridge.sources.registrar import Registrar
+from bridge.sources.secretwatch import API_KEY, WEBHOOK, SecretWatch, watch
 from bridge.sources.webhook import WebhookHandler
-from bridge.sources.webhooksecrets import WebhookSecretsWatch
 from bridge.sources.websocket import WebSocketSource
+from bridge.stopbudget import StopBudget
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
 LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
+# The secrets read again from their files while running; the Kafka passwords are not (the
+# clients hold them): a restart takes those.
+WEBHOOK_SECRETS = "BRIDGE_WEBHOOK__SECRETS"
+API_KEY_FILE = "BRIDGE_PINECALL__API_KEY"
 # A probe or scrape under way when the admin port closes, at the very end of a stop: a pod's
 # answer takes at most its workers' 1 s (bridge/workers/pod.py).
 ADMIN_SHUTDOWN_SECONDS = 1.0
@@ -88,11 +93,12 @@ class Bridge:
         stages: Stages = "both",
         pod_processes: int = 1,
         memory_check: bool = True,
-        webhook_secrets_file: Path | None = None,
+        secret_files: Mapping[str, Path] | None = None,
     ) -> None:
         """`probes`, `reuse_port`, `stages`, `pod_processes` and `memory_check` (one worker of
         the pod says the dedup window's fit): a worker process of a pod (bridge/workers);
-        `webhook_secrets_file`: where the webhook secrets were read, to read again on a change."""
+        `secret_files`: the files secrets were read from, by variable, to read again on a change
+        (`reloaded_secret_files`)."""
         self.settings = settings
         self.stages: Stages = stages
         self._pod_processes = pod_processes
@@ -209,14 +215,6 @@ class Bridge:
             if settings.http.admin_port is not None
             else None
         )
-        every = settings.webhook.secrets_check_seconds
-        self.secrets_watch = (
-            WebhookSecretsWatch(
-                webhook_secrets_file, lambda: webhook.settings, webhook.use, self.metrics, every
-            )
-            if webhook_secrets_file is not None and every > 0 and stages != "dedup"
-            else None
-        )
         self._secrets_watching: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -229,6 +227,17 @@ class Bridge:
             url = f"{api.public_url}{settings.webhook.path}"
             self.registrar = Registrar(
                 api, url, lambda: webhook.settings.signing_secret, self.metrics
+            )
+        files = secret_files or {}
+        self.secret_watches: list[SecretWatch[Any]] = []
+        if (path := files.get(WEBHOOK_SECRETS)) is not None and stages != "dedup":
+            self.secret_watches.append(
+                SecretWatch(WEBHOOK, path, lambda: webhook.settings, webhook.use, self.metrics)
+            )
+        uses_key = any(part is not None for part in (self.calllog, self.lease, self.registrar))
+        if (path := files.get(API_KEY_FILE)) is not None and uses_key:
+            self.secret_watches.append(
+                SecretWatch(API_KEY, path, lambda: api, self._use_api_key, self.metrics)
             )
         self._loop_lag: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -246,10 +255,21 @@ class Bridge:
         )
         if self.registrar is not None:
             self._registration = self.supervisor.spawn("webhook-register", self.registrar.run)
-        if self.secrets_watch is not None:
+        every = self.settings.webhook.secrets_check_seconds
+        if self.secret_watches and every > 0:
+            watches = self.secret_watches
             self._secrets_watching = self.supervisor.spawn(
-                "webhook-secrets", self.secrets_watch.run
+                "secret-files", lambda: watch(watches, every)
             )
+
+    def _use_api_key(self, fresh: PinecallSettings) -> None:
+        """Every source reads the key from the one shared section at each request: swap it
+        there, and cut short the waits after a refusal, the new key being the likely cure."""
+        self.settings.pinecall.api_key = fresh.api_key
+        if self.calllog is not None:
+            self.calllog.key_changed()
+        if self.feed is not None:
+            self.feed.key_changed()
 
     async def _start_http(self) -> None:
         http = self.settings.http
@@ -383,11 +403,15 @@ class Bridge:
         if self.settings.topics.create:
             fresh = await self.sink.ensure_topics(self.settings.topics, self.topic_specs())
         names = [self.settings.topics.ingest, *self.router.topics()]
-        # The dedup stage's config checks ride on the limits' DescribeConfigs request.
+        # The dedup stage's config checks ride on the limits' DescribeConfigs request, and so
+        # does the ingest topic's min.insync.replicas that readiness judges writes by.
         configs = await self.sink.learn_limits(
-            names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS) if self.dedup is not None else (), fresh
+            names, (MIN_INSYNC_REPLICAS, *(CONFIG_KEYS if self.dedup is not None else ())), fresh
         )
-        await self.sink.warm([self.settings.topics.ingest])
+        ingest = self.settings.topics.ingest
+        insync = None if configs is None else configs.found.get(ingest, {}).get(MIN_INSYNC_REPLICAS)
+        self.sink.watch_writes(ingest, int(insync) if insync and insync.isdigit() else None)
+        await self.sink.warm([ingest])
         self._watch_ingest_topic()
         if self.dedup is not None:
             self._check_configs(names, configs, fresh)
@@ -689,13 +713,15 @@ class Bridge:
         """
         self.readiness.stopping = True
         self.readiness.ready()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + self.settings.shutdown.grace_seconds
-        if by is not None:
-            deadline = min(deadline, max(by, now))
-        grace = deadline - now
-        log.info("shutting down", extra={"grace_s": round(grace, 3)})
+        now = asyncio.get_running_loop().time()
+        budget = StopBudget.plan(now, self.settings.shutdown.grace_seconds, by)
+        log.info(
+            "shutting down",
+            extra={
+                "grace_s": round(budget.deadline - now, 3),
+                "stages_s": round(budget.stages_by - now, 3),
+            },
+        )
         for task in (
             self._connector,
             self._topic_watch,
@@ -709,8 +735,10 @@ class Bridge:
                     await task
         if self.hanging is not None:
             await self.hanging.stop()
-        # The flush keeps a share of the grace period whatever phase one does.
-        flush_from = deadline - final_phase_seconds(grace)
+        # The flush keeps a share of the grace period whatever phase one does, and every stage
+        # ends before the grace period does: a Kafka client's stop cut at its stage's deadline
+        # runs on into the reserve left after it (bridge/stopbudget.py).
+        flush_from = budget.inputs_by
         # The delay lets load balancers stop sending to a closing port: without one, nobody sends.
         delay = self.settings.shutdown.drain_delay_seconds if self._runner is not None else 0.0
         try:
@@ -728,7 +756,7 @@ class Bridge:
         # A flush that cannot finish (a partition without a leader: idempotent batches never
         # expire) keeps to the first half of the final phase, so the stage still has the rest.
         try:
-            async with asyncio.timeout_at(deadline - (deadline - flush_from) / 2):
+            async with asyncio.timeout_at(budget.flush_by):
                 await self.sink.stop()
         except TimeoutError:
             log.error("the ingest producer was not flushed within its share of the grace period")
@@ -736,7 +764,7 @@ class Bridge:
             # Its stop failing must not skip the stage's commit and leave, nor the admin port's.
             log.exception("the ingest producer's stop failed")
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(budget.stages_by):
                 if self.dedup is not None:
                     await self.dedup.stop(drain_by=flush_from)
         except TimeoutError:
@@ -764,12 +792,14 @@ def lease_leave_reserve(left: float) -> float:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    await run_until_stopped(Bridge(settings, webhook_secrets_file=webhook_secrets_file()))
+    await run_until_stopped(Bridge(settings, secret_files=reloaded_secret_files()))
 
 
-def webhook_secrets_file() -> Path | None:
-    """The file the webhook secrets were read from (BRIDGE_SECRETS_DIR), if any."""
-    return secret_file("BRIDGE_WEBHOOK__SECRETS", os.environ, dotenv_variables())
+def reloaded_secret_files() -> dict[str, Path]:
+    """The files (BRIDGE_SECRETS_DIR) of the secrets read again while running, by variable."""
+    environ, dotenv = os.environ, dotenv_variables()
+    files = {name: secret_file(name, environ, dotenv) for name in (WEBHOOK_SECRETS, API_KEY_FILE)}
+    return {name: path for name, path in files.items() if path is not None}
 
 
 def _no_deadline() -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -224,15 +224,47 @@ async def tail(
     `since` (epoch seconds): start each partition at its first record of then or later;
     `to_end`: stop once every partition has reached the end it had at the start.
     """
+    with _stop_on_signals() as stop:
+        return await _read(
+            settings, topics, wanted, stop, from_beginning, since, to_end, limit, console
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM, the handlers removed again on leaving.
+
+    An in-process caller (a test, an embedding tool) keeps its own Ctrl-C afterwards.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _read(
+    settings: Settings,
+    topics: list[str],
+    wanted: TailFilter,
+    stop: asyncio.Event,
+    from_beginning: bool,
+    since: float | None,
+    to_end: bool,
+    limit: int | None,
+    console: Console,
+) -> int:
     # Partitions assigned, never a subscription: aiokafka's sees a partition added to a topic
     # only on its metadata refresh (5 min) and then reads it from "latest", skipping what was
     # written to it meanwhile. A fixed end is what existed at the start; otherwise tail looks
     # every few seconds for partitions and topics that appeared since and reads them whole.
     following = not to_end
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     shown = 0
     decided: dict[TopicPartition, int] = {}
     if settings.topics.ingest in topics:

@@ -17,6 +17,7 @@ from chaos.checker import Counts
 from chaos.harness import Check, Context, Outcome
 from chaos.report import embedded, merge, render, row
 from chaos.scenarios import SCENARIOS
+from tests.integration.cluster import PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("chaos")
@@ -50,7 +51,17 @@ async def run(names: list[str], ctx: Context) -> list[Outcome]:
     return outcomes
 
 
-def main() -> None:
+def base_port(text: str) -> int:
+    """`--base-port`: a port from which the cluster's PORTS consecutive ones all exist."""
+    port = int(text)  # argparse words a ValueError as an invalid value
+    if not 1024 <= port <= 65536 - PORTS:
+        raise argparse.ArgumentTypeError(
+            f"{port}: the cluster takes {PORTS} ports from it, so 1024-{65536 - PORTS}"
+        )
+    return port
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="these scenarios")
     parser.add_argument("--rate", type=float, default=250.0, help="webhook events/s")
@@ -67,7 +78,18 @@ def main() -> None:
         action="store_true",
         help="run nothing: rewrite the document from the results it already holds",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--base-port",
+        type=base_port,
+        metavar="PORT",
+        help=f"the cluster scenario's {PORTS} broker and controller ports start here, so that"
+        " runs sharing a machine can be given disjoint ranges (default: free ones at random)",
+    )
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.render_only:
         args.out.write_text(render(embedded(args.out.read_text()), "make chaos"))
@@ -79,7 +101,13 @@ def main() -> None:
     outcomes = asyncio.run(
         run(
             names,
-            Context(workdir, rate=args.rate, scale=args.scale, existing_bootstrap=args.broker),
+            Context(
+                workdir,
+                rate=args.rate,
+                scale=args.scale,
+                existing_bootstrap=args.broker,
+                base_port=args.base_port,
+            ),
         )
     )
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

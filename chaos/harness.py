@@ -72,6 +72,8 @@ class Context:
     scale: float = 1.0  # < 1 shortens every phase (the CI variant)
     # A running broker that scenarios which never stop theirs may use (the test session's).
     existing_bootstrap: str | None = None
+    # The first of the cluster scenario's ports (it takes six from here); None: free ones.
+    base_port: int | None = None
 
     def seconds(self, full: float) -> float:
         return full * self.scale

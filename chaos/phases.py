@@ -6,7 +6,7 @@ out before a phase began would let the phase pass on nothing, so that is a failu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from chaos.harness import Check
@@ -16,6 +16,14 @@ from chaos.load import Attempt
 # waits on its unanswered event (up to the publish timeout, then a retry pause), so new requests
 # fall well below the offered rate but the waiting ones still count; a load that ran out has none.
 MIN_LOAD_SHARE = 0.05
+
+# A SIGKILLed broker stays in every partition's ISR until the controller fences it (after the
+# cluster's broker.session.timeout.ms): no acks=all write anywhere is acknowledged meanwhile.
+# After the fencing: leaders elected, the bridge's producer refreshing its metadata (2 s probe
+# here), and a call whose attempt timed out at the fencing retrying (the load pauses up to 2 s).
+FAILOVER_SECONDS = 5.0
+# How long a crash phase still runs once failed over, so that the served load is judged too.
+SERVED_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,58 @@ class Timeline:
         return [
             Phase(name, start, end) for (name, start), end in zip(self._marks, ends, strict=False)
         ]
+
+
+def crash_seconds(scaled: float, session_timeout: float) -> float:
+    """How long a crashed broker stays down: the scenario's (scaled) length, but never less than
+    fencing, failover and a few seconds of service after, or the phase could only see the stall."""
+    return max(scaled, session_timeout + FAILOVER_SECONDS + SERVED_SECONDS)
+
+
+def acknowledged_by(first_sent: float, killed_at: float, session_timeout: float) -> float:
+    """The latest an event first sent at `first_sent` may be acknowledged, a broker SIGKILLed at
+    `killed_at`: writes stall until the broker is fenced, then fail over."""
+    return max(first_sent, killed_at + session_timeout) + FAILOVER_SECONDS
+
+
+def failover_check(
+    phase: Phase,
+    attempts: Sequence[Attempt],
+    killed_at: float,
+    session_timeout: float,
+    own_delay: Callable[[Attempt], float] = lambda attempt: 0.0,
+) -> Check:
+    """Every event in flight during a crash phase acknowledged by `acknowledged_by`, and some
+    acknowledged after the fencing within the phase: the bridge failed over by itself.
+
+    `own_delay`: how late the harness's own loop ran during an attempt (not the bridge's time).
+    """
+    first: dict[str, float] = {}
+    answered: dict[str, float] = {}  # event -> when its first 2xx came, less the harness's lag
+    for a in sorted(attempts, key=lambda a: a.started):
+        first.setdefault(a.event, a.started)
+        if 200 <= a.status < 300 and a.event not in answered:
+            answered[a.event] = a.started + a.elapsed - own_delay(a)
+    held = {a.event for a in in_flight_during(attempts, phase)}
+    due = {event: acknowledged_by(first[event], killed_at, session_timeout) for event in held}
+    late = sorted(event for event in held if answered.get(event, float("inf")) > due[event])
+    fenced = killed_at + session_timeout
+    served = sum(1 for at in answered.values() if fenced <= at < phase.end)
+    acks_after_kill = [
+        a.started + a.elapsed - killed_at
+        for a in attempts
+        if 200 <= a.status < 300 and a.started >= phase.start
+    ]
+    stall = f"{min(acks_after_kill):+.1f}s" if acks_after_kill else "never"
+    return Check(
+        f"failover during '{phase.name}' within fencing + {FAILOVER_SECONDS:.0f}s",
+        not late and served > 0,
+        f"{len(held)} events in flight, {len(late)} acknowledged later than fencing"
+        f" ({session_timeout:.1f}s after the kill) + {FAILOVER_SECONDS:.0f}s or after their own"
+        f" first attempt + {FAILOVER_SECONDS:.0f}s{f', e.g. {late[0]}' if late else ''};"
+        f" {served} acknowledged between the fencing and the phase's end; the first answer"
+        f" acknowledged after the kill came {stall}",
+    )
 
 
 def least_requests(rate: float, seconds: float, share: float = MIN_LOAD_SHARE) -> int:

@@ -23,11 +23,16 @@ after a transport failure or a 5xx (Retry-After honoured, capped at 2 s) until a
 delivers them. Every attempt's status is recorded. Where a scenario has phases (`cluster`), the
 load runs by time until its last phase ends, and each judged phase must see requests in flight
 during it (at least 5% of the offered rate times its length): a phase the load never reached
-fails, never passes on nothing. Once the dedup group has committed every
-ingest record, a read_committed consumer reads the output topics to their end, and one checker
-(chaos/checker.py) compares: **lost** = acknowledged (2xx) but absent, **doubled** = an id present
-more than once, order = each call's records in the order it sent them, and no 5xx other than
-503. For the feed, "acknowledged" means written to the bridge's socket by the simulator; the
+fails, never passes on nothing. A SIGKILLed broker stays in every ISR until the controllers fence
+it (the cluster's `broker.session.timeout.ms`, 9 s), and no acks=all write is acknowledged
+anywhere until then; so `cluster` keeps its leader down for at least that plus 8 s whatever
+`--scale`, and judges that phase on failover: every event in flight acknowledged within 5 s of
+the fencing (or of its own first attempt, if later), some before the leader returns. Once the
+dedup group has committed every ingest record, a read_committed consumer reads the output topics
+to their end, and one checker (chaos/checker.py) compares: **lost** = acknowledged (2xx) but
+absent, **doubled** = an id present more than once, order = each call's records in the order it
+sent them, and no 5xx other than 503. For the feed, "acknowledged" means written to the bridge's
+socket by the simulator; the
 feed has no replay, so frames still in a socket when a fault cut it are counted apart and
 tolerated only as that connection's tail. Ingest copies beyond the requests that carried an event
 would be a producer retry that doubled. A 503 must come within the publish timeout

@@ -5,6 +5,10 @@ between the bridge's own commits when every bridge is stopped. Each commit's met
 offset the bridge committed ("pcb1:<offset>"): a committed offset without that mark, or with a
 mark naming another offset, was written by someone else. kafka-consumer-groups --reset-offsets
 writes empty metadata, as did bridges before the mark: from the offset alone the two look alike.
+
+No committed offset at all is a new partition (a new group, or partitions added) unless the
+partition shows it was in use before: records already deleted by retention, or one kept from
+longer ago than the TTL. Then the offsets went missing (expired, deleted, or the group renamed).
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from typing import Literal
 
 PREFIX = "pcb1:"
 
-Kind = Literal["new", "own", "moved", "unmarked"]
+Kind = Literal["new", "own", "moved", "unmarked", "missing"]
 # The kinds counted by pinecall_bridge_dedup_offset_resets_total.
-RESET_KINDS: tuple[Kind, ...] = ("moved", "unmarked")
+RESET_KINDS: tuple[Kind, ...] = ("moved", "unmarked", "missing")
 
 
 def mark(offset: int) -> str:
@@ -41,6 +45,7 @@ class Verdict:
     kind: Kind
     offset: int | None
     previous: int | None = None  # the bridge's last commit, when the metadata still names it
+    kept: int = 0  # with no committed offset: the records from the log start, decided again
 
     @property
     def reset(self) -> bool:
@@ -57,10 +62,23 @@ class Verdict:
 def judge(offset: int | None, metadata: str | None) -> Verdict:
     """Classify a committed offset read with its metadata (None: nothing committed)."""
     if offset is None:
-        return Verdict("new", None)  # a new group's first start, or offsets deleted or expired
+        return Verdict("new", None)  # until judge_absent has looked at the partition
     previous = marked_offset(metadata)
     if previous is None:
         return Verdict("unmarked", offset)
     if previous == offset:
         return Verdict("own", offset)
     return Verdict("moved", offset, previous)
+
+
+def judge_absent(start: int, end: int, *, aged: bool) -> Verdict:
+    """Classify a partition with no committed offset, kept from `start` to `end`. Pure.
+
+    `aged`: a record kept there was appended longer than the TTL ago. A new group's first owner
+    takes a partition seconds after its first record, and retention only deletes records older
+    than the TTL: either says an owner decided them before, and its offsets are gone.
+    """
+    kept = end - start
+    if kept > 0 and (start > 0 or aged):
+        return Verdict("missing", start, kept=kept)
+    return Verdict("new", start, kept=max(kept, 0))

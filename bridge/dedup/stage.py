@@ -50,6 +50,7 @@ from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
+    close_now,
     consumer_died,
     start_consumer,
     stop_consumer,
@@ -212,19 +213,28 @@ class DedupStage:
         partition's next owner after a rebalance and a restore, nor never when the deployment
         scales to zero.
         """
-        if drain_by is not None:
-            await self._drain(drain_by)
-        self._running = False
-        if self._loop is not None:
-            await self._loop
-            self._loop = None
-        await self._cancel_starts()
-        async with self._lock:
-            await self._commit()
-            gone = {*self._tasks, *self._suspended}
-            self._tasks.clear()
-            self._suspended.clear()
-            await self._out.stop()
+        try:
+            if drain_by is not None:
+                await self._drain(drain_by)
+            self._running = False
+            if self._loop is not None:
+                await self._loop
+                self._loop = None
+            await self._cancel_starts()
+            async with self._lock:
+                await self._commit()
+                gone = {*self._tasks, *self._suspended}
+                self._tasks.clear()
+                self._suspended.clear()
+                await self._out.stop()
+        except asyncio.CancelledError:
+            # Cut at the end of the grace period: the consumer is closed without leaving (its
+            # partitions move on at the session timeout), not left open ("Unclosed") for good.
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await close_now(consumer)
+            await self._offsets.stop()
+            raise
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await stop_consumer(consumer)

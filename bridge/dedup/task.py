@@ -15,9 +15,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
-from bridge.dedup.offsetmark import Verdict, judge
+from bridge.dedup.offsetmark import Verdict, judge, judge_absent
 from bridge.dedup.restore import restore
 from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
@@ -68,7 +69,9 @@ class PartitionTask:
         offset = found.offset
         verdict = judge(offset, found.metadata)
         if offset is None:
-            offset = await self._from_beginning()
+            verdict = await self._from_beginning()
+            offset = verdict.offset
+            assert offset is not None
         ids = await restore(
             self._client,
             self.tp,
@@ -97,7 +100,8 @@ class PartitionTask:
         )
 
     def _reset(self, verdict: Verdict) -> None:
-        """Someone else moved the committed offset (all bridges stopped): go on from it, said."""
+        """Someone else moved the committed offset, or it is gone (all bridges stopped): go on
+        from it, said."""
         self._metrics.dedup_offset_resets.labels(verdict.kind).inc()
         extra: dict[str, Any] = {
             "partition": self.tp.partition,
@@ -106,7 +110,16 @@ class PartitionTask:
             "group": self._settings.group,
         }
         shift = verdict.shift
-        if shift is None:
+        if verdict.kind == "missing":
+            extra["records"] = verdict.kept
+            message = (
+                "dedup partition's committed offset is gone (the group's offsets expired or were"
+                " deleted, or the group was renamed), yet its records were decided before:"
+                " deciding the records the ingest topic keeps again from its log start, with an"
+                " empty window; those output before are output again (skipping them would lose"
+                " those never decided)"
+            )
+        elif shift is None:
             # The reset tool writes empty metadata, as bridges did before the mark.
             message = (
                 "dedup partition's committed offset carries no bridge mark: reset by an operator"
@@ -124,22 +137,25 @@ class PartitionTask:
             )
         log.warning(message, extra=extra)
 
-    async def _from_beginning(self) -> int:
-        """The log start, for a partition with no committed offset; said when records wait there.
+    async def _from_beginning(self) -> Verdict:
+        """The verdict on a partition with no committed offset, to be decided from its log start.
 
-        The group's offsets are all that says which records were decided: without them (a new
-        group, or offsets an admin deleted or reset, or the broker expired) every record the
-        topic keeps is decided again with an empty window, and those output before are output
-        again. The other way, skipping them, would lose those never decided.
+        The group's offsets are all that says which records were decided: without them every
+        record the topic keeps is decided again with an empty window, and those output before
+        are output again. The other way, skipping them, would lose those never decided. Offsets
+        gone missing (judge_absent) are counted and said once started (_reset); a new partition
+        holding records is said here.
         """
         consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
         await start_consumer(consumer)
         try:
             start = int((await consumer.beginning_offsets([self.tp]))[self.tp])
             end = int((await consumer.end_offsets([self.tp]))[self.tp])
+            aged = end > start and await self._aged(consumer, start)
         finally:
             await stop_consumer(consumer)
-        if end > start:
+        verdict = judge_absent(start, end, aged=aged)
+        if verdict.kind == "new" and verdict.kept:
             log.warning(
                 "dedup partition has no committed offset: deciding every record the ingest topic"
                 " keeps, from its log start. Expected at a new group's first start; if the"
@@ -148,11 +164,20 @@ class PartitionTask:
                 extra={
                     "partition": self.tp.partition,
                     "from_offset": start,
-                    "records": end - start,
+                    "records": verdict.kept,
                     "group": self._settings.group,
                 },
             )
-        return start
+        return verdict
+
+    async def _aged(self, consumer: AIOKafkaConsumer, start: int) -> bool:
+        """A record from `start` on was appended longer than the TTL ago (by the broker's clock,
+        which may lag ours: a skew allowance more)."""
+        since = time.time() - self._settings.ttl_seconds - SKEW_ALLOWANCE_SECONDS
+        found = await consumer.offsets_for_times({self.tp: max(int(since * 1000), 0)})
+        at = found.get(self.tp)
+        # None: every record kept is older; past the start: those before it are.
+        return at is None or at.offset > start
 
     async def process(self, records: list[Any], out: StageProducer) -> None:
         """Decide each record, publishing the new ones in `out`'s open transaction."""

@@ -43,6 +43,7 @@ from bridge.sink.clienttasks import cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.topicreads import unread
+from bridge.stopbudget import CUT_SECONDS
 
 log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
@@ -50,8 +51,9 @@ flood = LogThrottle(log)
 
 LossReason = Literal["fenced", "timeout", "error"]
 _STOP_TIMEOUT = 5.0
-# Of _STOP_TIMEOUT, what a stop cut short keeps to end the sender and connections it left.
-_CUT_SECONDS = 1.0
+# Of _STOP_TIMEOUT, what a stop cut short keeps to end the sender and connections it left: the
+# cut the shutdown's reserve counts on (bridge/stopbudget.py).
+_CUT_SECONDS = CUT_SECONDS
 # Another owner or the coordinator settled our transaction: the group moved on, or it timed out.
 _FENCED = (
     ProducerFenced,

@@ -19,7 +19,7 @@ from typing import Literal
 from aiohttp import web
 
 from bridge import jsoncodec
-from bridge.simulator.auth import bearer_ok, unauthorized
+from bridge.simulator.auth import ApiKey, unauthorized
 from bridge.simulator.calllog import (
     TERMINAL_EVENT,
     CallLog,
@@ -100,8 +100,9 @@ class StreamConnection:
 class EventStreams:
     """The handlers of the call-log doors, and their faults."""
 
-    def __init__(self, config: SimulatorConfig, logs: CallLogs, stats: Stats) -> None:
+    def __init__(self, config: SimulatorConfig, logs: CallLogs, stats: Stats, key: ApiKey) -> None:
         self._config = config
+        self._key = key
         self._logs = logs
         self._stats = stats
         self.connections: dict[int, StreamConnection] = {}
@@ -346,7 +347,7 @@ class EventStreams:
                     self._stats.sse_page_auth_refused += 1
             self._stats.unauthorized += 1
             return unauthorized("this key is refused (injected failure)")
-        if bearer_ok(request.headers.get("Authorization"), self._config.api_key):
+        if self._key.ok(request.headers.get("Authorization")):
             return None
         self._stats.unauthorized += 1
         return unauthorized("Authorization: Bearer <api key> is required")

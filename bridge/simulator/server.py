@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from bridge import jsoncodec
-from bridge.simulator.auth import bearer_ok, unauthorized
+from bridge.simulator.auth import ApiKey, unauthorized
 from bridge.simulator.config import DropMode, SimulatorConfig
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.eventstream import (
@@ -63,8 +63,10 @@ class Api:
         hooks: HookStore,
         stats: Stats,
         deliverer: Deliverer,
+        key: ApiKey,
     ) -> None:
         self._config = config
+        self._key = key
         self._tokens = tokens
         self._hooks = hooks
         self._stats = stats
@@ -77,7 +79,7 @@ class Api:
         return self._refused(request)
 
     def _refused(self, request: web.Request) -> web.Response | None:
-        if bearer_ok(request.headers.get("Authorization"), self._config.api_key):
+        if self._key.ok(request.headers.get("Authorization")):
             return None
         self._stats.unauthorized += 1
         return unauthorized("Authorization: Bearer <api key> is required")

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from bridge.simulator.auth import bearer_ok, unauthorized
+from bridge.simulator.auth import ApiKey, unauthorized
 from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.feed import Connection, Feed, Outgoing
 from bridge.simulator.frames import (
@@ -29,16 +29,22 @@ class SessionHandler:
     """`GET <ws_path>?token=<token>`, or with `Authorization: Bearer <api key>`."""
 
     def __init__(
-        self, config: SimulatorConfig, tokens: TokenStore, feed: Feed, stats: Stats
+        self,
+        config: SimulatorConfig,
+        tokens: TokenStore,
+        feed: Feed,
+        stats: Stats,
+        key: ApiKey,
     ) -> None:
         self._config = config
+        self._key = key
         self._tokens = tokens
         self._feed = feed
         self._stats = stats
         self._refused = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        bearer = bearer_ok(request.headers.get("Authorization"), self._config.api_key)
+        bearer = self._key.ok(request.headers.get("Authorization"))
         token = request.query.get("token")
         allowed = bearer or self._tokens.status(token) == "valid"
         if not allowed:

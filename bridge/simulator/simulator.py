@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import listen
+from bridge.simulator.auth import ApiKey
 from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import Channel, DropMode, SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
@@ -46,7 +47,9 @@ class Simulator:
         )
         self.deliverer = Deliverer(self.config, self.stats)
         self.calllogs = CallLogs(retain=self.config.sse_retain_calls)
-        self.streams = EventStreams(self.config, self.calllogs, self.stats)
+        # The key the API takes: rotate_api_key() changes it, the old one refused from then on.
+        self.api_key = ApiKey(self.config.api_key)
+        self.streams = EventStreams(self.config, self.calllogs, self.stats, self.api_key)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._runs: set[asyncio.Task[TrafficReport]] = set()
@@ -70,8 +73,10 @@ class Simulator:
         self.ledger.open()
         try:
             await self.deliverer.start()
-            session = SessionHandler(self.config, self.tokens, self.feed, self.stats)
-            api = Api(self.config, self.tokens, self.hooks, self.stats, self.deliverer)
+            session = SessionHandler(self.config, self.tokens, self.feed, self.stats, self.api_key)
+            api = Api(
+                self.config, self.tokens, self.hooks, self.stats, self.deliverer, self.api_key
+            )
             runner = web.AppRunner(
                 build_app(self.config, api, session, self, self.streams),
                 access_log=None,
@@ -251,6 +256,10 @@ class Simulator:
     def sse_break_pages(self, count: int) -> None:
         """Answer the next `count` JSON page requests 200 with a body cut short (not JSON)."""
         self.streams.break_pages(count)
+
+    def rotate_api_key(self, key: str) -> None:
+        """Take `key` from now on and refuse the one before (401), as a revoked key is."""
+        self.api_key.rotate(key)
 
     def sse_refuse_auth(self, seconds: float) -> None:
         """Refuse the call-log, org-feed and call-list requests with 401 for `seconds`."""

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
+from bridge import stopbudget
+
 log = logging.getLogger(__name__)
 
 _PRODUCER = (("_sender", "sender_task"), ("client", "_sync_task"))
@@ -49,15 +51,11 @@ _warned: set[str] = set()
 REPLACE_ATTEMPTS = 5
 # How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
 START_SETTLE_SECONDS = 1.0
-# How long a consumer's stop whose caller was cancelled may still run, to leave its group and
-# close its connections (stop_consumer). Against a live broker that is a LeaveGroup round trip:
-# milliseconds; a second covers a loaded broker (as for the lease's leave, LEASE_LEAVE_SECONDS),
-# and keeps a stop cut at the end of the grace period well inside the pod's margin after it
-# (terminationGracePeriodSeconds: grace + 5 s, + 3 s with worker processes).
-STOP_SETTLE_SECONDS = 1.0
-# How long cut_short waits for the tasks it cancelled and the connections it closes: closing is
-# local (no request is sent), so milliseconds; the bound is for a loop too busy to get there.
-CUT_SECONDS = 1.0
+# How long a consumer's stop whose caller was cancelled may still run (stop_consumer), and how
+# long a cut waits for what it cancelled or closed: their sum bounds how far a stop cut at its
+# deadline runs past it, which the shutdown keeps a reserve for (bridge/stopbudget.py).
+STOP_SETTLE_SECONDS = stopbudget.STOP_SETTLE_SECONDS
+CUT_SECONDS = stopbudget.CUT_SECONDS
 T = TypeVar("T")
 
 
@@ -86,7 +84,7 @@ async def stop_dead(client: Any, within: float) -> None:
             task = getattr(getattr(client, owner_name, None), task_name, None)
             if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
                 task.exception()
-    if timed_out:
+    if timed_out or not stopping.done():
         log.warning("a dead Kafka client did not stop in time", extra={"within_s": within})
     elif stopping.cancelled() or stopping.exception() is not None:
         error = "cancelled" if stopping.cancelled() else repr(stopping.exception())
@@ -100,7 +98,7 @@ async def stop_producer(producer: Any) -> None:
     one more second would not finish, and what is left of the grace period belongs to others.
     """
     stopping, _ = await _stop(producer, None, 0.0)
-    if not stopping.cancelled():
+    if stopping.done() and not stopping.cancelled():
         stopping.result()
 
 
@@ -122,8 +120,9 @@ async def cut_short(client: Any, within: float) -> None:
     ]
     # A consumer's fetches from each broker, which its fetcher's close would have cancelled.
     tasks += list(getattr(getattr(client, "_fetcher", None), "_pending_tasks", ()))
+    tasks += _unreferenced_tasks(client)
     for task in tasks:
-        task.cancel()  # a sender then awaits its in-flight requests: closing the client fails them
+        task.cancel()
     # A producer's AIOKafkaClient is `client`, a consumer's `_client`.
     connections = getattr(client, "client", None)
     if connections is None:
@@ -138,6 +137,17 @@ async def cut_short(client: Any, within: float) -> None:
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # its death is the stop's failure, logged by the caller if at all
+
+
+async def close_now(client: Any) -> None:
+    """Close a client without waiting on the cluster: a consumer leaves no group, say.
+
+    Its stop is begun, so that it counts closed (else "Unclosed AIOKafkaConsumer" when it is
+    collected), then cut short at once; what it raises is the stop's, not the caller's.
+    """
+    stopping, _ = await _stop(client, 0.0, 0.0)
+    if stopping.done() and not stopping.cancelled():
+        stopping.exception()
 
 
 async def start_consumer(consumer: Any) -> None:
@@ -181,9 +191,15 @@ async def _settle(starting: asyncio.Future[Any], within: float) -> None:
         await asyncio.wait({starting}, timeout=within)
     if not starting.done():
         starting.cancel()
-        # Unwound before the undo, as an awaited start would be; a cancelled start ends at once.
+        # Unwound before the undo, as an awaited start would be; a cancelled start ends at once,
+        # but one catching its cancellation to clean up must not hold the whole stop.
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({starting})
+            await asyncio.wait({starting}, timeout=CUT_SECONDS)
+        if not starting.done():
+            log.warning(
+                "a Kafka client's start or stop did not end when cancelled",
+                extra={"within_s": CUT_SECONDS},
+            )
 
 
 async def stop_consumer(consumer: Any) -> None:
@@ -195,7 +211,7 @@ async def stop_consumer(consumer: Any) -> None:
     The caller's own cancellation lets the stop settle for STOP_SETTLE_SECONDS, then cuts it.
     """
     stopping, _ = await _stop(consumer, None, STOP_SETTLE_SECONDS)
-    if not stopping.cancelled():
+    if stopping.done() and not stopping.cancelled():
         stopping.result()
         return
     # The fetcher gave up at that task, before it cancelled its other brokers' fetches and before
@@ -227,7 +243,8 @@ async def _stop(
 
 
 async def _cut_unless_stopped(client: Any, stopping: asyncio.Future[Any]) -> None:
-    if stopping.cancelled() or stopping.exception() is not None:
+    # Not over even so: it ignored its cancellation (_settle bounds the wait for it).
+    if not stopping.done() or stopping.cancelled() or stopping.exception() is not None:
         await cut_short(client, CUT_SECONDS)
 
 
@@ -240,6 +257,31 @@ def fail_pending(producer: Any, error: BaseException) -> None:
     fail_all = getattr(getattr(producer, "_message_accumulator", None), "fail_all", None)
     if callable(fail_all):
         fail_all(error)
+
+
+def _unreferenced_tasks(producer: Any) -> list[asyncio.Task[Any]]:
+    """A producer's tasks that nothing refers to: its sender's requests, its accumulator's close.
+
+    A stop cut short leaves them waiting on the cluster, or on records no sender will answer
+    (aiokafka's stop awaits its accumulator's close in a task of its own): cancelled with the
+    sender, they end with it. Their records are not failed: a failed batch in flight would
+    break the sender's own bookkeeping (it re-enqueues a batch it no longer holds).
+    """
+    owners = [getattr(producer, "_sender", None), getattr(producer, "_message_accumulator", None)]
+    owners = [owner for owner in owners if owner is not None]
+    if not owners:
+        return []
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and any(_runs_method_of(task, owner) for owner in owners)
+    ]
+
+
+def _runs_method_of(task: asyncio.Task[Any], owner: object) -> bool:
+    """The task runs a coroutine method of `owner` (aiokafka keeps no reference to some)."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    return frame is not None and frame.f_locals.get("self") is owner
 
 
 def unreachable(exc: BaseException) -> bool:

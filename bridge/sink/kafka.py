@@ -20,6 +20,8 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     LeaderNotAvailableError,
+    NotEnoughReplicasAfterAppendError,
+    NotEnoughReplicasError,
     OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -43,6 +45,7 @@ from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from bridge.sink.topicreads import not_yet_visible
+from bridge.sink.writable import PartitionState, Writability, brokers_to_try, writability
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,11 @@ MAX_MESSAGE_BYTES = "max.message.bytes"
 # a batch failed after taking its sequence numbers (expired, refused for its size), or the
 # broker forgot the producer.
 WEDGING = (OutOfOrderSequenceNumber, UnknownProducerId)
+# The broker's answer when a topic's min.insync.replicas exceeds its in-sync replicas: the value
+# readiness judges by may have been raised by an admin.
+TOO_FEW_IN_SYNC = (NotEnoughReplicasError, NotEnoughReplicasAfterAppendError)
+# How often an unready probe reads min.insync.replicas again (an admin may have lowered it).
+INSYNC_REREAD_SECONDS = 30.0
 T = TypeVar("T")
 
 
@@ -79,6 +87,14 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
 @functools.lru_cache(maxsize=65_536)
 def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_states(cluster: Any, topic: str) -> list[PartitionState]:
+    """The topic's partitions in a client's metadata, with their in-sync replicas."""
+    # aiokafka's ClusterMetadata exposes leaders only; the ISR of the MetadataResponse it keeps
+    # in _partitions (PartitionMetadata), nowhere public.
+    partitions: dict[int, Any] = getattr(cluster, "_partitions", {}).get(topic, {})
+    return [PartitionState(p.leader, tuple(p.isr)) for p in partitions.values()]
 
 
 def partition_for(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -250,6 +266,20 @@ async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
     return None
 
 
+async def _brokers_up(producer: AIOKafkaProducer, nodes: set[int], within: float) -> set[int]:
+    """Those of `nodes` the producer holds or can open a connection to within `within`."""
+
+    async def tried(node: int) -> int | None:
+        try:
+            ready = await asyncio.wait_for(producer.client.ready(node), timeout=within)
+        except (KafkaError, TimeoutError, OSError):
+            return None
+        return node if ready else None
+
+    answered = await asyncio.gather(*(tried(node) for node in sorted(nodes)))
+    return {node for node in answered if node is not None}
+
+
 def _limits(configs: dict[str, dict[str, str]]) -> dict[str, int]:
     return {
         name: int(values[MAX_MESSAGE_BYTES])
@@ -284,6 +314,12 @@ class KafkaSink:
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
+        # The topic whose writability the probe judges readiness by (the ingest topic), its
+        # min.insync.replicas, when that was last read and whether a refusal says it changed.
+        self._writes: str | None = None
+        self._min_insync = 1
+        self._insync_read = float("-inf")
+        self._insync_stale = False
         # False once a dead producer could not be replaced REPLACE_ATTEMPTS times in a row.
         self.alive = True
 
@@ -358,6 +394,8 @@ class KafkaSink:
         if delivery.cancelled():
             return
         error = delivery.exception()
+        if isinstance(error, TOO_FEW_IN_SYNC):
+            self._insync_stale = True
         if isinstance(error, WEDGING) and producer is self._producer and self._wedged is None:
             # Every later record of that partition would be refused as out of order, for good,
             # while the producer looks alive: only a new producer (id) starts a new sequence.
@@ -377,6 +415,16 @@ class KafkaSink:
     def mark_reachable(self) -> None:
         self._last_ack = time.monotonic()
         self._set_connected(True)
+
+    def watch_writes(self, topic: str, min_insync: int | None) -> None:
+        """Judge readiness at each probe by whether `topic` can take writes; `min_insync`, its
+        min.insync.replicas, None when unread (then read again, or taken as 1)."""
+        self._writes = topic
+        if min_insync is not None:
+            self._min_insync = min_insync
+            self._insync_read = time.monotonic()
+        else:
+            self._insync_stale = True
 
     async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> set[str]:
         """Create missing topics; a cluster that forbids it is fine, other errors are raised.
@@ -504,11 +552,21 @@ class KafkaSink:
                 # Only the topics this producer writes to: a whole cluster's metadata (thousands
                 # of partitions on a shared cluster) takes tens of ms to decode, and that blocks
                 # the event loop, and with it every request in flight, at every probe.
-                reachable = await asyncio.wait_for(
-                    producer.client.force_metadata_update(), timeout=interval
+                answered = bool(
+                    await asyncio.wait_for(
+                        producer.client.force_metadata_update(), timeout=interval
+                    )
                 )
             except (KafkaError, TimeoutError, OSError):
-                reachable = False
+                answered = False
+            # A broker that answers metadata is not a cluster that takes writes (two of three
+            # down: the one left answers): ready only while the ingest topic can take them,
+            # judged from the metadata, not from the next publish. An unready pod gets no
+            # traffic, so a publish could never make it ready again.
+            verdict = await self._writability(producer, interval) if answered else None
+            reachable = answered and (verdict is None or verdict.ready)
+            if answered and self._after_probe is not None:
+                self._after_probe()
             # A throttled broker (a client quota) holds the probe behind the produce requests it
             # delays, for seconds, while it acknowledges records: slow, not unreachable. Every
             # pod shares the quota: unready, all would leave the Service at once.
@@ -517,11 +575,59 @@ class KafkaSink:
                 continue
             if reachable and not self.connected:
                 log.info("Kafka reachable again")
+            elif not reachable and self.connected and verdict is not None:
+                log.warning(
+                    "no partition of the ingest topic can take writes (a leader or enough"
+                    " in-sync replicas down); not ready",
+                    extra={
+                        "topic": self._writes,
+                        "partitions": verdict.partitions,
+                        "min_insync_replicas": self._min_insync,
+                    },
+                )
             elif not reachable and self.connected:
                 log.warning("Kafka unreachable")
-            self._set_connected(bool(reachable))
-            if reachable and self._after_probe is not None:
-                self._after_probe()
+            self._set_connected(reachable)
+
+    async def _writability(self, producer: AIOKafkaProducer, within: float) -> Writability | None:
+        """How many partitions of the watched topic can take writes; None when none is watched."""
+        topic = self._writes
+        if topic is None:
+            return None
+        states = partition_states(producer.client.cluster, topic)
+        up = await _brokers_up(producer, brokers_to_try(states), within)
+        verdict = writability(states, up, self._min_insync)
+        stale = self._insync_stale or (
+            # Leaders up but too few replicas in sync: unless min.insync was lowered meanwhile.
+            not verdict.ready
+            and any(p.leader in up for p in states)
+            and time.monotonic() - self._insync_read >= INSYNC_REREAD_SECONDS
+        )
+        if stale and await self._read_min_insync(topic, within):
+            verdict = writability(states, up, self._min_insync)
+        return verdict
+
+    async def _read_min_insync(self, topic: str, within: float) -> bool:
+        """Read the topic's min.insync.replicas again; whether it was read."""
+        self._insync_stale = False
+        self._insync_read = time.monotonic()
+        try:
+            configs = await asyncio.wait_for(
+                topic_configs(client_options(self._settings), [topic], (MIN_INSYNC_REPLICAS,)),
+                timeout=within,
+            )
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        value = configs.found.get(topic, {}).get(MIN_INSYNC_REPLICAS)
+        if value is None or not value.isdigit():
+            return False
+        if int(value) != self._min_insync:
+            log.info(
+                "the ingest topic's min.insync.replicas changed",
+                extra={"topic": topic, "min_insync_replicas": int(value)},
+            )
+        self._min_insync = int(value)
+        return True
 
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:
         """Its sender task died, or its sequence has a gap, so sends fail: start a new producer.

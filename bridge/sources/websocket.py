@@ -211,6 +211,8 @@ class WebSocketSource:
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Set when the API key was reloaded since the last attempt began (see key_changed).
+        self._new_key = asyncio.Event()
         self._close_by = 0.0  # loop time; set by stop(): when an unanswered close is cut
         self._connecting = False  # the reader waits for a connection: nothing to read yet
         self._draining = False
@@ -307,6 +309,7 @@ class WebSocketSource:
             try:
                 if opened is None:
                     self._connecting = True
+                    self._new_key.clear()  # this attempt reads the key in use now
                     try:
                         opened = await self._open(tokens)
                     finally:
@@ -390,9 +393,22 @@ class WebSocketSource:
             delay = self._policy.next_delay(reason, connected_for)
             log.info("feed reconnecting", extra={"reason": reason, "in_s": round(delay, 2)})
             self._downtime.tally(time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            await self._pause(delay, new_key_ends=reason == "auth")
             self._downtime.tally(time.monotonic())
+
+    def key_changed(self) -> None:
+        """The API key was reloaded: a wait after a refusal ends now, as the new key may cure it."""
+        self._new_key.set()
+
+    async def _pause(self, delay: float, *, new_key_ends: bool) -> None:
+        """The wait before a reconnect: a stop ends it, and after a refusal so does a new key."""
+        ends = [self._stopping, self._new_key] if new_key_ends else [self._stopping]
+        waits = [asyncio.ensure_future(event.wait()) for event in ends]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _open(self, tokens: TokenClient) -> _Opened:
         """A connection with a fresh token (never an old or expired one), subscribed."""

@@ -23,14 +23,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bridge.config import Settings, final_phase_seconds
+from bridge.config import Settings
+from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, StopBudget
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
 
 log = logging.getLogger(__name__)
 
-# Past the workers' own grace period: room for their exit after the last flush.
-GRACE_MARGIN_SECONDS = 3.0
+# Past the workers' own grace period: room for a Kafka client's stop cut short at a short grace
+# period's end, and the exit after it (bridge/stopbudget.py; config checks the grace fits).
+GRACE_MARGIN_SECONDS = SUPERVISOR_MARGIN_SECONDS
 # A worker killed by the stop signal itself had not installed its handler yet: nothing was taken.
 _CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT}
 # sun_path holds 108 bytes on Linux, its terminating NUL included.
@@ -105,7 +107,7 @@ class Parent:
             # later than the grace period's final phase: it needs that to commit and leave.
             await asyncio.wait(
                 [s for i, s in enumerate(slots) if i not in last],
-                timeout=self._grace - final_phase_seconds(self._grace),
+                timeout=StopBudget.plan(0.0, self._grace).inputs_by,
             )
             self._tell(last, self._signal)
         _, running = await asyncio.wait(slots, timeout=max(deadline - loop.time(), 0.0))

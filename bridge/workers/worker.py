@@ -15,7 +15,7 @@ from aiohttp import web
 from bridge.app import probe_routes
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.service import Bridge, run_until_stopped, webhook_secrets_file
+from bridge.service import Bridge, reloaded_secret_files, run_until_stopped
 from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, read_stop_by
 
@@ -68,7 +68,7 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         pod_processes=role.count,
         # The last worker always runs the dedup stage: it alone says the window's fit.
         memory_check=role.index == role.count - 1,
-        webhook_secrets_file=webhook_secrets_file(),
+        secret_files=reloaded_secret_files(),
     )
     own = web.Application()
     own.add_routes(probe_routes(bridge.readiness, metrics))

@@ -2,6 +2,14 @@
 
 The load runs by time until the last phase ends, and each judged phase must have seen load sent
 during it (chaos/phases.py): slow broker restarts cannot leave a phase judged on nothing.
+
+A SIGKILLed broker stays in every ISR until the controllers fence it, after the cluster's
+`broker.session.timeout.ms` (9 s, tools/kafka/cluster.properties.in, read back from the running
+config): until then no acks=all write is acknowledged anywhere. So the leader stays down for at
+least that plus failover and a few seconds of service, whatever `--scale`, and its phase is
+judged on failing over: every event in flight acknowledged by fencing + failover (or its own
+first attempt + failover), some before the leader returns. That none is answered 2xx before
+Kafka acknowledged it, and each is published once, is the checker's lost and doubled counts.
 """
 
 from __future__ import annotations
@@ -21,9 +29,16 @@ from chaos.harness import (
     webhook_counts,
 )
 from chaos.load import WebhookLoad
-from chaos.phases import Timeline, load_check, started_during, summary
+from chaos.phases import (
+    Timeline,
+    crash_seconds,
+    failover_check,
+    load_check,
+    started_during,
+    summary,
+)
 from chaos.rss import PeakRss
-from tests.integration.cluster import NODES, Cluster, free_port_range
+from tests.integration.cluster import NODES, Cluster, cluster_port
 from tests.integration.conftest import Topics
 
 # The phases whose checks rest on load sent during them; the others are transitions.
@@ -44,9 +59,11 @@ async def leader_of(bootstrap: str, topic: str, partition: int) -> int:
 
 async def cluster(ctx: Context) -> Outcome:
     steady, down = ctx.seconds(15), ctx.seconds(20)
-    nodes = Cluster(free_port_range(2 * NODES), ctx.workdir / "cluster")
+    nodes = Cluster(cluster_port(ctx.base_port), ctx.workdir / "cluster")
     await nodes.up()
     try:
+        fencing = nodes.broker_session_timeout()
+        leader_down = crash_seconds(down, fencing)
         topics = Topics.fresh("chaos")
         replica = ctx.replica(
             "cluster-r0", nodes.bootstrap, topics, BRIDGE_TOPICS__REPLICATION_FACTOR="3"
@@ -57,7 +74,7 @@ async def cluster(ctx: Context) -> Outcome:
             rate=ctx.rate,
             # Paced by time and stopped when the last phase ends: this only caps it, with room
             # for broker restarts however slow (they are not scaled).
-            count=int(ctx.rate * (3 * steady + 2 * down + RESTARTS_CAP_SECONDS)),
+            count=int(ctx.rate * (3 * steady + leader_down + down + RESTARTS_CAP_SECONDS)),
             salt=random.getrandbits(32),
         )
         timeline = Timeline()
@@ -70,7 +87,8 @@ async def cluster(ctx: Context) -> Outcome:
             timeline.enter("killing the leader", killed_at)
             await nodes.kill(leader)  # the leader of ingest partition 0, mid-stream
             timeline.enter("leader down", time.monotonic())
-            await asyncio.sleep(down)
+            # From the kill: the fencing that ends the stall counts from then.
+            await asyncio.sleep(max(0.0, killed_at + leader_down - time.monotonic()))
             timeline.enter("leader restarting", time.monotonic())
             await nodes.start(leader)
             timeline.enter("steady again", time.monotonic())
@@ -113,6 +131,9 @@ async def cluster(ctx: Context) -> Outcome:
                 f"{acked_alone} 2xx and {alone.count(503)} 503s of {len(alone)} answers to"
                 f" requests sent while node {survivor} was alone",
             ),
+            failover_check(
+                phases["leader down"], load.attempts, killed_at, fencing, load.own_delay
+            ),
             retry_after_check(load, killed_at),
             watch.liveness(),
             Check(
@@ -130,7 +151,8 @@ async def cluster(ctx: Context) -> Outcome:
     return Outcome(
         "cluster",
         f"3 brokers (RF 3, min ISR 2): the leader of ingest partition 0 (node {leader})"
-        f" SIGKILLed for {down:.0f}s, then two brokers SIGKILLed for {down:.0f}s, under"
+        f" SIGKILLed for {leader_down:.0f}s (fenced after {fencing:.0f}s), then two brokers"
+        f" SIGKILLed for {down:.0f}s, under"
         f" {ctx.rate:.0f} events/s",
         counts,
         rss.peak_mib,

@@ -18,6 +18,19 @@ from tests.polling import until_kafka
 
 CLUSTER_SH = REPO / "tools" / "kafka" / "cluster.sh"
 NODES = 3
+PORTS = 2 * NODES  # each node's broker port and its controller's after it
+SESSION_TIMEOUT_KEY = "broker.session.timeout.ms"
+KAFKA_SESSION_TIMEOUT_MS = 9000  # Kafka's default, where a config does not set it
+
+
+def property_of(text: str, key: str) -> str | None:
+    """`key`'s value in Java properties text: the last occurrence wins, as Kafka reads it."""
+    value = None
+    for line in text.splitlines():
+        name, sep, rest = line.strip().partition("=")
+        if sep and not name.startswith(("#", "!")) and name.strip() == key:
+            value = rest.strip()
+    return value
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,15 @@ class Cluster:
 
     def node_port(self, node: int) -> int:
         return self.port + 2 * (node - 1)
+
+    def broker_session_timeout(self) -> float:
+        """Seconds without a heartbeat before the controllers fence a broker, as node 1 runs.
+
+        Read from the config kafka.sh rendered for it (so after `up`).
+        """
+        text = (self.data_dir / "node1" / "server.properties").read_text()
+        value = property_of(text, SESSION_TIMEOUT_KEY)
+        return int(value if value is not None else KAFKA_SESSION_TIMEOUT_MS) / 1000
 
     @property
     def bootstrap(self) -> str:
@@ -115,10 +137,21 @@ def free_port_range(size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free ports in 20000-29000")
 
 
+def cluster_port(base: int | None = None) -> int:
+    """The first of a cluster's ports: `base` if its range is free, else a free range's."""
+    if base is None:
+        return free_port_range(PORTS)
+    busy = [port for port in range(base, base + PORTS) if not port_is_free(port)]
+    if busy:
+        raise RuntimeError(f"cluster ports {base}-{base + PORTS - 1}: {busy} already in use")
+    return base
+
+
 @contextmanager
-def own_cluster(data_dir: Path) -> Iterator[Cluster]:
-    """A cluster started on free ports, every node stopped on leaving (a failed test too)."""
-    cluster = Cluster(free_port_range(2 * NODES), data_dir)
+def own_cluster(data_dir: Path, base_port: int | None = None) -> Iterator[Cluster]:
+    """A cluster started on free ports (from `base_port` if given), every node stopped on
+    leaving (a failed test too)."""
+    cluster = Cluster(cluster_port(base_port), data_dir)
     try:
         cluster.sh("up")
         yield cluster

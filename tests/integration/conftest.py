@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -122,6 +123,18 @@ class Broker:
 
     async def down(self) -> None:
         await asyncio.to_thread(kafka_sh, "down", self.port, self.data_dir, self.env)
+
+    @contextmanager
+    def unresponsive(self) -> Iterator[None]:
+        """SIGSTOPped (connections accepted, nothing answered) until the block ends."""
+        pid = int((self.data_dir / "broker.pid").read_text())
+        # kafka.sh's own check: that pid is this broker (its properties are in its data dir).
+        assert str(self.data_dir) in Path(f"/proc/{pid}/cmdline").read_text(), pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 def port_is_free(port: int) -> bool:
@@ -479,10 +492,13 @@ async def ingest_backlog(bootstrap: str, names: Topics) -> dict[int, int]:
     }
 
 
-async def delete_ingest(bootstrap: str, names: Topics) -> None:
-    """Delete every record now in the ingest topic, as retention would: its log start moves."""
+async def delete_ingest(bootstrap: str, names: Topics, keep: int = 0) -> None:
+    """Delete every record now in the ingest topic but each partition's last `keep`, as retention
+    would: its log start moves."""
     async with ingest_ends(bootstrap, names) as (admin, ends):
-        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items() if end})
+        await admin.delete_records(
+            {tp: RecordsToDelete(end - keep) for tp, end in ends.items() if end > keep}
+        )
 
 
 def ingest_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:

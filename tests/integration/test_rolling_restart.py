@@ -313,6 +313,63 @@ async def test_two_brokers_down_nothing_is_answered_2xx_until_they_are_back(
         await answered_once(cluster, daemon, topics, load, story)
 
 
+PROBE_SECONDS = 1.0  # BRIDGE_KAFKA__METADATA_PROBE_SECONDS: a flap shows within the watch
+WATCH_SECONDS = 10.0  # /readyz sampled this long with two brokers down (it flapped within 2 s)
+
+
+async def test_two_brokers_down_keep_the_bridge_unready_until_they_are_back(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    """The surviving broker answers metadata, but no partition can take an acks=all write: the
+    probe used to say ready again, the next timed-out publish unready, and so on (a load
+    balancer saw the pod come and go). A trickle of webhooks keeps publishes timing out."""
+    await cluster.wait_fully_replicated()
+    loop = asyncio.get_running_loop()
+    extra = {"BRIDGE_KAFKA__METADATA_PROBE_SECONDS": str(PROBE_SECONDS)}
+    async with (
+        bridge_on(cluster, topics, tmp_path, **extra) as daemon,
+        aiohttp.ClientSession() as session,
+        cluster.restoring(),
+    ):
+        await wait_ready(daemon.url)
+        stopping = asyncio.Event()
+
+        async def trickle() -> None:
+            for seq in itertools.count(1):
+                if stopping.is_set():
+                    return
+                body = entry(seq, call="CA_ready_flap")
+                await post_signed(session, daemon.url, body, within=ATTEMPT_SECONDS)
+                await asyncio.sleep(0.2)
+
+        sending = asyncio.create_task(trickle())
+        try:
+            await cluster.stop(1)
+            await cluster.kill(2)
+
+            async def unready() -> bool:
+                return not await answers_ready(session, daemon.url)
+
+            await until(unready, 30, 0.1, "/readyz 503 with two brokers down")
+            answers: list[tuple[float, bool]] = []
+            watch_from = loop.time()
+            while loop.time() < watch_from + WATCH_SECONDS:
+                answers.append((loop.time() - watch_from, await answers_ready(session, daemon.url)))
+                await asyncio.sleep(0.2)
+            await asyncio.gather(cluster.start(1), cluster.start(2))
+            await cluster.wait_fully_replicated()
+            await wait_ready(daemon.url, within=60)
+        finally:
+            stopping.set()
+            await sending
+        ready_while_down = [f"{at:.1f} s" for at, ready in answers if ready]
+        assert not ready_while_down, (
+            f"/readyz 200 with one in-sync replica of min.insync 2, {len(ready_while_down)}"
+            f" of {len(answers)} samples, at {ready_while_down[:10]}"
+        )
+        assert daemon.alive, "the bridge exited while two brokers were down"
+
+
 async def test_fewer_in_sync_replicas_than_min_insync_are_answered_503_not_2xx(
     cluster: Cluster, topics: Topics, tmp_path: Path
 ) -> None:

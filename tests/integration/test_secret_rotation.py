@@ -1,16 +1,35 @@
-"""The webhook secret rotated in a mounted Secret (the kubelet's `..data` swap), no restart."""
+"""Secrets rotated in a mounted Secret (the kubelet's `..data` swap), taken with no restart:
+the webhook secret, and the Pinecall API key of the call logs and the feed."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import random
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bridge.simulator import Simulator
 from tests.entries import entry
-from tests.integration.conftest import Topics, free_port
-from tests.integration.replicas import Replica, post_signed, replica_env, total
+from tests.integration.conftest import Topics, consume_until, free_port, read_decided
+from tests.integration.replicas import (
+    Replica,
+    feed_env,
+    post_signed,
+    replica_env,
+    total,
+)
+from tests.integration.test_calllog import (
+    Calls,
+    assert_exactly_once_in_order,
+    followed_once,
+    has,
+    play,
+    sim_config,
+    sse_env,
+)
 from tests.polling import until
 from tests.secretvolume import kubelet_write
 
@@ -82,3 +101,80 @@ async def test_a_rotated_secret_file_is_taken_without_a_restart(
     text = replica.log.read_text()
     assert OLD not in text
     assert NEW not in text
+
+
+OLD_KEY = "pk-old-0123456789"
+NEW_KEY = "pk-new-0123456789"
+KEY_FILE = "BRIDGE_PINECALL__API_KEY"
+
+
+async def test_a_rotated_api_key_file_is_taken_by_the_call_logs_and_the_feed_losing_nothing(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    rng = random.Random(23)
+    secrets = tmp_path / "secrets"
+    kubelet_write(secrets, {KEY_FILE: OLD_KEY + "\n"})
+    async with Simulator(sim_config()) as sim, aiohttp.ClientSession() as session:
+        sim.rotate_api_key(OLD_KEY)  # the key Pinecall takes at first
+        port = free_port()
+        env = replica_env(
+            kafka_bootstrap,
+            topics,
+            port,
+            **{**sse_env(sim), **feed_env(sim)},
+            BRIDGE_SECRETS_DIR=str(secrets),
+            BRIDGE_WEBHOOK__SECRETS_CHECK_SECONDS="0.2",
+        )
+        del env[KEY_FILE]  # from the file only: both would be refused
+        replica = Replica("rotating-key", env, tmp_path / "bridge.log", port)
+        samples: dict[str, float] = {}
+
+        async def counted(name: str, at_least: float = 1, **labels: str) -> bool:
+            samples.update(await replica.metrics(session))
+            return total(samples, name, **labels) >= at_least
+
+        calls = Calls(sim, "CA_rotate")
+        await replica.start()
+        try:
+            async with asyncio.timeout(30):
+                await sim.calllogs.wait_for_feed_readers(1)
+                await sim.wait_for_subscribers(1)
+            names = calls.open(10)
+            await play(calls, names, 3, rng)
+            await until(lambda: followed_once(sim, names), 30, 0.05, "every call followed")
+
+            # The old key revoked before the Secret has the new one: every request is refused.
+            sim.rotate_api_key(NEW_KEY)
+            assert sim.sse_cut() > 0  # the org feed and the call streams ask again
+            assert await sim.drop_connections() == 1  # the feed asks for a new token
+            await play(calls, names, 3, rng)  # written while the bridge is refused
+            for name in ("sse_reconnects_total", "websocket_reconnects_total"):
+                await until(
+                    lambda: counted(f"pinecall_bridge_{name}", reason="auth"),  # noqa: B023
+                    30,
+                    0.2,
+                    lambda: f"the old key refused: {samples}",
+                )
+            assert not followed_once(sim, names)
+
+            kubelet_write(secrets, {KEY_FILE: NEW_KEY + "\n"})
+            await play(calls, names, 3, rng)
+            async with asyncio.timeout(30):  # the feed, with a token the new key got
+                await sim.wait_for_subscribers(1)
+            await until(lambda: followed_once(sim, names), 30, 0.05, "every call followed again")
+            for call in names:
+                calls.end(call)
+            await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+            records = await read_decided(kafka_bootstrap, topics, [topics.events])
+            assert_exactly_once_in_order(calls, records)  # the entries written while refused too
+            samples.update(await replica.metrics(session))
+            reloads = "pinecall_bridge_secret_reloads_total"
+            assert total(samples, reloads, secret="pinecall_api_key", result="reloaded") == 1
+            assert total(samples, "pinecall_bridge_sse_calls_given_up_total") == 0
+        finally:
+            assert await replica.stop() == 0
+    lines = [record.get("msg", "") for record in replica.log_entries()]
+    assert any(line.startswith("Pinecall API key reloaded") for line in lines)
+    text = replica.log.read_text()
+    assert OLD_KEY not in text
+    assert NEW_KEY not in text

@@ -15,4 +15,5 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.misses = 1
     FakeAdmin.late = set()
     FakeAdmin.refused = set()
+    FakeAdmin.values = {}
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)

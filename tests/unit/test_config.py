@@ -590,6 +590,27 @@ def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> N
     assert "BRIDGE_HTTP__WORKERS other than 1 needs a fixed BRIDGE_HTTP__PORT" in problem
 
 
+def test_worker_processes_need_a_grace_period_their_supervisors_margin_covers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stop cut at a short grace period's end runs on past it: with a supervisor, into its kill.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "x", "BRIDGE_SHUTDOWN__GRACE_SECONDS": "1"})
+    assert load_settings().shutdown.grace_seconds == 1  # a single process has no supervisor
+    for workers in ({"BRIDGE_HTTP__WORKERS": "2"}, {"BRIDGE_DEDUP__OWN_PROCESS": "true"}):
+        setenv(monkeypatch, {"BRIDGE_HTTP__PORT": "8080", "BRIDGE_HTTP__ADMIN_PORT": "8081"})
+        setenv(monkeypatch, workers)
+        [problem] = problems()
+        assert problem.startswith(
+            "BRIDGE_SHUTDOWN__GRACE_SECONDS (1) is too short for worker processes"
+        ), problem
+        assert "at least 2," in problem
+        monkeypatch.setenv("BRIDGE_SHUTDOWN__GRACE_SECONDS", "2")
+        assert load_settings().shutdown.grace_seconds == 2
+        monkeypatch.setenv("BRIDGE_SHUTDOWN__GRACE_SECONDS", "1")
+        for name in workers:
+            monkeypatch.delenv(name)
+
+
 def test_the_admin_port_is_off_by_default_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
     assert load_settings().http.admin_port is None

@@ -12,8 +12,8 @@ from bridge.routing import DropReason
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
+from bridge.sources.secretwatch import Label, Result
 from bridge.sources.signature import Verdict
-from bridge.sources.webhooksecrets import SECRET_LABEL, Result
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -55,7 +55,7 @@ def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
             v.value for v in Verdict if v is not Verdict.VALID
         }
         | {BAD_REQUEST_HEAD},
-        "pinecall_bridge_secret_reloads_total": set(get_args(Result)) | {SECRET_LABEL},
+        "pinecall_bridge_secret_reloads_total": set(get_args(Result)) | set(get_args(Label)),
         **{
             f"pinecall_bridge_http_connections_{name}": set(get_args(Listener))
             for name in ("timed_out_total", "open", "max", "refused_total")

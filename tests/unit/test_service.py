@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
@@ -108,6 +109,49 @@ async def test_the_dedup_process_reads_no_feed_and_exports_none_of_its_series() 
     assert [name for name in FEED_SERIES if name in text] == []
 
 
+WATCHED = {
+    "BRIDGE_WEBHOOK__SECRETS": Path("/run/secrets/BRIDGE_WEBHOOK__SECRETS"),
+    "BRIDGE_PINECALL__API_KEY": Path("/run/secrets/BRIDGE_PINECALL__API_KEY"),
+}
+
+
+def watched(settings: Settings, stages: Stages = "both") -> set[str]:
+    """The secrets a process reads again from their files."""
+    bridge = Bridge(settings, stages=stages, secret_files=WATCHED)
+    return {watch.secret.label for watch in bridge.secret_watches}
+
+
+def test_each_process_reads_again_the_secret_files_of_what_it_runs() -> None:
+    both = {"webhook", "pinecall_api_key"}
+    assert watched(every_source()) == both
+    assert watched(every_source(), "ingest") == both  # webhooks, and the feed's key
+    assert watched(every_source(), "dedup") == {"pinecall_api_key"}  # the call logs' key
+    no_source = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    assert watched(no_source) == {"webhook"}  # a key nothing uses
+    registering = load_settings(
+        webhook={"secrets": ["s"]},
+        pinecall={"api_key": "k", "register_webhook": True, "public_url": "https://b.example"},
+    )
+    assert watched(registering) == both
+
+
+def test_a_reloaded_api_key_is_swapped_into_the_section_every_source_reads(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "BRIDGE_PINECALL__API_KEY"
+    path.write_text("old-key\n")
+    settings = every_source()
+    api = settings.pinecall
+    bridge = Bridge(settings, secret_files={"BRIDGE_PINECALL__API_KEY": path})
+    [watch] = bridge.secret_watches
+    watch.check()  # what the start read
+    path.write_text("new-key\n")
+    watch.check()
+    assert bridge.settings.pinecall is api  # the sources hold this one
+    assert api.api_key is not None
+    assert api.api_key.get_secret_value() == "new-key"
+
+
 def test_only_a_process_serving_the_port_exports_its_readiness() -> None:
     settings = load_settings(webhook={"secrets": ["s"]})
     exported = {
@@ -169,9 +213,9 @@ async def test_the_dedup_stage_drains_until_the_flushs_share_of_the_grace_period
     await bridge.stop()
     stopped = loop.time()
     assert stage.drain_by is not None
-    # The last quarter of the grace period (at most 5 s) stays for the commit and the leave:
-    # 1.5 s after the stop began.
-    assert stopping <= stage.drain_by - 1.5 <= stopped
+    # The last quarter of the grace period stays for cut Kafka client stops (0.5 s), the last
+    # quarter of the rest for the commit and the leave (0.375 s): 1.125 s after the stop began.
+    assert stopping <= stage.drain_by - 1.125 <= stopped
 
 
 async def test_the_stop_says_what_thinned_log_lines_held_back(
@@ -194,8 +238,9 @@ async def test_a_deadline_sooner_than_the_grace_period_bounds_the_stop() -> None
     loop = asyncio.get_running_loop()
     by = loop.time() + 1.0
     await bridge.stop(by=by)
-    # A quarter of what is left (1 s) stays for the commit and the leave.
-    assert stage.drain_by == pytest.approx(by - 0.25, abs=0.01)
+    # A quarter of what is left (1 s) stays for cut client stops, a quarter of the rest for the
+    # commit and the leave.
+    assert stage.drain_by == pytest.approx(by - 0.25 - 0.1875, abs=0.01)
 
 
 class LeavingStand(StageStand):

@@ -1,4 +1,6 @@
 import asyncio
+import contextlib
+import signal
 from types import SimpleNamespace
 from typing import Any
 
@@ -344,6 +346,29 @@ async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
     )
     assert shown == 0
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+async def test_the_signal_handlers_are_removed_when_tail_ends(
+    monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """An in-process caller gets its own Ctrl-C back, after a failed tail too."""
+    fake_consumer(monkeypatch, existing={"t"})
+    settings = load_tool_settings()
+
+    async def unreachable(settings: Any) -> dict[TopicPartition, int]:
+        raise ConnectionError("no broker")
+
+    monkeypatch.setattr(tail_module, "committed_offsets", unreachable)
+    topics = [settings.topics.ingest] if fails else ["t"]
+    with pytest.raises(ConnectionError) if fails else contextlib.nullcontext():
+        await tail(settings, topics, TailFilter(), limit=0, console=Console())
+    loop = asyncio.get_running_loop()
+    # False: no handler of tail's was left installed to remove.
+    assert [loop.remove_signal_handler(s) for s in (signal.SIGINT, signal.SIGTERM)] == [
+        False,
+        False,
+    ]
 
 
 A, B, C = (TopicPartition("t", n) for n in range(3))

@@ -68,6 +68,13 @@ class AuthBreaker:
             self._policy.reset()
         return reopened
 
+    def key_changed(self, now: float) -> bool:
+        """The API key was reloaded: an open breaker lets a probe go now; True when it did."""
+        if self.state != "open":
+            return False  # a probe out meanwhile may carry the old key: its refusal reopens it
+        self.retry_at = now
+        return True
+
     def probe_over(self, probe: int, now: float) -> None:
         """Probe `probe` ended; without a verdict (an outage, a stop) another probes later."""
         if self.state == "half_open" and probe == self._probe:

@@ -72,6 +72,12 @@ class KeyGate:
             )
             self._wake()
 
+    def key_changed(self) -> None:
+        """The API key was reloaded: while it is refused, one follower tries the new one now."""
+        if self._breaker.key_changed(self._clock()):
+            log.info("the API key was reloaded: one call log tries it now")
+            self._wake()
+
     def probe_over(self, probe: int) -> None:
         """The probe's request ended, with or without a verdict on the key."""
         was = self._breaker.state

@@ -124,6 +124,10 @@ class CallLogSource:
         self._feed = self._supervisor.spawn("sse-org-feed", feed.run)
         log.info("call-log source started", extra={"ingest_partitions": partitions})
 
+    def key_changed(self) -> None:
+        """The API key was reloaded: call logs held back by a refused key try it at once."""
+        self._gate.key_changed()
+
     async def stop(self, deadline: float) -> None:
         """Stop reading; a publish in flight may land until `deadline` (loop time)."""
         self._stopping.set()

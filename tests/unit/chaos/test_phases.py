@@ -6,8 +6,13 @@ import pytest
 
 from chaos.load import Attempt
 from chaos.phases import (
+    FAILOVER_SECONDS,
+    SERVED_SECONDS,
     Phase,
     Timeline,
+    acknowledged_by,
+    crash_seconds,
+    failover_check,
     in_flight_during,
     least_requests,
     load_check,
@@ -88,3 +93,71 @@ def test_the_summary_names_every_phase_with_the_requests_started_in_it() -> None
     timeline.close(10.5)
     text = summary(timeline, [attempt("a:1", 1.0), attempt("a:2", 2.0), attempt("b:1", 5.0)])
     assert text == "steady 4.5s (2 started), two down 6.0s (1 started)"
+
+
+def test_a_crashed_broker_stays_down_past_its_fencing_and_failover_whatever_the_scale() -> None:
+    # --scale 0.3: 6 s would end before the controller fences the broker (9 s).
+    assert crash_seconds(6.0, session_timeout=9.0) == 9.0 + FAILOVER_SECONDS + SERVED_SECONDS
+    assert crash_seconds(6.0, session_timeout=9.0) > 9.0 + FAILOVER_SECONDS
+    assert crash_seconds(20.0, session_timeout=9.0) == 20.0  # full scale: as long as it was
+    # A cluster that fences sooner: the scaled length is long enough.
+    assert crash_seconds(12.0, session_timeout=3.0) == 12.0
+
+
+def test_an_event_may_wait_for_the_fencing_then_failover_or_after_its_own_first_attempt() -> None:
+    assert acknowledged_by(99.0, killed_at=100.0, session_timeout=9.0) == 109.0 + FAILOVER_SECONDS
+    assert acknowledged_by(104.0, killed_at=100.0, session_timeout=9.0) == 109.0 + FAILOVER_SECONDS
+    assert acknowledged_by(112.0, killed_at=100.0, session_timeout=9.0) == 112.0 + FAILOVER_SECONDS
+
+
+def stalled_until(fenced: float, events: int, first: float) -> list[Attempt]:
+    """Each event's 503 after 5 s, then a retry answered 2xx just after `fenced`."""
+    attempts = []
+    for n in range(events):
+        started = first + 0.1 * n
+        attempts.append(Attempt(f"CA_{n}:1", 503, started, 5.0, "2"))
+        attempts.append(
+            Attempt(f"CA_{n}:1", 200, started + 7.0, fenced + 0.4 - started - 7.0, None)
+        )
+    return attempts
+
+
+def test_answers_delayed_by_the_fencing_and_failover_pass_the_crash_phase() -> None:
+    # Killed at 100, fenced at 109: a phase of 17 s sees the stall, the failover, then service.
+    down = Phase("leader down", 100.5, 117.0)
+    attempts = [
+        *stalled_until(109.0, events=50, first=99.5),
+        *(attempt(f"CA_x{n}:1", 111.0 + 0.01 * n) for n in range(100)),
+    ]
+    check = failover_check(down, attempts, killed_at=100.0, session_timeout=9.0)
+    assert check.ok, check.detail
+    assert check.name == "failover during 'leader down' within fencing + 5s"
+    assert check.detail.startswith("150 events in flight, 0 acknowledged later")
+    assert "150 acknowledged between the fencing and the phase's end" in check.detail
+    assert check.detail.endswith("the first answer acknowledged after the kill came +9.4s")
+
+
+def test_a_crash_phase_that_ended_before_the_fencing_cannot_pass() -> None:
+    # The old --scale 0.3 phase: 6 s, over before the controller fenced the broker at 109.
+    short = Phase("leader down", 100.5, 106.0)
+    attempts = stalled_until(109.0, events=50, first=99.5)
+    check = failover_check(short, attempts, killed_at=100.0, session_timeout=9.0)
+    assert not check.ok
+    assert "0 acknowledged between the fencing and the phase's end" in check.detail
+
+
+def test_an_event_acknowledged_too_long_after_the_failover_fails_the_crash_phase() -> None:
+    down = Phase("leader down", 100.5, 117.0)
+    slow = Attempt("CA_s:1", 200, 112.0, 6.0, None)  # answered at 118 > 112 + 5
+    served = [attempt(f"CA_x{n}:1", 111.0 + 0.01 * n) for n in range(10)]
+    check = failover_check(down, [slow, *served], killed_at=100.0, session_timeout=9.0)
+    assert not check.ok
+    assert "1 acknowledged later than fencing" in check.detail
+    assert "e.g. CA_s:1" in check.detail
+    # Unless the harness's own loop ran late for that long: the delay was not the bridge's.
+    lagged = failover_check(
+        down, [slow, *served], 100.0, 9.0, own_delay=lambda a: 2.0 if a is slow else 0.0
+    )
+    assert lagged.ok, lagged.detail
+    never = [Attempt("CA_n:1", 503, 112.0, 5.0, "2"), *served]
+    assert not failover_check(down, never, killed_at=100.0, session_timeout=9.0).ok

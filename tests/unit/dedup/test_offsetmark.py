@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.dedup.offsetmark import Verdict, judge, mark, marked_offset
+from bridge.dedup.offsetmark import Verdict, judge, judge_absent, mark, marked_offset
 
 
 def test_the_mark_names_the_offset_it_is_committed_with_and_reads_back() -> None:
@@ -48,3 +48,26 @@ def test_a_mark_naming_another_offset_says_which_way_and_how_far(offset: int, sh
     assert verdict == Verdict("moved", offset, previous=500)
     assert verdict.reset
     assert verdict.shift == shift
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "aged", "verdict"),
+    [
+        # A new group's (or an added partition's) first start: everything kept is undecided.
+        (0, 5, False, Verdict("new", 0, kept=5)),
+        (0, 0, False, Verdict("new", 0)),
+        # Retention deleted records with nothing committed: an owner decided them before.
+        (3, 5, False, Verdict("missing", 3, kept=2)),
+        # A record kept from longer ago than the TTL: a new group takes its partitions at once.
+        (0, 5, True, Verdict("missing", 0, kept=5)),
+        (3, 5, True, Verdict("missing", 3, kept=2)),
+        # Nothing kept: the log start is as good as any offset; nothing is output twice.
+        (5, 5, False, Verdict("new", 5)),
+    ],
+)
+def test_no_committed_offset_is_missing_only_where_the_partition_was_in_use_before(
+    start: int, end: int, aged: bool, verdict: Verdict
+) -> None:
+    found = judge_absent(start, end, aged=aged)
+    assert found == verdict
+    assert found.reset is (verdict.kind == "missing")

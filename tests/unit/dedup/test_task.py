@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup.committed import Found
+from bridge.dedup.offsetmark import RESET_KINDS
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
 from bridge.metrics import Metrics
@@ -195,11 +197,12 @@ def reset_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 async def started_at(
-    found: Found, log: FakeLog, caplog: pytest.LogCaptureFixture
+    found: Found, log: FakeLog, caplog: pytest.LogCaptureFixture, at: float = 100.0
 ) -> tuple[PartitionTask, Metrics]:
-    """A task started over six records at the committed offset `found`, its warnings captured."""
+    """A task started over six records appended from `at` on, at the committed offset `found`,
+    its warnings captured."""
     for n in range(6):
-        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+        log.append(ingest(n, f"CA_1:{n}", at + n))
 
     async def committed(tp: TopicPartition) -> Found:
         return found
@@ -246,11 +249,47 @@ async def test_a_start_at_an_offset_the_bridge_did_not_commit_is_logged_counted_
 async def test_a_start_at_the_bridges_own_commit_or_a_new_groups_is_no_reset(
     log: FakeLog, caplog: pytest.LogCaptureFixture, found: Found
 ) -> None:
-    task, metrics = await started_at(found, log, caplog)
+    # A new group's partition: its records appended just now, none deleted yet.
+    task, metrics = await started_at(found, log, caplog, at=time.time() - 10)
     assert task.position == (5 if found.offset is not None else 0)
     assert not task.unmarked
-    assert sample(metrics, RESETS, kind="moved") == sample(metrics, RESETS, kind="unmarked") == 0
+    assert all(sample(metrics, RESETS, kind=kind) == 0 for kind in RESET_KINDS)
     assert reset_lines(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("log_start", "at"),
+    [
+        (2, time.time() - 10),  # retention (or an admin) deleted records nobody committed
+        (0, 100.0),  # records kept from longer ago than the TTL, never committed
+    ],
+    ids=["log-start-moved", "older-than-ttl"],
+)
+async def test_a_start_whose_committed_offset_is_gone_is_counted_said_and_replays_the_log(
+    log: FakeLog, caplog: pytest.LogCaptureFixture, log_start: int, at: float
+) -> None:
+    log.log_start = log_start
+    task, metrics = await started_at(Found(None), log, caplog, at=at)
+    # Replayed from the log start, never skipped: some may never have been decided.
+    assert task.position == log_start
+    assert sample(metrics, RESETS, kind="missing") == 1
+    assert task.unmarked, "the log start is committed with the mark: said once, not per takeover"
+    [line] = reset_lines(caplog)
+    assert line.levelno == logging.WARNING
+    said = [getattr(line, k) for k in ("partition", "offset", "kind", "records")]
+    assert said == [TP.partition, log_start, "missing", 6 - log_start]
+    assert "output again" in line.getMessage()
+
+
+async def test_a_partition_with_nothing_kept_and_no_committed_offset_is_no_reset(
+    log: FakeLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Retention deleted everything: the log start is where the bridge was, or past it.
+    log.log_start = 6
+    task, metrics = await started_at(Found(None), log, caplog)
+    assert task.position == 6
+    assert sample(metrics, RESETS, kind="missing") == 0
+    assert not task.unmarked
 
 
 async def test_marking_a_reset_offset_commits_it_with_no_record(

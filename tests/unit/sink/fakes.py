@@ -7,7 +7,10 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
+from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.structs import PartitionMetadata, TopicPartition
 
 
 class _Sender:
@@ -18,9 +21,19 @@ class _Sender:
 class _Cluster:
     def __init__(self) -> None:
         self.partitions: dict[str, set[int]] = {}
+        # Where aiokafka keeps each partition's leader and ISR (see set_partitions).
+        self._partitions: dict[str, dict[int, PartitionMetadata]] = {}
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return self.partitions.get(topic)
+
+    def set_partitions(self, topic: str, leaders_and_isrs: list[tuple[int, list[int]]]) -> None:
+        """The metadata's partitions of `topic`, each (leader, ISR), numbered from 0."""
+        self.partitions[topic] = set(range(len(leaders_and_isrs)))
+        self._partitions[topic] = {
+            n: PartitionMetadata(topic, n, leader, [1, 2, 3], isr, 0)
+            for n, (leader, isr) in enumerate(leaders_and_isrs)
+        }
 
 
 class _Client:
@@ -29,6 +42,10 @@ class _Client:
         self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
         self.answers = True  # what the next metadata updates report
         self.updates = 0
+        self.up: set[int] = {1, 2, 3}  # the brokers a connection can be opened to
+
+    async def ready(self, node_id: int) -> bool:
+        return node_id in self.up
 
     def force_metadata_update(self) -> asyncio.Future[bool]:
         """Like aiokafka's: a future of whether the tracked topics' metadata was refreshed."""
@@ -181,6 +198,7 @@ class FakeAdmin:
     misses = 1
     late: ClassVar[set[str]] = set()
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
+    values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
 
     def __init__(self, **_: Any) -> None:
         self.asked: list[list[str]] = []  # the topics of each read, in order
@@ -206,7 +224,11 @@ class FakeAdmin:
         answered = []
         for r in resources:
             code = self._code(r.name)
-            entries = [] if code else [(key, "1", False, 1, False) for key in r.configs]
+            entries = (
+                []
+                if code
+                else [(key, self.values.get(key, "1"), False, 1, False) for key in r.configs]
+            )
             answered.append((code, "", 2, r.name, entries))
         return [SimpleNamespace(resources=answered)]
 
@@ -218,3 +240,36 @@ class FakeAdmin:
             partitions = [] if code else [{"partition": 0, "replicas": [1]}]
             described.append({"topic": name, "error_code": code, "partitions": partitions})
         return described
+
+
+class HoldingProducer:
+    """aiokafka's producer stop() with records it can no longer send (the broker unresponsive):
+    its accumulator's close, in a task nothing refers to, waits on them; its sender on the
+    broker. A real accumulator, holding one record."""
+
+    def __init__(self) -> None:
+        self._sender = SimpleNamespace(sender_task=asyncio.create_task(self._send()))
+        self.client = _Connections()
+        self._message_accumulator = MessageAccumulator(ClusterMetadata(), 16384, 0, 30)
+
+    async def _send(self) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    async def hold(self) -> None:
+        """One record in the accumulator, never sent."""
+        await self._message_accumulator.add_message(
+            TopicPartition("events", 0), None, b"event", timeout=1
+        )
+
+    async def stop(self) -> None:
+        closing = asyncio.create_task(self._message_accumulator.close())
+        await asyncio.wait([closing, self._sender.sender_task], return_when="FIRST_COMPLETED")
+        await self.client.close()
+
+    def closing_tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks still running the accumulator's close."""
+        return [
+            task
+            for task in asyncio.all_tasks()
+            if not task.done() and "MessageAccumulator.close" in repr(task.get_coro())
+        ]

@@ -22,7 +22,7 @@ from bridge.sink.clienttasks import (
     stop_producer,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeProducer, RetryingConsumer, StuckProducer
+from tests.unit.sink.fakes import FakeProducer, HoldingProducer, RetryingConsumer, StuckProducer
 
 
 @pytest.mark.usefixtures("fake_producer")
@@ -203,3 +203,54 @@ async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for
     assert seen_alive == [True] * (REPLACE_ATTEMPTS * 3) + [False]  # dead after 5 refusals
     assert replacement.alive  # and alive again once one started
     assert await replacement.start(start, running=lambda: False) is None
+
+
+async def test_a_producers_stop_cut_with_records_held_leaves_no_task_pending() -> None:
+    # aiokafka's stop awaits its accumulator's close in a task nothing refers to: with the broker
+    # unresponsive, that task waited for ever on records no sender would answer, and asyncio
+    # logged "Task was destroyed but it is pending!" when it was collected.
+    unread: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        producer = HoldingProducer()
+        await producer.hold()
+        caller = asyncio.create_task(stop_producer(producer))
+        await until(lambda: producer.closing_tasks() != [])
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert producer.closing_tasks() == []
+        assert producer.client.closed
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unread == []
+
+
+async def test_a_start_that_ignores_its_cancellation_holds_its_undo_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait after the cancel was unbounded: a client unwinding slowly held the whole stop.
+    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(clienttasks, "CUT_SECONDS", 0.05)
+    starting = Starting(takes=60.0)
+    release = asyncio.Event()
+
+    async def start() -> None:
+        try:
+            await starting.start()
+        except asyncio.CancelledError:
+            await release.wait()  # a cleanup that does not end
+            raise
+
+    caller = asyncio.create_task(start_client(start, starting.undo))
+    await starting.began.wait()
+    caller.cancel()
+    try:
+        done, _ = await asyncio.wait({caller}, timeout=30)  # only a guard against a hang
+        assert done == {caller}, "the undo waited on the cancelled start for ever"
+        assert starting.undone
+    finally:
+        release.set()
+        await asyncio.gather(caller, return_exceptions=True)

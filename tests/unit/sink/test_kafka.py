@@ -9,6 +9,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    NotEnoughReplicasError,
     OutOfOrderSequenceNumber,
 )
 
@@ -338,4 +339,65 @@ async def test_a_probe_unanswered_while_records_are_acknowledged_keeps_it_connec
     assert sink.connected
     # No acknowledgement within the publish timeout: the unanswered probe counts again.
     await until(lambda: not sink.connected)
+    await sink.stop()
+
+
+async def probed(sink: KafkaSink, probes: int = 5) -> None:
+    """Until the sink has probed `probes` more times."""
+    client = FakeProducer.made[-1].client
+    updates = client.updates
+    await until(lambda: client.updates >= updates + probes)
+
+
+async def test_metadata_answered_while_no_ingest_partition_takes_writes_keeps_it_unready() -> None:
+    # Two of three brokers down: the one left answers metadata, its ISR still names a dead one
+    # (no controller quorum to shrink it). The probe used to say ready, a publish unready, ...
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    client.cluster.set_partitions("ingest", [(2, [2, 3]), (3, [3, 2])])
+    sink.watch_writes("ingest", 2)
+    await probed(sink)
+    assert sink.connected
+    client.up = {3}
+    await until(lambda: not sink.connected)
+    seen = []
+    for _ in range(5):
+        await probed(sink, 1)
+        seen.append(sink.connected)
+    assert seen == [False] * 5
+    client.up = {1, 2, 3}  # no publish needed: an unready pod gets none
+    await until(lambda: sink.connected)
+    await sink.stop()
+
+
+async def test_one_ingest_partition_without_a_leader_among_writable_ones_is_not_an_outage() -> None:
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    client.cluster.set_partitions("ingest", [(-1, [1]), (2, [2, 3]), (3, [3, 1])])
+    sink.watch_writes("ingest", 2)
+    await probed(sink)
+    assert sink.connected
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_min_insync_is_read_again_after_too_few_replicas_and_while_it_keeps_it_unready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    producer = FakeProducer.made[0]
+    producer.client.cluster.set_partitions("ingest", [(1, [1, 2]), (2, [2, 1])])
+    sink.watch_writes("ingest", 2)
+    await probed(sink)
+    assert sink.connected
+    # An admin raised min.insync to 3: the broker refuses writes, and says why.
+    FakeAdmin.values = {"min.insync.replicas": "3"}
+    producer.refusals = [NotEnoughReplicasError()]
+    refused = await sink.send(Record("ingest", b"k", b"v"))
+    assert isinstance(refused.exception(), NotEnoughReplicasError)
+    await until(lambda: not sink.connected)
+    # Lowered again: an unready pod gets no writes to learn it from, so the probe reads it.
+    monkeypatch.setattr(kafka, "INSYNC_REREAD_SECONDS", 0.0)
+    FakeAdmin.values = {"min.insync.replicas": "2"}
+    await until(lambda: sink.connected)
     await sink.stop()

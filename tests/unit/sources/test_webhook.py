@@ -574,7 +574,7 @@ def test_the_replay_and_event_count_refusals_exist_from_0() -> None:
 
 
 async def test_new_secrets_verify_from_the_next_request(harness: Harness) -> None:
-    # A reloaded secret file (bridge/sources/webhooksecrets.py): the old secret is gone.
+    # A reloaded secret file (bridge/sources/secretwatch.py): the old secret is gone.
     harness.handler.use(settings(secrets="rotated-secret").webhook)
     assert (await harness.post(ENTRY)).status == 401
     assert (await harness.post(ENTRY, secret=b"rotated-secret")).status == 200

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import Assembler
 
@@ -323,6 +324,25 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
         await until(lambda: len(sink.acked()) == 1)
     assert feed.token_requests == 0
     assert feed.tokens_seen == [None]
+
+
+async def test_a_reloaded_key_ends_the_wait_after_a_refusal_and_is_the_one_sent(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    feed = await make_feed(sending(1))
+    # A refusal waits 5 s at least (AUTH_MIN_DELAY), here up to 30 s: longer than the test waits.
+    quick, api = feed.settings()
+    ws = quick.model_copy(update={"backoff_initial_seconds": 30.0, "backoff_max_seconds": 60.0})
+    api.api_key = SecretStr("a-revoked-key")
+    sink, metrics = FakeSink(), Metrics()
+    async with running((ws, api), sink, metrics) as source:
+        await until(lambda: reconnects(metrics, "auth") == 1, what="the old key refused")
+        # As the bridge swaps a reloaded key file into the shared section (bridge/service.py).
+        api.api_key = SecretStr(API_KEY)
+        source.key_changed()
+        await until(lambda: len(sink.acked()) == 1, within=3, what="reconnected with the new key")
+    assert feed.tokens_seen == ["tok-1"]
+    assert reconnects(metrics, "auth") == 1
 
 
 async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(

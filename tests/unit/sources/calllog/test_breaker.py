@@ -66,3 +66,13 @@ def test_a_probe_without_a_verdict_lets_another_probe_after_a_backoff() -> None:
     b.accepted()
     b.probe_over(2, 12.0)  # after its verdict: nothing left to do
     assert b.admit(12.0) == Go()
+
+
+def test_a_reloaded_key_lets_the_probe_go_at_once_only_while_it_is_open() -> None:
+    b = breaker()
+    assert not b.key_changed(0.0)  # closed: every request goes anyway
+    b.refused(0.0)
+    assert b.key_changed(1.0)
+    assert b.admit(1.0) == Go(1)  # not at 5 s: the new key is tried now
+    assert not b.key_changed(2.0)  # half open: the probe out answers for the key
+    assert b.admit(2.0) == Wait(None)

@@ -119,3 +119,32 @@ async def test_it_holds_from_the_refusal_of_the_key_until_it_is_accepted_again()
     gate.accepted()
     held.append(gate.holding)
     assert held == [False, True, True, False]
+
+
+async def test_a_reloaded_key_lets_a_follower_waiting_out_a_refusal_try_it_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.keygate")
+    clock = Clock()
+    gate = gate_at(clock)
+    gate.refused("CA_1", 401)  # open: the next probe in 5 s
+    waiter = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.key_changed()
+    await until(waiter.done, what="the waiter let through by the new key")
+    assert waiter.result() == (1, True)  # the probe, with the new key, long before 5 s
+    assert lines(caplog, "the API key was reloaded")
+
+
+async def test_a_reloaded_key_changes_nothing_while_the_key_is_accepted_or_probed() -> None:
+    clock = Clock()
+    gate = gate_at(clock)
+    gate.key_changed()  # closed: every request goes anyway
+    assert await gate.enter() == (None, False)
+    gate = await probe_out(clock)
+    waiter = await waiting_on_the_probe(gate)
+    gate.key_changed()  # the probe out says; a second one would only double it
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    waiter.cancel()

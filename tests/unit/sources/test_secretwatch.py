@@ -1,0 +1,220 @@
+import logging
+from pathlib import Path
+
+import pytest
+
+from bridge.config import PinecallSettings, WebhookSettings
+from bridge.metrics import Metrics
+from bridge.sources.secretwatch import API_KEY, WEBHOOK, Changes, Read, SecretWatch, decide
+from tests.metrics import sample
+from tests.secretvolume import kubelet_write
+
+OLD = "old-secret-0123456789"
+NEW = "new-secret-0123456789"
+
+
+def webhook(secrets: str, **fields: object) -> WebhookSettings:
+    return WebhookSettings.model_validate({"secrets": secrets, **fields})
+
+
+def values(settings: WebhookSettings | None) -> list[str]:
+    assert settings is not None
+    return [s.get_secret_value() for s in settings.secrets]
+
+
+def test_new_secrets_are_swapped_in_with_the_other_settings_kept() -> None:
+    current = webhook(OLD, max_age_seconds=30)
+    decision = decide(WEBHOOK, current, Read(f"{OLD},{NEW}\n"))
+    assert decision.result == "reloaded"
+    assert values(decision.fresh) == [OLD, NEW]
+    assert decision.fresh is not None
+    assert decision.fresh.max_age_seconds == 30
+
+
+def test_the_same_secrets_are_no_reload() -> None:
+    # The first poll reads what the start read; a newline or a space after a comma changes nothing.
+    assert decide(WEBHOOK, webhook(f"{OLD},{NEW}"), Read(f"{OLD}, {NEW}\n")).result is None
+
+
+def test_an_empty_file_is_refused_by_the_rule_at_load_naming_no_value() -> None:
+    decision = decide(WEBHOOK, webhook(OLD), Read("\n"))
+    assert decision.result == "invalid"
+    assert decision.fresh is None
+    (problem,) = decision.problems
+    assert problem.startswith("BRIDGE_WEBHOOK__SECRETS is not set")
+
+
+def test_a_reload_never_turns_signature_checks_off() -> None:
+    # Valid at start (unsigned on purpose), but a file emptied while running is a mistake.
+    decision = decide(WEBHOOK, webhook(OLD, allow_unsigned=True), Read(""))
+    assert decision.result == "invalid"
+    (problem,) = decision.problems
+    assert "does not turn signature checks off" in problem
+
+
+def test_an_unreadable_file_keeps_the_secrets() -> None:
+    decision = decide(WEBHOOK, webhook(OLD), Read(None, ("the secret file x could not be read",)))
+    assert decision.result == "unreadable"
+    assert decision.problems == ["the secret file x could not be read"]
+
+
+def test_only_a_change_is_passed_on() -> None:
+    changes = Changes()
+    assert changes.new(Read(OLD))
+    assert not changes.new(Read(OLD))
+    assert changes.new(Read(None, ("gone",)))
+    assert not changes.new(Read(None, ("gone",)))
+    assert changes.new(Read(OLD))
+
+
+class Handler:
+    """What the watch drives: the webhook handler's current settings and its swap."""
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        self.settings = settings
+
+    def use(self, settings: WebhookSettings) -> None:
+        self.settings = settings
+
+
+def reloads(metrics: Metrics, result: str) -> float:
+    return sample(metrics, "pinecall_bridge_secret_reloads_total", secret="webhook", result=result)
+
+
+def test_a_kubelet_swap_is_reloaded_and_a_bad_value_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sources.secretwatch")
+    kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": OLD + "\n"})
+    handler, metrics = Handler(webhook(OLD)), Metrics()
+    watch = SecretWatch(
+        WEBHOOK,
+        tmp_path / "BRIDGE_WEBHOOK__SECRETS",
+        lambda: handler.settings,
+        handler.use,
+        metrics,
+    )
+    decision = watch.check()  # the first poll: what the start read
+    assert decision is not None
+    assert decision.result is None
+    assert watch.check() is None
+
+    kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": f"{OLD},{NEW}\n"})
+    watch.check()
+    assert values(handler.settings) == [OLD, NEW]
+    assert reloads(metrics, "reloaded") == 1
+    assert "webhook secrets reloaded (2 secrets)" in caplog.messages
+
+    kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "\n"})
+    watch.check()
+    watch.check()  # the same bad file: counted and logged once
+    assert values(handler.settings) == [OLD, NEW]
+    assert reloads(metrics, "invalid") == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "BRIDGE_WEBHOOK__SECRETS is not set" in error
+
+    kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": NEW + "\n"})
+    watch.check()
+    assert values(handler.settings) == [NEW]
+    assert reloads(metrics, "reloaded") == 2
+    assert not any(OLD in m or NEW in m for m in caplog.messages)
+
+
+def test_a_removed_file_keeps_the_secrets(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "BRIDGE_WEBHOOK__SECRETS"
+    path.write_text(OLD)
+    handler, metrics = Handler(webhook(OLD)), Metrics()
+    watch = SecretWatch(WEBHOOK, path, lambda: handler.settings, handler.use, metrics)
+    watch.check()
+    path.unlink()
+    watch.check()
+    assert values(handler.settings) == [OLD]
+    assert reloads(metrics, "unreadable") == 1
+    assert any("could not be read" in m for m in caplog.messages)
+
+
+OLD_KEY = "pk_old_0123456789"
+NEW_KEY = "pk_new_0123456789"
+
+
+def api(key: str, **fields: object) -> PinecallSettings:
+    return PinecallSettings.model_validate({"api_key": key, **fields})
+
+
+def key(settings: PinecallSettings | None) -> str | None:
+    assert settings is not None
+    return settings.api_key.get_secret_value() if settings.api_key else None
+
+
+def test_a_new_api_key_is_swapped_in_with_the_other_settings_kept() -> None:
+    current = api(OLD_KEY, api_url="http://127.0.0.1:8080", env="staging")
+    decision = decide(API_KEY, current, Read(NEW_KEY + "\n"))
+    assert decision.result == "reloaded"
+    assert key(decision.fresh) == NEW_KEY
+    assert decision.fresh is not None
+    assert (decision.fresh.api_url, decision.fresh.env) == ("http://127.0.0.1:8080", "staging")
+
+
+def test_the_same_api_key_with_a_line_end_is_no_reload() -> None:
+    assert decide(API_KEY, api(OLD_KEY), Read(f"{OLD_KEY}\n")).result is None
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("\n", "holds no key"),  # a reload never takes the key away
+        (f"{OLD_KEY}\n{NEW_KEY}\n", "must not contain whitespace"),  # two keys, one per line
+    ],
+)
+def test_an_api_key_refused_by_the_checks_at_load_keeps_the_old_naming_no_value(
+    text: str, rule: str
+) -> None:
+    decision = decide(API_KEY, api(OLD_KEY), Read(text))
+    assert decision.result == "invalid"
+    assert decision.fresh is None
+    (problem,) = decision.problems
+    assert problem.startswith("BRIDGE_PINECALL__API_KEY")
+    assert rule in problem
+    assert OLD_KEY not in problem
+    assert NEW_KEY not in problem
+
+
+def test_an_emptied_key_file_of_a_registering_bridge_is_refused() -> None:
+    current = api(OLD_KEY, register_webhook=True, public_url="https://bridge.example.com")
+    decision = decide(API_KEY, current, Read(""))
+    assert decision.result == "invalid"
+    assert decision.problems
+
+
+def api_reloads(metrics: Metrics, result: str) -> float:
+    return sample(
+        metrics, "pinecall_bridge_secret_reloads_total", secret="pinecall_api_key", result=result
+    )
+
+
+def test_the_api_key_file_is_followed_through_a_kubelet_swap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sources.secretwatch")
+    name = "BRIDGE_PINECALL__API_KEY"
+    kubelet_write(tmp_path, {name: OLD_KEY + "\n"})
+    settings, metrics = api(OLD_KEY), Metrics()
+    used: list[PinecallSettings] = []
+    watch = SecretWatch(API_KEY, tmp_path / name, lambda: settings, used.append, metrics)
+    assert api_reloads(metrics, "reloaded") == 0  # the series exist from the start
+    first = watch.check()
+    assert first is not None
+    assert first.result is None
+    assert used == []
+
+    kubelet_write(tmp_path, {name: "two words\n"})
+    watch.check()
+    assert used == []
+    assert api_reloads(metrics, "invalid") == 1
+
+    kubelet_write(tmp_path, {name: NEW_KEY + "\n"})
+    watch.check()
+    assert [key(s) for s in used] == [NEW_KEY]
+    assert api_reloads(metrics, "reloaded") == 1
+    assert any(m.startswith("Pinecall API key reloaded") for m in caplog.messages)
+    assert not any(OLD_KEY in m or NEW_KEY in m or "two words" in m for m in caplog.messages)
