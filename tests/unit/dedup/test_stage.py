@@ -22,6 +22,7 @@ from bridge.dedup.stage import (
     DedupStage,
     behind,
     broker_fetch_wait_ms,
+    fetch_wait_ms,
     lag_seconds,
 )
 from bridge.dedup.task import PartitionTask
@@ -598,6 +599,13 @@ async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_inte
         interval,
     ]
     assert steps(h.producer).count("commit") == 1
+
+
+@pytest.mark.parametrize(
+    ("age", "wait"), [(None, 100), (0.0, 100), (0.0301, 70), (0.1, 0), (0.5, 0)]
+)
+def test_fetch_wait_ms(age: float | None, wait: int) -> None:
+    assert fetch_wait_ms(100, age) == wait
 
 
 @pytest.mark.parametrize(("interval", "wait"), [(25, 500), (100, 500), (500, 500), (2000, 2000)])
