@@ -21,6 +21,7 @@ from bridge.logsetup import configure
 from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.sink.kafka import KafkaSink, Record
+from bridge.sources.lease import FeedLease
 
 
 class NoopSink(KafkaSink):
@@ -54,16 +55,27 @@ class NoDedup:
         return None
 
 
-class HeldLease:
-    """The feed lease, always held: one process, no group to ask."""
+class HeldLease(FeedLease):
+    """The feed lease, always held: one process, no group to ask.
 
-    def __init__(self, bridge: Bridge) -> None:
+    A FeedLease, so that mypy holds it to the lease's signatures as the service's use of them
+    changes (a stand-in apart from it missed `connected` and `stop`'s argument).
+    """
+
+    def __init__(self, bridge: Bridge) -> None:  # no consumer, no group: nothing of the parent's
         self._bridge = bridge
+
+    @property
+    def alive(self) -> bool:
+        return True
 
     async def start(self) -> None:
         await self._bridge._start_feed()
 
-    async def stop(self) -> None:
+    def connected(self, at: float) -> None:
+        return None
+
+    async def stop(self, read_until: float | None = None) -> None:
         return None
 
 
@@ -75,7 +87,7 @@ async def serve(settings: Settings) -> None:
     bridge.dedup = NoDedup()  # type: ignore[assignment]
     bridge.hanging = None  # no output topics are written: nothing to watch
     if bridge.lease is not None:
-        bridge.lease = HeldLease(bridge)  # type: ignore[assignment]
+        bridge.lease = HeldLease(bridge)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
