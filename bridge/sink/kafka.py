@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaConnectionError,
@@ -59,6 +60,11 @@ WEDGING = (OutOfOrderSequenceNumber, UnknownProducerId)
 TOO_FEW_IN_SYNC = (NotEnoughReplicasError, NotEnoughReplicasAfterAppendError)
 # How often an unready probe reads min.insync.replicas again (an admin may have lowered it).
 INSYNC_REREAD_SECONDS = 30.0
+# How long the probe tries to open a connection to a broker it holds none to (TCP, TLS and SASL).
+# aiokafka opens every connection of a client under one lock (AIOKafkaClient._get_conn): a broker
+# whose packets are dropped holds it for as long as the try, and every connection the producer
+# needs meanwhile (to a partition's new leader) waits behind it.
+CONNECT_TRY_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -266,18 +272,32 @@ async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
     return None
 
 
+def _holds_connection(client: Any, node: int) -> bool:
+    """Whether the client has an open connection to the node (aiokafka keeps them in _conns)."""
+    conn = getattr(client, "_conns", {}).get((node, ConnectionGroup.DEFAULT))
+    return conn is not None and bool(conn.connected())
+
+
 async def _brokers_up(producer: AIOKafkaProducer, nodes: set[int], within: float) -> set[int]:
     """Those of `nodes` the producer holds or can open a connection to within `within`."""
-
-    async def tried(node: int) -> int | None:
+    client = producer.client
+    up = {node for node in nodes if _holds_connection(client, node)}
+    # The others one at a time, each for at most CONNECT_TRY_SECONDS. Tried together, they
+    # queued on aiokafka's connection lock behind a broker that drops packets and timed out
+    # there, counted down though up; and a try as long as the probe's interval held that lock,
+    # and the producer's own new connections behind it, for most of every interval.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for node in sorted(nodes - up):
+        left = deadline - loop.time()
+        if left <= 0:
+            break
         try:
-            ready = await asyncio.wait_for(producer.client.ready(node), timeout=within)
+            if await asyncio.wait_for(client.ready(node), timeout=min(CONNECT_TRY_SECONDS, left)):
+                up.add(node)
         except (KafkaError, TimeoutError, OSError):
-            return None
-        return node if ready else None
-
-    answered = await asyncio.gather(*(tried(node) for node in sorted(nodes)))
-    return {node for node in answered if node is not None}
+            pass
+    return up
 
 
 def _limits(configs: dict[str, dict[str, str]]) -> dict[str, int]:

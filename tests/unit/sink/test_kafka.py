@@ -1,10 +1,14 @@
 import asyncio
 import ssl
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
+import aiokafka.client
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import BrokerMetadata
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -378,6 +382,46 @@ async def test_one_ingest_partition_without_a_leader_among_writable_ones_is_not_
     await probed(sink)
     assert sink.connected
     await sink.stop()
+
+
+class _OpenConnection:
+    """What aiokafka's create_conn returns, where its client looks at it."""
+
+    def connected(self) -> bool:
+        return True
+
+    async def close(self, reason: object = None) -> None:
+        pass
+
+
+async def test_a_broker_dropping_packets_holds_up_neither_the_probe_nor_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiokafka's own client, which opens each connection under one lock: a broker whose packets
+    # are dropped holds it for as long as a try to connect to it lasts.
+    async def create_conn(host: str, port: int, **_: object) -> _OpenConnection:
+        if host == "dropping":
+            await asyncio.sleep(3600)  # no answer to the SYN: never connected
+        return _OpenConnection()
+
+    monkeypatch.setattr(aiokafka.client, "create_conn", create_conn)
+    monkeypatch.setattr(kafka, "CONNECT_TRY_SECONDS", 0.2)
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+    client.cluster._brokers = {
+        node: BrokerMetadata(node, "dropping" if node == 1 else f"broker{node}", 9092, None)
+        for node in (1, 2, 3, 4)
+    }
+    producer = cast(AIOKafkaProducer, SimpleNamespace(client=client))
+    loop = asyncio.get_running_loop()
+    probe = asyncio.create_task(kafka._brokers_up(producer, {1, 2, 3}, 5.0))
+    await asyncio.sleep(0.05)  # the probe tries broker 1
+    # Meanwhile the producer needs a connection of its own (to a partition's new leader).
+    began = loop.time()
+    assert await client.ready(4)
+    assert loop.time() - began < 1.0
+    # Brokers 2 and 3 answer: up, not timed out behind broker 1's try.
+    assert await probe == {2, 3}
+    await client.close()
 
 
 @pytest.mark.usefixtures("fake_admin")
