@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
+from bridge.deadline import by_deadline
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
 from bridge.dedup.offsetmark import mark
 from bridge.ingest.record import IngestEntry
@@ -266,7 +268,9 @@ class StageProducer:
         self._txn = None
         self._count(txn)
 
-    async def guard(self, step: Any, also: frozenset[TopicPartition] = frozenset()) -> Any:
+    async def guard(
+        self, step: Coroutine[Any, Any, Any], also: frozenset[TopicPartition] = frozenset()
+    ) -> Any:
         """Run a step of the open transaction, bounded; any failure ends it and the producer.
 
         Raises TransactionLostError naming every partition the transaction touched, and `also`.
@@ -275,9 +279,13 @@ class StageProducer:
         cause: BaseException
         try:
             # aiokafka's commit and abort wait without a timeout: a stuck one would stall the
-            # stage. asyncio.timeout, not wait_for: no task per step.
-            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                return await step
+            # stage. No task per step (not wait_for), and the timer is armed only if the step
+            # suspends: a partition's step of records that fit the buffer rarely does, and
+            # arming it cost about 10 µs per partition and step (bench/OPTIMISATIONS.md).
+            deadline = (
+                asyncio.get_running_loop().time() + self._settings.end_transaction_timeout_seconds
+            )
+            return await by_deadline(deadline, step)
         except TransactionLostError as exc:
             reason, cause = exc.reason, exc
             also = also | exc.partitions

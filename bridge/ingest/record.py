@@ -26,7 +26,9 @@ UNKEYED = PREFIX + "unkeyed"
 REDRIVEN = PREFIX + "redriven"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built for every record the dedup stage reads, and a frozen __init__ took
+# 40% of decode (bench/OPTIMISATIONS.md). Nothing changes one once decoded.
+@dataclass(slots=True)
 class IngestEntry:
     """An ingest record read back: the output record, its dedup id and its timings."""
 

@@ -237,6 +237,36 @@ async def test_a_commit_that_hangs_is_a_timeout(step: str) -> None:
     assert_lost(lost.value, "timeout", {TP, TP2}, out, producer, metrics, outcome)
 
 
+async def test_a_step_that_does_not_suspend_arms_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fails on the old code, which armed one per partition and step (6-7 µs each).
+    armed: list[object] = []
+    real_timeout, real_timeout_at = asyncio.timeout, asyncio.timeout_at
+
+    def timeout(delay: float | None) -> asyncio.Timeout:
+        armed.append(delay)
+        return real_timeout(delay)
+
+    def timeout_at(when: float | None) -> asyncio.Timeout:
+        armed.append(when)
+        return real_timeout_at(when)
+
+    monkeypatch.setattr(asyncio, "timeout", timeout)
+    monkeypatch.setattr(asyncio, "timeout_at", timeout_at)
+    out, producer, _ = stage_producer()
+    assert await out.guard(two_partitions(out), also=frozenset({TP})) is None
+    assert armed == []
+    assert sends(producer) == [b"CA_1:1", b"CA_1:2"]
+
+
+async def test_a_send_that_hangs_is_a_timeout() -> None:
+    out, producer, metrics = stage_producer(end_transaction_timeout_seconds=0.05)
+    await out.guard(two_partitions(out))
+    producer.block.add("send")
+    with pytest.raises(TransactionLostError) as lost:
+        await asyncio.wait_for(out.guard(publish(out, TP, 2, "CA_1:3"), also=frozenset({TP3})), 5)
+    assert_lost(lost.value, "timeout", {TP, TP2, TP3}, out, producer, metrics)
+
+
 async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
     # Under load the fence can reach aiokafka's sender before our commit: the commit then fails
     # with IllegalOperation and the fence is only on the transaction manager.
