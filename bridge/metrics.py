@@ -335,6 +335,19 @@ class Metrics:
             ["client"],
             registry=r,
         )
+        self.kafka_throttle = Counter(
+            f"{PREFIX}_kafka_throttle_seconds_total",
+            "Throttle time Kafka brokers answered with (a client quota), by client: summed over"
+            " responses, so several connections throttled at once count more than wall time.",
+            ["client"],
+            registry=r,
+        )
+        self.kafka_throttled_responses = Counter(
+            f"{PREFIX}_kafka_throttled_responses_total",
+            "Kafka responses that carried a throttle time (a client quota), by client.",
+            ["client"],
+            registry=r,
+        )
         self.websocket_backlog = Gauge(
             f"{PREFIX}_websocket_backlog_events",
             "Feed events read from the socket and not yet acknowledged by Kafka.",
@@ -425,6 +438,9 @@ class Metrics:
             self.dedup_transactions.labels(outcome)
         for client in ("ingest_producer", "dedup_consumer"):
             self.kafka_client_restarts.labels(client)
+        for client in ("ingest_producer", "dedup_consumer", "dedup_producer"):  # bridge.sink.quotas
+            self.kafka_throttle.labels(client)
+            self.kafka_throttled_responses.labels(client)
         for kind in ("moved", "unmarked", "missing"):  # bridge.dedup.offsetmark.RESET_KINDS
             self.dedup_offset_resets.labels(kind)
 

@@ -165,7 +165,7 @@ class StableOffsets:
         if self._client is not None:
             return
         client = AIOKafkaClient(**self._options)
-        await start_client(client.bootstrap, client.close)
+        await start_client(client, client.bootstrap, client.close)
         self._client = client
 
     async def stop(self) -> None:

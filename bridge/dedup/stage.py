@@ -57,6 +57,7 @@ from bridge.sink.clienttasks import (
     stop_dead,
 )
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
+from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ class DedupStage:
             # added to the topic is owned once some member's refresh sees it and they rejoin.
             metadata_max_age_ms=self._metadata_max_age_ms,
         )
+        watch_throttle(consumer, counted(self._metrics, "dedup_consumer"))
         await start_consumer(consumer)
         watch_heartbeats(consumer, self._heard)
         self._session.heard(time.monotonic())

@@ -44,6 +44,7 @@ from bridge.metrics import Metrics
 from bridge.sink.clienttasks import cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
+from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.topicreads import unread
 from bridge.stopbudget import CUT_SECONDS
 
@@ -154,8 +155,9 @@ class StageProducer:
                 partitioner=partition_for,
                 max_request_size=self._limits.default,
             )
+            watch_throttle(producer, counted(self._metrics, "dedup_producer"))
             async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                await start_client(producer.start, lambda: _stop_quietly(producer))
+                await start_client(producer, producer.start, producer.stop)
             self._producer = producer
         # Its InitProducerId has aborted what an earlier producer of this id left open.
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})

@@ -51,6 +51,10 @@ _warned: set[str] = set()
 REPLACE_ATTEMPTS = 5
 # How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
 START_SETTLE_SECONDS = 1.0
+# How long the undo of a failed or cancelled start may run before the client is cut short: a
+# stop of a client that never joined a group or sent a record is local work, unless the cluster
+# froze, when it would wait out aiokafka's request timeouts (or for ever) and hold the caller.
+UNDO_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 # How long a consumer's stop whose caller was cancelled may still run (stop_consumer), and how
 # long a cut waits for what it cancelled or closed: their sum bounds how far a stop cut at its
 # deadline runs past it, which the shutdown keeps a reserve for (bridge/stopbudget.py).
@@ -157,18 +161,20 @@ async def start_consumer(consumer: Any) -> None:
     shutdown cancelling the task in its start), it holds the connections its start opened and
     is reported "Unclosed AIOKafkaConsumer" when collected.
     """
-    await start_client(consumer.start, lambda: stop_consumer(consumer))
+    await start_client(consumer, consumer.start, consumer.stop)
 
 
 async def start_client(
-    start: Callable[[], Awaitable[Any]], undo: Callable[[], Awaitable[Any]]
+    client: Any, start: Callable[[], Awaitable[Any]], undo: Callable[[], Awaitable[Any]]
 ) -> None:
     """Run a Kafka client's `start`; one that fails or is cancelled is undone before that is raised.
 
     A cancelled start first runs on, for up to START_SETTLE_SECONDS: aiokafka's bootstrap cut
     short while its metadata request is out drops that connection unclosed (nothing else refers
     to it: "Unclosed AIOKafkaConnection" when collected), which no stop of the client can reach.
-    Against a live broker that request takes milliseconds.
+    Against a live broker that request takes milliseconds. The undo (the client's stop or close)
+    runs in a task of its own for up to UNDO_SECONDS; one cut there, failed, or ended by a
+    CancelledError from inside aiokafka leaves `client` cut short.
     """
     starting = asyncio.ensure_future(start())
     try:
@@ -179,8 +185,12 @@ async def start_client(
         if starting.done() and not starting.cancelled():
             starting.exception()  # raised already, or superseded by the cancellation
         # What the start raised is what the caller must see, not a failure of this undo.
-        with contextlib.suppress(Exception):
-            await undo()
+        _, timed_out = await _stop(client, UNDO_SECONDS, 0.0, undo)
+        if timed_out:
+            log.warning(
+                "a Kafka client's failed start was not undone in time; cut short",
+                extra={"client": type(client).__name__, "within_s": UNDO_SECONDS},
+            )
         raise
 
 
@@ -220,16 +230,19 @@ async def stop_consumer(consumer: Any) -> None:
 
 
 async def _stop(
-    client: Any, within: float | None, settle: float
+    client: Any,
+    within: float | None,
+    settle: float,
+    stop: Callable[[], Awaitable[Any]] | None = None,
 ) -> tuple[asyncio.Future[Any], bool]:
-    """Stop a client in a task of its own; the ended stop, and whether `within` s cut it.
+    """Stop a client (by `stop`, else its own) in a task; the ended stop, whether `within` cut it.
 
     Its own task, so that a CancelledError from inside aiokafka (its fetcher awaits the tasks it
     cancels) cannot pass for a cancellation of the caller. A stop cut (by `within`, by the
     caller's cancellation after `settle` s, or inside aiokafka) or failed is cut short; the
     caller's cancellation is then raised.
     """
-    stopping = asyncio.ensure_future(client.stop())
+    stopping = asyncio.ensure_future(client.stop() if stop is None else stop())
     try:
         await asyncio.wait({stopping}, timeout=within)
     except asyncio.CancelledError:

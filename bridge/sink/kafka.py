@@ -44,6 +44,7 @@ from bridge.sink.clienttasks import (
 from bridge.sink.drain import drain_whole_brokers
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
+from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.record import Record
 from bridge.sink.topicreads import not_yet_visible
 from bridge.sink.writable import PartitionState, Writability, brokers_to_try, writability
@@ -72,7 +73,7 @@ T = TypeVar("T")
 async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on leaving: after a failed start too (it may hold sockets)."""
     admin = AIOKafkaAdminClient(**options)
-    await start_client(admin.start, admin.close)
+    await start_client(admin, admin.start, admin.close)
     try:
         yield admin
     finally:
@@ -364,7 +365,8 @@ class KafkaSink:
             partitioner=partition_for,
         )
         drain_whole_brokers(producer)
-        await start_client(producer.start, producer.stop)
+        watch_throttle(producer, counted(self._metrics, "ingest_producer"))
+        await start_client(producer, producer.start, producer.stop)
         return producer
 
     async def stop(self) -> None:

@@ -126,7 +126,7 @@ class FeedLease:
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
-        await start_client(consumer.start, lambda: stop_dead(consumer, _STOP_DEAD_AFTER))
+        await start_client(consumer, consumer.start, consumer.stop)
         try:
             consumer.subscribe([self.topic], listener=_Listener(self))
         except BaseException:

@@ -219,6 +219,12 @@ REFUSALS = {
         "config.shutdown.drainDelaySeconds (25) must be shorter than config.shutdown.graceSeconds",
         {"shutdown": {"drain_delay_seconds": 25}},
     ),
+    "grace too short for worker processes": Refusal(
+        ("config.http.workers=2", "config.shutdown.graceSeconds=1"),
+        "config.shutdown.graceSeconds (1) is too short for worker processes"
+        " (config.http.workers other than 1, or config.dedup.ownProcess): at least 2",
+        {"http": {"workers": 2}, "shutdown": {"grace_seconds": 1}},
+    ),
     "ingest topic is an output topic": Refusal(
         ("config.topics.ingest=pinecall.events",),
         "config.topics.ingest (pinecall.events) is an internal topic: it must not also be"
@@ -362,3 +368,35 @@ def test_a_strimzi_min_insync_above_the_replicas_is_refused(replicas: int, insyn
 def test_an_admin_port_equal_to_the_webhook_port_is_refused() -> None:
     error = refused(SIGNED, "config.http.adminPort=8080")
     assert "config.http.adminPort (8080) must differ from config.http.port" in error
+
+
+# Each way the pod runs worker processes, and one process (no supervisor): its bridge settings.
+PROCESSES = {
+    "workers": (("config.http.workers=2",), {"http": {"workers": 2}}),
+    "one per CPU": (
+        ("config.http.workers=0", "resources.limits.cpu=2"),
+        {"http": {"workers": 0}},
+    ),
+    "own dedup process": (("config.dedup.ownProcess=true",), {"dedup": {"own_process": True}}),
+    "one process": ((), {}),
+}
+
+
+@pytest.mark.parametrize("grace", [0.5, 1.5, 1.9999999999999996, 2])
+@pytest.mark.parametrize("processes", PROCESSES.values(), ids=PROCESSES.keys())
+def test_a_grace_too_short_for_worker_processes_is_refused_where_the_bridge_refuses_it(
+    processes: tuple[tuple[str, ...], dict[str, Any]], grace: float, bridge_problems: Any
+) -> None:
+    # Fractions as JSON (--set makes them strings). Just below 2 the bridge's float arithmetic
+    # (bridge/stopbudget.py) still rounds to fitting: the chart's must be the same, not a `< 2`.
+    sets, bridge = processes
+    args: list[str | Path] = ["template", "x", CHART, "--set", SECRET]
+    args += [f"--set={item}" for item in sets]
+    args += ["--set-json", f"config.shutdown.graceSeconds={grace!r}"]
+    done = helm(*args, check=False)
+    shutdown = {"shutdown": {"grace_seconds": grace}}
+    bridge_refuses = bool(bridge_problems(merged(merged(BRIDGE_SECRET, bridge), shutdown)))
+    assert (done.returncode != 0) == bridge_refuses, done.stderr
+    assert bridge_refuses == (bool(sets) and grace < 1.9), "not the verdict this case is for"
+    if bridge_refuses:
+        assert "is too short for worker processes" in done.stderr

@@ -16,6 +16,8 @@ from tests.integration.conftest import (
     entry,
     read_decided,
 )
+from tests.metrics import sample
+from tests.polling import until
 from tests.webhooks import signed
 
 # Far below what 40 senders of 2 KiB events offer, and what one transaction of a backlog holds:
@@ -23,6 +25,9 @@ from tests.webhooks import signed
 PRODUCE_QUOTA = 50_000.0
 SENDERS = 40
 SENDING_SECONDS = 10.0
+# A fetch quota the dedup consumer's first fetch of `FETCHED` events is well over.
+FETCH_QUOTA = 10_000.0
+FETCHED = 40
 # Pinecall waits Retry-After (5 s) before a retry: shorter here, so the test takes seconds.
 RETRY_SECONDS = 0.5
 
@@ -68,8 +73,43 @@ async def test_under_a_produce_quota_nothing_is_lost_or_doubled_and_overflow_is_
         # Decided while still throttled: a dedup transaction of the whole backlog took longer
         # to send than a step may take, timed out and started over, for good.
         records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq], 90)
+        # The throttle the brokers answered with is counted, for the producers sharing the id.
+        throttled = {
+            client: sample(
+                handle.metrics, "pinecall_bridge_kafka_throttle_seconds_total", client=client
+            )
+            for client in ("ingest_producer", "dedup_producer")
+        }
+        responses = sample(
+            handle.metrics,
+            "pinecall_bridge_kafka_throttled_responses_total",
+            client="ingest_producer",
+        )
     # The in-flight bytes filled: the overflow was answered 503 with Retry-After, nothing else.
     assert answers[503, "5"] > 0, answers
     assert set(answers) == {(200, None), (503, "5")}, answers
+    assert all(seconds > 0 for seconds in throttled.values()), throttled
+    assert responses > 0
+    # Seconds, not milliseconds: a response is throttled at most the broker's longest (6.5 s seen).
+    assert throttled["ingest_producer"] <= responses * 30, (throttled, responses)
     ids = Counter(record.json()["id"] for record in records)
     assert ids == Counter(f"{unique_call}:{seq}" for seq in accepted)
+
+
+async def test_a_fetch_quota_throttling_the_dedup_consumer_is_counted(
+    start_bridge: Callable[..., Any], kafka_bootstrap: str, unique_call: str
+) -> None:
+    client_id = f"quota-{uuid.uuid4().hex[:8]}"
+    async with client_quotas(kafka_bootstrap, client_id, {"consumer_byte_rate": FETCH_QUOTA}):
+        handle = await start_bridge(kafka={"client_id": client_id})
+        for seq in range(1, FETCHED + 1):
+            status, _ = await handle.post(entry(seq, call=unique_call, data={"text": "x" * 8192}))
+            assert status == 200
+        name = "pinecall_bridge_kafka_throttle_seconds_total"
+        await until(
+            lambda: sample(handle.metrics, name, client="dedup_consumer") > 0,
+            within=30,
+            what=lambda: f"{name}: {sample(handle.metrics, name, client='dedup_consumer')}",
+        )
+        # No producer is over a fetch quota.
+        assert sample(handle.metrics, name, client="ingest_producer") == 0

@@ -22,6 +22,8 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $websocketGap := include "pinecall-bridge.minutes" $a.websocketGapMinutes }}
 {{- $callLogDown := include "pinecall-bridge.minutes" $a.callLogDownMinutes }}
 {{- $callLogGaps := include "pinecall-bridge.minutes" $a.callLogGapsMinutes }}
+{{- $adminRefused := include "pinecall-bridge.minutes" $a.adminConnectionsRefusedMinutes }}
+{{- $adminRefusedWindow := include "pinecall-bridge.minutes" (divf $a.adminConnectionsRefusedMinutes 2) }}
 {{- $job := include "pinecall-bridge.fullname" . -}}
 groups:
   - name: pinecall-bridge
@@ -340,7 +342,8 @@ groups:
       - alert: PinecallBridgeConnectionsRefused
         # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
         # webhook on it is refused like an overloaded one, and so are the probes on that port.
-        # The webhook port's alone: the admin port's refusals (listener="admin") are no webhook's.
+        # The webhook port's alone: the admin port's refusals (listener="admin") are no webhook's
+        # (PinecallBridgeAdminConnectionsRefused).
         expr: |
           sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total{listener="webhook"}[10m])) > 0
         labels:
@@ -349,6 +352,21 @@ groups:
           summary: {{ printf "Pod %s refused %s connections past its cap" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "%s/%s refused %s connections in the last 10 minutes because config.http.maxConnections were open (per process): each got a 503 unread, or was closed. A webhook sent on one is refused, and Pinecall tries a webhook twice. Probes and scrapes on that port fail too (not on config.http.adminPort)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeconnectionsrefused" $a.runbookUrl }}
+      - alert: PinecallBridgeAdminConnectionsRefused
+        # The admin port's cap (64 per process) is far above what its probes and scrapes hold: a
+        # refusal there is a probe or a scrape refused. One burst is absorbed (a probe's
+        # failureThreshold, the next scrape) and holds the expression for half the `for` only;
+        # refusals in every half of it are not: a leak, too many scrapers or a probe storm, which
+        # restart or unready a healthy pod and leave gaps in its metrics.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_http_connections_refused_total{listener="admin"}[{{ $adminRefusedWindow }}])) > 0
+        for: {{ $adminRefused }}
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s keeps refusing connections to its admin port" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s has refused connections to config.http.adminPort (probes and /metrics) in every %v minutes for %v minutes (%s in the last %v) because 64 were open (per process): the kubelet's probes or Prometheus' scrapes on them fail, so the pod may be restarted or marked unready for no fault of its own, and its metrics have gaps." "{{ $labels.namespace }}" "{{ $labels.pod }}" (divf $a.adminConnectionsRefusedMinutes 2) $a.adminConnectionsRefusedMinutes "{{ $value | humanize }}" (divf $a.adminConnectionsRefusedMinutes 2) | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeadminconnectionsrefused" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
         # connection), so past the backlog bounds frames are dropped: events lost for good.

@@ -85,6 +85,16 @@ clocks disagreeing (60 s, bridge/clocks.py) and a copy appended up to the publis
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
 {{- $problems = append $problems (printf "config.shutdown.drainDelaySeconds (%s) must be shorter than config.shutdown.graceSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $shutdown.drainDelaySeconds)) (include "pinecall-bridge.envValue" (float64 $shutdown.graceSeconds))) }}
 {{- end }}
+{{- /* With worker processes, what a stop cut at a short grace period's end runs past it, and the
+worker's exit, must fit in the 3 s its supervisor allows: bridge/stopbudget.py's supervised_fits in
+the same float arithmetic (a 2.5 s cut overrun less a reserve of at most a quarter of the grace,
+plus a 1 s exit), so from 2 s on. The grace as the bridge gets it, not rounded up to the whole
+seconds of terminationGracePeriodSeconds. */}}
+{{- $grace := float64 $shutdown.graceSeconds }}
+{{- $overrun := subf 2.5 (minf 2.5 (divf (maxf $grace 0.0) 4.0)) }}
+{{- if and (eq (include "pinecall-bridge.supervised" .) "true") (gt (addf $overrun 1.0) 3.0) }}
+{{- $problems = append $problems (printf "config.shutdown.graceSeconds (%s) is too short for worker processes (config.http.workers other than 1, or config.dedup.ownProcess): at least 2, so a stop cut short still ends within the 3 s their supervisor allows after it" (include "pinecall-bridge.envValue" $grace)) }}
+{{- end }}
 {{- /* Topics: the internal ones are never outputs, and differ from each other. */}}
 {{- $t := include "pinecall-bridge.withDefaults" (list $c.topics (dict "events" "pinecall.events" "alerts" "pinecall.alerts" "dlq" "pinecall.dlq" "ingest" "pinecall.ingest" "feedLease" "pinecall.feed-lease")) | fromJson }}
 {{- $outputs := dict "config.topics.events" $t.events "config.topics.alerts" $t.alerts "config.topics.dlq" $t.dlq }}

@@ -147,7 +147,7 @@ async def test_a_start_whose_caller_is_cancelled_settles_then_is_undone(
 ) -> None:
     monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", settle)
     client = Starting(takes=takes)
-    caller = asyncio.create_task(start_client(client.start, client.undo))
+    caller = asyncio.create_task(start_client(client, client.start, client.undo))
     await client.began.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -158,7 +158,7 @@ async def test_a_start_whose_caller_is_cancelled_settles_then_is_undone(
 async def test_a_failed_start_is_undone_and_its_error_raised() -> None:
     client = Starting(takes=0.0, fails=KafkaConnectionError("refused"))
     with pytest.raises(KafkaConnectionError):
-        await start_client(client.start, client.undo)
+        await start_client(client, client.start, client.undo)
     assert client.undone
 
 
@@ -244,7 +244,7 @@ async def test_a_start_that_ignores_its_cancellation_holds_its_undo_only_briefly
             await release.wait()  # a cleanup that does not end
             raise
 
-    caller = asyncio.create_task(start_client(start, starting.undo))
+    caller = asyncio.create_task(start_client(starting, start, starting.undo))
     await starting.began.wait()
     caller.cancel()
     try:
@@ -254,3 +254,44 @@ async def test_a_start_that_ignores_its_cancellation_holds_its_undo_only_briefly
     finally:
         release.set()
         await asyncio.gather(caller, return_exceptions=True)
+
+
+class FrozenConsumer(RetryingConsumer):
+    """A consumer whose start fails (or is still running) and whose stop never ends: a frozen
+    broker."""
+
+    def __init__(self, start_takes: float) -> None:
+        super().__init__(stop_takes=60.0, retrying=False)
+        self.starting = Starting(takes=start_takes, fails=KafkaConnectionError("frozen"))
+
+    async def start(self) -> None:
+        await self.starting.start()
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_an_undo_that_never_ends_is_cut_at_its_bound_and_the_start_error_raised(
+    cancelled: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The undo was awaited unbounded: a stop against a frozen broker held the partition start,
+    # the stage's restart or the whole shutdown for as long as aiokafka's timeouts allowed.
+    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(clienttasks, "UNDO_SECONDS", 0.1)
+    monkeypatch.setattr(clienttasks, "CUT_SECONDS", 0.05)
+    consumer = FrozenConsumer(start_takes=60.0 if cancelled else 0.0)
+    with caplog.at_level(logging.WARNING, logger="bridge.sink.clienttasks"):
+        caller = asyncio.create_task(start_client(consumer, consumer.start, consumer.stop))
+        await consumer.starting.began.wait()
+        if cancelled:
+            caller.cancel()
+        done, _ = await asyncio.wait({caller}, timeout=5)  # well past the bound, under the stop
+        assert done == {caller}, "the undo was not cut at its bound"
+    with pytest.raises(asyncio.CancelledError if cancelled else KafkaConnectionError):
+        caller.result()
+    assert consumer.stopping is not None
+    assert consumer.stopping.cancelled()
+    assert consumer._client.closed  # cut short: nothing left open
+    assert consumer.fetch.cancelled()
+    warned = [r for r in caplog.records if "not undone in time" in r.getMessage()]
+    assert [(r.__dict__["client"], r.__dict__["within_s"]) for r in warned] == [
+        ("FrozenConsumer", 0.1)
+    ]
