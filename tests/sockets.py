@@ -1,8 +1,10 @@
-"""What the machine's network allows a test: IPv6 is off in some containers."""
+"""What the machine's network allows a test (IPv6 is off in some containers), and ports to use."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import socket
 
 
@@ -26,3 +28,36 @@ async def listening(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+REACHABLE: set[int] = set()  # loopback ports the unit-test guard lets a test connect to
+
+
+@functools.cache
+def refusing_port() -> int:
+    """A 127.0.0.1 port bound, never listening, for the rest of the process: connects are refused.
+
+    Unlike a port "where nothing listens" (9, 1, a freed one), nothing else can take it meanwhile.
+    """
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    atexit.register(held.close)
+    port: int = held.getsockname()[1]
+    REACHABLE.add(port)
+    return port
+
+
+def refusing_address() -> str:
+    """refusing_port() as host:port, for a client's bootstrap servers or a URL."""
+    return f"127.0.0.1:{refusing_port()}"
+
+
+def free_port() -> int:
+    """A free 127.0.0.1 port for a server the test starts (here or in a child process), or checks
+    is not started: the unit-test guard lets a test connect to it. Not a port that refuses: the
+    machine may give it to another server meanwhile (refusing_port() is one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    REACHABLE.add(port)
+    return port

@@ -40,21 +40,36 @@ NEW = "new-webhook-secret-0123456789"
 FILE = "BRIDGE_WEBHOOK__SECRETS"
 
 
-async def test_a_rotated_secret_file_is_taken_without_a_restart(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path
-) -> None:
+def rotating_replica(
+    name: str,
+    kafka_bootstrap: str,
+    topics: Topics,
+    tmp_path: Path,
+    secret: tuple[str, str],
+    **extra: str,
+) -> tuple[Replica, Path]:
+    """A replica taking the secret `secret` names only from its file, first holding its value, in
+    a mounted secrets dir it checks every 0.2 s; and that dir, for the test to rotate it in."""
+    file, value = secret
     secrets = tmp_path / "secrets"
-    kubelet_write(secrets, {FILE: OLD + "\n"})
+    kubelet_write(secrets, {file: value + "\n"})
     port = free_port()
     env = replica_env(
         kafka_bootstrap,
         topics,
         port,
+        **extra,
         BRIDGE_SECRETS_DIR=str(secrets),
         BRIDGE_WEBHOOK__SECRETS_CHECK_SECONDS="0.2",
     )
-    del env["BRIDGE_WEBHOOK__SECRETS"]  # from the file only: both would be refused
-    replica = Replica("rotating", env, tmp_path / "bridge.log", port)
+    del env[file]  # from the file only: both would be refused
+    return Replica(name, env, tmp_path / "bridge.log", port), secrets
+
+
+async def test_a_rotated_secret_file_is_taken_without_a_restart(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    replica, secrets = rotating_replica("rotating", kafka_bootstrap, topics, tmp_path, (FILE, OLD))
     seqs = itertools.count(1)
     async with aiohttp.ClientSession() as session:
 
@@ -112,21 +127,16 @@ async def test_a_rotated_api_key_file_is_taken_by_the_call_logs_and_the_feed_los
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
     rng = random.Random(23)
-    secrets = tmp_path / "secrets"
-    kubelet_write(secrets, {KEY_FILE: OLD_KEY + "\n"})
     async with Simulator(sim_config()) as sim, aiohttp.ClientSession() as session:
         sim.rotate_api_key(OLD_KEY)  # the key Pinecall takes at first
-        port = free_port()
-        env = replica_env(
+        replica, secrets = rotating_replica(
+            "rotating-key",
             kafka_bootstrap,
             topics,
-            port,
+            tmp_path,
+            (KEY_FILE, OLD_KEY),
             **{**sse_env(sim), **feed_env(sim)},
-            BRIDGE_SECRETS_DIR=str(secrets),
-            BRIDGE_WEBHOOK__SECRETS_CHECK_SECONDS="0.2",
         )
-        del env[KEY_FILE]  # from the file only: both would be refused
-        replica = Replica("rotating-key", env, tmp_path / "bridge.log", port)
         samples: dict[str, float] = {}
 
         async def counted(name: str, at_least: float = 1, **labels: str) -> bool:

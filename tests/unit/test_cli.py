@@ -11,6 +11,9 @@ import pytest
 from bridge import jsoncodec
 from bridge.cli import main, sample_event
 from tests.environ import without_bridge_variables
+from tests.sockets import refusing_address
+
+NOWHERE = refusing_address()  # refuses every connection: Kafka, the bridge or Pinecall "down"
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +70,7 @@ def test_check_fails_on_unknown_variables_and_run_warns(
 @pytest.mark.parametrize(
     "command",
     [
-        ["send", "--url", "http://127.0.0.1:9/x"],
+        ["send", "--url", f"http://{NOWHERE}/x"],
         ["tail"],
         ["backfill", "--call", "CA_1"],
         ["redrive", "--since", "1h"],
@@ -79,7 +82,7 @@ def test_every_command_that_reads_the_settings_warns_of_a_typo(
 ) -> None:
     # Only `run` and `check` named it: the others quietly used the default.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
-    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", NOWHERE)
     monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVER", "typo")
     assert main(command) in (1, 2)  # Kafka, the bridge or Pinecall's API key is missing
     err = capsys.readouterr().err.splitlines()
@@ -248,7 +251,7 @@ def test_send_curl_is_correctly_signed(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_send_reports_unreachable_bridge(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["send", "--secret", "k", "--url", "http://127.0.0.1:9/x"]) == 1
+    assert main(["send", "--secret", "k", "--url", f"http://{NOWHERE}/x"]) == 1
     assert "could not reach" in capsys.readouterr().err
 
 
@@ -339,9 +342,9 @@ def test_redrive_until_before_since_is_a_usage_error(
 
 @pytest.fixture
 def unreachable_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Kafka tools' settings, Kafka at 127.0.0.1:9 (nothing listens) and, for backfill,
+    """The Kafka tools' settings, Kafka at NOWHERE (refusing) and, for backfill,
     Pinecall's API key; the webhook secret is the test's to set or not."""
-    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", NOWHERE)
     monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
 
 
@@ -361,7 +364,7 @@ def test_kafka_unreachable_is_one_clear_line_not_a_traceback(
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
     assert main(command) == 1
     err = capsys.readouterr().err
-    assert "cannot reach Kafka at 127.0.0.1:9 (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)" in err
+    assert f"cannot reach Kafka at {NOWHERE} (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)" in err
     assert "Traceback" not in err
 
 
@@ -380,7 +383,7 @@ def test_the_kafka_tools_need_no_webhook_secret(
     # An SRE's laptop has the Kafka settings (and for backfill Pinecall's key), not the secret:
     # the command gets as far as Kafka instead of exiting 2 for a setting it never reads.
     assert main(command) == 1
-    assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
+    assert f"cannot reach Kafka at {NOWHERE}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["run"], ["check"]])
@@ -443,7 +446,7 @@ def test_webhook_commands_need_the_api_key_before_asking_pinecall(
 ) -> None:
     # Without it each went to Pinecall and came back with a 401.
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
-    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", f"http://{NOWHERE}")
     assert main(["webhooks", *action]) == 2
     err = capsys.readouterr().err
     assert f"webhooks {action[0]} needs BRIDGE_PINECALL__API_KEY" in err
@@ -458,7 +461,7 @@ def test_webhook_commands_that_send_no_configured_secret_do_not_require_one(
     # Pinecall's key is enough to look at, test or delete the webhook, or to register one with
     # a secret given: the command gets as far as Pinecall instead of exiting 2.
     monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
-    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", f"http://{NOWHERE}")
     assert main(["webhooks", *action]) == 1
     err = capsys.readouterr().err
     assert "ClientConnectorError" in err

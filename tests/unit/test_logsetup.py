@@ -3,6 +3,7 @@ import logging
 import pytest
 
 from bridge import jsoncodec, logsetup, logthrottle
+from tests.sockets import refusing_address
 
 
 def test_json_lines_carry_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,12 +206,12 @@ async def test_a_kafka_outage_logs_no_error_per_reconnect(
     from aiokafka.errors import KafkaConnectionError
 
     logsetup.configure("INFO", "json")
-    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    client = AIOKafkaClient(bootstrap_servers=refusing_address(), request_timeout_ms=1000)
     with pytest.raises(KafkaConnectionError):
         await client.bootstrap()
     await client.close()
     lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
-    refused = [e for e in lines if e["msg"].startswith('Unable connect to "127.0.0.1:1"')]
+    refused = [e for e in lines if e["msg"].startswith(f'Unable connect to "{refusing_address()}"')]
     assert [e["level"] for e in refused] == ["warning"], lines
 
 

@@ -22,7 +22,7 @@ from bridge.sink.topicreads import why_unread
 from bridge.workers.role import Stages
 from tests.metrics import sample
 from tests.polling import until
-from tests.sockets import ipv6_loopback
+from tests.sockets import free_port, ipv6_loopback, refusing_address
 from tests.unit.sink.fakes import FakeAdmin
 
 # Every series of the feed: a 0 from a process without the feed reads as a feed that is down.
@@ -55,13 +55,13 @@ async def test_with_the_feed_every_process_exports_its_series_from_the_start() -
 
 
 def every_source(port: int = 0, host: str = "127.0.0.1") -> Settings:
-    """Webhooks, the feed and the call logs on, Kafka unreachable (nothing connects)."""
+    """Webhooks, the feed and the call logs on, Kafka refusing every connection."""
     return load_settings(
         webhook={"secrets": ["s"]},
         websocket={"enabled": True},
         sse={"enabled": True},
         pinecall={"api_key": "k"},
-        kafka={"bootstrap_servers": ["127.0.0.1:1"]},
+        kafka={"bootstrap_servers": [refusing_address()]},
         http={"host": host, "port": port},
         shutdown={"grace_seconds": 2},
     )
@@ -70,12 +70,6 @@ def every_source(port: int = 0, host: str = "127.0.0.1") -> Settings:
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def runs(bridge: Bridge) -> dict[str, bool]:
@@ -585,7 +579,7 @@ async def test_the_wait_for_a_kafka_that_does_not_answer_is_logged_before_it_tim
         record.__dict__["bootstrap_servers"],
         record.__dict__["security_protocol"],
         record.__dict__["request_timeout_ms"],
-    ) == ("127.0.0.1:1", "PLAINTEXT", 30_000)
+    ) == (refusing_address(), "PLAINTEXT", 30_000)
 
 
 async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 
 from bench.loadgen import WebhookGen, _HttpConn, parse_response
+from tests.sockets import free_port
 
 BODY = b'{"accepted":1,"dropped":0}'
 # aiohttp's header order, and the order servers in other languages use: Content-Length last.
@@ -73,18 +73,12 @@ def test_parse_response_reports_status_body_and_bytes_used() -> None:
     assert parse_response(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"", 27)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_the_feed_generator_exits_when_told_though_its_reader_keeps_the_feed_open(
     tmp_path: Path,
 ) -> None:
     # aiohttp's cleanup waits up to 60 s for a handler still serving an open WebSocket: the
     # generator must close the feed itself, or the orchestrator's wait for it times out.
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.loadgen", "ws", "--listen-port", str(port), "--rate", "0",
         "--count", "5", "--salt", "1", "--out", str(tmp_path / "ws.json"),

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chaos.proxy import TcpProxy
-from tests.integration.conftest import free_port
+from tests.sockets import refusing_port
 
 
 async def echo(tag: bytes) -> asyncio.Server:
@@ -98,7 +98,7 @@ async def test_reset_cuts_every_connection(upstreams: list[asyncio.Server]) -> N
 async def test_round_robin_skips_an_upstream_that_refuses(
     upstreams: list[asyncio.Server],
 ) -> None:
-    refused = ("127.0.0.1", free_port())
+    refused = ("127.0.0.1", refusing_port())
     proxy = TcpProxy(
         [("127.0.0.1", port_of(upstreams[0])), refused, ("127.0.0.1", port_of(upstreams[1]))]
     )

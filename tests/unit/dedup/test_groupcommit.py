@@ -32,6 +32,7 @@ from bridge.dedup.groupcommit import (
     group_metadata,
     partition_errors,
 )
+from tests.sockets import refusing_address
 
 GROUP = "dedup"
 META = GroupMetadata(GROUP, 7, "member-1")
@@ -266,8 +267,8 @@ def test_group_metadata_refuses_another_group() -> None:
 
 
 async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> None:
-    producer = GroupCommitProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t")
-    plain = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t")
+    producer = GroupCommitProducer(bootstrap_servers=refusing_address(), transactional_id="t")
+    plain = AIOKafkaProducer(bootstrap_servers=refusing_address(), transactional_id="t")
     try:
         with pytest.raises(IllegalOperation):
             await producer.send_offsets_to_transaction({IN: 1}, GROUP)

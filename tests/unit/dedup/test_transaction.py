@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
 from bridge.sink.topicreads import why_unread
 from tests.metrics import sample
+from tests.sockets import refusing_address
 from tests.unit.dedup.fakes import (
     GROUP,
     TP,
@@ -503,7 +504,7 @@ async def test_abandon_gives_up_the_transaction_and_its_producer() -> None:
 
 async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_flush() -> None:
     """The producer lingers a whole commit interval; a plain flush() would wait all of it."""
-    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    producer = AIOKafkaProducer(bootstrap_servers=refusing_address())
     accumulator = producer._message_accumulator
     called: list[str] = []
 

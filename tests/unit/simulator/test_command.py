@@ -7,6 +7,7 @@ import pytest
 from bridge import jsoncodec
 from bridge.cli import main as bridge_main
 from bridge.simulator.command import build_parser, main, settings
+from tests.sockets import refusing_address
 
 pytestmark = pytest.mark.usefixtures("keep_logging")  # the command configures the root logger
 
@@ -49,7 +50,7 @@ def test_exit_when_done_prints_a_summary_and_writes_the_ledger(
     ledger = tmp_path / "ledger.jsonl"
     code = bridge_main(
         ["simulate", "--port", "0", "--calls", "2", "--seed", "5", "--exit-when-done",
-         "--ledger", str(ledger), "--webhook-url", "http://127.0.0.1:9/hook",
+         "--ledger", str(ledger), "--webhook-url", f"http://{refusing_address()}/hook",
          "--webhook-secret", "s", "--max-attempts", "1", "--log-level", "WARNING"]
     )  # fmt: skip
     assert code == 0

@@ -13,6 +13,7 @@ from bridge.simulator.hooks import Hook, HookStore
 from bridge.simulator.records import Delivery
 from bridge.sources.signature import Verdict, verify
 from tests.entries import entry
+from tests.sockets import refusing_address
 from tests.unit.simulator.conftest import FAST
 from tests.unit.simulator.receiver import Received, Receiver
 
@@ -134,7 +135,7 @@ async def test_transport_errors_and_timeouts_are_retried(receiver: Receiver) -> 
     receiver.answer = sometimes_slow
     deliverer = await started(dataclasses.replace(FAST, delivery_timeout=0.2, max_attempts=2))
     await send(deliverer, hook_for(receiver), "CA_1", 1)
-    nowhere = HookStore().create("http://127.0.0.1:9/hook", ("*",), "s")
+    nowhere = HookStore().create(f"http://{refusing_address()}/hook", ("*",), "s")
     await send(deliverer, nowhere, "CA_2", 1)
     await deliverer.close()
     timed_out, refused = deliverer.records

@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import MessageAccumulator
 
 from bridge.sink.drain import drain_whole_brokers
+from tests.sockets import refusing_address
 
 LEADERS = {0: 1, 1: 1, 2: 1, 3: 2}  # partition → broker
 
@@ -65,7 +66,7 @@ async def test_a_broker_being_sent_to_takes_every_batch_it_leads() -> None:
 
 
 async def test_a_producer_gets_the_whole_broker_drain() -> None:
-    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")
+    producer = AIOKafkaProducer(bootstrap_servers=refusing_address())
     try:
         assert drain_whole_brokers(producer)
         drain = producer._message_accumulator.drain_by_nodes

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from bridge.config import PinecallSettings
+from tests.sockets import refusing_address
 
 
 class FakeApi:
@@ -26,7 +27,9 @@ class FakeApi:
         app.router.add_post("/v1/webhook/test", self.test)
         self.server = TestServer(app)
         # Its api_url is the server's, once started.
-        self.settings = PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k"))
+        self.settings = PinecallSettings(
+            api_url=f"http://{refusing_address()}", api_key=SecretStr("k")
+        )
 
     async def __aenter__(self) -> FakeApi:
         await self.server.start_server()

@@ -18,6 +18,7 @@ from bridge.sources.registration import (
     next_step,
     parse_webhook,
 )
+from tests.sockets import refusing_address
 from tests.unit.sources.pinecall_api import FakeApi
 
 OURS = "https://bridge/webhooks/pinecall"
@@ -131,7 +132,7 @@ async def test_an_answer_over_the_size_cap_is_a_clear_error(
 
 
 async def test_unreachable_api_is_a_clear_error() -> None:
-    settings = PinecallSettings(api_url="http://127.0.0.1:9", api_key="k")
+    settings = PinecallSettings(api_url=f"http://{refusing_address()}", api_key="k")
     async with aiohttp.ClientSession() as session:
         with pytest.raises(RegistrationError, match="GET /v1/webhook: ClientConnectorError"):
             await WebhookRegistry(session, settings).current()

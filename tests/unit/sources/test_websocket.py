@@ -35,6 +35,7 @@ from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, w
 from tests import entries
 from tests.metrics import sample
 from tests.polling import until
+from tests.sockets import refusing_address
 from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
@@ -230,7 +231,7 @@ def bearer(url: str, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
         backoff_max_seconds=0.05,
         **over,
     )
-    return ws, PinecallSettings(api_url="http://127.0.0.1:9", api_key=API_KEY)
+    return ws, PinecallSettings(api_url=f"http://{refusing_address()}", api_key=API_KEY)
 
 
 def reconnects(metrics: Metrics, *reasons: str) -> float:
@@ -540,7 +541,7 @@ async def test_of_a_batch_cut_off_by_the_stop_only_what_kafka_did_not_take_is_lo
 
 async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
     sink, metrics = FakeSink(), Metrics()
-    async with running(bearer("ws://127.0.0.1:9/v1/ws"), sink, metrics, grace=1):
+    async with running(bearer(f"ws://{refusing_address()}/v1/ws"), sink, metrics, grace=1):
         await until(lambda: reconnects(metrics, "connect_error") >= 3)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sockets import refusing_address
+
 KAFKA_TOOLS = Path(__file__).resolve().parents[3] / "tools" / "kafka"
 LOCK = KAFKA_TOOLS / "jars.lock"
 POM = KAFKA_TOOLS / "pom.xml"
@@ -79,9 +81,9 @@ def test_a_jar_with_another_sum_is_refused_in_one_line(repo: tuple[str, Path]) -
 def test_an_unreachable_repository_fails_in_one_line(tmp_path: Path) -> None:
     lock = tmp_path / "jars.lock"
     lock.write_text(f"org.example:demo:1.0 sha512:{hashlib.sha512(JAR).hexdigest()}\n")
-    done = fetch("http://127.0.0.1:9/", lock, tmp_path / "lib")
+    done = fetch(f"http://{refusing_address()}/", lock, tmp_path / "lib")
     assert done.returncode == 1
-    assert done.stderr.startswith("fetch_jars: cannot download http://127.0.0.1:9/org/example/")
+    assert done.stderr.startswith(f"fetch_jars: cannot download http://{refusing_address()}/org/")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 

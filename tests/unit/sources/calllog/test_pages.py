@@ -27,6 +27,7 @@ from bridge.sources.calllog.pages import (
     retry_after_seconds,
 )
 from tests.entries import entry
+from tests.sockets import refusing_address
 
 
 def test_a_page_parses_into_its_entries_live_flag_and_cursor() -> None:
@@ -291,5 +292,7 @@ async def test_an_error_over_the_size_cap_is_still_the_error_its_status_says(
 async def test_an_unreachable_platform_is_a_retriable_transport_error() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(PageTransportError) as raised:
-            await fetch_page(session, "http://127.0.0.1:9", "key", "CA_1", timeout_seconds=2)
+            await fetch_page(
+                session, f"http://{refusing_address()}", "key", "CA_1", timeout_seconds=2
+            )
     assert raised.value.retriable is True

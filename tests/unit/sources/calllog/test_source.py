@@ -27,6 +27,7 @@ from bridge.sources.calllog.source import CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 from tests.metrics import sample
+from tests.sockets import refusing_address
 
 
 def sweeps_with(
@@ -43,7 +44,7 @@ def sweeps_with(
 def call_log_source(metrics: Metrics, **sse: float) -> CallLogSource:
     return CallLogSource(
         SseSettings(enabled=True, **sse),
-        PinecallSettings(api_url="http://127.0.0.1:9", api_key=SecretStr("k")),
+        PinecallSettings(api_url=f"http://{refusing_address()}", api_key=SecretStr("k")),
         KafkaSettings(),
         "ingest",
         cast(Pipeline, None),
