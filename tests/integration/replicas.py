@@ -28,6 +28,10 @@ FAST_GROUP = {
     "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS": "5000",
     "BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS": "3",
 }
+# How long a scrape may take: on a starved 2-core box (load 15-25) under a test's webhook load the
+# bridge's loop wakes 1-2.5 s late and a request needs a few turns of it; scrapes took 14-26 s
+# there, where 5 s failed the rolling-restart tests. A hung replica still fails the scrape.
+SCRAPE_SECONDS = 60.0
 
 
 def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
@@ -158,11 +162,11 @@ class Replica:
         }
 
     async def metrics_text(self, session: aiohttp.ClientSession) -> str:
-        return await exposition(session, self.url, within=5)
+        return await exposition(session, self.url, within=SCRAPE_SECONDS)
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         """The replica's /metrics as {series: value}, labels in Prometheus text form."""
-        return await scrape(session, self.url, within=5)
+        return await scrape(session, self.url, within=SCRAPE_SECONDS)
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:
