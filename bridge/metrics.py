@@ -25,6 +25,16 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 # With several worker processes the pod's /metrics has this once, for the pod (bridge/workers).
+# The Kafka clients bridge.sink.quotas watches, by their `client` label (the feed lease's,
+# "feed_lease", too: exported once the feed is, register_feed).
+THROTTLE_WATCHED = (
+    "ingest_producer",
+    "dedup_consumer",
+    "dedup_producer",
+    "dedup_restore_consumer",
+    "dedup_offsets_client",
+    "dedup_hangwatch_consumer",
+)
 WORKERS_UNREACHABLE = f"{PREFIX}_workers_unreachable"
 WORKERS_UNREACHABLE_HELP = (
     "Worker processes of this pod left out of this scrape (no answer in time); 0 with one."
@@ -438,7 +448,7 @@ class Metrics:
             self.dedup_transactions.labels(outcome)
         for client in ("ingest_producer", "dedup_consumer"):
             self.kafka_client_restarts.labels(client)
-        for client in ("ingest_producer", "dedup_consumer", "dedup_producer"):  # bridge.sink.quotas
+        for client in THROTTLE_WATCHED:
             self.kafka_throttle.labels(client)
             self.kafka_throttled_responses.labels(client)
         for kind in ("moved", "unmarked", "missing"):  # bridge.dedup.offsetmark.RESET_KINDS
@@ -466,7 +476,10 @@ class Metrics:
             self.websocket_backlog,
         ):
             self.registry.register(metric)
-        self.kafka_client_restarts.labels("feed_lease")  # at 0 from the start, for increase()
+        # The lease consumer's series, at 0 from the start for increase().
+        self.kafka_client_restarts.labels("feed_lease")
+        self.kafka_throttle.labels("feed_lease")
+        self.kafka_throttled_responses.labels("feed_lease")
 
     def register_registration(self) -> None:
         """Export `webhook_registered` (idempotent): a process that registers the webhook."""

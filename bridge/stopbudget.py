@@ -1,7 +1,8 @@
 """A graceful stop's deadlines, each derived from one budget: BRIDGE_SHUTDOWN__GRACE_SECONDS.
 
 A Kafka client's stop cut at its stage's deadline runs on past it (sink/clienttasks.py): a
-consumer's stop settles, the cancelled stop unwinds, what it left is cut short. The stages so
+consumer's stop settles, the cancelled stop unwinds, what it left is cut short; a start cut there
+no longer (its settle and its undo share the stop's settle time). The stages so
 end `reserve` before the grace period does, and those cuts fit in that reserve; a short grace
 period keeps a quarter of itself for them, and what they may then run past the grace period,
 with the interpreter's exit, must fit in a worker supervisor's margin (`supervised_fits`).
@@ -20,6 +21,9 @@ STOP_SETTLE_SECONDS = 1.0
 CUT_SECONDS = 0.5
 # The most a stop cut at its deadline runs past it: one consumer's settle, the cancelled stop's
 # unwinding, then two clients cut short (the dedup stage's transactional producer, its consumer).
+# A start cut there (a partition's restore, a replacement client) as much: its bootstrap's settle
+# and its undo within that one settle time, the cancelled start's and undo's unwinding, the
+# client cut short (clienttasks.start_client).
 CUT_OVERRUN_SECONDS = STOP_SETTLE_SECONDS + 3 * CUT_SECONDS
 # A worker process's exit after its bridge logged "stopped": under 0.1 s measured, as it skips
 # the interpreter's teardown (bridge/cli.py), which took 1.5-2 s on 2 busy cores.

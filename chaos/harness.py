@@ -16,15 +16,9 @@ from bridge.ingest.record import event_id_of
 from chaos.background import Background
 from chaos.checker import Counts, History, check, producer_doubles
 from chaos.load import WebhookLoad
-from tests.integration.conftest import (
-    Broker,
-    Topics,
-    free_port,
-    free_port_pair,
-    read_to_end,
-    until_decided,
-)
+from tests.integration.conftest import Broker, Topics, free_port_pair, read_to_end, until_decided
 from tests.integration.replicas import Replica, replica_env
+from tests.sockets import free_port
 
 PUBLISH_TIMEOUT = 5.0
 DECIDE_SECONDS = 90.0  # after the load: long enough for a restarted group to catch up

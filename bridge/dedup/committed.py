@@ -40,6 +40,7 @@ from aiokafka.protocol.types import (
 
 from bridge.dedup.protocol import topics_field
 from bridge.sink.clienttasks import start_client
+from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,13 @@ class StableUnsupportedError(Exception):
 class StableOffsets:
     """Stable committed-offset reads for one group, over a client of its own."""
 
-    def __init__(self, client: dict[str, Any], group: str) -> None:
+    def __init__(
+        self, client: dict[str, Any], group: str, throttled: Callable[[float], None] | None = None
+    ) -> None:
+        """`throttled` is told each throttle a broker answers the reads with (quotas.py)."""
         self._options = client
         self._group = group
+        self._throttled = throttled
         self._client: AIOKafkaClient | None = None
         self._coordinator: int | None = None
 
@@ -165,6 +170,8 @@ class StableOffsets:
         if self._client is not None:
             return
         client = AIOKafkaClient(**self._options)
+        if self._throttled is not None:
+            watch_throttle(client, self._throttled)
         await start_client(client, client.bootstrap, client.close)
         self._client = client
 

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ class HangingTransactions:
             return
         # Each made only as it is started: a made one never started is still one to stop.
         started: list[AIOKafkaConsumer] = []
+        throttled = counted(self._metrics, "dedup_hangwatch_consumer")
         try:
             for isolation in ("read_committed", "read_uncommitted"):
                 reader = AIOKafkaConsumer(**self._client, group_id=None, isolation_level=isolation)
+                watch_throttle(reader, throttled)
                 await start_consumer(reader)
                 started.append(reader)
         except BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +21,7 @@ from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import event_id_of
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
@@ -35,10 +36,12 @@ async def restore(
     window: SeenWindow,
     ttl: float,
     progress: PartitionProgress | None = None,
+    throttled: Callable[[float], None] | None = None,
 ) -> int:
     """Replay [start, end) of the partition into `window`; returns how many ids it read.
 
-    `progress`, when given, also learns each call log's progress from the same records.
+    `progress`, when given, also learns each call log's progress from the same records;
+    `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
     """
     consumer = AIOKafkaConsumer(
         **options,
@@ -53,6 +56,8 @@ async def restore(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
+    if throttled is not None:
+        watch_throttle(consumer, throttled)
     await start_consumer(consumer)
     try:
         consumer.assign([tp])

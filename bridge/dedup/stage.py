@@ -114,7 +114,9 @@ class DedupStage:
         )
         self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.
-        self._offsets = StableOffsets(client, settings.group)
+        self._offsets = StableOffsets(
+            client, settings.group, counted(metrics, "dedup_offsets_client")
+        )
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed

@@ -27,6 +27,7 @@ from bridge.ingest.record import decode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.quotas import counted
 
 log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
@@ -79,6 +80,8 @@ class PartitionTask:
             self.window,
             self._settings.ttl_seconds,
             self.progress,
+            # The bridge's largest fetches: a fetch quota holds a takeover up here.
+            counted(self._metrics, "dedup_restore_consumer"),
         )
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early

@@ -50,10 +50,12 @@ _warned: set[str] = set()
 # Failed replacements in a row (the cluster reachable) before the owner reports the process dead.
 REPLACE_ATTEMPTS = 5
 # How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
-START_SETTLE_SECONDS = 1.0
+START_SETTLE_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 # How long the undo of a failed or cancelled start may run before the client is cut short: a
 # stop of a client that never joined a group or sent a record is local work, unless the cluster
 # froze, when it would wait out aiokafka's request timeouts (or for ever) and hold the caller.
+# A cancelled start's settle uses it up first: a start cut at a stop's deadline so runs past it
+# no longer than a cut stop does, which the shutdown's reserve covers (bridge/stopbudget.py).
 UNDO_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 # How long a consumer's stop whose caller was cancelled may still run (stop_consumer), and how
 # long a cut waits for what it cancelled or closed: their sum bounds how far a stop cut at its
@@ -173,23 +175,27 @@ async def start_client(
     short while its metadata request is out drops that connection unclosed (nothing else refers
     to it: "Unclosed AIOKafkaConnection" when collected), which no stop of the client can reach.
     Against a live broker that request takes milliseconds. The undo (the client's stop or close)
-    runs in a task of its own for up to UNDO_SECONDS; one cut there, failed, or ended by a
-    CancelledError from inside aiokafka leaves `client` cut short.
+    runs in a task of its own for up to UNDO_SECONDS, less what the settle took; one cut there,
+    failed, or ended by a CancelledError from inside aiokafka leaves `client` cut short.
     """
     starting = asyncio.ensure_future(start())
     try:
         await asyncio.shield(starting)
     except BaseException:
+        loop = asyncio.get_running_loop()
+        undo_by = loop.time() + UNDO_SECONDS
         if not starting.done():  # the caller was cancelled, not the start
             await _settle(starting, START_SETTLE_SECONDS)
         if starting.done() and not starting.cancelled():
             starting.exception()  # raised already, or superseded by the cancellation
-        # What the start raised is what the caller must see, not a failure of this undo.
-        _, timed_out = await _stop(client, UNDO_SECONDS, 0.0, undo)
+        # What the start raised is what the caller must see, not a failure of this undo. Begun
+        # even with no time left, so that the client counts closed; then cut short.
+        within = max(undo_by - loop.time(), 0.0)
+        _, timed_out = await _stop(client, within, 0.0, undo)
         if timed_out:
             log.warning(
                 "a Kafka client's failed start was not undone in time; cut short",
-                extra={"client": type(client).__name__, "within_s": UNDO_SECONDS},
+                extra={"client": type(client).__name__, "within_s": round(within, 3)},
             )
         raise
 
@@ -213,12 +219,15 @@ async def _settle(starting: asyncio.Future[Any], within: float) -> None:
 
 
 async def stop_consumer(consumer: Any) -> None:
-    """Stop a consumer; a CancelledError from inside aiokafka ends its stop, not the caller's.
+    """Stop (leave the group, close) a consumer in a task of its own; one cut or failed is cut
+    short, so nothing of it is left open, and a failed stop's error is raised.
 
-    aiokafka's fetcher awaits the fetch tasks it cancels, and one sleeping out its retry backoff
-    (a broker down or restarting) raises CancelledError out of stop(): awaited directly, it would
-    pass for a cancellation of the caller and end a whole shutdown or partition start with it.
-    The caller's own cancellation lets the stop settle for STOP_SETTLE_SECONDS, then cuts it.
+    A CancelledError from inside aiokafka ends its stop, not the caller: aiokafka's fetcher awaits
+    the fetch tasks it cancels, and one sleeping out its retry backoff (a broker down or
+    restarting) raises CancelledError out of stop(): awaited directly, it would pass for a
+    cancellation of the caller and end a whole shutdown or partition start with it; here it is
+    logged. The caller's own cancellation lets the stop settle for STOP_SETTLE_SECONDS, then cuts
+    it, and is raised.
     """
     stopping, _ = await _stop(consumer, None, STOP_SETTLE_SECONDS)
     if stopping.done() and not stopping.cancelled():

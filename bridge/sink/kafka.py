@@ -115,7 +115,7 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by the producer and the admin client."""
+    """Connection and security options every Kafka client of the bridge shares."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,

@@ -3,10 +3,10 @@
 Over a quota (produce or fetch bytes, request time) a broker answers with `throttle_time_ms` and
 holds the connection's next requests that long. aiokafka 0.14 decodes the field and reads it
 nowhere. `watch_throttle` takes one aiokafka private, checked against 0.14.0: the client's
-``AIOKafkaClient`` (a producer's ``client``, a consumer's ``_client``) and its ``send()``, through
-which go its produce, fetch, group and transaction requests (not the metadata requests, sent on
-the connection itself), replaced on the one client instance. Read once per response, never per
-record.
+``AIOKafkaClient`` (a producer's ``client``, a consumer's or an admin client's ``_client``, or one
+the bridge made itself) and its ``send()``, through which go its produce, fetch, offset, group,
+admin and transaction requests (not the metadata requests, sent on the connection itself),
+replaced on the one client instance. Read once per response, never per record.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from aiokafka.client import AIOKafkaClient
 
 from bridge.metrics import Metrics
 
@@ -25,7 +27,8 @@ def watch_throttle(client: Any, throttled: Callable[[float], None]) -> bool:
 
     False, and logged, where this aiokafka lacks the send to watch: the client works unwatched.
     """
-    connections = getattr(client, "client", None)
+    # Never the client's own attribute `send` otherwise: a producer's is its send(topic, value).
+    connections = client if isinstance(client, AIOKafkaClient) else getattr(client, "client", None)
     if connections is None:
         connections = getattr(client, "_client", None)
     send: Callable[..., Awaitable[Any]] | None = getattr(connections, "send", None)

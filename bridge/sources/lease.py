@@ -31,6 +31,7 @@ from bridge.sink.clienttasks import (
     stop_dead,
 )
 from bridge.sink.kafka import admin_client
+from bridge.sink.quotas import counted, watch_throttle
 from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
 from bridge.supervise import Supervisor
 
@@ -126,6 +127,8 @@ class FeedLease:
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim),),
         )
+        # A throttled heartbeat or join (a request quota) can cost the lease: counted.
+        watch_throttle(consumer, counted(self._metrics, "feed_lease"))
         await start_client(consumer, consumer.start, consumer.stop)
         try:
             consumer.subscribe([self.topic], listener=_Listener(self))

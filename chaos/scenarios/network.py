@@ -20,7 +20,8 @@ from chaos.harness import (
 from chaos.load import WebhookLoad
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
-from tests.integration.conftest import Topics, free_port, wait_ready
+from tests.integration.conftest import Topics, wait_ready
+from tests.sockets import free_port
 
 LATENCY_SECONDS = 0.2
 BLACK_HOLE_SECONDS = 20.0

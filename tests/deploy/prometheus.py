@@ -13,7 +13,7 @@ import aiohttp
 import yaml
 
 from tests.deploy.tools import DEPLOY, RELEASE, find_tool
-from tests.integration.conftest import free_port
+from tests.sockets import free_port
 
 RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
 

@@ -38,12 +38,12 @@ from tests.integration.conftest import (
     Topics,
     bridge_settings,
     entry,
-    free_port,
     own_broker,
     wait_ready,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env
 from tests.polling import until
+from tests.sockets import free_port
 
 pytestmark = [
     pytest.mark.integration,

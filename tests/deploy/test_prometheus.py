@@ -19,16 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.service import Bridge
 from tests.deploy.prometheus import RULES, PrometheusServer, Scraped, scalar
 from tests.deploy.tools import DEPLOY, KAFKA_EXPORTER_METRIC, kafka_exporter_only, load_yaml
-from tests.integration.conftest import (
-    RunningBridge,
-    Topics,
-    bridge_settings,
-    entry,
-    free_port,
-    wait_ready,
-)
+from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
 from tests.metrics import exposition
 from tests.polling import until
+from tests.sockets import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -38,6 +38,7 @@ from tests import entries
 from tests.metrics import scrape
 from tests.polling import until, until_kafka
 from tests.schema import contract
+from tests.sockets import free_port
 from tests.webhooks import signed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,13 +222,6 @@ class Topics:
 def topics() -> Topics:
     """Fresh topic names and dedup group per test, so tests never read each other's records."""
     return Topics.fresh()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def daemon_env(bootstrap: str, names: Topics, **extra: str) -> dict[str, str]:

@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 
 from bridge import jsoncodec
-from tests.integration.conftest import RunningBridge, Topics, free_port, wait_ready
+from tests.integration.conftest import RunningBridge, Topics, wait_ready
 from tests.integration.replicas import Replica, replica_env, total
 from tests.metrics import scrape
 from tests.polling import until
 from tests.rawhttp import RawConnection, RawResponse, build_request, exchange
-from tests.sockets import listening
+from tests.sockets import free_port, listening
 
 KEPT_ALIVE = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 

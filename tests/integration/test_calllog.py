@@ -32,12 +32,12 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     consume_until,
-    free_port,
     read_decided,
 )
 from tests.integration.replicas import Replica, replica_env, total
 from tests.metrics import sample
 from tests.polling import until
+from tests.sockets import free_port
 
 INGESTED = "pinecall_bridge_events_ingested_total"
 

@@ -17,11 +17,11 @@ from tests.integration.conftest import (
     Topics,
     consume_until,
     entry,
-    free_port,
     has_id,
     until_metrics,
 )
 from tests.polling import until
+from tests.sockets import free_port
 
 
 def reset_like_uvloop(client: Any) -> int:

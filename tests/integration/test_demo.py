@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Topics, daemon_env, free_port
+from tests.integration.conftest import Topics, daemon_env
+from tests.sockets import free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -22,7 +22,6 @@ from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import (
     Topics,
     entry,
-    free_port,
     lease_members,
     read_decided,
     read_to_end,
@@ -36,6 +35,7 @@ from tests.integration.replicas import (
     total,
 )
 from tests.polling import until
+from tests.sockets import free_port
 
 pytestmark = pytest.mark.timeout(420)
 CALLS = 24

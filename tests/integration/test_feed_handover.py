@@ -14,9 +14,10 @@ import aiohttp
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, free_port, lease_members
+from tests.integration.conftest import Topics, lease_members
 from tests.integration.replicas import Replica, feed_env, replica_env, total
 from tests.polling import until
+from tests.sockets import free_port
 
 pytestmark = pytest.mark.timeout(300)
 GAP = "pinecall_bridge_feed_handover_gap_seconds"

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.conftest import SECRET, Topics, entry, free_port
+from tests.integration.conftest import SECRET, Topics, entry
 from tests.integration.replicas import Replica, replica_env, total
 from tests.polling import until
 from tests.rawhttp import RawConnection, RawResponse, build_request, exchange
+from tests.sockets import free_port
 from tests.webhooks import signed
 
 CAP = 4

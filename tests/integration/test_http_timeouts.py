@@ -9,9 +9,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.conftest import SECRET, Topics, entry, free_port
+from tests.integration.conftest import SECRET, Topics, entry
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.rawhttp import RawConnection
+from tests.sockets import free_port
 from tests.webhooks import signed
 
 SLOW_CLIENTS = 100

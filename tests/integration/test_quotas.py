@@ -113,3 +113,27 @@ async def test_a_fetch_quota_throttling_the_dedup_consumer_is_counted(
         )
         # No producer is over a fetch quota.
         assert sample(handle.metrics, name, client="ingest_producer") == 0
+
+
+async def test_a_fetch_quota_throttling_a_partitions_restore_is_counted(
+    start_bridge: Callable[..., Any], topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    client_id = f"quota-{uuid.uuid4().hex[:8]}"
+    before = await start_bridge(kafka={"client_id": client_id})
+    for seq in range(1, FETCHED + 1):
+        status, _ = await before.post(entry(seq, call=unique_call, data={"text": "x" * 8192}))
+        assert status == 200
+    await read_decided(kafka_bootstrap, topics, [topics.events], 60)
+    await before.bridge.stop()
+    async with client_quotas(kafka_bootstrap, client_id, {"consumer_byte_rate": FETCH_QUOTA}):
+        # The same dedup group: the new member restores the window of what the first decided.
+        after = await start_bridge(kafka={"client_id": client_id})
+        name = "pinecall_bridge_kafka_throttle_seconds_total"
+        await until(
+            lambda: sample(after.metrics, name, client="dedup_restore_consumer") > 0,
+            within=30,
+            what=lambda: f"{name}: {sample(after.metrics, name, client='dedup_restore_consumer')}",
+        )
+    # What was throttled was the restore of the window the first member decided.
+    restored = "pinecall_bridge_dedup_restored_ids_total"
+    await until(lambda: sample(after.metrics, restored) >= FETCHED, within=60, what=restored)

@@ -28,13 +28,13 @@ from tests.integration.conftest import (
     alter_topic,
     answers_ready,
     entry,
-    free_port,
     grown,
     read_decided,
     wait_ready,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.polling import until
+from tests.sockets import free_port
 
 # Cluster start (~20-40 s on 2 cores), then each test's stops, starts and drain: ~2.5 min in all.
 pytestmark = pytest.mark.timeout(400)

@@ -13,7 +13,7 @@ import pytest
 
 from bridge.simulator import Simulator
 from tests.entries import entry
-from tests.integration.conftest import Topics, consume_until, free_port, read_decided
+from tests.integration.conftest import Topics, consume_until, read_decided
 from tests.integration.replicas import (
     Replica,
     feed_env,
@@ -32,6 +32,7 @@ from tests.integration.test_calllog import (
 )
 from tests.polling import until
 from tests.secretvolume import kubelet_write
+from tests.sockets import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -40,11 +40,11 @@ from tests.integration.conftest import (
     daemon_env,
     describe,
     entry,
-    free_port,
     until_decided,
 )
 from tests.integration.replicas import Replica
 from tests.polling import until
+from tests.sockets import free_port
 
 
 def pinecall(simulator_url: str, **over: Any) -> dict[str, Any]:

@@ -32,13 +32,13 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     entry,
-    free_port,
     read_decided,
     read_to_end,
     until_metrics,
 )
 from tests.integration.replicas import Replica, replica_env, total
 from tests.rawhttp import Framing, Header, RawResponse, build_request, exchange
+from tests.sockets import free_port
 from tests.webhooks import signed
 
 PATH = "/webhooks/pinecall"

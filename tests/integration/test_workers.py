@@ -29,7 +29,6 @@ from tests.integration.conftest import (
     broker_answers,
     drain,
     entry,
-    free_port,
     own_broker,
     read_to_end,
     wait_ready,
@@ -37,7 +36,7 @@ from tests.integration.conftest import (
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.polling import until
 from tests.processes import process_gone
-from tests.sockets import listening
+from tests.sockets import free_port, listening
 
 pytestmark = pytest.mark.timeout(300)
 GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS

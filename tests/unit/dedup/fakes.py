@@ -17,7 +17,7 @@ from bridge.ingest.record import IngestEntry, decode, encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
-from tests.unit.sink.fakes import stop_cut_by_a_retry
+from tests.unit.sink.fakes import Connections, stop_cut_by_a_retry, throttled
 
 TP = TopicPartition("ingest", 4)
 GROUP = GroupMetadata("g", generation_id=3, member_id="member-1")
@@ -175,6 +175,7 @@ class FakeLog:
     start_held: bool = False  # consumers' starts never end (a broker not answering)
     starts: int = 0  # starts begun
     stops: int = 0  # stops begun
+    throttle_ms: int = 0  # the throttle time each fetch is answered with (a fetch quota)
 
     def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
         self.records.append(LoggedRecord(**vars(record), aborted=aborted))
@@ -190,6 +191,7 @@ class FakeLogConsumer:
     def __init__(self, log: FakeLog, isolation: str) -> None:
         self._log, self._isolation = log, isolation
         self._position = 0
+        self._client = Connections(throttled(log.throttle_ms))  # what quotas.py watches
 
     async def start(self) -> None:
         self._log.starts += 1
@@ -231,6 +233,7 @@ class FakeLogConsumer:
     async def getmany(
         self, partition: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[LoggedRecord]]:
+        await self._client.send(0, "fetch")
         out: list[LoggedRecord] = []
         for r in self._log.records:
             if r.offset < max(self._position, self._log.log_start):

@@ -14,8 +14,9 @@ from bridge.dedup import hangwatch
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.metrics import Metrics
 from bridge.supervise import Supervisor
+from tests.metrics import sample
 from tests.polling import until
-from tests.unit.sink.fakes import RetryingConsumer
+from tests.unit.sink.fakes import Connections, RetryingConsumer, throttled
 
 
 class FakeReader:
@@ -184,3 +185,32 @@ async def test_a_start_cancelled_while_a_reader_starts_stops_every_reader_made(
         await starting
     # Made, started or not: each is stopped.
     assert [reader.stopped for reader in made] == [True] * len(made)
+
+
+class ThrottledReader(FakeReader):
+    """A reader of no partitions whose every request a broker answers throttled (a quota)."""
+
+    def __init__(self, made: list[ThrottledReader]) -> None:
+        super().__init__({})
+        self._client = Connections(throttled(40))
+        made.append(self)
+
+    async def start(self) -> None:
+        return None
+
+
+async def test_the_readers_requests_throttled_by_a_quota_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[ThrottledReader] = []
+    monkeypatch.setattr(hangwatch, "AIOKafkaConsumer", lambda **_: ThrottledReader(made))
+    metrics = Metrics()
+    hang = watch(metrics)
+    await hang.start()
+    try:
+        for reader in made:
+            await reader._client.send(0, "list offsets")
+    finally:
+        await hang.stop()
+    name = "pinecall_bridge_kafka_throttled_responses_total"
+    assert sample(metrics, name, client="dedup_hangwatch_consumer") == len(made) == 2

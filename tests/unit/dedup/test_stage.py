@@ -10,9 +10,11 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
 
 from bridge.config import DedupSettings
+from bridge.dedup import committed as committed_module
 from bridge.dedup import stage as stage_module
 from bridge.dedup import transaction as transaction_module
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
@@ -31,6 +33,7 @@ from bridge.dedup.window import SeenWindow, digest
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
+from tests.unit.sink.fakes import throttled
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
@@ -792,3 +795,30 @@ async def test_a_partition_handed_back_after_a_revocation_exports_its_lag_again(
     consumer.ahead = 6
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="3") == 6
+
+
+class ThrottledClient(AIOKafkaClient):  # type: ignore[misc]
+    """The stable offset reads' own client, bootstrapped at once; a broker answers each of its
+    requests throttled (a request quota)."""
+
+    async def bootstrap(self) -> None:
+        return None
+
+    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        return throttled(120)
+
+
+async def test_the_stable_offset_reads_throttled_by_a_quota_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(committed_module, "AIOKafkaClient", ThrottledClient)
+    h = Harness()
+    offsets = h.stage._offsets
+    await offsets.start()
+    try:
+        assert offsets._client is not None
+        await offsets._client.send(0, "offset fetch")
+    finally:
+        await offsets.stop()
+    name = "pinecall_bridge_kafka_throttle_seconds_total"
+    assert sample(h.metrics, name, client="dedup_offsets_client") == pytest.approx(0.12)

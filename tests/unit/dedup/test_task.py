@@ -29,6 +29,8 @@ from tests.unit.dedup.fakes import (
     steps,
 )
 
+RESTORE = "dedup_restore_consumer"  # its client label in the throttle metrics
+
 
 def make(**settings: Any) -> tuple[PartitionTask, StageProducer, FakeProducer, Metrics]:
     out, producer, metrics = stage_producer(**settings)
@@ -318,3 +320,20 @@ async def test_records_past_retention_are_skipped_and_counted_once_the_skip_comm
     assert sample(metrics, "pinecall_bridge_dedup_records_expired_total") == 7
     task.committed()
     assert sample(metrics, "pinecall_bridge_dedup_records_expired_total") == 7
+
+
+async def test_the_restores_fetches_throttled_by_a_quota_are_counted(log: FakeLog) -> None:
+    log.throttle_ms = 300
+    for n in range(3):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(3, "pcb1:3")
+
+    task, _out, _producer, metrics = make()
+    await task.start(committed)
+    name = "pinecall_bridge_kafka_throttle_seconds_total"
+    fetches = sample(metrics, "pinecall_bridge_kafka_throttled_responses_total", client=RESTORE)
+    assert fetches > 0
+    assert sample(metrics, name, client=RESTORE) == pytest.approx(0.3 * fetches)
+    assert sample(metrics, name, client="dedup_consumer") == 0

@@ -133,6 +133,24 @@ async def stop_cut_by_a_retry() -> None:
     await retrying
 
 
+class Connections:
+    """An AIOKafkaClient's send, as quotas.watch_throttle wraps it: it answers with `responses`
+    in turn, the last again once they run out."""
+
+    def __init__(self, *responses: Any) -> None:
+        self._responses = list(responses)
+        self.sent: list[tuple[int, Any, dict[str, Any]]] = []
+
+    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        self.sent.append((node_id, request, kwargs))
+        return self._responses[min(len(self.sent), len(self._responses)) - 1]
+
+
+def throttled(ms: int) -> SimpleNamespace:
+    """A response a broker throttled the client's connection with, for `ms` milliseconds."""
+    return SimpleNamespace(throttle_time_ms=ms)
+
+
 class _Connections:
     closed = False
 

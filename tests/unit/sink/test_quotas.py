@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
 
-from bridge.metrics import Metrics
+from bridge.metrics import THROTTLE_WATCHED, Metrics
 from bridge.sink.quotas import counted, watch_throttle
 from tests.metrics import sample
-
-
-class Client:
-    """What watch_throttle wraps: an AIOKafkaClient's send, answering with `responses` in turn."""
-
-    def __init__(self, *responses: Any) -> None:
-        self._responses = iter(responses)
-        self.sent: list[tuple[int, Any, dict[str, Any]]] = []
-
-    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
-        self.sent.append((node_id, request, kwargs))
-        return next(self._responses)
+from tests.sockets import refusing_port
+from tests.unit.sink.fakes import Connections, throttled
 
 
 async def test_each_throttled_response_reports_its_seconds_and_is_returned_as_it_was() -> None:
-    throttled = SimpleNamespace(throttle_time_ms=1_500)
     # Unthrottled, a version without the field, and a produce with acks=0 (no response).
-    responses = (throttled, SimpleNamespace(throttle_time_ms=0), SimpleNamespace(), None)
-    producer = SimpleNamespace(client=Client(*responses))
+    responses = (throttled(1_500), throttled(0), SimpleNamespace(), None)
+    producer = SimpleNamespace(client=Connections(*responses))
     seen: list[float] = []
     assert watch_throttle(producer, seen.append)
     got = [await producer.client.send(1, f"request {i}", group=0) for i in range(len(responses))]
@@ -38,7 +27,7 @@ async def test_each_throttled_response_reports_its_seconds_and_is_returned_as_it
 
 
 async def test_a_consumers_client_is_watched_too() -> None:
-    consumer = SimpleNamespace(_client=Client(SimpleNamespace(throttle_time_ms=20)))
+    consumer = SimpleNamespace(_client=Connections(throttled(20)))
     seen: list[float] = []
     assert watch_throttle(consumer, seen.append)
     await consumer._client.send(2, "fetch")
@@ -47,13 +36,19 @@ async def test_a_consumers_client_is_watched_too() -> None:
 
 async def test_the_metrics_count_the_seconds_and_the_responses_per_client() -> None:
     metrics = Metrics()
-    for client in ("ingest_producer", "dedup_consumer", "dedup_producer"):  # at 0 from the start
-        assert sample(metrics, "pinecall_bridge_kafka_throttle_seconds_total", client=client) == 0
-    producer = SimpleNamespace(client=Client(*(SimpleNamespace(throttle_time_ms=250),) * 2))
+    name = "pinecall_bridge_kafka_throttle_seconds_total"
+
+    def exported(client: str) -> float | None:  # None while absent, unlike sample()
+        return metrics.registry.get_sample_value(name, {"client": client})
+
+    assert [exported(client) for client in THROTTLE_WATCHED] == [0] * len(THROTTLE_WATCHED)
+    assert exported("feed_lease") is None
+    metrics.register_feed()
+    assert exported("feed_lease") == 0
+    producer = SimpleNamespace(client=Connections(throttled(250)))
     watch_throttle(producer, counted(metrics, "dedup_producer"))
     await producer.client.send(1, "produce")
     await producer.client.send(1, "produce")
-    name = "pinecall_bridge_kafka_throttle_seconds_total"
     assert sample(metrics, name, client="dedup_producer") == 0.5
     assert sample(metrics, name, client="ingest_producer") == 0
     responses = "pinecall_bridge_kafka_throttled_responses_total"
@@ -73,6 +68,23 @@ async def test_aiokafkas_own_producer_and_consumer_have_the_send_it_watches() ->
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+async def test_a_client_of_aiokafkas_own_is_watched_itself() -> None:
+    # The dedup stage's stable offset reads go over an AIOKafkaClient of its own.
+    client = AIOKafkaClient(bootstrap_servers=f"127.0.0.1:{refusing_port()}")
+    try:
+        assert watch_throttle(client, lambda _: None)
+        assert client.send.__module__ == "bridge.sink.quotas"
+    finally:
+        await client.close()
+
+
+def test_a_producers_own_send_is_never_taken_for_its_clients() -> None:
+    # A producer's send(topic, value) wrapped as a request's would break every produce.
+    producer = SimpleNamespace(send=Connections().send)
+    assert not watch_throttle(producer, lambda _: None)
+    assert producer.send.__module__ == "tests.unit.sink.fakes"
 
 
 def test_a_client_lacking_the_send_is_left_as_it_is() -> None:

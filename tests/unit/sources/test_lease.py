@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from bridge.metrics import Metrics
+from bridge.sources import lease as lease_module
 from bridge.sources.lease import FeedLease, _Listener
 from bridge.sources.leasenote import LeaseNote
 from tests.metrics import sample
+from tests.unit.sink.fakes import Connections, throttled
 
 TOPIC = "pinecall.feed-lease"
 
@@ -124,3 +127,30 @@ async def test_the_feed_starts_without_waiting_for_the_previous_holders_note(
     await lease._note_read
     assert sample(lease._metrics, f"{gap}_count") == 1
     assert sample(lease._metrics, f"{gap}_sum") == 2.5
+
+
+class ThrottledConsumer:
+    """The lease's group consumer, whose every request a broker answers throttled (a quota)."""
+
+    def __init__(self, **_: Any) -> None:
+        self._client = Connections(throttled(70))
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        return None
+
+
+async def test_the_lease_consumers_requests_throttled_by_a_quota_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lease_module, "AIOKafkaConsumer", ThrottledConsumer)
+    lease = lease_noting([])
+    consumer = await lease._started_consumer()
+    await consumer._client.send(0, "heartbeat")
+    name = "pinecall_bridge_kafka_throttle_seconds_total"
+    assert sample(lease._metrics, name, client="feed_lease") == pytest.approx(0.07)
