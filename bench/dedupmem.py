@@ -4,6 +4,9 @@ Run in a fresh process so nothing else moves RSS: `python -m bench.dedupmem` pri
 `--traced` measures with tracemalloc instead (its own bookkeeping would inflate RSS, so never both).
 Each id is observed once, at increasing append times within the TTL, as a restore or a live
 partition adds it: the window holds its 128-bit digest and one queue slot per id.
+`--steady N` instead holds N ids a TTL for three TTLs, so ids expire as fast as they come (a
+partition at a steady rate, the case a pod's limit must hold), and reports RSS and the window's
+own estimate per id at the end: both depend on N through the dict's power-of-two table.
 """
 
 from __future__ import annotations
@@ -33,10 +36,35 @@ def realistic_ids(rng: random.Random, start: int, count: int) -> list[str]:
     return out
 
 
+def steady(size: int) -> dict[str, float]:
+    """One window holding `size` ids over three TTLs: its steady state's bytes per id."""
+    rng = random.Random(5)
+    window = SeenWindow(ttl=TTL, max_entries=10 * size)
+    rate = size / TTL
+    gc.collect()
+    base = _self_rss()
+    added = 0
+    while added < 3 * size:
+        for k, event_id in enumerate(realistic_ids(rng, added, 1_000)):
+            window.observe(digest(event_id), 1_790_000_000.0 + (added + k) / rate)
+        added += 1_000
+    gc.collect()
+    ids = len(window)
+    return {
+        "entries": ids,
+        "rss_per_entry": (_self_rss() - base) / ids,
+        "estimate_per_entry": window.size_bytes() / ids,
+    }
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--steady"]:
+        sys.stdout.write(orjson.dumps(steady(int(args[1]))).decode() + "\n")
+        return
     # tracemalloc counts Python's own allocations only (no allocator slack, no fragmentation):
     # a floor under the RSS figure, which is what a pod's memory limit sees.
-    traced = "--traced" in sys.argv[1:]
+    traced = "--traced" in args
     rng = random.Random(5)
     window = SeenWindow(ttl=TTL, max_entries=5_000_000)
     gc.collect()

@@ -129,6 +129,16 @@ def transactions(port: int) -> float:
     return _total(port, "pinecall_bridge_dedup_transactions_total", outcome="committed")
 
 
+def dedup_entries(port: int) -> float:
+    """Ids the dedup windows of the process (or pod) on `port` remember."""
+    return _total(port, "pinecall_bridge_dedup_entries")
+
+
+def dedup_window_bytes(port: int) -> float:
+    """The bridge's own estimate of those windows' memory."""
+    return _total(port, "pinecall_bridge_dedup_window_bytes")
+
+
 def owned(port: int) -> int:
     """Ingest partitions whose dedup task is running in the process (or pod) on `port`."""
     return int(_total(port, "pinecall_bridge_dedup_partitions_owned"))

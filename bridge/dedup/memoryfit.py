@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bridge.workers.cpus import CGROUP_ROOT, cgroup_dir
 
-# A remembered id once ids expire as fast as they come: the top of the measured 225-250 (README).
+# A remembered id once ids expire as fast as they come: measured 205-260 by the ids a partition
+# holds (207 at the chart's 600,000), up to 259 just past the id table's growth steps (README).
 BYTES_PER_ID = 250
 # One process without its window: the interpreter and clients (about 100 MiB), plus the bounded
 # buffers at their defaults (webhooks in flight 32 MiB, feed backlog 64 MiB) and their slack.

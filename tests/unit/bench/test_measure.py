@@ -26,6 +26,10 @@ pinecall_bridge_dedup_transactions_total{outcome="committed",worker="1"} 2.0
 pinecall_bridge_dedup_partitions_owned{worker="0"} 7.0
 pinecall_bridge_dedup_partitions_owned{worker="1"} 5.0
 pinecall_bridge_dedup_partitions_owned_extra 100.0
+pinecall_bridge_dedup_entries{worker="0"} 300.0
+pinecall_bridge_dedup_entries{worker="1"} 200.0
+pinecall_bridge_dedup_window_bytes{worker="0"} 45000.0
+pinecall_bridge_dedup_window_bytes{worker="1"} 30000.0
 pinecall_bridge_event_loop_lag_seconds_bucket{le="0.01",worker="0"} 40.0
 pinecall_bridge_event_loop_lag_seconds_bucket{le="+Inf",worker="0"} 41.0
 """
@@ -45,6 +49,8 @@ def test_a_pods_workers_are_added_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert measure.histogram(1, measure.LOOP_LAG) == [(0.01, 40.0), (float("inf"), 41.0)]
     assert measure.transactions(1) == 12.0
     assert measure.owned(1) == 12
+    assert measure.dedup_entries(1) == 500.0
+    assert measure.dedup_window_bytes(1) == 75000.0
 
 
 def test_the_highest_bucket_is_that_of_the_largest_observation_between_two_scrapes() -> None:
