@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
 from enum import Enum
+from typing import Protocol
 
 _DIGEST_HEX_LENGTH = 64
 _DIGEST_BYTES = 32
+
+
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
 
 
 class Verdict(Enum):
@@ -45,6 +55,17 @@ def verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Verdict
     # Every secret is tried, whichever matches, so timing does not tell which one did.
     matched = False
     for secret in secrets:
-        expected = hmac.new(secret, body, hashlib.sha256).digest()
-        matched |= hmac.compare_digest(expected, given)
+        mac = _keyed(secret).copy()
+        mac.update(body)
+        matched |= hmac.compare_digest(mac.digest(), given)
     return Verdict.VALID if matched else Verdict.INVALID
+
+
+@functools.lru_cache(maxsize=16)  # a handful of secrets at a time (rotation)
+def _keyed(secret: bytes) -> _Mac:
+    """An HMAC-SHA256 keyed with `secret` and fed nothing: each body's is a copy of it."""
+    keyed = hmac.new(secret, digestmod=hashlib.sha256)
+    # The copy of OpenSSL's own object, inside hmac.HMAC when there is one, costs a third of an
+    # hmac.new per body (the key's set-up and hmac.HMAC's Python layer): 1.5 against 4.2 µs.
+    inner: _Mac | None = getattr(keyed, "_hmac", None)
+    return keyed if inner is None else inner

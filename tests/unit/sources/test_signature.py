@@ -1,10 +1,12 @@
 import hashlib
 import hmac
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.sources import signature
 from bridge.sources.signature import Verdict, signature_header, verify
 from tests.fuzz import signatures
 
@@ -95,3 +97,42 @@ def test_any_header_is_valid_exactly_when_it_spells_the_hmac(
     assert (verdict is Verdict.VALID) == valid
     if header is None or not header.strip():
         assert verdict is Verdict.MISSING
+
+
+def test_a_secret_is_keyed_once_not_per_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    keyed: list[bytes] = []
+    real = hmac.new
+
+    def counted(key: bytes, *args: Any, **kwargs: Any) -> hmac.HMAC:
+        keyed.append(key)
+        return real(key, *args, **kwargs)
+
+    secret = b"keyed-once"
+    signed = [(hexdigest(secret, body), body) for body in (BODY, BODY + b" ", BODY + b"  ")]
+    monkeypatch.setattr(hmac, "new", counted)
+    signature._keyed.cache_clear()
+    for header, body in signed:
+        assert verify(header, body, [secret]) is Verdict.VALID
+    assert keyed == [secret]
+
+
+def test_each_body_is_hashed_on_a_copy_of_the_keyed_mac() -> None:
+    # Were the keyed MAC fed a body itself, the next body's digest would include it.
+    signature._keyed.cache_clear()
+    for body in (BODY, BODY + b"x", BODY, b""):
+        assert verify(hexdigest(SECRET, body), body, [SECRET]) is Verdict.VALID
+
+
+def test_without_openssls_object_inside_the_keyed_mac_is_copied_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # hmac's pure-Python HMAC (no OpenSSL HMAC): its `_hmac` is None, the object is copied.
+    monkeypatch.setattr(hmac, "_hashopenssl", None)
+    signature._keyed.cache_clear()
+    try:
+        assert isinstance(signature._keyed(SECRET), hmac.HMAC)
+        for body in (BODY, BODY + b"x", BODY):
+            assert verify(hexdigest(SECRET, body), body, [SECRET]) is Verdict.VALID
+        assert verify(hexdigest(b"other", BODY), BODY, [SECRET]) is Verdict.INVALID
+    finally:
+        signature._keyed.cache_clear()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import jsoncodec
@@ -578,3 +579,46 @@ async def test_new_secrets_verify_from_the_next_request(harness: Harness) -> Non
     harness.handler.use(settings(secrets="rotated-secret").webhook)
     assert (await harness.post(ENTRY)).status == 401
     assert (await harness.post(ENTRY, secret=b"rotated-secret")).status == 200
+
+
+def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """`request.read()` counted as each request's handler calls it."""
+    reads: list[int] = []
+    real = web.BaseRequest.read
+
+    async def counted(request: web.BaseRequest) -> bytes:
+        reads.append(1)
+        return await real(request)
+
+    monkeypatch.setattr(web.BaseRequest, "read", counted)
+    return reads
+
+
+async def test_a_body_that_has_all_arrived_is_taken_as_it_lies_not_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Head and body in one write: the body has all arrived before the handler runs.
+    reads = counting_reads(monkeypatch)
+    _, headers = signed(ENTRY, SECRET)
+    request = build_request("POST", PATH, [*headers.items()], ENTRY)
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    assert response.status == 200
+    assert len(harness.sink.records) == 1
+    assert reads == []
+
+
+async def test_a_chunked_body_past_the_limit_that_has_all_arrived_is_413(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No Content-Length to refuse it by: request.read() enforced the limit, now the handler does.
+    reads = counting_reads(monkeypatch)
+    body = b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}'
+    _, headers = signed(body, SECRET)
+    request = build_request("POST", PATH, [*headers.items()], body, framing="chunked")
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    assert (response.status, jsoncodec.loads(response.body)["error"]) == (413, "body_too_large")
+    assert harness.sink.records == []
+    assert harness.rejected("body_too_large") == 1
+    assert reads == []
