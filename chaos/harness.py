@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,8 @@ import aiohttp
 from bridge.ingest.record import event_id_of
 from chaos.background import Background
 from chaos.checker import Counts, History, check, producer_doubles
-from chaos.load import WebhookLoad
+from chaos.load import Attempt, WebhookLoad
+from chaos.starvation import Series, accrued, excused
 from tests.integration.conftest import Broker, Topics, free_port_pair, read_to_end, until_decided
 from tests.integration.replicas import Replica, replica_env
 from tests.sockets import free_port
@@ -212,19 +213,64 @@ def completion_check(loads: list[WebhookLoad]) -> Check:
     )
 
 
-def retry_after_check(load: WebhookLoad, fault_at: float) -> Check:
+@dataclass(frozen=True)
+class Starvation:
+    """What an attempt's measured time is reduced by: CPU starvation, not the bridge's own wait.
+
+    The harness's own loop lag and, where `waits` holds the bridge's run-queue counter (one
+    series per process; chaos/runqueue.py), the bridge's wait for a CPU, per sampling period
+    the larger of the two (chaos/starvation.py). Without `waits`, the harness's lag alone.
+    """
+
+    load: WebhookLoad
+    waits: Sequence[Series] = ()
+
+    def __call__(self, attempt: Attempt) -> float:
+        end = attempt.started + attempt.elapsed
+        stalls = self.load.own_stalls(attempt)
+        return max(
+            (excused(stalls, w, attempt.started, end) for w in self.waits),
+            default=self.load.own_delay(attempt),
+        )
+
+    def bridge_wait(self, attempt: Attempt) -> float:
+        """How long the bridge's main thread waited for a CPU during the attempt."""
+        end = attempt.started + attempt.elapsed
+        return max((accrued(w, attempt.started, end) for w in self.waits), default=0.0)
+
+    def account(self, late: Sequence[Attempt]) -> str:
+        """The starvation subtracted from the `late` answers, in words: why a late one passed."""
+        lag = f"harness loop up to {self.load.max_loop_lag:.1f}s late"
+        if not self.waits:
+            return (
+                f"{lag}; the bridge's run-queue wait not measured (no"
+                " /proc/PID/task/PID/schedstat), so the harness's lag alone subtracted"
+            )
+        if not late:
+            return f"{lag}; none later than the limit raw, so none excused by starvation"
+        less = [self(a) for a in late]
+        waited = [self.bridge_wait(a) for a in late]
+        return (
+            f"{lag}; from the {len(late)} late, CPU starvation subtracted up to"
+            f" {max(less):.1f}s ({sum(less):.1f}s in all), the bridge's main thread waiting for"
+            f" a CPU up to {max(waited):.1f}s during one ({sum(waited):.1f}s in all)"
+        )
+
+
+def retry_after_check(load: WebhookLoad, fault_at: float, waits: Sequence[Series] = ()) -> Check:
     """Every 503 said when to retry, and came within the publish timeout (plus 2 s slack).
 
-    Measured at the client, less the time the harness's own event loop ran late during the
-    request (a busy shared machine); the raw figures are reported too.
+    Measured at the client, less the CPU starvation during the request (`Starvation`: a busy
+    shared machine, not a wait of the bridge's); the raw figures are reported too.
     """
+    starved = Starvation(load, waits)
     unavailable = [a for a in load.attempts if a.status == 503]
     bare = [a for a in unavailable if not a.retry_after]
     limit = PUBLISH_TIMEOUT + 2
     slow_raw = [a for a in unavailable if a.elapsed > limit]
-    slow = [a for a in slow_raw if a.elapsed - load.own_delay(a) > limit]
+    slow = [a for a in slow_raw if a.elapsed - starved(a) > limit]
     slowest = max((a.elapsed for a in unavailable), default=0.0)
-    slowest_own = max((a.elapsed - load.own_delay(a) for a in unavailable), default=0.0)
+    slowest_net = max((a.elapsed - starved(a) for a in unavailable), default=0.0)
     when = ""
     if slow:
         offsets = [a.started - fault_at for a in slow]
@@ -234,6 +280,6 @@ def retry_after_check(load: WebhookLoad, fault_at: float) -> Check:
         not bare and not slow,
         f"{len(unavailable)} 503s, {len(bare)} without Retry-After; {len(slow)} slower than"
         f" {limit:.0f}s (publish timeout {PUBLISH_TIMEOUT:.0f}s + 2s){when}, slowest"
-        f" {slowest_own:.1f}s, less the harness's own loop delay; raw: {len(slow_raw)} slower,"
-        f" slowest {slowest:.1f}s, harness loop up to {load.max_loop_lag:.1f}s late",
+        f" {slowest_net:.1f}s net of CPU starvation; raw: {len(slow_raw)} slower, slowest"
+        f" {slowest:.1f}s; {starved.account(slow_raw)}",
     )

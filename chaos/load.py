@@ -18,6 +18,7 @@ import aiohttp
 
 from bench import events
 from chaos.checker import TRANSPORT_ERROR
+from chaos.starvation import GRACE
 from tests.integration.replicas import post_signed_answer
 
 RETRY_CAP_SECONDS = 2.0  # the harness's patience between retries; Retry-After is honoured below it
@@ -85,14 +86,18 @@ class WebhookLoad:
             if late > 0.05:
                 self.lags.append((woke, late))
 
+    def own_stalls(self, attempt: Attempt) -> list[tuple[float, float]]:
+        """(began, woke) of each time the harness's loop ran late during the attempt."""
+        end = attempt.started + attempt.elapsed
+        return [
+            (max(attempt.started, woke - late), woke)
+            for woke, late in self.lags
+            if attempt.started < woke <= end + GRACE
+        ]
+
     def own_delay(self, attempt: Attempt) -> float:
         """How late the harness's loop ran during the attempt: part of its measured time."""
-        end = attempt.started + attempt.elapsed
-        return sum(
-            min(late, woke - attempt.started)
-            for woke, late in self.lags
-            if attempt.started < woke <= end + 0.1
-        )
+        return sum(woke - began for began, woke in self.own_stalls(attempt))
 
     async def _call(
         self, session: aiohttp.ClientSession, call: str, indices: list[int], t0: float

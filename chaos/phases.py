@@ -86,22 +86,26 @@ def failover_check(
     attempts: Sequence[Attempt],
     killed_at: float,
     session_timeout: float,
-    own_delay: Callable[[Attempt], float] = lambda attempt: 0.0,
+    starved: Callable[[Attempt], float] = lambda attempt: 0.0,
 ) -> Check:
     """Every event in flight during a crash phase acknowledged by `acknowledged_by`, and some
     acknowledged after the fencing within the phase: the bridge failed over by itself.
 
-    `own_delay`: how late the harness's own loop ran during an attempt (not the bridge's time).
+    `starved`: the CPU starvation during an attempt (the harness's loop lag, the bridge's wait
+    for a CPU: harness.Starvation), subtracted from its answer time as not the bridge's wait.
     """
     first: dict[str, float] = {}
-    answered: dict[str, float] = {}  # event -> when its first 2xx came, less the harness's lag
+    answered: dict[str, float] = {}  # event -> when its first 2xx came, less the starvation
+    less: dict[str, float] = {}
     for a in sorted(attempts, key=lambda a: a.started):
         first.setdefault(a.event, a.started)
         if 200 <= a.status < 300 and a.event not in answered:
-            answered[a.event] = a.started + a.elapsed - own_delay(a)
+            less[a.event] = starved(a)
+            answered[a.event] = a.started + a.elapsed - less[a.event]
     held = {a.event for a in in_flight_during(attempts, phase)}
     due = {event: acknowledged_by(first[event], killed_at, session_timeout) for event in held}
     late = sorted(event for event in held if answered.get(event, float("inf")) > due[event])
+    excused = [less[e] for e in held if e in less and answered[e] <= due[e] < answered[e] + less[e]]
     fenced = killed_at + session_timeout
     served = sum(1 for at in answered.values() if fenced <= at < phase.end)
     acks_after_kill = [
@@ -117,7 +121,8 @@ def failover_check(
         f" ({session_timeout:.1f}s after the kill) + {FAILOVER_SECONDS:.0f}s or after their own"
         f" first attempt + {FAILOVER_SECONDS:.0f}s{f', e.g. {late[0]}' if late else ''};"
         f" {served} acknowledged between the fencing and the phase's end; the first answer"
-        f" acknowledged after the kill came {stall}",
+        f" acknowledged after the kill came {stall}; {len(excused)} late only by CPU starvation"
+        f" (up to {max(excused, default=0.0):.1f}s of it, {sum(excused):.1f}s in all)",
     )
 
 

@@ -36,7 +36,12 @@ socket by the simulator; the
 feed has no replay, so frames still in a socket when a fault cut it are counted apart and
 tolerated only as that connection's tail. Ingest copies beyond the requests that carried an event
 would be a producer retry that doubled. A 503 must come within the publish timeout
-(5 s here) plus 2 s, measured at the client less the time the harness's own event loop ran late.
+(5 s here) plus 2 s, measured at the client less the CPU starvation during the request (the same
+for the crash phase's acknowledgements): the time the harness's own event loop ran late, and the
+time the bridge's main thread waited on a run queue (its schedstat, sampled every quarter second
+and interpolated), per quarter second the larger of the two since both starve at once; where
+/proc has no schedstat, the harness's lag alone, and the check says so. Its detail gives the raw
+figures and the starvation subtracted.
 Peak RSS is the largest VmHWM of any bridge process, sampled from /proc every half second.
 Faults come from the harness: `kafka.sh down/up`, SIGKILL of broker nodes, a small asyncio TCP
 proxy (latency, black hole, RST resets, round robin over replicas), signals, and the simulator's

@@ -16,6 +16,7 @@ from chaos.harness import (
 )
 from chaos.load import WebhookLoad
 from chaos.rss import PeakRss
+from chaos.runqueue import RunQueueWatch
 from tests.integration.conftest import Topics, wait_ready
 
 OUTAGE_SECONDS = 30.0
@@ -35,7 +36,11 @@ async def broker_stop(ctx: Context) -> Outcome:
             count=int(ctx.rate * (before + outage + after)),
             salt=random.getrandbits(32),
         )
-        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
+        async with (
+            PeakRss(lambda: [replica]) as rss,
+            HealthWatch([replica]) as watch,
+            RunQueueWatch(lambda: [replica]) as cpu,
+        ):
             flowing = asyncio.create_task(load.run())
             await asyncio.sleep(before)
             down_at = time.monotonic()
@@ -51,7 +56,7 @@ async def broker_stop(ctx: Context) -> Outcome:
         after_up = [a for a in load.attempts if a.started > up_at and 200 <= a.status < 300]
         checks = [
             *decided,
-            retry_after_check(load, down_at),
+            retry_after_check(load, down_at, cpu.waits()),
             Check(
                 "readiness false during the outage",
                 503 in while_down,

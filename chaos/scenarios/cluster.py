@@ -25,6 +25,7 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
+    Starvation,
     retry_after_check,
     webhook_counts,
 )
@@ -38,6 +39,7 @@ from chaos.phases import (
     summary,
 )
 from chaos.rss import PeakRss
+from chaos.runqueue import RunQueueWatch
 from tests.integration.cluster import NODES, Cluster, cluster_port
 from tests.integration.conftest import Topics
 
@@ -78,7 +80,11 @@ async def cluster(ctx: Context) -> Outcome:
             salt=random.getrandbits(32),
         )
         timeline = Timeline()
-        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
+        async with (
+            PeakRss(lambda: [replica]) as rss,
+            HealthWatch([replica]) as watch,
+            RunQueueWatch(lambda: [replica]) as cpu,
+        ):
             flowing = asyncio.create_task(load.run())
             timeline.enter("steady", time.monotonic())
             await asyncio.sleep(steady)
@@ -132,9 +138,13 @@ async def cluster(ctx: Context) -> Outcome:
                 f" requests sent while node {survivor} was alone",
             ),
             failover_check(
-                phases["leader down"], load.attempts, killed_at, fencing, load.own_delay
+                phases["leader down"],
+                load.attempts,
+                killed_at,
+                fencing,
+                Starvation(load, cpu.waits()),
             ),
-            retry_after_check(load, killed_at),
+            retry_after_check(load, killed_at, cpu.waits()),
             watch.liveness(),
             Check(
                 "recovery once the brokers are back",

@@ -20,6 +20,7 @@ from chaos.harness import (
 from chaos.load import WebhookLoad
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
+from chaos.runqueue import RunQueueWatch
 from tests.integration.conftest import Topics, wait_ready
 from tests.sockets import free_port
 
@@ -109,7 +110,11 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
                 count=int(ctx.rate * (2 * clean + fault_seconds)),
                 salt=random.getrandbits(32),
             )
-            async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
+            async with (
+                PeakRss(lambda: [replica]) as rss,
+                HealthWatch([replica]) as watch,
+                RunQueueWatch(lambda: [replica]) as cpu,
+            ):
                 flowing = asyncio.create_task(load.run())
                 await asyncio.sleep(clean)
                 fault_at, healed_at = await faults(proxy)
@@ -122,7 +127,7 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
             ready_after = watch.statuses("/readyz", healed_at)
             checks = [
                 *decided,
-                retry_after_check(load, fault_at),
+                retry_after_check(load, fault_at, cpu.waits()),
                 Check(
                     "producer retries double nothing",
                     doubles == 0,

@@ -34,3 +34,46 @@ def test_a_503_must_say_when_to_retry_and_come_in_time() -> None:
     excused = load_with([late])
     excused.lags = [(13.0, 3.0)]
     assert retry_after_check(excused, fault_at=9.0).ok
+
+
+# The bridge's main thread, sampled each second, waited 5.8 s for a CPU between 11 and 18
+# (two JVMs starting on two cores), as measured during the cluster scenario's broker restarts.
+STARVED = [(10.0, 2.0), (11.0, 2.0), *((11.0 + n, 2.0 + 5.8 * n / 7) for n in range(1, 8))]
+
+
+def test_a_503_late_only_because_the_bridge_waited_for_a_cpu_passes() -> None:
+    late = Attempt("CA_a:1", 503, 10.5, 10.0, "5")  # 10 s raw, 4.2 s net of 5.8 s starvation
+    assert not retry_after_check(load_with([late]), fault_at=9.0).ok  # the harness lag alone
+    check = retry_after_check(load_with([late]), fault_at=9.0, waits=[STARVED])
+    assert check.ok, check.detail
+    assert "0 slower than 7s" in check.detail
+    assert "raw: 1 slower, slowest 10.0s" in check.detail
+    assert "the bridge's main thread waiting for a CPU up to 5.8s during one (5.8s in all)" in (
+        check.detail
+    )
+
+
+def test_a_503_late_by_more_than_the_starvation_still_fails() -> None:
+    # 13 s raw, less 5.8 s is 7.2 s: later than the publish timeout + 2 s, starved or not.
+    later = Attempt("CA_a:1", 503, 10.5, 13.0, "5")
+    check = retry_after_check(load_with([later]), fault_at=9.0, waits=[STARVED])
+    assert not check.ok
+    assert "1 slower than 7s (publish timeout 5s + 2s) (sent +2s to +2s after" in check.detail
+    assert "slowest 7.2s net of CPU starvation" in check.detail
+
+
+def test_the_harness_lag_and_the_bridge_wait_in_the_same_seconds_count_once() -> None:
+    late = Attempt("CA_a:1", 503, 10.5, 12.0, "5")  # needs 5 s excused, the bridge waited 5.8
+    load = load_with([late])
+    load.lags = [(12.0 + n, 0.8) for n in range(6)]  # 4.8 s, in the seconds the bridge waited
+    check = retry_after_check(load, fault_at=9.0, waits=[STARVED])
+    assert check.ok, check.detail
+    longer = load_with([Attempt("CA_a:1", 503, 10.5, 13.0, "5")])
+    longer.lags = load.lags  # 13 - 5.8 is 7.2, not 13 - 5.8 - 4.8
+    assert not retry_after_check(longer, fault_at=9.0, waits=[STARVED]).ok
+
+
+def test_without_schedstat_the_check_says_it_subtracted_the_harness_lag_only() -> None:
+    check = retry_after_check(load_with([Attempt("CA_a:1", 503, 10.0, 5.5, "5")]), 9.0)
+    assert check.ok
+    assert "the bridge's run-queue wait not measured" in check.detail

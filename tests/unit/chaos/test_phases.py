@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.load import Attempt
+from chaos.harness import Starvation
+from chaos.load import Attempt, WebhookLoad
 from chaos.phases import (
     FAILOVER_SECONDS,
     SERVED_SECONDS,
@@ -134,7 +135,7 @@ def test_answers_delayed_by_the_fencing_and_failover_pass_the_crash_phase() -> N
     assert check.name == "failover during 'leader down' within fencing + 5s"
     assert check.detail.startswith("150 events in flight, 0 acknowledged later")
     assert "150 acknowledged between the fencing and the phase's end" in check.detail
-    assert check.detail.endswith("the first answer acknowledged after the kill came +9.4s")
+    assert "the first answer acknowledged after the kill came +9.4s;" in check.detail
 
 
 def test_a_crash_phase_that_ended_before_the_fencing_cannot_pass() -> None:
@@ -156,8 +157,21 @@ def test_an_event_acknowledged_too_long_after_the_failover_fails_the_crash_phase
     assert "e.g. CA_s:1" in check.detail
     # Unless the harness's own loop ran late for that long: the delay was not the bridge's.
     lagged = failover_check(
-        down, [slow, *served], 100.0, 9.0, own_delay=lambda a: 2.0 if a is slow else 0.0
+        down, [slow, *served], 100.0, 9.0, starved=lambda a: 2.0 if a is slow else 0.0
     )
     assert lagged.ok, lagged.detail
     never = [Attempt("CA_n:1", 503, 112.0, 5.0, "2"), *served]
     assert not failover_check(down, never, killed_at=100.0, session_timeout=9.0).ok
+
+
+def test_an_acknowledgement_late_by_the_bridge_waiting_for_a_cpu_passes_the_crash_phase() -> None:
+    down = Phase("leader down", 100.5, 117.0)
+    served = [attempt(f"CA_x{n}:1", 111.0 + 0.01 * n) for n in range(10)]
+    slow = Attempt("CA_s:1", 200, 112.0, 6.0, None)  # answered at 118 > 112 + 5
+    load = WebhookLoad(url=lambda: "http://x", rate=1, count=1, salt=0)
+    waited = [(112.0, 0.0), (114.0, 1.5), (118.0, 1.5)]  # the bridge's main thread, 1.5 s
+    check = failover_check(down, [slow, *served], 100.0, 9.0, Starvation(load, [waited]))
+    assert check.ok, check.detail
+    assert check.detail.endswith("1 late only by CPU starvation (up to 1.5s of it, 1.5s in all)")
+    later = Attempt("CA_s:1", 200, 112.0, 6.6, None)  # 118.6 - 1.5 is still after 117
+    assert not failover_check(down, [later, *served], 100.0, 9.0, Starvation(load, [waited])).ok
