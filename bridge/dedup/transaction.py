@@ -40,7 +40,7 @@ from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer
 from bridge.dedup.offsetmark import mark
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
-from bridge.metrics import Metrics
+from bridge.metrics import Metrics, observe_all
 from bridge.sink.clienttasks import cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
@@ -341,10 +341,10 @@ class StageProducer:
         if txn.too_large:
             m.dedup_output_too_large.inc(txn.too_large)
         now = time.time()
-        for received_at, event_time in txn.timings:
-            m.end_to_end.observe(max(now - received_at, 0.0))
-            if event_time is not None:
-                m.event_lag.observe(max(now - event_time, 0.0))
+        # Each histogram's buckets counted over the transaction, then incremented once each.
+        observe_all(m.end_to_end, [max(now - received, 0.0) for received, _ in txn.timings])
+        lags = [max(now - sent, 0.0) for _, sent in txn.timings if sent is not None]
+        observe_all(m.event_lag, lags)
 
     def _outcome(self, txn: _Transaction, topic: str, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled():

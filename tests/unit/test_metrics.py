@@ -1,12 +1,14 @@
+import math
 import re
 from pathlib import Path
-from typing import get_args
+from typing import Any, cast, get_args
 
+import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
 from bridge.connlimit import Listener
 from bridge.http_timeouts import BAD_REQUEST_HEAD
-from bridge.metrics import Metrics
+from bridge.metrics import Metrics, observe_all
 from bridge.normalise.shapes import UnrecognisedReason
 from bridge.routing import DropReason
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
@@ -72,3 +74,61 @@ def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
         meaning = rows[name][1]
         missing = sorted(v for v in values if f"`{v}`" not in meaning)
         assert not missing, f"{name}: README's Metrics table does not name {missing}"
+
+
+def _histogram_samples(histogram: Histogram) -> dict[str, float]:
+    """Every bucket's count, and the count, by sample name and bound."""
+    return {
+        s.name + s.labels.get("le", ""): s.value
+        for metric in histogram.collect()
+        for s in metric.samples
+        if not s.name.endswith("_sum")
+    }
+
+
+def test_observe_all_counts_each_amount_in_the_bucket_observe_would() -> None:
+    # Bounds themselves (observe's test is `<=`), between them, below and above them all, a NaN
+    # (the sum only) and an infinity (the +Inf bucket).
+    bounds = (0.01, 0.1, 1.0, 10.0)
+    amounts = [0.0, -1.0, 0.01, 0.010001, 0.1, 0.5, 1.0, 9.99, 10.0, 11.0, 1e9, math.inf]
+    amounts += [math.nan, 0.05, 0.05, 0.05]
+    one_by_one = Histogram("one", "", buckets=bounds, registry=None)
+    together = Histogram("one", "", buckets=bounds, registry=None)
+    for amount in amounts:
+        one_by_one.observe(amount)
+    observe_all(together, amounts)
+    assert _histogram_samples(together) == _histogram_samples(one_by_one)
+    assert math.isnan(together._sum.get())  # the NaN's, as observe adds it
+
+
+def test_observe_all_adds_the_amounts_to_the_sum_and_nothing_for_none() -> None:
+    histogram = Histogram("h", "", buckets=(1.0,), registry=None)
+    observe_all(histogram, [])
+    observe_all(histogram, [0.25, 0.5, 3.0])
+    assert histogram._sum.get() == 3.75
+    assert _histogram_samples(histogram) == {
+        "h_bucket1.0": 2.0,
+        "h_bucket+Inf": 3.0,
+        "h_count": 3.0,
+    }
+
+
+def test_observe_all_refuses_a_labelled_histogram_as_observe_does() -> None:
+    histogram = Histogram("h", "", ["topic"], registry=None)
+    with pytest.raises(ValueError, match="missing label values"):
+        histogram.observe(1.0)
+    with pytest.raises(ValueError, match="missing label values"):
+        observe_all(histogram, [1.0])
+
+
+def test_observe_all_observes_one_by_one_a_histogram_without_the_attributes_it_reads() -> None:
+    class Observed:
+        def __init__(self) -> None:
+            self.amounts: list[float] = []
+
+        def observe(self, amount: float) -> None:
+            self.amounts.append(amount)
+
+    histogram = Observed()
+    observe_all(cast(Any, histogram), [0.5, 2.0])
+    assert histogram.amounts == [0.5, 2.0]
