@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import hashlib
 import hmac
-import statistics
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, cast
 
 from aiohttp import streams, web
@@ -35,6 +32,9 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import make_mocked_request
 
 from bench.events import body
+from bench.paired import Outcome, Patch, paired, report
+from bench.paired import patched as _patched
+from bench.paired import run as _run
 from bridge import jsoncodec
 from bridge import pipeline as pipeline_module
 from bridge.config import load_settings
@@ -58,9 +58,11 @@ from bridge.sources.webhook import (
     json_response,
 )
 
+# The shared machinery lives in bench.paired; these names stay importable from here too.
+__all__ = ["VARIANTS", "Outcome", "Patch", "_patched", "_run", "main", "measure", "report"]
+
 SECRET = "bench-handlerpath-secret"
 MAX_AGE_SECONDS = 300.0
-Patch = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 # --- The old functions, as they were before each change -----------------------------------------
@@ -259,18 +261,6 @@ def _old_verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Ve
     return Verdict.VALID if matched else Verdict.INVALID
 
 
-@contextlib.contextmanager
-def _patched(*patches: tuple[Any, str, Any]) -> Iterator[None]:
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, value in patches:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
-
-
 VARIANTS: dict[str, Patch] = {
     "timer": lambda: _patched((Pipeline, "_send", _old_send)),
     "payload-id": lambda: _patched((shapes, "_checked", _old_checked)),
@@ -359,56 +349,16 @@ async def _timed(handler: WebhookHandler, requests: list[web.Request]) -> float:
     return time.process_time() - started
 
 
-@dataclass
-class Outcome:
-    old: list[float]  # µs per event, per round
-    new: list[float]
-
-    def ratios(self) -> list[float]:
-        return [n / o for o, n in zip(self.old, self.new, strict=True)]
-
-
 async def measure(variant: str, rounds: int, per_round: int) -> Outcome:
     """`rounds` paired rounds of `per_round` requests of the old and the new variant each."""
     handler = _handler()
-    old_patch = VARIANTS[variant]
-    await _timed(handler, _requests(0, 0, per_round))  # warm-up: caches, first-call paths
-    outcome = Outcome([], [])
-    for n in range(rounds):
-        batches = [_requests(n + 1, k * per_round, per_round) for k in range(2)]
-        gc.collect()
-        gc.freeze()  # the prepared requests are no collection's work inside the timed part
-        order = ("old", "new") if n % 2 == 0 else ("new", "old")
-        for which, requests in zip(order, batches, strict=True):
-            patch = old_patch() if which == "old" else contextlib.nullcontext()
-            with patch:
-                seconds = await _timed(handler, requests)
-            getattr(outcome, which).append(seconds / per_round * 1e6)
-        gc.unfreeze()
-    return outcome
 
+    def prepare(n: int, k: int) -> list[web.Request]:
+        return _requests(n, k * per_round, per_round)
 
-def report(variant: str, outcome: Outcome) -> str:
-    ratios = outcome.ratios()
-    lower = sum(r < 1 for r in ratios)
-
-    def summary(values: list[float]) -> str:
-        return f"min {min(values):.1f}, median {statistics.median(values):.1f} µs/event"
-
-    return (
-        f"{variant}: old {summary(outcome.old)}; new {summary(outcome.new)}; "
-        f"per-round new/old median {statistics.median(ratios):.3f}, "
-        f"new lower in {lower} of {len(ratios)} rounds"
+    return await paired(
+        VARIANTS[variant], prepare, lambda batch: _timed(handler, batch), rounds, per_round
     )
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # as the bridge: uvloop is optional
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> None:

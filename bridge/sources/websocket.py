@@ -72,6 +72,12 @@ MAX_BATCH = 500
 # The one batch being published is held parsed, up to 25 times its text: bounded apart from
 # the backlog, so its share of memory stays small whatever the backlog's bound.
 MAX_BATCH_BYTES = 256 * 1024
+# A small frame that finds this little queued (the batch being published apart) is held as the
+# reader parsed it, not parsed again by the publisher: at most 64 KiB of text held parsed beside
+# the batch, where the usual event (about 250 bytes) meets a short queue. A larger frame may
+# parse to 25 times its text: it is held as text whatever the queue.
+PARSED_QUEUE_BYTES = 64 * 1024
+PARSED_FRAME_BYTES = 4096
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _DRAINED = object()
 # A token is refreshed when this share of its life is left (at least 1 s, at most 60 s before).
@@ -197,7 +203,10 @@ class WebSocketSource:
         # Unbounded as a queue: the reader bounds it (events and bytes), and never waits on it.
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._held = 0  # events read and not yet acknowledged (queued or in the batch)
+        # Read at scrape time: a gauge update (and its lock) per frame cost more than the read.
+        metrics.websocket_backlog.set_function(lambda: self._held)
         self._held_bytes = 0
+        self._batch_bytes = 0  # of those, the batch's being published
         # Indexes of the batch being published that Kafka took (or that need no retry): a stop
         # cutting the batch off lost only the rest of it.
         self._settled: set[int] = set()
@@ -284,9 +293,8 @@ class WebSocketSource:
         if self._publisher is None:
             return
         left = self._held - len(self._settled)
-        self._held, self._held_bytes, self._settled = 0, 0, set()
+        self._held, self._held_bytes, self._batch_bytes, self._settled = 0, 0, 0, set()
         self._queue = asyncio.Queue()
-        self._metrics.websocket_backlog.set(0)
         if left:
             self._metrics.rejected.labels("websocket", "shutdown").inc(left)
             log.error(
@@ -592,8 +600,12 @@ class WebSocketSource:
         self._answer(opened, frame)
         if frame.kind == "event":
             # The text is held, not the parsed event (4 to 25 times larger): the bound is on
-            # what the backlog holds. The publisher parses it again.
-            self._hold(message, sys.getsizeof(message))
+            # what the backlog holds. The publisher parses it again, unless it is small and
+            # little is queued: then it is held parsed.
+            size = sys.getsizeof(message)
+            queued = self._held_bytes - self._batch_bytes
+            parsed = size <= PARSED_FRAME_BYTES and queued + size <= PARSED_QUEUE_BYTES
+            self._hold(frame.item if parsed else message, size)
         elif frame.kind == "control" and frame.detail == "error":
             flood.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
         elif frame.kind == "garbage":
@@ -627,7 +639,6 @@ class WebSocketSource:
         self._held += 1
         self._held_bytes += size
         self._queue.put_nowait((item, size))
-        self._metrics.websocket_backlog.set(self._held)
 
     def _drop(self) -> None:
         self._metrics.rejected.labels("websocket", "backlog_full").inc()
@@ -656,11 +667,12 @@ class WebSocketSource:
                 batch.append(item)
                 held_bytes += item[1]
             self._settled = set()
+            self._batch_bytes = held_bytes
             await self._publish([_decoded(held) for held, _ in batch])
             self._held -= len(batch)
             self._held_bytes -= held_bytes
+            self._batch_bytes = 0
             self._settled = set()
-            self._metrics.websocket_backlog.set(self._held)
             if last:
                 return
 
@@ -740,9 +752,10 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
 
 
-def _decoded(held: str | bytes | Unrecognised) -> Any:
-    """A backlog item as the pipeline takes it: a frame's text parsed, a note as it is."""
-    return held if isinstance(held, Unrecognised) else jsoncodec.loads(held)
+def _decoded(held: str | bytes | Unrecognised | dict[str, Any]) -> Any:
+    """A backlog item as the pipeline takes it: a frame's text parsed, the rest as it is (a note,
+    a frame held parsed)."""
+    return jsoncodec.loads(held) if isinstance(held, str | bytes) else held
 
 
 def _close_reason(exc: ConnectionClosed) -> DisconnectReason:
