@@ -15,7 +15,6 @@ import argparse
 import datetime
 import math
 import os
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import orjson
 from bench import broker, measure
 from bench.run import PY, Bench, Loadgen, Proc, commit, machine, uptime
 from bridge.dedup.memoryfit import PROCESS_RESERVE_BYTES
+from tests.sockets import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TTL = 900.0
@@ -75,13 +75,6 @@ def pod_bytes(
     """
     per_partition = min(rate * ttl / partitions, cap)
     return math.ceil(partitions * per_partition * per_id) + reserve * processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def look(proc: Proc, t: float) -> Sample:
