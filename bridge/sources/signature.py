@@ -61,6 +61,11 @@ def verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Verdict
     return Verdict.VALID if matched else Verdict.INVALID
 
 
+def forget_keys() -> None:
+    """Drop every keyed secret, so a rotated-out one is not kept; those in use are keyed again."""
+    _keyed.cache_clear()
+
+
 @functools.lru_cache(maxsize=16)  # a handful of secrets at a time (rotation)
 def _keyed(secret: bytes) -> _Mac:
     """An HMAC-SHA256 keyed with `secret` and fed nothing: each body's is a copy of it."""

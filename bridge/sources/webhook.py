@@ -14,7 +14,7 @@ from bridge.config import HttpSettings, WebhookSettings
 from bridge.metrics import Metrics
 from bridge.normalise import event_time, split_body
 from bridge.pipeline import Pipeline
-from bridge.sources.signature import Verdict, verify
+from bridge.sources.signature import Verdict, forget_keys, verify
 
 SIGNATURE_HEADER = "X-Pinecall-Signature"
 RETRY_AFTER_SECONDS = "5"
@@ -83,6 +83,7 @@ class WebhookHandler:
         """Verify with `settings`' secrets from the next request on (a reloaded secret file)."""
         # No await between the two: a request sees the old pair or the new, never a mix.
         self._settings, self._secrets = settings, _encoded(settings)
+        forget_keys()
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
         self._metrics.rejected.labels("webhook", reason).inc()

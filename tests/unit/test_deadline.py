@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -118,3 +120,59 @@ async def test_a_coroutine_that_suspends_many_times_gets_every_answer() -> None:
         return total
 
     assert await by_deadline(asyncio.get_running_loop().time() + 60, counts()) == 10
+
+
+async def _old(deadline: float, coro: Coroutine[Any, Any, Any]) -> Any:
+    async with asyncio.timeout_at(deadline):
+        return await coro
+
+
+async def _swallows_the_cancellation() -> str:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        return "answered anyway"
+    return "woken"
+
+
+async def _cleans_up_then_reraises() -> str:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.01)  # suspends again, on a future of its own
+        raise
+    return "woken"
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [(_swallows_the_cancellation, "answered anyway"), (_cleans_up_then_reraises, TimeoutError)],
+)
+async def test_what_a_coroutine_makes_of_the_deadline_is_what_timeout_at_makes_of_it(
+    step: Callable[[], Coroutine[Any, Any, str]], expected: object
+) -> None:
+    async def outcome(way: Callable[..., Coroutine[Any, Any, Any]]) -> object:
+        try:
+            return await way(asyncio.get_running_loop().time() + 0.02, step())
+        except TimeoutError:
+            return TimeoutError
+
+    assert await outcome(by_deadline) == await outcome(_old) == expected
+
+
+async def test_closing_it_closes_the_coroutine_it_awaits() -> None:
+    # As a task dropped at shutdown is closed: the awaited coroutine's own clean-up runs.
+    events: list[str] = []
+
+    async def holds() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("closed")
+
+    held = holds()  # held here too: no collection of it closes it instead
+    awaiting = by_deadline(asyncio.get_running_loop().time() + 60, held)
+    awaiting.send(None)  # suspended, its timer armed
+    awaiting.close()
+    assert events == ["closed"]
+    assert inspect.getcoroutinestate(held) == inspect.CORO_CLOSED

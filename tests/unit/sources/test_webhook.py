@@ -19,6 +19,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import shapes
 from bridge.pipeline import Pipeline
 from bridge.sink.limits import TopicLimits
+from bridge.sources import signature
 from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, WebhookHandler
 from tests.entries import entry
 from tests.metrics import sample
@@ -581,6 +582,14 @@ async def test_new_secrets_verify_from_the_next_request(harness: Harness) -> Non
     assert (await harness.post(ENTRY, secret=b"rotated-secret")).status == 200
 
 
+async def test_a_rotated_out_secret_is_not_kept_keyed(harness: Harness) -> None:
+    assert (await harness.post(ENTRY)).status == 200  # the first secret keyed
+    harness.handler.use(settings(secrets="rotated-secret").webhook)
+    assert signature._keyed.cache_info().currsize == 0
+    assert (await harness.post(ENTRY, secret=b"rotated-secret")).status == 200
+    assert signature._keyed.cache_info().currsize == 1
+
+
 def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """`request.read()` counted as each request's handler calls it."""
     reads: list[int] = []
@@ -622,3 +631,25 @@ async def test_a_chunked_body_past_the_limit_that_has_all_arrived_is_413(
     assert harness.sink.records == []
     assert harness.rejected("body_too_large") == 1
     assert reads == []
+
+
+def padded_to(size: int) -> bytes:
+    """An entry of exactly `size` bytes of JSON."""
+    bare = jsoncodec.dumps(entry(1, ts=ENTRY_TIME, pad=""))
+    return jsoncodec.dumps(entry(1, ts=ENTRY_TIME, pad="a" * (size - len(bare))))
+
+
+@pytest.mark.parametrize(("size", "status"), [(4096, 200), (4097, 413)])
+async def test_a_chunked_body_that_has_all_arrived_is_held_to_the_limit_as_read_would(
+    harness: Harness, size: int, status: int
+) -> None:
+    # request.read() refuses only a body past client_max_size (the limit): one of the limit's
+    # own size is let in, taken as it lies or read.
+    body = padded_to(size)
+    assert len(body) == size
+    _, headers = signed(body, SECRET)
+    request = build_request("POST", PATH, [*headers.items()], body, framing="chunked")
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    assert response.status == status
+    assert len(harness.sink.records) == (status == 200)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import itertools
 import logging
 import time
 import tracemalloc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -542,6 +544,24 @@ async def test_the_backlog_gauge_is_read_at_scrape_time_not_set_per_frame(
         source._take(opened, jsoncodec.dumps(entry(seq)).decode())
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 3
     assert sets == []
+
+
+async def test_a_replacing_source_s_backlog_is_the_gauge_s_and_the_old_one_is_let_go() -> None:
+    # The service builds a new source each time the lease comes back: the gauge must read the
+    # running one, and must not keep every stopped one (and its pipeline) alive.
+    metrics = Metrics()
+    opened = websocket._Opened(ws=cast(ClientConnection, None), expires_at=None)
+    old = idle_source(metrics)
+    for seq in range(1, 4):
+        old._take(opened, jsoncodec.dumps(entry(seq)).decode())
+    gone = weakref.ref(old)
+    new = idle_source(metrics)
+    del old
+    gc.collect()
+    assert gone() is None
+    assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
+    new._take(opened, jsoncodec.dumps(entry(4)).decode())
+    assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 1
 
 
 async def test_a_kafka_stall_does_not_starve_the_keepalive(
