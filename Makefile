@@ -47,9 +47,11 @@ kafka-cluster-down:  ## stop the local 3-node Kafka cluster
 	@tools/kafka/cluster.sh down
 
 run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
-	@tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
+	@BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
+	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
 
 demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check
+	BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT)
 
 bridge: venv kafka-up  ## only the bridge, in the foreground, with a dev secret (no simulator)
@@ -72,7 +74,7 @@ unit: venv  ## unit tests only (no broker)
 	$(BIN)/pytest -m "not integration"
 
 integration: venv kafka-up  ## integration tests against the local broker
-	$(BIN)/pytest -m integration
+	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m integration
 
 .PHONY: fuzz
 fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min; `make test` runs a short one)

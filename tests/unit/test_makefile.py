@@ -1,0 +1,53 @@
+"""The Makefile: targets that start the local broker on KAFKA_PORT point their clients at it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+
+
+def recipe(target: str, venv: Path) -> str:
+    """The commands `make <target> KAFKA_PORT=29999` would run, printed, none run."""
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (venv / "bin" / ".installed").touch()  # newer than pyproject.toml: no install is printed
+    # Run from `make test`, the outer make's flags (-j's jobserver, -s) must not reach this one.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    done = subprocess.run(
+        ["make", "-n", target, "KAFKA_PORT=29999", f"VENV={venv}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    # Continuation lines joined: one command a line.
+    return done.stdout.replace("\\\n", " ")
+
+
+@pytest.mark.parametrize(
+    ("target", "client", "variable"),
+    [
+        ("run", "pinecall-bridge demo", "BRIDGE_KAFKA__BOOTSTRAP_SERVERS"),
+        ("demo-headless", "pinecall-bridge demo --headless", "BRIDGE_KAFKA__BOOTSTRAP_SERVERS"),
+        ("bridge", "pinecall-bridge run", "BRIDGE_KAFKA__BOOTSTRAP_SERVERS"),
+        ("integration", "bin/pytest -m integration", "KAFKA_BOOTSTRAP"),
+        ("test", "bin/pytest", "KAFKA_BOOTSTRAP"),
+    ],
+)
+def test_a_target_reads_the_broker_on_kafka_port(
+    target: str, client: str, variable: str, tmp_path: Path
+) -> None:
+    commands = recipe(target, tmp_path / "venv")
+    lines = [line for line in commands.splitlines() if client in line]
+    assert lines, commands
+    for line in lines:
+        assert f"{variable}=127.0.0.1:29999" in line, line
