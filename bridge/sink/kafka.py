@@ -41,7 +41,7 @@ from bridge.sink.clienttasks import (
     stop_producer,
     unreachable,
 )
-from bridge.sink.drain import drain_whole_brokers
+from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
 from bridge.sink.quotas import counted, watch_throttle
@@ -365,6 +365,7 @@ class KafkaSink:
             partitioner=partition_for,
         )
         drain_whole_brokers(producer)
+        wake_only_when_needed(producer)
         watch_throttle(producer, counted(self._metrics, "ingest_producer"))
         await start_client(producer, producer.start, producer.stop)
         return producer

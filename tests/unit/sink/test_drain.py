@@ -7,7 +7,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import MessageAccumulator
 
-from bridge.sink.drain import drain_whole_brokers
+from bridge.sink.drain import TIMER_RESOLUTION, drain_whole_brokers, wake_only_when_needed
 from tests.sockets import refusing_address
 
 LEADERS = {0: 1, 1: 1, 2: 1, 3: 2}  # partition → broker
@@ -82,3 +82,114 @@ async def test_an_accumulator_lacking_a_part_is_left_as_it_is() -> None:
     holder = Holder(Changed())
     assert not drain_whole_brokers(holder)
     assert holder._message_accumulator.drain_by_nodes.__func__ is Changed.drain_by_nodes
+
+
+def lingering_for(accumulator: MessageAccumulator, partition: int, seconds: float) -> None:
+    """Its batch for `partition` has `seconds` of its linger left."""
+    batch = accumulator._batches[tp(partition)][0]
+    batch._ctime -= batch.remaining_linger() - seconds
+
+
+async def test_a_batch_due_within_the_timer_resolution_is_sent_now() -> None:
+    # uvloop fires a timer under half a millisecond at once: the sender would wake, find the
+    # batch not due, and arm such a timer again until it was.
+    accumulator = await lingering(0, 3)
+    assert drain_whole_brokers(Holder(accumulator))
+    lingering_for(accumulator, 0, TIMER_RESOLUTION / 3)
+    lingering_for(accumulator, 3, TIMER_RESOLUTION * 3)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0}}
+    assert set(accumulator._batches) == {tp(3)}
+
+
+async def test_a_batch_due_within_the_timer_resolution_of_a_muted_partition_stays() -> None:
+    accumulator = await lingering(0)
+    assert drain_whole_brokers(Holder(accumulator))
+    lingering_for(accumulator, 0, TIMER_RESOLUTION / 3)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set(), muted_partitions={tp(0)})) == {}
+
+
+class Sender:
+    def __init__(self) -> None:
+        self._in_flight: set[int] = set()
+
+
+class Producer(Holder):
+    """What wake_only_when_needed reads of a producer: its accumulator and its sender."""
+
+    def __init__(self, accumulator: MessageAccumulator) -> None:
+        super().__init__(accumulator)
+        self._sender = Sender()
+
+
+async def producer_with_a_drained_accumulator() -> Producer:
+    """A producer whose sender has just drained: its waiter unresolved, no wake-up set."""
+    producer = Producer(await lingering())
+    assert wake_only_when_needed(producer)
+    producer._message_accumulator.drain_by_nodes(ignore_nodes=set())
+    return producer
+
+
+async def test_a_new_batch_wakes_the_sender_when_nothing_else_will() -> None:
+    producer = await producer_with_a_drained_accumulator()
+    accumulator = producer._message_accumulator
+    waiter = accumulator._waiter_future
+    await accumulator.add_message(tp(0), b"k", b"v", timeout=1)
+    assert waiter.done()
+    assert accumulator._waiter_future is waiter
+
+
+async def test_a_new_batch_leaves_the_sender_asleep_while_a_wake_up_is_set() -> None:
+    producer = await producer_with_a_drained_accumulator()
+    accumulator = producer._message_accumulator
+    await accumulator.add_message(tp(0), b"k", b"v", timeout=1)
+    accumulator.drain_by_nodes(ignore_nodes=set())  # partition 0 lingers: a wake-up is set
+    assert accumulator._wakeup_handle is not None
+    waiter = accumulator._waiter_future
+    await accumulator.add_message(tp(1), b"k", b"v", timeout=1)
+    assert not waiter.done()
+    assert accumulator._waiter_future is waiter
+    assert set(accumulator._batches) == {tp(0), tp(1)}
+
+
+async def test_a_new_batch_leaves_the_sender_asleep_while_its_broker_has_a_request_in_flight() -> (
+    None
+):
+    producer = await producer_with_a_drained_accumulator()
+    accumulator = producer._message_accumulator
+    producer._sender._in_flight.add(LEADERS[0])
+    waiter = accumulator._waiter_future
+    await accumulator.add_message(tp(0), b"k", b"v", timeout=1)
+    assert not waiter.done()
+    # Another broker's batch, with nothing else to wake the sender: woken.
+    await accumulator.add_message(tp(3), b"k", b"v", timeout=1)
+    assert waiter.done()
+
+
+async def test_a_new_batch_of_a_partition_without_a_leader_wakes_the_sender() -> None:
+    producer = await producer_with_a_drained_accumulator()
+    accumulator = producer._message_accumulator
+    producer._sender._in_flight.add(LEADERS[0])
+    LEADERS[9] = -1
+    try:
+        waiter = accumulator._waiter_future
+        await accumulator.add_message(tp(9), b"k", b"v", timeout=1)
+        assert waiter.done()
+    finally:
+        del LEADERS[9]
+
+
+async def test_a_producer_gets_the_quiet_appends() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=refusing_address())
+    try:
+        assert wake_only_when_needed(producer)
+        append = producer._message_accumulator._append_batch
+        assert append.__module__ == "bridge.sink.drain"
+    finally:
+        await producer.stop()
+
+
+async def test_a_producer_lacking_a_part_keeps_waking_its_sender() -> None:
+    accumulator = await lingering()
+    holder = Holder(accumulator)  # no sender
+    assert not wake_only_when_needed(holder)
+    assert accumulator._append_batch.__func__ is MessageAccumulator._append_batch
