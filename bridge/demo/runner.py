@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.text import Text
 
 from bridge import logsetup
-from bridge.config import Settings, load_settings, log_unknown_variables
+from bridge.config import KafkaSettings, Settings, load_settings, log_unknown_variables
 from bridge.demo.stats import Snapshot, take
 from bridge.demo.view import render
 from bridge.normalise.binding import decode
@@ -126,6 +126,14 @@ class RecentEvents:
                     self.lines.append(line)
 
 
+def tail_command(kafka: KafkaSettings) -> str:
+    """`tail` for another terminal, naming the brokers when they are not its default."""
+    servers = ",".join(kafka.bootstrap_servers)
+    if servers == ",".join(KafkaSettings().bootstrap_servers):
+        return ".venv/bin/pinecall-bridge tail"
+    return f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS={servers} .venv/bin/pinecall-bridge tail"
+
+
 async def run_demo(options: DemoOptions, console: Console) -> int:
     """Run until Ctrl-C (or, headless, until the calls are done); returns the exit code."""
     stop = asyncio.Event()
@@ -155,7 +163,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                 f"Metrics: http://127.0.0.1:{bridge.port}/metrics  Cut the feed: "
                 f"curl -X POST {simulator.url}/_sim/drop  Cut the call logs: "
                 f"curl -X POST {simulator.url}/_sim/sse/cut  Downstream view: "
-                f".venv/bin/pinecall-bridge tail[/]"
+                f"{tail_command(settings.kafka)}[/]"
             )
             if options.headless:
                 return await _headless(bridge, simulator, recent, traffic, stop, console)

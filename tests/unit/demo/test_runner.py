@@ -16,9 +16,9 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 from rich.console import Console
 
-from bridge.config import load_settings
+from bridge.config import KafkaSettings, load_settings
 from bridge.demo import runner
-from bridge.demo.runner import RecentEvents
+from bridge.demo.runner import RecentEvents, tail_command
 from bridge.metrics import Metrics
 from bridge.service import Bridge
 from bridge.simulator import Simulator
@@ -243,3 +243,11 @@ async def test_recent_events_whose_start_fails_leaves_no_kafka_client_open(
     del recent
     gc.collect()
     assert unclosed == []
+
+
+def test_the_tail_hint_names_the_brokers_only_when_they_are_not_the_default() -> None:
+    assert tail_command(KafkaSettings()) == ".venv/bin/pinecall-bridge tail"
+    moved = KafkaSettings(bootstrap_servers=["127.0.0.1:29999"])
+    assert tail_command(moved) == (
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:29999 .venv/bin/pinecall-bridge tail"
+    )
