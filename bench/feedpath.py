@@ -1,7 +1,7 @@
 """CPU per frame of the WebSocket feed's path, in-process: two variants paired in ABBA rounds.
 
     python -m bench.feedpath [--variant parsed|gauge|all|control] [--rounds 40] [--per-round 2000]
-                             [--burst 50] [--profile]
+                             [--burst 50] [--profile] [--gc-threshold 700]
 
 What runs: text frames (`bench.events` entries as `str`, as websockets hands them over) given to
 `WebSocketSource._take` a burst at a time (websockets answers `recv` without suspending while
@@ -11,7 +11,8 @@ task taking them from the backlog in micro-batches through the real pipeline and
 installed. Not timed: websockets' own parsing of the frames. A round ends when every frame is
 acknowledged. The rounds, the ABBA order and the control are `bench.paired`'s. `--profile` prints
 a cProfile (CPU time) of the new variant instead, by own time.
-To measure a change, copy its old function here and add a variant to VARIANTS.
+To measure a change, copy its old function here and add a variant to VARIANTS. The collector's
+`gc-threshold` and `gc-freeze` variants are `bench.handlerpath`'s (its docstring says how).
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ import orjson
 
 from bench.events import entry
 from bench.handlerpath import _Producer
-from bench.paired import paired, patched, report, run
+from bench.paired import (
+    CPYTHON_GEN0_THRESHOLD,
+    gc_threshold,
+    gc_unfrozen,
+    paired,
+    patched,
+    report,
+    run,
+    set_gen0_threshold,
+)
 from bridge.config import load_tool_settings
 from bridge.metrics import Metrics
 from bridge.pipeline import pipeline_for
@@ -87,6 +97,8 @@ VARIANTS: dict[str, Callable[[WebSocketSource], contextlib.AbstractContextManage
     "all": lambda _: patched(
         (WebSocketSource, "_take", _old_take), (WebSocketSource, "_hold", _old_hold)
     ),
+    "gc-threshold": lambda _: gc_threshold(CPYTHON_GEN0_THRESHOLD),
+    "gc-freeze": lambda _: gc_unfrozen(),
     "control": lambda _: contextlib.nullcontext(),
 }
 
@@ -173,13 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-round", type=int, default=2000)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--gc-threshold", type=int, help="gen 0's, the whole run (the new side)")
     args = parser.parse_args(argv)
+    set_gen0_threshold(args.gc_threshold)
 
     async def each() -> None:
         if args.profile:
             await profile(args.per_round, args.burst)
             return
-        for variant in args.variant or sorted(VARIANTS):
+        # The collector's variants only when asked: they measure a setting, not a change.
+        for variant in args.variant or [v for v in sorted(VARIANTS) if not v.startswith("gc-")]:
             outcome = await measure(variant, args.rounds, args.per_round, args.burst)
             print(report(variant, outcome, "frame"), flush=True)
 

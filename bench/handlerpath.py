@@ -1,7 +1,7 @@
 """CPU per event of the webhook handler path, in-process: two variants paired in ABBA rounds.
 
     python -m bench.handlerpath [--variant timer|payload-id|event-time|hmac|read|all|control]
-                                [--rounds 40] [--per-round 300]
+                                [--rounds 40] [--per-round 300] [--gc-threshold 700]
 
 What runs: `WebhookHandler.handle` on prepared `make_mocked_request`s (signed one-event bodies
 from `bench.events`, the whole body arrived: no HTTP parsing or socket writes), the real pipeline
@@ -14,6 +14,12 @@ over the prepared requests. Printed: each variant's min and median µs per event
 of the per-round ratios new/old and in how many rounds new was lower. The box may be shared:
 only the paired ratios mean anything, and a control's tells how far they move with no change.
 To measure another change, copy its old function here and add a variant to VARIANTS.
+
+The cyclic GC's settings are variants too: `gc-threshold` runs the old side at CPython's gen-0
+threshold (700) against the process's (`--gc-threshold`, for every variant of the run);
+`gc-freeze` runs the old side with nothing frozen (start-up objects and the prepared work back
+in the collected generations), the new side as the harness always runs, frozen. Full collections
+come about once a minute at 800 requests/s: only rounds of thousands of requests see any.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import make_mocked_request
 
 from bench.events import body
-from bench.paired import Outcome, Patch, paired, report
+from bench.paired import (
+    CPYTHON_GEN0_THRESHOLD,
+    Outcome,
+    Patch,
+    gc_threshold,
+    gc_unfrozen,
+    paired,
+    report,
+    set_gen0_threshold,
+)
 from bench.paired import patched as _patched
 from bench.paired import run as _run
 from bridge import jsoncodec
@@ -272,6 +287,8 @@ VARIANTS: dict[str, Patch] = {
     ),
     "hmac": lambda: _patched((webhook, "verify", _old_verify)),
     "read": lambda: _patched((WebhookHandler, "_handle", _old_handle)),
+    "gc-threshold": lambda: gc_threshold(CPYTHON_GEN0_THRESHOLD),
+    "gc-freeze": gc_unfrozen,
     "control": contextlib.nullcontext,
 }
 
@@ -366,7 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), action="append")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--per-round", type=int, default=300)
+    parser.add_argument("--gc-threshold", type=int, help="gen 0's, the whole run (the new side)")
     args = parser.parse_args(argv)
+    set_gen0_threshold(args.gc_threshold)
 
     async def each() -> None:
         default = ["timer", "payload-id", "event-time", "hmac", "read", "all", "control"]

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 Patch = Callable[[], contextlib.AbstractContextManager[None]]
 W = TypeVar("W")
+CPYTHON_GEN0_THRESHOLD = 700  # CPython's default: the old side of a `gc-threshold` variant
 
 
 @contextlib.contextmanager
@@ -32,6 +33,34 @@ def patched(*patches: tuple[Any, str, Any]) -> Iterator[None]:
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
+
+
+@contextlib.contextmanager
+def gc_threshold(gen0: int) -> Iterator[None]:
+    """Gen 0's collection threshold `gen0` for the block (the older generations' kept)."""
+    saved = gc.get_threshold()
+    gc.set_threshold(gen0, *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
+@contextlib.contextmanager
+def gc_unfrozen() -> Iterator[None]:
+    """Nothing frozen for the block (the start-up objects and the prepared work back in the
+    collected generations): a process that never calls `gc.freeze()`. Frozen again after."""
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.freeze()
+
+
+def set_gen0_threshold(gen0: int | None) -> None:
+    """The whole run's gen-0 threshold (a `gc-threshold` variant's new side), when given."""
+    if gen0 is not None:
+        gc.set_threshold(gen0, *gc.get_threshold()[1:])
 
 
 @dataclass

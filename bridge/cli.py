@@ -66,8 +66,12 @@ def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from bridge import logsetup
     from bridge.connlimit import raise_open_files_limit
+    from bridge.gctuning import tune_for_serving
     from bridge.service import serve
     from bridge.workers.role import WorkerRole
+
+    # After the imports: the modules' objects are most of what a serving process holds.
+    tune_for_serving()
 
     # A container's soft limit is often 1024 under a far higher hard one: raised, the cap on
     # HTTP connections (BRIDGE_HTTP__MAX_CONNECTIONS) is not lowered to fit it.

@@ -14,6 +14,7 @@ guarded: give them a refusing_port() too.
 from __future__ import annotations
 
 import errno
+import gc
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -33,6 +34,15 @@ def _loopback(host: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+@pytest.fixture
+def gc_as_it_was() -> Iterator[None]:
+    """The garbage collector's threshold and freeze put back after a test that tunes them."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.fixture(autouse=True)

@@ -1,3 +1,4 @@
+import gc
 import hashlib
 import hmac
 import json
@@ -10,8 +11,12 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.cli import main, sample_event
+from bridge.gctuning import GEN0_THRESHOLD
 from tests.environ import without_bridge_variables
 from tests.sockets import refusing_address
+
+# `run` tunes the process's garbage collector (bridge/gctuning.py): put back after each test.
+pytestmark = pytest.mark.usefixtures("gc_as_it_was")
 
 NOWHERE = refusing_address()  # refuses every connection: Kafka, the bridge or Pinecall "down"
 
@@ -563,3 +568,19 @@ def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(
     assert main(["check"]) == 0
     [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
     assert line.startswith("dedup memory: the dedup window's worst case")
+
+
+def test_run_freezes_what_start_up_allocated_and_collects_gen0_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Worker processes go through `run` too: the setting is made before the role is read.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
+    assert main(["run"]) == 0
+    assert gc.get_threshold() == (GEN0_THRESHOLD, 10, 10)
+    # The modules imported by then are thousands of objects; the collector walks none again.
+    assert gc.get_freeze_count() > 10_000
+    assert gc.isenabled()
