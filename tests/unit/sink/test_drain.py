@@ -65,12 +65,14 @@ async def test_a_broker_being_sent_to_takes_every_batch_it_leads() -> None:
     assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {}
 
 
-async def test_a_producer_gets_the_whole_broker_drain() -> None:
+async def test_a_producer_gets_the_whole_broker_drain_and_the_quiet_appends() -> None:
     producer = AIOKafkaProducer(bootstrap_servers=refusing_address())
     try:
         assert drain_whole_brokers(producer)
-        drain = producer._message_accumulator.drain_by_nodes
-        assert drain.__module__ == "bridge.sink.drain"
+        assert wake_only_when_needed(producer)
+        accumulator = producer._message_accumulator
+        assert accumulator.drain_by_nodes.__module__ == "bridge.sink.drain"
+        assert accumulator._append_batch.__module__ == "bridge.sink.drain"
     finally:
         await producer.stop()
 
@@ -176,16 +178,6 @@ async def test_a_new_batch_of_a_partition_without_a_leader_wakes_the_sender() ->
         assert waiter.done()
     finally:
         del LEADERS[9]
-
-
-async def test_a_producer_gets_the_quiet_appends() -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=refusing_address())
-    try:
-        assert wake_only_when_needed(producer)
-        append = producer._message_accumulator._append_batch
-        assert append.__module__ == "bridge.sink.drain"
-    finally:
-        await producer.stop()
 
 
 async def test_a_producer_lacking_a_part_keeps_waking_its_sender() -> None:
