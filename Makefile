@@ -80,7 +80,7 @@ integration: venv kafka-up  ## integration tests against the local broker
 fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min; `make test` runs a short one)
 	FUZZ=long KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m hypothesis -o timeout=3600
 
-test: venv kafka-up lint typecheck deploy-tools asyncapi kcat  ## lint, type checks and every test, unit and integration
+test: venv kafka-up lint typecheck deploy-tools asyncapi kcat iptables  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
 clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
@@ -110,6 +110,10 @@ prometheus:  ## install Debian's prometheus and promtool when missing (as root; 
 .PHONY: kcat
 kcat:  ## install Debian's kcat when missing (as root; else says how): the README's consumer example is tested
 	@tools/kcat/install.sh
+
+.PHONY: iptables
+iptables:  ## install Debian's iptables when missing (as root; else says how): a cluster node cut off the network is tested
+	@tools/iptables/install.sh
 
 deploy-tools: venv helm prometheus  ## every tool the deploy checks need
 

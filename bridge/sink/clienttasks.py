@@ -18,7 +18,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
+from aiokafka.client import ConnectionGroup
+from aiokafka.conn import CloseReason
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge import stopbudget
 
@@ -309,6 +317,69 @@ def _runs_method_of(task: asyncio.Task[Any], owner: object) -> bool:
 def unreachable(exc: BaseException) -> bool:
     """The cluster could not be reached: an outage, which restarting the process cannot cure."""
     return isinstance(exc, _UNREACHABLE)
+
+
+def close_gone_connections(client: Any, listed: set[int] | None = None) -> list[int]:
+    """Close an AIOKafkaClient's open connections to brokers its metadata no longer lists; their
+    node ids.
+
+    A broker whose host vanished (its packets dropped, no RST) holds every request in flight to
+    it until the request timeout (30 s), after the controllers fenced it and its partitions'
+    leaders moved: the batches in them wait that long. Failed at once, they go to the new
+    leaders. A fenced broker is left out of the metadata: `listed`, the brokers a metadata
+    answer listed, or the client's own metadata's.
+    """
+    conns = getattr(client, "_conns", None)
+    cluster = getattr(client, "cluster", None)
+    if not isinstance(conns, dict) or cluster is None:
+        if "AIOKafkaClient._conns" not in _warned:
+            _warned.add("AIOKafkaClient._conns")
+            log.warning(
+                "cannot see an aiokafka client's connections (aiokafka changed?); a silent"
+                " broker's requests wait out the request timeout",
+                extra={"attribute": "AIOKafkaClient._conns"},
+            )
+        return []
+    if listed is None:
+        listed = {broker.nodeId for broker in cluster.brokers()}
+    if not listed:
+        return []  # no metadata yet: nothing to tell a gone broker by
+    closed = []
+    # Keyed (node id, connection group); the bootstrap connection's "node id" is a string.
+    for (node_id, _), conn in list(conns.items()):
+        if isinstance(node_id, int) and node_id not in listed and conn.connected():
+            conn.close(reason=CloseReason.CONNECTION_BROKEN)
+            closed.append(node_id)
+    return closed
+
+
+async def listed_brokers(client: Any, within: float) -> set[int] | None:
+    """The brokers listed by the first metadata answer, within `within`, of those the client holds
+    an open connection to, asked together (None: none answered).
+
+    aiokafka's own update asks one broker at a time, and one that went silent holds it for the
+    request timeout. Only held connections: opening one to such a broker would hold aiokafka's
+    connection lock, and with it every new connection, as long.
+    """
+    conns = getattr(client, "_conns", None)
+    if not isinstance(conns, dict):
+        return None
+    nodes = {
+        node_id
+        for (node_id, group), conn in conns.items()
+        if isinstance(node_id, int) and group == ConnectionGroup.DEFAULT and conn.connected()
+    }
+    asks = [asyncio.ensure_future(client.send(node, MetadataRequest([]))) for node in nodes]
+    try:
+        for answer in asyncio.as_completed(asks, timeout=within):
+            with contextlib.suppress(*_UNREACHABLE, KafkaError):
+                return {broker[0] for broker in (await answer).brokers}
+    except TimeoutError:
+        pass
+    finally:
+        for ask in asks:
+            ask.cancel()
+    return None
 
 
 def _died(client: Any, paths: tuple[tuple[str, str], ...]) -> str | None:

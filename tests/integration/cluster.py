@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -10,9 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient, CoordinationType
 
+from tests.integration import netcut
 from tests.integration.conftest import REPO, admin_client, port_is_free
 from tests.polling import until_kafka
 
@@ -83,6 +86,39 @@ class Cluster:
     async def start(self, node: int) -> None:
         """Start it again on its kept data; returns once it answers."""
         await asyncio.to_thread(self.sh, "up", node)
+
+    def bootstrap_without(self, node: int) -> str:
+        """The other nodes' addresses: a client that must not wait on `node`."""
+        return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, NODES + 1) if n != node)
+
+    def pid(self, node: int) -> int:
+        """The running node's JVM (kafka.sh's pid file)."""
+        return int((self.data_dir / f"node{node}" / "broker.pid").read_text())
+
+    @contextmanager
+    def cut_off(self, node: int) -> Iterator[None]:
+        """The node's host vanished within the block: clients', peers' and its own packets
+        dropped, its broker and controller ports included (netcut); reconnected on leaving."""
+        port = self.node_port(node)
+        with netcut.cut_off(self.pid(node), [port, port + 1], f"netcut-{port}"):
+            yield
+
+    def active_controller(self) -> int:
+        """The KRaft quorum's leader (1-3) as the nodes last recorded it (-1: none known)."""
+        states: list[dict[str, Any]] = [
+            json.loads(path.read_text())
+            for path in self.data_dir.glob("node*/kraft/__cluster_metadata-0/quorum-state")
+        ]
+        latest: dict[str, Any] = max(
+            states, key=lambda state: int(state["leaderEpoch"]), default={}
+        )
+        return int(latest.get("leaderId", -1))
+
+    async def leaders_and_isrs(self, topics: list[str], via: str) -> list[tuple[int, list[int]]]:
+        """Each partition's leader and ISR of `topics`, as the nodes at `via` answer."""
+        async with admin_client(via) as admin:
+            described = await admin.describe_topics(topics)
+        return [(p["leader"], p["isr"]) for t in described for p in t["partitions"]]
 
     @asynccontextmanager
     async def restoring(self) -> AsyncIterator[None]:

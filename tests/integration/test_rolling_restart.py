@@ -5,8 +5,10 @@ group and the transaction coordinators move), started again and waited for until
 partition is fully replicated. A crash (SIGKILL) of the broker coordinating the dedup stage's
 transactions. Two brokers down at once (with them the controllers' quorum), and one down under
 a min.insync of 3: fewer in-sync replicas than min.insync, so nothing may be answered 2xx until
-they are back. Senders retry like Pinecall (the same bytes, after a transport error or a 5xx);
-every event must be answered 2xx in the end and be in the output once, read_committed.
+they are back. The transaction coordinator's host vanishing from the network (netcut: packets
+dropped, no RST), which a crash's tests do not show: requests in flight to it hang. Senders
+retry like Pinecall (the same bytes, after a transport error or a 5xx); every event must be
+answered 2xx in the end and be in the output once, read_committed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiokafka.errors import KafkaError
 
+from bridge.config import KafkaSettings
+from tests.integration import netcut
 from tests.integration.cluster import NODES, Cluster, own_cluster
 from tests.integration.conftest import (
     Topics,
@@ -93,7 +98,10 @@ class Load:
     answered: Counter[str] = field(default_factory=Counter)  # event id: attempts it took
     # Event id: when the attempt answered 2xx was sent, and answered (the event loop's clock).
     answered_when: dict[str, tuple[float, float]] = field(default_factory=dict)
+    first_sent: dict[str, float] = field(default_factory=dict)  # event id: its first attempt's
     refusals: Counter[int] = field(default_factory=Counter)  # status (0: no answer): count
+    # Each refused attempt: when it was sent, when refused, its status.
+    refused_when: list[tuple[float, float, int]] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
 
@@ -110,7 +118,8 @@ class Load:
         body = entry(seq // CALLS + 1, call=call)
         event_id = f"{call}:{seq // CALLS + 1}"
         self.sent.append(event_id)
-        deadline = asyncio.get_running_loop().time() + GIVE_UP_SECONDS
+        self.first_sent[event_id] = asyncio.get_running_loop().time()
+        deadline = self.first_sent[event_id] + GIVE_UP_SECONDS
         for attempt in itertools.count(1):
             sent_at = asyncio.get_running_loop().time()
             status = await post_signed(self.session, self.url, body, within=ATTEMPT_SECONDS)
@@ -119,6 +128,7 @@ class Load:
                 self.answered_when[event_id] = (sent_at, asyncio.get_running_loop().time())
                 return
             self.refusals[status] += 1
+            self.refused_when.append((sent_at, asyncio.get_running_loop().time(), status))
             # Pinecall retries a transport error or a 5xx only: a 4xx is the bridge's refusal.
             if 400 <= status < 500 or asyncio.get_running_loop().time() > deadline:
                 self.unanswered.append(f"{event_id} ({status})")
@@ -402,4 +412,98 @@ async def test_fewer_in_sync_replicas_than_min_insync_are_answered_503_not_2xx(
         assert not unacknowledged, f"answered 2xx with too few in sync: {unacknowledged}"
         assert set(load.refusals) == {503}, f"refused otherwise than 503: {story}"
         assert "NotEnoughReplicas" in daemon.log.read_text(), f"not the refusal meant: {story}"
+        await answered_once(cluster, daemon, topics, load, story)
+
+
+CUT_INSTANCE = "cut"
+CUT_SECONDS = 35.0  # how long the node stays gone: past the failover, with time to show it
+# The bridge's metadata probe, which closes the connections to a broker fenced meanwhile.
+PROBE_SECONDS_DEFAULT = KafkaSettings.model_fields["metadata_probe_seconds"].default
+# After the fencing and the next probe: new leaders found, held batches acknowledged (an attempt
+# is refused, unanswered, when sent ATTEMPT_SECONDS before that: this is slack on top).
+FAILOVER_SLACK = 3.0
+POLL_SECONDS = 2.0  # a metadata poll that picked the vanished node gives up this soon
+
+
+async def dropped_by_the_others(cluster: Cluster, node: int, topic_names: list[str]) -> bool:
+    """Whether the other nodes' metadata has `node` leading nothing and out of every ISR."""
+    try:
+        partitions = await asyncio.wait_for(
+            cluster.leaders_and_isrs(topic_names, cluster.bootstrap_without(node)), POLL_SECONDS
+        )
+    except (TimeoutError, KafkaError):
+        return False  # asked the vanished node, or a leader moving
+    return all(leader != node and node not in isr for leader, isr in partitions)
+
+
+@pytest.mark.skipif(bool(netcut.unavailable()), reason=netcut.unavailable() or "")
+async def test_a_node_vanishing_from_the_network_loses_and_doubles_nothing(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    """The transaction coordinator's host vanishes (netcut: every packet to or from it dropped,
+    no RST: its clients', its controller's and its replication's) under load, for longer than
+    the failover takes. Unlike a crash, the produce requests in flight to it are not failed by a
+    closed connection: they wait out the request timeout, even where the fencing has moved their
+    partitions' leaders (30 s: webhooks were refused until then) unless the bridge closes the
+    connection. Nothing lost or doubled, and the bridge, not restarted, answers every webhook 2xx
+    again while the node is still gone, soon after the fencing and the next metadata probe."""
+    await cluster.wait_fully_replicated()
+    loop = asyncio.get_running_loop()
+    transactional_id = f"{topics.group}-dedup-{CUT_INSTANCE}"
+    watched_topics = [topics.ingest, topics.events]
+    async with (
+        bridge_on(cluster, topics, tmp_path, BRIDGE_DEDUP__INSTANCE_ID=CUT_INSTANCE) as daemon,
+        aiohttp.ClientSession() as session,
+    ):
+        async with loaded(daemon.url) as load:
+            await until(lambda: transactions_committed(daemon, session), 60, 0.2)
+            node = await cluster.transaction_coordinator(transactional_id)
+            leaders = Counter(
+                leader
+                for leader, _ in await cluster.leaders_and_isrs([topics.ingest], cluster.bootstrap)
+            )
+            # The quorum's leader too, its fencing waits for a new one's election.
+            role = "controller, " if cluster.active_controller() == node else ""
+            before = await watched(daemon, session)
+            with cluster.cut_off(node):
+                cut_at = loop.time()
+                await until(
+                    lambda: dropped_by_the_others(cluster, node, watched_topics),
+                    CUT_SECONDS,
+                    0.2,
+                    f"node {node} fenced by the others",
+                )
+                fenced_at = loop.time()
+                await asyncio.sleep(max(0.0, cut_at + CUT_SECONDS - loop.time()))
+                healed_at = loop.time()
+            await cluster.wait_fully_replicated()
+            after = await watched(daemon, session)
+            assert daemon.alive, f"the bridge exited while node {node} was cut off"
+        refused = sorted(load.refused_when)
+        last_refused = refused[-1][0] - cut_at if refused else 0.0
+        # Each webhook first sent from the fencing to the end of the cut: its first attempt's
+        # sending to its last attempt's answer.
+        after_fencing = [
+            load.answered_when[event][1] - first
+            for event, first in load.first_sent.items()
+            if fenced_at <= first < healed_at and event in load.answered_when
+        ]
+        story = retold(
+            load,
+            f"node {node} ({role}coordinator; ingest leaders {dict(leaders)}) cut off"
+            f" {healed_at - cut_at:.1f} s, fenced after {fenced_at - cut_at:.1f} s;"
+            f" the last refused attempt sent"
+            f" {last_refused:.1f} s after the cut; {len(after_fencing)} webhooks sent after the"
+            f" fencing answered within {max(after_fencing, default=0):.1f} s;"
+            f" {grown(before, after)}",
+        )
+        bound = fenced_at - cut_at + PROBE_SECONDS_DEFAULT + FAILOVER_SLACK
+        assert bound < healed_at - cut_at, f"the cut ended before the failover's bound: {story}"
+        late = [
+            f"{sent - cut_at:.1f} s: {status}"
+            for sent, _, status in refused
+            # An attempt sent up to ATTEMPT_SECONDS before the cut may wait past it too.
+            if not cut_at - ATTEMPT_SECONDS <= sent < cut_at + bound
+        ]
+        assert not late, f"refused outside the cut's first {bound:.1f} s: {late[:20]}; {story}"
         await answered_once(cluster, daemon, topics, load, story)

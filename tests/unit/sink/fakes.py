@@ -18,14 +18,33 @@ class _Sender:
         self.sender_task: asyncio.Task[None] | None = None
 
 
+class FakeConnection:
+    """An aiokafka connection, as far as close_gone_connections looks at it."""
+
+    def __init__(self, *, connected: bool = True) -> None:
+        self.open = connected
+        self.closed_for: object = None
+
+    def connected(self) -> bool:
+        return self.open
+
+    def close(self, reason: object = None) -> None:
+        self.open = False
+        self.closed_for = reason
+
+
 class _Cluster:
     def __init__(self) -> None:
         self.partitions: dict[str, set[int]] = {}
+        self.listed: set[int] = {1, 2, 3}  # the brokers the metadata lists
         # Where aiokafka keeps each partition's leader and ISR (see set_partitions).
         self._partitions: dict[str, dict[int, PartitionMetadata]] = {}
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return self.partitions.get(topic)
+
+    def brokers(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(nodeId=node) for node in sorted(self.listed)]
 
     def set_partitions(self, topic: str, leaders_and_isrs: list[tuple[int, list[int]]]) -> None:
         """The metadata's partitions of `topic`, each (leader, ISR), numbered from 0."""
@@ -43,6 +62,7 @@ class _Client:
         self.answers = True  # what the next metadata updates report
         self.updates = 0
         self.up: set[int] = {1, 2, 3}  # the brokers a connection can be opened to
+        self._conns: dict[tuple[object, int], FakeConnection] = {}  # (node id, group): open
 
     async def ready(self, node_id: int) -> bool:
         return node_id in self.up

@@ -6,9 +6,13 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import BrokerMetadata
+from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from bridge.sink import clienttasks
@@ -22,7 +26,13 @@ from bridge.sink.clienttasks import (
     stop_producer,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeProducer, HoldingProducer, RetryingConsumer, StuckProducer
+from tests.unit.sink.fakes import (
+    FakeConnection,
+    FakeProducer,
+    HoldingProducer,
+    RetryingConsumer,
+    StuckProducer,
+)
 
 
 @pytest.mark.usefixtures("fake_producer")
@@ -317,3 +327,60 @@ async def test_a_start_cut_against_a_frozen_broker_ends_within_a_cut_stops_overr
     assert loop.time() - cut_at < clienttasks.STOP_SETTLE_SECONDS + 3 * 0.05 + 0.6
     assert consumer.stopping is not None  # the undo was begun: the consumer counts closed
     assert consumer._client.closed
+
+
+async def test_only_open_connections_to_brokers_the_metadata_left_out_are_closed() -> None:
+    # aiokafka's own client: the attributes read are its.
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+    connections = {
+        (1, 0): FakeConnection(),
+        (2, 0): FakeConnection(),  # fenced: left out
+        (2, 1): FakeConnection(),  # the same broker as a coordinator
+        (4, 0): FakeConnection(connected=False),  # left out, closed already
+        ("bootstrap", 0): FakeConnection(),
+    }
+    client._conns.update(connections)
+    assert clienttasks.close_gone_connections(client) == []  # no metadata yet: none judged
+    client.cluster._brokers = {n: BrokerMetadata(n, f"broker{n}", 9092, None) for n in (1, 3)}
+    assert sorted(clienttasks.close_gone_connections(client)) == [2, 2]
+    assert [key for key, conn in connections.items() if conn.connected()] == [
+        (1, 0),
+        ("bootstrap", 0),
+    ]
+    assert connections[(2, 1)].closed_for == CloseReason.CONNECTION_BROKEN
+    client._conns.clear()  # stand-ins: nothing for its close to wait for
+    await client.close()
+
+
+def test_a_client_without_visible_connections_is_left_alone_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clienttasks._warned.discard("AIOKafkaClient._conns")
+    with caplog.at_level(logging.WARNING):
+        assert clienttasks.close_gone_connections(object()) == []
+        assert clienttasks.close_gone_connections(object()) == []
+    assert [r.attribute for r in caplog.records] == ["AIOKafkaClient._conns"]  # type: ignore[attr-defined]
+
+
+async def test_the_brokers_are_asked_together_and_the_first_answer_counts() -> None:
+    # Broker 1 went silent: asked one at a time, as aiokafka does, it held the answer for the
+    # request timeout.
+    silent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def send(node: int, request: object) -> Any:
+        if node == 1:
+            return await silent
+        return SimpleNamespace(brokers=[(2, "broker2", 9092, None), (3, "broker3", 9092, None)])
+
+    client = SimpleNamespace(
+        _conns={
+            (1, 0): FakeConnection(),
+            (2, 0): FakeConnection(),
+            (5, 0): FakeConnection(connected=False),  # not asked: a connect could hang
+        },
+        send=send,
+    )
+    assert await asyncio.wait_for(clienttasks.listed_brokers(client, 5.0), 1.0) == {2, 3}
+    await asyncio.sleep(0)
+    assert silent.cancelled()
+    assert await clienttasks.listed_brokers(SimpleNamespace(_conns={}, send=send), 0.1) is None

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
+from aiokafka.conn import CloseReason
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -29,7 +30,7 @@ from bridge.sink.kafka import (
     topic_configs,
 )
 from tests.polling import until
-from tests.unit.sink.fakes import FakeAdmin, FakeProducer, StuckProducer
+from tests.unit.sink.fakes import FakeAdmin, FakeConnection, FakeProducer, StuckProducer
 
 # The producer's liveness below: replaced when aiokafka's sender task dies (aiokafka#1038 under
 # uvloop), probed with metadata for its own topics. No test here talks to a broker.
@@ -197,6 +198,22 @@ async def test_the_probe_asks_for_its_own_topics_and_follows_the_answer() -> Non
     client.answers = True
     await until(lambda: sink.connected)
     assert sink.alive
+    await sink.stop()
+
+
+async def test_the_probe_closes_the_connections_to_a_broker_gone_from_the_metadata() -> None:
+    # A fenced broker whose host vanished: requests in flight to it would wait out the request
+    # timeout, after its partitions' leaders moved.
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    gone, staying, bootstrap = FakeConnection(), FakeConnection(), FakeConnection()
+    client._conns.update({(2, 0): gone, (1, 0): staying, ("bootstrap", 0): bootstrap})
+    client.cluster.listed = {1, 3}
+    await until(lambda: not gone.connected())
+    assert gone.closed_for == CloseReason.CONNECTION_BROKEN
+    assert staying.connected()
+    assert bootstrap.connected()
+    assert sink.connected
     await sink.stop()
 
 
