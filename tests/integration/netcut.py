@@ -8,6 +8,7 @@ root, iptables and a cgroup v2 hierarchy; `unavailable()` says which is missing.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -82,6 +83,7 @@ def iptables(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=30)
 
 
+@functools.cache  # asked at collection: one probe rule added and removed per session
 def unavailable() -> str | None:
     """Why a process cannot be cut off here, or None when it can."""
     if os.geteuid() != 0:
