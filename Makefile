@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 DEV_SECRET ?= dev-secret
 HTTP_PORT ?= 8080
+SIMULATOR_PORT ?= 8765
 export KAFKA_PORT
 
 .PHONY: help run demo-headless bridge test venv kafka-up kafka-down kafka-status kafka-cluster-up kafka-cluster-down lint typecheck unit integration clean
@@ -48,11 +49,11 @@ kafka-cluster-down:  ## stop the local 3-node Kafka cluster
 
 run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
 	@BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT)
+	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
 demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check
 	BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT)
+	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
 bridge: venv kafka-up  ## only the bridge, in the foreground, with a dev secret (no simulator)
 	@echo "Send a signed event from another terminal:"

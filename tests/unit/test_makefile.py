@@ -1,4 +1,4 @@
-"""The Makefile: targets that start the local broker on KAFKA_PORT point their clients at it."""
+"""The Makefile: targets honour KAFKA_PORT, and the demo's HTTP_PORT and SIMULATOR_PORT."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ from tests.integration.conftest import REPO
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 
 
-def recipe(target: str, venv: Path) -> str:
-    """The commands `make <target> KAFKA_PORT=29999` would run, printed, none run."""
+def recipe(target: str, venv: Path, *variables: str) -> str:
+    """The commands `make <target> KAFKA_PORT=29999 [VAR=value...]` would run, printed, none run."""
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (venv / "bin" / ".installed").touch()  # newer than pyproject.toml: no install is printed
-    # Run from `make test`, the outer make's flags (-j's jobserver, -s) must not reach this one.
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    # Run from `make test`, the outer make's flags (-j's jobserver, -s) must not reach this one;
+    # nor the caller's own ports, which `?=` would take over the defaults.
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "HTTP_PORT", "SIMULATOR_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     done = subprocess.run(
-        ["make", "-n", target, "KAFKA_PORT=29999", f"VENV={venv}"],
+        ["make", "-n", target, "KAFKA_PORT=29999", f"VENV={venv}", *variables],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -51,3 +53,22 @@ def test_a_target_reads_the_broker_on_kafka_port(
     assert lines, commands
     for line in lines:
         assert f"{variable}=127.0.0.1:29999" in line, line
+
+
+@pytest.mark.parametrize("target", ["run", "demo-headless"])
+@pytest.mark.parametrize(
+    ("variables", "options"),
+    [
+        ((), "--http-port 8080 --simulator-port 8765"),
+        (("HTTP_PORT=29998", "SIMULATOR_PORT=29997"), "--http-port 29998 --simulator-port 29997"),
+    ],
+    ids=["defaults", "chosen"],
+)
+def test_the_demo_runs_on_the_ports_given(
+    target: str, variables: tuple[str, ...], options: str, tmp_path: Path
+) -> None:
+    commands = recipe(target, tmp_path / "venv", *variables)
+    lines = [line for line in commands.splitlines() if "pinecall-bridge demo" in line]
+    assert lines, commands
+    for line in lines:
+        assert line.rstrip().endswith(options), line

@@ -8,6 +8,7 @@ import io
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -21,8 +22,9 @@ from bridge.demo import runner
 from bridge.demo.runner import RecentEvents, tail_command
 from bridge.metrics import Metrics
 from bridge.service import Bridge
-from bridge.simulator import Simulator
+from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.ledger import Ledger, ledger_record
+from tests.environ import without_bridge_variables
 
 
 def call_of(event_id: str) -> str | None:
@@ -251,3 +253,18 @@ def test_the_tail_hint_names_the_brokers_only_when_they_are_not_the_default() ->
     assert tail_command(moved) == (
         "BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:29999 .venv/bin/pinecall-bridge tail"
     )
+
+
+async def test_every_source_is_pointed_at_the_simulators_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `make run SIMULATOR_PORT=...`: the REST API, the feed and the call logs all move with it.
+    without_bridge_variables(monkeypatch, tmp_path)
+    options = runner.DemoOptions(http_port=29998, simulator_port=0)
+    async with Simulator(SimulatorConfig(port=options.simulator_port)) as simulator:
+        settings = runner.demo_settings(options, simulator)
+        port = simulator.port
+    assert port != 8765
+    assert settings.pinecall.api_url == f"http://127.0.0.1:{port}"
+    assert settings.websocket.url == f"ws://127.0.0.1:{port}/v1/ws"
+    assert (settings.sse.enabled, settings.http.port) == (True, 29998)

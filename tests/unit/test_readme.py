@@ -1,0 +1,121 @@
+"""README.md's module map ("How it works"): every module of bridge/ in it, and only real ones.
+
+How a row reads: its first cell names folders (`bridge/x/`) and modules (`bridge/x.py`); a name
+without `bridge/` is relative to the folder of the name before it (`bridge/config.py`,
+`metrics.py`). Its second cell names the modules of the row's folder (`window.py`), relative to
+it; a folder there (`calllog/`) is only checked to exist, it needs rows of its own. A folder no
+row names a module of is listed as a whole: every module under it counts as listed (the simulator
+has its own small table below the map, so it is not one). A folder's `__init__.py` is listed
+with the folder, and the package's own with the table.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from tests.integration.conftest import REPO
+
+README = REPO / "README.md"
+PACKAGE = PurePosixPath("bridge")
+
+
+def _map_rows() -> list[tuple[str, str]]:
+    """The module map's rows, (first cell, second cell), from every table in "How it works"."""
+    section = README.read_text().split("\n## How it works\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| (`bridge/[^|]*)\|(.*)\|$", section, re.M)
+
+
+def _names(cell: str) -> list[str]:
+    """The folders (ending `/`) and modules (ending `.py`) a cell names in backquotes."""
+    return re.findall(r"`(\w[\w/]*(?:\.py|/))`", cell)
+
+
+def _resolve(name: str, base: PurePosixPath) -> PurePosixPath:
+    return PurePosixPath(name) if name.startswith("bridge/") else base / name
+
+
+class ModuleMap:
+    """What the README's module map lists: folders, modules, and the folders listed whole."""
+
+    def __init__(self, rows: list[tuple[str, str]]) -> None:
+        self.folders: set[PurePosixPath] = set()
+        self.modules: set[PurePosixPath] = set()
+        self.mentioned: set[PurePosixPath] = set()  # folders a second cell names
+        described: set[PurePosixPath] = set()  # folders some row names modules of
+        for first, second in rows:
+            base = PACKAGE
+            row_folders = []
+            for name in _names(first):
+                path = _resolve(name, base)
+                if name.endswith("/"):
+                    self.folders.add(path)
+                    row_folders.append(path)
+                    base = path
+                else:
+                    self.modules.add(path)
+                    base = path.parent
+            assert len(row_folders) <= 1 or not _names(second), f"which folder? {first}"
+            for name in _names(second):
+                path = _resolve(name, base)
+                if name.endswith("/"):
+                    self.mentioned.add(path)
+                else:
+                    self.modules.add(path)
+                    described.add(base)
+        self.whole = self.folders - described
+
+    def lists(self, module: PurePosixPath) -> bool:
+        """Whether the map lists this module, by name or within a folder listed whole."""
+        if module in self.modules:
+            return True
+        if module.name == "__init__.py":
+            return module.parent in self.folders or module.parent == PACKAGE
+        return any(folder in module.parents for folder in self.whole)
+
+
+def _modules() -> list[PurePosixPath]:
+    return sorted(
+        PurePosixPath(p.relative_to(REPO).as_posix()) for p in (REPO / "bridge").rglob("*.py")
+    )
+
+
+def test_the_module_map_lists_every_module() -> None:
+    modules = _modules()
+    assert len(modules) > 100
+    listed = ModuleMap(_map_rows())
+    missing = [str(m) for m in modules if not listed.lists(m)]
+    assert not missing, f"README.md's module map (How it works) does not list {missing}"
+
+
+def test_the_module_map_names_only_modules_and_folders_that_exist() -> None:
+    listed = ModuleMap(_map_rows())
+    assert len(listed.modules) > 50
+    gone = sorted(str(m) for m in listed.modules if not (REPO / m).is_file())
+    gone += sorted(f"{f}/" for f in listed.folders | listed.mentioned if not (REPO / f).is_dir())
+    assert not gone, f"README.md's module map (How it works) names what does not exist: {gone}"
+
+
+def test_a_module_map_row_reads_as_the_docstring_says() -> None:
+    rows = [
+        ("`bridge/sources/`", " `webhook.py` (HTTP), `calllog/` (below) "),
+        ("`bridge/sources/calllog/`", " `follow.py` "),
+        ("`bridge/config.py`, `metrics.py`", " the edges, `x/` "),
+        ("`bridge/simulator/`", " `simulate`: whole; `0`, `/metrics`, `/_sim/` no names "),
+    ]
+    listed = ModuleMap(rows)
+    assert listed.modules == {
+        PurePosixPath(p)
+        for p in (
+            "bridge/sources/webhook.py",
+            "bridge/sources/calllog/follow.py",
+            "bridge/config.py",
+            "bridge/metrics.py",
+        )
+    }
+    assert listed.mentioned == {PurePosixPath("bridge/sources/calllog"), PurePosixPath("bridge/x")}
+    assert listed.whole == {PurePosixPath("bridge/simulator")}
+    assert listed.lists(PurePosixPath("bridge/simulator/feed.py"))
+    assert listed.lists(PurePosixPath("bridge/sources/calllog/__init__.py"))
+    assert not listed.lists(PurePosixPath("bridge/sources/lease.py"))
+    assert not listed.lists(PurePosixPath("bridge/sources/calllog/source.py"))
