@@ -51,6 +51,8 @@ MAX_WORKERS = 64
 # A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
 # answered 401. Only warned of: local testing and the simulator use short ones.
 MIN_WEBHOOK_SECRET_CHARS = 16
+# BRIDGE_KAFKA__BOOTSTRAP_SERVERS unset: the local broker (`make kafka-up`, the demo's).
+DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
 # variable: pydantic-settings passes no validation context from `Settings(...)` to a section.
 _SERVING: ContextVar[bool] = ContextVar("_SERVING", default=True)
@@ -174,7 +176,7 @@ def _check_topic(name: str) -> str:
 
 class KafkaSettings(_Section):
     bootstrap_servers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1:9092"]
+        default_factory=lambda: list(DEFAULT_BOOTSTRAP_SERVERS)
     )
     client_id: str = "pinecall-bridge"
     publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)

@@ -17,7 +17,13 @@ from rich.live import Live
 from rich.text import Text
 
 from bridge import logsetup
-from bridge.config import KafkaSettings, Settings, load_settings, log_unknown_variables
+from bridge.config import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    KafkaSettings,
+    Settings,
+    load_settings,
+    log_unknown_variables,
+)
 from bridge.demo.stats import Snapshot, take
 from bridge.demo.view import render
 from bridge.normalise.binding import decode
@@ -128,9 +134,9 @@ class RecentEvents:
 
 def tail_command(kafka: KafkaSettings) -> str:
     """`tail` for another terminal, naming the brokers when they are not its default."""
-    servers = ",".join(kafka.bootstrap_servers)
-    if servers == ",".join(KafkaSettings().bootstrap_servers):
+    if tuple(kafka.bootstrap_servers) == DEFAULT_BOOTSTRAP_SERVERS:
         return ".venv/bin/pinecall-bridge tail"
+    servers = ",".join(kafka.bootstrap_servers)
     return f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS={servers} .venv/bin/pinecall-bridge tail"
 
 

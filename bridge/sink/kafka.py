@@ -68,6 +68,11 @@ INSYNC_REREAD_SECONDS = 30.0
 # whose packets are dropped holds it for as long as the try, and every connection the producer
 # needs meanwhile (to a partition's new leader) waits behind it.
 CONNECT_TRY_SECONDS = 2.0
+# The share of a probe's interval aiokafka's metadata update may take. One interval bounds all of
+# a probe's asks together (each took up to one in turn: readiness judged two or three late in a
+# partial outage); the rest is left for asking the brokers directly when a broker gone silent
+# holds the update, or for judging the ingest topic's writability when it answers.
+UPDATE_SHARE = 0.5
 T = TypeVar("T")
 
 
@@ -273,6 +278,11 @@ async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
                 if key == MIN_INSYNC_REPLICAS and value is not None and value.isdigit():
                     return int(value)
     return None
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline` (loop time); none once it has passed."""
+    return max(deadline - asyncio.get_running_loop().time(), 0.0)
 
 
 def _holds_connection(client: Any, node: int) -> bool:
@@ -573,20 +583,19 @@ class KafkaSink:
             if died is not None:
                 await self._replace(producer, died)
                 continue
+            # Readiness is judged within one interval: each ask below gets what is left of it.
+            deadline = asyncio.get_running_loop().time() + interval
             try:
                 # Only the topics this producer writes to: a whole cluster's metadata (thousands
                 # of partitions on a shared cluster) takes tens of ms to decode, and that blocks
                 # the event loop, and with it every request in flight, at every probe.
-                answered = bool(
-                    await asyncio.wait_for(
-                        producer.client.force_metadata_update(), timeout=interval
-                    )
-                )
+                async with asyncio.timeout(interval * UPDATE_SHARE):
+                    answered = bool(await producer.client.force_metadata_update())
             except (KafkaError, TimeoutError, OSError):
                 answered = False
             # Unanswered, aiokafka's update may be held by a broker gone silent: the others
             # are asked directly.
-            listed = None if answered else await listed_brokers(producer.client, interval)
+            listed = None if answered else await listed_brokers(producer.client, _left(deadline))
             if answered or listed is not None:
                 gone = close_gone_connections(producer.client, listed)
                 if gone:
@@ -599,7 +608,7 @@ class KafkaSink:
             # down: the one left answers): ready only while the ingest topic can take them,
             # judged from the metadata, not from the next publish. An unready pod gets no
             # traffic, so a publish could never make it ready again.
-            verdict = await self._writability(producer, interval) if answered else None
+            verdict = await self._writability(producer, deadline) if answered else None
             reachable = answered and (verdict is None or verdict.ready)
             if answered and self._after_probe is not None:
                 self._after_probe()
@@ -625,13 +634,14 @@ class KafkaSink:
                 log.warning("Kafka unreachable")
             self._set_connected(reachable)
 
-    async def _writability(self, producer: AIOKafkaProducer, within: float) -> Writability | None:
-        """How many partitions of the watched topic can take writes; None when none is watched."""
+    async def _writability(self, producer: AIOKafkaProducer, by: float) -> Writability | None:
+        """How many partitions of the watched topic can take writes, judged by `by` (loop time);
+        None when none is watched."""
         topic = self._writes
         if topic is None:
             return None
         states = partition_states(producer.client.cluster, topic)
-        up = await _brokers_up(producer, brokers_to_try(states), within)
+        up = await _brokers_up(producer, brokers_to_try(states), _left(by))
         verdict = writability(states, up, self._min_insync)
         stale = self._insync_stale or (
             # Leaders up but too few replicas in sync: unless min.insync was lowered meanwhile.
@@ -639,19 +649,20 @@ class KafkaSink:
             and any(p.leader in up for p in states)
             and time.monotonic() - self._insync_read >= INSYNC_REREAD_SECONDS
         )
-        if stale and await self._read_min_insync(topic, within):
+        # No time left (the tries to connect took it): still stale, read at the next probe.
+        if stale and _left(by) > 0 and await self._read_min_insync(topic, by):
             verdict = writability(states, up, self._min_insync)
         return verdict
 
-    async def _read_min_insync(self, topic: str, within: float) -> bool:
-        """Read the topic's min.insync.replicas again; whether it was read."""
+    async def _read_min_insync(self, topic: str, by: float) -> bool:
+        """Read the topic's min.insync.replicas again, by `by` (loop time); whether it was read."""
         self._insync_stale = False
         self._insync_read = time.monotonic()
         try:
-            configs = await asyncio.wait_for(
-                topic_configs(client_options(self._settings), [topic], (MIN_INSYNC_REPLICAS,)),
-                timeout=within,
-            )
+            async with asyncio.timeout_at(by):
+                configs = await topic_configs(
+                    client_options(self._settings), [topic], (MIN_INSYNC_REPLICAS,)
+                )
         except (KafkaError, TimeoutError, OSError):
             return False
         value = configs.found.get(topic, {}).get(MIN_INSYNC_REPLICAS)

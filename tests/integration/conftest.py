@@ -35,6 +35,7 @@ from bridge.sink import kafka
 from bridge.sink.record import Record
 from bridge.workers.role import Stages
 from tests import entries
+from tests.integration import netcut
 from tests.metrics import scrape
 from tests.polling import until, until_kafka
 from tests.schema import contract
@@ -173,6 +174,18 @@ def own_broker(data_dir: Path, overlay: str = "") -> Iterator[Broker]:
         yield own
     finally:
         kafka_sh("down", own.port, own.data_dir, own.env)
+
+
+@pytest.fixture(scope="session")
+def network_cut() -> None:
+    """A node can be cut off the network here (netcut), checked when a test needing it runs,
+    not at collection (the check adds an iptables rule); else skipped, and failed in CI."""
+    reason = netcut.unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

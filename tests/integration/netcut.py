@@ -83,7 +83,7 @@ def iptables(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=30)
 
 
-@functools.cache  # asked at collection: one probe rule added and removed per session
+@functools.cache  # one probe rule added and removed per session, at most
 def unavailable() -> str | None:
     """Why a process cannot be cut off here, or None when it can."""
     if os.geteuid() != 0:

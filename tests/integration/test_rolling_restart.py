@@ -26,7 +26,6 @@ import pytest
 from aiokafka.errors import KafkaError
 
 from bridge.config import KafkaSettings
-from tests.integration import netcut
 from tests.integration.cluster import NODES, Cluster, own_cluster
 from tests.integration.conftest import (
     Topics,
@@ -436,7 +435,7 @@ async def dropped_by_the_others(cluster: Cluster, node: int, topic_names: list[s
     return all(leader != node and node not in isr for leader, isr in partitions)
 
 
-@pytest.mark.skipif(bool(netcut.unavailable()), reason=netcut.unavailable() or "")
+@pytest.mark.usefixtures("network_cut")
 async def test_a_node_vanishing_from_the_network_loses_and_doubles_nothing(
     cluster: Cluster, topics: Topics, tmp_path: Path
 ) -> None:

@@ -119,4 +119,5 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.late = set()
     FakeAdmin.refused = set()
     FakeAdmin.values = {}
+    FakeAdmin.silent = False
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)

@@ -60,19 +60,34 @@ class _Client:
         self.cluster = _Cluster()
         self._sync_task = asyncio.get_running_loop().create_future()  # metadata: runs forever
         self.answers = True  # what the next metadata updates report
+        self.held = False  # the next updates unanswered: held by a broker gone silent
+        self.silent: set[int] = set()  # brokers that answer no request sent to them directly
         self.updates = 0
+        self.asked_at: list[float] = []  # when (loop time) each update was asked for
         self.up: set[int] = {1, 2, 3}  # the brokers a connection can be opened to
+        self.dropping: set[int] = set()  # brokers whose packets are dropped: a try to connect hangs
         self._conns: dict[tuple[object, int], FakeConnection] = {}  # (node id, group): open
 
     async def ready(self, node_id: int) -> bool:
+        if node_id in self.dropping:
+            await asyncio.get_running_loop().create_future()
         return node_id in self.up
 
     def force_metadata_update(self) -> asyncio.Future[bool]:
         """Like aiokafka's: a future of whether the tracked topics' metadata was refreshed."""
         self.updates += 1
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        done.set_result(self.answers)
+        loop = asyncio.get_running_loop()
+        self.asked_at.append(loop.time())
+        done: asyncio.Future[bool] = loop.create_future()
+        if not self.held:
+            done.set_result(self.answers)
         return done
+
+    async def send(self, node_id: int, request: object) -> object:
+        """A metadata request sent to a broker directly (listed_brokers)."""
+        if node_id in self.silent:
+            await asyncio.get_running_loop().create_future()
+        return SimpleNamespace(brokers=[(node, "", 0) for node in sorted(self.cluster.listed)])
 
     async def fetch_all_metadata(self) -> None:
         raise AssertionError("probed with the whole cluster's metadata")
@@ -237,6 +252,7 @@ class FakeAdmin:
     late: ClassVar[set[str]] = set()
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
+    silent = False  # describe_configs never answered
 
     def __init__(self, **_: Any) -> None:
         self.asked: list[list[str]] = []  # the topics of each read, in order
@@ -259,6 +275,8 @@ class FakeAdmin:
 
     async def describe_configs(self, resources: list[Any]) -> list[Any]:
         self.asked.append([r.name for r in resources])
+        if self.silent:
+            await asyncio.get_running_loop().create_future()
         answered = []
         for r in resources:
             code = self._code(r.name)

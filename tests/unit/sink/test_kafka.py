@@ -462,3 +462,56 @@ async def test_min_insync_is_read_again_after_too_few_replicas_and_while_it_keep
     FakeAdmin.values = {"min.insync.replicas": "2"}
     await until(lambda: sink.connected)
     await sink.stop()
+
+
+PROBE_SECONDS = 1.0
+JUDGED_WITHIN = 1.4 * PROBE_SECONDS  # a probe's interval, and slack for a busy box
+
+
+async def judged_unready_after(sink: KafkaSink) -> float:
+    """How long after the probe asked for metadata it judged the sink unready."""
+    client = FakeProducer.made[0].client
+    await until(lambda: not sink.connected, 6 * PROBE_SECONDS)
+    return asyncio.get_running_loop().time() - client.asked_at[0]
+
+
+async def test_a_probe_unanswered_everywhere_is_judged_within_its_interval() -> None:
+    # aiokafka's update and the brokers asked directly after it each had a whole interval:
+    # readiness was judged two intervals after the probe began.
+    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    client = FakeProducer.made[0].client
+    client.held = True
+    client.silent = {1}
+    client._conns[(1, 0)] = FakeConnection()
+    assert await judged_unready_after(sink) < JUDGED_WITHIN
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_probe_whose_writability_takes_long_is_judged_within_its_interval() -> None:
+    # Metadata answered, the ingest topic's leader dropping packets and min.insync unreadable:
+    # the connection tries and the read each had a whole interval, two in all.
+    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    client = FakeProducer.made[0].client
+    client.cluster.set_partitions("ingest", [(2, [2, 1])])
+    client.dropping = {2}
+    FakeAdmin.silent = True
+    sink.watch_writes("ingest", None)
+    assert await judged_unready_after(sink) < JUDGED_WITHIN
+    await sink.stop()
+
+
+async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_in_time() -> None:
+    # Part of the interval is kept for the brokers asked directly: the update taking all of it
+    # would leave a fenced broker's connections open for as long as it holds the update.
+    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    client = FakeProducer.made[0].client
+    client.held = True
+    client.silent = {1}
+    gone, answering = FakeConnection(), FakeConnection()
+    client._conns.update({(1, 0): gone, (2, 0): answering})
+    client.cluster.listed = {2, 3}
+    await until(lambda: not gone.connected(), 6 * PROBE_SECONDS)
+    assert asyncio.get_running_loop().time() - client.asked_at[0] < JUDGED_WITHIN
+    assert answering.connected()
+    await sink.stop()
