@@ -9,8 +9,10 @@ a request head and closes the connection unless the head is complete when it fir
 aiohttp builds its protocol (RequestHandler) in web.Server.__call__, with no hook for another
 class; so a Server subclass builds ours, and an AppRunner subclass puts that Server in place.
 Knowing where a head starts and ends needs two private attributes of RequestHandler
-(`_request_count`, bumped per parsed head, and `_messages`, the parsed requests): `check_aiohttp`
-refuses to start on an aiohttp without them, and tests/unit/test_http_timeouts.py fails loudly.
+(`_request_count`, bumped per parsed head, and `_messages`, the parsed requests), and reading the
+rest of a body once the server stops two more (`_close`, `_force_close`, see _feed_body):
+`check_aiohttp` refuses to start on an aiohttp without them, and
+tests/unit/test_http_timeouts.py fails loudly.
 
 aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
@@ -37,7 +39,7 @@ from bridge.config import HttpSettings
 from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Listener, Refusal
 from bridge.metrics import Metrics
 
-_INTERNALS = ("_request_count", "_messages")
+_INTERNALS = ("_request_count", "_messages", "_close", "_force_close")
 # events_rejected_total{channel="webhook"}'s reason for a head aiohttp's parser refused.
 BAD_REQUEST_HEAD = "bad_request_head"
 
@@ -107,6 +109,9 @@ class HeadTimeoutHandler(RequestHandler):
         # a pipelined head is left for the next chunk (the keep-alive timeout bounds it meanwhile).
         starts_head = payload is None or payload.is_eof()
         parsed = self._request_count
+        if not starts_head and self._stopping():
+            self._feed_body(data)
+            return
         super().data_received(data)
         if self._request_count != parsed:
             self._cancel_head_timer()
@@ -117,6 +122,27 @@ class HeadTimeoutHandler(RequestHandler):
             self._head_timer = self._loop.call_later(
                 self._head_timeout, self._head_timed_out, parsed
             )
+
+    def _stopping(self) -> bool:
+        """Whether aiohttp's stop has flagged this connection while it is still open."""
+        return (self._close or self._force_close) and self.transport is not None
+
+    def _feed_body(self, data: bytes) -> None:
+        """Parse `data`, the rest of a body under way, although the server is stopping.
+
+        aiohttp's RequestHandler.data_received drops every byte once close() (called by
+        Server.pre_shutdown at the start of AppRunner.cleanup) or shutdown() (Server.shutdown)
+        has set `_close` or `_force_close`, the rest of a body its handler is reading too: that
+        handler waits out the shutdown timeout and its connection is cut unanswered. Both flags
+        are cleared for this one call only: a pipelined head parsed with it is never served, as
+        the handler's loop ends on them after the current request.
+        """
+        close, force_close = self._close, self._force_close
+        self._close = self._force_close = False
+        try:
+            super().data_received(data)
+        finally:
+            self._close, self._force_close = close, force_close
 
     def _head_timed_out(self, parsed: int) -> None:
         self._head_timer = None

@@ -62,6 +62,7 @@ class Edge:
     metrics: Metrics
     sink: FakeSink
     server: HeadTimeoutServer
+    runner: web.AppRunner
     listener: str = "webhook"
 
     def timed_out(self, phase: str, listener: str | None = None) -> float:
@@ -157,9 +158,10 @@ async def edge(
     assert isinstance(runner.server, HeadTimeoutServer)
     try:
         listener = "admin" if admin else "webhook"
-        yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server, listener)
+        yield Edge(int(runner.addresses[0][1]), metrics, sink, runner.server, runner, listener)
     finally:
-        await runner.cleanup()
+        if runner.server is not None:  # not stopped by the test
+            await runner.cleanup()
 
 
 async def test_a_slow_request_head_is_closed_after_the_header_timeout() -> None:
@@ -243,6 +245,34 @@ async def test_normal_requests_are_unaffected() -> None:
         assert e.timed_out("header") == 0
         assert e.timed_out("body") == 0
         assert len(e.sink.records) == 2
+
+
+async def test_a_body_still_arriving_when_the_server_stops_is_read_and_answered() -> None:
+    """A request whose handler is reading its body at the stop gets the rest and its answer.
+
+    aiohttp's stop (pre_shutdown's close(), then shutdown()) makes its protocol drop every byte
+    that arrives after it, that body's rest too: the handler waited out the shutdown timeout and
+    the connection was cut unanswered.
+    """
+    async with edge() as e:
+        (idle,) = await e.served(1)
+        held = await e.connect()
+        request = signed_post(ENTRY)
+        split = request.index(b"\r\n\r\n") + 4 + len(ENTRY) // 2
+        assert await held.send(request[:split])
+        # aiohttp's own flag: the handler runs (reading the body) before the stop begins.
+        await until(lambda: any(c._request_in_progress for c in e.server.connections))
+        stopping = asyncio.create_task(e.runner.cleanup())
+        # The stop closes idle connections once every connection's shutdown has begun.
+        assert await idle.closed(within=CLOSED_WITHIN) == b""
+        await idle.close()
+        assert await held.send(request[split:])
+        response = await held.response(within=CLOSED_WITHIN)
+        await stopping
+        await held.close()
+        assert response is not None
+        assert response.status == 200, response
+        assert len(e.sink.records) == 1
 
 
 async def test_a_request_head_aiohttp_refuses_gets_400_and_is_counted() -> None:
