@@ -105,7 +105,8 @@ class _TransientKafkaFilter(logging.Filter):
     keeps the bridge unready: dropped. A broker it cannot connect to, and the consumer group's
     coordinator lookups, heartbeats and fetches that fail with it, are retried all through an
     outage or a rebalance, which the bridge logs itself (`Kafka not ready yet`, readiness,
-    `kafka_connected`): WARNINGs, so the address and the reason stay in the log.
+    `kafka_connected`), as is a new topic's start offset asked before its leader is ready:
+    WARNINGs, so the address and the reason stay in the log.
     """
 
     _DROPPED = ("Topic %s not found in cluster metadata",)
@@ -120,6 +121,9 @@ class _TransientKafkaFilter(logging.Filter):
         "Heartbeat send request failed: %s. Will retry.": None,
         "Heartbeat session expired - marking coordinator dead": None,
         "Failed fetch messages from %s: %s": None,
+        # Looking up where to start (ListOffsets), retried until it succeeds: routine at every
+        # first start, a partition of a topic just created not led by its broker yet.
+        "Failed fetch offsets from %s: %s": 1,
     }
 
     _UNREACHABLE = ('Unable connect to "%s:%s": %s', "Unable connect to node with id %s: %s")

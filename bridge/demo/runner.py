@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ READY_TIMEOUT_SECONDS = 120.0
 CATCH_UP_SECONDS = 30.0
 # After every expected event was read once: a copy published later still shows within this.
 SETTLE_SECONDS = 3.0
+EXIT_CANNOT_LISTEN = 1  # as `run` and `simulate` exit when a port is taken
+SIMULATOR_PORT_MOVED_BY = "--simulator-port (make: SIMULATOR_PORT=) picks another"
+HTTP_PORT_MOVED_BY = "--http-port (make: HTTP_PORT=) picks another"
+ADMIN_PORT_MOVED_BY = "BRIDGE_HTTP__ADMIN_PORT picks another (or, unset, none)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +153,27 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     sim_config = SimulatorConfig(port=options.simulator_port, keep_records=options.headless)
-    async with Simulator(sim_config) as simulator:
+    simulator = Simulator(sim_config)
+    try:
+        await simulator.start()  # a failed start closes what it opened
+    except OSError as exc:
+        where = f"{sim_config.host}:{sim_config.port}"
+        print(
+            _cannot_listen("the simulated Pinecall", where, SIMULATOR_PORT_MOVED_BY, exc),
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_LISTEN
+    async with simulator:  # started: entering starts nothing more, leaving stops it
         settings = demo_settings(options, simulator)
         logsetup.configure(settings.log.level, settings.log.format)
         log_unknown_variables()
         bridge = Bridge(settings)
-        await bridge.start()
+        try:
+            await bridge.start()
+        except OSError as exc:
+            await bridge.stop()
+            print(_bridge_cannot_listen(bridge, exc), file=sys.stderr)
+            return EXIT_CANNOT_LISTEN
         recent = RecentEvents(settings, [settings.topics.events, settings.topics.alerts])
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -185,6 +206,22 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                 await recent.stop()
             finally:
                 await bridge.stop()
+
+
+def _cannot_listen(what: str, where: str, moved_by: str, error: OSError) -> str:
+    """The one line a port the demo cannot take ends it with: whose, and what picks another."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return f"pinecall-bridge demo: cannot listen on {where} for {what}: {reason}; {moved_by}"
+
+
+def _bridge_cannot_listen(bridge: Bridge, error: OSError) -> str:
+    """`_cannot_listen` for the port that failed (`bridge.port` is set once the webhook one is)."""
+    http = bridge.settings.http
+    if bridge.port is None:
+        where = f"{http.host}:{http.port}"
+        return _cannot_listen("the bridge's webhooks", where, HTTP_PORT_MOVED_BY, error)
+    where = f"{http.host}:{http.admin_port}"
+    return _cannot_listen("the bridge's admin port", where, ADMIN_PORT_MOVED_BY, error)
 
 
 async def _wait_ready(bridge: Bridge, stop: asyncio.Event, console: Console) -> None:

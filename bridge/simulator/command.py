@@ -236,7 +236,8 @@ async def _serve(config: SimulatorConfig, spec: TrafficSpec, args: argparse.Name
         await sim.start()
     except OSError as exc:
         print(
-            f"pinecall-bridge simulate: cannot listen on {config.host}:{config.port}: {exc}",
+            f"pinecall-bridge simulate: cannot listen on {config.host}:{config.port}: {exc};"
+            " --port picks another",
             file=sys.stderr,
         )
         return 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -70,3 +72,45 @@ async def test_headless_demo_reports_nothing_lost_or_doubled(
     # topic takes them all, the dedup stage removes them.
     assert ingested > published >= durable
     assert removed > 0
+
+
+@pytest.mark.parametrize(
+    ("taken_as", "says"),
+    [
+        (
+            "--simulator-port",
+            "for the simulated Pinecall: Address already in use; --simulator-port",
+        ),
+        ("--http-port", "for the bridge's webhooks: Address already in use; --http-port"),
+        ("BRIDGE_HTTP__ADMIN_PORT", "for the bridge's admin port: Address already in use;"),
+    ],
+)
+async def test_a_taken_port_ends_the_demo_with_one_line(
+    kafka_bootstrap: str, tmp_path: Path, taken_as: str, says: str
+) -> None:
+    # It used to end in an OSError's traceback, naming neither whose port nor what moves it.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        ports = {"--http-port": free_port(), "--simulator-port": free_port(), taken_as: port}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env["BRIDGE_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
+        env["BRIDGE_HTTP__ADMIN_PORT"] = str(ports.pop("BRIDGE_HTTP__ADMIN_PORT", ""))
+        options = [str(part) for option in ports.items() for part in option]
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bridge", "demo", "--headless", "--calls", "1", *options),
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = err.decode(errors="replace")
+    assert proc.returncode == 1, (out, text)
+    [line] = text.splitlines()  # one line, no traceback
+    assert line.startswith(f"pinecall-bridge demo: cannot listen on 127.0.0.1:{port} "), line
+    assert says in line, line

@@ -165,6 +165,26 @@ def test_retried_group_coordinator_errors_are_warnings_fatal_ones_stay_errors(
     assert levels == ["warning"] * 5 + ["error"] * 4
 
 
+def test_a_new_topics_start_offset_not_found_yet_is_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An ERROR at every first start (`make demo-headless` on a fresh broker): a consumer asked
+    # where a partition just created starts before its leader was ready, and asked again.
+    from aiokafka import TopicPartition
+    from aiokafka.errors import NotLeaderForPartitionError, TopicAuthorizationFailedError
+
+    logsetup.configure("INFO", "json")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    new = NotLeaderForPartitionError(TopicPartition("pinecall.events", 2))
+    fetcher.error("Failed fetch offsets from %s: %s", 1, new)
+    fetcher.error("Failed fetch offsets from %s: %s", 1, TopicAuthorizationFailedError("t"))
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["msg"].split(":")[0]) for e in lines] == [
+        ("warning", "Failed fetch offsets from 1"),
+        ("error", "Failed fetch offsets from 1"),  # no right to read it: someone must act
+    ]
+
+
 def test_a_connection_error_without_text_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
     # A port that is no Kafka listener times out, TLS to a plaintext listener is reset: both
     # errors' text is empty, and the line ended at its colon.

@@ -1,4 +1,5 @@
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def test_waiting_in_vain_for_a_subscriber_exits_1(capsys: pytest.CaptureFixture[
                  "0.1", "--exit-when-done", "--log-level", "ERROR"])  # fmt: skip
     assert code == 1
     assert "no WebSocket subscriber" in capsys.readouterr().err
+
+
+def test_a_taken_port_exits_1_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--log-level", "ERROR"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"pinecall-bridge simulate: cannot listen on 127.0.0.1:{port}: "), line
+    assert line.endswith("; --port picks another"), line
 
 
 def test_sigterm_stops_a_serving_simulator(capsys: pytest.CaptureFixture[str]) -> None:
