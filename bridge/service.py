@@ -138,6 +138,7 @@ class Bridge:
                 self.supervisor,
                 limits=self.sink.limits,
                 metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
+                probe_seconds=settings.kafka.metadata_probe_seconds,
             )
             if stages != "ingest"
             else None

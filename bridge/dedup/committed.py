@@ -175,6 +175,11 @@ class StableOffsets:
         await start_client(client, client.bootstrap, client.close)
         self._client = client
 
+    @property
+    def client(self) -> AIOKafkaClient | None:
+        """Its AIOKafkaClient while started."""
+        return self._client
+
     async def stop(self) -> None:
         client, self._client, self._coordinator = self._client, None, None
         if client is not None:

@@ -15,6 +15,9 @@ since; any other is dropped. A member that has not heard from the group coordina
 than the session timeout (cut off from Kafka) counts no partition owned (session.py): the group
 will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
 revocation and assignment settle them once Kafka answers, as after any rebalance.
+Each metadata probe interval the stage closes its clients' connections to brokers gone from the
+metadata (a fenced broker whose host vanished), whose requests would otherwise wait out the
+request timeout (README: a vanished broker).
 A failed transaction drops every task it touched and its producer
 (the replacement's start aborts it); each partition is started afresh after a pause if this member
 still owns it: 2 s after a timeout or an error, a session timeout after a fence.
@@ -50,8 +53,11 @@ from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
+    close_gone_connections,
     close_now,
+    connections_of,
     consumer_died,
+    fresh_brokers,
     start_consumer,
     stop_consumer,
     stop_dead,
@@ -97,10 +103,14 @@ class DedupStage:
         limits: TopicLimits | None = None,
         *,
         metadata_max_age_ms: int = 300_000,
+        probe_seconds: float = 5.0,
     ) -> None:
-        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic."""
+        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic;
+        `probe_seconds`: how often its clients' connections to fenced brokers are looked for."""
         self._settings = settings
         self._metadata_max_age_ms = metadata_max_age_ms
+        self._probe_seconds = probe_seconds
+        self._probe: asyncio.Task[None] | None = None
         self._topic = ingest_topic
         self._client = client
         self._metrics = metrics
@@ -177,6 +187,7 @@ class DedupStage:
             raise
         self._running = True
         self._loop = self._supervisor.spawn("dedup-stage", self._run)
+        self._probe = self._supervisor.spawn("dedup-probe", self._probe_loop)
 
     async def _started_consumer(self) -> AIOKafkaConsumer:
         s = self._settings
@@ -221,6 +232,7 @@ class DedupStage:
         scales to zero.
         """
         try:
+            await self._stop_probe()
             if drain_by is not None:
                 await self._drain(drain_by)
             self._running = False
@@ -248,6 +260,50 @@ class DedupStage:
         await self._offsets.stop()
         for tp in gone:
             self._forget_lag(tp)
+
+    async def _stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+
+    async def _probe_loop(self) -> None:
+        """Each probe interval, close the stage's clients' connections to brokers gone from the
+        metadata (fenced: a host vanished, no RST).
+
+        Their requests in flight would wait out the request timeout (a fetch, an EndTxn to the
+        transaction coordinator), holding the output back that long. Failed at once, aiokafka
+        sends them again where the metadata now points: a fetch to the new leader; a
+        transactional request (or a group's) to the coordinator found anew, since the retry's
+        connection to a broker the client's metadata no longer lists fails at once. The
+        coordinator answers a retried EndTxn of the same producer epoch as it answered the first,
+        so a commit that had reached the old one is neither applied twice nor left unknown. One
+        metadata request per interval, through the transactional producer's client: its metadata
+        is the one that must be fresh for that retry.
+        """
+        while True:
+            await asyncio.sleep(self._probe_seconds)
+            clients = [
+                c
+                for c in (
+                    self._out.client,
+                    connections_of(self._consumer),
+                    self._offsets.client,
+                )
+                if c is not None
+            ]
+            if not clients:
+                continue
+            listed = await fresh_brokers(clients[0], self._probe_seconds)
+            if listed is None:
+                continue
+            gone = sorted({node for c in clients for node in close_gone_connections(c, listed)})
+            if gone:
+                log.warning(
+                    "closed the dedup stage's connections to brokers gone from the metadata"
+                    " (fenced); their requests in flight go to the new leaders and coordinators",
+                    extra={"nodes": gone},
+                )
 
     async def _drain(self, by: float) -> None:
         consumer, loop = self._consumer, self._loop

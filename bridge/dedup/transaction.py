@@ -132,6 +132,11 @@ class StageProducer:
         return None if self._txn is None else time.monotonic() - self._txn.started
 
     @property
+    def client(self) -> Any:
+        """The producer's AIOKafkaClient, None without a producer."""
+        return None if self._producer is None else self._producer.client
+
+    @property
     def sent(self) -> int:
         """The output records the open transaction has sent (0 without one)."""
         return 0 if self._txn is None else sum(self._txn.published.values())

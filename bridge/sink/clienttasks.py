@@ -70,6 +70,11 @@ UNDO_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 # deadline runs past it, which the shutdown keeps a reserve for (bridge/stopbudget.py).
 STOP_SETTLE_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 CUT_SECONDS = stopbudget.CUT_SECONDS
+# The share of a probe's interval aiokafka's metadata update may take. One interval bounds all of
+# a probe's asks together (each took up to one in turn: readiness judged two or three late in a
+# partial outage); the rest is left for asking the brokers directly when a broker gone silent
+# holds the update, or for judging the ingest topic's writability when it answers.
+UPDATE_SHARE = 0.5
 T = TypeVar("T")
 
 
@@ -137,10 +142,7 @@ async def cut_short(client: Any, within: float) -> None:
     tasks += _unreferenced_tasks(client)
     for task in tasks:
         task.cancel()
-    # A producer's AIOKafkaClient is `client`, a consumer's `_client`.
-    connections = getattr(client, "client", None)
-    if connections is None:
-        connections = getattr(client, "_client", None)
+    connections = connections_of(client)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
             if connections is not None:
@@ -380,6 +382,31 @@ async def listed_brokers(client: Any, within: float) -> set[int] | None:
         for ask in asks:
             ask.cancel()
     return None
+
+
+async def fresh_brokers(client: Any, within: float) -> set[int] | None:
+    """The brokers the metadata lists now, asked through an AIOKafkaClient within `within`: its
+    own metadata updated (in UPDATE_SHARE of it), else the first answer of listed_brokers in the
+    rest (None: no answer)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    try:
+        async with asyncio.timeout(within * UPDATE_SHARE):
+            answered = bool(await client.force_metadata_update())
+    except (KafkaError, TimeoutError, OSError):
+        answered = False
+    if answered:
+        return {broker.nodeId for broker in client.cluster.brokers()}
+    return await listed_brokers(client, max(deadline - loop.time(), 0.0))
+
+
+def connections_of(client: Any) -> Any:
+    """A producer's or consumer's AIOKafkaClient (a producer's is `client`, a consumer's
+    `_client`); None for a client without one (or not yet started)."""
+    connections = getattr(client, "client", None)
+    if connections is None:
+        connections = getattr(client, "_client", None)
+    return connections
 
 
 def _died(client: Any, paths: tuple[tuple[str, str], ...]) -> str | None:

@@ -34,6 +34,7 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
+    UPDATE_SHARE,
     close_gone_connections,
     fail_pending,
     listed_brokers,
@@ -68,11 +69,6 @@ INSYNC_REREAD_SECONDS = 30.0
 # whose packets are dropped holds it for as long as the try, and every connection the producer
 # needs meanwhile (to a partition's new leader) waits behind it.
 CONNECT_TRY_SECONDS = 2.0
-# The share of a probe's interval aiokafka's metadata update may take. One interval bounds all of
-# a probe's asks together (each took up to one in turn: readiness judged two or three late in a
-# partial outage); the rest is left for asking the brokers directly when a broker gone silent
-# holds the update, or for judging the ingest topic's writability when it answers.
-UPDATE_SHARE = 0.5
 T = TypeVar("T")
 
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
 
 from bridge.config import DedupSettings
@@ -32,8 +33,9 @@ from bridge.dedup.transaction import TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
 from bridge.metrics import Metrics
 from tests.metrics import sample
+from tests.polling import until
 from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
-from tests.unit.sink.fakes import throttled
+from tests.unit.sink.fakes import FakeConnection, throttled
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
@@ -822,3 +824,59 @@ async def test_the_stable_offset_reads_throttled_by_a_quota_are_counted(
         await offsets.stop()
     name = "pinecall_bridge_kafka_throttle_seconds_total"
     assert sample(h.metrics, name, client="dedup_offsets_client") == pytest.approx(0.12)
+
+
+def metadata_client(listed: set[int], conns: dict[tuple[object, int], FakeConnection]) -> Any:
+    """An AIOKafkaClient's parts the probe reads: its metadata (answering) and connections."""
+    cluster = SimpleNamespace(brokers=lambda: [SimpleNamespace(nodeId=n) for n in sorted(listed)])
+
+    def force_metadata_update() -> asyncio.Future[bool]:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
+
+    return SimpleNamespace(
+        cluster=cluster, _conns=conns, force_metadata_update=force_metadata_update
+    )
+
+
+async def test_the_probe_closes_every_stage_clients_connections_to_a_fenced_broker() -> None:
+    # Broker 2's host vanished and the controllers fenced it: the transactional producer's
+    # coordinator connection, the consumer's fetch and the offsets client's would each wait out
+    # the request timeout. The producer's metadata (asked) no longer lists it.
+    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics(), probe_seconds=0.01)
+    coordinator, leader, fetch, offsets, staying = (FakeConnection() for _ in range(5))
+    producer = SimpleNamespace(
+        client=metadata_client({1, 3}, {(2, 1): coordinator, (1, 0): leader})
+    )
+    # The consumer's and the offsets client's own metadata are older: the producer's counts.
+    consumer = SimpleNamespace(_client=metadata_client({1, 2, 3}, {(2, 0): fetch, (3, 0): staying}))
+    stage._out._producer = cast(Any, producer)
+    stage._consumer = cast(AIOKafkaConsumer, consumer)
+    stage._offsets._client = cast(AIOKafkaClient, metadata_client({1, 2, 3}, {(2, 0): offsets}))
+    probing = asyncio.create_task(stage._probe_loop())
+    try:
+        await until(lambda: not (coordinator.open or fetch.open or offsets.open), 2.0)
+    finally:
+        probing.cancel()
+    assert leader.connected()
+    assert staying.connected()
+    assert coordinator.closed_for == CloseReason.CONNECTION_BROKEN
+
+
+async def test_the_probe_closes_nothing_without_an_answer() -> None:
+    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics(), probe_seconds=0.01)
+    held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def silent(node: int, request: object) -> Any:
+        return await held
+
+    fetch = FakeConnection()
+    client = metadata_client({1}, {(2, 0): fetch})
+    client.force_metadata_update = lambda: held
+    client.send = silent
+    stage._consumer = cast(AIOKafkaConsumer, SimpleNamespace(_client=client))
+    probing = asyncio.create_task(stage._probe_loop())
+    await asyncio.sleep(0.1)  # several intervals, each unanswered
+    probing.cancel()
+    assert fetch.connected()
