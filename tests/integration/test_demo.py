@@ -17,40 +17,38 @@ from tests.sockets import free_port
 pytestmark = pytest.mark.timeout(240)
 
 
+async def headless_demo(
+    options: list[str], env: dict[str, str], cwd: Path, *, within: float, merged: bool = False
+) -> tuple[int, bytes, bytes]:
+    """`python -m bridge demo --headless [options]`: its exit code, stdout and stderr (stderr in
+    stdout when `merged`), killed if it runs past `within` s."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bridge", "demo", "--headless", *options),
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merged else asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err or b""
+
+
 async def test_headless_demo_reports_nothing_lost_or_doubled(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
     # The test's own topics and group: the demo's defaults are shared with `make run`.
     env = daemon_env(kafka_bootstrap, topics)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "demo",
-        "--headless",
-        "--calls",
-        "12",
-        "--rate",
-        "200",
-        "--seed",
-        "7",
-        "--http-port",
-        str(free_port()),
-        "--simulator-port",
-        str(free_port()),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 200)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    options = ["--calls", "12", "--rate", "200", "--seed", "7"]
+    options += ["--http-port", str(free_port()), "--simulator-port", str(free_port())]
+    code, out, _ = await headless_demo(options, env, tmp_path, within=200, merged=True)
     text = out.decode(errors="replace")
-    assert proc.returncode == 0, text
+    assert code == 0, text
     assert "lost 0, doubled 0, unexpected 0" in text, text
     # The test's own topics hold no earlier run's backlog: every event is one of this run's calls.
     assert "events of other calls" not in text, text
@@ -95,22 +93,10 @@ async def test_a_taken_port_ends_the_demo_with_one_line(
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env["BRIDGE_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
         env["BRIDGE_HTTP__ADMIN_PORT"] = str(ports.pop("BRIDGE_HTTP__ADMIN_PORT", ""))
-        options = [str(part) for option in ports.items() for part in option]
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "bridge", "demo", "--headless", "--calls", "1", *options),
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        options = ["--calls", "1", *(str(part) for option in ports.items() for part in option)]
+        code, out, err = await headless_demo(options, env, tmp_path, within=60)
     text = err.decode(errors="replace")
-    assert proc.returncode == 1, (out, text)
+    assert code == 1, (out, text)
     [line] = text.splitlines()  # one line, no traceback
     assert line.startswith(f"pinecall-bridge demo: cannot listen on 127.0.0.1:{port} "), line
     assert says in line, line
