@@ -53,6 +53,7 @@ from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
+    bootstrapped,
     close_gone_connections,
     close_now,
     connections_of,
@@ -121,6 +122,7 @@ class DedupStage:
             client,
             metrics,
             limits if limits is not None else TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES),
+            lambda: [self._offsets.client, connections_of(self._consumer)],
         )
         self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.
@@ -180,7 +182,7 @@ class DedupStage:
         await self._offsets.start()
         try:
             await self._out.start()
-            self._consumer = await self._started_consumer()
+            self._consumer = await self._started_consumer(self._client)
         except BaseException:
             await self._out.stop()
             await self._offsets.stop()
@@ -189,10 +191,18 @@ class DedupStage:
         self._loop = self._supervisor.spawn("dedup-stage", self._run)
         self._probe = self._supervisor.spawn("dedup-probe", self._probe_loop)
 
-    async def _started_consumer(self) -> AIOKafkaConsumer:
+    def _options(self) -> dict[str, Any]:
+        """Options for a client built while the stage runs (a restore's, a replacement): it
+        bootstraps from the brokers the metadata lists now, a vanished host's fenced broker not
+        among them (bootstrapped)."""
+        return bootstrapped(
+            self._client, self._out.client, self._offsets.client, connections_of(self._consumer)
+        )
+
+    async def _started_consumer(self, options: dict[str, Any]) -> AIOKafkaConsumer:
         s = self._settings
         consumer = AIOKafkaConsumer(
-            **member_options(self._client),
+            **member_options(options),
             group_id=s.group,
             isolation_level="read_committed",
             enable_auto_commit=False,
@@ -463,7 +473,9 @@ class DedupStage:
         self._consumer = None
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
-        fresh = await self._replacement.start(self._started_consumer, lambda: self._running)
+        fresh = await self._replacement.start(
+            lambda: self._started_consumer(self._options()), lambda: self._running
+        )
         if fresh is not None:
             self._consumer = fresh
             self._metrics.kafka_client_restarts.labels("dedup_consumer").inc()
@@ -654,7 +666,7 @@ class DedupStage:
                 task = PartitionTask(
                     tp,
                     self._settings,
-                    self._client,
+                    self._options,
                     self._metrics,
                     track_progress=self.listener is not None,
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,11 +42,13 @@ class PartitionTask:
         self,
         tp: TopicPartition,
         settings: DedupSettings,
-        client: dict[str, Any],
+        client: dict[str, Any] | Callable[[], dict[str, Any]],
         metrics: Metrics,
         *,
         track_progress: bool = False,
     ) -> None:
+        """`client`: the options of the consumers it reads with, or what makes them when each is
+        built (the stage's: bootstrapped from the brokers listed then)."""
         self.tp = tp
         self._settings = settings
         self._client = client
@@ -58,6 +61,9 @@ class PartitionTask:
         self.unmarked = False  # started at an offset without the bridge's mark: to be marked
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
+
+    def _options(self) -> dict[str, Any]:
+        return self._client() if callable(self._client) else self._client
 
     @property
     def label(self) -> str:
@@ -74,7 +80,7 @@ class PartitionTask:
             offset = verdict.offset
             assert offset is not None
         ids = await restore(
-            self._client,
+            self._options(),
             self.tp,
             offset,
             self.window,
@@ -149,7 +155,7 @@ class PartitionTask:
         gone missing (judge_absent) are counted and said once started (_reset); a new partition
         holding records is said here.
         """
-        consumer = AIOKafkaConsumer(**self._client, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._options(), group_id=None, enable_auto_commit=False)
         await start_consumer(consumer)
         try:
             start = int((await consumer.beginning_offsets([self.tp]))[self.tp])

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +41,7 @@ from bridge.dedup.offsetmark import mark
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
-from bridge.sink.clienttasks import cut_short, start_client
+from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.quotas import counted, watch_throttle
@@ -110,9 +110,14 @@ class StageProducer:
         client: dict[str, Any],
         metrics: Metrics,
         limits: TopicLimits,
+        peers: Callable[[], list[Any]] = list,
     ) -> None:
+        """`peers`: the stage's other started AIOKafkaClients, whose metadata names the brokers a
+        replacement producer bootstraps from (bootstrapped); the first one, from the settings."""
         self._settings = settings
         self._client = client
+        self._peers = peers
+        self._replacing = False
         self._metrics = metrics
         self._limits = limits
         self.transactional_id = transactional_id(settings.group, settings.instance_id)
@@ -147,9 +152,12 @@ class StageProducer:
         async with self._starting:
             if self._producer is not None:
                 return
-            await self._relearn_limits()
+            options = (
+                bootstrapped(self._client, *self._peers()) if self._replacing else self._client
+            )
+            await self._relearn_limits(options)
             producer = GroupCommitProducer(
-                **self._client,
+                **options,
                 transactional_id=self.transactional_id,
                 transaction_timeout_ms=self._settings.transaction_timeout_ms,
                 enable_idempotence=True,
@@ -164,6 +172,7 @@ class StageProducer:
             async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
                 await start_client(producer, producer.start, producer.stop)
             self._producer = producer
+            self._replacing = True
         # Its InitProducerId has aborted what an earlier producer of this id left open.
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})
 
@@ -374,12 +383,12 @@ class StageProducer:
         assert self._producer is not None
         return self._producer
 
-    async def _relearn_limits(self) -> None:
+    async def _relearn_limits(self, options: dict[str, Any]) -> None:
         stale = self._limits.take_stale()
         if not stale:
             return
         try:
-            read = await max_message_bytes(self._client, stale)
+            read = await max_message_bytes(options, stale)
         except BaseException:
             for topic in stale:
                 self._limits.mark_stale(topic)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka.client import ConnectionGroup
@@ -398,6 +398,37 @@ async def fresh_brokers(client: Any, within: float) -> set[int] | None:
     if answered:
         return {broker.nodeId for broker in client.cluster.brokers()}
     return await listed_brokers(client, max(deadline - loop.time(), 0.0))
+
+
+def bootstrap_servers(configured: list[str], listed: Iterable[tuple[str, int]]) -> list[str]:
+    """The servers a client built beside started ones bootstraps from: the brokers (host, port)
+    their metadata lists now, else (no metadata) the configured ones.
+
+    aiokafka tries them in random order, and a connect to a host that vanished (still in the
+    settings; fenced, so gone from the metadata) waits out the request timeout before the next.
+    Every client connects to the listed names after its bootstrap anyway: the same trust, with
+    TLS or SASL too.
+    """
+    servers = sorted(
+        {f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in listed}
+    )
+    return servers or list(configured)
+
+
+def bootstrapped(options: dict[str, Any], *clients: Any) -> dict[str, Any]:
+    """`options` bootstrapping from the brokers the first of `clients` (AIOKafkaClients, None for
+    one not started) with metadata lists (bootstrap_servers); unchanged if none has any."""
+    listed: list[tuple[str, int]] = []
+    for client in clients:
+        cluster = getattr(client, "cluster", None)
+        listed = [] if cluster is None else [(b.host, b.port) for b in cluster.brokers()]
+        if listed:
+            break
+    configured = options.get("bootstrap_servers")
+    if configured is None:
+        return options
+    configured = [configured] if isinstance(configured, str) else list(configured)
+    return {**options, "bootstrap_servers": bootstrap_servers(configured, listed)}
 
 
 def connections_of(client: Any) -> Any:

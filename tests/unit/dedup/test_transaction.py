@@ -6,10 +6,12 @@ import asyncio
 import gc
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import BrokerMetadata
 from aiokafka.errors import (
     IllegalOperation,
     InvalidProducerEpoch,
@@ -21,6 +23,7 @@ from aiokafka.errors import (
 )
 from prometheus_client import Histogram
 
+from bridge.config import DedupSettings
 from bridge.dedup import transaction
 from bridge.dedup.groupcommit import GroupCommitFailedError
 from bridge.dedup.transaction import StageProducer, TransactionLostError, transactional_id
@@ -506,7 +509,7 @@ async def test_a_limit_that_cannot_be_read_again_is_an_error_that_names_its_caus
     limits.mark_stale("pinecall.events")
     out, _, _ = stage_producer(limits)
     caplog.set_level(logging.ERROR, logger="bridge.dedup.transaction")
-    await out._relearn_limits()
+    await out._relearn_limits(out._client)
     [line] = [r for r in caplog.records if "max.message.bytes cannot be read" in r.getMessage()]
     assert f"({why_unread(error_code, fresh=False)})" in line.getMessage()
     assert (line.__dict__["topic"], line.__dict__["error_code"]) == ("pinecall.events", error_code)
@@ -572,3 +575,27 @@ async def test_a_producer_stop_cut_by_the_callers_cancellation_leaves_no_pending
         await caller
     assert producer.client_closed
     assert producer._sender.sender_task.cancelled()
+
+
+async def test_a_replacement_producer_bootstraps_from_the_brokers_listed_the_first_from_settings(
+    factory: ProducerFactory,
+) -> None:
+    # A peer's metadata no longer lists k2 (fenced: its host vanished).
+    listed = [BrokerMetadata(n, f"k{n}", 9092, None) for n in (1, 3)]
+    peer = SimpleNamespace(cluster=SimpleNamespace(brokers=lambda: listed))
+    configured = ["k1:9092", "k2:9092", "k3:9092"]
+    out = StageProducer(
+        DedupSettings(group="g", ttl_seconds=60),
+        {"bootstrap_servers": configured},
+        Metrics(),
+        TopicLimits(1_048_576),
+        lambda: [None, peer],
+    )
+    await out.start()
+    await out._drop_producer()  # as a lost transaction does
+    await out.start()
+    assert [p.config["bootstrap_servers"] for p in factory.made] == [
+        configured,
+        ["k1:9092", "k3:9092"],
+    ]
+    await out.stop()

@@ -384,3 +384,31 @@ async def test_the_brokers_are_asked_together_and_the_first_answer_counts() -> N
     await asyncio.sleep(0)
     assert silent.cancelled()
     assert await clienttasks.listed_brokers(SimpleNamespace(_conns={}, send=send), 0.1) is None
+
+
+def test_a_fresh_client_bootstraps_from_the_brokers_listed_else_from_the_settings() -> None:
+    configured = ["k1:9092", "k2:9092", "k3:9092"]
+    # k2 fenced (its host vanished): no longer listed, so never tried first.
+    listed = [("k3", 9092), ("k1", 9092), ("k1", 9092)]
+    assert clienttasks.bootstrap_servers(configured, listed) == ["k1:9092", "k3:9092"]
+    assert clienttasks.bootstrap_servers(configured, [("::1", 9093)]) == ["[::1]:9093"]
+    assert clienttasks.bootstrap_servers(configured, []) == configured  # no metadata yet
+
+
+async def test_options_take_the_brokers_of_the_first_client_with_metadata() -> None:
+    # aiokafka's own clients: the attributes read are theirs.
+    bare, known = (
+        AIOKafkaClient(bootstrap_servers="k1:9092"),
+        AIOKafkaClient(bootstrap_servers="k1:9092"),
+    )
+    known.cluster._brokers = {n: BrokerMetadata(n, f"k{n}", 9092, None) for n in (1, 3)}
+    options = {"bootstrap_servers": ["k1:9092", "k2:9092", "k3:9092"], "client_id": "bridge"}
+    fresh = clienttasks.bootstrapped(options, None, bare, known)
+    assert fresh == {"bootstrap_servers": ["k1:9092", "k3:9092"], "client_id": "bridge"}
+    assert options["bootstrap_servers"] == ["k1:9092", "k2:9092", "k3:9092"]  # not changed
+    assert clienttasks.bootstrapped(options, None, bare) == options
+    assert clienttasks.bootstrapped({"bootstrap_servers": "k1:9092"}, bare) == {
+        "bootstrap_servers": ["k1:9092"]
+    }
+    await bare.close()
+    await known.close()
