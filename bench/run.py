@@ -2,7 +2,8 @@
 
   .venv/bin/python -m bench.run [--quick] [--kafka-port 19092] [--profile] [--only NAME,...]
 
-Each target (the bridge, its no-op-publisher variant, the naive handler, kcat) runs as its own
+Each target (the bridge, its no-op-publisher variant, the naive handler, the naive handler with
+the bridge's exactly-once contract and none of its logic (`naive-eos`), kcat) runs as its own
 process, fed by open-loop load generators in their own processes, read back from Kafka by kcat
 (read_committed). The bridge is the two-stage one: webhooks are answered once their records are
 in its ingest topic, and the dedup stage writes the output topic in transactions; every bridge
@@ -266,7 +267,7 @@ class Bench:
         workers: int = 1,
         own_dedup: bool = False,
     ) -> Proc:
-        """Start the bridge (`bridge`, `noop`) or the naive handler; return once it is ready."""
+        """Start the bridge (`bridge`, `noop`) or a naive handler; return once it is ready."""
         env = {
             **os.environ,
             "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": self.brokers,
@@ -297,15 +298,7 @@ class Bench:
                 "BRIDGE_PINECALL__API_KEY": "bench-key",
                 "BRIDGE_PINECALL__API_URL": "http://127.0.0.1:9",
             }
-        if kind == "bridge":
-            args = [str(Path(PY).parent / "pinecall-bridge"), "run"]
-        elif kind == "noop":
-            args = [PY, "-m", "bench.baselines.noop"]
-        else:
-            args = [
-                PY, "-m", "bench.baselines.naive", "--port", str(port),
-                "--brokers", self.brokers, "--topic", topics["events"],
-            ]  # fmt: skip
+        args = target_command(kind, self.brokers, topics, port, self.args.ingest_partitions)
         log = self.work / f"{kind}-{len(self.rows)}-{port}-{time.monotonic_ns()}.log"
         proc = Proc(args, env=env, log=log, port=port)
         deadline = time.monotonic() + 60
@@ -426,7 +419,7 @@ class Bench:
         if procs:
             row.peak_rss = sum(measure.peak_rss(p.pid) for p in procs)
         print(
-            f"  {row.scenario:<18} {row.target:<7} offered {row.offered:>7.0f}/s"
+            f"  {row.scenario:<18} {row.target:<9} offered {row.offered:>7.0f}/s"
             f"  got {row.throughput:>8.0f}/s  e2e p99 {row.e2e_ms[2]:7.1f} ms"
             f"  client p99 {row.client_ms[2]:7.1f} ms  bridge p99 {row.hist_ms[2]:6.1f} ms"
             f"  cpu/10k {row.cpu_per_10k:5.2f}s  lost {row.lost} doubled {row.doubled}"
@@ -787,11 +780,13 @@ class Bench:
             self.extra["max_rate"] = bridge_best.offered if bridge_best else 0.0
             if not self.args.no_baselines:
                 self.step_up("naive", "stepup", plan.steps)
+                self.step_up("naive-eos", "stepup", plan.steps)
                 self.step_up("noop", "stepup", plan.steps)
             print(f"scenario 1: one event per request at {rate:.0f}/s (70% of max)", flush=True)
             self.fixed_webhook("bridge", "webhook-single", rate)
             if not self.args.no_baselines:
                 self.fixed_webhook("naive", "webhook-single", rate)
+                self.fixed_webhook("naive-eos", "webhook-single", rate)
                 self.fixed_webhook("noop", "webhook-single", rate)
                 self.kcat_run("webhook-single", rate, int(rate * plan.fixed_seconds))
         if want("batch"):
@@ -863,6 +858,32 @@ class Bench:
         md = report.write(data, out_dir, name)
         print(f"report: {md}", flush=True)
         return md
+
+
+def target_command(
+    kind: str, brokers: str, topics: dict[str, str], port: int, ingest_partitions: int
+) -> list[str]:
+    """The command line of a target: the bridge, its no-op variant or a naive handler. Pure.
+
+    `naive-eos` gets the bridge's contract without its logic: an ingest topic like the bridge's
+    (same partitions) and a group of its own, writing the output topic the consumer reads.
+    """
+    if kind == "bridge":
+        return [str(Path(PY).parent / "pinecall-bridge"), "run"]
+    if kind == "noop":
+        return [PY, "-m", "bench.baselines.noop"]
+    if kind == "naive-eos":
+        return [
+            PY, "-m", "bench.baselines.naive_eos", "--port", str(port), "--brokers", brokers,
+            "--ingest", topics["ingest"], "--output", topics["events"], "--group", topics["group"],
+            "--partitions", str(ingest_partitions),
+        ]  # fmt: skip
+    if kind == "naive":
+        return [
+            PY, "-m", "bench.baselines.naive", "--port", str(port),
+            "--brokers", brokers, "--topic", topics["events"],
+        ]  # fmt: skip
+    raise ValueError(f"no such target: {kind}")
 
 
 def report_name(

@@ -1,0 +1,19 @@
+"""Baseline (d)'s ingest key: the body's call id, found without parsing it."""
+
+from __future__ import annotations
+
+import time
+
+from bench import events
+from bench.baselines.naive_eos import call_key
+
+
+def test_the_key_is_the_call_id_the_bridge_keys_by() -> None:
+    body = events.body(7, 1234, 1, time.time())
+    assert call_key(body) == events.call_id(7, 1234).encode()
+
+
+def test_a_batch_is_keyed_by_its_first_call_and_a_body_without_one_goes_unkeyed() -> None:
+    assert call_key(events.body(7, 0, 3, time.time())) == events.call_id(7, 0).encode()
+    assert call_key(b'{"seq": 1}') is None
+    assert call_key(b'{"call":"') is None  # cut short: no closing quote

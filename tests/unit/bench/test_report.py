@@ -1,0 +1,63 @@
+"""The report's ratios: bridge ÷ naive, and bridge ÷ naive-eos beside them when a run has it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.run import Measured
+
+
+def row(scenario: str, target: str, offered: float, cpu: float, e2e_p99: float) -> dict[str, Any]:
+    """A clean row that passes the criterion at `offered`."""
+    measured = Measured(scenario, target, offered, int(offered * 20), throughput=offered)
+    measured.client_ms = [5.0, 8.0, 12.0]
+    measured.e2e_ms = [e2e_p99 / 2, e2e_p99 * 0.9, e2e_p99]
+    measured.cpu_per_10k = cpu
+    return asdict(measured)
+
+
+def run_data(*, eos: bool) -> dict[str, Any]:
+    """A step-up and the 70% row: bridge 2,000/s, naive 4,000/s, naive-eos 2,500/s."""
+    series = {"bridge": (2000, 5.0, 130.0), "naive": (4000, 2.5, 10.0)}
+    if eos:
+        series["naive-eos"] = (2500, 4.0, 120.0)
+    steps = {
+        f"stepup:{t}": [row("stepup", t, top, cpu, p99)] for t, (top, cpu, p99) in series.items()
+    }
+    rows = [row("webhook-single", t, 1400, cpu, p99) for t, (_, cpu, p99) in series.items()]
+    return {"steps": steps, "rows": rows}
+
+
+def lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def test_bridge_over_naive_eos_stands_beside_each_target_never_instead(tmp_path: Path) -> None:
+    text = report.write(run_data(eos=True), tmp_path, "new").read_text()
+    [top] = lines_with(text, "max sustained ≥ 1.0x the naive handler")
+    assert "= 0.50x; ÷ naive-eos (2,500 events/s) 0.80x | **no** |" in top  # judged on naive
+    [cpu] = lines_with(text, "CPU per event ≤ 1.3x")
+    assert "| 2.00x at 1,400/s; ÷ naive-eos 1.25x | **no** |" in cpu
+    [e2e] = lines_with(text, "end-to-end p99 at 70%")
+    assert "| 13.00x; ÷ naive-eos 1.08x | **no** |" in e2e
+    [ratio] = lines_with(text, "max sustained events/s vs naive handler, exactly-once (d)")
+    assert ratio.endswith("| 2,000 | 2,500 | 0.80 |")
+    assert lines_with(text, "CPU s/10k vs naive-eos")[0].endswith("| 5.00 | 4.00 | 1.25 |")
+    assert lines_with(text, "e2e p99 ms vs naive-eos")[0].endswith("| 130.0 | 120.0 | 1.08 |")
+    assert lines_with(text, "e2e p99 ms vs naive |")[0].endswith("| 130.0 | 10.0 | 13.00 |")
+    assert lines_with(text, "*naive-eos* (baseline d, `bench/baselines/naive_eos.py`)")
+
+
+def test_a_run_without_naive_eos_reports_as_before(tmp_path: Path) -> None:
+    text = report.write(run_data(eos=False), tmp_path, "old").read_text()
+    assert "naive-eos" not in text
+    assert "exactly-once (d)" not in text
+    [top] = lines_with(text, "max sustained ≥ 1.0x the naive handler")
+    assert top.endswith("bridge 2,000 vs naive 4,000 events/s = 0.50x | **no** |")
+    [cpu] = lines_with(text, "CPU per event ≤ 1.3x")
+    assert cpu.endswith("| 2.00x at 1,400/s | **no** |")
+    [e2e] = lines_with(text, "end-to-end p99 at 70%")
+    assert e2e.endswith("| 13.00x | **no** |")
