@@ -1,16 +1,20 @@
 """The dedup stage's transactional producer under a steady load: its sender's wakes, and CPU.
 
-    python -m bench.stagewake --bootstrap 127.0.0.1:9092 [--variant wake|control] [--rate 1000]
+    python -m bench.stagewake --bootstrap 127.0.0.1:9092 [--variant wake|batch|control]
+                              [--rate 1000]
                               [--seconds 4] [--rounds 12] [--count-only]
 
 What runs: one `DedupStage` (default settings: 100 ms commit interval, 12 ingest partitions, 3
 output partitions) in this process, fed by a writer in a child process that sends ingest records
 (`bench.ingest.record`, every id new) at `--rate`, paced by its loop's clock, for the whole run.
 The stage runs throughout; the variants alternate on it in windows of `--seconds`, ABBA, with
-`bench.paired`'s rounds and control. The new variant has `bridge.sink.drain`'s shims (whole-broker
-drains, a batch due within the timer's resolution sent now, new batches that wake the sender only
-when needed) on the stage's producer, installed here; the old has aiokafka's own drain and
-`_append_batch`. The switch is made on the live producer, so the stage is not restarted. Per
+`bench.paired`'s rounds and control. `wake`: the new variant has `bridge.sink.drain`'s shims
+(whole-broker drains, a batch due within the timer's resolution sent now, new batches that wake
+the sender only when needed) on the stage's producer, installed here; the old has aiokafka's own
+drain and `_append_batch`. `batch` (and `control`), both sides without the shims, as the stage
+runs: the new has the stage's own batch size, the old aiokafka's 16 KiB (`OLD_BATCH_BYTES`), set
+on the accumulator, whose next batches take it. The switch is made on the live producer, so the
+stage is not restarted. Per
 window: `time.process_time` per record the stage published (the whole process: consumer,
 decisions, producer), and, per commit, the sender's drains (one a wake-up), its linger timers
 fired, and the requests it sent: produce (in the commit's flush or before it),
@@ -46,6 +50,7 @@ from bridge.sink.kafka import client_options, partition_for
 
 INGEST_PARTITIONS = 12
 OUTPUT_PARTITIONS = 3
+OLD_BATCH_BYTES = 16_384  # aiokafka's default, the stage producer's before it set its own
 COUNTED = ("drains", "empty", "timers", "produce", "produce_in_commit", "add_partitions", "end")
 
 
@@ -54,6 +59,8 @@ class Switch:
 
     def __init__(self) -> None:
         self.new = True
+        self.shims = True  # the new side has `bridge.sink.drain`'s shims (the wake variant)
+        self.producer: AIOKafkaProducer | None = None  # the stage's live producer
         self.committing = False
         self.counts: Counter[str] = Counter()
 
@@ -66,6 +73,7 @@ class Instrumented(GroupCommitProducer):
 
     async def start(self) -> None:
         switchable(self)
+        SWITCH.producer = self
         await super().start()
 
 
@@ -84,12 +92,13 @@ def switchable(producer: AIOKafkaProducer) -> None:
 
     def drain_by_nodes(*args: Any, **kwargs: Any) -> Any:
         counts["drains"] += 1
-        nodes, unknown = (shimmed_drain if SWITCH.new else plain_drain)(*args, **kwargs)
+        shimmed = SWITCH.new and SWITCH.shims
+        nodes, unknown = (shimmed_drain if shimmed else plain_drain)(*args, **kwargs)
         counts["empty"] += not nodes
         return nodes, unknown
 
     def append_batch(builder: Any, tp: Any) -> Any:
-        return (shimmed_append if SWITCH.new else plain_append)(builder, tp)
+        return (shimmed_append if SWITCH.new and SWITCH.shims else plain_append)(builder, tp)
 
     def wakeup(fut: Any) -> None:
         counts["timers"] += 1
@@ -125,8 +134,20 @@ def _old() -> Iterator[None]:
         SWITCH.new = True
 
 
+@contextlib.contextmanager
+def _small_batches() -> Iterator[None]:
+    accumulator: Any = SWITCH.producer._message_accumulator  # type: ignore[union-attr]
+    saved, accumulator._batch_size = accumulator._batch_size, OLD_BATCH_BYTES
+    try:
+        with _old():
+            yield
+    finally:
+        accumulator._batch_size = saved
+
+
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "wake": _old,
+    "batch": _small_batches,
     "control": contextlib.nullcontext,
 }
 
@@ -202,6 +223,7 @@ async def main(args: argparse.Namespace) -> None:
     await ingest.create_topic(args.bootstrap, topic, INGEST_PARTITIONS)
     await ingest.create_topic(args.bootstrap, output, OUTPUT_PARTITIONS, log_append_time=False)
     _count_commits_and_records()
+    SWITCH.shims = args.variant == "wake"
     writer = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -226,7 +248,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.count_only:
             for _ in range(args.rounds):
                 await windows.timed(None)
-                with _old():
+                with VARIANTS[args.variant]():
                     await windows.timed(None)
         else:
             outcome = await paired(

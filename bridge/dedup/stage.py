@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
-from bridge.config import DedupSettings
+from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
@@ -63,7 +63,7 @@ from bridge.sink.clienttasks import (
     stop_consumer,
     stop_dead,
 )
-from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
+from bridge.sink.limits import TopicLimits
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
 
@@ -121,7 +121,7 @@ class DedupStage:
             settings,
             client,
             metrics,
-            limits if limits is not None else TopicLimits(KAFKA_DEFAULT_MAX_REQUEST_BYTES),
+            limits if limits is not None else _default_limits(),
             lambda: [self._offsets.client, connections_of(self._consumer)],
         )
         self._size = TransactionSize()
@@ -773,3 +773,9 @@ def behind(
 
 def _numbers(partitions: Iterable[TopicPartition]) -> list[int]:
     return sorted(tp.partition for tp in partitions)
+
+
+def _default_limits() -> TopicLimits:
+    """A stage built without the sink's limits (benchmarks, tests): the settings' defaults."""
+    kafka = KafkaSettings()
+    return TopicLimits(kafka.max_request_bytes, kafka.max_batch_bytes)

@@ -163,8 +163,12 @@ class StageProducer:
                 enable_idempotence=True,
                 acks="all",
                 # Nothing sent is readable before the commit, which flushes: lingering until
-                # then makes one produce request per output partition and transaction.
+                # then makes one produce request per broker and transaction, as long as each
+                # output partition's records of a commit interval fit one batch. Batches of
+                # aiokafka's 16 KiB filled at ~1,000 events/s and went out early, each alone,
+                # and a full one held up the next send until it was drained.
                 linger_ms=self._settings.commit_interval_ms,
+                max_batch_size=self._limits.batch_bytes(),
                 partitioner=partition_for,
                 max_request_size=self._limits.default,
             )

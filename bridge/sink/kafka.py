@@ -333,7 +333,7 @@ class KafkaSink:
         self._metrics = metrics
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         # Shared with the dedup stage's producers, which write the output topics.
-        self.limits = TopicLimits(settings.max_request_bytes)
+        self.limits = TopicLimits(settings.max_request_bytes, settings.max_batch_bytes)
         self._producer: AIOKafkaProducer | None = None
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now

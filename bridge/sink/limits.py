@@ -15,6 +15,7 @@ from bridge.sink.record import Record
 
 # Kafka's own default for max_request_size and, all but its batch header, message.max.bytes.
 KAFKA_DEFAULT_MAX_REQUEST_BYTES = 1_048_576
+AIOKAFKA_DEFAULT_MAX_BATCH_BYTES = 16_384
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
@@ -34,8 +35,11 @@ def too_large(exc: BaseException) -> bool:
 class TopicLimits:
     """The largest record per topic; topics not learned yet take the producers' limit."""
 
-    def __init__(self, max_request_bytes: int) -> None:
+    def __init__(
+        self, max_request_bytes: int, max_batch_bytes: int = AIOKAFKA_DEFAULT_MAX_BATCH_BYTES
+    ) -> None:
         self.default = max_request_bytes
+        self._batch = max_batch_bytes
         self._topics: dict[str, int] = {}
         self._stale: set[str] = set()
 
@@ -56,6 +60,11 @@ class TopicLimits:
 
     def limit(self, topic: str) -> int:
         return self._topics.get(topic, self.default)
+
+    def batch_bytes(self) -> int:
+        """The batch size for a producer of the learned topics: the configured one, made no larger
+        than any of them takes (the broker refuses a larger batch whole, small records and all)."""
+        return min(self._batch, self.default, *self._topics.values())
 
     def check(self, record: Record) -> None:
         """Raise MessageSizeTooLargeError (as aiokafka would) when the record cannot be taken."""

@@ -341,6 +341,25 @@ async def test_a_started_producer_logs_its_transactional_id(
     assert factory.made[0].config["transactional_id"] == "g-dedup-pod-3"
 
 
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_producer_batches_a_commit_intervals_records_within_the_output_topics_limits(
+    factory: ProducerFactory,
+) -> None:
+    # With aiokafka's 16 KiB a partition's batch filled before the commit at ~1,000 events/s:
+    # several produce requests a transaction, and the full batch held up the next send.
+    limits = TopicLimits(1_048_576, 262_144)
+    out, _, _ = stage_producer(limits)
+    await out.stop()
+    await out.start()
+    assert factory.made[-1].config["max_batch_size"] == 262_144
+    # A size refusal: the topic's limit, read again, bounds the replacement's batches.
+    FakeAdmin.values = {"max.message.bytes": "100000"}
+    limits.mark_stale("pinecall.events")
+    await out._drop_producer()
+    await out.start()
+    assert factory.made[-1].config["max_batch_size"] == 100_000
+
+
 async def test_a_failed_begin_loses_the_partition_that_was_joining() -> None:
     out, producer, metrics = stage_producer()
     producer.fail["begin"] = ProducerFenced()

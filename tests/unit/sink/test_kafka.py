@@ -515,3 +515,13 @@ async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_
     assert asyncio.get_running_loop().time() - client.asked_at[0] < JUDGED_WITHIN
     assert answering.connected()
     await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_limits_shared_with_the_dedup_stage_batch_as_configured_within_topics() -> None:
+    # The stage's producer takes its batch size from them: one setting for both producers.
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000), Metrics())
+    assert sink.limits.batch_bytes() == 200_000
+    FakeAdmin.values = {"max.message.bytes": "150000"}
+    await sink.learn_limits(["ingest", "events"])
+    assert sink.limits.batch_bytes() == 150_000
