@@ -86,7 +86,7 @@ class _Stage:
         self.producer = FakeProducer()
         install(self.out, self.producer)
         self.tasks = [
-            PartitionTask(TopicPartition("ingest", p), settings, {}, self.metrics)
+            PartitionTask(TopicPartition("ingest", p), settings, dict, self.metrics)
             for p in range(PARTITIONS)
         ]
 

@@ -291,7 +291,12 @@ class Bridge:
             ),
         )
         await runner.setup()
-        await listen.start(runner, http.host, http.port, reuse_port=self._reuse_port)
+        try:
+            await listen.start(runner, http.host, http.port, reuse_port=self._reuse_port)
+        except BaseException:
+            # Not yet the bridge's to stop: its server and the app's cleanup would be left over.
+            await runner.cleanup()
+            raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         if self.admin_app is not None and http.admin_port is not None:

@@ -42,13 +42,13 @@ class PartitionTask:
         self,
         tp: TopicPartition,
         settings: DedupSettings,
-        client: dict[str, Any] | Callable[[], dict[str, Any]],
+        client: Callable[[], dict[str, Any]],
         metrics: Metrics,
         *,
         track_progress: bool = False,
     ) -> None:
-        """`client`: the options of the consumers it reads with, or what makes them when each is
-        built (the stage's: bootstrapped from the brokers listed then)."""
+        """`client` makes the options of the consumers it reads with, as each is built (the
+        stage's: bootstrapped from the brokers listed then)."""
         self.tp = tp
         self._settings = settings
         self._client = client
@@ -61,9 +61,6 @@ class PartitionTask:
         self.unmarked = False  # started at an offset without the bridge's mark: to be marked
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
-
-    def _options(self) -> dict[str, Any]:
-        return self._client() if callable(self._client) else self._client
 
     @property
     def label(self) -> str:
@@ -80,7 +77,7 @@ class PartitionTask:
             offset = verdict.offset
             assert offset is not None
         ids = await restore(
-            self._options(),
+            self._client(),
             self.tp,
             offset,
             self.window,
@@ -155,7 +152,7 @@ class PartitionTask:
         gone missing (judge_absent) are counted and said once started (_reset); a new partition
         holding records is said here.
         """
-        consumer = AIOKafkaConsumer(**self._options(), group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._client(), group_id=None, enable_auto_commit=False)
         await start_consumer(consumer)
         try:
             start = int((await consumer.beginning_offsets([self.tp]))[self.tp])

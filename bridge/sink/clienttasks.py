@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka.client import ConnectionGroup
@@ -384,7 +385,16 @@ async def listed_brokers(client: Any, within: float) -> set[int] | None:
     return None
 
 
-async def fresh_brokers(client: Any, within: float) -> set[int] | None:
+@dataclass(frozen=True)
+class Listed:
+    """The brokers a metadata probe found listed, and whether aiokafka's own update answered:
+    then the client's whole metadata (its partitions' leaders too) is fresh, not only this."""
+
+    brokers: set[int]
+    updated: bool
+
+
+async def probe_metadata(client: Any, within: float) -> Listed | None:
     """The brokers the metadata lists now, asked through an AIOKafkaClient within `within`: its
     own metadata updated (in UPDATE_SHARE of it), else the first answer of listed_brokers in the
     rest (None: no answer)."""
@@ -396,8 +406,17 @@ async def fresh_brokers(client: Any, within: float) -> set[int] | None:
     except (KafkaError, TimeoutError, OSError):
         answered = False
     if answered:
-        return {broker.nodeId for broker in client.cluster.brokers()}
-    return await listed_brokers(client, max(deadline - loop.time(), 0.0))
+        return Listed({broker.nodeId for broker in client.cluster.brokers()}, updated=True)
+    # Unanswered, aiokafka's update may be held by a broker gone silent: the others are asked
+    # directly.
+    brokers = await listed_brokers(client, max(deadline - loop.time(), 0.0))
+    return None if brokers is None else Listed(brokers, updated=False)
+
+
+async def fresh_brokers(client: Any, within: float) -> set[int] | None:
+    """The brokers the metadata lists now, as probe_metadata finds them (None: no answer)."""
+    listed = await probe_metadata(client, within)
+    return None if listed is None else listed.brokers
 
 
 def bootstrap_servers(configured: list[str], listed: Iterable[tuple[str, int]]) -> list[str]:

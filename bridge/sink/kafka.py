@@ -34,10 +34,9 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
-    UPDATE_SHARE,
     close_gone_connections,
     fail_pending,
-    listed_brokers,
+    probe_metadata,
     producer_died,
     start_client,
     stop_dead,
@@ -581,19 +580,14 @@ class KafkaSink:
                 continue
             # Readiness is judged within one interval: each ask below gets what is left of it.
             deadline = asyncio.get_running_loop().time() + interval
-            try:
-                # Only the topics this producer writes to: a whole cluster's metadata (thousands
-                # of partitions on a shared cluster) takes tens of ms to decode, and that blocks
-                # the event loop, and with it every request in flight, at every probe.
-                async with asyncio.timeout(interval * UPDATE_SHARE):
-                    answered = bool(await producer.client.force_metadata_update())
-            except (KafkaError, TimeoutError, OSError):
-                answered = False
-            # Unanswered, aiokafka's update may be held by a broker gone silent: the others
-            # are asked directly.
-            listed = None if answered else await listed_brokers(producer.client, _left(deadline))
-            if answered or listed is not None:
-                gone = close_gone_connections(producer.client, listed)
+            # The producer's own update asks only for the topics it writes to: a whole cluster's
+            # metadata (thousands of partitions on a shared cluster) takes tens of ms to decode,
+            # and that blocks the event loop, and with it every request in flight, at every probe.
+            listed = await probe_metadata(producer.client, interval)
+            # Only aiokafka's own update refreshes the partitions' leaders writability reads.
+            answered = listed is not None and listed.updated
+            if listed is not None:
+                gone = close_gone_connections(producer.client, listed.brokers)
                 if gone:
                     log.warning(
                         "closed the connections to brokers gone from the metadata (fenced);"

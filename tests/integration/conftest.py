@@ -37,6 +37,7 @@ from bridge.workers.role import Stages
 from tests import entries
 from tests.integration import netcut
 from tests.metrics import scrape
+from tests.missing import skip_or_fail
 from tests.polling import until, until_kafka
 from tests.schema import contract
 from tests.sockets import free_port
@@ -181,11 +182,8 @@ def network_cut() -> None:
     """A node can be cut off the network here (netcut), checked when a test needing it runs,
     not at collection (the check adds an iptables rule); else skipped, and failed in CI."""
     reason = netcut.unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if reason is not None:
+        skip_or_fail(reason)
 
 
 @pytest.fixture(scope="session")

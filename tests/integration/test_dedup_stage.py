@@ -597,7 +597,8 @@ async def _ingested(bootstrap: str, names: Topics, call: str, seqs: Iterable[int
 def _task(names: Topics, metrics: Metrics, client: dict[str, Any] | None = None) -> PartitionTask:
     """The dedup task of the one ingest partition; its restore reads through `client`."""
     settings = DedupSettings(group=names.group)
-    return PartitionTask(_ingest_partition(names), settings, client or {}, metrics)
+    options = client or {}
+    return PartitionTask(_ingest_partition(names), settings, lambda: options, metrics)
 
 
 def _stage_producer(

@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiokafka.errors import KafkaConnectionError
 
 from bridge import connlimit, pipeline
@@ -596,6 +597,25 @@ async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFi
     [record] = [r for r in caplog.records if r.getMessage().startswith("cannot listen")]
     assert (record.__dict__["host"], record.__dict__["port"]) == ("127.0.0.1", port)
     assert "BRIDGE_HTTP__HOST" in record.getMessage()
+
+
+async def test_a_webhook_port_that_cannot_listen_leaves_no_server_behind() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bridge = Bridge(every_source(taken.getsockname()[1]))
+        cleaned: list[web.Application] = []
+
+        async def cleanup(app: web.Application) -> None:
+            cleaned.append(app)
+
+        bridge.app.on_cleanup.append(cleanup)
+        try:
+            with pytest.raises(OSError, match=r"(?i)address already in use"):
+                await bridge.start()
+        finally:
+            await bridge.stop()
+    assert cleaned == [bridge.app]
 
 
 @pytest.mark.usefixtures("fake_admin")

@@ -277,8 +277,8 @@ async def test_a_failed_send_while_a_task_processes_loses_every_partition_in_the
 ):
     h = Harness()
     settings, metrics = h.stage._settings, h.metrics
-    first = PartitionTask(tp(1), settings, {}, metrics)
-    second = PartitionTask(tp(2), settings, {}, metrics)
+    first = PartitionTask(tp(1), settings, dict, metrics)
+    second = PartitionTask(tp(2), settings, dict, metrics)
     h.stage._tasks.update({first.tp: first, second.tp: second})
     await h.stage._step(first, first.process([ingest(0, "CA_1:1", 100.0)], h.stage._out))
     h.producer.fail["send"] = KafkaConnectionError()
@@ -432,7 +432,7 @@ def past_retention(
     h = Harness()
     fake = PastRetentionConsumer(h.stage, position, **consumer)  # type: ignore[arg-type]
     h.stage._consumer = fake
-    task = PartitionTask(tp(0), h.stage._settings, {}, h.metrics)
+    task = PartitionTask(tp(0), h.stage._settings, dict, h.metrics)
     task.position = position - 1 if fake.opened else position
     h.stage._tasks[task.tp] = task
     h.stage._running = True
@@ -566,7 +566,7 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
     h = Harness()
     consumer = BackloggedConsumer(tp(1), h.stage, calls=4)
     h.stage._consumer = consumer
-    task = PartitionTask(tp(1), h.stage._settings, {}, h.metrics)
+    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
     h.stage._tasks[task.tp] = task
     h.stage._running = True
     other = asyncio.create_task(consumer.other_coroutine())
@@ -594,7 +594,7 @@ async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_inte
     gap = interval * 6 // 10
     consumer = TrickleConsumer(tp(1), h.stage, clock, gap_ms=gap, calls=5)
     h.stage._consumer = consumer
-    task = PartitionTask(tp(1), h.stage._settings, {}, h.metrics)
+    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
     h.stage._tasks[task.tp] = task
     h.stage._running = True
     await h.stage._run()
@@ -623,7 +623,7 @@ def test_the_broker_holds_an_empty_fetch_at_least_half_a_second(interval: int, w
 def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:
     """The stage's loop running over `consumer`, with a real task for its partition at 0."""
     h.stage._consumer = consumer
-    task = PartitionTask(consumer.partition, h.stage._settings, {}, h.metrics)
+    task = PartitionTask(consumer.partition, h.stage._settings, dict, h.metrics)
     h.stage._tasks[task.tp] = task
     h.stage._running = True
     h.stage._loop = asyncio.create_task(h.stage._run())

@@ -34,7 +34,7 @@ RESTORE = "dedup_restore_consumer"  # its client label in the throttle metrics
 
 def make(**settings: Any) -> tuple[PartitionTask, StageProducer, FakeProducer, Metrics]:
     out, producer, metrics = stage_producer(**settings)
-    return PartitionTask(TP, out._settings, {}, metrics), out, producer, metrics
+    return PartitionTask(TP, out._settings, dict, metrics), out, producer, metrics
 
 
 async def commit(task: PartitionTask, out: StageProducer) -> None:
@@ -80,7 +80,7 @@ async def test_copies_in_a_later_transaction_are_dropped_too() -> None:
 
 async def test_partitions_share_the_one_transaction() -> None:
     task, out, producer, metrics = make()
-    other = PartitionTask(TopicPartition("ingest", 5), out._settings, {}, metrics)
+    other = PartitionTask(TopicPartition("ingest", 5), out._settings, dict, metrics)
     await task.process([ingest(0, "CA_1:1", 100.0)], out)
     await other.process([ingest(0, "CA_1:1", 100.0), ingest(1, "CA_2:1", 100.0)], out)
     # Each partition has a window of its own: the same id on another partition is new there.

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from bridge.sink import clienttasks
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
+    Listed,
     consumer_died,
     producer_died,
     start_client,
@@ -384,6 +385,23 @@ async def test_the_brokers_are_asked_together_and_the_first_answer_counts() -> N
     await asyncio.sleep(0)
     assert silent.cancelled()
     assert await clienttasks.listed_brokers(SimpleNamespace(_conns={}, send=send), 0.1) is None
+
+
+async def test_a_probe_says_whether_aiokafkas_own_update_answered_or_a_direct_ask() -> None:
+    client = FakeProducer().client
+    client._conns[(1, 0)] = FakeConnection()
+    client.cluster.listed = {1, 2}
+    assert await clienttasks.probe_metadata(client, 1.0) == Listed({1, 2}, updated=True)
+    # An update held by a broker gone silent: the brokers asked directly answer, in what is left.
+    client.held = True
+    started = asyncio.get_running_loop().time()
+    assert await clienttasks.probe_metadata(client, 1.0) == Listed({1, 2}, updated=False)
+    assert asyncio.get_running_loop().time() - started < 0.9
+    client.silent = {1}
+    assert await clienttasks.probe_metadata(client, 0.2) is None
+    assert await clienttasks.fresh_brokers(client, 0.2) is None
+    client.held = False
+    assert await clienttasks.fresh_brokers(client, 0.2) == {1, 2}
 
 
 def test_a_fresh_client_bootstraps_from_the_brokers_listed_else_from_the_settings() -> None:
