@@ -58,6 +58,7 @@ from bridge.sink.clienttasks import (
     close_now,
     connections_of,
     consumer_died,
+    forget_gone_brokers,
     fresh_brokers,
     start_consumer,
     stop_consumer,
@@ -279,7 +280,8 @@ class DedupStage:
 
     async def _probe_loop(self) -> None:
         """Each probe interval, close the stage's clients' connections to brokers gone from the
-        metadata (fenced: a host vanished, no RST).
+        metadata (fenced: a host vanished, no RST), and drop those brokers from each client's
+        own metadata (forget_gone_brokers: the consumer's rejoin must not connect to one).
 
         Their requests in flight would wait out the request timeout (a fetch, an EndTxn to the
         transaction coordinator), holding the output back that long. Failed at once, aiokafka
@@ -307,7 +309,11 @@ class DedupStage:
             listed = await fresh_brokers(clients[0], self._probe_seconds)
             if listed is None:
                 continue
-            gone = sorted({node for c in clients for node in close_gone_connections(c, listed)})
+            # Forgotten first: a connection closed below fails the group's heartbeat, and the
+            # consumer's coordinator lookup that follows must not pick the vanished broker.
+            forgotten = {node for c in clients for node in forget_gone_brokers(c, listed)}
+            closed = {node for c in clients for node in close_gone_connections(c, listed)}
+            gone = sorted(forgotten | closed)
             if gone:
                 log.warning(
                     "closed the dedup stage's connections to brokers gone from the metadata"

@@ -356,6 +356,25 @@ def close_gone_connections(client: Any, listed: set[int] | None = None) -> list[
     return closed
 
 
+def forget_gone_brokers(client: Any, listed: set[int]) -> list[int]:
+    """Drop the brokers `listed` leaves out from an AIOKafkaClient's own metadata; their node ids.
+
+    aiokafka sends a FindCoordinator (a group member's rejoin) and its metadata updates to a
+    broker picked from the client's own metadata, which a consumer refreshes only every
+    metadata_max_age_ms: a fenced broker whose host vanished, still listed there, is picked, and
+    the connect to it waits out the request timeout (30 s) while the member is out of its group
+    and the stage's output stops. Left out, a request for it fails at once (NodeNotReady) and the
+    client updates its metadata from the others; the next answer lists it again once it is back.
+    """
+    brokers = getattr(getattr(client, "cluster", None), "_brokers", None)
+    if not isinstance(brokers, dict) or not listed:
+        return []  # aiokafka changed (close_gone_connections logs it), or nothing to judge by
+    gone = sorted(node for node in brokers if node not in listed)
+    for node in gone:
+        del brokers[node]
+    return gone
+
+
 async def listed_brokers(client: Any, within: float) -> set[int] | None:
     """The brokers listed by the first metadata answer, within `within`, of those the client holds
     an open connection to, asked together (None: none answered).

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
 
@@ -862,6 +863,32 @@ async def test_the_probe_closes_every_stage_clients_connections_to_a_fenced_brok
     assert leader.connected()
     assert staying.connected()
     assert coordinator.closed_for == CloseReason.CONNECTION_BROKEN
+
+
+async def test_the_probe_drops_a_fenced_broker_from_the_consumers_own_metadata() -> None:
+    # The fenced broker 2 was the group's coordinator too: the heartbeat failed by the closing
+    # sends the consumer to find the coordinator anew, through a broker picked from its own
+    # metadata (refreshed every metadata_max_age_ms). Still listed there, it was picked a third
+    # of the time and the connect to it waited out the request timeout, the member out of its
+    # group and every transaction refused meanwhile (the stage's output held back for 35 s).
+    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics(), probe_seconds=0.01)
+    stage._out._producer = cast(Any, SimpleNamespace(client=metadata_client({1, 3}, {})))
+    consumer_client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+    consumer_client.cluster._brokers = {
+        n: BrokerMetadata(n, f"broker{n}", 9092, None) for n in (1, 2, 3)
+    }
+    coordinator = FakeConnection()
+    consumer_client._conns[(2, 1)] = coordinator
+    stage._consumer = cast(AIOKafkaConsumer, SimpleNamespace(_client=consumer_client))
+    probing = asyncio.create_task(stage._probe_loop())
+    try:
+        await until(lambda: not coordinator.open, 2.0)
+    finally:
+        probing.cancel()
+    assert sorted(b.nodeId for b in consumer_client.cluster.brokers()) == [1, 3]
+    assert {consumer_client.get_random_node() for _ in range(50)} == {1, 3}
+    consumer_client._conns.clear()  # stand-ins: nothing for its close to wait for
+    await consumer_client.close()
 
 
 async def test_the_probe_closes_nothing_without_an_answer() -> None:

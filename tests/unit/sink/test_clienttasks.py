@@ -353,6 +353,20 @@ async def test_only_open_connections_to_brokers_the_metadata_left_out_are_closed
     await client.close()
 
 
+async def test_brokers_the_metadata_left_out_are_dropped_from_a_clients_own_metadata() -> None:
+    # aiokafka's own client, as a consumer's whose metadata is older than the answer `listed`.
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+    client.cluster._brokers = {n: BrokerMetadata(n, f"broker{n}", 9092, None) for n in (1, 2, 3)}
+    assert clienttasks.forget_gone_brokers(client, set()) == []  # no answer: none judged
+    assert clienttasks.forget_gone_brokers(client, {1, 3, 4}) == [2]
+    assert sorted(b.nodeId for b in client.cluster.brokers()) == [1, 3]
+    # Its FindCoordinator and metadata updates pick among these: never the vanished broker.
+    assert {client.get_random_node() for _ in range(50)} == {1, 3}
+    assert clienttasks.forget_gone_brokers(client, {1, 3}) == []
+    assert clienttasks.forget_gone_brokers(object(), {1}) == []  # aiokafka changed: left alone
+    await client.close()
+
+
 def test_a_client_without_visible_connections_is_left_alone_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
