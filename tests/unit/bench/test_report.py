@@ -61,3 +61,30 @@ def test_a_run_without_naive_eos_reports_as_before(tmp_path: Path) -> None:
     assert cpu.endswith("| 2.00x at 1,400/s | **no** |")
     [e2e] = lines_with(text, "end-to-end p99 at 70%")
     assert e2e.endswith("| 13.00x | **no** |")
+
+
+def stalled(data: dict[str, Any], target: str) -> dict[str, Any]:
+    """`data` with `target`'s 70% run stalled: client and e2e p99 in seconds."""
+    for r in data["rows"]:
+        if r["target"] == target:
+            r["client_ms"] = [6.5, 2136.6, 2820.3]
+            r["e2e_ms"] = [6.5, 2127.7, 2817.6]
+    return data
+
+
+def test_a_stalled_baseline_run_leaves_its_targets_unjudged_not_met(tmp_path: Path) -> None:
+    text = report.write(stalled(run_data(eos=True), "naive"), tmp_path, "s").read_text()
+    [e2e] = lines_with(text, "end-to-end p99 at 70%")
+    assert "| 0.05x (not judged: the naive handler's run failed the pass criterion" in e2e
+    assert e2e.endswith("; ÷ naive-eos 1.08x | - |")  # never "yes" against a stall
+    [cpu] = lines_with(text, "CPU per event ≤ 1.3x")
+    assert cpu.endswith("| - |")
+    assert lines_with(text, "e2e p99 ms vs naive (its run failed the pass criterion (client p99")
+
+
+def test_a_stalled_naive_eos_run_is_said_beside_its_ratio(tmp_path: Path) -> None:
+    text = report.write(stalled(run_data(eos=True), "naive-eos"), tmp_path, "s").read_text()
+    [e2e] = lines_with(text, "end-to-end p99 at 70%")
+    assert "| 13.00x; ÷ naive-eos 0.05x (not judged: its run failed the pass criterion" in e2e
+    assert e2e.endswith("| **no** |")  # judged on the naive handler's clean run
+    assert lines_with(text, "CPU s/10k vs naive-eos (its run failed the pass criterion")
