@@ -9,12 +9,12 @@ event loop (uvloop) and no access log, so the difference to the bridge is the br
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+
+from bench.baselines.serving import serve_until_stopped
 
 
 async def serve(port: int, brokers: str, topic: str) -> None:
@@ -33,21 +33,7 @@ async def serve(port: int, brokers: str, topic: str) -> None:
         await ack
         return web.json_response({"published": 1})
 
-    async def ready(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ready"})
-
-    app = web.Application()
-    app.router.add_post("/webhooks/pinecall", forward)
-    app.router.add_get("/readyz", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_stopped(port, forward)
     await producer.stop()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 
 import uvloop
@@ -27,6 +26,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from bench.baselines.serving import serve_until_stopped
 
 # aiokafka's default partitioner with each key's murmur2 computed once, as the bridge's producers
 # use it: aiokafka's own hashes every key in pure Python, a cost that is no part of the contract.
@@ -154,23 +155,7 @@ async def serve(
         await ack
         return web.json_response({"published": 1})
 
-    async def ready(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ready"})
-
-    app = web.Application()
-    app.router.add_post("/webhooks/pinecall", forward)
-    app.router.add_get("/readyz", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([relaying, stopping], return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    await runner.cleanup()
+    await serve_until_stopped(port, forward, relaying)
     await producer.stop()
     relay.running = False
     try:
