@@ -316,8 +316,9 @@ class DedupStage:
             gone = sorted(forgotten | closed)
             if gone:
                 log.warning(
-                    "closed the dedup stage's connections to brokers gone from the metadata"
-                    " (fenced); their requests in flight go to the new leaders and coordinators",
+                    "dropped brokers gone from the metadata (fenced) from the dedup stage's clients"
+                    " and closed their connections; their requests in flight go to the new"
+                    " leaders and coordinators",
                     extra={"nodes": gone},
                 )
 
