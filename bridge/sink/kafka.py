@@ -36,6 +36,7 @@ from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     close_gone_connections,
     fail_pending,
+    forget_gone_brokers,
     probe_metadata,
     producer_died,
     start_client,
@@ -587,11 +588,16 @@ class KafkaSink:
             # Only aiokafka's own update refreshes the partitions' leaders writability reads.
             answered = listed is not None and listed.updated
             if listed is not None:
-                gone = close_gone_connections(producer.client, listed.brokers)
+                # Asked directly (aiokafka's update held), the producer's own metadata still
+                # lists a fenced broker: its next update would pick one at random, and a connect
+                # to a vanished host waits out the request timeout (as the dedup stage's probe).
+                forgotten = forget_gone_brokers(producer.client, listed.brokers)
+                closed = close_gone_connections(producer.client, listed.brokers)
+                gone = sorted(set(forgotten) | set(closed))
                 if gone:
                     log.warning(
-                        "closed the connections to brokers gone from the metadata (fenced);"
-                        " their requests in flight go to the new leaders",
+                        "dropped brokers gone from the metadata (fenced) and closed the"
+                        " connections to them; their requests in flight go to the new leaders",
                         extra={"nodes": gone},
                     )
             # A broker that answers metadata is not a cluster that takes writes (two of three

@@ -39,6 +39,8 @@ class _Cluster:
         self.listed: set[int] = {1, 2, 3}  # the brokers the metadata lists
         # Where aiokafka keeps each partition's leader and ISR (see set_partitions).
         self._partitions: dict[str, dict[int, PartitionMetadata]] = {}
+        # Where aiokafka keeps the client's own broker list (forget_gone_brokers edits it).
+        self._brokers: dict[int, object] = {}
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return self.partitions.get(topic)

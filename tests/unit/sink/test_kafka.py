@@ -511,9 +511,13 @@ async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_
     gone, answering = FakeConnection(), FakeConnection()
     client._conns.update({(1, 0): gone, (2, 0): answering})
     client.cluster.listed = {2, 3}
+    # Where aiokafka keeps the producer's own list, which its held update did not refresh.
+    client.cluster._brokers = {n: BrokerMetadata(n, f"broker{n}", 9092, None) for n in (1, 2, 3)}
     await until(lambda: not gone.connected(), 6 * PROBE_SECONDS)
     assert asyncio.get_running_loop().time() - client.asked_at[0] < JUDGED_WITHIN
     assert answering.connected()
+    # Its next update picks among these: never the fenced broker, whose host may have vanished.
+    assert sorted(client.cluster._brokers) == [2, 3]
     await sink.stop()
 
 
