@@ -126,7 +126,9 @@ async def backfill_calls(
     report = BackfillReport()
     await sink.start()
     try:
-        await sink.learn_limits([settings.topics.ingest, *router.topics()])
+        await sink.learn_limits(
+            [settings.topics.ingest, *router.topics()], writes=[settings.topics.ingest]
+        )
         async with aiohttp.ClientSession() as session:
             wanted = list(dict.fromkeys(calls))  # each call once, in the order given
             if since is not None:

@@ -153,7 +153,9 @@ async def redrive(
         if not dry_run:
             await sink.start()
             sink_started = True
-            await sink.learn_limits([settings.topics.ingest, *router.topics()])
+            await sink.learn_limits(
+                [settings.topics.ingest, *router.topics()], writes=[settings.topics.ingest]
+            )
         read = _read(consumer, settings.kafka, settings.topics.dlq, selection.since, shown)
         async with contextlib.aclosing(read) as batches:
             async for letters in batches:

@@ -137,6 +137,7 @@ class Bridge:
                 self.metrics,
                 self.supervisor,
                 limits=self.sink.limits,
+                output_topics=self.router.topics(),
                 metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
                 probe_seconds=settings.kafka.metadata_probe_seconds,
             )
@@ -412,7 +413,10 @@ class Bridge:
         # The dedup stage's config checks ride on the limits' DescribeConfigs request, and so
         # does the ingest topic's min.insync.replicas that readiness judges writes by.
         configs = await self.sink.learn_limits(
-            names, (MIN_INSYNC_REPLICAS, *(CONFIG_KEYS if self.dedup is not None else ())), fresh
+            names,
+            (MIN_INSYNC_REPLICAS, *(CONFIG_KEYS if self.dedup is not None else ())),
+            fresh,
+            writes=[self.settings.topics.ingest],
         )
         ingest = self.settings.topics.ingest
         insync = None if configs is None else configs.found.get(ingest, {}).get(MIN_INSYNC_REPLICAS)

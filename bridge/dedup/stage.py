@@ -104,10 +104,12 @@ class DedupStage:
         supervisor: Supervisor | None = None,
         limits: TopicLimits | None = None,
         *,
+        output_topics: Iterable[str] = (),
         metadata_max_age_ms: int = 300_000,
         probe_seconds: float = 5.0,
     ) -> None:
-        """`metadata_max_age_ms`: how soon the group notices partitions added to the topic;
+        """`output_topics`: those it writes, whose limits bound its producer's batches;
+        `metadata_max_age_ms`: how soon the group notices partitions added to the topic;
         `probe_seconds`: how often its clients' connections to fenced brokers are looked for."""
         self._settings = settings
         self._metadata_max_age_ms = metadata_max_age_ms
@@ -124,6 +126,7 @@ class DedupStage:
             metrics,
             limits if limits is not None else _default_limits(),
             lambda: [self._offsets.client, connections_of(self._consumer)],
+            output_topics,
         )
         self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.

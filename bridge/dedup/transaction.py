@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,15 +111,19 @@ class StageProducer:
         metrics: Metrics,
         limits: TopicLimits,
         peers: Callable[[], list[Any]] = list,
+        writes: Iterable[str] = (),
     ) -> None:
         """`peers`: the stage's other started AIOKafkaClients, whose metadata names the brokers a
-        replacement producer bootstraps from (bootstrapped); the first one, from the settings."""
+        replacement producer bootstraps from (bootstrapped); the first one, from the settings.
+        `writes`: the output topics, whose limits bound the producer's batches."""
         self._settings = settings
         self._client = client
         self._peers = peers
         self._replacing = False
         self._metrics = metrics
         self._limits = limits
+        # Not the ingest topic, which it never writes: its limit must not shrink the batches.
+        self._writes = set(writes)
         self.transactional_id = transactional_id(settings.group, settings.instance_id)
         self._producer: GroupCommitProducer | None = None
         self._starting = asyncio.Lock()
@@ -168,7 +172,7 @@ class StageProducer:
                 # aiokafka's 16 KiB filled at ~1,000 events/s and went out early, each alone,
                 # and a full one held up the next send until it was drained.
                 linger_ms=self._settings.commit_interval_ms,
-                max_batch_size=self._limits.batch_bytes(),
+                max_batch_size=self._limits.batch_bytes(sorted(self._writes)),
                 partitioner=partition_for,
                 max_request_size=self._limits.default,
             )
@@ -397,6 +401,9 @@ class StageProducer:
             for topic in stale:
                 self._limits.mark_stale(topic)
             raise
+        # A topic that refused an output record is written, routed there or not (a record from
+        # before a routing change names its own): its limit bounds the next producer's batches.
+        self._writes.update(stale)
         for topic, limit in read.found.items():
             self._limits.learn(topic, limit)
             log.warning(

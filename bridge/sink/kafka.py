@@ -515,7 +515,12 @@ class KafkaSink:
         return created
 
     async def learn_limits(
-        self, names: list[str], keys: tuple[str, ...] = (), fresh: Collection[str] = ()
+        self,
+        names: list[str],
+        keys: tuple[str, ...] = (),
+        fresh: Collection[str] = (),
+        *,
+        writes: Collection[str] = (),
     ) -> TopicConfigs | None:
         """Read the topics' max.message.bytes, so no record is sent that they would refuse.
 
@@ -523,7 +528,7 @@ class KafkaSink:
         None if the cluster refused. Without the right to describe the topics (an ACL), the
         configured limit is assumed: they must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES.
         The topics of `fresh`, just created, are waited for a moment if a broker does not know
-        them yet.
+        them yet. `writes`: those of `names` this sink's producer writes (the ingest topic).
         """
         try:
             configs = await topic_configs(
@@ -538,11 +543,13 @@ class KafkaSink:
         s = self._settings
         for name, limit in _limits(configs.found).items():
             self.limits.learn(name, limit)
-            if limit < s.max_batch_bytes:
+            if limit < s.max_batch_bytes and name in writes:
                 # A batch of small records could exceed it, and the broker would refuse them
-                # all: set the topic's max.message.bytes to at least max_request_bytes.
+                # all: set the topic's max.message.bytes to at least max_request_bytes. The
+                # producer was built before the limit was read, so its batches keep their size
+                # (the dedup stage's producer, built later, makes its own smaller).
                 log.error(
-                    "a topic takes smaller records than the producer batches",
+                    "a topic takes smaller records than the ingest producer batches",
                     extra={
                         "topic": name,
                         "max_message_bytes": limit,

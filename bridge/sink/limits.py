@@ -8,6 +8,8 @@ record of that partition then fails with OutOfOrderSequenceNumber. So it must ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -61,10 +63,10 @@ class TopicLimits:
     def limit(self, topic: str) -> int:
         return self._topics.get(topic, self.default)
 
-    def batch_bytes(self) -> int:
-        """The batch size for a producer of the learned topics: the configured one, made no larger
-        than any of them takes (the broker refuses a larger batch whole, small records and all)."""
-        return min(self._batch, self.default, *self._topics.values())
+    def batch_bytes(self, topics: Iterable[str]) -> int:
+        """The batch size for a producer of `topics`: the configured one, made no larger than any
+        of them takes (the broker refuses a larger batch whole, small records and all)."""
+        return min(self._batch, self.default, *(self.limit(topic) for topic in topics))
 
     def check(self, record: Record) -> None:
         """Raise MessageSizeTooLargeError (as aiokafka would) when the record cannot be taken."""

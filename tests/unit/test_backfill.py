@@ -72,7 +72,7 @@ class IdleKafka(FakeSink):
     async def start(self) -> None:
         pass
 
-    async def learn_limits(self, *_: Any) -> None:
+    async def learn_limits(self, *_: Any, **__: Any) -> None:
         pass
 
     async def stop(self) -> None:

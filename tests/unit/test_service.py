@@ -104,6 +104,15 @@ async def test_the_dedup_process_reads_no_feed_and_exports_none_of_its_series() 
     assert [name for name in FEED_SERIES if name in text] == []
 
 
+async def test_the_dedup_stages_batches_are_bounded_by_the_output_topics_not_the_ingest_one() -> (
+    None
+):
+    bridge = Bridge(every_source(), stages="dedup")
+    assert bridge.dedup is not None
+    assert bridge.dedup._out._writes == set(bridge.router.topics())
+    assert bridge.settings.topics.ingest not in bridge.dedup._out._writes
+
+
 WATCHED = {
     "BRIDGE_WEBHOOK__SECRETS": Path("/run/secrets/BRIDGE_WEBHOOK__SECRETS"),
     "BRIDGE_PINECALL__API_KEY": Path("/run/secrets/BRIDGE_PINECALL__API_KEY"),

@@ -360,6 +360,25 @@ async def test_the_producer_batches_a_commit_intervals_records_within_the_output
     assert factory.made[-1].config["max_batch_size"] == 100_000
 
 
+async def test_the_producers_batches_are_bounded_by_the_topics_it_writes_only(
+    factory: ProducerFactory,
+) -> None:
+    # The ingest topic, never written by the stage, takes less: its batches keep their size.
+    limits = TopicLimits(1_048_576, 262_144)
+    limits.learn("pinecall.ingest", 100_000)
+    limits.learn("pinecall.events", 200_000)
+    out = StageProducer(
+        DedupSettings(group="g", ttl_seconds=60),
+        {},
+        Metrics(),
+        limits,
+        writes=["pinecall.events", "pinecall.alerts"],
+    )
+    await out.start()
+    assert factory.made[-1].config["max_batch_size"] == 200_000
+    await out.stop()
+
+
 async def test_a_failed_begin_loses_the_partition_that_was_joining() -> None:
     out, producer, metrics = stage_producer()
     producer.fail["begin"] = ProducerFenced()

@@ -525,7 +525,26 @@ async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_
 async def test_the_limits_shared_with_the_dedup_stage_batch_as_configured_within_topics() -> None:
     # The stage's producer takes its batch size from them: one setting for both producers.
     sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000), Metrics())
-    assert sink.limits.batch_bytes() == 200_000
+    assert sink.limits.batch_bytes(["events"]) == 200_000
     FakeAdmin.values = {"max.message.bytes": "150000"}
-    await sink.learn_limits(["ingest", "events"])
-    assert sink.limits.batch_bytes() == 150_000
+    await sink.learn_limits(["ingest", "events"], writes=["ingest"])
+    assert sink.limits.batch_bytes(["events"]) == 150_000
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_only_a_topic_the_ingest_producer_writes_is_an_error_below_its_batch_size(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The ingest producer is built before the limits are read, so its batches keep their size;
+    # the dedup stage's producer, built later, makes its own no larger than its topics take.
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000), Metrics())
+    FakeAdmin.values = {"max.message.bytes": "150000"}
+    with caplog.at_level("WARNING", logger=kafka.__name__):
+        await sink.learn_limits(["events"], writes=["ingest"])
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=kafka.__name__):
+        await sink.learn_limits(["ingest"], writes=["ingest"])
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert error.getMessage() == "a topic takes smaller records than the ingest producer batches"
+    assert getattr(error, "topic", None) == "ingest"

@@ -18,17 +18,30 @@ def test_the_size_check_is_kafkas_own_estimate() -> None:
     assert limits.limit("other") == 1_048_576
 
 
-def test_the_batch_size_is_the_configured_one_made_no_larger_than_any_learned_topic_takes() -> None:
+def test_the_batch_size_is_the_configured_one_made_no_larger_than_its_topics_take() -> None:
     # A batch larger than a topic's max.message.bytes is refused whole, small records and all.
     limits = TopicLimits(1_048_576, 262_144)
-    assert limits.batch_bytes() == 262_144
+    assert limits.batch_bytes(["events"]) == 262_144
     limits.learn("events", 1_048_576)
-    assert limits.batch_bytes() == 262_144
+    assert limits.batch_bytes(["events"]) == 262_144
     limits.learn("calls", 100_000)
-    assert limits.batch_bytes() == 100_000
+    assert limits.batch_bytes(["events", "calls"]) == 100_000
     limits.learn("calls", 500_000)  # read again after an admin raised it
-    assert limits.batch_bytes() == 262_144
+    assert limits.batch_bytes(["events", "calls"]) == 262_144
+
+
+def test_a_topic_the_producer_does_not_write_leaves_its_batches_alone() -> None:
+    # The dedup stage never writes the ingest topic: its limit must not shrink the stage's batches.
+    limits = TopicLimits(1_048_576, 262_144)
+    limits.learn("ingest", 100_000)
+    limits.learn("events", 200_000)
+    assert limits.batch_bytes(["events", "alerts"]) == 200_000
+    assert limits.batch_bytes(["ingest"]) == 100_000
+
+
+def test_an_unlearned_topic_takes_the_producers_limit() -> None:
+    assert TopicLimits(500_000, 1_000_000).batch_bytes(["unread"]) == 500_000
 
 
 def test_without_a_configured_batch_size_it_is_aiokafkas_default() -> None:
-    assert TopicLimits(1_048_576).batch_bytes() == 16_384
+    assert TopicLimits(1_048_576).batch_bytes([]) == 16_384
