@@ -102,7 +102,13 @@ def _broker_line(m: dict[str, Any], data: dict[str, Any]) -> str:
 
 def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
     """Write `<name>.md` and its PNGs into out_dir; returns the markdown's path."""
-    plots = _plots(data, out_dir, name)
+    md = out_dir / f"{name}.md"
+    md.write_text(markdown(data, name, _plots(data, out_dir, name)))
+    return md
+
+
+def markdown(data: dict[str, Any], name: str, plots: list[tuple[str, Path]]) -> str:
+    """The report's text, linking `plots` (title, PNG path); pure, so tests need no matplotlib."""
     lines: list[str] = [f"# Benchmark report {name}", ""]
     m = data.get("machine", {})
     lines += [
@@ -200,9 +206,7 @@ def write(data: dict[str, Any], out_dir: Path, name: str) -> Path:
     if notes.exists() and "tree" not in data:
         # The optimisation history belongs to the reports of the one-stage path it measured.
         lines += ["", notes.read_text()]
-    md = out_dir / f"{name}.md"
-    md.write_text("\n".join(lines) + "\n")
-    return md
+    return "\n".join(lines) + "\n"
 
 
 def _method(data: dict[str, Any]) -> list[str]:

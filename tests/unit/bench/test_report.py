@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from bench import report
@@ -35,8 +34,8 @@ def lines_with(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
 
 
-def test_bridge_over_naive_eos_stands_beside_each_target_never_instead(tmp_path: Path) -> None:
-    text = report.write(run_data(eos=True), tmp_path, "new").read_text()
+def test_bridge_over_naive_eos_stands_beside_each_target_never_instead() -> None:
+    text = report.markdown(run_data(eos=True), "new", [])
     [top] = lines_with(text, "max sustained ≥ 1.0x the naive handler")
     assert "= 0.50x; ÷ naive-eos (2,500 events/s) 0.80x | **no** |" in top  # judged on naive
     [cpu] = lines_with(text, "CPU per event ≤ 1.3x")
@@ -51,8 +50,8 @@ def test_bridge_over_naive_eos_stands_beside_each_target_never_instead(tmp_path:
     assert lines_with(text, "*naive-eos* (baseline d, `bench/baselines/naive_eos.py`)")
 
 
-def test_a_run_without_naive_eos_reports_as_before(tmp_path: Path) -> None:
-    text = report.write(run_data(eos=False), tmp_path, "old").read_text()
+def test_a_run_without_naive_eos_reports_as_before() -> None:
+    text = report.markdown(run_data(eos=False), "old", [])
     assert "naive-eos" not in text
     assert "exactly-once (d)" not in text
     [top] = lines_with(text, "max sustained ≥ 1.0x the naive handler")
@@ -72,8 +71,8 @@ def stalled(data: dict[str, Any], target: str) -> dict[str, Any]:
     return data
 
 
-def test_a_stalled_baseline_run_leaves_its_targets_unjudged_not_met(tmp_path: Path) -> None:
-    text = report.write(stalled(run_data(eos=True), "naive"), tmp_path, "s").read_text()
+def test_a_stalled_baseline_run_leaves_its_targets_unjudged_not_met() -> None:
+    text = report.markdown(stalled(run_data(eos=True), "naive"), "s", [])
     [e2e] = lines_with(text, "end-to-end p99 at 70%")
     assert "| 0.05x (not judged: the naive handler's run failed the pass criterion" in e2e
     assert e2e.endswith("; ÷ naive-eos 1.08x | - |")  # never "yes" against a stall
@@ -82,8 +81,8 @@ def test_a_stalled_baseline_run_leaves_its_targets_unjudged_not_met(tmp_path: Pa
     assert lines_with(text, "e2e p99 ms vs naive (its run failed the pass criterion (client p99")
 
 
-def test_a_stalled_naive_eos_run_is_said_beside_its_ratio(tmp_path: Path) -> None:
-    text = report.write(stalled(run_data(eos=True), "naive-eos"), tmp_path, "s").read_text()
+def test_a_stalled_naive_eos_run_is_said_beside_its_ratio() -> None:
+    text = report.markdown(stalled(run_data(eos=True), "naive-eos"), "s", [])
     [e2e] = lines_with(text, "end-to-end p99 at 70%")
     assert "| 13.00x; ÷ naive-eos 0.05x (not judged: its run failed the pass criterion" in e2e
     assert e2e.endswith("| **no** |")  # judged on the naive handler's clean run
