@@ -54,12 +54,11 @@ from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
     bootstrapped,
-    close_gone_connections,
     close_now,
     connections_of,
     consumer_died,
-    forget_gone_brokers,
-    fresh_brokers,
+    drop_gone_brokers,
+    probe_metadata,
     start_consumer,
     stop_consumer,
     stop_dead,
@@ -309,14 +308,10 @@ class DedupStage:
             ]
             if not clients:
                 continue
-            listed = await fresh_brokers(clients[0], self._probe_seconds)
+            listed = await probe_metadata(clients[0], self._probe_seconds)
             if listed is None:
                 continue
-            # Forgotten first: a connection closed below fails the group's heartbeat, and the
-            # consumer's coordinator lookup that follows must not pick the vanished broker.
-            forgotten = {node for c in clients for node in forget_gone_brokers(c, listed)}
-            closed = {node for c in clients for node in close_gone_connections(c, listed)}
-            gone = sorted(forgotten | closed)
+            gone = drop_gone_brokers(clients, listed.brokers)
             if gone:
                 log.warning(
                     "dropped brokers gone from the metadata (fenced) from the dedup stage's clients"

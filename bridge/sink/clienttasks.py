@@ -322,7 +322,7 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, _UNREACHABLE)
 
 
-def close_gone_connections(client: Any, listed: set[int] | None = None) -> list[int]:
+def close_gone_connections(client: Any, listed: set[int]) -> list[int]:
     """Close an AIOKafkaClient's open connections to brokers its metadata no longer lists; their
     node ids.
 
@@ -330,7 +330,7 @@ def close_gone_connections(client: Any, listed: set[int] | None = None) -> list[
     it until the request timeout (30 s), after the controllers fenced it and its partitions'
     leaders moved: the batches in them wait that long. Failed at once, they go to the new
     leaders. A fenced broker is left out of the metadata: `listed`, the brokers a metadata
-    answer listed, or the client's own metadata's.
+    answer listed.
     """
     conns = getattr(client, "_conns", None)
     cluster = getattr(client, "cluster", None)
@@ -343,10 +343,8 @@ def close_gone_connections(client: Any, listed: set[int] | None = None) -> list[
                 extra={"attribute": "AIOKafkaClient._conns"},
             )
         return []
-    if listed is None:
-        listed = {broker.nodeId for broker in cluster.brokers()}
     if not listed:
-        return []  # no metadata yet: nothing to tell a gone broker by
+        return []  # no answer: nothing to tell a gone broker by
     closed = []
     # Keyed (node id, connection group); the bootstrap connection's "node id" is a string.
     for (node_id, _), conn in list(conns.items()):
@@ -373,6 +371,18 @@ def forget_gone_brokers(client: Any, listed: set[int]) -> list[int]:
     for node in gone:
         del brokers[node]
     return gone
+
+
+def drop_gone_brokers(clients: Iterable[Any], listed: set[int]) -> list[int]:
+    """Forget, then disconnect, the brokers `listed` leaves out, in each of `clients`; their ids.
+
+    Forgotten first: a connection closed fails what is in flight on it (a group's heartbeat),
+    and the lookup that follows must not pick the vanished broker from stale metadata.
+    """
+    clients = list(clients)
+    gone = {node for client in clients for node in forget_gone_brokers(client, listed)}
+    gone.update(node for client in clients for node in close_gone_connections(client, listed))
+    return sorted(gone)
 
 
 async def listed_brokers(client: Any, within: float) -> set[int] | None:
@@ -430,12 +440,6 @@ async def probe_metadata(client: Any, within: float) -> Listed | None:
     # directly.
     brokers = await listed_brokers(client, max(deadline - loop.time(), 0.0))
     return None if brokers is None else Listed(brokers, updated=False)
-
-
-async def fresh_brokers(client: Any, within: float) -> set[int] | None:
-    """The brokers the metadata lists now, as probe_metadata finds them (None: no answer)."""
-    listed = await probe_metadata(client, within)
-    return None if listed is None else listed.brokers
 
 
 def bootstrap_servers(configured: list[str], listed: Iterable[tuple[str, int]]) -> list[str]:

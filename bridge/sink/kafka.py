@@ -34,9 +34,8 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
-    close_gone_connections,
+    drop_gone_brokers,
     fail_pending,
-    forget_gone_brokers,
     probe_metadata,
     producer_died,
     start_client,
@@ -598,9 +597,7 @@ class KafkaSink:
                 # Asked directly (aiokafka's update held), the producer's own metadata still
                 # lists a fenced broker: its next update would pick one at random, and a connect
                 # to a vanished host waits out the request timeout (as the dedup stage's probe).
-                forgotten = forget_gone_brokers(producer.client, listed.brokers)
-                closed = close_gone_connections(producer.client, listed.brokers)
-                gone = sorted(set(forgotten) | set(closed))
+                gone = drop_gone_brokers([producer.client], listed.brokers)
                 if gone:
                     log.warning(
                         "dropped brokers gone from the metadata (fenced) and closed the"

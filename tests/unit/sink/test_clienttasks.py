@@ -341,9 +341,8 @@ async def test_only_open_connections_to_brokers_the_metadata_left_out_are_closed
         ("bootstrap", 0): FakeConnection(),
     }
     client._conns.update(connections)
-    assert clienttasks.close_gone_connections(client) == []  # no metadata yet: none judged
-    client.cluster._brokers = {n: BrokerMetadata(n, f"broker{n}", 9092, None) for n in (1, 3)}
-    assert sorted(clienttasks.close_gone_connections(client)) == [2, 2]
+    assert clienttasks.close_gone_connections(client, set()) == []  # no answer: none judged
+    assert sorted(clienttasks.close_gone_connections(client, {1, 3})) == [2, 2]
     assert [key for key, conn in connections.items() if conn.connected()] == [
         (1, 0),
         ("bootstrap", 0),
@@ -367,13 +366,38 @@ async def test_brokers_the_metadata_left_out_are_dropped_from_a_clients_own_meta
     await client.close()
 
 
+async def test_gone_brokers_are_forgotten_by_every_client_before_any_connection_closes() -> None:
+    # A closed connection fails the group's heartbeat at once, and the lookup that follows picks
+    # a broker from the client's metadata: by then no client may list the vanished one.
+    clients = [AIOKafkaClient(bootstrap_servers="127.0.0.1:9") for _ in range(2)]
+    listed_when_closed: list[set[int]] = []
+
+    class Watching(FakeConnection):
+        def close(self, reason: object = None) -> None:
+            listed_when_closed.append({b.nodeId for c in clients for b in c.cluster.brokers()})
+            super().close(reason)
+
+    for n, client in enumerate(clients):
+        client.cluster._brokers = {b: BrokerMetadata(b, f"broker{b}", 9092, None) for b in (1, 2)}
+        client._conns[(2 + n, 0)] = Watching()
+    # The first client holds a connection to broker 2 (gone), the second one to 3 (gone, not in
+    # its metadata any more): both reported, each once.
+    assert clienttasks.drop_gone_brokers(clients, {1}) == [2, 3]
+    assert listed_when_closed == [{1}, {1}]
+    assert clienttasks.drop_gone_brokers(clients, {1}) == []
+    assert clienttasks.drop_gone_brokers(clients, set()) == []  # no answer: none judged
+    for client in clients:
+        client._conns.clear()
+        await client.close()
+
+
 def test_a_client_without_visible_connections_is_left_alone_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clienttasks._warned.discard("AIOKafkaClient._conns")
     with caplog.at_level(logging.WARNING):
-        assert clienttasks.close_gone_connections(object()) == []
-        assert clienttasks.close_gone_connections(object()) == []
+        assert clienttasks.close_gone_connections(object(), {1}) == []
+        assert clienttasks.close_gone_connections(object(), {1}) == []
     assert [r.attribute for r in caplog.records] == ["AIOKafkaClient._conns"]  # type: ignore[attr-defined]
 
 
@@ -413,9 +437,6 @@ async def test_a_probe_says_whether_aiokafkas_own_update_answered_or_a_direct_as
     assert asyncio.get_running_loop().time() - started < 0.9
     client.silent = {1}
     assert await clienttasks.probe_metadata(client, 0.2) is None
-    assert await clienttasks.fresh_brokers(client, 0.2) is None
-    client.held = False
-    assert await clienttasks.fresh_brokers(client, 0.2) == {1, 2}
 
 
 def test_a_fresh_client_bootstraps_from_the_brokers_listed_else_from_the_settings() -> None:
