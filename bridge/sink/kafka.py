@@ -334,6 +334,10 @@ class KafkaSink:
         # Shared with the dedup stage's producers, which write the output topics.
         self.limits = TopicLimits(settings.max_request_bytes, settings.max_batch_bytes)
         self._producer: AIOKafkaProducer | None = None
+        # The topics the producer writes (the ingest topic), once learn_limits is told them: its
+        # batches are no larger than they take. And the batch size the producer was built with.
+        self._batches_for: tuple[str, ...] = ()
+        self._batch = settings.max_batch_bytes
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
         self._wedged: tuple[AIOKafkaProducer, str] | None = None
@@ -355,18 +359,24 @@ class KafkaSink:
         """Connect; raises KafkaError when the cluster cannot be reached."""
         if self._producer is not None:
             return
-        self._producer = await self._started_producer()
+        batch = self._batch_bytes()
+        self._producer = await self._started_producer(batch)
+        self._batch = batch
         self._set_connected(True)
         self._probe = self._supervisor.spawn("kafka-probe", self._probe_loop)
 
-    async def _started_producer(self) -> AIOKafkaProducer:
+    def _batch_bytes(self) -> int:
+        """The batch size for a new producer: the configured one, within what its topics take."""
+        return self.limits.batch_bytes(self._batches_for)
+
+    async def _started_producer(self, batch: int) -> AIOKafkaProducer:
         s = self._settings
         producer = AIOKafkaProducer(
             **client_options(s),
             acks="all",
             enable_idempotence=True,
             linger_ms=s.linger_ms,
-            max_batch_size=s.max_batch_bytes,
+            max_batch_size=batch,
             max_request_size=s.max_request_bytes,
             compression_type=None if s.compression == "none" else s.compression,
             partitioner=partition_for,
@@ -527,7 +537,8 @@ class KafkaSink:
         None if the cluster refused. Without the right to describe the topics (an ACL), the
         configured limit is assumed: they must then take BRIDGE_KAFKA__MAX_REQUEST_BYTES.
         The topics of `fresh`, just created, are waited for a moment if a broker does not know
-        them yet. `writes`: those of `names` this sink's producer writes (the ingest topic).
+        them yet. `writes`: those of `names` this sink's producer writes (the ingest topic): a
+        producer batching more than they take is rebuilt (KafkaError if the new one cannot start).
         """
         try:
             configs = await topic_configs(
@@ -540,19 +551,20 @@ class KafkaSink:
             )
             return None
         s = self._settings
+        if writes:
+            self._batches_for = tuple(sorted(set(writes)))
         for name, limit in _limits(configs.found).items():
             self.limits.learn(name, limit)
             if limit < s.max_batch_bytes and name in writes:
                 # A batch of small records could exceed it, and the broker would refuse them
-                # all: set the topic's max.message.bytes to at least max_request_bytes. The
-                # producer was built before the limit was read, so its batches keep their size
-                # (the dedup stage's producer, built later, makes its own smaller).
-                log.error(
-                    "a topic takes smaller records than the ingest producer batches",
+                # all, as the dedup stage's producer: the batches are made no larger.
+                log.warning(
+                    "a topic takes smaller records than the ingest producer batches; batching"
+                    " no more than it takes",
                     extra={
                         "topic": name,
                         "max_message_bytes": limit,
-                        "max_batch_bytes": s.max_batch_bytes,
+                        "max_batch_bytes": self._batch_bytes(),
                     },
                 )
             elif limit < s.max_request_bytes:
@@ -561,7 +573,30 @@ class KafkaSink:
                     " dead-lettered or refused",
                     extra={"topic": name, "max_message_bytes": limit},
                 )
+        await self._fit_batches()
         return configs
+
+    async def _fit_batches(self) -> None:
+        """Rebuild the producer if it batches more than its topics take (KafkaError if the new
+        one cannot start: the old one is kept).
+
+        The producer is built before the limits can be read (its start is the first reach for
+        Kafka), and aiokafka's batch size is fixed at construction.
+        """
+        producer, batch = self._producer, self._batch_bytes()
+        if producer is None or self._batch <= batch:
+            return
+        fresh = await self._started_producer(batch)
+        if self._producer is not producer:
+            # Replaced (a dead sender) or stopped meanwhile: the replacement may have been built
+            # before the limit was read, and is judged in turn.
+            await stop_producer(fresh)
+            await self._fit_batches()
+            return
+        self._producer, self._batch = fresh, batch
+        # As after a replacement: a delivery under way fails the rest and is retried in order.
+        self.generation += 1
+        await stop_producer(producer)
 
     async def warm(self, names: list[str]) -> None:
         """Fetch the topics' metadata now, so the first event does not wait for it."""
@@ -683,8 +718,9 @@ class KafkaSink:
         """
         self._set_connected(False)
         log.error("the Kafka producer cannot send; replacing the producer", extra={"why": why})
+        batch = self._batch_bytes()
         try:
-            fresh = await self._started_producer()
+            fresh = await self._started_producer(batch)
         except Exception as exc:
             # An outage is not ours to cure: not ready, retried at the next probe, never dead.
             if not unreachable(exc):
@@ -698,7 +734,7 @@ class KafkaSink:
             else:
                 log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
             return
-        self._producer = fresh
+        self._producer, self._batch = fresh, batch
         self.generation += 1
         self._wedged = None
         self._replace_failures = 0

@@ -67,3 +67,17 @@ async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_parti
         bridge, lambda m: m.get("pinecall_bridge_dedup_output_too_large_total") == 2
     )
     assert metrics['pinecall_bridge_dedup_partitions_lost_total{reason="error"}'] >= 1
+
+
+async def test_a_burst_of_small_records_is_batched_within_the_ingest_topics_limit(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    # One partition takes the whole burst: ~200 KiB of 1 KiB records, which the configured
+    # batch size (256 KiB) would send in one batch the topic refuses whole, small records too.
+    await create_topic(kafka_bootstrap, topics.ingest, 1, {"max.message.bytes": "65536"})
+    bridge: RunningBridge = await start_bridge()
+    items = [entry(seq, call=unique_call, data={"text": "x" * 1000}) for seq in range(1, 201)]
+    status, body = await bridge.post(items)
+    assert (status, body["accepted"], body["failed"]) == (200, 200, 0), body
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:{seq}" for seq in range(1, 201)]

@@ -113,7 +113,8 @@ class FakeProducer:
     made: ClassVar[list[FakeProducer]] = []
     start_errors: ClassVar[list[BaseException]] = []
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # as the sink built it (max_batch_size, say)
         self._sender = _Sender()
         self.client = _Client()
         self.sent: list[bytes | None] = []

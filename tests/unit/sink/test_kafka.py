@@ -532,19 +532,69 @@ async def test_the_limits_shared_with_the_dedup_stage_batch_as_configured_within
 
 
 @pytest.mark.usefixtures("fake_admin")
-async def test_only_a_topic_the_ingest_producer_writes_is_an_error_below_its_batch_size(
+async def test_only_a_topic_the_ingest_producer_writes_bounds_its_batches(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The ingest producer is built before the limits are read, so its batches keep their size;
-    # the dedup stage's producer, built later, makes its own no larger than its topics take.
+    # An output topic taking less bounds the dedup stage's batches, not the ingest producer's.
     sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000), Metrics())
+    await sink.start()
+    caplog.clear()  # the fake producer's start says aiokafka has changed
     FakeAdmin.values = {"max.message.bytes": "150000"}
     with caplog.at_level("WARNING", logger=kafka.__name__):
         await sink.learn_limits(["events"], writes=["ingest"])
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # below max_request_bytes
+    assert [p.options["max_batch_size"] for p in FakeProducer.made] == [200_000]
     caplog.clear()
     with caplog.at_level("WARNING", logger=kafka.__name__):
         await sink.learn_limits(["ingest"], writes=["ingest"])
-    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert error.getMessage() == "a topic takes smaller records than the ingest producer batches"
-    assert getattr(error, "topic", None) == "ingest"
+    [line] = [r for r in caplog.records if r.name == kafka.__name__]
+    assert line.getMessage().startswith("a topic takes smaller records than the ingest producer")
+    assert (line.levelname, getattr(line, "topic", None)) == ("WARNING", "ingest")
+    assert getattr(line, "max_batch_bytes", None) == 150_000
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_an_ingest_topic_taking_less_than_a_batch_has_the_producer_rebuilt_within_it() -> (
+    None
+):
+    # Built before the limit could be read: a batch of many small records the broker would
+    # refuse whole. Its replacements (a dead sender) keep within the limit too.
+    metrics = Metrics()
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000, metadata_probe_seconds=60), metrics)
+    await sink.start()
+    first = FakeProducer.made[0]
+    FakeAdmin.values = {"max.message.bytes": "65536"}
+    await sink.learn_limits(["ingest", "events"], writes=["ingest"])
+    assert [p.options["max_batch_size"] for p in FakeProducer.made] == [200_000, 65_536]
+    assert (first.stopped, sink.generation) == (True, 1)
+    assert restarts(metrics) == 0  # not a failure
+    await (await sink.send(RECORD))
+    assert (first.sent, FakeProducer.made[1].sent) == ([], [b"v"])
+    # Read again, unchanged: no new producer.
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    assert len(FakeProducer.made) == 2
+    FakeProducer.made[1].kill()
+    await until(lambda: producer_died(FakeProducer.made[1]) is not None)
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 3 and sink.connected)
+    assert FakeProducer.made[2].options["max_batch_size"] == 65_536
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_rebuild_that_cannot_start_keeps_the_producer_and_raises() -> None:
+    # The daemon retries its connect (learn_limits included); backfill and redrive fail.
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000), Metrics())
+    await sink.start()
+    FakeAdmin.values = {"max.message.bytes": "65536"}
+    FakeProducer.start_errors = [KafkaConnectionError("down")]
+    with pytest.raises(KafkaConnectionError):
+        await sink.learn_limits(["ingest"], writes=["ingest"])
+    assert (FakeProducer.made[0].stopped, sink.generation) == (False, 0)
+    # The next read tries again: the first producer still batches more than the topic takes.
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    assert FakeProducer.made[-1].options["max_batch_size"] == 65_536
+    assert FakeProducer.made[0].stopped
+    await sink.stop()
