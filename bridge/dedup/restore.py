@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
-from bridge.ingest.record import event_id_of
+from bridge.ingest.record import decided_id
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.quotas import watch_throttle
 
@@ -105,7 +105,7 @@ async def _progress_past(
     until = asyncio.get_running_loop().time() + PROGRESS_SCAN_SECONDS
     async for batch in _batches(consumer, tp, end, high, until):
         for record in batch:
-            event_id = event_id_of(record.headers)
+            event_id = decided_id(record.value, record.headers)
             if event_id is not None:
                 progress.observe(event_id, record.headers)
     left = high - await consumer.position(tp)
@@ -141,7 +141,7 @@ async def _replay(
     observe = window.observe
     async for batch in _batches(consumer, tp, start, end):
         for record in batch:
-            event_id = event_id_of(record.headers)
+            event_id = decided_id(record.value, record.headers)
             if event_id is not None:
                 observe(digest(event_id), record.timestamp / 1000)
                 if progress is not None:

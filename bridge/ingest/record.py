@@ -75,8 +75,18 @@ def encode(
     )
 
 
+def decided_id(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The dedup id of a record decode() accepts, else None: all a restore needs (a full decode
+    costs 3x more), and only what the stage decides, or a new owner would drop a copy it output."""
+    if value is None:
+        return None
+    # The last of a name wins, as in decode's; _facts reads only the bridge's own names.
+    facts = _facts(dict(headers))
+    return None if facts is None else facts[1]
+
+
 def event_id_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
-    """Only the dedup id, for a restore that needs nothing else (a full decode costs 3x more)."""
+    """Only the dedup id header, whether or not the stage could decide the record."""
     for name, raw in headers:
         if name == ID:
             try:
@@ -97,6 +107,22 @@ def decode(
             mine[name] = raw
         else:
             rest.append((name, raw))
+    facts = _facts(mine)
+    if facts is None or value is None:
+        return None
+    topic, event_id, channel, received_at, event_time = facts
+    output = Record(
+        topic=topic,
+        key=None if UNKEYED in mine else key,
+        value=value,
+        headers=tuple(rest),
+    )
+    return IngestEntry(event_id, output, channel, received_at, event_time, REDRIVEN in mine)
+
+
+def _facts(mine: dict[str, bytes]) -> tuple[str, str, str, float, float | None] | None:
+    """Topic, id, channel and times from the bridge's own headers; None if one is missing or
+    damaged. One rule for decode and a restore, so that both take the same records."""
     try:
         topic = mine[TOPIC].decode()
         event_id = mine[ID].decode()
@@ -105,12 +131,6 @@ def decode(
         event_time = float(mine[EVENT_TIME]) if EVENT_TIME in mine else None
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if not topic or not event_id or value is None:
+    if not topic or not event_id:
         return None
-    output = Record(
-        topic=topic,
-        key=None if UNKEYED in mine else key,
-        value=value,
-        headers=tuple(rest),
-    )
-    return IngestEntry(event_id, output, channel, received_at, event_time, REDRIVEN in mine)
+    return topic, event_id, channel, received_at, event_time

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from bridge.dedup.groupcommit import GroupMetadata, group_metadata
 from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
+from bridge.ingest import record as ingest_record
 from bridge.metrics import Metrics
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
 from tests.integration.conftest import (
@@ -177,6 +178,29 @@ async def test_a_lagging_partition_is_restored_exactly(
     # Restore read exactly what was committed before: :1 and :2, not the lag after them.
     assert sample(second.metrics, "pinecall_bridge_dedup_restored_ids_total") == 2
     await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
+
+
+async def test_a_copy_after_a_damaged_record_with_its_id_is_output_by_the_next_owner_too(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """An ingest record the stage skips (written by hand, no output topic) gives no id to a
+    restore: the next owner outputs the answered copy after it, as the stage that skipped it
+    would have. Its restore took the id as seen and dropped that copy: lost."""
+    first: RunningBridge = await start_bridge()
+    (damaged,) = ingest_records(topics, unique_call, [3])
+    headers = tuple(h for h in damaged.headers if h[0] != ingest_record.TOPIC)
+    await write_ingest(kafka_bootstrap, [replace(damaged, headers=headers)])
+    await post_all(first, [entry(1, call=unique_call), entry(2, call=unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:2"))
+    assert sample(first.metrics, "pinecall_bridge_ingest_invalid_total") == 1
+    assert first.bridge.dedup is not None
+    await first.bridge.dedup.stop()  # its commit holds the damaged record, :1 and :2
+    await post_all(first, [entry(3, call=unique_call), entry(4, call=unique_call)])
+
+    await start_bridge()
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:4"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)]
 
 
 async def test_records_deleted_before_the_stage_read_them_are_counted_and_skipped(

@@ -14,6 +14,7 @@ from bridge.dedup.committed import Found
 from bridge.dedup.offsetmark import RESET_KINDS
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
+from bridge.ingest.record import RECEIVED_AT, TOPIC
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until
@@ -337,3 +338,41 @@ async def test_the_restores_fetches_throttled_by_a_quota_are_counted(log: FakeLo
     assert fetches > 0
     assert sample(metrics, name, client=RESTORE) == pytest.approx(0.3 * fetches)
     assert sample(metrics, name, client="dedup_consumer") == 0
+
+
+def damaged(offset: int, event_id: str, at: float, damage: str) -> FakeRecord:
+    """An ingest record carrying `event_id` that the stage cannot decode: written by hand, or by
+    a writer other than this bridge's ingest stage."""
+    record = ingest(offset, event_id, at)
+    if damage == "no value":
+        record.value = None
+    else:
+        record.headers = [
+            (name, b"soon" if damage == "garbled received-at" and name == RECEIVED_AT else raw)
+            for name, raw in record.headers
+            if not (damage == "no topic" and name == TOPIC)
+        ]
+    return record
+
+
+@pytest.mark.parametrize("damage", ["no topic", "garbled received-at", "no value"])
+async def test_a_new_owner_decides_a_copy_after_a_damaged_record_as_its_previous_owner_did(
+    log: FakeLog, damage: str
+) -> None:
+    # A damaged record the owner skipped, then a webhook's copy of the same id, answered 2xx. The
+    # owner publishes it; a new owner taking over between the two must too. Its restore took the
+    # damaged record's id as seen and dropped the copy: lost.
+    log.append(damaged(0, "CA_1:1", 100.0, damage))
+    log.append(ingest(1, "CA_1:1", 101.0))
+
+    previous, out, producer, _ = make()
+    await previous.process(list(log.records), out)
+    assert sends(producer) == [b"CA_1:1"]
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(1, "pcb1:1")  # the previous owner committed the damaged record only
+
+    task, out, producer, _ = make()
+    await task.start(committed)
+    await task.process(list(log.records), out)
+    assert sends(producer) == [b"CA_1:1"]

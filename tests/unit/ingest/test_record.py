@@ -9,6 +9,7 @@ from bridge.ingest.record import (
     TOPIC,
     UNKEYED,
     IngestEntry,
+    decided_id,
     decode,
     encode,
     event_id_of,
@@ -127,14 +128,27 @@ def _replaced(name: str, value: bytes) -> tuple[tuple[str, bytes], ...]:
 )
 def test_foreign_or_damaged_records_are_none(headers: tuple[tuple[str, bytes], ...]) -> None:
     assert decode(b"CA_1", b"{}", headers) is None
+    # A restore takes no id the stage would skip, or the next owner drops a copy it published.
+    assert decided_id(b"{}", headers) is None
 
 
 def test_a_record_without_a_value_is_none() -> None:
     record = encode("ingest", "CA_1:1", output(), "webhook", 1.0)
     assert decode(record.key, None, record.headers) is None
+    assert decided_id(None, record.headers) is None
 
 
-def test_the_restore_reads_the_same_id_as_a_full_decode() -> None:
+def test_the_restore_takes_the_id_a_full_decode_takes() -> None:
+    record = encode("ingest", "CA_1:7", output(), "websocket", 1.0, 2.0)
+    assert decided_id(record.value, record.headers) == read_back(record).event_id == "CA_1:7"
+    # Written by hand with the id twice: the last one, as decode reads it.
+    twice = (*record.headers, (ID, b"CA_1:8"))
+    entry = decode(record.key, record.value, twice)
+    assert entry is not None
+    assert decided_id(record.value, twice) == entry.event_id == "CA_1:8"
+
+
+def test_the_id_header_alone_is_read_as_a_full_decode_reads_it() -> None:
     record = encode("ingest", "CA_1:7", output(), "websocket", 1.0)
     assert event_id_of(record.headers) == read_back(record).event_id == "CA_1:7"
     assert event_id_of(OUTPUT_HEADERS) is None
