@@ -187,6 +187,9 @@ class KafkaSettings(_Section):
     max_request_bytes: int = Field(default=1_048_576, ge=128 * _KIB, le=64 * 1_048_576)
     compression: Literal["none", "gzip"] = "none"
     request_timeout_ms: int = Field(default=30_000, ge=1000)
+    # How long a new connection's set-up (TCP, TLS, ApiVersions, SASL) may take: Kafka's
+    # socket.connection.setup.timeout.ms, which aiokafka lacks (bridge/sink/connectsetup.py).
+    connect_timeout_ms: int = Field(default=10_000, gt=0)
     metadata_probe_seconds: float = Field(default=5.0, gt=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -243,6 +246,15 @@ class KafkaSettings(_Section):
             )
         if self.ssl_key_password is not None and self.ssl_keyfile is None:
             raise ValueError("BRIDGE_KAFKA__SSL_KEY_PASSWORD needs BRIDGE_KAFKA__SSL_KEYFILE")
+        if self.connect_timeout_ms > self.request_timeout_ms:
+            if "connect_timeout_ms" in self.model_fields_set:
+                raise ValueError(
+                    f"BRIDGE_KAFKA__CONNECT_TIMEOUT_MS ({self.connect_timeout_ms}) must not exceed"
+                    f" BRIDGE_KAFKA__REQUEST_TIMEOUT_MS ({self.request_timeout_ms}): a connection's"
+                    " set-up is given up at the request timeout anyway"
+                )
+            # The default, under a request timeout set below it: bounded by that, as before.
+            self.connect_timeout_ms = self.request_timeout_ms
         if self.max_batch_bytes > self.max_request_bytes:
             raise ValueError(
                 "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES"

@@ -382,7 +382,7 @@ class Bridge:
         coordinator away) leaves events waiting in the ingest topic, not refused at the door.
         """
         # A port that never answers (no Kafka listener, a TLS mismatch) is only reported after
-        # the request timeout: until then this line says what is being waited for.
+        # the connect timeout: until then this line says what is being waited for.
         k = self.settings.kafka
         log.info(
             "connecting to Kafka",
@@ -390,6 +390,7 @@ class Bridge:
                 "bootstrap_servers": ",".join(k.bootstrap_servers),
                 "security_protocol": k.security_protocol,
                 "request_timeout_ms": k.request_timeout_ms,
+                "connect_timeout_ms": k.connect_timeout_ms,
             },
         )
         await self._retry(

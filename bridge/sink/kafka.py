@@ -43,6 +43,7 @@ from bridge.sink.clienttasks import (
     stop_producer,
     unreachable,
 )
+from bridge.sink.connectsetup import ClientId, install
 from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import TopicLimits
@@ -117,10 +118,14 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options every Kafka client of the bridge shares."""
+    """Connection and security options every Kafka client of the bridge shares.
+
+    Its client id carries the connect timeout, which aiokafka applies once installed (here).
+    """
+    install()
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": settings.client_id,
+        "client_id": ClientId(settings.client_id, settings.connect_timeout_ms / 1000),
         "request_timeout_ms": settings.request_timeout_ms,
         "security_protocol": settings.security_protocol,
     }

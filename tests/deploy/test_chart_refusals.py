@@ -145,6 +145,13 @@ REFUSALS = {
         "config.kafka.maxBatchBytes (262144) must not exceed config.kafka.maxRequestBytes (200000)",
         {"kafka": {"max_request_bytes": 200000}},
     ),
+    "connection set-up longer than a request": Refusal(
+        ("config.kafka.requestTimeoutMs=5000",),
+        "config.kafka.connectTimeoutMs (10000) must not exceed"
+        " config.kafka.requestTimeoutMs (5000)",
+        # The chart sets the connect timeout (10000) as it sets every value.
+        {"kafka": {"request_timeout_ms": 5000, "connect_timeout_ms": 10000}},
+    ),
     "webhook body with no room for the envelope": Refusal(
         ("config.webhook.maxBodyBytes=1000000",),
         "config.webhook.maxBodyBytes (1000000) leaves no room for the record's envelope",

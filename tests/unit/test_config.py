@@ -920,3 +920,29 @@ def test_a_section_given_as_json_with_a_value_not_a_string_is_refused_not_a_cras
 
 def test_the_secrets_dir_is_a_known_variable() -> None:
     assert unknown_variables({"BRIDGE_SECRETS_DIR": "/run/secrets"}) == []
+
+
+def test_the_connect_timeout_must_not_exceed_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_KAFKA__CONNECT_TIMEOUT_MS": "5001"})
+    monkeypatch.setenv("BRIDGE_KAFKA__REQUEST_TIMEOUT_MS", "5000")
+    [problem] = problems()
+    assert (
+        "BRIDGE_KAFKA__CONNECT_TIMEOUT_MS (5001) must not exceed"
+        " BRIDGE_KAFKA__REQUEST_TIMEOUT_MS (5000)" in problem
+    )
+    monkeypatch.setenv("BRIDGE_KAFKA__CONNECT_TIMEOUT_MS", "0")
+    [problem] = problems()
+    assert "CONNECT_TIMEOUT_MS" in problem.upper()
+    monkeypatch.setenv("BRIDGE_KAFKA__CONNECT_TIMEOUT_MS", "5000")  # at the bound
+    assert load_settings().kafka.connect_timeout_ms == 5000
+
+
+def test_the_connect_timeouts_default_is_bounded_by_a_lower_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setenv(monkeypatch, {})
+    assert load_settings().kafka.connect_timeout_ms == 10_000
+    monkeypatch.setenv("BRIDGE_KAFKA__REQUEST_TIMEOUT_MS", "4000")
+    assert load_settings().kafka.connect_timeout_ms == 4000

@@ -129,6 +129,13 @@ seconds of terminationGracePeriodSeconds. */}}
 {{- end }}
 {{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
 RECORD_RESERVE_BYTES) must fit in a Kafka request. */}}
+{{- /* A connection's set-up (bridge/sink/connectsetup.py) is bounded within the request timeout;
+left null, the bridge takes 10000 or the request timeout if lower. */}}
+{{- $connect := get ($c.kafka | default dict) "connectTimeoutMs" }}
+{{- $requestTimeout := (include "pinecall-bridge.withDefaults" (list $c.kafka (dict "requestTimeoutMs" 30000)) | fromJson).requestTimeoutMs }}
+{{- if and (not (kindIs "invalid" $connect)) (gt (float64 $connect) (float64 $requestTimeout)) }}
+{{- $problems = append $problems (printf "config.kafka.connectTimeoutMs (%s) must not exceed config.kafka.requestTimeoutMs (%s)" (include "pinecall-bridge.envValue" (float64 $connect)) (include "pinecall-bridge.envValue" (float64 $requestTimeout))) }}
+{{- end }}
 {{- $request := float64 $k.maxRequestBytes }}
 {{- $reserve := 65536.0 }}
 {{- if gt (float64 $k.maxBatchBytes) $request }}

@@ -1,0 +1,87 @@
+"""A connection set-up timeout for aiokafka: Kafka's socket.connection.setup.timeout.ms (KIP-601).
+
+aiokafka sets a connection up (TCP connect and TLS, its ApiVersions request, SASL) within its
+request timeout, and opens every connection of a client under one lock (AIOKafkaClient._get_conn):
+a broker whose host vanished (SYNs dropped, no RST) holds a metadata update or coordinator lookup
+that picked it for the whole request timeout, and each other new connection of that client waits
+behind it. aiokafka has no setting for it, and hands create_conn nothing of its client but the
+client's options: the bound rides on the client id (`ClientId`, a str), which `client_options`
+gives every client the bridge builds; aiokafka.client's create_conn, wrapped once, applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiokafka.client
+from aiokafka.errors import KafkaConnectionError
+
+log = logging.getLogger(__name__)
+CreateConn = Callable[..., Awaitable[Any]]
+_installed: list[bool] = []  # whether the wrap was tried; its outcome
+
+
+class ClientId(str):
+    """A Kafka client id carrying its client's connection set-up timeout, in seconds."""
+
+    connect_timeout_s: float
+
+    def __new__(cls, value: str, connect_timeout_s: float) -> ClientId:
+        self = super().__new__(cls, value)
+        self.connect_timeout_s = connect_timeout_s
+        return self
+
+    def __getnewargs__(self) -> tuple[str, float]:  # type: ignore[override]
+        return str(self), self.connect_timeout_s
+
+
+def bounded(create_conn: CreateConn) -> CreateConn:
+    """`create_conn`, its set-up given up after the client id's connect timeout (if it has one).
+
+    Given up, it raises KafkaConnectionError, which aiokafka's callers handle as its own
+    connect timeout (TimeoutError): the metadata is refreshed and another broker tried. The
+    cancelled set-up leaves nothing open: asyncio closes a socket whose connect or TLS handshake
+    is cancelled, and aiokafka's connect closes its connection when a later step is.
+    """
+
+    async def create_bounded(host: str, port: int, **options: Any) -> Any:
+        seconds = getattr(options.get("client_id"), "connect_timeout_s", None)
+        if seconds is None:
+            return await create_conn(host, port, **options)
+        try:
+            async with asyncio.timeout(seconds) as bound:
+                return await create_conn(host, port, **options)
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # aiokafka's own request timeout, on a step of the set-up
+            raise KafkaConnectionError(
+                f"no connection to {host}:{port} set up within {seconds:g} s"
+                " (BRIDGE_KAFKA__CONNECT_TIMEOUT_MS: is the host reachable, the port a Kafka"
+                " listener, and BRIDGE_KAFKA__SECURITY_PROTOCOL its TLS or plaintext?)"
+            ) from exc
+
+    create_bounded.__wrapped__ = create_conn  # type: ignore[attr-defined]
+    return create_bounded
+
+
+def install() -> bool:
+    """Make aiokafka's clients bound their connections' set-up (once); False if it cannot."""
+    if not _installed:
+        _installed.append(_wrap(aiokafka.client))
+    return _installed[0]
+
+
+def _wrap(module: Any) -> bool:
+    create_conn = getattr(module, "create_conn", None)
+    if not inspect.iscoroutinefunction(create_conn):
+        log.warning(
+            "aiokafka's client has changed: a connection's set-up waits out the request timeout",
+            extra={"attribute": "aiokafka.client.create_conn"},
+        )
+        return False
+    module.create_conn = bounded(create_conn)
+    return True
