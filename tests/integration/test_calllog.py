@@ -565,7 +565,9 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
 
     The ingest one takes webhooks and the feed; the dedup one follows the call logs.
     """
-    async with Simulator(sim_config(retry_base=0.1)) as sim:
+    # The feed sends some entries in the docs page's and the older SDK's shapes too: one id each.
+    config = sim_config(retry_base=0.1, ws_documented_ratio=0.3, ws_legacy_ratio=0.3)
+    async with Simulator(config) as sim:
         sections: dict[str, Any] = {
             "pinecall": {"api_url": sim.url, "api_key": API_KEY},
             "sse": FAST_SSE,
@@ -588,6 +590,7 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
         )
         expected = sim.ledger.expected_ids()
         assert {tuple(r["channels"]) for r in report.records} == {("webhook", "websocket", "sse")}
+        assert {send.shape for send in sim.ws_sends} == {"log-entry", "documented", "legacy"}
         await consume_until(kafka_bootstrap, [topics.events], has(len(expected)), within=90)
         bridges = [handle, stage] if apart else [handle]
 
