@@ -39,7 +39,10 @@ def classify(message: str | bytes) -> Frame:
     if not isinstance(item, dict):
         return Frame("garbage", detail="not a JSON object")
     frame_type = item.get("type")
-    if frame_type in CONTROL_TYPES and "seq" not in item:
+    # The older SDK's event spreads its payload over the frame, so its `type` may be payload (a
+    # tool result's "error"): its `callId` says it is an event, as the normaliser reads it.
+    legacy = isinstance(item.get("event"), str) and "callId" in item
+    if frame_type in CONTROL_TYPES and "seq" not in item and not legacy:
         return Frame("control", item, detail=str(frame_type))
     if not isinstance(frame_type, str) and not isinstance(item.get("event"), str):
         return Frame("garbage", detail="no type")

@@ -10,6 +10,7 @@ goes on past it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -244,6 +245,13 @@ class CallFollow:
             self.acked = last_seq
         if self._terminal_pending is not None and self.acked >= self._terminal_pending:
             self.ended = True
+
+    def paged(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Gap-page entries about to be published: the log's last among them, once acknowledged,
+        ends the call as it does from the stream (which never showed it: it was in the gap)."""
+        for entry in entries:
+            if entry.get("type") == TERMINAL_TYPE and entry["seq"] > self.acked:
+                self._terminal_pending = entry["seq"]
 
     def filled(self, last: int) -> None:
         """A gap was filled through `last` (ephemeral seqs in it are gone for good)."""

@@ -369,6 +369,7 @@ class Follower:
             entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
             times = [moment for e in entries if (moment := entry_time(e)) is not None]
             self._metrics.sse_gap_entries.inc(len(entries))
+            self.state.paged(entries)
             await self._publish(entries, times, entries[-1]["seq"] if entries else None)
             return page.next
 

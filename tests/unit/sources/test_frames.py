@@ -13,6 +13,10 @@ from bridge.sources.frames import classify, error_reason, subscribe_message
         ),
         ('{"type":"call.started","data":{"call_id":"c"}}', "event"),
         ('{"event":"call.started","callId":"c"}', "event"),
+        # The older SDK spreads the payload over the frame: a payload `type` is not the feed's.
+        ('{"event":"tool.result","callId":"c","type":"error","message":"timed out"}', "event"),
+        ('{"event":"confirm.answered","callId":"c","type":"ack"}', "event"),
+        ('{"event":"participant.joined","callId":null,"type":"pong"}', "event"),
         ('{"type":"subscribed","events":["*"]}', "control"),
         ('{"type":"pong"}', "control"),
         ('{"type":"error","message":"bad subscribe"}', "control"),

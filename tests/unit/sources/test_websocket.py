@@ -295,6 +295,28 @@ async def test_reads_in_order_and_skips_control_and_garbage(
     assert metrics.registry.get_sample_value("pinecall_bridge_websocket_connected") == 0
 
 
+async def test_an_older_sdk_event_whose_payload_has_a_control_type_is_published(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The older SDK spreads the payload over the frame: a tool result's `"type": "error"` was
+    # taken for the feed's own error notice and the event dropped.
+    legacy = {"event": "tool.result", "callId": "CA_ws", "id": "CA_ws:4", "type": "error"}
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json({**legacy, "message": "the booking tool timed out"})
+        await ws.send_json({**legacy, "event": "confirm.answered", "id": "CA_ws:5", "type": "ack"})
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: len(sink.acked()) == 2)
+    assert [jsoncodec.loads(r.value)["type"] for r in sink.acked()] == [
+        "tool.result",
+        "confirm.answered",
+    ]
+
+
 async def test_auth_close_refetches_token_and_resubscribes(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:

@@ -96,6 +96,16 @@ def test_a_score_not_acknowledged_does_not_end_the_call() -> None:
     assert f.query() == {"after": "6"}
 
 
+def test_a_score_read_from_a_gap_page_ends_the_call_once_acknowledged() -> None:
+    f = follow(after=1)
+    assert f.step(entry(3, "log.gap", from_seq=2, to_seq=3)) == Fill(2, 3)
+    score = {"seq": 3, "ts": 1.0, "call": "CA_1", "agent": "a", "type": "call.score", "data": {}}
+    f.paged([{**score, "seq": 2, "type": "turn.user"}, score])
+    assert not f.ended  # read from the page, not yet in Kafka
+    f.published(3)
+    assert f.ended
+
+
 def test_an_entry_too_large_to_read_becomes_a_note_at_its_seq() -> None:
     f = follow(after=3)
     note = {"call": "CA_1", "seq": 4, "type": "call.summary", "bytes": 2_000_000}

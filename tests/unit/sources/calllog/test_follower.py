@@ -461,6 +461,29 @@ async def test_a_gap_is_read_from_the_pages_before_what_follows(
     assert sample(metrics, "pinecall_bridge_sse_gap_entries_total") == 2
 
 
+async def test_a_score_read_in_a_gap_ends_the_call_without_asking_again(
+    run_follower: Callable[..., Any],
+) -> None:
+    # The log's last entry came in the gap, so the stream never showed it: once Kafka took it
+    # from the page the call is over, not read again (nor held on a stream that has no end).
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            after = int(request.query["after"])
+            stored = [entry(2), entry(3, "call.score")]
+            stored = [e for e in stored if e["seq"] > after]
+            return web.json_response({"entries": stored, "live": False, "next": None})
+        if request.query["after"] != "0":
+            return web.Response(status=204)
+        gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
+        return await stream(request, frame(entry(1)) + frame(gap) + b": ping\n\n", hold=5.0)
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    assert len(server.requests) == 2  # the stream and its gap's page: no second stream
+    assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
+
+
 async def test_a_failed_gap_fill_resumes_the_stream_before_the_gap(
     run_follower: Callable[..., Any],
 ) -> None:
