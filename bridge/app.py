@@ -19,6 +19,8 @@ flood = LogThrottle(log)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A bug answering a webhook 503 loses it as a refused write does (Pinecall tries twice): counted.
 WEBHOOK_BUGS = web.AppKey("webhook_bugs", tuple[str, Callable[[], None]])
+# What an error answer's own JSON body sets: not taken from aiohttp's exception.
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 
 class Readiness:
@@ -57,7 +59,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        # Its own headers but the body's: a 405 must say what is allowed (RFC 9110, 15.5.6).
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, **kept)
     except Exception:
         flood.exception("unexpected error while handling a request", extra={"path": request.path})
         bugs = request.app.get(WEBHOOK_BUGS)

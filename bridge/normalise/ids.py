@@ -17,6 +17,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # quoted as %2F or %5C, is decoded back to a separator by many servers and proxies.
 _NOT_A_SEGMENT = frozenset({".", ".."})
 _SEPARATORS = re.compile(r"[/\\]")
+# An agent's own log is named `@<agent>` in dedup ids and record keys: a call id so spelt would
+# give its call's lines the ids of that agent's lines (`@support:7`), and one of each be dropped.
+_AGENT_MARK = "@"
 
 
 def valid_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
@@ -25,8 +28,13 @@ def valid_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
 
 
 def valid_call_id(call: str) -> bool:
-    """A valid id that can also name its call as one URL path segment."""
-    return valid_id(call) and call not in _NOT_A_SEGMENT and _SEPARATORS.search(call) is None
+    """A valid id that can also name its call as one URL path segment, and no agent's log."""
+    return (
+        valid_id(call)
+        and call not in _NOT_A_SEGMENT
+        and not call.startswith(_AGENT_MARK)
+        and _SEPARATORS.search(call) is None
+    )
 
 
 def shown(value: str, keep: int = 64) -> str:

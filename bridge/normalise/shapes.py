@@ -162,8 +162,14 @@ def _entry(
     data = item.get("data")
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
-    call = _str_or_none(item.get("call"))
-    agent = _str_or_none(item.get("agent"))
+    call, agent = item.get("call"), item.get("agent")
+    # They make the natural id: a `call` of 12345 read as none gave a call's line its agent's own
+    # log's id (`@agent:seq`), and the dedup stage dropped whichever of the two came second.
+    if call is not None and not isinstance(call, str):
+        return Unrecognised("invalid_call_id", item)
+    if agent is not None and not isinstance(agent, str):
+        return Unrecognised("invalid_id", item)
+    call, agent = call or None, agent or None
     natural_id = None
     if seq >= 1 and call is not None:
         natural_id = f"{call}:{seq}"
@@ -247,6 +253,10 @@ def _legacy(
     event_type = item["event"]
     if not valid_id(event_type, MAX_TYPE_LENGTH):
         return Unrecognised("invalid_type", item)
+    call = item.get("callId")
+    if call is not None and not isinstance(call, str):
+        # Read as none, the frame landed as no call's, with its call id nowhere in it.
+        return Unrecognised("invalid_call_id", item)
     # The older SDK spread the payload over the frame itself, so its data is what remains.
     data = {key: value for key, value in item.items() if key not in _LEGACY_ENVELOPE}
     return Event(
@@ -256,7 +266,7 @@ def _legacy(
         channel=channel,
         received_at=received,
         event_time=when,
-        call=_str_or_none(item.get("callId")),
+        call=call or None,
         # Its agent too (it stays in data): an agent's frame without a call is keyed by it.
         agent=_str_or_none(item.get("agent")),
         marker=event_type in MARKER_TYPES,

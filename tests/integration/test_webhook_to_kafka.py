@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from bridge import jsoncodec
 from bridge.normalise.event import rfc3339
@@ -231,6 +232,26 @@ async def test_an_event_whose_call_id_is_no_call_id_is_dead_lettered(
     dead = [r for r in mine if r.topic == topics.dlq]
     assert sorted(jsoncodec.loads(r.value)["call"] for r in dead) == sorted(bad)
     assert {r.headers["pinecall-dlq-reason"] for r in dead} == {b"invalid_call_id"}
+
+
+@pytest.mark.parametrize("spelt", ["number", "agent_log"])
+async def test_a_call_line_whose_call_names_no_call_is_dead_lettered_not_taken_for_its_agents(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str, spelt: str
+) -> None:
+    # A `call` of 12345 (read as none) or `@<agent>` gave the call's line the id of its agent's
+    # own line of the same seq: both answered 200, and the dedup stage dropped the second.
+    agent = "agent_" + unique_call
+    assert (await bridge.post(entry(1, "agent.registered", call=None, agent=agent)))[0] == 200
+    call_line = {**entry(1, agent=agent), "call": 12345 if spelt == "number" else "@" + agent}
+    status, body = await bridge.post(call_line)
+    assert (status, body["dead_lettered"], body["accepted"]) == (202, 1, 0)
+    names = [topics.events, topics.alerts, topics.dlq]
+    records = await read_decided(kafka_bootstrap, topics, names)
+    mine = [r for r in records if agent.encode() in r.value]
+    assert [r.json()["type"] for r in mine if r.topic != topics.dlq] == ["agent.registered"]
+    [dead] = [r for r in mine if r.topic == topics.dlq]
+    assert jsoncodec.loads(dead.value) == call_line
+    assert dead.headers["pinecall-dlq-reason"] == b"invalid_call_id"
 
 
 async def test_a_replayed_alert_is_refused_and_its_current_delivery_lands_once(

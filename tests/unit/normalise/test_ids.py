@@ -39,6 +39,13 @@ def test_a_call_id_is_one_path_segment(call: str) -> None:
     assert not valid_call_id(call)
 
 
+@pytest.mark.parametrize("call", ["@support", "@"])
+def test_a_call_id_is_not_spelt_as_an_agents_log(call: str) -> None:
+    # `@<agent>` names an agent's own log in dedup ids and record keys.
+    assert valid_id(call)
+    assert not valid_call_id(call)
+
+
 def test_a_long_id_is_shown_cut_with_its_length() -> None:
     assert shown("CA_1") == "CA_1"
     assert shown("x" * 1000) == "x" * 64 + "… (1000 chars)"

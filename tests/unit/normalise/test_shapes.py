@@ -193,6 +193,43 @@ def test_unrecognised(item: object, reason: str) -> None:
     assert result.reason == reason
 
 
+@pytest.mark.parametrize("call", [12345, True, ["CA_1"], {"id": "CA_1"}])
+def test_a_call_that_is_no_string_is_no_call_id_not_no_call(call: object) -> None:
+    # Read as no call, it took the id of the agent's own log line of the same seq (`@support:7`),
+    # and the dedup stage dropped whichever of the two came second.
+    result = normalise(entry(call=call), channel="webhook", received_at=NOW)
+    assert isinstance(result, Unrecognised)
+    assert result.reason == "invalid_call_id"
+
+
+def test_a_legacy_frame_whose_call_id_is_no_string_is_no_call_id() -> None:
+    # Read as none, the frame landed as no call's (the alerts topic), its call id nowhere in it.
+    result = normalise(
+        {"event": "call.started", "callId": 123}, channel="websocket", received_at=NOW
+    )
+    assert isinstance(result, Unrecognised)
+    assert result.reason == "invalid_call_id"
+
+
+@pytest.mark.parametrize("agent", [5, False, ["support"]])
+def test_an_agent_that_is_no_string_is_no_id(agent: object) -> None:
+    result = normalise(entry(call=None, agent=agent), channel="webhook", received_at=NOW)
+    assert isinstance(result, Unrecognised)
+    assert result.reason == "invalid_id"
+
+
+def test_a_call_spelt_as_an_agents_log_is_no_call_id() -> None:
+    # Taken as a call, its line 7 had the id of agent support's own line 7: one was dropped.
+    assert norm(entry(call=None)).id == "@support:7"
+    result = normalise(entry(call="@support"), channel="webhook", received_at=NOW)
+    assert isinstance(result, Unrecognised)
+    assert result.reason == "invalid_call_id"
+
+
+def test_an_empty_call_is_still_an_agent_log_line() -> None:
+    assert norm(entry(call="")).id == "@support:7"
+
+
 def test_same_event_same_id_across_channels_and_bytes() -> None:
     a = jsoncodec.loads(b'{"type":"call.ended","data":{"call_id":"CA_1","duration":3}}')
     b = jsoncodec.loads(b'{ "data": {"duration": 3, "call_id": "CA_1"}, "type": "call.ended" }')

@@ -414,6 +414,14 @@ async def test_method_and_path_errors_are_json(harness: Harness) -> None:
     assert response.status == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT"])
+async def test_a_method_not_allowed_says_which_is(harness: Harness, method: str) -> None:
+    response = await harness.client.request(method, PATH)
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.content_type == "application/json"
+
+
 async def test_health_ready_metrics(harness: Harness) -> None:
     assert (await harness.client.get("/healthz")).status == 200
     assert (await harness.client.get("/readyz")).status == 503  # not started
