@@ -193,6 +193,10 @@ class Pipeline:
         # are checked with them, so that the command names each topic to raise at once.
         self._limits = purpose.limits if isinstance(purpose, ForRedrive) else None
         self._records_in_flight = 0
+        # Set by answer_by at a stop: when deliveries a request waits on (a webhook's) stop
+        # waiting on Kafka; the waiters of those under way, released then.
+        self._answer_by: float | None = None
+        self._answer_waiters: set[asyncio.Future[None]] = set()
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
 
@@ -205,6 +209,7 @@ class Pipeline:
         retry: Delivery | None = None,
         settled: set[int] | None = None,
         event_times: Sequence[float | None] | None = None,
+        answered: bool = False,
     ) -> BatchResult:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
@@ -215,9 +220,13 @@ class Pipeline:
         retry (dropped, refused): what a source cut off mid-delivery did not lose.
         `event_times` are the items' times as `event_time` read them, when the source did (the
         webhook's replay check): not read twice.
+        `answered`: a request waits for the result (a webhook's), so a stop's `answer_by` bounds
+        the wait on Kafka.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
+        if answered and self._answer_by is not None:
+            deadline = min(deadline, self._answer_by)
         again = retry is not None
         first = retry if retry is not None else Delivery(self._clock(), loop.time())
         received_at = first.received_at
@@ -314,7 +323,9 @@ class Pipeline:
                     settled.add(n)
             elif record.key is not None:
                 held_back.add(record.key)
-        await self._wait_until({s.delivery for s in sent}, deadline)
+        await self._wait_until(
+            {s.delivery for s in sent}, deadline, self._answer_waiters if answered else None
+        )
         stored = 0
         for s in sent:
             stored += self._settle(s, channel, result)
@@ -345,9 +356,27 @@ class Pipeline:
         delivery.add_done_callback(self._delivered)
         return delivery
 
+    def answer_by(self, deadline: float) -> None:
+        """Deliveries `answered`, under way or to come, stop waiting on Kafka at `deadline` (loop
+        time): a stop closes their connections soon after, and one cut unanswered leaves the
+        sender unsure whether its events were stored; a 503 has them sent again."""
+        if self._answer_by is not None and self._answer_by <= deadline:
+            return
+        self._answer_by = deadline
+        asyncio.get_running_loop().call_at(deadline, self._release_answered)
+
+    def _release_answered(self) -> None:
+        for waiter in list(self._answer_waiters):
+            _release(waiter)
+
     @staticmethod
-    async def _wait_until(futures: set[asyncio.Future[Any]], deadline: float) -> None:
-        """Until every future is done or the deadline passes; never cancels them.
+    async def _wait_until(
+        futures: set[asyncio.Future[Any]],
+        deadline: float,
+        releasers: set[asyncio.Future[None]] | None = None,
+    ) -> None:
+        """Until every future is done or the deadline passes; never cancels them. `releasers`:
+        where to leave the waiter, for whoever may release it sooner.
 
         One waiter and a countdown: asyncio.wait's bookkeeping showed up in the profile. The
         deadline only releases the waiter (a timer, not asyncio.timeout_at: no cancellation of
@@ -369,12 +398,16 @@ class Pipeline:
         for future in pending:
             future.add_done_callback(one_done)
         timer = loop.call_at(deadline, _release, waiter)
+        if releasers is not None:
+            releasers.add(waiter)
         try:
             await waiter
         finally:
             timer.cancel()
             for future in pending:
                 future.remove_done_callback(one_done)
+            if releasers is not None:
+                releasers.discard(waiter)
 
     def _settle(self, s: _Sent, channel: Channel, result: BatchResult) -> bool:
         """Count what became of one sent record; True when Kafka has it."""

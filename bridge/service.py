@@ -72,6 +72,9 @@ API_KEY_FILE = "BRIDGE_PINECALL__API_KEY"
 # A probe or scrape under way when the admin port closes, at the very end of a stop: a pod's
 # answer takes at most its workers' 1 s (bridge/workers/pod.py).
 ADMIN_SHUTDOWN_SECONDS = 1.0
+# Kept from the end of a stop's first phase for a webhook waiting on Kafka to be answered (503)
+# before its connection is closed: a response written, milliseconds; at most a quarter of it.
+ANSWER_SECONDS = 0.5
 
 
 class _Part(Protocol):
@@ -726,6 +729,9 @@ class Bridge:
         self.readiness.ready()
         now = asyncio.get_running_loop().time()
         budget = StopBudget.plan(now, self.settings.shutdown.grace_seconds, by)
+        # The listener's close is cut at the end of phase one: a webhook still waiting on Kafka
+        # then would be cut unanswered when the process exits, its events maybe stored.
+        self.pipeline.answer_by(budget.inputs_by - answer_reserve(budget.inputs_by - now))
         log.info(
             "shutting down",
             extra={
@@ -790,6 +796,11 @@ class Bridge:
         # The counts of thinned lines no later line told of (a flood that ended): not lost.
         logthrottle.flush_all()
         log.info("stopped")
+
+
+def answer_reserve(left: float) -> float:
+    """The end of a stop's first phase (`left` s) kept for answering the webhooks it released."""
+    return min(ANSWER_SECONDS, max(left, 0.0) / 4)
 
 
 def lease_leave_reserve(left: float) -> float:

@@ -188,6 +188,7 @@ class WebhookHandler:
                 "webhook",
                 raw=None if isinstance(document, list) else body,
                 event_times=times,
+                answered=True,
             )
         finally:
             self._in_flight_bytes -= charge

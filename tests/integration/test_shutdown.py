@@ -414,6 +414,40 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.mark.timeout(240)
+async def test_a_webhook_waiting_on_a_frozen_kafka_at_the_signal_is_answered_before_the_exit(
+    spawn: Spawn, broker: Broker, topics: Topics, unique_call: str
+) -> None:
+    """A request whose publish would wait past the stop's end gets a 503, not a cut connection.
+
+    Its record may yet reach Kafka (the broker reads it once it answers again): only an answer
+    tells Pinecall to retry, and the dedup stage drops the copy. The stop's first phase cut the
+    listener's cleanup with the handler still waiting, and the exit closed its connection.
+    """
+    await broker.up()
+    env = shutdown_env(
+        broker.bootstrap, topics, BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS=str(2 * GRACE_SECONDS)
+    )
+    daemon = await spawn(env)
+    async with aiohttp.ClientSession() as session:
+        status, body = await post(session, daemon.url, entry(1, call=unique_call))
+    assert (status, body.get("accepted")) == (200, 1), f"{body}{daemon.log()}"
+    timeout = aiohttp.ClientTimeout(total=GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+    with broker.unresponsive():
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            waiting = asyncio.create_task(post(session, daemon.url, entry(2, call=unique_call)))
+            await asyncio.sleep(1)  # the request now waits on Kafka
+            assert not waiting.done(), f"answered before the signal: {waiting}{daemon.log()}"
+            daemon.proc.send_signal(signal.SIGTERM)
+            code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+            try:
+                status, body = await asyncio.wait_for(waiting, timeout=5)
+            except aiohttp.ClientConnectionError as exc:
+                raise AssertionError(f"cut without an answer: {exc!r}{daemon.log()}") from None
+    assert (status, body.get("error")) == (503, "kafka_unavailable"), f"{body}{daemon.log()}"
+    assert code == 0, f"exit code {code}{daemon.log()}"
+
+
+@pytest.mark.timeout(240)
 async def test_sigterm_with_kafka_gone_still_stops_cleanly(
     spawn: Spawn, broker: Broker, topics: Topics
 ) -> None:

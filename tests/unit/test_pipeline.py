@@ -240,6 +240,25 @@ async def test_ack_after_the_deadline_fails_and_marks_kafka_unreachable() -> Non
     assert ids(sink) == ["CA_1:1", "CA_1:1"]
 
 
+async def test_a_stop_releases_the_deliveries_a_request_waits_on_at_its_answer_deadline() -> None:
+    """A webhook's wait on Kafka ends at the stop's answer deadline, under way or to come; a
+    source that answers nobody (the feed) keeps its own deadline."""
+    sink = FakeSink(auto_ack=False)
+    pipeline, _ = make(sink, timeout=60)
+    answered = asyncio.create_task(pipeline.submit([entry(1)], "webhook", answered=True))
+    feed = asyncio.create_task(pipeline.submit([entry(2)], "websocket"))
+    await until(lambda: len(sink.futures) == 2)
+    loop = asyncio.get_running_loop()
+    pipeline.answer_by(loop.time() + 0.05)
+    result = await asyncio.wait_for(answered, timeout=5)
+    assert (result.ok, result.failure_reasons) == (False, {"timeout"})
+    late = await asyncio.wait_for(pipeline.submit([entry(3)], "webhook", answered=True), 5)
+    assert (late.ok, late.failure_reasons) == (False, {"timeout"})
+    assert not feed.done()
+    sink.ack_all()
+    assert (await asyncio.wait_for(feed, timeout=5)).accepted == 1
+
+
 async def test_sends_that_do_not_suspend_arm_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     armed: list[float | None] = []
     real = asyncio.timeout_at
