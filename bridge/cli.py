@@ -40,8 +40,9 @@ def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True)
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
     is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret
     (`load_tool_settings`)."""
-    unknown = unknown_variables(os.environ, dotenv_variables())
+    unknown: list[str] = []
     try:
+        unknown = unknown_variables(os.environ, dotenv_variables())
         settings = load_settings() if serving else load_tool_settings()
         problems = unknown if unknown_is_invalid else []
     except ConfigError as exc:
@@ -378,6 +379,18 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive(text: str) -> int:
+    """A count of 1 or more: 0 or less would end at once, printing nothing, as if no event were
+    there."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} is not 1 or more")
+    return count
+
+
 def _add_since(where: argparse._ActionsContainer, what: str, *, required: bool = False) -> None:
     """A `--since` of the forms `_since` reads, helped as "<what> since then: <the forms>"."""
     where.add_argument(
@@ -489,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 once every partition is read to the end it had at the start (committed"
         " records only: an open transaction's are not waited for)",
     )
-    tail.add_argument("--limit", type=int, help="stop after this many records")
+    tail.add_argument("--limit", type=_positive, help="stop after this many records (1 or more)")
     tail.set_defaults(func=_tail)
 
     demo = commands.add_parser(
@@ -560,9 +573,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C is the operator's own: one line, no traceback. What backfill or redrive
+        # submitted stays in the ingest topic, and a rerun adds no doubles (the dedup stage).
+        print(f"pinecall-bridge {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return code
 
 

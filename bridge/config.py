@@ -225,7 +225,16 @@ class KafkaSettings(_Section):
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod
     def _file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
+        if path is None:
+            return None
+        # A PEM pasted in place of its path: echoed, a private key would be in the error.
+        if "\n" in str(path) or "-----BEGIN" in str(path):
+            raise ValueError("holds a PEM's contents, not a path: give the path of its file")
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # is_file() answers False only to a missing path
+            raise ValueError(f"file {str(path)!r} cannot be read: {exc.strerror}") from None
+        if not exists:
             raise ValueError(f"file {str(path)!r} does not exist")
         return path
 
@@ -909,6 +918,8 @@ def _load(overrides: dict[str, Any], *, serving: bool) -> Settings:
         # Input values are left out on purpose: they may be secrets.
         problems = [_problem(err["loc"], err["type"], err["msg"]) for err in exc.errors()]
         raise ConfigError(problems) from None
+    except (OSError, UnicodeDecodeError) as exc:  # the .env file, read as the settings load
+        raise ConfigError([_unreadable_dotenv(exc)]) from None
     except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
@@ -983,8 +994,20 @@ def _unknown_json_keys(upper: str, value: str | None, where: str) -> list[str]:
 
 
 def dotenv_variables() -> Mapping[str, str | None]:
-    """The variables of the `.env` file the settings read (none without one), in lower case."""
-    return DotEnvSettingsSource(Settings).env_vars
+    """The variables of the `.env` file the settings read (none without one), in lower case;
+    ConfigError when it cannot be read."""
+    try:
+        return DotEnvSettingsSource(Settings).env_vars
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([_unreadable_dotenv(exc)]) from None
+
+
+def _unreadable_dotenv(exc: OSError | UnicodeDecodeError) -> str:
+    """Why `.env` cannot be read, its content left out (it may hold secrets)."""
+    if isinstance(exc, UnicodeDecodeError):
+        # Windows PowerShell's `>` writes UTF-16, for one.
+        return ".env cannot be read: it is not UTF-8 text (save it as UTF-8)"
+    return f".env cannot be read: {exc.strerror}"
 
 
 def unknown_variables(

@@ -35,7 +35,13 @@ def _secrets_dir(
     if not value:
         return None
     directory = Path(value)
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except OSError as exc:  # is_dir() answers False only to a missing path
+        raise ConfigError(
+            [f"{SECRETS_DIR_VARIABLE}: {value!r} cannot be read: {exc.strerror}"]
+        ) from None
+    if not is_dir:
         raise ConfigError(
             [f"{SECRETS_DIR_VARIABLE}: {value!r} is no directory (missing, or not mounted)"]
         )

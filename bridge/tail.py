@@ -319,8 +319,10 @@ async def _read(
                         tp = TopicPartition(message.topic, message.partition)
                         if message.offset >= ends[tp]:
                             continue
+                    # A header may be null (another producer's): it says nothing, left out.
+                    headers = [(name, raw) for name, raw in message.headers if raw is not None]
                     # Structured or binary mode alike; anything else (dead letters) shown raw.
-                    event: Any = decode(message.headers, message.value)
+                    event: Any = decode(headers, message.value)
                     if event is None:
                         if not wanted.matches_raw(message.value):
                             continue
@@ -333,9 +335,9 @@ async def _read(
                     if message.topic == settings.topics.ingest:
                         committed = decided.get(TopicPartition(message.topic, message.partition))
                         note = ingest_note(
-                            message.key, message.value, message.headers, message.offset, committed
+                            message.key, message.value, headers, message.offset, committed
                         )
-                    line = render(place, message.key, event, message.headers, note=note)
+                    line = render(place, message.key, event, headers, note=note)
                     console.print(line, highlight=False, soft_wrap=True)
                     shown += 1
                     if limit is not None and shown >= limit:

@@ -17,6 +17,7 @@ def parse_since(text: str, now: float) -> float:
     """Epoch seconds from epoch seconds, an ISO-8601 time (UTC unless it says), or a span back.
 
     A span is a number and a unit, `90s`, `30m`, `2h`, `7d` or `1w`, counted back from `now`.
+    A time before 1970 is 1970: every record is newer, and Kafka refuses a negative time.
     """
     value = text.strip()
     if span := _SPAN.fullmatch(value):
@@ -38,4 +39,4 @@ def parse_since(text: str, now: float) -> float:
         raise ValueError(f"{text!r} is not a point in time")
     if when > now:
         raise ValueError(f"{text!r} is in the future: there is nothing to read since then")
-    return when
+    return max(when, 0.0)

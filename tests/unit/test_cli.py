@@ -130,6 +130,18 @@ def test_check_reads_the_dotenv_file_for_unknown_variables_too(
     ) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["check"], ["run"], ["tail"]])
+def test_a_dotenv_file_that_is_not_utf8_is_a_problem_not_a_traceback(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Windows PowerShell's `>` writes UTF-16: a copied .env is often that.
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=whsec-utf16-8b2e\n", encoding="utf-16")
+    assert exit_code(command) == 2
+    err = capsys.readouterr().err
+    assert "  - .env cannot be read: it is not UTF-8 text (save it as UTF-8)\n" in err
+    assert "Traceback" not in err
+
+
 def test_check_invalid_exits_2_listing_each_problem(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -391,6 +403,31 @@ def test_the_kafka_tools_need_no_webhook_secret(
     assert f"cannot reach Kafka at {NOWHERE}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "runs"),
+    [
+        (["backfill", "--call", "CA_1"], "bridge.backfill.run_backfill"),
+        (["redrive", "--since", "1h"], "bridge.redrive.run_redrive"),
+    ],
+)
+def test_ctrl_c_ends_a_tool_with_one_line_and_exit_130(
+    command: list[str],
+    runs: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> int:
+        raise KeyboardInterrupt  # what asyncio.run raises once Ctrl-C has cancelled its task
+
+    monkeypatch.setattr(runs, interrupted)
+    try:
+        code = main(command)
+    except KeyboardInterrupt:  # pytest would take it as its own Ctrl-C and stop the run
+        pytest.fail("Ctrl-C ended the command with a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.endswith(f"pinecall-bridge {command[0]}: interrupted\n")
+
+
 @pytest.mark.parametrize("command", [["run"], ["check"]])
 def test_what_serves_webhooks_still_needs_the_secret(
     command: list[str], capsys: pytest.CaptureFixture[str]
@@ -419,6 +456,16 @@ def test_tail_passes_since_and_to_end_and_refuses_an_end_with_no_start(
     assert "--to-end needs --from-beginning or --since" in capsys.readouterr().err
     assert exit_code(["tail", "--since", "15m", "--from-beginning"]) == 2
     assert len(asked) == 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_tail_refuses_a_limit_that_would_end_it_at_once(
+    limit: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ending before any record prints nothing: it would read as "the event is nowhere".
+    monkeypatch.setattr("bridge.tail.tail", lambda *args, **kwargs: pytest.fail("tail ran"))
+    assert exit_code(["tail", "--from-beginning", "--limit", limit]) == 2
+    assert f"argument --limit: {limit} is not 1 or more" in capsys.readouterr().err
 
 
 def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(

@@ -138,6 +138,11 @@ def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     assert s.webhook.secrets[0].get_secret_value() == "fromfile"
 
 
+def test_a_dotenv_file_that_is_not_utf8_is_named_as_such() -> None:
+    Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=fromfile\n", encoding="utf-16")
+    assert problems() == [".env cannot be read: it is not UTF-8 text (save it as UTF-8)"]
+
+
 def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "99999")
     monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "nohostport")
@@ -283,6 +288,34 @@ def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) 
     setenv(monkeypatch, {name: value})
     found = problems()
     assert any(name.rsplit("__", 1)[0] in p for p in found), found
+
+
+@pytest.mark.parametrize("name", ["BRIDGE_KAFKA__SSL_CAFILE", "BRIDGE_KAFKA__SSL_KEYFILE"])
+def test_a_tls_file_path_that_cannot_be_looked_at_is_a_problem_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # is_file() raises for all but a missing path: a name too long here (as root, no EACCES).
+    path = "/tmp/" + "x" * 300
+    setenv(monkeypatch, {name: path})
+    assert f"{name}: file {path!r} cannot be read: File name too long" in problems()
+
+
+PASTED_KEY = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0-pasted-4e7d\n-----END PRIVATE KEY-----\n"
+)
+
+
+@pytest.mark.parametrize("key", [PASTED_KEY, PASTED_KEY.replace("\n", "")])
+def test_a_key_pasted_in_place_of_its_path_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_KAFKA__SSL_KEYFILE": key})
+    found = problems()
+    assert (
+        "BRIDGE_KAFKA__SSL_KEYFILE: holds a PEM's contents, not a path: give the path of its file"
+        in found
+    )
+    assert "pasted-4e7d" not in " ".join(found)
 
 
 @pytest.mark.parametrize(

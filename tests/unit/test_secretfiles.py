@@ -90,6 +90,15 @@ def test_a_missing_secrets_dir_is_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ]
 
 
+def test_a_secrets_dir_that_cannot_be_looked_at_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # is_dir() raises for all but a missing path: a name too long here (as root, no EACCES).
+    directory = str(tmp_path / ("x" * 300))
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", directory)
+    assert problems() == [f"BRIDGE_SECRETS_DIR: {directory!r} cannot be read: File name too long"]
+
+
 def test_an_unreadable_secret_file_is_named_without_its_content(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -267,6 +267,35 @@ async def test_reads_both_content_modes_and_shows_dead_letters_raw(
     assert lines[2] == 'dlq[1]@1 dead letter missing_type via ?: {"call":"CA_9"}'
 
 
+async def test_a_header_with_a_null_value_is_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kafka allows a null header value; a producer other than the bridge may write one.
+    event = normalise(entry(), channel="webhook", received_at=1_790_000_010.0)
+    assert isinstance(event, Event)
+    binary = encode(event, "s", b"CA_9", "binary")
+    messages = [
+        SimpleNamespace(
+            topic="t", partition=0, offset=0, key=None, value=b"raw", headers=[("trace", None)]
+        ),
+        SimpleNamespace(
+            topic="t",
+            partition=0,
+            offset=1,
+            key=b"CA_9",
+            value=binary[0],
+            headers=[*binary[1], ("ce_traceparent", None)],
+        ),
+    ]
+    fake_consumer(monkeypatch, existing={"t"}, messages=messages)
+    console = Console(record=True, width=400)
+    shown = await tail(
+        load_tool_settings(), ["t"], TailFilter(), from_beginning=True, limit=2, console=console
+    )
+    lines = console.export_text().splitlines()
+    assert shown == 2
+    assert lines[0] == "t[0]@0 not a CloudEvent: raw"
+    assert "turn.user CA_9 CA_9:4 via webhook" in lines[1]
+
+
 def entry() -> dict[str, Any]:
     return {
         "seq": 4,

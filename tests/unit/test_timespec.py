@@ -43,3 +43,9 @@ def test_what_is_not_a_time_is_refused(text: str) -> None:
 def test_the_future_is_refused() -> None:
     with pytest.raises(ValueError, match="future"):
         parse_since("2026-12-02", NOW)
+
+
+@pytest.mark.parametrize("text", ["1960-01-01", "1969-12-31T23:59:59Z", "3000w"])
+def test_a_time_before_1970_is_1970(text: str) -> None:
+    # Every record is newer; as a negative time, Kafka's offsets-for-times lookup is refused.
+    assert parse_since(text, NOW) == 0.0
