@@ -190,7 +190,7 @@ class PartitionTask:
         if not records or records[-1].offset < self.position:
             return  # all from before a seek: already processed
         await out.join(self.tp)
-        observe, invalid = self.window.observe, self._metrics.ingest_invalid
+        observe = self.window.observe
         for record in records:
             if record.offset < self.position:
                 continue
@@ -198,7 +198,7 @@ class PartitionTask:
             self.last_appended_at = record.timestamp / 1000
             entry = decode(record.key, record.value, record.headers)
             if entry is None:
-                invalid.inc()
+                out.invalid()
                 flood.warning(
                     "skipped an ingest record not written by the bridge",
                     extra={"partition": self.tp.partition, "offset": record.offset},

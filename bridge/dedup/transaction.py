@@ -93,6 +93,7 @@ class _Transaction:
     duplicates: Counter[str] = field(default_factory=Counter)
     timings: list[tuple[float, float | None]] = field(default_factory=list)
     too_large: int = 0  # output records skipped: their topic cannot take them
+    invalid: int = 0  # ingest records skipped: not written by the bridge
     # aiokafka commits a transaction even when one of its sends failed (that record is then
     # silently missing): the first failure of its sends, checked before commit. Kept here, not
     # on the stage: a dropped producer's sends may fail later, during another transaction.
@@ -229,6 +230,12 @@ class StageProducer:
         assert self._txn is not None
         self._txn.duplicates[channel] += 1
 
+    def invalid(self) -> None:
+        """An ingest record not written by the bridge was skipped: counted once its skip commits."""
+        # Counted at once, an aborted transaction's records, read again, counted twice.
+        assert self._txn is not None
+        self._txn.invalid += 1
+
     async def publish(self, entry: IngestEntry, tp: TopicPartition, offset: int) -> None:
         """Send `entry`'s output in the open transaction, unless its topic cannot take it.
 
@@ -362,6 +369,8 @@ class StageProducer:
             m.duplicates_by(channel).inc(n)
         if txn.too_large:
             m.dedup_output_too_large.inc(txn.too_large)
+        if txn.invalid:
+            m.ingest_invalid.inc(txn.invalid)
         now = time.time()
         # Each histogram's buckets counted over the transaction, then incremented once each.
         observe_all(m.end_to_end, [max(now - received, 0.0) for received, _ in txn.timings])

@@ -6,11 +6,26 @@ from __future__ import annotations
 import json
 import re
 
+from bridge.metrics import Metrics
 from tests.deploy import generate
 from tests.deploy.tools import DEPLOY, REPO, find_tool, kafka_exporter_only, load_yaml, run
 
 RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
 RULE_TESTS = REPO / "tests" / "deploy" / "alerts.test.yaml"
+# Labels a series gets from its scrape (the ServiceMonitor's target labels) or, with several
+# worker processes, from the bridge's merge of their metrics: on no metric's own label list.
+SCRAPE_LABELS = {
+    "namespace",
+    "pod",
+    "container",
+    "service",
+    "endpoint",
+    "job",
+    "instance",
+    "worker",
+}
+SELECTOR = re.compile(r"\b(pinecall_bridge_[a-z0-9_]+)\{([^}]*)\}")
+MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"")
 
 
 def alerts() -> list[dict[str, object]]:
@@ -89,3 +104,37 @@ def test_the_dropped_calls_panel_says_which_dropped_calls_are_read_again() -> No
     assert "BRIDGE_DEDUP__TTL_SECONDS" in description
     assert "backfill --since" in description
     assert "waited in the queue until their end left the dedup window" in description
+
+
+def bridge_labels() -> dict[str, set[str]]:
+    """Every sample name the bridge can export, with the label names its series carry."""
+    metrics = Metrics()
+    metrics.register_feed()
+    metrics.register_registration()
+    labels: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        own = set(metrics.registry._names_to_collectors[family.name]._labelnames)  # type: ignore[attr-defined]
+        for suffix in ("", "_total", "_count", "_sum"):
+            labels[family.name + suffix] = own
+        labels[family.name + "_bucket"] = own | {"le"}
+    return labels
+
+
+def test_every_label_an_alert_or_panel_selects_on_is_one_its_metric_has() -> None:
+    """Names alone are checked against a scrape (test_prometheus); a misspelt label there
+    matches nothing, so an alert on it never fires and a panel stays flat at 0."""
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    queries = [(rule["alert"], rule["expr"]) for rule in alerts()] + [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    known = bridge_labels()
+    wrong = [
+        (where, name, label)
+        for where, expr in queries
+        for name, matchers in SELECTOR.findall(str(expr))
+        for label in MATCHER.findall(matchers)
+        if label not in known.get(name, set()) | SCRAPE_LABELS
+    ]
+    assert not wrong, wrong

@@ -25,6 +25,7 @@ from tests.unit.dedup.fakes import (
     FakeProducer,
     FakeRecord,
     ingest,
+    install,
     sends,
     stage_producer,
     steps,
@@ -108,12 +109,28 @@ async def test_a_batch_entirely_before_the_position_joins_no_transaction() -> No
     assert task.position == 5
 
 
-async def test_foreign_records_are_skipped_and_counted() -> None:
+async def test_foreign_records_are_skipped_and_counted_at_commit() -> None:
     task, out, producer, metrics = make()
     await task.process([FakeRecord(0, 100_000, b"k", b"v", []), ingest(1, "CA_1:1", 100.0)], out)
     assert sends(producer) == [b"CA_1:1"]
-    assert sample(metrics, "pinecall_bridge_ingest_invalid_total") == 1
     assert task.position == 2
+    assert sample(metrics, "pinecall_bridge_ingest_invalid_total") == 0
+    await commit(task, out)
+    assert sample(metrics, "pinecall_bridge_ingest_invalid_total") == 1
+
+
+async def test_a_foreign_record_read_again_after_an_abort_counts_once() -> None:
+    task, out, _producer, metrics = make()
+    foreign = [FakeRecord(0, 100_000, b"k", b"v", []), ingest(1, "CA_1:1", 100.0)]
+    await task.process(foreign, out)
+    # The transaction fails: the stage drops the task, and its successor reads the same records.
+    await out.abandon()
+    install(out, FakeProducer())  # before the restart task runs: it then finds one started
+    again = PartitionTask(TP, out._settings, dict, metrics)
+    await again.process(foreign, out)
+    await commit(again, out)
+    assert sample(metrics, "pinecall_bridge_ingest_invalid_total") == 1
+    assert sample(metrics, "pinecall_bridge_events_published_total", topic="pinecall.events") == 1
 
 
 async def test_window_time_is_the_append_time() -> None:
