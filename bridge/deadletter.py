@@ -38,10 +38,11 @@ class DeadLetter:
     def of(
         cls,
         value: bytes | None,
-        headers: Iterable[tuple[str, bytes]],
+        headers: Iterable[tuple[str, bytes | None]],
         timestamp_ms: int,
     ) -> DeadLetter:
-        found = {name: raw.decode(errors="replace") for name, raw in headers}
+        # Kafka allows a header without a value (another producer's): it says nothing.
+        found = {name: raw.decode(errors="replace") for name, raw in headers if raw is not None}
         return cls(value or b"", found, timestamp_ms / 1000)
 
     @property

@@ -91,7 +91,7 @@ def event_id_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
         if name == ID:
             try:
                 return raw.decode() or None
-            except UnicodeDecodeError:
+            except (UnicodeDecodeError, AttributeError):  # not UTF-8, or null (no value)
                 return None
     return None
 
@@ -129,7 +129,9 @@ def _facts(mine: dict[str, bytes]) -> tuple[str, str, str, float, float | None] 
         channel = mine[CHANNEL].decode()
         received_at = float(mine[RECEIVED_AT])
         event_time = float(mine[EVENT_TIME]) if EVENT_TIME in mine else None
-    except (KeyError, ValueError, UnicodeDecodeError):
+    # AttributeError and TypeError: a header without a value (Kafka allows it), by hand. Raised,
+    # it failed the partition at every restart: wedged, where a damaged record is skipped.
+    except (KeyError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
         return None
     if not topic or not event_id:
         return None

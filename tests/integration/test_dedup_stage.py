@@ -205,6 +205,25 @@ async def test_a_copy_after_a_damaged_record_with_its_id_is_output_by_the_next_o
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)]
 
 
+async def test_a_record_with_a_header_without_a_value_is_skipped_not_wedging_its_partition(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """Kafka allows a header without a value (written by hand, or another producer): the stage
+    skips and counts it like any record it cannot decide. Decoding it raised, which failed the
+    partition at every restart and held back every event after it."""
+    (damaged,) = ingest_records(topics, unique_call, [1])
+    nulled = tuple((n, None if n == ingest_record.TOPIC else v) for n, v in damaged.headers)
+    bridge: RunningBridge = await start_bridge()
+    await write_ingest(kafka_bootstrap, [replace(damaged, headers=nulled)])  # type: ignore[arg-type]
+    await post_all(bridge, [entry(2, call=unique_call), entry(3, call=unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    await until_sample([bridge], "pinecall_bridge_ingest_invalid_total", 1)
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (2, 3)]
+    lost = sample(bridge.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason="error")
+    assert lost == 0
+
+
 async def test_records_deleted_before_the_stage_read_them_are_counted_and_skipped(
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:

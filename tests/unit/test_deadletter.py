@@ -51,6 +51,19 @@ def test_without_a_readable_receipt_time_it_is_when_it_was_dead_lettered() -> No
         assert verdict == Redrive(item, "webhook", WRITTEN)
 
 
+def test_a_header_without_a_value_is_left_out() -> None:
+    # Kafka allows one (another producer's, or by hand); read, it crashed the redrive.
+    item = entries.entry(4, call="CA_up")
+    headers = [
+        ("pinecall-dlq-reason", b"invalid_data"),
+        ("pinecall-channel", b"websocket"),
+        ("pinecall-received-at", None),
+    ]
+    read = DeadLetter.of(jsoncodec.dumps(item), headers, int(WRITTEN * 1000))
+    assert read.headers == {"pinecall-dlq-reason": "invalid_data", "pinecall-channel": "websocket"}
+    assert classify(read) == Redrive(item, "websocket", WRITTEN)
+
+
 def test_an_input_still_unrecognised_says_why_today() -> None:
     # Dead-lettered as not an object; a bridge of today reads its type but not its data.
     still = {"type": "turn.user", "data": ["not", "an", "object"]}

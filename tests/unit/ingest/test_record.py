@@ -105,9 +105,11 @@ def _without(name: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(h for h in record.headers if h[0] != name)
 
 
-def _replaced(name: str, value: bytes) -> tuple[tuple[str, bytes], ...]:
+def _replaced(name: str, value: bytes | None) -> tuple[tuple[str, bytes], ...]:
+    """The headers with `name`'s value replaced; None: a header without a value, which Kafka
+    allows (aiokafka reads it as None, whatever the annotations say)."""
     record = encode("ingest", "CA_1:1", output(), "webhook", 1.0, 2.0)
-    return tuple((n, value if n == name else v) for n, v in record.headers)
+    return tuple((n, value if n == name else v) for n, v in record.headers)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -124,6 +126,11 @@ def _replaced(name: str, value: bytes) -> tuple[tuple[str, bytes], ...]:
         _replaced(ID, b""),
         _replaced(TOPIC, b""),
         _replaced(ID, b"\xff\xfe"),
+        _replaced(TOPIC, None),
+        _replaced(ID, None),
+        _replaced(CHANNEL, None),
+        _replaced(RECEIVED_AT, None),
+        _replaced(EVENT_TIME, None),
     ],
 )
 def test_foreign_or_damaged_records_are_none(headers: tuple[tuple[str, bytes], ...]) -> None:
@@ -152,6 +159,7 @@ def test_the_id_header_alone_is_read_as_a_full_decode_reads_it() -> None:
     record = encode("ingest", "CA_1:7", output(), "websocket", 1.0)
     assert event_id_of(record.headers) == read_back(record).event_id == "CA_1:7"
     assert event_id_of(OUTPUT_HEADERS) is None
+    assert event_id_of(_replaced(ID, None)) is None
     assert event_id_of(((ID, b"\xff"),)) is None
     assert event_id_of(((ID, b""),)) is None
 
@@ -162,3 +170,12 @@ def test_an_entry_is_built_by_a_plain_init_not_a_frozen_one() -> None:
     params = getattr(IngestEntry, "__dataclass_params__")  # noqa: B009 (unknown to mypy)
     assert not params.frozen
     assert hasattr(IngestEntry, "__slots__")
+
+
+def test_an_output_header_without_a_value_rides_along() -> None:
+    # Kafka allows it, and the producer writes it back as it was read.
+    record = encode("ingest", "CA_1:1", output(), "webhook", 1.0)
+    headers = (*record.headers, ("x-null", None))
+    entry = decode(record.key, record.value, headers)  # type: ignore[arg-type]
+    assert entry is not None
+    assert entry.output.headers[-1] == ("x-null", None)  # type: ignore[comparison-overlap]
