@@ -305,6 +305,24 @@ def test_autoscaling_scales_in_one_pod_at_a_time_after_a_window(cpu: str) -> Non
     assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
 
 
+def test_autoscaling_minimum_above_its_maximum_is_refused() -> None:
+    # The API server refuses such an HPA only at apply time, after the rest of the release.
+    sets = ("autoscaling.enabled=true", "resources.requests.cpu=1", "autoscaling.maxReplicas=3")
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets),
+        "--set", "autoscaling.minReplicas=4", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "autoscaling.minReplicas (4) must not exceed autoscaling.maxReplicas (3)" in done.stderr
+    hpa = one(render(SIGNED, *sets, "autoscaling.minReplicas=3"), "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 3)
+
+
+def test_a_pod_budget_of_a_percentage_is_kept() -> None:
+    budget = one(render(SIGNED, "podDisruptionBudget.maxUnavailable=25%"), "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == "25%"
+
+
 def env_refs(manifests: list[Manifest]) -> dict[str, dict[str, Any]]:
     return {
         e["name"]: e["valueFrom"]["secretKeyRef"]
@@ -533,6 +551,23 @@ def test_the_network_policy_lets_the_pinecall_api_be_reached_over_ipv6_too() -> 
     }, "public addresses of either family, no private ones"
 
 
+# As --set takes them: one server, a comma-separated string, a list.
+@pytest.mark.parametrize("servers", ["kafka-bootstrap:9094", r"a:9092\,b:9094", "{a:9092,b:9094}"])
+def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str) -> None:
+    # The pods would never reach Kafka and stay unready for good, with nothing saying why.
+    sets = ("networkPolicy.enabled=true", f"config.kafka.bootstrapServers={servers}")
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "networkPolicy.kafka.ports [9092,9093] leaves out the port of" in done.stderr
+    assert "(add 9094," in done.stderr
+    opened = one(render(SIGNED, *sets, "networkPolicy.kafka.ports={9092,9094}"), "NetworkPolicy")
+    assert {p["port"] for p in opened["spec"]["egress"][0]["ports"]} == {9092, 9094}
+    # Without the policy there is nothing to open.
+    render(SIGNED, f"config.kafka.bootstrapServers={servers}")
+
+
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:
     """The KafkaUser's ACLs as (type, name, patternType, operations)."""
     return {
@@ -682,6 +717,9 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("readinessProbe.periodSeconds=-1", "'/readinessProbe/periodSeconds': minimum: got -1"),
         ("lifecycle.preStopSleepSeconds=0", "'/lifecycle/preStopSleepSeconds': minimum: got 0"),
         ("minReadySeconds=600", "'/minReadySeconds': maximum: got 600, want 599"),
+        # A budget of 0 refuses every eviction of a ready pod: node drains would hang for good.
+        ("podDisruptionBudget.maxUnavailable=0", "'/podDisruptionBudget/maxUnavailable': minimum"),
+        ("podDisruptionBudget.maxUnavailable=0%", "'/podDisruptionBudget/maxUnavailable': '0%'"),
     ],
 )
 def test_bad_values_fail_at_install_time(bad: str, complaint: str) -> None:
@@ -887,6 +925,29 @@ def test_the_metrics_absent_alert_comes_only_with_the_charts_service_monitor() -
     assert (
         rules["PinecallBridgeMetricsAbsent"]["expr"].strip() == 'absent(up{job="bridge-eu"} == 1)'
     )
+
+
+def deployment_pod_name(deployment: str, template_hash: str) -> str:
+    """A Deployment's pod name as Kubernetes makes it: the ReplicaSet's name (the Deployment's
+    and the pod template's hash), a dash, cut at 58 characters, then 5 random ones."""
+    return f"{deployment}-{template_hash}-"[:58] + "x7b2z"
+
+
+@pytest.mark.parametrize("length", [15, 46, 47, 50, 55, 56, 57, 58, 63])
+def test_the_pod_alerts_match_the_deployments_pods_however_long_its_name(length: int) -> None:
+    # A release's full name over 46 characters made Kubernetes cut the hash's end (or its dash)
+    # off the pods' names: the restart and memory alerts then matched no pod and never fired.
+    name = ("pinecall-bridge-" + "x" * 63)[:length]
+    rules = alert_names(f"fullnameOverride={name}")
+    for alert in ("PinecallBridgePodRestarting", "PinecallBridgeMemoryNearLimit"):
+        patterns = set(re.findall(r'pod=~"([^"]*)"', rules[alert]["expr"]))
+        assert len(patterns) == 1, patterns
+        (pattern,) = patterns
+        # The hash is a 32-bit number's decimal digits, each mapped to a letter or digit.
+        for digits in range(1, 11):
+            pod = deployment_pod_name(name, "5d8f9c7b6b"[:digits])
+            assert len(pod) <= 63
+            assert re.fullmatch(pattern, pod), (alert, pattern, pod)
 
 
 def test_every_template_renders_only_yaml() -> None:

@@ -12,6 +12,19 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $seconds := mulf . 60 | ceil | int -}}
 {{- if mod $seconds 60 }}{{ $seconds }}s{{ else }}{{ div $seconds 60 }}m{{ end -}}
 {{- end }}
+{{- /* A regex of the names of the Deployment's pods (the argument: its name), not another
+Deployment's (<name>-canary-...): <name>-<ReplicaSet hash, up to 10>-<5 random>, except that
+Kubernetes cuts the part before the random 5 at 58 characters (names.SimpleNameGenerator), so with
+a name over 46 characters the hash is cut short or its dash lost, and past 56 the name itself. */}}
+{{- define "pinecall-bridge.podPattern" -}}
+{{- $prefix := printf "%s-" . }}
+{{- $room := sub 58 (len $prefix) | int }}
+{{- if le $room 0 }}{{ regexQuoteMeta (trunc 58 $prefix) }}[a-z0-9]{5}
+{{- else if gt $room 10 }}{{ regexQuoteMeta $prefix }}[a-z0-9]+-[a-z0-9]{5}
+{{- else if eq $room 1 }}{{ regexQuoteMeta $prefix }}[a-z0-9][a-z0-9]{5}
+{{- else }}{{ regexQuoteMeta $prefix }}(?:[a-z0-9]{1,{{ sub $room 1 }}}-|[a-z0-9]{ {{- $room -}} })[a-z0-9]{5}
+{{- end }}
+{{- end }}
 {{- define "pinecall-bridge.alertGroups" -}}
 {{- $a := .Values.alerts }}
 {{- $stalled := include "pinecall-bridge.minutes" $a.publishStalledMinutes }}
@@ -25,6 +38,7 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $adminRefused := include "pinecall-bridge.minutes" $a.adminConnectionsRefusedMinutes }}
 {{- $adminRefusedWindow := include "pinecall-bridge.minutes" (divf $a.adminConnectionsRefusedMinutes 2) }}
 {{- $job := include "pinecall-bridge.fullname" . -}}
+{{- $pods := include "pinecall-bridge.podPattern" $job -}}
 groups:
   - name: pinecall-bridge
     rules:
@@ -576,9 +590,10 @@ groups:
       - alert: PinecallBridgePodRestarting
         # Needs kube-state-metrics. A crash loop restarts faster than TargetDown's window, and the
         # process's own counters start again at 0 each time: only Kubernetes' count shows it.
-        # The Deployment's pods are <name>-<ReplicaSet hash>-<5 characters>: not <name>-canary-...
+        # The Deployment's pods are <name>-<ReplicaSet hash>-<5 characters>, the hash cut short
+        # with a long name (pinecall-bridge.podPattern): not <name>-canary-...
         expr: |
-          increase(kube_pod_container_status_restarts_total{container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"}[30m]) > 2
+          increase(kube_pod_container_status_restarts_total{container="bridge", pod=~"{{ $pods }}"}[30m]) > 2
         labels:
           severity: warning
         annotations:
@@ -590,9 +605,9 @@ groups:
         # kube-state-metrics' limit; no limit, no series, no alert. The dedup window grows with
         # the partitions a pod takes over: warn before the kill moves them on to the next pod.
         expr: |
-          max by (namespace, pod, container) (container_memory_working_set_bytes{container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"})
+          max by (namespace, pod, container) (container_memory_working_set_bytes{container="bridge", pod=~"{{ $pods }}"})
           / on (namespace, pod, container)
-          (max by (namespace, pod, container) (kube_pod_container_resource_limits{resource="memory", container="bridge", pod=~"{{ $job }}-[a-z0-9]+-[a-z0-9]{5}"}) > 0)
+          (max by (namespace, pod, container) (kube_pod_container_resource_limits{resource="memory", container="bridge", pod=~"{{ $pods }}"}) > 0)
           > {{ $a.memoryNearLimitRatio }}
         for: {{ include "pinecall-bridge.minutes" $a.memoryNearLimitMinutes }}
         labels:
