@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import (
@@ -108,7 +108,25 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
             "must not carry credentials (user:password@): `check` prints this URL and the logs"
             " name it; Pinecall's API key is BRIDGE_PINECALL__API_KEY"
         )
+    if any(_credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        # The older feed's `/ws/stream?token=...` pasted whole: printed and logged as above. The
+        # bridge adds the feed's token itself (BRIDGE_WEBSOCKET__AUTH), fetched with the API key.
+        raise ValueError(
+            "must not carry a token or key in its query (?token=...): `check` prints this URL"
+            " and the logs name it; the bridge fetches the feed's token with"
+            " BRIDGE_PINECALL__API_KEY"
+        )
     return url
+
+
+# Query parameters that carry a credential, spelt without `-` and `_`, lower case.
+_CREDENTIAL_PARAMS = frozenset(
+    {"token", "accesstoken", "authtoken", "apikey", "key", "secret", "password", "sig", "jwt"}
+)
+
+
+def _credential_param(name: str) -> bool:
+    return name.replace("-", "").replace("_", "").lower() in _CREDENTIAL_PARAMS
 
 
 # RFC 3986 URI-reference: its allowed characters, '%' only as an escape.

@@ -779,6 +779,12 @@ def test_every_settings_model_refuses_infinities_and_nan() -> None:
     assert [m.__name__ for m in models if m.model_config.get("allow_inf_nan") is not False] == []
 
 
+def test_a_url_with_a_query_naming_no_credential_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "wss://api.pinecall.io/v1/ws?region=eu&keyframe=1"
+    setenv(monkeypatch, {"BRIDGE_WEBSOCKET__URL": url})
+    assert load_settings().websocket.url == url
+
+
 @pytest.mark.parametrize(
     ("name", "url", "problem"),
     [
@@ -794,6 +800,11 @@ def test_every_settings_model_refuses_infinities_and_nan() -> None:
         ("BRIDGE_PINECALL__API_URL", "https://key:s3cret@api.pinecall.io", "must not carry"),
         ("BRIDGE_PINECALL__PUBLIC_URL", "https://s3cret@bridge.example.com", "must not carry"),
         ("BRIDGE_WEBSOCKET__URL", "wss://:s3cret@api.pinecall.io/v1/ws", "must not carry"),
+        # The older feed's URL pasted with its token: `check` printed it, the logs named it.
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/ws/stream?token=s3cret", "must not carry"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?v=2&Access-Token=s3cret", "must"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?api_key=s3cret", "must not carry"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com/?sig=s3cret", "must not"),
     ],
 )
 def test_urls_need_a_host_no_whitespace_and_no_credentials(
