@@ -40,8 +40,8 @@ class SeenWindow:
             raise ValueError("ttl must be > 0 and max_entries >= 1")
         self._ttl = ttl
         self._max = max_entries
-        # digest → its last-seen time; the arrays queue every sighting in arrival order, which is
-        # expiry order because stream time never goes back (see `observe`).
+        # digest → its last-seen time; the arrays queue its sightings (one per id and time) in
+        # arrival order, which is expiry order because stream time never goes back (`observe`).
         self._last: dict[int, float] = {}
         self._high = array("Q")
         self._low = array("Q")
@@ -72,6 +72,11 @@ class SeenWindow:
         self.stream_time = now
         self._evict(now)
         previous = self._last.get(key)
+        if previous == now:
+            # Its slot at this time stands for it already. A second one would outlive the id's
+            # eviction by the cap and, the id back at this same time, evict it again at once:
+            # the id just seen forgotten, an older one kept.
+            return False
         fresh = previous is None or previous < now - self._ttl
         self._last[key] = now
         self._high.append(key >> 64)

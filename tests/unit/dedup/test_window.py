@@ -8,6 +8,7 @@ import tracemalloc
 import pytest
 
 from bridge.dedup import SeenWindow, digest
+from bridge.dedup import window as window_module
 
 TTL = 10.0
 
@@ -101,6 +102,18 @@ def test_cap_skips_a_refreshed_id() -> None:
     assert window.evicted_early == 1
 
 
+def test_an_id_seen_again_at_the_same_time_is_not_evicted_at_once_by_the_cap() -> None:
+    # Stream time stands still within a millisecond, or while a broker clock that stepped back
+    # catches up. a's second sighting at 0 left a queue slot that outlived a's eviction by the
+    # cap (for b); a back at 0 was then evicted at once by that slot, in place of b, and its next
+    # copy output again.
+    window = SeenWindow(TTL, 1)
+    assert [window.observe(key(e), 0.0) for e in "aaba"] == [True, False, True, True]
+    assert key("a") in window
+    assert key("b") not in window
+    assert not window.observe(key("a"), 0.0)
+
+
 def test_expiry_within_the_ttl_is_not_counted_as_early() -> None:
     window = SeenWindow(TTL, 2)
     window.observe(key("a"), 0.0)
@@ -187,6 +200,34 @@ def test_a_replay_from_ttl_before_the_last_record_decides_like_the_original() ->
     ]
 
 
+@pytest.mark.parametrize("cap", [1, 3, 8])
+def test_a_replay_decides_like_the_original_past_the_cap_and_with_clock_steps(cap: int) -> None:
+    # As restore replays: every record from the first appended at or after the TTL before the
+    # last decided one (offsets_for_times), a record stamped earlier after it included. The
+    # original's oldest ids, outside the replay, fill its window and are forgotten first.
+    rng = random.Random(cap)
+    keys = [key(f"CA_{n}") for n in range(6)]
+    for _ in range(300):
+        stream: list[tuple[int, float]] = []
+        ms = 1_000_000  # append times are whole milliseconds: a copy exactly a TTL later too
+        for _ in range(120):
+            ms += rng.choice((0, 1, 500, 1_000, 3_333, 10_000))
+            at = (ms + rng.choice((0, 0, 0, -1_000, -10_000))) / 1000
+            stream.append((rng.choice(keys), at))
+        split = rng.randrange(1, 80)
+        original = SeenWindow(TTL, cap)
+        for k, at in stream[:split]:
+            original.observe(k, at)
+        last = stream[split - 1][1]
+        start = next(i for i, (_, at) in enumerate(stream) if at >= last - TTL)
+        restored = SeenWindow(TTL, cap)
+        for k, at in stream[start:split]:
+            restored.observe(k, at)
+        assert [original.observe(k, at) for k, at in stream[split:]] == [
+            restored.observe(k, at) for k, at in stream[split:]
+        ]
+
+
 @pytest.mark.parametrize("expiring", [False, True], ids=["growing", "steady"])
 def test_size_estimate_is_what_the_window_allocates(expiring: bool) -> None:
     # What deploy/README.md's memory figures (and pinecall_bridge_dedup_window_bytes) rest on:
@@ -237,3 +278,59 @@ def test_digest_is_the_same_in_another_process() -> None:
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout.split()
         assert [int(x) for x in out] == [digest(i) for i in ids]
+
+
+class Reference:
+    """The window's rules the slow, obvious way: a dict of each id's last sighting."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self.ttl, self.max = ttl, max_entries
+        # id → (last-seen time, order of its first sighting at that time)
+        self.last: dict[int, tuple[float, int]] = {}
+        self.stream_time = float("-inf")
+        self.sightings = 0
+        self.evicted_early = 0
+
+    def __contains__(self, k: int) -> bool:
+        seen = self.last.get(k)
+        return seen is not None and seen[0] >= self.stream_time - self.ttl
+
+    def observe(self, k: int, at: float) -> bool:
+        now = self.stream_time = max(at, self.stream_time)
+        horizon = now - self.ttl
+        self.last = {i: seen for i, seen in self.last.items() if seen[0] >= horizon}
+        previous = self.last.get(k)
+        self.sightings += 1
+        if previous is None or previous[0] != now:
+            self.last[k] = (now, self.sightings)
+        while len(self.last) > self.max:
+            # Oldest by last-seen time; of those seen last at one time, the first seen then.
+            del self.last[min(self.last, key=self.last.__getitem__)]
+            self.evicted_early += 1
+        return previous is None
+
+
+@pytest.mark.parametrize("compact_after", [2, 4096])
+@pytest.mark.parametrize("cap", [1, 2, 3, 7, 1_000])
+def test_decides_as_a_reference_model_over_random_streams(
+    cap: int, compact_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Equal times, the clock stepping back, jumps of exactly the TTL and of several; with a tiny
+    # compaction threshold the queue is shifted and its stale slots dropped all the time.
+    monkeypatch.setattr(window_module, "_COMPACT_AFTER", compact_after)
+    rng = random.Random(cap * 10_000 + compact_after)
+    keys = [key(f"CA_{n}") for n in range(8)]
+    for _ in range(100):
+        window, reference = SeenWindow(TTL, cap), Reference(TTL, cap)
+        t = 1000.0
+        for _ in range(120):
+            t += rng.choice((0.0, 0.0, 0.0, 0.001, 0.5, TTL, TTL, 3 * TTL, -TTL / 2))
+            k = rng.choice(keys)
+            if rng.random() < 0.2:
+                assert (k in window) == (k in reference)
+                continue
+            at = t + rng.choice((0.0, 0.0, 0.0, -1.0, -TTL))
+            assert window.observe(k, at) == reference.observe(k, at)
+            assert window.stream_time == reference.stream_time
+            assert window.evicted_early == reference.evicted_early
+        assert set(window._last) == set(reference.last)
