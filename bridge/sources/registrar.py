@@ -82,6 +82,15 @@ class Registrar:
                     extra={"url": self._url, "found_url": current.url if current else None},
                 )
                 return
+            if not current.signed and self._current_secret():
+                # Put again without a secret (`webhooks register` by hand, say): every post
+                # would come unsigned, be answered 401, and a 4xx is final for Pinecall.
+                log.error(
+                    "the organisation's webhook points at the bridge but is unsigned; "
+                    "registering again with the secret",
+                    extra={"url": self._url},
+                )
+                return
 
     def _announce(self, done: Registered) -> None:
         if done.took_over and done.previous is not None:

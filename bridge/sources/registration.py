@@ -68,8 +68,15 @@ def parse_webhook(body: Any) -> OrgWebhook | None:
     if body is None:
         return None
     if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-        raise RegistrationError(f"GET webhook: not {{url, signed}} but {body!r:.200}")
+        raise RegistrationError(f"GET webhook: not {{url, signed}} but {_shape(body):.200}")
     return OrgWebhook(url=body["url"], signed=bool(body.get("signed")))
+
+
+def _shape(body: Any) -> str:
+    """An unexpected answer's keys and types, no value: it may hold the secret. Pure."""
+    if isinstance(body, dict):
+        return "{" + ", ".join(f"{key!r}: {type(v).__name__}" for key, v in body.items()) + "}"
+    return type(body).__name__
 
 
 class WebhookRegistry:

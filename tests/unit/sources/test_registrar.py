@@ -68,6 +68,26 @@ async def test_a_put_back_webhook_carries_the_secret_of_now(fake: FakeApi) -> No
         await until(lambda: fake.hook == {"url": OURS, "secret": "after"})
 
 
+async def test_our_url_put_back_unsigned_is_signed_again(
+    fake: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Unsigned posts are answered 401, final for Pinecall: the URL alone does not say it is ours.
+    async with running(registrar(fake, Metrics())):
+        await until(lambda: fake.puts == 1)
+        fake.hook = {"url": OURS, "secret": None}
+        await until(lambda: fake.hook == {"url": OURS, "secret": "s"})
+        assert any("but is unsigned" in message for message in caplog.messages)
+
+
+async def test_an_unsigned_bridge_leaves_its_unsigned_webhook_alone(fake: FakeApi) -> None:
+    settings = fake.settings.model_copy(update={"webhook_recheck_seconds": 0.05})
+    async with running(Registrar(settings, OURS, "", Metrics())):
+        await until(lambda: fake.hook == {"url": OURS, "secret": None})
+        gets = fake.gets
+        await until(lambda: fake.gets > gets + 2)
+        assert fake.puts == 1
+
+
 async def test_a_webhook_moved_elsewhere_turns_the_gauge_to_0_and_is_left_alone(
     fake: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:

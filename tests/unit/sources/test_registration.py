@@ -159,3 +159,11 @@ def test_parse_webhook() -> None:
     for bad in ([], {"signed": True}, {"url": 5}, "x"):
         with pytest.raises(RegistrationError, match="not \\{url, signed\\}"):
             parse_webhook(bad)
+
+
+def test_an_unexpected_webhook_answer_is_described_without_its_values() -> None:
+    # An answer of another shape may echo what was put, the secret with it: it is logged.
+    with pytest.raises(RegistrationError) as raised:
+        parse_webhook({"webhook": {"url": OURS, "secret": "s3cret-value"}})
+    assert "s3cret-value" not in str(raised.value)
+    assert "'webhook': dict" in str(raised.value)
