@@ -708,7 +708,7 @@ class Bridge:
                 # Its own bound: Kafka down, the leave never ends, and a feed's stop that overran
                 # its deadline must not leave it unbounded.
                 async with asyncio.timeout_at(deadline):
-                    await self.lease.stop(read_until)
+                    await self.lease.stop(read_until, by=deadline)
             except TimeoutError:
                 log.error(
                     "the feed lease was not handed on in time: the next holder waits out"

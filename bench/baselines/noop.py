@@ -75,7 +75,7 @@ class HeldLease(FeedLease):
     def connected(self, at: float) -> None:
         return None
 
-    async def stop(self, read_until: float | None = None) -> None:
+    async def stop(self, read_until: float | None = None, by: float | None = None) -> None:
         return None
 
 

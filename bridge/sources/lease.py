@@ -137,10 +137,11 @@ class FeedLease:
             raise
         return consumer
 
-    async def stop(self, read_until: float | None = None) -> None:
+    async def stop(self, read_until: float | None = None, by: float | None = None) -> None:
         """Stop the feed if held, then leave the group so another replica takes over at once.
 
         `read_until` (epoch seconds): when the stopped feed last read, noted for the next holder.
+        `by` (loop time): when the caller cuts the stop; the note may take half of what is left.
         """
         # Leaving waits for a join already in flight, whose assignment may name this member: it
         # would start a feed nothing stops any more.
@@ -152,7 +153,12 @@ class FeedLease:
             await asyncio.wait({self._poller})
             self._poller = None
         if read_until is not None:
-            await self._note(read_until, clean=True)
+            # Best effort, unlike the leave after it: a note waited on for its whole own bound
+            # would cut the leave, and the lease would move only after the session timeout.
+            within = _NOTE_TIMEOUT
+            if by is not None:
+                within = min(within, max(by - asyncio.get_running_loop().time(), 0.0) / 2)
+            await self._note(read_until, clean=True, within=within)
         await self.release()
         if self._note_read is not None:
             await asyncio.wait({self._note_read})  # cancelled by the release: its client closed
@@ -175,7 +181,7 @@ class FeedLease:
             if died is not None:
                 await self._replace(consumer, died)
                 continue
-            if self.held and self._reading() and time.monotonic() - self._noted >= NOTE_EVERY:
+            if self._noting_due():
                 await self._note(time.time())
             try:
                 await consumer.getmany(timeout_ms=1000)
@@ -186,6 +192,13 @@ class FeedLease:
                     continue  # replaced at the top of the loop
                 log.exception("feed lease poll failed")
                 await asyncio.sleep(1.0)
+
+    def _noting_due(self) -> bool:
+        # Not before the previous holder's note is read: this holder's own would overwrite it,
+        # and the handover be measured from itself.
+        previous_read = self._note_read is None or self._note_read.done()
+        due = time.monotonic() - self._noted >= NOTE_EVERY
+        return self.held and previous_read and self._reading() and due
 
     async def _replace(self, dead: AIOKafkaConsumer, why: str) -> None:
         """Its group task died: give the feed up now (another replica may be elected meanwhile,
@@ -248,7 +261,9 @@ class FeedLease:
             },
         )
 
-    async def _note(self, read_until: float, *, clean: bool = False) -> None:
+    async def _note(
+        self, read_until: float, *, clean: bool = False, within: float = _NOTE_TIMEOUT
+    ) -> None:
         """Commit the note as the lease partition's offset metadata; best effort, bounded."""
         consumer = self._consumer
         self._noted = time.monotonic()
@@ -256,7 +271,7 @@ class FeedLease:
             return
         note = LeaseNote(self.name, read_until, clean).encode()
         try:
-            async with asyncio.timeout(_NOTE_TIMEOUT):
+            async with asyncio.timeout(within):
                 await consumer.commit({TopicPartition(self.topic, 0): (0, note)})
         except (KafkaError, TimeoutError) as exc:
             # A rebalance under way, Kafka slow: the next holder measures from an older note.

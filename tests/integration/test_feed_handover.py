@@ -1,12 +1,13 @@
-"""The feed lease handed on by a clean stop: the new holder measures the time nobody read the feed.
+"""The feed lease handed on: the new holder measures the time nobody read the feed.
 
 Two real `pinecall-bridge run` processes and the simulator's feed sending continuously; the holder
-is stopped with SIGTERM mid-stream.
+is stopped with SIGTERM mid-stream, or paused past its session and woken as a zombie.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, lease_members
+from tests.integration.conftest import Topics, lease_members, read_decided
 from tests.integration.replicas import Replica, feed_env, replica_env, total
 from tests.polling import until
 from tests.sockets import free_port
@@ -91,3 +92,65 @@ async def test_a_clean_handover_is_measured_by_the_new_holder(
     # Frames the feed sent between the holder's close and the successor's subscription reached
     # no reader: a clean handover still has a gap, and the histogram saw it.
     assert handed[0]["gap_s"] > 0
+
+
+async def test_a_zombie_holder_gives_the_lease_up_and_its_late_events_land_once(
+    pair: list[Replica], simulator: Simulator, kafka_bootstrap: str, topics: Topics
+) -> None:
+    # Paused past its session mid-stream, the holder wakes still reading the feed and believing it
+    # holds the lease: it must give it up to the newer holder, and what both read land once.
+    holder, successor = pair
+    await holder.start()
+    async with asyncio.timeout(60):
+        await simulator.wait_for_subscribers(1)
+    await successor.start()
+    group = f"{topics.group}-feed-lease"
+    await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
+    before = {c.number for c in simulator.feed.subscribed()}
+    held = "pinecall_bridge_feed_lease_held"
+    async with aiohttp.ClientSession() as session:
+        traffic = asyncio.create_task(
+            simulator.run_traffic(
+                calls=60, concurrency=10, rate=60, channel="websocket", duplicates=0.2, seed=5
+            )
+        )
+
+        async def holder_ingests() -> bool:
+            samples = await holder.metrics(session)
+            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
+            return ingested >= 20 or traffic.done()
+
+        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
+        assert not traffic.done(), "the traffic ended before the holder was paused"
+        holder.pause()
+        try:
+
+            async def taken_over() -> bool:
+                return any(c.number not in before for c in simulator.feed.subscribed())
+
+            await until(taken_over, 60, 0.25, "the successor takes the feed over")
+        finally:
+            holder.resume()
+        assert not traffic.done(), "the traffic ended before the zombie woke"
+
+        async def one_holder() -> bool:
+            return [total(await r.metrics(session), held) for r in pair] == [0, 1]
+
+        await until(one_holder, 60, 0.25, "the zombie gives the lease up")
+        await traffic
+        samples = await successor.metrics(session)
+    handed = [e for e in successor.log_entries() if e.get("msg") == "feed handed over"]
+    assert len(handed) == 1, handed
+    assert handed[0]["clean"] is False  # the zombie's last note was a connected holder's
+    assert handed[0]["from_holder"] != handed[0]["to_holder"]
+    assert total(samples, f"{GAP}_count") == 1
+    assert len(simulator.feed.subscribed()) == 1, "the zombie still reads the feed"
+
+    durable = simulator.ledger.expected_ids()
+    reached = {f"{s.call}:{s.seq}" for s in simulator.ws_sends if s.connection not in before}
+    must_land = durable & reached
+    assert must_land, "no event reached the new holder: the handover was not exercised"
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    ids = Counter(r.json()["id"] for r in records)
+    assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
+    assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"

@@ -324,12 +324,13 @@ class LeaseStand:
         self.leave = leave
         self.events: list[str] = []
         self.read_until: float | None = None
+        self.by: float | None = None
 
     async def start(self) -> None:
         return None
 
-    async def stop(self, read_until: float | None = None) -> None:
-        self.read_until = read_until
+    async def stop(self, read_until: float | None = None, by: float | None = None) -> None:
+        self.read_until, self.by = read_until, by
         try:
             if self.leave is None:  # Kafka down: the LeaveGroup is never answered
                 await asyncio.Event().wait()
@@ -367,6 +368,8 @@ async def test_the_lease_is_told_when_the_stopped_feed_last_read() -> None:
     lease, feed = LeaseStand(leave=0.0), FeedStand(early=0.5)
     await stopped_with(feed, lease)
     assert lease.read_until == feed.disconnected_at
+    # And the stop's bound, within which its note must leave the leave time.
+    assert lease.by is not None
 
 
 async def test_a_leave_kafka_never_answers_is_cut_within_the_stop() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from aiokafka import TopicPartition
 from bridge.metrics import Metrics
 from bridge.sources import lease as lease_module
 from bridge.sources.lease import FeedLease, _Listener
-from bridge.sources.leasenote import LeaseNote
+from bridge.sources.leasenote import LeaseNote, parse_note
 from tests.metrics import sample
 from tests.unit.sink.fakes import Connections, throttled
 
@@ -154,3 +155,76 @@ async def test_the_lease_consumers_requests_throttled_by_a_quota_are_counted(
     await consumer._client.send(0, "heartbeat")
     name = "pinecall_bridge_kafka_throttle_seconds_total"
     assert sample(lease._metrics, name, client="feed_lease") == pytest.approx(0.07)
+
+
+class NotedGroup:
+    """The lease group's committed offset: the notes a member commits, read back as Kafka would."""
+
+    def __init__(self, note: LeaseNote) -> None:
+        self.metadata = note.encode()
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        ((_, self.metadata),) = offsets.values()
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0.01)
+        return {}
+
+
+async def test_the_new_holder_measures_from_the_previous_holders_note_not_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The feed connects before the note is read (a Kafka round trip on a loaded box): the new
+    # holder's first note, written as soon as it reads, overwrote the previous holder's, and the
+    # handover was measured from itself (from_holder == to_holder, a gap of about 0).
+    lease = lease_noting([])
+    lease.name = "new-pod/2"
+    group = NotedGroup(LeaseNote("old-pod/1", time.time() - 3.0, clean=True))
+    lease._consumer = group
+    lease._reading = lambda: True
+    read = asyncio.Event()
+
+    async def slow_note() -> LeaseNote | None:
+        await read.wait()
+        return parse_note(group.metadata)
+
+    monkeypatch.setattr(lease, "_last_note", slow_note)
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease.connected(time.time())
+    poller = asyncio.create_task(lease._poll())
+    await asyncio.sleep(0.1)  # the poller's turns while the note is being read
+    read.set()
+    assert lease._note_read is not None
+    await lease._note_read
+    poller.cancel()
+    await asyncio.wait({poller})
+    gap = "pinecall_bridge_feed_handover_gap_seconds"
+    assert sample(lease._metrics, f"{gap}_count") == 1
+    assert sample(lease._metrics, f"{gap}_sum") == pytest.approx(3.0, abs=0.5)
+
+
+class SlowCoordinator:
+    """The lease group's coordinator answers no commit: a slow or failing-over broker."""
+
+    def __init__(self) -> None:
+        self.left = False
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.left = True
+
+
+async def test_a_stopping_holder_leaves_the_group_though_its_last_note_is_not_answered() -> None:
+    # The note is best effort, the leave is what hands the lease on: the note's own bound (2 s)
+    # outlasted the stop's reserve for both (1 s), so the leave was cut and nobody read the feed
+    # until the session timeout.
+    lease = lease_noting([])
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease._consumer = coordinator = SlowCoordinator()
+    deadline = asyncio.get_running_loop().time() + 1.0
+    async with asyncio.timeout_at(deadline):
+        await lease.stop(time.time(), by=deadline)
+    assert coordinator.left
+    assert not lease.held
