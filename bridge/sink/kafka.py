@@ -636,7 +636,7 @@ class KafkaSink:
             if listed is not None:
                 # Asked directly (aiokafka's update held), the producer's own metadata still
                 # lists a fenced broker: its next update would pick one at random, and a connect
-                # to a vanished host waits out the request timeout (as the dedup stage's probe).
+                # to a vanished host waits out the connect timeout (as the dedup stage's probe).
                 gone = drop_gone_brokers([producer.client], listed.brokers)
                 if gone:
                     log.warning(
