@@ -23,9 +23,14 @@ from tests.integration.conftest import (
     Topics,
     entry,
     lease_members,
-    read_decided,
     read_to_end,
     until_decided,
+)
+from tests.integration.feedtakeover import (
+    feed_readers,
+    new_readers_events_land_once,
+    until_mid_stream,
+    until_new_reader,
 )
 from tests.integration.replicas import (
     Replica,
@@ -258,7 +263,7 @@ async def test_the_feed_has_one_reader_and_fails_over(
         assert simulator.stats.connections_total == 1, "more than one replica opened the feed"
         assert sorted(await held()) == [0, 0, 1]
         holder = fleet[(await held()).index(1)]
-        before = {c.number for c in simulator.feed.subscribed()}
+        before = feed_readers(simulator)
 
         traffic = asyncio.create_task(
             simulator.run_traffic(
@@ -266,21 +271,10 @@ async def test_the_feed_has_one_reader_and_fails_over(
             )
         )
 
-        async def holder_ingests() -> bool:
-            samples = await holder.metrics(session)
-            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
-            return ingested >= 20 or traffic.done()
-
-        # Mid-stream: the holder has put feed events into the ingest topic and more are coming.
-        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
-        assert not traffic.done(), "the traffic ended before the holder was killed"
+        await until_mid_stream(holder, session, traffic, "killed")
         holder.kill()  # what it read and had not yet written dies with it
         killed_at = time.monotonic()
-
-        async def taken_over() -> bool:
-            return any(c.number not in before for c in simulator.feed.subscribed())
-
-        await until(taken_over, 60, 0.25, "another replica takes the feed over")
+        await until_new_reader(simulator, before, "another replica takes the feed over")
         failover = time.monotonic() - killed_at
         print(f"feed failover after SIGKILL of its holder: {failover:.1f}s")
         await traffic
@@ -291,15 +285,5 @@ async def test_the_feed_has_one_reader_and_fails_over(
         assert sorted(await held()) == [0, 1]
         assert len(simulator.feed.subscribed()) == 1
 
-    # Frames written to the killed holder may have died with it: the feed has no replay.
-    # Every durable event written to a surviving reader must land, and nothing twice.
-    durable = simulator.ledger.expected_ids()
-    reached = {f"{s.call}:{s.seq}" for s in simulator.ws_sends if s.connection not in before}
-    must_land = durable & reached
-    assert must_land, "no event reached the new holder: the failover was not exercised"
-
-    records = await read_decided(kafka_bootstrap, topics, [topics.events])
-    ids = Counter(r.json()["id"] for r in records)
-    assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
-    assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
-    assert set(ids) <= durable, "published something Pinecall never sent durably"
+    ids = await new_readers_events_land_once(simulator, before, kafka_bootstrap, topics)
+    assert set(ids) <= simulator.ledger.expected_ids(), "published something never sent durably"

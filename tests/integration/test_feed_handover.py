@@ -7,7 +7,6 @@ is stopped with SIGTERM mid-stream, or paused past its session and woken as a zo
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,13 @@ import aiohttp
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, lease_members, read_decided
+from tests.integration.conftest import Topics, lease_members
+from tests.integration.feedtakeover import (
+    feed_readers,
+    new_readers_events_land_once,
+    until_mid_stream,
+    until_new_reader,
+)
 from tests.integration.replicas import Replica, feed_env, replica_env, total
 from tests.polling import until
 from tests.sockets import free_port
@@ -60,26 +65,16 @@ async def test_a_clean_handover_is_measured_by_the_new_holder(
         0.25,
         "both replicas in the feed lease's group",
     )
-    before = {c.number for c in simulator.feed.subscribed()}
+    before = feed_readers(simulator)
     async with aiohttp.ClientSession() as session:
         assert total(await successor.metrics(session), f"{GAP}_count") == 0
         traffic = asyncio.create_task(
             simulator.run_traffic(calls=40, concurrency=10, rate=100, channel="websocket", seed=3)
         )
 
-        async def holder_ingests() -> bool:
-            samples = await holder.metrics(session)
-            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
-            return ingested >= 20 or traffic.done()
-
-        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
-        assert not traffic.done(), "the traffic ended before the holder was stopped"
+        await until_mid_stream(holder, session, traffic, "stopped")
         assert await holder.stop() == 0
-
-        async def taken_over() -> bool:
-            return any(c.number not in before for c in simulator.feed.subscribed())
-
-        await until(taken_over, 60, 0.25, "the successor takes the feed over")
+        await until_new_reader(simulator, before, "the successor takes the feed over")
         await traffic
         samples = await successor.metrics(session)
     assert total(samples, f"{GAP}_count") == 1
@@ -106,7 +101,7 @@ async def test_a_zombie_holder_gives_the_lease_up_and_its_late_events_land_once(
     await successor.start()
     group = f"{topics.group}-feed-lease"
     await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
-    before = {c.number for c in simulator.feed.subscribed()}
+    before = feed_readers(simulator)
     held = "pinecall_bridge_feed_lease_held"
     async with aiohttp.ClientSession() as session:
         traffic = asyncio.create_task(
@@ -115,20 +110,10 @@ async def test_a_zombie_holder_gives_the_lease_up_and_its_late_events_land_once(
             )
         )
 
-        async def holder_ingests() -> bool:
-            samples = await holder.metrics(session)
-            ingested = total(samples, "pinecall_bridge_events_ingested_total", channel="websocket")
-            return ingested >= 20 or traffic.done()
-
-        await until(holder_ingests, 60, 0.25, "the holder ingests feed events")
-        assert not traffic.done(), "the traffic ended before the holder was paused"
+        await until_mid_stream(holder, session, traffic, "paused")
         holder.pause()
         try:
-
-            async def taken_over() -> bool:
-                return any(c.number not in before for c in simulator.feed.subscribed())
-
-            await until(taken_over, 60, 0.25, "the successor takes the feed over")
+            await until_new_reader(simulator, before, "the successor takes the feed over")
         finally:
             holder.resume()
         assert not traffic.done(), "the traffic ended before the zombie woke"
@@ -146,11 +131,4 @@ async def test_a_zombie_holder_gives_the_lease_up_and_its_late_events_land_once(
     assert total(samples, f"{GAP}_count") == 1
     assert len(simulator.feed.subscribed()) == 1, "the zombie still reads the feed"
 
-    durable = simulator.ledger.expected_ids()
-    reached = {f"{s.call}:{s.seq}" for s in simulator.ws_sends if s.connection not in before}
-    must_land = durable & reached
-    assert must_land, "no event reached the new holder: the handover was not exercised"
-    records = await read_decided(kafka_bootstrap, topics, [topics.events])
-    ids = Counter(r.json()["id"] for r in records)
-    assert must_land - set(ids) == set(), f"lost: {sorted(must_land - set(ids))[:5]}"
-    assert {i: n for i, n in ids.items() if n > 1} == {}, "a feed event was published twice"
+    await new_readers_events_land_once(simulator, before, kafka_bootstrap, topics)
