@@ -299,6 +299,29 @@ async def test_ephemeral_topic_when_configured(
     assert record.json()["pinecallephemeral"] is True
 
 
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+async def test_ephemeral_entries_of_no_call_are_keyed_as_on_the_alerts_topic(
+    mode: str, start_bridge: object, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """An agent's log has ephemeral lines too: no call id to key them by, so `@<agent>` or none."""
+    bridge: RunningBridge = await start_bridge(  # type: ignore[operator]
+        topics={"ephemeral": topics.ephemeral}, cloudevents={"mode": mode}
+    )
+    agent = "agent_" + unique_call
+    lines = [
+        entry(1, "user.transcript", call=unique_call, ephemeral=True),
+        entry(1, "agent.state", call=None, agent=agent, ephemeral=True),
+        {**entry(2, "agent.state", call=None, ephemeral=True), "agent": None},
+    ]
+    status, body = await bridge.post(lines)
+    assert (status, body["accepted"]) == (200, 3)
+    # Read through the contract check: each record as asyncapi.yaml describes the topic's.
+    records = await read_decided(kafka_bootstrap, topics, [topics.ephemeral])
+    assert sorted((r.key or b"") for r in records) == sorted(
+        [unique_call.encode(), f"@{agent}".encode(), b""]
+    )
+
+
 async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: str) -> None:
     await bridge.post(entry(1, call=unique_call))
     await bridge.post(entry(1, call=unique_call))

@@ -74,6 +74,7 @@ def channels() -> dict[str, dict[str, dict[str, Any]]]:
     """Per output channel with an address, by its last dotted part ("events" for
     pinecall.events, as the tests' topics end too): its kinds of record and their schemas."""
     document = yaml.safe_load(DOCUMENT.read_text())
+    call_key = document["components"]["schemas"]["callKey"]
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for channel in document["channels"].values():
         address = channel.get("address")
@@ -83,9 +84,10 @@ def channels() -> dict[str, dict[str, dict[str, Any]]]:
         for ref in channel["messages"].values():
             message = _resolve(ref, DOCUMENT, document)
             kind = message.get("x-cloudevents-mode") or "dead-letter"
+            key = _resolve(message["bindings"]["kafka"]["key"], DOCUMENT, document)
             kinds[kind] = {
                 part: _resolve(message[part], DOCUMENT, document) for part in ("payload", "headers")
-            } | {"key": _resolve(message["bindings"]["kafka"]["key"], DOCUMENT, document)}
+            } | {"key": key, "call_keyed": key is call_key}
         found[address.rsplit(".", 1)[-1]] = kinds
     return found
 
@@ -144,8 +146,20 @@ def check(
     except jsoncodec.JSONDecodeError as exc:
         raise ContractError(f"{kind} record value is not JSON: {exc}") from None
     _validate(payload, schemas["payload"], f"{kind} record value")
-    partition_key = (
-        payload.get("partitionkey") if kind == "structured" else texts.get("ce_partitionkey")
-    )
+    attributes = payload if kind == "structured" else texts
+    prefix = "" if kind == "structured" else "ce_"
+    partition_key = attributes.get(prefix + "partitionkey")
     if partition_key != (None if key is None else key.decode()):
         raise ContractError(f"{kind} record: key {key!r} is not its partitionkey {partition_key!r}")
+    # The schema's rule: the call id (subject), else '@' + agent, else the org, else none.
+    subject, agent, org = (
+        attributes.get(prefix + name) for name in ("subject", "pinecallagent", "pinecallorg")
+    )
+    rule = subject or (agent and "@" + agent) or org
+    if partition_key != rule:
+        raise ContractError(f"{kind} record: key {key!r}, where the schema's rule gives {rule!r}")
+    named = (texts.get("pinecall-id"), texts.get("pinecall-type"))
+    if named != (attributes.get(prefix + "id"), attributes.get(prefix + "type")):
+        raise ContractError(f"{kind} record: pinecall-id and pinecall-type {named} are not its own")
+    if channel is not None and channel[kind]["call_keyed"] and subject is None:
+        raise ContractError(f"a {kind} record of no call on {topic}, keyed by the call id")

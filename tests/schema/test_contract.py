@@ -23,6 +23,12 @@ def event(item: dict[str, object]) -> Event:
 
 CALL = event({"seq": 3, "ts": 1_700_000_000, "call": "CA_1", "type": "turn.user", "data": {}})
 ALERT = event({"type": "monitor.fired", "org": "acme", "at": 1_700_000_000, "data": {"n": 1}})
+NOTICE = event({"type": "webhook.test", "data": {}})  # no call, agent or org: unkeyed
+# An agent's own log: an ephemeral line of no call.
+AGENT_LINE = event(
+    {"seq": 4, "ts": 1_700_000_000, "call": None, "agent": "support", "type": "agent.state",
+     "ephemeral": True, "data": {}}
+)  # fmt: skip
 
 
 def record(
@@ -45,7 +51,7 @@ DEAD_LETTER = (
 
 
 @pytest.mark.parametrize("mode", ["structured", "binary"])
-@pytest.mark.parametrize(("ev", "key"), [(CALL, b"CA_1"), (ALERT, b"acme"), (ALERT, None)])
+@pytest.mark.parametrize(("ev", "key"), [(CALL, b"CA_1"), (ALERT, b"acme"), (NOTICE, None)])
 def test_what_the_bridge_encodes_keeps_the_contract(
     ev: Event, key: bytes | None, mode: Mode
 ) -> None:
@@ -80,6 +86,10 @@ def broken_structured() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         (key, value, {**headers, "ce_id": b"x"}),  # a ce_ header in structured mode
         (b"CA_2", value, headers),  # key is not the partitionkey
         (None, value, headers),
+        (key, value, {**headers, "pinecall-id": b"CA_1:4"}),  # not the event's id
+        (key, value, {**headers, "pinecall-type": b"turn.agent"}),
+        record(ALERT, b"someone", "structured"),  # key and partitionkey not the org's
+        record(CALL, b"@support", "structured"),  # a call's event keyed by its agent
     ]
 
 
@@ -93,6 +103,8 @@ def broken_others() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         (b"", value, headers),  # an empty key: not a call id
         (dl_key, dl_value, {**dl_headers, "pinecall-received-at": b"yesterday"}),
         (b"k", dl_value, dl_headers),  # dead letters are unkeyed
+        (key, value, {**headers, "pinecall-id": b"CA_1:4"}),
+        record(ALERT, b"someone", "binary"),
     ]
 
 
@@ -107,12 +119,16 @@ def test_each_topic_takes_its_own_messages_and_keys(mode: Mode) -> None:
     """A test's topics end like the channels' addresses (`it.<run>.events`)."""
     contract.check(*record(CALL, b"CA_1", mode), "it.x.events")
     contract.check(*record(CALL, b"CA_1", mode), "it.x.ephemeral")
+    contract.check(*record(AGENT_LINE, b"@support", mode), "it.x.ephemeral")  # an agent's log
+    contract.check(*record(AGENT_LINE, b"@support", mode), "it.x.alerts")
+    contract.check(*record(NOTICE, None, mode), "it.x.ephemeral")
     contract.check(*record(ALERT, b"acme", mode), "it.x.alerts")
-    contract.check(*record(ALERT, None, mode), "it.x.alerts")
-    contract.check(*record(ALERT, None, mode), "it.x.metrics")  # a routing rule's topic
+    contract.check(*record(NOTICE, None, mode), "it.x.alerts")
+    contract.check(*record(NOTICE, None, mode), "it.x.metrics")  # a routing rule's topic
     contract.check(*DEAD_LETTER, "it.x.dlq")
     for bad, topic in (
-        (record(ALERT, None, mode), "it.x.events"),  # a call's topic is keyed by the call id
+        (record(NOTICE, None, mode), "it.x.events"),  # a call's topic is keyed by the call id
+        (record(AGENT_LINE, b"@support", mode), "it.x.events"),
         (record(CALL, b"CA_1", mode), "it.x.dlq"),
         (DEAD_LETTER, "it.x.events"),
         (DEAD_LETTER, "it.x.alerts"),
