@@ -10,7 +10,7 @@ good until it is aborted by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -33,9 +33,18 @@ class HangWatch:
         self._since: dict[TopicPartition, tuple[int, float]] = {}
 
     def observe(
-        self, now: float, stable: Mapping[TopicPartition, int], high: Mapping[TopicPartition, int]
+        self,
+        now: float,
+        stable: Mapping[TopicPartition, int],
+        high: Mapping[TopicPartition, int],
+        unread: Collection[str] = (),
     ) -> list[Held]:
-        """The partitions held since an earlier read; `stable` and `high` read at `now`."""
+        """The partitions held since an earlier read; `stable` and `high` read at `now`.
+
+        The partitions of the `unread` topics keep their clocks: a stable offset only grows, so
+        one found unchanged after a failed read was held all along (a read that fails now and
+        then, as a failing-over leader's may, must not keep the hang from ever being reported).
+        """
         held: list[Held] = []
         for tp, lso in stable.items():
             hw = high.get(tp)
@@ -48,7 +57,8 @@ class HangWatch:
                 continue
             held.append(Held(tp, lso, hw, now - first[1]))
         for gone in self._since.keys() - stable.keys():
-            del self._since[gone]
+            if gone.topic not in unread:
+                del self._since[gone]
         return held
 
 

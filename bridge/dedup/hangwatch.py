@@ -99,8 +99,8 @@ class HangingTransactions:
         for topic in self._topics:
             try:
                 partitions = await _partitions(committed, topic)
-                stable.update(await committed.end_offsets(partitions))
-                high.update(await uncommitted.end_offsets(partitions))
+                topic_stable = await committed.end_offsets(partitions)
+                topic_high = await uncommitted.end_offsets(partitions)
             except (KafkaError, OSError, TimeoutError) as exc:
                 unread.add(topic)
                 if topic not in self._unread:
@@ -109,8 +109,12 @@ class HangingTransactions:
                         " transactions; its gauge is left out until it can be read",
                         extra={"topic": topic, "error": repr(exc)},
                     )
+            else:
+                # Both or neither: a stable offset without its high watermark reads as caught up.
+                stable.update(topic_stable)
+                high.update(topic_high)
         self._unread = unread
-        held = self._watch.observe(time.monotonic(), stable, high)
+        held = self._watch.observe(time.monotonic(), stable, high, unread)
         for topic, seconds in longest_by_topic(held, self._topics).items():
             if topic in unread:
                 with contextlib.suppress(KeyError):
@@ -134,7 +138,9 @@ class HangingTransactions:
                         "held_s": round(h.seconds, 1),
                     },
                 )
-        self._reported = {(h.partition, h.stable) for h in held} & self._reported
+        # An unread topic's reports are kept with its clocks: logged once, not once per gap.
+        still = {(h.partition, h.stable) for h in held}
+        self._reported = {k for k in self._reported if k in still or k[0].topic in unread}
         return held
 
 

@@ -213,6 +213,31 @@ async def test_a_moved_or_loading_coordinator_is_retried(
     assert pending.txn.state == TransactionState.IN_TRANSACTION
 
 
+async def test_a_partition_still_loading_is_sent_again_alone_and_then_resolves_the_send() -> None:
+    """One answer commits one partition and asks to retry another: the retry, built from what
+    aiokafka still holds pending, carries only the second (as Kafka's Java producer does)."""
+    in1 = TopicPartition("ingest", 1)
+    txn = TransactionManager("txn-1", 60_000)
+    txn.set_pid_and_epoch(4000, 3)
+    txn.begin_transaction()
+    committed = txn.add_offsets_to_txn(
+        {IN: OffsetAndMetadata(12, ""), in1: OffsetAndMetadata(3, "")}, GROUP
+    )
+    txn.consumer_group_added(GROUP)
+    sender = FakeSender(txn)
+    offsets, _ = txn.offsets_to_commit()
+    first = GroupCommitHandler(sender, offsets, META)
+    assert first.handle_response(response((IN, 0), (in1, 14))) == 0.1
+    assert not committed.done()
+    offsets, _ = txn.offsets_to_commit()
+    retry = GroupCommitHandler(sender, offsets, META)
+    assert list(retry.create_request()._offsets) == [in1]
+    assert retry.handle_response(response((in1, 0))) is None
+    assert committed.done()
+    assert committed.exception() is None
+    assert txn.offsets_to_commit() is None
+
+
 @pytest.mark.parametrize(
     ("code", "fatal"),
     [(47, ProducerFenced), (90, ProducerFenced), (53, TransactionalIdAuthorizationFailed)],

@@ -53,3 +53,15 @@ def test_the_longest_held_partition_of_each_topic_and_zero_for_the_rest() -> Non
     held = [Held(A0, 1, 2, 30.0), Held(A1, 4, 9, 75.0)]
     assert longest_by_topic(held, ["a", "b"]) == {"a": 75.0, "b": 0.0}
     assert longest_by_topic([], ["a"]) == {"a": 0.0}
+
+
+def test_a_read_that_misses_a_topic_leaves_its_held_partitions_clocks_running() -> None:
+    watch = HangWatch()
+    assert watch.observe(0.0, {A0: 7, B0: 1}, {A0: 9, B0: 2}) == []
+    # Topic a could not be read (a leader moving, a throttled broker): unknown, not forgotten.
+    assert watch.observe(30.0, {B0: 1}, {B0: 2}, unread={"a"}) == [Held(B0, 1, 2, 30.0)]
+    # Its stable offset never moved (it only ever grows): held since the first read all along.
+    assert watch.observe(60.0, {A0: 7, B0: 1}, {A0: 12, B0: 2}) == [
+        Held(A0, 7, 12, 60.0),
+        Held(B0, 1, 2, 60.0),
+    ]

@@ -114,6 +114,33 @@ async def test_kafka_errors_neither_crash_the_watch_nor_leave_a_stale_value(
     task.cancel()
 
 
+class FlakyReader(FakeReader):
+    """Fails every other read of the events topic, as a reader of a broker failing over may."""
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if any(tp.topic == "events" for tp in partitions):
+            self.reads += 1
+            if self.reads % 2 == 0:
+                raise KafkaConnectionError("leader moving")
+        return {tp: self.ends[tp] for tp in partitions}
+
+
+async def test_a_held_partition_is_reported_though_some_reads_of_its_topic_fail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+    hang = watch(metrics)
+    e0, a0 = TopicPartition("events", 0), TopicPartition("alerts", 0)
+    # The high watermarks' reader fails every other read: no two reads in a row see the topic.
+    hang._readers = (FakeReader({e0: 4, a0: 2}), FlakyReader({e0: 7, a0: 2}))
+    caplog.set_level(logging.ERROR, logger="bridge.dedup.hangwatch")
+    for _ in range(12):
+        await hang.check()
+        await asyncio.sleep(0.01)
+    [line] = [r for r in caplog.records if "has not ended" in r.getMessage()]
+    assert (line.__dict__["topic"], line.__dict__["stable_offset"]) == ("events", 4)
+
+
 class MissingTopicReader(FakeReader):
     """As with an output topic not created yet: reading it fails, the others answer."""
 

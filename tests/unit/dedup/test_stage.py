@@ -907,3 +907,40 @@ async def test_the_probe_closes_nothing_without_an_answer() -> None:
     await asyncio.sleep(0.1)  # several intervals, each unanswered
     probing.cancel()
     assert fetch.connected()
+
+
+@pytest.mark.parametrize(("since", "restored"), [(30, False), (45, True)])
+async def test_a_partition_an_eager_rebalance_hands_straight_back_is_restored_only_if_moved_on(
+    monkeypatch: pytest.MonkeyPatch, since: int, restored: bool
+) -> None:
+    """Eager rebalancing revokes every partition, then the sticky assignor gives them back: kept,
+    unless another member committed for the partition meanwhile (its window would be stale)."""
+    starts: list[TopicPartition] = []
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        starts.append(task.tp)
+        task.position = since
+
+    committed: dict[TopicPartition, int] = {}
+
+    async def read(partition: TopicPartition) -> int:
+        return committed[partition]
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    consumer = RebalancingConsumer({tp(3)})
+    h = Harness(3, consumer=consumer)
+    monkeypatch.setattr(h.stage._offsets, "committed", read)
+    kept = h.task(3)
+    kept.progress, kept.unmarked = None, False
+    h.stage._running = True
+    await h.open(3)
+    await h.stage.revoked({tp(3)})  # commits position 30 with the ending generation
+    assert ("offsets", {tp(3): 30}, MEMBER) in h.producer.calls
+    assert h.owned() == []
+    committed[tp(3)] = since  # 45: another member owned it in between and committed
+    await h.stage.assigned({tp(3)})
+    await asyncio.gather(*h.stage._starting.values())
+    assert h.owned() == [3]
+    assert (h.stage._tasks[tp(3)] is kept) is not restored
+    assert starts == ([tp(3)] if restored else [])
+    assert consumer.seeks == [(tp(3), 0), (tp(3), since)]
