@@ -175,6 +175,12 @@ class Metrics:
             " limit is below the ingest topic's): answered 2xx, published nowhere.",
             registry=r,
         )
+        self.dedup_output_keyless_refused = Counter(
+            f"{PREFIX}_dedup_output_keyless_refused_total",
+            "Output records without a key the dedup stage skipped because their topic compacts"
+            " (which refuses them): answered 2xx, published nowhere.",
+            registry=r,
+        )
         self.publish_failures = Counter(
             f"{PREFIX}_publish_failures_total",
             "Records Kafka did not acknowledge in time or refused, by reason.",

@@ -52,6 +52,7 @@ from bridge.sink.kafka import (
     replication_factors,
     topic_configs,
 )
+from bridge.sink.limits import CLEANUP_POLICY, compacts
 from bridge.sink.topicreads import NOT_YET_VISIBLE, not_yet_visible, unread, unread_kind
 from bridge.sources.calllog.source import CallLogSource
 from bridge.sources.lease import FeedLease
@@ -64,6 +65,12 @@ from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
 log = logging.getLogger(__name__)
+# Output records are keyed by call (or agent, or org): compaction keeps one per key.
+OUTPUT_COMPACTED = (
+    "an output topic's cleanup.policy compacts: it keeps only the last record of each key (one"
+    " event per call), and refuses records without a key (dead letters, alerts of no agent or"
+    " org), which the dedup stage skips; set it to delete"
+)
 LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
 # The secrets read again from their files while running; the Kafka passwords are not (the
 # clients hold them): a restart takes those.
@@ -580,6 +587,7 @@ class Bridge:
                 )
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
+            self.sink.learn_cleanup(configs.found)
             unread_as = "a topic of the bridge's cannot be read while running"
             problems = self._topic_problems_in(names, configs, set(), unread_as)
             self._say_topic_problems(problems, missing=configs.errors)
@@ -597,6 +605,11 @@ class Bridge:
         if ingest in configs.found:
             findings = ingest_topic_findings(configs.found[ingest], self.settings.dedup)
             problems += [Problem(ingest, kind, message) for kind, message in findings]
+        problems += [
+            Problem(name, "compacted", OUTPUT_COMPACTED)
+            for name in names
+            if name != ingest and compacts(configs.found.get(name, {}).get(CLEANUP_POLICY, ""))
+        ]
         return problems
 
     def _say_topic_problems(self, problems: list[Problem], missing: dict[str, int]) -> None:

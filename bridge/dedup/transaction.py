@@ -93,6 +93,7 @@ class _Transaction:
     duplicates: Counter[str] = field(default_factory=Counter)
     timings: list[tuple[float, float | None]] = field(default_factory=list)
     too_large: int = 0  # output records skipped: their topic cannot take them
+    keyless: int = 0  # output records skipped: keyless, for a topic that compacts
     invalid: int = 0  # ingest records skipped: not written by the bridge
     # aiokafka commits a transaction even when one of its sends failed (that record is then
     # silently missing): the first failure of its sends, checked before commit. Kept here, not
@@ -261,6 +262,21 @@ class StageProducer:
                 },
             )
             return
+        if out.key is None and not self._limits.takes_keyless(out.topic):
+            # A compacting topic refuses a record without a key (a dead letter, an alert of no
+            # agent or org): sent, it would fail the transaction at every retry, as above.
+            txn.keyless += 1
+            flood.error(
+                "output record without a key for a topic that compacts (cleanup.policy), which"
+                " refuses it; skipped (it stays in the ingest topic)",
+                extra={
+                    "partition": tp.partition,
+                    "offset": offset,
+                    "event_id": entry.event_id,
+                    "topic": out.topic,
+                },
+            )
+            return
         delivery = await producer.send(
             out.topic, value=out.value, key=out.key, headers=list(out.headers)
         )
@@ -369,6 +385,8 @@ class StageProducer:
             m.duplicates_by(channel).inc(n)
         if txn.too_large:
             m.dedup_output_too_large.inc(txn.too_large)
+        if txn.keyless:
+            m.dedup_output_keyless_refused.inc(txn.keyless)
         if txn.invalid:
             m.ingest_invalid.inc(txn.invalid)
         now = time.time()

@@ -46,7 +46,7 @@ from bridge.sink.clienttasks import (
 from bridge.sink.connectsetup import ClientId, install
 from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
-from bridge.sink.limits import TopicLimits
+from bridge.sink.limits import CLEANUP_POLICY, TopicLimits
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.record import Record
 from bridge.sink.topicreads import not_yet_visible
@@ -536,7 +536,8 @@ class KafkaSink:
         *,
         writes: Collection[str] = (),
     ) -> TopicConfigs | None:
-        """Read the topics' max.message.bytes, so no record is sent that they would refuse.
+        """Read the topics' max.message.bytes and cleanup.policy, so no record is sent that they
+        would refuse.
 
         `keys` are read in the same request, for the caller: the configs read are returned, or
         None if the cluster refused. Without the right to describe the topics (an ACL), the
@@ -546,9 +547,8 @@ class KafkaSink:
         producer batching more than they take is rebuilt (KafkaError if the new one cannot start).
         """
         try:
-            configs = await topic_configs(
-                client_options(self._settings), names, (MAX_MESSAGE_BYTES, *keys), fresh
-            )
+            asked = tuple(dict.fromkeys((MAX_MESSAGE_BYTES, CLEANUP_POLICY, *keys)))
+            configs = await topic_configs(client_options(self._settings), names, asked, fresh)
         except KafkaError as exc:
             log.warning(
                 "could not read the topics' configs; assuming max_request_bytes",
@@ -558,6 +558,7 @@ class KafkaSink:
         s = self._settings
         if writes:
             self._batches_for = tuple(sorted(set(writes)))
+        self.learn_cleanup(configs.found)
         for name, limit in _limits(configs.found).items():
             self.limits.learn(name, limit)
             if limit < s.max_batch_bytes and name in writes:
@@ -580,6 +581,13 @@ class KafkaSink:
                 )
         await self._fit_batches()
         return configs
+
+    def learn_cleanup(self, configs: Mapping[str, Mapping[str, str]]) -> None:
+        """Each topic's cleanup.policy read in `configs`: the dedup stage's producer sends no
+        keyless record to one that compacts (refused, it would fail every retry)."""
+        for name, values in configs.items():
+            if CLEANUP_POLICY in values:
+                self.limits.learn_cleanup(name, values[CLEANUP_POLICY])
 
     async def _fit_batches(self) -> None:
         """Rebuild the producer if it batches more than its topics take (KafkaError if the new

@@ -19,6 +19,12 @@ from bridge.sink.record import Record
 KAFKA_DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 AIOKAFKA_DEFAULT_MAX_BATCH_BYTES = 16_384
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+CLEANUP_POLICY = "cleanup.policy"
+
+
+def compacts(cleanup_policy: str) -> bool:
+    """A topic of this cleanup.policy (`compact`, `compact,delete`) compacts."""
+    return "compact" in cleanup_policy
 
 
 def record_size(record: Record) -> int:
@@ -44,10 +50,24 @@ class TopicLimits:
         self._batch = max_batch_bytes
         self._topics: dict[str, int] = {}
         self._stale: set[str] = set()
+        # Topics that compact: the broker refuses every record without a key to them (aiokafka
+        # reads its INVALID_RECORD as UnknownError), in a transaction at every retry.
+        self._compacting: set[str] = set()
 
     def learn(self, topic: str, max_message_bytes: int) -> None:
         """The topic's max.message.bytes, as the cluster reports it."""
         self._topics[topic] = min(max_message_bytes, self.default)
+
+    def learn_cleanup(self, topic: str, cleanup_policy: str) -> None:
+        """The topic's cleanup.policy, as the cluster reports it."""
+        if compacts(cleanup_policy):
+            self._compacting.add(topic)
+        else:
+            self._compacting.discard(topic)
+
+    def takes_keyless(self, topic: str) -> bool:
+        """Whether the topic takes a record without a key: not once it compacts."""
+        return topic not in self._compacting
 
     def mark_stale(self, topic: str) -> None:
         """The broker refused a record of the topic for its size: its limit must be read again.

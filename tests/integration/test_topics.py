@@ -277,6 +277,33 @@ async def test_an_output_topic_made_elsewhere_that_refuses_every_write_is_logged
     assert told == [("ERROR", topics.events, 1)]
 
 
+async def test_a_compacted_dead_letter_topic_is_said_and_stalls_no_ingest_partition(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Compaction refuses a record without a key, and dead letters have none: each was sent again
+    # at every retry of its transaction, and every call of its ingest partitions waited for good.
+    await create_topic(kafka_bootstrap, topics.dlq, 3, {"cleanup.policy": "compact"})
+    caplog.set_level(logging.ERROR, logger="bridge")
+    bridge: RunningBridge = await start_bridge()
+    assert [r.__dict__["topic"] for r in said(caplog, "output topic's cleanup.policy")] == [
+        topics.dlq
+    ]
+    assert (await bridge.post(b'{"not": "an event"}'))[0] == 202
+    calls = [call_on(p, 3, unique_call) for p in range(3)]
+    for call in calls:
+        assert (await bridge.post(entry(1, call=call)))[0] == 200
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert sorted(r.json()["id"] for r in events) == sorted(f"{call}:1" for call in calls)
+    metrics = await until_metrics(
+        bridge, lambda m: m.get("pinecall_bridge_dedup_output_keyless_refused_total") == 1
+    )
+    assert metrics.get(problem(topics.dlq, "compacted")) == 1
+
+
 async def test_alter_topic_changes_what_it_is_given_and_keeps_the_topics_other_configs(
     topics: Topics, kafka_bootstrap: str
 ) -> None:

@@ -261,15 +261,19 @@ groups:
           description: {{ printf "%s/%s evicted %s ids before config.dedup.ttlSeconds in the last 10 minutes (config.dedup.maxEntriesPerPartition reached): a late copy of those events would be output twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
       - alert: PinecallBridgeOutputRecordsSkipped
-        # Answered 2xx, then too large for its output topic (a max.message.bytes below the ingest
-        # topic's): skipped so its partition goes on, and so published nowhere.
+        # Answered 2xx, then refused by its output topic (a max.message.bytes below the ingest
+        # topic's; no key while it compacts): skipped so its partition goes on, so published
+        # nowhere. Each counter labelled apart so `or` keeps both: a pod without one still counts.
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_dedup_output_too_large_total[15m])) > 0
+          sum by (namespace, pod) (
+            label_replace(increase(pinecall_bridge_dedup_output_too_large_total[15m]), "skipped", "too_large", "", "")
+            or label_replace(increase(pinecall_bridge_dedup_output_keyless_refused_total[15m]), "skipped", "keyless", "", "")
+          ) > 0
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "Pod %s skipped %s output records too large for their topic" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records because their output topic takes smaller records than the ingest topic: they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          summary: {{ printf "Pod %s skipped %s output records their topic refuses" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records their output topic refuses (it takes smaller records than the ingest topic, or it compacts and they have no key): they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic, or output record without a key for a topic that compacts)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputrecordsskipped" $a.runbookUrl }}
       - alert: PinecallBridgeOutputTransactionHanging
         # The bridge's own transactions end within the commit interval, and the broker aborts a
@@ -309,6 +313,18 @@ groups:
           summary: {{ printf "The ingest topic %s has an unsafe %s" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
           description: {{ printf "For 5 minutes the ingest topic %s in %s has had a %s that lets a restore after a crash miss ids of the dedup TTL: a late copy of an event can then be output twice. The log says what to set it to (ERROR, with the topic's name)." "{{ $labels.topic }}" "{{ $labels.namespace }}" "{{ $labels.problem }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeingesttopicunsafe" $a.runbookUrl }}
+      - alert: PinecallBridgeOutputTopicCompacted
+        # Output records are keyed by call: compaction keeps one event per call and refuses
+        # keyless records (dead letters, alerts of no agent or org), which the stage skips.
+        expr: |
+          max by (namespace, topic) (pinecall_bridge_topic_problem{problem="compacted"}) == 1
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Output topic %s compacts" "{{ $labels.topic }}" | quote }}
+          description: {{ printf "For 5 minutes output topic %s in %s has had a cleanup.policy that compacts: Kafka keeps only the last record of each key (one event per call) and refuses records without a key, which the dedup stage skips (published nowhere). Set cleanup.policy=delete." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeoutputtopiccompacted" $a.runbookUrl }}
       - alert: PinecallBridgeNoFeedLeaseHolder
         # Only pods with the feed enabled export the gauge (0 until elected): a namespace without
         # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.

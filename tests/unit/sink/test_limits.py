@@ -45,3 +45,16 @@ def test_an_unlearned_topic_takes_the_producers_limit() -> None:
 
 def test_without_a_configured_batch_size_it_is_aiokafkas_default() -> None:
     assert TopicLimits(1_048_576).batch_bytes([]) == 16_384
+
+
+@pytest.mark.parametrize(
+    ("policy", "keyless"), [("compact", False), ("compact,delete", False), ("delete", True)]
+)
+def test_a_topic_that_compacts_takes_no_keyless_record(policy: str, keyless: bool) -> None:
+    limits = TopicLimits(1_000_000)
+    assert limits.takes_keyless("dlq")  # not learned yet: as Kafka's default, delete
+    limits.learn_cleanup("dlq", policy)
+    assert limits.takes_keyless("dlq") is keyless
+    # An admin's change back, read by a later check.
+    limits.learn_cleanup("dlq", "delete")
+    assert limits.takes_keyless("dlq")
