@@ -12,8 +12,8 @@ committed offset stably, restore); a partition is resumed, at its committed offs
 is ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands
 straight back (the assignor keeps partitions where they are) resumes when nobody committed for it
 since; any other is dropped. A member that has not heard from the group coordinator for longer
-than the session timeout (cut off from Kafka) counts no partition owned (session.py): the group
-will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
+than the session timeout (cut off from Kafka) counts no partition owned (groupsession.py): the
+group will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
 revocation and assignment settle them once Kafka answers, as after any rebalance.
 Each metadata probe interval the stage closes its clients' connections to brokers gone from the
 metadata (a fenced broker whose host vanished), whose requests would otherwise wait out the
@@ -45,11 +45,11 @@ from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
-from bridge.dedup.session import Session, watch_heartbeats
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
 from bridge.groups import Claim, StickyAssignor, member_options
+from bridge.groupsession import Session, watch_heartbeats
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,

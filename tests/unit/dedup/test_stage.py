@@ -20,7 +20,6 @@ from bridge.dedup import committed as committed_module
 from bridge.dedup import stage as stage_module
 from bridge.dedup import transaction as transaction_module
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.session import Session
 from bridge.dedup.stage import (
     MAX_RECORDS_PER_STEP,
     DedupStage,
@@ -32,6 +31,7 @@ from bridge.dedup.stage import (
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
+from bridge.groupsession import Session
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge.dedup.session import Session, watch_heartbeats
+from bridge.groupsession import Session, watch_heartbeats
 
 
 def test_the_session_holds_up_to_the_timeout_since_the_coordinator_last_answered() -> None:
