@@ -121,13 +121,20 @@ class Roster:
         """A partition taken over: follow its live calls from where its records got to."""
         self.owned.add(partition)
         starts: list[Start] = []
-        for call in ended:
-            if partition_of(call, self.partitions) == partition:
-                self.waiting.pop(call, None)
-                self._until.pop(call, None)
-                # A call still followed (its partition handed straight back) frees its slot
-                # for one that waited: that one starts now.
-                starts.extend(self.finished(call, ended=True))
+        done = [call for call in ended if partition_of(call, self.partitions) == partition]
+        # Out of the queue before any slot is freed: else a freed slot could start one of them.
+        for call in done:
+            self.waiting.pop(call, None)
+            self._until.pop(call, None)
+        # And the queued calls' resume points moved on first (an offer to a waiting call starts
+        # nothing): a freed slot starts one where its records got to, not from an older offer's.
+        for call, after in live.items():
+            if call in self.waiting:
+                self.offer(call, after)
+        for call in done:
+            # A call still followed (its partition handed straight back) frees its slot
+            # for one that waited: that one starts now.
+            starts.extend(self.finished(call, ended=True))
         for call, after in live.items():
             starts.extend(self.offer(call, after))
         return starts

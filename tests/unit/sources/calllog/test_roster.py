@@ -153,3 +153,47 @@ def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
     assert roster.offer(c, until=1_050.0) == []  # offered again, late: not started either
     assert expired == [c, d, c]
     assert roster.offer(c, until=1_100.0) == [Start(c, 0)]
+
+
+def test_a_takeover_never_starts_a_call_its_records_say_ended() -> None:
+    # The partition comes back while a is followed and b, then c, wait; its records say a and b
+    # ended. Freeing a's slot must not start b, whatever order the ended set iterates in: b would
+    # be read again from seq 0, on a stream outside the roster's count. Many rosters, as a set's
+    # order varies with the string hash seed: each order is met.
+    calls = calls_in(0, 60)
+    for a, b, c in zip(calls[0::3], calls[1::3], calls[2::3], strict=True):
+        roster = Roster(6, capacity=1)
+        roster.own(0, {}, set())
+        assert roster.offer(a) == [Start(a, 0)]
+        assert roster.offer(b) + roster.offer(c) == []
+        assert roster.own(0, {}, {a, b}) == [Start(c, 0)]
+        assert roster.following == {c: 0}
+        assert not roster.waiting
+        assert roster.has_ended(a)
+        assert roster.has_ended(b)
+
+
+def test_a_takeover_starts_a_call_that_waited_from_where_its_records_got_to() -> None:
+    # b waited, announced (from seq 0), while another member read it to seq 7; the partition
+    # comes back with a ended: b takes a's slot from seq 7, not from the announcement's 0.
+    roster = Roster(6, capacity=1)
+    a, b = calls_in(0, 2)
+    roster.own(0, {}, set())
+    assert roster.offer(a) == [Start(a, 0)]
+    assert roster.offer(b) == []
+    assert roster.own(0, {b: 7}, {a}) == [Start(b, 7)]
+
+
+def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bound() -> None:
+    # b waited as an ended call the list found, bounded by the dedup window; the partition's
+    # records show it live at seq 7, so reading on from there needs no window: it is not expired.
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
+    a, b = calls_in(0, 2)
+    roster.own(0, {}, set())
+    assert roster.offer(a) == [Start(a, 0)]
+    assert roster.offer(b, 0, until=1_010.0) == []
+    now[0] = 1_020.0
+    assert roster.own(0, {b: 7}, {a}) == [Start(b, 7)]
+    assert expired == []
