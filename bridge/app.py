@@ -108,7 +108,7 @@ def build_app(
         client_max_size=settings.webhook.max_body_bytes, middlewares=[json_errors]
     )
     app.add_routes(probes if probes is not None else probe_routes(readiness, metrics))
-    app.router.add_post(settings.webhook.path, webhook.handle)
+    app.router.add_post(settings.webhook.path, webhook.handle, expect_handler=webhook.expect)
     bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
     app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
     return app

@@ -1,10 +1,11 @@
 """`pinecall-bridge redrive`: dead letters the bridge now reads, offered to the ingest stage again.
 
 The dead-letter topic is read (committed records, from `--since` to its end as it was when the
-command started), and each dead letter the normaliser now reads goes through the daemon's own
-path (normalise → route → the ingest topic) with its first channel and receipt time, so its id
-is the one it would have had: the dedup stage publishes it once. What is still unrecognised, and
-the sources' notes, are counted and reported, never written to the dead-letter topic again.
+command started, or with `--until` each partition to its first record well past it), and each
+dead letter the normaliser now reads goes through the daemon's own path (normalise → route →
+the ingest topic) with its first channel and receipt time, so its id is the one it would have
+had: the dedup stage publishes it once. What is still unrecognised, and the sources' notes, are
+counted and reported, never written to the dead-letter topic again.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
 
 # Calls named in the hint to backfill them; the rest are counted.
 SHOWN_CALLS = 20
+# How far a partition's record times may go back: a dead letter's time is its CreateTime, the
+# writer's clock at send (the bridge creates the topic with Kafka's default; LogAppendTime would
+# not make it safe either, a broker's clock can step back or a leader with another take over),
+# and several writers append to one partition (each webhook replica, the dedup stage):
+# a later record may be older by their clocks' skew and by how long a batch waited to be
+# appended (aiokafka expires it after the request timeout). Far more than these, and cheap:
+# some minutes of dead letters read for nothing, where reading on meant the rest of the topic.
+UNTIL_SLACK_SECONDS = 600.0
 
 
 class Progress(Protocol):
@@ -156,7 +165,14 @@ async def redrive(
             await sink.learn_limits(
                 [settings.topics.ingest, *router.topics()], writes=[settings.topics.ingest]
             )
-        read = _read(consumer, settings.kafka, settings.topics.dlq, selection.since, shown)
+        read = _read(
+            consumer,
+            settings.kafka,
+            settings.topics.dlq,
+            selection.since,
+            shown,
+            until=selection.until,
+        )
         async with contextlib.aclosing(read) as batches:
             async for letters in batches:
                 wanted = report.take(letters, selection)
@@ -192,8 +208,11 @@ async def _read(
     since: float,
     progress: Progress,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    until: float | None = None,
 ) -> AsyncGenerator[list[DeadLetter], None]:
-    """The topic's records from `since` to its end as it is now, a fetched batch at a time."""
+    """The topic's records from `since` to its end as it is now, each partition's only up to its
+    first record past `until` (see `past_the_end`), a fetched batch at a time."""
     partitions = await topic_partitions(kafka, [topic])
     if not partitions:
         raise MissingTopicError(
@@ -229,12 +248,24 @@ async def _read(
                 " is Kafka reachable (BRIDGE_KAFKA__BOOTSTRAP_SERVERS)?"
             )
         batches = await consumer.getmany(*left, timeout_ms=500)
-        yield [
-            DeadLetter.of(m.value, m.headers, m.timestamp)
-            for tp, batch in batches.items()
-            for m in batch
-            if m.offset < ends[tp]  # written since the command started
-        ]
+        letters = []
+        for tp, batch in batches.items():
+            for m in batch:
+                if m.offset >= ends[tp]:  # written since the command started
+                    break
+                if past_the_end(m.timestamp / 1000, until):
+                    ends[tp] = m.offset  # what follows it is later still: not read
+                    consumer.pause(tp)
+                    progress.records_found(sum(ends[p] - starts[p] for p in partitions))
+                    break
+                letters.append(DeadLetter.of(m.value, m.headers, m.timestamp))
+        yield letters
+
+
+def past_the_end(timestamp: float, until: float | None) -> bool:
+    """Whether a record this recent ends its partition's read: past `until` by more than a
+    partition's times are expected to go back (UNTIL_SLACK_SECONDS)."""
+    return until is not None and timestamp > until + UNTIL_SLACK_SECONDS
 
 
 class BarProgress:

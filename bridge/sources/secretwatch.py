@@ -108,13 +108,22 @@ def read_file(path: Path) -> Read:
 
 
 class Changes:
-    """Passes on a read only when it differs from the one before: one decision per change."""
+    """Passes on a read once it is settled (the poll before read the same) and differs from the
+    last one passed on: one decision per change, none on a file caught mid-write."""
 
     def __init__(self) -> None:
+        self._previous: Read | None = None
         self._last: Read | None = None
 
     def new(self, read: Read) -> bool:
-        if read == self._last:
+        # A file rewritten in place (truncate, then write) can be read half-written; taken, the
+        # half secret would answer every webhook 401 (final for Pinecall) until the next poll.
+        # Two consecutive polls agreeing, not a re-read a moment later: a writer may pause for
+        # longer than any short delay, while a whole poll period without a change means the
+        # write is over. The cost is one period more per rotation, against the kubelet's minute.
+        settled = read == self._previous
+        self._previous = read
+        if not settled or read == self._last:
             return False
         self._last = read
         return True
@@ -141,7 +150,8 @@ class SecretWatch(Generic[T]):
             metrics.secret_reloads.labels(secret.label, result)
 
     def check(self) -> Decision[T] | None:
-        """One poll: None when the file is as before, else what was decided (and done)."""
+        """One poll: None when the file is as before or not yet settled (read the same by two
+        polls in a row), else what was decided (and done)."""
         # A small file on a tmpfs: read in the loop, as a thread would cost more than the read.
         read = read_file(self._path)
         if not self._changes.new(read):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge import jsoncodec
 from bridge.config import HttpSettings, WebhookSettings
@@ -104,6 +105,16 @@ class WebhookHandler:
             return await self._handle(request, limit, size)
         finally:
             self._in_flight_bytes -= size
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: a body declared too large gets its 413 before it is sent."""
+        limit = self._settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            # aiohttp's own would send 100 Continue, and the client the whole body, for nothing.
+            return self._too_large(limit)
+        await _default_expect_handler(request)  # 100 Continue, or 417 to another expectation
+        return None
 
     def _overloaded(self, charge: int, *, held: int) -> bool:
         """Whether `charge` more would pass the bytes in flight, with other requests than the

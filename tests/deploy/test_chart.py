@@ -305,6 +305,47 @@ def test_autoscaling_scales_in_one_pod_at_a_time_after_a_window(cpu: str) -> Non
     assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
 
 
+@pytest.mark.parametrize(
+    ("interval", "timeout"), [("10s", "15s"), ("1m", "1m30s"), ("500ms", "1s"), ("1m", "1h")]
+)
+def test_a_scrape_timeout_longer_than_the_interval_is_refused(interval: str, timeout: str) -> None:
+    # Rendered, Prometheus alone would refuse it: the bridge unscraped, its alerts silent.
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "serviceMonitor.enabled=true",
+        "--set", f"serviceMonitor.interval={interval}",
+        "--set", f"serviceMonitor.scrapeTimeout={timeout}", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert (
+        f"serviceMonitor.scrapeTimeout ({timeout}) must not exceed serviceMonitor.interval"
+        f" ({interval})" in done.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"), [("30s", "30s"), ("1m30s", "1m"), ("1m", "59s999ms"), ("2h", "1h")]
+)
+def test_a_scrape_timeout_within_the_interval_is_rendered(interval: str, timeout: str) -> None:
+    sets = (
+        "serviceMonitor.enabled=true",
+        f"serviceMonitor.interval={interval}",
+        f"serviceMonitor.scrapeTimeout={timeout}",
+    )
+    monitor = one(render(SIGNED, *sets), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+
+
+@pytest.mark.parametrize("duration", ["30", "1.5s", "10 s", ""])
+def test_a_scrape_duration_prometheus_cannot_read_is_refused(duration: str) -> None:
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", "serviceMonitor.enabled=true",
+        "--set-string", f"serviceMonitor.interval={duration}", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "/serviceMonitor/interval" in done.stderr
+
+
 def test_autoscaling_minimum_above_its_maximum_is_refused() -> None:
     # The API server refuses such an HPA only at apply time, after the rest of the release.
     sets = ("autoscaling.enabled=true", "resources.requests.cpu=1", "autoscaling.maxReplicas=3")

@@ -525,14 +525,21 @@ def ingest_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record
     ]
 
 
-async def write_ingest(bootstrap: str, records: list[Record]) -> None:
-    """Append `records` to their topic as an ingest stage does (one producer, then a flush)."""
+async def write_ingest(
+    bootstrap: str, records: list[Record], times: list[float] | None = None
+) -> None:
+    """Append `records` to their topic as an ingest stage does (one producer, then a flush);
+    `times` (epoch seconds), one per record, are their CreateTimes instead of the clock's."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
-        for record in records:
+        for n, record in enumerate(records):
             await producer.send(
-                record.topic, record.value, key=record.key, headers=list(record.headers)
+                record.topic,
+                record.value,
+                key=record.key,
+                headers=list(record.headers),
+                timestamp_ms=None if times is None else int(times[n] * 1000),
             )
         await producer.flush()
     finally:

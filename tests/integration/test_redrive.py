@@ -14,7 +14,7 @@ from bridge import jsoncodec
 from bridge.config import Settings
 from bridge.deadletter import Selection
 from bridge.normalise.event import rfc3339
-from bridge.redrive import redrive, run_redrive
+from bridge.redrive import UNTIL_SLACK_SECONDS, redrive, run_redrive
 from bridge.sink.record import Record
 from tests.integration.conftest import (
     RunningBridge,
@@ -155,3 +155,30 @@ async def test_a_missing_dead_letter_topic_fails_clearly(
     report = await redrive(bridge_settings(kafka_bootstrap, topics), Selection(0), dry_run=True)
     assert not report.ok
     assert report.error == f"the dead-letter topic {topics.dlq} does not exist (BRIDGE_TOPICS__DLQ)"
+
+
+async def test_until_stops_each_partition_at_its_first_record_well_past_it(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    await create_topic(kafka_bootstrap, topics.dlq, 1)
+    at = time.time() - 3600
+    until = at + 10
+    # CreateTimes as several writers give them: one past --until, then an older one, in range.
+    times = [
+        at,
+        at + 5,
+        until + 300,
+        at + 8,  # in range after one past it: read
+        until + UNTIL_SLACK_SECONDS + 1,  # the end of the partition's read
+        until + UNTIL_SLACK_SECONDS + 50,
+        until + UNTIL_SLACK_SECONDS + 100,
+    ]
+    letters = [dead_letter(topics, entry(n), "invalid_data", "webhook") for n in range(len(times))]
+    await write_ingest(kafka_bootstrap, letters, times)
+    settings = bridge_settings(kafka_bootstrap, topics)
+
+    report = await redrive(settings, Selection(at - 1, until), dry_run=True)
+    assert report.ok, report.error
+    assert (report.read, report.selected) == (4, 3)
+    everything = await redrive(settings, Selection(at - 1), dry_run=True)
+    assert (everything.read, everything.selected) == (7, 7)

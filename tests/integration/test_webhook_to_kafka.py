@@ -14,6 +14,7 @@ import pytest
 from bridge import jsoncodec
 from bridge.normalise.event import rfc3339
 from tests.integration.conftest import (
+    SECRET,
     Consumed,
     RunningBridge,
     Topics,
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     until_metrics,
 )
 from tests.metrics import sample
+from tests.webhooks import signed
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "bridge/schema/pinecall-cloudevent.schema.json").read_text()
@@ -112,6 +114,25 @@ async def test_a_body_of_too_many_events_is_413_and_lands_nothing(
         kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2000")
     )
     assert [r.json()["id"] for r in records] == [f"{unique_call}:2000"]
+
+
+async def test_a_webhook_sent_after_100_continue_lands_and_one_too_large_is_not_sent(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    url = bridge.url + "/webhooks/pinecall"
+    big, headers = signed(entry(1, call=unique_call, data={"text": "x" * 1_000_000}), SECRET)
+    # aiohttp's client sends the body only once told to go on.
+    async with bridge.session.post(url, data=big, headers=headers, expect100=True) as refused:
+        assert refused.status == 413
+        assert (await refused.json())["error"] == "body_too_large"
+    raw, headers = signed(entry(2, call=unique_call), SECRET)
+    async with bridge.session.post(url, data=raw, headers=headers, expect100=True) as response:
+        assert response.status == 200
+        assert (await response.json())["accepted"] == 1
+    records = await consume_until(
+        kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2")
+    )
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]
 
 
 async def test_ephemerals_and_markers_dropped(

@@ -14,7 +14,14 @@ from bridge import jsoncodec, redrive
 from bridge.config import load_settings
 from bridge.deadletter import DeadLetter, Redrive, Selection
 from bridge.pipeline import BatchResult
-from bridge.redrive import SHOWN_CALLS, RedriveReport, run_redrive, summary
+from bridge.redrive import (
+    SHOWN_CALLS,
+    UNTIL_SLACK_SECONDS,
+    RedriveReport,
+    past_the_end,
+    run_redrive,
+    summary,
+)
 from tests import entries
 
 
@@ -212,3 +219,12 @@ async def test_a_read_that_stops_moving_fails_instead_of_waiting_for_ever(
     with pytest.raises(redrive.ReadStalledError, match="10 left: is Kafka reachable"):
         async for _ in read:
             pass
+
+
+def test_a_partition_is_read_on_until_its_times_are_well_past_until() -> None:
+    until = 1_790_000_000.0
+    assert not past_the_end(until + 1e9, None)  # no --until: to the end
+    assert not past_the_end(until - 1, until)
+    assert not past_the_end(until + 1, until)  # past it, yet an older record may follow
+    assert not past_the_end(until + UNTIL_SLACK_SECONDS, until)
+    assert past_the_end(until + UNTIL_SLACK_SECONDS + 0.001, until)

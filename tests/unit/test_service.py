@@ -151,6 +151,7 @@ def test_a_reloaded_api_key_is_swapped_into_the_section_every_source_reads(
     watch.check()  # what the start read
     path.write_text("new-key\n")
     watch.check()
+    watch.check()  # read the same by two polls in a row: settled, taken
     assert bridge.settings.pinecall is api  # the sources hold this one
     assert api.api_key is not None
     assert api.api_key.get_secret_value() == "new-key"

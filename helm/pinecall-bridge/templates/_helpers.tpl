@@ -225,3 +225,16 @@ the kubelet must not kill the pod before it does.
 {{- end }}
 {{- $value }}
 {{- end }}
+
+{{/*
+A Prometheus duration ("30s", "1m30s", "500ms", "0") in milliseconds; the schema holds values to
+that form. Go's regexp takes the leftmost alternative first: "ms" before "m".
+*/}}
+{{- define "pinecall-bridge.durationMs" -}}
+{{- $units := dict "y" 31536000000 "w" 604800000 "d" 86400000 "h" 3600000 "m" 60000 "s" 1000 "ms" 1 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|y|w|d|h|m|s)" (toString .) -1 }}
+{{- $total = add $total (mul (regexFind "^[0-9]+" . | atoi) (get $units (regexReplaceAll "^[0-9]+" . ""))) }}
+{{- end }}
+{{- $total }}
+{{- end }}

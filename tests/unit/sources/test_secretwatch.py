@@ -1,11 +1,20 @@
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.config import PinecallSettings, WebhookSettings
 from bridge.metrics import Metrics
-from bridge.sources.secretwatch import API_KEY, WEBHOOK, Changes, Read, SecretWatch, decide
+from bridge.sources.secretwatch import (
+    API_KEY,
+    WEBHOOK,
+    Changes,
+    Decision,
+    Read,
+    SecretWatch,
+    decide,
+)
 from tests.metrics import sample
 from tests.secretvolume import kubelet_write
 
@@ -58,13 +67,28 @@ def test_an_unreadable_file_keeps_the_secrets() -> None:
     assert decision.problems == ["the secret file x could not be read"]
 
 
-def test_only_a_change_is_passed_on() -> None:
+def test_only_a_settled_change_is_passed_on() -> None:
     changes = Changes()
-    assert changes.new(Read(OLD))
-    assert not changes.new(Read(OLD))
+    assert not changes.new(Read(OLD))  # one read: maybe caught mid-write
+    assert changes.new(Read(OLD))  # two polls in a row agree
+    assert not changes.new(Read(OLD))  # no change
+    assert not changes.new(Read(None, ("gone",)))
     assert changes.new(Read(None, ("gone",)))
     assert not changes.new(Read(None, ("gone",)))
+    assert not changes.new(Read(OLD[:5]))  # half-written: never passed on
+    assert not changes.new(Read(OLD))
     assert changes.new(Read(OLD))
+
+
+def test_a_flapping_file_is_never_passed_on() -> None:
+    changes = Changes()
+    assert not any(changes.new(Read(text)) for text in [OLD, NEW] * 3)
+
+
+def settle(watch: SecretWatch[Any]) -> Decision[Any] | None:
+    """Two polls of an unchanged file: the first sees it, the second takes it as settled."""
+    assert watch.check() is None
+    return watch.check()
 
 
 class Handler:
@@ -94,19 +118,19 @@ def test_a_kubelet_swap_is_reloaded_and_a_bad_value_refused(
         handler.use,
         metrics,
     )
-    decision = watch.check()  # the first poll: what the start read
+    decision = settle(watch)  # the first polls: what the start read
     assert decision is not None
     assert decision.result is None
     assert watch.check() is None
 
     kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": f"{OLD},{NEW}\n"})
-    watch.check()
+    settle(watch)
     assert values(handler.settings) == [OLD, NEW]
     assert reloads(metrics, "reloaded") == 1
     assert "webhook secrets reloaded (2 secrets)" in caplog.messages
 
     kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "\n"})
-    watch.check()
+    settle(watch)
     watch.check()  # the same bad file: counted and logged once
     assert values(handler.settings) == [OLD, NEW]
     assert reloads(metrics, "invalid") == 1
@@ -114,7 +138,7 @@ def test_a_kubelet_swap_is_reloaded_and_a_bad_value_refused(
     assert "BRIDGE_WEBHOOK__SECRETS is not set" in error
 
     kubelet_write(tmp_path, {"BRIDGE_WEBHOOK__SECRETS": NEW + "\n"})
-    watch.check()
+    settle(watch)
     assert values(handler.settings) == [NEW]
     assert reloads(metrics, "reloaded") == 2
     assert not any(OLD in m or NEW in m for m in caplog.messages)
@@ -125,12 +149,38 @@ def test_a_removed_file_keeps_the_secrets(tmp_path: Path, caplog: pytest.LogCapt
     path.write_text(OLD)
     handler, metrics = Handler(webhook(OLD)), Metrics()
     watch = SecretWatch(WEBHOOK, path, lambda: handler.settings, handler.use, metrics)
-    watch.check()
+    settle(watch)
     path.unlink()
-    watch.check()
+    settle(watch)
     assert values(handler.settings) == [OLD]
     assert reloads(metrics, "unreadable") == 1
     assert any("could not be read" in m for m in caplog.messages)
+
+
+def test_a_file_rewritten_in_place_is_not_taken_half_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "BRIDGE_WEBHOOK__SECRETS"
+    path.write_text(OLD + "\n")
+    handler, metrics = Handler(webhook(OLD)), Metrics()
+    watch = SecretWatch(WEBHOOK, path, lambda: handler.settings, handler.use, metrics)
+    settle(watch)
+    # Truncate and write, as `echo new > file` does, the poll landing between two writes.
+    with path.open("w") as file:
+        file.write(NEW[:10])
+        file.flush()
+        assert watch.check() is None
+        assert values(handler.settings) == [OLD]
+        file.write(NEW[10:] + "\n")
+    assert watch.check() is None  # whole now, but read once only
+    assert values(handler.settings) == [OLD]
+    decision = watch.check()
+    assert decision is not None
+    assert decision.result == "reloaded"
+    assert values(handler.settings) == [NEW]
+    assert reloads(metrics, "reloaded") == 1
+    assert reloads(metrics, "invalid") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 OLD_KEY = "pk_old_0123456789"
@@ -202,18 +252,18 @@ def test_the_api_key_file_is_followed_through_a_kubelet_swap(
     used: list[PinecallSettings] = []
     watch = SecretWatch(API_KEY, tmp_path / name, lambda: settings, used.append, metrics)
     assert api_reloads(metrics, "reloaded") == 0  # the series exist from the start
-    first = watch.check()
+    first = settle(watch)
     assert first is not None
     assert first.result is None
     assert used == []
 
     kubelet_write(tmp_path, {name: "two words\n"})
-    watch.check()
+    settle(watch)
     assert used == []
     assert api_reloads(metrics, "invalid") == 1
 
     kubelet_write(tmp_path, {name: NEW_KEY + "\n"})
-    watch.check()
+    settle(watch)
     assert [key(s) for s in used] == [NEW_KEY]
     assert api_reloads(metrics, "reloaded") == 1
     assert any(m.startswith("Pinecall API key reloaded") for m in caplog.messages)

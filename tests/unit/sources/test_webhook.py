@@ -24,7 +24,7 @@ from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, 
 from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
-from tests.rawhttp import Framing, build_request, exchange
+from tests.rawhttp import Framing, RawConnection, build_request, exchange, parse_response
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import SIGNATURE, signed
 
@@ -205,6 +205,58 @@ async def test_too_large_chunked_413(harness: Harness) -> None:
         headers={"Content-Type": "application/json", "X-Pinecall-Signature": "sha256=" + "0" * 64},
     )
     assert response.status == 413
+
+
+async def test_a_body_declared_too_large_with_expect_is_413_before_it_is_sent(
+    harness: Harness,
+) -> None:
+    # A 100 Continue would have the client upload the whole body for the 413 anyway.
+    body = b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}'
+    _, headers = signed(body, SECRET)
+    request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], body)
+    head = request[: request.index(b"\r\n\r\n") + 4]
+    connection = await RawConnection.open("127.0.0.1", harness.port)
+    try:
+        assert await connection.send(head)  # and no body: it waits to be told to go on
+        first = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
+        assert first.startswith(b"HTTP/1.1 413 "), first
+        response = parse_response(first)
+        assert response is not None
+        assert response.headers["connection"] == "close"
+        length = int(response.headers["content-length"])
+        body = await asyncio.wait_for(connection.reader.readexactly(length), 10)
+    finally:
+        await connection.close()
+    assert jsoncodec.loads(body)["error"] == "body_too_large"
+    assert harness.rejected("body_too_large") == 1
+    assert harness.sink.records == []
+
+
+async def test_a_webhook_sent_after_100_continue_is_taken(harness: Harness) -> None:
+    _, headers = signed(ENTRY, SECRET)
+    request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], ENTRY)
+    split = request.index(b"\r\n\r\n") + 4
+    connection = await RawConnection.open("127.0.0.1", harness.port)
+    try:
+        assert await connection.send(request[:split])
+        interim = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert await connection.send(request[split:])
+        response = await connection.response()
+    finally:
+        await connection.close()
+    assert response is not None
+    assert response.status == 200
+    assert len(harness.sink.records) == 1
+
+
+async def test_an_unknown_expectation_is_417_as_aiohttp_answers_it(harness: Harness) -> None:
+    _, headers = signed(ENTRY, SECRET)
+    request = build_request("POST", PATH, [*headers.items(), ("Expect", "magic")], ENTRY)
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    assert response.status == 417
+    assert harness.sink.records == []
 
 
 @pytest.mark.parametrize(
