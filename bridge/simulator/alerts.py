@@ -16,7 +16,8 @@ from bridge.simulator.script import CallScript
 MONITORS = (
     ("long call", "duration_seconds", 90.0),
     ("slow answers", "latency_p95_ms", 1200.0),
-    ("unhappy caller", "frustration", 0.7),
+    # Named by people, in their own words: the platform posts them \u-escaped.
+    ("appelant mécontent", "frustration", 0.7),
 )
 
 

@@ -3,8 +3,9 @@
 As in pinecall-runtime's `log/logs.py`: a reader subscribes before its backlog is read, so
 nothing written in between is lost; ephemeral entries use a seq and reach live readers but are
 never stored, so a replay has holes; a reader whose bounded buffer overflows loses what it held
-and is told so by a `log.gap {from_seq, to_seq}` marker, then goes on live. The org feed carries
-the lifecycle entries only, `call.summary`/`call.score` without their data.
+and is told so by a `log.gap {from_seq, to_seq, snapshot}` marker (the call's state so far), then
+goes on live. The org feed carries the lifecycle entries only, `call.summary`/`call.score`
+without their data.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def marker(log: CallLog, seq: int, kind: str, data: dict[str, Any]) -> Entry:
         "type": kind,
         "ephemeral": True,
         "data": data,
+    }
+
+
+def snapshot(log: CallLog) -> dict[str, Any]:
+    """The call's state folded from its stored lines, as the platform's `log.gap` carries it
+    (pinecall-runtime's State, abridged): every turn so far, so a long call's is large."""
+    turns: list[dict[str, Any]] = []
+    states: dict[str, Any] = {"user.state": None, "agent.state": None}
+    for entry in log.stored:
+        kind, data = entry["type"], entry.get("data") or {}
+        if kind in ("turn.user", "turn.agent"):
+            turns.append({"role": kind.removeprefix("turn."), "text": data.get("text")})
+        elif kind in states:
+            states[kind] = data.get("state")
+    return {
+        "seq": log.last_seq,
+        "status": "ended" if log.ended_at is not None else "active",
+        "user_state": states["user.state"],
+        "agent_state": states["agent.state"],
+        "live": not log.sealed,
+        "turns": turns,
+        "app_state": {},
     }
 
 

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument(
         "--delivery-timeout", type=float, default=5.0, help="seconds per attempt, as Pinecall's"
     )
-    hooks.add_argument("--retry-base", type=float, default=0.2, help="first backoff, seconds")
+    hooks.add_argument(
+        "--retry-base", type=float, default=0.0, help="first backoff, seconds (0: at once)"
+    )
     hooks.add_argument(
         "--max-attempts",
         type=int,

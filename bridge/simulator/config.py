@@ -55,9 +55,10 @@ class SimulatorConfig:
     signature: SignatureForm = "prefixed"
     # Seconds each webhook-registration request takes, as a distant API does (races show).
     api_latency: float = 0.0
-    # The platform's delivery: 2 attempts, 5 s each; only a transport error or a 5xx is retried.
+    # The platform's delivery: 2 attempts, 5 s each; only a transport error or a 5xx is retried,
+    # and at once (pinecall-runtime's gateway/_alerts.py waits for nothing, whatever Retry-After).
     delivery_timeout: float = 5.0
-    retry_base: float = 0.2
+    retry_base: float = 0.0
     retry_max_delay: float = 10.0
     max_attempts: int = 2
     delivery_concurrency: int = 64

@@ -28,6 +28,7 @@ from bridge.simulator.calllog import (
     Gap,
     LogReader,
     marker,
+    snapshot,
 )
 from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.stats import Stats
@@ -331,7 +332,7 @@ class EventStreams:
     async def _gap(self, response: web.StreamResponse, found: CallLog, gap: Gap) -> None:
         # As the platform does: the gap (its id the gap's end), then caught up from there.
         end = gap.to_seq
-        data = {"from_seq": gap.from_seq, "to_seq": end, "snapshot": None}
+        data = {"from_seq": gap.from_seq, "to_seq": end, "snapshot": snapshot(found)}
         await self._marker(response, marker(found, end, "log.gap", data))
         await self._marker(response, marker(found, end, "log.caught_up", {"seq": end}))
         self._stats.sse_gaps += 1

@@ -24,7 +24,7 @@ from bridge.simulator.hooks import ORG_HOOK_ID, HookStore, InvalidHookError, par
 from bridge.simulator.session import SessionHandler
 from bridge.simulator.stats import Stats
 from bridge.simulator.tokens import TokenStore
-from bridge.simulator.wire import encode, test_alert
+from bridge.simulator.wire import alert_wire, test_alert
 
 DROP_MODES: tuple[DropMode, ...] = ("abort", "1011")
 
@@ -126,7 +126,7 @@ class Api:
             return _alerts_go_nowhere()
         alert = test_alert(time.time())
         record = await self._deliverer.submit(
-            hook, encode(alert), call="@test", seq=0, event_type=alert["type"]
+            hook, alert_wire(alert), call="@test", seq=0, event_type=alert["type"]
         )
         return web.json_response({"sent": record.outcome == "ok", "error": record.why_not()})
 

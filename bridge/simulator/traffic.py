@@ -30,7 +30,7 @@ from bridge.simulator.plan import plan_event
 from bridge.simulator.records import Delivery
 from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
 from bridge.simulator.stats import Stats
-from bridge.simulator.wire import alert_body, encode
+from bridge.simulator.wire import alert_body, alert_wire, encode
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Traffic:
         # No id and no seq on the wire: the bridge's id for it is its content's.
         record = ledger_record(entry, ("webhook",), event_id=content_id(body))
         self._stats.alerts_generated += 1
-        wire = encode(body)
+        wire = alert_wire(body)
         answers = [
             self._deliverer.submit(
                 hook, wire, call=f"@{agent}", seq=entry["seq"], event_type=alert.type, copy=copy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bridge import jsoncodec
@@ -17,6 +18,12 @@ def encode(entry: dict[str, Any]) -> bytes:
     return jsoncodec.dumps(entry)
 
 
+def alert_wire(body: dict[str, Any]) -> bytes:
+    """An alert's bytes as pinecall-runtime's gateway/_alerts.py posts them: the stdlib's compact
+    JSON, so non-ASCII comes as `\\u` escapes and `at` with all its digits; what is signed."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def webhook_headers(
     body: bytes, event_type: str, secret: str | None, form: SignatureForm
 ) -> dict[str, str]:
@@ -29,13 +36,14 @@ def webhook_headers(
 
 
 def alert_body(entry: dict[str, Any]) -> dict[str, Any]:
-    """The platform's post of an alert line of an agent's log: no seq, no id, `at` in seconds."""
+    """The platform's post of an alert line of an agent's log: no seq, no id, `at` in epoch
+    seconds as `time.time()` gave them (a float)."""
     return {
         "type": entry["type"],
         "org": SIMULATED_ORG,
         "env": SIMULATED_ENV,
         "agent": entry["agent"],
-        "at": int(entry["ts"]),
+        "at": entry["ts"],
         "data": entry["data"],
     }
 
@@ -47,6 +55,6 @@ def test_alert(at: float) -> dict[str, Any]:
         "org": SIMULATED_ORG,
         "env": SIMULATED_ENV,
         "agent": None,
-        "at": int(at),
+        "at": at,
         "data": {"said": "Pinecall reaches this URL; every alert of the org comes the same way."},
     }

@@ -366,6 +366,27 @@ async def test_an_entry_too_large_to_read_is_noted_in_the_dead_letter_topic_and_
         )
 
 
+async def test_a_gap_too_large_to_read_is_still_read_from_the_pages(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    """The platform's log.gap carries the call's state, every turn so far: on a long call it
+    passes the event limit where no entry does. Noted in its place, it moved the resume point past
+    the entries it stood for, and they were never published."""
+    rng = random.Random(15)
+    async with Simulator(sim_config()) as sim:
+        handle = await following(start_bridge, sim, {**FAST_SSE, "max_event_bytes": 2048})
+        calls = Calls(sim, "CA_longcall")
+        names = calls.open(2)
+        for call in names:
+            for _ in range(12):  # each turn well under the limit, all of them well over it
+                calls.write(call, "turn.user", {"text": "words " * 40})
+        await all_followed(sim, names)
+        await through_a_gap(sim, handle, calls, names, rng)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
+        dead = "pinecall_bridge_events_dead_lettered_total"
+        assert sample(handle.metrics, dead, reason="too_large") == 0
+
+
 async def test_call_ids_that_are_no_call_ids_are_refused_not_followed(
     kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
 ) -> None:

@@ -6,13 +6,17 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
 from bridge import jsoncodec
 from bridge.normalise.event import rfc3339
+from bridge.simulator import Simulator
+from bridge.simulator.config import SimulatorConfig
 from tests.integration.conftest import (
     SECRET,
     Consumed,
@@ -371,3 +375,31 @@ async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: s
     assert metrics["pinecall_bridge_inflight_events"] == 0
     # The loop's own timer has been observed since start, four times a second.
     assert metrics["pinecall_bridge_event_loop_lag_seconds_count"] >= 1
+
+
+async def test_the_platforms_alerts_land_once_each_in_the_alerts_topic(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    """All Pinecall posts by webhook today: alerts in its own bytes (the stdlib's compact JSON,
+    non-ASCII `\\u`-escaped, `at` a float), signed, a duplicate the same bytes again."""
+    handle: RunningBridge = await start_bridge()
+    async with Simulator(SimulatorConfig()) as sim:
+        sim.register_webhook(handle.url + handle.bridge.settings.webhook.path, secret=SECRET)
+        # The call events stay in the call logs (the bridge follows none here), as on the platform.
+        report = await sim.run_traffic(
+            calls=12, channel="sse", alerts=1.0, duplicates=0.5, seed=20261205
+        )
+        alerts = {r["id"] for r in sim.ledger.records if r["call"] is None}
+        expected = alerts & sim.ledger.expected_ids()
+        deliveries = [d for d in sim.deliveries if d.call.startswith("@")]
+    assert report.counters["alerts_generated"] == len(expected) == 12
+    assert report.counters["duplicate_deliveries"] > 0
+    assert {d.outcome for d in deliveries} == {"ok"}
+    await consume_until(kafka_bootstrap, [topics.alerts], lambda got: len(got) >= len(expected))
+    records = await read_decided(kafka_bootstrap, topics, [topics.alerts, topics.dlq])
+    assert {r.topic for r in records} == {topics.alerts}
+    events = [r.json() for r in records]
+    assert sorted(ce["id"] for ce in events) == sorted(expected)
+    # The escaped name arrives as the text it stands for.
+    names = {ce["data"].get("monitor") for ce in events if ce["type"] == "monitor.fired"}
+    assert "appelant mécontent" in names

@@ -189,9 +189,16 @@ class CallFollow:
         return self._event(item)
 
     def _too_large(self, item: TooLarge) -> Step:
-        """A note of the entry in its place, from its own `id:` (its seq) and `event`."""
+        """A note of the entry in its place, from its own `id:` (its seq) and `event`.
+
+        A `log.gap` too large to read (it carries the whole call's state) is still a gap: its
+        `id:` is its end, and noted in its place it would move the resume point past its entries.
+        """
+        raw_id = _own_id(item)
+        if item.type == GAP_TYPE and raw_id is not None and raw_id.isascii() and raw_id.isdigit():
+            return self._gap_to(int(raw_id))
         note = {"call": self.call, "type": item.type, "bytes": item.size}
-        return self._dead_letter("too_large", note, _own_id(item), item.type)
+        return self._dead_letter("too_large", note, raw_id, item.type)
 
     def _dead_letter(
         self, reason: UnrecognisedReason, note: dict[str, Any], raw_id: str | None, kind: str
@@ -229,15 +236,18 @@ class CallFollow:
             last = data.get("to_seq") if isinstance(data, dict) else None
             if not isinstance(last, int) or isinstance(last, bool):
                 last = seq
-            # From the resume point, not the marker's from_seq: whatever this reader has not had
-            # acknowledged is fetched again, and the dedup drops what was already there.
-            first = self.acked + 1
-            return Fill(first, last) if last >= first else Nothing()
+            return self._gap_to(last)
         if seq <= self.acked and seq > 0:
             return Nothing()  # a replay of what Kafka already has
         if kind == TERMINAL_TYPE:
             self._terminal_pending = seq
         return Publish(entry, seq)
+
+    def _gap_to(self, last: int) -> Step:
+        # From the resume point, not the marker's from_seq: whatever this reader has not had
+        # acknowledged is fetched again, and the dedup drops what was already there.
+        first = self.acked + 1
+        return Fill(first, last) if last >= first else Nothing()
 
     def published(self, last_seq: int | None) -> None:
         """Kafka acknowledged everything up to `last_seq`: the resume point moves there."""

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from bridge.simulator.calllog import CallLog, CallLogs, Gap, LogReader
+from bridge.simulator.calllog import CallLog, CallLogs, Gap, LogReader, snapshot
 from tests.entries import entry
 
 
@@ -176,3 +176,21 @@ def test_sealed_logs_nobody_reads_are_forgotten_beyond_the_retention() -> None:
         logs.append(entry(1, "call.score", call=f"CA_{number}"))
     assert set(logs.logs) == {"CA_read", "CA_3"}
     assert not reader.ended
+
+
+def test_a_snapshot_is_the_state_folded_from_the_stored_lines() -> None:
+    log = CallLog("CA_1", "support")
+    log.append(entry(1, "call.started"))
+    log.append(entry(2, "turn.user", text="hello"))
+    log.append(entry(3, "user.transcript", ephemeral=True, text="hel"))
+    log.append(entry(4, "agent.state", state="thinking"))
+    log.append(entry(5, "turn.agent", text="hi there"))
+    assert snapshot(log) == {
+        "seq": 5,
+        "status": "active",
+        "user_state": None,
+        "agent_state": "thinking",
+        "live": True,
+        "turns": [{"role": "user", "text": "hello"}, {"role": "agent", "text": "hi there"}],
+        "app_state": {},
+    }

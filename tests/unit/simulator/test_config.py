@@ -9,7 +9,7 @@ def test_defaults_are_valid() -> None:
     config = SimulatorConfig()
     assert config.api_key == "sim-api-key"
     assert config.token_ttl == 300.0
-    assert (config.max_attempts, config.retry_base, config.delivery_timeout) == (2, 0.2, 5.0)
+    assert (config.max_attempts, config.retry_base, config.delivery_timeout) == (2, 0.0, 5.0)
     assert config.delivery_concurrency == 64
     assert TrafficSpec().channel == "both"
 

@@ -1,4 +1,5 @@
 import asyncio
+import json
 import time
 from collections import defaultdict
 from typing import Any
@@ -213,7 +214,8 @@ async def test_alerts_are_posted_as_the_platform_posts_them(
         body = jsoncodec.loads(request.body)
         assert list(body) == ["type", "org", "env", "agent", "at", "data"]
         assert body["type"] in {"monitor.fired", "spend.unusual", "credits.exhausted"}
-        assert isinstance(body["at"], int)
+        assert isinstance(body["at"], float)
+        assert request.body == json.dumps(body, separators=(",", ":")).encode()  # the stdlib's
         assert request.headers["X-Pinecall-Event"] == body["type"]
         signature = request.headers["X-Pinecall-Signature"]
         assert signature.startswith("sha256=")

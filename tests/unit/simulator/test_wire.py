@@ -35,7 +35,7 @@ def test_an_alert_is_posted_in_the_platforms_envelope_without_seq_or_id() -> Non
             "type": "monitor.fired", "ephemeral": False, "data": data}  # fmt: skip
     body = alert_body(line)
     assert body == {"type": "monitor.fired", "org": "org_sim", "env": "production",
-                    "agent": "support", "at": 1700000000, "data": data}  # fmt: skip
+                    "agent": "support", "at": 1700000000.75, "data": data}  # fmt: skip
     event = normalise(body, channel="webhook", received_at=1700000001.0)
     assert isinstance(event, Event)
     assert (event.id, event.call, event.agent, event.org) == (

@@ -117,6 +117,14 @@ def test_an_entry_too_large_to_read_becomes_a_note_at_its_seq() -> None:
     assert f.step(TooLarge("call.summary", "2", 9)) == Nothing()  # a replay
 
 
+def test_a_gap_too_large_to_read_is_still_a_gap_to_its_id() -> None:
+    # The platform's log.gap carries the call's whole state: a long call's passes the limit.
+    f = follow(after=10)
+    assert f.step(TooLarge("log.gap", "40", 2_000_000)) == Fill(11, 40)
+    assert f.query() == {"after": "10"}  # not moved past the gap's entries
+    assert f.step(TooLarge("log.gap", "8", 2_000_000)) == Nothing()  # already acknowledged
+
+
 def test_a_score_too_large_to_read_still_ends_the_call() -> None:
     f = follow()
     step = f.step(TooLarge("call.score", "9", 2_000_000))
