@@ -53,21 +53,26 @@ async def pair(
             await replica.stop()
 
 
-async def test_a_clean_handover_is_measured_by_the_new_holder(
+async def holder_then_successor(
     pair: list[Replica], simulator: Simulator, kafka_bootstrap: str, topics: Topics
-) -> None:
+) -> set[int]:
+    """Start the first replica, which takes the feed, then the second: the feed's readers once
+    both are in the lease's group."""
     holder, successor = pair
     await holder.start()
     async with asyncio.timeout(60):
         await simulator.wait_for_subscribers(1)
     await successor.start()
-    await until(
-        lambda: lease_members(kafka_bootstrap, f"{topics.group}-feed-lease", 2),
-        60,
-        0.25,
-        "both replicas in the feed lease's group",
-    )
-    before = feed_readers(simulator)
+    group = f"{topics.group}-feed-lease"
+    await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
+    return feed_readers(simulator)
+
+
+async def test_a_clean_handover_is_measured_by_the_new_holder(
+    pair: list[Replica], simulator: Simulator, kafka_bootstrap: str, topics: Topics
+) -> None:
+    holder, successor = pair
+    before = await holder_then_successor(pair, simulator, kafka_bootstrap, topics)
     async with aiohttp.ClientSession() as session:
         assert total(await successor.metrics(session), f"{GAP}_count") == 0
         traffic = asyncio.create_task(
@@ -97,13 +102,7 @@ async def test_a_zombie_holder_gives_the_lease_up_and_its_late_events_land_once(
     # Paused past its session mid-stream, the holder wakes still reading the feed and believing it
     # holds the lease: it must give it up to the newer holder, and what both read land once.
     holder, successor = pair
-    await holder.start()
-    async with asyncio.timeout(60):
-        await simulator.wait_for_subscribers(1)
-    await successor.start()
-    group = f"{topics.group}-feed-lease"
-    await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
-    before = feed_readers(simulator)
+    before = await holder_then_successor(pair, simulator, kafka_bootstrap, topics)
     held = "pinecall_bridge_feed_lease_held"
     async with aiohttp.ClientSession() as session:
         traffic = asyncio.create_task(
@@ -147,13 +146,7 @@ async def test_a_holder_cut_off_from_kafka_gives_the_feed_up_within_its_session(
     # handed the lease on (aiokafka revokes nothing while the coordinator is out of reach): both
     # replicas read the feed for as long as the cut lasted.
     holder, successor = pair
-    await holder.start()
-    async with asyncio.timeout(60):
-        await simulator.wait_for_subscribers(1)
-    await successor.start()
-    group = f"{topics.group}-feed-lease"
-    await until(lambda: lease_members(kafka_bootstrap, group, 2), 60, 0.25, "both members")
-    before = feed_readers(simulator)
+    before = await holder_then_successor(pair, simulator, kafka_bootstrap, topics)
     held = "pinecall_bridge_feed_lease_held"
     session_s = int(successor.env["BRIDGE_DEDUP__SESSION_TIMEOUT_MS"]) / 1000
     loop = asyncio.get_running_loop()
