@@ -266,7 +266,8 @@ class Metrics:
             f"{PREFIX}_topic_problem",
             "1 while the dedup stage's topic check finds this problem with one of the bridge's"
             " topics (missing, not_allowed, unreadable; for the ingest topic also timestamp_type,"
-            " retention_ms, retention_bytes, cleanup_policy), 0 once it is gone.",
+            " retention_ms, retention_bytes, cleanup_policy; for an output topic compacted), 0"
+            " once it is gone.",
             ["topic", "problem"],
             registry=r,
         )

@@ -41,6 +41,7 @@ from bridge.dedup.offsetmark import mark
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
+from bridge.normalise.vocabulary import channel_label
 from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
 from bridge.sink.kafka import max_message_bytes, partition_for
 from bridge.sink.limits import TopicLimits, record_size, too_large
@@ -382,7 +383,7 @@ class StageProducer:
         for topic, n in txn.published.items():
             m.published_by(topic).inc(n)
         for channel, n in txn.duplicates.items():
-            m.duplicates_by(channel).inc(n)
+            m.duplicates_by(channel_label(channel)).inc(n)
         if txn.too_large:
             m.dedup_output_too_large.inc(txn.too_large)
         if txn.keyless:

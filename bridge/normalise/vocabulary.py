@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
+from bridge.normalise.event import Channel
+
 # From the platform's published wire code and its docs; anything else is labelled `other`
 # so a flood of new or hostile type names cannot blow up the metric series count.
 KNOWN_TYPES: frozenset[str] = frozenset(
@@ -42,3 +46,13 @@ MARKER_TYPES: frozenset[str] = frozenset({"log.caught_up", "log.gap"})
 def type_label(event_type: str) -> str:
     """The metric label for a type: itself when known, else `other`."""
     return event_type if event_type in KNOWN_TYPES else "other"
+
+
+_CHANNELS: frozenset[str] = frozenset(get_args(Channel))
+
+
+def channel_label(channel: str) -> str:
+    """The metric label for a channel read back from a record's header: itself, else `other`."""
+    # An ingest record's channel header is whatever its writer put there (a hand-made record,
+    # a newer bridge's channel): one new series per value, for ever, without this.
+    return channel if channel in _CHANNELS else "other"

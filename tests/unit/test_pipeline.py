@@ -170,6 +170,24 @@ async def test_unknown_type_counted_as_other() -> None:
     )
 
 
+async def test_a_flood_of_new_types_adds_no_series() -> None:
+    # Pinecall adds types often, and a signed sender can name any: the label must not follow.
+    pipeline, metrics = make(FakeSink())
+    await pipeline.submit([entry(n, f"new.type{n}") for n in range(1, 301)], "webhook")
+    await pipeline.submit([entry(301, "call.started")], "webhook")
+    types = {
+        s.labels["type"]
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == "pinecall_bridge_events_received_total"
+    }
+    assert types == {"other", "call.started"}
+    assert (
+        sample(metrics, "pinecall_bridge_events_received_total", channel="webhook", type="other")
+        == 300
+    )
+
+
 async def test_batch_keeps_its_order_in_the_ingest_topic() -> None:
     sink = FakeSink()
     pipeline, _ = make(sink, timeout=60)

@@ -70,6 +70,23 @@ async def test_new_ids_are_sent_in_order_and_copies_dropped_and_counted_at_commi
     assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="webhook") == 1
 
 
+async def test_channel_headers_the_bridge_does_not_know_share_one_duplicate_series() -> None:
+    # The channel is read back from a header anyone writing to the ingest topic can set.
+    task, out, _, metrics = make()
+    records = [ingest(0, "CA_1:1", 100.0)]
+    records += [ingest(n, "CA_1:1", 100.0, channel=f"chan-{n}") for n in range(1, 201)]
+    await task.process(records, out)
+    await commit(task, out)
+    series = {
+        s.labels["channel"]
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == "pinecall_bridge_events_duplicate_total"
+    }
+    assert series == {"other"}  # the stage's own 0s for known channels are made by the service
+    assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="other") == 200
+
+
 async def test_copies_in_a_later_transaction_are_dropped_too() -> None:
     task, out, producer, _ = make()
     await task.process([ingest(0, "CA_1:1", 100.0)], out)
