@@ -106,7 +106,8 @@ class _TransientKafkaFilter(logging.Filter):
     coordinator lookups, heartbeats and fetches that fail with it, are retried all through an
     outage or a rebalance, which the bridge logs itself (`Kafka not ready yet`, readiness,
     `kafka_connected`), as is a new topic's start offset asked before its leader is ready:
-    WARNINGs, so the address and the reason stay in the log.
+    WARNINGs, so the address and the reason stay in the log. Each is thinned (bridge.logthrottle)
+    by message, and by broker for a connection: retried through an outage, they came 100 a second.
     """
 
     _DROPPED = ("Topic %s not found in cluster metadata",)
@@ -128,17 +129,49 @@ class _TransientKafkaFilter(logging.Filter):
 
     _UNREACHABLE = ('Unable connect to "%s:%s": %s', "Unable connect to node with id %s: %s")
 
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        # By logger, level, message template (aiokafka's fixed set) and, for a connection, the
+        # broker: a 60 s outage logged some 100 lines/s of retries, each the same few messages.
+        self._throttle: Throttle[tuple[str, int, str, str]] = Throttle(every, clock)
+        self._flushing = False
+        logthrottle.register(self)
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._flushing:  # the count of what was held back, through this logger: said
+            return True
         msg = str(record.msg)
         if msg in self._DROPPED:
             return False
         if msg in self._DEMOTED and record.levelno > logging.WARNING and self._retried(record):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+        where = ""
         if msg in self._UNREACHABLE and isinstance(record.args, tuple) and record.args:
             *rest, error = record.args
+            where = ":".join(map(str, rest))
             if not str(error):
                 record.args = (*rest, _unexplained(error))
+        held = self._throttle.admit((record.name, record.levelno, msg, where))
+        if held is None:
+            return False
+        for name, value in held.fields().items():
+            setattr(record, name, value)
         return True
+
+    def flush(self) -> None:
+        self._flushing = True
+        try:
+            for (name, level, msg, where), held in self._throttle.drain():
+                # The template's placeholders left unfilled: the lines it stands for differ there.
+                said = re.sub(r"%[sdr]", "…", msg) + (f" ({where})" if where else "")
+                say_held(logging.getLogger(name), level, said, held)
+        finally:
+            self._flushing = False
+
+    def forget(self) -> None:
+        self._throttle = Throttle(self._every, self._clock)
 
     def _retried(self, record: logging.LogRecord) -> bool:
         at = self._DEMOTED[str(record.msg)]
@@ -235,6 +268,7 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
         "aiokafka.cluster",
         "aiokafka.consumer.group_coordinator",
         "aiokafka.consumer.fetcher",
+        "aiokafka.producer.sender",  # `Got error produce response`, per request and retry
     ):
         noisy = logging.getLogger(name)
         if not any(isinstance(f, _TransientKafkaFilter) for f in noisy.filters):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,10 +13,16 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge import jsoncodec
 from bridge.config import HttpSettings, WebhookSettings
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import event_time, split_body
 from bridge.pipeline import Pipeline
 from bridge.sources.signature import Verdict, forget_keys, verify
+
+log = logging.getLogger(__name__)
+# A refusal can come once per request: thinned (bridge.logthrottle), the metric counts each. Not
+# logged at all, a wrong secret lost every webhook with nothing in the log to say why.
+flood = LogThrottle(log)
 
 SIGNATURE_HEADER = "X-Pinecall-Signature"
 RETRY_AFTER_SECONDS = "5"
@@ -88,6 +95,8 @@ class WebhookHandler:
 
     def _reject(self, status: int, reason: str, detail: str, **headers: str) -> web.Response:
         self._metrics.rejected.labels("webhook", reason).inc()
+        # One message a reason (a fixed set): a flood of one kind hides no other.
+        flood.warning(f"webhook refused: {reason}", extra={"status": status, "detail": detail})
         return error(status, reason, detail, **headers)
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -192,7 +192,9 @@ def test_a_connection_error_without_text_is_explained(capsys: pytest.CaptureFixt
     client = logging.getLogger("aiokafka")
     client.error('Unable connect to "%s:%s": %s', "kafka", 9092, TimeoutError())
     client.error("Unable connect to node with id %s: %s", 1, ConnectionResetError())
+    logthrottle.forget_all()  # one broker's lines are thinned: each of these is said here
     client.error('Unable connect to "%s:%s": %s', "kafka", 9092, OSError())
+    logthrottle.forget_all()
     client.error('Unable connect to "%s:%s": %s', "kafka", 9092, OSError("Connect call failed"))
     lines = [jsoncodec.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
     assert lines == [
@@ -233,6 +235,43 @@ async def test_a_kafka_outage_logs_no_error_per_reconnect(
     lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
     refused = [e for e in lines if e["msg"].startswith(f'Unable connect to "{refusing_address()}"')]
     assert [e["level"] for e in refused] == ["warning"], lines
+
+
+def test_a_kafka_outage_is_not_a_flood_of_aiokafka_retries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A real bridge with its broker down for 60 s logged about 100 lines/s, every one of them one
+    # of these four retried messages, to two brokers here.
+    from aiokafka.errors import NodeNotReadyError
+
+    logsetup.configure("INFO", "json")
+    client = logging.getLogger("aiokafka")
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    sender = logging.getLogger("aiokafka.producer.sender")
+    down = NodeNotReadyError("node 1")
+    for _ in range(500):
+        for node in (1, 2):
+            client.error("Unable connect to node with id %s: %s", node, "Connection refused")
+        client.error("Unable to update metadata from %s", [1])
+        coordinator.error("Group Coordinator Request failed: %s", down)
+        sender.warning("Got error produce response: %s", down)
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["msg"].split(":")[0]) for e in lines] == [
+        ("warning", "Unable connect to node with id 1"),
+        ("warning", "Unable connect to node with id 2"),
+        ("warning", "Unable to update metadata from [1]"),
+        ("warning", "Group Coordinator Request failed"),
+        ("warning", "Got error produce response"),
+    ]
+    logthrottle.flush_all()  # at stop: how many were held back, by message and broker
+    said = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert sorted((e["msg"], e["suppressed"]) for e in said) == [
+        ("Got error produce response: …: 499 more like this in the last 0 s", 499),
+        ("Group Coordinator Request failed: …: 499 more like this in the last 0 s", 499),
+        ("Unable connect to node with id …: … (1): 499 more like this in the last 0 s", 499),
+        ("Unable connect to node with id …: … (2): 499 more like this in the last 0 s", 499),
+        ("Unable to update metadata from …: 499 more like this in the last 0 s", 499),
+    ]
 
 
 def test_malformed_requests_log_one_short_warning_per_period() -> None:

@@ -201,7 +201,9 @@ class Follower:
                     self._opened_at = self._clock()
                     state.connected()
                     return _Outcome(await self._read(response))
-                log.warning(
+                # Thinned: a server failing every call said it per call and retry, about
+                # MAX_CALLS / the backoff ceiling lines a second; the metric counts each.
+                flood.warning(
                     "call log stream refused",
                     extra={**self._ctx(), "status": response.status, **redirect_note(response)},
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -168,6 +169,23 @@ async def test_bad_signatures_401_and_nothing_published(
     assert (await response.json())["error"] == reason
     assert harness.sink.records == []
     assert harness.rejected(reason) == 1
+
+
+async def test_refusals_are_logged_thinned_by_reason(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real bridge answered 1440 bad webhooks (wrong secret, invalid JSON, too large) and logged
+    # not one line: an on-call sees the rejection alert, and nothing in the log to say why.
+    with caplog.at_level(logging.WARNING, logger="bridge.sources.webhook"):
+        for _ in range(50):
+            assert (await harness.post(ENTRY, secret=b"wrong")).status == 401
+            assert (await harness.post(b"{not json")).status == 400
+    said = [(r.levelname, r.getMessage(), getattr(r, "status", None)) for r in caplog.records]
+    assert said == [
+        ("WARNING", "webhook refused: invalid_signature", 401),
+        ("WARNING", "webhook refused: invalid_json", 400),
+    ]
+    assert harness.rejected("invalid_signature") == harness.rejected("invalid_json") == 50
 
 
 async def test_without_a_secret_nothing_is_taken_unless_unsigned_is_allowed() -> None:

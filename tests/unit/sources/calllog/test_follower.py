@@ -333,6 +333,25 @@ async def test_refusals_back_off_and_retry(run_follower: Callable[..., Any]) -> 
     assert [reconnects(metrics, r) for r in ("auth", "server_error", "protocol")] == [1, 1, 1]
 
 
+async def test_a_server_refusing_every_call_is_said_thinned_not_per_call_and_retry(
+    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = [f"CA_{i}" for i in range(20)]
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n <= 3 * len(calls):  # each call refused about three times
+            return web.json_response({"detail": "down"}, status=500)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    caplog.set_level(logging.WARNING)
+    ended, _, _, _, metrics = await run_followers(handler, calls=calls)
+    assert all(ended)
+    assert reconnects(metrics, "server_error") == 3 * len(calls)
+    said = [r for r in caplog.records if r.getMessage() == "call log stream refused"]
+    assert len(said) == 1, len(said)  # said once, within the throttle's 10 s
+    assert said[0].levelno == logging.WARNING
+
+
 async def test_a_redirect_is_not_followed(run_follower: Callable[..., Any]) -> None:
     # Followed, it would take the key along (to the same origin, as here, or, without it, to
     # another one).
