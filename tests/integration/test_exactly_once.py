@@ -18,11 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.ingest import record as ingest_record
 from bridge.simulator import Simulator, SimulatorConfig
 from tests.integration.conftest import (
+    Consumed,
     Topics,
     entry,
     lease_members,
+    read_decided,
     read_to_end,
     until_decided,
 )
@@ -287,3 +290,104 @@ async def test_the_feed_has_one_reader_and_fails_over(
 
     ids = await new_readers_events_land_once(simulator, before, kafka_bootstrap, topics)
     assert set(ids) <= simulator.ledger.expected_ids(), "published something never sent durably"
+
+
+IN_FLIGHT = 3  # a call's events on the way at once: they reach Kafka in any order
+INGEST_PARTITIONS = 6  # replica_env's
+
+
+class Overlapping(Traffic):
+    """Traffic whose calls have several events in flight at once, as the webhook, the feed and the
+    call log each deliver a call's events on their own: the ingest order is not the seq order."""
+
+    async def _call(self, call: str) -> None:
+        flying: set[asyncio.Task[None]] = set()
+        try:
+            for seq in itertools.count(1):
+                if self.stopping.is_set():
+                    break
+                flying.add(asyncio.create_task(self._one(call, seq)))
+                await asyncio.sleep(0.01 * (seq % 3))
+                if len(flying) >= IN_FLIGHT:
+                    _, flying = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await asyncio.gather(*flying)
+
+    async def _one(self, call: str, seq: int) -> None:
+        await self._deliver(entry(seq, call=call), concurrently=seq % 2 == 0)
+        self.answered[call].append(seq)
+
+
+def seq_of(event_id: str) -> int:
+    return int(event_id.rsplit(":", 1)[1])
+
+
+def first_copies(records: list[Consumed]) -> dict[str, list[str]]:
+    """Per call, the ids of its ingest records in offset order, each at its first copy."""
+    by_call: dict[str, list[str]] = defaultdict(list)
+    seen: set[str] = set()
+    for record in records:  # a call's records share a partition, read in offset order
+        event_id = record.headers[ingest_record.ID].decode()
+        if record.key is not None and event_id not in seen:
+            seen.add(event_id)
+            by_call[record.key.decode()].append(event_id)
+    return by_call
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+async def test_each_calls_output_keeps_its_ingest_order_across_a_takeover(
+    how: str, replicas: Callable[..., Replica], kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The dedup owner of some partitions SIGKILLed (or SIGTERMed) mid-stream, another taking
+    them over, then it is back: each call's output is its ingest order, each id once."""
+    fleet = [replicas(f"o{n}") for n in range(3)]
+    await asyncio.gather(*(r.start() for r in fleet))
+    victim, survivors = fleet[0], fleet[1:]
+    async with aiohttp.ClientSession() as session:
+
+        async def owned(among: list[Replica]) -> float:
+            return sum(
+                [
+                    total(await r.metrics(session), "pinecall_bridge_dedup_partitions_owned")
+                    for r in among
+                ]
+            )
+
+        traffic = Overlapping(session, fleet, topics.group[-6:])
+        flowing = asyncio.create_task(traffic.run())
+        try:
+            await traffic.until(150)
+            # Mid-stream, while it owns partitions whose records keep coming.
+            await until(lambda: owned([victim]), 60, 0.25, f"{victim.name} owns partitions")
+            if how == "killed":
+                victim.kill()  # its open transaction left to the transaction timeout
+            else:
+                assert await victim.stop() == 0
+
+            async def taken_over() -> bool:
+                return await owned(survivors) == INGEST_PARTITIONS
+
+            await until(taken_over, 90, 0.5, "the survivors own every ingest partition")
+            await traffic.until(traffic.count + 150)
+            await victim.start()  # and back: the partitions move once more
+            await until(lambda: owned([victim]), 90, 0.25, f"{victim.name} owns partitions again")
+            await traffic.until(traffic.count + 150)
+        finally:
+            traffic.stopping.set()
+            await flowing
+
+    ingest = await read_to_end(kafka_bootstrap, [topics.ingest], checked=False)  # no contract
+    records = await read_decided(kafka_bootstrap, topics, [topics.events], within=90)
+    expected = first_copies(ingest)
+    reordered = [call for call, ids in expected.items() if ids != sorted(ids, key=seq_of)]
+    assert reordered, "no call's events reached Kafka out of seq order: nothing to keep"
+    output: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        assert record.key is not None
+        output[record.key.decode()].append(record.json()["id"])
+    answered = {f"{call}:{seq}" for call, seqs in traffic.answered.items() for seq in seqs}
+    assert answered <= {i for ids in expected.values() for i in ids}, "answered, not ingested"
+    for call, ids in expected.items():
+        assert output[call] == ids, f"{call}: output order is not the ingest order"
+    assert output.keys() == expected.keys()
+    print(f"{how}: {len(answered)} events answered, {len(reordered)} calls out of seq order")

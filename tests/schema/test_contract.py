@@ -82,6 +82,9 @@ def broken_structured() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         (key, jsoncodec.dumps({k: v for k, v in ce.items() if k != "type"}), headers),
         (key, jsoncodec.dumps({**ce, "surprise": 1}), headers),  # additionalProperties: false
         (key, b"{not json", headers),
+        # `format: date-time`, which their pattern (Z$) alone lets through.
+        (key, jsoncodec.dumps({**ce, "time": "2026-13-45T25:00:00Z"}), headers),
+        (key, jsoncodec.dumps({**ce, "pinecallreceivedat": "yesterday, Z"}), headers),
         (key, value, {k: v for k, v in headers.items() if k != "pinecall-id"}),  # headers
         (key, value, {**headers, "ce_id": b"x"}),  # a ce_ header in structured mode
         (b"CA_2", value, headers),  # key is not the partitionkey
@@ -99,6 +102,7 @@ def broken_others() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
     return [
         (key, value, {k: v for k, v in headers.items() if k != "ce_time"}),
         (key, value, {**headers, "ce_pinecallchannel": b"carrier-pigeon"}),
+        (key, value, {**headers, "ce_time": b"2026-02-30T10:00:00Z"}),
         (key, b"{not json", headers),
         (b"", value, headers),  # an empty key: not a call id
         (dl_key, dl_value, {**dl_headers, "pinecall-received-at": b"yesterday"}),
@@ -112,6 +116,25 @@ def broken_others() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
 def test_a_record_off_the_contract_fails(bad: tuple[bytes | None, bytes, dict[str, bytes]]) -> None:
     with pytest.raises(contract.ContractError):
         contract.check(*bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "conforms"),
+    [
+        ("2026-09-21T14:13:20.500Z", True),
+        ("2026-09-21T14:13:20Z", True),
+        ("2016-12-31T23:59:60Z", True),  # a leap second
+        ("2026-09-21t14:13:20.5+02:00", True),
+        ("2026-09-21T14:13:20", False),  # no offset
+        ("2026-09-21 14:13:20Z", False),
+        ("2026-09-21T14:13:61Z", False),
+        ("2026-02-29T00:00:00Z", False),
+        ("2026-09-21T14:13:20+24:00", False),
+        ("20260921T141320Z", False),  # ISO 8601's basic form: not RFC 3339
+    ],
+)
+def test_the_check_holds_times_to_rfc_3339(text: str, conforms: bool) -> None:
+    assert contract.FORMATS.conforms(text, "date-time") is conforms
 
 
 @pytest.mark.parametrize("mode", ["structured", "binary"])
