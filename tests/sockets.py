@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import random
 import socket
 
 
@@ -61,3 +62,21 @@ def free_port() -> int:
         port: int = s.getsockname()[1]
     REACHABLE.add(port)
     return port
+
+
+def free_ports_below_ephemeral(count: int) -> list[int]:
+    """Distinct free ports below the ephemeral range: no client socket can take one meanwhile."""
+    ports: list[int] = []
+    for _ in range(500):
+        port = random.randint(30000, 32700)
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports in 30000-32700")

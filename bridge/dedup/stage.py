@@ -38,13 +38,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
+from bridge.dedup.refusals import refusal
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
@@ -78,6 +83,9 @@ MAX_RECORDS_PER_STEP = 256
 # what waits on it is a partition resumed or sought meanwhile, whose fetch goes to that broker
 # only once the held one returns: at a takeover, after its restore.
 IDLE_FETCH_WAIT_MS = 500
+# The longest wait between two fetches while Kafka refuses the group (a missing ACL): an ACL
+# added is taken up within it.
+REFUSED_MAX_WAIT = 30
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -365,6 +373,7 @@ class DedupStage:
         assert self._consumer is not None
         consumer = self._consumer
         interval = self._settings.commit_interval_ms / 1000
+        refused = 0  # fetches in a row the group was refused at
         try:
             while self._running:
                 died = consumer_died(consumer)
@@ -386,6 +395,17 @@ class DedupStage:
                         log.exception("dedup stage could not read the log start offsets")
                         await asyncio.sleep(interval)
                     continue
+                except GroupAuthorizationFailedError as exc:
+                    # aiokafka asks the coordinator again at each fetch: retried at once, a line
+                    # and a traceback every commit interval until someone adds the ACL.
+                    refused += 1
+                    wait = refused_wait(refused)
+                    log.error(
+                        refusal(exc, self._settings, self._out.transactional_id),
+                        extra={"error": repr(exc), "retry_in_s": wait},
+                    )
+                    await asyncio.sleep(wait)
+                    continue
                 except NoOffsetForPartitionError:
                     # Assigned and not yet sought (assigned() seeks it): no position yet. Not
                     # expected to last; a pause keeps it from spinning if it does.
@@ -397,6 +417,7 @@ class DedupStage:
                     log.exception("dedup stage fetch failed")
                     await asyncio.sleep(interval)
                     continue
+                refused = 0
                 async with self._lock:
                     for tp, records in batches.items():
                         task = self._tasks.get(tp)
@@ -746,6 +767,12 @@ def lag_seconds(now: float, behind_since: float | None, last_appended_at: float 
     """
     starts = [t for t in (behind_since, last_appended_at) if t is not None]
     return max(now - max(starts), 0.0) if starts else 0.0
+
+
+def refused_wait(refused: int) -> float:
+    """Seconds to wait after the `refused`-th refusal of the group in a row: 1 s, doubling to
+    REFUSED_MAX_WAIT. Pure."""
+    return float(min(2 ** min(refused - 1, 16), REFUSED_MAX_WAIT))
 
 
 def broker_fetch_wait_ms(interval_ms: int) -> int:

@@ -38,6 +38,7 @@ from bridge.config import DedupSettings
 from bridge.deadline import by_deadline
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
 from bridge.dedup.offsetmark import mark
+from bridge.dedup.refusals import REFUSALS, DedupRefusedError, refusal
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
@@ -180,8 +181,14 @@ class StageProducer:
                 max_request_size=self._limits.default,
             )
             watch_throttle(producer, counted(self._metrics, "dedup_producer"))
-            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                await start_client(producer, producer.start, producer.stop)
+            try:
+                async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                    await start_client(producer, producer.start, producer.stop)
+            except REFUSALS as exc:
+                # Refused at every retry until an operator acts: said so, with what to change.
+                why = refusal(exc, self._settings, self.transactional_id)
+                log.error(why, extra={"error": repr(exc)})
+                raise DedupRefusedError(why) from exc
             self._producer = producer
             self._replacing = True
         # Its InitProducerId has aborted what an earlier producer of this id left open.

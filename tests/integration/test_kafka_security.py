@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from tests.integration.conftest import (
     wait_ready,
 )
 from tests.polling import until
+from tests.sockets import free_ports_below_ephemeral
 
 OVERLAY = REPO / "tools" / "kafka" / "server-secure.properties.in"
 USER, PASSWORD = "bridge", "bridge-secret"
@@ -58,24 +57,6 @@ class SecureBroker:
         return f"127.0.0.1:{self.ports[listener]}"
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports below the ephemeral range: no client socket can take one meanwhile."""
-    ports: list[int] = []
-    for _ in range(500):
-        port = random.randint(30000, 32700)
-        if port in ports:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"no {count} free ports in 30000-32700")
-
-
 def _kafka_sh(command: str, env: dict[str, str]) -> None:
     subprocess.run([str(KAFKA_SH), command], check=True, env=env, timeout=180)
 
@@ -84,7 +65,7 @@ def _kafka_sh(command: str, env: dict[str, str]) -> None:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """Never the shared 9092 broker: it has no secure listeners, and must stay as it is."""
     certs = make_certs(tmp_path_factory.mktemp("kafka-security-certs"))
-    ports = dict(zip(LISTENERS, _free_ports(len(LISTENERS)), strict=True))
+    ports = dict(zip(LISTENERS, free_ports_below_ephemeral(len(LISTENERS)), strict=True))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_CONFIG_VAR_")}
     env.update(
         KAFKA_PORT=str(ports["PLAINTEXT"]),

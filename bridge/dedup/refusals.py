@@ -1,0 +1,52 @@
+"""What the dedup stage needs from Kafka that only an operator can give, said plainly. Pure.
+
+A refused transactional id or consumer group, or a transaction timeout above the brokers'
+`transaction.max.timeout.ms`, fails at every retry until an ACL or a setting changes: aiokafka's
+error names neither the ACL (resource type, name or prefix, operation) nor the setting.
+"""
+
+from __future__ import annotations
+
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    InvalidTransactionTimeout,
+    TransactionalIdAuthorizationFailed,
+)
+
+from bridge.config import DedupSettings
+
+ACLS = "deploy/README.md, Strimzi"
+# Kafka's own default for transaction.max.timeout.ms.
+KAFKA_MAX_TRANSACTION_TIMEOUT_MS = 900_000
+REFUSALS = (InvalidTransactionTimeout, TransactionalIdAuthorizationFailed)
+
+
+class DedupRefusedError(Exception):
+    """Kafka refuses the dedup stage something a retry cannot cure; the message says what."""
+
+
+def refusal(exc: BaseException, settings: DedupSettings, transactional_id: str) -> str | None:
+    """What to change for `exc`, or None if it is no refusal of the operator's to cure."""
+    if isinstance(exc, InvalidTransactionTimeout):
+        return (
+            "the brokers refuse the dedup stage's transaction timeout:"
+            f" BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS ({settings.transaction_timeout_ms} ms) is above"
+            " their transaction.max.timeout.ms (Kafka's default"
+            f" {KAFKA_MAX_TRANSACTION_TIMEOUT_MS} ms; this cluster's is lower). Lower"
+            " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS to at most transaction.max.timeout.ms (keeping"
+            f" BRIDGE_DEDUP__COMMIT_INTERVAL_MS ({settings.commit_interval_ms}) below it), or raise"
+            " the brokers' transaction.max.timeout.ms"
+        )
+    if isinstance(exc, TransactionalIdAuthorizationFailed):
+        return (
+            f"Kafka refuses the dedup stage its transactional id {transactional_id!r}: the"
+            " principal needs an ACL allowing Write and Describe on TransactionalId with the prefix"
+            f" {settings.group + '-dedup-'!r} ({ACLS})"
+        )
+    if isinstance(exc, GroupAuthorizationFailedError):
+        return (
+            f"Kafka refuses the dedup stage its consumer group {settings.group!r}"
+            " (BRIDGE_DEDUP__GROUP): the principal needs an ACL allowing Read on Group"
+            f" {settings.group!r} ({ACLS})"
+        )
+    return None

@@ -1,0 +1,34 @@
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    InvalidTransactionTimeout,
+    KafkaConnectionError,
+    TransactionalIdAuthorizationFailed,
+)
+
+from bridge.config import DedupSettings
+from bridge.dedup.refusals import refusal
+from bridge.dedup.stage import REFUSED_MAX_WAIT, refused_wait
+
+SETTINGS = DedupSettings(group="g1")
+
+
+def test_each_refusal_names_what_to_change() -> None:
+    timeout = refusal(InvalidTransactionTimeout(), SETTINGS, "g1-dedup-x")
+    assert timeout is not None
+    assert "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS (8000 ms)" in timeout
+    assert "transaction.max.timeout.ms" in timeout
+    txn = refusal(TransactionalIdAuthorizationFailed("g1-dedup-x"), SETTINGS, "g1-dedup-x")
+    assert txn is not None
+    assert "Write and Describe on TransactionalId with the prefix 'g1-dedup-'" in txn
+    group = refusal(GroupAuthorizationFailedError("g1"), SETTINGS, "g1-dedup-x")
+    assert group is not None
+    assert "Read on Group 'g1'" in group
+
+
+def test_an_outage_is_no_refusal() -> None:
+    assert refusal(KafkaConnectionError(), SETTINGS, "g1-dedup-x") is None
+
+
+def test_refused_wait_grows_to_its_bound() -> None:
+    assert [refused_wait(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert refused_wait(50) == REFUSED_MAX_WAIT
