@@ -84,6 +84,8 @@ class CallOutcome:
 class BackfillReport:
     calls: list[CallOutcome] = field(default_factory=list)
     list_error: str | None = None  # `--since`: the call list could not be read
+    # `--since`: the list's page cap came first; the call id older calls are listed `before`.
+    list_more: str | None = None
     # After a 401 the calls left are not asked for: each would only be refused in turn.
     not_asked: list[str] = field(default_factory=list)
 
@@ -91,6 +93,7 @@ class BackfillReport:
     def ok(self) -> bool:
         return (
             self.list_error is None
+            and self.list_more is None
             and not self.not_asked
             and all(outcome.error is None for outcome in self.calls)
         )
@@ -109,13 +112,14 @@ async def backfill_calls(
     calls: Sequence[str],
     *,
     since: float | None = None,
+    before: str | None = None,
     progress: Progress | None = None,
     metrics: Metrics | None = None,
 ) -> BackfillReport:
     """Read each call's stored log from its JSON pages and submit every page to the ingest topic.
 
-    With `since` (epoch seconds), the calls the call list shows started since then come after
-    `calls`, oldest first.
+    With `since` (epoch seconds), the calls the call list shows started since then (and listed
+    before the call `before`, where given) come after `calls`, oldest first.
     """
     metrics = metrics if metrics is not None else Metrics()
     shown = progress if progress is not None else NoProgress()
@@ -133,7 +137,7 @@ async def backfill_calls(
             wanted = list(dict.fromkeys(calls))  # each call once, in the order given
             if since is not None:
                 try:
-                    listed = await _calls_since(settings, session, since)
+                    listed, report.list_more = await _calls_since(settings, session, since, before)
                 except CallListError as exc:
                     report.list_error = str(exc)
                     return report
@@ -217,22 +221,24 @@ def _backoff(attempt: int) -> float:
 
 
 async def _calls_since(
-    settings: Settings, session: aiohttp.ClientSession, since: float
-) -> list[str]:
-    """The calls started since `since`, from the call list (newest first, paged with `before`)."""
+    settings: Settings, session: aiohttp.ClientSession, since: float, before: str | None = None
+) -> tuple[list[str], str | None]:
+    """The calls started since `since`, from the call list (newest first, paged with `before`);
+    and, if its page cap came first, the call id to list on `before`."""
     path = settings.sse.call_list_path
     if path is None:
         raise CallListError("no call list is configured (BRIDGE_SSE__CALL_LIST_PATH is empty)")
     api = settings.pinecall
     for attempt in range(1, PAGE_ATTEMPTS + 1):
         try:
-            rows = await list_calls(
+            listing = await list_calls(
                 session,
                 api.api_url + path,
                 api_headers(api, "application/json"),
                 oldest=since,
                 timeout_seconds=api.request_timeout_seconds,
                 max_pages=SINCE_MAX_PAGES,
+                before=before,
             )
         except CallListError as exc:
             if exc.unsupported or not exc.retriable or attempt == PAGE_ATTEMPTS:
@@ -240,6 +246,7 @@ async def _calls_since(
             log.warning("call list failed; retrying", extra={"error": str(exc)})
             await asyncio.sleep(_backoff(attempt))
         else:
+            rows = listing.rows
             undated = sorted({row.call for row in rows if row.started_at is None})
             if undated:
                 log.warning(
@@ -247,7 +254,12 @@ async def _calls_since(
                     " (name them with --call)",
                     extra={"calls": undated[:20], "count": len(undated)},
                 )
-            return started_since(rows, since)
+            if listing.more is not None:
+                log.warning(
+                    "the call list was read only to its page cap: older calls are not backfilled",
+                    extra={"pages": SINCE_MAX_PAGES, "calls": len(rows), "before": listing.more},
+                )
+            return started_since(rows, since), listing.more
     raise AssertionError("unreachable")
 
 
@@ -271,7 +283,12 @@ class BarProgress:
 
 
 def run_backfill(
-    settings: Settings, calls: Sequence[str], console: Console, *, since: float | None = None
+    settings: Settings,
+    calls: Sequence[str],
+    console: Console,
+    *,
+    since: float | None = None,
+    before: str | None = None,
 ) -> int:
     """The command: backfill with a progress bar, print what became of each call; 1 on errors."""
     ttl = settings.dedup.ttl_seconds
@@ -285,10 +302,17 @@ def run_backfill(
     total = len(set(calls)) if since is None else None  # known once the list is read
     with counted_bar(console, "calls", total, unit="calls", counted="entries submitted") as bar:
         report = asyncio.run(
-            backfill_calls(settings, calls, since=since, progress=BarProgress(bar))
+            backfill_calls(settings, calls, since=since, before=before, progress=BarProgress(bar))
         )
     if report.list_error is not None:
         console.print(f"[red]the call list[/]: {report.list_error}", highlight=False)
+    if report.list_more is not None:
+        console.print(
+            f"[red]the call list[/]: read only to its cap of {SINCE_MAX_PAGES} pages; calls"
+            f" listed before {report.list_more} were not read. To go on: pinecall-bridge backfill"
+            f" --since {since:.0f} --before {report.list_more}",
+            highlight=False,
+        )
     if report.not_asked:
         shown = ", ".join(report.not_asked[:10]) + (", …" if len(report.not_asked) > 10 else "")
         console.print(

@@ -334,8 +334,14 @@ def _backfill(args: argparse.Namespace) -> int:
 
     from bridge.backfill import run_backfill
 
+    if args.before is not None and args.since is None:
+        print("backfill: --before goes with --since", file=sys.stderr)
+        return 2
     return _kafka_or_exit(
-        settings, lambda: run_backfill(settings, args.call or [], Console(), since=args.since)
+        settings,
+        lambda: run_backfill(
+            settings, args.call or [], Console(), since=args.since, before=args.before
+        ),
     )
 
 
@@ -530,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = backfill.add_mutually_exclusive_group(required=True)
     which.add_argument("--call", action="append", help="a call id, e.g. CA_8f4a2c (repeatable)")
     _add_since(which, "every call the call list shows started")
+    backfill.add_argument(
+        "--before",
+        metavar="CALL",
+        help="with --since: only calls the list shows before this call id (where a run cut"
+        " short by the list's page cap says to go on)",
+    )
     backfill.set_defaults(func=_backfill)
 
     redrive = commands.add_parser(

@@ -113,6 +113,8 @@ class EventStreams:
         self._fail_on: FailOn = "any"
         self._break_next = 0
         self._refuse_until = 0.0
+        self._forbidden: set[str] = set()
+        self._hide_list_next = 0
 
     # --- faults -------------------------------------------------------------------------------
 
@@ -147,6 +149,14 @@ class EventStreams:
         """Refuse every call-log, feed and list request with 401 for `seconds`."""
         self._refuse_until = time.monotonic() + seconds
 
+    def forbid(self, call: str) -> None:
+        """Answer `call`'s log 403 from now on, as for a call this key may not read."""
+        self._forbidden.add(call)
+
+    def hide_list(self, count: int) -> None:
+        """Answer the next `count` call-list requests 404, as a proxy mid-deploy may."""
+        self._hide_list_next = count
+
     def force_gap(self, call: str | None = None, entries: int = 3) -> int:
         """Make the readers (of one call, or all) lose what they hold and the next entries."""
         return sum(reader.force_gap(entries) for reader in self._logs.readers(call))
@@ -170,6 +180,11 @@ class EventStreams:
                 {"error": "unavailable", "detail": "injected failure"}, status=self._fail_status
             )
         call = request.match_info["call"]
+        if call in self._forbidden:
+            self._stats.sse_forbidden += 1
+            return web.json_response(
+                {"error": "forbidden", "detail": f"this key may not read {call}"}, status=403
+            )
         found = self._logs.get(call)
         if found is None:
             return web.json_response(
@@ -226,6 +241,10 @@ class EventStreams:
         """`GET /v1/sessions`: the org's calls, newest first (`before=<call>` pages on)."""
         if refused := self._refused(request):
             return refused
+        if self._hide_list_next > 0:
+            self._hide_list_next -= 1
+            self._stats.lists_hidden += 1
+            return web.json_response({"error": "not_found", "detail": "injected"}, status=404)
         limit = _int_in(request.query.get("limit"), DEFAULT_LIST, 1, MAX_LIST)
         if limit is None:
             return _bad_request(f"limit must be an integer from 1 to {MAX_LIST}")

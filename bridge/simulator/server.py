@@ -48,6 +48,10 @@ class Controls(Protocol):
 
     def sse_refuse_auth(self, seconds: float) -> None: ...
 
+    def sse_forbid(self, call: str) -> None: ...
+
+    def sse_hide_list(self, count: int) -> None: ...
+
     def sse_gap(self, call: str | None = None, entries: int = 3) -> int: ...
 
     def snapshot(self) -> dict[str, Any]: ...
@@ -188,6 +192,20 @@ class ControlRoutes:
         self._controls.sse_refuse_auth(seconds)
         return web.json_response({"refusing_for": seconds})
 
+    async def sse_forbid(self, request: web.Request) -> web.Response:
+        call = request.query.get("call")
+        if not call:
+            return _bad_request("call is required")
+        self._controls.sse_forbid(call)
+        return web.json_response({"forbidden": call})
+
+    async def sse_hide_list(self, request: web.Request) -> web.Response:
+        count = _query_int(request, "count", 1)
+        if count is None or count < 0:
+            return _bad_request("count must be a non-negative integer")
+        self._controls.sse_hide_list(count)
+        return web.json_response({"hiding": count})
+
     async def sse_gap(self, request: web.Request) -> web.Response:
         entries = _query_int(request, "entries", 3)
         if entries is None or entries < 0:
@@ -225,6 +243,8 @@ def build_app(
     app.router.add_post("/_sim/sse/break-pages", control.sse_break_pages)
     app.router.add_post("/_sim/sse/refuse-auth", control.sse_refuse_auth)
     app.router.add_post("/_sim/sse/gap", control.sse_gap)
+    app.router.add_post("/_sim/sse/forbid", control.sse_forbid)
+    app.router.add_post("/_sim/sse/hide-list", control.sse_hide_list)
     return app
 
 

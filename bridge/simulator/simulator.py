@@ -257,6 +257,14 @@ class Simulator:
         """Answer the next `count` JSON page requests 200 with a body cut short (not JSON)."""
         self.streams.break_pages(count)
 
+    def sse_forbid(self, call: str) -> None:
+        """Answer `call`'s log (streams and pages) 403 from now on: a call the key may not read."""
+        self.streams.forbid(call)
+
+    def sse_hide_list(self, count: int) -> None:
+        """Answer the next `count` call-list requests 404, as a proxy mid-deploy may."""
+        self.streams.hide_list(count)
+
     def rotate_api_key(self, key: str) -> None:
         """Take `key` from now on and refuse the one before (401), as a revoked key is."""
         self.api_key.rotate(key)

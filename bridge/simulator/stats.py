@@ -39,6 +39,8 @@ class Stats:
     sse_silenced: int = 0  # streams made silent by fault injection
     sse_errors_injected: int = 0  # call-log requests answered 5xx by fault injection
     log_pages_broken: int = 0  # JSON pages answered 200 cut short (not JSON) by fault injection
+    sse_forbidden: int = 0  # call-log requests answered 403 (a call the key may not read)
+    lists_hidden: int = 0  # call-list requests answered 404 by fault injection
     sse_auth_refused: int = 0  # call-log, feed and list requests refused 401 by fault injection
     sse_log_auth_refused: int = 0  # of those, the call-log requests (streams and pages)
     sse_page_auth_refused: int = 0  # of those, the call-log pages (a gap fill's, say)

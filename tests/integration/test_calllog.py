@@ -24,6 +24,7 @@ from bridge import jsoncodec
 from bridge.simulator import Simulator
 from bridge.simulator.calllog import LogReader
 from bridge.simulator.config import SimulatorConfig
+from bridge.sources.calllog import calllist
 from bridge.sources.calllog.roster import partition_of
 from tests.entries import entry
 from tests.integration.conftest import (
@@ -544,6 +545,61 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
         # Each end frees a slot for the next call in the queue.
         await end_and_check(kafka_bootstrap, topics, calls, names)
         assert sample(metrics, "pinecall_bridge_sse_calls_queued") == 0
+
+
+async def test_a_call_the_key_may_not_read_is_given_up_and_frees_its_slot(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    # Each call of the org feed the key may not read (403) held one of MAX_CALLS slots for the
+    # life of the process: with one slot, the call behind it was never read.
+    rng = random.Random(18)
+    async with Simulator(sim_config()) as sim:
+        sse = {**FAST_SSE, "max_calls": 1, "give_up_after_seconds": 1.0}
+        handle = await following(start_bridge, sim, sse)
+        calls = Calls(sim, "CA_forbid")
+        forbidden, readable = f"{calls.prefix}_000", f"{calls.prefix}_001"
+        sim.sse_forbid(forbidden)
+        calls.open(1)  # announced first: it takes the one slot
+        await until(lambda: sim.stats.sse_forbidden > 0, 20, 0.01, "the forbidden call asked for")
+        calls.next_seq[readable] = 1
+        calls.write(readable, "call.started", {"direction": "inbound"})
+        await play(calls, [readable], 5, rng)
+
+        def forbidden_given_up() -> float:
+            return sample(
+                handle.metrics, "pinecall_bridge_sse_calls_given_up_total", reason="forbidden"
+            )
+
+        await until(lambda: forbidden_given_up() == 1, 30, 0.05, "the 403 call given up")
+        await all_followed(sim, [readable])
+        del calls.durable[forbidden]
+        await end_and_check(kafka_bootstrap, topics, calls, [readable])
+        assert sample(handle.metrics, "pinecall_bridge_sse_calls_dropped_total") == 0
+
+
+async def test_a_call_list_answered_404_is_read_again_and_finds_the_calls(
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A proxy's 404 for the call list at start-up turned it off for the life of the process:
+    # calls announced before the org feed connected were never found.
+    rng = random.Random(19)
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.source")
+    monkeypatch.setattr(calllist, "MISSING_RETRY_SECONDS", 1.0)
+    async with Simulator(sim_config()) as sim:
+        calls = Calls(sim, "CA_unlisted")
+        names = calls.open(3)  # before the bridge: no notice of them reaches it
+        await play(calls, names, 3, rng)
+        sim.sse_hide_list(3)
+        await following(start_bridge, sim)
+        await until(lambda: followed_once(sim, names), 30, 0.05, "the listed calls followed")
+        assert sim.stats.lists_hidden >= 1
+        await play(calls, names, 3, rng)
+        await end_and_check(kafka_bootstrap, topics, calls, names)
+    assert caplog.text.count("Pinecall has no call list here") == 1
 
 
 async def test_a_graceful_restart_resumes_live_calls_where_they_were(

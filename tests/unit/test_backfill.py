@@ -17,7 +17,7 @@ from bridge.backfill import BackfillReport, CallOutcome, NoProgress, backfill_ca
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
-from bridge.sources.calllog.calllist import CallRow
+from bridge.sources.calllog.calllist import CallListing, CallRow
 from bridge.sources.calllog.pages import Page, PageAuthError
 from tests.entries import entry
 from tests.unit.fakes import FakeSink
@@ -48,17 +48,19 @@ def test_a_backfill_reaching_past_the_dedup_window_says_it_publishes_again(
 async def test_calls_the_list_gives_no_start_time_are_named_not_dropped_silently(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
-        return [
-            CallRow("CA_1", live=True, last_seq=None, started_at=100.0, ended_at=None),
-            CallRow("CA_2", live=True, last_seq=None, started_at=None, ended_at=None),
-        ]
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return CallListing(
+            [
+                CallRow("CA_1", live=True, last_seq=None, started_at=100.0, ended_at=None),
+                CallRow("CA_2", live=True, last_seq=None, started_at=None, ended_at=None),
+            ]
+        )
 
     monkeypatch.setattr(backfill, "list_calls", list_calls)
     settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
     caplog.set_level(logging.WARNING, logger="bridge.backfill")
     async with aiohttp.ClientSession() as session:
-        assert await backfill._calls_since(settings, session, 50.0) == ["CA_1"]
+        assert await backfill._calls_since(settings, session, 50.0) == (["CA_1"], None)
     [warning] = caplog.records
     assert warning.__dict__["calls"] == ["CA_2"]
 
@@ -130,6 +132,40 @@ def test_the_command_names_the_calls_a_refused_key_left_unread_and_fails(
     assert run_backfill(settings, ["CA_1", "CA_2", "CA_3"], Console(file=out, width=400)) == 1
     assert "2 calls not read: Pinecall refused the API key (401)" in out.getvalue()
     assert "(CA_2, CA_3)" in out.getvalue()
+
+
+async def test_a_list_cut_short_by_its_page_cap_fails_and_says_how_to_go_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reading stopped at 5,000 pages as if the list had ended: the older calls were left out
+    # and the command said nothing, and exited 0.
+    asked: list[str | None] = []
+
+    async def list_calls(*_: Any, before: str | None = None, **__: Any) -> CallListing:
+        asked.append(before)
+        row = CallRow("CA_9", live=False, last_seq=3, started_at=100.0, ended_at=200.0)
+        return CallListing([row], more="CA_9")
+
+    monkeypatch.setattr(backfill, "list_calls", list_calls)
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    caplog.set_level(logging.WARNING, logger="bridge.backfill")
+    async with aiohttp.ClientSession() as session:
+        assert await backfill._calls_since(settings, session, 50.0, "CA_10") == (["CA_9"], "CA_9")
+    assert asked == ["CA_10"]
+    assert "read only to its page cap" in caplog.text
+
+
+def test_the_command_fails_a_list_cut_short_and_says_how_to_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def capped_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(calls=[CallOutcome("CA_9", entries=3)], list_more="CA_9")
+
+    monkeypatch.setattr(backfill, "backfill_calls", capped_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    assert run_backfill(settings, [], Console(file=out, width=400), since=50.0) == 1
+    assert "pinecall-bridge backfill --since 50 --before CA_9" in out.getvalue()
 
 
 async def test_a_403_is_one_calls_refusal_and_the_others_are_still_read(

@@ -21,6 +21,9 @@ from bridge.sources.redirects import redirected
 
 PAGE_LIMIT = 200  # the platform's longest list
 MAX_PAGES = 100
+# A list answered 404 or 405 (a platform without one, or a proxy's answer during a deploy) is
+# asked again after this long: not at once, nor never again.
+MISSING_RETRY_SECONDS = 300.0
 # One page's answer: PAGE_LIMIT rows are a few hundred bytes each, some 50 KiB; far more is a
 # broken server, not a page to hold in memory.
 MAX_PAGE_BYTES = 4 * 1_048_576
@@ -41,8 +44,17 @@ class CallPage:
     next: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class CallListing:
+    """The calls read, newest first; `more`: the `before` cursor to read on from, when the
+    page cap came before the lookback's end (the older calls were not read)."""
+
+    rows: list[CallRow]
+    more: str | None = None
+
+
 class CallListError(Exception):
-    """The list could not be read; `unsupported` when the platform has no such endpoint.
+    """The list could not be read; `unsupported` when the platform answers that it has none.
 
     Not `retriable` when the platform refused the request itself (a bad key, a missing scope).
     """
@@ -77,6 +89,12 @@ def parse_call_page(body: bytes) -> CallPage:
         )
     nxt = decoded.get("next")
     return CallPage(tuple(calls), nxt if isinstance(nxt, str) and nxt else None)
+
+
+def retry_delay(exc: CallListError, backoff: float) -> float:
+    """How long a sweep waits before reading a list it could not read: its backoff, or for a
+    list answered 404/405 (which another read may find again) at least MISSING_RETRY_SECONDS."""
+    return max(backoff, MISSING_RETRY_SECONDS) if exc.unsupported else backoff
 
 
 def page_is_last(page: CallPage, oldest: float) -> bool:
@@ -125,10 +143,11 @@ async def list_calls(
     oldest: float,
     timeout_seconds: float,
     max_pages: int = MAX_PAGES,
-) -> list[CallRow]:
-    """The calls the list shows, newest first, down to the first started before `oldest`."""
+    before: str | None = None,
+) -> CallListing:
+    """The calls the list shows, newest first (from `before`, a call id, when given), down to
+    the first started before `oldest` or to `max_pages` pages."""
     found: list[CallRow] = []
-    before: str | None = None
     for _ in range(max_pages):
         params = {"limit": str(PAGE_LIMIT)}
         if before is not None:
@@ -158,6 +177,6 @@ async def list_calls(
         page = parse_call_page(body)
         found.extend(page.calls)
         if page_is_last(page, oldest):
-            break
+            return CallListing(found)
         before = page.next
-    return found
+    return CallListing(found, more=before)

@@ -60,6 +60,7 @@ GiveUp = Literal[
     "not_found",  # 404: not this key's call
     "gone",  # 410: the log no longer exists
     "refused",  # any other refusal, with no stream between, for the give-up time
+    "forbidden",  # 403s (the key may not read this log), with no stream between, for as long
 ]
 GIVE_UP_REASONS: tuple[GiveUp, ...] = get_args(GiveUp)
 
@@ -154,7 +155,7 @@ class CallFollow:
         self._refused_at = None
 
     def unanswered(self) -> None:
-        """An attempt neither a stream nor a refusal (5xx, 429, 401/403, a connection error).
+        """An attempt neither a stream nor a refusal (5xx, 429, 401, a connection error).
 
         The give-up clock stops until the next refusal: an outage says nothing of the log, and
         must not end a call it could still read once the platform is back.
@@ -162,7 +163,7 @@ class CallFollow:
         self._refused_at = None
 
     def refused(self, status: int, now: float, give_up_after: float) -> GiveUp | None:
-        """A refusal that no retry can cure (400, 410, a 200 that is not a stream): give up?
+        """A refusal that no retry can cure (400, 403, 410, a 200 that is not a stream): give up?
 
         Only after `give_up_after` seconds of refusals with no stream between, so a platform
         briefly misbehaving costs a delay, not the call; 404 and 410 say so at once. Only the
@@ -175,7 +176,9 @@ class CallFollow:
         if self._refused_at is not None:
             self._refused_for += now - self._refused_at
         self._refused_at = now
-        return "refused" if self._refused_for >= give_up_after else None
+        if self._refused_for < give_up_after:
+            return None
+        return "forbidden" if status == 403 else "refused"
 
     def step(self, item: Item) -> Step:
         """What one parsed stream item asks for."""

@@ -232,7 +232,8 @@ class Follower:
 
     def _answered(self, status: int) -> _Outcome | None:
         """Tell the key gate what an answer (a stream's or a gap page's) says of the key; how
-        the attempt ends for a 401 or 403, None for any other answer."""
+        the attempt ends for a 401 or 403, None for any other answer. A 403 given up raises
+        _EndedError."""
         if status == 401:
             # The gate logs once per refusal of the key, and times the next attempt.
             self._gate.refused(self.call, status)
@@ -242,12 +243,15 @@ class Follower:
             self._gate.accepted()
         if status == 403:
             # A 403 may be this call's alone (another app's, say): were it to open the gate,
-            # one such call would stall every follower at each of its retries.
+            # one such call would stall every follower at each of its retries. Nor may it hold
+            # a MAX_CALLS slot for good (the org feed announces calls the key may not read): it
+            # runs the give-up clock as any refusal does.
             log.warning(
                 "call log forbidden: the API key lacks the right to this call's log",
                 extra={**self._ctx(), "status": status},
             )
-            self.state.unanswered()
+            if self._given_up(status):
+                raise _EndedError(ended=True)
             return _Outcome("auth")
         return None
 

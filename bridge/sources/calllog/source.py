@@ -24,7 +24,14 @@ from bridge.metrics import Metrics
 from bridge.normalise.ids import shown, valid_call_id
 from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
-from bridge.sources.calllog.calllist import CallListError, list_calls, read_by, wanted
+from bridge.sources.calllog.calllist import (
+    MAX_PAGES,
+    CallListError,
+    list_calls,
+    read_by,
+    retry_delay,
+    wanted,
+)
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.keygate import KeyGate
@@ -79,6 +86,8 @@ class CallLogSource:
         self._handovers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._refused_ids: set[str] = set()
         self._call_list = settings.call_list_path is not None
+        # The list answered 404/405 (logged once): it is asked again now and then, not given up.
+        self._list_missing = False
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
         # A refused key holds every follower back at once; one of them asks again.
@@ -224,7 +233,7 @@ class CallLogSource:
             self._sweep_again = False
             now = time.time()
             try:
-                rows = await list_calls(
+                listing = await list_calls(
                     self._session,
                     self._api.api_url + self._settings.call_list_path,
                     api_headers(self._api, "application/json"),
@@ -232,27 +241,39 @@ class CallLogSource:
                     timeout_seconds=self._api.request_timeout_seconds,
                 )
             except CallListError as exc:
-                if exc.unsupported:
-                    self._call_list = False
-                    log.warning(
-                        "Pinecall has no call list here: calls are found by the org feed and"
-                        " the ingest topic only",
-                        extra={"error": str(exc)},
-                    )
-                    return
                 # A refusal (a bad key, a missing scope) waits at least as long as an auth failure.
                 reason: DisconnectReason = "connect_error" if exc.retriable else "auth"
-                delay = self._list_backoff.next_delay(reason, None)
-                log.warning(
-                    "call list not read; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 1)},
-                )
+                delay = retry_delay(exc, self._list_backoff.next_delay(reason, None))
+                if not exc.unsupported:
+                    log.warning(
+                        "call list not read; retrying",
+                        extra={"error": str(exc), "retry_in_s": round(delay, 1)},
+                    )
+                elif not self._list_missing:
+                    # A proxy's 404 during a deploy must not end the sweeps for good: asked again
+                    # now and then, and said once until it is read.
+                    self._list_missing = True
+                    log.warning(
+                        "Pinecall has no call list here: calls are found by the org feed and"
+                        " the ingest topic only until it answers; asked again every few minutes",
+                        extra={"error": str(exc), "retry_in_s": round(delay, 1)},
+                    )
                 await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
                 self._list_backoff.reset()
+                if self._list_missing:
+                    self._list_missing = False
+                    log.info("the call list answers again")
+                if listing.more is not None:
+                    log.warning(
+                        "call list read only to its page cap: calls older than these are not"
+                        " found by this sweep (a shorter BRIDGE_SSE__CALL_LIST_LOOKBACK_SECONDS"
+                        " reads less)",
+                        extra={"calls": len(listing.rows), "pages": MAX_PAGES},
+                    )
                 # The window's start is measured from before the read: never too generous.
-                for row in rows:
+                for row in listing.rows:
                     if wanted(row, now, self._ttl):
                         self.announce(row.call, read_by(row, self._ttl))
             if not self._sweep_again:

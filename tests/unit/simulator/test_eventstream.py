@@ -350,6 +350,34 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
     assert sim.stats.sse_page_auth_refused == 1  # no `Accept: text/event-stream`
 
 
+async def test_a_forbidden_calls_log_answers_403_and_the_others_are_read(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    write(sim, entry(1))
+    async with client.post(sim.url + "/_sim/sse/forbid?call=" + CALL + "") as answer:
+        assert await answer.json() == {"forbidden": CALL}
+    for accept in ("text/event-stream", "application/json"):
+        async with client.get(events_url(sim), headers={**AUTH, "Accept": accept}) as answer:
+            assert answer.status == 403
+    async with client.get(events_url(sim, CALL + "_other"), headers=AUTH) as answer:
+        assert answer.status == 404  # no such call: not forbidden, only unknown
+    assert sim.stats.sse_forbidden == 2
+
+
+async def test_a_hidden_call_list_answers_404_then_it_recovers(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    write(sim, entry(1))
+    async with client.post(sim.url + "/_sim/sse/hide-list?count=1") as answer:
+        assert await answer.json() == {"hiding": 1}
+    statuses = []
+    for _ in range(2):
+        async with client.get(sim.url + "/v1/sessions", headers=AUTH) as answer:
+            statuses.append(answer.status)
+    assert statuses == [404, 200]
+    assert sim.stats.lists_hidden == 1
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -359,6 +387,8 @@ async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.Clien
         "/_sim/sse/refuse-auth?seconds=-1",
         "/_sim/sse/break-pages?count=-1",
         "/_sim/sse/gap?entries=-2",
+        "/_sim/sse/forbid",
+        "/_sim/sse/hide-list?count=-1",
     ],
 )
 async def test_bad_fault_parameters_are_400(

@@ -12,6 +12,7 @@ from bridge.sources.calllog.calllist import (
     list_calls,
     page_is_last,
     parse_call_page,
+    retry_delay,
     started_since,
     wanted,
 )
@@ -147,7 +148,42 @@ async def test_a_list_page_over_the_size_cap_is_an_error(monkeypatch: pytest.Mon
                 session, str(server.make_url("/v1/sessions")), {}, oldest=0, timeout_seconds=5
             )
         monkeypatch.setattr(calllist, "MAX_PAGE_BYTES", 500)
-        rows = await list_calls(
+        listing = await list_calls(
             session, str(server.make_url("/v1/sessions")), {}, oldest=0, timeout_seconds=5
         )
-    assert [r.call for r in rows] == ["CA_1"]
+    assert [r.call for r in listing.rows] == ["CA_1"]
+    assert listing.more is None
+
+
+async def test_a_list_read_to_its_page_cap_says_where_to_go_on() -> None:
+    # Reading stopped at the cap as if the list had ended: no warning, a backfill "succeeded".
+    seen: list[str | None] = []
+
+    async def sessions(request: web.Request) -> web.Response:
+        before = request.query.get("before")
+        seen.append(before)
+        n = int(before[3:]) if before else 10
+        rows = [row(f"CA_{n - 1}", started_at=T + n - 1)]
+        return web.json_response({"calls": rows, "next": f"CA_{n - 1}" if n > 1 else None})
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions", sessions)
+    url_path = "/v1/sessions"
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        url = str(server.make_url(url_path))
+        capped = await list_calls(session, url, {}, oldest=T, timeout_seconds=5, max_pages=3)
+        assert [r.call for r in capped.rows] == ["CA_9", "CA_8", "CA_7"]
+        assert capped.more == "CA_7"
+        rest = await list_calls(
+            session, url, {}, oldest=T, timeout_seconds=5, max_pages=30, before=capped.more
+        )
+    assert [r.call for r in rest.rows] == [f"CA_{n}" for n in range(6, -1, -1)]
+    assert rest.more is None
+    assert seen[3] == "CA_7"
+
+
+def test_a_list_answered_404_is_asked_again_but_not_before_some_minutes() -> None:
+    missing = CallListError("no call list here (404)", unsupported=True)
+    assert retry_delay(missing, 0.5) == calllist.MISSING_RETRY_SECONDS
+    assert retry_delay(missing, 900.0) == 900.0
+    assert retry_delay(CallListError("the call list answered 503"), 0.5) == 0.5

@@ -290,3 +290,11 @@ def test_not_found_and_gone_give_up_at_once_even_after_an_outage() -> None:
     f.unanswered()
     assert f.refused(404, 1.0, 900) == "not_found"
     assert f.refused(410, 1.0, 900) == "gone"
+
+
+def test_403s_in_a_row_for_the_give_up_time_give_the_call_up_as_forbidden() -> None:
+    # A log the key may not read held its MAX_CALLS slot for the life of the process.
+    f = follow()
+    assert f.refused(403, 100.0, 900) is None
+    assert f.refused(403, 999.0, 900) is None
+    assert f.refused(403, 1000.0, 900) == "forbidden"

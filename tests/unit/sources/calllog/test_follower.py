@@ -666,6 +666,24 @@ async def test_one_calls_403_holds_back_only_its_own_follower(
     assert len(forbidden_lines) == 3
 
 
+async def test_a_log_forbidden_for_the_give_up_time_is_left_and_frees_its_slot(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The org feed announces calls the key may not read: each 403 call held a MAX_CALLS slot
+    # for the life of the process, and after a day the queue filled and calls were dropped.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return web.json_response({"detail": "not yours"}, status=403)
+
+    ended, server, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert len(server.requests) > 1  # retried, with backoff, until the give-up time
+    assert publisher.seqs == []
+    assert given_up(metrics, "forbidden") == 1
+    assert given_up(metrics, "refused") == 0
+    assert key_refusals(caplog) == []
+    assert "call log given up" in caplog.text
+
+
 class ReopenedGate(KeyGate):
     """A key gate that another follower's 401 reopens just after the first answer accepting
     the key; `entered` is set as a follower comes to it (having found it holding or not)."""

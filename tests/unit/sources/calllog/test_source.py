@@ -20,8 +20,9 @@ from bridge.ingest.record import CHANNEL
 from bridge.metrics import Metrics
 from bridge.normalise.ids import shown
 from bridge.pipeline import Pipeline
+from bridge.sources.calllog import calllist as calllist_module
 from bridge.sources.calllog import source as source_module
-from bridge.sources.calllog.calllist import CallListError, CallRow
+from bridge.sources.calllog.calllist import CallListError, CallListing, CallRow
 from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.calllog.source import CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -61,12 +62,12 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
     source = call_log_source(metrics)
     reads = 0
 
-    async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
         nonlocal reads
         reads += 1
         if reads == 1:
             raise KeyError("a bug in reading the list")
-        return [CallRow("CA_1", True, 3, 1.0, None)]
+        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
 
     announced = sweeps_with(monkeypatch, source, list_calls)
     async with aiohttp.ClientSession() as session:
@@ -194,11 +195,11 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
         None,
     ]
 
-    async def list_calls(*_: Any, **__: Any) -> list[CallRow]:
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
         outcome = outcomes.pop(0)
         if outcome is not None:
             raise outcome
-        return [CallRow("CA_1", True, 3, 1.0, None)]
+        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
 
     announced = sweeps_with(monkeypatch, source, list_calls)
     async with aiohttp.ClientSession() as session:
@@ -281,9 +282,10 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
     monkeypatch.setattr(source, "_launch", launched.extend)
     ttl = source._ttl
 
-    async def list_calls(*args: Any, **kwargs: Any) -> list[CallRow]:
+    async def list_calls(*args: Any, **kwargs: Any) -> CallListing:
         ended_at = time.time() - ttl + 2 * SKEW_ALLOWANCE_SECONDS  # wanted, by two minutes
-        return [CallRow("CA_busy", True, 3, 1.0, None), CallRow("CA_done", False, 9, 1.0, ended_at)]
+        busy = CallRow("CA_busy", True, 3, 1.0, None)
+        return CallListing([busy, CallRow("CA_done", False, 9, 1.0, ended_at)])
 
     monkeypatch.setattr(source_module, "list_calls", list_calls)
     async with aiohttp.ClientSession() as session:
@@ -297,3 +299,62 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
     assert source.roster.finished("CA_busy", ended=True) == []
     assert not source.roster.following
     assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
+
+
+async def test_a_call_list_answered_404_is_read_again_later_and_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A proxy's 404 during a deploy once turned the call list off for the life of the process:
+    # no sweep at a takeover or a drained queue ever again.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    monkeypatch.setattr(calllist_module, "MISSING_RETRY_SECONDS", 0.02)
+    source = call_log_source(Metrics())
+    backoff = source._list_backoff = RecordedBackoff()
+    missing = CallListError("no call list here (404)", unsupported=True)
+    outcomes: list[CallListError | None] = [missing, missing, missing, None, missing, None]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
+
+    announced = sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for _ in range(2):  # missing again after it answered: said again, read again
+            source._schedule_sweep()
+            assert source._sweep is not None
+            await asyncio.wait_for(source._sweep, 2)
+    assert outcomes == []
+    assert announced == ["CA_1", "CA_1"]
+    # Not hammered: each wait at least MISSING_RETRY_SECONDS, above the backoff's 10 to 40 ms.
+    assert len(backoff.waits) == 4
+    missing_lines = [r for r in caplog.records if "no call list here" in r.getMessage()]
+    assert [r.levelno for r in missing_lines] == [logging.WARNING, logging.WARNING]
+    assert caplog.text.count("the call list answers again") == 2
+
+
+async def test_a_sweep_cut_short_by_the_page_cap_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.source")
+    source = call_log_source(Metrics())
+    listings = [
+        CallListing([CallRow("CA_1", True, 3, 1.0, None)]),
+        CallListing([CallRow("CA_2", True, 3, 1.0, None)], more="CA_2"),
+    ]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return listings.pop(0)
+
+    announced = sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for _ in range(2):
+            source._schedule_sweep()
+            assert source._sweep is not None
+            await asyncio.wait_for(source._sweep, 2)
+    assert announced == ["CA_1", "CA_2"]
+    [warning] = caplog.records
+    assert "read only to its page cap" in warning.getMessage()
