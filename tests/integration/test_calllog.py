@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from bridge import jsoncodec
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.simulator import Simulator
 from bridge.simulator.calllog import LogReader
 from bridge.simulator.config import SimulatorConfig
@@ -575,6 +576,52 @@ async def test_a_call_the_key_may_not_read_is_given_up_and_frees_its_slot(
         del calls.durable[forbidden]
         await end_and_check(kafka_bootstrap, topics, calls, [readable])
         assert sample(handle.metrics, "pinecall_bridge_sse_calls_dropped_total") == 0
+
+
+async def test_a_call_whose_first_notice_is_its_end_is_not_read_once_past_the_window(
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The feed's first notice of a call is its end (its start came before the feed connected);
+    # the call then waits behind a busy slot until its end has left the dedup window. Read from
+    # seq 0 then, what the webhook or feed carried of it would be published again.
+    rng = random.Random(21)
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    async with Simulator(sim_config()) as sim:
+        calls = Calls(sim, "CA_late")
+        [late] = calls.open(1)  # before the bridge: its start reaches no feed reader
+        await play(calls, [late], 3, rng)
+        # A window two seconds past the skew allowance: an end is in it for two seconds. No
+        # call list: only the feed announces the call.
+        handle: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY},
+            sse={**FAST_SSE, "max_calls": 1, "call_list_path": ""},
+            dedup={"ttl_seconds": SKEW_ALLOWANCE_SECONDS + 2},
+        )
+        await owns_all(handle)
+        async with asyncio.timeout(20):
+            await sim.calllogs.wait_for_feed_readers(1)
+        busy = f"{calls.prefix}_busy"
+        calls.next_seq[busy] = 1
+        calls.write(busy, "call.started", {"direction": "inbound"})
+        await play(calls, [busy], 3, rng)
+        await all_followed(sim, [busy])
+        calls.end(late)  # its notices: call.ended, call.summary, call.score
+
+        def queued() -> bool:
+            return sample(handle.metrics, "pinecall_bridge_sse_calls_queued") == 1
+
+        await until(queued, 20, 0.01, "the ended call waiting for the slot")
+        await asyncio.sleep(3)
+        del calls.durable[late]
+        await end_and_check(kafka_bootstrap, topics, calls, [busy])
+        dropped = "pinecall_bridge_sse_calls_dropped_total"
+        await until(lambda: sample(handle.metrics, dropped) == 1, 20, 0.05, "the call let go")
+        assert sample(handle.metrics, "pinecall_bridge_sse_calls_followed") == 0
+    followed = [getattr(r, "call", None) for r in caplog.records if r.msg == "following call log"]
+    assert followed == [busy]
 
 
 async def test_a_call_list_answered_404_is_read_again_and_finds_the_calls(

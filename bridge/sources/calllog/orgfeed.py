@@ -3,7 +3,8 @@
 Every process reads it; each announced call goes to `announce`, which follows it only where this
 process owns the call. The feed has no resume: a notice missed while disconnected is made up for
 by the next notice of the same call (every call log ends with `call.score`, which the feed
-carries too) and by the call list on start-up and takeover.
+carries too) and by the call list on start-up and takeover. A notice of the call's end bounds
+how long it may wait for a follower slot, as the call list's `read_by` does for an ended row.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from bridge import jsoncodec
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
+from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry
 from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -27,14 +31,48 @@ from bridge.sources.redirects import redirect_note
 log = logging.getLogger(__name__)
 
 
-def announced_call(event: Event) -> str | None:
-    """The call a feed event is about, or None (agent and deployment notices, garbage). Pure."""
+# The lifecycle notices written once the call is over: its log is complete.
+ENDINGS = frozenset({"call.ended", "call.summary", "call.score"})
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A feed event about a call: its type and its `ts` (None when it has none we can read)."""
+
+    call: str
+    type: str
+    at: float | None
+
+
+def notice_of(event: Event) -> Notice | None:
+    """The call notice a feed event is, or None (agent and deployment notices, garbage). Pure."""
     try:
         entry: Any = jsoncodec.loads(event.data)
     except jsoncodec.JSONDecodeError:
         return None
-    call = entry.get("call") if isinstance(entry, dict) else None
-    return call if isinstance(call, str) and call else None
+    if not isinstance(entry, dict):
+        return None
+    call = entry.get("call")
+    if not isinstance(call, str) or not call:
+        return None
+    kind = entry.get("type")
+    return Notice(call, kind if isinstance(kind, str) else event.type, to_epoch(entry.get("ts")))
+
+
+def notice_until(notice: Notice, received: float, ttl: float) -> float | None:
+    """The wall time past which the call a notice announces must not start; None: no limit.
+
+    A notice of the end dates the end as the call list's `ended_at` does (`read_by`): a call
+    still waiting for a slot past it would be read from its start after the dedup window forgot
+    what was published of it (by webhook or feed), and published again. The feed has no replay,
+    so a notice is never dated after it came: a `ts` later than that (or none) counts as then.
+    A notice of a live call keeps no limit: dropping it would lose the entries only the call
+    log carries.
+    """
+    if notice.type not in ENDINGS:
+        return None
+    at = received if notice.at is None else min(notice.at, received)
+    return at + ttl - SKEW_ALLOWANCE_SECONDS
 
 
 class OrgFeed:
@@ -46,7 +84,7 @@ class OrgFeed:
         api: PinecallSettings,
         settings: SseSettings,
         metrics: Metrics,
-        announce: Callable[[str], None],
+        announce: Callable[[Notice], None],
         connected: Callable[[], None],
     ) -> None:
         self._session = session
@@ -120,8 +158,8 @@ class OrgFeed:
                 return "closed", retry
             for item in parser.feed(chunk):
                 if isinstance(item, Event):
-                    call = announced_call(item)
-                    if call is not None:
-                        self._announce(call)
+                    notice = notice_of(item)
+                    if notice is not None:
+                        self._announce(notice)
                 elif isinstance(item, Retry):
                     retry = item.milliseconds / 1000

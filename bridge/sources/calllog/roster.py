@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.sink.kafka import partition_for
+from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
 
 
 def partition_of(call: str, partitions: int) -> int:
@@ -33,6 +34,11 @@ class Start:
 # Calls that may wait for a slot, per slot: ten call lengths of waiting. Past that an
 # announcement storm (or a bug) must not grow the queue without end.
 WAITING_PER_SLOT = 10
+# Ended calls remembered: every one a call-list sweep can show (its page cap), twice over for
+# the ones that ended meanwhile and the ended calls of partitions taken over. The list's
+# `wanted` offers again any ended call whose end is within the dedup window, so a forgotten one
+# was read again from its start at every sweep (each feed reconnect, each takeover). Some MiB.
+REMEMBER_ENDED = 2 * MAX_PAGES * PAGE_LIMIT
 
 
 class Roster:
@@ -42,7 +48,7 @@ class Roster:
         self,
         partitions: int,
         capacity: int,
-        remember_ended: int = 10_000,
+        remember_ended: int = REMEMBER_ENDED,
         on_drop: Callable[[str], None] = lambda call: None,
         on_expire: Callable[[str], None] = lambda call: None,
         clock: Callable[[], float] = time.time,
@@ -52,9 +58,9 @@ class Roster:
         self.owned: set[int] = set()
         self.following: dict[str, int] = {}  # call → its partition
         self.waiting: OrderedDict[str, int] = OrderedDict()  # call → after, first in first out
-        # Waiting calls the call list offered only because they ended within the dedup window:
-        # the wall time (`clock`) past which starting one would re-publish entries the window
-        # has forgotten. A wait in the queue is not bounded by the skew allowance the list's
+        # Waiting calls offered as ended (listed so, or announced by a notice of their end): the
+        # wall time (`clock`) past which starting one would re-publish entries the dedup window
+        # has forgotten. A wait in the queue is not bounded by the skew allowance the offer's
         # decision left, so the bound is checked again when the call's turn comes.
         self._until: dict[str, float] = {}
         self.max_waiting = WAITING_PER_SLOT * capacity
@@ -77,13 +83,13 @@ class Roster:
     def offer(self, call: str, after: int = 0, until: float | None = None) -> list[Start]:
         """A call this process may have to follow (announced, listed, or found on takeover).
 
-        `until`: the wall time past which it must not start (an ended call the list found).
+        `until`: the wall time past which it must not start (a call known to have ended).
         """
         if call in self.following or call in self._ended or not self.owns(call):
             return []
         if call in self.waiting:
             self.waiting[call] = max(self.waiting[call], after)
-            # A notice or a takeover needs no window to follow the call: unbounded from now on.
+            # A notice of a live call or a takeover needs no window: unbounded from now on.
             bound = self._until.get(call)
             if bound is not None:
                 if until is None:

@@ -35,7 +35,7 @@ from bridge.sources.calllog.calllist import (
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.calllog.follower import Follower, api_headers
 from bridge.sources.calllog.keygate import KeyGate
-from bridge.sources.calllog.orgfeed import OrgFeed
+from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_until
 from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
@@ -128,7 +128,7 @@ class CallLogSource:
             m.sse_calls_given_up.labels(given_up)
         # After each (re)connect, the call list makes up for the notices missed meanwhile.
         feed = OrgFeed(
-            self._session, self._api, self._settings, m, self.announce, self._schedule_sweep
+            self._session, self._api, self._settings, m, self.noticed, self._schedule_sweep
         )
         self._feed = self._supervisor.spawn("sse-org-feed", feed.run)
         log.info("call-log source started", extra={"ingest_partitions": partitions})
@@ -192,10 +192,15 @@ class CallLogSource:
 
     # Discovery.
 
-    def announce(self, call: str, until: float | None = None) -> None:
-        """A lifecycle notice of `call`: follow it from its start if it is ours and new.
+    def noticed(self, notice: Notice) -> None:
+        """An org-feed notice: a notice of the call's end may start it only while its end is
+        within the dedup window, as for an ended call the list found."""
+        self.announce(notice.call, notice_until(notice, time.time(), self._ttl))
 
-        `until`: the wall time past which an ended call the list found must not start.
+    def announce(self, call: str, until: float | None = None) -> None:
+        """A call found (a notice, the list): follow it from its start if it is ours and new.
+
+        `until`: the wall time past which an ended call must not start.
         """
         if self.roster is not None and not self._stopping.is_set() and self._usable(call):
             self._launch(self.roster.offer(call, 0, until))
@@ -337,8 +342,9 @@ class CallLogSource:
             )
 
     def _expired(self, call: str) -> None:
-        """An ended call the list found waited past the dedup window: re-reading it would double
-        what was published of it, so it is left alone, and counted as dropped."""
+        """An ended call (the list's, or a notice of its end) waited past the dedup window:
+        re-reading it would double what was published of it, so it is left alone, and counted
+        as dropped."""
         self._metrics.sse_calls_dropped.inc()
         flood.warning(
             "call-log queue: an ended call waited past the dedup window and is not read again",

@@ -5,13 +5,54 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
-from bridge.sources.calllog.orgfeed import OrgFeed
+from bridge.sources.calllog.eventstream import Event
+from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_until
+
+NOW = 1_800_000_000.0
+TTL = 3_600.0
+
+
+def test_a_notice_carries_its_call_type_and_time() -> None:
+    event = Event("call.ended", '{"call": "CA_1", "type": "call.ended", "ts": 1800000000.5}', "7")
+    assert notice_of(event) == Notice("CA_1", "call.ended", 1_800_000_000.5)
+    # Milliseconds are read as the log's times are; no `type` in the data: the event's.
+    assert notice_of(Event("call.score", '{"call": "CA_2", "ts": 1800000000000}', "")) == Notice(
+        "CA_2", "call.score", 1_800_000_000.0
+    )
+    assert notice_of(Event("call.started", '{"call": "CA_3"}', "")) == Notice(
+        "CA_3", "call.started", None
+    )
+    for data in ('{"call": null, "type": "agent.registered"}', "[1]", "not json", '{"call": ""}'):
+        assert notice_of(Event("x", data, "")) is None
+
+
+@pytest.mark.parametrize("kind", ["call.ended", "call.summary", "call.score"])
+def test_a_notice_of_the_end_starts_the_call_only_while_the_end_is_in_the_window(
+    kind: str,
+) -> None:
+    # As the call list's `read_by`: its end plus the TTL, a skew allowance short.
+    ended = NOW - 100
+    assert (
+        notice_until(Notice("CA_1", kind, ended), NOW, TTL) == ended + TTL - SKEW_ALLOWANCE_SECONDS
+    )
+    # The feed has no replay: a notice dated after it came (or not at all) counts as then.
+    limit = NOW + TTL - SKEW_ALLOWANCE_SECONDS
+    assert notice_until(Notice("CA_1", kind, NOW + 3_000), NOW, TTL) == limit
+    assert notice_until(Notice("CA_1", kind, None), NOW, TTL) == limit
+
+
+@pytest.mark.parametrize("kind", ["call.ringing", "call.started", "attention.requested"])
+def test_a_notice_of_a_live_call_keeps_no_limit(kind: str) -> None:
+    # Dropped, a live call would lose the entries only its log carries.
+    assert notice_until(Notice("CA_1", kind, NOW - 10 * TTL), NOW, TTL) is None
 
 
 async def test_a_request_never_answered_is_left_and_asked_again() -> None:
@@ -36,14 +77,16 @@ async def test_a_request_never_answered_is_left_and_asked_again() -> None:
 
     app = web.Application()
     app.router.add_get(settings.org_feed_path, handle)
-    announced: asyncio.Queue[str] = asyncio.Queue()
+    announced: asyncio.Queue[Notice] = asyncio.Queue()
     metrics = Metrics()
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         api = PinecallSettings(api_url=str(server.make_url("")).rstrip("/"), api_key=SecretStr("k"))
         feed = OrgFeed(session, api, settings, metrics, announced.put_nowait, lambda: None)
         task = asyncio.create_task(feed.run())
         try:
-            assert await asyncio.wait_for(announced.get(), 5) == "CA_1"
+            assert await asyncio.wait_for(announced.get(), 5) == Notice(
+                "CA_1", "call.started", None
+            )
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

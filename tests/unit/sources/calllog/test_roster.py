@@ -1,6 +1,7 @@
 import pytest
 
 from bridge.sink.kafka import partition_for
+from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
 from bridge.sources.calllog.roster import Roster, Start, partition_of
 
 
@@ -100,6 +101,21 @@ def test_ended_calls_are_remembered_boundedly() -> None:
         roster.finished(call, ended=True)
     assert not roster.has_ended("a")
     assert roster.has_ended("c")
+
+
+def test_every_ended_call_one_sweep_can_list_is_remembered() -> None:
+    # One sweep lists up to MAX_PAGES pages of PAGE_LIMIT calls, and `wanted` offers each one that
+    # ended within the dedup window again: one forgotten was read from its start at every sweep.
+    roster = Roster(1, capacity=1)
+    roster.own(0, {}, set())
+    listed = [f"CA_{n}" for n in range(MAX_PAGES * PAGE_LIMIT)]
+    for call in listed:
+        assert roster.offer(call) == [Start(call, 0)]
+        roster.finished(call, ended=True)
+    for call in listed:
+        assert roster.offer(call, until=float("inf")) == [], call
+    assert not roster.following
+    assert not roster.waiting
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 12])

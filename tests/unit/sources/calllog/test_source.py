@@ -23,6 +23,7 @@ from bridge.pipeline import Pipeline
 from bridge.sources.calllog import calllist as calllist_module
 from bridge.sources.calllog import source as source_module
 from bridge.sources.calllog.calllist import CallListError, CallListing, CallRow
+from bridge.sources.calllog.orgfeed import Notice
 from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.calllog.source import CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
@@ -298,6 +299,30 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
     waited[0] = 5 * SKEW_ALLOWANCE_SECONDS
     assert source.roster.finished("CA_busy", ended=True) == []
     assert not source.roster.following
+    assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
+
+
+async def test_a_call_a_notice_of_its_end_announced_is_not_read_after_waiting_past_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The feed's first word of a call is its end (its earlier notices came while the feed was
+    # down); the call waits behind a busy slot until its end has left the dedup window. Read
+    # from seq 0 then, what the webhook or feed carried of it would be published twice.
+    metrics = Metrics()
+    source = call_log_source(metrics, max_calls=1)
+    waited = [0.0]
+    source.roster = Roster(1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0])
+    source.roster.own(0, {}, set())
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    source.noticed(Notice("CA_busy", "call.started", time.time()))
+    source.noticed(Notice("CA_done", "call.score", time.time()))
+    source.noticed(Notice("CA_live", "call.started", time.time() - 2 * source._ttl))
+    assert launched == [Start("CA_busy", 0)]
+    assert list(source.roster.waiting) == ["CA_done", "CA_live"]
+    waited[0] = source._ttl
+    # The live call's notice keeps no limit: it starts however long it waited.
+    assert source.roster.finished("CA_busy", ended=True) == [Start("CA_live", 0)]
     assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
 
 
