@@ -25,15 +25,32 @@ class DedupRefusedError(Exception):
     """Kafka refuses the dedup stage something a retry cannot cure; the message says what."""
 
 
-def refusal(exc: BaseException, settings: DedupSettings, transactional_id: str) -> str | None:
-    """What to change for `exc`, or None if it is no refusal of the operator's to cure."""
+def refusal(
+    exc: BaseException,
+    settings: DedupSettings,
+    transactional_id: str,
+    brokers_max_timeout_ms: int | None = None,
+) -> str | None:
+    """What to change for `exc`, or None if it is no refusal of the operator's to cure.
+
+    `brokers_max_timeout_ms`: the brokers' transaction.max.timeout.ms, if it could be read."""
     if isinstance(exc, InvalidTransactionTimeout):
+        known = (
+            brokers_max_timeout_ms is not None
+            and brokers_max_timeout_ms < settings.transaction_timeout_ms
+        )
+        theirs = (
+            f" ({brokers_max_timeout_ms} ms)"
+            if known
+            else f" (Kafka's default {KAFKA_MAX_TRANSACTION_TIMEOUT_MS} ms;"
+            " this cluster's is lower)"
+        )
+        at_most = f"{brokers_max_timeout_ms} ms" if known else "transaction.max.timeout.ms"
         return (
             "the brokers refuse the dedup stage's transaction timeout:"
             f" BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS ({settings.transaction_timeout_ms} ms) is above"
-            " their transaction.max.timeout.ms (Kafka's default"
-            f" {KAFKA_MAX_TRANSACTION_TIMEOUT_MS} ms; this cluster's is lower). Lower"
-            " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS to at most transaction.max.timeout.ms (keeping"
+            f" their transaction.max.timeout.ms{theirs}. Lower"
+            f" BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS to at most {at_most} (keeping"
             f" BRIDGE_DEDUP__COMMIT_INTERVAL_MS ({settings.commit_interval_ms}) below it), or raise"
             " the brokers' transaction.max.timeout.ms"
         )

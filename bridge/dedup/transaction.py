@@ -29,6 +29,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import (
     IllegalOperation,
     InvalidProducerEpoch,
+    InvalidTransactionTimeout,
     KafkaError,
     ProducerFenced,
     TransactionCoordinatorFenced,
@@ -44,7 +45,11 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
 from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
-from bridge.sink.kafka import max_message_bytes, partition_for
+from bridge.sink.kafka import (
+    brokers_max_transaction_timeout_ms,
+    max_message_bytes,
+    partition_for,
+)
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.topicreads import unread
@@ -186,7 +191,10 @@ class StageProducer:
                     await start_client(producer, producer.start, producer.stop)
             except REFUSALS as exc:
                 # Refused at every retry until an operator acts: said so, with what to change.
-                why = refusal(exc, self._settings, self.transactional_id)
+                brokers_max = None
+                if isinstance(exc, InvalidTransactionTimeout):
+                    brokers_max = await self._brokers_max_transaction_timeout(options)
+                why = refusal(exc, self._settings, self.transactional_id, brokers_max)
                 log.error(why, extra={"error": repr(exc)})
                 raise DedupRefusedError(why) from exc
             self._producer = producer
@@ -425,6 +433,14 @@ class StageProducer:
                 raise TransactionLostError("error", touched) from exc
         assert self._producer is not None
         return self._producer
+
+    async def _brokers_max_transaction_timeout(self, options: dict[str, Any]) -> int | None:
+        """The brokers' limit, read best-effort (a principal may not describe the cluster)."""
+        try:
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                return await brokers_max_transaction_timeout_ms(options)
+        except TimeoutError:
+            return None
 
     async def _relearn_limits(self, options: dict[str, Any]) -> None:
         stale = self._limits.take_stale()

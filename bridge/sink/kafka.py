@@ -55,6 +55,7 @@ from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = "max.message.bytes"
+MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
 # Answers after which an idempotent producer cannot send to a partition again (aiokafka#1017):
 # a batch failed after taking its sequence numbers (expired, refused for its size), or the
 # broker forgot the producer.
@@ -265,17 +266,32 @@ async def replication_factors(
 
 async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
     """The cluster's default min.insync.replicas, as a broker reports it; None if unreadable."""
+    # Unreadable (e.g. no DescribeConfigs right on the cluster): the topics get 2 all the same.
+    return await _broker_config_int(admin, MIN_INSYNC_REPLICAS)
+
+
+async def brokers_max_transaction_timeout_ms(options: Mapping[str, Any]) -> int | None:
+    """The brokers' transaction.max.timeout.ms, as one reports it; None if it cannot be read."""
+    try:
+        async with admin_client(options) as admin:
+            return await _broker_config_int(admin, MAX_TRANSACTION_TIMEOUT_MS)
+    except KafkaError:
+        return None
+
+
+async def _broker_config_int(admin: AIOKafkaAdminClient, key: str) -> int | None:
+    """A broker's integer setting `key`, as the first broker listed reports it; None if not."""
     try:
         broker = (await admin.describe_cluster())["brokers"][0]["node_id"]
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.BROKER, str(broker), {MIN_INSYNC_REPLICAS: None})]
+            [ConfigResource(ConfigResourceType.BROKER, str(broker), {key: None})]
         )
     except (KafkaError, IndexError, KeyError):
-        return None  # e.g. no DescribeConfigs right on the cluster: the topics get 2 all the same
+        return None
     for response in responses:
         for error_code, _, _, _, entries, *_ in response.resources:
-            for key, value, *_ in () if error_code else entries:
-                if key == MIN_INSYNC_REPLICAS and value is not None and value.isdigit():
+            for name, value, *_ in () if error_code else entries:
+                if name == key and value is not None and value.isdigit():
                     return int(value)
     return None
 

@@ -106,7 +106,7 @@ class WebhookHandler:
         if length is not None and length > limit:
             # Before the 503: a final answer, where a 503 would have it retried for nothing.
             return self._too_large(limit)
-        size = (limit if length is None else length) + REQUEST_OVERHEAD_BYTES
+        size = _request_charge(length, limit)
         if self._overloaded(size, held=0):
             return self._overloaded_answer()
         self._in_flight_bytes += size
@@ -116,12 +116,17 @@ class WebhookHandler:
             self._in_flight_bytes -= size
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
-        """`Expect: 100-continue`: a body declared too large gets its 413 before it is sent."""
+        """`Expect: 100-continue`: a body declared too large gets its 413, and one past the bytes
+        in flight its 503, before it is sent."""
         limit = self._settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             # aiohttp's own would send 100 Continue, and the client the whole body, for nothing.
             return self._too_large(limit)
+        # Only looked at: handle() checks again and charges, as it does without an Expect.
+        if self._overloaded(_request_charge(length, limit), held=0):
+            # Closed, as for the 413: the body it refuses unsent is not waited for.
+            return self._overloaded_answer(Connection="close")
         await _default_expect_handler(request)  # 100 Continue, or 417 to another expectation
         return None
 
@@ -131,9 +136,11 @@ class WebhookHandler:
         others = self._in_flight_bytes - held
         return others > 0 and self._in_flight_bytes + charge > self._settings.max_in_flight_bytes
 
-    def _overloaded_answer(self) -> web.Response:
+    def _overloaded_answer(self, **headers: str) -> web.Response:
         detail = "too many webhooks in flight; retry later"
-        return self._reject(503, "overloaded", detail, **{"Retry-After": RETRY_AFTER_SECONDS})
+        return self._reject(
+            503, "overloaded", detail, **{"Retry-After": RETRY_AFTER_SECONDS, **headers}
+        )
 
     def _too_large(self, limit: int) -> web.Response:
         return self._reject(
@@ -235,6 +242,11 @@ class WebhookHandler:
                 413,
             )
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
+
+
+def _request_charge(length: int | None, limit: int) -> int:
+    """What a request is charged against the bytes in flight before its body is read."""
+    return (limit if length is None else length) + REQUEST_OVERHEAD_BYTES
 
 
 def _encoded(settings: WebhookSettings) -> list[bytes]:

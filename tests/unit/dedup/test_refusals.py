@@ -25,6 +25,19 @@ def test_each_refusal_names_what_to_change() -> None:
     assert "Read on Group 'g1'" in group
 
 
+def test_a_known_brokers_max_is_named_and_an_unknown_one_is_not_guessed() -> None:
+    known = refusal(InvalidTransactionTimeout(), SETTINGS, "g1-dedup-x", 5000)
+    assert known is not None
+    assert "their transaction.max.timeout.ms (5000 ms)" in known
+    assert "to at most 5000 ms" in known
+    assert "900000" not in known
+    # Unread, or not below the timeout (so not what the brokers refused): Kafka's default said.
+    for unknown in (None, 8000):
+        said = refusal(InvalidTransactionTimeout(), SETTINGS, "g1-dedup-x", unknown)
+        assert said is not None
+        assert "Kafka's default 900000 ms; this cluster's is lower" in said
+
+
 def test_an_outage_is_no_refusal() -> None:
     assert refusal(KafkaConnectionError(), SETTINGS, "g1-dedup-x") is None
 

@@ -460,6 +460,37 @@ async def test_a_body_declared_too_large_is_413_even_when_overloaded() -> None:
         assert (await first).status == 200
 
 
+async def test_past_the_bytes_in_flight_with_expect_is_503_before_the_body_is_sent() -> None:
+    # A 100 Continue would have the client upload the whole body for the 503 anyway.
+    async with serving(settings(max_in_flight_bytes=1024)) as harness:
+        first = await stalled_in_flight(harness)
+        _, headers = signed(PADDED, SECRET)
+        request = build_request(
+            "POST", PATH, [*headers.items(), ("Expect", "100-continue")], PADDED
+        )
+        head = request[: request.index(b"\r\n\r\n") + 4]
+        connection = await RawConnection.open("127.0.0.1", harness.port)
+        try:
+            assert await connection.send(head)  # and no body: it waits to be told to go on
+            first_line = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
+            assert first_line.startswith(b"HTTP/1.1 503 "), first_line
+            response = parse_response(first_line)
+            assert response is not None
+            assert response.headers["retry-after"] == "5"
+            assert response.headers["connection"] == "close"
+            length = int(response.headers["content-length"])
+            body = await asyncio.wait_for(connection.reader.readexactly(length), 10)
+        finally:
+            await connection.close()
+        assert jsoncodec.loads(body)["error"] == "overloaded"
+        assert harness.rejected("overloaded") == 1
+        assert len(harness.sink.records) == 1
+        harness.sink.ack_all()
+        assert (await first).status == 200
+        # Nothing was charged for it: with the first released, the bytes in flight are none.
+        assert sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes") == 0
+
+
 async def test_a_bug_while_handling_answers_503_to_be_retried_not_500(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
