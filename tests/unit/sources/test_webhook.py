@@ -225,27 +225,33 @@ async def test_too_large_chunked_413(harness: Harness) -> None:
     assert response.status == 413
 
 
+async def answer_before_the_body(port: int, body: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send a signed request's head with `Expect: 100-continue` and no body: the first answer."""
+    _, headers = signed(body, SECRET)
+    request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], body)
+    head = request[: request.index(b"\r\n\r\n") + 4]
+    connection = await RawConnection.open("127.0.0.1", port)
+    try:
+        assert await connection.send(head)  # and no body: it waits to be told to go on
+        first = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
+        response = parse_response(first)
+        assert response is not None, first
+        length = int(response.headers["content-length"])
+        answer = await asyncio.wait_for(connection.reader.readexactly(length), 10)
+    finally:
+        await connection.close()
+    return response.status, response.headers, jsoncodec.loads(answer)
+
+
 async def test_a_body_declared_too_large_with_expect_is_413_before_it_is_sent(
     harness: Harness,
 ) -> None:
     # A 100 Continue would have the client upload the whole body for the 413 anyway.
     body = b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}'
-    _, headers = signed(body, SECRET)
-    request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], body)
-    head = request[: request.index(b"\r\n\r\n") + 4]
-    connection = await RawConnection.open("127.0.0.1", harness.port)
-    try:
-        assert await connection.send(head)  # and no body: it waits to be told to go on
-        first = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
-        assert first.startswith(b"HTTP/1.1 413 "), first
-        response = parse_response(first)
-        assert response is not None
-        assert response.headers["connection"] == "close"
-        length = int(response.headers["content-length"])
-        body = await asyncio.wait_for(connection.reader.readexactly(length), 10)
-    finally:
-        await connection.close()
-    assert jsoncodec.loads(body)["error"] == "body_too_large"
+    status, headers, answer = await answer_before_the_body(harness.port, body)
+    assert status == 413
+    assert headers["connection"] == "close"
+    assert answer["error"] == "body_too_large"
     assert harness.rejected("body_too_large") == 1
     assert harness.sink.records == []
 
@@ -464,25 +470,10 @@ async def test_past_the_bytes_in_flight_with_expect_is_503_before_the_body_is_se
     # A 100 Continue would have the client upload the whole body for the 503 anyway.
     async with serving(settings(max_in_flight_bytes=1024)) as harness:
         first = await stalled_in_flight(harness)
-        _, headers = signed(PADDED, SECRET)
-        request = build_request(
-            "POST", PATH, [*headers.items(), ("Expect", "100-continue")], PADDED
-        )
-        head = request[: request.index(b"\r\n\r\n") + 4]
-        connection = await RawConnection.open("127.0.0.1", harness.port)
-        try:
-            assert await connection.send(head)  # and no body: it waits to be told to go on
-            first_line = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
-            assert first_line.startswith(b"HTTP/1.1 503 "), first_line
-            response = parse_response(first_line)
-            assert response is not None
-            assert response.headers["retry-after"] == "5"
-            assert response.headers["connection"] == "close"
-            length = int(response.headers["content-length"])
-            body = await asyncio.wait_for(connection.reader.readexactly(length), 10)
-        finally:
-            await connection.close()
-        assert jsoncodec.loads(body)["error"] == "overloaded"
+        status, headers, answer = await answer_before_the_body(harness.port, PADDED)
+        assert status == 503
+        assert (headers["retry-after"], headers["connection"]) == ("5", "close")
+        assert answer["error"] == "overloaded"
         assert harness.rejected("overloaded") == 1
         assert len(harness.sink.records) == 1
         harness.sink.ack_all()

@@ -268,6 +268,22 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     assert not source.roster.missed
 
 
+def one_slot_source(
+    metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> tuple[CallLogSource, Roster, list[float], list[Start]]:
+    """A source owning the one partition with one follower slot, its roster's clock moved on by
+    the list's first item, and the calls it starts collected (not run)."""
+    source = call_log_source(metrics, max_calls=1)
+    waited = [0.0]
+    roster = source.roster = Roster(
+        1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0]
+    )
+    roster.own(0, {}, set())
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    return source, roster, waited, launched
+
+
 async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past_the_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -275,12 +291,7 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
     # slot: after five minutes in the queue its end, and every entry of it published before,
     # has left the dedup window. Read again from seq 0, its whole log would be published twice.
     metrics = Metrics()
-    source = call_log_source(metrics, max_calls=1)
-    waited = [0.0]
-    source.roster = Roster(1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0])
-    source.roster.own(0, {}, set())
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
+    source, roster, waited, launched = one_slot_source(metrics, monkeypatch)
     ttl = source._ttl
 
     async def list_calls(*args: Any, **kwargs: Any) -> CallListing:
@@ -295,10 +306,10 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
         assert source._sweep is not None
         await asyncio.wait_for(source._sweep, 5)
     assert launched == [Start("CA_busy", 0)]
-    assert list(source.roster.waiting) == ["CA_done"]
+    assert list(roster.waiting) == ["CA_done"]
     waited[0] = 5 * SKEW_ALLOWANCE_SECONDS
-    assert source.roster.finished("CA_busy", ended=True) == []
-    assert not source.roster.following
+    assert roster.finished("CA_busy", ended=True) == []
+    assert not roster.following
     assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
 
 
@@ -309,20 +320,15 @@ async def test_a_call_a_notice_of_its_end_announced_is_not_read_after_waiting_pa
     # down); the call waits behind a busy slot until its end has left the dedup window. Read
     # from seq 0 then, what the webhook or feed carried of it would be published twice.
     metrics = Metrics()
-    source = call_log_source(metrics, max_calls=1)
-    waited = [0.0]
-    source.roster = Roster(1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0])
-    source.roster.own(0, {}, set())
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
+    source, roster, waited, launched = one_slot_source(metrics, monkeypatch)
     source.noticed(Notice("CA_busy", "call.started", time.time()))
     source.noticed(Notice("CA_done", "call.score", time.time()))
     source.noticed(Notice("CA_live", "call.started", time.time() - 2 * source._ttl))
     assert launched == [Start("CA_busy", 0)]
-    assert list(source.roster.waiting) == ["CA_done", "CA_live"]
+    assert list(roster.waiting) == ["CA_done", "CA_live"]
     waited[0] = source._ttl
     # The live call's notice keeps no limit: it starts however long it waited.
-    assert source.roster.finished("CA_busy", ended=True) == [Start("CA_live", 0)]
+    assert roster.finished("CA_busy", ended=True) == [Start("CA_live", 0)]
     assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
 
 
