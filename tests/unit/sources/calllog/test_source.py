@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
@@ -196,13 +197,7 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
         None,
     ]
 
-    async def list_calls(*_: Any, **__: Any) -> CallListing:
-        outcome = outcomes.pop(0)
-        if outcome is not None:
-            raise outcome
-        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
-
-    announced = sweeps_with(monkeypatch, source, list_calls)
+    announced = sweeps_with(monkeypatch, source, lists_in_turn(outcomes))
     async with aiohttp.ClientSession() as session:
         source._session = session
         for _ in range(2):  # a second sweep, after a successful one, starts the delays over
@@ -266,6 +261,18 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
             break
     assert len(sweeps) == 1
     assert not source.roster.missed
+
+
+def lists_in_turn(outcomes: list[CallListError | None]) -> Callable[..., Any]:
+    """A `list_calls` that fails with each error in turn, and for each None lists CA_1 live."""
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
+
+    return list_calls
 
 
 def one_slot_source(
@@ -344,13 +351,7 @@ async def test_a_call_list_answered_404_is_read_again_later_and_said_once(
     missing = CallListError("no call list here (404)", unsupported=True)
     outcomes: list[CallListError | None] = [missing, missing, missing, None, missing, None]
 
-    async def list_calls(*_: Any, **__: Any) -> CallListing:
-        outcome = outcomes.pop(0)
-        if outcome is not None:
-            raise outcome
-        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
-
-    announced = sweeps_with(monkeypatch, source, list_calls)
+    announced = sweeps_with(monkeypatch, source, lists_in_turn(outcomes))
     async with aiohttp.ClientSession() as session:
         source._session = session
         for _ in range(2):  # missing again after it answered: said again, read again
