@@ -46,6 +46,9 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # attributes) gets a final answer per record, never an endless retry (bridge/pipeline.py).
 RECORD_RESERVE_BYTES = 65_536
 _KIB = 1024
+# The largest value of Kafka's 32-bit fields (a timeout in ms), and of its 64-bit ones.
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 # BRIDGE_HTTP__WORKERS: more than a pod would be given cores for is a typo.
 MAX_WORKERS = 64
 # A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
@@ -151,6 +154,9 @@ def _check_uri_reference(value: str) -> str:
     return value
 
 
+# An HTTP path served as it is written: RFC 3986's path characters less '%', between single '/'.
+_PLAIN_PATH_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
+
 # A DNS name: dot-separated labels of letters, digits, '-' (not at either end) and '_'.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -204,7 +210,9 @@ class KafkaSettings(_Section):
     # creates get it as max.message.bytes. Kafka's own default, so existing topics take it too.
     max_request_bytes: int = Field(default=1_048_576, ge=128 * _KIB, le=64 * 1_048_576)
     compression: Literal["none", "gzip"] = "none"
-    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    # Sent to the broker as a 32-bit int (CreateTopics' timeout): a larger one never encodes, and
+    # every start would retry "Kafka not ready yet" for ever.
+    request_timeout_ms: int = Field(default=30_000, ge=1000, le=_INT32_MAX)
     # How long a new connection's set-up (TCP, TLS, ApiVersions, SASL) may take: Kafka's
     # socket.connection.setup.timeout.ms, which aiokafka lacks (bridge/sink/connectsetup.py).
     connect_timeout_ms: int = Field(default=10_000, gt=0)
@@ -238,6 +246,9 @@ class KafkaSettings(_Section):
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port")
+            if "/" in host or any(c.isspace() for c in host):
+                # A URL's scheme would be looked up as part of the host name, failing for ever.
+                raise ValueError(f"{server!r} is not host:port: no scheme (e.g. kafka-0:9092)")
         return servers
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
@@ -427,6 +438,14 @@ class WebhookSettings(_Section):
     def _path_is_absolute(cls, path: str) -> str:
         if not path.startswith("/") or path in {"/healthz", "/readyz", "/metrics"}:
             raise ValueError("must start with '/' and not be /healthz, /readyz or /metrics")
+        segments = path.strip("/").split("/")
+        if not _PLAIN_PATH_RE.fullmatch(path) or {".", ".."} & set(segments):
+            # aiohttp reads `{...}` as a variable and matches the decoded path, and a sender
+            # cuts `?` and `#` off and normalises `//`, `.` and `..`: every webhook would be 404.
+            raise ValueError(
+                "must be a plain path: segments of [A-Za-z0-9-._~!$&'()*+,;=:@] separated by"
+                " single '/', no '.' or '..' segment, no '{}', '?', '#', '%' or whitespace"
+            )
         return path
 
     @property
@@ -560,6 +579,13 @@ class DedupSettings(_Section):
                 "BRIDGE_DEDUP__HANGING_REPORT_SECONDS must be longer than"
                 " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS"
             )
+        if self.ingest_retention_ms() > _INT64_MAX:
+            # The broker refuses it as the ingest topic's retention.ms: no start would get past it.
+            raise ValueError(
+                "BRIDGE_DEDUP__TTL_SECONDS plus BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS is"
+                f" the ingest topic's retention: at most {_INT64_MAX // 1000} s (Kafka's 64-bit"
+                " retention.ms)"
+            )
         return self
 
     def ingest_retention_ms(self) -> int:
@@ -640,6 +666,14 @@ class PinecallSettings(_Section):
                 )
             return key or None
         return key
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        # Appended to api_url as it is: "v1/webhook" would name another host.
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
 
     @field_validator("api_url", "public_url")
     @classmethod
@@ -837,6 +871,16 @@ class Settings(BaseSettings):
                     f"BRIDGE_TOPICS__{name.upper()} must not be an output topic"
                     f" ({internal!r} is {clash} too)"
                 )
+        dlq_clash = next(
+            (name for name, topic in outputs.items() if topic == t.dlq and "DLQ" not in name), None
+        )
+        if dlq_clash is not None:
+            # Dead letters are no CloudEvents: mixed in with events they break the consumers,
+            # and `redrive` would read the events as dead letters and submit them again.
+            raise ValueError(
+                f"BRIDGE_TOPICS__DLQ must not be another output topic ({t.dlq!r} is"
+                f" {dlq_clash} too)"
+            )
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
         max_age, ttl = self.webhook.max_age_seconds, self.dedup.ttl_seconds

@@ -251,6 +251,16 @@ REFUSALS = {
             "routing": {"rules": [{"match": "metrics.*", "topic": "lease"}]},
         },
     ),
+    "dead-letter topic is the events topic": Refusal(
+        ("config.topics.dlq=pinecall.events",),
+        "config.topics.dlq (pinecall.events) must not also be config.topics.events",
+        {"topics": {"dlq": "pinecall.events"}},
+    ),
+    "dead-letter topic is a routing rule's topic": Refusal(
+        ("config.routing.rules[0].match=metrics.*", "config.routing.rules[0].topic=pinecall.dlq"),
+        "config.topics.dlq (pinecall.dlq) must not also be config.routing.rules[0].topic",
+        {"routing": {"rules": [{"match": "metrics.*", "topic": "pinecall.dlq"}]}},
+    ),
     "ingest and feed lease are one topic": Refusal(
         ("config.topics.feedLease=pinecall.ingest",),
         "config.topics.ingest and config.topics.feedLease must differ",
@@ -270,6 +280,11 @@ REFUSALS = {
         ("config.kafka.bootstrapServers=a:9092\\,b:70000",),
         '"b:70000" has no port between 1 and 65535',
         {"kafka": {"bootstrap_servers": ["a:9092", "b:70000"]}},
+    ),
+    "bootstrap server as a URL": Refusal(
+        ("config.kafka.bootstrapServers=PLAINTEXT://kafka:9092",),
+        'config.kafka.bootstrapServers: "PLAINTEXT://kafka:9092" is not host:port: no scheme',
+        {"kafka": {"bootstrap_servers": ["PLAINTEXT://kafka:9092"]}},
     ),
     "SASL without a username": Refusal(
         ("config.kafka.securityProtocol=SASL_SSL", "secrets.kafkaSaslPassword.value=p"),

@@ -990,3 +990,101 @@ def test_the_connect_timeouts_default_is_bounded_by_a_lower_request_timeout(
     assert load_settings().kafka.connect_timeout_ms == 10_000
     monkeypatch.setenv("BRIDGE_KAFKA__REQUEST_TIMEOUT_MS", "4000")
     assert load_settings().kafka.connect_timeout_ms == 4000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webhooks/{id}",  # an aiohttp variable: the path as written is 404
+        "/webhooks?x=1",  # a sender cuts the query off: 404
+        "/webhooks#x",
+        "/webhooks pinecall",
+        "/webhooks%20pinecall",  # matched decoded: the path as written is 404
+        "//webhooks",  # normalised by senders and proxies
+        "/webhooks/../pinecall",
+        "/webhooks/./pinecall",
+    ],
+)
+def test_a_webhook_path_no_sender_could_reach_is_refused(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__PATH": path})
+    [problem] = problems()
+    assert problem.startswith("BRIDGE_WEBHOOK__PATH: must be a plain path:")
+
+
+@pytest.mark.parametrize("path", ["/", "/webhooks/pinecall/", "/hooks/v1:pinecall", "/a.b/c-d_e~"])
+def test_plain_webhook_paths_are_accepted(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__PATH": path})
+    assert load_settings().webhook.path == path
+
+
+@pytest.mark.parametrize("path", ["v1/webhook", ""])
+def test_the_api_webhook_path_must_start_with_a_slash(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # Appended to the API URL as it is: https://api.pinecall.iov1/webhook is another host.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__WEBHOOK_PATH": path})
+    assert problems() == ["BRIDGE_PINECALL__WEBHOOK_PATH: must start with '/'"]
+
+
+@pytest.mark.parametrize(
+    ("env", "clash"),
+    [
+        ({"BRIDGE_TOPICS__DLQ": "pinecall.events"}, "BRIDGE_TOPICS__EVENTS"),
+        ({"BRIDGE_TOPICS__ALERTS": "pinecall.dlq"}, "BRIDGE_TOPICS__ALERTS"),
+        ({"BRIDGE_TOPICS__EPHEMERAL": "pinecall.dlq"}, "BRIDGE_TOPICS__EPHEMERAL"),
+        (
+            {"BRIDGE_ROUTING__RULES": '[{"match": "call.*", "topic": "pinecall.dlq"}]'},
+            "BRIDGE_ROUTING__RULES[0].topic",
+        ),
+    ],
+)
+def test_the_dead_letter_topic_is_no_other_output_topic(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], clash: str
+) -> None:
+    # Dead letters are no CloudEvents, and `redrive` resubmits whatever the topic holds.
+    setenv(monkeypatch, env)
+    [problem] = problems()
+    assert problem.startswith("BRIDGE_TOPICS__DLQ must not be another output topic (")
+    assert problem.endswith(f" is {clash} too)")
+
+
+def test_events_and_alerts_may_share_a_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    setenv(monkeypatch, {"BRIDGE_TOPICS__ALERTS": "pinecall.events"})
+    assert load_settings().topics.alerts == "pinecall.events"
+
+
+def test_a_request_timeout_kafka_cannot_encode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CreateTopics carries it as a 32-bit int: one more never encoded, and every start retried.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__REQUEST_TIMEOUT_MS": str(2**31)})
+    assert problems() == [
+        "BRIDGE_KAFKA__REQUEST_TIMEOUT_MS: Input should be less than or equal to 2147483647"
+    ]
+    monkeypatch.setenv("BRIDGE_KAFKA__REQUEST_TIMEOUT_MS", str(2**31 - 1))  # at the bound
+    assert load_settings().kafka.request_timeout_ms == 2**31 - 1
+
+
+def test_an_ingest_retention_kafka_cannot_hold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The TTL plus the margin is the ingest topic's retention.ms, a 64-bit long for the broker:
+    # past it every creation is refused (InvalidConfig) and the start retried for ever.
+    setenv(monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "1e16"})
+    [problem] = problems()
+    assert problem.startswith(
+        "BRIDGE_DEDUP__TTL_SECONDS plus BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS is the"
+        " ingest topic's retention: at most 9223372036854775 s"
+    )
+    monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", "1e12")
+    assert load_settings().dedup.ingest_retention_ms() == (10**12 + 3600) * 1000
+
+
+@pytest.mark.parametrize("server", ["http://kafka:9092", "PLAINTEXT://kafka:9092", "kafka 0:9092"])
+def test_a_bootstrap_server_given_as_a_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    # Accepted, its scheme became part of a host name no resolver finds: retried for ever.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": server})
+    assert problems() == [
+        f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS: {server!r} is not host:port:"
+        " no scheme (e.g. kafka-0:9092)"
+    ]

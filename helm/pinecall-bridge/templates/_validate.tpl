@@ -109,6 +109,12 @@ seconds of terminationGracePeriodSeconds. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* Dead letters are no CloudEvents, and `redrive` resubmits what the topic holds. */}}
+{{- range $where, $output := omit $outputs "config.topics.dlq" }}
+{{- if eq $output $t.dlq }}
+{{- $problems = append $problems (printf "config.topics.dlq (%s) must not also be %s: dead letters are no CloudEvents" $t.dlq $where) }}
+{{- end }}
+{{- end }}
 {{- if eq $t.ingest $t.feedLease }}
 {{- $problems = append $problems (printf "config.topics.ingest and config.topics.feedLease must differ (both %s)" $t.ingest) }}
 {{- end }}
@@ -125,6 +131,9 @@ seconds of terminationGracePeriodSeconds. */}}
 {{- $port := regexFind "[0-9]+$" (trim .) | default "0" | atoi }}
 {{- if or (lt $port 1) (gt $port 65535) }}
 {{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q has no port between 1 and 65535" (trim .)) }}
+{{- end }}
+{{- if contains "/" . }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q is not host:port: no scheme (e.g. kafka-0:9092)" (trim .)) }}
 {{- end }}
 {{- end }}
 {{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
