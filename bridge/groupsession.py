@@ -2,10 +2,10 @@
 
 aiokafka keeps a member's assignment however long the coordinator has been out of reach: at the
 session timeout it only marks the coordinator dead and looks for it again, so a member cut off
-alone would go on acting on partitions the group has handed to another member. Its users act on
-`Session.expired` themselves: the dedup stage counts no partition owned and keeps its tasks
+alone would go on acting on partitions the group has handed to another member. Its user acts on
+`Session.expired` itself: the dedup stage counts no partition owned and keeps its tasks
 (dropping them would cost every partition a restore after any outage longer than the session
-timeout, the whole cluster's included), the feed lease gives the feed up.
+timeout, the whole cluster's included).
 
 `watch_heartbeats` takes one aiokafka private, checked against aiokafka 0.14.0:
 ``AIOKafkaConsumer._coordinator`` (``GroupCoordinator``) and its ``_do_heartbeat()``, which
@@ -33,10 +33,6 @@ class Session:
     def expired(self, now: float) -> bool:
         """Unconfirmed for longer than the session timeout: the group may have moved on."""
         return now - self._heard > self._timeout
-
-    def left(self, now: float) -> float:
-        """Seconds until it expires unless heard meanwhile (0 once expired)."""
-        return max(self._heard + self._timeout - now, 0.0)
 
 
 def watch_heartbeats(consumer: Any, heard: Callable[[], None]) -> None:

@@ -2,14 +2,9 @@
 
 Every replica with the feed enabled joins one consumer group on a one-partition topic; the member
 assigned partition 0 holds the lease and runs the feed, and keeps it through rebalances. A clean
-stop hands it on within about a heartbeat; a crash within the session timeout. A holder that has
-not heard from the group coordinator for longer than the session timeout (cut off from Kafka,
-bridge.groupsession) gives the feed up, as the group hands the lease on then; it takes it back
-when the coordinator answers that it still holds it (the coordinator kept the member: no other
-holder can exist in its generation; waiting for a rejoin would leave the feed unread, since none
-comes) or when a rejoin assigns it again. A holder that lingers after losing it (paused, or
-within that check) only writes copies of events the new holder also writes: the dedup stage
-drops them. A member whose aiokafka task died (aiokafka#1038) neither
+stop hands it on within about a heartbeat; a crash within the session timeout. A holder that
+lingers after losing it (paused, cut off) only writes copies of events the new holder also
+writes: the dedup stage drops them. A member whose aiokafka task died (aiokafka#1038) neither
 heartbeats nor learns that it lost the lease: it gives the feed up at once and is replaced.
 The holder notes in the group's committed offset until when it read the feed (bridge.sources.
 leasenote); the next holder reads the note and measures the handover gap.
@@ -19,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +22,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge.groups import Claim, StickyAssignor, member_options
-from bridge.groupsession import Session, watch_heartbeats
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
@@ -48,7 +41,6 @@ NOTE_EVERY = (
     5.0  # seconds between a connected holder's notes: a crash's gap is over by at most this
 )
 _NOTE_TIMEOUT = 2.0
-_POLL_MS = 1000  # the longest poll: how late an expired session may be noticed
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -63,7 +55,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         return
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._lease.assigned()
         if TopicPartition(self._lease.topic, 0) in assigned:
             await self._lease.acquire()
         else:
@@ -87,7 +78,6 @@ class FeedLease:
         supervisor: Supervisor | None = None,
         reading: Callable[[], bool] = lambda: False,
         name: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`reading`: whether this process's feed is connected now (what the notes say)."""
         self.topic = topic
@@ -113,10 +103,6 @@ class FeedLease:
         self._note_read: asyncio.Task[None] | None = None
         self._connected_at: float | None = None  # the first connection, if before the note
         self._noted = 0.0  # monotonic time of the last note
-        self._clock = clock
-        self._session = Session(session_timeout_ms / 1000, clock())
-        # Given up by the session clock: partition 0 may still be this member's in the group.
-        self._cut_off = False
         metrics.register_feed()
         metrics.feed_lease_held.set(0)
 
@@ -145,8 +131,6 @@ class FeedLease:
         watch_throttle(consumer, counted(self._metrics, "feed_lease"))
         await start_client(consumer, consumer.start, consumer.stop)
         try:
-            watch_heartbeats(consumer, self._heard)
-            self._session.heard(self._clock())
             consumer.subscribe([self.topic], listener=_Listener(self))
         except BaseException:
             await stop_dead(consumer, _STOP_DEAD_AFTER)
@@ -197,11 +181,10 @@ class FeedLease:
             if died is not None:
                 await self._replace(consumer, died)
                 continue
-            await self._check_session(consumer)
             if self._noting_due():
                 await self._note(time.time())
             try:
-                await consumer.getmany(timeout_ms=self._poll_ms())
+                await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -209,38 +192,6 @@ class FeedLease:
                     continue  # replaced at the top of the loop
                 log.exception("feed lease poll failed")
                 await asyncio.sleep(1.0)
-
-    def _heard(self) -> None:
-        self._session.heard(self._clock())
-
-    def assigned(self) -> None:
-        """A rejoin's assignment: the coordinator's answer, which decides the lease from now."""
-        self._session.heard(self._clock())
-        self._cut_off = False
-
-    def _poll_ms(self) -> int:
-        # While held, woken by the session's expiry rather than up to a poll later.
-        if not self.held:
-            return _POLL_MS
-        return max(1, min(_POLL_MS, math.ceil(self._session.left(self._clock()) * 1000)))
-
-    async def _check_session(self, consumer: AIOKafkaConsumer) -> None:
-        """Give the feed up once the session has expired by this member's clock; take it back
-        when the coordinator answers with partition 0 still assigned to this member."""
-        expired = self._session.expired(self._clock())
-        if self.held and expired:
-            self._cut_off = True
-            log.warning(
-                "feed lease given up: the group coordinator has not answered for longer than the"
-                " session timeout, and the group hands the lease on then",
-                extra={"session_timeout_ms": self._session_timeout_ms},
-            )
-            await self.release()
-        elif self._cut_off and not expired:
-            self._cut_off = False
-            if TopicPartition(self.topic, 0) in consumer.assignment():
-                log.info("feed lease kept: the group coordinator answered, this replica holds it")
-                await self.acquire(since=self._since)
 
     def _noting_due(self) -> bool:
         # Not before the previous holder's note is read: this holder's own would overwrite it,
@@ -257,7 +208,6 @@ class FeedLease:
             extra={"why": why},
         )
         self._consumer = None
-        self._cut_off = False  # the new consumer's join decides
         await self.release()
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
@@ -267,13 +217,11 @@ class FeedLease:
             self._metrics.kafka_client_restarts.labels("feed_lease").inc()
             log.info("feed lease consumer replaced; rejoining the election")
 
-    async def acquire(self, since: int | None = None) -> None:
-        """`since` (epoch ms): when the group gave it, if it never moved (the claim's age)."""
+    async def acquire(self) -> None:
         if self.held or self._stopping:
             return
         self.held = True
-        self._cut_off = False
-        self._since = since if since is not None else int(time.time() * 1000)
+        self._since = int(time.time() * 1000)
         self._metrics.feed_lease_held.set(1)
         self._previous, self._connected_at = None, None
         self._note_read = asyncio.ensure_future(self._read_note())

@@ -12,7 +12,7 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,64 +132,30 @@ def _checked(*args: str) -> None:
         raise RuntimeError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
 
 
-def peer_rules(peers: Sequence[int], connections: Sequence[Connection]) -> list[list[str]]:
-    """INPUT rule specs for the open connections to the `peers` ports, both ways: those alone."""
-    rules = []
-    for c in connections:
-        if c.remote_port in peers:
-            local, remote = str(c.local_port), str(c.remote_port)
-            rules.append(["-p", "tcp", "--sport", local, "--dport", remote, "-j", "DROP"])
-            rules.append(["-p", "tcp", "--sport", remote, "--dport", local, "-j", "DROP"])
-    return rules
-
-
 @contextmanager
 def cut_off(pid: int, ports: Sequence[int], name: str) -> Iterator[None]:
     """Process `pid`, listening on `ports`, cut off within the block; reconnected on leaving
     (a failed test too). `name` names its iptables chain and cgroup (28 characters at most)."""
-    with _cut(pid, name, lambda: drop_rules(ports, open_connections(pid)), [[]]):
-        yield
-
-
-@contextmanager
-def cut_from(pid: int, peers: Sequence[int], name: str) -> Iterator[None]:
-    """Process `pid` cut off from the local listeners on `peers` alone (a broker), within the
-    block: every other peer still reaches it and it them. `name` as for `cut_off`."""
-    outgoing = [["-p", "tcp", "--dport", str(port)] for port in peers]
-    with _cut(pid, name, lambda: peer_rules(peers, open_connections(pid)), outgoing):
-        yield
-
-
-@contextmanager
-def _cut(
-    pid: int,
-    name: str,
-    rules: Callable[[], list[list[str]]],
-    outgoing: Sequence[Sequence[str]],
-) -> Iterator[None]:
-    """`rules` on INPUT, and the cgroup's new sockets' packets matching each of `outgoing`."""
     root = cgroup2_root()
     if root is None:
         raise RuntimeError("no cgroup v2 hierarchy")
     group = root / name
     home = root / Path(f"/proc/{pid}/cgroup").read_text().split("::", 1)[1].strip().lstrip("/")
-    cgroup_rules = [["OUTPUT", "-m", "cgroup", "--path", name, *m, "-j", "DROP"] for m in outgoing]
+    cgroup_rule = ["OUTPUT", "-m", "cgroup", "--path", name, "-j", "DROP"]
     group.mkdir()
     chained = False
     try:
         # Sockets opened from now on are the group's; those opened before are listed after.
         (group / "cgroup.procs").write_text(str(pid))
         _checked("-N", name)
-        for rule in rules():
+        for rule in drop_rules(ports, open_connections(pid)):
             _checked("-A", name, *rule)
         _checked("-I", "INPUT", "-j", name)
         chained = True
-        for cgroup_rule in cgroup_rules:
-            _checked("-I", *cgroup_rule)
+        _checked("-I", *cgroup_rule)
         yield
     finally:
-        for cgroup_rule in cgroup_rules:
-            iptables("-D", *cgroup_rule)
+        iptables("-D", *cgroup_rule)
         if chained:
             iptables("-D", "INPUT", "-j", name)
         iptables("-F", name)

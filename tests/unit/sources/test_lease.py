@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,7 +30,7 @@ def no_note(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FeedLease, "_last_note", none_found)
 
 
-def lease_noting(events: list[str], clock: Callable[[], float] = time.monotonic) -> FeedLease:
+def lease_noting(events: list[str]) -> FeedLease:
     async def acquired() -> None:
         events.append("feed started")
 
@@ -48,7 +46,6 @@ def lease_noting(events: list[str], clock: Callable[[], float] = time.monotonic)
         on_lost=lost,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
-        clock=clock,
     )
 
 
@@ -138,7 +135,6 @@ class ThrottledConsumer:
 
     def __init__(self, **_: Any) -> None:
         self._client = Connections(throttled(70))
-        self._coordinator = Coordinator()
 
     async def start(self) -> None:
         return None
@@ -232,156 +228,3 @@ async def test_a_stopping_holder_leaves_the_group_though_its_last_note_is_not_an
         await lease.stop(time.time(), by=deadline)
     assert coordinator.left
     assert not lease.held
-
-
-class Coordinator:
-    """aiokafka's group coordinator as the session watch sees it: each heartbeat answered or not."""
-
-    def __init__(self) -> None:
-        self.answers = True
-
-    async def _do_heartbeat(self) -> bool:
-        return self.answers
-
-
-class CutOffGroup(ThrottledConsumer):
-    """The lease group's consumer: its heartbeats answered while Kafka is, its assignment kept
-    (aiokafka revokes nothing while the coordinator is out of reach)."""
-
-    def __init__(self, **_: Any) -> None:
-        super().__init__()
-        self.partitions = {TopicPartition(TOPIC, 0)}
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.partitions)
-
-    async def heartbeat(self) -> None:
-        await self._coordinator._do_heartbeat()  # replaced by the lease's watch
-
-
-def holds(lease: FeedLease) -> bool:
-    """Read afresh: mypy would take `held` for a constant between two awaits."""
-    return lease.held
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def holding(
-    monkeypatch: pytest.MonkeyPatch, events: list[str]
-) -> tuple[FeedLease, CutOffGroup, Clock]:
-    """A holder with a session of 10 s on a fake clock, its consumer started at clock 1000."""
-    monkeypatch.setattr(lease_module, "AIOKafkaConsumer", CutOffGroup)
-    clock = Clock()
-    lease = lease_noting(events, clock)
-    group = await lease._started_consumer()
-    assert isinstance(group, CutOffGroup)
-    lease._consumer = group
-    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
-    return lease, group, clock
-
-
-def given_up(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.getMessage().startswith("feed lease given up")]
-
-
-async def test_a_holder_unheard_for_longer_than_the_session_gives_the_feed_up(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Cut off from Kafka, aiokafka never revokes the assignment: the holder read the feed for as
-    # long as the cut lasted, beside the replica the group had handed the lease to.
-    events: list[str] = []
-    lease, group, clock = await holding(monkeypatch, events)
-    clock.now = 1_008.0
-    await group.heartbeat()  # answered: the session runs from here
-    group._coordinator.answers = False
-    clock.now = 1_018.0
-    await group.heartbeat()
-    await lease._check_session(group)
-    assert holds(lease), "given up within the session timeout"
-    clock.now = 1_018.1
-    await lease._check_session(group)
-    assert not holds(lease)
-    assert events == ["feed started", "feed stopped"]
-    assert sample(lease._metrics, "pinecall_bridge_feed_lease_held") == 0
-    clock.now = 1_030.0
-    await lease._check_session(group)
-    [warning] = given_up(caplog)
-    assert warning.levelno == logging.WARNING
-    assert events == ["feed started", "feed stopped"]
-
-
-async def test_the_coordinator_answering_with_the_lease_still_assigned_gives_it_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The coordinator kept the member (the whole cluster was down, or only its answers were
-    # lost): no rebalance comes, so only its answer can restart the feed.
-    events: list[str] = []
-    lease, group, clock = await holding(monkeypatch, events)
-    since = lease._since
-    clock.now = 1_011.0
-    await lease._check_session(group)
-    assert not holds(lease)
-    clock.now = 1_040.0
-    await group.heartbeat()
-    await lease._check_session(group)
-    assert holds(lease)
-    assert events == ["feed started", "feed stopped", "feed started"]
-    assert sample(lease._metrics, "pinecall_bridge_feed_lease_held") == 1
-    assert lease._since == since, "the group never moved it: the claim keeps its age"
-
-
-async def test_an_answer_without_the_lease_assigned_leaves_it_to_the_rejoin(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    events: list[str] = []
-    lease, group, clock = await holding(monkeypatch, events)
-    clock.now = 1_011.0
-    await lease._check_session(group)
-    group.partitions = set()  # rebalancing: the rejoin's assignment decides
-    clock.now = 1_020.0
-    await group.heartbeat()
-    await lease._check_session(group)
-    group.partitions = {TopicPartition(TOPIC, 0)}
-    await lease._check_session(group)
-    assert not holds(lease)
-    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 1)})
-    assert not holds(lease)
-    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
-    assert holds(lease)
-    assert events == ["feed started", "feed stopped", "feed started"]
-
-
-async def test_an_unanswered_heartbeat_is_not_heard_but_an_assignment_is(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    events: list[str] = []
-    lease, group, clock = await holding(monkeypatch, events)
-    group._coordinator.answers = False
-    clock.now = 1_009.0
-    await group.heartbeat()
-    clock.now = 1_010.5
-    await lease._check_session(group)
-    assert not holds(lease)
-    clock.now = 1_015.0
-    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
-    clock.now = 1_024.0
-    await lease._check_session(group)
-    assert holds(lease)
-    assert events == ["feed started", "feed stopped", "feed started"]
-
-
-async def test_a_holders_poll_wakes_when_its_session_would_expire(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    lease, _, clock = await holding(monkeypatch, [])
-    assert lease._poll_ms() == 1000
-    clock.now = 1_009.75
-    assert lease._poll_ms() == 250
-    clock.now = 1_012.0
-    assert lease._poll_ms() == 1
