@@ -153,6 +153,10 @@ class _TransientKafkaFilter(logging.Filter):
             where = ":".join(map(str, rest))
             if not str(error):
                 record.args = (*rest, _unexplained(error))
+        else:
+            # And by the errors it names (aiokafka's classes: a fixed set): a broker refusing
+            # with NotEnoughReplicas after a run of NotLeaderForPartition is news, not a repeat.
+            where = ",".join(_error_kinds(record.args))
         held = self._throttle.admit((record.name, record.levelno, msg, where))
         if held is None:
             return False
@@ -179,6 +183,18 @@ class _TransientKafkaFilter(logging.Filter):
             return True
         args = record.args if isinstance(record.args, tuple) else ()
         return len(args) > at and getattr(args[at], "retriable", False) is True
+
+
+def _error_kinds(args: object) -> list[str]:
+    """The class names of the exceptions (or exception classes) among a record's arguments."""
+    if not isinstance(args, tuple):
+        return []
+    return [
+        (arg if isinstance(arg, type) else type(arg)).__name__
+        for arg in args
+        if isinstance(arg, BaseException)
+        or (isinstance(arg, type) and issubclass(arg, BaseException))
+    ]
 
 
 def _unexplained(error: object) -> str:

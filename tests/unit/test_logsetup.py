@@ -265,12 +265,33 @@ def test_a_kafka_outage_is_not_a_flood_of_aiokafka_retries(
     ]
     logthrottle.flush_all()  # at stop: how many were held back, by message and broker
     said = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    held = " 499 more like this in the last 0 s"
     assert sorted((e["msg"], e["suppressed"]) for e in said) == [
-        ("Got error produce response: …: 499 more like this in the last 0 s", 499),
-        ("Group Coordinator Request failed: …: 499 more like this in the last 0 s", 499),
+        ("Got error produce response: … (NodeNotReadyError):" + held, 499),
+        ("Group Coordinator Request failed: … (NodeNotReadyError):" + held, 499),
         ("Unable connect to node with id …: … (1): 499 more like this in the last 0 s", 499),
         ("Unable connect to node with id …: … (2): 499 more like this in the last 0 s", 499),
         ("Unable to update metadata from …: 499 more like this in the last 0 s", 499),
+    ]
+
+
+def test_a_new_kind_of_error_in_a_thinned_message_is_said_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The partitions' leaders moved (NotLeaderForPartition), then a broker refuses for too few
+    # in-sync replicas: one message, a new cause, said without waiting out the first's period.
+    from aiokafka.errors import NotEnoughReplicasError, NotLeaderForPartitionError
+
+    logsetup.configure("INFO", "json")
+    sender = logging.getLogger("aiokafka.producer.sender")
+    retried = "Got error produce response on topic-partition %s, retrying. Error: %s"
+    for error in (NotLeaderForPartitionError, NotEnoughReplicasError):
+        for partition in range(20):
+            sender.warning(retried, f"t-{partition}", error)
+    said = [jsoncodec.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    assert [m.rsplit("Error: ", 1)[1] for m in said] == [
+        str(NotLeaderForPartitionError),
+        str(NotEnoughReplicasError),
     ]
 
 
