@@ -154,6 +154,13 @@ def _check_uri_reference(value: str) -> str:
     return value
 
 
+def _rooted_path(path: str) -> str:
+    """A path appended to a base URL as it is: it must start with '/'."""
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    return path
+
+
 # An HTTP path served as it is written: RFC 3986's path characters less '%', between single '/'.
 _PLAIN_PATH_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
 
@@ -667,13 +674,8 @@ class PinecallSettings(_Section):
             return key or None
         return key
 
-    @field_validator("webhook_path")
-    @classmethod
-    def _path(cls, path: str) -> str:
-        # Appended to api_url as it is: "v1/webhook" would name another host.
-        if not path.startswith("/"):
-            raise ValueError("must start with '/'")
-        return path
+    # Appended to api_url as it is: "v1/webhook" would name another host.
+    _path = field_validator("webhook_path")(_rooted_path)
 
     @field_validator("api_url", "public_url")
     @classmethod
@@ -725,12 +727,7 @@ class WebSocketSettings(_Section):
     def _ws_url(cls, url: str) -> str:
         return _check_url(url, ("ws", "wss"))
 
-    @field_validator("token_path")
-    @classmethod
-    def _path(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError("must start with '/'")
-        return path
+    _path = field_validator("token_path")(_rooted_path)
 
     @model_validator(mode="after")
     def _backlog_takes_a_frame(self) -> WebSocketSettings:
