@@ -276,12 +276,13 @@ def _outside_window(
     if now - oldest > max_age:
         return "stale_timestamp", (
             f"the event time is {now - oldest:.0f} s old; signed bodies older than"
-            f" {max_age:g} s are refused as replays"
+            f" {max_age:g} s are refused as replays (every body this old: check the bridge's"
+            " clock)"
         )
     if newest - now > max_age:
         return "future_timestamp", (
             f"the event time is {newest - now:.0f} s ahead of the bridge's clock; more than"
-            f" {max_age:g} s is refused (check the sender's clock)"
+            f" {max_age:g} s is refused (check the sender's clock and the bridge's)"
         )
     return None
 

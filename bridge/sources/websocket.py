@@ -101,7 +101,7 @@ class _Opened:
     """A connection, subscribed; `early` holds frames read from it before its turn."""
 
     ws: ClientConnection
-    expires_at: float | None
+    expires_at: float | None  # monotonic, as TokenClient.fetch gives it
     # Until when (monotonic) the subscription's answer is awaited; None once answered. An error
     # frame or a close meanwhile is a refusal; after it, an error frame is only a notice.
     answer_by: float | None = None
@@ -142,7 +142,7 @@ class TokenClient:
         self._ws = ws
 
     async def fetch(self) -> tuple[str, float | None]:
-        """The token and its expiry (epoch seconds) when the API says."""
+        """The token and its expiry (monotonic seconds) when the API says."""
         key = self._api.api_key.get_secret_value() if self._api.api_key else ""
         try:
             async with self._session.request(
@@ -166,8 +166,10 @@ class TokenClient:
         if not isinstance(token, str) or not token:
             raise TokenError(f"no {self._ws.token_field!r} in the token response", auth=False)
         expires_in = body.get("expires_in")
+        # Relative, so the monotonic clock: by the wall clock a step (NTP, a resumed VM) back put
+        # the refresh past the expiry, and one forward gave up a failed refresh at once.
         expires = (
-            time.time() + float(expires_in)
+            time.monotonic() + float(expires_in)
             if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
             else None
         )
@@ -452,7 +454,7 @@ class WebSocketSource:
         """Before the token expires, open its successor, then close `current` (read to its end)."""
         if current.expires_at is None:
             return None
-        left = current.expires_at - time.time()
+        left = current.expires_at - time.monotonic()
         lead = min(max(left * REFRESH_SHARE, 1.0), 60.0)
         # Not sooner than half a second: a token with next to no life left is not a reason to
         # reconnect in a tight loop (its server closes the connection, and the backoff applies).
@@ -477,7 +479,7 @@ class WebSocketSource:
                 # tried again meanwhile, or its frames are lost until a reconnect after expiry.
                 delay = min(0.25 * 2**attempt, 5.0)
                 attempt += 1
-                if current.expires_at is None or time.time() + delay >= current.expires_at:
+                if current.expires_at is None or time.monotonic() + delay >= current.expires_at:
                     raise
                 if isinstance(exc, SubscribeRefusedError):
                     _log_refusal(exc, self._settings.events)

@@ -797,6 +797,35 @@ async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
     assert reconnects(metrics, "closed", "auth", "token_error", "connect_error", "error") == 0
 
 
+@pytest.mark.parametrize("step", [-600.0, 600.0], ids=["back", "forward"])
+async def test_a_wall_clock_step_after_the_token_came_neither_delays_nor_ends_its_refresh(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    monkeypatch: pytest.MonkeyPatch,
+    step: float,
+) -> None:
+    # The expiry was kept by the wall clock: 10 min back put the refresh 10 min past the
+    # expiry; 10 min forward made it due at once and gave it up at its first failure.
+    real_time, offset = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    real_fetch = TokenClient.fetch
+
+    async def fetch_then_step(self: TokenClient) -> tuple[str, float | None]:
+        got = await real_fetch(self)
+        offset[0] = step  # NTP corrects the node's clock as the first token arrives
+        return got
+
+    monkeypatch.setattr(TokenClient, "fetch", fetch_then_step)
+    feed = await make_feed(sending(0))
+    feed.expires_in = 4.0
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: feed.connections == 1)
+        feed.token_failures = 2  # the refresh's first two tries
+        await until(lambda: feed.connections == 2, within=4)  # before the 4 s expiry
+    assert feed.tokens_seen[:2] == ["tok-1", "tok-2"]
+    assert reconnects(metrics, "closed", "auth", "token_error", "connect_error", "error") == 0
+
+
 async def test_a_crashed_reader_is_counted_and_restarted_not_silently_gone(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
