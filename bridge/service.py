@@ -40,7 +40,7 @@ from bridge.ingest.topic import (
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import pipeline_for
-from bridge.routing import Router
+from bridge.routing import DropReason, Router
 from bridge.secretfiles import secret_file
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
@@ -136,6 +136,10 @@ class Bridge:
             self.metrics.duplicates_by(channel)
         for topic in self.router.topics():
             self.metrics.published_by(topic)
+        # PublishingStalled subtracts these from the events received: an ephemeral event, whose
+        # type's series already counts, must not read as received and not ingested.
+        for reason in get_args(DropReason):
+            self.metrics.dropped.labels(reason)
         self.pipeline = pipeline_for(settings, self.sink, self.router, self.metrics)
         client = client_options(settings.kafka)
         dedup = settings.dedup

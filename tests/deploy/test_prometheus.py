@@ -252,6 +252,12 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         await asyncio.sleep(1.0)
     assert "PinecallBridgeWebSocketDown" in active
     assert "PinecallBridgeCallLogSourceDown" in active
+    # Their `for` is not waited out here; selected (pending) by the real series is what counts:
+    # one webhook of seven refused (a wrong secret), one input of seven dead-lettered, and the
+    # webhook's registration failing (Pinecall's API is nowhere).
+    assert "PinecallBridgeRejectionRateHigh" in active
+    assert "PinecallBridgeDeadLettersHigh" in active
+    assert "PinecallBridgeWebhookNotRegistered" in active
     assert not active & quiet, active
 
 

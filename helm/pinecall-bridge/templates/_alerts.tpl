@@ -46,11 +46,13 @@ groups:
         # Events come in but none reaches the ingest topic: the one symptom every failure of the
         # ingest stage leads to. (The output is the dedup stage's: PinecallBridgeDedupStalled.)
         # Events dropped on purpose (ephemeral, markers) are not expected in the ingest topic.
+        # Over 0.5, not 0: increase() extrapolates a counter starting at 0 in the window less far
+        # than one above 0, so received less dropped leaves a fraction where all were dropped.
         expr: |
           (
             sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}]))
             - (sum by (namespace, pod) (increase(pinecall_bridge_events_dropped_total[{{ $stalled }}])) or sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}])) * 0)
-            > 0
+            > 0.5
           )
           unless
           (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $stalled }}])) > 0)
