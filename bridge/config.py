@@ -164,6 +164,9 @@ def _rooted_path(path: str) -> str:
 # An HTTP path served as it is written: RFC 3986's path characters less '%', between single '/'.
 _PLAIN_PATH_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
 
+# A header value sent as it is: visible ASCII, no whitespace at all.
+_HEADER_TOKEN_RE = re.compile(r"[!-~]+")
+
 # A DNS name: dot-separated labels of letters, digits, '-' (not at either end) and '_'.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -609,8 +612,14 @@ class LogSettings(_Section):
         return level.upper() if isinstance(level, str) else level
 
 
+# BRIDGE_SHUTDOWN__GRACE_SECONDS: a stop no Kubernetes drain or rollout would wait for. The
+# chart adds it to the pod's terminationGracePeriodSeconds, an int64 that a larger value (1e19)
+# rendered negative: refused by the API, and the grace period with it.
+MAX_GRACE_SECONDS = 86_400
+
+
 class ShutdownSettings(_Section):
-    grace_seconds: float = Field(default=25.0, gt=0)
+    grace_seconds: float = Field(default=25.0, gt=0, le=MAX_GRACE_SECONDS)
     drain_delay_seconds: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
@@ -673,6 +682,20 @@ class PinecallSettings(_Section):
                 )
             return key or None
         return key
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _header_value_or_unset(cls, env: Any) -> Any:
+        # Sent as it is in an HTTP header: aiohttp refuses a control character (every call-log
+        # request failing, retried for ever), and a space at either end would name another env.
+        if isinstance(env, str) and not _HEADER_TOKEN_RE.fullmatch(env):
+            if env == "":
+                return None
+            raise ValueError(
+                "must be printable ASCII without whitespace or control characters (e.g. staging):"
+                " it is sent as the pinecall-env HTTP header"
+            )
+        return env
 
     # Appended to api_url as it is: "v1/webhook" would name another host.
     _path = field_validator("webhook_path")(_rooted_path)

@@ -9,6 +9,7 @@ of it still meets the same owner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,5 +135,9 @@ def _facts(mine: dict[str, bytes]) -> tuple[str, str, str, float, float | None] 
     except (KeyError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
         return None
     if not topic or not event_id:
+        return None
+    # float() takes "nan" and "inf": as latencies they would make the end-to-end and lag
+    # histograms' sums nan or inf for good.
+    if not math.isfinite(received_at) or not math.isfinite(event_time or 0.0):
         return None
     return topic, event_id, channel, received_at, event_time

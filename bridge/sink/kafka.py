@@ -18,6 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaError,
     LeaderNotAvailableError,
@@ -27,6 +28,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     UnknownProducerId,
+    for_code,
 )
 from aiokafka.partitioner import murmur2
 
@@ -337,6 +339,25 @@ def _limits(configs: dict[str, dict[str, str]]) -> dict[str, int]:
     }
 
 
+async def _say_too_few_brokers(admin: AIOKafkaAdminClient, factor: int, topics: list[str]) -> None:
+    """Log topics refused a replication factor above the brokers there are, naming the setting:
+    the broker's answer alone (an error code) left the bridge retrying unready, saying no why."""
+    try:
+        brokers: int | None = len((await admin.describe_cluster())["brokers"])
+    except KafkaError:
+        brokers = None
+    log.error(
+        "could not create topics: BRIDGE_TOPICS__REPLICATION_FACTOR is more than the brokers"
+        " the cluster has; lower it, or -1 (as many as there are, at most 3), or pre-create them",
+        extra={
+            "topics": ",".join(sorted(topics)),
+            "replication_factor": factor,
+            "brokers": brokers,
+            "error": InvalidReplicationFactorError.__name__,
+        },
+    )
+
+
 class KafkaSink:
     """Start and stop are idempotent; stop flushes what the producer holds."""
 
@@ -536,12 +557,20 @@ class KafkaSink:
         except TopicAlreadyExistsError:
             return {spec.name for spec in missing}
         created: set[str] = set()
+        too_many: list[str] = []
         for name, code, *_ in getattr(response, "topic_errors", []):
-            if code not in (0, TopicAlreadyExistsError.errno):
-                log.warning("could not create topic", extra={"topic": name, "error_code": code})
+            if code == InvalidReplicationFactorError.errno:
+                too_many.append(name)
+            elif code not in (0, TopicAlreadyExistsError.errno):
+                log.warning(
+                    "could not create topic",
+                    extra={"topic": name, "error_code": code, "error": for_code(code).__name__},
+                )
             else:
                 created.add(name)
                 log.info("topic ready", extra={"topic": name})
+        if too_many:
+            await _say_too_few_brokers(admin, factor, too_many)
         return created
 
     async def learn_limits(

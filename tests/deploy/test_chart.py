@@ -743,6 +743,10 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("config.topics.events=bad topic", "/config/topics/events"),
         ("config.webhook.path=/metrics", "/config/webhook/path"),
         ("config.websocket.auth=basic", "/config/websocket/auth"),
+        # Sent as an HTTP header as it is: the bridge refuses whitespace and control characters.
+        ("config.pinecall.env=stag ing", "/config/pinecall/env"),
+        # Past the bridge's bound: 1e19 rendered a negative terminationGracePeriodSeconds.
+        ("config.shutdown.graceSeconds=86401", "/config/shutdown/graceSeconds"),
         ("config.kafka.unknownSetting=1", "additional properties 'unknownSetting'"),
         ("lifecycle.preStopAction=shell", "/lifecycle/preStopAction"),
         ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),

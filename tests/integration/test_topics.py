@@ -176,6 +176,33 @@ async def test_missing_topic_keeps_the_bridge_unready(
         await bridge.stop()
 
 
+async def test_a_replication_factor_above_the_brokers_is_said_naming_the_setting_and_brokers(
+    topics: Topics, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge")
+    # Valid at start (the cluster's size is unknown then): only the broker can refuse it.
+    settings = bridge_settings(kafka_bootstrap, topics, topics={"replication_factor": 3})
+    bridge = Bridge(settings)
+    await bridge.start()
+    try:
+        await until(lambda: too_few_brokers(caplog), within=30)
+        said = too_few_brokers(caplog)[0]
+        # The test broker is alone: the factor asked for and the one broker seen.
+        assert (getattr(said, "replication_factor", None), getattr(said, "brokers", None)) == (3, 1)
+        assert topics.ingest in getattr(said, "topics", "")
+    finally:
+        await bridge.stop()
+
+
+def too_few_brokers(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """ERRORs naming the replication factor's setting."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "BRIDGE_TOPICS__REPLICATION_FACTOR" in r.getMessage()
+    ]
+
+
 async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_followed(
     start_bridge: Callable[..., Any],
     topics: Topics,

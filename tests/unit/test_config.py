@@ -541,6 +541,41 @@ def test_an_api_key_no_header_can_carry_is_refused(
     assert "pk" not in line.split(":", 1)[1], "the problem never shows the key"
 
 
+@pytest.mark.parametrize("env", [" staging", "staging\n", "stag ing", "stag\x1bing", "stagé"])
+def test_an_env_no_header_can_carry_as_it_is_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    # Sent as the pinecall-env header: a control character fails every call-log request inside
+    # aiohttp, and whitespace at either end would ask Pinecall for an env nobody named.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__ENV": env})
+    [line] = problems()
+    assert line.startswith("BRIDGE_PINECALL__ENV: must be printable ASCII without whitespace"), line
+
+
+@pytest.mark.parametrize(
+    ("env", "taken"), [("staging", "staging"), ("eu-west_1.b", "eu-west_1.b"), ("", None)]
+)
+def test_an_env_a_header_can_carry_is_taken_and_empty_is_unset(
+    monkeypatch: pytest.MonkeyPatch, env: str, taken: str | None
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_PINECALL__ENV": env})
+    assert load_settings().pinecall.env == taken
+
+
+@pytest.mark.parametrize("grace", ["86401", "1e12", "1e19"])
+def test_a_grace_period_past_a_day_is_refused(monkeypatch: pytest.MonkeyPatch, grace: str) -> None:
+    # The chart adds it to terminationGracePeriodSeconds, an int64: 1e19 rendered negative.
+    setenv(monkeypatch, {"BRIDGE_SHUTDOWN__GRACE_SECONDS": grace})
+    [line] = problems()
+    assert line.startswith("BRIDGE_SHUTDOWN__GRACE_SECONDS: "), line
+    assert "86400" in line, line
+
+
+def test_a_grace_period_of_a_day_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    setenv(monkeypatch, {"BRIDGE_SHUTDOWN__GRACE_SECONDS": "86400"})
+    assert load_settings().shutdown.grace_seconds == 86_400
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

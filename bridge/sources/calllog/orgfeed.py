@@ -24,6 +24,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry
+from bridge.sources.calllog.follow import Reason
 from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.redirects import redirect_note
@@ -100,7 +101,8 @@ class OrgFeed:
         connected = self._metrics.sse_org_feed_connected
         while True:
             opened_at: float | None = None
-            reason = "error"
+            # A metric label: the call streams' closed set, so a typo is mypy's error.
+            reason: Reason = "error"
             retry = 0.0
             try:
                 async with asyncio.timeout(head_timeout(self._settings)):
@@ -145,7 +147,7 @@ class OrgFeed:
             delay = max(self._policy.next_delay(policy_reason, connected_for), retry)
             await asyncio.sleep(delay)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[str, float]:
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[Reason, float]:
         parser = EventStreamParser(max_event_bytes=self._settings.max_event_bytes)
         retry = 0.0
         while True:
