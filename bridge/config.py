@@ -780,8 +780,8 @@ class SseSettings(_Section):
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
     # A call's log refused (a 4xx other than 401/403/404/429, or a 200 that is not an event
-    # stream) with no stream between for this long is left: counted and logged, not retried
-    # forever holding one of BRIDGE_SSE__MAX_CALLS.
+    # stream) with no stream that read between for this long is left: counted and logged, not
+    # retried forever holding one of BRIDGE_SSE__MAX_CALLS.
     give_up_after_seconds: float = Field(default=900.0, gt=0)
     # One event's data (a log entry): a longer one means a broken stream, and bounds memory.
     max_event_bytes: int = Field(default=960 * _KIB, ge=1024, le=64 * 1_048_576)

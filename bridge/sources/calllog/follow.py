@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
-from bridge.normalise.shapes import UnrecognisedReason
+from bridge.normalise.shapes import UnrecognisedReason, to_epoch
 from bridge.sources.calllog.eventstream import (
     MAX_EVENT_BYTES,
     Event,
@@ -59,8 +59,8 @@ REASONS: tuple[Reason, ...] = (
 GiveUp = Literal[
     "not_found",  # 404: not this key's call
     "gone",  # 410: the log no longer exists
-    "refused",  # any other refusal, with no stream between, for the give-up time
-    "forbidden",  # 403s (the key may not read this log), with no stream between, for as long
+    "refused",  # any other refusal, with no stream that read between, for the give-up time
+    "forbidden",  # 403s (the key may not read this log), a gap page's too, as long
 ]
 GIVE_UP_REASONS: tuple[GiveUp, ...] = get_args(GiveUp)
 
@@ -78,10 +78,13 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """Fetch seqs `first`..`last` (inclusive) from the JSON pages and publish them first."""
+    """Fetch seqs `first`..`last` (inclusive) from the JSON pages and publish them first.
+
+    `last` None: a gap whose end is unknown, read to the end of what the log has stored.
+    """
 
     first: int
-    last: int
+    last: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +139,10 @@ class CallFollow:
         self.server_retry: float | None = None  # seconds, from `retry:`
         self._policy = policy
         self._terminal_pending: int | None = None
-        # The give-up clock: seconds of refusals in a row, reset by any stream; and the last
-        # refusal's time (monotonic), None after an attempt that was not one (an outage).
+        self.ended_at: float | None = None  # the terminal entry's `ts`, where it has one
+        # The give-up clock: seconds of refusals in a row, reset by a stream that reads (an
+        # entry acknowledged, or caught up): not by one that opens only to have its gap's pages
+        # refused; and the last refusal's time (monotonic), None after an outage.
         self._refused_for = 0.0
         self._refused_at: float | None = None
 
@@ -150,7 +155,12 @@ class CallFollow:
         return {"Last-Event-ID": str(self.acked)} if self.acked > 0 else {}
 
     def connected(self) -> None:
+        """A stream opened. It stops no give-up clock by itself: a gap's pages refused (403)
+        behind it at every attempt must give the call up as a refused stream does."""
         self.caught_up = False
+
+    def _read_on(self) -> None:
+        """The log was read (an entry acknowledged, or the replay over): refusals start over."""
         self._refused_for = 0.0
         self._refused_at = None
 
@@ -165,9 +175,9 @@ class CallFollow:
     def refused(self, status: int, now: float, give_up_after: float) -> GiveUp | None:
         """A refusal that no retry can cure (400, 403, 410, a 200 that is not a stream): give up?
 
-        Only after `give_up_after` seconds of refusals with no stream between, so a platform
-        briefly misbehaving costs a delay, not the call; 404 and 410 say so at once. Only the
-        time from one refusal to the next counts: not a spell of outage between two.
+        Only after `give_up_after` seconds of refusals with no stream that read between, so a
+        platform briefly misbehaving costs a delay, not the call; 404 and 410 say so at once.
+        Only the time from one refusal to the next counts: not a spell of outage between two.
         """
         if status == 404:
             return "not_found"
@@ -196,10 +206,14 @@ class CallFollow:
 
         A `log.gap` too large to read (it carries the whole call's state) is still a gap: its
         `id:` is its end, and noted in its place it would move the resume point past its entries.
+        Without an `id:` its end is unknown: the pages are read to the end of what is stored
+        (the stream's entries up to there are then replays, skipped).
         """
         raw_id = _own_id(item)
-        if item.type == GAP_TYPE and raw_id is not None and raw_id.isascii() and raw_id.isdigit():
-            return self._gap_to(int(raw_id))
+        if item.type == GAP_TYPE:
+            if raw_id is not None and raw_id.isascii() and raw_id.isdigit():
+                return self._gap_to(int(raw_id))
+            return Fill(self.acked + 1, None)
         note = {"call": self.call, "type": item.type, "bytes": item.size}
         return self._dead_letter("too_large", note, raw_id, item.type)
 
@@ -233,6 +247,7 @@ class CallFollow:
         kind = entry.get("type")
         if kind == CAUGHT_UP_TYPE:
             self.caught_up = True
+            self._read_on()
             return CaughtUp(seq)
         if kind == GAP_TYPE:
             data = entry.get("data")
@@ -244,6 +259,7 @@ class CallFollow:
             return Nothing()  # a replay of what Kafka already has
         if kind == TERMINAL_TYPE:
             self._terminal_pending = seq
+            self.ended_at = to_epoch(entry.get("ts"))
         return Publish(entry, seq)
 
     def _gap_to(self, last: int) -> Step:
@@ -256,6 +272,7 @@ class CallFollow:
         """Kafka acknowledged everything up to `last_seq`: the resume point moves there."""
         if last_seq is not None and last_seq > self.acked:
             self.acked = last_seq
+            self._read_on()
         if self._terminal_pending is not None and self.acked >= self._terminal_pending:
             self.ended = True
 
@@ -265,9 +282,11 @@ class CallFollow:
         for entry in entries:
             if entry.get("type") == TERMINAL_TYPE and entry["seq"] > self.acked:
                 self._terminal_pending = entry["seq"]
+                self.ended_at = to_epoch(entry.get("ts"))
 
-    def filled(self, last: int) -> None:
-        """A gap was filled through `last` (ephemeral seqs in it are gone for good)."""
+    def filled(self, last: int | None) -> None:
+        """A gap was filled through `last` (ephemeral seqs in it are gone for good); None: to
+        the end of the stored log, whose entries each page's publish acknowledged already."""
         self.published(last)
 
     def not_published(self) -> None:

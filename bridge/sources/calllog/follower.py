@@ -305,7 +305,7 @@ class Follower:
                     batch, times, last = [], [], None
                     # What was just acknowledged before the gap need not be read again.
                     first = max(step.first, state.acked + 1)
-                    if first <= step.last:
+                    if step.last is None or first <= step.last:
                         await self._fill(Fill(first, step.last))
             await self._publish(batch, times, last)
             if state.ended:
@@ -349,7 +349,7 @@ class Follower:
             async with contextlib.aclosing(pages):
                 while True:
                     nxt = await self._fill_page(pages, gap)
-                    if nxt is None or nxt >= gap.last:
+                    if nxt is None or (gap.last is not None and nxt >= gap.last):
                         break
         except PageError as exc:
             # Any answer tells the gate about the key: a 200 whose body is no page took it too.
@@ -372,7 +372,7 @@ class Follower:
             if page is None:
                 return None
             self._gate.accepted()  # a page came: the key was taken
-            entries = [e for e in page.entries if gap.first <= e["seq"] <= gap.last]
+            entries = [e for e in page.entries if _in_gap(e["seq"], gap)]
             times = [moment for e in entries if (moment := entry_time(e)) is not None]
             self._metrics.sse_gap_entries.inc(len(entries))
             self.state.paged(entries)
@@ -410,6 +410,10 @@ _UNREADABLE = {
 def _loggable(note: dict[str, Any]) -> dict[str, Any]:
     """A dead-lettered entry's note for the log: its text is in the dead-letter topic."""
     return {key: value for key, value in note.items() if key != "data"}
+
+
+def _in_gap(seq: int, gap: Fill) -> bool:
+    return gap.first <= seq and (gap.last is None or seq <= gap.last)
 
 
 def _key_taken(status: int) -> bool:

@@ -4,11 +4,13 @@ A call's ingest records are keyed by its id, so the partition is the producer's 
 (murmur2, as aiokafka and Java do). The dedup stage tells which partitions this member owns; the
 roster follows the live calls of those partitions, at most `capacity` at once, the rest waiting in
 arrival order. Calls that ended are remembered (boundedly) so a late lifecycle notice in the org
-feed does not send a follower back over a finished log.
+feed does not send a follower back over a finished log; past the bound, the call that ended first
+is forgotten: its dedup window, which bounds every offer of an ended call, closes first.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,7 +73,10 @@ class Roster:
         self._on_drop = on_drop
         self._on_expire = on_expire
         self._clock = clock
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        # Ended call → its end (wall time); a heap of (end, call) to forget the earliest end
+        # first, with stale pairs (a call ended again, or forgotten) skipped as they come up.
+        self._ended: dict[str, float] = {}
+        self._ends: list[tuple[float, str]] = []
         self._remember = remember_ended
 
     def owns(self, call: str) -> bool:
@@ -88,14 +93,16 @@ class Roster:
         if call in self.following or call in self._ended or not self.owns(call):
             return []
         if call in self.waiting:
-            self.waiting[call] = max(self.waiting[call], after)
-            # A notice of a live call or a takeover needs no window: unbounded from now on.
-            bound = self._until.get(call)
-            if bound is not None:
-                if until is None:
-                    del self._until[call]
-                else:
-                    self._until[call] = max(bound, until)
+            after = self.waiting[call] = max(self.waiting[call], after)
+            if after > 0:
+                # Its records got this far (a takeover): reading on from there publishes
+                # nothing the dedup window could have forgotten, so it needs no window.
+                self._until.pop(call, None)
+            elif until is not None:
+                # Its end is known now, whichever notice came first (a live one, or the list's
+                # row read while it was live): the same window as an ended call offered anew.
+                bound = self._until.get(call)
+                self._until[call] = until if bound is None else max(bound, until)
             return []
         if until is not None and self._clock() > until:
             self._on_expire(call)
@@ -112,16 +119,33 @@ class Roster:
         self.following[call] = partition_of(call, self.partitions)
         return [Start(call, after)]
 
-    def finished(self, call: str, *, ended: bool) -> list[Start]:
-        """A follower stopped by itself: `ended` when its log is complete; frees its slot."""
+    def finished(self, call: str, *, ended: bool, at: float | None = None) -> list[Start]:
+        """A follower stopped by itself: `ended` when its log is complete; frees its slot.
+
+        `at`: when the call ended, where known (its last entry's time); else now.
+        """
         if ended:
-            self._ended[call] = None
-            self._ended.move_to_end(call)
-            while len(self._ended) > self._remember:
-                self._ended.popitem(last=False)
+            self._remember_end(call, at)
         if self.following.pop(call, None) is None:
             return []
         return self._fill()
+
+    def _remember_end(self, call: str, at: float | None) -> None:
+        """Remember an ended call by its end, not by when its reading finished: a call read
+        long after it ended (it waited, or was taken over) would else outlast ones that ended
+        since, and one of those forgotten is read again from its start by the next offer."""
+        now = self._clock()
+        end = now if at is None else min(at, now)  # a clock ahead of ours must not pin it
+        end = max(end, self._ended.get(call, end))
+        self._ended[call] = end
+        heapq.heappush(self._ends, (end, call))
+        while len(self._ended) > self._remember:
+            first, oldest = heapq.heappop(self._ends)
+            if self._ended.get(oldest) == first:
+                del self._ended[oldest]
+        if len(self._ends) > 2 * max(self._remember, 1):  # stale pairs: rebuilt, in O(n)
+            self._ends = [(when, c) for c, when in self._ended.items()]
+            heapq.heapify(self._ends)
 
     def own(self, partition: int, live: dict[str, int], ended: set[str]) -> list[Start]:
         """A partition taken over: follow its live calls from where its records got to."""

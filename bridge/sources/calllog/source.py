@@ -324,7 +324,8 @@ class CallLogSource:
         if not task.cancelled() and task.exception() is not None:
             log.error("call log follower crashed", exc_info=task.exception())
         if self.roster is not None and not self._stopping.is_set():
-            self._launch(self.roster.finished(call, ended=ended))
+            at = current[0].state.ended_at  # its end, by which the roster remembers it
+            self._launch(self.roster.finished(call, ended=ended, at=at))
             if self.roster.missed and not self.roster.waiting:
                 # Calls were dropped from a full queue, which has now drained: the call list
                 # finds those still live or recently ended (the org feed will not repeat them).

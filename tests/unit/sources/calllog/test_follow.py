@@ -263,10 +263,11 @@ def test_refusals_in_a_row_for_the_give_up_time_give_the_call_up() -> None:
     assert f.refused(400, 1000.0, 900) == "refused"
 
 
-def test_a_stream_between_refusals_restarts_the_give_up_clock() -> None:
+def test_a_stream_that_reads_between_refusals_restarts_the_give_up_clock() -> None:
     f = follow()
     assert f.refused(400, 100.0, 900) is None
     f.connected()
+    assert f.step(entry(3, "log.caught_up")) == CaughtUp(3)
     assert f.refused(400, 950.0, 900) is None
     assert f.refused(400, 1849.0, 900) is None
     assert f.refused(400, 1850.0, 900) == "refused"
@@ -298,3 +299,44 @@ def test_403s_in_a_row_for_the_give_up_time_give_the_call_up_as_forbidden() -> N
     assert f.refused(403, 100.0, 900) is None
     assert f.refused(403, 999.0, 900) is None
     assert f.refused(403, 1000.0, 900) == "forbidden"
+
+
+def test_an_acknowledged_entry_between_refusals_restarts_the_give_up_clock() -> None:
+    f = follow()
+    assert f.refused(403, 100.0, 900) is None
+    f.connected()
+    f.published(4)
+    assert f.refused(403, 1_000.0, 900) is None
+    assert f.refused(403, 1_900.0, 900) == "forbidden"
+
+
+def test_gap_pages_forbidden_behind_every_stream_give_the_call_up_as_forbidden() -> None:
+    # Each attempt opens a stream whose first item is a gap, and the gap's pages answer 403:
+    # the stream read nothing, so it must not start the clock over (the call held its slot).
+    f = follow(after=10)
+    for now in (100.0, 500.0):
+        f.connected()
+        assert f.step(entry(40, "log.gap", from_seq=11, to_seq=40)) == Fill(11, 40)
+        assert f.refused(403, now, 900) is None
+    f.connected()
+    assert f.step(entry(40, "log.gap", from_seq=11, to_seq=40)) == Fill(11, 40)
+    assert f.refused(403, 1_000.0, 900) == "forbidden"
+
+
+def test_a_gap_too_large_to_read_without_an_id_is_read_to_the_end_of_the_stored_log() -> None:
+    # No `id:` of its own: its end is unknown, but its entries are still in the pages.
+    f = follow(after=10)
+    assert f.step(TooLarge("log.gap", "7", 2_000_000, has_id=False)) == Fill(11, None)
+    f.published(55)  # the pages' entries, acknowledged page by page
+    f.filled(None)
+    assert f.query() == {"after": "55"}
+    assert f.step(entry(41, "turn.user")) == Nothing()  # the stream's replay of a page's entry
+
+
+def test_the_calls_end_is_its_scores_time_once_acknowledged() -> None:
+    f = follow()
+    score = {"seq": 9, "ts": 1_700_000_000.5, "call": "CA_1", "type": "call.score", "data": {}}
+    f.step(Event("call.score", jsoncodec.dumps(score).decode(), "9"))
+    f.published(9)
+    assert f.ended
+    assert f.ended_at == 1_700_000_000.5

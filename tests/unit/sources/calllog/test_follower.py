@@ -1040,3 +1040,48 @@ async def test_entry_times_for_how_far_behind_live_are_read_as_the_events_time_i
     ended, _, publisher, _, _ = await run_follower(handler)
     assert ended
     assert publisher.times == [1_700_000_000.123, 1_700_000_000.0, 1e9, 1_700_000_000.0, 1e9]
+
+
+async def test_a_log_whose_gap_pages_are_forbidden_is_given_up_and_frees_its_slot(
+    run_follower: Callable[..., Any],
+) -> None:
+    # Every stream opens on a gap (then caught up from its end, as the platform sends it) and
+    # the gap's pages answer 403: the streams read nothing, so they must not start the give-up
+    # clock over (the call held its MAX_CALLS slot for good).
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            return web.json_response({"detail": "not yours"}, status=403)
+        caught_up = frame(entry(3, "log.caught_up", call="CA_1", data={"seq": 3}))
+        return await stream(request, gap_frame("CA_1") + caught_up, hold=5.0)
+
+    ended, server, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert len(server.requests) > 2  # retried, with backoff, until the give-up time
+    assert publisher.seqs == []
+    assert given_up(metrics, "forbidden") == 1
+
+
+async def test_a_gap_too_large_to_read_without_an_id_is_read_from_the_pages(
+    run_follower: Callable[..., Any],
+) -> None:
+    # Its end unknown, the pages are read to the end of the stored log; the stream's entries
+    # up to there are replays of what the pages gave.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            after = int(request.query["after"])
+            stored = [entry(s, "call.score" if s == 4 else "turn.user") for s in (2, 3, 4)]
+            stored = [e for e in stored if e["seq"] > after]
+            return web.json_response(
+                {"entries": stored, "live": True, "next": stored[-1]["seq"] if stored else None}
+            )
+        huge_gap = b"event: log.gap\ndata: " + b"x" * (SseSettings().max_event_bytes + 100)
+        return await stream(
+            request,
+            frame(entry(1)) + huge_gap + b"\n\n" + frame(entry(3)) + frame(entry(4, "call.score")),
+        )
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3, 4]
+    assert [query["after"] for _, query in server.requests[1:]] == ["1", "4"]
+    assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 1

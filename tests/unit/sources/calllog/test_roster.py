@@ -213,3 +213,34 @@ def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bo
     now[0] = 1_020.0
     assert roster.own(0, {b: 7}, {a}) == [Start(b, 7)]
     assert expired == []
+
+
+def test_a_waiting_call_announced_live_is_bounded_once_its_end_is_known() -> None:
+    # a was announced live and waits; the notice of its end (or the list's ended row) then
+    # comes: it must not start past the window that notice gives, whichever came first (b).
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
+    busy, a, b, c = calls_in(0, 4)
+    roster.own(0, {}, set())
+    assert roster.offer(busy) == [Start(busy, 0)]
+    assert roster.offer(a) == []
+    assert roster.offer(a, until=1_050.0) == []
+    assert roster.offer(b, until=1_050.0) == []
+    assert roster.offer(b) == []  # the list's row read while it was live: still ended
+    assert roster.offer(c) == []
+    now[0] = 1_060.0
+    assert roster.finished(busy, ended=True) == [Start(c, 0)]
+    assert expired == [a, b]
+
+
+def test_the_ended_call_forgotten_first_is_the_one_that_ended_first() -> None:
+    # c was read long after it ended (it waited, or was taken over): it is forgotten before a
+    # and b, which ended since and whose notices may still come within their windows.
+    roster = Roster(1, capacity=1, remember_ended=2, clock=lambda: 1_000.0)
+    roster.finished("a", ended=True, at=900.0)
+    roster.finished("b", ended=True)  # no end known: now
+    roster.finished("c", ended=True, at=100.0)
+    assert [call for call in "abc" if roster.has_ended(call)] == ["a", "b"]
+    roster.finished("d", ended=True, at=5_000.0)  # a clock ahead of ours: taken as now
+    assert [call for call in "abcd" if roster.has_ended(call)] == ["b", "d"]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
@@ -244,7 +245,8 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     def launch(starts: list[Any]) -> None:
         for start in starts:
             task = asyncio.get_running_loop().create_task(ended())
-            source._followers[start.call] = (cast(Any, None), task)
+            follower = SimpleNamespace(state=SimpleNamespace(ended_at=None))
+            source._followers[start.call] = (cast(Any, follower), task)
 
     monkeypatch.setattr(source, "_launch", launch)
     for n in range(13):  # 1 followed, 10 waiting, 2 dropped
