@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -42,6 +42,9 @@ from tests.polling import until, until_kafka
 from tests.schema import contract
 from tests.sockets import free_port
 from tests.webhooks import signed
+
+if TYPE_CHECKING:
+    from tests.integration.replicas import Replica
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "tools" / "kafka" / "kafka.sh"
@@ -811,3 +814,26 @@ entry = partial(
 @pytest.fixture
 def unique_call() -> str:
     return "CA_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def replicas(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> AsyncIterator[Callable[..., Replica]]:
+    """Make replicas (not started); every one still running is stopped at the end."""
+    # Imported here: replicas.py imports this module.
+    from tests.integration.replicas import Replica, replica_env
+
+    made: list[Replica] = []
+
+    def make(name: str, **extra: str) -> Replica:
+        port = free_port()
+        env = replica_env(kafka_bootstrap, topics, port, **extra)
+        replica = Replica(name, env, tmp_path / f"{name}.log", port)
+        made.append(replica)
+        return replica
+
+    yield make
+    for replica in made:
+        if replica.alive:
+            await replica.stop()

@@ -12,7 +12,6 @@ import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,39 +38,13 @@ from tests.integration.replicas import (
     Replica,
     feed_env,
     post_signed,
-    replica_env,
     total,
 )
 from tests.polling import until
-from tests.sockets import free_port
 
 pytestmark = pytest.mark.timeout(420)
 CALLS = 24
 ZOMBIE_PAUSE_S = 10.0  # longer than the 6 s session timeout the replicas run with
-
-
-@pytest.fixture
-async def replicas(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path
-) -> AsyncIterator[Callable[..., Replica]]:
-    """Make replicas (not started); every one still running is stopped at the end."""
-    made: list[Replica] = []
-
-    def make(name: str, **extra: str) -> Replica:
-        port = free_port()
-        replica = Replica(
-            name,
-            replica_env(kafka_bootstrap, topics, port, **extra),
-            tmp_path / f"{name}.log",
-            port,
-        )
-        made.append(replica)
-        return replica
-
-    yield make
-    for replica in made:
-        if replica.alive:
-            await replica.stop()
 
 
 class Traffic:
