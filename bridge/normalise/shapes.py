@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Literal
 
@@ -57,6 +57,8 @@ _TIME_KEYS: dict[Shape, tuple[str, ...]] = {
     "legacy": ("timestamp", "ts", "time", "created_at"),
 }
 _NUMERIC = re.compile(r"[0-9]{9,}(\.[0-9]+)?")
+# The seconds of a time of day, when they are 60: followed by a fraction, an offset or the end.
+_LEAP_SECOND = re.compile(r"(?<=[T ][0-9]{2}:[0-9]{2}:)60(?=[.,+Z-]|$)")
 # The readable times, whatever form they came in: from the first 9-digit epoch second (1973-03-03,
 # the numeric strings' bound) to the last that datetime can render (9999-12-31).
 _EARLIEST, _LATEST = 100_000_000.0, 253402300800.0
@@ -306,9 +308,8 @@ def to_epoch(value: Any) -> float | None:
         if seconds > 1e11:  # no event is from the year 5138: this is milliseconds
             seconds /= 1000.0
     elif isinstance(value, str) and value:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
+        moment = _iso_time(value)
+        if moment is None:
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
@@ -319,6 +320,24 @@ def to_epoch(value: Any) -> float | None:
     if not math.isfinite(seconds) or not _EARLIEST <= seconds < _LATEST:
         return None
     return seconds
+
+
+def _iso_time(text: str) -> datetime | None:
+    """An ISO 8601 time, RFC 3339's too: fromisoformat refuses its lower-case `t` and `z` and its
+    leap second (`23:59:60`), which reads as the next second's start, as POSIX time has none."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    text = text.upper()
+    leap = _LEAP_SECOND.search(text)
+    if leap is not None:
+        text = f"{text[: leap.start()]}59{text[leap.end() :]}"
+    try:
+        moment = datetime.fromisoformat(text)
+        return moment + timedelta(seconds=1) if leap is not None else moment
+    except (ValueError, OverflowError):  # OverflowError: a leap second ending year 9999
+        return None
 
 
 def _is_int(value: Any) -> bool:

@@ -120,6 +120,31 @@ async def test_a_body_of_too_many_events_is_413_and_lands_nothing(
     assert [r.json()["id"] for r in records] == [f"{unique_call}:2000"]
 
 
+async def test_an_integer_is_published_exactly_or_refused_never_rounded(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    # Read as a float, 2**64 was published as 1.8446744073709552e+19: another value.
+    head = b'{"seq":%d,"ts":1790000000,"call":"%s","type":"turn.user","data":{"n":'
+    past = head % (1, unique_call.encode()) + b"18446744073709551616}}"
+    status, body = await bridge.post(past)
+    assert (status, body["error"]) == (400, "invalid_json")
+    assert "integer beyond 64 bits: 18446744073709551616" in body["detail"]
+    rejected = sample(
+        bridge.metrics,
+        "pinecall_bridge_events_rejected_total",
+        channel="webhook",
+        reason="invalid_json",
+    )
+    assert rejected == 1
+    within = head % (2, unique_call.encode()) + b"[18446744073709551615,-9223372036854775808]}}"
+    assert (await bridge.post(within))[0] == 200
+    records = await consume_until(
+        kafka_bootstrap, [topics.events, topics.dlq], has_id(f"{unique_call}:2")
+    )
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:2"]
+    assert b'"n":[18446744073709551615,-9223372036854775808]' in records[0].value
+
+
 async def test_a_webhook_sent_after_100_continue_lands_and_one_too_large_is_not_sent(
     bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:

@@ -331,6 +331,25 @@ def test_an_iso_time_before_1973_is_no_time_either() -> None:
     assert to_epoch("1973-03-03T09:46:40Z") == 100_000_000.0
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2016-12-31T23:59:60Z", 1_483_228_800.0),  # a leap second: the next second's start
+        ("2016-12-31T23:59:60.250Z", 1_483_228_800.25),
+        ("2016-12-31 23:59:60+00:00", 1_483_228_800.0),
+        ("2016-12-31t23:59:59z", 1_483_228_799.0),  # RFC 3339 allows lower case
+        ("2017-01-01T13:59:59.123456789+14:00", 1_483_228_799.123456),
+        ("2016-12-31T23:59:61Z", None),
+        ("9999-12-31T23:59:60Z", None),  # past what datetime renders
+    ],
+)
+def test_every_rfc3339_time_is_read(text: str, expected: float | None) -> None:
+    # Unread, the event took its receipt time: hours off for a call log read back later.
+    assert to_epoch(text) == expected
+    item = {"type": "turn.user", "data": {}, "time": text}
+    assert norm(item).time == (NOW if expected is None else expected)
+
+
 def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     e = norm(entry(ts="soon"))
     assert e.event_time is None
