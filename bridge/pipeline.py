@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiokafka.errors import TopicAuthorizationFailedError
+
 from bridge import jsoncodec
 from bridge.deadline import by_deadline
 from bridge.ingest.record import ID, encode
@@ -453,10 +455,19 @@ class Pipeline:
 
     def _delivered(self, fut: asyncio.Future[Any]) -> None:
         self._records_in_flight -= 1
-        if not fut.cancelled() and fut.exception() is not None:
+        if fut.cancelled() or (error := fut.exception()) is None:
+            return
+        if isinstance(error, TopicAuthorizationFailedError):
+            # Every webhook is answered 503 until an operator adds the ACL: say which.
+            flood.error(
+                "Kafka refuses the bridge Write on the ingest topic: the principal needs an ACL"
+                " allowing Write on Topic BRIDGE_TOPICS__INGEST (deploy/README.md, Strimzi);"
+                " every webhook is answered 503 meanwhile",
+                extra={"topic": self._ingest, "error": type(error).__name__},
+            )
+        else:
             flood.warning(
-                "Kafka did not acknowledge a record",
-                extra={"error": type(fut.exception()).__name__},
+                "Kafka did not acknowledge a record", extra={"error": type(error).__name__}
             )
 
     def _dead_letter(

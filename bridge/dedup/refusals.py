@@ -1,8 +1,9 @@
 """What the dedup stage needs from Kafka that only an operator can give, said plainly. Pure.
 
-A refused transactional id or consumer group, or a transaction timeout above the brokers'
-`transaction.max.timeout.ms`, fails at every retry until an ACL or a setting changes: aiokafka's
-error names neither the ACL (resource type, name or prefix, operation) nor the setting.
+A refused transactional id, consumer group or read of the ingest topic, or a transaction timeout
+above the brokers' `transaction.max.timeout.ms`, fails at every retry until an ACL or a setting
+changes: aiokafka's error names neither the ACL (resource type, name or prefix, operation) nor
+the setting.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     InvalidTransactionTimeout,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 
@@ -65,5 +67,13 @@ def refusal(
             f"Kafka refuses the dedup stage its consumer group {settings.group!r}"
             " (BRIDGE_DEDUP__GROUP): the principal needs an ACL allowing Read on Group"
             f" {settings.group!r} ({ACLS})"
+        )
+    if isinstance(exc, TopicAuthorizationFailedError):
+        # Raised by the stage's fetches only: aiokafka names the topic it may not read.
+        topic = str(exc.args[0]) if exc.args else "BRIDGE_TOPICS__INGEST"
+        return (
+            f"Kafka refuses the dedup stage a read of the ingest topic {topic!r}: the principal"
+            f" needs an ACL allowing Read on Topic {topic!r} ({ACLS}); its events wait there"
+            " meanwhile"
         )
     return None

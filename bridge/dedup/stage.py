@@ -42,6 +42,7 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
+    TopicAuthorizationFailedError,
 )
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
@@ -395,9 +396,10 @@ class DedupStage:
                         log.exception("dedup stage could not read the log start offsets")
                         await asyncio.sleep(interval)
                     continue
-                except GroupAuthorizationFailedError as exc:
-                    # aiokafka asks the coordinator again at each fetch: retried at once, a line
-                    # and a traceback every commit interval until someone adds the ACL.
+                except (GroupAuthorizationFailedError, TopicAuthorizationFailedError) as exc:
+                    # aiokafka asks the coordinator (fetches the ingest topic) again at each
+                    # fetch: retried at once, a line and a traceback every commit interval until
+                    # someone adds the ACL.
                     refused += 1
                     wait = refused_wait(refused)
                     log.error(

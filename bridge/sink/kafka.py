@@ -58,6 +58,8 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
+# A creation refused for want of an ACL, as CreateTopics answers it for each topic.
+NOT_ALLOWED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
 # Answers after which an idempotent producer cannot send to a partition again (aiokafka#1017):
 # a batch failed after taking its sequence numbers (expired, refused for its size), or the
 # broker forgot the producer.
@@ -558,9 +560,12 @@ class KafkaSink:
             return {spec.name for spec in missing}
         created: set[str] = set()
         too_many: list[str] = []
+        refused: list[str] = []
         for name, code, *_ in getattr(response, "topic_errors", []):
             if code == InvalidReplicationFactorError.errno:
                 too_many.append(name)
+            elif code in NOT_ALLOWED:
+                refused.append(name)
             elif code not in (0, TopicAlreadyExistsError.errno):
                 log.warning(
                     "could not create topic",
@@ -571,6 +576,14 @@ class KafkaSink:
                 log.info("topic ready", extra={"topic": name})
         if too_many:
             await _say_too_few_brokers(admin, factor, too_many)
+        if refused:
+            # Kafka answers a refused creation per topic, not as an error of the request: these
+            # topics are missing and stay so, so the bridge cannot work.
+            log.error(
+                "not allowed to create the missing topics: the principal needs an ACL allowing"
+                " Create on the Cluster (or on each topic), or create them beforehand",
+                extra={"topics": refused},
+            )
         return created
 
     async def learn_limits(

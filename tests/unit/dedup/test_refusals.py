@@ -2,6 +2,7 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     InvalidTransactionTimeout,
     KafkaConnectionError,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 
@@ -23,6 +24,10 @@ def test_each_refusal_names_what_to_change() -> None:
     group = refusal(GroupAuthorizationFailedError("g1"), SETTINGS, "g1-dedup-x")
     assert group is not None
     assert "Read on Group 'g1'" in group
+    # As aiokafka's fetcher raises it: the topic it may not read.
+    read = refusal(TopicAuthorizationFailedError("pinecall.ingest"), SETTINGS, "g1-dedup-x")
+    assert read is not None
+    assert "Read on Topic 'pinecall.ingest'" in read
 
 
 def test_a_known_brokers_max_is_named_and_an_unknown_one_is_not_guessed() -> None:

@@ -1,0 +1,150 @@
+"""A Kafka that refuses the bridge a topic (an ACL): webhooks never answered 2xx unless their
+events are in Kafka, one clear ERROR naming the topic and the operation, no line per retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.entries import entry
+from tests.integration.acls import READ, TOPIC, WRITE, Acl, acl_broker, bridge_acls, grant, sasl
+from tests.integration.conftest import (
+    Broker,
+    RunningBridge,
+    Topics,
+    consume_until,
+    create_topic,
+    grown,
+    has_id,
+    publish_failures,
+)
+from tests.polling import until
+
+# The module's broker starts in 10-20 s on a busy box.
+pytestmark = pytest.mark.timeout(240)
+USERS = ("exact", "noingestwrite", "noingestread", "nocreate")
+# How long a refused stage is watched once it said why: it fetched again every commit interval
+# (100 ms), a line and a traceback each time, some 150 in this time.
+WATCHED = 15.0
+
+
+@pytest.fixture(scope="module")
+def authorizing_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, str]]:
+    with acl_broker(tmp_path_factory.mktemp("kafka-acl"), USERS) as broker:
+        yield broker
+
+
+async def _start(
+    start_bridge: Callable[..., Any],
+    broker: tuple[Broker, str],
+    topics: Topics,
+    user: str,
+    without: set[Acl],
+    *,
+    ready: bool = True,
+) -> RunningBridge:
+    """The bridge as `user`, allowed exactly the documented ACLs but `without`, its topics made."""
+    plain, sasl_bootstrap = broker
+    await grant(plain.bootstrap, user, [a for a in bridge_acls(topics) if a not in without])
+    for name in (topics.events, topics.alerts, topics.dlq, topics.feed_lease):
+        await create_topic(plain.bootstrap, name, 1)
+    await create_topic(
+        plain.bootstrap, topics.ingest, 3, {"message.timestamp.type": "LogAppendTime"}
+    )
+    handle: RunningBridge = await start_bridge(
+        bootstrap=sasl_bootstrap, kafka=sasl(user), topics={"create": False}, ready=ready
+    )
+    return handle
+
+
+def _errors(caplog: pytest.LogCaptureFixture, *words: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        and r.name.startswith("bridge.")
+        and all(w in r.getMessage() for w in words)
+    ]
+
+
+async def test_a_user_with_exactly_the_documented_acls_works_end_to_end(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+) -> None:
+    handle = await _start(start_bridge, authorizing_broker, topics, "exact", set())
+    assert (await handle.post(entry(1, call=unique_call)))[0] == 200
+    assert (await handle.post(entry(2, call=None, agent=unique_call)))[0] == 200
+    assert (await handle.post(b'{"not": "an event"}'))[0] == 202
+    records = await consume_until(
+        authorizing_broker[0].bootstrap,
+        [topics.events, topics.alerts, topics.dlq],
+        lambda got: {r.topic for r in got} == {topics.events, topics.alerts, topics.dlq},
+    )
+    assert has_id(f"{unique_call}:1")(records)
+
+
+async def test_without_write_on_the_ingest_topic_webhooks_get_503_and_the_acl_is_named(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    without = {Acl(TOPIC, topics.ingest, WRITE)}
+    handle = await _start(start_bridge, authorizing_broker, topics, "noingestwrite", without)
+    before = publish_failures(handle)
+    for seq in (1, 2, 3):
+        status, body = await handle.post(entry(seq, call=unique_call))
+        assert (status, body["error"]) == (503, "kafka_unavailable")
+    assert grown(before, publish_failures(handle)) == {"error": 3}
+    said = _errors(caplog, "Write on Topic")
+    # One line, not one per webhook; it names the topic.
+    assert [r.__dict__["topic"] for r in said] == [topics.ingest]
+
+
+async def test_without_read_on_the_ingest_topic_the_stage_names_it_without_a_line_per_fetch(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    without = {Acl(TOPIC, topics.ingest, READ)}
+    handle = await _start(start_bridge, authorizing_broker, topics, "noingestread", without)
+    # Taken: the event is in the ingest topic, and waits there for the ACL.
+    assert (await handle.post(entry(1, call=unique_call)))[0] == 200
+    words = (f"Read on Topic {topics.ingest!r}",)
+    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
+    first = len(_errors(caplog))
+    await asyncio.sleep(WATCHED)
+    assert handle.bridge.readiness.ready(), "webhooks must still be taken"
+    # Retried (an ACL added is taken up) with a growing pause: a handful of lines, not 150.
+    after = [r.getMessage() for r in _errors(caplog)[first:]]
+    assert 0 < len(after) <= 8, after[-5:]
+
+
+async def test_without_create_the_missing_topics_are_named_and_it_stays_unready(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plain, sasl_bootstrap = authorizing_broker
+    # Everything a pre-created layout needs, nothing to create the topics, which do not exist.
+    await grant(plain.bootstrap, "nocreate", bridge_acls(topics))
+    handle: RunningBridge = await start_bridge(
+        bootstrap=sasl_bootstrap, kafka=sasl("nocreate"), ready=False
+    )
+    words = ("not allowed to create the missing topics", "Create on the Cluster")
+    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
+    assert topics.ingest in _errors(caplog, *words)[0].__dict__["topics"]
+    assert not handle.bridge.readiness.ready()
+    status, body = await handle.post(entry(1, call=unique_call))
+    assert (status, body["error"]) == (503, "kafka_unavailable")
