@@ -71,6 +71,11 @@ OUTPUT_COMPACTED = (
     " event per call), and refuses records without a key (dead letters, alerts of no agent or"
     " org), which the dedup stage skips; set it to delete"
 )
+INGEST_RECREATED = (
+    "the ingest topic exists again, without the ids of the events output before it was deleted:"
+    " until the dedup TTL has passed, a late copy of one of them (Pinecall's retry, the feed's or"
+    " the call log's own copy) is output again"
+)
 LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
 # The secrets read again from their files while running; the Kafka passwords are not (the
 # clients hold them): a restart takes those.
@@ -635,6 +640,10 @@ class Bridge:
             log.info(
                 "a topic's problem is gone", extra={"topic": fixed.topic, "problem": fixed.message}
             )
+            if fixed.topic == self.settings.topics.ingest and fixed.kind == "missing":
+                # The ingest topic is the dedup stage's memory: a restore reads the ids back from
+                # it, and the new one holds none of those output before the deletion.
+                log.warning(INGEST_RECREATED, extra={"topic": fixed.topic})
 
     async def _replication_factors(
         self, names: list[str], fresh: set[str]

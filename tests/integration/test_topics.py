@@ -4,7 +4,7 @@ an admin's changes to the topics while the bridge runs are said."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -12,14 +12,16 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.errors import UnknownTopicOrPartitionError
 
-from bridge.service import Bridge
+from bridge.service import INGEST_RECREATED, Bridge
 from bridge.sink import kafka
 from bridge.sink.kafka import TopicReads
 from tests.integration.conftest import (
+    Broker,
     RunningBridge,
     Topics,
     admin_client,
     alter_topic,
+    answers_ready,
     bridge_settings,
     call_on,
     consume_until,
@@ -27,6 +29,7 @@ from tests.integration.conftest import (
     describe,
     entry,
     has_id,
+    own_broker,
     read_decided,
     topic_config,
     until_metrics,
@@ -394,6 +397,81 @@ async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait
     ]
 
 
+async def test_a_dead_letter_topic_deleted_while_running_holds_its_letters_not_the_events(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_topics([topics.dlq])
+    await until(lambda: said(caplog, "wait in the ingest topic"), within=30)
+    missing = problem(topics.dlq, "missing")
+    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    # Taken: the ingest topic has it. Its transaction fails until the topic is back, and with it
+    # the events of its ingest partition only; those of the others are output meanwhile.
+    assert (await bridge.post(b'{"not": "an event"}'))[0] == 202
+    calls = [call_on(p, 3, unique_call) for p in range(3)]
+    for call in calls:
+        assert (await bridge.post(entry(1, call=call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], lambda r: len(r) >= 2)
+    await create_topic(kafka_bootstrap, topics.dlq, 3)
+    records = await read_decided(kafka_bootstrap, topics, [topics.events, topics.dlq])
+    assert sorted(r.value for r in records if r.topic == topics.dlq) == [b'{"not": "an event"}']
+    assert sorted(r.json()["id"] for r in records if r.topic == topics.events) == sorted(
+        f"{call}:1" for call in calls
+    )
+    await until(lambda: gone(caplog, "cannot be read while running"), within=30)
+    await until_metrics(bridge, lambda m: m.get(missing) == 0)
+
+
+@pytest.fixture(scope="module")
+def auto_creating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker that creates a topic a producer names (Kafka's default; the shared one does not),
+    with one partition and CreateTime, as Kafka's defaults are."""
+    overlay = "auto.create.topics.enable=true\nnum.partitions=1\n"
+    with own_broker(tmp_path_factory.mktemp("kafka-auto-create"), overlay) as own:
+        yield own
+
+
+@pytest.mark.timeout(240)
+async def test_an_ingest_topic_deleted_where_topics_are_auto_created_is_said_and_loses_nothing(
+    auto_creating: Broker,
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    bootstrap = auto_creating.bootstrap
+    bridge: RunningBridge = await start_bridge(
+        bootstrap=bootstrap, dedup={"topic_check_seconds": 0.2}
+    )
+    calls = [call_on(p, 3, unique_call) for p in range(3)]
+    for call in calls:
+        assert (await bridge.post(entry(1, call=call)))[0] == 200
+    await read_decided(bootstrap, topics, [topics.events])
+    async with admin_client(bootstrap) as admin:
+        await admin.delete_topics([topics.ingest])
+    # The ingest producer's next send creates it again at once, with the cluster's defaults:
+    # taken (2xx) in that topic, and output from it.
+    for call in calls:
+        assert (await bridge.post(entry(2, call=call)))[0] == 200
+    assert await describe(bootstrap, [topics.ingest]) == {topics.ingest: 1}
+    events = await read_decided(bootstrap, topics, [topics.events])
+    assert sorted(r.json()["id"] for r in events) == sorted(
+        f"{call}:{n}" for call in calls for n in (1, 2)
+    )
+    # Said by what the new topic is not: its partition count, and a timestamp type by which a
+    # restore misses ids.
+    changed = "partition count changed while running"
+    await until(lambda: said(caplog, changed), within=30)
+    await until_metrics(bridge, lambda m: m.get(problem(topics.ingest, "timestamp_type")) == 1)
+
+
 def problem(topic: str, kind: str) -> str:
     """The `topic_problem` series of `topic` and `kind`, as scraped."""
     return f'pinecall_bridge_topic_problem{{problem="{kind}",topic="{topic}"}}'
@@ -411,3 +489,47 @@ def gone(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord
         for r in caplog.records
         if r.getMessage() == "a topic's problem is gone" and words in getattr(r, "problem", "")
     ]
+
+
+async def test_an_ingest_topic_deleted_while_running_is_refused_said_and_taken_again(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    bridge: RunningBridge = await start_bridge(
+        dedup={"topic_check_seconds": 0.2}, kafka={"publish_timeout_seconds": 2}
+    )
+    before = [entry(n, call=unique_call) for n in range(1, 6)]
+    for item in before:
+        assert (await bridge.post(item))[0] == 200
+    await read_decided(kafka_bootstrap, topics, [topics.events])
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_topics([topics.ingest])
+    await until(lambda: said(caplog, "answered 503 until it exists again"), within=30)
+    missing = problem(topics.ingest, "missing")
+    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    status, body = await bridge.post(entry(6, call=unique_call))
+    assert (status, body.get("error")) == (503, "kafka_unavailable")
+    # Ready on purpose (README, "The ingest topic deleted"): the timeout above turned it unready
+    # until the next metadata probe only.
+    await until(lambda: answers_ready(bridge.session, bridge.url), within=30)
+    await create_topic(
+        kafka_bootstrap, topics.ingest, 3, {"message.timestamp.type": "LogAppendTime"}
+    )
+    await until(lambda: gone(caplog, "cannot be read while running"), within=30)
+    # The new topic holds none of the ids the dedup stage restores from: a late copy of 5 (its
+    # first copy output before the deletion) is output again, and that is said.
+    assert [r.__dict__["topic"] for r in caplog.records if r.getMessage() == INGEST_RECREATED] == [
+        topics.ingest
+    ]
+    for n in (5, 6, 7, 8):
+        assert (await bridge.post(entry(n, call=unique_call)))[0] == 200
+    events = await read_decided(kafka_bootstrap, topics, [topics.events])
+    # Each once otherwise: the group's offsets went with the topic, and the stage took the new
+    # one from its start (neither skipped past its records nor stuck at the old offsets). 6,
+    # answered 503, may have reached the new topic by the producer's retries before its copy.
+    ids = sorted(r.json()["id"] for r in events)
+    assert ids == sorted(f"{unique_call}:{n}" for n in (1, 2, 3, 4, 5, 5, 6, 7, 8))
