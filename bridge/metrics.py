@@ -276,6 +276,13 @@ class Metrics:
             "Ingest partitions this process owns and processes (restored and fenced in).",
             registry=r,
         )
+        self.dedup_offsets_unstable = Gauge(
+            f"{PREFIX}_dedup_offsets_unstable_seconds",
+            "How long the longest of this process's partitions still waiting to start has had its"
+            " committed offset answered unstable (0: none): a transaction holding the group's"
+            " offsets has not ended, and the partition is not processed.",
+            registry=r,
+        )
         self.dedup_restore_duration = Histogram(
             f"{PREFIX}_dedup_restore_duration_seconds",
             "Time to rebuild one partition's seen-set on assignment, before it processes anything.",

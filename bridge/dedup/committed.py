@@ -6,12 +6,19 @@ and the new owner would process, and publish, that transaction's records again. 
 has RequireStable: the coordinator answers UNSTABLE_OFFSET_COMMIT while a transactional commit
 for the partition is pending, and the read is retried. aiokafka sends OffsetFetch v3 at most, so
 v7 is defined here with aiokafka's own protocol types, and sent through its client.
+
+A transaction holding the group's offsets that nobody ends (a hanging one, README "Guarantees")
+keeps that answer for good, and the partition is retried unprocessed: how long each partition has
+been answered unstable is kept (UnstableSpells), exported, and said once past `report_after`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +156,56 @@ def read_answer(response: Any, tp: TopicPartition) -> Answer:
     return Answer(offset=offset, metadata=found[2])
 
 
+class UnstableSpells:
+    """Since when each partition's committed offset has been answered unstable. Pure.
+
+    A spell ends only with a stable answer (or when the partition is no longer being started):
+    a moved coordinator or a lost connection in between does not end the transaction holding it.
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[TopicPartition, float] = {}
+        self._reported: set[TopicPartition] = set()
+
+    def unstable(self, tp: TopicPartition, now: float) -> float:
+        """An unstable answer for `tp` at `now`: seconds since its spell began."""
+        return now - self._since.setdefault(tp, now)
+
+    def report(self, tp: TopicPartition, now: float, after: float) -> bool:
+        """True once a spell, when it has lasted `after` seconds."""
+        since = self._since.get(tp)
+        if since is None or now - since < after or tp in self._reported:
+            return False
+        self._reported.add(tp)
+        return True
+
+    def ended(self, tp: TopicPartition) -> bool:
+        """The spell of `tp` is over; True if it had been reported."""
+        self._since.pop(tp, None)
+        if tp not in self._reported:
+            return False
+        self._reported.discard(tp)
+        return True
+
+    def longest(self, now: float) -> float:
+        """The longest spell going on (0: none)."""
+        return max((now - since for since in self._since.values()), default=0.0)
+
+
+def offsets_partition(group: str, partitions: int) -> int:
+    """The `__consumer_offsets` partition holding `group`'s offsets, as Kafka places it. Pure.
+
+    Utils.abs(groupId.hashCode()) % partitions: Java's String.hashCode over UTF-16 code units,
+    and an absolute value that takes Integer.MIN_VALUE to 0.
+    """
+    h = 0
+    encoded = group.encode("utf-16-be")
+    for i in range(0, len(encoded), 2):
+        h = (31 * h + int.from_bytes(encoded[i : i + 2], "big")) & 0xFFFFFFFF
+    signed = h - (1 << 32) if h & 0x80000000 else h
+    return (0 if signed == -(1 << 31) else abs(signed)) % partitions
+
+
 class StableUnsupportedError(Exception):
     """The broker has no OffsetFetch v7: it is older than Kafka 2.5, which the stage needs."""
 
@@ -157,14 +214,22 @@ class StableOffsets:
     """Stable committed-offset reads for one group, over a client of its own."""
 
     def __init__(
-        self, client: dict[str, Any], group: str, throttled: Callable[[float], None] | None = None
+        self,
+        client: dict[str, Any],
+        group: str,
+        throttled: Callable[[float], None] | None = None,
+        *,
+        report_after: float = math.inf,
     ) -> None:
-        """`throttled` is told each throttle a broker answers the reads with (quotas.py)."""
+        """`throttled` is told each throttle a broker answers the reads with (quotas.py);
+        a partition answered unstable for `report_after` seconds is logged as held (ERROR)."""
         self._options = client
         self._group = group
         self._throttled = throttled
+        self._report_after = report_after
         self._client: AIOKafkaClient | None = None
         self._coordinator: int | None = None
+        self._spells = UnstableSpells()
 
     async def start(self) -> None:
         if self._client is not None:
@@ -185,6 +250,14 @@ class StableOffsets:
         if client is not None:
             await client.close()
 
+    def unstable_seconds(self) -> float:
+        """How long the partition answered unstable the longest, still, has been (0: none)."""
+        return self._spells.longest(time.monotonic())
+
+    def forget(self, tp: TopicPartition) -> None:
+        """`tp` is no longer being started here: its spell, if any, is not this member's now."""
+        self._spells.ended(tp)
+
     async def committed(self, tp: TopicPartition) -> int | None:
         """The partition's committed offset once no transactional commit for it is pending."""
         return (await self.found(tp)).offset
@@ -200,6 +273,12 @@ class StableOffsets:
             except (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError) as exc:
                 answer = Answer(retry=type(exc).__name__, relookup=True)
             if answer.retry is None:
+                if self._spells.ended(tp):
+                    log.warning(
+                        "the transaction holding the dedup group's offset commit ended: the"
+                        " partition is processed again",
+                        extra={"group": self._group, "partition": tp.partition},
+                    )
                 if waited is not None:
                     log.info(
                         "a transactional offset commit settled before the partition was taken",
@@ -207,11 +286,47 @@ class StableOffsets:
                     )
                 return Found(answer.offset, answer.metadata)
             waited = answer.retry
+            if answer.retry == "unstable":
+                now = time.monotonic()
+                held = self._spells.unstable(tp, now)
+                if self._spells.report(tp, now, self._report_after):
+                    await self._report(tp, held)
             if answer.relookup:
                 self._coordinator = None
             if loop.time() > deadline:
                 raise TimeoutError(f"no stable committed offset for {tp} ({answer.retry})")
             await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _report(self, tp: TopicPartition, held: float) -> None:
+        where: dict[str, Any] = {"coordinator": self._coordinator}
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            where["offsets_partition"] = await self._offsets_partition()
+        log.error(
+            "the dedup group's committed offset for an ingest partition has been unstable for"
+            " longer than BRIDGE_DEDUP__HANGING_REPORT_SECONDS: a transaction holding an offset"
+            " commit for the group has not ended, and the partition is not processed until it"
+            " does. If no producer will end it, find it with kafka-transactions.sh"
+            " --bootstrap-server <broker> describe-producers --topic __consumer_offsets"
+            " --partition <offsets_partition> and abort it: abort --topic __consumer_offsets"
+            " --partition <offsets_partition> --start-offset <its currentTransactionStartOffset>",
+            extra={
+                "group": self._group,
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "unstable_s": round(held, 1),
+                **where,
+            },
+        )
+
+    async def _offsets_partition(self) -> int | None:
+        """The group's `__consumer_offsets` partition, from the cluster's metadata (None: not
+        listed)."""
+        client = self._client
+        if client is None:
+            return None
+        cluster = await asyncio.wait_for(client.fetch_all_metadata(), 10)
+        count = len(cluster.partitions_for_topic("__consumer_offsets") or ())
+        return offsets_partition(self._group, count) if count else None
 
     async def _fetch(self, tp: TopicPartition) -> Answer:
         client = self._client

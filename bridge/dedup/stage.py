@@ -139,8 +139,12 @@ class DedupStage:
         self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.
         self._offsets = StableOffsets(
-            client, settings.group, counted(metrics, "dedup_offsets_client")
+            client,
+            settings.group,
+            counted(metrics, "dedup_offsets_client"),
+            report_after=settings.hanging_report_seconds,
         )
+        metrics.dedup_offsets_unstable.set_function(self._offsets.unstable_seconds)
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
@@ -722,6 +726,8 @@ class DedupStage:
         finally:
             if self._starting.get(tp) is asyncio.current_task():
                 del self._starting[tp]
+            if tp not in self._starting:  # a newer start of it (cancelled ones are not) goes on
+                self._offsets.forget(tp)
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         now = time.time()

@@ -289,6 +289,19 @@ groups:
           summary: {{ printf "A transaction on output topic %s has not ended for %s" "{{ $labels.topic }}" "{{ $value | humanizeDuration }}" | quote }}
           description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody ends; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtransactionhanging" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupOffsetsUnstable
+        # A transaction holding the group's offsets (one of duplicates only holds nothing else)
+        # that nobody ends: OutputTransactionHanging watches the output topics and cannot see it.
+        # DedupPartitionsUnowned fires too, later, without the cause.
+        expr: |
+          max by (namespace, pod) (pinecall_bridge_dedup_offsets_unstable_seconds)
+          > {{ $a.dedupOffsetsUnstableSeconds }}
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s has waited %s for an ingest partition's committed offset" "{{ $labels.pod }}" "{{ $value | humanizeDuration }}" | quote }}
+          description: {{ printf "The group coordinator has answered UNSTABLE_OFFSET_COMMIT to %s/%s for an ingest partition that long: a transaction holding an offset commit for the dedup group has not ended, and the partition is not processed until it does. The bridge's log names the group, the partition and the __consumer_offsets partition." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededupoffsetsunstable" $a.runbookUrl }}
       - alert: PinecallBridgeTopicUnreadable
         # The dedup stage's topic check (at its start, then every config.dedup.topicCheckSeconds)
         # cannot read one of the bridge's topics: deleted (missing), an ACL (not_allowed), or

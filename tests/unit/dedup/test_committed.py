@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +24,8 @@ from bridge.dedup.committed import (
     StableOffsetFetch,
     StableOffsets,
     StableUnsupportedError,
+    UnstableSpells,
+    offsets_partition,
     read_answer,
 )
 
@@ -155,3 +159,83 @@ async def test_a_broker_without_the_stable_read_is_named_too_old(
     monkeypatch.setattr(offsets, "_client", OldClient())
     with pytest.raises(StableUnsupportedError, match=r"needs Kafka 2\.5 or later"):
         await offsets.committed(TP)
+
+
+@pytest.mark.parametrize(
+    ("group", "partition"),
+    [
+        # Kafka's own placement (Java's hashCode, Utils.abs), worked out with the JDK.
+        ("pinecall-bridge-dedup", 13),  # a negative hash: -1815262663
+        ("connect-cluster", 13),
+        ("\u00e9-gr\u00fcppe-\U0001f389", 26),  # a surrogate pair counts as two code units
+        ("polygenelubricants", 0),  # Integer.MIN_VALUE, which Utils.abs takes to 0
+    ],
+)
+def test_the_groups_offsets_partition_is_where_kafka_puts_it(group: str, partition: int) -> None:
+    assert offsets_partition(group, 50) == partition
+
+
+def test_an_unstable_spell_lasts_until_a_stable_answer_and_is_reported_once() -> None:
+    spells = UnstableSpells()
+    other = TopicPartition("ingest", 4)
+    assert spells.longest(10.0) == 0
+    assert spells.unstable(TP, 10.0) == 0
+    assert spells.unstable(other, 12.0) == 0
+    assert spells.unstable(TP, 14.0) == 4.0
+    assert not spells.report(TP, 14.0, after=5)
+    assert spells.report(TP, 15.0, after=5)
+    assert not spells.report(TP, 16.0, after=5)
+    assert spells.longest(16.0) == 6.0
+    assert not spells.ended(other)  # never reported
+    assert spells.ended(TP)
+    assert spells.longest(16.0) == 0
+    spells.unstable(TP, 20.0)  # a new spell is reported anew
+    assert spells.report(TP, 25.0, after=5)
+
+
+async def test_an_offset_unstable_past_report_after_is_logged_once_and_exported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(module, "_DEADLINE_SECONDS", 0.3)
+    caplog.set_level(logging.INFO, logger=module.__name__)
+    offsets = StableOffsets({}, "group", report_after=0.1)
+    stable = asyncio.Event()
+
+    async def fetch(_: TopicPartition) -> Answer:
+        return Answer(offset=7) if stable.is_set() else Answer(retry="unstable")
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    # Across the reads' own deadlines, as the stage's start retries them: one spell, one line.
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await offsets.committed(TP)
+    assert offsets.unstable_seconds() >= 0.5
+    held = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [(r.group, r.partition, r.coordinator) for r in held] == [("group", 3, None)]  # type: ignore[attr-defined]
+    assert "kafka-transactions.sh" in held[0].getMessage()
+    assert "__consumer_offsets" in held[0].getMessage()
+    stable.set()
+    assert await offsets.committed(TP) == 7
+    assert offsets.unstable_seconds() == 0
+    assert any(
+        "holding the dedup group's offset commit ended" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_a_partition_no_longer_started_leaves_no_spell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
+    monkeypatch.setattr(module, "_DEADLINE_SECONDS", 0.05)
+    offsets = StableOffsets({}, "group")
+
+    async def fetch(_: TopicPartition) -> Answer:
+        return Answer(retry="unstable")
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    with pytest.raises(TimeoutError):
+        await offsets.committed(TP)
+    assert offsets.unstable_seconds() > 0
+    offsets.forget(TP)  # revoked while waiting: the next owner's wait is not this member's
+    assert offsets.unstable_seconds() == 0
