@@ -34,6 +34,9 @@ UnrecognisedReason = Literal[
     "invalid_json",
 ]
 MAX_TYPE_LENGTH = 256
+# CloudEvents' Integer is 32-bit signed ("Type System"): a strict SDK refuses or misreads a larger
+# pinecallseq, and no call writes 2**31 lines.
+MAX_SEQ = 2**31 - 1
 
 
 class _Unread(Enum):
@@ -119,7 +122,7 @@ def _checked(
         return event
     if event.call is not None and not valid_call_id(event.call):
         return Unrecognised("invalid_call_id", item)
-    for value in (payload_id, event.agent, event.org):
+    for value in (payload_id, event.agent, event.org, event.env):
         if value is not None and not valid_id(value):
             return Unrecognised("invalid_id", item)
     return event
@@ -159,7 +162,7 @@ def _entry(
     received: float,
 ) -> Event | Unrecognised:
     seq = item["seq"]
-    if not _is_int(seq) or seq < 0:
+    if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
         return Unrecognised("invalid_seq", item)
     data = item.get("data")
     if not isinstance(data, dict):
@@ -189,7 +192,7 @@ def _entry(
         seq=seq,
         ephemeral=item.get("ephemeral") is True,
         marker=event_type in MARKER_TYPES,
-        extra=_extra(item, _ENTRY_KEYS),
+        extra=_extra(item, _ENTRY_KEYS, _unread_times(item, "entry", when)),
     )
 
 
@@ -211,10 +214,10 @@ def _alert(
         channel=channel,
         received_at=received,
         event_time=when,
-        agent=_str_or_none(item.get("agent")),
-        org=_str_or_none(item.get("org")),
-        env=_str_or_none(item.get("env")),
-        extra=_extra(item, _ALERT_KEYS),
+        agent=_name(item.get("agent")),
+        org=_name(item.get("org")),
+        env=_name(item.get("env")),
+        extra=_extra(item, _ALERT_KEYS, _unread_times(item, "alert", when)),
     )
 
 
@@ -237,11 +240,11 @@ def _documented(
         received_at=received,
         event_time=when,
         call=_str_or_none(data.get("call_id")),
-        agent=_str_or_none(item.get("agent")),
-        org=_str_or_none(item.get("org")),
-        env=_str_or_none(item.get("env")),
+        agent=_name(item.get("agent")),
+        org=_name(item.get("org")),
+        env=_name(item.get("env")),
         marker=event_type in MARKER_TYPES,
-        extra=_extra(item, _DOCUMENTED_KEYS),
+        extra=_extra(item, _DOCUMENTED_KEYS, _unread_times(item, "documented", when)),
     )
 
 
@@ -277,11 +280,17 @@ def _legacy(
 
 def _payload_id(item: dict[str, Any]) -> str | None:
     value = item.get("id")
-    if isinstance(value, str) and value:
-        return value
     if _is_int(value):
         return str(value)
-    return None
+    return _name(value)
+
+
+def _name(value: Any) -> str | None:
+    """An envelope id field as _checked judges it: None when absent, null or empty, else the
+    string; one of another type is "", which no id is: read as none, it vanished from the event."""
+    if value is None or isinstance(value, str):
+        return value or None
+    return ""
 
 
 def content_id(item: Any) -> str:
@@ -289,8 +298,21 @@ def content_id(item: Any) -> str:
     return "sha256:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
 
 
-def _extra(item: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
-    return {key: value for key, value in item.items() if key not in known}
+def _extra(item: dict[str, Any], known: frozenset[str], unread: dict[str, Any]) -> dict[str, Any]:
+    extra = {key: value for key, value in item.items() if key not in known}
+    extra.update(unread)
+    return extra
+
+
+def _unread_times(item: dict[str, Any], shape: Shape, when: float | None) -> dict[str, Any]:
+    """The shape's time fields given but not readable as a time: kept, as the event took another
+    time (or its receipt time) in their place. `when` is what _time(item, shape) read."""
+    present = [key for key in _TIME_KEYS[shape] if item.get(key) is not None]
+    if when is None:
+        return {key: item[key] for key in present}
+    if len(present) <= 1:  # the one given was read
+        return {}
+    return {key: item[key] for key in present if to_epoch(item[key]) is None}
 
 
 def to_epoch(value: Any) -> float | None:

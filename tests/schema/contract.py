@@ -172,6 +172,10 @@ def check(
     _validate(payload, schemas["payload"], f"{kind} record value")
     attributes = payload if kind == "structured" else texts
     prefix = "" if kind == "structured" else "ce_"
+    # The header's pattern holds it to ten digits; CloudEvents' Integer is 32-bit signed.
+    seq = texts.get("ce_pinecallseq") if kind == "binary" else None
+    if seq is not None and int(seq) > 2**31 - 1:
+        raise ContractError(f"{kind} record: ce_pinecallseq {seq} beyond CloudEvents' Integer")
     partition_key = attributes.get(prefix + "partitionkey")
     if partition_key != (None if key is None else key.decode()):
         raise ContractError(f"{kind} record: key {key!r} is not its partitionkey {partition_key!r}")

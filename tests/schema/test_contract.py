@@ -93,6 +93,10 @@ def broken_structured() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         (key, value, {**headers, "pinecall-type": b"turn.agent"}),
         record(ALERT, b"someone", "structured"),  # key and partitionkey not the org's
         record(CALL, b"@support", "structured"),  # a call's event keyed by its agent
+        # Past CloudEvents' Integer (32-bit signed); an env no id could be.
+        (key, jsoncodec.dumps({**ce, "pinecallseq": 2**31}), headers),
+        (key, jsoncodec.dumps({**ce, "pinecallenv": "sandbox\nforged"}), headers),
+        (key, jsoncodec.dumps({**ce, "pinecallorg": "o" * 257}), headers),
     ]
 
 
@@ -109,6 +113,9 @@ def broken_others() -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         (b"k", dl_value, dl_headers),  # dead letters are unkeyed
         (key, value, {**headers, "pinecall-id": b"CA_1:4"}),
         record(ALERT, b"someone", "binary"),
+        (key, value, {**headers, "ce_pinecallseq": str(2**31).encode()}),
+        (key, value, {**headers, "ce_pinecallseq": b"99999999999"}),
+        (key, value, {**headers, "ce_pinecallagent": b"support\r\n"}),
     ]
 
 
@@ -190,3 +197,12 @@ def test_the_integration_tests_reading_helpers_apply_the_check() -> None:
     assert read(key, value, headers).json()["id"] == CALL.id
     with pytest.raises(contract.ContractError):
         read(b"CA_other", value, headers)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_the_largest_seq_and_longest_names_keep_the_contract(mode: Mode) -> None:
+    ev = event(
+        {"seq": 2**31 - 1, "ts": 1_700_000_000, "call": "CA_1", "agent": "a" * 256,
+         "type": "turn.user", "data": {}}
+    )  # fmt: skip
+    contract.check(*record(ev, b"CA_1", mode))

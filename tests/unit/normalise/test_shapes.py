@@ -64,13 +64,48 @@ def test_payload_id_wins() -> None:
     assert norm({"type": "call.started", "id": 42, "data": {}}).id == "42"
 
 
+def test_the_largest_seq_cloudevents_integer_holds_is_kept() -> None:
+    assert norm(entry(seq=2**31 - 1)).to_cloudevent("s")["pinecallseq"] == 2**31 - 1
+
+
+@pytest.mark.parametrize("payload_id", [1.5, 7.0, True, False, ["evt_1"], {"id": "evt_1"}])
+def test_an_id_of_no_usable_type_is_refused(payload_id: object) -> None:
+    # Read as none, the event took a content id and its own id was nowhere in what was published.
+    for item in (entry(id=payload_id), {"type": "call.started", "id": payload_id, "data": {}}):
+        result = normalise(item, channel="webhook", received_at=NOW)
+        assert result == Unrecognised("invalid_id", item)
+
+
+@pytest.mark.parametrize("payload_id", [None, ""])
+def test_a_null_or_empty_id_is_none(payload_id: object) -> None:
+    item = {"type": "call.started", "id": payload_id, "data": {}}
+    assert norm(item).id == shapes.content_id(item)
+
+
+def test_an_id_up_to_64_bits_is_its_decimal() -> None:
+    assert norm({"type": "call.started", "id": 2**64 - 1, "data": {}}).id == str(2**64 - 1)
+
+
+@pytest.mark.parametrize("field", ["agent", "org", "env"])
+@pytest.mark.parametrize("value", [42, True, ["acme"], "x" * 5_000 + "\n", "sandbox\r\nforged"])
+def test_an_alerts_agent_org_or_env_that_is_no_id_is_refused(field: str, value: object) -> None:
+    # Read as none (or kept, env), it vanished from the event or became a 5,000-character header.
+    for item in (
+        {"type": "monitor.fired", "org": "acme", "env": "production", "at": 1, "data": {}},
+        {"type": "call.started", "data": {}},
+    ):
+        item = {**item, field: value}
+        result = normalise(item, channel="webhook", received_at=NOW)
+        assert result == Unrecognised("invalid_id", item)
+
+
 def test_ephemeral_and_markers_are_flagged() -> None:
     assert norm(entry(ephemeral=True, type="user.transcript")).ephemeral
     assert norm(entry(type="log.caught_up")).marker
     assert norm(entry(type="log.gap", data={"from_seq": 1, "to_seq": 5, "snapshot": {}})).marker
 
 
-@pytest.mark.parametrize("seq", [-1, "7", 1.5, True, None])
+@pytest.mark.parametrize("seq", [-1, "7", 1.5, True, None, 2**31, 2**63])
 def test_bad_seq_is_unrecognised(seq: object) -> None:
     result = normalise(entry(seq=seq), channel="webhook", received_at=NOW)
     assert result == Unrecognised("invalid_seq", entry(seq=seq))
@@ -356,6 +391,30 @@ def test_bad_timestamp_falls_back_to_receipt_time() -> None:
     assert e.time == NOW
 
 
+@pytest.mark.parametrize(
+    ("item", "kept"),
+    [
+        (entry(ts="soon"), {"ts": "soon"}),
+        (entry(ts=0), {"ts": 0}),
+        ({"type": "monitor.fired", "org": "acme", "at": "soon", "data": {}}, {"at": "soon"}),
+        (
+            {"type": "x.y", "data": {}, "timestamp": "soon", "time": 1_790_000_000},
+            {"timestamp": "soon"},
+        ),
+        ({"type": "x.y", "data": {}, "timestamp": 1_790_000_000, "time": "soon"}, {"time": "soon"}),
+        ({"type": "x.y", "data": {}, "timestamp": 1_790_000_000, "time": 1_790_000_001}, {}),
+        (entry(ts=None), {}),
+        (entry(), {}),
+    ],
+)
+def test_a_time_field_not_read_is_kept_in_the_extras(item: dict[str, Any], kept: object) -> None:
+    # The event took another time, or its receipt time: the one given was in none of its fields.
+    for known in (shapes.UNREAD, event_time(item)):
+        e = norm_known(item, known)
+        assert e.extra == kept
+        assert jsoncodec.loads(e.to_cloudevent("s").get("pinecallextra", "{}")) == kept
+
+
 TIMED = [
     ({"seq": 1, "ts": 1_790_000_000.5, "type": "turn.user", "data": {}}, 1_790_000_000.5),
     ({"type": "monitor.fired", "org": "acme", "at": 1_790_000_000}, 1_790_000_000.0),
@@ -383,7 +442,7 @@ def test_normalise_takes_the_time_it_is_given_without_reading_it_again() -> None
     assert norm_known(entry(ts=1_790_000_000.0), None).time == NOW
 
 
-def norm_known(item: object, known: float | None) -> Event:
+def norm_known(item: object, known: float | shapes._Unread | None) -> Event:
     result = normalise(item, channel="webhook", received_at=NOW, known_time=known)
     assert isinstance(result, Event), result
     return result
