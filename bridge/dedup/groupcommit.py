@@ -67,7 +67,11 @@ ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID = 22, 25, 82
 # CommitFailedException, or FencedInstanceIdException for a static member).
 FENCED_MEMBER = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID})
 RELOOKUP = frozenset({7, 15, 16})  # REQUEST_TIMED_OUT, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR
-RETRY = frozenset({3, 14})  # UNKNOWN_TOPIC_OR_PARTITION, COORDINATOR_LOAD_IN_PROGRESS
+RETRY = frozenset({14})  # COORDINATOR_LOAD_IN_PROGRESS
+# Kafka checks a committed partition by its topic's name only: retried until a topic of that
+# name exists again, a deleted topic's offset lands on the new one, marked as the bridge's own,
+# and its next owner skips the new records below it. Never retried (Java's producer retries it).
+UNKNOWN_TOPIC_OR_PARTITION = 3
 PRODUCER_FENCED = frozenset({47, 90})  # INVALID_PRODUCER_EPOCH, PRODUCER_FENCED
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 GROUP_AUTHORIZATION_FAILED = 30
@@ -201,10 +205,15 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
     """aiokafka's TxnOffsetCommit handler, sending v3 with the member's generation."""
 
     def __init__(
-        self, sender: Any, offsets: dict[TopicPartition, Any], meta: GroupMetadata
+        self,
+        sender: Any,
+        offsets: dict[TopicPartition, Any],
+        meta: GroupMetadata,
+        unknown: set[TopicPartition] | None = None,
     ) -> None:
         super().__init__(sender, offsets, meta.group_id)
         self._meta = meta
+        self._unknown = unknown if unknown is not None else set()
 
     def create_request(self) -> GroupTxnOffsetCommit:
         txn = self._sender._txn_manager
@@ -229,6 +238,17 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
             elif code == GROUP_AUTHORIZATION_FAILED:
                 abort_transaction_with(txn, GroupAuthorizationFailedError(self._group_id))
                 return None
+            elif code == UNKNOWN_TOPIC_OR_PARTITION:
+                # Not committed; the rest of the transaction is. Taken off the offsets waiting
+                # to be committed, as a committed one is, so that the commit goes on.
+                offset = self._offsets[tp].offset
+                txn.offset_committed(tp, offset, self._group_id)
+                self._unknown.add(tp)
+                log.warning(
+                    "an offset was left out of the transaction: Kafka knows no such partition"
+                    " (its topic deleted?)",
+                    extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+                )
             elif code in RELOOKUP:
                 self._sender._coordinator_dead(CoordinationType.GROUP)
                 return float(self._default_backoff)
@@ -266,6 +286,7 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, **configs: Any) -> None:
         super().__init__(**configs)
         self._group: GroupMetadata | None = None
+        self._unknown: set[TopicPartition] = set()
         # One commit queued at a time, so the sender reads the metadata it was queued with.
         self._group_lock = asyncio.Lock()
         sender = self._sender
@@ -279,13 +300,18 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
 
     async def send_offsets_with_group(
         self, offsets: Mapping[TopicPartition, int | tuple[int, str]], metadata: GroupMetadata
-    ) -> None:
+    ) -> frozenset[TopicPartition]:
         """Like send_offsets_to_transaction (offsets, or offsets with their metadata strings), but
-        sent as TxnOffsetCommit v3 with the group's `metadata`."""
+        sent as TxnOffsetCommit v3 with the group's `metadata`.
+
+        Returns the partitions left out, unknown to Kafka (their topic deleted).
+        """
         async with self._group_lock:
             self._group = metadata
+            self._unknown = set()
             try:
                 await super().send_offsets_to_transaction(offsets, metadata.group_id)
+                return frozenset(self._unknown)
             finally:
                 self._group = None
 
@@ -305,7 +331,7 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
         except GroupAuthorizationFailedError as exc:
             abort_transaction_with(sender._txn_manager, exc)
             return
-        await GroupCommitHandler(sender, offsets, meta).do(node_id)
+        await GroupCommitHandler(sender, offsets, meta, self._unknown).do(node_id)
 
 
 def _warn_once(what: str, message: str) -> None:

@@ -6,6 +6,7 @@ stands for the input, the events topic for the output.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,15 @@ from bridge.dedup.groupcommit import (
     GroupMetadata,
     group_metadata,
 )
-from tests.integration.conftest import Topics, ingest_one_partition, open_output, read_to_end
+from bridge.dedup.offsetmark import mark
+from tests.integration.conftest import (
+    Topics,
+    admin_client,
+    create_topic,
+    ingest_one_partition,
+    open_output,
+    read_to_end,
+)
 from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -228,3 +237,42 @@ async def test_the_generation_before_a_rebalance_is_refused(setup: Setup) -> Non
         await other.stop()
     assert await setup.committed_offset() is None
     assert await setup.output() == []
+
+
+async def test_a_deleted_topics_offset_is_left_out_not_committed_to_its_namesake(
+    setup: Setup,
+) -> None:
+    """Kafka drops a group's offsets with their topic, and answers a commit for it
+    UNKNOWN_TOPIC_OR_PARTITION; it checks the name only, so a retried commit would land on a
+    topic of that name made since, and its next owner would skip the new records below it."""
+    await setup.transaction(b"one", 5, setup.meta)
+    assert await setup.committed_offset() == 5
+    async with admin_client(setup.bootstrap) as admin:
+        await admin.delete_topics([setup.names.ingest])
+
+    async def offsets_gone() -> bool:
+        async with admin_client(setup.bootstrap) as admin:
+            return not await admin.list_consumer_group_offsets(setup.names.group)
+
+    await until(offsets_gone, 20, 0.1, "the group's offsets went with the topic")
+
+    # The member's generation after the rebalance the deletion starts: still valid.
+    def rejoined() -> GroupMetadata | None:
+        now = group_metadata(setup.member, setup.names.group)
+        return now if now is not None and now.generation_id > setup.meta.generation_id else None
+
+    await until(rejoined, 20, 0.05, "the member rejoined")
+    meta = rejoined()
+    assert meta is not None
+    await setup.producer.begin_transaction()
+    await setup.producer.send_and_wait(setup.names.events, b"two")
+    sent = asyncio.create_task(
+        setup.producer.send_offsets_with_group({setup.input: (70, mark(70))}, meta)
+    )
+    await asyncio.wait([sent], timeout=2)
+    await create_topic(setup.bootstrap, setup.names.ingest, 1)
+    left_out = await asyncio.wait_for(sent, 10)
+    await setup.producer.commit_transaction()
+    assert await setup.output() == [b"one", b"two"]
+    assert await setup.committed_offset() is None  # the new topic is read from its start
+    assert left_out == {setup.input}

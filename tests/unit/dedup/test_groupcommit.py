@@ -302,3 +302,25 @@ async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> 
     finally:
         await producer.stop()
         await plain.stop()
+
+
+async def test_an_unknown_partition_is_left_out_and_the_rest_commits() -> None:
+    """Kafka knows no such partition (its topic deleted): not retried, which would commit the
+    offset to a topic of the same name made since; the other partition's offset commits."""
+    in1 = TopicPartition("ingest", 1)
+    txn = TransactionManager("txn-1", 60_000)
+    txn.set_pid_and_epoch(4000, 3)
+    txn.begin_transaction()
+    committed = txn.add_offsets_to_txn(
+        {IN: OffsetAndMetadata(12, ""), in1: OffsetAndMetadata(3, "")}, GROUP
+    )
+    txn.consumer_group_added(GROUP)
+    offsets, _ = txn.offsets_to_commit()
+    unknown: set[TopicPartition] = set()
+    handler = GroupCommitHandler(FakeSender(txn), offsets, META, unknown)
+    assert handler.handle_response(response((IN, 3), (in1, 0))) is None
+    assert unknown == {IN}
+    assert committed.done()
+    assert committed.exception() is None
+    assert txn.offsets_to_commit() is None
+    assert txn.state == TransactionState.IN_TRANSACTION
