@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import broker, ingest, profile
 from bridge.config import KafkaSettings
-from bridge.dedup.restore import restore
+from bridge.dedup.restore import RESTORE_FETCH_BYTES, restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.record import decode
 from bridge.sink.kafka import client_options
@@ -45,8 +45,8 @@ def _consumer(options: dict[str, Any]) -> AIOKafkaConsumer:
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
+        fetch_max_bytes=RESTORE_FETCH_BYTES,
     )
 
 

@@ -1,8 +1,9 @@
 """The dedup window's worst case against the container's memory limit. Pure but `read_limit`.
 
 Once the other pods are gone one pod owns every ingest partition, and under load holds a full
-window for each: partitions x BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION x about 250 bytes. A limit
-below that gets the last pod standing OOM-killed, and its partitions handed to none: a cascade.
+window for each: partitions x BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION x about 250 bytes, plus,
+while it takes them over, a restore's buffers for each. A limit below that gets the last pod
+standing OOM-killed, and its partitions handed to none: a cascade.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ BYTES_PER_ID = 250
 # One process without its window: the interpreter and clients (about 100 MiB), plus the bounded
 # buffers at their defaults (webhooks in flight 32 MiB, feed backlog 64 MiB) and their slack.
 PROCESS_RESERVE_BYTES = 256 * 1024 * 1024
+# A takeover restores every partition at once, each holding a fetch (restore.RESTORE_FETCH_BYTES),
+# the next one in flight and one read of decoded records (about 2.3 KB each) besides its window:
+# about 3.3 MiB. Its windows then fill to the cap as they would live (bench.takeover).
+RESTORE_BYTES_PER_PARTITION = 4 * 1024 * 1024
 # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number.
 _UNLIMITED = 1 << 60
 _MIB = 1024 * 1024
@@ -90,8 +95,13 @@ class WindowFit:
         return self.partitions * self.max_entries * BYTES_PER_ID
 
     @property
+    def restoring(self) -> int:
+        """What a takeover of every partition holds besides the windows: their restores."""
+        return self.partitions * RESTORE_BYTES_PER_PARTITION
+
+    @property
     def needed(self) -> int:
-        return self.worst_case + self.processes * PROCESS_RESERVE_BYTES
+        return self.worst_case + self.restoring + self.processes * PROCESS_RESERVE_BYTES
 
     @property
     def fits(self) -> bool:
@@ -101,7 +111,7 @@ class WindowFit:
         """The largest BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION that fits; 0 when none does."""
         if self.limit is None:
             return self.max_entries
-        room = self.limit - self.processes * PROCESS_RESERVE_BYTES
+        room = self.limit - self.restoring - self.processes * PROCESS_RESERVE_BYTES
         return max(room // (self.partitions * BYTES_PER_ID), 0)
 
     def summary(self) -> str:
@@ -136,7 +146,8 @@ class WindowFit:
 
     def _processes(self) -> str:
         reserve = _mib(self.processes * PROCESS_RESERVE_BYTES)
-        return f"{reserve} for the process" + ("es" if self.processes > 1 else "")
+        processes = f"{reserve} for the process" + ("es" if self.processes > 1 else "")
+        return f"{_mib(self.restoring)} for their restores at a takeover and {processes}"
 
 
 def _mib(size: int) -> str:

@@ -25,6 +25,12 @@ from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
+# What one restore holds besides its window: a fetch response of up to this much, the next one in
+# flight, and the records of one `getmany` decoded (2.3 KB each, 800 bytes on the wire). Every
+# owned partition restores at once at a takeover: memoryfit counts this a partition. 8 MiB
+# fetches drained whole held about 50 MiB a partition, 600 MiB for 12 (bench.takeover).
+RESTORE_FETCH_BYTES = 1024 * 1024
+RESTORE_BATCH_RECORDS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
 PROGRESS_SCAN_SECONDS = 10.0
 
@@ -52,9 +58,10 @@ async def restore(
         # bridge) it never decided must not enter the window, or its committed copy is dropped.
         # The end, a committed offset, is never past the last stable offset.
         isolation_level="read_committed",
-        # Restore reads large stretches: bigger fetches mean fewer round trips.
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
+        # Small fetches, drained a few records at a time: memory, not round trips, is what a
+        # takeover of every partition at once runs short of.
+        max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
+        fetch_max_bytes=RESTORE_FETCH_BYTES,
     )
     if throttled is not None:
         watch_throttle(consumer, throttled)
@@ -162,7 +169,8 @@ async def _batches(
     idle = 0
     position = start
     while position < end and (until is None or loop.time() < until):
-        batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS)).get(tp, [])
+        got = await consumer.getmany(tp, timeout_ms=_FETCH_MS, max_records=RESTORE_BATCH_RECORDS)
+        batch = got.get(tp, [])
         if not batch:
             idle += 1
             if idle > 60:

@@ -83,7 +83,7 @@ class PartitionTask:
             self.window,
             self._settings.ttl_seconds,
             self.progress,
-            # The bridge's largest fetches: a fetch quota holds a takeover up here.
+            # The bridge's heaviest reads: a fetch quota holds a takeover up here.
             counted(self._metrics, "dedup_restore_consumer"),
         )
         # The replay repeats the previous owner's early evictions, which it counted already.

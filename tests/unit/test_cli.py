@@ -608,10 +608,10 @@ def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(
         "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION (chart: config.dedup.maxEntriesPerPartition)"
         in line
     )
-    assert "to at most 626349" in line
-    assert "to at least 3,117 MiB" in line
+    assert "to at most 609572" in line
+    assert "to at least 3,165 MiB" in line
 
-    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "626349")
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "609572")
     assert main(["check"]) == 0
     [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
     assert line.startswith("dedup memory: the dedup window's worst case")

@@ -176,12 +176,15 @@ class FakeLog:
     starts: int = 0  # starts begun
     stops: int = 0  # stops begun
     throttle_ms: int = 0  # the throttle time each fetch is answered with (a fetch quota)
+    fetch_bytes: list[int | None] = field(default_factory=list)  # each consumer's partition fetch
+    records_asked: list[int | None] = field(default_factory=list)  # each getmany's max_records
 
     def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
         self.records.append(LoggedRecord(**vars(record), aborted=aborted))
 
     def consumer(self, **options: Any) -> FakeLogConsumer:
         self.isolation.append(options.get("isolation_level", "read_uncommitted"))
+        self.fetch_bytes.append(options.get("max_partition_fetch_bytes"))
         return FakeLogConsumer(self, self.isolation[-1])
 
 
@@ -234,6 +237,7 @@ class FakeLogConsumer:
         self, partition: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[LoggedRecord]]:
         await self._client.send(0, "fetch")
+        self._log.records_asked.append(max_records)
         out: list[LoggedRecord] = []
         for r in self._log.records:
             if r.offset < max(self._position, self._log.log_start):

@@ -7,6 +7,7 @@ import pytest
 from bridge.dedup.memoryfit import (
     BYTES_PER_ID,
     PROCESS_RESERVE_BYTES,
+    RESTORE_BYTES_PER_PARTITION,
     MemoryLimit,
     WindowFit,
     parse_limit,
@@ -71,27 +72,43 @@ def test_an_unreadable_limit_is_a_problem_not_a_limit(tmp_path: Path) -> None:
     assert read_limit(tmp_path).problem == "not a memory limit: 'lots'"
 
 
-def test_the_worst_case_is_every_partition_full_plus_the_processes() -> None:
+def test_the_worst_case_is_every_partition_full_and_restoring_plus_the_processes() -> None:
     fit = WindowFit(partitions=12, max_entries=1_000_000, limit=2 * GIB, processes=2)
     assert fit.worst_case == 12 * 1_000_000 * BYTES_PER_ID
-    assert fit.needed == fit.worst_case + 2 * PROCESS_RESERVE_BYTES
+    # A takeover restores every partition at once, into windows that fill to the cap.
+    assert (
+        fit.needed == fit.worst_case + 12 * RESTORE_BYTES_PER_PARTITION + 2 * PROCESS_RESERVE_BYTES
+    )
     assert not fit.fits
+
+
+def test_a_takeover_of_many_small_partitions_is_counted_past_the_reserve() -> None:
+    # 96 partitions of 20,000 ids: their restores' buffers alone are 384 MiB, past any slack
+    # the 256 MiB reserve leaves; a limit of the windows plus the reserve is too small.
+    windows_and_reserve = 96 * 20_000 * BYTES_PER_ID + PROCESS_RESERVE_BYTES
+    fit = WindowFit(partitions=96, max_entries=20_000, limit=windows_and_reserve)
+    assert not fit.fits
+    assert fit.largest_cap() < 20_000
+    assert WindowFit(96, fit.largest_cap(), windows_and_reserve).fits
 
 
 def test_the_warning_gives_the_numbers_the_setting_and_both_ways_out() -> None:
     # The chart's defaults: 12 partitions, a 1M cap, a 2Gi limit.
     fit = WindowFit(partitions=12, max_entries=1_000_000, limit=2 * GIB)
-    cap = (2 * GIB - PROCESS_RESERVE_BYTES) // (12 * BYTES_PER_ID)
-    assert cap == 626_349
+    cap = (2 * GIB - 12 * RESTORE_BYTES_PER_PARTITION - PROCESS_RESERVE_BYTES) // (
+        12 * BYTES_PER_ID
+    )
+    assert cap == 609_572
     assert fit.warning() == (
         "the dedup window's worst case (one pod owning all 12 ingest partitions, 1000000 ids"
-        " each at about 250 bytes) is 2,861 MiB, 3,117 MiB with 256 MiB for the process:"
+        " each at about 250 bytes) is 2,861 MiB, 3,165 MiB with 48 MiB for their restores at a"
+        " takeover and 256 MiB for the process:"
         " against a limit of 2,048 MiB: with traffic filling every window the last pod standing"
         " is OOM-killed, and again after each restart's restore. Either lower"
         " BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION (chart: config.dedup.maxEntriesPerPartition)"
         f" to at most {cap} (ids past it are forgotten before the TTL, counted in"
         " pinecall_bridge_dedup_evicted_early_total), or raise the container's memory limit"
-        " (chart: resources.limits.memory) to at least 3,117 MiB"
+        " (chart: resources.limits.memory) to at least 3,165 MiB"
     )
     # The cap it proposes fits; one more id a partition does not.
     assert WindowFit(12, cap, 2 * GIB).fits

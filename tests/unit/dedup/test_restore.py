@@ -10,6 +10,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup import restore as restore_module
+from bridge.dedup.memoryfit import RESTORE_BYTES_PER_PARTITION
 from bridge.dedup.restore import restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
@@ -18,6 +19,9 @@ from tests.unit.dedup.fakes import FakeLog, ingest
 
 TP = TopicPartition("ingest", 0)
 TTL = 3.0
+# An ingest record as aiokafka hands it out decoded (6 headers, a 430-byte value): 2.3 KB by
+# tracemalloc, for 800 bytes on the wire.
+DECODED_RECORD_BYTES = 2400
 
 
 def seen(window: SeenWindow, *ids: str) -> list[bool]:
@@ -136,3 +140,19 @@ async def test_an_unreadable_last_record_still_restores_the_ttl_before_now(log: 
     window = SeenWindow(TTL, 1_000)
     assert await restore({}, TP, 4, window, TTL) == 2  # not the whole partition
     assert seen(window, "CA_0:9", "CA_1:0", "CA_1:1", "CA_9:7") == [False, True, True, False]
+
+
+async def test_a_restore_holds_no_more_than_memoryfit_counts_a_partition(log: FakeLog) -> None:
+    # A takeover restores every partition at once: what each holds past its window is counted
+    # per partition (memoryfit). Fetches of 8 MiB drained whole held about 50 MiB a partition.
+    for n in range(2_000):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    window = SeenWindow(TTL, 10_000)
+    assert await restore({}, TP, 2_000, window, TTL) == len(window)
+    [fetch] = log.fetch_bytes
+    asked = log.records_asked
+    assert fetch is not None
+    assert None not in asked
+    decoded = max(n or 0 for n in asked) * DECODED_RECORD_BYTES
+    # The fetch being read, the next one in flight, and one read's records decoded.
+    assert 2 * fetch + decoded <= RESTORE_BYTES_PER_PARTITION
