@@ -1,9 +1,9 @@
 """What the dedup stage needs from Kafka that only an operator can give, said plainly. Pure.
 
-A refused transactional id, consumer group or read of the ingest topic, or a transaction timeout
-above the brokers' `transaction.max.timeout.ms`, fails at every retry until an ACL or a setting
-changes: aiokafka's error names neither the ACL (resource type, name or prefix, operation) nor
-the setting.
+A refused transactional id, consumer group, read of the ingest topic or write of an output topic,
+or a transaction timeout above the brokers' `transaction.max.timeout.ms`, fails at every retry
+until an ACL or a setting changes: aiokafka's error names neither the ACL (resource type, name or
+prefix, operation) nor the setting.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ ACLS = "deploy/README.md, Strimzi"
 # Kafka's own default for transaction.max.timeout.ms.
 KAFKA_MAX_TRANSACTION_TIMEOUT_MS = 900_000
 REFUSALS = (InvalidTransactionTimeout, TransactionalIdAuthorizationFailed)
+# The longest wait between two attempts while Kafka refuses the stage an ACL: an ACL added is
+# taken up within it.
+REFUSED_MAX_WAIT = 30
 
 
 class DedupRefusedError(Exception):
@@ -77,3 +80,28 @@ def refusal(
             " meanwhile"
         )
     return None
+
+
+def refused_topics(exc: BaseException | None) -> list[str]:
+    """The topics a TopicAuthorizationFailedError names (aiokafka gives one, or a set of them)."""
+    if not isinstance(exc, TopicAuthorizationFailedError) or not exc.args:
+        return []
+    named = exc.args[0]
+    return sorted(named) if isinstance(named, set | frozenset) else [str(named)]
+
+
+def write_refusal(topics: list[str]) -> str:
+    """What to change when Kafka refuses the stage's transaction a write to output `topics`."""
+    acls = ", ".join(f"Write on Topic {t!r}" for t in topics)
+    return (
+        f"Kafka refuses the dedup stage a write to the output topic{'s' if len(topics) > 1 else ''}"
+        f" {', '.join(repr(t) for t in topics)}: the principal needs an ACL allowing {acls}"
+        f" (Write implies the Describe its metadata needs; {ACLS}); each transaction writing"
+        " there fails, and its events wait in the ingest topic meanwhile"
+    )
+
+
+def refused_wait(refused: int) -> float:
+    """Seconds to wait after the `refused`-th refusal in a row: 1 s, doubling to
+    REFUSED_MAX_WAIT. Pure."""
+    return float(min(2 ** min(refused - 1, 16), REFUSED_MAX_WAIT))

@@ -50,7 +50,7 @@ from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.ownership import PartitionListener
-from bridge.dedup.refusals import refusal
+from bridge.dedup.refusals import refusal, refused_wait
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
@@ -84,9 +84,6 @@ MAX_RECORDS_PER_STEP = 256
 # what waits on it is a partition resumed or sought meanwhile, whose fetch goes to that broker
 # only once the held one returns: at a takeover, after its restore.
 IDLE_FETCH_WAIT_MS = 500
-# The longest wait between two fetches while Kafka refuses the group (a missing ACL): an ACL
-# added is taken up within it.
-REFUSED_MAX_WAIT = 30
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -567,11 +564,22 @@ class DedupStage:
         for tp in sorted(lost.partitions):
             task = self._tasks.get(tp)
             if task is not None:
-                await self._lose(task, lost.reason, restart=tp not in (no_restart or set()))
+                restart = tp not in (no_restart or set())
+                await self._lose(task, lost.reason, restart=restart, refused_for=lost.retry_in)
 
-    async def _lose(self, task: PartitionTask, reason: LossReason, *, restart: bool = True) -> None:
+    async def _lose(
+        self,
+        task: PartitionTask,
+        reason: LossReason,
+        *,
+        restart: bool = True,
+        refused_for: float | None = None,
+    ) -> None:
+        """`refused_for`: Kafka refused the transaction a write (said already, with the ACL):
+        the partition restarts after that many seconds."""
         self._metrics.dedup_partitions_lost.labels(reason).inc()
-        log.error(
+        log.log(
+            logging.ERROR if refused_for is None else logging.INFO,
             "dedup partition lost; its uncommitted progress is dropped",
             extra={"partition": task.tp.partition, "reason": reason},
         )
@@ -585,11 +593,12 @@ class DedupStage:
             # Still ours as far as this member knows: start afresh from the committed offset.
             # Fenced means the group moved on (or our transaction timed out): wait out a session,
             # by which time a zombie has rejoined and no longer has the partition to restart.
-            delay = (
-                self._settings.session_timeout_ms / 1000
-                if reason == "fenced"
-                else _RETRY_LOST_AFTER
-            )
+            if reason == "fenced":
+                delay = self._settings.session_timeout_ms / 1000
+            elif refused_for is not None:
+                delay = refused_for
+            else:
+                delay = _RETRY_LOST_AFTER
             self._launch(task.tp, delay=delay)
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
@@ -775,12 +784,6 @@ def lag_seconds(now: float, behind_since: float | None, last_appended_at: float 
     """
     starts = [t for t in (behind_since, last_appended_at) if t is not None]
     return max(now - max(starts), 0.0) if starts else 0.0
-
-
-def refused_wait(refused: int) -> float:
-    """Seconds to wait after the `refused`-th refusal of the group in a row: 1 s, doubling to
-    REFUSED_MAX_WAIT. Pure."""
-    return float(min(2 ** min(refused - 1, 16), REFUSED_MAX_WAIT))
 
 
 def broker_fetch_wait_ms(interval_ms: int) -> int:

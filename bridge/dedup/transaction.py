@@ -39,7 +39,14 @@ from bridge.config import DedupSettings
 from bridge.deadline import by_deadline
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
 from bridge.dedup.offsetmark import mark
-from bridge.dedup.refusals import REFUSALS, DedupRefusedError, refusal
+from bridge.dedup.refusals import (
+    REFUSALS,
+    DedupRefusedError,
+    refusal,
+    refused_topics,
+    refused_wait,
+    write_refusal,
+)
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
@@ -77,12 +84,18 @@ class TransactionLostError(Exception):
     """The open transaction is gone: nothing in it is written; `partitions` must start afresh."""
 
     def __init__(
-        self, reason: LossReason, partitions: frozenset[TopicPartition], sent: int = 0
+        self,
+        reason: LossReason,
+        partitions: frozenset[TopicPartition],
+        sent: int = 0,
+        retry_in: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partitions = partitions
         self.sent = sent  # the output records it had sent when it was lost
+        # Kafka refused a write (an ACL), said already: how long its partitions wait to retry.
+        self.retry_in = retry_in
 
 
 def transactional_id(group: str, instance_id: str | None = None) -> str:
@@ -139,6 +152,8 @@ class StageProducer:
         self._stopped = False
         self._restart: asyncio.Task[None] | None = None
         self._txn: _Transaction | None = None
+        # Output topics whose writes Kafka refused, and how many transactions in a row.
+        self._refused: dict[str, int] = {}
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -318,10 +333,11 @@ class StageProducer:
         if txn.send_error is not None:
             error = txn.send_error
             fenced = isinstance(error, _FENCED) or isinstance(_fatal_cause(producer), _FENCED)
-            log.warning(
-                "a send of the dedup transaction failed; it is not committed",
-                extra={"error": repr(error), "transactional_id": self.transactional_id},
-            )
+            if not refused_topics(error):  # a refused write is said by guard, with its ACL
+                log.warning(
+                    "a send of the dedup transaction failed; it is not committed",
+                    extra={"error": repr(error), "transactional_id": self.transactional_id},
+                )
             raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
         # Marked, so that the partition's next owner can tell an offset someone else moved.
         marked = {tp: (offset, mark(offset)) for tp, offset in offsets.items()}
@@ -329,6 +345,8 @@ class StageProducer:
         txn.ending = True
         await producer.commit_transaction()
         self._txn = None
+        for topic in txn.published:
+            self._refused.pop(topic, None)
         self._count(txn)
 
     async def guard(
@@ -360,17 +378,46 @@ class StageProducer:
         except (KafkaError, IllegalOperation) as exc:  # IllegalOperation is no KafkaError
             reason = "fenced" if isinstance(_fatal_cause(self._producer), _FENCED) else "error"
             cause = exc
-            log.warning(
-                "dedup transaction step failed",
-                extra={"error": repr(exc), "transactional_id": self.transactional_id},
-            )
+            if not self._refused_write(exc):  # said with its ACL below
+                log.warning(
+                    "dedup transaction step failed",
+                    extra={"error": repr(exc), "transactional_id": self.transactional_id},
+                )
         except Exception as exc:  # a bug must cost a restart of its partitions, not the stage
             log.exception("dedup step failed")
             reason, cause = "error", exc
         touched, sent = self.partitions | also, self.sent
+        retry_in = self._refusal_wait(cause) if reason == "error" else None
         unanswered = reason == "timeout" and self._txn is not None and self._txn.ending
         await self.abandon("unknown" if unanswered else "aborted")
-        raise TransactionLostError(reason, touched, sent) from cause
+        raise TransactionLostError(reason, touched, sent, retry_in) from cause
+
+    def _refused_write(self, cause: BaseException) -> list[str]:
+        """The output topics Kafka refused this transaction a write to (an ACL), if any.
+
+        aiokafka puts AddPartitionsToTxn's refusal on the transaction (later calls then fail
+        with IllegalOperation) and a produce answer's on the send."""
+        found = [cause, cause.__cause__, _fatal_cause(self._producer)]
+        if self._txn is not None:
+            found.append(self._txn.send_error)
+        return sorted({t for exc in found for t in refused_topics(exc)})
+
+    def _refusal_wait(self, cause: BaseException) -> float | None:
+        """For a refused write: said once per transaction at ERROR, with the ACL it needs; how
+        long its partitions wait before they retry (1 s, doubling to 30 s). Else None.
+
+        Retried at once, each of them was lost and restarted every 2 s, an ERROR each time."""
+        topics = self._refused_write(cause)
+        if not topics:
+            return None
+        for topic in topics:
+            self._refused[topic] = self._refused.get(topic, 0) + 1
+        wait = refused_wait(max(self._refused[t] for t in topics))
+        log.error(
+            write_refusal(topics),
+            extra={"topics": topics, "retry_in_s": wait, "transactional_id": self.transactional_id},
+        )
+        return wait
 
     def _log_fenced(self, exc: BaseException) -> None:
         # Named, so that two live processes given one instance id (fencing each other at every

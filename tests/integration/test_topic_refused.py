@@ -6,12 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.entries import entry
-from tests.integration.acls import READ, TOPIC, WRITE, Acl, acl_broker, bridge_acls, grant, sasl
+from tests.integration.acls import (
+    DESCRIBE,
+    READ,
+    TOPIC,
+    WRITE,
+    Acl,
+    acl_broker,
+    bridge_acls,
+    grant,
+    sasl,
+)
 from tests.integration.conftest import (
     Broker,
     RunningBridge,
@@ -22,11 +34,21 @@ from tests.integration.conftest import (
     has_id,
     publish_failures,
 )
+from tests.integration.replicas import Replica, post_signed, replica_env
 from tests.polling import until
+from tests.sockets import free_port
 
 # The module's broker starts in 10-20 s on a busy box.
 pytestmark = pytest.mark.timeout(240)
-USERS = ("exact", "noingestwrite", "noingestread", "nocreate")
+USERS = (
+    "exact",
+    "noingestwrite",
+    "noingestread",
+    "nocreate",
+    "noeventswrite",
+    "nodlqwrite",
+    "noeventsdescribe",
+)
 # How long a refused stage is watched once it said why: it fetched again every commit interval
 # (100 ms), a line and a traceback each time, some 150 in this time.
 WATCHED = 15.0
@@ -48,17 +70,21 @@ async def _start(
     ready: bool = True,
 ) -> RunningBridge:
     """The bridge as `user`, allowed exactly the documented ACLs but `without`, its topics made."""
-    plain, sasl_bootstrap = broker
+    await _prepare(broker[0], topics, user, without)
+    handle: RunningBridge = await start_bridge(
+        bootstrap=broker[1], kafka=sasl(user), topics={"create": False}, ready=ready
+    )
+    return handle
+
+
+async def _prepare(plain: Broker, topics: Topics, user: str, without: set[Acl]) -> None:
+    """Allow `user` exactly the documented ACLs but `without`; make its topics."""
     await grant(plain.bootstrap, user, [a for a in bridge_acls(topics) if a not in without])
     for name in (topics.events, topics.alerts, topics.dlq, topics.feed_lease):
         await create_topic(plain.bootstrap, name, 1)
     await create_topic(
         plain.bootstrap, topics.ingest, 3, {"message.timestamp.type": "LogAppendTime"}
     )
-    handle: RunningBridge = await start_bridge(
-        bootstrap=sasl_bootstrap, kafka=sasl(user), topics={"create": False}, ready=ready
-    )
-    return handle
 
 
 def _errors(caplog: pytest.LogCaptureFixture, *words: str) -> list[logging.LogRecord]:
@@ -148,3 +174,67 @@ async def test_without_create_the_missing_topics_are_named_and_it_stays_unready(
     assert not handle.bridge.readiness.ready()
     status, body = await handle.post(entry(1, call=unique_call))
     assert (status, body["error"]) == (503, "kafka_unavailable")
+
+
+@pytest.mark.parametrize("output", ["events", "dlq"])
+async def test_without_write_on_an_output_topic_the_stage_names_it_and_backs_off(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+    output: str,
+) -> None:
+    topic = getattr(topics, output)
+    user = f"no{output}write"
+    without = {Acl(TOPIC, topic, WRITE)}
+    handle = await _start(start_bridge, authorizing_broker, topics, user, without)
+    # Taken: it waits in the ingest topic for the ACL.
+    body = entry(1, call=unique_call) if output == "events" else b'{"not": "an event"}'
+    assert (await handle.post(body))[0] in (200, 202)
+    words = (f"Write on Topic {topic!r}",)
+    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
+    first = len(_errors(caplog))
+    await asyncio.sleep(WATCHED)
+    # Retried with a growing pause (1, 2, 4, 8 s): a few lines, not a lost partition every 2 s.
+    after = [r.getMessage() for r in _errors(caplog)[first:]]
+    assert 0 < len(after) <= 4, after
+    assert not _errors(caplog, "dedup partition lost")
+    # The ACL added, the next retry (within 30 s) writes what waited.
+    await grant(authorizing_broker[0].bootstrap, user, without)
+    records = await consume_until(
+        authorizing_broker[0].bootstrap, [topic], lambda got: len(got) >= 1, within=60
+    )
+    assert len(records) == 1
+
+
+async def test_without_write_and_describe_on_an_output_topic_the_log_says_it_without_a_flood(
+    authorizing_broker: tuple[Broker, str],
+    topics: Topics,
+    unique_call: str,
+    tmp_path: Path,
+) -> None:
+    # The real process and its log handler, which thins aiokafka's lines (caplog sees each:
+    # thousands of "Topic ... is not authorized for this client" in 30 s). Without Describe alone
+    # nothing fails: Kafka takes Write to imply it.
+    plain, sasl_bootstrap = authorizing_broker
+    user = "noeventsdescribe"
+    refused = {Acl(TOPIC, topics.events, op) for op in (WRITE, DESCRIBE)}
+    await _prepare(plain, topics, user, refused)
+    port = free_port()
+    security = {f"BRIDGE_KAFKA__{k.upper()}": v for k, v in sasl(user).items()}
+    env = replica_env(sasl_bootstrap, topics, port, BRIDGE_TOPICS__CREATE="false", **security)
+    replica = Replica("nodescribe", env, tmp_path / "nodescribe.log", port)
+    await replica.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await post_signed(session, replica.url, entry(1, call=unique_call)) == 200
+        await asyncio.sleep(WATCHED)
+    finally:
+        await replica.stop()
+    errors = [e["msg"] for e in replica.log_entries() if e.get("level") == "error"]
+    said = [m for m in errors if f"Write on Topic {topics.events!r}" in m]
+    assert said, errors[-5:]
+    # aiokafka's metadata error thinned to a line per 10 s; the stage's said at 1, 2, 4, 8 s.
+    assert len([m for m in errors if "not authorized for this client" in m]) <= 4, errors[-5:]
+    assert len(errors) <= 10, errors[-5:]

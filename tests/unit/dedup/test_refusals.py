@@ -7,8 +7,13 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
-from bridge.dedup.refusals import refusal
-from bridge.dedup.stage import REFUSED_MAX_WAIT, refused_wait
+from bridge.dedup.refusals import (
+    REFUSED_MAX_WAIT,
+    refusal,
+    refused_topics,
+    refused_wait,
+    write_refusal,
+)
 
 SETTINGS = DedupSettings(group="g1")
 
@@ -50,3 +55,13 @@ def test_an_outage_is_no_refusal() -> None:
 def test_refused_wait_grows_to_its_bound() -> None:
     assert [refused_wait(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert refused_wait(50) == REFUSED_MAX_WAIT
+
+
+def test_a_refused_write_names_each_topic_and_its_acl() -> None:
+    # aiokafka names one topic (a produce answer) or a set (AddPartitionsToTxn's).
+    topics = refused_topics(TopicAuthorizationFailedError({"out.dlq", "out.events"}))
+    assert topics == ["out.dlq", "out.events"]
+    assert refused_topics(TopicAuthorizationFailedError("out.events")) == ["out.events"]
+    assert refused_topics(KafkaConnectionError()) == []
+    said = write_refusal(topics)
+    assert "Write on Topic 'out.dlq', Write on Topic 'out.events'" in said
