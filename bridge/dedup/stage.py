@@ -195,6 +195,7 @@ class DedupStage:
         await self._offsets.start()
         try:
             await self._out.start()
+            await self._out.learn_expiration()
             self._consumer = await self._started_consumer(self._client)
         except BaseException:
             await self._out.stop()

@@ -53,6 +53,8 @@ from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
 from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
 from bridge.sink.kafka import (
+    TRANSACTIONAL_ID_EXPIRATION_MS,
+    brokers_config_int,
     brokers_max_transaction_timeout_ms,
     max_message_bytes,
     partition_for,
@@ -71,6 +73,8 @@ _STOP_TIMEOUT = 5.0
 # Of _STOP_TIMEOUT, what a stop cut short keeps to end the sender and connections it left: the
 # cut the shutdown's reserve counts on (bridge/stopbudget.py).
 _CUT_SECONDS = CUT_SECONDS
+# Kafka's default transactional.id.expiration.ms (7 days), assumed when the brokers' is unread.
+_KAFKA_ID_EXPIRATION_MS = 7 * 24 * 3600 * 1000
 # Another owner or the coordinator settled our transaction: the group moved on, or it timed out.
 _FENCED = (
     ProducerFenced,
@@ -154,6 +158,10 @@ class StageProducer:
         self._txn: _Transaction | None = None
         # Output topics whose writes Kafka refused, and how many transactions in a row.
         self._refused: dict[str, int] = {}
+        # The brokers' transactional.id.expiration.ms, and when the producer last ended a
+        # transaction (or started): an id idle that long is forgotten by its coordinator.
+        self._expiration_ms = _KAFKA_ID_EXPIRATION_MS
+        self._ended = time.monotonic()
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -214,8 +222,19 @@ class StageProducer:
                 raise DedupRefusedError(why) from exc
             self._producer = producer
             self._replacing = True
+            self._ended = time.monotonic()
         # Its InitProducerId has aborted what an earlier producer of this id left open.
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})
+
+    async def learn_expiration(self) -> None:
+        """Read the brokers' transactional.id.expiration.ms (unreadable: Kafka's default)."""
+        try:
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                read = await brokers_config_int(self._client, TRANSACTIONAL_ID_EXPIRATION_MS)
+        except TimeoutError:
+            read = None
+        if read is not None and read > 0:
+            self._expiration_ms = read
 
     async def stop(self) -> None:
         """Drop the producer for good; an open transaction is left to its timeout."""
@@ -253,10 +272,33 @@ class StageProducer:
         """Make `tp`'s next records part of the open transaction, beginning one if none is open."""
         txn = self._txn
         if txn is None:
+            await self._renew_if_idle()
             producer = await self._require_producer(frozenset({tp}))
             await producer.begin_transaction()  # no I/O: the first send adds the partition
             txn = self._txn = _Transaction(time.monotonic())
         txn.partitions.add(tp)
+
+    async def _renew_if_idle(self) -> None:
+        """Drop a producer idle for half the brokers' transactional.id.expiration.ms: the next
+        join starts a new one, whose InitProducerId registers the id afresh.
+
+        The coordinator forgets an id idle that long (a quiet night or weekend), and refuses its
+        next transaction's partitions (INVALID_PRODUCER_ID_MAPPING): aiokafka's sender dies of
+        it, with a traceback, and every partition of that transaction is lost and restored.
+        """
+        idle = time.monotonic() - self._ended
+        if self._producer is None or idle * 1000 < self._expiration_ms / 2:
+            return
+        log.info(
+            "the dedup producer was idle for half the brokers' transactional.id.expiration.ms;"
+            " starting a new one, lest its next transaction be refused for an expired id",
+            extra={
+                "idle_s": round(idle),
+                "transactional_id_expiration_ms": self._expiration_ms,
+                "transactional_id": self.transactional_id,
+            },
+        )
+        await self._drop_producer()
 
     def duplicate(self, channel: str) -> None:
         assert self._txn is not None
@@ -347,6 +389,7 @@ class StageProducer:
         self._txn = None
         for topic in txn.published:
             self._refused.pop(topic, None)
+        self._ended = time.monotonic()
         self._count(txn)
 
     async def guard(

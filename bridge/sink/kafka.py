@@ -58,6 +58,7 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
+TRANSACTIONAL_ID_EXPIRATION_MS = "transactional.id.expiration.ms"
 # A creation refused for want of an ACL, as CreateTopics answers it for each topic.
 NOT_ALLOWED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
 # Answers after which an idempotent producer cannot send to a partition again (aiokafka#1017):
@@ -276,9 +277,14 @@ async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
 
 async def brokers_max_transaction_timeout_ms(options: Mapping[str, Any]) -> int | None:
     """The brokers' transaction.max.timeout.ms, as one reports it; None if it cannot be read."""
+    return await brokers_config_int(options, MAX_TRANSACTION_TIMEOUT_MS)
+
+
+async def brokers_config_int(options: Mapping[str, Any], key: str) -> int | None:
+    """The brokers' integer setting `key`, as one reports it; None if it cannot be read."""
     try:
         async with admin_client(options) as admin:
-            return await _broker_config_int(admin, MAX_TRANSACTION_TIMEOUT_MS)
+            return await _broker_config_int(admin, key)
     except KafkaError:
         return None
 

@@ -410,6 +410,61 @@ async def test_the_next_join_after_a_loss_starts_a_new_producer(factory: Produce
     assert steps(producer).count("commit") == 1  # the lost one is never used again
 
 
+async def learned(
+    monkeypatch: pytest.MonkeyPatch, expiration_ms: int | None
+) -> tuple[StageProducer, FakeProducer]:
+    """A StageProducer that has read the brokers' transactional.id.expiration.ms (None: not)."""
+
+    async def read(options: Any, key: str) -> int | None:
+        assert key == "transactional.id.expiration.ms"
+        return expiration_ms
+
+    monkeypatch.setattr(transaction, "brokers_config_int", read)
+    out, producer, _ = stage_producer()
+    await out.learn_expiration()
+    return out, producer
+
+
+async def test_a_producer_idle_for_half_the_id_expiration_is_replaced_at_the_next_join(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, idle = await learned(monkeypatch, 10_000)
+    out._ended -= 5.5  # no transaction for 5.5 s: the coordinator forgets the id after 10
+    with caplog.at_level(logging.INFO, logger="bridge.dedup.transaction"):
+        await out.join(TP)
+    assert steps(idle)[-1] == "stop"
+    [fresh] = factory.made
+    assert steps(fresh) == ["start", "begin"]
+    assert fresh.config["transactional_id"] == out.transactional_id
+    [said] = [r for r in caplog.records if "expiration" in r.getMessage()]
+    assert (said.levelname, said.__dict__["transactional_id_expiration_ms"]) == ("INFO", 10_000)
+
+
+async def test_a_producer_that_ended_a_transaction_lately_is_kept(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory
+) -> None:
+    out, _producer = await learned(monkeypatch, 10_000)
+    out._ended -= 4.5
+    await out.join(TP)
+    out._ended -= 10  # a long transaction: its commit, not its start, is the last word
+    await out.commit({TP: 1}, GROUP)
+    await out.join(TP)
+    assert factory.made == []
+
+
+async def test_an_unread_id_expiration_is_taken_as_kafkas_default_a_week(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory
+) -> None:
+    out, _producer = await learned(monkeypatch, None)
+    out._ended -= 3.4 * 24 * 3600
+    await out.join(TP)
+    await out.commit({TP: 1}, GROUP)
+    assert factory.made == []
+    out._ended -= 3.6 * 24 * 3600
+    await out.join(TP)
+    assert len(factory.made) == 1
+
+
 async def test_a_producer_that_cannot_start_loses_the_joining_partition(
     factory: ProducerFactory,
 ) -> None:
