@@ -47,6 +47,24 @@ kafka-cluster-up:  ## start a local 3-node Kafka cluster (RF 3, min.insync 2) on
 kafka-cluster-down:  ## stop the local 3-node Kafka cluster
 	@tools/kafka/cluster.sh down
 
+# Another Kafka version: the tests that speak Kafka's protocol most directly, against
+# a broker of that version on a port of its own (tools/kafka/versions/<version>/; ~5 min).
+# On demand, never part of `make test`. The broker is left running: `make kafka-compat-down`.
+KAFKA_COMPAT_VERSION ?= 3.9.2
+KAFKA_COMPAT_PORT ?= 9292
+KAFKA_COMPAT_TESTS ?= $(addprefix tests/integration/,test_kafka_smoke.py test_topics.py \
+	test_groupcommit.py test_webhook_to_kafka.py test_dedup_stage.py test_exactly_once.py \
+	test_hanging_transactions.py)
+.PHONY: kafka-compat kafka-compat-down
+
+kafka-compat: venv  ## the Kafka-facing integration tests on Kafka $KAFKA_COMPAT_VERSION (3.9.2) at 127.0.0.1:9292
+	@KAFKA_VERSION=$(KAFKA_COMPAT_VERSION) KAFKA_PORT=$(KAFKA_COMPAT_PORT) tools/kafka/kafka.sh up
+	KAFKA_VERSION=$(KAFKA_COMPAT_VERSION) KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_COMPAT_PORT) \
+		$(BIN)/pytest $(KAFKA_COMPAT_TESTS)
+
+kafka-compat-down:  ## stop the broker of `make kafka-compat`
+	@KAFKA_VERSION=$(KAFKA_COMPAT_VERSION) KAFKA_PORT=$(KAFKA_COMPAT_PORT) tools/kafka/kafka.sh down
+
 run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
 	@BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)

@@ -1,8 +1,9 @@
-"""aiokafka against the project's Kafka 4.x broker: the requests the bridge relies on (KIP-896)."""
+"""aiokafka against the project's broker (4.x, or KAFKA_VERSION's): the requests the bridge uses."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bridge.config import KafkaSettings, TopicSettings
+from bridge.dedup import committed, groupcommit
 from bridge.metrics import Metrics
 from bridge.sink.kafka import KafkaSink, TopicSpec
 from bridge.sink.record import Record
@@ -40,12 +42,34 @@ def api_versions(bootstrap: str) -> dict[int, tuple[int, int]]:
     return {key: (low, high) for key, low, high in entries}
 
 
-def test_broker_is_kafka_4(kafka_bootstrap: str) -> None:
+def expected_major() -> int:
+    """The broker's major version: 4 (tools/kafka's default) unless KAFKA_VERSION says otherwise.
+
+    KAFKA_VERSION is what kafka.sh started the broker of KAFKA_BOOTSTRAP with (README, Kafka
+    versions); a broker started by hand with another version fails here, as it should.
+    """
+    return int((os.environ.get("KAFKA_VERSION") or "4").split(".")[0])
+
+
+def test_broker_is_the_major_version_asked_for(kafka_bootstrap: str) -> None:
     # KIP-896 (Kafka 4.0) removed Fetch v0-v3 and CreateTopics v0-v1; 3.x brokers still offer
     # them. (Produce and Metadata keep announcing v0 for old clients' sake, so they prove nothing.)
     versions = api_versions(kafka_bootstrap)
-    assert versions[1][0] >= 4, f"Fetch versions {versions[1]}: not a Kafka 4 broker"
-    assert versions[19][0] >= 2, f"CreateTopics versions {versions[19]}: not a Kafka 4 broker"
+    if expected_major() >= 4:
+        assert versions[1][0] >= 4, f"Fetch versions {versions[1]}: not a Kafka 4 broker"
+        assert versions[19][0] >= 2, f"CreateTopics versions {versions[19]}: not a Kafka 4 broker"
+    else:
+        assert versions[1][0] == 0, f"Fetch versions {versions[1]}: not a Kafka 3 broker"
+        assert versions[19][0] == 0, f"CreateTopics versions {versions[19]}: not a Kafka 3 broker"
+
+
+def test_broker_offers_the_versions_the_dedup_stage_sends(kafka_bootstrap: str) -> None:
+    # The two requests the bridge builds itself (aiokafka has neither version): a broker without
+    # them cannot run the dedup stage, whatever its version number says.
+    versions = api_versions(kafka_bootstrap)
+    for request in (groupcommit.TxnOffsetCommitRequestV3, committed.OffsetFetchRequestV7):
+        low, high = versions[request.API_KEY]
+        assert low <= request.API_VERSION <= high, (request.__name__, low, high)
 
 
 async def test_idempotent_produce_and_consume(kafka_bootstrap: str) -> None:

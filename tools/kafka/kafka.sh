@@ -9,7 +9,11 @@
 #      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
 #      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s: then SIGKILL),
 #      PYTHON (python3),
-#      MAVEN_REPO_URL (Maven Central; see fetch_jars.py).
+#      MAVEN_REPO_URL (Maven Central; see fetch_jars.py),
+#      KAFKA_VERSION (unset: the version pinned in pom.xml/jars.lock, Kafka 4.4): another broker
+#        version, one with a directory versions/<version>/ (pom.xml, jars.lock, its log config),
+#        e.g. 3.9.2; its data dir defaults to <repo>/.cache/kafka-data/<version>/<port>, since
+#        a data dir formatted by one version need not start with another.
 # Extra listeners, for tests of the client's security settings (all unset by default):
 #      KAFKA_CONFIG_OVERLAY: a template rendered after server.properties.in into the same
 #        file, so its keys override the base ones; KAFKA_CONFIG_VAR_<NAME>=value fills
@@ -34,7 +38,21 @@ repo="$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/../..
 port="${KAFKA_PORT:-9092}"
 cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 home="${KAFKA_HOME_DIR:-$repo/.cache/kafka}"
-data="${KAFKA_DATA_DIR:-$repo/.cache/kafka-data/$port}"
+version="${KAFKA_VERSION:-}"
+jars_dir="$here"
+default_version="$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$here/pom.xml")"
+if [[ -n "$version" && "$version" != "$default_version" ]]; then
+  jars_dir="$here/versions/$version"
+  if [[ ! -f "$jars_dir/jars.lock" ]]; then
+    pinned="$(cd "$here/versions" && echo *)"
+    echo "kafka[$port]: KAFKA_VERSION=$version: no $jars_dir/jars.lock (pinned:" \
+      "$default_version $pinned); see tools/kafka/lock.py" >&2
+    exit 1
+  fi
+  data="${KAFKA_DATA_DIR:-$repo/.cache/kafka-data/$version/$port}"
+else
+  data="${KAFKA_DATA_DIR:-$repo/.cache/kafka-data/$port}"
+fi
 heap="${KAFKA_HEAP:--Xmx512m -Xms256m}"
 # SerialGC: one core's worth of GC threads is plenty for a test broker.
 jvm_opts="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -Djava.awt.headless=true}"
@@ -42,7 +60,13 @@ start_timeout="${KAFKA_START_TIMEOUT:-90}"
 stop_timeout="${KAFKA_STOP_TIMEOUT:-30}"
 python="${PYTHON:-python3}"
 
-jars_lock="$here/jars.lock"
+jars_lock="$jars_dir/jars.lock"
+# Kafka 4 logs through log4j 2; Kafka 3 through log4j 1 (reload4j), with its own config file.
+if [[ -f "$jars_dir/log4j.properties" ]]; then
+  log_opt="-Dlog4j.configuration=file:$jars_dir/log4j.properties"
+else
+  log_opt="-Dlog4j2.configurationFile=$here/log4j2.properties"
+fi
 # Jars live in a directory named after the lock file's pins (comments left out): bumping
 # a version fetches into a fresh directory instead of mixing two versions' jars.
 lock_hash="$(grep -v '^#' "$jars_lock" | sha256sum | cut -c1-16)"
@@ -81,7 +105,7 @@ cmd_fetch() (
   exec 8>"$home/.fetch.lock"
   flock 8
   [[ -f "$home/$lock_hash/.complete" ]] && exit 0   # a concurrent fetch finished it
-  say "fetching the Kafka jars pinned in jars.lock into $lib"
+  say "fetching the Kafka jars pinned in ${jars_lock#"$repo"/} into $lib"
   tmp="$home/$lock_hash.tmp.$$"
   rm -rf "$tmp" "${home:?}/$lock_hash"
   # fetch_jars.py prints its own one-line reason on failure.
@@ -116,27 +140,30 @@ find_java() {
 sed_escape() { printf '%s' "$1" | sed 's/[\\|&]/\\&/g'; }
 
 render_config() {
-  local esc_log name
-  local -a extra=()
+  local esc_log name template
+  local -a extra=() templates=("$here/server.properties.in")
   esc_log="$(sed_escape "$data/kraft")"
   for name in $(compgen -v KAFKA_CONFIG_VAR_ || true); do
     extra+=(-e "s|@${name#KAFKA_CONFIG_VAR_}@|$(sed_escape "${!name}")|g")
   done
-  if [[ -z "${KAFKA_CONFIG_OVERLAY:-}" ]]; then
-    sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
-      ${extra[@]+"${extra[@]}"} "$here/server.properties.in" >"$props.tmp"
-  else
+  # What another version needs instead of the base keys (versions/<version>/), then the caller's.
+  if [[ -f "$jars_dir/server.properties.in" && "$jars_dir" != "$here" ]]; then
+    templates+=("$jars_dir/server.properties.in")
+  fi
+  if [[ -n "${KAFKA_CONFIG_OVERLAY:-}" ]]; then
     [[ -f "$KAFKA_CONFIG_OVERLAY" ]] || die "KAFKA_CONFIG_OVERLAY: no file $KAFKA_CONFIG_OVERLAY"
-    # Java properties: the last occurrence of a key wins, so the overlay's keys take effect.
-    { cat "$here/server.properties.in"; printf '\n# ---- overlay: %s\n' "$KAFKA_CONFIG_OVERLAY"
-      cat "$KAFKA_CONFIG_OVERLAY"; } \
-      | sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
-        ${extra[@]+"${extra[@]}"} >"$props.tmp"
-    # A placeholder left over would only surface as an obscure broker start-up error.
-    if grep -v '^[[:space:]]*#' "$props.tmp" | grep -qE '@[A-Z0-9_]+@'; then
-      die "unfilled placeholder(s) in $props.tmp: $(grep -v '^[[:space:]]*#' "$props.tmp" \
-        | grep -oE '@[A-Z0-9_]+@' | sort -u | tr '\n' ' ')(set KAFKA_CONFIG_VAR_<NAME>)"
-    fi
+    templates+=("$KAFKA_CONFIG_OVERLAY")
+  fi
+  # Java properties: the last occurrence of a key wins, so each overlay's keys take effect.
+  for template in "${templates[@]}"; do
+    [[ "$template" == "${templates[0]}" ]] || printf '\n# ---- overlay: %s\n' "$template"
+    cat "$template"
+  done | sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$esc_log|g" \
+    ${extra[@]+"${extra[@]}"} >"$props.tmp"
+  # A placeholder left over would only surface as an obscure broker start-up error.
+  if grep -v '^[[:space:]]*#' "$props.tmp" | grep -qE '@[A-Z0-9_]+@'; then
+    die "unfilled placeholder(s) in $props.tmp: $(grep -v '^[[:space:]]*#' "$props.tmp" \
+      | grep -oE '@[A-Z0-9_]+@' | sort -u | tr '\n' ' ')(set KAFKA_CONFIG_VAR_<NAME>)"
   fi
   mv "$props.tmp" "$props"
 }
@@ -166,10 +193,13 @@ cmd_up() {
       local -a quorum=(--standalone)
       if [[ -n "${KAFKA_INITIAL_CONTROLLERS:-}" ]]; then
         quorum=(--initial-controllers "$KAFKA_INITIAL_CONTROLLERS")
+      elif grep -q '^controller\.quorum\.voters=' "$props"; then
+        # A static quorum (Kafka before 3.9 knows no other): the format takes no quorum flag.
+        quorum=()
       fi
-      cluster_id="${KAFKA_CLUSTER_ID:-$("$java" -cp "$lib/*" kafka.tools.StorageTool random-uuid)}"
-      "$java" -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
-        kafka.tools.StorageTool format "${quorum[@]}" -t "$cluster_id" -c "$props" \
+      cluster_id="${KAFKA_CLUSTER_ID:-$("$java" -cp "$lib/*" "$log_opt" kafka.tools.StorageTool random-uuid)}"
+      "$java" -cp "$lib/*" "$log_opt" \
+        kafka.tools.StorageTool format ${quorum[@]+"${quorum[@]}"} -t "$cluster_id" -c "$props" \
         ${scram[@]+"${scram[@]}"} >"$data/format.log" 2>&1 \
         || { cat "$data/format.log" >&2; die "storage format failed"; }
       say "formatted $data/kraft (cluster id $cluster_id)"
@@ -177,7 +207,7 @@ cmd_up() {
     say "starting (log: $logfile)"
     # shellcheck disable=SC2016,SC2086  # $$ is for the inner bash; heap/jvm_opts are word-split on purpose
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
-      "$java" $heap $jvm_opts -Dlog4j2.configurationFile="$here/log4j2.properties" \
+      "$java" $heap $jvm_opts "$log_opt" \
       -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
     # Until bash has exec'd java, the pid's cmdline is not yet the broker's.
     for _ in $(seq 50); do broker_pid >/dev/null && break; sleep 0.1; done

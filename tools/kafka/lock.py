@@ -2,6 +2,7 @@
 """Regenerate jars.lock from pom.xml: Maven resolves the broker's classpath once, here only.
 
     tools/kafka/lock.py        # after changing a version in pom.xml; needs mvn and the network
+    tools/kafka/lock.py 3.9.2  # the same for another broker, versions/3.9.2/pom.xml (KAFKA_VERSION)
 
 Each jar is downloaded from Maven Central, its sha512 computed, and its sha1 checked against the
 .sha1 Central publishes beside it (a once-only cross-check at generation; fetch_jars.py trusts
@@ -73,9 +74,13 @@ def pin(coords: tuple[str, str, str, str], workdir: Path) -> Jar:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pom", type=Path, default=HERE / "pom.xml")
-    ap.add_argument("--out", type=Path, default=HERE / "jars.lock")
+    ap.add_argument("version", nargs="?", help="a directory of versions/ (default: the main pom)")
+    ap.add_argument("--pom", type=Path)
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    home = HERE / "versions" / args.version if args.version else HERE
+    args.pom = args.pom or home / "pom.xml"
+    args.out = args.out or home / "jars.lock"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             jars = [pin(coords, Path(tmp)) for coords in resolve(args.pom)]

@@ -18,8 +18,6 @@ import pytest
 from tests.sockets import refusing_address
 
 KAFKA_TOOLS = Path(__file__).resolve().parents[3] / "tools" / "kafka"
-LOCK = KAFKA_TOOLS / "jars.lock"
-POM = KAFKA_TOOLS / "pom.xml"
 JAR = b"PK\x03\x04 not really a jar, but bytes with a known sum"
 
 
@@ -87,13 +85,46 @@ def test_an_unreachable_repository_fails_in_one_line(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_the_lock_file_was_generated_from_the_current_pom() -> None:
-    text = LOCK.read_text()
+# The default broker's pom and lock, and each other version's (KAFKA_VERSION) in versions/.
+LOCKED = [KAFKA_TOOLS, *sorted(p.parent for p in (KAFKA_TOOLS / "versions").glob("*/pom.xml"))]
+
+
+@pytest.mark.parametrize("home", LOCKED, ids=lambda p: p.name)
+def test_the_lock_file_was_generated_from_the_current_pom(home: Path) -> None:
+    pom, lock = home / "pom.xml", home / "jars.lock"
+    text = lock.read_text()
     recorded = re.search(r"^# pom\.xml sha256: ([0-9a-f]{64})$", text, re.MULTILINE)
-    assert recorded, "jars.lock has no pom.xml sha256 line"
-    assert recorded[1] == hashlib.sha256(POM.read_bytes()).hexdigest(), (
-        "pom.xml changed since jars.lock was generated: run tools/kafka/lock.py"
+    assert recorded, f"{lock} has no pom.xml sha256 line"
+    assert recorded[1] == hashlib.sha256(pom.read_bytes()).hexdigest(), (
+        f"{pom} changed since its jars.lock was generated: run tools/kafka/lock.py"
+        + ("" if home == KAFKA_TOOLS else f" {home.name}")
     )
-    kafka = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    kafka = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
     assert kafka
     assert re.search(rf"^org\.apache\.kafka:kafka_2\.13:{re.escape(kafka[1])} sha512:", text, re.M)
+    if home != KAFKA_TOOLS:
+        # kafka.sh selects the directory by KAFKA_VERSION: its name must be the version it pins.
+        assert kafka[1] == home.name
+
+
+def test_readme_names_every_other_version() -> None:
+    readme = (KAFKA_TOOLS.parents[1] / "README.md").read_text()
+    assert LOCKED[1:], "no versions/*/pom.xml found"
+    for home in LOCKED[1:]:
+        assert f"KAFKA_VERSION={home.name}" in readme, f"README does not say how to test {home}"
+
+
+def test_an_unpinned_kafka_version_fails_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(KAFKA_TOOLS / "kafka.sh"), "fetch"],
+        env={**os.environ, "KAFKA_VERSION": "2.8.0", "KAFKA_HOME_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "KAFKA_VERSION=2.8.0: no " in done.stderr, done.stderr
+    assert "3.9.2" in done.stderr, done.stderr  # the versions there are
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
