@@ -11,7 +11,6 @@ the call-log source and serves no port, the others take webhooks and the feed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from bridge import connlimit, listen, logthrottle, looplag
 from bridge.app import Readiness, build_admin_app, build_app, probe_routes
+from bridge.cancelling import cancel_and_wait
 from bridge.config import PinecallSettings, Settings, dotenv_variables
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
@@ -773,9 +773,7 @@ class Bridge:
             self._loop_lag,
         ):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         if self.hanging is not None:
             await self.hanging.stop()
         # The flush keeps a share of the grace period whatever phase one does, and every stage

@@ -45,6 +45,7 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
+from bridge.cancelling import raise_if_cancelled
 from bridge.dedup.protocol import topics_field
 from bridge.sink.clienttasks import start_client
 from bridge.sink.quotas import watch_throttle
@@ -249,6 +250,7 @@ class StableOffsets:
         client, self._client, self._coordinator = self._client, None, None
         if client is not None:
             await client.close()
+            raise_if_cancelled()
 
     def unstable_seconds(self) -> float:
         """How long the partition answered unstable the longest, still, has been (0: none)."""

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bridge.cancelling import cancel_and_wait
 from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
@@ -73,9 +74,7 @@ class HangingTransactions:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         readers, self._readers = self._readers, None
         for reader in readers or ():
             await stop_consumer(reader)

@@ -32,6 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from bridge.cancelling import cancel_and_wait, raise_if_cancelled
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -87,6 +88,7 @@ async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdmi
         yield admin
     finally:
         await admin.close()
+        raise_if_cancelled()
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -440,9 +442,7 @@ class KafkaSink:
     async def stop(self) -> None:
         """Flush and close; safe to call twice or before start."""
         if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+            await cancel_and_wait(self._probe)
             self._probe = None
         producer, self._producer = self._producer, None
         if producer is not None:

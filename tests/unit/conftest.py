@@ -120,4 +120,5 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.refused = set()
     FakeAdmin.values = {}
     FakeAdmin.silent = False
+    FakeAdmin.swallows = False
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)

@@ -10,13 +10,13 @@ that no record mentions yet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 
 import aiohttp
 
+from bridge.cancelling import cancel_and_wait
 from bridge.config import KafkaSettings, PinecallSettings, SseSettings
 from bridge.ingest.progress import PartitionProgress
 from bridge.logthrottle import LogThrottle
@@ -142,9 +142,7 @@ class CallLogSource:
         self._stopping.set()
         for reader in (self._feed, self._sweep):
             if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                await cancel_and_wait(reader)
         followers = list(self._followers.values())
         self._followers.clear()
         tasks = [task for _, task in followers] + list(self._retiring)

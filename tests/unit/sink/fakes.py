@@ -256,6 +256,9 @@ class FakeAdmin:
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
     silent = False  # describe_configs never answered
+    # close() as aiokafka's client closes: its own task cancelled and awaited under `except
+    # CancelledError: pass`, which swallows a cancellation of the caller landing meanwhile.
+    swallows = False
 
     def __init__(self, **_: Any) -> None:
         self.asked: list[list[str]] = []  # the topics of each read, in order
@@ -266,7 +269,16 @@ class FakeAdmin:
         return None
 
     async def close(self) -> None:
-        return None
+        if not self.swallows:
+            return
+        syncing = asyncio.ensure_future(asyncio.sleep(3600))
+        await asyncio.sleep(0)
+        syncing.cancel()
+        try:
+            await asyncio.sleep(0.1)  # the caller is cancelled meanwhile
+            await syncing
+        except asyncio.CancelledError:
+            pass
 
     def _code(self, name: str) -> int:
         if name in self.refused:

@@ -25,6 +25,7 @@ from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died
 from bridge.sink.kafka import (
     KafkaSink,
     Record,
+    admin_client,
     client_options,
     replication_factors,
     topic_configs,
@@ -598,3 +599,44 @@ async def test_a_rebuild_that_cannot_start_keeps_the_producer_and_raises() -> No
     assert FakeProducer.made[-1].options["max_batch_size"] == 65_536
     assert FakeProducer.made[0].stopped
     await sink.stop()
+
+
+async def test_a_stop_cancelled_while_it_waits_for_the_probe_is_cancelled() -> None:
+    # The connect loop undoes a failed start with this stop: its cancellation (the bridge's
+    # stop) swallowed there let the loop retry for ever while the stop waited on it.
+    sink = KafkaSink(KafkaSettings(), Metrics())
+
+    async def probe() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # a metadata request's clean-up
+            raise
+
+    sink._probe = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(sink.stop())
+    await asyncio.sleep(0.05)
+    stopping.cancel()
+    await asyncio.wait({stopping}, timeout=5)
+    assert stopping.cancelled()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_cancellation_swallowed_by_the_admin_clients_close_is_raised() -> None:
+    # Cancelled while aiokafka's close swallowed it, the bridge's connect loop went on with its
+    # attempt (a 30 s metadata wait) while its stop waited for it.
+    FakeAdmin.swallows = True
+    went_on: list[str] = []
+
+    async def attempt() -> None:
+        async with admin_client(OPTIONS):
+            pass
+        went_on.append("after the close")
+
+    task = asyncio.create_task(attempt())
+    await asyncio.sleep(0.05)  # inside the close
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    assert task.cancelled()
+    assert went_on == []
