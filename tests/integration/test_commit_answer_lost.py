@@ -271,3 +271,70 @@ async def test_a_process_dead_with_its_commit_unanswered_is_taken_over_once(
     [lost] = proxy.dropped
     assert lost.commit is True
     assert proxy.dropped_errors == ([0] if lose == "answer" else [])
+
+
+def producer_of(replica: Replica) -> str | None:
+    """The transactional id of the replica's dedup producer, as it logged it."""
+    ids = [
+        e.get("transactional_id")
+        for e in replica.log_entries()
+        if e.get("msg") == "dedup producer started"
+    ]
+    return ids[-1] if ids else None
+
+
+@pytest.mark.parametrize("lose", ["answer", "request"])
+async def test_sigterm_with_a_commit_unanswered_stops_in_time_and_the_successor_outputs_once(
+    proxy: CommitAnswerCut, behind_proxy: BehindProxy, topics: Topics, tmp_path: Path, lose: str
+) -> None:
+    """The signal lands while the coordinator keeps a commit's answer: the stop waits on it only
+    its bound, ends within the grace period (exit 0, no traceback), and the partitions' next
+    owner outputs each event once, whatever the coordinator decided."""
+
+    def replica(name: str) -> Replica:
+        port = free_port()
+        return Replica(
+            name, replica_env(proxy.address, topics, port), tmp_path / f"{name}.log", port
+        )
+
+    first, second = replica("r1"), replica("r2")
+    grace = float(first.env["BRIDGE_SHUTDOWN__GRACE_SECONDS"])
+    partitions = int(first.env["BRIDGE_TOPICS__INGEST_PARTITIONS"])
+    await first.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            before, during = batch(topics, 1, partitions), batch(topics, 1 + SEQS, partitions)
+            after = batch(topics, 1 + 2 * SEQS, partitions)
+            await deliver(session, lambda: first.url, before)
+            await until_decided(behind_proxy.direct, topics)
+            await second.start()
+            proxy.arm(hold=True, request_too=lose == "request")
+            target = first
+            delivering = asyncio.create_task(deliver(session, lambda: target.url, during))
+            await asyncio.wait_for(proxy.cut.wait(), 60)
+            # Either replica's commit may be the one held: that one is stopped.
+            [held] = proxy.dropped
+            stopping, successor = (
+                (first, second) if producer_of(first) == held.transactional_id else (second, first)
+            )
+            assert producer_of(stopping) == held.transactional_id
+            assert stopping.process is not None
+            started = asyncio.get_running_loop().time()
+            stopping.process.terminate()
+            code = await asyncio.to_thread(stopping.process.wait, grace + 30)
+            took = asyncio.get_running_loop().time() - started
+            log = stopping.log.read_text(errors="replace")
+            said = f"exit {code} after {took:.1f} s\n" + "\n".join(log.splitlines()[-15:])
+            assert code == 0, said
+            assert took <= grace + 2, said
+            assert "Traceback" not in log, said
+            assert stopping.log_entries()[-1].get("msg") == "stopped", said
+            target = successor
+            await delivering  # what the stopped one left unanswered, sent again to the next
+            await deliver(session, lambda: successor.url, after)
+            aborted = ids_of(during) if lose == "request" else set()
+            await assert_once(behind_proxy.direct, topics, ids_of(before, during, after), aborted)
+    finally:
+        for r in (first, second):
+            if r.alive:
+                await r.stop()
