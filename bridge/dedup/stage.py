@@ -294,7 +294,8 @@ class DedupStage:
     async def _probe_loop(self) -> None:
         """Each probe interval, close the stage's clients' connections to brokers gone from the
         metadata (fenced: a host vanished, no RST), and drop those brokers from each client's
-        own metadata (forget_gone_brokers: the consumer's rejoin must not connect to one).
+        own metadata (forget_gone_brokers: the consumer's rejoin must not connect to one). It
+        reads the brokers' transactional.id.expiration.ms again too, every few minutes.
 
         Their requests in flight would wait out the request timeout (a fetch, an EndTxn to the
         transaction coordinator), holding the output back that long. Failed at once, aiokafka
@@ -308,6 +309,8 @@ class DedupStage:
         """
         while True:
             await asyncio.sleep(self._probe_seconds)
+            # Kept current: a rolling restart may have lowered it since the start.
+            await self._out.relearn_expiration()
             clients = [
                 c
                 for c in (

@@ -54,7 +54,7 @@ from bridge.normalise.vocabulary import channel_label
 from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
 from bridge.sink.kafka import (
     TRANSACTIONAL_ID_EXPIRATION_MS,
-    brokers_config_int,
+    brokers_least_config_int,
     brokers_max_transaction_timeout_ms,
     max_message_bytes,
     partition_for,
@@ -75,6 +75,8 @@ _STOP_TIMEOUT = 5.0
 _CUT_SECONDS = CUT_SECONDS
 # Kafka's default transactional.id.expiration.ms (7 days), assumed when the brokers' is unread.
 _KAFKA_ID_EXPIRATION_MS = 7 * 24 * 3600 * 1000
+# How often it is read again: a rolling restart may have changed it (it is not dynamic).
+EXPIRATION_REREAD_SECONDS = 300.0
 # Another owner or the coordinator settled our transaction: the group moved on, or it timed out.
 _FENCED = (
     ProducerFenced,
@@ -161,7 +163,7 @@ class StageProducer:
         # The brokers' transactional.id.expiration.ms, and when the producer last ended a
         # transaction (or started): an id idle that long is forgotten by its coordinator.
         self._expiration_ms = _KAFKA_ID_EXPIRATION_MS
-        self._ended = time.monotonic()
+        self._expiration_read = self._ended = time.monotonic()
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -227,14 +229,30 @@ class StageProducer:
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})
 
     async def learn_expiration(self) -> None:
-        """Read the brokers' transactional.id.expiration.ms (unreadable: Kafka's default)."""
+        """Read the least of the brokers' transactional.id.expiration.ms (unreadable: kept).
+
+        Any broker may be, or become, the id's coordinator: one with a longer expiration than
+        the coordinator's let the id expire before the renewal (_renew_if_idle).
+        """
+        self._expiration_read = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                read = await brokers_config_int(self._client, TRANSACTIONAL_ID_EXPIRATION_MS)
+                read = await brokers_least_config_int(self._client, TRANSACTIONAL_ID_EXPIRATION_MS)
         except TimeoutError:
+            read = None
+        except Exception as exc:  # read again at the next interval; the renewal keeps its bound
+            log.warning(
+                "the brokers' transactional.id.expiration.ms could not be read",
+                extra={"error": repr(exc)},
+            )
             read = None
         if read is not None and read > 0:
             self._expiration_ms = read
+
+    async def relearn_expiration(self) -> None:
+        """learn_expiration again once EXPIRATION_REREAD_SECONDS have passed since the last."""
+        if time.monotonic() - self._expiration_read >= EXPIRATION_REREAD_SECONDS:
+            await self.learn_expiration()
 
     async def stop(self) -> None:
         """Drop the producer for good; an open transaction is left to its timeout."""

@@ -300,12 +300,37 @@ async def _broker_config_int(admin: AIOKafkaAdminClient, key: str) -> int | None
         )
     except (KafkaError, IndexError, KeyError):
         return None
+    return min(_config_ints(responses, key), default=None)
+
+
+async def brokers_least_config_int(options: Mapping[str, Any], key: str) -> int | None:
+    """The least of every broker's integer setting `key`; None if no broker's can be read.
+
+    Brokers differ during a rolling change of a static setting: the least is the safe bound.
+    """
+    try:
+        async with admin_client(options) as admin:
+            brokers = (await admin.describe_cluster())["brokers"]
+            responses = await admin.describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.BROKER, str(b["node_id"]), {key: None})
+                    for b in brokers
+                ]
+            )
+    except (KafkaError, KeyError):
+        return None
+    return min(_config_ints(responses, key), default=None)
+
+
+def _config_ints(responses: list[Any], key: str) -> list[int]:
+    """Every integer value of `key` in DescribeConfigs answers (a resource's error skips it)."""
+    found = []
     for response in responses:
         for error_code, _, _, _, entries, *_ in response.resources:
             for name, value, *_ in () if error_code else entries:
                 if name == key and value is not None and value.isdigit():
-                    return int(value)
-    return None
+                    found.append(int(value))
+    return found
 
 
 def _left(deadline: float) -> float:

@@ -119,6 +119,7 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.late = set()
     FakeAdmin.refused = set()
     FakeAdmin.values = {}
+    FakeAdmin.brokers = {}
     FakeAdmin.silent = False
     FakeAdmin.swallows = False
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)

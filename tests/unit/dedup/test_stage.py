@@ -36,7 +36,7 @@ from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until
 from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
-from tests.unit.sink.fakes import FakeConnection, throttled
+from tests.unit.sink.fakes import FakeAdmin, FakeConnection, throttled
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
 MEMBER = GroupMetadata(GROUP, generation_id=7, member_id="member-7")
@@ -907,6 +907,21 @@ async def test_the_probe_closes_nothing_without_an_answer() -> None:
     await asyncio.sleep(0.1)  # several intervals, each unanswered
     probing.cancel()
     assert fetch.connected()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_probe_reads_the_brokers_id_expiration_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Read at the start only, a week stayed the bound after every broker restarted with an hour.
+    monkeypatch.setattr(transaction_module, "EXPIRATION_REREAD_SECONDS", 0.0)
+    FakeAdmin.brokers = {1: {"transactional.id.expiration.ms": "3600000"}}
+    stage = DedupStage(DedupSettings(), "ingest", {}, Metrics(), probe_seconds=0.01)
+    probing = asyncio.create_task(stage._probe_loop())
+    try:
+        await until(lambda: stage._out._expiration_ms == 3_600_000, 2.0)
+    finally:
+        probing.cancel()
 
 
 @pytest.mark.parametrize(("since", "restored"), [(30, False), (45, True)])

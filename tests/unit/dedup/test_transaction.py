@@ -419,7 +419,7 @@ async def learned(
         assert key == "transactional.id.expiration.ms"
         return expiration_ms
 
-    monkeypatch.setattr(transaction, "brokers_config_int", read)
+    monkeypatch.setattr(transaction, "brokers_least_config_int", read)
     out, producer, _ = stage_producer()
     await out.learn_expiration()
     return out, producer
@@ -450,6 +450,46 @@ async def test_a_producer_that_ended_a_transaction_lately_is_kept(
     await out.commit({TP: 1}, GROUP)
     await out.join(TP)
     assert factory.made == []
+
+
+# A rolling change of transactional.id.expiration.ms (static, not dynamic) to an hour.
+WEEK_MS, HOUR_MS = "604800000", "3600000"
+EXPIRATION = "transactional.id.expiration.ms"
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_id_expiration_is_the_least_of_every_brokers(factory: ProducerFactory) -> None:
+    # Brokers 2 and 3 restarted with an hour, broker 1 not yet: any of them may be, or become,
+    # the id's coordinator. Taken from broker 1, the renewal came after a week's half.
+    FakeAdmin.brokers = {
+        1: {EXPIRATION: WEEK_MS},
+        2: {EXPIRATION: HOUR_MS},
+        3: {EXPIRATION: HOUR_MS},
+    }
+    out, idle, _ = stage_producer()
+    await out.learn_expiration()
+    out._ended -= 31 * 60  # past half the coordinator's hour
+    await out.join(TP)
+    assert steps(idle)[-1] == "stop"
+    assert len(factory.made) == 1
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_id_expiration_is_read_again_after_a_rolling_restart(
+    factory: ProducerFactory,
+) -> None:
+    FakeAdmin.brokers = {1: {EXPIRATION: WEEK_MS}, 2: {EXPIRATION: WEEK_MS}}
+    out, idle, _ = stage_producer()
+    await out.learn_expiration()
+    FakeAdmin.brokers = {1: {EXPIRATION: HOUR_MS}, 2: {EXPIRATION: HOUR_MS}}
+    await out.relearn_expiration()
+    assert len(FakeAdmin.made) == 1  # not yet due
+    out._expiration_read -= transaction.EXPIRATION_REREAD_SECONDS
+    await out.relearn_expiration()
+    out._ended -= 31 * 60
+    await out.join(TP)
+    assert steps(idle)[-1] == "stop"
+    assert len(factory.made) == 1
 
 
 async def test_an_unread_id_expiration_is_taken_as_kafkas_default_a_week(

@@ -255,6 +255,7 @@ class FakeAdmin:
     late: ClassVar[set[str]] = set()
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
+    brokers: ClassVar[dict[int, dict[str, str]]] = {}  # those listed, each overriding `values`
     silent = False  # describe_configs never answered
     # close() as aiokafka's client closes: its own task cancelled and awaited under `except
     # CancelledError: pass`, which swallows a cancellation of the caller landing meanwhile.
@@ -288,6 +289,9 @@ class FakeAdmin:
             return 3
         return 0
 
+    async def describe_cluster(self) -> dict[str, Any]:
+        return {"brokers": [{"node_id": n} for n in sorted(self.brokers)]}
+
     async def describe_configs(self, resources: list[Any]) -> list[Any]:
         self.asked.append([r.name for r in resources])
         if self.silent:
@@ -295,10 +299,13 @@ class FakeAdmin:
         answered = []
         for r in resources:
             code = self._code(r.name)
+            values = (
+                {**self.values, **self.brokers.get(int(r.name), {})}
+                if r.name.isdigit()
+                else self.values
+            )
             entries = (
-                []
-                if code
-                else [(key, self.values.get(key, "1"), False, 1, False) for key in r.configs]
+                [] if code else [(key, values.get(key, "1"), False, 1, False) for key in r.configs]
             )
             answered.append((code, "", 2, r.name, entries))
         return [SimpleNamespace(resources=answered)]
