@@ -226,7 +226,9 @@ class KafkaSettings(_Section):
     # How long a new connection's set-up (TCP, TLS, ApiVersions, SASL) may take: Kafka's
     # socket.connection.setup.timeout.ms, which aiokafka lacks (bridge/sink/connectsetup.py).
     connect_timeout_ms: int = Field(default=10_000, gt=0)
-    metadata_probe_seconds: float = Field(default=5.0, gt=0)
+    # Also the dedup group's metadata.max.age.ms (int(s * 1000): 1e306 overflowed at start-up)
+    # and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
+    metadata_probe_seconds: float = Field(default=5.0, gt=0, le=300)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None

@@ -20,6 +20,7 @@ from aiokafka.errors import TopicAuthorizationFailedError
 
 from bridge import jsoncodec
 from bridge.deadline import by_deadline
+from bridge.dedup.refusals import ACLS
 from bridge.ingest.record import ID, encode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
@@ -461,8 +462,8 @@ class Pipeline:
             # Every webhook is answered 503 until an operator adds the ACL: say which.
             flood.error(
                 "Kafka refuses the bridge Write on the ingest topic: the principal needs an ACL"
-                " allowing Write on Topic BRIDGE_TOPICS__INGEST (deploy/README.md, Strimzi);"
-                " every webhook is answered 503 meanwhile",
+                f" allowing Write on Topic BRIDGE_TOPICS__INGEST ({ACLS}); every webhook is"
+                " answered 503 meanwhile",
                 extra={"topic": self._ingest, "error": type(error).__name__},
             )
         else:

@@ -72,12 +72,13 @@ def refusal(
             f" {settings.group!r} ({ACLS})"
         )
     if isinstance(exc, TopicAuthorizationFailedError):
-        # Raised by the stage's fetches only: aiokafka names the topic it may not read.
-        topic = str(exc.args[0]) if exc.args else "BRIDGE_TOPICS__INGEST"
+        # Raised by the stage's fetches (one topic) or its offset commits (a set of them).
+        topics = refused_topics(exc) or ["BRIDGE_TOPICS__INGEST"]
+        named = ", ".join(repr(t) for t in topics)
+        acls = ", ".join(f"Read on Topic {t!r}" for t in topics)
         return (
-            f"Kafka refuses the dedup stage a read of the ingest topic {topic!r}: the principal"
-            f" needs an ACL allowing Read on Topic {topic!r} ({ACLS}); its events wait there"
-            " meanwhile"
+            f"Kafka refuses the dedup stage a read of the ingest topic {named}: the principal"
+            f" needs an ACL allowing {acls} ({ACLS}); its events wait there meanwhile"
         )
     return None
 

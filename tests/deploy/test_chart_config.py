@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from bridge.config import Settings
-from tests.deploy.tools import ALL_ON, CHART, Manifest, load_yaml, merged, one, render
+from tests.deploy.tools import ALL_ON, CHART, SIGNED, Manifest, load_yaml, merged, one, render
 from tests.integration.certs import make_certs
 
 # Settings the chart takes from Secrets (env) or mounts as files, never from `config`.
@@ -176,3 +176,12 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
     # Where the chart put the secrets, as `check` tells: files by default, else variables.
     origin = "environment" if variant.endswith("as-variables") else "file "
     assert f"BRIDGE_WEBHOOK__SECRETS: {origin}" in done.stderr
+
+
+def test_a_whole_number_past_int64_is_rendered_as_the_number_it_is(tmp_path: Path) -> None:
+    # A values file's numbers reach the templates as float64: int64 of 1e19 (and of any whole
+    # number from 2**63) rendered -9223372036854775808, which the bridge then took or refused.
+    values = tmp_path / "values.yaml"
+    values.write_text("config:\n  websocket:\n    maxBacklogBytes: 10000000000000000000\n")
+    env = one(render(SIGNED, values=values), "ConfigMap", "pinecall-bridge")["data"]
+    assert env["BRIDGE_WEBSOCKET__MAX_BACKLOG_BYTES"] == "10000000000000000000"

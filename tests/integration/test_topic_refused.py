@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from bridge.dedup.refusals import ACLS
 from tests.entries import entry
 from tests.integration.acls import (
     DESCRIBE,
@@ -49,6 +50,7 @@ USERS = (
     "nodlqwrite",
     "noeventsdescribe",
 )
+StartAs = Callable[[str, set[Acl]], Awaitable[RunningBridge]]
 # How long a refused stage is watched once it said why: it fetched again every commit interval
 # (100 ms), a line and a traceback each time, some 150 in this time.
 WATCHED = 15.0
@@ -60,21 +62,22 @@ def authorizing_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         yield broker
 
 
-async def _start(
-    start_bridge: Callable[..., Any],
-    broker: tuple[Broker, str],
-    topics: Topics,
-    user: str,
-    without: set[Acl],
-    *,
-    ready: bool = True,
-) -> RunningBridge:
-    """The bridge as `user`, allowed exactly the documented ACLs but `without`, its topics made."""
-    await _prepare(broker[0], topics, user, without)
-    handle: RunningBridge = await start_bridge(
-        bootstrap=broker[1], kafka=sasl(user), topics={"create": False}, ready=ready
-    )
-    return handle
+@pytest.fixture
+def start_as(
+    start_bridge: Callable[..., Any], authorizing_broker: tuple[Broker, str], topics: Topics
+) -> StartAs:
+    """Starts the bridge as a user (its topics made) on the authorizing broker."""
+
+    async def start(user: str, without: set[Acl]) -> RunningBridge:
+        """The bridge as `user`, allowed exactly the documented ACLs but `without`."""
+        plain, sasl_bootstrap = authorizing_broker
+        await _prepare(plain, topics, user, without)
+        handle: RunningBridge = await start_bridge(
+            bootstrap=sasl_bootstrap, kafka=sasl(user), topics={"create": False}
+        )
+        return handle
+
+    return start
 
 
 async def _prepare(plain: Broker, topics: Topics, user: str, without: set[Acl]) -> None:
@@ -97,13 +100,18 @@ def _errors(caplog: pytest.LogCaptureFixture, *words: str) -> list[logging.LogRe
     ]
 
 
+async def _said_then_watched(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    """Once an ERROR says all `words`: the ERRORs logged in the WATCHED seconds after it."""
+    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
+    first = len(_errors(caplog))
+    await asyncio.sleep(WATCHED)
+    return [r.getMessage() for r in _errors(caplog)[first:]]
+
+
 async def test_a_user_with_exactly_the_documented_acls_works_end_to_end(
-    authorizing_broker: tuple[Broker, str],
-    start_bridge: Callable[..., Any],
-    topics: Topics,
-    unique_call: str,
+    authorizing_broker: tuple[Broker, str], start_as: StartAs, topics: Topics, unique_call: str
 ) -> None:
-    handle = await _start(start_bridge, authorizing_broker, topics, "exact", set())
+    handle = await start_as("exact", set())
     assert (await handle.post(entry(1, call=unique_call)))[0] == 200
     assert (await handle.post(entry(2, call=None, agent=unique_call)))[0] == 200
     assert (await handle.post(b'{"not": "an event"}'))[0] == 202
@@ -116,42 +124,28 @@ async def test_a_user_with_exactly_the_documented_acls_works_end_to_end(
 
 
 async def test_without_write_on_the_ingest_topic_webhooks_get_503_and_the_acl_is_named(
-    authorizing_broker: tuple[Broker, str],
-    start_bridge: Callable[..., Any],
-    topics: Topics,
-    unique_call: str,
-    caplog: pytest.LogCaptureFixture,
+    start_as: StartAs, topics: Topics, unique_call: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    without = {Acl(TOPIC, topics.ingest, WRITE)}
-    handle = await _start(start_bridge, authorizing_broker, topics, "noingestwrite", without)
+    handle = await start_as("noingestwrite", {Acl(TOPIC, topics.ingest, WRITE)})
     before = publish_failures(handle)
     for seq in (1, 2, 3):
         status, body = await handle.post(entry(seq, call=unique_call))
         assert (status, body["error"]) == (503, "kafka_unavailable")
     assert grown(before, publish_failures(handle)) == {"error": 3}
-    said = _errors(caplog, "Write on Topic")
-    # One line, not one per webhook; it names the topic.
+    said = _errors(caplog, "Write on Topic", ACLS)
+    # One line, not one per webhook; it names the topic and where the ACLs are documented.
     assert [r.__dict__["topic"] for r in said] == [topics.ingest]
 
 
 async def test_without_read_on_the_ingest_topic_the_stage_names_it_without_a_line_per_fetch(
-    authorizing_broker: tuple[Broker, str],
-    start_bridge: Callable[..., Any],
-    topics: Topics,
-    unique_call: str,
-    caplog: pytest.LogCaptureFixture,
+    start_as: StartAs, topics: Topics, unique_call: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    without = {Acl(TOPIC, topics.ingest, READ)}
-    handle = await _start(start_bridge, authorizing_broker, topics, "noingestread", without)
+    handle = await start_as("noingestread", {Acl(TOPIC, topics.ingest, READ)})
     # Taken: the event is in the ingest topic, and waits there for the ACL.
     assert (await handle.post(entry(1, call=unique_call)))[0] == 200
-    words = (f"Read on Topic {topics.ingest!r}",)
-    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
-    first = len(_errors(caplog))
-    await asyncio.sleep(WATCHED)
+    after = await _said_then_watched(caplog, f"Read on Topic {topics.ingest!r}")
     assert handle.bridge.readiness.ready(), "webhooks must still be taken"
     # Retried (an ACL added is taken up) with a growing pause: a handful of lines, not 150.
-    after = [r.getMessage() for r in _errors(caplog)[first:]]
     assert 0 < len(after) <= 8, after[-5:]
 
 
@@ -179,7 +173,7 @@ async def test_without_create_the_missing_topics_are_named_and_it_stays_unready(
 @pytest.mark.parametrize("output", ["events", "dlq"])
 async def test_without_write_on_an_output_topic_the_stage_names_it_and_backs_off(
     authorizing_broker: tuple[Broker, str],
-    start_bridge: Callable[..., Any],
+    start_as: StartAs,
     topics: Topics,
     unique_call: str,
     caplog: pytest.LogCaptureFixture,
@@ -188,16 +182,12 @@ async def test_without_write_on_an_output_topic_the_stage_names_it_and_backs_off
     topic = getattr(topics, output)
     user = f"no{output}write"
     without = {Acl(TOPIC, topic, WRITE)}
-    handle = await _start(start_bridge, authorizing_broker, topics, user, without)
+    handle = await start_as(user, without)
     # Taken: it waits in the ingest topic for the ACL.
     body = entry(1, call=unique_call) if output == "events" else b'{"not": "an event"}'
     assert (await handle.post(body))[0] in (200, 202)
-    words = (f"Write on Topic {topic!r}",)
-    await until(lambda: _errors(caplog, *words), 60, 0.1, f"an ERROR saying {words}")
-    first = len(_errors(caplog))
-    await asyncio.sleep(WATCHED)
+    after = await _said_then_watched(caplog, f"Write on Topic {topic!r}")
     # Retried with a growing pause (1, 2, 4, 8 s): a few lines, not a lost partition every 2 s.
-    after = [r.getMessage() for r in _errors(caplog)[first:]]
     assert 0 < len(after) <= 4, after
     assert not _errors(caplog, "dedup partition lost")
     # The ACL added, the next retry (within 30 s) writes what waited.

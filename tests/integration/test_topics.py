@@ -38,6 +38,8 @@ from tests.polling import until
 
 OWNED = "pinecall_bridge_dedup_partitions_owned"
 PARTITIONS = "pinecall_bridge_ingest_partitions"
+# Said of a deleted output topic: its events wait for it.
+WAIT = "wait in the ingest topic"
 
 
 async def test_bridge_creates_its_topics(
@@ -347,14 +349,34 @@ async def test_alter_topic_changes_what_it_is_given_and_keeps_the_topics_other_c
     }
 
 
+async def watching(
+    start_bridge: Callable[..., Any], caplog: pytest.LogCaptureFixture, **settings: Any
+) -> RunningBridge:
+    """A bridge checking its topics every 0.2 s, its INFO lines captured; `settings` its others."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2}, **settings)
+    return bridge
+
+
+async def deleted(
+    bridge: RunningBridge, caplog: pytest.LogCaptureFixture, bootstrap: str, topic: str, words: str
+) -> str:
+    """Delete `topic` under `bridge`; once it said `words` and counts it missing, that series."""
+    async with admin_client(bootstrap) as admin:
+        await admin.delete_topics([topic])
+    await until(lambda: said(caplog, words), within=30)
+    missing = problem(topic, "missing")
+    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    return missing
+
+
 async def test_an_ingest_retention_shortened_while_running_is_logged_once_and_its_fix_too(
     start_bridge: Callable[..., Any],
     topics: Topics,
     kafka_bootstrap: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.service")
-    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
+    bridge = await watching(start_bridge, caplog)
     good = (await topic_config(kafka_bootstrap, topics.ingest))["retention.ms"]
     # An admin's change: a restore after a crash can no longer see a whole TTL of ids.
     await alter_topic(kafka_bootstrap, topics.ingest, {"retention.ms": "60000"})
@@ -376,13 +398,8 @@ async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait
     unique_call: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.service")
-    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
-    async with admin_client(kafka_bootstrap) as admin:
-        await admin.delete_topics([topics.events])
-    await until(lambda: said(caplog, "wait in the ingest topic"), within=30)
-    missing = problem(topics.events, "missing")
-    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    bridge = await watching(start_bridge, caplog)
+    missing = await deleted(bridge, caplog, kafka_bootstrap, topics.events, WAIT)
     # The ingest topic has it: taken, and output once the topic exists again.
     assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
     await create_topic(kafka_bootstrap, topics.events, 3)
@@ -404,13 +421,8 @@ async def test_a_dead_letter_topic_deleted_while_running_holds_its_letters_not_t
     unique_call: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.service")
-    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2})
-    async with admin_client(kafka_bootstrap) as admin:
-        await admin.delete_topics([topics.dlq])
-    await until(lambda: said(caplog, "wait in the ingest topic"), within=30)
-    missing = problem(topics.dlq, "missing")
-    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    bridge = await watching(start_bridge, caplog)
+    missing = await deleted(bridge, caplog, kafka_bootstrap, topics.dlq, WAIT)
     # Taken: the ingest topic has it. Its transaction fails until the topic is back, and with it
     # the events of its ingest partition only; those of the others are output meanwhile.
     assert (await bridge.post(b'{"not": "an event"}'))[0] == 202
@@ -445,11 +457,8 @@ async def test_an_ingest_topic_deleted_where_topics_are_auto_created_is_said_and
     unique_call: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.service")
     bootstrap = auto_creating.bootstrap
-    bridge: RunningBridge = await start_bridge(
-        bootstrap=bootstrap, dedup={"topic_check_seconds": 0.2}
-    )
+    bridge = await watching(start_bridge, caplog, bootstrap=bootstrap)
     calls = [call_on(p, 3, unique_call) for p in range(3)]
     for call in calls:
         assert (await bridge.post(entry(1, call=call)))[0] == 200
@@ -498,19 +507,13 @@ async def test_an_ingest_topic_deleted_while_running_is_refused_said_and_taken_a
     unique_call: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge")
-    bridge: RunningBridge = await start_bridge(
-        dedup={"topic_check_seconds": 0.2}, kafka={"publish_timeout_seconds": 2}
-    )
+    bridge = await watching(start_bridge, caplog, kafka={"publish_timeout_seconds": 2})
     before = [entry(n, call=unique_call) for n in range(1, 6)]
     for item in before:
         assert (await bridge.post(item))[0] == 200
     await read_decided(kafka_bootstrap, topics, [topics.events])
-    async with admin_client(kafka_bootstrap) as admin:
-        await admin.delete_topics([topics.ingest])
-    await until(lambda: said(caplog, "answered 503 until it exists again"), within=30)
-    missing = problem(topics.ingest, "missing")
-    await until_metrics(bridge, lambda m: m.get(missing) == 1)
+    refused = "answered 503 until it exists again"
+    await deleted(bridge, caplog, kafka_bootstrap, topics.ingest, refused)
     status, body = await bridge.post(entry(6, call=unique_call))
     assert (status, body.get("error")) == (503, "kafka_unavailable")
     # Ready on purpose (README, "The ingest topic deleted"): the timeout above turned it unready

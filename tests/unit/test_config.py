@@ -1100,6 +1100,20 @@ def test_a_request_timeout_kafka_cannot_encode_is_refused(monkeypatch: pytest.Mo
     assert load_settings().kafka.request_timeout_ms == 2**31 - 1
 
 
+@pytest.mark.parametrize("probe", ["301", "1e306"])
+def test_a_metadata_probe_past_kafkas_metadata_age_is_refused(
+    monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    # It is the dedup group's metadata.max.age.ms too: 1e306 s passed, then int(s * 1000) raised
+    # OverflowError at start-up; a day's probe left readiness blind to Kafka for a day.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__METADATA_PROBE_SECONDS": probe})
+    assert problems() == [
+        "BRIDGE_KAFKA__METADATA_PROBE_SECONDS: Input should be less than or equal to 300"
+    ]
+    monkeypatch.setenv("BRIDGE_KAFKA__METADATA_PROBE_SECONDS", "300")  # at the bound
+    assert load_settings().kafka.metadata_probe_seconds == 300
+
+
 def test_an_ingest_retention_kafka_cannot_hold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # The TTL plus the margin is the ingest topic's retention.ms, a 64-bit long for the broker:
     # past it every creation is refused (InvalidConfig) and the start retried for ever.

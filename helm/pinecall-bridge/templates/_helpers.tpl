@@ -53,7 +53,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 One config value as the environment variable's text. Helm reads YAML numbers as float64,
-which would print 1048576 as 1.048576e+06: whole numbers are printed as integers.
+which would print 1048576 as 1.048576e+06: whole numbers are printed as integers, with printf
+rather than int64, which turned 1e19 (past int64) into -9223372036854775808.
 Lists of objects and objects are JSON; other lists are comma-separated.
 */}}
 {{- define "pinecall-bridge.envValue" -}}
@@ -61,7 +62,7 @@ Lists of objects and objects are JSON; other lists are comma-separated.
 {{- if kindIs "map" (first .) }}{{ toJson . }}{{ else }}{{ join "," . }}{{ end }}
 {{- else if kindIs "map" . }}{{ toJson . }}
 {{- else if kindIs "float64" . }}
-{{- if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- if eq . (floor .) }}{{ printf "%.0f" . }}{{ else }}{{ . }}{{ end }}
 {{- else }}{{ . }}
 {{- end }}
 {{- end }}

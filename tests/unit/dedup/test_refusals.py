@@ -35,6 +35,15 @@ def test_each_refusal_names_what_to_change() -> None:
     assert "Read on Topic 'pinecall.ingest'" in read
 
 
+def test_a_refused_read_names_each_topic_of_a_set() -> None:
+    # aiokafka's offset commit names a set of topics: each named as itself, not as "{'a'}".
+    read = refusal(TopicAuthorizationFailedError({"pinecall.ingest"}), SETTINGS, "g1-dedup-x")
+    assert read is not None
+    assert "ingest topic 'pinecall.ingest':" in read
+    assert "Read on Topic 'pinecall.ingest' (" in read
+    assert "{" not in read
+
+
 def test_a_known_brokers_max_is_named_and_an_unknown_one_is_not_guessed() -> None:
     known = refusal(InvalidTransactionTimeout(), SETTINGS, "g1-dedup-x", 5000)
     assert known is not None
