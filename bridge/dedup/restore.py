@@ -33,6 +33,49 @@ RESTORE_FETCH_BYTES = 1024 * 1024
 RESTORE_BATCH_RECORDS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
 PROGRESS_SCAN_SECONDS = 10.0
+# How long a read may go with no record, no move of its position and no throttle answered before
+# it is called stalled. Longer than a broker's longest throttle (its quota window, 11 s by
+# default): under a fetch quota shared by every partition restoring at once, a partition waits
+# its turn for a minute or more, answered with a throttle every few seconds meanwhile.
+STALL_SECONDS = 30.0
+
+
+class RestoreStalledError(TimeoutError):
+    """A read got nothing from its broker for STALL_SECONDS; `position` is where it stopped."""
+
+    def __init__(self, tp: TopicPartition, position: int) -> None:
+        super().__init__(f"restore of {tp.topic}-{tp.partition} stalled at {position}")
+        self.position = position
+        self.read = 0  # the ids replayed before it, once _replay knows
+
+
+class StallWatch:
+    """Whether a partition's read has stalled. Pure: the caller says what happened, and when.
+
+    Progress is its position moving (records, or aborted records and control batches skipped)
+    or a broker answering with a throttle (held back by a quota, not gone); a stall is neither
+    for `limit` seconds.
+    """
+
+    def __init__(self, position: int, now: float, limit: float) -> None:
+        self.position = position
+        self.limit = limit
+        self._since = now
+
+    def answered(self, now: float) -> None:
+        """A broker answered the read with a throttle."""
+        self._since = max(self._since, now)
+
+    def resumed(self, now: float) -> None:
+        """The read starts over with a new consumer: its clock too."""
+        self._since = max(self._since, now)
+
+    def stalled(self, position: int, now: float) -> bool:
+        """After a fetch that left the read at `position`: True once nothing moved for `limit`."""
+        if position != self.position:
+            self.position = position
+            self._since = max(self._since, now)
+        return now - self._since >= self.limit
 
 
 async def restore(
@@ -48,7 +91,53 @@ async def restore(
 
     `progress`, when given, also learns each call log's progress from the same records;
     `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
+    A replay that stalls goes on where it stopped, with a new consumer.
     """
+    loop = asyncio.get_running_loop()
+    watch = StallWatch(0, loop.time(), STALL_SECONDS)
+
+    def answered(seconds: float) -> None:
+        watch.answered(loop.time())
+        if throttled is not None:
+            throttled(seconds)
+
+    consumer = await _started(options, tp, answered)
+    try:
+        start = await _window_start(consumer, tp, end, ttl, watch)
+        read = 0
+        while True:
+            try:
+                read += await _replay(consumer, tp, start, end, window, progress, watch)
+                break
+            except RestoreStalledError as stall:
+                # The ids replayed so far stay in the window: starting over from the window's
+                # start would throw them away, and a slow read would never finish.
+                read += stall.read
+                start = stall.position
+                log.warning(
+                    "dedup restore got nothing from the broker for a while (no record, no"
+                    " throttle); going on from where it stopped with a new consumer",
+                    extra={
+                        "partition": tp.partition,
+                        "offset": start,
+                        "records_left": end - start,
+                        "stalled_s": STALL_SECONDS,
+                    },
+                )
+                await stop_consumer(consumer)
+                consumer = await _started(options, tp, answered)
+                watch.resumed(loop.time())
+        if progress is not None:
+            await _progress_past(consumer, tp, end, progress, watch)
+        return read
+    finally:
+        await stop_consumer(consumer)
+
+
+async def _started(
+    options: dict[str, Any], tp: TopicPartition, throttled: Callable[[float], None]
+) -> AIOKafkaConsumer:
+    """A started consumer assigned `tp` alone, reading as the stage does."""
     consumer = AIOKafkaConsumer(
         **options,
         group_id=None,
@@ -63,43 +152,36 @@ async def restore(
         max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
         fetch_max_bytes=RESTORE_FETCH_BYTES,
     )
-    if throttled is not None:
-        watch_throttle(consumer, throttled)
+    # Watched always: a throttle answered tells a read held back by a quota from a stalled one.
+    watch_throttle(consumer, throttled)
     await start_consumer(consumer)
-    try:
-        consumer.assign([tp])
-        read = await _restore_window(consumer, tp, end, window, ttl, progress)
-        if progress is not None:
-            await _progress_past(consumer, tp, end, progress)
-        return read
-    finally:
-        await stop_consumer(consumer)
+    consumer.assign([tp])
+    return consumer
 
 
-async def _restore_window(
-    consumer: AIOKafkaConsumer,
-    tp: TopicPartition,
-    end: int,
-    window: SeenWindow,
-    ttl: float,
-    progress: PartitionProgress | None,
+async def _window_start(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, ttl: float, watch: StallWatch
 ) -> int:
+    """The first offset of the window to replay: `end` when there is nothing to replay."""
     first = (await consumer.beginning_offsets([tp]))[tp]
     if end <= first:
-        return 0
-    last = await _read_one(consumer, tp, end - 1)
+        return end
+    last = await _read_one(consumer, tp, end - 1, watch)
     # Nothing readable at or after end - 1 (a control or aborted record of another writer last,
     # or retention meanwhile): what comes next is appended from now on, so the TTL before now
     # covers it, started a skew allowance early: the broker's clock (append times) may lag ours.
     moment = last.timestamp if last is not None else (time.time() - SKEW_ALLOWANCE_SECONDS) * 1000
     found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
-    start = max(at.offset if at is not None else end, first)
-    return await _replay(consumer, tp, start, end, window, progress)
+    return int(max(at.offset if at is not None else end, first))
 
 
 async def _progress_past(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, progress: PartitionProgress
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    end: int,
+    progress: PartitionProgress,
+    watch: StallWatch,
 ) -> None:
     """The call logs' progress in the records past the committed offset too (headers only).
 
@@ -108,9 +190,9 @@ async def _progress_past(
     published again. Bounded in time: a cut-short read only resumes followers further back.
     """
     high = (await consumer.end_offsets([tp]))[tp]
-    # The time bound ends the scan long before _batches' idle limit could raise.
+    # The time bound ends the scan before _batches' stall limit could raise.
     until = asyncio.get_running_loop().time() + PROGRESS_SCAN_SECONDS
-    async for batch in _batches(consumer, tp, end, high, until):
+    async for batch in _batches(consumer, tp, end, high, watch, until):
         for record in batch:
             event_id = decided_id(record.value, record.headers)
             if event_id is not None:
@@ -123,17 +205,23 @@ async def _progress_past(
         )
 
 
-async def _read_one(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> Any:
+async def _read_one(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, watch: StallWatch
+) -> Any:
     """The record at `offset`, or the first readable one after it (append times never go back,
     so its time is as good a bound); None when there is none."""
     consumer.seek(tp, offset)
-    for _ in range(20):
+    loop = asyncio.get_running_loop()
+    watch.stalled(offset, loop.time())
+    while True:
         batch = (await consumer.getmany(tp, timeout_ms=_FETCH_MS, max_records=1)).get(tp, [])
         if batch:
             return batch[0]
-        if (await consumer.position(tp)) > offset:
+        position = await consumer.position(tp)
+        if position > offset:
             return None
-    raise TimeoutError(f"could not read offset {offset} of {tp.topic}-{tp.partition}")
+        if watch.stalled(position, loop.time()):
+            raise RestoreStalledError(tp, position)
 
 
 async def _replay(
@@ -143,41 +231,51 @@ async def _replay(
     end: int,
     window: SeenWindow,
     progress: PartitionProgress | None,
+    watch: StallWatch,
 ) -> int:
+    """Replay [start, end) into `window`: the ids read. A stall says how many it read before."""
     read = 0
     observe = window.observe
-    async for batch in _batches(consumer, tp, start, end):
-        for record in batch:
-            event_id = decided_id(record.value, record.headers)
-            if event_id is not None:
-                observe(digest(event_id), record.timestamp / 1000)
-                if progress is not None:
-                    progress.observe(event_id, record.headers)
-                read += 1
+    try:
+        async for batch in _batches(consumer, tp, start, end, watch):
+            for record in batch:
+                event_id = decided_id(record.value, record.headers)
+                if event_id is not None:
+                    observe(digest(event_id), record.timestamp / 1000)
+                    if progress is not None:
+                        progress.observe(event_id, record.headers)
+                    read += 1
+    except RestoreStalledError as stall:
+        stall.read = read
+        raise
     return read
 
 
 async def _batches(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, until: float | None = None
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    end: int,
+    watch: StallWatch,
+    until: float | None = None,
 ) -> AsyncIterator[list[Any]]:
     """The records of [start, end) as fetched, batch by batch; none fetched after `until`.
 
-    Raises TimeoutError when fetches keep coming back empty short of `end`.
+    Raises RestoreStalledError when `watch` calls the read stalled short of `end`.
     """
     consumer.seek(tp, start)
     loop = asyncio.get_running_loop()
-    idle = 0
     position = start
+    watch.stalled(position, loop.time())
     while position < end and (until is None or loop.time() < until):
         got = await consumer.getmany(tp, timeout_ms=_FETCH_MS, max_records=RESTORE_BATCH_RECORDS)
         batch = got.get(tp, [])
         if not batch:
-            idle += 1
-            if idle > 60:
-                raise TimeoutError(f"restore of {tp.topic}-{tp.partition} stalled at {position}")
+            # An empty fetch may still move the position (aborted records, control batches).
             position = await consumer.position(tp)
+            if watch.stalled(position, loop.time()):
+                raise RestoreStalledError(tp, position)
             continue
-        idle = 0
         if batch[-1].offset >= end:  # offsets only grow: what is past the end is the tail
             batch = [record for record in batch if record.offset < end]
             if batch:
@@ -185,3 +283,4 @@ async def _batches(
             return
         yield batch
         position = batch[-1].offset + 1
+        watch.stalled(position, loop.time())

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from aiokafka import TopicPartition
+
+from bridge.dedup.restore import restore
+from bridge.dedup.window import SeenWindow
 from tests.integration.conftest import (
     SECRET,
     RunningBridge,
     Topics,
+    call_on,
     client_quotas,
+    create_topic,
     entry,
+    ingest_records,
     read_decided,
+    write_ingest,
 )
 from tests.metrics import sample
 from tests.polling import until
@@ -28,6 +38,11 @@ SENDING_SECONDS = 10.0
 # A fetch quota the dedup consumer's first fetch of `FETCHED` events is well over.
 FETCH_QUOTA = 10_000.0
 FETCHED = 40
+# Partitions restored at once under one fetch quota, each well within the quota's window (the
+# most a broker answers a fetch with): they take turns, each waiting the others' throttles.
+RESTORED_PARTITIONS = 4
+RESTORED_RECORDS = 50
+RESTORE_QUOTA = 2_000.0
 # Pinecall waits Retry-After (5 s) before a retry: shorter here, so the test takes seconds.
 RETRY_SECONDS = 0.5
 
@@ -137,3 +152,38 @@ async def test_a_fetch_quota_throttling_a_partitions_restore_is_counted(
     # What was throttled was the restore of the window the first member decided.
     restored = "pinecall_bridge_dedup_restored_ids_total"
     await until(lambda: sample(after.metrics, restored) >= FETCHED, within=60, what=restored)
+
+
+async def test_partitions_restoring_at_once_under_a_fetch_quota_all_finish(
+    kafka_bootstrap: str, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A takeover restores every owned partition at once, all under the client id's one quota:
+    # a partition waited its turn over 30 s of empty fetches, was called stalled and started
+    # over from its first record, for good while the others kept the quota busy.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    await create_topic(
+        kafka_bootstrap,
+        topics.ingest,
+        RESTORED_PARTITIONS,
+        {"message.timestamp.type": "LogAppendTime"},
+    )
+    records = []
+    for partition in range(RESTORED_PARTITIONS):
+        call = call_on(partition, RESTORED_PARTITIONS, "CA_restore")
+        records += ingest_records(topics, call, range(RESTORED_RECORDS))
+    await write_ingest(kafka_bootstrap, records)
+    client_id = f"quota-{uuid.uuid4().hex[:8]}"
+    throttles: list[float] = []
+    options = {"bootstrap_servers": kafka_bootstrap, "client_id": client_id}
+
+    async def restored(partition: int) -> int:
+        tp = TopicPartition(topics.ingest, partition)
+        window = SeenWindow(3600.0, 10_000)
+        return await restore(options, tp, RESTORED_RECORDS, window, 3600.0, None, throttles.append)
+
+    async with client_quotas(kafka_bootstrap, client_id, {"consumer_byte_rate": RESTORE_QUOTA}):
+        ids = await asyncio.gather(*(restored(p) for p in range(RESTORED_PARTITIONS)))
+    assert ids == [RESTORED_RECORDS] * RESTORED_PARTITIONS
+    assert throttles  # held back by the quota indeed
+    # Waiting for its turn is not a stall: no partition read was given up and started over.
+    assert [r.getMessage() for r in caplog.records if r.name == "bridge.dedup.restore"] == []

@@ -178,6 +178,11 @@ class FakeLog:
     throttle_ms: int = 0  # the throttle time each fetch is answered with (a fetch quota)
     fetch_bytes: list[int | None] = field(default_factory=list)  # each consumer's partition fetch
     records_asked: list[int | None] = field(default_factory=list)  # each getmany's max_records
+    # The first consumer's fetches get nothing once it has this many records (a broker cut).
+    cut_after: int | None = None
+    # The fetches that get nothing before the next consumers' first records (a slow reconnect).
+    empty_after_cut: int = 0
+    handed: int = 0  # records fetched, by every consumer
 
     def append(self, record: FakeRecord, *, aborted: bool = False) -> None:
         self.records.append(LoggedRecord(**vars(record), aborted=aborted))
@@ -185,14 +190,25 @@ class FakeLog:
     def consumer(self, **options: Any) -> FakeLogConsumer:
         self.isolation.append(options.get("isolation_level", "read_uncommitted"))
         self.fetch_bytes.append(options.get("max_partition_fetch_bytes"))
-        return FakeLogConsumer(self, self.isolation[-1])
+        first = self.starts == 0
+        return FakeLogConsumer(
+            self,
+            self.isolation[-1],
+            cut_after=self.cut_after if first else None,
+            empty_first=0 if first else self.empty_after_cut,
+        )
 
 
 class FakeLogConsumer:
     """The calls restore makes of an AIOKafkaConsumer, over a FakeLog."""
 
-    def __init__(self, log: FakeLog, isolation: str) -> None:
+    def __init__(
+        self, log: FakeLog, isolation: str, cut_after: int | None = None, empty_first: int = 0
+    ) -> None:
         self._log, self._isolation = log, isolation
+        self._empty_first = empty_first
+        self._cut_after = cut_after
+        self._handed = 0
         self._position = 0
         self._client = Connections(throttled(log.throttle_ms))  # what quotas.py watches
 
@@ -238,14 +254,24 @@ class FakeLogConsumer:
     ) -> dict[TopicPartition, list[LoggedRecord]]:
         await self._client.send(0, "fetch")
         self._log.records_asked.append(max_records)
+        if self._empty_first > 0:
+            self._empty_first -= 1
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
         out: list[LoggedRecord] = []
         for r in self._log.records:
             if r.offset < max(self._position, self._log.log_start):
                 continue
+            if self._cut_after is not None and self._handed + len(out) >= self._cut_after:
+                if not out:
+                    await asyncio.sleep(timeout_ms / 1000)  # a fetch waits out its timeout
+                break
             self._position = r.offset + 1
             if r.aborted and self._isolation == "read_committed":
                 continue
             out.append(r)
             if max_records is not None and len(out) >= max_records:
                 break
+        self._handed += len(out)
+        self._log.handed += len(out)
         return {partition: out} if out else {}

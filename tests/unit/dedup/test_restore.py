@@ -156,3 +156,64 @@ async def test_a_restore_holds_no_more_than_memoryfit_counts_a_partition(log: Fa
     decoded = max(n or 0 for n in asked) * DECODED_RECORD_BYTES
     # The fetch being read, the next one in flight, and one read's records decoded.
     assert 2 * fetch + decoded <= RESTORE_BYTES_PER_PARTITION
+
+
+def test_a_read_whose_position_moves_never_stalls() -> None:
+    # Empty fetches that skip aborted records or control batches still move the position.
+    watch = restore_module.StallWatch(0, now=0.0, limit=30.0)
+    assert [watch.stalled(p, now=20.0 * p) for p in range(1, 6)] == [False] * 5
+
+
+def test_a_read_answered_with_throttles_never_stalls() -> None:
+    # A fetch quota shared by every partition restoring at once: a partition waits its turn
+    # for minutes, its position still, answered with a throttle every few seconds meanwhile.
+    watch = restore_module.StallWatch(7, now=0.0, limit=30.0)
+    for second in range(10, 300, 10):
+        watch.answered(now=second - 1.0)
+        assert not watch.stalled(7, now=float(second))
+
+
+def test_a_read_with_no_move_and_no_answer_stalls_after_the_limit() -> None:
+    watch = restore_module.StallWatch(7, now=0.0, limit=30.0)
+    watch.answered(now=5.0)
+    assert not watch.stalled(7, now=34.9)
+    assert watch.stalled(7, now=35.0)
+    assert not watch.stalled(8, now=36.0)  # a move starts the limit over
+    assert watch.stalled(8, now=66.0)
+
+
+async def test_a_stalled_restore_goes_on_from_where_it_stopped(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The broker is cut mid-restore: the first consumer gets nothing past offset 599 (and the
+    # last record, read for its time). The
+    # ids replayed before it stay; the next consumer reads on from 600, not from the start.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
+    monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
+    for n in range(1_000):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    log.cut_after = 601
+    window = SeenWindow(TTL, 10_000)
+    assert await restore({}, TP, 1_000, window, TTL) == 1_000
+    assert seen(window, "CA_1:0", "CA_1:599", "CA_1:600", "CA_1:999") == [True] * 4
+    assert log.starts == 2
+    assert log.handed == 1_000 + 1  # each record once, and the last one read for its time
+    (warning,) = [r for r in caplog.records if "going on from where it stopped" in r.getMessage()]
+    assert (warning.__dict__["offset"], warning.__dict__["records_left"]) == (600, 400)
+
+
+async def test_a_resumed_restore_gives_its_new_consumer_the_whole_limit(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The new consumer's first fetches come back empty (its connection still being made): that
+    # is no stall of its own, though its position has not moved since the last one's stall.
+    monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
+    monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
+    for n in range(1_000):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    log.cut_after = 601
+    log.empty_after_cut = 3
+    window = SeenWindow(TTL, 10_000)
+    assert await restore({}, TP, 1_000, window, TTL) == 1_000
+    assert log.starts == 2
