@@ -181,6 +181,12 @@ class Metrics:
             " (which refuses them): answered 2xx, published nowhere.",
             registry=r,
         )
+        self.dedup_output_unknown_topic = Counter(
+            f"{PREFIX}_dedup_output_unknown_topic_total",
+            "Output records the dedup stage skipped because they name a topic it is not configured"
+            " with and that does not exist: answered 2xx, published nowhere.",
+            registry=r,
+        )
         self.publish_failures = Counter(
             f"{PREFIX}_publish_failures_total",
             "Records Kafka did not acknowledge in time or refused, by reason.",

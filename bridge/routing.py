@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
@@ -10,6 +11,10 @@ from bridge.config import RoutingRule, TopicSettings
 from bridge.normalise.event import Event
 
 DropReason = Literal["ephemeral", "marker"]
+StageOutput = Literal["write", "look_up", "skip"]
+# How long the dedup stage takes a topic it found missing to be missing still: records naming it
+# meanwhile are skipped without a cluster metadata request each.
+MISSING_RECHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +68,21 @@ def record_key(event: Event) -> bytes | None:
     if event.org is not None:
         return event.org.encode()
     return None
+
+
+def stage_output(
+    topic: str,
+    configured: Collection[str],
+    existing: Collection[str],
+    missing_since: float | None,
+    now: float,
+) -> StageOutput:
+    """What the dedup stage does with an output record naming `topic`: it writes its own output
+    topics, and those that exist (another pod's routing, during a rolling update); any other is
+    looked up, and skipped while missing: sent, its metadata wait failed the transaction at every
+    retry, or a cluster that auto-creates topics made it with its defaults."""
+    if topic in configured or topic in existing:
+        return "write"
+    if missing_since is not None and now - missing_since < MISSING_RECHECK_SECONDS:
+        return "skip"
+    return "look_up"

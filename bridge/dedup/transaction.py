@@ -51,6 +51,7 @@ from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
+from bridge.routing import stage_output
 from bridge.sink.clienttasks import bootstrapped, cut_short, start_client
 from bridge.sink.kafka import (
     TRANSACTIONAL_ID_EXPIRATION_MS,
@@ -120,6 +121,7 @@ class _Transaction:
     timings: list[tuple[float, float | None]] = field(default_factory=list)
     too_large: int = 0  # output records skipped: their topic cannot take them
     keyless: int = 0  # output records skipped: keyless, for a topic that compacts
+    unknown_topic: int = 0  # output records skipped: their topic is not configured, nor exists
     invalid: int = 0  # ingest records skipped: not written by the bridge
     # aiokafka commits a transaction even when one of its sends failed (that record is then
     # silently missing): the first failure of its sends, checked before commit. Kept here, not
@@ -152,6 +154,10 @@ class StageProducer:
         self._limits = limits
         # Not the ingest topic, which it never writes: its limit must not shrink the batches.
         self._writes = set(writes)
+        # Topics not among `writes` that ingest records name (another pod's routing): those
+        # found to exist, and when each missing one was last looked up.
+        self._existing: set[str] = set()
+        self._missing: dict[str, float] = {}
         self.transactional_id = transactional_id(settings.group, settings.instance_id)
         self._producer: GroupCommitProducer | None = None
         self._starting = asyncio.Lock()
@@ -336,6 +342,21 @@ class StageProducer:
         txn, producer, out = self._txn, self._producer, entry.output
         if txn is None or producer is None:
             raise TransactionLostError("error", self.partitions)
+        # Its own output topics first: no clock read nor call per record on the hot path.
+        if out.topic not in self._writes and not await self._may_write(out.topic, producer):
+            txn.unknown_topic += 1
+            flood.error(
+                "output record for a topic the dedup stage is not configured with and that does"
+                " not exist (a routing rule's, removed and its topic deleted, or a record written"
+                " by hand); skipped (it stays in the ingest topic)",
+                extra={
+                    "partition": tp.partition,
+                    "offset": offset,
+                    "event_id": entry.event_id,
+                    "topic": out.topic,
+                },
+            )
+            return
         size = record_size(out)
         if size > self._limits.limit(out.topic):
             # Its output topic takes smaller records than the ingest topic did: sending it would
@@ -377,6 +398,21 @@ class StageProducer:
         txn.published[out.topic] += 1
         if not entry.redriven:  # received days ago, maybe: no latency of the bridge's now
             txn.timings.append((entry.received_at, entry.event_time))
+
+    async def _may_write(self, topic: str, producer: GroupCommitProducer) -> bool:
+        """Whether `topic` is written: configured, or found to exist (stage_output)."""
+        now = time.monotonic()
+        verdict = stage_output(topic, self._writes, self._existing, self._missing.get(topic), now)
+        if verdict != "look_up":
+            return verdict == "write"
+        # The whole cluster's metadata: a look-up by name asks a broker that auto-creates topics
+        # to make it, as the producer's own wait for the topic's partitions would.
+        if topic in (await producer.client.fetch_all_metadata()).topics():
+            self._existing.add(topic)
+            self._missing.pop(topic, None)
+            return True
+        self._missing[topic] = now
+        return False
 
     async def commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
         """Commit the open transaction with the offsets it consumed; no-op without one."""
@@ -511,6 +547,8 @@ class StageProducer:
             m.dedup_output_too_large.inc(txn.too_large)
         if txn.keyless:
             m.dedup_output_keyless_refused.inc(txn.keyless)
+        if txn.unknown_topic:
+            m.dedup_output_unknown_topic.inc(txn.unknown_topic)
         if txn.invalid:
             m.ingest_invalid.inc(txn.invalid)
         now = time.time()

@@ -514,13 +514,15 @@ async def delete_ingest(bootstrap: str, names: Topics, keep: int = 0) -> None:
         )
 
 
-def ingest_records(names: Topics, call: str, seqs: Iterable[int]) -> list[Record]:
-    """Ingest records of webhook events `call:seq`, each bound for the events topic."""
+def ingest_records(
+    names: Topics, call: str, seqs: Iterable[int], topic: str | None = None
+) -> list[Record]:
+    """Ingest records of webhook events `call:seq`, each bound for `topic` (the events topic)."""
     return [
         encode(
             names.ingest,
             f"{call}:{seq}",
-            Record(names.events, call.encode(), f"{call}:{seq}".encode()),
+            Record(topic or names.events, call.encode(), f"{call}:{seq}".encode()),
             "webhook",
             1.0,
         )

@@ -883,3 +883,27 @@ async def test_an_idle_stage_fetches_twice_a_second_and_opens_no_transaction(
     assert (
         sample(handle.metrics, "pinecall_bridge_dedup_transactions_total", outcome="committed") == 0
     )
+
+
+async def test_a_record_naming_a_topic_that_does_not_exist_is_skipped_and_creates_none(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """An ingest record naming an output topic this stage is not configured with and that does
+    not exist (a routing rule removed and its topic deleted, a record by hand) is skipped and
+    counted: its send timed out at every retry, stalling its partition and every one sharing its
+    transaction for good (or, where the cluster auto-creates topics, made one)."""
+    nowhere = topics.events + ".removed"
+    bridge: RunningBridge = await start_bridge()
+    await write_ingest(kafka_bootstrap, ingest_records(topics, unique_call, [1], nowhere))
+    await post_all(bridge, [entry(2, call=unique_call), entry(3, call=unique_call)])
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    await until_sample([bridge], "pinecall_bridge_dedup_output_unknown_topic_total", 1)
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (2, 3)]
+    lost = sum(
+        sample(bridge.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
+        for reason in ("error", "timeout")
+    )
+    assert lost == 0
+    async with admin_client(kafka_bootstrap) as admin:
+        assert nowhere not in await admin.list_topics()

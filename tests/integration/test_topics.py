@@ -29,10 +29,12 @@ from tests.integration.conftest import (
     describe,
     entry,
     has_id,
+    ingest_records,
     own_broker,
     read_decided,
     topic_config,
     until_metrics,
+    write_ingest,
 )
 from tests.polling import until
 
@@ -479,6 +481,25 @@ async def test_an_ingest_topic_deleted_where_topics_are_auto_created_is_said_and
     changed = "partition count changed while running"
     await until(lambda: said(caplog, changed), within=30)
     await until_metrics(bridge, lambda m: m.get(problem(topics.ingest, "timestamp_type")) == 1)
+
+
+@pytest.mark.timeout(240)
+async def test_a_record_naming_a_missing_topic_creates_none_where_topics_are_auto_created(
+    auto_creating: Broker, start_bridge: Callable[..., Any], topics: Topics, unique_call: str
+) -> None:
+    """An ingest record naming a topic the stage is not configured with and that does not exist
+    is skipped: its send made the topic, with the cluster's defaults, and output it there."""
+    bootstrap = auto_creating.bootstrap
+    bridge: RunningBridge = await start_bridge(bootstrap=bootstrap)
+    nowhere = topics.events + ".removed"
+    await write_ingest(bootstrap, ingest_records(topics, unique_call, [1], nowhere))
+    assert (await bridge.post(entry(2, call=unique_call)))[0] == 200
+    events = await read_decided(bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:2"]
+    unknown = "pinecall_bridge_dedup_output_unknown_topic_total"
+    await until_metrics(bridge, lambda m: m.get(unknown) == 1)
+    async with admin_client(bootstrap) as admin:
+        assert nowhere not in await admin.list_topics()
 
 
 def problem(topic: str, kind: str) -> str:

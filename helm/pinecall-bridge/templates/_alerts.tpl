@@ -264,18 +264,20 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgededupevictingearly" $a.runbookUrl }}
       - alert: PinecallBridgeOutputRecordsSkipped
         # Answered 2xx, then refused by its output topic (a max.message.bytes below the ingest
-        # topic's; no key while it compacts): skipped so its partition goes on, so published
-        # nowhere. Each counter labelled apart so `or` keeps both: a pod without one still counts.
+        # topic's; no key while it compacts) or naming a topic not configured and missing: skipped
+        # so its partition goes on, so published nowhere. Each counter labelled apart so `or`
+        # keeps them all: a pod without one still counts.
         expr: |
           sum by (namespace, pod) (
             label_replace(increase(pinecall_bridge_dedup_output_too_large_total[15m]), "skipped", "too_large", "", "")
             or label_replace(increase(pinecall_bridge_dedup_output_keyless_refused_total[15m]), "skipped", "keyless", "", "")
+            or label_replace(increase(pinecall_bridge_dedup_output_unknown_topic_total[15m]), "skipped", "unknown_topic", "", "")
           ) > 0
         labels:
           severity: critical
         annotations:
           summary: {{ printf "Pod %s skipped %s output records their topic refuses" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records their output topic refuses (it takes smaller records than the ingest topic, or it compacts and they have no key): they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic, or output record without a key for a topic that compacts)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records their output topic refuses (it takes smaller records than the ingest topic, or it compacts and they have no key) or that name a topic it is not configured with and that does not exist: they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic, output record without a key for a topic that compacts, or output record for a topic the dedup stage is not configured with)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputrecordsskipped" $a.runbookUrl }}
       - alert: PinecallBridgeOutputTransactionHanging
         # The bridge's own transactions end within the commit interval, and the broker aborts a

@@ -51,6 +51,18 @@ class FakeProducer:
     marks: dict[TopicPartition, str] = field(default_factory=dict)
     # aiokafka's transaction manager, where a fence the sender saw is kept (see _fatal_cause).
     _txn_manager: Any = None
+    # The topics the cluster's metadata names (the stage looks up those it is not configured with).
+    topics: set[str] = field(default_factory=lambda: {"pinecall.events", "pinecall.alerts"})
+    metadata_requests: int = 0
+
+    @property
+    def client(self) -> Any:
+        """The parts of its AIOKafkaClient the stage reads: the cluster's metadata."""
+        return SimpleNamespace(fetch_all_metadata=self._fetch_all_metadata)
+
+    async def _fetch_all_metadata(self) -> Any:
+        self.metadata_requests += 1
+        return SimpleNamespace(topics=lambda: set(self.topics))
 
     async def _step(self, name: str, *args: Any) -> None:
         self.calls.append((name, *args))

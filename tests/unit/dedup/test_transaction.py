@@ -610,6 +610,36 @@ async def test_an_output_record_too_large_for_its_topic_is_skipped_and_counted(
     assert "output record too large" in caplog.text
 
 
+async def test_an_output_record_for_a_missing_topic_it_does_not_write_is_skipped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Sent, the producer's wait for the topic's metadata failed the transaction at every retry
+    # (or, where the cluster auto-creates topics, made the topic).
+    out, producer, metrics = stage_producer()
+    producer.topics = set()
+    await out.join(TP)
+    for offset in range(3):
+        await publish(out, TP, offset, f"CA_1:{offset}")
+    await out.commit({TP: 3}, GROUP)
+    assert sends(producer) == []
+    assert producer.metadata_requests == 1  # then taken as missing for a while
+    assert producer.calls[-2:] == [("offsets", {TP: 3}, GROUP), ("commit",)]
+    assert sample(metrics, "pinecall_bridge_dedup_output_unknown_topic_total") == 3
+    assert "not configured with and that does not exist" in caplog.text
+
+
+async def test_an_output_record_for_an_existing_topic_it_does_not_write_is_sent() -> None:
+    # Another pod's routing (a rolling update that changes it): its topic exists, and is written.
+    out, producer, metrics = stage_producer()
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    await publish(out, TP, 1, "CA_1:2")
+    await out.commit({TP: 2}, GROUP)
+    assert sends(producer) == [b"CA_1:1", b"CA_1:2"]
+    assert producer.metadata_requests == 1
+    assert sample(metrics, "pinecall_bridge_dedup_output_unknown_topic_total") == 0
+
+
 async def test_a_size_refusal_by_the_broker_fails_the_commit_and_marks_the_limit_stale() -> None:
     limits = TopicLimits(1_048_576)
     out, producer, metrics = stage_producer(limits)
