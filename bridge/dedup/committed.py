@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
@@ -47,7 +47,7 @@ from aiokafka.protocol.types import (
 
 from bridge.cancelling import raise_if_cancelled
 from bridge.dedup.protocol import topics_field
-from bridge.sink.clienttasks import start_client
+from bridge.sink.clienttasks import CUT_SECONDS, start_client
 from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ NONE, COORDINATOR_LOADING, COORDINATOR_UNAVAILABLE, NOT_COORDINATOR = 0, 14, 15,
 UNSTABLE_OFFSET_COMMIT = 88
 _RETRY_SECONDS = 0.05
 _DEADLINE_SECONDS = 30.0
+T = TypeVar("T")
 
 
 class OffsetFetchResponseV7(Response):  # type: ignore[misc]
@@ -231,6 +232,7 @@ class StableOffsets:
         self._client: AIOKafkaClient | None = None
         self._coordinator: int | None = None
         self._spells = UnstableSpells()
+        self._asking: set[asyncio.Future[Any]] = set()  # requests in flight (_ask)
 
     async def start(self) -> None:
         if self._client is not None:
@@ -247,10 +249,24 @@ class StableOffsets:
         return self._client
 
     async def stop(self) -> None:
+        """Close the client once the reads' requests in flight have been cancelled and ended.
+
+        aiokafka's close closes the connections open at the time: a read's connect (a partition
+        start's, a coordinator lookup) finishing after it left one open in the closed client,
+        reported "Unclosed AIOKafkaConnection" when collected.
+        """
         client, self._client, self._coordinator = self._client, None, None
-        if client is not None:
-            await client.close()
-            raise_if_cancelled()
+        asking = list(self._asking)
+        for request in asking:
+            request.cancel()
+        try:
+            if asking:
+                # A cancelled connect or request ends at once; the bound is for aiokafka changing.
+                await asyncio.wait(asking, timeout=CUT_SECONDS)
+        finally:
+            if client is not None:
+                await client.close()
+        raise_if_cancelled()
 
     def unstable_seconds(self) -> float:
         """How long the partition answered unstable the longest, still, has been (0: none)."""
@@ -271,7 +287,7 @@ class StableOffsets:
         waited: str | None = None
         while True:
             try:
-                answer = await self._fetch(tp)
+                answer = await self._ask(self._fetch(tp))
             except (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError) as exc:
                 answer = Answer(retry=type(exc).__name__, relookup=True)
             if answer.retry is None:
@@ -326,9 +342,24 @@ class StableOffsets:
         client = self._client
         if client is None:
             return None
-        cluster = await asyncio.wait_for(client.fetch_all_metadata(), 10)
+        cluster = await self._ask(asyncio.wait_for(client.fetch_all_metadata(), 10))
         count = len(cluster.partitions_for_topic("__consumer_offsets") or ())
         return offsets_partition(self._group, count) if count else None
+
+    async def _ask(self, asking: Awaitable[T]) -> T:
+        """`asking` (a request through the client) in a task stop() cancels and awaits before it
+        closes the client; cut by the stop, it raises KafkaConnectionError."""
+        request = asyncio.ensure_future(asking)
+        self._asking.add(request)
+        try:
+            return await request
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise KafkaConnectionError("the stable offset reader was stopped") from None
+        finally:
+            self._asking.discard(request)
 
     async def _fetch(self, tp: TopicPartition) -> Answer:
         client = self._client

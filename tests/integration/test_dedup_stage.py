@@ -855,6 +855,30 @@ async def test_a_new_owner_resumes_after_offsets_still_settling(
         assert len(owner.window) == 3
 
 
+@pytest.mark.timeout(60)
+async def test_a_stop_while_a_read_connects_leaves_no_connection_open(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The stage's stop cut while a partition start reads its committed offset: the read's
+    connect finished after the client's close and stayed open ("Unclosed AIOKafkaConnection")."""
+    stable = StableOffsets({"bootstrap_servers": kafka_bootstrap}, topics.group)
+    await stable.start()
+    client = stable.client
+    assert client is not None
+    read = asyncio.create_task(stable.committed(TopicPartition(topics.ingest, 0)))
+    try:
+        # Its coordinator lookup opens a connection (the bootstrap's is closed): under way.
+        await until(client._get_conn_lock.locked, 10, 0, "the read connecting")
+        await stable.stop()
+        # A connect left running would be done within this on the live broker.
+        await asyncio.wait({read}, timeout=1.0)
+    finally:
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+    open_after = [key for key, conn in client._conns.items() if conn.connected()]
+    assert open_after == [], "a connection opened after the client was closed"
+
+
 async def test_an_idle_stage_fetches_twice_a_second_and_opens_no_transaction(
     start_bridge: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
