@@ -13,6 +13,7 @@ import aiohttp
 import yaml
 
 from tests.deploy.tools import DEPLOY, RELEASE, find_tool
+from tests.polling import until
 from tests.sockets import free_port
 
 RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
@@ -106,3 +107,17 @@ class PrometheusServer:
         self._process.terminate()
         self._process.wait(timeout=30)
         self._log.close()
+
+
+async def until_scraping(scraped: Scraped, server: PrometheusServer, targets: int) -> None:
+    """Return once Prometheus has scraped each of its `targets` up: traffic sent before its first
+    scrape is one sample of counters already moved, no rate() at all."""
+
+    async def scraping() -> bool:
+        server.check_alive()
+        try:
+            return await scalar(scraped, "count(up == 1)") == targets
+        except aiohttp.ClientError:  # not listening yet
+            return False
+
+    await until(scraping, 60, 0.2, lambda: f"Prometheus scraping:\n{server.log()}")

@@ -17,7 +17,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.service import Bridge
-from tests.deploy.prometheus import RULES, PrometheusServer, Scraped, scalar
+from tests.deploy.prometheus import RULES, PrometheusServer, Scraped, scalar, until_scraping
 from tests.deploy.tools import DEPLOY, KAFKA_EXPORTER_METRIC, kafka_exporter_only, load_yaml
 from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
 from tests.metrics import exposition
@@ -148,6 +148,7 @@ async def scraped(
     try:
         await wait_ready(url)
         scraped = Scraped(server.url, "", session)
+        await until_scraping(scraped, server, 1)
         await send_traffic(RunningBridge(bridge, url, session), rounds=6)
         await until_scraped(scraped, server)
         scraped.exposition = await exposition(session, url)
@@ -243,21 +244,25 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         "PinecallBridgeIngestTopicUnsafe",
         "PinecallBridgeDownstreamLagHigh",  # no Kafka Exporter here: no series, never fires
     }
-    deadline = time.monotonic() + 10
-    while True:
-        alerts = (await scraped.get("/api/v1/alerts"))["data"]["alerts"]
-        active = {a["labels"]["alertname"] for a in alerts}
-        if not active & quiet or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(1.0)
-    assert "PinecallBridgeWebSocketDown" in active
-    assert "PinecallBridgeCallLogSourceDown" in active
     # Their `for` is not waited out here; selected (pending) by the real series is what counts:
     # one webhook of seven refused (a wrong secret), one input of seven dead-lettered, and the
     # webhook's registration failing (Pinecall's API is nowhere).
-    assert "PinecallBridgeRejectionRateHigh" in active
-    assert "PinecallBridgeDeadLettersHigh" in active
-    assert "PinecallBridgeWebhookNotRegistered" in active
+    loud = {
+        "PinecallBridgeWebSocketDown",
+        "PinecallBridgeCallLogSourceDown",
+        "PinecallBridgeRejectionRateHigh",
+        "PinecallBridgeDeadLettersHigh",
+        "PinecallBridgeWebhookNotRegistered",
+    }
+    # Waited for both ways: on a loaded box a rule's evaluation may lag the last scrape.
+    deadline = time.monotonic() + 20
+    while True:
+        alerts = (await scraped.get("/api/v1/alerts"))["data"]["alerts"]
+        active = {a["labels"]["alertname"] for a in alerts}
+        if (loud <= active and not active & quiet) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    assert loud <= active, loud - active
     assert not active & quiet, active
 
 
