@@ -69,9 +69,12 @@ class ReconnectPolicy:
 
     def next_delay(self, reason: DisconnectReason, connected_for: float | None) -> float:
         """The wait before the next attempt; `connected_for` is None when no connection opened."""
-        if connected_for is not None and connected_for >= self._stable_after:
+        stable = connected_for is not None and connected_for >= self._stable_after
+        if stable:
             self.attempt = 0
-        if reason in _REFUSALS:
+        # An auth close of a stable connection is its token expiring (Pinecall's 4001 "token
+        # expired"), not a refusal: counted as one, each expiry waited 5 s more, up to the cap.
+        if reason in _REFUSALS and not stable:
             self.auth_failures += 1
         elif connected_for is not None:
             self.auth_failures = 0

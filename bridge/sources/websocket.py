@@ -520,6 +520,7 @@ class WebSocketSource:
     async def _read(self, opened: _Opened) -> DisconnectReason:
         ws = opened.ws
         closer = asyncio.create_task(self._close_on_stop(ws), name="websocket-close-on-stop")
+        unanswered = self._note_unanswered(opened)
         try:
             async for message in ws:
                 self._take(opened, message)
@@ -530,12 +531,36 @@ class WebSocketSource:
             raise
         finally:
             closer.cancel()
+            if unanswered is not None:
+                unanswered.cancel()
         # The server closed cleanly (or a refresh closed it); async-for ends without raising.
         refusal = _refusal_by_close(opened, ws.close_exc)
         if refusal is not None:
             raise refusal
         code = ws.close_code or 1000
         return "auth" if code in AUTH_CLOSE_CODES else "closed"
+
+    def _note_unanswered(self, opened: _Opened) -> asyncio.TimerHandle | None:
+        """At the end of the answer window, log a subscription still unanswered (once).
+
+        Kept, as a quiet feed that sends no ack looks the same; but one that ignored the
+        subscription looked connected and delivered nothing, and nothing said so.
+        """
+        if opened.answer_by is None:
+            return None
+
+        def check() -> None:
+            if opened.answer_by is not None and not self._stopping.is_set():
+                log.warning(
+                    "feed did not answer the subscription: connected, but no ack nor event yet",
+                    extra={
+                        "within_s": self._settings.open_timeout_seconds,
+                        "events": self._settings.events or ["*"],
+                    },
+                )
+
+        left = max(opened.answer_by - time.monotonic(), 0.0)
+        return asyncio.get_running_loop().call_later(left, check)
 
     async def _close_on_stop(self, ws: ClientConnection) -> None:
         """At the stop, begin the close handshake; the reader reads on until the connection ends.

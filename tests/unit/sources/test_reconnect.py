@@ -58,3 +58,12 @@ def test_refused_subscriptions_never_hammer() -> None:
     assert delays[0] == AUTH_MIN_DELAY
     assert delays == sorted(delays)
     assert delays[-1] == 30
+
+
+def test_a_stable_connection_closed_for_its_token_reconnects_at_once_every_time() -> None:
+    # Pinecall closes a feed whose token expired with 4001: each hourly expiry waited 5 s more
+    # (5, 10, ... up to the cap), the feed unread meanwhile.
+    policy = ReconnectPolicy(0.5, 30, 60, rand=top)
+    assert [policy.next_delay("auth", 3600.0) for _ in range(8)] == [0.5] * 8
+    # A refusal right after it is a streak again.
+    assert policy.next_delay("auth", None) == AUTH_MIN_DELAY

@@ -340,6 +340,28 @@ async def test_auth_close_refetches_token_and_resubscribes(
     assert reconnects(metrics, "closed") == 1
 
 
+async def test_a_token_expiring_on_stable_connections_costs_no_auth_backoff(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Each close for the token's expiry waited 5 s more than the last (5, 10, 15 s), unread.
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n))
+        if n <= 3:
+            await asyncio.sleep(0.4)  # past stable_after
+            await ws.close(code=4001, message=b"token expired")
+        else:
+            await hold_open(ws)
+
+    feed = await make_feed(script)
+    ws, api = feed.settings()
+    ws = ws.model_copy(update={"stable_after_seconds": 0.3, "backoff_max_seconds": 30.0})
+    sink, metrics = FakeSink(), Metrics()
+    async with running((ws, api), sink, metrics):
+        await until(lambda: len(sink.acked()) == 4, within=4)
+    assert seqs(sink) == [1, 2, 3, 4]
+    assert reconnects(metrics, "auth") == 3
+
+
 async def test_bearer_mode_sends_the_key_and_asks_no_token(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -916,6 +938,23 @@ async def test_an_error_notice_after_the_subscription_is_only_a_notice(
         await until(lambda: len(sink.acked()) == 2)
     assert feed.connections == 1
     assert refusal_logs(caplog) == []
+
+
+async def test_a_subscription_left_unanswered_is_logged_and_the_connection_kept(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A feed that ignored the subscription looked connected, delivered nothing, and no line said so.
+    feed = await make_feed(sending(1))
+    feed.mute.add(1)
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(open_timeout_seconds=0.3), sink, metrics, grace=0.5):
+        await until(lambda: any(unanswered(r) for r in caplog.records), within=3)
+        assert feed.connections == 1
+    assert [r.levelno for r in caplog.records if unanswered(r)] == [logging.WARNING]
+
+
+def unanswered(record: logging.LogRecord) -> bool:
+    return record.getMessage().startswith("feed did not answer the subscription")
 
 
 async def test_the_time_without_a_subscribed_connection_is_counted(
