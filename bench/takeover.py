@@ -1,12 +1,14 @@
-"""Takeover: peak memory and time of one process restoring every ingest partition at once.
+"""Takeover: peak memory and time of one process restoring every ingest partition.
 
-  .venv/bin/python -m bench.takeover [--partitions 12] [--ids 100000,300000] [--out F.json]
+  .venv/bin/python -m bench.takeover [--partitions 12] [--ids 100000,300000] [--concurrency 0]
+      [--out F.json]
 
 What a pod left alone does (the last pod standing, or one restarting after an OOM kill): the
-stage starts a restore per assigned partition, all at once. For each size N: fill a LogAppendTime
+stage starts a restore per assigned partition, BRIDGE_DEDUP__RESTORE_CONCURRENCY at a time
+(`--concurrency`; 0, the default here, all at once). For each size N: fill a LogAppendTime
 topic with N ids in each of the partitions (bench/ingest.py's writer, the bridge's own encoding),
-then in a fresh process run `restore` for every partition concurrently, as the stage's start tasks
-do, and read its peak RSS (VmHWM) against memoryfit's prediction for the same settings
+then in a fresh process run `restore` for every partition, that many at a time,
+and read its peak RSS (VmHWM) against memoryfit's prediction for the same settings
 (max_entries N). The child's own baseline is subtracted: the restore's growth is compared with
 the window's worst case plus what the reserve leaves past the process and its buffers.
 """
@@ -55,8 +57,11 @@ async def _ends(options: dict[str, Any], tps: list[TopicPartition]) -> dict[Topi
         await consumer.stop()
 
 
-async def child(bootstrap: str, topic: str, partitions: int, max_entries: int) -> dict[str, Any]:
-    """In a fresh process: restore every partition at once; peak RSS and times."""
+async def child(
+    bootstrap: str, topic: str, partitions: int, max_entries: int, concurrency: int = 0
+) -> dict[str, Any]:
+    """In a fresh process: restore every partition, `concurrency` at a time (0: all at once);
+    peak RSS and times."""
     options = client_options(KafkaSettings(bootstrap_servers=[bootstrap]))
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     ends = await _ends(options, tps)
@@ -74,9 +79,12 @@ async def child(bootstrap: str, topic: str, partitions: int, max_entries: int) -
     windows = [SeenWindow(TTL, max_entries) for _ in tps]
     times: list[float] = []
 
+    gate = asyncio.Semaphore(concurrency or partitions)
+
     async def one(tp: TopicPartition, window: SeenWindow) -> int:
-        started = time.perf_counter()
-        ids = await restore(options, tp, ends[tp], window, TTL)
+        async with gate:
+            started = time.perf_counter()
+            ids = await restore(options, tp, ends[tp], window, TTL)
         times.append(time.perf_counter() - started)
         return ids
 
@@ -95,6 +103,7 @@ async def child(bootstrap: str, topic: str, partitions: int, max_entries: int) -
         "ids": sum(ids),
         "wall_s": wall,
         "partition_s": sorted(times),
+        "concurrency": concurrency,
     }
 
 
@@ -146,13 +155,16 @@ def main() -> None:
     parser.add_argument("--kafka-port", type=int, default=broker.default_port())
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--ids", default="100000,300000", help="ids per partition, comma list")
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="restores at a time (0: all at once)"
+    )
     parser.add_argument("--child", nargs=3, metavar=("TOPIC", "PARTITIONS", "MAX"))
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     bootstrap = f"127.0.0.1:{args.kafka_port}"
     if args.child:
         topic, parts, cap = args.child
-        result = uvloop.run(child(bootstrap, topic, int(parts), int(cap)))
+        result = uvloop.run(child(bootstrap, topic, int(parts), int(cap), args.concurrency))
         sys.stdout.write(json.dumps(result) + "\n")
         return
     salt = random.getrandbits(31)
@@ -166,6 +178,7 @@ def main() -> None:
                 [
                     *(sys.executable, "-m", "bench.takeover", "--kafka-port"),
                     *(str(args.kafka_port), "--child", topic, str(args.partitions), str(n)),
+                    *("--concurrency", str(args.concurrency)),
                 ],
                 cwd=broker.ROOT,
                 check=True,

@@ -530,6 +530,9 @@ class DedupSettings(_Section):
     ttl_seconds: float = Field(default=900.0, gt=0)
     # Per owned ingest partition; reaching it evicts ids before their TTL (counted).
     max_entries_per_partition: int = Field(default=1_000_000, ge=1)
+    # Partitions a process restores at once (the rest wait their turn): a takeover of every
+    # partition was no faster all at once on one core, and held more memory (bench.takeover).
+    restore_concurrency: int = Field(default=4, ge=1, le=1000)
     group: str = Field(default="pinecall-bridge", min_length=1, max_length=200)
     commit_interval_ms: int = Field(default=100, ge=1, le=60_000)
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)

@@ -300,6 +300,16 @@ class Metrics:
             "Ids read back from the ingest topic while restoring partitions.",
             registry=r,
         )
+        self.dedup_restore_records_left = Gauge(
+            f"{PREFIX}_dedup_restore_records_left",
+            "Ingest records (offsets) the partitions being restored still have to read.",
+            registry=r,
+        )
+        self.dedup_restore_records_read = Counter(
+            f"{PREFIX}_dedup_restore_records_read_total",
+            "Ingest records (offsets) read by restores, as they read them.",
+            registry=r,
+        )
         self.dedup_transactions = Counter(
             f"{PREFIX}_dedup_transactions_total",
             "Dedup-stage transactions by outcome: committed, aborted, or unknown (a commit"

@@ -19,9 +19,11 @@ BYTES_PER_ID = 250
 # One process without its window: the interpreter and clients (about 100 MiB), plus the bounded
 # buffers at their defaults (webhooks in flight 32 MiB, feed backlog 64 MiB) and their slack.
 PROCESS_RESERVE_BYTES = 256 * 1024 * 1024
-# A takeover restores every partition at once, each holding a fetch (restore.RESTORE_FETCH_BYTES),
-# the next one in flight and one read of decoded records (about 2.3 KB each) besides its window:
-# about 3.3 MiB. Its windows then fill to the cap as they would live (bench.takeover).
+# A restore holds a fetch (restore.RESTORE_FETCH_BYTES), the next one in flight and one read of
+# decoded records (about 2.3 KB each) besides its window: about 3.3 MiB. Counted for every
+# partition, though a process restores BRIDGE_DEDUP__RESTORE_CONCURRENCY (4) at a time: all at
+# once held some 30 MiB more for 12 partitions, and the setting may be raised. The windows then
+# fill to the cap as they would live (bench.takeover).
 RESTORE_BYTES_PER_PARTITION = 4 * 1024 * 1024
 # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number.
 _UNLIMITED = 1 << 60

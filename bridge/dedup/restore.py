@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.dedup.window import SeenWindow, digest
@@ -26,9 +27,10 @@ from bridge.sink.quotas import watch_throttle
 log = logging.getLogger(__name__)
 _FETCH_MS = 500
 # What one restore holds besides its window: a fetch response of up to this much, the next one in
-# flight, and the records of one `getmany` decoded (2.3 KB each, 800 bytes on the wire). Every
-# owned partition restores at once at a takeover: memoryfit counts this a partition. 8 MiB
-# fetches drained whole held about 50 MiB a partition, 600 MiB for 12 (bench.takeover).
+# flight, and the records of one `getmany` decoded (2.3 KB each, 800 bytes on the wire).
+# memoryfit counts this a partition, though a process restores only
+# BRIDGE_DEDUP__RESTORE_CONCURRENCY at once. 8 MiB fetches drained whole held about 50 MiB a
+# partition, 600 MiB for 12 (bench.takeover).
 RESTORE_FETCH_BYTES = 1024 * 1024
 RESTORE_BATCH_RECORDS = 500
 # How long a takeover reads the undecided backlog for the call logs' progress.
@@ -78,6 +80,34 @@ class StallWatch:
         return now - self._since >= self.limit
 
 
+class RestoreMeter:
+    """One restore's records still to read on a gauge shared by all restores, and those read on
+    a counter, as it reads them: their ratio is the time its restores still need."""
+
+    def __init__(self, left: Gauge, read: Counter) -> None:
+        self._left_gauge = left
+        self._read = read
+        self._left = 0
+
+    def begin(self, records: int) -> None:
+        """The replay is to read `records` offsets."""
+        self._left += records
+        self._left_gauge.inc(records)
+
+    def advance(self, records: int) -> None:
+        """`records` offsets read (or skipped: control records count)."""
+        done = min(records, self._left)
+        self._left -= done
+        self._left_gauge.dec(done)
+        self._read.inc(records)
+
+    def close(self) -> None:
+        """Ended, read whole or not: what it had left leaves the gauge (a failed restore's
+        retry begins afresh)."""
+        self._left_gauge.dec(self._left)
+        self._left = 0
+
+
 async def restore(
     options: dict[str, Any],
     tp: TopicPartition,
@@ -86,12 +116,14 @@ async def restore(
     ttl: float,
     progress: PartitionProgress | None = None,
     throttled: Callable[[float], None] | None = None,
+    meter: RestoreMeter | None = None,
 ) -> int:
     """Replay [start, end) of the partition into `window`; returns how many ids it read.
 
     `progress`, when given, also learns each call log's progress from the same records;
     `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
-    A replay that stalls goes on where it stopped, with a new consumer.
+    A replay that stalls goes on where it stopped, with a new consumer. `meter` is told the
+    replay's offsets to read and read.
     """
     loop = asyncio.get_running_loop()
     watch = StallWatch(0, loop.time(), STALL_SECONDS)
@@ -104,10 +136,12 @@ async def restore(
     consumer = await _started(options, tp, answered)
     try:
         start = await _window_start(consumer, tp, end, ttl, watch)
+        if meter is not None:
+            meter.begin(max(end - start, 0))
         read = 0
         while True:
             try:
-                read += await _replay(consumer, tp, start, end, window, progress, watch)
+                read += await _replay(consumer, tp, start, end, window, progress, watch, meter)
                 break
             except RestoreStalledError as stall:
                 # The ids replayed so far stay in the window: starting over from the window's
@@ -131,6 +165,8 @@ async def restore(
             await _progress_past(consumer, tp, end, progress, watch)
         return read
     finally:
+        if meter is not None:
+            meter.close()
         await stop_consumer(consumer)
 
 
@@ -232,12 +268,19 @@ async def _replay(
     window: SeenWindow,
     progress: PartitionProgress | None,
     watch: StallWatch,
+    meter: RestoreMeter | None = None,
 ) -> int:
     """Replay [start, end) into `window`: the ids read. A stall says how many it read before."""
     read = 0
     observe = window.observe
+    position = start
     try:
         async for batch in _batches(consumer, tp, start, end, watch):
+            if meter is not None:
+                # Offsets, not records: control records and aborted ones are passed too.
+                reached = min(batch[-1].offset + 1, end)
+                meter.advance(reached - position)
+                position = reached
             for record in batch:
                 event_id = decided_id(record.value, record.headers)
                 if event_id is not None:

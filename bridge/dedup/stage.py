@@ -152,6 +152,9 @@ class DedupStage:
         # of the bridge at 980/s); dropped with the series by _forget_lag.
         self._lag_gauges: dict[TopicPartition, tuple[Any, Any]] = {}
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        # The restores read a few partitions at a time: a takeover of them all at once was no
+        # faster on one core and held more memory (bench.takeover).
+        self._restore_slots = asyncio.Semaphore(settings.restore_concurrency)
         # Bumped by every revocation: a start launched before it must install nothing, since
         # the committed offset it read may be older than what the next owner has committed.
         self._epoch = 0
@@ -714,6 +717,7 @@ class DedupStage:
                     self._options,
                     self._metrics,
                     track_progress=self.listener is not None,
+                    restore_slots=self._restore_slots,
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one

@@ -9,6 +9,8 @@ partition starts afresh from the committed offset.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
 from bridge.dedup.offsetmark import Verdict, judge, judge_absent
-from bridge.dedup.restore import restore
+from bridge.dedup.restore import RestoreMeter, restore
 from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
@@ -46,9 +48,11 @@ class PartitionTask:
         metrics: Metrics,
         *,
         track_progress: bool = False,
+        restore_slots: asyncio.Semaphore | None = None,
     ) -> None:
         """`client` makes the options of the consumers it reads with, as each is built (the
-        stage's: bootstrapped from the brokers listed then)."""
+        stage's: bootstrapped from the brokers listed then); its restore reads only once it
+        holds one of `restore_slots`, when given."""
         self.tp = tp
         self._settings = settings
         self._client = client
@@ -61,6 +65,7 @@ class PartitionTask:
         self.unmarked = False  # started at an offset without the bridge's mark: to be marked
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
+        self._restore_slots = restore_slots
 
     @property
     def label(self) -> str:
@@ -76,16 +81,24 @@ class PartitionTask:
             verdict = await self._from_beginning()
             offset = verdict.offset
             assert offset is not None
-        ids = await restore(
-            self._client(),
-            self.tp,
-            offset,
-            self.window,
-            self._settings.ttl_seconds,
-            self.progress,
-            # The bridge's heaviest reads: a fetch quota holds a takeover up here.
-            counted(self._metrics, "dedup_restore_consumer"),
-        )
+        # Only the read waits its turn: a committed offset held unstable (above) must not hold
+        # up the partitions behind it.
+        slot = self._restore_slots or contextlib.nullcontext()
+        async with slot:
+            ids = await restore(
+                self._client(),
+                self.tp,
+                offset,
+                self.window,
+                self._settings.ttl_seconds,
+                self.progress,
+                # The bridge's heaviest reads: a fetch quota holds a takeover up here.
+                counted(self._metrics, "dedup_restore_consumer"),
+                RestoreMeter(
+                    self._metrics.dedup_restore_records_left,
+                    self._metrics.dedup_restore_records_read,
+                ),
+            )
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early
         self.position = offset

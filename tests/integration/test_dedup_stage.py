@@ -177,6 +177,9 @@ async def test_a_lagging_partition_is_restored_exactly(
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3, 4)]
     # Restore read exactly what was committed before: :1 and :2, not the lag after them.
     assert sample(second.metrics, "pinecall_bridge_dedup_restored_ids_total") == 2
+    # Their offsets, counted as read, and none left once it ended (PinecallBridgeDedupRestoreSlow).
+    assert sample(second.metrics, "pinecall_bridge_dedup_restore_records_read_total") == 2
+    assert sample(second.metrics, "pinecall_bridge_dedup_restore_records_left") == 0
     await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
 
 

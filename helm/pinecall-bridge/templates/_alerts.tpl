@@ -181,16 +181,21 @@ groups:
           description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
-        # The p99 of the restores that ended in the last 10 minutes (none: no value, no alert).
-        # Not an hour: one slow restore kept it firing that long after restores were fast again.
+        # What a pod's restores still have to read over what they read of late: the time they
+        # still need. Not their duration: a takeover of every partition at the chart's cap reads
+        # millions of records and takes minutes (every failover paged), and a restore that
+        # never ends has no duration at all. Reading nothing with records left: +Inf. None
+        # running: 0/0, no value. The `for` lets the read rate's window fill after a start.
         expr: |
-          histogram_quantile(0.99, sum by (namespace, le) (increase(pinecall_bridge_dedup_restore_duration_seconds_bucket[10m])))
-          > {{ $a.dedupRestoreP99Seconds }}
+          sum by (namespace, pod) (pinecall_bridge_dedup_restore_records_left)
+          / sum by (namespace, pod) (rate(pinecall_bridge_dedup_restore_records_read_total[2m]))
+          > {{ mulf $a.dedupRestoreRemainingMinutes 60 }}
+        for: {{ include "pinecall-bridge.minutes" $a.dedupRestoreSlowMinutes }}
         labels:
           severity: warning
         annotations:
-          summary: {{ printf "Dedup restores in %s take %s (p99)" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile of the ingest-partition restores that ended in the last 10 minutes is above %vs. A restoring partition outputs nothing, so every rebalance (rollout, scaling, crash) delays its events that long." $a.dedupRestoreP99Seconds | quote }}
+          summary: {{ printf "Dedup restores of pod %s need %s more at their read rate" "{{ $labels.pod }}" "{{ $value | humanizeDuration }}" | quote }}
+          description: {{ printf "For %v minutes the ingest-partition restores %s/%s runs would have needed more than %v minutes more at the rate they read in the last 2 minutes (+Inf: reading nothing). A restoring partition outputs nothing until its restore ends." $a.dedupRestoreSlowMinutes "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupRestoreRemainingMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprestoreslow" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRepeatedFencing
         # The times the counter went up, not increase: one fence loses every partition of the

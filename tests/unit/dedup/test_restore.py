@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup import restore as restore_module
 from bridge.dedup.memoryfit import RESTORE_BYTES_PER_PARTITION
-from bridge.dedup.restore import restore
+from bridge.dedup.restore import RestoreMeter, restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
+from bridge.metrics import Metrics
+from tests.metrics import sample
 from tests.polling import until
-from tests.unit.dedup.fakes import FakeLog, ingest
+from tests.unit.dedup.fakes import FakeLog, FakeLogConsumer, ingest
 
 TP = TopicPartition("ingest", 0)
 TTL = 3.0
@@ -217,3 +220,69 @@ async def test_a_resumed_restore_gives_its_new_consumer_the_whole_limit(
     window = SeenWindow(TTL, 10_000)
     assert await restore({}, TP, 1_000, window, TTL) == 1_000
     assert log.starts == 2
+
+
+class WatchedMeter(RestoreMeter):
+    """A RestoreMeter that notes the records left on its gauge at each advance."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(metrics.dedup_restore_records_left, metrics.dedup_restore_records_read)
+        self.metrics = metrics
+        self.left: list[float] = []
+
+    def advance(self, records: int) -> None:
+        super().advance(records)
+        self.left.append(sample(self.metrics, "pinecall_bridge_dedup_restore_records_left"))
+
+
+async def test_a_restore_counts_its_records_left_and_read_as_it_reads_them(log: FakeLog) -> None:
+    # What the time a restore still needs is computed from (PinecallBridgeDedupRestoreSlow):
+    # counted once it ends, a restore of millions of records would read as none at all.
+    for n in range(1_200):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    metrics = Metrics()
+    meter = WatchedMeter(metrics)
+    assert await restore({}, TP, 1_200, SeenWindow(TTL, 10_000), TTL, meter=meter) == 1_200
+    assert meter.left == [700, 200, 0]  # 500 records a read
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 1_200
+
+
+async def test_a_restore_that_fails_leaves_no_records_left_behind(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left on the gauge, they would read as a restore reading nothing, alerted on for ever.
+    for n in range(1_200):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    reads = 0
+    getmany = FakeLogConsumer.getmany
+
+    async def failing(self: FakeLogConsumer, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads > 2:  # the last record's read, then the first 500 of the replay
+            raise ConnectionError("broker gone")
+        return await getmany(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeLogConsumer, "getmany", failing)
+    metrics = Metrics()
+    meter = WatchedMeter(metrics)
+    with pytest.raises(ConnectionError):
+        await restore({}, TP, 1_200, SeenWindow(TTL, 10_000), TTL, meter=meter)
+    assert meter.left == [700]
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_left") == 0
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 500
+
+
+def test_two_restores_share_the_gauge_and_each_takes_only_its_own_off() -> None:
+    metrics = Metrics()
+    first, second = WatchedMeter(metrics), WatchedMeter(metrics)
+    first.begin(1_000)
+    second.begin(300)
+    first.advance(400)
+    second.advance(500)  # past its end (the tail's records are filtered): at most its own 300
+    assert first.left == [900]
+    assert second.left == [600]
+    second.close()
+    first.close()
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_left") == 0
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 900

@@ -226,6 +226,34 @@ async def test_a_start_cancelled_while_reading_the_log_start_stops_that_consumer
     assert log.stops == 1
 
 
+async def test_tasks_restore_only_as_many_at_once_as_they_have_slots(log: FakeLog) -> None:
+    # A takeover of every partition reads a few at a time (bench.takeover: all at once was no
+    # faster and held more memory); a start called off hands its slot to the next.
+    log.start_held = True  # each restore's consumer never starts: it keeps its slot
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(3, "pcb1:3")
+
+    _task, out, _producer, metrics = make()
+    slots = asyncio.Semaphore(2)
+    tasks = [
+        PartitionTask(
+            TopicPartition("ingest", p), out._settings, dict, metrics, restore_slots=slots
+        )
+        for p in range(3)
+    ]
+    starting = [asyncio.create_task(task.start(committed)) for task in tasks]
+    await until(lambda: log.starts == 2)
+    await asyncio.sleep(0.05)
+    assert log.starts == 2
+    starting[0].cancel()
+    await until(lambda: log.starts == 3)
+    for start in starting:
+        start.cancel()
+    await asyncio.gather(*starting, return_exceptions=True)
+    assert log.stops == 3
+
+
 RESETS = "pinecall_bridge_dedup_offset_resets_total"
 
 
