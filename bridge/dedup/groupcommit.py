@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import CoordinationType
@@ -43,6 +44,7 @@ from aiokafka.errors import (
     KafkaError,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 from aiokafka.producer.sender import TxnOffsetCommitHandler
@@ -68,10 +70,17 @@ ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID = 22, 25, 82
 FENCED_MEMBER = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID})
 RELOOKUP = frozenset({7, 15, 16})  # REQUEST_TIMED_OUT, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR
 RETRY = frozenset({14})  # COORDINATOR_LOAD_IN_PROGRESS
-# Kafka checks a committed partition by its topic's name only: retried until a topic of that
-# name exists again, a deleted topic's offset lands on the new one, marked as the bridge's own,
-# and its next owner skips the new records below it. Never retried (Java's producer retries it).
+# The group coordinator's metadata does not hold the partition: it lags (partitions just added,
+# a topic re-created), or the topic is deleted. Java's producer retries it until the transaction
+# ends. Left out of a commit whose records are kept, a live partition's next owner restores up to
+# the older offset and outputs again what this transaction did: retried while Kafka's metadata
+# holds the partition, for at most UNKNOWN_PARTITION_RETRY_SECONDS, then the transaction aborts.
+# A deleted topic's offset is left out, the rest committed: retried until a topic of that name
+# exists again, it would land on the new one (Kafka checks the name only), marked as the
+# bridge's own, and the next owner would skip the new records below it.
 UNKNOWN_TOPIC_OR_PARTITION = 3
+# Below the stage's end_transaction_timeout_seconds (5 s by default), which bounds the commit.
+UNKNOWN_PARTITION_RETRY_SECONDS = 2.0
 PRODUCER_FENCED = frozenset({47, 90})  # INVALID_PRODUCER_EPOCH, PRODUCER_FENCED
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 GROUP_AUTHORIZATION_FAILED = 30
@@ -201,6 +210,45 @@ def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> GroupMetadata |
     return GroupMetadata(group_id, generation, member_id, instance or None)
 
 
+UnknownAction = Literal["retry", "leave_out", "abort"]
+
+
+def unknown_partition_action(waited: float, present: bool | None) -> UnknownAction:
+    """What to do with a partition the group coordinator answered UNKNOWN_TOPIC_OR_PARTITION for,
+    `waited` s after its first such answer; `present`: Kafka's metadata holds it (None: unread).
+
+    Pure. Only a partition Kafka's metadata lacks (a deleted topic) is left out: a live one
+    left out has its records output again by its next owner.
+    """
+    if present is False:
+        return "leave_out"
+    if waited < UNKNOWN_PARTITION_RETRY_SECONDS:
+        return "retry"
+    return "abort"
+
+
+@dataclass
+class UnknownPartitions:
+    """One commit's partitions answered UNKNOWN_TOPIC_OR_PARTITION, across its retries."""
+
+    since: dict[TopicPartition, float] = field(default_factory=dict)  # first answer, monotonic
+    present: dict[TopicPartition, bool] = field(default_factory=dict)  # per Kafka's metadata
+    left_out: set[TopicPartition] = field(default_factory=set)
+
+    def action(self, tp: TopicPartition, now: float) -> UnknownAction:
+        """Note an UNKNOWN_TOPIC_OR_PARTITION answer for `tp` at `now`, and decide."""
+        since = self.since.setdefault(tp, now)
+        return unknown_partition_action(now - since, self.present.get(tp))
+
+    def unread(self) -> list[TopicPartition]:
+        """Answered unknown, still pending, and not yet looked up in Kafka's metadata."""
+        return [tp for tp in self.since if tp not in self.present and tp not in self.left_out]
+
+    def read(self, tp: TopicPartition, partitions: set[int] | None) -> None:
+        """Kafka's metadata of `tp`'s topic: its partitions, None when it has no such topic."""
+        self.present[tp] = partitions is not None and tp.partition in partitions
+
+
 class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
     """aiokafka's TxnOffsetCommit handler, sending v3 with the member's generation."""
 
@@ -209,11 +257,11 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
         sender: Any,
         offsets: dict[TopicPartition, Any],
         meta: GroupMetadata,
-        unknown: set[TopicPartition] | None = None,
+        unknown: UnknownPartitions | None = None,
     ) -> None:
         super().__init__(sender, offsets, meta.group_id)
         self._meta = meta
-        self._unknown = unknown if unknown is not None else set()
+        self._unknown = unknown if unknown is not None else UnknownPartitions()
 
     def create_request(self) -> GroupTxnOffsetCommit:
         txn = self._sender._txn_manager
@@ -229,6 +277,7 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
         aiokafka's sender task, the producer's fatal error: only for a fenced producer.
         """
         txn = self._sender._txn_manager
+        retry: float | None = None
         for tp, code in partition_errors(resp):
             if code == NONE:
                 txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
@@ -239,16 +288,30 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                 abort_transaction_with(txn, GroupAuthorizationFailedError(self._group_id))
                 return None
             elif code == UNKNOWN_TOPIC_OR_PARTITION:
-                # Not committed; the rest of the transaction is. Taken off the offsets waiting
-                # to be committed, as a committed one is, so that the commit goes on.
                 offset = self._offsets[tp].offset
-                txn.offset_committed(tp, offset, self._group_id)
-                self._unknown.add(tp)
-                log.warning(
-                    "an offset was left out of the transaction: Kafka knows no such partition"
-                    " (its topic deleted?)",
-                    extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
-                )
+                action = self._unknown.action(tp, time.monotonic())
+                extra = {"topic": tp.topic, "partition": tp.partition, "offset": offset}
+                if action == "retry":
+                    # After the other partitions' answers: those committed are not sent again.
+                    retry = float(self._default_backoff)
+                elif action == "abort":
+                    log.warning(
+                        "the group coordinator still knows no partition Kafka's metadata holds;"
+                        " the transaction is aborted, its partitions restart",
+                        extra=extra,
+                    )
+                    abort_transaction_with(txn, UnknownTopicOrPartitionError())
+                    return None
+                else:
+                    # Not committed; the rest of the transaction is. Taken off the offsets
+                    # waiting to be committed, as a committed one is, so that the commit goes on.
+                    txn.offset_committed(tp, offset, self._group_id)
+                    self._unknown.left_out.add(tp)
+                    log.warning(
+                        "an offset was left out of the transaction: Kafka knows no such"
+                        " partition (its topic deleted?)",
+                        extra=extra,
+                    )
             elif code in RELOOKUP:
                 self._sender._coordinator_dead(CoordinationType.GROUP)
                 return float(self._default_backoff)
@@ -261,7 +324,7 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
             else:
                 log.error("transactional offset commit failed", extra={"error_code": code})
                 raise for_code(code)()
-        return None
+        return retry
 
 
 def abort_transaction_with(txn: Any, error: Exception) -> None:
@@ -286,7 +349,7 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, **configs: Any) -> None:
         super().__init__(**configs)
         self._group: GroupMetadata | None = None
-        self._unknown: set[TopicPartition] = set()
+        self._unknown = UnknownPartitions()
         # One commit queued at a time, so the sender reads the metadata it was queued with.
         self._group_lock = asyncio.Lock()
         sender = self._sender
@@ -308,10 +371,10 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
         """
         async with self._group_lock:
             self._group = metadata
-            self._unknown = set()
+            self._unknown = UnknownPartitions()
             try:
                 await super().send_offsets_to_transaction(offsets, metadata.group_id)
-                return frozenset(self._unknown)
+                return frozenset(self._unknown.left_out)
             finally:
                 self._group = None
 
@@ -331,7 +394,22 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
         except GroupAuthorizationFailedError as exc:
             abort_transaction_with(sender._txn_manager, exc)
             return
-        await GroupCommitHandler(sender, offsets, meta, self._unknown).do(node_id)
+        unknown = self._unknown
+        await GroupCommitHandler(sender, offsets, meta, unknown).do(node_id)
+        if unknown.unread():
+            await _read_presence(sender.client, unknown)
+
+
+async def _read_presence(client: Any, unknown: UnknownPartitions) -> None:
+    """Look the partitions answered unknown up in Kafka's metadata (all topics: a request naming
+    a deleted topic could create it again where brokers auto-create topics)."""
+    try:
+        cluster = await client.fetch_all_metadata()
+    except KafkaError as exc:  # unread: retried within the bound, then aborted
+        log.warning("Kafka's metadata could not be read", extra={"error": repr(exc)})
+        return
+    for tp in unknown.unread():
+        unknown.read(tp, cluster.partitions_for_topic(tp.topic))
 
 
 def _warn_once(what: str, message: str) -> None:

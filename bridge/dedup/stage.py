@@ -544,7 +544,8 @@ class DedupStage:
                 # Out of the group (a rebalance reset it): what it owned may be someone else's.
                 await self._out.abandon()
                 raise TransactionLostError("fenced", touched)
-            await self._out.commit(offsets, group)  # guarded: a failure has abandoned it
+            # Guarded: a failure has abandoned it.
+            left_out = await self._out.commit(offsets, group)
         except TransactionLostError as lost:
             self._shrink(lost)
             await self._lose_all(lost, no_restart=keep)
@@ -552,7 +553,13 @@ class DedupStage:
         self._size.committed(sent)
         for tp in touched:
             task = self._tasks.get(tp)
-            if task is not None:
+            if task is None:
+                continue
+            if tp in left_out:
+                # Its offset is not committed (Kafka knows no such partition, its topic deleted):
+                # never resumed on a hand-back, nor carried on past it on a topic made since.
+                await self._lose(task, "error", restart=tp not in (keep or set()))
+            else:
                 task.committed()
 
     def _shrink(self, lost: TransactionLostError) -> None:

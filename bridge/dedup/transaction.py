@@ -414,12 +414,20 @@ class StageProducer:
         self._missing[topic] = now
         return False
 
-    async def commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
-        """Commit the open transaction with the offsets it consumed; no-op without one."""
-        if self._txn is not None:
-            await self.guard(self._commit(offsets, group))
+    async def commit(
+        self, offsets: dict[TopicPartition, int], group: GroupMetadata
+    ) -> frozenset[TopicPartition]:
+        """Commit the open transaction with the offsets it consumed; no-op without one.
 
-    async def _commit(self, offsets: dict[TopicPartition, int], group: GroupMetadata) -> None:
+        Returns the partitions whose offsets were left out: Kafka knows no such partition."""
+        if self._txn is None:
+            return frozenset()
+        left_out: frozenset[TopicPartition] = await self.guard(self._commit(offsets, group))
+        return left_out
+
+    async def _commit(
+        self, offsets: dict[TopicPartition, int], group: GroupMetadata
+    ) -> frozenset[TopicPartition]:
         txn, producer = self._txn, self._producer
         if txn is None or producer is None:
             raise TransactionLostError("error", self.partitions)
@@ -437,7 +445,7 @@ class StageProducer:
             raise TransactionLostError("fenced" if fenced else "error", self.partitions) from error
         # Marked, so that the partition's next owner can tell an offset someone else moved.
         marked = {tp: (offset, mark(offset)) for tp, offset in offsets.items()}
-        await producer.send_offsets_with_group(marked, group)
+        left_out = await producer.send_offsets_with_group(marked, group)
         txn.ending = True
         await producer.commit_transaction()
         self._txn = None
@@ -445,6 +453,7 @@ class StageProducer:
             self._refused.pop(topic, None)
         self._ended = time.monotonic()
         self._count(txn)
+        return left_out
 
     async def guard(
         self, step: Coroutine[Any, Any, Any], also: frozenset[TopicPartition] = frozenset()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
@@ -28,6 +28,11 @@ from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schem
 
 from bridge import jsoncodec
 from bridge.config import Settings, load_settings
+from bridge.dedup.groupcommit import (
+    UNKNOWN_TOPIC_OR_PARTITION,
+    GroupTxnOffsetCommit,
+    TxnOffsetCommitResponseV3,
+)
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.service import Bridge
@@ -839,3 +844,33 @@ async def replicas(
     for replica in made:
         if replica.alive:
             await replica.stop()
+
+
+def lagging_coordinator(
+    monkeypatch: pytest.MonkeyPatch, answers: int | None
+) -> list[GroupTxnOffsetCommit]:
+    """The group coordinator's metadata lags (partitions just added, a topic re-created): the
+    first `answers` TxnOffsetCommits (None: all) with an offset past 0 (a new partition's mark
+    at 0 goes through) are answered UNKNOWN_TOPIC_OR_PARTITION for every partition, and commit
+    nothing, as the coordinator does. Returns those answered."""
+    send = AIOKafkaClient.send
+    answered: list[GroupTxnOffsetCommit] = []
+
+    async def lagging(client: AIOKafkaClient, node_id: int, request: Any, **kwargs: Any) -> Any:
+        if (
+            not isinstance(request, GroupTxnOffsetCommit)
+            or not any(offset > 0 for offset, _ in request._offsets.values())
+            or (answers is not None and len(answered) >= answers)
+        ):
+            return await send(client, node_id, request, **kwargs)
+        answered.append(request)
+        by_topic: dict[str, list[tuple[int, int, dict[int, bytes]]]] = {}
+        for tp in request._offsets:
+            by_topic.setdefault(tp.topic, []).append((tp.partition, UNKNOWN_TOPIC_OR_PARTITION, {}))
+        topics: list[tuple[str, Any, dict[int, bytes]]] = [
+            (name, partitions, {}) for name, partitions in by_topic.items()
+        ]
+        return TxnOffsetCommitResponseV3(0, topics, {})
+
+    monkeypatch.setattr(AIOKafkaClient, "send", lagging)
+    return answered

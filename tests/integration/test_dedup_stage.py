@@ -42,6 +42,7 @@ from tests.integration.conftest import (
     ingest_backlog,
     ingest_one_partition,
     ingest_records,
+    lagging_coordinator,
     open_output,
     read_decided,
     read_to_end,
@@ -157,6 +158,26 @@ async def _stage_stopped_after_two(
     assert first.bridge.dedup is not None
     await first.bridge.dedup.stop()  # its commit holds :1 and :2
     return first
+
+
+async def test_records_whose_offset_a_lagging_coordinator_refused_are_not_output_again(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The group coordinator answers UNKNOWN_TOPIC_OR_PARTITION for a while (its metadata lags):
+    committed without their offset, :1 and :2 were decided again by the next owner, whose
+    restore stopped at the older offset, and output twice."""
+    answered = lagging_coordinator(monkeypatch, answers=2)
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
+    assert answered
+    await post_all(first, [entry(3, call=unique_call)])
+    await start_bridge()
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3)]
 
 
 async def test_a_lagging_partition_is_restored_exactly(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from bridge.dedup import groupcommit
 from bridge.dedup.committed import StableOffsets
@@ -30,6 +31,7 @@ from tests.integration.conftest import (
     admin_client,
     create_topic,
     ingest_one_partition,
+    lagging_coordinator,
     open_output,
     read_to_end,
 )
@@ -276,3 +278,34 @@ async def test_a_deleted_topics_offset_is_left_out_not_committed_to_its_namesake
     assert await setup.output() == [b"one", b"two"]
     assert await setup.committed_offset() is None  # the new topic is read from its start
     assert left_out == {setup.input}
+
+
+async def test_an_offset_a_lagging_coordinator_knows_no_partition_for_is_retried(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left out, the output committed without its offset: the partition's next owner restores
+    up to the older offset and outputs the transaction's records a second time."""
+    answered = lagging_coordinator(monkeypatch, answers=3)
+    await setup.producer.begin_transaction()
+    await setup.producer.send_and_wait(setup.names.events, b"one")
+    left_out = await setup.producer.send_offsets_with_group({setup.input: 5}, setup.meta)
+    await setup.producer.commit_transaction()
+    assert await setup.output() == [b"one"]
+    assert await setup.committed_offset() == 5
+    assert left_out == frozenset()
+    assert len(answered) == 3
+
+
+async def test_a_live_partition_unknown_to_the_coordinator_for_too_long_aborts(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka's metadata holds the partition, the coordinator never does: no output without
+    its offset; the transaction aborts (its partitions restart)."""
+    lagging_coordinator(monkeypatch, answers=None)
+    await setup.producer.begin_transaction()
+    await setup.producer.send_and_wait(setup.names.events, b"one")
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await setup.producer.send_offsets_with_group({setup.input: 5}, setup.meta)
+    await setup.producer.abort_transaction()
+    assert await setup.committed_offset() is None
+    assert await setup.output() == []

@@ -49,6 +49,8 @@ class FakeProducer:
     deliveries: list[asyncio.Future[None]] = field(default_factory=list)
     # The metadata string committed with each partition's offset (calls name the offsets only).
     marks: dict[TopicPartition, str] = field(default_factory=dict)
+    # Partitions whose offsets the coordinator leaves out of a commit (Kafka knows none such).
+    left_out: set[TopicPartition] = field(default_factory=set)
     # aiokafka's transaction manager, where a fence the sender saw is kept (see _fatal_cause).
     _txn_manager: Any = None
     # The topics the cluster's metadata names (the stage looks up those it is not configured with).
@@ -91,10 +93,11 @@ class FakeProducer:
 
     async def send_offsets_with_group(
         self, offsets: Mapping[TopicPartition, int | tuple[int, str]], metadata: GroupMetadata
-    ) -> None:
+    ) -> frozenset[TopicPartition]:
         plain = {tp: o if isinstance(o, int) else o[0] for tp, o in offsets.items()}
         self.marks.update({tp: o[1] for tp, o in offsets.items() if not isinstance(o, int)})
         await self._step("offsets", plain, metadata)
+        return frozenset(self.left_out & set(offsets))
 
     async def commit_transaction(self) -> None:
         await self._step("commit")

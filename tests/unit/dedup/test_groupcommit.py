@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -13,8 +14,10 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     IllegalOperation,
     InvalidRequestError,
+    KafkaError,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.structs import OffsetAndMetadata
@@ -22,6 +25,7 @@ from aiokafka.structs import OffsetAndMetadata
 from bridge.dedup import groupcommit
 from bridge.dedup.groupcommit import (
     FENCED_MEMBER,
+    UNKNOWN_PARTITION_RETRY_SECONDS,
     GroupCommitFailedError,
     GroupCommitHandler,
     GroupCommitProducer,
@@ -29,14 +33,17 @@ from bridge.dedup.groupcommit import (
     GroupTxnOffsetCommit,
     TxnOffsetCommitRequestV3,
     TxnOffsetCommitResponseV3,
+    UnknownPartitions,
     group_metadata,
     partition_errors,
+    unknown_partition_action,
 )
 from tests.sockets import refusing_address
 
 GROUP = "dedup"
 META = GroupMetadata(GROUP, 7, "member-1")
 IN, OUT = TopicPartition("ingest", 0), TopicPartition("events", 2)
+IN1 = TopicPartition("ingest", 1)
 BROKER_4_4 = {28: (0, 6)}  # TxnOffsetCommit versions a Kafka 4.4 broker answers ApiVersions with
 
 
@@ -213,26 +220,31 @@ async def test_a_moved_or_loading_coordinator_is_retried(
     assert pending.txn.state == TransactionState.IN_TRANSACTION
 
 
-async def test_a_partition_still_loading_is_sent_again_alone_and_then_resolves_the_send() -> None:
-    """One answer commits one partition and asks to retry another: the retry, built from what
-    aiokafka still holds pending, carries only the second (as Kafka's Java producer does)."""
-    in1 = TopicPartition("ingest", 1)
+def two_pending() -> tuple[TransactionManager, asyncio.Future[None]]:
+    """A transaction with the offsets of ingest partitions 0 and 1 queued for the group."""
     txn = TransactionManager("txn-1", 60_000)
     txn.set_pid_and_epoch(4000, 3)
     txn.begin_transaction()
     committed = txn.add_offsets_to_txn(
-        {IN: OffsetAndMetadata(12, ""), in1: OffsetAndMetadata(3, "")}, GROUP
+        {IN: OffsetAndMetadata(12, ""), IN1: OffsetAndMetadata(3, "")}, GROUP
     )
     txn.consumer_group_added(GROUP)
+    return txn, committed
+
+
+async def test_a_partition_still_loading_is_sent_again_alone_and_then_resolves_the_send() -> None:
+    """One answer commits one partition and asks to retry another: the retry, built from what
+    aiokafka still holds pending, carries only the second (as Kafka's Java producer does)."""
+    txn, committed = two_pending()
     sender = FakeSender(txn)
     offsets, _ = txn.offsets_to_commit()
     first = GroupCommitHandler(sender, offsets, META)
-    assert first.handle_response(response((IN, 0), (in1, 14))) == 0.1
+    assert first.handle_response(response((IN, 0), (IN1, 14))) == 0.1
     assert not committed.done()
     offsets, _ = txn.offsets_to_commit()
     retry = GroupCommitHandler(sender, offsets, META)
-    assert list(retry.create_request()._offsets) == [in1]
-    assert retry.handle_response(response((in1, 0))) is None
+    assert list(retry.create_request()._offsets) == [IN1]
+    assert retry.handle_response(response((IN1, 0))) is None
     assert committed.done()
     assert committed.exception() is None
     assert txn.offsets_to_commit() is None
@@ -304,23 +316,94 @@ async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> 
         await plain.stop()
 
 
-async def test_an_unknown_partition_is_left_out_and_the_rest_commits() -> None:
-    """Kafka knows no such partition (its topic deleted): not retried, which would commit the
-    offset to a topic of the same name made since; the other partition's offset commits."""
-    in1 = TopicPartition("ingest", 1)
-    txn = TransactionManager("txn-1", 60_000)
-    txn.set_pid_and_epoch(4000, 3)
-    txn.begin_transaction()
-    committed = txn.add_offsets_to_txn(
-        {IN: OffsetAndMetadata(12, ""), in1: OffsetAndMetadata(3, "")}, GROUP
-    )
-    txn.consumer_group_added(GROUP)
+@pytest.mark.parametrize(
+    ("waited", "present", "action"),
+    [
+        (0.0, None, "retry"),
+        (0.0, True, "retry"),
+        (UNKNOWN_PARTITION_RETRY_SECONDS - 0.1, True, "retry"),
+        (UNKNOWN_PARTITION_RETRY_SECONDS, True, "abort"),
+        (UNKNOWN_PARTITION_RETRY_SECONDS, None, "abort"),
+        (0.0, False, "leave_out"),
+        (UNKNOWN_PARTITION_RETRY_SECONDS, False, "leave_out"),
+    ],
+)
+def test_only_a_partition_missing_from_kafkas_metadata_is_left_out(
+    waited: float, present: bool | None, action: str
+) -> None:
+    assert unknown_partition_action(waited, present) == action
+
+
+async def test_an_unknown_partition_is_retried_and_the_others_commit_meanwhile() -> None:
+    """The coordinator's metadata lags (partitions just added): retried as Java's producer does;
+    left out, the records this transaction output would be output again by the next owner."""
+    txn, committed = two_pending()
+    sender = FakeSender(txn)
+    unknown = UnknownPartitions()
     offsets, _ = txn.offsets_to_commit()
-    unknown: set[TopicPartition] = set()
+    first = GroupCommitHandler(sender, offsets, META, unknown)
+    assert first.handle_response(response((IN, 3), (IN1, 0))) == 0.1
+    assert not committed.done()
+    assert unknown.unread() == [IN]
+    unknown.read(IN, {0, 1})
+    offsets, _ = txn.offsets_to_commit()
+    assert list(offsets) == [IN]  # the committed one is not sent again
+    retry = GroupCommitHandler(sender, offsets, META, unknown)
+    assert retry.handle_response(response((IN, 0))) is None
+    assert committed.done()
+    assert committed.exception() is None
+    assert unknown.left_out == set()
+    assert txn.state == TransactionState.IN_TRANSACTION
+
+
+async def test_a_partition_unknown_past_the_bound_but_in_kafkas_metadata_aborts() -> None:
+    txn, committed = two_pending()
+    unknown = UnknownPartitions(since={IN: time.monotonic() - UNKNOWN_PARTITION_RETRY_SECONDS})
+    unknown.read(IN, {0, 1})
+    offsets, _ = txn.offsets_to_commit()
     handler = GroupCommitHandler(FakeSender(txn), offsets, META, unknown)
-    assert handler.handle_response(response((IN, 3), (in1, 0))) is None
-    assert unknown == {IN}
+    assert handler.handle_response(response((IN, 3), (IN1, 0))) is None
+    assert isinstance(committed.exception(), UnknownTopicOrPartitionError)
+    assert txn.state == TransactionState.ABORTABLE_ERROR
+    assert unknown.left_out == set()
+
+
+async def test_an_unknown_partition_is_left_out_and_the_rest_commits() -> None:
+    """Kafka's metadata has no such partition (its topic deleted): not retried, which would
+    commit the offset to a topic of the same name made since; the other partition's commits."""
+    txn, committed = two_pending()
+    unknown = UnknownPartitions()
+    unknown.read(IN, None)
+    offsets, _ = txn.offsets_to_commit()
+    handler = GroupCommitHandler(FakeSender(txn), offsets, META, unknown)
+    assert handler.handle_response(response((IN, 3), (IN1, 0))) is None
+    assert unknown.left_out == {IN}
     assert committed.done()
     assert committed.exception() is None
     assert txn.offsets_to_commit() is None
     assert txn.state == TransactionState.IN_TRANSACTION
+
+
+class MetadataClient:
+    """What _read_presence uses of aiokafka's client: a metadata read of every topic."""
+
+    def __init__(self, topics: dict[str, set[int]] | None) -> None:
+        self.topics = topics
+
+    async def fetch_all_metadata(self) -> Any:
+        if self.topics is None:
+            raise KafkaError("Unable to get cluster metadata over all known brokers")
+        return SimpleNamespace(partitions_for_topic=self.topics.get)
+
+
+@pytest.mark.parametrize(
+    ("topics", "present"),
+    [({"ingest": {0, 1}}, True), ({"ingest": {1}}, False), ({}, False), (None, None)],
+)
+async def test_an_unknown_partition_is_looked_up_in_kafkas_metadata(
+    topics: dict[str, set[int]] | None, present: bool | None
+) -> None:
+    unknown = UnknownPartitions()
+    unknown.action(IN, 0.0)
+    await groupcommit._read_presence(MetadataClient(topics), unknown)
+    assert unknown.present.get(IN) is present

@@ -302,6 +302,28 @@ async def test_commit_sends_every_touched_partitions_position_with_the_members_g
     assert steps(h.producer).count("commit") == 1
 
 
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_a_partition_whose_offset_was_left_out_is_not_kept_past_it(
+    monkeypatch: pytest.MonkeyPatch, revoked: bool
+) -> None:
+    """Kafka knew no such partition (its topic deleted): its task goes, and starts again from
+    the committed offset (a hand-back after a revocation, too), never resumed past it."""
+    h = Harness(1, 2, consumer=FakeConsumer({tp(1), tp(2)}))
+    h.running(monkeypatch)
+    h.producer.left_out = {tp(2)}
+    await h.open(1, 2)
+    if revoked:
+        await h.stage.revoked({tp(1), tp(2)})
+        assert list(h.stage._suspended) == [tp(1)]
+    else:
+        await h.stage._commit()
+        assert h.owned() == [1]
+    assert h.producer.calls[-2:] == [("offsets", {tp(1): 10, tp(2): 20}, MEMBER), ("commit",)]
+    assert [h.tasks[p].commits for p in (1, 2)] == [1, 0]
+    assert h.lost("error") == 1
+    assert h.launched == ([] if revoked else [(tp(2), 2.0)])
+
+
 async def test_a_commit_outside_the_group_loses_the_touched_partitions_as_fenced() -> None:
     h = Harness(1, 2, 3)  # no consumer: no generation to commit with
     await h.open(1, 2)
