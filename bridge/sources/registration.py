@@ -8,6 +8,7 @@ organisation had, so the bridge reads it first and takes another one over only w
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -154,16 +155,27 @@ class WebhookRegistry:
 
 
 async def _error_text(response: aiohttp.ClientResponse, hide: str) -> str:
-    """The start of a refusal's body, `hide` in it replaced whole.
+    """The start of a refusal's body, `hide` in it replaced whole, as it is or JSON-escaped.
 
     An API's validation error may echo the request (FastAPI's 422 `input`): the body is read
     past the cut, whatever its chunks, so a secret straddling the cut is hidden too.
     """
-    want = ERROR_TEXT_CHARS + len(hide.encode())
+    spellings = _spellings(hide)
+    want = ERROR_TEXT_CHARS + max((len(s.encode()) for s in spellings), default=0)
     raw = b""
     while len(raw) < want and (chunk := await response.content.read(want - len(raw))):
         raw += chunk
     text = raw.decode("utf-8", "replace")
-    if hide:
-        text = text.replace(hide, "[secret]")
+    for spelling in spellings:
+        text = text.replace(spelling, "[secret]")
     return text[:ERROR_TEXT_CHARS]
+
+
+def _spellings(secret: str) -> list[str]:
+    """`secret` as an echo may spell it, longest first: an echo is JSON, where a `"`, `\\` or
+    non-ASCII character of it is escaped (and `/` by some encoders). Pure."""
+    if not secret:
+        return []
+    inner = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    inner |= {s.replace("/", "\\/") for s in inner}
+    return sorted(inner, key=len, reverse=True)

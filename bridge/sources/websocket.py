@@ -176,6 +176,30 @@ class TokenClient:
         return token, expires
 
 
+class FeedRedirectedError(InvalidHandshake):
+    """The feed answered a redirect: not followed, as no request to Pinecall's API is."""
+
+    def __init__(self, status: int, location: str) -> None:
+        # Without its query: a redirect keeping the request's carries the feed's token.
+        where = urlunsplit(urlsplit(location[:200])._replace(query="", fragment=""))
+        super().__init__(
+            f"the feed answered {status} redirecting to {where!r}: not followed (the connection"
+            " carries the feed's token or the API key); point BRIDGE_WEBSOCKET__URL where it"
+            " belongs"
+        )
+
+
+class _Unredirected(connect):
+    """websockets' connect, refusing a redirect: followed, it took the token in the URL's query
+    to wherever the Location said, and refused (a downgrade) it logged that URL, token and all."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        if isinstance(exc, InvalidStatus) and 300 <= exc.response.status_code < 400:
+            location = exc.response.headers.get("Location", "")
+            return FeedRedirectedError(exc.response.status_code, location)
+        return exc
+
+
 def with_token(url: str, token: str) -> str:
     """The feed URL with `token=<token>` added to its query."""
     parts = urlsplit(url)
@@ -424,7 +448,7 @@ class WebSocketSource:
         """A connection with a fresh token (never an old or expired one), subscribed."""
         url, headers = await self._target(tokens)
         expires_at = self.token_expires_at if self._settings.auth == "query-token" else None
-        ws = await connect(
+        ws = await _Unredirected(
             url,
             additional_headers=headers,
             open_timeout=self._settings.open_timeout_seconds,

@@ -27,6 +27,7 @@ from websockets.asyncio.messages import Assembler
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.ingest.record import decode
+from bridge.logsetup import JsonFormatter
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
 from bridge.pipeline import BatchResult
@@ -371,6 +372,37 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
         await until(lambda: len(sink.acked()) == 1)
     assert feed.token_requests == 0
     assert feed.tokens_seen == [None]
+
+
+# ws: followed, the token went to the other origin; http (as a balancer's redirect to https
+# says it): websockets refused the URL with a traceback holding it, at ERROR, at every retry.
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+async def test_a_redirect_is_not_followed_and_its_token_is_neither_sent_nor_logged(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    scheme: str,
+) -> None:
+    elsewhere = await make_feed(sending(1))
+
+    async def moved(request: web.Request) -> web.Response:
+        # As a balancer's redirect does: the request's query (the token) kept.
+        target = elsewhere.server.make_url(request.path_qs).with_scheme(scheme)
+        return web.Response(status=307, headers={"Location": str(target)})
+
+    app = web.Application()
+    app.router.add_get("/v1/ws", moved)
+    async with TestServer(app) as server:
+        ws, api = elsewhere.settings()  # its token endpoint; the feed's URL the one moved
+        ws.url = str(server.make_url("/v1/ws")).replace("http", "ws", 1)
+        sink, metrics = FakeSink(), Metrics()
+        with caplog.at_level(logging.INFO, logger=websocket.__name__):
+            async with running((ws, api), sink, metrics):
+                await until(lambda: elsewhere.token_requests >= 2, what="a retry: not followed")
+    assert elsewhere.tokens_seen == []
+    assert reconnects(metrics, "connect_error") >= 1
+    said = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "redirecting to" in said
+    assert "tok-" not in said
 
 
 async def test_a_reloaded_key_ends_the_wait_after_a_refusal_and_is_the_one_sent(
