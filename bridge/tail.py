@@ -224,10 +224,31 @@ async def tail(
     `since` (epoch seconds): start each partition at its first record of then or later;
     `to_end`: stop once every partition has reached the end it had at the start.
     """
+    shown = _Shown()
     with _stop_on_signals() as stop:
-        return await _read(
-            settings, topics, wanted, stop, from_beginning, since, to_end, limit, console
+        reading = asyncio.ensure_future(
+            _read(settings, topics, wanted, from_beginning, since, to_end, limit, console, shown)
         )
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not reading.done():
+                # Cancelled, never left to see `stop` between fetches: a start or metadata look
+                # at a Kafka that does not answer would hold Ctrl-C for its timeouts (10-30 s).
+                reading.cancel()
+                await asyncio.wait({reading})
+    if reading.cancelled():
+        return shown.count
+    return reading.result()
+
+
+@dataclass(slots=True)
+class _Shown:
+    """How many records a read printed, kept by the caller when it cancels the read."""
+
+    count: int = 0
 
 
 @contextlib.contextmanager
@@ -252,12 +273,12 @@ async def _read(
     settings: Settings,
     topics: list[str],
     wanted: TailFilter,
-    stop: asyncio.Event,
     from_beginning: bool,
     since: float | None,
     to_end: bool,
     limit: int | None,
     console: Console,
+    shown: _Shown,
 ) -> int:
     # Partitions assigned, never a subscription: aiokafka's sees a partition added to a topic
     # only on its metadata refresh (5 min) and then reads it from "latest", skipping what was
@@ -265,7 +286,6 @@ async def _read(
     # every few seconds for partitions and topics that appeared since and reads them whole.
     following = not to_end
     loop = asyncio.get_running_loop()
-    shown = 0
     decided: dict[TopicPartition, int] = {}
     if settings.topics.ingest in topics:
         decided = await committed_offsets(settings)
@@ -301,7 +321,7 @@ async def _read(
                     consumer.seek(tp, offset)
             ends = now if to_end else None
         look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
-        while not stop.is_set() and (limit is None or shown < limit):
+        while limit is None or shown.count < limit:
             if following and loop.time() >= look_again:
                 # A look Kafka did not answer is only late: the next one tries again.
                 with contextlib.suppress(KafkaError):
@@ -339,10 +359,10 @@ async def _read(
                         )
                     line = render(place, message.key, event, headers, note=note)
                     console.print(line, highlight=False, soft_wrap=True)
-                    shown += 1
-                    if limit is not None and shown >= limit:
-                        return shown
+                    shown.count += 1
+                    if limit is not None and shown.count >= limit:
+                        return shown.count
     finally:
         with contextlib.suppress(Exception):
             await stop_consumer(consumer)
-    return shown
+    return shown.count

@@ -17,6 +17,8 @@ CONTROL_TYPES = frozenset(
 
 # Control frames that answer a subscription with a yes.
 SUBSCRIBED_TYPES = frozenset({"subscribed", "ack"})
+# An object frame with no type the normaliser reads: an event frame, but no subscription answer.
+UNTYPED = "no type"
 _REASON_FIELDS = ("message", "error", "reason", "detail")
 _REASON_LENGTH = 500
 
@@ -45,7 +47,9 @@ def classify(message: str | bytes) -> Frame:
     if frame_type in CONTROL_TYPES and "seq" not in item and not legacy:
         return Frame("control", item, detail=str(frame_type))
     if not isinstance(frame_type, str) and not isinstance(item.get("event"), str):
-        return Frame("garbage", detail="no type")
+        # Still input: the normaliser dead-letters it (`missing_type`, `invalid_type`) as it does
+        # a webhook's, with its channel and receipt time, so a changed payload can be redriven.
+        return Frame("event", item, detail=UNTYPED)
     return Frame("event", item)
 
 

@@ -54,7 +54,14 @@ from bridge.normalise import Unrecognised
 from bridge.pipeline import Delivery, Pipeline
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
-from bridge.sources.frames import SUBSCRIBED_TYPES, Frame, classify, error_reason, subscribe_message
+from bridge.sources.frames import (
+    SUBSCRIBED_TYPES,
+    UNTYPED,
+    Frame,
+    classify,
+    error_reason,
+    subscribe_message,
+)
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.redirects import redirected
 from bridge.sources.textsize import utf8_size
@@ -635,8 +642,9 @@ class WebSocketSource:
             return
         if frame.kind == "control" and frame.detail == "error":
             raise SubscribeRefusedError("error_frame", error_reason(frame.item))
-        # An event says the feed sends to this connection, as an ack does.
-        if frame.kind == "event" or frame.detail in SUBSCRIBED_TYPES:
+        # An event says the feed sends to this connection, as an ack does; an untyped object
+        # may be a refusal in another shape, and says nothing.
+        if (frame.kind == "event" and frame.detail != UNTYPED) or frame.detail in SUBSCRIBED_TYPES:
             opened.answer_by = None
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:

@@ -199,6 +199,36 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_feed_stays_connected(
     )
 
 
+async def test_a_frame_without_a_type_is_dead_lettered_for_a_redrive(
+    kafka_bootstrap: str, topics: Topics, started: list[Bridge]
+) -> None:
+    """An object frame the normaliser does not read (a renamed `type`, as a Pinecall change
+    would send) goes to the dead-letter topic with its channel and receipt time, as a webhook's.
+
+    It used to be counted as garbage and skipped: every such event lost, nothing to redrive.
+    """
+    renamed = {"event_type": "call.started", "data": {"call_id": "CA_untyped"}, "id": "evt_u"}
+    async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
+        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
+        started.append(bridge)
+        await bridge.start()
+        await wait_ready(f"http://127.0.0.1:{bridge.port}")
+        async with asyncio.timeout(30):
+            await simulator.wait_for_subscribers(1)
+        [conn] = simulator.feed.subscribed()
+        conn.push(Outgoing(jsoncodec.dumps(renamed).decode(), "garbage"))
+        dead = "pinecall_bridge_events_dead_lettered_total"
+        await until(lambda: sample(bridge.metrics, dead, reason="missing_type") == 1, within=30)
+        assert sample(bridge.metrics, "pinecall_bridge_websocket_frames_total", kind="garbage") == 0
+    [letter] = await read_decided(kafka_bootstrap, topics, [topics.dlq])
+    assert letter.json() == renamed
+    assert (letter.headers["pinecall-dlq-reason"], letter.headers["pinecall-channel"]) == (
+        b"missing_type",
+        b"websocket",
+    )
+    assert float(letter.headers["pinecall-received-at"]) > 0
+
+
 async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_nothing(
     broker: Broker, topics: Topics, started: list[Bridge]
 ) -> None:

@@ -152,17 +152,26 @@ def fake_consumer(
     messages: list[Any] | None = None,
     stop_cut: bool = False,
     partitions: int = 1,
+    start_hangs: bool = False,
 ) -> dict[str, Any]:
     """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics of `partitions`
     partitions each, and `messages`.
 
     `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
+    `start_hangs`: its start never ends, as against a Kafka that takes connections but never
+    answers; `seen["starting"]` is set once it began.
 
     Returns what the consumer was made with (its options, `topics`), its `assigned` partitions,
     `sought`: each seek, (partition, offset or "beginning"), `looks`: how many times the
     cluster's metadata was fetched, `admins`: admin clients made, and the `consumer` class.
     """
-    seen: dict[str, Any] = {"assigned": [], "sought": [], "looks": 0, "admins": 0}
+    seen: dict[str, Any] = {
+        "assigned": [],
+        "sought": [],
+        "looks": 0,
+        "admins": 0,
+        "starting": asyncio.Event(),
+    }
 
     class Cluster:
         def topics(self) -> set[str]:
@@ -182,7 +191,9 @@ def fake_consumer(
             self._client = Client()
 
         async def start(self) -> None:
-            pass
+            seen["starting"].set()
+            if start_hangs:
+                await asyncio.Event().wait()
 
         def assign(self, assigned: list[TopicPartition]) -> None:
             seen["assigned"] = list(assigned)
@@ -375,6 +386,22 @@ async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
     )
     assert shown == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_ctrl_c_ends_tail_while_kafka_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    """Not only between fetches: a start that waits on Kafka is cut at once, not after its
+    connect or request timeout."""
+    seen = fake_consumer(monkeypatch, existing={"t"}, start_hangs=True)
+    reading = asyncio.ensure_future(
+        tail(load_tool_settings(), ["t"], TailFilter(), limit=None, console=Console())
+    )
+    await asyncio.wait_for(seen["starting"].wait(), 5)
+    signal.raise_signal(sig)
+    # The cancelled start's settle and undo (bridge/sink/clienttasks.py) take about 2 s at most.
+    assert await asyncio.wait_for(reading, 5) == 0
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])

@@ -28,7 +28,9 @@ from bridge.sources.frames import classify, error_reason, subscribe_message
         ("not json", "garbage"),
         ("[1, 2]", "garbage"),
         ('"text"', "garbage"),
-        ('{"no": "type"}', "garbage"),
+        # An object the normaliser does not read is input still: dead-lettered, as by webhook.
+        ('{"no": "type"}', "event"),
+        ('{"type": 5, "data": {}}', "event"),
         (b"\x00\x01", "garbage"),
         # Deeper than the JSON codec writes: it could never be published, only retried forever.
         ('{"type":"turn.user","data":' + "[" * 255 + "]" * 255 + "}", "garbage"),

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge import jsoncodec
-from bridge.sources.frames import CONTROL_TYPES, classify
+from bridge.sources.frames import CONTROL_TYPES, UNTYPED, classify
 from tests.fuzz import hostile_json, pinecall_items, submit_checked
 
 # Text frames as websockets hands them over (valid UTF-8), and binary frames.
@@ -33,7 +33,8 @@ def test_any_frame_is_classified_never_raised(message: str | bytes) -> None:
         assert frame.item["type"] in CONTROL_TYPES
         assert "seq" not in frame.item
     else:
-        assert isinstance(frame.item.get("type"), str) or isinstance(frame.item.get("event"), str)
+        typed = isinstance(frame.item.get("type"), str) or isinstance(frame.item.get("event"), str)
+        assert typed == (frame.detail != UNTYPED)
 
 
 @given(st.lists(frames, max_size=8))
