@@ -345,16 +345,13 @@ class StageProducer:
         # Its own output topics first: no clock read nor call per record on the hot path.
         if out.topic not in self._writes and not await self._may_write(out.topic, producer):
             txn.unknown_topic += 1
-            flood.error(
+            _skipped(
                 "output record for a topic the dedup stage is not configured with and that does"
                 " not exist (a routing rule's, removed and its topic deleted, or a record written"
-                " by hand); skipped (it stays in the ingest topic)",
-                extra={
-                    "partition": tp.partition,
-                    "offset": offset,
-                    "event_id": entry.event_id,
-                    "topic": out.topic,
-                },
+                " by hand)",
+                tp,
+                offset,
+                entry,
             )
             return
         size = record_size(out)
@@ -362,31 +359,25 @@ class StageProducer:
             # Its output topic takes smaller records than the ingest topic did: sending it would
             # fail the transaction at every retry and stall its partitions for good.
             txn.too_large += 1
-            flood.error(
-                "output record too large for its topic; skipped (it stays in the ingest topic)",
-                extra={
-                    "partition": tp.partition,
-                    "offset": offset,
-                    "event_id": entry.event_id,
-                    "topic": out.topic,
-                    "bytes": size,
-                    "limit": self._limits.limit(out.topic),
-                },
+            _skipped(
+                "output record too large for its topic",
+                tp,
+                offset,
+                entry,
+                bytes=size,
+                limit=self._limits.limit(out.topic),
             )
             return
         if out.key is None and not self._limits.takes_keyless(out.topic):
             # A compacting topic refuses a record without a key (a dead letter, an alert of no
             # agent or org): sent, it would fail the transaction at every retry, as above.
             txn.keyless += 1
-            flood.error(
+            _skipped(
                 "output record without a key for a topic that compacts (cleanup.policy), which"
-                " refuses it; skipped (it stays in the ingest topic)",
-                extra={
-                    "partition": tp.partition,
-                    "offset": offset,
-                    "event_id": entry.event_id,
-                    "topic": out.topic,
-                },
+                " refuses it",
+                tp,
+                offset,
+                entry,
             )
             return
         delivery = await producer.send(
@@ -668,3 +659,17 @@ async def _stop_quietly(producer: GroupCommitProducer) -> None:
         await cut_short(producer, _CUT_SECONDS)
         raise
     await cut_short(producer, _CUT_SECONDS)
+
+
+def _skipped(why: str, tp: TopicPartition, offset: int, entry: IngestEntry, **more: int) -> None:
+    """Log (throttled) an ingest record whose output record the stage skips, and why."""
+    flood.error(
+        f"{why}; skipped (it stays in the ingest topic)",
+        extra={
+            "partition": tp.partition,
+            "offset": offset,
+            "event_id": entry.event_id,
+            "topic": entry.output.topic,
+            **more,
+        },
+    )

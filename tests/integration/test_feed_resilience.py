@@ -18,6 +18,7 @@ from typing import Any, get_args
 import pytest
 
 from bridge import jsoncodec
+from bridge.config import Settings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.feed import Outgoing
@@ -80,6 +81,19 @@ async def started() -> AsyncIterator[list[Bridge]]:
         await bridge.stop()
 
 
+async def subscribed(
+    started: list[Bridge], simulator: Simulator, settings: Settings, ready_within: float = 30
+) -> Bridge:
+    """A bridge of `settings` started (stopped by `started`), ready and subscribed to the feed."""
+    bridge = Bridge(settings)
+    started.append(bridge)
+    await bridge.start()
+    await wait_ready(f"http://127.0.0.1:{bridge.port}", within=ready_within)
+    async with asyncio.timeout(30):
+        await simulator.wait_for_subscribers(1)
+    return bridge
+
+
 def reconnects(bridge: Bridge) -> dict[str, float]:
     """The feed's reconnections by reason, the reasons with none left out."""
     counts = {
@@ -106,12 +120,8 @@ async def test_the_token_is_refreshed_before_the_feed_closes_on_its_expiry(
     """A 4 s token, and a feed that closes connections when their token expires (4001)."""
     config = SimulatorConfig(token_ttl=4.0, ws_close_on_token_expiry=True)
     async with Simulator(config) as simulator:
-        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
-        started.append(bridge)
-        await bridge.start()
-        await wait_ready(f"http://127.0.0.1:{bridge.port}")
-        async with asyncio.timeout(30):
-            await simulator.wait_for_subscribers(1)
+        settings = bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator))
+        bridge = await subscribed(started, simulator, settings)
         # About 12 s of traffic: two or three expiries while events flow.
         report = await simulator.run_traffic(calls=24, concurrency=6, rate=25, channel="websocket")
         await settled(bridge)
@@ -131,12 +141,8 @@ async def test_a_refused_subscription_reconnects_until_taken_and_the_gap_is_coun
 ) -> None:
     """A platform that refuses the first two subscriptions with an error frame, then takes one."""
     async with Simulator(SimulatorConfig(ws_refuse_subscriptions=2)) as simulator:
-        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
-        started.append(bridge)
-        await bridge.start()
-        await wait_ready(f"http://127.0.0.1:{bridge.port}")
-        async with asyncio.timeout(30):
-            await simulator.wait_for_subscribers(1)
+        settings = bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator))
+        bridge = await subscribed(started, simulator, settings)
         await simulator.run_traffic(calls=4, concurrency=2, rate=50, channel="websocket")
         await settled(bridge)
         expected = simulator.ledger.expected_ids()
@@ -164,16 +170,10 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_feed_stays_connected(
         {"type": "call.note", "data": {"blob": "x" * 40_000}, "id": "evt_big"}
     ).decode()
     async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
-        bridge = Bridge(
-            bridge_settings(
-                kafka_bootstrap, topics, **feed_settings(simulator, max_frame_bytes=16_384)
-            )
+        settings = bridge_settings(
+            kafka_bootstrap, topics, **feed_settings(simulator, max_frame_bytes=16_384)
         )
-        started.append(bridge)
-        await bridge.start()
-        await wait_ready(f"http://127.0.0.1:{bridge.port}")
-        async with asyncio.timeout(30):
-            await simulator.wait_for_subscribers(1)
+        bridge = await subscribed(started, simulator, settings)
         traffic = asyncio.create_task(
             simulator.run_traffic(calls=20, concurrency=5, rate=25, channel="websocket")
         )
@@ -209,12 +209,8 @@ async def test_a_frame_without_a_type_is_dead_lettered_for_a_redrive(
     """
     renamed = {"event_type": "call.started", "data": {"call_id": "CA_untyped"}, "id": "evt_u"}
     async with Simulator(SimulatorConfig(token_ttl=3600.0)) as simulator:
-        bridge = Bridge(bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator)))
-        started.append(bridge)
-        await bridge.start()
-        await wait_ready(f"http://127.0.0.1:{bridge.port}")
-        async with asyncio.timeout(30):
-            await simulator.wait_for_subscribers(1)
+        settings = bridge_settings(kafka_bootstrap, topics, **feed_settings(simulator))
+        bridge = await subscribed(started, simulator, settings)
         [conn] = simulator.feed.subscribed()
         conn.push(Outgoing(jsoncodec.dumps(renamed).decode(), "garbage"))
         dead = "pinecall_bridge_events_dead_lettered_total"
@@ -245,12 +241,7 @@ async def test_a_minute_long_kafka_stall_keeps_the_feed_connected_and_loses_noth
             kafka={"publish_timeout_seconds": 2, "metadata_probe_seconds": 1},
             **feed_settings(simulator, ping_interval_seconds=5, ping_timeout_seconds=5),
         )
-        bridge = Bridge(settings)
-        started.append(bridge)
-        await bridge.start()
-        await wait_ready(f"http://127.0.0.1:{bridge.port}", within=90)
-        async with asyncio.timeout(30):
-            await simulator.wait_for_subscribers(1)
+        bridge = await subscribed(started, simulator, settings, ready_within=90)
         traffic = asyncio.create_task(
             simulator.run_traffic(calls=200, concurrency=20, rate=25, channel="websocket")
         )
