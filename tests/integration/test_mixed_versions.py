@@ -7,13 +7,10 @@ with this repository's venv, its tree put first on PYTHONPATH.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +25,7 @@ from packaging.specifiers import SpecifierSet
 
 import bridge
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import REPO, Topics, entry, lease_members, read_decided
+from tests.integration.conftest import Topics, entry, lease_members, read_decided
 from tests.integration.feedtakeover import (
     feed_readers,
     new_readers_events_land_once,
@@ -36,12 +33,11 @@ from tests.integration.feedtakeover import (
     until_new_reader,
 )
 from tests.integration.replicas import Replica, feed_env, post_signed, total
-from tests.missing import skip_or_fail
 from tests.polling import until
+from tests.previous_release import PREVIOUS_RELEASE, extract
 
 # The release running beside this code: at each release, move it to the last commit deployed
 # (the one a rollout upgrades from, and a rollback returns to), and check README's "Upgrading".
-PREVIOUS_RELEASE = "934610131fe3745806ebc12dd48c102049139f7f"
 NEW_TREE = str(Path(bridge.__file__).parent.parent)
 CALLS = 12
 # Every module of the package on PYTHONPATH imported: what the venv lacks is said before any
@@ -55,10 +51,6 @@ print(bridge.__file__)
 """
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=False)
 
 
 def unmet(pyproject: Path) -> list[str]:
@@ -85,28 +77,9 @@ def unmet(pyproject: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def old_tree(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The previous release's package, extracted from this repository's history."""
-    if shutil.which("git") is None:
-        skip_or_fail(f"git is not installed: it reads the previous release ({PREVIOUS_RELEASE})")
-    repository = git("rev-parse", "--git-dir")
-    if repository.returncode != 0:
-        # Skipped even in CI: the checkout's depth is the CI's choice, not a tool to install.
-        pytest.skip(
-            f"{REPO} is no git repository (an export?): the previous release "
-            f"({PREVIOUS_RELEASE}) is read from its history; run from a clone. git said: "
-            + repository.stderr.decode(errors="replace").strip()
-        )
-    if git("cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}").returncode != 0:
-        shallow = git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true"
-        pytest.skip(
-            f"the previous release's commit {PREVIOUS_RELEASE} is not in {REPO}'s history"
-            + (" (a shallow clone)" if shallow else "")
-            + f": fetch it with `git -C {REPO} fetch --unshallow` (or fetch the branch holding it)"
-        )
-    archive = git("archive", PREVIOUS_RELEASE, "bridge", "pyproject.toml")
-    assert archive.returncode == 0, archive.stderr.decode(errors="replace")
-    tree = tmp_path_factory.mktemp(f"release-{PREVIOUS_RELEASE[:7]}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tree, filter="data")
+    tree = extract(
+        tmp_path_factory.mktemp(f"release-{PREVIOUS_RELEASE[:7]}"), "bridge", "pyproject.toml"
+    )
     problems = unmet(tree / "pyproject.toml")
     if problems:
         # Not the machine's: today's venv (today's pyproject) cannot run the previous release.

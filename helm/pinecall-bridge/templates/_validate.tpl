@@ -186,6 +186,16 @@ left null, the bridge takes 10000 or the request timeout if lower. */}}
 {{- if and $http.adminPort (eq (int $http.adminPort) (int $http.port)) }}
 {{- $problems = append $problems (printf "config.http.adminPort (%d) must differ from config.http.port: the probes and /metrics need a port of their own (null turns it off)" (int $http.adminPort)) }}
 {{- end }}
+{{- /* Values of the previous chart: a key it had and this one removed. With none of this chart's
+new alert keys, they are the previous chart's defaults, as `helm upgrade --reuse-values` passes
+them (it keeps the old chart's values.yaml, not this one's): every setting added since would
+render empty (alert thresholds of 0, `<nil>` in texts). */}}
+{{- if hasKey (.Values.alerts | default dict) "dedupRestoreP99Seconds" }}
+{{- if not (hasKey .Values.alerts "dedupRestoreRemainingMinutes") }}
+{{- fail "\n\nthese values are a previous chart's defaults (alerts.dedupRestoreP99Seconds, no alerts.dedupRestoreRemainingMinutes): `helm upgrade --reuse-values` keeps the previous chart's values.yaml, so every setting added since would render empty. Upgrade with --reset-then-reuse-values (Helm 3.14 or later) or with your values file (-f)." }}
+{{- end }}
+{{- fail "\n\nalerts.dedupRestoreP99Seconds was removed (2026-12-05): the slow-restore alert now measures the time a pod's restores still need. Remove the key; alerts.dedupRestoreRemainingMinutes (10) and alerts.dedupRestoreSlowMinutes (3) set the new alert." }}
+{{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nthe bridge would refuse to start with these values (it exits 2 and crash-loops):\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
