@@ -203,9 +203,45 @@ def sample_event() -> dict[str, object]:
     }
 
 
+def _secret_arguments(parser: argparse.ArgumentParser) -> None:
+    """--secret and --secret-file, one or the other; without either, the configured secret."""
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument(
+        "--secret",
+        help="the webhook secret itself: seen by anyone who can list processes (ps) and kept in"
+        " the shell's history; prefer --secret-file or the default, the first of"
+        " BRIDGE_WEBHOOK__SECRETS (also read from BRIDGE_SECRETS_DIR or .env)",
+    )
+    given.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="read the webhook secret from this file (or /dev/stdin); surrounding whitespace is"
+        " dropped",
+    )
+
+
+def _given_secret(args: argparse.Namespace) -> str | None:
+    """The webhook secret the command line gives: --secret's, or --secret-file's text (its
+    surrounding whitespace off, as the setting's); None when neither is given."""
+    if args.secret_file is None:
+        return args.secret  # type: ignore[no-any-return]
+    try:
+        with open(args.secret_file, encoding="utf-8") as file:
+            secret = file.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        # The path and the reason only: the bytes may be the secret.
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        print(f"pinecall-bridge: --secret-file {args.secret_file}: {reason}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    if not secret:
+        print(f"pinecall-bridge: --secret-file {args.secret_file} is empty", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    return secret
+
+
 def _send(args: argparse.Namespace) -> int:
     body = args.body.encode() if args.body else jsoncodec.dumps(sample_event())
-    secret = args.secret
+    secret = _given_secret(args)
     if secret is None:
         settings = _settings_or_exit()
         _configure_logging(settings)
@@ -239,7 +275,8 @@ def _send(args: argparse.Namespace) -> int:
 def _webhooks(args: argparse.Namespace) -> int:
     # Only `register` sends a secret (Pinecall signs `test` with the one it keeps), and only
     # when none is passed does it need the setting's.
-    settings = _settings_or_exit(serving=args.action == "register" and args.secret is None)
+    given = _given_secret(args) if args.action == "register" else None
+    settings = _settings_or_exit(serving=args.action == "register" and given is None)
     _configure_logging(settings)
     if settings.pinecall.api_key is None:  # every call of the webhook API is authenticated
         print(
@@ -261,9 +298,11 @@ def _webhooks(args: argparse.Namespace) -> int:
                 return {"deleted": await registry.delete()}
             if args.action == "test":
                 return await registry.test()
-            secret = args.secret or settings.webhook.signing_secret
+            secret = given or settings.webhook.signing_secret
             if not secret:
-                raise RegistrationError("no secret: pass --secret or set BRIDGE_WEBHOOK__SECRETS")
+                raise RegistrationError(
+                    "no secret: pass --secret-file or set BRIDGE_WEBHOOK__SECRETS"
+                )
             done = await registry.ensure(args.url, secret, replace=args.replace)
             previous = None if done.previous is None else dataclasses.asdict(done.previous)
             return {"url": args.url, "previous": previous, "took_over": done.took_over}
@@ -465,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="http://127.0.0.1:8080/webhooks/pinecall",
         help="the bridge's webhook URL (default: %(default)s)",
     )
-    send.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
+    _secret_arguments(send)
     send.add_argument("--body", help="raw JSON to send (default: a sample call.started entry)")
     send.add_argument("--bare", action="store_true", help="bare hex signature, not sha256=<hex>")
     send.add_argument("--curl", action="store_true", help="print the equivalent curl command")
@@ -479,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register", help="point it at a URL (refused if it points elsewhere, unless --replace)"
     )
     register.add_argument("--url", required=True, help="the bridge's public webhook URL")
-    register.add_argument("--secret", help="default: the first of BRIDGE_WEBHOOK__SECRETS")
+    _secret_arguments(register)
     register.add_argument(
         "--replace", action="store_true", help="take over a webhook that points elsewhere"
     )

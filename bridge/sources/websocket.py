@@ -97,6 +97,9 @@ FIRST_FRAME_TIMEOUT = 2.0
 READ_LIMIT_FACTOR = 4
 # The start of an oversized frame's text kept in its note, to tell which event it was.
 NOTE_HEAD_CHARS = 1024
+# The start of a dropped (garbage) frame its log line shows: enough to tell a framing apart,
+# short enough that a frame echoing a credential shows little of it.
+GARBAGE_SAMPLE_CHARS = 64
 # The close code websockets sends for a frame over its max_size.
 _MESSAGE_TOO_BIG = 1009
 # A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
@@ -668,7 +671,12 @@ class WebSocketSource:
         elif frame.kind == "control" and frame.detail == "error":
             flood.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
         elif frame.kind == "garbage":
-            flood.debug("feed sent garbage", extra={"detail": frame.detail})
+            # A WARNING, not DEBUG: a changed framing would drop every feed-only event, and this
+            # line shows what came instead (alert PinecallBridgeWebSocketGarbage counts them).
+            flood.warning(
+                "feed sent a frame that is not a JSON object: dropped",
+                extra={"detail": frame.detail, "bytes": _size(message), "sample": _sample(message)},
+            )
 
     def _too_large(self, message: str) -> None:
         """A note of an oversized frame, in its place: not decoded, the connection kept."""
@@ -809,6 +817,18 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     if "auth" in received.reason.lower():
         return None
     return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
+
+
+def _size(message: str | bytes) -> int:
+    """A frame's size in bytes, as sent."""
+    return len(message) if isinstance(message, bytes) else utf8_size(message)
+
+
+def _sample(message: str | bytes) -> str:
+    """The start of a dropped frame for its log line: cut short, a binary one as hex."""
+    if isinstance(message, bytes):
+        return message[: GARBAGE_SAMPLE_CHARS // 2].hex()
+    return message[:GARBAGE_SAMPLE_CHARS]
 
 
 def _decoded(held: str | bytes | Unrecognised | dict[str, Any]) -> Any:

@@ -267,6 +267,41 @@ def test_send_curl_is_correctly_signed(capsys: pytest.CaptureFixture[str]) -> No
     assert signature == f"X-Pinecall-Signature: sha256={expected}"
 
 
+def curl_signature(out: str) -> str:
+    """The signature header of the curl command `send --curl` printed."""
+    words = shlex.split(out)
+    return words[words.index("-H", words.index("-H") + 1) + 1]
+
+
+def test_send_reads_the_secret_from_a_file_or_the_setting_not_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--secret` shows in `ps` to every user: the file, or the setting, keeps it off the line.
+    body = '{"type":"call.ended","data":{"call_id":"CA_1"}}'
+    file = tmp_path / "secret"
+    file.write_text("from-a-file\n")
+    expected = hmac.new(b"from-a-file", body.encode(), hashlib.sha256).hexdigest()
+    assert main(["send", "--secret-file", str(file), "--body", body, "--curl"]) == 0
+    assert curl_signature(capsys.readouterr().out) == f"X-Pinecall-Signature: sha256={expected}"
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "from-a-file, older")
+    assert main(["send", "--body", body, "--curl"]) == 0
+    assert curl_signature(capsys.readouterr().out) == f"X-Pinecall-Signature: sha256={expected}"
+
+
+def test_an_unreadable_or_empty_secret_file_exits_2_and_both_flags_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    assert exit_code(["send", "--secret-file", str(missing), "--curl"]) == 2
+    assert f"--secret-file {missing}: No such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty").write_text(" \n")
+    assert exit_code(["send", "--secret-file", str(tmp_path / "empty"), "--curl"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    both = ["--secret", "s", "--secret-file", str(missing)]
+    assert exit_code(["webhooks", "register", "--url", "u", *both]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_send_reports_unreachable_bridge(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["send", "--secret", "k", "--url", f"http://{NOWHERE}/x"]) == 1
     assert "could not reach" in capsys.readouterr().err
@@ -520,6 +555,19 @@ def test_webhook_commands_that_send_no_configured_secret_do_not_require_one(
     assert "BRIDGE_WEBHOOK__SECRETS" not in err
 
 
+def test_webhooks_register_takes_its_secret_from_a_file_without_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", f"http://{NOWHERE}")
+    (tmp_path / "secret").write_text("s3cr3t-in-a-file\n")
+    register = ["webhooks", "register", "--url", "u", "--secret-file", str(tmp_path / "secret")]
+    assert main(register) == 1  # as far as Pinecall, which is down
+    err = capsys.readouterr().err
+    assert "ClientConnectorError" in err
+    assert "BRIDGE_WEBHOOK__SECRETS" not in err
+
+
 def test_webhooks_register_without_a_secret_still_needs_the_setting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -542,6 +590,8 @@ def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
         (["run"], ["until SIGTERM", "unknown BRIDGE_* variables"]),
         (["check"], ["JSON on stdout", "variable no setting reads"]),
         (["send"], ["--url URL", "(default: http://127.0.0.1:8080/webhooks/pinecall)"]),
+        (["send"], ["seen by anyone who can list processes (ps)", "--secret-file PATH"]),
+        (["webhooks", "register"], ["seen by anyone who can list processes (ps)", "--secret-file"]),
         (["demo"], ["HTTP port (default: 8080)", "Pinecall's port (default: 8765)"]),
     ],
 )

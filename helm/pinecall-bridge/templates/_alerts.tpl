@@ -491,6 +491,21 @@ groups:
           summary: {{ printf "Pod %s's WebSocket feed keeps dropping" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s's WebSocket feed had no subscribed connection for %s of the last %v minutes (reconnects, or its subscription refused): what Pinecall sent meanwhile is missed unless webhooks or the call logs carry it." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" $a.websocketGapMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketgaps" $a.runbookUrl }}
+      - alert: PinecallBridgeWebSocketGarbage
+        # Frames that are no JSON object are dropped (the feed's framing changed, or a proxy
+        # answers in its place): every feed-only event could vanish while the feed looks connected.
+        expr: |
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total{kind="garbage"}[15m]))
+          /
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total[15m]))
+          > {{ $a.websocketGarbageRatio }}
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "%s of pod %s's WebSocket frames are not JSON objects" "{{ $value | humanizePercentage }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "More than %v%% of the frames %s/%s read from Pinecall's WebSocket feed for 15 minutes were not JSON objects and were dropped: Pinecall may have changed its framing, and the events it sends only by the feed are lost." (mulf $a.websocketGarbageRatio 100) "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgewebsocketgarbage" $a.runbookUrl }}
       - alert: PinecallBridgeWebhookNotRegistered
         # Only processes that register the webhook (config.pinecall.registerWebhook) export the
         # gauge; 1 in any of them means Pinecall's one webhook points at this deployment.

@@ -608,6 +608,26 @@ async def test_a_large_frame_or_one_meeting_a_long_queue_is_held_as_text() -> No
     assert [websocket._decoded(item) for item, _ in held] == [jsoncodec.loads(t) for t in texts]
 
 
+async def test_a_garbage_frame_is_a_warning_with_a_short_sample(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A frame that is no JSON object is dropped: said at WARNING (it was DEBUG only, so a changed
+    framing lost every feed-only event unseen), with its start, cut, and thinned."""
+    source = idle_source(Metrics())
+    opened = websocket._Opened(ws=cast(ClientConnection, None), expires_at=None)
+    framed = "msgpack:" + "x" * 500
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        source._take(opened, framed)
+        source._take(opened, b"\x93\x01\x02")
+        source._take(opened, "[1, 2]")
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    said = jsoncodec.loads(JsonFormatter().format(line))
+    assert (said["detail"], said["bytes"]) == ("not JSON", len(framed))
+    assert said["sample"] == framed[: websocket.GARBAGE_SAMPLE_CHARS]
+    assert websocket._sample(b"\x93\x01\x02") == "930102"
+    assert source._queue.empty()
+
+
 async def test_the_backlog_gauge_is_read_at_scrape_time_not_set_per_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
