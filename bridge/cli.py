@@ -184,6 +184,7 @@ def _check_memory(settings: Settings) -> None:
         settings.dedup.max_entries_per_partition,
         limit.limit,
         processes,
+        settings.dedup.restore_concurrency,
     )
     warning = fit.warning()
     print(f"warning: {warning}" if warning else f"dedup memory: {fit.summary()}", file=sys.stderr)

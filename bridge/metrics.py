@@ -282,6 +282,12 @@ class Metrics:
             "Ingest partitions this process owns and processes (restored and fenced in).",
             registry=r,
         )
+        self.dedup_partitions_starting = Gauge(
+            f"{PREFIX}_dedup_partitions_starting",
+            "Ingest partitions assigned to this process whose first start is under way (committed"
+            " offset read, a wait for a restore turn, the restore); a failed one is not counted.",
+            registry=r,
+        )
         self.dedup_offsets_unstable = Gauge(
             f"{PREFIX}_dedup_offsets_unstable_seconds",
             "How long the longest of this process's partitions still waiting to start has had its"

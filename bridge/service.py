@@ -548,6 +548,7 @@ class Bridge:
             self.settings.dedup.max_entries_per_partition,
             limit.limit,
             self._pod_processes,
+            self.settings.dedup.restore_concurrency,
         )
         facts = {
             "partitions": partitions,

@@ -2,8 +2,8 @@
 
 Once the other pods are gone one pod owns every ingest partition, and under load holds a full
 window for each: partitions x BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION x about 250 bytes, plus,
-while it takes them over, a restore's buffers for each. A limit below that gets the last pod
-standing OOM-killed, and its partitions handed to none: a cascade.
+while it takes them over, the buffers of the restores it runs at once. A limit below that gets
+the last pod standing OOM-killed, and its partitions handed to none: a cascade.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ BYTES_PER_ID = 250
 # buffers at their defaults (webhooks in flight 32 MiB, feed backlog 64 MiB) and their slack.
 PROCESS_RESERVE_BYTES = 256 * 1024 * 1024
 # A restore holds a fetch (restore.RESTORE_FETCH_BYTES), the next one in flight and one read of
-# decoded records (about 2.3 KB each) besides its window: about 3.3 MiB. Counted for every
-# partition, though a process restores BRIDGE_DEDUP__RESTORE_CONCURRENCY (4) at a time: all at
-# once held some 30 MiB more for 12 partitions, and the setting may be raised. The windows then
-# fill to the cap as they would live (bench.takeover).
+# decoded records (about 2.3 KB each) besides its window: about 3.3 MiB. Counted for the
+# restores a process runs at once, BRIDGE_DEDUP__RESTORE_CONCURRENCY (4): one waiting its turn
+# holds no buffer, and one done has let its go (bench.takeover, 12 x 100,000 ids: 4 at a time grew
+# 12-15 MiB more than 1 at a time, all 12 some 20 MiB more than 4). Each window, restored or
+# not, is counted in full at the cap apart from this.
 RESTORE_BYTES_PER_PARTITION = 4 * 1024 * 1024
 # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number.
 _UNLIMITED = 1 << 60
@@ -85,12 +86,14 @@ def read_limit(root: Path | None = None) -> MemoryLimit:
 
 @dataclass(frozen=True, slots=True)
 class WindowFit:
-    """One pod owning all `partitions`, each window at `max_entries`, in `processes` processes."""
+    """One pod owning all `partitions`, each window at `max_entries`, in `processes` processes,
+    restoring `restore_concurrency` partitions at a time."""
 
     partitions: int
     max_entries: int
     limit: int | None
     processes: int = 1
+    restore_concurrency: int = 4  # BRIDGE_DEDUP__RESTORE_CONCURRENCY's default
 
     @property
     def worst_case(self) -> int:
@@ -98,8 +101,9 @@ class WindowFit:
 
     @property
     def restoring(self) -> int:
-        """What a takeover of every partition holds besides the windows: their restores."""
-        return self.partitions * RESTORE_BYTES_PER_PARTITION
+        """What a takeover of every partition holds besides the windows: the restores it runs
+        at once."""
+        return min(self.partitions, self.restore_concurrency) * RESTORE_BYTES_PER_PARTITION
 
     @property
     def needed(self) -> int:
@@ -149,7 +153,11 @@ class WindowFit:
     def _processes(self) -> str:
         reserve = _mib(self.processes * PROCESS_RESERVE_BYTES)
         processes = f"{reserve} for the process" + ("es" if self.processes > 1 else "")
-        return f"{_mib(self.restoring)} for their restores at a takeover and {processes}"
+        at_once = min(self.partitions, self.restore_concurrency)
+        return (
+            f"{_mib(self.restoring)} for their restores at a takeover ({at_once} at a time) and"
+            f" {processes}"
+        )
 
 
 def _mib(size: int) -> str:

@@ -152,6 +152,9 @@ class DedupStage:
         # of the bridge at 980/s); dropped with the series by _forget_lag.
         self._lag_gauges: dict[TopicPartition, tuple[Any, Any]] = {}
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        # The starts in their first attempt: assigned and on their way, so not unowned (a
+        # takeover at the cap restores for minutes, a few at a time); a failed one is no longer.
+        self._first_attempts: dict[TopicPartition, asyncio.Task[Any]] = {}
         # The restores read a few partitions at a time: a takeover of them all at once was no
         # faster on one core and held more memory (bench.takeover).
         self._restore_slots = asyncio.Semaphore(settings.restore_concurrency)
@@ -175,6 +178,9 @@ class DedupStage:
         # the group may have handed them to another member already.
         metrics.dedup_partitions_owned.set_function(
             lambda: 0 if self._session.expired(time.monotonic()) else len(self._tasks)
+        )
+        metrics.dedup_partitions_starting.set_function(
+            lambda: 0 if self._session.expired(time.monotonic()) else len(self._first_attempts)
         )
         metrics.dedup_entries.set_function(
             lambda: sum(len(t.window) for t in list(self._tasks.values()))
@@ -711,9 +717,12 @@ class DedupStage:
         consumer = self._consumer
         assert consumer is not None
         attempt = 0
+        current = asyncio.current_task()
+        assert current is not None
         try:
             if delay:
                 await asyncio.sleep(delay)
+            self._first_attempts[tp] = current
             if suspended is not None and await self._resumable(suspended):
                 await self._install(suspended, epoch)
                 return
@@ -730,8 +739,7 @@ class DedupStage:
                     await self._out.start()  # a failed transaction took it: resume only with one
                     await task.start(self._offsets.found)
                 except asyncio.CancelledError as exc:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
+                    if current.cancelling():
                         raise
                     # A client's stop raising the cancellation of a task of its own (aiokafka's
                     # fetcher): a failure like any other, or the partition stays paused for good.
@@ -742,16 +750,23 @@ class DedupStage:
                     await self._install(task, epoch)
                     return
                 attempt += 1
+                self._end_first_attempt(tp, current)
                 log.warning(
                     "dedup partition could not be started; retrying",
                     extra={"partition": tp.partition, "error": repr(failure), "attempt": attempt},
                 )
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
         finally:
-            if self._starting.get(tp) is asyncio.current_task():
+            self._end_first_attempt(tp, current)
+            if self._starting.get(tp) is current:
                 del self._starting[tp]
             if tp not in self._starting:  # a newer start of it (cancelled ones are not) goes on
                 self._offsets.forget(tp)
+
+    def _end_first_attempt(self, tp: TopicPartition, start: asyncio.Task[Any]) -> None:
+        """`start` no longer counts as starting `tp` (a newer start of it may)."""
+        if self._first_attempts.get(tp) is start:
+            del self._first_attempts[tp]
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         now = time.time()

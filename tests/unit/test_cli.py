@@ -658,13 +658,18 @@ def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(
         "BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION (chart: config.dedup.maxEntriesPerPartition)"
         in line
     )
-    assert "to at most 609572" in line
-    assert "to at least 3,165 MiB" in line
+    assert "to at most 620756" in line
+    assert "to at least 3,133 MiB" in line
 
-    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "609572")
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "620756")
     assert main(["check"]) == 0
     [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
     assert line.startswith("dedup memory: the dedup window's worst case")
+    # All 12 restored at once hold 12 restores' buffers, not 4: the same cap no longer fits.
+    monkeypatch.setenv("BRIDGE_DEDUP__RESTORE_CONCURRENCY", "12")
+    assert main(["check"]) == 0
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
+    assert "to at most 609572" in line
 
 
 def test_run_freezes_what_start_up_allocated_and_collects_gen0_less_often(

@@ -702,8 +702,8 @@ def test_the_start_compares_the_topic_partitions_worst_window_with_the_memory_li
     assert record.levelname == level
     assert (record.__dict__["partitions"], record.__dict__["needed_bytes"]) == (
         12,
-        # The windows, the restores of a takeover of all 12, and two processes' reserves.
-        12 * 1_000_000 * 250 + 12 * 4 * 1024**2 + 2 * 256 * 1024**2,
+        # The windows, the restores a takeover runs at once (4), and two processes' reserves.
+        12 * 1_000_000 * 250 + 4 * 4 * 1024**2 + 2 * 256 * 1024**2,
     )
     assert ("lower BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION" in record.getMessage()) == (
         level == "WARNING"

@@ -165,10 +165,18 @@ groups:
         # the transaction open then, and past the session timeout a pod counts none owned (the
         # group hands them on), so it would fire or not by chance; KafkaDisconnected is the
         # alert, and `for` starts afresh.
+        # A partition assigned to a pod and starting (in its first attempt: its committed offset,
+        # its turn for a restore, the restore) is not unowned: a takeover at the cap restores for
+        # minutes, 4 at a time. A restore reading nothing is RestoreSlow's; a start that failed
+        # (retrying) counts as unowned. `or ... * 0`: a pod without the gauge (older).
         expr: |
           (
             max by (namespace) (pinecall_bridge_ingest_partitions)
             - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
+            - (
+              sum by (namespace) (pinecall_bridge_dedup_partitions_starting)
+              or sum by (namespace) (pinecall_bridge_dedup_partitions_owned) * 0
+            )
             > 0
           )
           unless on (namespace)
@@ -178,7 +186,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "%s ingest partitions are processed by no pod in %s" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
+          description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) or being started (restored, or waiting their turn) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
         # What a pod's restores still have to read over what they read of late: the time they

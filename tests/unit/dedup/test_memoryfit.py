@@ -72,43 +72,57 @@ def test_an_unreadable_limit_is_a_problem_not_a_limit(tmp_path: Path) -> None:
     assert read_limit(tmp_path).problem == "not a memory limit: 'lots'"
 
 
-def test_the_worst_case_is_every_partition_full_and_restoring_plus_the_processes() -> None:
+def test_the_worst_case_is_every_partition_full_plus_the_restores_at_once_and_processes() -> None:
     fit = WindowFit(partitions=12, max_entries=1_000_000, limit=2 * GIB, processes=2)
     assert fit.worst_case == 12 * 1_000_000 * BYTES_PER_ID
-    # A takeover restores every partition at once, into windows that fill to the cap.
+    # A takeover restores 4 partitions at a time (the others hold no buffer while they wait)
+    # into windows that fill to the cap, counted in full.
     assert (
-        fit.needed == fit.worst_case + 12 * RESTORE_BYTES_PER_PARTITION + 2 * PROCESS_RESERVE_BYTES
+        fit.needed == fit.worst_case + 4 * RESTORE_BYTES_PER_PARTITION + 2 * PROCESS_RESERVE_BYTES
     )
     assert not fit.fits
 
 
-def test_a_takeover_of_many_small_partitions_is_counted_past_the_reserve() -> None:
-    # 96 partitions of 20,000 ids: their restores' buffers alone are 384 MiB, past any slack
-    # the 256 MiB reserve leaves; a limit of the windows plus the reserve is too small.
+@pytest.mark.parametrize(
+    ("partitions", "concurrency", "restoring"), [(12, 4, 4), (3, 4, 3), (12, 12, 12)]
+)
+def test_the_restores_counted_are_those_a_process_runs_at_once(
+    partitions: int, concurrency: int, restoring: int
+) -> None:
+    fit = WindowFit(partitions, 1000, None, restore_concurrency=concurrency)
+    assert fit.restoring == restoring * RESTORE_BYTES_PER_PARTITION
+
+
+def test_a_takeover_of_many_small_partitions_at_a_raised_concurrency_is_counted() -> None:
+    # 96 partitions of 20,000 ids restored all at once: their restores' buffers alone are
+    # 384 MiB, past any slack the 256 MiB reserve leaves; a limit of the windows plus the
+    # reserve is too small.
     windows_and_reserve = 96 * 20_000 * BYTES_PER_ID + PROCESS_RESERVE_BYTES
-    fit = WindowFit(partitions=96, max_entries=20_000, limit=windows_and_reserve)
+    fit = WindowFit(96, 20_000, windows_and_reserve, restore_concurrency=96)
     assert not fit.fits
     assert fit.largest_cap() < 20_000
-    assert WindowFit(96, fit.largest_cap(), windows_and_reserve).fits
+    assert WindowFit(96, fit.largest_cap(), windows_and_reserve, restore_concurrency=96).fits
+    # 4 at a time hold 16 MiB: still past the windows and the reserve, but a smaller cut.
+    four = WindowFit(96, 20_000, windows_and_reserve)
+    assert not four.fits
+    assert fit.largest_cap() < four.largest_cap() < 20_000
 
 
 def test_the_warning_gives_the_numbers_the_setting_and_both_ways_out() -> None:
     # The chart's defaults: 12 partitions, a 1M cap, a 2Gi limit.
     fit = WindowFit(partitions=12, max_entries=1_000_000, limit=2 * GIB)
-    cap = (2 * GIB - 12 * RESTORE_BYTES_PER_PARTITION - PROCESS_RESERVE_BYTES) // (
-        12 * BYTES_PER_ID
-    )
-    assert cap == 609_572
+    cap = (2 * GIB - 4 * RESTORE_BYTES_PER_PARTITION - PROCESS_RESERVE_BYTES) // (12 * BYTES_PER_ID)
+    assert cap == 620_756  # the chart's 600,000 fits
     assert fit.warning() == (
         "the dedup window's worst case (one pod owning all 12 ingest partitions, 1000000 ids"
-        " each at about 250 bytes) is 2,861 MiB, 3,165 MiB with 48 MiB for their restores at a"
-        " takeover and 256 MiB for the process:"
+        " each at about 250 bytes) is 2,861 MiB, 3,133 MiB with 16 MiB for their restores at a"
+        " takeover (4 at a time) and 256 MiB for the process:"
         " against a limit of 2,048 MiB: with traffic filling every window the last pod standing"
         " is OOM-killed, and again after each restart's restore. Either lower"
         " BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION (chart: config.dedup.maxEntriesPerPartition)"
         f" to at most {cap} (ids past it are forgotten before the TTL, counted in"
         " pinecall_bridge_dedup_evicted_early_total), or raise the container's memory limit"
-        " (chart: resources.limits.memory) to at least 3,165 MiB"
+        " (chart: resources.limits.memory) to at least 3,133 MiB"
     )
     # The cap it proposes fits; one more id a partition does not.
     assert WindowFit(12, cap, 2 * GIB).fits

@@ -566,6 +566,50 @@ async def test_a_start_cut_by_a_cancelled_error_from_inside_aiokafka_is_retried(
     assert consumer.seeks == [(tp(0), 0), (tp(0), 5)]
 
 
+async def test_a_partition_restoring_or_waiting_its_turn_counts_as_starting_not_owned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Assigned and on its way: PinecallBridgeDedupPartitionsUnowned must not page for it."""
+    restored = asyncio.Event()
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        await restored.wait()
+        task.position = 5
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(consumer=RebalancingConsumer({tp(0), tp(1)}))
+    h.stage._running = True
+    await h.stage.assigned({tp(0), tp(1)})
+    await asyncio.sleep(0.01)
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_starting") == 2
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_owned") == 0
+    cut_off(h)  # as owned ones: the group may have handed them on already
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_starting") == 0
+    h.stage._heard()
+    restored.set()
+    await asyncio.wait(list(h.stage._starting.values()), timeout=10)
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_starting") == 0
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_owned") == 2
+
+
+async def test_a_partition_whose_start_failed_no_longer_counts_as_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start failing for good (an ACL, say) retries forever: it must show as unowned."""
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        raise KafkaConnectionError("denied")
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(consumer=RebalancingConsumer({tp(0)}))
+    h.stage._running = True
+    await h.stage.assigned({tp(0)})
+    await asyncio.sleep(0.01)
+    assert list(h.stage._starting) == [tp(0)]  # retrying
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_starting") == 0
+    await h.stage._cancel_starts()
+
+
 def test_the_window_gauges_sum_the_owned_partitions_windows() -> None:
     h = Harness(0, 1)
     for n, task in enumerate(h.tasks.values()):
