@@ -167,14 +167,24 @@ groups:
         # alert, and `for` starts afresh.
         # A partition assigned to a pod and starting (in its first attempt: its committed offset,
         # its turn for a restore, the restore) is not unowned: a takeover at the cap restores for
-        # minutes, 4 at a time. A restore reading nothing is RestoreSlow's; a start that failed
-        # (retrying) counts as unowned. `or ... * 0`: a pod without the gauge (older).
+        # minutes, 4 at a time. Unless the pod's restores have read nothing for 5 minutes with
+        # records left (a restore goes on after a stall for ever: its partitions would be
+        # nobody's and no page), and a start that failed (retrying) counts as unowned.
+        # `or ... * 0`: none starting (or a pod without the gauge, older).
         expr: |
           (
             max by (namespace) (pinecall_bridge_ingest_partitions)
             - sum by (namespace) (pinecall_bridge_dedup_partitions_owned)
             - (
-              sum by (namespace) (pinecall_bridge_dedup_partitions_starting)
+              sum by (namespace) (
+                pinecall_bridge_dedup_partitions_starting
+                unless on (namespace, pod)
+                (
+                  sum by (namespace, pod) (rate(pinecall_bridge_dedup_restore_records_read_total[5m])) == 0
+                  and on (namespace, pod)
+                  sum by (namespace, pod) (pinecall_bridge_dedup_restore_records_left) > 0
+                )
+              )
               or sum by (namespace) (pinecall_bridge_dedup_partitions_owned) * 0
             )
             > 0
