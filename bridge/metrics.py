@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bridge.sources.frames import FrameKind
+from bridge.sources.reconnect import DisconnectReason
 
 # `*_created` series double the exposition and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -37,6 +40,8 @@ THROTTLE_WATCHED = (
     "dedup_offsets_client",
     "dedup_hangwatch_consumer",
 )
+# Feed events lost (events_rejected_total{channel="websocket"}): PinecallBridgeFeedBacklogDropping.
+FEED_LOSSES = ("backlog_full", "shutdown", "too_large")
 WORKERS_UNREACHABLE = f"{PREFIX}_workers_unreachable"
 WORKERS_UNREACHABLE_HELP = (
     "Worker processes of this pod left out of this scrape (no answer in time); 0 with one."
@@ -546,10 +551,18 @@ class Metrics:
             self.websocket_backlog,
         ):
             self.registry.register(metric)
-        # The lease consumer's series, at 0 from the start for increase().
+        # At 0 from the process's start for increase() and rate(), not from the lease's
+        # acquisition: the feed connects at once then, and a series first scraped above 0 (a
+        # replay's burst past the backlog, a first garbage frame) shows no increase.
         self.kafka_client_restarts.labels("feed_lease")
         self.kafka_throttle.labels("feed_lease")
         self.kafka_throttled_responses.labels("feed_lease")
+        for lost in FEED_LOSSES:
+            self.rejected.labels("websocket", lost)
+        for reason in get_args(DisconnectReason):
+            self.websocket_reconnects.labels(reason)
+        for kind in get_args(FrameKind):
+            self.frames_by(kind)
 
     def register_registration(self) -> None:
         """Export `webhook_registered` (idempotent): a process that registers the webhook."""

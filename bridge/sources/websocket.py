@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -246,10 +246,6 @@ class WebSocketSource:
         # Indexes of the batch being published that Kafka took (or that need no retry): a stop
         # cutting the batch off lost only the rest of it.
         self._settled: set[int] = set()
-        for lost in ("backlog_full", "shutdown", "too_large"):  # exist from 0, for increase()
-            metrics.rejected.labels("websocket", lost)
-        for reason in get_args(DisconnectReason):  # as do these
-            metrics.websocket_reconnects.labels(reason)
         self._downtime = Downtime(metrics.websocket_down_seconds.inc)
         self._policy = ReconnectPolicy.of(settings)
         self._session: aiohttp.ClientSession | None = None

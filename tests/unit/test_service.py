@@ -17,11 +17,14 @@ from aiokafka.errors import KafkaConnectionError
 from bridge import connlimit, pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.dedup.memoryfit import MemoryLimit
+from bridge.metrics import FEED_LOSSES
 from bridge.service import Bridge, run_until_stopped
 from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
+from bridge.sources.frames import FrameKind
+from bridge.sources.reconnect import DisconnectReason
 from bridge.workers.role import Stages
-from tests.metrics import sample
+from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import free_port, ipv6_loopback, refusing_address
 from tests.unit.sink.fakes import FakeAdmin
@@ -53,6 +56,19 @@ async def test_with_the_feed_every_process_exports_its_series_from_the_start() -
     assert [name for name in FEED_SERIES if name not in text] == []
     assert "pinecall_bridge_feed_lease_held 0.0" in text
     assert "pinecall_bridge_websocket_connected 0.0" in text
+
+
+async def test_with_the_feed_the_counters_its_alerts_read_are_at_0_before_the_lease() -> None:
+    # The feed connects the moment the lease is taken: a series born then is first scraped
+    # above 0 (a replay's burst past the backlog), and increase() never counts that burst.
+    text = exposition(websocket={"enabled": True}, pinecall={"api_key": "k"})
+    expected = [
+        *(f'events_rejected_total{{channel="websocket",reason="{lost}"}}' for lost in FEED_LOSSES),
+        *(f'websocket_reconnects_total{{reason="{r}"}}' for r in get_args(DisconnectReason)),
+        *(f'websocket_frames_total{{kind="{kind}"}}' for kind in get_args(FrameKind)),
+    ]
+    samples = series(text)
+    assert [name for name in expected if samples.get(f"pinecall_bridge_{name}") != 0] == []
 
 
 def every_source(port: int = 0, host: str = "127.0.0.1") -> Settings:
