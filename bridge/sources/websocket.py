@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
@@ -98,8 +98,10 @@ READ_LIMIT_FACTOR = 4
 # The start of an oversized frame's text kept in its note, to tell which event it was.
 NOTE_HEAD_CHARS = 1024
 # The start of a dropped (garbage) frame its log line shows: enough to tell a framing apart,
-# short enough that a frame echoing a credential shows little of it.
+# short; the connection's credential in it is hidden (_sample).
 GARBAGE_SAMPLE_CHARS = 64
+# What stands for the connection's credential in a sample.
+HIDDEN = "[credential]"
 # The close code websockets sends for a frame over its max_size.
 _MESSAGE_TOO_BIG = 1009
 # A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
@@ -117,6 +119,8 @@ class _Opened:
     answer_by: float | None = None
     early: list[str | bytes] = field(default_factory=list)
     replaced: bool = False  # its successor is open: it is being closed, not lost
+    # The token (or API key) it was opened with: hidden in what its frames' log lines show.
+    credential: str = ""
 
     def awaiting_answer(self) -> bool:
         if self.answer_by is not None and time.monotonic() >= self.answer_by:
@@ -452,7 +456,7 @@ class WebSocketSource:
 
     async def _open(self, tokens: TokenClient) -> _Opened:
         """A connection with a fresh token (never an old or expired one), subscribed."""
-        url, headers = await self._target(tokens)
+        url, headers, credential = await self._target(tokens)
         expires_at = self.token_expires_at if self._settings.auth == "query-token" else None
         ws = await _Unredirected(
             url,
@@ -468,17 +472,18 @@ class WebSocketSource:
             await self._close(ws)
             raise
         answer_by = time.monotonic() + self._settings.open_timeout_seconds
-        return _Opened(ws, expires_at, answer_by)
+        return _Opened(ws, expires_at, answer_by, credential=credential)
 
     def _read_limit(self) -> int:
         return self._settings.max_frame_bytes * READ_LIMIT_FACTOR
 
-    async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str]]:
+    async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str], str]:
+        """The URL and headers to connect with, and the credential they carry."""
         if self._settings.auth == "bearer":
             key = self._api.api_key.get_secret_value() if self._api.api_key else ""
-            return self._settings.url, {"Authorization": f"Bearer {key}"}
+            return self._settings.url, {"Authorization": f"Bearer {key}"}, key
         token, self.token_expires_at = await tokens.fetch()
-        return with_token(self._settings.url, token), {}
+        return with_token(self._settings.url, token), {}, token
 
     def _refresh_later(self, tokens: TokenClient, current: _Opened) -> asyncio.Task[_Opened] | None:
         """Before the token expires, open its successor, then close `current` (read to its end)."""
@@ -671,7 +676,11 @@ class WebSocketSource:
             # line shows what came instead (alert PinecallBridgeWebSocketGarbage counts them).
             flood.warning(
                 "feed sent a frame that is not a JSON object: dropped",
-                extra={"detail": frame.detail, "bytes": _size(message), "sample": _sample(message)},
+                extra={
+                    "detail": frame.detail,
+                    "bytes": _size(message),
+                    "sample": _sample(message, opened.credential),
+                },
             )
 
     def _too_large(self, message: str) -> None:
@@ -820,11 +829,23 @@ def _size(message: str | bytes) -> int:
     return len(message) if isinstance(message, bytes) else utf8_size(message)
 
 
-def _sample(message: str | bytes) -> str:
-    """The start of a dropped frame for its log line: cut short, a binary one as hex."""
+def _sample(message: str | bytes, credential: str = "") -> str:
+    """The start of a dropped frame for its log line: cut short, a binary one as hex, and
+    `credential` in it (as is or URL-encoded) replaced whole, even where the cut splits it."""
+    # A frame may echo the request (an error page quoting the URL): 64 characters hold a whole
+    # token, and the cut alone hid none of it.
+    spelt = {credential, quote_plus(credential), quote(credential, safe="")} - {""}
+    spellings = sorted(spelt, key=len, reverse=True)
+    extra = max((len(s.encode()) for s in spellings), default=0)
     if isinstance(message, bytes):
-        return message[: GARBAGE_SAMPLE_CHARS // 2].hex()
-    return message[:GARBAGE_SAMPLE_CHARS]
+        raw = message[: GARBAGE_SAMPLE_CHARS // 2 + extra]
+        for spelling in spellings:
+            raw = raw.replace(spelling.encode(), HIDDEN.encode())
+        return raw[: GARBAGE_SAMPLE_CHARS // 2].hex()
+    head = message[: GARBAGE_SAMPLE_CHARS + extra]
+    for spelling in spellings:
+        head = head.replace(spelling, HIDDEN)
+    return head[:GARBAGE_SAMPLE_CHARS]
 
 
 def _decoded(held: str | bytes | Unrecognised | dict[str, Any]) -> Any:

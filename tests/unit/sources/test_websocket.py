@@ -628,6 +628,39 @@ async def test_a_garbage_frame_is_a_warning_with_a_short_sample(
     assert source._queue.empty()
 
 
+# A frame echoing the request (a proxy's error page quoting its URL or headers): the 64
+# characters shown held the whole token, or the API key of a bearer connection.
+@pytest.mark.parametrize("auth", ["query-token", "bearer"])
+async def test_a_garbage_frame_echoing_the_credential_shows_none_of_it(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    auth: str,
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_str(f"400 GET /v1/ws?token=tok-{n} Authorization: Bearer {API_KEY}")
+        await ws.send_bytes(f"token=tok-{n}".encode())
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(auth=auth), sink, metrics):
+            await until(
+                lambda: (
+                    sample(metrics, "pinecall_bridge_websocket_frames_total", kind="garbage") == 2
+                )
+            )
+    said = [jsoncodec.loads(JsonFormatter().format(r)) for r in caplog.records]
+    [shown] = [line["sample"] for line in said if "sample" in line]
+    assert websocket.HIDDEN in shown
+    secret = "tok-1" if auth == "query-token" else API_KEY
+    assert secret not in shown
+    assert (
+        websocket._sample(f"token={secret}".encode(), secret)
+        == (b"token=" + websocket.HIDDEN.encode()).hex()
+    )
+
+
 async def test_the_backlog_gauge_is_read_at_scrape_time_not_set_per_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
