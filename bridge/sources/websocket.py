@@ -100,8 +100,10 @@ NOTE_HEAD_CHARS = 1024
 # The start of a dropped (garbage) frame its log line shows: enough to tell a framing apart,
 # short; the connection's credential in it is hidden (_sample).
 GARBAGE_SAMPLE_CHARS = 64
-# What stands for the connection's credential in a sample.
+# What stands for the connection's credential in a sample, a notice or a refusal's reason.
 HIDDEN = "[credential]"
+# The start of an error notice or refusal reason its log line shows.
+NOTICE_CHARS = 500
 # The close code websockets sends for a frame over its max_size.
 _MESSAGE_TOO_BIG = 1009
 # A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
@@ -645,7 +647,8 @@ class WebSocketSource:
         if not opened.awaiting_answer():
             return
         if frame.kind == "control" and frame.detail == "error":
-            raise SubscribeRefusedError("error_frame", error_reason(frame.item))
+            reason = _hidden(error_reason(frame.item), opened.credential, NOTICE_CHARS)
+            raise SubscribeRefusedError("error_frame", str(reason))
         # An event says the feed sends to this connection, as an ack does; an untyped object
         # may be a refusal in another shape, and says nothing.
         if (frame.kind == "event" and frame.detail != UNTYPED) or frame.detail in SUBSCRIBED_TYPES:
@@ -670,7 +673,8 @@ class WebSocketSource:
             parsed = size <= PARSED_FRAME_BYTES and queued + size <= PARSED_QUEUE_BYTES
             self._hold(frame.item if parsed else message, size)
         elif frame.kind == "control" and frame.detail == "error":
-            flood.warning("feed sent an error notice", extra={"notice": str(frame.item)[:500]})
+            notice = _hidden(str(frame.item), opened.credential, NOTICE_CHARS)
+            flood.warning("feed sent an error notice", extra={"notice": notice})
         elif frame.kind == "garbage":
             # A WARNING, not DEBUG: a changed framing would drop every feed-only event, and this
             # line shows what came instead (alert PinecallBridgeWebSocketGarbage counts them).
@@ -821,7 +825,8 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
         return None
     if "auth" in received.reason.lower():
         return None
-    return SubscribeRefusedError("close", f"{received.code} {received.reason}".strip())
+    reason = _hidden(received.reason, opened.credential, NOTICE_CHARS)
+    return SubscribeRefusedError("close", f"{received.code} {reason!s}".strip())
 
 
 def _size(message: str | bytes) -> int:
@@ -831,21 +836,33 @@ def _size(message: str | bytes) -> int:
 
 def _sample(message: str | bytes, credential: str = "") -> str:
     """The start of a dropped frame for its log line: cut short, a binary one as hex, and
-    `credential` in it (as is or URL-encoded) replaced whole, even where the cut splits it."""
-    # A frame may echo the request (an error page quoting the URL): 64 characters hold a whole
-    # token, and the cut alone hid none of it.
+    `credential` in it hidden (_hidden)."""
+    if isinstance(message, bytes):
+        head = _hidden(message, credential, GARBAGE_SAMPLE_CHARS // 2)
+        assert isinstance(head, bytes)
+        return head.hex()
+    return str(_hidden(message, credential, GARBAGE_SAMPLE_CHARS))
+
+
+def _hidden(text: str | bytes, credential: str, limit: int) -> str | bytes:
+    """The first `limit` characters (bytes) of `text`, `credential` in them (as is or
+    URL-encoded) replaced whole by HIDDEN, even where the cut splits it. Pure.
+
+    What the feed sends may echo the request (an error page or notice quoting the URL): a
+    cut alone hides none of a token that fits in it.
+    """
     spelt = {credential, quote_plus(credential), quote(credential, safe="")} - {""}
     spellings = sorted(spelt, key=len, reverse=True)
     extra = max((len(s.encode()) for s in spellings), default=0)
-    if isinstance(message, bytes):
-        raw = message[: GARBAGE_SAMPLE_CHARS // 2 + extra]
+    if isinstance(text, bytes):
+        raw = text[: limit + extra]
         for spelling in spellings:
             raw = raw.replace(spelling.encode(), HIDDEN.encode())
-        return raw[: GARBAGE_SAMPLE_CHARS // 2].hex()
-    head = message[: GARBAGE_SAMPLE_CHARS + extra]
+        return raw[:limit]
+    head = text[: limit + extra]
     for spelling in spellings:
         head = head.replace(spelling, HIDDEN)
-    return head[:GARBAGE_SAMPLE_CHARS]
+    return head[:limit]
 
 
 def _decoded(held: str | bytes | Unrecognised | dict[str, Any]) -> Any:

@@ -1025,6 +1025,34 @@ async def test_an_error_notice_after_the_subscription_is_only_a_notice(
     assert refusal_logs(caplog) == []
 
 
+async def test_an_error_notice_echoing_the_token_shows_none_of_it(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json({"type": "error", "message": f"token tok-{n} expires soon"})
+        await ws.send_json(entry(1))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: len(sink.acked()) == 1)
+    said = [jsoncodec.loads(JsonFormatter().format(r)) for r in caplog.records]
+    [notice] = [line["notice"] for line in said if "notice" in line]
+    assert "tok-1" not in notice
+    assert websocket.HIDDEN in notice
+
+
+def test_a_credential_the_cut_splits_is_hidden_whole() -> None:
+    text = "x" * 8 + "secret/key" + "y" * 8
+    assert websocket._hidden(text, "secret/key", 12) == "x" * 8 + websocket.HIDDEN[:4]
+    assert websocket._hidden(text.replace("/", "%2F"), "secret/key", 40) == (
+        "x" * 8 + websocket.HIDDEN + "y" * 8
+    )
+    assert websocket._hidden(text, "", 12) == text[:12]
+
+
 async def test_a_subscription_left_unanswered_is_logged_and_the_connection_kept(
     make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
 ) -> None:
