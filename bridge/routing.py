@@ -15,6 +15,10 @@ StageOutput = Literal["write", "look_up", "skip"]
 # How long the dedup stage takes a topic it found missing to be missing still: records naming it
 # meanwhile are skipped without a cluster metadata request each.
 MISSING_RECHECK_SECONDS = 10.0
+# How long it takes a topic it found to exist to exist still: one deleted since (its rule removed
+# after a rollout, records naming it still in the ingest topic) is looked up again, not written
+# for ever (failing every transaction, or made again where brokers auto-create topics).
+FOUND_RECHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +77,18 @@ def record_key(event: Event) -> bytes | None:
 def stage_output(
     topic: str,
     configured: Collection[str],
-    existing: Collection[str],
+    found_at: float | None,
     missing_since: float | None,
     now: float,
 ) -> StageOutput:
     """What the dedup stage does with an output record naming `topic`: it writes its own output
     topics, and those that exist (another pod's routing, during a rolling update); any other is
     looked up, and skipped while missing: sent, its metadata wait failed the transaction at every
-    retry, or a cluster that auto-creates topics made it with its defaults."""
-    if topic in configured or topic in existing:
+    retry, or a cluster that auto-creates topics made it with its defaults. `found_at` and
+    `missing_since`: when it was last looked up and found, or found missing."""
+    if topic in configured:
+        return "write"
+    if found_at is not None and now - found_at < FOUND_RECHECK_SECONDS:
         return "write"
     if missing_since is not None and now - missing_since < MISSING_RECHECK_SECONDS:
         return "skip"

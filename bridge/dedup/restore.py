@@ -139,15 +139,22 @@ async def restore(
         if meter is not None:
             meter.begin(max(end - start, 0))
         read = 0
+        resumed = False
         while True:
             try:
                 read += await _replay(consumer, tp, start, end, window, progress, watch, meter)
                 break
             except RestoreStalledError as stall:
+                if resumed and stall.position == start:
+                    # A new consumer got nothing either (the partition's leader gone): given
+                    # up, the start retries after the partitions waiting for a restore slot,
+                    # which a read resumed for ever held (every slot, a broker's partitions).
+                    raise
                 # The ids replayed so far stay in the window: starting over from the window's
                 # start would throw them away, and a slow read would never finish.
                 read += stall.read
                 start = stall.position
+                resumed = True
                 log.warning(
                     "dedup restore got nothing from the broker for a while (no record, no"
                     " throttle); going on from where it stopped with a new consumer",

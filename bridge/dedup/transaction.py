@@ -154,9 +154,9 @@ class StageProducer:
         self._limits = limits
         # Not the ingest topic, which it never writes: its limit must not shrink the batches.
         self._writes = set(writes)
-        # Topics not among `writes` that ingest records name (another pod's routing): those
-        # found to exist, and when each missing one was last looked up.
-        self._existing: set[str] = set()
+        # Topics not among `writes` that ingest records name (another pod's routing): when each
+        # was last looked up and found to exist, or found missing.
+        self._found: dict[str, float] = {}
         self._missing: dict[str, float] = {}
         self.transactional_id = transactional_id(settings.group, settings.instance_id)
         self._producer: GroupCommitProducer | None = None
@@ -393,15 +393,18 @@ class StageProducer:
     async def _may_write(self, topic: str, producer: GroupCommitProducer) -> bool:
         """Whether `topic` is written: configured, or found to exist (stage_output)."""
         now = time.monotonic()
-        verdict = stage_output(topic, self._writes, self._existing, self._missing.get(topic), now)
+        verdict = stage_output(
+            topic, self._writes, self._found.get(topic), self._missing.get(topic), now
+        )
         if verdict != "look_up":
             return verdict == "write"
         # The whole cluster's metadata: a look-up by name asks a broker that auto-creates topics
         # to make it, as the producer's own wait for the topic's partitions would.
         if topic in (await producer.client.fetch_all_metadata()).topics():
-            self._existing.add(topic)
+            self._found[topic] = now
             self._missing.pop(topic, None)
             return True
+        self._found.pop(topic, None)
         self._missing[topic] = now
         return False
 

@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 
 from bridge.dedup import restore as restore_module
 from bridge.dedup.memoryfit import RESTORE_BYTES_PER_PARTITION
-from bridge.dedup.restore import RestoreMeter, restore
+from bridge.dedup.restore import RestoreMeter, RestoreStalledError, restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.metrics import Metrics
@@ -219,6 +219,24 @@ async def test_a_resumed_restore_gives_its_new_consumer_the_whole_limit(
     log.empty_after_cut = 3
     window = SeenWindow(TTL, 10_000)
     assert await restore({}, TP, 1_000, window, TTL) == 1_000
+    assert log.starts == 2
+
+
+async def test_a_restore_whose_new_consumer_reads_nothing_either_gives_up(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resumed for ever, it held its restore slot for ever: a broker's partitions gone offline
+    # mid-takeover held every slot, and the partitions still readable were never restored.
+    monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
+    monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
+    for n in range(1_000):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
+    log.cut_after = 601
+    log.empty_after_cut = 1_000_000
+    async with asyncio.timeout(5):
+        with pytest.raises(RestoreStalledError) as stalled:
+            await restore({}, TP, 1_000, SeenWindow(TTL, 10_000), TTL)
+    assert stalled.value.position == 600
     assert log.starts == 2
 
 

@@ -28,6 +28,7 @@ from bridge.dedup import transaction
 from bridge.dedup.groupcommit import GroupCommitFailedError
 from bridge.dedup.transaction import StageProducer, TransactionLostError, transactional_id
 from bridge.metrics import Metrics
+from bridge.routing import FOUND_RECHECK_SECONDS
 from bridge.sink.limits import TopicLimits
 from bridge.sink.topicreads import why_unread
 from tests.metrics import sample
@@ -638,6 +639,21 @@ async def test_an_output_record_for_an_existing_topic_it_does_not_write_is_sent(
     assert sends(producer) == [b"CA_1:1", b"CA_1:2"]
     assert producer.metadata_requests == 1
     assert sample(metrics, "pinecall_bridge_dedup_output_unknown_topic_total") == 0
+
+
+async def test_an_existing_topic_it_does_not_write_deleted_since_is_skipped() -> None:
+    # Its rule removed after a rollout and the topic deleted, records naming it still read: sent,
+    # each failed the transaction at every retry (or made the topic again).
+    out, producer, metrics = stage_producer()
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    producer.topics = set()
+    out._found["pinecall.events"] -= FOUND_RECHECK_SECONDS
+    await publish(out, TP, 1, "CA_1:2")
+    await out.commit({TP: 2}, GROUP)
+    assert sends(producer) == [b"CA_1:1"]
+    assert producer.metadata_requests == 2
+    assert sample(metrics, "pinecall_bridge_dedup_output_unknown_topic_total") == 1
 
 
 async def test_a_size_refusal_by_the_broker_fails_the_commit_and_marks_the_limit_stale() -> None:
