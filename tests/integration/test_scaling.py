@@ -304,18 +304,26 @@ def logged(replica: Replica, message: str) -> list[dict[str, Any]]:
     return [e for e in replica.log_entries() if e.get("msg") == message]
 
 
+async def two_pods(
+    replicas: Callable[..., Replica], session: aiohttp.ClientSession
+) -> tuple[Replica, Replica]:
+    """Two replicas named as pods (static members), started, each partition owned once."""
+    one = replicas("one", BRIDGE_DEDUP__INSTANCE_ID="pod-one", **LONG_SESSION)
+    two = replicas("two", BRIDGE_DEDUP__INSTANCE_ID="pod-two", **LONG_SESSION)
+    await one.start()
+    await two.start()
+    await until_each_owned_once([one, two], session)
+    return one, two
+
+
 async def test_a_pod_restarted_within_the_session_takes_its_partitions_back_alone(
     replicas: Callable[..., Replica],
 ) -> None:
     """A crash-looping pod (same name: same instance id) restarted before its session expires
     rejoins as the static member it was: no rebalance, so the other pod revokes, pauses and
     restores nothing (a dynamic member's restart revoked all of them, each time)."""
-    one = replicas("one", BRIDGE_DEDUP__INSTANCE_ID="pod-one", **LONG_SESSION)
-    two = replicas("two", BRIDGE_DEDUP__INSTANCE_ID="pod-two", **LONG_SESSION)
     async with aiohttp.ClientSession() as session:
-        await one.start()
-        await two.start()
-        await until_each_owned_once([one, two], session)
+        one, two = await two_pods(replicas, session)
         before = await owners([one, two], session)
         revoked, owned = (
             len(logged(one, "dedup partitions revoked")),
@@ -335,12 +343,8 @@ async def test_a_stopped_static_member_hands_its_partitions_on_at_once(
 ) -> None:
     """SIGTERM (a rolling update, a scale-in) still sends LeaveGroup, which aiokafka skips for a
     static member: its partitions move now, not after its 30 s session."""
-    one = replicas("one", BRIDGE_DEDUP__INSTANCE_ID="pod-one", **LONG_SESSION)
-    two = replicas("two", BRIDGE_DEDUP__INSTANCE_ID="pod-two", **LONG_SESSION)
     async with aiohttp.ClientSession() as session:
-        await one.start()
-        await two.start()
-        await until_each_owned_once([one, two], session)
+        one, two = await two_pods(replicas, session)
         loop = asyncio.get_running_loop()
         assert await two.stop() == 0
         stopped = loop.time()

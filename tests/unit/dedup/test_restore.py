@@ -185,18 +185,22 @@ def test_a_read_with_no_move_and_no_answer_stalls_after_the_limit() -> None:
     assert watch.stalled(8, now=66.0)
 
 
-async def test_a_stalled_restore_goes_on_from_where_it_stopped(
-    log: FakeLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The broker is cut mid-restore: the first consumer gets nothing past offset 599 (and the
-    # last record, read for its time). The
-    # ids replayed before it stay; the next consumer reads on from 600, not from the start.
-    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+def cut_at_600(log: FakeLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 records whose first consumer gets nothing past offset 599 (and the last record, read
+    for its time): a broker cut mid-restore, called stalled within 0.2 s."""
     monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
     monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
     for n in range(1_000):
         log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
     log.cut_after = 601
+
+
+async def test_a_stalled_restore_goes_on_from_where_it_stopped(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The ids replayed before the cut stay; the next consumer reads on from 600, not from 0.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    cut_at_600(log, monkeypatch)
     window = SeenWindow(TTL, 10_000)
     assert await restore({}, TP, 1_000, window, TTL) == 1_000
     assert seen(window, "CA_1:0", "CA_1:599", "CA_1:600", "CA_1:999") == [True] * 4
@@ -211,11 +215,7 @@ async def test_a_resumed_restore_gives_its_new_consumer_the_whole_limit(
 ) -> None:
     # The new consumer's first fetches come back empty (its connection still being made): that
     # is no stall of its own, though its position has not moved since the last one's stall.
-    monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
-    monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
-    for n in range(1_000):
-        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
-    log.cut_after = 601
+    cut_at_600(log, monkeypatch)
     log.empty_after_cut = 3
     window = SeenWindow(TTL, 10_000)
     assert await restore({}, TP, 1_000, window, TTL) == 1_000
@@ -227,11 +227,7 @@ async def test_a_restore_whose_new_consumer_reads_nothing_either_gives_up(
 ) -> None:
     # Resumed for ever, it held its restore slot for ever: a broker's partitions gone offline
     # mid-takeover held every slot, and the partitions still readable were never restored.
-    monkeypatch.setattr(restore_module, "_FETCH_MS", 10)
-    monkeypatch.setattr(restore_module, "STALL_SECONDS", 0.2)
-    for n in range(1_000):
-        log.append(ingest(n, f"CA_1:{n}", 100.0 + n / 1000))
-    log.cut_after = 601
+    cut_at_600(log, monkeypatch)
     log.empty_after_cut = 1_000_000
     async with asyncio.timeout(5):
         with pytest.raises(RestoreStalledError) as stalled:
