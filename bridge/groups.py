@@ -114,19 +114,6 @@ def parse_claim(user_data: bytes | None) -> Claim:
     return Claim(partitions, since if isinstance(since, int) else 0)
 
 
-def leave_when_stopped(consumer: Any) -> None:
-    """Make the consumer's stop send LeaveGroup, which aiokafka 0.14 skips for a static member.
-
-    A stop (SIGTERM: a rolling update, a scale-in) must hand the partitions on at once, not after
-    the session timeout; only a crash keeps them for a restart with the same instance id. Takes
-    one aiokafka private, checked against 0.14.0: ``GroupCoordinator._group_instance_id``, which
-    ``_maybe_leave_group`` reads at the stop (the stage's last commit has been sent by then).
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is not None:
-        coordinator._group_instance_id = None
-
-
 # aiokafka's default, made explicit: how long the coordinator waits for members to rejoin.
 REBALANCE_TIMEOUT_MS = 30_000
 

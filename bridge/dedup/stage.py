@@ -54,7 +54,7 @@ from bridge.dedup.refusals import refusal, refused_wait
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
-from bridge.groups import Claim, StickyAssignor, leave_when_stopped, member_options
+from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.groupsession import Session, watch_heartbeats
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -227,10 +227,6 @@ class DedupStage:
         consumer = AIOKafkaConsumer(
             **member_options(options),
             group_id=s.group,
-            # Static membership (KIP-345): a process restarted within the session timeout (a
-            # crash, an OOM kill) takes its partitions back with no rebalance, and the other
-            # members neither pause nor restore any. A stop still leaves (leave_when_stopped).
-            group_instance_id=s.instance_id,
             isolation_level="read_committed",
             enable_auto_commit=False,
             # Never a silent jump: a position below the log start means retention deleted
@@ -293,7 +289,6 @@ class DedupStage:
             raise
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            leave_when_stopped(consumer)
             await stop_consumer(consumer)
         await self._offsets.stop()
         for tp in gone:
