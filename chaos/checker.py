@@ -144,3 +144,24 @@ def feed_tail_losses(
             else:
                 untolerated.append(event)
     return tolerated, untolerated
+
+
+def call_log_history(
+    ledger: Iterable[Mapping[str, object]], read: Sequence[tuple[str, str]]
+) -> History:
+    """The history of a call-log run from the simulator's ledger: what its logs hold, as sent.
+
+    Every durable entry of a call's log is owed to the output (the bridge reads the log, nobody
+    has to deliver it), so each counts as acknowledged; a call's entries are owed in seq order,
+    whatever order the ledger took them in. Ephemeral entries and alerts (webhook only) are not.
+    """
+    owed: dict[str, list[tuple[int, str]]] = {}
+    for record in ledger:
+        seq, channels = record.get("seq"), record.get("channels")
+        in_log = isinstance(channels, list | tuple) and "sse" in channels
+        if record.get("durable") is not True or not in_log or not isinstance(seq, int):
+            continue
+        owed.setdefault(str(record["call"]), []).append((seq, str(record["id"])))
+    sent = {call: [event for _, event in sorted(set(pairs))] for call, pairs in owed.items()}
+    answers = {event: [200] for events in sent.values() for event in events}
+    return History(sent=sent, answers=answers, read=read)

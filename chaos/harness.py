@@ -147,14 +147,24 @@ class HealthWatch(Background):
     def statuses(self, path: str, start: float = 0.0, end: float = float("inf")) -> list[int]:
         return [s for at, _, p, s in self.timeline if p == path and start <= at <= end]
 
-    def liveness(self) -> Check:
-        """Every /healthz probe answered 200 (5 s timeout), with the slowest answer's time."""
-        answers = self.statuses("/healthz")
+    def liveness(self, restarting: Sequence[tuple[str, float, float]] = ()) -> Check:
+        """Every /healthz probe answered 200 (5 s timeout), with the slowest answer's time.
+
+        `restarting`: (replica, from, to) windows in which a restarted process is still starting.
+        """
+
+        def excused(at: float, name: str) -> bool:
+            return any(name == who and start <= at <= end for who, start, end in restarting)
+
+        probes = [(at, name, s) for at, name, p, s in self.timeline if p == "/healthz"]
+        answers = [s for at, name, s in probes if not excused(at, name)]
+        skipped = len(probes) - len(answers)
         return Check(
             "liveness green throughout",
             bool(answers) and set(answers) == {200},
             f"{len(answers)} /healthz probes answered {sorted(set(answers))},"
-            f" the slowest in {self.slowest.get('/healthz', 0.0):.1f}s",
+            f" the slowest in {self.slowest.get('/healthz', 0.0):.1f}s"
+            + (f"; {skipped} probes of a process still starting not counted" if skipped else ""),
         )
 
 

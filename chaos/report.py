@@ -34,7 +34,9 @@ absent, **doubled** = an id present more than once, order = each call's records 
 sent them, and no 5xx other than 503. For the feed, "acknowledged" means written to the bridge's
 socket by the simulator; the
 feed has no replay, so frames still in a socket when a fault cut it are counted apart and
-tolerated only as that connection's tail. Ingest copies beyond the requests that carried an event
+tolerated only as that connection's tail. For the call logs (SSE), "acknowledged" means every
+durable entry the simulator's logs hold: the bridge reads them, so each is owed, in seq order
+within its call. Ingest copies beyond the requests that carried an event
 would be a producer retry that doubled. A 503 must come within the publish timeout
 (5 s here) plus 2 s, measured at the client less the CPU starvation during the request (the same
 for the crash phase's acknowledgements): the time the harness's own event loop ran late, and the

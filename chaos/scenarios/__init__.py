@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from chaos.harness import Context, Outcome
 from chaos.scenarios.broker_stop import broker_stop
+from chaos.scenarios.calllog import calllog
 from chaos.scenarios.cluster import cluster
 from chaos.scenarios.feed import feed
 from chaos.scenarios.network import network, resets
@@ -22,4 +23,5 @@ SCENARIOS: dict[str, Scenario] = {
     "feed": feed,
     "slow-clients": slow_clients,
     "cluster": cluster,
+    "calllog": calllog,
 }

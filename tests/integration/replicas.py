@@ -55,6 +55,27 @@ def feed_env(simulator: Simulator) -> dict[str, str]:
     }
 
 
+# The call-log source, retrying fast: a dead stream noticed in 1.5 s (the simulator pings often).
+FAST_SSE: dict[str, Any] = {
+    "enabled": True,
+    "read_timeout_seconds": 1.5,
+    "connect_timeout_seconds": 2.0,
+    "backoff_initial_seconds": 0.05,
+    "backoff_max_seconds": 0.5,
+}
+
+
+def calllog_env(api_url: str, api_key: str = "sim-api-key") -> dict[str, str]:
+    """A replica's settings to follow the call logs of the Pinecall API at `api_url`."""
+    env = {f"BRIDGE_SSE__{key.upper()}": str(value).lower() for key, value in FAST_SSE.items()}
+    return {
+        **env,
+        "BRIDGE_PINECALL__API_URL": api_url,
+        "BRIDGE_PINECALL__API_KEY": api_key,
+        "BRIDGE_LOG__LEVEL": "INFO",
+    }
+
+
 @dataclass
 class Replica:
     """One `pinecall-bridge run` process; its log goes to `log`."""

@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     consume_until,
     read_decided,
 )
-from tests.integration.replicas import Replica, replica_env, total
+from tests.integration.replicas import FAST_SSE, Replica, calllog_env, replica_env, total
 from tests.metrics import sample
 from tests.polling import until
 from tests.sockets import free_port
@@ -44,13 +44,6 @@ from tests.sockets import free_port
 INGESTED = "pinecall_bridge_events_ingested_total"
 
 API_KEY = "sim-api-key"
-FAST_SSE = {
-    "enabled": True,
-    "read_timeout_seconds": 1.5,
-    "connect_timeout_seconds": 2.0,
-    "backoff_initial_seconds": 0.05,
-    "backoff_max_seconds": 0.5,
-}
 _seq_types = itertools.cycle(["turn.user", "agent.state", "turn.agent", "tool.call"])
 
 
@@ -421,13 +414,7 @@ async def test_call_ids_that_are_no_call_ids_are_refused_not_followed(
 
 
 def sse_env(sim: Simulator) -> dict[str, str]:
-    env = {f"BRIDGE_SSE__{key.upper()}": str(value).lower() for key, value in FAST_SSE.items()}
-    return {
-        **env,
-        "BRIDGE_PINECALL__API_URL": sim.url,
-        "BRIDGE_PINECALL__API_KEY": API_KEY,
-        "BRIDGE_LOG__LEVEL": "INFO",
-    }
+    return calllog_env(sim.url, API_KEY)
 
 
 def followed_once(sim: Simulator, calls: list[str]) -> bool:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from chaos.checker import History, check, feed_tail_losses, order_violations, producer_doubles
+from typing import Any
+
+from bridge.simulator.ledger import ledger_record
+from chaos.checker import (
+    History,
+    call_log_history,
+    check,
+    feed_tail_losses,
+    order_violations,
+    producer_doubles,
+)
+from tests.entries import entry
 
 SENT = {"CA_a": ["CA_a:1", "CA_a:2", "CA_a:3"], "CA_b": ["CA_b:1", "CA_b:2"]}
 
@@ -92,3 +103,27 @@ def test_feed_losses_are_tolerated_only_as_the_tail_of_a_cut_connection() -> Non
     assert feed_tail_losses(sends, {"a", "b", "c", "d", "f"}, cut={1}) == ({}, ["e"])
     # A whole cut connection that delivered nothing is all tail.
     assert feed_tail_losses(sends, {"d", "e", "f"}, cut={1}) == ({1: 3}, [])
+
+
+def logged(call: str, seq: int, *channels: str, ephemeral: bool = False) -> dict[str, Any]:
+    """The simulator's ledger record of one of its call logs' entries."""
+    return ledger_record(entry(seq, call=call, ephemeral=ephemeral), channels or ("sse",))
+
+
+def test_a_call_log_history_owes_every_durable_entry_in_seq_order() -> None:
+    ledger = [
+        logged("CA_a", 2),
+        logged("CA_b", 1, "webhook", "sse"),
+        logged("CA_a", 1),  # ledgered late: still owed first, by its seq
+        logged("CA_a", 3, ephemeral=True),  # never published
+        logged("CA_a", 4),
+        {**logged("CA_b", 9, "webhook"), "id": "alert-digest"},  # an alert: webhook only
+    ]
+    read = [("CA_a", "CA_a:1"), ("CA_b", "CA_b:1"), ("CA_a", "CA_a:4"), ("CA_a", "CA_a:2")]
+    history = call_log_history(ledger, read)
+    assert history.sent == {"CA_a": ["CA_a:1", "CA_a:2", "CA_a:4"], "CA_b": ["CA_b:1"]}
+    assert history.answers == {e: [200] for e in ("CA_a:1", "CA_a:2", "CA_a:4", "CA_b:1")}
+    counts = check(history)
+    assert (counts.sent, counts.acknowledged, counts.lost, counts.doubled) == (4, 4, 0, 0)
+    assert counts.failures == ["1 per-call order violation(s)"]
+    assert check(call_log_history(ledger, read[:2])).lost_ids == ("CA_a:2", "CA_a:4")

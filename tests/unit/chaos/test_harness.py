@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chaos.harness import completion_check, retry_after_check
+from chaos.harness import HealthWatch, completion_check, retry_after_check
 from chaos.load import Attempt, WebhookLoad
 
 
@@ -77,3 +77,22 @@ def test_without_schedstat_the_check_says_it_subtracted_the_harness_lag_only() -
     check = retry_after_check(load_with([Attempt("CA_a:1", 503, 10.0, 5.5, "5")]), 9.0)
     assert check.ok
     assert "the bridge's run-queue wait not measured" in check.detail
+
+
+def test_a_restarting_replica_unanswered_is_excused_only_in_its_window() -> None:
+    watch = HealthWatch([])
+    watch.timeline = [
+        (1.0, "r0", "/healthz", 200),
+        (2.0, "r1", "/healthz", 0),  # r1 restarted at 1.5, not listening yet
+        (2.0, "r0", "/readyz", 503),
+        (3.0, "r1", "/healthz", 200),
+    ]
+    restarting = [("r1", 1.5, 2.5)]
+    assert not watch.liveness().ok
+    excused = watch.liveness(restarting)
+    assert excused.ok
+    assert excused.detail.startswith("2 /healthz probes answered [200]")
+    assert excused.detail.endswith("1 probes of a process still starting not counted")
+    assert not watch.liveness([("r0", 1.5, 2.5)]).ok  # another replica's window excuses nothing
+    watch.timeline.append((4.0, "r1", "/healthz", 0))
+    assert not watch.liveness(restarting).ok  # unanswered after its window: not excused
