@@ -425,6 +425,16 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _until(text: str) -> float:
+    """An end of the forms `_since` reads, a later one too: the read stops at the topic's end."""
+    from bridge.timespec import parse_since
+
+    try:
+        return parse_since(text, time.time(), future=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
     """A count of 1 or more: 0 or less would end at once, printing nothing, as if no event were
     there."""
@@ -593,7 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
         " again. Exit 0 done, 1 Kafka failed, 2 usage.",
     )
     _add_since(redrive, "dead letters written", required=True)
-    redrive.add_argument("--until", type=_since, help="and up to then (the same forms)")
+    redrive.add_argument(
+        "--until", type=_until, help="and up to then (the same forms, or a later time)"
+    )
     redrive.add_argument(
         "--reason",
         action="append",

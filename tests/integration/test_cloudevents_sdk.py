@@ -90,6 +90,28 @@ def expected(call: str) -> dict[str, tuple[datetime, dict[str, Any], Any]]:
             },
             {"monitor": "latency"},
         ),
+        # An ephemeral entry: a boolean extension, "true" as a binary header.
+        f"{call}:8": (
+            datetime(2026, 9, 21, 14, 13, 28, tzinfo=UTC),
+            {
+                **common,
+                "id": f"{call}:8",
+                "type": "user.transcript",
+                "subject": call,
+                "partitionkey": call,
+                "pinecallseq": 8,
+                "pinecallagent": "support",
+                "pinecallchannel": "webhook",
+                "pinecallephemeral": True,
+            },
+            {"text": "utterance 8"},
+        ),
+        # No call, agent or org: an unkeyed record, with no partitionkey.
+        f"test_{call}": (
+            datetime(2026, 9, 21, 14, 13, 40, tzinfo=UTC),
+            {**common, "id": f"test_{call}", "type": "webhook.test", "pinecallchannel": "webhook"},
+            {"probe": True},
+        ),
     }
 
 
@@ -114,6 +136,15 @@ async def post_one_of_each(bridge: RunningBridge, call: str) -> None:
         "data": {"monitor": "latency"},
     }
     assert (await bridge.post(alert))[0] == 200
+    ephemeral = entry(8, "user.transcript", call=call, ephemeral=True)
+    assert (await bridge.post(ephemeral))[0] == 200
+    unkeyed = {
+        "id": f"test_{call}",
+        "type": "webhook.test",
+        "timestamp": "2026-09-21T14:13:40Z",
+        "data": {"probe": True},
+    }
+    assert (await bridge.post(unkeyed))[0] == 200
     for dead_letter in (NOT_AN_EVENT, NOT_AN_OBJECT, LOOKS_LIKE_A_CLOUDEVENT):
         status, body = await bridge.post(dead_letter)
         assert (status, body["dead_lettered"]) == (202, 1)
@@ -127,10 +158,12 @@ async def test_the_official_sdk_reads_every_event_and_no_dead_letter(
     kafka_bootstrap: str,
     unique_call: str,
 ) -> None:
-    bridge: RunningBridge = await start_bridge(cloudevents={"source": SOURCE, "mode": mode})
+    bridge: RunningBridge = await start_bridge(
+        cloudevents={"source": SOURCE, "mode": mode}, topics={"ephemeral": topics.ephemeral}
+    )
     await post_one_of_each(bridge, unique_call)
     records = await read_decided(
-        kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
+        kafka_bootstrap, topics, [topics.events, topics.alerts, topics.ephemeral, topics.dlq]
     )
     events = [r for r in records if r.topic != topics.dlq]
     want = expected(unique_call)
@@ -146,7 +179,8 @@ async def test_the_official_sdk_reads_every_event_and_no_dead_letter(
         event = from_kafka_event(sdk_message(record))
         time, attributes, data = want[event.get_id()]
         assert record.headers["pinecall-type"] == event.get_type().encode()
-        assert record.key == event.get_extension("partitionkey").encode()
+        key = event.get_extension("partitionkey")
+        assert record.key == (None if key is None else key.encode())
         assert event.get_time() == time
         assert event.get_data() == data
         got = event.get_attributes()

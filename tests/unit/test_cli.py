@@ -4,6 +4,7 @@ import hmac
 import json
 import shlex
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +391,15 @@ def test_redrive_until_before_since_is_a_usage_error(
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
     assert main(["redrive", "--since", "1h", "--until", "2h"]) == 2
     assert "--until is before --since" in capsys.readouterr().err
+
+
+def test_redrive_until_may_be_later_than_now() -> None:
+    # The read ends at the topic's end anyway: "until tomorrow" is every dead letter since then.
+    from bridge.cli import build_parser
+
+    tomorrow = datetime.now(UTC).date() + timedelta(days=2)
+    args = build_parser().parse_args(["redrive", "--since", "1h", "--until", str(tomorrow)])
+    assert args.until > time.time()
 
 
 @pytest.fixture

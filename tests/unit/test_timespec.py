@@ -49,3 +49,22 @@ def test_the_future_is_refused() -> None:
 def test_a_time_before_1970_is_1970(text: str) -> None:
     # Every record is newer; as a negative time, Kafka's offsets-for-times lookup is refused.
     assert parse_since(text, NOW) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "when"),
+    [
+        ("2026-12-01T09:00:00z", datetime(2026, 12, 1, 9, tzinfo=UTC)),
+        ("2026-12-01t09:00:00.5z", datetime(2026, 12, 1, 9, 0, 0, 500_000, tzinfo=UTC)),
+    ],
+)
+def test_a_lower_case_z_is_utc_as_rfc_3339_allows(text: str, when: datetime) -> None:
+    assert parse_since(text, NOW) == when.timestamp()
+
+
+def test_epoch_milliseconds_are_named_as_such_not_the_future() -> None:
+    # A Kafka record's timestamp (kcat's %T) pasted as is: the error says what to give instead.
+    with pytest.raises(
+        ValueError, match=r"epoch milliseconds\? --since takes seconds \(1764590400\.250\)"
+    ):
+        parse_since("1764590400250", NOW)

@@ -181,6 +181,13 @@ def test_legacy_frame_keeps_its_agent() -> None:
     assert e.data == {"agent": "pines", "word": "hi"}
 
 
+@pytest.mark.parametrize("agent", [42, ["support"], {"name": "support"}])
+def test_a_legacy_frames_agent_of_another_type_stays_in_its_data_only(agent: object) -> None:
+    # Its fields are the payload's: kept whole in data, no field of it refuses the frame.
+    e = norm({"event": "agent.note", "callId": "CA_1", "agent": agent})
+    assert (e.call, e.agent, e.data) == ("CA_1", None, {"agent": agent})
+
+
 def test_legacy_frame_whose_payload_has_a_type() -> None:
     e = norm({"event": "participant.joined", "callId": "CA_1", "type": "sip", "id": "CA_1:7"})
     assert (e.type, e.call, e.id) == ("participant.joined", "CA_1", "CA_1:7")
