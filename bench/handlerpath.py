@@ -88,7 +88,7 @@ async def _old_send(
 ) -> asyncio.Future[Any] | _Refused | None:
     """A copy, on purpose (the A/B's old side), of bridge/pipeline.py's `Pipeline._send` before
     the timer was armed only for a send that suspends."""
-    from bridge.pipeline import _REFUSED, flood
+    from bridge.pipeline import _REFUSED, PublishFailure, flood
 
     try:
         async with asyncio.timeout_at(deadline):
@@ -99,7 +99,7 @@ async def _old_send(
     except Exception as exc:
         if too_large(exc):
             return _REFUSED
-        reason = "retriable" if getattr(exc, "retriable", False) else "error"
+        reason: PublishFailure = "retriable" if getattr(exc, "retriable", False) else "error"
         flood.warning("Kafka refused a record", extra={"error": type(exc).__name__})
         self._fail(reason, result)
         return None

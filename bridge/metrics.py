@@ -316,6 +316,18 @@ class Metrics:
             "Ingest records (offsets) the partitions being restored still have to read.",
             registry=r,
         )
+        self.dedup_restore_partitions_waiting = Gauge(
+            f"{PREFIX}_dedup_restore_partitions_waiting",
+            "Ingest partitions whose restore waits for a restore slot"
+            " (BRIDGE_DEDUP__RESTORE_CONCURRENCY): their records are not yet in records_left.",
+            registry=r,
+        )
+        self.dedup_restore_partitions_reading = Gauge(
+            f"{PREFIX}_dedup_restore_partitions_reading",
+            "Ingest partitions whose restore holds a restore slot: finding its window's start,"
+            " then reading.",
+            registry=r,
+        )
         self.dedup_restore_records_read = Counter(
             f"{PREFIX}_dedup_restore_records_read_total",
             "Ingest records (offsets) read by restores, as they read them.",

@@ -14,13 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from bridge import jsoncodec
 from bridge.deadline import by_deadline
-from bridge.dedup.refusals import ACLS
 from bridge.ingest.record import ID, encode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
@@ -30,6 +29,7 @@ from bridge.normalise.binding import encode as encode_cloudevent
 from bridge.normalise.shapes import UNREAD
 from bridge.normalise.vocabulary import type_label
 from bridge.routing import Drop, Router
+from bridge.sink.acls import ACLS
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.record import Record
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 flood = LogThrottle(log)
 _YIELD_EVERY = 64
 TOO_LARGE = "too_large"
+# publish_failures_total's reasons (TOO_LARGE's too: _too_large).
+PublishFailure = Literal["timeout", "retriable", "error", "held_back", "producer_replaced"]
 # A command's delivery Kafka did not take is offered again this many times before it gives up.
 SUBMIT_ATTEMPTS = 5
 # A dead letter's headers: why it is not an event, and the channel it came through.
@@ -351,7 +353,7 @@ class Pipeline:
         except Exception as exc:  # a refused record must not become a 500
             if too_large(exc):
                 return _REFUSED
-            reason = "retriable" if getattr(exc, "retriable", False) else "error"
+            reason: PublishFailure = "retriable" if getattr(exc, "retriable", False) else "error"
             flood.warning("Kafka refused a record", extra={"error": type(exc).__name__})
             self._fail(reason, result)
             return None
@@ -449,7 +451,7 @@ class Pipeline:
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
         self._metrics.rejected.labels(channel, TOO_LARGE).inc()
 
-    def _fail(self, reason: str, result: BatchResult) -> None:
+    def _fail(self, reason: PublishFailure, result: BatchResult) -> None:
         result.failed += 1
         result.failure_reasons.add(reason)
         self._metrics.publish_failures.labels(reason).inc()

@@ -39,7 +39,8 @@ from bridge.ingest.topic import (
 )
 from bridge.metrics import Metrics
 from bridge.normalise import Channel
-from bridge.pipeline import pipeline_for
+from bridge.normalise.shapes import UnrecognisedReason
+from bridge.pipeline import TOO_LARGE, PublishFailure, pipeline_for
 from bridge.routing import DropReason, Router
 from bridge.secretfiles import secret_file
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
@@ -145,6 +146,15 @@ class Bridge:
         # type's series already counts, must not read as received and not ingested.
         for reason in get_args(DropReason):
             self.metrics.dropped.labels(reason)
+        # Rates over these are alerted on (PinecallBridgeDeadLettersHigh) and graphed: a series
+        # born at its first count shows a rate only from its second scrape on.
+        for dead in get_args(UnrecognisedReason):
+            self.metrics.dead_lettered.labels(dead)
+        for failure in (*get_args(PublishFailure), TOO_LARGE):
+            self.metrics.publish_failures.labels(failure)
+        # Lazy on purpose: received{channel,type} (3 channels x ~85 known types: hundreds of
+        # series at 0 most processes never count), and published{topic} for a topic the routing
+        # does not name (a record's own choice, unbounded).
         self.pipeline = pipeline_for(settings, self.sink, self.router, self.metrics)
         client = client_options(settings.kafka)
         dedup = settings.dedup

@@ -16,8 +16,8 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
+from bridge.sink.acls import ACLS
 
-ACLS = "deploy/README.md, Strimzi"
 # Kafka's own default for transaction.max.timeout.ms.
 KAFKA_MAX_TRANSACTION_TIMEOUT_MS = 900_000
 REFUSALS = (InvalidTransactionTimeout, TransactionalIdAuthorizationFailed)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -83,8 +83,7 @@ class PartitionTask:
             assert offset is not None
         # Only the read waits its turn: a committed offset held unstable (above) must not hold
         # up the partitions behind it.
-        slot = self._restore_slots or contextlib.nullcontext()
-        async with slot:
+        async with self._restore_turn():
             ids = await restore(
                 self._client(),
                 self.tp,
@@ -117,6 +116,27 @@ class PartitionTask:
                 "restore_s": round(elapsed, 3),
             },
         )
+
+    @contextlib.asynccontextmanager
+    async def _restore_turn(self) -> AsyncIterator[None]:
+        """One of the restore slots, when given, held; the wait for it and the hold counted."""
+        # Counted apart: records_left knows a partition's records only once its slot is held
+        # (the window's start is looked up then), so the alert scales it by those waiting.
+        waiting = self._metrics.dedup_restore_partitions_waiting
+        waiting.inc()
+        try:
+            if self._restore_slots is not None:
+                await self._restore_slots.acquire()
+        finally:
+            waiting.dec()
+        reading = self._metrics.dedup_restore_partitions_reading
+        reading.inc()
+        try:
+            yield
+        finally:
+            reading.dec()
+            if self._restore_slots is not None:
+                self._restore_slots.release()
 
     def _reset(self, verdict: Verdict) -> None:
         """Someone else moved the committed offset, or it is gone (all bridges stopped): go on

@@ -8,7 +8,6 @@ organisation had, so the bridge reads it first and takes another one over only w
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +16,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings
+from bridge.redaction import hidden, json_spellings, overhang
 from bridge.sources.capped import read_capped
 from bridge.sources.redirects import redirected
 
@@ -27,6 +27,8 @@ Step = Literal["set", "take-over", "refuse"]
 MAX_ANSWER_BYTES = 64 * 1024
 # The start of a refusal's body kept in its error (which is logged at every retry).
 ERROR_TEXT_CHARS = 300
+# What stands for the webhook secret in a refusal's body.
+HIDDEN = "[secret]"
 
 
 class RegistrationError(Exception):
@@ -160,22 +162,9 @@ async def _error_text(response: aiohttp.ClientResponse, hide: str) -> str:
     An API's validation error may echo the request (FastAPI's 422 `input`): the body is read
     past the cut, whatever its chunks, so a secret straddling the cut is hidden too.
     """
-    spellings = _spellings(hide)
-    want = ERROR_TEXT_CHARS + max((len(s.encode()) for s in spellings), default=0)
+    spellings = json_spellings(hide)
+    want = ERROR_TEXT_CHARS + overhang(spellings)
     raw = b""
     while len(raw) < want and (chunk := await response.content.read(want - len(raw))):
         raw += chunk
-    text = raw.decode("utf-8", "replace")
-    for spelling in spellings:
-        text = text.replace(spelling, "[secret]")
-    return text[:ERROR_TEXT_CHARS]
-
-
-def _spellings(secret: str) -> list[str]:
-    """`secret` as an echo may spell it, longest first: an echo is JSON, where a `"`, `\\` or
-    non-ASCII character of it is escaped (and `/` by some encoders). Pure."""
-    if not secret:
-        return []
-    inner = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-    inner |= {s.replace("/", "\\/") for s in inner}
-    return sorted(inner, key=len, reverse=True)
+    return hidden(raw.decode("utf-8", "replace"), spellings, ERROR_TEXT_CHARS, HIDDEN)

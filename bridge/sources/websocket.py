@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
@@ -52,6 +52,7 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.pipeline import Delivery, Pipeline
+from bridge.redaction import hidden, url_spellings
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.frames import (
@@ -647,8 +648,10 @@ class WebSocketSource:
         if not opened.awaiting_answer():
             return
         if frame.kind == "control" and frame.detail == "error":
-            reason = _hidden(error_reason(frame.item), opened.credential, NOTICE_CHARS)
-            raise SubscribeRefusedError("error_frame", str(reason))
+            reason = hidden(
+                error_reason(frame.item), url_spellings(opened.credential), NOTICE_CHARS, HIDDEN
+            )
+            raise SubscribeRefusedError("error_frame", reason)
         # An event says the feed sends to this connection, as an ack does; an untyped object
         # may be a refusal in another shape, and says nothing.
         if (frame.kind == "event" and frame.detail != UNTYPED) or frame.detail in SUBSCRIBED_TYPES:
@@ -673,7 +676,7 @@ class WebSocketSource:
             parsed = size <= PARSED_FRAME_BYTES and queued + size <= PARSED_QUEUE_BYTES
             self._hold(frame.item if parsed else message, size)
         elif frame.kind == "control" and frame.detail == "error":
-            notice = _hidden(str(frame.item), opened.credential, NOTICE_CHARS)
+            notice = hidden(str(frame.item), url_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
             flood.warning("feed sent an error notice", extra={"notice": notice})
         elif frame.kind == "garbage":
             # A WARNING, not DEBUG: a changed framing would drop every feed-only event, and this
@@ -825,8 +828,8 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
         return None
     if "auth" in received.reason.lower():
         return None
-    reason = _hidden(received.reason, opened.credential, NOTICE_CHARS)
-    return SubscribeRefusedError("close", f"{received.code} {reason!s}".strip())
+    reason = hidden(received.reason, url_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
+    return SubscribeRefusedError("close", f"{received.code} {reason}".strip())
 
 
 def _size(message: str | bytes) -> int:
@@ -836,33 +839,11 @@ def _size(message: str | bytes) -> int:
 
 def _sample(message: str | bytes, credential: str = "") -> str:
     """The start of a dropped frame for its log line: cut short, a binary one as hex, and
-    `credential` in it hidden (_hidden)."""
+    `credential` in it hidden, as it is or URL-encoded (bridge.redaction)."""
+    spellings = url_spellings(credential)
     if isinstance(message, bytes):
-        head = _hidden(message, credential, GARBAGE_SAMPLE_CHARS // 2)
-        assert isinstance(head, bytes)
-        return head.hex()
-    return str(_hidden(message, credential, GARBAGE_SAMPLE_CHARS))
-
-
-def _hidden(text: str | bytes, credential: str, limit: int) -> str | bytes:
-    """The first `limit` characters (bytes) of `text`, `credential` in them (as is or
-    URL-encoded) replaced whole by HIDDEN, even where the cut splits it. Pure.
-
-    What the feed sends may echo the request (an error page or notice quoting the URL): a
-    cut alone hides none of a token that fits in it.
-    """
-    spelt = {credential, quote_plus(credential), quote(credential, safe="")} - {""}
-    spellings = sorted(spelt, key=len, reverse=True)
-    extra = max((len(s.encode()) for s in spellings), default=0)
-    if isinstance(text, bytes):
-        raw = text[: limit + extra]
-        for spelling in spellings:
-            raw = raw.replace(spelling.encode(), HIDDEN.encode())
-        return raw[:limit]
-    head = text[: limit + extra]
-    for spelling in spellings:
-        head = head.replace(spelling, HIDDEN)
-    return head[:limit]
+        return hidden(message, spellings, GARBAGE_SAMPLE_CHARS // 2, HIDDEN).hex()
+    return hidden(message, spellings, GARBAGE_SAMPLE_CHARS, HIDDEN)
 
 
 def _decoded(held: str | bytes | Unrecognised | dict[str, Any]) -> Any:

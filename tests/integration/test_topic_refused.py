@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.dedup.refusals import ACLS
+from bridge.sink.acls import ACLS
 from tests.entries import entry
 from tests.integration.acls import (
     DESCRIBE,

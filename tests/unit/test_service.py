@@ -18,6 +18,7 @@ from bridge import connlimit, pipeline
 from bridge.config import Settings, ShutdownSettings, load_settings
 from bridge.dedup.memoryfit import MemoryLimit
 from bridge.metrics import FEED_LOSSES
+from bridge.normalise.shapes import UnrecognisedReason
 from bridge.service import Bridge, run_until_stopped
 from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
@@ -69,6 +70,28 @@ async def test_with_the_feed_the_counters_its_alerts_read_are_at_0_before_the_le
     ]
     samples = series(text)
     assert [name for name in expected if samples.get(f"pinecall_bridge_{name}") != 0] == []
+
+
+def at_0_before_any_event(names: list[str]) -> list[str]:
+    """Those of `names` (without the prefix) a fresh bridge does not export at 0."""
+    samples = series(exposition())
+    return [name for name in names if samples.get(f"pinecall_bridge_{name}") != 0]
+
+
+async def test_the_dead_letter_counters_are_at_0_before_any_event() -> None:
+    # PinecallBridgeDeadLettersHigh takes rate() of them: a series born at its first count has
+    # none until its next.
+    reasons = get_args(UnrecognisedReason)
+    assert (
+        at_0_before_any_event([f'events_dead_lettered_total{{reason="{r}"}}' for r in reasons])
+        == []
+    )
+
+
+async def test_the_publish_failure_counters_are_at_0_before_any_event() -> None:
+    # The dashboard's failures by reason are rates too.
+    reasons = (*get_args(pipeline.PublishFailure), pipeline.TOO_LARGE)
+    assert at_0_before_any_event([f'publish_failures_total{{reason="{r}"}}' for r in reasons]) == []
 
 
 def every_source(port: int = 0, host: str = "127.0.0.1") -> Settings:

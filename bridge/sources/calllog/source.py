@@ -94,6 +94,9 @@ class CallLogSource:
         self._gate = KeyGate(ReconnectPolicy.of(settings))
         # Gap pages read and held at once by all the followers: a Kafka stall gaps many calls.
         self._pages = PageSlots(settings.max_gap_pages_in_flight)
+        # PinecallBridgeRejectionRateHigh's share for the call logs: from 0, for rate() (a series
+        # born at its first count shows none).
+        metrics.rejected.labels("sse", "invalid_call_id")
         if settings.read_timeout_seconds <= PINECALL_PING_SECONDS:
             log.warning(
                 "BRIDGE_SSE__READ_TIMEOUT_SECONDS is not above Pinecall's ping interval: every"

@@ -204,8 +204,14 @@ groups:
         # millions of records and takes minutes (every failover paged), and a restore that
         # never ends has no duration at all. Reading nothing with records left: +Inf. None
         # running: 0/0, no value. The `for` lets the read rate's window fill after a start.
+        # A partition waiting for a restore slot has records not yet counted (its window's
+        # start is looked up once it holds one): each is taken to hold as many as a reading one
+        # still has on average, a low estimate, so a big takeover is not underestimated by half.
         expr: |
-          sum by (namespace, pod) (pinecall_bridge_dedup_restore_records_left)
+          sum by (namespace, pod) (
+            pinecall_bridge_dedup_restore_records_left
+            * (1 + pinecall_bridge_dedup_restore_partitions_waiting / clamp_min(pinecall_bridge_dedup_restore_partitions_reading, 1))
+          )
           / sum by (namespace, pod) (rate(pinecall_bridge_dedup_restore_records_read_total[2m]))
           > {{ mulf $a.dedupRestoreRemainingMinutes 60 }}
         for: {{ include "pinecall-bridge.minutes" $a.dedupRestoreSlowMinutes }}
@@ -512,17 +518,19 @@ groups:
       - alert: PinecallBridgeWebSocketGarbage
         # Frames that are no JSON object are dropped (the feed's framing changed, or a proxy
         # answers in its place): every feed-only event could vanish while the feed looks connected.
+        # Of the data frames (events and garbage): the feed's own pings, pongs and notices would
+        # dilute the share most on a quiet feed.
         expr: |
           sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total{kind="garbage"}[15m]))
           /
-          sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total[15m]))
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total{kind!="control"}[15m]))
           > {{ $a.websocketGarbageRatio }}
         for: 10m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "%s of pod %s's WebSocket frames are not JSON objects" "{{ $value | humanizePercentage }}" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "More than %v%% of the frames %s/%s read from Pinecall's WebSocket feed for 15 minutes were not JSON objects and were dropped: Pinecall may have changed its framing, and the events it sends only by the feed are lost." (mulf $a.websocketGarbageRatio 100) "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "More than %v%% of the data frames (events and garbage) %s/%s read from Pinecall's WebSocket feed for 15 minutes were not JSON objects and were dropped: Pinecall may have changed its framing, and the events it sends only by the feed are lost." (mulf $a.websocketGarbageRatio 100) "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketgarbage" $a.runbookUrl }}
       - alert: PinecallBridgeWebhookNotRegistered
         # Only processes that register the webhook (config.pinecall.registerWebhook) export the

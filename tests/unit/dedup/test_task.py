@@ -254,6 +254,42 @@ async def test_tasks_restore_only_as_many_at_once_as_they_have_slots(log: FakeLo
     assert log.stops == 3
 
 
+WAITING = "pinecall_bridge_dedup_restore_partitions_waiting"
+READING = "pinecall_bridge_dedup_restore_partitions_reading"
+
+
+async def test_partitions_waiting_for_a_restore_slot_are_counted_apart(log: FakeLog) -> None:
+    # records_left knows a partition's records only once its restore reads: the restore-slow
+    # alert scales it by the partitions still waiting their turn.
+    log.start_held = True
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(3, "pcb1:3")
+
+    _task, out, _producer, metrics = make()
+    slots = asyncio.Semaphore(2)
+    starting = [
+        asyncio.create_task(
+            PartitionTask(
+                TopicPartition("ingest", p), out._settings, dict, metrics, restore_slots=slots
+            ).start(committed)
+        )
+        for p in range(5)
+    ]
+    await until(lambda: log.starts == 2)
+    await until(lambda: sample(metrics, WAITING) == 3)
+    assert sample(metrics, READING) == 2
+    starting[0].cancel()  # a reading one: its slot goes to a waiting one
+    starting[4].cancel()  # a waiting one: it leaves the count
+    await until(lambda: log.starts == 3)
+    await until(lambda: sample(metrics, WAITING) == 1)
+    assert sample(metrics, READING) == 2
+    for start in starting:
+        start.cancel()
+    await asyncio.gather(*starting, return_exceptions=True)
+    assert (sample(metrics, WAITING), sample(metrics, READING)) == (0, 0)
+
+
 RESETS = "pinecall_bridge_dedup_offset_resets_total"
 
 

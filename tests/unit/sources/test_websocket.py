@@ -1044,15 +1044,6 @@ async def test_an_error_notice_echoing_the_token_shows_none_of_it(
     assert websocket.HIDDEN in notice
 
 
-def test_a_credential_the_cut_splits_is_hidden_whole() -> None:
-    text = "x" * 8 + "secret/key" + "y" * 8
-    assert websocket._hidden(text, "secret/key", 12) == "x" * 8 + websocket.HIDDEN[:4]
-    assert websocket._hidden(text.replace("/", "%2F"), "secret/key", 40) == (
-        "x" * 8 + websocket.HIDDEN + "y" * 8
-    )
-    assert websocket._hidden(text, "", 12) == text[:12]
-
-
 async def test_a_subscription_left_unanswered_is_logged_and_the_connection_kept(
     make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
 ) -> None:

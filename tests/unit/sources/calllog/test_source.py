@@ -30,7 +30,7 @@ from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.calllog.source import CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
-from tests.metrics import sample
+from tests.metrics import sample, series
 from tests.sockets import refusing_address
 
 
@@ -83,6 +83,17 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
         "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
     )
     assert crashes == 1
+
+
+def test_the_call_ids_refused_are_counted_from_0_before_any() -> None:
+    # PinecallBridgeRejectionRateHigh takes rate() of it, per channel.
+    metrics = Metrics()
+    call_log_source(metrics)
+    samples = series(metrics.render().decode())
+    assert (
+        samples['pinecall_bridge_events_rejected_total{channel="sse",reason="invalid_call_id"}']
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

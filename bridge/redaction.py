@@ -1,0 +1,52 @@
+"""A secret kept out of what is logged: the start of a text, every spelling of the secret in it
+replaced whole, even where the cut splits one. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import overload
+from urllib.parse import quote, quote_plus
+
+
+def url_spellings(secret: str) -> list[str]:
+    """`secret` as an echoed URL spells it, longest first: as it is, or URL-encoded (the feed's
+    error pages and notices may quote the URL that carried it)."""
+    return _longest_first({secret, quote_plus(secret), quote(secret, safe="")})
+
+
+def json_spellings(secret: str) -> list[str]:
+    """`secret` as a JSON echo spells it, longest first: a `"`, `\\` or non-ASCII character of it
+    escaped (and `/` by some encoders)."""
+    inner = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    inner |= {s.replace("/", "\\/") for s in inner}
+    return _longest_first(inner)
+
+
+def overhang(spellings: Sequence[str]) -> int:
+    """How far past a cut to read so that a spelling the cut splits is still found whole."""
+    return max((len(s.encode()) for s in spellings), default=0)
+
+
+@overload
+def hidden(text: str, spellings: Sequence[str], limit: int, mark: str) -> str: ...
+@overload
+def hidden(text: bytes, spellings: Sequence[str], limit: int, mark: str) -> bytes: ...
+def hidden(text: str | bytes, spellings: Sequence[str], limit: int, mark: str) -> str | bytes:
+    """The first `limit` characters (bytes) of `text`, each of `spellings` in them replaced whole
+    by `mark`, even where the cut splits it: a cut alone hides none of a secret that fits in it."""
+    if isinstance(text, bytes):
+        raw = text[: limit + overhang(spellings)]
+        for spelling in spellings:
+            raw = raw.replace(spelling.encode(), mark.encode())
+        return raw[:limit]
+    head = text[: limit + overhang(spellings)]
+    for spelling in spellings:
+        head = head.replace(spelling, mark)
+    return head[:limit]
+
+
+def _longest_first(spellings: set[str]) -> list[str]:
+    # Longest first: a shorter spelling within a longer one, replaced first, would leave the rest
+    # of the longer one showing.
+    return sorted(spellings - {""}, key=len, reverse=True)

@@ -1,0 +1,43 @@
+"""bridge.redaction: a secret's spellings replaced whole in the start of a text."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from bridge.redaction import hidden, json_spellings, overhang, url_spellings
+
+MARK = "[credential]"
+
+
+def test_a_credential_the_cut_splits_is_hidden_whole() -> None:
+    text = "x" * 8 + "secret/key" + "y" * 8
+    spellings = url_spellings("secret/key")
+    assert hidden(text, spellings, 12, MARK) == "x" * 8 + MARK[:4]
+    assert hidden(text.replace("/", "%2F"), spellings, 40, MARK) == "x" * 8 + MARK + "y" * 8
+    assert hidden(text, url_spellings(""), 12, MARK) == text[:12]
+
+
+def test_bytes_are_cut_in_bytes_and_hidden_as_text_is() -> None:
+    raw = b"\xff" * 4 + b"tok+en" + b"\x00" * 4
+    assert hidden(raw, url_spellings("tok en"), 6, MARK) == b"\xff" * 4 + MARK.encode()[:2]
+
+
+def test_a_secret_is_spelt_as_it_is_and_url_encoded() -> None:
+    assert set(url_spellings("a b/c")) == {"a b/c", "a+b%2Fc", quote("a b/c", safe="")}
+
+
+def test_a_secret_is_spelt_as_a_json_echo_escapes_it_longest_first() -> None:
+    secret = 'wh"\\é/'
+    spellings = json_spellings(secret)
+    assert {secret, json.dumps(secret)[1:-1], 'wh\\"\\\\é\\/'} <= set(spellings)
+    assert [len(s) for s in spellings] == sorted((len(s) for s in spellings), reverse=True)
+    echo = json.dumps({"secret": secret, "pad": "p" * 40})
+    assert secret not in hidden(echo, spellings, 300, "[secret]")
+    assert json_spellings("") == []
+
+
+def test_the_overhang_is_the_longest_spelling_in_utf8_bytes() -> None:
+    assert overhang(["é", "abc"]) == 3
+    assert overhang(["éé"]) == 4
+    assert overhang([]) == 0
