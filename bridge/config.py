@@ -533,6 +533,12 @@ class DedupSettings(_Section):
     # Partitions a process restores at once (the rest wait their turn): a takeover of every
     # partition was no faster all at once on one core, and held more memory (bench.takeover).
     restore_concurrency: int = Field(default=4, ge=1, le=1000)
+    # How long a cleanly revoked partition's window is kept in case it comes back (a flapping
+    # member): only the records decided meanwhile are read again then. Unset: the TTL, past which
+    # that gap is as long as a full restore's read. 0: only a partition the same rebalance hands
+    # straight back resumes. Memory: a process owns or keeps each partition at most once, and
+    # memoryfit budgets every partition of the topic already.
+    keep_revoked_seconds: float | None = Field(default=None, ge=0)
     group: str = Field(default="pinecall-bridge", min_length=1, max_length=200)
     commit_interval_ms: int = Field(default=100, ge=1, le=60_000)
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
@@ -605,6 +611,11 @@ class DedupSettings(_Section):
 
     def ingest_retention_ms(self) -> int:
         return int((self.ttl_seconds + self.ingest_retention_margin_seconds) * 1000)
+
+    def keep_revoked_for(self) -> float:
+        """How long a revoked partition's window is kept: the setting, or the TTL."""
+        keep = self.keep_revoked_seconds
+        return self.ttl_seconds if keep is None else keep
 
 
 class LogSettings(_Section):

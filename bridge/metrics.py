@@ -306,6 +306,18 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
             registry=r,
         )
+        self.dedup_restores = Counter(
+            f"{PREFIX}_dedup_restores_total",
+            "Partitions started here, by kind: resumed (a kept window, nothing decided since),"
+            " gap (a kept window, only the records decided since read), full (a whole restore).",
+            ["kind"],
+            registry=r,
+        )
+        self.dedup_partitions_kept = Gauge(
+            f"{PREFIX}_dedup_partitions_kept",
+            "Revoked ingest partitions whose window this process keeps in case they come back.",
+            registry=r,
+        )
         self.dedup_restored_ids = Counter(
             f"{PREFIX}_dedup_restored_ids_total",
             "Ids read back from the ingest topic while restoring partitions.",
@@ -540,6 +552,8 @@ class Metrics:
             self.kafka_throttled_responses.labels(client)
         for kind in ("moved", "unmarked", "missing"):  # bridge.dedup.offsetmark.RESET_KINDS
             self.dedup_offset_resets.labels(kind)
+        for kind in ("resumed", "gap", "full"):
+            self.dedup_restores.labels(kind)
 
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)

@@ -3,7 +3,8 @@
 The window is a function of the records' append times, so replaying every record appended within
 the TTL before the first unprocessed one rebuilds exactly the window the previous owner had. That
 start is found from the last processed record's time (append times never go back within a
-partition), so a lagging partition is restored as exactly as a caught-up one.
+partition), so a lagging partition is restored as exactly as a caught-up one. A window kept from
+an earlier spell of ownership (kept.py) is brought up to date the same way, from where it stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.dedup.kept import DropReason, Kept, gap_readable
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decided_id
@@ -49,6 +51,14 @@ class RestoreStalledError(TimeoutError):
         super().__init__(f"restore of {tp.topic}-{tp.partition} stalled at {position}")
         self.position = position
         self.read = 0  # the ids replayed before it, once _replay knows
+
+
+class GapUnreadableError(Exception):
+    """A kept window's gap cannot be replayed (`reason`): the partition needs a full restore."""
+
+    def __init__(self, tp: TopicPartition, reason: DropReason) -> None:
+        super().__init__(f"kept window of {tp.topic}-{tp.partition} unusable: {reason}")
+        self.reason = reason
 
 
 class StallWatch:
@@ -117,9 +127,13 @@ async def restore(
     progress: PartitionProgress | None = None,
     throttled: Callable[[float], None] | None = None,
     meter: RestoreMeter | None = None,
+    *,
+    kept: Kept | None = None,
 ) -> int:
     """Replay [start, end) of the partition into `window`; returns how many ids it read.
 
+    The start is the TTL before `end`, or with `kept` (the window kept from an earlier spell)
+    the position it stopped at: GapUnreadableError when the records since are not all there.
     `progress`, when given, also learns each call log's progress from the same records;
     `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
     A replay that stalls goes on where it stopped, with a new consumer. `meter` is told the
@@ -135,7 +149,10 @@ async def restore(
 
     consumer = await _started(options, tp, answered)
     try:
-        start = await _window_start(consumer, tp, end, ttl, watch)
+        if kept is None:
+            start = await _window_start(consumer, tp, end, ttl, watch)
+        else:
+            start = await _gap_start(consumer, tp, kept, watch)
         if meter is not None:
             meter.begin(max(end - start, 0))
         read = 0
@@ -217,6 +234,22 @@ async def _window_start(
     found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
     return int(max(at.offset if at is not None else end, first))
+
+
+async def _gap_start(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, kept: Kept, watch: StallWatch
+) -> int:
+    """The kept position, once the records from it on are found to be the gap to replay."""
+    first = int((await consumer.beginning_offsets([tp]))[tp])
+    before = None
+    if first < kept.position:
+        record = await _read_one(consumer, tp, kept.position - 1, watch)
+        if record is not None:
+            before = (int(record.offset), record.timestamp / 1000)
+    reason = gap_readable(kept, first, before)
+    if reason is not None:
+        raise GapUnreadableError(tp, reason)
+    return kept.position
 
 
 async def _progress_past(

@@ -9,10 +9,13 @@ and a member the group has moved on from cannot commit at all.
 
 Assignment only pauses the new partitions and starts their tasks in the background (read the
 committed offset stably, restore); a partition is resumed, at its committed offset, once its task
-is ready. Revocation commits and suspends, as Kafka Streams does: a task the rebalance hands
-straight back (the assignor keeps partitions where they are) resumes when nobody committed for it
-since; any other is dropped. A member that has not heard from the group coordinator for longer
-than the session timeout (cut off from Kafka) counts no partition owned (groupsession.py): the
+is ready. Revocation commits and keeps each task whose transaction committed (a loss keeps
+none), as Kafka Streams suspends them, for BRIDGE_DEDUP__KEEP_REVOKED_SECONDS: assigned back
+(handed straight back by the same rebalance, or returned to a member that flapped) it resumes at
+once when nobody committed for it since, and when others decided records meanwhile only those
+are replayed into its window (kept.py decides, restore.py reads); anything else restores it
+whole. A member that has not heard from the group coordinator for longer than the session
+timeout (cut off from Kafka) counts no partition owned (groupsession.py): the
 group will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
 revocation and assignment settle them once Kafka answers, as after any rebalance.
 Each metadata probe interval the stage closes its clients' connections to brokers gone from the
@@ -49,6 +52,8 @@ from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.groupcommit import group_metadata
+from bridge.dedup.kept import Kept, choose
+from bridge.dedup.offsetmark import judge
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.refusals import refusal, refused_wait
 from bridge.dedup.task import PartitionTask
@@ -161,8 +166,8 @@ class DedupStage:
         # Bumped by every revocation: a start launched before it must install nothing, since
         # the committed offset it read may be older than what the next owner has committed.
         self._epoch = 0
-        # Revoked and committed, kept in case the rebalance hands them straight back.
-        self._suspended: dict[TopicPartition, PartitionTask] = {}
+        # Revoked and committed, kept in case they come back (kept.py).
+        self._suspended: dict[TopicPartition, tuple[PartitionTask, Kept]] = {}
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
         self._stepped = asyncio.Event()
@@ -182,12 +187,26 @@ class DedupStage:
         metrics.dedup_partitions_starting.set_function(
             lambda: 0 if self._session.expired(time.monotonic()) else len(self._first_attempts)
         )
-        metrics.dedup_entries.set_function(
-            lambda: sum(len(t.window) for t in list(self._tasks.values()))
-        )
+        # Kept windows are memory held too.
+        metrics.dedup_entries.set_function(lambda: sum(len(t.window) for t in self._windows()))
         metrics.dedup_window_bytes.set_function(
-            lambda: sum(t.window.size_bytes() for t in list(self._tasks.values()))
+            lambda: sum(t.window.size_bytes() for t in self._windows())
         )
+        metrics.dedup_partitions_kept.set_function(lambda: len(self._suspended))
+
+    def _windows(self) -> list[PartitionTask]:
+        """The tasks whose windows this process holds: owned and kept."""
+        return [*self._tasks.values(), *(task for task, _ in list(self._suspended.values()))]
+
+    def _drop_aged(self) -> None:
+        """Forget the kept windows past BRIDGE_DEDUP__KEEP_REVOKED_SECONDS: their memory."""
+        keep_for = self._settings.keep_revoked_for()
+        if not self._suspended or not keep_for:  # 0: kept through one rebalance (assigned)
+            return
+        horizon = time.monotonic() - keep_for
+        for tp, (_, kept) in list(self._suspended.items()):
+            if kept.revoked_at < horizon:
+                del self._suspended[tp]
 
     @property
     def alive(self) -> bool:
@@ -443,6 +462,7 @@ class DedupStage:
                     if age is not None and (age >= interval or self._size.full(self._out.sent)):
                         await self._commit()
                     self._update_lag(consumer)
+                    self._drop_aged()
                 self._stepped.set()
                 # getmany hands out records already fetched without suspending, and neither does a
                 # send that fits the buffer: without this a backlog is worked off in one go.
@@ -622,14 +642,17 @@ class DedupStage:
             self._launch(task.tp, delay=delay)
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
-        """Commit and suspend: a task handed straight back resumes without a restore."""
+        """Commit and keep: a task assigned back resumes without a full restore (kept.py)."""
         async with self._lock:
             # The one transaction holds every partition's progress: commit all of it now.
             await self._commit(keep=set(revoked))
+            now = time.monotonic()
             for tp in revoked:
+                # Only a task whose transaction committed is still here: a loss dropped it (its
+                # window may hold ids whose records were never decided).
                 task = self._tasks.pop(tp, None)
                 if task is not None:
-                    self._suspended[tp] = task
+                    self._suspended[tp] = (task, Kept(task.position, now, task.last_appended_at))
             # Every start belongs to the ending assignment, those launched while this waited for
             # the lock (a loss in the loop's last step) included: the new assignment relaunches.
             self._epoch += 1
@@ -649,9 +672,13 @@ class DedupStage:
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:
             self.listener.partitions_assigned(set(self._assigned))
-        for tp in list(self._suspended):
-            if tp not in assigned:
-                del self._suspended[tp]
+        # The call-log source retires a partition's calls once it is not assigned: a window kept
+        # past that would come back with none followed (kept.choose: never a gap then either).
+        if self.listener is not None or not self._settings.keep_revoked_for():
+            for tp in list(self._suspended):
+                if tp not in assigned:
+                    del self._suspended[tp]
+        self._drop_aged()
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
@@ -666,7 +693,10 @@ class DedupStage:
             self._launch(tp, suspended=self._suspended.pop(tp, None))
 
     def _launch(
-        self, tp: TopicPartition, delay: float = 0.0, suspended: PartitionTask | None = None
+        self,
+        tp: TopicPartition,
+        delay: float = 0.0,
+        suspended: tuple[PartitionTask, Kept] | None = None,
     ) -> None:
         if tp in self._starting:
             return
@@ -681,14 +711,52 @@ class DedupStage:
             task.cancel()
         await asyncio.gather(*starting, return_exceptions=True)
 
-    async def _resumable(self, task: PartitionTask) -> bool:
-        """Nobody committed for the partition since this task did: its state is still exact."""
-        assert self._consumer is not None
+    async def _resume_kept(self, suspended: tuple[PartitionTask, Kept], epoch: int) -> bool:
+        """Install a kept task as it is, or caught up over the records others decided since;
+        False when its window cannot serve (a full restore's turn)."""
+        task, kept = suspended
         try:
-            committed = await self._offsets.committed(task.tp)
+            found = await self._offsets.found(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
-            committed = None
-        return committed == task.position
+            return False
+        choice = choose(
+            kept,
+            time.monotonic(),
+            self._settings.keep_revoked_for(),
+            found.offset,
+            reset=judge(found.offset, found.metadata).reset,
+            replay=self.listener is None,
+        )
+        if choice.action == "gap":
+            assert found.offset is not None
+            failure: BaseException | None = None
+            try:
+                await self._out.start()  # as a full start: resume only with a producer
+                await task.catch_up(kept, found.offset)
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                failure = exc  # a client's stop raising its own task's cancellation
+            except Exception as exc:  # GapUnreadableError, or a failed read
+                failure = exc
+            if failure is not None:
+                # A torn window: never used again.
+                log.info(
+                    "dedup partition's kept window could not be caught up; restoring it whole",
+                    extra={"partition": task.tp.partition, "error": repr(failure)},
+                )
+                return False
+        if choice.action == "full":
+            log.info(
+                "dedup partition's kept window dropped; restoring it whole",
+                extra={"partition": task.tp.partition, "reason": choice.reason},
+            )
+            return False
+        if choice.action == "resume":
+            self._metrics.dedup_restores.labels("resumed").inc()
+        await self._install(task, epoch)
+        return True
 
     async def _install(self, task: PartitionTask, epoch: int) -> None:
         """Process the partition with `task` from its position, if it is still ours."""
@@ -712,7 +780,11 @@ class DedupStage:
                     await self._step(task, task.mark(self._out))
 
     async def _start_task(
-        self, tp: TopicPartition, delay: float, suspended: PartitionTask | None, epoch: int
+        self,
+        tp: TopicPartition,
+        delay: float,
+        suspended: tuple[PartitionTask, Kept] | None,
+        epoch: int,
     ) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -723,8 +795,7 @@ class DedupStage:
             if delay:
                 await asyncio.sleep(delay)
             self._first_attempts[tp] = current
-            if suspended is not None and await self._resumable(suspended):
-                await self._install(suspended, epoch)
+            if suspended is not None and await self._resume_kept(suspended, epoch):
                 return
             while self._running and epoch == self._epoch and tp in consumer.assignment():
                 task = PartitionTask(

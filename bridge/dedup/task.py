@@ -4,7 +4,8 @@ It writes nothing itself: new records go out through the stage's one transaction
 (transaction.py), in whatever transaction is open. Starting it reads the committed offset
 (stably: see committed.py, which waits out a transaction still settling for it) and restores the
 window. A task whose records were in a transaction that failed is dropped, never used again: its
-partition starts afresh from the committed offset.
+partition starts afresh from the committed offset. One cleanly revoked and assigned again may be
+caught up instead: only the records decided since it stopped are replayed into its window.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
+from bridge.dedup.kept import Kept
 from bridge.dedup.offsetmark import Verdict, judge, judge_absent
 from bridge.dedup.restore import RestoreMeter, restore
 from bridge.dedup.transaction import StageProducer
@@ -81,13 +83,33 @@ class PartitionTask:
             verdict = await self._from_beginning()
             offset = verdict.offset
             assert offset is not None
-        # Only the read waits its turn: a committed offset held unstable (above) must not hold
-        # up the partitions behind it.
+        ids = await self._replay(offset)
+        self.position = offset
+        if verdict.reset:  # once started: a failed start is retried, and would say it again
+            self._reset(verdict)
+        self.unmarked = verdict.reset
+        self._owned("full", started, ids)
+
+    async def catch_up(self, kept: Kept, offset: int) -> None:
+        """Bring the window kept since `kept.position` up to `offset`, the committed offset
+        others moved it to, replaying only the records between. Raises GapUnreadableError when
+        those are not all there (a full restore's turn); a task that raised is not used again."""
+        started = time.monotonic()
+        ids = await self._replay(offset, kept)
+        self.position = offset
+        # Unknown until it processes one, as after a full restore (and no gap's start then).
+        self.last_appended_at = None
+        self._owned("gap", started, ids, kept_from=kept.position)
+
+    async def _replay(self, end: int, kept: Kept | None = None) -> int:
+        """Restore the window up to `end` (from `kept`'s position, or the TTL before `end`)."""
+        # Only the read waits its turn: a committed offset held unstable must not hold up the
+        # partitions behind it.
         async with self._restore_turn():
             ids = await restore(
                 self._client(),
                 self.tp,
-                offset,
+                end,
                 self.window,
                 self._settings.ttl_seconds,
                 self.progress,
@@ -97,23 +119,27 @@ class PartitionTask:
                     self._metrics.dedup_restore_records_left,
                     self._metrics.dedup_restore_records_read,
                 ),
+                kept=kept,
             )
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early
-        self.position = offset
-        if verdict.reset:  # once started: a failed start is retried, and would say it again
-            self._reset(verdict)
-        self.unmarked = verdict.reset
+        return ids
+
+    def _owned(self, kind: str, started: float, ids: int, **extra: Any) -> None:
+        """Count and say the start of a `kind` restore that read `ids` ids."""
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
+        self._metrics.dedup_restores.labels(kind).inc()
         log.info(
             "dedup partition owned",
             extra={
                 "partition": self.tp.partition,
-                "offset": offset,
+                "offset": self.position,
+                "restore": kind,
                 "restored_ids": ids,
                 "restore_s": round(elapsed, 3),
+                **extra,
             },
         )
 

@@ -43,11 +43,17 @@ def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
     update: dict[str, object] = {}
     if role.index != 0 and settings.pinecall.register_webhook:
         update["pinecall"] = settings.pinecall.model_copy(update={"register_webhook": False})
+    dedup: dict[str, object] = {}
     if settings.dedup.instance_id is not None:
         # Unique among the pod's workers, and kept by a restarted worker (same index), which
         # so aborts the transaction its predecessor left open.
-        instance_id = f"{settings.dedup.instance_id}-w{role.index}"
-        update["dedup"] = settings.dedup.model_copy(update={"instance_id": instance_id})
+        dedup["instance_id"] = f"{settings.dedup.instance_id}-w{role.index}"
+    if role.count > 1 and not role.dedup_process and settings.dedup.keep_revoked_seconds is None:
+        # Every worker a member: one could keep a partition's window while another owns it,
+        # past the pod's memory budget (memoryfit counts each partition once). Only when set.
+        dedup["keep_revoked_seconds"] = 0.0
+    if dedup:
+        update["dedup"] = settings.dedup.model_copy(update=dedup)
     return settings.model_copy(update=update) if update else settings
 
 

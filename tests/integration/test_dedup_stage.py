@@ -35,17 +35,20 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     admin_client,
+    call_on,
     consume_until,
     delete_ingest,
     entry,
     has_id,
     ingest_backlog,
+    ingest_ends,
     ingest_one_partition,
     ingest_records,
     lagging_coordinator,
     open_output,
     read_decided,
     read_to_end,
+    until_decided,
     write_ingest,
 )
 from tests.metrics import sample
@@ -955,3 +958,49 @@ async def test_a_record_naming_a_topic_that_does_not_exist_is_skipped_and_create
     assert lost == 0
     async with admin_client(kafka_bootstrap) as admin:
         assert nowhere not in await admin.list_topics()
+
+
+async def test_a_partition_back_after_a_flap_reads_only_what_another_member_decided_meanwhile(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """Moved to a member that joins, and back when it leaves: the kept window of each partition
+    that comes back reads only the records the other member decided, and with it drops copies
+    of ids from before, during and after alike."""
+    one: RunningBridge = await start_bridge()
+    await until_sample([one], "pinecall_bridge_dedup_partitions_owned", 3)
+    calls = [call_on(p, 3, unique_call) for p in range(3)]  # one call on each ingest partition
+    before = [entry(seq, call=call) for call in calls for seq in (1, 2)]
+    await post_all(one, before)
+    await until_decided(kafka_bootstrap, topics)
+    async with ingest_ends(kafka_bootstrap, topics) as (_, left_at):
+        pass
+    two: RunningBridge = await start_bridge()
+    stage_one, stage_two = one.bridge.dedup, two.bridge.dedup
+    assert stage_one is not None
+    assert stage_two is not None
+
+    def split() -> bool:
+        return len(stage_one.owned) + len(stage_two.owned) == 3 and bool(stage_two.owned)
+
+    await until(split, 30, 0.1, lambda: f"split: {stage_one.owned}, {stage_two.owned}")
+    moved = set(stage_two.owned)
+    meanwhile = [entry(seq, call=call) for call in calls for seq in (3, 4)]
+    await post_all(two, [*before, *meanwhile])
+    await until_decided(kafka_bootstrap, topics)
+    read = sample(one.metrics, "pinecall_bridge_dedup_restore_records_read_total")
+    await two.bridge.stop()
+    await until(lambda: len(stage_one.owned) == 3, 30, 0.1, lambda: f"{stage_one.owned}")
+    async with ingest_ends(kafka_bootstrap, topics) as (_, back_at):
+        pass
+    gap = sum(end - left_at[tp] for tp, end in back_at.items() if tp.partition in moved)
+    # Each moved partition's copies of seqs 1 and 2, and its seqs 3 and 4.
+    assert gap == (len(before) + len(meanwhile)) // 3 * len(moved)
+    assert sample(one.metrics, "pinecall_bridge_dedup_restore_records_read_total") - read == gap
+    assert sample(one.metrics, "pinecall_bridge_dedup_restores_total", kind="gap") == len(moved)
+
+    after = [entry(5, call=call) for call in calls]
+    await post_all(one, [*before, *meanwhile, *after])
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    counts = Counter(ids(records))
+    assert {i: n for i, n in counts.items() if n > 1} == {}
+    assert set(counts) == {f"{call}:{seq}" for call in calls for seq in range(1, 6)}

@@ -11,8 +11,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup import restore as restore_module
+from bridge.dedup.kept import Kept
 from bridge.dedup.memoryfit import RESTORE_BYTES_PER_PARTITION
-from bridge.dedup.restore import RestoreMeter, RestoreStalledError, restore
+from bridge.dedup.restore import GapUnreadableError, RestoreMeter, RestoreStalledError, restore
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.metrics import Metrics
@@ -300,3 +301,35 @@ def test_two_restores_share_the_gauge_and_each_takes_only_its_own_off() -> None:
     first.close()
     assert sample(metrics, "pinecall_bridge_dedup_restore_records_left") == 0
     assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 900
+
+
+async def test_a_kept_window_is_caught_up_over_the_gap_alone(log: FakeLog) -> None:
+    """Only [kept position, end) is read, into the window as it was kept."""
+    for n in range(10):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    window = SeenWindow(TTL, 1_000)
+    window.observe(digest("CA_1:5"), 105.0)  # what the window held when revoked at 6
+    metrics = Metrics()
+    meter = RestoreMeter(metrics.dedup_restore_records_left, metrics.dedup_restore_records_read)
+    kept = Kept(position=6, revoked_at=0.0, last_appended_at=105.0)
+    assert await restore({}, TP, 9, window, TTL, meter=meter, kept=kept) == 3
+    assert seen(window, "CA_1:4", "CA_1:5", "CA_1:8", "CA_1:9") == [False, True, True, False]
+    assert window.stream_time == 108.0
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 3
+
+
+@pytest.mark.parametrize(
+    ("log_start", "appended", "reason"), [(7, 105.0, "deleted"), (0, 99.0, "recreated")]
+)
+async def test_a_gap_that_is_not_all_there_is_refused(
+    log: FakeLog, log_start: int, appended: float, reason: str
+) -> None:
+    for n in range(10):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    log.log_start = log_start
+    window = SeenWindow(TTL, 1_000)
+    kept = Kept(position=6, revoked_at=0.0, last_appended_at=appended)
+    with pytest.raises(GapUnreadableError) as refused:
+        await restore({}, TP, 9, window, TTL, kept=kept)
+    assert refused.value.reason == reason
+    assert len(window) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -19,7 +20,11 @@ from bridge.config import DedupSettings
 from bridge.dedup import committed as committed_module
 from bridge.dedup import stage as stage_module
 from bridge.dedup import transaction as transaction_module
+from bridge.dedup.committed import Found
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
+from bridge.dedup.kept import Kept
+from bridge.dedup.offsetmark import mark
+from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.stage import (
     MAX_RECORDS_PER_STEP,
     DedupStage,
@@ -1003,16 +1008,13 @@ async def test_a_partition_an_eager_rebalance_hands_straight_back_is_restored_on
         task.position = since
 
     committed: dict[TopicPartition, int] = {}
-
-    async def read(partition: TopicPartition) -> int:
-        return committed[partition]
-
     monkeypatch.setattr(PartitionTask, "start", start)
     consumer = RebalancingConsumer({tp(3)})
     h = Harness(3, consumer=consumer)
-    monkeypatch.setattr(h.stage._offsets, "committed", read)
+    read_marked(monkeypatch, h, committed)
     kept = h.task(3)
     kept.progress, kept.unmarked = None, False
+    kept.last_appended_at = 100.0  # even a gap: the call-log source needs a full restore's
     h.stage._running = True
     await h.open(3)
     await h.stage.revoked({tp(3)})  # commits position 30 with the ending generation
@@ -1025,3 +1027,132 @@ async def test_a_partition_an_eager_rebalance_hands_straight_back_is_restored_on
     assert (h.stage._tasks[tp(3)] is kept) is not restored
     assert starts == ([tp(3)] if restored else [])
     assert consumer.seeks == [(tp(3), 0), (tp(3), since)]
+
+
+def read_marked(
+    monkeypatch: pytest.MonkeyPatch, h: Harness, committed: dict[TopicPartition, int]
+) -> None:
+    """The stage's stable committed offsets read from `committed`, each with the bridge's mark."""
+
+    async def found(partition: TopicPartition) -> Found:
+        offset = committed[partition]
+        return Found(offset, mark(offset))
+
+    monkeypatch.setattr(h.stage._offsets, "found", found)
+
+
+async def flap(
+    monkeypatch: pytest.MonkeyPatch, committed: int, settings: DedupSettings | None = None
+) -> tuple[Harness, list[tuple[int, int]], list[TopicPartition]]:
+    """Partition 3 (at 30, its last record appended at 100.0) revoked, assigned elsewhere for a
+    rebalance, then back with `committed` committed: the gaps caught up and full starts made."""
+    gaps: list[tuple[int, int]] = []
+    starts: list[TopicPartition] = []
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        starts.append(task.tp)
+        task.position = committed
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    if settings is not None:
+        h.stage._settings = settings
+    h.stage.listener = None  # no call-log source
+    read_marked(monkeypatch, h, {tp(3): committed})
+    kept = h.task(3)
+    kept.unmarked = False
+    kept.last_appended_at = 100.0
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        gaps.append((since.position, offset))
+        kept.position = offset
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    h.stage._running = True
+    await h.open(3)
+    await h.stage.revoked({tp(3)})
+    await h.stage.assigned(set())  # the first rebalance gave it to another member
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_kept") == 1
+    await h.stage.revoked(set())
+    await h.stage.assigned({tp(3)})  # a later one gives it back
+    await asyncio.gather(*h.stage._starting.values())
+    assert h.owned() == [3]
+    return h, gaps, starts
+
+
+@pytest.mark.parametrize(
+    ("committed", "kind", "gaps"),
+    [(30, "resumed", []), (45, "gap", [(30, 45)]), (20, "full", [])],
+)
+async def test_a_partition_back_after_a_flap_resumes_replays_the_gap_or_restores_whole(
+    monkeypatch: pytest.MonkeyPatch, committed: int, kind: str, gaps: list[tuple[int, int]]
+) -> None:
+    """Its kept window serves when the committed offset is where it stopped or past it (only the
+    records between are replayed), never when it is behind (moved back: a full restore)."""
+    h, caught_up, starts = await flap(monkeypatch, committed)
+    assert caught_up == gaps
+    assert starts == ([tp(3)] if kind == "full" else [])
+    assert (h.stage._tasks[tp(3)] is h.task(3)) is (kind != "full")
+    assert h.stage._tasks[tp(3)].position == committed
+    assert sample(h.metrics, "pinecall_bridge_dedup_partitions_kept") == 0
+    if kind != "gap":  # a gap is counted by the task's catch_up (faked here)
+        assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind) == (
+            1 if kind == "resumed" else 0  # a full one by the task's start (faked here)
+        )
+
+
+async def test_a_kept_window_is_forgotten_once_older_than_the_keep_setting() -> None:
+    """Its memory goes with the next step of the loop, or the next assignment."""
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    h.stage._settings = DedupSettings(keep_revoked_seconds=60)
+    h.stage.listener = None
+    await h.stage.revoked({tp(3)})
+    await h.stage.assigned(set())
+    assert list(h.stage._suspended) == [tp(3)]
+    task, kept = h.stage._suspended[tp(3)]
+    h.stage._suspended[tp(3)] = (task, replace(kept, revoked_at=time.monotonic() - 61))
+    await h.stage.assigned(set())
+    assert h.stage._suspended == {}
+
+
+async def test_a_gap_that_cannot_be_read_restores_the_partition_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention deleted part of it, or the topic was made again: the torn window is dropped."""
+    starts: list[TopicPartition] = []
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        starts.append(task.tp)
+        task.position = 45
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    h.stage.listener = None
+    read_marked(monkeypatch, h, {tp(3): 45})
+    kept = h.task(3)
+    kept.last_appended_at = 100.0
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        raise GapUnreadableError(tp(3), "deleted")
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    h.stage._running = True
+    await h.stage.revoked({tp(3)})
+    await h.stage.assigned(set())
+    await h.stage.assigned({tp(3)})
+    await asyncio.gather(*h.stage._starting.values())
+    assert starts == [tp(3)]
+    assert h.stage._tasks[tp(3)] is not kept
+
+
+async def test_a_revocation_whose_commit_failed_keeps_no_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a committed revocation keeps its windows: a lost one may hold undecided ids."""
+    h = Harness(1, 2, consumer=FakeConsumer({tp(1), tp(2)}))
+    h.running(monkeypatch)
+    h.stage.listener = None
+    await h.open(1)
+    h.producer.fail["offsets"] = GroupCommitFailedError(22, MEMBER)
+    await h.stage.revoked({tp(1), tp(2)})
+    assert list(h.stage._suspended) == [tp(2)]  # 2 was in no transaction: its last committed

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge.dedup.committed import Found
+from bridge.dedup.kept import Kept
 from bridge.dedup.offsetmark import RESET_KINDS
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer
@@ -474,3 +475,21 @@ async def test_a_new_owner_decides_a_copy_after_a_damaged_record_as_its_previous
     await task.start(committed)
     await task.process(list(log.records), out)
     assert sends(producer) == [b"CA_1:1"]
+
+
+async def test_a_task_caught_up_over_a_gap_decides_as_one_restored_whole(log: FakeLog) -> None:
+    """Revoked at 3, back with 6 committed by another owner: only 3..5 are read, and the copies
+    of ids from before and within the gap are dropped alike."""
+    for n in range(6):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    task, out, producer, metrics = make()
+    await task.process([ingest(n, f"CA_1:{n}", 100.0 + n) for n in range(3)], out)
+    await commit(task, out)
+    kept = Kept(task.position, 0.0, task.last_appended_at)
+    await task.catch_up(kept, 6)
+    assert (task.position, task.last_appended_at) == (6, None)
+    assert sample(metrics, "pinecall_bridge_dedup_restore_records_read_total") == 3
+    assert sample(metrics, "pinecall_bridge_dedup_restores_total", kind="gap") == 1
+    await task.process([ingest(6, "CA_1:1", 106.0), ingest(7, "CA_1:4", 107.0)], out)
+    await task.process([ingest(8, "CA_1:8", 108.0)], out)
+    assert sends(producer) == [b"CA_1:0", b"CA_1:1", b"CA_1:2", b"CA_1:8"]

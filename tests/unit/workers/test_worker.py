@@ -105,3 +105,26 @@ def test_without_an_instance_id_every_worker_keeps_a_random_one() -> None:
     settings = load_settings(webhook={"secrets": ["s"]})
     role = WorkerRole(index=1, count=2, runtime_dir=Path("/tmp"), parent_pid=os.getpid())
     assert worker_settings(settings, role).dedup.instance_id is None
+
+
+def test_workers_that_each_run_a_dedup_stage_keep_no_revoked_window_unless_told() -> None:
+    # Each a member of the group: one may keep a partition's window another owns, so the pod
+    # would hold it twice, past memoryfit's budget of each partition once.
+    unset = load_settings(webhook={"secrets": ["s"]})
+    told = load_settings(webhook={"secrets": ["s"]}, dedup={"keep_revoked_seconds": 120})
+
+    def role(count: int, dedup_process: bool = False) -> WorkerRole:
+        return WorkerRole(
+            index=0,
+            count=count,
+            runtime_dir=Path("/tmp"),
+            parent_pid=os.getpid(),
+            dedup_process=dedup_process,
+        )
+
+    assert worker_settings(unset, role(2)).dedup.keep_revoked_for() == 0
+    assert worker_settings(told, role(2)).dedup.keep_revoked_for() == 120
+    # One dedup process in the pod, or one worker: the TTL, as in a single process.
+    ttl = unset.dedup.ttl_seconds
+    assert worker_settings(unset, role(3, dedup_process=True)).dedup.keep_revoked_for() == ttl
+    assert worker_settings(unset, role(1)).dedup.keep_revoked_for() == ttl
