@@ -13,11 +13,14 @@ class TransactionSize:
     A throttled cluster (a client quota), or one whose brokers fail over (a crashed leader or
     transaction coordinator), sends slower than the transaction step's timeout allows for a
     whole backlog: every attempt timed out and started over from the same offset, for good.
-    Pure.
+    A transaction no larger than one committed since the last timeout was not lost for its
+    size (a vanished coordinator's EndTxn): the first such timeout leaves the bound. Pure.
     """
 
     def __init__(self) -> None:
         self.limit: int | None = None
+        # The largest transaction committed since the last timeout: a size known to fit.
+        self._fitted = 0
 
     def room(self, sent: int, most: int) -> int:
         """How many more records to fetch for a transaction that has sent `sent`: 1 at least."""
@@ -31,6 +34,12 @@ class TransactionSize:
         """A transaction that had sent `sent` records timed out; True if the bound shrank."""
         if sent <= 0:
             return False  # nothing of it to send: its size was not what took too long
+        fitted, self._fitted = self._fitted, 0
+        if sent <= fitted:
+            # Bounded to 1-2 records after a 3-record one timed out with a vanished coordinator,
+            # the stage took 20 s after the failover to work off the webhooks retried meanwhile.
+            # Only once: a second timeout with no commit between (a throttle begun) shrinks.
+            return False
         limit = max(1, sent // 2)
         if self.limit is not None and limit >= self.limit:
             return False
@@ -39,5 +48,6 @@ class TransactionSize:
 
     def committed(self, sent: int) -> None:
         """A transaction of `sent` records committed: one that filled the bound raises it."""
+        self._fitted = max(self._fitted, sent)
         if self.limit is not None and sent >= self.limit:
             self.limit += max(1, self.limit // _GROWTH)

@@ -32,6 +32,10 @@ FAST_GROUP = {
 # bridge's loop wakes 1-2.5 s late and a request needs a few turns of it; scrapes took 14-26 s
 # there, where 5 s failed the rolling-restart tests. A hung replica still fails the scrape.
 SCRAPE_SECONDS = 60.0
+# What a failed test prints of a replica's log: its warnings and errors and the dedup stage's
+# lines, the last this many. CI keeps only the test's output, not its tmp_path.
+TOLD_LINES = 300
+TOLD_LEVELS = frozenset({"warning", "error", "critical"})
 
 
 def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
@@ -174,6 +178,19 @@ class Replica:
                     entries.append(jsoncodec.loads(line))
         return entries
 
+    def told(self, lines: int = TOLD_LINES) -> str:
+        """Its log's warnings and errors and the dedup stage's lines (the last `lines` of them),
+        under its path: what a failed test prints, CI keeping nothing else."""
+        kept = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if not line.startswith("{") or _told(line)
+        ]
+        shown = kept[-lines:]
+        return "\n".join(
+            [f"{self.name}'s log {self.log} ({len(shown)} of {len(kept)} lines told):", *shown]
+        )
+
     def worker_pids(self) -> dict[int, int]:
         """With BRIDGE_HTTP__WORKERS > 1: each worker's newest process, as the parent logged it."""
         return {
@@ -188,6 +205,16 @@ class Replica:
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         """The replica's /metrics as {series: value}, labels in Prometheus text form."""
         return await scrape(session, self.url, within=SCRAPE_SECONDS)
+
+
+def _told(line: str) -> bool:
+    """A JSON log line a failed test prints: a warning or worse, or the dedup stage's."""
+    try:
+        entry = jsoncodec.loads(line)
+    except ValueError:
+        return True
+    logger = str(entry.get("logger", ""))
+    return entry.get("level") in TOLD_LEVELS or logger.startswith("bridge.dedup")
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -83,6 +83,9 @@ async def bridge_on(
     await replica.start()
     try:
         yield replica
+    except BaseException:  # a failure (or the timeout's): what the bridge said, for CI's log
+        print(replica.told())
+        raise
     finally:
         if replica.alive:
             await replica.stop()

@@ -42,6 +42,30 @@ def test_won_back_by_commits_that_fill_it_only() -> None:
     assert size.limit == 16
     size.committed(16)
     assert size.limit == 18
+    size.timed_out(1)  # no larger than the 16 just committed: not for its size
     size.timed_out(1)
     size.committed(1)
     assert size.limit == 2
+
+
+def test_a_timeout_no_larger_than_a_commit_since_the_last_leaves_the_bound_once() -> None:
+    """A vanished coordinator: a 3-record transaction timed out after 107 records committed in
+    one. Bounded to 1 record, the stage worked a failover's backlog off for 20 s."""
+    size = TransactionSize()
+    size.committed(107)
+    assert not size.timed_out(3)
+    assert size.limit is None
+    assert size.timed_out(3)  # again, nothing committed between: a throttle, its size
+    assert size.limit == 1
+
+
+def test_a_bound_is_kept_through_a_timeout_of_a_size_that_fitted_since() -> None:
+    size = TransactionSize()
+    size.timed_out(300)
+    size.committed(150)
+    assert size.limit == 168
+    assert not size.timed_out(0)  # nothing sent: spends nothing of what fitted
+    assert not size.timed_out(100)
+    assert size.limit == 168
+    assert size.timed_out(100)
+    assert size.limit == 50
