@@ -3,7 +3,9 @@
 A cleanly revoked partition (its last transaction committed) keeps its window and position for
 BRIDGE_DEDUP__KEEP_REVOKED_SECONDS. Assigned again, its committed offset says what happened
 meanwhile: nothing (resume at once), others decided records past the kept position (replay only
-those into the kept window), or anything else (a full restore, always safe).
+those into the kept window), or anything else (a full restore, always safe). The same offset
+committed by another owner may be that of another log (the topic made again, or truncated and
+written again): unless handed straight back, the record before it is checked first.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Action = Literal["resume", "gap", "full"]
+Action = Literal["resume", "check", "gap", "full"]
 # Why a kept window is dropped for a full restore (logged).
 DropReason = Literal["aged", "reset", "behind", "deleted", "recreated", "unknown", "progress"]
 
@@ -24,6 +26,8 @@ class Kept:
     position: int
     revoked_at: float  # monotonic
     last_appended_at: float | None
+    # The group generation it was revoked in (None: out of the group, a zombie woken).
+    generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,16 @@ def choose(
     committed: int | None,
     *,
     reset: bool,
+    straight: bool,
     replay: bool = True,
 ) -> Choice:
     """What to do with `kept` once the partition's stable committed offset is `committed`.
 
     `keep_for` 0 keeps a window only through one rebalance, which the stage sees to.
     `reset`: the offset carries no bridge mark naming it (offsetmark: an operator moved it);
-    `replay`: False when a gap's replay cannot serve (the call-log source needs a full
-    restore's progress of every call).
+    `straight`: handed back by the very rebalance that revoked it (the next generation), so
+    nobody else owned it meanwhile; `replay`: False when a gap's replay cannot serve (the
+    call-log source needs a full restore's progress of every call).
     """
     if keep_for and now - kept.revoked_at > keep_for:
         # Older than the TTL, the gap reads at least as much as a full restore would.
@@ -56,7 +62,13 @@ def choose(
     if reset:
         return Choice("full", "reset")
     if committed == kept.position:
-        return Choice("resume")
+        if straight:
+            return Choice("resume")
+        # Owned elsewhere meanwhile: an owner of a topic made again may have committed the same
+        # offset after deciding other records, whose ids the window lacks (gap_readable tells).
+        if kept.last_appended_at is None:
+            return Choice("full", "unknown")
+        return Choice("check")
     if committed < kept.position:
         return Choice("full", "behind")
     if not replay:

@@ -168,6 +168,7 @@ class DedupStage:
         self._epoch = 0
         # Revoked and committed, kept in case they come back (kept.py).
         self._suspended: dict[TopicPartition, tuple[PartitionTask, Kept]] = {}
+        self._assigned_generation: int | None = None  # of the last assignment
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
         self._stepped = asyncio.Event()
@@ -644,6 +645,8 @@ class DedupStage:
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit and keep: a task assigned back resumes without a full restore (kept.py)."""
         async with self._lock:
+            # The generation that ends (None for a zombie woken: the group moved on without it).
+            generation = self._generation()
             # The one transaction holds every partition's progress: commit all of it now.
             await self._commit(keep=set(revoked))
             now = time.monotonic()
@@ -652,7 +655,8 @@ class DedupStage:
                 # window may hold ids whose records were never decided).
                 task = self._tasks.pop(tp, None)
                 if task is not None:
-                    self._suspended[tp] = (task, Kept(task.position, now, task.last_appended_at))
+                    kept = Kept(task.position, now, task.last_appended_at, generation)
+                    self._suspended[tp] = (task, kept)
             # Every start belongs to the ending assignment, those launched while this waited for
             # the lock (a loss in the loop's last step) included: the new assignment relaunches.
             self._epoch += 1
@@ -668,6 +672,7 @@ class DedupStage:
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         # The coordinator's answer to this member's join: a session, and the partitions it owns.
         self._session.heard(time.monotonic())
+        self._assigned_generation = self._generation()
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:
@@ -691,6 +696,12 @@ class DedupStage:
             # A member cut off from the group (a zombie) may act on an assignment that is already
             # stale: harmless, its commit carries a generation the coordinator refuses.
             self._launch(tp, suspended=self._suspended.pop(tp, None))
+
+    def _generation(self) -> int | None:
+        """The consumer's group generation now, None while it is in none."""
+        consumer = self._consumer
+        group = group_metadata(consumer, self._settings.group) if consumer is not None else None
+        return group.generation_id if group is not None else None
 
     def _launch(
         self,
@@ -725,9 +736,12 @@ class DedupStage:
             self._settings.keep_revoked_for(),
             found.offset,
             reset=judge(found.offset, found.metadata).reset,
+            # The next generation: revoked and assigned by one rebalance, owned by nobody else.
+            straight=kept.generation is not None
+            and self._assigned_generation == kept.generation + 1,
             replay=self.listener is None,
         )
-        if choice.action == "gap":
+        if choice.action in ("gap", "check"):
             assert found.offset is not None
             failure: BaseException | None = None
             try:

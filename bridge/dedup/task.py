@@ -92,10 +92,14 @@ class PartitionTask:
 
     async def catch_up(self, kept: Kept, offset: int) -> None:
         """Bring the window kept since `kept.position` up to `offset`, the committed offset
-        others moved it to, replaying only the records between. Raises GapUnreadableError when
-        those are not all there (a full restore's turn); a task that raised is not used again."""
+        others moved it to, replaying only the records between (none when it is the same, once
+        the record before it is found unchanged). Raises GapUnreadableError when those are not
+        all there (a full restore's turn); a task that raised is not used again."""
         started = time.monotonic()
         ids = await self._replay(offset, kept)
+        if offset == kept.position:  # only the record before it checked: resumed as it was
+            self._owned("resumed", started, ids, checked=True)
+            return
         self.position = offset
         # Unknown until it processes one, as after a full restore (and no gap's start then).
         self.last_appended_at = None

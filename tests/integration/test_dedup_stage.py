@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     admin_client,
     call_on,
     consume_until,
+    create_topic,
     delete_ingest,
     entry,
     has_id,
@@ -48,6 +49,7 @@ from tests.integration.conftest import (
     open_output,
     read_decided,
     read_to_end,
+    topic_config,
     until_decided,
     write_ingest,
 )
@@ -1004,3 +1006,58 @@ async def test_a_partition_back_after_a_flap_reads_only_what_another_member_deci
     counts = Counter(ids(records))
     assert {i: n for i, n in counts.items() if n > 1} == {}
     assert set(counts) == {f"{call}:{seq}" for call in calls for seq in range(1, 6)}
+
+
+async def test_a_kept_window_back_at_the_offset_committed_in_a_topic_made_again_is_not_resumed(
+    start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    """The ingest topic deleted and made again, its new records decided by another member up to
+    the very offset a member's kept window stopped at: that window lacks their ids, so it comes
+    back by a full restore (the record before the offset differs), and their copies are dropped."""
+    fast = {"metadata_probe_seconds": 1.0}  # the group sees the topic gone and back within 1 s
+    one: RunningBridge = await start_bridge(kafka=fast)
+    await until_sample([one], "pinecall_bridge_dedup_partitions_owned", 3)
+    calls = [call_on(p, 3, unique_call) for p in range(3)]
+    await post_all(one, [entry(seq, call=call) for call in calls for seq in (1, 2)])
+    await until_decided(kafka_bootstrap, topics)
+    config = await topic_config(kafka_bootstrap, topics.ingest, own=True)
+    two: RunningBridge = await start_bridge(kafka=fast)
+    stage_one, stage_two = one.bridge.dedup, two.bridge.dedup
+    assert stage_one is not None
+    assert stage_two is not None
+    await until(lambda: bool(stage_two.owned), 30, 0.1, "two owns a partition")
+
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_topics([topics.ingest])
+
+        async def offsets_gone() -> bool:
+            return not await admin.list_consumer_group_offsets(topics.group)
+
+        await until(offsets_gone, 30, 0.2, "the group's offsets went with the topic")
+    await until(lambda: not stage_one.owned and not stage_two.owned, 30, 0.1, "none owned")
+    await create_topic(kafka_bootstrap, topics.ingest, 3, config)
+    await until(lambda: len(stage_one.owned) + len(stage_two.owned) == 3, 60, 0.1, "owned again")
+    # Every partition one kept stopped at 2; two decides 2 new records on each of its own.
+    moved = set(stage_two.owned)
+    fresh = [entry(seq, call=calls[p]) for p in moved for seq in (3, 4)]
+    await post_all(one, fresh)
+    await until_decided(kafka_bootstrap, topics)
+    async with ingest_ends(kafka_bootstrap, topics) as (_, ends):
+        assert {tp.partition: ends[tp] for tp in ends if tp.partition in moved} == dict.fromkeys(
+            moved, 2
+        )
+    restores = "pinecall_bridge_dedup_restores_total"
+    resumed = sample(one.metrics, restores, kind="resumed")
+    full = sample(one.metrics, restores, kind="full")
+    await two.bridge.stop()
+    await until(lambda: len(stage_one.owned) == 3, 30, 0.1, lambda: f"{stage_one.owned}")
+    # Its own partitions have nothing committed in the new topic yet: full restores too.
+    assert sample(one.metrics, restores, kind="resumed") - resumed == 0
+    assert sample(one.metrics, restores, kind="full") - full == 3
+
+    await post_all(one, fresh)  # copies of what two output from the new topic
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    counts = Counter(ids(records))
+    assert {i: n for i, n in counts.items() if n > 1} == {}
+    wanted = {f"{call}:{seq}" for call in calls for seq in (1, 2)}
+    assert set(counts) == wanted | {f"{calls[p]}:{seq}" for p in moved for seq in (3, 4)}

@@ -1021,6 +1021,7 @@ async def test_a_partition_an_eager_rebalance_hands_straight_back_is_restored_on
     assert ("offsets", {tp(3): 30}, MEMBER) in h.producer.calls
     assert h.owned() == []
     committed[tp(3)] = since  # 45: another member owned it in between and committed
+    consumer._coordinator.generation += 1  # the rebalance's: straight back
     await h.stage.assigned({tp(3)})
     await asyncio.gather(*h.stage._starting.values())
     assert h.owned() == [3]
@@ -1082,7 +1083,8 @@ async def flap(
 
 @pytest.mark.parametrize(
     ("committed", "kind", "gaps"),
-    [(30, "resumed", []), (45, "gap", [(30, 45)]), (20, "full", [])],
+    # At 30 too, the record before it is checked (a gap of none): it was owned elsewhere.
+    [(30, "resumed", [(30, 30)]), (45, "gap", [(30, 45)]), (20, "full", [])],
 )
 async def test_a_partition_back_after_a_flap_resumes_replays_the_gap_or_restores_whole(
     monkeypatch: pytest.MonkeyPatch, committed: int, kind: str, gaps: list[tuple[int, int]]
@@ -1095,10 +1097,8 @@ async def test_a_partition_back_after_a_flap_resumes_replays_the_gap_or_restores
     assert (h.stage._tasks[tp(3)] is h.task(3)) is (kind != "full")
     assert h.stage._tasks[tp(3)].position == committed
     assert sample(h.metrics, "pinecall_bridge_dedup_partitions_kept") == 0
-    if kind != "gap":  # a gap is counted by the task's catch_up (faked here)
-        assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind) == (
-            1 if kind == "resumed" else 0  # a full one by the task's start (faked here)
-        )
+    # Counted by the task's catch_up and start (faked here), not by the stage.
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind) == 0
 
 
 async def test_a_kept_window_is_forgotten_once_older_than_the_keep_setting() -> None:
@@ -1156,3 +1156,31 @@ async def test_a_revocation_whose_commit_failed_keeps_no_window(
     h.producer.fail["offsets"] = GroupCommitFailedError(22, MEMBER)
     await h.stage.revoked({tp(1), tp(2)})
     assert list(h.stage._suspended) == [tp(2)]  # 2 was in no transaction: its last committed
+
+
+async def test_a_woken_zombie_resumes_a_kept_window_only_once_the_record_before_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Revoked out of any generation (the group moved on while it slept) and assigned back by
+    the next one it joins: others owned it meanwhile, so the same offset committed is checked."""
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    h.stage.listener = None
+    read_marked(monkeypatch, h, {tp(3): 30})
+    kept = h.task(3)
+    kept.unmarked, kept.last_appended_at = False, 100.0
+    checked: list[tuple[int, int]] = []
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        checked.append((since.position, offset))
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    h.stage._running = True
+    consumer = cast(RebalancingConsumer, h.stage._consumer)
+    consumer._coordinator.generation = -1  # aiokafka's reset, on its heartbeat's refusal
+    await h.stage.revoked({tp(3)})
+    consumer._coordinator.generation = 0  # -1 + 1: no generation is known to have ended
+    await h.stage.assigned({tp(3)})
+    await asyncio.gather(*h.stage._starting.values())
+    assert checked == [(30, 30)]
+    assert h.stage._tasks[tp(3)] is kept
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="resumed") == 0
