@@ -23,14 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("chaos")
 
 
-def commit() -> str:
+def commit(root: Path = ROOT, written: Path | None = None) -> str:
+    """HEAD's short hash, `+uncommitted` if a tracked file other than `written` is changed.
+
+    `written` is the document a run rewrites: an earlier `--only` run's rows in it are results,
+    not code, and counting them made every row after the first one `+uncommitted`.
+    """
+
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
         ).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+uncommitted" if git("status", "--porcelain", "--untracked-files=no") else "")
+    status = ["status", "--porcelain", "--untracked-files=no", "--", "."]
+    if written is not None and written.resolve().is_relative_to(root.resolve()):
+        status.append(f":(exclude,top){written.resolve().relative_to(root.resolve())}")
+    return head + ("+uncommitted" if git(*status) else "")
 
 
 async def run(names: list[str], ctx: Context) -> list[Outcome]:
@@ -111,7 +120,7 @@ def main() -> None:
         )
     )
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    head = commit()
+    head = commit(written=args.out)
     old = embedded(args.out.read_text()) if args.out.exists() else []
     rows = merge(old, [row(o, head, date) for o in outcomes], list(SCENARIOS))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from chaos.__main__ import parser
+from chaos.__main__ import commit, parser
 
 
 def test_base_port_is_off_unless_given() -> None:
@@ -24,3 +27,22 @@ def test_a_base_port_without_room_for_the_cluster_is_refused(
 
 def test_the_highest_base_port_leaves_the_cluster_its_six_ports() -> None:
     assert parser().parse_args(["--base-port", "65530"]).base_port == 65530
+
+
+def test_a_row_is_uncommitted_for_changed_code_not_for_the_document_it_rewrites(
+    tmp_path: Path,
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    doc, code = tmp_path / "docs" / "reliability.md", tmp_path / "bridge.py"
+    doc.parent.mkdir()
+    doc.write_text("rows\n")
+    code.write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    doc.write_text("rows of an earlier --only run\n")
+    assert not commit(tmp_path, written=doc).endswith("+uncommitted")
+    code.write_text("x = 2\n")
+    assert commit(tmp_path, written=doc).endswith("+uncommitted")
