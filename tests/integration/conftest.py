@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +34,10 @@ from bridge.dedup.groupcommit import (
     GroupTxnOffsetCommit,
     TxnOffsetCommitResponseV3,
 )
+from bridge.ingest.record import ID as INGEST_ID
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
+from bridge.normalise.binding import ID_HEADER
 from bridge.service import Bridge
 from bridge.sink import kafka
 from bridge.sink.record import Record
@@ -760,6 +763,27 @@ async def drain(bootstrap: str, names: Topics, within: float = 60) -> None:
         await bridge.stop()
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """Where a read of one partition stopped, and its ends in the broker's last fetch answer."""
+
+    end: int  # the end the read aimed for (read_committed: the last stable offset as it began)
+    position: int
+    stable: int | None  # None: nothing fetched (the read began at its end)
+    high: int | None
+    records: int
+
+
+class Read(list[Consumed]):
+    """Records read to the topics' end, in partition order, and where each partition stopped."""
+
+    def __init__(
+        self, records: Iterable[Consumed] = (), stopped: Mapping[TopicPartition, Stopped] = {}
+    ) -> None:
+        super().__init__(records)
+        self.stopped = dict(stopped)
+
+
 async def read_to_end(
     bootstrap: str,
     topic_names: list[str],
@@ -767,7 +791,7 @@ async def read_to_end(
     committed: bool = True,
     within: float = 30,
     checked: bool = True,
-) -> list[Consumed]:
+) -> Read:
     """Every record the topics hold now, in partition order.
 
     `committed=False` reads as a careless consumer would: records of aborted transactions too.
@@ -784,6 +808,9 @@ async def read_to_end(
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed" if committed else "read_uncommitted",
+        # aiokafka's default, "latest", answers a fetch out of range by skipping to the end,
+        # silently: the read would end with records it never read. Raise instead.
+        auto_offset_reset="none",
     )
     await consumer.start()
     records: list[Consumed] = []
@@ -795,17 +822,146 @@ async def read_to_end(
             while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     records.extend(read(m) for m in batch)
+        read_from = Counter(TopicPartition(r.topic, r.partition) for r in records)
+        stopped = {
+            tp: Stopped(
+                ends[tp],
+                await consumer.position(tp),
+                consumer.last_stable_offset(tp),
+                consumer.highwater(tp),
+                read_from[tp],
+            )
+            for tp in partitions
+        }
     finally:
         await consumer.stop()
-    return records
+    return Read(records, stopped)
 
 
 async def read_decided(
     bootstrap: str, names: Topics, topic_names: list[str], within: float = 60
-) -> list[Consumed]:
+) -> Read:
     """Once the dedup group has decided every ingest record: all committed output, to its end."""
     await until_decided(bootstrap, names, within)
     return await read_to_end(bootstrap, topic_names)
+
+
+def missing_told(
+    missing: Collection[str],
+    read: Read,
+    live: Collection[str] | None,
+    reread: Mapping[str, Mapping[str, tuple[int, int]] | str],
+    ingest: Mapping[str, tuple[int, int]] | str,
+    committed: Mapping[int, tuple[int, int]] | str,
+) -> str:
+    """Why events are missing from a final read: a LOSS (never output) or a READ problem.
+
+    `live`: the ids a reader of the output saw as they came (None: none ran); `reread`: per
+    isolation level, the ids a second read found, each its (output partition, offset), or
+    the read's error; `ingest`: event id to its
+    (ingest partition, offset); `committed`: ingest partition to (group's offset, end).
+    """
+    lines = [f"{len(missing)} answered but not in the final read: {sorted(missing)[:10]}"]
+    found = {
+        how: set(ids) & set(missing) for how, ids in reread.items() if not isinstance(ids, str)
+    }
+    if live is not None:
+        seen = len(set(missing) & set(live))
+        lines.append(f"the live output reader had seen {seen} of them")
+    for how, ids in reread.items():
+        if isinstance(ids, str):
+            lines.append(f"a second {how} read finds {ids}")
+            continue
+        at: dict[int, list[int]] = {}
+        for event in found[how]:
+            partition, offset = ids[event]
+            at.setdefault(partition, []).append(offset)
+        lines.append(
+            f"a second {how} read finds {len(found[how])} of them"
+            + "".join(
+                f", output partition {p}: {len(o)} at offsets {min(o)}-{max(o)}"
+                for p, o in sorted(at.items())
+            )
+        )
+    if isinstance(ingest, str):
+        lines.append(f"ingest: {ingest}")
+    else:
+        where: dict[int, list[int]] = {}
+        for event in missing:
+            if event in ingest:
+                partition, offset = ingest[event]
+                where.setdefault(partition, []).append(offset)
+        lines.append(f"not in the ingest topic: {len(set(missing) - set(ingest))}")
+        if isinstance(committed, str):
+            lines.append(f"the group's offsets: {committed}")
+        for partition, offsets in sorted(where.items()):
+            group, end = (-1, -1) if isinstance(committed, str) else committed[partition]
+            decided = sum(offset < group for offset in offsets)
+            lines.append(
+                f"ingest partition {partition}: {len(offsets)} at offsets"
+                f" {min(offsets)}-{max(offsets)}, {decided} below the group's committed"
+                f" {group} (end {end})"
+            )
+    lines.extend(
+        f"final read of {tp.topic}-{tp.partition}: {s.records} records, position {s.position}"
+        f" of end {s.end}; last fetch: LSO {s.stable}, high watermark {s.high}"
+        for tp, s in sorted(read.stopped.items())
+    )
+    output = found.get("read_committed", set()) | (set(missing) & set(live or ()))
+    if len(output) == len(missing):
+        verdict = "a READ problem: all were output, the final read missed them"
+    elif output:
+        verdict = f"partly a READ problem: {len(output)} were output, the final read missed them"
+    elif found.get("read_uncommitted"):
+        # Aborted (a loss if the group's offsets moved past them), or hidden from this reader.
+        verdict = "in the output's log but not read_committed: aborted, or a reader defect"
+    elif "read_uncommitted" in found:
+        verdict = "a LOSS: nowhere in the output's log"
+    else:
+        verdict = "undecided: the second reads failed"
+    return "; ".join([verdict, *lines])
+
+
+async def why_missing(
+    bootstrap: str,
+    names: Topics,
+    topic_names: list[str],
+    missing: Collection[str],
+    read: Read,
+    live: Collection[str] | None = None,
+) -> str:
+    """missing_told's facts, gathered from the broker after a final read missed events."""
+
+    async def ids(committed: bool) -> dict[str, tuple[int, int]] | str:
+        try:
+            records = await read_to_end(bootstrap, topic_names, committed=committed, checked=False)
+        except Exception as error:  # told, not raised: the assertion follows
+            return f"nothing ({error!r})"
+        # Every output record carries its event's id in a header, in either mode.
+        return {r.headers.get(ID_HEADER, b"").decode(): (r.partition, r.offset) for r in records}
+
+    reread: dict[str, dict[str, tuple[int, int]] | str] = {
+        "read_committed": await ids(True),
+        "read_uncommitted": await ids(False),
+    }
+    ingest: dict[str, tuple[int, int]] = {}
+    try:
+        for r in await read_to_end(bootstrap, [names.ingest], committed=False, checked=False):
+            ingest.setdefault(r.headers.get(INGEST_ID, b"").decode(), (r.partition, r.offset))
+    except Exception as error:  # told, not raised: the assertion follows
+        failed = f"not read ({error!r})"
+        return missing_told(missing, read, live, reread, failed, failed)
+    committed: dict[int, tuple[int, int]] | str
+    try:
+        async with ingest_ends(bootstrap, names) as (admin, ends):
+            offsets = await admin.list_consumer_group_offsets(names.group, partitions=list(ends))
+        committed = {
+            tp.partition: (offsets[tp].offset if tp in offsets else -1, end)
+            for tp, end in ends.items()
+        }
+    except Exception as error:  # told, not raised: the assertion follows
+        committed = f"not read ({error!r})"
+    return missing_told(missing, read, live, reread, ingest, committed)
 
 
 def has_id(event_id: str) -> Callable[[list[Consumed]], bool]:

@@ -41,6 +41,7 @@ from tests.integration.conftest import (
     grown,
     read_decided,
     wait_ready,
+    why_missing,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env, total
 from tests.polling import until
@@ -184,9 +185,15 @@ def retold(load: Load, what: str) -> str:
 
 
 async def answered_once(
-    cluster: Cluster, daemon: Replica, topics: Topics, load: Load, story: str
+    cluster: Cluster,
+    daemon: Replica,
+    topics: Topics,
+    load: Load,
+    story: str,
+    read_at: dict[str, float] | None = None,
 ) -> None:
-    """Every event answered 2xx, the bridge alive and ready, each event output once."""
+    """Every event answered 2xx, the bridge alive and ready, each event output once; events
+    missing are told a loss or a read problem (`read_at`: a live output reader's ids)."""
     assert daemon.alive, story
     assert not load.unanswered, f"never answered 2xx: {load.unanswered[:20]}; {story}"
     await wait_ready(daemon.url, within=60)
@@ -195,7 +202,11 @@ async def answered_once(
     doubled = {event: n for event, n in copies.items() if n > 1}
     missing = set(load.answered) - set(copies)
     assert not doubled, f"doubled: {doubled}; {story}"
-    assert not missing, f"{len(missing)} answered but not in the output: {sorted(missing)[:20]}"
+    if missing:
+        told = await why_missing(
+            cluster.bootstrap, topics, [topics.events], missing, records, read_at
+        )
+        raise AssertionError(f"{told}; {story}")
     assert set(copies) == set(load.answered), story
     print(f"{len(load.sent)} events; {story}")
 
@@ -629,4 +640,4 @@ async def test_a_node_vanishing_from_the_network_loses_and_doubles_nothing(
         ]
         assert not late, f"refused outside the cut's first {bound:.1f} s: {late[:20]}; {story}"
         assert late_output <= HELD_BACK_AT_MOST, f"the output held back: {story}"
-        await answered_once(cluster, daemon, topics, load, story)
+        await answered_once(cluster, daemon, topics, load, story, read_at)
