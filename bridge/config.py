@@ -536,8 +536,8 @@ class DedupSettings(_Section):
     # How long a cleanly revoked partition's window is kept in case it comes back (a flapping
     # member): only the records decided meanwhile are read again then. Unset: the TTL, past which
     # that gap is as long as a full restore's read. 0: only a partition the same rebalance hands
-    # straight back resumes. Memory: a process owns or keeps each partition at most once, and
-    # memoryfit budgets every partition of the topic already.
+    # straight back resumes. At most the TTL (refused above it). Memory: a process owns or keeps
+    # each partition at most once, and memoryfit budgets every partition of the topic already.
     keep_revoked_seconds: float | None = Field(default=None, ge=0)
     group: str = Field(default="pinecall-bridge", min_length=1, max_length=200)
     commit_interval_ms: int = Field(default=100, ge=1, le=60_000)
@@ -599,6 +599,14 @@ class DedupSettings(_Section):
             raise ValueError(
                 "BRIDGE_DEDUP__HANGING_REPORT_SECONDS must be longer than"
                 " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS"
+            )
+        if self.keep_revoked_seconds is not None and self.keep_revoked_seconds > self.ttl_seconds:
+            # Refused, not capped: a value an operator set that does nothing is a mistake to say.
+            raise ValueError(
+                f"BRIDGE_DEDUP__KEEP_REVOKED_SECONDS ({self.keep_revoked_seconds:g}) must not"
+                f" exceed BRIDGE_DEDUP__TTL_SECONDS ({self.ttl_seconds:g}): a window kept longer"
+                " reads a gap at least as long as a full restore's and holds its memory"
+                " meanwhile (leave it unset for the TTL)"
             )
         if self.ingest_retention_ms() > _INT64_MAX:
             # The broker refuses it as the ingest topic's retention.ms: no start would get past it.

@@ -809,8 +809,12 @@ class DedupStage:
             if delay:
                 await asyncio.sleep(delay)
             self._first_attempts[tp] = current
-            if suspended is not None and await self._resume_kept(suspended, epoch):
-                return
+            if suspended is not None:
+                if await self._resume_kept(suspended, epoch):
+                    return
+                # Dropped: not held through the full restore beside the window that replaces it
+                # (each partition's window counts once in the memory budget).
+                suspended = None
             while self._running and epoch == self._epoch and tp in consumer.assignment():
                 task = PartitionTask(
                     tp,

@@ -221,6 +221,16 @@ REFUSALS = {
         "config.dedup.hangingReportSeconds (8 s) must be longer",
         {"dedup": {"hanging_report_seconds": 8}},
     ),
+    "kept windows longer than the dedup TTL": Refusal(
+        ("config.dedup.keepRevokedSeconds=901",),
+        "config.dedup.keepRevokedSeconds (901) must not exceed config.dedup.ttlSeconds (900)",
+        {"dedup": {"keep_revoked_seconds": 901}},
+    ),
+    "kept windows longer than a shorter dedup TTL": Refusal(
+        ("config.dedup.keepRevokedSeconds=600", "config.dedup.ttlSeconds=300"),
+        "config.dedup.keepRevokedSeconds (600) must not exceed config.dedup.ttlSeconds (300)",
+        {"dedup": {"keep_revoked_seconds": 600, "ttl_seconds": 300}},
+    ),
     "drain delay not below the grace": Refusal(
         ("config.shutdown.drainDelaySeconds=25",),
         "config.shutdown.drainDelaySeconds (25) must be shorter than config.shutdown.graceSeconds",
@@ -355,6 +365,15 @@ def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) 
     assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
     bound = {"webhook": {"max_age_seconds": 215}, "dedup": {"ttl_seconds": 500}}
     assert bridge_problems(merged(BRIDGE_SECRET, bound)) == []
+
+
+def test_kept_windows_up_to_the_ttl_are_accepted_by_both(bridge_problems: Any) -> None:
+    # At the TTL (the default, null), and 0 (only a straight hand-back): a 0 is no unset value.
+    for keep in ("900", "0"):
+        sets = (f"config.dedup.keepRevokedSeconds={keep}",)
+        assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
+        told = {"dedup": {"keep_revoked_seconds": float(keep)}}
+        assert bridge_problems(merged(BRIDGE_SECRET, told)) == []
 
 
 def test_every_problem_is_listed_at_once() -> None:

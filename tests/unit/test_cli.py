@@ -242,6 +242,20 @@ def test_check_refuses_inputs_larger_than_the_records_kafka_takes(
     )
 
 
+def test_check_refuses_windows_kept_longer_than_the_ttl(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pointless past the TTL (the gap reads as much as a full restore) and memory held: a CI gate
+    # says so before a rollout does.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_DEDUP__KEEP_REVOKED_SECONDS", "3600")
+    assert exit_code(["check"]) == 2
+    assert (
+        "BRIDGE_DEDUP__KEEP_REVOKED_SECONDS (3600) must not exceed BRIDGE_DEDUP__TTL_SECONDS (900)"
+        in capsys.readouterr().err
+    )
+
+
 def test_check_accepts_limits_that_fit_and_prints_them(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -371,6 +371,18 @@ def test_settings_the_protocol_would_ignore_are_refused(
             " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS",
         ),
         (
+            {"BRIDGE_DEDUP__KEEP_REVOKED_SECONDS": "900.5"},
+            "BRIDGE_DEDUP__KEEP_REVOKED_SECONDS (900.5) must not exceed BRIDGE_DEDUP__TTL_SECONDS"
+            " (900): a window kept longer reads a gap at least as long as a full restore's and"
+            " holds its memory meanwhile (leave it unset for the TTL)",
+        ),
+        (
+            {"BRIDGE_DEDUP__TTL_SECONDS": "60", "BRIDGE_DEDUP__KEEP_REVOKED_SECONDS": "120"},
+            "BRIDGE_DEDUP__KEEP_REVOKED_SECONDS (120) must not exceed BRIDGE_DEDUP__TTL_SECONDS"
+            " (60): a window kept longer reads a gap at least as long as a full restore's and"
+            " holds its memory meanwhile (leave it unset for the TTL)",
+        ),
+        (
             {"BRIDGE_DEDUP__GROUP": "my group"},
             "BRIDGE_DEDUP__GROUP: must use only [A-Za-z0-9._-] (it names transactional ids too)",
         ),
@@ -470,6 +482,15 @@ def test_dedup_timeouts_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyP
     )
     d = load_settings().dedup
     assert (d.commit_interval_ms, d.heartbeat_interval_ms) == (4999, 2000)
+
+
+def test_kept_windows_up_to_the_ttl_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    setenv(monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "60"})
+    assert load_settings().dedup.keep_revoked_for() == 60  # unset: the TTL, however short
+    monkeypatch.setenv("BRIDGE_DEDUP__KEEP_REVOKED_SECONDS", "60")
+    assert load_settings().dedup.keep_revoked_for() == 60
+    monkeypatch.setenv("BRIDGE_DEDUP__KEEP_REVOKED_SECONDS", "0")
+    assert load_settings().dedup.keep_revoked_for() == 0
 
 
 def test_unknown_variables_are_named_with_the_likely_intent() -> None:

@@ -81,6 +81,11 @@ clocks disagreeing (60 s, bridge/clocks.py) and a copy appended up to the publis
 {{- if and (gt $maxAge 0.0) (gt (addf (mulf $maxAge 2) $margin) $ttl) }}
 {{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) is too long for config.dedup.ttlSeconds (%s): 2 x maxAgeSeconds + %s s (a 60 s clock skew allowance plus config.kafka.publishTimeoutSeconds) must not exceed the TTL, or a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl) (include "pinecall-bridge.envValue" $margin)) }}
 {{- end }}
+{{- /* A window kept past the TTL reads a gap at least as long as a full restore's: refused. */}}
+{{- $keep := ($c.dedup | default dict).keepRevokedSeconds }}
+{{- if and (not (kindIs "invalid" $keep)) (gt (float64 $keep) $ttl) }}
+{{- $problems = append $problems (printf "config.dedup.keepRevokedSeconds (%s) must not exceed config.dedup.ttlSeconds (%s): a window kept longer reads a gap at least as long as a full restore's and holds its memory meanwhile (leave it null for the TTL)" (include "pinecall-bridge.envValue" (float64 $keep)) (include "pinecall-bridge.envValue" $ttl)) }}
+{{- end }}
 {{- $shutdown := include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25 "drainDelaySeconds" 0)) | fromJson }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
 {{- $problems = append $problems (printf "config.shutdown.drainDelaySeconds (%s) must be shorter than config.shutdown.graceSeconds (%s)" (include "pinecall-bridge.envValue" (float64 $shutdown.drainDelaySeconds)) (include "pinecall-bridge.envValue" (float64 $shutdown.graceSeconds))) }}

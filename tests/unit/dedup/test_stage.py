@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
+import weakref
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -1143,6 +1145,42 @@ async def test_a_gap_that_cannot_be_read_restores_the_partition_whole(
     await asyncio.gather(*h.stage._starting.values())
     assert starts == [tp(3)]
     assert h.stage._tasks[tp(3)] is not kept
+
+
+@pytest.mark.parametrize("why", ["behind", "unreadable"])
+async def test_a_dropped_kept_window_is_not_held_while_the_partition_restores_whole(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """Each partition's window counts once in the memory budget: a kept window that cannot serve
+    (an offset moved back, a gap unreadable) is let go before its full restore fills another."""
+    held_while_restoring: list[bool] = []
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        gc.collect()
+        held_while_restoring.append(kept_ref() is not None)
+        task.position = 45
+
+    async def unreadable(self: FakeTask, since: Kept, offset: int) -> None:
+        raise GapUnreadableError(tp(3), "deleted")
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    h.stage.listener = None
+    # Behind the kept position (20 < 30): dropped at once; past it (45): its gap fails to read.
+    read_marked(monkeypatch, h, {tp(3): 20 if why == "behind" else 45})
+    # On the class: monkeypatch would hold the instance.
+    monkeypatch.setattr(FakeTask, "catch_up", unreadable, raising=False)
+    kept = h.tasks.pop(3)
+    kept.last_appended_at = 100.0
+    kept_ref = weakref.ref(kept)
+    del kept
+    h.stage._running = True
+    await h.stage.revoked({tp(3)})
+    await h.stage.assigned(set())
+    await h.stage.assigned({tp(3)})
+    await asyncio.gather(*h.stage._starting.values())
+    assert held_while_restoring == [False]
+    assert h.stage._tasks[tp(3)].position == 45
 
 
 async def test_a_revocation_whose_commit_failed_keeps_no_window(
