@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.dedup import restore, task
-from tests.unit.dedup.fakes import FakeLog
+from bridge.dedup import restore, task, transaction
+from tests.unit.dedup.fakes import FakeLog, ProducerFactory
 
 
 @pytest.fixture
@@ -15,3 +15,11 @@ def log(monkeypatch: pytest.MonkeyPatch) -> FakeLog:
     monkeypatch.setattr(restore, "AIOKafkaConsumer", fake.consumer)
     monkeypatch.setattr(task, "AIOKafkaConsumer", fake.consumer)
     return fake
+
+
+@pytest.fixture
+def factory(monkeypatch: pytest.MonkeyPatch) -> ProducerFactory:
+    """Producers start()ed by a StageProducer are fakes: no network."""
+    made = ProducerFactory()
+    monkeypatch.setattr(transaction, "GroupCommitProducer", made)
+    return made

@@ -42,7 +42,7 @@ from bridge.groupsession import Session
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until
-from tests.unit.dedup.fakes import FakeProducer, ingest, install, sends, steps
+from tests.unit.dedup.fakes import FakeProducer, ProducerFactory, ingest, install, sends, steps
 from tests.unit.sink.fakes import FakeAdmin, FakeConnection, throttled
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
@@ -280,6 +280,7 @@ async def test_an_unexpected_error_in_a_step_loses_the_transactions_partitions()
     assert sample(h.metrics, "pinecall_bridge_dedup_transactions_total", outcome="aborted") == 1
 
 
+@pytest.mark.usefixtures("factory")  # the lost producer's replacement
 async def test_a_failed_send_while_a_task_processes_loses_every_partition_in_the_transaction() -> (
     None
 ):
@@ -294,8 +295,40 @@ async def test_a_failed_send_while_a_task_processes_loses_every_partition_in_the
     assert h.owned() == []
     assert h.lost("error") == 2
     # The second send failed: nothing of the transaction is committed, its producer is dropped.
-    assert steps(h.producer) == ["begin", "send", "send", "stop"]
     assert h.stage._out._producer is None
+    await h.stage._out._retired()  # closed in the background
+    assert steps(h.producer) == ["begin", "send", "send", "stop"]
+
+
+class StopHeld(FakeProducer):
+    """A producer whose stop waits on requests to a vanished broker, until it is cancelled."""
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+        await asyncio.Event().wait()
+
+
+async def test_a_lost_transactions_producer_stopping_slowly_holds_up_no_step(
+    factory: ProducerFactory,
+) -> None:
+    # Its stop ran under the stage's lock for up to 4.5 s while its requests waited on a vanished
+    # coordinator: the stage processed nothing meanwhile (a 3 s step reported after 7.8 s).
+    h = Harness(1, 2)
+    old = StopHeld()
+    install(h.stage._out, old)
+    await h.open(1)
+    async with asyncio.timeout(1.0):
+        await h.stage._step(h.task(1), failing(TimeoutError()))
+        assert h.owned() == [2]
+        # The next step goes on with the replacement, whose InitProducerId fences the old one.
+        await h.stage._step(h.task(2), h.stage._out.join(tp(2)))
+        [fresh] = factory.made
+        assert steps(fresh) == ["start", "begin"]
+        assert h.stage._out.partitions == {tp(2)}
+        # Not leaked: the old one's stop was begun, and the stage's stop waits for its end.
+        await h.stage._out.stop()
+    assert ("stop",) in old.calls
+    assert h.stage._out._retiring == set()
 
 
 async def test_commit_sends_every_touched_partitions_position_with_the_members_generation() -> None:

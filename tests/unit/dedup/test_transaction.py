@@ -40,6 +40,7 @@ from tests.unit.dedup.fakes import (
     ProducerFactory,
     entry_of,
     ingest,
+    install,
     sends,
     stage_producer,
     steps,
@@ -53,13 +54,9 @@ DUPLICATES = "pinecall_bridge_events_duplicate_total"
 TRANSACTIONS = "pinecall_bridge_dedup_transactions_total"
 
 
-@pytest.fixture(autouse=True)
-def factory(monkeypatch: pytest.MonkeyPatch) -> ProducerFactory:
-    """Producers start()ed by a StageProducer are fakes: no network. Every test's, as a lost
-    transaction's restart (in a task of its own) starts one too."""
-    made = ProducerFactory()
-    monkeypatch.setattr(transaction, "GroupCommitProducer", made)
-    return made
+# Every test's producers are fakes (conftest's factory): a lost transaction's restart, in a task
+# of its own, starts one too.
+pytestmark = pytest.mark.usefixtures("factory")
 
 
 async def publish(out: StageProducer, tp: TopicPartition, offset: int, event_id: str) -> None:
@@ -196,7 +193,7 @@ async def test_a_transaction_of_only_duplicates_still_commits_its_offsets() -> N
     assert sample(metrics, TRANSACTIONS, outcome="committed") == 1
 
 
-def assert_lost(
+async def assert_lost(
     lost: TransactionLostError,
     reason: str,
     partitions: set[TopicPartition],
@@ -206,7 +203,7 @@ def assert_lost(
     outcome: str = "aborted",
 ) -> None:
     """The transaction is gone, uncounted, and its producer with it (no abort: its successor's
-    start aborts it)."""
+    start aborts it), closed in the background."""
     assert lost.reason == reason
     assert lost.partitions == partitions
     assert sample(metrics, PUBLISHED, topic="pinecall.events") == 0
@@ -216,6 +213,7 @@ def assert_lost(
     others = {"aborted", "unknown"} - {outcome}
     assert [sample(metrics, TRANSACTIONS, outcome=o) for o in (outcome, *others)] == [1, 0]
     assert out._producer is None
+    await out._retired()
     assert producer.calls[-1] == ("stop",)
     assert "abort" not in steps(producer)
     assert out.partitions == frozenset()
@@ -253,7 +251,7 @@ async def test_a_failed_step_loses_every_partition_the_transaction_touched_and_i
 
     with pytest.raises(TransactionLostError) as lost:
         await out.guard(transaction_of_two_partitions(), also=frozenset({TP3}))
-    assert_lost(lost.value, reason, {TP, TP2, TP3}, out, producer, metrics)
+    await assert_lost(lost.value, reason, {TP, TP2, TP3}, out, producer, metrics)
 
 
 @pytest.mark.parametrize("step", ["flush", "offsets", "commit"])
@@ -265,7 +263,7 @@ async def test_a_commit_that_hangs_is_a_timeout(step: str) -> None:
         await asyncio.wait_for(out.commit({TP: 2, TP2: 1}, GROUP), 5)
     # Once EndTxn(COMMIT) is out, the coordinator may commit it still: not called aborted.
     outcome = "unknown" if step == "commit" else "aborted"
-    assert_lost(lost.value, "timeout", {TP, TP2}, out, producer, metrics, outcome)
+    await assert_lost(lost.value, "timeout", {TP, TP2}, out, producer, metrics, outcome)
 
 
 async def test_a_step_that_does_not_suspend_arms_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,7 +293,7 @@ async def test_a_send_that_hangs_is_a_timeout() -> None:
     producer.block.add("send")
     with pytest.raises(TransactionLostError) as lost:
         await asyncio.wait_for(out.guard(publish(out, TP, 2, "CA_1:3"), also=frozenset({TP3})), 5)
-    assert_lost(lost.value, "timeout", {TP, TP2, TP3}, out, producer, metrics)
+    await assert_lost(lost.value, "timeout", {TP, TP2, TP3}, out, producer, metrics)
 
 
 async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
@@ -309,7 +307,7 @@ async def test_a_fence_the_sender_saw_first_is_still_a_fence() -> None:
     producer.fail["offsets"] = IllegalOperation("Not in the middle of a transaction")
     with pytest.raises(TransactionLostError) as lost:
         await out.commit({TP: 2, TP2: 1}, GROUP)
-    assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
+    await assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
 
 
 @pytest.mark.parametrize("error", [ProducerFenced(), InvalidProducerEpoch()])
@@ -388,6 +386,7 @@ async def test_a_failed_begin_loses_the_partition_that_was_joining() -> None:
     assert lost.value.reason == "fenced"
     assert lost.value.partitions == {TP}
     assert out._producer is None
+    await out._retired()
     assert producer.calls[-1] == ("stop",)
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 0  # none was open
 
@@ -538,7 +537,7 @@ async def test_any_failed_send_fails_the_commit() -> None:
     producer.deliveries[1].set_exception(KafkaConnectionError())
     with pytest.raises(TransactionLostError) as lost:
         await out.commit({TP: 2, TP2: 1}, GROUP)
-    assert_lost(lost.value, "error", {TP, TP2}, out, producer, metrics)
+    await assert_lost(lost.value, "error", {TP, TP2}, out, producer, metrics)
     assert "offsets" not in steps(producer)
     assert "commit" not in steps(producer)
 
@@ -549,7 +548,7 @@ async def test_a_send_failed_by_a_fence_fails_the_commit_as_a_fence() -> None:
     producer.deliveries[0].set_exception(ProducerFenced())
     with pytest.raises(TransactionLostError) as lost:
         await out.commit({TP: 2, TP2: 1}, GROUP)
-    assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
+    await assert_lost(lost.value, "fenced", {TP, TP2}, out, producer, metrics)
     assert "commit" not in steps(producer)
 
 
@@ -702,12 +701,34 @@ async def test_abandon_gives_up_the_transaction_and_its_producer() -> None:
     await out.abandon()
     assert out.partitions == frozenset()
     assert out._producer is None
+    await out._retired()
     assert producer.calls[-1] == ("stop",)
     assert "abort" not in steps(producer)
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
     assert sample(metrics, PUBLISHED, topic="pinecall.events") == 0
     await out.abandon()  # nothing open: nothing counted twice
     assert sample(metrics, TRANSACTIONS, outcome="aborted") == 1
+
+
+async def test_an_abandoned_producer_is_closed_in_the_background_and_its_end_awaited_by_stop(
+    factory: ProducerFactory,
+) -> None:
+    # Its flush never ends (a vanished broker): closed at once, sender and connections, without
+    # holding the abandon; the replacement starts meanwhile.
+    out, _, _ = stage_producer()
+    stuck = StuckProducer()
+    install(out, stuck)  # type: ignore[arg-type]
+    await asyncio.wait_for(out.abandon(), 0.1)
+    assert out._retiring
+    restart = out._restart
+    assert restart is not None
+    await asyncio.wait_for(restart, 0.1)
+    [fresh] = factory.made
+    assert out._producer is fresh
+    await asyncio.wait_for(out.stop(), 2.0)
+    assert stuck.client_closed
+    assert stuck._sender.sender_task.cancelled()
+    assert out._retiring == set()
 
 
 async def test_the_commit_sends_lingering_batches_through_aiokafkas_own_commit_flush() -> None:
