@@ -74,9 +74,14 @@ class FakeSink:
 
 
 def pipeline_with(
-    sink: FakeSink, metrics: Metrics, topics: TopicSettings | None = None
+    sink: FakeSink,
+    metrics: Metrics,
+    topics: TopicSettings | None = None,
+    *,
+    publish_timeout: float = 0.2,
 ) -> Pipeline:
-    """The ingest pipeline onto `sink`, routing by default rules."""
+    """The ingest pipeline onto `sink`, routing by default rules; a record unacked for
+    `publish_timeout` seconds fails."""
     topics = topics if topics is not None else TopicSettings()
     return Pipeline(
         sink,
@@ -85,5 +90,5 @@ def pipeline_with(
         source="test",
         ingest_topic=topics.ingest,
         dlq_topic=topics.dlq,
-        publish_timeout=0.2,
+        publish_timeout=publish_timeout,
     )

@@ -28,9 +28,14 @@ INGEST = "pinecall.ingest"
 entry = partial(entries.entry, agent="a", epoch=1_700_000_000, ephemeral=False)
 
 
+# A test that stalls Kafka resolves the stall itself: at 1 s, a loop held up that long by a loaded
+# CI box times out the records it is about to acknowledge. A test of the deadline sets its own.
+UNTIL_ACKED = 60.0
+
+
 def make(
     sink: FakeSink,
-    timeout: float = 1.0,
+    timeout: float = UNTIL_ACKED,
     mode: Mode = "structured",
     *,
     purpose: Purpose = DAEMON,

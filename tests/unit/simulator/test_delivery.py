@@ -129,11 +129,12 @@ async def test_transport_errors_and_timeouts_are_retried(receiver: Receiver) -> 
 
     async def sometimes_slow(_: Received) -> int:
         if next(slow):
-            await asyncio.sleep(1)
+            await asyncio.Event().wait()  # never answers: the attempt times out
         return 200
 
     receiver.answer = sometimes_slow
-    deliverer = await started(dataclasses.replace(FAST, delivery_timeout=0.2, max_attempts=2))
+    # The retry's answer must come within it: at 0.2 s, a loaded CI box can time it out too.
+    deliverer = await started(dataclasses.replace(FAST, delivery_timeout=1.0, max_attempts=2))
     await send(deliverer, hook_for(receiver), "CA_1", 1)
     nowhere = HookStore().create(f"http://{refusing_address()}/hook", ("*",), "s")
     await send(deliverer, nowhere, "CA_2", 1)

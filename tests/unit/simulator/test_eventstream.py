@@ -7,13 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 
 from bridge import jsoncodec
-from bridge.simulator import Channel, Simulator
+from bridge.simulator import Channel, Simulator, eventstream
 from bridge.simulator.eventstream import cursor_of, frame
 from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
 from bridge.sources.calllog.pages import fetch_pages
@@ -336,13 +337,19 @@ async def test_broken_pages_answer_200_cut_short_then_it_recovers(
     assert sim.stats.log_pages_broken == 1
 
 
-async def test_auth_is_refused_for_a_while(sim: Simulator, client: aiohttp.ClientSession) -> None:
+async def test_auth_is_refused_for_a_while(
+    sim: Simulator, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On the wall clock, a loaded CI box can take the 0.3 s to answer: the GET to refuse gets in.
+    now = [0.0]
+    monkeypatch.setattr(eventstream, "time", SimpleNamespace(monotonic=lambda: now[0]))
     write(sim, entry(1))
     async with client.post(sim.url + "/_sim/sse/refuse-auth?seconds=0.3") as answer:
         assert answer.status == 200
+    now[0] = 0.29
     async with client.get(events_url(sim), headers=AUTH) as answer:
         assert answer.status == 401
-    await asyncio.sleep(0.35)
+    now[0] = 0.3
     async with client.get(events_url(sim), headers=AUTH) as answer:
         assert answer.status == 200
     assert sim.stats.sse_auth_refused == 1
