@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.dedup.kept import DropReason
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
 
@@ -42,6 +43,8 @@ THROTTLE_WATCHED = (
 )
 # Feed events lost (events_rejected_total{channel="websocket"}): PinecallBridgeFeedBacklogDropping.
 FEED_LOSSES = ("backlog_full", "shutdown", "too_large")
+# Why a kept window could not serve: kept.py's reasons, or "torn" (its gap's read failed).
+KEPT_DROP_REASONS = (*get_args(DropReason), "torn")
 WORKERS_UNREACHABLE = f"{PREFIX}_workers_unreachable"
 WORKERS_UNREACHABLE_HELP = (
     "Worker processes of this pod left out of this scrape (no answer in time); 0 with one."
@@ -313,6 +316,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.dedup_kept_dropped = Counter(
+            f"{PREFIX}_dedup_kept_dropped_total",
+            "Kept windows of partitions assigned back that could not serve, each restored whole"
+            " instead, by reason: aged, reset, behind, deleted, recreated, unknown, progress"
+            " (README), or torn (its gap's read failed).",
+            ["reason"],
+            registry=r,
+        )
         self.dedup_partitions_kept = Gauge(
             f"{PREFIX}_dedup_partitions_kept",
             "Revoked ingest partitions whose window this process keeps in case they come back.",
@@ -554,6 +565,8 @@ class Metrics:
             self.dedup_offset_resets.labels(kind)
         for kind in ("resumed", "gap", "full"):
             self.dedup_restores.labels(kind)
+        for dropped in KEPT_DROP_REASONS:
+            self.dedup_kept_dropped.labels(dropped)
 
         # The per-event series, resolved once per label combination (labels are bounded).
         self.received_by = Children(self.received)

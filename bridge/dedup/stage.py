@@ -56,6 +56,7 @@ from bridge.dedup.kept import Kept, choose
 from bridge.dedup.offsetmark import judge
 from bridge.dedup.ownership import PartitionListener
 from bridge.dedup.refusals import refusal, refused_wait
+from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
@@ -168,6 +169,9 @@ class DedupStage:
         self._epoch = 0
         # Revoked and committed, kept in case they come back (kept.py).
         self._suspended: dict[TopicPartition, tuple[PartitionTask, Kept]] = {}
+        # Kept windows assigned back, judged or caught up before they are installed: still
+        # memory held, in neither _suspended nor _tasks meanwhile.
+        self._resuming: dict[TopicPartition, PartitionTask] = {}
         self._assigned_generation: int | None = None  # of the last assignment
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
@@ -196,8 +200,12 @@ class DedupStage:
         metrics.dedup_partitions_kept.set_function(lambda: len(self._suspended))
 
     def _windows(self) -> list[PartitionTask]:
-        """The tasks whose windows this process holds: owned and kept."""
-        return [*self._tasks.values(), *(task for task, _ in list(self._suspended.values()))]
+        """The tasks whose windows this process holds: owned, kept, and kept ones resuming."""
+        return [
+            *self._tasks.values(),
+            *(task for task, _ in list(self._suspended.values())),
+            *list(self._resuming.values()),
+        ]
 
     def _drop_aged(self) -> None:
         """Forget the kept windows past BRIDGE_DEDUP__KEEP_REVOKED_SECONDS: their memory."""
@@ -515,6 +523,9 @@ class DedupStage:
                         },
                     )
                     task.position = rewinds[tp]
+                    # Its append time was that of the record before the old position: a kept
+                    # window's check would find another record before this one ("recreated").
+                    task.last_appended_at = None
                 elif task.position < starts[tp]:
                     await self._step(task, task.expire(starts[tp], self._out))
                 consumer.seek(tp, task.position)
@@ -726,9 +737,19 @@ class DedupStage:
         """Install a kept task as it is, or caught up over the records others decided since;
         False when its window cannot serve (a full restore's turn)."""
         task, kept = suspended
+        self._resuming[task.tp] = task
+        try:
+            return await self._judge_kept(task, kept, epoch)
+        finally:
+            if self._resuming.get(task.tp) is task:
+                del self._resuming[task.tp]
+
+    async def _judge_kept(self, task: PartitionTask, kept: Kept, epoch: int) -> bool:
+        """_resume_kept's decision and catch-up, `task` counted in the window gauges meanwhile."""
         try:
             found = await self._offsets.found(task.tp)
         except Exception:  # unknown: start afresh, which is always safe
+            self._metrics.dedup_kept_dropped.labels("torn").inc()
             return False
         choice = choose(
             kept,
@@ -760,38 +781,49 @@ class DedupStage:
                     "dedup partition's kept window could not be caught up; restoring it whole",
                     extra={"partition": task.tp.partition, "error": repr(failure)},
                 )
+                reason = failure.reason if isinstance(failure, GapUnreadableError) else "torn"
+                self._metrics.dedup_kept_dropped.labels(reason).inc()
                 return False
         if choice.action == "full":
             log.info(
                 "dedup partition's kept window dropped; restoring it whole",
                 extra={"partition": task.tp.partition, "reason": choice.reason},
             )
+            assert choice.reason is not None
+            self._metrics.dedup_kept_dropped.labels(choice.reason).inc()
             return False
-        if choice.action == "resume":
-            self._metrics.dedup_restores.labels("resumed").inc()
-        await self._install(task, epoch)
+        kind = "gap" if choice.action == "gap" else "resumed"  # "check": the same offset
+        # Counted once installed: a start declined (no longer ours) never happened.
+        if await self._install(task, epoch):
+            self._metrics.dedup_restores.labels(kind).inc()
         return True
 
-    async def _install(self, task: PartitionTask, epoch: int) -> None:
-        """Process the partition with `task` from its position, if it is still ours."""
+    async def _install(self, task: PartitionTask, epoch: int) -> bool:
+        """Process the partition with `task` from its position, if it is still ours: whether it
+        was installed."""
         consumer = self._consumer
         async with self._lock:
             # assignment() still names the old partitions while a rebalance runs: the epoch
             # tells a start of this assignment from one of the last.
-            if (
+            if not (
                 self._running
                 and epoch == self._epoch
                 and consumer is not None
                 and task.tp in consumer.assignment()
             ):
-                self._tasks[task.tp] = task
-                consumer.seek(task.tp, task.position)
-                consumer.resume(task.tp)
-                if self.listener is not None:
-                    self.listener.partition_owned(task.tp.partition, task.progress)
-                    task.progress = None  # handed over; a resumed task has nothing new
-                if task.unmarked:  # after the hand-over: a failed step loses what it owns
-                    await self._step(task, task.mark(self._out))
+                return False
+            self._tasks[task.tp] = task
+            # Owned now: counted there, not twice while its mark step below awaits.
+            if self._resuming.get(task.tp) is task:
+                del self._resuming[task.tp]
+            consumer.seek(task.tp, task.position)
+            consumer.resume(task.tp)
+            if self.listener is not None:
+                self.listener.partition_owned(task.tp.partition, task.progress)
+                task.progress = None  # handed over; a resumed task has nothing new
+            if task.unmarked:  # after the hand-over: a failed step loses what it owns
+                await self._step(task, task.mark(self._out))
+            return True
 
     async def _start_task(
         self,
@@ -836,7 +868,8 @@ class DedupStage:
                 except Exception as exc:
                     failure = exc
                 else:
-                    await self._install(task, epoch)
+                    if await self._install(task, epoch):
+                        self._metrics.dedup_restores.labels("full").inc()
                     return
                 attempt += 1
                 self._end_first_attempt(tp, current)

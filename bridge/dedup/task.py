@@ -130,11 +130,11 @@ class PartitionTask:
         return ids
 
     def _owned(self, kind: str, started: float, ids: int, **extra: Any) -> None:
-        """Count and say the start of a `kind` restore that read `ids` ids."""
+        """Time and say a `kind` restore that read `ids` ids. The stage counts the start once it
+        installs the task (dedup_restores): one declined (no longer owned) never started."""
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
-        self._metrics.dedup_restores.labels(kind).inc()
         log.info(
             "dedup partition owned",
             extra={

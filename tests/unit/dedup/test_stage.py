@@ -24,7 +24,7 @@ from bridge.dedup import stage as stage_module
 from bridge.dedup import transaction as transaction_module
 from bridge.dedup.committed import Found
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
-from bridge.dedup.kept import Kept
+from bridge.dedup.kept import Choice, Kept, choose
 from bridge.dedup.offsetmark import mark
 from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.stage import (
@@ -62,6 +62,7 @@ class FakeTask:
         self.window = SeenWindow(900.0, 1000)  # sized by the stage's entries and bytes gauges
         self.commits = 0
         self.last_appended_at: float | None = None
+        self.unmarked = False
         self.label = str(partition)
 
     def committed(self) -> None:
@@ -534,6 +535,21 @@ async def test_past_the_end_with_nothing_appended_within_the_ttl_goes_on_from_th
     await h.stage._run()
     assert consumer.seeks == [(tp(0), 11)]
     assert sends(h.producer) == []  # the record at 10 is older than the TTL: decided before
+
+
+async def test_a_position_rewound_past_the_end_forgets_the_stale_append_time() -> None:
+    """Kept, the stale append time (the record before 12, in the old log) was checked against
+    the record before 11: "recreated" for a window that is right. Unknown, as after a restore."""
+    h, consumer, task = past_retention(12, within_ttl=None)
+    task.last_appended_at = 150.0
+    await h.stage._run()
+    assert consumer.seeks == [(tp(0), 11)]
+    assert h.stage._tasks[tp(0)].last_appended_at is None
+    await h.stage.revoked({tp(0)})
+    _, kept = h.stage._suspended[tp(0)]
+    assert choose(kept, kept.revoked_at, 0, 11, reset=False, straight=False) == Choice(
+        "full", "unknown"
+    )
 
 
 async def test_the_open_transaction_commits_before_the_offsets_are_looked_up() -> None:
@@ -1132,8 +1148,12 @@ async def test_a_partition_back_after_a_flap_resumes_replays_the_gap_or_restores
     assert (h.stage._tasks[tp(3)] is h.task(3)) is (kind != "full")
     assert h.stage._tasks[tp(3)].position == committed
     assert sample(h.metrics, "pinecall_bridge_dedup_partitions_kept") == 0
-    # Counted by the task's catch_up and start (faked here), not by the stage.
-    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind) == 0
+    # Counted by the stage once installed, whatever the task's start or catch-up did.
+    for counted in ("resumed", "gap", "full"):
+        expected = 1 if counted == kind else 0
+        assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=counted) == expected
+    dropped = sample(h.metrics, "pinecall_bridge_dedup_kept_dropped_total", reason="behind")
+    assert dropped == (kind == "full")
 
 
 async def test_a_kept_window_is_forgotten_once_older_than_the_keep_setting() -> None:
@@ -1254,4 +1274,145 @@ async def test_a_woken_zombie_resumes_a_kept_window_only_once_the_record_before_
     await asyncio.gather(*h.stage._starting.values())
     assert checked == [(30, 30)]
     assert h.stage._tasks[tp(3)] is kept
-    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="resumed") == 0
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="resumed") == 1
+
+
+async def back_after_revocation(
+    monkeypatch: pytest.MonkeyPatch,
+    h: Harness,
+    kept: PartitionTask | FakeTask,
+    committed: int,
+    *,
+    straight: bool = False,
+    moved_on: bool = False,
+) -> None:
+    """`kept` (partition 3, at 30) revoked from `h`'s stage and assigned back with `committed`
+    committed: by the same rebalance (`straight`) or after one elsewhere; `moved_on`: revoked
+    again while its committed offset was read. Full restores set the position to `committed`."""
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        task.position = committed
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    consumer = cast(RebalancingConsumer, h.stage._consumer)
+    h.stage.listener = None
+    h.stage._tasks[tp(3)] = cast(PartitionTask, kept)
+
+    async def found(partition: TopicPartition) -> Found:
+        if moved_on:
+            h.stage._epoch += 1  # as a revocation does
+        return Found(committed, mark(committed))
+
+    monkeypatch.setattr(h.stage._offsets, "found", found)
+    h.stage._running = True
+    await h.stage.revoked({tp(3)})
+    if straight:
+        consumer._coordinator.generation += 1
+    else:
+        await h.stage.assigned(set())
+        await h.stage.revoked(set())
+    await h.stage.assigned({tp(3)})
+    await asyncio.gather(*h.stage._starting.values())
+
+
+@pytest.mark.parametrize("moved_on", [False, True])
+@pytest.mark.parametrize(
+    ("committed", "straight", "kind"),
+    [(30, True, "resumed"), (30, False, "resumed"), (45, False, "gap")],
+)
+async def test_a_kept_window_counts_its_start_only_once_installed(
+    monkeypatch: pytest.MonkeyPatch, committed: int, straight: bool, kind: str, moved_on: bool
+) -> None:
+    """Revoked again while it resumed (the epoch moved), the start is declined: not counted."""
+
+    async def replay(self: PartitionTask, end: int, since: Kept | None = None) -> int:
+        return 0
+
+    monkeypatch.setattr(PartitionTask, "_replay", replay)
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    task = PartitionTask(tp(3), DedupSettings(), dict, h.metrics)  # its catch-up is the real one
+    task.position, task.last_appended_at = 30, 100.0
+    await back_after_revocation(
+        monkeypatch, h, task, committed, straight=straight, moved_on=moved_on
+    )
+    assert (tp(3) in h.stage._tasks) is not moved_on
+    started = sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind)
+    assert started == (0 if moved_on else 1)
+
+
+async def test_a_full_restore_declined_counts_no_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kept window: the full restore's start is counted only once installed too."""
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    h.stage._running = True
+
+    async def replay(self: PartitionTask, end: int, since: Kept | None = None) -> int:
+        h.stage._epoch += 1  # revoked while it restored
+        return 0
+
+    monkeypatch.setattr(PartitionTask, "_replay", replay)  # the rest of its start is real
+    read_marked(monkeypatch, h, {tp(3): 30})
+    h.stage._launch(tp(3))
+    await asyncio.gather(*h.stage._starting.values())
+    assert h.owned() == []
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="full") == 0
+
+
+@pytest.mark.parametrize(
+    ("committed", "failure", "reason"),
+    [
+        (20, None, "behind"),  # choose(): the committed offset moved back
+        (45, GapUnreadableError(tp(3), "recreated"), "recreated"),  # the gap's own check
+        (45, KafkaConnectionError(), "torn"),  # the gap's read failed
+    ],
+)
+async def test_a_kept_window_dropped_is_counted_by_reason(
+    monkeypatch: pytest.MonkeyPatch, committed: int, failure: Exception | None, reason: str
+) -> None:
+    """Every reason's series is there from the start, at 0; the drop counts once, as its own."""
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    dropped = "pinecall_bridge_dedup_kept_dropped_total"
+    reasons = ("aged", "reset", "behind", "deleted", "recreated", "unknown", "progress", "torn")
+    assert [sample(h.metrics, dropped, reason=r) for r in reasons] == [0] * len(reasons)
+    kept = FakeTask(3, 30)
+    kept.last_appended_at = 100.0
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        assert failure is not None
+        raise failure
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    await back_after_revocation(monkeypatch, h, kept, committed)
+    assert h.stage._tasks[tp(3)] is not cast(PartitionTask, kept)  # restored whole
+    counted = {r: sample(h.metrics, dropped, reason=r) for r in reasons}
+    assert counted == {r: int(r == reason) for r in reasons}
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="full") == 1
+
+
+async def test_a_kept_window_catching_up_counts_in_the_window_gauges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between its assignment and its install it is neither kept nor owned, yet held: counted
+    once throughout."""
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    kept = FakeTask(3, 30)
+    kept.last_appended_at = 100.0
+    for i in range(5):
+        kept.window.observe(digest(f"id-{i}"), 1000.0)
+    seen: list[tuple[float, float]] = []
+
+    def gauges() -> tuple[float, float]:
+        return (
+            sample(h.metrics, "pinecall_bridge_dedup_entries"),
+            sample(h.metrics, "pinecall_bridge_dedup_window_bytes"),
+        )
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        seen.append(gauges())
+        kept.position = offset
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    held = (5, kept.window.size_bytes())
+    await back_after_revocation(monkeypatch, h, kept, 45)
+    assert h.stage._tasks[tp(3)] is cast(PartitionTask, kept)
+    assert seen == [held]
+    assert gauges() == held
