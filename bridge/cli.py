@@ -416,23 +416,19 @@ def _redrive(args: argparse.Namespace) -> int:
     )
 
 
-def _since(text: str) -> float:
-    from bridge.timespec import parse_since
+def _point_in_time(*, future: bool) -> Callable[[str], float]:
+    """An argparse type of the forms parse_since reads; `future`: a later time too (an end, whose
+    read stops at the topic's end anyway)."""
 
-    try:
-        return parse_since(text, time.time())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    def parse(text: str) -> float:
+        from bridge.timespec import parse_since
 
+        try:
+            return parse_since(text, time.time(), future=future)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _until(text: str) -> float:
-    """An end of the forms `_since` reads, a later one too: the read stops at the topic's end."""
-    from bridge.timespec import parse_since
-
-    try:
-        return parse_since(text, time.time(), future=True)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _positive(text: str) -> int:
@@ -448,13 +444,13 @@ def _positive(text: str) -> int:
 
 
 def _add_since(where: argparse._ActionsContainer, what: str, *, required: bool = False) -> None:
-    """A `--since` of the forms `_since` reads, helped as "<what> since then: <the forms>"."""
+    """A `--since` of the forms parse_since reads, helped as "<what> since then: <the forms>"."""
     where.add_argument(
         "--since",
-        type=_since,
+        type=_point_in_time(future=False),
         required=required,
         help=f"{what} since then: epoch seconds, an ISO-8601 time (UTC unless it says) or a span"
-        " back from now (30m, 2h, 7d)",
+        " back from now (30m, 2h30m, 7d)",
     )
 
 
@@ -604,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_since(redrive, "dead letters written", required=True)
     redrive.add_argument(
-        "--until", type=_until, help="and up to then (the same forms, or a later time)"
+        "--until",
+        type=_point_in_time(future=True),
+        help="and up to then (the same forms, or a later time)",
     )
     redrive.add_argument(
         "--reason",

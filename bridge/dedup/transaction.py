@@ -163,7 +163,7 @@ class StageProducer:
         self._starting = asyncio.Lock()
         self._stopped = False
         self._restart: asyncio.Task[None] | None = None
-        # Producers of abandoned transactions being closed in the background (_retire).
+        # Producers abandoned or idle too long, being closed in the background (_retire).
         self._retiring: set[asyncio.Task[None]] = set()
         self._txn: _Transaction | None = None
         # Output topics whose writes Kafka refused, and how many transactions in a row.
@@ -338,7 +338,7 @@ class StageProducer:
         txn.partitions.add(tp)
 
     async def _renew_if_idle(self) -> None:
-        """Drop a producer idle for half the brokers' transactional.id.expiration.ms: the next
+        """Retire a producer idle for half the brokers' transactional.id.expiration.ms: the next
         join starts a new one, whose InitProducerId registers the id afresh.
 
         The coordinator forgets an id idle that long (a quiet night or weekend), and refuses its
@@ -357,7 +357,10 @@ class StageProducer:
                 "transactional_id": self.transactional_id,
             },
         )
-        await self._drop_producer()
+        # Closed in the background, as abandon's: a stop awaited here held the stage's lock up
+        # to _STOP_TIMEOUT when the broker was unreachable. Safe: no transaction is open on it,
+        # and the replacement's InitProducerId fences its epoch before anything is sent.
+        self._retire_producer()
 
     def duplicate(self, channel: str) -> None:
         assert self._txn is not None
@@ -693,14 +696,14 @@ async def _flush_for_commit(producer: GroupCommitProducer) -> None:
 
 
 async def _retire(producer: GroupCommitProducer) -> None:
-    """Close an abandoned transaction's producer at once: nothing it holds is worth a flush.
+    """Close an abandoned transaction's, or an idle, producer at once: it holds nothing to flush.
 
     Bounded by close_now's cuts (local work); what it raises is logged once, as one line.
     """
     try:
         await close_now(producer)
     except Exception as exc:
-        log.info("an abandoned dedup producer did not close cleanly", extra={"error": repr(exc)})
+        log.info("a retired dedup producer did not close cleanly", extra={"error": repr(exc)})
 
 
 async def _cut(retiring: list[asyncio.Task[None]]) -> None:

@@ -416,6 +416,34 @@ def test_redrive_until_may_be_later_than_now() -> None:
     assert args.until > time.time()
 
 
+def test_redrive_until_in_epoch_milliseconds_is_refused_as_such_not_named_since(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A dead letter's Kafka timestamp pasted as the end: the message must not send them to --since.
+    assert exit_code(["redrive", "--since", "2h", "--until", "1764590400250"]) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.startswith("pinecall-bridge redrive: error: argument --until:")
+    assert "epoch milliseconds? Give seconds (1764590400.250)" in said
+    assert "--since" not in said
+
+
+def test_since_takes_a_compound_span_and_says_why_one_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import build_parser
+
+    before = time.time()
+    args = build_parser().parse_args(["redrive", "--since", "2h30m", "--until", "1h15m"])
+    assert before - 9_000 <= args.since <= time.time() - 9_000
+    assert before - 4_500 <= args.until <= time.time() - 4_500
+    assert exit_code(["tail", "--since", "30m2h"]) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.endswith(
+        "argument --since: '30m2h' is not a span: its units go from the largest"
+        " down, each once (h after m)"
+    )
+
+
 @pytest.fixture
 def unreachable_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Kafka tools' settings, Kafka at NOWHERE (refusing) and, for backfill,

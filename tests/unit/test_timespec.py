@@ -15,6 +15,39 @@ def test_a_span_counts_back_from_now(text: str, back: float) -> None:
     assert parse_since(text, NOW) == NOW - back
 
 
+@pytest.mark.parametrize(
+    ("text", "back"),
+    [
+        ("2h30m", 9_000),
+        ("1d2h", 93_600),
+        ("1w1d1h1m1s", 694_861),
+        ("1h 30m", 5_400),  # quoted on the command line
+        ("2H30M", 9_000),
+        ("1.5h30m", 7_200),
+    ],
+)
+def test_a_compound_span_counts_its_sum_back(text: str, back: float) -> None:
+    assert parse_since(text, NOW) == NOW - back
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("30m2h", r"not a span: its units go from the largest down, each once \(h after m\)"),
+        ("1d2h1d", r"each once \(d after h\)"),
+        ("1h1h", r"each once \(h again\)"),
+        ("-2h", "not a span: a span counts back from now and has no sign"),
+        ("+1h30m", "has no sign"),
+        ("2h30", r"not a span: its last number has no unit \(s, m, h, d, w\)"),
+        ("2h30x", r"is not epoch seconds, an ISO-8601 time .* or a span back from now"),
+        ("h", "is not epoch seconds"),
+    ],
+)
+def test_a_wrong_span_is_refused_with_what_is_wrong(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_since(text, NOW)
+
+
 def test_epoch_seconds() -> None:
     assert parse_since("1764590400", NOW) == 1_764_590_400.0
     assert parse_since(" 1764590400.25 ", NOW) == 1_764_590_400.25
@@ -62,9 +95,9 @@ def test_a_lower_case_z_is_utc_as_rfc_3339_allows(text: str, when: datetime) -> 
     assert parse_since(text, NOW) == when.timestamp()
 
 
-def test_epoch_milliseconds_are_named_as_such_not_the_future() -> None:
-    # A Kafka record's timestamp (kcat's %T) pasted as is: the error says what to give instead.
-    with pytest.raises(
-        ValueError, match=r"epoch milliseconds\? --since takes seconds \(1764590400\.250\)"
-    ):
-        parse_since("1764590400250", NOW)
+@pytest.mark.parametrize("future", [False, True])
+def test_epoch_milliseconds_are_named_as_such_not_the_future(future: bool) -> None:
+    # A Kafka record's timestamp (kcat's %T) pasted as is: the error says what to give instead,
+    # naming no option (it parses `--until` too).
+    with pytest.raises(ValueError, match=r"epoch milliseconds\? Give seconds \(1764590400\.250\)$"):
+        parse_since("1764590400250", NOW, future=future)

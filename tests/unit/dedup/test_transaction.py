@@ -432,12 +432,31 @@ async def test_a_producer_idle_for_half_the_id_expiration_is_replaced_at_the_nex
     out._ended -= 5.5  # no transaction for 5.5 s: the coordinator forgets the id after 10
     with caplog.at_level(logging.INFO, logger="bridge.dedup.transaction"):
         await out.join(TP)
+    await out._retired()
     assert steps(idle)[-1] == "stop"
     [fresh] = factory.made
     assert steps(fresh) == ["start", "begin"]
     assert fresh.config["transactional_id"] == out.transactional_id
     [said] = [r for r in caplog.records if "expiration" in r.getMessage()]
     assert (said.levelname, said.__dict__["transactional_id_expiration_ms"]) == ("INFO", 10_000)
+
+
+async def test_an_idle_producer_is_closed_in_the_background_and_its_end_awaited_by_stop(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory
+) -> None:
+    # Its stop never ends (a broker gone): the join, under the stage's lock, does not wait for it.
+    out, _ = await learned(monkeypatch, 10_000)
+    stuck = StuckProducer()
+    install(out, stuck)  # type: ignore[arg-type]
+    out._ended -= 5.5
+    await asyncio.wait_for(out.join(TP), 0.1)
+    assert out._retiring
+    [fresh] = factory.made
+    assert (out._producer, steps(fresh)) == (fresh, ["start", "begin"])
+    await asyncio.wait_for(out.stop(), 2.0)
+    assert stuck.client_closed
+    assert stuck._sender.sender_task.cancelled()
+    assert out._retiring == set()
 
 
 async def test_a_producer_that_ended_a_transaction_lately_is_kept(
@@ -470,6 +489,7 @@ async def test_the_id_expiration_is_the_least_of_every_brokers(factory: Producer
     await out.learn_expiration()
     out._ended -= 31 * 60  # past half the coordinator's hour
     await out.join(TP)
+    await out._retired()
     assert steps(idle)[-1] == "stop"
     assert len(factory.made) == 1
 
@@ -488,6 +508,7 @@ async def test_the_id_expiration_is_read_again_after_a_rolling_restart(
     await out.relearn_expiration()
     out._ended -= 31 * 60
     await out.join(TP)
+    await out._retired()
     assert steps(idle)[-1] == "stop"
     assert len(factory.made) == 1
 
