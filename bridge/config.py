@@ -37,7 +37,13 @@ from pydantic_settings import (
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
 from bridge.secretfiles import SECRETS_DIR_VARIABLE, with_secret_files
-from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, min_supervised_grace, supervised_fits
+from bridge.stopbudget import (
+    SUPERVISOR_MARGIN_SECONDS,
+    StopBudget,
+    drain_delay_seconds,
+    min_supervised_grace,
+    supervised_fits,
+)
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Room in a Kafka record for what the bridge adds to an input's bytes: the CloudEvent's
@@ -1200,7 +1206,24 @@ def reloaded_api_key(api: PinecallSettings, key: str) -> PinecallSettings:
 
 def setting_warnings(settings: Settings) -> list[str]:
     """Valid settings that are weak in production, one line each, naming no secret's value."""
-    return webhook_secret_warnings(settings.webhook.secrets)
+    return [
+        *webhook_secret_warnings(settings.webhook.secrets),
+        *drain_delay_warnings(settings.shutdown),
+    ]
+
+
+def drain_delay_warnings(shutdown: ShutdownSettings) -> list[str]:
+    """A drain delay each stop will cut short (bridge/stopbudget.py): said at start too."""
+    wanted = shutdown.drain_delay_seconds
+    allowed = drain_delay_seconds(wanted, StopBudget.plan(0.0, shutdown.grace_seconds).inputs_by)
+    if allowed >= wanted:
+        return []
+    return [
+        f"BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS ({wanted:g}) leaves a stop within"
+        f" BRIDGE_SHUTDOWN__GRACE_SECONDS ({shutdown.grace_seconds:g}) no time to close the"
+        f" listener and the feed: each stop cuts it to {allowed:.1f} s; raise the grace period"
+        " or lower the delay"
+    ]
 
 
 def webhook_secret_warnings(secrets: list[SecretStr]) -> list[str]:

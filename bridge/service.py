@@ -61,7 +61,7 @@ from bridge.sources.registrar import Registrar
 from bridge.sources.secretwatch import API_KEY, WEBHOOK, SecretWatch, watch
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
-from bridge.stopbudget import StopBudget
+from bridge.stopbudget import StopBudget, drain_delay_seconds
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
@@ -792,7 +792,7 @@ class Bridge:
         # runs on into the reserve left after it (bridge/stopbudget.py).
         flush_from = budget.inputs_by
         # The delay lets load balancers stop sending to a closing port: without one, nobody sends.
-        delay = self.settings.shutdown.drain_delay_seconds if self._runner is not None else 0.0
+        delay = self._drain_delay(flush_from - asyncio.get_running_loop().time())
         try:
             async with asyncio.timeout_at(flush_from):
                 await asyncio.sleep(delay)
@@ -831,6 +831,19 @@ class Bridge:
         # The counts of thinned lines no later line told of (a flood that ended): not lost.
         logthrottle.flush_all()
         log.info("stopped")
+
+    def _drain_delay(self, phase_one: float) -> float:
+        """BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS, cut (and said) where it leaves the first phase
+        (`phase_one` s) no time to close the inputs; 0 for a process serving no port."""
+        wanted = self.settings.shutdown.drain_delay_seconds if self._runner is not None else 0.0
+        delay = drain_delay_seconds(wanted, phase_one)
+        if delay < wanted:
+            log.warning(
+                "drain delay cut short: the stop's first phase keeps time to close the listener"
+                " and the feed",
+                extra={"drain_delay_s": round(delay, 3), "setting": wanted},
+            )
+        return delay
 
 
 def answer_reserve(left: float) -> float:

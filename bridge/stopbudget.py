@@ -30,6 +30,9 @@ CUT_OVERRUN_SECONDS = STOP_SETTLE_SECONDS + 3 * CUT_SECONDS
 EXIT_SECONDS = 1.0
 # A worker supervisor kills the workers still running this long after the grace period.
 SUPERVISOR_MARGIN_SECONDS = 3.0
+# Kept from a stop's first phase after the drain delay, to close the inputs: the listener, the
+# feed's close handshake and what it read, its lease's leave (1 s), the webhooks' answers.
+CLOSE_SECONDS = 2.0
 
 
 def reserve_seconds(grace: float) -> float:
@@ -40,6 +43,12 @@ def reserve_seconds(grace: float) -> float:
 def overrun_seconds(grace: float) -> float:
     """The most a stop of `grace` s may run past it: cut stops that outgrow their reserve."""
     return CUT_OVERRUN_SECONDS - reserve_seconds(grace)
+
+
+def drain_delay_seconds(delay: float, phase_one: float) -> float:
+    """The drain delay a first phase of `phase_one` s allows: it keeps up to a quarter to close
+    the inputs (a delay cut at the phase's end closed none: the port served, the feed read on)."""
+    return max(min(delay, phase_one - min(CLOSE_SECONDS, phase_one / 4)), 0.0)
 
 
 def final_phase_seconds(grace: float) -> float:

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import jsoncodec
-from bridge.stopbudget import StopBudget
+from bridge.stopbudget import StopBudget, drain_delay_seconds
 from tests.integration.conftest import (
     Broker,
     Topics,
@@ -323,9 +323,10 @@ async def test_the_dedup_process_keeps_to_the_pods_grace_period_after_a_long_dra
 ) -> None:
     """Signalled only once the webhook worker has exited, the dedup process has what is left.
 
-    The webhook worker waits out a drain delay of 7 s of the 10 s grace period. Counted from
-    its own signal, the dedup process would wait 7 s more (for a port it does not serve) and
-    be killed at the pod's grace period plus the margin, 13 s after the pod's signal.
+    The webhook worker waits out a drain delay of 7 s of the 10 s grace period (cut to 4.2 s,
+    so its first phase still closes the port). Counted from its own signal, the dedup process
+    would wait 7 s more (for a port it does not serve) and be killed at the pod's grace period
+    plus the margin, 13 s after the pod's signal.
     """
     run = topics.group[-6:]
     grace, delay = 10.0, 7.0
@@ -349,8 +350,8 @@ async def test_the_dedup_process_keeps_to_the_pods_grace_period_after_a_long_dra
         budgets = {e["worker"]: e["grace_s"] for e in log if e.get("msg") == "shutting down"}
         assert budgets[0] == pytest.approx(grace, abs=0.5)
         # Whatever the webhook worker left of the pod's grace period: told once it has exited
-        # or when the final phase begins (bridge/stopbudget.py), here the latter, never its own.
-        told_by = min(delay, StopBudget.plan(0.0, grace).inputs_by)
+        # (after its drain delay, as cut) or when the final phase begins, never its own.
+        told_by = drain_delay_seconds(delay, StopBudget.plan(0.0, grace).inputs_by)
         assert budgets[1] <= grace - told_by + 0.5, budgets
         await output_once(kafka_bootstrap, topics, ids(batch))
 

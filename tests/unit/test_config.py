@@ -238,6 +238,33 @@ def test_a_short_webhook_secret_is_warned_of_but_valid(
     assert not any(secret.strip() in w for w in warnings for secret in secrets.split(","))
 
 
+@pytest.mark.parametrize(
+    ("grace", "delay", "cut_to"), [("25", "15", None), ("25", "20", "15.5"), ("10", "7", "4.2")]
+)
+def test_a_drain_delay_each_stop_would_cut_is_warned_of_at_start(
+    monkeypatch: pytest.MonkeyPatch, grace: str, delay: str, cut_to: str | None
+) -> None:
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_WEBHOOK__SECRETS": "0123456789abcdef",
+            "BRIDGE_SHUTDOWN__GRACE_SECONDS": grace,
+            "BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS": delay,
+        },
+    )
+    warned = [w for w in setting_warnings(load_settings()) if "DRAIN_DELAY" in w]
+    assert warned == (
+        []
+        if cut_to is None
+        else [
+            f"BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS ({delay})"
+            f" leaves a stop within BRIDGE_SHUTDOWN__GRACE_SECONDS ({grace}) no time to close the"
+            f" listener and the feed: each stop cuts it to {cut_to} s; raise the grace period or"
+            " lower the delay"
+        ]
+    )
+
+
 def test_unsigned_needs_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="ALLOW_UNSIGNED"):
         load_settings()

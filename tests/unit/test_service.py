@@ -449,6 +449,23 @@ async def test_a_process_serving_no_port_skips_the_drain_delay(
     assert drained == {"both": [delay], "ingest": [delay], "dedup": []}
 
 
+async def test_a_drain_delay_longer_than_the_first_phase_still_closes_the_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cut at the first phase's end, the delay closed nothing: the port served until the exit."""
+    port = free_port()
+    settings = every_source(port).model_copy(
+        update={"shutdown": ShutdownSettings(grace_seconds=2, drain_delay_seconds=1.5)}
+    )
+    bridge, _ = await started_with_a_stand(settings)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    await bridge.stop()
+    assert not listening(port), "the webhook port still served after the stop"
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in said if m.startswith("drain delay cut short")], said
+    assert "requests still in flight when the grace period ran short" not in said
+
+
 def config_check_logs(
     configs: dict[str, dict[str, str]] | TopicConfigs | None,
     caplog: pytest.LogCaptureFixture,

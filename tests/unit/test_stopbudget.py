@@ -10,6 +10,7 @@ from bridge.stopbudget import (
     CUT_OVERRUN_SECONDS,
     EXIT_SECONDS,
     StopBudget,
+    drain_delay_seconds,
     min_supervised_grace,
     overrun_seconds,
     reserve_seconds,
@@ -80,3 +81,19 @@ def test_a_supervised_worker_exits_before_its_kill_from_the_shortest_grace_confi
 def test_a_single_process_exits_before_the_charts_default_grace_period_ends(grace: float) -> None:
     # terminationGracePeriodSeconds defaults to pause + grace + 5 (helm/.../_helpers.tpl).
     assert supervised_fits(grace, margin=5.0)
+
+
+@pytest.mark.parametrize(
+    ("delay", "phase_one", "allowed"),
+    [
+        (0.0, 17.5, 0.0),
+        (15.0, 17.5, 15.0),  # the default grace period's first phase keeps 2 s to close
+        (20.0, 17.5, 15.5),
+        (7.0, 5.625, 4.21875),  # a short one a quarter of itself
+        (1.0, 0.0, 0.0),  # a stop whose deadline has passed
+    ],
+)
+def test_the_drain_delay_leaves_the_first_phase_time_to_close_the_inputs(
+    delay: float, phase_one: float, allowed: float
+) -> None:
+    assert drain_delay_seconds(delay, phase_one) == allowed
