@@ -227,7 +227,8 @@ def _given_secret(args: argparse.Namespace) -> str | None:
     if args.secret_file is None:
         return args.secret  # type: ignore[no-any-return]
     try:
-        with open(args.secret_file, encoding="utf-8") as file:
+        # -sig: a leading BOM (a Windows editor's) is no part of the secret; strip() keeps it.
+        with open(args.secret_file, encoding="utf-8-sig") as file:
             secret = file.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
         # The path and the reason only: the bytes may be the secret.

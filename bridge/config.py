@@ -884,6 +884,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        _check_dotenv(dotenv_settings.env_file)
         return with_secret_files(init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="after")
@@ -1109,9 +1111,30 @@ def dotenv_variables() -> Mapping[str, str | None]:
     """The variables of the `.env` file the settings read (none without one), in lower case;
     ConfigError when it cannot be read."""
     try:
-        return DotEnvSettingsSource(Settings).env_vars
+        source = DotEnvSettingsSource(Settings)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([_unreadable_dotenv(exc)]) from None
+    _check_dotenv(source.env_file)
+    return source.env_vars
+
+
+def _check_dotenv(env_file: Any) -> None:
+    """ConfigError when `.env` is there but is no file: pydantic-settings skips it, and every
+    setting in it, without a word (a ConfigMap mounted at `.env` is a directory)."""
+    if env_file is None:
+        return
+    for each in [env_file] if isinstance(env_file, str | os.PathLike) else env_file:
+        path = Path(each).expanduser()
+        # A missing .env is none: only one that is there (a dangling link too) must be a file.
+        if not os.path.lexists(path) or path.is_file():
+            continue
+        if path.is_dir():
+            kind = "a directory (a volume mounted at it? mount a file, e.g. with subPath)"
+        elif path.is_symlink() and not path.exists():
+            kind = "a link to nothing (its target is missing)"
+        else:
+            kind = "no regular file"
+        raise ConfigError([f"{each} cannot be read: it is {kind}"])
 
 
 def _unreadable_dotenv(exc: OSError | UnicodeDecodeError) -> str:

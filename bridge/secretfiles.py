@@ -11,6 +11,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
+    SettingsError,
 )
 
 from bridge.configerror import ConfigError
@@ -77,7 +78,9 @@ def secret_files(directory: Path) -> dict[str, Path]:
 def read_secret(path: Path) -> str:
     """A secret file's text, as the variable would hold it: its validators strip line ends."""
     try:
-        return path.read_text(encoding="utf-8")
+        # -sig: a leading BOM (Notepad's, PowerShell 5's UTF-8) is no part of the secret, as it
+        # is none of a `.env` line; kept, a webhook secret would fail every signature.
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         # The path and the reason only: the bytes may be the secret.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
@@ -152,7 +155,12 @@ def with_secret_files(
     directory = _secrets_dir(env_settings.env_vars, dotenv_settings.env_vars)
     if directory is None:
         return init_settings, env_settings, dotenv_settings
-    files = _SecretFiles(file_secret_settings, secrets_dir=directory)
+    try:
+        files = _SecretFiles(file_secret_settings, secrets_dir=directory)
+    except SettingsError as exc:
+        # The library's limits on the directory (16 MiB, its entries), which it checks before any
+        # file is read: its words name no content. Left to _load, they read as a parse error.
+        raise ConfigError([f"{SECRETS_DIR_VARIABLE}: {directory} is refused: {exc}"]) from None
     # Empty is unset for these settings: an empty variable is no second value, and left in, its ""
     # would win over the file (an earlier source wins).
     for source in (env_settings, dotenv_settings):

@@ -143,6 +143,18 @@ def test_a_dotenv_file_that_is_not_utf8_is_a_problem_not_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["check"], ["run"]])
+def test_a_dotenv_that_is_a_directory_exits_2_not_ignored(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path(".env").mkdir()
+    (Path(".env") / ".env").write_text("BRIDGE_WEBHOOK__SECRETS=whsec-in-a-configmap-4c1d\n")
+    assert exit_code(command) == 2
+    err = capsys.readouterr().err
+    assert "  - .env cannot be read: it is a directory" in err
+    assert "Traceback" not in err
+
+
 def test_check_invalid_exits_2_listing_each_problem(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -300,6 +312,17 @@ def test_send_reads_the_secret_from_a_file_or_the_setting_not_the_command_line(
     assert curl_signature(capsys.readouterr().out) == f"X-Pinecall-Signature: sha256={expected}"
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "from-a-file, older")
     assert main(["send", "--body", body, "--curl"]) == 0
+    assert curl_signature(capsys.readouterr().out) == f"X-Pinecall-Signature: sha256={expected}"
+
+
+def test_send_signs_with_a_secret_file_less_its_bom(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = '{"type":"call.ended","data":{"call_id":"CA_1"}}'
+    file = tmp_path / "secret"
+    file.write_text("from-notepad\r\n", encoding="utf-8-sig")
+    expected = hmac.new(b"from-notepad", body.encode(), hashlib.sha256).hexdigest()
+    assert main(["send", "--secret-file", str(file), "--body", body, "--curl"]) == 0
     assert curl_signature(capsys.readouterr().out) == f"X-Pinecall-Signature: sha256={expected}"
 
 

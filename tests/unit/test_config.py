@@ -143,6 +143,21 @@ def test_a_dotenv_file_that_is_not_utf8_is_named_as_such() -> None:
     assert problems() == [".env cannot be read: it is not UTF-8 text (save it as UTF-8)"]
 
 
+def test_a_dotenv_that_is_no_file_is_named_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ConfigMap mounted at .env is a directory: pydantic-settings skipped it, and its settings.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    Path(".env").mkdir()
+    assert problems() == [
+        ".env cannot be read: it is a directory (a volume mounted at it? mount a file, e.g. with"
+        " subPath)"
+    ]
+    Path(".env").rmdir()
+    Path(".env").symlink_to("missing")
+    assert problems() == [".env cannot be read: it is a link to nothing (its target is missing)"]
+    Path(".env").unlink()
+    load_settings()  # no .env at all is none
+
+
 def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "99999")
     monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "nohostport")

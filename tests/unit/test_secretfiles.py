@@ -47,6 +47,22 @@ def test_secret_settings_are_read_from_files(
     assert password.get_secret_value() == " pass word "
 
 
+def test_a_secret_file_loses_the_bom_a_windows_editor_starts_it_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Kept, U+FEFF was part of the webhook secret: every genuine signature refused, check valid.
+    bom = "\ufeff"
+    secrets_dir(
+        monkeypatch,
+        tmp_path,
+        {"BRIDGE_WEBHOOK__SECRETS": f"{bom}whsec-a,b\r\n", "BRIDGE_PINECALL__API_KEY": f"{bom}key"},
+    )
+    s = load_settings()
+    assert [x.get_secret_value() for x in s.webhook.secrets] == ["whsec-a", "b"]
+    assert s.pinecall.api_key is not None
+    assert s.pinecall.api_key.get_secret_value() == "key"
+
+
 def test_a_kubernetes_secret_volume_is_read(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -110,6 +126,17 @@ def test_an_unreadable_secret_file_is_named_without_its_content(
         f"BRIDGE_SECRETS_DIR: the secret file {directory / 'BRIDGE_WEBHOOK__SECRETS'}"
         " could not be read: not UTF-8 text"
     )
+
+
+def test_a_secrets_dir_over_the_librarys_size_limit_is_named_not_a_parse_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = secrets_dir(monkeypatch, tmp_path, {})
+    with (directory / "BRIDGE_WEBHOOK__SECRETS").open("wb") as file:
+        file.truncate(16 * 1024 * 1024 + 1)  # sparse: the size is what is checked
+    assert problems() == [
+        f"BRIDGE_SECRETS_DIR: {directory} is refused: secrets_dir size is above 16777216 bytes"
+    ]
 
 
 def test_a_file_that_is_no_secret_setting_is_refused(
