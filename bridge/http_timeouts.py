@@ -11,8 +11,9 @@ class; so a Server subclass builds ours, and an AppRunner subclass puts that Ser
 Knowing where a head starts and ends needs two private attributes of RequestHandler
 (`_request_count`, bumped per parsed head, and `_messages`, the parsed requests), and reading the
 rest of a body once the server stops two more (`_close`, `_force_close`, see _feed_body):
-`check_aiohttp` refuses to start on an aiohttp without them, and
-tests/unit/test_http_timeouts.py fails loudly.
+`check_aiohttp` refuses to start on an aiohttp without them, and a runner whose server aiohttp
+built without `_make_server` is refused at its setup (a plain server: no head timeout, no
+connection cap); tests/unit/test_library_privates.py names every private this takes.
 
 aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
@@ -28,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
@@ -49,8 +51,8 @@ def check_aiohttp() -> None:
     missing = [name for name in _INTERNALS if name not in RequestHandler.__slots__]
     if missing:
         raise RuntimeError(
-            f"aiohttp's RequestHandler has no {', '.join(missing)}: bridge/http_timeouts.py"
-            " needs updating for this aiohttp version"
+            f"aiohttp {aiohttp.__version__}'s RequestHandler has no {', '.join(missing)}:"
+            " bridge/http_timeouts.py needs updating for this aiohttp version"
         )
 
 
@@ -237,6 +239,16 @@ class HeadTimeoutAppRunner(web.AppRunner):
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
+
+    async def setup(self) -> None:
+        """aiohttp's setup; refused (cleaned up) where aiohttp built its server otherwise."""
+        await super().setup()
+        if not isinstance(self.server, HeadTimeoutServer):
+            await self.cleanup()
+            raise RuntimeError(
+                f"aiohttp {aiohttp.__version__} built its server without AppRunner._make_server:"
+                " bridge/http_timeouts.py needs updating for this aiohttp version"
+            )
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # starts the app up and builds aiohttp's server

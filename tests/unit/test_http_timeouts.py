@@ -17,6 +17,7 @@ from bridge.app import Readiness, build_app
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.http_timeouts import (
     BAD_REQUEST_HEAD,
+    HeadTimeoutAppRunner,
     HeadTimeoutHandler,
     HeadTimeoutServer,
     admin_runner,
@@ -406,8 +407,21 @@ def test_aiohttp_still_has_the_internals_the_head_timer_reads() -> None:
 def test_a_missing_internal_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     slots: Any = tuple(s for s in RequestHandler.__slots__ if s != "_request_count")
     monkeypatch.setattr(RequestHandler, "__slots__", slots)
-    with pytest.raises(RuntimeError, match="_request_count"):
+    with pytest.raises(RuntimeError, match=r"aiohttp \d\S*'s RequestHandler .*_request_count"):
         check_aiohttp()
+
+
+async def test_a_runner_whose_server_aiohttp_built_without_the_override_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if aiohttp no longer built its server by _make_server: a plain server would serve with
+    # no head timeout and no cap on connections.
+    monkeypatch.setattr(HeadTimeoutAppRunner, "_make_server", web.AppRunner._make_server)
+    s = load_settings(webhook={"allow_unsigned": True})
+    runner = timed_runner(web.Application(), s.http, Metrics())
+    with pytest.raises(RuntimeError, match=r"aiohttp \d\S* .*_make_server"):
+        await runner.setup()
+    assert runner.server is None  # cleaned up: nothing left to serve
 
 
 @pytest.mark.parametrize(
