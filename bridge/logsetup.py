@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiokafka.errors import KafkaConnectionError
 
 from bridge import jsoncodec, logthrottle
 from bridge.logthrottle import EVERY, Throttle, say_held
@@ -128,6 +129,14 @@ class _TransientKafkaFilter(logging.Filter):
     }
 
     _UNREACHABLE = ('Unable connect to "%s:%s": %s', "Unable connect to node with id %s: %s")
+    # A background task dead of a reset connection (aiokafka#1038: under uvloop a write to it
+    # raises RuntimeError): the bridge replaces the client and logs that at ERROR, naming the
+    # cause (bridge.sink.clienttasks). Any other death stays aiokafka's ERROR too.
+    _RESET_DEATHS = (
+        "Unexpected error in sender routine",
+        "Unexpected error in coordinator routine",
+        "Unexpected error in fetcher routine",
+    )
 
     def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -145,7 +154,10 @@ class _TransientKafkaFilter(logging.Filter):
         msg = str(record.msg)
         if msg in self._DROPPED:
             return False
-        if msg in self._DEMOTED and record.levelno > logging.WARNING and self._retried(record):
+        if record.levelno > logging.WARNING and (
+            (msg in self._DEMOTED and self._retried(record))
+            or (msg in self._RESET_DEATHS and _reset(record.exc_info))
+        ):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         where = ""
         if msg in self._UNREACHABLE and isinstance(record.args, tuple) and record.args:
@@ -183,6 +195,33 @@ class _TransientKafkaFilter(logging.Filter):
             return True
         args = record.args if isinstance(record.args, tuple) else ()
         return len(args) > at and getattr(args[at], "retriable", False) is True
+
+
+def _reset(exc_info: Any) -> bool:
+    """Whether a logged exception is a connection reset: aiokafka's, the OS's, or uvloop's
+    RuntimeError writing to a transport just closed (aiokafka#1038)."""
+    exc = exc_info[1] if isinstance(exc_info, tuple) else None
+    if isinstance(exc, KafkaConnectionError | ConnectionError):
+        return True
+    return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
+
+
+class _SenderCallbackFilter(logging.Filter):
+    """Demotes asyncio's ERROR for aiokafka's `Sender._fail_all` failing: a WARNING.
+
+    When an idempotent producer's sender dies, aiokafka's callback fails in turn (no transaction
+    to fail: AttributeError). The death itself is the bridge's ERROR, the producer replaced.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if (
+            record.levelno > logging.WARNING
+            and msg.startswith("Exception in callback")
+            and "Sender._fail_all" in msg.partition("\n")[0]
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def _error_kinds(args: object) -> list[str]:
@@ -289,6 +328,9 @@ def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> 
         noisy = logging.getLogger(name)
         if not any(isinstance(f, _TransientKafkaFilter) for f in noisy.filters):
             noisy.addFilter(_TransientKafkaFilter())
+    loop_errors = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SenderCallbackFilter) for f in loop_errors.filters):
+        loop_errors.addFilter(_SenderCallbackFilter())
     # At DEBUG websockets logs the handshake's headers and URL (the API key, the feed token) and
     # every frame: never below INFO, whatever the root level.
     logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -62,6 +62,7 @@ from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostE
 from bridge.dedup.txnsize import TransactionSize
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.groupsession import Session, watch_heartbeats
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
@@ -80,6 +81,7 @@ from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+flood = LogThrottle(log)
 _RETRY_LOST_AFTER = 2.0
 _STOP_DEAD_AFTER = 5.0
 # Records decided and sent per step, between two yields to the event loop: at 100-150 us a record,
@@ -541,7 +543,9 @@ class DedupStage:
         await self._cancel_starts()
         async with self._lock:
             await self._out.abandon()
-            for task in list(self._tasks.values()):
+            tasks = list(self._tasks.values())
+            _say_lost(tasks, "error")
+            for task in tasks:
                 await self._lose(task, "error", restart=False)
             self._suspended.clear()
         self._consumer = None
@@ -589,16 +593,15 @@ class DedupStage:
             await self._lose_all(lost, no_restart=keep)
             return
         self._size.committed(sent)
-        for tp in touched:
-            task = self._tasks.get(tp)
-            if task is None:
-                continue
-            if tp in left_out:
-                # Its offset is not committed (Kafka knows no such partition, its topic deleted):
-                # never resumed on a hand-back, nor carried on past it on a topic made since.
-                await self._lose(task, "error", restart=tp not in (keep or set()))
-            else:
-                task.committed()
+        # Its offset is not committed (Kafka knows no such partition, its topic deleted): never
+        # resumed on a hand-back, nor carried on past it on a topic made since.
+        dropped = [self._tasks[tp] for tp in sorted(left_out & touched) if tp in self._tasks]
+        _say_lost(dropped, "error")
+        for task in dropped:
+            await self._lose(task, "error", restart=task.tp not in (keep or set()))
+        for tp in touched - left_out:
+            if (held := self._tasks.get(tp)) is not None:
+                held.committed()
 
     def _shrink(self, lost: TransactionLostError) -> None:
         """A transaction that timed out bounds the next ones: Kafka took longer to send it than
@@ -613,11 +616,11 @@ class DedupStage:
     async def _lose_all(
         self, lost: TransactionLostError, no_restart: set[TopicPartition] | None = None
     ) -> None:
-        for tp in sorted(lost.partitions):
-            task = self._tasks.get(tp)
-            if task is not None:
-                restart = tp not in (no_restart or set())
-                await self._lose(task, lost.reason, restart=restart, refused_for=lost.retry_in)
+        tasks = [self._tasks[tp] for tp in sorted(lost.partitions) if tp in self._tasks]
+        _say_lost(tasks, lost.reason, refused=lost.retry_in is not None)
+        for task in tasks:
+            restart = task.tp not in (no_restart or set())
+            await self._lose(task, lost.reason, restart=restart, refused_for=lost.retry_in)
 
     async def _lose(
         self,
@@ -628,13 +631,8 @@ class DedupStage:
         refused_for: float | None = None,
     ) -> None:
         """`refused_for`: Kafka refused the transaction a write (said already, with the ACL):
-        the partition restarts after that many seconds."""
+        the partition restarts after that many seconds. The caller logs the loss (_say_lost)."""
         self._metrics.dedup_partitions_lost.labels(reason).inc()
-        log.log(
-            logging.ERROR if refused_for is None else logging.INFO,
-            "dedup partition lost; its uncommitted progress is dropped",
-            extra={"partition": task.tp.partition, "reason": reason},
-        )
         self._tasks.pop(task.tp, None)
         self._forget_lag(task.tp)
         if self.listener is not None:
@@ -873,7 +871,8 @@ class DedupStage:
                     return
                 attempt += 1
                 self._end_first_attempt(tp, current)
-                log.warning(
+                # Thinned: every partition said each retry through a Kafka outage.
+                flood.warning(
                     "dedup partition could not be started; retrying",
                     extra={"partition": tp.partition, "error": repr(failure), "attempt": attempt},
                 )
@@ -964,6 +963,19 @@ def behind(
         for tp, end in ends.items()
         if tp in positions and positions[tp] < end
     }
+
+
+def _say_lost(tasks: Iterable[PartitionTask], reason: LossReason, *, refused: bool = False) -> None:
+    """One line for the partitions one failure lost (a transaction holds them all): it was one
+    ERROR per partition, 6 alike at once in the chaos `resets` and `calllog` scenarios."""
+    partitions = _numbers(task.tp for task in tasks)
+    if partitions:
+        # Refused a write: said already, with the ACL to grant.
+        log.log(
+            logging.INFO if refused else logging.ERROR,
+            "dedup partition lost; its uncommitted progress is dropped",
+            extra={"partitions": partitions, "reason": reason},
+        )
 
 
 def _numbers(partitions: Iterable[TopicPartition]) -> list[int]:

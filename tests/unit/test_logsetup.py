@@ -208,6 +208,79 @@ def test_a_connection_error_without_text_is_explained(capsys: pytest.CaptureFixt
     ]
 
 
+def test_a_client_task_dead_of_a_reset_is_aiokafkas_warning_any_other_death_its_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Under the chaos `resets` scenario aiokafka logged its sender's death at ERROR with a
+    # traceback beside the bridge's own ERROR (`the Kafka producer cannot send; replacing ...`).
+    from aiokafka.errors import KafkaConnectionError
+
+    logsetup.configure("INFO", "json")
+    sender = logging.getLogger("aiokafka.producer.sender")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    reset = "unable to perform operation on <TCPTransport>; the handler is closed"
+    deaths: list[tuple[logging.Logger, str, Exception]] = [
+        (sender, "Unexpected error in sender routine", RuntimeError(reset)),
+        (fetcher, "Unexpected error in fetcher routine", KafkaConnectionError("closed")),
+        (sender, "Unexpected error in sender routine", ValueError("a bug")),
+        (fetcher, "Unexpected error in fetcher routine", RuntimeError("something else")),
+    ]
+    for logger, msg, death in deaths:
+        logthrottle.forget_all()
+        try:
+            raise death
+        except Exception:
+            logger.exception(msg)
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["msg"]) for e in lines] == [
+        ("warning", "Unexpected error in sender routine"),
+        ("warning", "Unexpected error in fetcher routine"),
+        ("error", "Unexpected error in sender routine"),
+        ("error", "Unexpected error in fetcher routine"),
+    ]
+    assert all("Traceback" in e["exc"] for e in lines)
+
+
+async def test_aiokafkas_callback_failing_after_its_sender_died_is_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # aiokafka's Sender._fail_all fails for an idempotent producer (no transaction waiter): an
+    # asyncio ERROR with traceback after every sender death the bridge reports at ERROR itself.
+    import asyncio
+
+    class Sender:
+        def _fail_all(self) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'done'")
+
+    def other() -> None:
+        raise AttributeError("another callback's bug")
+
+    logsetup.configure("INFO", "json")
+    loop = asyncio.get_running_loop()
+    loop.call_soon(Sender()._fail_all)
+    loop.call_soon(other)
+    await asyncio.sleep(0.01)
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"]) for e in lines] == [
+        ("warning", "asyncio"),
+        ("error", "asyncio"),
+    ], lines
+    assert "Sender._fail_all" in lines[0]["msg"]
+    assert "AttributeError" in lines[0]["exc"]
+
+
+def test_the_messages_demoted_on_a_reset_are_aiokafkas() -> None:
+    # A reworded message in a new aiokafka would quietly be an ERROR again.
+    from pathlib import Path
+
+    import aiokafka
+
+    source = "".join(p.read_text() for p in Path(aiokafka.__file__).parent.rglob("*.py"))
+    for message in logsetup._TransientKafkaFilter._RESET_DEATHS:
+        assert f'"{message}"' in source, message
+    assert "self._sender_task.add_done_callback(self._fail_all)" in source
+
+
 def test_the_demoted_kafka_messages_are_aiokafkas() -> None:
     # A reworded message in a new aiokafka would quietly be an ERROR again.
     from pathlib import Path

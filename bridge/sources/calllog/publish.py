@@ -8,10 +8,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.pipeline import Delivery, Pipeline
 
 log = logging.getLogger(__name__)
+# One publisher per call followed: a Kafka outage made each of them say each retry (81 lines in
+# a 5 s outage of the chaos `calllog` scenario); the pipeline counts and logs the failures too.
+flood = LogThrottle(log)
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -49,7 +53,7 @@ class Publisher:
                 return False
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             attempt += 1
-            log.warning(
+            flood.warning(
                 "call log entries not acknowledged by Kafka; retrying",
                 extra={"events": failed, "attempt": attempt, "retry_in_s": delay},
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import time
 import weakref
 from dataclasses import replace
@@ -265,6 +266,22 @@ async def test_a_lost_transaction_loses_every_partition_it_names() -> None:
     assert h.owned() == [3]
     assert h.lost("fenced") == 2
     assert h.listener.told == [("lost", 1), ("lost", 2)]
+
+
+async def test_partitions_lost_at_once_are_one_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One ERROR a partition: 6 alike at once for each failed transaction in the chaos `resets`
+    # and `calllog` scenarios (a cluster's 24 partitions would be 24); the metric counts each.
+    h = Harness(1, 2, 3)
+    caplog.set_level(logging.INFO, "bridge.dedup.stage")
+    await h.stage._step(
+        h.task(1), failing(TransactionLostError("timeout", frozenset({tp(1), tp(2)})))
+    )
+    assert h.lost("timeout") == 2
+    [line] = [r for r in caplog.records if r.getMessage().startswith("dedup partition lost")]
+    said = (line.levelno, getattr(line, "partitions", None), getattr(line, "reason", None))
+    assert said == (logging.ERROR, [1, 2], "timeout")
 
 
 async def test_an_unexpected_error_in_a_step_loses_the_transactions_partitions() -> None:
@@ -1416,3 +1433,27 @@ async def test_a_kept_window_catching_up_counts_in_the_window_gauges(
     assert h.stage._tasks[tp(3)] is cast(PartitionTask, kept)
     assert seen == [held]
     assert gauges() == held
+
+
+async def test_partitions_failing_to_start_through_an_outage_are_one_warning_a_period(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each partition said each retry: 30 lines in the chaos `calllog` scenario's 5 s outage.
+    h = Harness(consumer=RebalancingConsumer({tp(1), tp(2), tp(3)}))
+    h.stage._running = True
+    failed: list[TopicPartition] = []
+
+    async def start(self: PartitionTask, committed: object) -> None:
+        failed.append(self.tp)
+        if len(failed) == 3:
+            h.stage._epoch += 1  # revoked meanwhile: the retries end
+        raise KafkaConnectionError("Unable to bootstrap")
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    caplog.set_level(logging.WARNING, "bridge.dedup.stage")
+    for p in (1, 2, 3):
+        h.stage._launch(tp(p))
+    await asyncio.gather(*h.stage._starting.values())
+    said = [r for r in caplog.records if r.getMessage().startswith("dedup partition could not")]
+    assert len(failed) == 3
+    assert len(said) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import pytest
@@ -42,3 +43,18 @@ async def test_a_retry_is_the_same_delivery_received_at_its_first_submit(
     assert await publisher.publish([entry(1), entry(2)])
     # None: a new delivery, received now; then the time the pipeline said it was received.
     assert pipeline.told == [None, 100.0]
+
+
+async def test_a_kafka_outage_is_one_retry_line_not_one_per_call_and_retry(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One publisher per call followed, each saying each retry: 81 warnings in the chaos
+    # `calllog` scenario's 5 s outage. The pipeline counts every failure.
+    monkeypatch.setattr(publish, "RETRY_DELAYS", (0.0,))
+    caplog.set_level(logging.WARNING, "bridge.sources.calllog.publish")
+    publishers = [
+        Publisher(cast(Pipeline, FlakyPipeline()), Metrics(), asyncio.Event()) for _ in range(20)
+    ]
+    assert all(await asyncio.gather(*(p.publish([entry(1)]) for p in publishers)))
+    said = [r for r in caplog.records if r.getMessage().startswith("call log entries not ack")]
+    assert len(said) == 1
