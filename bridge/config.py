@@ -566,7 +566,9 @@ class DedupSettings(_Section):
     # at every start. A restarted process with the same id aborts what its predecessor left open
     # as it starts, instead of holding back read_committed readers until the transaction times
     # out. It must be unique among live processes: two with one id fence each other at every
-    # start and commit. The Helm chart sets the pod name.
+    # start and commit. Also the dedup consumer's group.instance.id (static membership): a
+    # restart within the session timeout takes its partitions back with no rebalance. The Helm
+    # chart sets the pod name.
     instance_id: str | None = Field(default=None, min_length=1, max_length=100)
     # The stage (and the call-log source, which follows its partitions) in a worker process of
     # its own beside the HTTP workers, whose event loops then carry only the ingest stage.

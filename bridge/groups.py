@@ -114,6 +114,56 @@ def parse_claim(user_data: bytes | None) -> Claim:
     return Claim(partitions, since if isinstance(since, int) else 0)
 
 
+def leave_when_stopped(consumer: Any) -> None:
+    """Make the consumer's stop send LeaveGroup, which aiokafka 0.14 skips for a static member.
+
+    A stop (SIGTERM: a rolling update, a scale-in) must hand the partitions on at once, not after
+    the session timeout; only a crash keeps them for a restart with the same instance id. Takes
+    one aiokafka private, as in 0.12 to 0.14 (pyproject's range; tests/unit/test_groups.py pins
+    it): ``GroupCoordinator._group_instance_id``, which
+    ``_maybe_leave_group`` reads at the stop (the stage's last commit has been sent by then).
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator._group_instance_id = None
+
+
+def rejoin(consumer: Any) -> None:
+    """Make the consumer rejoin its group (a rebalance), as aiokafka's leader does when a topic
+    grows. Takes one aiokafka private, as in 0.12 to 0.14 (pinned as above): ``request_rejoin``."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator.request_rejoin()
+
+
+@dataclass
+class GrowthWatch:
+    """Whether the subscribed topic has more partitions than the last assignment knew of, for
+    longer than the leader takes to rebalance for them. A static leader restarted within its
+    session is answered as a follower (aiokafka's JoinGroup v5: no KIP-814), so no member
+    watched: partitions added meanwhile were owned by nobody until some other rebalance.
+    """
+
+    grace: float  # seconds: past the leader's metadata refresh and its rebalance
+    known: int | None = None  # the partition count when the last assignment came
+    since: float | None = None  # when a larger count was first seen
+
+    def assigned(self, count: int | None) -> None:
+        self.known, self.since = count, None
+
+    def due(self, count: int | None, now: float) -> bool:
+        """True once per growth the group has not rebalanced for within the grace."""
+        if count is None or self.known is None or count <= self.known:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        if now - self.since < self.grace:
+            return False
+        self.assigned(count)  # one rejoin per growth; its assignment resets this anyway
+        return True
+
+
 # aiokafka's default, made explicit: how long the coordinator waits for members to rejoin.
 REBALANCE_TIMEOUT_MS = 30_000
 

@@ -60,7 +60,14 @@ from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize
-from bridge.groups import Claim, StickyAssignor, member_options
+from bridge.groups import (
+    Claim,
+    GrowthWatch,
+    StickyAssignor,
+    leave_when_stopped,
+    member_options,
+    rejoin,
+)
 from bridge.groupsession import Session, watch_heartbeats
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
@@ -175,6 +182,9 @@ class DedupStage:
         # memory held, in neither _suspended nor _tasks meanwhile.
         self._resuming: dict[TopicPartition, PartitionTask] = {}
         self._assigned_generation: int | None = None  # of the last assignment
+        # Ingest partitions added that no rebalance took on (groups.GrowthWatch): three metadata
+        # refreshes, by which the leader, if it watches, has rebalanced.
+        self._growth = GrowthWatch(3 * max(probe_seconds, metadata_max_age_ms / 1000))
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
         self._stepped = asyncio.Event()
@@ -257,6 +267,10 @@ class DedupStage:
         consumer = AIOKafkaConsumer(
             **member_options(options),
             group_id=s.group,
+            # Static membership (KIP-345): a process restarted within the session timeout (a
+            # crash, an OOM kill) takes its partitions back with no rebalance, and the other
+            # members neither pause nor restore any. A stop still leaves (leave_when_stopped).
+            group_instance_id=s.instance_id,
             isolation_level="read_committed",
             enable_auto_commit=False,
             # Never a silent jump: a position below the log start means retention deleted
@@ -319,6 +333,7 @@ class DedupStage:
             raise
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
+            leave_when_stopped(consumer)
             await stop_consumer(consumer)
         await self._offsets.stop()
         for tp in gone:
@@ -350,6 +365,7 @@ class DedupStage:
             await asyncio.sleep(self._probe_seconds)
             # Kept current: a rolling restart may have lowered it since the start.
             await self._out.relearn_expiration()
+            self._rejoin_if_grown()
             clients = [
                 c
                 for c in (
@@ -372,6 +388,23 @@ class DedupStage:
                     " leaders and coordinators",
                     extra={"nodes": gone},
                 )
+
+    def _ingest_partitions(self) -> int | None:
+        """The ingest topic's partition count in the consumer's metadata, None if unknown."""
+        consumer = self._consumer
+        partitions = consumer.partitions_for_topic(self._topic) if consumer is not None else None
+        return len(partitions) if partitions else None
+
+    def _rejoin_if_grown(self) -> None:
+        """Rejoin when the ingest topic grew and no rebalance followed (a restarted static
+        leader watches no metadata): its new partitions would be nobody's until one did."""
+        count = self._ingest_partitions()
+        if self._consumer is not None and self._growth.due(count, time.monotonic()):
+            log.warning(
+                "the ingest topic has partitions no dedup member was assigned; rejoining",
+                extra={"partitions": count},
+            )
+            rejoin(self._consumer)
 
     async def _drain(self, by: float) -> None:
         consumer, loop = self._consumer, self._loop
@@ -682,6 +715,7 @@ class DedupStage:
         # The coordinator's answer to this member's join: a session, and the partitions it owns.
         self._session.heard(time.monotonic())
         self._assigned_generation = self._generation()
+        self._growth.assigned(self._ingest_partitions())
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:

@@ -7,6 +7,8 @@ webhook is delivered again through another replica a few seconds after its first
 retry of a delivery it thought lost); each attempt the bridge refuses, or leaves unanswered, is
 retried on the next replica. Each event must be in the output once, and after the scale-in the
 one replica left must own every ingest partition, its lag back to 0.
+Also a pod restarted within its session (a crash loop: static membership keeps its partitions),
+and a stopped one's partitions moved at once (it leaves the group though static).
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.admin import NewPartitions
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.integration.conftest import Topics, call_on, entry, lease_members, read_decided
+from tests.integration.conftest import (
+    Topics,
+    admin_client,
+    call_on,
+    entry,
+    lease_members,
+    read_decided,
+)
 from tests.integration.feedtakeover import (
     feed_readers,
     new_readers_events_land_once,
@@ -288,3 +299,86 @@ async def test_scaling_in_the_feed_holder_hands_the_feed_and_partitions_on_once(
     feed_ids = set(ids) - set(load.sent)
     assert feed_ids <= simulator.ledger.expected_ids(), "published what the feed never sent"
     print(f"{story}; {len(feed_ids)} feed events output")
+
+
+# A session outlasting a restart on a starved box; a stop that did not leave waits it out.
+LONG_SESSION = {
+    "BRIDGE_DEDUP__SESSION_TIMEOUT_MS": "30000",
+    "BRIDGE_DEDUP__HEARTBEAT_INTERVAL_MS": "1000",
+}
+
+
+def logged(replica: Replica, message: str) -> list[dict[str, Any]]:
+    return [e for e in replica.log_entries() if e.get("msg") == message]
+
+
+async def two_pods(
+    replicas: Callable[..., Replica], session: aiohttp.ClientSession
+) -> tuple[Replica, Replica]:
+    """Two replicas named as pods (static members), started, each partition owned once."""
+    one = replicas("one", BRIDGE_DEDUP__INSTANCE_ID="pod-one", **LONG_SESSION)
+    two = replicas("two", BRIDGE_DEDUP__INSTANCE_ID="pod-two", **LONG_SESSION)
+    await one.start()
+    await two.start()
+    await until_each_owned_once([one, two], session)
+    return one, two
+
+
+async def test_a_pod_restarted_within_the_session_takes_its_partitions_back_alone(
+    replicas: Callable[..., Replica],
+) -> None:
+    """A crash-looping pod (same name: same instance id) restarted before its session expires
+    rejoins as the static member it was: no rebalance, so the other pod revokes, pauses and
+    restores nothing (a dynamic member's restart revoked all of them, each time)."""
+    async with aiohttp.ClientSession() as session:
+        one, two = await two_pods(replicas, session)
+        before = await owners([one, two], session)
+        revoked, owned = (
+            len(logged(one, "dedup partitions revoked")),
+            len(logged(one, "dedup partition owned")),
+        )
+        for _ in range(2):
+            two.kill()
+            await two.start()
+            await until_each_owned_once([one, two], session)
+        assert await owners([one, two], session) == before
+    assert logged(one, "dedup partitions revoked")[revoked:] == []
+    assert logged(one, "dedup partition owned")[owned:] == []
+
+
+async def test_a_stopped_static_member_hands_its_partitions_on_at_once(
+    replicas: Callable[..., Replica],
+) -> None:
+    """SIGTERM (a rolling update, a scale-in) still sends LeaveGroup, which aiokafka skips for a
+    static member: its partitions move now, not after its 30 s session."""
+    async with aiohttp.ClientSession() as session:
+        one, two = await two_pods(replicas, session)
+        loop = asyncio.get_running_loop()
+        assert await two.stop() == 0
+        stopped = loop.time()
+        await until_each_owned_once([one], session)
+        took = loop.time() - stopped
+    assert took < 15, f"the stopped member's partitions moved after {took:.1f} s"
+
+
+async def test_partitions_added_after_the_leader_restarted_within_its_session_are_owned(
+    replicas: Callable[..., Replica], kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The group's leader (pod-one, the first to join) crash-restarted as the static member it
+    was; then the ingest topic grows: the new partitions must be owned, as without a restart."""
+    grown = PARTITIONS + 2
+    seen: dict[str, list[int]] = {}
+    async with aiohttp.ClientSession() as session:
+        one, two = await two_pods(replicas, session)
+        one.kill()
+        await one.start()
+        await until_each_owned_once([one, two], session)
+        async with admin_client(kafka_bootstrap) as admin:
+            await admin.create_partitions({topics.ingest: NewPartitions(grown)})
+
+        async def all_owned() -> bool:
+            nonlocal seen
+            seen = await owners([one, two], session)
+            return sorted(p for ps in seen.values() for p in ps) == list(range(grown))
+
+        await until(all_owned, 60, 0.5, lambda: f"{grown} partitions owned once: {seen}")

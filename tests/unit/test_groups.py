@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import importlib.metadata
 from types import SimpleNamespace
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from bridge.groups import (
     REBALANCE_TIMEOUT_MS,
     Claim,
+    GrowthWatch,
     StickyAssignor,
     keep_and_balance,
+    leave_when_stopped,
     member_options,
     parse_claim,
+    rejoin,
 )
 
 
@@ -85,3 +93,69 @@ def test_a_members_requests_outlast_the_rebalance_timeout() -> None:
     assert options["bootstrap_servers"] == ["k:9092"]
     assert options["request_timeout_ms"] > options["rebalance_timeout_ms"] == REBALANCE_TIMEOUT_MS
     assert member_options({"request_timeout_ms": 60_000})["request_timeout_ms"] == 60_000
+
+
+async def test_aiokafkas_privates_make_a_static_members_stop_leave_and_a_rejoin_happen() -> None:
+    """leave_when_stopped and rejoin take aiokafka privates: an upgrade that drops or renames them
+    would turn every clean stop (a rollout, a scale-in) into partitions stalled for a session,
+    and leave partitions added after a static leader's restart owned by nobody."""
+    aiokafka = f"aiokafka {importlib.metadata.version('aiokafka')}"
+    consumer = AIOKafkaConsumer(group_id="g", group_instance_id="pod-one")
+    sent: list[Any] = []
+
+    async def bootstrap() -> None:
+        """No broker: the stop's requests are only recorded."""
+
+    async def send(node_id: int, request: Any, **kwargs: Any) -> None:
+        sent.append(request)
+
+    consumer._client.bootstrap = bootstrap
+    consumer._client.send = send
+    await consumer.start()
+    try:
+        coordinator = getattr(consumer, "_coordinator", None)
+        assert isinstance(coordinator, GroupCoordinator), (
+            f"{aiokafka}: the consumer keeps no GroupCoordinator at `_coordinator`, which"
+            " leave_when_stopped (bridge/groups.py) changes"
+        )
+        assert getattr(coordinator, "_group_instance_id", None) == "pod-one", (
+            f"{aiokafka}: GroupCoordinator keeps the group.instance.id elsewhere than"
+            " `_group_instance_id`, which leave_when_stopped (bridge/groups.py) clears"
+        )
+        joined = SimpleNamespace(assignment=object())  # a subscription with its assignment
+        assert not coordinator.need_rejoin(joined)
+        try:
+            rejoin(consumer)
+        except AttributeError as exc:
+            raise AssertionError(f"{aiokafka}: rejoin (bridge/groups.py) fails: {exc}") from exc
+        assert coordinator.need_rejoin(joined), f"{aiokafka}: rejoin (bridge/groups.py) did not"
+        # As a join leaves it: in a generation, with a member id and a known coordinator.
+        coordinator.generation, coordinator.member_id, coordinator.coordinator_id = 7, "m-1", 0
+        leave_when_stopped(consumer)
+    finally:
+        await consumer.stop()
+    leaves = [r for r in sent if isinstance(r, LeaveGroupRequest)]
+    assert len(leaves) == 1, (
+        f"{aiokafka}: a static member's stop sent {sent!r}, no LeaveGroup, after"
+        " leave_when_stopped (bridge/groups.py): its partitions would wait out its session"
+    )
+
+
+def test_a_growth_no_rebalance_followed_asks_for_one_rejoin_after_the_grace() -> None:
+    watch = GrowthWatch(grace=15.0)
+    watch.assigned(6)
+    assert not watch.due(6, 0.0)
+    assert not watch.due(8, 10.0)  # first seen: the leader, if it watches, rebalances now
+    assert not watch.due(8, 24.0)
+    assert watch.due(8, 25.0)
+    assert not watch.due(8, 100.0)  # once per growth
+
+
+def test_a_growth_the_group_rebalanced_for_asks_for_nothing() -> None:
+    watch = GrowthWatch(grace=15.0)
+    assert not watch.due(8, 0.0)  # no assignment yet: nothing known to compare with
+    watch.assigned(6)
+    assert not watch.due(8, 1.0)
+    watch.assigned(8)  # the leader's rebalance took them on
+    assert not watch.due(8, 30.0)
+    assert not watch.due(None, 60.0)  # the topic's metadata unknown for now

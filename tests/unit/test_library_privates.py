@@ -275,7 +275,10 @@ async def test_aiokafkas_consumer_privates(consumer: Any) -> None:
     need("aiokafka", coordinator, "generation", group, lambda g: g == -1, "-1 outside one")
     need("aiokafka", coordinator, "member_id", group, lambda m: m == "", '"" while unknown')
     need("aiokafka", coordinator, "group_id", group, lambda g: g == "g", "the group")
-    need("aiokafka", coordinator, "_group_instance_id", group, lambda i: i == "i", "the instance")
+    static = f"{group}, bridge/groups.py"  # leave_when_stopped clears it: a stop leaves
+    need("aiokafka", coordinator, "_group_instance_id", static, lambda i: i == "i", "the instance")
+    # groups.py (tests/unit/test_groups.py sends the stop's LeaveGroup and the rejoin).
+    method("aiokafka", coordinator, "request_rejoin", "bridge/groups.py", aio=False)
     fetcher = need("aiokafka", consumer, "_fetcher", tasks)
     need("aiokafka", fetcher, "_fetch_task", tasks, future, "its task")
     need("aiokafka", fetcher, "_pending_tasks", tasks, lambda p: isinstance(p, set), "a set")

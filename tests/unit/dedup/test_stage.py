@@ -70,6 +70,11 @@ class FakeTask:
         self.commits += 1
 
 
+def no_metadata(topic: str) -> set[int] | None:
+    """A consumer's partitions of `topic` before any metadata: the stage's growth watch waits."""
+    return None
+
+
 class FakeConsumer:
     """A group member: its generation (as aiokafka's coordinator keeps it) and assignment."""
 
@@ -91,6 +96,9 @@ class FakeConsumer:
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return None
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return no_metadata(topic)
 
 
 class BackloggedConsumer(FakeConsumer):
@@ -990,7 +998,10 @@ async def test_the_probe_closes_every_stage_clients_connections_to_a_fenced_brok
         client=metadata_client({1, 3}, {(2, 1): coordinator, (1, 0): leader})
     )
     # The consumer's and the offsets client's own metadata are older: the producer's counts.
-    consumer = SimpleNamespace(_client=metadata_client({1, 2, 3}, {(2, 0): fetch, (3, 0): staying}))
+    consumer = SimpleNamespace(
+        _client=metadata_client({1, 2, 3}, {(2, 0): fetch, (3, 0): staying}),
+        partitions_for_topic=no_metadata,
+    )
     stage._out._producer = cast(Any, producer)
     stage._consumer = cast(AIOKafkaConsumer, consumer)
     stage._offsets._client = cast(AIOKafkaClient, metadata_client({1, 2, 3}, {(2, 0): offsets}))
@@ -1018,7 +1029,9 @@ async def test_the_probe_drops_a_fenced_broker_from_the_consumers_own_metadata()
     }
     coordinator = FakeConnection()
     consumer_client._conns[(2, 1)] = coordinator
-    stage._consumer = cast(AIOKafkaConsumer, SimpleNamespace(_client=consumer_client))
+    stage._consumer = cast(
+        AIOKafkaConsumer, SimpleNamespace(_client=consumer_client, partitions_for_topic=no_metadata)
+    )
     probing = asyncio.create_task(stage._probe_loop())
     try:
         await until(lambda: not coordinator.open, 2.0)
