@@ -22,10 +22,17 @@ from bridge import logthrottle
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.normalise.ids import valid_call_id
-from bridge.pipeline import BACKFILL, BatchResult, Pipeline, pipeline_for, submit_retrying
+from bridge.pipeline import (
+    BACKFILL,
+    BatchResult,
+    Pipeline,
+    pipeline_for,
+    submit_retrying,
+    unflushed,
+)
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink
+from bridge.sink.kafka import KafkaSink, stop_within
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
@@ -88,6 +95,7 @@ class BackfillReport:
     list_more: str | None = None
     # After a 401 the calls left are not asked for: each would only be refused in turn.
     not_asked: list[str] = field(default_factory=list)
+    stop_error: str | None = None  # what the producer held at the end was not delivered
 
     @property
     def ok(self) -> bool:
@@ -95,6 +103,7 @@ class BackfillReport:
             self.list_error is None
             and self.list_more is None
             and not self.not_asked
+            and self.stop_error is None
             and all(outcome.error is None for outcome in self.calls)
         )
 
@@ -156,7 +165,9 @@ async def backfill_calls(
                 report.calls.append(outcome)
                 shown.call_done(call)
     finally:
-        await sink.stop()
+        # Kafka gone away: without a bound the command never ended.
+        if not await stop_within(sink, settings.kafka.publish_timeout_seconds):
+            report.stop_error = unflushed(settings.kafka.publish_timeout_seconds)
         logthrottle.flush_all()  # what the thinned lines held back is said before the report
     return report
 
@@ -313,6 +324,8 @@ def run_backfill(
             f" --since {since:.0f} --before {report.list_more}",
             highlight=False,
         )
+    if report.stop_error is not None:
+        console.print(f"[red]error[/]: {report.stop_error}", highlight=False)
     if report.not_asked:
         shown = ", ".join(report.not_asked[:10]) + (", …" if len(report.not_asked) > 10 else "")
         console.print(

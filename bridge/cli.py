@@ -340,9 +340,7 @@ def _tail(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     settings = _settings_or_exit(serving=False)
     _configure_logging(settings)
-    from rich.console import Console
-
-    from bridge.tail import TailFilter, tail
+    from bridge.tail import TailConsole, TailFilter, tail
 
     topics = args.topic or [settings.topics.events, settings.topics.alerts]
     if args.everywhere:
@@ -360,7 +358,7 @@ def _tail(args: argparse.Namespace) -> int:
                 since=args.since,
                 to_end=args.to_end,
                 limit=args.limit,
-                console=Console(),
+                console=TailConsole(),
             )
         )
         return 0

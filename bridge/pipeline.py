@@ -564,6 +564,14 @@ async def submit_retrying(
     return result
 
 
+def unflushed(seconds: float) -> str:
+    """A command's error when its producer could not deliver what it held as it stopped."""
+    return (
+        f"the ingest producer could not deliver what it still held within {seconds:g} s"
+        " (BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS): is Kafka reachable? A rerun offers it again"
+    )
+
+
 def record_id(record: Record) -> str:
     """The dedup id an ingest record carries, for the log."""
     return next((v.decode(errors="replace") for k, v in record.headers if k == ID), "")

@@ -33,11 +33,18 @@ from bridge.deadletter import (
     deliveries,
 )
 from bridge.metrics import Metrics
-from bridge.pipeline import BatchResult, Delivery, ForRedrive, pipeline_for, submit_retrying
+from bridge.pipeline import (
+    BatchResult,
+    Delivery,
+    ForRedrive,
+    pipeline_for,
+    submit_retrying,
+    unflushed,
+)
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import start_consumer, stop_consumer
-from bridge.sink.kafka import KafkaSink, client_options, topic_partitions
+from bridge.sink.kafka import KafkaSink, client_options, stop_within, topic_partitions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -195,8 +202,9 @@ async def redrive(
     finally:
         with contextlib.suppress(Exception):
             await stop_consumer(consumer)
-        if sink_started:
-            await sink.stop()
+        if sink_started and not await stop_within(sink, settings.kafka.publish_timeout_seconds):
+            # Kafka went away: without a bound the command never ended. The first error stays.
+            report.error = report.error or unflushed(settings.kafka.publish_timeout_seconds)
         logthrottle.flush_all()  # what the thinned lines held back is said before the report
     return report
 

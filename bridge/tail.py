@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,26 @@ from bridge.sink.kafka import admin_client, client_options
 # topic's partition count) and for its topics created since: their records are shown at most
 # this late.
 PARTITIONS_RELOOK_SECONDS = 5.0
+
+
+class OutputClosedError(Exception):
+    """Whoever read tail's output stopped reading (`tail | head -1`): nothing more to print."""
+
+
+class TailConsole(Console):
+    """A console whose reader going away ends tail quietly (rich's own exits 1 from the read's task,
+    the loop stopped under it and its traceback logged)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # what rich still holds is dropped, never written again
+        # Python flushes the stream at exit: pointed at nothing, not a second broken pipe.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.file.fileno())
+            finally:
+                os.close(devnull)
+        raise OutputClosedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +262,11 @@ async def tail(
                 await asyncio.wait({reading})
     if reading.cancelled():
         return shown.count
-    return reading.result()
+    try:
+        return reading.result()
+    except OutputClosedError:
+        # What was printed was read: the end of the reader's wants, not a failure.
+        return shown.count
 
 
 @dataclass(slots=True)

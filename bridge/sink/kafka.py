@@ -32,7 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from bridge.cancelling import cancel_and_wait, raise_if_cancelled
+from bridge.cancelling import raise_if_cancelled
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -393,6 +393,17 @@ async def _say_too_few_brokers(admin: AIOKafkaAdminClient, factor: int, topics: 
     )
 
 
+async def stop_within(sink: KafkaSink, seconds: float) -> bool:
+    """A command's stop of its sink: flushed and closed within `seconds`, else cut short; False
+    if cut (a flush to a Kafka gone away never ends: idempotent batches never expire)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await sink.stop()
+    except TimeoutError:
+        return False
+    return True
+
+
 class KafkaSink:
     """Start and stop are idempotent; stop flushes what the producer holds."""
 
@@ -467,8 +478,14 @@ class KafkaSink:
     async def stop(self) -> None:
         """Flush and close; safe to call twice or before start."""
         if self._probe is not None:
-            await cancel_and_wait(self._probe)
-            self._probe = None
+            probe, self._probe = self._probe, None
+            # Not cancel_and_wait: called from the clean-up of a caller already cancelled (a
+            # command's Ctrl-C), that raises the caller's cancellation again, and the producer
+            # below was never stopped. A cancellation landing during the wait is still raised.
+            probe.cancel()
+            await asyncio.wait({probe})
+            if not probe.cancelled():
+                probe.result()
         producer, self._producer = self._producer, None
         if producer is not None:
             # Bounded by the caller (the flush's share of the grace period): a stop cut there

@@ -73,6 +73,30 @@ class FakeSink:
         ]
 
 
+class IdleKafka(FakeSink):
+    """A command's KafkaSink (backfill, redrive): records kept in memory, acknowledged at once."""
+
+    def __init__(self, *_: Any) -> None:
+        super().__init__()
+        self.limits = TopicLimits(1_048_576, 1_048_576)
+
+    async def start(self) -> None:
+        pass
+
+    async def learn_limits(self, *_: Any, **__: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class GoneKafka(IdleKafka):
+    """A command's KafkaSink whose Kafka went away: its stop (the producer's flush) never ends."""
+
+    async def stop(self) -> None:
+        await asyncio.Event().wait()
+
+
 def pipeline_with(
     sink: FakeSink,
     metrics: Metrics,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -20,7 +21,7 @@ from bridge.simulator import Simulator
 from bridge.sources.calllog.calllist import CallListing, CallRow
 from bridge.sources.calllog.pages import Page, PageAuthError
 from tests.entries import entry
-from tests.unit.fakes import FakeSink
+from tests.unit.fakes import GoneKafka, IdleKafka
 
 
 def told(monkeypatch: pytest.MonkeyPatch, since: float | None) -> str:
@@ -63,22 +64,6 @@ async def test_calls_the_list_gives_no_start_time_are_named_not_dropped_silently
         assert await backfill._calls_since(settings, session, 50.0) == (["CA_1"], None)
     [warning] = caplog.records
     assert warning.__dict__["calls"] == ["CA_2"]
-
-
-class IdleKafka(FakeSink):
-    """The backfill's KafkaSink: records kept in memory, acknowledged at once."""
-
-    def __init__(self, *_: Any) -> None:
-        super().__init__()
-
-    async def start(self) -> None:
-        pass
-
-    async def learn_limits(self, *_: Any, **__: Any) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
 
 
 class RevokedAfterTheFirstCall(NoProgress):
@@ -221,3 +206,40 @@ async def test_pages_cut_short_at_every_attempt_fail_the_call(
     assert "not JSON" in (outcome.error or "")
     assert not outcome.key_refused
     assert not report.ok
+
+
+async def test_a_kafka_gone_away_at_the_end_fails_the_backfill_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The producer's flush to a Kafka gone away never ends: the command hung for good, its
+    # report never said.
+    async def one_page(
+        session: Any, url: str, key: str, call: str, **_: Any
+    ) -> AsyncIterator[Page]:
+        yield Page(entries=(entry(1, "call.started", call=call, data={}),), live=False, next=None)
+
+    monkeypatch.setattr(backfill, "KafkaSink", GoneKafka)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    settings = load_settings(
+        webhook={"secrets": ["s"]},
+        pinecall={"api_key": "k"},
+        kafka={"publish_timeout_seconds": 0.1},
+    )
+    async with asyncio.timeout(10):
+        report = await backfill_calls(settings, ["CA_1"], metrics=Metrics())
+    assert [(o.call, o.entries, o.error) for o in report.calls] == [("CA_1", 1, None)]
+    assert "could not deliver what it still held within 0.1 s" in (report.stop_error or "")
+    assert not report.ok
+
+
+def test_the_command_fails_when_what_kafka_held_was_not_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def unflushed_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(calls=[CallOutcome("CA_1", entries=1)], stop_error="not delivered")
+
+    monkeypatch.setattr(backfill, "backfill_calls", unflushed_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]})
+    assert run_backfill(settings, ["CA_1"], Console(file=out, width=400)) == 1
+    assert "error: not delivered" in out.getvalue()

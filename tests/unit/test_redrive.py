@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from bridge.redrive import (
     summary,
 )
 from tests import entries
+from tests.unit.fakes import GoneKafka
 
 
 def told(
@@ -219,6 +221,42 @@ async def test_a_read_that_stops_moving_fails_instead_of_waiting_for_ever(
     with pytest.raises(redrive.ReadStalledError, match="10 left: is Kafka reachable"):
         async for _ in read:
             pass
+
+
+class _EmptyDeadLetters(_UnreachableKafka):
+    """A consumer of a dead-letter topic with nothing to read."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, 0)
+
+
+async def test_a_kafka_gone_away_at_the_end_fails_the_redrive_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The producer's flush to a Kafka gone away never ends: the command hung for good, its
+    # report never said.
+    from aiokafka import TopicPartition
+
+    async def one_partition(*_: Any) -> list[TopicPartition]:
+        return [TopicPartition("pinecall.dlq", 0)]
+
+    monkeypatch.setattr(redrive, "topic_partitions", one_partition)
+    monkeypatch.setattr(redrive, "AIOKafkaConsumer", _EmptyDeadLetters)
+    monkeypatch.setattr(redrive, "KafkaSink", GoneKafka)
+    settings = load_settings(webhook={"secrets": ["s"]}, kafka={"publish_timeout_seconds": 0.1})
+    async with asyncio.timeout(10):
+        report = await redrive.redrive(settings, Selection(0))
+    assert not report.ok
+    assert "could not deliver what it still held within 0.1 s" in (report.error or "")
 
 
 def test_a_partition_is_read_on_until_its_times_are_well_past_until() -> None:

@@ -1,6 +1,8 @@
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +15,7 @@ from rich.text import Text
 
 from bridge import jsoncodec
 from bridge import tail as tail_module
+from bridge.cli import main
 from bridge.config import load_tool_settings
 from bridge.ingest import record as ingest_record
 from bridge.normalise import Event, normalise
@@ -305,6 +308,25 @@ async def test_a_header_with_a_null_value_is_no_traceback(monkeypatch: pytest.Mo
     assert shown == 2
     assert lines[0] == "t[0]@0 not a CloudEvent: raw"
     assert "turn.user CA_9 CA_9:4 via webhook" in lines[1]
+
+
+def test_a_reader_that_stops_reading_ends_tail_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tail | head -1`: the pipe closes after the first line; tail ends, exit 0, no traceback."""
+    messages = [
+        SimpleNamespace(topic="t", partition=0, offset=n, key=None, value=b"raw", headers=[])
+        for n in range(3)
+    ]
+    fake_consumer(monkeypatch, existing={"t"}, messages=messages)
+    reader, writer = os.pipe()
+    os.close(reader)  # head has read its line and gone
+    with open(writer, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        # Following: without the end of the output it would print (into the void) forever.
+        code = main(["tail", "--topic", "t", "--from-beginning"])
+    assert code == 0
+    assert capsys.readouterr().err == ""
 
 
 def entry() -> dict[str, Any]:

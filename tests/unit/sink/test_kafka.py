@@ -622,6 +622,26 @@ async def test_a_stop_cancelled_while_it_waits_for_the_probe_is_cancelled() -> N
     assert stopping.cancelled()
 
 
+async def test_a_stop_in_the_clean_up_of_a_cancelled_caller_still_closes_the_producer() -> None:
+    # A command's Ctrl-C: its `finally` stopped the sink, the probe's end was taken for the
+    # caller's cancellation and raised, and the producer was left open ("Unclosed
+    # AIOKafkaProducer", its connections and sender never closed).
+    sink = await started_sink(Metrics())
+
+    async def command() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await sink.stop()
+
+    task = asyncio.create_task(command())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    assert task.cancelled()
+    assert FakeProducer.made[0].stopped
+
+
 @pytest.mark.usefixtures("fake_admin")
 async def test_a_cancellation_swallowed_by_the_admin_clients_close_is_raised() -> None:
     # Cancelled while aiokafka's close swallowed it, the bridge's connect loop went on with its
