@@ -265,6 +265,9 @@ class WebSocketSource:
         self._connecting = False  # the reader waits for a connection: nothing to read yet
         self._draining = False
         self.token_expires_at: float | None = None
+        # The token (or key) the last attempt connected with: hidden in its errors' log lines,
+        # also when it failed before a connection was opened (`opened` is then None).
+        self._credential = ""
         self._on_connected = on_connected
         self.connected = False
         self.disconnected_at: float | None = None  # epoch seconds the last connection ended
@@ -399,13 +402,15 @@ class WebSocketSource:
                     log.warning(
                         "feed did not answer the stop's close in time: the connection was cut,"
                         " frames it sent meanwhile are lost",
-                        extra={"detail": str(exc)},
+                        extra={"detail": self._shown(exc, opened)},
                     )
                 else:
-                    log.warning("feed closed", extra={"reason": reason, "detail": str(exc)})
+                    detail = self._shown(exc, opened)
+                    log.warning("feed closed", extra={"reason": reason, "detail": detail})
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = "connect_error"
-                log.warning("feed unreachable", extra={"error": f"{type(exc).__name__}: {exc}"})
+                error = f"{type(exc).__name__}: {self._shown(exc, opened)}"
+                log.warning("feed unreachable", extra={"error": error})
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -477,6 +482,12 @@ class WebSocketSource:
         answer_by = time.monotonic() + self._settings.open_timeout_seconds
         return _Opened(ws, expires_at, answer_by, credential=credential)
 
+    def _shown(self, exc: Exception, opened: _Opened | None) -> str:
+        """An error's text for a log line, its connection's credential in it hidden: a close
+        frame's reason, or a handshake's answer, is the server's text and may name it."""
+        credential = self._credential if opened is None else opened.credential
+        return hidden(str(exc), url_spellings(credential), NOTICE_CHARS, HIDDEN)
+
     def _read_limit(self) -> int:
         return self._settings.max_frame_bytes * READ_LIMIT_FACTOR
 
@@ -484,8 +495,10 @@ class WebSocketSource:
         """The URL and headers to connect with, and the credential they carry."""
         if self._settings.auth == "bearer":
             key = self._api.api_key.get_secret_value() if self._api.api_key else ""
+            self._credential = key
             return self._settings.url, {"Authorization": f"Bearer {key}"}, key
         token, self.token_expires_at = await tokens.fetch()
+        self._credential = token
         return with_token(self._settings.url, token), {}, token
 
     def _refresh_later(self, tokens: TokenClient, current: _Opened) -> asyncio.Task[_Opened] | None:

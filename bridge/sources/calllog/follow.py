@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
-from bridge.normalise.shapes import UnrecognisedReason, to_epoch
+from bridge.normalise.shapes import MAX_SEQ, UnrecognisedReason, to_epoch
 from bridge.sources.calllog.eventstream import (
     MAX_EVENT_BYTES,
     Event,
@@ -106,6 +106,19 @@ def _own_id(item: Event | TooLarge) -> str | None:
     """The item's own `id:`, or None: the stream's last id may be an earlier entry's, and taking
     it would drop this one as a replay of that entry."""
     return item.last_event_id if item.has_id else None
+
+
+def readable_seq(value: Any) -> int | None:
+    """`value` as a seq the resume point may move to, else None: one past MAX_SEQ (no call
+    writes 2**31 lines) moved it past every entry to come, each then skipped as a replay."""
+    if isinstance(value, str):
+        # Its length first: int() refuses more than 4,300 digits, raising at every retry.
+        if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_SEQ))):
+            return None
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ:
+        return value
+    return None
 
 
 def fit_json_text(text: str, limit: int) -> tuple[str, bool]:
@@ -211,8 +224,8 @@ class CallFollow:
         """
         raw_id = _own_id(item)
         if item.type == GAP_TYPE:
-            if raw_id is not None and raw_id.isascii() and raw_id.isdigit():
-                return self._gap_to(int(raw_id))
+            if (end := readable_seq(raw_id)) is not None:
+                return self._gap_to(end)
             return Fill(self.acked + 1, None)
         note = {"call": self.call, "type": item.type, "bytes": item.size}
         return self._dead_letter("too_large", note, raw_id, item.type)
@@ -224,7 +237,7 @@ class CallFollow:
 
         Without an `id:` of its own it has no seq: it dead-letters without moving the resume point.
         """
-        seq = int(raw_id) if raw_id is not None and raw_id.isascii() and raw_id.isdigit() else None
+        seq = readable_seq(raw_id)
         if seq is not None and 0 < seq <= self.acked:
             return Nothing()  # a replay of what Kafka already has
         if seq is not None and kind == TERMINAL_TYPE:
@@ -241,8 +254,8 @@ class CallFollow:
             note: dict[str, Any] = {"call": self.call, "type": event.type}
             note |= {"data": text, "truncated": True} if cut else {"data": text}
             return self._dead_letter("invalid_json", note, _own_id(event), event.type)
-        seq = entry.get("seq") if isinstance(entry, dict) else None
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        seq = readable_seq(entry.get("seq")) if isinstance(entry, dict) else None
+        if seq is None:
             return Publish(entry, None)  # the pipeline dead-letters what is not an entry
         kind = entry.get("type")
         if kind == CAUGHT_UP_TYPE:
@@ -251,10 +264,8 @@ class CallFollow:
             return CaughtUp(seq)
         if kind == GAP_TYPE:
             data = entry.get("data")
-            last = data.get("to_seq") if isinstance(data, dict) else None
-            if not isinstance(last, int) or isinstance(last, bool):
-                last = seq
-            return self._gap_to(last)
+            last = readable_seq(data.get("to_seq")) if isinstance(data, dict) else None
+            return self._gap_to(seq if last is None else last)
         if seq <= self.acked and seq > 0:
             return Nothing()  # a replay of what Kafka already has
         if kind == TERMINAL_TYPE:
@@ -280,8 +291,9 @@ class CallFollow:
         """Gap-page entries about to be published: the log's last among them, once acknowledged,
         ends the call as it does from the stream (which never showed it: it was in the gap)."""
         for entry in entries:
-            if entry.get("type") == TERMINAL_TYPE and entry["seq"] > self.acked:
-                self._terminal_pending = entry["seq"]
+            seq = readable_seq(entry["seq"])
+            if entry.get("type") == TERMINAL_TYPE and seq is not None and seq > self.acked:
+                self._terminal_pending = seq
                 self.ended_at = to_epoch(entry.get("ts"))
 
     def filled(self, last: int | None) -> None:

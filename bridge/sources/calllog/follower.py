@@ -23,7 +23,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import EventStreamParser
-from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason
+from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason, readable_seq
 from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.pages import (
     Page,
@@ -376,7 +376,9 @@ class Follower:
             times = [moment for e in entries if (moment := entry_time(e)) is not None]
             self._metrics.sse_gap_entries.inc(len(entries))
             self.state.paged(entries)
-            await self._publish(entries, times, entries[-1]["seq"] if entries else None)
+            # The last a resume point may move to: one past any real seq is dead-lettered only.
+            seqs = [seq for e in entries if (seq := readable_seq(e["seq"])) is not None]
+            await self._publish(entries, times, seqs[-1] if seqs else None)
             return page.next
 
     @contextlib.asynccontextmanager

@@ -1044,6 +1044,29 @@ async def test_an_error_notice_echoing_the_token_shows_none_of_it(
     assert websocket.HIDDEN in notice
 
 
+async def test_a_close_reason_echoing_the_token_shows_none_of_it(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close's reason was logged whole in `feed closed`'s detail: a platform naming the token
+    # it refuses (as its notices and subscription refusals may, hidden there) had it in the log.
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n))
+        if n == 1:
+            await ws.close(code=4001, message=f"token tok-{n} expired".encode())
+        else:
+            await hold_open(ws)
+
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: len(sink.acked()) == 2)
+    [closed] = [r for r in caplog.records if r.getMessage() == "feed closed"]
+    line = JsonFormatter().format(closed)
+    assert "tok-1" not in line
+    assert websocket.HIDDEN in jsoncodec.loads(line)["detail"]
+
+
 async def test_a_subscription_left_unanswered_is_logged_and_the_connection_kept(
     make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -180,6 +180,45 @@ def test_an_unreadable_entry_without_an_id_of_its_own_dead_letters_without_a_seq
     assert f.query() == {"after": "3"}
 
 
+PAST_ANY_SEQ = 2**40  # beyond MAX_SEQ: no call writes 2**31 lines
+LONG_ID = "9" * 5000  # past int()'s 4,300 digits
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        entry(PAST_ANY_SEQ),
+        Event("turn.user", "{not json", str(PAST_ANY_SEQ)),
+        Event("turn.user", "{not json", LONG_ID),
+        TooLarge("turn.user", LONG_ID, 2_000_000),
+    ],
+    ids=["entry", "id", "long_id", "too_large_long_id"],
+)
+def test_a_seq_past_any_real_one_dead_letters_without_moving_the_resume_point(
+    item: Event | TooLarge,
+) -> None:
+    # Taken as a seq, it moved the resume point past every entry the call would write: each
+    # then skipped as a replay, lost and counted nowhere. An id of 5,000 digits made int() raise,
+    # failing the follower at every retry of the same stream.
+    f = follow(after=3)
+    step = f.step(item)
+    assert isinstance(step, Publish)
+    assert step.seq is None
+    if isinstance(step.item, Unrecognised):
+        assert step.item.item["seq"] is None
+    f.published(step.seq)
+    assert f.query() == {"after": "3"}
+    assert isinstance(f.step(entry(4)), Publish)
+
+
+def test_a_gap_to_a_seq_past_any_real_one_ends_at_its_own() -> None:
+    f = follow(after=3)
+    assert f.step(entry(9, "log.gap", from_seq=4, to_seq=PAST_ANY_SEQ, snapshot={})) == Fill(4, 9)
+    # Too large to read, its end unknown: the pages are read to the end of what is stored.
+    assert f.step(TooLarge("log.gap", LONG_ID, 2_000_000)) == Fill(4, None)
+    assert f.step(TooLarge("log.gap", str(PAST_ANY_SEQ), 2_000_000)) == Fill(4, None)
+
+
 def test_a_score_that_is_not_json_still_ends_the_call() -> None:
     f = follow()
     step = f.step(Event("call.score", "{broken", "9"))

@@ -1085,3 +1085,24 @@ async def test_a_gap_too_large_to_read_without_an_id_is_read_from_the_pages(
     assert publisher.seqs == [1, 2, 3, 4]
     assert [query["after"] for _, query in server.requests[1:]] == ["1", "4"]
     assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 1
+
+
+async def test_a_gap_page_entry_past_any_real_seq_does_not_skip_the_rest_of_the_call(
+    run_follower: Callable[..., Any],
+) -> None:
+    # Its seq was taken as the page's last: the resume point moved past every real entry, and
+    # the stream's next ones were skipped as replays, the call's end never seen.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            stored = [entry(2), entry(2**40)] if request.query["after"] == "1" else []
+            return web.json_response({"entries": stored, "live": True, "next": None})
+        huge_gap = b"event: log.gap\ndata: " + b"x" * (SseSettings().max_event_bytes + 100)
+        return await stream(
+            request,
+            frame(entry(1)) + huge_gap + b"\n\n" + frame(entry(3)) + frame(entry(4, "call.score")),
+        )
+
+    ended, _, publisher, follower, _ = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 2**40, 3, 4]
+    assert follower.state.acked == 4
