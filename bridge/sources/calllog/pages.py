@@ -19,6 +19,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.normalise.ids import shown, valid_call_id
+from bridge.redaction import hidden, json_spellings, url_spellings
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
@@ -134,6 +135,10 @@ def page_of(decoded: Any) -> Page:
     return Page(entries=tuple(entries), live=live, next=nxt)
 
 
+# What stands for the API key in an error's text.
+HIDDEN = "[credential]"
+
+
 def error_for(status: int, detail: str, retry_after: str | None = None) -> PageError:
     """The typed error for a non-success HTTP status."""
     message = f"call log page answered {status}: {detail[:200]}"
@@ -200,7 +205,11 @@ async def fetch_page(
             if status == 204:
                 return SEALED_END
             if status != 200:
-                raise error_for(status, body.decode("utf-8", "replace"), retry_after)
+                # The platform's text (a proxy's page, a framework's echo of the request) may
+                # quote the key: never in the error, which is logged.
+                spellings = sorted({*json_spellings(api_key), *url_spellings(api_key)}, key=len)
+                text = hidden(body.decode("utf-8", "replace"), spellings[::-1], 200, HIDDEN)
+                raise error_for(status, text, retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PageTransportError(f"call log page request failed ({type(exc).__name__})") from exc
     try:

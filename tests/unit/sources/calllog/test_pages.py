@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
@@ -224,6 +225,22 @@ async def test_error_statuses_raise_typed_errors(
         with pytest.raises(kind) as raised:
             await collect(session, platform)
     assert raised.value.status == status
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_an_error_body_echoing_the_key_names_none_of_it(
+    platform: Platform, status: int
+) -> None:
+    key = "pc_live/k3y+é"
+    echoed = f'{{"detail": "Bearer {key} refused", "raw": {jsoncodec.dumps(key).decode()}}}'
+    platform.raw = web.Response(status=status, text=f"{echoed} {quote_plus(key)}")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageError) as raised:
+            await fetch_page(session, platform.url, key, "CA_1")
+    said = str(raised.value)
+    assert raised.value.status == status
+    assert "k3y" not in said, said
+    assert said.count("[credential]") == 3, said
 
 
 async def test_a_cursor_that_does_not_move_is_refused(platform: Platform) -> None:
