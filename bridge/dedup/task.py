@@ -28,7 +28,7 @@ from bridge.dedup.restore import RestoreMeter, restore
 from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
-from bridge.ingest.record import decode
+from bridge.ingest.record import decode, newer_version
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
@@ -65,9 +65,17 @@ class PartitionTask:
         self._evicted_reported = 0
         self._expired = 0  # offsets skipped past retention: counted when the skip commits
         self.unmarked = False  # started at an offset without the bridge's mark: to be marked
+        # The offset of a record of a later release's format it stopped at: held while its
+        # position stays there (a start or a skip moves it on), for a release that reads it.
+        self._held_at: int | None = None
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
         self._restore_slots = restore_slots
+
+    @property
+    def held(self) -> bool:
+        """Stopped at a record only a later release reads: nothing after it is decided here."""
+        return self._held_at == self.position
 
     @property
     def label(self) -> str:
@@ -250,16 +258,20 @@ class PartitionTask:
 
     async def process(self, records: list[Any], out: StageProducer) -> None:
         """Decide each record, publishing the new ones in `out`'s open transaction."""
-        if not records or records[-1].offset < self.position:
-            return  # all from before a seek: already processed
+        if not records or records[-1].offset < self.position or self.held:
+            return  # all from before a seek: already processed; or held
         await out.join(self.tp)
         observe = self.window.observe
         for record in records:
             if record.offset < self.position:
                 continue
+            entry = decode(record.key, record.value, record.headers)
+            if entry is None and (version := newer_version(record.headers)) is not None:
+                # The append time stays the previous record's (a kept window checks it).
+                self._hold(record.offset, version)
+                return
             self.position = record.offset + 1
             self.last_appended_at = record.timestamp / 1000
-            entry = decode(record.key, record.value, record.headers)
             if entry is None:
                 out.invalid()
                 flood.warning(
@@ -271,6 +283,16 @@ class PartitionTask:
                 out.duplicate(entry.channel)
                 continue
             await out.publish(entry, self.tp, record.offset)
+
+    def _hold(self, offset: int, version: str) -> None:
+        """Stop before a record of a later format: skipped it is lost, decided by a guess it may
+        be misread. A pod of the release that wrote it decides it on taking the partition over."""
+        self.position = self._held_at = offset
+        log.error(
+            "dedup partition held at an ingest record of a later release's format; a pod of that"
+            " release decides it (finish the rollout, or roll forward again)",
+            extra={"partition": self.tp.partition, "offset": offset, "version": version},
+        )
 
     async def mark(self, out: StageProducer) -> None:
         """Commit the offset the task started at with the bridge's mark, in `out`'s open

@@ -25,6 +25,11 @@ UNKEYED = PREFIX + "unkeyed"
 # Offered again by `redrive`: its receipt time is its first, maybe days ago, so no latency of it
 # says anything of the bridge now.
 REDRIVEN = PREFIX + "redriven"
+# The record's format: absent is 1, today's, which is never written (the bytes stay those every
+# release before this one reads). A later format writes its number here, and this release holds
+# its partition at such a record rather than skip it (lost) or misread it (README "Upgrading").
+VERSION = PREFIX + "version"
+READABLE_VERSIONS = frozenset({b"1"})
 
 
 # Not frozen: one is built for every record the dedup stage reads, and a frozen __init__ took
@@ -82,8 +87,29 @@ def decided_id(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> str
     if value is None:
         return None
     # The last of a name wins, as in decode's; _facts reads only the bridge's own names.
-    facts = _facts(dict(headers))
+    mine = dict(headers)
+    if _newer(mine) is not None:
+        # Below a committed offset, a record of a later format was decided by a release that
+        # reads it; every format keeps the id header, so a copy of it is dropped here too.
+        return event_id_of(headers)
+    facts = _facts(mine)
     return None if facts is None else facts[1]
+
+
+def newer_version(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The format a later release wrote the record in, when this one cannot read it; else None."""
+    return _newer(dict(headers))
+
+
+def _newer(mine: dict[str, bytes]) -> str | None:
+    raw = mine.get(VERSION)
+    # None: absent, or a header without a value (Kafka allows it), which names no format.
+    if raw is None or raw in READABLE_VERSIONS:
+        return None
+    # Anything but a later number is damage, skipped as such: a hold would wedge the partition.
+    if not raw.isascii() or not raw.isdigit() or int(raw) <= 1:
+        return None
+    return raw.decode()
 
 
 def event_id_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
@@ -123,7 +149,9 @@ def decode(
 
 def _facts(mine: dict[str, bytes]) -> tuple[str, str, str, float, float | None] | None:
     """Topic, id, channel and times from the bridge's own headers; None if one is missing or
-    damaged. One rule for decode and a restore, so that both take the same records."""
+    damaged, or of a later format. One rule for decode and a restore, so both take the same."""
+    if VERSION in mine and mine[VERSION] not in READABLE_VERSIONS:
+        return None  # a later format, or damage
     try:
         topic = mine[TOPIC].decode()
         event_id = mine[ID].decode()

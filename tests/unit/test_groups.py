@@ -20,6 +20,7 @@ from bridge.groups import (
     parse_claim,
     rejoin,
 )
+from tests.wireformat import BREAKS_ROLLING_UPGRADES
 
 
 def test_a_new_member_takes_only_what_balance_needs() -> None:
@@ -81,9 +82,10 @@ def test_the_group_protocol_is_pinned_for_rolling_upgrades() -> None:
     # Old and new pods join one group during a rollout: a renamed assignor is refused by the
     # coordinator (no protocol common to all members), and claims an old leader cannot read move
     # every partition; the leader may be either version, so both sides are pinned.
-    assert (StickyAssignor.name, StickyAssignor.version) == ("pinecall-sticky", 0)
+    pinned = ("pinecall-sticky", 0)
+    assert (StickyAssignor.name, StickyAssignor.version) == pinned, BREAKS_ROLLING_UPGRADES
     written = StickyAssignor(lambda: Claim((2, 0), 17)).metadata(["t"]).user_data
-    assert written == b'{"owned":[0,2],"since":17}'
+    assert written == b'{"owned":[0,2],"since":17}', BREAKS_ROLLING_UPGRADES
     assert parse_claim(b'{"owned":[0,2],"since":17,"newer":true}') == Claim((0, 2), 17)
 
 

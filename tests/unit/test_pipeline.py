@@ -20,6 +20,7 @@ from tests import entries
 from tests.metrics import sample
 from tests.polling import until
 from tests.unit.fakes import FakeSink
+from tests.wireformat import BREAKS_ROLLING_UPGRADES
 
 INGEST = "pinecall.ingest"
 
@@ -413,6 +414,32 @@ async def test_unrecognised_goes_to_the_dlq_through_the_ingest_topic(raw: bytes 
     again = decode(sink.records[1].key, sink.records[1].value, sink.records[1].headers)
     assert again is not None
     assert again.event_id == decoded.event_id
+
+
+async def test_a_dead_letters_record_is_pinned_for_rolling_upgrades() -> None:
+    # Its id is what meets a copy dead-lettered by a pod of the other release (one output), and
+    # redrive, of either release, reads its headers back.
+    sink = FakeSink()
+    pipeline, _ = make(sink)
+    await pipeline.submit([{"hello": "world"}], "webhook")
+    [record] = sink.records
+    dlq_id = b"dlq:93a23971a914e5eacbf0a8d25154cda309c3c1c72fbb9914d47c60f3cb681588"
+    written = (record.key, record.value, record.headers)
+    assert written == (
+        dlq_id,
+        b'{"hello":"world"}',
+        (
+            ("pinecall-ingest-topic", b"pinecall.dlq"),
+            ("pinecall-ingest-id", dlq_id),
+            ("pinecall-ingest-channel", b"webhook"),
+            ("pinecall-ingest-received-at", b"1700000500.25"),
+            ("pinecall-ingest-unkeyed", b"1"),
+            ("content-type", b"application/json"),
+            ("pinecall-dlq-reason", b"missing_type"),
+            ("pinecall-channel", b"webhook"),
+            ("pinecall-received-at", b"1700000500.25"),
+        ),
+    ), BREAKS_ROLLING_UPGRADES
 
 
 async def test_a_sources_own_retry_is_not_received_again() -> None:

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from bridge.config import DedupSettings
 from bridge.dedup.groupcommit import GroupCommitProducer, GroupMetadata
 from bridge.dedup.transaction import StageProducer
-from bridge.ingest.record import IngestEntry, decode, encode
+from bridge.ingest.record import TOPIC, VERSION, IngestEntry, decode, encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
@@ -134,6 +134,17 @@ def ingest(
         "ingest", event_id, out, channel, at - 0.01, None if redriven else at - 1, redriven=redriven
     )
     return FakeRecord(offset, int(at * 1000), r.key, r.value, list(r.headers))
+
+
+def later_format(offset: int, event_id: str, at: float, *, readable: bool = True) -> FakeRecord:
+    """An ingest record a later release wrote in format 2: `readable`, today's headers are all
+    there (so today's decoder would read it, maybe wrongly); else one of them was renamed."""
+    record = ingest(offset, event_id, at)
+    headers = [(VERSION, b"2"), *record.headers]
+    if not readable:
+        headers = [("pinecall-ingest-route" if n == TOPIC else n, raw) for n, raw in headers]
+    record.headers = headers
+    return record
 
 
 def entry_of(record: FakeRecord) -> IngestEntry:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from bridge.dedup.offsetmark import Verdict, judge, judge_absent, mark, marked_offset
+from tests.wireformat import BREAKS_ROLLING_UPGRADES
 
 
 def test_the_mark_names_the_offset_it_is_committed_with_and_reads_back() -> None:
-    assert mark(1234) == "pcb1:1234"
+    # An owner of the other release judges it: changed, every takeover reads as a reset.
+    assert mark(1234) == "pcb1:1234", BREAKS_ROLLING_UPGRADES
     assert marked_offset(mark(0)) == 0
     assert marked_offset(mark(1234)) == 1234
 
@@ -20,6 +22,11 @@ def test_the_mark_names_the_offset_it_is_committed_with_and_reads_back() -> None
 )
 def test_metadata_the_bridge_did_not_write_names_no_offset(metadata: str | None) -> None:
     assert marked_offset(metadata) is None
+
+
+def test_a_later_releases_mark_is_unmarked_and_its_offset_taken_as_found() -> None:
+    # Said and counted as a reset, nothing skipped nor replayed: the offset is the true position.
+    assert judge(500, "pcb2:500;more") == Verdict("unmarked", 500)
 
 
 def test_no_committed_offset_is_a_new_group_not_a_reset() -> None:

@@ -43,7 +43,15 @@ from bridge.groupsession import Session
 from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until
-from tests.unit.dedup.fakes import FakeProducer, ProducerFactory, ingest, install, sends, steps
+from tests.unit.dedup.fakes import (
+    FakeProducer,
+    ProducerFactory,
+    ingest,
+    install,
+    later_format,
+    sends,
+    steps,
+)
 from tests.unit.sink.fakes import FakeAdmin, FakeConnection, throttled
 
 GROUP = "pinecall-bridge"  # DedupSettings' default
@@ -136,12 +144,15 @@ class BackloggedConsumer(FakeConsumer):
 class FiniteConsumer(FakeConsumer):
     """One owned partition holding `count` records from offset 0, handed out as asked.
 
-    With `stuck`, it fetches nothing (a broker that stopped answering fetches).
+    With `stuck`, it fetches nothing (a broker that stopped answering fetches); the record at
+    offset `later` is of a later release's format.
     """
 
-    def __init__(self, partition: TopicPartition, count: int, *, stuck: bool = False) -> None:
+    def __init__(
+        self, partition: TopicPartition, count: int, *, stuck: bool = False, later: int = -1
+    ) -> None:
         super().__init__({partition})
-        self.partition, self.count, self.stuck = partition, count, stuck
+        self.partition, self.count, self.stuck, self.later = partition, count, stuck, later
         self.next = 0
         self.stopped = False
 
@@ -155,7 +166,10 @@ class FiniteConsumer(FakeConsumer):
             await asyncio.sleep(timeout_ms / 1000)
             return {}
         n = min(max_records or 10_000, self.count - self.next)
-        batch = [ingest(self.next + i, f"CA_1:{self.next + i}", 100.0) for i in range(n)]
+        made = {self.later: later_format}
+        batch = [
+            made.get(o, ingest)(o, f"CA_1:{o}", 100.0) for o in range(self.next, self.next + n)
+        ]
         self.next += n
         return {self.partition: list(batch)}
 
@@ -802,6 +816,22 @@ async def test_a_drain_ends_at_its_deadline_and_the_stop_goes_on(
     assert consumer.stopped
     (left,) = [r for r in caplog.records if "before it drained" in r.getMessage()]
     assert (left.records_left, left.partitions) == (500, [1])  # type: ignore[attr-defined]
+
+
+async def test_a_partition_held_at_a_later_format_is_paused_and_not_drained_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stopped in a rollout, the old pod must not spend its whole drain budget on a partition
+    # only a new pod decides: it goes at once, the record committed as not yet decided.
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=2 * MAX_RECORDS_PER_STEP, later=3)
+    task = running_over(h, consumer)
+    async with asyncio.timeout(10):
+        await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 30)
+    assert (task.position, consumer.paused) == (3, [tp(1)])
+    assert sends(h.producer) == [b"CA_1:0", b"CA_1:1", b"CA_1:2"]
+    (left,) = [r for r in caplog.records if "before it drained" in r.getMessage()]
+    assert left.records_left == consumer.count - 3  # type: ignore[attr-defined]
 
 
 async def test_a_drain_whose_end_offsets_never_come_ends_at_its_deadline(

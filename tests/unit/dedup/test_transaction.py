@@ -46,6 +46,7 @@ from tests.unit.dedup.fakes import (
     steps,
 )
 from tests.unit.sink.fakes import FakeAdmin, StuckProducer
+from tests.wireformat import BREAKS_ROLLING_UPGRADES
 
 TP2 = TopicPartition("ingest", 7)
 TP3 = TopicPartition("ingest", 9)
@@ -80,8 +81,10 @@ def test_a_transactional_id_names_the_group_and_is_new_at_every_start() -> None:
 
 
 def test_an_instance_id_names_the_transactional_id_at_every_start() -> None:
-    # So a restarted process's InitProducerId aborts what its predecessor left open.
-    assert transactional_id("pinecall-bridge", "pod-3") == "pinecall-bridge-dedup-pod-3"
+    # So a restarted process's InitProducerId aborts what its predecessor left open, whichever
+    # release either runs.
+    written = transactional_id("pinecall-bridge", "pod-3")
+    assert written == "pinecall-bridge-dedup-pod-3", BREAKS_ROLLING_UPGRADES
     assert transactional_id("g", "pod-3") == transactional_id("g", "pod-3")
     assert stage_producer(instance_id="pod-3")[0].transactional_id == "g-dedup-pod-3"
     unnamed = stage_producer()[0].transactional_id
