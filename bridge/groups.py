@@ -23,10 +23,15 @@ from bridge import jsoncodec
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What a member owned, and since when (ms): a newer claim beats an older one."""
+    """What a member owned, since when (ms, its wall clock), and from which group generation:
+    a newer claim beats an older one."""
 
     partitions: tuple[int, ...] = ()
     since: int = 0
+    # The generation that assigned them (None: unknown, or a release before 2026-12-06). One
+    # counter for the whole group, where `since` is each member's own clock: a zombie's clock
+    # ahead (or the owner's stepped back) by more than its time out of the group made it newer.
+    generation: int | None = None
 
 
 def keep_and_balance(
@@ -42,15 +47,16 @@ def keep_and_balance(
         return {}
     wanted = sorted(set(partitions))
     base, extra = divmod(len(wanted), len(members))
+    newness = _newness(claims)
     # Members that own more (then newer claims) get the extra slots, so fewer partitions move.
     by_load = sorted(
         members,
-        key=lambda m: (-len(set(claims[m].partitions) & set(wanted)), -claims[m].since, m),
+        key=lambda m: (-len(set(claims[m].partitions) & set(wanted)), _negated(newness[m]), m),
     )
     quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_load)}
     result: dict[str, list[int]] = {m: [] for m in members}
     taken: set[int] = set()
-    for member in sorted(members, key=lambda m: (-claims[m].since, m)):
+    for member in sorted(members, key=lambda m: (_negated(newness[m]), m)):
         for partition in sorted(set(claims[member].partitions)):
             if (
                 partition in wanted
@@ -66,6 +72,21 @@ def keep_and_balance(
     return {m: sorted(ps) for m, ps in result.items()}
 
 
+def _newness(claims: Mapping[str, Claim]) -> dict[str, tuple[int, int]]:
+    """Each member's claim as a sortable age, larger newer: by generation, then `since`, when
+    every member claiming something says its generation; by `since` alone otherwise (a release
+    that says none takes part: mid-rollout, the clocks decide as they did)."""
+    by_generation = all(c.generation is not None for c in claims.values() if c.partitions)
+    return {
+        m: (c.generation if by_generation and c.generation is not None else 0, c.since)
+        for m, c in claims.items()
+    }
+
+
+def _negated(newness: tuple[int, int]) -> tuple[int, int]:
+    return (-newness[0], -newness[1])
+
+
 class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     """An instance per consumer: `claim()` tells the group what this member owns, since when."""
 
@@ -77,7 +98,9 @@ class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         claim = self._claim()
-        data = {"owned": sorted(claim.partitions), "since": claim.since}
+        data: dict[str, Any] = {"owned": sorted(claim.partitions), "since": claim.since}
+        if claim.generation is not None:  # a new field: a release before it ignores it
+            data["generation"] = claim.generation
         return ConsumerProtocolMemberMetadata(self.version, list(topics), jsoncodec.dumps(data))
 
     def assign(
@@ -111,7 +134,10 @@ def parse_claim(user_data: bytes | None) -> Claim:
         return Claim()
     owned, since = data.get("owned"), data.get("since")
     partitions = tuple(p for p in owned if isinstance(p, int)) if isinstance(owned, list) else ()
-    return Claim(partitions, since if isinstance(since, int) else 0)
+    found = data.get("generation")
+    # Kafka's generations are never negative; true is no number, though a Python int.
+    generation = found if type(found) is int and found >= 0 else None
+    return Claim(partitions, since if isinstance(since, int) else 0, generation)
 
 
 def leave_when_stopped(consumer: Any) -> None:

@@ -446,7 +446,7 @@ class DedupStage:
         return {tp: t.position for tp, t in self._tasks.items() if held or not t.held}
 
     def _claim(self) -> Claim:
-        return Claim(tuple(sorted(self._assigned)), self._assigned_since)
+        return Claim(tuple(sorted(self._assigned)), self._assigned_since, self._assigned_generation)
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bridge.dedup.groupcommit import group_metadata
 from bridge.groups import Claim, StickyAssignor, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -94,6 +95,7 @@ class FeedLease:
         self.held = False
         self._stopping = False  # set by stop(): an assignment arriving meanwhile is not taken up
         self._since = 0
+        self._generation: int | None = None  # the group generation that gave it the lease
         self._replacement = Replacement("feed lease's consumer")
         self._reading = reading
         self.name = name if name is not None else holder_name()
@@ -169,7 +171,7 @@ class FeedLease:
     def _claim(self) -> Claim:
         # The holder claims the lease at each join and keeps it: a replica joining or leaving
         # does not move the feed.
-        return Claim((0,), self._since) if self.held else Claim()
+        return Claim((0,), self._since, self._generation) if self.held else Claim()
 
     async def _poll(self) -> None:
         # The topic stays empty; polling keeps the membership alive (max_poll_interval_ms).
@@ -222,6 +224,8 @@ class FeedLease:
             return
         self.held = True
         self._since = int(time.time() * 1000)
+        group = group_metadata(self._consumer, self._group) if self._consumer is not None else None
+        self._generation = group.generation_id if group is not None else None
         self._metrics.feed_lease_held.set(1)
         self._previous, self._connected_at = None, None
         self._note_read = asyncio.ensure_future(self._read_note())

@@ -47,6 +47,27 @@ def test_a_newer_claim_wins_a_partition_two_members_claim() -> None:
     assert plan == {"a": [], "b": [0]}
 
 
+def test_a_zombies_clock_ahead_does_not_win_back_what_the_group_gave_on() -> None:
+    # "a" owned every partition until it was cut off (generation 4); the group gave them all to
+    # "b" (generation 6). "a" rejoins with its old claim, its clock 30 s ahead (SKEW_ALLOWANCE
+    # allows 60): by `since` it was the newer, took the extra slot, and two partitions moved
+    # (a restore each) where balance needs one.
+    zombie = Claim((0, 1, 2), since=1_000_030_000, generation=4)
+    owner = Claim((0, 1, 2), since=1_000_015_000, generation=6)
+    assert keep_and_balance(range(3), {"a": zombie, "b": owner}) == {"a": [2], "b": [0, 1]}
+
+
+def test_claims_without_a_generation_are_ordered_by_their_clocks_as_before() -> None:
+    # Mid-rollout a release that writes no generation claims too: `since` decides for all.
+    plan = keep_and_balance([0], {"a": Claim((0,), 200, generation=4), "b": Claim((0,), 100)})
+    assert plan == {"a": [0], "b": []}
+    # A member claiming nothing says no generation either: it does not count.
+    plan = keep_and_balance(
+        [0, 1], {"a": Claim((0, 1), 200, 4), "b": Claim((0,), 100, 6), "c": Claim()}
+    )
+    assert plan["b"] == [0]
+
+
 def test_the_lease_stays_with_its_holder_whoever_joins() -> None:
     for newcomer in ("0-first-by-name", "zz-last-by-name"):
         plan = keep_and_balance([0], {"m-holder": Claim((0,), 5), newcomer: Claim()})
@@ -63,6 +84,9 @@ def test_unreadable_claims_claim_nothing() -> None:
     assert parse_claim(b"[1, 2]") == Claim()
     assert parse_claim(None) == Claim()
     assert parse_claim(b'{"owned": [1, "x", 2], "since": 9}') == Claim((1, 2), 9)
+    for generation in (b'"5"', b"true", b"-1", b"1.5", b"null"):
+        claim = b'{"owned": [1], "since": 9, "generation": ' + generation + b"}"
+        assert parse_claim(claim) == Claim((1,), 9)
 
 
 def test_the_assignor_round_trips_claims_through_join_metadata() -> None:
@@ -87,6 +111,10 @@ def test_the_group_protocol_is_pinned_for_rolling_upgrades() -> None:
     written = StickyAssignor(lambda: Claim((2, 0), 17)).metadata(["t"]).user_data
     assert written == b'{"owned":[0,2],"since":17}', BREAKS_ROLLING_UPGRADES
     assert parse_claim(b'{"owned":[0,2],"since":17,"newer":true}') == Claim((0, 2), 17)
+    # A new field only (an older leader ignores it, as above), written when known.
+    written = StickyAssignor(lambda: Claim((2, 0), 17, 5)).metadata(["t"]).user_data
+    assert written == b'{"owned":[0,2],"since":17,"generation":5}', BREAKS_ROLLING_UPGRADES
+    assert parse_claim(written) == Claim((0, 2), 17, 5)
 
 
 def test_a_members_requests_outlast_the_rebalance_timeout() -> None:

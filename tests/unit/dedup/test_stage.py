@@ -661,6 +661,23 @@ async def test_a_start_cut_by_a_cancelled_error_from_inside_aiokafka_is_retried(
     assert consumer.seeks == [(tp(0), 0), (tp(0), 5)]
 
 
+async def test_the_stage_claims_its_partitions_with_the_generation_that_assigned_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The generation orders two claims of a partition (a zombie's) by no member's own clock."""
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        task.position = 5
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    h = Harness(consumer=RebalancingConsumer({tp(0), tp(2)}))
+    h.stage._running = True
+    await h.stage.assigned({tp(0), tp(2)})
+    claim = h.stage._claim()
+    assert (claim.partitions, claim.generation) == ((0, 2), MEMBER.generation_id)
+    await asyncio.wait(list(h.stage._starting.values()), timeout=10)
+
+
 async def test_a_partition_restoring_or_waiting_its_turn_counts_as_starting_not_owned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
@@ -77,6 +78,19 @@ async def test_the_holder_stops_its_feed_when_it_stops() -> None:
     await lease.stop()
     assert events == ["feed started", "feed stopped"]
     assert not lease.held
+
+
+async def test_the_holder_claims_the_lease_with_the_generation_that_gave_it() -> None:
+    """The generation orders a zombie holder's claim and the new holder's by no member's clock."""
+    lease = lease_noting([])
+    coordinator = SimpleNamespace(group_id="g-feed-lease", generation=12, member_id="m-1")
+    lease._consumer = cast(Any, SimpleNamespace(_coordinator=coordinator))
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    coordinator.generation = 13  # a later rebalance leaves it where it is
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    claim = lease._claim()
+    assert (claim.partitions, claim.generation) == ((0,), 12)
+    await lease.release()
 
 
 async def test_a_stop_cancelled_while_the_poller_ends_is_cancelled() -> None:
