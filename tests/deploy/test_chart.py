@@ -13,7 +13,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from bridge.config import ShutdownSettings, drain_delay_warnings
 from bridge.sink.durability import min_insync_for
+from bridge.stopbudget import overrun_seconds
 from bridge.workers.pod import ASK_TIMEOUT_SECONDS
 from tests.deploy import pss
 from tests.deploy.tools import (
@@ -233,6 +235,23 @@ def test_termination_grace_period_leaves_the_worker_supervisor_its_margin(
     )
     # One process has no supervisor: just past the pause and the grace is enough.
     assert grace_period("terminationGracePeriodSeconds=31") == 31
+
+
+def test_termination_grace_period_outwaits_the_cut_stops_of_a_short_grace_period() -> None:
+    # One process, grace 4 s: a quarter of it kept for Kafka client stops cut at their deadline,
+    # which may run 1.5 s past it (a LeaveGroup among them); pause 5 s + 4 + 1.5, then the exit.
+    assert overrun_seconds(4) == 1.5
+    short = "config.shutdown.graceSeconds=4"
+    assert grace_period(short) == 5 + 4 + 5
+    assert grace_period(short, "terminationGracePeriodSeconds=12") == 12
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, "--set", short,
+        "--set", "terminationGracePeriodSeconds=11", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds + 1.5" in (
+        done.stderr
+    )
 
 
 @pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe"])
@@ -1025,3 +1044,27 @@ def test_chart_readme_lists_every_value() -> None:
     listed = set(re.findall(r"`([A-Za-z][\w.]*)`", readme))
     missing = [p for p in leaf_paths(load_yaml(CHART / "values.yaml")) if p not in listed]
     assert not missing, f"values not in helm/pinecall-bridge/README.md: {missing}"
+
+
+@pytest.mark.parametrize(("grace", "delay"), [(25, 15), (25, 20), (10, 7), (2, 1), (3, 0)])
+def test_notes_warn_of_a_drain_delay_each_stop_cuts(tmp_path: Path, grace: int, delay: int) -> None:
+    # The bridge accepts such a delay (only one not below the grace is refused), so the chart
+    # renders it, but says at install what the bridge says at each start: the delay kept.
+    rendered = render_notes(
+        tmp_path,
+        SIGNED,
+        f"config.shutdown.graceSeconds={grace}",
+        f"config.shutdown.drainDelaySeconds={delay}",
+    )
+    notes = " ".join(yaml.safe_load(rendered)["text"].split())  # the warning spans lines
+    bridge = drain_delay_warnings(ShutdownSettings(grace_seconds=grace, drain_delay_seconds=delay))
+    if not bridge:
+        assert "drainDelaySeconds" not in notes
+        return
+    kept = re.search(r"each stop cuts it to [0-9.]+ s", bridge[0])
+    assert kept is not None
+    assert (
+        f"WARNING: config.shutdown.drainDelaySeconds ({delay}) leaves a stop within"
+        f" config.shutdown.graceSeconds ({grace}) no time to close the listener and the feed:"
+        f" {kept.group()};"
+    ) in notes

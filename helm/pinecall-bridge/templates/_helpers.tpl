@@ -207,19 +207,28 @@ config.dedup.ownProcess): a supervisor, and probes answered by asking every work
 preStop pause + the bridge's own grace (which includes its drain delay) + 5 s margin. With worker
 processes (config.http.workers other than 1, or config.dedup.ownProcess) their supervisor kills
 stragglers 3 s past the grace (bridge/workers/parent.py's GRACE_MARGIN_SECONDS) and logs them:
-the kubelet must not kill the pod before it does.
+the kubelet must not kill the pod before it does. One process has no supervisor: a grace period
+under 10 s keeps only a quarter of itself for Kafka client stops cut at their deadline, which may
+run on past it (bridge/stopbudget.py's overrun_seconds, same float arithmetic), a LeaveGroup among
+them: the kubelet must not kill those either.
 */}}
 {{- define "pinecall-bridge.terminationGracePeriodSeconds" -}}
 {{- $pause := int .Values.lifecycle.preStopSleepSeconds }}
 {{- $c := .Values.config }}
-{{- $grace := (include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25)) | fromJson).graceSeconds | ceil | int }}
+{{- $graceSeconds := float64 (include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25)) | fromJson).graceSeconds }}
+{{- $grace := $graceSeconds | ceil | int }}
+{{- $overrun := subf 2.5 (minf 2.5 (divf (maxf $graceSeconds 0.0) 4.0)) }}
 {{- $supervised := eq (include "pinecall-bridge.supervised" .) "true" }}
-{{- $margin := ternary 3 0 $supervised }}
-{{- $needed := add $pause $grace $margin 1 }}
+{{- $needed := add $pause $grace 3 1 }}
+{{- if not $supervised }}
+{{- $needed = add $pause (addf $graceSeconds $overrun | ceil | int) 1 }}
+{{- end }}
 {{- $value := .Values.terminationGracePeriodSeconds | default (add $pause $grace 5) | int }}
 {{- if lt $value $needed }}
 {{- if $supervised }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds + 3 (%d): with worker processes (config.http.workers other than 1, or config.dedup.ownProcess) their supervisor stops the last of them 3 s after the grace period" $value (sub $needed 1)) }}
+{{- else if gt $overrun 0.0 }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds + %s (%d): a grace period under 10 s keeps a quarter of itself for Kafka client stops cut at its end, which may run this long past it (a group's LeaveGroup among them)" $value (include "pinecall-bridge.envValue" $overrun) (sub $needed 1)) }}
 {{- else }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdown.graceSeconds (%d)" $value (sub $needed 1)) }}
 {{- end }}
