@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -124,11 +125,22 @@ class _Opened:
     replaced: bool = False  # its successor is open: it is being closed, not lost
     # The token (or API key) it was opened with: hidden in what its frames' log lines show.
     credential: str = ""
+    # Told once the subscription is taken (answered, or its window over with no refusal): a
+    # refused one, or one closed at once (auth), is no subscribed connection.
+    on_taken: Callable[[], None] | None = None
 
     def awaiting_answer(self) -> bool:
         if self.answer_by is not None and time.monotonic() >= self.answer_by:
             self.answer_by = None
+        if self.answer_by is None:
+            self.taken()
         return self.answer_by is not None
+
+    def taken(self) -> None:
+        """Tell `on_taken`, once."""
+        told, self.on_taken = self.on_taken, None
+        if told is not None:
+            told()
 
 
 class SubscribeRefusedError(Exception):
@@ -370,7 +382,8 @@ class WebSocketSource:
                     self._metrics.websocket_connected.set(1)
                     self.connected = True
                     if self._on_connected is not None:
-                        self._on_connected(time.time())
+                        opened.on_taken = partial(self._on_connected, time.time())
+                        opened.awaiting_answer()  # a refresh's successor: answered already
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
@@ -419,7 +432,9 @@ class WebSocketSource:
             finally:
                 replaced = opened is not None and opened.replaced
                 try:
-                    handover = await _successor(refresher, wait=replaced and not cancelled)
+                    handover = await _successor(
+                        refresher, wait=replaced and not cancelled, shown=self._failure
+                    )
                     if cancelled and handover is not None:  # nothing reads it any more
                         self._lost_unread(handover.ws)
                         handover = None
@@ -488,6 +503,12 @@ class WebSocketSource:
         credential = self._credential if opened is None else opened.credential
         return hidden(str(exc), url_spellings(credential), NOTICE_CHARS, HIDDEN)
 
+    def _failure(self, exc: BaseException) -> str:
+        """A refresh's failure for a log line: the successor's token (the last fetched) hidden,
+        as a close reason or a handshake's answer may name it."""
+        shown = hidden(str(exc), url_spellings(self._credential), NOTICE_CHARS, HIDDEN)
+        return f"{type(exc).__name__}: {shown}"
+
     def _read_limit(self) -> int:
         return self._settings.max_frame_bytes * READ_LIMIT_FACTOR
 
@@ -524,10 +545,13 @@ class WebSocketSource:
                 OSError,
                 TimeoutError,
                 InvalidHandshake,
+                ConnectionClosed,
                 SubscribeRefusedError,
             ) as exc:
                 # The current connection lives until its token expires: a failed refresh is
                 # tried again meanwhile, or its frames are lost until a reconnect after expiry.
+                # A successor closed before its answer with an auth or a server's code (a
+                # stale token, a deploy draining that server) is no refusal, and fails so too.
                 delay = min(0.25 * 2**attempt, 5.0)
                 attempt += 1
                 if current.expires_at is None or time.monotonic() + delay >= current.expires_at:
@@ -536,7 +560,7 @@ class WebSocketSource:
                     _log_refusal(exc, self._settings.events)
                 log.warning(
                     "feed token refresh failed; retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
+                    extra={"error": self._failure(exc), "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
         # Only now the old one is closed: the reader drains what it holds, then takes this one.
@@ -609,6 +633,7 @@ class WebSocketSource:
                         "events": self._settings.events or ["*"],
                     },
                 )
+            opened.taken()  # kept, as a quiet feed: subscribed from its start
 
         left = max(opened.answer_by - time.monotonic(), 0.0)
         return asyncio.get_running_loop().call_later(left, check)
@@ -669,6 +694,7 @@ class WebSocketSource:
         # may be a refusal in another shape, and says nothing.
         if (frame.kind == "event" and frame.detail != UNTYPED) or frame.detail in SUBSCRIBED_TYPES:
             opened.answer_by = None
+            opened.taken()
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
@@ -794,8 +820,15 @@ class WebSocketSource:
             await asyncio.sleep(delay)
 
 
-async def _successor(refresher: asyncio.Task[_Opened] | None, *, wait: bool) -> _Opened | None:
-    """The refreshed connection; a refresh not that far (`wait` False) is called off."""
+async def _successor(
+    refresher: asyncio.Task[_Opened] | None,
+    *,
+    wait: bool,
+    shown: Callable[[BaseException], str],
+) -> _Opened | None:
+    """The refreshed connection; a refresh not that far (`wait` False) is called off.
+
+    `shown`: a failed refresh's error as its log line says it."""
     if refresher is None:
         return None
     if not wait:
@@ -810,7 +843,7 @@ async def _successor(refresher: asyncio.Task[_Opened] | None, *, wait: bool) -> 
     if refresher.cancelled():
         return None
     if (exc := refresher.exception()) is not None:
-        log.warning("feed token refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        log.warning("feed token refresh failed", extra={"error": shown(exc)})
         return None
     return refresher.result()
 

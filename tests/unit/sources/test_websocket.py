@@ -63,8 +63,10 @@ class FakeFeed:
         self.token_failures = 0  # the next requests answered 503, then served again
         self.expires_in: float = 60
         # How the next subscriptions are refused, in turn: "error" (an error frame, the
-        # connection left open) or "close" (closed before any answer).
+        # connection left open) or "close" (closed before any answer, with `refusal_code`
+        # and `refusal_reason`).
         self.refusals: list[str] = []
+        self.refusal_code, self.refusal_reason = 4000, REFUSAL
         # Connections (by number) whose subscription is not answered and that read nothing
         # more: a close to them goes unanswered.
         self.mute: set[int] = set()
@@ -97,7 +99,7 @@ class FakeFeed:
             await asyncio.Event().wait()
         if self.refusals:
             if self.refusals.pop(0) == "close":
-                await ws.close(code=4000, message=REFUSAL.encode())
+                await ws.close(code=self.refusal_code, message=self.refusal_reason.encode())
             else:
                 await ws.send_json({"type": "error", "message": REFUSAL})
                 await hold_open(ws)  # as a platform may: open, delivering nothing
@@ -1008,6 +1010,56 @@ async def test_a_refused_subscription_is_counted_logged_and_retried_until_it_hea
     ]
 
 
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [("error", 4000), ("close", 4000), ("close", 4001)],
+    ids=["error-frame", "close", "auth-close"],
+)
+async def test_only_a_taken_subscription_is_told_as_a_subscribed_connection(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], refusal: str, code: int
+) -> None:
+    # Told at the open, a refused connection ended the lease's handover (its gap observed, `feed
+    # handed over` logged) while nobody read the feed: the real gap went unmeasured.
+    feed = await make_feed(sending(1))
+    feed.refusals, feed.refusal_code = [refusal], code
+    sink, metrics, told = FakeSink(), Metrics(), list[float]()
+    ws_settings, api = feed.settings()
+    source = WebSocketSource(
+        ws_settings, api, pipeline_with(sink, metrics), metrics, on_connected=told.append
+    )
+    await source.start()
+    try:
+        await until(lambda: len(sink.acked()) == 1, within=10)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 2)
+    assert feed.connections == 2
+    assert len(told) == 1
+
+
+async def test_a_subscription_left_unanswered_is_told_once_its_window_is_over(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Kept as a quiet feed's: subscribed from its open, told when no refusal came in time.
+    feed = await make_feed(sending(0))
+    feed.mute = {1}
+    sink, metrics, told = FakeSink(), Metrics(), list[float]()
+    ws_settings, api = feed.settings(open_timeout_seconds=0.3)
+    source = WebSocketSource(
+        ws_settings, api, pipeline_with(sink, metrics), metrics, on_connected=told.append
+    )
+    await source.start()
+    try:
+        await until(lambda: feed.connections == 1)
+        opened_by = time.time()
+        assert told == []
+        await until(lambda: told, within=2)
+    finally:
+        await source.stop(asyncio.get_running_loop().time() + 0.5)
+    assert len(told) == 1
+    assert told[0] <= opened_by
+    assert feed.connections == 1
+
+
 async def test_an_error_notice_after_the_subscription_is_only_a_notice(
     make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1143,6 +1195,34 @@ async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
         await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
     assert reconnects(metrics, *get_args(DisconnectReason)) == 0
     assert len(refusal_logs(caplog)) == 1
+
+
+@pytest.mark.parametrize("code", [4001, 1012, 1013])
+async def test_a_refresh_whose_successor_is_closed_at_once_is_tried_again(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+) -> None:
+    # A successor closed before its answer with an auth code (a token already stale) or a
+    # server's (a deploy draining it) ended the refresh for good: the old connection then ran
+    # until its token expired, and the frames sent until the reconnect were lost. Its close
+    # reason, naming the successor's token, was logged whole.
+    feed = await make_feed(sending(0))
+    feed.expires_in = 4.0
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: len(feed.subscriptions) == 1)  # the first one answered
+            feed.refusal_code, feed.refusal_reason = code, "token tok-2 not taken here"
+            feed.refusals = ["close"]  # the refresh's first successor
+            await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
+    assert reconnects(metrics, *get_args(DisconnectReason)) == 0
+    [retried] = [
+        r for r in caplog.records if r.getMessage() == "feed token refresh failed; retrying"
+    ]
+    line = JsonFormatter().format(retried)
+    assert "tok-2" not in line
+    assert websocket.HIDDEN in jsoncodec.loads(line)["error"]
 
 
 async def test_frames_received_when_the_stop_begins_are_published(feeding: Feeding) -> None:
