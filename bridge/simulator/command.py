@@ -62,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-documented",
         type=float,
         default=0.0,
-        help="share of durable frames in the documented {type, data, id} shape",
+        help="share of durable frames in the docs page's {type, data} shape (no id or seq)",
     )
     serve.add_argument(
         "--ws-legacy",
         type=float,
         default=0.0,
-        help="share of durable frames in the older SDK's {event, callId} shape",
+        help="share of durable frames in the older SDK's {event, callId, ...} shape (no id or seq)",
     )
     serve.add_argument(
         "--sse-ping",

@@ -94,30 +94,42 @@ def frame_type(entry: dict[str, Any], shape: FrameShape) -> str:
     return docs_type(entry) if shape == "documented" else str(entry["type"])
 
 
+# The older SDK's envelope keys, which its frame spreads the payload around.
+_LEGACY_KEYS = frozenset({"event", "callId"})
+
+
+def carries(entry: dict[str, Any], shape: FrameShape) -> bool:
+    """Whether `shape` can carry the entry without overwriting a field of its data.
+
+    The docs page's shape names the call in `data.call_id` (a tool call's own id lives there
+    too); the older SDK's spreads the data around `event` and `callId`.
+    """
+    data = entry["data"]
+    if shape == "documented":
+        return "call_id" not in data
+    if shape == "legacy":
+        return not _LEGACY_KEYS & data.keys()
+    return True
+
+
 def event_frame(entry: dict[str, Any], body: bytes, shape: FrameShape) -> str:
     """The pushed text: the webhook's very bytes, or the same event in another shape.
 
-    Every shape carries the dedup id the log entry implies (`<call>:<seq>`), so the bridge
-    sees one event whichever channel or shape delivers it.
+    Only the log entry carries the `(call, seq)` its other copies share. The docs page's
+    `{type, data}` and the older SDK's `{event, callId, ...}` carry what Pinecall's frames carry
+    and nothing more: no id, no seq, no time, so the bridge gives them their content's id.
     """
     if shape == "log-entry":
         return body.decode()
-    event_id = f"{entry['call']}:{entry['seq']}"
+    if not carries(entry, shape):
+        raise ValueError(f"a {shape} frame would overwrite the data of {entry['type']!r}")
+    frame: dict[str, Any]
     if shape == "documented":
-        frame: dict[str, Any] = {
-            "id": event_id,
+        frame = {
             "type": frame_type(entry, shape),
-            "timestamp": entry["ts"],
-            "agent": entry["agent"],
             "data": {**entry["data"], "call_id": entry["call"]},
         }
     else:
         # The older SDK spread the payload over the frame itself.
-        frame = {
-            **entry["data"],
-            "event": entry["type"],
-            "callId": entry["call"],
-            "id": event_id,
-            "timestamp": entry["ts"],
-        }
+        frame = {**entry["data"], "event": entry["type"], "callId": entry["call"]}
     return jsoncodec.dumps(frame).decode()

@@ -22,11 +22,11 @@ from bridge.simulator.calllog import CallLogs
 from bridge.simulator.config import SimulatorConfig, TrafficSpec
 from bridge.simulator.delivery import Deliverer
 from bridge.simulator.feed import EventRef, Feed
-from bridge.simulator.frames import event_frame, frame_type
+from bridge.simulator.frames import carries, event_frame, frame_type
 from bridge.simulator.hooks import HookStore
 from bridge.simulator.ledger import Ledger, ledger_record
 from bridge.simulator.pacing import Pacer
-from bridge.simulator.plan import plan_event
+from bridge.simulator.plan import FrameShape, plan_event
 from bridge.simulator.records import Delivery
 from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
 from bridge.simulator.stats import Stats
@@ -224,5 +224,8 @@ class Traffic:
         if plan.websocket_copies:
             late = plan.websocket_after_webhook and answered
             gate = asyncio.gather(*answered) if late else None
-            ref = EventRef(script.call, step.seq, frame_type(entry, plan.shape), plan.shape)
-            lane.push(gate, event_frame(entry, body, plan.shape), ref, plan.websocket_copies)
+            # A shape that would overwrite the entry's own data (a tool call's `call_id`) is
+            # not one Pinecall could have sent it in: the log entry carries it instead.
+            shape: FrameShape = plan.shape if carries(entry, plan.shape) else "log-entry"
+            ref = EventRef(script.call, step.seq, frame_type(entry, shape), shape)
+            lane.push(gate, event_frame(entry, body, shape), ref, plan.websocket_copies)

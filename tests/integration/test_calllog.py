@@ -22,9 +22,12 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.normalise.shapes import content_id
 from bridge.simulator import Simulator
 from bridge.simulator.calllog import LogReader
 from bridge.simulator.config import SimulatorConfig
+from bridge.simulator.frames import event_frame
+from bridge.simulator.wire import encode
 from bridge.sources.calllog import calllist
 from bridge.sources.calllog.roster import partition_of
 from tests.entries import entry
@@ -111,6 +114,19 @@ def assert_exactly_once_in_order(calls: Calls, records: list[Consumed]) -> None:
         assert [seq for _, _, seq in got] == seqs, f"{call}: published {got} != durable {seqs}"
     channels = {r.json()["pinecallchannel"] for r in records}
     assert channels == {"sse"}
+
+
+def seqless_frames(sim: Simulator) -> dict[str, tuple[str, str, str]]:
+    """The feed's frames without a seq, as the bridge must publish them: by content id, (subject,
+    type, channel); rendered again from the ledger's entries, as the simulator renders them."""
+    entries = {(r["call"], r["seq"]): r["entry"] for r in sim.ledger.records}
+    frames = {}
+    for send in sim.ws_sends:
+        if send.shape != "log-entry":
+            logged = entries[send.call, send.seq]
+            text = event_frame(logged, encode(logged), send.shape)
+            frames[content_id(jsoncodec.loads(text))] = (send.call, send.type, "websocket")
+    return frames
 
 
 def has(n: int) -> Callable[[list[Consumed]], bool]:
@@ -669,14 +685,15 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["one-process", "dedup-stage-apart"])
-async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
+async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once_per_shape(
     kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], apart: bool
 ) -> None:
     """`apart`: the stages in two bridges, as BRIDGE_DEDUP__OWN_PROCESS splits a pod's workers.
 
     The ingest one takes webhooks and the feed; the dedup one follows the call logs.
     """
-    # The feed sends some entries in the docs page's and the older SDK's shapes too: one id each.
+    # The feed sends some entries in the docs page's and the older SDK's shapes, which carry no
+    # seq: the README's known limits publish such a frame beside its entry, under its content id.
     config = sim_config(retry_base=0.1, ws_documented_ratio=0.3, ws_legacy_ratio=0.3)
     async with Simulator(config) as sim:
         sections: dict[str, Any] = {
@@ -702,7 +719,9 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
         expected = sim.ledger.expected_ids()
         assert {tuple(r["channels"]) for r in report.records} == {("webhook", "websocket", "sse")}
         assert {send.shape for send in sim.ws_sends} == {"log-entry", "documented", "legacy"}
-        await consume_until(kafka_bootstrap, [topics.events], has(len(expected)), within=90)
+        seqless = seqless_frames(sim)
+        total_ids = len(expected) + len(seqless)
+        await consume_until(kafka_bootstrap, [topics.events], has(total_ids), within=90)
         bridges = [handle, stage] if apart else [handle]
 
         def summed(name: str, **labels: str) -> float:
@@ -727,8 +746,15 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once(
 
     assert [r.topic for r in records if r.topic != topics.events] == []
     counts = Counter(r.json()["id"] for r in records)
-    assert set(counts) == expected
+    # Each entry once under its `(call, seq)`; each seq-less frame once more, its resent copies
+    # (same bytes) dropped; nothing else.
+    assert set(counts) == expected | seqless.keys()
     assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:5]
+    assert not expected & seqless.keys()
+    seen = {r.json()["id"]: r.json() for r in records}
+    assert {
+        i: (seen[i]["subject"], seen[i]["type"], seen[i]["pinecallchannel"]) for i in seqless
+    } == seqless
     # Each channel carried every durable entry to the ingest topic; the dedup kept one of each.
     assert all(n >= len(expected) for n in ingested.values()), (ingested, len(expected))
     # Every follower ended at its log's last line, `call.score`, not at a 204 after a reconnect.

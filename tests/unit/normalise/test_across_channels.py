@@ -1,4 +1,6 @@
-"""One event, every envelope a channel delivers it in: one dedup id, one ingest key, one topic.
+"""One event, every envelope carrying its `(call, seq)`: one dedup id, one ingest key, one topic.
+
+The feed's docs-page and older-SDK shapes carry no seq: one ingest key and topic, their own id.
 
 The dedup stage drops a copy only when it meets the same id in the same ingest partition, so
 every copy must agree on both. Each event is rendered by the simulator's own renderers (what it
@@ -20,6 +22,7 @@ from bridge.config import TopicSettings
 from bridge.ingest import record as ingest
 from bridge.normalise import Channel, Event, normalise, split_body
 from bridge.normalise.binding import encode as encode_cloudevent
+from bridge.normalise.shapes import content_id
 from bridge.routing import Route, Router
 from bridge.simulator import wire
 from bridge.simulator.alerts import plan_alert
@@ -85,23 +88,15 @@ def call_log_page(entry: Entry) -> list[Any]:
     return list(page_of(jsoncodec.loads(body)).entries)
 
 
-def feed_shapes(entry: Entry) -> list[FrameShape]:
-    """The shapes the simulator's feed sends the entry in: the other two only for a durable line
-    of a call (they have no ephemeral flag; traffic has no seq 0 and no agent line)."""
-    if entry["ephemeral"] or entry["call"] is None or entry["seq"] < 1:
-        return ["log-entry"]
-    return ["log-entry", "documented", "legacy"]
-
-
 def log_entry_copies(entry: Entry) -> list[Copy]:
-    """A log entry, on every channel the simulator carries one: webhook (a retry too), the feed
-    in each of its shapes, the call log's SSE stream and its JSON pages (backfill)."""
+    """A log entry, on every channel the simulator carries one with its `(call, seq)`: webhook (a
+    retry too), the feed's log-entry frame, the call log's SSE stream and its JSON pages."""
     body = encode(entry)
     copies = [Copy("webhook", "webhook", item) for item in webhook(body)]
     copies += [Copy("webhook retry", "webhook", item) for item in webhook(body)]
-    for shape in feed_shapes(entry):
-        text = event_frame(entry, body, shape)
-        copies += [Copy(f"feed {shape}", "websocket", item) for item in feed(text)]
+    copies += [
+        Copy("feed", "websocket", item) for item in feed(event_frame(entry, body, "log-entry"))
+    ]
     # A call log serves its call's lines, from seq 1: not an agent's, nor a seq-0 notice.
     if entry["call"] is not None and entry["seq"] >= 1:
         copies += [Copy("call-log sse", "sse", item) for item in call_log_stream(entry)]
@@ -236,3 +231,21 @@ def test_an_alert_line_is_keyed_alike_in_its_post_and_in_its_agent_log() -> None
     ]
     assert {i.event.id for i in same} == {"alert_1"}
     assert {i.record.key for i in same} == {f"@{call.agent}".encode()}
+
+
+@pytest.mark.parametrize("shape", ["documented", "legacy"])
+@pytest.mark.parametrize("kind", ["call.started", "turn.user", "call.summary", "call.score"])
+def test_a_frame_without_an_id_matches_only_its_own_bytes(shape: FrameShape, kind: str) -> None:
+    """The docs page's and the older SDK's frames carry no seq: their id is their content's, so a
+    resent frame (a duplicate push, a token refresh's overlap) is dropped, but the entry's other
+    copies are not (the README's known limits); all share the call's key, partition and topic."""
+    entry = call_step(kind)
+    text = event_frame(entry, encode(entry), shape)
+    sent_again = event_frame(entry, encode(entry), shape)
+    [frame, resent] = [ingested(Copy(shape, "websocket", i)) for i in feed(text) + feed(sent_again)]
+    [entry_copy] = [ingested(Copy("webhook", "webhook", i)) for i in webhook(encode(entry))]
+    assert frame.event.id == resent.event.id == content_id(jsoncodec.loads(text))
+    assert frame.event.id != entry_copy.event.id == f"{entry['call']}:{entry['seq']}"
+    assert frame.record.key == entry_copy.record.key == CALL_KEY
+    assert frame.route.topic == entry_copy.route.topic
+    assert (frame.event.call, frame.event.seq) == (entry["call"], None)

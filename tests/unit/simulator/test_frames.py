@@ -3,11 +3,13 @@ import pytest
 from bridge import jsoncodec
 from bridge.normalise import normalise
 from bridge.normalise.event import Event
+from bridge.normalise.shapes import content_id
 from bridge.simulator.frames import (
     PONG,
     Invalid,
     Ping,
     Subscribe,
+    carries,
     docs_type,
     error,
     event_frame,
@@ -50,17 +52,54 @@ def test_the_log_entry_frame_is_the_webhook_body() -> None:
     assert event_frame(ENTRY, body, "log-entry").encode() == body
 
 
-@pytest.mark.parametrize(
-    ("shape", "named"),
-    [("log-entry", "turn.user"), ("documented", "message.received"), ("legacy", "turn.user")],
-)
-def test_every_shape_gives_the_bridge_the_same_event_id(shape: FrameShape, named: str) -> None:
-    frame = event_frame(ENTRY, encode(ENTRY), shape)
-    assert classify(frame).kind == "event"
-    event = normalise(jsoncodec.loads(frame), channel="websocket", received_at=1700000001.0)
+def test_the_log_entry_frame_gives_the_bridge_the_entry_id() -> None:
+    event = normalise(jsoncodec.loads(event_frame(ENTRY, encode(ENTRY), "log-entry")),
+                      channel="websocket", received_at=1700000001.0)  # fmt: skip
     assert isinstance(event, Event)
-    assert (event.id, event.type, event.call) == ("CA_9:4", named, "CA_9")
+    assert (event.id, event.type, event.call, event.seq) == ("CA_9:4", "turn.user", "CA_9", 4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "keys", "named"),
+    [
+        ("documented", {"type", "data"}, "message.received"),
+        ("legacy", {"event", "callId", "text"}, "turn.user"),
+    ],
+)
+def test_the_other_shapes_carry_what_pinecall_frames_carry_and_no_id(
+    shape: FrameShape, keys: set[str], named: str
+) -> None:
+    """The wire doc pins `{type, data}` and `{event, callId, ...}`: no id, seq or time of ours,
+    so the bridge reads the content's id, which no copy of the entry in another shape shares."""
+    item = jsoncodec.loads(event_frame(ENTRY, encode(ENTRY), shape))
+    assert set(item) == keys
+    assert classify(jsoncodec.dumps(item).decode()).kind == "event"
+    event = normalise(item, channel="websocket", received_at=1700000001.0)
+    assert isinstance(event, Event)
+    assert (event.id, event.type, event.call, event.seq) == (content_id(item), named, "CA_9", None)
     assert event.data["text"] == "hi"
+
+
+def test_the_docs_shape_names_the_call_in_data_and_overwrites_none_of_it() -> None:
+    assert jsoncodec.loads(event_frame(ENTRY, encode(ENTRY), "documented"))["data"] == {
+        "text": "hi",
+        "call_id": "CA_9",
+    }
+    # A tool call's data.call_id is its own id: no docs-shaped frame can carry it as well.
+    tool = {**ENTRY, "type": "tool.call", "data": {"call_id": "tc_1", "name": "book"}}
+    assert not carries(tool, "documented")
+    with pytest.raises(ValueError, match="overwrite"):
+        event_frame(tool, encode(tool), "documented")
+    assert carries(tool, "legacy")
+    assert carries(tool, "log-entry")
+
+
+def test_the_older_shape_overwrites_none_of_the_data() -> None:
+    clash = {**ENTRY, "data": {"event": "sip", "text": "hi"}}
+    assert not carries(clash, "legacy")
+    with pytest.raises(ValueError, match="overwrite"):
+        event_frame(clash, encode(clash), "legacy")
+    assert carries(clash, "documented")
 
 
 @pytest.mark.parametrize(
