@@ -88,13 +88,16 @@ def _negated(newness: tuple[int, int]) -> tuple[int, int]:
 
 
 class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
-    """An instance per consumer: `claim()` tells the group what this member owns, since when."""
+    """An instance per consumer: `claim()` tells the group what this member owns, since when;
+    `assigned_over` is the partition count the leader's last assignment covered."""
 
     name = "pinecall-sticky"
     version = 0
 
     def __init__(self, claim: Callable[[], Claim]) -> None:
         self._claim = claim
+        # None: unknown (no assignment yet, or a leader of a release that says none).
+        self.assigned_over: int | None = None
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         claim = self._claim()
@@ -113,15 +116,21 @@ class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         partitions = cluster.partitions_for_topic(topic) or set() if topic else set()
         claims = {member: parse_claim(meta.user_data) for member, meta in members.items()}
         plan = keep_and_balance(partitions, claims)
+        # The count the plan covers, for each member's GrowthWatch: its own metadata may lag
+        # the leader's (it refreshes on its own schedule) and see as new what was assigned.
+        # Assignment user data a release before it ignores.
+        over = jsoncodec.dumps({"partitions": len(partitions)}) if topic else b""
         return {
             member: ConsumerProtocolMemberAssignment(
-                self.version, [(topic, plan[member])] if topic else [], b""
+                self.version, [(topic, plan[member])] if topic else [], over
             )
             for member in members
         }
 
     def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        """Nothing to keep: what a member owns is read from its owner at the next join."""
+        """Keep the partition count the assignment covered; what a member owns is read from its
+        owner at the next join."""
+        self.assigned_over = parse_assigned_over(assignment.user_data)
 
 
 def parse_claim(user_data: bytes | None) -> Claim:
@@ -138,6 +147,16 @@ def parse_claim(user_data: bytes | None) -> Claim:
     # Kafka's generations are never negative; true is no number, though a Python int.
     generation = found if type(found) is int and found >= 0 else None
     return Claim(partitions, since if isinstance(since, int) else 0, generation)
+
+
+def parse_assigned_over(user_data: bytes | None) -> int | None:
+    """The partition count an assignment's leader covered; None when it says none."""
+    try:
+        data = jsoncodec.loads(user_data or b"{}")
+    except ValueError:
+        return None
+    found = data.get("partitions") if isinstance(data, dict) else None
+    return found if type(found) is int and found >= 0 else None
 
 
 def leave_when_stopped(consumer: Any) -> None:
@@ -171,7 +190,8 @@ class GrowthWatch:
     """
 
     grace: float  # seconds: past the leader's metadata refresh and its rebalance
-    known: int | None = None  # the partition count when the last assignment came
+    # The partition count the last assignment covered (the leader's, else this member's own).
+    known: int | None = None
     since: float | None = None  # when a larger count was first seen
 
     def assigned(self, count: int | None) -> None:

@@ -23,6 +23,12 @@ def json_spellings(secret: str) -> list[str]:
     return _longest_first(inner)
 
 
+def echo_spellings(*secrets: str) -> list[str]:
+    """Each of `secrets` as a request's echo spells it, longest first: as sent (a header), in
+    its JSON body, or in its URL."""
+    return _longest_first({s for x in secrets for s in (*json_spellings(x), *url_spellings(x))})
+
+
 def overhang(spellings: Sequence[str]) -> int:
     """How far past a cut to read so that a spelling the cut splits is still found whole."""
     return max((len(s.encode()) for s in spellings), default=0)

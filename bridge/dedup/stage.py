@@ -185,6 +185,8 @@ class DedupStage:
         # Ingest partitions added that no rebalance took on (groups.GrowthWatch): three metadata
         # refreshes, by which the leader, if it watches, has rebalanced.
         self._growth = GrowthWatch(3 * max(probe_seconds, metadata_max_age_ms / 1000))
+        # One for every consumer of the stage: it tells what the leader's assignment covered.
+        self._assignor = StickyAssignor(self._claim)
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
         self._stepped = asyncio.Event()
@@ -285,7 +287,7 @@ class DedupStage:
             fetch_max_wait_ms=broker_fetch_wait_ms(s.commit_interval_ms),
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
-            partition_assignment_strategy=(StickyAssignor(self._claim),),
+            partition_assignment_strategy=(self._assignor,),
             # Its metadata names only the ingest topic, so it is cheap to refresh: a partition
             # added to the topic is owned once some member's refresh sees it and they rejoin.
             metadata_max_age_ms=self._metadata_max_age_ms,
@@ -718,7 +720,9 @@ class DedupStage:
         # The coordinator's answer to this member's join: a session, and the partitions it owns.
         self._session.heard(time.monotonic())
         self._assigned_generation = self._generation()
-        self._growth.assigned(self._ingest_partitions())
+        # The leader's count (this member's metadata may not show its growth yet), else ours.
+        over = self._assignor.assigned_over
+        self._growth.assigned(over if over is not None else self._ingest_partitions())
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:

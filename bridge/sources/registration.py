@@ -16,7 +16,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings
-from bridge.redaction import hidden, json_spellings, overhang
+from bridge.redaction import echo_spellings, hidden, overhang
 from bridge.sources.capped import read_capped
 from bridge.sources.redirects import redirected
 
@@ -27,7 +27,7 @@ Step = Literal["set", "take-over", "refuse"]
 MAX_ANSWER_BYTES = 64 * 1024
 # The start of a refusal's body kept in its error (which is logged at every retry).
 ERROR_TEXT_CHARS = 300
-# What stands for the webhook secret in a refusal's body.
+# What stands for the webhook secret, or the API key, in a refusal's body.
 HIDDEN = "[secret]"
 
 
@@ -90,7 +90,8 @@ class WebhookRegistry:
         self._api = api
 
     async def _call(self, method: str, path: str, body: Any = None, *, hide: str = "") -> Any:
-        """One request; `hide` (the webhook secret of a PUT) never appears in its errors."""
+        """One request; `hide` (the webhook secret of a PUT) and the API key never appear in its
+        errors."""
         key = self._api.api_key.get_secret_value() if self._api.api_key else ""
         try:
             async with self._session.request(
@@ -104,7 +105,9 @@ class WebhookRegistry:
                 if (refused := redirected(response)) is not None:
                     raise RegistrationError(f"{method} {path}: {refused}")
                 if response.status >= 300:
-                    text = await _error_text(response, hide)
+                    # The key too: a proxy's or a framework's echo of the request quotes its
+                    # Authorization header, as the call-log pages' errors are guarded against.
+                    text = await _error_text(response, echo_spellings(hide, key))
                     raise RegistrationError(f"{method} {path}: HTTP {response.status} {text}")
                 if response.status == 204:
                     return None
@@ -156,13 +159,12 @@ class WebhookRegistry:
         return Registered(previous=current, took_over=step == "take-over")
 
 
-async def _error_text(response: aiohttp.ClientResponse, hide: str) -> str:
-    """The start of a refusal's body, `hide` in it replaced whole, as it is or JSON-escaped.
+async def _error_text(response: aiohttp.ClientResponse, spellings: list[str]) -> str:
+    """The start of a refusal's body, each of `spellings` (longest first) replaced whole.
 
     An API's validation error may echo the request (FastAPI's 422 `input`): the body is read
     past the cut, whatever its chunks, so a secret straddling the cut is hidden too.
     """
-    spellings = json_spellings(hide)
     want = ERROR_TEXT_CHARS + overhang(spellings)
     raw = b""
     while len(raw) < want and (chunk := await response.content.read(want - len(raw))):

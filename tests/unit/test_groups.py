@@ -6,7 +6,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.group_coordinator import GroupCoordinator
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from bridge.groups import (
@@ -17,6 +20,7 @@ from bridge.groups import (
     keep_and_balance,
     leave_when_stopped,
     member_options,
+    parse_assigned_over,
     parse_claim,
     rejoin,
 )
@@ -102,6 +106,22 @@ def test_the_assignor_round_trips_claims_through_join_metadata() -> None:
     assert assignment["b"].assignment == [("t", [0])]
 
 
+def test_each_member_learns_the_partition_count_the_leaders_assignment_covered() -> None:
+    # A member's own metadata may not show partitions added yet: the leader's count does.
+    leader, member = StickyAssignor(lambda: Claim()), StickyAssignor(lambda: Claim())
+    cluster = SimpleNamespace(partitions_for_topic=lambda topic: set(range(6)))
+    plan = leader.assign(cluster, {"a": leader.metadata(["t"]), "b": member.metadata(["t"])})
+    learned = []
+    # The second from a leader of a release before it, which says none: unknown, the member's
+    # own metadata serves.
+    for given in (plan["b"], ConsumerProtocolMemberAssignment(0, plan["b"].assignment, b"")):
+        member.on_assignment(given)
+        learned.append(member.assigned_over)
+    assert learned == [6, None]
+    for damaged in (b"x", b"[]", b'{"partitions": "6"}', b'{"partitions": -1}', b"true"):
+        assert parse_assigned_over(damaged) is None
+
+
 def test_the_group_protocol_is_pinned_for_rolling_upgrades() -> None:
     # Old and new pods join one group during a rollout: a renamed assignor is refused by the
     # coordinator (no protocol common to all members), and claims an old leader cannot read move
@@ -115,6 +135,11 @@ def test_the_group_protocol_is_pinned_for_rolling_upgrades() -> None:
     written = StickyAssignor(lambda: Claim((2, 0), 17, 5)).metadata(["t"]).user_data
     assert written == b'{"owned":[0,2],"since":17,"generation":5}', BREAKS_ROLLING_UPGRADES
     assert parse_claim(written) == Claim((0, 2), 17, 5)
+    # The assignment's user data, which a release before it ignores (empty there).
+    cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0, 1, 2})
+    assignor = StickyAssignor(lambda: Claim())
+    [given] = assignor.assign(cluster, {"a": assignor.metadata(["t"])}).values()
+    assert given.user_data == b'{"partitions":3}', BREAKS_ROLLING_UPGRADES
 
 
 def test_a_members_requests_outlast_the_rebalance_timeout() -> None:

@@ -19,7 +19,7 @@ import aiohttp
 
 from bridge import jsoncodec
 from bridge.normalise.ids import shown, valid_call_id
-from bridge.redaction import hidden, json_spellings, url_spellings
+from bridge.redaction import echo_spellings, hidden
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.redirects import redirected
 
@@ -207,8 +207,7 @@ async def fetch_page(
             if status != 200:
                 # The platform's text (a proxy's page, a framework's echo of the request) may
                 # quote the key: never in the error, which is logged.
-                spellings = sorted({*json_spellings(api_key), *url_spellings(api_key)}, key=len)
-                text = hidden(body.decode("utf-8", "replace"), spellings[::-1], 200, HIDDEN)
+                text = hidden(body.decode("utf-8", "replace"), echo_spellings(api_key), 200, HIDDEN)
                 raise error_for(status, text, retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PageTransportError(f"call log page request failed ({type(exc).__name__})") from exc

@@ -39,6 +39,7 @@ from bridge.dedup.stage import (
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
+from bridge.groups import Claim, GrowthWatch, StickyAssignor
 from bridge.groupsession import Session
 from bridge.metrics import Metrics
 from tests.metrics import sample
@@ -676,6 +677,41 @@ async def test_the_stage_claims_its_partitions_with_the_generation_that_assigned
     claim = h.stage._claim()
     assert (claim.partitions, claim.generation) == ((0, 2), MEMBER.generation_id)
     await asyncio.wait(list(h.stage._starting.values()), timeout=10)
+
+
+class GrowingConsumer(FakeConsumer):
+    """Its metadata shows `count` partitions of the ingest topic; it counts the rejoins asked."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(set())
+        self.count, self.rejoins = count, 0
+        self._coordinator.request_rejoin = self.rejoined
+
+    def rejoined(self) -> None:
+        self.rejoins += 1
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return set(range(self.count))
+
+
+async def test_a_growth_the_leaders_assignment_covered_asks_for_no_rejoin() -> None:
+    """A member's metadata refreshes on its own schedule: at the rebalance the leader ran for
+    partitions added, it may not show them yet, and later did (a needless rebalance, a false
+    WARNING that some were nobody's, the restores under way cut)."""
+    consumer = GrowingConsumer(4)
+    h = Harness(consumer=consumer)
+    h.stage._growth = GrowthWatch(grace=0.0)
+    leader = StickyAssignor(Claim)
+    cluster = SimpleNamespace(partitions_for_topic=lambda topic: set(range(6)))
+    plan = leader.assign(cluster, {"m": leader.metadata(["ingest"])})
+    h.stage._assignor.on_assignment(plan["m"])
+    await h.stage.assigned(set())
+    consumer.count = 6  # its own refresh
+    h.stage._rejoin_if_grown()
+    assert consumer.rejoins == 0
+    consumer.count = 8  # added since, and no rebalance followed: still watched
+    h.stage._rejoin_if_grown()
+    assert consumer.rejoins == 1
 
 
 async def test_a_partition_restoring_or_waiting_its_turn_counts_as_starting_not_owned(

@@ -22,6 +22,9 @@ class FakeApi:
         self.failing = False  # answer every request 503, as a Pinecall having a bad moment
         # Refuse a PUT 422 echoing its input, as FastAPI's validation errors do.
         self.refuse_put_echoing = False
+        # Refuse a wrong key 401 echoing the request's Authorization header, as a debugging proxy
+        # or framework does.
+        self.echo_refused_key = False
         app = web.Application()
         app.router.add_route("*", "/v1/webhook", self.webhook)
         app.router.add_post("/v1/webhook/test", self.test)
@@ -41,8 +44,9 @@ class FakeApi:
         await self.server.close()
 
     async def webhook(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != "Bearer k":
-            return web.json_response({"error": "unauthorized"}, status=401)
+        if (given := request.headers.get("Authorization")) != "Bearer k":
+            echo = {"authorization": given} if self.echo_refused_key else {}
+            return web.json_response({"error": "unauthorized", **echo}, status=401)
         if self.failing:
             return web.json_response({"error": "unavailable"}, status=503)
         hook = self.hook

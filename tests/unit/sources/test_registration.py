@@ -123,6 +123,23 @@ async def test_a_refused_put_never_repeats_the_secret(
     assert secret[-12:] not in said
 
 
+async def test_a_refusal_echoing_the_api_key_never_repeats_it(
+    api: tuple[FakeApi, WebhookRegistry],
+) -> None:
+    # Logged at every retry, as a call-log page's error: a 401 echoing the request's
+    # Authorization header must not put the API key in the log.
+    fake, _ = api
+    fake.echo_refused_key = True
+    key = "pc_live/k3y+é"
+    wrong = fake.settings.model_copy(update={"api_key": SecretStr(key)})
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(RegistrationError, match="GET /v1/webhook: HTTP 401") as raised:
+            await WebhookRegistry(session, wrong).ensure(OURS, "s")
+    said = str(raised.value)
+    assert "k3y" not in said, said
+    assert "Bearer [secret]" in said, said
+
+
 async def test_an_answer_over_the_size_cap_is_a_clear_error(
     api: tuple[FakeApi, WebhookRegistry], monkeypatch: pytest.MonkeyPatch
 ) -> None:
