@@ -1127,15 +1127,14 @@ def _check_dotenv(env_file: Any) -> None:
         return
     for each in [env_file] if isinstance(env_file, str | os.PathLike) else env_file:
         path = Path(each).expanduser()
-        # A missing .env is none: only one that is there (a dangling link too) must be a file.
-        if not os.path.lexists(path) or path.is_file():
-            continue
+        # A missing .env is none, and so is /dev/null mounted at it (a container's way to mask
+        # one): only a directory or a dangling link is a mount gone wrong.
         if path.is_dir():
             kind = "a directory (a volume mounted at it? mount a file, e.g. with subPath)"
         elif path.is_symlink() and not path.exists():
             kind = "a link to nothing (its target is missing)"
         else:
-            kind = "no regular file"
+            continue
         raise ConfigError([f"{each} cannot be read: it is {kind}"])
 
 

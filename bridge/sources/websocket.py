@@ -53,7 +53,7 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.pipeline import Delivery, Pipeline
-from bridge.redaction import hidden, url_spellings
+from bridge.redaction import echo_spellings, hidden
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.frames import (
@@ -501,12 +501,12 @@ class WebSocketSource:
         """An error's text for a log line, its connection's credential in it hidden: a close
         frame's reason, or a handshake's answer, is the server's text and may name it."""
         credential = self._credential if opened is None else opened.credential
-        return hidden(str(exc), url_spellings(credential), NOTICE_CHARS, HIDDEN)
+        return hidden(str(exc), echo_spellings(credential), NOTICE_CHARS, HIDDEN)
 
     def _failure(self, exc: BaseException) -> str:
         """A refresh's failure for a log line: the successor's token (the last fetched) hidden,
         as a close reason or a handshake's answer may name it."""
-        shown = hidden(str(exc), url_spellings(self._credential), NOTICE_CHARS, HIDDEN)
+        shown = hidden(str(exc), echo_spellings(self._credential), NOTICE_CHARS, HIDDEN)
         return f"{type(exc).__name__}: {shown}"
 
     def _read_limit(self) -> int:
@@ -687,7 +687,7 @@ class WebSocketSource:
             return
         if frame.kind == "control" and frame.detail == "error":
             reason = hidden(
-                error_reason(frame.item), url_spellings(opened.credential), NOTICE_CHARS, HIDDEN
+                error_reason(frame.item), echo_spellings(opened.credential), NOTICE_CHARS, HIDDEN
             )
             raise SubscribeRefusedError("error_frame", reason)
         # An event says the feed sends to this connection, as an ack does; an untyped object
@@ -715,7 +715,9 @@ class WebSocketSource:
             parsed = size <= PARSED_FRAME_BYTES and queued + size <= PARSED_QUEUE_BYTES
             self._hold(frame.item if parsed else message, size)
         elif frame.kind == "control" and frame.detail == "error":
-            notice = hidden(str(frame.item), url_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
+            notice = hidden(
+                str(frame.item), echo_spellings(opened.credential), NOTICE_CHARS, HIDDEN
+            )
             flood.warning("feed sent an error notice", extra={"notice": notice})
         elif frame.kind == "garbage":
             # A WARNING, not DEBUG: a changed framing would drop every feed-only event, and this
@@ -874,7 +876,7 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
         return None
     if "auth" in received.reason.lower():
         return None
-    reason = hidden(received.reason, url_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
+    reason = hidden(received.reason, echo_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
     return SubscribeRefusedError("close", f"{received.code} {reason}".strip())
 
 
@@ -886,7 +888,7 @@ def _size(message: str | bytes) -> int:
 def _sample(message: str | bytes, credential: str = "") -> str:
     """The start of a dropped frame for its log line: cut short, a binary one as hex, and
     `credential` in it hidden, as it is or URL-encoded (bridge.redaction)."""
-    spellings = url_spellings(credential)
+    spellings = echo_spellings(credential)
     if isinstance(message, bytes):
         return hidden(message, spellings, GARBAGE_SAMPLE_CHARS // 2, HIDDEN).hex()
     return hidden(message, spellings, GARBAGE_SAMPLE_CHARS, HIDDEN)

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,8 @@ def test_a_dotenv_that_is_no_file_is_named_not_skipped(monkeypatch: pytest.Monke
     assert problems() == [".env cannot be read: it is a link to nothing (its target is missing)"]
     Path(".env").unlink()
     load_settings()  # no .env at all is none
+    Path(".env").symlink_to(os.devnull)
+    load_settings()  # nor is /dev/null mounted at it, a container's way to mask one
 
 
 def test_every_problem_is_named_without_values(monkeypatch: pytest.MonkeyPatch) -> None:

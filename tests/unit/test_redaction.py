@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from bridge.redaction import hidden, json_spellings, overhang, url_spellings
+from bridge.redaction import echo_spellings, hidden, json_spellings, overhang, url_spellings
 
 MARK = "[credential]"
 
@@ -41,3 +41,11 @@ def test_the_overhang_is_the_longest_spelling_in_utf8_bytes() -> None:
     assert overhang(["é", "abc"]) == 3
     assert overhang(["éé"]) == 4
     assert overhang([]) == 0
+
+
+def test_an_echo_is_hidden_as_sent_json_escaped_or_url_encoded_for_every_secret() -> None:
+    key, token = "k/ey é", "to+k"
+    echo = f"{key} {json.dumps(key)} {quote(key, safe='')} {token} {quote(token, safe='')}"
+    spellings = echo_spellings(key, token, "")
+    assert [len(s) for s in spellings] == sorted((len(s) for s in spellings), reverse=True)
+    assert hidden(echo, spellings, 300, MARK) == " ".join([MARK, f'"{MARK}"', MARK, MARK, MARK])
