@@ -39,8 +39,8 @@ from bridge.configerror import ConfigError as ConfigError  # re-exported: the se
 from bridge.secretfiles import SECRETS_DIR_VARIABLE, with_secret_files
 from bridge.stopbudget import (
     SUPERVISOR_MARGIN_SECONDS,
-    StopBudget,
     drain_delay_seconds,
+    first_phase_seconds,
     min_supervised_grace,
     supervised_fits,
 )
@@ -1239,7 +1239,7 @@ def setting_warnings(settings: Settings) -> list[str]:
 def drain_delay_warnings(shutdown: ShutdownSettings) -> list[str]:
     """A drain delay each stop will cut short (bridge/stopbudget.py): said at start too."""
     wanted = shutdown.drain_delay_seconds
-    allowed = drain_delay_seconds(wanted, StopBudget.plan(0.0, shutdown.grace_seconds).inputs_by)
+    allowed = drain_delay_seconds(wanted, first_phase_seconds(shutdown.grace_seconds))
     if allowed >= wanted:
         return []
     return [

@@ -43,7 +43,8 @@ THROTTLE_WATCHED = (
 )
 # Feed events lost (events_rejected_total{channel="websocket"}): PinecallBridgeFeedBacklogDropping.
 FEED_LOSSES = ("backlog_full", "shutdown", "too_large")
-# Why a kept window could not serve: kept.py's reasons, or "torn" (its gap's read failed).
+# Why a kept window could not serve: kept.py's reasons, or "torn" (its gap's read failed, or
+# the stage producer it needs did not start).
 KEPT_DROP_REASONS = (*get_args(DropReason), "torn")
 WORKERS_UNREACHABLE = f"{PREFIX}_workers_unreachable"
 WORKERS_UNREACHABLE_HELP = (
@@ -320,7 +321,7 @@ class Metrics:
             f"{PREFIX}_dedup_kept_dropped_total",
             "Kept windows of partitions assigned back that could not serve, each restored whole"
             " instead, by reason: aged, reset, behind, deleted, recreated, unknown, progress"
-            " (README), or torn (its gap's read failed).",
+            " (README), or torn (its gap's read, or the stage producer's start, failed).",
             ["reason"],
             registry=r,
         )

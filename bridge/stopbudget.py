@@ -51,6 +51,12 @@ def drain_delay_seconds(delay: float, phase_one: float) -> float:
     return max(min(delay, phase_one - min(CLOSE_SECONDS, phase_one / 4)), 0.0)
 
 
+def first_phase_seconds(grace: float, by: float | None = None) -> float:
+    """The first phase of a stop planned at its start (`by`: its sooner end, s from then): what
+    the drain delay is cut against, at the stop and at start-up alike, so both agree."""
+    return StopBudget.plan(0.0, grace, by).inputs_by
+
+
 def final_phase_seconds(grace: float) -> float:
     """The end of a grace period kept for the ingest flush, the dedup commit and its leave."""
     return min(5.0, grace / 4)

@@ -815,7 +815,8 @@ class DedupStage:
             except Exception as exc:  # GapUnreadableError, or a failed read
                 failure = exc
             if failure is not None:
-                # A torn window: never used again.
+                # A torn window: never used again. A producer that did not start counts here too
+                # (README): the full start's retries wait for it, and replace the window.
                 log.info(
                     "dedup partition's kept window could not be caught up; restoring it whole",
                     extra={"partition": task.tp.partition, "error": repr(failure)},

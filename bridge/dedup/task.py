@@ -66,7 +66,8 @@ class PartitionTask:
         self._expired = 0  # offsets skipped past retention: counted when the skip commits
         self.unmarked = False  # started at an offset without the bridge's mark: to be marked
         # The offset of a record of a later release's format it stopped at: held while its
-        # position stays there (a start or a skip moves it on), for a release that reads it.
+        # position stays there, for a release that reads it; forgotten once a catch-up or a
+        # skip moves the position on (the record is decided, or deleted, by then).
         self._held_at: int | None = None
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
@@ -109,6 +110,7 @@ class PartitionTask:
             self._owned("resumed", started, ids, checked=True)
             return
         self.position = offset
+        self._held_at = None  # moved past it: a later rewind onto it is no hold
         # Unknown until it processes one, as after a full restore (and no gap's start then).
         self.last_appended_at = None
         self._owned("gap", started, ids, kept_from=kept.position)
@@ -138,8 +140,8 @@ class PartitionTask:
         return ids
 
     def _owned(self, kind: str, started: float, ids: int, **extra: Any) -> None:
-        """Time and say a `kind` restore that read `ids` ids. The stage counts the start once it
-        installs the task (dedup_restores): one declined (no longer owned) never started."""
+        """Time and say a `kind` restore that read `ids` ids: the reads' work, done even for a
+        start the stage then declines (no longer owned), which dedup_restores does not count."""
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
@@ -318,6 +320,7 @@ class PartitionTask:
         )
         self._expired += skipped
         self.position = start
+        self._held_at = None  # moved past it: a later rewind onto it is no hold
 
     def committed(self) -> None:
         """Its records' transaction committed: report what the window evicted early meanwhile,

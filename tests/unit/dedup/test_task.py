@@ -165,6 +165,9 @@ async def test_a_held_task_moved_on_by_a_skip_past_retention_is_held_no_more() -
     assert not task.held
     await task.process([ingest(5, "CA_1:5", 105.0)], out)
     assert sends(producer) == [b"CA_1:5"]
+    # Moved past, the hold is forgotten: a position set back onto that offset is no hold.
+    task.position = 0
+    assert not task.held
 
 
 async def test_a_foreign_record_read_again_after_an_abort_counts_once() -> None:
@@ -522,3 +525,19 @@ async def test_a_task_caught_up_over_a_gap_decides_as_one_restored_whole(log: Fa
     await task.process([ingest(6, "CA_1:1", 106.0), ingest(7, "CA_1:4", 107.0)], out)
     await task.process([ingest(8, "CA_1:8", 108.0)], out)
     assert sends(producer) == [b"CA_1:0", b"CA_1:1", b"CA_1:2", b"CA_1:8"]
+
+
+async def test_a_held_task_caught_up_past_its_hold_is_held_no_more(log: FakeLog) -> None:
+    """Held at 3, back with 6 committed by a release that reads it: a position set back onto 3
+    later is no hold (the record was decided)."""
+    for n in range(6):
+        log.append((later_format if n == 3 else ingest)(n, f"CA_1:{n}", 100.0 + n))
+    task, out, _, _ = make()
+    await task.process([ingest(n, f"CA_1:{n}", 100.0 + n) for n in range(3)], out)
+    await task.process([later_format(3, "CA_1:3", 103.0)], out)
+    await commit(task, out)
+    held = task.held
+    await task.catch_up(Kept(task.position, 0.0, task.last_appended_at), 6)
+    assert (held, task.held) == (True, False)
+    task.position = 3
+    assert not task.held
