@@ -61,7 +61,7 @@ from bridge.sources.registrar import Registrar
 from bridge.sources.secretwatch import API_KEY, WEBHOOK, SecretWatch, watch
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
-from bridge.stopbudget import StopBudget, drain_delay_seconds, first_phase_seconds
+from bridge.stopbudget import StopBudget, drain_delay_seconds
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
@@ -795,10 +795,7 @@ class Bridge:
         # Cut against the phase planned at the signal (as start-up and `check` warn of it), and
         # counted from the signal (/readyz 503 since), so the tasks closed above spend the delay,
         # not the inputs' closing time, nor warn of a delay at the limit.
-        first_phase = first_phase_seconds(
-            self.settings.shutdown.grace_seconds, None if by is None else by - now
-        )
-        delay = self._drain_delay(first_phase)
+        delay = self._drain_delay(flush_from - now)
         try:
             async with asyncio.timeout_at(flush_from):
                 await asyncio.sleep(max(now + delay - asyncio.get_running_loop().time(), 0.0))

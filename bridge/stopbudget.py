@@ -53,7 +53,7 @@ def drain_delay_seconds(delay: float, phase_one: float) -> float:
 
 def first_phase_seconds(grace: float, by: float | None = None) -> float:
     """The first phase of a stop planned at its start (`by`: its sooner end, s from then): what
-    the drain delay is cut against, at the stop and at start-up alike, so both agree."""
+    the drain delay is cut against, as a stop cuts it (its inputs_by less its start)."""
     return StopBudget.plan(0.0, grace, by).inputs_by
 
 
