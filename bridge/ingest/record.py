@@ -30,6 +30,9 @@ REDRIVEN = PREFIX + "redriven"
 # its partition at such a record rather than skip it (lost) or misread it (README "Upgrading").
 VERSION = PREFIX + "version"
 READABLE_VERSIONS = frozenset({b"1"})
+# The most digits a format number has: one longer is damage. int() refuses over 4,300 digits, and
+# raised in every step and restore of its partition (each a lost transaction), never skipping it.
+_VERSION_DIGITS = 9
 
 
 # Not frozen: one is built for every record the dedup stage reads, and a frozen __init__ took
@@ -107,7 +110,7 @@ def _newer(mine: dict[str, bytes]) -> str | None:
     if raw is None or raw in READABLE_VERSIONS:
         return None
     # Anything but a later number is damage, skipped as such: a hold would wedge the partition.
-    if not raw.isascii() or not raw.isdigit() or int(raw) <= 1:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _VERSION_DIGITS or int(raw) <= 1:
         return None
     return raw.decode()
 

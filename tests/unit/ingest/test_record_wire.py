@@ -105,7 +105,7 @@ def test_a_later_format_is_not_decoded_but_named(version: bytes) -> None:
     assert newer_version(headers) is None
 
 
-@pytest.mark.parametrize("version", [b"", b"0", b"1.1", b"two", b"\xff", b"\xd9\xa2"])
+@pytest.mark.parametrize("version", [b"", b"0", b"1.1", b"two", b"\xff", b"\xd9\xa2", b"9" * 5_000])
 def test_a_damaged_format_is_skipped_as_damage_not_held(version: bytes) -> None:
     # No release writes these: holding the partition at one would wedge it for good.
     key, headers = KEYED
