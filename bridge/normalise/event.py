@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bridge import jsoncodec
+from bridge.normalise.ids import NOT_IN_A_STRING
 
 Channel = Literal["webhook", "websocket", "sse"]
 CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
@@ -69,9 +71,25 @@ class Event:
             ce["pinecallephemeral"] = True
         if self.extra:
             # CloudEvents attributes are scalars, so unknown envelope fields travel as JSON text.
-            ce["pinecallextra"] = jsoncodec.canonical(self.extra).decode()
+            ce["pinecallextra"] = attribute_json(self.extra)
         ce["data"] = self.data
         return ce
+
+
+def attribute_json(value: Any) -> str:
+    """Canonical JSON text fit for a String attribute: what CloudEvents' String bars, escaped."""
+    text = jsoncodec.canonical(value).decode()
+    # JSON escapes only C0; the C1 controls and noncharacters can only be in its strings, where
+    # an escape reads back as the same character, so the value is unchanged.
+    return NOT_IN_A_STRING.sub(_escape, text) if NOT_IN_A_STRING.search(text) else text
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: JSON spells it as a UTF-16 surrogate pair
+    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
 
 
 def rfc3339(epoch_seconds: float) -> str:

@@ -11,8 +11,13 @@ from __future__ import annotations
 import re
 
 MAX_ID_LENGTH = 256
-# C0 controls, DEL and the C1 controls: no id holds one, and in a log line a newline forges one.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What CloudEvents' String type disallows (ids become attributes): C0 controls, DEL and the C1
+# controls (in a log line a newline forges one), and Unicode's noncharacters. Surrogates orjson
+# refuses already.
+NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17)
+)
+NOT_IN_A_STRING = re.compile(f"[\x00-\x1f\x7f-\x9f{NONCHARACTERS}]")
 # A call id is a path segment: `.` and `..` are normalised away (yarl, servers) and `/` or `\`,
 # quoted as %2F or %5C, is decoded back to a separator by many servers and proxies.
 _NOT_A_SEGMENT = frozenset({".", ".."})
@@ -23,8 +28,8 @@ _AGENT_MARK = "@"
 
 
 def valid_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
-    """Non-empty, at most `max_length` characters, no control character."""
-    return 0 < len(value) <= max_length and _CONTROL.search(value) is None
+    """Non-empty, at most `max_length` characters, none CloudEvents' String disallows."""
+    return 0 < len(value) <= max_length and NOT_IN_A_STRING.search(value) is None
 
 
 def valid_call_id(call: str) -> bool:

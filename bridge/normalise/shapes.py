@@ -232,6 +232,11 @@ def _documented(
     data = item.get("data")
     if not isinstance(data, dict):
         return Unrecognised("invalid_data", item)
+    call = data.get("call_id")
+    if call is not None and not isinstance(call, str):
+        # Read as none, a call's event landed on the alerts topic, unkeyed and without a subject,
+        # where the entry and older-SDK shapes refuse the same call id.
+        return Unrecognised("invalid_call_id", item)
     return Event(
         id=payload_id or content_id(item),
         type=event_type,
@@ -239,7 +244,7 @@ def _documented(
         channel=channel,
         received_at=received,
         event_time=when,
-        call=_str_or_none(data.get("call_id")),
+        call=call or None,
         agent=_name(item.get("agent")),
         org=_name(item.get("org")),
         env=_name(item.get("env")),

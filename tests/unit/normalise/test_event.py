@@ -4,8 +4,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from bridge import jsoncodec
 from bridge.normalise import Event, normalise
 from bridge.normalise.event import rfc3339
+from bridge.normalise.ids import NOT_IN_A_STRING
 
 SCHEMA = json.loads(
     (Path(__file__).parents[3] / "bridge/schema/pinecall-cloudevent.schema.json").read_text()
@@ -65,6 +67,16 @@ def test_cloudevent_of_an_alert_validates() -> None:
     ).to_cloudevent("s")
     assert "subject" not in ce
     assert (ce["pinecallorg"], ce["pinecallenv"]) == ("o1", "production")
+    jsonschema.validate(ce, SCHEMA)
+
+
+def test_extra_fields_keep_out_what_cloudevents_strings_disallow() -> None:
+    # JSON text leaves the C1 controls and noncharacters raw, which a String attribute may not
+    # hold; escaped, pinecallextra reads back as the very same fields.
+    extra = {"note": "a\x85b\x7f", "k\x9f": "\ufffe \U0010ffff", "ok": "café"}
+    ce = make({"type": "x.y", "data": {}, **extra}).to_cloudevent("https://api.pinecall.io")
+    assert NOT_IN_A_STRING.search(ce["pinecallextra"]) is None
+    assert jsoncodec.loads(ce["pinecallextra"]) == extra
     jsonschema.validate(ce, SCHEMA)
 
 

@@ -25,6 +25,11 @@ def test_real_call_ids_are_valid(call: str) -> None:
         "CA\x1b[2J",
         "CA\x7f",
         "CA\x85",
+        # Unicode's noncharacters, which CloudEvents' String disallows too.
+        "CA\ufffe",
+        "CA\uffff",
+        "CA\ufdd0",
+        "CA\U0010ffff",
     ],
 )
 def test_no_id_is_empty_huge_or_holds_a_control_character(call: str) -> None:

@@ -253,6 +253,16 @@ def test_a_legacy_frame_whose_call_id_is_no_string_is_no_call_id() -> None:
     assert result.reason == "invalid_call_id"
 
 
+@pytest.mark.parametrize("call", [12345, True, ["CA_1"]])
+def test_a_documented_event_whose_call_id_is_no_string_is_no_call_id(call: object) -> None:
+    # Read as none, the call's event went to the alerts topic, unkeyed and without a subject.
+    result = normalise(
+        {"type": "call.ended", "data": {"call_id": call}}, channel="webhook", received_at=NOW
+    )
+    assert isinstance(result, Unrecognised)
+    assert result.reason == "invalid_call_id"
+
+
 @pytest.mark.parametrize("agent", [5, False, ["support"]])
 def test_an_agent_that_is_no_string_is_no_id(agent: object) -> None:
     result = normalise(entry(call=None, agent=agent), channel="webhook", received_at=NOW)
