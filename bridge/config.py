@@ -261,6 +261,14 @@ class KafkaSettings(_Section):
         if not servers:
             raise ValueError("at least one host:port is required")
         for server in servers:
+            if "@" in server:
+                # Never echoed: the part before the @ is a password. `check` prints the servers and
+                # start-up logs them, so a credential there would end up in both.
+                raise ValueError(
+                    f"{server.rpartition('@')[2]!r} is given with credentials (user:password@),"
+                    " which `check` prints and the logs name: SASL's go in"
+                    " BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD"
+                )
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port")

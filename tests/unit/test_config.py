@@ -1193,6 +1193,22 @@ def test_an_ingest_retention_kafka_cannot_hold_is_refused(monkeypatch: pytest.Mo
     assert load_settings().dedup.ingest_retention_ms() == (10**12 + 3600) * 1000
 
 
+@pytest.mark.parametrize(
+    "server", ["bridge:s3cr3t@kafka-0:9093", "SASL_SSL://bridge:s3cr3t@kafka-0:9093"]
+)
+def test_a_bootstrap_server_with_credentials_is_refused_unechoed(
+    monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    # Accepted, `check` printed the password and every start logged it; as a URL, the refusal
+    # echoed it.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": f"kafka-1:9093,{server}"})
+    assert problems() == [
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS: 'kafka-0:9093' is given with credentials"
+        " (user:password@), which `check` prints and the logs name: SASL's go in"
+        " BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD"
+    ]
+
+
 @pytest.mark.parametrize("server", ["http://kafka:9092", "PLAINTEXT://kafka:9092", "kafka 0:9092"])
 def test_a_bootstrap_server_given_as_a_url_is_refused(
     monkeypatch: pytest.MonkeyPatch, server: str

@@ -88,6 +88,25 @@ done
 
 answering() { "$python" "$here/probe.py" --quiet --timeout 1 "127.0.0.1:$port"; }
 
+# Can the broker listen on 127.0.0.1:$1? SO_REUSEADDR as the JVM's, so a closed connection's
+# TIME_WAIT is no refusal; a listener there is.
+port_free() {
+  "$python" -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+# A taken port otherwise ends the start in 40 lines of the JVM's BindException: one line instead,
+# naming the variable that moves it.
+ports_free() {
+  port_free "$port" \
+    || die "127.0.0.1:$port is taken, not by a Kafka broker answering there: KAFKA_PORT moves the broker (make run KAFKA_PORT=<another port>)"
+  local moves="KAFKA_CONTROLLER_PORT moves it"
+  [[ -n "${KAFKA_CONTROLLER_PORT:-}" ]] || moves="KAFKA_PORT+1 by default; KAFKA_CONTROLLER_PORT, or another KAFKA_PORT, moves it"
+  port_free "$cport" || die "the controller's port 127.0.0.1:$cport is taken ($moves)"
+}
+
 # The pid file only counts if that pid is still our broker (pids get reused).
 broker_pid() {
   local pid
@@ -182,6 +201,7 @@ cmd_up() {
   if ! pid="$(broker_pid)"; then
     started=1
     rm -f "$pidfile"
+    ports_free
     render_config
     # Format once: reformatting would mint a new cluster id and orphan the data.
     if [[ ! -f "$data/kraft/meta.properties" ]]; then
