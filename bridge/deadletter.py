@@ -22,6 +22,8 @@ CHANNELS: frozenset[str] = frozenset(get_args(Channel))
 REASONS: frozenset[str] = frozenset(get_args(UnrecognisedReason))
 # The reasons under which a source dead-letters a note of what it could not read.
 NOTE_REASONS = frozenset({"too_large", "invalid_json"})
+# The channels whose sources write notes: a webhook's dead letter is always the input itself.
+NOTE_CHANNELS: frozenset[str] = frozenset({"websocket", "sse"})
 # Dead letters offered to the ingest stage in one delivery at most.
 DELIVERY_ITEMS = 500
 
@@ -135,8 +137,9 @@ def classify(letter: DeadLetter) -> Verdict:
     received_at = letter.received_at
     known = cast(Channel, channel)  # one of CHANNELS
     normalised = normalise(item, channel=known, received_at=received_at)
-    if letter.reason == "invalid_json" or (
-        isinstance(normalised, Unrecognised) and letter.reason in NOTE_REASONS
+    if channel in NOTE_CHANNELS and (
+        letter.reason == "invalid_json"
+        or (isinstance(normalised, Unrecognised) and letter.reason in NOTE_REASONS)
     ):
         # An event too large for Kafka is dead-lettered whole, and reads as an event: an input.
         return _note(item, known)

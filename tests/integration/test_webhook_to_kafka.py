@@ -304,6 +304,21 @@ async def test_a_call_line_whose_call_names_no_call_is_dead_lettered_not_taken_f
     assert dead.headers["pinecall-dlq-reason"] == b"invalid_call_id"
 
 
+async def test_a_documented_event_whose_call_id_is_a_number_is_dead_lettered_not_an_alert(
+    bridge: RunningBridge, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    # Read as no call's, it answered 200 and landed on the alerts topic, keyed by nothing.
+    item = {"type": "call.started", "data": {"call_id": 12345, "from": unique_call}}
+    status, body = await bridge.post(item)
+    assert (status, body["dead_lettered"], body["accepted"]) == (202, 1, 0)
+    records = await read_decided(
+        kafka_bootstrap, topics, [topics.events, topics.alerts, topics.dlq]
+    )
+    [dead] = [r for r in records if unique_call.encode() in r.value]
+    assert (dead.topic, jsoncodec.loads(dead.value)) == (topics.dlq, item)
+    assert dead.headers["pinecall-dlq-reason"] == b"invalid_call_id"
+
+
 async def test_a_replayed_alert_is_refused_and_its_current_delivery_lands_once(
     start_bridge: object, topics: Topics, kafka_bootstrap: str
 ) -> None:

@@ -253,14 +253,18 @@ def test_a_legacy_frame_whose_call_id_is_no_string_is_no_call_id() -> None:
     assert result.reason == "invalid_call_id"
 
 
-@pytest.mark.parametrize("call", [12345, True, ["CA_1"]])
-def test_a_documented_event_whose_call_id_is_no_string_is_no_call_id(call: object) -> None:
-    # Read as none, the call's event went to the alerts topic, unkeyed and without a subject.
-    result = normalise(
-        {"type": "call.ended", "data": {"call_id": call}}, channel="webhook", received_at=NOW
-    )
+@pytest.mark.parametrize("call", [12345, True, ["CA_1"], {"id": "CA_1"}])
+def test_a_documented_events_call_id_that_is_no_string_is_no_call_id(call: object) -> None:
+    # Read as none, the call's event went to the alerts topic, keyed by no call: 200, unseen.
+    item = {"type": "call.started", "data": {"call_id": call}}
+    result = normalise(item, channel="webhook", received_at=NOW)
     assert isinstance(result, Unrecognised)
     assert result.reason == "invalid_call_id"
+
+
+def test_a_documented_event_with_a_null_or_empty_call_id_is_no_calls() -> None:
+    for call in (None, ""):
+        assert norm({"type": "monitor.note", "data": {"call_id": call}}).call is None
 
 
 @pytest.mark.parametrize("agent", [5, False, ["support"]])
