@@ -8,6 +8,7 @@ the producer one after another, so a call's events keep their order in the inges
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -71,6 +72,8 @@ class Sender(Protocol):
     def mark_unreachable(self) -> None: ...
 
     def mark_reachable(self) -> None: ...
+
+    async def relearn_limits(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,8 +335,16 @@ class Pipeline:
             {s.delivery for s in sent}, deadline, self._answer_waiters if answered else None
         )
         stored = 0
+        refused_for_size = False
         for s in sent:
             stored += self._settle(s, channel, result)
+            refused_for_size |= _refused_for_size(s.delivery)
+        if refused_for_size:
+            # The topic's limit was lowered while running: read again before the answer, so
+            # the retry this delivery gets is dead-lettered or refused (final), not sent again
+            # to the same refusal for ever (a feed batch or call log retried in a loop).
+            with contextlib.suppress(TimeoutError):
+                await by_deadline(deadline, self._sink.relearn_limits())
         if stored:
             # One update per delivery, not per item: nothing can scrape between the two.
             self._sink.mark_reachable()
@@ -428,11 +439,11 @@ class Pipeline:
         error = delivery.exception()
         if error is not None:
             if too_large(error):
-                # The topic's limit was lowered below what was learned at start. Not a final
-                # answer: the broker refuses the whole batch, small records included.
+                # The topic's limit was lowered below what was learned. Not a final answer: the
+                # broker refuses the whole batch, small records included; submit reads it again.
                 flood.error(
                     "the broker refused a record for its size: the ingest topic's"
-                    " max.message.bytes was lowered while running; restart the bridge"
+                    " max.message.bytes was lowered while running; reading it again"
                 )
             self._fail("error", result)
             return False
@@ -528,6 +539,14 @@ def pipeline_for(
 def _over(limits: TopicLimits, *records: Record) -> list[str]:
     """The topics among the records' whose limit their record exceeds."""
     return [r.topic for r in records if record_size(r) > limits.limit(r.topic)]
+
+
+def _refused_for_size(delivery: asyncio.Future[Any]) -> bool:
+    """Whether the broker refused the record (its batch) for its size."""
+    if not delivery.done() or delivery.cancelled():
+        return False
+    error = delivery.exception()
+    return error is not None and too_large(error)
 
 
 def _noting_ack(settled: set[int], n: int) -> Callable[[asyncio.Future[Any]], None]:

@@ -76,6 +76,9 @@ INSYNC_REREAD_SECONDS = 30.0
 # whose packets are dropped holds it for as long as the try, and every connection the producer
 # needs meanwhile (to a partition's new leader) waits behind it.
 CONNECT_TRY_SECONDS = 2.0
+# At most one read of the ingest topic's limits per this after a size refusal: where they cannot
+# be read (no DescribeConfigs right), each refused delivery would open an admin client.
+RELEARN_EVERY_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -428,6 +431,9 @@ class KafkaSink:
         self._batch = settings.max_batch_bytes
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
+        # The read of its topics' limits after a size refusal: one for every delivery refused.
+        self._relearning: asyncio.Task[None] | None = None
+        self._relearnt = float("-inf")  # monotonic: when that read last ended
         self._wedged: tuple[AIOKafkaProducer, str] | None = None
         self.generation = 0  # the producers replaced so far
         self._last_ack = float("-inf")  # monotonic: Kafka's last acknowledgement of a record
@@ -486,6 +492,11 @@ class KafkaSink:
             await asyncio.wait({probe})
             if not probe.cancelled():
                 probe.result()
+        relearning, self._relearning = self._relearning, None
+        if relearning is not None and not relearning.done():
+            # Its rebuild would start a producer this stop never closes.
+            relearning.cancel()
+            await asyncio.wait({relearning})
         producer, self._producer = self._producer, None
         if producer is not None:
             # Bounded by the caller (the flush's share of the grace period): a stop cut there
@@ -533,6 +544,39 @@ class KafkaSink:
             # while the producer looks alive: only a new producer (id) starts a new sequence.
             self._wedged = (producer, type(error).__name__)
             self._wake.set()
+
+    async def relearn_limits(self) -> None:
+        """The broker refused a record of the topics the producer writes for its size: read their
+        max.message.bytes again, so the next such record is dead-lettered or refused unsent.
+
+        One read for the deliveries refused meanwhile; cancelling a wait leaves the read going.
+        """
+        if self._relearning is None or (
+            self._relearning.done() and time.monotonic() - self._relearnt >= RELEARN_EVERY_SECONDS
+        ):
+            self._relearning = asyncio.ensure_future(self._read_limits_again())
+        # Not shield: a read cancelled by a stop must not raise in the delivery waiting on it.
+        await asyncio.wait({self._relearning})
+
+    async def _read_limits_again(self) -> None:
+        names = list(self._batches_for)
+        if not names:
+            return
+        try:
+            configs = await self.learn_limits(names, writes=names)
+        except Exception as exc:  # the smaller batches' producer could not start: kept the old
+            log.warning(
+                "could not rebuild the ingest producer for the topic's smaller limit",
+                extra={"error": repr(exc)},
+            )
+            return
+        finally:
+            self._relearnt = time.monotonic()
+        if configs is not None:
+            log.warning(
+                "the ingest topic's max.message.bytes read again after a size refusal",
+                extra={"limits": {name: self.limits.limit(name) for name in names}},
+            )
 
     def mark_unreachable(self) -> None:
         """A publish timed out: unreachable until an ack or the probe says otherwise, unless

@@ -47,6 +47,29 @@ async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
     assert dead.json()["call"] == long_call
 
 
+async def test_an_ingest_limit_lowered_while_running_is_read_again_after_the_first_refusal(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    # Learned at start, then lowered: only the broker knows it. Pinecall's retry (and the feed's
+    # and a call log's, which retry for ever) was sent to the same refusal, answered 503 each
+    # time, and the event lost (or the feed stalled behind it).
+    await create_topic(kafka_bootstrap, topics.ingest, 3, {"max.message.bytes": "1048588"})
+    bridge: RunningBridge = await start_bridge()
+    await alter_topic(kafka_bootstrap, topics.ingest, {"max.message.bytes": "8000"})
+    # As above: too large as an event, its bytes fit as a dead letter.
+    big = entry(1, call="CA_" + "x" * 253, data={"text": "y" * 6800})
+    status, body = await bridge.post(big)
+    assert (status, body["failed"]) == (503, 1), body
+    status, body = await bridge.post(big)
+    assert (status, body["dead_lettered"], body["failed"]) == (202, 1, 0), body
+    status, body = await bridge.post(entry(2, call=unique_call, data={"text": "x" * 9000}))
+    assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
+    status, body = await bridge.post(entry(3, call=unique_call))
+    assert (status, body["accepted"]) == (200, 1), body
+    [dead] = await read_decided(kafka_bootstrap, topics, [topics.dlq])
+    assert dead.json() == big
+
+
 async def test_an_output_record_its_topic_refuses_does_not_wedge_the_dedup_partition(
     kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
 ) -> None:

@@ -37,6 +37,7 @@ class FakeSink:
         self.reachable: bool | None = None
         self.limits: TopicLimits | None = None  # checked as KafkaSink checks them
         self.generation = 0  # a test replacing the producer bumps it
+        self.relearned = 0  # the pipeline's asks to read the limits again
 
     async def send(self, record: Record) -> asyncio.Future[Any]:
         if self.block_send:
@@ -64,6 +65,9 @@ class FakeSink:
 
     def mark_reachable(self) -> None:
         self.reachable = True
+
+    async def relearn_limits(self) -> None:
+        self.relearned += 1
 
     def acked(self) -> list[Record]:
         return [

@@ -694,7 +694,7 @@ async def test_what_a_pipeline_serves_decides_its_records_marks_and_dead_letters
     assert (read.event_time is not None, read.redriven) == (timed, redriven)
 
 
-async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
+async def test_a_size_refusal_by_the_broker_is_retried_not_final_and_the_limit_read_again() -> None:
     # The broker refuses a whole batch for one record: the small ones must not get a final no.
     sink = FakeSink(auto_ack=False)
     pipeline, _ = make(sink)
@@ -704,6 +704,8 @@ async def test_a_size_refusal_by_the_broker_is_retried_not_final() -> None:
     delivery.set_exception(MessageSizeTooLargeError())
     result = await task
     assert (result.ok, result.failed, result.refused) == (False, 1, 0)
+    # Before the answer: the retry is then checked against the lowered limit, not refused again.
+    assert sink.relearned == 1
 
 
 async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
@@ -719,6 +721,7 @@ async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
     assert (result.accepted, result.failed) == (2, 1)
     assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 2
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 1
+    assert sink.relearned == 0  # no size refusal: the limits stand
 
 
 async def test_a_kafka_outage_logs_a_few_lines_and_counts_every_record(
