@@ -894,8 +894,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        assert isinstance(dotenv_settings, DotEnvSettingsSource)
-        _check_dotenv(dotenv_settings.env_file)
+        # The dotenv source knows an `_env_file` given at init; should pydantic-settings hand in
+        # another kind, the settings' own env_file is checked rather than failing at start-up.
+        if isinstance(dotenv_settings, DotEnvSettingsSource):
+            _check_dotenv(dotenv_settings.env_file)
+        else:
+            _check_dotenv(settings_cls.model_config.get("env_file"))
         return with_secret_files(init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="after")

@@ -4,14 +4,20 @@ Every rebalance under aiokafka's default (round robin) can move every partition:
 stage that is a restore per moved partition, for the feed lease a reconnect. Here each member
 reports the partitions it owns, keeps them as far as balance allows, and only the rest move.
 `keep_and_balance` is the pure decision; `StickyAssignor` adapts it to aiokafka's interface.
+`group_metadata` reads a member's generation and ids, for the dedup stage's commits and the feed
+lease's claim, from aiokafka privates (checked against aiokafka 0.14.0):
+``AIOKafkaConsumer._coordinator``: ``GroupCoordinator.generation`` (-1 outside a generation),
+``.member_id`` ("" when unknown), ``._group_instance_id``, ``.group_id``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
@@ -19,6 +25,9 @@ from aiokafka.coordinator.protocol import (
 )
 
 from bridge import jsoncodec
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,3 +235,39 @@ def member_options(client: Mapping[str, Any]) -> dict[str, Any]:
         "rebalance_timeout_ms": REBALANCE_TIMEOUT_MS,
         "request_timeout_ms": max(asked, REBALANCE_TIMEOUT_MS + 5_000),
     }
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """Who commits: the group, and the member's generation and ids in it."""
+
+    group_id: str
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None = None
+
+
+def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> GroupMetadata | None:
+    """The consumer's current generation and member id (None while it is in no generation)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    own_group = getattr(coordinator, "group_id", None)
+    if own_group is None:
+        return None  # not started, or a consumer without a group
+    if own_group != group_id:
+        raise ValueError(f"the consumer is in group {own_group!r}, not {group_id!r}")
+    generation = getattr(coordinator, "generation", None)
+    member_id = getattr(coordinator, "member_id", None)
+    if generation is None or member_id is None:
+        if "consumer" not in _warned:
+            _warned.add("consumer")
+            log.warning(
+                "aiokafka's group coordinator has no generation/member_id",
+                extra={"aiokafka_private": "consumer"},
+            )
+        return None
+    if not isinstance(generation, int) or generation < 0:
+        return None
+    if not isinstance(member_id, str) or not member_id:
+        return None
+    instance = getattr(coordinator, "_group_instance_id", None)
+    return GroupMetadata(group_id, generation, member_id, instance or None)

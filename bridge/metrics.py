@@ -291,6 +291,12 @@ class Metrics:
             "Ingest partitions this process owns and processes (restored and fenced in).",
             registry=r,
         )
+        self.dedup_partitions_held = Gauge(
+            f"{PREFIX}_dedup_partitions_held",
+            "Owned ingest partitions held at a record of a later release's format: nothing after it"
+            " is decided here until a pod of that release owns the partition.",
+            registry=r,
+        )
         self.dedup_partitions_starting = Gauge(
             f"{PREFIX}_dedup_partitions_starting",
             "Ingest partitions assigned to this process whose first start is under way (committed"

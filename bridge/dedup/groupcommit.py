@@ -10,8 +10,6 @@ v3 is defined here with aiokafka's protocol types and sent by aiokafka's own sen
 place of its v0 request. That takes aiokafka privates, all of them in this module, checked
 against aiokafka 0.14.0:
 
-- ``AIOKafkaConsumer._coordinator``: ``GroupCoordinator.generation`` (-1 outside a generation),
-  ``.member_id`` ("" when unknown), ``._group_instance_id``, ``.group_id``;
 - ``AIOKafkaProducer._sender``: ``Sender._do_txn_offset_commit(offsets, group_id)``, replaced on
   the one producer instance, and ``Sender._find_coordinator``, ``._coordinator_dead``,
   ``._txn_manager``, ``.client``, ``._retry_backoff``;
@@ -36,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.client import CoordinationType
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
@@ -59,6 +57,7 @@ from aiokafka.protocol.types import (
 )
 
 from bridge.dedup.protocol import topics_field
+from bridge.groups import GroupMetadata
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +90,6 @@ _CODE_NAMES = {
     FENCED_INSTANCE_ID: "FENCED_INSTANCE_ID",
 }
 _warned: set[str] = set()
-
-
-@dataclass(frozen=True)
-class GroupMetadata:
-    """Who commits: the group, and the member's generation and ids in it."""
-
-    group_id: str
-    generation_id: int
-    member_id: str
-    group_instance_id: str | None = None
 
 
 class GroupCommitFailedError(KafkaError):  # type: ignore[misc]
@@ -187,27 +176,6 @@ def partition_errors(response: Any) -> list[tuple[TopicPartition, int]]:
         for name, partitions, _tags in response.topics
         for partition, code, _ptags in partitions
     ]
-
-
-def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> GroupMetadata | None:
-    """The consumer's current generation and member id (None while it is in no generation)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    own_group = getattr(coordinator, "group_id", None)
-    if own_group is None:
-        return None  # not started, or a consumer without a group
-    if own_group != group_id:
-        raise ValueError(f"the consumer is in group {own_group!r}, not {group_id!r}")
-    generation = getattr(coordinator, "generation", None)
-    member_id = getattr(coordinator, "member_id", None)
-    if generation is None or member_id is None:
-        _warn_once("consumer", "aiokafka's group coordinator has no generation/member_id")
-        return None
-    if not isinstance(generation, int) or generation < 0:
-        return None
-    if not isinstance(member_id, str) or not member_id:
-        return None
-    instance = getattr(coordinator, "_group_instance_id", None)
-    return GroupMetadata(group_id, generation, member_id, instance or None)
 
 
 UnknownAction = Literal["retry", "leave_out", "abort"]

@@ -51,7 +51,6 @@ from aiokafka.errors import (
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
-from bridge.dedup.groupcommit import group_metadata
 from bridge.dedup.kept import Kept, choose
 from bridge.dedup.offsetmark import judge
 from bridge.dedup.ownership import PartitionListener
@@ -64,6 +63,7 @@ from bridge.groups import (
     Claim,
     GrowthWatch,
     StickyAssignor,
+    group_metadata,
     leave_when_stopped,
     member_options,
     rejoin,
@@ -202,6 +202,15 @@ class DedupStage:
         # the group may have handed them to another member already.
         metrics.dedup_partitions_owned.set_function(
             lambda: 0 if self._session.expired(time.monotonic()) else len(self._tasks)
+        )
+        # Read at each scrape, so it follows a hold's start, its end (a catch-up or a skip moves
+        # past it) and the revocation that takes the task.
+        metrics.dedup_partitions_held.set_function(
+            lambda: (
+                0
+                if self._session.expired(time.monotonic())
+                else sum(1 for t in self._tasks.values() if t.held)
+            )
         )
         metrics.dedup_partitions_starting.set_function(
             lambda: 0 if self._session.expired(time.monotonic()) else len(self._first_attempts)
@@ -853,6 +862,7 @@ class DedupStage:
             ):
                 return False
             self._tasks[task.tp] = task
+            task.say_owned()  # only here: a start declined above was never owned
             # Owned now: counted there, not twice while its mark step below awaits.
             if self._resuming.get(task.tp) is task:
                 del self._resuming[task.tp]

@@ -72,6 +72,7 @@ class PartitionTask:
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
         self._restore_slots = restore_slots
+        self._restored: dict[str, Any] = {"partition": tp.partition}  # what say_owned tells
 
     @property
     def held(self) -> bool:
@@ -140,22 +141,23 @@ class PartitionTask:
         return ids
 
     def _owned(self, kind: str, started: float, ids: int, **extra: Any) -> None:
-        """Time and say a `kind` restore that read `ids` ids: the reads' work, done even for a
-        start the stage then declines (no longer owned), which dedup_restores does not count."""
+        """Time a `kind` restore that read `ids` ids: the reads' work, done even for a start the
+        stage then declines (no longer owned), which dedup_restores does not count."""
         elapsed = time.monotonic() - started
         self._metrics.dedup_restore_duration.observe(elapsed)
         self._metrics.dedup_restored_ids.inc(ids)
-        log.info(
-            "dedup partition owned",
-            extra={
-                "partition": self.tp.partition,
-                "offset": self.position,
-                "restore": kind,
-                "restored_ids": ids,
-                "restore_s": round(elapsed, 3),
-                **extra,
-            },
-        )
+        self._restored = {
+            "partition": self.tp.partition,
+            "offset": self.position,
+            "restore": kind,
+            "restored_ids": ids,
+            "restore_s": round(elapsed, 3),
+            **extra,
+        }
+
+    def say_owned(self) -> None:
+        """Log the partition owned, with its restore's figures: the stage installed this task."""
+        log.info("dedup partition owned", extra=self._restored)
 
     @contextlib.asynccontextmanager
     async def _restore_turn(self) -> AsyncIterator[None]:

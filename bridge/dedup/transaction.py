@@ -37,7 +37,7 @@ from aiokafka.errors import (
 
 from bridge.config import DedupSettings
 from bridge.deadline import by_deadline
-from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer, GroupMetadata
+from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer
 from bridge.dedup.offsetmark import mark
 from bridge.dedup.refusals import (
     REFUSALS,
@@ -47,6 +47,7 @@ from bridge.dedup.refusals import (
     refused_wait,
     write_refusal,
 )
+from bridge.groups import GroupMetadata
 from bridge.ingest.record import IngestEntry
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all

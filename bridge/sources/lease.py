@@ -21,8 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from bridge.dedup.groupcommit import group_metadata
-from bridge.groups import Claim, StickyAssignor, member_options
+from bridge.groups import Claim, StickyAssignor, group_metadata, member_options
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,

@@ -130,11 +130,13 @@ class _Opened:
     on_taken: Callable[[], None] | None = None
 
     def awaiting_answer(self) -> bool:
-        if self.answer_by is not None and time.monotonic() >= self.answer_by:
-            self.answer_by = None
-        if self.answer_by is None:
-            self.taken()
-        return self.answer_by is not None
+        """The subscription's answer is still awaited: not given, its window not over. Pure."""
+        return self.answer_by is not None and time.monotonic() < self.answer_by
+
+    def settle(self) -> None:
+        """The answer is no longer awaited (given, or its window over): tell `on_taken`."""
+        self.answer_by = None
+        self.taken()
 
     def taken(self) -> None:
         """Tell `on_taken`, once."""
@@ -383,7 +385,8 @@ class WebSocketSource:
                     self.connected = True
                     if self._on_connected is not None:
                         opened.on_taken = partial(self._on_connected, time.time())
-                        opened.awaiting_answer()  # a refresh's successor: answered already
+                        if not opened.awaiting_answer():  # a refresh's successor: answered
+                            opened.settle()
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
@@ -684,6 +687,7 @@ class WebSocketSource:
     def _answer(self, opened: _Opened, frame: Frame) -> None:
         """Note the subscription's answer in `frame`, if awaited; raise if it is a refusal."""
         if not opened.awaiting_answer():
+            opened.settle()
             return
         if frame.kind == "control" and frame.detail == "error":
             reason = hidden(
@@ -693,8 +697,7 @@ class WebSocketSource:
         # An event says the feed sends to this connection, as an ack does; an untyped object
         # may be a refusal in another shape, and says nothing.
         if (frame.kind == "event" and frame.detail != UNTYPED) or frame.detail in SUBSCRIBED_TYPES:
-            opened.answer_by = None
-            opened.taken()
+            opened.settle()
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
@@ -871,6 +874,7 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     if received is None or closed.rcvd_then_sent is False or opened.replaced:
         return None
     if not opened.awaiting_answer():
+        opened.settle()
         return None
     if received.code in AUTH_CLOSE_CODES or received.code in SERVER_CLOSE_CODES:
         return None

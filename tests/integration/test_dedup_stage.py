@@ -23,10 +23,10 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
-from bridge.dedup.groupcommit import GroupMetadata, group_metadata
 from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
+from bridge.groups import GroupMetadata, group_metadata
 from bridge.ingest import record as ingest_record
 from bridge.metrics import Metrics
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits

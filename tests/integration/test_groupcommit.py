@@ -22,10 +22,9 @@ from bridge.dedup.groupcommit import (
     UNKNOWN_MEMBER_ID,
     GroupCommitFailedError,
     GroupCommitProducer,
-    GroupMetadata,
-    group_metadata,
 )
 from bridge.dedup.offsetmark import mark
+from bridge.groups import GroupMetadata, group_metadata
 from tests.integration.conftest import (
     Topics,
     admin_client,

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic_settings import EnvSettingsSource
 
 from bridge.config import (
     ConfigError,
@@ -142,6 +143,14 @@ def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
 def test_a_dotenv_file_that_is_not_utf8_is_named_as_such() -> None:
     Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=fromfile\n", encoding="utf-16")
     assert problems() == [".env cannot be read: it is not UTF-8 text (save it as UTF-8)"]
+
+
+def test_the_dotenv_check_holds_whatever_source_pydantic_settings_hands_in() -> None:
+    # It was an assert on the source's class: gone under -O, else an AssertionError at start-up.
+    Path(".env").mkdir()
+    other = EnvSettingsSource(Settings)
+    with pytest.raises(ConfigError, match="it is a directory"):
+        Settings.settings_customise_sources(Settings, other, other, other, other)
 
 
 def test_a_dotenv_that_is_no_file_is_named_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ import importlib.metadata
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.coordinator.protocol import (
@@ -12,11 +13,14 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.protocol.group import LeaveGroupRequest
 
+from bridge import groups
 from bridge.groups import (
     REBALANCE_TIMEOUT_MS,
     Claim,
+    GroupMetadata,
     GrowthWatch,
     StickyAssignor,
+    group_metadata,
     keep_and_balance,
     leave_when_stopped,
     member_options,
@@ -214,3 +218,45 @@ def test_a_growth_the_group_rebalanced_for_asks_for_nothing() -> None:
     watch.assigned(8)  # the leader's rebalance took them on
     assert not watch.due(8, 30.0)
     assert not watch.due(None, 60.0)  # the topic's metadata unknown for now
+
+
+GROUP = "dedup"
+
+
+def consumer(**coordinator: Any) -> Any:
+    return SimpleNamespace(_coordinator=SimpleNamespace(**coordinator))
+
+
+def test_group_metadata_reads_the_joined_consumer() -> None:
+    joined = consumer(group_id=GROUP, generation=7, member_id="member-1", _group_instance_id=None)
+    assert group_metadata(joined, GROUP) == GroupMetadata(GROUP, 7, "member-1")
+    static = consumer(group_id=GROUP, generation=2, member_id="m", _group_instance_id="pod-3")
+    assert group_metadata(static, GROUP) == GroupMetadata(GROUP, 2, "m", "pod-3")
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        consumer(group_id=GROUP, generation=-1, member_id="", _group_instance_id=None),
+        consumer(group_id=GROUP, generation=-1, member_id="member-1"),
+        consumer(group_id=GROUP, generation=3, member_id=""),
+        SimpleNamespace(_coordinator=None),
+        SimpleNamespace(),
+        consumer(group_id=None),  # aiokafka's NoGroupCoordinator: no generation at all
+    ],
+)
+def test_group_metadata_is_none_outside_a_generation(outside: Any) -> None:
+    assert group_metadata(outside, GROUP) is None
+
+
+def test_group_metadata_warns_when_aiokafka_keeps_no_generation(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(groups, "_warned", set())
+    assert group_metadata(consumer(group_id=GROUP), GROUP) is None
+    assert "no generation" in caplog.text
+
+
+def test_group_metadata_refuses_another_group() -> None:
+    with pytest.raises(ValueError, match="other"):
+        group_metadata(consumer(group_id="other", generation=1, member_id="m"), GROUP)

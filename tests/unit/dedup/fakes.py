@@ -11,8 +11,9 @@ from typing import Any, cast
 from aiokafka import TopicPartition
 
 from bridge.config import DedupSettings
-from bridge.dedup.groupcommit import GroupCommitProducer, GroupMetadata
+from bridge.dedup.groupcommit import GroupCommitProducer
 from bridge.dedup.transaction import StageProducer
+from bridge.groups import GroupMetadata
 from bridge.ingest.record import TOPIC, VERSION, IngestEntry, decode, encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits

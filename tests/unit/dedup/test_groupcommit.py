@@ -29,15 +29,14 @@ from bridge.dedup.groupcommit import (
     GroupCommitFailedError,
     GroupCommitHandler,
     GroupCommitProducer,
-    GroupMetadata,
     GroupTxnOffsetCommit,
     TxnOffsetCommitRequestV3,
     TxnOffsetCommitResponseV3,
     UnknownPartitions,
-    group_metadata,
     partition_errors,
     unknown_partition_action,
 )
+from bridge.groups import GroupMetadata
 from tests.sockets import refusing_address
 
 GROUP = "dedup"
@@ -262,45 +261,6 @@ async def test_a_fenced_producer_is_fatal(pending: Pending, code: int, fatal: ty
 async def test_an_unexpected_error_is_raised(pending: Pending) -> None:
     with pytest.raises(InvalidRequestError):
         pending.answer(42)
-
-
-def consumer(**coordinator: Any) -> Any:
-    return SimpleNamespace(_coordinator=SimpleNamespace(**coordinator))
-
-
-def test_group_metadata_reads_the_joined_consumer() -> None:
-    joined = consumer(group_id=GROUP, generation=7, member_id="member-1", _group_instance_id=None)
-    assert group_metadata(joined, GROUP) == META
-    static = consumer(group_id=GROUP, generation=2, member_id="m", _group_instance_id="pod-3")
-    assert group_metadata(static, GROUP) == GroupMetadata(GROUP, 2, "m", "pod-3")
-
-
-@pytest.mark.parametrize(
-    "outside",
-    [
-        consumer(group_id=GROUP, generation=-1, member_id="", _group_instance_id=None),
-        consumer(group_id=GROUP, generation=-1, member_id="member-1"),
-        consumer(group_id=GROUP, generation=3, member_id=""),
-        SimpleNamespace(_coordinator=None),
-        SimpleNamespace(),
-        consumer(group_id=None),  # aiokafka's NoGroupCoordinator: no generation at all
-    ],
-)
-def test_group_metadata_is_none_outside_a_generation(outside: Any) -> None:
-    assert group_metadata(outside, GROUP) is None
-
-
-def test_group_metadata_warns_when_aiokafka_keeps_no_generation(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(groupcommit, "_warned", set())
-    assert group_metadata(consumer(group_id=GROUP), GROUP) is None
-    assert "no generation" in caplog.text
-
-
-def test_group_metadata_refuses_another_group() -> None:
-    with pytest.raises(ValueError, match="other"):
-        group_metadata(consumer(group_id="other", generation=1, member_id="m"), GROUP)
 
 
 async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> None:

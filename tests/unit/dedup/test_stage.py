@@ -24,7 +24,7 @@ from bridge.dedup import committed as committed_module
 from bridge.dedup import stage as stage_module
 from bridge.dedup import transaction as transaction_module
 from bridge.dedup.committed import Found
-from bridge.dedup.groupcommit import GroupCommitFailedError, GroupMetadata
+from bridge.dedup.groupcommit import GroupCommitFailedError
 from bridge.dedup.kept import Choice, Kept, choose
 from bridge.dedup.offsetmark import mark
 from bridge.dedup.restore import GapUnreadableError
@@ -39,7 +39,7 @@ from bridge.dedup.stage import (
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
-from bridge.groups import Claim, GrowthWatch, StickyAssignor
+from bridge.groups import Claim, GroupMetadata, GrowthWatch, StickyAssignor
 from bridge.groupsession import Session
 from bridge.metrics import Metrics
 from tests.metrics import sample
@@ -74,9 +74,13 @@ class FakeTask:
         self.last_appended_at: float | None = None
         self.unmarked = False
         self.label = str(partition)
+        self.held = False
 
     def committed(self) -> None:
         self.commits += 1
+
+    def say_owned(self) -> None:
+        """Logged by a real task; nothing to say here."""
 
 
 def no_metadata(topic: str) -> set[int] | None:
@@ -887,6 +891,20 @@ async def test_a_partition_held_at_a_later_format_is_paused_and_not_drained_for(
     assert left.records_left == consumer.count - 3  # type: ignore[attr-defined]
 
 
+async def test_a_partition_held_at_a_later_format_is_counted_until_it_is_revoked() -> None:
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=10, later=3)
+    held = "pinecall_bridge_dedup_partitions_held"
+    assert sample(h.metrics, held) == 0
+    task = running_over(h, consumer)
+    await until(lambda: task.held, what="the hold")
+    assert sample(h.metrics, held) == 1
+    await h.stage.revoked({tp(1)})
+    assert sample(h.metrics, held) == 0
+    async with asyncio.timeout(10):
+        await h.stage.stop()
+
+
 async def test_a_drain_whose_end_offsets_never_come_ends_at_its_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1468,6 +1486,31 @@ async def test_a_full_restore_declined_counts_no_start(monkeypatch: pytest.Monke
     await asyncio.gather(*h.stage._starting.values())
     assert h.owned() == []
     assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind="full") == 0
+
+
+@pytest.mark.parametrize("declined", [True, False], ids=["declined", "installed"])
+async def test_a_partition_is_said_owned_only_once_its_start_is_installed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, declined: bool
+) -> None:
+    # A start the group moved on from meanwhile was logged as owned, by this and its next owner.
+    caplog.set_level(logging.INFO, logger="bridge.dedup.task")
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    h.stage._running = True
+
+    async def replay(self: PartitionTask, end: int, since: Kept | None = None) -> int:
+        if declined:
+            h.stage._epoch += 1  # revoked while it restored
+        return 0
+
+    monkeypatch.setattr(PartitionTask, "_replay", replay)
+    read_marked(monkeypatch, h, {tp(3): 30})
+    h.stage._launch(tp(3))
+    await asyncio.gather(*h.stage._starting.values())
+    said = [r for r in caplog.records if r.getMessage() == "dedup partition owned"]
+    assert [(r.partition, r.offset) for r in said] == (  # type: ignore[attr-defined]
+        [] if declined else [(3, 30)]
+    )
+    assert (tp(3) in h.stage._tasks) is not declined
 
 
 @pytest.mark.parametrize(
