@@ -245,9 +245,18 @@ def _send(args: argparse.Namespace) -> int:
     body = args.body.encode() if args.body else jsoncodec.dumps(sample_event())
     secret = _given_secret(args)
     if secret is None:
-        settings = _settings_or_exit()
+        # A tool's settings: the serving refusal of a missing secret names no option of send's.
+        settings = _settings_or_exit(serving=False)
         _configure_logging(settings)
         secret = settings.webhook.signing_secret
+        if not secret and not settings.webhook.allow_unsigned:
+            print(
+                "pinecall-bridge send: no webhook secret to sign with: pass --secret-file PATH"
+                " (or --secret), or set BRIDGE_WEBHOOK__SECRETS; for local testing only,"
+                " BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     signature = signature_header(secret.encode(), body, bare=args.bare)
     if args.curl:
         print(
@@ -571,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=8765,
         help="the simulated Pinecall's port (default: %(default)s)",
     )
-    demo.add_argument("--seed", type=int)
+    demo.add_argument(
+        "--seed", type=int, help="seed the simulated calls, to play the same ones again"
+    )
     demo.set_defaults(func=_demo)
 
     backfill = commands.add_parser(
@@ -629,9 +640,21 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         prefix_chars="\0",
     )
-    simulate.add_argument("args", nargs=argparse.REMAINDER)
+    simulate.add_argument("args", nargs=argparse.REMAINDER, help="the simulator's own options")
     simulate.set_defaults(func=_simulate)
+    _describe_by_help(parser)
     return parser
+
+
+def _describe_by_help(parser: argparse.ArgumentParser) -> None:
+    """Give each subcommand without a description its one-line help as one, for its own --help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                command = action.choices[choice.dest]
+                if command.description is None:
+                    command.description = choice.help
+                _describe_by_help(command)
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended

@@ -64,9 +64,9 @@ UNTIL_SLACK_SECONDS = 600.0
 class Progress(Protocol):
     """What the redrive reports as it goes (a rich progress bar, or nothing)."""
 
-    def records_found(self, total: int) -> None: ...
+    def offsets_found(self, total: int) -> None: ...
 
-    def records_read(self, done: int) -> None: ...
+    def offsets_read(self, done: int) -> None: ...
 
     def offered(self, count: int) -> None: ...
 
@@ -74,10 +74,10 @@ class Progress(Protocol):
 class NoProgress:
     """No bar: library use and tests."""
 
-    def records_found(self, total: int) -> None:
+    def offsets_found(self, total: int) -> None:
         pass
 
-    def records_read(self, done: int) -> None:
+    def offsets_read(self, done: int) -> None:
         pass
 
     def offered(self, count: int) -> None:
@@ -235,7 +235,7 @@ async def _read(
         # No record as recent as `since`: nothing to read there.
         starts[tp] = ends[tp] if at is None else min(at.offset, ends[tp])
         consumer.seek(tp, starts[tp])
-    progress.records_found(sum(ends[tp] - starts[tp] for tp in partitions))
+    progress.offsets_found(sum(ends[tp] - starts[tp] for tp in partitions))
     # aiokafka retries a lost broker forever and getmany then answers empty: without a bound
     # the command would wait for ever instead of failing.
     stall_limit = 2 * kafka.request_timeout_ms / 1000
@@ -243,7 +243,7 @@ async def _read(
     while True:
         positions = {tp: min(await consumer.position(tp), ends[tp]) for tp in partitions}
         done = sum(positions[tp] - starts[tp] for tp in partitions)
-        progress.records_read(done)
+        progress.offsets_read(done)
         left = [tp for tp in partitions if positions[tp] < ends[tp]]
         if not left:
             return
@@ -264,7 +264,7 @@ async def _read(
                 if past_the_end(m.timestamp / 1000, until):
                     ends[tp] = m.offset  # what follows it is later still: not read
                     consumer.pause(tp)
-                    progress.records_found(sum(ends[p] - starts[p] for p in partitions))
+                    progress.offsets_found(sum(ends[p] - starts[p] for p in partitions))
                     break
                 letters.append(DeadLetter.of(m.value, m.headers, m.timestamp))
         yield letters
@@ -277,15 +277,16 @@ def past_the_end(timestamp: float, until: float | None) -> bool:
 
 
 class BarProgress:
-    """The dead-letter records read on the bar, those offered to the ingest topic beside it."""
+    """The dead-letter topic's offsets read on the bar, events offered to the ingest topic beside
+    it."""
 
     def __init__(self, bar: CountedBar) -> None:
         self._bar = bar
 
-    def records_found(self, total: int) -> None:
+    def offsets_found(self, total: int) -> None:
         self._bar.total(total)
 
-    def records_read(self, done: int) -> None:
+    def offsets_read(self, done: int) -> None:
         self._bar.completed(done)
 
     def offered(self, count: int) -> None:
@@ -304,8 +305,10 @@ def run_redrive(
             " again, with the same CloudEvent ids",
             highlight=False,
         )
+    # Offsets, not dead letters: each transaction's commit marker takes one too (5 dead letters
+    # may end at offset 10), and counting records instead would cost a read of them all first.
     with counted_bar(
-        console, "dead letters", None, unit="records", counted="offered to the ingest topic"
+        console, "dead-letter topic", None, unit="offsets", counted="offered to the ingest topic"
     ) as bar:
         report = asyncio.run(
             redrive(settings, selection, dry_run=dry_run, progress=BarProgress(bar))

@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve = parser.add_argument_group("server")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8765, help="0: any free port")
-    serve.add_argument("--api-key", default="sim-api-key")
+    serve.add_argument("--api-key", default="sim-api-key", help="the key the API accepts")
     serve.add_argument("--token-ttl", type=float, default=300.0, help="seconds")
     serve.add_argument(
         "--ws-auth-failure",
@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="as Pinecall: a retry only after a transport error or a 5xx; a 4xx is final",
     )
-    hooks.add_argument("--delivery-concurrency", type=int, default=64)
+    hooks.add_argument(
+        "--delivery-concurrency", type=int, default=64, help="webhook posts in flight at once"
+    )
 
     traffic = parser.add_argument_group("traffic")
     traffic.add_argument("--calls", type=int, default=20, help="0: serve only")
@@ -171,8 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     logs = parser.add_argument_group("logs")
-    logs.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    logs.add_argument("--log-format", default="console", choices=("console", "json"))
+    logs.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the least severe level logged",
+    )
+    logs.add_argument(
+        "--log-format", default="console", choices=("console", "json"), help="how lines look"
+    )
     return parser
 
 

@@ -131,7 +131,7 @@ async def test_events_still_too_large_are_counted_and_left_in_the_dlq_the_rest_p
     assert code == 0, said
     assert "3 the bridge reads now: 1 offered to the ingest topic, 0 dropped by routing," in said
     # The bar counts what was offered too: not those still too large, never offered.
-    assert "records, 1 offered to the ingest topic" in said
+    assert "offsets, 1 offered to the ingest topic" in said
     assert "2 still too large for Kafka:" in said
     # Each topic to raise named, the one too large for both under both.
     assert f"1 too large for the ingest topic {topics.ingest}: raise its max.message.bytes" in said

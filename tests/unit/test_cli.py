@@ -1,3 +1,4 @@
+import argparse
 import gc
 import hashlib
 import hmac
@@ -340,6 +341,20 @@ def test_an_unreadable_or_empty_secret_file_exits_2_and_both_flags_are_refused(
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def test_send_without_a_secret_names_its_own_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The serving refusal named only the variables: not the options on the command line itself.
+    assert main(["send", "--curl"]) == 2
+    err = capsys.readouterr().err
+    assert "--secret-file PATH (or --secret), or set BRIDGE_WEBHOOK__SECRETS" in err
+    assert "BRIDGE_WEBHOOK__ALLOW_UNSIGNED=true" in err
+    # Unsigned allowed (a local bridge that checks nothing): sent as before.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__ALLOW_UNSIGNED", "true")
+    assert main(["send", "--curl"]) == 0
+    assert "X-Pinecall-Signature: sha256=" in capsys.readouterr().out
+
+
 def test_send_reports_unreachable_bridge(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["send", "--secret", "k", "--url", f"http://{NOWHERE}/x"]) == 1
     assert "could not reach" in capsys.readouterr().err
@@ -678,6 +693,33 @@ def test_help_describes_commands_and_defaults(
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
     for words in said:
         assert words in text, text
+
+
+def unhelped(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Each subcommand, option or argument under `parser` that its --help shows without a
+    description or help text, by its path of command names."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                command = action.choices[choice.dest]
+                if not choice.help:
+                    missing.append(f"{path} {choice.dest}: no one-line help")
+                if not command.description:
+                    missing.append(f"{path} {choice.dest}: no description of its own --help")
+                missing += unhelped(command, f"{path} {choice.dest}")
+        elif not action.help:
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}: no help")
+    return missing
+
+
+def test_every_command_and_option_has_help() -> None:
+    from bridge.cli import build_parser
+    from bridge.simulator.command import build_parser as simulator_parser
+
+    # `simulate` hands its arguments to the simulator's own parser: walked as well.
+    assert unhelped(build_parser(), "pinecall-bridge") == []
+    assert unhelped(simulator_parser(), "pinecall-bridge simulate") == []
 
 
 def test_check_says_where_each_secret_comes_from_without_its_value(

@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from bridge.pipeline import BatchResult
 from bridge.redrive import (
     SHOWN_CALLS,
     UNTIL_SLACK_SECONDS,
+    Progress,
     RedriveReport,
     past_the_end,
     run_redrive,
@@ -28,9 +30,18 @@ from tests.unit.fakes import GoneKafka
 
 
 def told(
-    monkeypatch: pytest.MonkeyPatch, since: float, report: RedriveReport, *, dry_run: bool = False
+    monkeypatch: pytest.MonkeyPatch,
+    since: float,
+    report: RedriveReport,
+    *,
+    dry_run: bool = False,
+    shown: Callable[[Progress], None] = lambda _: None,
 ) -> tuple[int, str]:
-    async def done(*_: Any, **__: Any) -> RedriveReport:
+    """run_redrive's exit status and output, its read replaced by `report` (and, on the bar,
+    whatever `shown` reports)."""
+
+    async def done(*_: Any, progress: Progress, **__: Any) -> RedriveReport:
+        shown(progress)
         return report
 
     monkeypatch.setattr(redrive, "redrive", done)
@@ -53,6 +64,22 @@ def test_a_redrive_reaching_past_the_dedup_window_says_it_publishes_again(
     # A dry run publishes nothing: nothing to warn of.
     dry = told(monkeypatch, time.time() - 7 * 86_400, RedriveReport(dry_run=True), dry_run=True)
     assert "CloudEvent ids" not in dry[1]
+
+
+def test_the_bar_counts_offsets_not_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 dead letters, each in its own transaction: 10 offsets, a commit marker after each.
+    def read_five(progress: Progress) -> None:
+        progress.offsets_found(10)
+        progress.offsets_read(10)
+        progress.offered(5)
+
+    five = RedriveReport(read=5, selected=5, redriven=5, submitted=BatchResult(accepted=5))
+    code, out = told(monkeypatch, time.time() - 60, five, shown=read_five)
+    assert code == 0
+    said = " ".join(out.split())
+    assert "10/10 offsets, 5 offered to the ingest topic" in said
+    assert "records" not in said  # "10/10 records" read as 10 dead letters
+    assert "5 dead letters read, 5 selected" in said
 
 
 def test_kafka_failing_exits_1_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
