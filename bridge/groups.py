@@ -196,6 +196,9 @@ class GrowthWatch:
     longer than the leader takes to rebalance for them. A static leader restarted within its
     session is answered as a follower (aiokafka's JoinGroup v5: no KIP-814), so no member
     watched: partitions added meanwhile were owned by nobody until some other rebalance.
+    The rejoin rebalances a stable group: the restarted member is still the coordinator's
+    leader, and another member's claim changed since its join (a follower joining with
+    unchanged metadata is only handed the current assignment: tests/integration/test_groups.py).
     """
 
     grace: float  # seconds: past the leader's metadata refresh and its rebalance

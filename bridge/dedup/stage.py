@@ -732,6 +732,8 @@ class DedupStage:
         # The leader's count (this member's metadata may not show its growth yet), else ours.
         over = self._assignor.assigned_over
         self._growth.assigned(over if over is not None else self._ingest_partitions())
+        # Renewed at every assignment, so the claim differs from the one this member last
+        # joined with: the coordinator rebalances a follower's rejoin (GrowthWatch) only then.
         self._assigned = {tp.partition for tp in assigned}
         self._assigned_since = int(time.time() * 1000)
         if self.listener is not None:
