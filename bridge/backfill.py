@@ -85,6 +85,8 @@ class CallOutcome:
     live: bool = False
     error: str | None = None
     key_refused: bool = False  # a 401: the key, not this call, was refused
+    # Kafka did not take its entries after every retry: the ingest topic, not this call, failed.
+    kafka_failed: bool = False
 
 
 @dataclass(slots=True)
@@ -93,7 +95,8 @@ class BackfillReport:
     list_error: str | None = None  # `--since`: the call list could not be read
     # `--since`: the list's page cap came first; the call id older calls are listed `before`.
     list_more: str | None = None
-    # After a 401 the calls left are not asked for: each would only be refused in turn.
+    # After a 401, or entries Kafka did not take, the calls left are not asked for: each would
+    # only fail in turn (against a Kafka gone away, after a full round of retries each).
     not_asked: list[str] = field(default_factory=list)
     stop_error: str | None = None  # what the producer held at the end was not delivered
 
@@ -110,6 +113,10 @@ class BackfillReport:
     @property
     def key_refused(self) -> bool:
         return any(outcome.key_refused for outcome in self.calls)
+
+    @property
+    def kafka_failed(self) -> bool:
+        return any(outcome.kafka_failed for outcome in self.calls)
 
     @property
     def entries(self) -> int:
@@ -153,10 +160,13 @@ async def backfill_calls(
                 wanted = list(dict.fromkeys([*wanted, *listed]))
             shown.calls_found(len(wanted))
             for index, call in enumerate(wanted):
-                if report.key_refused:
+                if report.key_refused or report.kafka_failed:
                     report.not_asked = wanted[index:]
                     log.error(
-                        "Pinecall refuses the API key: the calls left are not asked for",
+                        "Pinecall refuses the API key: the calls left are not asked for"
+                        if report.key_refused
+                        else "Kafka did not take a call's entries: the calls left are not asked"
+                        " for",
                         extra={"count": len(report.not_asked)},
                     )
                     break
@@ -208,6 +218,7 @@ async def _backfill_call(
                         outcome.error = "Kafka did not take every entry: " + ", ".join(
                             sorted(result.failure_reasons)
                         )
+                        outcome.kafka_failed = True
                         return outcome
                     outcome.entries += len(page.entries)
                     progress.entries_read(call, len(page.entries))
@@ -328,9 +339,13 @@ def run_backfill(
         console.print(f"[red]error[/]: {report.stop_error}", highlight=False)
     if report.not_asked:
         shown = ", ".join(report.not_asked[:10]) + (", …" if len(report.not_asked) > 10 else "")
+        if report.key_refused:
+            why, fix = "Pinecall refused the API key (401)", "fix BRIDGE_PINECALL__API_KEY"
+        else:
+            why, fix = "Kafka did not take a call's entries", "once Kafka is back, run"
         console.print(
-            f"[red]{len(report.not_asked)} calls not read[/]: Pinecall refused the API key (401),"
-            f" so they were not asked for ({shown}); fix BRIDGE_PINECALL__API_KEY and run again",
+            f"[red]{len(report.not_asked)} calls not read[/]: {why}, so they were not asked for"
+            f" ({shown}); {fix} again",
             highlight=False,
         )
     for outcome in report.calls:

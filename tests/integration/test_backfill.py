@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
-from bridge.backfill import backfill_calls, run_backfill
+from bridge.backfill import NoProgress, backfill_calls, run_backfill
 from bridge.simulator import Simulator
 from bridge.sources.calllog import calllist
 from tests.integration.conftest import (
+    Broker,
     Topics,
     bridge_settings,
+    create_topic,
+    own_broker,
     read_decided,
 )
 
@@ -157,3 +162,45 @@ async def test_a_refused_key_is_asked_once_and_the_command_fails_naming_the_call
     assert "2 calls not read: Pinecall refused the API key (401)" in out.getvalue()
     assert f"({calls[1]}, {calls[2]})" in out.getvalue()
     assert await read_decided(kafka_bootstrap, topics, [topics.events]) == []
+
+
+class StopKafkaAfterFirstCall(NoProgress):
+    """Makes the broker unresponsive once the first call's entries are in Kafka."""
+
+    def __init__(self, broker: Broker, stack: contextlib.ExitStack) -> None:
+        self._broker = broker
+        self._stack = stack
+        self._stopped = False
+
+    def call_done(self, call: str) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._stack.enter_context(self._broker.unresponsive())
+
+
+@pytest.mark.timeout(240)
+async def test_kafka_gone_mid_backfill_fails_the_call_and_asks_for_no_more(
+    simulator: Simulator, topics: Topics, tmp_path: Path
+) -> None:
+    # Each call left was still read and offered to the dead Kafka, five times over: about 20 s
+    # a call here, hours for a --since of hundreds of calls, before the command said anything.
+    report = await simulator.run_traffic(calls=4, channel="sse", seed=4040)
+    calls = sorted({record["call"] for record in report.records})
+    with own_broker(tmp_path) as broker:
+        await create_topic(broker.bootstrap, topics.ingest, 3)
+        settings = bridge_settings(
+            broker.bootstrap,
+            topics,
+            kafka={"publish_timeout_seconds": 1},
+            pinecall={"api_url": simulator.url, "api_key": "sim-api-key"},
+        )
+        with contextlib.ExitStack() as stack:
+            outcome = await backfill_calls(
+                settings, calls, progress=StopKafkaAfterFirstCall(broker, stack)
+            )
+    assert [o.call for o in outcome.calls] == calls[:2]
+    first, second = outcome.calls
+    assert first.error is None
+    assert (second.error or "").startswith("Kafka did not take every entry")
+    assert outcome.not_asked == calls[2:]
+    assert not outcome.ok

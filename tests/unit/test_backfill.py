@@ -119,6 +119,24 @@ def test_the_command_names_the_calls_a_refused_key_left_unread_and_fails(
     assert "(CA_2, CA_3)" in out.getvalue()
 
 
+def test_the_command_blames_kafka_not_the_key_for_the_calls_a_kafka_failure_left_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed = CallOutcome("CA_1", error="Kafka did not take every entry: timeout", kafka_failed=True)
+
+    async def failed_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(calls=[failed], not_asked=["CA_2"])
+
+    monkeypatch.setattr(backfill, "backfill_calls", failed_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]})
+    assert run_backfill(settings, ["CA_1", "CA_2"], Console(file=out, width=400)) == 1
+    said = out.getvalue()
+    assert "1 calls not read: Kafka did not take a call's entries" in said
+    assert "once Kafka is back, run again" in said
+    assert "API key" not in said
+
+
 async def test_a_list_cut_short_by_its_page_cap_fails_and_says_how_to_go_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
