@@ -31,9 +31,9 @@ from aiokafka import TopicPartition
 
 from bench.handlerpath import Outcome, _patched, _run, report
 from bridge.config import DedupSettings
-from bridge.dedup.groupcommit import GroupMetadata
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, _Transaction
+from bridge.groups import GroupMetadata
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.sink.limits import TopicLimits
