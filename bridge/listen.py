@@ -38,3 +38,28 @@ async def start(runner: web.BaseRunner, host: str, port: int, *, reuse_port: boo
         sock.close()
         raise
     return site
+
+
+def taken(host: str, port: int) -> OSError | None:
+    """Why `host`:`port` cannot be bound without SO_REUSEPORT (another process listens), if so.
+
+    Workers bind with SO_REUSEPORT, which any process of the same user may share: a second
+    instance on the port would silently take part of the connections instead of failing.
+    """
+    addresses: set[tuple[int, tuple[object, ...]]]
+    try:
+        if dual_stack(host):
+            addresses = {(socket.AF_INET6, ("::", port))}
+        else:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            addresses = {(family, tuple(address)) for family, _, _, _, address in found}
+        for family, address in sorted(addresses, key=repr):
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                # As a server's own bind: what is left in TIME_WAIT is no conflict, a listener is.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not dual_stack(host))
+                sock.bind(address)
+    except OSError as exc:
+        return exc
+    return None

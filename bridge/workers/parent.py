@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bridge import listen
 from bridge.config import Settings
 from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, StopBudget
 from bridge.workers.budget import GiveUp, RestartBudget
@@ -250,6 +251,23 @@ def run_parent(settings: Settings, count: int) -> int:
 
     `count` includes the dedup stage's own process when BRIDGE_DEDUP__OWN_PROCESS is set.
     """
+    http = settings.http
+    for port in (http.port, http.admin_port):
+        # Port 0 (the admin port's, in tests) is any free port: nobody else's.
+        problem = listen.taken(http.host, port) if port else None
+        if problem is not None:
+            # The workers would share it (SO_REUSEPORT) with whatever holds it: one process would
+            # fail to bind, so the pod refuses as one process does.
+            log.error(
+                "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT, BRIDGE_HTTP__ADMIN_PORT)",
+                extra={
+                    "host": http.host,
+                    "port": http.port,
+                    "admin_port": http.admin_port,
+                    "error": str(problem),
+                },
+            )
+            return 1
     runtime_dir = Path(tempfile.mkdtemp(prefix="pinecall-bridge-"))
     last = WorkerRole(index=count - 1, count=count, runtime_dir=runtime_dir, parent_pid=0)
     longest = last.socket(last.index)

@@ -249,6 +249,26 @@ async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
     assert not await listening(pod.port)
 
 
+async def test_a_pod_refuses_a_port_another_process_listens_on(
+    pod: Replica, kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """SO_REUSEPORT shares the port with any process of the same user: a second pod there (a
+    second instance, a pod on the host network) would take part of the first's webhooks."""
+    await pod.start()
+    env = replica_env(kafka_bootstrap, topics, pod.port, BRIDGE_HTTP__WORKERS="2")
+    second = Replica("second", env, tmp_path / "second.log", pod.port)
+    await second.start(ready=False)
+    try:
+        await until(lambda: not second.alive, 20, 0.1, "the second pod exiting")
+    finally:
+        code = await second.stop()  # its exit code, when it exited on its own
+    assert code == 1
+    log = second.log_entries()
+    refused = [e for e in log if str(e.get("msg")).startswith("cannot listen")]
+    assert [e["port"] for e in refused] == [pod.port], second.told()
+    assert [e for e in log if e.get("msg") == "worker started"] == []
+
+
 async def owned_by(pod: Replica, session: aiohttp.ClientSession, want: dict[str, float]) -> None:
     """Until the workers own `want` ingest partitions each (by `worker` label)."""
     owned: dict[str, float] = {}

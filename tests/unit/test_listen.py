@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bridge import listen
 from bridge.listen import dual_stack
-from tests.sockets import ipv6_loopback
+from tests.sockets import free_port, ipv6_loopback
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,30 @@ async def test_a_started_dual_stack_site_keeps_its_socket_until_stopped(
     assert sock.fileno() != -1
     await site.stop()
     assert sock.fileno() == -1
+
+
+@pytest.fixture
+def shared_listener() -> Iterator[int]:
+    """A port another process's worker would serve: listening with SO_REUSEPORT."""
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as sock:
+        yield sock.getsockname()[1]
+
+
+def test_a_port_another_listener_shares_is_taken_though_reuse_port_would_bind_it(
+    shared_listener: int,
+) -> None:
+    with socket.create_server(("127.0.0.1", shared_listener), reuse_port=True):
+        pass  # what a worker's own bind would do: no error
+    assert isinstance(listen.taken("127.0.0.1", shared_listener), OSError)
+    assert isinstance(listen.taken("0.0.0.0", shared_listener), OSError)
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 on this machine")
+def test_the_dual_stack_address_is_taken_by_an_ipv4_listener(shared_listener: int) -> None:
+    assert isinstance(listen.taken("::", shared_listener), OSError)
+
+
+def test_a_free_port_is_not_taken() -> None:
+    port = free_port()
+    assert listen.taken("127.0.0.1", port) is None
+    assert listen.taken("localhost", port) is None

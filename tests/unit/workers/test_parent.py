@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
 from bridge.workers.parent import Parent, run_parent
 from tests.processes import process_gone
+from tests.sockets import free_port
 
 # A worker stand-in: behaves as `mode` says until SIGTERM. It records its role only once its
 # SIGTERM handler is in place: a test that saw the start may stop it at once.
@@ -236,3 +238,26 @@ def test_a_tmpdir_too_long_for_unix_sockets_is_refused_at_once(
         assert run_parent(settings, 2) == 1
     assert [r.msg for r in caplog.records] == ["TMPDIR is too long for the workers' unix sockets"]
     assert list(deep.iterdir()) == []  # its runtime directory removed again
+
+
+def test_an_admin_port_another_process_listens_on_is_refused_before_any_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def no_workers(_: Parent) -> int:
+        return 0  # without the check, run_parent runs the pod: here, at once and without one
+
+    monkeypatch.setattr(Parent, "run", no_workers)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # Served as another pod's workers serve it: SO_REUSEPORT, which they could share.
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as other:
+        admin = other.getsockname()[1]
+        settings = load_settings(
+            webhook={"secrets": ["s"]},
+            http={"host": "127.0.0.1", "port": free_port(), "admin_port": admin, "workers": 2},
+        )
+        with caplog.at_level(logging.ERROR):
+            assert run_parent(settings, 2) == 1
+    [refused] = caplog.records
+    assert refused.msg.startswith("cannot listen")
+    assert refused.__dict__["admin_port"] == admin
+    assert list(tmp_path.iterdir()) == []  # no runtime directory made
