@@ -550,6 +550,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sse_calls_read_to_end = Counter(
+            f"{PREFIX}_sse_calls_read_to_end_total",
+            "Calls whose log a JSON page found sealed and read to its end after a stream closed"
+            " with nothing new: no call.score, no 204 (its last lines ephemeral, say).",
+            registry=r,
+        )
         self.sse_behind_live = Histogram(
             f"{PREFIX}_sse_behind_live_seconds",
             "From a call-log entry's own timestamp to Kafka's acknowledgement of it.",

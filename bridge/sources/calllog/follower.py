@@ -23,7 +23,14 @@ from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import EventStreamParser
-from bridge.sources.calllog.follow import CallFollow, Fill, Publish, Reason, readable_seq
+from bridge.sources.calllog.follow import (
+    CallFollow,
+    CaughtUp,
+    Fill,
+    Publish,
+    Reason,
+    readable_seq,
+)
 from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.pages import (
     Page,
@@ -31,6 +38,7 @@ from bridge.sources.calllog.pages import (
     PageServerError,
     bearer_headers,
     events_url,
+    fetch_page,
     fetch_pages,
     retry_after_seconds,
 )
@@ -134,6 +142,8 @@ class Follower:
         self._opened_at: float | None = None  # when this attempt's stream opened (monotonic)
         self.publishing = False  # a stop lets a publish in flight land before cancelling
         self.halted = False  # this call moved to another process: stop after the publish
+        # The last stream closed having read nothing new (past its `log.caught_up`, if any).
+        self._closed_empty = False
 
     @property
     def call(self) -> str:
@@ -200,7 +210,11 @@ class Follower:
                 if response.status == 200 and response.content_type == EVENT_STREAM:
                     self._opened_at = self._clock()
                     state.connected()
-                    return _Outcome(await self._read(response))
+                    read = await self._read(response)
+                    if read == "closed" and self._closed_empty and await self._read_to_end():
+                        state.sealed()
+                        raise _EndedError(ended=True)
+                    return _Outcome(read)
                 # Thinned: a server failing every call said it per call and retry, about
                 # MAX_CALLS / the backoff ceiling lines a second; the metric counts each.
                 flood.warning(
@@ -274,6 +288,8 @@ class Follower:
             max_event_bytes=self._settings.max_event_bytes,
         )
         state = self.state
+        self._closed_empty = False
+        news = False  # anything to publish since the stream opened, or since its caught-up
         while True:
             try:
                 async with asyncio.timeout(self._settings.read_timeout_seconds):
@@ -282,12 +298,17 @@ class Follower:
                 return "silent"
             if not chunk:
                 parser.feed_eof()
+                self._closed_empty = not news
                 return "closed"
             batch: list[Any] = []
             times: list[float] = []
             last: int | None = None
             for item in parser.feed(chunk):
                 step = state.step(item)
+                if isinstance(step, CaughtUp):
+                    news = False
+                elif isinstance(step, Publish | Fill):
+                    news = True
                 if isinstance(step, Publish):
                     batch.append(step.item)
                     if step.seq is not None:
@@ -310,6 +331,38 @@ class Follower:
             await self._publish(batch, times, last)
             if state.ended:
                 return "closed"
+
+    async def _read_to_end(self) -> bool:
+        """Whether the log is sealed with nothing stored past the resume point, by its JSON page.
+
+        A sealed log whose last lines were ephemeral, with no `call.score` (a dropped call), is
+        never answered 204 from its last stored seq where the platform counts those lines, and
+        its stream ends at once: without asking, the follower would reconnect for ever.
+        """
+        key = self._api.api_key.get_secret_value() if self._api.api_key else ""
+        try:
+            page = await fetch_page(
+                self._session,
+                self._api.api_url,
+                key,
+                self.call,
+                after=self.state.acked,
+                env=self._api.env,
+                limit=1,
+                timeout_seconds=self._api.request_timeout_seconds,
+            )
+        except PageError as exc:
+            # Not an answer: the stream, asked again, says the rest (a refused key included).
+            log.debug("call log end not checked", extra={**self._ctx(), "error": str(exc)})
+            return False
+        if page.live or page.entries:
+            return False
+        self._metrics.sse_calls_read_to_end.inc()
+        log.info(
+            "call log sealed without its end on the stream: read to the end of what it stored",
+            extra=self._ctx(),
+        )
+        return True
 
     async def _publish(self, batch: list[Any], times: list[float], last: int | None) -> None:
         if not batch:

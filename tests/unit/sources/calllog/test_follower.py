@@ -18,6 +18,7 @@ from bridge import jsoncodec, logthrottle
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
+from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.keygate import KeyGate
@@ -1106,3 +1107,68 @@ async def test_a_gap_page_entry_past_any_real_seq_does_not_skip_the_rest_of_the_
     assert ended
     assert publisher.seqs == [1, 2, 2**40, 3, 4]
     assert follower.state.acked == 4
+
+
+async def follow_simulated(sim: Simulator, call: str) -> tuple[bool, Follower, Metrics]:
+    """A follower of `call` from its start against the simulator, run to its end or for 3 s."""
+    settings = SseSettings(
+        read_timeout_seconds=0.3,
+        connect_timeout_seconds=0.2,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.05,
+    )
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as session:
+        follower = Follower(
+            call,
+            0,
+            session=session,
+            api=PinecallSettings(api_url=sim.url, api_key=SecretStr("sim-api-key")),
+            settings=settings,
+            publisher=cast(Publisher, FakePublisher()),
+            metrics=metrics,
+            stopping=asyncio.Event(),
+            gate=KeyGate(ReconnectPolicy.of(settings)),
+            pages=PageSlots(settings.max_gap_pages_in_flight),
+        )
+        try:
+            ended = await asyncio.wait_for(follower.run(), 3)
+        except TimeoutError:
+            ended = False  # it was still reconnecting
+        return ended, follower, metrics
+
+
+async def test_a_sealed_call_whose_last_line_is_ephemeral_ends_once_read_to_its_end() -> None:
+    # No call.score (the call dropped) and an ephemeral last line: the replay stops at the last
+    # stored seq, which the platform does not answer 204 (the log's last seq is past it), and
+    # each stream ended at once after log.caught_up: the follower reconnected for ever.
+    async with Simulator(SimulatorConfig(sse_retry_ms=10)) as sim:
+        sim.calllogs.append(entry(1, "call.started"))
+        sim.calllogs.append(entry(2, "user.transcript", ephemeral=True))
+        sim.calllogs.seal("CA_1")
+        ended, follower, metrics = await follow_simulated(sim, "CA_1")
+        assert ended
+        assert follower.state.acked == 1
+        assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
+        assert sim.stats.log_pages_served == 1
+
+
+async def test_a_live_calls_stream_closed_after_catching_up_is_resumed_not_ended(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):  # the log is live: its stream's close was no end
+            return web.json_response({"entries": [], "live": True, "next": None})
+        if n == 1:
+            return await stream(request, frame(entry(1)) + frame(entry(1, "log.caught_up")))
+        return await stream(request, frame(entry(2, "call.score")))
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2]
+    assert [query for _, query in server.requests] == [
+        {"after": "0"},
+        {"after": "1", "limit": "1"},
+        {"after": "1"},
+    ]
+    assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 0
