@@ -21,9 +21,6 @@ from bridge.sink.acls import ACLS
 # Kafka's own default for transaction.max.timeout.ms.
 KAFKA_MAX_TRANSACTION_TIMEOUT_MS = 900_000
 REFUSALS = (InvalidTransactionTimeout, TransactionalIdAuthorizationFailed)
-# The longest wait between two attempts while Kafka refuses the stage an ACL: an ACL added is
-# taken up within it.
-REFUSED_MAX_WAIT = 30
 
 
 class DedupRefusedError(Exception):
@@ -100,9 +97,3 @@ def write_refusal(topics: list[str]) -> str:
         f" (Write implies the Describe its metadata needs; {ACLS}); each transaction writing"
         " there fails, and its events wait in the ingest topic meanwhile"
     )
-
-
-def refused_wait(refused: int) -> float:
-    """Seconds to wait after the `refused`-th refusal in a row: 1 s, doubling to
-    REFUSED_MAX_WAIT. Pure."""
-    return float(min(2 ** min(refused - 1, 16), REFUSED_MAX_WAIT))

@@ -43,6 +43,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
+    InvalidSessionTimeoutError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     TopicAuthorizationFailedError,
@@ -54,7 +55,7 @@ from bridge.dedup.committed import StableOffsets
 from bridge.dedup.kept import Kept, choose
 from bridge.dedup.offsetmark import judge
 from bridge.dedup.ownership import PartitionListener
-from bridge.dedup.refusals import refusal, refused_wait
+from bridge.dedup.refusals import refusal
 from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
@@ -69,6 +70,7 @@ from bridge.groups import (
     rejoin,
 )
 from bridge.groupsession import Session, watch_heartbeats
+from bridge.kafkarefusals import refused_wait, session_refusal
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
@@ -83,6 +85,7 @@ from bridge.sink.clienttasks import (
     stop_consumer,
     stop_dead,
 )
+from bridge.sink.kafka import brokers_session_bounds
 from bridge.sink.limits import TopicLimits
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
@@ -495,6 +498,21 @@ class DedupStage:
                         refusal(exc, self._settings, self._out.transactional_id),
                         extra={"error": repr(exc), "retry_in_s": wait},
                     )
+                    await asyncio.sleep(wait)
+                    continue
+                except InvalidSessionTimeoutError:
+                    # Every JoinGroup is refused until the setting or the brokers' bounds change:
+                    # aiokafka's error names neither, and it rejoined every commit interval.
+                    refused += 1
+                    wait = refused_wait(refused)
+                    why = session_refusal(
+                        self._settings.session_timeout_ms,
+                        self._settings.group,
+                        await brokers_session_bounds(
+                            self._options(), self._settings.end_transaction_timeout_seconds
+                        ),
+                    )
+                    log.error(why, extra={"retry_in_s": wait})
                     await asyncio.sleep(wait)
                     continue
                 except NoOffsetForPartitionError:

@@ -44,11 +44,11 @@ from bridge.dedup.refusals import (
     DedupRefusedError,
     refusal,
     refused_topics,
-    refused_wait,
     write_refusal,
 )
 from bridge.groups import GroupMetadata
 from bridge.ingest.record import IngestEntry
+from bridge.kafkarefusals import refused_wait
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label

@@ -34,6 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from bridge.cancelling import raise_if_cancelled
 from bridge.config import KafkaSettings, TopicSettings
+from bridge.kafkarefusals import KAFKA_SESSION_TIMEOUT_BOUNDS_MS
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
@@ -292,6 +293,28 @@ async def brokers_config_int(options: Mapping[str, Any], key: str) -> int | None
             return await _broker_config_int(admin, key)
     except KafkaError:
         return None
+
+
+async def brokers_config_ints(options: Mapping[str, Any], keys: list[str]) -> dict[str, int | None]:
+    """The brokers' integer settings `keys`, as one reports them; None for each unreadable."""
+    try:
+        async with admin_client(options) as admin:
+            return {key: await _broker_config_int(admin, key) for key in keys}
+    except KafkaError:
+        return dict.fromkeys(keys)
+
+
+async def brokers_session_bounds(
+    options: Mapping[str, Any], within: float
+) -> dict[str, int | None]:
+    """The brokers' group.min/max.session.timeout.ms, read best-effort within `within` seconds
+    (a principal may not describe the cluster): None for each unread."""
+    keys = list(KAFKA_SESSION_TIMEOUT_BOUNDS_MS)
+    try:
+        async with asyncio.timeout(within):
+            return await brokers_config_ints(options, keys)
+    except TimeoutError:
+        return dict.fromkeys(keys)
 
 
 async def _broker_config_int(admin: AIOKafkaAdminClient, key: str) -> int | None:

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
 
 from bridge.groups import Claim, StickyAssignor, group_metadata, member_options
+from bridge.kafkarefusals import refused_wait, session_refusal
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     Replacement,
@@ -30,7 +31,7 @@ from bridge.sink.clienttasks import (
     stop_consumer,
     stop_dead,
 )
-from bridge.sink.kafka import admin_client
+from bridge.sink.kafka import admin_client, brokers_session_bounds
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
 from bridge.supervise import Supervisor
@@ -174,6 +175,7 @@ class FeedLease:
 
     async def _poll(self) -> None:
         # The topic stays empty; polling keeps the membership alive (max_poll_interval_ms).
+        refused = 0  # polls in a row the group refused the session timeout at
         while True:
             consumer = self._consumer
             if consumer is None:
@@ -186,8 +188,19 @@ class FeedLease:
                 await self._note(time.time())
             try:
                 await consumer.getmany(timeout_ms=1000)
+                refused = 0
             except asyncio.CancelledError:
                 raise
+            except InvalidSessionTimeoutError:
+                # Refused at every join until an operator acts: said once a wait, not a traceback
+                # a second naming neither the setting nor the brokers' bounds.
+                refused += 1
+                bounds = await brokers_session_bounds(self._client, 5.0)
+                wait = refused_wait(refused)
+                why = session_refusal(self._session_timeout_ms, self._group, bounds)
+                log.error(why, extra={"retry_in_s": wait})
+                await asyncio.sleep(wait)
+                continue
             except Exception:
                 if consumer_died(consumer) is not None:
                     continue  # replaced at the top of the loop

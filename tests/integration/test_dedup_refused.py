@@ -46,6 +46,14 @@ def short_txn_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broke
         yield broker
 
 
+@pytest.fixture(scope="module")
+def long_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker taking group sessions of 12 s at least: above the bridge's default of 10 s."""
+    overlay = "group.min.session.timeout.ms=12000\n"
+    with own_broker(tmp_path_factory.mktemp("kafka-long-session"), overlay) as broker:
+        yield broker
+
+
 def _errors(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
     return [
         r.getMessage()
@@ -79,6 +87,20 @@ async def test_transaction_timeout_above_the_brokers_max_is_named(
     words = (
         "BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS (8000 ms)",
         "transaction.max.timeout.ms (5000 ms)",
+    )
+    await _refused_clearly(handle, caplog, words)
+
+
+async def test_session_timeout_outside_the_brokers_bounds_is_named(
+    long_session_broker: Broker, start_bridge: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every JoinGroup was refused: aiokafka's InvalidSessionTimeoutError and a traceback every
+    # commit interval (some 10 a second), naming neither the setting nor the brokers' bounds.
+    handle = await start_bridge(bootstrap=long_session_broker.bootstrap)
+    words = (
+        "BRIDGE_DEDUP__SESSION_TIMEOUT_MS (10000 ms)",
+        "group.min.session.timeout.ms (12000 ms)",
+        repr(handle.bridge.settings.dedup.group),
     )
     await _refused_clearly(handle, caplog, words)
 

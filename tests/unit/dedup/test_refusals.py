@@ -7,13 +7,7 @@ from aiokafka.errors import (
 )
 
 from bridge.config import DedupSettings
-from bridge.dedup.refusals import (
-    REFUSED_MAX_WAIT,
-    refusal,
-    refused_topics,
-    refused_wait,
-    write_refusal,
-)
+from bridge.dedup.refusals import refusal, refused_topics, write_refusal
 
 SETTINGS = DedupSettings(group="g1")
 
@@ -59,11 +53,6 @@ def test_a_known_brokers_max_is_named_and_an_unknown_one_is_not_guessed() -> Non
 
 def test_an_outage_is_no_refusal() -> None:
     assert refusal(KafkaConnectionError(), SETTINGS, "g1-dedup-x") is None
-
-
-def test_refused_wait_grows_to_its_bound() -> None:
-    assert [refused_wait(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
-    assert refused_wait(50) == REFUSED_MAX_WAIT
 
 
 def test_a_refused_write_names_each_topic_and_its_acl() -> None:

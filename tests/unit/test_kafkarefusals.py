@@ -1,0 +1,20 @@
+from bridge.config import DedupSettings
+from bridge.kafkarefusals import REFUSED_MAX_WAIT, refused_wait, session_refusal
+
+
+def test_refused_wait_grows_to_its_bound() -> None:
+    assert [refused_wait(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert refused_wait(50) == REFUSED_MAX_WAIT
+
+
+def test_a_refused_session_timeout_names_the_setting_and_the_brokers_bounds() -> None:
+    bounds: dict[str, int | None] = {
+        "group.min.session.timeout.ms": 12000,
+        "group.max.session.timeout.ms": None,
+    }
+    said = session_refusal(DedupSettings(group="g1").session_timeout_ms, "g1", bounds)
+    assert "group 'g1'" in said
+    assert "BRIDGE_DEDUP__SESSION_TIMEOUT_MS (10000 ms)" in said
+    assert "group.min.session.timeout.ms (12000 ms)" in said
+    # Unread: Kafka's default said as such, not passed off as the cluster's.
+    assert "group.max.session.timeout.ms (Kafka's default 1800000 ms; unread here)" in said
