@@ -923,7 +923,14 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     values = tmp_path / "short.yaml"
     values.write_text(
         yaml.safe_dump(
-            {"alerts": {**short, "kafkaDisconnectedMinutes": 1.5, "memoryNearLimitMinutes": 0.5}}
+            {
+                "alerts": {
+                    **short,
+                    "kafkaDisconnectedMinutes": 1.5,
+                    "memoryNearLimitMinutes": 0.5,
+                    "dedupPartitionsHeldMinutes": 0.25,
+                }
+            }
         )
     )
     rules = alert_names(values=values)
@@ -934,6 +941,7 @@ def test_alert_minutes_may_be_fractions_rendered_in_whole_seconds(tmp_path: Path
     assert rules["PinecallBridgePodNotReady"]["for"] == "6s"
     assert rules["PinecallBridgeReplicasUnavailable"]["for"] == "12s"
     assert rules["PinecallBridgeMemoryNearLimit"]["for"] == "30s"
+    assert rules["PinecallBridgeDedupPartitionsHeld"]["for"] == "15s"
     # Whole minutes stay minutes, as deploy/'s generated rules show.
     assert alert_names()["PinecallBridgeKafkaDisconnected"]["for"] == "2m"
 

@@ -232,6 +232,7 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         "PinecallBridgeDedupStalled",
         "PinecallBridgeDedupLagGrowing",
         "PinecallBridgeDedupPartitionsUnowned",
+        "PinecallBridgeDedupPartitionsHeld",
         "PinecallBridgeDedupRestoreSlow",
         "PinecallBridgeDedupRepeatedFencing",
         "PinecallBridgeDedupEvictingEarly",

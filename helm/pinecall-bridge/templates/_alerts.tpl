@@ -198,6 +198,21 @@ groups:
           summary: {{ printf "%s ingest partitions are processed by no pod in %s" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
           description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) or being started (restored, or waiting their turn) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupPartitionsHeld
+        # A pod holds an owned partition at an ingest record of a later release's format (README,
+        # Upgrading) until a pod of that release takes it over: for minutes in a rolling upgrade,
+        # so only past what an upgrade takes. Per namespace, not pod: in a stalled rollout the
+        # partition may move between older pods, each holding it again (a pod's `for` restarts).
+        # DedupLagGrowing fires on the partition too, without the cause.
+        expr: |
+          sum by (namespace) (pinecall_bridge_dedup_partitions_held) > 0
+        for: {{ include "pinecall-bridge.minutes" $a.dedupPartitionsHeldMinutes }}
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "%s ingest partitions in %s are held at records of a later release" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "For %v minutes pods in %s have held %s ingest partitions at a record written by a newer release, in a format they do not know: nothing after it on those partitions is output until a pod of that release owns them. A rolling upgrade left unfinished, a rollback after the newer release wrote, or a newer release writing beside this one. The log names each partition (message: dedup partition held at an ingest record of a later release's format)." $a.dedupPartitionsHeldMinutes "{{ $labels.namespace }}" "{{ $value }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededuppartitionsheld" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
         # What a pod's restores still have to read over what they read of late: the time they
         # still need. Not their duration: a takeover of every partition at the chart's cap reads
