@@ -105,6 +105,10 @@ class FeedLease:
         self._note_read: asyncio.Task[None] | None = None
         self._connected_at: float | None = None  # the first connection, if before the note
         self._noted = 0.0  # monotonic time of the last note
+        # A note's commit left running past its wait: aiokafka shields the commit's request, so a
+        # cancel left that request running, and its failure (Kafka down) was asyncio's ERROR
+        # "Task exception was never retrieved" at every note. One at a time, ended by the stop.
+        self._committing: asyncio.Task[None] | None = None
         metrics.register_feed()
         metrics.feed_lease_held.set(0)
 
@@ -165,8 +169,11 @@ class FeedLease:
         if self._note_read is not None:
             await asyncio.wait({self._note_read})  # cancelled by the release: its client closed
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await stop_consumer(consumer)
+        try:
+            if consumer is not None:
+                await stop_consumer(consumer)
+        finally:  # a stop cut by its caller ends the commit too: nothing outlives the stop
+            await self._end_commit()
 
     def _claim(self) -> Claim:
         # The holder claims the lease at each join and keeps it: a replica joining or leaving
@@ -225,6 +232,7 @@ class FeedLease:
         await self.release()
         # Bounded: leaving the group through a broken client can wait out every timeout.
         await stop_dead(dead, _STOP_DEAD_AFTER)
+        await self._end_commit()
         fresh = await self._replacement.start(self._started_consumer)
         if fresh is not None:
             self._consumer = fresh
@@ -280,18 +288,44 @@ class FeedLease:
     async def _note(
         self, read_until: float, *, clean: bool = False, within: float = _NOTE_TIMEOUT
     ) -> None:
-        """Commit the note as the lease partition's offset metadata; best effort, bounded."""
+        """Commit the note as the lease partition's offset metadata; best effort, bounded.
+
+        A commit not over within its bound is left to end, not cancelled (see `_committing`)."""
         consumer = self._consumer
         self._noted = time.monotonic()
         if consumer is None or not self.held:
             return
+        loop = asyncio.get_running_loop()
+        by = loop.time() + within
+        earlier = self._committing
+        if earlier is not None and not earlier.done():
+            # Kafka slow or down: no second commit beside it; a stop's note waits for it first.
+            await asyncio.wait({earlier}, timeout=within)
+            if not earlier.done():
+                log.warning("feed lease note not written", extra={"error": "earlier note pending"})
+                return
         note = LeaseNote(self.name, read_until, clean).encode()
-        try:
-            async with asyncio.timeout(within):
-                await consumer.commit({TopicPartition(self.topic, 0): (0, note)})
-        except (KafkaError, TimeoutError) as exc:
+        commit = asyncio.ensure_future(consumer.commit({TopicPartition(self.topic, 0): (0, note)}))
+        commit.add_done_callback(_retrieved)
+        self._committing = commit
+        await asyncio.wait({commit}, timeout=max(by - loop.time(), 0.0))
+        error: BaseException | None = None
+        if not commit.done():
+            error = TimeoutError()
+        elif not commit.cancelled():
+            error = commit.exception()
+        if isinstance(error, KafkaError | TimeoutError):
             # A rebalance under way, Kafka slow: the next holder measures from an older note.
-            log.warning("feed lease note not written", extra={"error": repr(exc)})
+            log.warning("feed lease note not written", extra={"error": repr(error)})
+        elif error is not None:
+            raise error
+
+    async def _end_commit(self) -> None:
+        """End a note's commit still under way, once its consumer is stopped (its request over)."""
+        commit, self._committing = self._committing, None
+        if commit is not None and not commit.done():
+            commit.cancel()
+            await asyncio.wait({commit})
 
     async def _last_note(self) -> LeaseNote | None:
         # The admin client, not the member's: the consumer's public committed() drops metadata.
@@ -316,3 +350,9 @@ class FeedLease:
             self._note_read.cancel()
         log.info("feed lease released: this replica stops reading the WebSocket feed")
         await self._on_lost()
+
+
+def _retrieved(commit: asyncio.Future[None]) -> None:
+    """Mark a note's commit's failure read: its `_note` said it was not written, or has left."""
+    if not commit.cancelled():
+        commit.exception()

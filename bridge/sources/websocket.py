@@ -439,7 +439,7 @@ class WebSocketSource:
                         refresher, wait=replaced and not cancelled, shown=self._failure
                     )
                     if cancelled and handover is not None:  # nothing reads it any more
-                        self._lost_unread(handover.ws)
+                        self._lost_unread(handover.ws, len(handover.early))
                         handover = None
                 finally:  # the reader cancelled meanwhile still closes its connection
                     if handover is None:
@@ -568,11 +568,17 @@ class WebSocketSource:
                 await asyncio.sleep(delay)
         # Only now the old one is closed: the reader drains what it holds, then takes this one.
         current.replaced = True
+        # Meanwhile the new one is read into its `early` frames: unread through a close left
+        # unanswered (websockets waits 10 s), a busy feed filled websockets' buffer, which then
+        # stopped reading the socket, pongs included, and the keepalive closed the new one too.
+        early = asyncio.create_task(_read_early(successor), name="websocket-refresh-early")
         try:
             await self._close(current.ws)
         except BaseException:  # the reader ends (the stop cancelled it): nothing reads this one
-            self._lost_unread(successor.ws)
+            await _cancelled(early)
+            self._lost_unread(successor.ws, len(successor.early))
             raise
+        await _cancelled(early)
         return successor
 
     async def _open_answered(self, tokens: TokenClient) -> _Opened:
@@ -667,9 +673,9 @@ class WebSocketSource:
             ws.transport.abort()  # websockets leaves a connection whose close is cancelled open
             raise
 
-    def _lost_unread(self, ws: ClientConnection) -> None:
-        """The stop cancelled the reader past its share: the connection (or a refresh's successor)
-        is cut, and what websockets received and the reader had not read is counted as lost."""
+    def _lost_unread(self, ws: ClientConnection, early: int = 0) -> None:
+        """The stop cancelled the reader past its share: the connection (or a refresh's successor,
+        with `early` frames read ahead) is cut, and what the reader had not read is counted lost."""
         # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
         # so the count is final (websockets has no public count of its buffer).
         ws.transport.abort()
@@ -677,6 +683,7 @@ class WebSocketSource:
             unread = len(ws.recv_messages.frames)
         except (AttributeError, TypeError):  # websockets' internals moved: uncounted, as before
             unread = 0
+        unread += early
         if unread:
             self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
             log.error(
@@ -851,6 +858,13 @@ async def _successor(
         log.warning("feed token refresh failed", extra={"error": shown(exc)})
         return None
     return refresher.result()
+
+
+async def _read_early(opened: _Opened) -> None:
+    """Read `opened` into its `early` frames until cancelled (websockets' recv is cancel-safe)."""
+    with contextlib.suppress(ConnectionClosed):  # its reader, in its turn, learns of the close
+        while True:
+            opened.early.append(await opened.ws.recv())
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

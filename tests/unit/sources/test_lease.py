@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from bridge.metrics import Metrics
 from bridge.sources import lease as lease_module
@@ -242,3 +244,50 @@ async def test_a_stopping_holder_leaves_the_group_though_its_last_note_is_not_an
         await lease.stop(time.time(), by=deadline)
     assert coordinator.left
     assert not lease.held
+
+
+class ShieldedCommit:
+    """aiokafka's commit: its request shielded from a cancel, failing once Kafka's connection
+    goes (a broker down), as GroupCoordinator.commit_offsets shields _do_commit_offsets."""
+
+    def __init__(self) -> None:
+        self.cut = asyncio.Event()
+        self.commits = 0
+        self.left = False
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        self.commits += 1
+        await asyncio.shield(self._request())
+
+    async def _request(self) -> None:
+        await self.cut.wait()
+        raise KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+
+    async def stop(self) -> None:
+        self.left = True
+        self.cut.set()  # its connections close: the request fails
+
+
+async def test_notes_unanswered_while_kafka_is_down_leave_no_unread_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each note's bound cancelled the commit, whose shielded request ran on and failed when
+    # the connection went: asyncio's ERROR "Task exception was never retrieved", with its
+    # traceback, at every note (every 5 s) of a Kafka outage; and the commits piled up.
+    lease = lease_noting([])
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease._consumer = coordinator = ShieldedCommit()
+    for _ in range(3):
+        await lease._note(time.time(), within=0.05)
+    coordinator.cut.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await lease._note(time.time(), within=0.05)
+    await lease.stop()
+    gc.collect()
+    await asyncio.sleep(0)
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+    assert coordinator.commits == 2, "a note committed beside one still under way"
+    assert coordinator.left
+    assert "feed lease note not written" in caplog.text

@@ -1301,6 +1301,43 @@ async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its
     assert rejected(fed.metrics, "shutdown") == 0
 
 
+async def test_a_refresh_whose_old_connection_leaves_its_close_unanswered_keeps_the_new_one(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the refresh waited for the old connection's close (websockets' close_timeout, 10 s;
+    # 2 s here), nothing read the new one: on a busy feed websockets' buffer filled and it
+    # stopped reading the socket, pongs included, so the keepalive closed the new connection
+    # too, and what it had been sent was lost (all but its first 17 frames, a ping_timeout).
+    close = ClientConnection.close
+
+    async def sooner(ws: ClientConnection, *args: Any, **kwargs: Any) -> None:
+        ws.close_timeout = min(ws.close_timeout or 2.0, 2.0)
+        await close(ws, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "close", sooner)
+    sent = 400
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            feed.expires_in = 3600  # one refresh only
+            await asyncio.Event().wait()  # reads nothing more: the refresh's close is unanswered
+        answering = asyncio.create_task(hold_open(ws))  # its pings and close are answered
+        for seq in range(1, sent + 1):
+            await ws.send_json(entry(seq))
+            await asyncio.sleep(0.0075)  # 3 s of frames, the old close's wait within them
+        await answering
+
+    feed = await make_feed(script)
+    feed.expires_in = 1.0  # refreshed after half a second
+    sink, metrics = FakeSink(), Metrics()
+    pinged = feed.settings(ping_interval_seconds=1, ping_timeout_seconds=0.5)
+    async with running(pinged, sink, metrics):
+        await until(lambda: len(seqs(sink)) >= sent, 20, 0.1, "the new connection's frames")
+        assert reconnects(metrics, *get_args(DisconnectReason)) == 0
+    assert feed.connections == 2
+    assert seqs(sink) == list(range(1, sent + 1))
+
+
 def recording_closes(monkeypatch: pytest.MonkeyPatch) -> list[ClientConnection]:
     """The connections the bridge begins to close, from now on."""
     closing: list[ClientConnection] = []
