@@ -54,7 +54,13 @@ def taken(host: str, port: int) -> OSError | None:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             addresses = {(family, tuple(address)) for family, _, _, _, address in found}
         for family, address in sorted(addresses, key=repr):
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:
+                # As asyncio's server: an address whose family the kernel lacks (no IPv6, a
+                # hostname listed with ::1 too) is skipped, not served, and no conflict.
+                continue
+            with sock:
                 # As a server's own bind: what is left in TIME_WAIT is no conflict, a listener is.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:

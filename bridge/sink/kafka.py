@@ -574,6 +574,8 @@ class KafkaSink:
 
         One read for the deliveries refused meanwhile; cancelling a wait leaves the read going.
         """
+        if self._producer is None:
+            return  # stopped (a refusal met while its flush): nothing left to fit, nothing to leak
         if self._relearning is None or (
             self._relearning.done() and time.monotonic() - self._relearnt >= RELEARN_EVERY_SECONDS
         ):
@@ -920,8 +922,13 @@ class KafkaSink:
             else:
                 log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
             return
-        self._producer, self._batch = fresh, batch
-        self.generation += 1
+        if self._producer is dead:
+            self._producer, self._batch = fresh, batch
+            self.generation += 1
+        else:
+            # Rebuilt meanwhile for a limit read again (a size refusal): that one replaced the
+            # dead producer. Ours, built before the read, may batch more than the topic takes.
+            await stop_producer(fresh)
         self._wedged = None
         self._replace_failures = 0
         self.alive = True

@@ -114,3 +114,33 @@ def test_a_free_port_is_not_taken() -> None:
     port = free_port()
     assert listen.taken("127.0.0.1", port) is None
     assert listen.taken("localhost", port) is None
+
+
+async def test_an_address_of_a_family_the_kernel_lacks_is_skipped_as_the_server_skips_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A kernel without IPv6 (ipv6.disable=1) and a hostname listed with ::1 too (/etc/hosts):
+    # asyncio's server skips an address whose socket cannot be made, so the pod refused a port
+    # each worker would have served.
+    resolve, make = socket.getaddrinfo, socket.socket
+
+    def with_ipv6(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        found = resolve(host, port, *args, **kwargs)
+        return [*found, (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return make(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", with_ipv6)
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    port = free_port()
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        await listen.start(runner, "localhost", port, reuse_port=True)  # serves it on IPv4
+        assert [address[0] for address in runner.addresses] == ["127.0.0.1"]
+    finally:
+        await runner.cleanup()
+    assert listen.taken("localhost", port) is None

@@ -660,3 +660,52 @@ async def test_a_cancellation_swallowed_by_the_admin_clients_close_is_raised() -
     await asyncio.wait({task}, timeout=5)
     assert task.cancelled()
     assert went_on == []
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_replacement_started_while_a_size_refusal_rebuilt_the_producer_gives_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A dead sender's replacement, slow to start, and a rebuild for a lowered limit (a size
+    # refusal read it again) at once: the replacement overwrote the rebuilt producer, which was
+    # never stopped, and batched more than the topic takes again.
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000, metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.values = {"max.message.bytes": "1048588"}
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    first = FakeProducer.made[0]
+    slow = asyncio.Event()
+    start = FakeProducer.start
+
+    async def slow_replacement(producer: FakeProducer) -> None:
+        if FakeProducer.made.index(producer) == 1:
+            await slow.wait()
+        await start(producer)
+
+    monkeypatch.setattr(FakeProducer, "start", slow_replacement)
+    first.kill()
+    await until(lambda: producer_died(first) is not None)
+    with pytest.raises(KafkaError):
+        await sink.send(RECORD)
+    await until(lambda: len(FakeProducer.made) == 2)  # the replacement, starting
+    FakeAdmin.values = {"max.message.bytes": "65536"}
+    await sink.relearn_limits()
+    slow.set()
+    await until(lambda: sink.connected)  # the replacement over
+    current = cast(FakeProducer, sink._producer)
+    assert current.options["max_batch_size"] == 65_536
+    assert [p for p in FakeProducer.made if not p.stopped] == [current]
+    await (await sink.send(RECORD))
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_size_refusal_met_after_the_stop_took_the_producer_reads_nothing() -> None:
+    # A delivery refused while the stop flushes: a read started then outlived the stop, its
+    # admin client opened after it, and nothing awaited it.
+    sink = KafkaSink(KafkaSettings(), Metrics())
+    await sink.start()
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    await sink.stop()
+    await sink.relearn_limits()
+    assert sink._relearning is None
