@@ -5,7 +5,8 @@ dropped; an event is dispatched by a blank line, so a partial event at EOF is ne
 (`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
 Line and event sizes are capped, and the parser never grows past them: an event that exceeds them
 is dropped as it is read and comes out as TooLarge, with its type and id, so a reader can say
-which entry it skipped and go on past it instead of meeting it again on every reconnect. A
+which entry it skipped and go on past it instead of meeting it again on every reconnect. An
+over-long comment line is read past unreported (comments are ignored; its event is kept). A
 `retry:` is capped too (at 300 s).
 """
 
@@ -87,10 +88,17 @@ class EventStreamParser:
         self._data_bytes = 0
         self._too_large = False  # the current event broke a limit: its data is being dropped
         self._skip_line = False  # the rest of an over-long line is being dropped
+        self._skip_comment = False  # that line is a comment: its size is no event's
         self._type = ""
         self._has_id = False  # the current event has an `id:` line of its own
         self._id_buffer = ""
         self.last_event_id = ""
+
+    @classmethod
+    def for_events_of(cls, max_event_bytes: int) -> EventStreamParser:
+        """A parser for events of up to `max_event_bytes` of data (BRIDGE_SSE__MAX_EVENT_BYTES)."""
+        # The line cap leaves room for `data: `, so the event's own cap decides and counts it.
+        return cls(max_line_bytes=max_event_bytes + 64, max_event_bytes=max_event_bytes)
 
     def feed(self, chunk: bytes) -> list[Item]:
         text = self._decoder.decode(chunk)
@@ -106,7 +114,7 @@ class EventStreamParser:
             line = text[start : end.start()]
             if self._skip_line:  # the end of an over-long line
                 self._skip_line = False
-                self._data_bytes += utf8_size(line)
+                self._count_skipped(line)
             else:
                 if self._pending:
                     self._pending.append(line)
@@ -120,15 +128,22 @@ class EventStreamParser:
         if rest:
             size = utf8_size(rest)
             if self._skip_line:
-                self._data_bytes += size
+                self._count_skipped(rest)
             elif self._pending_bytes + size > self._max_line:
-                self._drop(self._pending_bytes + size)
+                self._skip_comment = (self._pending[0] if self._pending else rest)[0] == ":"
+                if not self._skip_comment:
+                    self._drop(self._pending_bytes + size)
                 self._clear_pending()
                 self._skip_line = True
             else:
                 self._pending.append(rest)
                 self._pending_bytes += size
         return items
+
+    def _count_skipped(self, part: str) -> None:
+        """Part of an over-long line read past: counted against its event unless a comment."""
+        if not self._skip_comment:
+            self._data_bytes += utf8_size(part)
 
     def _clear_pending(self) -> None:
         self._pending = []
@@ -144,7 +159,8 @@ class EventStreamParser:
 
     def _line(self, line: str, items: list[Item]) -> None:
         if utf8_size(line) > self._max_line:
-            self._drop(utf8_size(line))
+            if line[0] != ":":  # a comment is ignored whatever its size, as the spec says
+                self._drop(utf8_size(line))
             return
         if not line:
             self._dispatch(items)

@@ -283,10 +283,7 @@ class Follower:
 
     async def _read(self, response: aiohttp.ClientResponse) -> Reason:
         """Read and publish until the stream ends; the reason it did, or "ended"."""
-        parser = EventStreamParser(
-            max_line_bytes=self._settings.max_event_bytes + 64,
-            max_event_bytes=self._settings.max_event_bytes,
-        )
+        parser = EventStreamParser.for_events_of(self._settings.max_event_bytes)
         state = self.state
         self._closed_empty = False
         news = False  # anything to publish since the stream opened, or since its caught-up

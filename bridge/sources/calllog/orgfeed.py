@@ -148,7 +148,7 @@ class OrgFeed:
             await asyncio.sleep(delay)
 
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[Reason, float]:
-        parser = EventStreamParser(max_event_bytes=self._settings.max_event_bytes)
+        parser = EventStreamParser.for_events_of(self._settings.max_event_bytes)
         retry = 0.0
         while True:
             try:

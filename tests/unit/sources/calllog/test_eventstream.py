@@ -193,6 +193,27 @@ def test_a_terminated_line_over_the_limit_drops_its_event() -> None:
     ]
 
 
+LONG_COMMENT = b"id: 3\ndata: a\n: " + b"p" * 40 + b"\ndata: b\n\n: " + b"q" * 40 + b"\n\n"
+
+
+@pytest.mark.parametrize("cut", range(1, len(LONG_COMMENT)))
+def test_a_comment_over_the_line_limit_is_ignored_not_reported(cut: int) -> None:
+    # It used to drop its event as TooLarge, a dead-letter note with no seq; comments are ignored.
+    parser = EventStreamParser(max_line_bytes=20)
+    items = parser.feed(LONG_COMMENT[:cut]) + parser.feed(LONG_COMMENT[cut:])
+    assert items == [Event("message", "a\nb", "3")]
+
+
+def test_a_huge_comment_is_read_past_without_holding_it() -> None:
+    parser = EventStreamParser(max_line_bytes=1024, max_event_bytes=1024)
+    items = parser.feed(b"id: 5\ndata: x\n:")
+    for _ in range(1000):
+        items += parser.feed(b"p" * 10_000)
+        assert len(parser._pending) == 0
+    items += parser.feed(b"\n\n")
+    assert items == [Event("message", "x", "5")]
+
+
 def test_an_event_over_the_limit_is_dropped_whole() -> None:
     parser = EventStreamParser(max_event_bytes=10)
     assert parser.feed(b"id: 4\ndata: 1234\n") == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -55,6 +57,26 @@ def test_a_notice_of_a_live_call_keeps_no_limit(kind: str) -> None:
     assert notice_until(Notice("CA_1", kind, NOW - 10 * TTL), NOW, TTL) is None
 
 
+@asynccontextmanager
+async def reading(
+    settings: SseSettings, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[tuple[asyncio.Queue[Notice], Metrics]]:
+    """An org feed reading `handle`'s feed while in the block: what it announces, its metrics."""
+    app = web.Application()
+    app.router.add_get(settings.org_feed_path, handle)
+    announced: asyncio.Queue[Notice] = asyncio.Queue()
+    metrics = Metrics()
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        api = PinecallSettings(api_url=str(server.make_url("")).rstrip("/"), api_key=SecretStr("k"))
+        feed = OrgFeed(session, api, settings, metrics, announced.put_nowait, lambda: None)
+        task = asyncio.create_task(feed.run())
+        try:
+            yield announced, metrics
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_request_never_answered_is_left_and_asked_again() -> None:
     settings = SseSettings(
         read_timeout_seconds=0.3,
@@ -75,23 +97,27 @@ async def test_a_request_never_answered_is_left_and_asked_again() -> None:
         await asyncio.sleep(2.0)
         return response
 
-    app = web.Application()
-    app.router.add_get(settings.org_feed_path, handle)
-    announced: asyncio.Queue[Notice] = asyncio.Queue()
-    metrics = Metrics()
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        api = PinecallSettings(api_url=str(server.make_url("")).rstrip("/"), api_key=SecretStr("k"))
-        feed = OrgFeed(session, api, settings, metrics, announced.put_nowait, lambda: None)
-        task = asyncio.create_task(feed.run())
-        try:
-            assert await asyncio.wait_for(announced.get(), 5) == Notice(
-                "CA_1", "call.started", None
-            )
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with reading(settings, handle) as (announced, metrics):
+        assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_1", "call.started", None)
     assert requests == 2
     failed = metrics.registry.get_sample_value(
         "pinecall_bridge_sse_reconnects_total", {"stream": "org_feed", "reason": "connect_error"}
     )
     assert failed == 1
+
+
+async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_line_cap() -> None:
+    # The feed's parser kept the default 1 MiB line cap whatever BRIDGE_SSE__MAX_EVENT_BYTES said.
+    settings = SseSettings(max_event_bytes=2 * 1_048_576, backoff_initial_seconds=0.01)
+    pad = "x" * (1_048_576 + 1)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        data = f'{{"call": "CA_2", "pad": "{pad}"}}'
+        await response.write(f"event: call.started\ndata: {data}\n\n".encode())
+        await asyncio.sleep(2.0)
+        return response
+
+    async with reading(settings, handle) as (announced, _):
+        assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_2", "call.started", None)
