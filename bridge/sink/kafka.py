@@ -50,7 +50,12 @@ from bridge.sink.clienttasks import (
 from bridge.sink.connectsetup import ClientId, install
 from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
-from bridge.sink.limits import CLEANUP_POLICY, TopicLimits
+from bridge.sink.limits import (
+    CLEANUP_POLICY,
+    PRODUCE_REQUEST_OVERHEAD_BYTES,
+    SOCKET_REQUEST_MAX_BYTES,
+    TopicLimits,
+)
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.record import Record
 from bridge.sink.topicreads import not_yet_visible
@@ -452,6 +457,10 @@ class KafkaSink:
         # batches are no larger than they take. And the batch size the producer was built with.
         self._batches_for: tuple[str, ...] = ()
         self._batch = settings.max_batch_bytes
+        self._request = settings.max_request_bytes
+        # The brokers' socket.request.max.bytes last read (0: not yet, None: unreadable): each
+        # change is said once, not at every read.
+        self._socket_limit: int | None = 0
         self._probe: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a send found the producer dead or wedged: replace it now
         # The read of its topics' limits after a size refusal: one for every delivery refused.
@@ -476,9 +485,9 @@ class KafkaSink:
         """Connect; raises KafkaError when the cluster cannot be reached."""
         if self._producer is not None:
             return
-        batch = self._batch_bytes()
+        batch, request = self._batch_bytes(), self.limits.default
         self._producer = await self._started_producer(batch)
-        self._batch = batch
+        self._batch, self._request = batch, request
         self._set_connected(True)
         self._probe = self._supervisor.spawn("kafka-probe", self._probe_loop)
 
@@ -494,7 +503,7 @@ class KafkaSink:
             enable_idempotence=True,
             linger_ms=s.linger_ms,
             max_batch_size=batch,
-            max_request_size=s.max_request_bytes,
+            max_request_size=self.limits.default,
             compression_type=None if s.compression == "none" else s.compression,
             partitioner=partition_for,
         )
@@ -730,6 +739,7 @@ class KafkaSink:
                 extra={"error": type(exc).__name__},
             )
             return None
+        await self._learn_request_limit()
         s = self._settings
         if writes:
             self._batches_for = tuple(sorted(set(writes)))
@@ -757,6 +767,36 @@ class KafkaSink:
         await self._fit_batches()
         return configs
 
+    async def _learn_request_limit(self) -> None:
+        """Read the least of the brokers' socket.request.max.bytes: a record whose request is
+        larger is refused (or dead-lettered) unsent, as one over its topic's limit."""
+        read = await brokers_least_config_int(
+            client_options(self._settings), SOCKET_REQUEST_MAX_BYTES
+        )
+        said, self._socket_limit = self._socket_limit, read
+        if read is None:
+            if said is not None:
+                log.info(
+                    "could not read the brokers' socket.request.max.bytes (no DescribeConfigs"
+                    " right on the cluster?): assuming it takes BRIDGE_KAFKA__MAX_REQUEST_BYTES"
+                )
+            return
+        if self.limits.learn_request_limit(read) and read != said:
+            # The broker closes the connection on a larger request, unanswered: aiokafka sends
+            # it again for ever, and every record behind it waits.
+            log.warning(
+                "the brokers' socket.request.max.bytes is smaller than"
+                " BRIDGE_KAFKA__MAX_REQUEST_BYTES plus a produce request's overhead: larger"
+                " records are dead-lettered or refused; raise socket.request.max.bytes or"
+                " lower BRIDGE_KAFKA__MAX_REQUEST_BYTES",
+                extra={
+                    "socket_request_max_bytes": read,
+                    "max_request_bytes": self._settings.max_request_bytes,
+                    "request_overhead_bytes": PRODUCE_REQUEST_OVERHEAD_BYTES,
+                    "largest_record_bytes": self.limits.default,
+                },
+            )
+
     def learn_cleanup(self, configs: Mapping[str, Mapping[str, str]]) -> None:
         """Each topic's cleanup.policy read in `configs`: the dedup stage's producer sends no
         keyless record to one that compacts (refused, it would fail every retry)."""
@@ -765,14 +805,14 @@ class KafkaSink:
                 self.limits.learn_cleanup(name, values[CLEANUP_POLICY])
 
     async def _fit_batches(self) -> None:
-        """Rebuild the producer if it batches more than its topics take (KafkaError if the new
-        one cannot start: the old one is kept).
+        """Rebuild the producer if it batches more than its topics take, or sends larger records
+        than the brokers do (KafkaError if the new one cannot start: the old one is kept).
 
         The producer is built before the limits can be read (its start is the first reach for
         Kafka), and aiokafka's batch size is fixed at construction.
         """
-        producer, batch = self._producer, self._batch_bytes()
-        if producer is None or self._batch <= batch:
+        producer, batch, request = self._producer, self._batch_bytes(), self.limits.default
+        if producer is None or (self._batch <= batch and self._request <= request):
             return
         fresh = await self._started_producer(batch)
         if self._producer is not producer:
@@ -781,7 +821,7 @@ class KafkaSink:
             await stop_producer(fresh)
             await self._fit_batches()
             return
-        self._producer, self._batch = fresh, batch
+        self._producer, self._batch, self._request = fresh, batch, request
         # As after a replacement: a delivery under way fails the rest and is retried in order.
         self.generation += 1
         await stop_producer(producer)
@@ -906,7 +946,7 @@ class KafkaSink:
         """
         self._set_connected(False)
         log.error("the Kafka producer cannot send; replacing the producer", extra={"why": why})
-        batch = self._batch_bytes()
+        batch, request = self._batch_bytes(), self.limits.default
         try:
             fresh = await self._started_producer(batch)
         except Exception as exc:
@@ -923,7 +963,7 @@ class KafkaSink:
                 log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
             return
         if self._producer is dead:
-            self._producer, self._batch = fresh, batch
+            self._producer, self._batch, self._request = fresh, batch, request
             self.generation += 1
         else:
             # Rebuilt meanwhile for a limit read again (a size refusal): that one replaced the

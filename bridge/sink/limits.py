@@ -1,7 +1,8 @@
 """How large a record each topic takes. Pure.
 
-A record is checked before it reaches a producer, against the smaller of the producers'
-max_request_size and the topic's max.message.bytes. A record the broker refuses for its size
+A record is checked before it reaches a producer, against the smallest of the producers'
+max_request_size, the topic's max.message.bytes and what the brokers' socket.request.max.bytes
+leaves of a produce request. A record the broker refuses for its size
 would not only fail: it leaves the idempotent producer's sequence with a gap, and every later
 record of that partition then fails with OutOfOrderSequenceNumber. So it must never be sent.
 """
@@ -20,6 +21,11 @@ KAFKA_DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 AIOKAFKA_DEFAULT_MAX_BATCH_BYTES = 16_384
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 CLEANUP_POLICY = "cleanup.policy"
+SOCKET_REQUEST_MAX_BYTES = "socket.request.max.bytes"
+# A produce request around its one batch, at most: the headers, a client and transactional id,
+# a topic name (249 characters at most). A broker closes the connection on a larger request,
+# unanswered: the client retries it for ever, and the records behind it wait.
+PRODUCE_REQUEST_OVERHEAD_BYTES = 1024
 
 
 def compacts(cleanup_policy: str) -> bool:
@@ -46,7 +52,7 @@ class TopicLimits:
     def __init__(
         self, max_request_bytes: int, max_batch_bytes: int = AIOKAFKA_DEFAULT_MAX_BATCH_BYTES
     ) -> None:
-        self.default = max_request_bytes
+        self._configured = self.default = max_request_bytes
         self._batch = max_batch_bytes
         self._topics: dict[str, int] = {}
         self._stale: set[str] = set()
@@ -56,7 +62,14 @@ class TopicLimits:
 
     def learn(self, topic: str, max_message_bytes: int) -> None:
         """The topic's max.message.bytes, as the cluster reports it."""
-        self._topics[topic] = min(max_message_bytes, self.default)
+        self._topics[topic] = max_message_bytes
+
+    def learn_request_limit(self, socket_request_max_bytes: int) -> bool:
+        """The least of the brokers' socket.request.max.bytes: the producers' limit is made to
+        fit one record's request in it. True when that lowers the configured limit."""
+        fits = max(socket_request_max_bytes - PRODUCE_REQUEST_OVERHEAD_BYTES, 1)
+        self.default = min(self._configured, fits)
+        return self.default < self._configured
 
     def learn_cleanup(self, topic: str, cleanup_policy: str) -> None:
         """The topic's cleanup.policy, as the cluster reports it."""
@@ -81,7 +94,7 @@ class TopicLimits:
         return stale
 
     def limit(self, topic: str) -> int:
-        return self._topics.get(topic, self.default)
+        return min(self._topics.get(topic, self.default), self.default)
 
     def batch_bytes(self, topics: Iterable[str]) -> int:
         """The batch size for a producer of `topics`: the configured one, made no larger than any

@@ -2,20 +2,24 @@
 
 Topics with a small max.message.bytes make them cheap to produce: the ingest topic's for the
 webhook's answer, an output topic's for the dedup stage, lowered while running for a refusal
-only the broker sees.
+only the broker sees; a broker of the test's own takes small requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import (
+    Broker,
     RunningBridge,
     Topics,
     alter_topic,
     create_topic,
     entry,
+    own_broker,
     read_decided,
     until_metrics,
 )
@@ -104,3 +108,26 @@ async def test_a_burst_of_small_records_is_batched_within_the_ingest_topics_limi
     assert (status, body["accepted"], body["failed"]) == (200, 200, 0), body
     events = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:{seq}" for seq in range(1, 201)]
+
+
+@pytest.fixture(scope="module")
+def small_requests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker closing the connection on a request over 300,000 bytes, unanswered."""
+    overlay = "socket.request.max.bytes=300000\n"
+    with own_broker(tmp_path_factory.mktemp("kafka-small-requests"), overlay) as own:
+        yield own
+
+
+async def test_a_record_over_the_brokers_request_limit_is_refused_unsent_and_holds_up_nothing(
+    small_requests: Broker, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    # Within BRIDGE_KAFKA__MAX_REQUEST_BYTES and the topics' limit: sent, the broker closed the
+    # connection at each try, answered 503 after the publish timeout, and the records behind it
+    # waited on it (503 too), for as long as Pinecall retried.
+    bridge: RunningBridge = await start_bridge(bootstrap=small_requests.bootstrap)
+    status, body = await bridge.post(entry(1, call=unique_call, data={"text": "x" * 400_000}))
+    assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
+    status, body = await bridge.post(entry(2, call=unique_call))
+    assert (status, body["accepted"]) == (200, 1), body
+    events = await read_decided(small_requests.bootstrap, topics, [topics.events])
+    assert [r.json()["id"] for r in events] == [f"{unique_call}:2"]

@@ -14,6 +14,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NotEnoughReplicasError,
     OutOfOrderSequenceNumber,
 )
@@ -30,6 +31,7 @@ from bridge.sink.kafka import (
     replication_factors,
     topic_configs,
 )
+from bridge.sink.limits import PRODUCE_REQUEST_OVERHEAD_BYTES
 from tests.polling import until
 from tests.unit.sink.fakes import FakeAdmin, FakeConnection, FakeProducer, StuckProducer
 
@@ -709,3 +711,47 @@ async def test_a_size_refusal_met_after_the_stop_took_the_producer_reads_nothing
     await sink.stop()
     await sink.relearn_limits()
     assert sink._relearning is None
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_brokers_request_limit_below_max_request_bytes_caps_the_producer_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The broker closes the connection on a larger request: the record was retried for ever.
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.brokers = {1: {"socket.request.max.bytes": "400000"}, 2: {}}
+    FakeAdmin.values = {"socket.request.max.bytes": "300000", "max.message.bytes": "1048576"}
+    for _ in range(2):
+        with caplog.at_level("INFO", logger=kafka.__name__):
+            await sink.learn_limits(["ingest"], writes=["ingest"])
+    [line] = [r for r in caplog.records if r.name == kafka.__name__]
+    assert line.levelname == "WARNING"
+    assert "socket.request.max.bytes" in line.getMessage()
+    assert "BRIDGE_KAFKA__MAX_REQUEST_BYTES" in line.getMessage()
+    cap = 300_000 - PRODUCE_REQUEST_OVERHEAD_BYTES  # the least broker's
+    assert getattr(line, "largest_record_bytes", None) == cap
+    assert [p.options["max_request_size"] for p in FakeProducer.made] == [1_048_576, cap]
+    with pytest.raises(MessageSizeTooLargeError):
+        await sink.send(Record("ingest", b"k", b"v" * cap))
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+@pytest.mark.parametrize("brokers", [{}, {1: {"socket.request.max.bytes": "104857600"}}])
+async def test_an_unread_or_default_request_limit_leaves_the_producer_alone(
+    brokers: dict[int, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Unread (no DescribeConfigs right on the cluster): said once, at INFO.
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.brokers = brokers
+    FakeAdmin.values = {"max.message.bytes": "1048576"}
+    for _ in range(2):
+        with caplog.at_level("INFO", logger=kafka.__name__):
+            await sink.learn_limits(["ingest"], writes=["ingest"])
+    said = [r.getMessage() for r in caplog.records if r.name == kafka.__name__]
+    assert len(said) == (0 if brokers else 1)
+    assert all("socket.request.max.bytes" in line for line in said)
+    assert (len(FakeProducer.made), sink.limits.limit("ingest")) == (1, 1_048_576)
+    await sink.stop()

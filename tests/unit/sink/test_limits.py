@@ -3,7 +3,7 @@
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
-from bridge.sink.limits import TopicLimits, record_size
+from bridge.sink.limits import PRODUCE_REQUEST_OVERHEAD_BYTES, TopicLimits, record_size
 from bridge.sink.record import Record
 
 
@@ -58,3 +58,21 @@ def test_a_topic_that_compacts_takes_no_keyless_record(policy: str, keyless: boo
     # An admin's change back, read by a later check.
     limits.learn_cleanup("dlq", "delete")
     assert limits.takes_keyless("dlq")
+
+
+def test_the_brokers_request_limit_caps_every_topics_and_the_batches() -> None:
+    # A larger request is closed unanswered by the broker: each record's must fit in it.
+    limits = TopicLimits(1_048_576, 262_144)
+    limits.learn("events", 1_048_576)
+    limits.learn("calls", 100_000)
+    assert limits.learn_request_limit(300_000)
+    cap = 300_000 - PRODUCE_REQUEST_OVERHEAD_BYTES
+    assert (limits.default, limits.limit("events"), limits.limit("unread")) == (cap, cap, cap)
+    assert limits.limit("calls") == 100_000
+    assert TopicLimits(1_048_576, 500_000).batch_bytes([]) == 500_000
+    lowered = TopicLimits(1_048_576, 500_000)
+    lowered.learn_request_limit(300_000)
+    assert lowered.batch_bytes([]) == cap
+    # Kafka's default (100 MiB) is above any configured limit: nothing changes.
+    assert not limits.learn_request_limit(104_857_600)
+    assert (limits.default, limits.limit("events")) == (1_048_576, 1_048_576)
