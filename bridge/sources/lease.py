@@ -202,6 +202,9 @@ class FeedLease:
                 # Refused at every join until an operator acts: said once a wait, not a traceback
                 # a second naming neither the setting nor the brokers' bounds.
                 refused += 1
+                # A holder refused at a rejoin (the bounds changed, a replica joining) is in no
+                # group: another member is assigned the lease meanwhile, and two feeds ran.
+                await self.release()
                 bounds = await brokers_session_bounds(self._client, 5.0)
                 wait = refused_wait(refused)
                 why = session_refusal(self._session_timeout_ms, self._group, bounds)
@@ -353,6 +356,11 @@ class FeedLease:
 
 
 def _retrieved(commit: asyncio.Future[None]) -> None:
-    """Mark a note's commit's failure read: its `_note` said it was not written, or has left."""
-    if not commit.cancelled():
-        commit.exception()
+    """Mark a note's commit's failure read: its `_note` said it was not written, or has left.
+
+    Anything but Kafka's errors is a bug, logged: a commit left running has no reader."""
+    if commit.cancelled():
+        return
+    error = commit.exception()
+    if error is not None and not isinstance(error, KafkaError):
+        log.error("feed lease note's commit failed", exc_info=error)

@@ -37,7 +37,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -439,7 +439,7 @@ class WebSocketSource:
                         refresher, wait=replaced and not cancelled, shown=self._failure
                     )
                     if cancelled and handover is not None:  # nothing reads it any more
-                        self._lost_unread(handover.ws, len(handover.early))
+                        self._lost_unread(handover.ws, handover.early)
                         handover = None
                 finally:  # the reader cancelled meanwhile still closes its connection
                     if handover is None:
@@ -576,7 +576,7 @@ class WebSocketSource:
             await self._close(current.ws)
         except BaseException:  # the reader ends (the stop cancelled it): nothing reads this one
             await _cancelled(early)
-            self._lost_unread(successor.ws, len(successor.early))
+            self._lost_unread(successor.ws, successor.early)
             raise
         await _cancelled(early)
         return successor
@@ -673,7 +673,7 @@ class WebSocketSource:
             ws.transport.abort()  # websockets leaves a connection whose close is cancelled open
             raise
 
-    def _lost_unread(self, ws: ClientConnection, early: int = 0) -> None:
+    def _lost_unread(self, ws: ClientConnection, early: Sequence[str | bytes] = ()) -> None:
         """The stop cancelled the reader past its share: the connection (or a refresh's successor,
         with `early` frames read ahead) is cut, and what the reader had not read is counted lost."""
         # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
@@ -683,7 +683,8 @@ class WebSocketSource:
             unread = len(ws.recv_messages.frames)
         except (AttributeError, TypeError):  # websockets' internals moved: uncounted, as before
             unread = 0
-        unread += early
+        # Read ahead, each frame is known: its subscription's ack (or a pong) is no event lost.
+        unread += sum(1 for message in early if classify(message).kind == "event")
         if unread:
             self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
             log.error(
@@ -862,9 +863,13 @@ async def _successor(
 
 async def _read_early(opened: _Opened) -> None:
     """Read `opened` into its `early` frames until cancelled (websockets' recv is cancel-safe)."""
-    with contextlib.suppress(ConnectionClosed):  # its reader, in its turn, learns of the close
+    try:
         while True:
             opened.early.append(await opened.ws.recv())
+    except ConnectionClosed:
+        return  # its reader, in its turn, learns of the close
+    except Exception:  # a bug, said here: only cancelled and awaited, it would be retrieved by none
+        log.exception("feed refresh: reading the new connection ahead failed")
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

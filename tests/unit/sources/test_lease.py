@@ -10,13 +10,14 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import InvalidSessionTimeoutError, KafkaConnectionError
 
 from bridge.metrics import Metrics
 from bridge.sources import lease as lease_module
 from bridge.sources.lease import FeedLease, _Listener
 from bridge.sources.leasenote import LeaseNote, parse_note
 from tests.metrics import sample
+from tests.polling import until
 from tests.unit.sink.fakes import Connections, throttled
 
 TOPIC = "pinecall.feed-lease"
@@ -291,3 +292,35 @@ async def test_notes_unanswered_while_kafka_is_down_leave_no_unread_failure(
     assert coordinator.commits == 2, "a note committed beside one still under way"
     assert coordinator.left
     assert "feed lease note not written" in caplog.text
+
+
+class RefusedRejoin:
+    """A member whose rejoin the brokers refuse (InvalidSessionTimeoutError at every poll)."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        self.polls += 1
+        raise InvalidSessionTimeoutError()
+
+
+async def test_a_holder_refused_at_a_rejoin_releases_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Refused at a rejoin (the brokers' session bounds changed, a replica joined), the holder is
+    # in no group, and the member left in it is assigned the lease: both fed, held for good.
+    async def bounds(_client: Any, _within: float) -> dict[str, int | None]:
+        return {"group.min.session.timeout.ms": 12_000, "group.max.session.timeout.ms": None}
+
+    monkeypatch.setattr(lease_module, "brokers_session_bounds", bounds)
+    events: list[str] = []
+    lease = lease_noting(events)
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease._consumer = consumer = RefusedRejoin()
+    lease._poller = asyncio.create_task(lease._poll())
+    await until(lambda: consumer.polls >= 1)
+    await until(lambda: not lease.held, 2, what="the refused holder releasing the lease")
+    assert events == ["feed started", "feed stopped"]
+    lease._consumer = None
+    await lease.stop()

@@ -1411,6 +1411,33 @@ async def test_a_reader_cancelled_while_a_refresh_hands_over_leaves_no_connectio
     await until(successor_ended.is_set, within=2, what="the successor's connection ending")
 
 
+async def test_a_refresh_the_stop_cuts_counts_its_successors_events_not_its_ack_as_lost(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut while the old connection's close went unanswered, the successor's frames read ahead
+    # were all counted as events lost at the stop: its subscription's ack too.
+    closing = recording_closes(monkeypatch)
+    sent = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            await asyncio.Event().wait()  # never reads: the refresh's close of it goes unanswered
+        for seq in (1, 2):
+            await ws.send_json(entry(seq))
+        sent.set()
+        await hold_open(ws)
+
+    fed = await feeding(script, expires_in=1.0)  # refreshed after half a second
+    await until(lambda: closing)  # the successor is subscribed: the old one is being closed
+    await sent.wait()
+    await asyncio.sleep(0.2)  # its two events read ahead
+    assert fed.source._reader is not None
+    fed.source._reader.cancel()  # as the stop does past the reader's share
+    await until(lambda: rejected(fed.metrics, "shutdown") > 0, what="the successor counted")
+    await asyncio.sleep(0.1)
+    assert rejected(fed.metrics, "shutdown") == 2
+
+
 def feed_tasks() -> list[asyncio.Task[Any]]:
     """The source's tasks (reader, publisher, refresh, close) not yet ended."""
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("websocket-")]
