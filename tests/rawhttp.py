@@ -35,12 +35,16 @@ def build_request(
     *,
     framing: Framing = "length",
     chunk_sizes: Sequence[int] = (),
+    keep_alive: bool = False,
 ) -> bytes:
     """The request's bytes; `Host` and `Connection: close` come first, then `headers` as given.
 
-    `chunk_sizes` splits a chunked body (cycled; the default is one chunk).
+    `chunk_sizes` splits a chunked body (cycled; the default is one chunk). `keep_alive` leaves
+    out `Connection: close`, for a request followed by another on its connection.
     """
-    lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    if not keep_alive:
+        lines.append(b"Connection: close")
     lines.extend(_bytes(name) + b": " + _bytes(value) for name, value in headers)
     if framing == "length":
         lines.append(b"Content-Length: %d" % len(body))

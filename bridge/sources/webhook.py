@@ -17,7 +17,7 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import event_time, split_body
 from bridge.pipeline import Pipeline
-from bridge.sources.signature import Verdict, forget_keys, verify
+from bridge.sources.signature import Verdict, forget_keys, read_header, verify
 
 log = logging.getLogger(__name__)
 # A refusal can come once per request: thinned (bridge.logthrottle), the metric counts each. Not
@@ -48,7 +48,12 @@ def json_response(
 
 def error(status: int, reason: str, detail: str, **headers: str) -> web.Response:
     """A short JSON error; `reason` is the same word the rejection metric carries."""
-    return json_response({"error": reason, "detail": detail}, status, headers or None)
+    response = json_response({"error": reason, "detail": detail}, status, headers or None)
+    if headers.get("Connection", "").lower() == "close":
+        # aiohttp sends the header as given but keeps the connection: it drained the body left
+        # unread and served a request pipelined after it, one its client takes as unanswered.
+        response.force_close()
+    return response
 
 
 class WebhookHandler:
@@ -116,13 +121,22 @@ class WebhookHandler:
             self._in_flight_bytes -= size
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
-        """`Expect: 100-continue`: a body declared too large gets its 413, and one past the bytes
-        in flight its 503, before it is sent."""
+        """`Expect: 100-continue`: a body too large (413), not JSON or encoded (415), without a
+        well-formed signature (401) or past the bytes in flight (503) is refused unsent."""
         limit = self._settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             # aiohttp's own would send 100 Continue, and the client the whole body, for nothing.
             return self._too_large(limit)
+        # Final answers the head alone decides, before the 503 (which would have it retried) and
+        # before the body is asked for; closed, as for the 413: the body left unsent is not awaited.
+        refused = self._refused_media(request, Connection="close")
+        if refused is None and self._signed_only():
+            given = read_header(request.headers.get(SIGNATURE_HEADER))
+            if isinstance(given, Verdict):  # no digest to check the body against, whatever it is
+                refused = self._unsigned(given, Connection="close")
+        if refused is not None:
+            return refused
         # Only looked at: handle() checks again and charges, as it does without an Expect.
         if self._overloaded(_request_charge(length, limit), held=0):
             # Closed, as for the 413: the body it refuses unsent is not waited for.
@@ -147,14 +161,32 @@ class WebhookHandler:
             413, "body_too_large", f"the limit is {limit} bytes", Connection="close"
         )
 
-    async def _handle(self, request: web.Request, limit: int, held: int) -> web.Response:
+    def _refused_media(self, request: web.Request, **headers: str) -> web.Response | None:
+        """The 415 for a body that is not JSON or is encoded, if it is so; `headers` added."""
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
-            return self._reject(415, "unsupported_media_type", "send application/json")
+            return self._reject(415, "unsupported_media_type", "send application/json", **headers)
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             return self._reject(
-                415, "unsupported_media_type", "send the body unencoded", Connection="close"
+                415,
+                "unsupported_media_type",
+                "send the body unencoded",
+                **{**headers, "Connection": "close"},
             )
+        return None
+
+    def _signed_only(self) -> bool:
+        """Whether a body must be signed: no secret and unsigned not allowed refuses them all."""
+        return bool(self._secrets) or not self._settings.allow_unsigned
+
+    def _unsigned(self, verdict: Verdict, **headers: str) -> web.Response:
+        detail = f"check the {SIGNATURE_HEADER} header"
+        return self._reject(401, verdict.value, detail, **headers)
+
+    async def _handle(self, request: web.Request, limit: int, held: int) -> web.Response:
+        refused = self._refused_media(request)
+        if refused is not None:
+            return refused
         try:
             content = request.content
             if content.is_eof():
@@ -183,10 +215,10 @@ class WebhookHandler:
             # The sender went away mid-body: nothing is stored, and it is no bug to log.
             return self._reject(400, "incomplete_body", "the connection closed mid-body")
         # No secret and unsigned not allowed (settings loaded for a Kafka tool): refuse them all.
-        if self._secrets or not self._settings.allow_unsigned:
+        if self._signed_only():
             verdict = verify(request.headers.get(SIGNATURE_HEADER), body, self._secrets)
             if verdict is not Verdict.VALID:
-                return self._reject(401, verdict.value, f"check the {SIGNATURE_HEADER} header")
+                return self._unsigned(verdict)
         try:
             document: Any = jsoncodec.loads(body)
         except jsoncodec.JSONDecodeError as exc:

@@ -233,9 +233,13 @@ async def test_too_large_chunked_413(harness: Harness) -> None:
     assert response.status == 413
 
 
-async def answer_before_the_body(port: int, body: bytes) -> tuple[int, dict[str, str], Any]:
-    """Send a signed request's head with `Expect: 100-continue` and no body: the first answer."""
-    _, headers = signed(body, SECRET)
+async def answer_before_the_body(
+    port: int, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """Send a request's head (signed, unless `headers` are given) with `Expect: 100-continue` and
+    no body: the first answer."""
+    if headers is None:
+        _, headers = signed(body, SECRET)
     request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], body)
     head = request[: request.index(b"\r\n\r\n") + 4]
     connection = await RawConnection.open("127.0.0.1", port)
@@ -261,6 +265,31 @@ async def test_a_body_declared_too_large_with_expect_is_413_before_it_is_sent(
     assert headers["connection"] == "close"
     assert answer["error"] == "body_too_large"
     assert harness.rejected("body_too_large") == 1
+    assert harness.sink.records == []
+
+
+@pytest.mark.parametrize(
+    ("changed", "status", "reason"),
+    [
+        ({SIGNATURE: None}, 401, "missing_signature"),
+        ({SIGNATURE: "sha256=" + "z" * 64}, 401, "malformed_signature"),
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Encoding": "gzip"}, 415, "unsupported_media_type"),
+    ],
+)
+async def test_a_body_its_head_refuses_with_expect_is_refused_before_it_is_sent(
+    harness: Harness, changed: dict[str, str | None], status: int, reason: str
+) -> None:
+    # A 100 Continue had the client upload the whole body for a refusal its head decided.
+    _, headers = signed(ENTRY, SECRET)
+    for name, value in changed.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    answered, answer_headers, answer = await answer_before_the_body(harness.port, ENTRY, headers)
+    assert (answered, answer_headers["connection"], answer["error"]) == (status, "close", reason)
+    assert harness.rejected(reason) == 1
     assert harness.sink.records == []
 
 
@@ -315,6 +344,34 @@ async def test_encoded_or_broken_body_is_refused_not_a_bug(
     assert response.status == status
     assert harness.sink.records == []
     assert "unexpected error" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "status"),
+    [
+        (ENTRY, ("Content-Encoding", "gzip"), 415),
+        (b'{"type": "x", "data": {"pad": "' + b"a" * 5000 + b'"}}', ("X-Other", "x"), 413),
+    ],
+)
+async def test_an_answer_saying_close_closes_and_serves_no_request_sent_after_it(
+    harness: Harness, body: bytes, header: tuple[str, str], status: int
+) -> None:
+    # It was kept open: its body drained, a pipelined request was served and published, though
+    # the client, told the connection closes, takes that request as unanswered and resends it.
+    _, headers = signed(body, SECRET)
+    refused = build_request("POST", PATH, [*headers.items(), header], body, keep_alive=True)
+    _, headers = signed(ENTRY, SECRET)
+    after = build_request("POST", PATH, list(headers.items()), ENTRY, keep_alive=True)
+    connection = await RawConnection.open("127.0.0.1", harness.port)
+    try:
+        assert await connection.send(refused + after)
+        response = await connection.response()
+        assert response is not None
+        assert (response.status, response.headers["connection"]) == (status, "close")
+        assert await connection.closed(within=5) == b""
+    finally:
+        await connection.close()
+    assert harness.sink.records == []
 
 
 @pytest.mark.parametrize(
