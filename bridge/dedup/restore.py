@@ -129,11 +129,13 @@ async def restore(
     meter: RestoreMeter | None = None,
     *,
     kept: Kept | None = None,
+    margin: float | None = None,
 ) -> int:
     """Replay [start, end) of the partition into `window`; returns how many ids it read.
 
     The start is the TTL before `end`, or with `kept` (the window kept from an earlier spell)
     the position it stopped at: GapUnreadableError when the records since are not all there.
+    `margin`, the ingest retention past the TTL: a window that retention may have cut is said.
     `progress`, when given, also learns each call log's progress from the same records;
     `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
     A replay that stalls goes on where it stopped, with a new consumer. `meter` is told the
@@ -150,7 +152,7 @@ async def restore(
     consumer = await _started(options, tp, answered)
     try:
         if kept is None:
-            start = await _window_start(consumer, tp, end, ttl, watch)
+            start = await _window_start(consumer, tp, end, ttl, watch, margin)
         else:
             start = await _gap_start(consumer, tp, kept, watch)
         if meter is not None:
@@ -220,7 +222,12 @@ async def _started(
 
 
 async def _window_start(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, ttl: float, watch: StallWatch
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    end: int,
+    ttl: float,
+    watch: StallWatch,
+    margin: float | None = None,
 ) -> int:
     """The first offset of the window to replay: `end` when there is nothing to replay."""
     first = (await consumer.beginning_offsets([tp]))[tp]
@@ -233,7 +240,28 @@ async def _window_start(
     moment = last.timestamp if last is not None else (time.time() - SKEW_ALLOWANCE_SECONDS) * 1000
     found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
     at = found.get(tp)
-    return int(max(at.offset if at is not None else end, first))
+    start = int(max(at.offset if at is not None else end, first))
+    if margin is not None and last is not None and start == first > 0:
+        _cut_by_retention(tp, first, last.timestamp / 1000, margin)
+    return start
+
+
+def _cut_by_retention(tp: TopicPartition, first: int, last_at: float, margin: float) -> None:
+    """Say a window starting at the log start, records deleted before it, when retention may
+    have taken some of its TTL: their copies are output again."""
+    # Retention deletes what is older than the TTL plus the margin (by the broker's clock): some
+    # of the TTL before the last decided record only once that lags the margin. A stage within
+    # it (a partition idle past the retention, then busy again) has its whole window.
+    lag = time.time() - last_at
+    if lag <= margin - SKEW_ALLOWANCE_SECONDS:
+        return
+    log.warning(
+        "dedup restore's window starts at the partition's log start: records before it were"
+        " deleted (the stage lagged past the ingest retention, or an admin deleted records), and"
+        " any of them appended within the TTL before the committed offset is missing from the"
+        " window: a copy of one still undecided is output again",
+        extra={"partition": tp.partition, "from_offset": first, "lag_s": round(lag, 1)},
+    )
 
 
 async def _gap_start(

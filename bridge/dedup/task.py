@@ -135,6 +135,7 @@ class PartitionTask:
                     self._metrics.dedup_restore_records_read,
                 ),
                 kept=kept,
+                margin=self._settings.ingest_retention_margin_seconds,
             )
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -23,9 +24,11 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
+from bridge.dedup.restore import restore
 from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
+from bridge.dedup.window import SeenWindow, digest
 from bridge.groups import GroupMetadata, group_metadata
 from bridge.ingest import record as ingest_record
 from bridge.metrics import Metrics
@@ -209,6 +212,41 @@ async def test_a_lagging_partition_is_restored_exactly(
     await until_sample([second], "pinecall_bridge_events_duplicate_total", 2, channel="webhook")
 
 
+async def test_a_restore_from_the_broker_decides_as_the_window_did_with_times_going_back(
+    kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    """What a restore rests on, asked of Kafka itself: offsets_for_times finds the first record
+    stamped at or after the TTL before the last decided one, though times go back (a broker's
+    clock stepping back; here CreateTimes), so a window rebuilt from there, at any committed
+    offset, decides what follows as the one that saw every record."""
+    ttl = 10.0
+    await create_topic(kafka_bootstrap, topics.ingest, 1, {"message.timestamp.type": "CreateTime"})
+    # (seq, ms after the first): copies a TTL apart exactly, a ms more, a ms less; then :5
+    # stamped back before :4 (kept at :4's time), and copies a TTL after their kept times.
+    timed = [(1, 0), (2, 5_000), (3, 10_000), (1, 10_000), (2, 15_001), (3, 19_999)]
+    timed += [(4, 20_000), (5, 9_000), (6, 21_000), (5, 29_000), (6, 31_000)]
+    base = int(time.time() * 1000) - 600_000
+    seqs = [seq for seq, _ in timed]
+    # Half a ms more: write_ingest truncates to whole ms, which a float a hair short would lose.
+    sent = [(base + ms + 0.5) / 1000 for _, ms in timed]
+    await write_ingest(kafka_bootstrap, ingest_records(topics, unique_call, seqs), sent)
+    stream = [(digest(f"{unique_call}:{seq}"), (base + ms) / 1000) for seq, ms in timed]
+    every = SeenWindow(ttl, 1_000)
+    assert [every.observe(k, at) for k, at in stream] == [
+        *(True, True, True, False, True, False, True, True, True, False, False)
+    ]
+    tp = TopicPartition(topics.ingest, 0)
+    for end in range(1, len(stream)):
+        seen_all = SeenWindow(ttl, 1_000)
+        for k, at in stream[:end]:
+            seen_all.observe(k, at)
+        restored = SeenWindow(ttl, 1_000)
+        await restore({"bootstrap_servers": kafka_bootstrap}, tp, end, restored, ttl)
+        assert [restored.observe(k, at) for k, at in stream[end:]] == [
+            seen_all.observe(k, at) for k, at in stream[end:]
+        ], f"restored up to {end}"
+
+
 async def test_a_copy_after_a_damaged_record_with_its_id_is_output_by_the_next_owner_too(
     start_bridge: Start, topics: Topics, kafka_bootstrap: str, unique_call: str
 ) -> None:
@@ -299,6 +337,31 @@ async def test_records_deleted_before_the_stage_read_them_are_counted_and_skippe
     records = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 5)]
     await until_sample([second], "pinecall_bridge_dedup_records_expired_total", 2)
+
+
+async def test_a_restore_whose_window_retention_deleted_outputs_a_copy_again_and_says_so(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stage lagging past the retention margin, restarted: retention (here an admin's delete)
+    took a decided record of the TTL before the committed offset, so its copy is output again
+    (README: known limits), and the restore says the window may miss ids."""
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
+    # A copy of :1 within the TTL of its first, undecided; then :1's first copy deleted.
+    await post_all(first, [entry(1, call=unique_call), entry(3, call=unique_call)])
+    await delete_ingest(kafka_bootstrap, topics, keep=3)
+
+    # Margin 0: any lag is past it, as an hour's is at the default.
+    await start_bridge(dedup={"ingest_retention_margin_seconds": 0})
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 1, 3)]
+    said = [r for r in caplog.records if r.getMessage().startswith("dedup restore's window")]
+    assert [(r.levelno, r.__dict__["from_offset"]) for r in said] == [(logging.WARNING, 1)]
 
 
 async def test_a_group_whose_offsets_were_deleted_outputs_the_kept_log_again_and_says_so(

@@ -333,3 +333,42 @@ async def test_a_gap_that_is_not_all_there_is_refused(
         await restore({}, TP, 9, window, TTL, kept=kept)
     assert refused.value.reason == reason
     assert len(window) == 0
+
+
+def cut_windows(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("dedup restore's window")]
+
+
+async def test_a_window_retention_cut_is_said(
+    log: FakeLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stage lagged past the retention margin: retention took :0 and :1, decided within the
+    # TTL before the committed offset, so a copy of either still waiting is output again.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    for n in range(4):
+        log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
+    log.log_start = 2
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 4, window, TTL, margin=3600.0) == 2
+    assert seen(window, "CA_1:0", "CA_1:2") == [False, True]
+    (said,) = cut_windows(caplog)
+    assert said.levelno == logging.WARNING
+    assert (said.__dict__["partition"], said.__dict__["from_offset"]) == (TP.partition, 2)
+
+
+@pytest.mark.parametrize("log_start", [0, 1, 2], ids=["nothing", "older", "idle"])
+async def test_a_whole_window_is_not_said_cut(
+    log: FakeLog, caplog: pytest.LogCaptureFixture, log_start: int
+) -> None:
+    # Nothing deleted; deleted records older than the window's start; or a stage within the
+    # margin, whose deleted records are older than the TTL (a partition idle past retention).
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    now = time.time()
+    log.append(ingest(0, "CA_1:0", now - 2 * TTL))
+    log.append(ingest(1, "CA_1:1", now - TTL - 1.0))
+    log.append(ingest(2, "CA_1:2", now - 1.0))
+    log.append(ingest(3, "CA_1:3", now - 0.5))
+    log.log_start = log_start
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 4, window, TTL, margin=3600.0) == 2
+    assert cut_windows(caplog) == []
