@@ -60,6 +60,9 @@ MAX_WORKERS = 64
 # A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
 # answered 401. Only warned of: local testing and the simulator use short ones.
 MIN_WEBHOOK_SECRET_CHARS = 16
+# Pinecall's `: ping` on every event stream, and its wait per webhook attempt (pinecall-wire.md).
+PINECALL_PING_SECONDS = 25.0
+PINECALL_ATTEMPT_SECONDS = 5.0
 # BRIDGE_KAFKA__BOOTSTRAP_SERVERS unset: the local broker (`make kafka-up`, the demo's).
 DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
@@ -212,6 +215,24 @@ def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
         raise ValueError(f"{name!r} is not a valid Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
     return name
+
+
+def _no_colliding_topics(topics: Mapping[str, str | None]) -> None:
+    """Refuse two different topic names alike but for `.` and `_`, naming both settings."""
+    # Kafka names a topic's metrics with `.` as `_`, so it refuses to create one while the
+    # other exists: the second stays missing and the records routed to it stall their
+    # ingest partitions.
+    seen: dict[str, tuple[str, str]] = {}
+    for setting, topic in topics.items():
+        if topic is None:
+            continue
+        first = seen.setdefault(topic.replace(".", "_"), (setting, topic))
+        if first[1] != topic:
+            raise ValueError(
+                f"{first[0]} ({first[1]!r}) and {setting} ({topic!r}) collide: Kafka reads"
+                " '.' as '_' in a topic's metric names and refuses to create either while the"
+                " other exists; use the same separator in both"
+            )
 
 
 class KafkaSettings(_Section):
@@ -949,6 +970,13 @@ class Settings(BaseSettings):
             )
         if t.ingest == t.feed_lease:
             raise ValueError("BRIDGE_TOPICS__INGEST and BRIDGE_TOPICS__FEED_LEASE must differ")
+        _no_colliding_topics(
+            {
+                **outputs,
+                "BRIDGE_TOPICS__INGEST": t.ingest,
+                "BRIDGE_TOPICS__FEED_LEASE": t.feed_lease,
+            }
+        )
         max_age, ttl = self.webhook.max_age_seconds, self.dedup.ttl_seconds
         margin = SKEW_ALLOWANCE_SECONDS + self.kafka.publish_timeout_seconds
         if max_age and 2 * max_age + margin > ttl:
@@ -1245,7 +1273,29 @@ def setting_warnings(settings: Settings) -> list[str]:
     return [
         *webhook_secret_warnings(settings.webhook.secrets),
         *drain_delay_warnings(settings.shutdown),
+        *pinecall_timing_warnings(settings),
     ]
+
+
+def pinecall_timing_warnings(settings: Settings) -> list[str]:
+    """Timeouts that Pinecall's webhook attempt or event-stream ping cannot meet."""
+    warnings = []
+    publish = settings.kafka.publish_timeout_seconds
+    if publish < PINECALL_ATTEMPT_SECONDS:
+        # Both attempts then fail within a broker crash's stall, which a longer one outlasts.
+        warnings.append(
+            f"BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS ({publish:g}) is under Pinecall's"
+            f" {PINECALL_ATTEMPT_SECONDS:g} s per webhook attempt: its retry follows a 503 at"
+            " once, so in a Kafka stall both attempts are answered 503; keep it at 5 or more"
+        )
+    read = settings.sse.read_timeout_seconds
+    if settings.sse.enabled and read <= PINECALL_PING_SECONDS:
+        warnings.append(
+            f"BRIDGE_SSE__READ_TIMEOUT_SECONDS ({read:g}) is not above Pinecall's"
+            f" {PINECALL_PING_SECONDS:g} s ping interval: every quiet stream is dropped as silent"
+            " and read again"
+        )
+    return warnings
 
 
 def drain_delay_warnings(shutdown: ShutdownSettings) -> list[str]:

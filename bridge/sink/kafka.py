@@ -19,6 +19,7 @@ from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     InvalidReplicationFactorError,
+    InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
     LeaderNotAvailableError,
@@ -278,6 +279,11 @@ async def replication_factors(
     async with admin_client(options) as admin:
         found, errors = await _settled(read, names, fresh)
     return TopicReads(found, errors)
+
+
+def _said(rest: list[Any]) -> str | None:
+    """A CreateTopics answer's error message, when its version carries one."""
+    return rest[0] if rest and isinstance(rest[0], str) else None
 
 
 async def _cluster_min_insync(admin: AIOKafkaAdminClient) -> int | None:
@@ -687,15 +693,29 @@ class KafkaSink:
         created: set[str] = set()
         too_many: list[str] = []
         refused: list[str] = []
-        for name, code, *_ in getattr(response, "topic_errors", []):
+        for name, code, *said in getattr(response, "topic_errors", []):
             if code == InvalidReplicationFactorError.errno:
                 too_many.append(name)
             elif code in NOT_ALLOWED:
                 refused.append(name)
+            elif code == InvalidTopicError.errno:
+                # Asked again at every start and refused again: a name alike but for `.` and `_`
+                # to an existing topic's, which only the broker's own words name.
+                log.error(
+                    "could not create topic: the broker refuses its name (is there a topic"
+                    " alike but for '.' and '_'?); until it exists, nothing is written to it:"
+                    " rename one of the two",
+                    extra={"topic": name, "broker_said": _said(said)},
+                )
             elif code not in (0, TopicAlreadyExistsError.errno):
                 log.warning(
                     "could not create topic",
-                    extra={"topic": name, "error_code": code, "error": for_code(code).__name__},
+                    extra={
+                        "topic": name,
+                        "error_code": code,
+                        "error": for_code(code).__name__,
+                        "broker_said": _said(said),
+                    },
                 )
             else:
                 created.add(name)

@@ -201,6 +201,33 @@ async def test_a_replication_factor_above_the_brokers_is_said_naming_the_setting
         await bridge.stop()
 
 
+async def test_a_topic_whose_name_kafka_refuses_is_said_with_the_brokers_reason(
+    topics: Topics, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge")
+    # Made elsewhere, alike but for '.' and '_': Kafka refuses the events topic at every start.
+    other = topics.events.replace(".", "_")
+    await create_topic(kafka_bootstrap, other, 1)
+    bridge = Bridge(bridge_settings(kafka_bootstrap, topics))
+    await bridge.start()
+    try:
+        await until(lambda: name_refused(caplog), within=30)
+        said = name_refused(caplog)[0]
+        assert getattr(said, "topic", None) == topics.events
+        assert other in str(getattr(said, "broker_said", ""))
+    finally:
+        await bridge.stop()
+
+
+def name_refused(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """ERRORs saying the broker refused a topic's name."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "refuses its name" in r.getMessage()
+    ]
+
+
 def too_few_brokers(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """ERRORs naming the replication factor's setting."""
     return [

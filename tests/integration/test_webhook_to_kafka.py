@@ -387,6 +387,40 @@ async def test_ephemeral_entries_of_no_call_are_keyed_as_on_the_alerts_topic(
     )
 
 
+async def test_routing_rules_send_events_where_the_readme_says_keyed_as_elsewhere(
+    start_bridge: object, topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    routed = topics.events + "-routed"
+    rules = [
+        {"match": "metrics.*", "topic": routed},
+        {"match": "metrics.llm", "topic": topics.alerts},  # never reached: first match wins
+    ]
+    bridge: RunningBridge = await start_bridge(  # type: ignore[operator]
+        topics={"ephemeral": topics.ephemeral}, routing={"rules": rules}
+    )
+    agent = "agent_" + unique_call
+    lines = [
+        entry(1, "metrics.llm", call=unique_call),
+        entry(2, "turn.user", call=unique_call),
+        # A rule takes an event of no call as well, keyed as on the alerts topic.
+        entry(1, "metrics.agent", call=None, agent=agent),
+        # An ephemeral entry never reaches a rule, whatever its type.
+        entry(3, "metrics.vad", call=unique_call, ephemeral=True),
+    ]
+    status, body = await bridge.post(lines)
+    assert (status, body["accepted"]) == (200, 4)
+    names = [routed, topics.events, topics.alerts, topics.ephemeral]
+    records = await read_decided(kafka_bootstrap, topics, names)
+    assert sorted((r.topic, r.key or b"", r.json()["type"]) for r in records) == sorted(
+        [
+            (routed, unique_call.encode(), "metrics.llm"),
+            (topics.events, unique_call.encode(), "turn.user"),
+            (routed, f"@{agent}".encode(), "metrics.agent"),
+            (topics.ephemeral, unique_call.encode(), "metrics.vad"),
+        ]
+    )
+
+
 async def test_metrics_count_what_happened(bridge: RunningBridge, unique_call: str) -> None:
     await bridge.post(entry(1, call=unique_call))
     await bridge.post(entry(1, call=unique_call))

@@ -266,6 +266,32 @@ def test_a_short_webhook_secret_is_warned_of_but_valid(
 
 
 @pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        ({}, []),
+        (
+            {"BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS": "4"},
+            ["BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS (4) is under Pinecall's 5 s"],
+        ),
+        # Off, the call-log source reads nothing: its timeout is no matter.
+        ({"BRIDGE_SSE__READ_TIMEOUT_SECONDS": "20"}, []),
+        (
+            {"BRIDGE_SSE__ENABLED": "true", "BRIDGE_SSE__READ_TIMEOUT_SECONDS": "25"},
+            ["BRIDGE_SSE__READ_TIMEOUT_SECONDS (25) is not above Pinecall's 25 s ping"],
+        ),
+    ],
+)
+def test_timeouts_pinecall_cannot_meet_are_warned_of_by_check_and_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], warned: list[str]
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_PINECALL__API_KEY": "k", **env})
+    found = [w for w in setting_warnings(load_settings()) if "Pinecall" in w]
+    assert len(found) == len(warned)
+    for warning, start in zip(found, warned, strict=True):
+        assert warning.startswith(start)
+
+
+@pytest.mark.parametrize(
     ("grace", "delay", "cut_to"), [("25", "15", None), ("25", "20", "15.5"), ("10", "7", "4.2")]
 )
 def test_a_drain_delay_each_stop_would_cut_is_warned_of_at_start(
@@ -1158,6 +1184,30 @@ def test_the_dead_letter_topic_is_no_other_output_topic(
     [problem] = problems()
     assert problem.startswith("BRIDGE_TOPICS__DLQ must not be another output topic (")
     assert problem.endswith(f" is {clash} too)")
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"BRIDGE_ROUTING__RULES": '[{"match": "monitor.*", "topic": "pinecall_events"}]'},
+            "BRIDGE_TOPICS__EVENTS ('pinecall.events') and BRIDGE_ROUTING__RULES[0].topic"
+            " ('pinecall_events') collide",
+        ),
+        (
+            {"BRIDGE_TOPICS__FEED_LEASE": "pinecall_ingest"},
+            "BRIDGE_TOPICS__INGEST ('pinecall.ingest') and BRIDGE_TOPICS__FEED_LEASE"
+            " ('pinecall_ingest') collide",
+        ),
+    ],
+)
+def test_topics_alike_but_for_dot_and_underscore_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    # Kafka refuses to create one while the other exists: its records would stall the stage.
+    setenv(monkeypatch, env)
+    [found] = problems()
+    assert found.startswith(problem)
 
 
 def test_events_and_alerts_may_share_a_topic(monkeypatch: pytest.MonkeyPatch) -> None:

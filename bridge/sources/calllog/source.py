@@ -45,8 +45,6 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 # A drained queue can let many ended calls expire at once: one line for them, each counted.
 flood = LogThrottle(log)
-# Pinecall's `: ping` on every event stream (pinecall-wire.md).
-PINECALL_PING_SECONDS = 25.0
 _STOP_GRACE = 5.0
 # Refused call ids each logged once, up to this many: a stream of distinct ones is only counted.
 _LOGGED_REFUSALS = 16
@@ -97,15 +95,6 @@ class CallLogSource:
         # PinecallBridgeRejectionRateHigh's share for the call logs: from 0, for rate() (a series
         # born at its first count shows none).
         metrics.rejected.labels("sse", "invalid_call_id")
-        if settings.read_timeout_seconds <= PINECALL_PING_SECONDS:
-            log.warning(
-                "BRIDGE_SSE__READ_TIMEOUT_SECONDS is not above Pinecall's ping interval: every"
-                " quiet stream is dropped as silent and read again",
-                extra={
-                    "read_timeout_s": settings.read_timeout_seconds,
-                    "ping_interval_s": PINECALL_PING_SECONDS,
-                },
-            )
 
     async def start(self) -> None:
         """Learn the ingest partition count (the calls' partitions depend on it), read the feed."""

@@ -228,17 +228,6 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
     assert not crashes
 
 
-def test_a_read_timeout_pinecalls_pings_cannot_meet_is_warned_about(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.source")
-    call_log_source(Metrics())  # 60 s: two pings in each
-    assert caplog.records == []
-    call_log_source(Metrics(), read_timeout_seconds=20)
-    [warning] = caplog.records
-    assert "not above Pinecall's ping interval" in warning.getMessage()
-
-
 async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
