@@ -48,14 +48,16 @@ groups:
         # Events dropped on purpose (ephemeral, markers) are not expected in the ingest topic.
         # Over 0.5, not 0: increase() extrapolates a counter starting at 0 in the window less far
         # than one above 0, so received less dropped leaves a fraction where all were dropped.
+        # Per worker process (config.http.workers): each has its own producer, and a pod's other
+        # workers ingesting would hide the one that stalls (its share of webhooks, the feed).
         expr: |
           (
-            sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}]))
-            - (sum by (namespace, pod) (increase(pinecall_bridge_events_dropped_total[{{ $stalled }}])) or sum by (namespace, pod) (increase(pinecall_bridge_events_received_total[{{ $stalled }}])) * 0)
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_events_received_total[{{ $stalled }}]))
+            - (sum by (namespace, pod, worker) (increase(pinecall_bridge_events_dropped_total[{{ $stalled }}])) or sum by (namespace, pod, worker) (increase(pinecall_bridge_events_received_total[{{ $stalled }}])) * 0)
             > 0.5
           )
           unless
-          (sum by (namespace, pod) (increase(pinecall_bridge_events_ingested_total[{{ $stalled }}])) > 0)
+          (sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total[{{ $stalled }}])) > 0)
         for: {{ $stalledFor }}
         labels:
           severity: critical
@@ -167,9 +169,11 @@ groups:
         # alert, and `for` starts afresh.
         # A partition assigned to a pod and starting (in its first attempt: its committed offset,
         # its turn for a restore, the restore) is not unowned: a takeover at the cap restores for
-        # minutes, 4 at a time. Unless the pod's restores have read nothing for 5 minutes with
-        # records left (a restore goes on after a stall for ever: its partitions would be
-        # nobody's and no page), and a start that failed (retrying) counts as unowned.
+        # minutes, 4 at a time. Unless the process's restores have read nothing for 5 minutes
+        # with records left (a restore goes on after a stall for ever: its partitions would be
+        # nobody's and no page), and a start that failed (retrying) counts as unowned. Per worker
+        # process (config.http.workers): each restores its own partitions, and another worker
+        # of the pod reading would hide one whose restores read nothing.
         # `or ... * 0`: none starting (or a pod without the gauge, older).
         expr: |
           (
@@ -178,11 +182,11 @@ groups:
             - (
               sum by (namespace) (
                 pinecall_bridge_dedup_partitions_starting
-                unless on (namespace, pod)
+                unless on (namespace, pod, worker)
                 (
-                  sum by (namespace, pod) (rate(pinecall_bridge_dedup_restore_records_read_total[5m])) == 0
-                  and on (namespace, pod)
-                  sum by (namespace, pod) (pinecall_bridge_dedup_restore_records_left) > 0
+                  sum by (namespace, pod, worker) (rate(pinecall_bridge_dedup_restore_records_read_total[5m])) == 0
+                  and on (namespace, pod, worker)
+                  sum by (namespace, pod, worker) (pinecall_bridge_dedup_restore_records_left) > 0
                 )
               )
               or sum by (namespace) (pinecall_bridge_dedup_partitions_owned) * 0
