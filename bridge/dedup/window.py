@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from decimal import Decimal
 from hashlib import blake2b
 
 _COMPACT_AFTER = 4096  # consumed slots before the arrays are worth shifting down
@@ -25,6 +26,12 @@ _LOW = (1 << 64) - 1
 # Each remembered id's own objects as the allocator hands them out (16-byte blocks): its digest,
 # a 128-bit int (44 bytes), and its last-seen time, a float (24).
 _ENTRY_OBJECTS = 48 + 32
+_HALF_MS = 0.0005
+
+
+def ttl_ms(ttl: float) -> int:
+    """The TTL in whole ms as written (0.3 is 300, not 299.99...): append times are whole ms."""
+    return int(Decimal(repr(ttl)) * 1000)
 
 
 def digest(event_id: str) -> int:
@@ -38,7 +45,10 @@ class SeenWindow:
     def __init__(self, ttl: float, max_entries: int) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("ttl must be > 0 and max_entries >= 1")
-        self._ttl = ttl
+        # Half a ms over the TTL in whole ms: append times are whole ms (k / 1000 s), so a copy
+        # exactly TTL after its first, a float difference off by ~1e-7 s either way, stays a
+        # duplicate and one a ms later does not. Decided as in integer ms, at no cost a record.
+        self._ttl = ttl_ms(ttl) / 1000 + _HALF_MS
         self._max = max_entries
         # digest → its last-seen time; the arrays queue its sightings (one per id and time) in
         # arrival order, which is expiry order because stream time never goes back (`observe`).

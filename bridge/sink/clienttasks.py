@@ -229,9 +229,11 @@ async def _settle(starting: asyncio.Future[Any], within: float) -> None:
             )
 
 
-async def stop_consumer(consumer: Any) -> None:
+async def stop_consumer(consumer: Any, within: float | None = None) -> None:
     """Stop (leave the group, close) a consumer in a task of its own; one cut or failed is cut
     short, so nothing of it is left open, and a failed stop's error is raised.
+
+    `within`: a bound of its own, for a caller whose cancellation was delivered already.
 
     A CancelledError from inside aiokafka ends its stop, not the caller: aiokafka's fetcher awaits
     the fetch tasks it cancels, and one sleeping out its retry backoff (a broker down or
@@ -240,9 +242,12 @@ async def stop_consumer(consumer: Any) -> None:
     logged. The caller's own cancellation lets the stop settle for STOP_SETTLE_SECONDS, then cuts
     it, and is raised.
     """
-    stopping, _ = await _stop(consumer, None, STOP_SETTLE_SECONDS)
+    stopping, timed_out = await _stop(consumer, within, STOP_SETTLE_SECONDS)
     if stopping.done() and not stopping.cancelled():
         stopping.result()
+        return
+    if timed_out:
+        log.warning("a Kafka consumer's stop was cut short", extra={"within_s": within})
         return
     # The fetcher gave up at that task, before it cancelled its other brokers' fetches and before
     # the consumer closed its connections: cut_short (in _stop) ended them.

@@ -25,6 +25,7 @@ from bridge.groups import Claim, StickyAssignor, group_metadata, member_options
 from bridge.kafkarefusals import refused_wait, session_refusal
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
+    STOP_SETTLE_SECONDS,
     Replacement,
     consumer_died,
     start_client,
@@ -152,6 +153,17 @@ class FeedLease:
         # Leaving waits for a join already in flight, whose assignment may name this member: it
         # would start a feed nothing stops any more.
         self._stopping = True
+        cut = False
+        try:
+            await self._hand_on(read_until, by)
+        except asyncio.CancelledError:
+            cut = True
+            raise
+        finally:  # every exit leaves the group and ends the commit: nothing outlives the stop
+            await self._leave(cut)
+
+    async def _hand_on(self, read_until: float | None, by: float | None) -> None:
+        """What comes before the leave: the poller ended, the last note, the feed released."""
         if self._poller is not None:
             self._poller.cancel()
             # asyncio.wait, not await: the poller ending cancelled is expected; the caller's own
@@ -168,11 +180,26 @@ class FeedLease:
         await self.release()
         if self._note_read is not None:
             await asyncio.wait({self._note_read})  # cancelled by the release: its client closed
+
+    async def _leave(self, cut: bool) -> None:
+        """Stop the consumer (leaving the group), then end a note's commit left running.
+
+        `cut`: the caller's cancellation came before the leave, and no longer bounds it: the
+        leave gets what a leave cut by it gets, a settle, and its failure is only logged."""
         consumer, self._consumer = self._consumer, None
+        if self._note_read is not None:
+            self._note_read.cancel()  # a stop cut before the release: its admin client closes
         try:
-            if consumer is not None:
+            if consumer is not None and not cut:
                 await stop_consumer(consumer)
-        finally:  # a stop cut by its caller ends the commit too: nothing outlives the stop
+            elif consumer is not None:
+                try:
+                    await stop_consumer(consumer, STOP_SETTLE_SECONDS)
+                except Exception as exc:  # the caller's cancellation is what it raises
+                    log.warning(
+                        "the feed lease's consumer did not stop", extra={"error": repr(exc)}
+                    )
+        finally:
             await self._end_commit()
 
     def _claim(self) -> Claim:

@@ -35,6 +35,19 @@ def test_ttl_is_exact_by_append_time() -> None:
     assert past_edge.observe(key("a"), 1000.0 + TTL + 0.001)
 
 
+@pytest.mark.parametrize("ttl", [0.1, 0.3, 0.57, 1.7, 4.35, 900.0])
+def test_the_ttl_edge_is_exact_for_a_ttl_no_float_holds_exactly(ttl: float) -> None:
+    # Append times are whole ms from Kafka, divided by 1000: a float difference a hair off the
+    # TTL (0.1 s: in about 2 of 5 sightings) made a copy exactly TTL after its first new.
+    ttl_ms = round(ttl * 1000)
+    for first in range(1_767_225_600_000, 1_767_225_600_000 + 500):
+        at_edge, past_edge = SeenWindow(ttl, 100), SeenWindow(ttl, 100)
+        at_edge.observe(key("a"), first / 1000)
+        assert not at_edge.observe(key("a"), (first + ttl_ms) / 1000), first
+        past_edge.observe(key("a"), first / 1000)
+        assert past_edge.observe(key("a"), (first + ttl_ms + 1) / 1000), first
+
+
 def test_expiry_follows_other_records_times_not_the_wall_clock() -> None:
     window = SeenWindow(TTL, 100)
     window.observe(key("a"), 1000.0)
@@ -146,11 +159,11 @@ def test_copies_of_a_few_ids_keep_the_queue_bounded() -> None:
 def test_at_steady_state_the_queue_holds_at_most_a_third_more_slots_than_live_ids() -> None:
     # Each id once, at a steady rate: the consumed head was cut off only past half the queue, so
     # the arrays (24 bytes a slot) grew to twice the live ids before each compaction.
-    live = 20_000
+    live = int(TTL * 1000)  # one a ms: append times are whole ms
     window = SeenWindow(TTL, 10 * live)
     most = 0
     for i in range(3 * live):
-        window.observe(key(f"evt-{i}"), 1000.0 + i * TTL / live)
+        window.observe(key(f"evt-{i}"), 1000.0 + i / 1000)
         if i >= live:
             most = max(most, len(window._times) - 4 * len(window) // 3)
     assert len(window) == live + 1
@@ -235,11 +248,11 @@ def test_size_estimate_is_what_the_window_allocates(expiring: bool) -> None:
     n = 20_000
     tracemalloc.start()
     try:
-        window = SeenWindow(TTL if expiring else 1e9, 10 * n)
+        window = SeenWindow(n / 1000 if expiring else 1e9, 10 * n)
         before = tracemalloc.get_traced_memory()[0]
         for i in range(n * (3 if expiring else 1)):
-            # Steady: n new ids per TTL for three TTLs, so n live at the end, the rest expired.
-            window.observe(key(f"evt-{i}"), 1000.0 + i * TTL / n)
+            # Steady: n new ids per TTL (one a ms) for three TTLs, so n live at the end.
+            window.observe(key(f"evt-{i}"), 1000.0 + i / 1000)
         traced = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import InvalidSessionTimeoutError, KafkaConnectionError
 
 from bridge.metrics import Metrics
+from bridge.sink.clienttasks import CUT_SECONDS, STOP_SETTLE_SECONDS
 from bridge.sources import lease as lease_module
 from bridge.sources.lease import FeedLease, _Listener
 from bridge.sources.leasenote import LeaseNote, parse_note
@@ -324,3 +325,99 @@ async def test_a_holder_refused_at_a_rejoin_releases_the_lease(
     assert events == ["feed started", "feed stopped"]
     lease._consumer = None
     await lease.stop()
+
+
+class UnansweredLeave:
+    """A coordinator that answers no commit; its leave is recorded, and answered unless
+    `unanswered` (Kafka down)."""
+
+    def __init__(self, reached: asyncio.Event, unanswered: bool = False) -> None:
+        self.reached = reached
+        self.left = False
+        self.unanswered = unanswered
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        self.reached.set()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.left = True
+        if self.unanswered:
+            await asyncio.Event().wait()
+
+
+async def _ends_when_cancelled_twice(reached: asyncio.Event) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        reached.set()
+        await asyncio.Event().wait()
+        raise
+
+
+@pytest.mark.parametrize("cut_at", ["poller", "note", "release", "note read"])
+async def test_a_stop_cut_before_the_leave_still_leaves_and_ends_the_commit(cut_at: str) -> None:
+    # A stop cut by its caller's bound at an await before the leave never stopped the consumer
+    # (the group kept the lease until the session timeout; its connections stayed open) nor
+    # ended the note's commit left running.
+    reached = asyncio.Event()
+    lost = asyncio.Event()
+
+    async def acquired() -> None:
+        return
+
+    async def stuck_release() -> None:
+        reached.set()
+        await lost.wait()
+
+    lease = FeedLease(
+        TOPIC,
+        "g-feed-lease",
+        {},
+        Metrics(),
+        on_acquired=acquired,
+        on_lost=stuck_release if cut_at == "release" else acquired,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease._consumer = coordinator = UnansweredLeave(asyncio.Event())
+    read_until: float | None = None
+    if cut_at == "note":
+        coordinator.reached = reached
+        read_until = time.time()
+    else:
+        await lease._note(time.time(), within=0.01)  # its commit left running
+    poller = None
+    if cut_at == "poller":
+        lease._poller = poller = asyncio.create_task(_ends_when_cancelled_twice(reached))
+    elif cut_at == "note read":
+        lease._note_read = asyncio.create_task(_ends_when_cancelled_twice(reached))
+    commit = lease._committing
+    stopping = asyncio.create_task(lease.stop(read_until))
+    await reached.wait()
+    commit = commit or lease._committing
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert coordinator.left
+    assert commit is not None
+    assert commit.done()
+    if poller is not None:
+        poller.cancel()
+    lost.set()
+
+
+async def test_a_leave_after_a_cut_stop_is_bounded() -> None:
+    # The caller's cancellation, delivered before the leave, no longer bounds it: Kafka down, the
+    # leave would wait for ever in the caller's clean-up.
+    lease = lease_noting([])
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    lease._consumer = coordinator = UnansweredLeave(reached := asyncio.Event(), unanswered=True)
+    stopping = asyncio.create_task(lease.stop(time.time()))
+    await reached.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(STOP_SETTLE_SECONDS + CUT_SECONDS + 1.0):
+            await stopping
+    assert coordinator.left
