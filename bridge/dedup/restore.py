@@ -242,17 +242,30 @@ async def _window_start(
     at = found.get(tp)
     start = int(max(at.offset if at is not None else end, first))
     if margin is not None and last is not None and start == first > 0:
-        _cut_by_retention(tp, first, last.timestamp / 1000, margin)
+        await _cut_by_retention(consumer, tp, first, end, margin, watch)
     return start
 
 
-def _cut_by_retention(tp: TopicPartition, first: int, last_at: float, margin: float) -> None:
+async def _cut_by_retention(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    first: int,
+    end: int,
+    margin: float,
+    watch: StallWatch,
+) -> None:
     """Say a window starting at the log start, records deleted before it, when retention may
-    have taken some of its TTL: their copies are output again."""
+    have taken some of the TTL before a record still undecided: their copies are output again."""
     # Retention deletes what is older than the TTL plus the margin (by the broker's clock): some
-    # of the TTL before the last decided record only once that lags the margin. A stage within
-    # it (a partition idle past the retention, then busy again) has its whole window.
-    lag = time.time() - last_at
+    # of the TTL before the first undecided record only once that lags the margin. The last
+    # decided one's age is no lag: a partition idle past the margin, its next record appended
+    # now, needs none of what was deleted (the TTL before now excludes it).
+    if (await consumer.end_offsets([tp]))[tp] <= end:
+        return
+    waiting = await _read_one(consumer, tp, end, watch)
+    if waiting is None:
+        return
+    lag = time.time() - waiting.timestamp / 1000
     if lag <= margin - SKEW_ALLOWANCE_SECONDS:
         return
     log.warning(

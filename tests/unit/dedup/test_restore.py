@@ -343,9 +343,9 @@ async def test_a_window_retention_cut_is_said(
     log: FakeLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The stage lagged past the retention margin: retention took :0 and :1, decided within the
-    # TTL before the committed offset, so a copy of either still waiting is output again.
+    # TTL before :4, still undecided, so a copy of either among what waits is output again.
     caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
-    for n in range(4):
+    for n in range(5):
         log.append(ingest(n, f"CA_1:{n}", 100.0 + n))
     log.log_start = 2
     window = SeenWindow(TTL, 1_000)
@@ -371,4 +371,22 @@ async def test_a_whole_window_is_not_said_cut(
     log.log_start = log_start
     window = SeenWindow(TTL, 1_000)
     assert await restore({}, TP, 4, window, TTL, margin=3600.0) == 2
+    assert cut_windows(caplog) == []
+
+
+@pytest.mark.parametrize("busy_again", [False, True], ids=["idle", "busy-again"])
+async def test_an_idle_partition_past_the_margin_is_not_said_cut(
+    log: FakeLog, caplog: pytest.LogCaptureFixture, busy_again: bool
+) -> None:
+    # Idle past the margin, not the retention: retention took :0 and :1 (older than the TTL plus
+    # the margin), but what comes next is appended now, and the TTL before it excludes them.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.restore")
+    now, margin = time.time(), 600.0
+    for n in range(4):
+        log.append(ingest(n, f"CA_1:{n}", now - 3 * margin + n * TTL / 4))
+    if busy_again:
+        log.append(ingest(4, "CA_1:4", now))
+    log.log_start = 2
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 4, window, TTL, margin=margin) == 2
     assert cut_windows(caplog) == []
