@@ -226,12 +226,14 @@ groups:
         # A partition waiting for a restore slot has records not yet counted (its window's
         # start is looked up once it holds one): each is taken to hold as many as a reading one
         # still has on average, a low estimate, so a big takeover is not underestimated by half.
+        # Per worker process (config.http.workers): each restores its own partitions, and a
+        # pod-wide sum would divide one worker's stuck records by another's fast reads.
         expr: |
-          sum by (namespace, pod) (
+          sum by (namespace, pod, worker) (
             pinecall_bridge_dedup_restore_records_left
             * (1 + pinecall_bridge_dedup_restore_partitions_waiting / clamp_min(pinecall_bridge_dedup_restore_partitions_reading, 1))
           )
-          / sum by (namespace, pod) (rate(pinecall_bridge_dedup_restore_records_read_total[2m]))
+          / sum by (namespace, pod, worker) (rate(pinecall_bridge_dedup_restore_records_read_total[2m]))
           > {{ mulf $a.dedupRestoreRemainingMinutes 60 }}
         for: {{ include "pinecall-bridge.minutes" $a.dedupRestoreSlowMinutes }}
         labels:
