@@ -299,11 +299,7 @@ async def brokers_max_transaction_timeout_ms(options: Mapping[str, Any]) -> int 
 
 async def brokers_config_int(options: Mapping[str, Any], key: str) -> int | None:
     """The brokers' integer setting `key`, as one reports it; None if it cannot be read."""
-    try:
-        async with admin_client(options) as admin:
-            return await _broker_config_int(admin, key)
-    except KafkaError:
-        return None
+    return (await brokers_config_ints(options, [key]))[key]
 
 
 async def brokers_config_ints(options: Mapping[str, Any], keys: list[str]) -> dict[str, int | None]:
