@@ -281,15 +281,18 @@ class KafkaSettings(_Section):
     def _servers_have_ports(cls, servers: list[str]) -> list[str]:
         if not servers:
             raise ValueError("at least one host:port is required")
+        # Looked for in every server before any is judged as host:port: a password with a comma
+        # splits into a server before the @ (`user:pa`), which that refusal would echo.
+        credentials = next((server for server in servers if "@" in server), None)
+        if credentials is not None:
+            # Never echoed: the part before the @ is a password. `check` prints the servers and
+            # start-up logs them, so a credential there would end up in both.
+            raise ValueError(
+                f"{credentials.rpartition('@')[2]!r} is given with credentials (user:password@),"
+                " which `check` prints and the logs name: SASL's go in"
+                " BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD"
+            )
         for server in servers:
-            if "@" in server:
-                # Never echoed: the part before the @ is a password. `check` prints the servers and
-                # start-up logs them, so a credential there would end up in both.
-                raise ValueError(
-                    f"{server.rpartition('@')[2]!r} is given with credentials (user:password@),"
-                    " which `check` prints and the logs name: SASL's go in"
-                    " BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD"
-                )
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port")
