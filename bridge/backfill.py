@@ -108,6 +108,8 @@ class BackfillReport:
             and not self.not_asked
             and self.stop_error is None
             and all(outcome.error is None for outcome in self.calls)
+            # An entry too large even as a dead letter is in no topic at all: not carried.
+            and not any(outcome.submitted.refused for outcome in self.calls)
         )
 
     @property
@@ -359,6 +361,15 @@ def run_backfill(
                 f" ingest topic, {s.dropped} dropped by routing, {s.dead_lettered} dead-lettered",
                 highlight=False,
             )
+            if s.refused:
+                topics = ", ".join(sorted(s.too_large_for))
+                console.print(
+                    f"[red]{outcome.call}[/]: {s.refused} entries too large for Kafka even as dead"
+                    f" letters, in no topic: raise max.message.bytes of {topics} (and"
+                    " BRIDGE_KAFKA__MAX_REQUEST_BYTES if that is lower), then backfill the call"
+                    " again",
+                    highlight=False,
+                )
     console.print(
         f"{report.entries} entries from {len(report.calls)} calls; the dedup stage drops those"
         f" it saw in the last {ttl:g} s, and publishes the rest (again, for entries published"

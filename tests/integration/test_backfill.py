@@ -17,6 +17,7 @@ from rich.console import Console
 from bridge.backfill import NoProgress, backfill_calls, run_backfill
 from bridge.simulator import Simulator
 from bridge.sources.calllog import calllist
+from tests.entries import entry
 from tests.integration.conftest import (
     Broker,
     Topics,
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     create_topic,
     own_broker,
     read_decided,
+    read_to_end,
 )
 
 
@@ -204,3 +206,36 @@ async def test_kafka_gone_mid_backfill_fails_the_call_and_asks_for_no_more(
     assert (second.error or "").startswith("Kafka did not take every entry")
     assert outcome.not_asked == calls[2:]
     assert not outcome.ok
+
+
+async def test_an_entry_too_large_even_as_a_dead_letter_is_said_and_fails_the_command(
+    simulator: Simulator,
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    unique_call: str,
+) -> None:
+    # The ingest topic takes neither the entry nor its dead letter (which goes through it too).
+    await create_topic(kafka_bootstrap, topics.ingest, 3, {"max.message.bytes": "20000"})
+    await start_bridge()
+    simulator.calllogs.append(entry(1, call=unique_call, data={"text": "x" * 30_000}))
+    simulator.calllogs.append(entry(2, call=unique_call))
+    simulator.calllogs.seal(unique_call)
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "sim-api-key"}
+    )
+
+    out = io.StringIO()
+    code = await asyncio.to_thread(
+        run_backfill, settings, [unique_call], Console(file=out, width=400)
+    )
+    said = " ".join(out.getvalue().split())
+    assert code == 1, said
+    assert f"{unique_call}: 2 entries read (sealed), 1 to the ingest topic," in said
+    assert (
+        f"{unique_call}: 1 entries too large for Kafka even as dead letters, in no topic:"
+        f" raise max.message.bytes of {topics.ingest}"
+    ) in said
+    [published] = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert published.json()["id"] == f"{unique_call}:2"
+    assert await read_to_end(kafka_bootstrap, [topics.dlq]) == [], "not even a dead letter"

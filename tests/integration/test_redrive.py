@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from bridge import jsoncodec
 from bridge.config import Settings
 from bridge.deadletter import Selection
 from bridge.normalise.event import rfc3339
-from bridge.redrive import UNTIL_SLACK_SECONDS, redrive, run_redrive
+from bridge.redrive import UNTIL_SLACK_SECONDS, NoProgress, redrive, run_redrive
 from bridge.sink.record import Record
 from tests.integration.conftest import (
     RunningBridge,
@@ -32,7 +33,9 @@ from tests.integration.conftest import (
 RECEIVED = 1_790_000_100.5
 
 
-def dead_letter(names: Topics, item: Any, reason: str, channel: str) -> Record:
+def dead_letter(
+    names: Topics, item: Any, reason: str, channel: str, received: float = RECEIVED
+) -> Record:
     """A dead letter as the dedup stage writes it (an older bridge's, for `item`)."""
     return Record(
         names.dlq,
@@ -42,7 +45,7 @@ def dead_letter(names: Topics, item: Any, reason: str, channel: str) -> Record:
             ("content-type", b"application/json"),
             ("pinecall-dlq-reason", reason.encode()),
             ("pinecall-channel", channel.encode()),
-            ("pinecall-received-at", str(RECEIVED).encode()),
+            ("pinecall-received-at", str(received).encode()),
         ),
     )
 
@@ -182,3 +185,64 @@ async def test_until_stops_each_partition_at_its_first_record_well_past_it(
     assert (report.read, report.selected) == (4, 3)
     everything = await redrive(settings, Selection(at - 1), dry_run=True)
     assert (everything.read, everything.selected) == (7, 7)
+
+
+async def test_redrives_run_at_once_beside_a_live_copy_publish_each_event_once(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    bridge: RunningBridge = await start_bridge()
+    settings = bridge_settings(kafka_bootstrap, topics)
+    since = time.time() - 1
+    items = [entry(seq, call=unique_call) for seq in range(1, 41)]
+    # The first already came in live (a retry Pinecall sent once the cause was gone).
+    status, _ = await bridge.post(items[0])
+    assert status == 200
+    await write_ingest(
+        kafka_bootstrap, [dead_letter(topics, item, "invalid_data", "webhook") for item in items]
+    )
+
+    # Two operators, or one twice in two terminals, over the same range.
+    first, second = await asyncio.gather(
+        redrive(settings, Selection(since)), redrive(settings, Selection(since))
+    )
+    assert first.ok, first.error
+    assert second.ok, second.error
+    assert first.submitted.accepted == second.submitted.accepted == 40
+    published = await read_decided(kafka_bootstrap, topics, [topics.events])
+    ids = [record.json()["id"] for record in published]
+    assert sorted(ids) == sorted(f"{unique_call}:{seq}" for seq in range(1, 41))
+
+
+async def test_a_redrive_cancelled_mid_way_then_run_again_loses_and_doubles_nothing(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    await start_bridge()
+    settings = bridge_settings(kafka_bootstrap, topics)
+    since = time.time() - 1
+    # A receipt time each: a delivery each, so the cancel comes between two of them.
+    await write_ingest(
+        kafka_bootstrap,
+        [
+            dead_letter(topics, entry(seq, call=unique_call), "invalid_data", "sse", RECEIVED + seq)
+            for seq in range(1, 31)
+        ],
+    )
+
+    class CancelAfterFirst(NoProgress):
+        """Ctrl-C as the first delivery is offered: asyncio.run cancels the command's task."""
+
+        def offered(self, count: int) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(redrive(settings, Selection(since), progress=CancelAfterFirst()))
+    partly = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert 1 <= len(partly) < 30, "cancelled mid-way"
+
+    again = await redrive(settings, Selection(since))
+    assert again.ok, again.error
+    published = await read_decided(kafka_bootstrap, topics, [topics.events])
+    ids = [record.json()["id"] for record in published]
+    assert sorted(ids) == sorted(f"{unique_call}:{seq}" for seq in range(1, 31))
