@@ -54,6 +54,7 @@ from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
 from bridge.routing import stage_output
 from bridge.sink.clienttasks import bootstrapped, close_now, cut_short, start_client
+from bridge.sink.drain import cap_requests
 from bridge.sink.kafka import (
     TRANSACTIONAL_ID_EXPIRATION_MS,
     brokers_least_config_int,
@@ -219,6 +220,8 @@ class StageProducer:
                 partitioner=partition_for,
                 max_request_size=self._limits.default,
             )
+            # A commit flushes a batch per output partition at once: one request per broker.
+            cap_requests(producer, lambda: self._limits.request_bytes)
             watch_throttle(producer, counted(self._metrics, "dedup_producer"))
             try:
                 async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):

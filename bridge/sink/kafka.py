@@ -509,7 +509,8 @@ class KafkaSink:
             compression_type=None if s.compression == "none" else s.compression,
             partitioner=partition_for,
         )
-        drain_whole_brokers(producer)
+        # The limit as read at each drain: learned after the producer is built, it is not rebuilt.
+        drain_whole_brokers(producer, lambda: self.limits.request_bytes)
         wake_only_when_needed(producer)
         watch_throttle(producer, counted(self._metrics, "ingest_producer"))
         await start_client(producer, producer.start, producer.stop)

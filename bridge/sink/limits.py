@@ -56,6 +56,9 @@ class TopicLimits:
         self._batch = max_batch_bytes
         self._topics: dict[str, int] = {}
         self._stale: set[str] = set()
+        # The least of the brokers' socket.request.max.bytes, once read: the producers' requests
+        # are kept within it (bridge/sink/drain.py), as each record's is by `default`.
+        self.request_bytes: int | None = None
         # Topics that compact: the broker refuses every record without a key to them (aiokafka
         # reads its INVALID_RECORD as UnknownError), in a transaction at every retry.
         self._compacting: set[str] = set()
@@ -67,6 +70,7 @@ class TopicLimits:
     def learn_request_limit(self, socket_request_max_bytes: int) -> bool:
         """The least of the brokers' socket.request.max.bytes: the producers' limit is made to
         fit one record's request in it. True when that lowers the configured limit."""
+        self.request_bytes = socket_request_max_bytes
         fits = max(socket_request_max_bytes - PRODUCE_REQUEST_OVERHEAD_BYTES, 1)
         self.default = min(self._configured, fits)
         return self.default < self._configured

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     RunningBridge,
     Topics,
     alter_topic,
+    call_on,
     create_topic,
     entry,
     own_broker,
@@ -131,3 +132,22 @@ async def test_a_record_over_the_brokers_request_limit_is_refused_unsent_and_hol
     assert (status, body["accepted"]) == (200, 1), body
     events = await read_decided(small_requests.bootstrap, topics, [topics.events])
     assert [r.json()["id"] for r in events] == [f"{unique_call}:2"]
+
+
+async def test_batches_of_many_partitions_go_in_requests_within_the_brokers_limit(
+    small_requests: Broker, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    # Each partition's batch (two records of ~50 KB) is well within the limit; all six in one
+    # produce request (~600 KB) were not: the broker closed the connection, the producer sent
+    # the same request again for ever, and the webhook was answered 503. The dedup stage's
+    # commit, ~200 KB for each of the three output partitions, went the same way.
+    await create_topic(small_requests.bootstrap, topics.ingest, 6)
+    bridge: RunningBridge = await start_bridge(bootstrap=small_requests.bootstrap)
+    calls = [call_on(p, 6, unique_call) for p in range(6)]
+    items = [entry(seq, call=call, data={"text": "x" * 50_000}) for call in calls for seq in (1, 2)]
+    status, body = await bridge.post(items)
+    assert (status, body["accepted"], body["failed"]) == (200, 12, 0), body
+    events = await read_decided(small_requests.bootstrap, topics, [topics.events])
+    assert sorted(r.json()["id"] for r in events) == sorted(
+        f"{i['call']}:{i['seq']}" for i in items
+    )

@@ -11,7 +11,15 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer import message_accumulator
 from aiokafka.producer.message_accumulator import MessageAccumulator
 
-from bridge.sink.drain import TIMER_RESOLUTION, drain_whole_brokers, wake_only_when_needed
+from bridge.sink.drain import (
+    BATCH_OVERHEAD_BYTES,
+    TIMER_RESOLUTION,
+    batch_bytes,
+    cap_requests,
+    drain_whole_brokers,
+    wake_only_when_needed,
+)
+from bridge.sink.limits import PRODUCE_REQUEST_OVERHEAD_BYTES
 from tests.sockets import refusing_address
 
 LEADERS = {0: 1, 1: 1, 2: 1, 3: 2}  # partition → broker
@@ -26,11 +34,11 @@ class Cluster:
         return LEADERS[partition.partition]
 
 
-async def lingering(*partitions: int) -> MessageAccumulator:
-    """An accumulator (linger 10 s) holding one record for each of `partitions`."""
+async def lingering(*partitions: int, value: bytes = b"v") -> MessageAccumulator:
+    """An accumulator (linger 10 s) holding one record of `value` for each of `partitions`."""
     accumulator = MessageAccumulator(Cluster(), 16_384, 0, 30, linger_ms=10_000)
     for p in partitions:
-        await accumulator.add_message(tp(p), b"k", b"v", timeout=1)
+        await accumulator.add_message(tp(p), b"k", value, timeout=1)
     return accumulator
 
 
@@ -88,6 +96,56 @@ async def test_an_accumulator_lacking_a_part_is_left_as_it_is() -> None:
     holder = Holder(Changed())
     assert not drain_whole_brokers(holder)
     assert holder._message_accumulator.drain_by_nodes.__func__ is Changed.drain_by_nodes
+
+
+async def of_two_batches(*partitions: int) -> tuple[MessageAccumulator, int]:
+    """An accumulator holding a 1,000-byte record for each of `partitions`, and a request limit
+    that takes two of their batches, not three."""
+    accumulator = await lingering(*partitions, value=b"x" * 1000)
+    size = batch_bytes(accumulator._batches[tp(partitions[0])][0], 0)
+    assert size > 1000
+    one = size + BATCH_OVERHEAD_BYTES + len("ingest")
+    return accumulator, PRODUCE_REQUEST_OVERHEAD_BYTES + 2 * one + one // 2
+
+
+async def test_a_whole_broker_drain_takes_no_more_than_the_brokers_request_limit() -> None:
+    accumulator, limit = await of_two_batches(0, 1, 2, 3)
+    assert drain_whole_brokers(Holder(accumulator), lambda: limit)
+    due(accumulator, 0)
+    # Three batches (of broker 1) in one request: the broker closed the connection, unanswered.
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1}}
+    assert set(accumulator._batches) == {tp(2), tp(3)}
+
+
+async def test_due_batches_beyond_the_limit_wait_for_the_next_request() -> None:
+    # aiokafka's own drain: every due batch of a broker, one per partition, in one request.
+    accumulator, limit = await of_two_batches(0, 1, 2, 3)
+    learned: list[int | None] = [None]
+    assert cap_requests(Holder(accumulator), lambda: learned[0])
+    for p in (0, 1, 2, 3):
+        due(accumulator, p)
+    learned[0] = limit  # read at each drain: learned after the producer was built
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1}, 2: {3}}
+    # The request to broker 1 is in flight (its answer wakes the sender): nothing for it.
+    assert drained(accumulator.drain_by_nodes(ignore_nodes={1})) == {}
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {2}}
+
+
+async def test_a_batch_larger_than_the_limit_is_still_sent_alone() -> None:
+    # Its records were each checked against the limit; the request is the broker's to refuse.
+    accumulator, _ = await of_two_batches(0, 1)
+    assert cap_requests(Holder(accumulator), lambda: PRODUCE_REQUEST_OVERHEAD_BYTES)
+    due(accumulator, 0)
+    due(accumulator, 1)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0}}
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {1}}
+
+
+async def test_without_a_known_limit_every_due_batch_goes() -> None:
+    accumulator, _ = await of_two_batches(0, 1, 2)
+    assert drain_whole_brokers(Holder(accumulator))
+    due(accumulator, 0)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1, 2}}
 
 
 def lingering_for(accumulator: MessageAccumulator, partition: int, seconds: float) -> None:

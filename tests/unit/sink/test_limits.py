@@ -69,6 +69,8 @@ def test_the_brokers_request_limit_caps_every_topics_and_the_batches() -> None:
     cap = 300_000 - PRODUCE_REQUEST_OVERHEAD_BYTES
     assert (limits.default, limits.limit("events"), limits.limit("unread")) == (cap, cap, cap)
     assert limits.limit("calls") == 100_000
+    # Kept whole for the producers' requests of many batches (bridge/sink/drain.py).
+    assert (TopicLimits(1_048_576).request_bytes, limits.request_bytes) == (None, 300_000)
     assert TopicLimits(1_048_576, 500_000).batch_bytes([]) == 500_000
     lowered = TopicLimits(1_048_576, 500_000)
     lowered.learn_request_limit(300_000)
