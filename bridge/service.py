@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import random
-import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, get_args
@@ -62,6 +61,7 @@ from bridge.sources.secretwatch import API_KEY, WEBHOOK, SecretWatch, watch
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
 from bridge.stopbudget import StopBudget, drain_delay_seconds
+from bridge.stopsignals import stop_signals
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
@@ -864,7 +864,7 @@ def lease_leave_reserve(left: float) -> float:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM, SIGINT or SIGHUP (`stop_signals`), then stop gracefully."""
     await run_until_stopped(Bridge(settings, secret_files=reloaded_secret_files()))
 
 
@@ -882,14 +882,14 @@ def _no_deadline() -> float | None:
 async def run_until_stopped(
     bridge: Bridge, stop_by: Callable[[], float | None] = _no_deadline
 ) -> None:
-    """Start `bridge`, run it until SIGTERM or SIGINT, then stop it gracefully.
+    """Start `bridge`, run it until SIGTERM, SIGINT or SIGHUP, then stop it gracefully.
 
     `stop_by`, asked at the signal: a deadline (loop time) sooner than the grace period, if any.
     """
     settings = bridge.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
     try:
         await bridge.start()

@@ -1,11 +1,12 @@
 """The supervisor of a pod's worker processes: start them, restart the ones that exit, stop all.
 
-It serves nothing itself. SIGTERM or SIGINT is forwarded to every worker (to a dedup process
-once the others have exited, with what is left of the pod's grace period: the deadline is shared
-through the runtime directory), each drains as a single process does, and the parent exits 0 once
-all have stopped cleanly; workers still running `GRACE_MARGIN_SECONDS` after the grace period
-are killed. A worker exiting on its own is restarted after a pause; too many such exits
-(budget.py) stop the pod with exit code 1.
+It serves nothing itself. SIGTERM, SIGINT or SIGHUP (bridge/stopsignals.py) is forwarded to every
+worker (to a dedup process once the others have exited, with what is left of the pod's grace
+period: the deadline is shared through the runtime directory), each drains as a single process
+does, and the parent exits 0 once all have stopped cleanly; workers still running
+`GRACE_MARGIN_SECONDS` after the grace period are killed. A worker exiting on its own is
+restarted after a pause, and so is one killed for answering no probe for `SILENT_SECONDS`
+(stopped, or its event loop wedged); too many such exits (budget.py) stop the pod with exit code 1.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bridge import listen
+from bridge.cancelling import cancel_and_wait
 from bridge.config import Settings
 from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, StopBudget
+from bridge.stopsignals import stop_signals
 from bridge.workers.budget import GiveUp, RestartBudget
+from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,12 @@ log = logging.getLogger(__name__)
 # period's end, and the exit after it (bridge/stopbudget.py; config checks the grace fits).
 GRACE_MARGIN_SECONDS = SUPERVISOR_MARGIN_SECONDS
 # A worker killed by the stop signal itself had not installed its handler yet: nothing was taken.
-_CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT}
+_CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
+# A worker answering no probe on its unix socket this long (from its spawn) is killed, then
+# restarted: stopped (SIGSTOP) or its loop wedged, it would never exit. Under the chart's liveness
+# probe (3 failures 10 s apart), so one worker restarts before the whole pod does.
+SILENT_SECONDS = 15.0
+PROBE_EVERY_SECONDS = 1.0
 # sun_path holds 108 bytes on Linux, its terminating NUL included.
 _MAX_UNIX_PATH = 107
 
@@ -67,6 +76,8 @@ class Parent:
         budget: RestartBudget | None = None,
         margin: float = GRACE_MARGIN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        silent: float = SILENT_SECONDS,
+        probe_every: float = PROBE_EVERY_SECONDS,
     ) -> None:
         self._grace = grace_seconds
         self._margin = margin
@@ -83,11 +94,15 @@ class Parent:
         self._stop = asyncio.Event()
         self._signal = signal.SIGTERM
         self._gave_up = False
+        self._silent = silent
+        self._probe_every = probe_every
+        self._heard: dict[int, float] = {}  # each worker's last answer (or spawn), loop time
 
     async def run(self) -> int:
         """0 after a clean stop; 1 when workers kept exiting or had to be killed."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = stop_signals()
+        for sig in signals:
             loop.add_signal_handler(sig, self.stop, sig)
         log.info(
             "starting worker processes",
@@ -98,7 +113,9 @@ class Parent:
             },
         )
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
+        watchdog = asyncio.create_task(self._watch(), name="watchdog")
         await self._stop.wait()
+        await cancel_and_wait(watchdog)
         deadline = loop.time() + self._grace + self._margin
         last = self._last_to_stop()
         if last:
@@ -122,7 +139,7 @@ class Parent:
                 with contextlib.suppress(ProcessLookupError):
                     self._processes[i].kill()
             await asyncio.wait(running, timeout=10)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         clean = not self._gave_up and all(c in _CLEAN_EXITS for c in self._stopped_with.values())
         log.info("all workers stopped", extra={"clean": clean})
@@ -186,6 +203,7 @@ class Parent:
             process_group=0,
         )
         self._processes[index] = process
+        self._heard[index] = asyncio.get_running_loop().time()
         log.info(
             "worker started",
             extra={
@@ -199,6 +217,37 @@ class Parent:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(self._signal)
         return process
+
+    async def _watch(self) -> None:
+        """Until the stop: kill each worker silent for `silent` seconds, so it is restarted."""
+        role = WorkerRole(index=0, count=self._count, runtime_dir=self._runtime_dir, parent_pid=0)
+        pod = PodView(role.sockets)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(self._probe_every)
+                asked = loop.time()
+                for worker, answer in (await pod.ask("/healthz")).items():
+                    # Any answer will do (a 503 too): this catches a worker that cannot answer.
+                    index = int(worker)
+                    if answer is not None:
+                        self._heard[index] = asked
+                    elif index in self._heard and asked - self._heard[index] > self._silent:
+                        self._kill_silent(index, asked - self._heard[index])
+        finally:
+            await pod.close()
+
+    def _kill_silent(self, index: int, silent_s: float) -> None:
+        process = self._processes.get(index)
+        if process is None or process.returncode is not None:
+            return
+        log.error(
+            "worker answered no probe; killing it to restart it",
+            extra={"worker": index, "pid": process.pid, "silent_s": round(silent_s, 1)},
+        )
+        del self._heard[index]  # until its successor's spawn: killed once
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     async def _keep(self, index: int) -> None:
         """Run worker `index` until the stop; restart it whenever it exits before that."""
@@ -247,7 +296,7 @@ class Parent:
 
 
 def run_parent(settings: Settings, count: int) -> int:
-    """Supervise `count` workers until SIGTERM or SIGINT; the process's exit code.
+    """Supervise `count` workers until SIGTERM, SIGINT or SIGHUP; the process's exit code.
 
     `count` includes the dedup stage's own process when BRIDGE_DEDUP__OWN_PROCESS is set.
     """

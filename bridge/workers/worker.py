@@ -58,7 +58,7 @@ def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
 
 
 async def serve_worker(settings: Settings, role: WorkerRole) -> None:
-    """Run one worker until SIGTERM or SIGINT (or its parent's death), then stop gracefully."""
+    """Run one worker until a stop signal (or its parent's death), then stop gracefully."""
     if not die_with_parent(role.parent_pid):
         log.error("the supervisor is gone before this worker started; exiting")
         raise SystemExit(1)

@@ -381,8 +381,10 @@ async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> No
         await until(owned, within, 0.1, lambda: f"the stage owns {partitions}{daemon.log()}")
 
 
-async def test_sigterm_outputs_the_ingest_backlog_the_stage_owns_before_the_exit(
-    spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str
+# SIGHUP (a closed terminal, systemd's SendSIGHUP) stops as SIGTERM does (bridge/stopsignals.py).
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+async def test_a_stop_signal_outputs_the_ingest_backlog_the_stage_owns_before_the_exit(
+    spawn: Spawn, kafka_bootstrap: str, topics: Topics, unique_call: str, stop: signal.Signals
 ) -> None:
     """The last replica scaled away leaves nothing acknowledged undecided: no member follows it.
 
@@ -396,7 +398,7 @@ async def test_sigterm_outputs_the_ingest_backlog_the_stage_owns_before_the_exit
     ]
     await write_ingest(kafka_bootstrap, backlog)
     stopping_log = daemon.stderr.stat().st_size
-    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.proc.send_signal(stop)
     code = await daemon.exit_code(GRACE_SECONDS + EXIT_MARGIN_SECONDS)
     assert code == 0, f"exit code {code}{daemon.log()}"
     assert daemon.error_logs(since=stopping_log) == [], daemon.log()

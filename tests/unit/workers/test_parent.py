@@ -46,6 +46,21 @@ if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, on_term)
+if mode == "serve":  # answers its probes, as a worker does on its unix socket
+    import http.server, socketserver, threading
+    class Probe(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        def log_message(self, *_):
+            pass
+    path = WorkerRole.from_env(os.environ).socket(role["index"])
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socketserver.UnixStreamServer(str(path), Probe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 with open(out, "a") as f:
     f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
 if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
@@ -97,6 +112,47 @@ async def test_a_stop_reaches_every_worker_and_a_clean_stop_exits_0(tmp_path: Pa
     async with asyncio.timeout(10):
         assert await running == 0
     assert all(process_gone(r["pid"]) for r in roles)
+
+
+async def test_a_hangup_stops_the_pod_cleanly(tmp_path: Path) -> None:
+    # A stand-in killed by the forwarded SIGHUP had nothing to drain: a clean exit, as SIGTERM's.
+    supervisor, started = parent(tmp_path, "run")
+    # Swallowed unless the parent handles it: without that, the default would kill pytest.
+    before = signal.signal(signal.SIGHUP, lambda *_: None)
+    try:
+        running = asyncio.create_task(supervisor.run())
+        roles = await until_started(started, 2)
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert all(process_gone(r["pid"]) for r in roles)
+
+
+async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor, started = parent(tmp_path, "serve", silent=1.0, probe_every=0.1)
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        running = asyncio.create_task(supervisor.run())
+        try:
+            roles = {r["index"]: r for r in await until_started(started, 2)}
+            await asyncio.sleep(2.0)  # answering, neither is killed past the bound
+            assert len(starts(started)) == 2
+            os.kill(roles[1]["pid"], signal.SIGSTOP)
+            restarted = (await until_started(started, 3))[2]
+        finally:
+            supervisor.stop(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                code = await running
+    assert (restarted["index"], restarted["restarts"]) == (1, 1)
+    assert process_gone(roles[1]["pid"])
+    [killed] = [
+        r for r in caplog.records if r.msg == "worker answered no probe; killing it to restart it"
+    ]
+    assert getattr(killed, "worker", None) == 1
+    assert code == 0
 
 
 async def run_until_started(supervisor: Parent, started: Path, count: int) -> list[dict[str, Any]]:
