@@ -527,11 +527,13 @@ class KafkaSink:
             await asyncio.wait({probe})
             if not probe.cancelled():
                 probe.result()
-        relearning, self._relearning = self._relearning, None
-        if relearning is not None and not relearning.done():
-            # Its rebuild would start a producer this stop never closes.
-            relearning.cancel()
-            await asyncio.wait({relearning})
+        # Until none is left: a size refusal met while the stop waits for one starts another.
+        while (relearning := self._relearning) is not None:
+            self._relearning = None
+            if not relearning.done():
+                # Its rebuild would start a producer this stop never closes.
+                relearning.cancel()
+                await asyncio.wait({relearning})
         producer, self._producer = self._producer, None
         if producer is not None:
             # Bounded by the caller (the flush's share of the grace period): a stop cut there

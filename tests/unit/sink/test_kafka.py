@@ -714,6 +714,24 @@ async def test_a_size_refusal_met_after_the_stop_took_the_producer_reads_nothing
 
 
 @pytest.mark.usefixtures("fake_admin")
+async def test_a_size_refusal_met_while_the_stop_ends_a_read_starts_no_other() -> None:
+    # The stop waits for the read it cancelled (its admin client closing): a delivery refused
+    # meanwhile started another read, which outlived the stop, its admin client open.
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    FakeAdmin.silent = FakeAdmin.swallows = True  # a read never answered; a close that takes time
+    first = asyncio.create_task(sink.relearn_limits())
+    await until(lambda: len(FakeAdmin.made) == 3)  # the read under way
+    stopping = asyncio.create_task(sink.stop())
+    await until(lambda: sink._relearning is None)  # taken by the stop, its close under way
+    late = asyncio.create_task(sink.relearn_limits())
+    await asyncio.wait_for(stopping, 5)
+    await asyncio.wait({first, late}, timeout=1)
+    assert (first.done(), late.done(), sink._relearning) == (True, True, None)
+
+
+@pytest.mark.usefixtures("fake_admin")
 async def test_a_brokers_request_limit_below_max_request_bytes_caps_the_producer_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
