@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +31,9 @@ from bridge.sink.kafka import admin_client, client_options
 # topic's partition count) and for its topics created since: their records are shown at most
 # this late.
 PARTITIONS_RELOOK_SECONDS = 5.0
+# C0, DEL and C1 controls, shown as escapes: a record's ESC would drive the reader's terminal
+# (clear it, retitle it) and its newline would forge a line of another record.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 class OutputClosedError(Exception):
@@ -39,6 +43,14 @@ class OutputClosedError(Exception):
 class TailConsole(Console):
     """A console whose reader going away ends tail quietly (rich's own exits 1 from the read's task,
     the loop stopped under it and its traceback logged)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # A terminal that is not UTF-8 (LANG=...ISO-8859-1) cannot show every caller's character:
+        # one it lacks is shown escaped, where it would end tail with UnicodeEncodeError.
+        stream = self.file
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
     def on_broken_pipe(self) -> None:
         self.quiet = True  # what rich still holds is dropped, never written again
@@ -111,6 +123,16 @@ def ingest_note(
     return f"-> {entry.output.topic} received {rfc3339(entry.received_at)}{redriven}, {decided}"
 
 
+def _printable(text: str) -> str:
+    """`text` with its control characters escaped (`\\x1b`): one inert line on any terminal."""
+    return text.translate(_CONTROLS)
+
+
+def given_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
+    """A record's headers less the null ones (another producer's): they say nothing."""
+    return [(name, raw) for name, raw in headers if raw is not None]
+
+
 def render(
     topic: str,
     key: bytes | None,
@@ -124,35 +146,40 @@ def render(
     `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value;
     `note`, shown after the topic, what an ingest record's own headers say (`ingest_note`).
     """
-    noted = (" ", (note, "magenta"), " ") if note else (" ",)
+    noted = (" ", (_printable(note), "magenta"), " ") if note else (" ",)
     # Styled Text, never markup: every field is the sender's text (a caller's words among them),
-    # and rich would fail on a "[/]" in it or take a "[bold]" for a style.
+    # and rich would fail on a "[/]" in it or take a "[bold]" for a style. Escaped likewise:
+    # rich passes ESC and newlines through to the terminal.
     if not isinstance(event, dict):
         raw = event.decode(errors="replace") if isinstance(event, bytes) else str(event)
         found = {name: value.decode(errors="replace") for name, value in headers}
+        shown = _printable(raw[:200])
         if DLQ_REASON_HEADER in found:
-            why = f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}"
+            why = _printable(f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}")
             return Text.assemble(
-                (topic, "red"), *noted, "dead letter ", (why, "bold"), ": ", raw[:200]
+                (_printable(topic), "red"), *noted, "dead letter ", (why, "bold"), ": ", shown
             )
-        return Text.assemble((topic, "red"), *noted, ("not a CloudEvent:", "dim"), " ", raw[:200])
+        return Text.assemble(
+            (_printable(topic), "red"), *noted, ("not a CloudEvent:", "dim"), " ", shown
+        )
     data = jsoncodec.dumps(event.get("data")).decode()
     if len(data) > 160:
         data = data[:157] + "..."
     subject = event.get("subject") or (key.decode(errors="replace") if key else "-")
     via = f"{event.get('id', '?')} via {event.get('pinecallchannel', '?')}"
     return Text.assemble(
-        (str(event.get("time", "?")), "dim"),
+        (_printable(str(event.get("time", "?"))), "dim"),
         " ",
-        (topic, "cyan"),
+        (_printable(topic), "cyan"),
         *noted,
-        (str(event.get("type", "?")), "bold"),
+        (_printable(str(event.get("type", "?"))), "bold"),
         " ",
-        (str(subject), "green"),
+        (_printable(str(subject)), "green"),
         " ",
-        (via, "dim"),
+        (_printable(via), "dim"),
         " ",
-        data,
+        # JSON escapes C0 controls, not DEL nor C1 (U+009B is a CSI to some terminals).
+        _printable(data),
     )
 
 
@@ -364,8 +391,7 @@ async def _read(
                         tp = TopicPartition(message.topic, message.partition)
                         if message.offset >= ends[tp]:
                             continue
-                    # A header may be null (another producer's): it says nothing, left out.
-                    headers = [(name, raw) for name, raw in message.headers if raw is not None]
+                    headers = given_headers(message.headers)
                     # Structured or binary mode alike; anything else (dead letters) shown raw.
                     event: Any = decode(headers, message.value)
                     if event is None:

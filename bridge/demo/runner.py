@@ -33,6 +33,7 @@ from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import client_options, topic_partitions
+from bridge.tail import given_headers
 from bridge.tail import render as render_record
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,9 @@ class RecentEvents:
         while True:
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 for message in batch:
+                    headers = given_headers(message.headers)
                     # Whichever content mode BRIDGE_CLOUDEVENTS__MODE picked.
-                    event: Any = decode(message.headers, message.value)
+                    event: Any = decode(headers, message.value)
                     self.read += 1
                     if event is None:
                         self.undecodable += 1
@@ -134,7 +136,7 @@ class RecentEvents:
                         self.ids[event_id] += 1
                         if event.get("subject") is not None:
                             self.call_of[event_id] = str(event["subject"])
-                    line = render_record(message.topic, message.key, event, message.headers)
+                    line = render_record(message.topic, message.key, event, headers)
                     self.lines.append(line)
 
 
@@ -194,8 +196,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             )
             if options.headless:
                 return await _headless(bridge, simulator, recent, traffic, stop, console)
-            await _live(bridge, simulator, recent, stop, hint, console)
-            return 0
+            return await _live(bridge, simulator, recent, traffic, stop, hint, console)
         finally:
             for task in tasks:
                 task.cancel()
@@ -275,22 +276,40 @@ def _simulator_line(simulator: Simulator) -> str:
     )
 
 
+def _traffic_failure(traffic: asyncio.Task[int]) -> str | None:
+    """Why the simulated traffic failed; None while it runs or once it has ended well."""
+    if not traffic.done():
+        return None
+    if traffic.cancelled():
+        return "cancelled"
+    error = traffic.exception()
+    return None if error is None else repr(error)
+
+
 async def _live(
     bridge: Bridge,
     simulator: Simulator,
     recent: RecentEvents,
+    traffic: asyncio.Task[int],
     stop: asyncio.Event,
     hint: str,
     console: Console,
-) -> None:
+) -> int:
+    """The live view until Ctrl-C (exit 0), or until the traffic fails (exit 1, saying why)."""
     before = take(bridge.metrics.registry, time.monotonic())
     with Live(console=console, refresh_per_second=4, screen=False) as live:
-        while not stop.is_set():
+        # A failed traffic (a bad --rate, no feed subscriber in time) would otherwise leave a
+        # view of zeros, "waiting for events..." forever, its reason never shown.
+        while not stop.is_set() and _traffic_failure(traffic) is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             now = take(bridge.metrics.registry, time.monotonic())
             live.update(render(now, before, list(recent.lines), _simulator_line(simulator), hint))
             before = now
+    if (why := _traffic_failure(traffic)) is not None:
+        console.print(f"[red]the simulated traffic failed: {why}[/]")
+        return 1
+    return 0
 
 
 async def _headless(
@@ -308,8 +327,7 @@ async def _headless(
     if not traffic.done():
         console.print("interrupted")
         return 130
-    if traffic.cancelled() or traffic.exception() is not None:
-        why = "cancelled" if traffic.cancelled() else repr(traffic.exception())
+    if (why := _traffic_failure(traffic)) is not None:
         console.print(f"[red]the simulated traffic failed: {why}[/]")
         return 1
     expected = simulator.ledger.expected_ids()
@@ -319,7 +337,7 @@ async def _headless(
         return 1
     # Output trails the answers by a dedup commit interval and a poll or two: let it catch up.
     deadline = time.monotonic() + CATCH_UP_SECONDS
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if expected <= set(recent.ids):
             break
         await asyncio.sleep(0.1)
@@ -328,6 +346,11 @@ async def _headless(
     while seen != recent.read and time.monotonic() < until and not stop.is_set():
         seen = recent.read
         await asyncio.sleep(SETTLE_SECONDS)
+    if stop.is_set():
+        # Ctrl-C while output catches up (a slow Kafka): not held for it, and no verdict on
+        # output it did not wait for.
+        console.print("interrupted")
+        return 130
     snapshot: Snapshot = take(bridge.metrics.registry, time.monotonic())
     lost = expected - set(recent.ids)
     # Only this run's calls and alerts are judged: a backlog an interrupted earlier run left may

@@ -138,6 +138,18 @@ def test_what_callers_say_is_shown_as_said_never_as_markup(said: str) -> None:
     assert f"dead letter {said} via ?" in dead
 
 
+def test_control_characters_a_record_carries_are_shown_escaped_never_sent_to_the_terminal() -> None:
+    """A record's ESC used to reach the terminal (clearing it, retitling it) and its newline to
+    start a line that reads as another record's."""
+    forged = "\x1b[2J\nt[0]@9 call.ended CA_2"
+    event = {**EVENT, "type": f"turn.{forged}", "subject": forged, "data": {"text": "\x9b2J"}}
+    line = printed(render("t", None, event))
+    assert "\\x1b[2J\\x0at[0]@9 call.ended CA_2" in line
+    assert '{"text":"\\x9b2J"}' in line
+    dead = printed(render("dlq", None, forged.encode(), [("pinecall-dlq-reason", b"\x1b[31m")]))
+    assert dead == "dlq dead letter \\x1b[31m via ?: \\x1b[2J\\x0at[0]@9 call.ended CA_2"
+
+
 def test_a_dead_letter_says_why_and_where_from() -> None:
     headers = [
         ("content-type", b"application/json"),
@@ -325,6 +337,27 @@ def test_a_reader_that_stops_reading_ends_tail_quietly(
         monkeypatch.setattr(sys, "stdout", closed)
         # Following: without the end of the output it would print (into the void) forever.
         code = main(["tail", "--topic", "t", "--from-beginning"])
+    assert code == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_character_the_terminal_cannot_show_is_shown_escaped_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal that is not UTF-8 (LANG=en_US.ISO-8859-1) used to end tail, exit 1, with
+    UnicodeEncodeError at the first caller's emoji."""
+    messages = [
+        SimpleNamespace(
+            topic="t", partition=0, offset=0, key=None, value=b"\xf0\x9f\x98\x80", headers=[]
+        )
+    ]
+    fake_consumer(monkeypatch, existing={"t"}, messages=messages)
+    reader, writer = os.pipe()
+    with open(writer, "w", encoding="latin-1") as latin1, open(reader, "rb") as shown:
+        monkeypatch.setattr(sys, "stdout", latin1)
+        code = main(["tail", "--topic", "t", "--from-beginning", "--limit", "1"])
+        latin1.close()
+        assert shown.read() == b"t[0]@0 not a CloudEvent: \\U0001f600\n"
     assert code == 0
     assert capsys.readouterr().err == ""
 

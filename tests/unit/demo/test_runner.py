@@ -9,6 +9,7 @@ import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -161,6 +162,58 @@ async def test_failed_traffic_fails_instead_of_checking_an_empty_ledger() -> Non
     assert "simulated traffic failed" in out
 
 
+async def test_ctrl_c_while_output_catches_up_ends_at_once_without_a_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the output trailed (a slow Kafka) used to be held for the whole 30 s
+    catch-up, then judged as lost output."""
+    monkeypatch.setattr(runner, "CATCH_UP_SECONDS", 30.0)
+    stop = asyncio.Event()
+    stop.set()
+    out = io.StringIO()
+    verdict = runner._headless(
+        cast(Bridge, FakeBridge()),
+        cast(Simulator, FakeSimulator({"CA_1:1"}, set())),
+        cast(RecentEvents, FakeRecent()),
+        await traffic_of(1),
+        stop,
+        Console(file=out, width=200),
+    )
+    assert await asyncio.wait_for(verdict, 5) == 130
+    assert out.getvalue() == "interrupted\n"
+
+
+class FakeViewedSimulator:
+    """A simulator the live view can show: its counters, all zero."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return Counter()
+
+
+async def test_failed_traffic_ends_the_live_view_saying_why() -> None:
+    """A traffic that failed (a negative --rate, no feed subscriber in time) used to leave a
+    view of zeros, "waiting for events...", until Ctrl-C, its reason never shown."""
+
+    async def play() -> int:
+        raise ValueError("rate must not be negative, not -1.0")
+
+    traffic = asyncio.create_task(play())
+    with pytest.raises(ValueError, match="rate"):
+        await traffic
+    out = io.StringIO()
+    live = runner._live(
+        cast(Bridge, FakeBridge()),
+        cast(Simulator, FakeViewedSimulator()),
+        cast(RecentEvents, SimpleNamespace(lines=[])),
+        traffic,
+        asyncio.Event(),
+        "",
+        Console(file=out, width=200),
+    )
+    assert await asyncio.wait_for(live, 5) == 1
+    assert "the simulated traffic failed: ValueError('rate must not be negative" in out.getvalue()
+
+
 async def test_no_durable_event_is_no_pass() -> None:
     code, out = await verdict(set(), FakeRecent(), await traffic_of(0))
     assert code == 1
@@ -268,3 +321,33 @@ async def test_every_source_is_pointed_at_the_simulators_port(
     assert settings.pinecall.api_url == f"http://127.0.0.1:{port}"
     assert settings.websocket.url == f"ws://127.0.0.1:{port}/v1/ws"
     assert (settings.sse.enabled, settings.http.port) == (True, 29998)
+
+
+class OneBatchConsumer:
+    """A consumer whose first read gives `messages`; the next ends the reader (as a cancel)."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._batches = [{TopicPartition("events", 0): messages}]
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        if not self._batches:
+            raise asyncio.CancelledError
+        return self._batches.pop()
+
+
+async def test_a_null_header_is_read_past_not_the_end_of_the_reader() -> None:
+    # Another producer's record may carry a header with no value: the demo reads on.
+    recent = RecentEvents(load_settings(webhook={"allow_unsigned": True}), ["events"])
+    value = b'{"specversion": "1.0", "id": "CA1:1", "source": "s", "type": "t", "subject": "CA1"}'
+    message = SimpleNamespace(
+        topic="events",
+        key=b"CA1",
+        value=value,
+        headers=[("content-type", b"application/cloudevents+json"), ("ce_trace", None)],
+    )
+    recent._consumer = cast(Any, OneBatchConsumer([message]))
+    with pytest.raises(asyncio.CancelledError):
+        await recent.run()
+    assert recent.read == 1
+    assert recent.ids == Counter({"CA1:1": 1})
+    assert len(recent.lines) == 1
