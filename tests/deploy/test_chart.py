@@ -502,6 +502,18 @@ def test_secrets_come_from_secrets_only(all_on: list[Manifest]) -> None:
     assert secret["metadata"]["name"] != one(all_on, "KafkaUser")["metadata"]["name"]
 
 
+@pytest.mark.parametrize("length", [15, 56, 57, 62, 63])
+def test_the_chart_secret_never_takes_the_kafka_users_name(length: int) -> None:
+    # A full name of 62 or 63 characters, cut with its "-secret" suffix at 63 (and the dash
+    # trimmed), gave the chart's Secret the KafkaUser's name: Strimzi's User Operator writes
+    # that Secret, dropping the chart's keys.
+    name = ("pinecall-bridge-" + "x" * 63)[:length]
+    manifests = render(f"fullnameOverride={name}", values=ALL_ON)
+    secret = one(manifests, "Secret")["metadata"]["name"]
+    assert secret != one(manifests, "KafkaUser")["metadata"]["name"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", secret), secret
+
+
 def test_secret_values_never_appear_outside_the_secret() -> None:
     marker = "never-in-plain-text-{}"
     items = ["webhookSecrets", "kafkaSaslPassword", "kafkaSslKeyPassword", "pinecallApiKey"]
@@ -626,6 +638,37 @@ def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str
     assert {p["port"] for p in opened["spec"]["egress"][0]["ports"]} == {9092, 9094}
     # Without the policy there is nothing to open.
     render(SIGNED, f"config.kafka.bootstrapServers={servers}")
+
+
+@pytest.mark.parametrize(
+    ("sets", "where", "port"),
+    [
+        (("config.websocket.enabled=true", "config.websocket.url=wss://proxy:8443/v1/ws"),
+         'config.websocket.url "wss://proxy:8443/v1/ws"', 8443),
+        (("config.sse.enabled=true", "config.pinecall.apiUrl=https://proxy:8443"),
+         'config.pinecall.apiUrl "https://proxy:8443"', 8443),
+        (("config.sse.enabled=true", "config.pinecall.allowInsecureUrls=true",
+          "config.pinecall.apiUrl=http://stand-in"),
+         'config.pinecall.apiUrl "http://stand-in"', 80),
+    ],
+)  # fmt: skip
+def test_a_network_policy_blocking_the_pinecall_api_is_refused(
+    sets: tuple[str, ...], where: str, port: int
+) -> None:
+    # The feed and call logs would retry for good (registration never take), nothing saying why.
+    sets = ("networkPolicy.enabled=true", *sets)
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"networkPolicy.pinecallApi.ports [443] leaves out the port of {where}" in done.stderr
+    assert f"(add {port})" in done.stderr
+    opened = one(
+        render(SIGNED, *sets, f"networkPolicy.pinecallApi.ports={{443,{port}}}"), "NetworkPolicy"
+    )
+    assert {p["port"] for p in opened["spec"]["egress"][2]["ports"]} == {443, port}
+    # Nothing reaches the API (no feed, call logs nor registration): nothing to open.
+    render(SIGNED, "networkPolicy.enabled=true", *(s for s in sets if "url" in s.lower()))
 
 
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:

@@ -47,8 +47,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The chart-created Secret (holds only the `value`s of items with no other source). */}}
 {{- define "pinecall-bridge.secretName" -}}
-{{- /* Not the bare fullname: that is the KafkaUser's, whose Secret Strimzi writes. */}}
-{{- printf "%s-secret" (include "pinecall-bridge.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- /* Not the bare fullname: that is the KafkaUser's, whose Secret Strimzi writes. Not cut at
+63 either (a Secret's name may have 253): a 62- or 63-character fullname cut back to itself. */}}
+{{- printf "%s-secret" (include "pinecall-bridge.fullname" .) }}
 {{- end }}
 
 {{/*
