@@ -27,6 +27,7 @@ what is left at once, ends its tasks, counts what it did not publish and raises 
 A token with an expiry is refreshed before it expires, make-before-break: a new connection is
 opened and subscribed, then the old one is closed and read to its end, then the new one is read.
 Frames sent in the overlap arrive twice (the dedup stage drops the copies); none is missed.
+While the old one's close goes unanswered the new one is read ahead, within the backlog's bounds.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
 @dataclass
 class _Opened:
-    """A connection, subscribed; `early` holds frames read from it before its turn."""
+    """A connection, subscribed; `early` holds frames read from it before its turn (`early_bytes`
+    their size as the backlog counts it)."""
 
     ws: ClientConnection
     expires_at: float | None  # monotonic, as TokenClient.fetch gives it
@@ -122,6 +124,7 @@ class _Opened:
     # frame or a close meanwhile is a refusal; after it, an error frame is only a notice.
     answer_by: float | None = None
     early: list[str | bytes] = field(default_factory=list)
+    early_bytes: int = 0
     replaced: bool = False  # its successor is open: it is being closed, not lost
     # The token (or API key) it was opened with: hidden in what its frames' log lines show.
     credential: str = ""
@@ -137,6 +140,24 @@ class _Opened:
         """The answer is no longer awaited (given, or its window over): tell `on_taken`."""
         self.answer_by = None
         self.taken()
+
+    def settle_unless_awaited(self) -> bool:
+        """Settle, unless the answer is still awaited: True if settled (now or before), False
+        while the caller must still judge a frame or close as the answer."""
+        if self.awaiting_answer():
+            return False
+        self.settle()
+        return True
+
+    def keep_early(self, message: str | bytes, max_frames: int, max_bytes: int) -> bool:
+        """Hold `message` read ahead, unless that passes either bound (none is held yet: any
+        frame is). Pure: the caller counts a frame not kept."""
+        size = sys.getsizeof(message)
+        if self.early and (len(self.early) >= max_frames or self.early_bytes + size > max_bytes):
+            return False
+        self.early.append(message)
+        self.early_bytes += size
+        return True
 
     def taken(self) -> None:
         """Tell `on_taken`, once."""
@@ -385,8 +406,7 @@ class WebSocketSource:
                     self.connected = True
                     if self._on_connected is not None:
                         opened.on_taken = partial(self._on_connected, time.time())
-                        if not opened.awaiting_answer():  # a refresh's successor: answered
-                            opened.settle()
+                        opened.settle_unless_awaited()  # a refresh's successor: answered
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
@@ -571,7 +591,7 @@ class WebSocketSource:
         # Meanwhile the new one is read into its `early` frames: unread through a close left
         # unanswered (websockets waits 10 s), a busy feed filled websockets' buffer, which then
         # stopped reading the socket, pongs included, and the keepalive closed the new one too.
-        early = asyncio.create_task(_read_early(successor), name="websocket-refresh-early")
+        early = asyncio.create_task(self._read_early(successor), name="websocket-refresh-early")
         try:
             await self._close(current.ws)
         except BaseException:  # the reader ends (the stop cancelled it): nothing reads this one
@@ -594,7 +614,8 @@ class WebSocketSource:
                 except ConnectionClosed as exc:
                     raise _refusal_by_close(successor, exc) or exc from None
                 self._answer(successor, classify(first))
-                successor.early.append(first)
+                s = self._settings
+                successor.keep_early(first, s.max_inflight, s.max_backlog_bytes)  # the first: held
         except BaseException:
             # Called off by a stop, it is closed by the stop's bound, not websockets' 10 s.
             await self._close(successor.ws)
@@ -694,8 +715,7 @@ class WebSocketSource:
 
     def _answer(self, opened: _Opened, frame: Frame) -> None:
         """Note the subscription's answer in `frame`, if awaited; raise if it is a refusal."""
-        if not opened.awaiting_answer():
-            opened.settle()
+        if opened.settle_unless_awaited():
             return
         if frame.kind == "control" and frame.detail == "error":
             reason = hidden(
@@ -770,6 +790,41 @@ class WebSocketSource:
         self._held += 1
         self._held_bytes += size
         self._queue.put_nowait((item, size))
+
+    async def _read_early(self, opened: _Opened) -> None:
+        """Read `opened` into its `early` frames until cancelled (websockets' recv is
+        cancel-safe); past the backlog's bounds a frame is dropped and counted instead."""
+        # Bounded as the backlog they join is: a server sending on through an unanswered close
+        # (10 s, websockets' close_timeout) grew the list by all it could send meanwhile.
+        s = self._settings
+        try:
+            while True:
+                message = await opened.ws.recv()
+                if not opened.keep_early(message, s.max_inflight, s.max_backlog_bytes):
+                    self._drop_early(message)
+        except ConnectionClosed:
+            return  # its reader, in its turn, learns of the close
+        except Exception:  # a bug, said here: only cancelled and awaited, none would retrieve it
+            log.exception("feed refresh: reading the new connection ahead failed")
+
+    def _drop_early(self, message: str | bytes) -> None:
+        """A frame read ahead past the bounds: an event (or an oversized frame, which would be
+        noted) is counted lost, as the full backlog counts it."""
+        limit = self._settings.max_frame_bytes
+        if not (isinstance(message, str) and _size(message) > limit):
+            frame = classify(message)
+            self._metrics.frames_by(frame.kind).inc()
+            if frame.kind != "event":
+                return
+        self._metrics.rejected.labels("websocket", "backlog_full").inc()
+        flood.error(
+            "feed refresh: frames read ahead on the new connection, while the old one's close went"
+            " unanswered, past the backlog's bounds: events dropped",
+            extra={
+                "max_inflight": self._settings.max_inflight,
+                "max_backlog_bytes": self._settings.max_backlog_bytes,
+            },
+        )
 
     def _drop(self) -> None:
         self._metrics.rejected.labels("websocket", "backlog_full").inc()
@@ -861,17 +916,6 @@ async def _successor(
     return refresher.result()
 
 
-async def _read_early(opened: _Opened) -> None:
-    """Read `opened` into its `early` frames until cancelled (websockets' recv is cancel-safe)."""
-    try:
-        while True:
-            opened.early.append(await opened.ws.recv())
-    except ConnectionClosed:
-        return  # its reader, in its turn, learns of the close
-    except Exception:  # a bug, said here: only cancelled and awaited, it would be retrieved by none
-        log.exception("feed refresh: reading the new connection ahead failed")
-
-
 async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait for it to end; only the caller's own cancellation raises."""
     task.cancel()
@@ -892,8 +936,7 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
     # No close frame (the network), or one answering ours (a refresh or a stop closed it).
     if received is None or closed.rcvd_then_sent is False or opened.replaced:
         return None
-    if not opened.awaiting_answer():
-        opened.settle()
+    if opened.settle_unless_awaited():
         return None
     if received.code in AUTH_CLOSE_CODES or received.code in SERVER_CLOSE_CODES:
         return None

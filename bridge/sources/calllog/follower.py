@@ -142,8 +142,6 @@ class Follower:
         self._opened_at: float | None = None  # when this attempt's stream opened (monotonic)
         self.publishing = False  # a stop lets a publish in flight land before cancelling
         self.halted = False  # this call moved to another process: stop after the publish
-        # The last stream closed having read nothing new (past its `log.caught_up`, if any).
-        self._closed_empty = False
 
     @property
     def call(self) -> str:
@@ -210,8 +208,8 @@ class Follower:
                 if response.status == 200 and response.content_type == EVENT_STREAM:
                     self._opened_at = self._clock()
                     state.connected()
-                    read = await self._read(response)
-                    if read == "closed" and self._closed_empty and await self._read_to_end():
+                    read, empty = await self._read(response)
+                    if empty and await self._read_to_end():
                         state.sealed()
                         raise _EndedError(ended=True)
                     return _Outcome(read)
@@ -281,22 +279,21 @@ class Follower:
         )
         return True
 
-    async def _read(self, response: aiohttp.ClientResponse) -> Reason:
-        """Read and publish until the stream ends; the reason it did, or "ended"."""
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[Reason, bool]:
+        """Read and publish until the stream ends: the reason it did, and whether the server
+        closed it having sent nothing new (past its `log.caught_up`, if any)."""
         parser = EventStreamParser.for_events_of(self._settings.max_event_bytes)
         state = self.state
-        self._closed_empty = False
         news = False  # anything to publish since the stream opened, or since its caught-up
         while True:
             try:
                 async with asyncio.timeout(self._settings.read_timeout_seconds):
                     chunk = await response.content.readany()
             except TimeoutError:
-                return "silent"
+                return "silent", False
             if not chunk:
                 parser.feed_eof()
-                self._closed_empty = not news
-                return "closed"
+                return "closed", not news
             batch: list[Any] = []
             times: list[float] = []
             last: int | None = None
@@ -327,7 +324,7 @@ class Follower:
                         await self._fill(Fill(first, step.last))
             await self._publish(batch, times, last)
             if state.ended:
-                return "closed"
+                return "closed", False
 
     async def _read_to_end(self) -> bool:
         """Whether the log is sealed with nothing stored past the resume point, by its JSON page.

@@ -1338,6 +1338,37 @@ async def test_a_refresh_whose_old_connection_leaves_its_close_unanswered_keeps_
     assert seqs(sink) == list(range(1, sent + 1))
 
 
+async def test_frames_read_ahead_while_the_old_close_goes_unanswered_are_bounded(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The successor's frames read ahead while the old connection's close went unanswered were
+    # all held, whatever their number or size: a server sending on grew memory without bound.
+    closing = recording_closes(monkeypatch)
+    answer_old_close = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n == 1:
+            feed.expires_in = 3600  # one refresh only
+            await answer_old_close.wait()  # the refresh's close of it waits for this
+            await hold_open(ws)
+            return
+        for seq in range(1, 51):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    feed = await make_feed(script)
+    feed.expires_in = 1.0  # refreshed after half a second
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(max_inflight=10), sink, metrics):
+        await until(lambda: closing)  # the successor is subscribed: the old one is being closed
+        # Dropped as they come, the close still unanswered: its ack and 9 events are held.
+        await until(lambda: rejected(metrics, "backlog_full") == 41, 3, what="41 events dropped")
+        answer_old_close.set()
+        await until(lambda: len(seqs(sink)) == 9, 5, what="the events held")
+    assert seqs(sink) == list(range(1, 10))
+    assert rejected(metrics, "backlog_full") == 41
+
+
 def recording_closes(monkeypatch: pytest.MonkeyPatch) -> list[ClientConnection]:
     """The connections the bridge begins to close, from now on."""
     closing: list[ClientConnection] = []
