@@ -345,7 +345,8 @@ class KafkaSettings(_Section):
             self.connect_timeout_ms = self.request_timeout_ms
         if self.max_batch_bytes > self.max_request_bytes:
             raise ValueError(
-                "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES"
+                f"BRIDGE_KAFKA__MAX_BATCH_BYTES ({self.max_batch_bytes}) must not exceed"
+                f" BRIDGE_KAFKA__MAX_REQUEST_BYTES ({self.max_request_bytes})"
             )
         # Settings the protocol would ignore mean a forgotten security_protocol: refuse them
         # rather than connect without the TLS or credentials the operator asked for.

@@ -544,6 +544,24 @@ class Bridge:
         if count > 0 and self._memory_checked not in (-1, count):
             self._memory_checked = count
             self._check_memory(count, read_limit())
+            self._check_idle_workers(count)
+
+    def _check_idle_workers(self, partitions: int) -> None:
+        """Warn when the pod runs more dedup stages than the ingest topic has partitions."""
+        # Each worker runs one unless the pod has a dedup process (then this one, stages "dedup").
+        members = self._pod_processes if self.stages == "both" else 1
+        if members > partitions:
+            log.warning(
+                f"{members} of this pod's workers run the dedup stage and the ingest topic has"
+                f" {partitions} partitions: at least {members - partitions} of them own none"
+                " (idle, and more across replicas); give the topic more partitions, or set"
+                " BRIDGE_DEDUP__OWN_PROCESS",
+                extra={
+                    "topic": self.settings.topics.ingest,
+                    "partitions": partitions,
+                    "dedup_workers": members,
+                },
+            )
 
     def _check_memory(self, partitions: int, limit: MemoryLimit) -> None:
         """Warn when one pod owning all `partitions` would outgrow the container's memory."""

@@ -250,8 +250,8 @@ def test_check_refuses_inputs_larger_than_the_records_kafka_takes(
     with pytest.raises(SystemExit):
         main(["check"])
     assert (
-        "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES"
-        in capsys.readouterr().err
+        "BRIDGE_KAFKA__MAX_BATCH_BYTES (2000000) must not exceed"
+        " BRIDGE_KAFKA__MAX_REQUEST_BYTES (1048576)" in capsys.readouterr().err
     )
 
 

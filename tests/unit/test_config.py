@@ -1030,7 +1030,8 @@ def test_the_cloudevents_source_is_a_uri_reference(
         ),
         (
             {"BRIDGE_KAFKA__MAX_BATCH_BYTES": "2000000"},
-            "BRIDGE_KAFKA__MAX_BATCH_BYTES must not exceed BRIDGE_KAFKA__MAX_REQUEST_BYTES",
+            "BRIDGE_KAFKA__MAX_BATCH_BYTES (2000000) must not exceed"
+            " BRIDGE_KAFKA__MAX_REQUEST_BYTES (1048576)",
         ),
         (
             {"BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS": "30"},

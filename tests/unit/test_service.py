@@ -838,6 +838,30 @@ def test_the_memory_limit_is_compared_once_per_partition_count_where_a_window_is
 
 
 @pytest.mark.parametrize(
+    ("stages", "processes", "partitions", "warned"),
+    [("both", 4, 3, True), ("both", 4, 4, False), ("dedup", 4, 1, False)],
+)
+def test_more_dedup_workers_than_ingest_partitions_are_warned_of_once(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stages: Stages,
+    processes: int,
+    partitions: int,
+    warned: bool,
+) -> None:
+    bridge = Bridge(every_source(), stages=stages, pod_processes=processes)
+    monkeypatch.setattr(bridge.sink, "partition_count", lambda _topic: partitions)
+    monkeypatch.setattr(bridge, "_check_memory", lambda _count, _limit: None)
+    with caplog.at_level(logging.WARNING, logger="bridge.service"):
+        for _ in range(3):
+            bridge._watch_ingest_topic()
+    idle = [r for r in caplog.records if "own none" in r.getMessage()]
+    assert len(idle) == (1 if warned else 0)
+    if warned:
+        assert idle[0].__dict__["dedup_workers"] == processes
+
+
+@pytest.mark.parametrize(
     ("open_files", "in_force"),
     [
         (None, 4096),  # unlimited

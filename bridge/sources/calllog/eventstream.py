@@ -5,7 +5,8 @@ dropped; an event is dispatched by a blank line, so a partial event at EOF is ne
 (`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
 Line and event sizes are capped, and the parser never grows past them: an event that exceeds them
 is dropped as it is read and comes out as TooLarge, with its type and id, so a reader can say
-which entry it skipped and go on past it instead of meeting it again on every reconnect. An
+which entry it skipped and go on past it instead of meeting it again on every reconnect (with
+a digest of what it dropped, to tell apart two such entries without an id). An
 over-long comment line is read past unreported (comments are ignored; its event is kept). A
 `retry:` is capped too (at 300 s).
 """
@@ -13,6 +14,7 @@ over-long comment line is read past unreported (comments are ignored; its event 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -57,12 +59,13 @@ class Retry:
 class TooLarge:
     """An event dropped for its size: its type, the stream's last id then (`has_id`: from an
     `id:` line of its own), and about how many bytes of data it had (an over-long line counts
-    whole)."""
+    whole); `sha256`: of the lines it dropped, the same however the stream was chunked."""
 
     type: str
     last_event_id: str
     size: int
     has_id: bool = True
+    sha256: str = ""
 
 
 Item = Event | KeepAlive | Retry | TooLarge
@@ -87,6 +90,8 @@ class EventStreamParser:
         self._data: list[str] = []
         self._data_bytes = 0
         self._too_large = False  # the current event broke a limit: its data is being dropped
+        # What the dropped event had, hashed as it is read past: the only trace of its content.
+        self._digest: hashlib._Hash | None = None
         self._skip_line = False  # the rest of an over-long line is being dropped
         self._skip_comment = False  # that line is a comment: its size is no event's
         self._type = ""
@@ -115,6 +120,8 @@ class EventStreamParser:
             if self._skip_line:  # the end of an over-long line
                 self._skip_line = False
                 self._count_skipped(line)
+                if not self._skip_comment:
+                    self._hash("\n")
             else:
                 if self._pending:
                     self._pending.append(line)
@@ -132,7 +139,7 @@ class EventStreamParser:
             elif self._pending_bytes + size > self._max_line:
                 self._skip_comment = (self._pending[0] if self._pending else rest)[0] == ":"
                 if not self._skip_comment:
-                    self._drop(self._pending_bytes + size)
+                    self._drop(self._pending_bytes + size, *self._pending, rest)
                 self._clear_pending()
                 self._skip_line = True
             else:
@@ -144,6 +151,7 @@ class EventStreamParser:
         """Part of an over-long line read past: counted against its event unless a comment."""
         if not self._skip_comment:
             self._data_bytes += utf8_size(part)
+            self._hash(part)
 
     def _clear_pending(self) -> None:
         self._pending = []
@@ -160,7 +168,7 @@ class EventStreamParser:
     def _line(self, line: str, items: list[Item]) -> None:
         if utf8_size(line) > self._max_line:
             if line[0] != ":":  # a comment is ignored whatever its size, as the spec says
-                self._drop(utf8_size(line))
+                self._drop(utf8_size(line), line, "\n")
             return
         if not line:
             self._dispatch(items)
@@ -174,7 +182,7 @@ class EventStreamParser:
         if name == "data":
             size = utf8_size(value) + 1
             if self._too_large or self._data_bytes + size > self._max_event:
-                self._drop(size)
+                self._drop(size, value, "\n")
             else:
                 self._data_bytes += size
                 self._data.append(value)
@@ -192,17 +200,28 @@ class EventStreamParser:
             items.append(Retry(min(milliseconds, MAX_RETRY_MILLISECONDS)))
         # Any other field name is ignored, as the spec says.
 
-    def _drop(self, size: int) -> None:
-        """The current event broke a limit: free what it holds, count what it had."""
+    def _drop(self, size: int, *parts: str) -> None:
+        """The current event broke a limit: free what it holds, count and hash what it had."""
+        if self._digest is None:
+            self._digest = hashlib.sha256()
+            for kept in self._data:
+                self._hash(kept, "\n")
         self._too_large = True
         self._data = []
         self._data_bytes += size
+        self._hash(*parts)
+
+    def _hash(self, *parts: str) -> None:
+        if self._digest is not None:
+            for part in parts:
+                self._digest.update(part.encode())
 
     def _dispatch(self, items: list[Item]) -> None:
         self.last_event_id = last = self._id_buffer
         kind = self._type or "message"
         if self._too_large:
-            items.append(TooLarge(kind, last, self._data_bytes, self._has_id))
+            digest = "" if self._digest is None else self._digest.hexdigest()
+            items.append(TooLarge(kind, last, self._data_bytes, self._has_id, digest))
         elif self._data:
             items.append(Event(kind, "\n".join(self._data), last, self._has_id))
         self._reset_event()
@@ -211,5 +230,6 @@ class EventStreamParser:
         self._data = []
         self._data_bytes = 0
         self._too_large = False
+        self._digest = None
         self._type = ""
         self._has_id = False

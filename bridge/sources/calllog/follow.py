@@ -10,6 +10,7 @@ goes on past it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -228,20 +229,31 @@ class CallFollow:
                 return self._gap_to(end)
             return Fill(self.acked + 1, None)
         note = {"call": self.call, "type": item.type, "bytes": item.size}
-        return self._dead_letter("too_large", note, raw_id, item.type)
+        return self._dead_letter("too_large", note, raw_id, item.type, item.sha256)
 
     def _dead_letter(
-        self, reason: UnrecognisedReason, note: dict[str, Any], raw_id: str | None, kind: str
+        self,
+        reason: UnrecognisedReason,
+        note: dict[str, Any],
+        raw_id: str | None,
+        kind: str,
+        sha256: str | None = None,
     ) -> Step:
         """What cannot be read dead-letters at its seq (its `id:`), so the call goes on.
 
-        Without an `id:` of its own it has no seq: it dead-letters without moving the resume point.
+        Without an `id:` of its own it has no seq: it dead-letters without moving the resume
+        point, with `sha256` (of what the note leaves out) in the note.
         """
         seq = readable_seq(raw_id)
         if seq is not None and 0 < seq <= self.acked:
             return Nothing()  # a replay of what Kafka already has
         if seq is not None and kind == TERMINAL_TYPE:
             self._terminal_pending = seq
+        if seq is None and sha256:
+            # A dead letter's id is its content's: two entries' notes alike (same type and
+            # size) were one id, and the dedup stage dropped the second. The digest tells them
+            # apart, and is the same when the entry is read again.
+            note = {**note, "sha256": sha256}
         return Publish(Unrecognised(reason, {**note, "seq": seq}), seq)
 
     def _event(self, event: Event) -> Step:
@@ -253,7 +265,9 @@ class CallFollow:
             text, cut = fit_json_text(event.data, self._max_note_bytes)
             note: dict[str, Any] = {"call": self.call, "type": event.type}
             note |= {"data": text, "truncated": True} if cut else {"data": text}
-            return self._dead_letter("invalid_json", note, _own_id(event), event.type)
+            # Cut, the text is no longer the entry's own: its digest is (see _dead_letter).
+            digest = hashlib.sha256(event.data.encode()).hexdigest() if cut else None
+            return self._dead_letter("invalid_json", note, _own_id(event), event.type, digest)
         seq = readable_seq(entry.get("seq")) if isinstance(entry, dict) else None
         if seq is None:
             return Publish(entry, None)  # the pipeline dead-letters what is not an entry

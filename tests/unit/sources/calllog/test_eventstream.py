@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 
 from bridge.sources.calllog.eventstream import (
@@ -26,6 +28,11 @@ def events(*chunks: bytes) -> list[Event]:
 def no_id(data: str, last_event_id: str = "") -> Event:
     """An event without an `id:` line of its own: it carries the stream's last id."""
     return Event("message", data, last_event_id, has_id=False)
+
+
+def dropped(*lines: str) -> str:
+    """The digest a TooLarge gives of the lines it dropped (data lines by their value)."""
+    return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
 
 
 def bytewise(stream: bytes) -> list[bytes]:
@@ -181,14 +188,16 @@ def test_a_line_over_the_limit_drops_its_event_and_the_stream_goes_on() -> None:
     assert parser.feed(b"id: 7\nevent: call.summary\ndata: 1234567890") == []
     assert parser.feed(b"12345") == []
     # The over-long line counts whole, "data: " included.
-    assert parser.feed(b"0123\nid: 8\n\n") == [TooLarge("call.summary", "8", 25)]
+    assert parser.feed(b"0123\nid: 8\n\n") == [
+        TooLarge("call.summary", "8", 25, sha256=dropped("data: 1234567890123450123"))
+    ]
     assert parser.feed(b"id: 9\ndata: ok\n\n") == [Event("message", "ok", "9")]
 
 
 def test_a_terminated_line_over_the_limit_drops_its_event() -> None:
     parser = EventStreamParser(max_line_bytes=10)
     assert parser.feed(b"id: 3\ndata: 0123456789\n\ndata: x\n\n") == [
-        TooLarge("message", "3", 16),
+        TooLarge("message", "3", 16, sha256=dropped("data: 0123456789")),
         no_id("x", "3"),
     ]
 
@@ -217,7 +226,9 @@ def test_a_huge_comment_is_read_past_without_holding_it() -> None:
 def test_an_event_over_the_limit_is_dropped_whole() -> None:
     parser = EventStreamParser(max_event_bytes=10)
     assert parser.feed(b"id: 4\ndata: 1234\n") == []
-    assert parser.feed(b"data: 56789\ndata: a\n\n") == [TooLarge("message", "4", 13)]
+    assert parser.feed(b"data: 56789\ndata: a\n\n") == [
+        TooLarge("message", "4", 13, sha256=dropped("1234", "56789", "a"))
+    ]
 
 
 def test_a_huge_event_is_read_past_without_holding_it() -> None:
@@ -226,7 +237,8 @@ def test_a_huge_event_is_read_past_without_holding_it() -> None:
     for _ in range(1000):
         items += parser.feed(b"x" * 10_000)
     items += parser.feed(b"\n\n")
-    assert items == [TooLarge("call.score", "5", len(b"data: ") + 10_000_000)]
+    digest = dropped("data: " + "x" * 10_000_000)
+    assert items == [TooLarge("call.score", "5", len(b"data: ") + 10_000_000, sha256=digest)]
     assert len(parser._pending) == 0
 
 
@@ -239,7 +251,9 @@ def test_data_sizes_reset_after_each_event() -> None:
 def test_sizes_count_utf8_bytes_not_characters() -> None:
     parser = EventStreamParser(max_event_bytes=10)
     # 5 characters, 10 bytes, plus the newline
-    assert parser.feed("data: ééééé\n\n".encode()) == [TooLarge("message", "", 11, has_id=False)]
+    assert parser.feed("data: ééééé\n\n".encode()) == [
+        TooLarge("message", "", 11, has_id=False, sha256=dropped("ééééé"))
+    ]
 
 
 def test_only_an_events_own_id_line_marks_it_as_having_one() -> None:
@@ -247,7 +261,7 @@ def test_only_an_events_own_id_line_marks_it_as_having_one() -> None:
     assert parser.feed(b"id: 4\ndata: a\n\ndata: b\n\ndata: 0123456789x\n\n") == [
         Event("message", "a", "4"),
         no_id("b", "4"),
-        TooLarge("message", "4", 12, has_id=False),
+        TooLarge("message", "4", 12, has_id=False, sha256=dropped("0123456789x")),
     ]
 
 
@@ -262,5 +276,22 @@ def test_a_long_line_in_one_byte_chunks_keeps_its_limit_exactly() -> None:
     ]
     short = EventStreamParser(max_line_bytes=len(line) - 2, max_event_bytes=len(line))
     assert [item for chunk in bytewise(stream) for item in short.feed(chunk)] == [
-        TooLarge("message", "6", len(line) - 1)
+        TooLarge("message", "6", len(line) - 1, sha256=dropped(f"data: {value}"))
     ]
+
+
+TWO_TOO_LARGE = (
+    b"event: call.summary\ndata: 0123456789ab\n\nevent: call.summary\ndata: 0123\ndata: 456789c\n\n"
+)
+
+
+@pytest.mark.parametrize("cut", range(1, len(TWO_TOO_LARGE)))
+def test_a_dropped_events_digest_tells_it_apart_and_not_its_chunks(cut: int) -> None:
+    # Without ids, the two notes were alike (type, size): one dead-letter id, the second lost.
+    parser = EventStreamParser(max_line_bytes=30, max_event_bytes=10)
+    first, second = parser.feed(TWO_TOO_LARGE[:cut]) + parser.feed(TWO_TOO_LARGE[cut:])
+    assert isinstance(first, TooLarge)
+    assert isinstance(second, TooLarge)
+    assert (first.type, first.size) == (second.type, second.size) == ("call.summary", 13)
+    assert first.sha256 == dropped("0123456789ab")
+    assert second.sha256 == dropped("0123", "456789c")

@@ -287,6 +287,36 @@ def test_a_not_json_entry_is_cut_to_what_a_record_takes_and_says_so() -> None:
     assert "truncated" not in small.item.item
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (
+            TooLarge("call.summary", "3", 2_000_000, has_id=False, sha256="a" * 64),
+            TooLarge("call.summary", "3", 2_000_000, has_id=False, sha256="b" * 64),
+        ),
+        (
+            Event("turn.user", "{" + "x" * 2_000 + "1", "3", has_id=False),
+            Event("turn.user", "{" + "x" * 2_000 + "2", "3", has_id=False),
+        ),
+    ],
+    ids=["too_large", "cut_invalid_json"],
+)
+def test_two_unreadable_entries_without_an_id_give_notes_apart_and_each_the_same_again(
+    first: Event | TooLarge, second: Event | TooLarge
+) -> None:
+    # A dead letter's id is its note's content: notes alike were one id in the dedup stage,
+    # which dropped the second entry's. Read again (a restart, another replica), one is alike.
+    def note(item: Event | TooLarge) -> Any:
+        step = CallFollow("CA_1", 2, ReconnectPolicy(0.5, 30, 60), max_note_bytes=1_000).step(item)
+        assert isinstance(step, Publish)
+        assert isinstance(step.item, Unrecognised)
+        assert step.seq is None
+        return step.item.item
+
+    assert note(first) != note(second)
+    assert note(first) == note(first)
+
+
 @pytest.mark.parametrize("text", ["", "abc", "\x01" * 500, "é" * 700, '"' * 999])
 def test_fit_json_text_never_exceeds_its_limit(text: str) -> None:
     cut, was_cut = fit_json_text(text, 200)
