@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge.config import Settings
 from bridge.logthrottle import LogThrottle
@@ -105,13 +106,30 @@ def build_app(
     """The public app; `probes` replace this process's own (a worker answers for its pod)."""
     # client_max_size makes aiohttp stop reading a body past the limit instead of buffering it.
     app = web.Application(
-        client_max_size=settings.webhook.max_body_bytes, middlewares=[json_errors]
+        client_max_size=settings.webhook.max_body_bytes,
+        middlewares=[closing_while_stopping(readiness), json_errors],
     )
     app.add_routes(probes if probes is not None else probe_routes(readiness, metrics))
     app.router.add_post(settings.webhook.path, webhook.handle, expect_handler=webhook.expect)
     bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
     app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
     return app
+
+
+def closing_while_stopping(readiness: Readiness) -> Middleware:
+    """A middleware: once the stop has begun, each answer closes its connection."""
+
+    @web.middleware
+    async def closing(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        # A balancer's connection kept alive through the drain delay would be closed idle by the
+        # listener's close, racing a request it sends there (a 502, a webhook lost); told to close
+        # with each answer, it moves its next requests to another pod during the delay.
+        if readiness.stopping:
+            response.force_close()
+        return response
+
+    return closing
 
 
 def build_admin_app(probes: list[web.RouteDef]) -> web.Application:

@@ -122,7 +122,8 @@ class WebhookHandler:
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: a body too large (413), not JSON or encoded (415), without a
-        well-formed signature (401) or past the bytes in flight (503) is refused unsent."""
+        well-formed signature (401) or past the bytes in flight (503) is refused unsent; another
+        expectation gets 417."""
         limit = self._settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -141,7 +142,13 @@ class WebhookHandler:
         if self._overloaded(_request_charge(length, limit), held=0):
             # Closed, as for the 413: the body it refuses unsent is not waited for.
             return self._overloaded_answer(Connection="close")
-        await _default_expect_handler(request)  # 100 Continue, or 417 to another expectation
+        try:
+            await _default_expect_handler(request)  # 100 Continue, or 417 to another expectation
+        except web.HTTPExpectationFailed:
+            # Raised from here, aiohttp answered it itself: text/plain, past every middleware,
+            # and counted nowhere. Closed: the body is not sent without its 100 Continue.
+            detail = "only `Expect: 100-continue` is understood"
+            return self._reject(417, "expectation_failed", detail, Connection="close")
         return None
 
     def _overloaded(self, charge: int, *, held: int) -> bool:

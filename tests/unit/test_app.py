@@ -8,7 +8,8 @@ from bridge.app import Readiness, build_admin_app, build_app, probe_routes
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
-from tests.unit.fakes import FakeSink, pipeline_with
+from tests.rawhttp import RawConnection, build_request
+from tests.unit.fakes import ENTRY, FakeSink, pipeline_with
 
 
 async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
@@ -44,3 +45,37 @@ async def test_the_admin_app_serves_the_probes_and_metrics_but_no_webhook() -> N
         refused = await client.post("/webhooks/pinecall", data=b"{}")
         assert refused.status == 404
         assert (await refused.json())["error"] == "not_found"
+
+
+async def test_once_the_stop_has_begun_each_answer_closes_its_connection() -> None:
+    # A kept-alive connection left open through the drain delay is closed idle by the
+    # listener's close, racing the balancer's next request on it.
+    settings = load_settings(webhook={"allow_unsigned": True})
+    metrics = Metrics()
+    pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = True
+    app = build_app(
+        settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
+    )
+    webhook = build_request(
+        "POST", "/webhooks/pinecall", [("Content-Type", "application/json")], ENTRY, keep_alive=True
+    )
+    async with TestServer(app) as server:
+        assert server.port is not None
+        connection = await RawConnection.open("127.0.0.1", server.port)
+        try:
+            assert await connection.send(webhook)
+            kept = await connection.response()
+            assert kept is not None
+            assert kept.status == 200
+            assert kept.headers.get("connection") != "close"
+            readiness.stopping = True
+            assert await connection.send(webhook)
+            closing = await connection.response()
+            assert closing is not None
+            assert closing.status == 200
+            assert closing.headers.get("connection") == "close"
+            assert await connection.closed(within=10) == b""
+        finally:
+            await connection.close()

@@ -311,12 +311,16 @@ async def test_a_webhook_sent_after_100_continue_is_taken(harness: Harness) -> N
     assert len(harness.sink.records) == 1
 
 
-async def test_an_unknown_expectation_is_417_as_aiohttp_answers_it(harness: Harness) -> None:
+async def test_an_unknown_expectation_is_417_counted_as_every_refusal(harness: Harness) -> None:
+    # aiohttp's own 417 was text/plain and counted nowhere.
     _, headers = signed(ENTRY, SECRET)
     request = build_request("POST", PATH, [*headers.items(), ("Expect", "magic")], ENTRY)
     response = await exchange("127.0.0.1", harness.port, request)
     assert response is not None
     assert response.status == 417
+    assert response.headers["connection"] == "close"
+    assert jsoncodec.loads(response.body)["error"] == "expectation_failed"
+    assert harness.rejected("expectation_failed") == 1
     assert harness.sink.records == []
 
 
