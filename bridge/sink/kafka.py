@@ -86,6 +86,11 @@ CONNECT_TRY_SECONDS = 2.0
 # At most one read of the ingest topic's limits per this after a size refusal: where they cannot
 # be read (no DescribeConfigs right), each refused delivery would open an admin client.
 RELEARN_EVERY_SECONDS = 1.0
+# How long a read of the brokers' settings may take, admin client's start included: one broker
+# silent (down, packets dropped) would otherwise hold the sink's start and each relearn for
+# aiokafka's request timeout (40 s by default), where a fallback serves. A round trip to a live
+# broker takes milliseconds.
+BROKER_CONFIG_READ_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -229,6 +234,14 @@ async def topic_configs(
 ) -> TopicConfigs:
     """Each existing topic's values of `keys`, as the cluster reports them (KafkaError if not);
     those of `fresh` (just created) are waited for a moment if a broker does not know them yet."""
+    async with admin_client(options) as admin:
+        return await _topic_configs(admin, names, keys, fresh)
+
+
+async def _topic_configs(
+    admin: AIOKafkaAdminClient, names: list[str], keys: tuple[str, ...], fresh: Collection[str]
+) -> TopicConfigs:
+    """topic_configs, asked through `admin`."""
 
     async def read(asked: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
         responses = await admin.describe_configs(
@@ -248,8 +261,7 @@ async def topic_configs(
                     }
         return found, errors
 
-    async with admin_client(options) as admin:
-        found, errors = await _settled(read, names, fresh)
+    found, errors = await _settled(read, names, fresh)
     return TopicReads(found, errors)
 
 
@@ -303,11 +315,12 @@ async def brokers_config_int(options: Mapping[str, Any], key: str) -> int | None
 
 
 async def brokers_config_ints(options: Mapping[str, Any], keys: list[str]) -> dict[str, int | None]:
-    """The brokers' integer settings `keys`, as one reports them; None for each unreadable."""
+    """The brokers' integer settings `keys`, as one reports them; None for each unreadable
+    (within BROKER_CONFIG_READ_SECONDS)."""
     try:
-        async with admin_client(options) as admin:
+        async with asyncio.timeout(BROKER_CONFIG_READ_SECONDS), admin_client(options) as admin:
             return {key: await _broker_config_int(admin, key) for key in keys}
-    except KafkaError:
+    except (KafkaError, TimeoutError):
         return dict.fromkeys(keys)
 
 
@@ -337,12 +350,22 @@ async def _broker_config_int(admin: AIOKafkaAdminClient, key: str) -> int | None
 
 
 async def brokers_least_config_int(options: Mapping[str, Any], key: str) -> int | None:
-    """The least of every broker's integer setting `key`; None if no broker's can be read.
+    """The least of every broker's integer setting `key`; None if no broker's can be read
+    (within BROKER_CONFIG_READ_SECONDS).
 
     Brokers differ during a rolling change of a static setting: the least is the safe bound.
     """
     try:
-        async with admin_client(options) as admin:
+        async with asyncio.timeout(BROKER_CONFIG_READ_SECONDS), admin_client(options) as admin:
+            return await _least_config_int(admin, key)
+    except (KafkaError, TimeoutError):
+        return None
+
+
+async def _least_config_int(admin: AIOKafkaAdminClient, key: str) -> int | None:
+    """brokers_least_config_int, asked through `admin` within BROKER_CONFIG_READ_SECONDS."""
+    try:
+        async with asyncio.timeout(BROKER_CONFIG_READ_SECONDS):
             brokers = (await admin.describe_cluster())["brokers"]
             responses = await admin.describe_configs(
                 [
@@ -350,7 +373,7 @@ async def brokers_least_config_int(options: Mapping[str, Any], key: str) -> int 
                     for b in brokers
                 ]
             )
-    except (KafkaError, KeyError):
+    except (KafkaError, KeyError, TimeoutError):
         return None
     return min(_config_ints(responses, key), default=None)
 
@@ -751,14 +774,16 @@ class KafkaSink:
         """
         try:
             asked = tuple(dict.fromkeys((MAX_MESSAGE_BYTES, CLEANUP_POLICY, *keys)))
-            configs = await topic_configs(client_options(self._settings), names, asked, fresh)
+            async with admin_client(client_options(self._settings)) as admin:
+                configs = await _topic_configs(admin, names, asked, fresh)
+                request_limit = await _least_config_int(admin, SOCKET_REQUEST_MAX_BYTES)
         except KafkaError as exc:
             log.warning(
                 "could not read the topics' configs; assuming max_request_bytes",
                 extra={"error": type(exc).__name__},
             )
             return None
-        await self._learn_request_limit()
+        self._learn_request_limit(request_limit)
         s = self._settings
         if writes:
             self._batches_for = tuple(sorted(set(writes)))
@@ -786,18 +811,26 @@ class KafkaSink:
         await self._fit_batches()
         return configs
 
-    async def _learn_request_limit(self) -> None:
-        """Read the least of the brokers' socket.request.max.bytes: a record whose request is
-        larger is refused (or dead-lettered) unsent, as one over its topic's limit."""
-        read = await brokers_least_config_int(
-            client_options(self._settings), SOCKET_REQUEST_MAX_BYTES
-        )
+    def _learn_request_limit(self, read: int | None) -> None:
+        """Learn the least of the brokers' socket.request.max.bytes (None: unread): a record whose
+        request is larger is refused (or dead-lettered) unsent, as one over its topic's limit."""
         said, self._socket_limit = self._socket_limit, read
         if read is None:
-            if said is not None:
+            if said is None:
+                return
+            if not said:  # never read
                 log.info(
                     "could not read the brokers' socket.request.max.bytes (no DescribeConfigs"
                     " right on the cluster?): assuming it takes BRIDGE_KAFKA__MAX_REQUEST_BYTES"
+                )
+            else:  # the limits keep what was read: a broker down now may still be the least
+                log.info(
+                    "could not read the brokers' socket.request.max.bytes again (a broker"
+                    " down?): keeping the value last read",
+                    extra={
+                        "socket_request_max_bytes": said,
+                        "largest_record_bytes": self.limits.default,
+                    },
                 )
             return
         if self.limits.learn_request_limit(read) and read != said:

@@ -25,6 +25,7 @@ from bridge.groups import Claim, StickyAssignor, group_metadata, member_options
 from bridge.kafkarefusals import refused_wait, session_refusal
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
+    CUT_SECONDS,
     STOP_SETTLE_SECONDS,
     Replacement,
     consumer_died,
@@ -182,13 +183,15 @@ class FeedLease:
             await asyncio.wait({self._note_read})  # cancelled by the release: its client closed
 
     async def _leave(self, cut: bool) -> None:
-        """Stop the consumer (leaving the group), then end a note's commit left running.
+        """Stop the consumer (leaving the group), then end a note's commit left running and the
+        previous holder's note's read.
 
         `cut`: the caller's cancellation came before the leave, and no longer bounds it: the
         leave gets what a leave cut by it gets, a settle, and its failure is only logged."""
         consumer, self._consumer = self._consumer, None
-        if self._note_read is not None:
-            self._note_read.cancel()  # a stop cut before the release: its admin client closes
+        note_read = self._note_read
+        if note_read is not None:
+            note_read.cancel()  # a stop cut before the release: its admin client closes
         try:
             if consumer is not None and not cut:
                 await stop_consumer(consumer)
@@ -200,7 +203,13 @@ class FeedLease:
                         "the feed lease's consumer did not stop", extra={"error": repr(exc)}
                     )
         finally:
-            await self._end_commit()
+            try:
+                await self._end_commit()
+            finally:
+                if note_read is not None and not note_read.done():
+                    # Its admin client's close ran beside the leave: awaited, or it closed after
+                    # the stop returned. Local work, bounded as a cut's wait.
+                    await asyncio.wait({note_read}, timeout=CUT_SECONDS)
 
     def _claim(self) -> Claim:
         # The holder claims the lease at each join and keeps it: a replica joining or leaving

@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     read_decided,
     until_metrics,
 )
+from tests.metrics import sample
 
 Start = Callable[..., Any]
 
@@ -139,8 +140,8 @@ async def test_batches_of_many_partitions_go_in_requests_within_the_brokers_limi
 ) -> None:
     # Each partition's batch (two records of ~50 KB) is well within the limit; all six in one
     # produce request (~600 KB) were not: the broker closed the connection, the producer sent
-    # the same request again for ever, and the webhook was answered 503. The dedup stage's
-    # commit, ~200 KB for each of the three output partitions, went the same way.
+    # the same request again for ever, and the webhook was answered 503. The records reach the
+    # dedup stage spread out here: its commits are held to the limit by the next test.
     await create_topic(small_requests.bootstrap, topics.ingest, 6)
     bridge: RunningBridge = await start_bridge(bootstrap=small_requests.bootstrap)
     calls = [call_on(p, 6, unique_call) for p in range(6)]
@@ -151,3 +152,33 @@ async def test_batches_of_many_partitions_go_in_requests_within_the_brokers_limi
     assert sorted(r.json()["id"] for r in events) == sorted(
         f"{i['call']}:{i['seq']}" for i in items
     )
+
+
+async def test_a_backlog_read_at_once_is_committed_in_requests_within_the_brokers_limit(
+    small_requests: Broker, topics: Topics, start_bridge: Start, unique_call: str
+) -> None:
+    # Written before the dedup stage starts, the backlog is read at once: one transaction holds
+    # ~200 KB for each of the six output partitions, all on one broker. Its commit's flush put
+    # them in one produce request (~1.2 MB): the broker closed the connection and the same
+    # request was sent again until the transaction timed out, its partitions lost and restarted
+    # (~40 s on, transactions bounded in records got through).
+    await create_topic(small_requests.bootstrap, topics.ingest, 6)
+    await create_topic(small_requests.bootstrap, topics.events, 6)
+    ingest: RunningBridge = await start_bridge(bootstrap=small_requests.bootstrap, stages="ingest")
+    calls = [call_on(p, 6, unique_call) for p in range(6)]
+    items = [
+        entry(seq, call=call, data={"text": "x" * 50_000}) for call in calls for seq in range(1, 5)
+    ]
+    for call in calls:
+        status, body = await ingest.post([i for i in items if i["call"] == call])
+        assert (status, body["accepted"], body["failed"]) == (200, 4, 0), body
+    stage: RunningBridge = await start_bridge(bootstrap=small_requests.bootstrap, stages="dedup")
+    events = await read_decided(small_requests.bootstrap, topics, [topics.events], within=30)
+    assert sorted(r.json()["id"] for r in events) == sorted(
+        f"{i['call']}:{i['seq']}" for i in items
+    )
+    lost = {
+        reason: sample(stage.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
+        for reason in ("fenced", "timeout", "error")
+    }
+    assert lost == {"fenced": 0, "timeout": 0, "error": 0}

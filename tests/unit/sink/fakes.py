@@ -256,7 +256,7 @@ class FakeAdmin:
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
     brokers: ClassVar[dict[int, dict[str, str]]] = {}  # those listed, each overriding `values`
-    silent = False  # describe_configs never answered
+    silent = False  # describe_configs and list_consumer_group_offsets never answered
     # close() as aiokafka's client closes: its own task cancelled and awaited under `except
     # CancelledError: pass`, which swallows a cancellation of the caller landing meanwhile.
     swallows = False
@@ -264,22 +264,23 @@ class FakeAdmin:
     def __init__(self, **_: Any) -> None:
         self.asked: list[list[str]] = []  # the topics of each read, in order
         self._missed: dict[str, int] = {}
+        self.closed = False  # its close() over
         FakeAdmin.made.append(self)
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        if not self.swallows:
-            return
-        syncing = asyncio.ensure_future(asyncio.sleep(3600))
-        await asyncio.sleep(0)
-        syncing.cancel()
-        try:
-            await asyncio.sleep(0.1)  # the caller is cancelled meanwhile
-            await syncing
-        except asyncio.CancelledError:
-            pass
+        if self.swallows:
+            syncing = asyncio.ensure_future(asyncio.sleep(3600))
+            await asyncio.sleep(0)
+            syncing.cancel()
+            try:
+                await asyncio.sleep(0.1)  # the caller is cancelled meanwhile
+                await syncing
+            except asyncio.CancelledError:
+                pass
+        self.closed = True
 
     def _code(self, name: str) -> int:
         if name in self.refused:
@@ -309,6 +310,13 @@ class FakeAdmin:
             )
             answered.append((code, "", 2, r.name, entries))
         return [SimpleNamespace(resources=answered)]
+
+    async def list_consumer_group_offsets(
+        self, group: str, partitions: list[Any] | None = None
+    ) -> dict[Any, Any]:
+        if self.silent:
+            await asyncio.get_running_loop().create_future()
+        return {}  # the group committed nothing
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
         self.asked.append(list(names))

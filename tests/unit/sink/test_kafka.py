@@ -27,6 +27,8 @@ from bridge.sink.kafka import (
     KafkaSink,
     Record,
     admin_client,
+    brokers_config_ints,
+    brokers_least_config_int,
     client_options,
     replication_factors,
     topic_configs,
@@ -722,7 +724,7 @@ async def test_a_size_refusal_met_while_the_stop_ends_a_read_starts_no_other() -
     await sink.learn_limits(["ingest"], writes=["ingest"])
     FakeAdmin.silent = FakeAdmin.swallows = True  # a read never answered; a close that takes time
     first = asyncio.create_task(sink.relearn_limits())
-    await until(lambda: len(FakeAdmin.made) == 3)  # the read under way
+    await until(lambda: len(FakeAdmin.made) == 2)  # the read under way
     stopping = asyncio.create_task(sink.stop())
     await until(lambda: sink._relearning is None)  # taken by the stop, its close under way
     late = asyncio.create_task(sink.relearn_limits())
@@ -772,4 +774,54 @@ async def test_an_unread_or_default_request_limit_leaves_the_producer_alone(
     assert len(said) == (0 if brokers else 1)
     assert all("socket.request.max.bytes" in line for line in said)
     assert (len(FakeProducer.made), sink.limits.limit("ingest")) == (1, 1_048_576)
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_request_limit_read_once_is_kept_and_said_kept_when_a_later_read_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A later read failing (a broker down) was said to assume BRIDGE_KAFKA__MAX_REQUEST_BYTES,
+    # while the limits kept the lower value read before.
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.values = {"max.message.bytes": "1048576"}
+    FakeAdmin.brokers = {1: {"socket.request.max.bytes": "300000"}}
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    FakeAdmin.brokers = {}  # no broker's setting read
+    with caplog.at_level("INFO", logger=kafka.__name__):
+        await sink.learn_limits(["ingest"], writes=["ingest"])
+    [line] = [r for r in caplog.records if r.name == kafka.__name__ and r.levelname == "INFO"]
+    assert "keeping the value last read" in line.getMessage()
+    cap = 300_000 - PRODUCE_REQUEST_OVERHEAD_BYTES
+    assert getattr(line, "socket_request_max_bytes", None) == 300_000
+    assert (sink.limits.default, getattr(line, "largest_record_bytes", None)) == (cap, cap)
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_read_of_the_brokers_settings_a_silent_broker_holds_ends_in_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Unbounded, a silent broker held the sink's start and each relearn for aiokafka's request
+    # timeout (40 s), where the fallback serves.
+    monkeypatch.setattr(kafka, "BROKER_CONFIG_READ_SECONDS", 0.05)
+    FakeAdmin.brokers = {1: {}}
+    FakeAdmin.silent = True
+    key = "socket.request.max.bytes"
+    async with asyncio.timeout(2):
+        read = (await brokers_least_config_int({}, key), await brokers_config_ints({}, [key]))
+    assert read == (None, {key: None})
+    assert [admin.closed for admin in FakeAdmin.made] == [True, True]
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_topics_and_the_brokers_limits_are_read_through_one_admin_client() -> None:
+    # Each learn_limits (the start, every relearn after a size refusal) opened two.
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.brokers = {1: {}}
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    [admin] = FakeAdmin.made
+    assert (admin.asked, admin.closed) == ([["ingest"], ["1"]], True)
     await sink.stop()

@@ -19,9 +19,10 @@ from bridge.sources.lease import FeedLease, _Listener
 from bridge.sources.leasenote import LeaseNote, parse_note
 from tests.metrics import sample
 from tests.polling import until
-from tests.unit.sink.fakes import Connections, throttled
+from tests.unit.sink.fakes import Connections, FakeAdmin, throttled
 
 TOPIC = "pinecall.feed-lease"
+READ_NOTE = FeedLease._last_note  # the real read, before no_note replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -406,6 +407,30 @@ async def test_a_stop_cut_before_the_leave_still_leaves_and_ends_the_commit(cut_
     if poller is not None:
         poller.cancel()
     lost.set()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_stop_cut_while_the_note_is_read_returns_with_its_admin_client_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The leave of a stop cut before the release cancelled the note's read without awaiting it:
+    # its admin client closed after the stop had returned.
+    monkeypatch.setattr(FeedLease, "_last_note", READ_NOTE)
+    FakeAdmin.silent = FakeAdmin.swallows = True  # a read never answered; a close that takes time
+    lease = lease_noting([])
+    await _Listener(lease).on_partitions_assigned({TopicPartition(TOPIC, 0)})
+    await until(lambda: len(FakeAdmin.made) == 1)  # the note's read under way
+    lease._consumer = UnansweredLeave(asyncio.Event())
+    lease._poller = poller = asyncio.create_task(
+        _ends_when_cancelled_twice(reached := asyncio.Event())
+    )
+    stopping = asyncio.create_task(lease.stop())
+    await reached.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert FakeAdmin.made[0].closed
+    poller.cancel()
 
 
 async def test_a_leave_after_a_cut_stop_is_bounded() -> None:
