@@ -612,9 +612,16 @@ async def alter_topic(bootstrap: str, name: str, config: Mapping[str, str]) -> N
         [response] = await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name, kept | dict(config))]
         )
-    [(error_code, message, *_)] = response.resources
-    if error_code:
-        raise for_code(error_code)(message)
+        [(error_code, message, *_)] = response.resources
+        if error_code:
+            raise for_code(error_code)(message)
+
+        # AlterConfigs answers once the controller has the change; the broker applies it when it
+        # replays the metadata log, a little later: a record sent meanwhile met the old limit.
+        async def applied() -> bool:
+            return dict(config).items() <= (await _topic_config(admin, name, own=True)).items()
+
+        await until(applied, within=10, every=0.05, what=f"{name}'s new configs described")
 
 
 class _AlterClientQuotasResponse(Response):  # type: ignore[misc]
