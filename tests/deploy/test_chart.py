@@ -4,6 +4,7 @@ what the Deployment must guarantee (probes, security, secrets, termination, spre
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -693,7 +694,9 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         "pinecall.metrics",
     ]
     # config.topics.create=false: no Create, no cluster Describe (only used to create topics).
-    # DescribeConfigs: the topics' max.message.bytes, and the configs a restore depends on.
+    # DescribeConfigs: the topics' max.message.bytes, and the configs a restore depends on; on
+    # the cluster, the broker configs the bridge reads (socket.request.max.bytes,
+    # transactional.id.expiration.ms, transaction.max.timeout.ms).
     outputs = ("Write", "Describe", "DescribeConfigs")
     assert acl_set(all_on) == {("topic", t, "literal", outputs) for t in topics} | {
         ("topic", "pinecall.ingest", "literal", ("Read", "Write", "Describe", "DescribeConfigs")),
@@ -701,7 +704,7 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         ("group", "pinecall-bridge", "literal", ("Read",)),
         ("group", "pinecall-bridge-feed-lease", "literal", ("Read",)),
         ("transactionalId", "pinecall-bridge-dedup-", "prefix", ("Write", "Describe")),
-        ("cluster", "", "", ("IdempotentWrite",)),
+        ("cluster", "", "", ("IdempotentWrite", "DescribeConfigs")),
     }
     kafka_topics = {m["spec"]["topicName"] for m in all_on if m["kind"] == "KafkaTopic"}
     assert kafka_topics == set(topics) | {"pinecall.ingest", "pinecall.feed-lease"}
@@ -710,7 +713,37 @@ def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]
         if kind == "topic":
             assert "Create" in operations
         elif kind == "cluster":
-            assert operations == ("IdempotentWrite", "Describe")
+            assert operations == ("IdempotentWrite", "DescribeConfigs", "Describe")
+
+
+# A Kubernetes object name (DNS-1123 subdomain): what KafkaTopic's metadata.name must be.
+K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def test_kafka_topic_names_are_valid_and_one_per_kafka_topic(tmp_path: Path) -> None:
+    # Kafka tells apart names differing by case or "_"/"-"; Kubernetes refuses "_", upper case
+    # and a leading or trailing "." or "-".
+    targets = ["a_b", "a-b", "Events", "events", "_x.", "__", "Solo_Topic"]
+    values = tmp_path / "values.yaml"
+    rules = [{"match": f"r{i}.*", "topic": t} for i, t in enumerate(targets)]
+    values.write_text(yaml.safe_dump({"config": {"routing": {"rules": rules}}}))
+    topics = render(SIGNED, "strimzi.enabled=true", values=values)
+    names = {
+        m["spec"]["topicName"]: m["metadata"]["name"] for m in topics if m["kind"] == "KafkaTopic"
+    }
+    assert set(targets) <= set(names)
+    assert len(set(names.values())) == len(names)
+    assert all(len(n) <= 253 and K8S_NAME.fullmatch(n) for n in names.values())
+    # A name already valid, or one only its topic maps to, stays as the chart named it before
+    # (a renamed KafkaTopic would delete its topic); the others, as Strimzi names them.
+    assert {t: names[t] for t in ("a-b", "events", "Solo_Topic", "pinecall.events")} == {
+        "a-b": "a-b",
+        "events": "events",
+        "Solo_Topic": "solo-topic",
+        "pinecall.events": "pinecall.events",
+    }
+    for topic in ("a_b", "Events", "_x.", "__"):
+        assert names[topic].endswith(hashlib.sha1(topic.encode()).hexdigest())
 
 
 def test_strimzi_ingest_and_lease_topics_follow_the_bridge_settings() -> None:

@@ -7,6 +7,28 @@
 {{- toYaml (uniq $topics) }}
 {{- end }}
 
+{{/* A KafkaTopic's metadata.name for a topic (list topic allTopics): the topic lower-cased with
+"_" -> "-" (the chart's earlier names, kept so an upgrade renames no KafkaTopic: deleting one
+deletes its topic) when that is a valid Kubernetes name no other topic maps to (an exact match
+keeps it); otherwise, as Strimzi names such topics, the name made valid plus "---" and the
+topic's SHA-1, unique where Kafka's names differ only by case or "_"/"-". */}}
+{{- define "pinecall-bridge.kafkaTopicName" -}}
+{{- $topic := index . 0 }}
+{{- $legacy := $topic | lower | replace "_" "-" }}
+{{- $valid := regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $legacy }}
+{{- $shared := false }}
+{{- range index . 1 }}
+{{- if and (ne . $topic) (eq (. | lower | replace "_" "-") $legacy) }}{{ $shared = true }}{{ end }}
+{{- end }}
+{{- if and $valid (or (eq $legacy $topic) (not $shared)) }}
+{{- $legacy }}
+{{- else }}
+{{- /* 253 - len("---") - 40 = 210 characters of the base at most. */}}
+{{- $base := $legacy | replace "." "-" | trimAll "-" | trunc 210 | trimSuffix "-" }}
+{{- if $base }}{{ printf "%s---%s" $base (sha1sum $topic) }}{{ else }}{{ sha1sum $topic }}{{ end }}
+{{- end }}
+{{- end }}
+
 {{- define "pinecall-bridge.strimziUser" -}}
 {{- .Values.strimzi.user.name | default (include "pinecall-bridge.fullname" .) }}
 {{- end }}
