@@ -284,7 +284,7 @@ class StableOffsets:
         """The partition's committed offset and its metadata, read as `committed` reads it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _DEADLINE_SECONDS
-        waited: str | None = None
+        waited: list[str] = []  # the retries' reasons, each once, in order
         while True:
             try:
                 answer = await self._ask(self._fetch(tp))
@@ -297,13 +297,22 @@ class StableOffsets:
                         " partition is processed again",
                         extra={"group": self._group, "partition": tp.partition},
                     )
-                if waited is not None:
+                # Only an unstable answer saw a pending commit: a coordinator moving or out of
+                # reach (its broker stopped) is no transaction, and was said as one.
+                if "unstable" in waited:
                     log.info(
                         "a transactional offset commit settled before the partition was taken",
                         extra={"partition": tp.partition, "offset": answer.offset, "was": waited},
                     )
+                elif waited:
+                    log.info(
+                        "the dedup group's committed offset was read once its coordinator answered"
+                        " again (it moved, or its broker was out of reach)",
+                        extra={"partition": tp.partition, "offset": answer.offset, "was": waited},
+                    )
                 return Found(answer.offset, answer.metadata)
-            waited = answer.retry
+            if answer.retry not in waited:
+                waited.append(answer.retry)
             if answer.retry == "unstable":
                 now = time.monotonic()
                 held = self._spells.unstable(tp, now)

@@ -15,6 +15,7 @@ from aiokafka.errors import (
     IncompatibleBrokerVersion,
     KafkaConnectionError,
     KafkaError,
+    NodeNotReadyError,
 )
 
 from bridge.dedup import committed as module
@@ -116,6 +117,38 @@ async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.Mo
     assert await offsets.committed(TP) == 140
     # A connection error or a moved coordinator looks the coordinator up again.
     assert relooked == [None, 1, None, None]
+
+
+@pytest.mark.parametrize(
+    ("retries", "said"),
+    [
+        # The coordinator's broker stopped: no transaction was pending, whatever the read met.
+        ([NodeNotReadyError(), Answer(retry="coordinator_moved", relookup=True)], "coordinator"),
+        ([Answer(retry="unstable"), KafkaConnectionError()], "transactional offset commit"),
+    ],
+)
+async def test_a_read_retried_says_a_pending_commit_only_when_it_met_one(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    retries: list[Answer | Exception],
+    said: str,
+) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
+    caplog.set_level(logging.INFO, logger=module.__name__)
+    offsets = StableOffsets({}, "group")
+    answers = iter([*retries, Answer(offset=140)])
+
+    async def fetch(_: TopicPartition) -> Answer:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(offsets, "_fetch", fetch)
+    assert await offsets.committed(TP) == 140
+    [line] = [r.getMessage() for r in caplog.records]
+    assert said in line
+    assert ("transactional offset commit" in line) == (said != "coordinator")
 
 
 async def test_the_stable_read_gives_the_offset_with_its_metadata(
