@@ -71,10 +71,27 @@ _SERVING: ContextVar[bool] = ContextVar("_SERVING", default=True)
 
 
 def _split_csv(value: Any) -> Any:
-    """Accept `a,b,c` from the environment as well as a real list."""
+    """Accept `a,b,c` from the environment as well as a real list; refuse a JSON list."""
     if isinstance(value, str):
+        if _is_json_list(value):
+            # Split at its commas it was read as items like `["a"`: webhook secrets that fail
+            # every signature, feed events that match none. Not echoed: it may hold secrets.
+            raise ValueError(
+                "is a JSON list: give the items comma-separated, without brackets or quotes"
+                " (e.g. a,b)"
+            )
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _is_json_list(value: str) -> bool:
+    """Whether `value` is a JSON array (of anything): no comma-separated item starts with `[`."""
+    if not value.strip().startswith("["):
+        return False
+    try:
+        return isinstance(json.loads(value), list)
+    except ValueError:
+        return False
 
 
 def _plain_to_another_host(url: str) -> bool:
@@ -300,6 +317,13 @@ class KafkaSettings(_Section):
                 # A URL's scheme would be looked up as part of the host name, failing for ever.
                 raise ValueError(f"{server!r} is not host:port: no scheme (e.g. kafka-0:9092)")
         return servers
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, path: Any) -> Any:
+        # Path("") is ".", so an empty variable was refused as "file '.' does not exist", a path
+        # nobody gave; empty is unset, as for the other optional settings.
+        return None if isinstance(path, str) and not path.strip() else path
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod

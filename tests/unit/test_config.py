@@ -1285,3 +1285,54 @@ def test_a_bootstrap_server_given_as_a_url_is_refused(
         f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS: {server!r} is not host:port:"
         " no scheme (e.g. kafka-0:9092)"
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "BRIDGE_WEBHOOK__SECRETS", "BRIDGE_WEBSOCKET__EVENTS"],
+)
+def test_a_json_list_for_a_comma_separated_setting_is_refused_unechoed(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Split at its commas it became `["s3cr3t-one"` and `"s3cr3t-two"]`: webhook secrets that
+    # failed every signature, feed events that matched none, all without a word.
+    setenv(monkeypatch, {name: ' ["s3cr3t-one", "s3cr3t-two"]'})
+    assert problems() == [
+        f"{name}: is a JSON list: give the items comma-separated, without brackets or quotes"
+        " (e.g. a,b)"
+    ]
+
+
+def test_a_comma_separated_item_may_start_with_a_bracket(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a whole JSON array is refused: a secret may start with `[`.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "[abc, def]"})
+    secrets = [s.get_secret_value() for s in load_settings().webhook.secrets]
+    assert secrets == ["[abc", "def]"]
+
+
+@pytest.mark.parametrize(
+    "name", ["BRIDGE_KAFKA__SSL_CAFILE", "BRIDGE_KAFKA__SSL_CERTFILE", "BRIDGE_KAFKA__SSL_KEYFILE"]
+)
+def test_an_empty_tls_file_setting_is_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # Path("") is ".": it was refused as "file '.' does not exist", a path nobody gave.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL", name: ""})
+    kafka = load_settings().kafka
+    assert (kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile) == (None, None, None)
+
+
+def test_every_upper_bound_is_in_the_readme_table() -> None:
+    # BRIDGE_WEBHOOK__SECRETS_CHECK_SECONDS refused 3601 with no word of it in the table.
+    meanings: dict[str, str] = {}
+    rows = re.findall(r"^\| (`BRIDGE_[^|]*)\|[^|]*\|(.*)$", README.read_text(), re.M)
+    for names, meaning in rows:
+        meanings |= dict.fromkeys(re.findall(r"`(BRIDGE_\w+)`", names), meaning)
+    for section, field in Settings.model_fields.items():
+        assert isinstance(field.annotation, type)
+        for key, info in field.annotation.model_fields.items():
+            variable = f"BRIDGE_{section.upper()}__{key.upper()}"
+            for bound in (getattr(m, "le", None) for m in info.metadata):
+                # A bound implied by a lower one is stated as that one (`at most BRIDGE_...`).
+                if bound is None or "at most `BRIDGE_" in meanings[variable]:
+                    continue
+                shown = {str(bound), f"{bound:,}"}
+                assert any(s in meanings[variable] for s in shown), f"{variable}: at most {bound}"
