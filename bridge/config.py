@@ -137,6 +137,10 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
             "must not carry credentials (user:password@): `check` prints this URL and the logs"
             " name it; Pinecall's API key is BRIDGE_PINECALL__API_KEY"
         )
+    if "#" in url:
+        # websockets refuses the feed's URL with one, quoting it token and all; the API's paths
+        # and the webhook's, appended after it, would be cut off as part of it.
+        raise ValueError("must not have a fragment (#...)")
     if any(_credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
         # The older feed's `/ws/stream?token=...` pasted whole: printed and logged as above. The
         # bridge adds the feed's token itself (BRIDGE_WEBSOCKET__AUTH), fetched with the API key.

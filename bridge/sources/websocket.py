@@ -46,7 +46,13 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidProxy,
+    InvalidStatus,
+    InvalidURI,
+)
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
@@ -443,6 +449,12 @@ class WebSocketSource:
                 else:
                     detail = self._shown(exc, opened)
                     log.warning("feed closed", extra={"reason": reason, "detail": detail})
+            except (InvalidURI, InvalidProxy) as exc:
+                # Their text quotes the URL whole: the feed's, the token in its query, or the
+                # proxy's (HTTPS_PROXY), its password in it. What is wrong with it, alone, then:
+                # the catch-all below logged the URL, traceback and all, at every retry.
+                reason = "connect_error"
+                log.warning("feed unreachable", extra={"error": f"{type(exc).__name__}: {exc.msg}"})
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = "connect_error"
                 error = f"{type(exc).__name__}: {self._shown(exc, opened)}"

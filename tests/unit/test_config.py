@@ -941,6 +941,10 @@ def test_a_url_with_a_query_naming_no_credential_is_taken(monkeypatch: pytest.Mo
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?v=2&Access-Token=s3cret", "must"),
         ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?api_key=s3cret", "must not carry"),
         ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com/?sig=s3cret", "must not"),
+        # websockets refused it at every connect, quoting it with the token added to its query.
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws#s3cret", "must not have a"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io#s3cret", "must not have a"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com/#s3cret", "must not have a"),
     ],
 )
 def test_urls_need_a_host_no_whitespace_and_no_credentials(

@@ -1536,3 +1536,40 @@ async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_coun
     read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert received - 1 > read  # frames were left unread (1: the subscription's ack)
     assert rejected(fed.metrics, "shutdown") == received - 1
+
+
+@pytest.mark.parametrize(
+    ("fragment", "proxy", "said"),
+    [
+        # Refused at start since; any URL websockets refuses is quoted with the token added.
+        ("#frag", None, "fragment identifier is meaningless"),
+        # A token as the proxy's user name: websockets wants a password too.
+        ("", "http://pr0xy-t0ken@proxy.invalid:3128", "username provided without password"),
+    ],
+)
+async def test_a_url_websockets_refuses_is_logged_without_the_token_in_it(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    fragment: str,
+    proxy: str | None,
+    said: str,
+) -> None:
+    # Its InvalidURI (InvalidProxy) quotes the URL whole: the catch-all logged it, the feed's
+    # token (the proxy's) in it, with its traceback at every retry.
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy is not None:
+        monkeypatch.setenv("https_proxy", proxy)
+    feed = await make_feed(sending(1))
+    ws, api = feed.settings()
+    ws.url += fragment
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.INFO, logger=websocket.__name__):
+        async with running((ws, api), sink, metrics):
+            await until(lambda: feed.token_requests >= 2, what="a retry")
+    assert reconnects(metrics, "connect_error") >= 1
+    lines = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert said in lines
+    assert "tok-" not in lines
+    assert "t0ken" not in lines
