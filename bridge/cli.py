@@ -469,9 +469,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from bridge.demo.runner import DemoOptions, run_demo
+    from bridge.tail import EscapingConsole
 
     options = DemoOptions(
         calls=args.calls if args.calls is not None else (50 if args.headless else 0),
@@ -481,7 +480,8 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         headless=args.headless,
     )
-    return asyncio.run(run_demo(options, Console()))
+    # It shows callers' words as tail does: a terminal lacking one of their characters escapes it.
+    return asyncio.run(run_demo(options, EscapingConsole()))
 
 
 def _version() -> str:

@@ -40,17 +40,21 @@ class OutputClosedError(Exception):
     """Whoever read tail's output stopped reading (`tail | head -1`): nothing more to print."""
 
 
-class TailConsole(Console):
-    """A console whose reader going away ends tail quietly (rich's own exits 1 from the read's task,
-    the loop stopped under it and its traceback logged)."""
+class EscapingConsole(Console):
+    """A console that shows a character its terminal cannot encode escaped (tail, the demo)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # A terminal that is not UTF-8 (LANG=...ISO-8859-1) cannot show every caller's character:
-        # one it lacks is shown escaped, where it would end tail with UnicodeEncodeError.
+        # one it lacks is shown escaped, where it would end the command with UnicodeEncodeError.
         stream = self.file
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+
+
+class TailConsole(EscapingConsole):
+    """A console whose reader going away ends tail quietly (rich's own exits 1 from the read's task,
+    the loop stopped under it and its traceback logged)."""
 
     def on_broken_pipe(self) -> None:
         self.quiet = True  # what rich still holds is dropped, never written again

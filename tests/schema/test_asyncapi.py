@@ -13,6 +13,10 @@ import pytest
 import yaml
 
 from bridge.config import DedupSettings, TopicSettings
+from bridge.normalise import Unrecognised
+from bridge.sources.calllog.eventstream import Event, TooLarge
+from bridge.sources.calllog.follow import CallFollow, Publish
+from bridge.sources.reconnect import ReconnectPolicy
 from tests.missing import skip_or_fail
 from tests.schema.contract import DOCUMENT
 
@@ -135,6 +139,32 @@ def test_every_topic_the_bridge_writes_is_a_channel() -> None:
         if op["action"] == "send"
     }
     assert written == set(channels) - {"feedLease"}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        TooLarge("call.summary", "3", 2_000_000, has_id=False, sha256="a" * 64),
+        Event("turn.user", "{" + "x" * 2_000, "3", has_id=False),
+    ],
+    ids=["too_large", "cut_invalid_json"],
+)
+def test_every_key_of_a_call_log_entrys_note_is_named_where_dead_letters_are_described(
+    entry: Event | TooLarge,
+) -> None:
+    # A consumer of the dead letters reads their shape here: the "sha256" of an entry without an
+    # id (and a cut text's "truncated") went unnamed.
+    follow = CallFollow("CA_1", 2, ReconnectPolicy(0.5, 30, 60), max_note_bytes=1_000)
+    step = follow.step(entry)
+    assert isinstance(step, Publish)
+    assert isinstance(step.item, Unrecognised)
+    keys = set(step.item.item)
+    doc = document()
+    channel = doc["channels"]["deadLetters"]["description"]
+    payload = doc["components"]["messages"]["deadLetter"]["payload"]["description"]
+    for text in (channel, payload):
+        shapes = [set(re.findall(r'"(\w+)"', shape)) for shape in re.findall(r"\{[^}]*\}", text)]
+        assert any(keys <= shape for shape in shapes), (keys, shapes)
 
 
 def test_the_payload_is_the_json_schema_file_not_a_copy() -> None:

@@ -3,17 +3,21 @@ import gc
 import hashlib
 import hmac
 import json
+import os
 import shlex
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from bridge import jsoncodec
 from bridge.cli import main, sample_event
 from bridge.gctuning import GEN0_THRESHOLD
+from bridge.tail import render as render_record
 from tests.environ import without_bridge_variables
 from tests.sockets import refusing_address
 
@@ -803,3 +807,24 @@ def test_run_freezes_what_start_up_allocated_and_collects_gen0_less_often(
     # The modules imported by then are thousands of objects; the collector walks none again.
     assert gc.get_freeze_count() > 10_000
     assert gc.isenabled()
+
+
+def test_the_demo_shows_a_character_the_terminal_cannot_show_escaped_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo shows callers' words as tail does: on a terminal that is not UTF-8 (LANG=
+    en_US.ISO-8859-1) the first emoji ended it, exit 1, with UnicodeEncodeError."""
+    from bridge.demo import runner
+
+    async def shows_an_emoji(_: runner.DemoOptions, console: Console) -> int:
+        console.print(render_record("t", None, b"\xf0\x9f\x98\x80"), highlight=False)
+        return 0
+
+    monkeypatch.setattr(runner, "run_demo", shows_an_emoji)
+    reader, writer = os.pipe()
+    with open(writer, "w", encoding="latin-1") as latin1, open(reader, "rb") as shown:
+        monkeypatch.setattr(sys, "stdout", latin1)
+        code = main(["demo", "--headless"])
+        latin1.close()
+        assert shown.read() == b"t not a CloudEvent: \\U0001f600\n"
+    assert code == 0
