@@ -20,6 +20,10 @@ flood = LogThrottle(log)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A bug answering a webhook 503 loses it as a refused write does (Pinecall tries twice): counted.
 WEBHOOK_BUGS = web.AppKey("webhook_bugs", tuple[str, Callable[[], None]])
+# A webhook URL misconfigured at Pinecall (a wrong path, a proxy's GET) answers these, and Pinecall
+# does not retry a 4xx: counted on the webhook port, by status only (a path label is unbounded).
+UNROUTED = {404: "not_found", 405: "method_not_allowed"}
+WEBHOOK_UNROUTED = web.AppKey("webhook_unrouted", dict[int, Callable[[], None]])
 # What an error answer's own JSON body sets: not taken from aiohttp's exception.
 _BODY_HEADERS = frozenset({"content-type", "content-length"})
 
@@ -62,6 +66,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         # Its own headers but the body's: a 405 must say what is allowed (RFC 9110, 15.5.6).
         kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        unrouted = request.app.get(WEBHOOK_UNROUTED, {}).get(exc.status)
+        if unrouted is not None:
+            unrouted()
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, **kept)
     except Exception:
         flood.exception("unexpected error while handling a request", extra={"path": request.path})
@@ -113,6 +120,11 @@ def build_app(
     app.router.add_post(settings.webhook.path, webhook.handle, expect_handler=webhook.expect)
     bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
     app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
+    # The admin app has no such key: its probes' 404s and 405s stay uncounted.
+    unrouted: dict[int, Callable[[], None]] = {
+        code: metrics.rejected.labels("webhook", why).inc for code, why in UNROUTED.items()
+    }
+    app[WEBHOOK_UNROUTED] = unrouted
     return app
 
 

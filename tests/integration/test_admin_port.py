@@ -165,3 +165,31 @@ async def test_two_workers_share_the_admin_port_and_answer_for_the_pod(
                 await conn.close()
     finally:
         assert await pod.stop() == 0
+
+
+async def test_unrouted_webhook_port_answers_are_counted_and_the_admin_ports_are_not(
+    start_bridge: Callable[..., Any],
+) -> None:
+    """A webhook URL misconfigured at Pinecall (a wrong path, a proxy's GET) shows in a metric."""
+    handle: RunningBridge = await start_bridge(http={"admin_port": 0})
+    port, admin = handle.bridge.port, handle.bridge.admin_port
+    assert port is not None
+    assert admin is not None
+    rejected = "pinecall_bridge_events_rejected_total"
+    async with aiohttp.ClientSession() as session:
+        before = await scrape(session, f"http://127.0.0.1:{admin}")
+        for reason in ("not_found", "method_not_allowed"):  # at 0 for increase()
+            assert before[f'{rejected}{{channel="webhook",reason="{reason}"}}'] == 0
+        assert status(await get(port, "/v1/webhooks")) == 404
+        assert status(await get(port, "/wp-login.php")) == 404
+        assert status(await get(port, handle.bridge.settings.webhook.path)) == 405
+        # The admin port's own 404s and 405s (a probe misconfigured) are not webhooks.
+        assert status(await get(admin, "/nope")) == 404
+        post = build_request("POST", "/healthz", [])
+        answer = await exchange("127.0.0.1", admin, post, within=10)
+        assert status(answer) == 405
+        after = await scrape(session, f"http://127.0.0.1:{admin}")
+    assert total(after, rejected, channel="webhook", reason="not_found") == 2
+    assert total(after, rejected, channel="webhook", reason="method_not_allowed") == 1
+    assert total(after, rejected, reason="not_found") == 2
+    assert total(after, rejected, reason="method_not_allowed") == 1

@@ -85,15 +85,16 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
         # Rejected input is lost (Pinecall does not retry a 4xx); 503s (kafka_unavailable,
-        # overloaded and internal_error, retried once) are PinecallBridgeWebhooksRefused503's. `or ... * 0`: no
-        # events received at all is 100 %.
+        # overloaded and internal_error, retried once) are PinecallBridgeWebhooksRefused503's;
+        # requests to no webhook route (a scanner's too) PinecallBridgeWebhooksUnrouted's. `or ... * 0`:
+        # no events received at all is 100 %.
         # Per channel: the call logs' volume must not hide every webhook being refused.
         expr: |
-          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m]))
+          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
           /
           (
-            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m]))
-            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error"}[5m])) * 0)
+            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
+            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m])) * 0)
           )
           > {{ $a.rejectedRatio }}
         for: 10m
@@ -436,6 +437,19 @@ groups:
           summary: {{ printf "Pod %s answered %s webhooks 503" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "%s/%s answered %s webhooks 503 in the last 10 minutes: Kafka did not acknowledge them in time, too many were in flight, or the bridge failed (logged). Pinecall tries a webhook twice: an alert refused both times is lost." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebhooksrefused503" $a.runbookUrl }}
+      - alert: PinecallBridgeWebhooksUnrouted
+        # A webhook URL misconfigured at Pinecall (a wrong path; a proxy turning POST into GET)
+        # answers 404/405 to every webhook, which Pinecall never retries: the bridge sees only
+        # silence. Some in every 10 minutes for 30 minutes: a scanner's burst is not steady.
+        expr: |
+          sum by (namespace) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"not_found|method_not_allowed"}[10m])) > 0
+        for: 30m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "pinecall-bridge in %s answers requests to no webhook route 404/405" "{{ $labels.namespace }}" | quote }}
+          description: "Requests reached the webhook port at a path or with a method it does not serve (404 not_found, 405 method_not_allowed) in every 10 minutes for 30 minutes. If they are Pinecall's webhooks, its webhook URL or a proxy is misconfigured and every webhook is lost: Pinecall does not retry a 4xx."
+          runbook_url: {{ printf "%s#pinecallbridgewebhooksunrouted" $a.runbookUrl }}
       - alert: PinecallBridgeConnectionsRefused
         # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
         # webhook on it is refused like an overloaded one, and so are the probes on that port.
