@@ -32,6 +32,8 @@ TIMER_RESOLUTION = 0.001
 # What a produce request holds around each batch besides PRODUCE_REQUEST_OVERHEAD_BYTES: its
 # partition's index and the batch's length, and (counted again for each) its topic's name.
 BATCH_OVERHEAD_BYTES = 16
+# Kafka refuses a longer topic name: the most a batch's topic adds to a request.
+MAX_TOPIC_NAME_CHARS = 249
 
 Drained = tuple[dict[int, dict[TopicPartition, Any]], bool]
 RequestLimit = Callable[[], int | None]
@@ -47,6 +49,15 @@ class Budget:
     @property
     def bounded(self) -> bool:
         return self._room is not None
+
+    def fits_all(self, batches: int, largest: int | None) -> bool:
+        """True if `batches` batches of at most `largest` bytes each (None: not known) fit one
+        request: then no batch need be held back, and counting them is skipped."""
+        if self._room is None:
+            return True
+        if largest is None:
+            return False
+        return batches * (largest + BATCH_OVERHEAD_BYTES + MAX_TOPIC_NAME_CHARS) <= self._room
 
     def take(self, node: int, tp: TopicPartition, batch: Any) -> bool:
         """Count `batch` into `node`'s request if it fits (a request's first always does)."""
@@ -77,6 +88,8 @@ def held_back(
 
     Counted in aiokafka's own order, before its drain takes them (taking one back would
     undo its sequence numbers): the request's answer wakes the sender, which sends them next.
+    None waits for ever: aiokafka keeps one batch a partition, and a partition drained of it
+    comes back last in its order, behind those held back.
     """
     held = set()
     for tp, queue in list(accumulator._batches.items()):
@@ -159,6 +172,7 @@ def _drain_with(
         )
         return False
     drain: Callable[..., Drained] = accumulator.drain_by_nodes
+    largest = largest_batch(producer, accumulator)
 
     def drain_by_nodes(
         ignore_nodes: Collection[int], muted_partitions: Collection[TopicPartition] = frozenset()
@@ -166,11 +180,12 @@ def _drain_with(
         if whole_brokers:
             due_within_resolution(accumulator, muted_partitions)
         budget = Budget(request_limit())
-        held = (
-            held_back(accumulator, ignore_nodes or (), muted_partitions, budget)
-            if budget.bounded
-            else set()
-        )
+        if budget.fits_all(len(accumulator._batches), largest):
+            # Every batch there is fits one request: counting them (tens of µs at 60
+            # partitions, at every drain) would hold nothing back.
+            budget, held = Budget(None), set()
+        else:
+            held = held_back(accumulator, ignore_nodes or (), muted_partitions, budget)
         muted = set(muted_partitions) | held if held else muted_partitions
         nodes, unknown_leaders = drain(ignore_nodes, muted)
         if nodes and whole_brokers:
@@ -179,6 +194,16 @@ def _drain_with(
 
     accumulator.drain_by_nodes = drain_by_nodes
     return True
+
+
+def largest_batch(producer: AIOKafkaProducer, accumulator: Any) -> int | None:
+    """The most bytes a batch of `producer` holds (None if not known): aiokafka fills one to its
+    batch size, but starts one with any record within its max_request_size."""
+    batch_size = getattr(accumulator, "_batch_size", None)
+    request_size = getattr(producer, "_max_request_size", None)
+    if not isinstance(batch_size, int) or not isinstance(request_size, int):
+        return None
+    return max(batch_size, request_size)
 
 
 def wake_only_when_needed(producer: AIOKafkaProducer) -> bool:

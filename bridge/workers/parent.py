@@ -148,9 +148,14 @@ class Parent:
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop every worker with `sig`, a dedup process last (see run).
 
-        A repeated signal goes to every worker at once (each handles it once).
+        A repeated signal goes to every worker at once (each handles it once); a SIGHUP after
+        the stop began does not: nobody sends it to hurry the stop. A terminal's hangup delivers
+        it twice (bash hangs up its jobs, then the kernel the foreground group), and systemd's
+        SendSIGHUP right after its SIGTERM.
         """
         repeated = self._stop.is_set()
+        if repeated and sig == signal.SIGHUP:
+            return
         if not repeated:
             log.info("stopping worker processes", extra={"signal": sig.name})
             self._signal = sig

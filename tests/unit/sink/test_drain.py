@@ -11,8 +11,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer import message_accumulator
 from aiokafka.producer.message_accumulator import MessageAccumulator
 
+from bridge.sink import drain as drain_module
 from bridge.sink.drain import (
     BATCH_OVERHEAD_BYTES,
+    MAX_TOPIC_NAME_CHARS,
     TIMER_RESOLUTION,
     batch_bytes,
     cap_requests,
@@ -253,3 +255,40 @@ async def test_a_producer_lacking_a_part_keeps_waking_its_sender() -> None:
     holder = Holder(accumulator)  # no sender
     assert not wake_only_when_needed(holder)
     assert accumulator._append_batch.__func__ is MessageAccumulator._append_batch
+
+
+async def test_a_partition_held_back_goes_before_those_sent_meanwhile() -> None:
+    # Counted in aiokafka's order: a partition drained of its one batch comes back last in it.
+    accumulator, limit = await of_two_batches(0, 1, 2)
+    assert cap_requests(Holder(accumulator), lambda: limit)
+    for p in (0, 1, 2):
+        due(accumulator, p)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1}}
+    for p in (0, 1):  # a backlog: new records for the partitions just sent
+        await accumulator.add_message(tp(p), b"k", b"x" * 1000, timeout=1)
+        due(accumulator, p)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {2, 0}}
+
+
+async def test_a_limit_every_batch_fits_in_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    accumulator, one_each = await of_two_batches(0, 1, 2, 3)
+    holder = Holder(accumulator)
+    holder._max_request_size = 1_000_000  # type: ignore[attr-defined]
+    room = 4 * (1_000_000 + BATCH_OVERHEAD_BYTES + MAX_TOPIC_NAME_CHARS)
+    limits = [PRODUCE_REQUEST_OVERHEAD_BYTES + room, one_each]
+    assert cap_requests(holder, lambda: limits[0])
+
+    def counted(*_: object) -> set[TopicPartition]:
+        raise AssertionError("counted")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(drain_module, "held_back", counted)
+        for p in (0, 1, 2):
+            due(accumulator, p)
+        assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1, 2}}
+    # Within a limit four of the largest batches might not fit, the batches are counted.
+    limits[0] = one_each
+    for p in (0, 1, 2):
+        await accumulator.add_message(tp(p), b"k", b"x" * 1000, timeout=1)
+        due(accumulator, p)
+    assert drained(accumulator.drain_by_nodes(ignore_nodes=set())) == {1: {0, 1}}

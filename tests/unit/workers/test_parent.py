@@ -46,6 +46,7 @@ if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)  # the parent forwards its stop signal, whichever
 if mode == "serve":  # answers its probes, as a worker does on its unix socket
     import http.server, socketserver, threading
     class Probe(http.server.BaseHTTPRequestHandler):
@@ -153,6 +154,29 @@ async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
     ]
     assert getattr(killed, "worker", None) == 1
     assert code == 0
+
+
+# A terminal's hangup: bash sends SIGHUP to its jobs, then the kernel to the foreground group.
+# systemd's SendSIGHUP=yes: SIGHUP right after its SIGTERM.
+@pytest.mark.parametrize("first", [signal.SIGHUP, signal.SIGTERM])
+async def test_a_hangup_after_the_stop_still_stops_a_dedup_process_last(
+    tmp_path: Path, first: signal.Signals
+) -> None:
+    supervisor, started = parent(tmp_path, "slow-stop", count=2, dedup_process=True)
+    before = signal.signal(signal.SIGHUP, lambda *_: None)
+    try:
+        running = asyncio.create_task(supervisor.run())
+        await until_started(started, 2)
+        os.kill(os.getpid(), first)
+        await asyncio.sleep(0.1)  # each delivery is its own wake-up of the loop, as in a hangup
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    stops = stops_of(started)
+    # Not taken for a repeated signal (sent to every worker at once): worker 0 drained first.
+    assert stops[1]["got"] >= stops[0]["exit"], stops
 
 
 async def run_until_started(supervisor: Parent, started: Path, count: int) -> list[dict[str, Any]]:
