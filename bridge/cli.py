@@ -26,6 +26,7 @@ from bridge.config import (
     load_tool_settings,
     log_setting_warnings,
     log_unknown_variables,
+    overridden_variables,
     setting_warnings,
     unknown_variables,
 )
@@ -152,7 +153,8 @@ def _check(_: argparse.Namespace) -> int:
     print(jsoncodec.dumps(describe(settings)).decode())
     for name, origin in secret_origins(os.environ, dotenv_variables()).items():
         print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
-    for warning in setting_warnings(settings):
+    overridden = overridden_variables(os.environ, dotenv_variables())
+    for warning in [*overridden, *setting_warnings(settings)]:
         print(f"warning: {warning}", file=sys.stderr)
     k = settings.kafka
     print(

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -231,6 +232,16 @@ class _Section(BaseModel):
     # misleading message. No setting means either.
     model_config = ConfigDict(allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_loses_whitespace(cls, value: Any, info: ValidationInfo) -> Any:
+        # A ConfigMap or Secret value often ends in a newline: " true\n" was refused as no
+        # boolean, while a number around whitespace was taken.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is bool and isinstance(value, str):
+            return value.strip()
+        return value
+
 
 def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
@@ -287,6 +298,20 @@ class KafkaSettings(_Section):
     ssl_key_password: SecretStr | None = None
 
     _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
+
+    @field_validator("client_id", mode="before")
+    @classmethod
+    def _named(cls, name: Any) -> Any:
+        # The brokers' only name for the bridge's clients (their logs, client-id quotas, the
+        # dedup group's member ids): an empty one names nothing and is no default.
+        if isinstance(name, str):
+            name = name.strip()
+            if not name:
+                raise ValueError(
+                    "must not be empty: it names the bridge's Kafka clients to the brokers"
+                    " (logs, client-id quotas); unset it for the default"
+                )
+        return name
 
     @field_validator("sasl_username", "sasl_password", "ssl_key_password", mode="before")
     @classmethod
@@ -793,6 +818,12 @@ class PinecallSettings(_Section):
     # Appended to api_url as it is: "v1/webhook" would name another host.
     _path = field_validator("webhook_path")(_rooted_path)
 
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, url: Any) -> Any:
+        # Empty is unset, as for the other optional settings (a chart's `publicUrl: ""`).
+        return None if isinstance(url, str) and not url.strip() else url
+
     @field_validator("api_url", "public_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
@@ -844,6 +875,19 @@ class WebSocketSettings(_Section):
         return _check_url(url, ("ws", "wss"))
 
     _path = field_validator("token_path")(_rooted_path)
+
+    @field_validator("token_field", mode="before")
+    @classmethod
+    def _field_name(cls, name: Any) -> Any:
+        # Looked up as it is in the token answer's JSON: " token" or a blank name is never
+        # there, and every token fetch would fail, retried for ever.
+        if isinstance(name, str):
+            name = name.strip()
+            if not name:
+                raise ValueError(
+                    "must not be empty: it names the token's field in Pinecall's answer (token)"
+                )
+        return name
 
     @model_validator(mode="after")
     def _backlog_takes_a_frame(self) -> WebSocketSettings:
@@ -1076,15 +1120,90 @@ def _variable(names: list[str]) -> str:
     return "BRIDGE_" + "__".join(name.upper() for name in names) if names else "BRIDGE_*"
 
 
-def _problem(loc: tuple[int | str, ...], kind: str, msg: str) -> str:
-    """One line of ConfigError: the variable, then what is wrong with it."""
+def _problem(
+    loc: tuple[int | str, ...], kind: str, msg: str, sections: Mapping[str, set[str]] | None = None
+) -> str:
+    """One line of ConfigError: the variable, then what is wrong with it; a value read from a
+    section's JSON (`sections`: `_sections_given`) is named by that variable and its key."""
     msg = msg.removeprefix("Value error, ")
     if kind == "bool_parsing":
         msg = "must be true or false (or 1/0, yes/no, on/off, t/f, y/n; any case)"
     # A section's or the whole object's own check names its variables itself.
     if not loc or msg.startswith("BRIDGE_"):
         return msg
-    return f"{_env_name(loc)}: {msg}"
+    return f"{_json_name(loc, sections or {}) or _env_name(loc)}: {msg}"
+
+
+def _json_name(loc: tuple[int | str, ...], sections: Mapping[str, set[str]]) -> str | None:
+    """`BRIDGE_KAFKA (JSON key linger_ms)` for a field whose value came from its section's JSON;
+    None when it did not (its own variable is not in `sections` then)."""
+    section, key = loc[0], loc[1] if len(loc) > 1 else None
+    if not isinstance(section, str) or not isinstance(key, str):
+        return None
+    keys = sections.get(section, set())
+    if key not in keys:
+        return None
+    inner = _env_name(loc[1:]).removeprefix("BRIDGE_").lower()  # `rules[0].topic`
+    return f"BRIDGE_{section.upper()} (JSON key {inner})"
+
+
+def _sections_given(
+    environ: Mapping[str, str], dotenv: Mapping[str, str | None]
+) -> dict[str, set[str]]:
+    """Per section given whole as JSON, the keys of it whose field's own variable is not set:
+    those the settings read from the JSON. The environment's value wins over `.env`'s."""
+    names = {name.upper() for name in (*environ, *dotenv)}
+    values = {name.upper(): value for name, value in dotenv.items()}
+    values.update({name.upper(): value for name, value in environ.items()})
+    found: dict[str, set[str]] = {}
+    for section in Settings.model_fields:
+        keys = _json_keys(values.get(f"BRIDGE_{section.upper()}"))
+        own = {key for key in keys if f"BRIDGE_{section.upper()}__{key.upper()}" in names}
+        if keys - own:
+            found[section] = keys - own
+    return found
+
+
+def _json_keys(value: str | None) -> set[str]:
+    """The keys of a JSON object as text; none for anything else."""
+    try:
+        parsed = json.loads(value) if value else None
+    except ValueError:
+        return set()
+    return {str(key) for key in parsed} if isinstance(parsed, dict) else set()
+
+
+def overridden_variables(
+    environ: Mapping[str, str], dotenv: Mapping[str, str | None] | None = None
+) -> list[str]:
+    """A field given both by its own variable and in its section's JSON, one line each naming
+    both and the one read: in one place the field's own; else the environment's over `.env`'s."""
+    dotenv = dotenv or {}
+    in_env = {name.upper() for name in environ}
+    in_file = {name.upper() for name in dotenv}
+    warnings = []
+    for section in Settings.model_fields:
+        whole = f"BRIDGE_{section.upper()}"
+        for place, names, values in (
+            ("", in_env, environ),
+            (" (in .env)", in_file, dotenv),
+        ):
+            if whole not in names:
+                continue
+            value = next(v for n, v in values.items() if n.upper() == whole)
+            for key in sorted(_json_keys(value)):
+                own = f"{whole}__{key.upper()}"
+                if own not in in_env | in_file:
+                    continue
+                own_place = "" if own in in_env else " (in .env)"
+                # pydantic-settings folds a field's variable into its section's JSON from the
+                # same source, and takes the environment's values over `.env`'s.
+                read = own + own_place if own_place == place or own in in_env else whole + place
+                warnings.append(
+                    f"{own}{own_place} and key {key!r} of {whole}{place} both set this setting:"
+                    f" {read} is read, the other ignored; set it in one place"
+                )
+    return warnings
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -1104,7 +1223,8 @@ def _load(overrides: dict[str, Any], *, serving: bool) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
-        problems = [_problem(err["loc"], err["type"], err["msg"]) for err in exc.errors()]
+        sections = _sections_given(os.environ, dotenv_variables())
+        problems = [_problem(err["loc"], err["type"], err["msg"], sections) for err in exc.errors()]
         raise ConfigError(problems) from None
     except (OSError, UnicodeDecodeError) as exc:  # the .env file, read as the settings load
         raise ConfigError([_unreadable_dotenv(exc)]) from None
@@ -1362,8 +1482,11 @@ def _nth(n: int, of: int) -> str:
 
 
 def log_setting_warnings(settings: Settings) -> None:
-    """Log each of `setting_warnings` as a WARNING."""
-    for warning in setting_warnings(settings):
+    """Log each of `setting_warnings`, and each of `overridden_variables`, as a WARNING."""
+    for warning in [
+        *overridden_variables(os.environ, dotenv_variables()),
+        *setting_warnings(settings),
+    ]:
         logging.getLogger(__name__).warning(warning)
 
 

@@ -136,6 +136,26 @@ def test_check_reads_the_dotenv_file_for_unknown_variables_too(
     ) in capsys.readouterr().err
 
 
+def test_check_and_run_warn_of_a_field_also_in_its_sections_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A field given by its own variable and by its section's JSON: one silently won.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGER_MS", "3")
+    monkeypatch.setenv("BRIDGE_KAFKA", '{"linger_ms": 7}')
+    warning = (
+        "BRIDGE_KAFKA__LINGER_MS and key 'linger_ms' of BRIDGE_KAFKA both set this setting:"
+        " BRIDGE_KAFKA__LINGER_MS is read, the other ignored; set it in one place"
+    )
+    assert main(["check"]) == 0
+    assert f"warning: {warning}\n" in capsys.readouterr().err
+    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
+    assert main(["run"]) == 0
+    logged = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert ("warning", warning) in [(e["level"], e["msg"]) for e in logged]
+
+
 @pytest.mark.parametrize("command", [["check"], ["run"], ["tail"]])
 def test_a_dotenv_file_that_is_not_utf8_is_a_problem_not_a_traceback(
     command: list[str], capsys: pytest.CaptureFixture[str]

@@ -10,8 +10,10 @@ from bridge.config import (
     ConfigError,
     Settings,
     describe,
+    dotenv_variables,
     known_variables,
     load_settings,
+    overridden_variables,
     setting_warnings,
     unknown_variables,
 )
@@ -1089,10 +1091,10 @@ def test_an_empty_org_feed_path_is_refused_saying_why(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("section", "value", "name"),
     [
-        ("BRIDGE_SSE", '{"org_feed_path": null}', "BRIDGE_SSE__ORG_FEED_PATH"),
-        ("BRIDGE_SSE", '{"org_feed_path": 5}', "BRIDGE_SSE__ORG_FEED_PATH"),
-        ("BRIDGE_SSE", '{"call_list_path": 5}', "BRIDGE_SSE__CALL_LIST_PATH"),
-        ("BRIDGE_TOPICS", '{"ephemeral": 5}', "BRIDGE_TOPICS__EPHEMERAL"),
+        ("BRIDGE_SSE", '{"org_feed_path": null}', "BRIDGE_SSE (JSON key org_feed_path)"),
+        ("BRIDGE_SSE", '{"org_feed_path": 5}', "BRIDGE_SSE (JSON key org_feed_path)"),
+        ("BRIDGE_SSE", '{"call_list_path": 5}', "BRIDGE_SSE (JSON key call_list_path)"),
+        ("BRIDGE_TOPICS", '{"ephemeral": 5}', "BRIDGE_TOPICS (JSON key ephemeral)"),
     ],
 )
 def test_a_section_given_as_json_with_a_value_not_a_string_is_refused_not_a_crash(
@@ -1340,3 +1342,98 @@ def test_every_upper_bound_is_in_the_readme_table() -> None:
                     continue
                 shown = {str(bound), f"{bound:,}"}
                 assert any(s in meanings[variable] for s in shown), f"{variable}: at most {bound}"
+
+
+@pytest.mark.parametrize("value", [" True ", "true\n", "\tyes"])
+def test_a_boolean_loses_surrounding_whitespace_as_a_number_does(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # A ConfigMap value with a newline was refused as "must be true or false".
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__ALLOW_UNSIGNED": value, "BRIDGE_TOPICS__CREATE": " 0 "})
+    settings = load_settings()
+    assert (settings.webhook.allow_unsigned, settings.topics.create) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"BRIDGE_KAFKA": '{"linger_ms": "x"}'}, "BRIDGE_KAFKA (JSON key linger_ms): "),
+        (
+            {"BRIDGE_ROUTING": '{"rules": [{"match": "*", "topic": "a b"}]}'},
+            "BRIDGE_ROUTING (JSON key rules[0].topic): ",
+        ),
+        # Its own variable is what is read (and wrong): that one is named.
+        (
+            {"BRIDGE_KAFKA": '{"linger_ms": 7}', "BRIDGE_KAFKA__LINGER_MS": "x"},
+            "BRIDGE_KAFKA__LINGER_MS: ",
+        ),
+    ],
+)
+def test_a_bad_value_in_a_sections_json_names_the_variable_given_and_its_key(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    # It was named BRIDGE_KAFKA__LINGER_MS, a variable nobody set.
+    setenv(monkeypatch, env)
+    [line] = problems()
+    assert line.startswith(named), line
+
+
+@pytest.mark.parametrize(
+    ("environ", "dotenv", "read"),
+    [
+        ({"BRIDGE_KAFKA__LINGER_MS": "3", "BRIDGE_KAFKA": '{"linger_ms": 7}'}, "", 3),
+        ({"BRIDGE_KAFKA": '{"linger_ms": 7}'}, "BRIDGE_KAFKA__LINGER_MS=3", 7),
+        ({"BRIDGE_KAFKA__LINGER_MS": "3"}, 'BRIDGE_KAFKA={"linger_ms": 7}', 3),
+        ({}, 'BRIDGE_KAFKA__LINGER_MS=3\nBRIDGE_KAFKA={"linger_ms": 7}', 3),
+    ],
+)
+def test_a_field_also_in_its_sections_json_is_warned_of_naming_the_one_read(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], dotenv: str, read: int
+) -> None:
+    # The field's own variable silently won over the JSON's key; the warning must say what the
+    # settings really read.
+    setenv(monkeypatch, environ)
+    Path(".env").write_text(dotenv + "\n")
+    [warning] = overridden_variables(os.environ, dotenv_variables())
+    assert "BRIDGE_KAFKA__LINGER_MS" in warning
+    assert "'linger_ms' of BRIDGE_KAFKA" in warning
+    winner = "BRIDGE_KAFKA__LINGER_MS" if read == 3 else "BRIDGE_KAFKA"
+    assert re.search(rf": {winner}( \(in \.env\))? is read", warning), warning
+    assert load_settings().kafka.linger_ms == read
+
+
+def test_a_section_in_json_without_its_fields_variables_is_no_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_KAFKA": '{"linger_ms": 7}', "BRIDGE_KAFKA__CLIENT_ID": "b"})
+    assert overridden_variables(os.environ) == []
+
+
+@pytest.mark.parametrize("url", ["", " "])
+def test_an_empty_public_url_is_unset(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # Refused as "must start with http://", unlike every other optional setting.
+    setenv(monkeypatch, {"BRIDGE_PINECALL__PUBLIC_URL": url})
+    assert load_settings().pinecall.public_url is None
+
+
+@pytest.mark.parametrize("name", ["BRIDGE_KAFKA__CLIENT_ID", "BRIDGE_WEBSOCKET__TOKEN_FIELD"])
+@pytest.mark.parametrize("value", ["", " ", "\n"])
+def test_a_blank_client_id_or_token_field_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # A blank token field is never in the token's answer (every fetch fails); a blank client id
+    # names the bridge's clients nothing to the brokers.
+    setenv(monkeypatch, {name: value})
+    [line] = problems()
+    assert line.startswith(f"{name}: must not be empty"), line
+
+
+def test_a_client_id_and_token_field_lose_surrounding_whitespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setenv(
+        monkeypatch,
+        {"BRIDGE_KAFKA__CLIENT_ID": "bridge-a\n", "BRIDGE_WEBSOCKET__TOKEN_FIELD": " access "},
+    )
+    settings = load_settings()
+    assert (settings.kafka.client_id, settings.websocket.token_field) == ("bridge-a", "access")
