@@ -565,7 +565,7 @@ class Metrics:
 
         # Series that alerts take increase() of exist from the start: a first fencing or abort
         # must count as an increase from 0, not as the series appearing.
-        for reason in ("fenced", "timeout", "error"):
+        for reason in ("fenced", "timeout", "error", "producer"):
             self.dedup_partitions_lost.labels(reason)
         for outcome in ("committed", "aborted", "unknown"):
             self.dedup_transactions.labels(outcome)

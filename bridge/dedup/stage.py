@@ -23,7 +23,8 @@ metadata (a fenced broker whose host vanished), whose requests would otherwise w
 request timeout (README: a vanished broker).
 A failed transaction drops every task it touched and its producer
 (the replacement's start aborts it); each partition is started afresh after a pause if this member
-still owns it: 2 s after a timeout or an error, a session timeout after a fence.
+still owns it: 2 s after a timeout or an error, a session timeout after a fence. A replacement
+producer that cannot start loses every owned partition at once (`producer`): each needs it.
 
 A stop drains first (bounded by the caller's deadline): the loop runs on until every owned
 partition is decided up to its end offset at the stop, so what the ingest stage acknowledged
@@ -681,7 +682,13 @@ class DedupStage:
     async def _lose_all(
         self, lost: TransactionLostError, no_restart: set[TopicPartition] | None = None
     ) -> None:
-        tasks = [self._tasks[tp] for tp in sorted(lost.partitions) if tp in self._tasks]
+        partitions = set(lost.partitions)
+        if lost.reason == "producer":
+            # The one producer every owned partition's next step needs could not be started:
+            # lost together, as Kafka Streams closes all of a thread's tasks when its producer
+            # fails. Alone, each waited out the next attempt's timeout in turn, an ERROR each.
+            partitions |= set(self._tasks)
+        tasks = [self._tasks[tp] for tp in sorted(partitions) if tp in self._tasks]
         _say_lost(tasks, lost.reason, refused=lost.retry_in is not None)
         for task in tasks:
             restart = task.tp not in (no_restart or set())

@@ -10,6 +10,12 @@ Any failure ends the producer for good. Its replacement, with the same transacti
 with InitProducerId, which aborts whatever the failed one left open. aiokafka's own abort after
 an abortable error sends no EndTxn, so reusing the producer would commit those records with the
 next transaction. The caller restarts every partition the failed transaction touched.
+
+A replacement that cannot start (InitProducerId waits while the brokers cannot write the abort
+markers: a node down under min.insync.replicas) is one attempt, bounded by its own timeout, that
+every caller shares, as Kafka Streams' StreamsProducer is its thread's: a step waits for it
+outside its own deadline, and its failure is `producer`, which the stage takes as every owned
+partition's loss at once (they all need it), not each one's `timeout` in turn.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
 flood = LogThrottle(log)
 
-LossReason = Literal["fenced", "timeout", "error"]
+LossReason = Literal["fenced", "timeout", "error", "producer"]
 _STOP_TIMEOUT = 5.0
 # Of _STOP_TIMEOUT, what a stop cut short keeps to end the sender and connections it left: the
 # cut the shutdown's reserve counts on (bridge/stopbudget.py).
@@ -162,7 +168,8 @@ class StageProducer:
         self._missing: dict[str, float] = {}
         self.transactional_id = transactional_id(settings.group, settings.instance_id)
         self._producer: GroupCommitProducer | None = None
-        self._starting = asyncio.Lock()
+        # The start under way, whose outcome every caller meanwhile shares: one InitProducerId.
+        self._attempt: asyncio.Task[None] | None = None
         self._stopped = False
         self._restart: asyncio.Task[None] | None = None
         # Producers abandoned or idle too long, being closed in the background (_retire).
@@ -195,48 +202,61 @@ class StageProducer:
         return 0 if self._txn is None else sum(self._txn.published.values())
 
     async def start(self) -> None:
-        """Start a producer if there is none: its InitProducerId aborts what a predecessor left."""
+        """Start a producer if there is none: its InitProducerId aborts what a predecessor left.
+
+        A start under way is joined, not queued behind: its failure is every waiter's (each one's
+        own attempt in turn kept the last of 24 partition starts waiting 24 start timeouts)."""
         self._stopped = False
-        async with self._starting:
-            if self._producer is not None:
-                return
-            options = (
-                bootstrapped(self._client, *self._peers()) if self._replacing else self._client
+        if self._producer is not None:
+            return
+        attempt = self._attempt
+        if attempt is None or attempt.done():
+            attempt = self._attempt = asyncio.create_task(
+                self._start_once(), name="dedup-producer-start"
             )
-            await self._relearn_limits(options)
-            producer = GroupCommitProducer(
-                **options,
-                transactional_id=self.transactional_id,
-                transaction_timeout_ms=self._settings.transaction_timeout_ms,
-                enable_idempotence=True,
-                acks="all",
-                # Nothing sent is readable before the commit, which flushes: lingering until
-                # then makes one produce request per broker and transaction, as long as each
-                # output partition's records of a commit interval fit one batch. Batches of
-                # aiokafka's 16 KiB filled at ~1,000 events/s and went out early, each alone,
-                # and a full one held up the next send until it was drained.
-                linger_ms=self._settings.commit_interval_ms,
-                max_batch_size=self._limits.batch_bytes(sorted(self._writes)),
-                partitioner=partition_for,
-                max_request_size=self._limits.default,
-            )
-            # A commit flushes a batch per output partition at once: one request per broker.
-            cap_requests(producer, lambda: self._limits.request_bytes)
-            watch_throttle(producer, counted(self._metrics, "dedup_producer"))
-            try:
-                async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
-                    await start_client(producer, producer.start, producer.stop)
-            except REFUSALS as exc:
-                # Refused at every retry until an operator acts: said so, with what to change.
-                brokers_max = None
-                if isinstance(exc, InvalidTransactionTimeout):
-                    brokers_max = await self._brokers_max_transaction_timeout(options)
-                why = refusal(exc, self._settings, self.transactional_id, brokers_max)
-                log.error(why, extra={"error": repr(exc)})
-                raise DedupRefusedError(why) from exc
-            self._producer = producer
-            self._replacing = True
-            self._ended = time.monotonic()
+            attempt.add_done_callback(_read_outcome)
+        # A waiter cut (a step's deadline, a revoked partition's start) leaves it to the others.
+        await asyncio.shield(attempt)
+
+    async def _start_once(self) -> None:
+        """One start of a producer, bounded by the transaction end's timeout."""
+        if self._producer is not None:
+            return
+        options = bootstrapped(self._client, *self._peers()) if self._replacing else self._client
+        await self._relearn_limits(options)
+        producer = GroupCommitProducer(
+            **options,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            # Nothing sent is readable before the commit, which flushes: lingering until
+            # then makes one produce request per broker and transaction, as long as each
+            # output partition's records of a commit interval fit one batch. Batches of
+            # aiokafka's 16 KiB filled at ~1,000 events/s and went out early, each alone,
+            # and a full one held up the next send until it was drained.
+            linger_ms=self._settings.commit_interval_ms,
+            max_batch_size=self._limits.batch_bytes(sorted(self._writes)),
+            partitioner=partition_for,
+            max_request_size=self._limits.default,
+        )
+        # A commit flushes a batch per output partition at once: one request per broker.
+        cap_requests(producer, lambda: self._limits.request_bytes)
+        watch_throttle(producer, counted(self._metrics, "dedup_producer"))
+        try:
+            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+                await start_client(producer, producer.start, producer.stop)
+        except REFUSALS as exc:
+            # Refused at every retry until an operator acts: said so, with what to change.
+            brokers_max = None
+            if isinstance(exc, InvalidTransactionTimeout):
+                brokers_max = await self._brokers_max_transaction_timeout(options)
+            why = refusal(exc, self._settings, self.transactional_id, brokers_max)
+            log.error(why, extra={"error": repr(exc)})
+            raise DedupRefusedError(why) from exc
+        self._producer = producer
+        self._replacing = True
+        self._ended = time.monotonic()
         # Its InitProducerId has aborted what an earlier producer of this id left open.
         log.info("dedup producer started", extra={"transactional_id": self.transactional_id})
 
@@ -270,9 +290,11 @@ class StageProducer:
         """Drop the producer for good; an open transaction is left to its timeout."""
         self._stopped = True
         restart, self._restart = self._restart, None
-        if restart is not None:
-            restart.cancel()
-            await asyncio.gather(restart, return_exceptions=True)
+        attempt, self._attempt = self._attempt, None
+        for task in (restart, attempt):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._txn = None
         try:
             await self._drop_producer()
@@ -501,6 +523,15 @@ class StageProducer:
         reason: LossReason
         cause: BaseException
         try:
+            if self._producer is None and self._txn is None:
+                # Before the deadline: a replacement under way is waited for, bounded by its own
+                # start's timeout. Under the deadline, each partition's step timed out waiting for
+                # it, one at a time, and was lost alone as `timeout`.
+                try:
+                    await self._require_producer(also)
+                except BaseException:
+                    step.close()  # never run
+                    raise
             # aiokafka's commit and abort wait without a timeout: a stuck one would stall the
             # stage. No task per step (not wait_for), and the timer is armed only if the step
             # suspends: a partition's step of records that fit the buffer rarely does, and
@@ -531,6 +562,10 @@ class StageProducer:
         touched, sent = self.partitions | also, self.sent
         retry_in = self._refusal_wait(cause) if reason == "error" else None
         unanswered = reason == "timeout" and self._txn is not None and self._txn.ending
+        if reason == "producer" and self._txn is None:
+            # Nothing to abort, and the failed start's partitions wait out their restart delay:
+            # not a next attempt at once, every one of the outage's.
+            raise TransactionLostError(reason, touched, sent) from cause
         await self.abandon("unknown" if unanswered else "aborted")
         raise TransactionLostError(reason, touched, sent, retry_in) from cause
 
@@ -622,12 +657,14 @@ class StageProducer:
             self._limits.mark_stale(topic)
 
     async def _require_producer(self, touched: frozenset[TopicPartition]) -> GroupCommitProducer:
+        """The producer, started (or its start under way awaited) if there is none; a failed
+        start is `producer`, the loss of everything that needs it (the stage's to name)."""
         if self._producer is None:
             try:
                 await self.start()
             except Exception as exc:
                 log.warning("the dedup producer could not be started", extra={"error": repr(exc)})
-                raise TransactionLostError("error", touched) from exc
+                raise TransactionLostError("producer", touched) from exc
         assert self._producer is not None
         return self._producer
 
@@ -697,6 +734,12 @@ async def _flush_for_commit(producer: GroupCommitProducer) -> None:
     accumulator = getattr(producer, "_message_accumulator", None)
     flush = getattr(accumulator, "flush_for_commit", None)
     await (flush() if callable(flush) else producer.flush())
+
+
+def _read_outcome(attempt: asyncio.Task[None]) -> None:
+    """Read a start's failure: its waiters may all have been cut (asyncio logs one unread)."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 async def _retire(producer: GroupCommitProducer) -> None:

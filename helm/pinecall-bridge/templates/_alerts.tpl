@@ -259,21 +259,22 @@ groups:
           description: {{ printf "%s/%s was fenced out of its ingest partitions more than %v times in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupFencingsPer15Minutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprepeatedfencing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupTransactionsFailing
-        # Any failure but a fence (a refused send, a commit timing out, a missing ACL) loses every
-        # partition of the transaction; each restarts from its last commit and may fail again.
+        # Any failure but a fence (a refused send, a commit timing out, a missing ACL, a producer
+        # that cannot be replaced) loses every partition of the transaction (of the producer:
+        # all owned); each restarts from its last commit and may fail again.
         # The lag gauges restart with them, so only the losses show it: the times the counter
         # went up (changes() less a restart's reset to 0).
         expr: |
           sum by (namespace, pod) (
-            changes(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error"}[15m])
-            - resets(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error"}[15m])
+            changes(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error|producer"}[15m])
+            - resets(pinecall_bridge_dedup_partitions_lost_total{reason=~"timeout|error|producer"}[15m])
           )
           > 3
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Dedup transactions of pod %s keep failing" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s lost its ingest partitions to failed dedup transactions (reason timeout or error) more than 3 times in 15 minutes: its events reach the output topics late or not at all until the cause goes, and records past the ingest topic's retention are lost. The log says why (message: dedup transaction step failed, or dedup step failed)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s lost its ingest partitions to failed dedup transactions (reason timeout, error or producer) more than 3 times in 15 minutes: its events reach the output topics late or not at all until the cause goes, and records past the ingest topic's retention are lost. The log says why (message: dedup transaction step failed, dedup step failed, or the dedup producer could not be started)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuptransactionsfailing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRecordsExpired
         # Answered 2xx, then deleted by the ingest topic's retention before the dedup stage read

@@ -116,11 +116,15 @@ class ProducerFactory:
     def __init__(self) -> None:
         self.made: list[FakeProducer] = []
         self.fail_start: BaseException | None = None
+        # Its start never returns: InitProducerId waiting for brokers that cannot write markers.
+        self.block_start = False
 
     def __call__(self, **config: Any) -> FakeProducer:
         producer = FakeProducer(config=config)
         if self.fail_start is not None:
             producer.fail["start"] = self.fail_start
+        if self.block_start:
+            producer.block.add("start")
         self.made.append(producer)
         return producer
 

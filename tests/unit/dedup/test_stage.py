@@ -311,6 +311,38 @@ async def test_partitions_lost_at_once_are_one_error_line(
     assert said == (logging.ERROR, [1, 2], "timeout")
 
 
+async def test_a_producer_that_cannot_be_replaced_loses_every_owned_partition_at_once(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A node down under min.insync.replicas: the replacement's InitProducerId hangs. Each owned
+    # partition's next step waited for it up to the step deadline and was lost alone, reason
+    # `timeout`: one ERROR and one step deadline of stall per partition, for one fault.
+    h = Harness(1, 2, 3, 4, 5, 6)
+    h.stage._out._settings = DedupSettings(end_transaction_timeout_seconds=0.2)
+    h.running(monkeypatch)
+    caplog.set_level(logging.INFO, "bridge.dedup.stage")
+    factory.block_start = True
+    await h.open(1, 2)
+    await h.stage._step(h.task(1), failing(TransactionLostError("fenced", frozenset({tp(1)}))))
+    for p in (3, 4, 5, 6):  # the loop's next fetch: a record for each other owned partition
+        if (task := h.stage._tasks.get(tp(p))) is not None:
+            await h.stage._step(task, h.stage._out.join(task.tp))
+    said = [
+        (getattr(r, "partitions", None), getattr(r, "reason", None))
+        for r in caplog.records
+        if r.getMessage().startswith("dedup partition lost")
+    ]
+    assert said == [([1, 2], "fenced"), ([3, 4, 5, 6], "producer")]
+    assert (h.lost("producer"), h.lost("timeout")) == (4, 0)
+    assert h.owned() == []
+    # The fenced ones after a session, the rest after the usual pause.
+    assert sorted(h.launched) == [(tp(p), 10.0) for p in (1, 2)] + [
+        (tp(p), 2.0) for p in (3, 4, 5, 6)
+    ]
+    assert len(factory.made) == 1  # every step waited for the one replacement under way
+    await h.stage._out.stop()
+
+
 async def test_an_unexpected_error_in_a_step_loses_the_transactions_partitions() -> None:
     # A bug must cost a restart of the partitions, not the stage.
     h = Harness(1, 2, 3, 4)
@@ -432,6 +464,7 @@ async def test_a_member_out_of_generation_loses_the_touched_partitions_as_fenced
     assert consumer.paused == [tp(1), tp(2)]
 
 
+@pytest.mark.usefixtures("factory")  # the lost producer's replacement, awaited by the step
 async def test_lost_partitions_still_owned_are_restarted_after_a_pause(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -536,12 +536,35 @@ async def test_a_producer_that_cannot_start_loses_the_joining_partition(
     await out.stop()
     factory.fail_start = KafkaConnectionError()
     with pytest.raises(TransactionLostError) as lost:
-        await out.guard(out.join(TP2))
-    assert lost.value.reason == "error"
+        await out.guard(out.join(TP2), also=frozenset({TP2}))  # as the stage's step is
+    assert lost.value.reason == "producer"  # the stage loses every partition that needs it
     assert lost.value.partitions == {TP2}
     [failed] = factory.made
     assert steps(failed) == ["start", "stop"]
     assert out._producer is None
+
+
+async def test_starts_meanwhile_share_one_attempt_and_its_failure(
+    factory: ProducerFactory,
+) -> None:
+    # Each waited for the lock, then made an attempt of its own: 24 partition starts during an
+    # outage kept the last one waiting 24 start timeouts, each another InitProducerId.
+    out, _producer, _ = stage_producer(end_transaction_timeout_seconds=0.2)
+    await out.stop()
+    factory.block_start = True
+    starts = [asyncio.create_task(out.start()) for _ in range(3)]
+    failed = await asyncio.gather(*starts, return_exceptions=True)
+    assert [type(e) for e in failed] == [TimeoutError] * 3
+    assert len(factory.made) == 1
+    # A waiter cut short (a revoked partition's start) leaves the attempt to the others.
+    factory.block_start = False
+    cut, waiter = asyncio.create_task(out.start()), asyncio.create_task(out.start())
+    await asyncio.sleep(0)
+    cut.cancel()
+    await waiter
+    assert out._producer is factory.made[1]
+    assert len(factory.made) == 2
+    await out.stop()
 
 
 async def test_publish_outside_a_transaction_is_a_loss() -> None:
