@@ -244,3 +244,15 @@ def test_the_ended_call_forgotten_first_is_the_one_that_ended_first() -> None:
     assert [call for call in "abc" if roster.has_ended(call)] == ["a", "b"]
     roster.finished("d", ended=True, at=5_000.0)  # a clock ahead of ours: taken as now
     assert [call for call in "abcd" if roster.has_ended(call)] == ["b", "d"]
+
+
+def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> None:
+    # Each takeover of a partition ends every ended call its records show, again: a pair
+    # pushed per call and takeover, over weeks of rebalances, unless stale pairs are dropped.
+    roster = Roster(1, capacity=1, remember_ended=100)
+    ended = {f"CA_{n}" for n in range(100)}
+    for _ in range(50):
+        roster.own(0, {}, ended)
+        roster.lose(0)
+    assert all(roster.has_ended(call) for call in ended)
+    assert len(roster._ends) <= 2 * 100
