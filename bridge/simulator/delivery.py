@@ -130,8 +130,14 @@ class Deliverer:
         if self._session is None:
             raise RuntimeError("Deliverer.start() was not called")
         try:
+            # Not followed: the platform's httpx client follows no redirect, so a 3xx is a
+            # final refusal (judge), never the target's 2xx.
             async with self._session.post(
-                job.record.url, data=job.body, headers=job.headers, timeout=self._timeout
+                job.record.url,
+                data=job.body,
+                headers=job.headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 await response.read()
                 return response.status, None

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.normalise.shapes import content_id
@@ -159,6 +160,7 @@ class Traffic:
             script,
             probability=spec.alerts,
             duplicates=spec.duplicates,
+            day=datetime.now(UTC).date().isoformat(),
         )
         if alert is not None:
             self._alert(script.agent, alert)

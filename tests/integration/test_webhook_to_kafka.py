@@ -475,5 +475,5 @@ async def test_the_platforms_alerts_land_once_each_in_the_alerts_topic(
     events = [r.json() for r in records]
     assert sorted(ce["id"] for ce in events) == sorted(expected)
     # The escaped name arrives as the text it stands for.
-    names = {ce["data"].get("monitor") for ce in events if ce["type"] == "monitor.fired"}
+    names = {ce["data"].get("name") for ce in events if ce["type"] == "monitor.fired"}
     assert "appelant mécontent" in names

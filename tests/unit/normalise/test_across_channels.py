@@ -45,6 +45,7 @@ ROUTER = Router(TopicSettings(ephemeral="pinecall.ephemeral"), [])
 INGEST = "pinecall.ingest"
 SOURCE = "https://api.pinecall.io"
 TS = 1790000000.25
+DAY = "2026-09-21"  # the day TS falls on
 Entry = dict[str, Any]
 
 
@@ -130,7 +131,7 @@ def agent_alert(kind: str) -> Entry:
     rng = random.Random(kind)
     plan = None
     while plan is None or plan.type != kind:
-        plan = plan_alert(rng, call, probability=1.0, duplicates=0.0)
+        plan = plan_alert(rng, call, probability=1.0, duplicates=0.0, day=DAY)
     entry = CallLogs().agent_entry(call.agent, plan.type, plan.data, TS)
     assert entry["call"] is None
     return alert_body(entry)
@@ -216,7 +217,7 @@ def test_an_alert_line_is_keyed_alike_in_its_post_and_in_its_agent_log() -> None
     agent log: the README's dedup limits say so."""
     call = script()
     rng = random.Random(3)
-    plan = plan_alert(rng, call, probability=1.0, duplicates=0.0)
+    plan = plan_alert(rng, call, probability=1.0, duplicates=0.0, day=DAY)
     assert plan is not None
     entry = CallLogs().agent_entry(call.agent, plan.type, plan.data, TS)
     as_entry = ingested(Copy("entry", "websocket", entry))

@@ -32,10 +32,12 @@ async def always_ok(_: Received) -> int:
 
 
 class Receiver:
-    """`answer` decides each status; it may sleep to play a slow bridge."""
+    """`answer` decides each status; it may sleep to play a slow bridge. A 3xx points at
+    `location` when it is set."""
 
     def __init__(self, answer: Answer = always_ok) -> None:
         self.answer = answer
+        self.location: str | None = None
         self.requests: list[Received] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -64,4 +66,6 @@ class Receiver:
             status = await self.answer(received)
         finally:
             self.in_flight -= 1
+        if self.location is not None and 300 <= status < 400:
+            return web.Response(status=status, headers={"Location": self.location})
         return web.Response(status=status)

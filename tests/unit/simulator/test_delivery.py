@@ -112,6 +112,26 @@ async def test_a_4xx_is_final(deliverer: Deliverer, receiver: Receiver, status: 
     assert len(receiver.requests) == 1
 
 
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_redirect_is_final_and_not_followed(
+    deliverer: Deliverer, receiver: Receiver, status: int
+) -> None:
+    # Pinecall's httpx client follows none: a webhook URL behind an http -> https redirect
+    # loses its alerts, which the simulator must show rather than deliver through it.
+    answers = iter([status, 200])
+
+    async def redirect_once(_: Received) -> int:
+        return next(answers)
+
+    receiver.answer = redirect_once
+    receiver.location = receiver.url
+    await send(deliverer, hook_for(receiver), "CA_1", 1)
+    [record] = deliverer.records
+    assert [a.status for a in record.attempts] == [status]
+    assert record.outcome == "rejected"
+    assert len(receiver.requests) == 1
+
+
 async def test_it_gives_up_after_max_attempts(receiver: Receiver) -> None:
     async def broken(_: Received) -> int:
         return 500
