@@ -9,12 +9,12 @@ output partitions) in this process, fed by a writer in a child process that send
 (`bench.ingest.record`, every id new) at `--rate`, paced by its loop's clock, for the whole run.
 The stage runs throughout; the variants alternate on it in windows of `--seconds`, ABBA, with
 `bench.paired`'s rounds and control. `wake`: the new variant has `bridge.sink.drain`'s shims
-(whole-broker drains, a batch due within the timer's resolution sent now, new batches that wake
-the sender only when needed) on the stage's producer, installed here; the old has aiokafka's own
-drain and `_append_batch`. `batch` (and `control`), both sides without the shims, as the stage
-runs: the new has the stage's own batch size, the old aiokafka's 16 KiB (`OLD_BATCH_BYTES`), set
-on the accumulator, whose next batches take it. The switch is made on the live producer, so the
-stage is not restarted. Per
+(whole-broker drains, a batch due within the timer's resolution sent now, new batches that wake the
+sender only when needed) on the stage's producer, installed here over its own drain; the old has
+the stage's own (aiokafka's drain within the request limit, aiokafka's `_append_batch`). `batch`
+(and `control`), both sides without the shims, as the stage runs: the new has the stage's own batch
+size, the old aiokafka's 16 KiB (`OLD_BATCH_BYTES`), set on the accumulator, whose next batches
+take it. The switch is made on the live producer, so the stage is not restarted. Per
 window: `time.process_time` per record the stage published (the whole process: consumer,
 decisions, producer), and, per commit, the sender's drains (one a wake-up), its linger timers
 fired, and the requests it sent: produce (in the commit's flush or before it),
@@ -82,11 +82,12 @@ def switchable(producer: AIOKafkaProducer) -> None:
     accumulator: Any = producer._message_accumulator
     sender: Any = producer._sender
     kind = type(accumulator)
-    plain_drain = kind.drain_by_nodes.__get__(accumulator)
-    plain_append = kind._append_batch.__get__(accumulator)
-    if accumulator.drain_by_nodes.__module__ != drain.__name__:  # not the stage's own
-        drain.drain_whole_brokers(producer)
-        drain.wake_only_when_needed(producer)
+    # The plain side is the stage's producer as the stage builds it (its drain kept within the
+    # brokers' request limit by `drain.cap_requests`), not aiokafka's class: the shims go on top
+    # of that. A module check could not tell the stage's cap from the shims (one module's both).
+    plain_drain, plain_append = accumulator.drain_by_nodes, accumulator._append_batch
+    drain.drain_whole_brokers(producer)
+    drain.wake_only_when_needed(producer)
     shimmed_drain, shimmed_append = accumulator.drain_by_nodes, accumulator._append_batch
     counts = SWITCH.counts
 
@@ -155,11 +156,12 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
 def _count_commits_and_records() -> None:
     commit, publish = transaction.StageProducer.commit, transaction.StageProducer.publish
 
-    async def counted_commit(out: transaction.StageProducer, *args: Any) -> None:
+    async def counted_commit(out: transaction.StageProducer, *args: Any) -> frozenset[Any]:
         SWITCH.counts["commits"] += out.age is not None
         SWITCH.committing = True
         try:
-            await commit(out, *args)
+            # What it left out: the stage reads it (None failed its first commit).
+            return await commit(out, *args)
         finally:
             SWITCH.committing = False
 
