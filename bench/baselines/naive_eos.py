@@ -2,10 +2,11 @@
 
 aiohttp → aiokafka into an ingest topic (the naive handler's producer settings, answered after
 the ack), and in the same process and event loop aiokafka's consume-transform-produce loop: a
-read_committed consumer group over the ingest topic and one transactional producer, one
-transaction per commit interval (100 ms, the bridge's default) that copies every fetched value to
-the output topic under its ingest key and commits the consumed offsets with it. No signature, no
-parsing, no dedup state: what the exactly-once contract itself costs beside the naive handler.
+read_committed consumer group over the ingest topic and one transactional producer (the stage's
+linger and batch size), one transaction per commit interval (100 ms, the bridge's default) that
+copies every fetched value to the output topic under its ingest key and commits the consumed
+offsets with it. No signature, no parsing, no dedup state: what the exactly-once contract itself
+costs beside the naive handler.
 
 Ingest records are keyed by the body's call id, as the bridge's are (a call's events keep their
 order): found by a byte search for `"call":"`, no JSON parse; a body without one goes unkeyed.
@@ -34,6 +35,7 @@ from bench.baselines.serving import serve_until_stopped
 from bridge.sink.kafka import partition_for
 
 COMMIT_INTERVAL = 0.1  # BRIDGE_DEDUP__COMMIT_INTERVAL_MS's default
+BATCH_BYTES = 262_144  # BRIDGE_KAFKA__MAX_BATCH_BYTES's default, the bridge's producers' batches
 MAX_RECORDS = 256  # per fetch, as the dedup stage: a backlog must not hold the loop in one go
 _CALL = b'"call":"'
 
@@ -115,6 +117,22 @@ async def create_ingest(brokers: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
+def relay_producer(brokers: str, group: str) -> AIOKafkaProducer:
+    """The relay's transactional producer, set as the dedup stage's is by default."""
+    return AIOKafkaProducer(
+        bootstrap_servers=brokers,
+        transactional_id=f"{group}-relay",
+        acks="all",
+        enable_idempotence=True,
+        # Nothing is readable before the commit, which sends what lingers at once (as the stage).
+        linger_ms=int(COMMIT_INTERVAL * 1000),
+        # The stage's batch size (BRIDGE_KAFKA__MAX_BATCH_BYTES's default), not aiokafka's 16 KiB:
+        # those filled within a commit interval and went out early, a request each.
+        max_batch_size=BATCH_BYTES,
+        partitioner=partition_for,
+    )
+
+
 async def serve(
     port: int, brokers: str, ingest: str, output: str, group: str, partitions: int
 ) -> None:
@@ -124,18 +142,10 @@ async def serve(
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        max_batch_size=262_144,
+        max_batch_size=BATCH_BYTES,
         partitioner=partition_for,
     )
-    out = AIOKafkaProducer(
-        bootstrap_servers=brokers,
-        transactional_id=f"{group}-relay",
-        acks="all",
-        enable_idempotence=True,
-        # Nothing is readable before the commit, which sends what lingers at once (as the stage).
-        linger_ms=int(COMMIT_INTERVAL * 1000),
-        partitioner=partition_for,
-    )
+    out = relay_producer(brokers, group)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=brokers,
         group_id=group,
