@@ -15,7 +15,7 @@ from bridge.metrics import CONTENT_TYPE
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.webhook import json_response
 from bridge.workers.merge import merge
-from bridge.workers.probes import Answer, pod_answer
+from bridge.workers.probes import DOWN, UNREACHABLE, Answer, pod_answer
 
 # A worker this slow counts as unreachable. Every worker is asked at once, so a probe's answer
 # takes this long at most: the chart's probes wait 2 s, and refuse less with worker processes.
@@ -62,7 +62,8 @@ class PodView:
             self._sessions[worker] = session
         return session
 
-    async def _get(self, worker: str, path: str) -> tuple[int, bytes] | None:
+    async def _get(self, worker: str, path: str) -> tuple[int, bytes] | str:
+        """`worker`'s answer to GET `path`, or UNREACHABLE, or DOWN (no process at its socket)."""
         cap = MAX_METRICS_BYTES if path == "/metrics" else MAX_PROBE_BYTES
         try:
             async with self._session(worker).get(f"http://worker-{worker}{path}") as response:
@@ -73,29 +74,56 @@ class PodView:
                 "a worker's answer is too large: it counts as unreachable",
                 extra={"worker": worker, "path": path, "error": str(exc)},
             )
-            return None
+            return UNREACHABLE
+        except aiohttp.ClientConnectorError as exc:
+            # Refused or absent: the process exited (a wedged one's socket still accepts).
+            if isinstance(exc.os_error, ConnectionRefusedError | FileNotFoundError):
+                return DOWN
+            return UNREACHABLE
         except (aiohttp.ClientError, TimeoutError, OSError):
-            return None
+            return UNREACHABLE
 
-    async def ask(self, path: str) -> dict[str, tuple[int, bytes] | None]:
-        """Every worker's answer to GET `path`, at once; None where none came in time."""
+    async def _ask(self, path: str) -> dict[str, tuple[int, bytes] | str]:
         answers = await asyncio.gather(*(self._get(worker, path) for worker in self._sockets))
         return dict(zip(self._sockets, answers, strict=True))
 
+    async def ask(self, path: str) -> dict[str, tuple[int, bytes] | None]:
+        """Every worker's answer to GET `path`, at once; None where none came in time."""
+        return {
+            worker: answer if isinstance(answer, tuple) else None
+            for worker, answer in (await self._ask(path)).items()
+        }
+
     async def _probe(
-        self, path: str, ok: str, not_ok: str, counted: Collection[str] | None = None
+        self,
+        path: str,
+        ok: str,
+        not_ok: str,
+        counted: Collection[str] | None = None,
+        *,
+        excuse_down: bool = False,
     ) -> web.Response:
         answers: dict[str, Answer] = {}
-        for worker, answer in (await self.ask(path)).items():
-            answers[worker] = None if answer is None else (answer[0], _status(answer[1]))
-        status, body = pod_answer(answers, ok, not_ok, counted)
+        down: list[str] = []
+        for worker, answer in (await self._ask(path)).items():
+            if isinstance(answer, tuple):
+                answers[worker] = answer[0], _status(answer[1])
+            else:
+                answers[worker] = None
+            if answer == DOWN and excuse_down:
+                down.append(worker)
+        status, body = pod_answer(answers, ok, not_ok, counted, down=down)
         return json_response(body, status=status)
 
     async def healthz(self, _: web.Request) -> web.Response:
+        """Alive only when every worker is: a worker down (restarting) counts, as ever."""
         return await self._probe("/healthz", "alive", "not_alive")
 
     async def readyz(self, _: web.Request) -> web.Response:
-        return await self._probe("/readyz", "ready", "not_ready", self._serving)
+        """Ready while every serving worker with a process is ready, and one at least is."""
+        # A worker down holds no listener: the others take every new connection meanwhile. If
+        # it stays down, the parent's restart budget runs out and it stops the pod (all 503).
+        return await self._probe("/readyz", "ready", "not_ready", self._serving, excuse_down=True)
 
     async def metrics(self, _: web.Request) -> web.Response:
         texts = {

@@ -1,7 +1,10 @@
-"""The pod's /healthz and /readyz from its workers' own answers: all must be fine.
+"""The pod's /healthz and /readyz from its workers' own answers.
 
 Only the workers serving the port count for /readyz: a dedup stage of its own (down for a
-restart, say) does not stop webhooks being taken, as a single process's stage never does.
+restart, say) does not stop webhooks being taken, as a single process's stage never does. Nor
+does a serving worker that is down (its process exited, its listener with it: the kernel hands
+new connections only to the others) while another is ready; one that answers no longer, or
+answers 503, still holds its listener and its share of connections, so it does.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 # A worker's answer: its HTTP status and the `status` of its JSON body; None: no answer in time.
 Answer = tuple[int, str] | None
 UNREACHABLE = "unreachable"
+# No process behind a worker's socket (refused, or never created): it exited, to be restarted.
+DOWN = "down"
 
 
 def pod_answer(
@@ -19,17 +24,24 @@ def pod_answer(
     ok: str,
     not_ok: str,
     counted: Collection[str] | None = None,
+    *,
+    down: Collection[str] = (),
 ) -> tuple[int, dict[str, Any]]:
     """200 and `ok` when every worker answered 200; else 503, `not_ok` and the failing workers.
 
     `counted`: the workers that decide (all by default); the others' states are shown only.
+    `down`: workers with no process (no answer in `answers`), excused while a counted one is ok.
     """
-    workers = {worker: answer[1] if answer else UNREACHABLE for worker, answer in answers.items()}
-    failing = [
-        worker
+    workers = {
+        worker: answer[1] if answer else DOWN if worker in down else UNREACHABLE
         for worker, answer in answers.items()
-        if (counted is None or worker in counted) and (answer is None or answer[0] != 200)
-    ]
-    if not failing:
+    }
+    deciding = [worker for worker in answers if counted is None or worker in counted]
+    failing = [worker for worker in deciding if worker not in down and not _fine(answers[worker])]
+    if not failing and any(worker not in down for worker in deciding):
         return 200, {"status": ok, "workers": workers}
-    return 503, {"status": not_ok, "failing": failing, "workers": workers}
+    return 503, {"status": not_ok, "failing": failing or deciding, "workers": workers}
+
+
+def _fine(answer: Answer) -> bool:
+    return answer is not None and answer[0] == 200

@@ -138,3 +138,28 @@ def test_every_label_an_alert_or_panel_selects_on_is_one_its_metric_has() -> Non
         if label not in known.get(name, set()) | SCRAPE_LABELS
     ]
     assert not wrong, wrong
+
+
+def test_a_panel_of_seconds_per_second_beside_counts_per_second_gives_each_its_unit() -> None:
+    # On one axis with one unit, throttled seconds per second and throttled responses per second
+    # read as the same quantity: one of them is mislabelled whatever the unit.
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    mixed = []
+    for panel in dashboard["panels"]:
+        seconds: set[str] = set()
+        counts: set[str] = set()
+        for target in panel.get("targets", []):
+            names = re.findall(r"rate\((pinecall_bridge_[a-z0-9_]+_total)\b", target["expr"])
+            if len(names) == 1:
+                (seconds if names[0].endswith("_seconds_total") else counts).add(target["refId"])
+        if not (seconds and counts):
+            continue
+        own_unit = {
+            override["matcher"]["options"]
+            for override in panel["fieldConfig"]["overrides"]
+            if override["matcher"]["id"] == "byFrameRefID"
+            and any(p["id"] == "unit" for p in override["properties"])
+        }
+        if panel["fieldConfig"]["defaults"]["unit"] != "s" or not counts <= own_unit:
+            mixed.append(panel["title"])
+    assert not mixed, mixed

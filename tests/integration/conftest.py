@@ -290,10 +290,14 @@ def bridge_settings(bootstrap: str, names: Topics, **sections: dict[str, Any]) -
 
 
 async def answers_ready(session: aiohttp.ClientSession, url: str) -> bool:
-    """Whether `url`/readyz answers 200 now; False while nothing answers there."""
+    """Whether `url`/readyz answers 200 now, with no worker process down; False while nothing
+    answers there. A pod is ready while one worker restarts: its successor is awaited too."""
     try:
         async with session.get(url + "/readyz") as response:
-            return response.status == 200
+            if response.status != 200:
+                return False
+            workers = (await response.json()).get("workers", {})
+            return "down" not in workers.values()
     except aiohttp.ClientError:
         return False
 

@@ -70,18 +70,61 @@ async def get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def test_a_missing_worker_fails_both_probes_and_is_named(
+async def test_a_worker_down_leaves_readiness_to_the_others_and_fails_liveness(
     pod_app: tuple[str, Readiness, Metrics, Path],
 ) -> None:
-    url, _, _, _ = pod_app
+    # Worker 1 exited (being restarted): no listener of its own, so worker 0 takes every webhook.
+    url, readiness, _, _ = pod_app
     status, body = await get(url + "/readyz")
+    assert (status, body) == (200, '{"status":"ready","workers":{"0":"ready","1":"down"}}')
+    status, body = await get(url + "/healthz")
     assert status == 503
     assert '"failing":["1"]' in body
     assert '"1":"unreachable"' in body
-    assert '"0":"ready"' in body
-    status, body = await get(url + "/healthz")
+    readiness.stopping = True  # no serving worker ready: the pod is not
+    status, body = await get(url + "/readyz")
     assert status == 503
-    assert '"1":"unreachable"' in body
+    assert '"failing":["0"]' in body
+
+
+async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> None:
+    # A crashed worker leaves its socket file behind: refused, as a missing one.
+    stale = tmp_path / "worker-0.sock"
+    runner = await serve_on(web.Application(), stale)
+    await runner.cleanup()
+    stale.touch()  # aiohttp removes a unix site's file at cleanup; a killed process cannot
+    view = PodView({"0": stale, "1": tmp_path / "worker-1.sock"}, timeout=ANSWERS_WITHIN)
+    try:
+        response = await view.readyz(cast(web.Request, None))
+    finally:
+        await view.close()
+    assert response.status == 503  # every serving worker down
+    assert response.text == (
+        '{"status":"not_ready","failing":["0","1"],"workers":{"0":"down","1":"down"}}'
+    )
+
+
+async def test_a_worker_that_does_not_answer_keeps_the_pod_unready(tmp_path: Path) -> None:
+    # Stopped or wedged, it still holds its listener and its share of new connections.
+    path = tmp_path / "worker-0.sock"
+    released = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await released.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/readyz", hang)
+    runner = await serve_on(app, path)
+    view = PodView({"0": path}, timeout=0.2)
+    try:
+        response = await view.readyz(cast(web.Request, None))
+    finally:
+        released.set()
+        await view.close()
+        await runner.cleanup()
+    assert response.status == 503
+    assert response.text == '{"status":"not_ready","failing":["0"],"workers":{"0":"unreachable"}}'
 
 
 async def test_metrics_leave_the_missing_worker_out_and_count_it(
@@ -186,7 +229,7 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
         status, body = await get(url + "/readyz")
         assert (status, body) == (
             200,
-            '{"status":"ready","workers":{"0":"ready","1":"unreachable"}}',
+            '{"status":"ready","workers":{"0":"ready","1":"down"}}',
         )
         status, body = await get(url + "/healthz")  # liveness still asks every worker
         assert status == 503

@@ -1,4 +1,4 @@
-"""The pod's /healthz and /readyz: fine only when every worker answered fine."""
+"""The pod's /healthz and /readyz: fine only when every worker answered fine (or is down)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,20 @@ def test_only_the_counted_workers_decide_the_others_are_shown() -> None:
         {"0": (503, "stopping"), "1": (200, "ready")}, "ready", "not_ready", ["0"]
     )
     assert (status, body["failing"]) == (503, ["0"])
+
+
+def test_a_worker_down_is_excused_while_another_counted_one_is_ready() -> None:
+    answers = {"0": (200, "ready"), "1": None, "2": None}
+    status, body = pod_answer(answers, "ready", "not_ready", ["0", "1"], down=["1"])
+    assert (status, body) == (
+        200,
+        {"status": "ready", "workers": {"0": "ready", "1": "down", "2": "unreachable"}},
+    )
+
+
+def test_a_worker_down_is_not_excused_when_none_other_is_ready() -> None:
+    status, body = pod_answer({"0": None, "1": None}, "ready", "not_ready", down=["0", "1"])
+    assert (status, body["failing"]) == (503, ["0", "1"])
+    answers = {"0": (503, "waiting_for_kafka"), "1": None}
+    status, body = pod_answer(answers, "ready", "not_ready", down=["1"])
+    assert (status, body["failing"], body["workers"]["1"]) == (503, ["0"], "down")
