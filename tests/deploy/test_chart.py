@@ -847,6 +847,10 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),
         ("config.topics.ingestPartitions=0", "/config/topics/ingestPartitions"),
         ("config.dedup.group=two words", "/config/dedup/group"),
+        # Blank: the bridge refuses to start (nothing names its Kafka clients; no token field).
+        ("config.kafka.clientId=", "/config/kafka/clientId"),
+        ("config.kafka.clientId= ", "/config/kafka/clientId"),
+        ("config.websocket.tokenField= ", "/config/websocket/tokenField"),
         ("config.dedup.maxEntries=1000", "additional properties 'maxEntries'"),
         # What the Kubernetes API would refuse only at apply time, or silently replace.
         ("updateStrategy.maxSurge=0", "'/updateStrategy/maxSurge': minimum: got 0, want 1"),

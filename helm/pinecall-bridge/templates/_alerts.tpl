@@ -441,15 +441,24 @@ groups:
       - alert: PinecallBridgeWebhooksUnrouted
         # A webhook URL misconfigured at Pinecall (a wrong path; a proxy turning POST into GET)
         # answers 404/405 to every webhook, which Pinecall never retries: the bridge sees only
-        # silence. Some in every 10 minutes for 30 minutes: a scanner's burst is not steady.
+        # silence. Some in every 10 minutes for 30 minutes: a scanner's burst is not steady. Or,
+        # where webhooks are fewer than one in 10 minutes (each window without one reset the
+        # wait, and every webhook was lost unalerted), some in 3 of the last 8 quarter hours
+        # while no webhook was received (a busy public URL's background scans are not that).
         expr: |
           sum by (namespace) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"not_found|method_not_allowed"}[10m])) > 0
+          or
+          (
+            count_over_time((sum by (namespace) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"not_found|method_not_allowed"}[15m])) > 0)[2h:15m]) >= 3
+            unless on (namespace)
+            sum by (namespace) (increase(pinecall_bridge_events_received_total{channel="webhook"}[2h])) > 0
+          )
         for: 30m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "pinecall-bridge in %s answers requests to no webhook route 404/405" "{{ $labels.namespace }}" | quote }}
-          description: "Requests reached the webhook port at a path or with a method it does not serve (404 not_found, 405 method_not_allowed) in every 10 minutes for 30 minutes. If they are Pinecall's webhooks, its webhook URL or a proxy is misconfigured and every webhook is lost: Pinecall does not retry a 4xx."
+          description: "Requests reached the webhook port at a path or with a method it does not serve (404 not_found, 405 method_not_allowed) steadily (every 10 minutes for 30 minutes, or, none received, in 3 of the last 8 quarter hours for 30 minutes). If they are Pinecall's webhooks, its webhook URL or a proxy is misconfigured and every webhook is lost: Pinecall does not retry a 4xx."
           runbook_url: {{ printf "%s#pinecallbridgewebhooksunrouted" $a.runbookUrl }}
       - alert: PinecallBridgeConnectionsRefused
         # Past BRIDGE_HTTP__MAX_CONNECTIONS a connection is answered 503 unread (or closed): a
