@@ -13,8 +13,11 @@ export KAFKA_PORT
 
 .PHONY: help run demo-headless bridge test venv kafka-up kafka-down kafka-status kafka-cluster-up kafka-cluster-down lint typecheck unit integration clean
 
+# One column for the descriptions, as wide as the longest target's name.
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		'{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+		END { for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", name[i], text[i] }'
 
 # pip's output goes to a log, shown only when the install fails.
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -86,7 +89,7 @@ lint: venv  ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: venv  ## mypy --strict over bridge/ and tests/
+typecheck: venv  ## mypy --strict over bridge/, tests/, bench/ and chaos/
 	$(BIN)/mypy
 
 unit: venv  ## unit tests only (no broker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,21 +19,20 @@ def recipe(target: str, venv: Path, *variables: str) -> str:
     """The commands `make <target> KAFKA_PORT=29999 [VAR=value...]` would run, printed, none run."""
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (venv / "bin" / ".installed").touch()  # newer than pyproject.toml: no install is printed
+    # Continuation lines joined: one command a line.
+    return make("-n", target, "KAFKA_PORT=29999", f"VENV={venv}", *variables).replace("\\\n", " ")
+
+
+def make(*args: str) -> str:
+    """The stdout of `make <args>` in the repository, run as a newcomer's shell would run it."""
     # Run from `make test`, the outer make's flags (-j's jobserver, -s) must not reach this one;
     # nor the caller's own ports, which `?=` would take over the defaults.
     outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "HTTP_PORT", "SIMULATOR_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in outer}
     done = subprocess.run(
-        ["make", "-n", target, "KAFKA_PORT=29999", f"VENV={venv}", *variables],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
+        ["make", *args], cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=30
     )
-    # Continuation lines joined: one command a line.
-    return done.stdout.replace("\\\n", " ")
+    return done.stdout
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,13 @@ def test_the_demo_runs_on_the_ports_given(
     assert lines, commands
     for line in lines:
         assert line.rstrip().endswith(options), line
+
+
+def test_make_help_lists_every_target_once_in_one_column() -> None:
+    shown = make("help")
+    rows = [re.fullmatch(r"  make (\S+) +(\S.*)", line) for line in shown.splitlines()]
+    assert all(rows), shown
+    documented = re.findall(r"^([a-z-]+):.*## ", (REPO / "Makefile").read_text(), re.M)
+    assert [row[1] for row in rows if row] == documented
+    # Every description starts in one column, after the longest target's name too.
+    assert len({row.start(2) for row in rows if row}) == 1, shown

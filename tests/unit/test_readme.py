@@ -1,4 +1,5 @@
 """README.md's module map ("How it works"): every module of bridge/ in it, and only real ones.
+And every relative link and #anchor in the three READMEs leads somewhere.
 
 How a row reads: its first cell names folders (`bridge/x/`) and modules (`bridge/x.py`); a name
 without `bridge/` is relative to the folder of the name before it (`bridge/config.py`,
@@ -12,7 +13,10 @@ with the folder, and the package's own with the table.
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+import pytest
 
 from tests.integration.conftest import REPO
 
@@ -119,3 +123,57 @@ def test_a_module_map_row_reads_as_the_docstring_says() -> None:
     assert listed.lists(PurePosixPath("bridge/sources/calllog/__init__.py"))
     assert not listed.lists(PurePosixPath("bridge/sources/lease.py"))
     assert not listed.lists(PurePosixPath("bridge/sources/calllog/source.py"))
+
+
+READMES = ("README.md", "deploy/README.md", "helm/pinecall-bridge/README.md")
+
+
+def _prose(text: str) -> str:
+    """The text without its fenced code blocks, whose `](` and `#` are not links or headings."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def _anchors(text: str) -> set[str]:
+    """A Markdown file's #anchors: its `<a id>`s, GitHub's for its headings (a repeat: -1, -2)."""
+    anchors = set(re.findall(r'<a (?:id|name)="([^"]+)"', text))
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", _prose(text), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def _broken_links(readme: Path) -> list[str]:
+    """The relative links of a Markdown file whose file, or #anchor in a .md, does not exist."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)(?: \"[^\"]*\")?\)", _prose(readme.read_text())):
+        if re.match(r"[a-z][a-z+.-]*:", target):  # https:, mailto: and the like: not ours
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (readme.parent / unquote(path)).resolve() if path else readme
+        if not linked.exists() or (
+            anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text())
+        ):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_every_relative_link_and_anchor_of_a_readme_exists(name: str) -> None:
+    broken = _broken_links(REPO / name)
+    assert not broken, f"{name} links to what does not exist: {broken}"
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Its Title: `x_y`\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# Top\n## Top\n```sh\n# not a heading](gone.md)\n```\n"
+        "[a](#top) [b](#top-1) [c](other.md#its-title-x_y) [d](https://example.org/x#y)\n"
+        '<a id="here"></a>[i](#here)\n'
+        "[e](#nowhere) [f](gone.md) [g](other.md#top) [h](#not-a-heading)\n"
+    )
+    assert _broken_links(readme) == ["#nowhere", "gone.md", "other.md#top", "#not-a-heading"]
