@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -243,6 +243,19 @@ class _Section(BaseModel):
         return value
 
 
+def _nonblank(why: str) -> Callable[[Any], Any]:
+    """A before-validator: a string loses surrounding whitespace; empty then, it is refused."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError(f"must not be empty: {why}")
+        return value
+
+    return check
+
+
 def _check_topic(name: str) -> str:
     if not _TOPIC_RE.match(name) or name in {".", ".."}:
         raise ValueError(f"{name!r} is not a valid Kafka topic name ([A-Za-z0-9._-], 1-249 chars)")
@@ -299,19 +312,14 @@ class KafkaSettings(_Section):
 
     _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
 
-    @field_validator("client_id", mode="before")
-    @classmethod
-    def _named(cls, name: Any) -> Any:
-        # The brokers' only name for the bridge's clients (their logs, client-id quotas, the
-        # dedup group's member ids): an empty one names nothing and is no default.
-        if isinstance(name, str):
-            name = name.strip()
-            if not name:
-                raise ValueError(
-                    "must not be empty: it names the bridge's Kafka clients to the brokers"
-                    " (logs, client-id quotas); unset it for the default"
-                )
-        return name
+    # The brokers' only name for the bridge's clients (their logs, client-id quotas, the dedup
+    # group's member ids): an empty one names nothing and is no default.
+    _named = field_validator("client_id", mode="before")(
+        _nonblank(
+            "it names the bridge's Kafka clients to the brokers (logs, client-id quotas);"
+            " unset it for the default"
+        )
+    )
 
     @field_validator("sasl_username", "sasl_password", "ssl_key_password", mode="before")
     @classmethod
@@ -876,18 +884,11 @@ class WebSocketSettings(_Section):
 
     _path = field_validator("token_path")(_rooted_path)
 
-    @field_validator("token_field", mode="before")
-    @classmethod
-    def _field_name(cls, name: Any) -> Any:
-        # Looked up as it is in the token answer's JSON: " token" or a blank name is never
-        # there, and every token fetch would fail, retried for ever.
-        if isinstance(name, str):
-            name = name.strip()
-            if not name:
-                raise ValueError(
-                    "must not be empty: it names the token's field in Pinecall's answer (token)"
-                )
-        return name
+    # Looked up as it is in the token answer's JSON: " token" or a blank name is never there,
+    # and every token fetch would fail, retried for ever.
+    _field_name = field_validator("token_field", mode="before")(
+        _nonblank("it names the token's field in Pinecall's answer (token)")
+    )
 
     @model_validator(mode="after")
     def _backlog_takes_a_frame(self) -> WebSocketSettings:

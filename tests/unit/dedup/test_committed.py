@@ -92,17 +92,13 @@ def test_any_other_error_is_raised() -> None:
         read_answer(response((2, 100, 0)), TP)
 
 
-async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
-    offsets = StableOffsets({}, "group")
-    answers: Iterator[Answer | Exception] = iter(
-        [
-            Answer(retry="unstable"),
-            KafkaConnectionError(),
-            Answer(retry="coordinator_moved", relookup=True),
-            Answer(offset=140),
-        ]
-    )
+def answering(
+    monkeypatch: pytest.MonkeyPatch,
+    offsets: StableOffsets,
+    answers: Iterator[Answer | Exception],
+) -> list[int | None]:
+    """Make `offsets` read `answers` in turn (an exception raised); the coordinator each read
+    was sent to (None: looked up again before it), in order."""
     relooked: list[int | None] = []
 
     async def fetch(_: TopicPartition) -> Answer:
@@ -114,6 +110,21 @@ async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.Mo
         return answer
 
     monkeypatch.setattr(offsets, "_fetch", fetch)
+    return relooked
+
+
+async def test_the_stable_read_waits_out_a_pending_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
+    offsets = StableOffsets({}, "group")
+    answers: Iterator[Answer | Exception] = iter(
+        [
+            Answer(retry="unstable"),
+            KafkaConnectionError(),
+            Answer(retry="coordinator_moved", relookup=True),
+            Answer(offset=140),
+        ]
+    )
+    relooked = answering(monkeypatch, offsets, answers)
     assert await offsets.committed(TP) == 140
     # A connection error or a moved coordinator looks the coordinator up again.
     assert relooked == [None, 1, None, None]
@@ -136,15 +147,7 @@ async def test_a_read_retried_says_a_pending_commit_only_when_it_met_one(
     monkeypatch.setattr(module, "_RETRY_SECONDS", 0)
     caplog.set_level(logging.INFO, logger=module.__name__)
     offsets = StableOffsets({}, "group")
-    answers = iter([*retries, Answer(offset=140)])
-
-    async def fetch(_: TopicPartition) -> Answer:
-        answer = next(answers)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(offsets, "_fetch", fetch)
+    answering(monkeypatch, offsets, iter([*retries, Answer(offset=140)]))
     assert await offsets.committed(TP) == 140
     [line] = [r.getMessage() for r in caplog.records]
     assert said in line

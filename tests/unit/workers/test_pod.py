@@ -65,6 +65,18 @@ async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics
         await worker.cleanup()
 
 
+def slow_readyz(seconds: float) -> web.Application:
+    """A worker's app whose /readyz answers only after `seconds`."""
+
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.sleep(seconds)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/readyz", hang)
+    return app
+
+
 async def get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status, await response.text()
@@ -107,20 +119,11 @@ async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> No
 async def test_a_worker_that_does_not_answer_keeps_the_pod_unready(tmp_path: Path) -> None:
     # Stopped or wedged, it still holds its listener and its share of new connections.
     path = tmp_path / "worker-0.sock"
-    released = asyncio.Event()
-
-    async def hang(_: web.Request) -> web.Response:
-        await released.wait()
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/readyz", hang)
-    runner = await serve_on(app, path)
+    runner = await serve_on(slow_readyz(1.0), path)
     view = PodView({"0": path}, timeout=0.2)
     try:
         response = await view.readyz(cast(web.Request, None))
     finally:
-        released.set()
         await view.close()
         await runner.cleanup()
     assert response.status == 503
@@ -164,14 +167,7 @@ async def test_once_every_worker_answers_the_pod_is_ready(
 
 async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path) -> None:
     path = tmp_path / "slow.sock"
-
-    async def hang(_: web.Request) -> web.Response:
-        await asyncio.sleep(1.0)  # past the view's 0.2 s
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_get("/readyz", hang)
-    runner = await serve_on(app, path)
+    runner = await serve_on(slow_readyz(1.0), path)  # past the view's 0.2 s
     view = PodView({"0": path}, timeout=0.2)
     try:
         assert await view.ask("/readyz") == {"0": None}
