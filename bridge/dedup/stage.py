@@ -795,7 +795,10 @@ class DedupStage:
         delay: float = 0.0,
         suspended: tuple[PartitionTask, Kept] | None = None,
     ) -> None:
-        if tp in self._starting:
+        starting = self._starting.get(tp)
+        # The start calling this (its install's mark step lost the partition) is over: skipped,
+        # the partition stayed paused and unowned until the next rebalance.
+        if starting is not None and starting is not asyncio.current_task():
             return
         self._starting[tp] = asyncio.create_task(
             self._start_task(tp, delay, suspended, self._epoch), name=f"dedup-start-{tp.partition}"

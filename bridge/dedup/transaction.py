@@ -219,11 +219,18 @@ class StageProducer:
         await asyncio.shield(attempt)
 
     async def _start_once(self) -> None:
-        """One start of a producer, bounded by the transaction end's timeout."""
+        """One start of a producer (its limits read again first), bounded by the transaction
+        end's timeout."""
         if self._producer is not None:
             return
         options = bootstrapped(self._client, *self._peers()) if self._replacing else self._client
-        await self._relearn_limits(options)
+        # One bound for the whole start, the limits' read too: a step waits for it outside its
+        # deadline, and a frozen broker held that read for aiokafka's request timeouts.
+        deadline = (
+            asyncio.get_running_loop().time() + self._settings.end_transaction_timeout_seconds
+        )
+        async with asyncio.timeout_at(deadline):
+            await self._relearn_limits(options)
         producer = GroupCommitProducer(
             **options,
             transactional_id=self.transactional_id,
@@ -244,7 +251,7 @@ class StageProducer:
         cap_requests(producer, lambda: self._limits.request_bytes)
         watch_throttle(producer, counted(self._metrics, "dedup_producer"))
         try:
-            async with asyncio.timeout(self._settings.end_transaction_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 await start_client(producer, producer.start, producer.stop)
         except REFUSALS as exc:
             # Refused at every retry until an operator acts: said so, with what to change.

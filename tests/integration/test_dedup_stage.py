@@ -14,7 +14,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -27,7 +27,7 @@ from bridge.dedup.committed import StableOffsets
 from bridge.dedup.restore import restore
 from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
 from bridge.dedup.task import PartitionTask
-from bridge.dedup.transaction import StageProducer, TransactionLostError
+from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
 from bridge.groups import GroupMetadata, group_metadata
 from bridge.ingest import record as ingest_record
@@ -600,7 +600,7 @@ async def test_a_rebalance_commits_the_open_transaction_with_the_generation_it_e
     records = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert Counter(ids(records)) == {f"{c}:1": 1 for c in calls}
     for handle in (one, two):
-        for reason in ("fenced", "timeout", "error"):
+        for reason in get_args(LossReason):  # `producer` too: no loss of any kind
             assert (
                 sample(handle.metrics, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
                 == 0

@@ -37,7 +37,7 @@ from bridge.dedup.stage import (
     lag_seconds,
 )
 from bridge.dedup.task import PartitionTask
-from bridge.dedup.transaction import TransactionLostError
+from bridge.dedup.transaction import StageProducer, TransactionLostError
 from bridge.dedup.window import SeenWindow, digest
 from bridge.groups import Claim, GroupMetadata, GrowthWatch, StickyAssignor
 from bridge.groupsession import Session
@@ -1544,6 +1544,31 @@ async def test_a_partition_is_said_owned_only_once_its_start_is_installed(
         [] if declined else [(3, 30)]
     )
     assert (tp(3) in h.stage._tasks) is not declined
+
+
+async def test_a_partition_lost_by_its_own_starts_mark_step_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its relaunch was skipped, its own start still counting as under way: paused and unowned
+    # until the next rebalance. A replacement producer that cannot start loses it so (`producer`).
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    h.stage._running = True
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        task.position, task.unmarked = 30, True  # taken at an offset without the mark
+
+    async def mark(task: PartitionTask, out: StageProducer) -> None:
+        raise TransactionLostError("producer", frozenset({task.tp}))
+
+    monkeypatch.setattr(PartitionTask, "start", start)
+    monkeypatch.setattr(PartitionTask, "mark", mark)
+    read_marked(monkeypatch, h, {tp(3): 30})
+    h.stage._launch(tp(3))
+    first = h.stage._starting[tp(3)]
+    await first
+    assert (h.owned(), h.lost("producer")) == ([], 1)
+    assert h.stage._starting.get(tp(3)) not in (None, first)  # after the usual pause
+    await h.stage._cancel_starts()
 
 
 @pytest.mark.parametrize(

@@ -567,6 +567,24 @@ async def test_starts_meanwhile_share_one_attempt_and_its_failure(
     await out.stop()
 
 
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_replacement_stuck_reading_a_topics_limit_is_bounded_by_its_start_timeout() -> None:
+    # After a size refusal the replacement reads max.message.bytes first. That read was outside
+    # the start's timeout: a frozen broker held a step (under the stage's lock) for aiokafka's
+    # request timeouts, past the bound guard waits for a replacement outside its deadline.
+    limits = TopicLimits(1_048_576)
+    out, _, _ = stage_producer(limits, end_transaction_timeout_seconds=0.2)
+    await out.stop()
+    FakeAdmin.silent = True
+    limits.mark_stale("pinecall.events")
+    with pytest.raises(TransactionLostError) as lost:
+        async with asyncio.timeout(3):
+            await out.guard(out.join(TP), also=frozenset({TP}))
+    assert lost.value.reason == "producer"
+    assert limits.take_stale() == ["pinecall.events"]  # read again at the next start
+    await out.stop()
+
+
 async def test_publish_outside_a_transaction_is_a_loss() -> None:
     out, producer, _ = stage_producer()
     with pytest.raises(TransactionLostError) as lost:
