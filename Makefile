@@ -72,18 +72,18 @@ run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) �
 	@BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
-demo-headless: venv kafka-up  ## the demo without the live view: 50 calls, then a lost/doubled check
+demo-headless: venv  ## the demo without the live view: 50 calls, then a lost/doubled check
 	BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	$(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
+	tools/run-demo.sh $(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
-bridge: venv kafka-up  ## only the bridge, in the foreground, with a dev secret (no simulator)
+bridge: venv  ## only the bridge, in the foreground, with a dev secret (no simulator)
 	@echo "Send a signed event from another terminal:"
 	@echo "  $(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall"
 	@echo "or with curl:"
 	@echo "  $$($(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall --curl)"
 	BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) BRIDGE_LOG__FORMAT=console \
 	BRIDGE_HTTP__PORT=$(HTTP_PORT) BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	exec $(BIN)/pinecall-bridge run
+	tools/run-demo.sh $(BIN)/pinecall-bridge run
 
 lint: venv  ## ruff: lint and format check
 	$(BIN)/ruff check .
@@ -170,5 +170,5 @@ bench-quick: $(BIN)/.bench-installed  ## a ~6 minute smoke run of the benchmarks
 .PHONY: chaos
 CHAOS_ARGS ?=
 
-chaos: venv  ## the fault matrix → docs/reliability.md (~25 min; CHAOS_ARGS="--only broker-stop")
+chaos: venv  ## the fault matrix → docs/reliability.md (about half an hour; CHAOS_ARGS="--only broker-stop")
 	$(BIN)/python -m chaos $(CHAOS_ARGS)

@@ -79,7 +79,8 @@ def _split_csv(value: Any) -> Any:
             # every signature, feed events that match none. Not echoed: it may hold secrets.
             raise ValueError(
                 "is a JSON list: give the items comma-separated, without brackets or quotes"
-                " (e.g. a,b)"
+                " (e.g. a,b; a single item that is itself a JSON list, such as a secret [1],"
+                " with a trailing comma: [1],)"
             )
         return [part.strip() for part in value.split(",") if part.strip()]
     return value

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: the demo, with the local broker started for it and, if this script started it,
-# stopped again afterwards, so Ctrl-C leaves nothing running.
+# `make run`, `demo-headless` and `bridge`: the command, with the local broker started for it and,
+# if this script started it, stopped again afterwards, so the end or Ctrl-C leaves nothing running.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 port="${KAFKA_PORT:-9092}"

@@ -178,6 +178,10 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             return EXIT_CANNOT_LISTEN
         recent = RecentEvents(settings, [settings.topics.events, settings.topics.alerts])
         tasks: list[asyncio.Task[Any]] = []
+        if options.headless:
+            # Held until the bridge has stopped: its stop says what its log thinning held back
+            # (a start's group-join retries), which otherwise came after the verdict.
+            console.begin_capture()
         try:
             await _wait_ready(bridge, stop, console)
             url = f"http://127.0.0.1:{bridge.port}{settings.webhook.path}"
@@ -206,7 +210,12 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             try:
                 await recent.stop()
             finally:
-                await bridge.stop()
+                try:
+                    await bridge.stop()
+                finally:
+                    if options.headless:
+                        console.file.write(console.end_capture())
+                        console.file.flush()
 
 
 def _cannot_listen(what: str, where: str, moved_by: str, error: OSError) -> str:

@@ -1305,7 +1305,8 @@ def test_a_json_list_for_a_comma_separated_setting_is_refused_unechoed(
     setenv(monkeypatch, {name: ' ["s3cr3t-one", "s3cr3t-two"]'})
     assert problems() == [
         f"{name}: is a JSON list: give the items comma-separated, without brackets or quotes"
-        " (e.g. a,b)"
+        " (e.g. a,b; a single item that is itself a JSON list, such as a secret [1],"
+        " with a trailing comma: [1],)"
     ]
 
 
@@ -1314,6 +1315,15 @@ def test_a_comma_separated_item_may_start_with_a_bracket(monkeypatch: pytest.Mon
     setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "[abc, def]"})
     secrets = [s.get_secret_value() for s in load_settings().webhook.secrets]
     assert secrets == ["[abc", "def]"]
+
+
+def test_a_secret_that_is_a_json_list_is_given_with_a_trailing_comma(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The way round the JSON-list refusal that its message and the README give.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "[1234567890123456],"})
+    secrets = [s.get_secret_value() for s in load_settings().webhook.secrets]
+    assert secrets == ["[1234567890123456]"]
 
 
 @pytest.mark.parametrize(

@@ -82,3 +82,34 @@ def test_make_help_lists_every_target_once_in_one_column() -> None:
     assert [row[1] for row in rows if row] == documented
     # Every description starts in one column, after the longest target's name too.
     assert len({row.start(2) for row in rows if row}) == 1, shown
+
+
+@pytest.mark.parametrize(
+    ("target", "client"),
+    [
+        ("run", "pinecall-bridge demo"),
+        ("demo-headless", "pinecall-bridge demo --headless"),
+        ("bridge", "pinecall-bridge run"),
+    ],
+)
+def test_a_demo_target_stops_the_broker_it_started(
+    target: str, client: str, tmp_path: Path
+) -> None:
+    # `demo-headless` and `bridge` started the broker as a prerequisite and left it running:
+    # tools/run-demo.sh starts it and stops it again only when it was not running before.
+    commands = recipe(target, tmp_path / "venv")
+    assert "kafka.sh up" not in commands, commands
+    lines = [line for line in commands.splitlines() if client in line]
+    assert lines, commands
+    assert all("tools/run-demo.sh " in line for line in lines), lines
+
+
+def test_make_help_and_the_readme_give_make_chaos_one_duration() -> None:
+    # The help said ~25 min while the README said ~28 min.
+    help_row = next(line for line in make("help").splitlines() if "make chaos " in line)
+    readme_row = next(
+        line for line in (REPO / "README.md").read_text().splitlines() if "| `make chaos` |" in line
+    )
+    duration = re.search(r"\((~?[^;)]*(?:min|hour)[^;)]*);", help_row)
+    assert duration is not None, help_row
+    assert f"on demand, {duration[1]}," in readme_row, (duration[1], readme_row)

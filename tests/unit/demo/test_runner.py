@@ -351,3 +351,65 @@ async def test_a_null_header_is_read_past_not_the_end_of_the_reader() -> None:
     assert recent.read == 1
     assert recent.ids == Counter({"CA1:1": 1})
     assert len(recent.lines) == 1
+
+
+class StopLoggingBridge:
+    """A bridge, ready at once, whose stop writes a line where the demo's output goes: as the
+    real one's stop logs what its log thinning held back (a start's group-join retries)."""
+
+    def __init__(self, settings: Any, out: io.StringIO) -> None:
+        self.settings = settings
+        self.port = 29998
+        self.readiness = SimpleNamespace(ready=lambda: True)
+        self._out = out
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self._out.write("WARNING held back: 2 more like this\n")
+
+
+class IdleRecent:
+    """The demo's consumer, reading nothing."""
+
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_the_headless_verdict_is_the_last_thing_printed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The bridge's stop said its held-back warnings after the verdict, which then scrolled away.
+    without_bridge_variables(monkeypatch, tmp_path)
+    out = io.StringIO()
+
+    async def verdict(*_: Any) -> int:
+        cast(Console, _[-1]).print("lost 0, doubled 0, unexpected 0")
+        return 0
+
+    async def played(*_: Any) -> int:
+        return 1
+
+    # Not the test process's own logging: the stop's line stands for what it would print.
+    monkeypatch.setattr("bridge.logsetup.configure", lambda *_: None)
+    monkeypatch.setattr(runner, "Bridge", lambda settings: StopLoggingBridge(settings, out))
+    monkeypatch.setattr(runner, "RecentEvents", IdleRecent)
+    monkeypatch.setattr(runner, "_traffic", played)
+    monkeypatch.setattr(runner, "_headless", verdict)
+    options = runner.DemoOptions(http_port=29998, simulator_port=0, headless=True)
+    code = await runner.run_demo(options, Console(file=out, width=200))
+    assert code == 0
+    assert out.getvalue().splitlines() == [
+        "WARNING held back: 2 more like this",
+        "lost 0, doubled 0, unexpected 0",
+    ]
