@@ -15,7 +15,7 @@ from bridge.metrics import CONTENT_TYPE
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.webhook import json_response
 from bridge.workers.merge import merge
-from bridge.workers.probes import DOWN, UNREACHABLE, Answer, pod_answer
+from bridge.workers.probes import DOWN, STARTING, UNREACHABLE, Answer, pod_answer
 
 # A worker this slow counts as unreachable. Every worker is asked at once, so a probe's answer
 # takes this long at most: the chart's probes wait 2 s, and refuse less with worker processes.
@@ -45,6 +45,8 @@ class PodView:
         self._serving = None if serving is None else set(serving)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # The workers that have answered this view: a socket of theirs gone since means an exit.
+        self._seen: set[str] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -63,11 +65,14 @@ class PodView:
         return session
 
     async def _get(self, worker: str, path: str) -> tuple[int, bytes] | str:
-        """`worker`'s answer to GET `path`, or UNREACHABLE, or DOWN (no process at its socket)."""
+        """`worker`'s answer to GET `path`, or UNREACHABLE, DOWN (no process at its socket) or
+        STARTING (no socket yet)."""
         cap = MAX_METRICS_BYTES if path == "/metrics" else MAX_PROBE_BYTES
         try:
             async with self._session(worker).get(f"http://worker-{worker}{path}") as response:
-                return response.status, await read_capped(response, cap)
+                answer = response.status, await read_capped(response, cap)
+                self._seen.add(worker)
+                return answer
         except BodyTooLargeError as exc:
             # Counted as unreachable: in the probe's answer, and in workers_unreachable.
             log.error(
@@ -76,9 +81,13 @@ class PodView:
             )
             return UNREACHABLE
         except aiohttp.ClientConnectorError as exc:
-            # Refused or absent: the process exited (a wedged one's socket still accepts).
-            if isinstance(exc.os_error, ConnectionRefusedError | FileNotFoundError):
+            # Refused: the process exited (a wedged one's socket still accepts). Absent: removed at
+            # its exit, or not made yet at the pod's start: a worker not yet serving would bind
+            # the port (its share of webhooks refused until Kafka is connected) once ready here.
+            if isinstance(exc.os_error, ConnectionRefusedError):
                 return DOWN
+            if isinstance(exc.os_error, FileNotFoundError):
+                return DOWN if worker in self._seen else STARTING
             return UNREACHABLE
         except (aiohttp.ClientError, TimeoutError, OSError):
             return UNREACHABLE
@@ -105,6 +114,7 @@ class PodView:
     ) -> web.Response:
         answers: dict[str, Answer] = {}
         down: list[str] = []
+        starting: list[str] = []
         for worker, answer in (await self._ask(path)).items():
             if isinstance(answer, tuple):
                 answers[worker] = answer[0], _status(answer[1])
@@ -112,7 +122,9 @@ class PodView:
                 answers[worker] = None
             if answer == DOWN and excuse_down:
                 down.append(worker)
-        status, body = pod_answer(answers, ok, not_ok, counted, down=down)
+            if answer == STARTING and excuse_down:
+                starting.append(worker)
+        status, body = pod_answer(answers, ok, not_ok, counted, down=down, starting=starting)
         return json_response(body, status=status)
 
     async def healthz(self, _: web.Request) -> web.Response:
@@ -120,7 +132,8 @@ class PodView:
         return await self._probe("/healthz", "alive", "not_alive")
 
     async def readyz(self, _: web.Request) -> web.Response:
-        """Ready while every serving worker with a process is ready, and one at least is."""
+        """Ready while every serving worker with a process is ready, and one at least is: one
+        not started yet (no socket, never answered) is not excused."""
         # A worker down holds no listener: the others take every new connection meanwhile. If
         # it stays down, the parent's restart budget runs out and it stops the pod (all 503).
         return await self._probe("/readyz", "ready", "not_ready", self._serving, excuse_down=True)

@@ -4,7 +4,8 @@ Only the workers serving the port count for /readyz: a dedup stage of its own (d
 restart, say) does not stop webhooks being taken, as a single process's stage never does. Nor
 does a serving worker that is down (its process exited, its listener with it: the kernel hands
 new connections only to the others) while another is ready; one that answers no longer, or
-answers 503, still holds its listener and its share of connections, so it does.
+answers 503, still holds its listener and its share of connections, so it does. Nor does one
+that has not started yet, which will take its share before it is ready.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ Answer = tuple[int, str] | None
 UNREACHABLE = "unreachable"
 # No process behind a worker's socket (refused, or never created): it exited, to be restarted.
 DOWN = "down"
+# No socket from a worker never seen answering: at the pod's start, one still starting.
+STARTING = "starting"
 
 
 def pod_answer(
@@ -26,14 +29,16 @@ def pod_answer(
     counted: Collection[str] | None = None,
     *,
     down: Collection[str] = (),
+    starting: Collection[str] = (),
 ) -> tuple[int, dict[str, Any]]:
     """200 and `ok` when every worker answered 200; else 503, `not_ok` and the failing workers.
 
     `counted`: the workers that decide (all by default); the others' states are shown only.
     `down`: workers with no process (no answer in `answers`), excused while a counted one is ok.
+    `starting`: workers with no answer yet, shown as such (never excused).
     """
     workers = {
-        worker: answer[1] if answer else DOWN if worker in down else UNREACHABLE
+        worker: answer[1] if answer else _missing(worker, down, starting)
         for worker, answer in answers.items()
     }
     deciding = [worker for worker in answers if counted is None or worker in counted]
@@ -41,6 +46,11 @@ def pod_answer(
     if not failing and any(worker not in down for worker in deciding):
         return 200, {"status": ok, "workers": workers}
     return 503, {"status": not_ok, "failing": failing or deciding, "workers": workers}
+
+
+def _missing(worker: str, down: Collection[str], starting: Collection[str]) -> str:
+    """What a worker without an answer is shown as."""
+    return DOWN if worker in down else STARTING if worker in starting else UNREACHABLE
 
 
 def _fine(answer: Answer) -> bool:

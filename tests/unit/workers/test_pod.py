@@ -82,11 +82,32 @@ async def get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+async def test_a_worker_not_started_yet_keeps_the_pod_unready(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    # The pod's start: worker 1 has no socket yet. Ready on worker 0 alone, the pod would get
+    # webhooks that worker 1 takes (its share of the port) as soon as it binds, before it is ready.
+    url, _, _, _ = pod_app
+    status, body = await get(url + "/readyz")
+    assert (status, body) == (
+        503,
+        '{"status":"not_ready","failing":["1"],"workers":{"0":"ready","1":"starting"}}',
+    )
+
+
 async def test_a_worker_down_leaves_readiness_to_the_others_and_fails_liveness(
     pod_app: tuple[str, Readiness, Metrics, Path],
 ) -> None:
     # Worker 1 exited (being restarted): no listener of its own, so worker 0 takes every webhook.
-    url, readiness, _, _ = pod_app
+    url, readiness, _, missing = pod_app
+    other = Metrics()
+    other_ready = Readiness(other, lambda: True)
+    other_ready.started = True
+    worker = await serve_worker(missing, other, other_ready)
+    try:
+        assert (await get(url + "/readyz"))[0] == 200
+    finally:
+        await worker.cleanup()  # its socket file removed, as at a worker's own exit
     status, body = await get(url + "/readyz")
     assert (status, body) == (200, '{"status":"ready","workers":{"0":"ready","1":"down"}}')
     status, body = await get(url + "/healthz")
@@ -110,9 +131,9 @@ async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> No
         response = await view.readyz(cast(web.Request, None))
     finally:
         await view.close()
-    assert response.status == 503  # every serving worker down
+    assert response.status == 503  # worker 0 down, worker 1 not started: none ready
     assert response.text == (
-        '{"status":"not_ready","failing":["0","1"],"workers":{"0":"down","1":"down"}}'
+        '{"status":"not_ready","failing":["1"],"workers":{"0":"down","1":"starting"}}'
     )
 
 
@@ -208,7 +229,7 @@ async def test_every_worker_is_asked_at_once(tmp_path: Path) -> None:
 async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_others(
     tmp_path: Path,
 ) -> None:
-    # Worker 1 is the dedup stage's own process, down: webhooks are still taken by worker 0.
+    # Worker 1 is the dedup stage's own process, not up: webhooks are still taken by worker 0.
     metrics = Metrics()
     readiness = Readiness(metrics, lambda: True)
     readiness.started = True
@@ -225,7 +246,7 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
         status, body = await get(url + "/readyz")
         assert (status, body) == (
             200,
-            '{"status":"ready","workers":{"0":"ready","1":"down"}}',
+            '{"status":"ready","workers":{"0":"ready","1":"starting"}}',
         )
         status, body = await get(url + "/healthz")  # liveness still asks every worker
         assert status == 503

@@ -57,3 +57,9 @@ def test_a_worker_down_is_not_excused_when_none_other_is_ready() -> None:
     answers = {"0": (503, "waiting_for_kafka"), "1": None}
     status, body = pod_answer(answers, "ready", "not_ready", down=["1"])
     assert (status, body["failing"], body["workers"]["1"]) == (503, ["0"], "down")
+
+
+def test_a_worker_starting_is_shown_and_not_excused() -> None:
+    answers = {"0": (200, "ready"), "1": None}
+    status, body = pod_answer(answers, "ready", "not_ready", down=(), starting=["1"])
+    assert (status, body["failing"], body["workers"]["1"]) == (503, ["1"], "starting")
