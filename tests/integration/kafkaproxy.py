@@ -9,6 +9,11 @@ refuses every new connection for a while, so the client cannot ask again. Armed 
 `request_too`, it swallows the request itself on a silent connection: the client cannot tell
 that from a lost answer, but the coordinator never saw the commit.
 
+Separately, `hold_init()` keeps every producer from starting until `release_init()`: each
+InitProducerId is answered by the proxy itself with a retriable error (CONCURRENT_TRANSACTIONS, as
+a coordinator that cannot write the abort markers answers), which aiokafka retries after its
+backoff; none reaches the broker, so none bumps the producer epoch late.
+
 The broker must advertise the proxy's port (an overlay of kafka.sh's listeners, as
 chaos/scenarios/network.py does), or clients leave it after their bootstrap.
 """
@@ -23,6 +28,10 @@ import time
 from dataclasses import dataclass
 
 END_TXN = 26
+INIT_PRODUCER_ID = 22
+CONCURRENT_TRANSACTIONS = 51
+# InitProducerId's versions before 2 answer in header v0 and a non-flexible body (aiokafka: v0).
+_FLEXIBLE_INIT_PRODUCER_ID = 2
 # EndTxn's versions before 3 use header v1 and a non-flexible body (aiokafka 0.14 sends v0).
 _FLEXIBLE_END_TXN = 3
 
@@ -60,13 +69,24 @@ def end_txn_error(response: bytes) -> int:
     return error_code
 
 
+def init_producer_id_refusal(frame: bytes, error_code: int) -> bytes | None:
+    """For an InitProducerId v0-v1 request `frame`, an answer refusing it with `error_code` (no
+    producer id, epoch -1); None for any other request. Pure."""
+    api_key, version, correlation_id = struct.unpack_from(">hhi", frame)
+    if api_key != INIT_PRODUCER_ID or version >= _FLEXIBLE_INIT_PRODUCER_ID:
+        return None
+    # correlation_id, throttle_time_ms, error_code, producer_id, producer_epoch
+    return struct.pack(">iihqh", correlation_id, 0, error_code, -1, -1)
+
+
 def correlation_of(response: bytes) -> int:
     correlation_id: int = struct.unpack_from(">i", response)[0]
     return correlation_id
 
 
 class CommitAnswerCut:
-    """The proxy; `arm()` it for one commit, `cut` is set once that commit's answer is dropped."""
+    """The proxy; `arm()` it for one commit, `cut` is set once that commit's answer is dropped;
+    `hold_init()` refuses every InitProducerId until `release_init()`."""
 
     def __init__(self, port: int = 0) -> None:
         self._want_port = port
@@ -76,6 +96,8 @@ class CommitAnswerCut:
         self.dropped_errors: list[int] = []  # and the error code each answer carried
         self.cut = asyncio.Event()
         self.refused = 0  # connections refused after the cut
+        self.inits_refused = 0  # InitProducerId requests answered with an error, not forwarded
+        self._init_error: int | None = None
         self._armed = False
         self._hold = False
         self._request_too = False
@@ -109,6 +131,14 @@ class CommitAnswerCut:
         self._request_too = request_too
         self._armed = True
 
+    def hold_init(self, error_code: int = CONCURRENT_TRANSACTIONS) -> None:
+        """Answer every InitProducerId with the retriable `error_code` until `release_init()`."""
+        self._init_error = error_code
+
+    def release_init(self) -> None:
+        """Forward InitProducerId requests again: the next retry of each reaches the broker."""
+        self._init_error = None
+
     def heal(self) -> None:
         """Accept connections again at once."""
         self._refuse_until = 0.0
@@ -141,9 +171,14 @@ class CommitAnswerCut:
             # Correlation ids of this connection's EndTxn(COMMIT) whose answers are dropped.
             doomed: dict[int, EndTxn] = {}
             silent = asyncio.Event()  # held: nothing forwarded either way any more
+            waiting = _Waiting()
             pumps = [
-                asyncio.create_task(self._requests(reader, up_writer, doomed, silent)),
-                asyncio.create_task(self._responses(up_reader, writer, up_writer, doomed, silent)),
+                asyncio.create_task(
+                    self._requests(reader, up_writer, doomed, silent, writer, waiting)
+                ),
+                asyncio.create_task(
+                    self._responses(up_reader, writer, up_writer, doomed, silent, waiting)
+                ),
             ]
             try:
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -152,6 +187,10 @@ class CommitAnswerCut:
                     pump.cancel()
                 await asyncio.gather(*pumps, return_exceptions=True)
         except OSError:
+            pass
+        except asyncio.CancelledError:
+            # Only stop() cancels a connection: its end, not a failure. The server reads each
+            # connection's outcome and logged a cancelled one as an ERROR ("Exception in callback").
             pass
         finally:
             for w in (writer, up_writer):
@@ -166,11 +205,26 @@ class CommitAnswerCut:
         out: asyncio.StreamWriter,
         doomed: dict[int, EndTxn],
         silent: asyncio.Event,
+        client: asyncio.StreamWriter,
+        waiting: _Waiting,
     ) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, OSError):
             while True:
                 frame = await _frame(reader)
                 if silent.is_set():
+                    continue
+                refusal = (
+                    None
+                    if self._init_error is None
+                    else init_producer_id_refusal(frame, self._init_error)
+                )
+                if refusal is not None:
+                    # Answers come in request order: this one only once the broker has answered
+                    # every request before it (this pump forwards nothing meanwhile).
+                    await waiting.none.wait()
+                    self.inits_refused += 1
+                    client.write(struct.pack(">i", len(refusal)) + refusal)
+                    await client.drain()
                     continue
                 end_txn = parse_end_txn(frame)
                 if end_txn is not None:
@@ -184,6 +238,7 @@ class CommitAnswerCut:
                             self.cut.set()
                             continue
                         doomed[end_txn.correlation_id] = end_txn
+                waiting.sent()
                 out.write(struct.pack(">i", len(frame)) + frame)
                 await out.drain()
 
@@ -194,10 +249,12 @@ class CommitAnswerCut:
         upstream: asyncio.StreamWriter,
         doomed: dict[int, EndTxn],
         silent: asyncio.Event,
+        waiting: _Waiting,
     ) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, OSError):
             while True:
                 frame = await _frame(reader)
+                waiting.answered()
                 if silent.is_set():
                     continue
                 lost = doomed.get(correlation_of(frame))
@@ -216,6 +273,25 @@ class CommitAnswerCut:
                     return
                 out.write(struct.pack(">i", len(frame)) + frame)
                 await out.drain()
+
+
+class _Waiting:
+    """A connection's requests forwarded to the broker and not answered yet (every request the
+    bridge sends is answered: its producers use acks=all)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.none = asyncio.Event()
+        self.none.set()
+
+    def sent(self) -> None:
+        self.count += 1
+        self.none.clear()
+
+    def answered(self) -> None:
+        self.count = max(self.count - 1, 0)
+        if self.count == 0:
+            self.none.set()
 
 
 async def _frame(reader: asyncio.StreamReader) -> bytes:

@@ -7,7 +7,9 @@ restarting its partitions, or another process taking over, with the same transac
 not, must all leave every acknowledged event once in the output, and nothing an uncommitted
 reader would see besides. For contrast, the request itself lost: the bridge cannot tell the two
 apart, the coordinator aborts it, and only its records are there for an uncommitted reader.
-The checker reads the broker directly, over a listener the proxy is not on."""
+With every InitProducerId refused besides, the failed producer cannot be replaced: the partitions
+still owned are lost at once, as `producer`. The checker reads the broker directly, over a
+listener the proxy is not on."""
 
 from __future__ import annotations
 
@@ -353,3 +355,89 @@ async def test_sigterm_with_a_commit_unanswered_stops_in_time_and_the_successor_
         for r in (first, second):
             if r.alive:
                 await r.stop()
+
+
+def losses(caplog: pytest.LogCaptureFixture) -> list[tuple[int, Any, Any]]:
+    """Each 'dedup partition lost' line so far: its level, reason and partitions."""
+    return [
+        (r.levelno, getattr(r, "reason", None), getattr(r, "partitions", None))
+        for r in caplog.records
+        if r.getMessage().startswith("dedup partition lost")
+    ]
+
+
+async def test_a_producer_that_cannot_be_replaced_loses_every_owned_partition_at_once(
+    proxy: CommitAnswerCut,
+    behind_proxy: BehindProxy,
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit of partition 0's only, unanswered, costs it (`timeout`) and the producer; every
+    InitProducerId refused meanwhile, the replacement cannot start, and partitions 1 and 2, owned
+    and fed a trickle, are lost together on that one start's failure: one ERROR, `producer`."""
+    handle = await start_bridge(
+        bootstrap=proxy.address, dedup={"end_transaction_timeout_seconds": END_TXN_TIMEOUT}
+    )
+    before = batch(topics, 1)
+    first, *others = before  # the calls on partitions 0, 1 and 2
+    await deliver(handle.session, lambda: handle.url, before)
+    await until_decided(behind_proxy.direct, topics)  # every partition owned, the producer up
+    m = handle.metrics
+
+    def lost(reason: str) -> float:
+        return sample(m, "pinecall_bridge_dedup_partitions_lost_total", reason=reason)
+
+    during = {first: [entry(1 + SEQS, call=first)]}
+    trickle: dict[str, list[Any]] = {call: [] for call in others}
+
+    async def feed(stop: asyncio.Event) -> None:
+        """The other partitions' events, one each every 0.2 s, until `stop` (each acknowledged)."""
+        seq = 1 + SEQS
+        while not stop.is_set():
+            for call in others:
+                trickle[call].append(entry(seq, call=call))
+            await deliver(
+                handle.session, lambda: handle.url, {c: [e[-1]] for c, e in trickle.items()}
+            )
+            seq += 1
+            await asyncio.sleep(0.2)
+
+    proxy.arm(hold=True)  # the coordinator commits; the bridge never hears it did
+    proxy.hold_init()
+    with caplog.at_level(logging.WARNING, logger="bridge.dedup"):
+        await deliver(handle.session, lambda: handle.url, during)
+        await asyncio.wait_for(proxy.cut.wait(), 30)
+        # Only now: a record of theirs in the unanswered transaction would lose them with it.
+        stop = asyncio.Event()
+        feeding = asyncio.create_task(feed(stop))
+        try:
+            await until(
+                lambda: lost("producer") >= 1,
+                20,
+                0.05,
+                lambda: f"a loss to the producer; lost instead: {losses(caplog)}",
+            )
+            await asyncio.sleep(END_TXN_TIMEOUT)  # held past another start's bound too
+        finally:
+            stop.set()
+            await feeding
+        assert proxy.inits_refused >= 1, "no replacement producer asked for its id"
+        proxy.release_init()
+        after = batch(topics, 1000)
+        await deliver(handle.session, lambda: handle.url, after)
+        await assert_once(behind_proxy.direct, topics, ids_of(before, during, trickle, after))
+
+    # The commit's partition alone to its timeout; the others at once, on the start's failure.
+    lines = losses(caplog)
+    assert lines == [(logging.ERROR, "timeout", [0]), (logging.ERROR, "producer", [1, 2])], lines
+    assert {r: lost(r) for r in get_args(LossReason)} == {
+        "fenced": 0,
+        "timeout": 1,
+        "error": 0,
+        "producer": 2,
+    }
+    # One start, shared, bounded by its own timeout: not each partition's step deadline in turn.
+    said = [r for r in caplog.records if r.getMessage().startswith("dedup partition lost")]
+    gap = said[1].created - said[0].created
+    assert gap < 2 * END_TXN_TIMEOUT, f"the producer's loss came {gap:.1f} s after the commit's"
