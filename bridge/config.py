@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -58,6 +59,10 @@ _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 # BRIDGE_HTTP__WORKERS: more than a pod would be given cores for is a typo.
 MAX_WORKERS = 64
+# BRIDGE_HTTP__WORKER_SILENCE_SECONDS: the supervisor asks each worker once a second, waiting up to
+# 1 s, so a shorter bound would kill a worker for one late answer; an hour is as good as off.
+MIN_WORKER_SILENCE_SECONDS = 3
+MAX_WORKER_SILENCE_SECONDS = 3600
 # A shorter webhook secret could be guessed online: nothing limits how often a bad signature is
 # answered 401. Only warned of: local testing and the simulator use short ones.
 MIN_WEBHOOK_SECRET_CHARS = 16
@@ -476,6 +481,9 @@ class HttpSettings(_Section):
     # full webhook port fails neither the kubelet's probes nor Prometheus' scrapes. Unset: off
     # (one port, as before; a new listener is opt-in). 0: any free port (tests).
     admin_port: int | None = Field(default=None, ge=0, le=65535)
+    # With worker processes: one answering no probe this long is killed and restarted
+    # (bridge/workers/parent.py); 0: never (left to the orchestrator's liveness probe).
+    worker_silence_seconds: float = Field(default=15.0, ge=0, le=MAX_WORKER_SILENCE_SECONDS)
 
     @field_validator("host")
     @classmethod
@@ -495,6 +503,26 @@ class HttpSettings(_Section):
                 f"must be 0 (one per CPU available to the process) or 1 to {MAX_WORKERS}"
             )
         return workers
+
+    @field_validator("worker_silence_seconds", mode="wrap")
+    @classmethod
+    def _silence_off_or_in_range(cls, seconds: Any, handler: ValidatorFunctionWrapHandler) -> float:
+        # One message for every value out of range, the gap below the least bound included (not
+        # a number, or not finite, is refused as any float setting is).
+        lowest, highest = MIN_WORKER_SILENCE_SECONDS, MAX_WORKER_SILENCE_SECONDS
+        problem = (
+            f"must be 0 (off: a silent worker is left to the liveness probe) or"
+            f" {lowest:g} to {highest:g} seconds"
+        )
+        try:
+            value = float(handler(seconds))
+        except ValidationError as error:
+            if {e["type"] for e in error.errors()} <= {"greater_than_equal", "less_than_equal"}:
+                raise ValueError(problem) from error
+            raise
+        if 0 < value < lowest:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _workers_share_a_fixed_port(self) -> HttpSettings:

@@ -5,8 +5,9 @@ worker (to a dedup process once the others have exited, with what is left of the
 period: the deadline is shared through the runtime directory), each drains as a single process
 does, and the parent exits 0 once all have stopped cleanly; workers still running
 `GRACE_MARGIN_SECONDS` after the grace period are killed. A worker exiting on its own is
-restarted after a pause, and so is one killed for answering no probe for `SILENT_SECONDS`
-(stopped, or its event loop wedged); too many such exits (budget.py) stop the pod with exit code 1.
+restarted after a pause, and so is one killed for answering no probe for `silent` seconds
+(BRIDGE_HTTP__WORKER_SILENCE_SECONDS: stopped, or its event loop wedged; 0: never killed); too
+many such exits (budget.py) stop the pod with exit code 1.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ GRACE_MARGIN_SECONDS = SUPERVISOR_MARGIN_SECONDS
 _CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
 # A worker answering no probe on its unix socket this long (from its spawn) is killed, then
 # restarted: stopped (SIGSTOP) or its loop wedged, it would never exit. Under the chart's liveness
-# probe (3 failures 10 s apart), so one worker restarts before the whole pod does.
+# probe (3 failures 10 s apart), so one worker restarts before the whole pod does. The default of
+# BRIDGE_HTTP__WORKER_SILENCE_SECONDS; 0: no watchdog.
 SILENT_SECONDS = 15.0
 PROBE_EVERY_SECONDS = 1.0
 # sun_path holds 108 bytes on Linux, its terminating NUL included.
@@ -113,9 +115,12 @@ class Parent:
             },
         )
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
-        watchdog = asyncio.create_task(self._watch(), name="watchdog")
+        # Off (0): a silent worker is left to the orchestrator's liveness probe, or to whoever
+        # stopped it (a SIGSTOP for a debugger, a game day) to resume it.
+        watchdog = asyncio.create_task(self._watch(), name="watchdog") if self._silent else None
         await self._stop.wait()
-        await cancel_and_wait(watchdog)
+        if watchdog is not None:
+            await cancel_and_wait(watchdog)
         deadline = loop.time() + self._grace + self._margin
         last = self._last_to_stop()
         if last:
@@ -335,6 +340,7 @@ def run_parent(settings: Settings, count: int) -> int:
             runtime_dir,
             settings.shutdown.grace_seconds,
             dedup_process=settings.dedup.own_process,
+            silent=settings.http.worker_silence_seconds,
         )
         return asyncio.run(parent.run())
     finally:

@@ -122,11 +122,12 @@ async def gameday(
     (workdir / "rules.yaml").write_text(rules(values))
     port = free_port()
     env = {f"BRIDGE_KAFKA__{key.upper()}": str(value) for key, value in KAFKA.items()}
+    # No watchdog: it would kill and restart the SIGSTOPped dedup process after its 15 s, racing
+    # the alerts a hung stage must fire (and the test's SIGCONT).
+    split_env = {"BRIDGE_DEDUP__OWN_PROCESS": "true", "BRIDGE_HTTP__WORKER_SILENCE_SECONDS": "0"}
     split = Replica(
         "split",
-        replica_env(
-            broker.bootstrap, Topics.fresh("split"), port, BRIDGE_DEDUP__OWN_PROCESS="true", **env
-        ),
+        replica_env(broker.bootstrap, Topics.fresh("split"), port, **split_env, **env),
         workdir / "split.log",
         port,
     )

@@ -752,6 +752,22 @@ def test_workers_default_to_one_and_are_bounded(monkeypatch: pytest.MonkeyPatch)
         ]
 
 
+def test_the_worker_silence_bound_defaults_to_15_s_and_0_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    assert load_settings().http.worker_silence_seconds == 15
+    for good, value in (("0", 0), ("3", 3), ("2.5e1", 25), ("3600", 3600)):
+        monkeypatch.setenv("BRIDGE_HTTP__WORKER_SILENCE_SECONDS", good)
+        assert load_settings().http.worker_silence_seconds == value
+    for bad in ("-1", "2.9", "3601"):
+        monkeypatch.setenv("BRIDGE_HTTP__WORKER_SILENCE_SECONDS", bad)
+        assert problems() == [
+            "BRIDGE_HTTP__WORKER_SILENCE_SECONDS: must be 0 (off: a silent worker is left to"
+            " the liveness probe) or 3 to 3600 seconds"
+        ], bad
+
+
 def test_several_workers_need_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
     monkeypatch.setenv("BRIDGE_HTTP__PORT", "0")

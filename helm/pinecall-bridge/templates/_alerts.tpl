@@ -663,7 +663,8 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgepodnotready" $a.runbookUrl }}
       - alert: PinecallBridgeWorkerUnreachable
         # A worker process that answers no scrape has no series at all: every other alert is
-        # blind to it (min of ready sees only the workers that answered).
+        # blind to it (min of ready sees only the workers that answered). One silent to its
+        # supervisor too is restarted after config.http.workerSilenceSeconds (unless 0).
         expr: |
           max by (namespace, pod) (pinecall_bridge_workers_unreachable) > 0
         for: 5m
@@ -671,7 +672,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "%s worker processes of pod %s answer no scrape" "{{ $value }}" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "For 5 minutes %s of the worker processes of %s/%s have not answered the pod's scrape in time: hung (a blocked event loop) or overloaded. Their metrics are missing, so other alerts cannot see them; if one serves the port, the pod's /readyz is 503." "{{ $value }}" "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "For 5 minutes %s of the worker processes of %s/%s have not answered the pod's scrape in time: overloaded (answering the supervisor's probes, not /metrics within 1 s), or hung with config.http.workerSilenceSeconds 0 or longer than that (else the supervisor kills and restarts a worker silent that long). Their metrics are missing, so other alerts cannot see them; one serving the port that answers nothing keeps the pod's /readyz at 503." "{{ $value }}" "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeworkerunreachable" $a.runbookUrl }}
       - alert: PinecallBridgeTargetDown
         # A crash-looping pod reports nothing itself: Prometheus' own view.

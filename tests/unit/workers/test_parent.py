@@ -156,6 +156,26 @@ async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
     assert code == 0
 
 
+async def test_a_silence_bound_of_0_kills_no_silent_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "run" stand-ins answer no probe: with any bound they would be killed within one probe.
+    supervisor, started = parent(tmp_path, "run", silent=0.0, probe_every=0.05)
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        running = asyncio.create_task(supervisor.run())
+        try:
+            roles = await until_started(started, 2)
+            await asyncio.sleep(1.0)
+        finally:
+            supervisor.stop(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                code = await running
+    assert len(starts(started)) == 2, starts(started)
+    assert not [r for r in caplog.records if r.msg.startswith("worker answered no probe")]
+    assert all(process_gone(r["pid"]) for r in roles)
+    assert code == 0
+
+
 # A terminal's hangup: bash sends SIGHUP to its jobs, then the kernel to the foreground group.
 # systemd's SendSIGHUP=yes: SIGHUP right after its SIGTERM.
 @pytest.mark.parametrize("first", [signal.SIGHUP, signal.SIGTERM])
@@ -341,3 +361,23 @@ def test_an_admin_port_another_process_listens_on_is_refused_before_any_worker(
     assert refused.msg.startswith("cannot listen")
     assert refused.__dict__["admin_port"] == admin
     assert list(tmp_path.iterdir()) == []  # no runtime directory made
+
+
+@pytest.mark.parametrize("seconds", [0.0, 40.0])
+def test_the_pod_supervisor_gets_the_configured_silence_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
+    bounds: list[float] = []
+
+    async def no_workers(supervisor: Parent) -> int:
+        bounds.append(supervisor._silent)
+        return 0
+
+    monkeypatch.setattr(Parent, "run", no_workers)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = load_settings(
+        webhook={"secrets": ["s"]},
+        http={"port": free_port(), "workers": 2, "worker_silence_seconds": seconds},
+    )
+    assert run_parent(settings, 2) == 0
+    assert bounds == [seconds]
