@@ -70,11 +70,11 @@ kafka-compat-down:  ## stop the broker of `make kafka-compat`
 
 run: venv  ## the demo: simulated Pinecall → the bridge (all three channels) → local Kafka, live
 	@BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
+	exec tools/run-demo.sh $(BIN)/pinecall-bridge demo --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
 demo-headless: venv  ## the demo without the live view: 50 calls, then a lost/doubled check
 	BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	tools/run-demo.sh $(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
+	exec tools/run-demo.sh $(BIN)/pinecall-bridge demo --headless --http-port $(HTTP_PORT) --simulator-port $(SIMULATOR_PORT)
 
 bridge: venv  ## only the bridge, in the foreground, with a dev secret (no simulator)
 	@echo "Send a signed event from another terminal:"
@@ -83,7 +83,7 @@ bridge: venv  ## only the bridge, in the foreground, with a dev secret (no simul
 	@echo "  $$($(BIN)/pinecall-bridge send --secret $(DEV_SECRET) --url http://127.0.0.1:$(HTTP_PORT)/webhooks/pinecall --curl)"
 	BRIDGE_WEBHOOK__SECRETS=$(DEV_SECRET) BRIDGE_LOG__FORMAT=console \
 	BRIDGE_HTTP__PORT=$(HTTP_PORT) BRIDGE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
-	tools/run-demo.sh $(BIN)/pinecall-bridge run
+	exec tools/run-demo.sh $(BIN)/pinecall-bridge run
 
 lint: venv  ## ruff: lint and format check
 	$(BIN)/ruff check .

@@ -102,6 +102,9 @@ def test_a_demo_target_stops_the_broker_it_started(
     lines = [line for line in commands.splitlines() if client in line]
     assert lines, commands
     assert all("tools/run-demo.sh " in line for line in lines), lines
+    # make passes its SIGTERM to its recipe's shell only, which dies without passing it on: the
+    # script must be that process (`exec`), or it and the bridge run on, orphaned.
+    assert all(re.search(r"(^|\s)exec tools/run-demo\.sh ", line) for line in lines), lines
 
 
 def test_make_help_and_the_readme_give_make_chaos_one_duration() -> None:
