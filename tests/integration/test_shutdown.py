@@ -128,6 +128,9 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
+                # As a terminal starts it: a test run under nohup (a CI runner's) passes SIGHUP on
+                # ignored, which the daemon then keeps ignoring on purpose (bridge/stopsignals.py).
+                preexec_fn=_hangup_by_default,
             )
         daemon = Daemon(proc, err, f"http://127.0.0.1:{env['BRIDGE_HTTP__PORT']}")
         started.append(daemon)
@@ -139,6 +142,10 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
         if daemon.alive:
             daemon.proc.kill()
         await daemon.proc.wait()
+
+
+def _hangup_by_default() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 async def post(
