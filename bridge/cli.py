@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
@@ -227,7 +228,7 @@ def _given_secret(args: argparse.Namespace) -> str | None:
     """The webhook secret the command line gives: --secret's, or --secret-file's text (its
     surrounding whitespace off, as the setting's); None when neither is given."""
     if args.secret_file is None:
-        return args.secret  # type: ignore[no-any-return]
+        return _one_secret(args.secret, "--secret")
     try:
         # -sig: a leading BOM (a Windows editor's) is no part of the secret; strip() keeps it.
         with open(args.secret_file, encoding="utf-8-sig") as file:
@@ -239,6 +240,21 @@ def _given_secret(args: argparse.Namespace) -> str | None:
         raise SystemExit(EXIT_CONFIG) from None
     if not secret:
         print(f"pinecall-bridge: --secret-file {args.secret_file} is empty", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    return _one_secret(secret, f"--secret-file {args.secret_file}")
+
+
+def _one_secret(secret: str | None, given: str) -> str | None:
+    """`secret`, or exit 2 when no bridge could verify it: BRIDGE_WEBHOOK__SECRETS splits at
+    commas and refuses a control character (the mounted list of a rotation given whole)."""
+    if secret is not None and any(c == "," or unicodedata.category(c) == "Cc" for c in secret):
+        # Put, Pinecall would sign every webhook with it: each answered 401, final for Pinecall.
+        print(
+            f"pinecall-bridge: {given} holds a comma or a line break (or another control"
+            " character): give one secret, not a list (the bridge splits"
+            " BRIDGE_WEBHOOK__SECRETS at commas, so it would verify no signature made with it)",
+            file=sys.stderr,
+        )
         raise SystemExit(EXIT_CONFIG)
     return secret
 

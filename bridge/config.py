@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import ssl
+import unicodedata
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -573,6 +574,19 @@ class WebhookSettings(_Section):
     secrets_check_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     _split = field_validator("secrets", mode="before")(_split_csv)
+
+    @field_validator("secrets")
+    @classmethod
+    def _one_line_each(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        # A file listing the old and the new secret a line each was taken as one secret holding
+        # the line break, which no sender signs with: every webhook 401, final for Pinecall.
+        for n, secret in enumerate(secrets, 1):
+            if any(unicodedata.category(c) == "Cc" for c in secret.get_secret_value()):
+                raise ValueError(
+                    f"{_nth(n, len(secrets))} holds a line break or another control character"
+                    " (is the file one secret a line?): give them comma-separated, e.g. old,new"
+                )
+        return secrets
 
     @field_validator("path")
     @classmethod

@@ -365,6 +365,28 @@ def test_an_unreadable_or_empty_secret_file_exits_2_and_both_flags_are_refused(
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["old-secret,new-secret\n", "old-secret\nnew-secret\n"])
+def test_a_secret_file_holding_a_list_is_refused_before_pinecall_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+) -> None:
+    # The mounted BRIDGE_WEBHOOK__SECRETS of a rotation (`old,new`) given as the secret: put, it
+    # had Pinecall sign with a secret no bridge can hold (split at its comma), every webhook 401.
+    monkeypatch.setenv("BRIDGE_PINECALL__API_KEY", "k")
+    monkeypatch.setenv("BRIDGE_PINECALL__API_URL", f"http://{NOWHERE}")
+    (tmp_path / "secret").write_text(text)
+    register = ["webhooks", "register", "--url", "u", "--secret-file", str(tmp_path / "secret")]
+    assert exit_code(register) == 2  # not 1: Pinecall (down here) is never asked
+    err = capsys.readouterr().err
+    assert "one secret, not a list" in err
+    assert "ClientConnectorError" not in err
+    assert "old-secret" not in err
+    assert exit_code(["send", "--secret", "old-secret,new-secret", "--curl"]) == 2
+    assert "one secret, not a list" in capsys.readouterr().err
+
+
 def test_send_without_a_secret_names_its_own_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

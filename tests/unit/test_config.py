@@ -245,6 +245,18 @@ def test_webhook_secrets_lose_surrounding_whitespace(monkeypatch: pytest.MonkeyP
     assert secrets == ["first", "second"]
 
 
+@pytest.mark.parametrize("separator", ["\n", "\r\n", "\t", "\x1b"])
+def test_a_webhook_secret_holding_a_control_character_is_refused_unnamed(
+    monkeypatch: pytest.MonkeyPatch, separator: str
+) -> None:
+    # Two secrets a line each read as one holding the line break: no sender signs with that one.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": f"first{separator}second\n"})
+    (problem,) = problems()
+    assert problem.startswith("BRIDGE_WEBHOOK__SECRETS: the secret holds a line break or")
+    assert "first" not in problem
+    assert "second" not in problem
+
+
 @pytest.mark.parametrize(
     ("secrets", "warned"),
     [

@@ -53,6 +53,18 @@ def test_an_empty_file_is_refused_by_the_rule_at_load_naming_no_value() -> None:
     assert problem.startswith("BRIDGE_WEBHOOK__SECRETS is not set")
 
 
+def test_secrets_one_a_line_are_refused_not_taken_as_one_secret_matching_none() -> None:
+    # The old and the new secret a line each (a rotation's list written as a file): taken as one
+    # secret holding a line break, it verified neither sender's signature, every webhook a 401.
+    decision = decide(WEBHOOK, webhook(OLD), Read(f"{OLD}\n{NEW}\n"))
+    assert decision.result == "invalid"
+    (problem,) = decision.problems
+    assert problem.startswith("BRIDGE_WEBHOOK__SECRETS: ")
+    assert "comma-separated" in problem
+    assert OLD not in problem
+    assert NEW not in problem
+
+
 def test_a_reload_never_turns_signature_checks_off() -> None:
     # Valid at start (unsigned on purpose), but a file emptied while running is a mistake.
     decision = decide(WEBHOOK, webhook(OLD, allow_unsigned=True), Read(""))
