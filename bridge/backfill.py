@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
+from rich.markup import escape
 
 from bridge import logthrottle
 from bridge.config import Settings
@@ -328,19 +329,22 @@ def run_backfill(
         report = asyncio.run(
             backfill_calls(settings, calls, since=since, before=before, progress=BarProgress(bar))
         )
+    # Calls and errors escaped: the operator's, Pinecall's or Kafka's text, never markup.
     if report.list_error is not None:
-        console.print(f"[red]the call list[/]: {report.list_error}", highlight=False)
+        console.print(f"[red]the call list[/]: {escape(report.list_error)}", highlight=False)
     if report.list_more is not None:
         console.print(
             f"[red]the call list[/]: read only to its cap of {SINCE_MAX_PAGES} pages; calls"
-            f" listed before {report.list_more} were not read. To go on: pinecall-bridge backfill"
-            f" --since {since:.0f} --before {report.list_more}",
+            f" listed before {escape(report.list_more)} were not read. To go on: pinecall-bridge"
+            f" backfill --since {since:.0f} --before {escape(report.list_more)}",
             highlight=False,
         )
     if report.stop_error is not None:
-        console.print(f"[red]error[/]: {report.stop_error}", highlight=False)
+        console.print(f"[red]error[/]: {escape(report.stop_error)}", highlight=False)
     if report.not_asked:
-        shown = ", ".join(report.not_asked[:10]) + (", …" if len(report.not_asked) > 10 else "")
+        shown = escape(", ".join(report.not_asked[:10])) + (
+            ", …" if len(report.not_asked) > 10 else ""
+        )
         if report.key_refused:
             why, fix = "Pinecall refused the API key (401)", "fix BRIDGE_PINECALL__API_KEY"
         else:
@@ -352,19 +356,20 @@ def run_backfill(
         )
     for outcome in report.calls:
         state = "live" if outcome.live else "sealed"
+        call = escape(outcome.call)
         if outcome.error is not None:
-            console.print(f"[red]{outcome.call}[/]: {outcome.error}", highlight=False)
+            console.print(f"[red]{call}[/]: {escape(outcome.error)}", highlight=False)
         else:
             s = outcome.submitted
             console.print(
-                f"{outcome.call}: {outcome.entries} entries read ({state}), {s.accepted} to the"
+                f"{call}: {outcome.entries} entries read ({state}), {s.accepted} to the"
                 f" ingest topic, {s.dropped} dropped by routing, {s.dead_lettered} dead-lettered",
                 highlight=False,
             )
             if s.refused:
                 topics = ", ".join(sorted(s.too_large_for))
                 console.print(
-                    f"[red]{outcome.call}[/]: {s.refused} entries too large for Kafka even as dead"
+                    f"[red]{call}[/]: {s.refused} entries too large for Kafka even as dead"
                     f" letters, in no topic: raise max.message.bytes of {topics} (and"
                     " BRIDGE_KAFKA__MAX_REQUEST_BYTES if that is lower), then backfill the call"
                     " again",

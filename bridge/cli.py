@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import logging
+import math
 import os
 import shlex
 import sys
@@ -458,8 +459,8 @@ def _point_in_time(*, future: bool) -> Callable[[str], float]:
 
 
 def _positive(text: str) -> int:
-    """A count of 1 or more: 0 or less would end at once, printing nothing, as if no event were
-    there."""
+    """A count of 1 or more: tail's --limit 0 would print nothing, as if no event were there;
+    the demo's --calls 0 is its default of forever, headless never ending."""
     try:
         count = int(text)
     except ValueError:
@@ -467,6 +468,29 @@ def _positive(text: str) -> int:
     if count < 1:
         raise argparse.ArgumentTypeError(f"{count} is not 1 or more")
     return count
+
+
+def _rate(text: str) -> float:
+    """Events per second, more than 0 and finite: 0 or less, or nan, the simulator would take as
+    "as fast as possible" or refuse only once the bridge had started."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < rate < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number above 0")
+    return rate
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: out of range ended the demo in a traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 0 to 65535")
+    return port
 
 
 def _add_since(where: argparse._ActionsContainer, what: str, *, required: bool = False) -> None:
@@ -587,14 +611,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="simulated Pinecall → the bridge (all three channels) → Kafka, on screen"
     )
     demo.add_argument("--headless", action="store_true", help="no live view: run, then summarise")
-    demo.add_argument("--calls", type=int, help="calls to play (default: forever; headless: 50)")
-    demo.add_argument("--rate", type=float, default=40.0, help="events per second (default 40)")
+    # Checked here: a bad one was refused only after the bridge had started, or never.
     demo.add_argument(
-        "--http-port", type=int, default=8080, help="the bridge's HTTP port (default: %(default)s)"
+        "--calls", type=_positive, help="calls to play, 1 or more (default: forever; headless: 50)"
+    )
+    demo.add_argument("--rate", type=_rate, default=40.0, help="events per second (default 40)")
+    demo.add_argument(
+        "--http-port",
+        type=_port,
+        default=8080,
+        help="the bridge's HTTP port (default: %(default)s)",
     )
     demo.add_argument(
         "--simulator-port",
-        type=int,
+        type=_port,
         default=8765,
         help="the simulated Pinecall's port (default: %(default)s)",
     )

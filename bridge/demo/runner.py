@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from bridge import logsetup
@@ -316,7 +317,7 @@ async def _live(
             live.update(render(now, before, list(recent.lines), _simulator_line(simulator), hint))
             before = now
     if (why := _traffic_failure(traffic)) is not None:
-        console.print(f"[red]the simulated traffic failed: {why}[/]")
+        console.print(f"[red]the simulated traffic failed: {escape(why)}[/]")
         return 1
     return 0
 
@@ -337,7 +338,7 @@ async def _headless(
         console.print("interrupted")
         return 130
     if (why := _traffic_failure(traffic)) is not None:
-        console.print(f"[red]the simulated traffic failed: {why}[/]")
+        console.print(f"[red]the simulated traffic failed: {escape(why)}[/]")
         return 1
     expected = simulator.ledger.expected_ids()
     refused = simulator.ledger.refused_ids()

@@ -86,13 +86,13 @@ class SimulatorConfig:
             _positive(name, getattr(self, name))
         if self.ws_heartbeat is not None:
             _positive("ws_heartbeat", self.ws_heartbeat)
-        if self.retry_base < 0:
+        if not self.retry_base >= 0:  # nan too
             raise ValueError(f"retry_base must not be negative, not {self.retry_base}")
         for name in ("ws_garbage", "ws_documented_ratio", "ws_legacy_ratio"):
             _probability(name, getattr(self, name))
         if self.ws_documented_ratio + self.ws_legacy_ratio > 1.0:
             raise ValueError("ws_documented_ratio + ws_legacy_ratio must not exceed 1")
-        if self.api_latency < 0:
+        if not self.api_latency >= 0:  # nan too
             raise ValueError(f"api_latency must not be negative, not {self.api_latency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
@@ -129,7 +129,7 @@ class TrafficSpec:
             raise ValueError(f"calls must not be negative, not {self.calls}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
-        if self.rate < 0:
+        if not self.rate >= 0:  # nan too
             raise ValueError(f"rate must not be negative, not {self.rate}")
         if self.channel not in CHANNELS:
             raise ValueError(f"channel must be one of {', '.join(CHANNELS)}")

@@ -119,6 +119,27 @@ def test_the_command_names_the_calls_a_refused_key_left_unread_and_fails(
     assert "(CA_2, CA_3)" in out.getvalue()
 
 
+def test_the_command_shows_calls_and_errors_as_said_never_read_as_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    odd = CallOutcome("[bold]CA_1", error="call log page [/v1/calls/x] answered 404")
+
+    async def odd_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(
+            calls=[odd], not_asked=["CA_[b]2"], list_error="[/]", stop_error="held [red]1[/]"
+        )
+
+    monkeypatch.setattr(backfill, "backfill_calls", odd_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]})
+    assert run_backfill(settings, ["[bold]CA_1"], Console(file=out, width=400)) == 1
+    said = out.getvalue()
+    assert "[bold]CA_1: call log page [/v1/calls/x] answered 404" in said
+    assert "(CA_[b]2)" in said
+    assert "the call list: [/]" in said
+    assert "error: held [red]1[/]" in said
+
+
 def test_the_command_blames_kafka_not_the_key_for_the_calls_a_kafka_failure_left_unread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

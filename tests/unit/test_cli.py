@@ -639,6 +639,33 @@ def test_tail_refuses_a_limit_that_would_end_it_at_once(
     assert f"argument --limit: {limit} is not 1 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--calls", "0", "0 is not 1 or more"),  # headless: forever, never a verdict
+        ("--calls", "-3", "-3 is not 1 or more"),
+        ("--rate", "0", "0 is not a finite number above 0"),
+        ("--rate", "-1", "-1 is not a finite number above 0"),
+        ("--rate", "nan", "nan is not a finite number above 0"),
+        ("--rate", "fast", "'fast' is not a number"),
+        ("--http-port", "-5", "-5 is not a port from 0 to 65535"),
+        ("--simulator-port", "70000", "70000 is not a port from 0 to 65535"),
+    ],
+)
+def test_demo_refuses_a_bad_number_before_starting_anything(
+    option: str,
+    value: str,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Unchecked, the simulator refused them only once the bridge was up (or took 0 as "no
+    # pacing", or a headless run never ended), and a port out of range was a traceback.
+    monkeypatch.setattr("bridge.demo.runner.run_demo", lambda *args: pytest.fail("demo ran"))
+    assert exit_code(["demo", "--headless", option, value]) == 2
+    assert f"argument {option}: {said}" in capsys.readouterr().err
+
+
 def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

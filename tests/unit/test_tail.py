@@ -150,6 +150,35 @@ def test_control_characters_a_record_carries_are_shown_escaped_never_sent_to_the
     assert dead == "dlq dead letter \\x1b[31m via ?: \\x1b[2J\\x0at[0]@9 call.ended CA_2"
 
 
+@pytest.mark.parametrize(
+    ("char", "shown"),
+    [
+        ("\u202e", "\\u202e"),  # right-to-left override: the rest of the line reads backwards
+        ("\u2067", "\\u2067"),  # right-to-left isolate
+        ("\u200b", "\\u200b"),  # zero width space: two ids that look the same
+        ("\u2028", "\\u2028"),  # line separator: a terminal may start a new line
+        ("\u2029", "\\u2029"),  # paragraph separator
+        ("\U000e0041", "\\U000e0041"),  # a tag character, invisible
+    ],
+)
+def test_format_characters_that_spoof_a_line_are_shown_escaped(char: str, shown: str) -> None:
+    """Bidi overrides and isolates, invisible and separator characters went to the terminal as
+    they were: a line that reads other than it is stored (Trojan Source)."""
+    said = f"CA_1{char}ok"
+    event = {**EVENT, "type": f"turn.{said}", "subject": said, "data": {"text": said}}
+    line = printed(render("t", None, event))
+    assert char not in line
+    assert f"turn.CA_1{shown}ok CA_1{shown}ok" in line
+    assert f'{{"text":"CA_1{shown}ok"}}' in line
+    dead = printed(render("dlq", None, said.encode(), [("pinecall-dlq-reason", said.encode())]))
+    assert dead == f"dlq dead letter CA_1{shown}ok via ?: CA_1{shown}ok"
+
+
+def test_letters_of_any_script_and_emoji_are_shown_as_they_are() -> None:
+    said = "héllo 中文 שלום 👍"
+    assert printed(render("t", None, {**EVENT, "subject": said})).count(said) == 1
+
+
 def test_a_dead_letter_says_why_and_where_from() -> None:
     headers = [
         ("content-type", b"application/json"),
@@ -383,6 +412,20 @@ async def test_a_topic_that_does_not_exist_is_said_not_waited_for_silently(
     out = console.export_text()
     assert "topic pinecall.evnets does not exist (yet): waiting for it" in out
     assert "pinecall.events does not" not in out
+
+
+async def test_a_missing_topic_is_named_as_typed_never_read_as_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_consumer(monkeypatch, existing=set())
+    console = Console(record=True, width=200)
+    topics = ["[bold]events", "x[/]"]  # a "[/" rich parsed as a closing tag: MarkupError
+    await tail(
+        load_tool_settings(), topics, TailFilter(), from_beginning=True, limit=0, console=console
+    )
+    out = console.export_text()
+    assert "topic [bold]events does not exist (yet)" in out
+    assert "topic x[/] does not exist (yet)" in out
 
 
 async def test_to_end_of_topics_that_do_not_exist_says_so_and_exits(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import re
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -162,6 +163,18 @@ async def test_failed_traffic_fails_instead_of_checking_an_empty_ledger() -> Non
     assert "simulated traffic failed" in out
 
 
+async def test_a_traffic_failure_is_shown_as_said_never_read_as_markup() -> None:
+    async def play() -> int:
+        raise RuntimeError("GET [/v1/calls] failed: [bold]503")
+
+    traffic = asyncio.create_task(play())
+    with pytest.raises(RuntimeError):
+        await traffic
+    code, out = await verdict(set(), FakeRecent(), traffic)
+    assert code == 1
+    assert "failed: RuntimeError('GET [/v1/calls] failed: [bold]503')" in out
+
+
 async def test_ctrl_c_while_output_catches_up_ends_at_once_without_a_verdict(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -190,15 +203,22 @@ class FakeViewedSimulator:
         return Counter()
 
 
-async def test_failed_traffic_ends_the_live_view_saying_why() -> None:
+@pytest.mark.parametrize(
+    "why",
+    [
+        "rate must not be negative, not -1.0",
+        "GET [/v1/calls] failed: [bold]503",  # shown as said, never parsed as rich markup
+    ],
+)
+async def test_failed_traffic_ends_the_live_view_saying_why(why: str) -> None:
     """A traffic that failed (a negative --rate, no feed subscriber in time) used to leave a
     view of zeros, "waiting for events...", until Ctrl-C, its reason never shown."""
 
     async def play() -> int:
-        raise ValueError("rate must not be negative, not -1.0")
+        raise ValueError(why)
 
     traffic = asyncio.create_task(play())
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match=re.escape(why)):
         await traffic
     out = io.StringIO()
     live = runner._live(
@@ -211,7 +231,7 @@ async def test_failed_traffic_ends_the_live_view_saying_why() -> None:
         Console(file=out, width=200),
     )
     assert await asyncio.wait_for(live, 5) == 1
-    assert "the simulated traffic failed: ValueError('rate must not be negative" in out.getvalue()
+    assert f"the simulated traffic failed: ValueError('{why}')" in out.getvalue()
 
 
 async def test_no_durable_event_is_no_pass() -> None:

@@ -25,6 +25,8 @@ def test_defaults_are_valid() -> None:
         {"ws_documented_ratio": 0.6, "ws_legacy_ratio": 0.6},
         {"max_attempts": 0},
         {"retry_base": -1},
+        {"retry_base": float("nan")},
+        {"api_latency": float("nan")},
         {"ws_heartbeat": 0},
     ],
 )
@@ -39,6 +41,7 @@ def test_bad_simulator_settings_are_refused(change: dict[str, object]) -> None:
         {"calls": -1},
         {"concurrency": 0},
         {"rate": -1},
+        {"rate": float("nan")},  # was taken as "as fast as possible"
         {"channel": "pigeon"},
         {"duplicates": 2},
         {"reorder": -0.1},
