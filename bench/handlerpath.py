@@ -7,7 +7,9 @@ What runs: `WebhookHandler.handle` on prepared `make_mocked_request`s (signed on
 from `bench.events`, the whole body arrived: no HTTP parsing or socket writes), the real pipeline
 and `KafkaSink.send`, the producer's `send` answering a done future (no Kafka I/O); replay check
 on (300 s), uvloop when installed. The old variant is today's code with one change undone by
-patching (the old function is copied below); `control` runs today's code against itself, to
+patching (the old function is copied below); `stop-middleware` times both sides through the
+public app's middlewares as aiohttp chains them, the old side with `closing_while_stopping` too
+(`bridge/app.py`), the new without it; `control` runs today's code against itself, to
 show what the harness reads into no change. Each round times `--per-round` requests of each
 variant with `time.process_time`, the order alternated per round (A B, B A, ...), the GC frozen
 over the prepared requests. Printed: each variant's min and median µs per event, then the median
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import time
@@ -52,6 +55,7 @@ from bench.paired import patched as _patched
 from bench.paired import run as _run
 from bridge import jsoncodec
 from bridge import pipeline as pipeline_module
+from bridge.app import Handler, Readiness, closing_while_stopping, json_errors
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Event, Unrecognised, event_time, shapes, split_body
@@ -287,6 +291,7 @@ VARIANTS: dict[str, Patch] = {
     ),
     "hmac": lambda: _patched((webhook, "verify", _old_verify)),
     "read": lambda: _patched((WebhookHandler, "_handle", _old_handle)),
+    "stop-middleware": lambda: _patched((_path, "call", _path.old)),
     "gc-threshold": lambda: gc_threshold(CPYTHON_GEN0_THRESHOLD),
     "gc-freeze": gc_unfrozen,
     "control": contextlib.nullcontext,
@@ -294,6 +299,30 @@ VARIANTS: dict[str, Patch] = {
 
 
 # --- The path --------------------------------------------------------------------------------
+
+
+class _Path:
+    """What the timed part calls per request: the handler alone, or (a middleware variant) the
+    public app's chain of middlewares around it, `old` the chain the variant undoes."""
+
+    def __init__(self) -> None:
+        self.call: Handler | None = None
+        self.old: Handler | None = None
+
+
+_path: _Path = _Path()
+# The variants timed through the public app's middlewares (json_errors on both sides; the old
+# side adds `closing_while_stopping`, never stopping, as while serving).
+THROUGH_MIDDLEWARES = frozenset({"stop-middleware"})
+
+
+def _chain(handler: WebhookHandler, *middlewares: Any) -> Handler:
+    """`handler.handle` inside `middlewares` as aiohttp 3.14 wraps a route's (`_build_middlewares`,
+    cached per route): a partial each, so a request pays one call and coroutine a middleware."""
+    call: Handler = handler.handle
+    for middleware in reversed(middlewares):
+        call = functools.partial(middleware, handler=call)
+    return call
 
 
 class _Producer:
@@ -356,26 +385,30 @@ class _Protocol:
     def resume_reading(self, **_: Any) -> None: ...
 
 
-async def _timed(handler: WebhookHandler, requests: list[web.Request]) -> float:
-    """CPU seconds to handle `requests` one after another."""
+async def _timed(requests: list[web.Request]) -> float:
+    """CPU seconds to handle `requests` one after another (through `_path.call`)."""
+    path = _path
     started = time.process_time()
     for request in requests:
-        response = await handler.handle(request)
+        response = await cast(Handler, path.call)(request)
         if response.status != 200:
-            raise RuntimeError(f"answered {response.status}: {response.text}")
+            raise RuntimeError(f"answered {response.status}: {cast(web.Response, response).text}")
     return time.process_time() - started
 
 
 async def measure(variant: str, rounds: int, per_round: int) -> Outcome:
     """`rounds` paired rounds of `per_round` requests of the old and the new variant each."""
     handler = _handler()
+    if variant in THROUGH_MIDDLEWARES:
+        stopping = closing_while_stopping(Readiness(Metrics(), lambda: True))
+        _path.call, _path.old = _chain(handler, json_errors), _chain(handler, stopping, json_errors)
+    else:
+        _path.call = _path.old = handler.handle
 
     def prepare(n: int, k: int) -> list[web.Request]:
         return _requests(n, k * per_round, per_round)
 
-    return await paired(
-        VARIANTS[variant], prepare, lambda batch: _timed(handler, batch), rounds, per_round
-    )
+    return await paired(VARIANTS[variant], prepare, _timed, rounds, per_round)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,7 +133,8 @@ class WebhookHandler:
         # before the body is asked for; closed, as for the 413: the body left unsent is not awaited.
         refused = self._refused_media(request, Connection="close")
         if refused is None and self._signed_only():
-            given = read_header(request.headers.get(SIGNATURE_HEADER))
+            header = _signature(request)
+            given = header if isinstance(header, Verdict) else read_header(header)
             if isinstance(given, Verdict):  # no digest to check the body against, whatever it is
                 refused = self._unsigned(given, Connection="close")
         if refused is not None:
@@ -223,7 +224,8 @@ class WebhookHandler:
             return self._reject(400, "incomplete_body", "the connection closed mid-body")
         # No secret and unsigned not allowed (settings loaded for a Kafka tool): refuse them all.
         if self._signed_only():
-            verdict = verify(request.headers.get(SIGNATURE_HEADER), body, self._secrets)
+            header = _signature(request)
+            verdict = header if isinstance(header, Verdict) else verify(header, body, self._secrets)
             if verdict is not Verdict.VALID:
                 return self._unsigned(verdict)
         try:
@@ -281,6 +283,16 @@ class WebhookHandler:
                 413,
             )
         return json_response(result.as_dict(), 202 if result.dead_lettered else 200)
+
+
+def _signature(request: web.Request) -> str | Verdict | None:
+    """The signature header's value; sent twice or more, malformed (which one was meant?)."""
+    values = request.headers.getall(SIGNATURE_HEADER, ())
+    # Not the first one: a proxy or client that adds its own before ours would choose what is
+    # verified, and two receivers taking different ones would disagree about the same request.
+    if len(values) > 1:
+        return Verdict.MALFORMED
+    return values[0] if values else None
 
 
 def _request_charge(length: int | None, limit: int) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from bench import handlerpath
 from bridge import pipeline
+from bridge.app import json_errors
 from bridge.normalise import shapes
 from bridge.pipeline import Pipeline
 
@@ -27,3 +30,17 @@ def test_the_old_variants_are_undone_after_their_round() -> None:
     with handlerpath.VARIANTS["all"]():
         assert all(old is not new for old, new in zip(current(), today, strict=True))
     assert current() == today
+
+
+async def test_the_stop_middleware_variant_adds_only_the_stop_middleware_on_the_old_side() -> None:
+    await handlerpath.measure("stop-middleware", rounds=1, per_round=1)
+    path = handlerpath._path
+    new = path.call
+    assert isinstance(new, functools.partial)
+    assert new.func is json_errors
+    with handlerpath.VARIANTS["stop-middleware"]():
+        old = path.call
+        assert isinstance(old, functools.partial)
+        assert old.func.__name__ == "closing"
+        assert old.keywords["handler"].func is json_errors
+    assert path.call is new

@@ -196,6 +196,37 @@ async def test_refusals_are_logged_thinned_by_reason(
     assert harness.rejected("invalid_signature") == harness.rejected("invalid_json") == 50
 
 
+def signed_twice(order: str) -> list[tuple[str, str]]:
+    """ENTRY's headers with its signature sent twice: valid and wrong, or valid twice."""
+    _, headers = signed(ENTRY, SECRET)
+    valid = headers.pop(SIGNATURE)
+    wrong = signed(ENTRY, b"wrong")[1][SIGNATURE]
+    values = {
+        "valid first": (valid, wrong),
+        "valid second": (wrong, valid),
+        "both valid": (valid,) * 2,
+    }
+    return [*headers.items(), *((SIGNATURE, value) for value in values[order])]
+
+
+TWICE = ["valid first", "valid second", "both valid"]
+
+
+@pytest.mark.parametrize("order", TWICE)
+async def test_a_signature_sent_twice_is_401_malformed_and_nothing_published(
+    harness: Harness, order: str
+) -> None:
+    # Which one was meant is unknown: the first one was verified, so a header added before
+    # Pinecall's (a proxy, a client) chose what the bridge checked.
+    request = build_request("POST", PATH, signed_twice(order), ENTRY)
+    response = await exchange("127.0.0.1", harness.port, request)
+    assert response is not None
+    answer = jsoncodec.loads(response.body)
+    assert (response.status, answer["error"]) == (401, "malformed_signature")
+    assert harness.rejected("malformed_signature") == 1
+    assert harness.sink.records == []
+
+
 async def test_without_a_secret_nothing_is_taken_unless_unsigned_is_allowed() -> None:
     # Settings loaded for a Kafka tool need no secret: served anyway, they must fail closed.
     tool_settings = load_tool_settings()
@@ -234,13 +265,14 @@ async def test_too_large_chunked_413(harness: Harness) -> None:
 
 
 async def answer_before_the_body(
-    port: int, body: bytes, headers: dict[str, str] | None = None
+    port: int, body: bytes, headers: dict[str, str] | list[tuple[str, str]] | None = None
 ) -> tuple[int, dict[str, str], Any]:
-    """Send a request's head (signed, unless `headers` are given) with `Expect: 100-continue` and
-    no body: the first answer."""
+    """Send a request's head (signed, unless `headers` are given: a list may repeat a name) with
+    `Expect: 100-continue` and no body: the first answer."""
     if headers is None:
         _, headers = signed(body, SECRET)
-    request = build_request("POST", PATH, [*headers.items(), ("Expect", "100-continue")], body)
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    request = build_request("POST", PATH, [*pairs, ("Expect", "100-continue")], body)
     head = request[: request.index(b"\r\n\r\n") + 4]
     connection = await RawConnection.open("127.0.0.1", port)
     try:
@@ -291,6 +323,16 @@ async def test_a_body_its_head_refuses_with_expect_is_refused_before_it_is_sent(
     assert (answered, answer_headers["connection"], answer["error"]) == (status, "close", reason)
     assert harness.rejected(reason) == 1
     assert harness.sink.records == []
+
+
+@pytest.mark.parametrize("order", TWICE)
+async def test_a_signature_sent_twice_with_expect_is_refused_before_the_body_is_sent(
+    harness: Harness, order: str
+) -> None:
+    answered = await answer_before_the_body(harness.port, ENTRY, signed_twice(order))
+    status, headers, answer = answered
+    assert (status, headers["connection"], answer["error"]) == (401, "close", "malformed_signature")
+    assert harness.rejected("malformed_signature") == 1
 
 
 async def test_a_webhook_sent_after_100_continue_is_taken(harness: Harness) -> None:
