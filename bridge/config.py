@@ -1194,17 +1194,25 @@ def _json_name(loc: tuple[int | str, ...], sections: Mapping[str, set[str]]) -> 
 def _sections_given(
     environ: Mapping[str, str], dotenv: Mapping[str, str | None]
 ) -> dict[str, set[str]]:
-    """Per section given whole as JSON, the keys of it whose field's own variable is not set:
-    those the settings read from the JSON. The environment's value wins over `.env`'s."""
-    names = {name.upper() for name in (*environ, *dotenv)}
-    values = {name.upper(): value for name, value in dotenv.items()}
-    values.update({name.upper(): value for name, value in environ.items()})
+    """Per section given whole as JSON, the keys the settings read from a JSON: in precedence,
+    the field's own variable, the environment's JSON, the own variable in `.env`, `.env`'s JSON."""
+    in_env = {name.upper() for name in environ}
+    in_file = {name.upper() for name in dotenv}
+    env_values = {name.upper(): value for name, value in environ.items()}
+    file_values = {name.upper(): value for name, value in dotenv.items()}
     found: dict[str, set[str]] = {}
     for section in Settings.model_fields:
-        keys = _json_keys(values.get(f"BRIDGE_{section.upper()}"))
-        own = {key for key in keys if f"BRIDGE_{section.upper()}__{key.upper()}" in names}
-        if keys - own:
-            found[section] = keys - own
+        whole = f"BRIDGE_{section.upper()}"
+        # pydantic-settings folds each source's own variables into that source's JSON, then
+        # merges the sources key by key: a key of either JSON may be the one read.
+        env_keys = _json_keys(env_values.get(whole))
+        file_keys = _json_keys(file_values.get(whole))
+        read = {key for key in env_keys if f"{whole}__{key.upper()}" not in in_env}
+        read |= {
+            key for key in file_keys - env_keys if f"{whole}__{key.upper()}" not in in_env | in_file
+        }
+        if read:
+            found[section] = read
     return found
 
 

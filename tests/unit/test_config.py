@@ -1393,25 +1393,41 @@ def test_a_boolean_loses_surrounding_whitespace_as_a_number_does(
 
 
 @pytest.mark.parametrize(
-    ("env", "named"),
+    ("env", "dotenv", "named"),
     [
-        ({"BRIDGE_KAFKA": '{"linger_ms": "x"}'}, "BRIDGE_KAFKA (JSON key linger_ms): "),
+        ({"BRIDGE_KAFKA": '{"linger_ms": "x"}'}, "", "BRIDGE_KAFKA (JSON key linger_ms): "),
         (
             {"BRIDGE_ROUTING": '{"rules": [{"match": "*", "topic": "a b"}]}'},
+            "",
             "BRIDGE_ROUTING (JSON key rules[0].topic): ",
         ),
         # Its own variable is what is read (and wrong): that one is named.
         (
             {"BRIDGE_KAFKA": '{"linger_ms": 7}', "BRIDGE_KAFKA__LINGER_MS": "x"},
+            "",
             "BRIDGE_KAFKA__LINGER_MS: ",
+        ),
+        # The environment's JSON wins over the variable in .env (a valid 3): it was named.
+        (
+            {"BRIDGE_KAFKA": '{"linger_ms": "x"}'},
+            "BRIDGE_KAFKA__LINGER_MS=3",
+            "BRIDGE_KAFKA (JSON key linger_ms): ",
+        ),
+        # The key is read from .env's JSON, the environment's lacking it: the unset
+        # BRIDGE_KAFKA__LINGER_MS was named.
+        (
+            {"BRIDGE_KAFKA": '{"client_id": "b"}'},
+            'BRIDGE_KAFKA={"linger_ms": "x"}',
+            "BRIDGE_KAFKA (JSON key linger_ms): ",
         ),
     ],
 )
 def test_a_bad_value_in_a_sections_json_names_the_variable_given_and_its_key(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], dotenv: str, named: str
 ) -> None:
     # It was named BRIDGE_KAFKA__LINGER_MS, a variable nobody set.
     setenv(monkeypatch, env)
+    Path(".env").write_text(dotenv + "\n")
     [line] = problems()
     assert line.startswith(named), line
 

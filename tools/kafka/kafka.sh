@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft, broker+controller in one JVM) for dev and tests.
 #
-#   tools/kafka/kafka.sh up|down|kill|status|fetch
+#   tools/kafka/kafka.sh up|down|kill|status|running|fetch
 #
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 #      KAFKA_HOME_DIR (<repo>/.cache/kafka: jar cache shared by all ports),
@@ -297,6 +297,8 @@ case "${1:-}" in
   down) cmd_down ;;
   kill) cmd_kill ;;
   status) cmd_status ;;
+  # Silent: whether this port's broker process (of this script) runs, answering or not yet.
+  running) broker_pid >/dev/null ;;
   fetch) cmd_fetch ;;
-  *) echo "usage: $0 up|down|kill|status|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kill|status|running|fetch" >&2; exit 2 ;;
 esac

@@ -32,16 +32,27 @@ asyncio.run(main())
 """
 
 
+def copy_tools(directory: Path, up: str = ":", *, starting_elsewhere: bool = False) -> Path:
+    """A copy of run-demo.sh whose broker scripts only record being run (the probe: none up);
+    `up`: shell run after `up` is recorded, to play a broker's start; `starting_elsewhere`: a
+    broker process of kafka.sh's runs (`kafka.sh running`), not answering yet."""
+    shutil.copy(TOOLS / "run-demo.sh", directory / "run-demo.sh")
+    (directory / "kafka").mkdir()
+    (directory / "kafka" / "probe.py").write_text("raise SystemExit(1)\n")
+    kafka = directory / "kafka" / "kafka.sh"
+    log = directory / "kafka.log"
+    kafka.write_text(
+        f'#!/bin/sh\nif [ "$1" = running ]; then exit {0 if starting_elsewhere else 1}; fi\n'
+        f'echo "$1" >> {log}\nif [ "$1" = up ]; then\n{up}\nfi\n'
+    )
+    kafka.chmod(0o755)
+    return directory
+
+
 @pytest.fixture
 def tools(tmp_path: Path) -> Path:
-    """A copy of run-demo.sh whose broker scripts only record being run (the probe: none up)."""
-    shutil.copy(TOOLS / "run-demo.sh", tmp_path / "run-demo.sh")
-    (tmp_path / "kafka").mkdir()
-    (tmp_path / "kafka" / "probe.py").write_text("raise SystemExit(1)\n")
-    kafka = tmp_path / "kafka" / "kafka.sh"
-    kafka.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path / "kafka.log"}\n')
-    kafka.chmod(0o755)
-    return tmp_path
+    """run-demo.sh with broker scripts that only record being run."""
+    return copy_tools(tmp_path)
 
 
 @pytest.fixture
@@ -84,3 +95,59 @@ def test_ctrl_c_stops_the_command_and_the_script_outlives_it(
     assert running.wait(timeout=15) == 0
     assert (tools / "child").read_text() == "stopped"
     assert (tools / "kafka.log").read_text().split() == ["up", "down"]
+
+
+def starting(tools: Path, up: str) -> subprocess.Popen[bytes]:
+    """The script running the stand-in, in a group of its own, once its broker's `up` began."""
+    copy_tools(tools, f"touch {tools / 'starting'}\n{up}")
+    script = subprocess.Popen(
+        [str(tools / "run-demo.sh"), sys.executable, "-c", CHILD, str(tools / "child")],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (tools / "starting").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return script
+
+
+def test_ctrl_c_while_the_broker_starts_stops_the_broker_and_runs_no_command(
+    tmp_path: Path,
+) -> None:
+    # The JVM takes seconds to answer: a Ctrl-C then cut `kafka.sh up` and this script short,
+    # leaving the broker it had launched (in a session of its own) running.
+    script = starting(tmp_path, "sleep 30")
+    try:
+        os.killpg(script.pid, signal.SIGINT)
+        assert script.wait(timeout=15) == 130
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+    assert (tmp_path / "kafka.log").read_text().split() == ["up", "down"]
+    assert not (tmp_path / "child").exists()
+
+
+def test_a_sigterm_while_the_broker_starts_stops_it_once_started_and_runs_no_command(
+    tmp_path: Path,
+) -> None:
+    # To the script alone: it died at once while `kafka.sh up` went on to start the broker.
+    script = starting(tmp_path, "sleep 1")
+    try:
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=15) == 143
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+    assert (tmp_path / "kafka.log").read_text().split() == ["up", "down"]
+    assert not (tmp_path / "child").exists()
+
+
+def test_a_broker_still_starting_for_another_run_is_left_running(tmp_path: Path) -> None:
+    # Not answering yet, it was taken for none: this run, ending first, stopped the broker of
+    # the `make run` or `make kafka-up` that was starting it in another terminal.
+    tools = copy_tools(tmp_path, starting_elsewhere=True)
+    done = subprocess.run([str(tools / "run-demo.sh"), "true"], capture_output=True, timeout=30)
+    assert done.returncode == 0
+    assert (tools / "kafka.log").read_text().split() == ["up"]
