@@ -291,6 +291,14 @@ class Follower:
                     chunk = await response.content.readany()
             except TimeoutError:
                 return "silent", False
+            except (aiohttp.ClientError, OSError) as exc:
+                # A stream cut (no last chunk, short of its length, a proxy's reset) is a close
+                # too: one cut after catching up to a sealed log must be asked about its end.
+                flood.info(
+                    "call log connection failed",
+                    extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                chunk = b""
             if not chunk:
                 parser.feed_eof()
                 return "closed", not news

@@ -38,7 +38,10 @@ def frame(item: dict[str, Any]) -> bytes:
     )
 
 
-async def stream(request: web.Request, *chunks: bytes, hold: float = 0.0) -> web.StreamResponse:
+async def stream(
+    request: web.Request, *chunks: bytes, hold: float = 0.0, cut: bool = False
+) -> web.StreamResponse:
+    """`chunks` as an SSE stream; `cut`: the connection is then closed without the last chunk."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     await response.write(b"retry: 10\n\n")
@@ -46,6 +49,9 @@ async def stream(request: web.Request, *chunks: bytes, hold: float = 0.0) -> web
         await response.write(chunk)
     if hold:
         await asyncio.sleep(hold)
+    if cut:
+        assert request.transport is not None
+        request.transport.close()
     return response
 
 
@@ -1172,3 +1178,20 @@ async def test_a_live_calls_stream_closed_after_catching_up_is_resumed_not_ended
         {"after": "1"},
     ]
     assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 0
+
+
+async def test_a_stream_cut_after_catching_up_to_a_sealed_log_ends_the_call(
+    run_follower: Callable[..., Any],
+) -> None:
+    # Cut (no last chunk: a proxy's reset, say), not closed: it skipped the page that says the
+    # log is sealed, and the follower reconnected for ever.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            return web.json_response({"entries": [], "live": False, "next": None})
+        return await stream(request, frame(entry(1)) + frame(entry(1, "log.caught_up")), cut=True)
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]
+    assert [query for _, query in server.requests] == [{"after": "0"}, {"after": "1", "limit": "1"}]
+    assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
