@@ -28,6 +28,10 @@ WEBHOOK_UNROUTED = web.AppKey("webhook_unrouted", dict[int, Callable[[], None]])
 _BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 
+# A worker's /readyz while it waits for Kafka without the webhook port bound (a restarted one).
+NOT_LISTENING = "not_listening"
+
+
 class Readiness:
     """Ready once Kafka is connected, and never again once shutdown has begun.
 
@@ -46,6 +50,9 @@ class Readiness:
         self._clients_alive = clients_alive
         self.started = False
         self.stopping = False
+        # False while a restarted worker (listen_when_ready) has not bound the webhook port yet:
+        # it takes no webhook, so the pod's /readyz does not wait for it (bridge/workers/pod.py).
+        self.listening = True
 
     def alive(self) -> bool:
         return self._clients_alive()
@@ -89,7 +96,13 @@ def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:
     async def readyz(_: web.Request) -> web.Response:
         if readiness.ready():
             return json_response({"status": "ready"})
-        state = "stopping" if readiness.stopping else "waiting_for_kafka"
+        state = (
+            "stopping"
+            if readiness.stopping
+            else "waiting_for_kafka"
+            if readiness.listening
+            else NOT_LISTENING
+        )
         return json_response({"status": state}, status=503)
 
     async def metrics_view(_: web.Request) -> web.Response:

@@ -110,9 +110,11 @@ class Bridge:
         pod_processes: int = 1,
         memory_check: bool = True,
         secret_files: Mapping[str, Path] | None = None,
+        listen_when_ready: bool = False,
     ) -> None:
-        """`probes`, `reuse_port`, `stages`, `pod_processes` and `memory_check` (one worker of
-        the pod says the dedup window's fit): a worker process of a pod (bridge/workers);
+        """`probes`, `reuse_port`, `stages`, `pod_processes`, `memory_check` (one worker of
+        the pod says the dedup window's fit) and `listen_when_ready` (the webhook port bound only
+        once ready): a worker process of a pod (bridge/workers);
         `secret_files`: the files secrets were read from, by variable, to read again on a change
         (`reloaded_secret_files`)."""
         self.settings = settings
@@ -121,6 +123,7 @@ class Bridge:
         # The partition count the memory limit was last compared for (0: not yet; -1: never here).
         self._memory_checked = 0 if memory_check and stages != "ingest" else -1
         self._reuse_port = reuse_port
+        self._listen_when_ready = listen_when_ready
         self.metrics = metrics if metrics is not None else Metrics()
         # Set when a task crashed too often to be restarted: serve() then exits non-zero.
         self.crashed = asyncio.Event()
@@ -211,6 +214,7 @@ class Bridge:
                 and (self.lease is None or self.lease.alive)
             ),
         )
+        self.readiness.listening = not listen_when_ready
         if stages == "dedup":
             # `ready` is /readyz's answer, and the pod's /readyz is its webhook workers': a
             # dedup process's own would make the pod look unready to whoever reads the gauge.
@@ -278,7 +282,11 @@ class Bridge:
         if self._started:
             return
         if self.stages != "dedup":
-            await self._start_http()
+            if not self._listen_when_ready:
+                await self._start_http()
+            elif self.admin_app is not None and self.settings.http.admin_port is not None:
+                # Probes and metrics only, answered for the pod: no webhook answered 503 here.
+                await self._start_admin(self.settings.http.admin_port)
         self._started = True
         self._connector = self.supervisor.spawn("kafka-connect", self._connect)
         self._loop_lag = asyncio.create_task(
@@ -329,7 +337,7 @@ class Bridge:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        if self.admin_app is not None and http.admin_port is not None:
+        if self.admin_app is not None and http.admin_port is not None and not self._admin_runner:
             await self._start_admin(http.admin_port)
         log.info(
             "listening",
@@ -429,6 +437,11 @@ class Bridge:
             self.sink.stop,
         )
         if self.stages != "dedup":
+            if self._listen_when_ready and self._runner is None:
+                # Not before: the kernel hands a bound port's share of new connections to this
+                # process, each answered 503 until now, while other workers of the pod serve.
+                await self._start_http()
+                self.readiness.listening = True
             self._ready()
         if self.dedup is not None and self.settings.dedup.topic_check_seconds > 0:
             self._topic_watch = self.supervisor.spawn("topic-watch", self._watch_topics)

@@ -530,6 +530,10 @@ class StageProducer:
         reason: LossReason
         cause: BaseException
         try:
+            if self._txn is None:
+                # Retired here, not in the step's join: its replacement's start then comes below,
+                # outside the deadline, whose cut made a hung start `timeout`, not `producer`.
+                await self._renew_if_idle()
             if self._producer is None and self._txn is None:
                 # Before the deadline: a replacement under way is waited for, bounded by its own
                 # start's timeout. Under the deadline, each partition's step timed out waiting for

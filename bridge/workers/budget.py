@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+# The longest pause before a worker's restart: the chart's liveness probe outwaits it (with the
+# watchdog's bound and a start-up) so that one worker restarts rather than the pod.
+MAX_DELAY_SECONDS = 8.0
+
 
 @dataclass(frozen=True)
 class Restart:
@@ -33,7 +37,7 @@ class RestartBudget:
         intensity: int = 5,
         period: float = 60.0,
         first_delay: float = 0.5,
-        max_delay: float = 8.0,
+        max_delay: float = MAX_DELAY_SECONDS,
         worker_intensity: int = 10,
         worker_period: float = 600.0,
     ) -> None:

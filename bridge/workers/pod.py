@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge import jsoncodec
+from bridge.app import NOT_LISTENING
 from bridge.metrics import CONTENT_TYPE
 from bridge.sources.capped import BodyTooLargeError, read_capped
 from bridge.sources.webhook import json_response
@@ -120,7 +121,9 @@ class PodView:
                 answers[worker] = answer[0], _status(answer[1])
             else:
                 answers[worker] = None
-            if answer == DOWN and excuse_down:
+            # A restarted worker not ready yet holds no listener either (bridge/service.py).
+            unbound = answers[worker] == (503, NOT_LISTENING)
+            if (answer == DOWN or unbound) and excuse_down:
                 down.append(worker)
             if answer == STARTING and excuse_down:
                 starting.append(worker)

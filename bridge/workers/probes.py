@@ -5,7 +5,8 @@ restart, say) does not stop webhooks being taken, as a single process's stage ne
 does a serving worker that is down (its process exited, its listener with it: the kernel hands
 new connections only to the others) while another is ready; one that answers no longer, or
 answers 503, still holds its listener and its share of connections, so it does. Nor does one
-that has not started yet, which will take its share before it is ready.
+that has not started yet, which will take its share before it is ready. A restarted worker
+binds the port only once ready: until then (`not_listening`) it counts as down.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def pod_answer(
     """200 and `ok` when every worker answered 200; else 503, `not_ok` and the failing workers.
 
     `counted`: the workers that decide (all by default); the others' states are shown only.
-    `down`: workers with no process (no answer in `answers`), excused while a counted one is ok.
+    `down`: workers holding no listener (no process, or one not bound yet), excused while a
+    counted one is ok.
     `starting`: workers with no answer yet, shown as such (never excused).
     """
     workers = {

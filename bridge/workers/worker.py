@@ -75,6 +75,10 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         # The last worker always runs the dedup stage: it alone says the window's fit.
         memory_check=role.index == role.count - 1,
         secret_files=reloaded_secret_files(),
+        # A restarted worker's siblings serve meanwhile: bound before it is ready, it took its
+        # share of new connections only to answer each 503 while its producer started. At the
+        # pod's first start every worker binds at once (the pod is unready until all are).
+        listen_when_ready=role.restarts > 0 and role.stages != "dedup",
     )
     own = web.Application()
     own.add_routes(probe_routes(bridge.readiness, metrics))

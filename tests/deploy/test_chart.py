@@ -17,6 +17,8 @@ import yaml
 from bridge.config import ShutdownSettings, drain_delay_warnings
 from bridge.sink.durability import min_insync_for
 from bridge.stopbudget import overrun_seconds
+from bridge.workers.budget import MAX_DELAY_SECONDS
+from bridge.workers.parent import PROBE_EVERY_SECONDS
 from bridge.workers.pod import ASK_TIMEOUT_SECONDS
 from tests.deploy import pss
 from tests.deploy.tools import (
@@ -271,6 +273,26 @@ def test_probes_outwait_the_pods_ask_of_every_worker(sets: tuple[str, ...], prob
     # One process answers its probes itself: a 1 s timeout is the operator's to choose.
     one_process = container(render(SIGNED, f"{probe}.timeoutSeconds=1"))
     assert one_process[probe]["timeoutSeconds"] == 1
+
+
+# A restarted worker's start to its first answer: about 1 s measured on 2 shared cores; more
+# on a throttled CPU.
+WORKER_START_SECONDS = 5.0
+
+
+@pytest.mark.parametrize("sets", SUPERVISED.values(), ids=SUPERVISED.keys())
+def test_the_liveness_probe_outwaits_a_silent_workers_restart(sets: tuple[str, ...]) -> None:
+    # The pod's /healthz fails from a worker's silence until its successor answers: the
+    # watchdog's bound, its round (a probe's wait, an answer's), the restart pause, a start-up.
+    # The kubelet restarts the pod (failureThreshold - 1) periods after the first failure, which
+    # may come at once: with 3 failures (20 s), a repeated restart's pause raced it.
+    manifests = render(SIGNED, *sets)
+    probe = container(manifests)["livenessProbe"]
+    env = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    silence = float(env["BRIDGE_HTTP__WORKER_SILENCE_SECONDS"])
+    round_s = PROBE_EVERY_SECONDS + ASK_TIMEOUT_SECONDS
+    failing = silence + round_s + MAX_DELAY_SECONDS + WORKER_START_SECONDS
+    assert (probe["failureThreshold"] - 1) * probe["periodSeconds"] >= failing
 
 
 def test_one_worker_per_cpu_needs_a_cpu_limit() -> None:

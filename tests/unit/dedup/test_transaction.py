@@ -443,6 +443,23 @@ async def test_a_producer_idle_for_half_the_id_expiration_is_replaced_at_the_nex
     assert (said.levelname, said.__dict__["transactional_id_expiration_ms"]) == ("INFO", 10_000)
 
 
+async def test_an_idle_producers_replacement_that_cannot_start_is_a_producer_loss(
+    monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory
+) -> None:
+    # Its InitProducerId hangs (a node down under min.insync.replicas). Started inside the step,
+    # under the step's deadline, the renewal's start was cut by it first: lost as `timeout`, the
+    # one partition alone, instead of `producer`, every owned partition's loss at once.
+    out, _ = await learned(monkeypatch, 10_000)
+    out._settings = DedupSettings(group="g", ttl_seconds=60, end_transaction_timeout_seconds=0.2)
+    out._ended -= 5.5
+    factory.block_start = True
+    with pytest.raises(TransactionLostError) as lost:
+        await asyncio.wait_for(out.guard(out.join(TP), also=frozenset({TP})), 2.0)
+    assert (lost.value.reason, lost.value.partitions) == ("producer", frozenset({TP}))
+    assert len(factory.made) == 1
+    await out.stop()
+
+
 async def test_an_idle_producer_is_closed_in_the_background_and_its_end_awaited_by_stop(
     monkeypatch: pytest.MonkeyPatch, factory: ProducerFactory
 ) -> None:

@@ -120,6 +120,35 @@ async def test_a_worker_down_leaves_readiness_to_the_others_and_fails_liveness(
     assert '"failing":["0"]' in body
 
 
+async def test_a_restarted_worker_not_listening_yet_leaves_readiness_to_the_others(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    # Worker 1's successor waits for Kafka before it binds the port: it takes no webhook, so the
+    # pod stays ready on worker 0. Bound and still waiting, it takes its share: unready.
+    url, readiness, _, restarted = pod_app
+    other = Metrics()
+    other_ready = Readiness(other, lambda: False)
+    other_ready.listening = False
+    worker = await serve_worker(restarted, other, other_ready)
+    try:
+        status, body = await get(url + "/readyz")
+        assert (status, body) == (
+            200,
+            '{"status":"ready","workers":{"0":"ready","1":"not_listening"}}',
+        )
+        readiness.stopping = True  # excused only while another serving worker is ready
+        assert (await get(url + "/readyz"))[0] == 503
+        readiness.stopping = False
+        other_ready.listening = True
+        status, body = await get(url + "/readyz")
+        assert (status, body) == (
+            503,
+            '{"status":"not_ready","failing":["1"],"workers":{"0":"ready","1":"waiting_for_kafka"}}',
+        )
+    finally:
+        await worker.cleanup()
+
+
 async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> None:
     # A crashed worker leaves its socket file behind: refused, as a missing one.
     stale = tmp_path / "worker-0.sock"
