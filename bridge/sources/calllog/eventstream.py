@@ -78,8 +78,10 @@ class EventStreamParser:
         self, *, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES
     ) -> None:
         # utf-8-sig drops one leading BOM even when it is split across chunks; bad bytes become
-        # U+FFFD, as the spec's UTF-8 decode says.
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        # U+FFFD, as the spec's UTF-8 decode says, but only after a strict decode failed: so a
+        # chunk that replaced is counted (`replaced`) at no cost to the chunks that did not.
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+        self.replaced = 0  # chunks that held bytes not UTF-8, read as U+FFFD
         self._max_line = max_line_bytes
         self._max_event = max_event_bytes
         # The current line, not yet terminated: its parts and their UTF-8 size, so a long line
@@ -106,7 +108,7 @@ class EventStreamParser:
         return cls(max_line_bytes=max_event_bytes + 64, max_event_bytes=max_event_bytes)
 
     def feed(self, chunk: bytes) -> list[Item]:
-        text = self._decoder.decode(chunk)
+        text = self._decode(chunk)
         if not text:
             return []
         if self._skip_lf:
@@ -147,6 +149,20 @@ class EventStreamParser:
                 self._pending_bytes += size
         return items
 
+    def _decode(self, chunk: bytes, *, final: bool = False) -> str:
+        """`chunk` decoded; strictly first, then again from the same state with replacement."""
+        state = self._decoder.getstate()
+        try:
+            return self._decoder.decode(chunk, final)
+        except UnicodeDecodeError:
+            self._decoder.setstate(state)
+            self._decoder.errors = "replace"
+            try:
+                return self._decoder.decode(chunk, final)
+            finally:
+                self._decoder.errors = "strict"
+                self.replaced += 1
+
     def _count_skipped(self, part: str) -> None:
         """Part of an over-long line read past: counted against its event unless a comment."""
         if not self._skip_comment:
@@ -159,7 +175,7 @@ class EventStreamParser:
 
     def feed_eof(self) -> None:
         """The stream ended: whatever was not dispatched by a blank line is dropped."""
-        self._decoder.decode(b"", final=True)
+        self._decode(b"", final=True)
         self._clear_pending()
         self._skip_lf = False
         self._skip_line = False

@@ -186,7 +186,7 @@ class CallFollow:
         """
         self._refused_at = None
 
-    def refused(self, status: int, now: float, give_up_after: float) -> GiveUp | None:
+    def refused(self, status: int | None, now: float, give_up_after: float) -> GiveUp | None:
         """A refusal that no retry can cure (400, 403, 410, a 200 that is not a stream): give up?
 
         Only after `give_up_after` seconds of refusals with no stream that read between, so a

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 
 from bridge.config import PinecallSettings, SseSettings
 from bridge.logthrottle import LogThrottle
@@ -228,12 +229,23 @@ class Follower:
         except _FillFailedError as exc:
             reason, floor = "gap_fill_failed", exc.floor
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = "closed" if self._opened_at is not None else "connect_error"
-            # One line a call: an outage of the platform would log every call followed at once.
-            flood.info(
-                "call log connection failed",
-                extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
-            )
+            if undecodable(exc):
+                # The server answered, in an encoding we never asked for: no retry cures that,
+                # so it runs the give-up clock as a 200 that is no event stream does.
+                reason = "protocol"
+                flood.warning(
+                    "call log stream in an encoding not asked for",
+                    extra={**self._ctx(), "error": str(exc)},
+                )
+                if self._given_up(None):
+                    raise _EndedError(ended=True) from exc
+            else:
+                reason = "closed" if self._opened_at is not None else "connect_error"
+                # One line a call: an outage of the platform would log every call at once.
+                flood.info(
+                    "call log connection failed",
+                    extra={**self._ctx(), "error": f"{type(exc).__name__}: {exc}"},
+                )
         except (asyncio.CancelledError, _EndedError):
             raise
         except Exception:  # one call's bug must not end the follower silently
@@ -267,8 +279,9 @@ class Follower:
             return _Outcome("auth")
         return None
 
-    def _given_up(self, status: int) -> bool:
-        """Leave a call whose log keeps being refused: counted, and an error in the log."""
+    def _given_up(self, status: int | None) -> bool:
+        """Leave a call whose log keeps being refused (`status` None: an answer aiohttp could
+        not decode, whose status it does not tell): counted, and an error in the log."""
         given_up = self.state.refused(status, self._clock(), self._settings.give_up_after_seconds)
         if given_up is None:
             return False
@@ -305,6 +318,7 @@ class Follower:
             batch: list[Any] = []
             times: list[float] = []
             last: int | None = None
+            replaced = parser.replaced
             for item in parser.feed(chunk):
                 step = state.step(item)
                 if isinstance(step, CaughtUp):
@@ -330,6 +344,13 @@ class Follower:
                     first = max(step.first, state.acked + 1)
                     if step.last is None or first <= step.last:
                         await self._fill(Fill(first, step.last))
+            if parser.replaced != replaced:
+                # Published as decoded (the spec's replacement), but not silently: the text of
+                # an entry among these may differ from what Pinecall wrote.
+                flood.warning(
+                    "call log stream held bytes that are not UTF-8: read as U+FFFD",
+                    extra={**self._ctx(), "seqs": [_seq_of(item) for item in batch]},
+                )
             await self._publish(batch, times, last)
             if state.ended:
                 return "closed", False
@@ -467,6 +488,23 @@ _UNREADABLE = {
 def _loggable(note: dict[str, Any]) -> dict[str, Any]:
     """A dead-lettered entry's note for the log: its text is in the dead-letter topic."""
     return {key: value for key, value in note.items() if key != "data"}
+
+
+def undecodable(exc: BaseException) -> bool:
+    """Whether a request failed on an answer in a content encoding aiohttp cannot decode (`br`
+    or `zstd`, whose decoders are not installed, so not asked for): the server's fault."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ContentEncodingError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _seq_of(item: Any) -> Any:
+    """A published item's seq, for the log: a note's or an entry's, None for anything else."""
+    entry = item.item if isinstance(item, Unrecognised) else item
+    return entry.get("seq") if isinstance(entry, dict) else None
 
 
 def _in_gap(seq: int, gap: Fill) -> bool:

@@ -21,15 +21,18 @@ import aiohttp
 from bridge import jsoncodec
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise.shapes import to_epoch
-from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry
+from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry, TooLarge
 from bridge.sources.calllog.follow import Reason
-from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout
+from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout, undecodable
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.redirects import redirect_note
 
 log = logging.getLogger(__name__)
+# A line per notice too large to read: thinned (bridge.logthrottle).
+flood = LogThrottle(log)
 
 
 # The lifecycle notices written once the call is over: its log is complete.
@@ -95,6 +98,9 @@ class OrgFeed:
         self._announce = announce
         self._connected = connected
         self._policy = ReconnectPolicy.of(settings)
+        # The server's last `retry:` (seconds): kept across connections, as EventSource keeps it,
+        # so a connection that fails to open after one that said it still waits as told.
+        self._retry = 0.0
 
     async def run(self) -> None:
         url = self._api.api_url + self._settings.org_feed_path
@@ -103,7 +109,6 @@ class OrgFeed:
             opened_at: float | None = None
             # A metric label: the call streams' closed set, so a typo is mypy's error.
             reason: Reason = "error"
-            retry = 0.0
             try:
                 async with asyncio.timeout(head_timeout(self._settings)):
                     response = await self._session.get(
@@ -120,20 +125,25 @@ class OrgFeed:
                     elif response.status == 429 or response.status >= 500:
                         reason = "server_error"
                     elif response.status != 200 or response.content_type != EVENT_STREAM:
+                        # A 204 included: for a call's log it means sealed, but the feed has no
+                        # end (pinecall-wire.md), and giving it up would end discovery here.
                         reason = "protocol"
                     else:
                         opened_at = time.monotonic()
                         connected.set(1)
                         log.info("org feed connected", extra={"url": url})
                         self._connected()
-                        reason, retry = await self._read(response)
+                        reason = await self._read(response)
                     if opened_at is None:
                         log.warning(
                             "org feed refused",
                             extra={"status": response.status, **redirect_note(response)},
                         )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = "closed" if opened_at is not None else "connect_error"
+                if undecodable(exc):
+                    reason = "protocol"  # answered, in an encoding not asked for (br, zstd)
+                else:
+                    reason = "closed" if opened_at is not None else "connect_error"
                 log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})
             except asyncio.CancelledError:
                 raise
@@ -144,24 +154,29 @@ class OrgFeed:
             self._metrics.sse_reconnects.labels("org_feed", reason).inc()
             connected_for = time.monotonic() - opened_at if opened_at is not None else None
             policy_reason: DisconnectReason = "auth" if reason == "auth" else "closed"
-            delay = max(self._policy.next_delay(policy_reason, connected_for), retry)
+            delay = max(self._policy.next_delay(policy_reason, connected_for), self._retry)
             await asyncio.sleep(delay)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[Reason, float]:
+    async def _read(self, response: aiohttp.ClientResponse) -> Reason:
         parser = EventStreamParser.for_events_of(self._settings.max_event_bytes)
-        retry = 0.0
         while True:
             try:
                 async with asyncio.timeout(self._settings.read_timeout_seconds):
                     chunk = await response.content.readany()
             except TimeoutError:
-                return "silent", retry
+                return "silent"
             if not chunk:
-                return "closed", retry
+                return "closed"
             for item in parser.feed(chunk):
                 if isinstance(item, Event):
                     notice = notice_of(item)
                     if notice is not None:
                         self._announce(notice)
                 elif isinstance(item, Retry):
-                    retry = item.milliseconds / 1000
+                    self._retry = item.milliseconds / 1000
+                elif isinstance(item, TooLarge):
+                    # Its call, if any, waits for its next notice or the next call list read.
+                    flood.warning(
+                        "org feed notice larger than BRIDGE_SSE__MAX_EVENT_BYTES: not read",
+                        extra={"type": item.type, "bytes": item.size},
+                    )

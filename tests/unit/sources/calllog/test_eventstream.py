@@ -295,3 +295,15 @@ def test_a_dropped_events_digest_tells_it_apart_and_not_its_chunks(cut: int) -> 
     assert (first.type, first.size) == (second.type, second.size) == ("call.summary", 13)
     assert first.sha256 == dropped("0123456789ab")
     assert second.sha256 == dropped("0123", "456789c")
+
+
+def test_bytes_not_utf8_are_read_as_replacement_characters_and_counted() -> None:
+    parser = EventStreamParser()
+    # A character split across chunks, and a BOM, are no bad bytes: nothing counted.
+    assert parser.feed(b"\xef\xbb\xbfdata: caf\xc3") == []
+    assert parser.feed(b"\xa9\n\n") == [no_id("café")]
+    assert parser.replaced == 0
+    assert parser.feed(b"data: a\xffb\n\ndata: \xc3") == [no_id("a\ufffdb")]
+    assert parser.replaced == 1
+    parser.feed_eof()  # a character cut by the end is a replacement too
+    assert parser.replaced == 2

@@ -247,6 +247,24 @@ async def test_an_entry_too_large_to_read_is_noted_and_the_call_goes_on_past_it(
     assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
 
 
+async def test_an_entry_with_bytes_not_utf8_is_published_as_decoded_and_said(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = frame(entry(1, "transcript", text="caf\u00e9")).replace(b"\xc3\xa9", b"\xe9")
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return await stream(request, bad, frame(entry(2, "call.score")))
+
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.follower")
+    ended, _, publisher, _, _ = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2]
+    assert publisher.batches[0][0]["data"]["text"] == "caf\ufffd"
+    [said] = [r for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert said.levelname == "WARNING"
+    assert 1 in said.__dict__["seqs"]  # the seqs read with the bytes
+
+
 async def test_a_sealed_call_ends_at_once(run_follower: Callable[..., Any]) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         return web.Response(status=204)
@@ -403,6 +421,27 @@ async def test_a_log_refused_for_the_give_up_time_is_left_not_retried_forever(
     assert len(server.requests) > 1  # retried, with backoff, until the give-up time
     assert publisher.seqs == []
     assert given_up(metrics, "refused") == 1
+    assert reconnects(metrics, "protocol") == len(server.requests) - 1
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+async def test_a_stream_in_an_encoding_not_asked_for_is_refused_and_given_up_in_time(
+    run_follower: Callable[..., Any], encoding: str
+) -> None:
+    # aiohttp has no decoder for these here: it fails in the request, though the server answered.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        headers = {"Content-Type": "text/event-stream", "Content-Encoding": encoding}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(b"\x1b\x00\xf8")
+        return response
+
+    ended, server, publisher, _, metrics = await run_follower(handler, give_up_after_seconds=0.3)
+    assert ended
+    assert len(server.requests) > 1
+    assert publisher.seqs == []
+    assert given_up(metrics, "refused") == 1
+    assert reconnects(metrics, "connect_error") == 0
     assert reconnects(metrics, "protocol") == len(server.requests) - 1
 
 

@@ -17,6 +17,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import Event
 from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_until
+from tests.polling import until
 
 NOW = 1_800_000_000.0
 TTL = 3_600.0
@@ -121,3 +122,44 @@ async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_l
 
     async with reading(settings, handle) as (announced, _):
         assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_2", "call.started", None)
+
+
+async def test_a_notice_too_large_to_read_is_logged_and_the_feed_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = SseSettings(max_event_bytes=1024, backoff_initial_seconds=0.01)
+    pad = "x" * 2048
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(
+            f'event: call.ended\ndata: {{"call": "CA_1", "pad": "{pad}"}}\n\n'.encode()
+        )
+        await response.write(b'event: call.started\ndata: {"call": "CA_2"}\n\n')
+        await asyncio.sleep(2.0)
+        return response
+
+    async with reading(settings, handle) as (announced, _):
+        assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_2", "call.started", None)
+    [said] = [r for r in caplog.records if r.getMessage().startswith("org feed notice larger")]
+    assert (said.levelname, said.__dict__["type"]) == ("WARNING", "call.ended")
+    assert said.__dict__["bytes"] > 2048
+
+
+async def test_the_servers_retry_is_kept_for_the_connections_after_the_one_that_said_it() -> None:
+    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    times: list[float] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        times.append(asyncio.get_running_loop().time())
+        if len(times) == 2:  # the reconnect after `retry:` fails to open
+            return web.json_response({"detail": "down"}, status=503)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"retry: 500\n\n" if len(times) == 1 else b": ping\n\n")
+        return response
+
+    async with reading(settings, handle):
+        await until(lambda: len(times) >= 3)
+    assert times[2] - times[1] >= 0.5
