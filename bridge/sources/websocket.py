@@ -117,6 +117,13 @@ NOTICE_CHARS = 500
 _MESSAGE_TOO_BIG = 1009
 # A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
 MAX_TOKEN_ANSWER_BYTES = 64 * 1024
+# How long a connection that ended on its own (the server's close, a keepalive unanswered, a
+# frame websockets refused) waits for the server to end TCP: no frame comes after, and a
+# half-open one never ends it, so websockets' 10 s only delayed the reconnect, feed unread.
+ENDED_CLOSE_TIMEOUT = 1.0
+# How long a close the bridge begins (a token refresh's) waits for its answer: frames sent
+# until the server reads it still arrive.
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -495,7 +502,8 @@ class WebSocketSource:
             delay = self._policy.next_delay(reason, connected_for)
             log.info("feed reconnecting", extra={"reason": reason, "in_s": round(delay, 2)})
             self._downtime.tally(time.monotonic())
-            await self._pause(delay, new_key_ends=reason == "auth")
+            # A refused subscription too: a key without the feed's scope is refused there.
+            await self._pause(delay, new_key_ends=reason in ("auth", "subscribe_refused"))
             self._downtime.tally(time.monotonic())
 
     def key_changed(self) -> None:
@@ -522,6 +530,7 @@ class WebSocketSource:
             open_timeout=self._settings.open_timeout_seconds,
             ping_interval=self._settings.ping_interval_seconds,
             ping_timeout=self._settings.ping_timeout_seconds,
+            close_timeout=ENDED_CLOSE_TIMEOUT,
             max_size=self._read_limit(),
         )
         try:
@@ -693,6 +702,7 @@ class WebSocketSource:
         """Close `ws`; once the stop began, a close unanswered by `_close_by` cuts it."""
         try:
             if not self._stopping.is_set():
+                ws.close_timeout = CLOSE_TIMEOUT
                 await ws.close()
                 return
             ws.close_timeout = max(self._close_by - asyncio.get_running_loop().time(), 0.0)

@@ -426,6 +426,23 @@ async def test_a_reloaded_key_ends_the_wait_after_a_refusal_and_is_the_one_sent(
     assert reconnects(metrics, "auth") == 1
 
 
+async def test_a_reloaded_key_ends_the_wait_after_a_refused_subscription_too(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # A key without the feed's scope is refused at the subscription, not the token: its wait
+    # (5 s at least, up to the cap) outlived the reloaded key that cured it.
+    feed = await make_feed(sending(1))
+    feed.refusals = ["error"]
+    quick, api = feed.settings()
+    ws = quick.model_copy(update={"backoff_initial_seconds": 30.0, "backoff_max_seconds": 60.0})
+    sink, metrics = FakeSink(), Metrics()
+    async with running((ws, api), sink, metrics) as source:
+        await until(lambda: reconnects(metrics, "subscribe_refused") == 1, what="the refusal")
+        source.key_changed()
+        await until(lambda: len(sink.acked()) == 1, within=3, what="reconnected with the new key")
+    assert feed.connections == 2
+
+
 async def test_a_full_backlog_drops_and_counts_and_keeps_what_it_holds(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -701,10 +718,13 @@ async def test_a_kafka_stall_does_not_starve_the_keepalive(
     # The reader used to wait for room in the queue: the socket went unread, pongs too, and the
     # keepalive closed the connection; frames sent until the reconnect were lost, uncounted.
     async def script(ws: web.WebSocketResponse, n: int) -> None:
+        # Its pings answered while it sends: unanswered, the keepalive rightly closed it (hidden
+        # while a close waited websockets' 10 s for the server to end TCP).
+        answering = asyncio.create_task(hold_open(ws))
         for seq in range(1, 1000):
             await ws.send_json(entry(seq))
             await asyncio.sleep(0.005)
-        await hold_open(ws)
+        await answering
 
     feed = await make_feed(script)
     sink, metrics = FakeSink(auto_ack=False), Metrics()
@@ -827,6 +847,21 @@ async def test_unanswered_pings_mean_a_dead_connection() -> None:
         async with running(settings, sink, metrics, grace=1):
             await until(lambda: reconnects(metrics, "ping_timeout") >= 2)
     assert connections >= 2
+
+
+async def test_a_half_open_connection_is_left_soon_after_its_keepalive_goes_unanswered(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # A server that stops reading (a half-open connection) never ends TCP: after the unanswered
+    # ping the reader still waited websockets' 10 s close timeout, the feed unread meanwhile.
+    feed = await make_feed(sending(1))
+    feed.mute = {1}  # reads nothing after the subscription: no pong, the close unanswered
+    sink, metrics = FakeSink(), Metrics()
+    pinged = feed.settings(ping_interval_seconds=0.2, ping_timeout_seconds=0.3)
+    async with running(pinged, sink, metrics, grace=0.5):
+        await until(lambda: len(sink.acked()) == 1, within=4, what="the next connection's event")
+    assert reconnects(metrics, "ping_timeout") == 1
+    assert feed.connections == 2
 
 
 async def test_a_publishing_bug_retries_the_batch_instead_of_ending_the_publisher(
