@@ -174,7 +174,7 @@ class WebhookHandler:
         content_type = request.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             return self._reject(415, "unsupported_media_type", "send application/json", **headers)
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        if _coded_body(request):
             return self._reject(
                 415,
                 "unsupported_media_type",
@@ -293,6 +293,21 @@ def _signature(request: web.Request) -> str | Verdict | None:
     if len(values) > 1:
         return Verdict.MALFORMED
     return values[0] if values else None
+
+
+def _coded_body(request: web.Request) -> bool:
+    """Whether the body comes encoded: any content coding, or a transfer coding besides chunked."""
+    headers = request.headers
+    if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
+        return False  # Pinecall's own requests: the hot path
+    # Every Content-Encoding, not the first: a parser that decodes (aiohttp's) takes the last.
+    content = headers.getall("Content-Encoding", ())
+    # aiohttp undoes chunked only: `gzip, chunked` came as the body still gzipped, taken as JSON.
+    # (Its parser refuses a second Transfer-Encoding header, and one that does not end chunked.)
+    transfer = headers.get("Transfer-Encoding", "").split(",")
+    return any(value.lower() != "identity" for value in content) or any(
+        coding.strip().lower() not in ("", "chunked") for coding in transfer
+    )
 
 
 def _request_charge(length: int | None, limit: int) -> int:

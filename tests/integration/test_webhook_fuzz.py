@@ -358,13 +358,26 @@ async def test_a_body_cut_short_is_counted_not_logged_as_a_bug(
     assert "unexpected error" not in caplog.text
 
 
-async def test_an_encoded_body_is_refused_unread(bridge: RunningBridge) -> None:
+@pytest.mark.parametrize(
+    ("coding", "framing"),
+    [
+        ([("Content-Encoding", "gzip")], "length"),
+        # Only the first was read: `identity` let the gzip through, as JSON (a 401 or 400).
+        ([("Content-Encoding", "identity"), ("Content-Encoding", "gzip")], "length"),
+        # aiohttp undoes the chunked framing only: the body came still gzipped (a 401).
+        ([("Transfer-Encoding", "gzip, chunked")], "none"),
+    ],
+)
+async def test_an_encoded_body_is_refused_unread(
+    bridge: RunningBridge, coding: list[Header], framing: Framing
+) -> None:
     # Signed as the platform would sign the event; the bridge must not inflate it to check:
     # inflating a gzip bomb (1,000:1) stalls every other request.
     event, headers = signed(entry(1), SECRET)
-    request = build_request(
-        "POST", PATH, [*headers.items(), ("Content-Encoding", "gzip")], gzip.compress(event)
-    )
+    body = gzip.compress(event)
+    if framing == "none":  # the chunked framing around the gzip, written as the header says
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    request = build_request("POST", PATH, [*headers.items(), *coding], body, framing=framing)
     response = await exchange("127.0.0.1", int(bridge.url.rsplit(":", 1)[1]), request)
     assert response is not None
     assert response.status == 415
