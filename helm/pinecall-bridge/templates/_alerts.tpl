@@ -536,10 +536,13 @@ groups:
       - alert: PinecallBridgeWebSocketDown
         # Never connected during the window while still trying: only pods with the feed enabled
         # export the gauge, and it is 0 on those not holding the lease, which never try.
+        # The `for`: a pod that just started or took the lease over has a window as young as its
+        # trying, so one failed first attempt (a token request timing out) fired at once.
         expr: |
           max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $websocketDown }}])) == 0
           and on (namespace, pod)
           sum by (namespace, pod) (increase(pinecall_bridge_websocket_reconnects_total[{{ $websocketDown }}])) > 0
+        for: {{ include "pinecall-bridge.minutes" (divf $a.websocketDownMinutes 5) }}
         labels:
           severity: warning
         annotations:
@@ -593,6 +596,8 @@ groups:
         # Only where the source is on: the org feed never connected in the window while still
         # trying (no call is discovered), or call streams failing while nothing arrives over them.
         # Per process: each worker of a pod reads the org feed and follows its own calls.
+        # The `for`: a process just started has a window as young as its trying, so one failed
+        # first attempt (Pinecall's API slow to answer) fired at once, as for the WebSocket feed.
         expr: |
           (
             max by (namespace, pod, worker) (pinecall_bridge_sse_enabled) == 1
@@ -607,6 +612,7 @@ groups:
             and on (namespace, pod, worker)
             sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $callLogDown }}])) == 0
           )
+        for: {{ include "pinecall-bridge.minutes" (divf $a.callLogDownMinutes 5) }}
         labels:
           severity: warning
         annotations:
