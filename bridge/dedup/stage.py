@@ -562,10 +562,11 @@ class DedupStage:
         # would time out meanwhile and lose every partition in it.
         async with self._lock:
             await self._commit()
+        # The tasks the lookups are for: one started in their place meanwhile (a loss, a
+        # rebalance) sought its own position, which a rewind found for the old one must not move.
+        seen = {tp: self._tasks[tp] for tp in offsets if tp in self._tasks}
         starts = await consumer.beginning_offsets(list(offsets))
-        past = [
-            tp for tp in offsets if tp in self._tasks and self._tasks[tp].position >= starts[tp]
-        ]
+        past = [tp for tp, task in seen.items() if task.position >= starts[tp]]
         rewinds: dict[TopicPartition, int] = {}
         if past:
             # A skew allowance early: append times are the broker's clock, which may lag ours.
@@ -578,8 +579,8 @@ class DedupStage:
         async with self._lock:
             for tp in offsets:
                 task = self._tasks.get(tp)
-                if task is None or tp not in consumer.assignment():
-                    continue  # not processed here: its next start seeks it
+                if task is None or task is not seen.get(tp) or tp not in consumer.assignment():
+                    continue  # not processed here, or started since: its start seeks it
                 if tp in rewinds:
                     log.error(
                         "dedup partition's position is past its end (its log was truncated or"

@@ -629,6 +629,33 @@ async def test_a_position_rewound_past_the_end_forgets_the_stale_append_time() -
     )
 
 
+class RestartedDuringLookups(PastRetentionConsumer):
+    """While the offsets are looked up, partition 0 is started afresh at `restarted_at` (a loss,
+    or a rebalance, installed a new task, which sought its position)."""
+
+    def __init__(self, stage: DedupStage, position: int, restarted_at: int) -> None:
+        super().__init__(stage, position, within_ttl=11)
+        self.restarted_at = restarted_at
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        task = PartitionTask(tp(0), self.stage._settings, dict, self.stage._metrics)
+        task.position = self.restarted_at
+        self.stage._tasks[task.tp] = task
+        return await super().end_offsets(partitions)
+
+
+async def test_a_task_started_during_the_lookups_keeps_its_own_position() -> None:
+    # The rewind found for the old task (past its end) moved the new one from 10 to 11: the
+    # record at 10, never decided, was skipped.
+    h, _, _ = past_retention(12)
+    consumer = RestartedDuringLookups(h.stage, 12, restarted_at=10)
+    h.stage._consumer = consumer
+    await h.stage._run()
+    assert consumer.seeks == []
+    assert h.stage._tasks[tp(0)].position == 11
+    assert sends(h.producer) == [b"CA_1:10"]
+
+
 async def test_the_open_transaction_commits_before_the_offsets_are_looked_up() -> None:
     # The lookups may take a request timeout (35 s and more), longer than the transaction's
     # own timeout: the broker would abort it meanwhile and every partition in it be lost.
