@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, get_args
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from bridge import connlimit, listen, logthrottle, looplag
 from bridge.app import Readiness, build_admin_app, build_app, probe_routes
@@ -88,6 +88,10 @@ ADMIN_SHUTDOWN_SECONDS = 1.0
 # Kept from the end of a stop's first phase for a webhook waiting on Kafka to be answered (503)
 # before its connection is closed: a response written, milliseconds; at most a quarter of it.
 ANSWER_SECONDS = 0.5
+
+
+class OutputTopicMissingError(RuntimeError):
+    """A topic the routing names does not exist: the ingest stage waits for it, unready."""
 
 
 class _Part(Protocol):
@@ -472,6 +476,21 @@ class Bridge:
                 factors = await self._replication_factors(names, fresh)
                 if factors is not None:
                     self._check_durability(configs.found, factors, fresh)
+        if self.stages != "dedup" and configs is not None:
+            self._outputs_exist(configs.errors)
+
+    def _outputs_exist(self, errors: Mapping[str, int]) -> None:
+        """Raise (unready, retried) while a topic the routing names is missing: a pod whose routing
+        lacks it (an old one, mid-rollout) would skip records naming it, answered 2xx, lost."""
+        missing = [
+            name
+            for name in self.router.topics()
+            if errors.get(name) == UnknownTopicOrPartitionError.errno
+        ]
+        if missing:
+            raise OutputTopicMissingError(
+                f"output topics missing (created by none, or not yet): {', '.join(missing)}"
+            )
 
     async def _start_parts(self) -> None:
         """Start every part, each retried on its own: one that cannot start holds up no other.

@@ -141,11 +141,19 @@ class BothWays:
 
 
 async def _roll(
-    make: Callable[..., Replica], bootstrap: str, topics: Topics, first: str, second: str
+    make: Callable[..., Replica],
+    bootstrap: str,
+    topics: Topics,
+    first: str,
+    second: str,
+    *,
+    back: bool = False,
 ) -> dict[str, float]:
     """`first` runs, `second` joins, both take every event, `first` stops: each id output once.
 
-    Returns the counters of `second`'s dedup stage that say what it made of `first`'s offsets.
+    `back`: `second` stops and starts again first, so partitions go back to `first`, which kept
+    their windows while the other release decided them. Returns the counters of `second`'s
+    dedup stage that say what it made of `first`'s offsets.
     """
     a, b = make("first", PYTHONPATH=first), make("second", PYTHONPATH=second)
     await a.start()
@@ -156,6 +164,12 @@ async def _roll(
         await until(lambda: len(traffic.answered) >= 50, 120, 0.25, "50 events before the join")
         await b.start()
         await until(lambda: len(traffic.answered) >= 250, 180, 0.25, "250 events with both")
+        if back:
+            assert await b.stop() == 0
+            count = len(traffic.answered)
+            await until(lambda: len(traffic.answered) >= count + 100, 120, 0.25, "100 back")
+            await b.start()
+            await until(lambda: len(traffic.answered) >= count + 250, 180, 0.25, "both again")
         assert await a.stop() == 0
         count = len(traffic.answered)
         await until(lambda: len(traffic.answered) >= count + 100, 120, 0.25, "100 after the stop")
@@ -192,6 +206,19 @@ async def test_a_rollback_new_then_old_outputs_each_event_once(
     old_tree: str, replicas: Callable[..., Replica], kafka_bootstrap: str, topics: Topics
 ) -> None:
     await _roll(replicas, kafka_bootstrap, topics, NEW_TREE, old_tree)
+
+
+@pytest.mark.parametrize("upgrade", [True, False], ids=["upgrade", "rollback"])
+async def test_partitions_back_to_a_release_that_kept_their_windows_output_each_event_once(
+    upgrade: bool,
+    old_tree: str,
+    replicas: Callable[..., Replica],
+    kafka_bootstrap: str,
+    topics: Topics,
+) -> None:
+    """A rollout that backs off and goes on: the other release's decisions meet a kept window."""
+    first, second = (old_tree, NEW_TREE) if upgrade else (NEW_TREE, old_tree)
+    await _roll(replicas, kafka_bootstrap, topics, first, second, back=True)
 
 
 @pytest.fixture
