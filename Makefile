@@ -105,8 +105,9 @@ fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min
 test: venv kafka-up lint typecheck deploy-tools asyncapi kcat iptables  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
-clean: kafka-down  ## stop the broker and remove the venv, caches and broker data
-	rm -rf $(VENV) .cache/kafka-data .mypy_cache .ruff_cache .pytest_cache
+# Every local broker first: their data is removed from under them.
+clean: kafka-down kafka-cluster-down kafka-compat-down  ## stop the local brokers and remove the venv, caches and broker data
+	rm -rf $(VENV) .cache/kafka-data .cache/kafka-cluster .mypy_cache .ruff_cache .pytest_cache
 
 # The AsyncAPI contract (bridge/schema/asyncapi.yaml) is checked by the AsyncAPI project's own
 # parser, from npm (pinned in tools/asyncapi/package-lock.json) into .cache/asyncapi. It needs

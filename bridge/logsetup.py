@@ -154,11 +154,15 @@ class _TransientKafkaFilter(logging.Filter):
         msg = str(record.msg)
         if msg in self._DROPPED:
             return False
-        if record.levelno > logging.WARNING and (
-            (msg in self._DEMOTED and self._retried(record))
-            or (msg in self._RESET_DEATHS and _reset(record.exc_info))
+        if (
+            record.levelno > logging.WARNING
+            and (
+                (msg in self._DEMOTED and self._retried(record))
+                or (msg in self._RESET_DEATHS and _reset(record.exc_info))
+            )
+            and not _demote(record)
         ):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return False  # demoted below the logger's level
         where = ""
         if msg in self._UNREACHABLE and isinstance(record.args, tuple) and record.args:
             *rest, error = record.args
@@ -220,8 +224,15 @@ class _SenderCallbackFilter(logging.Filter):
             and msg.startswith("Exception in callback")
             and "Sender._fail_all" in msg.partition("\n")[0]
         ):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return _demote(record)
         return True
+
+
+def _demote(record: logging.LogRecord) -> bool:
+    """Makes an ERROR a WARNING; False when its logger is set above WARNING (the demo's ERROR)."""
+    # The logger let it through at ERROR, before its filters ran: a WARNING is checked again.
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
 
 
 def _error_kinds(args: object) -> list[str]:

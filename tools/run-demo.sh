@@ -50,6 +50,9 @@ echo
 if (( started )); then
   "$here/kafka/kafka.sh" down
 else
-  echo "(the Kafka broker was running before: left running; 'make kafka-down' stops it)"
+  # `make kafka-down` alone stops 9092's broker, not this one.
+  down="make kafka-down"
+  if [[ "$port" != 9092 ]]; then down="make kafka-down KAFKA_PORT=$port"; fi
+  echo "(the Kafka broker was running before: left running; '$down' stops it)"
 fi
 exit $status

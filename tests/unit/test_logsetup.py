@@ -165,6 +165,24 @@ def test_retried_group_coordinator_errors_are_warnings_fatal_ones_stay_errors(
     assert levels == ["warning"] * 5 + ["error"] * 4
 
 
+def test_an_error_demoted_to_a_warning_is_not_shown_at_level_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The live demo logs at ERROR: a fresh broker's first coordinator lookup still printed
+    # "WARNING aiokafka.consumer.group_coordinator: ..." over its screen.
+    from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError
+
+    logsetup.configure("ERROR", "json")
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    coordinator.error("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+    logging.getLogger("asyncio").error("Exception in callback Sender._fail_all()\nhandle: <H>")
+    coordinator.error("Group Coordinator Request failed: %s", GroupAuthorizationFailedError("g"))
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"]) for e in lines] == [
+        ("error", "aiokafka.consumer.group_coordinator")
+    ], lines
+
+
 def test_a_new_topics_start_offset_not_found_yet_is_a_warning(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

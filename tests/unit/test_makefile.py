@@ -116,3 +116,25 @@ def test_make_help_and_the_readme_give_make_chaos_one_duration() -> None:
     duration = re.search(r"\((~?[^;)]*(?:min|hour)[^;)]*);", help_row)
     assert duration is not None, help_row
     assert f"on demand, {duration[1]}," in readme_row, (duration[1], readme_row)
+
+
+def test_make_help_and_the_readme_name_the_same_targets() -> None:
+    # `make lint`, `typecheck`, `helm`, `prometheus`, `kcat`, `iptables` and `asyncapi` were in
+    # `make help` but nowhere in the README, which says `make help` lists every target.
+    shown = {line.split()[1] for line in make("help").splitlines()}
+    named = set(re.findall(r"`make ([a-z-]+)", (REPO / "README.md").read_text()))
+    assert shown - named == set(), "in `make help`, not in the README"
+    assert named - shown == set(), "in the README, not in `make help`"
+
+
+def test_make_clean_stops_every_local_broker_before_removing_their_data() -> None:
+    # It stopped KAFKA_PORT's broker only: a `make kafka-cluster-up` cluster ran on, and its
+    # data (.cache/kafka-cluster) stayed; a `make kafka-compat` broker lost its data dir running.
+    commands = make("-n", "clean", "KAFKA_PORT=29999").splitlines()
+    removal = next(i for i, line in enumerate(commands) if line.startswith("rm -rf "))
+    stops = commands[:removal]
+    assert "tools/kafka/kafka.sh down" in stops, commands
+    assert "tools/kafka/cluster.sh down" in stops, commands
+    assert any(line.endswith("KAFKA_PORT=9292 tools/kafka/kafka.sh down") for line in stops)
+    removed = commands[removal].split()[2:]
+    assert {".cache/kafka-data", ".cache/kafka-cluster"} <= set(removed), commands

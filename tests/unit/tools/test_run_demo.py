@@ -151,3 +151,21 @@ def test_a_broker_still_starting_for_another_run_is_left_running(tmp_path: Path)
     done = subprocess.run([str(tools / "run-demo.sh"), "true"], capture_output=True, timeout=30)
     assert done.returncode == 0
     assert (tools / "kafka.log").read_text().split() == ["up"]
+
+
+@pytest.mark.parametrize(
+    ("port", "down"), [(None, "'make kafka-down'"), ("29999", "'make kafka-down KAFKA_PORT=29999'")]
+)
+def test_a_broker_left_running_is_named_with_the_command_that_stops_it(
+    port: str | None, down: str, tmp_path: Path
+) -> None:
+    # `make bridge KAFKA_PORT=29999` said "'make kafka-down' stops it", which stops 9092's broker.
+    tools = copy_tools(tmp_path, starting_elsewhere=True)
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT"}
+    if port is not None:
+        env["KAFKA_PORT"] = port
+    done = subprocess.run(
+        [str(tools / "run-demo.sh"), "true"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 0
+    assert f"left running; {down} stops it" in done.stdout, done.stdout
