@@ -356,7 +356,6 @@ def test_describe_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BRIDGE_WEBHOOK__PATH", "nopath"),
         ("BRIDGE_WEBHOOK__PATH", "/metrics"),
         ("BRIDGE_TOPICS__REPLICATION_FACTOR", "0"),
-        ("BRIDGE_KAFKA__SSL_CAFILE", "/does/not/exist.pem"),
         ("BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS", "60"),
         ("BRIDGE_LOG__LEVEL", "chatty"),
         ("BRIDGE_ROUTING__RULES", "not json"),
@@ -392,6 +391,42 @@ def test_a_tls_file_path_that_cannot_be_looked_at_is_a_problem_not_a_traceback(
     path = "/tmp/" + "x" * 300
     setenv(monkeypatch, {name: path})
     assert f"{name}: file {path!r} cannot be read: File name too long" in problems()
+
+
+def test_a_tls_file_that_does_not_exist_is_named_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With SSL: under PLAINTEXT the file is refused as ignored, whether it exists or not.
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL",
+            "BRIDGE_KAFKA__SSL_CAFILE": "/does/not/exist.pem",
+        },
+    )
+    assert problems() == ["BRIDGE_KAFKA__SSL_CAFILE: file '/does/not/exist.pem' does not exist"]
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL", "BRIDGE_KAFKA__SSL_KEY_PASSWORD": "pw"},
+            "BRIDGE_KAFKA__SSL_KEY_PASSWORD needs BRIDGE_KAFKA__SSL_KEYFILE",
+        ),
+        (
+            {"BRIDGE_WEBSOCKET__ENABLED": "true"},
+            "BRIDGE_WEBSOCKET__ENABLED needs BRIDGE_PINECALL__API_KEY",
+        ),
+        (
+            {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": " , "},
+            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS: at least one host:port is required",
+        ),
+    ],
+)
+def test_a_setting_without_what_it_needs_is_the_one_problem(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    setenv(monkeypatch, env)
+    assert problems() == [problem]
 
 
 PASTED_KEY = (

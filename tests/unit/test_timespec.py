@@ -69,7 +69,8 @@ def test_iso_8601_is_utc_unless_it_says(text: str, when: datetime) -> None:
 
 @pytest.mark.parametrize("text", ["", "yesterday", "1e9", "nan", "-5", "2h ago", "9" * 400])
 def test_what_is_not_a_time_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="not"):
+    # Not bare "not": the future's refusal ("there is nothing to read") has it too.
+    with pytest.raises(ValueError, match=r"is not\b"):
         parse_since(text, NOW)
 
 

@@ -24,6 +24,8 @@ def test_defaults_are_valid() -> None:
         {"ws_garbage": 1.5},
         {"ws_documented_ratio": 0.6, "ws_legacy_ratio": 0.6},
         {"max_attempts": 0},
+        {"ws_refuse_subscriptions": -1},
+        {"delivery_concurrency": 0},
         {"retry_base": -1},
         {"retry_base": float("nan")},
         {"api_latency": float("nan")},
@@ -40,6 +42,7 @@ def test_bad_simulator_settings_are_refused(change: dict[str, object]) -> None:
     [
         {"calls": -1},
         {"concurrency": 0},
+        {"subscribers": -1},
         {"rate": -1},
         {"rate": float("nan")},  # was taken as "as fast as possible"
         {"channel": "pigeon"},
