@@ -11,6 +11,7 @@ DisconnectReason = Literal[
     "token_error",
     "connect_error",
     "closed",
+    "server_error",
     "ping_timeout",
     "subscribe_refused",
     "frame_too_large",

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -82,8 +83,11 @@ flood = LogThrottle(log)
 
 # Close codes that mean "your credentials are bad or expired": fetch a new token before retrying.
 AUTH_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
-# Going away, restarting, try again later: the server's own life, not an answer to a subscription.
-SERVER_CLOSE_CODES = frozenset({1001, 1012, 1013})
+# Internal error, bad gateway: the server failing, not an answer to a subscription.
+SERVER_ERROR_CLOSE_CODES = frozenset({1011, 1014})
+# Going away, restarting, try again later, and the server's failures: the server's own life, not
+# an answer to a subscription (a 1011 was retried 5 s apart at least, logged at ERROR as refused).
+SERVER_CLOSE_CODES = frozenset({1001, 1012, 1013}) | SERVER_ERROR_CLOSE_CODES
 MAX_BATCH = 500
 # The one batch being published is held parsed, up to 25 times its text: bounded apart from
 # the backlog, so its share of memory stays small whatever the backlog's bound.
@@ -98,6 +102,16 @@ RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _DRAINED = object()
 # A token is refreshed when this share of its life is left (at least 1 s, at most 60 s before).
 REFRESH_SHARE = 0.2
+# Nor sooner than this after its connection opened: each refresh is a token request and a new
+# connection, and a token said to live a second or less had them made twice a second, for good.
+# Low enough that a token of 4 s (the simulator's in tests) is still refreshed before it expires.
+MIN_REFRESH_SECONDS = 2.0
+# How often a refused key or token, or an auth close, is said while it lasts: it is retried at
+# least every BACKOFF_MAX_SECONDS, and each retry said it again at WARNING.
+REFUSED_LOG_EVERY = 300.0
+# The key's or token's refusals: the first said, then one line each REFUSED_LOG_EVERY with how
+# many more; what is held back is said once a subscription is taken again (`_taken`).
+refusals = LogThrottle(log, every=REFUSED_LOG_EVERY)
 # How long a refreshed connection may take to send its first frame (the subscription's ack)
 # before the old one is closed anyway.
 FIRST_FRAME_TIMEOUT = 2.0
@@ -232,10 +246,13 @@ class TokenClient:
             raise TokenError(f"no {self._ws.token_field!r} in the token response", auth=False)
         expires_in = body.get("expires_in")
         # Relative, so the monotonic clock: by the wall clock a step (NTP, a resumed VM) back put
-        # the refresh past the expiry, and one forward gave up a failed refresh at once.
+        # the refresh past the expiry, and one forward gave up a failed refresh at once. One of 0
+        # or less says no usable expiry: taken as none (a refresh made it reconnect every 0.5 s).
         expires = (
             time.monotonic() + float(expires_in)
-            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+            if isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and 0 < expires_in < math.inf
             else None
         )
         return token, expires
@@ -317,6 +334,7 @@ class WebSocketSource:
         # also when it failed before a connection was opened (`opened` is then None).
         self._credential = ""
         self._on_connected = on_connected
+        self._short_token_said = False  # a token living too short to refresh ahead: said once
         self.connected = False
         self.disconnected_at: float | None = None  # epoch seconds the last connection ended
 
@@ -417,9 +435,8 @@ class WebSocketSource:
                 if not self._stopping.is_set():
                     self._metrics.websocket_connected.set(1)
                     self.connected = True
-                    if self._on_connected is not None:
-                        opened.on_taken = partial(self._on_connected, time.time())
-                        opened.settle_unless_awaited()  # a refresh's successor: answered
+                    opened.on_taken = partial(self._taken, time.time())
+                    opened.settle_unless_awaited()  # a refresh's successor: answered
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
                 for message in opened.early:
@@ -430,11 +447,11 @@ class WebSocketSource:
                 _log_refusal(exc, self._settings.events)
             except TokenError as exc:
                 reason = "token_error" if not exc.auth else "auth"
-                log.warning("feed token unavailable", extra={"error": str(exc)})
+                refusals.warning("feed token unavailable", extra={"error": str(exc)})
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 reason = "auth" if status in (401, 403) else "connect_error"
-                log.warning("feed refused the connection", extra={"status": status})
+                refusals.warning("feed refused the connection", extra={"status": status})
             except ConnectionClosed as exc:
                 reason = _close_reason(exc)
                 if reason == "frame_too_large":
@@ -455,7 +472,8 @@ class WebSocketSource:
                     )
                 else:
                     detail = self._shown(exc, opened)
-                    log.warning("feed closed", extra={"reason": reason, "detail": detail})
+                    said = refusals if reason == "auth" else log
+                    said.warning("feed closed", extra={"reason": reason, "detail": detail})
             except (InvalidURI, InvalidProxy) as exc:
                 # Their text quotes the URL whole: the feed's, the token in its query, or the
                 # proxy's (HTTPS_PROXY), its password in it. What is wrong with it, alone, then:
@@ -505,6 +523,14 @@ class WebSocketSource:
             # A refused subscription too: a key without the feed's scope is refused there.
             await self._pause(delay, new_key_ends=reason in ("auth", "subscribe_refused"))
             self._downtime.tally(time.monotonic())
+
+    def _taken(self, at: float) -> None:
+        """A subscription taken (at `at`, epoch seconds): tell `on_connected`, and say what the
+        refusals before it held back, so the next refusal is said at once."""
+        refusals.flush()
+        refusals.forget()
+        if self._on_connected is not None:
+            self._on_connected(at)
 
     def key_changed(self) -> None:
         """The API key was reloaded: a wait after a refusal ends now, as the new key may cure it."""
@@ -572,9 +598,18 @@ class WebSocketSource:
             return None
         left = current.expires_at - time.monotonic()
         lead = min(max(left * REFRESH_SHARE, 1.0), 60.0)
-        # Not sooner than half a second: a token with next to no life left is not a reason to
-        # reconnect in a tight loop (its server closes the connection, and the backoff applies).
-        after = max(left - lead, 0.5)
+        # A token with next to no life is no reason to reconnect in a tight loop: its server
+        # closes the connection at its expiry, if it does, and the backoff applies.
+        after = left - lead
+        if after < MIN_REFRESH_SECONDS:
+            after = MIN_REFRESH_SECONDS
+            if not self._short_token_said:
+                self._short_token_said = True
+                log.warning(
+                    "feed token lives too short to be refreshed before it expires: refreshed"
+                    f" {MIN_REFRESH_SECONDS:g} s after its connection opened instead",
+                    extra={"token_left_s": round(left, 2)},
+                )
         return asyncio.create_task(self._refresh(tokens, current, after), name="websocket-refresh")
 
     async def _refresh(self, tokens: TokenClient, current: _Opened, after: float) -> _Opened:
@@ -997,4 +1032,4 @@ def _close_reason(exc: ConnectionClosed) -> DisconnectReason:
         return "ping_timeout" if "keepalive" in str(exc) else "closed"
     if received.code in AUTH_CLOSE_CODES or "auth" in received.reason.lower():
         return "auth"
-    return "closed"
+    return "server_error" if received.code in SERVER_ERROR_CLOSE_CODES else "closed"

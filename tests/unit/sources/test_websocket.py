@@ -43,6 +43,13 @@ from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
 REFUSAL = "unknown event type 'turn.nope'"
+MIN_REFRESH_SECONDS = websocket.MIN_REFRESH_SECONDS  # the bridge's, not the tests' (below)
+
+
+@pytest.fixture(autouse=True)
+def quick_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' tokens live a few seconds: refreshed after half a second at least, not 2 s."""
+    monkeypatch.setattr(websocket, "MIN_REFRESH_SECONDS", 0.5)
 
 
 entry = partial(entries.entry, call="CA_ws", agent="a", epoch=1_790_000_000, ephemeral=False)
@@ -927,6 +934,28 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
     assert not reconnects(metrics, "closed")
 
 
+@pytest.mark.parametrize("expires_in", [0, -5, 0.001])
+async def test_a_token_said_to_live_no_time_is_not_refreshed_in_a_loop(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    expires_in: float,
+) -> None:
+    # Refreshed every 0.5 s for good, a refresh being no reconnect: a token request and a new
+    # connection twice a second, and no backoff.
+    monkeypatch.setattr(websocket, "MIN_REFRESH_SECONDS", MIN_REFRESH_SECONDS)
+    feed = await make_feed(sending(0))
+    feed.expires_in = expires_in
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: feed.connections == 1)
+            await asyncio.sleep(1.2)  # refreshed after 0.5 s each, before
+    assert (feed.connections, feed.token_requests) == (1, 1)
+    short = [r for r in caplog.records if r.getMessage().startswith("feed token lives too short")]
+    assert len(short) == (1 if expires_in > 0 else 0)  # 0 or less: taken as no expiry
+
+
 async def test_a_failed_token_refresh_is_tried_again_before_the_token_expires(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -1043,6 +1072,48 @@ async def test_a_refused_subscription_is_counted_logged_and_retried_until_it_hea
         ("error_frame", REFUSAL),
         ("close", f"4000 {REFUSAL}"),
     ]
+
+
+@pytest.mark.parametrize("code", [1011, 1014])
+async def test_a_server_error_close_before_the_answer_is_no_refusal(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+) -> None:
+    # Internal error, bad gateway: counted and logged at ERROR as a refused subscription, and
+    # the reconnect waited 5 s at least, for a failure of the server's.
+    feed = await make_feed(sending(1))
+    feed.refusals, feed.refusal_code, feed.refusal_reason = ["close"], code, "upstream failed"
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: len(sink.acked()) == 1, within=3, what="reconnected, no 5 s wait")
+    assert reconnects(metrics, "server_error") == 1
+    assert reconnects(metrics, "subscribe_refused") == 0
+    assert refusal_logs(caplog) == []
+
+
+@pytest.mark.parametrize("refused", ["token", "close"])
+async def test_a_refused_key_is_said_once_then_how_often_once_it_is_taken_again(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    refused: str,
+) -> None:
+    # Each retry (5 s at least, then every BACKOFF_MAX_SECONDS) said it again at WARNING.
+    feed = await make_feed(sending(1))
+    if refused == "token":
+        feed.token_status, said = 401, "feed token unavailable"
+    else:
+        feed.refusals, feed.refusal_code, said = ["close"] * 1000, 4001, "feed closed"
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: reconnects(metrics, "auth") >= 4, what="four refusals")
+            feed.token_status, feed.refusals = 200, []
+            await until(lambda: len(sink.acked()) == 1, what="the key taken again")
+    lines = [r for r in caplog.records if r.getMessage().startswith(said)]
+    first, summary = lines
+    assert first.getMessage() == said
+    assert summary.suppressed == reconnects(metrics, "auth") - 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
