@@ -18,6 +18,10 @@ connection cap); tests/unit/test_library_privates.py names every private this ta
 aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
 
+The protocol also answers a client that half-closes (shutdown(SHUT_WR)) after its requests:
+asyncio closes a transport whose protocol's eof_received returns falsy, as aiohttp's does, so
+such a client got no answer (its webhook published all the same). See eof_received.
+
 The same protocol enforces the cap on open connections (bridge/connlimit.py) as each is made:
 one past it is refused without its parser ever running, and aiohttp's server never sees it.
 """
@@ -62,12 +66,15 @@ class HeadTimeoutHandler(RequestHandler):
 
     __slots__ = (
         "_admitted",
+        "_answered",
+        "_answering",
         "_cap",
         "_head_timeout",
         "_head_timer",
         "_last_payload",
         "_on_bad_head",
         "_on_head_timeout",
+        "_peer_eof",
         "_refusal",
     )
 
@@ -91,6 +98,10 @@ class HeadTimeoutHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         # The body of the newest parsed request: bytes that arrive before it ends are body.
         self._last_payload: StreamReader | None = None
+        # Requests whose answer has begun, and has been written; whether the client half-closed.
+        self._answering = 0
+        self._answered = 0
+        self._peer_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._admitted = self._cap.admit()
@@ -124,6 +135,39 @@ class HeadTimeoutHandler(RequestHandler):
             self._head_timer = self._loop.call_later(
                 self._head_timeout, self._head_timed_out, parsed
             )
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # aiohttp types its None
+        """Keep a half-closed connection open (True) while a request sent before its end is
+        unanswered; otherwise (idle, a head left unfinished, a refused connection) close it."""
+        # aiohttp's returns None, and asyncio then closes the transport: a client that shuts its
+        # sending side after a whole request (shutdown(SHUT_WR)) got no answer, its webhook
+        # published all the same, and only the first of pipelined requests was served.
+        if self._admitted != "serve" or self.transport is None:
+            return False
+        self._peer_eof = True
+        if self._answered >= self._request_count:
+            return False
+        payload = self._last_payload
+        if payload is not None and not payload.is_eof() and self._answering < self._request_count:
+            # The body under way can never end: its reader sees the client leave (400
+            # incomplete_body), not a wait for the body timeout.
+            payload.set_exception(ConnectionResetError("the client ended its request mid-body"))
+        return True
+
+    async def finish_response(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> tuple[StreamResponse, bool]:
+        self._answering += 1
+        if self._peer_eof and not self._messages:
+            resp.force_close()  # the last answer a half-closed client gets says so
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._answered += 1
+            if self._peer_eof and not self._messages:
+                # Nothing more can come: closed once the answer is flushed, not at the keep-alive
+                # timeout, and a body cut short is not drained (its read would raise, logged).
+                self.force_close()
 
     def _stopping(self) -> bool:
         """Whether aiohttp's stop has flagged this connection while it is still open."""

@@ -28,7 +28,7 @@ from bridge.config import PinecallSettings, Settings, dotenv_variables
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
-from bridge.http_timeouts import admin_runner, timed_runner
+from bridge.http_timeouts import HeadTimeoutAppRunner, admin_runner, timed_runner
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     PartitionWatch,
@@ -316,21 +316,8 @@ class Bridge:
 
     async def _start_http(self) -> None:
         http = self.settings.http
-        runner = timed_runner(
-            self.app,
-            http,
-            self.metrics,
-            max_connections=self._connection_limit(),
-            handle_signals=False,
-            access_log=None,
-            # The signature covers the raw body, and inflating a gzip bomb (1,000:1) would stall
-            # the event loop: encoded bodies stay as they came and are refused (415).
-            auto_decompress=False,
-            # A handler needs at most the publish timeout; waiting longer only delays the flush.
-            shutdown_timeout=min(
-                self.settings.kafka.publish_timeout_seconds + 1,
-                self.settings.shutdown.grace_seconds,
-            ),
+        runner = webhook_runner(
+            self.app, self.settings, self.metrics, max_connections=self._connection_limit()
         )
         await runner.setup()
         try:
@@ -897,6 +884,32 @@ class Bridge:
                 extra={"drain_delay_s": round(delay, 3), "setting": wanted},
             )
         return delay
+
+
+def webhook_runner(
+    app: web.Application,
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    max_connections: int | None = None,
+) -> HeadTimeoutAppRunner:
+    """The webhook port's runner with every server option the bridge serves it with (the unit
+    tests' harness serves through it too, so the two cannot drift apart)."""
+    return timed_runner(
+        app,
+        settings.http,
+        metrics,
+        max_connections=max_connections,
+        handle_signals=False,
+        access_log=None,
+        # The signature covers the raw body, and inflating a gzip bomb (1,000:1) would stall
+        # the event loop: encoded bodies stay as they came and are refused (415).
+        auto_decompress=False,
+        # A handler needs at most the publish timeout; waiting longer only delays the flush.
+        shutdown_timeout=min(
+            settings.kafka.publish_timeout_seconds + 1, settings.shutdown.grace_seconds
+        ),
+    )
 
 
 def answer_reserve(left: float) -> float:

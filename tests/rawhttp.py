@@ -154,6 +154,10 @@ class RawConnection:
             return False
         return not self.writer.is_closing()
 
+    def half_close(self) -> None:
+        """Shut the sending side (shutdown(SHUT_WR)): the server reads end-of-file."""
+        self.writer.write_eof()
+
     async def dribble(self, data: bytes, every: float) -> None:
         """Send `data` a byte at a time, `every` seconds apart, until sent or refused."""
         for byte in data:

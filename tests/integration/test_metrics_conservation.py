@@ -101,8 +101,9 @@ async def test_every_webhook_item_and_ingest_record_is_counted_once(
     )
     assert bridge.bridge.port is not None
     answer = await exchange("127.0.0.1", bridge.bridge.port, truncated, half_close=True)
-    # The sender left mid-body: no answer, counted (and its bytes in flight given back).
-    assert answer is None
+    # The sender ended its sending mid-body: a 400, counted (and its bytes in flight given back).
+    assert answer is not None
+    assert answer.status == 400
     cut = 'pinecall_bridge_events_rejected_total{channel="webhook",reason="incomplete_body"}'
     await until_metrics(bridge, lambda m: m.get(cut) == 1, within=10)
     # An ingest record no bridge wrote.

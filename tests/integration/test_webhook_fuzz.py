@@ -352,7 +352,9 @@ async def test_a_body_cut_short_is_counted_not_logged_as_a_bug(
     body, headers = signed(entry(1), SECRET)
     request = build_request("POST", PATH, list(headers.items()), body, framing="long")
     port = int(bridge.url.rsplit(":", 1)[1])
-    assert await exchange("127.0.0.1", port, request, half_close=True) is None
+    answer = await exchange("127.0.0.1", port, request, half_close=True)
+    assert answer is not None
+    assert answer.status == 400
     series = 'pinecall_bridge_events_rejected_total{channel="webhook",reason="incomplete_body"}'
     await until_metrics(bridge, lambda samples: samples.get(series) == 1, within=10)
     assert "unexpected error" not in caplog.text

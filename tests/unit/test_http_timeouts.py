@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -125,10 +126,12 @@ async def edge(
     max_connections: int = 4096,
     *,
     admin: bool = False,
+    publish_timeout: float = 0.2,
 ) -> AsyncIterator[Edge]:
     """The bridge's app behind the bridge's runner, on a free port, with a fake Kafka.
 
-    `admin`: behind the admin port's runner instead (its cap is ADMIN_MAX_CONNECTIONS)."""
+    `admin`: behind the admin port's runner instead (its cap is ADMIN_MAX_CONNECTIONS);
+    `publish_timeout`: how long a webhook waits on the fake Kafka before its 503."""
     s: Settings = load_settings(
         http={
             "port": 0,
@@ -140,7 +143,7 @@ async def edge(
         webhook={"secrets": [SECRET.decode()], "max_body_bytes": 4096},
     )
     metrics, sink = Metrics(), FakeSink()
-    pipeline = pipeline_with(sink, metrics, s.topics)
+    pipeline = pipeline_with(sink, metrics, s.topics, publish_timeout=publish_timeout)
     webhook = WebhookHandler(
         s.webhook,
         pipeline,
@@ -205,6 +208,66 @@ async def test_a_slow_body_gets_408_and_is_closed() -> None:
         assert e.rejected("body_timeout") == 1
         assert e.timed_out("body") == 1
         assert e.timed_out("header") == 0
+        assert e.sink.records == []
+
+
+async def test_a_half_closed_client_is_answered_every_request_it_sent_whole() -> None:
+    # A client may shut its sending side once its requests are out (shutdown(SHUT_WR)): asyncio
+    # closed the connection at that end-of-file, the webhook published but never answered, and
+    # only the first of pipelined requests served.
+    async with edge(publish_timeout=LONG) as e:
+        e.sink.auto_ack = False  # each answer waits on Kafka until the end-of-file is in
+        conn = await e.connect()
+        assert await conn.send(signed_post(ENTRY) * 3)
+        conn.half_close()
+        await until(lambda: len(e.sink.records) == 1)
+        await asyncio.sleep(0.2)  # the end-of-file reaches the server before Kafka answers
+        e.sink.ack_all()
+        answers = [await conn.response(within=CLOSED_WITHIN) for _ in range(3)]
+        assert [a.status if a else None for a in answers] == [200, 200, 200]
+        last = answers[-1]
+        assert last is not None
+        assert last.headers.get("connection", "").lower() == "close"
+        # Closed after the last answer, not at the keep-alive timeout (LONG).
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
+        assert len(e.sink.records) == 3
+
+
+async def test_a_body_cut_short_by_a_half_close_is_400_incomplete_and_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with edge() as e:
+        body, headers = signed(ENTRY, SECRET)
+        request = build_request("POST", PATH, list(headers.items()), body, framing="long")
+        conn = await e.connect()
+        assert await conn.send(request)
+        conn.half_close()
+        response = await conn.response(within=CLOSED_WITHIN)
+        assert response is not None
+        assert (response.status, jsoncodec.loads(response.body)["error"]) == (
+            400,
+            "incomplete_body",
+        )
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
+        assert e.rejected("incomplete_body") == 1
+        assert e.sink.records == []
+    # Its body, never to end, is not drained after the answer: that read raised, logged by aiohttp.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("sent", [b"", signed_post(ENTRY)[:20]], ids=["idle", "head_unfinished"])
+async def test_a_half_closed_connection_with_no_whole_request_is_closed_unanswered(
+    sent: bytes,
+) -> None:
+    # No request can complete: closed at once, not at the keep-alive or head timeout (LONG).
+    async with edge() as e:
+        conn = await e.connect()
+        assert await conn.send(sent)
+        conn.half_close()
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
         assert e.sink.records == []
 
 

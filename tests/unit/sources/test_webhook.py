@@ -1,4 +1,4 @@
-"""The webhook endpoint over real HTTP (aiohttp test server), with a fake Kafka sink."""
+"""The webhook endpoint over real HTTP (served as the bridge serves it), with a fake Kafka sink."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
 from bridge.config import Settings, load_settings, load_tool_settings
+from bridge.http_timeouts import HeadTimeoutServer
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
 from bridge.normalise import shapes
 from bridge.pipeline import Pipeline
+from bridge.service import Bridge, webhook_runner
 from bridge.sink.limits import TopicLimits
 from bridge.sources import signature
 from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, WebhookHandler
@@ -28,6 +30,7 @@ from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
 from tests.rawhttp import Framing, RawConnection, build_request, exchange, parse_response
+from tests.sockets import free_port, refusing_address
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import SIGNATURE, signed
 
@@ -37,13 +40,16 @@ PATH = "/webhooks/pinecall"
 class Harness:
     def __init__(
         self,
-        client: TestClient[Any, Any],
+        client: aiohttp.ClientSession,
+        runner: web.AppRunner,
         sink: FakeSink,
         metrics: Metrics,
         readiness: Readiness,
         handler: WebhookHandler,
     ) -> None:
         self.client = client
+        self.runner = runner
+        self.port = int(runner.addresses[0][1])
         self.sink = sink
         self.metrics = metrics
         self.readiness = readiness
@@ -67,12 +73,6 @@ class Harness:
         elif not sign_it:
             del headers[SIGNATURE]
         return await self.client.post(PATH, data=body, headers=headers)
-
-    @property
-    def port(self) -> int:
-        port = self.client.port
-        assert port is not None
-        return port
 
     def rejected(self, reason: str) -> float:
         return sample(
@@ -106,15 +106,56 @@ UNTIL_ACKED = 60.0
 
 @contextlib.asynccontextmanager
 async def serving(s: Settings, *, publish_timeout: float = UNTIL_ACKED) -> AsyncIterator[Harness]:
-    """The webhook endpoint with settings `s`, its clock at ENTRY_TIME."""
+    """The webhook endpoint with settings `s`, its clock at ENTRY_TIME, served with the bridge's
+    own server options (aiohttp's TestServer inflates bodies and cancels handlers, as no bridge
+    does)."""
     metrics = Metrics()
     sink = FakeSink()
     pipeline = pipeline_with(sink, metrics, s.topics, publish_timeout=publish_timeout)
     readiness = Readiness(metrics, lambda: True)
     handler = WebhookHandler(s.webhook, pipeline, metrics, clock=lambda: ENTRY_TIME)
     app = build_app(s, handler, readiness, metrics)
-    async with TestClient(TestServer(app)) as client:
-        yield Harness(client, sink, metrics, readiness, handler)
+    runner = webhook_runner(app, s, metrics)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession(url) as client:
+            yield Harness(client, runner, sink, metrics, readiness, handler)
+    finally:
+        await runner.cleanup()
+
+
+def server_options(runner: web.BaseRunner) -> dict[str, object]:
+    """How `runner`'s server parses, answers and cuts requests: its class and every option."""
+    server = runner.server
+    assert isinstance(server, HeadTimeoutServer)
+    return {
+        "class": type(server),
+        "handler_cancellation": server.handler_cancellation,
+        "head_timeout": server._head_timeout,
+        **server._kwargs,  # auto_decompress, keepalive_timeout, lingering_time, max sizes...
+    }
+
+
+async def test_the_harness_serves_with_the_options_a_bridge_serves_with() -> None:
+    # Its answers hold for the bridge only if both servers are built alike: aiohttp's TestServer
+    # inflated a gzipped body and cancelled a handler whose client left, where no bridge does.
+    s = load_settings(
+        webhook={"secrets": [SECRET.decode()]},
+        kafka={"bootstrap_servers": [refusing_address()]},
+        http={"port": free_port()},
+        websocket={"enabled": False},
+        shutdown={"grace_seconds": 2},
+    )
+    bridge = Bridge(s, stages="ingest")
+    await bridge.start()
+    try:
+        assert bridge._runner is not None
+        async with serving(s) as harness:
+            assert server_options(harness.runner) == server_options(bridge._runner)
+    finally:
+        await bridge.stop()
 
 
 @pytest.fixture
