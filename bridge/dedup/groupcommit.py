@@ -105,6 +105,17 @@ class GroupCommitFailedError(KafkaError):  # type: ignore[misc]
         self.metadata = metadata
 
 
+class CommitCutError(KafkaError):  # type: ignore[misc]
+    """The commit's caller was cut (its step's deadline, the stop's grace period) before the
+    sender sent its offsets: they are not sent, and the transaction is aborted."""
+
+    def __init__(self, group_id: str) -> None:
+        super().__init__(
+            f"the commit of group {group_id!r} was cut before its offsets were sent;"
+            " its transaction is aborted"
+        )
+
+
 class TxnOffsetCommitResponseV3(Response):  # type: ignore[misc]
     API_KEY = API_KEY
     API_VERSION = 3
@@ -343,8 +354,23 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
             try:
                 await super().send_offsets_to_transaction(offsets, metadata.group_id)
                 return frozenset(self._unknown.left_out)
+            except asyncio.CancelledError:
+                self._outcomes_unawaited()
+                raise
             finally:
                 self._group = None
+
+    def _outcomes_unawaited(self) -> None:
+        """Cut: read the queued offsets' and the transaction's outcomes when they come.
+
+        Nobody awaits them now (aiokafka's shield, cancelled, stops reading the queued ones), and
+        asyncio logged their failure at ERROR ("Future exception was never retrieved") when the
+        producer was collected. The cut is the caller's to tell, and cut_short's.
+        """
+        txn = self._txn_manager
+        for _, _, queued in getattr(txn, "_pending_txn_offsets", ()):
+            queued.add_done_callback(_read_failure)
+        txn.wait_for_transaction_end().add_done_callback(_read_failure)
 
     async def _txn_offset_commit(self, offsets: dict[TopicPartition, Any], group_id: str) -> None:
         """The sender's step for queued offsets (in its task): aiokafka's, with our handler."""
@@ -352,10 +378,10 @@ class GroupCommitProducer(AIOKafkaProducer):  # type: ignore[misc]
             return
         sender, meta = self._sender, self._group
         if meta is None or meta.group_id != group_id:
-            # Only reachable past send_offsets_to_transaction's refusal.
-            abort_transaction_with(
-                sender._txn_manager, KafkaError("offsets without group metadata")
-            )
+            # The caller of send_offsets_with_group was cut (its step's deadline, the end of the
+            # stop's grace period) while the offsets were still queued: an AddOffsetsToTxn or a
+            # retried TxnOffsetCommit came after. Nobody will commit this transaction.
+            cut_short(sender._txn_manager, group_id)
             return
         try:
             node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
@@ -378,6 +404,23 @@ async def _read_presence(client: Any, unknown: UnknownPartitions) -> None:
         return
     for tp in unknown.unread():
         unknown.read(tp, cluster.partitions_for_topic(tp.topic))
+
+
+def cut_short(txn: Any, group_id: str) -> None:
+    """Abort the transaction of a commit whose caller is gone (its outcomes read by
+    _outcomes_unawaited), and say so."""
+    log.warning(
+        "a dedup commit was cut before its offsets were sent (its step's deadline, or the stop's"
+        " grace period, ran out); its transaction is aborted, its records left to the"
+        " partitions' next owner",
+        extra={"group": group_id},
+    )
+    abort_transaction_with(txn, CommitCutError(group_id))
+
+
+def _read_failure(outcome: asyncio.Future[Any]) -> None:
+    if not outcome.cancelled():
+        outcome.exception()
 
 
 def _warn_once(what: str, message: str) -> None:

@@ -341,6 +341,7 @@ class DedupStage:
         except asyncio.CancelledError:
             # Cut at the end of the grace period: the consumer is closed without leaving (its
             # partitions move on at the session timeout), not left open ("Unclosed") for good.
+            await self._out.cut()  # the producer too: left open, it ran on until the exit
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 await close_now(consumer)

@@ -308,6 +308,40 @@ class StageProducer:
         finally:
             await self._retired()
 
+    async def cut(self) -> None:
+        """stop(), cut at the end of the stop's grace period: the producer is closed at once,
+        sending nothing more. Returns at once when stop() got that far.
+
+        Its open transaction is left to the brokers, who abort it after the transaction timeout
+        (or this instance id's next start does): left running until the exit, its sender went
+        on with a commit cut under way, and the process ended with the producer unclosed.
+        """
+        self._stopped = True
+        restart, self._restart = self._restart, None
+        attempt, self._attempt = self._attempt, None
+        for task in (restart, attempt):
+            if task is not None:
+                task.cancel()
+        if self._txn is not None:
+            log.warning(
+                "the dedup stage was cut with its transaction open: the brokers abort it after"
+                " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS, read_committed readers of its output"
+                " partitions held back until then; its records are the partitions' next owner's",
+                extra={
+                    "records_sent": self.sent,
+                    "transaction_timeout_ms": self._settings.transaction_timeout_ms,
+                    "transactional_id": self.transactional_id,
+                },
+            )
+        self._txn = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _fatal_cause(producer)
+            await close_now(producer)
+        left = [*self._retiring, *(t for t in (restart, attempt) if t is not None)]
+        if left:
+            await _cut(left)
+
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -306,5 +307,39 @@ async def test_a_live_partition_unknown_to_the_coordinator_for_too_long_aborts(
     with pytest.raises(UnknownTopicOrPartitionError):
         await setup.producer.send_offsets_with_group({setup.input: 5}, setup.meta)
     await setup.producer.abort_transaction()
+    assert await setup.committed_offset() is None
+    assert await setup.output() == []
+
+
+async def test_a_commit_cut_while_its_offsets_are_retried_aborts_as_cut_with_nothing_unread(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop's grace period ran out during a commit the coordinator kept answering with a
+    retry: the sender's next attempt came after the cut. It aborts the transaction as cut, and
+    no outcome is left for asyncio to log at ERROR as never retrieved."""
+    answered = lagging_coordinator(monkeypatch, answers=None)
+    unread: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        await setup.producer.begin_transaction()
+        await setup.producer.send_and_wait(setup.names.events, b"one")
+        sending = asyncio.create_task(
+            setup.producer.send_offsets_with_group({setup.input: 5}, setup.meta)
+        )
+        await until(lambda: answered, 10, 0.01, "a TxnOffsetCommit answered with a retry")
+        sending.cancel()
+        await asyncio.wait([sending])
+        ended = setup.producer._txn_manager.wait_for_transaction_end()
+        await until(ended.done, 10, 0.01, "the cut commit's transaction aborted")
+        assert isinstance(ended.exception(), groupcommit.CommitCutError)
+        await setup.producer.abort_transaction()
+        await setup.producer.stop()
+        setup.producer = txn_producer(setup.bootstrap, setup.names)  # stopped by the fixture
+        del sending, ended
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [(c["message"], c.get("future")) for c in unread] == []
     assert await setup.committed_offset() is None
     assert await setup.output() == []

@@ -243,6 +243,8 @@ async def test_aiokafkas_transactional_producer_privates(stand_in_cluster: list[
         )
         need("aiokafka", txn, "_txn_partitions", users, lambda p: isinstance(p, set), "a set")
         need("aiokafka", txn, "_txn_consumer_group", users, lambda g: g is None, "None")
+        # Offsets queued for the sender: (tp, offset, future) each; their futures read when cut.
+        need("aiokafka", txn, "_pending_txn_offsets", users, lambda q: len(q) == 0, "empty")
         method("aiokafka", txn, "error_transaction", users, "exc", aio=False)
         method("aiokafka", txn, "offset_committed", users, "tp", "offset", "group_id", aio=False)
         handler = TxnOffsetCommitHandler(sender, {}, "g")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -26,6 +28,7 @@ from bridge.dedup import groupcommit
 from bridge.dedup.groupcommit import (
     FENCED_MEMBER,
     UNKNOWN_PARTITION_RETRY_SECONDS,
+    CommitCutError,
     GroupCommitFailedError,
     GroupCommitHandler,
     GroupCommitProducer,
@@ -274,6 +277,59 @@ async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> 
     finally:
         await producer.stop()
         await plain.stop()
+
+
+async def cut_commit(producer: GroupCommitProducer) -> asyncio.Future[None]:
+    """A transaction whose send_offsets_with_group is cancelled with its offsets still queued
+    (the stop's grace period ran out); then the sender reaches them, as its next turn does."""
+    txn = producer._txn_manager
+    txn.set_pid_and_epoch(4000, 3)
+    txn.begin_transaction()
+    sending = asyncio.create_task(producer.send_offsets_with_group({IN: 12}, META))
+    await asyncio.sleep(0)  # queued: the producer's sender (not started) has not taken them
+    sending.cancel()
+    await asyncio.wait([sending])
+    assert sending.cancelled()
+    txn.consumer_group_added(GROUP)  # AddOffsetsToTxn answered after the cut
+    offsets, group_id = txn.offsets_to_commit()
+    queued: asyncio.Future[None] = txn._pending_txn_offsets[0][2]
+    await producer._sender._do_txn_offset_commit(offsets, group_id)
+    return queued
+
+
+async def test_offsets_whose_commit_was_cut_abort_the_transaction_and_say_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = GroupCommitProducer(bootstrap_servers=refusing_address(), transactional_id="t")
+    try:
+        queued = await cut_commit(producer)
+        assert isinstance(queued.exception(), CommitCutError)
+        assert producer._txn_manager.state == TransactionState.ABORTABLE_ERROR
+        with pytest.raises(CommitCutError):
+            producer._txn_manager.committing_transaction()
+    finally:
+        await producer.stop()
+    cut = [r for r in caplog.records if "cut before its offsets were sent" in r.getMessage()]
+    assert [r.levelno for r in cut] == [logging.WARNING]
+
+
+async def test_a_cut_commits_aborted_transaction_leaves_no_unread_future() -> None:
+    """Nobody awaits the end of a transaction whose commit was cut: asyncio logged its failure
+    at ERROR ("Future exception was never retrieved") when the producer was collected."""
+    unread: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        producer = GroupCommitProducer(bootstrap_servers=refusing_address(), transactional_id="t")
+        try:
+            await cut_commit(producer)
+        finally:
+            await producer.stop()
+        del producer
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [(context["message"], context.get("future")) for context in unread] == []
 
 
 @pytest.mark.parametrize(

@@ -1681,3 +1681,23 @@ async def test_partitions_failing_to_start_through_an_outage_are_one_warning_a_p
     said = [r for r in caplog.records if r.getMessage().startswith("dedup partition could not")]
     assert len(failed) == 3
     assert len(said) == 1
+
+
+async def test_a_stop_cut_in_its_commit_closes_the_producer_and_says_the_transaction_is_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The grace period ran out while the stop's commit waited on Kafka: the producer is closed
+    at once, not left running until the exit (its sender went on with the cut commit)."""
+    consumer = FiniteConsumer(tp(1), count=0)
+    h = Harness(1, consumer=consumer)
+    await h.open(1)
+    h.producer.block.add("offsets")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await h.stage.stop()
+    assert steps(h.producer)[-2:] == ["offsets", "stop"]
+    assert h.stage._out.client is None
+    assert consumer.stopped
+    (left,) = [r for r in caplog.records if "cut with its transaction open" in r.getMessage()]
+    assert left.levelno == logging.WARNING
+    assert left.transaction_timeout_ms == DedupSettings().transaction_timeout_ms  # type: ignore[attr-defined]
