@@ -63,6 +63,15 @@ class DemoOptions:
     headless: bool = False
 
 
+def demo_simulator_config(options: DemoOptions) -> SimulatorConfig:
+    """The simulated Pinecall: an earlier run's calls, which the bridge resumes, count as ended."""
+    # The bridge resumes the unfinished calls an interrupted run left in the ingest topic, as it
+    # must; this simulator never saw them. A 404 would give each up with an ERROR line.
+    return SimulatorConfig(
+        port=options.simulator_port, keep_records=options.headless, unknown_calls_sealed=True
+    )
+
+
 def demo_settings(options: DemoOptions, simulator: Simulator) -> Settings:
     """The environment's settings (Kafka and so on), with every source wired to the simulator."""
     return load_settings(
@@ -155,7 +164,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    sim_config = SimulatorConfig(port=options.simulator_port, keep_records=options.headless)
+    sim_config = demo_simulator_config(options)
     simulator = Simulator(sim_config)
     try:
         await simulator.start()  # a failed start closes what it opened

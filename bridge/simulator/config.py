@@ -68,6 +68,9 @@ class SimulatorConfig:
     sse_retry_ms: int = 1000  # the `retry:` a stream opens with
     sse_reader_buffer: int = 256  # entries a stream's reader may fall behind before a log.gap
     sse_retain_calls: int = 10_000  # sealed call logs kept for pages and replays
+    # A call this simulator never saw answers as a sealed log read to its end (204), not 404:
+    # the demo's, whose bridge resumes an earlier simulator's unfinished calls from Kafka.
+    unknown_calls_sealed: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Topics, daemon_env
+from tests.integration.conftest import Topics, daemon_env, ingest_ends
+from tests.polling import until
 from tests.sockets import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
 
 async def headless_demo(
-    options: list[str], env: dict[str, str], cwd: Path, *, within: float, merged: bool = False
+    options: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    within: float,
+    merged: bool = False,
+    interrupt: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, bytes, bytes]:
     """`python -m bridge demo --headless [options]`: its exit code, stdout and stderr (stderr in
-    stdout when `merged`), killed if it runs past `within` s."""
+    stdout when `merged`), Ctrl-C'd once `interrupt()` returns, killed past `within` s."""
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "bridge", "demo", "--headless", *options),
         env=env,
@@ -30,6 +39,9 @@ async def headless_demo(
         stderr=asyncio.subprocess.STDOUT if merged else asyncio.subprocess.PIPE,
     )
     try:
+        if interrupt is not None:
+            await interrupt()
+            proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), within)
     finally:
         if proc.returncode is None:
@@ -70,6 +82,34 @@ async def test_headless_demo_reports_nothing_lost_or_doubled(
     # topic takes them all, the dedup stage removes them.
     assert ingested > published >= durable
     assert removed > 0
+
+
+async def test_a_run_after_an_interrupted_one_gives_up_none_of_its_calls(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    # The interrupted run's unfinished calls are in the ingest topic: the next run's bridge
+    # resumes them, and its new simulator, which never saw them, answered 404 for each, an
+    # ERROR "call log given up" line a newcomer saw in the first command they ran.
+    env = daemon_env(kafka_bootstrap, topics)
+    ports = ["--http-port", str(free_port()), "--simulator-port", str(free_port())]
+
+    async def mid_call() -> None:
+        async def ingested() -> bool:
+            async with ingest_ends(kafka_bootstrap, topics) as (_, ends):
+                return sum(ends.values()) >= 300  # many calls begun, some in progress
+
+        await until(ingested, 60, 0.5, "the first run's calls in the ingest topic")
+
+    code, out, _ = await headless_demo(
+        ["--calls", "1000", *ports], env, tmp_path, within=150, merged=True, interrupt=mid_call
+    )
+    assert code == 130, out.decode(errors="replace")
+    options = ["--calls", "4", "--rate", "200", "--seed", "7", *ports]
+    code, out, _ = await headless_demo(options, env, tmp_path, within=200, merged=True)
+    text = out.decode(errors="replace")
+    assert code == 0, text
+    assert "lost 0, doubled 0, unexpected 0" in text, text
+    assert "call log given up" not in text, text
 
 
 @pytest.mark.parametrize(

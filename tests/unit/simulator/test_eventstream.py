@@ -110,6 +110,22 @@ async def test_an_unknown_call_is_404_and_bad_parameters_400(
             assert answer.status == 400
 
 
+@pytest.mark.parametrize("accept", ["application/json", "text/event-stream"])
+async def test_an_unknown_call_is_a_sealed_log_read_to_its_end_where_configured(
+    client: aiohttp.ClientSession, accept: str
+) -> None:
+    # The demo's: its bridge resumes an earlier simulator's unfinished calls, which a 404 gave
+    # up with an ERROR line each. A known call is served as ever.
+    async with Simulator(replace(FAST, unknown_calls_sealed=True)) as sim:
+        write(sim, entry(1))
+        headers = {**AUTH, "Accept": accept, "Last-Event-ID": "7"}
+        async with client.get(events_url(sim, "CA_earlier"), headers=headers) as answer:
+            assert answer.status == 204
+        assert sim.stats.sealed_answers == 1
+        async with client.get(f"{events_url(sim)}?limit=1", headers=AUTH) as answer:
+            assert await answer.json() == {"entries": [entry(1)], "live": True, "next": 1}
+
+
 async def test_pages_hold_stored_entries_only_and_a_sealed_log_read_to_the_end_is_204(
     sim: Simulator, client: aiohttp.ClientSession
 ) -> None:
