@@ -43,7 +43,7 @@ GRACE_MARGIN_SECONDS = SUPERVISOR_MARGIN_SECONDS
 _CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
 # A worker answering no probe on its unix socket this long (from its spawn) is killed, then
 # restarted: stopped (SIGSTOP) or its loop wedged, it would never exit. Under the chart's liveness
-# probe (3 failures 10 s apart), so one worker restarts before the whole pod does. The default of
+# probe (4 failures 10 s apart), so one worker restarts before the whole pod does. The default of
 # BRIDGE_HTTP__WORKER_SILENCE_SECONDS; 0: no watchdog.
 SILENT_SECONDS = 15.0
 PROBE_EVERY_SECONDS = 1.0

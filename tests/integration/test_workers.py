@@ -282,6 +282,14 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     # 0: a connection the kernel had queued on the killed worker's socket, reset with it.
     assert answers[503] == 0, answers
     assert list(probed) == [200], probed
+    # The two above hold without the fix whenever the local broker lets the successor connect
+    # between two probes: its own log says whether it bound the port before or after Kafka.
+    said = [
+        e["msg"]
+        for e in pod.log_entries()
+        if e.get("worker") == 1 and e.get("msg") in ("listening", "connecting to Kafka")
+    ]
+    assert said == ["listening", "connecting to Kafka", "connecting to Kafka", "listening"], said
     assert sum(n for status, n in answers.items() if 200 <= status < 300) > 0, answers
 
 

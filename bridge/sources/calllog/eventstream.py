@@ -39,6 +39,8 @@ class Event:
     data: str
     last_event_id: str
     has_id: bool = True
+    # A line of it holds a U+FFFD read from bytes not UTF-8 (or one sent beside such bytes).
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,12 @@ class EventStreamParser:
         # chunk that replaced is counted (`replaced`) at no cost to the chunks that did not.
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
         self.replaced = 0  # chunks that held bytes not UTF-8, read as U+FFFD
+        # Whether the chunk being parsed is one of them, whether the unterminated line holds part
+        # of one, and whether a line of the current event held a U+FFFD from one: that event is
+        # named (Event.replaced), not those the chunk also ended (it may end mid-event).
+        self._chunk_replaced = False
+        self._pending_replaced = False
+        self._event_replaced = False
         self._max_line = max_line_bytes
         self._max_event = max_event_bytes
         # The current line, not yet terminated: its parts and their UTF-8 size, so a long line
@@ -108,9 +116,11 @@ class EventStreamParser:
         return cls(max_line_bytes=max_event_bytes + 64, max_event_bytes=max_event_bytes)
 
     def feed(self, chunk: bytes) -> list[Item]:
+        replaced = self.replaced
         text = self._decode(chunk)
         if not text:
             return []
+        self._chunk_replaced = self.replaced != replaced
         if self._skip_lf:
             self._skip_lf = False
             if text[0] == "\n":
@@ -125,10 +135,13 @@ class EventStreamParser:
                 if not self._skip_comment:
                     self._hash("\n")
             else:
+                replaced = self._chunk_replaced or self._pending_replaced
                 if self._pending:
                     self._pending.append(line)
                     line = "".join(self._pending)
                     self._clear_pending()
+                if replaced and "\ufffd" in line:
+                    self._event_replaced = True
                 self._line(line, items)
             start = end.end()
             if end.group() == "\r" and start == len(text):
@@ -147,6 +160,7 @@ class EventStreamParser:
             else:
                 self._pending.append(rest)
                 self._pending_bytes += size
+                self._pending_replaced = self._pending_replaced or self._chunk_replaced
         return items
 
     def _decode(self, chunk: bytes, *, final: bool = False) -> str:
@@ -172,6 +186,7 @@ class EventStreamParser:
     def _clear_pending(self) -> None:
         self._pending = []
         self._pending_bytes = 0
+        self._pending_replaced = False
 
     def feed_eof(self) -> None:
         """The stream ended: whatever was not dispatched by a blank line is dropped."""
@@ -239,7 +254,8 @@ class EventStreamParser:
             digest = "" if self._digest is None else self._digest.hexdigest()
             items.append(TooLarge(kind, last, self._data_bytes, self._has_id, digest))
         elif self._data:
-            items.append(Event(kind, "\n".join(self._data), last, self._has_id))
+            data = "\n".join(self._data)
+            items.append(Event(kind, data, last, self._has_id, self._event_replaced))
         self._reset_event()
 
     def _reset_event(self) -> None:
@@ -249,3 +265,4 @@ class EventStreamParser:
         self._digest = None
         self._type = ""
         self._has_id = False
+        self._event_replaced = False

@@ -23,7 +23,7 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.shapes import to_epoch
-from bridge.sources.calllog.eventstream import EventStreamParser
+from bridge.sources.calllog.eventstream import Event, EventStreamParser
 from bridge.sources.calllog.follow import (
     CallFollow,
     CaughtUp,
@@ -318,7 +318,7 @@ class Follower:
             batch: list[Any] = []
             times: list[float] = []
             last: int | None = None
-            replaced = parser.replaced
+            replaced: list[Any] = []  # published from events that may hold a U+FFFD read
             for item in parser.feed(chunk):
                 step = state.step(item)
                 if isinstance(step, CaughtUp):
@@ -327,6 +327,8 @@ class Follower:
                     news = True
                 if isinstance(step, Publish):
                     batch.append(step.item)
+                    if isinstance(item, Event) and item.replaced:
+                        replaced.append(step.item)
                     if step.seq is not None:
                         # Not simply the last: a seq-0 entry (a local error) may follow the rest.
                         last = step.seq if last is None else max(last, step.seq)
@@ -344,12 +346,13 @@ class Follower:
                     first = max(step.first, state.acked + 1)
                     if step.last is None or first <= step.last:
                         await self._fill(Fill(first, step.last))
-            if parser.replaced != replaced:
+            if replaced:
                 # Published as decoded (the spec's replacement), but not silently: the text of
-                # an entry among these may differ from what Pinecall wrote.
+                # an entry among these may differ from what Pinecall wrote. Named by the events
+                # read from the bytes: the chunk that held them may have ended mid-entry.
                 flood.warning(
                     "call log stream held bytes that are not UTF-8: read as U+FFFD",
-                    extra={**self._ctx(), "seqs": [_seq_of(item) for item in batch]},
+                    extra={**self._ctx(), "seqs": [_seq_of(item) for item in replaced]},
                 )
             await self._publish(batch, times, last)
             if state.ended:

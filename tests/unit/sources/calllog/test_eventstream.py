@@ -1,4 +1,5 @@
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -180,7 +181,7 @@ def test_utf8_split_across_chunks() -> None:
 
 
 def test_invalid_utf8_becomes_replacement_characters() -> None:
-    assert events(b"data: a\xffb\n\n") == [no_id("a\ufffdb")]
+    assert events(b"data: a\xffb\n\n") == [replace(no_id("a\ufffdb"), replaced=True)]
 
 
 def test_a_line_over_the_limit_drops_its_event_and_the_stream_goes_on() -> None:
@@ -303,7 +304,18 @@ def test_bytes_not_utf8_are_read_as_replacement_characters_and_counted() -> None
     assert parser.feed(b"\xef\xbb\xbfdata: caf\xc3") == []
     assert parser.feed(b"\xa9\n\n") == [no_id("café")]
     assert parser.replaced == 0
-    assert parser.feed(b"data: a\xffb\n\ndata: \xc3") == [no_id("a\ufffdb")]
+    assert parser.feed(b"data: a\xffb\n\ndata: \xc3") == [replace(no_id("a\ufffdb"), replaced=True)]
     assert parser.replaced == 1
     parser.feed_eof()  # a character cut by the end is a replacement too
     assert parser.replaced == 2
+
+
+def test_only_the_event_a_replacement_lands_in_is_marked_though_its_chunk_ended_another() -> None:
+    # The chunk with the bad byte ended entry 1 (intact) and began entry 2: named by it alone,
+    # the follower's WARNING named entry 1, and entry 2 went out altered with no line naming it.
+    parser = EventStreamParser()
+    assert parser.feed(b"id: 1\ndata: ok\n\nid: 2\ndata: caf\xe9 ") == [Event("message", "ok", "1")]
+    assert parser.feed(b"au lait\n\nid: 3\ndata: \xef\xbf\xbd\n\n") == [
+        Event("message", "caf\ufffd au lait", "2", replaced=True),
+        Event("message", "\ufffd", "3"),  # sent as such: valid UTF-8, no replacement
+    ]

@@ -265,6 +265,28 @@ async def test_an_entry_with_bytes_not_utf8_is_published_as_decoded_and_said(
     assert 1 in said.__dict__["seqs"]  # the seqs read with the bytes
 
 
+async def test_bytes_not_utf8_are_said_with_the_entry_they_arrived_ahead_of(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Entry 2's bad byte came in a chunk that ended mid-entry: said with the seqs completed in
+    # that chunk (entry 1, intact), entry 2 went out holding U+FFFD and named by no line.
+    bad = frame(entry(2, "transcript", text="caf\u00e9")).replace(b"\xc3\xa9", b"\xe9")
+    cut = bad.index(b"\xe9") + 3  # past the byte: no lead of a character to come
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        response = await stream(request, frame(entry(1, "transcript", text="ok")), bad[:cut])
+        await asyncio.sleep(0.1)  # the rest in a chunk of its own
+        await response.write(bad[cut:] + frame(entry(3, "call.score")))
+        return response
+
+    caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.follower")
+    ended, _, publisher, _, _ = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    said = [r.__dict__["seqs"] for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert any(2 in seqs for seqs in said), said
+
+
 async def test_a_sealed_call_ends_at_once(run_follower: Callable[..., Any]) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         return web.Response(status=204)
