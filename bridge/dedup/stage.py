@@ -427,6 +427,7 @@ class DedupStage:
         if consumer is None or loop is None or loop.done() or not self._tasks:
             return
         started = time.monotonic()
+        owned = set(self._tasks)  # a revocation meanwhile drops some: named as lost, not drained
         ends: dict[TopicPartition, int] | None = None
         try:
             async with asyncio.timeout_at(by):
@@ -441,12 +442,14 @@ class DedupStage:
             log.warning("dedup stage could not drain", extra={"error": repr(exc)})
             return
         left = behind(ends, self._positions()) if ends is not None else None
+        revoked = _numbers(owned - set(self._tasks))
         if left is None or left:
             log.warning(
                 "dedup stage stopped before it drained what it owns; the next owner outputs it",
                 extra={
                     "records_left": None if left is None else sum(left.values()),
                     "partitions": _numbers(self._tasks if left is None else left),
+                    "revoked": revoked,
                 },
             )
             return
@@ -455,6 +458,7 @@ class DedupStage:
             extra={
                 "drain_s": round(time.monotonic() - started, 3),
                 "partitions": _numbers(self._tasks),
+                "revoked": revoked,
             },
         )
 

@@ -106,11 +106,12 @@ REFRESH_SHARE = 0.2
 # connection, and a token said to live a second or less had them made twice a second, for good.
 # Low enough that a token of 4 s (the simulator's in tests) is still refreshed before it expires.
 MIN_REFRESH_SECONDS = 2.0
-# How often a refused key or token, or an auth close, is said while it lasts: it is retried at
-# least every BACKOFF_MAX_SECONDS, and each retry said it again at WARNING.
+# How often a refused key or token, an auth close, or an unreachable feed is said while it
+# lasts: it is retried at least every BACKOFF_MAX_SECONDS, and each retry said it again.
 REFUSED_LOG_EVERY = 300.0
-# The key's or token's refusals: the first said, then one line each REFUSED_LOG_EVERY with how
-# many more; what is held back is said once a subscription is taken again (`_taken`).
+# The key's or token's refusals and the feed's outages: the first said, then one line each
+# REFUSED_LOG_EVERY with how many more; what is held back is said once a subscription is taken
+# again (`_taken`).
 refusals = LogThrottle(log, every=REFUSED_LOG_EVERY)
 # How long a refreshed connection may take to send its first frame (the subscription's ack)
 # before the old one is closed anyway.
@@ -450,7 +451,7 @@ class WebSocketSource:
                 refusals.warning("feed token unavailable", extra={"error": str(exc)})
             except InvalidStatus as exc:
                 status = exc.response.status_code
-                reason = "auth" if status in (401, 403) else "connect_error"
+                reason = _status_reason(status)
                 refusals.warning("feed refused the connection", extra={"status": status})
             except ConnectionClosed as exc:
                 reason = _close_reason(exc)
@@ -479,11 +480,13 @@ class WebSocketSource:
                 # proxy's (HTTPS_PROXY), its password in it. What is wrong with it, alone, then:
                 # the catch-all below logged the URL, traceback and all, at every retry.
                 reason = "connect_error"
-                log.warning("feed unreachable", extra={"error": f"{type(exc).__name__}: {exc.msg}"})
+                error = f"{type(exc).__name__}: {exc.msg}"
+                refusals.warning("feed unreachable", extra={"error": error})
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = "connect_error"
                 error = f"{type(exc).__name__}: {self._shown(exc, opened)}"
-                log.warning("feed unreachable", extra={"error": error})
+                # Thinned as a refusal is: an outage of hours said it at every retry.
+                refusals.warning("feed unreachable", extra={"error": error})
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -977,6 +980,13 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait for it to end; only the caller's own cancellation raises."""
     task.cancel()
     await asyncio.wait({task})
+
+
+def _status_reason(status: int) -> DisconnectReason:
+    """Why a handshake answered `status` failed: a 5xx or a 429 is Pinecall's, as a 1011 is."""
+    if status in (401, 403):
+        return "auth"
+    return "server_error" if status >= 500 or status == 429 else "connect_error"
 
 
 def _log_refusal(exc: SubscribeRefusedError, events: list[str]) -> None:

@@ -985,6 +985,32 @@ async def test_a_drain_whose_end_offsets_never_come_ends_at_its_deadline(
     assert (left.records_left, left.partitions) == (None, [1])  # type: ignore[attr-defined]
 
 
+async def test_a_drain_names_the_partitions_revoked_meanwhile_apart_from_those_drained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It named only those still owned: a partition lost during the drain went unsaid.
+    h = Harness()
+    consumer = FiniteConsumer(tp(1), count=500, stuck=True)
+    asked, ends = asyncio.Event(), consumer.end_offsets
+
+    async def noted(partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        asked.set()
+        return await ends(partitions)
+
+    consumer.end_offsets = noted  # type: ignore[method-assign]
+    running_over(h, consumer)
+    with caplog.at_level(logging.INFO, logger=stage_module.__name__):
+        stopping = asyncio.create_task(
+            h.stage.stop(drain_by=asyncio.get_running_loop().time() + 30)
+        )
+        await asked.wait()  # the drain is under way, waiting on the stuck partition
+        await h.stage.revoked({tp(1)})
+        async with asyncio.timeout(10):
+            await stopping
+    (drained,) = [r for r in caplog.records if r.getMessage() == "dedup stage drained"]
+    assert (drained.partitions, drained.revoked) == ([], [1])  # type: ignore[attr-defined]
+
+
 async def test_a_drain_stops_waiting_once_the_loop_has_ended() -> None:
     # A loop that gives up (its consumer could not be replaced) must not hold the stop.
     h = Harness()

@@ -77,6 +77,9 @@ class FakeFeed:
         # Connections (by number) whose subscription is not answered and that read nothing
         # more: a close to them goes unanswered.
         self.mute: set[int] = set()
+        # How the next handshakes fail, in turn: an HTTP status answered, or 0 (the connection
+        # cut before any answer: unreachable, as far as the client tells).
+        self.handshakes: list[int] = []
         app = web.Application()
         app.router.add_post("/v1/auth/websocket-token", self.token)
         app.router.add_get("/v1/ws", self.feed)
@@ -95,7 +98,14 @@ class FakeFeed:
             {"token": f"tok-{self.token_requests}", "expires_in": self.expires_in}
         )
 
-    async def feed(self, request: web.Request) -> web.WebSocketResponse:
+    async def feed(self, request: web.Request) -> web.StreamResponse:
+        if self.handshakes:
+            status = self.handshakes.pop(0)
+            if status:
+                return web.Response(status=status)
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)  # never sent: the connection is gone
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections += 1
@@ -1114,6 +1124,42 @@ async def test_a_refused_key_is_said_once_then_how_often_once_it_is_taken_again(
     first, summary = lines
     assert first.getMessage() == said
     assert summary.suppressed == reconnects(metrics, "auth") - 1  # type: ignore[attr-defined]
+
+
+async def test_an_unreachable_feed_is_said_once_then_how_often_once_it_is_back(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each retry of an outage (every BACKOFF_MAX_SECONDS at most) said it again at WARNING.
+    feed = await make_feed(sending(1))
+    feed.handshakes = [0] * 1000
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: reconnects(metrics, "connect_error") >= 4, what="four failures")
+            feed.handshakes = []
+            await until(lambda: len(sink.acked()) == 1, what="the feed reached again")
+    lines = [r for r in caplog.records if r.getMessage().startswith("feed unreachable")]
+    first, summary = lines
+    assert first.getMessage() == "feed unreachable"
+    assert summary.suppressed == reconnects(metrics, "connect_error") - 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(503, "server_error"), (500, "server_error"), (429, "server_error"), (404, "connect_error")],
+)
+async def test_a_handshake_answered_by_a_failing_server_is_a_server_error(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], status: int, reason: str
+) -> None:
+    # A 5xx (or 429) is Pinecall's failure, as a 1011 close is: it counted as connect_error,
+    # which the runbook reads as egress blocked.
+    feed = await make_feed(sending(1))
+    feed.handshakes = [status]
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: len(sink.acked()) == 1)
+    assert reconnects(metrics, reason) == 1
+    assert reconnects(metrics, "server_error", "connect_error") == 1
 
 
 @pytest.mark.parametrize(
