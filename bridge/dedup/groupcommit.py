@@ -253,7 +253,8 @@ class GroupCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
         """None when done (committed, or the transaction made abortable), else a retry backoff.
 
         Mirrors Kafka's Java TransactionManager.TxnOffsetCommitHandler. Raising here ends
-        aiokafka's sender task, the producer's fatal error: only for a fenced producer.
+        aiokafka's sender task, the producer's fatal error: for a fenced producer, and for any
+        code Java's handler names not (it ends its producer too; the stage replaces ours).
         """
         txn = self._sender._txn_manager
         retry: float | None = None

@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import CoordinationType
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 from aiokafka.errors import UnknownTopicOrPartitionError
+from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.group import JoinGroupRequest
 
 from bridge.dedup import groupcommit
 from bridge.dedup.committed import StableOffsets
@@ -35,9 +39,11 @@ from tests.integration.conftest import (
     open_output,
     read_to_end,
 )
-from tests.polling import until
+from tests.polling import until, until_kafka
 
 pytestmark = pytest.mark.timeout(30)
+
+MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS = 79, 27
 
 
 @dataclasses.dataclass
@@ -76,12 +82,7 @@ class Setup:
 
     async def committed_offset(self) -> int | None:
         """The group's offset for the input, once no transactional commit for it is pending."""
-        stable = StableOffsets({"bootstrap_servers": self.bootstrap}, self.names.group)
-        await stable.start()
-        try:
-            return await stable.committed(self.input)
-        finally:
-            await stable.stop()
+        return await committed_offset(self.bootstrap, self.names.group, self.input)
 
     async def output(self, *, committed: bool = True) -> list[bytes]:
         """The output's records; committed ones once its transactions have settled."""
@@ -102,6 +103,16 @@ class Setup:
         except AssertionError:
             return False
         return True
+
+
+async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    """`group`'s offset for `tp`, once no transactional commit for it is pending."""
+    stable = StableOffsets({"bootstrap_servers": bootstrap}, group)
+    await stable.start()
+    try:
+        return await stable.committed(tp)
+    finally:
+        await stable.stop()
 
 
 def txn_producer(bootstrap: str, names: Topics) -> GroupCommitProducer:
@@ -343,3 +354,59 @@ async def test_a_commit_cut_while_its_offsets_are_retried_aborts_as_cut_with_not
     assert [(c["message"], c.get("future")) for c in unread] == []
     assert await setup.committed_offset() is None
     assert await setup.output() == []
+
+
+async def _joined_unsynced(client: Any, node: int, names: Topics) -> GroupMetadata:
+    """A member that joins the group alone, its leader, and never sends its SyncGroup: the group
+    stays in CompletingRebalance (until the session timeout, far past the test)."""
+    subscription = ConsumerProtocolMemberMetadata(0, [names.ingest], b"").encode()
+    member_id = JoinGroupRequest.UNKNOWN_MEMBER_ID
+    for _ in range(2):  # the first answer gives the member id (MEMBER_ID_REQUIRED, KIP-394)
+        join = JoinGroupRequest(
+            names.group, 30_000, 30_000, member_id, None, "consumer", [("range", subscription)]
+        )
+        answer = await client.send(node, join)
+        member_id = answer.member_id
+        if answer.error_code == MEMBER_ID_REQUIRED:
+            continue
+        assert answer.error_code == 0
+        assert answer.leader_id == member_id
+        return GroupMetadata(names.group, answer.generation_id, member_id)
+    raise AssertionError("JoinGroup asked for a member id twice")
+
+
+async def test_a_commit_while_the_group_completes_a_rebalance_is_not_refused(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """REBALANCE_IN_PROGRESS answers a plain OffsetCommit while the group waits for its leader's
+    SyncGroup, never a TxnOffsetCommit: Kafka enforces no group state on a transactional commit,
+    only the member and its generation. So a rebalance never takes the handler's fatal path."""
+    await ingest_one_partition(kafka_bootstrap, topics, [])
+    tp = TopicPartition(topics.ingest, 0)
+    producer = txn_producer(kafka_bootstrap, topics)
+    await producer.start()
+    try:
+        client = producer.client
+        found: list[int] = []
+
+        async def coordinator() -> bool:
+            found[:] = [await client.coordinator_lookup(CoordinationType.GROUP, topics.group)]
+            return True
+
+        # A fresh broker answers COORDINATOR_NOT_AVAILABLE until __consumer_offsets is made.
+        await until_kafka(coordinator, 20, 0.1, lambda: "the group's coordinator")
+        node = found[0]
+        meta = await _joined_unsynced(client, node, topics)
+        plain = OffsetCommitRequest(
+            topics.group, meta.generation_id, meta.member_id, -1, [(tp.topic, [(0, 3, "")])]
+        )
+        answer = await client.send(node, plain)
+        assert [code for _, parts in answer.topics for _, code in parts] == [REBALANCE_IN_PROGRESS]
+        await producer.begin_transaction()
+        await producer.send_and_wait(topics.events, b"one")
+        await producer.send_offsets_with_group({tp: 5}, meta)
+        await producer.commit_transaction()
+        assert not producer._sender.sender_task.done()
+    finally:
+        await producer.stop()
+    assert await committed_offset(kafka_bootstrap, topics.group, tp) == 5

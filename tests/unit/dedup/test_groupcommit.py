@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    ConcurrentTransactions,
     GroupAuthorizationFailedError,
     IllegalOperation,
     InvalidRequestError,
     KafkaError,
     ProducerFenced,
+    RebalanceInProgressError,
     TransactionalIdAuthorizationFailed,
     UnknownTopicOrPartitionError,
 )
@@ -261,9 +263,61 @@ async def test_a_fenced_producer_is_fatal(pending: Pending, code: int, fatal: ty
         pending.answer(code)
 
 
-async def test_an_unexpected_error_is_raised(pending: Pending) -> None:
-    with pytest.raises(InvalidRequestError):
-        pending.answer(42)
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [
+        (42, InvalidRequestError),
+        # Never a TxnOffsetCommit's answer: Kafka enforces no group state on a transactional
+        # commit (a plain commit's REBALANCE_IN_PROGRESS; tests/integration/test_groupcommit.py).
+        (27, RebalanceInProgressError),
+        # Never either: the brokers turn a verification's CONCURRENT_TRANSACTIONS into
+        # COORDINATOR_NOT_AVAILABLE for TxnOffsetCommit before v5 (this is v3), retried above.
+        (51, ConcurrentTransactions),
+    ],
+)
+async def test_an_unexpected_error_is_fatal_as_in_kafkas_java_producer(
+    pending: Pending, code: int, fatal: type
+) -> None:
+    """Java's TxnOffsetCommitHandler ends the producer on any code it does not name."""
+    with pytest.raises(fatal):
+        pending.answer(code)
+
+
+async def test_a_fatal_answer_ends_the_sender_and_fails_the_queued_offsets_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In aiokafka's own sender task: the step waiting on the offsets fails now (the stage
+    loses the transaction's partitions as `error` and replaces the producer), not at its
+    deadline (`timeout`), and nothing is left pending."""
+    producer = GroupCommitProducer(bootstrap_servers=refusing_address(), transactional_id="t")
+    sender = producer._sender
+
+    async def coordinator(*_: Any) -> int:
+        return 0
+
+    async def answer(*_: Any, **__: Any) -> Any:
+        return response((IN, 27))
+
+    monkeypatch.setattr(sender, "_find_coordinator", coordinator)
+    monkeypatch.setattr(sender.client, "send", answer)
+    txn = producer._txn_manager
+    txn.set_pid_and_epoch(4000, 3)
+    txn.begin_transaction()
+    try:
+        sending = asyncio.create_task(producer.send_offsets_with_group({IN: 12}, META))
+        await asyncio.sleep(0)
+        txn.consumer_group_added(GROUP)  # AddOffsetsToTxn answered
+        await sender.start()  # the sender task (a PID is held: it sends nothing else)
+        with pytest.raises(KafkaError) as failed:
+            await asyncio.wait_for(sending, 2)
+        assert isinstance(failed.value.__cause__, RebalanceInProgressError)
+        assert sender.sender_task.done()
+        assert txn.state == TransactionState.FATAL_ERROR
+        # The transaction's end has the same failure: read by the stage (transaction._fatal_cause).
+        assert txn.wait_for_transaction_end().exception() is failed.value
+        assert txn.offsets_to_commit() is None
+    finally:
+        await producer.stop()
 
 
 async def test_plain_offsets_are_refused_and_only_this_producer_is_changed() -> None:
