@@ -341,6 +341,9 @@ class DedupStage:
         except asyncio.CancelledError:
             # Cut at the end of the grace period: the consumer is closed without leaving (its
             # partitions move on at the session timeout), not left open ("Unclosed") for good.
+            # Whatever the stop had not ended yet is ended first: a partition start, or the loop,
+            # left running started a producer after the cut, and nobody closed that one.
+            self._cut_tasks()
             await self._out.cut()  # the producer too: left open, it ran on until the exit
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
@@ -354,6 +357,14 @@ class DedupStage:
         await self._offsets.stop()
         for tp in gone:
             self._forget_lag(tp)
+
+    def _cut_tasks(self) -> None:
+        """Cancel the partition starts and the loop, not waiting: a cut stop has no time left."""
+        loop, self._loop = self._loop, None
+        tasks = [*self._starting.values(), *([loop] if loop is not None else [])]
+        self._starting.clear()
+        for task in tasks:
+            task.cancel()
 
     async def _stop_probe(self) -> None:
         probe, self._probe = self._probe, None

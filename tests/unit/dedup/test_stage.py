@@ -1727,3 +1727,33 @@ async def test_a_stop_cut_in_its_commit_closes_the_producer_and_says_the_transac
     (left,) = [r for r in caplog.records if "cut with its transaction open" in r.getMessage()]
     assert left.levelno == logging.WARNING
     assert left.transaction_timeout_ms == DedupSettings().transaction_timeout_ms  # type: ignore[attr-defined]
+
+
+async def test_a_stop_cut_before_it_cancelled_the_partition_starts_leaves_none_to_start_a_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut while it waited for the loop: a partition start still under way went on after the
+    cut, and its producer start (a gap's catch-up, say) opened one nobody closed before the exit."""
+    h = Harness()
+    h.stage._loop = asyncio.create_task(asyncio.sleep(3600))  # its step hangs on Kafka
+    gate = asyncio.Event()
+    started_after_cut: list[FakeProducer] = []
+
+    async def start_once() -> None:
+        started_after_cut.append(FakeProducer())
+        install(h.stage._out, started_after_cut[-1])
+
+    async def partition_start() -> None:
+        await gate.wait()  # its restore, say, still reading when the grace period ends
+        await h.stage._out.start()
+
+    monkeypatch.setattr(h.stage._out, "_start_once", start_once)
+    starting = h.stage._starting[tp(1)] = asyncio.create_task(partition_start())
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await h.stage.stop()
+    gate.set()
+    await asyncio.wait([starting], timeout=10)
+    assert started_after_cut == []
+    assert h.stage._out.client is None
+    assert starting.cancelled()
