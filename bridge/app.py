@@ -60,6 +60,8 @@ class Readiness:
     def ready(self) -> bool:
         value = self.started and not self.stopping and self._kafka_connected()
         self._metrics.ready.set(1 if value else 0)
+        # With `ready`, so an alert can tell a worker taking no webhook from an unready one.
+        self._metrics.listening.set(1 if self.listening else 0)
         return value
 
 

@@ -420,6 +420,11 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the bridge reports ready.", registry=r)
+        self.listening = Gauge(
+            f"{PREFIX}_listening",
+            "1 while the webhook port is bound: a restarted worker binds it only once ready.",
+            registry=r,
+        )
         self.websocket_connected = Gauge(
             f"{PREFIX}_websocket_connected",
             "1 while the WebSocket feed is connected.",

@@ -223,6 +223,7 @@ class Bridge:
             # `ready` is /readyz's answer, and the pod's /readyz is its webhook workers': a
             # dedup process's own would make the pod look unready to whoever reads the gauge.
             self.metrics.registry.unregister(self.metrics.ready)
+            self.metrics.registry.unregister(self.metrics.listening)
         self.feed: WebSocketSource | None = None
         self.lease = (
             FeedLease(

@@ -353,13 +353,16 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
         await owned_by(pod, session, {"0": 0, "1": 6})
         status, body = await get_json(session, pod.url + "/readyz")
         assert (status, body) == (200, {"status": "ready", "workers": {"0": "ready", "1": "ready"}})
-        # The readiness gauge (PodNotReady's) is the webhook worker's alone, as /readyz is.
+        # The readiness gauges (PodNotReady's) are the webhook worker's alone, as /readyz is.
         ready = {
             s: v
             for s, v in (await pod.metrics(session)).items()
-            if s.startswith("pinecall_bridge_ready")
+            if s.startswith(("pinecall_bridge_ready", "pinecall_bridge_listening"))
         }
-        assert ready == {'pinecall_bridge_ready{worker="0"}': 1.0}
+        assert ready == {
+            'pinecall_bridge_ready{worker="0"}': 1.0,
+            'pinecall_bridge_listening{worker="0"}': 1.0,
+        }
         stages = {e["worker"]: e["stages"] for e in pod.log_entries() if e.get("msg") == "ready"}
         assert stages == {0: "ingest", 1: "dedup"}
         batch = events(f"CA_{run}_a", 20, 10)

@@ -47,6 +47,23 @@ async def test_the_admin_app_serves_the_probes_and_metrics_but_no_webhook() -> N
         assert (await refused.json())["error"] == "not_found"
 
 
+async def test_a_worker_waiting_to_bind_the_port_exports_that_it_takes_no_webhook() -> None:
+    # PodNotReady excuses a worker whose `ready` is 0 while `listening` is 0, as /readyz does.
+    metrics = Metrics()
+    readiness = Readiness(metrics, lambda: True)
+    readiness.listening = False  # a restarted worker's, until it is ready (bridge/service.py)
+    app = build_admin_app(probe_routes(readiness, metrics))
+    async with TestClient(TestServer(app)) as client:
+        assert await (await client.get("/readyz")).json() == {"status": "not_listening"}
+        text = await (await client.get("/metrics")).text()
+        assert "pinecall_bridge_ready 0.0" in text
+        assert "pinecall_bridge_listening 0.0" in text
+        readiness.listening = readiness.started = True  # bound, then ready
+        text = await (await client.get("/metrics")).text()
+        assert "pinecall_bridge_ready 1.0" in text
+        assert "pinecall_bridge_listening 1.0" in text
+
+
 async def test_once_the_stop_has_begun_each_answer_closes_its_connection() -> None:
     # A kept-alive connection left open through the drain delay is closed idle by the
     # listener's close, racing the balancer's next request on it.

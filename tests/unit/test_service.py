@@ -199,12 +199,12 @@ def test_a_reloaded_api_key_is_swapped_into_the_section_every_source_reads(
 
 def test_only_a_process_serving_the_port_exports_its_readiness() -> None:
     settings = load_settings(webhook={"secrets": ["s"]})
-    exported = {
-        stages: "pinecall_bridge_ready "
-        in Bridge(settings, stages=stages).metrics.render().decode()
-        for stages in get_args(Stages)
-    }
-    assert exported == {"both": True, "ingest": True, "dedup": False}
+    for gauge in ("pinecall_bridge_ready ", "pinecall_bridge_listening "):
+        exported = {
+            stages: gauge in Bridge(settings, stages=stages).metrics.render().decode()
+            for stages in get_args(Stages)
+        }
+        assert exported == {"both": True, "ingest": True, "dedup": False}, gauge
 
 
 async def stays_closed_while_started(stages: Stages) -> bool:

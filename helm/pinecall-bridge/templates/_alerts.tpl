@@ -657,9 +657,13 @@ groups:
       - alert: PinecallBridgePodNotReady
         # The pod's /readyz: only the processes serving the port export `ready` (a dedup-only
         # process, config.dedup.ownProcess, does not); one that answers no scrape has no series
-        # here (PinecallBridgeWorkerUnreachable).
+        # here (PinecallBridgeWorkerUnreachable). A restarted worker not listening yet (ready 0)
+        # takes no webhook: excused, as /readyz does, unless no worker listens.
         expr: |
-          min by (namespace, pod) (pinecall_bridge_ready) == 0
+          (
+            min by (namespace, pod) (pinecall_bridge_ready unless pinecall_bridge_listening == 0)
+            or max by (namespace, pod) (pinecall_bridge_listening)
+          ) == 0
         for: {{ $notReady }}
         labels:
           severity: warning
@@ -667,6 +671,18 @@ groups:
           summary: {{ printf "Pod %s is not ready" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has answered /readyz 503 for %v minutes, so it receives no webhooks." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.notReadyMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepodnotready" $a.runbookUrl }}
+      - alert: PinecallBridgeWorkerNotListening
+        # A restarted worker binds the webhook port only once ready, and PinecallBridgePodNotReady
+        # excuses it meanwhile. 10m: PinecallBridgeWorkerRestarting covers a restart's first 10.
+        expr: |
+          count by (namespace, pod) (pinecall_bridge_listening == 0) > 0
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "%s restarted worker processes of pod %s take no webhooks" "{{ $value }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "For 10 minutes %s worker processes of %s/%s, restarted, have not become ready, so they have not bound the webhook port (the pod's /readyz shows them not_listening): the pod serves with fewer workers, or none (PinecallBridgePodNotReady). A restarted worker is ready in seconds unless it cannot reach Kafka." "{{ $value }}" "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeworkernotlistening" $a.runbookUrl }}
       - alert: PinecallBridgeWorkerUnreachable
         # A worker process that answers no scrape has no series at all: every other alert is
         # blind to it (min of ready sees only the workers that answered). One silent to its
