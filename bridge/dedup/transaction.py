@@ -295,13 +295,8 @@ class StageProducer:
 
     async def stop(self) -> None:
         """Drop the producer for good; an open transaction is left to its timeout."""
-        self._stopped = True
-        restart, self._restart = self._restart, None
-        attempt, self._attempt = self._attempt, None
-        for task in (restart, attempt):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        for task in self._halt():
+            await asyncio.gather(task, return_exceptions=True)
         self._txn = None
         try:
             await self._drop_producer()
@@ -316,12 +311,7 @@ class StageProducer:
         (or this instance id's next start does): left running until the exit, its sender went
         on with a commit cut under way, and the process ended with the producer unclosed.
         """
-        self._stopped = True
-        restart, self._restart = self._restart, None
-        attempt, self._attempt = self._attempt, None
-        for task in (restart, attempt):
-            if task is not None:
-                task.cancel()
+        halted = self._halt()
         if self._txn is not None:
             log.warning(
                 "the dedup stage was cut with its transaction open: the brokers abort it after"
@@ -338,9 +328,19 @@ class StageProducer:
         if producer is not None:
             _fatal_cause(producer)
             await close_now(producer)
-        left = [*self._retiring, *(t for t in (restart, attempt) if t is not None)]
+        left = [*self._retiring, *halted]
         if left:
             await _cut(left)
+
+    def _halt(self) -> list[asyncio.Task[None]]:
+        """Stopped for good: the restart and start under way cancelled, returned to be awaited."""
+        self._stopped = True
+        restart, self._restart = self._restart, None
+        attempt, self._attempt = self._attempt, None
+        halted = [task for task in (restart, attempt) if task is not None]
+        for task in halted:
+            task.cancel()
+        return halted
 
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None

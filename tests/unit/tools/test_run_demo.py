@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,31 +111,25 @@ def starting(tools: Path, up: str) -> subprocess.Popen[bytes]:
     return script
 
 
-def test_ctrl_c_while_the_broker_starts_stops_the_broker_and_runs_no_command(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("up", "sent", "status"),
+    [
+        # Ctrl-C reaches the group: the JVM takes seconds to answer, and the Ctrl-C cut
+        # `kafka.sh up` and this script short, leaving the broker it had launched (in a session
+        # of its own) running.
+        pytest.param("sleep 30", lambda p: os.killpg(p.pid, signal.SIGINT), 130, id="ctrl-c"),
+        # A SIGTERM to the script alone (`up` not signalled, so it ends in its own time): it
+        # died at once while `kafka.sh up` went on.
+        pytest.param("sleep 1", lambda p: p.send_signal(signal.SIGTERM), 143, id="sigterm"),
+    ],
+)
+def test_a_signal_while_the_broker_starts_stops_it_once_started_and_runs_no_command(
+    tmp_path: Path, up: str, sent: Callable[[subprocess.Popen[bytes]], None], status: int
 ) -> None:
-    # The JVM takes seconds to answer: a Ctrl-C then cut `kafka.sh up` and this script short,
-    # leaving the broker it had launched (in a session of its own) running.
-    script = starting(tmp_path, "sleep 30")
+    script = starting(tmp_path, up)
     try:
-        os.killpg(script.pid, signal.SIGINT)
-        assert script.wait(timeout=15) == 130
-    finally:
-        if script.poll() is None:
-            os.killpg(script.pid, signal.SIGKILL)
-            script.wait()
-    assert (tmp_path / "kafka.log").read_text().split() == ["up", "down"]
-    assert not (tmp_path / "child").exists()
-
-
-def test_a_sigterm_while_the_broker_starts_stops_it_once_started_and_runs_no_command(
-    tmp_path: Path,
-) -> None:
-    # To the script alone: it died at once while `kafka.sh up` went on to start the broker.
-    script = starting(tmp_path, "sleep 1")
-    try:
-        script.send_signal(signal.SIGTERM)
-        assert script.wait(timeout=15) == 143
+        sent(script)
+        assert script.wait(timeout=15) == status
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
