@@ -56,10 +56,11 @@ def instrument() -> dict[str, list[Span]]:
         finally:
             spans["process"].append((started, time.perf_counter()))
 
-    async def timed_commit(out: StageProducer, offsets: Any, group: Any) -> None:
+    async def timed_commit(out: StageProducer, offsets: Any, group: Any) -> frozenset[Any]:
         started = time.perf_counter()
         try:
-            await commit(out, offsets, group)
+            # What the commit left out, returned: the stage reads it (None crashed its loop).
+            return await commit(out, offsets, group)
         finally:
             spans["commit"].append((started, time.perf_counter()))
 
