@@ -12,7 +12,6 @@ import os
 import shlex
 import sys
 import time
-import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,7 +32,7 @@ from bridge.config import (
     unknown_variables,
 )
 from bridge.normalise.event import Channel
-from bridge.secretfiles import secret_origins
+from bridge.secretfiles import has_control_character, secret_origins
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
@@ -248,7 +247,7 @@ def _given_secret(args: argparse.Namespace) -> str | None:
 def _one_secret(secret: str | None, given: str) -> str | None:
     """`secret`, or exit 2 when no bridge could verify it: BRIDGE_WEBHOOK__SECRETS splits at
     commas and refuses a control character (the mounted list of a rotation given whole)."""
-    if secret is not None and any(c == "," or unicodedata.category(c) == "Cc" for c in secret):
+    if secret is not None and ("," in secret or has_control_character(secret)):
         # Put, Pinecall would sign every webhook with it: each answered 401, final for Pinecall.
         print(
             f"pinecall-bridge: {given} holds a comma or a line break (or another control"

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import ssl
-import unicodedata
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -39,7 +38,7 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
-from bridge.secretfiles import SECRETS_DIR_VARIABLE, with_secret_files
+from bridge.secretfiles import SECRETS_DIR_VARIABLE, has_control_character, with_secret_files
 from bridge.stopbudget import (
     SUPERVISOR_MARGIN_SECONDS,
     drain_delay_seconds,
@@ -581,7 +580,7 @@ class WebhookSettings(_Section):
         # A file listing the old and the new secret a line each was taken as one secret holding
         # the line break, which no sender signs with: every webhook 401, final for Pinecall.
         for n, secret in enumerate(secrets, 1):
-            if any(unicodedata.category(c) == "Cc" for c in secret.get_secret_value()):
+            if has_control_character(secret.get_secret_value()):
                 raise ValueError(
                     f"{_nth(n, len(secrets))} holds a line break or another control character"
                     " (is the file one secret a line?): give them comma-separated, e.g. old,new"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +26,11 @@ SECRET_VARIABLES = (
     "BRIDGE_KAFKA__SASL_PASSWORD",
     "BRIDGE_KAFKA__SSL_KEY_PASSWORD",
 )
+
+
+def has_control_character(text: str) -> bool:
+    """Whether `text` holds a control character (Unicode Cc: a line break, tab, NUL...)."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def _secrets_dir(

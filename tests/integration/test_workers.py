@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -294,12 +295,23 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
 
 
 async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
-    await pod.start()
-    pids = pod.worker_pids()
-    assert sorted(pids) == [0, 1]
-    pod.kill()  # SIGKILL: the parent cannot forward anything
-    for pid in pids.values():
-        await until_gone(pid, GRACE_SECONDS + STOP_MARGIN_SECONDS)
+    # A SIGKILLed parent cannot remove its runtime directory (its workers' sockets): in /tmp it
+    # outlived every CI run. Under a TMPDIR of the test's it goes with the test; tmp_path could
+    # be too long for a unix socket's path.
+    with tempfile.TemporaryDirectory(prefix="pod-") as tmpdir:
+        pod.env["TMPDIR"] = tmpdir
+        await pod.start()
+        pids = pod.worker_pids()
+        assert sorted(pids) == [0, 1]
+        pod.kill()  # SIGKILL: the parent cannot forward anything
+        for pid in pids.values():
+            await until_gone(pid, GRACE_SECONDS + STOP_MARGIN_SECONDS)
+        [runtime_dir] = [
+            e["runtime_dir"]
+            for e in pod.log_entries()
+            if e.get("msg") == "starting worker processes"
+        ]
+        assert Path(runtime_dir).parent == Path(tmpdir)
     # They got SIGTERM (PR_SET_PDEATHSIG) and stopped as on a rollout, not killed.
     log = pod.log_entries()
     stopped = sorted(e["worker"] for e in log if e.get("msg") == "stopped" and "worker" in e)

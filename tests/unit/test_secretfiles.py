@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_settings
-from bridge.secretfiles import secret_origins
+from bridge.secretfiles import has_control_character, secret_origins
 from tests.environ import settings_problems as problems
 from tests.environ import without_bridge_variables
 
@@ -247,3 +247,19 @@ def test_a_section_json_without_the_secret_goes_with_the_file(
     secrets_dir(monkeypatch, tmp_path, {"BRIDGE_WEBHOOK__SECRETS": "from-file"})
     monkeypatch.setenv("BRIDGE_WEBHOOK", '{"max_age_seconds": 0}')
     assert [x.get_secret_value() for x in load_settings().webhook.secrets] == ["from-file"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("s3cret-with,comma and space", False),
+        ("é-ü-中-\u200b", False),  # a format character (Cf) is no control character
+        ("old\nnew", True),
+        ("old\r\nnew", True),
+        ("tab\there", True),
+        ("nul\x00", True),
+        ("c1\x85", True),  # NEL: a C1 control, a line break to some readers
+    ],
+)
+def test_has_control_character(text: str, expected: bool) -> None:
+    assert has_control_character(text) is expected

@@ -34,6 +34,25 @@ async def serve_worker(path: Path, metrics: Metrics, readiness: Readiness) -> we
     return await serve_on(app, path)
 
 
+async def another_worker(path: Path, *, kafka: bool = True) -> tuple[web.AppRunner, Readiness]:
+    """A worker of metrics of its own on `path`, not started, Kafka connected or not; the caller
+    cleans the runner up."""
+    metrics = Metrics()
+    readiness = Readiness(metrics, lambda: kafka)
+    return await serve_worker(path, metrics, readiness), readiness
+
+
+async def serve_pod(view: PodView) -> tuple[str, web.AppRunner]:
+    """`view`'s routes on a free 127.0.0.1 port, as the pod's port; its URL, and the runner the
+    caller cleans up."""
+    public = web.Application()
+    public.add_routes(view.routes())
+    runner = web.AppRunner(public, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}", runner
+
+
 # How long the pod view waits on a worker that answers: at 0.5 s, a loaded CI box holding up the
 # loop that long has a worker serving its probes counted as unreachable. One with nobody behind
 # its socket is refused at once, whatever this is.
@@ -50,15 +69,9 @@ async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics
     sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
     worker = await serve_worker(sockets["0"], metrics, readiness)
     view = PodView(sockets, timeout=ANSWERS_WITHIN)
-    public = web.Application()
-    public.add_routes(view.routes())
-    runner = web.AppRunner(public, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    url, runner = await serve_pod(view)
     try:
-        yield f"http://127.0.0.1:{port}", readiness, metrics, sockets["1"]
+        yield url, readiness, metrics, sockets["1"]
     finally:
         await view.close()
         await runner.cleanup()
@@ -100,10 +113,8 @@ async def test_a_worker_down_leaves_readiness_to_the_others_and_fails_liveness(
 ) -> None:
     # Worker 1 exited (being restarted): no listener of its own, so worker 0 takes every webhook.
     url, readiness, _, missing = pod_app
-    other = Metrics()
-    other_ready = Readiness(other, lambda: True)
+    worker, other_ready = await another_worker(missing)
     other_ready.started = True
-    worker = await serve_worker(missing, other, other_ready)
     try:
         assert (await get(url + "/readyz"))[0] == 200
     finally:
@@ -126,10 +137,8 @@ async def test_a_restarted_worker_not_listening_yet_leaves_readiness_to_the_othe
     # Worker 1's successor waits for Kafka before it binds the port: it takes no webhook, so the
     # pod stays ready on worker 0. Bound and still waiting, it takes its share: unready.
     url, readiness, _, restarted = pod_app
-    other = Metrics()
-    other_ready = Readiness(other, lambda: False)
+    worker, other_ready = await another_worker(restarted, kafka=False)
     other_ready.listening = False
-    worker = await serve_worker(restarted, other, other_ready)
     try:
         status, body = await get(url + "/readyz")
         assert (status, body) == (
@@ -201,9 +210,7 @@ async def test_once_every_worker_answers_the_pod_is_ready(
     pod_app: tuple[str, Readiness, Metrics, Path],
 ) -> None:
     url, _, _, missing = pod_app
-    other = Metrics()
-    other_ready = Readiness(other, lambda: True)
-    runner = await serve_worker(missing, other, other_ready)
+    runner, other_ready = await another_worker(missing)
     try:
         status, body = await get(url + "/readyz")
         assert (status, '"1":"waiting_for_kafka"' in body) == (503, True)
@@ -265,12 +272,7 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
     sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
     worker = await serve_worker(sockets["0"], metrics, readiness)
     view = PodView(sockets, timeout=ANSWERS_WITHIN, serving=["0"])
-    public = web.Application()
-    public.add_routes(view.routes())
-    runner = web.AppRunner(public, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url, runner = await serve_pod(view)
     try:
         status, body = await get(url + "/readyz")
         assert (status, body) == (
