@@ -8,8 +8,45 @@ from bridge.app import Readiness, build_admin_app, build_app, probe_routes
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
+from tests.entries import entry
+from tests.metrics import series
 from tests.rawhttp import RawConnection, build_request
 from tests.unit.fakes import ENTRY, FakeSink, pipeline_with
+
+# The methods llhttp parses besides GET, HEAD, POST and CONNECT (answered before any route).
+METHODS = (
+    "PUT",
+    "DELETE",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "SEARCH",
+    "REPORT",
+    "MKACTIVITY",
+    "CHECKOUT",
+    "MERGE",
+    "M-SEARCH",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PURGE",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "SOURCE",
+    "BIND",
+    "REBIND",
+    "UNBIND",
+    "ACL",
+    "QUERY",
+)
 
 
 async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
@@ -96,3 +133,40 @@ async def test_once_the_stop_has_begun_each_answer_closes_its_connection() -> No
             assert await connection.closed(within=10) == b""
         finally:
             await connection.close()
+
+
+async def test_a_flood_of_made_up_types_paths_and_methods_adds_no_series() -> None:
+    # Whatever a sender names (a signed one any type; anyone a path or method), no label follows
+    # it: each series is one a first request of its kind already made. Made-up methods never reach
+    # the app (llhttp refuses them: the edge's bad_request_head), so each one it knows is sent.
+    settings = load_settings(webhook={"allow_unsigned": True})
+    metrics = Metrics()
+    pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = True
+    app = build_app(
+        settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
+    )
+    path = settings.webhook.path
+
+    async def send(n: int) -> None:
+        body = [entry(1, f"made.up{n}", call=f"CA_{n}"), entry(2, "call.started", call=f"CA_{n}")]
+        assert (await client.post(path, json=body)).status == 200
+        assert (await client.post(f"/made/up{n}", data=b"{}")).status == 404
+        method = METHODS[n % len(METHODS)]
+        assert (await client.request(method, path)).status == 405
+        assert (await client.request(method, f"/made/up{n}")).status == 404
+        json_type = {"Content-Type": "application/json"}
+        assert (await client.post(path, data=f"not json {n}", headers=json_type)).status == 400
+        made_up = {"Content-Type": f"application/made-up{n}"}
+        assert (await client.post(path, data=b"{}", headers=made_up)).status == 415
+
+    async with TestClient(TestServer(app)) as client:
+        await send(0)
+        before = series(metrics.render().decode()).keys()
+        for n in range(1, 1001):  # 1,000 made-up types and paths, every method
+            await send(n)
+        after = series(metrics.render().decode())
+    assert after.keys() == before
+    received = 'pinecall_bridge_events_received_total{channel="webhook",type="other"}'
+    assert after[received] == 1001

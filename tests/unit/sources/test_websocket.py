@@ -36,7 +36,7 @@ from bridge.sources import websocket
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
 from tests import entries
-from tests.metrics import sample
+from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import refusing_address
 from tests.unit.fakes import FakeSink, pipeline_with
@@ -1725,3 +1725,35 @@ async def test_a_url_websockets_refuses_is_logged_without_the_token_in_it(
     assert said in lines
     assert "tok-" not in lines
     assert "t0ken" not in lines
+
+
+async def test_a_flood_of_made_up_types_and_garbage_adds_no_series(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # The feed names any type, and sends what it likes: no label follows it. Each series is one
+    # a first frame of its kind already made.
+    async def send(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n, f"made.up{n}"))
+        await ws.send_json({"type": f"made.up.control{n}"})  # no call: a dead letter
+        await ws.send_str(f"garbage{n}{{")
+
+    async def script(ws: web.WebSocketResponse, _: int) -> None:
+        await ws.send_json({"type": "pong"})
+        await send(ws, 1)
+        await sent.wait()
+        for n in range(2, 1002):
+            await send(ws, n)
+        await hold_open(ws)
+
+    sent = asyncio.Event()
+    feed = await make_feed(script)
+    sink, metrics = FakeSink(), Metrics()
+    async with running(feed.settings(), sink, metrics):
+        await until(lambda: len(sink.acked()) == 2)
+        before = series(metrics.render().decode()).keys()
+        sent.set()
+        await until(lambda: len(sink.acked()) == 2 * 1001)
+        after = series(metrics.render().decode())
+    assert after.keys() == before
+    received = 'pinecall_bridge_events_received_total{channel="websocket",type="other"}'
+    assert after[received] == 1001
