@@ -37,6 +37,7 @@ from bridge.sink.kafka import KafkaSink, stop_within
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
+from bridge.tail import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -329,20 +330,20 @@ def run_backfill(
         report = asyncio.run(
             backfill_calls(settings, calls, since=since, before=before, progress=BarProgress(bar))
         )
-    # Calls and errors escaped: the operator's, Pinecall's or Kafka's text, never markup.
+    # Calls and errors escaped (_shown): the operator's, Pinecall's or Kafka's text.
     if report.list_error is not None:
-        console.print(f"[red]the call list[/]: {escape(report.list_error)}", highlight=False)
+        console.print(f"[red]the call list[/]: {_shown(report.list_error)}", highlight=False)
     if report.list_more is not None:
         console.print(
             f"[red]the call list[/]: read only to its cap of {SINCE_MAX_PAGES} pages; calls"
-            f" listed before {escape(report.list_more)} were not read. To go on: pinecall-bridge"
-            f" backfill --since {since:.0f} --before {escape(report.list_more)}",
+            f" listed before {_shown(report.list_more)} were not read. To go on: pinecall-bridge"
+            f" backfill --since {since:.0f} --before {_shown(report.list_more)}",
             highlight=False,
         )
     if report.stop_error is not None:
-        console.print(f"[red]error[/]: {escape(report.stop_error)}", highlight=False)
+        console.print(f"[red]error[/]: {_shown(report.stop_error)}", highlight=False)
     if report.not_asked:
-        shown = escape(", ".join(report.not_asked[:10])) + (
+        shown = _shown(", ".join(report.not_asked[:10])) + (
             ", …" if len(report.not_asked) > 10 else ""
         )
         if report.key_refused:
@@ -356,9 +357,9 @@ def run_backfill(
         )
     for outcome in report.calls:
         state = "live" if outcome.live else "sealed"
-        call = escape(outcome.call)
+        call = _shown(outcome.call)
         if outcome.error is not None:
-            console.print(f"[red]{call}[/]: {escape(outcome.error)}", highlight=False)
+            console.print(f"[red]{call}[/]: {_shown(outcome.error)}", highlight=False)
         else:
             s = outcome.submitted
             console.print(
@@ -367,7 +368,7 @@ def run_backfill(
                 highlight=False,
             )
             if s.refused:
-                topics = ", ".join(sorted(s.too_large_for))
+                topics = _shown(", ".join(sorted(s.too_large_for)))
                 console.print(
                     f"[red]{call}[/]: {s.refused} entries too large for Kafka even as dead"
                     f" letters, in no topic: raise max.message.bytes of {topics} (and"
@@ -382,3 +383,9 @@ def run_backfill(
         highlight=False,
     )
     return 0 if report.ok else 1
+
+
+def _shown(text: str) -> str:
+    """Pinecall's, Kafka's or the operator's text, inert: no markup, control characters escaped
+    (a call id's ESC would drive the terminal, its newline forge a line)."""
+    return escape(printable(text))

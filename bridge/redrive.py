@@ -45,6 +45,7 @@ from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.kafka import KafkaSink, client_options, stop_within, topic_partitions
+from bridge.tail import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,7 +90,7 @@ class ReadStalledError(Exception):
 
 
 class MissingTopicError(Exception):
-    """The dead-letter topic does not exist: a misspelt BRIDGE_TOPICS__DLQ, or another cluster."""
+    """The dead-letter or ingest topic does not exist: a misspelt name, or another cluster."""
 
 
 @dataclass(slots=True)
@@ -167,6 +168,14 @@ async def redrive(
     try:
         await start_consumer(consumer)
         if not dry_run:
+            ingest = settings.topics.ingest
+            # Else each delivery waited out every retry and failed as a bare "timeout". Kafka's
+            # Write implies Describe: a topic not described is missing or not this user's.
+            if not await topic_partitions(settings.kafka, [ingest]):
+                raise MissingTopicError(
+                    f"the ingest topic {ingest} does not exist, or this user may not write it"
+                    " (BRIDGE_TOPICS__INGEST)"
+                )
             await sink.start()
             sink_started = True
             await sink.learn_limits(
@@ -320,7 +329,8 @@ def run_redrive(
 
 
 def summary(report: RedriveReport, ttl: float) -> list[str]:
-    """What became of the dead letters read, one line per kind (plain text)."""
+    """What became of the dead letters read, one line per kind: plain text, its control and
+    format characters escaped (calls, reasons and errors are the records' or Kafka's text)."""
     lines = [f"{report.read} dead letters read, {report.selected} selected"]
     if report.dry_run:
         lines.append(f"{report.redriven} the bridge reads now: dry run, nothing was published")
@@ -368,7 +378,8 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
             f"the dedup stage drops those it saw in the last {ttl:g} s, and publishes the rest"
             " (again, for events published before that)."
         )
-    return lines
+    # A dead letter's ESC would drive the operator's terminal, its newline forge a line.
+    return [printable(line) for line in lines]
 
 
 def _too_large(by_topic: Counter[str], ingest: str) -> list[str]:

@@ -152,7 +152,7 @@ def ingest_note(
     return f"-> {entry.output.topic} received {rfc3339(entry.received_at)}{redriven}, {decided}"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with its control and format characters escaped (`\\x1b`, `\\u202e`): one inert
     line on any terminal, which reads as it is stored."""
     return text.translate(_ESCAPES)
@@ -176,21 +176,21 @@ def render(
     `event` is the record's CloudEvent in either mode (`binding.decode`), else its raw value;
     `note`, shown after the topic, what an ingest record's own headers say (`ingest_note`).
     """
-    noted = (" ", (_printable(note), "magenta"), " ") if note else (" ",)
+    noted = (" ", (printable(note), "magenta"), " ") if note else (" ",)
     # Styled Text, never markup: every field is the sender's text (a caller's words among them),
     # and rich would fail on a "[/]" in it or take a "[bold]" for a style. Escaped likewise:
     # rich passes ESC and newlines through to the terminal.
     if not isinstance(event, dict):
         raw = event.decode(errors="replace") if isinstance(event, bytes) else str(event)
         found = {name: value.decode(errors="replace") for name, value in headers}
-        shown = _printable(raw[:200])
+        shown = printable(raw[:200])
         if DLQ_REASON_HEADER in found:
-            why = _printable(f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}")
+            why = printable(f"{found[DLQ_REASON_HEADER]} via {found.get(DLQ_CHANNEL_HEADER, '?')}")
             return Text.assemble(
-                (_printable(topic), "red"), *noted, "dead letter ", (why, "bold"), ": ", shown
+                (printable(topic), "red"), *noted, "dead letter ", (why, "bold"), ": ", shown
             )
         return Text.assemble(
-            (_printable(topic), "red"), *noted, ("not a CloudEvent:", "dim"), " ", shown
+            (printable(topic), "red"), *noted, ("not a CloudEvent:", "dim"), " ", shown
         )
     data = jsoncodec.dumps(event.get("data")).decode()
     if len(data) > 160:
@@ -198,18 +198,18 @@ def render(
     subject = event.get("subject") or (key.decode(errors="replace") if key else "-")
     via = f"{event.get('id', '?')} via {event.get('pinecallchannel', '?')}"
     return Text.assemble(
-        (_printable(str(event.get("time", "?"))), "dim"),
+        (printable(str(event.get("time", "?"))), "dim"),
         " ",
-        (_printable(topic), "cyan"),
+        (printable(topic), "cyan"),
         *noted,
-        (_printable(str(event.get("type", "?"))), "bold"),
+        (printable(str(event.get("type", "?"))), "bold"),
         " ",
-        (_printable(str(subject)), "green"),
+        (printable(str(subject)), "green"),
         " ",
-        (_printable(via), "dim"),
+        (printable(via), "dim"),
         " ",
         # JSON escapes C0 controls, not DEL nor C1 (U+009B is a CSI to some terminals).
-        _printable(data),
+        printable(data),
     )
 
 

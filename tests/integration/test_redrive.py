@@ -160,6 +160,27 @@ async def test_a_missing_dead_letter_topic_fails_clearly(
     assert report.error == f"the dead-letter topic {topics.dlq} does not exist (BRIDGE_TOPICS__DLQ)"
 
 
+async def test_a_missing_ingest_topic_fails_clearly_before_anything_is_offered(
+    kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    await create_topic(kafka_bootstrap, topics.dlq, 1)  # no bridge ran: no ingest topic
+    await write_ingest(
+        kafka_bootstrap,
+        [dead_letter(topics, entry(1, call=unique_call), "invalid_data", "webhook")],
+    )
+    settings = bridge_settings(kafka_bootstrap, topics)
+    started = time.monotonic()
+    report = await redrive(settings, Selection(time.time() - 60))
+    assert report.error == (
+        f"the ingest topic {topics.ingest} does not exist, or this user may not write it"
+        " (BRIDGE_TOPICS__INGEST)"
+    )
+    assert report.submitted.accepted == 0
+    # Not each delivery's retries waited out first (publish_timeout_seconds is 10).
+    assert time.monotonic() - started < 10
+    assert (await redrive(settings, Selection(time.time() - 60), dry_run=True)).ok, "reads only"
+
+
 async def test_until_stops_each_partition_at_its_first_record_well_past_it(
     kafka_bootstrap: str, topics: Topics
 ) -> None:

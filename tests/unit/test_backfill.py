@@ -140,6 +140,28 @@ def test_the_command_shows_calls_and_errors_as_said_never_read_as_markup(
     assert "error: held [red]1[/]" in said
 
 
+def test_the_command_shows_calls_and_errors_with_their_controls_escaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pinecall's or the operator's text: an ESC would drive the terminal, a newline forge a line.
+    odd = CallOutcome("CA_\x1b[2J1", error="answered 404: \x1b]0;owned\x07")
+
+    async def odd_run(*_: Any, **__: Any) -> BackfillReport:
+        return BackfillReport(
+            calls=[odd], not_asked=["CA_\u202e2"], list_error="gone\nCA_9: 3 entries read"
+        )
+
+    monkeypatch.setattr(backfill, "backfill_calls", odd_run)
+    out = io.StringIO()
+    settings = load_settings(webhook={"secrets": ["s"]})
+    assert run_backfill(settings, ["CA_\x1b[2J1"], Console(file=out, width=400)) == 1
+    said = out.getvalue()
+    assert "CA_\\x1b[2J1: answered 404: \\x1b]0;owned\\x07" in said
+    assert "(CA_\\u202e2)" in said
+    assert "the call list: gone\\x0aCA_9: 3 entries read" in said
+    assert not {"\x1b", "\x07", "\u202e"} & set(said)
+
+
 def test_the_command_blames_kafka_not_the_key_for_the_calls_a_kafka_failure_left_unread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

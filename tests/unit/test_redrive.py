@@ -174,6 +174,25 @@ def test_a_call_named_in_markup_is_printed_as_written(monkeypatch: pytest.Monkey
     assert "--call CA_[/]x[b]`" in out
 
 
+def test_the_dead_letters_own_text_is_printed_with_its_controls_escaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A note's call is the record's text: its ESC would drive the terminal, its newline forge
+    # a summary line, its bidi override reorder the line.
+    report = RedriveReport(
+        notes=Counter({"call_log": 1}),
+        note_calls={"CA_\x1b]0;owned\x07\n0 dead letters read\u202e"},
+        unrecognised=Counter({"odd\x1b[2J": 1}),
+        error="Kafka said \x1b[31mno",
+    )
+    code, out = told(monkeypatch, time.time() - 60, report)
+    assert code == 1
+    assert "--call CA_\\x1b]0;owned\\x07\\x0a0 dead letters read\\u202e`" in out
+    assert "(odd\\x1b[2J: 1)" in out
+    assert "error: Kafka said \\x1b[31mno" in out
+    assert not {"\x1b", "\x07", "\u202e"} & set(out)
+
+
 def test_a_batch_read_is_counted_by_selection_and_verdict() -> None:
     def letter(value: bytes, reason: str, channel: str = "webhook") -> DeadLetter:
         headers = [("pinecall-dlq-reason", reason.encode()), ("pinecall-channel", channel.encode())]
