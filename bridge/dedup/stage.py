@@ -342,7 +342,9 @@ class DedupStage:
             # Cut at the end of the grace period: the consumer is closed without leaving (its
             # partitions move on at the session timeout), not left open ("Unclosed") for good.
             # Whatever the stop had not ended yet is ended first: a partition start, or the loop,
-            # left running started a producer after the cut, and nobody closed that one.
+            # left running started a producer after the cut, and nobody closed that one; and
+            # none is launched meanwhile (a rebalance's assignment, see `assigned`).
+            self._running = False
             self._cut_tasks()
             await self._out.cut()  # the producer too: left open, it ran on until the exit
             consumer, self._consumer = self._consumer, None
@@ -790,6 +792,11 @@ class DedupStage:
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
+        # A stopping stage starts none (a rebalance while it stops, say a rolling deploy's): a
+        # kept window's catch-up started a producer after the stop had closed the last one.
+        # Paused all the same, so nothing is fetched for a task that never comes.
+        if not self._running:
+            return
         for tp in assigned:
             # A position until its task seeks the real one: without any, the consumer asks the
             # group for one, and a partition never committed has none (an error every fetch).

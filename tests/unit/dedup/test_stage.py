@@ -1757,3 +1757,88 @@ async def test_a_stop_cut_before_it_cancelled_the_partition_starts_leaves_none_t
     assert started_after_cut == []
     assert h.stage._out.client is None
     assert starting.cancelled()
+
+
+async def test_a_rebalance_during_the_stop_starts_no_producer_for_a_kept_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition given back while the stage stops (a rolling deploy's rebalances) with its
+    window kept: its catch-up started a producer after the stop closed the last, left open."""
+    h = Harness(3, consumer=RebalancingConsumer({tp(3)}))
+    h.stage.listener = None
+    read_marked(monkeypatch, h, {tp(3): 45})  # a gap to catch up: it needs a producer
+    kept = h.task(3)
+    kept.unmarked = False
+    kept.last_appended_at = 100.0
+    caught_up: list[int] = []
+
+    async def catch_up(since: Kept, offset: int) -> None:
+        caught_up.append(offset)
+
+    monkeypatch.setattr(kept, "catch_up", catch_up, raising=False)
+    h.stage._running = True
+    await h.stage.revoked({tp(3)})
+    await h.stage.assigned(set())  # another member's for a rebalance: kept
+    await h.stage.revoked(set())
+    h.stage._running = False  # the stop: its loop ended, then its producer closed
+    await h.stage._out.stop()
+    started: list[FakeProducer] = []
+
+    async def start_once() -> None:
+        started.append(FakeProducer())
+        install(h.stage._out, started[-1])
+
+    monkeypatch.setattr(h.stage._out, "_start_once", start_once)
+    await h.stage.assigned({tp(3)})  # given back before the consumer left the group
+    await asyncio.gather(*h.stage._starting.values())
+    assert (started, caught_up) == ([], [])
+    assert h.stage._out.client is None
+    assert h.owned() == []
+
+
+class FrozenEndsConsumer(RebalancingConsumer):
+    """Its end offsets never come (the brokers frozen): the stop's drain waits until it is cut."""
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stop_cut_in_its_drain_launches_no_start_while_it_cuts_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut while draining (still running), a rebalance landing during the producer's cut
+    launched a partition start, whose producer start came after the cut, left open."""
+    h = Harness(1, consumer=FrozenEndsConsumer({tp(1), tp(2)}))
+    h.stage._running = True
+    h.stage._loop = asyncio.create_task(asyncio.sleep(3600))  # its step hangs on Kafka
+    started: list[FakeProducer] = []
+
+    async def start_once() -> None:
+        started.append(FakeProducer())
+        install(h.stage._out, started[-1])
+
+    async def start(task: PartitionTask, read_committed: object) -> None:
+        task.position = 0
+
+    monkeypatch.setattr(h.stage._out, "_start_once", start_once)
+    monkeypatch.setattr(PartitionTask, "start", start)
+    cut = h.stage._out.cut
+
+    async def cut_during_a_rebalance() -> None:
+        await h.stage.assigned({tp(2)})  # the coordinator's task, while the producer closes
+        await cut()
+
+    async def closed(client: object) -> None:
+        pass
+
+    monkeypatch.setattr(h.stage._out, "cut", cut_during_a_rebalance)
+    monkeypatch.setattr(stage_module, "close_now", closed)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 3600)
+    launched = list(h.stage._starting.values())
+    if launched:
+        await asyncio.wait(launched, timeout=10)
+    assert (launched, started) == ([], [])
+    assert h.stage._out.client is None
