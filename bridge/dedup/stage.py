@@ -792,16 +792,16 @@ class DedupStage:
         if self._consumer is None or not assigned:
             return
         self._consumer.pause(*assigned)
-        # A stopping stage starts none (a rebalance while it stops, say a rolling deploy's): a
-        # kept window's catch-up started a producer after the stop had closed the last one.
-        # Paused all the same, so nothing is fetched for a task that never comes.
-        if not self._running:
-            return
         for tp in assigned:
             # A position until its task seeks the real one: without any, the consumer asks the
             # group for one, and a partition never committed has none (an error every fetch).
             # Paused, it is never fetched from.
             self._consumer.seek(tp, 0)
+        # A stopping stage starts none (a rebalance while it stops, say a rolling deploy's): a
+        # kept window's catch-up started a producer after the stop had closed the last one.
+        # Paused and placed all the same, as for a task that never comes.
+        if not self._running:
+            return
         for tp in assigned:
             # A member cut off from the group (a zombie) may act on an assignment that is already
             # stale: harmless, its commit carries a generation the coordinator refuses.
