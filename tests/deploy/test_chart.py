@@ -489,6 +489,60 @@ def test_a_secret_extra_env_sets_is_not_also_a_file() -> None:
     }  # fmt: skip
 
 
+def test_a_secret_extra_env_sets_is_not_also_a_variable() -> None:
+    # One name twice in env: the API server keeps the last, and `helm upgrade`'s strategic merge
+    # patch of the list (keyed by name) fails or drops both.
+    manifests = render(
+        SIGNED, "secrets.asFiles=false",
+        "extraEnv[0].name=BRIDGE_WEBHOOK__SECRETS,extraEnv[0].value=s3cret",
+    )  # fmt: skip
+    names = [e["name"] for e in container(manifests)["env"]]
+    assert len(names) == len(set(names)), names
+    assert {"name": "BRIDGE_WEBHOOK__SECRETS", "value": "s3cret"} in container(manifests)["env"]
+    assert "BRIDGE_WEBHOOK__SECRETS" not in env_refs(manifests)
+
+
+@pytest.mark.parametrize(
+    ("name", "complaint"),
+    [
+        # The pod's name: one fixed id for every pod, and they fence each other.
+        ("BRIDGE_DEDUP__INSTANCE_ID", "from the pod's name"),
+        # The bridge would drain for 120 s in a pod the kubelet kills after 35.
+        ("BRIDGE_SHUTDOWN__GRACE_SECONDS", "from config.shutdown.graceSeconds"),
+        ("BRIDGE_HTTP__WORKERS", "from config.http.workers"),
+    ],
+)
+def test_extra_env_overriding_what_the_chart_sets_is_refused(name: str, complaint: str) -> None:
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED,
+        "--set", f"extraEnv[0].name={name},extraEnv[0].value=120", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"extraEnv sets {name}, which the chart sets {complaint}" in done.stderr
+
+
+def test_extra_env_setting_a_name_twice_is_refused() -> None:
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED,
+        "--set", "extraEnv[0].name=TZ,extraEnv[0].value=UTC",
+        "--set", "extraEnv[1].name=TZ,extraEnv[1].value=CET", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "extraEnv sets TZ more than once" in done.stderr
+
+
+def test_extra_env_may_set_a_setting_nulled_in_config(tmp_path: Path) -> None:
+    # Not in the ConfigMap, so extraEnv is its only source (say a valueFrom of another ConfigMap).
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "config: {kafka: {lingerMs: null}}\n"
+        "extraEnv: [{name: BRIDGE_KAFKA__LINGER_MS, value: '20'}]\n"
+    )
+    manifests = render(SIGNED, values=values)
+    assert "BRIDGE_KAFKA__LINGER_MS" not in one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    assert {"name": "BRIDGE_KAFKA__LINGER_MS", "value": "20"} in container(manifests)["env"]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_dedup_instance_id_is_the_pods_name(
     variant: str, defaults: list[Manifest], all_on: list[Manifest]

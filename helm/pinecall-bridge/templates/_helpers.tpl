@@ -83,6 +83,11 @@ Lists of objects and objects are JSON; other lists are comma-separated.
 {{- end }}
 {{- end }}
 
+{{/* The variable of `config` SECTION FIELD (list SECTION FIELD): kafka lingerMs -> BRIDGE_KAFKA__LINGER_MS. */}}
+{{- define "pinecall-bridge.envName" -}}
+{{- printf "BRIDGE_%s__%s" (snakecase (index . 0) | upper) (snakecase (index . 1) | upper) }}
+{{- end }}
+
 {{/*
 The bridge's environment from `config`, as a dict NAME -> text (rendered into the ConfigMap).
 null values and empty lists are left out: the bridge's own default applies.
@@ -93,7 +98,7 @@ null values and empty lists are left out: the bridge's own default applies.
 {{- range $section, $fields := .Values.config }}
 {{- range $field, $value := $fields }}
 {{- if not (or (kindIs "invalid" $value) (and (kindIs "slice" $value) (empty $value))) }}
-{{- $name := printf "BRIDGE_%s__%s" (snakecase $section | upper) (snakecase $field | upper) }}
+{{- $name := include "pinecall-bridge.envName" (list $section $field) }}
 {{- $_ := set $env $name (include "pinecall-bridge.envValue" $value) }}
 {{- end }}
 {{- end }}
@@ -142,11 +147,17 @@ pinecallApiKey: BRIDGE_PINECALL__API_KEY
 {{/*
 The secret settings given a source, as a YAML list of {var, secret, key, optional}: from their own
 Secret, else existingSecret (optional there: it holds whichever keys it holds), else the chart's.
+Not those extraEnv sets: the bridge refuses a secret both as a file and a variable, and one
+variable twice in a container's env breaks `helm upgrade` (a strategic merge patch of a list
+keyed by name) while the API server keeps only the last.
 */}}
 {{- define "pinecall-bridge.secretItems" -}}
+{{- $extraEnv := list }}
+{{- range .Values.extraEnv }}{{ $extraEnv = append $extraEnv .name }}{{ end }}
 {{- $items := list }}
 {{- range $item, $var := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
 {{- $spec := get $.Values.secrets $item }}
+{{- if has $var $extraEnv }}{{ continue }}{{ end }}
 {{- $from := $spec.secretName | default $.Values.secrets.existingSecret }}
 {{- if or $from $spec.value }}
 {{- $ref := dict "var" $var "secret" ($from | default (include "pinecall-bridge.secretName" $)) "key" $spec.key "optional" false }}
@@ -159,18 +170,11 @@ Secret, else existingSecret (optional there: it holds whichever keys it holds), 
 {{- toYaml (dict "items" $items) }}
 {{- end }}
 
-{{/*
-The secret settings mounted as files (secrets.asFiles): those given a source that extraEnv does
-not set (the bridge refuses a secret set both ways; extraEnv came last, and won, as variables).
-*/}}
+{{/* The secret settings mounted as files (secrets.asFiles): secretItems, or none. */}}
 {{- define "pinecall-bridge.secretFiles" -}}
-{{- $extraEnv := list }}
-{{- range .Values.extraEnv }}{{ $extraEnv = append $extraEnv .name }}{{ end }}
 {{- $files := list }}
 {{- if .Values.secrets.asFiles }}
-{{- range (include "pinecall-bridge.secretItems" . | fromYaml).items }}
-{{- if not (has .var $extraEnv) }}{{ $files = append $files . }}{{ end }}
-{{- end }}
+{{- $files = (include "pinecall-bridge.secretItems" . | fromYaml).items }}
 {{- end }}
 {{- toYaml (dict "items" $files) }}
 {{- end }}

@@ -205,3 +205,36 @@ render empty (alert thresholds of 0, `<nil>` in texts). */}}
 {{- fail (printf "\n\nthe bridge would refuse to start with these values (it exits 2 and crash-loops):\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+extraEnv comes after the chart's own variables and wins over the ConfigMap's (envFrom): a variable
+the chart sets there would run the bridge on a value the chart's checks and derived settings
+(terminationGracePeriodSeconds from config.shutdown.graceSeconds, the probes' port, the worker
+checks) never saw, while the ConfigMap shows the other. Refused, as is one name twice (the API
+server keeps the last; `helm upgrade`'s patch of a list keyed by name breaks). Secret variables
+stay allowed: the chart then leaves them out (secretItems). A `config` value nulled is not in the
+ConfigMap, so extraEnv may set it (say from a ConfigMap of its own), unchecked.
+*/}}
+{{- define "pinecall-bridge.validateExtraEnv" -}}
+{{- $from := dict "BRIDGE_DEDUP__INSTANCE_ID" "the pod's name: a fixed value gives every pod one dedup transactional id, and they fence each other" "BRIDGE_SECRETS_DIR" "secrets.asFiles" "BRIDGE_KAFKA__SSL_CAFILE" "kafkaTls.ca" "BRIDGE_KAFKA__SSL_CERTFILE" "kafkaTls.cert" "BRIDGE_KAFKA__SSL_KEYFILE" "kafkaTls.key" }}
+{{- range $section, $fields := .Values.config }}
+{{- range $field, $_ := $fields }}
+{{- $_ := set $from (include "pinecall-bridge.envName" (list $section $field)) (printf "config.%s.%s: set it there instead (a value nulled there may be set here)" $section $field) }}
+{{- end }}
+{{- end }}
+{{- $chartSet := include "pinecall-bridge.configEnv" . | fromYaml }}
+{{- $_ := set $chartSet "BRIDGE_DEDUP__INSTANCE_ID" "" }}
+{{- $seen := dict }}
+{{- $problems := list }}
+{{- range .Values.extraEnv }}
+{{- if hasKey $seen .name }}
+{{- $problems = append $problems (printf "extraEnv sets %s more than once" .name) }}
+{{- else if hasKey $chartSet .name }}
+{{- $problems = append $problems (printf "extraEnv sets %s, which the chart sets from %s" .name (get $from .name)) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n\nextraEnv would override what the chart sets:\n  - %s" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
