@@ -470,8 +470,8 @@ def _positive(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    """Events per second, more than 0 and finite: 0 or less, or nan, the simulator would take as
-    "as fast as possible" or refuse only once the bridge had started."""
+    """Events per second (or seconds), more than 0 and finite: 0 or less, or nan, the simulator
+    would take as "as fast as possible" or refuse only once the bridge had started."""
     try:
         rate = float(text)
     except ValueError:
@@ -479,6 +479,18 @@ def _rate(text: str) -> float:
     if not 0 < rate < math.inf:
         raise argparse.ArgumentTypeError(f"{text} is not a finite number above 0")
     return rate
+
+
+def _not_negative(text: str) -> float:
+    """Seconds (or a rate) of 0 or more, finite: the simulator slept on a nan or inf start delay
+    for ever, silently, and sent an inf token lifetime as JSON's non-standard `Infinity`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of 0 or more")
+    return value
 
 
 def _port(text: str) -> int:

@@ -17,6 +17,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 EVERY = 10.0
 K = TypeVar("K", bound=Hashable)
+# What tells apart the problems one message stands for (an HTTP status, an error's class).
+Kind = str | int | None
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,11 @@ def flush_all() -> None:
 
 
 class LogThrottle:
-    """A logger whose lines are thinned by level and message; used as the logger is.
+    """A logger whose lines are thinned by level, message and `kind`; used as the logger is.
 
     One per module, next to its logger: a flood is thinned across calls, partitions and
-    connections alike.
+    connections alike. `kind` (a status, an error's class: a fixed set, never input) tells
+    apart problems a message shares, so one of them does not hold back the other's first line.
     """
 
     def __init__(
@@ -112,29 +115,33 @@ class LogThrottle:
         self._logger = logger
         self._every = every
         self._clock = clock
-        self._throttle: Throttle[tuple[int, str]] = Throttle(every, clock)
+        self._throttle: Throttle[tuple[int, str, Kind]] = Throttle(every, clock)
         register(self)
 
-    def debug(self, msg: str, *, extra: dict[str, Any] | None = None) -> None:
-        self._log(logging.DEBUG, msg, extra, None)
+    def debug(self, msg: str, *, extra: dict[str, Any] | None = None, kind: Kind = None) -> None:
+        self._log(logging.DEBUG, msg, extra, None, kind)
 
-    def info(self, msg: str, *, extra: dict[str, Any] | None = None) -> None:
-        self._log(logging.INFO, msg, extra, None)
+    def info(self, msg: str, *, extra: dict[str, Any] | None = None, kind: Kind = None) -> None:
+        self._log(logging.INFO, msg, extra, None, kind)
 
-    def warning(self, msg: str, *, extra: dict[str, Any] | None = None) -> None:
-        self._log(logging.WARNING, msg, extra, None)
+    def warning(self, msg: str, *, extra: dict[str, Any] | None = None, kind: Kind = None) -> None:
+        self._log(logging.WARNING, msg, extra, None, kind)
 
-    def error(self, msg: str, *, extra: dict[str, Any] | None = None) -> None:
-        self._log(logging.ERROR, msg, extra, None)
+    def error(self, msg: str, *, extra: dict[str, Any] | None = None, kind: Kind = None) -> None:
+        self._log(logging.ERROR, msg, extra, None, kind)
 
-    def exception(self, msg: str, *, extra: dict[str, Any] | None = None) -> None:
-        self._log(logging.ERROR, msg, extra, True)
+    def exception(
+        self, msg: str, *, extra: dict[str, Any] | None = None, kind: Kind = None
+    ) -> None:
+        self._log(logging.ERROR, msg, extra, True, kind)
 
-    def _log(self, level: int, msg: str, extra: dict[str, Any] | None, exc_info: Any) -> None:
+    def _log(
+        self, level: int, msg: str, extra: dict[str, Any] | None, exc_info: Any, kind: Kind
+    ) -> None:
         # A level that is off is neither logged nor counted: nothing to say at stop either.
         if not self._logger.isEnabledFor(level):
             return
-        held = self._throttle.admit((level, msg))
+        held = self._throttle.admit((level, msg, kind))
         if held is None:
             return
         fields = {**extra, **held.fields()} if extra else held.fields()
@@ -142,8 +149,8 @@ class LogThrottle:
         self._logger.log(level, msg, extra=fields, exc_info=exc_info, stacklevel=3)
 
     def flush(self) -> None:
-        for (level, msg), held in self._throttle.drain():
-            say_held(self._logger, level, msg, held)
+        for (level, msg, kind), held in self._throttle.drain():
+            say_held(self._logger, level, msg if kind is None else f"{msg} ({kind})", held)
 
     def forget(self) -> None:
         """Start afresh, as if nothing had been logged (a new logging configuration, a test)."""

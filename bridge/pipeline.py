@@ -365,7 +365,11 @@ class Pipeline:
             if too_large(exc):
                 return _REFUSED
             reason: PublishFailure = "retriable" if getattr(exc, "retriable", False) else "error"
-            flood.warning("Kafka refused a record", extra={"error": type(exc).__name__})
+            flood.warning(
+                "Kafka refused a record",
+                extra={"error": type(exc).__name__},
+                kind=type(exc).__name__,
+            )
             self._fail(reason, result)
             return None
         self._records_in_flight += 1
@@ -481,7 +485,9 @@ class Pipeline:
             )
         else:
             flood.warning(
-                "Kafka did not acknowledge a record", extra={"error": type(error).__name__}
+                "Kafka did not acknowledge a record",
+                extra={"error": type(error).__name__},
+                kind=type(error).__name__,
             )
 
     def _dead_letter(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge.cli import _not_negative, _rate
 from bridge.simulator.config import CHANNELS, SimulatorConfig, TrafficSpec
 from bridge.simulator.simulator import Simulator
 from bridge.simulator.summary import render
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8765, help="0: any free port")
     serve.add_argument("--api-key", default="sim-api-key", help="the key the API accepts")
-    serve.add_argument("--token-ttl", type=float, default=300.0, help="seconds")
+    serve.add_argument("--token-ttl", type=_rate, default=300.0, help="seconds")
     serve.add_argument(
         "--ws-auth-failure",
         choices=("close", "http"),
@@ -45,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="refused upgrade: accept then close 4001, or answer HTTP 401",
     )
     serve.add_argument(
-        "--ws-heartbeat", type=float, default=20.0, help="seconds between protocol pings; 0: none"
+        "--ws-heartbeat",
+        type=_not_negative,
+        default=20.0,
+        help="seconds between protocol pings; 0: none",
     )
     serve.add_argument(
         "--ws-close-on-token-expiry",
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--sse-ping",
-        type=float,
+        type=_rate,
         default=25.0,
         help="seconds between `: ping` comments on a quiet call-log or org-feed stream",
     )
@@ -99,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sha256=<hex> or the bare hex",
     )
     hooks.add_argument(
-        "--delivery-timeout", type=float, default=5.0, help="seconds per attempt, as Pinecall's"
+        "--delivery-timeout", type=_rate, default=5.0, help="seconds per attempt, as Pinecall's"
     )
     hooks.add_argument(
-        "--retry-base", type=float, default=0.0, help="first backoff, seconds (0: at once)"
+        "--retry-base", type=_not_negative, default=0.0, help="first backoff, seconds (0: at once)"
     )
     hooks.add_argument(
         "--max-attempts",
@@ -118,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--calls", type=int, default=20, help="0: serve only")
     traffic.add_argument("--concurrency", type=int, default=10, help="calls at once")
     traffic.add_argument(
-        "--rate", type=float, default=0.0, help="events per second overall; 0: as fast as possible"
+        "--rate",
+        type=_not_negative,
+        default=0.0,
+        help="events per second overall; 0: as fast as possible",
     )
     traffic.add_argument(
         "--channel",
@@ -159,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="wait for this many org-feed (GET /v1/events) streams first",
     )
-    traffic.add_argument("--subscriber-timeout", type=float, default=60.0, help="seconds")
+    traffic.add_argument("--subscriber-timeout", type=_rate, default=60.0, help="seconds")
     traffic.add_argument(
-        "--start-delay", type=float, default=0.0, help="seconds to wait before the traffic starts"
+        "--start-delay",
+        type=_not_negative,
+        default=0.0,
+        help="seconds to wait before the traffic starts",
     )
     traffic.add_argument(
         "--ledger", type=Path, help="write every generated event here (JSON lines)"

@@ -106,6 +106,8 @@ REFRESH_SHARE = 0.2
 # connection, and a token said to live a second or less had them made twice a second, for good.
 # Low enough that a token of 4 s (the simulator's in tests) is still refreshed before it expires.
 MIN_REFRESH_SECONDS = 2.0
+# How long before its token's expiry (as we reckon it) an auth close is taken for that expiry.
+EXPIRY_SLACK_SECONDS = 0.25
 # How often a refused key or token, an auth close, or an unreachable feed is said while it
 # lasts: it is retried at least every BACKOFF_MAX_SECONDS, and each retry said it again.
 REFUSED_LOG_EVERY = 300.0
@@ -201,6 +203,13 @@ class SubscribeRefusedError(Exception):
         super().__init__(f"{how}: {reason}")
         self.how = how
         self.reason = reason
+
+
+def _expired(opened: _Opened | None, now: float) -> bool:
+    """`opened` had a token expiring by `now` (within EXPIRY_SLACK_SECONDS: the server's clock
+    started before ours, when it issued the token). Pure."""
+    at = opened.expires_at if opened is not None else None
+    return at is not None and now >= at - EXPIRY_SLACK_SECONDS
 
 
 class TokenError(Exception):
@@ -448,11 +457,17 @@ class WebSocketSource:
                 _log_refusal(exc, self._settings.events)
             except TokenError as exc:
                 reason = "token_error" if not exc.auth else "auth"
-                refusals.warning("feed token unavailable", extra={"error": str(exc)})
+                refusals.warning(
+                    "feed token unavailable",
+                    extra={"error": str(exc)},
+                    kind="auth" if exc.auth else None,
+                )
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 reason = _status_reason(status)
-                refusals.warning("feed refused the connection", extra={"status": status})
+                refusals.warning(
+                    "feed refused the connection", extra={"status": status}, kind=status
+                )
             except ConnectionClosed as exc:
                 reason = _close_reason(exc)
                 if reason == "frame_too_large":
@@ -481,12 +496,17 @@ class WebSocketSource:
                 # the catch-all below logged the URL, traceback and all, at every retry.
                 reason = "connect_error"
                 error = f"{type(exc).__name__}: {exc.msg}"
-                refusals.warning("feed unreachable", extra={"error": error})
+                refusals.warning(
+                    "feed unreachable", extra={"error": error}, kind=type(exc).__name__
+                )
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = "connect_error"
                 error = f"{type(exc).__name__}: {self._shown(exc, opened)}"
-                # Thinned as a refusal is: an outage of hours said it at every retry.
-                refusals.warning("feed unreachable", extra={"error": error})
+                # Thinned as a refusal is: an outage of hours said it at every retry. By its
+                # class: a DNS failure fixed, the TLS error behind it was held back for 5 min.
+                refusals.warning(
+                    "feed unreachable", extra={"error": error}, kind=type(exc).__name__
+                )
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -519,8 +539,16 @@ class WebSocketSource:
                 log.info("feed token refreshed: reading the new connection")
                 continue
             self._metrics.websocket_reconnects.labels(reason).inc()
-            connected_for = time.monotonic() - opened_at if opened_at is not None else None
-            delay = self._policy.next_delay(reason, connected_for)
+            now = time.monotonic()
+            connected_for = now - opened_at if opened_at is not None else None
+            if reason == "auth" and opened_at is not None and _expired(opened, now):
+                # Its token lived too short to refresh (MIN_REFRESH_SECONDS): its expiry is no
+                # refusal. Backed off as one (5 s, 10 s, ... as it never got stable), a feed with
+                # 1.5 s tokens was up 15% of the time; now when its refresh would have been.
+                self._policy.reset()
+                delay = max(0.0, opened_at + MIN_REFRESH_SECONDS - now)
+            else:
+                delay = self._policy.next_delay(reason, connected_for)
             log.info("feed reconnecting", extra={"reason": reason, "in_s": round(delay, 2)})
             self._downtime.tally(time.monotonic())
             # A refused subscription too: a key without the feed's scope is refused there.

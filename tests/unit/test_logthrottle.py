@@ -93,6 +93,26 @@ def test_held_back_lines_are_said_at_stop(caplog: pytest.LogCaptureFixture) -> N
     assert (said.levelno, said.suppressed, said.suppressed_s) == (logging.ERROR, 4, 2.0)  # type: ignore[attr-defined]
 
 
+def test_problems_sharing_a_message_are_thinned_and_summed_up_by_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # By message alone, a 404 (a wrong URL) after a run of 401s (a bad key) was held back for
+    # the throttle's period and summed up as more of the same.
+    clock = Clock()
+    logger = logging.getLogger("tests.logthrottle.kinds")
+    refusals = LogThrottle(logger, every=300.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for status in (401, 401, 404, 404, 404):
+            refusals.warning("feed refused", extra={"status": status}, kind=status)
+        logthrottle.flush_all()
+    assert [(r.getMessage(), getattr(r, "status", None)) for r in caplog.records] == [
+        ("feed refused", 401),
+        ("feed refused", 404),
+        ("feed refused (401): 1 more like this in the last 0 s", None),
+        ("feed refused (404): 2 more like this in the last 0 s", None),
+    ]
+
+
 def test_a_level_that_is_off_is_not_counted(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("tests.logthrottle.off")
     flood = LogThrottle(logger, every=10.0, clock=Clock())

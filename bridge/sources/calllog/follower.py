@@ -219,6 +219,7 @@ class Follower:
                 flood.warning(
                     "call log stream refused",
                     extra={**self._ctx(), "status": response.status, **redirect_note(response)},
+                    kind=response.status,
                 )
                 if reason == "protocol" and self._given_up(response.status):
                     raise _EndedError(ended=True)

@@ -45,6 +45,31 @@ def test_bad_values_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "duplicates" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--start-delay", "nan"),  # slept on for ever: the traffic never came, nothing said
+        ("--start-delay", "inf"),
+        ("--start-delay", "-1"),
+        ("--token-ttl", "inf"),  # sent as JSON's non-standard `Infinity`
+        ("--delivery-timeout", "inf"),  # aiohttp's OverflowError at every delivery
+        ("--ws-heartbeat", "inf"),  # aiohttp's OverflowError at every feed connection
+    ],
+)
+def test_a_float_flag_that_is_nan_infinite_or_negative_exits_2(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([flag, value])
+    assert exited.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_a_start_delay_or_heartbeat_of_0_is_taken() -> None:
+    args = build_parser().parse_args(["--start-delay", "0", "--ws-heartbeat", "0", "--rate", "0"])
+    assert (args.start_delay, args.ws_heartbeat, args.rate) == (0.0, 0.0, 0.0)
+
+
 def test_exit_when_done_prints_a_summary_and_writes_the_ledger(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -944,6 +944,30 @@ async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(
     assert not reconnects(metrics, "closed")
 
 
+async def test_a_token_too_short_to_refresh_reconnects_at_its_expiry_without_backing_off(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Its server's close at the expiry was backed off as a refusal (5 s, 10 s, ... up to the
+    # cap, the connection never stable): a feed with 1.5 s tokens was up 15% of the time.
+    async def expiring(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n))
+        await asyncio.sleep(0.3)
+        await ws.close(code=4001, message=b"token expired")
+
+    feed = await make_feed(expiring)
+    feed.expires_in = 0.3  # under the (tests') 0.5 s floor between refreshes
+    ws, api = feed.settings()
+    ws = ws.model_copy(update={"backoff_max_seconds": 30.0})
+    sink, metrics = FakeSink(), Metrics()
+    async with running((ws, api), sink, metrics):
+        began = time.monotonic()
+        await until(lambda: len(sink.acked()) == 4, within=4)
+        took = time.monotonic() - began
+    assert seqs(sink)[:4] == [1, 2, 3, 4]
+    assert took >= 3 * 0.5 - 0.1  # still no sooner than the floor between new tokens
+    assert reconnects(metrics, "auth") >= 3
+
+
 @pytest.mark.parametrize("expires_in", [0, -5, 0.001])
 async def test_a_token_said_to_live_no_time_is_not_refreshed_in_a_loop(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
@@ -1142,6 +1166,27 @@ async def test_an_unreachable_feed_is_said_once_then_how_often_once_it_is_back(
     first, summary = lines
     assert first.getMessage() == "feed unreachable"
     assert summary.suppressed == reconnects(metrics, "connect_error") - 1  # type: ignore[attr-defined]
+
+
+async def test_a_refusal_of_another_status_is_said_at_once_not_held_back_as_more_of_the_same(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Thinned by message alone, the 404 of a wrong URL after the 503s of an outage went unsaid
+    # for 5 min (REFUSED_LOG_EVERY), then was told as more of the same.
+    feed = await make_feed(sending(1))
+    feed.handshakes = [503, 503, 404, 404]
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: len(sink.acked()) == 1, what="the feed reached at last")
+    lines = [r for r in caplog.records if r.getMessage().startswith("feed refused the connection")]
+    said = [(r.getMessage(), getattr(r, "status", None)) for r in lines[:2]]
+    assert said == [("feed refused the connection", 503), ("feed refused the connection", 404)]
+    summed = {r.getMessage().split(":")[0]: getattr(r, "suppressed", None) for r in lines[2:]}
+    assert summed == {
+        "feed refused the connection (503)": 1,
+        "feed refused the connection (404)": 1,
+    }
 
 
 @pytest.mark.parametrize(
