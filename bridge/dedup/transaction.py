@@ -162,6 +162,9 @@ class StageProducer:
         self._limits = limits
         # Not the ingest topic, which it never writes: its limit must not shrink the batches.
         self._writes = set(writes)
+        # The topics whose limits bound the producer's batches: `writes`, and any that refused a
+        # record for its size. Kept apart from `writes`, which are written without a look-up.
+        self._sized = set(writes)
         # Topics not among `writes` that ingest records name (another pod's routing): when each
         # was last looked up and found to exist, or found missing.
         self._found: dict[str, float] = {}
@@ -243,7 +246,7 @@ class StageProducer:
             # aiokafka's 16 KiB filled at ~1,000 events/s and went out early, each alone,
             # and a full one held up the next send until it was drained.
             linger_ms=self._settings.commit_interval_ms,
-            max_batch_size=self._limits.batch_bytes(sorted(self._writes)),
+            max_batch_size=self._limits.batch_bytes(sorted(self._sized)),
             partitioner=partition_for,
             max_request_size=self._limits.default,
         )
@@ -733,7 +736,9 @@ class StageProducer:
             raise
         # A topic that refused an output record is written, routed there or not (a record from
         # before a routing change names its own): its limit bounds the next producer's batches.
-        self._writes.update(stale)
+        # Not added to `writes`: another pod's topic deleted since must still be looked up, and
+        # its records skipped, not sent (failing every transaction of its partitions for good).
+        self._sized.update(stale)
         for topic, limit in read.found.items():
             self._limits.learn(topic, limit)
             log.warning(

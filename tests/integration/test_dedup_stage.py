@@ -22,6 +22,7 @@ from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
+from bridge import routing
 from bridge.config import DedupSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.restore import restore
@@ -33,6 +34,7 @@ from bridge.groups import GroupMetadata, group_metadata
 from bridge.ingest import record as ingest_record
 from bridge.metrics import Metrics
 from bridge.sink.limits import KAFKA_DEFAULT_MAX_REQUEST_BYTES, TopicLimits
+from bridge.sink.record import Record
 from tests.integration.conftest import (
     Consumed,
     RunningBridge,
@@ -1055,6 +1057,35 @@ async def test_a_record_naming_a_topic_that_does_not_exist_is_skipped_and_create
     assert lost == 0
     async with admin_client(kafka_bootstrap) as admin:
         assert nowhere not in await admin.list_topics()
+
+
+async def test_another_pods_topic_that_refused_a_record_for_its_size_is_skipped_once_deleted(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A topic only another pod's routing names, whose size refusal made the stage learn its
+    limit, is still looked up: deleted since, its records are skipped and counted, not sent,
+    failing every transaction of their partitions for good."""
+    # Found or missing, every record naming it is looked up again: no minute's wait for the test.
+    monkeypatch.setattr(routing, "FOUND_RECHECK_SECONDS", 0.0)
+    elsewhere = topics.events + ".elsewhere"
+    await create_topic(kafka_bootstrap, elsewhere, 1, {"max.message.bytes": "1000"})
+    bridge: RunningBridge = await start_bridge()
+    big = Record(elsewhere, unique_call.encode(), b"x" * 2000)
+    first = ingest_record.encode(topics.ingest, f"{unique_call}:1", big, "webhook", 1.0)
+    await write_ingest(kafka_bootstrap, [first])
+    # Found, sent, refused by the broker for its size: the next producer learns the limit and
+    # skips it.
+    await until_sample([bridge], "pinecall_bridge_dedup_output_too_large_total", 1)
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_topics([elsewhere])
+    await write_ingest(kafka_bootstrap, ingest_records(topics, unique_call, [2], elsewhere))
+    assert (await bridge.post(entry(3, call=unique_call)))[0] == 200
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    await until_sample([bridge], "pinecall_bridge_dedup_output_unknown_topic_total", 1)
 
 
 async def test_a_partition_back_after_a_flap_reads_only_what_another_member_decided_meanwhile(
