@@ -3,6 +3,7 @@ bridge encodes pass it; a record off the contract in any part fails it."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -206,3 +207,20 @@ def test_the_largest_seq_and_longest_names_keep_the_contract(mode: Mode) -> None
          "type": "turn.user", "data": {}}
     )  # fmt: skip
     contract.check(*record(ev, b"CA_1", mode))
+
+
+def test_every_attribute_is_named_as_cloudevents_requires() -> None:
+    # CloudEvents 1.0 "Naming Conventions": a-z and 0-9 only, at most 20 characters, never
+    # `data`. The official Python SDK refuses the whole event over one attribute named otherwise,
+    # and the closed schema holds every record the tests read to these names.
+    schemas = contract.messages()
+    attributes = set(schemas["structured"]["payload"]["properties"]) - {"data"}
+    for name in attributes:
+        assert re.fullmatch(r"[a-z0-9]{1,20}", name), name
+    # Binary mode: each attribute but data is its ce_ header, datacontenttype is content-type.
+    ce_headers = {
+        name.removeprefix("ce_")
+        for name in schemas["binary"]["headers"]["properties"]
+        if name.startswith("ce_")
+    }
+    assert ce_headers == attributes - {"datacontenttype"}
