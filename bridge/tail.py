@@ -142,13 +142,18 @@ def ingest_note(
 
     `committed`: the dedup group's committed offset of the record's partition, None if it has none.
     """
-    entry = ingest_record.decode(key, value, list(headers))
-    if entry is None:
-        return ""
-    redriven = ", redriven" if entry.redriven else ""
+    given = list(headers)
+    entry = ingest_record.decode(key, value, given)
     # Below the committed offset the dedup stage has written it out or dropped it as a copy of an
     # id it saw: which, the output topic tells (one record per id, whichever copy came first).
     decided = "decided" if committed is not None and offset < committed else "not yet decided"
+    if entry is None:
+        # The record a partition is held at (README "Upgrading"): said, where it looked foreign.
+        version = ingest_record.newer_version(given)
+        return (
+            "" if version is None else f"-> ingest format {version}, a later release's, {decided}"
+        )
+    redriven = ", redriven" if entry.redriven else ""
     return f"-> {entry.output.topic} received {rfc3339(entry.received_at)}{redriven}, {decided}"
 
 

@@ -87,14 +87,15 @@ def encode(
 def decided_id(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The dedup id of a record decode() accepts, else None: all a restore needs (a full decode
     costs 3x more), and only what the stage decides, or a new owner would drop a copy it output."""
-    if value is None:
-        return None
     # The last of a name wins, as in decode's; _facts reads only the bridge's own names.
     mine = dict(headers)
     if _newer(mine) is not None:
         # Below a committed offset, a record of a later format was decided by a release that
-        # reads it; every format keeps the id header, so a copy of it is dropped here too.
+        # reads it; every format keeps the id header, so a copy of it is dropped here too. Its
+        # value is that format's business: the stage holds at a null one too, as at any.
         return event_id_of(headers)
+    if value is None:
+        return None
     facts = _facts(mine)
     return None if facts is None else facts[1]
 

@@ -89,6 +89,18 @@ def test_an_ingest_record_says_where_it_is_bound_when_received_and_whether_decid
     assert ingest_note(key, value, headers, 4, 5) == f"{bound}, redriven, decided"
 
 
+def test_an_ingest_record_of_a_later_format_is_named_as_such() -> None:
+    # The record a dedup partition is held at (README "Upgrading"): not shown as a foreign one.
+    key, value, headers = ingest_headers()
+    later = [(ingest_record.VERSION, b"2"), *headers]
+    assert (
+        ingest_note(key, value, later, 5, 5)
+        == "-> ingest format 2, a later release's, not yet decided"
+    )
+    assert ingest_note(key, value, later, 4, 5) == "-> ingest format 2, a later release's, decided"
+    assert ingest_note(key, value, [(ingest_record.VERSION, b"x"), *headers], 4, 5) == ""
+
+
 def test_an_output_record_has_no_ingest_note() -> None:
     assert ingest_note(b"CA_1", b"{}", [("ce_id", b"CA_1:3")], 4, 5) == ""
 

@@ -105,6 +105,16 @@ def test_a_later_format_is_not_decoded_but_named(version: bytes) -> None:
     assert newer_version(headers) is None
 
 
+def test_a_later_format_without_a_value_is_held_and_its_id_taken_as_decided() -> None:
+    # The stage holds at it (decode None, a later version named), so a release that reads it
+    # decided it: a restore dropping its id would publish a later copy of the event again.
+    key, headers = KEYED
+    later = ((VERSION, b"2"), *headers)
+    assert (decode(key, None, later), newer_version(later)) == (None, "2")
+    assert decided_id(None, later) == "CA_1:7"
+    assert decided_id(None, headers) is None  # format 1 without a value is damage, skipped
+
+
 @pytest.mark.parametrize("version", [b"", b"0", b"1.1", b"two", b"\xff", b"\xd9\xa2", b"9" * 5_000])
 def test_a_damaged_format_is_skipped_as_damage_not_held(version: bytes) -> None:
     # No release writes these: holding the partition at one would wedge it for good.
