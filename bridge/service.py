@@ -129,8 +129,10 @@ class Bridge:
         self._reuse_port = reuse_port
         self._listen_when_ready = listen_when_ready
         self.metrics = metrics if metrics is not None else Metrics()
-        # Set when a task crashed too often to be restarted: serve() then exits non-zero.
+        # Set when a task crashed too often to be restarted, or the webhook port bound once ready
+        # could not be (`listen_failed`): serve() then exits non-zero.
         self.crashed = asyncio.Event()
+        self.listen_failed = False
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
         self._topic_problems = TopicProblems()
@@ -432,7 +434,16 @@ class Bridge:
             if self._listen_when_ready and self._runner is None:
                 # Not before: the kernel hands a bound port's share of new connections to this
                 # process, each answered 503 until now, while other workers of the pod serve.
-                await self._start_http()
+                try:
+                    await self._start_http()
+                except OSError as exc:
+                    # As a first start's failed bind: one line and exit 1 (the pod's supervisor
+                    # restarts the worker, within its budget), not a crashed task that connects
+                    # Kafka again and again, a traceback each time, until it escalates.
+                    cannot_listen(self.settings, exc)
+                    self.listen_failed = True
+                    self.crashed.set()
+                    return
                 self.readiness.listening = True
             self._ready()
         if self.dedup is not None and self.settings.dedup.topic_check_seconds > 0:
@@ -939,6 +950,19 @@ def reloaded_secret_files() -> dict[str, Path]:
     return {name: path for name, path in files.items() if path is not None}
 
 
+def cannot_listen(settings: Settings, exc: OSError) -> None:
+    """Say plainly, not with a traceback, that a port could not be bound (e.g. it is taken)."""
+    log.error(
+        "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT, BRIDGE_HTTP__ADMIN_PORT)",
+        extra={
+            "host": settings.http.host,
+            "port": settings.http.port,
+            "admin_port": settings.http.admin_port,
+            "error": str(exc),
+        },
+    )
+
+
 def _no_deadline() -> float | None:
     return None
 
@@ -958,15 +982,7 @@ async def run_until_stopped(
     try:
         await bridge.start()
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback
-        log.error(
-            "cannot listen (BRIDGE_HTTP__HOST, BRIDGE_HTTP__PORT, BRIDGE_HTTP__ADMIN_PORT)",
-            extra={
-                "host": settings.http.host,
-                "port": settings.http.port,
-                "admin_port": settings.http.admin_port,
-                "error": str(exc),
-            },
-        )
+        cannot_listen(settings, exc)
         raise SystemExit(1) from None
     stopped, crashed = asyncio.create_task(stop.wait()), asyncio.create_task(bridge.crashed.wait())
     await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
@@ -974,5 +990,7 @@ async def run_until_stopped(
     crashed.cancel()
     await bridge.stop(by=stop_by())
     if bridge.crashed.is_set():
+        if bridge.listen_failed:
+            raise SystemExit(1)  # said at the time (cannot_listen)
         log.critical("exiting: a task kept crashing (see task_crashes_total and the log above)")
         raise SystemExit(1)

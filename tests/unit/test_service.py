@@ -713,6 +713,38 @@ async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFi
     assert "BRIDGE_HTTP__HOST" in record.getMessage()
 
 
+async def test_a_restarted_worker_that_cannot_bind_once_connected_exits_as_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Bound only once Kafka connected (listen_when_ready), a failed bind crashed the
+    # kafka-connect task: Kafka connected again and again, a traceback each, until it escalated.
+    connects: list[None] = []
+
+    async def connected() -> None:
+        connects.append(None)
+
+    with socket.socket() as taken:  # no SO_REUSEPORT: the worker's bind is refused
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bridge = Bridge(every_source(port), reuse_port=True, listen_when_ready=True)
+        monkeypatch.setattr(bridge, "_connect_ingest", connected)
+        try:
+            with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exited:
+                # Not wait_for: SystemExit raised in its task would not reach this test.
+                async with asyncio.timeout(5):
+                    await run_until_stopped(bridge)
+        finally:
+            await bridge.stop()
+    assert exited.value.code == 1  # as a failed first bind (README: Several worker processes)
+    assert connects == [None]
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith("cannot listen")
+    assert (record.__dict__["host"], record.__dict__["port"]) == ("127.0.0.1", port)
+    assert "address already in use" in record.__dict__["error"].lower()
+    assert not bridge.readiness.listening
+
+
 async def test_a_webhook_port_that_cannot_listen_leaves_no_server_behind() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
