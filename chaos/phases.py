@@ -1,4 +1,5 @@
-"""A scenario's phases on the monotonic clock, and whether its load actually ran in each. Pure.
+"""A scenario's phases on the monotonic clock, and whether its load actually ran in each. Pure
+but for `fenced_after`, which polls through the reader it is given.
 
 A phase's checks mean something only if requests reached the bridge during it: a load that ran
 out before a phase began would let the phase pass on nothing, so that is a failure of its own.
@@ -6,7 +7,9 @@ out before a phase began would let the phase pass on nothing, so that is a failu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from chaos.harness import Check
@@ -18,8 +21,10 @@ from chaos.load import Attempt
 MIN_LOAD_SHARE = 0.05
 
 # A SIGKILLed broker stays in every partition's ISR until the controller fences it (after the
-# cluster's broker.session.timeout.ms): no acks=all write anywhere is acknowledged meanwhile.
-# After the fencing: leaders elected, the bridge's producer refreshing its metadata (2 s probe
+# cluster's broker.session.timeout.ms, counted from the kill's last heartbeat, or from the new
+# controller's election when the broker killed was the active controller: seconds later): no
+# acks=all write anywhere is acknowledged meanwhile. After the fencing (as the metadata shows
+# it): leaders elected, the bridge's producer refreshing its metadata (2 s probe
 # here), and a call whose attempt timed out at the fencing retrying (the load pauses up to 2 s).
 FAILOVER_SECONDS = 5.0
 # How long a crash phase still runs once failed over, so that the served load is judged too.
@@ -75,24 +80,45 @@ def crash_seconds(scaled: float, session_timeout: float) -> float:
     return max(scaled, session_timeout + FAILOVER_SECONDS + SERVED_SECONDS)
 
 
-def acknowledged_by(first_sent: float, killed_at: float, session_timeout: float) -> float:
-    """The latest an event first sent at `first_sent` may be acknowledged, a broker SIGKILLed at
-    `killed_at`: writes stall until the broker is fenced, then fail over."""
-    return max(first_sent, killed_at + session_timeout) + FAILOVER_SECONDS
+def acknowledged_by(first_sent: float, fenced: float) -> float:
+    """The latest an event first sent at `first_sent` may be acknowledged, the crashed broker
+    fenced at `fenced`: writes stall until then, then fail over."""
+    return max(first_sent, fenced) + FAILOVER_SECONDS
+
+
+async def fenced_after(
+    isrs: Callable[[], Awaitable[list[list[int]] | None]],
+    node: int,
+    since: float,
+    every: float = 0.2,
+) -> float:
+    """When the controllers fenced `node`, crashed at `since`: the start of the last read of
+    `isrs` (None: unanswered) that still listed it in an ISR. Never later than the fencing."""
+    listed = since
+    while True:
+        asked = time.monotonic()
+        seen = await isrs()
+        if seen and all(node not in isr for isr in seen):
+            return listed
+        if seen:
+            listed = asked
+        await asyncio.sleep(every)
 
 
 def failover_check(
     phase: Phase,
     attempts: Sequence[Attempt],
     killed_at: float,
+    fenced: float | None,
     session_timeout: float,
     starved: Callable[[Attempt], float] = lambda attempt: 0.0,
 ) -> Check:
     """Every event in flight during a crash phase acknowledged by `acknowledged_by`, and some
     acknowledged after the fencing within the phase: the bridge failed over by itself.
 
-    `starved`: the CPU starvation during an attempt (the harness's loop lag, the bridge's wait
-    for a CPU: harness.Starvation), subtracted from its answer time as not the bridge's wait.
+    `fenced`: when the metadata showed the broker out of the ISRs (`fenced_after`); None, never
+    within the phase: nothing could fail over, and the check fails. `starved`: the CPU starvation
+    during an attempt (harness.Starvation), subtracted from its answer time as not the bridge's.
     """
     first: dict[str, float] = {}
     answered: dict[str, float] = {}  # event -> when its first 2xx came, less the starvation
@@ -103,11 +129,12 @@ def failover_check(
             less[a.event] = starved(a)
             answered[a.event] = a.started + a.elapsed - less[a.event]
     held = {a.event for a in in_flight_during(attempts, phase)}
-    due = {event: acknowledged_by(first[event], killed_at, session_timeout) for event in held}
+    # Never seen fenced: the check fails, and the phase's end only keeps the counts meaningful.
+    at = phase.end if fenced is None else fenced
+    due = {event: acknowledged_by(first[event], at) for event in held}
     late = sorted(event for event in held if answered.get(event, float("inf")) > due[event])
     excused = [less[e] for e in held if e in less and answered[e] <= due[e] < answered[e] + less[e]]
-    fenced = killed_at + session_timeout
-    served = sum(1 for at in answered.values() if fenced <= at < phase.end)
+    served = sum(1 for t in answered.values() if at <= t < phase.end)
     acks_after_kill = [
         a.started + a.elapsed - killed_at
         for a in attempts
@@ -116,14 +143,24 @@ def failover_check(
     stall = f"{min(acks_after_kill):+.1f}s" if acks_after_kill else "never"
     return Check(
         f"failover during '{phase.name}' within fencing + {FAILOVER_SECONDS:.0f}s",
-        not late and served > 0,
+        fenced is not None and not late and served > 0,
         f"{len(held)} events in flight, {len(late)} acknowledged later than fencing"
-        f" ({session_timeout:.1f}s after the kill) + {FAILOVER_SECONDS:.0f}s or after their own"
+        f" ({fencing_text(fenced, killed_at, session_timeout)}) + {FAILOVER_SECONDS:.0f}s or"
+        f" after their own"
         f" first attempt + {FAILOVER_SECONDS:.0f}s{f', e.g. {late[0]}' if late else ''};"
         f" {served} acknowledged between the fencing and the phase's end; the first answer"
         f" acknowledged after the kill came {stall}; {len(excused)} late only by CPU starvation"
         f" (up to {max(excused, default=0.0):.1f}s of it, {sum(excused):.1f}s in all)",
     )
+
+
+def fencing_text(fenced: float | None, killed_at: float, session_timeout: float) -> str:
+    """When the fencing came, against the session timeout it waits for at least."""
+    if fenced is None:
+        return (
+            f"never seen in the metadata within the phase; session timeout {session_timeout:.1f}s"
+        )
+    return f"seen {fenced - killed_at:.1f}s after the kill; session timeout {session_timeout:.1f}s"
 
 
 def least_requests(rate: float, seconds: float, share: float = MIN_LOAD_SHARE) -> int:
@@ -133,6 +170,12 @@ def least_requests(rate: float, seconds: float, share: float = MIN_LOAD_SHARE) -
 
 def started_during(attempts: Iterable[Attempt], phase: Phase) -> list[Attempt]:
     return [a for a in attempts if phase.holds(a.started)]
+
+
+def answered_during(attempts: Iterable[Attempt], phase: Phase) -> list[Attempt]:
+    """Requests both sent and answered within the phase: what the bridge said under its fault
+    alone. One sent late in it may be answered after the next phase undid the fault."""
+    return [a for a in started_during(attempts, phase) if a.started + a.elapsed < phase.end]
 
 
 def in_flight_during(attempts: Iterable[Attempt], phase: Phase) -> list[Attempt]:

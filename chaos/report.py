@@ -24,10 +24,15 @@ delivers them. Every attempt's status is recorded. Where a scenario has phases (
 load runs by time until its last phase ends, and each judged phase must see requests in flight
 during it (at least 5% of the offered rate times its length): a phase the load never reached
 fails, never passes on nothing. A SIGKILLed broker stays in every ISR until the controllers fence
-it (the cluster's `broker.session.timeout.ms`, 9 s), and no acks=all write is acknowledged
-anywhere until then; so `cluster` keeps its leader down for at least that plus 8 s whatever
-`--scale`, and judges that phase on failover: every event in flight acknowledged within 5 s of
-the fencing (or of its own first attempt, if later), some before the leader returns. Once the
+it (the cluster's `broker.session.timeout.ms`, 9 s, counted from the new controller's election
+when the broker killed was the active controller: seconds later), and no acks=all write is
+acknowledged anywhere until then; so `cluster` keeps its leader down for at least that plus 8 s
+whatever `--scale` (longer when the fencing came later), and judges that phase on failover: every
+event in flight acknowledged within 5 s of the fencing as the metadata showed it (the last read,
+every 0.2 s, still listing the broker in an ISR) or of its own first attempt, if later, some before
+the leader returns. With two brokers of three down the controllers have no quorum and no ISR can
+shrink: every request both sent and answered in that time must be a 503 (one sent late in it may
+be acknowledged once the two are back). Once the
 dedup group has committed every ingest record, a read_committed consumer reads the output topics
 to their end, and one checker (chaos/checker.py) compares: **lost** = acknowledged (2xx) but
 absent, **doubled** = an id present more than once, order = each call's records in the order it
