@@ -193,7 +193,8 @@ class Metrics:
         self.dedup_output_unknown_topic = Counter(
             f"{PREFIX}_dedup_output_unknown_topic_total",
             "Output records the dedup stage skipped because they name a topic it is not configured"
-            " with and that does not exist: answered 2xx, published nowhere.",
+            " with and that does not exist, or this user may not describe: answered 2xx, published"
+            " nowhere.",
             registry=r,
         )
         self.publish_failures = Counter(

@@ -178,6 +178,7 @@ class Bridge:
                 output_topics=self.router.topics(),
                 metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
                 probe_seconds=settings.kafka.metadata_probe_seconds,
+                missing_topics=self._topic_problems.missing,
             )
             if stages != "ingest"
             else None

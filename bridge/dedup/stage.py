@@ -38,7 +38,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -60,7 +60,7 @@ from bridge.dedup.refusals import refusal
 from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
-from bridge.dedup.txnsize import TransactionSize
+from bridge.dedup.txnsize import TransactionSize, timeout_warning
 from bridge.groups import (
     Claim,
     GrowthWatch,
@@ -131,10 +131,14 @@ class DedupStage:
         output_topics: Iterable[str] = (),
         metadata_max_age_ms: int = 300_000,
         probe_seconds: float = 5.0,
+        missing_topics: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         """`output_topics`: those it writes, whose limits bound its producer's batches;
         `metadata_max_age_ms`: how soon the group notices partitions added to the topic;
-        `probe_seconds`: how often its clients' connections to fenced brokers are looked for."""
+        `probe_seconds`: how often its clients' connections to fenced brokers are looked for;
+        `missing_topics`: the topics the running topic check last found missing."""
+        self._missing_topics = missing_topics
+        self._output_topics = frozenset(output_topics)
         self._settings = settings
         self._metadata_max_age_ms = metadata_max_age_ms
         self._probe_seconds = probe_seconds
@@ -150,7 +154,7 @@ class DedupStage:
             metrics,
             limits if limits is not None else _default_limits(),
             lambda: [self._offsets.client, connections_of(self._consumer)],
-            output_topics,
+            self._output_topics,
         )
         self._size = TransactionSize()
         # Committed offsets are read stably (see committed.py), over a client of its own.
@@ -693,8 +697,7 @@ class DedupStage:
         a step may take (a client quota throttling the bridge, or a broker failing over)."""
         if lost.reason == "timeout" and self._size.timed_out(lost.sent):
             log.warning(
-                "a dedup transaction timed out; bounding them in records"
-                " (a throttled cluster, or brokers failing over?)",
+                timeout_warning(self._missing_topics(), self._output_topics),
                 extra={"records_sent": lost.sent, "limit": self._size.limit},
             )
 

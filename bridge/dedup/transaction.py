@@ -455,8 +455,9 @@ class StageProducer:
             txn.unknown_topic += 1
             _skipped(
                 "output record for a topic the dedup stage is not configured with and that does"
-                " not exist (a routing rule's, removed and its topic deleted, or a record written"
-                " by hand)",
+                " not exist, or this user may not describe it (a routing rule's, removed and its"
+                " topic deleted; another pod's routing, to a topic without a Describe ACL for this"
+                " user; or a record written by hand)",
                 tp,
                 offset,
                 entry,
@@ -508,6 +509,8 @@ class StageProducer:
             return verdict == "write"
         # The whole cluster's metadata: a look-up by name asks a broker that auto-creates topics
         # to make it, as the producer's own wait for the topic's partitions would.
+        # Kafka leaves out of it, without an error, the topics this user may not Describe: one
+        # missing here may exist (probed: no TOPIC_AUTHORIZATION_FAILED, no unauthorized_topics).
         if topic in (await producer.client.fetch_all_metadata()).topics():
             self._found[topic] = now
             self._missing.pop(topic, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 # Won back per commit that filled the bound: an eighth, so a throttle that eased is followed
 # within tens of commits, and one that did not times out again rarely.
 _GROWTH = 8
@@ -51,3 +53,23 @@ class TransactionSize:
         self._fitted = max(self._fitted, sent)
         if self.limit is not None and sent >= self.limit:
             self.limit += max(1, self.limit // _GROWTH)
+
+
+def timeout_warning(missing: Iterable[str], outputs: Collection[str]) -> str:
+    """The line for a transaction that timed out, naming the likely cause where one is known:
+    an output topic the topic check found missing (`missing`, of all the bridge's topics)."""
+    gone = sorted(set(missing) & set(outputs))
+    if not gone:
+        return (
+            "a dedup transaction timed out; bounding them in records"
+            " (a throttled cluster, or brokers failing over?)"
+        )
+    # A send to a deleted topic waits for its metadata until the transaction times out, at every
+    # retry: guessing a quota or a failover sent the SRE looking at the wrong thing.
+    many = len(gone) > 1
+    return (
+        "a dedup transaction timed out; bounding them in records. Likely cause: its output"
+        f" topic{'s' if many else ''} {', '.join(gone)} {'are' if many else 'is'} missing"
+        ' (deleted while running? topic_problem{kind="missing"}): its events wait in the ingest'
+        " topic until it exists again"
+    )

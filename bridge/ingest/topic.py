@@ -90,6 +90,10 @@ class TopicProblems:
         self.present = now
         return new, gone
 
+    def missing(self) -> list[str]:
+        """The topics the last check found missing (`topic_problem{kind="missing"}`)."""
+        return sorted(topic for topic, kind in self.present if kind == "missing")
+
 
 def ingest_topic_problems(configs: Mapping[str, str], dedup: DedupSettings) -> list[str]:
     """What in the ingest topic's configs lets a restore miss ids of the TTL; [] when nothing.

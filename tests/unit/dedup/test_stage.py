@@ -832,6 +832,29 @@ def test_the_window_gauges_sum_the_owned_partitions_windows() -> None:
     assert sample(h.metrics, "pinecall_bridge_dedup_window_bytes") == sum(windows)
 
 
+def test_a_timeout_while_an_output_topic_is_missing_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A deleted output topic times every transaction out: the line guessed a throttle instead.
+    missing = ["events"]
+    stage = DedupStage(
+        DedupSettings(),
+        "ingest",
+        {},
+        Metrics(),
+        output_topics=["events", "alerts"],
+        missing_topics=lambda: missing,
+    )
+    with caplog.at_level(logging.WARNING, logger=stage_module.log.name):
+        stage._shrink(TransactionLostError("timeout", frozenset(), sent=8))
+        missing.clear()  # found again: the next timeout's cause is unknown
+        stage._shrink(TransactionLostError("timeout", frozenset(), sent=4))
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "its output topic events is missing" in first
+    assert "throttled" not in first
+    assert "a throttled cluster, or brokers failing over?" in second
+
+
 async def test_the_listener_hears_of_assignments_and_losses() -> None:
     h = Harness(4)
     await h.stage.assigned({tp(1), tp(3)})

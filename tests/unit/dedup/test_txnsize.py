@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.dedup.txnsize import TransactionSize
+from bridge.dedup.txnsize import TransactionSize, timeout_warning
 
 
 def test_unbounded_until_a_timeout() -> None:
@@ -69,3 +69,18 @@ def test_a_bound_is_kept_through_a_timeout_of_a_size_that_fitted_since() -> None
     assert size.limit == 168
     assert size.timed_out(100)
     assert size.limit == 50
+
+
+def test_a_timeout_with_nothing_known_missing_guesses_a_throttle_or_a_failover() -> None:
+    # The ingest topic is the consumer's, not the transaction's sends: not named as the cause.
+    line = timeout_warning(["ingest"], {"events", "alerts"})
+    assert "a throttled cluster, or brokers failing over?" in line
+    assert "ingest" not in line
+
+
+def test_a_timeout_with_an_output_topic_missing_names_it_instead_of_guessing() -> None:
+    line = timeout_warning(["ingest", "events"], {"events", "alerts"})
+    assert "its output topic events is missing" in line
+    assert "throttled" not in line
+    both = timeout_warning(["events", "alerts"], {"events", "alerts"})
+    assert "its output topics alerts, events are missing" in both

@@ -133,6 +133,20 @@ def test_a_problem_is_said_once_while_it_lasts_and_its_fix_once() -> None:
     assert problems.observe([]) == ([], [])
 
 
+def test_the_topics_found_missing_are_those_of_the_last_check() -> None:
+    problems = TopicProblems()
+    problems.observe(
+        [
+            Problem("ingest", "retention_ms", "retention.ms is short"),
+            Problem("events", "missing", "cannot be read"),
+            Problem("alerts", "not_allowed", "cannot be read"),
+        ]
+    )
+    assert problems.missing() == ["events"]
+    problems.observe([])
+    assert problems.missing() == []
+
+
 def test_a_problem_worded_otherwise_is_still_the_same_problem() -> None:
     # The start's check and the checks while running word an unread topic differently.
     problems = TopicProblems()
