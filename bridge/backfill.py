@@ -22,7 +22,7 @@ from rich.markup import escape
 from bridge import logthrottle
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.normalise.ids import valid_call_id
+from bridge.normalise.ids import CALL_ID_REFUSED, valid_call_id
 from bridge.pipeline import (
     BACKFILL,
     BatchResult,
@@ -33,7 +33,7 @@ from bridge.pipeline import (
 )
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
-from bridge.sink.kafka import KafkaSink, stop_within
+from bridge.sink.kafka import KafkaSink, missing_ingest, stop_within
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
@@ -101,11 +101,14 @@ class BackfillReport:
     # only fail in turn (against a Kafka gone away, after a full round of retries each).
     not_asked: list[str] = field(default_factory=list)
     stop_error: str | None = None  # what the producer held at the end was not delivered
+    # The ingest topic is missing or not this user's: said before any call is read.
+    ingest_error: str | None = None
 
     @property
     def ok(self) -> bool:
         return (
             self.list_error is None
+            and self.ingest_error is None
             and self.list_more is None
             and not self.not_asked
             and self.stop_error is None
@@ -148,6 +151,10 @@ async def backfill_calls(
     # Its events are old by design: not in the live event-lag histogram (EventLagHigh).
     pipeline = pipeline_for(settings, sink, router, metrics, BACKFILL)
     report = BackfillReport()
+    # Else each call was read, then waited out every retry and failed as a bare "timeout".
+    report.ingest_error = await missing_ingest(settings.kafka, settings.topics.ingest)
+    if report.ingest_error is not None:
+        return report
     await sink.start()
     try:
         await sink.learn_limits(
@@ -195,10 +202,7 @@ async def _backfill_call(
 ) -> CallOutcome:
     outcome = CallOutcome(call)
     if not valid_call_id(call):
-        outcome.error = (
-            "not a call id: empty, over 256 characters, a control character, a / or \\,"
-            " or . or .. (it cannot name a call log in a URL)"
-        )
+        outcome.error = f"not a call id: {CALL_ID_REFUSED} (it cannot name a call log in a URL)"
         return outcome
     api = settings.pinecall
     key = api.api_key.get_secret_value() if api.api_key else ""
@@ -331,6 +335,9 @@ def run_backfill(
             backfill_calls(settings, calls, since=since, before=before, progress=BarProgress(bar))
         )
     # Calls and errors escaped (_shown): the operator's, Pinecall's or Kafka's text.
+    if report.ingest_error is not None:
+        console.print(f"[red]error[/]: {_shown(report.ingest_error)}", highlight=False)
+        return 1
     if report.list_error is not None:
         console.print(f"[red]the call list[/]: {_shown(report.list_error)}", highlight=False)
     if report.list_more is not None:

@@ -647,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser(
         "backfill",
         help="publish calls' stored event logs again (idempotent: the dedup drops repeats)",
+        description="Read each call's stored log (--call, or every call the call list shows"
+        " started --since) and submit its entries to the ingest topic through the daemon's path;"
+        " the dedup stage drops repeats. Exit 0 done, 1 a call, the call list or Kafka failed"
+        " (or the ingest topic does not exist), 2 usage, 130 interrupted (Ctrl-C).",
     )
     which = backfill.add_mutually_exclusive_group(required=True)
     which.add_argument("--call", action="append", help="a call id, e.g. CA_8f4a2c (repeatable)")
@@ -665,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the dead-letter topic (BRIDGE_TOPICS__DLQ) from --since to its end and"
         " submit each dead letter the bridge now reads to the ingest topic, with its first"
         " channel and receipt time. Still unrecognised ones and notes are counted, never written"
-        " again. Exit 0 done, 1 Kafka failed, 2 usage.",
+        " again. Exit 0 done, 1 Kafka failed (or a topic does not exist), 2 usage, 130"
+        " interrupted (Ctrl-C).",
     )
     _add_since(redrive, "dead letters written", required=True)
     redrive.add_argument(

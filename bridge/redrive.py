@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
@@ -33,6 +34,7 @@ from bridge.deadletter import (
     deliveries,
 )
 from bridge.metrics import Metrics
+from bridge.normalise.ids import CALL_ID_REFUSED, valid_call_id
 from bridge.pipeline import (
     BatchResult,
     Delivery,
@@ -44,7 +46,13 @@ from bridge.pipeline import (
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import start_consumer, stop_consumer
-from bridge.sink.kafka import KafkaSink, client_options, stop_within, topic_partitions
+from bridge.sink.kafka import (
+    KafkaSink,
+    client_options,
+    missing_ingest,
+    stop_within,
+    topic_partitions,
+)
 from bridge.tail import printable
 
 if TYPE_CHECKING:
@@ -168,14 +176,9 @@ async def redrive(
     try:
         await start_consumer(consumer)
         if not dry_run:
-            ingest = settings.topics.ingest
-            # Else each delivery waited out every retry and failed as a bare "timeout". Kafka's
-            # Write implies Describe: a topic not described is missing or not this user's.
-            if not await topic_partitions(settings.kafka, [ingest]):
-                raise MissingTopicError(
-                    f"the ingest topic {ingest} does not exist, or this user may not write it"
-                    " (BRIDGE_TOPICS__INGEST)"
-                )
+            missing = await missing_ingest(settings.kafka, settings.topics.ingest)
+            if missing is not None:
+                raise MissingTopicError(missing)
             await sink.start()
             sink_started = True
             await sink.learn_limits(
@@ -353,14 +356,21 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
             " left in the dead-letter topic, not written again"
         )
     if report.notes["call_log"]:
-        calls = sorted(report.note_calls)
-        named = " ".join(f"--call {call}" for call in calls[:SHOWN_CALLS])
+        # A call backfill refuses would fail the whole suggested command: not suggested.
+        calls = sorted(call for call in report.note_calls if valid_call_id(call))
+        invalid = len(report.note_calls) - len(calls)
+        # Quoted: a valid id may still hold a space or a `;`, and the line is pasted into a shell.
+        named = " ".join(f"--call {shlex.quote(call)}" for call in calls[:SHOWN_CALLS])
         more = f" (and {len(calls) - SHOWN_CALLS} more calls)" if len(calls) > SHOWN_CALLS else ""
-        lines.append(
+        line = (
             f"{report.notes['call_log']} notes of call-log entries the bridge could not read:"
-            f" no input to offer again; `pinecall-bridge backfill {named}`{more} reads those"
-            " calls again"
+            " no input to offer again"
         )
+        if calls:
+            line += f"; `pinecall-bridge backfill {named}`{more} reads those calls again"
+        if invalid:
+            line += f"; {invalid} calls left out, not call ids backfill takes ({CALL_ID_REFUSED})"
+        lines.append(line)
     if report.notes["feed_frame"]:
         lines.append(
             f"{report.notes['feed_frame']} notes of feed frames too large to decode: no input"

@@ -32,6 +32,13 @@ def valid_id(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
     return 0 < len(value) <= max_length and NOT_IN_A_STRING.search(value) is None
 
 
+# What valid_call_id refuses, in the operator's words (backfill's error, redrive's hint).
+CALL_ID_REFUSED = (
+    f"empty, over {MAX_ID_LENGTH} characters, a control character, a / or \\, an initial @,"
+    " or . or .."
+)
+
+
 def valid_call_id(call: str) -> bool:
     """A valid id that can also name its call as one URL path segment, and no agent's log."""
     return (

@@ -117,6 +117,20 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
     ]
 
 
+async def missing_ingest(settings: KafkaSettings, topic: str) -> str | None:
+    """Why a command cannot write the ingest topic, said before it reads anything; None if it can.
+
+    Else each of its deliveries waited out every retry and failed as a bare "timeout". Kafka's
+    Write implies Describe: a topic not described is missing or not this user's.
+    """
+    if await topic_partitions(settings, [topic]):
+        return None
+    return (
+        f"the ingest topic {topic} does not exist, or this user may not write it"
+        " (BRIDGE_TOPICS__INGEST)"
+    )
+
+
 @functools.lru_cache(maxsize=65_536)
 def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF

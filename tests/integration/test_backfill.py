@@ -166,6 +166,31 @@ async def test_a_refused_key_is_asked_once_and_the_command_fails_naming_the_call
     assert await read_decided(kafka_bootstrap, topics, [topics.events]) == []
 
 
+async def test_a_missing_ingest_topic_fails_clearly_before_any_call_is_read(
+    simulator: Simulator, kafka_bootstrap: str, topics: Topics, unique_call: str
+) -> None:
+    # No bridge ran: no ingest topic (a misspelt BRIDGE_TOPICS__INGEST reads as this).
+    simulator.calllogs.append(entry(1, call=unique_call))
+    simulator.calllogs.seal(unique_call)
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "sim-api-key"}
+    )
+    out = io.StringIO()
+    started = time.monotonic()
+    code = await asyncio.to_thread(
+        run_backfill, settings, [unique_call], Console(file=out, width=400)
+    )
+    said = " ".join(out.getvalue().split())
+    assert code == 1, said
+    assert (
+        f"error: the ingest topic {topics.ingest} does not exist, or this user may not write it"
+        " (BRIDGE_TOPICS__INGEST)"
+    ) in said
+    # Not the call read, then its retries waited out (publish_timeout_seconds is 10).
+    assert time.monotonic() - started < 10
+    assert simulator.stats.log_pages_served == 0
+
+
 class StopKafkaAfterFirstCall(NoProgress):
     """Makes the broker unresponsive once the first call's entries are in Kafka."""
 

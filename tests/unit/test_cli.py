@@ -756,6 +756,9 @@ def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
         (["send"], ["seen by anyone who can list processes (ps)", "--secret-file PATH"]),
         (["webhooks", "register"], ["seen by anyone who can list processes (ps)", "--secret-file"]),
         (["demo"], ["HTTP port (default: 8080)", "Pinecall's port (default: 8765)"]),
+        # The README's exit codes: Ctrl-C's 130 was missing from both, backfill had none.
+        (["backfill"], ["failed (or the ingest topic does not exist), 2 usage, 130 interrupted"]),
+        (["redrive"], ["Exit 0 done, 1 Kafka failed", "2 usage, 130 interrupted (Ctrl-C)"]),
     ],
 )
 def test_help_describes_commands_and_defaults(

@@ -123,6 +123,22 @@ def test_the_summary_counts_each_kind_and_names_the_calls_to_backfill() -> None:
     assert "1 records that are not the bridge's dead letters (its value is not JSON: 1)" in lines
 
 
+def test_the_backfill_hint_names_only_ids_backfill_takes_quoted_and_counts_the_rest() -> None:
+    # A call id backfill refuses (a newline, a /, an @) failed the whole suggested command.
+    calls = {"CA_ok", "CA_x\nforged", "CA/../x", "@agent", "CA with space"}
+    report = RedriveReport(notes=Counter({"call_log": 5}), note_calls=calls)
+    [backfill] = [line for line in summary(report, 900) if "backfill" in line]
+    assert "`pinecall-bridge backfill --call 'CA with space' --call CA_ok` reads" in backfill
+    assert "; 3 calls left out, not call ids backfill takes (empty," in backfill
+    assert "forged" not in backfill
+    assert "@agent" not in backfill
+
+    report = RedriveReport(notes=Counter({"call_log": 1}), note_calls={"CA\x1b[2J"})
+    [backfill] = [line for line in summary(report, 900) if "backfill" in line]
+    assert "pinecall-bridge backfill" not in backfill, "no command with no call to name"
+    assert "1 calls left out" in backfill
+
+
 def test_events_all_still_too_large_are_not_said_to_reach_the_dedup_stage() -> None:
     lines = summary(
         RedriveReport(read=2, selected=2, redriven=2, submitted=BatchResult(refused=2)), 900
@@ -168,26 +184,26 @@ def test_a_dry_run_says_nothing_was_published() -> None:
 
 def test_a_call_named_in_markup_is_printed_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     # A call id is the sender's text: rich would fail on "[/]" in it, or take "[b]" for a style.
-    report = RedriveReport(notes=Counter({"call_log": 1}), note_calls={"CA_[/]x[b]"})
+    report = RedriveReport(notes=Counter({"call_log": 1}), note_calls={"CA_[red]x[b]"})
     code, out = told(monkeypatch, time.time() - 60, report)
     assert code == 0
-    assert "--call CA_[/]x[b]`" in out
+    assert "--call 'CA_[red]x[b]'`" in out
 
 
 def test_the_dead_letters_own_text_is_printed_with_its_controls_escaped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A note's call is the record's text: its ESC would drive the terminal, its newline forge
-    # a summary line, its bidi override reorder the line.
+    # a summary line (no call id: left out of the hint), its bidi override reorder the line.
     report = RedriveReport(
         notes=Counter({"call_log": 1}),
-        note_calls={"CA_\x1b]0;owned\x07\n0 dead letters read\u202e"},
+        note_calls={"CA_\x1b]0;owned\x07\n0 dead letters read", "CA_\u202eevil"},
         unrecognised=Counter({"odd\x1b[2J": 1}),
         error="Kafka said \x1b[31mno",
     )
     code, out = told(monkeypatch, time.time() - 60, report)
     assert code == 1
-    assert "--call CA_\\x1b]0;owned\\x07\\x0a0 dead letters read\\u202e`" in out
+    assert "--call 'CA_\\u202eevil'` reads those calls again; 1 calls left out" in out
     assert "(odd\\x1b[2J: 1)" in out
     assert "error: Kafka said \\x1b[31mno" in out
     assert not {"\x1b", "\x07", "\u202e"} & set(out)
@@ -295,7 +311,11 @@ async def test_a_kafka_gone_away_at_the_end_fails_the_redrive_instead_of_hanging
     async def one_partition(*_: Any) -> list[TopicPartition]:
         return [TopicPartition("pinecall.dlq", 0)]
 
+    async def writable(*_: Any) -> None:
+        return None
+
     monkeypatch.setattr(redrive, "topic_partitions", one_partition)
+    monkeypatch.setattr(redrive, "missing_ingest", writable)
     monkeypatch.setattr(redrive, "AIOKafkaConsumer", _EmptyDeadLetters)
     monkeypatch.setattr(redrive, "KafkaSink", GoneKafka)
     settings = load_settings(webhook={"secrets": ["s"]}, kafka={"publish_timeout_seconds": 0.1})
