@@ -420,6 +420,12 @@ class Metrics:
             "1 when the Kafka producer reaches the cluster.",
             registry=r,
         )
+        self.broker_clock_offset = Gauge(
+            f"{PREFIX}_broker_clock_offset_seconds",
+            "How far the broker's clock stood from this process's (+ ahead) at the ingest topic's"
+            " last acknowledged record (its LogAppendTime): 0 within the send-to-ack interval.",
+            registry=r,
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the bridge reports ready.", registry=r)
         self.listening = Gauge(
             f"{PREFIX}_listening",

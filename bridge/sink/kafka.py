@@ -34,8 +34,10 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from bridge.cancelling import raise_if_cancelled
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS, beyond_allowance, broker_offset
 from bridge.config import KafkaSettings, TopicSettings
 from bridge.kafkarefusals import KAFKA_SESSION_TIMEOUT_BOUNDS_MS
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
@@ -64,6 +66,8 @@ from bridge.sink.writable import PartitionState, Writability, brokers_to_try, wr
 from bridge.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+# Its lines that can come once per record: thinned (bridge.logthrottle).
+flood = LogThrottle(log)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
 TRANSACTIONAL_ID_EXPIRATION_MS = "transactional.id.expiration.ms"
@@ -595,6 +599,7 @@ class KafkaSink:
         if producer is None:
             raise KafkaError("the Kafka producer is not running")
         self.limits.check(record)
+        sent_at = time.time()  # the wall clock, as the broker's LogAppendTime
         try:
             future: asyncio.Future[Any] = await producer.send(
                 record.topic, value=record.value, key=record.key, headers=list(record.headers)
@@ -603,14 +608,23 @@ class KafkaSink:
             if producer_died(producer) is not None:
                 self._wake.set()
             raise
-        future.add_done_callback(functools.partial(self._check_delivery, producer))
+        future.add_done_callback(functools.partial(self._check_delivery, producer, sent_at=sent_at))
         return future
 
-    def _check_delivery(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> None:
-        """A refusal that leaves the idempotent producer's sequence with a gap wedges it."""
+    def _check_delivery(
+        self,
+        producer: AIOKafkaProducer,
+        delivery: asyncio.Future[Any],
+        *,
+        sent_at: float | None = None,
+    ) -> None:
+        """A refusal that leaves the idempotent producer's sequence with a gap wedges it; an ack
+        stamped LogAppendTime tells the broker's clock from ours (sent at `sent_at`)."""
         if delivery.cancelled():
             return
         error = delivery.exception()
+        if error is None and sent_at is not None:
+            self._check_clock(delivery.result(), sent_at)
         if isinstance(error, TOO_FEW_IN_SYNC):
             self._insync_stale = True
         if isinstance(error, WEDGING) and producer is self._producer and self._wedged is None:
@@ -618,6 +632,26 @@ class KafkaSink:
             # while the producer looks alive: only a new producer (id) starts a new sequence.
             self._wedged = (producer, type(error).__name__)
             self._wake.set()
+
+    def _check_clock(self, metadata: Any, sent_at: float) -> None:
+        """Gauge the broker's clock against ours; say an offset beyond the skew allowance."""
+        # Only the ingest topic's LogAppendTime (type 1) is the broker's clock: CreateTime is ours.
+        if metadata is None or getattr(metadata, "timestamp_type", 0) != 1:
+            return
+        offset = broker_offset(sent_at, time.time(), metadata.timestamp / 1000)
+        self._metrics.broker_clock_offset.set(offset)
+        if beyond_allowance(offset):
+            # The dedup stage's restores read back the TTL by this replica's clock with only
+            # the allowance to spare: ahead by more, they miss ids and a copy is output again.
+            flood.warning(
+                "the Kafka broker's clock is further from this replica's than the clock skew"
+                " allowance: the dedup stage's restores may miss ids of the TTL (a copy output"
+                " twice) or read more than needed; synchronise the clocks (NTP)",
+                extra={
+                    "broker_offset_s": round(offset, 3),
+                    "allowance_s": SKEW_ALLOWANCE_SECONDS,
+                },
+            )
 
     async def relearn_limits(self) -> None:
         """The broker refused a record of the topics the producer writes for its size: read their

@@ -427,6 +427,18 @@ groups:
           summary: {{ printf "Pod %s cannot reach Kafka" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes: unready and answering webhooks 503 if a process serving the port lost it; if only its dedup process did, webhooks are still taken and wait in the ingest topic." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
+      - alert: PinecallBridgeClockSkew
+        # The broker's LogAppendTime against the pod's clock at each ingest ack: past the skew
+        # allowance (bridge/clocks.py, 60 s), a restore reads back less than the TTL.
+        expr: |
+          max by (namespace, pod) (abs(pinecall_bridge_broker_clock_offset_seconds)) > 60
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s's clock is %s s from the Kafka brokers'" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "%s/%s's clock has been more than 60 s (the bridge's clock skew allowance) from the Kafka brokers' for 10 minutes, by the append times of its ingest acks. A dedup restore on it reads back the TTL by its own clock: ahead, it misses ids and a copy of one is output twice. Synchronise the clocks (NTP)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeclockskew" $a.runbookUrl }}
       - alert: PinecallBridgeWebhooksRefused503
         # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.
         # Left out of PinecallBridgeRejectionRateHigh, which only counts what no retry cures.

@@ -120,6 +120,8 @@ class FakeProducer:
         self.sent: list[bytes | None] = []
         self.refusals: list[BaseException] = []  # what Kafka answers the next sends
         self.hold = False  # the next sends stay unanswered (a sender that will never send them)
+        # The broker's LogAppendTime (ms) acks carry; None: acks carry no metadata.
+        self.appended_at: int | None = None
         self._message_accumulator = _Accumulator()
         self.stopped = False
         self._death: asyncio.Future[BaseException] | None = None
@@ -146,11 +148,13 @@ class FakeProducer:
         if task is not None and task.done():
             raise KafkaError("Unexpected error during batch delivery")
         self.sent.append(value)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.hold:
             self._message_accumulator.held.append(done)
         elif self.refusals:
             done.set_exception(self.refusals.pop(0))
+        elif self.appended_at is not None:
+            done.set_result(SimpleNamespace(timestamp=self.appended_at, timestamp_type=1))
         else:
             done.set_result(None)
         return done

@@ -1,8 +1,9 @@
 import asyncio
 import ssl
+import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import aiokafka.client
 import pytest
@@ -179,6 +180,49 @@ async def test_a_sequence_gap_has_the_producer_replaced() -> None:
     sink._check_delivery(cast(AIOKafkaProducer, first), late)
     await asyncio.sleep(0.05)
     assert len(FakeProducer.made) == 2
+    await sink.stop()
+
+
+def broker_offset_gauge(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("pinecall_bridge_broker_clock_offset_seconds")
+
+
+async def test_a_broker_clock_beyond_the_skew_allowance_is_gauged_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A replica 10 minutes ahead of the brokers: its restores read back the TTL by its own
+    # clock, missing 9 minutes of ids, and nothing said so.
+    metrics = Metrics()
+    sink = await started_sink(metrics)
+    producer = FakeProducer.made[0]
+    producer.appended_at = int((time.time() - 600) * 1000)
+    with caplog.at_level("WARNING", logger=kafka.__name__):
+        await (await sink.send(RECORD))
+        await asyncio.sleep(0)  # the ack's callbacks run after its awaiter
+    offset = broker_offset_gauge(metrics)
+    assert offset is not None
+    assert -601 < offset < -599
+    [line] = [r for r in caplog.records if "clock skew allowance" in r.getMessage()]
+    assert line.levelname == "WARNING"
+    caplog.clear()
+    # Synchronised again: the gauge follows, nothing said.
+    producer.appended_at = int(time.time() * 1000)
+    with caplog.at_level("WARNING", logger=kafka.__name__):
+        await (await sink.send(RECORD))
+        await asyncio.sleep(0)
+    assert abs(broker_offset_gauge(metrics) or 0.0) < 0.01
+    assert not [r for r in caplog.records if "clock skew allowance" in r.getMessage()]
+    await sink.stop()
+
+
+async def test_an_ack_without_log_append_time_leaves_the_broker_clock_unjudged() -> None:
+    metrics = Metrics()
+    sink = await started_sink(metrics)
+    late: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    # CreateTime: the timestamp is the producer's own, which says nothing of the broker's clock.
+    late.set_result(SimpleNamespace(timestamp=0, timestamp_type=0))
+    sink._check_delivery(cast(AIOKafkaProducer, FakeProducer.made[0]), late, sent_at=time.time())
+    assert broker_offset_gauge(metrics) == 0.0
     await sink.stop()
 
 
