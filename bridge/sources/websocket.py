@@ -486,6 +486,14 @@ class WebSocketSource:
                         " frames it sent meanwhile are lost",
                         extra={"detail": self._shown(exc, opened)},
                     )
+                elif reason == "auth" and _expired(opened, time.monotonic()):
+                    # The expiry of a token too short to refresh, said once at WARNING (`feed
+                    # token lives too short`): each subscription forgets the refusals held, so
+                    # as a refusal it was a WARNING at every reconnect, every 2 s for good.
+                    log.info(
+                        "feed closed",
+                        extra={"reason": reason, "detail": self._shown(exc, opened)},
+                    )
                 else:
                     detail = self._shown(exc, opened)
                     said = refusals if reason == "auth" else log

@@ -1,5 +1,6 @@
 """README.md's module map ("How it works"): every module of bridge/ in it, and only real ones.
-And every relative link and #anchor in the three READMEs leads somewhere.
+And every relative link and #anchor in the three READMEs leads somewhere, and every
+`pinecall-bridge` command they show is one the CLI takes.
 
 How a row reads: its first cell names folders (`bridge/x/`) and modules (`bridge/x.py`); a name
 without `bridge/` is relative to the folder of the name before it (`bridge/config.py`,
@@ -12,12 +13,18 @@ with the folder, and the package's own with the table.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import re
+import shlex
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 import pytest
 
+from bridge.cli import build_parser
+from bridge.simulator.command import build_parser as build_simulator_parser
 from tests.integration.conftest import REPO
 
 README = REPO / "README.md"
@@ -177,3 +184,99 @@ def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
         "[e](#nowhere) [f](gone.md) [g](other.md#top) [h](#not-a-heading)\n"
     )
     assert _broken_links(readme) == ["#nowhere", "gone.md", "other.md#top", "#not-a-heading"]
+
+
+def _code(text: str) -> list[tuple[bool, str]]:
+    """Each line of the fenced code blocks (True), then each inline code span (False), its line
+    breaks read as spaces as Markdown reads them."""
+    lines = [
+        (True, line)
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+        for line in block.splitlines()
+    ]
+    return lines + [(False, " ".join(s.split())) for s in re.findall(r"`([^`]+)`", _prose(text))]
+
+
+def _command(words: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The (sub)command's parser the words name, and the words after it; None for no command.
+    `simulate` hands its words to the simulator's own parser."""
+    parser, at = build_parser(), 0
+    while at < len(words):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or words[at] not in subparsers[0].choices:
+            break
+        parser, at = subparsers[0].choices[words[at]], at + 1
+    if at == 0:
+        return None
+    return (build_simulator_parser() if words[0] == "simulate" else parser), words[at:]
+
+
+def _command_problems(text: str) -> tuple[list[str], int]:
+    """The problems of every `pinecall-bridge <command>` a Markdown text shows (an option the
+    command lacks; an example the CLI refuses), and how many examples were parsed whole."""
+    problems, parsed = [], 0
+    for block, line in _code(text):
+        for match in re.finditer(r"(?:^|[\s/])pinecall-bridge ([a-z].*)", line):
+            shown = match.group(1)
+            found = _command(shown.split())
+            if found is None:
+                continue
+            parser, rest = found
+            options = {o for action in parser._actions for o in action.option_strings}
+            # A shell comment ends the command; a Markdown table writes a pipe as `\|`.
+            words = re.split(r"\s#\s", " ".join(rest))[0].replace("\\|", "|").split()
+            named = re.findall(r"(?<![\w-])--[a-z][a-z-]*", " ".join(words))
+            unknown = [option for option in named if option not in options]
+            if unknown:
+                problems.append(f"{shown!r}: no option {unknown}")
+                continue
+            # Only an example is parsed whole: a code block's line, or a span giving a value. A
+            # synopsis (`[...]`, `<placeholder>`, `a | b`) or a span naming a command or option
+            # (`backfill --call`) leaves out what a run needs.
+            synopsis = re.search(r"[\[\]<>|…]|\.\.\.", " ".join(words))
+            value = any(not w.startswith("-") for w in words)
+            if synopsis or "--help" in words or not (block or value):
+                continue
+            parsed += 1
+            refused = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(refused):
+                    build_parser().parse_args(shlex.split(shown, comments=True))
+            except SystemExit:
+                problems.append(f"{shown!r}: {refused.getvalue().strip().splitlines()[-1]}")
+    return problems, parsed
+
+
+def test_every_pinecall_bridge_command_of_the_readmes_is_one_the_cli_takes() -> None:
+    problems, parsed = [], 0
+    for name in READMES:
+        found, count = _command_problems((REPO / name).read_text())
+        problems += [f"{name}: {problem}" for problem in found]
+        parsed += count
+    assert not problems, "\n".join(problems)
+    assert parsed >= 10, f"only {parsed} examples parsed: is the README's code still found?"
+
+
+def test_a_wrong_pinecall_bridge_command_is_found() -> None:
+    problems, parsed = _command_problems(
+        "```sh\n"
+        ".venv/bin/pinecall-bridge send --secret-file ./s --curl   # a comment --nope\n"
+        "BRIDGE_X=1 pinecall-bridge tail --since 2h --limit 0\n"
+        "pinecall-bridge webhooks register --url https://b.example/h [--secret S] [--replace]\n"
+        "pinecall-bridge simulate --help\n"
+        "helm install pinecall-bridge helm/pinecall-bridge \\\n"
+        "```\n"
+        "`pinecall-bridge backfill --call` and `pinecall-bridge redrive --since <time> --dry-run`,"
+        " `pinecall-bridge tail [--topic T ... \\| --everywhere]`, `pinecall-bridge check \\| jq`;"
+        " `pinecall-bridge webhooks register\n--secret NEW`, `pinecall-bridge tail --follow`,"
+        " `pinecall-bridge simulate --ws-legacy 0.1 --rate-limit 5`\n"
+    )
+    assert problems == [
+        "'tail --since 2h --limit 0': pinecall-bridge tail: error: argument --limit:"
+        " 0 is not 1 or more",
+        "'webhooks register --secret NEW': pinecall-bridge webhooks register: error:"
+        " the following arguments are required: --url",
+        "'tail --follow': no option ['--follow']",
+        "'simulate --ws-legacy 0.1 --rate-limit 5': no option ['--rate-limit']",
+    ]
+    assert parsed == 3  # send, tail and register --secret NEW: the rest show no example

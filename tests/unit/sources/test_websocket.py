@@ -968,6 +968,30 @@ async def test_a_token_too_short_to_refresh_reconnects_at_its_expiry_without_bac
     assert reconnects(metrics, "auth") >= 3
 
 
+async def test_a_token_too_short_to_refresh_says_its_expiry_close_at_info_not_each_time_a_warning(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each subscription forgets the refusals held back: the expected close of such a token was a
+    # WARNING `feed closed` at every reconnect, one every 2 s for good, after the one that said
+    # the token lives too short.
+    async def expiring(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(n))
+        await asyncio.sleep(0.3)
+        await ws.close(code=4001, message=b"token expired")
+
+    feed = await make_feed(expiring)
+    feed.expires_in = 0.3  # under the (tests') 0.5 s floor between refreshes
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.INFO, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics):
+            await until(lambda: len(sink.acked()) == 3, within=4)
+    closed = [r for r in caplog.records if r.getMessage() == "feed closed"]
+    assert len(closed) >= 2
+    assert {(r.levelno, getattr(r, "reason", None)) for r in closed} == {(logging.INFO, "auth")}
+    short = [r for r in caplog.records if r.getMessage().startswith("feed token lives too short")]
+    assert [r.levelno for r in short] == [logging.WARNING]
+
+
 @pytest.mark.parametrize("expires_in", [0, -5, 0.001])
 async def test_a_token_said_to_live_no_time_is_not_refreshed_in_a_loop(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
