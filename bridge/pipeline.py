@@ -435,6 +435,9 @@ class Pipeline:
         if not delivery.done():
             # Kafka may still take it: the dedup stage drops the copy a retry then writes.
             self._sink.mark_unreachable()
+            # Its late ack is Kafka answering all the same: under a quota whose throttle passes
+            # the publish timeout every ack is late, and counting none turned every pod unready.
+            delivery.add_done_callback(self._acked_late)
             self._fail("timeout", result)
             return False
         if delivery.cancelled():
@@ -470,6 +473,11 @@ class Pipeline:
         result.failed += 1
         result.failure_reasons.add(reason)
         self._metrics.publish_failures.labels(reason).inc()
+
+    def _acked_late(self, fut: asyncio.Future[Any]) -> None:
+        """A record acknowledged after its delivery's deadline: Kafka is slow, not away."""
+        if not fut.cancelled() and fut.exception() is None:
+            self._sink.mark_reachable()
 
     def _delivered(self, fut: asyncio.Future[Any]) -> None:
         self._records_in_flight -= 1

@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     Broker,
     RunningBridge,
     Topics,
+    answers_ready,
     entry,
     grown,
     own_broker,
@@ -37,6 +38,7 @@ from tests.webhooks import signed
 CLIENT_TIMEOUT = 1.0  # Pinecall's 5 s, scaled down
 STALL = 3.0  # outlasts both attempts
 PUBLISH_TIMEOUT = 8.0  # the bridge's 10 s: longer than the stall, as in production
+LATE_ACK_TIMEOUT = 2.0  # shorter than a SIGSTOP lasts: the stalled delivery times out
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,3 +110,34 @@ async def test_event_whose_sender_gave_up_during_a_kafka_stall_is_published_once
     ids = [r.json()["id"] for r in records]
     assert ids == [f"{unique_call}:{seq}" for seq in (1, 2, 3)], ids
     assert sample(bridge.metrics, "pinecall_bridge_events_duplicate_total", channel="webhook") == 1
+
+
+async def test_a_record_acknowledged_after_its_deadline_makes_the_pod_ready_again(
+    broker: Broker, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    """A delivery timed out in a stall turns the pod unready; Kafka's late ack of it, once the
+    stall ends, is Kafka answering: ready at once, not at the next probe (a minute here)."""
+    bridge: RunningBridge = await start_bridge(
+        bootstrap=broker.bootstrap,
+        kafka={"publish_timeout_seconds": LATE_ACK_TIMEOUT, "metadata_probe_seconds": 60.0},
+    )
+    for seq in range(1, 11):  # the first write may wait for the partitions' leaders
+        if (await bridge.post(entry(seq, call=unique_call)))[0] == 200:
+            break
+    else:
+        raise AssertionError("the first event was never accepted")
+    # Past the publish timeout since that ack: the stalled delivery's timeout finds none recent.
+    await asyncio.sleep(LATE_ACK_TIMEOUT)
+    pid = broker_pid(broker)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, body = await bridge.post(entry(20, call=unique_call))
+        assert (status, body["error"]) == (503, "kafka_unavailable"), body
+        assert not await answers_ready(bridge.session, bridge.url)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Under a quota whose throttle outlasts the publish timeout every ack is late, and the probe,
+    # held behind the throttled requests, never answers: each pod stayed unready throughout.
+    await until(
+        lambda: answers_ready(bridge.session, bridge.url), 10, 0.1, "ready after the late ack"
+    )
