@@ -33,7 +33,7 @@ class Frame:
 def classify(message: str | bytes) -> Frame:
     """Decode one frame; anything that cannot be an event is garbage, never an exception."""
     if isinstance(message, bytes):
-        return Frame("garbage", detail="binary frame")
+        return Frame("garbage", detail="binary, or not UTF-8")
     try:
         item = jsoncodec.loads(message)
     except jsoncodec.JSONDecodeError:

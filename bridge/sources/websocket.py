@@ -49,6 +49,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
+    ConnectionClosedOK,
     InvalidHandshake,
     InvalidProxy,
     InvalidStatus,
@@ -705,7 +706,7 @@ class WebSocketSource:
         try:
             with contextlib.suppress(TimeoutError):
                 try:
-                    first = await asyncio.wait_for(successor.ws.recv(), FIRST_FRAME_TIMEOUT)
+                    first = await asyncio.wait_for(_recv(successor.ws), FIRST_FRAME_TIMEOUT)
                 except ConnectionClosed as exc:
                     raise _refusal_by_close(successor, exc) or exc from None
                 self._answer(successor, classify(first))
@@ -722,8 +723,10 @@ class WebSocketSource:
         closer = asyncio.create_task(self._close_on_stop(ws), name="websocket-close-on-stop")
         unanswered = self._note_unanswered(opened)
         try:
-            async for message in ws:
-                self._take(opened, message)
+            while True:
+                self._take(opened, await _recv(ws))
+        except ConnectionClosedOK:
+            pass  # the server closed cleanly (or a refresh closed it), as async-for ends
         except ConnectionClosed as exc:
             raise _refusal_by_close(opened, exc) or exc from None
         except asyncio.CancelledError:
@@ -733,7 +736,6 @@ class WebSocketSource:
             closer.cancel()
             if unanswered is not None:
                 unanswered.cancel()
-        # The server closed cleanly (or a refresh closed it); async-for ends without raising.
         refusal = _refusal_by_close(opened, ws.close_exc)
         if refusal is not None:
             raise refusal
@@ -895,7 +897,7 @@ class WebSocketSource:
         s = self._settings
         try:
             while True:
-                message = await opened.ws.recv()
+                message = await _recv(opened.ws)
                 if not opened.keep_early(message, s.max_inflight, s.max_backlog_bytes):
                     self._drop_early(message)
         except ConnectionClosed:
@@ -1047,6 +1049,21 @@ def _refusal_by_close(opened: _Opened, closed: ConnectionClosed) -> SubscribeRef
         return None
     reason = hidden(received.reason, echo_spellings(opened.credential), NOTICE_CHARS, HIDDEN)
     return SubscribeRefusedError("close", f"{received.code} {reason}".strip())
+
+
+async def _recv(ws: ClientConnection) -> str | bytes:
+    """The next frame: its text, or its bytes when they are not UTF-8 (a binary frame's, or a
+    text frame's that is not UTF-8: garbage, counted, the connection kept).
+
+    websockets' own decoding failed the connection on a text frame that is not UTF-8 (1007): that
+    frame was lost uncounted, and so was every frame sent until the reconnect. It tells a binary
+    frame from a text one only by decoding it, so a binary frame holding UTF-8 is read as text.
+    """
+    data = await ws.recv(decode=False)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
 
 
 def _size(message: str | bytes) -> int:
