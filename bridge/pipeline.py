@@ -200,6 +200,9 @@ class Pipeline:
         # dedup stage would skip it after the command counted it as taken; and the ingest topic's
         # are checked with them, so that the command names each topic to raise at once.
         self._limits = purpose.limits if isinstance(purpose, ForRedrive) else None
+        # A record refused even as a dead letter is lost: the daemon logs each (thinned); the
+        # commands report theirs (a backfill names the call, a redrive leaves it in the DLQ).
+        self._say_losses = isinstance(purpose, ForDaemon)
         self._records_in_flight = 0
         # Set by answer_by at a stop: when deliveries a request waits on (a webhook's) stop
         # waiting on Kafka; the waiters of those under way, released then.
@@ -311,22 +314,41 @@ class Pipeline:
                 self._fail("producer_replaced", result)
                 continue
             delivery = await self._send(record, deadline, result)
+            event_id, event_bytes = record_id(record), len(record.value)
             if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
-                flood.error(
-                    "an event too large for Kafka is dead-lettered",
-                    extra={"event_id": record_id(record), "bytes": len(record.value)},
-                )
                 reason = TOO_LARGE
                 record = self._dead_letter(item, exact, reason, channel, received_at)
                 delivery = await self._send(record, deadline, result)
+                if delivery is not _REFUSED:
+                    # Said once it is: a dead letter refused too is a loss, said below.
+                    flood.error(
+                        "an event too large for Kafka is dead-lettered",
+                        extra={"event_id": event_id, "bytes": event_bytes},
+                    )
             if isinstance(delivery, asyncio.Future):
                 sent.append(_Sent(delivery, first.started, reason))
                 if settled is not None:
                     delivery.add_done_callback(_noting_ack(settled, n))
             elif delivery is _REFUSED:
                 self._refuse(channel, result, [record.topic])
+                if self._say_losses and reason is not None:
+                    # Final, not retried (a webhook's 413; the feed and a call log go on): only
+                    # the counters and this line say the input is gone.
+                    flood.error(
+                        "input too large for Kafka even as a dead letter is lost: raise the"
+                        " ingest topic's max.message.bytes",
+                        extra={
+                            "channel": channel,
+                            "event_id": event_id,
+                            "bytes": event_bytes,
+                            "dead_letter_bytes": len(record.value),
+                            "reason": reason,
+                            "topic": record.topic,
+                        },
+                        kind=reason,  # thinned by reason: one reason's flood hides no other's
+                    )
                 if settled is not None:
                     settled.add(n)
             elif record.key is not None:

@@ -98,7 +98,8 @@ class ReadStalledError(Exception):
 
 
 class MissingTopicError(Exception):
-    """The dead-letter or ingest topic does not exist: a misspelt name, or another cluster."""
+    """The dead-letter or ingest topic does not exist (or this user may not describe it): a
+    misspelt name, another cluster, or an ACL."""
 
 
 @dataclass(slots=True)
@@ -235,8 +236,10 @@ async def _read(
     first record past `until` (see `past_the_end`), a fetched batch at a time."""
     partitions = await topic_partitions(kafka, [topic])
     if not partitions:
+        # Kafka answers a topic this user may not describe as one that does not exist.
         raise MissingTopicError(
-            f"the dead-letter topic {topic} does not exist (BRIDGE_TOPICS__DLQ)"
+            f"the dead-letter topic {topic} does not exist, or this user may not describe it"
+            " (BRIDGE_TOPICS__DLQ)"
         )
     consumer.assign(partitions)
     ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets

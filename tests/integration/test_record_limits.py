@@ -12,6 +12,7 @@ from typing import Any, get_args
 
 import pytest
 
+from bridge import jsoncodec
 from bridge.dedup.transaction import LossReason
 from tests.integration.conftest import (
     Broker,
@@ -31,7 +32,11 @@ Start = Callable[..., Any]
 
 
 async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
-    kafka_bootstrap: str, topics: Topics, start_bridge: Start, unique_call: str
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Start,
+    unique_call: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await create_topic(kafka_bootstrap, topics.ingest, 3, {"max.message.bytes": "8000"})
     bridge: RunningBridge = await start_bridge()
@@ -43,6 +48,19 @@ async def test_a_webhook_kafka_can_never_take_is_dead_lettered_or_answered_413(
     # Even its bytes are too large: 413, final for Pinecall, where 503 was retried forever.
     status, body = await bridge.post(entry(2, call=unique_call, data={"text": "x" * 9000}))
     assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
+    # Nor is input that is no event (its dead letter is all there is): lost too, and said.
+    status, body = await bridge.post(jsoncodec.dumps({"not": "an event", "x": "z" * 9000}))
+    assert (status, body["error"], body["refused"]) == (413, "record_too_large", 1), body
+    # Each loss is said (it was only counted, and the event said to be dead-lettered), and
+    # only the one dead letter kept.
+    kept = [r for r in caplog.records if r.getMessage().startswith("an event too large")]
+    assert [r.__dict__["event_id"] for r in kept] == [f"{long_call}:1"]
+    lost = [r.__dict__ for r in caplog.records if "even as a dead letter is lost" in r.msg]
+    assert [(r["channel"], r["reason"], r["topic"]) for r in lost] == [
+        ("webhook", "too_large", topics.ingest),
+        ("webhook", "missing_type", topics.ingest),
+    ]
+    assert lost[0]["event_id"] == f"{unique_call}:2"
     # The producer is not wedged: the same call's next events are taken.
     for seq in (3, 4):
         status, body = await bridge.post(entry(seq, call=unique_call))

@@ -3,7 +3,8 @@
 Lines end in CR, LF or CRLF, and any of them may be split across chunks; one leading BOM is
 dropped; an event is dispatched by a blank line, so a partial event at EOF is never seen. Comments
 (`: ping`) come out as KeepAlive, so a reader's timeout can tell an idle stream from a dead one.
-Line and event sizes are capped, and the parser never grows past them: an event that exceeds them
+Line and event sizes are capped, and the parser never grows past them (many short lines or chunks
+included: held joined, not one object each): an event that exceeds them
 is dropped as it is read and comes out as TooLarge, with its type and id, so a reader can say
 which entry it skipped and go on past it instead of meeting it again on every reconnect (with
 a digest of what it dropped, to tell apart two such entries without an id). An
@@ -16,6 +17,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bridge.sources.textsize import utf8_size
@@ -26,6 +28,8 @@ MAX_EVENT_BYTES = 1_048_576
 # The longest `retry:` taken, as a `Retry-After` is (pages.MAX_RETRY_AFTER): a server's year
 # would stall a stream for as long, and thousands of digits would not even parse.
 MAX_RETRY_MILLISECONDS = 300_000
+# Parts joined into one string at a time (see _Parts): an object each costs some 50 bytes.
+_BLOCK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,35 @@ class TooLarge:
 Item = Event | KeepAlive | Retry | TooLarge
 
 
+class _Parts:
+    """Strings to be joined by `sep`, joined _BLOCK at a time as they come: held one by one, many
+    short ones (data lines of 2 characters, a line in 2-byte chunks) took 25 times their size."""
+
+    __slots__ = ("_blocks", "_sep", "_tail")
+
+    def __init__(self, sep: str) -> None:
+        self._sep = sep
+        self._blocks: list[str] = []
+        self._tail: list[str] = []
+
+    def append(self, part: str) -> None:
+        self._tail.append(part)
+        if len(self._tail) == _BLOCK:
+            self._blocks.append(self._sep.join(self._tail))
+            self._tail = []
+
+    def joined(self) -> str:
+        return self._sep.join([*self._blocks, *self._tail])
+
+    def __iter__(self) -> Iterator[str]:
+        """The parts, some already joined: each followed by `sep` they give the same text."""
+        yield from self._blocks
+        yield from self._tail
+
+    def __len__(self) -> int:
+        return len(self._blocks) + len(self._tail)
+
+
 class EventStreamParser:
     """Feed chunks with feed(); each call returns what they completed, in order."""
 
@@ -94,10 +127,10 @@ class EventStreamParser:
         self._max_event = max_event_bytes
         # The current line, not yet terminated: its parts and their UTF-8 size, so a long line
         # arriving in small chunks costs linear time, not a copy and a count per chunk.
-        self._pending: list[str] = []
+        self._pending = _Parts("")
         self._pending_bytes = 0
         self._skip_lf = False  # the last chunk ended in CR: a leading LF completes that CRLF
-        self._data: list[str] = []
+        self._data = _Parts("\n")
         self._data_bytes = 0
         self._too_large = False  # the current event broke a limit: its data is being dropped
         # What the dropped event had, hashed as it is read past: the only trace of its content.
@@ -138,7 +171,7 @@ class EventStreamParser:
                 replaced = self._chunk_replaced or self._pending_replaced
                 if self._pending:
                     self._pending.append(line)
-                    line = "".join(self._pending)
+                    line = self._pending.joined()
                     self._clear_pending()
                 if replaced and "\ufffd" in line:
                     self._event_replaced = True
@@ -152,7 +185,7 @@ class EventStreamParser:
             if self._skip_line:
                 self._count_skipped(rest)
             elif self._pending_bytes + size > self._max_line:
-                self._skip_comment = (self._pending[0] if self._pending else rest)[0] == ":"
+                self._skip_comment = next(iter(self._pending), rest)[0] == ":"
                 if not self._skip_comment:
                     self._drop(self._pending_bytes + size, *self._pending, rest)
                 self._clear_pending()
@@ -184,7 +217,7 @@ class EventStreamParser:
             self._hash(part)
 
     def _clear_pending(self) -> None:
-        self._pending = []
+        self._pending = _Parts("")
         self._pending_bytes = 0
         self._pending_replaced = False
 
@@ -238,7 +271,7 @@ class EventStreamParser:
             for kept in self._data:
                 self._hash(kept, "\n")
         self._too_large = True
-        self._data = []
+        self._data = _Parts("\n")
         self._data_bytes += size
         self._hash(*parts)
 
@@ -254,12 +287,12 @@ class EventStreamParser:
             digest = "" if self._digest is None else self._digest.hexdigest()
             items.append(TooLarge(kind, last, self._data_bytes, self._has_id, digest))
         elif self._data:
-            data = "\n".join(self._data)
+            data = self._data.joined()
             items.append(Event(kind, data, last, self._has_id, self._event_replaced))
         self._reset_event()
 
     def _reset_event(self) -> None:
-        self._data = []
+        self._data = _Parts("\n")
         self._data_bytes = 0
         self._too_large = False
         self._digest = None

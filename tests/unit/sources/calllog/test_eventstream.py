@@ -1,4 +1,5 @@
 import hashlib
+import tracemalloc
 from dataclasses import replace
 
 import pytest
@@ -279,6 +280,35 @@ def test_a_long_line_in_one_byte_chunks_keeps_its_limit_exactly() -> None:
     assert [item for chunk in bytewise(stream) for item in short.feed(chunk)] == [
         TooLarge("message", "6", len(line) - 1, sha256=dropped(f"data: {value}"))
     ]
+
+
+CAP = 256 * 1024
+# Each about fills the cap with many short strings: an object apiece (some 50 bytes, 25 times
+# a 2-character one's text) held the parser at 8 to 30 times its cap, per followed call.
+SHORT_PARTS = {
+    "data lines of 2 characters": [b"data:xy\n" * 512] * (CAP // 3 // 512 - 1),
+    "empty data lines": [b"data:\n" * 512] * (CAP // 512 - 1),
+    "a line in chunks of 2 bytes": [b"data: "] + [b"xy"] * (CAP // 2 - 8),
+}
+
+
+@pytest.mark.parametrize("shape", SHORT_PARTS)
+def test_an_event_of_many_short_parts_is_held_in_about_its_size(shape: str) -> None:
+    parser = EventStreamParser(max_line_bytes=CAP, max_event_bytes=CAP)
+    chunks = SHORT_PARTS[shape]
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            assert parser.feed(chunk) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * CAP, f"{peak:,} bytes held for an event capped at {CAP:,}"
+    # And what it held is the event, whole, as from the stream in one chunk.
+    whole = EventStreamParser(max_line_bytes=CAP, max_event_bytes=CAP)
+    expected = whole.feed(b"".join(chunks) + b"\n\n")
+    assert [type(item) for item in expected] == [Event]
+    assert parser.feed(b"\n\n") == expected
 
 
 TWO_TOO_LARGE = (

@@ -39,12 +39,17 @@ def frame(item: dict[str, Any]) -> bytes:
 
 
 async def stream(
-    request: web.Request, *chunks: bytes, hold: float = 0.0, cut: bool = False
+    request: web.Request,
+    *chunks: bytes,
+    hold: float = 0.0,
+    cut: bool = False,
+    head: bytes = b"retry: 10\n\n",
 ) -> web.StreamResponse:
-    """`chunks` as an SSE stream; `cut`: the connection is then closed without the last chunk."""
+    """`chunks` as an SSE stream after `head`; `cut`: the connection is then closed without the
+    last chunk."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    await response.write(b"retry: 10\n\n")
+    await response.write(head)
     for chunk in chunks:
         await response.write(chunk)
     if hold:
@@ -348,6 +353,50 @@ async def test_an_outage_is_one_connection_failed_line_not_one_a_call(
     assert "call log connection failed: 19 more like this" in caplog.text
 
 
+def awkward(item: dict[str, Any], end: bytes) -> bytes:
+    """`item` as a valid but awkward server frames it: lines ending in `end`, no space after the
+    colons, its data over two lines with other fields between, and a `retry:` not a number."""
+    body = jsoncodec.dumps(item)
+    cut = body.index(b",") + 1  # between two members: the two lines join into the same JSON
+    lines = [
+        b"data:" + body[:cut],
+        b"retry:soon",
+        b"id:" + str(item["seq"]).encode(),
+        b"event:" + item["type"].encode(),
+        b"data:" + body[cut:],
+        b"",
+    ]
+    return b"".join(line + end for line in lines)
+
+
+async def test_an_awkward_stream_cut_mid_entry_resumes_with_no_entry_lost_or_sent_twice(
+    run_follower: Callable[..., Any],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:  # a BOM, CRLF then lone CR, and a cut in the middle of the third entry
+            third = awkward(entry(3), b"\n")
+            return await stream(
+                request,
+                awkward(entry(1), b"\r\n"),
+                awkward(entry(2), b"\r") + third[: len(third) // 2],
+                cut=True,
+                head=b"\xef\xbb\xbf",  # read as part of the first line, it would lose its data
+            )
+        # The replay from the start, as a server ignoring `after` would send it.
+        kinds = ["turn.user"] * 3 + ["call.score"]
+        frames = [awkward(entry(seq, kind), b"\n") for seq, kind in enumerate(kinds, 1)]
+        return await stream(request, *frames)
+
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3, 4]
+    # Each entry read whole: none dead-lettered as not JSON.
+    published = [item for batch in publisher.batches for item in batch]
+    assert not [item for item in published if isinstance(item, Unrecognised)]
+    assert (server.requests[1][0]["Last-Event-ID"], server.requests[1][1]) == ("2", {"after": "2"})
+    assert reconnects(metrics, "closed") == 1
+
+
 async def test_pings_keep_an_idle_connection(run_follower: Callable[..., Any]) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         response = await stream(request, frame(entry(1)))
@@ -411,6 +460,35 @@ async def test_a_redirect_is_not_followed(run_follower: Callable[..., Any]) -> N
     assert ended
     assert publisher.seqs == [1]
     assert [query.get("followed") for _, query in server.requests] == [None, None]
+    assert reconnects(metrics, "protocol") == 1
+
+
+async def test_a_redirect_to_another_host_sends_it_nothing(
+    run_follower: Callable[..., Any],
+) -> None:
+    elsewhere: list[web.Request] = []
+
+    async def other(request: web.Request) -> web.StreamResponse:
+        elsewhere.append(request)
+        return await stream(request, frame(entry(1, "call.score")))
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", other)
+    other_host = TestServer(app, host="localhost")  # another origin, as the key's must not reach
+    await other_host.start_server()
+    try:
+
+        async def handler(request: web.Request, n: int) -> web.StreamResponse:
+            if n == 1:
+                raise web.HTTPMovedPermanently(str(other_host.make_url(request.path_qs)))
+            return await stream(request, frame(entry(1, "call.score")))
+
+        ended, _, publisher, _, metrics = await run_follower(handler)
+    finally:
+        await other_host.close()
+    assert ended
+    assert publisher.seqs == [1]
+    assert elsewhere == []
     assert reconnects(metrics, "protocol") == 1
 
 
