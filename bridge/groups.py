@@ -151,11 +151,12 @@ def parse_claim(user_data: bytes | None) -> Claim:
     if not isinstance(data, dict):
         return Claim()
     owned, since = data.get("owned"), data.get("since")
-    partitions = tuple(p for p in owned if isinstance(p, int)) if isinstance(owned, list) else ()
+    # true is no number, though a Python int: read as one, it claimed partition 1 (or since 1).
+    partitions = tuple(p for p in owned if type(p) is int) if isinstance(owned, list) else ()
     found = data.get("generation")
-    # Kafka's generations are never negative; true is no number, though a Python int.
+    # Kafka's generations are never negative.
     generation = found if type(found) is int and found >= 0 else None
-    return Claim(partitions, since if isinstance(since, int) else 0, generation)
+    return Claim(partitions, since if type(since) is int else 0, generation)
 
 
 def parse_assigned_over(user_data: bytes | None) -> int | None:

@@ -47,6 +47,10 @@ _CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
 # BRIDGE_HTTP__WORKER_SILENCE_SECONDS; 0: no watchdog.
 SILENT_SECONDS = 15.0
 PROBE_EVERY_SECONDS = 1.0
+# The same stop signal again this soon after the first is the same stop, delivered twice: make
+# and tools/run-demo.sh pass on the SIGTERM their process group got too, and `timeout` signals
+# its command, then its group. Taken for a hurry, it would stop the dedup process at once.
+SAME_STOP_SECONDS = 1.0
 # sun_path holds 108 bytes on Linux, its terminating NUL included.
 _MAX_UNIX_PATH = 107
 
@@ -95,6 +99,7 @@ class Parent:
         self._told: set[int] = set()  # the workers sent the stop signal
         self._stop = asyncio.Event()
         self._signal = signal.SIGTERM
+        self._stopped_at = 0.0  # the first stop signal's, clock time
         self._gave_up = False
         self._silent = silent
         self._probe_every = probe_every
@@ -156,14 +161,19 @@ class Parent:
         A repeated signal goes to every worker at once (each handles it once); a SIGHUP after
         the stop began does not: nobody sends it to hurry the stop. A terminal's hangup delivers
         it twice (bash hangs up its jobs, then the kernel the foreground group), and systemd's
-        SendSIGHUP right after its SIGTERM.
+        SendSIGHUP right after its SIGTERM. Nor does the first signal again within
+        `SAME_STOP_SECONDS`: one stop delivered twice (a wrapper's, `timeout`'s).
         """
+        now = self._clock()
         repeated = self._stop.is_set()
         if repeated and sig == signal.SIGHUP:
+            return
+        if repeated and sig == self._signal and now - self._stopped_at < SAME_STOP_SECONDS:
             return
         if not repeated:
             log.info("stopping worker processes", extra={"signal": sig.name})
             self._signal = sig
+            self._stopped_at = now
             self._stop.set()
             self._share_deadline()
         last = [] if repeated else self._last_to_stop()

@@ -92,6 +92,9 @@ def test_unreadable_claims_claim_nothing() -> None:
     assert parse_claim(b"[1, 2]") == Claim()
     assert parse_claim(None) == Claim()
     assert parse_claim(b'{"owned": [1, "x", 2], "since": 9}') == Claim((1, 2), 9)
+    # JSON's true and false are no partitions (nor times), though Python's bool is an int.
+    assert parse_claim(b'{"owned": [true, 2, false], "since": 9}') == Claim((2,), 9)
+    assert parse_claim(b'{"owned": [2], "since": true}') == Claim((2,), 0)
     for generation in (b'"5"', b"true", b"-1", b"1.5", b"null"):
         claim = b'{"owned": [1], "since": 9, "generation": ' + generation + b"}"
         assert parse_claim(claim) == Claim((1,), 9)

@@ -19,7 +19,7 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
-from bridge.workers.parent import Parent, run_parent
+from bridge.workers.parent import SAME_STOP_SECONDS, Parent, run_parent
 from tests.processes import process_gone
 from tests.sockets import free_port
 
@@ -197,6 +197,28 @@ async def test_a_hangup_after_the_stop_still_stops_a_dedup_process_last(
     stops = stops_of(started)
     # Not taken for a repeated signal (sent to every worker at once): worker 0 drained first.
     assert stops[1]["got"] >= stops[0]["exit"], stops
+
+
+# make, tools/run-demo.sh and `timeout` pass on the SIGTERM their process group got too: one
+# stop, delivered twice at once. The same signal a second or more later hurries the stop.
+@pytest.mark.parametrize(("later", "dedup_last"), [(0.0, True), (SAME_STOP_SECONDS, False)])
+async def test_the_same_signal_again_within_a_second_is_the_same_stop(
+    tmp_path: Path, later: float, dedup_last: bool
+) -> None:
+    now = [100.0]
+    supervisor, started = parent(
+        tmp_path, "slow-stop", count=2, dedup_process=True, clock=lambda: now[0]
+    )
+    running = asyncio.create_task(supervisor.run())
+    await until_started(started, 2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.1)  # each delivery is its own wake-up of the loop
+    now[0] += later
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 0
+    stops = stops_of(started)
+    assert (stops[1]["got"] >= stops[0]["exit"]) is dedup_last, stops
 
 
 async def run_until_started(supervisor: Parent, started: Path, count: int) -> list[dict[str, Any]]:
