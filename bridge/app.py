@@ -36,7 +36,8 @@ class Readiness:
     """Ready once Kafka is connected, and never again once shutdown has begun.
 
     Alive unless a Kafka client of ours died and could not be replaced (a broker outage never
-    counts): only a process restart can help then.
+    counts), or Kafka is unanswered while its credential files changed since start: only a
+    process restart can help then.
     """
 
     def __init__(
@@ -44,10 +45,13 @@ class Readiness:
         metrics: Metrics,
         kafka_connected: Callable[[], bool],
         clients_alive: Callable[[], bool] = lambda: True,
+        credentials_stale: Callable[[], bool] = lambda: False,
     ) -> None:
         self._metrics = metrics
         self._kafka_connected = kafka_connected
         self._clients_alive = clients_alive
+        # Kafka unanswered with its credential files rotated since start: a restart reads them.
+        self.credentials_stale = credentials_stale
         self.started = False
         self.stopping = False
         # False while a restarted worker (listen_when_ready) has not bound the webhook port yet:
@@ -55,7 +59,7 @@ class Readiness:
         self.listening = True
 
     def alive(self) -> bool:
-        return self._clients_alive()
+        return self._clients_alive() and not self.credentials_stale()
 
     def ready(self) -> bool:
         value = self.started and not self.stopping and self._kafka_connected()
@@ -92,7 +96,9 @@ def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:
 
     async def healthz(_: web.Request) -> web.Response:
         if not readiness.alive():
-            return json_response({"status": "kafka_client_dead"}, status=503)
+            stale = readiness.credentials_stale()
+            status = "kafka_credentials_changed" if stale else "kafka_client_dead"
+            return json_response({"status": status}, status=503)
         return json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:

@@ -314,7 +314,7 @@ class Pipeline:
                 self._fail("producer_replaced", result)
                 continue
             delivery = await self._send(record, deadline, result)
-            event_id, event_bytes = record_id(record), len(record.value)
+            original = record  # its id and size for the lines below: looked up only for them
             if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
@@ -325,7 +325,7 @@ class Pipeline:
                     # Said once it is: a dead letter refused too is a loss, said below.
                     flood.error(
                         "an event too large for Kafka is dead-lettered",
-                        extra={"event_id": event_id, "bytes": event_bytes},
+                        extra={"event_id": record_id(original), "bytes": len(original.value)},
                     )
             if isinstance(delivery, asyncio.Future):
                 sent.append(_Sent(delivery, first.started, reason))
@@ -341,8 +341,8 @@ class Pipeline:
                         " ingest topic's max.message.bytes",
                         extra={
                             "channel": channel,
-                            "event_id": event_id,
-                            "bytes": event_bytes,
+                            "event_id": record_id(original),
+                            "bytes": len(original.value),
                             "dead_letter_bytes": len(record.value),
                             "reason": reason,
                             "topic": record.topic,

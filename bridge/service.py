@@ -42,6 +42,7 @@ from bridge.normalise.shapes import UnrecognisedReason
 from bridge.pipeline import TOO_LARGE, PublishFailure, pipeline_for
 from bridge.routing import DropReason, Router
 from bridge.secretfiles import secret_file
+from bridge.sink.credfiles import PASSWORDS, CredentialFiles, credential_files
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
     KafkaSink,
@@ -212,6 +213,11 @@ class Bridge:
             if self.dedup is not None and dedup.hanging_check_seconds > 0
             else None
         )
+        # A process with the ingest path judges its Kafka by the producer's probe; a process
+        # running only the dedup stage has none, so it is left to its stage's own retries.
+        self.kafka_credentials = CredentialFiles(
+            credential_files(settings.kafka, secret_files or {}) if stages != "dedup" else {}
+        )
         self.readiness = Readiness(
             self.metrics,
             lambda: self.sink.connected,
@@ -220,6 +226,7 @@ class Bridge:
                 and (self.dedup is None or self.dedup.alive)
                 and (self.lease is None or self.lease.alive)
             ),
+            credentials_stale=self._stale_credentials,
         )
         self.readiness.listening = not listen_when_ready
         if stages == "dedup":
@@ -308,6 +315,10 @@ class Bridge:
             self._secrets_watching = self.supervisor.spawn(
                 "secret-files", lambda: watch(watches, every)
             )
+
+    def _stale_credentials(self) -> bool:
+        """Kafka unanswered while its credential files changed since start: a restart cures it."""
+        return self.kafka_credentials.restart_needed(self.sink.connected or not self._started)
 
     def _use_api_key(self, fresh: PinecallSettings) -> None:
         """Every source reads the key from the one shared section at each request: swap it
@@ -945,9 +956,11 @@ async def serve(settings: Settings) -> None:
 
 
 def reloaded_secret_files() -> dict[str, Path]:
-    """The files (BRIDGE_SECRETS_DIR) of the secrets read again while running, by variable."""
+    """The files (BRIDGE_SECRETS_DIR) of the secrets read again while running, by variable: the
+    webhook secrets and API key to take them, the Kafka passwords to see them rotated."""
     environ, dotenv = os.environ, dotenv_variables()
-    files = {name: secret_file(name, environ, dotenv) for name in (WEBHOOK_SECRETS, API_KEY_FILE)}
+    names = (WEBHOOK_SECRETS, API_KEY_FILE, *PASSWORDS)
+    files = {name: secret_file(name, environ, dotenv) for name in names}
     return {name: path for name, path in files.items() if path is not None}
 
 

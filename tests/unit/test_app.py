@@ -53,8 +53,10 @@ async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
     settings = load_settings(webhook={"allow_unsigned": True})
     metrics = Metrics()
     pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
-    alive = True
-    readiness = Readiness(metrics, lambda: False, clients_alive=lambda: alive)
+    alive, stale = True, False
+    readiness = Readiness(
+        metrics, lambda: False, clients_alive=lambda: alive, credentials_stale=lambda: stale
+    )
     app = build_app(
         settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
     )
@@ -66,6 +68,10 @@ async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
         response = await client.get("/healthz")
         assert response.status == 503
         assert await response.json() == {"status": "kafka_client_dead"}
+        alive, stale = True, True  # rotated credential files: the restart reads them
+        response = await client.get("/healthz")
+        assert response.status == 503
+        assert await response.json() == {"status": "kafka_credentials_changed"}
 
 
 async def test_the_admin_app_serves_the_probes_and_metrics_but_no_webhook() -> None:

@@ -918,3 +918,25 @@ async def test_the_connection_cap_in_force_fits_the_open_files_limit(
         assert len(lowered) == (in_force < 4096)
     finally:
         await bridge.stop()
+
+
+def test_a_rotated_kafka_password_with_kafka_unanswered_fails_healthz(tmp_path: Path) -> None:
+    """The clients keep the start's password: once Kafka refuses it, only a restart reads the
+    rotated file, so /healthz fails; a dedup-only process (no producer probe) is left alone."""
+    path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"
+    path.write_text("old\n")
+    settings = load_settings(
+        webhook={"secrets": ["s"]},
+        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "old"},
+    )
+    files = {"BRIDGE_KAFKA__SASL_PASSWORD": path}
+    bridge = Bridge(settings, secret_files=files)
+    dedup_only = Bridge(settings, stages="dedup", secret_files=files)
+    for each in (bridge, dedup_only):
+        each._started = True  # connected is False: Kafka unanswered
+    assert bridge.readiness.alive()  # refused, but a restart would offer the same password
+    path.write_text("new\n")
+    assert not bridge.readiness.alive()
+    assert dedup_only.readiness.alive()
+    bridge.sink.connected = True  # the old password still taken: no restart for a rotation
+    assert bridge.readiness.alive()

@@ -1,0 +1,81 @@
+"""Kafka's credential files as read at start, and whether they changed since.
+
+The Kafka clients hold the SASL password and the TLS files read at start; a rotated one takes a
+restart, which the bridge asks for (/healthz) only once Kafka stops answering (README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from bridge.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+SASL_PASSWORD = "BRIDGE_KAFKA__SASL_PASSWORD"
+KEY_PASSWORD = "BRIDGE_KAFKA__SSL_KEY_PASSWORD"
+PASSWORDS = (SASL_PASSWORD, KEY_PASSWORD)
+_TLS_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def credential_files(kafka: KafkaSettings, secret_files: Mapping[str, Path]) -> dict[str, Path]:
+    """The files the Kafka clients' credentials came from, by variable: the passwords' secret
+    files (BRIDGE_SECRETS_DIR) and, with TLS, the certificate, key and CA files."""
+    files = {name: path for name in PASSWORDS if (path := secret_files.get(name)) is not None}
+    if kafka.security_protocol in {"SSL", "SASL_SSL"}:
+        for field in _TLS_FILES:
+            path = getattr(kafka, field)
+            if path is not None:
+                files[f"BRIDGE_KAFKA__{field.upper()}"] = Path(path)
+    return files
+
+
+def _digest(path: Path) -> bytes | None:
+    """The file's content hashed (never kept in clear), or None when it cannot be read now."""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+class CredentialFiles:
+    """Kafka's credential files, each compared at `changed` with what it held at start."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self._files = dict(files)
+        self._start = {name: _digest(path) for name, path in self._files.items()}
+        self._said = False
+
+    def changed(self) -> list[str]:
+        """The variables whose file holds something else than at start (one unreadable now, as
+        mid-swap, counts as unchanged)."""
+        names = []
+        for name, path in self._files.items():
+            now = _digest(path)
+            if now is not None and now != self._start[name]:
+                names.append(name)
+        return names
+
+    def restart_needed(self, kafka_connected: bool) -> bool:
+        """Whether only a restart can help: Kafka unanswered while a credential file changed
+        since start (the clients still offer the old one, likely revoked). Said once, at ERROR."""
+        if kafka_connected or not self._files:
+            return False
+        changed = self.changed()
+        if not changed:
+            return False
+        if not self._said:
+            self._said = True
+            log.error(
+                "Kafka does not answer and its credentials changed since start: the Kafka"
+                " clients keep the ones read at start, so /healthz fails for a restart to read"
+                " the new ones",
+                extra={"settings": changed},
+            )
+        return True
+
+
+__all__ = ["PASSWORDS", "CredentialFiles", "credential_files"]

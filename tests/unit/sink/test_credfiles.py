@@ -1,0 +1,48 @@
+"""Kafka's credential files compared with what they held at start."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bridge.config import load_settings
+from bridge.sink.credfiles import SASL_PASSWORD, CredentialFiles, credential_files
+from tests.secretvolume import kubelet_write
+
+
+def test_the_files_are_the_kafka_password_secrets(tmp_path: Path) -> None:
+    secrets = {SASL_PASSWORD: tmp_path / SASL_PASSWORD, "BRIDGE_WEBHOOK__SECRETS": tmp_path / "w"}
+    plain = load_settings(
+        webhook={"secrets": ["s"]},
+        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "p"},
+    ).kafka
+    assert credential_files(plain, secrets) == {SASL_PASSWORD: secrets[SASL_PASSWORD]}
+
+
+def test_a_rotated_file_with_kafka_unanswered_needs_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume = tmp_path / "secrets"
+    kubelet_write(volume, {SASL_PASSWORD: "old\n"})
+    files = CredentialFiles({SASL_PASSWORD: volume / SASL_PASSWORD})
+    assert not files.restart_needed(kafka_connected=False)  # refused, but a restart reads the same
+    kubelet_write(volume, {SASL_PASSWORD: "rotated-secret-42\n"})
+    assert files.changed() == [SASL_PASSWORD]
+    # The clients still connect with the old one: no restart for a rotation alone.
+    assert not files.restart_needed(kafka_connected=True)
+    with caplog.at_level(logging.ERROR, "bridge.sink.credfiles"):
+        assert files.restart_needed(kafka_connected=False)
+        assert files.restart_needed(kafka_connected=False)
+    [said] = caplog.records  # once, naming the setting and never the value
+    assert said.__dict__["settings"] == [SASL_PASSWORD]
+    assert "rotated-secret-42" not in said.getMessage() + str(said.__dict__["settings"])
+
+
+def test_a_file_unreadable_for_a_moment_is_no_change(tmp_path: Path) -> None:
+    path = tmp_path / SASL_PASSWORD
+    path.write_text("old\n")
+    files = CredentialFiles({SASL_PASSWORD: path})
+    path.unlink()
+    assert not files.restart_needed(kafka_connected=False)
