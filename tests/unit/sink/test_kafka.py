@@ -215,6 +215,29 @@ async def test_a_broker_clock_beyond_the_skew_allowance_is_gauged_and_said(
     await sink.stop()
 
 
+async def test_the_broker_clock_gauge_is_set_when_the_offset_changes_not_per_ack() -> None:
+    # Most acks repeat the last offset (0 with synced clocks); a set takes the gauge's lock.
+    metrics = Metrics()
+    sink = await started_sink(metrics)
+    gauge = metrics.broker_clock_offset
+    real_set = gauge.set
+    sets: list[float] = []
+
+    def counted(value: float) -> None:
+        sets.append(value)
+        real_set(value)
+
+    gauge.set = counted  # type: ignore[method-assign]
+    sent_at = time.time()
+    for appended_at in (sent_at, sent_at, sent_at - 600, sent_at - 600, sent_at):
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ack.set_result(SimpleNamespace(timestamp=appended_at * 1000, timestamp_type=1))
+        sink._check_delivery(cast(AIOKafkaProducer, FakeProducer.made[0]), ack, sent_at=sent_at)
+    assert sets == pytest.approx([0.0, -600.0, 0.0], abs=1e-6)
+    assert broker_offset_gauge(metrics) == pytest.approx(0.0, abs=1e-6)
+    await sink.stop()
+
+
 async def test_an_ack_without_log_append_time_leaves_the_broker_clock_unjudged() -> None:
     metrics = Metrics()
     sink = await started_sink(metrics)
