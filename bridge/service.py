@@ -317,8 +317,11 @@ class Bridge:
             )
 
     def _stale_credentials(self) -> bool:
-        """Kafka unanswered while its credential files changed since start: a restart cures it."""
-        return self.kafka_credentials.restart_needed(self.sink.connected or not self._started)
+        """Kafka unanswered while its credential files changed since start: a restart cures it.
+
+        Answering, though unready (the ingest topic below min.insync.replicas), it takes them."""
+        answering = self.sink.connected or self.sink.answering
+        return self.kafka_credentials.restart_needed(answering or not self._started)
 
     def _use_api_key(self, fresh: PinecallSettings) -> None:
         """Every source reads the key from the one shared section at each request: swap it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,12 +34,21 @@ def credential_files(kafka: KafkaSettings, secret_files: Mapping[str, Path]) -> 
     return files
 
 
+# A PEM block: its type and base64 body, whatever the line breaks.
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
 def _digest(path: Path) -> bytes | None:
-    """The file's content hashed (never kept in clear), or None when it cannot be read now."""
+    """The file's content hashed (never kept in clear), or None when it cannot be read now.
+
+    PEM files by their blocks as a set: a CA bundle written again with the same certificates
+    in another order (or wrapped otherwise) holds the same credential, so no change."""
     try:
-        return hashlib.sha256(path.read_bytes()).digest()
+        content = path.read_bytes()
     except OSError:
         return None
+    blocks = sorted(kind + b":" + b"".join(body.split()) for kind, body in _PEM.findall(content))
+    return hashlib.sha256(b"\n".join(blocks) if blocks else content).digest()
 
 
 class CredentialFiles:

@@ -516,6 +516,9 @@ class KafkaSink:
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
+        # Whether Kafka answered the last probe (or acknowledges records): unready for a topic
+        # that cannot take writes, it still takes the clients' credentials (see credfiles).
+        self.answering = False
         # The topic whose writability the probe judges readiness by (the ingest topic), its
         # min.insync.replicas, when that was last read and whether a refusal says it changed.
         self._writes: str | None = None
@@ -983,6 +986,7 @@ class KafkaSink:
             # delays, for seconds, while it acknowledges records: slow, not unreachable. Every
             # pod shares the quota: unready, all would leave the Service at once.
             acked = time.monotonic() - self._last_ack <= self._settings.publish_timeout_seconds
+            self.answering = answered or acked
             if not reachable and acked:
                 continue
             if reachable and not self.connected:
@@ -1088,3 +1092,5 @@ class KafkaSink:
         if value != self.connected or self._producer is None:
             self._metrics.kafka_connected.set(1 if value else 0)
         self.connected = value
+        if value:
+            self.answering = True

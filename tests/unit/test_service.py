@@ -940,3 +940,23 @@ def test_a_rotated_kafka_password_with_kafka_unanswered_fails_healthz(tmp_path: 
     assert dedup_only.readiness.alive()
     bridge.sink.connected = True  # the old password still taken: no restart for a rotation
     assert bridge.readiness.alive()
+
+
+def test_a_rotated_kafka_password_with_kafka_answering_but_unwritable_keeps_healthz(
+    tmp_path: Path,
+) -> None:
+    """The ingest topic below min.insync.replicas (a broker down for maintenance) is unready,
+    not unanswered: the start's password is taken, and a restart would not help."""
+    path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"
+    path.write_text("old\n")
+    settings = load_settings(
+        webhook={"secrets": ["s"]},
+        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "old"},
+    )
+    bridge = Bridge(settings, secret_files={"BRIDGE_KAFKA__SASL_PASSWORD": path})
+    bridge._started = True
+    path.write_text("new\n")  # rotated, the old one still valid
+    bridge.sink.answering = True  # the probe's metadata answered; connected is False
+    assert bridge.readiness.alive()
+    bridge.sink.answering = False
+    assert not bridge.readiness.alive()

@@ -46,3 +46,21 @@ def test_a_file_unreadable_for_a_moment_is_no_change(tmp_path: Path) -> None:
     files = CredentialFiles({SASL_PASSWORD: path})
     path.unlink()
     assert not files.restart_needed(kafka_connected=False)
+
+
+def pem(kind: str, body: str) -> str:
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
+
+
+def test_a_ca_bundle_written_again_with_its_certificates_reordered_is_no_change(
+    tmp_path: Path,
+) -> None:
+    # The same credential: with Kafka down for another reason, it restarted every pod at once.
+    path = tmp_path / "ca.pem"
+    one, two = pem("CERTIFICATE", "QUJD\nREVG"), pem("CERTIFICATE", "R0hJ")
+    path.write_text(one + two)
+    files = CredentialFiles({"BRIDGE_KAFKA__SSL_CAFILE": path})
+    path.write_text("# re-issued\n" + two + one.replace("QUJD\nREVG", "QUJDREVG"))
+    assert files.changed() == []
+    path.write_text(two + pem("CERTIFICATE", "SktM"))  # a certificate replaced: changed
+    assert files.changed() == ["BRIDGE_KAFKA__SSL_CAFILE"]

@@ -529,6 +529,7 @@ async def test_min_insync_is_read_again_after_too_few_replicas_and_while_it_keep
     refused = await sink.send(Record("ingest", b"k", b"v"))
     assert isinstance(refused.exception(), NotEnoughReplicasError)
     await until(lambda: not sink.connected)
+    assert sink.answering  # unready, not unanswered: its credentials are taken (credfiles)
     # Lowered again: an unready pod gets no writes to learn it from, so the probe reads it.
     monkeypatch.setattr(kafka, "INSYNC_REREAD_SECONDS", 0.0)
     FakeAdmin.values = {"min.insync.replicas": "2"}
@@ -556,6 +557,7 @@ async def test_a_probe_unanswered_everywhere_is_judged_within_its_interval() -> 
     client.silent = {1}
     client._conns[(1, 0)] = FakeConnection()
     assert await judged_unready_after(sink) < JUDGED_WITHIN
+    assert not sink.answering
     await sink.stop()
 
 
