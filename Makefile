@@ -135,7 +135,7 @@ kcat:  ## install Debian's kcat when missing (as root; else says how): the READM
 	@tools/kcat/install.sh
 
 .PHONY: iptables
-iptables:  ## install Debian's iptables when missing (as root; else says how): a cluster node cut off the network is tested
+iptables:  ## install Debian's iptables and iproute2 (ss) when missing (as root; else says how): a cluster node cut off the network, and Kafka connections closed, are tested
 	@tools/iptables/install.sh
 
 deploy-tools: venv helm prometheus  ## every tool the deploy checks need

@@ -1,7 +1,10 @@
-"""A broker with an authorizer and SASL users, and the ACLs granted them: what the bridge needs."""
+"""A broker with an authorizer and SASL users, and the ACLs granted them: what the bridge needs;
+a SCRAM user's password set while a broker runs."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -9,7 +12,18 @@ from pathlib import Path
 
 from aiokafka.errors import for_code
 from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import Array, Int8, Int16, Int32, Schema, String
+from aiokafka.protocol.types import (
+    Array,
+    CompactArray,
+    CompactBytes,
+    CompactString,
+    Int8,
+    Int16,
+    Int32,
+    Schema,
+    String,
+    TaggedFields,
+)
 
 from tests.integration.conftest import Broker, Topics, admin_client, free_port_pair, kafka_sh
 from tests.sockets import free_ports_below_ephemeral
@@ -145,3 +159,84 @@ def sasl(user: str) -> dict[str, str]:
         "sasl_username": user,
         "sasl_password": PASSWORD,
     }
+
+
+# Kafka's ScramMechanism codes, and the iterations its tools salt with (the minimum, 4096).
+SCRAM_MECHANISMS = {"SCRAM-SHA-256": (1, "sha256"), "SCRAM-SHA-512": (2, "sha512")}
+SCRAM_ITERATIONS = 4096
+
+
+class _AlterScramResponse(Response):  # type: ignore[misc]
+    API_KEY = 51
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "results",
+            CompactArray(
+                ("user", CompactString("utf-8")),
+                ("error_code", Int16),
+                ("error_message", CompactString("utf-8")),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _AlterScramStruct(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 51
+    API_VERSION = 0
+    RESPONSE_TYPE = _AlterScramResponse
+    SCHEMA = Schema(
+        (
+            "deletions",
+            CompactArray(
+                ("name", CompactString("utf-8")), ("mechanism", Int8), ("tags", TaggedFields)
+            ),
+        ),
+        (
+            "upsertions",
+            CompactArray(
+                ("name", CompactString("utf-8")),
+                ("mechanism", Int8),
+                ("iterations", Int32),
+                ("salt", CompactBytes),
+                ("salted_password", CompactBytes),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _AlterScram(Request[_AlterScramStruct]):  # type: ignore[misc]
+    """AlterUserScramCredentials v0 (KIP-554): aiokafka has no call for it, the broker's jars no
+    kafka-configs.sh."""
+
+    API_KEY = 51
+
+    def __init__(self, user: str, password: str, mechanism: str) -> None:
+        code, digest = SCRAM_MECHANISMS[mechanism]
+        salt = os.urandom(32)
+        # The broker keeps only what SCRAM needs: the password salted (RFC 5802's Hi).
+        salted = hashlib.pbkdf2_hmac(digest, password.encode(), salt, SCRAM_ITERATIONS)
+        no_tags: dict[int, bytes] = {}
+        self._upsertion = (user, code, SCRAM_ITERATIONS, salt, salted, no_tags)
+
+    def build(self, struct: type[_AlterScramStruct]) -> _AlterScramStruct:
+        return struct([], [self._upsertion], {})
+
+
+async def set_scram_password(
+    bootstrap: str, user: str, password: str, mechanism: str = "SCRAM-SHA-512"
+) -> None:
+    """Create the SCRAM user, or change its password, as `kafka-configs.sh --alter --entity-type
+    users` does; asked through `bootstrap`, a listener that may alter them. Open connections
+    stay authenticated: only new ones must use it."""
+    async with admin_client(bootstrap) as admin:
+        response = await admin._send_request(_AlterScram(user, password, mechanism))
+    for _, error_code, message, _ in response.results:
+        if error_code:
+            raise for_code(error_code)(message)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from tests.integration.acls import set_scram_password
 from tests.integration.certs import Certs, make_certs
 from tests.integration.conftest import (
     KAFKA_SH,
@@ -24,8 +30,10 @@ from tests.integration.conftest import (
     publish_failures,
     wait_ready,
 )
+from tests.integration.replicas import Replica, replica_env, total
 from tests.polling import until
-from tests.sockets import free_ports_below_ephemeral
+from tests.secretvolume import kubelet_write
+from tests.sockets import free_port, free_ports_below_ephemeral
 
 OVERLAY = REPO / "tools" / "kafka" / "server-secure.properties.in"
 USER, PASSWORD = "bridge", "bridge-secret"
@@ -269,3 +277,167 @@ async def _topic_names(bootstrap: str) -> list[str]:
     async with admin_client(bootstrap) as admin:
         names: list[str] = await admin.list_topics()
     return names
+
+
+PASSWORD_FILE = "BRIDGE_KAFKA__SASL_PASSWORD"
+OLD_PASSWORD, NEW_PASSWORD = "scram-old-0123456789", "scram-new-0123456789"
+CHANGED_LINE = "Kafka does not answer and its credentials changed since start"
+# Probes a second apart: Kafka's refusal is seen within a few of them, and whatever /healthz
+# says meanwhile is said through several of them.
+PROBE_SECONDS = "1"
+PROBES_WATCHED = 5.0
+OWNED = "pinecall_bridge_dedup_partitions_owned"
+PARTITIONS = 6  # replica_env's ingest topic
+
+
+@dataclass
+class ScramReplica:
+    """A `pinecall-bridge run` process authenticating by SCRAM as its own user, its password in
+    a mounted secrets dir; the broker's listener it uses."""
+
+    replica: Replica
+    user: str
+    secrets: Path
+    port: int
+
+    def fresh(self, name: str) -> Replica:
+        """Another process with the same settings and secrets dir: a restarted container."""
+        env = {**self.replica.env, "BRIDGE_HTTP__PORT": str(port := free_port())}
+        return Replica(name, env, self.replica.log.with_name(f"{name}.log"), port)
+
+    def cut(self) -> None:
+        """Close its connections to the broker (the broker's side lives on, as after a broker
+        restart or an idle close): its clients must connect and authenticate again."""
+        subprocess.run(
+            ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{self.port}"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+
+
+@pytest.fixture
+async def scram_replica(broker: SecureBroker, topics: Topics, tmp_path: Path) -> ScramReplica:
+    """A ready SCRAM replica of a user of its own (OLD_PASSWORD), so changing its password
+    leaves the module's other tests alone; stopped by the test."""
+    if shutil.which("ss") is None or os.geteuid() != 0:
+        # As the iptables tests: `make test` installs it (make iptables), CI fails without it.
+        pytest.skip("closing a process's Kafka connections needs iproute2's ss, as root")
+    user = f"rotated-{uuid.uuid4().hex[:8]}"
+    await set_scram_password(broker.bootstrap("PLAINTEXT"), user, OLD_PASSWORD)
+    secrets = tmp_path / "secrets"
+    kubelet_write(secrets, {PASSWORD_FILE: OLD_PASSWORD + "\n"})
+    port = free_port()
+    env = replica_env(
+        broker.bootstrap("SASL_PLAINTEXT"),
+        topics,
+        port,
+        BRIDGE_SECRETS_DIR=str(secrets),
+        BRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        BRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
+        BRIDGE_KAFKA__SASL_USERNAME=user,
+        BRIDGE_KAFKA__METADATA_PROBE_SECONDS=PROBE_SECONDS,
+        BRIDGE_LOG__LEVEL="INFO",
+    )
+    replica = Replica("scram", env, tmp_path / "scram.log", port)
+    await replica.start()
+    # Every client connected, the dedup stage's too: a rotation now finds none still starting.
+    async with aiohttp.ClientSession() as session:
+
+        async def all_owned() -> bool:
+            return total(await replica.metrics(session), OWNED) == PARTITIONS
+
+        await until(all_owned, 60, 0.2, "the dedup stage owning every partition")
+    return ScramReplica(replica, user, secrets, broker.ports["SASL_PLAINTEXT"])
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """A probe's HTTP status and the status it names."""
+    async with session.get(url) as response:
+        return response.status, (await response.json())["status"]
+
+
+async def _throughout(check: Callable[[], Awaitable[None]], seconds: float) -> None:
+    """`check` (asserting) holds at every look for `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        await check()
+        await asyncio.sleep(0.2)
+
+
+async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_refused(
+    broker: SecureBroker, scram_replica: ScramReplica
+) -> None:
+    """The kubelet rotation, the broker's new password, the connections cut: /healthz asks
+    for the restart, and a restarted process reads the new file and connects."""
+    replica = scram_replica.replica
+    try:
+        async with aiohttp.ClientSession() as session:
+            healthz, readyz = f"{replica.url}/healthz", f"{replica.url}/readyz"
+            await set_scram_password(
+                broker.bootstrap("PLAINTEXT"), scram_replica.user, NEW_PASSWORD
+            )
+            kubelet_write(scram_replica.secrets, {PASSWORD_FILE: NEW_PASSWORD + "\n"})
+
+            # The open connections stay authenticated: a rotation alone restarts nothing.
+            async def alive_and_ready() -> None:
+                assert await _probe(session, healthz) == (200, "alive")
+                assert (await _probe(session, readyz))[0] == 200
+
+            await _throughout(alive_and_ready, PROBES_WATCHED)
+
+            scram_replica.cut()
+            restart = (503, "kafka_credentials_changed")
+
+            async def restart_asked() -> bool:
+                return await _probe(session, healthz) == restart
+
+            await until(restart_asked, 60, 0.2, "/healthz asks for a restart")
+            assert (await _probe(session, readyz))[0] == 503
+        assert await replica.stop() == 0
+        fresh = scram_replica.fresh("restarted")
+        try:
+            await fresh.start()  # ready: it connected with the new password
+        finally:
+            assert await fresh.stop() == 0
+    finally:
+        await replica.stop()
+    errors = [e for e in replica.log_entries() if e.get("level") == "error"]
+    said = [e for e in errors if e.get("msg", "").startswith(CHANGED_LINE)]
+    assert len(said) == 1, errors
+    assert said[0].get("settings") == [PASSWORD_FILE], said
+    for log in (replica.log, fresh.log):
+        text = log.read_text()
+        assert OLD_PASSWORD not in text
+        assert NEW_PASSWORD not in text
+
+
+async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
+    broker: SecureBroker, scram_replica: ScramReplica
+) -> None:
+    """Revoked on the broker, the file as at start: unready, but a restart would offer the same
+    password, so /healthz stays 200 and no restart is asked for."""
+    replica = scram_replica.replica
+    try:
+        async with aiohttp.ClientSession() as session:
+            healthz, readyz = f"{replica.url}/healthz", f"{replica.url}/readyz"
+            await set_scram_password(
+                broker.bootstrap("PLAINTEXT"), scram_replica.user, NEW_PASSWORD
+            )
+            scram_replica.cut()
+
+            async def unready() -> bool:
+                return (await _probe(session, readyz))[0] == 503
+
+            await until(unready, 60, 0.2, "unready")
+
+            async def alive_unready() -> None:
+                assert await _probe(session, healthz) == (200, "alive")
+                assert (await _probe(session, readyz))[0] == 503
+
+            await _throughout(alive_unready, PROBES_WATCHED)
+        assert await replica.stop() == 0
+    finally:
+        await replica.stop()
+    said = [e for e in replica.log_entries() if e.get("msg", "").startswith(CHANGED_LINE)]
+    assert said == []
