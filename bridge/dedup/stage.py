@@ -899,6 +899,8 @@ class DedupStage:
             self._metrics.dedup_kept_dropped.labels(choice.reason).inc()
             return False
         kind = "gap" if choice.action == "gap" else "resumed"  # "check": the same offset
+        if choice.action == "resume":
+            task.resumed_straight()
         # Counted once installed: a start declined (no longer ours) never happened.
         if await self._install(task, epoch):
             self._metrics.dedup_restores.labels(kind).inc()

@@ -156,6 +156,17 @@ class PartitionTask:
             **extra,
         }
 
+    def resumed_straight(self) -> None:
+        """Handed straight back with nothing read: say_owned then tells that, not the figures
+        of the restore that built the window (an eager rebalance's every kept partition)."""
+        self._restored = {
+            "partition": self.tp.partition,
+            "offset": self.position,
+            "restore": "resumed",
+            "restored_ids": 0,
+            "restore_s": 0.0,
+        }
+
     def say_owned(self) -> None:
         """Log the partition owned, with its restore's figures: the stage installed this task."""
         log.info("dedup partition owned", extra=self._restored)

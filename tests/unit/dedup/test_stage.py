@@ -82,6 +82,9 @@ class FakeTask:
     def say_owned(self) -> None:
         """Logged by a real task; nothing to say here."""
 
+    def resumed_straight(self) -> None:
+        """What a real task's say_owned tells; nothing to say here."""
+
 
 def no_metadata(topic: str) -> set[int] | None:
     """A consumer's partitions of `topic` before any metadata: the stage's growth watch waits."""
@@ -1578,6 +1581,38 @@ async def test_a_kept_window_counts_its_start_only_once_installed(
     assert (tp(3) in h.stage._tasks) is not moved_on
     started = sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind)
     assert started == (0 if moved_on else 1)
+
+
+@pytest.mark.parametrize(
+    ("committed", "straight", "kind", "ids"),
+    [(30, True, "resumed", 0), (30, False, "resumed", 0), (45, False, "gap", 7)],
+)
+async def test_a_kept_window_back_is_said_owned_as_it_was_started_this_time(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    committed: int,
+    straight: bool,
+    kind: str,
+    ids: int,
+) -> None:
+    """A window an eager rebalance handed straight back was said owned with its first start's
+    figures (`restore` full, its old offset and ids): every kept partition looked restored."""
+    caplog.set_level(logging.INFO, logger="bridge.dedup.task")
+
+    async def replay(self: PartitionTask, end: int, since: Kept | None = None) -> int:
+        return ids
+
+    monkeypatch.setattr(PartitionTask, "_replay", replay)
+    h = Harness(consumer=RebalancingConsumer({tp(3)}))
+    task = PartitionTask(tp(3), DedupSettings(), dict, h.metrics)
+    task._owned("full", time.monotonic() - 2.0, 500)  # its first start: 500 ids from offset 0
+    task.position, task.last_appended_at = 30, 100.0
+    await back_after_revocation(monkeypatch, h, task, committed, straight=straight)
+    said = [r.__dict__ for r in caplog.records if r.getMessage() == "dedup partition owned"]
+    assert [(r["restore"], r["offset"], r["restored_ids"]) for r in said] == [
+        (kind, committed, ids)
+    ]
+    assert sample(h.metrics, "pinecall_bridge_dedup_restores_total", kind=kind) == 1
 
 
 async def test_a_full_restore_declined_counts_no_start(monkeypatch: pytest.MonkeyPatch) -> None:
