@@ -2,12 +2,20 @@
 
 Shared by the dedup stage and the feed lease (both group members): the wait between tries while
 a refusal lasts, and a session timeout outside the brokers' `group.min/max.session.timeout.ms`,
-which aiokafka reports naming neither the setting nor the bounds.
+which aiokafka reports naming neither the setting nor the bounds. Also which connection set-up
+failures are Kafka refusing the client's credentials (its SASL password, its TLS files).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
+
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    SaslAuthenticationFailed,
+)
 
 # The longest wait between two attempts while Kafka refuses: an ACL or a setting changed is
 # taken up within it.
@@ -41,3 +49,25 @@ def session_refusal(session_timeout_ms: int, group: str, bounds: Mapping[str, in
         " BRIDGE_DEDUP__TRANSACTION_TIMEOUT_MS), or change the brokers' bounds; the group takes"
         " no member meanwhile"
     )
+
+
+# SASL refused (a wrong or revoked password, a mechanism the listener lacks), or the TLS handshake
+# failed (a certificate, key or CA the other side does not accept): the credentials, not the path.
+_AUTHENTICATION = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    ssl.SSLError,
+)
+
+
+def refused_authentication(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is Kafka refusing the client's credentials."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _AUTHENTICATION):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -42,6 +42,7 @@ from bridge.normalise.shapes import UnrecognisedReason
 from bridge.pipeline import TOO_LARGE, PublishFailure, pipeline_for
 from bridge.routing import DropReason, Router
 from bridge.secretfiles import secret_file
+from bridge.sink.connectsetup import AUTHENTICATION
 from bridge.sink.credfiles import PASSWORDS, CredentialFiles, credential_files
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
@@ -213,10 +214,10 @@ class Bridge:
             if self.dedup is not None and dedup.hanging_check_seconds > 0
             else None
         )
-        # A process with the ingest path judges its Kafka by the producer's probe; a process
-        # running only the dedup stage has none, so it is left to its stage's own retries.
+        # A process with the ingest path judges its Kafka by the producer's probe too; one
+        # running only the dedup stage has none, and goes by its clients' refused connections.
         self.kafka_credentials = CredentialFiles(
-            credential_files(settings.kafka, secret_files or {}) if stages != "dedup" else {}
+            credential_files(settings.kafka, secret_files or {})
         )
         self.readiness = Readiness(
             self.metrics,
@@ -317,11 +318,15 @@ class Bridge:
             )
 
     def _stale_credentials(self) -> bool:
-        """Kafka unanswered while its credential files changed since start: a restart cures it.
+        """Kafka unanswered, or refusing a client's last connection (the dedup stage's, after a
+        rebalance) its credentials, while their files changed since start: a restart cures it.
 
         Answering, though unready (the ingest topic below min.insync.replicas), it takes them."""
-        answering = self.sink.connected or self.sink.answering
-        return self.kafka_credentials.restart_needed(answering or not self._started)
+        # A dedup process's producer is never probed: its unanswered says nothing.
+        answering = self.stages == "dedup" or self.sink.connected or self.sink.answering
+        return self.kafka_credentials.restart_needed(
+            answering or not self._started, refused=self._started and AUTHENTICATION.refused
+        )
 
     def _use_api_key(self, fresh: PinecallSettings) -> None:
         """Every source reads the key from the one shared section at each request: swap it

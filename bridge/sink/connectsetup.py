@@ -7,6 +7,11 @@ that picked it for the whole request timeout, and each other new connection of t
 behind it. aiokafka has no setting for it, and hands create_conn nothing of its client but the
 client's options: the bound rides on the client id (`ClientId`, a str), which `client_options`
 gives every client the bridge builds; aiokafka.client's create_conn, wrapped once, applies it.
+
+The wrap also keeps whether the process's last connection set-up refused for its credentials
+was followed by none that succeeded (`AUTHENTICATION`): aiokafka logs such a refusal and raises
+only "Unable to bootstrap", or retries it unseen (a rebalance's coordinator), so the clients'
+own errors cannot tell it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 import aiokafka.client
 from aiokafka.errors import KafkaConnectionError
+
+from bridge.kafkarefusals import refused_authentication
 
 log = logging.getLogger(__name__)
 CreateConn = Callable[..., Awaitable[Any]]
@@ -39,8 +46,28 @@ class ClientId(str):
         return str(self), self.connect_timeout_s
 
 
-def bounded(create_conn: CreateConn) -> CreateConn:
-    """`create_conn`, its set-up given up after the client id's connect timeout (if it has one).
+class AuthenticationOutcome:
+    """Whether the last connection set-up that settled it was refused for its credentials."""
+
+    def __init__(self) -> None:
+        self.refused = False
+
+    def settled(self, exc: BaseException | None) -> None:
+        """A set-up ended: succeeded (None), or failed with `exc`; a failure for another reason
+        (unreachable, timed out) says nothing of the credentials, and changes nothing."""
+        if exc is None:
+            self.refused = False
+        elif refused_authentication(exc):
+            self.refused = True
+
+
+# The process's own: each worker of a pod is a process, and judges its own clients.
+AUTHENTICATION = AuthenticationOutcome()
+
+
+def bounded(create_conn: CreateConn, outcome: AuthenticationOutcome = AUTHENTICATION) -> CreateConn:
+    """`create_conn`, its set-up given up after the client id's connect timeout (if it has one),
+    each outcome told to `outcome`.
 
     Given up, it raises KafkaConnectionError, which aiokafka's callers handle as its own
     connect timeout (TimeoutError): the metadata is refreshed and another broker tried. The
@@ -49,6 +76,15 @@ def bounded(create_conn: CreateConn) -> CreateConn:
     """
 
     async def create_bounded(host: str, port: int, **options: Any) -> Any:
+        try:
+            conn = await create_timed(host, port, **options)
+        except Exception as exc:
+            outcome.settled(exc)
+            raise
+        outcome.settled(None)
+        return conn
+
+    async def create_timed(host: str, port: int, **options: Any) -> Any:
         seconds = getattr(options.get("client_id"), "connect_timeout_s", None)
         if seconds is None:
             return await create_conn(host, port, **options)

@@ -1,7 +1,8 @@
 """Kafka's credential files as read at start, and whether they changed since.
 
 The Kafka clients hold the SASL password and the TLS files read at start; a rotated one takes a
-restart, which the bridge asks for (/healthz) only once Kafka stops answering (README).
+restart, which the bridge asks for (/healthz) only once Kafka stops answering, or refuses a client
+connecting again (a dedup stage's rebalance) its credentials (README).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import KafkaSettings
@@ -51,6 +52,14 @@ def _digest(path: Path) -> bytes | None:
     return hashlib.sha256(b"\n".join(blocks) if blocks else content).digest()
 
 
+def restart_needed(
+    changed: Sequence[str], *, kafka_answering: bool, refused_authentication: bool
+) -> bool:
+    """Whether only a restart can help, from the facts: a credential file `changed` since start,
+    and Kafka unanswered or refusing a connection set-up the old credentials. Pure."""
+    return bool(changed) and (not kafka_answering or refused_authentication)
+
+
 class CredentialFiles:
     """Kafka's credential files, each compared at `changed` with what it held at start."""
 
@@ -69,23 +78,26 @@ class CredentialFiles:
                 names.append(name)
         return names
 
-    def restart_needed(self, kafka_connected: bool) -> bool:
-        """Whether only a restart can help: Kafka unanswered while a credential file changed
-        since start (the clients still offer the old one, likely revoked). Said once, at ERROR."""
-        if kafka_connected or not self._files:
+    def restart_needed(self, kafka_connected: bool, *, refused: bool = False) -> bool:
+        """Whether only a restart can help (`restart_needed`): a credential file changed since
+        start (the clients still offer the old one, likely revoked), and Kafka unanswered or
+        `refused` a client's last connection for its credentials. Said once, at ERROR."""
+        if (kafka_connected and not refused) or not self._files:
             return False
         changed = self.changed()
-        if not changed:
+        if not restart_needed(
+            changed, kafka_answering=kafka_connected, refused_authentication=refused
+        ):
             return False
         if not self._said:
             self._said = True
             log.error(
-                "Kafka does not answer and its credentials changed since start: the Kafka"
-                " clients keep the ones read at start, so /healthz fails for a restart to read"
-                " the new ones",
-                extra={"settings": changed},
+                "Kafka does not answer, or refuses a client its credentials, and they changed"
+                " since start: the Kafka clients keep the ones read at start, so /healthz fails"
+                " for a restart to read the new ones",
+                extra={"settings": changed, "refused": refused},
             )
         return True
 
 
-__all__ = ["PASSWORDS", "CredentialFiles", "credential_files"]
+__all__ = ["PASSWORDS", "CredentialFiles", "credential_files", "restart_needed"]

@@ -1,5 +1,18 @@
+import ssl
+
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+)
+
 from bridge.config import DedupSettings
-from bridge.kafkarefusals import REFUSED_MAX_WAIT, refused_wait, session_refusal
+from bridge.kafkarefusals import (
+    REFUSED_MAX_WAIT,
+    refused_authentication,
+    refused_wait,
+    session_refusal,
+)
 
 
 def test_refused_wait_grows_to_its_bound() -> None:
@@ -18,3 +31,14 @@ def test_a_refused_session_timeout_names_the_setting_and_the_brokers_bounds() ->
     assert "group.min.session.timeout.ms (12000 ms)" in said
     # Unread: Kafka's default said as such, not passed off as the cluster's.
     assert "group.max.session.timeout.ms (Kafka's default 1800000 ms; unread here)" in said
+
+
+def test_refused_credentials_are_told_from_an_unreachable_kafka() -> None:
+    assert refused_authentication(SaslAuthenticationFailed("Authentication failed"))
+    assert refused_authentication(AuthenticationFailedError())
+    assert refused_authentication(ssl.SSLCertVerificationError("certificate verify failed"))
+    wrapped = KafkaConnectionError("no connection")
+    wrapped.__cause__ = SaslAuthenticationFailed()
+    assert refused_authentication(wrapped)
+    assert not refused_authentication(KafkaConnectionError("Unable to bootstrap"))
+    assert not refused_authentication(ConnectionRefusedError())

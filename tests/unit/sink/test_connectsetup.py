@@ -13,11 +13,11 @@ from typing import Any
 import aiokafka.client
 import pytest
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from bridge.config import KafkaSettings
 from bridge.sink import connectsetup
-from bridge.sink.connectsetup import ClientId, bounded, install
+from bridge.sink.connectsetup import AuthenticationOutcome, ClientId, bounded, install
 from bridge.sink.kafka import client_options
 
 CONN = object()
@@ -54,6 +54,21 @@ async def test_a_set_up_not_done_within_the_connect_timeout_is_given_up() -> Non
 
 async def test_a_set_up_within_the_connect_timeout_returns_its_connection() -> None:
     assert await bounded(SetUp(0.01))("k1", 9092, client_id=ClientId("bridge", 5.0)) is CONN
+
+
+async def test_a_set_up_refused_its_credentials_is_kept_until_one_succeeds() -> None:
+    # aiokafka logs the refusal and raises only "Unable to bootstrap", or retries it unseen.
+    outcome = AuthenticationOutcome()
+    client = ClientId("bridge", 5.0)
+    with pytest.raises(SaslAuthenticationFailed):
+        await bounded(SetUp(0, SaslAuthenticationFailed()), outcome)("k1", 9092, client_id=client)
+    assert outcome.refused
+    # Unreachable says nothing of the credentials.
+    with pytest.raises(ConnectionRefusedError):
+        await bounded(SetUp(0, ConnectionRefusedError()), outcome)("k2", 9092, client_id=client)
+    assert outcome.refused
+    assert await bounded(SetUp(0), outcome)("k1", 9092) is CONN
+    assert not outcome.refused
 
 
 async def test_a_client_id_without_a_bound_sets_up_as_aiokafka_does() -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_settings
-from bridge.sink.credfiles import SASL_PASSWORD, CredentialFiles, credential_files
+from bridge.sink.credfiles import (
+    SASL_PASSWORD,
+    CredentialFiles,
+    credential_files,
+    restart_needed,
+)
 from tests.secretvolume import kubelet_write
 
 
@@ -38,6 +43,27 @@ def test_a_rotated_file_with_kafka_unanswered_needs_a_restart(
     [said] = caplog.records  # once, naming the setting and never the value
     assert said.__dict__["settings"] == [SASL_PASSWORD]
     assert "rotated-secret-42" not in said.getMessage() + str(said.__dict__["settings"])
+
+
+def test_a_restart_is_needed_for_changed_files_kafka_unanswered_or_refusing_them() -> None:
+    changed = [SASL_PASSWORD]
+    assert restart_needed(changed, kafka_answering=False, refused_authentication=False)
+    # The ingest producer's old connection still answers; the dedup stage's new one is refused.
+    assert restart_needed(changed, kafka_answering=True, refused_authentication=True)
+    assert not restart_needed(changed, kafka_answering=True, refused_authentication=False)
+    # Refused, files unchanged: a restart reads the same credentials.
+    assert not restart_needed([], kafka_answering=True, refused_authentication=True)
+
+
+def test_a_rotated_file_refused_to_a_client_while_kafka_answers_needs_a_restart(
+    tmp_path: Path,
+) -> None:
+    volume = tmp_path / "secrets"
+    kubelet_write(volume, {SASL_PASSWORD: "old\n"})
+    files = CredentialFiles({SASL_PASSWORD: volume / SASL_PASSWORD})
+    assert not files.restart_needed(kafka_connected=True, refused=True)
+    kubelet_write(volume, {SASL_PASSWORD: "new\n"})
+    assert files.restart_needed(kafka_connected=True, refused=True)
 
 
 def test_a_file_unreadable_for_a_moment_is_no_change(tmp_path: Path) -> None:
