@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import time
@@ -20,16 +21,46 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
 }
+# What `extra=` must not name: a LogRecord attribute (logging raises KeyError at the call, in an
+# error path as likely as not) or a JSON line's own key (the field would replace it).
+RESERVED_FIELDS = _STANDARD | {"ts", "level", "logger", "msg", "exc"}
+
+
+# A field's text past this is cut: a value echoed from input (an SSE event's type may be nearly
+# 1 MiB) must not make a line that log shippers split (16 KiB) or a log store refuses.
+MAX_FIELD_CHARS = 4096
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: _field(v)
+        for k, v in vars(record).items()
+        if k not in _STANDARD and not k.startswith("_")
+    }
+
+
+def _field(value: Any) -> Any:
+    """A field's value as logged: long text cut, saying how long it was; NaN and infinities as
+    text, which JSON has no number for (orjson writes null, as if the field were unset)."""
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        return f"{value[:MAX_FIELD_CHARS]}… ({len(value)} chars)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _repr(value: Any, text: Callable[[Any], str] = repr) -> str:
+    """`text(value)`, or the value's type when that raises: one broken __repr__ loses no line."""
+    try:
+        return text(value)
+    except Exception as exc:  # any: the code is the value's own, not the bridge's
+        return f"<{type(value).__name__}: {text.__name__}() raised {type(exc).__name__}>"
 
 
 def _jsonable(value: Any) -> Any:
     """A value orjson cannot write as JSON (bytes, an exception, any object): a set as a list,
     anything else as its repr."""
-    return list(value) if isinstance(value, set | frozenset) else repr(value)
+    return list(value) if isinstance(value, set | frozenset) else _repr(value)
 
 
 def _text(text: str) -> str:
@@ -43,7 +74,7 @@ def _safe(value: Any) -> Any:
     try:
         jsoncodec.dumps(value, default=_jsonable)
     except jsoncodec.JSONEncodeError:  # a lone surrogate inside, an int past 64 bits, too deep
-        return _text(repr(value))
+        return _text(_repr(value))
     return value
 
 
@@ -68,7 +99,17 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _dumps(entry).decode()
+        line = _dumps(entry).decode()
+        # JSON lets these stand raw in a string, yet they end a line for Python's splitlines(),
+        # JavaScript before ES2019, and some log viewers: escaped, the line stays one line.
+        return _SEPARATORS.sub(_json_escape, line) if _SEPARATORS.search(line) else line
+
+
+_SEPARATORS = re.compile("[\u0085\u2028\u2029]")
+
+
+def _json_escape(char: re.Match[str]) -> str:
+    return f"\\u{ord(char.group()):04x}"
 
 
 # C0 and C1 controls, DEL and the Unicode line separators: in a console line they would start a
@@ -84,7 +125,7 @@ def _escape(char: re.Match[str]) -> str:
 
 def _one_line(value: Any) -> str:
     """`value` as text on one line: control characters escaped as in a Python literal."""
-    text = _text(str(value))
+    text = _text(_repr(value, str))
     return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
 
 

@@ -1,8 +1,17 @@
+import ast
+import dataclasses
+import datetime
+import decimal
+import enum
 import logging
+import math
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 import pytest
 
 from bridge import jsoncodec, logsetup, logthrottle
+from tests.integration.conftest import REPO
 from tests.sockets import refusing_address
 
 
@@ -487,3 +496,156 @@ def test_fields_given_at_configuration_are_on_every_line(
     logsetup.configure("INFO", "json")  # configured again without: gone
     logging.getLogger("bridge.x").info("three")
     assert "worker" not in jsoncodec.loads(capsys.readouterr().err)
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    label: str
+
+
+class _BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr failed")
+
+    __str__ = __repr__
+
+
+_LONG = "C" * 1_048_576  # a 1 MiB id from input
+_AWKWARD: list[tuple[str, object, object]] = [
+    ("bytes", b"\xff\x00a", "b'\\xff\\x00a'"),
+    ("path", PurePosixPath("/var/x"), "PurePosixPath('/var/x')"),
+    ("set", {3}, [3]),
+    ("frozenset", frozenset({"a"}), ["a"]),
+    ("exception", ValueError("boom"), "ValueError('boom')"),
+    ("enum", _Colour.RED, "red"),
+    ("dataclass", _Point(1, "p"), {"x": 1, "label": "p"}),
+    ("dataclass_surrogate", _Point(1, "\udc80"), "_Point(x=1, label='\\udc80')"),
+    (
+        "datetime",
+        datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "2026-01-02T03:04:05+00:00",
+    ),
+    ("decimal", decimal.Decimal("1.10"), "Decimal('1.10')"),
+    ("nan", math.nan, "nan"),
+    ("inf", math.inf, "inf"),
+    ("minus_inf", -math.inf, "-inf"),
+    ("control", "a\nb\x00\x1b", "a\nb\x00\x1b"),
+    ("separators", "a\u2028b\u2029c\x85", "a\u2028b\u2029c\x85"),
+    ("surrogate", "a\udc80b", "a\\udc80b"),
+    ("huge_int", 2**70, str(2**70)),
+    ("long", _LONG, f"{'C' * logsetup.MAX_FIELD_CHARS}… (1048576 chars)"),
+    ("broken_repr", _BrokenRepr(), "<_BrokenRepr: repr() raised RuntimeError>"),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(v, s) for _, v, s in _AWKWARD], ids=[n for n, *_ in _AWKWARD]
+)
+def test_every_field_value_is_one_valid_json_line(
+    capsys: pytest.CaptureFixture[str], value: object, shown: object
+) -> None:
+    logsetup.configure("INFO", "json")
+    logging.getLogger("bridge.test").info("awkward", extra={"value": value})
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    [line] = err.splitlines()  # splitlines(): U+2028 and U+0085 end a line too
+    assert jsoncodec.loads(line)["value"] == shown  # orjson reads no NaN or Infinity: strict JSON
+
+
+def test_console_lines_cut_long_fields_and_survive_a_broken_repr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logsetup.configure("INFO", "console")
+    logging.getLogger("bridge.test").info("awkward", extra={"call": _LONG, "odd": _BrokenRepr()})
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    [line] = err.splitlines()
+    assert line.endswith(
+        f" call={'C' * logsetup.MAX_FIELD_CHARS}… (1048576 chars)"
+        " odd=<_BrokenRepr: str() raised RuntimeError>"
+    )
+
+
+_LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def _returned(trees: list[ast.Module]) -> dict[str, list[ast.expr]]:
+    """What each function of `trees` returns, by its name (a method's too)."""
+    return {
+        node.name: [r.value for r in ast.walk(node) if isinstance(r, ast.Return) and r.value]
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def _extra_keys(tree: ast.Module, returned: dict[str, list[ast.expr]]) -> Iterator[tuple[int, str]]:
+    """(line, key) of each key a log call's `extra` can hold, as far as the source spells it: its
+    dict literal, dicts splatted in it, and dicts assigned to (or returned as) what it names."""
+    assigned: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+                    item = ast.Dict(keys=[target.slice], values=[node.value])
+                    assigned.setdefault(ast.unparse(target.value), []).append(item)
+                else:
+                    assigned.setdefault(ast.unparse(target), []).append(node.value)
+
+    def keys(expr: ast.expr, seen: frozenset[str]) -> Iterator[tuple[int, str]]:
+        if isinstance(expr, ast.Dict):
+            for key, value in zip(expr.keys, expr.values, strict=True):
+                if key is None:
+                    yield from keys(value, seen)
+                elif isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    yield key.lineno, key.value
+        elif isinstance(expr, ast.IfExp):
+            yield from keys(expr.body, seen)
+            yield from keys(expr.orelse, seen)
+        elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name | ast.Attribute):
+            name = expr.func.id if isinstance(expr.func, ast.Name) else expr.func.attr
+            for source in returned.get(name, []) if name not in seen else []:
+                yield from keys(source, seen | {name})
+        elif (name := ast.unparse(expr)) not in seen:
+            for source in assigned.get(name, []):
+                yield from keys(source, seen | {name})
+
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _LOG_METHODS
+        ):
+            for keyword in node.keywords:
+                if keyword.arg == "extra":
+                    yield from keys(keyword.value, frozenset())
+
+
+def test_no_log_call_names_a_reserved_field() -> None:
+    # logging raises KeyError ("Attempt to overwrite 'message' in LogRecord") at the call: a
+    # crash where an error was being reported. A key starting with _ is never logged.
+    trees = {path: ast.parse(path.read_text()) for path in sorted((REPO / "bridge").rglob("*.py"))}
+    returned = _returned(list(trees.values()))
+    clashes, checked = [], 0
+    for path, tree in trees.items():
+        for line, key in _extra_keys(tree, returned):
+            checked += 1
+            if key in logsetup.RESERVED_FIELDS or key.startswith("_"):
+                clashes.append(f"{path.relative_to(REPO)}:{line}: {key}")
+    assert not clashes
+    assert checked > 300  # the scan sees the call sites at all (479 keys when written)
+
+
+def test_the_reserved_fields_are_what_logging_refuses() -> None:
+    logger = logging.getLogger("bridge.test")
+    for key in ("message", "asctime", "args", "name", "msg", "created", "exc_info"):
+        assert key in logsetup.RESERVED_FIELDS
+        with pytest.raises(KeyError, match="Attempt to overwrite"):
+            logger.makeRecord("x", logging.ERROR, "f", 1, "m", (), None, extra={key: 1})
+    assert {"ts", "level", "logger", "exc"} <= logsetup.RESERVED_FIELDS  # the JSON line's own
