@@ -305,6 +305,10 @@ class ScramReplica:
         env = {**self.replica.env, "BRIDGE_HTTP__PORT": str(port := free_port())}
         return Replica(name, env, self.replica.log.with_name(f"{name}.log"), port)
 
+    async def change_password(self, broker: SecureBroker) -> None:
+        """From now the broker takes NEW_PASSWORD for its user, not the OLD_PASSWORD it runs on."""
+        await set_scram_password(broker.bootstrap("PLAINTEXT"), self.user, NEW_PASSWORD)
+
     def cut(self) -> None:
         """Close its connections to the broker (the broker's side lives on, as after a broker
         restart or an idle close): its clients must connect and authenticate again."""
@@ -374,9 +378,7 @@ async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_ref
     try:
         async with aiohttp.ClientSession() as session:
             healthz, readyz = f"{replica.url}/healthz", f"{replica.url}/readyz"
-            await set_scram_password(
-                broker.bootstrap("PLAINTEXT"), scram_replica.user, NEW_PASSWORD
-            )
+            await scram_replica.change_password(broker)
             kubelet_write(scram_replica.secrets, {PASSWORD_FILE: NEW_PASSWORD + "\n"})
 
             # The open connections stay authenticated: a rotation alone restarts nothing.
@@ -421,9 +423,7 @@ async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
     try:
         async with aiohttp.ClientSession() as session:
             healthz, readyz = f"{replica.url}/healthz", f"{replica.url}/readyz"
-            await set_scram_password(
-                broker.bootstrap("PLAINTEXT"), scram_replica.user, NEW_PASSWORD
-            )
+            await scram_replica.change_password(broker)
             scram_replica.cut()
 
             async def unready() -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.app import Readiness, build_admin_app, build_app, probe_routes
-from bridge.config import load_settings
+from bridge.config import Settings, load_settings
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
 from tests.entries import entry
@@ -49,17 +50,26 @@ METHODS = (
 )
 
 
-async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
+def webhook_app(
+    metrics: Metrics, readiness: Readiness | None = None
+) -> tuple[web.Application, Settings, Readiness]:
+    """The public app (unsigned webhooks allowed) over a fake Kafka sink; by default started."""
     settings = load_settings(webhook={"allow_unsigned": True})
-    metrics = Metrics()
+    if readiness is None:
+        readiness = Readiness(metrics, lambda: True)
+        readiness.started = True
     pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
+    handler = WebhookHandler(settings.webhook, pipeline, metrics)
+    return build_app(settings, handler, readiness, metrics), settings, readiness
+
+
+async def test_healthz_follows_whether_the_kafka_clients_are_alive() -> None:
+    metrics = Metrics()
     alive, stale = True, False
     readiness = Readiness(
         metrics, lambda: False, clients_alive=lambda: alive, credentials_stale=lambda: stale
     )
-    app = build_app(
-        settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
-    )
+    app, _, _ = webhook_app(metrics, readiness)
     async with TestClient(TestServer(app)) as client:
         # Kafka unreachable (not ready) is no reason to restart the pod.
         assert (await client.get("/healthz")).status == 200
@@ -110,14 +120,7 @@ async def test_a_worker_waiting_to_bind_the_port_exports_that_it_takes_no_webhoo
 async def test_once_the_stop_has_begun_each_answer_closes_its_connection() -> None:
     # A kept-alive connection left open through the drain delay is closed idle by the
     # listener's close, racing the balancer's next request on it.
-    settings = load_settings(webhook={"allow_unsigned": True})
-    metrics = Metrics()
-    pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
-    readiness = Readiness(metrics, lambda: True)
-    readiness.started = True
-    app = build_app(
-        settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
-    )
+    app, _, readiness = webhook_app(Metrics())
     webhook = build_request(
         "POST", "/webhooks/pinecall", [("Content-Type", "application/json")], ENTRY, keep_alive=True
     )
@@ -145,14 +148,8 @@ async def test_a_flood_of_made_up_types_paths_and_methods_adds_no_series() -> No
     # Whatever a sender names (a signed one any type; anyone a path or method), no label follows
     # it: each series is one a first request of its kind already made. Made-up methods never reach
     # the app (llhttp refuses them: the edge's bad_request_head), so each one it knows is sent.
-    settings = load_settings(webhook={"allow_unsigned": True})
     metrics = Metrics()
-    pipeline = pipeline_with(FakeSink(), metrics, settings.topics)
-    readiness = Readiness(metrics, lambda: True)
-    readiness.started = True
-    app = build_app(
-        settings, WebhookHandler(settings.webhook, pipeline, metrics), readiness, metrics
-    )
+    app, settings, _ = webhook_app(metrics)
     path = settings.webhook.path
 
     async def send(n: int) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from bridge import backfill
 from bridge.backfill import BackfillReport, CallOutcome, NoProgress, backfill_calls, run_backfill
-from bridge.config import load_settings
+from bridge.config import Settings, load_settings
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
 from bridge.sources.calllog.calllist import CallListing, CallRow
@@ -34,15 +34,35 @@ def ingest_topic_exists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backfill, "missing_ingest", writable)
 
 
-def told(monkeypatch: pytest.MonkeyPatch, since: float | None) -> str:
-    async def nothing_to_do(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport()
+def said_by_run(
+    monkeypatch: pytest.MonkeyPatch,
+    report: BackfillReport,
+    calls: list[str],
+    settings: Settings | None = None,
+    since: float | None = None,
+) -> tuple[int, str]:
+    """Run the command over a backfill stubbed to end in `report`: its exit code and its words."""
 
-    monkeypatch.setattr(backfill, "backfill_calls", nothing_to_do)
+    async def reported(*_: Any, **__: Any) -> BackfillReport:
+        return report
+
+    monkeypatch.setattr(backfill, "backfill_calls", reported)
     out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"ttl_seconds": 900})
-    assert run_backfill(settings, ["CA_1"], Console(file=out, width=400), since=since) == 0
-    return out.getvalue()
+    settings = settings or load_settings(webhook={"secrets": ["s"]})
+    code = run_backfill(settings, calls, Console(file=out, width=400), since=since)
+    return code, out.getvalue()
+
+
+def told(monkeypatch: pytest.MonkeyPatch, since: float | None) -> str:
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(),
+        ["CA_1"],
+        settings=load_settings(webhook={"secrets": ["s"]}, dedup={"ttl_seconds": 900}),
+        since=since,
+    )
+    assert code == 0
+    return said
 
 
 def test_a_backfill_reaching_past_the_dedup_window_says_it_publishes_again(
@@ -118,15 +138,14 @@ def test_the_command_names_the_calls_a_refused_key_left_unread_and_fails(
 ) -> None:
     refused = CallOutcome("CA_1", error="call log page answered 401: bad key", key_refused=True)
 
-    async def refused_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(calls=[refused], not_asked=["CA_2", "CA_3"])
-
-    monkeypatch.setattr(backfill, "backfill_calls", refused_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]})
-    assert run_backfill(settings, ["CA_1", "CA_2", "CA_3"], Console(file=out, width=400)) == 1
-    assert "2 calls not read: Pinecall refused the API key (401)" in out.getvalue()
-    assert "(CA_2, CA_3)" in out.getvalue()
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(calls=[refused], not_asked=["CA_2", "CA_3"]),
+        ["CA_1", "CA_2", "CA_3"],
+    )
+    assert code == 1
+    assert "2 calls not read: Pinecall refused the API key (401)" in said
+    assert "(CA_2, CA_3)" in said
 
 
 def test_the_command_shows_calls_and_errors_as_said_never_read_as_markup(
@@ -134,16 +153,14 @@ def test_the_command_shows_calls_and_errors_as_said_never_read_as_markup(
 ) -> None:
     odd = CallOutcome("[bold]CA_1", error="call log page [/v1/calls/x] answered 404")
 
-    async def odd_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(
             calls=[odd], not_asked=["CA_[b]2"], list_error="[/]", stop_error="held [red]1[/]"
-        )
-
-    monkeypatch.setattr(backfill, "backfill_calls", odd_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]})
-    assert run_backfill(settings, ["[bold]CA_1"], Console(file=out, width=400)) == 1
-    said = out.getvalue()
+        ),
+        ["[bold]CA_1"],
+    )
+    assert code == 1
     assert "[bold]CA_1: call log page [/v1/calls/x] answered 404" in said
     assert "(CA_[b]2)" in said
     assert "the call list: [/]" in said
@@ -156,16 +173,14 @@ def test_the_command_shows_calls_and_errors_with_their_controls_escaped(
     # Pinecall's or the operator's text: an ESC would drive the terminal, a newline forge a line.
     odd = CallOutcome("CA_\x1b[2J1", error="answered 404: \x1b]0;owned\x07")
 
-    async def odd_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(
             calls=[odd], not_asked=["CA_\u202e2"], list_error="gone\nCA_9: 3 entries read"
-        )
-
-    monkeypatch.setattr(backfill, "backfill_calls", odd_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]})
-    assert run_backfill(settings, ["CA_\x1b[2J1"], Console(file=out, width=400)) == 1
-    said = out.getvalue()
+        ),
+        ["CA_\x1b[2J1"],
+    )
+    assert code == 1
     assert "CA_\\x1b[2J1: answered 404: \\x1b]0;owned\\x07" in said
     assert "(CA_\\u202e2)" in said
     assert "the call list: gone\\x0aCA_9: 3 entries read" in said
@@ -177,14 +192,10 @@ def test_the_command_blames_kafka_not_the_key_for_the_calls_a_kafka_failure_left
 ) -> None:
     failed = CallOutcome("CA_1", error="Kafka did not take every entry: timeout", kafka_failed=True)
 
-    async def failed_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(calls=[failed], not_asked=["CA_2"])
-
-    monkeypatch.setattr(backfill, "backfill_calls", failed_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]})
-    assert run_backfill(settings, ["CA_1", "CA_2"], Console(file=out, width=400)) == 1
-    said = out.getvalue()
+    code, said = said_by_run(
+        monkeypatch, BackfillReport(calls=[failed], not_asked=["CA_2"]), ["CA_1", "CA_2"]
+    )
+    assert code == 1
     assert "1 calls not read: Kafka did not take a call's entries" in said
     assert "once Kafka is back, run again" in said
     assert "API key" not in said
@@ -214,14 +225,15 @@ async def test_a_list_cut_short_by_its_page_cap_fails_and_says_how_to_go_on(
 def test_the_command_fails_a_list_cut_short_and_says_how_to_go_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def capped_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(calls=[CallOutcome("CA_9", entries=3)], list_more="CA_9")
-
-    monkeypatch.setattr(backfill, "backfill_calls", capped_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
-    assert run_backfill(settings, [], Console(file=out, width=400), since=50.0) == 1
-    assert "pinecall-bridge backfill --since 50 --before CA_9" in out.getvalue()
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(calls=[CallOutcome("CA_9", entries=3)], list_more="CA_9"),
+        [],
+        settings=load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"}),
+        since=50.0,
+    )
+    assert code == 1
+    assert "pinecall-bridge backfill --since 50 --before CA_9" in said
 
 
 async def test_a_403_is_one_calls_refusal_and_the_others_are_still_read(
@@ -306,11 +318,10 @@ async def test_a_kafka_gone_away_at_the_end_fails_the_backfill_instead_of_hangin
 def test_the_command_fails_when_what_kafka_held_was_not_delivered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def unflushed_run(*_: Any, **__: Any) -> BackfillReport:
-        return BackfillReport(calls=[CallOutcome("CA_1", entries=1)], stop_error="not delivered")
-
-    monkeypatch.setattr(backfill, "backfill_calls", unflushed_run)
-    out = io.StringIO()
-    settings = load_settings(webhook={"secrets": ["s"]})
-    assert run_backfill(settings, ["CA_1"], Console(file=out, width=400)) == 1
-    assert "error: not delivered" in out.getvalue()
+    code, said = said_by_run(
+        monkeypatch,
+        BackfillReport(calls=[CallOutcome("CA_1", entries=1)], stop_error="not delivered"),
+        ["CA_1"],
+    )
+    assert code == 1
+    assert "error: not delivered" in said

@@ -1,4 +1,6 @@
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,6 +14,17 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextmanager
+def throttled(
+    caplog: pytest.LogCaptureFixture, name: str, every: float = 10.0
+) -> Iterator[tuple[LogThrottle, Clock]]:
+    """A throttle on logger tests.logthrottle.`name`, its INFO lines caught, on a clock to move."""
+    clock = Clock()
+    logger = logging.getLogger(f"tests.logthrottle.{name}")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        yield LogThrottle(logger, every=every, clock=clock), clock
 
 
 def test_the_first_line_of_a_kind_is_admitted_then_one_per_period() -> None:
@@ -54,10 +67,7 @@ def test_held_fields_appear_only_when_lines_were_held_back() -> None:
 def test_a_flood_logs_the_first_line_then_one_per_period_saying_the_rest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
-    logger = logging.getLogger("tests.logthrottle.flood")
-    flood = LogThrottle(logger, every=10.0, clock=clock)
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "flood") as (flood, clock):
         for i in range(1000):
             flood.warning("Kafka refused a record", extra={"n": i})
         clock.now += 10.0
@@ -76,10 +86,7 @@ def test_a_flood_logs_the_first_line_then_one_per_period_saying_the_rest(
 
 
 def test_held_back_lines_are_said_at_stop(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    logger = logging.getLogger("tests.logthrottle.stop")
-    flood = LogThrottle(logger, every=10.0, clock=clock)
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "stop") as (flood, clock):
         for _ in range(5):
             flood.error("feed backlog full")
         clock.now += 2.0
@@ -98,10 +105,7 @@ def test_problems_sharing_a_message_are_thinned_and_summed_up_by_kind(
 ) -> None:
     # By message alone, a 404 (a wrong URL) after a run of 401s (a bad key) was held back for
     # the throttle's period and summed up as more of the same.
-    clock = Clock()
-    logger = logging.getLogger("tests.logthrottle.kinds")
-    refusals = LogThrottle(logger, every=300.0, clock=clock)
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "kinds", every=300.0) as (refusals, _):
         for status in (401, 401, 404, 404, 404):
             refusals.warning("feed refused", extra={"status": status}, kind=status)
         logthrottle.flush_all()
@@ -114,13 +118,11 @@ def test_problems_sharing_a_message_are_thinned_and_summed_up_by_kind(
 
 
 def test_a_level_that_is_off_is_not_counted(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("tests.logthrottle.off")
-    flood = LogThrottle(logger, every=10.0, clock=Clock())
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "off") as (flood, _):
         for _ in range(3):
             flood.debug("feed sent garbage")
     # Flushed with DEBUG on: lines counted while it was off would be said now.
-    with caplog.at_level(logging.DEBUG, logger=logger.name):
+    with caplog.at_level(logging.DEBUG, logger="tests.logthrottle.off"):
         flood.flush()
     assert caplog.records == []
 
@@ -128,9 +130,7 @@ def test_a_level_that_is_off_is_not_counted(caplog: pytest.LogCaptureFixture) ->
 def test_exception_keeps_its_traceback_for_the_admitted_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    logger = logging.getLogger("tests.logthrottle.exc")
-    flood = LogThrottle(logger, every=10.0, clock=Clock())
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "exc") as (flood, _):
         for _ in range(3):
             try:
                 raise RuntimeError("bug")
@@ -141,9 +141,7 @@ def test_exception_keeps_its_traceback_for_the_admitted_line(
 
 
 def test_forget_all_starts_every_throttle_afresh(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("tests.logthrottle.forget")
-    flood = LogThrottle(logger, every=10.0, clock=Clock())
-    with caplog.at_level(logging.INFO, logger=logger.name):
+    with throttled(caplog, "forget") as (flood, _):
         flood.warning("line")
         flood.warning("line")
         logthrottle.forget_all()

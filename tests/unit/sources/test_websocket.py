@@ -177,6 +177,13 @@ def sending(count: int) -> Script:
     return script
 
 
+async def expiring(ws: web.WebSocketResponse, n: int) -> None:
+    """A feed closing each connection as its token expires, 0.3 s after sending entry `n`."""
+    await ws.send_json(entry(n))
+    await asyncio.sleep(0.3)
+    await ws.close(code=4001, message=b"token expired")
+
+
 async def started(
     ws_settings: WebSocketSettings, api: PinecallSettings, sink: FakeSink, metrics: Metrics
 ) -> WebSocketSource:
@@ -949,11 +956,6 @@ async def test_a_token_too_short_to_refresh_reconnects_at_its_expiry_without_bac
 ) -> None:
     # Its server's close at the expiry was backed off as a refusal (5 s, 10 s, ... up to the
     # cap, the connection never stable): a feed with 1.5 s tokens was up 15% of the time.
-    async def expiring(ws: web.WebSocketResponse, n: int) -> None:
-        await ws.send_json(entry(n))
-        await asyncio.sleep(0.3)
-        await ws.close(code=4001, message=b"token expired")
-
     feed = await make_feed(expiring)
     feed.expires_in = 0.3  # under the (tests') 0.5 s floor between refreshes
     ws, api = feed.settings()
@@ -974,11 +976,6 @@ async def test_a_token_too_short_to_refresh_says_its_expiry_close_at_info_not_ea
     # Each subscription forgets the refusals held back: the expected close of such a token was a
     # WARNING `feed closed` at every reconnect, one every 2 s for good, after the one that said
     # the token lives too short.
-    async def expiring(ws: web.WebSocketResponse, n: int) -> None:
-        await ws.send_json(entry(n))
-        await asyncio.sleep(0.3)
-        await ws.close(code=4001, message=b"token expired")
-
     feed = await make_feed(expiring)
     feed.expires_in = 0.3  # under the (tests') 0.5 s floor between refreshes
     sink, metrics = FakeSink(), Metrics()
