@@ -700,6 +700,20 @@ def test_the_network_policy_lets_the_pinecall_api_be_reached_over_ipv6_too() -> 
     }, "public addresses of either family, no private ones"
 
 
+def test_the_network_policy_lets_dns_reach_the_node_local_resolvers_too() -> None:
+    # Pods pointed at NodeLocal DNSCache (GKE Autopilot's default) or GKE's Cloud DNS resolve
+    # at a link-local address no pod selector matches: only kube-dns allowed, every lookup was
+    # dropped and the bridge never reached Kafka.
+    policy = one(render(SIGNED, "networkPolicy.enabled=true"), "NetworkPolicy")["spec"]
+    dns = next(rule for rule in policy["egress"] if rule["ports"][0]["port"] == 53)
+    assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert dns["to"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+        {"ipBlock": {"cidr": "169.254.20.10/32"}},
+        {"ipBlock": {"cidr": "169.254.169.254/32"}},
+    ]
+
+
 # As --set takes them: one server, a comma-separated string, a list.
 @pytest.mark.parametrize("servers", ["kafka-bootstrap:9094", r"a:9092\,b:9094", "{a:9092,b:9094}"])
 def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str) -> None:

@@ -3,8 +3,10 @@ every alert documented with a runbook."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from typing import Any
 
 from bridge.metrics import Metrics
 from tests.deploy import generate
@@ -80,8 +82,10 @@ def test_dashboard_has_a_datasource_variable_and_a_pod_filter() -> None:
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
+            # A target's own datasource, if it names one, overrides the panel's.
+            assert target.get("datasource", panel["datasource"]) == panel["datasource"]
             if kafka_exporter_only(target["expr"]):
                 # Kafka Exporter's series (downstream consumers) have no bridge pod: by topic.
                 assert 'topic=~"$topic"' in target["expr"], panel["title"]
@@ -89,6 +93,59 @@ def test_dashboard_has_a_datasource_variable_and_a_pod_filter() -> None:
             assert 'pod=~"$pod"' in target["expr"], f"{panel['title']}: not filtered by pod"
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+def test_dashboard_panels_lie_within_its_24_columns_and_overlap_none() -> None:
+    # Grafana draws overlapping panels over each other and pushes those wider than the grid.
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    titles = {panel["id"]: panel["title"] for panel in dashboard["panels"]}
+    taken: dict[tuple[int, int], int] = {}
+    overlaps = set()
+    for panel in dashboard["panels"]:
+        x, y, w, h = (panel["gridPos"][k] for k in "xywh")
+        assert min(x, y) >= 0, panel["title"]
+        assert min(w, h) > 0, panel["title"]
+        assert x + w <= 24, panel["title"]
+        for cell in itertools.product(range(x, x + w), range(y, y + h)):
+            if (other := taken.setdefault(cell, panel["id"])) != panel["id"]:
+                overlaps.add((titles[other], panel["title"]))
+    assert not overlaps, sorted(overlaps)
+
+
+def unit_of(panel: dict[str, Any], target: dict[str, Any]) -> str:
+    """The unit Grafana shows `target`'s series in: an override's for it, else the panel's."""
+    unit = str(panel["fieldConfig"]["defaults"].get("unit", ""))
+    for override in panel["fieldConfig"]["overrides"]:
+        matcher = override["matcher"]
+        if (matcher["id"], matcher["options"]) in {
+            ("byFrameRefID", target["refId"]),
+            ("byName", target.get("legendFormat")),
+        }:
+            unit = next((p["value"] for p in override["properties"] if p["id"] == "unit"), unit)
+    return unit
+
+
+def test_every_dashboard_series_of_seconds_or_bytes_is_shown_in_its_unit() -> None:
+    # In `short`, 0.25 s of ack time or a 0.25 share of time down reads as a bare count.
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    wrong = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            # What the series measures is its first metric's (a ratio's numerator).
+            names = re.findall(r"\bpinecall_bridge_[a-z0-9_]+", target["expr"])
+            if not names or names[0].endswith("_count"):
+                continue
+            measure = re.sub(r"_(bucket|sum|total)$", "", names[0])
+            if measure.endswith("_seconds"):
+                # Seconds per second: in seconds, or as the share of time it is.
+                allowed = {"s", "ms"} | ({"percentunit"} if names[0].endswith("_total") else set())
+            elif measure.endswith("_bytes"):
+                allowed = {"bytes", "decbytes"}
+            else:
+                continue
+            if unit_of(panel, target) not in allowed:
+                wrong.append((panel["title"], target["refId"], unit_of(panel, target)))
+    assert not wrong, wrong
 
 
 def test_the_dropped_calls_panel_says_which_dropped_calls_are_read_again() -> None:

@@ -22,6 +22,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
+from bridge.normalise.ids import shown
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser
 from bridge.sources.calllog.follow import (
@@ -490,8 +491,12 @@ _UNREADABLE = {
 
 
 def _loggable(note: dict[str, Any]) -> dict[str, Any]:
-    """A dead-lettered entry's note for the log: its text is in the dead-letter topic."""
-    return {key: value for key, value in note.items() if key != "data"}
+    """A dead-lettered entry's note for the log: its text is in the dead-letter topic, its type
+    cut (an `event:` line may be nearly BRIDGE_SSE__MAX_EVENT_BYTES long)."""
+    logged = {key: value for key, value in note.items() if key != "data"}
+    if isinstance(kind := logged.get("type"), str):
+        logged["type"] = shown(kind)
+    return logged
 
 
 def undecodable(exc: BaseException) -> bool:

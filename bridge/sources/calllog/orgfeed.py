@@ -23,6 +23,7 @@ from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+from bridge.normalise.ids import shown
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry, TooLarge
 from bridge.sources.calllog.follow import Reason
@@ -178,5 +179,6 @@ class OrgFeed:
                     # Its call, if any, waits for its next notice or the next call list read.
                     flood.warning(
                         "org feed notice larger than BRIDGE_SSE__MAX_EVENT_BYTES: not read",
-                        extra={"type": item.type, "bytes": item.size},
+                        # Cut: its `event:` line may be nearly BRIDGE_SSE__MAX_EVENT_BYTES long.
+                        extra={"type": shown(item.type), "bytes": item.size},
                     )

@@ -761,6 +761,23 @@ async def test_not_json_goes_to_the_dead_letter_topic_as_it_came(
     assert "call log entry is not JSON" in caplog.text
 
 
+async def test_an_unreadable_entrys_type_is_logged_cut_and_dead_lettered_whole(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An `event:` line may be nearly BRIDGE_SSE__MAX_EVENT_BYTES: each such line logged whole.
+    kind = "turn." + "x" * 100_000
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        broken = f"id: 1\nevent: {kind}\ndata: {{oops\n\n".encode()
+        return await stream(request, broken + frame(entry(2, "call.score")))
+
+    ended, _, publisher, _, _ = await run_follower(handler)
+    assert ended
+    assert publisher.batches[0][0].item["type"] == kind, "the dead-letter topic has it all"
+    [said] = [r for r in caplog.records if r.getMessage().startswith("call log entry is not JSON")]
+    assert said.__dict__["type"] == "turn." + "x" * 59 + "… (100005 chars)"
+
+
 def key_refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith("Pinecall refuses the API key")]
 
