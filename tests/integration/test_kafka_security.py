@@ -281,7 +281,7 @@ async def _topic_names(bootstrap: str) -> list[str]:
 
 PASSWORD_FILE = "BRIDGE_KAFKA__SASL_PASSWORD"
 OLD_PASSWORD, NEW_PASSWORD = "scram-old-0123456789", "scram-new-0123456789"
-CHANGED_LINE = "Kafka does not answer and its credentials changed since start"
+CHANGED_LINE = "Kafka does not answer, or refuses a client its credentials, and they changed"
 # Probes a second apart: Kafka's refusal is seen within a few of them, and whatever /healthz
 # says meanwhile is said through several of them.
 PROBE_SECONDS = "1"
@@ -361,6 +361,16 @@ async def _probe(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return response.status, (await response.json())["status"]
 
 
+async def _restart_asked(session: aiohttp.ClientSession, healthz: str) -> bool:
+    """Whether /healthz asks for a restart to read rotated Kafka credentials."""
+    return await _probe(session, healthz) == (503, "kafka_credentials_changed")
+
+
+async def _unready(session: aiohttp.ClientSession, readyz: str) -> bool:
+    """Whether /readyz says 503."""
+    return (await _probe(session, readyz))[0] == 503
+
+
 async def _throughout(check: Callable[[], Awaitable[None]], seconds: float) -> None:
     """`check` (asserting) holds at every look for `seconds`."""
     deadline = asyncio.get_running_loop().time() + seconds
@@ -389,13 +399,10 @@ async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_ref
             await _throughout(alive_and_ready, PROBES_WATCHED)
 
             scram_replica.cut()
-            restart = (503, "kafka_credentials_changed")
-
-            async def restart_asked() -> bool:
-                return await _probe(session, healthz) == restart
-
-            await until(restart_asked, 60, 0.2, "/healthz asks for a restart")
-            assert (await _probe(session, readyz))[0] == 503
+            await until(lambda: _restart_asked(session, healthz), 60, 0.2, "a restart asked")
+            # Asked for as soon as a client reconnecting is refused: the producer's probe may
+            # find Kafka unanswered (unready) a little later.
+            await until(lambda: _unready(session, readyz), 60, 0.2, "unready")
         assert await replica.stop() == 0
         fresh = scram_replica.fresh("restarted")
         try:
@@ -414,6 +421,38 @@ async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_ref
         assert NEW_PASSWORD not in text
 
 
+async def test_a_rotated_scram_password_refused_to_the_dedup_stage_alone_restarts_the_pod(
+    broker: SecureBroker, scram_replica: ScramReplica
+) -> None:
+    """Rotated, the connections left open: a second process joining the dedup group makes the
+    stage connect again (a restore consumer per partition handed to it), refused, while the
+    ingest producer's connection answers: /healthz asks for the restart all the same."""
+    replica = scram_replica.replica
+    joining = scram_replica.fresh("joining")  # reads the new password: it is let in
+    try:
+        async with aiohttp.ClientSession() as session:
+            healthz = f"{replica.url}/healthz"
+            await scram_replica.change_password(broker)
+            kubelet_write(scram_replica.secrets, {PASSWORD_FILE: NEW_PASSWORD + "\n"})
+            await joining.start()
+            await until(lambda: _restart_asked(session, healthz), 60, 0.2, "a restart asked")
+        assert await joining.stop() == 0
+        assert await replica.stop() == 0
+    finally:
+        await joining.stop()
+        await replica.stop()
+    errors = [e for e in replica.log_entries() if e.get("level") == "error"]
+    said = [e for e in errors if e.get("msg", "").startswith(CHANGED_LINE)]
+    assert len(said) == 1, errors
+    # Said for the refusal, not for a Kafka unanswered: the producer's connection was kept.
+    assert said[0].get("settings") == [PASSWORD_FILE], said
+    assert said[0].get("refused") is True, said
+    for log in (replica.log, joining.log):
+        text = log.read_text()
+        assert OLD_PASSWORD not in text
+        assert NEW_PASSWORD not in text
+
+
 async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
     broker: SecureBroker, scram_replica: ScramReplica
 ) -> None:
@@ -426,10 +465,7 @@ async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
             await scram_replica.change_password(broker)
             scram_replica.cut()
 
-            async def unready() -> bool:
-                return (await _probe(session, readyz))[0] == 503
-
-            await until(unready, 60, 0.2, "unready")
+            await until(lambda: _unready(session, readyz), 60, 0.2, "unready")
 
             async def alive_unready() -> None:
                 assert await _probe(session, healthz) == (200, "alive")
