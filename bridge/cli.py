@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import logging
-import math
 import os
 import shlex
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn, get_args
 
 from bridge import jsoncodec
+from bridge.argtypes import port, positive, rate
 from bridge.config import (
     ConfigError,
     Settings,
@@ -457,53 +457,6 @@ def _point_in_time(*, future: bool) -> Callable[[str], float]:
     return parse
 
 
-def _positive(text: str) -> int:
-    """A count of 1 or more: tail's --limit 0 would print nothing, as if no event were there;
-    the demo's --calls 0 is its default of forever, headless never ending."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{count} is not 1 or more")
-    return count
-
-
-def _rate(text: str) -> float:
-    """Events per second (or seconds), more than 0 and finite: 0 or less, or nan, the simulator
-    would take as "as fast as possible" or refuse only once the bridge had started."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < rate < math.inf:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number above 0")
-    return rate
-
-
-def _not_negative(text: str) -> float:
-    """Seconds (or a rate) of 0 or more, finite: the simulator slept on a nan or inf start delay
-    for ever, silently, and sent an inf token lifetime as JSON's non-standard `Infinity`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number of 0 or more")
-    return value
-
-
-def _port(text: str) -> int:
-    """A TCP port, 0 (any free one) to 65535: out of range ended the demo in a traceback."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port from 0 to 65535")
-    return port
-
-
 def _add_since(where: argparse._ActionsContainer, what: str, *, required: bool = False) -> None:
     """A `--since` of the forms parse_since reads, helped as "<what> since then: <the forms>"."""
     where.add_argument(
@@ -615,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 once every partition is read to the end it had at the start (committed"
         " records only: an open transaction's are not waited for)",
     )
-    tail.add_argument("--limit", type=_positive, help="stop after this many records (1 or more)")
+    tail.add_argument("--limit", type=positive, help="stop after this many records (1 or more)")
     tail.set_defaults(func=_tail)
 
     demo = commands.add_parser(
@@ -624,18 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true", help="no live view: run, then summarise")
     # Checked here: a bad one was refused only after the bridge had started, or never.
     demo.add_argument(
-        "--calls", type=_positive, help="calls to play, 1 or more (default: forever; headless: 50)"
+        "--calls", type=positive, help="calls to play, 1 or more (default: forever; headless: 50)"
     )
-    demo.add_argument("--rate", type=_rate, default=40.0, help="events per second (default 40)")
+    demo.add_argument("--rate", type=rate, default=40.0, help="events per second (default 40)")
     demo.add_argument(
         "--http-port",
-        type=_port,
+        type=port,
         default=8080,
         help="the bridge's HTTP port (default: %(default)s)",
     )
     demo.add_argument(
         "--simulator-port",
-        type=_port,
+        type=port,
         default=8765,
         help="the simulated Pinecall's port (default: %(default)s)",
     )

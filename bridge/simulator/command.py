@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import _not_negative, _rate
+from bridge.argtypes import not_negative, rate
 from bridge.simulator.config import CHANNELS, SimulatorConfig, TrafficSpec
 from bridge.simulator.simulator import Simulator
 from bridge.simulator.summary import render
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8765, help="0: any free port")
     serve.add_argument("--api-key", default="sim-api-key", help="the key the API accepts")
-    serve.add_argument("--token-ttl", type=_rate, default=300.0, help="seconds")
+    serve.add_argument("--token-ttl", type=rate, default=300.0, help="seconds")
     serve.add_argument(
         "--ws-auth-failure",
         choices=("close", "http"),
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--ws-heartbeat",
-        type=_not_negative,
+        type=not_negative,
         default=20.0,
         help="seconds between protocol pings; 0: none",
     )
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--sse-ping",
-        type=_rate,
+        type=rate,
         default=25.0,
         help="seconds between `: ping` comments on a quiet call-log or org-feed stream",
     )
@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sha256=<hex> or the bare hex",
     )
     hooks.add_argument(
-        "--delivery-timeout", type=_rate, default=5.0, help="seconds per attempt, as Pinecall's"
+        "--delivery-timeout", type=rate, default=5.0, help="seconds per attempt, as Pinecall's"
     )
     hooks.add_argument(
-        "--retry-base", type=_not_negative, default=0.0, help="first backoff, seconds (0: at once)"
+        "--retry-base", type=not_negative, default=0.0, help="first backoff, seconds (0: at once)"
     )
     hooks.add_argument(
         "--max-attempts",
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--concurrency", type=int, default=10, help="calls at once")
     traffic.add_argument(
         "--rate",
-        type=_not_negative,
+        type=not_negative,
         default=0.0,
         help="events per second overall; 0: as fast as possible",
     )
@@ -166,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="wait for this many org-feed (GET /v1/events) streams first",
     )
-    traffic.add_argument("--subscriber-timeout", type=_rate, default=60.0, help="seconds")
+    traffic.add_argument("--subscriber-timeout", type=rate, default=60.0, help="seconds")
     traffic.add_argument(
         "--start-delay",
-        type=_not_negative,
+        type=not_negative,
         default=0.0,
         help="seconds to wait before the traffic starts",
     )
