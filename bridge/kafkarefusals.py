@@ -59,6 +59,9 @@ _AUTHENTICATION = (
     AuthenticationMethodNotSupported,
     ssl.SSLError,
 )
+# TLS errors that are the link's, not the credentials': the peer gone mid-handshake or mid-read
+# (a broker restarting, a dropped link), the socket failing under it.
+_LINK = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 def refused_authentication(exc: BaseException) -> bool:
@@ -66,7 +69,7 @@ def refused_authentication(exc: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, _AUTHENTICATION):
+        if isinstance(current, _AUTHENTICATION) and not isinstance(current, _LINK):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__

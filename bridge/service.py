@@ -219,6 +219,9 @@ class Bridge:
         self.kafka_credentials = CredentialFiles(
             credential_files(settings.kafka, secret_files or {})
         )
+        # The refusal a client of an earlier Bridge in this process (a test's) was left with is
+        # none of this one's: kept, rotated files would ask a restart before any refusal here.
+        AUTHENTICATION.refused = False
         self.readiness = Readiness(
             self.metrics,
             lambda: self.sink.connected,

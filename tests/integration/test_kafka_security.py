@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     wait_ready,
 )
 from tests.integration.replicas import Replica, replica_env, total
+from tests.missing import skip_or_fail
 from tests.polling import until
 from tests.secretvolume import kubelet_write
 from tests.sockets import free_port, free_ports_below_ephemeral
@@ -326,7 +327,7 @@ async def scram_replica(broker: SecureBroker, topics: Topics, tmp_path: Path) ->
     leaves the module's other tests alone; stopped by the test."""
     if shutil.which("ss") is None or os.geteuid() != 0:
         # As the iptables tests: `make test` installs it (make iptables), CI fails without it.
-        pytest.skip("closing a process's Kafka connections needs iproute2's ss, as root")
+        skip_or_fail("closing a process's Kafka connections needs iproute2's ss, as root")
     user = f"rotated-{uuid.uuid4().hex[:8]}"
     await set_scram_password(broker.bootstrap("PLAINTEXT"), user, OLD_PASSWORD)
     secrets = tmp_path / "secrets"

@@ -42,3 +42,11 @@ def test_refused_credentials_are_told_from_an_unreachable_kafka() -> None:
     assert refused_authentication(wrapped)
     assert not refused_authentication(KafkaConnectionError("Unable to bootstrap"))
     assert not refused_authentication(ConnectionRefusedError())
+
+
+def test_a_tls_link_dropped_is_no_refusal_of_the_credentials() -> None:
+    # An SSLError too, yet the peer went away (a broker restarting): a restart would not help.
+    assert not refused_authentication(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    assert not refused_authentication(ssl.SSLZeroReturnError(6, "TLS/SSL connection closed"))
+    assert not refused_authentication(ssl.SSLSyscallError(5, "Some I/O error occurred"))
+    assert refused_authentication(ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED]"))

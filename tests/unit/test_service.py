@@ -12,7 +12,7 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from bridge import connlimit, pipeline
 from bridge.config import Settings, ShutdownSettings, drain_delay_warnings, load_settings
@@ -20,6 +20,7 @@ from bridge.dedup.memoryfit import MemoryLimit
 from bridge.metrics import FEED_LOSSES
 from bridge.normalise.shapes import UnrecognisedReason
 from bridge.service import Bridge, run_until_stopped
+from bridge.sink import connectsetup
 from bridge.sink.kafka import TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
 from bridge.sources.frames import FrameKind
@@ -920,16 +921,22 @@ async def test_the_connection_cap_in_force_fits_the_open_files_limit(
         await bridge.stop()
 
 
-def test_a_rotated_kafka_password_with_kafka_unanswered_fails_healthz(tmp_path: Path) -> None:
-    """The clients keep the start's password: once Kafka refuses it, only a restart reads the
-    rotated file, so /healthz fails; a dedup-only process (no producer probe) is left alone."""
+def sasl_password_file(tmp_path: Path) -> tuple[Settings, dict[str, Path]]:
+    """Settings authenticating by SASL, their password's secret file ("old") by variable."""
     path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"
     path.write_text("old\n")
     settings = load_settings(
         webhook={"secrets": ["s"]},
         kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "old"},
     )
-    files = {"BRIDGE_KAFKA__SASL_PASSWORD": path}
+    return settings, {"BRIDGE_KAFKA__SASL_PASSWORD": path}
+
+
+def test_a_rotated_kafka_password_with_kafka_unanswered_fails_healthz(tmp_path: Path) -> None:
+    """The clients keep the start's password: once Kafka refuses it, only a restart reads the
+    rotated file, so /healthz fails; a dedup-only process (no producer probe) is left alone."""
+    settings, files = sasl_password_file(tmp_path)
+    path = files["BRIDGE_KAFKA__SASL_PASSWORD"]
     bridge = Bridge(settings, secret_files=files)
     dedup_only = Bridge(settings, stages="dedup", secret_files=files)
     for each in (bridge, dedup_only):
@@ -947,16 +954,29 @@ def test_a_rotated_kafka_password_with_kafka_answering_but_unwritable_keeps_heal
 ) -> None:
     """The ingest topic below min.insync.replicas (a broker down for maintenance) is unready,
     not unanswered: the start's password is taken, and a restart would not help."""
-    path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"
-    path.write_text("old\n")
-    settings = load_settings(
-        webhook={"secrets": ["s"]},
-        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "old"},
-    )
-    bridge = Bridge(settings, secret_files={"BRIDGE_KAFKA__SASL_PASSWORD": path})
+    settings, files = sasl_password_file(tmp_path)
+    path = files["BRIDGE_KAFKA__SASL_PASSWORD"]
+    bridge = Bridge(settings, secret_files=files)
     bridge._started = True
     path.write_text("new\n")  # rotated, the old one still valid
     bridge.sink.answering = True  # the probe's metadata answered; connected is False
     assert bridge.readiness.alive()
     bridge.sink.answering = False
+    assert not bridge.readiness.alive()
+
+
+def test_a_refusal_left_by_an_earlier_bridge_asks_no_restart_of_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal is the process's: an earlier Bridge's client refused (a test's) leaves it
+    set, and a new Bridge whose files rotate while Kafka answers must not take it as its own."""
+    settings, files = sasl_password_file(tmp_path)
+    path = files["BRIDGE_KAFKA__SASL_PASSWORD"]
+    monkeypatch.setattr(connectsetup.AUTHENTICATION, "refused", True)
+    bridge = Bridge(settings, secret_files=files)
+    bridge._started = True
+    path.write_text("new\n")  # rotated, the old one still valid
+    bridge.sink.answering = True
+    assert bridge.readiness.alive()
+    connectsetup.AUTHENTICATION.settled(SaslAuthenticationFailed())  # this Bridge's own refusal
     assert not bridge.readiness.alive()
