@@ -380,6 +380,20 @@ async def _throughout(check: Callable[[], Awaitable[None]], seconds: float) -> N
         await asyncio.sleep(0.2)
 
 
+def restart_said_once(replica: Replica, other: Replica) -> dict[str, Any]:
+    """The one ERROR `replica` said asking for the restart, naming the password's setting; neither
+    password in its log or `other`'s."""
+    errors = [e for e in replica.log_entries() if e.get("level") == "error"]
+    said = [e for e in errors if e.get("msg", "").startswith(CHANGED_LINE)]
+    assert len(said) == 1, errors
+    assert said[0].get("settings") == [PASSWORD_FILE], said
+    for log in (replica.log, other.log):
+        text = log.read_text()
+        assert OLD_PASSWORD not in text
+        assert NEW_PASSWORD not in text
+    return said[0]
+
+
 async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_refused(
     broker: SecureBroker, scram_replica: ScramReplica
 ) -> None:
@@ -412,14 +426,7 @@ async def test_a_rotated_scram_password_restarts_the_pod_once_the_old_one_is_ref
             assert await fresh.stop() == 0
     finally:
         await replica.stop()
-    errors = [e for e in replica.log_entries() if e.get("level") == "error"]
-    said = [e for e in errors if e.get("msg", "").startswith(CHANGED_LINE)]
-    assert len(said) == 1, errors
-    assert said[0].get("settings") == [PASSWORD_FILE], said
-    for log in (replica.log, fresh.log):
-        text = log.read_text()
-        assert OLD_PASSWORD not in text
-        assert NEW_PASSWORD not in text
+    restart_said_once(replica, fresh)
 
 
 async def test_a_rotated_scram_password_refused_to_the_dedup_stage_alone_restarts_the_pod(
@@ -442,16 +449,9 @@ async def test_a_rotated_scram_password_refused_to_the_dedup_stage_alone_restart
     finally:
         await joining.stop()
         await replica.stop()
-    errors = [e for e in replica.log_entries() if e.get("level") == "error"]
-    said = [e for e in errors if e.get("msg", "").startswith(CHANGED_LINE)]
-    assert len(said) == 1, errors
+    said = restart_said_once(replica, joining)
     # Said for the refusal, not for a Kafka unanswered: the producer's connection was kept.
-    assert said[0].get("settings") == [PASSWORD_FILE], said
-    assert said[0].get("refused") is True, said
-    for log in (replica.log, joining.log):
-        text = log.read_text()
-        assert OLD_PASSWORD not in text
-        assert NEW_PASSWORD not in text
+    assert said.get("refused") is True, said
 
 
 async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
