@@ -87,3 +87,29 @@ def test_a_stalled_naive_eos_run_is_said_beside_its_ratio() -> None:
     assert "| 13.00x; ÷ naive-eos 0.05x (not judged: its run failed the pass criterion" in e2e
     assert e2e.endswith("| **no** |")  # judged on the naive handler's clean run
     assert lines_with(text, "CPU s/10k vs naive-eos (its run failed the pass criterion")
+
+
+def stage_result(events_per_s: float) -> dict[str, Any]:
+    """bench.dedupstage's result as bench.run keeps it."""
+    return {
+        "partitions": 12, "records": 220_000, "distinct": 200_000, "fill_s": 3.7, "total_s": 5.6,
+        "events_per_s": events_per_s, "records_per_s": 39_000.0, "first_output_s": 0.7,
+        "steady_events_per_s": 41_000.0, "cpu_s": 4.2, "cpu_share": 0.74,
+        "broker_cpu_share": 0.64, "process_share": 0.57, "commit_share": 0.13,
+        "commit_ms": [17.0, 46.0], "loop_lag_ms": [20.0, 32.0], "lost": 0, "doubled": 0,
+        "transactions": 41.0,
+    }  # fmt: skip
+
+
+def test_a_stage_only_run_says_what_it_measured_not_zero_against_zero() -> None:
+    data = {"steps": {}, "rows": [], "stage": stage_result(35_823.0)}
+    text = report.markdown(data, "stage", [])
+    assert not lines_with(text, "max sustained ≥ 1.0x the naive handler")
+    [row] = lines_with(text, "dedup stage ≥ 3x")
+    assert row.endswith("| 35,823 events/s (no webhook step-up in this run) | - |")
+
+
+def test_the_stage_is_judged_against_the_same_runs_webhook_rate() -> None:
+    data = run_data(eos=False) | {"stage": stage_result(5_000.0)}
+    [row] = lines_with(report.markdown(data, "full", []), "dedup stage ≥ 3x")
+    assert row.endswith("| 5,000 events/s = 2.5x | **no** |")
