@@ -94,7 +94,12 @@ class Api:
             return refused
         ttl = self._config.token_ttl
         expires_in = int(ttl) if ttl.is_integer() else ttl
-        return web.json_response({"token": self._tokens.issue(), "expires_in": expires_in})
+        # The older SDK's answer names the feed's server too (`{token, server, expires_in}`): a
+        # client reading it must find it here as on the platform.
+        server = f"{'wss' if request.secure else 'ws'}://{request.host}"
+        return web.json_response(
+            {"token": self._tokens.issue(), "server": server, "expires_in": expires_in}
+        )
 
     async def get_hook(self, request: web.Request) -> web.Response:
         if refused := await self._hook_request(request):

@@ -39,6 +39,8 @@ async def test_token_requests_are_answered_and_counted(
     assert response.status == 200
     assert body["expires_in"] == 300
     assert len(body["token"]) >= 20
+    # The platform's `{token, server, expires_in}`: the server is the feed's, where the token goes.
+    assert body["server"] == "ws" + sim.url.removeprefix("http")
     assert await token(sim, client) != body["token"]
     async with client.get(sim.url + TOKEN, headers=AUTH) as response:  # GET works too
         assert response.status == 200

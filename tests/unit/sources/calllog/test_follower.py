@@ -1351,3 +1351,34 @@ async def test_a_stream_cut_after_catching_up_to_a_sealed_log_ends_the_call(
     assert publisher.seqs == [1]
     assert [query for _, query in server.requests] == [{"after": "0"}, {"after": "1", "limit": "1"}]
     assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
+
+
+async def test_a_replay_with_holes_and_times_going_back_is_published_in_seq_order(
+    run_follower: Callable[..., Any],
+) -> None:
+    # The wire as the platform sends it: a stored log has holes where ephemeral lines were (never
+    # stored), `ts` is its writer's clock and may go back, `log.caught_up` reuses the last seq,
+    # and a live ephemeral line uses up a seq of its own. None of it is a gap to fill.
+    replay = [
+        entry(1, ts=1_764_950_000.5),
+        entry(2, ts=1_764_950_003.25),
+        entry(5, ts=1_764_949_990.0),
+    ]
+    caught_up = entry(5, "log.caught_up", ts=1_764_950_004.0, data={"seq": 5})
+    live = [
+        entry(6, "user.transcript", ts=1_764_950_004.5, ephemeral=True),
+        entry(8, ts=1_764_950_001.0),
+        entry(9, "call.score", ts=1_764_950_006.0),
+    ]
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        chunks = b"".join(frame(item) for item in [*replay, caught_up, *live])
+        return await stream(request, chunks, head=b"retry: 1000\n\n")
+
+    ended, server, publisher, follower, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 5, 6, 8, 9]
+    assert publisher.times == [item["ts"] for item in [*replay, *live]]
+    assert len(server.requests) == 1  # no JSON page asked for: the holes are no gap
+    assert follower.state.acked == 9
+    assert sum(reconnects(metrics, reason) for reason in REASONS) == 0
