@@ -170,6 +170,7 @@ class DedupStage:
         self._tasks: dict[TopicPartition, PartitionTask] = {}  # ready: being processed
         # When each partition was first seen behind in this spell, once this owner has seen it
         # caught up (before that, its backlog is as old as its last processed record says).
+        # Monotonic: by the wall clock a step back hid the lag for as long, one forward was lag.
         self._behind_since: dict[TopicPartition, float | None] = {}
         # Each partition's two lag gauges, resolved once (labels() for each at every step was 1%
         # of the bridge at 980/s); dropped with the series by _forget_lag.
@@ -1001,7 +1002,7 @@ class DedupStage:
             del self._first_attempts[tp]
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        now = time.time()
+        now, ticks = time.time(), time.monotonic()
         assigned = consumer.assignment()
         gauges = self._lag_gauges
         for tp, task in self._tasks.items():
@@ -1021,8 +1022,9 @@ class DedupStage:
             if behind:
                 since = self._behind_since.get(tp)
                 if since is None and tp in self._behind_since:
-                    since = self._behind_since[tp] = now  # a new spell, after catching up
-                age = lag_seconds(now, since, task.last_appended_at)
+                    since = self._behind_since[tp] = ticks  # a new spell, after catching up
+                behind_for = ticks - since if since is not None else None
+                age = lag_seconds(now, behind_for, task.last_appended_at)
             else:
                 self._behind_since[tp] = None
                 age = 0.0
@@ -1036,16 +1038,18 @@ class DedupStage:
                 gauge.remove(str(tp.partition))
 
 
-def lag_seconds(now: float, behind_since: float | None, last_appended_at: float | None) -> float:
+def lag_seconds(now: float, behind_for: float | None, last_appended_at: float | None) -> float:
     """About how long a partition's oldest unprocessed record has waited. Pure.
 
-    Since the later of its last processed record's append time (what waits came after it) and
-    when it was first seen behind, if known: after an idle spell the last processed record is
-    old, and a record that just arrived is not. Known only once its owner saw it caught up: a
-    backlog found at a takeover is as old as the last record processed says.
+    Since the later of its last processed record's append time (what waits came after it, by
+    the wall clock `now`) and when it was first seen behind (`behind_for` seconds ago), if known:
+    after an idle spell the last processed record is old, and a record that just arrived is not.
+    Known only once its owner saw it caught up: a backlog found at a takeover is as old as the
+    last record processed says.
     """
-    starts = [t for t in (behind_since, last_appended_at) if t is not None]
-    return max(now - max(starts), 0.0) if starts else 0.0
+    appended_for = None if last_appended_at is None else now - last_appended_at
+    waits = [w for w in (behind_for, appended_for) if w is not None]
+    return max(min(waits), 0.0) if waits else 0.0
 
 
 def broker_fetch_wait_ms(interval_ms: int) -> int:

@@ -1058,23 +1058,22 @@ def test_behind_counts_what_is_left_of_the_partitions_still_owned() -> None:
 
 def test_lag_after_an_idle_spell_is_the_new_records_wait_not_the_idle_time() -> None:
     # The last record was processed an hour ago; one arrived and was seen 2 s ago.
-    assert lag_seconds(now=10_000.0, behind_since=9_998.0, last_appended_at=6_400.0) == 2.0
+    assert lag_seconds(now=10_000.0, behind_for=2.0, last_appended_at=6_400.0) == 2.0
 
 
 def test_lag_through_a_long_backlog_runs_from_the_last_processed_record() -> None:
     # Behind for 10 minutes, working through it: what waits came after the last one processed.
-    assert lag_seconds(now=10_000.0, behind_since=9_400.0, last_appended_at=9_700.0) == 300.0
+    assert lag_seconds(now=10_000.0, behind_for=600.0, last_appended_at=9_700.0) == 300.0
 
 
 def test_lag_before_any_record_was_processed_runs_from_when_it_was_seen_behind() -> None:
-    assert lag_seconds(now=10_000.0, behind_since=9_940.0, last_appended_at=None) == 60.0
-    assert lag_seconds(now=10_000.0, behind_since=10_001.0, last_appended_at=None) == 0.0
+    assert lag_seconds(now=10_000.0, behind_for=60.0, last_appended_at=None) == 60.0
 
 
 def test_a_backlog_found_at_a_takeover_is_as_old_as_its_last_processed_record() -> None:
     # Not yet seen caught up by this owner: when it was first seen behind is not known.
-    assert lag_seconds(now=10_000.0, behind_since=None, last_appended_at=9_000.0) == 1_000.0
-    assert lag_seconds(now=10_000.0, behind_since=None, last_appended_at=None) == 0.0
+    assert lag_seconds(now=10_000.0, behind_for=None, last_appended_at=9_000.0) == 1_000.0
+    assert lag_seconds(now=10_000.0, behind_for=None, last_appended_at=None) == 0.0
 
 
 def cut_off(h: Harness) -> None:
@@ -1158,6 +1157,44 @@ async def test_a_partition_handed_back_after_a_revocation_exports_its_lag_again(
     consumer.ahead = 6
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="3") == 6
+
+
+def stepped_lag(monkeypatch: pytest.MonkeyPatch, step: float) -> float:
+    """Partition 1's lag gauge 120 s into a spell behind, its last record appended 10 minutes
+    before the spell; this replica's wall clock off by -`step` until stepped right 60 s in."""
+    wall, mono = [100_000.0 - step], [5_000.0]  # the broker's clock (append times) is right
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: wall[0], monotonic=lambda: mono[0])
+    )
+    h = Harness(1)
+    h.tasks[1].last_appended_at = 99_400.0
+    consumer = LaggingConsumer({tp(1)}, base=10, ahead=0)
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))  # caught up: a spell starts next
+    consumer.ahead = 3
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))  # behind from now
+    wall[0] += 60 + step
+    mono[0] += 60
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    wall[0] += 60
+    mono[0] += 60
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    return sample(h.metrics, "pinecall_bridge_dedup_lag_seconds", partition="1")
+
+
+def test_a_wall_clock_step_back_does_not_hide_a_partitions_lag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fails on the old code: the spell's start by the wall clock, an hour ahead of it after
+    # the step, read 0 s behind (clamped) for the hour the clock takes to get back there.
+    assert stepped_lag(monkeypatch, -3_600.0) == 120.0
+
+
+def test_a_wall_clock_step_forward_does_not_become_a_partitions_lag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A VM resumed, its clock behind until NTP steps it. Fails on the old code: 720 s, the
+    # spell's start by the wall clock an hour early, so the last record's append time won.
+    assert stepped_lag(monkeypatch, 3_600.0) == 120.0
 
 
 class ThrottledClient(AIOKafkaClient):  # type: ignore[misc]
