@@ -103,8 +103,9 @@ class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     name = "pinecall-sticky"
     version = 0
 
-    def __init__(self, claim: Callable[[], Claim]) -> None:
+    def __init__(self, claim: Callable[[], Claim], group: str = "") -> None:
         self._claim = claim
+        self.group_id = group  # only to name it in what is logged
         # None: unknown (no assignment yet, or a leader of a release that says none).
         self.assigned_over: int | None = None
 
@@ -118,20 +119,38 @@ class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     def assign(
         self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        topics = sorted({t for meta in members.values() for t in meta.subscription})
-        # The bridge's groups subscribe to one topic each: partitions are numbers in it.
-        assert len(topics) <= 1, "a sticky group subscribes to one topic"
-        topic = topics[0] if topics else ""
-        partitions = cluster.partitions_for_topic(topic) or set() if topic else set()
-        claims = {member: parse_claim(meta.user_data) for member, meta in members.items()}
-        plan = keep_and_balance(partitions, claims)
-        # The count the plan covers, for each member's GrowthWatch: its own metadata may lag
-        # the leader's (it refreshes on its own schedule) and see as new what was assigned.
-        # Assignment user data a release before it ignores.
-        over = jsoncodec.dumps({"partitions": len(partitions)}) if topic else b""
+        # The bridge's members subscribe to one topic each: partitions are numbers in it. Two
+        # deployments sharing a group (one BRIDGE_DEDUP__GROUP, topics apart) each get their own
+        # topic's partitions, and it is said: refusing the mix stalled the whole group.
+        subscribers: dict[str, list[str]] = {}
+        for member, meta in members.items():
+            for topic in sorted(set(meta.subscription)):
+                subscribers.setdefault(topic, []).append(member)
+        if len(subscribers) > 1:
+            log.error(
+                "group %r is shared by members subscribed to different topics (%s): two"
+                " deployments on one Kafka cluster need a BRIDGE_DEDUP__GROUP each; each topic's"
+                " partitions go to its own subscribers",
+                self.group_id or "?",
+                "; ".join(f"{t}: {len(m)} member(s)" for t, m in sorted(subscribers.items())),
+                extra={"group": self.group_id, "topics": sorted(subscribers)},
+            )
+        plans: dict[str, list[tuple[str, list[int]]]] = {m: [] for m in members}
+        over: dict[str, int] = {}
+        for topic, names in subscribers.items():
+            partitions = cluster.partitions_for_topic(topic) or set()
+            claims = {m: parse_claim(members[m].user_data) for m in names}
+            for member, owned in keep_and_balance(partitions, claims).items():
+                plans[member].append((topic, owned))
+                # The count the plan covers, for each member's GrowthWatch: its own metadata may
+                # lag the leader's (it refreshes on its own schedule) and see as new what was
+                # assigned. Assignment user data a release before it ignores.
+                over[member] = len(partitions)
         return {
             member: ConsumerProtocolMemberAssignment(
-                self.version, [(topic, plan[member])] if topic else [], over
+                self.version,
+                plans[member],
+                jsoncodec.dumps({"partitions": over[member]}) if member in over else b"",
             )
             for member in members
         }

@@ -195,7 +195,7 @@ class DedupStage:
         # refreshes, by which the leader, if it watches, has rebalanced.
         self._growth = GrowthWatch(3 * max(probe_seconds, metadata_max_age_ms / 1000))
         # One for every consumer of the stage: it tells what the leader's assignment covered.
-        self._assignor = StickyAssignor(self._claim)
+        self._assignor = StickyAssignor(self._claim, self._settings.group)
         self._running = False
         # Set by the loop after each round: a drain waits on it rather than polling.
         self._stepped = asyncio.Event()

@@ -133,7 +133,7 @@ class FeedLease:
             enable_auto_commit=False,
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
-            partition_assignment_strategy=(StickyAssignor(self._claim),),
+            partition_assignment_strategy=(StickyAssignor(self._claim, self._group),),
         )
         # A throttled heartbeat or join (a request quota) can cost the lease: counted.
         watch_throttle(consumer, counted(self._metrics, "feed_lease"))

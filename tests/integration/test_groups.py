@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,7 +40,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             bootstrap_servers=bootstrap,
             group_id=names.group,
             group_instance_id=instance,
-            partition_assignment_strategy=(StickyAssignor(lambda: self.claim),),
+            partition_assignment_strategy=(StickyAssignor(lambda: self.claim, names.group),),
             # Outlasts the restart: the restarted member takes its old one's place.
             session_timeout_ms=30_000,
             heartbeat_interval_ms=1_000,
@@ -141,3 +143,32 @@ async def test_a_rejoin_after_growth_rebalances_from_the_leader_or_a_changed_cla
         else:
             assert member.generation == generation
             assert sorted(a.owned() + b.owned()) == list(range(PARTITIONS))
+
+
+async def test_two_deployments_in_one_group_each_own_their_topic_and_it_is_said(
+    kafka_bootstrap: str, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Staging and production on one cluster with one BRIDGE_DEDUP__GROUP, their ingest topics
+    # apart: the leader assigned nobody anything (a stalled group) when its assignor refused
+    # two topics.
+    other = dataclasses.replace(Topics.fresh(), group=topics.group)
+    for names in (topics, other):
+        await create_topic(kafka_bootstrap, names.ingest, PARTITIONS)
+    a, b = Member(kafka_bootstrap, topics, "a"), Member(kafka_bootstrap, other, "b")
+    try:
+        await a.start()
+        await until(lambda: a.owned(), 30, 0.1, "the first deployment assigned")
+        await b.start()
+        await until(
+            lambda: a.owned() == b.owned() == list(range(PARTITIONS)),
+            30,
+            0.1,
+            lambda: f"each deployment owns its own topic: {a.owned()} {b.owned()}",
+        )
+        assert {tp.topic for tp in a.consumer.assignment()} == {topics.ingest}
+        assert {tp.topic for tp in b.consumer.assignment()} == {other.ingest}
+    finally:
+        for member in (a, b):
+            await member.crash()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(topics.group in m and other.ingest in m and topics.ingest in m for m in said), said
