@@ -186,9 +186,12 @@ class Bridge:
             else None
         )
         # The call-log source follows the calls of the ingest partitions the dedup stage owns.
+        # Fitted to the open-files limit: past it, followers failing with EMFILE took every
+        # descriptor, the admin port's and Kafka's new connections' too.
+        self.max_calls = self._call_limit()
         self.calllog = (
             CallLogSource(
-                settings.sse,
+                settings.sse.model_copy(update={"max_calls": self.max_calls}),
                 settings.pinecall,
                 settings.kafka,
                 settings.topics.ingest,
@@ -396,9 +399,7 @@ class Bridge:
         wanted = self.settings.http.max_connections
         open_files = connlimit.open_files_limit()
         sse = self.settings.sse
-        reserved = connlimit.RESERVED_FDS + (sse.max_calls if sse.enabled else 0)
-        if self.settings.http.admin_port is not None:
-            reserved += connlimit.ADMIN_MAX_CONNECTIONS + connlimit.REFUSING_MAX
+        reserved = self._admin_fds() + (self.max_calls if sse.enabled else 0)
         limit = connlimit.fitted_limit(wanted, open_files, reserved)
         if limit < wanted:
             log.warning(
@@ -406,6 +407,32 @@ class Bridge:
                 extra={
                     "max_connections": limit,
                     "setting": wanted,
+                    "open_files_limit": open_files,
+                    "reserved": reserved + connlimit.REFUSING_MAX,
+                },
+            )
+        return limit
+
+    def _admin_fds(self) -> int:
+        """Descriptors kept for the rest of the process and the admin port, if any."""
+        reserved = connlimit.RESERVED_FDS
+        if self.settings.http.admin_port is not None:
+            reserved += connlimit.ADMIN_MAX_CONNECTIONS + connlimit.REFUSING_MAX
+        return reserved
+
+    def _call_limit(self) -> int:
+        """BRIDGE_SSE__MAX_CALLS, lowered (and said) so the followers leave the rest of the process,
+        the admin port and one webhook connection with its refusals under the open-files limit."""
+        sse = self.settings.sse
+        open_files = connlimit.open_files_limit()
+        reserved = self._admin_fds() + 1
+        limit = connlimit.fitted_limit(sse.max_calls, open_files, reserved)
+        if sse.enabled and limit < sse.max_calls:
+            log.warning(
+                "BRIDGE_SSE__MAX_CALLS lowered to fit the open-files limit (ulimit -n)",
+                extra={
+                    "max_calls": limit,
+                    "setting": sse.max_calls,
                     "open_files_limit": open_files,
                     "reserved": reserved + connlimit.REFUSING_MAX,
                 },

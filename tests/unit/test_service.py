@@ -921,6 +921,26 @@ async def test_the_connection_cap_in_force_fits_the_open_files_limit(
         await bridge.stop()
 
 
+async def test_the_call_log_followers_in_force_fit_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 500 followers under a limit of 600 failed with EMFILE, a hot retry loop taking every
+    # descriptor: the admin port's, Kafka's new connections' (measured: 4024 failures in 10 s).
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 600)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    bridge, _ = await started_with_a_stand()
+    try:
+        calls = 600 - connlimit.RESERVED_FDS - 1 - connlimit.REFUSING_MAX
+        assert bridge.calllog is not None
+        assert bridge.calllog.max_calls == calls
+        cap = sample(bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook")
+        assert cap == 1  # what the followers leave: one connection and its refusals
+        lowered = [r for r in caplog.records if "MAX_CALLS lowered" in r.getMessage()]
+        assert [r.__dict__["max_calls"] for r in lowered] == [calls]
+    finally:
+        await bridge.stop()
+
+
 def sasl_password_file(tmp_path: Path) -> tuple[Settings, dict[str, Path]]:
     """Settings authenticating by SASL, their password's secret file ("old") by variable."""
     path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"

@@ -96,6 +96,11 @@ class CallLogSource:
         # born at its first count shows none).
         metrics.rejected.labels("sse", "invalid_call_id")
 
+    @property
+    def max_calls(self) -> int:
+        """The calls followed at once, at most (BRIDGE_SSE__MAX_CALLS, or less to fit ulimit -n)."""
+        return self._settings.max_calls
+
     async def start(self) -> None:
         """Learn the ingest partition count (the calls' partitions depend on it), read the feed."""
         if self._session is not None:
@@ -105,7 +110,7 @@ class CallLogSource:
             raise RuntimeError(f"the ingest topic {self._ingest} has no partitions yet")
         m = self._metrics
         self.roster = Roster(
-            partitions, self._settings.max_calls, on_drop=self._dropped, on_expire=self._expired
+            partitions, self.max_calls, on_drop=self._dropped, on_expire=self._expired
         )
         self._session = stream_session()
         m.sse_enabled.set(1)
