@@ -37,6 +37,7 @@ from bridge.sink.kafka import KafkaSink, missing_ingest, stop_within
 from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
+from bridge.sources.egress import pinecall_session
 from bridge.tail import printable
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ async def backfill_calls(
         await sink.learn_limits(
             [settings.topics.ingest, *router.topics()], writes=[settings.topics.ingest]
         )
-        async with aiohttp.ClientSession() as session:
+        async with pinecall_session(settings.pinecall.api_url) as session:
             wanted = list(dict.fromkeys(calls))  # each call once, in the order given
             if since is not None:
                 try:

@@ -313,12 +313,12 @@ def _webhooks(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    import aiohttp
 
+    from bridge.sources.egress import pinecall_session
     from bridge.sources.registration import RegistrationError, WebhookRegistry
 
     async def act() -> Any:
-        async with aiohttp.ClientSession() as session:
+        async with pinecall_session(settings.pinecall.api_url) as session:
             registry = WebhookRegistry(session, settings.pinecall)
             if args.action == "show":
                 current = await registry.current()

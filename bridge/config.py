@@ -359,6 +359,12 @@ class KafkaSettings(_Section):
             if "/" in host or any(c.isspace() for c in host):
                 # A URL's scheme would be looked up as part of the host name, failing for ever.
                 raise ValueError(f"{server!r} is not host:port: no scheme (e.g. kafka-0:9092)")
+            if ":" in host and not (host.startswith("[") and host.endswith("]")):
+                # aiokafka read `::1:9092` as the host `::1:9092` on port 9092: retried for ever.
+                raise ValueError(
+                    f"{server!r} is not host:port: an IPv6 address goes in brackets"
+                    " (e.g. [fd00::1]:9092)"
+                )
         return servers
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")

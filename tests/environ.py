@@ -1,4 +1,5 @@
-"""One clean environment for the tests that load the bridge's settings in-process."""
+"""One clean environment for the tests that load the bridge's settings in-process, or that set
+the proxy variables."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ def without_bridge_variables(monkeypatch: pytest.MonkeyPatch, cwd: Path) -> None
     for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(cwd)
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def proxied_env(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """Only `variables` among the proxy variables, in either case, as a pod's env sets them."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
 
 
 def settings_problems() -> list[str]:

@@ -7,10 +7,9 @@ import logging
 import random
 from collections.abc import Callable
 
-import aiohttp
-
 from bridge.config import PinecallSettings
 from bridge.metrics import Metrics
+from bridge.sources.egress import pinecall_session
 from bridge.sources.registration import Registered, RegistrationError, WebhookRegistry
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ class Registrar:
         metrics.register_registration()
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        async with pinecall_session(self._api.api_url) as session:
             registry = WebhookRegistry(session, self._api)
             while True:
                 self._announce(await self._ensure(registry))

@@ -65,6 +65,7 @@ from bridge.pipeline import Delivery, Pipeline
 from bridge.redaction import echo_spellings, hidden
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
+from bridge.sources.egress import pinecall_session
 from bridge.sources.frames import (
     SUBSCRIBED_TYPES,
     UNTYPED,
@@ -352,7 +353,7 @@ class WebSocketSource:
     async def start(self) -> None:
         if self._reader is not None:
             return
-        self._session = aiohttp.ClientSession()
+        self._session = pinecall_session(self._api.api_url)
         self._metrics.websocket_connected.set(0)
         self.connected = False
         self._downtime.down(time.monotonic())

@@ -30,6 +30,7 @@ async def read_all(bootstrap: str, topic: str, expected: int, *, committed: bool
 def api_versions(bootstrap: str) -> dict[int, tuple[int, int]]:
     """ApiVersions v0 over a raw socket: {api_key: (min, max)} as the broker announces them."""
     host, port = bootstrap.rsplit(":", 1)
+    host = host.strip("[]")  # an IPv6 bootstrap, [::1]:9092
     client_id = b"smoke"
     request = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
     with socket.create_connection((host, int(port)), timeout=5) as sock:

@@ -1356,6 +1356,23 @@ def test_a_bootstrap_server_given_as_a_url_is_refused(
     ]
 
 
+@pytest.mark.parametrize("server", ["::1:9092", "fd00::1:9092", "[::1:9092"])
+def test_a_bootstrap_ipv6_address_without_brackets_is_refused(
+    monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    # Accepted, aiokafka took all of `::1:9092` for the host: no connection, retried for ever.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": server})
+    assert problems() == [
+        f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS: {server!r} is not host:port: an IPv6 address goes in"
+        " brackets (e.g. [fd00::1]:9092)"
+    ]
+
+
+def test_a_bootstrap_ipv6_address_in_brackets_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    setenv(monkeypatch, {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": "[::1]:9092,kafka-0:9092"})
+    assert load_settings().kafka.bootstrap_servers == ["[::1]:9092", "kafka-0:9092"]
+
+
 @pytest.mark.parametrize(
     "name",
     ["BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "BRIDGE_WEBHOOK__SECRETS", "BRIDGE_WEBSOCKET__EVENTS"],

@@ -39,6 +39,7 @@ from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_until
 from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
 from bridge.sources.calllog.roster import Roster, Start
+from bridge.sources.egress import pinecall_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 
@@ -112,7 +113,7 @@ class CallLogSource:
         self.roster = Roster(
             partitions, self.max_calls, on_drop=self._dropped, on_expire=self._expired
         )
-        self._session = stream_session()
+        self._session = stream_session(self._api.api_url)
         m.sse_enabled.set(1)
         m.sse_calls_followed.set_function(lambda: len(self._followers))
         m.sse_calls_queued.set_function(
@@ -370,14 +371,15 @@ class CallLogSource:
         task.cancel()
 
 
-def stream_session() -> aiohttp.ClientSession:
+def stream_session(api_url: str) -> aiohttp.ClientSession:
     """One HTTP session for the org feed, every followed call's stream, gap pages and the list.
 
     aiohttp pools 100 connections by default, and a stream holds its connection for the whole
     call: past 100 followed calls the others, the feed and the gap pages would wait for a free
     connection until their connect timeout, over and over. The roster bounds the streams instead.
+    Through the environment's proxy, if any (`pinecall_session`).
     """
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return pinecall_session(api_url, connector=aiohttp.TCPConnector(limit=0))
 
 
 def _task_name(call: str) -> str:

@@ -164,7 +164,7 @@ async def test_the_session_holds_more_streams_than_aiohttps_default_pool_of_100(
     server = TestServer(app)
     await server.start_server()
     try:
-        async with stream_session() as session:
+        async with stream_session(str(server.make_url(""))) as session:
 
             async def follow(call: int) -> None:
                 timeout = aiohttp.ClientTimeout(total=None, connect=2.0)

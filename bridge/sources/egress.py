@@ -1,0 +1,53 @@
+"""HTTP sessions to Pinecall's API through the environment's proxy (HTTPS_PROXY, NO_PROXY).
+
+The feed's WebSocket (websockets >= 15) takes the proxy from the environment itself; without this
+its token request, the call logs and the webhook registration went direct, failing for ever where
+egress is only through a proxy. Not aiohttp's `trust_env`: it also reads ~/.netrc for each
+request, and a netrc entry for the API's host made every request carrying the API key raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+import warnings
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+
+def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:
+    """The proxy the environment names for `url` and its credentials apart (user, password);
+    (None, None) if none."""
+    target = URL(url)
+    # proxy_bypass reads NO_PROXY as curl and websockets do (names, domain suffixes, `*`).
+    if target.host is None or urllib.request.proxy_bypass(target.host):
+        return None, None
+    given = urllib.request.getproxies().get(target.scheme)
+    if not given:
+        return None, None
+    proxy = URL(given)
+    if proxy.scheme not in ("http", "https"):
+        # aiohttp speaks HTTP proxies only: a SOCKS one would fail every request, unexplained.
+        log.warning(
+            "proxy not used for Pinecall's API: only http:// and https:// proxies are supported",
+            extra={"proxy_scheme": proxy.scheme},
+        )
+        return None, None
+    # Apart: aiohttp sends only proxy_auth as Proxy-Authorization, never a proxy URL's userinfo.
+    auth = (proxy.user, proxy.password or "") if proxy.user else None
+    return proxy.with_user(None), auth
+
+
+def pinecall_session(api_url: str, **options: Any) -> aiohttp.ClientSession:
+    """A session for requests to `api_url`'s host: through the environment's proxy, if any."""
+    proxy, auth = env_proxy(api_url)
+    with warnings.catch_warnings():
+        # aiohttp 3.14 deprecates proxy_auth for each request's proxy_headers, which a session's
+        # default proxy has no place for; still the one way to give it, until aiohttp 4.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proxy_auth = None if auth is None else aiohttp.BasicAuth(*auth)
+        return aiohttp.ClientSession(proxy=proxy, proxy_auth=proxy_auth, **options)

@@ -1,0 +1,48 @@
+"""Which proxy the environment names for Pinecall's API (bridge/sources/egress.py)."""
+
+from __future__ import annotations
+
+import pytest
+from yarl import URL
+
+from bridge.sources.egress import env_proxy, pinecall_session
+from tests.environ import proxied_env
+
+
+def test_the_proxy_of_the_urls_scheme_is_taken_its_credentials_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxied_env(monkeypatch, HTTPS_PROXY="http://bridge:s3cr3t@proxy:3128", HTTP_PROXY="http://p:1")
+    # Apart: aiohttp sends only proxy_auth as Proxy-Authorization.
+    assert env_proxy("https://api.pinecall.io") == (URL("http://proxy:3128"), ("bridge", "s3cr3t"))
+    assert env_proxy("http://api.internal:8080") == (URL("http://p:1"), None)
+
+
+@pytest.mark.parametrize("no_proxy", ["api.pinecall.io", ".pinecall.io", "pinecall.io", "*"])
+def test_no_proxy_keeps_the_api_direct(monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
+    proxied_env(monkeypatch, HTTPS_PROXY="http://proxy:3128", NO_PROXY=no_proxy)
+    assert env_proxy("https://api.pinecall.io/v1") == (None, None)
+
+
+def test_no_proxy_variable_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxied_env(monkeypatch)
+    assert env_proxy("https://api.pinecall.io") == (None, None)
+
+
+def test_a_socks_proxy_is_not_used_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp would fail every request through it; websockets' feed would use it (python-socks).
+    proxied_env(monkeypatch, HTTPS_PROXY="socks5h://proxy:1080")
+    assert env_proxy("https://api.pinecall.io") == (None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "proxy not used for Pinecall's API: only http:// and https:// proxies are supported"
+    ]
+
+
+async def test_a_session_reads_no_netrc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp's trust_env would: an entry for the API's host made each request carrying the key
+    # raise ("Cannot combine AUTHORIZATION header with AUTH argument").
+    proxied_env(monkeypatch, HTTPS_PROXY="http://bridge:s3cr3t@proxy:3128")
+    async with pinecall_session("https://api.pinecall.io") as session:
+        assert not session.trust_env
