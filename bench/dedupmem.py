@@ -11,6 +11,7 @@ own estimate per id at the end: both depend on N through the dict's power-of-two
 
 from __future__ import annotations
 
+import argparse
 import gc
 import random
 import sys
@@ -57,14 +58,22 @@ def steady(size: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if args[:1] == ["--steady"]:
-        sys.stdout.write(orjson.dumps(steady(int(args[1]))).decode() + "\n")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.dedupmem", description=__doc__)
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument(
+        "--traced", action="store_true", help="measure with tracemalloc instead of RSS"
+    )
+    how.add_argument(
+        "--steady", type=int, metavar="N", help="hold N ids a TTL for three TTLs instead"
+    )
+    args = parser.parse_args(argv)
+    if args.steady is not None:
+        sys.stdout.write(orjson.dumps(steady(args.steady)).decode() + "\n")
         return
     # tracemalloc counts Python's own allocations only (no allocator slack, no fragmentation):
     # a floor under the RSS figure, which is what a pod's memory limit sees.
-    traced = "--traced" in args
+    traced = args.traced
     rng = random.Random(5)
     window = SeenWindow(ttl=TTL, max_entries=5_000_000)
     gc.collect()

@@ -47,12 +47,13 @@ from bridge.sink.credfiles import PASSWORDS, CredentialFiles, credential_files
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, durability_problem
 from bridge.sink.kafka import (
     KafkaSink,
+    Layout,
     TopicConfigs,
     TopicReads,
     TopicSpec,
     client_options,
-    replication_factors,
     topic_configs,
+    topic_layouts,
 )
 from bridge.sink.limits import CLEANUP_POLICY, compacts
 from bridge.sink.topicreads import NOT_YET_VISIBLE, not_yet_visible, unread, unread_kind
@@ -78,6 +79,13 @@ INGEST_RECREATED = (
     "the ingest topic exists again, without the ids of the events output before it was deleted:"
     " until the dedup TTL has passed, a late copy of one of them (Pinecall's retry, the feed's or"
     " the call log's own copy) is output again"
+)
+# Made again with another count (deleted and recreated, or auto-created with num.partitions).
+OUTPUT_PARTITIONS_CHANGED = (
+    "an output topic's partition count changed while running (made again, or partitions added):"
+    " a call's key now maps to another partition, so a consumer reading partitions independently"
+    " can see a call's later events before its earlier ones; give it its partitions back (they"
+    " can only be added), or have consumers order by pinecallseq"
 )
 LEASE_LEAVE_SECONDS = 1.0  # kept from the feed's share of a stop for leaving the lease's group
 # The secrets read again from their files while running; the Kafka passwords are not (the
@@ -137,6 +145,9 @@ class Bridge:
         self.listen_failed = False
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
+        # Each output topic's partition count as last read: one recreated (or auto-created)
+        # with another moves calls' keys to other partitions.
+        self._output_partitions: dict[str, int] = {}
         self._topic_problems = TopicProblems()
         self._topic_watch: asyncio.Task[None] | None = None
         self.sink = KafkaSink(
@@ -520,11 +531,8 @@ class Bridge:
         await self.sink.warm([ingest])
         self._watch_ingest_topic()
         if self.dedup is not None:
-            self._check_configs(names, configs, fresh)
-            if configs is not None:
-                factors = await self._replication_factors(names, fresh)
-                if factors is not None:
-                    self._check_durability(configs.found, factors, fresh)
+            layouts = None if configs is None else await self._topic_layouts(names, fresh)
+            self._check_configs(names, configs, fresh, layouts)
         if self.stages != "dedup" and configs is not None:
             self._outputs_exist(configs.errors)
 
@@ -673,9 +681,14 @@ class Bridge:
             log.info(fit.summary(), extra=facts)
 
     def _check_configs(
-        self, names: list[str], configs: TopicConfigs | None, fresh: set[str]
+        self,
+        names: list[str],
+        configs: TopicConfigs | None,
+        fresh: set[str],
+        layouts: TopicReads[Layout] | None = None,
     ) -> None:
-        """The start's topic check: what the checks while running say, worded for the start."""
+        """The start's topic check: what the checks while running say, worded for the start
+        (`layouts` None: the topics' replication factors could not be read)."""
         if configs is None:
             log.warning(
                 "could not read the topics' configs to check them",
@@ -692,24 +705,48 @@ class Bridge:
         checked = [name for name in names if name not in late]
         unread_as = "could not read a topic's configs to check them"
         problems = self._topic_problems_in(checked, configs, fresh, unread_as)
+        if layouts is not None:
+            problems += self._check_durability(configs.found, layouts, fresh)
+            self._watch_output_partitions(layouts)
         self._say_topic_problems(problems, missing=configs.errors)
 
     async def _watch_topics(self) -> None:
         """Read the topics' configs again every topic_check_seconds: an admin may shorten the
         ingest topic's retention, or delete a topic, while the bridge runs."""
         names = [self.settings.topics.ingest, *self.router.topics()]
+        options = client_options(self.settings.kafka)
         while True:
             await asyncio.sleep(self.settings.dedup.topic_check_seconds)
             try:
-                configs = await topic_configs(
-                    client_options(self.settings.kafka), names, CONFIG_KEYS
-                )
+                # A topic deleted and made again (by an admin, or by the cluster at the stage's
+                # next send) may have another replication factor, min.insync.replicas or
+                # partition count than the one the start checked.
+                configs = await topic_configs(options, names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS))
+                layouts = await topic_layouts(options, names)
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
             self.sink.learn_cleanup(configs.found)
             unread_as = "a topic of the bridge's cannot be read while running"
             problems = self._topic_problems_in(names, configs, set(), unread_as)
+            problems += self._durability_problems(configs.found, layouts)
+            self._watch_output_partitions(layouts)
             self._say_topic_problems(problems, missing=configs.errors)
+
+    def _watch_output_partitions(self, layouts: TopicReads[Layout]) -> None:
+        """Log (ERROR) an output topic whose partition count differs from the last read."""
+        ingest = self.settings.topics.ingest  # followed by the metadata probe instead
+        for name, layout in layouts.found.items():
+            before = self._output_partitions.get(name)
+            self._output_partitions[name] = layout.partitions
+            if name != ingest and before is not None and before != layout.partitions:
+                log.error(
+                    OUTPUT_PARTITIONS_CHANGED,
+                    extra={
+                        "topic": name,
+                        "partitions": layout.partitions,
+                        "partitions_before": before,
+                    },
+                )
 
     def _topic_problems_in(
         self, names: list[str], configs: TopicConfigs, fresh: set[str], unread_as: str
@@ -744,7 +781,7 @@ class Bridge:
                     if found.topic == self.settings.topics.ingest
                     else ": its events wait in the ingest topic until it exists again"
                 )
-            log.error(message, extra={"topic": found.topic})
+            log.log(found.level, message, extra={"topic": found.topic, **found.facts})
         for fixed in gone:
             self.metrics.topic_problem.labels(fixed.topic, fixed.kind).set(0)
             log.info(
@@ -755,11 +792,9 @@ class Bridge:
                 # it, and the new one holds none of those output before the deletion.
                 log.warning(INGEST_RECREATED, extra={"topic": fixed.topic})
 
-    async def _replication_factors(
-        self, names: list[str], fresh: set[str]
-    ) -> TopicReads[int] | None:
+    async def _topic_layouts(self, names: list[str], fresh: set[str]) -> TopicReads[Layout] | None:
         try:
-            return await replication_factors(client_options(self.settings.kafka), names, fresh)
+            return await topic_layouts(client_options(self.settings.kafka), names, fresh)
         except KafkaError as exc:
             log.warning(
                 "could not read the topics' replication factors to check their durability",
@@ -768,32 +803,34 @@ class Bridge:
             return None
 
     def _check_durability(
-        self, configs: dict[str, dict[str, str]], factors: TopicReads[int], fresh: set[str]
-    ) -> None:
-        """Log a topic made elsewhere (Strimzi, an admin) whose acknowledged records one broker's
-        loss can take, or that refuses every write; and each whose factor could not be read."""
+        self, configs: dict[str, dict[str, str]], layouts: TopicReads[Layout], fresh: set[str]
+    ) -> list[Problem]:
+        """Log each topic whose replication factor could not be read; the start's
+        _durability_problems."""
         # A topic whose configs were not read is said by _check_configs already.
         for name, why, error_code in unread(
-            list(configs), factors.found, factors.errors, fresh, right="Describe"
+            list(configs), layouts.found, layouts.errors, fresh, right="Describe"
         ):
             log.warning(
                 f"could not read a topic's replication factor to check its durability: {why}",
                 extra={"topic": name, "error_code": error_code},
             )
-        for name, factor in factors.found.items():
+        return self._durability_problems(configs, layouts)
+
+    def _durability_problems(
+        self, configs: dict[str, dict[str, str]], layouts: TopicReads[Layout]
+    ) -> list[Problem]:
+        """Each topic made elsewhere (Strimzi, an admin, the cluster's auto-creation) whose
+        acknowledged records one broker's loss can take, or that refuses every write."""
+        problems: list[Problem] = []
+        for name, layout in layouts.found.items():
             insync = configs.get(name, {}).get(MIN_INSYNC_REPLICAS)
-            found = durability_problem(factor, insync)
+            found = durability_problem(layout.factor, insync)
             if found is not None:
-                level, message = found
-                log.log(
-                    level,
-                    message,
-                    extra={
-                        "topic": name,
-                        "replication_factor": factor,
-                        "min_insync_replicas": insync,
-                    },
-                )
+                level, message, kind = found
+                facts = {"replication_factor": layout.factor, "min_insync_replicas": insync}
+                problems.append(Problem(name, kind, message, level, facts))
+        return problems
 
     async def _start_feed(self) -> None:
         if self.feed is None:

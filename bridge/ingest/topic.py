@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.config import DedupSettings
 
@@ -65,11 +65,14 @@ class PartitionWatch:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """What a topic check found: the topic, its `topic_problem` label, and the line to log."""
+    """What a topic check found: the topic, its `topic_problem` label, the line to log, how
+    loud, and the line's facts."""
 
     topic: str
     kind: str
     message: str
+    level: int = logging.ERROR
+    facts: Mapping[str, object] = field(default_factory=dict)
 
 
 class TopicProblems:

@@ -25,9 +25,9 @@ def min_insync_for(factor: int, cluster_default: int | None) -> int | None:
     return wanted
 
 
-def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str] | None:
-    """How loud, and what, an existing topic's replication factor and effective
-    min.insync.replicas risk; None when nothing (or the value is unknown)."""
+def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str, str] | None:
+    """How loud, what, and as which `topic_problem` label, an existing topic's replication
+    factor and effective min.insync.replicas risk; None when nothing (or the value is unknown)."""
     try:
         required = int(min_insync) if min_insync is not None else None
     except ValueError:
@@ -39,6 +39,7 @@ def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str] |
             logging.ERROR,
             "a topic's min.insync.replicas is above its replication factor: Kafka refuses every"
             " write to it (NotEnoughReplicas); lower min.insync.replicas to the factor",
+            "unwritable",
         )
     if factor > 1 and required == factor:
         return (
@@ -46,6 +47,7 @@ def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str] |
             "a topic needs every replica in sync to take a write (min.insync.replicas equal to"
             " its replication factor): each broker restart stops writes to it, and webhooks get"
             " 503 until Pinecall's retries run out; set min.insync.replicas below the factor",
+            "all_in_sync",
         )
     if factor > 2 and required <= 1:
         return (
@@ -53,5 +55,6 @@ def durability_problem(factor: int, min_insync: str | None) -> tuple[int, str] |
             "a topic acknowledges records held by its leader alone (min.insync.replicas 1 with"
             " 3 or more replicas): one broker lost loses records the bridge was told were"
             " written; set the topic's min.insync.replicas to 2",
+            "leader_alone",
         )
     return None

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -201,6 +201,7 @@ __all__ = [
     "partition_for",
     "replication_factors",
     "topic_configs",
+    "topic_layouts",
 ]
 
 
@@ -289,18 +290,36 @@ async def max_message_bytes(options: dict[str, Any], names: list[str]) -> TopicR
     return TopicReads(_limits(configs.found), configs.errors)
 
 
+class Layout(NamedTuple):
+    """A topic's replication factor (its partitions' fewest replicas) and partition count."""
+
+    factor: int
+    partitions: int
+
+
 async def replication_factors(
     options: dict[str, Any], names: list[str], fresh: Collection[str] = ()
 ) -> TopicReads[int]:
     """Each existing topic's replication factor: its partitions' fewest replicas (KafkaError if
     the cluster cannot be asked); those of `fresh` are waited for a moment, as by topic_configs."""
+    layouts = await topic_layouts(options, names, fresh)
+    return TopicReads({name: found.factor for name, found in layouts.found.items()}, layouts.errors)
 
-    async def read(asked: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-        found: dict[str, int] = {}
+
+async def topic_layouts(
+    options: dict[str, Any], names: list[str], fresh: Collection[str] = ()
+) -> TopicReads[Layout]:
+    """Each existing topic's Layout (KafkaError if the cluster cannot be asked); those of
+    `fresh` are waited for a moment, as by topic_configs."""
+
+    async def read(asked: list[str]) -> tuple[dict[str, Layout], dict[str, int]]:
+        found: dict[str, Layout] = {}
         errors: dict[str, int] = {}
         for topic in await admin.describe_topics(asked):
             if topic["error_code"] == 0 and topic["partitions"]:
-                found[topic["topic"]] = min(len(p["replicas"]) for p in topic["partitions"])
+                found[topic["topic"]] = Layout(
+                    min(len(p["replicas"]) for p in topic["partitions"]), len(topic["partitions"])
+                )
             else:
                 # No partitions yet: as unknown, the topic's creation has not arrived whole.
                 errors[topic["topic"]] = topic["error_code"] or LeaderNotAvailableError.errno

@@ -12,9 +12,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from bridge.ingest.topic import Problem
 from bridge.service import INGEST_RECREATED, Bridge
 from bridge.sink import kafka
-from bridge.sink.kafka import TopicReads
+from bridge.sink.kafka import Layout, TopicReads
 from tests.integration.conftest import (
     Broker,
     RunningBridge,
@@ -121,11 +122,11 @@ async def test_the_topics_the_bridge_just_created_get_their_configs_checked(
     def noting(
         self: Bridge,
         configs: dict[str, dict[str, str]],
-        factors: TopicReads[int],
+        layouts: TopicReads[Layout],
         fresh: set[str],
-    ) -> None:
-        checked.append((configs, factors.found))
-        check(self, configs, factors, fresh)
+    ) -> list[Problem]:
+        checked.append((configs, {name: found.factor for name, found in layouts.found.items()}))
+        return check(self, configs, layouts, fresh)
 
     monkeypatch.setattr(Bridge, "_check_durability", noting)
     caplog.set_level(logging.WARNING, logger="bridge.service")
@@ -487,6 +488,35 @@ async def test_an_output_topic_deleted_while_running_is_said_and_its_events_wait
     assert [r.__dict__["topic"] for r in said(caplog, "cannot be read while running")] == [
         topics.events
     ]
+
+
+async def test_an_output_topic_made_again_unlike_the_start_checked_it_is_said_and_shown(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Made again by an admin with fewer partitions and a min.insync.replicas above its replicas:
+    # the start would have said both, the checks while running said only that it was back.
+    bridge = await watching(start_bridge, caplog)
+    await deleted(bridge, caplog, kafka_bootstrap, topics.events, WAIT)
+    await create_topic(kafka_bootstrap, topics.events, 1, {"min.insync.replicas": "2"})
+    refusing = problem(topics.events, "unwritable")
+    await until_metrics(bridge, lambda m: m.get(refusing) == 1)
+    moved = "an output topic's partition count changed while running"
+    await until(lambda: said(caplog, moved), within=30)
+    await alter_topic(kafka_bootstrap, topics.events, {"min.insync.replicas": "1"})
+    await until(lambda: gone(caplog, "min.insync.replicas"), within=30)
+    await until_metrics(bridge, lambda m: m.get(refusing) == 0)
+    # Each said once, however many checks saw it meanwhile, with what to look at.
+    [unwritable] = said(caplog, "min.insync.replicas")
+    assert (unwritable.__dict__["topic"], unwritable.__dict__["replication_factor"]) == (
+        topics.events,
+        1,
+    )
+    [count] = said(caplog, moved)
+    assert (count.__dict__["topic"], count.__dict__["partitions"]) == (topics.events, 1)
+    assert count.__dict__["partitions_before"] == 3
 
 
 async def test_a_dead_letter_topic_deleted_while_running_holds_its_letters_not_the_events(

@@ -21,7 +21,7 @@ from bridge.metrics import FEED_LOSSES
 from bridge.normalise.shapes import UnrecognisedReason
 from bridge.service import Bridge, run_until_stopped
 from bridge.sink import connectsetup
-from bridge.sink.kafka import TopicConfigs, TopicReads
+from bridge.sink.kafka import Layout, TopicConfigs, TopicReads
 from bridge.sink.topicreads import why_unread
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
@@ -584,7 +584,9 @@ def test_a_topic_acknowledging_with_its_leader_alone_is_warned_of(
     caplog.set_level(logging.WARNING, logger="bridge.service")
     configs = {name: {"min.insync.replicas": "1"} for name in ("a", "b", "c")}
     configs["d"] = {"min.insync.replicas": "2"}
-    bridge._check_durability(configs, TopicReads({"a": 3, "b": 1, "c": 2, "d": 3}), set())
+    factors = {"a": 3, "b": 1, "c": 2, "d": 3}
+    layouts = TopicReads({name: Layout(factor, 1) for name, factor in factors.items()})
+    bridge._say_topic_problems(bridge._check_durability(configs, layouts, set()), missing={})
     told = [
         (r.levelname, r.__dict__["topic"], r.__dict__["replication_factor"]) for r in caplog.records
     ]
@@ -775,7 +777,7 @@ async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchec
     FakeAdmin.late, FakeAdmin.misses, FakeAdmin.refused = {"gone"}, 10**9, {"locked"}
     names = ["read", "gone", "locked", "no-configs"]
     configs = {name: {"min.insync.replicas": "1"} for name in names[:3]}
-    factors = await bridge._replication_factors(names, set())
+    factors = await bridge._topic_layouts(names, set())
     assert factors is not None
     bridge._check_durability(configs, factors, set())
     told = [(r.levelname, r.__dict__["topic"], r.getMessage()) for r in caplog.records]

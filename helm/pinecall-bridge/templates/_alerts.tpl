@@ -394,6 +394,30 @@ groups:
           summary: {{ printf "Output topic %s compacts" "{{ $labels.topic }}" | quote }}
           description: {{ printf "For 5 minutes output topic %s in %s has had a cleanup.policy that compacts: Kafka keeps only the last record of each key (one event per call) and refuses records without a key, which the dedup stage skips (published nowhere). Set cleanup.policy=delete." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtopiccompacted" $a.runbookUrl }}
+      - alert: PinecallBridgeTopicRefusesWrites
+        # A topic's min.insync.replicas above its replicas (made so elsewhere, or made again while
+        # the bridge runs): Kafka refuses every write to it (NotEnoughReplicas).
+        expr: |
+          max by (namespace, topic) (pinecall_bridge_topic_problem{problem="unwritable"}) == 1
+        for: 2m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Topic %s refuses every write" "{{ $labels.topic }}" | quote }}
+          description: {{ printf "For 2 minutes topic %s in %s has had a min.insync.replicas above its replication factor: Kafka refuses every write to it. The ingest topic: every webhook and feed event is answered 503. An output topic: its events wait in the ingest topic, and are lost once its retention passes. Lower min.insync.replicas to the factor." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgetopicrefuseswrites" $a.runbookUrl }}
+      - alert: PinecallBridgeTopicUndurable
+        # A topic whose replicas and min.insync.replicas let one broker's loss take acknowledged
+        # records (leader_alone), or stop writes at each broker restart (all_in_sync).
+        expr: |
+          max by (namespace, topic, problem) (pinecall_bridge_topic_problem{problem=~"leader_alone|all_in_sync"}) == 1
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Topic %s has an unsafe min.insync.replicas (%s)" "{{ $labels.topic }}" "{{ $labels.problem }}" | quote }}
+          description: {{ printf "For 5 minutes topic %s in %s has had a min.insync.replicas that, with its replication factor, lets one broker's loss take records the bridge was told were written (leader_alone), or stops writes at each broker restart (all_in_sync). The log says what to set (with the topic's name)." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgetopicundurable" $a.runbookUrl }}
       - alert: PinecallBridgeNoFeedLeaseHolder
         # Only pods with the feed enabled export the gauge (0 until elected): a namespace without
         # the feed has no series and stays quiet; one whose gauges are all 0 has a feed nobody reads.
