@@ -1005,7 +1005,9 @@ class KafkaSink:
             # delays, for seconds, while it acknowledges records: slow, not unreachable. Every
             # pod shares the quota: unready, all would leave the Service at once.
             acked = time.monotonic() - self._last_ack <= self._settings.publish_timeout_seconds
-            self.answering = answered or acked
+            # Brokers asked directly answering count: aiokafka's update held by one gone silent
+            # is no Kafka refusing the credentials (a restart would not help).
+            self.answering = listed is not None or acked
             if not reachable and acked:
                 continue
             if reachable and not self.connected:

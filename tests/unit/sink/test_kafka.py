@@ -595,6 +595,20 @@ async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_
     await sink.stop()
 
 
+async def test_a_probe_whose_update_a_silent_broker_holds_counts_kafka_answering() -> None:
+    # Unready (the update held), yet broker 2 answered with the credentials in use: counted
+    # unanswered, a rotated credential file failed /healthz and restarted every pod for nothing.
+    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    client = FakeProducer.made[0].client
+    client.held = True
+    client.silent = {1}
+    client._conns.update({(1, 0): FakeConnection(), (2, 0): FakeConnection()})
+    client.cluster.listed = {1, 2}
+    assert await judged_unready_after(sink) < JUDGED_WITHIN
+    assert sink.answering
+    await sink.stop()
+
+
 @pytest.mark.usefixtures("fake_admin")
 async def test_the_limits_shared_with_the_dedup_stage_batch_as_configured_within_topics() -> None:
     # The stage's producer takes its batch size from them: one setting for both producers.
