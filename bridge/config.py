@@ -101,7 +101,7 @@ def _is_json_list(value: str) -> bool:
         return False
 
 
-def _plain_to_another_host(url: str) -> bool:
+def plain_to_another_host(url: str) -> bool:
     """An http:// or ws:// URL whose host is not this machine (localhost, 127.0.0.0/8, ::1)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "ws"):
@@ -894,7 +894,7 @@ class PinecallSettings(_Section):
                 "BRIDGE_PINECALL__REGISTER_WEBHOOK needs BRIDGE_PINECALL__PUBLIC_URL and"
                 " BRIDGE_PINECALL__API_KEY"
             )
-        if not self.allow_insecure_urls and _plain_to_another_host(self.api_url):
+        if not self.allow_insecure_urls and plain_to_another_host(self.api_url):
             raise ValueError(
                 _insecure(
                     "BRIDGE_PINECALL__API_URL", self.api_url, "the API key and the webhook secret"
@@ -1055,7 +1055,7 @@ class Settings(BaseSettings):
         if (
             self.websocket.enabled
             and not self.pinecall.allow_insecure_urls
-            and _plain_to_another_host(self.websocket.url)
+            and plain_to_another_host(self.websocket.url)
         ):
             raise ValueError(
                 _insecure("BRIDGE_WEBSOCKET__URL", self.websocket.url, "the API key or feed token")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -68,9 +69,12 @@ class Api:
         stats: Stats,
         deliverer: Deliverer,
         key: ApiKey,
+        server: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`server`: the feed's server a token answer names; None: the one the request reached."""
         self._config = config
         self._key = key
+        self._server = server
         self._tokens = tokens
         self._hooks = hooks
         self._stats = stats
@@ -96,7 +100,7 @@ class Api:
         expires_in = int(ttl) if ttl.is_integer() else ttl
         # The older SDK's answer names the feed's server too (`{token, server, expires_in}`): a
         # client reading it must find it here as on the platform.
-        server = f"{'wss' if request.secure else 'ws'}://{request.host}"
+        server = self._server() or f"{'wss' if request.secure else 'ws'}://{request.host}"
         return web.json_response(
             {"token": self._tokens.issue(), "server": server, "expires_in": expires_in}
         )

@@ -50,6 +50,9 @@ class Simulator:
         # The key the API takes: rotate_api_key() changes it, the old one refused from then on.
         self.api_key = ApiKey(self.config.api_key)
         self.streams = EventStreams(self.config, self.calllogs, self.stats, self.api_key)
+        # The feed's server token answers name (`ws://host:port`), when the feed is reached through
+        # another address than the API (a proxy in front of it); None: the API's own.
+        self.feed_server: str | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._runs: set[asyncio.Task[TrafficReport]] = set()
@@ -75,7 +78,13 @@ class Simulator:
             await self.deliverer.start()
             session = SessionHandler(self.config, self.tokens, self.feed, self.stats, self.api_key)
             api = Api(
-                self.config, self.tokens, self.hooks, self.stats, self.deliverer, self.api_key
+                self.config,
+                self.tokens,
+                self.hooks,
+                self.stats,
+                self.deliverer,
+                self.api_key,
+                lambda: self.feed_server,
             )
             runner = web.AppRunner(
                 build_app(self.config, api, session, self, self.streams),

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -66,6 +66,7 @@ from bridge.redaction import echo_spellings, hidden
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.egress import pinecall_session
+from bridge.sources.feedserver import ServerRefusedError, feed_url, origin
 from bridge.sources.frames import (
     SUBSCRIBED_TYPES,
     UNTYPED,
@@ -134,7 +135,8 @@ HIDDEN = "[credential]"
 NOTICE_CHARS = 500
 # The close code websockets sends for a frame over its max_size.
 _MESSAGE_TOO_BIG = 1009
-# A token answer is `{token, expires_in}`: a few KiB even for a large JWT.
+# A token answer is `{token, expires_in}` (the older SDK's adds `server`): a few KiB even for a
+# large JWT.
 MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 # How long a connection that ended on its own (the server's close, a keepalive unanswered, a
 # frame websockets refused) waits for the server to end TCP: no frame comes after, and a
@@ -160,6 +162,8 @@ class _Opened:
     replaced: bool = False  # its successor is open: it is being closed, not lost
     # The token (or API key) it was opened with: hidden in what its frames' log lines show.
     credential: str = ""
+    # Where it connected, without its token: for its log lines.
+    url: str = ""
     # Told once the subscription is taken (answered, or its window over with no refusal): a
     # refused one, or one closed at once (auth), is no subscribed connection.
     on_taken: Callable[[], None] | None = None
@@ -222,6 +226,15 @@ class TokenError(Exception):
         self.auth = auth
 
 
+class Token(NamedTuple):
+    """A token answer: the token, its expiry (monotonic seconds) when the API says, and the
+    `server` it names (anything but null or absent: checked by bridge.sources.feedserver)."""
+
+    token: str
+    expires_at: float | None
+    server: object = None
+
+
 class TokenClient:
     """Asks Pinecall's REST API for a short-lived WebSocket token."""
 
@@ -232,8 +245,8 @@ class TokenClient:
         self._api = api
         self._ws = ws
 
-    async def fetch(self) -> tuple[str, float | None]:
-        """The token and its expiry (monotonic seconds) when the API says."""
+    async def fetch(self) -> Token:
+        """The token, its expiry and the server it names."""
         key = self._api.api_key.get_secret_value() if self._api.api_key else ""
         try:
             async with self._session.request(
@@ -267,7 +280,7 @@ class TokenClient:
             and 0 < expires_in < math.inf
             else None
         )
-        return token, expires
+        return Token(token, expires, body.get("server"))
 
 
 class FeedRedirectedError(InvalidHandshake):
@@ -347,6 +360,8 @@ class WebSocketSource:
         self._credential = ""
         self._on_connected = on_connected
         self._short_token_said = False  # a token living too short to refresh ahead: said once
+        # The token answer's server last said to differ from the configured URL's: said once.
+        self._server_said: str | None = None
         self.connected = False
         self.disconnected_at: float | None = None  # epoch seconds the last connection ended
 
@@ -442,7 +457,7 @@ class WebSocketSource:
                         opened = await self._open(tokens)
                     finally:
                         self._connecting = False
-                    log.info("feed connected", extra={"url": self._settings.url})
+                    log.info("feed connected", extra={"url": opened.url})
                 opened_at = time.monotonic()
                 if not self._stopping.is_set():
                     self._metrics.websocket_connected.set(1)
@@ -589,7 +604,7 @@ class WebSocketSource:
 
     async def _open(self, tokens: TokenClient) -> _Opened:
         """A connection with a fresh token (never an old or expired one), subscribed."""
-        url, headers, credential = await self._target(tokens)
+        url, headers, credential, shown = await self._target(tokens)
         expires_at = self.token_expires_at if self._settings.auth == "query-token" else None
         ws = await _Unredirected(
             url,
@@ -606,7 +621,7 @@ class WebSocketSource:
             await self._close(ws)
             raise
         answer_by = time.monotonic() + self._settings.open_timeout_seconds
-        return _Opened(ws, expires_at, answer_by, credential=credential)
+        return _Opened(ws, expires_at, answer_by, credential=credential, url=shown)
 
     def _shown(self, exc: Exception, opened: _Opened | None) -> str:
         """An error's text for a log line, its connection's credential in it hidden: a close
@@ -623,15 +638,38 @@ class WebSocketSource:
     def _read_limit(self) -> int:
         return self._settings.max_frame_bytes * READ_LIMIT_FACTOR
 
-    async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str], str]:
-        """The URL and headers to connect with, and the credential they carry."""
+    async def _target(self, tokens: TokenClient) -> tuple[str, dict[str, str], str, str]:
+        """The URL and headers to connect with, the credential they carry, and the URL as a log
+        line may show it (without the credential)."""
         if self._settings.auth == "bearer":
             key = self._api.api_key.get_secret_value() if self._api.api_key else ""
             self._credential = key
-            return self._settings.url, {"Authorization": f"Bearer {key}"}, key
-        token, self.token_expires_at = await tokens.fetch()
+            url = self._settings.url
+            return url, {"Authorization": f"Bearer {key}"}, key, url
+        token, self.token_expires_at, server = await tokens.fetch()
         self._credential = token
-        return with_token(self._settings.url, token), {}, token
+        url = self._server_url(server)
+        return with_token(url, token), {}, token, url
+
+    def _server_url(self, server: object) -> str:
+        """The feed's URL for a token answer naming `server`; a server refused is a TokenError
+        (a token_error refusal: backed off, and a refresh tries again)."""
+        configured = self._settings.url
+        try:
+            url = feed_url(configured, server, allow_insecure=self._api.allow_insecure_urls)
+        except ServerRefusedError as exc:
+            # Its text never quotes the server whole: it may carry a credential.
+            raise TokenError(f"the token answer's server refused: it {exc}", auth=False) from None
+        where = origin(url)
+        if where == origin(configured):
+            self._server_said = None
+        elif where != self._server_said:
+            self._server_said = where
+            log.info(
+                "feed connects to the server the token answer names, not BRIDGE_WEBSOCKET__URL's",
+                extra={"server": where, "configured": origin(configured)},
+            )
+        return url
 
     def _refresh_later(self, tokens: TokenClient, current: _Opened) -> asyncio.Task[_Opened] | None:
         """Before the token expires, open its successor, then close `current` (read to its end)."""

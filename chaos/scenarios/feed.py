@@ -25,6 +25,8 @@ async def feed(ctx: Context) -> Outcome:
         # The feed goes through a proxy, so the "server" can stop answering pings (a black hole).
         proxy = TcpProxy([("127.0.0.1", sim.port)])
         await proxy.start()
+        # The token answer names the feed's server, which the bridge connects to: the proxy's.
+        sim.feed_server = f"ws://{proxy.address}"
         topics = Topics.fresh("chaos")
         replica = ctx.replica(
             "feed-r0",

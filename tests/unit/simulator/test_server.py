@@ -48,6 +48,15 @@ async def test_token_requests_are_answered_and_counted(
     assert sim.tokens.status(body["token"]) == "valid"
 
 
+async def test_token_answers_name_the_feed_server_set(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    # A proxy in front of the feed (chaos's): the bridge connects where the answer says.
+    sim.feed_server = "ws://127.0.0.1:9"
+    async with client.post(sim.url + TOKEN, headers=AUTH) as response:
+        assert (await response.json())["server"] == "ws://127.0.0.1:9"
+
+
 async def test_tokens_expire_after_their_ttl(client: aiohttp.ClientSession) -> None:
     # On the wall clock, a loaded CI box can take more than the 0.2 s TTL to answer the
     # request: the token is "expired" when first looked at. (The configured TTL reaching the store:

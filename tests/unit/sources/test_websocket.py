@@ -69,6 +69,8 @@ class FakeFeed:
         self.token_status = 200
         self.token_failures = 0  # the next requests answered 503, then served again
         self.expires_in: float = 60
+        # The token answer's `server`, as the older SDK generation's names it; None: absent.
+        self.server_named: object = None
         # How the next subscriptions are refused, in turn: "error" (an error frame, the
         # connection left open) or "close" (closed before any answer, with `refusal_code`
         # and `refusal_reason`).
@@ -94,8 +96,9 @@ class FakeFeed:
             self.token_failures -= 1
             return web.json_response({"error": "busy"}, status=503)
         self.token_requests += 1
+        named = {} if self.server_named is None else {"server": self.server_named}
         return web.json_response(
-            {"token": f"tok-{self.token_requests}", "expires_in": self.expires_in}
+            {"token": f"tok-{self.token_requests}", "expires_in": self.expires_in, **named}
         )
 
     async def feed(self, request: web.Request) -> web.StreamResponse:
@@ -815,9 +818,10 @@ async def test_token_client_errors(make_feed: Callable[[Script], Awaitable[FakeF
     ws_settings, api = feed.settings()
 
     async with aiohttp.ClientSession() as session:
-        token, expires = await TokenClient(session, api, ws_settings).fetch()
+        token, expires, server = await TokenClient(session, api, ws_settings).fetch()
         assert token == "tok-1"
         assert expires is not None
+        assert server is None
         bad_key = api.model_copy(update={"api_key": None})
         with pytest.raises(TokenError) as refused:
             await TokenClient(session, bad_key, ws_settings).fetch()
@@ -847,6 +851,57 @@ async def test_a_token_answer_over_the_size_cap_is_a_token_error(
 def test_with_token() -> None:
     assert with_token("wss://h/v1/ws", "a b") == "wss://h/v1/ws?token=a+b"
     assert with_token("wss://h/v1/ws?x=1", "t") == "wss://h/v1/ws?x=1&token=t"
+
+
+async def test_the_token_answers_server_is_the_one_connected_to(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The older SDK's answer `{token, server, expires_in}`: the token is good on that server only.
+    named = await make_feed(sending(3))
+    issuer = await make_feed(sending(0))
+    origin = str(named.server.make_url("")).rstrip("/").replace("http", "ws", 1)
+    issuer.server_named = origin
+    ws, api = issuer.settings()
+    ws.url += "?region=eu"  # path and query stay the configured URL's
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.INFO, logger=websocket.__name__):
+        async with running((ws, api), sink, metrics):
+            await until(lambda: len(sink.acked()) == 3)
+    assert seqs(sink) == [1, 2, 3]
+    assert issuer.connections == 0
+    assert named.tokens_seen == ["tok-1"]
+    said = [r for r in caplog.records if "the token answer names" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.INFO
+    assert getattr(said[0], "server", None) == origin
+    assert "tok-1" not in "\n".join(JsonFormatter().format(r) for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "server",
+    ["https://{host}", "ws://{host}/ws/stream?token=tok-9", "ws://user:tok-9@{host}", 42],
+)
+async def test_a_token_answers_server_that_is_no_feed_origin_is_refused_and_backed_off(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    server: object,
+) -> None:
+    feed = await make_feed(sending(1))
+    host = feed.server.make_url("").raw_authority
+    feed.server_named = server.format(host=host) if isinstance(server, str) else server
+    ws, api = feed.settings()
+    ws.backoff_max_seconds = 10.0  # the refusal's 5 s wait, not cut to the tests' 0.2 s
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.INFO, logger=websocket.__name__):
+        async with running((ws, api), sink, metrics, grace=0.5):
+            await until(lambda: reconnects(metrics, "token_error") >= 1)
+            await asyncio.sleep(0.3)  # backed off as a refused token: no tight loop
+            assert feed.token_requests == 1
+    assert feed.connections == 0
+    refused = [r for r in caplog.records if "server refused" in str(getattr(r, "error", ""))]
+    assert len(refused) == 1
+    assert refused[0].levelno == logging.WARNING
+    assert "tok-" not in "\n".join(JsonFormatter().format(r) for r in caplog.records)
 
 
 async def test_unanswered_pings_mean_a_dead_connection() -> None:
@@ -1037,7 +1092,7 @@ async def test_a_wall_clock_step_after_the_token_came_neither_delays_nor_ends_it
     monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
     real_fetch = TokenClient.fetch
 
-    async def fetch_then_step(self: TokenClient) -> tuple[str, float | None]:
+    async def fetch_then_step(self: TokenClient) -> websocket.Token:
         got = await real_fetch(self)
         offset[0] = step  # NTP corrects the node's clock as the first token arrives
         return got
