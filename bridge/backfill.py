@@ -147,7 +147,7 @@ async def backfill_calls(
     """
     metrics = metrics if metrics is not None else Metrics()
     shown = progress if progress is not None else NoProgress()
-    sink = KafkaSink(settings.kafka, metrics)
+    sink = KafkaSink(settings.kafka, metrics, role="backfill")
     router = Router(settings.topics, settings.routing.rules)
     # Its events are old by design: not in the live event-lag histogram (EventLagHigh).
     pipeline = pipeline_for(settings, sink, router, metrics, BACKFILL)

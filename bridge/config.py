@@ -291,6 +291,9 @@ class KafkaSettings(_Section):
         default_factory=lambda: list(DEFAULT_BOOTSTRAP_SERVERS)
     )
     client_id: str = "pinecall-bridge"
+    # Each long-lived client as `<client_id>-<role>` (ingest_producer, dedup_consumer, ...), so a
+    # broker quota can tell them apart; off by default, so quotas set on client_id keep applying.
+    client_id_per_role: bool = False
     publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     linger_ms: int = Field(default=5, ge=0, le=10_000)
     max_batch_bytes: int = Field(default=262_144, ge=1024)

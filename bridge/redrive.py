@@ -46,6 +46,7 @@ from bridge.pipeline import (
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import (
     KafkaSink,
     client_options,
@@ -158,14 +159,14 @@ async def redrive(
     shown = progress if progress is not None else NoProgress()
     metrics = metrics if metrics is not None else Metrics()
     report = RedriveReport(dry_run=dry_run, ingest_topic=settings.topics.ingest)
-    sink = KafkaSink(settings.kafka, metrics)
+    sink = KafkaSink(settings.kafka, metrics, role="redrive")
     router = Router(settings.topics, settings.routing.rules)
     # Old events by design (in neither the event-lag nor the end-to-end histogram: their receipt
     # was the first one), and no dead letter written: one still unrecognised, or still too large
     # for the ingest topic or its output topic (learned below), is counted, not added again.
     pipeline = pipeline_for(settings, sink, router, metrics, ForRedrive(sink.limits))
     consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka),
+        **for_role(client_options(settings.kafka), "redrive"),
         group_id=None,
         enable_auto_commit=False,
         # A start that retention deleted meanwhile: from what is left, never from the end.

@@ -27,6 +27,7 @@ from bridge.normalise.binding import decode
 from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import admin_client, client_options
 
 # How often a following tail looks for partitions added to its topics (an operator raising a
@@ -378,7 +379,7 @@ async def _read(
         decided = await committed_offsets(settings)
     # Made only as it is started: one made before a failed read of the offsets is never stopped.
     consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka),
+        **for_role(client_options(settings.kafka), "tail"),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",

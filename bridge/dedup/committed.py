@@ -48,6 +48,7 @@ from aiokafka.protocol.types import (
 from bridge.cancelling import raise_if_cancelled
 from bridge.dedup.protocol import topics_field
 from bridge.sink.clienttasks import CUT_SECONDS, start_client
+from bridge.sink.connectsetup import for_role
 from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class StableOffsets:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = AIOKafkaClient(**self._options)
+        client = AIOKafkaClient(**for_role(self._options, "dedup_offsets_client"))
         if self._throttled is not None:
             watch_throttle(client, self._throttled)
         await start_client(client, client.bootstrap, client.close)

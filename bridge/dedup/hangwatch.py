@@ -15,6 +15,7 @@ from bridge.cancelling import cancel_and_wait
 from bridge.dedup.hanging import HangWatch, Held, longest_by_topic
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.supervise import Supervisor
 
@@ -60,7 +61,11 @@ class HangingTransactions:
         throttled = counted(self._metrics, "dedup_hangwatch_consumer")
         try:
             for isolation in ("read_committed", "read_uncommitted"):
-                reader = AIOKafkaConsumer(**self._client, group_id=None, isolation_level=isolation)
+                reader = AIOKafkaConsumer(
+                    **for_role(self._client, "dedup_hangwatch_consumer"),
+                    group_id=None,
+                    isolation_level=isolation,
+                )
                 watch_throttle(reader, throttled)
                 await start_consumer(reader)
                 started.append(reader)

@@ -24,6 +24,7 @@ from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
 from bridge.ingest.record import decided_id
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.quotas import watch_throttle
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ async def _started(
 ) -> AIOKafkaConsumer:
     """A started consumer assigned `tp` alone, reading as the stage does."""
     consumer = AIOKafkaConsumer(
-        **options,
+        **for_role(options, "dedup_restore_consumer"),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -86,6 +86,7 @@ from bridge.sink.clienttasks import (
     stop_consumer,
     stop_dead,
 )
+from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import brokers_session_bounds
 from bridge.sink.limits import TopicLimits
 from bridge.sink.quotas import counted, watch_throttle
@@ -285,7 +286,7 @@ class DedupStage:
     async def _started_consumer(self, options: dict[str, Any]) -> AIOKafkaConsumer:
         s = self._settings
         consumer = AIOKafkaConsumer(
-            **member_options(options),
+            **for_role(member_options(options), "dedup_consumer"),
             group_id=s.group,
             # Static membership (KIP-345): a process restarted within the session timeout (a
             # crash, an OOM kill) takes its partitions back with no rebalance, and the other

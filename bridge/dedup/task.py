@@ -32,6 +32,7 @@ from bridge.ingest.record import decode, newer_version
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.quotas import counted
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,12 @@ class PartitionTask:
         gone missing (judge_absent) are counted and said once started (_reset); a new partition
         holding records is said here.
         """
-        consumer = AIOKafkaConsumer(**self._client(), group_id=None, enable_auto_commit=False)
+        # A read of the takeover, as the restore's are: under their client id.
+        consumer = AIOKafkaConsumer(
+            **for_role(self._client(), "dedup_restore_consumer"),
+            group_id=None,
+            enable_auto_commit=False,
+        )
         await start_consumer(consumer)
         try:
             start = int((await consumer.beginning_offsets([self.tp]))[self.tp])

@@ -60,6 +60,7 @@ from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
 from bridge.routing import stage_output
 from bridge.sink.clienttasks import bootstrapped, close_now, cut_short, start_client
+from bridge.sink.connectsetup import for_role
 from bridge.sink.drain import cap_requests
 from bridge.sink.kafka import (
     TRANSACTIONAL_ID_EXPIRATION_MS,
@@ -235,7 +236,7 @@ class StageProducer:
         async with asyncio.timeout_at(deadline):
             await self._relearn_limits(options)
         producer = GroupCommitProducer(
-            **options,
+            **for_role(options, "dedup_producer"),
             transactional_id=self.transactional_id,
             transaction_timeout_ms=self._settings.transaction_timeout_ms,
             enable_idempotence=True,

@@ -33,6 +33,7 @@ from bridge.normalise.binding import decode
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.sink.clienttasks import start_consumer, stop_consumer
+from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import client_options, topic_partitions
 from bridge.tail import given_headers
 from bridge.tail import render as render_record
@@ -105,7 +106,7 @@ class RecentEvents:
             return
         partitions = await topic_partitions(self._settings.kafka, self._topics)
         consumer = AIOKafkaConsumer(
-            **client_options(self._settings.kafka),
+            **for_role(client_options(self._settings.kafka), "demo"),
             group_id=None,
             enable_auto_commit=False,
             # Aborted dedup transactions stay in the log; downstream readers skip them.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiokafka.client
@@ -33,17 +33,41 @@ _installed: list[bool] = []  # whether the wrap was tried; its outcome
 
 
 class ClientId(str):
-    """A Kafka client id carrying its client's connection set-up timeout, in seconds."""
+    """A Kafka client id carrying its client's connection set-up timeout, in seconds.
+
+    With a `base` (BRIDGE_KAFKA__CLIENT_ID_PER_ROLE), each role's client is `<base>-<role>`.
+    """
 
     connect_timeout_s: float
+    base: str | None
 
-    def __new__(cls, value: str, connect_timeout_s: float) -> ClientId:
+    def __new__(cls, value: str, connect_timeout_s: float, base: str | None = None) -> ClientId:
         self = super().__new__(cls, value)
         self.connect_timeout_s = connect_timeout_s
+        self.base = base
         return self
 
-    def __getnewargs__(self) -> tuple[str, float]:  # type: ignore[override]
-        return str(self), self.connect_timeout_s
+    def __getnewargs__(self) -> tuple[str, float, str | None]:  # type: ignore[override]
+        return str(self), self.connect_timeout_s, self.base
+
+    def for_role(self, role: str) -> ClientId:
+        """This id for a client of `role`: `<base>-<role>` with a base, else itself."""
+        if self.base is None:
+            return self
+        return ClientId(f"{self.base}-{role}", self.connect_timeout_s, self.base)
+
+
+def for_role(options: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """A Kafka client's `options` for a client of `role` (its client id, per role if asked).
+
+    Every Kafka client the bridge builds takes its options through here
+    (tests/unit/sink/test_connectsetup.py walks them): a quota on `<client id>-<role>` then
+    applies to that client alone. Options whose id is a plain string are kept as they are.
+    """
+    client_id = options.get("client_id")
+    if isinstance(client_id, ClientId):
+        return {**options, "client_id": client_id.for_role(role)}
+    return dict(options)
 
 
 class AuthenticationOutcome:

@@ -50,7 +50,7 @@ from bridge.sink.clienttasks import (
     stop_producer,
     unreachable,
 )
-from bridge.sink.connectsetup import ClientId, install
+from bridge.sink.connectsetup import ClientId, for_role, install
 from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
 from bridge.sink.durability import MIN_INSYNC_REPLICAS, min_insync_for
 from bridge.sink.limits import (
@@ -101,7 +101,7 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on leaving: after a failed start too (it may hold sockets)."""
-    admin = AIOKafkaAdminClient(**options)
+    admin = AIOKafkaAdminClient(**for_role(options, "admin"))
     await start_client(admin, admin.start, admin.close)
     try:
         yield admin
@@ -161,12 +161,17 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Connection and security options every Kafka client of the bridge shares.
 
-    Its client id carries the connect timeout, which aiokafka applies once installed (here).
+    Its client id carries the connect timeout, which aiokafka applies once installed (here),
+    and whether each client is named for its role (`for_role`, which every client is built with).
     """
     install()
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": ClientId(settings.client_id, settings.connect_timeout_ms / 1000),
+        "client_id": ClientId(
+            settings.client_id,
+            settings.connect_timeout_ms / 1000,
+            settings.client_id if settings.client_id_per_role else None,
+        ),
         "request_timeout_ms": settings.request_timeout_ms,
         "security_protocol": settings.security_protocol,
     }
@@ -197,6 +202,7 @@ __all__ = [
     "TopicReads",
     "TopicSpec",
     "client_options",
+    "for_role",
     "max_message_bytes",
     "partition_for",
     "replication_factors",
@@ -507,9 +513,12 @@ class KafkaSink:
         supervisor: Supervisor | None = None,
         *,
         after_probe: Callable[[], None] | None = None,
+        role: str = "ingest_producer",
     ) -> None:
-        """`after_probe`: called after each metadata probe that reached Kafka."""
+        """`after_probe`: called after each metadata probe that reached Kafka; `role` names the
+        producer's client (`for_role`): a tool's own (backfill, redrive), not the webhooks'."""
         self._settings = settings
+        self._role = role
         self._metrics = metrics
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         # Shared with the dedup stage's producers, which write the output topics.
@@ -564,7 +573,7 @@ class KafkaSink:
     async def _started_producer(self, batch: int) -> AIOKafkaProducer:
         s = self._settings
         producer = AIOKafkaProducer(
-            **client_options(s),
+            **for_role(client_options(s), self._role),
             acks="all",
             enable_idempotence=True,
             linger_ms=s.linger_ms,

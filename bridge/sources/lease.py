@@ -33,6 +33,7 @@ from bridge.sink.clienttasks import (
     stop_consumer,
     stop_dead,
 )
+from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import admin_client, brokers_session_bounds
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
@@ -128,7 +129,7 @@ class FeedLease:
 
     async def _started_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            **member_options(self._client),
+            **for_role(member_options(self._client), "feed_lease"),
             group_id=self._group,
             enable_auto_commit=False,
             session_timeout_ms=self._session_timeout_ms,

@@ -489,6 +489,14 @@ async def lease_members(bootstrap: str, group: str, members: int) -> bool:
     return error == 0 and state == "Stable" and len(described) == members
 
 
+async def group_client_ids(bootstrap: str, group: str) -> list[str]:
+    """The client ids the broker knows `group`'s members by."""
+    async with admin_client(bootstrap) as admin:
+        [response] = await admin.describe_consumer_groups([group])
+    [described] = response.to_object()["groups"]
+    return sorted(member["client_id"] for member in described["members"])
+
+
 @asynccontextmanager
 async def ingest_ends(
     bootstrap: str, names: Topics

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     client_quotas,
     create_topic,
     entry,
+    group_client_ids,
     ingest_records,
     read_decided,
     write_ingest,
@@ -43,6 +44,9 @@ FETCHED = 40
 RESTORED_PARTITIONS = 4
 RESTORED_RECORDS = 50
 RESTORE_QUOTA = 2_000.0
+# Webhooks whose ingest producer alone a produce quota on its own client id throttles.
+ROLE_QUOTA = 10_000.0
+ROLE_EVENTS = 30
 # Pinecall waits Retry-After (5 s) before a retry: shorter here, so the test takes seconds.
 RETRY_SECONDS = 0.5
 
@@ -187,3 +191,37 @@ async def test_partitions_restoring_at_once_under_a_fetch_quota_all_finish(
     assert throttles  # held back by the quota indeed
     # Waiting for its turn is not a stall: no partition read was given up and started over.
     assert [r.getMessage() for r in caplog.records if r.name == "bridge.dedup.restore"] == []
+
+
+async def test_with_client_ids_per_role_a_quota_on_the_ingest_producer_throttles_it_alone(
+    start_bridge: Callable[..., Any], topics: Topics, kafka_bootstrap: str, unique_call: str
+) -> None:
+    # The dedup producer writes the same bytes to the output topic: sharing the ingest
+    # producer's id, it was throttled by the webhooks' quota too.
+    base = f"quota-{uuid.uuid4().hex[:8]}"
+    role_id = f"{base}-ingest_producer"
+    async with client_quotas(kafka_bootstrap, role_id, {"producer_byte_rate": ROLE_QUOTA}):
+        handle = await start_bridge(kafka={"client_id": base, "client_id_per_role": True})
+
+        async def accepted(seq: int) -> None:
+            raw = entry(seq, call=unique_call, data={"text": "x" * 4096})
+
+            async def answered_200() -> bool:
+                status: int = (await handle.post(raw))[0]
+                return status == 200
+
+            await until(answered_200, 90, RETRY_SECONDS, f"event {seq} accepted")
+
+        # At once: the first produce responses carry the throttle, the broker holds the later.
+        await asyncio.gather(*(accepted(seq) for seq in range(1, ROLE_EVENTS + 1)))
+        records = await read_decided(kafka_bootstrap, topics, [topics.events], 90)
+        name = "pinecall_bridge_kafka_throttle_seconds_total"
+        throttled = {
+            client: sample(handle.metrics, name, client=client)
+            for client in ("ingest_producer", "dedup_producer")
+        }
+        members = await group_client_ids(kafka_bootstrap, handle.bridge.settings.dedup.group)
+    assert len(records) == ROLE_EVENTS
+    assert throttled["ingest_producer"] > 0, throttled
+    assert throttled["dedup_producer"] == 0, throttled
+    assert members == [f"{base}-dedup_consumer"]

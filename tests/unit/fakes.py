@@ -80,7 +80,7 @@ class FakeSink:
 class IdleKafka(FakeSink):
     """A command's KafkaSink (backfill, redrive): records kept in memory, acknowledged at once."""
 
-    def __init__(self, *_: Any) -> None:
+    def __init__(self, *_: Any, **__: Any) -> None:
         super().__init__()
         self.limits = TopicLimits(1_048_576, 1_048_576)
 

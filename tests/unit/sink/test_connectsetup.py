@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
 import logging
 import pickle
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +19,13 @@ from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from bridge.config import KafkaSettings
 from bridge.sink import connectsetup
-from bridge.sink.connectsetup import AuthenticationOutcome, ClientId, bounded, install
+from bridge.sink.connectsetup import (
+    AuthenticationOutcome,
+    ClientId,
+    bounded,
+    for_role,
+    install,
+)
 from bridge.sink.kafka import client_options
 
 CONN = object()
@@ -93,6 +101,72 @@ def test_the_client_id_is_the_configured_one_and_carries_the_connect_timeout() -
         assert (copied, copied.connect_timeout_s) == ("me", 2.5)
     assert install()  # client_options installed it
     assert getattr(aiokafka.client.create_conn, "__wrapped__", None) is not None
+
+
+def test_a_role_names_the_client_only_when_the_setting_asks() -> None:
+    shared = client_options(KafkaSettings(client_id="me"))
+    assert for_role(shared, "ingest_producer")["client_id"] == "me"
+    options = client_options(KafkaSettings(client_id="me", client_id_per_role=True))
+    assert options["client_id"] == "me"  # none of its clients is built with it unroled
+    roled = for_role(options, "dedup_consumer")
+    assert roled["client_id"] == "me-dedup_consumer"
+    assert roled["client_id"].connect_timeout_s == options["client_id"].connect_timeout_s
+    # Roled again (options passed on and re-roled): the role replaced, never appended.
+    assert for_role(roled, "dedup_producer")["client_id"] == "me-dedup_producer"
+    for copied in (
+        copy.deepcopy(roled["client_id"]),
+        pickle.loads(pickle.dumps(roled["client_id"])),
+    ):
+        assert copied.for_role("x") == "me-x"
+    assert for_role({"client_id": "plain"}, "x") == {"client_id": "plain"}
+
+
+# aiokafka's client classes, and the bridge's subclasses of them (found below).
+CLIENT_CLASSES = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaClient", "AIOKafkaAdminClient"}
+# The roles of the throttle metric's `client` label (README), each a client's own id.
+THROTTLE_ROLES = {
+    "ingest_producer",
+    "dedup_consumer",
+    "dedup_producer",
+    "dedup_restore_consumer",
+    "dedup_offsets_client",
+    "dedup_hangwatch_consumer",
+    "feed_lease",
+}
+
+
+def _name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
+
+
+def test_every_kafka_client_the_bridge_builds_is_built_for_a_role() -> None:
+    """A new client without `for_role` would share the id, and the quota, of every other."""
+    modules = {path: ast.parse(path.read_text()) for path in sorted(Path("bridge").rglob("*.py"))}
+    classes = set(CLIENT_CLASSES)
+    for tree in modules.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(_name(b) in classes for b in node.bases):
+                classes.add(node.name)
+    built, roles = 0, set()
+    for path, tree in modules.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            role = node.args[1] if len(node.args) == 2 else None
+            if _name(node.func) == "for_role" and isinstance(role, ast.Constant):
+                roles.add(role.value)
+            if _name(node.func) not in classes:
+                continue
+            built += 1
+            given = [*node.args, *(k.value for k in node.keywords)]
+            assert any(
+                isinstance(arg, ast.Call) and _name(arg.func) == "for_role" for arg in given
+            ), f"{ast.unparse(node)[:120]} ({path}:{node.lineno}) is built without for_role"
+    assert "GroupCommitProducer" in classes
+    assert built >= 11
+    assert roles | {"ingest_producer"} >= THROTTLE_ROLES  # KafkaSink's default role
 
 
 @pytest.mark.parametrize(
