@@ -543,6 +543,124 @@ def test_extra_env_may_set_a_setting_nulled_in_config(tmp_path: Path) -> None:
     assert {"name": "BRIDGE_KAFKA__LINGER_MS", "value": "20"} in container(manifests)["env"]
 
 
+def test_extra_volumes_are_mounted_after_the_charts_own(all_on: list[Manifest]) -> None:
+    # all-features mounts a private CA from a ConfigMap for SSL_CERT_FILE (README, "Extra files").
+    volumes = [v["name"] for v in pod_spec(all_on)["volumes"]]
+    assert volumes == ["tmp", "kafka-tls", "secrets", "corporate-ca"]
+    assert pod_spec(all_on)["volumes"][-1] == {
+        "name": "corporate-ca",
+        "configMap": {"name": "corporate-ca"},
+    }
+    mounts = container(all_on)["volumeMounts"]
+    assert [m["name"] for m in mounts] == ["tmp", "kafka-tls", "secrets", "corporate-ca"]
+    assert mounts[-1] == {
+        "name": "corporate-ca",
+        "mountPath": "/etc/ssl/corporate-ca",
+        "readOnly": True,
+    }
+    env = {e["name"]: e.get("value") for e in container(all_on)["env"]}
+    assert env["SSL_CERT_FILE"] == "/etc/ssl/corporate-ca/ca-bundle.pem"
+
+
+def test_a_kafka_ca_mounted_from_a_config_map_renders(tmp_path: Path) -> None:
+    # kafkaTls reads Secrets only: a CA a ConfigMap holds comes through extraVolumes/extraEnv.
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "config: {kafka: {securityProtocol: SSL}}\n"
+        "extraVolumes: [{name: kafka-ca, configMap: {name: kafka-ca-bundle}}]\n"
+        "extraVolumeMounts: [{name: kafka-ca, mountPath: /etc/pinecall-bridge/kafka-ca}]\n"
+        "extraEnv: [{name: BRIDGE_KAFKA__SSL_CAFILE, value: /etc/pinecall-bridge/kafka-ca/c.pem}]\n"
+    )
+    manifests = render(SIGNED, values=values)
+    assert "kafka-ca" in [m["name"] for m in container(manifests)["volumeMounts"]]
+    assert "BRIDGE_KAFKA__SSL_CAFILE" not in one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+    assert pss.violations(pod_spec(manifests)) == []
+
+
+VOLUME = "extraVolumes[0].name=extra,extraVolumes[0].emptyDir.medium=Memory"
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        # The chart's own volumes: replaced in the pod (or refused by the API server as twice).
+        (
+            ("extraVolumes[0].name=secrets,extraVolumes[0].emptyDir.medium=Memory",),
+            'extraVolumes: "secrets" is the name of one of the chart\'s own volumes',
+        ),
+        ((VOLUME, "extraVolumes[1].name=extra,extraVolumes[1].emptyDir.medium=Memory"),
+         'extraVolumes: "extra" is named twice'),
+        # Over, under or above a path the chart mounts: its files hidden, or files added to the
+        # secrets directory the bridge reads as settings.
+        ((VOLUME, "extraVolumeMounts[0].name=extra,extraVolumeMounts[0].mountPath=/tmp"),
+         "/tmp would hide or change what the chart mounts at /tmp"),
+        ((VOLUME, "extraVolumeMounts[0].name=extra,extraVolumeMounts[0].mountPath=/tmp/ca/"),
+         "/tmp/ca would hide or change what the chart mounts at /tmp"),
+        (
+            (VOLUME, "extraVolumeMounts[0].name=extra,"
+             "extraVolumeMounts[0].mountPath=/etc/pinecall-bridge/secrets/BRIDGE_HTTP__PORT"),
+            "would hide or change what the chart mounts at /etc/pinecall-bridge/secrets",
+        ),
+        ((VOLUME, "extraVolumeMounts[0].name=extra,extraVolumeMounts[0].mountPath=/etc"),
+         "/etc would hide or change what the chart mounts at /etc/pinecall-bridge/kafka-tls"),
+        ((VOLUME, "extraVolumeMounts[0].name=extra,extraVolumeMounts[0].mountPath=/"),
+         "/ would hide or change what the chart mounts at /tmp"),
+        ((VOLUME, "extraVolumeMounts[0].name=other,extraVolumeMounts[0].mountPath=/etc/x"),
+         '/etc/x mounts "other", which is no volume of extraVolumes'),
+        ((VOLUME, "extraVolumeMounts[0].name=tmp,extraVolumeMounts[0].mountPath=/etc/x"),
+         '/etc/x mounts "tmp", which is no volume of extraVolumes'),
+        (
+            (VOLUME, "extraVolumeMounts[0].name=extra,extraVolumeMounts[0].mountPath=/etc/x",
+             "extraVolumeMounts[1].name=extra,extraVolumeMounts[1].mountPath=/etc/x/"),
+            "extraVolumeMounts: /etc/x is mounted more than once",
+        ),
+    ],
+)  # fmt: skip
+def test_extra_volumes_clashing_with_the_charts_own_are_refused(
+    sets: tuple[str, ...], complaint: str
+) -> None:
+    args: list[str | Path] = ["template", "x", CHART, "--set", SIGNED]
+    for item in sets:
+        args += ["--set", item]
+    done = helm(*args, check=False)
+    assert done.returncode != 0
+    assert "would clash with the chart's own" in done.stderr
+    assert complaint in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("bad", "complaint"),
+    [
+        # The restricted Pod Security Standard refuses these at admission: never a pod.
+        ("extraVolumes[0].hostPath.path=/etc", "additional properties 'hostPath' not allowed"),
+        ("extraVolumes[0].nfs.server=nfs", "additional properties 'nfs' not allowed"),
+        # One source a volume: the API server refuses two.
+        (
+            "extraVolumes[0].emptyDir.medium=Memory,extraVolumes[0].configMap.name=c",
+            "/extraVolumes/0': maxProperties",
+        ),
+    ],
+)
+def test_extra_volumes_the_restricted_standard_refuses_are_refused(
+    bad: str, complaint: str
+) -> None:
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED,
+        "--set", f"extraVolumes[0].name=extra,{bad}", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert complaint in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(pss.RESTRICTED_VOLUMES))
+def test_every_volume_type_the_restricted_standard_allows_is_accepted(
+    kind: str, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"extraVolumes": [{"name": "extra", kind: {}}]}))
+    assert pss.violations(pod_spec(render(SIGNED, values=values))) == []
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_dedup_instance_id_is_the_pods_name(
     variant: str, defaults: list[Manifest], all_on: list[Manifest]
@@ -954,6 +1072,21 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         # A budget of 0 refuses every eviction of a ready pod: node drains would hang for good.
         ("podDisruptionBudget.maxUnavailable=0", "'/podDisruptionBudget/maxUnavailable': minimum"),
         ("podDisruptionBudget.maxUnavailable=0%", "'/podDisruptionBudget/maxUnavailable': '0%'"),
+        # A relative or climbing path: the chart could not tell where it lands.
+        (
+            "extraVolumeMounts[0].name=x,extraVolumeMounts[0].mountPath=etc",
+            "/extraVolumeMounts/0/mountPath",
+        ),
+        (
+            "extraVolumeMounts[0].name=x,extraVolumeMounts[0].mountPath=/x/../tmp",
+            "/extraVolumeMounts/0/mountPath",
+        ),
+        # Bidirectional needs a privileged container.
+        (
+            "extraVolumeMounts[0].name=x,extraVolumeMounts[0].mountPath=/x,"
+            "extraVolumeMounts[0].mountPropagation=Bidirectional",
+            "/extraVolumeMounts/0/mountPropagation",
+        ),
     ],
 )
 def test_bad_values_fail_at_install_time(bad: str, complaint: str) -> None:

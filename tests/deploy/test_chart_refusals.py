@@ -333,6 +333,13 @@ REFUSALS = {
         " config.kafka.securityProtocol=PLAINTEXT",
         {"kafka": {"ssl_cafile": FILE}},
     ),
+    # A CA mounted from extraVolumes, named in extraEnv, with the protocol left PLAINTEXT.
+    "TLS file paths in extraEnv without TLS": Refusal(
+        ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=/etc/ca/ca.crt",),
+        "extraEnv sets BRIDGE_KAFKA__SSL_CAFILE, ignored with"
+        " config.kafka.securityProtocol=PLAINTEXT",
+        {"kafka": {"ssl_cafile": FILE}},
+    ),
 }
 
 

@@ -187,6 +187,14 @@ left null, the bridge takes 10000 or the request timeout if lower. */}}
 {{- if and (not $usesTls) (or $hasFile.ca $hasFile.cert (get $given "kafkaSslKeyPassword")) }}
 {{- $problems = append $problems (printf "kafkaTls and secrets.kafkaSslKeyPassword are ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" $protocol) }}
 {{- end }}
+{{- /* The same files given as paths in extraEnv (a CA mounted from extraVolumes). */}}
+{{- $tlsVars := list }}
+{{- range $var := list "BRIDGE_KAFKA__SSL_CAFILE" "BRIDGE_KAFKA__SSL_CERTFILE" "BRIDGE_KAFKA__SSL_KEYFILE" }}
+{{- if has $var $extraEnv }}{{ $tlsVars = append $tlsVars $var }}{{ end }}
+{{- end }}
+{{- if and (not $usesTls) $tlsVars }}
+{{- $problems = append $problems (printf "extraEnv sets %s, ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" (join ", " $tlsVars) $protocol) }}
+{{- end }}
 {{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "port" 8080)) | fromJson }}
 {{- if and $http.adminPort (eq (int $http.adminPort) (int $http.port)) }}
 {{- $problems = append $problems (printf "config.http.adminPort (%d) must differ from config.http.port: the probes and /metrics need a port of their own (null turns it off)" (int $http.adminPort)) }}
@@ -236,5 +244,47 @@ ConfigMap, so extraEnv may set it (say from a ConfigMap of its own), unchecked.
 {{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nextraEnv would override what the chart sets:\n  - %s" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+extraVolumes and extraVolumeMounts: the chart's own volumes and mount points stay its own. A volume
+named like one of the chart's would replace it in the pod (or two volumes of one name, which the
+API server refuses); a mount at, above or under /tmp, the secrets or the Kafka TLS directory would
+hide the files the chart put there (or put files the bridge reads as settings, in the secrets
+directory). Each mount names an extraVolume, once per path. The volume types, which the restricted
+Pod Security Standard allows, are values.schema.json's.
+*/}}
+{{- define "pinecall-bridge.validateExtraVolumes" -}}
+{{- $chartVolumes := list "tmp" "kafka-tls" "secrets" }}
+{{- $chartPaths := list "/tmp" (include "pinecall-bridge.tlsDir" .) (include "pinecall-bridge.secretsDir" .) }}
+{{- $problems := list }}
+{{- $volumes := dict }}
+{{- range .Values.extraVolumes }}
+{{- if has .name $chartVolumes }}
+{{- $problems = append $problems (printf "extraVolumes: %q is the name of one of the chart's own volumes (%s): name it otherwise" .name (join ", " $chartVolumes)) }}
+{{- else if hasKey $volumes .name }}
+{{- $problems = append $problems (printf "extraVolumes: %q is named twice" .name) }}
+{{- end }}
+{{- $_ := set $volumes .name true }}
+{{- end }}
+{{- $paths := dict }}
+{{- range .Values.extraVolumeMounts }}
+{{- $path := clean .mountPath }}
+{{- if not (hasKey $volumes .name) }}
+{{- $problems = append $problems (printf "extraVolumeMounts: %s mounts %q, which is no volume of extraVolumes" .mountPath .name) }}
+{{- end }}
+{{- range $chartPaths }}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" .) $path) (hasPrefix (printf "%s/" (trimSuffix "/" $path)) .) }}
+{{- $problems = append $problems (printf "extraVolumeMounts: %s would hide or change what the chart mounts at %s: mount it elsewhere (e.g. under /etc/ssl/ or /etc/pinecall-bridge/<name>)" $path .) }}
+{{- end }}
+{{- end }}
+{{- if hasKey $paths $path }}
+{{- $problems = append $problems (printf "extraVolumeMounts: %s is mounted more than once" $path) }}
+{{- end }}
+{{- $_ := set $paths $path true }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n\nextraVolumes/extraVolumeMounts would clash with the chart's own:\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
 {{- end }}
