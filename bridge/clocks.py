@@ -18,3 +18,41 @@ def broker_offset(sent_at: float, acked_at: float, appended_at: float) -> float:
 def beyond_allowance(offset: float) -> bool:
     """Whether an offset from broker_offset exceeds what the dedup stage's restores allow for."""
     return abs(offset) > SKEW_ALLOWANCE_SECONDS
+
+
+# How far a clock's rate may be off (NTP's own limit, 500 ppm): a broker time carried forward
+# by our monotonic clock is counted this much slower, so it stays behind the broker's.
+RATE_TOLERANCE = 500e-6
+
+
+class BrokerClock:
+    """A lower bound of the broker's clock now, from the append times read (LogAppendTime)."""
+
+    def __init__(self) -> None:
+        # max(appended_at - ticks * (1 - RATE_TOLERANCE)) over the records read: which of two
+        # reads bounds the broker's now higher does not change as time goes on.
+        self._lead: float | None = None
+
+    def saw(self, appended_at: float, ticks: float) -> None:
+        """A record appended at `appended_at` (seconds) was read at monotonic `ticks`."""
+        lead = appended_at - ticks * (1 - RATE_TOLERANCE)
+        if self._lead is None or lead > self._lead:
+            self._lead = lead
+
+    def floor(self, ticks: float) -> float | None:
+        """A time the broker's clock has passed at monotonic `ticks`; None before any read."""
+        return None if self._lead is None else self._lead + ticks * (1 - RATE_TOLERANCE)
+
+
+def broker_passed(ours: float, floor: float | None) -> float | None:
+    """The latest time the broker's clock can be counted on to have passed, our wall clock
+    `ours` or not (a BrokerClock's `floor`), less the skew allowance; None with no floor. Pure."""
+    # Either may be ahead of the broker's now: ours by a replica's fault (NTP), the floor by a
+    # broker clock stepped back; the allowance covers the latter, the earlier of them the former.
+    return None if floor is None else min(ours, floor) - SKEW_ALLOWANCE_SECONDS
+
+
+def look_back_from(ours: float, floor: float | None) -> float:
+    """broker_passed, or with no floor our clock less the allowance (the best left). Pure."""
+    passed = broker_passed(ours, floor)
+    return ours - SKEW_ALLOWANCE_SECONDS if passed is None else passed

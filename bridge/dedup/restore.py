@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
-from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS, BrokerClock, broker_passed
 from bridge.dedup.kept import DropReason, Kept, gap_readable
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
@@ -131,6 +131,7 @@ async def restore(
     *,
     kept: Kept | None = None,
     margin: float | None = None,
+    clock: BrokerClock | None = None,
 ) -> int:
     """Replay [start, end) of the partition into `window`; returns how many ids it read.
 
@@ -140,8 +141,11 @@ async def restore(
     `progress`, when given, also learns each call log's progress from the same records;
     `throttled` is told each throttle a broker answers the restore's fetches with (quotas.py).
     A replay that stalls goes on where it stopped, with a new consumer. `meter` is told the
-    replay's offsets to read and read.
+    replay's offsets to read and read. `clock`, the broker's as the stage has read it: told
+    the append times read; with none known, a window whose last record is unreadable starts at
+    the log start (our clock may be ahead of the broker's).
     """
+    clock = clock if clock is not None else BrokerClock()
     loop = asyncio.get_running_loop()
     watch = StallWatch(0, loop.time(), STALL_SECONDS)
 
@@ -153,7 +157,7 @@ async def restore(
     consumer = await _started(options, tp, answered)
     try:
         if kept is None:
-            start = await _window_start(consumer, tp, end, ttl, watch, margin)
+            start = await _window_start(consumer, tp, end, ttl, watch, margin, clock)
         else:
             start = await _gap_start(consumer, tp, kept, watch)
         if meter is not None:
@@ -162,7 +166,9 @@ async def restore(
         resumed = False
         while True:
             try:
-                read += await _replay(consumer, tp, start, end, window, progress, watch, meter)
+                read += await _replay(
+                    consumer, tp, start, end, window, progress, watch, meter, clock
+                )
                 break
             except RestoreStalledError as stall:
                 if resumed and stall.position == start:
@@ -228,18 +234,26 @@ async def _window_start(
     end: int,
     ttl: float,
     watch: StallWatch,
-    margin: float | None = None,
+    margin: float | None,
+    clock: BrokerClock,
 ) -> int:
     """The first offset of the window to replay: `end` when there is nothing to replay."""
     first = (await consumer.beginning_offsets([tp]))[tp]
     if end <= first:
         return end
     last = await _read_one(consumer, tp, end - 1, watch)
-    # Nothing readable at or after end - 1 (a control or aborted record of another writer last,
-    # or retention meanwhile): what comes next is appended from now on, so the TTL before now
-    # covers it, started a skew allowance early: the broker's clock (append times) may lag ours.
-    moment = last.timestamp if last is not None else (time.time() - SKEW_ALLOWANCE_SECONDS) * 1000
-    found = await consumer.offsets_for_times({tp: max(int(moment - ttl * 1000), 0)})
+    if last is not None:
+        clock.saw(last.timestamp / 1000, time.monotonic())
+        moment: float | None = last.timestamp / 1000
+    else:
+        # Nothing readable at or after end - 1 (a control or aborted record of another writer
+        # last, or retention meanwhile): what comes next is appended from the broker's now on,
+        # so the TTL before it covers it. Not our clock's now: ahead of the broker's by more
+        # than the allowance, it started late and missed ids (a copy output twice).
+        moment = broker_passed(time.time(), clock.floor(time.monotonic()))
+    if moment is None:
+        return int(first)  # the broker's now unknown: everything kept, which holds the TTL's
+    found = await consumer.offsets_for_times({tp: max(int((moment - ttl) * 1000), 0)})
     at = found.get(tp)
     start = int(max(at.offset if at is not None else end, first))
     if margin is not None and last is not None and start == first > 0:
@@ -266,6 +280,8 @@ async def _cut_by_retention(
     waiting = await _read_one(consumer, tp, end, watch)
     if waiting is None:
         return
+    # By our clock: the floor of the broker's (clocks.py) bounds the lag from below, by as little
+    # as nothing when this process has read only old records, the lagging case this is for.
     lag = time.time() - waiting.timestamp / 1000
     if lag <= margin - SKEW_ALLOWANCE_SECONDS:
         return
@@ -351,6 +367,7 @@ async def _replay(
     progress: PartitionProgress | None,
     watch: StallWatch,
     meter: RestoreMeter | None = None,
+    clock: BrokerClock | None = None,
 ) -> int:
     """Replay [start, end) into `window`: the ids read. A stall says how many it read before."""
     read = 0
@@ -363,6 +380,8 @@ async def _replay(
                 reached = min(batch[-1].offset + 1, end)
                 meter.advance(reached - position)
                 position = reached
+            if clock is not None:
+                clock.saw(batch[-1].timestamp / 1000, time.monotonic())
             for record in batch:
                 event_id = decided_id(record.value, record.headers)
                 if event_id is not None:

@@ -50,7 +50,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.clocks import BrokerClock, look_back_from
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.kept import Kept, choose
@@ -183,6 +183,8 @@ class DedupStage:
         # The restores read a few partitions at a time: a takeover of them all at once was no
         # faster on one core and held more memory (bench.takeover).
         self._restore_slots = asyncio.Semaphore(settings.restore_concurrency)
+        # The broker's clock as the records read show it: the look-backs count from its now.
+        self._broker_clock = BrokerClock()
         # Bumped by every revocation: a start launched before it must install nothing, since
         # the committed offset it read may be older than what the next owner has committed.
         self._epoch = 0
@@ -593,8 +595,13 @@ class DedupStage:
         past = [tp for tp, task in seen.items() if task.position >= starts[tp]]
         rewinds: dict[TopicPartition, int] = {}
         if past:
-            # A skew allowance early: append times are the broker's clock, which may lag ours.
-            since = time.time() - self._settings.ttl_seconds - SKEW_ALLOWANCE_SECONDS
+            # Append times are the broker's clock: from ours alone, one ahead of it by more than
+            # the allowance rewound too little, and a copy of a record appended since was output.
+            # No record read yet in this process: ours, an allowance early.
+            since = (
+                look_back_from(time.time(), self._broker_clock.floor(time.monotonic()))
+                - self._settings.ttl_seconds
+            )
             found = await consumer.offsets_for_times(dict.fromkeys(past, max(int(since * 1000), 0)))
             ends = await consumer.end_offsets(past)
             for tp in past:
@@ -966,6 +973,7 @@ class DedupStage:
                     self._metrics,
                     track_progress=self.listener is not None,
                     restore_slots=self._restore_slots,
+                    broker_clock=self._broker_clock,
                 )
                 try:
                     await self._out.start()  # a failed transaction took it: resume only with one

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bridge.clocks import SKEW_ALLOWANCE_SECONDS
+from bridge.clocks import BrokerClock, look_back_from
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
 from bridge.dedup.kept import Kept
@@ -52,10 +52,12 @@ class PartitionTask:
         *,
         track_progress: bool = False,
         restore_slots: asyncio.Semaphore | None = None,
+        broker_clock: BrokerClock | None = None,
     ) -> None:
         """`client` makes the options of the consumers it reads with, as each is built (the
         stage's: bootstrapped from the brokers listed then); its restore reads only once it
-        holds one of `restore_slots`, when given."""
+        holds one of `restore_slots`, when given. `broker_clock`, the stage's, learns the append
+        times it reads and dates its look-backs."""
         self.tp = tp
         self._settings = settings
         self._client = client
@@ -73,6 +75,7 @@ class PartitionTask:
         # What the restore saw of each call log, for the call-log source's takeover.
         self.progress = PartitionProgress() if track_progress else None
         self._restore_slots = restore_slots
+        self.broker_clock = broker_clock if broker_clock is not None else BrokerClock()
         self._restored: dict[str, Any] = {"partition": tp.partition}  # what say_owned tells
 
     @property
@@ -137,6 +140,7 @@ class PartitionTask:
                 ),
                 kept=kept,
                 margin=self._settings.ingest_retention_margin_seconds,
+                clock=self.broker_clock,
             )
         # The replay repeats the previous owner's early evictions, which it counted already.
         self._evicted_reported = self.window.evicted_early
@@ -272,7 +276,10 @@ class PartitionTask:
     async def _aged(self, consumer: AIOKafkaConsumer, start: int) -> bool:
         """A record from `start` on was appended longer than the TTL ago (by the broker's clock,
         which may lag ours: a skew allowance more)."""
-        since = time.time() - self._settings.ttl_seconds - SKEW_ALLOWANCE_SECONDS
+        since = (
+            look_back_from(time.time(), self.broker_clock.floor(time.monotonic()))
+            - self._settings.ttl_seconds
+        )
         found = await consumer.offsets_for_times({self.tp: max(int(since * 1000), 0)})
         at = found.get(self.tp)
         # None: every record kept is older; past the start: those before it are.
@@ -280,6 +287,8 @@ class PartitionTask:
 
     async def process(self, records: list[Any], out: StageProducer) -> None:
         """Decide each record, publishing the new ones in `out`'s open transaction."""
+        if records:  # fetched just now: the broker's clock had passed its append time
+            self.broker_clock.saw(records[-1].timestamp / 1000, time.monotonic())
         if not records or records[-1].offset < self.position or self.held:
             return  # all from before a seek: already processed; or held
         await out.join(self.tp)

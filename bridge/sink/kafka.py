@@ -676,12 +676,12 @@ class KafkaSink:
             self._broker_offset = offset
             self._metrics.broker_clock_offset.set(offset)
         if offset and beyond_allowance(offset):
-            # The dedup stage's restores read back the TTL by this replica's clock with only
-            # the allowance to spare: ahead by more, they miss ids and a copy is output again.
+            # The dedup stage's look-backs count from the broker's clock as read (clocks.py),
+            # save a rewind before any record is read: ahead, it misses ids of the TTL.
             flood.warning(
                 "the Kafka broker's clock is further from this replica's than the clock skew"
-                " allowance: the dedup stage's restores may miss ids of the TTL (a copy output"
-                " twice) or read more than needed; synchronise the clocks (NTP)",
+                " allowance: a dedup rewind after a truncated log may miss ids of the TTL (a copy"
+                " output twice) or read more than needed; synchronise the clocks (NTP)",
                 extra={
                     "broker_offset_s": round(offset, 3),
                     "allowance_s": SKEW_ALLOWANCE_SECONDS,

@@ -24,6 +24,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bridge import routing
 from bridge.config import DedupSettings
+from bridge.dedup import restore as restore_module
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.restore import restore
 from bridge.dedup.stage import IDLE_FETCH_WAIT_MS, DedupStage
@@ -890,6 +891,53 @@ async def test_a_restart_with_the_same_instance_id_aborts_the_crashed_transactio
     assert await _read(kafka_bootstrap, topics.events, b"end-1", committed=True) == []
     uncommitted = await _read(kafka_bootstrap, topics.events, b"end-2", committed=False)
     assert uncommitted == [record_id, b"end-1"]  # it reached the log, in the aborted transaction
+
+
+class _ClockAhead:
+    """A module's `time` with its wall clock 10 minutes ahead (an NTP fault), monotonic kept."""
+
+    monotonic = staticmethod(time.monotonic)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 600.0
+
+
+async def test_a_takeover_with_our_clock_ahead_of_the_brokers_drops_late_copies(
+    start_bridge: Start,
+    topics: Topics,
+    kafka_bootstrap: str,
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taken over at an offset after another writer's aborted record (an operator's reset to
+    the end), by a replica 10 minutes ahead of the broker: the TTL before its now started past
+    :1 and :2, left out of the window, and their late copies were output again."""
+    first = await _stage_stopped_after_two(start_bridge, kafka_bootstrap, topics, unique_call)
+    [tp] = await group_offsets(kafka_bootstrap, topics)  # the call's partition
+    writer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{topics.group}-other-writer"
+    )
+    await writer.start()
+    try:
+        await writer.begin_transaction()
+        await writer.send_and_wait(tp.topic, b"not the bridge's", partition=tp.partition)
+        await writer.abort_transaction()
+    finally:
+        await writer.stop()
+    async with ingest_ends(kafka_bootstrap, topics) as (_, ends):
+        await reset_offsets(kafka_bootstrap, topics.group, {tp: ends[tp]})
+    await first.bridge.stop()
+
+    monkeypatch.setattr(restore_module, "time", _ClockAhead)
+    second: RunningBridge = await start_bridge(dedup={"ttl_seconds": 300})
+    # Restored before the copies come: one after the committed offset would date the window.
+    await until_sample([second], "pinecall_bridge_dedup_restore_duration_seconds_count", 3)
+    copies = [entry(seq, call=unique_call) for seq in (1, 2, 3)]
+    await post_all(second, copies)
+    await consume_until(kafka_bootstrap, [topics.events], has_id(f"{unique_call}:3"))
+    records = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert ids(records) == [f"{unique_call}:{seq}" for seq in (1, 2, 3)]
 
 
 @dataclass

@@ -1,4 +1,12 @@
-from bridge.clocks import SKEW_ALLOWANCE_SECONDS, beyond_allowance, broker_offset
+from bridge.clocks import (
+    RATE_TOLERANCE,
+    SKEW_ALLOWANCE_SECONDS,
+    BrokerClock,
+    beyond_allowance,
+    broker_offset,
+    broker_passed,
+    look_back_from,
+)
 
 
 def test_an_append_time_between_send_and_ack_is_no_offset() -> None:
@@ -19,3 +27,25 @@ def test_only_an_offset_past_the_allowance_is_beyond_it() -> None:
     assert not beyond_allowance(-SKEW_ALLOWANCE_SECONDS)
     assert beyond_allowance(SKEW_ALLOWANCE_SECONDS + 0.001)
     assert beyond_allowance(-SKEW_ALLOWANCE_SECONDS - 0.001)
+
+
+def test_the_broker_clock_is_unknown_until_a_record_is_read() -> None:
+    assert BrokerClock().floor(50.0) is None
+
+
+def test_the_broker_clock_carries_the_freshest_append_time_forward_a_little_slow() -> None:
+    clock = BrokerClock()
+    clock.saw(1000.0, ticks=10.0)  # read at once
+    clock.saw(900.0, ticks=20.0)  # a backlog's record, read late: bounds nothing higher
+    floor = clock.floor(110.0)
+    assert floor == 1000.0 + 100.0 * (1 - RATE_TOLERANCE)
+    assert 1099.9 < floor < 1100.0  # never past the broker's now, whichever clock is faster
+
+
+def test_the_broker_time_passed_is_the_earlier_clock_less_the_allowance() -> None:
+    # Ours 10 minutes ahead of the broker's, or 10 minutes behind it: the earlier counts.
+    assert broker_passed(1600.0, 1000.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS
+    assert broker_passed(400.0, 1000.0) == 400.0 - SKEW_ALLOWANCE_SECONDS
+    assert broker_passed(1000.0, None) is None
+    assert look_back_from(1600.0, 1000.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS
+    assert look_back_from(1000.0, None) == 1000.0 - SKEW_ALLOWANCE_SECONDS

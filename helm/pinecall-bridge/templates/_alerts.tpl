@@ -453,7 +453,7 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
       - alert: PinecallBridgeClockSkew
         # The broker's LogAppendTime against the pod's clock at each ingest ack: past the skew
-        # allowance (bridge/clocks.py, 60 s), a restore reads back less than the TTL.
+        # allowance (bridge/clocks.py, 60 s), a rewind before any record is read looks back less.
         expr: |
           max by (namespace, pod) (abs(pinecall_bridge_broker_clock_offset_seconds)) > 60
         for: 10m
@@ -461,7 +461,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s's clock is %s s from the Kafka brokers'" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "%s/%s's clock has been more than 60 s (the bridge's clock skew allowance) from the Kafka brokers' for 10 minutes, by the append times of its ingest acks. A dedup restore on it reads back the TTL by its own clock: ahead, it misses ids and a copy of one is output twice. Synchronise the clocks (NTP)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s's clock has been more than 60 s (the bridge's clock skew allowance) from the Kafka brokers' for 10 minutes, by the append times of its ingest acks. The dedup stage's look-backs count from the brokers' clock as its records show it, but a rewind after a truncated log before its process has read any record counts from the pod's own: ahead, it misses ids and a copy of one is output twice. Synchronise the clocks (NTP)." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeclockskew" $a.runbookUrl }}
       - alert: PinecallBridgeWebhooksRefused503
         # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from bridge.clocks import BrokerClock
 from bridge.dedup import restore as restore_module
 from bridge.dedup.kept import Kept
 from bridge.dedup.memoryfit import RESTORE_BYTES_PER_PARTITION
@@ -133,17 +134,55 @@ async def test_a_progress_read_cut_short_warns_how_far_it_stopped(
     assert warning.__dict__["partition"] == TP.partition
 
 
+def unreadable_last(log: FakeLog, broker_now: float) -> None:
+    """Another transactional writer's aborted record last before the committed offset (4): the
+    stage skipped it, and no record came since. 1 and 2 are within the TTL, 0 long past it."""
+    log.append(ingest(0, "CA_0:9", broker_now - TTL - 120.0))  # past the TTL and the allowance
+    log.append(ingest(1, "CA_1:0", broker_now - 2.0))
+    log.append(ingest(2, "CA_1:1", broker_now - 1.5))
+    log.append(ingest(3, "CA_9:7", broker_now - 1.0), aborted=True)
+
+
+def broker_clock_at(broker_now: float) -> BrokerClock:
+    """The stage's BrokerClock, having read a record appended at `broker_now` just now."""
+    clock = BrokerClock()
+    clock.saw(broker_now, time.monotonic())
+    return clock
+
+
 async def test_an_unreadable_last_record_still_restores_the_ttl_before_now(log: FakeLog) -> None:
-    # Another transactional writer's aborted record is the last before the committed offset:
-    # the stage skipped it, and no record came since. The window is still the TTL's ids.
     now = time.time()
-    log.append(ingest(0, "CA_0:9", now - TTL - 120.0))  # past the TTL (and the clock margin)
-    log.append(ingest(1, "CA_1:0", now - 2.0))
-    log.append(ingest(2, "CA_1:1", now - 1.5))
-    log.append(ingest(3, "CA_9:7", now - 1.0), aborted=True)
+    unreadable_last(log, now)
     window = SeenWindow(TTL, 1_000)
-    assert await restore({}, TP, 4, window, TTL) == 2  # not the whole partition
+    assert await restore({}, TP, 4, window, TTL, clock=broker_clock_at(now)) == 2  # not all
     assert seen(window, "CA_0:9", "CA_1:0", "CA_1:1", "CA_9:7") == [False, True, True, False]
+
+
+async def test_an_unreadable_last_record_restores_the_ttl_with_our_clock_ahead_of_the_brokers(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This replica's clock 10 minutes ahead (an NTP fault): the TTL before our now started
+    # past every record, 1 and 2 left out of the window, and their late copies output twice.
+    broker_now = time.time()
+    unreadable_last(log, broker_now)
+    clock = broker_clock_at(broker_now)
+    monkeypatch.setattr(time, "time", lambda: broker_now + 600.0)
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 4, window, TTL, clock=clock) == 2
+    assert seen(window, "CA_0:9", "CA_1:0", "CA_1:1") == [False, True, True]
+
+
+async def test_an_unreadable_last_record_with_no_broker_time_known_restores_from_the_log_start(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing read yet in this process: how far ours is from the broker's clock is unknown,
+    # so everything kept is read, which holds the TTL's ids whichever way they differ.
+    broker_now = time.time()
+    unreadable_last(log, broker_now)
+    monkeypatch.setattr(time, "time", lambda: broker_now + 600.0)
+    window = SeenWindow(TTL, 1_000)
+    assert await restore({}, TP, 4, window, TTL) == 3
+    assert seen(window, "CA_0:9", "CA_1:0", "CA_1:1") == [False, True, True]
 
 
 async def test_a_restore_holds_no_more_than_memoryfit_counts_a_partition(log: FakeLog) -> None:

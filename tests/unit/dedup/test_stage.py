@@ -19,6 +19,7 @@ from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.dedup import committed as committed_module
 from bridge.dedup import stage as stage_module
@@ -541,6 +542,7 @@ class PastRetentionConsumer(RebalancingConsumer):
         self.opened, self.within_ttl = opened, within_ttl
         self.fetches = 0
         self.open_at_lookup: list[bool] = []
+        self.asked: list[int] = []  # the times looked up, ms
 
     async def beginning_offsets(
         self, partitions: list[TopicPartition]
@@ -551,6 +553,7 @@ class PastRetentionConsumer(RebalancingConsumer):
     async def offsets_for_times(
         self, timestamps: dict[TopicPartition, int]
     ) -> dict[TopicPartition, object]:
+        self.asked.extend(timestamps.values())
         at = self.within_ttl
         return {p: None if at is None else SimpleNamespace(offset=at) for p in timestamps}
 
@@ -608,6 +611,22 @@ async def test_a_position_past_the_end_reads_again_what_was_appended_within_the_
     assert sample(h.metrics, "pinecall_bridge_dedup_records_expired_total") == 0
     [logged] = [r for r in caplog.records if "past its end" in r.getMessage()]
     assert (logged.offset, logged.from_offset) == (12, 10)  # type: ignore[attr-defined]
+
+
+async def test_a_rewind_past_the_end_looks_back_from_the_brokers_now_with_our_clock_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This replica's clock 10 minutes ahead (an NTP fault): the TTL before our now started
+    # after what the broker appended within the TTL before its now, and their copies were output.
+    h, consumer, _ = past_retention(12)
+    broker_now = time.time()
+    h.stage._broker_clock.saw(broker_now, time.monotonic())  # a record read just now
+    monkeypatch.setattr(time, "time", lambda: broker_now + 600.0)
+    await h.stage._run()
+    ttl = h.stage._settings.ttl_seconds
+    assert consumer.asked == [
+        pytest.approx((broker_now - ttl - SKEW_ALLOWANCE_SECONDS) * 1000, abs=5)
+    ]
 
 
 async def test_past_the_end_with_nothing_appended_within_the_ttl_goes_on_from_the_end() -> None:

@@ -241,6 +241,49 @@ async def test_a_start_from_the_partitions_beginning_outlives_a_cut_consumer_sto
     assert task.position == 2
 
 
+async def test_the_records_a_task_decides_and_restores_date_the_brokers_clock(log: FakeLog) -> None:
+    # What the look-backs count from: without it they fall back on this replica's clock alone.
+    broker_now = time.time() - 600.0  # the broker's clock 10 minutes behind ours
+    log.append(ingest(0, "CA_1:0", broker_now - 1.0))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(1, "pcb1:1")
+
+    task, out, _producer, _metrics = make()
+    await task.start(committed)
+    floor = task.broker_clock.floor(time.monotonic())
+    assert floor is not None
+    assert broker_now - 1.001 <= floor < broker_now
+    await task.process([ingest(1, "CA_1:1", broker_now)], out)
+    floor = task.broker_clock.floor(time.monotonic())
+    assert floor is not None
+    assert broker_now - 0.001 <= floor < broker_now + 1.0  # append times are whole ms
+
+
+async def test_a_new_groups_fresh_records_are_not_aged_with_our_clock_ahead_of_the_brokers(
+    log: FakeLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This replica's clock 10 minutes ahead (an NTP fault): by the TTL before our now, records
+    # appended seconds ago were aged, and a new group's first start was said to have lost its
+    # offsets (counted, an error to chase) when nothing was gone.
+    caplog.set_level(logging.WARNING, logger="bridge.dedup.task")
+    broker_now = time.time()
+    for n in range(3):
+        log.append(ingest(n, f"CA_1:{n}", broker_now - 5.0 + n))
+
+    async def committed(tp: TopicPartition) -> Found:
+        return Found(None)
+
+    task, _out, _producer, metrics = make()
+    task.broker_clock.saw(broker_now, time.monotonic())  # the stage read a record just now
+    monkeypatch.setattr(time, "time", lambda: broker_now + 600.0)
+    await task.start(committed)
+    assert task.position == 0
+    assert sample(metrics, "pinecall_bridge_dedup_offset_resets_total", kind="missing") == 0
+    assert [r.getMessage() for r in caplog.records if "offset is gone" in r.getMessage()] == []
+    assert [r.getMessage() for r in caplog.records if "no committed offset" in r.getMessage()]
+
+
 async def test_a_start_cancelled_while_reading_the_log_start_stops_that_consumer(
     log: FakeLog,
 ) -> None:
