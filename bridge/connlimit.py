@@ -9,10 +9,25 @@ The cap is per process: worker processes (BRIDGE_HTTP__WORKERS) each have their 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import resource
 from typing import Literal
 
 from prometheus_client import Counter, Gauge
+
+from bridge.logthrottle import LogThrottle
+
+log = logging.getLogger(__name__)
+# Every source out of descriptors says it here: one line (then one every 10 s) for the feed,
+# the org feed and hundreds of followers failing at once, not one per connection and retry.
+_said = LogThrottle(log)
+# The process's open-files limit (EMFILE) or the system's (ENFILE): no retry cures either.
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+OUT_OF_DESCRIPTORS = (
+    "out of file descriptors (the open-files limit, ulimit -n, or the system's): connections"
+    " cannot be opened; not an outage of Pinecall's"
+)
 
 # Connections being refused (answered, their sending side shut, waiting for the client to
 # close) at once: past these, more are closed at once. They take descriptors too.
@@ -60,6 +75,29 @@ def open_files_limit() -> int | None:
     """This process's soft RLIMIT_NOFILE; None if unlimited."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, is EMFILE or ENFILE."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    # aiohttp's ClientConnectorError carries the errno; other wrappers only their cause.
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def say_out_of_descriptors(source: str, error: str) -> None:
+    """Say (WARNING, thinned by `source`, a fixed name) that `source` could not connect for want
+    of descriptors; `error` as the source shows it (its URLs' secrets left out)."""
+    _said.warning(
+        OUT_OF_DESCRIPTORS,
+        extra={"source": source, "open_files_limit": open_files_limit(), "error": error},
+        kind=source,
+    )
 
 
 def raise_open_files_limit() -> tuple[int | None, int | None]:

@@ -726,6 +726,9 @@ class Bridge:
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
             self.sink.learn_cleanup(configs.found)
+            # Readiness judges the ingest topic's writes by it: the start's value would judge a
+            # topic made again with another (ready while every write is refused, or not ready).
+            self.sink.learn_min_insync(configs.found)
             unread_as = "a topic of the bridge's cannot be read while running"
             problems = self._topic_problems_in(names, configs, set(), unread_as)
             problems += self._durability_problems(configs.found, layouts)

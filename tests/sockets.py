@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import functools
+import os
 import random
 import socket
+from typing import Any
+
+import pytest
 
 
 def ipv6_loopback() -> bool:
@@ -80,3 +85,29 @@ def free_ports_below_ephemeral(count: int) -> list[int]:
         if len(ports) == count:
             return ports
     raise RuntimeError(f"no {count} free ports in 30000-32700")
+
+
+class SpentDescriptors:
+    """While `spent`, every TCP connect in the process fails as with no descriptor left (EMFILE):
+    what aiohttp's and websockets' connectors then raise. `on()` patches socket.socket.connect."""
+
+    def __init__(self, spare: int = 0) -> None:
+        self.spent = False
+        self.spare = spare  # the first connects that still succeed
+        self.refused = 0  # connects failed so
+
+    def on(self, monkeypatch: pytest.MonkeyPatch) -> SpentDescriptors:
+        """Spend them (until `spent` is set False); `monkeypatch` puts connect back."""
+        connect = socket.socket.connect
+
+        def spent_connect(sock: socket.socket, address: Any) -> None:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and self.spare > 0:
+                self.spare -= 1
+            elif self.spent and sock.family in (socket.AF_INET, socket.AF_INET6):
+                self.refused += 1
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            connect(sock, address)
+
+        self.spent = True
+        monkeypatch.setattr(socket.socket, "connect", spent_connect)
+        return self

@@ -1066,7 +1066,13 @@ class KafkaSink:
                 )
         except (KafkaError, TimeoutError, OSError):
             return False
-        value = configs.found.get(topic, {}).get(MIN_INSYNC_REPLICAS)
+        return self.learn_min_insync(configs.found)
+
+    def learn_min_insync(self, configs: Mapping[str, Mapping[str, str]]) -> bool:
+        """The watched topic's min.insync.replicas if `configs` holds it (the topic check while
+        running reads it too: a topic made again may have another); whether it did."""
+        topic = self._writes
+        value = configs.get(topic, {}).get(MIN_INSYNC_REPLICAS) if topic is not None else None
         if value is None or not value.isdigit():
             return False
         if int(value) != self._min_insync:
@@ -1075,6 +1081,7 @@ class KafkaSink:
                 extra={"topic": topic, "min_insync_replicas": int(value)},
             )
         self._min_insync = int(value)
+        self._insync_read = time.monotonic()
         return True
 
     async def _replace(self, dead: AIOKafkaProducer, why: str) -> None:

@@ -10,6 +10,7 @@ DisconnectReason = Literal[
     "auth",
     "token_error",
     "connect_error",
+    "out_of_descriptors",  # this process (or host) has no file descriptor left: no outage
     "closed",
     "server_error",
     "ping_timeout",

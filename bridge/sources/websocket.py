@@ -58,6 +58,7 @@ from websockets.exceptions import (
 
 from bridge import jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
+from bridge.connlimit import out_of_descriptors, say_out_of_descriptors
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
@@ -473,12 +474,16 @@ class WebSocketSource:
                 reason, refused = "subscribe_refused", True
                 _log_refusal(exc, self._settings.events)
             except TokenError as exc:
-                reason = "token_error" if not exc.auth else "auth"
-                refusals.warning(
-                    "feed token unavailable",
-                    extra={"error": str(exc)},
-                    kind="auth" if exc.auth else None,
-                )
+                if out_of_descriptors(exc):  # the feed's first connection: the token request's
+                    reason = "out_of_descriptors"
+                    say_out_of_descriptors("websocket", str(exc))
+                else:
+                    reason = "token_error" if not exc.auth else "auth"
+                    refusals.warning(
+                        "feed token unavailable",
+                        extra={"error": str(exc)},
+                        kind="auth" if exc.auth else None,
+                    )
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 reason = _status_reason(status)
@@ -525,13 +530,18 @@ class WebSocketSource:
                     "feed unreachable", extra={"error": error}, kind=type(exc).__name__
                 )
             except (OSError, TimeoutError, InvalidHandshake) as exc:
-                reason = "connect_error"
                 error = f"{type(exc).__name__}: {self._shown(exc, opened)}"
-                # Thinned as a refusal is: an outage of hours said it at every retry. By its
-                # class: a DNS failure fixed, the TLS error behind it was held back for 5 min.
-                refusals.warning(
-                    "feed unreachable", extra={"error": error}, kind=type(exc).__name__
-                )
+                if out_of_descriptors(exc):
+                    # No outage of Pinecall's: this process has no descriptor left to connect.
+                    reason = "out_of_descriptors"
+                    say_out_of_descriptors("websocket", error)
+                else:
+                    reason = "connect_error"
+                    # Thinned as a refusal is: an outage of hours said it at every retry. By its
+                    # class: a DNS failure fixed, the TLS error behind it was held back for 5 min.
+                    refusals.warning(
+                        "feed unreachable", extra={"error": error}, kind=type(exc).__name__
+                    )
             except asyncio.CancelledError:
                 cancelled = True
                 raise

@@ -789,6 +789,22 @@ async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchec
     ]
 
 
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_topic_check_while_running_hands_the_ingest_min_insync_to_readiness() -> None:
+    # The ingest topic made again with another min.insync.replicas: readiness kept the start's.
+    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"topic_check_seconds": 0.01})
+    bridge = Bridge(settings)
+    bridge.sink.watch_writes(settings.topics.ingest, 1)
+    FakeAdmin.values = {"min.insync.replicas": "2"}
+    watch = asyncio.create_task(bridge._watch_topics())
+    try:
+        await until(lambda: bridge.sink._min_insync == 2)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
 async def healthz_statuses(port: int) -> dict[str, int | str]:
     """/healthz's status over IPv4 and IPv6 loopback, or the connection's error."""
     statuses: dict[str, int | str] = {}

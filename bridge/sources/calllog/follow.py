@@ -37,6 +37,7 @@ Reason = Literal[
     "closed",  # the server ended the stream before the call's end
     "silent",  # no byte (not even a ping) within the read timeout
     "connect_error",
+    "out_of_descriptors",  # EMFILE or ENFILE: this process's open-files limit, not Pinecall
     "server_error",  # 5xx or 429
     "auth",
     "protocol",  # an unexpected status or content type
@@ -48,6 +49,7 @@ REASONS: tuple[Reason, ...] = (
     "closed",
     "silent",
     "connect_error",
+    "out_of_descriptors",
     "server_error",
     "auth",
     "protocol",

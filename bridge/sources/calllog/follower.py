@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
 
 from bridge.config import PinecallSettings, SseSettings
+from bridge.connlimit import out_of_descriptors, say_out_of_descriptors
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
@@ -241,6 +242,10 @@ class Follower:
                 )
                 if self._given_up(None):
                     raise _EndedError(ended=True) from exc
+            elif out_of_descriptors(exc):
+                # Said for what it is: as a connect_error it passed for an outage of Pinecall's.
+                reason = "out_of_descriptors"
+                say_out_of_descriptors("call_log", f"{type(exc).__name__}: {exc}")
             else:
                 reason = "closed" if self._opened_at is not None else "connect_error"
                 # One line a call: an outage of the platform would log every call at once.

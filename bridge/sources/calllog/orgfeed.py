@@ -21,6 +21,7 @@ import aiohttp
 from bridge import jsoncodec
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
+from bridge.connlimit import out_of_descriptors, say_out_of_descriptors
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise.ids import shown
@@ -141,11 +142,16 @@ class OrgFeed:
                             extra={"status": response.status, **redirect_note(response)},
                         )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if undecodable(exc):
-                    reason = "protocol"  # answered, in an encoding not asked for (br, zstd)
+                if out_of_descriptors(exc):
+                    # Said for what it is: "unreachable" passed for an outage of Pinecall's.
+                    reason = "out_of_descriptors"
+                    say_out_of_descriptors("org_feed", f"{type(exc).__name__}: {exc}")
                 else:
-                    reason = "closed" if opened_at is not None else "connect_error"
-                log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})
+                    if undecodable(exc):
+                        reason = "protocol"  # answered, in an encoding not asked for (br, zstd)
+                    else:
+                        reason = "closed" if opened_at is not None else "connect_error"
+                    log.warning("org feed unreachable", extra={"error": f"{type(exc).__name__}"})
             except asyncio.CancelledError:
                 raise
             except Exception:  # discovery must outlive any bug in one connection's handling

@@ -644,7 +644,7 @@ groups:
           )
           or
           (
-            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|server_error"}[{{ $callLogDown }}])) > 0
+            sum by (namespace, pod, worker) (increase(pinecall_bridge_sse_reconnects_total{stream="call", reason=~"auth|connect_error|out_of_descriptors|server_error"}[{{ $callLogDown }}])) > 0
             and on (namespace, pod, worker)
             sum by (namespace, pod, worker) (increase(pinecall_bridge_events_ingested_total{channel="sse"}[{{ $callLogDown }}])) == 0
           )

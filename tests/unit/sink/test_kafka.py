@@ -537,6 +537,27 @@ async def test_min_insync_is_read_again_after_too_few_replicas_and_while_it_keep
     await sink.stop()
 
 
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_min_insync_read_by_the_topic_check_judges_readiness_without_a_refused_write() -> (
+    None
+):
+    # The ingest topic made again with min.insync 2, one replica in sync: every write would be
+    # refused, yet the start's value (1) kept it ready until a write was (none reach an idle pod).
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    producer = FakeProducer.made[0]
+    producer.client.cluster.set_partitions("ingest", [(1, [1])])
+    sink.watch_writes("ingest", 1)
+    await probed(sink)
+    assert sink.connected
+    FakeAdmin.values = {"min.insync.replicas": "2"}
+    assert not sink.learn_min_insync({"other": {"min.insync.replicas": "2"}})
+    assert sink.learn_min_insync({"ingest": {"min.insync.replicas": "2"}})
+    await until(lambda: not sink.connected)
+    assert sink.learn_min_insync({"ingest": {"min.insync.replicas": "1"}})
+    await until(lambda: sink.connected)
+    await sink.stop()
+
+
 PROBE_SECONDS = 1.0
 JUDGED_WITHIN = 1.4 * PROBE_SECONDS  # a probe's interval, and slack for a busy box
 

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import Assembler
 
-from bridge import jsoncodec
+from bridge import connlimit, jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
 from bridge.ingest.record import decode
 from bridge.logsetup import JsonFormatter
@@ -38,7 +38,7 @@ from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, w
 from tests import entries
 from tests.metrics import sample, series
 from tests.polling import until
-from tests.sockets import refusing_address
+from tests.sockets import SpentDescriptors, refusing_address
 from tests.unit.fakes import FakeSink, pipeline_with
 
 API_KEY = "key-1"
@@ -1242,6 +1242,31 @@ async def test_an_unreachable_feed_is_said_once_then_how_often_once_it_is_back(
     first, summary = lines
     assert first.getMessage() == "feed unreachable"
     assert summary.suppressed == reconnects(metrics, "connect_error") - 1  # type: ignore[attr-defined]
+
+
+# 0: the token request is refused its descriptor; 1: it has one, the WebSocket's connect not.
+@pytest.mark.parametrize(("spare", "failed"), [(0, "token request failed"), (1, "OSError")])
+async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_pinecall_unreachable(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    spare: int,
+    failed: str,
+) -> None:
+    feed = await make_feed(sending(1))
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        async with running(feed.settings(), sink, metrics):
+            spent = SpentDescriptors(spare).on(monkeypatch)
+            await until(lambda: reconnects(metrics, "out_of_descriptors") >= 3, what="3 failures")
+            spent.spent = False
+            await until(lambda: len(sink.acked()) == 1, what="descriptors free again")
+    assert reconnects(metrics, "connect_error", "token_error") == 0
+    said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "websocket")]
+    assert said[0].__dict__["error"].startswith(failed)
+    assert said[0].__dict__["open_files_limit"] == connlimit.open_files_limit()
+    assert not [r for r in caplog.records if r.getMessage().startswith("feed unreachable")]
 
 
 async def test_a_refusal_of_another_status_is_said_at_once_not_held_back_as_more_of_the_same(

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from bridge import jsoncodec, logthrottle
+from bridge import connlimit, jsoncodec, logthrottle
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
@@ -28,6 +28,7 @@ from bridge.sources.reconnect import ReconnectPolicy
 from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
+from tests.sockets import SpentDescriptors
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 
@@ -328,6 +329,36 @@ async def test_a_request_never_answered_is_left_and_asked_again(
     assert publisher.seqs == [1]
     assert len(server.requests) == 2
     assert reconnects(metrics, "connect_error") == 1
+
+
+async def test_a_process_out_of_descriptors_is_said_so_once_not_counted_as_an_outage(
+    run_followers: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # EMFILE was an INFO line, thinned, and a connect_error: an outage of Pinecall's to see.
+    spent = SpentDescriptors().on(monkeypatch)
+    calls = [f"CA_{n}" for n in range(5)]
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return await stream(request, frame(entry(1, "call.score", call=request.match_info["call"])))
+
+    async def give_back() -> None:
+        await until(lambda: spent.refused >= 2 * len(calls))
+        spent.spent = False
+
+    caplog.set_level(logging.INFO, logger="bridge")
+    back = asyncio.create_task(give_back())
+    ended, _, _, _, metrics = await run_followers(handler, calls=calls)
+    await back
+    assert all(ended)
+    assert reconnects(metrics, "out_of_descriptors") >= 2 * len(calls)
+    assert reconnects(metrics, "connect_error") == 0
+    said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "call_log")]
+    assert said[0].__dict__["open_files_limit"] == connlimit.open_files_limit()
+    assert "Too many open files" in said[0].__dict__["error"]
+    assert not [r for r in caplog.records if r.getMessage() == "call log connection failed"]
 
 
 async def test_an_outage_is_one_connection_failed_line_not_one_a_call(

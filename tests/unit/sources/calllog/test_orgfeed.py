@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -12,12 +13,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from bridge import connlimit
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.sources.calllog.eventstream import Event
 from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_until
 from tests.polling import until
+from tests.sockets import SpentDescriptors
 
 NOW = 1_800_000_000.0
 TTL = 3_600.0
@@ -105,6 +108,36 @@ async def test_a_request_never_answered_is_left_and_asked_again() -> None:
         "pinecall_bridge_sse_reconnects_total", {"stream": "org_feed", "reason": "connect_error"}
     )
     assert failed == 1
+
+
+async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_a_connect_error(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'event: call.started\ndata: {"call": "CA_1"}\n\n')
+        await asyncio.sleep(2.0)
+        return response
+
+    spent = SpentDescriptors().on(monkeypatch)
+    caplog.set_level(logging.INFO, logger="bridge")
+    async with reading(settings, handle) as (announced, metrics):
+        await until(lambda: spent.refused >= 3)
+        spent.spent = False
+        assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_1", "call.started", None)
+
+    def reconnects(reason: str) -> float | None:
+        labels = {"stream": "org_feed", "reason": reason}
+        return metrics.registry.get_sample_value("pinecall_bridge_sse_reconnects_total", labels)
+
+    assert (reconnects("connect_error") or 0.0) == 0.0
+    assert (reconnects("out_of_descriptors") or 0.0) >= 3
+    said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "org_feed")]
+    assert not [r for r in caplog.records if r.getMessage() == "org feed unreachable"]
 
 
 async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_line_cap() -> None:
