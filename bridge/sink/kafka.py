@@ -39,6 +39,8 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.kafkarefusals import KAFKA_SESSION_TIMEOUT_BOUNDS_MS
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+from bridge.sink.acls import ACLS
+from bridge.sink.authorized import write_refused
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     drop_gone_brokers,
@@ -125,14 +127,22 @@ async def missing_ingest(settings: KafkaSettings, topic: str) -> str | None:
     """Why a command cannot write the ingest topic, said before it reads anything; None if it can.
 
     Else each of its deliveries waited out every retry and failed as a bare "timeout". Kafka's
-    Write implies Describe: a topic not described is missing or not this user's.
+    Write implies Describe: a topic not described is missing or not this user's; one described
+    may still not be writable, which its authorized operations say.
     """
-    if await topic_partitions(settings, [topic]):
-        return None
-    return (
-        f"the ingest topic {topic} does not exist, or this user may not write it"
-        " (BRIDGE_TOPICS__INGEST)"
-    )
+    if not await topic_partitions(settings, [topic]):
+        return (
+            f"the ingest topic {topic} does not exist, or this user may not write it"
+            " (BRIDGE_TOPICS__INGEST)"
+        )
+    # Describe without Write (a reader's ACLs): else every delivery was refused in turn, after
+    # the command had read what it would submit.
+    if await write_refused(client_options(settings), topic):
+        return (
+            f"this user may not write the ingest topic {topic} (BRIDGE_TOPICS__INGEST):"
+            f" TopicAuthorizationFailed, the principal needs an ACL allowing Write on it ({ACLS})"
+        )
+    return None
 
 
 @functools.lru_cache(maxsize=65_536)

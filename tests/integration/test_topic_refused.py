@@ -12,6 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.backfill import backfill_calls
+from bridge.deadletter import Selection
+from bridge.redrive import redrive
 from bridge.sink.acls import ACLS
 from tests.entries import entry
 from tests.integration.acls import (
@@ -29,13 +32,16 @@ from tests.integration.conftest import (
     Broker,
     RunningBridge,
     Topics,
+    bridge_settings,
     consume_until,
     create_topic,
     grown,
     has_id,
     publish_failures,
+    write_ingest,
 )
 from tests.integration.replicas import Replica, post_signed, replica_env
+from tests.integration.test_redrive import dead_letter
 from tests.polling import until
 from tests.sockets import free_port
 
@@ -49,6 +55,7 @@ USERS = (
     "noeventswrite",
     "nodlqwrite",
     "noeventsdescribe",
+    "ingestreader",
 )
 StartAs = Callable[[str, set[Acl]], Awaitable[RunningBridge]]
 # How long a refused stage is watched once it said why: it fetched again every commit interval
@@ -228,3 +235,34 @@ async def test_without_write_and_describe_on_an_output_topic_the_log_says_it_wit
     # aiokafka's metadata error thinned to a line per 10 s; the stage's said at 1, 2, 4, 8 s.
     assert len([m for m in errors if "not authorized for this client" in m]) <= 4, errors[-5:]
     assert len(errors) <= 10, errors[-5:]
+
+
+async def test_the_tools_name_a_missing_write_on_the_ingest_topic_before_reading_anything(
+    authorizing_broker: tuple[Broker, str], topics: Topics, unique_call: str
+) -> None:
+    # An operator's reading principal: it may describe and read the topics, not write the ingest
+    # topic. Said before the dead-letter topic or a call is read, not after every retry.
+    plain, sasl_bootstrap = authorizing_broker
+    user = "ingestreader"
+    await _prepare(plain, topics, user, {Acl(TOPIC, topics.ingest, WRITE)})
+    await grant(plain.bootstrap, user, [Acl(TOPIC, topics.dlq, READ)])
+    await write_ingest(
+        plain.bootstrap,
+        [dead_letter(topics, entry(1, call=unique_call), "invalid_data", "webhook")],
+    )
+    settings = bridge_settings(
+        sasl_bootstrap,
+        topics,
+        kafka=sasl(user),
+        topics={"create": False},
+        # Never answers: the calls are not to be asked for.
+        pinecall={"api_url": "http://127.0.0.1:9", "api_key": "key"},
+    )
+    said = (
+        f"this user may not write the ingest topic {topics.ingest} (BRIDGE_TOPICS__INGEST):"
+        f" TopicAuthorizationFailed, the principal needs an ACL allowing Write on it ({ACLS})"
+    )
+    redriven = await redrive(settings, Selection(0.0))
+    assert (redriven.error, redriven.read) == (said, 0)
+    assert (await redrive(settings, Selection(0.0), dry_run=True)).ok, "reads only"
+    assert (await backfill_calls(settings, [unique_call])).ingest_error == said
