@@ -52,7 +52,7 @@ from bridge.sink.kafka import (
     TopicReads,
     TopicSpec,
     client_options,
-    topic_configs,
+    topic_configs_and_layouts,
     topic_layouts,
 )
 from bridge.sink.limits import CLEANUP_POLICY, compacts
@@ -721,8 +721,10 @@ class Bridge:
                 # A topic deleted and made again (by an admin, or by the cluster at the stage's
                 # next send) may have another replication factor, min.insync.replicas or
                 # partition count than the one the start checked.
-                configs = await topic_configs(options, names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS))
-                layouts = await topic_layouts(options, names)
+                # One admin client for both: a connection (TLS, SASL) per check, not two.
+                configs, layouts = await topic_configs_and_layouts(
+                    options, names, (MIN_INSYNC_REPLICAS, *CONFIG_KEYS)
+                )
             except (KafkaError, OSError, TimeoutError):
                 continue  # unreachable: the probe says so (kafka_connected)
             self.sink.learn_cleanup(configs.found)

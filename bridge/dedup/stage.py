@@ -1054,10 +1054,11 @@ def lag_seconds(now: float, behind_for: float | None, last_appended_at: float | 
     the wall clock `now`) and when it was first seen behind (`behind_for` seconds ago), if known:
     after an idle spell the last processed record is old, and a record that just arrived is not.
     Known only once its owner saw it caught up: a backlog found at a takeover is as old as the
-    last record processed says.
+    last record processed says. An append time ahead of `now` is no measure: this clock stepped
+    back behind the broker's would otherwise read 0 for the whole spell, however long.
     """
     appended_for = None if last_appended_at is None else now - last_appended_at
-    waits = [w for w in (behind_for, appended_for) if w is not None]
+    waits = [w for w in (behind_for, appended_for) if w is not None and w >= 0]
     return max(min(waits), 0.0) if waits else 0.0
 
 

@@ -32,6 +32,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.cancelling import raise_if_cancelled
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS, beyond_allowance, broker_offset
@@ -217,6 +218,7 @@ __all__ = [
     "partition_for",
     "replication_factors",
     "topic_configs",
+    "topic_configs_and_layouts",
     "topic_layouts",
 ]
 
@@ -327,11 +329,33 @@ async def topic_layouts(
 ) -> TopicReads[Layout]:
     """Each existing topic's Layout (KafkaError if the cluster cannot be asked); those of
     `fresh` are waited for a moment, as by topic_configs."""
+    async with admin_client(options) as admin:
+        return await _topic_layouts(admin, names, fresh)
+
+
+async def topic_configs_and_layouts(
+    options: dict[str, Any], names: list[str], keys: tuple[str, ...]
+) -> tuple[TopicConfigs, TopicReads[Layout]]:
+    """topic_configs, then the Layout of each topic whose configs were read, by one admin client
+    (a check every minute need not connect twice); a topic whose configs are missing is not
+    asked for its Layout."""
+    async with admin_client(options) as admin:
+        configs = await _topic_configs(admin, names, keys, ())
+        return configs, await _topic_layouts(admin, list(configs.found), ())
+
+
+async def _topic_layouts(
+    admin: AIOKafkaAdminClient, names: list[str], fresh: Collection[str]
+) -> TopicReads[Layout]:
+    """topic_layouts, asked through `admin` by a Metadata request that creates no topic."""
 
     async def read(asked: list[str]) -> tuple[dict[str, Layout], dict[str, int]]:
         found: dict[str, Layout] = {}
         errors: dict[str, int] = {}
-        for topic in await admin.describe_topics(asked):
+        # Not describe_topics: it allows auto-creation, and where the cluster auto-creates topics
+        # (Kafka's default) each check made a deleted topic again, with the cluster's defaults.
+        request = MetadataRequest(asked, allow_auto_topic_creation=False)
+        for topic in (await admin._send_request(request)).to_object()["topics"]:
             if topic["error_code"] == 0 and topic["partitions"]:
                 found[topic["topic"]] = Layout(
                     min(len(p["replicas"]) for p in topic["partitions"]), len(topic["partitions"])
@@ -341,8 +365,7 @@ async def topic_layouts(
                 errors[topic["topic"]] = topic["error_code"] or LeaderNotAvailableError.errno
         return found, errors
 
-    async with admin_client(options) as admin:
-        found, errors = await _settled(read, names, fresh)
+    found, errors = await _settled(read, names, fresh)
     return TopicReads(found, errors)
 
 

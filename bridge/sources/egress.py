@@ -23,8 +23,12 @@ def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:
     """The proxy the environment names for `url` and its credentials apart (user, password);
     (None, None) if none."""
     target = URL(url)
-    # proxy_bypass reads NO_PROXY as curl and websockets do (names, domain suffixes, `*`).
-    if target.host is None or urllib.request.proxy_bypass(target.host):
+    if target.host is None:
+        return None, None
+    # proxy_bypass reads NO_PROXY as curl and websockets do (names, domain suffixes, `*`), asked
+    # as websockets asks it, with the port: a `host:port` entry kept the feed direct, not these.
+    asked = target.host if target.port is None else f"{target.host}:{target.port}"
+    if urllib.request.proxy_bypass(asked):
         return None, None
     given = urllib.request.getproxies().get(target.scheme)
     if not given:

@@ -3,6 +3,7 @@ an admin's changes to the topics while the bridge runs are said."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from tests.integration.conftest import (
     until_metrics,
     write_ingest,
 )
+from tests.metrics import scrape
 from tests.polling import until
 
 OWNED = "pinecall_bridge_dedup_partitions_owned"
@@ -428,9 +430,11 @@ async def test_alter_topic_changes_what_it_is_given_and_keeps_the_topics_other_c
 async def watching(
     start_bridge: Callable[..., Any], caplog: pytest.LogCaptureFixture, **settings: Any
 ) -> RunningBridge:
-    """A bridge checking its topics every 0.2 s, its INFO lines captured; `settings` its others."""
+    """A bridge checking its topics every 0.2 s, its INFO lines captured; `settings` its others
+    (`dedup` among them: added to)."""
     caplog.set_level(logging.INFO, logger="bridge")
-    bridge: RunningBridge = await start_bridge(dedup={"topic_check_seconds": 0.2}, **settings)
+    dedup = {"topic_check_seconds": 0.2, **settings.pop("dedup", {})}
+    bridge: RunningBridge = await start_bridge(dedup=dedup, **settings)
     return bridge
 
 
@@ -584,6 +588,31 @@ async def test_an_ingest_topic_deleted_where_topics_are_auto_created_is_said_and
     changed = "partition count changed while running"
     await until(lambda: said(caplog, changed), within=30)
     await until_metrics(bridge, lambda m: m.get(problem(topics.ingest, "timestamp_type")) == 1)
+
+
+@pytest.mark.timeout(240)
+async def test_an_output_topic_deleted_where_topics_are_auto_created_is_not_made_by_the_check(
+    auto_creating: Broker,
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The check's replication factors are a Metadata request, which aiokafka's describe_topics
+    # sends allowing auto-creation: asked of a deleted topic, it made it again with the cluster's
+    # defaults. The hang watch off: its readers' metadata of the topic would make it too.
+    bootstrap = auto_creating.bootstrap
+    bridge = await watching(
+        start_bridge,
+        caplog,
+        bootstrap=bootstrap,
+        dedup={"hanging_check_seconds": 0},
+    )
+    missing = await deleted(bridge, caplog, bootstrap, topics.alerts, WAIT)
+    await asyncio.sleep(2)  # ten more checks; nothing writes the topic
+    async with admin_client(bootstrap) as admin:
+        assert topics.alerts not in await admin.list_topics()
+    assert (await scrape(bridge.session, bridge.url))[missing] == 1
+    assert not gone(caplog, "cannot be read while running")
 
 
 @pytest.mark.timeout(240)

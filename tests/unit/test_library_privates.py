@@ -21,10 +21,11 @@ import pytest
 from aiohttp import web, web_urldispatcher
 from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.producer.sender import TxnOffsetCommitHandler
-from aiokafka.protocol.metadata import MetadataRequest, MetadataResponse_v1
+from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5, MetadataResponse_v1
 from prometheus_client import Histogram
 from pydantic_settings import NestedSecretsSettingsSource
 from websockets.asyncio.client import connect
@@ -181,6 +182,19 @@ async def test_aiokafkas_client_privates(producer: Any) -> None:
     state = partitions[TOPIC][0]
     need("aiokafka", state, "leader", "bridge/sink/kafka.py", lambda leader: leader == 1, "1")
     need("aiokafka", state, "isr", "bridge/sink/kafka.py", lambda isr: list(isr) == [1], "[1]")
+
+
+def test_aiokafkas_admin_metadata_request_creating_no_topic() -> None:
+    # bridge/sink/kafka.py reads topics' layouts by it: describe_topics allows auto-creation
+    # (tests/integration/test_topics.py: a deleted topic not made again by the check).
+    users = "bridge/sink/kafka.py"
+    method("aiokafka", AIOKafkaAdminClient, "_send_request", users, "request", aio=True)
+    built = MetadataRequest(["t"], allow_auto_topic_creation=False).build(MetadataRequest_v5)
+    if built.allow_auto_topic_creation is not False:
+        pytest.fail(
+            f"aiokafka {version('aiokafka')}'s MetadataRequest(allow_auto_topic_creation=False)"
+            f" builds {built!r}, which {users} relies on to create no topic"
+        )
 
 
 async def test_aiokafkas_producer_privates(producer: Any) -> None:

@@ -1089,6 +1089,12 @@ def test_lag_before_any_record_was_processed_runs_from_when_it_was_seen_behind()
     assert lag_seconds(now=10_000.0, behind_for=60.0, last_appended_at=None) == 60.0
 
 
+def test_lag_is_not_hidden_by_a_last_record_appended_after_this_clocks_now() -> None:
+    # This replica's clock stepped back an hour (behind the broker's): the spell, timed by the
+    # monotonic clock, is 120 s old; the old min() read -3,400 s, clamped to 0 for the hour.
+    assert lag_seconds(now=10_000.0, behind_for=120.0, last_appended_at=13_400.0) == 120.0
+
+
 def test_a_backlog_found_at_a_takeover_is_as_old_as_its_last_processed_record() -> None:
     # Not yet seen caught up by this owner: when it was first seen behind is not known.
     assert lag_seconds(now=10_000.0, behind_for=None, last_appended_at=9_000.0) == 1_000.0

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5
 from aiokafka.structs import PartitionMetadata, TopicPartition
 
 
@@ -321,6 +322,13 @@ class FakeAdmin:
         if self.silent:
             await asyncio.get_running_loop().create_future()
         return {}  # the group committed nothing
+
+    async def _send_request(self, request: MetadataRequest) -> SimpleNamespace:
+        """A Metadata request as topic_layouts sends it: one that creates no topic."""
+        built = request.build(MetadataRequest_v5)
+        assert built.allow_auto_topic_creation is False, "a topic check must create no topic"
+        described = await self.describe_topics(built.topics)
+        return SimpleNamespace(to_object=lambda: {"topics": described})
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
         self.asked.append(list(names))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 from yarl import URL
 
 from bridge.sources.egress import env_proxy, pinecall_session
@@ -22,6 +24,27 @@ def test_the_proxy_of_the_urls_scheme_is_taken_its_credentials_apart(
 def test_no_proxy_keeps_the_api_direct(monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
     proxied_env(monkeypatch, HTTPS_PROXY="http://proxy:3128", NO_PROXY=no_proxy)
     assert env_proxy("https://api.pinecall.io/v1") == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy"),
+    [
+        ("https://api.pinecall.io/v1", "api.pinecall.io:443"),
+        ("http://api.internal:8080", "api.internal:8080"),
+        ("http://[::1]:8080", "::1"),
+        ("http://[fd00::1]:8080", "fd00::1:8080"),
+    ],
+)
+def test_no_proxy_is_read_as_the_feeds_websockets_reads_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, no_proxy: str
+) -> None:
+    # websockets asks proxy_bypass with the port: a `host:port` entry kept the feed direct and
+    # sent the token, call logs and registration through the proxy.
+    proxied_env(monkeypatch, HTTPS_PROXY="http://proxy:3128", HTTP_PROXY="http://proxy:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    ws_url = URL(url).with_scheme("wss" if url.startswith("https") else "ws")
+    assert get_proxy(parse_uri(str(ws_url))) is None  # websockets' own reading
+    assert env_proxy(url) == (None, None)
 
 
 def test_no_proxy_variable_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
