@@ -100,7 +100,10 @@ class Api:
         expires_in = int(ttl) if ttl.is_integer() else ttl
         # The older SDK's answer names the feed's server too (`{token, server, expires_in}`): a
         # client reading it must find it here as on the platform.
-        server = self._server() or f"{'wss' if request.secure else 'ws'}://{request.host}"
+        # From the URL, not request.host: a request through a proxy (absolute-form, `POST
+        # http://host:port/...`) has aiohttp's host without the port, naming another server.
+        reached = request.url.origin().with_scheme("wss" if request.secure else "ws")
+        server = self._server() or str(reached)
         return web.json_response(
             {"token": self._tokens.issue(), "server": server, "expires_in": expires_in}
         )

@@ -1,3 +1,5 @@
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -46,6 +48,20 @@ async def test_token_requests_are_answered_and_counted(
         assert response.status == 200
     assert sim.token_requests == 3
     assert sim.tokens.status(body["token"]) == "valid"
+
+
+async def test_a_token_asked_through_a_proxy_names_the_server_with_its_port(sim: Simulator) -> None:
+    # An egress proxy forwards the request line in absolute form, its host and port in it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    head = (
+        f"POST {sim.url}{TOKEN} HTTP/1.1\r\nHost: {sim.url.removeprefix('http://')}\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode())
+    answer = await reader.read()
+    writer.close()
+    body = jsoncodec.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["server"] == "ws" + sim.url.removeprefix("http")
 
 
 async def test_token_answers_name_the_feed_server_set(
