@@ -18,6 +18,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from bridge.config import KafkaSettings
+from bridge.metrics import THROTTLE_WATCHED
 from bridge.sink import connectsetup
 from bridge.sink.connectsetup import (
     AuthenticationOutcome,
@@ -123,16 +124,9 @@ def test_a_role_names_the_client_only_when_the_setting_asks() -> None:
 
 # aiokafka's client classes, and the bridge's subclasses of them (found below).
 CLIENT_CLASSES = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaClient", "AIOKafkaAdminClient"}
-# The roles of the throttle metric's `client` label (README), each a client's own id.
-THROTTLE_ROLES = {
-    "ingest_producer",
-    "dedup_consumer",
-    "dedup_producer",
-    "dedup_restore_consumer",
-    "dedup_offsets_client",
-    "dedup_hangwatch_consumer",
-    "feed_lease",
-}
+# The roles of the throttle metric's `client` label (README), each a client's own id: those
+# watched from the start, and the feed lease's, exported once the feed is.
+THROTTLE_ROLES = {*THROTTLE_WATCHED, "feed_lease"}
 
 
 def _name(node: ast.expr) -> str | None:
