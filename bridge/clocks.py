@@ -26,7 +26,11 @@ RATE_TOLERANCE = 500e-6
 
 
 class BrokerClock:
-    """A lower bound of the broker's clock now, from the append times read (LogAppendTime)."""
+    """A lower bound of the broker's clock now, from the append times read (LogAppendTime).
+
+    One for the stage's partitions, whichever broker leads each: the bound is of the clock
+    furthest ahead among those read, not of each leader's (broker_passed's allowance covers that).
+    """
 
     def __init__(self) -> None:
         # max(appended_at - ticks * (1 - RATE_TOLERANCE)) over the records read: which of two
@@ -47,8 +51,10 @@ class BrokerClock:
 def broker_passed(ours: float, floor: float | None) -> float | None:
     """The latest time the broker's clock can be counted on to have passed, our wall clock
     `ours` or not (a BrokerClock's `floor`), less the skew allowance; None with no floor. Pure."""
-    # Either may be ahead of the broker's now: ours by a replica's fault (NTP), the floor by a
-    # broker clock stepped back; the allowance covers the latter, the earlier of them the former.
+    # Either may be ahead of a partition leader's now: ours by a replica's fault (NTP), the floor
+    # by a broker clock stepped back, or read from another broker ahead of this leader. The
+    # allowance covers the floor's (so the brokers' clocks within it of each other), the earlier
+    # of the two ours.
     return None if floor is None else min(ours, floor) - SKEW_ALLOWANCE_SECONDS
 
 
