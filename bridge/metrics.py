@@ -287,6 +287,14 @@ class Metrics:
             ["topic", "problem"],
             registry=r,
         )
+        # Topic bounded as topic_problem's: the bridge's own configured topics only.
+        self.topic_partitions_changed = Counter(
+            f"{PREFIX}_topic_partitions_changed_total",
+            "Changes of one of the bridge's topics' partition count seen while running (made"
+            " again, or partitions added): calls' keys map to other partitions from then on.",
+            ["topic"],
+            registry=r,
+        )
         self.dedup_partitions_owned = Gauge(
             f"{PREFIX}_dedup_partitions_owned",
             "Ingest partitions this process owns and processes (restored and fenced in).",

@@ -164,6 +164,10 @@ class Bridge:
             self.metrics.duplicates_by(channel)
         for topic in self.router.topics():
             self.metrics.published_by(topic)
+        # Alerted on by increase(): a change is counted only after a first read, into a series
+        # that must exist before it.
+        for topic in (settings.topics.ingest, *self.router.topics()):
+            self.metrics.topic_partitions_changed.labels(topic)
         # PublishingStalled subtracts these from the events received: an ephemeral event, whose
         # type's series already counts, must not read as received and not ingested.
         for reason in get_args(DropReason):
@@ -625,6 +629,8 @@ class Bridge:
         count = self.sink.partition_count(self.settings.topics.ingest)
         found = self._ingest_partitions.observe(count)
         if found is not None:
+            if found.changed:
+                self.metrics.topic_partitions_changed.labels(self.settings.topics.ingest).inc()
             log.log(
                 found.level,
                 found.message,
@@ -738,12 +744,14 @@ class Bridge:
             self._say_topic_problems(problems, missing=configs.errors)
 
     def _watch_output_partitions(self, layouts: TopicReads[Layout]) -> None:
-        """Log (ERROR) an output topic whose partition count differs from the last read."""
+        """Log (ERROR) and count an output topic whose partition count differs from the last
+        read."""
         ingest = self.settings.topics.ingest  # followed by the metadata probe instead
         for name, layout in layouts.found.items():
             before = self._output_partitions.get(name)
             self._output_partitions[name] = layout.partitions
             if name != ingest and before is not None and before != layout.partitions:
+                self.metrics.topic_partitions_changed.labels(name).inc()
                 log.error(
                     OUTPUT_PARTITIONS_CHANGED,
                     extra={

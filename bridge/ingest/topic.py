@@ -25,11 +25,13 @@ CONFIG_KEYS = (TIMESTAMP_TYPE, RETENTION_MS, RETENTION_BYTES, CLEANUP_POLICY)
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """A partition count worth a log line: how loud, what it means, and its facts."""
+    """A partition count worth a log line: how loud, what it means, its facts, and whether it
+    changed while running (counted: `topic_partitions_changed`)."""
 
     level: int
     message: str
     facts: dict[str, int]
+    changed: bool = False
 
 
 class PartitionWatch:
@@ -51,6 +53,7 @@ class PartitionWatch:
                 " has passed, a copy of an event from before the change can be output again, and"
                 " a call's events from either side of it can be output out of order",
                 {"partitions": count, "partitions_before": previous},
+                changed=True,
             )
         if count != self.configured:
             return Finding(

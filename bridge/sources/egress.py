@@ -17,6 +17,9 @@ import aiohttp
 from yarl import URL
 
 log = logging.getLogger(__name__)
+# Each session asks (the feed's at each connection, the call logs' at each start): said once a
+# process, not once a session.
+_unsupported_said = False
 
 
 def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:
@@ -33,13 +36,21 @@ def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:
     given = urllib.request.getproxies().get(target.scheme)
     if not given:
         return None, None
+    if "://" not in given:
+        # `proxy:3128`, as curl reads it: http://. Else its host read as a scheme, refused as
+        # one not supported, and every request went direct.
+        given = f"http://{given}"
     proxy = URL(given)
     if proxy.scheme not in ("http", "https"):
         # aiohttp speaks HTTP proxies only: a SOCKS one would fail every request, unexplained.
-        log.warning(
-            "proxy not used for Pinecall's API: only http:// and https:// proxies are supported",
-            extra={"proxy_scheme": proxy.scheme},
-        )
+        global _unsupported_said
+        if not _unsupported_said:
+            _unsupported_said = True
+            log.warning(
+                "proxy not used for Pinecall's API: only http:// and https:// proxies are"
+                " supported",
+                extra={"proxy_scheme": proxy.scheme},
+            )
         return None, None
     # Apart: aiohttp sends only proxy_auth as Proxy-Authorization, never a proxy URL's userinfo.
     auth = (proxy.user, proxy.password or "") if proxy.user else None

@@ -312,6 +312,10 @@ async def test_the_ingest_topics_own_partition_count_is_exported_logged_and_foll
             bridge, lambda m: m.get(PARTITIONS) == 6 and m.get(OWNED) == 6, within=60
         )
     assert logged(caplog, "changed while running") == [{"partitions": 6, "partitions_before": 4}]
+    # Counted for the alert (PinecallBridgeTopicPartitionsChanged), the start's 4 not.
+    metrics = await scrape(bridge.session, bridge.url)
+    assert metrics[changes(topics.ingest)] == 1
+    assert metrics[changes(topics.events)] == 0
     # A call of each partition, the new ones among them, reaches the output topic.
     calls = [call_on(partition, 6, unique_call) for partition in range(6)]
     for call in calls:
@@ -521,6 +525,10 @@ async def test_an_output_topic_made_again_unlike_the_start_checked_it_is_said_an
     [count] = said(caplog, moved)
     assert (count.__dict__["topic"], count.__dict__["partitions"]) == (topics.events, 1)
     assert count.__dict__["partitions_before"] == 3
+    # Counted for the alert too, once, and for that topic only.
+    metrics = await scrape(bridge.session, bridge.url)
+    counted = {k: v for k, v in metrics.items() if k.startswith(CHANGED) and v}
+    assert counted == {changes(topics.events): 1}
 
 
 async def test_a_dead_letter_topic_deleted_while_running_holds_its_letters_not_the_events(
@@ -632,6 +640,14 @@ async def test_a_record_naming_a_missing_topic_creates_none_where_topics_are_aut
     await until_metrics(bridge, lambda m: m.get(unknown) == 1)
     async with admin_client(bootstrap) as admin:
         assert nowhere not in await admin.list_topics()
+
+
+CHANGED = "pinecall_bridge_topic_partitions_changed_total"
+
+
+def changes(topic: str) -> str:
+    """The `topic_partitions_changed` series of `topic`, as scraped."""
+    return f'{CHANGED}{{topic="{topic}"}}'
 
 
 def problem(topic: str, kind: str) -> str:

@@ -394,6 +394,18 @@ groups:
           summary: {{ printf "Output topic %s compacts" "{{ $labels.topic }}" | quote }}
           description: {{ printf "For 5 minutes output topic %s in %s has had a cleanup.policy that compacts: Kafka keeps only the last record of each key (one event per call) and refuses records without a key, which the dedup stage skips (published nowhere). Set cleanup.policy=delete." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtopiccompacted" $a.runbookUrl }}
+      - alert: PinecallBridgeTopicPartitionsChanged
+        # A topic's partition count changed while the bridge ran (made again, or partitions
+        # added): calls' keys map to other partitions, so per-call order breaks for consumers
+        # reading partitions apart. Counted once per process that saw it: max, not sum.
+        expr: |
+          max by (namespace, topic) (increase(pinecall_bridge_topic_partitions_changed_total[1h])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Topic %s changed its partition count while the bridge ran" "{{ $labels.topic }}" | quote }}
+          description: {{ printf "In the last hour the bridge in %s saw topic %s's partition count change (made again, or partitions added): a call's key now maps to another partition, so a consumer reading partitions independently can see a call's later events before its earlier ones; the ingest topic's change can also output a copy of an event from before it again, until the dedup TTL has passed. The log says from what count to what (message: ... partition count changed while running)." "{{ $labels.namespace }}" "{{ $labels.topic }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgetopicpartitionschanged" $a.runbookUrl }}
       - alert: PinecallBridgeTopicRefusesWrites
         # A topic's min.insync.replicas above its replicas (made so elsewhere, or made again while
         # the bridge runs): Kafka refuses every write to it (NotEnoughReplicas).

@@ -39,6 +39,7 @@ def test_a_topic_made_with_another_count_is_a_warning_once() -> None:
     assert found.level == logging.WARNING
     assert "BRIDGE_TOPICS__INGEST_PARTITIONS" in found.message
     assert found.facts == {"partitions": 24, "configured": 3}
+    assert not found.changed  # a start's finding: no change counted
     assert watch.observe(24) is None
 
 
@@ -47,7 +48,7 @@ def test_a_change_while_running_is_an_error_whatever_the_settings() -> None:
     assert watch.observe(12) is None
     found = watch.observe(24)
     assert found is not None
-    assert found.level == logging.ERROR
+    assert (found.level, found.changed) == (logging.ERROR, True)  # counted, not only logged
     assert "changed while running" in found.message
     assert found.facts == {"partitions": 24, "partitions_before": 12}
     # A metadata read that knows nothing is no change back.

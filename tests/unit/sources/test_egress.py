@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from websockets.proxy import get_proxy
+from websockets.exceptions import InvalidProxy
+from websockets.proxy import get_proxy, parse_proxy
 from websockets.uri import parse_uri
 from yarl import URL
 
+from bridge.sources import egress
 from bridge.sources.egress import env_proxy, pinecall_session
 from tests.environ import proxied_env
+
+
+@pytest.fixture(autouse=True)
+def _unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test a process of its own for what is said once a process."""
+    monkeypatch.setattr(egress, "_unsupported_said", False, raising=False)
 
 
 def test_the_proxy_of_the_urls_scheme_is_taken_its_credentials_apart(
@@ -52,15 +60,49 @@ def test_no_proxy_variable_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env_proxy("https://api.pinecall.io") == (None, None)
 
 
-def test_a_socks_proxy_is_not_used_and_said(
+async def test_a_socks_proxy_is_not_used_and_said_once_a_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # aiohttp would fail every request through it; websockets' feed would use it (python-socks).
-    proxied_env(monkeypatch, HTTPS_PROXY="socks5h://proxy:1080")
+    proxied_env(monkeypatch, HTTPS_PROXY="socks5h://proxy:1080", HTTP_PROXY="socks5://p:1080")
     assert env_proxy("https://api.pinecall.io") == (None, None)
+    # Each session asks again (the feed's at each reconnect): said at the first only.
+    for _ in range(3):
+        async with pinecall_session("https://api.pinecall.io"):
+            pass
+    assert env_proxy("http://api.internal:8080") == (None, None)
     assert [r.getMessage() for r in caplog.records] == [
         "proxy not used for Pinecall's API: only http:// and https:// proxies are supported"
     ]
+
+
+@pytest.mark.parametrize(
+    ("given", "proxy", "auth"),
+    [
+        ("proxy:3128", URL("http://proxy:3128"), None),
+        ("10.0.0.1:3128", URL("http://10.0.0.1:3128"), None),
+        ("bridge:s3cr3t@proxy.corp:3128", URL("http://proxy.corp:3128"), ("bridge", "s3cr3t")),
+        ("proxy", URL("http://proxy"), None),
+    ],
+)
+def test_a_proxy_without_a_scheme_is_read_as_curl_reads_it_http(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    given: str,
+    proxy: URL,
+    auth: tuple[str, str] | None,
+) -> None:
+    # Read as a URL, its host was the scheme: refused as unsupported, the requests went direct.
+    proxied_env(monkeypatch, HTTPS_PROXY=given)
+    assert env_proxy("https://api.pinecall.io") == (proxy, auth)
+    assert caplog.records == []
+
+
+def test_websockets_refuses_a_proxy_without_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the README says of the feed: each connection fails, `feed unreachable`, InvalidProxy.
+    proxied_env(monkeypatch, HTTPS_PROXY="proxy:3128")
+    with pytest.raises(InvalidProxy, match="scheme proxy isn't supported"):
+        parse_proxy(get_proxy(parse_uri("wss://feed.pinecall.io/v1/ws")) or "")
 
 
 async def test_a_session_reads_no_netrc(monkeypatch: pytest.MonkeyPatch) -> None:
