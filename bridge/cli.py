@@ -344,14 +344,22 @@ def _webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_or_exit(settings: Settings, run: Callable[[], int]) -> int:
-    """Run a command that needs Kafka: a Kafka error is one clear line, exit 1, no traceback."""
+def _kafka_or_exit(settings: Settings, run: Callable[[], int], *, reads: bool = False) -> int:
+    """Run a command that needs Kafka: a Kafka error is one clear line, exit 1, no traceback.
+
+    `reads`: a refused ACL is a missing read right (tail), named with where the ACLs are listed."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from bridge.sink.acls import read_refused
 
     try:
         return run()
     except KafkaError as exc:
         servers = ",".join(settings.kafka.bootstrap_servers)
+        refused = read_refused(exc, settings.dedup.group) if reads else None
+        if refused is not None:
+            print(f"refused by Kafka at {servers}: {refused}", file=sys.stderr)
+            return 1
         what = "cannot reach" if isinstance(exc, KafkaConnectionError) else "failed with"
         print(
             f"{what} Kafka at {servers} (BRIDGE_KAFKA__BOOTSTRAP_SERVERS): {exc!r}",
@@ -390,7 +398,7 @@ def _tail(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _kafka_or_exit(settings, run)
+    return _kafka_or_exit(settings, run, reads=True)
 
 
 def _backfill(args: argparse.Namespace) -> int:

@@ -105,7 +105,7 @@ class BatchResult:
     dead_lettered: int = 0
     failed: int = 0
     refused: int = 0
-    failure_reasons: set[str] = field(default_factory=set)
+    failure_reasons: set[str] = field(default_factory=set)  # "timeout", "error (ItsName)"
     too_large_for: Counter[str] = field(default_factory=Counter)
     delivery: Delivery | None = None  # set by `submit`: what its retry passes back
 
@@ -392,7 +392,7 @@ class Pipeline:
                 extra={"error": type(exc).__name__},
                 kind=type(exc).__name__,
             )
-            self._fail(reason, result)
+            self._fail(reason, result, exc)
             return None
         self._records_in_flight += 1
         delivery.add_done_callback(self._delivered)
@@ -474,7 +474,7 @@ class Pipeline:
                     "the broker refused a record for its size: the ingest topic's"
                     " max.message.bytes was lowered while running; reading it again"
                 )
-            self._fail("error", result)
+            self._fail("error", result, error)
             return False
         latency = asyncio.get_running_loop().time() - s.started
         self._metrics.publish_duration.observe(max(latency, 0.0))
@@ -491,9 +491,15 @@ class Pipeline:
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
         self._metrics.rejected.labels(channel, TOO_LARGE).inc()
 
-    def _fail(self, reason: PublishFailure, result: BatchResult) -> None:
+    def _fail(
+        self, reason: PublishFailure, result: BatchResult, error: BaseException | None = None
+    ) -> None:
         result.failed += 1
-        result.failure_reasons.add(reason)
+        # The error's name for a command's report ("error" alone says nothing); the metric's label
+        # stays the reason, a bounded set.
+        result.failure_reasons.add(
+            reason if error is None else f"{reason} ({type(error).__name__})"
+        )
         self._metrics.publish_failures.labels(reason).inc()
 
     def _acked_late(self, fut: asyncio.Future[Any]) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import TopicAuthorizationFailedError
 
 from bridge import logthrottle
 from bridge.config import KafkaSettings, Settings
@@ -45,6 +46,7 @@ from bridge.pipeline import (
 )
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
+from bridge.sink.acls import read_refused
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import (
@@ -213,6 +215,9 @@ async def redrive(
                     shown.offered(result.accepted)
     except (MissingTopicError, ReadStalledError) as exc:
         report.error = str(exc)
+    except TopicAuthorizationFailedError as exc:
+        # aiokafka's names the topic alone: the right missing, and where the ACLs are listed.
+        report.error = read_refused(exc, settings.dedup.group)
     finally:
         with contextlib.suppress(Exception):
             await stop_consumer(consumer)

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +34,11 @@ from bridge.sink.kafka import admin_client, client_options
 # topic's partition count) and for its topics created since: their records are shown at most
 # this late.
 PARTITIONS_RELOOK_SECONDS = 5.0
+# How long `--everywhere` waits for the dedup group's coordinator, asking again this often: longer
+# than Kafka takes to create __consumer_offsets, short enough that a cluster that never elects one
+# still ends the command.
+COORDINATOR_WAIT_SECONDS = 10.0
+COORDINATOR_RETRY_SECONDS = 0.2
 # Shown as escapes: controls (C0, DEL, C1: a record's ESC would drive the reader's terminal, its
 # newline forge a line of another record), format characters (bidi overrides and isolates
 # reorder what the line seems to say, Trojan Source; zero-width ones hide in an id) and the
@@ -221,8 +226,19 @@ def render(
 
 async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
     """The dedup group's committed ingest offsets, read once: what it had decided at the start."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + COORDINATOR_WAIT_SECONDS
     async with admin_client(client_options(settings.kafka)) as admin:
-        found = await admin.list_consumer_group_offsets(settings.dedup.group)
+        while True:
+            try:
+                found = await admin.list_consumer_group_offsets(settings.dedup.group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                # A cluster no group has used yet answers so while it creates __consumer_offsets
+                # (a second or so): a passing state, not a failure.
+                if loop.time() >= give_up:
+                    raise
+                await asyncio.sleep(COORDINATOR_RETRY_SECONDS)
     return {tp: meta.offset for tp, meta in found.items() if tp.topic == settings.topics.ingest}
 
 

@@ -2,5 +2,27 @@
 
 from __future__ import annotations
 
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+
 # Said in each error a missing ACL causes, by both stages: aiokafka's names no ACL.
 ACLS = "deploy/README.md, Strimzi"
+
+
+def read_refused(exc: BaseException, group: str) -> str | None:
+    """What a reading tool (tail, redrive) says when Kafka refuses it an ACL; None for any other
+    error. aiokafka's says only the topic or group, not the right missing."""
+    if isinstance(exc, TopicAuthorizationFailedError):
+        # The fetcher names the one topic; a metadata refusal may name several, or none.
+        topic = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+        which = "a topic it reads" if topic is None else f"topic {topic!r}"
+        return (
+            f"this user may not read {which}: TopicAuthorizationFailed, the principal needs an"
+            f" ACL allowing Read on it ({ACLS})"
+        )
+    if isinstance(exc, GroupAuthorizationFailedError):
+        return (
+            f"this user may not read the committed offsets of the dedup group {group!r}"
+            " (BRIDGE_DEDUP__GROUP): GroupAuthorizationFailed, the principal needs an ACL allowing"
+            f" Read (or Describe) on Group {group!r} ({ACLS})"
+        )
+    return None

@@ -40,6 +40,7 @@ from tests.integration.conftest import (
     daemon_env,
     describe,
     entry,
+    own_broker,
     until_decided,
 )
 from tests.integration.replicas import Replica
@@ -671,3 +672,17 @@ def test_tail_runs_with_only_the_kafka_settings(
     monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", topics.events)
     assert main(["tail", "--topic", topics.events, "--since", since, "--to-end"]) == 0
     assert "turn.user CA_t laptop:1 via ?" in capsys.readouterr().out
+
+
+def test_tail_everywhere_on_a_fresh_cluster_waits_for_the_group_coordinator(
+    topics: Topics, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cluster no group has used answers COORDINATOR_NOT_AVAILABLE while it creates
+    __consumer_offsets: the read of the dedup group's offsets waits it out, not exit 1."""
+    (tmp_path / "kafka").mkdir()
+    with own_broker(tmp_path / "kafka") as fresh:
+        without_bridge_variables(monkeypatch, tmp_path)
+        for name, value in daemon_env(fresh.bootstrap, topics).items():
+            if name.startswith("BRIDGE_"):
+                monkeypatch.setenv(name, value)
+        assert main(["tail", "--everywhere", "--from-beginning", "--to-end"]) == 0

@@ -4,6 +4,7 @@ events are in Kafka, one clear ERROR naming the topic and the operation, no line
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,13 +13,19 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge import redrive as redrive_module
 from bridge.backfill import backfill_calls
+from bridge.cli import main
+from bridge.config import Settings
 from bridge.deadletter import Selection
+from bridge.pipeline import submit_retrying
 from bridge.redrive import redrive
 from bridge.sink.acls import ACLS
 from tests.entries import entry
+from tests.environ import without_bridge_variables
 from tests.integration.acls import (
     DESCRIBE,
+    GROUP,
     READ,
     TOPIC,
     WRITE,
@@ -35,6 +42,7 @@ from tests.integration.conftest import (
     bridge_settings,
     consume_until,
     create_topic,
+    daemon_env,
     grown,
     has_id,
     publish_failures,
@@ -56,6 +64,9 @@ USERS = (
     "nodlqwrite",
     "noeventsdescribe",
     "ingestreader",
+    "dlqunread",
+    "groupunread",
+    "writerevoked",
 )
 StartAs = Callable[[str, set[Acl]], Awaitable[RunningBridge]]
 # How long a refused stage is watched once it said why: it fetched again every commit interval
@@ -266,3 +277,92 @@ async def test_the_tools_name_a_missing_write_on_the_ingest_topic_before_reading
     assert (redriven.error, redriven.read) == (said, 0)
     assert (await redrive(settings, Selection(0.0), dry_run=True)).ok, "reads only"
     assert (await backfill_calls(settings, [unique_call])).ingest_error == said
+
+
+async def _dead_letter_and_settings(
+    authorizing_broker: tuple[Broker, str], topics: Topics, user: str, without: set[Acl], call: str
+) -> Settings:
+    """`user` allowed the documented ACLs but `without`, a dead letter of `call` written; its
+    settings."""
+    plain, sasl_bootstrap = authorizing_broker
+    await _prepare(plain, topics, user, without)
+    await write_ingest(
+        plain.bootstrap, [dead_letter(topics, entry(1, call=call), "invalid_data", "webhook")]
+    )
+    return bridge_settings(sasl_bootstrap, topics, kafka=sasl(user), topics={"create": False})
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_tail_names_the_read_right_it_lacks_and_where_the_acls_are_listed(
+    authorizing_broker: tuple[Broker, str],
+    topics: Topics,
+    unique_call: str,
+    everywhere: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The documented ACLs have no Read on the dead-letter topic: tail shows it only to another
+    # principal. --everywhere first reads the dedup group's committed offsets.
+    user = "groupunread" if everywhere else "dlqunread"
+    without = {Acl(GROUP, topics.group, READ)} if everywhere else set()
+    asyncio.run(_dead_letter_and_settings(authorizing_broker, topics, user, without, unique_call))
+    without_bridge_variables(monkeypatch, tmp_path)
+    sasl_bootstrap = authorizing_broker[1]
+    security = {f"BRIDGE_KAFKA__{k.upper()}": v for k, v in sasl(user).items()}
+    for name, value in daemon_env(sasl_bootstrap, topics, **security).items():
+        if name.startswith("BRIDGE_"):
+            monkeypatch.setenv(name, value)
+    command = ["--everywhere"] if everywhere else ["--topic", topics.dlq]
+    assert main(["tail", *command, "--from-beginning", "--to-end"]) == 1
+    said = (
+        f"this user may not read the committed offsets of the dedup group {topics.group!r}"
+        " (BRIDGE_DEDUP__GROUP): GroupAuthorizationFailed, the principal needs an ACL allowing"
+        f" Read (or Describe) on Group {topics.group!r} ({ACLS})"
+        if everywhere
+        else f"this user may not read topic {topics.dlq!r}: TopicAuthorizationFailed, the"
+        f" principal needs an ACL allowing Read on it ({ACLS})"
+    )
+    # After aiokafka's warnings of a password sent in the clear (this listener's).
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == f"refused by Kafka at {sasl_bootstrap}: {said}"
+    )
+
+
+async def test_redrive_names_a_missing_read_on_the_dead_letter_topic(
+    authorizing_broker: tuple[Broker, str], topics: Topics, unique_call: str
+) -> None:
+    settings = await _dead_letter_and_settings(
+        authorizing_broker, topics, "dlqunread", set(), unique_call
+    )
+    report = await redrive(settings, Selection(0.0), dry_run=True)
+    assert report.error == (
+        f"this user may not read topic {topics.dlq!r}: TopicAuthorizationFailed, the principal"
+        f" needs an ACL allowing Read on it ({ACLS})"
+    )
+
+
+async def test_a_redrive_kafka_refuses_says_which_error(
+    authorizing_broker: tuple[Broker, str],
+    topics: Topics,
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if Write on the ingest topic were revoked after the pre-check (a race it cannot close):
+    # every delivery refused. The report names Kafka's error, not a bare "error".
+    settings = await _dead_letter_and_settings(
+        authorizing_broker, topics, "writerevoked", {Acl(TOPIC, topics.ingest, WRITE)}, unique_call
+    )
+    plain = authorizing_broker[0]
+    await grant(plain.bootstrap, "writerevoked", [Acl(TOPIC, topics.dlq, READ)])
+
+    async def checked(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(redrive_module, "missing_ingest", checked)
+    # One attempt: the retries' pauses (15 s) say nothing more.
+    monkeypatch.setattr(
+        redrive_module, "submit_retrying", functools.partial(submit_retrying, attempts=1)
+    )
+    report = await redrive(settings, Selection(0.0))
+    assert report.error == "Kafka did not take every event: error (TopicAuthorizationFailedError)"

@@ -210,7 +210,7 @@ async def test_refused_record_fails_and_a_retry_is_accepted() -> None:
     pipeline, metrics = make(sink)
     first = await pipeline.submit([entry(1)], "webhook")
     assert not first.ok
-    assert (first.failed, first.failure_reasons) == (1, {"error"})
+    assert (first.failed, first.failure_reasons) == (1, {"error (RuntimeError)"})
     sink.refuse = None
     second = await pipeline.submit([entry(1)], "webhook")
     assert second.ok
@@ -226,7 +226,7 @@ async def test_retriable_refusal_is_reported_as_retriable() -> None:
     sink.refuse = RetriableError()
     pipeline, metrics = make(sink)
     result = await pipeline.submit([entry(1)], "webhook")
-    assert result.failure_reasons == {"retriable"}
+    assert result.failure_reasons == {"retriable (RetriableError)"}
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="retriable") == 1
 
 
@@ -237,7 +237,7 @@ async def test_delivery_error_fails_and_marks_nothing_reachable() -> None:
     await until(lambda: len(sink.futures) == 1)
     sink.futures[0].set_exception(RuntimeError("not leader"))
     result = await task
-    assert (result.failed, result.failure_reasons) == (1, {"error"})
+    assert (result.failed, result.failure_reasons) == (1, {"error (RuntimeError)"})
     assert sink.reachable is None
     assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 0
     sink.auto_ack = True
