@@ -101,18 +101,21 @@ def _is_json_list(value: str) -> bool:
         return False
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback: localhost, 127.0.0.0/8 or ::1 (unresolved)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def plain_to_another_host(url: str) -> bool:
     """An http:// or ws:// URL whose host is not this machine (localhost, 127.0.0.0/8, ::1)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "ws"):
-        return False
-    host = parts.hostname or ""
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    return parts.scheme in ("http", "ws") and not is_loopback(parts.hostname or "")
 
 
 def _insecure(name: str, url: str, carries: str) -> str:

@@ -49,6 +49,16 @@ def keep_logging() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def no_proxy_variables(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy variable of the developer's (HTTPS_PROXY on a corporate laptop) unless the test
+    sets its own (`proxied_env`): the tests' servers are this machine's, reached direct."""
+    from tests.environ import proxied_env
+
+    if request.node.get_closest_marker("developer_proxy") is None:
+        proxied_env(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
 def fresh_log_throttles() -> None:
     """Each test sees the first line of a kind, whatever an earlier test logged within 10 s."""
     from bridge import logthrottle

@@ -18,14 +18,12 @@ def without_bridge_variables(monkeypatch: pytest.MonkeyPatch, cwd: Path) -> None
     monkeypatch.chdir(cwd)
 
 
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
 def proxied_env(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
-    """Only `variables` among the proxy variables, in either case, as a pod's env sets them."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    """Only `variables` among the proxy variables, as a pod's env sets them; none without any."""
+    # Every `*_proxy`, in any case: urllib's getproxies (so websockets and the bridge) reads them
+    # all, WSS_PROXY and SOCKS_PROXY too.
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
 

@@ -4,6 +4,7 @@ The feed's WebSocket (websockets >= 15) takes the proxy from the environment its
 its token request, the call logs and the webhook registration went direct, failing for ever where
 egress is only through a proxy. Not aiohttp's `trust_env`: it also reads ~/.netrc for each
 request, and a netrc entry for the API's host made every request carrying the API key raise.
+A loopback destination is never proxied, by either client (`feed_proxy` for the WebSocket).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import logging
 import urllib.request
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from yarl import URL
+
+from bridge.config import is_loopback
 
 log = logging.getLogger(__name__)
 # Each session asks (the feed's at each connection, the call logs' at each start): said once a
@@ -22,11 +25,21 @@ log = logging.getLogger(__name__)
 _unsupported_said = False
 
 
+def feed_proxy(url: str) -> Literal[True] | None:
+    """websockets' `proxy` for connecting to `url`: None (direct) for a loopback host, else True
+    (the environment's, as websockets reads it)."""
+    # Go's net/http rule (golang.org/x/net/http/httpproxy, useProxy: "localhost" or a loopback IP
+    # is never proxied): a proxy cannot reach this machine's loopback, so a developer's
+    # HTTPS_PROXY without NO_PROXY=127.0.0.1 sent the local simulator's every connection to it.
+    host = URL(url).host
+    return None if host is not None and is_loopback(host) else True
+
+
 def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:
     """The proxy the environment names for `url` and its credentials apart (user, password);
     (None, None) if none."""
     target = URL(url)
-    if target.host is None:
+    if target.host is None or is_loopback(target.host):  # as feed_proxy: Go's rule
         return None, None
     # proxy_bypass reads NO_PROXY as curl and websockets do (names, domain suffixes, `*`), asked
     # as websockets asks it, with the port: a `host:port` entry kept the feed direct, not these.

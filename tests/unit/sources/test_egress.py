@@ -9,7 +9,7 @@ from websockets.uri import parse_uri
 from yarl import URL
 
 from bridge.sources import egress
-from bridge.sources.egress import env_proxy, pinecall_session
+from bridge.sources.egress import env_proxy, feed_proxy, pinecall_session
 from tests.environ import proxied_env
 
 
@@ -111,3 +111,34 @@ async def test_a_session_reads_no_netrc(monkeypatch: pytest.MonkeyPatch) -> None
     proxied_env(monkeypatch, HTTPS_PROXY="http://bridge:s3cr3t@proxy:3128")
     async with pinecall_session("https://api.pinecall.io") as session:
         assert not session.trust_env
+
+
+NOWHERE = "http://127.0.0.1:9"  # a developer's proxy: it cannot reach this machine's loopback
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8080",
+        "https://LOCALHOST.",
+        "http://127.0.0.1:80",
+        "http://127.9.0.1",
+        "http://[::1]:8080",
+    ],
+)
+def test_a_loopback_destination_is_never_proxied(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    proxied_env(monkeypatch, HTTPS_PROXY=NOWHERE, HTTP_PROXY=NOWHERE)
+    ws_url = str(URL(url).with_scheme("wss" if url.startswith("https") else "ws"))
+    assert get_proxy(parse_uri(ws_url)) is not None  # websockets' own choice: the proxy
+    assert feed_proxy(ws_url) is None  # so the feed tells it: direct
+    assert env_proxy(url) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost.example", "http://127.0.0.1.nip.io", "http://[fd00::1]:8080"]
+)
+def test_a_name_merely_like_loopback_is_proxied(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # As Go's rule: the name as given, never resolved.
+    proxied_env(monkeypatch, HTTP_PROXY=NOWHERE)
+    assert feed_proxy(url.replace("http", "ws", 1)) is True
+    assert env_proxy(url) == (URL(NOWHERE), None)

@@ -36,6 +36,7 @@ from bridge.sources import websocket
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
 from tests import entries
+from tests.environ import proxied_env
 from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import SpentDescriptors, refusing_address
@@ -401,6 +402,16 @@ async def test_bearer_mode_sends_the_key_and_asks_no_token(
         await until(lambda: len(sink.acked()) == 1)
     assert feed.token_requests == 0
     assert feed.tokens_seen == [None]
+
+
+async def test_a_loopback_feed_is_reached_direct_whatever_the_proxy_variables(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A developer's HTTPS_PROXY, no NO_PROXY: its token and its WebSocket went to that proxy.
+    proxied_env(monkeypatch, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    fed = await feeding(sending(1))
+    await until(lambda: len(fed.sink.acked()) == 1)
+    assert fed.feed.token_requests >= 1
 
 
 # ws: followed, the token went to the other origin; http (as a balancer's redirect to https
@@ -1855,13 +1866,12 @@ async def test_a_url_websockets_refuses_is_logged_without_the_token_in_it(
 ) -> None:
     # Its InvalidURI (InvalidProxy) quotes the URL whole: the catch-all logged it, the feed's
     # token (the proxy's) in it, with its traceback at every retry.
-    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    if proxy is not None:
-        monkeypatch.setenv("https_proxy", proxy)
+    proxied_env(monkeypatch, **({} if proxy is None else {"https_proxy": proxy}))
     feed = await make_feed(sending(1))
     ws, api = feed.settings()
     ws.url += fragment
+    if proxy is not None:  # a loopback feed is never proxied; refused before any connection
+        ws.url = ws.url.replace("127.0.0.1", "feed.invalid")
     sink, metrics = FakeSink(), Metrics()
     with caplog.at_level(logging.INFO, logger=websocket.__name__):
         async with running((ws, api), sink, metrics):
