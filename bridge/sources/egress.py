@@ -15,6 +15,9 @@ import warnings
 from typing import Any, Literal
 
 import aiohttp
+from websockets.exceptions import InvalidURI
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 from yarl import URL
 
 from bridge.config import is_loopback
@@ -25,14 +28,24 @@ log = logging.getLogger(__name__)
 _unsupported_said = False
 
 
-def feed_proxy(url: str) -> Literal[True] | None:
-    """websockets' `proxy` for connecting to `url`: None (direct) for a loopback host, else True
-    (the environment's, as websockets reads it)."""
+def feed_proxy(url: str) -> str | Literal[True] | None:
+    """websockets' `proxy` for connecting to `url`: None (direct) for a loopback host, a proxy
+    given without a scheme as http://, else True (the environment's, as websockets reads it)."""
     # Go's net/http rule (golang.org/x/net/http/httpproxy, useProxy: "localhost" or a loopback IP
     # is never proxied): a proxy cannot reach this machine's loopback, so a developer's
     # HTTPS_PROXY without NO_PROXY=127.0.0.1 sent the local simulator's every connection to it.
     host = URL(url).host
-    return None if host is not None and is_loopback(host) else True
+    if host is not None and is_loopback(host):
+        return None
+    try:
+        given = get_proxy(parse_uri(url))  # websockets' own choice, NO_PROXY included
+    except InvalidURI:
+        return True  # the connection says what is wrong with the URL, as before
+    if given is not None and "://" not in given:
+        # As env_proxy reads it (curl's rule): websockets refused `proxy:3128` as a scheme it
+        # does not support, and the feed's every connection failed while the API's went through.
+        return f"http://{given}"
+    return True
 
 
 def env_proxy(url: str) -> tuple[URL | None, tuple[str, str] | None]:

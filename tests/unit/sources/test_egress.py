@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
+from packaging.requirements import Requirement
 from websockets.exceptions import InvalidProxy
 from websockets.proxy import get_proxy, parse_proxy
 from websockets.uri import parse_uri
@@ -11,6 +14,7 @@ from yarl import URL
 from bridge.sources import egress
 from bridge.sources.egress import env_proxy, feed_proxy, pinecall_session
 from tests.environ import proxied_env
+from tests.integration.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -98,11 +102,26 @@ def test_a_proxy_without_a_scheme_is_read_as_curl_reads_it_http(
     assert caplog.records == []
 
 
-def test_websockets_refuses_a_proxy_without_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What the README says of the feed: each connection fails, `feed unreachable`, InvalidProxy.
-    proxied_env(monkeypatch, HTTPS_PROXY="proxy:3128")
-    with pytest.raises(InvalidProxy, match="scheme proxy isn't supported"):
-        parse_proxy(get_proxy(parse_uri("wss://feed.pinecall.io/v1/ws")) or "")
+def test_the_feed_reads_a_proxy_without_a_scheme_as_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    # websockets' own reading refuses it: each of the feed's connections failed, InvalidProxy.
+    proxied_env(monkeypatch, HTTPS_PROXY="bridge:s3cr3t@proxy:3128")
+    url = "wss://feed.pinecall.io/v1/ws"
+    with pytest.raises(InvalidProxy, match="isn't supported"):
+        parse_proxy(get_proxy(parse_uri(url)) or "")
+    given = feed_proxy(url)
+    assert isinstance(given, str)
+    proxy = parse_proxy(given)
+    assert (proxy.scheme, proxy.host, proxy.port) == ("http", "proxy", 3128)
+    assert proxy.user_info == ("bridge", "s3cr3t")
+
+
+def test_the_feed_leaves_a_proxy_with_a_scheme_to_websockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxied_env(monkeypatch, HTTPS_PROXY="proxy:3128", NO_PROXY="feed.pinecall.io")
+    assert feed_proxy("wss://feed.pinecall.io/v1/ws") is True  # NO_PROXY: direct, its choice
+    proxied_env(monkeypatch, HTTPS_PROXY="socks5h://proxy:1080")
+    assert feed_proxy("wss://feed.pinecall.io/v1/ws") is True
 
 
 async def test_a_session_reads_no_netrc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,3 +161,13 @@ def test_a_name_merely_like_loopback_is_proxied(monkeypatch: pytest.MonkeyPatch,
     proxied_env(monkeypatch, HTTP_PROXY=NOWHERE)
     assert feed_proxy(url.replace("http", "ws", 1)) is True
     assert env_proxy(url) == (URL(NOWHERE), None)
+
+
+def test_the_declared_websockets_has_the_feeds_proxy_keyword() -> None:
+    # connect(proxy=...) and InvalidProxy, which the feed passes and catches, came in 15.0: with
+    # 13 or 14, which the floor allowed, the feed's module did not import.
+    with (REPO / "pyproject.toml").open("rb") as f:
+        declared = tomllib.load(f)["project"]["dependencies"]
+    spec = next(Requirement(d) for d in declared if Requirement(d).name == "websockets").specifier
+    assert "14.2" not in spec
+    assert "15.0" in spec
