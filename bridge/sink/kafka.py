@@ -32,7 +32,9 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.structs import OffsetAndMetadata
 
 from bridge.cancelling import raise_if_cancelled
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS, beyond_allowance, broker_offset
@@ -111,6 +113,34 @@ async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdmi
     finally:
         await admin.close()
         raise_if_cancelled()
+
+
+async def group_offsets(
+    admin: AIOKafkaAdminClient, group: str
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Every committed offset of `group`, as `list_consumer_group_offsets` reads them, but with
+    the answer's group-level error raised (`offsets_answer`)."""
+    coordinator = await admin.find_coordinator(group)
+    return offsets_answer(await admin._send_request(OffsetFetchRequest(group, None), coordinator))
+
+
+def offsets_answer(response: Any) -> dict[TopicPartition, OffsetAndMetadata]:
+    """An OffsetFetch answer's offsets, or its error raised, the group's first. Pure.
+
+    aiokafka 0.14 reads only the partitions' codes, and a v2+ answer puts a group-level error
+    (coordinator loading or moved, group refused) at the top with no partitions: that was an
+    empty answer, read as "nothing committed". Java's ConsumerCoordinator raises it (retriable
+    for the coordinator's three), as this does."""
+    code = getattr(response, "error_code", 0)  # v0/v1 have none: their errors are per partition
+    if code:
+        raise for_code(code)("OffsetFetch refused for the group")
+    found = {}
+    for topic, partitions in response.topics:
+        for partition, offset, metadata, error in partitions:
+            if error:
+                raise for_code(error)(f"OffsetFetch refused for {topic}-{partition}")
+            found[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata)
+    return found
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:

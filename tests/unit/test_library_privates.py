@@ -25,6 +25,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.producer.sender import TxnOffsetCommitHandler
+from aiokafka.protocol.commit import (
+    OffsetFetchRequest,
+    OffsetFetchRequest_v3,
+    OffsetFetchResponse_v3,
+)
 from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5, MetadataResponse_v1
 from prometheus_client import Histogram
 from pydantic_settings import NestedSecretsSettingsSource
@@ -194,6 +199,24 @@ def test_aiokafkas_admin_metadata_request_creating_no_topic() -> None:
         pytest.fail(
             f"aiokafka {version('aiokafka')}'s MetadataRequest(allow_auto_topic_creation=False)"
             f" builds {built!r}, which {users} relies on to create no topic"
+        )
+
+
+def test_aiokafkas_offset_fetch_answer_has_its_group_level_error() -> None:
+    # bridge/sink/kafka.py (group_offsets, read by bridge/tail.py) sends OffsetFetch by
+    # _send_request to read this code: list_consumer_group_offsets ignores it.
+    users = "bridge/sink/kafka.py, bridge/tail.py"
+    names = list(OffsetFetchResponse_v3.SCHEMA.names)
+    if names != ["throttle_time_ms", "topics", "error_code"]:
+        pytest.fail(
+            f"aiokafka {version('aiokafka')}'s OffsetFetchResponse_v3 has {names}: {users} read"
+            " the group-level error_code after the topics"
+        )
+    built = OffsetFetchRequest("g", None).build(OffsetFetchRequest_v3)
+    if built.topics is not None:  # null: every partition the group committed
+        pytest.fail(
+            f"aiokafka {version('aiokafka')}'s OffsetFetchRequest('g', None) builds {built!r},"
+            f" not the request for all the group's offsets {users} relies on"
         )
 
 

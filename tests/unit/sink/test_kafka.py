@@ -12,13 +12,17 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotEnoughReplicasError,
     OutOfOrderSequenceNumber,
+    UnknownTopicOrPartitionError,
 )
+from aiokafka.protocol.commit import OffsetFetchResponse_v3
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from bridge.config import KafkaSettings
 from bridge.metrics import Metrics
@@ -31,6 +35,7 @@ from bridge.sink.kafka import (
     brokers_config_ints,
     brokers_least_config_int,
     client_options,
+    offsets_answer,
     replication_factors,
     topic_configs,
 )
@@ -929,3 +934,29 @@ async def test_the_topics_and_the_brokers_limits_are_read_through_one_admin_clie
     [admin] = FakeAdmin.made
     assert (admin.asked, admin.closed) == ([["ingest"], ["1"]], True)
     await sink.stop()
+
+
+def test_an_offset_fetch_answers_group_level_error_is_raised_not_read_as_nothing_committed() -> (
+    None
+):
+    # v2+: a refused group is answered at the top, with no partitions (aiokafka read it as {}).
+    refused = OffsetFetchResponse_v3(0, [], GroupAuthorizationFailedError.errno)
+    with pytest.raises(GroupAuthorizationFailedError):
+        offsets_answer(refused)
+
+
+def test_an_offset_fetch_answers_partition_error_is_raised_as_its_own() -> None:
+    # aiokafka raised the group-level code's class for it: NoError, when only a partition failed.
+    answer = OffsetFetchResponse_v3(
+        0, [("t", [(0, 5, "m", 0), (1, -1, "", UnknownTopicOrPartitionError.errno)])], 0
+    )
+    with pytest.raises(UnknownTopicOrPartitionError, match="t-1"):
+        offsets_answer(answer)
+
+
+def test_an_offset_fetch_answer_without_errors_is_its_offsets() -> None:
+    answer = OffsetFetchResponse_v3(0, [("t", [(0, 5, "m", 0), (1, 9, "", 0)])], 0)
+    assert offsets_answer(answer) == {
+        TopicPartition("t", 0): OffsetAndMetadata(5, "m"),
+        TopicPartition("t", 1): OffsetAndMetadata(9, ""),
+    }
