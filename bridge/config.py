@@ -102,14 +102,17 @@ def _is_json_list(value: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine's loopback: localhost, 127.0.0.0/8 or ::1 (unresolved)."""
+    """Whether `host` names this machine's loopback: localhost, 127.0.0.0/8 (mapped too), ::1."""
     name = host.strip("[]").rstrip(".").lower()
     if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    # Go's IsLoopback reads ::ffff:127.0.0.1 as the IPv4 address it maps; Python 3.11 does not.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped if mapped is not None else address).is_loopback
 
 
 def plain_to_another_host(url: str) -> bool:

@@ -46,7 +46,7 @@ from bridge.pipeline import (
 )
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
-from bridge.sink.acls import read_refused
+from bridge.sink.acls import read_refused, topic_refused
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.connectsetup import for_role
 from bridge.sink.kafka import (
@@ -177,6 +177,9 @@ async def redrive(
         isolation_level="read_committed",
     )
     sink_started = False
+    # The setup's metadata and config reads need Describe on the ingest and output topics; only
+    # the dead-letter topic's read needs Read: a refusal names the right of the step it ended.
+    reading = False
     try:
         await start_consumer(consumer)
         if not dry_run:
@@ -188,6 +191,7 @@ async def redrive(
             await sink.learn_limits(
                 [settings.topics.ingest, *router.topics()], writes=[settings.topics.ingest]
             )
+        reading = True
         read = _read(
             consumer,
             settings.kafka,
@@ -217,7 +221,11 @@ async def redrive(
         report.error = str(exc)
     except TopicAuthorizationFailedError as exc:
         # aiokafka's names the topic alone: the right missing, and where the ACLs are listed.
-        report.error = read_refused(exc, settings.dedup.group)
+        report.error = (
+            read_refused(exc, settings.dedup.group)
+            if reading
+            else topic_refused(exc, "Describe", "a topic it writes or routes to")
+        )
     finally:
         with contextlib.suppress(Exception):
             await stop_consumer(consumer)

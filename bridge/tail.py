@@ -14,12 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import (
-    GroupCoordinatorNotAvailableError,
-    GroupLoadInProgressError,
-    KafkaError,
-    NotCoordinatorForGroupError,
-)
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.markup import escape
@@ -33,7 +28,7 @@ from bridge.normalise.event import rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.connectsetup import for_role
-from bridge.sink.kafka import admin_client, client_options, group_offsets
+from bridge.sink.kafka import COORDINATOR_PASSING, admin_client, client_options, group_offsets
 
 # How often a following tail looks for partitions added to its topics (an operator raising a
 # topic's partition count) and for its topics created since: their records are shown at most
@@ -238,11 +233,7 @@ async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
             try:
                 found = await group_offsets(admin, settings.dedup.group)
                 break
-            except (
-                GroupCoordinatorNotAvailableError,
-                GroupLoadInProgressError,
-                NotCoordinatorForGroupError,
-            ):
+            except COORDINATOR_PASSING:
                 # A cluster no group has used yet answers so while it creates __consumer_offsets
                 # (a second or so), a coordinator just moved or still loading the group's
                 # offsets likewise: a passing state, not a failure (asked again, found again).

@@ -18,11 +18,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    GroupCoordinatorNotAvailableError,
+    GroupLoadInProgressError,
     InvalidReplicationFactorError,
     InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
     LeaderNotAvailableError,
+    NotCoordinatorForGroupError,
     NotEnoughReplicasAfterAppendError,
     NotEnoughReplicasError,
     OutOfOrderSequenceNumber,
@@ -115,13 +118,28 @@ async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdmi
         raise_if_cancelled()
 
 
+# A group's coordinator not there yet (a fresh cluster's __consumer_offsets), just moved, or
+# still loading the group's offsets: a passing state, asked again, never "nothing committed".
+COORDINATOR_PASSING = (
+    GroupCoordinatorNotAvailableError,
+    GroupLoadInProgressError,
+    NotCoordinatorForGroupError,
+)
+
+
 async def group_offsets(
-    admin: AIOKafkaAdminClient, group: str
+    admin: AIOKafkaAdminClient, group: str, partitions: list[TopicPartition] | None = None
 ) -> dict[TopicPartition, OffsetAndMetadata]:
-    """Every committed offset of `group`, as `list_consumer_group_offsets` reads them, but with
-    the answer's group-level error raised (`offsets_answer`)."""
+    """The committed offsets of `group` (of `partitions`, else all), as
+    `list_consumer_group_offsets` reads them, but with the group-level error raised."""
+    asked = None
+    if partitions is not None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        asked = list(by_topic.items())
     coordinator = await admin.find_coordinator(group)
-    return offsets_answer(await admin._send_request(OffsetFetchRequest(group, None), coordinator))
+    return offsets_answer(await admin._send_request(OffsetFetchRequest(group, asked), coordinator))
 
 
 def offsets_answer(response: Any) -> dict[TopicPartition, OffsetAndMetadata]:

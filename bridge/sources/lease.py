@@ -34,7 +34,12 @@ from bridge.sink.clienttasks import (
     stop_dead,
 )
 from bridge.sink.connectsetup import for_role
-from bridge.sink.kafka import admin_client, brokers_session_bounds
+from bridge.sink.kafka import (
+    COORDINATOR_PASSING,
+    admin_client,
+    brokers_session_bounds,
+    group_offsets,
+)
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sources.leasenote import LeaseNote, handover_gap, holder_name, parse_note
 from bridge.supervise import Supervisor
@@ -45,6 +50,7 @@ NOTE_EVERY = (
     5.0  # seconds between a connected holder's notes: a crash's gap is over by at most this
 )
 _NOTE_TIMEOUT = 2.0
+_NOTE_RETRY = 0.1  # a coordinator still loading or moved asked again, within _NOTE_TIMEOUT
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -370,13 +376,21 @@ class FeedLease:
     async def _last_note(self) -> LeaseNote | None:
         # The admin client, not the member's: the consumer's public committed() drops metadata.
         partition = TopicPartition(self.topic, 0)
+        passing: KafkaError | None = None
         try:
             async with asyncio.timeout(_NOTE_TIMEOUT), admin_client(self._client) as admin:
-                committed = await admin.list_consumer_group_offsets(
-                    self._group, partitions=[partition]
-                )
+                while True:
+                    try:
+                        # Not list_consumer_group_offsets: a coordinator still loading answered
+                        # it {}, read as "no note" without a word.
+                        committed = await group_offsets(admin, self._group, [partition])
+                        break
+                    except COORDINATOR_PASSING as exc:
+                        passing = exc  # asked again within the bound; named if it runs out
+                        await asyncio.sleep(_NOTE_RETRY)
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("feed lease note not read", extra={"error": repr(exc)})
+            error = passing if isinstance(exc, TimeoutError) and passing is not None else exc
+            log.warning("feed lease note not read", extra={"error": repr(error)})
             return None
         found = committed.get(partition)
         return parse_note(found.metadata if found is not None else None)

@@ -121,5 +121,7 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.values = {}
     FakeAdmin.brokers = {}
     FakeAdmin.silent = False
+    FakeAdmin.offset_errors = []
+    FakeAdmin.committed = {}
     FakeAdmin.swallows = False
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)

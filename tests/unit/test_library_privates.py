@@ -203,9 +203,9 @@ def test_aiokafkas_admin_metadata_request_creating_no_topic() -> None:
 
 
 def test_aiokafkas_offset_fetch_answer_has_its_group_level_error() -> None:
-    # bridge/sink/kafka.py (group_offsets, read by bridge/tail.py) sends OffsetFetch by
+    # bridge/sink/kafka.py (group_offsets: bridge/tail.py, bridge/sources/lease.py) sends it by
     # _send_request to read this code: list_consumer_group_offsets ignores it.
-    users = "bridge/sink/kafka.py, bridge/tail.py"
+    users = "bridge/sink/kafka.py, bridge/tail.py, bridge/sources/lease.py"
     names = list(OffsetFetchResponse_v3.SCHEMA.names)
     if names != ["throttle_time_ms", "topics", "error_code"]:
         pytest.fail(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
 from rich.console import Console
 
 from bridge import jsoncodec, redrive
@@ -25,8 +26,9 @@ from bridge.redrive import (
     run_redrive,
     summary,
 )
+from bridge.sink.acls import ACLS
 from tests import entries
-from tests.unit.fakes import GoneKafka
+from tests.unit.fakes import GoneKafka, IdleKafka
 
 
 def told(
@@ -323,6 +325,30 @@ async def test_a_kafka_gone_away_at_the_end_fails_the_redrive_instead_of_hanging
         report = await redrive.redrive(settings, Selection(0))
     assert not report.ok
     assert "could not deliver what it still held within 0.1 s" in (report.error or "")
+
+
+class _DescribeRefused(IdleKafka):
+    """A command's KafkaSink whose topic configs' read is refused: no Describe on a topic."""
+
+    async def learn_limits(self, *_: Any, **__: Any) -> None:
+        raise TopicAuthorizationFailedError("pinecall.events")
+
+
+async def test_a_refusal_before_the_read_names_describe_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The setup's refusal was said as a missing Read, the dead-letter topic's right.
+    async def writable(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(redrive, "missing_ingest", writable)
+    monkeypatch.setattr(redrive, "AIOKafkaConsumer", _EmptyDeadLetters)
+    monkeypatch.setattr(redrive, "KafkaSink", _DescribeRefused)
+    report = await redrive.redrive(load_settings(webhook={"secrets": ["s"]}), Selection(0))
+    assert report.error == (
+        "this user may not describe topic 'pinecall.events': TopicAuthorizationFailed, the"
+        f" principal needs an ACL allowing Describe on it ({ACLS})"
+    )
 
 
 def test_a_partition_is_read_on_until_its_times_are_well_past_until() -> None:

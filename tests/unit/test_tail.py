@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupLoadInProgressError, KafkaError
-from aiokafka.protocol.commit import OffsetFetchRequest, OffsetFetchResponse_v3
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
@@ -25,7 +23,7 @@ from bridge.normalise.binding import encode
 from bridge.sink import kafka as kafka_module
 from bridge.sink.record import Record
 from bridge.tail import TailFilter, ingest_note, render, since_offsets, tail, unfinished
-from tests.unit.sink.fakes import stop_cut_by_a_retry
+from tests.unit.sink.fakes import FakeAdmin, stop_cut_by_a_retry
 
 EVENT = {
     "id": "CA_1:3",
@@ -556,43 +554,15 @@ def test_a_partition_is_unfinished_until_its_position_reaches_its_end() -> None:
     assert unfinished({A: 5, B: 0, C: 8}, ends) == []
 
 
-class _LoadingCoordinator(AIOKafkaAdminClient):  # type: ignore[misc]
-    """aiokafka's admin client over a coordinator whose first OffsetFetch answer is v3's
-    "still loading the group's offsets": a group-level error, with no partitions."""
-
-    def __init__(self, offsets: dict[TopicPartition, int]) -> None:
-        super().__init__()
-        self.offsets = offsets
-        self.asked = 0
-
-    async def find_coordinator(self, group_id: str, coordinator_type: int = 0) -> int:
-        return 1
-
-    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
-        assert isinstance(request, OffsetFetchRequest)
-        assert node_id == 1
-        self.asked += 1
-        if self.asked == 1:
-            return OffsetFetchResponse_v3(0, [], GroupLoadInProgressError.errno)
-        topics: dict[str, list[tuple[int, int, str, int]]] = {}
-        for tp, offset in self.offsets.items():
-            topics.setdefault(tp.topic, []).append((tp.partition, offset, "", 0))
-        return OffsetFetchResponse_v3(0, list(topics.items()), 0)
-
-
+@pytest.mark.usefixtures("fake_admin")
 async def test_committed_offsets_ask_again_a_coordinator_still_loading_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Its empty answer is not "nothing decided": every ingest record would show undecided."""
     settings = load_tool_settings()
-    decided = {TopicPartition(settings.topics.ingest, 0): 7}
-    admin = _LoadingCoordinator(decided)
-
-    @contextlib.asynccontextmanager
-    async def fake_admin_client(options: Any) -> Any:
-        yield admin
-
-    monkeypatch.setattr(tail_module, "admin_client", fake_admin_client)
+    decided = TopicPartition(settings.topics.ingest, 0)
+    FakeAdmin.offset_errors = [GroupLoadInProgressError.errno]
+    FakeAdmin.committed = {decided: (7, "")}
     monkeypatch.setattr(tail_module, "COORDINATOR_RETRY_SECONDS", 0.0)
-    assert await tail_module.committed_offsets(settings) == decided
-    assert admin.asked == 2
+    assert await tail_module.committed_offsets(settings) == {decided: 7}
+    assert not FakeAdmin.offset_errors  # asked again after the loading answer

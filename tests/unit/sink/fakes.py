@@ -7,9 +7,15 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.protocol.commit import (
+    OffsetFetchRequest,
+    OffsetFetchRequest_v3,
+    OffsetFetchResponse_v3,
+)
 from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5
 from aiokafka.structs import PartitionMetadata, TopicPartition
 
@@ -261,7 +267,11 @@ class FakeAdmin:
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
     brokers: ClassVar[dict[int, dict[str, str]]] = {}  # those listed, each overriding `values`
-    silent = False  # describe_configs and list_consumer_group_offsets never answered
+    silent = False  # describe_configs and the group's offsets never answered
+    # OffsetFetch (v3): the group-level error code of each answer in turn (GroupLoadInProgress:
+    # a coordinator still loading), then the committed offsets and metadata.
+    offset_errors: ClassVar[list[int]] = []
+    committed: ClassVar[dict[TopicPartition, tuple[int, str]]] = {}
     # close() as aiokafka's client closes: its own task cancelled and awaited under `except
     # CancelledError: pass`, which swallows a cancellation of the caller landing meanwhile.
     swallows = False
@@ -316,19 +326,36 @@ class FakeAdmin:
             answered.append((code, "", 2, r.name, entries))
         return [SimpleNamespace(resources=answered)]
 
-    async def list_consumer_group_offsets(
-        self, group: str, partitions: list[Any] | None = None
-    ) -> dict[Any, Any]:
-        if self.silent:
-            await asyncio.get_running_loop().create_future()
-        return {}  # the group committed nothing
+    # aiokafka's own, over the OffsetFetch below: a group-level error read as {}.
+    list_consumer_group_offsets = AIOKafkaAdminClient.list_consumer_group_offsets
 
-    async def _send_request(self, request: MetadataRequest) -> SimpleNamespace:
-        """A Metadata request as topic_layouts sends it: one that creates no topic."""
+    async def find_coordinator(self, group: str, coordinator_type: int = 0) -> int:
+        return 1
+
+    async def _send_request(
+        self, request: MetadataRequest | OffsetFetchRequest, node_id: int | None = None
+    ) -> Any:
+        """A Metadata request as topic_layouts sends it (one that creates no topic), or an
+        OffsetFetch as group_offsets sends it to the coordinator."""
+        if isinstance(request, OffsetFetchRequest):
+            assert node_id == 1, "an OffsetFetch goes to the group's coordinator"
+            return await self._offset_fetch(request.build(OffsetFetchRequest_v3))
         built = request.build(MetadataRequest_v5)
         assert built.allow_auto_topic_creation is False, "a topic check must create no topic"
         described = await self.describe_topics(built.topics)
         return SimpleNamespace(to_object=lambda: {"topics": described})
+
+    async def _offset_fetch(self, built: Any) -> OffsetFetchResponse_v3:
+        if self.silent:
+            await asyncio.get_running_loop().create_future()
+        if self.offset_errors:
+            return OffsetFetchResponse_v3(0, [], self.offset_errors.pop(0))
+        wanted = None if built.topics is None else {(t, p) for t, ps in built.topics for p in ps}
+        topics: dict[str, list[tuple[int, int, str, int]]] = {}
+        for tp, (offset, metadata) in self.committed.items():
+            if wanted is None or (tp.topic, tp.partition) in wanted:
+                topics.setdefault(tp.topic, []).append((tp.partition, offset, metadata, 0))
+        return OffsetFetchResponse_v3(0, list(topics.items()), 0)
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
         self.asked.append(list(names))

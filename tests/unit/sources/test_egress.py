@@ -143,6 +143,7 @@ NOWHERE = "http://127.0.0.1:9"  # a developer's proxy: it cannot reach this mach
         "http://127.0.0.1:80",
         "http://127.9.0.1",
         "http://[::1]:8080",
+        "http://[::ffff:127.0.0.1]:8080",  # IPv4-mapped: Go's rule reads the IPv4 it maps
     ],
 )
 def test_a_loopback_destination_is_never_proxied(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -154,7 +155,13 @@ def test_a_loopback_destination_is_never_proxied(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(
-    "url", ["http://localhost.example", "http://127.0.0.1.nip.io", "http://[fd00::1]:8080"]
+    "url",
+    [
+        "http://localhost.example",
+        "http://127.0.0.1.nip.io",
+        "http://[fd00::1]:8080",
+        "http://[::ffff:10.0.0.1]:8080",
+    ],
 )
 def test_a_name_merely_like_loopback_is_proxied(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     # As Go's rule: the name as given, never resolved.

@@ -10,7 +10,11 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import InvalidSessionTimeoutError, KafkaConnectionError
+from aiokafka.errors import (
+    GroupLoadInProgressError,
+    InvalidSessionTimeoutError,
+    KafkaConnectionError,
+)
 
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import CUT_SECONDS, STOP_SETTLE_SECONDS
@@ -431,6 +435,17 @@ async def test_a_stop_cut_while_the_note_is_read_returns_with_its_admin_client_c
         await stopping
     assert FakeAdmin.made[0].closed
     poller.cancel()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_the_note_is_read_once_a_coordinator_still_loading_it_answers() -> None:
+    # aiokafka's list_consumer_group_offsets answered the loading coordinator's v3 error {}:
+    # "no note", without a word, and the handover went unmeasured.
+    note = LeaseNote("pod-a", 1_790_000_000.0, clean=True)
+    FakeAdmin.offset_errors = [GroupLoadInProgressError.errno]
+    FakeAdmin.committed = {TopicPartition(TOPIC, 0): (0, note.encode())}
+    assert await READ_NOTE(lease_noting([])) == note
+    assert not FakeAdmin.offset_errors  # asked again after the loading answer
 
 
 async def test_a_leave_after_a_cut_stop_is_bounded() -> None:
