@@ -292,6 +292,14 @@ def _no_colliding_topics(topics: Mapping[str, str | None]) -> None:
             )
 
 
+def kafka_credential(text: str) -> str | None:
+    """A Kafka user name or password as its setting holds `text`: without its line end; None if
+    empty. Shared with bridge/sink/credfiles.py, which compares the files by this value."""
+    # A Secret made from a file with `echo` ends in a newline no broker expects; a space may be
+    # part of a password, so only line ends go. Empty is unset: SASL then says it is missing.
+    return text.rstrip("\r\n") or None
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_BOOTSTRAP_SERVERS)
@@ -339,11 +347,7 @@ class KafkaSettings(_Section):
     @field_validator("sasl_username", "sasl_password", "ssl_key_password", mode="before")
     @classmethod
     def _line_end_or_unset(cls, value: Any) -> Any:
-        # A Secret made from a file with `echo` ends in a newline no broker expects; a space may
-        # be part of a password, so only line ends go. Empty is unset: SASL then says it is missing.
-        if isinstance(value, str):
-            return value.rstrip("\r\n") or None
-        return value
+        return kafka_credential(value) if isinstance(value, str) else value
 
     @field_validator("bootstrap_servers")
     @classmethod

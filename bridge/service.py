@@ -31,6 +31,7 @@ from bridge.dedup.stage import DedupStage
 from bridge.http_timeouts import HeadTimeoutAppRunner, admin_runner, timed_runner
 from bridge.ingest.topic import (
     CONFIG_KEYS,
+    Finding,
     PartitionWatch,
     Problem,
     TopicProblems,
@@ -145,9 +146,6 @@ class Bridge:
         self.listen_failed = False
         self.supervisor = Supervisor(self.metrics, escalate=lambda _task, _exc: self.crashed.set())
         self._ingest_partitions = PartitionWatch(settings.topics.ingest_partitions)
-        # Each output topic's partition count as last read: one recreated (or auto-created)
-        # with another moves calls' keys to other partitions.
-        self._output_partitions: dict[str, int] = {}
         self._topic_problems = TopicProblems()
         self._topic_watch: asyncio.Task[None] | None = None
         self.sink = KafkaSink(
@@ -157,6 +155,14 @@ class Bridge:
             lambda: self.sink.partition_count(settings.topics.ingest)
         )
         self.router = Router(settings.topics, settings.routing.rules)
+        # Each output topic's partition count, followed by the topic check as the ingest topic's
+        # is by the metadata probe: one recreated (or auto-created) with another moves calls'
+        # keys to other partitions.
+        self._output_partitions = {
+            name: PartitionWatch(None, OUTPUT_PARTITIONS_CHANGED)
+            for name in self.router.topics()
+            if name != settings.topics.ingest
+        }
         # Flow counters exist at 0 from the start: alerts compare their increase(), and a series
         # born with its first events shows no increase until the next ones.
         for channel in get_args(Channel):
@@ -627,15 +633,7 @@ class Bridge:
     def _watch_ingest_topic(self) -> None:
         """Log a partition count that differs from the settings, or that changed."""
         count = self.sink.partition_count(self.settings.topics.ingest)
-        found = self._ingest_partitions.observe(count)
-        if found is not None:
-            if found.changed:
-                self.metrics.topic_partitions_changed.labels(self.settings.topics.ingest).inc()
-            log.log(
-                found.level,
-                found.message,
-                extra={"topic": self.settings.topics.ingest, **found.facts},
-            )
+        self._say_partitions(self.settings.topics.ingest, self._ingest_partitions.observe(count))
         if count > 0 and self._memory_checked not in (-1, count):
             self._memory_checked = count
             self._check_memory(count, read_limit())
@@ -746,20 +744,18 @@ class Bridge:
     def _watch_output_partitions(self, layouts: TopicReads[Layout]) -> None:
         """Log (ERROR) and count an output topic whose partition count differs from the last
         read."""
-        ingest = self.settings.topics.ingest  # followed by the metadata probe instead
         for name, layout in layouts.found.items():
-            before = self._output_partitions.get(name)
-            self._output_partitions[name] = layout.partitions
-            if name != ingest and before is not None and before != layout.partitions:
-                self.metrics.topic_partitions_changed.labels(name).inc()
-                log.error(
-                    OUTPUT_PARTITIONS_CHANGED,
-                    extra={
-                        "topic": name,
-                        "partitions": layout.partitions,
-                        "partitions_before": before,
-                    },
-                )
+            watch = self._output_partitions.get(name)  # the ingest topic's is the probe's
+            if watch is not None:
+                self._say_partitions(name, watch.observe(layout.partitions))
+
+    def _say_partitions(self, topic: str, found: Finding | None) -> None:
+        """Log what a PartitionWatch of `topic` found, counting a change while running."""
+        if found is None:
+            return
+        if found.changed:
+            self.metrics.topic_partitions_changed.labels(topic).inc()
+        log.log(found.level, found.message, extra={"topic": topic, **found.facts})
 
     def _topic_problems_in(
         self, names: list[str], configs: TopicConfigs, fresh: set[str], unread_as: str

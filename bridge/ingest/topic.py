@@ -4,7 +4,8 @@ The partition count the bridge runs with is the topic's, not BRIDGE_TOPICS__INGE
 (that one only creates the topic). A topic made elsewhere (Strimzi, an admin) may differ; a count
 changed while running moves calls to other partitions, whose dedup windows have not seen their
 events. A topic made elsewhere may also keep too little, or stamp records with the producers'
-clocks, for a restore to rebuild a whole TTL of ids.
+clocks, for a restore to rebuild a whole TTL of ids. An output topic's count changed while
+running is followed the same way (PartitionWatch), without a setting to compare it with.
 """
 
 from __future__ import annotations
@@ -34,11 +35,20 @@ class Finding:
     changed: bool = False
 
 
-class PartitionWatch:
-    """Remembers the count last seen; tells when it differs from the settings or changes."""
+INGEST_PARTITIONS_CHANGED = (
+    "the ingest topic's partition count changed while running: until the dedup TTL has passed,"
+    " a copy of an event from before the change can be output again, and a call's events from"
+    " either side of it can be output out of order"
+)
 
-    def __init__(self, configured: int) -> None:
+
+class PartitionWatch:
+    """Remembers a topic's count last seen; tells when it changes (said as `changed`), and when
+    the first differs from the settings (`configured`; None: a topic they do not size)."""
+
+    def __init__(self, configured: int | None, changed: str = INGEST_PARTITIONS_CHANGED) -> None:
         self.configured = configured
+        self.changed = changed
         self.seen = 0
 
     def observe(self, count: int) -> Finding | None:
@@ -49,13 +59,11 @@ class PartitionWatch:
         if previous:
             return Finding(
                 logging.ERROR,
-                "the ingest topic's partition count changed while running: until the dedup TTL"
-                " has passed, a copy of an event from before the change can be output again, and"
-                " a call's events from either side of it can be output out of order",
+                self.changed,
                 {"partitions": count, "partitions_before": previous},
                 changed=True,
             )
-        if count != self.configured:
+        if self.configured is not None and count != self.configured:
             return Finding(
                 logging.WARNING,
                 "the ingest topic's partition count is not BRIDGE_TOPICS__INGEST_PARTITIONS: the"

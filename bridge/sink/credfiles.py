@@ -13,7 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bridge.config import KafkaSettings
+from bridge.config import KafkaSettings, kafka_credential
+from bridge.configerror import ConfigError
+from bridge.secretfiles import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,20 @@ def credential_files(kafka: KafkaSettings, secret_files: Mapping[str, Path]) -> 
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
-def _digest(path: Path) -> bytes | None:
+def _digest(name: str, path: Path) -> bytes | None:
     """The file's content hashed (never kept in clear), or None when it cannot be read now.
 
-    PEM files by their blocks as a set: a CA bundle written again with the same certificates
-    in another order (or wrapped otherwise) holds the same credential, so no change."""
+    A password by the value its setting holds; PEM files by their blocks as a set: a file
+    written again with a line end added, or a CA bundle with the same certificates in another
+    order (or wrapped otherwise), holds the same credential, so no change."""
+    if name in PASSWORDS:
+        try:
+            # Read and stripped as at start (BOM, line end): a restart would offer the same one.
+            value = kafka_credential(read_secret(path))
+        except ConfigError:
+            pass  # unreadable now (mid-swap: None below), or not UTF-8: then by its bytes
+        else:
+            return hashlib.sha256((value or "").encode()).digest()
     try:
         content = path.read_bytes()
     except OSError:
@@ -65,7 +76,7 @@ class CredentialFiles:
 
     def __init__(self, files: Mapping[str, Path]) -> None:
         self._files = dict(files)
-        self._start = {name: _digest(path) for name, path in self._files.items()}
+        self._start = {name: _digest(name, path) for name, path in self._files.items()}
         self._said = False
 
     def changed(self) -> list[str]:
@@ -73,7 +84,7 @@ class CredentialFiles:
         mid-swap, counts as unchanged)."""
         names = []
         for name, path in self._files.items():
-            now = _digest(path)
+            now = _digest(name, path)
             if now is not None and now != self._start[name]:
                 names.append(name)
         return names

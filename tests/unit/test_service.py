@@ -888,6 +888,32 @@ def test_the_memory_limit_is_compared_once_per_partition_count_where_a_window_is
     assert seen == checks
 
 
+def test_an_output_topics_partition_count_changed_between_checks_is_counted_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = Bridge(every_source())
+    topics = bridge.settings.topics
+    changed = "pinecall_bridge_topic_partitions_changed_total"
+
+    def check(events: int, ingest: int) -> None:
+        bridge._watch_output_partitions(
+            TopicReads({topics.ingest: Layout(1, ingest), topics.events: Layout(1, events)})
+        )
+
+    with caplog.at_level(logging.WARNING, logger="bridge.service"):
+        check(3, 3)  # the first count read: nothing to compare it with
+        check(3, 3)
+        check(1, 6)  # made again with 1; the ingest topic's is the metadata probe's to follow
+        check(1, 6)
+    said = [r for r in caplog.records if "an output topic's partition count" in r.getMessage()]
+    assert [(r.levelno, r.__dict__["topic"]) for r in said] == [(logging.ERROR, topics.events)]
+    facts = {k: said[0].__dict__[k] for k in ("partitions", "partitions_before")}
+    assert facts == {"partitions": 1, "partitions_before": 3}
+    assert sample(bridge.metrics, changed, topic=topics.events) == 1
+    assert sample(bridge.metrics, changed, topic=topics.ingest) == 0
+    assert [r for r in caplog.records if r is not said[0]] == []
+
+
 @pytest.mark.parametrize(
     ("stages", "processes", "partitions", "warned"),
     [("both", 4, 3, True), ("both", 4, 4, False), ("dedup", 4, 1, False)],

@@ -57,6 +57,19 @@ def test_a_change_while_running_is_an_error_whatever_the_settings() -> None:
     assert watch.seen == 24
 
 
+def test_a_topic_the_settings_do_not_size_is_said_only_when_its_count_changes() -> None:
+    # An output topic's: whatever its first count, nothing to compare it with.
+    watch = PartitionWatch(None, "an output topic's partition count changed")
+    assert watch.observe(0) is None
+    assert watch.observe(1) is None
+    assert watch.observe(1) is None
+    found = watch.observe(3)
+    assert found is not None
+    assert (found.level, found.changed) == (logging.ERROR, True)
+    assert found.message == "an output topic's partition count changed"
+    assert found.facts == {"partitions": 3, "partitions_before": 1}
+
+
 def test_the_configs_the_bridge_creates_its_ingest_topic_with_are_fine() -> None:
     dedup = DedupSettings()
     made = {

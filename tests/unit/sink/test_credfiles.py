@@ -9,6 +9,7 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.sink.credfiles import (
+    PASSWORDS,
     SASL_PASSWORD,
     CredentialFiles,
     credential_files,
@@ -64,6 +65,23 @@ def test_a_rotated_file_refused_to_a_client_while_kafka_answers_needs_a_restart(
     assert not files.restart_needed(kafka_connected=True, refused=True)
     kubelet_write(volume, {SASL_PASSWORD: "new\n"})
     assert files.restart_needed(kafka_connected=True, refused=True)
+
+
+@pytest.mark.parametrize("name", PASSWORDS)
+def test_a_password_file_written_again_with_only_its_line_end_or_bom_changed_is_no_change(
+    tmp_path: Path, name: str
+) -> None:
+    # The clients hold the password without them: a restart would offer the same one, yet with
+    # Kafka down for another reason (or refusing it) /healthz asked every pod to restart.
+    volume = tmp_path / "secrets"
+    kubelet_write(volume, {name: "same-secret"})
+    files = CredentialFiles({name: volume / name})
+    for again in ("same-secret\n", "same-secret\r\n", "\ufeffsame-secret\n", "same-secret"):
+        kubelet_write(volume, {name: again})
+        assert files.changed() == [], repr(again)
+        assert not files.restart_needed(kafka_connected=False, refused=True)
+    kubelet_write(volume, {name: "same-secret \n"})  # a trailing space is the password's
+    assert files.changed() == [name]
 
 
 def test_a_file_unreadable_for_a_moment_is_no_change(tmp_path: Path) -> None:
