@@ -252,6 +252,7 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         "PinecallBridgeNoFeedLeaseHolder",
         "PinecallBridgeFeedLeaseSplitBrain",
         "PinecallBridgeKafkaDisconnected",
+        "PinecallBridgeOutOfDescriptors",  # both sources failing, but to connect: no EMFILE
         "PinecallBridgeClockSkew",
         "PinecallBridgePodNotReady",
         "PinecallBridgeTargetDown",

@@ -83,9 +83,10 @@ class _FillFailedError(Exception):
     `floor`: the page's own `Retry-After` (a 5xx or 429), which the reconnect waits at least.
     """
 
-    def __init__(self, floor: float = 0.0) -> None:
+    def __init__(self, floor: float = 0.0, reason: Reason = "gap_fill_failed") -> None:
         super().__init__()
         self.floor = floor
+        self.reason = reason
 
 
 class _PageRefusedError(Exception):
@@ -230,7 +231,7 @@ class Follower:
         except _PageRefusedError as exc:
             return exc.outcome
         except _FillFailedError as exc:
-            reason, floor = "gap_fill_failed", exc.floor
+            reason, floor = exc.reason, exc.floor
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if undecodable(exc):
                 # The server answered, in an encoding we never asked for: no retry cures that,
@@ -441,6 +442,12 @@ class Follower:
             # Any answer tells the gate about the key: a 200 whose body is no page took it too.
             if exc.status is not None and (refused := self._answered(exc.status)) is not None:
                 raise _PageRefusedError(refused) from exc
+            if out_of_descriptors(exc):
+                # The stream holds its connection, so a page needs one more descriptor: as
+                # gap_fill_failed (its line naming only the error's class) it blamed the pages.
+                cause = exc.__cause__ or exc
+                say_out_of_descriptors("call_log", f"{type(cause).__name__}: {cause}")
+                raise _FillFailedError(reason="out_of_descriptors") from exc
             log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})
             # The stream that replays the gap is asked of the same server: it waits as told.
             wait = exc.retry_after if isinstance(exc, PageServerError) else None

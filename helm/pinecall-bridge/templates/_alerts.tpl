@@ -536,6 +536,25 @@ groups:
           summary: {{ printf "Pod %s keeps refusing connections to its admin port" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has refused connections to config.http.adminPort (probes and /metrics) in every %v minutes for %v minutes (%s in the last %v) because 64 were open (per process): the kubelet's probes or Prometheus' scrapes on them fail, so the pod may be restarted or marked unready for no fault of its own, and its metrics have gaps." "{{ $labels.namespace }}" "{{ $labels.pod }}" (divf $a.adminConnectionsRefusedMinutes 2) $a.adminConnectionsRefusedMinutes "{{ $value | humanize }}" (divf $a.adminConnectionsRefusedMinutes 2) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeadminconnectionsrefused" $a.runbookUrl }}
+      - alert: PinecallBridgeOutOfDescriptors
+        # EMFILE/ENFILE (bridge/connlimit.py): the by-reason panels showed it beside Pinecall's
+        # outages, yet no retry cures it and webhooks and Kafka need descriptors too. Counted
+        # only where the feed or the call logs connect (their counters start at 0). The sources
+        # retry at least every 30 s (backoff caps): a window of 5 minutes held for 5 is a
+        # shortage that lasts; one blip holds it for 4 minutes at most.
+        expr: |
+          sum by (namespace, pod) (
+            increase(pinecall_bridge_websocket_reconnects_total{reason="out_of_descriptors"}[5m])
+            or
+            increase(pinecall_bridge_sse_reconnects_total{reason="out_of_descriptors"}[5m])
+          ) > 0
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s is out of file descriptors" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "%s/%s has failed to open connections for want of a file descriptor (EMFILE or ENFILE: its open-files limit, ulimit -n, or the node's) for 5 minutes, %s times in the last 5. Not an outage of Pinecall's: the feed's and the call logs' connections fail, and so may Kafka's new connections, and webhooks' connections cannot be accepted." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeoutofdescriptors" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
         # connection), so past the backlog bounds frames are dropped: events lost for good.

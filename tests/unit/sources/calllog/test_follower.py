@@ -698,6 +698,41 @@ async def test_a_failed_gap_fill_resumes_the_stream_before_the_gap(
     assert reconnects(metrics, "gap_fill_failed") == 1
 
 
+async def test_a_gap_page_out_of_descriptors_is_said_so_not_counted_as_a_gap_fill_failure(
+    run_follower: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stream holds its connection, so the page needs one more descriptor: EMFILE there was
+    # gap_fill_failed (PinecallBridgeCallLogGapsNotFilled blames Pinecall's pages) and a line
+    # naming only the error's class, while the stream's own reconnect went through.
+    spent = SpentDescriptors(spare=1).on(monkeypatch)
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.query["after"] == "0":
+            gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
+            return await stream(request, frame(entry(1)) + frame(gap), hold=5.0)
+        return await stream(request, frame(entry(2)) + frame(entry(3, "call.score")))
+
+    async def give_back() -> None:
+        await until(lambda: spent.refused >= 1)
+        spent.spent = False
+
+    caplog.set_level(logging.INFO, logger="bridge")
+    back = asyncio.create_task(give_back())
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    await back
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    assert all("text/event-stream" in headers["Accept"] for headers, _ in server.requests)
+    assert reconnects(metrics, "gap_fill_failed") == 0
+    assert reconnects(metrics, "out_of_descriptors") >= 1
+    said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "call_log")]
+    assert "Too many open files" in said[0].__dict__["error"]
+    assert not [r for r in caplog.records if r.getMessage() == "call log gap not read"]
+
+
 @pytest.mark.parametrize(
     ("status", "retry_after", "waits"), [(503, "120", 120.0), (429, "86400", 300.0)]
 )
