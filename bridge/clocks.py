@@ -47,6 +47,10 @@ class BrokerClock:
         """A time the broker's clock has passed at monotonic `ticks`; None before any read."""
         return None if self._lead is None else self._lead + ticks * (1 - RATE_TOLERANCE)
 
+    def look_back(self, ttl: float, ours: float, ticks: float) -> float:
+        """look_back_from our clock `ours` and the floor at monotonic `ticks`, less `ttl`. Pure."""
+        return look_back_from(ours, self.floor(ticks)) - ttl
+
 
 def broker_passed(ours: float, floor: float | None) -> float | None:
     """The latest time the broker's clock can be counted on to have passed, our wall clock

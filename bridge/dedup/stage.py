@@ -50,7 +50,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from bridge.clocks import BrokerClock, look_back_from
+from bridge.clocks import BrokerClock
 from bridge.config import DedupSettings, KafkaSettings
 from bridge.dedup.committed import StableOffsets
 from bridge.dedup.kept import Kept, choose
@@ -598,9 +598,8 @@ class DedupStage:
             # Append times are the broker's clock: from ours alone, one ahead of it by more than
             # the allowance rewound too little, and a copy of a record appended since was output.
             # No record read yet in this process: ours, an allowance early.
-            since = (
-                look_back_from(time.time(), self._broker_clock.floor(time.monotonic()))
-                - self._settings.ttl_seconds
+            since = self._broker_clock.look_back(
+                self._settings.ttl_seconds, time.time(), time.monotonic()
             )
             found = await consumer.offsets_for_times(dict.fromkeys(past, max(int(since * 1000), 0)))
             ends = await consumer.end_offsets(past)

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bridge.clocks import BrokerClock, look_back_from
+from bridge.clocks import BrokerClock
 from bridge.config import DedupSettings
 from bridge.dedup.committed import Committed
 from bridge.dedup.kept import Kept
@@ -276,9 +276,8 @@ class PartitionTask:
     async def _aged(self, consumer: AIOKafkaConsumer, start: int) -> bool:
         """A record from `start` on was appended longer than the TTL ago (by the broker's clock,
         which may lag ours: a skew allowance more)."""
-        since = (
-            look_back_from(time.time(), self.broker_clock.floor(time.monotonic()))
-            - self._settings.ttl_seconds
+        since = self.broker_clock.look_back(
+            self._settings.ttl_seconds, time.time(), time.monotonic()
         )
         found = await consumer.offsets_for_times({self.tp: max(int(since * 1000), 0)})
         at = found.get(self.tp)

@@ -264,7 +264,6 @@ __all__ = [
     "for_role",
     "max_message_bytes",
     "partition_for",
-    "replication_factors",
     "topic_configs",
     "topic_configs_and_layouts",
     "topic_layouts",
@@ -361,15 +360,6 @@ class Layout(NamedTuple):
 
     factor: int
     partitions: int
-
-
-async def replication_factors(
-    options: dict[str, Any], names: list[str], fresh: Collection[str] = ()
-) -> TopicReads[int]:
-    """Each existing topic's replication factor: its partitions' fewest replicas (KafkaError if
-    the cluster cannot be asked); those of `fresh` are waited for a moment, as by topic_configs."""
-    layouts = await topic_layouts(options, names, fresh)
-    return TopicReads({name: found.factor for name, found in layouts.found.items()}, layouts.errors)
 
 
 async def topic_layouts(

@@ -49,3 +49,21 @@ def test_the_broker_time_passed_is_the_earlier_clock_less_the_allowance() -> Non
     assert broker_passed(1000.0, None) is None
     assert look_back_from(1600.0, 1000.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS
     assert look_back_from(1000.0, None) == 1000.0 - SKEW_ALLOWANCE_SECONDS
+
+
+def test_a_look_back_counts_the_ttl_from_the_earlier_clock_less_the_allowance() -> None:
+    ttl = 3600.0
+    clock = BrokerClock()
+    # No record read: our clock alone, an allowance early.
+    assert clock.look_back(ttl, 1000.0, 5.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS - ttl
+    clock.saw(1000.0, ticks=0.0)  # the floor stands at 1000 at tick 0
+    # The floor ahead of our clock (ours 10 minutes behind): ours counts.
+    assert clock.look_back(ttl, 400.0, 0.0) == 400.0 - SKEW_ALLOWANCE_SECONDS - ttl
+    # The floor behind our clock (ours 10 minutes ahead): the floor counts.
+    assert clock.look_back(ttl, 1600.0, 0.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS - ttl
+    # The allowance alone between the two clocks agreeing and the look-back's end.
+    assert clock.look_back(0.0, 1000.0, 0.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS
+    # The floor is read at the ticks given, carried forward as floor() does.
+    floor = clock.floor(100.0)
+    assert floor is not None
+    assert clock.look_back(ttl, 2000.0, 100.0) == floor - SKEW_ALLOWANCE_SECONDS - ttl

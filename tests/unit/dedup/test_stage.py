@@ -624,8 +624,9 @@ async def test_a_rewind_past_the_end_looks_back_from_the_brokers_now_with_our_cl
     monkeypatch.setattr(time, "time", lambda: broker_now + 600.0)
     await h.stage._run()
     ttl = h.stage._settings.ttl_seconds
+    # The floor grows with the time the run takes (a loaded box: tens of ms), never by 600 s.
     assert consumer.asked == [
-        pytest.approx((broker_now - ttl - SKEW_ALLOWANCE_SECONDS) * 1000, abs=5)
+        pytest.approx((broker_now - ttl - SKEW_ALLOWANCE_SECONDS) * 1000, abs=1000)
     ]
 
 

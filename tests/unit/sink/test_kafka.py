@@ -36,8 +36,8 @@ from bridge.sink.kafka import (
     brokers_least_config_int,
     client_options,
     offsets_answer,
-    replication_factors,
     topic_configs,
+    topic_layouts,
 )
 from bridge.sink.limits import PRODUCE_REQUEST_OVERHEAD_BYTES
 from tests.polling import until
@@ -417,8 +417,9 @@ async def test_a_topic_just_created_is_waited_for_a_bounded_while(
 @pytest.mark.usefixtures("fake_admin")
 async def test_the_replication_factor_of_a_topic_just_created_is_read_again() -> None:
     FakeAdmin.late = {"fresh"}
-    read = await replication_factors(OPTIONS, ["old", "fresh"], fresh={"fresh"})
-    assert (read.found, read.errors) == ({"old": 1, "fresh": 1}, {})
+    read = await topic_layouts(OPTIONS, ["old", "fresh"], fresh={"fresh"})
+    factors = {name: layout.factor for name, layout in read.found.items()}
+    assert (factors, read.errors) == ({"old": 1, "fresh": 1}, {})
     assert FakeAdmin.made[0].asked == [["old", "fresh"], ["fresh"]]
 
 
