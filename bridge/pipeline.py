@@ -388,9 +388,7 @@ class Pipeline:
                 return _REFUSED
             reason: PublishFailure = "retriable" if getattr(exc, "retriable", False) else "error"
             flood.warning(
-                "Kafka refused a record",
-                extra={"error": type(exc).__name__},
-                kind=type(exc).__name__,
+                "Kafka refused a record", extra=_error_fields(exc), kind=type(exc).__name__
             )
             self._fail(reason, result, exc)
             return None
@@ -522,7 +520,7 @@ class Pipeline:
         else:
             flood.warning(
                 "Kafka did not acknowledge a record",
-                extra={"error": type(error).__name__},
+                extra=_error_fields(error),
                 kind=type(error).__name__,
             )
 
@@ -550,6 +548,13 @@ class Pipeline:
                 (DLQ_RECEIVED_AT_HEADER, str(received_at).encode()),
             ),
         )
+
+
+def _error_fields(error: BaseException) -> dict[str, str]:
+    """A refusal's log fields: the error's class, and its text when it has one."""
+    # The class alone hid why: "KafkaError" for a producer not running yet (or restarting).
+    text = str(error)
+    return {"error": type(error).__name__, **({"detail": text} if text else {})}
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

@@ -4,7 +4,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from bridge import jsoncodec, logthrottle
 from bridge.config import TopicSettings
@@ -754,3 +754,17 @@ async def test_a_kafka_outage_logs_a_few_lines_and_counts_every_record(
         "Kafka refused a record (RuntimeError)": n - 1,
         "Kafka did not acknowledge a record (RuntimeError)": n - 1,
     }
+
+
+async def test_a_refused_record_is_logged_with_the_errors_text_not_only_its_class(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A webhook before the producer ran was logged as a bare "KafkaError": the why was dropped.
+    sink = FakeSink()
+    sink.refuse = KafkaError("the Kafka producer is not running")
+    pipeline, _ = make(sink)
+    with caplog.at_level(logging.WARNING, logger="bridge.pipeline"):
+        await pipeline.submit([entry(1)], "webhook")
+    [line] = [r for r in caplog.records if r.getMessage() == "Kafka refused a record"]
+    assert line.error == "KafkaError"  # type: ignore[attr-defined]
+    assert "the Kafka producer is not running" in line.detail  # type: ignore[attr-defined]
