@@ -34,9 +34,19 @@ OUT_OF_DESCRIPTORS = (
 REFUSING_MAX = 64
 # A refused client that neither closes nor stops sending is cut off after this.
 REFUSAL_LINGER_SECONDS = 1.0
-# Descriptors kept for the rest of the process (Kafka's connections, the feed, files, the log);
-# the call-log source's followers come on top (BRIDGE_SSE__MAX_CALLS).
+# Descriptors kept for the rest of the process (Kafka's connections, the feed, files, the log),
+# the default gap pages and restores among them; the call-log source's followers come on top
+# (BRIDGE_SSE__MAX_CALLS), and so do gap pages and restores set above their defaults
+# (`beyond_reserved`).
 RESERVED_FDS = 256
+# What RESERVED_FDS holds of each: BRIDGE_SSE__MAX_GAP_PAGES_IN_FLIGHT's and
+# BRIDGE_DEDUP__RESTORE_CONCURRENCY's defaults.
+RESERVED_GAP_PAGES = 8
+RESERVED_RESTORES = 4
+# Connections one restore consumer may hold: its partition's leader's, and those its metadata
+# refreshes open to brokers picked at random (aiokafka), so up to one per broker: three, a
+# usual cluster's count.
+RESTORE_CONNECTIONS = 3
 RETRY_AFTER_SECONDS = 1
 # The admin port's own cap (BRIDGE_HTTP__ADMIN_PORT): the kubelet's three probes and a scraper or
 # two hold a handful; a cap still keeps a flood of them (a looping scraper) from taking the
@@ -69,6 +79,15 @@ def fitted_limit(max_connections: int, open_files: int | None, reserved: int) ->
     if open_files is None:
         return max_connections
     return max(1, min(max_connections, open_files - reserved - REFUSING_MAX))
+
+
+def beyond_reserved(gap_pages: int, restores: int) -> int:
+    """Descriptors that `gap_pages` in flight (0: no call-log source) and `restores` at once (0: no
+    dedup stage) may hold past what RESERVED_FDS keeps for them."""
+    # Up to 1,000 of each may be set: 1,000 pages and 3,000 restore connections would take the
+    # descriptors the connection cap was fitted to leave (EMFILE for Kafka and the sources).
+    pages = max(0, gap_pages - RESERVED_GAP_PAGES)
+    return pages + max(0, restores - RESERVED_RESTORES) * RESTORE_CONNECTIONS
 
 
 def open_files_limit() -> int | None:

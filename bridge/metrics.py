@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -515,6 +516,12 @@ class Metrics:
             registry=None,
         )
         self._registration_registered = False
+        # prometheus_client's standard process_* series (open and max descriptors, resident
+        # memory, CPU seconds, start time): the only view of a process nearing its open-files
+        # limit where no source counts EMFILE (webhooks only). Read from /proc/self at each
+        # scrape, on the loop: three small reads and a listing of fd/ (measured: 0.05 ms, and
+        # about 0.5 ms more per 1,000 open descriptors). Outside Linux it exports nothing.
+        self.process = ProcessCollector(registry=r)
         # The call-log source (SSE). Never a label per call: calls are unbounded.
         self.sse_enabled = Gauge(
             f"{PREFIX}_sse_enabled", "1 when the call-log (SSE) source runs here.", registry=r

@@ -435,8 +435,14 @@ class Bridge:
         return limit
 
     def _admin_fds(self) -> int:
-        """Descriptors kept for the rest of the process and the admin port, if any."""
-        reserved = connlimit.RESERVED_FDS
+        """Descriptors kept for the rest of the process (its gap pages and restores set above
+        their defaults too) and the admin port, if any."""
+        sse, here = self.settings.sse, self.dedup is not None
+        reserved = connlimit.RESERVED_FDS + connlimit.beyond_reserved(
+            # The call-log source runs only beside the dedup stage (its calls are the partitions').
+            sse.max_gap_pages_in_flight if here and sse.enabled else 0,
+            self.settings.dedup.restore_concurrency if here else 0,
+        )
         if self.settings.http.admin_port is not None:
             reserved += connlimit.ADMIN_MAX_CONNECTIONS + connlimit.REFUSING_MAX
         return reserved

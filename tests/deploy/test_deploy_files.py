@@ -170,7 +170,9 @@ def bridge_labels() -> dict[str, set[str]]:
     metrics.register_registration()
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
-        own = set(metrics.registry._names_to_collectors[family.name]._labelnames)  # type: ignore[attr-defined]
+        # ProcessCollector's (no describe(), so not by name here) are unlabelled.
+        collector = metrics.registry._names_to_collectors.get(family.name)
+        own = set(getattr(collector, "_labelnames", ()))
         for suffix in ("", "_total", "_count", "_sum"):
             labels[family.name + suffix] = own
         labels[family.name + "_bucket"] = own | {"le"}

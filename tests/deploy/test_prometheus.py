@@ -48,7 +48,8 @@ EMPTY_HERE = {
 # The chart's default. PinecallBridgeDedupPartitionsUnowned compares the partitions owned with
 # the topic's count as the bridge exports it, which must be this.
 INGEST_PARTITIONS = 12
-BRIDGE_METRIC = re.compile(r"\bpinecall_bridge_[a-z0-9_]+\b")
+# prometheus_client's process_* series are the bridge's own too (each process exports them).
+BRIDGE_METRIC = re.compile(r"\b(?:pinecall_bridge|process)_[a-z0-9_]+\b")
 # Metrics from elsewhere: Prometheus' own `up`, kube-state-metrics', cAdvisor's and Kafka
 # Exporter's (the last three absent here: their queries must parse, and only Kafka Exporter's may
 # stay empty).
@@ -253,6 +254,7 @@ async def test_alerts_fire_only_for_what_is_wrong(scraped: Scraped) -> None:
         "PinecallBridgeFeedLeaseSplitBrain",
         "PinecallBridgeKafkaDisconnected",
         "PinecallBridgeOutOfDescriptors",  # both sources failing, but to connect: no EMFILE
+        "PinecallBridgeDescriptorsNearLimit",
         "PinecallBridgeClockSkew",
         "PinecallBridgePodNotReady",
         "PinecallBridgeTargetDown",

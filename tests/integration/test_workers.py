@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import tempfile
 from collections import Counter
@@ -236,6 +237,25 @@ async def test_two_workers_share_the_port_survive_a_crash_and_stop_cleanly(
     assert [e.get("clean") for e in log if e.get("msg") == "all workers stopped"] == [True]
 
     await output_once(kafka_bootstrap, topics, sent | acked)
+
+
+async def test_each_worker_exports_its_own_open_and_max_descriptors(pod: Replica) -> None:
+    # prometheus_client's process series, each worker's own under the pod's merge: a webhook-only
+    # worker near its open-files limit is seen (PinecallBridgeDescriptorsNearLimit).
+    await pod.start()
+    pids = pod.worker_pids()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    async with new_connections() as session:
+        samples = await pod.metrics(session)
+    for worker, pid in pids.items():
+        opened = total(samples, "process_open_fds", worker=str(worker))
+        limit = total(samples, "process_max_fds", worker=str(worker))
+        # Raised to the hard limit at start; Kafka's connections, the listeners, the log.
+        assert limit == (hard if hard != resource.RLIM_INFINITY else limit), (worker, limit)
+        assert 10 <= opened < limit, (worker, opened)
+        held = len(os.listdir(f"/proc/{pid}/fd"))
+        assert abs(opened - held) <= 20, (worker, opened, held)
+        assert total(samples, "process_resident_memory_bytes", worker=str(worker)) > 10_000_000
 
 
 async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Replica) -> None:

@@ -38,6 +38,13 @@ def test_one_past_the_cap_is_refused_until_too_many_are_being_refused() -> None:
     assert admission(11, 0, 10) == "refuse"  # a lowered cap: more are open than it allows
 
 
+def test_gap_pages_and_restores_count_only_past_the_defaults_reserved_for_them() -> None:
+    assert connlimit.beyond_reserved(8, 4) == 0  # the defaults: within RESERVED_FDS
+    assert connlimit.beyond_reserved(0, 0) == 0  # neither here
+    assert connlimit.beyond_reserved(1000, 4) == 992
+    assert connlimit.beyond_reserved(8, 1000) == 996 * connlimit.RESTORE_CONNECTIONS
+
+
 def test_the_cap_fits_the_open_files_limit() -> None:
     assert fitted_limit(1000, None, 256) == 1000  # unlimited
     assert fitted_limit(1000, 1_048_576, 256) == 1000

@@ -22,7 +22,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _rows() -> dict[str, tuple[set[str], str]]:
     """The README's metrics table: each metric's labels, and its meaning's text."""
-    rows = re.findall(r"^\| `(pinecall_bridge_\w+)` \|([^|]*)\|(.*)\|$", README.read_text(), re.M)
+    rows = re.findall(
+        r"^\| `((?:pinecall_bridge|process)_\w+)` \|([^|]*)\|(.*)\|$", README.read_text(), re.M
+    )
     return {name: (set(re.findall(r"`(\w+)`", labels)), meaning) for name, labels, meaning in rows}
 
 
@@ -33,19 +35,27 @@ def _metrics() -> Metrics:
     return metrics
 
 
-def _exported() -> dict[str, Counter | Gauge | Histogram]:
-    """Every metric a process can export (the feed's and registration's too), by its name."""
-    metrics = [m for m in vars(_metrics()).values() if isinstance(m, Counter | Gauge | Histogram)]
-    return {m._name + ("_total" if isinstance(m, Counter) else ""): m for m in metrics}
+def _exported() -> dict[str, Counter | Gauge | Histogram | None]:
+    """Every metric a process can export (the feed's and registration's too, and the standard
+    process_* ones, unlabelled: None), by its name."""
+    bridge = _metrics()
+    metrics = [m for m in vars(bridge).values() if isinstance(m, Counter | Gauge | Histogram)]
+    found: dict[str, Counter | Gauge | Histogram | None] = {
+        m._name + ("_total" if isinstance(m, Counter) else ""): m for m in metrics
+    }
+    for family in bridge.process.collect():
+        found[family.name + ("_total" if family.type == "counter" else "")] = None
+    return found
 
 
 def test_every_metric_is_in_the_readme_table_with_its_labels() -> None:
     rows = _rows()
     metrics = _exported()
     assert len(metrics) > 40
+    assert {"process_open_fds", "process_max_fds"} <= set(metrics)  # prometheus_client's
     for name, metric in metrics.items():
         assert name in rows, f"{name} is not in README.md's Metrics table"
-        labels = set(metric._labelnames)
+        labels = set(metric._labelnames) if metric is not None else set()
         assert rows[name][0] == labels, f"{name}: README lists labels {rows[name][0]}, not {labels}"
 
 

@@ -985,6 +985,35 @@ async def test_the_call_log_followers_in_force_fit_the_open_files_limit(
         await bridge.stop()
 
 
+@pytest.mark.parametrize(("stages", "in_force"), [("both", 200), ("ingest", 4096)])
+async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_cap(
+    monkeypatch: pytest.MonkeyPatch, stages: Stages, in_force: int
+) -> None:
+    # 1,000 gap pages in flight and 1,000 restores at once (each consumer connecting up to
+    # every broker) take far more than the 256 kept for the rest of the process: the cap fitted
+    # as before left Kafka and the sources failing with EMFILE at full load.
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 5000)
+    every = every_source(free_port())
+    settings = every.model_copy(
+        update={
+            "sse": every.sse.model_copy(update={"max_gap_pages_in_flight": 1000}),
+            "dedup": every.dedup.model_copy(update={"restore_concurrency": 1000}),
+        }
+    )
+    # Both stages: 5000 less the 256 and 64 refusals, 500 followers, 992 pages past the 8 kept
+    # and 996 restores past the 4 kept, 3 connections each. Ingest only: neither runs here.
+    if stages == "both":
+        bridge, _ = await started_with_a_stand(settings)
+    else:
+        bridge = Bridge(settings, stages=stages)
+        await bridge.start()
+    try:
+        cap = sample(bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook")
+        assert cap == in_force
+    finally:
+        await bridge.stop()
+
+
 def sasl_password_file(tmp_path: Path) -> tuple[Settings, dict[str, Path]]:
     """Settings authenticating by SASL, their password's secret file ("old") by variable."""
     path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"

@@ -555,6 +555,28 @@ groups:
           summary: {{ printf "Pod %s is out of file descriptors" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s has failed to open connections for want of a file descriptor (EMFILE or ENFILE: its open-files limit, ulimit -n, or the node's) for 5 minutes, %s times in the last 5. Not an outage of Pinecall's: the feed's and the call logs' connections fail, and so may Kafka's new connections, and webhooks' connections cannot be accepted." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutofdescriptors" $a.runbookUrl }}
+      - alert: PinecallBridgeDescriptorsNearLimit
+        # Every process, a webhook-only one too (OutOfDescriptors sees only the feed's and the
+        # call logs' EMFILE): accept() and Kafka's new connections fail at the limit. Over the
+        # ratio, the 256 descriptors (with the admin port's, the followers', the refusals') the
+        # connection cap was fitted to leave are being used: a process at its fitted cap under a
+        # limit of 1024 stays near 0.8; under the usual 1,048,576 only a leak gets there. Held
+        # for descriptorsNearLimitMinutes: a burst is refused at the cap and sampled by one
+        # scrape, a leak or a shortage lasts. process_* are every exporter's: only the bridge's
+        # targets count, not a sidecar's; told by the loop-lag histogram every bridge process
+        # has (`ready` is not the dedup-only process's, which holds the call logs' followers).
+        expr: |
+          max by (namespace, pod, worker) (
+            process_open_fds / process_max_fds
+            and on (namespace, pod, instance, worker) pinecall_bridge_event_loop_lag_seconds_count
+          ) > {{ $a.descriptorsNearLimitRatio }}
+        for: {{ include "pinecall-bridge.minutes" $a.descriptorsNearLimitMinutes }}
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ printf "Pod %s holds %s of its open-files limit" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" | quote }}
+          description: {{ printf "A process of %s/%s%s has held more than %v%% of its file descriptor limit (ulimit -n) for %v minutes. At the limit it accepts no webhook connection and opens no new connection to Kafka, the feed or the call logs (EMFILE): a descriptor leak, or a limit too low for the connections it is configured for." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ with $labels.worker }} (worker {{ . }}){{ end }}" (mulf $a.descriptorsNearLimitRatio 100) $a.descriptorsNearLimitMinutes | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgedescriptorsnearlimit" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
         # connection), so past the backlog bounds frames are dropped: events lost for good.

@@ -80,3 +80,12 @@ def test_all_answering_is_zero_unreachable_once() -> None:
         for line in text.splitlines()
         if "workers_unreachable" in line and not line.startswith("#")
     ] == ["pinecall_bridge_workers_unreachable 0.0"]
+
+
+def test_each_workers_process_series_are_its_own_labelled_by_worker() -> None:
+    # prometheus_client's ProcessCollector, as each worker exports it: a worker near its
+    # open-files limit must be told from its siblings (PinecallBridgeDescriptorsNearLimit).
+    merged = samples(merge({"0": exposition(1), "1": exposition(2)}))
+    for name in ("process_open_fds", "process_max_fds", "process_cpu_seconds_total"):
+        assert {dict(labels).get("worker") for n, labels in merged if n == name} == {"0", "1"}
+    assert merged[("process_open_fds", (("worker", "0"),))] >= 1
