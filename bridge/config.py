@@ -38,7 +38,12 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
-from bridge.secretfiles import SECRETS_DIR_VARIABLE, has_control_character, with_secret_files
+from bridge.secretfiles import (
+    SECRETS_DIR_VARIABLE,
+    has_control_character,
+    read_token,
+    with_secret_files,
+)
 from bridge.stopbudget import (
     SUPERVISOR_MARGIN_SECONDS,
     drain_delay_seconds,
@@ -210,6 +215,9 @@ _PLAIN_PATH_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
 # A header value sent as it is: visible ASCII, no whitespace at all.
 _HEADER_TOKEN_RE = re.compile(r"[!-~]+")
 
+# A JWT (a JWS's compact form: its header, base64url JSON, starts `eyJ`), pasted for a path.
+_JWT = re.compile(r"\s*eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\s*")
+
 # A DNS name: dot-separated labels of letters, digits, '-' (not at either end) and '_'.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -325,9 +333,12 @@ class KafkaSettings(_Section):
     # and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
     metadata_probe_seconds: float = Field(default=5.0, gt=0, le=300)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # OAUTHBEARER's token, read again at each new connection: a rotated one (a projected
+    # service account token) is taken without a restart (bridge/sink/oauth.py).
+    sasl_oauth_token_file: Path | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -380,7 +391,9 @@ class KafkaSettings(_Section):
                 )
         return servers
 
-    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @field_validator(
+        "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_oauth_token_file", mode="before"
+    )
     @classmethod
     def _empty_path_is_unset(cls, path: Any) -> Any:
         # Path("") is ".", so an empty variable was refused as "file '.' does not exist", a path
@@ -403,15 +416,32 @@ class KafkaSettings(_Section):
             raise ValueError(f"file {str(path)!r} does not exist")
         return path
 
+    @field_validator("sasl_oauth_token_file")
+    @classmethod
+    def _not_a_token(cls, path: Path | None) -> Path | None:
+        # A JWT pasted in place of its path: echoed as a missing file, the token would be in
+        # the error and in `check`'s output.
+        if path is not None and _JWT.fullmatch(str(path)):
+            raise ValueError("holds a token, not a path: give the path of its file")
+        return path
+
     @model_validator(mode="after")
     def _security_is_complete(self) -> KafkaSettings:
         protocol = f"BRIDGE_KAFKA__SECURITY_PROTOCOL={self.security_protocol}"
-        if self.security_protocol.startswith("SASL") and not (
+        oauth = self.sasl_mechanism == "OAUTHBEARER"
+        if self.security_protocol.startswith("SASL") and oauth:
+            self._oauth_is_complete()
+        elif self.security_protocol.startswith("SASL") and not (
             self.sasl_username and self.sasl_password
         ):
             raise ValueError(
                 "BRIDGE_KAFKA__SASL_USERNAME and BRIDGE_KAFKA__SASL_PASSWORD are both needed"
                 f" with {protocol}"
+            )
+        if self.sasl_oauth_token_file is not None and not oauth:
+            raise ValueError(
+                "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE is ignored with"
+                f" BRIDGE_KAFKA__SASL_MECHANISM={self.sasl_mechanism}: use OAUTHBEARER, or unset"
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError(
@@ -442,7 +472,7 @@ class KafkaSettings(_Section):
             raise ValueError(
                 f"{tls} {_is(tls)} ignored with {protocol}: use SSL or SASL_SSL, or unset"
             )
-        sasl = self._set("sasl_username", "sasl_password")
+        sasl = self._set("sasl_username", "sasl_password", "sasl_oauth_token_file")
         if not self.security_protocol.startswith("SASL") and sasl:
             raise ValueError(
                 f"{sasl} {_is(sasl)} ignored with {protocol}: use SASL_PLAINTEXT or SASL_SSL,"
@@ -451,6 +481,26 @@ class KafkaSettings(_Section):
         if uses_tls:
             self._tls_loads()
         return self
+
+    def _oauth_is_complete(self) -> None:
+        """OAUTHBEARER's token file given, readable and holding a token now; no password."""
+        mechanism = "BRIDGE_KAFKA__SASL_MECHANISM=OAUTHBEARER"
+        credentials = self._set("sasl_username", "sasl_password")
+        if credentials:
+            raise ValueError(
+                f"{credentials} {_is(credentials)} ignored with {mechanism}: it authenticates"
+                " with the token of BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE; unset"
+                f" {'them' if ',' in credentials else 'it'}"
+            )
+        if self.sasl_oauth_token_file is None:
+            raise ValueError(
+                f"BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE is needed with {mechanism}: the file"
+                " holding the token (a projected service account token, say)"
+            )
+        try:
+            read_token(self.sasl_oauth_token_file, "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE")
+        except ConfigError as exc:
+            raise ValueError("; ".join(exc.problems)) from None
 
     def _set(self, *fields: str) -> str:
         """The variables of those of `fields` that are set, e.g. `BRIDGE_KAFKA__SSL_CAFILE`."""

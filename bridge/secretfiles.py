@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,8 +82,9 @@ def secret_files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def read_secret(path: Path) -> str:
-    """A secret file's text, as the variable would hold it: its validators strip line ends."""
+def read_secret(path: Path, setting: str = SECRETS_DIR_VARIABLE) -> str:
+    """A secret file's text, as the variable would hold it: its validators strip line ends.
+    A file that cannot be read is a ConfigError naming `setting` and the path, never content."""
     try:
         # -sig: a leading BOM (Notepad's, PowerShell 5's UTF-8) is no part of the secret, as it
         # is none of a `.env` line; kept, a webhook secret would fail every signature.
@@ -91,8 +93,28 @@ def read_secret(path: Path) -> str:
         # The path and the reason only: the bytes may be the secret.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: the secret file {path} could not be read: {reason}"]
+            [f"{setting}: the secret file {path} could not be read: {reason}"]
         ) from None
+
+
+# RFC 6750's b64token, the only token OAUTHBEARER carries (RFC 7628): Kafka refuses any other.
+_BEARER_TOKEN = re.compile(r"[-A-Za-z0-9._~+/]+=*")
+
+
+def read_token(path: Path, setting: str) -> str:
+    """The bearer token a token file holds (surrounding whitespace removed), or a ConfigError
+    naming `setting` and why, never the content: unreadable, empty, or no bearer token."""
+    token = read_secret(path, setting).strip()
+    if not token:
+        raise ConfigError([f"{setting}: the token file {path} is empty"])
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise ConfigError(
+            [
+                f"{setting}: the token file {path} holds no bearer token (one line of letters,"
+                " digits and -._~+/, then any = padding: a JWT, say)"
+            ]
+        )
+    return token
 
 
 class _SecretFiles(NestedSecretsSettingsSource):

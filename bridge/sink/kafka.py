@@ -67,6 +67,8 @@ from bridge.sink.limits import (
     SOCKET_REQUEST_MAX_BYTES,
     TopicLimits,
 )
+from bridge.sink.oauth import install as install_oauth
+from bridge.sink.oauth import token_file
 from bridge.sink.quotas import counted, watch_throttle
 from bridge.sink.record import Record
 from bridge.sink.topicreads import not_yet_visible
@@ -238,10 +240,15 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         options["ssl_context"] = settings.ssl_context()
     if settings.security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
+        if settings.sasl_oauth_token_file is not None:  # OAUTHBEARER (KafkaSettings' rule)
+            # Read at each connection's authentication: a rotated token needs no restart.
+            options["sasl_oauth_token_provider"] = token_file(settings.sasl_oauth_token_file)
+            install_oauth()
+        else:
+            options["sasl_plain_username"] = settings.sasl_username
+            options["sasl_plain_password"] = (
+                settings.sasl_password.get_secret_value() if settings.sasl_password else None
+            )
     return options
 
 

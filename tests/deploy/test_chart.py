@@ -754,6 +754,42 @@ def test_secret_settings_are_refused_under_config(bad: str) -> None:
     assert "never in the ConfigMap" in done.stderr, done.stderr
 
 
+def test_an_oauthbearer_token_is_projected_and_named_to_the_bridge() -> None:
+    """A token of the pod's service account for the audience, renewed by the kubelet, read
+    from the file BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE names; the pod still restricted."""
+    manifests = render(
+        SIGNED,
+        "config.kafka.securityProtocol=SASL_SSL",
+        "config.kafka.saslMechanism=OAUTHBEARER",
+        "serviceAccount.kafkaOauthAudience=kafka.example.com",
+        "serviceAccount.kafkaOauthTokenSeconds=1800",
+    )
+    spec = pod_spec(manifests)
+    [volume] = [v for v in spec["volumes"] if v["name"] == "kafka-oauth"]
+    assert volume["projected"]["sources"] == [
+        {
+            "serviceAccountToken": {
+                "audience": "kafka.example.com",
+                "expirationSeconds": 1800,
+                "path": "token",
+            }
+        }
+    ]
+    [mount] = [m for m in container(manifests)["volumeMounts"] if m["name"] == "kafka-oauth"]
+    assert mount == {
+        "name": "kafka-oauth",
+        "mountPath": "/etc/pinecall-bridge/kafka-oauth",
+        "readOnly": True,
+    }
+    env = one(manifests, "ConfigMap")["data"]
+    assert env["BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE"] == "/etc/pinecall-bridge/kafka-oauth/token"
+    assert env["BRIDGE_KAFKA__SASL_MECHANISM"] == "OAUTHBEARER"
+    assert pss.violations(spec) == []
+    # Without an audience, no token is mounted: the bridge never calls the Kubernetes API.
+    plain = pod_spec(render(SIGNED))
+    assert "kafka-oauth" not in [v["name"] for v in plain["volumes"]]
+
+
 def checksum(*sets: str) -> str:
     deployment = one(render(*sets), "Deployment")
     value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]

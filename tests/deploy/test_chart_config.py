@@ -27,6 +27,7 @@ SECRET_SETTINGS = {
     "kafka.ssl_cafile": "kafkaTls.ca",
     "kafka.ssl_certfile": "kafkaTls.cert",
     "kafka.ssl_keyfile": "kafkaTls.key",
+    "kafka.sasl_oauth_token_file": "serviceAccount.kafkaOauthAudience",  # a projected token
 }
 # Settings the chart sets per pod (the downward API), never from `config`: they must differ.
 POD_SETTINGS = {"dedup.instance_id": "metadata.name"}

@@ -301,6 +301,48 @@ REFUSALS = {
         "config.kafka.securityProtocol=SASL_SSL needs config.kafka.saslUsername",
         {"kafka": {"security_protocol": "SASL_SSL", "sasl_password": "p"}},
     ),
+    "OAUTHBEARER without its token": Refusal(
+        ("config.kafka.securityProtocol=SASL_SSL", "config.kafka.saslMechanism=OAUTHBEARER"),
+        "config.kafka.saslMechanism=OAUTHBEARER needs its token: set"
+        " serviceAccount.kafkaOauthAudience",
+        {"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}},
+    ),
+    "OAUTHBEARER with a username": Refusal(
+        (
+            "config.kafka.securityProtocol=SASL_PLAINTEXT",
+            "config.kafka.saslMechanism=OAUTHBEARER",
+            "config.kafka.saslUsername=u",
+            "serviceAccount.kafkaOauthAudience=kafka",
+        ),
+        "config.kafka.saslUsername and secrets.kafkaSaslPassword are ignored with"
+        " config.kafka.saslMechanism=OAUTHBEARER",
+        {
+            "kafka": {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_username": "u",
+                "sasl_oauth_token_file": FILE,  # "PEM": a token the bridge takes
+            }
+        },
+    ),
+    "an OAUTHBEARER token with another mechanism": Refusal(
+        (
+            "config.kafka.securityProtocol=SASL_PLAINTEXT",
+            "config.kafka.saslUsername=u",
+            "secrets.kafkaSaslPassword.value=p",
+            "serviceAccount.kafkaOauthAudience=kafka",
+        ),
+        "serviceAccount.kafkaOauthAudience is ignored with"
+        " config.kafka.securityProtocol=SASL_PLAINTEXT and config.kafka.saslMechanism=PLAIN",
+        {
+            "kafka": {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_username": "u",
+                "sasl_password": "p",
+                "sasl_oauth_token_file": FILE,
+            }
+        },
+    ),
     "SASL without a password": Refusal(
         ("config.kafka.securityProtocol=SASL_PLAINTEXT", "config.kafka.saslUsername=u"),
         "config.kafka.securityProtocol=SASL_PLAINTEXT needs the SASL password",

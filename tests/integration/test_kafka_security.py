@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
+from bridge.config import KafkaSettings
+from bridge.sink.kafka import admin_client as bridge_admin_client
+from bridge.sink.kafka import client_options
 from tests.integration.acls import set_scram_password
 from tests.integration.certs import Certs, make_certs
 from tests.integration.conftest import (
@@ -135,6 +142,36 @@ def sasl(protocol: str, mechanism: str, *, user: str = USER, password: str = PAS
     return options
 
 
+def unsecured_jwt(subject: str, lifetime: float) -> str:
+    """A token the broker's unsecured OAUTHBEARER validator takes for `subject` until it
+    expires, `lifetime` seconds from now: an unsigned JWS (`alg: none`, no signature)."""
+    now = time.time()
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    claims = {"sub": subject, "iat": int(now), "exp": now + lifetime}
+    return f"{part({'alg': 'none'})}.{part(claims)}."
+
+
+def oauth(path: Path) -> dict[str, Any]:
+    """OAUTHBEARER on the SASL_PLAINTEXT listener, the token read from `path`."""
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "OAUTHBEARER",
+        "sasl_oauth_token_file": path,
+    }
+
+
+def oauthbearer(lifetime: float) -> Security:
+    def options(certs: Certs) -> dict[str, Any]:
+        token = certs.dir / f"oauth-token-{uuid.uuid4().hex[:8]}"
+        token.write_text(unsecured_jwt(USER, lifetime))
+        return oauth(token)
+
+    return options
+
+
 def server_tls(certs: Certs) -> dict[str, Any]:
     return {"security_protocol": "SSL", "ssl_cafile": certs.ca}
 
@@ -162,6 +199,7 @@ def mutual_tls_encrypted_key(certs: Certs) -> dict[str, Any]:
         pytest.param("MTLS", mutual_tls_encrypted_key, id="ssl-client-cert-encrypted-key"),
         pytest.param("SASL_SSL", sasl("SASL_SSL", "SCRAM-SHA-512"), id="sasl-ssl-scram512"),
         pytest.param("SASL_SSL", sasl("SASL_SSL", "PLAIN"), id="sasl-ssl-plain"),
+        pytest.param("SASL_PLAINTEXT", oauthbearer(3600), id="sasl-oauthbearer"),
     ],
 )
 async def test_publishes_through_secured_listener(
@@ -225,6 +263,9 @@ AUTH_FAILED = "SaslAuthenticationFailed"
             sasl("SASL_SSL", "SCRAM-SHA-256", user="nobody"),
             AUTH_FAILED,
             id="sasl-ssl-unknown-user",
+        ),
+        pytest.param(
+            "SASL_PLAINTEXT", oauthbearer(-60), AUTH_FAILED, id="oauthbearer-expired-token"
         ),
         pytest.param("SSL", _untrusted_broker, "CERTIFICATE_VERIFY_FAILED", id="untrusted-broker"),
         # TLS 1.3 sends the broker's refusal after the handshake: the client only sees a close.
@@ -478,3 +519,57 @@ async def test_a_refused_password_with_its_file_unchanged_keeps_the_pod_alive(
         await replica.stop()
     said = [e for e in replica.log_entries() if e.get("msg", "").startswith(CHANGED_LINE)]
     assert said == []
+
+
+# Long enough for the bridge to start and publish on it, short enough to wait out.
+OLD_TOKEN_LIFETIME = 20.0
+
+
+def cut_connections(port: int) -> None:
+    """Close every connection to `port` (the broker's side lives on, as after a broker restart
+    or an idle close): the clients must connect and authenticate again."""
+    subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}"],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+
+
+async def test_a_token_file_rewritten_is_read_by_the_next_connection(
+    broker: SecureBroker, launch: Launch, topics: Topics, unique_call: str, tmp_path: Path
+) -> None:
+    """The token file rewritten in place with a new token, the old one expired, the bridge's
+    connections cut: each client connects again with the new token, without a restart, and
+    the webhook published before and after comes out."""
+    if shutil.which("ss") is None or os.geteuid() != 0:
+        skip_or_fail("closing a process's Kafka connections needs iproute2's ss, as root")
+    listener = broker.bootstrap("SASL_PLAINTEXT")
+    token = tmp_path / "token"
+    token.write_text(unsecured_jwt("bridge-old", OLD_TOKEN_LIFETIME))
+    old_expires = time.time() + OLD_TOKEN_LIFETIME
+    old_token = tmp_path / "old-token"
+    old_token.write_text(token.read_text())
+    bridge = await launch(listener, oauth(token))
+    await wait_ready(bridge.url, within=OLD_TOKEN_LIFETIME)
+    assert (await bridge.post(entry(1, call=unique_call)))[0] == 200
+
+    token.write_text(unsecured_jwt("bridge-new", 3600))
+    await asyncio.sleep(max(0.0, old_expires - time.time()) + 1)
+    # The broker refuses the old token now: a connection made after this took the new one.
+    old = KafkaSettings(bootstrap_servers=[listener], **oauth(old_token))
+    with pytest.raises(KafkaConnectionError):
+        async with bridge_admin_client(client_options(old)):
+            pass
+
+    cut_connections(broker.ports["SASL_PLAINTEXT"])
+
+    async def published() -> bool:
+        return (await bridge.post(entry(2, call=unique_call)))[0] == 200
+
+    await until(published, 30, 0.5, "a webhook published after the connections were cut")
+    # The dedup stage's consumer and transactional producer connected again too.
+    records = await consume_until(
+        broker.bootstrap("PLAINTEXT"), [topics.events], has_id(f"{unique_call}:2")
+    )
+    assert [r.json()["id"] for r in records] == [f"{unique_call}:{seq}" for seq in (1, 2)]

@@ -1543,3 +1543,124 @@ def test_a_client_id_and_token_field_lose_surrounding_whitespace(
     )
     settings = load_settings()
     assert (settings.kafka.client_id, settings.websocket.token_field) == ("bridge-a", "access")
+
+
+TOKEN_FILE = "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE"
+A_TOKEN = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJicmlkZ2UifQ."
+
+
+def oauth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **more: str) -> Path:
+    """OAUTHBEARER over SASL_SSL with a token file holding A_TOKEN (and `more`); its path."""
+    token = tmp_path / "token"
+    token.write_text(A_TOKEN)
+    env = {
+        "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "BRIDGE_KAFKA__SASL_MECHANISM": "OAUTHBEARER",
+        TOKEN_FILE: str(token),
+    }
+    setenv(monkeypatch, {**env, **more})
+    return token
+
+
+def test_oauthbearer_takes_a_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    token = oauth_env(monkeypatch, tmp_path)
+    kafka = load_settings().kafka
+    assert (kafka.sasl_mechanism, kafka.sasl_oauth_token_file) == ("OAUTHBEARER", token)
+
+
+def test_oauthbearer_needs_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    oauth_env(monkeypatch, tmp_path, **{TOKEN_FILE: ""})  # empty is unset
+    assert problems() == [
+        f"{TOKEN_FILE} is needed with BRIDGE_KAFKA__SASL_MECHANISM=OAUTHBEARER: the file holding"
+        " the token (a projected service account token, say)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("credentials", "named"),
+    [
+        ({"BRIDGE_KAFKA__SASL_USERNAME": "u"}, "BRIDGE_KAFKA__SASL_USERNAME is"),
+        (
+            {"BRIDGE_KAFKA__SASL_USERNAME": "u", "BRIDGE_KAFKA__SASL_PASSWORD": "p"},
+            "BRIDGE_KAFKA__SASL_USERNAME, BRIDGE_KAFKA__SASL_PASSWORD are",
+        ),
+    ],
+)
+def test_oauthbearer_refuses_a_username_or_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, credentials: dict[str, str], named: str
+) -> None:
+    # Both set, the operator may believe they are used: the broker sees the token alone.
+    oauth_env(monkeypatch, tmp_path, **credentials)
+    [line] = problems()
+    assert line.startswith(
+        f"{named} ignored with BRIDGE_KAFKA__SASL_MECHANISM=OAUTHBEARER: it authenticates with"
+        f" the token of {TOKEN_FILE}"
+    ), line
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+def test_a_token_file_with_another_mechanism_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mechanism: str
+) -> None:
+    oauth_env(
+        monkeypatch,
+        tmp_path,
+        BRIDGE_KAFKA__SASL_MECHANISM=mechanism,
+        BRIDGE_KAFKA__SASL_USERNAME="u",
+        BRIDGE_KAFKA__SASL_PASSWORD="p",
+    )
+    assert problems() == [
+        f"{TOKEN_FILE} is ignored with BRIDGE_KAFKA__SASL_MECHANISM={mechanism}: use"
+        " OAUTHBEARER, or unset"
+    ]
+
+
+def test_a_token_file_without_sasl_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    oauth_env(monkeypatch, tmp_path, BRIDGE_KAFKA__SECURITY_PROTOCOL="SSL")
+    [line] = problems()
+    assert line.startswith(f"{TOKEN_FILE} is ignored with BRIDGE_KAFKA__SECURITY_PROTOCOL=SSL")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "could not be read: No such file or directory"),
+        ("", "is empty"),
+        (" \n", "is empty"),
+        ("two tokens", "holds no bearer token"),
+        ("tok\x01en", "holds no bearer token"),
+    ],
+)
+def test_a_token_file_unusable_at_start_is_refused_without_its_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, why: str
+) -> None:
+    token = oauth_env(monkeypatch, tmp_path)
+    if content is None:
+        token.unlink()
+    else:
+        token.write_text(content)
+    [line] = problems()
+    assert line.startswith(f"{TOKEN_FILE}: the "), line
+    assert str(token) in line
+    assert why in line
+    assert "tokens" not in line
+
+
+def test_a_token_file_unreadable_at_start_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    token = oauth_env(monkeypatch, tmp_path)
+    token.unlink()
+    token.mkdir()  # root reads any file: a directory cannot be read as one
+    [line] = problems()
+    assert line == f"{TOKEN_FILE}: the secret file {token} could not be read: Is a directory"
+
+
+def test_a_token_given_for_its_file_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    oauth_env(monkeypatch, tmp_path, **{TOKEN_FILE: A_TOKEN + "\n"})
+    [line] = problems()
+    assert line == f"{TOKEN_FILE}: holds a token, not a path: give the path of its file"

@@ -17,10 +17,12 @@ from types import ModuleType
 from typing import Any
 
 import aiokafka.client
+import aiokafka.conn
 import pytest
 from aiohttp import web, web_urldispatcher
 from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.conn import AIOKafkaConnection
@@ -187,6 +189,32 @@ async def test_aiokafkas_client_privates(producer: Any) -> None:
     state = partitions[TOPIC][0]
     need("aiokafka", state, "leader", "bridge/sink/kafka.py", lambda leader: leader == 1, "1")
     need("aiokafka", state, "isr", "bridge/sink/kafka.py", lambda isr: list(isr) == [1], "[1]")
+
+
+class _Token(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka's ABC is untyped
+    async def token(self) -> str:
+        return "t"
+
+
+async def test_aiokafkas_oauthbearer_authenticator(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bridge/sink/oauth.py replaces it with a subclass answering a refused token's error
+    # challenge (tests/unit/sink/test_oauth.py; tests/integration/test_kafka_security.py).
+    users = "bridge/sink/oauth.py"
+    base = need("aiokafka", aiokafka.conn, "OAuthAuthenticator", users, inspect.isclass, "a class")
+    method("aiokafka", base, "step", users, "payload", aio=True)
+    # Looked up in the module by each connection: the replacement is the one it builds.
+    replaced = type("Replaced", (base,), {})
+    monkeypatch.setattr(aiokafka.conn, "OAuthAuthenticator", replaced)
+    connection = AIOKafkaConnection(
+        "127.0.0.1", 9, sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=_Token()
+    )
+    built = method("aiokafka", connection, "authenticator_oauth", users, aio=False)()
+    if type(built) is not replaced:
+        pytest.fail(
+            f"aiokafka {version('aiokafka')}'s AIOKafkaConnection.authenticator_oauth builds"
+            f" {type(built).__name__}, not aiokafka.conn.OAuthAuthenticator looked up when"
+            f" called, which {users} replaces"
+        )
 
 
 def test_aiokafkas_admin_metadata_request_creating_no_topic() -> None:

@@ -71,13 +71,13 @@ Lists of objects and objects are JSON; other lists are comma-separated.
 {{/* Settings that are secrets or files: never accepted under `config`. */}}
 {{- define "pinecall-bridge.notInConfig" -}}
 {{- $forbidden := dict
-  "kafka" (list "saslPassword" "sslKeyPassword" "sslCafile" "sslCertfile" "sslKeyfile")
+  "kafka" (list "saslPassword" "sslKeyPassword" "sslCafile" "sslCertfile" "sslKeyfile" "saslOauthTokenFile")
   "webhook" (list "secrets")
   "pinecall" (list "apiKey") }}
 {{- range $section, $fields := $forbidden }}
 {{- range $fields }}
 {{- if hasKey (get $.Values.config $section | default dict) . }}
-{{- fail (printf "config.%s.%s is a secret or a file: set it under `secrets` or `kafkaTls`, never in the ConfigMap" $section .) }}
+{{- fail (printf "config.%s.%s is a secret or a file: set it under `secrets`, `kafkaTls` or `serviceAccount.kafkaOauthAudience`, never in the ConfigMap" $section .) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -110,6 +110,9 @@ null values and empty lists are left out: the bridge's own default applies.
 {{- $_ := set $env (printf "BRIDGE_KAFKA__%s" $var) $path }}
 {{- end }}
 {{- end }}
+{{- if (include "pinecall-bridge.oauthToken" . | fromJson).audience }}
+{{- $_ := set $env "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE" (include "pinecall-bridge.oauthTokenFile" .) }}
+{{- end }}
 {{- if (include "pinecall-bridge.secretFiles" . | fromYaml).items }}
 {{- $_ := set $env "BRIDGE_SECRETS_DIR" (include "pinecall-bridge.secretsDir" .) }}
 {{- end }}
@@ -129,6 +132,17 @@ A `config` section (list SECTION DEFAULTS) with DEFAULTS where a value is unset 
 {{- end }}
 
 {{- define "pinecall-bridge.tlsDir" -}}/etc/pinecall-bridge/kafka-tls{{- end }}
+
+{{/* The OAUTHBEARER token to project, as JSON: {"audience", "seconds"}; audience "" is none
+(also in a previous chart's values, which lack the keys). */}}
+{{- define "pinecall-bridge.oauthToken" -}}
+{{- $sa := .Values.serviceAccount | default dict }}
+{{- dict "audience" (trim ($sa.kafkaOauthAudience | default "")) "seconds" ($sa.kafkaOauthTokenSeconds | default 3600) | toJson }}
+{{- end }}
+
+{{- define "pinecall-bridge.oauthDir" -}}/etc/pinecall-bridge/kafka-oauth{{- end }}
+
+{{- define "pinecall-bridge.oauthTokenFile" -}}{{ include "pinecall-bridge.oauthDir" . }}/token{{- end }}
 
 {{- define "pinecall-bridge.tlsFileName" -}}
 {{- get (dict "ca" "ca.crt" "cert" "client.crt" "key" "client.key") . }}

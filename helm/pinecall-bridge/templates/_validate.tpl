@@ -164,10 +164,22 @@ left null, the bridge takes 10000 or the request timeout if lower. */}}
 {{- $protocol := $k.securityProtocol }}
 {{- $sasl := hasPrefix "SASL" $protocol }}
 {{- $usesTls := has $protocol (list "SSL" "SASL_SSL") }}
-{{- if and $sasl (not $k.saslUsername) }}
+{{- $oauth := eq (toString $k.saslMechanism) "OAUTHBEARER" }}
+{{- $token := include "pinecall-bridge.oauthToken" . | fromJson }}
+{{- if and $sasl $oauth }}
+{{- if or $k.saslUsername (get $given "kafkaSaslPassword") }}
+{{- $problems = append $problems "config.kafka.saslUsername and secrets.kafkaSaslPassword are ignored with config.kafka.saslMechanism=OAUTHBEARER (it authenticates with a token): unset them" }}
+{{- end }}
+{{- if not (or $token.audience (has "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE" $extraEnv)) }}
+{{- $problems = append $problems "config.kafka.saslMechanism=OAUTHBEARER needs its token: set serviceAccount.kafkaOauthAudience (the audience the broker's validator expects)" }}
+{{- end }}
+{{- else if $token.audience }}
+{{- $problems = append $problems (printf "serviceAccount.kafkaOauthAudience is ignored with config.kafka.securityProtocol=%s and config.kafka.saslMechanism=%s: use SASL_PLAINTEXT or SASL_SSL with OAUTHBEARER, or unset it" $protocol (toString $k.saslMechanism)) }}
+{{- end }}
+{{- if and $sasl (not $oauth) (not $k.saslUsername) }}
 {{- $problems = append $problems (printf "config.kafka.securityProtocol=%s needs config.kafka.saslUsername" $protocol) }}
 {{- end }}
-{{- if and $sasl (not (get $possible "kafkaSaslPassword")) }}
+{{- if and $sasl (not $oauth) (not (get $possible "kafkaSaslPassword")) }}
 {{- $problems = append $problems (printf "config.kafka.securityProtocol=%s needs the SASL password: set secrets.kafkaSaslPassword.secretName (Strimzi: the KafkaUser's Secret, key password) or .value, or secrets.existingSecret" $protocol) }}
 {{- end }}
 {{- if and (not $sasl) (or $k.saslUsername (get $given "kafkaSaslPassword")) }}
@@ -256,8 +268,8 @@ directory). Each mount names an extraVolume, once per path. The volume types, wh
 Pod Security Standard allows, are values.schema.json's.
 */}}
 {{- define "pinecall-bridge.validateExtraVolumes" -}}
-{{- $chartVolumes := list "tmp" "kafka-tls" "secrets" }}
-{{- $chartPaths := list "/tmp" (include "pinecall-bridge.tlsDir" .) (include "pinecall-bridge.secretsDir" .) }}
+{{- $chartVolumes := list "tmp" "kafka-tls" "kafka-oauth" "secrets" }}
+{{- $chartPaths := list "/tmp" (include "pinecall-bridge.tlsDir" .) (include "pinecall-bridge.oauthDir" .) (include "pinecall-bridge.secretsDir" .) }}
 {{- $problems := list }}
 {{- $volumes := dict }}
 {{- range .Values.extraVolumes }}
