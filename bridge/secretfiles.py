@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import unicodedata
@@ -82,13 +83,19 @@ def secret_files(directory: Path) -> dict[str, Path]:
     return found
 
 
+def secret_text(content: bytes) -> str:
+    """A secret file's `content` as read_secret reads it (UnicodeDecodeError if not UTF-8)."""
+    # -sig: a leading BOM (Notepad's, PowerShell 5's UTF-8) is no part of the secret, as it is
+    # none of a `.env` line; kept, a webhook secret would fail every signature. Line ends are
+    # read as Path.read_text reads them (\r\n and \r as \n).
+    return io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig").read()
+
+
 def read_secret(path: Path, setting: str = SECRETS_DIR_VARIABLE) -> str:
     """A secret file's text, as the variable would hold it: its validators strip line ends.
     A file that cannot be read is a ConfigError naming `setting` and the path, never content."""
     try:
-        # -sig: a leading BOM (Notepad's, PowerShell 5's UTF-8) is no part of the secret, as it
-        # is none of a `.env` line; kept, a webhook secret would fail every signature.
-        return path.read_text(encoding="utf-8-sig")
+        return secret_text(path.read_bytes())
     except (OSError, UnicodeDecodeError) as exc:
         # The path and the reason only: the bytes may be the secret.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"

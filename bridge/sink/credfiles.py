@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import KafkaSettings, kafka_credential
-from bridge.configerror import ConfigError
-from bridge.secretfiles import read_secret
+from bridge.secretfiles import secret_text
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +46,20 @@ def _digest(name: str, path: Path) -> bytes | None:
     A password by the value its setting holds; PEM files by their blocks as a set: a file
     written again with a line end added, or a CA bundle with the same certificates in another
     order (or wrapped otherwise), holds the same credential, so no change."""
-    if name in PASSWORDS:
-        try:
-            # Read and stripped as at start (BOM, line end): a restart would offer the same one.
-            value = kafka_credential(read_secret(path))
-        except ConfigError:
-            pass  # unreadable now (mid-swap: None below), or not UTF-8: then by its bytes
-        else:
-            return hashlib.sha256((value or "").encode()).digest()
     try:
+        # Read once: a second read for a password's value could find the file back from a
+        # moment's absence (a kubelet swap) and compare its bytes with the value read at start.
         content = path.read_bytes()
     except OSError:
         return None
+    if name in PASSWORDS:
+        try:
+            # Decoded and stripped as at start (BOM, line end): a restart would offer the same one.
+            value = kafka_credential(secret_text(content))
+        except UnicodeDecodeError:
+            pass  # not UTF-8 (a start would refuse it): by its bytes
+        else:
+            return hashlib.sha256((value or "").encode()).digest()
     blocks = sorted(kind + b":" + b"".join(body.split()) for kind, body in _PEM.findall(content))
     return hashlib.sha256(b"\n".join(blocks) if blocks else content).digest()
 

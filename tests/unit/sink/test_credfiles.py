@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +91,31 @@ def test_a_file_unreadable_for_a_moment_is_no_change(tmp_path: Path) -> None:
     path.write_text("old\n")
     files = CredentialFiles({SASL_PASSWORD: path})
     path.unlink()
+    assert not files.restart_needed(kafka_connected=False)
+
+
+def test_a_password_file_missed_for_a_moment_mid_swap_is_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kubelet swapped the volume (another key of the Secret rotated) while it was read: the
+    # first open finds the old version removed, the next the new one. Read again by its bytes,
+    # the file its `echo` made ("...\n") differed from the password read at start.
+    volume = tmp_path / "secrets"
+    kubelet_write(volume, {SASL_PASSWORD: "same-secret\n"})
+    path = volume / SASL_PASSWORD
+    files = CredentialFiles({SASL_PASSWORD: path})
+    kubelet_write(volume, {SASL_PASSWORD: "same-secret\n"})
+    opened, missed = Path.open, list[Path]()
+
+    def open_mid_swap(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path and not missed:
+            missed.append(self)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_mid_swap)
+    assert files.changed() == []
+    assert missed == [path]
     assert not files.restart_needed(kafka_connected=False)
 
 
