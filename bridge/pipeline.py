@@ -553,8 +553,9 @@ class Pipeline:
 def _error_fields(error: BaseException) -> dict[str, str]:
     """A refusal's log fields: the error's class, and its text when it has one."""
     # The class alone hid why: "KafkaError" for a producer not running yet (or restarting).
-    text = str(error)
-    return {"error": type(error).__name__, **({"detail": text} if text else {})}
+    # aiokafka's errors made without arguments print their class's name: no detail then.
+    text, name = str(error), type(error).__name__
+    return {"error": name, **({"detail": text} if text and text != name else {})}
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

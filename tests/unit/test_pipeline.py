@@ -12,7 +12,15 @@ from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
-from bridge.pipeline import BACKFILL, DAEMON, Delivery, ForRedrive, Pipeline, Purpose
+from bridge.pipeline import (
+    BACKFILL,
+    DAEMON,
+    Delivery,
+    ForRedrive,
+    Pipeline,
+    Purpose,
+    _error_fields,
+)
 from bridge.routing import Router
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
@@ -768,3 +776,8 @@ async def test_a_refused_record_is_logged_with_the_errors_text_not_only_its_clas
     [line] = [r for r in caplog.records if r.getMessage() == "Kafka refused a record"]
     assert line.error == "KafkaError"  # type: ignore[attr-defined]
     assert "the Kafka producer is not running" in line.detail  # type: ignore[attr-defined]
+
+
+def test_an_error_without_text_of_its_own_is_logged_by_its_class_alone() -> None:
+    assert _error_fields(KafkaTimeoutError()) == {"error": "KafkaTimeoutError"}
+    assert _error_fields(RuntimeError()) == {"error": "RuntimeError"}
