@@ -6,8 +6,10 @@ import logging
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
+from types import ModuleType, TracebackType
 from typing import Any, ClassVar
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,7 +25,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 # What `extra=` must not name: a LogRecord attribute (logging raises KeyError at the call, in an
 # error path as likely as not) or a JSON line's own key (the field would replace it).
-RESERVED_FIELDS = _STANDARD | {"ts", "level", "logger", "msg", "exc"}
+RESERVED_FIELDS = _STANDARD | {"ts", "level", "logger", "msg", "exc", "msg_args", "msg_error"}
 
 
 # A field's text past this is cut: a value echoed from input (an SSE event's type may be nearly
@@ -94,7 +96,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            **_message(record),
             **_fields(record),
         }
         if record.exc_info:
@@ -106,6 +108,19 @@ class JsonFormatter(logging.Formatter):
 
 
 _SEPARATORS = re.compile("[\u0085\u2028\u2029]")
+
+
+def _message(record: logging.LogRecord) -> dict[str, str]:
+    """`msg`, or for a template its arguments do not fit (the log call's bug) the template, its
+    arguments and the error: logging would write `--- Logging error ---` and a traceback instead."""
+    try:
+        return {"msg": record.getMessage()}
+    except Exception as exc:  # any: the template and arguments are the caller's
+        return {
+            "msg": _repr(record.msg, str),
+            "msg_args": _repr(record.args),
+            "msg_error": f"{type(exc).__name__}: {_repr(exc, str)}",
+        }
 
 
 def _json_escape(char: re.Match[str]) -> str:
@@ -358,8 +373,77 @@ class StaticFields(logging.Filter):
         return True
 
 
+# Python's own reports, each by default several raw lines on stderr, logged as one line instead.
+_PYTHON_LOGGER = "py.errors"
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    """sys.excepthook: the exception that ends the program."""
+    logging.getLogger(_PYTHON_LOGGER).critical(
+        "uncaught exception", exc_info=(kind, value, traceback)
+    )
+
+
+def _exc_info(
+    kind: type[BaseException], value: BaseException | None, traceback: TracebackType | None
+) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
+    """A hook's exception as logging takes it; None when the hook was given no value."""
+    return None if value is None else (kind, value, traceback)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook: an exception that ended a thread (its SystemExit ends it quietly)."""
+    if args.exc_type is SystemExit:
+        return
+    logging.getLogger(_PYTHON_LOGGER).error(
+        "uncaught exception in a thread",
+        exc_info=_exc_info(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"thread_name": args.thread.name if args.thread is not None else None},
+    )
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """sys.unraisablehook: an exception Python can only ignore (raised in `__del__`, say)."""
+    # Only its repr, never the object itself, outlives the call: it may be being finalized.
+    fields = {} if unraisable.object is None else {"object": _repr(unraisable.object)}
+    logging.getLogger(_PYTHON_LOGGER).error(
+        unraisable.err_msg or "Exception ignored in",
+        exc_info=_exc_info(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        extra=fields,
+    )
+
+
+_HOOKS: tuple[tuple[ModuleType, str, Callable[..., None]], ...] = (
+    (sys, "excepthook", _log_uncaught),
+    (threading, "excepthook", _log_thread_exception),
+    (sys, "unraisablehook", _log_unraisable),
+)
+_replaced: dict[tuple[str, str], Any] = {}  # the hook each of ours replaced, put back by console
+
+
+def _python_reports_logged(logged: bool) -> None:
+    """Warnings and Python's exception reports through logging (JSON), or Python's own (console).
+
+    A log store taking stderr line by line would split a traceback Python wrote into lines that
+    are no JSON, each on its own: the console, for a person, keeps Python's.
+    """
+    logging.captureWarnings(logged)
+    for module, name, ours in _HOOKS:
+        current = getattr(module, name)
+        if logged and current is not ours:
+            _replaced[module.__name__, name] = current
+            setattr(module, name, ours)
+        elif not logged and current is ours:
+            setattr(
+                module, name, _replaced.pop((module.__name__, name), getattr(module, f"__{name}__"))
+            )
+
+
 def configure(level: str, fmt: str, fields: Mapping[str, Any] | None = None) -> None:
     """Log to stderr at `level`; `fields` are added to every line (a worker's `worker: <i>`)."""
+    _python_reports_logged(fmt == "json")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     if fields:

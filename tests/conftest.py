@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -40,12 +41,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def keep_logging() -> Iterator[None]:
     """The root logger put back after every test: a handler a test configured writes to that
-    test's captured stderr, closed after it (a later thread's log line then fails noisily)."""
+    test's captured stderr, closed after it (a later thread's log line then fails noisily).
+    And Python's own hooks, which JSON logging takes over (bridge.logsetup.configure)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
 
 
 @pytest.fixture(autouse=True)

@@ -431,6 +431,82 @@ async def test_the_dedup_stage_in_its_own_process_outputs_every_webhook_once(
     await output_once(kafka_bootstrap, topics, sent)
 
 
+# Each process of the pod runs this at its start (a sitecustomize on its PYTHONPATH): once its
+# logging is configured, a warning, an exception ignored in __del__ and a thread's uncaught
+# exception, as a library or a bug gives them, which Python writes as several raw lines each.
+PYTHON_REPORTS = """
+import logging, threading, time, warnings
+
+class _RaisesWhenCollected:
+    def __del__(self):
+        raise ValueError("raised in __del__")
+
+def _report():
+    root = logging.getLogger()
+    while not any(type(h.formatter).__name__ == "JsonFormatter" for h in root.handlers):
+        time.sleep(0.05)
+    warnings.warn("a library's warning", UserWarning)
+    _RaisesWhenCollected()
+    raise RuntimeError("a thread's uncaught exception")
+
+threading.Thread(target=_report, daemon=True).start()
+"""
+
+
+@pytest.fixture
+async def reporting_pod(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> AsyncIterator[Replica]:
+    """Two webhook workers and a dedup process, each process making PYTHON_REPORTS."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PYTHON_REPORTS)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    env = {"BRIDGE_HTTP__WORKERS": "2", "BRIDGE_DEDUP__OWN_PROCESS": "true", "PYTHONPATH": path}
+    async for replica in a_pod(kafka_bootstrap, topics, tmp_path / "pod.log", **env):
+        yield replica
+
+
+async def test_every_line_a_pod_writes_is_one_json_object(
+    reporting_pod: Replica, topics: Topics
+) -> None:
+    """Its parent, webhook workers and dedup process, a worker killed and restarted, SIGTERM:
+    a log store taking stderr line by line gets JSON only, Python's own reports included."""
+    pod, run = reporting_pod, topics.group[-6:]
+    await pod.start()
+    async with new_connections() as session:
+        await owned_by(pod, session, {"0": 0, "1": 0, "2": 6})
+        await deliver(session, pod.url, events(f"CA_{run}_a", 5, 4))
+        killed = pod.worker_pids()[0]
+        os.kill(killed, signal.SIGKILL)
+        await until_gone(killed, 10)
+        await until_restarted(pod, 0, killed)
+        await wait_ready(pod.url)
+        await deliver(session, pod.url, events(f"CA_{run}_b", 5, 4))
+    code = await pod.stop()
+    assert code == 0, pod.told()
+    lines = pod.log.read_text(errors="replace").splitlines()
+    not_json = [line for line in lines if not isinstance(_json(line), dict)]
+    assert not_json == [], pod.told()
+    # The parent's (no `worker`), each worker's, and the restarted worker's again: the three
+    # reports sitecustomize.py made, by the process and what each is.
+    made = Counter(
+        (e.get("worker"), e["msg"] if e["logger"] == "py.errors" else e["logger"])
+        for e in pod.log_entries()
+        if "sitecustomize.py" in e["msg"] + e.get("exc", "")
+    )
+    kinds = ("py.warnings", "uncaught exception in a thread", "Exception ignored in")
+    lives = {None: 1, 0: 2, 1: 1, 2: 1}
+    assert made == {(w, kind): n for w, n in lives.items() for kind in kinds}, pod.told()
+
+
+def _json(line: str) -> object:
+    try:
+        return jsoncodec.loads(line)
+    except jsoncodec.JSONDecodeError:
+        return None
+
+
 async def test_the_dedup_process_keeps_to_the_pods_grace_period_after_a_long_drain_delay(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:

@@ -5,6 +5,9 @@ import decimal
 import enum
 import logging
 import math
+import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
@@ -555,6 +558,68 @@ def test_every_field_value_is_one_valid_json_line(
     assert "Logging error" not in err
     [line] = err.splitlines()  # splitlines(): U+2028 and U+0085 end a line too
     assert jsoncodec.loads(line)["value"] == shown  # orjson reads no NaN or Infinity: strict JSON
+
+
+class _RaisesWhenCollected:
+    def __del__(self) -> None:
+        raise ValueError("raised in __del__")
+
+
+def _raise_in_a_thread() -> None:
+    thread = threading.Thread(target=lambda: 1 / 0, name="doomed")
+    thread.start()
+    thread.join()
+
+
+def test_pythons_own_reports_are_one_json_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    # Python writes each as several raw lines: a log store taking stderr by line got non-JSON.
+    logsetup.configure("INFO", "json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a library's warning", DeprecationWarning, stacklevel=1)
+    _raise_in_a_thread()
+    _RaisesWhenCollected()  # collected at once: its __del__'s exception is unraisable
+    try:
+        raise RuntimeError("nobody caught\nthis")
+    except RuntimeError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    entries = [jsoncodec.loads(line) for line in err.splitlines()]
+    assert [(e["level"], e["logger"]) for e in entries] == [
+        ("warning", "py.warnings"),
+        ("error", "py.errors"),
+        ("error", "py.errors"),
+        ("critical", "py.errors"),
+    ]
+    warned, thread, unraisable, uncaught = entries
+    assert "DeprecationWarning: a library's warning" in warned["msg"]
+    assert (thread["msg"], thread["thread_name"]) == ("uncaught exception in a thread", "doomed")
+    assert "ZeroDivisionError" in thread["exc"]
+    assert unraisable["msg"] == "Exception ignored in"
+    assert "_RaisesWhenCollected.__del__" in unraisable["object"]
+    assert "ValueError: raised in __del__" in unraisable["exc"]
+    assert uncaught["msg"] == "uncaught exception"
+    assert "RuntimeError: nobody caught\nthis" in uncaught["exc"]
+
+
+def test_the_console_keeps_pythons_own_reports() -> None:
+    before = (sys.excepthook, threading.excepthook, sys.unraisablehook, warnings.showwarning)
+    logsetup.configure("INFO", "json")
+    logsetup.configure("INFO", "console")  # the demo's, for a person: Python's tracebacks
+    after = (sys.excepthook, threading.excepthook, sys.unraisablehook, warnings.showwarning)
+    assert after == before
+
+
+def test_a_template_its_arguments_do_not_fit_is_one_json_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logsetup.configure("INFO", "json")
+    logging.getLogger("bridge.test").warning("%s of %s", 1, extra={"call": "CA_1"})
+    err = capsys.readouterr().err
+    [line] = err.splitlines()  # not logging's `--- Logging error ---` and a traceback
+    entry = jsoncodec.loads(line)
+    assert (entry["msg"], entry["msg_args"], entry["call"]) == ("%s of %s", "(1,)", "CA_1")
+    assert entry["msg_error"] == "TypeError: not enough arguments for format string"
 
 
 def test_console_lines_cut_long_fields_and_survive_a_broken_repr(
