@@ -9,8 +9,11 @@ import re
 from typing import Any
 
 from bridge.metrics import Metrics
+from bridge.service import Bridge
+from bridge.workers.role import Stages
 from tests.deploy import generate
 from tests.deploy.tools import DEPLOY, REPO, find_tool, kafka_exporter_only, load_yaml, run
+from tests.unit.test_service import every_source
 
 RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
 RULE_TESTS = REPO / "tests" / "deploy" / "alerts.test.yaml"
@@ -197,6 +200,41 @@ def test_every_label_an_alert_or_panel_selects_on_is_one_its_metric_has() -> Non
         if label not in known.get(name, set()) | SCRAPE_LABELS
     ]
     assert not wrong, wrong
+
+
+# A query keeping series of some exporter's to the bridge's targets: `and on (...) <metric>`.
+BRIDGE_TARGETS_JOIN = re.compile(r"\band on \([^)]*\)\s*\(?\s*([a-z_][a-z0-9_]*)")
+
+
+def test_process_series_are_kept_to_the_bridge_by_a_series_every_bridge_process_has() -> None:
+    """process_* are every exporter's (a sidecar's too): an alert or panel keeps the bridge's
+    by a join on one of its own series, which must be every process kind's: the dedup-only one
+    exports no `ready` (its /readyz is not the pod's) and holds the call logs' followers."""
+    dashboard = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+    queries = [(rule["alert"], str(rule["expr"])) for rule in alerts()] + [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    kinds: list[Stages] = ["both", "ingest", "dedup"]
+    exported = {
+        stages: {
+            sample.name
+            for family in Bridge(every_source(), stages=stages).metrics.registry.collect()
+            for sample in family.samples
+        }
+        for stages in kinds
+    }
+    on_process = [(where, expr) for where, expr in queries if "process_" in expr]
+    assert len(on_process) >= 4  # the alert and the dashboard's descriptor and CPU/memory panels
+    missed = [
+        (where, joined, stages)
+        for where, expr in on_process
+        for joined in BRIDGE_TARGETS_JOIN.findall(expr) or ["(none)"]
+        for stages in kinds
+        if joined not in exported[stages]
+    ]
+    assert not missed, missed
 
 
 def test_a_panel_of_seconds_per_second_beside_counts_per_second_gives_each_its_unit() -> None:
