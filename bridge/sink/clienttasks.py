@@ -277,6 +277,7 @@ async def _stop(
     timed_out = not stopping.done()
     await _settle(stopping, 0.0)  # cancels one not over
     await _cut_unless_stopped(client, stopping)
+    read_failed_batches(client)
     return stopping, timed_out
 
 
@@ -292,9 +293,39 @@ def fail_pending(producer: Any, error: BaseException) -> None:
     Their waiters (and the in-flight count) would otherwise wait for ever. aiokafka 0.12-0.14's
     accumulator; a version without it is left as it is.
     """
-    fail_all = getattr(getattr(producer, "_message_accumulator", None), "fail_all", None)
-    if callable(fail_all):
-        fail_all(error)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    fail_all = getattr(accumulator, "fail_all", None)
+    if not callable(fail_all):
+        return
+    queued = [
+        batch for batches in getattr(accumulator, "_batches", {}).values() for batch in batches
+    ]
+    pending = getattr(accumulator, "_pending_batches", None)
+    if isinstance(pending, set):
+        # A batch put back for a retry (an outage, a full disk's KafkaStorageError) has left this
+        # set, but the callback of its first send still removes it when it fails: aiokafka's
+        # KeyError, which asyncio logged at ERROR. The producer is dead: the set is not read again.
+        pending.update(queued)
+    fail_all(error)
+    read_failed_batches(producer)
+
+
+def read_failed_batches(producer: Any) -> None:
+    """Read the failure of each batch a producer holds, failed by fail_pending or by aiokafka's
+    sender as it died (a dedup producer's, when its broker's disk filled).
+
+    Nobody awaits a batch's drain unless a send waits for room in it: unread, each failure was
+    logged at ERROR when collected ("Future exception was never retrieved"), cause unsaid.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    queued = getattr(accumulator, "_batches", None)
+    pending = getattr(accumulator, "_pending_batches", None)
+    batches = [batch for batches in queued.values() for batch in batches] if queued else []
+    batches += pending if isinstance(pending, set) else ()
+    for batch in batches:
+        drained = getattr(batch, "_drain_waiter", None)
+        if isinstance(drained, asyncio.Future) and drained.done() and not drained.cancelled():
+            drained.exception()
 
 
 def _unreferenced_tasks(producer: Any) -> list[asyncio.Task[Any]]:

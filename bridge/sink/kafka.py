@@ -809,10 +809,20 @@ class KafkaSink:
         flapping with it would take every pod out of the Service over a fraction of the calls.
         """
         if time.monotonic() - self._last_ack > self._settings.publish_timeout_seconds:
+            # Said here: the probe says only what it changes itself, so a broker gone (halted on
+            # a full disk) turned the pod unready, and every webhook 503, without a line.
+            if self.connected:
+                log.warning(
+                    "Kafka unreachable: no record acknowledged within the publish timeout;"
+                    " not ready",
+                    extra={"publish_timeout_s": self._settings.publish_timeout_seconds},
+                )
             self._set_connected(False)
 
     def mark_reachable(self) -> None:
         self._last_ack = time.monotonic()
+        if not self.connected and self._producer is not None:
+            log.info("Kafka reachable again")
         self._set_connected(True)
 
     def watch_writes(self, topic: str, min_insync: int | None) -> None:

@@ -272,9 +272,12 @@ async def test_aiokafkas_producer_privates(producer: Any) -> None:
     need("aiokafka", accumulator, "_waiter_future", drain, future, "the sender's waiter")
     # A record lingers in its partition's batch (linger_ms=60000): the batch drain.py reads.
     await producer.send(TOPIC, b"v", partition=0)
-    queues = need("aiokafka", accumulator, "_batches", drain, is_dict, "a dict")
+    queues = need("aiokafka", accumulator, "_batches", f"{drain}, {tasks}", is_dict, "a dict")
+    # fail_pending (tests/unit/sink/test_clienttasks.py: nothing left for asyncio to log).
+    need("aiokafka", accumulator, "_pending_batches", tasks, lambda s: s == set(), "an empty set")
     batch = queues[TopicPartition(TOPIC, 0)][0]
     need("aiokafka", batch, "_ctime", drain, lambda t: isinstance(t, float), "a monotonic time")
+    need("aiokafka", batch, "_drain_waiter", tasks, future, "its drain's future")
     left = method("aiokafka", batch, "remaining_linger", drain, aio=False)()
     assert 59 < left <= 60
     method("aiokafka", batch, "is_empty", drain, aio=False)

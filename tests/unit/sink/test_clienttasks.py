@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
@@ -19,7 +20,9 @@ from bridge.sink import clienttasks
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     Listed,
+    close_now,
     consumer_died,
+    fail_pending,
     producer_died,
     start_client,
     stop_consumer,
@@ -27,6 +30,7 @@ from bridge.sink.clienttasks import (
     stop_producer,
 )
 from tests.polling import until
+from tests.sockets import refusing_address
 from tests.unit.sink.fakes import (
     FakeConnection,
     FakeProducer,
@@ -465,3 +469,55 @@ async def test_options_take_the_brokers_of_the_first_client_with_metadata() -> N
     }
     await bare.close()
     await known.close()
+
+
+async def test_failing_a_dead_producers_records_leaves_asyncio_nothing_to_log_at_error() -> None:
+    # The broker's disk filled, so its batches were retried (KafkaStorageError, then the
+    # connection), and the producer was replaced: aiokafka's failure of a batch put back for a
+    # retry raised KeyError in its own callback, and the drain waiters nobody awaits failed
+    # unread, both logged by asyncio at ERROR with no word of the cause.
+    unread: list[str] = []  # the messages only: a context's exception would hold the batches
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+        accumulator = producer._message_accumulator
+        retried, sent, queued = (TopicPartition("t", p) for p in range(3))
+        delivered = [await accumulator.add_message(tp, None, b"v", 1) for tp in (retried, sent)]
+        accumulator.reenqueue(accumulator._pop_batch(retried))  # a retriable answer
+        accumulator._pop_batch(sent)  # in flight
+        delivered.append(await accumulator.add_message(queued, None, b"v", 1))
+        fail_pending(producer, KafkaConnectionError("the Kafka producer was replaced"))
+        assert all(isinstance(d.exception(), KafkaConnectionError) for d in delivered)
+        await asyncio.sleep(0)
+        producer._closed = True  # never started: nothing to stop
+        del producer, accumulator, delivered
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unread == []
+
+
+async def test_a_producer_whose_sender_died_is_closed_leaving_asyncio_nothing_to_log() -> None:
+    # A dedup producer's sender died as the broker halted on its full disk (aiokafka: "Unexpected
+    # error during batch delivery") and failed every batch itself; the producer, closed
+    # (close_now), was collected later with its batches' failures unread: three ERROR lines.
+    unread: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+        accumulator = producer._message_accumulator
+        delivered = [
+            await accumulator.add_message(TopicPartition("t", p), None, b"v", 1) for p in range(2)
+        ]
+        died: asyncio.Future[None] = loop.create_future()
+        died.set_exception(KafkaError("Unexpected error during batch delivery"))
+        producer._sender._fail_all(died)  # what aiokafka's sender task does as it ends
+        assert all(isinstance(d.exception(), KafkaError) for d in delivered)
+        await close_now(producer)
+        del producer, accumulator, delivered, died
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unread == []

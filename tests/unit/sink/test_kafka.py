@@ -1,4 +1,5 @@
 import asyncio
+import logging
 import ssl
 import time
 from pathlib import Path
@@ -961,3 +962,27 @@ def test_an_offset_fetch_answer_without_errors_is_its_offsets() -> None:
         TopicPartition("t", 0): OffsetAndMetadata(5, "m"),
         TopicPartition("t", 1): OffsetAndMetadata(9, ""),
     }
+
+
+async def test_readiness_lost_and_regained_by_publishes_is_logged_once_each_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A broker halted on its full disk: every publish timed out and the pod went unready, then a
+    # record was acknowledged and it was ready again, with no line of the bridge's saying either
+    # (the probe's lines are logged only for a change it makes itself): 503s, cause unsaid.
+    sink = await started_sink(Metrics())
+    sink._last_ack = time.monotonic() - 20.0  # nothing acknowledged within the publish timeout
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        sink.mark_unreachable()
+        sink.mark_unreachable()
+        sink.mark_reachable()
+        sink.mark_reachable()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "Kafka" in r.getMessage()]
+    assert said == [
+        (
+            "WARNING",
+            "Kafka unreachable: no record acknowledged within the publish timeout; not ready",
+        ),
+        ("INFO", "Kafka reachable again"),
+    ]
+    await sink.stop()
