@@ -386,11 +386,10 @@ class Pipeline:
         except Exception as exc:  # a refused record must not become a 500
             if too_large(exc):
                 return _REFUSED
-            reason: PublishFailure = "retriable" if getattr(exc, "retriable", False) else "error"
             flood.warning(
                 "Kafka refused a record", extra=_error_fields(exc), kind=type(exc).__name__
             )
-            self._fail(reason, result, exc)
+            self._fail(_failure_reason(exc), result, exc)
             return None
         self._records_in_flight += 1
         delivery.add_done_callback(self._delivered)
@@ -472,7 +471,7 @@ class Pipeline:
                     "the broker refused a record for its size: the ingest topic's"
                     " max.message.bytes was lowered while running; reading it again"
                 )
-            self._fail("error", result, error)
+            self._fail(_failure_reason(error), result, error)
             return False
         latency = asyncio.get_running_loop().time() - s.started
         self._metrics.publish_duration.observe(max(latency, 0.0))
@@ -548,6 +547,11 @@ class Pipeline:
                 (DLQ_RECEIVED_AT_HEADER, str(received_at).encode()),
             ),
         )
+
+
+def _failure_reason(error: BaseException) -> PublishFailure:
+    """The publish_failures_total reason of a send or delivery Kafka failed: by its own flag."""
+    return "retriable" if getattr(error, "retriable", False) else "error"
 
 
 def _error_fields(error: BaseException) -> dict[str, str]:

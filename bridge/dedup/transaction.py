@@ -59,7 +59,13 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
 from bridge.routing import stage_output
-from bridge.sink.clienttasks import bootstrapped, close_now, cut_short, start_client
+from bridge.sink.clienttasks import (
+    bootstrapped,
+    close_now,
+    cut_short,
+    read_failed_batches,
+    start_client,
+)
 from bridge.sink.connectsetup import for_role
 from bridge.sink.drain import cap_requests
 from bridge.sink.kafka import (
@@ -824,6 +830,10 @@ async def _stop_quietly(producer: GroupCommitProducer) -> None:
         # what it left is ended all the same, then the cancellation goes on.
         await cut_short(producer, _CUT_SECONDS)
         raise
+    finally:
+        # Its own stop, not close_now's: a sender that died (an outage) failed every batch,
+        # which asyncio would log unread when the producer is collected, as close_now's do not.
+        read_failed_batches(producer)
     await cut_short(producer, _CUT_SECONDS)
 
 

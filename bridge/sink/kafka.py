@@ -78,6 +78,11 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle).
 flood = LogThrottle(log)
+# A dead producer's replacement is tried at every probe (2-5 s) while Kafka is away: its two
+# lines came that often for the whole outage. Thinned as the feed's retries are (one each
+# 5 minutes); what was held back is said once a producer is started again (`_replace`).
+REPLACING_LOG_EVERY = 300.0
+replacing = LogThrottle(log, every=REPLACING_LOG_EVERY)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
 TRANSACTIONAL_ID_EXPIRATION_MS = "transactional.id.expiration.ms"
@@ -1178,7 +1183,9 @@ class KafkaSink:
         What the dead one still holds is failed (answered 503, or retried by its source).
         """
         self._set_connected(False)
-        log.error("the Kafka producer cannot send; replacing the producer", extra={"why": why})
+        replacing.error(
+            "the Kafka producer cannot send; replacing the producer", extra={"why": why}
+        )
         batch, request = self._batch_bytes(), self.limits.default
         try:
             fresh = await self._started_producer(batch)
@@ -1193,7 +1200,11 @@ class KafkaSink:
                     extra={"error": repr(exc), "attempts": self._replace_failures},
                 )
             else:
-                log.warning("could not replace the Kafka producer yet", extra={"error": repr(exc)})
+                replacing.warning(
+                    "could not replace the Kafka producer yet",
+                    extra={"error": repr(exc)},
+                    kind=type(exc).__name__,
+                )
             return
         if self._producer is dead:
             self._producer, self._batch, self._request = fresh, batch, request
@@ -1207,6 +1218,9 @@ class KafkaSink:
         self.alive = True
         self._metrics.kafka_client_restarts.labels("ingest_producer").inc()
         self._set_connected(True)
+        # The tries held back are said before the success; a later death is said at once.
+        replacing.flush()
+        replacing.forget()
         log.info("Kafka producer replaced")
         # Retried by their sources (the dedup stage drops what did reach the topic after all).
         fail_pending(dead, KafkaConnectionError("the Kafka producer was replaced"))

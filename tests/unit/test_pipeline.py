@@ -4,7 +4,12 @@ from functools import partial
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+)
 
 from bridge import jsoncodec, logthrottle
 from bridge.config import TopicSettings
@@ -250,6 +255,20 @@ async def test_delivery_error_fails_and_marks_nothing_reachable() -> None:
     assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="webhook") == 0
     sink.auto_ack = True
     assert (await pipeline.submit([entry(1)], "webhook")).accepted == 1
+
+
+async def test_a_retriable_delivery_error_is_counted_retriable_as_a_refused_send_is() -> None:
+    # A partition under min.insync.replicas (a broker down): the delivery path counted it
+    # `error`, the send path `retriable`, so the dashboard's reasons said two things of one cause.
+    sink = FakeSink(auto_ack=False)
+    pipeline, metrics = make(sink)
+    task = asyncio.create_task(pipeline.submit([entry(1)], "webhook"))
+    await until(lambda: len(sink.futures) == 1)
+    sink.futures[0].set_exception(NotEnoughReplicasError())
+    result = await task
+    assert result.failure_reasons == {"retriable (NotEnoughReplicasError)"}
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="retriable") == 1
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="error") == 0
 
 
 async def test_ack_after_the_deadline_fails_and_marks_kafka_unreachable() -> None:

@@ -16,6 +16,7 @@ from aiokafka.errors import (
     IllegalOperation,
     InvalidProducerEpoch,
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerFenced,
@@ -881,3 +882,29 @@ async def test_a_replacement_producer_bootstraps_from_the_brokers_listed_the_fir
         ["k1:9092", "k3:9092"],
     ]
     await out.stop()
+
+
+async def test_a_dead_producer_stopped_by_the_stages_stop_leaves_asyncio_nothing_to_log() -> None:
+    # Stopped during an outage, a dedup producer whose sender had died (and failed every batch)
+    # went through its own stop, not close_now: collected later, each batch's failure was logged
+    # at ERROR, "Future exception was never retrieved", cause unsaid.
+    unread: list[str] = []  # the messages only: a context's exception would hold the batches
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+        accumulator = producer._message_accumulator
+        delivered = [
+            await accumulator.add_message(TopicPartition("t", p), None, b"v", 1) for p in range(2)
+        ]
+        died: asyncio.Future[None] = loop.create_future()
+        died.set_exception(KafkaError("Unexpected error during batch delivery"))
+        producer._sender._sender_task = died  # started, then its sender task died
+        producer._sender._fail_all(died)  # what aiokafka's sender task does as it ends
+        assert all(isinstance(d.exception(), KafkaError) for d in delivered)  # read by the sends
+        await transaction._stop_quietly(producer)
+        del producer, accumulator, delivered, died
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unread == []

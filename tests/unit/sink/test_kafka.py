@@ -346,6 +346,32 @@ async def test_an_outage_during_replacement_never_reports_the_process_dead() -> 
     await sink.stop()
 
 
+async def test_an_outage_during_replacement_logs_its_tries_once_and_then_a_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The broker stopped under load: the producer died and its replacement was tried at every
+    # probe, each try an ERROR and a WARNING, for the whole outage.
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    FakeProducer.start_errors = [KafkaConnectionError("Unable to bootstrap") for _ in range(20)]
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        FakeProducer.made[0].kill()
+        await until(lambda: sink.connected and not FakeProducer.start_errors)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "replac" in r.getMessage()]
+    assert said == [
+        ("ERROR", "the Kafka producer cannot send; replacing the producer"),
+        ("WARNING", "could not replace the Kafka producer yet"),
+        ("ERROR", said[2][1]),
+        ("WARNING", said[3][1]),
+        ("INFO", "Kafka producer replaced"),
+    ]
+    # Held back until the replacement, every try counted: 21 tries, of which 20 failed.
+    assert said[2][1].startswith("the Kafka producer cannot send; replacing the producer: 20 more")
+    assert said[3][1].startswith(
+        "could not replace the Kafka producer yet (KafkaConnectionError): 19 more"
+    )
+    await sink.stop()
+
+
 async def test_records_a_dead_producer_held_fail_when_it_is_replaced() -> None:
     # Its sender gone, nothing would ever answer them: their waiters and the in-flight count
     # would wait for ever.
