@@ -63,6 +63,7 @@ from bridge.sink.clienttasks import (
     bootstrapped,
     close_now,
     cut_short,
+    fail_all_quietly,
     read_failed_batches,
     start_client,
 )
@@ -259,6 +260,7 @@ class StageProducer:
         )
         # A commit flushes a batch per output partition at once: one request per broker.
         cap_requests(producer, lambda: self._limits.request_bytes)
+        fail_all_quietly(producer)
         watch_throttle(producer, counted(self._metrics, "dedup_producer"))
         try:
             async with asyncio.timeout_at(deadline):

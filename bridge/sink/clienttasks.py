@@ -297,6 +297,33 @@ def fail_pending(producer: Any, error: BaseException) -> None:
     fail_all = getattr(accumulator, "fail_all", None)
     if not callable(fail_all):
         return
+    _retried_pending(accumulator)
+    fail_all(error)
+    read_failed_batches(producer)
+
+
+def fail_all_quietly(producer: Any) -> bool:
+    """Make aiokafka's own failing of every batch, when the producer's sender dies, put retried
+    batches back in the pending set first, as fail_pending does; False if it cannot.
+
+    Installed on each producer built: by the time the bridge sees the death, aiokafka's
+    callback has failed them, and asyncio has logged each retried batch's KeyError.
+    """
+    accumulator: Any = getattr(producer, "_message_accumulator", None)
+    fail_all = getattr(accumulator, "fail_all", None)
+    if not callable(fail_all) or not isinstance(getattr(accumulator, "_batches", None), dict):
+        return False
+
+    def failing_all(exception: BaseException) -> None:
+        _retried_pending(accumulator)
+        fail_all(exception)
+
+    accumulator.fail_all = failing_all  # looked up at the call by aiokafka's Sender._fail_all
+    return True
+
+
+def _retried_pending(accumulator: Any) -> None:
+    """Put each queued batch in the pending set before the accumulator fails them all."""
     queued = [
         batch for batches in getattr(accumulator, "_batches", {}).values() for batch in batches
     ]
@@ -306,8 +333,6 @@ def fail_pending(producer: Any, error: BaseException) -> None:
         # set, but the callback of its first send still removes it when it fails: aiokafka's
         # KeyError, which asyncio logged at ERROR. The producer is dead: the set is not read again.
         pending.update(queued)
-    fail_all(error)
-    read_failed_batches(producer)
 
 
 def read_failed_batches(producer: Any) -> None:

@@ -50,6 +50,7 @@ from bridge.sink.authorized import write_refused
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     drop_gone_brokers,
+    fail_all_quietly,
     fail_pending,
     probe_metadata,
     producer_died,
@@ -668,6 +669,7 @@ class KafkaSink:
         # The limit as read at each drain: learned after the producer is built, it is not rebuilt.
         drain_whole_brokers(producer, lambda: self.limits.request_bytes)
         wake_only_when_needed(producer)
+        fail_all_quietly(producer)
         watch_throttle(producer, counted(self._metrics, "ingest_producer"))
         await start_client(producer, producer.start, producer.stop)
         return producer

@@ -477,27 +477,51 @@ async def test_every_line_a_pod_writes_is_one_json_object(
     async with new_connections() as session:
         await owned_by(pod, session, {"0": 0, "1": 0, "2": 6})
         await deliver(session, pod.url, events(f"CA_{run}_a", 5, 4))
+        await until_reported(pod, {0: 1})
         killed = pod.worker_pids()[0]
         os.kill(killed, signal.SIGKILL)
         await until_gone(killed, 10)
         await until_restarted(pod, 0, killed)
         await wait_ready(pod.url)
         await deliver(session, pod.url, events(f"CA_{run}_b", 5, 4))
+    # The parent's (no `worker`), each worker's, and the restarted worker's again.
+    lives = {None: 1, 0: 2, 1: 1, 2: 1}
+    await until_reported(pod, lives)
     code = await pod.stop()
     assert code == 0, pod.told()
     lines = pod.log.read_text(errors="replace").splitlines()
     not_json = [line for line in lines if not isinstance(_json(line), dict)]
     assert not_json == [], pod.told()
-    # The parent's (no `worker`), each worker's, and the restarted worker's again: the three
-    # reports sitecustomize.py made, by the process and what each is.
-    made = Counter(
+    want = {(w, kind): n for w, n in lives.items() for kind in PYTHON_REPORT_KINDS}
+    assert python_reports(pod) == want, pod.told()
+
+
+PYTHON_REPORT_KINDS = ("py.warnings", "uncaught exception in a thread", "Exception ignored in")
+
+
+def python_reports(pod: Replica) -> Counter[tuple[int | None, str]]:
+    """The reports PYTHON_REPORTS made, by process (its `worker`, None for the parent) and kind."""
+    return Counter(
         (e.get("worker"), e["msg"] if e["logger"] == "py.errors" else e["logger"])
         for e in pod.log_entries()
         if "sitecustomize.py" in e["msg"] + e.get("exc", "")
     )
-    kinds = ("py.warnings", "uncaught exception in a thread", "Exception ignored in")
-    lives = {None: 1, 0: 2, 1: 1, 2: 1}
-    assert made == {(w, kind): n for w, n in lives.items() for kind in kinds}, pod.told()
+
+
+async def until_reported(pod: Replica, lives: dict[int | None, int]) -> None:
+    """Until each process named made its reports as many times as it was started.
+
+    A thread of its own makes them once its logging is set up, which neither readiness nor a
+    served webhook waits for: a restarted worker's came 60 ms before the stop that would end it.
+    """
+    made: Counter[tuple[int | None, str]] = Counter()
+
+    def reported() -> bool:
+        nonlocal made
+        made = python_reports(pod)
+        return all(made[w, kind] >= n for w, n in lives.items() for kind in PYTHON_REPORT_KINDS)
+
+    await until(reported, 30, 0.1, lambda: f"reports made {dict(made)}, want lives {lives}")
 
 
 def _json(line: str) -> object:

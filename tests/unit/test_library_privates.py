@@ -287,6 +287,28 @@ async def test_aiokafkas_producer_privates(producer: Any) -> None:
     batch.done_noack()  # as drain.py does with an empty one; the producer's stop waits for none
 
 
+async def test_aiokafkas_sender_fails_all_by_its_accumulators_attribute() -> None:
+    # bridge/sink/clienttasks.py's fail_all_quietly replaces the accumulator's fail_all on each
+    # producer: the sender's death must call the one looked up then, not one bound before.
+    tasks = "bridge/sink/clienttasks.py"
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")
+    try:
+        sender = need("aiokafka", producer, "_sender", tasks)
+        fail_all = method("aiokafka", sender, "_fail_all", tasks, "task", aio=False)
+        called: list[BaseException] = []
+        producer._message_accumulator.fail_all = called.append
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        died.set_exception(RuntimeError("died"))
+        fail_all(died)
+        if called != [died.exception()]:
+            pytest.fail(
+                f"aiokafka {version('aiokafka')}'s Sender._fail_all does not call its"
+                f" accumulator's fail_all looked up at the call, which {tasks} replaces"
+            )
+    finally:
+        producer._closed = True  # never started: nothing to stop
+
+
 async def test_aiokafkas_transactional_producer_privates(stand_in_cluster: list[str]) -> None:
     # bridge/dedup/groupcommit.py (tests/unit/dedup/test_groupcommit.py: the v3 commit sent by
     # aiokafka's own sender) and bridge/dedup/transaction.py's fence lookup.
