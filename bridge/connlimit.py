@@ -20,7 +20,8 @@ from bridge.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 # Every source out of descriptors says it here: one line (then one every 10 s) for the feed,
-# the org feed and hundreds of followers failing at once, not one per connection and retry.
+# the org feed, hundreds of followers and the listeners' accept() (bridge/logsetup.py) failing
+# at once, not one per connection and retry.
 _said = LogThrottle(log)
 # The process's open-files limit (EMFILE) or the system's (ENFILE): no retry cures either.
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
@@ -73,12 +74,14 @@ def admission(open_: int, refusing: int, limit: int) -> Admission:
     return "refuse" if refusing < REFUSING_MAX else "close"
 
 
-def fitted_limit(max_connections: int, open_files: int | None, reserved: int) -> int:
-    """The cap in force: `max_connections`, lowered if it and the refusals would leave fewer than
-    `reserved` descriptors under the open-files limit (None: unlimited); at least 1."""
+def fitted_limit(
+    max_connections: int, open_files: int | None, reserved: int, refusing: int = REFUSING_MAX
+) -> int:
+    """The cap in force: `max_connections`, lowered if it and `refusing` refusals would leave fewer
+    than `reserved` descriptors under the open-files limit (None: unlimited); at least 1."""
     if open_files is None:
         return max_connections
-    return max(1, min(max_connections, open_files - reserved - REFUSING_MAX))
+    return max(1, min(max_connections, open_files - reserved - refusing))
 
 
 def beyond_reserved(gap_pages: int, restores: int) -> int:

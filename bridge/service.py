@@ -208,8 +208,10 @@ class Bridge:
         )
         # The call-log source follows the calls of the ingest partitions the dedup stage owns.
         # Fitted to the open-files limit: past it, followers failing with EMFILE took every
-        # descriptor, the admin port's and Kafka's new connections' too.
-        self.max_calls = self._call_limit()
+        # descriptor, the admin port's and Kafka's new connections' too. 0 where it does not
+        # run (a webhook-only worker): reserved for it, they lowered the connection cap for none.
+        follows = settings.sse.enabled and self.dedup is not None
+        self.max_calls = self._call_limit() if follows else 0
         self.calllog = (
             CallLogSource(
                 settings.sse.model_copy(update={"max_calls": self.max_calls}),
@@ -221,7 +223,7 @@ class Bridge:
                 dedup_ttl_seconds=settings.dedup.ttl_seconds,
                 supervisor=self.supervisor,
             )
-            if settings.sse.enabled and self.dedup is not None
+            if follows
             else None
         )
         if self.dedup is not None:
@@ -419,8 +421,7 @@ class Bridge:
         """BRIDGE_HTTP__MAX_CONNECTIONS, lowered (and said) if the open-files limit is too low."""
         wanted = self.settings.http.max_connections
         open_files = connlimit.open_files_limit()
-        sse = self.settings.sse
-        reserved = self._admin_fds() + (self.max_calls if sse.enabled else 0)
+        reserved = self._admin_fds() + self.max_calls
         limit = connlimit.fitted_limit(wanted, open_files, reserved)
         if limit < wanted:
             log.warning(
@@ -436,32 +437,37 @@ class Bridge:
 
     def _admin_fds(self) -> int:
         """Descriptors kept for the rest of the process (its gap pages and restores set above
-        their defaults too) and the admin port, if any."""
+        their defaults too) and the admin port, where this process serves it."""
         sse, here = self.settings.sse, self.dedup is not None
         reserved = connlimit.RESERVED_FDS + connlimit.beyond_reserved(
             # The call-log source runs only beside the dedup stage (its calls are the partitions').
             sse.max_gap_pages_in_flight if here and sse.enabled else 0,
             self.settings.dedup.restore_concurrency if here else 0,
         )
-        if self.settings.http.admin_port is not None:
+        # A dedup-only process serves no port (start): its probes come on its unix socket.
+        if self.settings.http.admin_port is not None and self.stages != "dedup":
             reserved += connlimit.ADMIN_MAX_CONNECTIONS + connlimit.REFUSING_MAX
         return reserved
 
     def _call_limit(self) -> int:
-        """BRIDGE_SSE__MAX_CALLS, lowered (and said) so the followers leave the rest of the process,
-        the admin port and one webhook connection with its refusals under the open-files limit."""
+        """BRIDGE_SSE__MAX_CALLS, lowered (and said) so the followers leave the rest of the process
+        and the ports it serves (the admin port, one webhook connection with its refusals) under
+        the open-files limit."""
         sse = self.settings.sse
         open_files = connlimit.open_files_limit()
-        reserved = self._admin_fds() + 1
-        limit = connlimit.fitted_limit(sse.max_calls, open_files, reserved)
-        if sse.enabled and limit < sse.max_calls:
+        serves = self.stages != "dedup"
+        # A dedup-only process has no webhook connection, nor refusals, to leave room for.
+        reserved = self._admin_fds() + (1 if serves else 0)
+        refusing = connlimit.REFUSING_MAX if serves else 0
+        limit = connlimit.fitted_limit(sse.max_calls, open_files, reserved, refusing)
+        if limit < sse.max_calls:
             log.warning(
                 "BRIDGE_SSE__MAX_CALLS lowered to fit the open-files limit (ulimit -n)",
                 extra={
                     "max_calls": limit,
                     "setting": sse.max_calls,
                     "open_files_limit": open_files,
-                    "reserved": reserved + connlimit.REFUSING_MAX,
+                    "reserved": reserved + refusing,
                 },
             )
         return limit

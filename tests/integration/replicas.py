@@ -93,6 +93,8 @@ class Replica:
     history: list[str] = field(default_factory=list)
     # The soft RLIMIT_NOFILE it starts with (None: the test's own), as a container may set it.
     open_files: int | None = None
+    # The hard one lowered to `open_files` too: the limit then in force (run raises the soft one).
+    hard_open_files: bool = False
 
     @property
     def url(self) -> str:
@@ -121,6 +123,7 @@ class Replica:
     def _lower_open_files(self) -> None:
         assert self.open_files is not None
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hard = self.open_files if self.hard_open_files else hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def open_files_limits(self) -> tuple[str, str]:

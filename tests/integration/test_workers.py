@@ -35,10 +35,10 @@ from tests.integration.conftest import (
     read_to_end,
     wait_ready,
 )
-from tests.integration.replicas import Replica, post_signed, replica_env, total
+from tests.integration.replicas import Replica, calllog_env, post_signed, replica_env, total
 from tests.polling import until
 from tests.processes import process_gone
-from tests.sockets import free_port, listening
+from tests.sockets import free_port, listening, refusing_address
 
 pytestmark = pytest.mark.timeout(300)
 GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS
@@ -256,6 +256,50 @@ async def test_each_worker_exports_its_own_open_and_max_descriptors(pod: Replica
         held = len(os.listdir(f"/proc/{pid}/fd"))
         assert abs(opened - held) <= 20, (worker, opened, held)
         assert total(samples, "process_resident_memory_bytes", worker=str(worker)) > 10_000_000
+
+
+@pytest.fixture
+async def low_limit_split_pod(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> AsyncIterator[Replica]:
+    """A split pod following call logs, with an admin port, under an open-files limit of 600."""
+    env = {
+        "BRIDGE_DEDUP__OWN_PROCESS": "true",
+        "BRIDGE_HTTP__ADMIN_PORT": str(free_port()),
+        **calllog_env(f"http://{refusing_address()}"),
+    }
+    async for replica in a_pod(kafka_bootstrap, topics, tmp_path / "split.log", **env):
+        replica.open_files, replica.hard_open_files = 600, True
+        yield replica
+
+
+async def test_only_the_process_following_call_logs_keeps_descriptors_for_them(
+    low_limit_split_pod: Replica,
+) -> None:
+    # A webhook-only worker kept BRIDGE_SSE__MAX_CALLS (500) descriptors for followers only the
+    # dedup process runs: under a limit of 600 its connection cap fell to 1. The dedup process
+    # kept the admin port's share and a webhook connection's for ports it does not serve.
+    pod = low_limit_split_pod
+    await pod.start()
+    assert pod.open_files_limits() == ("600", "600")
+    async with new_connections() as session:
+        samples = await pod.metrics(session)
+    name = "pinecall_bridge_http_connections_max"
+    # 600 less the 256, the admin port's 64 and its refusals', the webhook port's refusals.
+    assert total(samples, name, listener="webhook", worker="0") == 600 - 256 - 128 - 64
+    assert total(samples, name, worker="1") == 0  # the dedup process serves no port
+
+    def lowered() -> dict[int, int]:
+        return {
+            e["worker"]: e["max_calls"]
+            for e in pod.log_entries()
+            if e.get("msg", "").startswith("BRIDGE_SSE__MAX_CALLS lowered")
+        }
+
+    # Said by the dedup process as it starts (it has no port to be ready on).
+    await until(lambda: 1 in lowered(), 30, 0.2, "the dedup process's MAX_CALLS warning")
+    assert lowered() == {1: 600 - 256}
+    assert await pod.stop() == 0
 
 
 async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Replica) -> None:

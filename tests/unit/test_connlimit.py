@@ -50,6 +50,7 @@ def test_the_cap_fits_the_open_files_limit() -> None:
     assert fitted_limit(1000, 1_048_576, 256) == 1000
     assert fitted_limit(1000, 1024, 256) == 1024 - 256 - REFUSING_MAX
     assert fitted_limit(1000, 100, 256) == 1  # never 0: the probes must get in
+    assert fitted_limit(1000, 1024, 256, refusing=0) == 1024 - 256  # no port: no refusals
 
 
 def capped(metrics: Metrics, limit: int, listener: Listener = "webhook") -> ConnectionCap:

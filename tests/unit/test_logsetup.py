@@ -1,10 +1,14 @@
 import ast
+import asyncio
 import dataclasses
 import datetime
 import decimal
 import enum
 import logging
 import math
+import os
+import resource
+import socket
 import sys
 import threading
 import warnings
@@ -12,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import pytest
+from aiohttp import web
 
-from bridge import jsoncodec, logsetup, logthrottle
+from bridge import connlimit, jsoncodec, logsetup, logthrottle
 from tests.integration.conftest import REPO
 from tests.sockets import refusing_address
 
@@ -714,3 +719,43 @@ def test_the_reserved_fields_are_what_logging_refuses() -> None:
         with pytest.raises(KeyError, match="Attempt to overwrite"):
             logger.makeRecord("x", logging.ERROR, "f", 1, "m", (), None, extra={key: 1})
     assert {"ts", "level", "logger", "exc"} <= logsetup.RESERVED_FIELDS  # the JSON line's own
+
+
+def take_every_descriptor(held: list[int]) -> None:
+    """Open /dev/null into `held` until the open-files limit refuses (EMFILE)."""
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+
+
+async def test_a_listener_out_of_descriptors_says_so_once_not_a_traceback_per_accept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Under a real open-files limit, every descriptor taken: asyncio tried accept() again at once,
+    # up to the backlog's times, each an ERROR with its traceback (1,024 lines in 2.5 s).
+    logsetup.configure("INFO", "json")
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = socket.socket()  # made first: connecting then takes no descriptor of this process
+    client.setblocking(False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+        with pytest.raises(OSError, match="Too many open files"):  # every descriptor taken
+            take_every_descriptor(held)
+        client.connect_ex(runner.addresses[0])
+        await asyncio.sleep(1.5)  # the accept retried past asyncio's 1 s pause too
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.close()
+        await runner.cleanup()
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert not [e for e in lines if e["msg"].startswith("socket.accept() out of system resource")]
+    said = [e for e in lines if e["msg"] == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(e["level"], e["source"]) for e in said] == [("warning", "http_accept")]
+    assert "Too many open files" in said[0]["error"]

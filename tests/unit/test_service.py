@@ -1014,6 +1014,40 @@ async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_ca
         await bridge.stop()
 
 
+@pytest.mark.parametrize(
+    ("stages", "calls", "cap"),
+    [
+        # 600 less the 256, the admin port's 64 and its 64 refusals: the followers fitted to
+        # leave one webhook connection and its refusals, which is then all the cap gets.
+        ("both", 600 - 256 - 128 - 1 - 64, 1),
+        # No followers run beside the ingest stage alone: 500 kept for them left a cap of 1.
+        ("ingest", None, 600 - 256 - 128 - 64),
+        # No port at all: the admin port's share and a webhook connection's left 151 followers.
+        ("dedup", 600 - 256, None),
+    ],
+)
+async def test_each_process_keeps_descriptors_only_for_what_it_runs(
+    monkeypatch: pytest.MonkeyPatch, stages: Stages, calls: int | None, cap: int | None
+) -> None:
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 600)
+    every = every_source(free_port())
+    settings = every.model_copy(
+        update={"http": every.http.model_copy(update={"admin_port": free_port()})}
+    )
+    bridge = Bridge(settings, stages=stages)
+    assert (bridge.calllog.max_calls if bridge.calllog is not None else None) == calls
+    if stages == "dedup":
+        assert bridge.settings.http.admin_port is not None  # set, but not this process's
+        return
+    await bridge.start()
+    try:
+        assert cap == sample(
+            bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook"
+        )
+    finally:
+        await bridge.stop()
+
+
 def sasl_password_file(tmp_path: Path) -> tuple[Settings, dict[str, Path]]:
     """Settings authenticating by SASL, their password's secret file ("old") by variable."""
     path = tmp_path / "BRIDGE_KAFKA__SASL_PASSWORD"

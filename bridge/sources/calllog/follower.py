@@ -78,7 +78,8 @@ class _StoppedError(Exception):
 
 
 class _FillFailedError(Exception):
-    """A gap could not be read from the pages: reconnect, and the replay covers it.
+    """A gap (or the log's end) could not be read from the pages: reconnect, and the replay
+    covers it (or the stream, asked again, says the end).
 
     `floor`: the page's own `Retry-After` (a 5xx or 429), which the reconnect waits at least.
     """
@@ -386,6 +387,12 @@ class Follower:
                 timeout_seconds=self._api.request_timeout_seconds,
             )
         except PageError as exc:
+            if out_of_descriptors(exc):
+                # As a gap page's (_fill): a `closed` and a DEBUG line hid the shortage, the
+                # stream's connection given back just before and taken again at each attempt.
+                cause = exc.__cause__ or exc
+                say_out_of_descriptors("call_log", f"{type(cause).__name__}: {cause}")
+                raise _FillFailedError(reason="out_of_descriptors") from exc
             # Not an answer: the stream, asked again, says the rest (a refused key included).
             log.debug("call log end not checked", extra={**self._ctx(), "error": str(exc)})
             return False

@@ -1419,6 +1419,39 @@ async def test_a_stream_cut_after_catching_up_to_a_sealed_log_ends_the_call(
     assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
 
 
+async def test_the_end_check_out_of_descriptors_is_said_so_not_counted_as_a_close(
+    run_follower: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The page asking whether a cut stream's log is sealed needs a connection of its own: EMFILE
+    # there was a DEBUG `call log end not checked` and a reconnect counted `closed`.
+    spent = SpentDescriptors(spare=1).on(monkeypatch)
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if is_page(request):
+            return web.json_response({"entries": [], "live": False, "next": None})
+        return await stream(request, frame(entry(1)) + frame(entry(1, "log.caught_up")), cut=True)
+
+    async def give_back() -> None:
+        await until(lambda: spent.refused >= 1)
+        spent.spent = False
+
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    back = asyncio.create_task(give_back())
+    ended, _, publisher, _, metrics = await run_follower(handler)
+    await back
+    assert ended
+    assert publisher.seqs == [1]
+    assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
+    assert reconnects(metrics, "out_of_descriptors") >= 1
+    assert reconnects(metrics, "closed") == 0
+    said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
+    assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "call_log")]
+    assert "Too many open files" in said[0].__dict__["error"]
+    assert not [r for r in caplog.records if r.getMessage() == "call log end not checked"]
+
+
 async def test_a_replay_with_holes_and_times_going_back_is_published_in_seq_order(
     run_follower: Callable[..., Any],
 ) -> None:
