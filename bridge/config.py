@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
+from bridge.redaction import shown_path
 from bridge.secretfiles import (
     SECRETS_DIR_VARIABLE,
     has_control_character,
@@ -170,14 +171,17 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
     return url
 
 
-# Query parameters that carry a credential, spelt without `-` and `_`, lower case.
-_CREDENTIAL_PARAMS = frozenset(
-    {"token", "accesstoken", "authtoken", "apikey", "key", "secret", "password", "sig", "jwt"}
-)
+# What the name of a query parameter that carries a credential holds, spelt without `-` and `_`,
+# lower case: words anywhere in it, or at its end (`keyframe`, `author` carry none). Not whole
+# names: `api_token`, `access_key`, `client_secret`, `X-Amz-Signature` were taken, and `check`
+# printed them.
+_CREDENTIAL_WORDS = ("token", "secret", "passw", "pwd", "jwt", "credential", "signature")
+_CREDENTIAL_ENDS = ("key", "sig", "auth", "authorization")
 
 
 def _credential_param(name: str) -> bool:
-    return name.replace("-", "").replace("_", "").lower() in _CREDENTIAL_PARAMS
+    spelt = name.replace("-", "").replace("_", "").lower()
+    return spelt.endswith(_CREDENTIAL_ENDS) or any(word in spelt for word in _CREDENTIAL_WORDS)
 
 
 # RFC 3986 URI-reference: its allowed characters, '%' only as an escape.
@@ -411,9 +415,11 @@ class KafkaSettings(_Section):
         try:
             exists = path.is_file()
         except OSError as exc:  # is_file() answers False only to a missing path
-            raise ValueError(f"file {str(path)!r} cannot be read: {exc.strerror}") from None
+            raise ValueError(
+                f"file {shown_path(str(path))} cannot be read: {exc.strerror}"
+            ) from None
         if not exists:
-            raise ValueError(f"file {str(path)!r} does not exist")
+            raise ValueError(f"file {shown_path(str(path))} does not exist")
         return path
 
     @field_validator("sasl_oauth_token_file")

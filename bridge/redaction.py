@@ -52,6 +52,19 @@ def hidden(text: str | bytes, spellings: Sequence[str], limit: int, mark: str) -
     return head[:limit]
 
 
+# What an error says in place of a path setting's value it does not repeat (`shown_path`).
+UNSHOWN_PATH = "given (not repeated: a relative path may be a secret pasted in place of its path)"
+
+
+def shown_path(path: str) -> str:
+    """A path setting's value as an error may quote it: quoted when absolute, else UNSHOWN_PATH
+    (a token or password pasted in its place is no absolute path)."""
+    # Printed by `check` and at every start, which operators ship to shared log stores: an opaque
+    # token (a JWT is refused by its shape) or a key password pasted for the path would be in
+    # both. Only absolute: the setting is a Path by then, which has dropped a leading `./`.
+    return repr(path) if path.startswith("/") else UNSHOWN_PATH
+
+
 def _longest_first(spellings: set[str]) -> list[str]:
     # Longest first: a shorter spelling within a longer one, replaced first, would leave the rest
     # of the longer one showing.

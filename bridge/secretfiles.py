@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from bridge.configerror import ConfigError
+from bridge.redaction import shown_path
 
 # A directory (a mounted Kubernetes Secret) holding secret settings as files named like their
 # variables: kept out of the environment, which `kubectl describe`, /proc and children all see.
@@ -91,16 +92,18 @@ def secret_text(content: bytes) -> str:
     return io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig").read()
 
 
-def read_secret(path: Path, setting: str = SECRETS_DIR_VARIABLE) -> str:
+def read_secret(path: Path, setting: str = SECRETS_DIR_VARIABLE, shown: str | None = None) -> str:
     """A secret file's text, as the variable would hold it: its validators strip line ends.
-    A file that cannot be read is a ConfigError naming `setting` and the path, never content."""
+    A file that cannot be read is a ConfigError naming `setting` and the path (or `shown` in
+    its place), never content."""
     try:
         return secret_text(path.read_bytes())
     except (OSError, UnicodeDecodeError) as exc:
         # The path and the reason only: the bytes may be the secret.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        where = str(path) if shown is None else shown
         raise ConfigError(
-            [f"{setting}: the secret file {path} could not be read: {reason}"]
+            [f"{setting}: the secret file {where} could not be read: {reason}"]
         ) from None
 
 
@@ -111,7 +114,8 @@ _BEARER_TOKEN = re.compile(r"[-A-Za-z0-9._~+/]+=*")
 def read_token(path: Path, setting: str) -> str:
     """The bearer token a token file holds (surrounding whitespace removed), or a ConfigError
     naming `setting` and why, never the content: unreadable, empty, or no bearer token."""
-    token = read_secret(path, setting).strip()
+    # The path is the user's setting: a token pasted in its place is quoted by no error.
+    token = read_secret(path, setting, shown_path(str(path))).strip()
     if not token:
         raise ConfigError([f"{setting}: the token file {path} is empty"])
     if not _BEARER_TOKEN.fullmatch(token):

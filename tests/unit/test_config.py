@@ -1006,6 +1006,13 @@ def test_a_url_with_a_query_naming_no_credential_is_taken(monkeypatch: pytest.Mo
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?v=2&Access-Token=s3cret", "must"),
         ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?api_key=s3cret", "must not carry"),
         ("BRIDGE_PINECALL__PUBLIC_URL", "https://bridge.example.com/?sig=s3cret", "must not"),
+        # Credential parameters by a word in their name, not by a list of whole names.
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?api_token=s3cret", "must not"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?auth=s3cret", "must not carry"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?access_key=s3cret", "must not"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?client_secret=s3cret", "must not"),
+        ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io?passwd=s3cret", "must not carry"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://b.example.com/?X-Amz-Signature=s3cret", "must"),
         # websockets refused it at every connect, quoting it with the token added to its query.
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws#s3cret", "must not have a"),
         ("BRIDGE_PINECALL__API_URL", "https://api.pinecall.io#s3cret", "must not have a"),
@@ -1655,7 +1662,31 @@ def test_a_token_file_unreadable_at_start_is_refused(
     token.unlink()
     token.mkdir()  # root reads any file: a directory cannot be read as one
     [line] = problems()
-    assert line == f"{TOKEN_FILE}: the secret file {token} could not be read: Is a directory"
+    assert line == f"{TOKEN_FILE}: the secret file {str(token)!r} could not be read: Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "more"),
+    [
+        # An opaque token (no JWT, refused by its shape) pasted for the token file's path.
+        (TOKEN_FILE, {}),
+        # A key password pasted for a TLS file's path.
+        ("BRIDGE_KAFKA__SSL_KEYFILE", {"BRIDGE_KAFKA__SSL_CERTFILE": "/etc/hostname"}),
+        ("BRIDGE_KAFKA__SSL_CAFILE", {}),
+    ],
+)
+def test_a_secret_given_for_a_file_path_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, more: dict[str, str]
+) -> None:
+    secret = "opaque-0paste+d4f1/Tok3n"
+    if name == TOKEN_FILE:
+        oauth_env(monkeypatch, tmp_path, **{name: secret})
+    else:
+        setenv(monkeypatch, {"BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL", name: secret, **more})
+    found = "\n".join(problems())
+    assert f"{name}: " in found
+    assert "not repeated" in found
+    assert "0paste" not in found
 
 
 def test_a_token_given_for_its_file_is_not_echoed(

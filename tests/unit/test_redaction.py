@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from bridge.redaction import echo_spellings, hidden, json_spellings, overhang, url_spellings
+from bridge.redaction import (
+    UNSHOWN_PATH,
+    echo_spellings,
+    hidden,
+    json_spellings,
+    overhang,
+    shown_path,
+    url_spellings,
+)
 
 MARK = "[credential]"
 
@@ -49,3 +57,10 @@ def test_an_echo_is_hidden_as_sent_json_escaped_or_url_encoded_for_every_secret(
     spellings = echo_spellings(key, token, "")
     assert [len(s) for s in spellings] == sorted((len(s) for s in spellings), reverse=True)
     assert hidden(echo, spellings, 300, MARK) == " ".join([MARK, f'"{MARK}"', MARK, MARK, MARK])
+
+
+def test_a_path_is_shown_only_when_absolute() -> None:
+    assert shown_path("/var/run/secrets/token") == "'/var/run/secrets/token'"
+    # A token or password pasted in place of the path is no absolute path.
+    assert shown_path("AbC+d3f/Gh1=") == UNSHOWN_PATH
+    assert shown_path("ca.pem") == UNSHOWN_PATH
