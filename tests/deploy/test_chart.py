@@ -24,6 +24,7 @@ from tests.deploy import pss
 from tests.deploy.tools import (
     ALL_ON,
     CHART,
+    GROUP,
     SIGNED,
     Manifest,
     helm,
@@ -31,6 +32,7 @@ from tests.deploy.tools import (
     one,
     render,
     render_text,
+    template_args,
 )
 
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
@@ -472,7 +474,7 @@ def test_secrets_as_variables_when_asked() -> None:
 
 
 def test_no_secrets_volume_without_a_secret() -> None:
-    manifests = render("config.webhook.allowUnsigned=true")
+    manifests = render(GROUP, "config.webhook.allowUnsigned=true")
     assert file_refs(manifests) == {}
     assert env_refs(manifests) == {}
     assert "BRIDGE_SECRETS_DIR" not in one(manifests, "ConfigMap", "pinecall-bridge")["data"]
@@ -481,6 +483,7 @@ def test_no_secrets_volume_without_a_secret() -> None:
 def test_a_secret_extra_env_sets_is_not_also_a_file() -> None:
     # The bridge refuses a secret set both ways; extraEnv, last, wins as it did as a variable.
     manifests = render(
+        GROUP,
         "secrets.existingSecret=mine",
         "extraEnv[0].name=BRIDGE_WEBHOOK__SECRETS,extraEnv[0].value=s3cret",
     )
@@ -720,7 +723,7 @@ def test_secret_values_never_appear_outside_the_secret() -> None:
         "kafkaTls.cert.secretName=client-cert",
         "kafkaTls.key.secretName=client-cert",
     ]
-    manifests = render(*sets)
+    manifests = render(GROUP, *sets)
     secret = one(manifests, "Secret")
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert sorted(decoded.values()) == sorted(marker.format(item) for item in items)
@@ -791,7 +794,7 @@ def test_an_oauthbearer_token_is_projected_and_named_to_the_bridge() -> None:
 
 
 def checksum(*sets: str) -> str:
-    deployment = one(render(*sets), "Deployment")
+    deployment = one(render(GROUP, *sets), "Deployment")
     value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     return value
 
@@ -929,6 +932,35 @@ def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ..
     }
 
 
+def test_the_dedup_group_is_required_saying_what_to_keep_and_what_else_to_choose() -> None:
+    # A default for every release made two releases on one Kafka cluster one deployment: one
+    # group and one ingest topic (each deciding the other's events into the topics the receiver
+    # chose), and one lease group (one feed reader for both). One derived from the release would
+    # move an existing release to a group with no committed offsets (output again: README).
+    done = helm(
+        "template", "staging", CHART, "--namespace", "team-a",
+        "--set", "secrets.existingSecret=s", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0, "rendered without a dedup group"
+    assert "config.dedup.group is required" in done.stderr
+    assert "set config.dedup.group=pinecall-bridge" in done.stderr  # an existing release's
+    assert "e.g. team-a-staging-pinecall-bridge" in done.stderr  # a new one's
+    assert "config.topics.ingest of its own" in done.stderr
+    # Set, it is the bridge's group and names the KafkaUser's groups and transactional ids.
+    manifests = render(
+        "secrets.existingSecret=s", "config.dedup.group=team-a-staging", "strimzi.enabled=true"
+    )
+    assert one(manifests, "ConfigMap", "pinecall-bridge")["data"]["BRIDGE_DEDUP__GROUP"] == (
+        "team-a-staging"
+    )
+    acls = {(t, name) for t, name, _, _ in acl_set(manifests) if t in {"group", "transactionalId"}}
+    assert acls == {
+        ("group", "team-a-staging"),
+        ("group", "team-a-staging-feed-lease"),
+        ("transactionalId", "team-a-staging-dedup-"),
+    }
+
+
 def test_kafka_user_has_exactly_the_acls_the_bridge_needs(all_on: list[Manifest]) -> None:
     topics = [
         "pinecall.events",
@@ -1052,6 +1084,40 @@ def test_strimzi_topics_min_insync_follows_the_replicas_as_the_bridge_sets_it(
     assert {(t["replicas"], t["config"]["min.insync.replicas"]) for t in topics} == {
         (replicas, insync)
     }
+
+
+@pytest.mark.parametrize("number", [9223372036854775807, 2**53 + 1, -(2**53)])
+def test_a_strimzi_topic_setting_past_a_float64s_precision_is_refused_not_rounded(
+    tmp_path: Path, number: int
+) -> None:
+    # A values file's numbers are float64 in the templates: Long.MAX_VALUE (Kafka's own default
+    # of max.compaction.lag.ms) rendered 9223372036854776000, which Kafka refuses (INVALID_CONFIG:
+    # "Not a number of type LONG"), so the KafkaTopic was never made. Given as a string, it is
+    # kept as written.
+    values = tmp_path / "values.yaml"
+    config: dict[str, int | str] = {"max.compaction.lag.ms": number}
+    values.write_text(yaml.safe_dump({"strimzi": {"topics": {"config": config}}}))
+    done = helm(*template_args(SIGNED, "strimzi.enabled=true", values=values), check=False)
+    assert done.returncode != 0, "rendered a number it cannot hold"
+    assert "strimzi.topics.config.max.compaction.lag.ms is a number of 2^53 or more" in done.stderr
+    config = {"max.compaction.lag.ms": str(number)}
+    values.write_text(yaml.safe_dump({"strimzi": {"topics": {"config": config}}}))
+    topics = [
+        m
+        for m in render(SIGNED, "strimzi.enabled=true", values=values)
+        if m["kind"] == "KafkaTopic"
+    ]
+    assert topics
+    assert {t["spec"]["config"]["max.compaction.lag.ms"] for t in topics} == {str(number)}
+    # Below 2**53 a whole number is exact, and rendered as the number it is.
+    config = {"max.compaction.lag.ms": 2**53 - 1}
+    values.write_text(yaml.safe_dump({"strimzi": {"topics": {"config": config}}}))
+    topics = [
+        m
+        for m in render(SIGNED, "strimzi.enabled=true", values=values)
+        if m["kind"] == "KafkaTopic"
+    ]
+    assert {t["spec"]["config"]["max.compaction.lag.ms"] for t in topics} == {2**53 - 1}
 
 
 def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Path) -> None:
@@ -1200,6 +1266,7 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     # (tests/deploy/test_chart_refusals.py).
     notes = render_notes(tmp_path, SIGNED)
     assert "WARNING" not in notes
+    assert "the dedup stage (group pinecall-bridge," in notes  # the group it was given
     assert "http://pinecall-bridge.default.svc:8080/webhooks/pinecall" in notes
     assert "webhooks test" not in notes
     notes = render_notes(
@@ -1211,13 +1278,14 @@ def test_notes_tell_what_to_know(tmp_path: Path) -> None:
     )
     assert "webhook at https://bridge.example.com/webhooks/pinecall and" in notes
     assert "exec deployment/pinecall-bridge -- pinecall-bridge webhooks test" in notes
-    notes = render_notes(tmp_path / "1", "config.webhook.allowUnsigned=true")
+    notes = render_notes(tmp_path / "1", GROUP, "config.webhook.allowUnsigned=true")
     assert "WARNING: config.webhook.allowUnsigned=true" in notes
     assert "allowInsecureUrls" not in notes
     notes = render_notes(tmp_path / "insecure", SIGNED, "config.pinecall.allowInsecureUrls=true")
     assert "WARNING: config.pinecall.allowInsecureUrls=true" in notes
     notes = render_notes(
         tmp_path / "2",
+        GROUP,
         "secrets.existingSecret=s",
         "ingress.enabled=true",
         "ingress.tls[0].secretName=t",

@@ -15,7 +15,17 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from bridge.config import Settings
-from tests.deploy.tools import ALL_ON, CHART, SIGNED, Manifest, load_yaml, merged, one, render
+from tests.deploy.tools import (
+    ALL_ON,
+    CHART,
+    GROUP,
+    SIGNED,
+    Manifest,
+    load_yaml,
+    merged,
+    one,
+    render,
+)
 from tests.integration.certs import make_certs
 
 # Settings the chart takes from Secrets (env) or mounts as files, never from `config`.
@@ -39,6 +49,8 @@ CHART_DEFAULT_DIFFERS = {
     # The chart's probes and scrapes need a port a full webhook port cannot refuse; the bridge
     # alone keeps one port unless told, opening no listener nobody asked for.
     "http.admin_port",
+    # Required of the chart: one default for every release made two releases one deployment.
+    "dedup.group",
 }
 TLS_DIR = "/etc/pinecall-bridge/kafka-tls"
 
@@ -147,7 +159,8 @@ def test_rendered_environment_configures_the_bridge_as_the_values_say(
     values: dict[str, Any] = load_yaml(CHART / "values.yaml")
     if variant == "defaults":
         # As long as a secret `check` warns of none: the chart's own values must warn of nothing.
-        manifests = render("secrets.webhookSecrets.value=s3cret-of-sixteen-chars")
+        manifests = render("secrets.webhookSecrets.value=s3cret-of-sixteen-chars", GROUP)
+        values = merged(values, {"config": {"dedup": {"group": GROUP.split("=")[1]}}})
     else:
         as_variables = ["secrets.asFiles=false"] if variant.endswith("as-variables") else []
         manifests = render(*as_variables, values=ALL_ON)

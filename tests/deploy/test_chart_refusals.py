@@ -16,19 +16,19 @@ import pytest
 
 from bridge.config import ConfigError, load_settings
 from bridge.sink.durability import durability_problem
-from tests.deploy.tools import ALL_ON, CHART, SIGNED, helm, merged, render
+from tests.deploy.tools import ALL_ON, CHART, GROUP, SIGNED, helm, merged, render
 from tests.environ import without_bridge_variables
 
 # A webhook secret the chart knows for sure (existingSecret might hold any secret, so the
 # refusals that depend on a missing secret start from this instead).
-SECRET = "secrets.webhookSecrets.value=s3cret"
+SECRET = f"secrets.webhookSecrets.value=s3cret,{GROUP}"
 BRIDGE_SECRET: dict[str, Any] = {"webhook": {"secrets": ["s3cret"]}}
 FILE = "<a PEM file>"  # in bridge overrides: replaced by a real file (the bridge checks it exists)
 
 
 def refused(*sets: str) -> str:
-    """helm's error for a render that must fail."""
-    args: list[str | Path] = ["template", "pinecall-bridge", CHART]
+    """helm's error for a render that must fail (for another reason than a missing group)."""
+    args: list[str | Path] = ["template", "pinecall-bridge", CHART, "--set", GROUP]
     for item in sets:
         args += ["--set", item]
     done = helm(*args, check=False)
@@ -81,7 +81,7 @@ def test_defaults_without_a_webhook_secret_are_refused() -> None:
     ],
 )
 def test_any_webhook_secret_source_renders(source: str) -> None:
-    kinds = {m["kind"] for m in render(source)}
+    kinds = {m["kind"] for m in render(GROUP, source)}
     assert "Deployment" in kinds
 
 

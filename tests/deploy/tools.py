@@ -19,8 +19,11 @@ CHART = REPO / "helm" / "pinecall-bridge"
 ALL_ON = CHART / "ci" / "all-features-values.yaml"
 DEPLOY = REPO / "deploy"
 RELEASE = "pinecall-bridge"  # fullname = pinecall-bridge: the names deploy/ files use
-# The least a render needs: a webhook secret (the chart refuses to render without one).
-SIGNED = "secrets.existingSecret=pinecall-bridge-secrets"
+# The dedup group, which the chart requires: the one releases ran with before it was required
+# (deploy/'s files name it).
+GROUP = "config.dedup.group=pinecall-bridge"
+# The least a render needs (the chart refuses to render without them): a webhook secret, a group.
+SIGNED = f"secrets.existingSecret=pinecall-bridge-secrets,{GROUP}"
 
 Manifest = dict[str, Any]
 

@@ -43,7 +43,16 @@ topic's SHA-1, unique where Kafka's names differ only by case or "_"/"-". */}}
 {{- mulf (addf $ttl $margin) 1000 | int64 }}
 {{- end }}
 
-{{/* The dedup stage's consumer group (it also prefixes the transactional ids and the lease's group). */}}
+{{/*
+The dedup stage's consumer group (it also prefixes the transactional ids and names the lease's
+group). No default: one shared by every release made two releases on one Kafka cluster one
+deployment (their pods deciding each other's events, one feed reader between them), and one
+derived from the release would move an existing release to a group with no committed offsets.
+*/}}
 {{- define "pinecall-bridge.dedupGroup" -}}
-{{- .Values.config.dedup.group | default "pinecall-bridge" }}
+{{- $group := .Values.config.dedup.group }}
+{{- if not $group }}
+{{- fail (printf "\n\nconfig.dedup.group is required: the dedup stage's Kafka consumer group, which also names the feed lease's group and the transactional ids, this deployment's alone on its Kafka cluster.\n  - Upgrading a release installed before it was required: set config.dedup.group=pinecall-bridge (the chart's former default, unless you had set another). Another name would start a group with no committed offsets, which outputs again every event the ingest topic holds (README, \"Upgrading\").\n  - A new release: a name no other deployment on that Kafka cluster uses, e.g. %s-%s; beside another deployment on the cluster, also a config.topics.ingest of its own (two groups reading one ingest topic each output every event)." .Release.Namespace (include "pinecall-bridge.fullname" .)) }}
+{{- end }}
+{{- $group }}
 {{- end }}

@@ -224,6 +224,8 @@ render empty (alert thresholds of 0, `<nil>` in texts). */}}
 {{- if $problems }}
 {{- fail (printf "\n\nthe bridge would refuse to start with these values (it exits 2 and crash-loops):\n  - %s" (join "\n  - " $problems)) }}
 {{- end }}
+{{- /* After those: the bridge has a default group, which the chart refuses to guess. */}}
+{{- $_ := include "pinecall-bridge.dedupGroup" . }}
 {{- end }}
 
 {{/*
