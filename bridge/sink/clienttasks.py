@@ -30,6 +30,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge import stopbudget
+from bridge.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ _UNREACHABLE = (
 _warned: set[str] = set()
 # Failed replacements in a row (the cluster reachable) before the owner reports the process dead.
 REPLACE_ATTEMPTS = 5
+# A replacement's failed tries through a Kafka outage are said once each this long, as the feed's
+# retries are: what was held back is said when one starts (or the tries end).
+REPLACING_LOG_EVERY = 300.0
 # How long a start whose caller was cancelled may still run, to finish its bootstrap (start_client).
 START_SETTLE_SECONDS = stopbudget.STOP_SETTLE_SECONDS
 # How long the undo of a failed or cancelled start may run before the client is cut short: a
@@ -300,6 +304,12 @@ def fail_pending(producer: Any, error: BaseException) -> None:
     _retried_pending(accumulator)
     fail_all(error)
     read_failed_batches(producer)
+    queued = getattr(accumulator, "_batches", None)
+    if isinstance(queued, dict):
+        # A wedged producer's sender still runs until its stop cancels it: a drain meanwhile
+        # (a linger ending, an answer) took a failed batch, and aiokafka's assertion that a batch
+        # given sequence numbers is not drained yet killed the sender, traceback logged.
+        queued.clear()
 
 
 def fail_all_quietly(producer: Any) -> bool:
@@ -577,11 +587,23 @@ class Replacement:
     def __init__(self, name: str) -> None:
         self.name = name
         self.alive = True
+        # Its own: one owner's replacement must not hold back another's first line.
+        self._tries = LogThrottle(log, every=REPLACING_LOG_EVERY)
 
     async def start(
         self, start: Callable[[], Awaitable[T]], running: Callable[[], bool] = lambda: True
     ) -> T | None:
         """The started replacement; None if `running()` turned False first."""
+        try:
+            return await self._start(start, running)
+        finally:
+            # The tries held back are said as they end; the next replacement's first at once.
+            self._tries.flush()
+            self._tries.forget()
+
+    async def _start(
+        self, start: Callable[[], Awaitable[T]], running: Callable[[], bool]
+    ) -> T | None:
         failures, delay = 0, 0.5
         while running():
             try:
@@ -595,8 +617,11 @@ class Replacement:
                         extra={"error": repr(exc), "attempts": failures},
                     )
                 else:
-                    log.warning(
-                        f"could not replace the {self.name} yet", extra={"error": repr(exc)}
+                    # Its backoff grows to 30 s: unthinned, a line each 30 s for a whole outage.
+                    self._tries.warning(
+                        f"could not replace the {self.name} yet",
+                        extra={"error": repr(exc)},
+                        kind=type(exc).__name__,
                     )
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, 30.0)

@@ -49,6 +49,7 @@ from bridge.sink.acls import ACLS
 from bridge.sink.authorized import write_refused
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
+    REPLACING_LOG_EVERY,
     drop_gone_brokers,
     fail_all_quietly,
     fail_pending,
@@ -81,8 +82,7 @@ log = logging.getLogger(__name__)
 flood = LogThrottle(log)
 # A dead producer's replacement is tried at every probe (2-5 s) while Kafka is away: its two
 # lines came that often for the whole outage. Thinned as the feed's retries are (one each
-# 5 minutes); what was held back is said once a producer is started again (`_replace`).
-REPLACING_LOG_EVERY = 300.0
+# 5 minutes); what was held back is said once a producer is started again (`_replaced`).
 replacing = LogThrottle(log, every=REPLACING_LOG_EVERY)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
@@ -628,6 +628,8 @@ class KafkaSink:
         self._replace_failures = 0
         self._after_probe = after_probe
         self.connected = False
+        # Whether the loss of readiness under way was said: "reachable again" answers only that.
+        self._said_unreachable = False
         # Whether Kafka answered the last probe (or acknowledges records): unready for a topic
         # that cannot take writes, it still takes the clients' credentials (see credfiles).
         self.answering = False
@@ -698,6 +700,7 @@ class KafkaSink:
             # must not leave the sender task pending and the connections open.
             await stop_producer(producer)
         self._set_connected(False)
+        self._said_unreachable = False  # a start again is no recovery from it
 
     def partition_count(self, topic: str) -> int:
         """The topic's partitions in the producer's metadata; 0 until it has the topic's."""
@@ -816,21 +819,28 @@ class KafkaSink:
         flapping with it would take every pod out of the Service over a fraction of the calls.
         """
         if time.monotonic() - self._last_ack > self._settings.publish_timeout_seconds:
-            # Said here: the probe says only what it changes itself, so a broker gone (halted on
-            # a full disk) turned the pod unready, and every webhook 503, without a line.
-            if self.connected:
-                log.warning(
-                    "Kafka unreachable: no record acknowledged within the publish timeout;"
-                    " not ready",
-                    extra={"publish_timeout_s": self._settings.publish_timeout_seconds},
-                )
-            self._set_connected(False)
+            # Said: else a broker gone (halted on a full disk) turned the pod unready, and every
+            # webhook 503, without a line.
+            self._set_connected(
+                False,
+                "Kafka unreachable: no record acknowledged within the publish timeout; not ready",
+                {"publish_timeout_s": self._settings.publish_timeout_seconds},
+            )
 
     def mark_reachable(self) -> None:
+        """Kafka acknowledged a record: ready, unless the producer cannot send (its replacement,
+        under way or due, makes it ready)."""
         self._last_ack = time.monotonic()
-        if not self.connected and self._producer is not None:
-            log.info("Kafka reachable again")
-        self._set_connected(True)
+        producer = self._producer
+        # An ack of a record a dead or wedged producer sent before: settled late (a delivery's
+        # records all in), it made the pod ready mid-outage with a producer that cannot send.
+        if producer is not None and not self._cannot_send(producer):
+            self._set_connected(True)
+
+    def _cannot_send(self, producer: AIOKafkaProducer) -> bool:
+        """Whether `producer`'s sender died, or its sequence has a gap: the probe replaces it."""
+        wedged = self._wedged
+        return producer_died(producer) is not None or (wedged is not None and wedged[0] is producer)
 
     def watch_writes(self, topic: str, min_insync: int | None) -> None:
         """Judge readiness at each probe by whether `topic` can take writes; `min_insync`, its
@@ -1054,7 +1064,11 @@ class KafkaSink:
         self._producer, self._batch, self._request = fresh, batch, request
         # As after a replacement: a delivery under way fails the rest and is retried in order.
         self.generation += 1
-        await stop_producer(producer)
+        if self._cannot_send(producer):
+            # Kafka back, this rebuild came before the probe's next try: it is the replacement.
+            await self._replaced(producer)
+        else:
+            await stop_producer(producer)
 
     async def warm(self, names: list[str]) -> None:
         """Fetch the topics' metadata now, so the first event does not wait for it."""
@@ -1114,21 +1128,19 @@ class KafkaSink:
             self.answering = listed is not None or acked
             if not reachable and acked:
                 continue
-            if reachable and not self.connected:
-                log.info("Kafka reachable again")
-            elif not reachable and self.connected and verdict is not None:
-                log.warning(
+            if verdict is not None:
+                self._set_connected(
+                    reachable,
                     "no partition of the ingest topic can take writes (a leader or enough"
                     " in-sync replicas down); not ready",
-                    extra={
+                    {
                         "topic": self._writes,
                         "partitions": verdict.partitions,
                         "min_insync_replicas": self._min_insync,
                     },
                 )
-            elif not reachable and self.connected:
-                log.warning("Kafka unreachable")
-            self._set_connected(reachable)
+            else:
+                self._set_connected(reachable, "Kafka unreachable")
 
     async def _writability(self, producer: AIOKafkaProducer, by: float) -> Writability | None:
         """How many partitions of the watched topic can take writes, judged by `by` (loop time);
@@ -1208,30 +1220,47 @@ class KafkaSink:
                     kind=type(exc).__name__,
                 )
             return
-        if self._producer is dead:
-            self._producer, self._batch, self._request = fresh, batch, request
-            self.generation += 1
-        else:
+        if self._producer is not dead:
             # Rebuilt meanwhile for a limit read again (a size refusal): that one replaced the
-            # dead producer. Ours, built before the read, may batch more than the topic takes.
+            # dead producer, and said so. Ours, built before the read, may batch more than the
+            # topic takes.
             await stop_producer(fresh)
+            return
+        self._producer, self._batch, self._request = fresh, batch, request
+        self.generation += 1
+        await self._replaced(dead)
+
+    async def _replaced(self, dead: AIOKafkaProducer) -> None:
+        """A producer that could not send was swapped for a started one (by `_replace`, or a
+        rebuild for a smaller limit): count it, say it, ready again, and end the dead one."""
         self._wedged = None
         self._replace_failures = 0
         self.alive = True
         self._metrics.kafka_client_restarts.labels("ingest_producer").inc()
-        self._set_connected(True)
         # The tries held back are said before the success; a later death is said at once.
         replacing.flush()
         replacing.forget()
         log.info("Kafka producer replaced")
+        self._set_connected(True)
         # Retried by their sources (the dedup stage drops what did reach the topic after all).
         fail_pending(dead, KafkaConnectionError("the Kafka producer was replaced"))
         await stop_dead(dead, max(self._settings.metadata_probe_seconds, 5.0))
 
-    def _set_connected(self, value: bool) -> None:
+    def _set_connected(
+        self, value: bool, unreachable: str | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Readiness, and the one place its changes are logged: a loss as `unreachable` says
+        (None: unsaid, as a replacement's or a stop's), and only a said loss "reachable again"."""
         # Called on every acknowledgement: touch the gauge only when the state changes.
         if value != self.connected or self._producer is None:
             self._metrics.kafka_connected.set(1 if value else 0)
+        if value and not self.connected and self._said_unreachable:
+            log.info("Kafka reachable again")
+        elif not value and self.connected and unreachable is not None:
+            log.warning(unreachable, extra=extra)
+            self._said_unreachable = True
+        if value:
+            self._said_unreachable = False
         self.connected = value
         if value:
             self.answering = True

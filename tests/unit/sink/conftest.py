@@ -10,7 +10,9 @@ from tests.unit.sink.fakes import FakeProducer
 
 @pytest.fixture
 def fake_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sink makes FakeProducers, none made yet, none refusing to start."""
+    """The sink makes FakeProducers, none made yet, none refusing to start; its replacement
+    lines not thinned yet."""
     FakeProducer.made = []
     FakeProducer.start_errors = []
+    kafka.replacing.forget()  # another test's sink, stopped mid-replacement, held lines back
     monkeypatch.setattr(kafka, "AIOKafkaProducer", FakeProducer)

@@ -30,6 +30,7 @@ from bridge.sink.clienttasks import (
     stop_dead,
     stop_producer,
 )
+from bridge.sink.drain import drain_whole_brokers
 from tests.polling import until
 from tests.sockets import refusing_address
 from tests.unit.sink.fakes import (
@@ -550,3 +551,63 @@ async def test_a_sender_dying_with_a_retried_batch_leaves_asyncio_nothing_to_log
     finally:
         loop.set_exception_handler(None)
     assert unread == []
+
+
+async def test_a_replacements_tries_through_an_outage_are_said_once_then_summed_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A dedup consumer's replacement through a long Kafka outage: its backoff grows to 30 s, and
+    # each try said "could not replace ... yet", a line every 30 s for the whole outage (the
+    # ingest producer's tries are said once each 5 minutes).
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    replacement = clienttasks.Replacement("test client")
+    outcomes: list[BaseException | str] = [
+        *(KafkaConnectionError("unreachable") for _ in range(20)),
+        "started",
+    ]
+
+    async def start() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    with caplog.at_level(logging.INFO, logger="bridge.sink.clienttasks"):
+        assert await replacement.start(start) == "started"
+        outcomes[:] = [KafkaConnectionError("unreachable"), "started"]  # the next outage
+        assert await replacement.start(start) == "started"
+    said = [
+        r.getMessage().split(" in the last ")[0]  # a summary's span cut off
+        for r in caplog.records
+        if "replace" in r.getMessage()
+    ]
+    assert said == [
+        "could not replace the test client yet",
+        "could not replace the test client yet (KafkaConnectionError): 19 more like this",
+        "could not replace the test client yet",  # a new outage's first try, said at once
+    ]
+
+
+async def test_failing_a_wedged_producers_records_leaves_its_running_sender_nothing_to_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A record answered OutOfOrderSequenceNumber wedges the ingest producer while its sender runs
+    # on. Replaced, its queued batches were failed, and a drain before its stop cancelled the
+    # sender (a linger ending, an answer arriving) took one: aiokafka asserts that a batch given
+    # sequence numbers is not drained yet, and the sender died of it ("Unexpected error in sender
+    # routine", a traceback).
+    producer = AIOKafkaProducer(
+        bootstrap_servers=refusing_address(), enable_idempotence=True, linger_ms=0
+    )
+    accumulator = producer._message_accumulator
+    assert drain_whole_brokers(producer)  # as the sink builds it
+    producer._txn_manager.set_pid_and_epoch(1, 0)  # started
+    monkeypatch.setattr(accumulator._cluster, "leader_for_partition", lambda _tp: 1)
+    delivered = await accumulator.add_message(TopicPartition("t", 0), None, b"v", 1)
+    fail_pending(producer, KafkaConnectionError("the Kafka producer was replaced"))
+    assert isinstance(delivered.exception(), KafkaConnectionError)
+    assert accumulator.drain_by_nodes(ignore_nodes=set()) == ({}, False)
+    producer._closed = True  # never started: nothing to stop

@@ -372,6 +372,114 @@ async def test_an_outage_during_replacement_logs_its_tries_once_and_then_a_summa
     await sink.stop()
 
 
+async def replacements_tried(tries: int) -> None:
+    """Until `tries` more producers were made: each, a try to replace a dead one."""
+    made = len(FakeProducer.made)
+    await until(lambda: len(FakeProducer.made) >= made + tries)
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the sink said of readiness and of its producer's replacement, in order."""
+    said = ("Kafka unreachable", "Kafka reachable again", "Kafka producer replaced")
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(said)]
+
+
+async def test_one_outage_and_its_recovery_say_unreachable_once_and_reachable_again_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Kafka away under load: the probe and the publishes both find it, the producer's sender
+    # dies, and its replacement is tried until Kafka is back. An acknowledgement of a record sent
+    # before the death, counted meanwhile, said "reachable again" mid-outage (the pod ready with a
+    # dead producer), once for each try; the replacement that ended the outage said nothing.
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    first = FakeProducer.made[0]
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        first.client.answers = False
+        await until(lambda: not sink.connected)
+        sink.mark_unreachable()  # a publish timed out too
+        FakeProducer.start_errors = [KafkaConnectionError("Unable to bootstrap")] * 10**6
+        first.kill()
+        ready_meanwhile = []
+        for _ in range(2):
+            await replacements_tried(2)
+            sink.mark_reachable()  # a delivery of the dead producer's records, settled late
+            ready_meanwhile.append(sink.connected)
+        FakeProducer.start_errors = []
+        await until(lambda: sink.connected)
+        sink.mark_reachable()
+    assert outage_lines(caplog) == [
+        "Kafka unreachable",
+        "Kafka producer replaced",
+        "Kafka reachable again",
+    ]
+    assert ready_meanwhile == [False, False]
+    await sink.stop()
+
+
+async def test_a_dead_producers_replacement_without_an_outage_says_no_reachable_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiokafka#1038: the sender died of a reset connection, Kafka never away. Its replacement
+    # says so (ERROR, then "replaced"); "reachable again" would answer no "unreachable".
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        FakeProducer.made[0].kill()
+        await until(lambda: len(FakeProducer.made) == 2 and sink.connected)
+        sink.mark_reachable()
+    assert outage_lines(caplog) == ["Kafka producer replaced"]
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_a_dead_producer_rebuilt_for_a_smaller_limit_counts_as_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Kafka away: the dead producer's replacement was tried, its lines thinned. Kafka back, a
+    # rebuild for a lowered limit (a size refusal read it again) took the dead producer's place
+    # before the next try: what was held back went unsaid, the next death's first line was held
+    # back too (the thinning was never reset), and the restart went uncounted.
+    metrics = Metrics()
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000, metadata_probe_seconds=60), metrics)
+    await sink.start()
+    first = FakeProducer.made[0]
+    FakeProducer.start_errors = [KafkaConnectionError("Unable to bootstrap")] * 10**6
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        first.kill()
+        for _ in range(2):
+            sink._wake.set()  # as a send finding it dead does: tried now
+            await replacements_tried(1)
+        FakeProducer.start_errors = []
+        FakeAdmin.values = {"max.message.bytes": "65536"}
+        await sink.learn_limits(["ingest"], writes=["ingest"])
+        rebuilt = cast(FakeProducer, sink._producer)
+        assert rebuilt.options["max_batch_size"] == 65_536
+        ready_when_rebuilt = sink.connected
+        rebuilt.kill()
+        sink._wake.set()
+        await until(lambda: sink._producer is not rebuilt and sink.connected)
+    said = [
+        (r.levelname, r.getMessage().split(" in the last ")[0])  # a summary's span cut off
+        for r in caplog.records
+        if "replac" in r.getMessage()
+    ]
+    assert said == [
+        ("ERROR", "the Kafka producer cannot send; replacing the producer"),
+        ("WARNING", "could not replace the Kafka producer yet"),
+        ("ERROR", "the Kafka producer cannot send; replacing the producer: 1 more like this"),
+        (
+            "WARNING",
+            "could not replace the Kafka producer yet (KafkaConnectionError): 1 more like this",
+        ),
+        ("INFO", "Kafka producer replaced"),
+        ("ERROR", "the Kafka producer cannot send; replacing the producer"),
+        ("INFO", "Kafka producer replaced"),
+    ]
+    assert restarts(metrics) == 2
+    assert ready_when_rebuilt
+    assert first.stopped
+    await sink.stop()
+
+
 async def test_records_a_dead_producer_held_fail_when_it_is_replaced() -> None:
     # Its sender gone, nothing would ever answer them: their waiters and the in-flight count
     # would wait for ever.
@@ -832,7 +940,9 @@ async def test_a_replacement_started_while_a_size_refusal_rebuilt_the_producer_g
     FakeAdmin.values = {"max.message.bytes": "65536"}
     await sink.relearn_limits()
     slow.set()
-    await until(lambda: sink.connected)  # the replacement over
+    # The replacement over: the rebuild replaced the dead producer (ready since), so it gives way.
+    await until(lambda: FakeProducer.made[1].stopped)
+    assert sink.connected
     current = cast(FakeProducer, sink._producer)
     assert current.options["max_batch_size"] == 65_536
     assert [p for p in FakeProducer.made if not p.stopped] == [current]
