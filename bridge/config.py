@@ -4,6 +4,7 @@ secret settings as files of `BRIDGE_SECRETS_DIR`."""
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import logging
@@ -525,14 +526,28 @@ class KafkaSettings(_Section):
             ) from None
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context of every Kafka client, from the ssl_* files."""
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-            password=self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        """The TLS context every Kafka client shares, from the ssl_* files as first loaded (at
+        start: the settings' validation loads them)."""
+        return _tls_context(
+            str(self.ssl_cafile) if self.ssl_cafile else None,
+            str(self.ssl_certfile) if self.ssl_certfile else None,
+            str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
         )
-        return context
+
+
+# Loaded once a process and shared: each client loading the files as it was built, a producer
+# replaced after a certificate renewed in place presented the new one while the dedup stage's
+# clients kept the start's. Like the passwords, a rotation is taken by a restart, which /healthz
+# asks for once Kafka refuses the old one (bridge/sink/credfiles.py compares with the start's).
+@functools.cache
+def _tls_context(
+    cafile: str | None, certfile: str | None, keyfile: str | None, password: str | None
+) -> ssl.SSLContext:
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=cafile, certfile=certfile, keyfile=keyfile, password=password
+    )
+    return context
 
 
 class HttpSettings(_Section):

@@ -45,8 +45,10 @@ RESERVED_FDS = 256
 RESERVED_GAP_PAGES = 8
 RESERVED_RESTORES = 4
 # Connections one restore consumer may hold: its partition's leader's, and those its metadata
-# refreshes open to brokers picked at random (aiokafka), so up to one per broker: three, a
-# usual cluster's count.
+# refreshes open to brokers picked at random (aiokafka), so up to one per broker. The broker
+# count is not known when the reserve is set (before any Kafka connection): the bootstrap list's
+# length, and at least three, a usual cluster's, since one name (a load balancer, Strimzi's
+# bootstrap service) may front them all.
 RESTORE_CONNECTIONS = 3
 RETRY_AFTER_SECONDS = 1
 # The admin port's own cap (BRIDGE_HTTP__ADMIN_PORT): the kubelet's three probes and a scraper or
@@ -84,13 +86,14 @@ def fitted_limit(
     return max(1, min(max_connections, open_files - reserved - refusing))
 
 
-def beyond_reserved(gap_pages: int, restores: int) -> int:
+def beyond_reserved(gap_pages: int, restores: int, bootstrap_servers: int) -> int:
     """Descriptors that `gap_pages` in flight (0: no call-log source) and `restores` at once (0: no
-    dedup stage) may hold past what RESERVED_FDS keeps for them."""
+    dedup stage), against a cluster `bootstrap_servers` names, may hold past RESERVED_FDS."""
     # Up to 1,000 of each may be set: 1,000 pages and 3,000 restore connections would take the
     # descriptors the connection cap was fitted to leave (EMFILE for Kafka and the sources).
     pages = max(0, gap_pages - RESERVED_GAP_PAGES)
-    return pages + max(0, restores - RESERVED_RESTORES) * RESTORE_CONNECTIONS
+    per_restore = max(RESTORE_CONNECTIONS, bootstrap_servers)
+    return pages + max(0, restores - RESERVED_RESTORES) * per_restore
 
 
 def open_files_limit() -> int | None:

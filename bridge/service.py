@@ -443,6 +443,7 @@ class Bridge:
             # The call-log source runs only beside the dedup stage (its calls are the partitions').
             sse.max_gap_pages_in_flight if here and sse.enabled else 0,
             self.settings.dedup.restore_concurrency if here else 0,
+            len(set(self.settings.kafka.bootstrap_servers)),
         )
         # A dedup-only process serves no port (start): its probes come on its unix socket.
         if self.settings.http.admin_port is not None and self.stages != "dedup":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +38,7 @@ from tests.integration.conftest import (
     open_output,
     read_to_end,
 )
+from tests.loopreports import loop_reports
 from tests.polling import until, until_kafka
 
 pytestmark = pytest.mark.timeout(30)
@@ -329,10 +329,7 @@ async def test_a_commit_cut_while_its_offsets_are_retried_aborts_as_cut_with_not
     retry: the sender's next attempt came after the cut. It aborts the transaction as cut, and
     no outcome is left for asyncio to log at ERROR as never retrieved."""
     answered = lagging_coordinator(monkeypatch, answers=None)
-    unread: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context))
-    try:
+    with loop_reports() as unread:
         await setup.producer.begin_transaction()
         await setup.producer.send_and_wait(setup.names.events, b"one")
         sending = asyncio.create_task(
@@ -348,10 +345,7 @@ async def test_a_commit_cut_while_its_offsets_are_retried_aborts_as_cut_with_not
         await setup.producer.stop()
         setup.producer = txn_producer(setup.bootstrap, setup.names)  # stopped by the fixture
         del sending, ended
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
-    assert [(c["message"], c.get("future")) for c in unread] == []
+    assert unread == []
     assert await setup.committed_offset() is None
     assert await setup.output() == []
 

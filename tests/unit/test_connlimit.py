@@ -39,10 +39,18 @@ def test_one_past_the_cap_is_refused_until_too_many_are_being_refused() -> None:
 
 
 def test_gap_pages_and_restores_count_only_past_the_defaults_reserved_for_them() -> None:
-    assert connlimit.beyond_reserved(8, 4) == 0  # the defaults: within RESERVED_FDS
-    assert connlimit.beyond_reserved(0, 0) == 0  # neither here
-    assert connlimit.beyond_reserved(1000, 4) == 992
-    assert connlimit.beyond_reserved(8, 1000) == 996 * connlimit.RESTORE_CONNECTIONS
+    assert connlimit.beyond_reserved(8, 4, 1) == 0  # the defaults: within RESERVED_FDS
+    assert connlimit.beyond_reserved(0, 0, 1) == 0  # neither here
+    assert connlimit.beyond_reserved(1000, 4, 1) == 992
+    assert connlimit.beyond_reserved(8, 1000, 1) == 996 * connlimit.RESTORE_CONNECTIONS
+
+
+def test_a_restore_may_connect_to_every_broker_the_bootstrap_list_names() -> None:
+    # Three were counted for any cluster: 1,000 restores against six brokers took 2,988
+    # descriptors more than the reserve held. One name (a load balancer) still counts as three.
+    assert connlimit.beyond_reserved(8, 1000, 6) == 996 * 6
+    assert connlimit.beyond_reserved(8, 1000, 1) == connlimit.beyond_reserved(8, 1000, 3)
+    assert connlimit.beyond_reserved(8, 4, 6) == 0  # the default restores: within RESERVED_FDS
 
 
 def test_the_cap_fits_the_open_files_limit() -> None:

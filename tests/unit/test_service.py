@@ -1001,7 +1001,8 @@ async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_ca
         }
     )
     # Both stages: 5000 less the 256 and 64 refusals, 500 followers, 992 pages past the 8 kept
-    # and 996 restores past the 4 kept, 3 connections each. Ingest only: neither runs here.
+    # and 996 restores past the 4 kept, 3 connections each (one bootstrap server: three at
+    # least). Ingest only: neither runs here.
     if stages == "both":
         bridge, _ = await started_with_a_stand(settings)
     else:
@@ -1046,6 +1047,27 @@ async def test_each_process_keeps_descriptors_only_for_what_it_runs(
         )
     finally:
         await bridge.stop()
+
+
+@pytest.mark.parametrize(("brokers", "max_calls"), [(1, 500), (3, 500), (6, 268)])
+async def test_restores_reserve_a_connection_to_each_broker_the_bootstrap_list_names(
+    monkeypatch: pytest.MonkeyPatch, brokers: int, max_calls: int
+) -> None:
+    # Three a restore were reserved for any cluster: 1,000 restores against six brokers could
+    # hold 2,988 descriptors the followers were fitted to use (EMFILE). One name counts three.
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 6500)
+    every = every_source()
+    settings = every.model_copy(
+        update={
+            "kafka": every.kafka.model_copy(
+                update={"bootstrap_servers": [f"k{n}:9092" for n in range(brokers)]}
+            ),
+            "dedup": every.dedup.model_copy(update={"restore_concurrency": 1000}),
+        }
+    )
+    # 6500 less the 256 and 996 restores past the 4 kept, 6 connections each (a dedup-only
+    # process serves no port): 268 followers; the 500 set fit otherwise.
+    assert Bridge(settings, stages="dedup").max_calls == max_calls
 
 
 def sasl_password_file(tmp_path: Path) -> tuple[Settings, dict[str, Path]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from bridge.dedup.groupcommit import (
     unknown_partition_action,
 )
 from bridge.groups import GroupMetadata
+from tests.loopreports import loop_reports
 from tests.sockets import refusing_address
 
 GROUP = "dedup"
@@ -370,20 +370,14 @@ async def test_offsets_whose_commit_was_cut_abort_the_transaction_and_say_why(
 async def test_a_cut_commits_aborted_transaction_leaves_no_unread_future() -> None:
     """Nobody awaits the end of a transaction whose commit was cut: asyncio logged its failure
     at ERROR ("Future exception was never retrieved") when the producer was collected."""
-    unread: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context))
-    try:
+    with loop_reports() as unread:
         producer = GroupCommitProducer(bootstrap_servers=refusing_address(), transactional_id="t")
         try:
             await cut_commit(producer)
         finally:
             await producer.stop()
         del producer
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
-    assert [(context["message"], context.get("future")) for context in unread] == []
+    assert unread == []
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from bridge.metrics import Metrics
 from bridge.routing import FOUND_RECHECK_SECONDS
 from bridge.sink.limits import TopicLimits
 from bridge.sink.topicreads import why_unread
+from tests.loopreports import loop_reports
 from tests.metrics import sample
 from tests.sockets import refusing_address
 from tests.unit.dedup.fakes import (
@@ -46,7 +47,7 @@ from tests.unit.dedup.fakes import (
     stage_producer,
     steps,
 )
-from tests.unit.sink.fakes import FakeAdmin, StuckProducer
+from tests.unit.sink.fakes import FakeAdmin, StuckProducer, unstarted_producer
 from tests.wireformat import BREAKS_ROLLING_UPGRADES
 
 TP2 = TopicPartition("ingest", 7)
@@ -834,18 +835,12 @@ async def test_a_producer_whose_stop_is_cut_short_leaves_no_pending_sender(
 ) -> None:
     monkeypatch.setattr(transaction, "_STOP_TIMEOUT", 0.2)
     monkeypatch.setattr(transaction, "_CUT_SECONDS", 0.1, raising=False)
-    reported: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    try:
+    with loop_reports() as reported:
         producer = StuckProducer()
         await transaction._stop_quietly(producer)  # type: ignore[arg-type]
         assert producer.client_closed
         del producer
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
-    assert [c["message"] for c in reported] == []
+    assert reported == []
 
 
 async def test_a_producer_stop_cut_by_the_callers_cancellation_leaves_no_pending_sender() -> None:
@@ -888,23 +883,17 @@ async def test_a_dead_producer_stopped_by_the_stages_stop_leaves_asyncio_nothing
     # Stopped during an outage, a dedup producer whose sender had died (and failed every batch)
     # went through its own stop, not close_now: collected later, each batch's failure was logged
     # at ERROR, "Future exception was never retrieved", cause unsaid.
-    unread: list[str] = []  # the messages only: a context's exception would hold the batches
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
-    try:
-        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+    with loop_reports() as unread:
+        producer = unstarted_producer()
         accumulator = producer._message_accumulator
         delivered = [
             await accumulator.add_message(TopicPartition("t", p), None, b"v", 1) for p in range(2)
         ]
-        died: asyncio.Future[None] = loop.create_future()
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         died.set_exception(KafkaError("Unexpected error during batch delivery"))
         producer._sender._sender_task = died  # started, then its sender task died
         producer._sender._fail_all(died)  # what aiokafka's sender task does as it ends
         assert all(isinstance(d.exception(), KafkaError) for d in delivered)  # read by the sends
         await transaction._stop_quietly(producer)
         del producer, accumulator, delivered, died
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unread == []

@@ -27,6 +27,7 @@ from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.simulator.ledger import Ledger, ledger_record
 from tests.environ import without_bridge_variables
+from tests.loopreports import loop_reports
 
 
 def call_of(event_id: str) -> str | None:
@@ -279,15 +280,9 @@ async def test_another_runs_alert_is_not_judged() -> None:
 @pytest.fixture
 async def unclosed() -> AsyncIterator[list[str]]:
     """What the loop is told of clients collected unclosed ("Unclosed AIOKafkaConsumer")."""
-    told: list[str] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: told.append(context["message"]))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            yield told
-    finally:
-        loop.set_exception_handler(None)
+    with loop_reports() as told, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        yield told
 
 
 async def test_recent_events_never_started_leaves_no_kafka_client_open(

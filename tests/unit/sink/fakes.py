@@ -7,6 +7,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
@@ -18,6 +19,8 @@ from aiokafka.protocol.commit import (
 )
 from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5
 from aiokafka.structs import PartitionMetadata, TopicPartition
+
+from tests.sockets import refusing_address
 
 
 class _Sender:
@@ -255,6 +258,14 @@ class StuckProducer:
 
     async def stop(self) -> None:
         await asyncio.wait({self._sender.sender_task})
+
+
+def unstarted_producer(**options: Any) -> AIOKafkaProducer:
+    """aiokafka's own producer, never started, on a refusing address: its accumulator's batches
+    stay queued (linger 60 s unless `options` say otherwise) for a test to retry, fail or drop."""
+    return AIOKafkaProducer(
+        bootstrap_servers=refusing_address(), **{"linger_ms": 60_000, **options}
+    )
 
 
 class FakeAdmin:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
@@ -31,14 +30,15 @@ from bridge.sink.clienttasks import (
     stop_producer,
 )
 from bridge.sink.drain import drain_whole_brokers
+from tests.loopreports import loop_reports
 from tests.polling import until
-from tests.sockets import refusing_address
 from tests.unit.sink.fakes import (
     FakeConnection,
     FakeProducer,
     HoldingProducer,
     RetryingConsumer,
     StuckProducer,
+    unstarted_producer,
 )
 
 
@@ -55,15 +55,9 @@ async def test_a_stopped_dead_client_logs_its_tasks_error_no_second_time() -> No
         await until(lambda: producer_died(producer) is not None)
         await stop_dead(producer, 1.0)
 
-    unretrieved: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
-    try:
+    with loop_reports() as unretrieved:
         await stop_a_dead_producer()
         FakeProducer.made.clear()
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unretrieved == []
 
 
@@ -226,10 +220,7 @@ async def test_a_producers_stop_cut_with_records_held_leaves_no_task_pending() -
     # aiokafka's stop awaits its accumulator's close in a task nothing refers to: with the broker
     # unresponsive, that task waited for ever on records no sender would answer, and asyncio
     # logged "Task was destroyed but it is pending!" when it was collected.
-    unread: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context))
-    try:
+    with loop_reports() as unread:
         producer = HoldingProducer()
         await producer.hold()
         caller = asyncio.create_task(stop_producer(producer))
@@ -239,9 +230,6 @@ async def test_a_producers_stop_cut_with_records_held_leaves_no_task_pending() -
             await caller
         assert producer.closing_tasks() == []
         assert producer.client.closed
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unread == []
 
 
@@ -478,11 +466,8 @@ async def test_failing_a_dead_producers_records_leaves_asyncio_nothing_to_log_at
     # connection), and the producer was replaced: aiokafka's failure of a batch put back for a
     # retry raised KeyError in its own callback, and the drain waiters nobody awaits failed
     # unread, both logged by asyncio at ERROR with no word of the cause.
-    unread: list[str] = []  # the messages only: a context's exception would hold the batches
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
-    try:
-        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+    with loop_reports() as unread:
+        producer = unstarted_producer()
         accumulator = producer._message_accumulator
         retried, sent, queued = (TopicPartition("t", p) for p in range(3))
         delivered = [await accumulator.add_message(tp, None, b"v", 1) for tp in (retried, sent)]
@@ -494,9 +479,6 @@ async def test_failing_a_dead_producers_records_leaves_asyncio_nothing_to_log_at
         await asyncio.sleep(0)
         producer._closed = True  # never started: nothing to stop
         del producer, accumulator, delivered
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unread == []
 
 
@@ -504,24 +486,18 @@ async def test_a_producer_whose_sender_died_is_closed_leaving_asyncio_nothing_to
     # A dedup producer's sender died as the broker halted on its full disk (aiokafka: "Unexpected
     # error during batch delivery") and failed every batch itself; the producer, closed
     # (close_now), was collected later with its batches' failures unread: three ERROR lines.
-    unread: list[str] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
-    try:
-        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+    with loop_reports() as unread:
+        producer = unstarted_producer()
         accumulator = producer._message_accumulator
         delivered = [
             await accumulator.add_message(TopicPartition("t", p), None, b"v", 1) for p in range(2)
         ]
-        died: asyncio.Future[None] = loop.create_future()
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         died.set_exception(KafkaError("Unexpected error during batch delivery"))
         producer._sender._fail_all(died)  # what aiokafka's sender task does as it ends
         assert all(isinstance(d.exception(), KafkaError) for d in delivered)
         await close_now(producer)
         del producer, accumulator, delivered, died
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unread == []
 
 
@@ -530,26 +506,20 @@ async def test_a_sender_dying_with_a_retried_batch_leaves_asyncio_nothing_to_log
     # retry, then the sender died (a reset connection, aiokafka#1038). aiokafka's own failing of
     # every batch, run as the sender ends and before the bridge sees it, raised KeyError in the
     # batch's callback, which asyncio logged at ERROR: fail_pending comes too late for that.
-    unread: list[str] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: unread.append(context["message"]))
-    try:
-        producer = AIOKafkaProducer(bootstrap_servers=refusing_address(), linger_ms=60_000)
+    with loop_reports() as unread:
+        producer = unstarted_producer()
         assert fail_all_quietly(producer)
         accumulator = producer._message_accumulator
         retried = TopicPartition("t", 0)
         delivered = await accumulator.add_message(retried, None, b"v", 1)
         accumulator.reenqueue(accumulator._pop_batch(retried))  # a retriable answer
-        died: asyncio.Future[None] = loop.create_future()
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         died.set_exception(KafkaError("Unexpected error during batch delivery"))
         producer._sender._fail_all(died)  # what aiokafka's sender task does as it ends
         assert isinstance(delivered.exception(), KafkaError)
         await asyncio.sleep(0)  # the batch's callback
         await close_now(producer)
         del producer, accumulator, delivered, died
-        gc.collect()
-    finally:
-        loop.set_exception_handler(None)
     assert unread == []
 
 
@@ -599,9 +569,7 @@ async def test_failing_a_wedged_producers_records_leaves_its_running_sender_noth
     # sender (a linger ending, an answer arriving) took one: aiokafka asserts that a batch given
     # sequence numbers is not drained yet, and the sender died of it ("Unexpected error in sender
     # routine", a traceback).
-    producer = AIOKafkaProducer(
-        bootstrap_servers=refusing_address(), enable_idempotence=True, linger_ms=0
-    )
+    producer = unstarted_producer(enable_idempotence=True, linger_ms=0)
     accumulator = producer._message_accumulator
     assert drain_whole_brokers(producer)  # as the sink builds it
     producer._txn_manager.set_pid_and_epoch(1, 0)  # started

@@ -87,6 +87,23 @@ def test_tls_options_build_a_context() -> None:
     assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED
 
 
+@pytest.mark.skipif(not SYSTEM_CA.is_file(), reason="no system CA bundle on this machine")
+def test_every_client_shares_the_tls_files_as_loaded_at_start(tmp_path: Path) -> None:
+    # Each client loaded the files as it was built: a producer replaced after a CA renewed in
+    # place trusted the new one while the dedup stage's clients kept the start's.
+    cafile = tmp_path / "ca.pem"
+    bundle = SYSTEM_CA.read_text()
+    cafile.write_text(bundle)
+    settings = KafkaSettings(security_protocol="SSL", ssl_cafile=cafile)  # the start loads them
+    at_start = client_options(settings)["ssl_context"]
+    trusted = len(at_start.get_ca_certs())
+    renewed = bundle[: bundle.index("-----END CERTIFICATE-----")] + "-----END CERTIFICATE-----\n"
+    cafile.write_text(renewed)  # one certificate of the bundle's
+    rebuilt = client_options(settings)["ssl_context"]
+    assert rebuilt is at_start
+    assert len(rebuilt.get_ca_certs()) == trusted > 1
+
+
 async def test_stop_before_start_and_twice_is_safe() -> None:
     metrics = Metrics()
     sink = KafkaSink(KafkaSettings(), metrics)
