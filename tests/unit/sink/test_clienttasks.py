@@ -188,13 +188,33 @@ def test_a_client_without_the_expected_attributes_counts_as_alive(
     assert len(warned) == 5
 
 
-async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for_an_outage(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replacement's waits between tries, skipped."""
+
     async def no_sleep(_: float) -> None:
         return None
 
     monkeypatch.setattr(asyncio, "sleep", no_sleep)
+
+
+def scripted(
+    outcomes: list[BaseException | str], before: Callable[[], None] = lambda: None
+) -> Callable[[], Coroutine[Any, Any, str]]:
+    """A replacement's start that raises or returns each of `outcomes` in turn (`before` each)."""
+
+    async def start() -> str:
+        before()
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return start
+
+
+@pytest.mark.usefixtures("no_backoff")
+async def test_a_replacement_is_dead_after_refusals_in_a_row_never_after_an_outage() -> None:
     replacement = clienttasks.Replacement("test client")
     outcomes: list[BaseException | str] = [
         *(KafkaConnectionError("unreachable") for _ in range(REPLACE_ATTEMPTS * 2)),
@@ -202,13 +222,7 @@ async def test_a_replacement_reports_dead_only_after_refusals_in_a_row_never_for
         "started",
     ]
     seen_alive: list[bool] = []
-
-    async def start() -> str:
-        seen_alive.append(replacement.alive)
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+    start = scripted(outcomes, lambda: seen_alive.append(replacement.alive))
 
     assert await replacement.start(start) == "started"
     assert seen_alive == [True] * (REPLACE_ATTEMPTS * 3) + [False]  # dead after 5 refusals
@@ -523,27 +537,19 @@ async def test_a_sender_dying_with_a_retried_batch_leaves_asyncio_nothing_to_log
     assert unread == []
 
 
+@pytest.mark.usefixtures("no_backoff")
 async def test_a_replacements_tries_through_an_outage_are_said_once_then_summed_up(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A dedup consumer's replacement through a long Kafka outage: its backoff grows to 30 s, and
     # each try said "could not replace ... yet", a line every 30 s for the whole outage (the
     # ingest producer's tries are said once each 5 minutes).
-    async def no_sleep(_: float) -> None:
-        return None
-
-    monkeypatch.setattr(asyncio, "sleep", no_sleep)
     replacement = clienttasks.Replacement("test client")
     outcomes: list[BaseException | str] = [
         *(KafkaConnectionError("unreachable") for _ in range(20)),
         "started",
     ]
-
-    async def start() -> str:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+    start = scripted(outcomes)
 
     with caplog.at_level(logging.INFO, logger="bridge.sink.clienttasks"):
         assert await replacement.start(start) == "started"
