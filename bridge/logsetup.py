@@ -304,6 +304,8 @@ class _AcceptOutOfDescriptorsFilter(logging.Filter):
 
 
 # asyncio's message (selector_events._accept_connection) for EMFILE, ENFILE, ENOBUFS, ENOMEM.
+# Never uvloop's (`run`'s loop): libuv accepts and closes such connections itself, unsaid
+# (tests/integration/test_accept_out_of_descriptors.py).
 ACCEPT_FAILED = "socket.accept() out of system resource"
 
 
