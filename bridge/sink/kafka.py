@@ -831,6 +831,9 @@ class KafkaSink:
         """Kafka acknowledged a record: ready, unless the producer cannot send (its replacement,
         under way or due, makes it ready)."""
         self._last_ack = time.monotonic()
+        if self.connected:  # the usual case, once a delivery: nothing to change or say
+            self.answering = True
+            return
         producer = self._producer
         # An ack of a record a dead or wedged producer sent before: settled late (a delivery's
         # records all in), it made the pod ready mid-outage with a producer that cannot send.
