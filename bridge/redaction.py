@@ -4,6 +4,7 @@ replaced whole, even where the cut splits one. Pure."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import overload
 from urllib.parse import quote, quote_plus
@@ -63,6 +64,23 @@ def shown_path(path: str) -> str:
     # token (a JWT is refused by its shape) or a key password pasted for the path would be in
     # both. Only absolute: the setting is a Path by then, which has dropped a leading `./`.
     return repr(path) if path.startswith("/") else UNSHOWN_PATH
+
+
+# A URL's scheme and `//`, its authority (user info and host), and the rest.
+_AUTHORITY = re.compile(
+    r"(?P<before>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)(?P<host>[^/]*)(?P<path>.*)", re.S
+)
+
+
+def without_query(url: str) -> str:
+    """`url` as an error may quote it: without its query or fragment, nor a user's name and
+    password before its host (credentials ride there: a token kept by a redirect, a signature)."""
+    # Split by hand, not urlsplit: a server's Location may be no URL (`http://[x` raises).
+    head = re.split(r"[?#]", url, maxsplit=1)[0]
+    authority = _AUTHORITY.match(head)
+    if authority is None:
+        return head  # a relative reference: no user info
+    return authority["before"] + authority["host"].rpartition("@")[2] + authority["path"]
 
 
 def _longest_first(spellings: set[str]) -> list[str]:

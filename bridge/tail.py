@@ -228,7 +228,7 @@ async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
     """The dedup group's committed ingest offsets, read once: what it had decided at the start."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + COORDINATOR_WAIT_SECONDS
-    async with admin_client(client_options(settings.kafka)) as admin:
+    async with admin_client(client_options(settings.kafka), role="tail") as admin:
         while True:
             try:
                 found = await group_offsets(admin, settings.dedup.group)

@@ -115,9 +115,12 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
-    """A started admin client, closed on leaving: after a failed start too (it may hold sockets)."""
-    admin = AIOKafkaAdminClient(**for_role(options, "admin"))
+async def admin_client(
+    options: Mapping[str, Any], role: str = "admin"
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client named for `role` (a tool's own: tail), closed on leaving: after a
+    failed start too (it may hold sockets)."""
+    admin = AIOKafkaAdminClient(**for_role(options, role))
     await start_client(admin, admin.start, admin.close)
     try:
         yield admin
@@ -672,7 +675,7 @@ class KafkaSink:
         drain_whole_brokers(producer, lambda: self.limits.request_bytes)
         wake_only_when_needed(producer)
         fail_all_quietly(producer)
-        watch_throttle(producer, counted(self._metrics, "ingest_producer"))
+        watch_throttle(producer, counted(self._metrics, self._role))
         await start_client(producer, producer.start, producer.stop)
         return producer
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import aiohttp
 
+from bridge.redaction import without_query
+
 
 def redirected(response: aiohttp.ClientResponse) -> str | None:
     """The error for a redirect answer, naming the setting to fix; None for any other status."""
     if not 300 <= response.status < 400:
         return None
-    location = response.headers.get("Location", "")[:200]
+    # Without its query: a redirect keeping the request's, or a signed URL, carries credentials.
+    location = without_query(response.headers.get("Location", ""))[:200]
     return (
         f"Pinecall's API answered {response.status} redirecting to {location!r}: not followed"
         " (the request carries the API key); point BRIDGE_PINECALL__API_URL (or the feed's"

@@ -63,7 +63,7 @@ from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.pipeline import Delivery, Pipeline
-from bridge.redaction import echo_spellings, hidden
+from bridge.redaction import echo_spellings, hidden, without_query
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
 from bridge.sources.egress import feed_proxy, pinecall_session
@@ -289,7 +289,7 @@ class FeedRedirectedError(InvalidHandshake):
 
     def __init__(self, status: int, location: str) -> None:
         # Without its query: a redirect keeping the request's carries the feed's token.
-        where = urlunsplit(urlsplit(location[:200])._replace(query="", fragment=""))
+        where = without_query(location)[:200]
         super().__init__(
             f"the feed answered {status} redirecting to {where!r}: not followed (the connection"
             " carries the feed's token or the API key); point BRIDGE_WEBSOCKET__URL where it"

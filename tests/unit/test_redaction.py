@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import pytest
+
 from bridge.redaction import (
     UNSHOWN_PATH,
     echo_spellings,
@@ -13,6 +15,7 @@ from bridge.redaction import (
     overhang,
     shown_path,
     url_spellings,
+    without_query,
 )
 
 MARK = "[credential]"
@@ -64,3 +67,20 @@ def test_a_path_is_shown_only_when_absolute() -> None:
     # A token or password pasted in place of the path is no absolute path.
     assert shown_path("AbC+d3f/Gh1=") == UNSHOWN_PATH
     assert shown_path("ca.pem") == UNSHOWN_PATH
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h.example/v1/x?token=tok&a=1#frag", "https://h.example/v1/x"),
+        ("https://user:pass@h.example:8443/p?X-Amz-Signature=sig", "https://h.example:8443/p"),
+        ("//user:pass@h.example/p?q", "//h.example/p"),
+        ("/v2/calls?after=3", "/v2/calls"),
+        ("/a//b@c/d", "/a//b@c/d"),  # a path's `//` and `@` are no user info
+        ("ws://[broken/v1?token=tok", "ws://[broken/v1"),  # urlsplit raised ValueError
+        ("https://h.example", "https://h.example"),
+        ("", ""),
+    ],
+)
+def test_a_url_is_quoted_without_its_query_fragment_or_user_info(url: str, shown: str) -> None:
+    assert without_query(url) == shown

@@ -16,7 +16,7 @@ from rich.text import Text
 from bridge import jsoncodec
 from bridge import tail as tail_module
 from bridge.cli import main
-from bridge.config import load_tool_settings
+from bridge.config import KafkaSettings, load_tool_settings
 from bridge.ingest import record as ingest_record
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import encode
@@ -566,3 +566,11 @@ async def test_committed_offsets_ask_again_a_coordinator_still_loading_them(
     monkeypatch.setattr(tail_module, "COORDINATOR_RETRY_SECONDS", 0.0)
     assert await tail_module.committed_offsets(settings) == {decided: 7}
     assert not FakeAdmin.offset_errors  # asked again after the loading answer
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_committed_offsets_are_read_under_the_tools_own_client_id() -> None:
+    """Not `-admin`: a tail would spend the quota of the running bridge's admin clients."""
+    settings = load_tool_settings(kafka=KafkaSettings(client_id="me", client_id_per_role=True))
+    await tail_module.committed_offsets(settings)
+    assert [admin.options["client_id"] for admin in FakeAdmin.made] == ["me-tail"]

@@ -17,7 +17,8 @@ from typing import Any, Literal, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
-from bridge.normalise.shapes import MAX_SEQ, UnrecognisedReason, to_epoch
+from bridge.normalise.ids import shown
+from bridge.normalise.shapes import MAX_SEQ, MAX_TYPE_LENGTH, UnrecognisedReason, to_epoch
 from bridge.sources.calllog.eventstream import (
     MAX_EVENT_BYTES,
     Event,
@@ -136,6 +137,14 @@ def fit_json_text(text: str, limit: int) -> tuple[str, bool]:
     return text, True
 
 
+def _noted(kind: str) -> str:
+    """An entry's `event:` type for its note: whole if an event's type could be, else cut."""
+    # The parser bounds the line, not the type: nearly BRIDGE_SSE__MAX_EVENT_BYTES, 6 bytes a
+    # control character as JSON, beside text already fitted to that limit, was a note larger
+    # than a record takes (refused, lost). A longer type is no event's (invalid_type).
+    return shown(kind, MAX_TYPE_LENGTH)
+
+
 class CallFollow:
     """Not thread-safe; one per followed call, driven by its follower task."""
 
@@ -230,7 +239,7 @@ class CallFollow:
             if (end := readable_seq(raw_id)) is not None:
                 return self._gap_to(end)
             return Fill(self.acked + 1, None)
-        note = {"call": self.call, "type": item.type, "bytes": item.size}
+        note = {"call": self.call, "type": _noted(item.type), "bytes": item.size}
         return self._dead_letter("too_large", note, raw_id, item.type, item.sha256)
 
     def _dead_letter(
@@ -265,7 +274,7 @@ class CallFollow:
             # Kept in the dead-letter topic: counted and skipped, it would be lost. Escaped as
             # JSON its text can grow (up to 6 bytes a character): cut to what a record takes.
             text, cut = fit_json_text(event.data, self._max_note_bytes)
-            note: dict[str, Any] = {"call": self.call, "type": event.type}
+            note: dict[str, Any] = {"call": self.call, "type": _noted(event.type)}
             note |= {"data": text, "truncated": True} if cut else {"data": text}
             # Cut, the text is no longer the entry's own: its digest is (see _dead_letter).
             digest = hashlib.sha256(event.data.encode()).hexdigest() if cut else None

@@ -25,7 +25,7 @@ from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.ids import shown
 from bridge.normalise.shapes import to_epoch
-from bridge.sources.calllog.eventstream import Event, EventStreamParser
+from bridge.sources.calllog.eventstream import Event, EventStreamParser, Item, TooLarge
 from bridge.sources.calllog.follow import (
     CallFollow,
     CaughtUp,
@@ -344,7 +344,7 @@ class Follower:
                     if isinstance(step.item, Unrecognised):
                         flood.warning(
                             _UNREADABLE[step.item.reason],
-                            extra={**self._ctx(), **_loggable(step.item.item)},
+                            extra={**self._ctx(), **_loggable(step.item.item, item)},
                         )
                     elif step.seq is not None and (moment := entry_time(step.item)) is not None:
                         times.append(moment)
@@ -509,12 +509,12 @@ _UNREADABLE = {
 }
 
 
-def _loggable(note: dict[str, Any]) -> dict[str, Any]:
+def _loggable(note: dict[str, Any], item: Item) -> dict[str, Any]:
     """A dead-lettered entry's note for the log: its text is in the dead-letter topic, its type
     cut (an `event:` line may be nearly BRIDGE_SSE__MAX_EVENT_BYTES long)."""
     logged = {key: value for key, value in note.items() if key != "data"}
-    if isinstance(kind := logged.get("type"), str):
-        logged["type"] = shown(kind)
+    if "type" in logged and isinstance(item, Event | TooLarge):
+        logged["type"] = shown(item.type)  # the entry's own: the note's is cut longer
     return logged
 
 

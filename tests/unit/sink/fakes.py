@@ -287,7 +287,8 @@ class FakeAdmin:
     # CancelledError: pass`, which swallows a cancellation of the caller landing meanwhile.
     swallows = False
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # as it was built (its client id, say)
         self.asked: list[list[str]] = []  # the topics of each read, in order
         self._missed: dict[str, int] = {}
         self.closed = False  # its close() over

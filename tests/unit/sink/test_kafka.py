@@ -41,8 +41,16 @@ from bridge.sink.kafka import (
     topic_layouts,
 )
 from bridge.sink.limits import PRODUCE_REQUEST_OVERHEAD_BYTES
+from tests.metrics import sample
 from tests.polling import until
-from tests.unit.sink.fakes import FakeAdmin, FakeConnection, FakeProducer, StuckProducer
+from tests.unit.sink.fakes import (
+    Connections,
+    FakeAdmin,
+    FakeConnection,
+    FakeProducer,
+    StuckProducer,
+    throttled,
+)
 
 # The producer's liveness below: replaced when aiokafka's sender task dies (aiokafka#1038 under
 # uvloop), probed with metadata for its own topics. No test here talks to a broker.
@@ -177,6 +185,29 @@ async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced
     assert restarts(metrics) == 1
     assert sink.alive
     await sink.stop()
+
+
+async def test_a_tools_producer_counts_its_throttle_under_its_own_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backfill's producer (client id `<id>-backfill`) is not the webhooks' ingest producer."""
+
+    class Throttled(FakeProducer):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            self.client.send = Connections(throttled(120)).send  # type: ignore[method-assign]
+
+    monkeypatch.setattr(kafka, "AIOKafkaProducer", Throttled)
+    metrics = Metrics()
+    sink = KafkaSink(KafkaSettings(client_id_per_role=True), metrics, role="backfill")
+    await sink.start()
+    try:
+        await FakeProducer.made[0].client.send(0, "produce")
+    finally:
+        await sink.stop()
+    name = "pinecall_bridge_kafka_throttle_seconds_total"
+    assert sample(metrics, name, client="backfill") == pytest.approx(0.12)
+    assert sample(metrics, name, client="ingest_producer") == 0
 
 
 async def test_a_sequence_gap_has_the_producer_replaced() -> None:

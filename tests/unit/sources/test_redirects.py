@@ -21,6 +21,8 @@ from bridge.sources.websocket import TokenClient, TokenError
 from tests.metrics import sample
 from tests.polling import until
 
+SIGNED = {"X-Amz-Signature": "sig-0123456789abcdef"}
+
 
 class Moved:
     """Pinecall's API answering every request 307 to another origin, which records what comes."""
@@ -36,7 +38,8 @@ class Moved:
 
     async def _redirect(self, request: web.Request) -> web.Response:
         self.asked += 1
-        target = self.elsewhere.make_url(request.path_qs)
+        # A signed URL: its query is a credential, as a redirect keeping the request's may be.
+        target = self.elsewhere.make_url(request.path_qs).update_query(SIGNED)
         return web.Response(status=307, headers={"Location": str(target)})
 
     async def _land(self, request: web.Request) -> web.Response:
@@ -97,12 +100,13 @@ async def test_a_redirect_is_an_error_and_not_followed(
         await call(api, session)
     assert "307 redirecting to" in str(raised.value)
     assert "BRIDGE_PINECALL__API_URL" in str(raised.value)
+    assert "sig-" not in str(raised.value)
     assert api.asked == 1
     assert api.landed == []
 
 
 async def test_the_org_feed_does_not_follow_a_redirect(
-    moved: tuple[Moved, aiohttp.ClientSession],
+    moved: tuple[Moved, aiohttp.ClientSession], caplog: pytest.LogCaptureFixture
 ) -> None:
     api, session = moved
     settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
@@ -119,3 +123,6 @@ async def test_the_org_feed_does_not_follow_a_redirect(
         metrics, "pinecall_bridge_sse_reconnects_total", stream="org_feed", reason="protocol"
     )
     assert refused >= 1
+    [said, *_] = [r.__dict__["error"] for r in caplog.records if "error" in r.__dict__]
+    assert "307 redirecting to" in said
+    assert "sig-" not in said

@@ -445,6 +445,12 @@ async def test_a_redirect_is_not_followed_and_its_token_is_neither_sent_nor_logg
     assert "tok-" not in said
 
 
+def test_a_redirect_to_no_url_is_said_without_its_query() -> None:
+    # A broken server's Location: urlsplit raised ValueError (an invalid IPv6 host) in its place.
+    said = str(websocket.FeedRedirectedError(307, "ws://[broken/v1/ws?token=tok-1"))
+    assert "redirecting to 'ws://[broken/v1/ws'" in said
+
+
 async def test_a_reloaded_key_ends_the_wait_after_a_refusal_and_is_the_one_sent(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:

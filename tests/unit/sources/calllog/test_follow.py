@@ -5,7 +5,13 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
-from bridge.sources.calllog.eventstream import Event, KeepAlive, Retry, TooLarge
+from bridge.sources.calllog.eventstream import (
+    Event,
+    EventStreamParser,
+    KeepAlive,
+    Retry,
+    TooLarge,
+)
 from bridge.sources.calllog.follow import (
     CallFollow,
     CaughtUp,
@@ -285,6 +291,28 @@ def test_a_not_json_entry_is_cut_to_what_a_record_takes_and_says_so() -> None:
     small = f.step(Event("turn.user", "{oops", "5"))
     assert isinstance(small, Publish)
     assert "truncated" not in small.item.item
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [("turn." + "x" * 10_040, "{" + "x" * 9_000), ("\x01" * 10_050, "x" * 20_000)],
+    ids=["invalid_json", "too_large"],
+)
+def test_an_unreadable_entrys_note_fits_a_record_whatever_its_type(kind: str, data: str) -> None:
+    # The parser bounds the `event:` line, not the type: nearly the limit, 6 bytes a control
+    # character as JSON, beside text fitted to it. Kafka takes a note of BRIDGE_SSE__MAX_EVENT_BYTES
+    # and a few bytes more (a record keeps 64 KiB beyond it); this one was twice that, or 6 times.
+    limit = 10_000
+    [item] = EventStreamParser.for_events_of(limit).feed(
+        f"id: 4\nevent: {kind}\ndata: {data}\n\n".encode()
+    )
+    assert isinstance(item, Event | TooLarge)
+    assert item.type == kind  # a broken server's type, read whole
+    step = CallFollow("CA_1", 0, ReconnectPolicy(0.5, 30, 60), max_note_bytes=limit).step(item)
+    assert isinstance(step, Publish)
+    note = step.item.item
+    assert len(jsoncodec.dumps(note)) <= limit + 2_048
+    assert note["type"] == kind[:256] + f"… ({len(kind)} chars)"
 
 
 @pytest.mark.parametrize(
