@@ -8,6 +8,8 @@ import asyncio
 import os
 import resource
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvloop
@@ -15,6 +17,35 @@ from aiohttp import web
 
 from bridge import logsetup
 from tests.unit.test_logsetup import take_every_descriptor
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@contextmanager
+def every_descriptor_taken() -> Iterator[None]:
+    """Every descriptor of this process taken, under an open-files limit lowered to just above
+    those it holds; all given back, and the limit restored, after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+        with pytest.raises(OSError, match="Too many open files"):  # every descriptor taken
+            take_every_descriptor(held)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def served_after(address: tuple[str, int]) -> bytes:
+    """The start of the answer to a connection made now."""
+    reader, writer = await asyncio.open_connection(*address[:2])
+    writer.write(REQUEST)
+    answer = await reader.read(12)
+    writer.close()
+    return answer
 
 
 async def accepted_out_of_descriptors() -> tuple[bytes, bytes]:
@@ -25,28 +56,39 @@ async def accepted_out_of_descriptors() -> tuple[bytes, bytes]:
     await site.start()
     address = runner.addresses[0]
     client = socket.socket()  # made first: connecting then takes no descriptor of this process
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
-    try:
-        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
-        with pytest.raises(OSError, match="Too many open files"):  # every descriptor taken
-            take_every_descriptor(held)
+    with every_descriptor_taken():
         client.connect(address)
         await asyncio.sleep(1.5)  # as long as asyncio's loop is watched for (its 1 s pause)
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:
         client.settimeout(5)
         during = client.recv(100)
     finally:
         client.close()
-    reader, writer = await asyncio.open_connection(*address[:2])
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    after = await reader.read(12)
-    writer.close()
+    after = await served_after(address)
+    await runner.cleanup()
+    return during, after
+
+
+async def accepted_without_reserve() -> tuple[bytes, bytes]:
+    """As accepted_out_of_descriptors, the listener handed to the loop while every descriptor is
+    taken: libuv finds none for the reserve its EMFILE trick closes to accept and shed."""
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    address = sock.getsockname()
+    client = socket.socket()
+    try:
+        with every_descriptor_taken():
+            await web.SockSite(runner, sock).start()
+            client.connect(address)
+            await asyncio.sleep(1.5)
+        client.sendall(REQUEST)
+        client.settimeout(5)
+        # Read off the loop: the waiting connection is accepted by the loop, if at all.
+        during = await asyncio.to_thread(client.recv, 12)
+    finally:
+        client.close()
+    after = await served_after(address)
     await runner.cleanup()
     return during, after
 
@@ -61,4 +103,18 @@ def test_under_uvloop_a_connection_out_of_descriptors_is_closed_at_once_unsaid(
     during, after = uvloop.run(accepted_out_of_descriptors())
     assert during == b""  # closed, no answer
     assert after == b"HTTP/1.1 404"  # the listener serves on
+    assert capsys.readouterr().err == ""
+
+
+def test_under_uvloop_without_a_reserve_descriptor_the_listener_is_kept_and_serves_later(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before libuv 1.45 an accept() failing without the reserve reached uvloop's listen callback
+    # as an error, and uvloop closed the listening socket (UVStreamServer._fatal_error), unsaid:
+    # a process alive and ready, refusing every webhook. libuv 1.45 on (uvloop 0.18 on) drops
+    # the error and polls again: the connection waits, then is served, the listener kept.
+    logsetup.configure("DEBUG", "json")
+    during, after = uvloop.run(accepted_without_reserve())
+    assert during == b"HTTP/1.1 404"  # waited in the backlog, accepted once descriptors freed
+    assert after == b"HTTP/1.1 404"
     assert capsys.readouterr().err == ""
