@@ -66,9 +66,10 @@ def shown_path(path: str) -> str:
     return repr(path) if path.startswith("/") else UNSHOWN_PATH
 
 
-# A URL's scheme and `//`, its authority (user info and host), and the rest.
+# A URL's scheme and `//`, its authority (user info and host), and the rest. A `\` counts as a
+# `/`, as browsers read it (WHATWG URL): `https:\\user:pass@host` showed the password.
 _AUTHORITY = re.compile(
-    r"(?P<before>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)(?P<host>[^/]*)(?P<path>.*)", re.S
+    r"(?P<before>(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2})(?P<host>[^/\\]*)(?P<path>.*)", re.S
 )
 
 
@@ -80,6 +81,11 @@ def without_query(url: str) -> str:
     authority = _AUTHORITY.match(head)
     if authority is None:
         return head  # a relative reference: no user info
+    whole = _AUTHORITY.match(url)
+    if whole is not None and "@" in whole["host"] and re.search(r"[?#]", whole["host"]):
+        # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed) or
+        # `h?t=a@b` (cut at the `@`, `b` showed): neither side is shown.
+        return authority["before"] + "…"
     return authority["before"] + authority["host"].rpartition("@")[2] + authority["path"]
 
 

@@ -50,6 +50,5 @@ def valid_call_id(call: str) -> bool:
 
 
 def shown(value: str, keep: int = 64) -> str:
-    """An untrusted id for a log line or a note: cut to `keep` characters, saying how long it
-    was."""
+    """An untrusted id for a log line: cut to `keep` characters, saying how long it was."""
     return value if len(value) <= keep else f"{value[:keep]}… ({len(value)} chars)"

@@ -80,6 +80,15 @@ def test_a_path_is_shown_only_when_absolute() -> None:
         ("ws://[broken/v1?token=tok", "ws://[broken/v1"),  # urlsplit raised ValueError
         ("https://h.example", "https://h.example"),
         ("", ""),
+        # A `\` is a `/` to a browser (WHATWG URL): user info after one is still user info.
+        ("https:\\\\user:pass@h.example/p", "https:\\\\h.example/p"),
+        ("https:/\\user:pass@h.example/p", "https:/\\h.example/p"),
+        ("\\\\user:pass@h.example/p", "\\\\h.example/p"),
+        ("https://h.example\\a@b/c", "https://h.example\\a@b/c"),  # the host is h.example
+        # A `#` or `?` before an `@`: a password holding one, or a query holding an `@`.
+        ("http://u:p#w@h.example/", "http://…"),
+        ("http://h.example?token=abc@def", "http://…"),
+        ("http://h.example/p?token=abc@def", "http://h.example/p"),
     ],
 )
 def test_a_url_is_quoted_without_its_query_fragment_or_user_info(url: str, shown: str) -> None:

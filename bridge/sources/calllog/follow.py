@@ -17,7 +17,6 @@ from typing import Any, Literal, get_args
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
-from bridge.normalise.ids import shown
 from bridge.normalise.shapes import MAX_SEQ, MAX_TYPE_LENGTH, UnrecognisedReason, to_epoch
 from bridge.sources.calllog.eventstream import (
     MAX_EVENT_BYTES,
@@ -138,11 +137,17 @@ def fit_json_text(text: str, limit: int) -> tuple[str, bool]:
 
 
 def _noted(kind: str) -> str:
-    """An entry's `event:` type for its note: whole if an event's type could be, else cut."""
+    """An entry's `event:` type for its note: whole if an event's type could be, else cut, its
+    length and digest said."""
     # The parser bounds the line, not the type: nearly BRIDGE_SSE__MAX_EVENT_BYTES, 6 bytes a
     # control character as JSON, beside text already fitted to that limit, was a note larger
     # than a record takes (refused, lost). A longer type is no event's (invalid_type).
-    return shown(kind, MAX_TYPE_LENGTH)
+    if len(kind) <= MAX_TYPE_LENGTH:
+        return kind
+    # The digest keeps types cut alike apart: a note without a seq is its own dead-letter id,
+    # and the dedup stage dropped the second entry's as a replay of the first.
+    digest = hashlib.sha256(kind.encode()).hexdigest()
+    return f"{kind[:MAX_TYPE_LENGTH]}… ({len(kind)} chars, sha256 {digest})"
 
 
 class CallFollow:

@@ -1,3 +1,4 @@
+import hashlib
 import random
 from typing import Any
 
@@ -312,7 +313,8 @@ def test_an_unreadable_entrys_note_fits_a_record_whatever_its_type(kind: str, da
     assert isinstance(step, Publish)
     note = step.item.item
     assert len(jsoncodec.dumps(note)) <= limit + 2_048
-    assert note["type"] == kind[:256] + f"… ({len(kind)} chars)"
+    digest = hashlib.sha256(kind.encode()).hexdigest()
+    assert note["type"] == kind[:256] + f"… ({len(kind)} chars, sha256 {digest})"
 
 
 @pytest.mark.parametrize(
@@ -326,8 +328,17 @@ def test_an_unreadable_entrys_note_fits_a_record_whatever_its_type(kind: str, da
             Event("turn.user", "{" + "x" * 2_000 + "1", "3", has_id=False),
             Event("turn.user", "{" + "x" * 2_000 + "2", "3", has_id=False),
         ),
+        # Types of a broken server, past a type's bound, cut alike: alike, by their digest.
+        (
+            TooLarge("x" * 300 + "1", "3", 2_000_000, has_id=False, sha256="a" * 64),
+            TooLarge("x" * 300 + "2", "3", 2_000_000, has_id=False, sha256="a" * 64),
+        ),
+        (
+            Event("x" * 300 + "1", "{oops", "3", has_id=False),
+            Event("x" * 300 + "2", "{oops", "3", has_id=False),
+        ),
     ],
-    ids=["too_large", "cut_invalid_json"],
+    ids=["too_large", "cut_invalid_json", "too_large_cut_type", "invalid_json_cut_type"],
 )
 def test_two_unreadable_entries_without_an_id_give_notes_apart_and_each_the_same_again(
     first: Event | TooLarge, second: Event | TooLarge
