@@ -1242,7 +1242,7 @@ class KafkaSink:
         self._wedged = None
         self._replace_failures = 0
         self.alive = True
-        self._metrics.kafka_client_restarts.labels("ingest_producer").inc()
+        self._metrics.kafka_client_restarts.labels(self._role).inc()
         # The tries held back are said before the success; a later death is said at once.
         replacing.flush()
         replacing.forget()

@@ -154,22 +154,28 @@ def test_partitioner_matches_aiokafkas_default() -> None:
     assert partition_for(None, partitions, [3]) == 3
 
 
-def restarts(metrics: Metrics) -> float | None:
+def restarts(metrics: Metrics, client: str = "ingest_producer") -> float | None:
     return metrics.registry.get_sample_value(
-        "pinecall_bridge_kafka_client_restarts_total", {"client": "ingest_producer"}
+        "pinecall_bridge_kafka_client_restarts_total", {"client": client}
     )
 
 
-async def started_sink(metrics: Metrics, probe_seconds: float = 60.0) -> KafkaSink:
-    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=probe_seconds), metrics)
+async def started_sink(
+    metrics: Metrics, probe_seconds: float = 60.0, role: str = "ingest_producer"
+) -> KafkaSink:
+    sink = KafkaSink(KafkaSettings(metadata_probe_seconds=probe_seconds), metrics, role=role)
     await sink.start()
     return sink
 
 
-async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced() -> None:
+# A backfill's or redrive's producer is no webhook path's: its restarts are its own.
+@pytest.mark.parametrize("role", ["ingest_producer", "backfill"])
+async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced(
+    role: str,
+) -> None:
     metrics = Metrics()
     # A probe interval far beyond the test: only the failed send can have woken the replacement.
-    sink = await started_sink(metrics)
+    sink = await started_sink(metrics, role=role)
     first = FakeProducer.made[0]
     first.kill()
     await until(lambda: producer_died(first) is not None)
@@ -182,7 +188,7 @@ async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced
     await (await sink.send(RECORD))
     assert FakeProducer.made[1].sent == [b"v"]
     assert first.stopped
-    assert restarts(metrics) == 1
+    assert restarts(metrics, role) == 1
     assert sink.alive
     await sink.stop()
 
