@@ -103,7 +103,7 @@ class Parent:
         self._gave_up = False
         self._silent = silent
         self._probe_every = probe_every
-        self._heard: dict[int, float] = {}  # each worker's last answer (or spawn), loop time
+        self._heard: dict[int, float] = {}  # each worker's last answer (or spawn), clock time
 
     async def run(self) -> int:
         """0 after a clean stop; 1 when workers kept exiting or had to be killed."""
@@ -223,7 +223,7 @@ class Parent:
             process_group=0,
         )
         self._processes[index] = process
-        self._heard[index] = asyncio.get_running_loop().time()
+        self._heard[index] = self._clock()
         log.info(
             "worker started",
             extra={
@@ -242,11 +242,11 @@ class Parent:
         """Until the stop: kill each worker silent for `silent` seconds, so it is restarted."""
         role = WorkerRole(index=0, count=self._count, runtime_dir=self._runtime_dir, parent_pid=0)
         pod = PodView(role.sockets)
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 await asyncio.sleep(self._probe_every)
-                asked = loop.time()
+                # The injected clock (the loop's own by default): a test holds it over start-ups.
+                asked = self._clock()
                 for worker, answer in (await pod.ask("/healthz")).items():
                     # Any answer will do (a 503 too): this catches a worker that cannot answer.
                     index = int(worker)

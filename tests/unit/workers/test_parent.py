@@ -20,6 +20,7 @@ import pytest
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
 from bridge.workers.parent import SAME_STOP_SECONDS, Parent, run_parent
+from tests.polling import until
 from tests.processes import process_gone
 from tests.sockets import free_port
 
@@ -131,24 +132,47 @@ async def test_a_hangup_stops_the_pod_cleanly(tmp_path: Path) -> None:
     assert all(process_gone(r["pid"]) for r in roles)
 
 
+class HeldClock:
+    """Monotonic time that passes only while running: held, a start-up is no silence."""
+
+    def __init__(self) -> None:
+        self._passed = 0.0
+        self._since: float | None = None
+
+    def __call__(self) -> float:
+        running = time.monotonic() - self._since if self._since is not None else 0.0
+        return self._passed + running
+
+    def run(self) -> None:
+        self._since = time.monotonic()
+
+    def hold(self) -> None:
+        self._passed, self._since = self(), None
+
+
 async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    supervisor, started = parent(tmp_path, "serve", silent=1.0, probe_every=0.1)
+    # The bound counts from a worker's spawn: under load, a stand-in's start-up (an interpreter,
+    # imports) took longer than 1 s and it was killed before it ever answered. Held meanwhile.
+    clock = HeldClock()
+    supervisor, started = parent(tmp_path, "serve", silent=1.0, probe_every=0.1, clock=clock)
     with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
         running = asyncio.create_task(supervisor.run())
         try:
             roles = {r["index"]: r for r in await until_started(started, 2)}
+            clock.run()
             await asyncio.sleep(2.0)  # answering, neither is killed past the bound
             assert len(starts(started)) == 2
             os.kill(roles[1]["pid"], signal.SIGSTOP)
+            await until(lambda: process_gone(roles[1]["pid"]), 20, 0.02, "the stopped one killed")
+            clock.hold()  # over its successor's start-up
             restarted = (await until_started(started, 3))[2]
         finally:
             supervisor.stop(signal.SIGTERM)
             async with asyncio.timeout(10):
                 code = await running
     assert (restarted["index"], restarted["restarts"]) == (1, 1)
-    assert process_gone(roles[1]["pid"])
     [killed] = [
         r for r in caplog.records if r.msg == "worker answered no probe; killing it to restart it"
     ]
