@@ -6,8 +6,9 @@ period: the deadline is shared through the runtime directory), each drains as a 
 does, and the parent exits 0 once all have stopped cleanly; workers still running
 `GRACE_MARGIN_SECONDS` after the grace period are killed. A worker exiting on its own is
 restarted after a pause, and so is one killed for answering no probe for `silent` seconds
-(BRIDGE_HTTP__WORKER_SILENCE_SECONDS: stopped, or its event loop wedged; 0: never killed); too
-many such exits (budget.py) stop the pod with exit code 1.
+(BRIDGE_HTTP__WORKER_SILENCE_SECONDS: stopped, or its event loop wedged; 0: never killed), or
+none since its spawn for its start-up allowance (silence.py); too many such exits (budget.py)
+stop the pod with exit code 1.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bridge.stopsignals import stop_signals
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
+from bridge.workers.silence import START_UP_SECONDS, answered_since, silent_past_bound
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,10 @@ log = logging.getLogger(__name__)
 GRACE_MARGIN_SECONDS = SUPERVISOR_MARGIN_SECONDS
 # A worker killed by the stop signal itself had not installed its handler yet: nothing was taken.
 _CLEAN_EXITS = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
-# A worker answering no probe on its unix socket this long (from its spawn) is killed, then
-# restarted: stopped (SIGSTOP) or its loop wedged, it would never exit. Under the chart's liveness
-# probe (4 failures 10 s apart), so one worker restarts before the whole pod does. The default of
-# BRIDGE_HTTP__WORKER_SILENCE_SECONDS; 0: no watchdog.
+# A worker answering no probe on its unix socket this long (since its last answer; a start-up
+# has START_UP_SECONDS) is killed, then restarted: stopped (SIGSTOP) or its loop wedged, it would
+# never exit. Under the chart's liveness probe (4 failures 10 s apart), so one worker restarts
+# before the whole pod does. The default of BRIDGE_HTTP__WORKER_SILENCE_SECONDS; 0: no watchdog.
 SILENT_SECONDS = 15.0
 PROBE_EVERY_SECONDS = 1.0
 # The same stop signal again this soon after the first is the same stop, delivered twice: make
@@ -84,6 +86,7 @@ class Parent:
         clock: Callable[[], float] = time.monotonic,
         silent: float = SILENT_SECONDS,
         probe_every: float = PROBE_EVERY_SECONDS,
+        start_up: float = START_UP_SECONDS,
     ) -> None:
         self._grace = grace_seconds
         self._margin = margin
@@ -103,7 +106,10 @@ class Parent:
         self._gave_up = False
         self._silent = silent
         self._probe_every = probe_every
-        self._heard: dict[int, float] = {}  # each worker's last answer (or spawn), clock time
+        self._start_up = start_up
+        # Each worker's spawn and last answer (none yet: starting), clock time.
+        self._spawned: dict[int, float] = {}
+        self._answered: dict[int, float] = {}
 
     async def run(self) -> int:
         """0 after a clean stop; 1 when workers kept exiting or had to be killed."""
@@ -223,7 +229,8 @@ class Parent:
             process_group=0,
         )
         self._processes[index] = process
-        self._heard[index] = self._clock()
+        self._spawned[index] = self._clock()
+        self._answered.pop(index, None)  # its predecessor's
         log.info(
             "worker started",
             extra={
@@ -239,7 +246,7 @@ class Parent:
         return process
 
     async def _watch(self) -> None:
-        """Until the stop: kill each worker silent for `silent` seconds, so it is restarted."""
+        """Until the stop: kill each worker silent too long (silence.py), so it is restarted."""
         role = WorkerRole(index=0, count=self._count, runtime_dir=self._runtime_dir, parent_pid=0)
         pod = PodView(role.sockets)
         try:
@@ -250,22 +257,37 @@ class Parent:
                 for worker, answer in (await pod.ask("/healthz")).items():
                     # Any answer will do (a 503 too): this catches a worker that cannot answer.
                     index = int(worker)
+                    spawned = self._spawned.get(index)
+                    if spawned is None:  # killed, its successor not spawned yet
+                        continue
                     if answer is not None:
-                        self._heard[index] = asked
-                    elif index in self._heard and asked - self._heard[index] > self._silent:
-                        self._kill_silent(index, asked - self._heard[index])
+                        self._answered[index] = asked
+                        continue
+                    answered = self._answered.get(index)
+                    quiet = silent_past_bound(
+                        spawned, answered, asked, self._silent, self._start_up
+                    )
+                    if quiet is not None:
+                        self._kill_silent(
+                            index, quiet, starting=not answered_since(spawned, answered)
+                        )
         finally:
             await pod.close()
 
-    def _kill_silent(self, index: int, silent_s: float) -> None:
+    def _kill_silent(self, index: int, silent_s: float, *, starting: bool) -> None:
         process = self._processes.get(index)
         if process is None or process.returncode is not None:
             return
         log.error(
             "worker answered no probe; killing it to restart it",
-            extra={"worker": index, "pid": process.pid, "silent_s": round(silent_s, 1)},
+            extra={
+                "worker": index,
+                "pid": process.pid,
+                "silent_s": round(silent_s, 1),
+                "starting": starting,
+            },
         )
-        del self._heard[index]  # until its successor's spawn: killed once
+        del self._spawned[index]  # until its successor's spawn: killed once
         with contextlib.suppress(ProcessLookupError):
             process.kill()
 

@@ -48,8 +48,10 @@ if mode == "stubborn":
 else:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)  # the parent forwards its stop signal, whichever
-if mode == "serve":  # answers its probes, as a worker does on its unix socket
+if mode in ("serve", "slow-serve"):  # answers its probes, as a worker does on its unix socket
     import http.server, socketserver, threading
+    if mode == "slow-serve":  # a start-up under load: the interpreter, imports, settings
+        time.sleep(2.0)
     class Probe(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
@@ -153,8 +155,8 @@ class HeldClock:
 async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The bound counts from a worker's spawn: under load, a stand-in's start-up (an interpreter,
-    # imports) took longer than 1 s and it was killed before it ever answered. Held meanwhile.
+    # The clock is held over the start-ups (under load a stand-in's took over 1 s), so the test
+    # does not lean on the start-up allowance alone (test_silence.py has it).
     clock = HeldClock()
     supervisor, started = parent(tmp_path, "serve", silent=1.0, probe_every=0.1, clock=clock)
     with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
@@ -178,6 +180,52 @@ async def test_a_stopped_worker_is_killed_and_restarted_a_probing_one_kept(
     ]
     assert getattr(killed, "worker", None) == 1
     assert code == 0
+
+
+async def test_a_slow_start_up_is_not_silence_a_silent_worker_after_it_is_killed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Several workers starting on one throttled CPU answer seconds after their spawn, past the
+    # least bound (3 s): killed, they were killed again until the restart budget stopped the pod.
+    supervisor, started = parent(tmp_path, "slow-serve", silent=1.0, probe_every=0.1, start_up=30.0)
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        running = asyncio.create_task(supervisor.run())
+        try:
+            roles = {r["index"]: r for r in await until_started(started, 2)}
+            await asyncio.sleep(1.5)  # answering now, neither is killed past the bound
+            assert len(starts(started)) == 2
+            os.kill(roles[1]["pid"], signal.SIGSTOP)
+            await until(lambda: process_gone(roles[1]["pid"]), 20, 0.02, "the stopped one killed")
+        finally:
+            supervisor.stop(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                code = await running
+    [killed] = [
+        r for r in caplog.records if r.msg == "worker answered no probe; killing it to restart it"
+    ]
+    assert (getattr(killed, "worker", None), getattr(killed, "starting", None)) == (1, False)
+    assert code == 0
+
+
+async def test_a_worker_that_never_answers_is_killed_after_its_start_up_allowance(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor, started = parent(
+        tmp_path, "run", count=1, silent=0.2, probe_every=0.05, start_up=1.5
+    )
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        running = asyncio.create_task(supervisor.run())
+        try:
+            [role] = await until_started(started, 1)
+            await until(lambda: process_gone(role["pid"]), 20, 0.02, "the silent one killed")
+        finally:
+            supervisor.stop(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                await running
+    spawned = next(r for r in caplog.records if r.msg == "worker started")
+    killed = next(r for r in caplog.records if r.msg.startswith("worker answered no probe"))
+    assert getattr(killed, "starting", None) is True
+    assert killed.created - spawned.created >= 1.5  # not at the silence bound, 0.2 s
 
 
 async def test_a_silence_bound_of_0_kills_no_silent_worker(
