@@ -5,38 +5,16 @@ workers run (bridge/cli.py): not on asyncio's path, which bridge/logsetup.py say
 from __future__ import annotations
 
 import asyncio
-import os
-import resource
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import uvloop
 from aiohttp import web
 
 from bridge import logsetup
-from tests.unit.test_logsetup import take_every_descriptor
+from tests.descriptors import every_descriptor_taken
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-
-
-@contextmanager
-def every_descriptor_taken() -> Iterator[None]:
-    """Every descriptor of this process taken, under an open-files limit lowered to just above
-    those it holds; all given back, and the limit restored, after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
-    try:
-        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
-        with pytest.raises(OSError, match="Too many open files"):  # every descriptor taken
-            take_every_descriptor(held)
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def served_after(address: tuple[str, int]) -> bytes:

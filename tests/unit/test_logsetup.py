@@ -6,8 +6,6 @@ import decimal
 import enum
 import logging
 import math
-import os
-import resource
 import socket
 import sys
 import threading
@@ -19,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from bridge import connlimit, jsoncodec, logsetup, logthrottle
+from tests.descriptors import every_descriptor_taken
 from tests.integration.conftest import REPO
 from tests.sockets import refusing_address
 
@@ -721,12 +720,6 @@ def test_the_reserved_fields_are_what_logging_refuses() -> None:
     assert {"ts", "level", "logger", "exc"} <= logsetup.RESERVED_FIELDS  # the JSON line's own
 
 
-def take_every_descriptor(held: list[int]) -> None:
-    """Open /dev/null into `held` until the open-files limit refuses (EMFILE)."""
-    while True:
-        held.append(os.open(os.devnull, os.O_RDONLY))
-
-
 async def test_a_listener_out_of_descriptors_says_so_once_not_a_traceback_per_accept(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -739,19 +732,11 @@ async def test_a_listener_out_of_descriptors_says_so_once_not_a_traceback_per_ac
     await site.start()
     client = socket.socket()  # made first: connecting then takes no descriptor of this process
     client.setblocking(False)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
     try:
-        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
-        with pytest.raises(OSError, match="Too many open files"):  # every descriptor taken
-            take_every_descriptor(held)
-        client.connect_ex(runner.addresses[0])
-        await asyncio.sleep(1.5)  # the accept retried past asyncio's 1 s pause too
+        with every_descriptor_taken():
+            client.connect_ex(runner.addresses[0])
+            await asyncio.sleep(1.5)  # the accept retried past asyncio's 1 s pause too
     finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         client.close()
         await runner.cleanup()
     lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
