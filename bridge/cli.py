@@ -32,7 +32,7 @@ from bridge.config import (
     unknown_variables,
 )
 from bridge.normalise.event import Channel
-from bridge.secretfiles import has_control_character, secret_origins
+from bridge.secretfiles import has_control_character, named_path, secret_origins
 from bridge.sources.signature import signature_header
 
 EXIT_CONFIG = 2
@@ -236,7 +236,10 @@ def _given_secret(args: argparse.Namespace) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         # The path and the reason only: the bytes may be the secret.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        print(f"pinecall-bridge: --secret-file {args.secret_file}: {reason}", file=sys.stderr)
+        # A secret typed where its path goes (`--secret-file s3cret`) is named by no error: the
+        # path only when real, as the path settings' (bridge/redaction.py's shown_path).
+        shown = named_path(args.secret_file)
+        print(f"pinecall-bridge: --secret-file {shown}: {reason}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     if not secret:
         print(f"pinecall-bridge: --secret-file {args.secret_file} is empty", file=sys.stderr)

@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -39,10 +40,11 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
-from bridge.redaction import shown_path
+from bridge.redaction import without_password
 from bridge.secretfiles import (
     SECRETS_DIR_VARIABLE,
     has_control_character,
+    named_path,
     read_token,
     with_secret_files,
 )
@@ -203,6 +205,15 @@ def _check_uri_reference(value: str) -> str:
         raise ValueError(
             "must be a URI-reference (RFC 3986): the part before the first ':' is no scheme"
             " (a relative reference has no ':' before its first '/')"
+        )
+    parts = urlsplit(value)
+    if "@" in parts.netloc or any(
+        _credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+    ):
+        # Stamped on every event published, and printed by `check`: as for the URL settings.
+        raise ValueError(
+            "must not carry credentials (user:password@, or a token or key in its query): it is"
+            " the `source` of every event published, and `check` prints it"
         )
     return value
 
@@ -365,6 +376,12 @@ class KafkaSettings(_Section):
     def _line_end_or_unset(cls, value: Any) -> Any:
         return kafka_credential(value) if isinstance(value, str) else value
 
+    @field_serializer("sasl_username", when_used="json")
+    def _no_password_shown(self, username: str | None) -> str | None:
+        # `check` prints the settings as JSON: an API key and its secret pasted whole as
+        # `key:secret` (as some clouds hand them out) would show the secret there.
+        return None if username is None else without_password(username)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_have_ports(cls, servers: list[str]) -> list[str]:
@@ -416,11 +433,9 @@ class KafkaSettings(_Section):
         try:
             exists = path.is_file()
         except OSError as exc:  # is_file() answers False only to a missing path
-            raise ValueError(
-                f"file {shown_path(str(path))} cannot be read: {exc.strerror}"
-            ) from None
+            raise ValueError(f"file {named_path(path)} cannot be read: {exc.strerror}") from None
         if not exists:
-            raise ValueError(f"file {shown_path(str(path))} does not exist")
+            raise ValueError(f"file {named_path(path)} does not exist")
         return path
 
     @field_validator("sasl_oauth_token_file")

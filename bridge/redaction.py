@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
 from typing import overload
 from urllib.parse import quote, quote_plus
 
@@ -54,16 +55,42 @@ def hidden(text: str | bytes, spellings: Sequence[str], limit: int, mark: str) -
 
 
 # What an error says in place of a path setting's value it does not repeat (`shown_path`).
-UNSHOWN_PATH = "given (not repeated: a relative path may be a secret pasted in place of its path)"
+UNSHOWN_PATH = (
+    "given (not repeated: it is no absolute path under a directory found here, so it may be a"
+    " secret pasted in place of its path)"
+)
 
 
-def shown_path(path: str) -> str:
-    """A path setting's value as an error may quote it: quoted when absolute, else UNSHOWN_PATH
-    (a token or password pasted in its place is no absolute path)."""
+def path_top(path: str) -> str | None:
+    """The top-level entry of absolute `path` (`/etc` of `/etc/kafka/ca.pem`); None when `path`
+    is relative or names no entry under `/`."""
+    parts = PurePosixPath(path).parts
+    if len(parts) < 2 or not parts[0].startswith("/") or parts[1] == "..":
+        return None
+    return "/" + parts[1]
+
+
+def shown_path(path: str, exists: Callable[[str], bool]) -> str:
+    """A path setting's value as an error may quote it: quoted when absolute and its top-level
+    entry `exists`, else UNSHOWN_PATH (a token or password pasted in its place is neither)."""
     # Printed by `check` and at every start, which operators ship to shared log stores: an opaque
     # token (a JWT is refused by its shape) or a key password pasted for the path would be in
-    # both. Only absolute: the setting is a Path by then, which has dropped a leading `./`.
-    return repr(path) if path.startswith("/") else UNSHOWN_PATH
+    # both. A leading `/` alone was no proof: one standard base64 secret in 64 starts with one.
+    # A top-level directory (`/etc`, `/var`, a mount) that exists is: no secret's first segment
+    # is one. Only absolute: the setting is a Path by then, which has dropped a leading `./`.
+    top = path_top(path)
+    return repr(path) if top is not None and exists(top) else UNSHOWN_PATH
+
+
+# How `check` shows a secret's value: pydantic's own mask of a SecretStr in JSON.
+MASK = "**********"
+
+
+def without_password(username: str) -> str:
+    """A user name as `check` may show it: a `name:secret` pair pasted whole shows the name
+    only, the part after its first colon masked."""
+    name, colon, rest = username.partition(":")
+    return name + colon + MASK if rest else username
 
 
 # A URL's scheme and `//`, its authority (user info and host), and the rest. A `\` counts as a

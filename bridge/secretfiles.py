@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -36,6 +37,11 @@ def has_control_character(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
 
+def named_path(path: str | Path) -> str:
+    """A path setting's value as its error may quote it (`shown_path`): only a real path's."""
+    return shown_path(str(path), os.path.lexists)
+
+
 def _secrets_dir(
     environ: Mapping[str, str | None], dotenv: Mapping[str, str | None]
 ) -> Path | None:
@@ -49,11 +55,14 @@ def _secrets_dir(
         is_dir = directory.is_dir()
     except OSError as exc:  # is_dir() answers False only to a missing path
         raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: {value!r} cannot be read: {exc.strerror}"]
+            [f"{SECRETS_DIR_VARIABLE}: {named_path(value)} cannot be read: {exc.strerror}"]
         ) from None
     if not is_dir:
         raise ConfigError(
-            [f"{SECRETS_DIR_VARIABLE}: {value!r} is no directory (missing, or not mounted)"]
+            [
+                f"{SECRETS_DIR_VARIABLE}: {named_path(value)} is no directory (missing, or not"
+                " mounted)"
+            ]
         )
     return directory
 
@@ -115,7 +124,7 @@ def read_token(path: Path, setting: str) -> str:
     """The bearer token a token file holds (surrounding whitespace removed), or a ConfigError
     naming `setting` and why, never the content: unreadable, empty, or no bearer token."""
     # The path is the user's setting: a token pasted in its place is quoted by no error.
-    token = read_secret(path, setting, shown_path(str(path))).strip()
+    token = read_secret(path, setting, named_path(path)).strip()
     if not token:
         raise ConfigError([f"{setting}: the token file {path} is empty"])
     if not _BEARER_TOKEN.fullmatch(token):

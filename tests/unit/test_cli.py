@@ -233,6 +233,32 @@ KNOWN_SECRETS = {
             (2, 2),
         ),
         ({"BRIDGE_PINECALL__APIKEY": API_KEY}, (2, 0)),  # misspelt: `run` only warns of it
+        # A `key:secret` pair pasted whole as the user name: `check` printed it in its JSON.
+        ({"BRIDGE_KAFKA__SASL_USERNAME": f"bridge:{SASL_PASSWORD}"}, (0, 0)),
+        # A secret pasted for a path: relative, or starting with `/` as one base64 secret in 64.
+        ({"BRIDGE_SECRETS_DIR": SASL_PASSWORD}, (2, 2)),
+        ({"BRIDGE_SECRETS_DIR": f"/{SASL_PASSWORD}"}, (2, 2)),
+        ({"BRIDGE_SECRETS_DIR": f"/{SASL_PASSWORD}/{API_KEY}"}, (2, 2)),
+        (
+            {
+                "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL",
+                "BRIDGE_KAFKA__SASL_USERNAME": None,
+                "BRIDGE_KAFKA__SASL_PASSWORD": None,
+                "BRIDGE_KAFKA__SSL_CERTFILE": "/etc/hostname",
+                "BRIDGE_KAFKA__SSL_KEYFILE": f"/{SSL_KEY_PASSWORD}",
+            },
+            (2, 2),
+        ),
+        (
+            {
+                "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                "BRIDGE_KAFKA__SASL_MECHANISM": "OAUTHBEARER",
+                "BRIDGE_KAFKA__SASL_USERNAME": None,
+                "BRIDGE_KAFKA__SASL_PASSWORD": None,
+                "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE": f"/{API_KEY}",
+            },
+            (2, 2),
+        ),
     ],
 )
 def test_no_secret_is_ever_printed_by_check_or_run(
@@ -356,13 +382,26 @@ def test_an_unreadable_or_empty_secret_file_exits_2_and_both_flags_are_refused(
 ) -> None:
     missing = tmp_path / "missing"
     assert exit_code(["send", "--secret-file", str(missing), "--curl"]) == 2
-    assert f"--secret-file {missing}: No such file or directory" in capsys.readouterr().err
+    assert f"--secret-file {str(missing)!r}: No such file or directory" in capsys.readouterr().err
     (tmp_path / "empty").write_text(" \n")
     assert exit_code(["send", "--secret-file", str(tmp_path / "empty"), "--curl"]) == 2
     assert "is empty" in capsys.readouterr().err
     both = ["--secret", "s", "--secret-file", str(missing)]
     assert exit_code(["webhooks", "register", "--url", "u", *both]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typed", ["whsec-0paste+d4f1", "/whsec-0paste+d4f1", "/wh/sec-0paste"])
+def test_a_secret_typed_for_the_secret_files_path_is_not_echoed(
+    typed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The secret itself where its file's path goes: relative, or starting with `/` (one standard
+    # base64 secret in 64), it is no path under a directory that exists.
+    assert exit_code(["send", "--secret-file", typed, "--curl"]) == 2
+    err = capsys.readouterr().err
+    assert "--secret-file given (not repeated" in err
+    assert "0paste" not in err
+    assert "/wh/" not in err
 
 
 @pytest.mark.parametrize("text", ["old-secret,new-secret\n", "old-secret\nnew-secret\n"])

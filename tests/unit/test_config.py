@@ -399,10 +399,10 @@ def test_a_tls_file_that_does_not_exist_is_named_so(monkeypatch: pytest.MonkeyPa
         monkeypatch,
         {
             "BRIDGE_KAFKA__SECURITY_PROTOCOL": "SSL",
-            "BRIDGE_KAFKA__SSL_CAFILE": "/does/not/exist.pem",
+            "BRIDGE_KAFKA__SSL_CAFILE": "/etc/does-not-exist.pem",
         },
     )
-    assert problems() == ["BRIDGE_KAFKA__SSL_CAFILE: file '/does/not/exist.pem' does not exist"]
+    assert problems() == ["BRIDGE_KAFKA__SSL_CAFILE: file '/etc/does-not-exist.pem' does not exist"]
 
 
 @pytest.mark.parametrize(
@@ -1090,6 +1090,32 @@ def test_the_cloudevents_source_is_a_uri_reference(
 
 
 @pytest.mark.parametrize(
+    "source",
+    [
+        "https://bridge:s3cr3t-0paste@api.pinecall.io",
+        "//bridge:s3cr3t-0paste@api.pinecall.io/x",
+        "https://api.pinecall.io/x?api_token=s3cr3t-0paste",
+    ],
+)
+def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
+    monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    # Stamped on every published event and printed by `check`, as the URL settings are.
+    setenv(monkeypatch, {"BRIDGE_CLOUDEVENTS__SOURCE": source})
+    [line] = problems()
+    assert line.startswith("BRIDGE_CLOUDEVENTS__SOURCE: must not carry credentials"), line
+    assert "0paste" not in line
+
+
+@pytest.mark.parametrize("source", ["/calls/a@b", "mailto:ops@pinecall.io", "urn:x?keyframe=1"])
+def test_an_at_sign_outside_a_sources_authority_is_no_credential(
+    monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_CLOUDEVENTS__SOURCE": source})
+    assert load_settings().cloudevents.source == source
+
+
+@pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"BRIDGE_KAFKA__SASL_USERNAME": "u"}, "BRIDGE_KAFKA__SASL_USERNAME is ignored with"),
@@ -1675,10 +1701,13 @@ def test_a_token_file_unreadable_at_start_is_refused(
         ("BRIDGE_KAFKA__SSL_CAFILE", {}),
     ],
 )
+# Relative, and starting with `/` (one standard base64 secret in 64), with and without more.
+@pytest.mark.parametrize(
+    "secret", ["opaque-0paste+d4f1/Tok3n", "/0paste+d4f1Tok3n=", "/0paste+d4f1/Tok3n="]
+)
 def test_a_secret_given_for_a_file_path_is_not_echoed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, more: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, more: dict[str, str], secret: str
 ) -> None:
-    secret = "opaque-0paste+d4f1/Tok3n"
     if name == TOKEN_FILE:
         oauth_env(monkeypatch, tmp_path, **{name: secret})
     else:

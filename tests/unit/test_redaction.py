@@ -8,13 +8,16 @@ from urllib.parse import quote
 import pytest
 
 from bridge.redaction import (
+    MASK,
     UNSHOWN_PATH,
     echo_spellings,
     hidden,
     json_spellings,
     overhang,
+    path_top,
     shown_path,
     url_spellings,
+    without_password,
     without_query,
 )
 
@@ -62,11 +65,45 @@ def test_an_echo_is_hidden_as_sent_json_escaped_or_url_encoded_for_every_secret(
     assert hidden(echo, spellings, 300, MARK) == " ".join([MARK, f'"{MARK}"', MARK, MARK, MARK])
 
 
-def test_a_path_is_shown_only_when_absolute() -> None:
-    assert shown_path("/var/run/secrets/token") == "'/var/run/secrets/token'"
-    # A token or password pasted in place of the path is no absolute path.
-    assert shown_path("AbC+d3f/Gh1=") == UNSHOWN_PATH
-    assert shown_path("ca.pem") == UNSHOWN_PATH
+def test_a_path_is_shown_only_when_absolute_under_a_top_level_entry_that_exists() -> None:
+    exists = {"/var", "/token"}.__contains__
+    assert shown_path("/var/run/secrets/token", exists) == "'/var/run/secrets/token'"
+    assert shown_path("/token", exists) == "'/token'"
+    # A token or password pasted in place of the path: relative, or a base64 one starting with
+    # `/` (one in 64), whose first segment names nothing at the top of the file system.
+    for pasted in ("AbC+d3f/Gh1=", "ca.pem", "/AbC+d3f/Gh1=", "/AbCd3fGh1=", "//AbC", "/"):
+        assert shown_path(pasted, exists) == UNSHOWN_PATH, pasted
+
+
+@pytest.mark.parametrize(
+    ("path", "top"),
+    [
+        ("/etc/kafka/ca.pem", "/etc"),
+        ("/etc", "/etc"),
+        ("//etc/x", "/etc"),  # POSIX keeps a leading `//`: still the entry `etc`
+        ("/./etc/x", "/etc"),
+        ("/../etc/x", None),  # `/..` is `/` itself
+        ("/", None),
+        ("etc/x", None),
+        ("", None),
+    ],
+)
+def test_the_top_level_entry_of_a_path(path: str, top: str | None) -> None:
+    assert path_top(path) == top
+
+
+@pytest.mark.parametrize(
+    ("username", "shown"),
+    [
+        ("bridge", "bridge"),
+        ("KEY:s3cr3t", "KEY:" + MASK),
+        ("KEY:s3:cr3t", "KEY:" + MASK),  # the first colon ends the name
+        ("bridge:", "bridge:"),  # nothing after it to hide
+        (":s3cr3t", ":" + MASK),
+    ],
+)
+def test_a_user_name_shows_no_password_pasted_after_a_colon(username: str, shown: str) -> None:
+    assert without_password(username) == shown
 
 
 @pytest.mark.parametrize(

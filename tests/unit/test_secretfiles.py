@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_settings
+from bridge.redaction import UNSHOWN_PATH
 from bridge.secretfiles import has_control_character, secret_origins
 from tests.environ import settings_problems as problems
 from tests.environ import without_bridge_variables
@@ -103,6 +104,18 @@ def test_a_missing_secrets_dir_is_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert problems() == [
         f"BRIDGE_SECRETS_DIR: {str(tmp_path / 'not-mounted')!r} is no directory"
         " (missing, or not mounted)"
+    ]
+
+
+@pytest.mark.parametrize("pasted", ["s3cret+0paste", "/s3cret+0paste", "/s3cret/0paste="])
+def test_a_secret_given_for_the_secrets_dir_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, pasted: str
+) -> None:
+    # The rule of the other path settings: a value that is no path under a directory found here
+    # may be a secret pasted in place of its path (a leading `/` alone is no proof of a path).
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", pasted)
+    assert problems() == [
+        f"BRIDGE_SECRETS_DIR: {UNSHOWN_PATH} is no directory (missing, or not mounted)"
     ]
 
 
