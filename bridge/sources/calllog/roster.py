@@ -54,6 +54,7 @@ class Roster:
         on_drop: Callable[[str], None] = lambda call: None,
         on_expire: Callable[[str], None] = lambda call: None,
         clock: Callable[[], float] = time.time,
+        ticks: Callable[[], float] = time.monotonic,
     ) -> None:
         self.partitions = partitions
         self.capacity = capacity
@@ -61,9 +62,11 @@ class Roster:
         self.following: dict[str, int] = {}  # call → its partition
         self.waiting: OrderedDict[str, int] = OrderedDict()  # call → after, first in first out
         # Waiting calls offered as ended (listed so, or announced by a notice of their end): the
-        # wall time (`clock`) past which starting one would re-publish entries the dedup window
-        # has forgotten. A wait in the queue is not bounded by the skew allowance the offer's
-        # decision left, so the bound is checked again when the call's turn comes.
+        # monotonic time (`ticks`) past which starting one would re-publish entries the dedup
+        # window has forgotten. A wait in the queue is not bounded by the skew allowance the
+        # offer's decision left, so the bound is checked again when the call's turn comes; timed
+        # by `ticks`, as a wall-clock step (NTP, a resumed VM) during the wait is no wait: forward,
+        # it expired every ended call waiting; back, it started them past the window.
         self._until: dict[str, float] = {}
         self.max_waiting = WAITING_PER_SLOT * capacity
         # A call was dropped because the queue was full: the call list (where configured) is
@@ -73,6 +76,7 @@ class Roster:
         self._on_drop = on_drop
         self._on_expire = on_expire
         self._clock = clock
+        self._ticks = ticks
         # Ended call → its end (wall time); a heap of (end, call) to forget the earliest end
         # first, with stale pairs (a call ended again, or forgotten) skipped as they come up.
         self._ended: dict[str, float] = {}
@@ -101,8 +105,8 @@ class Roster:
             elif until is not None:
                 # Its end is known now, whichever notice came first (a live one, or the list's
                 # row read while it was live): the same window as an ended call offered anew.
-                bound = self._until.get(call)
-                self._until[call] = until if bound is None else max(bound, until)
+                bound, by = self._until.get(call), self._by_ticks(until)
+                self._until[call] = by if bound is None else max(bound, by)
             return []
         if until is not None and self._clock() > until:
             self._on_expire(call)
@@ -114,10 +118,14 @@ class Roster:
                 return []
             self.waiting[call] = after
             if until is not None:
-                self._until[call] = until
+                self._until[call] = self._by_ticks(until)
             return []
         self.following[call] = partition_of(call, self.partitions)
         return [Start(call, after)]
+
+    def _by_ticks(self, until: float) -> float:
+        """The wall time `until` as the monotonic time the same distance from now."""
+        return self._ticks() + (until - self._clock())
 
     def finished(self, call: str, *, ended: bool, at: float | None = None) -> list[Start]:
         """A follower stopped by itself: `ended` when its log is complete; frees its slot.
@@ -194,7 +202,7 @@ class Roster:
 
     def _fill(self) -> list[Start]:
         starts: list[Start] = []
-        now = self._clock()
+        now = self._ticks()
         while self.waiting and len(self.following) < self.capacity:
             call, after = self.waiting.popitem(last=False)
             until = self._until.pop(call, None)

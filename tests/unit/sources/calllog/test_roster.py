@@ -151,7 +151,9 @@ def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
     # can hold it for longer than the list's skew allowance.
     now = [1_000.0]
     expired: list[str] = []
-    roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
+    roster = Roster(
+        6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
+    )
     busy, a, b, c, d = calls_in(0, 5)
     roster.own(0, {}, set())
     assert roster.offer(busy) == [Start(busy, 0)]
@@ -220,7 +222,9 @@ def test_a_waiting_call_announced_live_is_bounded_once_its_end_is_known() -> Non
     # comes: it must not start past the window that notice gives, whichever came first (b).
     now = [1_000.0]
     expired: list[str] = []
-    roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
+    roster = Roster(
+        6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
+    )
     busy, a, b, c = calls_in(0, 4)
     roster.own(0, {}, set())
     assert roster.offer(busy) == [Start(busy, 0)]
@@ -256,3 +260,45 @@ def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> No
         roster.lose(0)
     assert all(roster.has_ended(call) for call in ended)
     assert len(roster._ends) <= 2 * 100
+
+
+class SteppingClocks:
+    """A wall clock an operator (NTP, a resumed VM) can step, and a monotonic one it cannot."""
+
+    def __init__(self, at: float) -> None:
+        self.wall, self.ticks = at, 50.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.ticks += seconds
+
+    def step(self, seconds: float) -> None:
+        self.wall += seconds
+
+
+@pytest.mark.parametrize(
+    ("step", "waited", "starts"), [(3600.0, 10.0, True), (-3600.0, 60.0, False)]
+)
+def test_a_wall_clock_step_neither_expires_nor_extends_an_ended_call_waiting(
+    step: float, waited: float, starts: bool
+) -> None:
+    # The wait in the queue is timed on the monotonic clock: a step forward expired every ended
+    # call waiting (its entries only the call log carries, lost), and a step back started them
+    # past the dedup window (everything published of them, published again).
+    clocks = SteppingClocks(1_000.0)
+    expired: list[str] = []
+    roster = Roster(
+        6,
+        capacity=1,
+        on_expire=expired.append,
+        clock=lambda: clocks.wall,
+        ticks=lambda: clocks.ticks,
+    )
+    busy, ended = calls_in(0, 2)
+    roster.own(0, {}, set())
+    assert roster.offer(busy) == [Start(busy, 0)]
+    assert roster.offer(ended, until=1_050.0) == []  # 50 s of the window left
+    clocks.step(step)
+    clocks.advance(waited)
+    assert roster.finished(busy, ended=True) == ([Start(ended, 0)] if starts else [])
+    assert expired == ([] if starts else [ended])

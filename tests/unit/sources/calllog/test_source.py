@@ -280,12 +280,16 @@ def lists_in_turn(outcomes: list[CallListError | None]) -> Callable[..., Any]:
 def one_slot_source(
     metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[CallLogSource, Roster, list[float], list[Start]]:
-    """A source owning the one partition with one follower slot, its roster's clock moved on by
-    the list's first item, and the calls it starts collected (not run)."""
+    """A source owning the one partition with one follower slot, its roster's clocks (wall and
+    monotonic) moved on by the list's first item, and the calls it starts collected (not run)."""
     source = call_log_source(metrics, max_calls=1)
     waited = [0.0]
     roster = source.roster = Roster(
-        1, 1, on_expire=source._expired, clock=lambda: time.time() + waited[0]
+        1,
+        1,
+        on_expire=source._expired,
+        clock=lambda: time.time() + waited[0],
+        ticks=lambda: time.monotonic() + waited[0],
     )
     roster.own(0, {}, set())
     launched: list[Start] = []
