@@ -98,22 +98,23 @@ def without_password(username: str) -> str:
 _AUTHORITY = re.compile(
     r"(?P<before>(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2})(?P<host>[^/\\]*)(?P<path>.*)", re.S
 )
+# Where a query or a fragment starts.
+_QUERY = re.compile(r"[?#]")
 
 
 def without_query(url: str) -> str:
     """`url` as an error may quote it: without its query or fragment, nor a user's name and
     password before its host (credentials ride there: a token kept by a redirect, a signature)."""
     # Split by hand, not urlsplit: a server's Location may be no URL (`http://[x` raises).
-    head = re.split(r"[?#]", url, maxsplit=1)[0]
-    authority = _AUTHORITY.match(head)
-    if authority is None:
-        return head  # a relative reference: no user info
-    whole = _AUTHORITY.match(url)
-    if whole is not None and "@" in whole["host"] and re.search(r"[?#]", whole["host"]):
+    # The authority as given, not cut at a `?` or `#`: the cut would hide an `@` after one (an
+    # ambiguous `@`). A relative reference has none: all of it is the path, with no user info.
+    authority = _AUTHORITY.match(url)
+    before, host, path = authority.group("before", "host", "path") if authority else ("", "", url)
+    if "@" in host and _QUERY.search(host):
         # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed) or
         # `h?t=a@b` (cut at the `@`, `b` showed): neither side is shown.
-        return authority["before"] + "…"
-    return authority["before"] + authority["host"].rpartition("@")[2] + authority["path"]
+        return before + "…"
+    return before + _QUERY.split(host.rpartition("@")[2] + path, maxsplit=1)[0]
 
 
 def _longest_first(spellings: set[str]) -> list[str]:

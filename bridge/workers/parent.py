@@ -34,7 +34,7 @@ from bridge.stopsignals import stop_signals
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
-from bridge.workers.silence import START_UP_SECONDS, answered_since, silent_past_bound
+from bridge.workers.silence import START_UP_SECONDS, Silence, silent_past_bound
 
 log = logging.getLogger(__name__)
 
@@ -264,17 +264,15 @@ class Parent:
                         self._answered[index] = asked
                         continue
                     answered = self._answered.get(index)
-                    quiet = silent_past_bound(
+                    silence = silent_past_bound(
                         spawned, answered, asked, self._silent, self._start_up
                     )
-                    if quiet is not None:
-                        self._kill_silent(
-                            index, quiet, starting=not answered_since(spawned, answered)
-                        )
+                    if silence is not None:
+                        self._kill_silent(index, silence)
         finally:
             await pod.close()
 
-    def _kill_silent(self, index: int, silent_s: float, *, starting: bool) -> None:
+    def _kill_silent(self, index: int, silence: Silence) -> None:
         process = self._processes.get(index)
         if process is None or process.returncode is not None:
             return
@@ -283,8 +281,8 @@ class Parent:
             extra={
                 "worker": index,
                 "pid": process.pid,
-                "silent_s": round(silent_s, 1),
-                "starting": starting,
+                "silent_s": round(silence.quiet, 1),
+                "starting": silence.starting,
             },
         )
         del self._spawned[index]  # until its successor's spawn: killed once

@@ -126,6 +126,7 @@ def test_a_user_name_shows_no_password_pasted_after_a_colon(username: str, shown
         ("http://u:p#w@h.example/", "http://…"),
         ("http://h.example?token=abc@def", "http://…"),
         ("http://h.example/p?token=abc@def", "http://h.example/p"),
+        ("http://h.example?token=abc#f", "http://h.example"),  # a query straight after the host
     ],
 )
 def test_a_url_is_quoted_without_its_query_fragment_or_user_info(url: str, shown: str) -> None:

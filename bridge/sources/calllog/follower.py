@@ -90,6 +90,14 @@ class _FillFailedError(Exception):
         self.reason = reason
 
 
+def _page_out_of_descriptors(exc: PageError) -> _FillFailedError:
+    """Say that a page found no descriptor to connect with (as its cause, the connect's error,
+    tells); the error that ends the attempt as `out_of_descriptors`."""
+    cause = exc.__cause__ or exc
+    say_out_of_descriptors("call_log", f"{type(cause).__name__}: {cause}")
+    return _FillFailedError(reason="out_of_descriptors")
+
+
 class _PageRefusedError(Exception):
     """A gap page was refused (401/403) or not asked for (the key gate holds): leave the stream."""
 
@@ -390,9 +398,7 @@ class Follower:
             if out_of_descriptors(exc):
                 # As a gap page's (_fill): a `closed` and a DEBUG line hid the shortage, the
                 # stream's connection given back just before and taken again at each attempt.
-                cause = exc.__cause__ or exc
-                say_out_of_descriptors("call_log", f"{type(cause).__name__}: {cause}")
-                raise _FillFailedError(reason="out_of_descriptors") from exc
+                raise _page_out_of_descriptors(exc) from exc
             # Not an answer: the stream, asked again, says the rest (a refused key included).
             log.debug("call log end not checked", extra={**self._ctx(), "error": str(exc)})
             return False
@@ -452,9 +458,7 @@ class Follower:
             if out_of_descriptors(exc):
                 # The stream holds its connection, so a page needs one more descriptor: as
                 # gap_fill_failed (its line naming only the error's class) it blamed the pages.
-                cause = exc.__cause__ or exc
-                say_out_of_descriptors("call_log", f"{type(cause).__name__}: {cause}")
-                raise _FillFailedError(reason="out_of_descriptors") from exc
+                raise _page_out_of_descriptors(exc) from exc
             log.warning("call log gap not read", extra={**self._ctx(), "error": str(exc)})
             # The stream that replays the gap is asked of the same server: it waits as told.
             wait = exc.retry_after if isinstance(exc, PageServerError) else None

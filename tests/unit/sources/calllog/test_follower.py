@@ -180,6 +180,23 @@ def reconnects(metrics: Metrics, reason: str) -> float:
     return sample(metrics, "pinecall_bridge_sse_reconnects_total", stream="call", reason=reason)
 
 
+async def run_page_out_of_descriptors(
+    run_follower: Callable[..., Any], handler: Handler, monkeypatch: pytest.MonkeyPatch
+) -> tuple[bool, Server, FakePublisher, Follower, Metrics]:
+    """`run_follower(handler)` with its first connect (the stream's) let through, the next (a
+    page's) refused as with no descriptor left (EMFILE), and every one after let through."""
+    spent = SpentDescriptors(spare=1).on(monkeypatch)
+
+    async def give_back() -> None:
+        await until(lambda: spent.refused >= 1)
+        spent.spent = False
+
+    back = asyncio.create_task(give_back())
+    ran: tuple[bool, Server, FakePublisher, Follower, Metrics] = await run_follower(handler)
+    await back
+    return ran
+
+
 async def test_it_authenticates_and_resumes_from_what_was_acknowledged(
     run_follower: Callable[..., Any],
 ) -> None:
@@ -706,22 +723,16 @@ async def test_a_gap_page_out_of_descriptors_is_said_so_not_counted_as_a_gap_fil
     # The stream holds its connection, so the page needs one more descriptor: EMFILE there was
     # gap_fill_failed (PinecallBridgeCallLogGapsNotFilled blames Pinecall's pages) and a line
     # naming only the error's class, while the stream's own reconnect went through.
-    spent = SpentDescriptors(spare=1).on(monkeypatch)
-
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         if request.query["after"] == "0":
             gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
             return await stream(request, frame(entry(1)) + frame(gap), hold=5.0)
         return await stream(request, frame(entry(2)) + frame(entry(3, "call.score")))
 
-    async def give_back() -> None:
-        await until(lambda: spent.refused >= 1)
-        spent.spent = False
-
     caplog.set_level(logging.INFO, logger="bridge")
-    back = asyncio.create_task(give_back())
-    ended, server, publisher, _, metrics = await run_follower(handler)
-    await back
+    ended, server, publisher, _, metrics = await run_page_out_of_descriptors(
+        run_follower, handler, monkeypatch
+    )
     assert ended
     assert publisher.seqs == [1, 2, 3]
     assert all("text/event-stream" in headers["Accept"] for headers, _ in server.requests)
@@ -1427,21 +1438,15 @@ async def test_the_end_check_out_of_descriptors_is_said_so_not_counted_as_a_clos
 ) -> None:
     # The page asking whether a cut stream's log is sealed needs a connection of its own: EMFILE
     # there was a DEBUG `call log end not checked` and a reconnect counted `closed`.
-    spent = SpentDescriptors(spare=1).on(monkeypatch)
-
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         if is_page(request):
             return web.json_response({"entries": [], "live": False, "next": None})
         return await stream(request, frame(entry(1)) + frame(entry(1, "log.caught_up")), cut=True)
 
-    async def give_back() -> None:
-        await until(lambda: spent.refused >= 1)
-        spent.spent = False
-
     caplog.set_level(logging.DEBUG, logger="bridge")
-    back = asyncio.create_task(give_back())
-    ended, _, publisher, _, metrics = await run_follower(handler)
-    await back
+    ended, _, publisher, _, metrics = await run_page_out_of_descriptors(
+        run_follower, handler, monkeypatch
+    )
     assert ended
     assert publisher.seqs == [1]
     assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
