@@ -196,6 +196,9 @@ async def test_a_slow_start_up_is_not_silence_a_silent_worker_after_it_is_killed
             assert len(starts(started)) == 2
             os.kill(roles[1]["pid"], signal.SIGSTOP)
             await until(lambda: process_gone(roles[1]["pid"]), 20, 0.02, "the stopped one killed")
+            # Its successor's start, not the pid's end: stopped before the supervisor had seen
+            # the kill's exit, the pod counted that exit as the worker's stop code (exit 1).
+            await until_started(started, 3)
         finally:
             supervisor.stop(signal.SIGTERM)
             async with asyncio.timeout(10):
