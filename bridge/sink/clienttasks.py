@@ -302,6 +302,7 @@ def fail_pending(producer: Any, error: BaseException) -> None:
     if not callable(fail_all):
         return
     _retried_pending(accumulator)
+    _put_back_unless_failed(accumulator)
     fail_all(error)
     read_failed_batches(producer)
     queued = getattr(accumulator, "_batches", None)
@@ -310,6 +311,26 @@ def fail_pending(producer: Any, error: BaseException) -> None:
         # (a linger ending, an answer) took a failed batch, and aiokafka's assertion that a batch
         # given sequence numbers is not drained yet killed the sender, traceback logged.
         queued.clear()
+
+
+def _put_back_unless_failed(accumulator: Any) -> None:
+    """Make a wedged producer's sender, which runs on until its stop, drop a failed batch that a
+    retriable answer to its request in flight would put back for a retry.
+
+    Failed here, the batch left the pending set by its own callback, and aiokafka's reenqueue
+    raised KeyError (the sender dead of it, a traceback; or raised by the stop) after queueing it
+    again, to be sent anew. Its records were failed, for their sources to retry: none is lost.
+    """
+    reenqueue = getattr(accumulator, "reenqueue", None)
+    if not callable(reenqueue):
+        return
+
+    def put_back(batch: Any) -> None:
+        failed = getattr(batch, "future", None)
+        if not (isinstance(failed, asyncio.Future) and failed.done()):
+            reenqueue(batch)
+
+    accumulator.reenqueue = put_back  # looked up at the call by aiokafka's produce handler
 
 
 def fail_all_quietly(producer: Any) -> bool:
@@ -578,54 +599,75 @@ def _died(client: Any, paths: tuple[tuple[str, str], ...]) -> str | None:
 
 
 class Replacement:
-    """Starts a dead client's replacement until one starts: the retry loop every owner shares.
+    """A dead client's replacement: the tries' count and thinned lines every owner shares, and
+    the retry loop of an owner that waits for one to start (`start`).
 
-    `alive` turns False once REPLACE_ATTEMPTS starts in a row failed with the cluster reachable
+    `alive` turns False once REPLACE_ATTEMPTS tries in a row failed with the cluster reachable
     (an outage is not the process's to cure, and never counts), and True again on a start.
+    Its lines go to `logger`, the owner's: as `lines`, an owner's own line at each try.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, logger: logging.Logger = log) -> None:
         self.name = name
         self.alive = True
-        # Its own: one owner's replacement must not hold back another's first line.
-        self._tries = LogThrottle(log, every=REPLACING_LOG_EVERY)
+        self._log = logger
+        self._failures = 0
+        # Its own: one owner's replacement must not hold back another's first line. Tried at
+        # each probe (2-5 s) or with a backoff growing to 30 s: unthinned, a line that often for
+        # a whole outage.
+        self.lines = LogThrottle(logger, every=REPLACING_LOG_EVERY)
 
     async def start(
         self, start: Callable[[], Awaitable[T]], running: Callable[[], bool] = lambda: True
     ) -> T | None:
-        """The started replacement; None if `running()` turned False first."""
+        """Try `start` until one succeeds: the started replacement; None if `running()` turned
+        False first."""
         try:
             return await self._start(start, running)
         finally:
-            # The tries held back are said as they end; the next replacement's first at once.
-            self._tries.flush()
-            self._tries.forget()
+            self.ended()
 
     async def _start(
         self, start: Callable[[], Awaitable[T]], running: Callable[[], bool]
     ) -> T | None:
-        failures, delay = 0, 0.5
+        delay = 0.5
         while running():
             try:
                 fresh = await start()
             except Exception as exc:
-                failures += 0 if unreachable(exc) else 1
-                if failures >= REPLACE_ATTEMPTS and self.alive:
-                    self.alive = False
-                    log.critical(
-                        f"the {self.name} cannot be replaced; reporting the process dead",
-                        extra={"error": repr(exc), "attempts": failures},
-                    )
-                else:
-                    # Its backoff grows to 30 s: unthinned, a line each 30 s for a whole outage.
-                    self._tries.warning(
-                        f"could not replace the {self.name} yet",
-                        extra={"error": repr(exc)},
-                        kind=type(exc).__name__,
-                    )
+                self.failed(exc)
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, 30.0)
                 continue
             self.alive = True
             return fresh
         return None
+
+    def failed(self, exc: Exception) -> None:
+        """A try failed: counted (unless the cluster was unreachable) and said, thinned; the
+        process reported dead (CRITICAL, once) after REPLACE_ATTEMPTS in a row."""
+        self._failures += 0 if unreachable(exc) else 1
+        if self._failures >= REPLACE_ATTEMPTS and self.alive:
+            self.alive = False
+            self._log.critical(
+                f"the {self.name} cannot be replaced; reporting the process dead",
+                extra={"error": repr(exc), "attempts": self._failures},
+            )
+        else:
+            self.lines.warning(
+                f"could not replace the {self.name} yet",
+                extra={"error": repr(exc)},
+                kind=type(exc).__name__,
+            )
+
+    def succeeded(self) -> None:
+        """A replacement started (here or by the owner's own means): alive, the tries ended."""
+        self.alive = True
+        self.ended()
+
+    def ended(self) -> None:
+        """The tries are over: what was held back is said now, the next replacement's first
+        line at once, and its tries counted from none."""
+        self._failures = 0
+        self.lines.flush()
+        self.lines.forget()

@@ -48,8 +48,7 @@ from bridge.metrics import Metrics
 from bridge.sink.acls import ACLS
 from bridge.sink.authorized import write_refused
 from bridge.sink.clienttasks import (
-    REPLACE_ATTEMPTS,
-    REPLACING_LOG_EVERY,
+    Replacement,
     drop_gone_brokers,
     fail_all_quietly,
     fail_pending,
@@ -58,7 +57,6 @@ from bridge.sink.clienttasks import (
     start_client,
     stop_dead,
     stop_producer,
-    unreachable,
 )
 from bridge.sink.connectsetup import ClientId, for_role, install
 from bridge.sink.drain import drain_whole_brokers, wake_only_when_needed
@@ -80,10 +78,6 @@ from bridge.supervise import Supervisor
 log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle).
 flood = LogThrottle(log)
-# A dead producer's replacement is tried at every probe (2-5 s) while Kafka is away: its two
-# lines came that often for the whole outage. Thinned as the feed's retries are (one each
-# 5 minutes); what was held back is said once a producer is started again (`_replaced`).
-replacing = LogThrottle(log, every=REPLACING_LOG_EVERY)
 MAX_MESSAGE_BYTES = "max.message.bytes"
 MAX_TRANSACTION_TIMEOUT_MS = "transaction.max.timeout.ms"
 TRANSACTIONAL_ID_EXPIRATION_MS = "transactional.id.expiration.ms"
@@ -628,7 +622,9 @@ class KafkaSink:
         self._broker_offset = float("nan")  # the clock gauge's last value: unset, so set first
         self.generation = 0  # the producers replaced so far
         self._last_ack = float("-inf")  # monotonic: Kafka's last acknowledgement of a record
-        self._replace_failures = 0
+        # A dead producer's replacement is tried at every probe (2-5 s) while Kafka is away: its
+        # lines are thinned as the dedup consumer's tries are, and said by this module's logger.
+        self._replacement = Replacement("Kafka producer", log)
         self._after_probe = after_probe
         self.connected = False
         # Whether the loss of readiness under way was said: "reachable again" answers only that.
@@ -642,8 +638,11 @@ class KafkaSink:
         self._min_insync = 1
         self._insync_read = float("-inf")
         self._insync_stale = False
-        # False once a dead producer could not be replaced REPLACE_ATTEMPTS times in a row.
-        self.alive = True
+
+    @property
+    def alive(self) -> bool:
+        """False once a dead producer could not be replaced REPLACE_ATTEMPTS times in a row."""
+        return self._replacement.alive
 
     async def start(self) -> None:
         """Connect; raises KafkaError when the cluster cannot be reached."""
@@ -1203,28 +1202,19 @@ class KafkaSink:
         What the dead one still holds is failed (answered 503, or retried by its source).
         """
         self._set_connected(False)
-        replacing.error(
+        self._replacement.lines.error(
             "the Kafka producer cannot send; replacing the producer", extra={"why": why}
         )
         batch, request = self._batch_bytes(), self.limits.default
         try:
             fresh = await self._started_producer(batch)
         except Exception as exc:
-            # An outage is not ours to cure: not ready, retried at the next probe, never dead.
-            if not unreachable(exc):
-                self._replace_failures += 1
-            if self._replace_failures >= REPLACE_ATTEMPTS and self.alive:
-                self.alive = False
-                log.critical(
-                    "the Kafka producer cannot be replaced; reporting the process dead",
-                    extra={"error": repr(exc), "attempts": self._replace_failures},
-                )
-            else:
-                replacing.warning(
-                    "could not replace the Kafka producer yet",
-                    extra={"error": repr(exc)},
-                    kind=type(exc).__name__,
-                )
+            if self._producer is not dead:
+                # Replaced meanwhile (a rebuild for a limit read again, which said so) or stopped:
+                # said after "replaced", this try's failure read as the new producer's.
+                return
+            # Not ready, retried at the next probe (an outage never counts towards dead).
+            self._replacement.failed(exc)
             return
         if self._producer is not dead:
             # Rebuilt meanwhile for a limit read again (a size refusal): that one replaced the
@@ -1240,12 +1230,9 @@ class KafkaSink:
         """A producer that could not send was swapped for a started one (by `_replace`, or a
         rebuild for a smaller limit): count it, say it, ready again, and end the dead one."""
         self._wedged = None
-        self._replace_failures = 0
-        self.alive = True
         self._metrics.kafka_client_restarts.labels(self._role).inc()
         # The tries held back are said before the success; a later death is said at once.
-        replacing.flush()
-        replacing.forget()
+        self._replacement.succeeded()
         log.info("Kafka producer replaced")
         self._set_connected(True)
         # Retried by their sources (the dedup stage drops what did reach the topic after all).

@@ -10,9 +10,7 @@ from tests.unit.sink.fakes import FakeProducer
 
 @pytest.fixture
 def fake_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sink makes FakeProducers, none made yet, none refusing to start; its replacement
-    lines not thinned yet."""
+    """The sink makes FakeProducers, none made yet, none refusing to start."""
     FakeProducer.made = []
     FakeProducer.start_errors = []
-    kafka.replacing.forget()  # another test's sink, stopped mid-replacement, held lines back
     monkeypatch.setattr(kafka, "AIOKafkaProducer", FakeProducer)

@@ -268,6 +268,42 @@ def unstarted_producer(**options: Any) -> AIOKafkaProducer:
     )
 
 
+class HeldAnswers:
+    """aiokafka's own idempotent producer (`producer`), its sender running against a broker that
+    holds each produce request until `answer()`, then refuses it with `error`. Nothing connects:
+    its client's sends, metadata waits and close are stand-ins."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.producer = unstarted_producer(enable_idempotence=True, linger_ms=0)
+        self._error = error
+        self.sent = asyncio.Event()  # a produce request is in flight
+        self._answered = asyncio.Event()
+        client = self.producer.client
+        client.send = self._send
+        client._maybe_wait_metadata = self._nothing
+        client.force_metadata_update = lambda: asyncio.get_running_loop().create_future()
+        client.close = self._nothing
+        self.producer._message_accumulator._cluster.leader_for_partition = lambda _tp: 1
+
+    def start(self) -> None:
+        """Its sender started, as aiokafka's start does once the producer has an id."""
+        self.producer._txn_manager.set_pid_and_epoch(1, 0)
+        sender = self.producer._sender
+        sender._sender_task = asyncio.create_task(sender._sender_routine())
+        sender._sender_task.add_done_callback(sender._fail_all)
+
+    def answer(self) -> None:
+        self._answered.set()
+
+    async def _send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        self.sent.set()
+        await self._answered.wait()
+        raise self._error
+
+    async def _nothing(self) -> None:
+        return None
+
+
 class FakeAdmin:
     """An admin client of a cluster whose brokers learn of each topic of `late` only after
     answering `misses` reads that it does not exist (UnknownTopicOrPartition)."""

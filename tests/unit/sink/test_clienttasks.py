@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
 
 from bridge.sink import clienttasks
 from bridge.sink.clienttasks import (
@@ -35,6 +35,7 @@ from tests.polling import until
 from tests.unit.sink.fakes import (
     FakeConnection,
     FakeProducer,
+    HeldAnswers,
     HoldingProducer,
     RetryingConsumer,
     StuckProducer,
@@ -585,3 +586,36 @@ async def test_failing_a_wedged_producers_records_leaves_its_running_sender_noth
     assert isinstance(delivered.exception(), KafkaConnectionError)
     assert accumulator.drain_by_nodes(ignore_nodes=set()) == ({}, False)
     producer._closed = True  # never started: nothing to stop
+
+
+@pytest.mark.parametrize("answered", ["before the stop", "during the stop"])
+async def test_a_wedged_producers_failed_batch_answered_retriable_is_not_put_back(
+    answered: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wedged producer's sender runs on while it is replaced: fail_pending failed its batch in
+    # flight, and the batch's callback took it out of the pending set. A retriable answer then
+    # had aiokafka put it back (reenqueue): KeyError, the sender dead of it ("Unexpected error
+    # in sender routine", a traceback) or the stop raising it, and the failed batch queued again.
+    broker = HeldAnswers(RequestTimedOutError())
+    producer = broker.producer
+    accumulator = producer._message_accumulator
+    with loop_reports() as unread, caplog.at_level(logging.WARNING):
+        broker.start()
+        delivered = await accumulator.add_message(TopicPartition("t", 0), None, b"v", 1)
+        await broker.sent.wait()
+        fail_pending(producer, KafkaConnectionError("the Kafka producer was replaced"))
+        if answered == "before the stop":
+            broker.answer()
+            await asyncio.sleep(producer._sender._retry_backoff * 2)  # the answer's backoff
+        else:
+            asyncio.get_running_loop().call_later(0.05, broker.answer)
+        await stop_dead(producer, 1.0)
+        sender = producer._sender.sender_task
+        assert sender.cancelled() or sender.exception() is None  # stopped, not dead of KeyError
+        # Its record failed once, for its source to retry, and not queued to be sent again.
+        assert isinstance(delivered.exception(), KafkaConnectionError)
+        assert not accumulator._batches
+        del producer, accumulator, delivered, sender
+    assert unread == []
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.WARNING] == []
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()]

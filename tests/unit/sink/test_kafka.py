@@ -1005,6 +1005,46 @@ async def test_a_replacement_started_while_a_size_refusal_rebuilt_the_producer_g
 
 
 @pytest.mark.usefixtures("fake_admin")
+async def test_a_replacement_failing_after_a_rebuild_replaced_the_producer_says_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A dead sender's replacement, slow to start, failed after a rebuild for a lowered limit had
+    # replaced the dead producer: its "could not replace ... yet" came after "Kafka producer
+    # replaced", as if the new producer could not be started either.
+    sink = KafkaSink(KafkaSettings(max_batch_bytes=200_000, metadata_probe_seconds=60), Metrics())
+    await sink.start()
+    FakeAdmin.values = {"max.message.bytes": "1048588"}
+    await sink.learn_limits(["ingest"], writes=["ingest"])
+    slow = asyncio.Event()
+    start = FakeProducer.start
+
+    async def slow_failing_replacement(producer: FakeProducer) -> None:
+        if FakeProducer.made.index(producer) == 1:
+            await slow.wait()
+            raise KafkaError("refused")
+        await start(producer)
+
+    monkeypatch.setattr(FakeProducer, "start", slow_failing_replacement)
+    with caplog.at_level(logging.INFO, logger="bridge.sink.kafka"):
+        FakeProducer.made[0].kill()
+        sink._wake.set()  # as a send finding it dead does
+        await until(lambda: len(FakeProducer.made) == 2)  # the replacement, starting
+        FakeAdmin.values = {"max.message.bytes": "65536"}
+        await sink.relearn_limits()
+        slow.set()
+        await until(lambda: FakeProducer.made[1].stopped)  # its failed start undone
+        await asyncio.sleep(0.05)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "replac" in r.getMessage()]
+    assert said == [
+        ("ERROR", "the Kafka producer cannot send; replacing the producer"),
+        ("INFO", "Kafka producer replaced"),
+    ]
+    assert sink._producer is FakeProducer.made[2]
+    assert sink.connected
+    await sink.stop()
+
+
+@pytest.mark.usefixtures("fake_admin")
 async def test_a_size_refusal_met_after_the_stop_took_the_producer_reads_nothing() -> None:
     # A delivery refused while the stop flushes: a read started then outlived the stop, its
     # admin client opened after it, and nothing awaited it.
