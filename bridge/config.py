@@ -206,8 +206,17 @@ def _check_uri_reference(value: str) -> str:
             "must be a URI-reference (RFC 3986): the part before the first ':' is no scheme"
             " (a relative reference has no ':' before its first '/')"
         )
-    parts = urlsplit(value)
-    if "@" in parts.netloc or any(
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unclosed `[` (urllib: "Invalid IPv6 URL"), said as the rest are
+        raise ValueError(
+            "must be a URI-reference (RFC 3986): its host's '[' (an IPv6 address) is not closed"
+        ) from None
+    # A password holding `/`, `?` or `#` (base64's `/`) pasted unencoded ends the authority
+    # there (`user:pa` of `user:pa/ss@host`): a port that is no number, an `@` after it.
+    _, colon, port = parts.netloc.rpartition("]")[2].partition(":")
+    userinfo = "@" in parts.netloc or (bool(colon) and not port.isdigit() and "@" in value)
+    if userinfo or any(
         _credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)
     ):
         # Stamped on every event published, and printed by `check`: as for the URL settings.

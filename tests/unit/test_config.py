@@ -1076,6 +1076,7 @@ def test_the_http_host_is_an_ip_address_or_a_hostname(
         ("tab\there", False),
         ("50%off", False),
         ("1st:thing", False),  # no scheme, and a relative reference has no ':' before a '/'
+        ("https://[::1/x", False),  # urllib's own "Invalid IPv6 URL", said as the rest are
     ],
 )
 def test_the_cloudevents_source_is_a_uri_reference(
@@ -1095,6 +1096,11 @@ def test_the_cloudevents_source_is_a_uri_reference(
         "https://bridge:s3cr3t-0paste@api.pinecall.io",
         "//bridge:s3cr3t-0paste@api.pinecall.io/x",
         "https://api.pinecall.io/x?api_token=s3cr3t-0paste",
+        # A password holding `/`, `?` or `#` (base64's `/`), pasted unencoded: the authority
+        # ends there, `bridge:s3` read as a host and a port, the `@` left in the rest.
+        "https://bridge:s3/cr3t+0paste==@api.pinecall.io",
+        "https://bridge:s3?cr3t-0paste@api.pinecall.io/x",
+        "https://bridge:s3#cr3t-0paste@api.pinecall.io",
     ],
 )
 def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
@@ -1107,7 +1113,16 @@ def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
     assert "0paste" not in line
 
 
-@pytest.mark.parametrize("source", ["/calls/a@b", "mailto:ops@pinecall.io", "urn:x?keyframe=1"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/calls/a@b",
+        "mailto:ops@pinecall.io",
+        "urn:x?keyframe=1",
+        "https://api.pinecall.io:443/calls/a@b",
+        "https://[::1]:8443/calls/a@b",
+    ],
+)
 def test_an_at_sign_outside_a_sources_authority_is_no_credential(
     monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
