@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from bridge.config import ShutdownSettings, drain_delay_warnings
+from bridge.dedup.memoryfit import WindowFit
 from bridge.sink.durability import min_insync_for
 from bridge.stopbudget import overrun_seconds
 from bridge.workers.budget import MAX_DELAY_SECONDS
@@ -1452,6 +1453,28 @@ def leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             paths.append(path)
     return paths
+
+
+def test_the_memory_sizing_the_chart_states_is_the_bridges() -> None:
+    # The chart's README said 1,972 MiB, and its resources comment counted a restore buffer for
+    # every partition, after the bridge came to count 4 MiB for each restore run at once.
+    values = load_yaml(CHART / "values.yaml")
+    limit = values["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    fit = WindowFit(
+        partitions=values["config"]["topics"]["ingestPartitions"],
+        max_entries=values["config"]["dedup"]["maxEntriesPerPartition"],
+        limit=int(limit[:-2]) * 1024**3,
+        restore_concurrency=values["config"]["dedup"]["restoreConcurrency"],
+    )
+    assert fit.fits
+    needed = f"{fit.needed / 1024**2:,.0f} MiB"
+    readme = " ".join((CHART / "README.md").read_text().split())
+    assert f"({needed} at the chart's defaults" in readme
+    comments = " ".join(re.findall(r"^\s*# ?(.*)$", (CHART / "values.yaml").read_text(), re.M))
+    assert f"({fit.max_entries}: {needed})" in comments
+    assert f"= {needed} at the defaults" in comments
+    assert f"{fit.largest_cap()} for {fit.partitions} partitions in {limit}" in comments
 
 
 def test_chart_readme_lists_every_value() -> None:

@@ -66,6 +66,41 @@ def test_every_metric_of_the_readme_table_is_one_the_code_exports() -> None:
     assert not stale, f"README.md's Metrics table lists metrics the code never exports: {stale}"
 
 
+DOCS = ("README.md", "deploy/README.md", "helm/pinecall-bridge/README.md", "docs/reliability.md")
+
+
+def _named_metrics(text: str) -> set[str]:
+    """The bridge's metrics a text names: in full anywhere (in a query too), or in backquotes
+    without the `pinecall_bridge_` prefix, as the README's prose writes counters."""
+    full = set(re.findall(r"\bpinecall_bridge_\w*[a-z]", text))
+    short = re.findall(r"`([a-z]\w*_total)(?:\{[^`]*\})?`", text)
+    # Other exporters' series (cAdvisor's, Kafka Exporter's) are not the bridge's.
+    others = ("container_", "kafka_", "process_", "pinecall_bridge_")
+    return full | {f"pinecall_bridge_{n}" for n in short if not n.startswith(others)}
+
+
+def test_every_metric_the_docs_name_is_one_the_code_exports() -> None:
+    # The README said `duplicate_total` for pinecall_bridge_events_duplicate_total.
+    exported = set(_exported())
+    assert len(_named_metrics(README.read_text())) > 40
+    for doc in DOCS:
+        named = _named_metrics((README.parent / doc).read_text())
+        unknown = sorted(n for n in named if re.sub(r"_(bucket|count|sum)$", "", n) not in exported)
+        assert not unknown, f"{doc} names metrics the code never exports: {unknown}"
+
+
+def test_a_metric_named_in_prose_or_a_query_is_found() -> None:
+    text = (
+        '`events_rejected_total{channel="webhook"}`, `rate(pinecall_bridge_x_seconds_bucket[5m])`'
+        " `container_cpu_cfs_throttled_periods_total`, `retention_bytes`, pinecall_bridge_y."
+    )
+    assert _named_metrics(text) == {
+        "pinecall_bridge_events_rejected_total",
+        "pinecall_bridge_x_seconds_bucket",
+        "pinecall_bridge_y",
+    }
+
+
 def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
     rows = _rows()
     closed: dict[str, set[str]] = {

@@ -1,6 +1,7 @@
 """README.md's module map ("How it works"): every module of bridge/ in it, and only real ones.
 And every relative link and #anchor in the three READMEs leads somewhere, and every
-`pinecall-bridge` command they show is one the CLI takes.
+`pinecall-bridge` command they show is one the CLI takes. And the "Library privates" table
+names the locked versions and modules that exist.
 
 How a row reads: its first cell names folders (`bridge/x/`) and modules (`bridge/x.py`); a name
 without `bridge/` is relative to the folder of the name before it (`bridge/config.py`,
@@ -280,3 +281,35 @@ def test_a_wrong_pinecall_bridge_command_is_found() -> None:
         "'simulate --ws-legacy 0.1 --rate-limit 5': no option ['--rate-limit']",
     ]
     assert parsed == 3  # send, tail and register --secret NEW: the rest show no example
+
+
+def _privates_rows() -> list[tuple[str, str, str]]:
+    """The "Library privates" table's rows: (library, its version, the bridge modules' cell); a
+    row with an empty first cell is the library of the row above."""
+    section = README.read_text().split("\n### Library privates", 1)[1].split("\n#", 1)[0]
+    rows, library, pinned = [], "", ""
+    for first, modules in re.findall(r"^\| ([^|]*)\|[^|]*\|([^|]*)\|$", section, re.M):
+        if first.strip():
+            library, _, pinned = first.strip().partition(" ")
+        rows.append((library, pinned, modules))
+    return rows[2:]  # the header and its rule
+
+
+def test_the_library_privates_table_names_the_locked_versions_and_real_modules() -> None:
+    # The table says which versions its privates were checked against: after `make lock`
+    # moved a library, a row naming the old version tells the reader they were.
+    rows = _privates_rows()
+    assert len(rows) >= 8
+    lock = dict(
+        re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
+    )
+    locked = {name.lower().replace("_", "-"): pin for name, pin in lock.items()}
+    stale = sorted({f"{lib} {pin}" for lib, pin, _ in rows if locked.get(lib) != pin})
+    assert not stale, f"README's Library privates names versions the lock does not: {stale}"
+    gone = sorted(
+        module
+        for _, _, cell in rows
+        for module in re.findall(r"`(\w[\w/]*\.py)`", cell)
+        if not (REPO / PACKAGE / module).is_file()
+    )
+    assert not gone, f"README's Library privates names modules that do not exist: {gone}"
