@@ -29,7 +29,7 @@ from bridge.simulator.ledger import Ledger, ledger_record
 from bridge.simulator.pacing import Pacer
 from bridge.simulator.plan import FrameShape, plan_event
 from bridge.simulator.records import Delivery
-from bridge.simulator.script import CallScript, Step, call_rng, generate_calls
+from bridge.simulator.script import CallScript, Step, call_rng, iter_calls
 from bridge.simulator.stats import Stats
 from bridge.simulator.wire import alert_body, alert_wire, encode
 
@@ -102,6 +102,7 @@ class Traffic:
         self._pacer = Pacer(spec.rate)
         self._records: list[dict[str, Any]] = []
         self._settling: set[asyncio.Task[None]] = set()
+        self._events = 0
 
     async def play(self) -> TrafficReport:
         """Every call to its end, every delivery finally answered, every frame written."""
@@ -114,11 +115,11 @@ class Traffic:
                 await self._calllogs.wait_for_feed_readers(spec.feed_subscribers)
         self._warn_if_nobody_listens()
         before, started = self._stats.as_dict(), time.monotonic()
-        scripts = generate_calls(self.seed, spec.calls)
         log.info("traffic started", extra={"seed": self.seed, "calls": spec.calls})
-        pending = iter(enumerate(scripts))
+        # Each call is made as a worker takes it: memory holds the calls in flight, not them all.
+        pending = enumerate(iter_calls(self.seed, spec.calls))
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(spec.concurrency, len(scripts))):
+            for _ in range(min(spec.concurrency, spec.calls)):
                 group.create_task(self._play_calls(pending))
         await self._deliverer.join()
         await asyncio.gather(*self._settling)
@@ -127,7 +128,7 @@ class Traffic:
         report = TrafficReport(
             seed=self.seed,
             calls=spec.calls,
-            events=sum(len(script.steps) for script in scripts),
+            events=self._events,
             seconds=time.monotonic() - started,
             counters=counters,
             records=self._records,
@@ -153,6 +154,7 @@ class Traffic:
             # Even a zero wait yields, so that concurrent calls interleave at full speed.
             await asyncio.sleep(self._pacer.delay(time.monotonic()))
             self._emit(script, step, rng, lane)
+            self._events += 1
         # A call log seals itself at its last step, `call.score`, as the platform's does.
         spec = self.spec
         alert = plan_alert(

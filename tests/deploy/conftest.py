@@ -1,8 +1,9 @@
 """tests/deploy: the Kubernetes artefacts, checked with the tools their users run.
 
 They need helm, promtool/prometheus and hadolint (`make deploy-tools`, a step of `make test`):
-without one a test is skipped locally and fails in CI. The Prometheus test also needs the
-local Kafka broker, so it is marked `integration` too.
+without one a test is skipped locally and fails in CI. The Prometheus test also needs a Kafka
+broker, the session's (KAFKA_BOOTSTRAP's, else one on a free port stopped at the session's end),
+so it is marked `integration` too.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,22 @@ def test_the_tests_run_the_versions_the_image_ships() -> None:
         )
 
 
+def outside(*prefixes: str) -> dict[str, str]:
+    """The caller's environment as the image sees it: no PYTHON* variable (PYTHONPATH put the
+    repo's `bridge` before the wheel's; PYTHONHOME, another interpreter's library), nor these."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", *prefixes))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repo_on_pythonpath() -> Iterator[None]:
+    """These tests run as a caller's `PYTHONPATH=. pytest` does: the wheel must be what runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        )
+        yield
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the dependencies and the wheel, exactly as the builder stage."""
@@ -161,10 +178,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, context / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "BRIDGE_"))}
+    env = outside("PIP_", "BRIDGE_")
     env |= {"PIP_CACHE_DIR": str(REPO / ".cache" / "pip"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     venv = tmp / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    run(sys.executable, "-m", "venv", venv, env=env)
     pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "--quiet"]
     run(*pip, "install", "--require-hashes", "-r", context / "requirements.lock", env=env)
     run(*pip, "wheel", "--no-deps", "--wheel-dir", tmp / "wheels", context, env=env)
@@ -178,8 +195,9 @@ def bridge_command(venv: Path, *args: str, **env: str) -> tuple[int, str]:
     # An empty working directory and no BRIDGE_* from the caller: like the container.
     cwd = venv.parent / "workdir"
     cwd.mkdir(exist_ok=True)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    done = run(venv / "bin" / "pinecall-bridge", *args, check=False, cwd=cwd, env=clean | env)
+    done = run(
+        venv / "bin" / "pinecall-bridge", *args, check=False, cwd=cwd, env=outside("BRIDGE_") | env
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -201,6 +219,7 @@ def test_the_wheel_installs_the_command_and_its_data(installed: Path) -> None:
         " print(r.files('bridge').joinpath('schema/pinecall-cloudevent.schema.json').is_file());"
         " print(r.files('bridge').joinpath('schema/asyncapi.yaml').is_file())",
         cwd=installed.parent,
+        env=outside(),
     ).stdout.split()
     assert Path(where[0]).is_relative_to(installed), "imported from the virtualenv, not the repo"
     assert where[1] == "True", "the CloudEvent JSON schema is packaged"

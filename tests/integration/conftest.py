@@ -198,13 +198,27 @@ def network_cut() -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The local broker (`make kafka-up`); started here when it is not running yet."""
-    address = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's broker: KAFKA_BOOTSTRAP's (`make test` gives `make kafka-up`'s), started
+    when it does not answer; without it, one of the session's own on a free port, not 9092.
+
+    A broker the session started is stopped at its end, after a failure or Ctrl-C too (pytest
+    tears session fixtures down then): a bare `pytest tests/deploy` once left one on 9092.
+    """
+    address = os.environ.get("KAFKA_BOOTSTRAP")
+    if address is None:
+        with own_broker(tmp_path_factory.mktemp("kafka-session")) as own:
+            yield own.bootstrap
+        return
     port = int(address.rsplit(":", 1)[1])
-    if not broker_answers(port):
+    if broker_answers(port):
+        yield address  # someone's `make kafka-up`: theirs to stop
+        return
+    try:
         kafka_sh("up", port)
-    return address
+        yield address
+    finally:
+        kafka_sh("down", port)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""The session's broker fixture (kafka_bootstrap): the one tests/deploy shares, on a port of its
+own unless KAFKA_BOOTSTRAP names one, and stopped at the session's end when it started it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, broker_answers, free_port_pair, kafka_sh
+
+PROBE = Path(__file__).with_name("sessionprobe.py")
+INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("named", "end"), [(False, "ctrl-c"), (True, "passes")], ids=["unset", "KAFKA_BOOTSTRAP"]
+)
+def test_a_broker_the_session_started_is_stopped_at_its_end(
+    tmp_path: Path, end: str, named: bool
+) -> None:
+    port_file, basetemp = tmp_path / "port", tmp_path / "inner"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "KAFKA_DATA_DIR")}
+    env |= {"SESSION_PROBE_PORT_FILE": str(port_file), "SESSION_PROBE_END": end}
+    # Named: a port nothing answers on yet, its data kept out of the repo's .cache.
+    data_dir = tmp_path / "kafka-named" if named else basetemp / "kafka-session0"
+    if named:
+        env |= {"KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port_pair()}", "KAFKA_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*command, f"--basetemp={basetemp}", str(PROBE)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    port = int(port_file.read_text()) if port_file.exists() else None
+    try:
+        assert done.returncode == (INTERRUPTED if end == "ctrl-c" else 0), done.stdout[-3000:]
+        assert port is not None, "the session's test never ran"
+        assert port != 9092, "the shared broker's port"
+        if named:
+            assert f"127.0.0.1:{port}" == env["KAFKA_BOOTSTRAP"]
+        assert not broker_answers(port), "the session's broker still runs after it ended"
+    finally:
+        if port is not None and port != 9092:
+            kafka_sh("down", port, data_dir)  # a no-op once the session stopped it
