@@ -21,6 +21,7 @@ from bridge.stopbudget import overrun_seconds
 from bridge.workers.budget import MAX_DELAY_SECONDS
 from bridge.workers.parent import PROBE_EVERY_SECONDS
 from bridge.workers.pod import ASK_TIMEOUT_SECONDS
+from bridge.workers.silence import START_UP_SECONDS
 from tests.deploy import pss
 from tests.deploy.tools import (
     ALL_ON,
@@ -109,18 +110,19 @@ def test_probes_liveness_never_depends_on_kafka(
     bridge = container(defaults if variant == "defaults" else all_on)
     # On the admin port: a webhook port full of connections must not fail them.
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert bridge["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert bridge["ports"] == [
         {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "admin", "containerPort": 8081, "protocol": "TCP"},
     ]
-    assert "startupProbe" not in bridge
 
 
 def test_without_an_admin_port_everything_is_on_the_webhook_port() -> None:
     manifests = render(SIGNED, "config.http.adminPort=null", values=ALL_ON)
     bridge = container(manifests)
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert bridge["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert bridge["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert [p["name"] for p in one(manifests, "Service")["spec"]["ports"]] == ["http"]
@@ -260,7 +262,7 @@ def test_termination_grace_period_outwaits_the_cut_stops_of_a_short_grace_period
     )
 
 
-@pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe"])
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
 @pytest.mark.parametrize("sets", SUPERVISED.values(), ids=SUPERVISED.keys())
 def test_probes_outwait_the_pods_ask_of_every_worker(sets: tuple[str, ...], probe: str) -> None:
     # The worker a probe reaches asks every worker at once, each for up to ASK_TIMEOUT_SECONDS:
@@ -296,6 +298,36 @@ def test_the_liveness_probe_outwaits_a_silent_workers_restart(sets: tuple[str, .
     round_s = PROBE_EVERY_SECONDS + ASK_TIMEOUT_SECONDS
     failing = silence + round_s + MAX_DELAY_SECONDS + WORKER_START_SECONDS
     assert (probe["failureThreshold"] - 1) * probe["periodSeconds"] >= failing
+
+
+def kubelet_kills_after(probe: dict[str, Any]) -> int:
+    """The least time from a container's start to the kubelet restarting it for `probe`'s
+    failures: the first probe may come at initialDelaySeconds, then one every period."""
+    delay, period = int(probe.get("initialDelaySeconds", 0)), int(probe["periodSeconds"])
+    return delay + (int(probe["failureThreshold"]) - 1) * period
+
+
+# The supervisor's own start-up before it spawns the workers: about 0.5 s of CPU, 5 s at 100m.
+PARENT_START_SECONDS = 5.0
+STARTS = {"one process": (), **SUPERVISED}
+
+
+@pytest.mark.parametrize("sets", STARTS.values(), ids=STARTS.keys())
+def test_a_throttled_start_up_is_not_restarted_by_the_kubelet(sets: tuple[str, ...]) -> None:
+    # At the chart's 100m CPU request on a busy node, /healthz first answered after 4.9 s for
+    # one process, 15 s with ownProcess, 29 s with 4 workers and 41 s with 6 (spawn to 200):
+    # the liveness probe alone restarts a pod not answering yet 35-45 s in, the last at each
+    # start. The supervisor gives each worker START_UP_SECONDS from its spawn: so must the kubelet.
+    bridge = container(render(SIGNED, *sets))
+    assert "startupProbe" in bridge, "a slow start-up is judged by the liveness probe"
+    assert kubelet_kills_after(bridge["startupProbe"]) >= START_UP_SECONDS + PARENT_START_SECONDS
+
+
+def test_a_null_startup_probe_renders_none() -> None:
+    # An operator's choice (the liveness probe alone), with worker processes too.
+    bridge = container(render(SIGNED, "startupProbe=null", "config.http.workers=2"))
+    assert "startupProbe" not in bridge
+    assert bridge["livenessProbe"]["timeoutSeconds"] == 2
 
 
 def test_one_worker_per_cpu_needs_a_cpu_limit() -> None:
@@ -1168,6 +1200,8 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("updateStrategy.maxSurge=0%", "'/updateStrategy/maxSurge': '0%' does not match"),
         ("livenessProbe.successThreshold=2", "'/livenessProbe/successThreshold': value must be 1"),
         ("livenessProbe.periodSeconds=0", "'/livenessProbe/periodSeconds': minimum: got 0"),
+        ("startupProbe.successThreshold=2", "'/startupProbe/successThreshold': value must be 1"),
+        ("startupProbe.failureThreshold=0", "'/startupProbe/failureThreshold': minimum: got 0"),
         ("readinessProbe.timeoutSeconds=0", "'/readinessProbe/timeoutSeconds': minimum: got 0"),
         ("readinessProbe.periodSeconds=-1", "'/readinessProbe/periodSeconds': minimum: got -1"),
         ("lifecycle.preStopSleepSeconds=0", "'/lifecycle/preStopSleepSeconds': minimum: got 0"),
@@ -1227,7 +1261,9 @@ def sections(schema: dict[str, Any], prefix: str = "") -> list[str]:
 def test_a_null_section_is_refused_not_a_nil_pointer() -> None:
     # Helm drops a key set to null: the section reaches the templates missing, and each read of
     # a field in it crashed the render. One render per depth: a null parent hides its children.
-    paths = sections(load_yaml(CHART / "values.schema.json"))
+    # startupProbe null is none (test_a_null_startup_probe_renders_none); not required either, so
+    # a previous chart's values.yaml (--reuse-values) meets the refusal that says how to upgrade.
+    paths = [p for p in sections(load_yaml(CHART / "values.schema.json")) if p != "startupProbe"]
     assert {"config", "config.http", "config.kafka", "secrets.pinecallApiKey"} <= set(paths)
     for depth in range(1, max(p.count(".") for p in paths) + 2):
         nulled = [p for p in paths if p.count(".") == depth - 1]
@@ -1439,6 +1475,7 @@ def test_every_template_renders_only_yaml() -> None:
 # Objects handed to Kubernetes as they are: the chart README documents them as a whole.
 VERBATIM = {
     "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
+    "startupProbe",
     "networkPolicy.dns.to", "networkPolicy.pinecallApi.to", "strimzi.topics.config",
     "grafanaDashboard.labels",
 }  # fmt: skip
