@@ -16,7 +16,7 @@ from rich.console import Console
 
 from bridge.backfill import NoProgress, backfill_calls, run_backfill
 from bridge.simulator import Simulator
-from bridge.sources.calllog import calllist
+from bridge.sources.calllog import calllist, pages
 from tests.entries import entry
 from tests.integration.conftest import (
     Broker,
@@ -95,6 +95,31 @@ async def test_an_unknown_call_is_reported_and_the_others_still_land(
     assert not result.ok
     published = await read_decided(kafka_bootstrap, topics, [topics.events])
     assert {record.json()["id"] for record in published} == simulator.ledger.expected_ids()
+
+
+async def test_a_call_whose_large_entries_overfill_a_page_is_read_in_smaller_pages(
+    simulator: Simulator,
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    unique_call: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As 70 entries of 960 KiB in a row (each one the stream takes whole) overfill a 64 MiB page
+    # of the platform's 500: the page is asked again for fewer, not the call failed.
+    monkeypatch.setattr(pages, "MAX_PAGE_BYTES", 1_048_576)
+    await start_bridge()
+    for seq in range(1, 21):
+        simulator.calllogs.append(entry(seq, call=unique_call, data={"text": "x" * 100_000}))
+    simulator.calllogs.seal(unique_call)
+    settings = bridge_settings(
+        kafka_bootstrap, topics, pinecall={"api_url": simulator.url, "api_key": "sim-api-key"}
+    )
+    result = await backfill_calls(settings, [unique_call])
+    assert result.ok, result.calls[0].error
+    assert result.entries == 20
+    published = await read_decided(kafka_bootstrap, topics, [topics.events])
+    assert sorted(record.json()["pinecallseq"] for record in published) == list(range(1, 21))
 
 
 async def test_since_backfills_the_calls_the_call_list_shows_started_since_then(

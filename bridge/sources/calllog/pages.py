@@ -67,6 +67,10 @@ class PageFormatError(PageError):
     """
 
 
+class PageTooLargeError(PageFormatError):
+    """A 200 whose page passes MAX_PAGE_BYTES: fewer entries a page may fit (`fetch_pages`)."""
+
+
 class PageGarbledError(PageFormatError):
     """A 200 whose body is not even JSON: cut short or replaced on the way (a proxy), so retriable.
 
@@ -201,7 +205,7 @@ async def fetch_page(
                 if status not in (200, 204):
                     # An error's body too long to read: its status still says what it is.
                     raise error_for(status, str(exc), retry_after) from exc
-                raise PageFormatError(f"the log page is too large: {exc}", status=status) from exc
+                raise PageTooLargeError(f"the log page is too large: {exc}", status=status) from exc
             if status == 204:
                 return SEALED_END
             if status != 200:
@@ -229,19 +233,32 @@ async def fetch_pages(
     limit: int | None = None,
     timeout_seconds: float = 10.0,
 ) -> AsyncGenerator[Page, None]:
-    """Every page above `after`, in order, until one has no `next` (or the call answers 204)."""
+    """Every page above `after`, in order, until one has no `next` (or the call answers 204).
+
+    A page too large to hold is asked again for half as many entries, down to one.
+    """
     cursor = after
     while True:
-        page = await fetch_page(
-            session,
-            api_url,
-            api_key,
-            call_id,
-            after=cursor,
-            env=env,
-            limit=limit,
-            timeout_seconds=timeout_seconds,
-        )
+        try:
+            page = await fetch_page(
+                session,
+                api_url,
+                api_key,
+                call_id,
+                after=cursor,
+                env=env,
+                limit=limit,
+                timeout_seconds=timeout_seconds,
+            )
+        except PageTooLargeError:
+            # Entries of up to BRIDGE_SSE__MAX_EVENT_BYTES each, as the stream takes them: 70
+            # such in a row passed MAX_PAGE_BYTES at the platform's 500 a page, and that gap was
+            # never read from the pages, nor that call by `backfill`, at any retry.
+            if limit == 1:
+                raise  # one entry over the cap: no page holds it
+            # Kept for the pages after it: large entries come in runs (a tool's long outputs).
+            limit = max(1, min(limit or MAX_LIMIT, MAX_LIMIT) // 2)
+            continue
         yield page
         if page.next is None:
             return

@@ -285,6 +285,35 @@ async def test_a_page_over_the_size_cap_is_a_format_error(
     assert raised.value.status == 200
 
 
+async def test_a_page_over_the_size_cap_is_asked_again_for_fewer_entries(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entries the stream takes whole (up to BRIDGE_SSE__MAX_EVENT_BYTES) can fill a page of the
+    # platform's 500 past the cap: that gap was never read, nor that call backfilled.
+    monkeypatch.setattr(pages, "MAX_PAGE_BYTES", 1200)
+    platform.log = [entry(seq, data={"text": "x" * 200}) for seq in range(1, 12)]
+    platform.limit = pages.MAX_LIMIT
+    async with aiohttp.ClientSession() as session:
+        read = await collect(session, platform)
+    assert [item["seq"] for page in read for item in page.entries] == list(range(1, 12))
+    limits = [r.query.get("limit") for r in platform.requests]
+    # Halved from the platform's 500 until a page fits, then kept for the pages after it.
+    assert limits[:8] == [None, "250", "125", "62", "31", "15", "7", "3"]
+    assert set(limits[8:]) == {"3"}
+
+
+async def test_an_entry_over_the_size_cap_alone_is_still_a_format_error(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "MAX_PAGE_BYTES", 100)
+    platform.log = [entry(1, data={"text": "x" * 200})]
+    platform.limit = pages.MAX_LIMIT
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(PageFormatError, match="too large"):
+            await collect(session, platform)
+    assert platform.requests[-1].query["limit"] == "1"
+
+
 @pytest.mark.parametrize(
     ("status", "kind", "retriable"),
     [(401, PageAuthError, False), (503, PageServerError, True), (429, PageServerError, True)],
