@@ -69,3 +69,14 @@ def fresh_log_throttles() -> None:
     from bridge import logthrottle
 
     logthrottle.forget_all()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's one broker, tests/integration's and tests/deploy's alike (session_broker)."""
+    # Here, not in each folder's conftest: a fixture defined in two is two fixtures, and a bare
+    # `pytest` started a broker for each. Imported late: a unit session needs no broker helpers.
+    from tests.integration.conftest import session_broker
+
+    with session_broker(tmp_path_factory) as bootstrap:
+        yield bootstrap

@@ -314,16 +314,16 @@ def fail_pending(producer: Any, error: BaseException) -> None:
 
 
 def _put_back_unless_failed(accumulator: Any) -> None:
-    """Make a wedged producer's sender, which runs on until its stop, drop a failed batch that a
-    retriable answer to its request in flight would put back for a retry.
+    """Make a wedged producer's sender, which runs on until its stop, or the requests a dead
+    sender left in flight, drop a failed batch that a retriable answer would put back for a retry.
 
     Failed here, the batch left the pending set by its own callback, and aiokafka's reenqueue
     raised KeyError (the sender dead of it, a traceback; or raised by the stop) after queueing it
     again, to be sent anew. Its records were failed, for their sources to retry: none is lost.
     """
     reenqueue = getattr(accumulator, "reenqueue", None)
-    if not callable(reenqueue):
-        return
+    if not callable(reenqueue) or "reenqueue" in getattr(accumulator, "__dict__", {}):
+        return  # replaced already (failing_all's, then fail_pending's): once is enough
 
     def put_back(batch: Any) -> None:
         failed = getattr(batch, "future", None)
@@ -335,10 +335,12 @@ def _put_back_unless_failed(accumulator: Any) -> None:
 
 def fail_all_quietly(producer: Any) -> bool:
     """Make aiokafka's own failing of every batch, when the producer's sender dies, put retried
-    batches back in the pending set first, as fail_pending does; False if it cannot.
+    batches back in the pending set first, and keep failed ones from being put back for a retry,
+    as fail_pending does; False if it cannot.
 
     Installed on each producer built: by the time the bridge sees the death, aiokafka's
-    callback has failed them, and asyncio has logged each retried batch's KeyError.
+    callback has failed them, and asyncio has logged each retried batch's KeyError (and that of
+    each request the dead sender left in flight and a broker answered retriable meanwhile).
     """
     accumulator: Any = getattr(producer, "_message_accumulator", None)
     fail_all = getattr(accumulator, "fail_all", None)
@@ -347,6 +349,7 @@ def fail_all_quietly(producer: Any) -> bool:
 
     def failing_all(exception: BaseException) -> None:
         _retried_pending(accumulator)
+        _put_back_unless_failed(accumulator)
         fail_all(exception)
 
     accumulator.fail_all = failing_all  # looked up at the call by aiokafka's Sender._fail_all

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-# The session's broker fixture, shared with the integration tests.
-from tests.integration.conftest import kafka_bootstrap  # noqa: F401
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(

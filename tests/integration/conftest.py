@@ -197,10 +197,11 @@ def network_cut() -> None:
         skip_or_fail(reason)
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's broker: KAFKA_BOOTSTRAP's (`make test` gives `make kafka-up`'s), started
-    when it does not answer; without it, one of the session's own on a free port, not 9092.
+@contextmanager
+def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's broker (tests/conftest.py's kafka_bootstrap): KAFKA_BOOTSTRAP's (`make test`
+    gives `make kafka-up`'s), started when it does not answer; without it, one of the session's
+    own on a free port, not 9092.
 
     A broker the session started is stopped at its end, after a failure or Ctrl-C too (pytest
     tears session fixtures down then): a bare `pytest tests/deploy` once left one on 9092.

@@ -4,6 +4,7 @@ own unless KAFKA_BOOTSTRAP names one, and stopped at the session's end when it s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,19 @@ def test_a_broker_the_session_started_is_stopped_at_its_end(
     finally:
         if port is not None and port != 9092:
             kafka_sh("down", port, data_dir)  # a no-op once the session stopped it
+
+
+def test_the_deploy_and_integration_tests_share_the_sessions_one_broker() -> None:
+    # tests/deploy's conftest imported the fixture from tests/integration's: a fixture defined
+    # in two conftests is two session fixtures, and a bare `pytest` started a broker for each.
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    tests = ["tests/deploy/test_young_counters.py", "tests/integration/test_kafka_smoke.py"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--setup-plan"]
+    done = subprocess.run(
+        [*command, *tests], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    for test in tests:  # each folder's tests take it
+        assert re.search(rf"^ *{re.escape(test)}::.*\bkafka_bootstrap\b", done.stdout, re.M), test
+    setups = re.findall(r"^ *SETUP +S kafka_bootstrap\b", done.stdout, re.M)
+    assert len(setups) == 1, done.stdout[-3000:]

@@ -265,8 +265,9 @@ async def test_aiokafkas_producer_privates(producer: Any) -> None:
     )
     method("aiokafka", accumulator, "_append_batch", drain, "builder", "tp", aio=False)
     method("aiokafka", accumulator, "fail_all", tasks, "exception", aio=False)
-    # fail_pending replaces it: a failed batch answered retriable is not put back (KeyError);
-    # tests/unit/sink/test_clienttasks.py runs aiokafka's own sender, which looks it up at the call.
+    # fail_pending (and fail_all_quietly's fail_all) replace it: a failed batch answered retriable
+    # is not put back (KeyError); tests/unit/sink/test_clienttasks.py runs aiokafka's own sender,
+    # which looks it up at the call.
     method("aiokafka", accumulator, "reenqueue", tasks, "batch", aio=False)
     method("aiokafka", accumulator, "flush_for_commit", "bridge/dedup/transaction.py", aio=True)
     cluster = need("aiokafka", accumulator, "_cluster", drain)

@@ -619,3 +619,42 @@ async def test_a_wedged_producers_failed_batch_answered_retriable_is_not_put_bac
     assert unread == []
     assert [r.getMessage() for r in caplog.records if r.levelno > logging.WARNING] == []
     assert not [r for r in caplog.records if "did not stop" in r.getMessage()]
+
+
+async def test_a_dead_senders_failed_batch_answered_retriable_is_not_put_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The sender died (a reset connection, aiokafka#1038) with a request to another broker in
+    # flight, which aiokafka leaves running. Its own failing of every batch took the batch out of
+    # the pending set; a retriable answer (a leader moving in the same restart) then had aiokafka
+    # put it back: KeyError in that orphaned task, logged when collected, the failed batch queued
+    # again. fail_pending, which stops that, comes with the replacement: too late.
+    broker = HeldAnswers(RequestTimedOutError())
+    producer = broker.producer
+    assert fail_all_quietly(producer)
+    accumulator = producer._message_accumulator
+    with loop_reports() as unread, caplog.at_level(logging.WARNING):
+        broker.start()
+        delivered = await accumulator.add_message(TopicPartition("t", 0), None, b"v", 1)
+        await broker.sent.wait()
+
+        def dies(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("unexpected")
+
+        accumulator.drain_by_nodes = dies
+        waking = await accumulator.add_message(TopicPartition("t", 1), None, b"v", 1)
+        sender = producer._sender.sender_task
+        await asyncio.wait({sender})
+        # Both failed as the sender died.
+        assert isinstance(delivered.exception(), KafkaError)
+        assert isinstance(waking.exception(), KafkaError)
+        broker.answer()
+        await asyncio.sleep(producer._sender._retry_backoff * 2)  # the answer's backoff
+        assert not accumulator._batches.get(TopicPartition("t", 0))
+        fail_pending(producer, KafkaConnectionError("the Kafka producer was replaced"))
+        await stop_dead(producer, 1.0)
+        del producer, accumulator, delivered, waking, sender
+    # aiokafka's own callback then fails on an idempotent producer's missing transaction waiter
+    # (AttributeError): its, and not this test's.
+    assert [r for r in unread if "_fail_all" not in r] == []
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()]
