@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import ModuleType
 from typing import Any, cast
 
 import aiohttp
@@ -19,6 +20,7 @@ from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sources.calllog import follower as follower_module
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
 from bridge.sources.calllog.keygate import KeyGate
@@ -99,6 +101,21 @@ class Server:
         return await self.handler(request, len(self.requests))
 
 
+# The followers' read and connect timeouts (s). A test counting requests or reconnects must not
+# race them: at 0.3 s and 0.2 s (0.5 s for an answer's head), a loaded box's stall was an
+# attempt that timed out, one more request and reconnect than the test's script. SLACK is
+# above any stall and below run_followers' 10 s; SHORT only where a timeout is what is tested.
+SLACK = (5.0, 2.0)
+SHORT = (0.3, 0.2)
+
+
+def first_heads_time_out(monkeypatch: pytest.MonkeyPatch, module: ModuleType, first: int) -> None:
+    """The first `first` requests `module` sends wait SHORT's 0.5 s for their answer's head; every
+    later one SLACK's 7 s: only the requests meant to hang time out, not the answers after them."""
+    heads = iter([sum(SHORT)] * first)
+    monkeypatch.setattr(module, "head_timeout", lambda _settings: next(heads, sum(SLACK)))
+
+
 @pytest.fixture
 async def run_followers() -> AsyncIterator[Callable[..., Any]]:
     """Followers of `calls` against one server, sharing one key gate, run to their ends."""
@@ -116,6 +133,7 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
         gate: KeyGate | None = None,
         pages: PageSlots | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timeouts: tuple[float, float] = SLACK,
     ) -> tuple[list[bool], Server, FakePublisher, list[Follower], Metrics]:
         server = Server(handler)
         await server.server.start_server()
@@ -124,9 +142,10 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
         sessions.append(session)
         publisher = publisher or FakePublisher()
         metrics = Metrics()
+        read_timeout, connect_timeout = timeouts
         settings = SseSettings(
-            read_timeout_seconds=0.3,
-            connect_timeout_seconds=0.2,
+            read_timeout_seconds=read_timeout,
+            connect_timeout_seconds=connect_timeout,
             backoff_initial_seconds=0.01,
             backoff_max_seconds=0.05,
             give_up_after_seconds=give_up_after_seconds,
@@ -326,7 +345,7 @@ async def test_a_silent_connection_is_dropped_and_resumed(run_follower: Callable
             return await stream(request, frame(entry(1)), hold=5.0)
         return await stream(request, frame(entry(2, "call.score")))
 
-    ended, server, publisher, _, metrics = await run_follower(handler)
+    ended, server, publisher, _, metrics = await run_follower(handler, timeouts=SHORT)
     assert ended
     assert publisher.seqs == [1, 2]
     assert reconnects(metrics, "silent") == 1
@@ -334,13 +353,14 @@ async def test_a_silent_connection_is_dropped_and_resumed(run_follower: Callable
 
 
 async def test_a_request_never_answered_is_left_and_asked_again(
-    run_follower: Callable[..., Any],
+    run_follower: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         if n == 1:  # the request is taken, and no status or header ever comes
             await asyncio.sleep(2.0)
         return await stream(request, frame(entry(1, "call.score")))
 
+    first_heads_time_out(monkeypatch, follower_module, 1)
     ended, server, publisher, _, metrics = await run_follower(handler)
     assert ended
     assert publisher.seqs == [1]
@@ -379,7 +399,9 @@ async def test_a_process_out_of_descriptors_is_said_so_once_not_counted_as_an_ou
 
 
 async def test_an_outage_is_one_connection_failed_line_not_one_a_call(
-    run_followers: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    run_followers: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = [f"CA_{n}" for n in range(20)]
     asked: dict[str, int] = {}
@@ -392,6 +414,8 @@ async def test_an_outage_is_one_connection_failed_line_not_one_a_call(
         return await stream(request, frame(entry(1, "call.score", call=call)))
 
     caplog.set_level(logging.INFO, logger="bridge.sources.calllog.follower")
+    # Each follower's first attempt takes its head timeout before any attempt can time out.
+    first_heads_time_out(monkeypatch, follower_module, len(calls))
     ended, _, _, _, metrics = await run_followers(handler, calls=calls)
     assert all(ended)
     assert reconnects(metrics, "connect_error") == len(calls)  # each counted
@@ -454,7 +478,7 @@ async def test_pings_keep_an_idle_connection(run_follower: Callable[..., Any]) -
         await response.write(frame(entry(2, "call.score")))
         return response
 
-    ended, server, publisher, _, metrics = await run_follower(handler)
+    ended, server, publisher, _, metrics = await run_follower(handler, timeouts=SHORT)
     assert ended
     assert publisher.seqs == [1, 2]
     assert len(server.requests) == 1
@@ -1179,8 +1203,8 @@ class HeldPublisher(FakePublisher):
 
 
 def paged_gaps(asked: list[str]) -> Handler:
-    """Each call's stream skips seqs 2 and 3, read from two pages of one entry; `asked` names
-    the call of each page request."""
+    """Each call's stream skips seqs 2 and 3, read from two pages of one entry, and closes (the
+    follower resumes past the gap on a new one); `asked` names the call of each page request."""
 
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         call = request.match_info["call"]
@@ -1191,7 +1215,7 @@ def paged_gaps(asked: list[str]) -> Handler:
                 {"entries": [entry(seq, call=call)], "live": True, "next": seq}
             )
         if request.query["after"] == "0":
-            return await stream(request, call_log(call, range(1, 2)) + gap_frame(call), hold=5.0)
+            return await stream(request, call_log(call, range(1, 2)) + gap_frame(call))
         return await stream(request, call_log(call, range(int(request.query["after"]) + 1, 5)))
 
     return handler

@@ -17,10 +17,12 @@ from bridge import connlimit
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
+from bridge.sources.calllog import orgfeed
 from bridge.sources.calllog.eventstream import Event
 from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_until
 from tests.polling import until
 from tests.sockets import SpentDescriptors
+from tests.unit.sources.calllog.test_follower import first_heads_time_out
 
 NOW = 1_800_000_000.0
 TTL = 3_600.0
@@ -81,13 +83,11 @@ async def reading(
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_request_never_answered_is_left_and_asked_again() -> None:
-    settings = SseSettings(
-        read_timeout_seconds=0.3,
-        connect_timeout_seconds=0.2,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.05,
-    )
+async def test_a_request_never_answered_is_left_and_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    first_heads_time_out(monkeypatch, orgfeed, 1)
     requests = 0
 
     async def handle(request: web.Request) -> web.StreamResponse:
