@@ -27,7 +27,7 @@ from bridge.sources.calllog import source as source_module
 from bridge.sources.calllog.calllist import CallListError, CallListing, CallRow
 from bridge.sources.calllog.orgfeed import Notice
 from bridge.sources.calllog.roster import Roster, Start
-from bridge.sources.calllog.source import CallLogSource, stream_session
+from bridge.sources.calllog.source import SWEEP_ROWS_PER_STEP, CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
 from tests.metrics import sample, series
@@ -396,3 +396,35 @@ async def test_a_sweep_cut_short_by_the_page_cap_says_so(
     assert announced == ["CA_1", "CA_2"]
     [warning] = caplog.records
     assert "read only to its page cap" in warning.getMessage()
+
+
+async def test_a_long_call_list_is_announced_in_slices_with_the_loop_free_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A list at its page cap (20,000 rows) held the loop some 110 ms in one pass: counted, not
+    # timed, as the rows announced between two turns of another task.
+    source = call_log_source(Metrics())
+    rows = [CallRow(f"CA_{n}", True, 3, 1.0, None) for n in range(3 * SWEEP_ROWS_PER_STEP + 5)]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return CallListing(rows)
+
+    announced = sweeps_with(monkeypatch, source, list_calls)
+    per_turn: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            seen = len(announced)
+            await asyncio.sleep(0)
+            per_turn.append(len(announced) - seen)
+
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        other = asyncio.create_task(other_task())
+        await asyncio.sleep(0)
+        source._schedule_sweep()
+        assert source._sweep is not None
+        await asyncio.wait_for(source._sweep, 2)
+        other.cancel()
+    assert announced == [row.call for row in rows]
+    assert max(per_turn) == SWEEP_ROWS_PER_STEP
