@@ -22,6 +22,11 @@ _COMPACT_AFTER = 4096  # consumed slots before the arrays are worth shifting dow
 # than are live (at a half, twice as many: 24 B/id more at steady state), and a slot is moved
 # about three times in its life, a memmove (bench/OPTIMISATIONS.md).
 _COMPACT_SHARE = 4
+# Slots a pass dropping stale ones examines per sighting: a bounded hold of the event loop (64
+# dict look-ups), where one pass over the whole queue (1.8M slots at 600k ids seen three times)
+# held it for seconds. At least 2, to gain on the one slot each sighting adds; at 64 the queue
+# grows by at most a 63rd during a pass.
+_COMPACT_STEP = 64
 _LOW = (1 << 64) - 1
 # Each remembered id's own objects as the allocator hands them out (16-byte blocks): its digest,
 # a 128-bit int (44 bytes), and its last-seen time, a float (24).
@@ -57,6 +62,11 @@ class SeenWindow:
         self._low = array("Q")
         self._times = array("d")
         self._head = 0
+        # While a pass dropping stale slots runs (`_drop_stale`, started past twice the live ids'
+        # slots, a few slots a sighting, shifting the latest sightings down in place, in order):
+        # the slots from the head up to `_kept` are those it kept, from there up to `_read`
+        # garbage, from `_read` on not yet examined. Both -1 when none runs.
+        self._kept = self._read = -1
         self.stream_time = float("-inf")
         self.evicted_early = 0
 
@@ -94,47 +104,67 @@ class SeenWindow:
         self._times.append(now)
         if len(self._last) > self._max:
             self._evict(now, over_cap=True)
-        elif len(self._times) - self._head > 2 * len(self._last) + _COMPACT_AFTER:
+        if self._read >= 0 or len(self._times) - self._head > 2 * len(self._last) + _COMPACT_AFTER:
             self._drop_stale()
         return fresh
 
     def _drop_stale(self) -> None:
-        """Keep only each id's latest sighting in the queue, in order.
+        """Examine the next `_COMPACT_STEP` slots of a pass keeping only each id's latest sighting.
 
-        Copies of a few ids (a retry storm) would otherwise grow it by a slot each for a whole
-        TTL, whatever the cap on ids. At least half the slots go: amortised O(1) per sighting.
+        Else copies of a few ids (a retry storm) grow the queue a slot each for a whole TTL.
         """
         last, high, low, times = self._last, self._high, self._low, self._times
-        kept_high, kept_low, kept_times = array("Q"), array("Q"), array("d")
-        kept: set[int] = set()
-        for i in range(self._head, len(times)):
-            key = (high[i] << 64) | low[i]
-            when = times[i]
-            if last.get(key) == when and key not in kept:
-                kept.add(key)
-                kept_high.append(high[i])
-                kept_low.append(low[i])
-                kept_times.append(when)
-        self._high, self._low, self._times, self._head = kept_high, kept_low, kept_times, 0
+        if self._read < 0:
+            self._kept = self._read = self._head
+        kept, read, end = self._kept, self._read, len(times)
+        stop = min(read + _COMPACT_STEP, end)
+        while read < stop:
+            when = times[read]
+            # An id has one slot at its latest time (`observe`): any other of its slots is stale.
+            if last.get((high[read] << 64) | low[read]) == when:
+                if kept != read:
+                    high[kept], low[kept], times[kept] = high[read], low[read], when
+                kept += 1
+            read += 1
+        if read == end:  # the pass is done: what follows what it kept is garbage
+            del high[kept:]
+            del low[kept:]
+            del times[kept:]
+            self._kept = self._read = -1
+        elif kept == self._head:  # nothing kept before the garbage: the queue starts after it
+            self._head = self._kept = self._read = read
+        else:
+            self._kept, self._read = kept, read
 
     def _evict(self, now: float, *, over_cap: bool = False) -> None:
         last, high, low, times = self._last, self._high, self._low, self._times
         head, end, horizon = self._head, len(times), now - self._ttl
+        garbage = self._kept  # where a running pass's garbage starts (-1: no pass runs)
         while head < end:
             when = times[head]
             if when >= horizon and not (over_cap and len(last) > self._max):
                 break
             key = (high[head] << 64) | low[head]
             head += 1
+            if head == garbage:
+                # Every slot the pass kept is gone: on to those it has not read. Its garbage holds
+                # the slots it moved down as they were: one could pass for the latest sighting of
+                # an id evicted by the cap and seen again at that time, and forget it.
+                head = self._read
             if last.get(key) == when:  # its latest sighting: nothing later keeps it
                 del last[key]
                 if when >= horizon:
                     self.evicted_early += 1
+        if garbage >= 0 and head >= garbage:  # the pass goes on from the head
+            self._kept = self._read = head
         if head > _COMPACT_AFTER and head * _COMPACT_SHARE > end:
             # Amortised O(1): a compaction moves the live slots, at most three times the
             # consumed ones that set it off.
             del high[:head]
             del low[:head]
             del times[:head]
+            if self._read >= 0:
+                self._kept -= head
+                self._read -= head
             head = 0
         self._head = head

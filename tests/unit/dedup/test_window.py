@@ -4,11 +4,16 @@ import random
 import subprocess
 import sys
 import tracemalloc
+from array import array
+from unittest import mock
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.dedup import SeenWindow, digest
 from bridge.dedup import window as window_module
+from tests import fuzz  # noqa: F401  (the Hypothesis profiles)
 
 TTL = 10.0
 
@@ -150,10 +155,14 @@ def test_copies_of_a_few_ids_keep_the_queue_bounded() -> None:
     # A retry storm: 100k copies of 10 ids within one TTL. Each sighting queued a slot until
     # the TTL passed, whatever the cap on ids (48 MB for 2M copies).
     window = SeenWindow(900.0, 1_000)
+    most = 0
     for n in range(100_000):
         window.observe(key(f"id-{n % 10}"), 1_000.0 + n / 1_000)
+        most = max(most, len(window._times) - window._head)
     assert len(window) == 10
-    assert len(window._times) - window._head <= 2 * 10 + 4_096 + 1
+    # A pass starts past 2 x 10 + 4096 slots and, examining _COMPACT_STEP a sighting, ends
+    # before the sightings meanwhile add a 63rd of that.
+    assert most <= (2 * 10 + 4_096 + 1) * 64 // 63 + 1
 
 
 def test_at_steady_state_the_queue_holds_at_most_a_third_more_slots_than_live_ids() -> None:
@@ -323,15 +332,18 @@ class Reference:
         return previous is None
 
 
+@pytest.mark.parametrize("step", [2, 3, 64])
 @pytest.mark.parametrize("compact_after", [2, 4096])
 @pytest.mark.parametrize("cap", [1, 2, 3, 7, 1_000])
 def test_decides_as_a_reference_model_over_random_streams(
-    cap: int, compact_after: int, monkeypatch: pytest.MonkeyPatch
+    cap: int, compact_after: int, step: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Equal times, the clock stepping back, jumps of exactly the TTL and of several; with a tiny
-    # compaction threshold the queue is shifted and its stale slots dropped all the time.
+    # compaction threshold the queue is shifted and its stale slots dropped all the time, and
+    # with a small step a pass's garbage sits between the slots kept and those unread for long.
     monkeypatch.setattr(window_module, "_COMPACT_AFTER", compact_after)
-    rng = random.Random(cap * 10_000 + compact_after)
+    monkeypatch.setattr(window_module, "_COMPACT_STEP", step)
+    rng = random.Random(cap * 10_000 + compact_after * 100 + step)
     keys = [key(f"CA_{n}") for n in range(8)]
     for _ in range(100):
         window, reference = SeenWindow(TTL, cap), Reference(TTL, cap)
@@ -346,4 +358,125 @@ def test_decides_as_a_reference_model_over_random_streams(
             assert window.observe(k, at) == reference.observe(k, at)
             assert window.stream_time == reference.stream_time
             assert window.evicted_early == reference.evicted_early
+            assert_queued_in_order(window)
         assert set(window._last) == set(reference.last)
+
+
+def assert_queued_in_order(window: SeenWindow) -> None:
+    """Every remembered id's latest sighting is queued, once, in time order; no pass's garbage."""
+    head, end = window._head, len(window._times)
+    kept, read = (window._kept, window._read) if window._read >= 0 else (end, end)
+    assert head <= kept <= read <= end
+    slots = [*range(head, kept), *range(read, end)]
+    times = [window._times[i] for i in slots]
+    assert times == sorted(times)
+    latest = [
+        (k, when)
+        for i, when in zip(slots, times, strict=True)
+        if window._last.get(k := (window._high[i] << 64) | window._low[i]) == when
+    ]
+    assert sorted(latest) == sorted(window._last.items())
+
+
+# A sighting: which of a few ids, how many ms stream time moves (0, 1, exactly the TTL, past it,
+# back), and how many ms before stream time the record was stamped; or only asking `in`.
+_sightings = st.lists(
+    st.tuples(
+        st.integers(0, 5),
+        st.sampled_from((0, 0, 1, 500, 10_000, 25_000, -5_000)),
+        st.sampled_from((0, 0, -1, -1_000, -10_000)),
+        st.sampled_from((False, False, False, True)),
+    ),
+    min_size=100,
+    max_size=400,
+)
+
+
+@given(st.integers(1, 8), st.integers(0, 6), st.integers(2, 5), _sightings)
+def test_decides_as_the_reference_model_whatever_the_pass_dropping_stale_slots_is_at(
+    cap: int, compact_after: int, step: int, sightings: list[tuple[int, int, int, bool]]
+) -> None:
+    # Passes start after a few stale slots and examine a few a sighting, so evictions by time
+    # and by the cap meet a pass's kept slots, its garbage and its unread slots in every order.
+    # Append times are whole ms, decided as such (the window's half ms over the TTL).
+    keys = [key(f"CA_{n}") for n in range(6)]
+    with (
+        mock.patch.object(window_module, "_COMPACT_AFTER", compact_after),
+        mock.patch.object(window_module, "_COMPACT_STEP", step),
+    ):
+        window, reference = SeenWindow(TTL, cap), Reference(TTL + window_module._HALF_MS, cap)
+        ms = 1_000_000
+        for n, moved, stamped, only_ask in sightings:
+            ms += moved
+            if only_ask:
+                assert (keys[n] in window) == (keys[n] in reference)
+                continue
+            at = (ms + stamped) / 1000
+            assert window.observe(keys[n], at) == reference.observe(keys[n], at)
+            assert window.stream_time == reference.stream_time
+            assert window.evicted_early == reference.evicted_early
+            assert set(window._last) == set(reference.last)
+            assert_queued_in_order(window)
+
+
+@pytest.mark.parametrize(
+    ("compact_after", "step", "cap", "sightings"),
+    [
+        # The cap evicts c, then the slots the pass kept are gone: the eviction must go on at
+        # those it has not read. In its garbage lay a copy it moved of b's sighting at 502 (b
+        # since evicted by the cap and seen again then): taken for b's latest, it forgot b, not e.
+        (0, 4, 2, "d0 c0 b0 c2 b2 b502 a502 e502 b502 d507 b507"),
+        # Stream time jumps past every slot, the pass's unread ones too: it goes on from the head.
+        (0, 4, 8, "a0 c999 a999 c6500 d6500 c6501 d6501 e16500 a329008 c329008 d329009"),
+        # The consumed head is cut off the arrays while a pass runs: its places move with it.
+        (
+            0,
+            3,
+            5,
+            "f0 e1000 c1000 a1000 f1000 d1000 c6002 a6503 c6503 d6503 e6503 b6503 f6503 d99999",
+        ),
+    ],
+)
+def test_evictions_meet_a_running_pass_as_the_reference_model_decides(
+    compact_after: int, step: int, cap: int, sightings: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(window_module, "_COMPACT_AFTER", compact_after)
+    monkeypatch.setattr(window_module, "_COMPACT_STEP", step)
+    window, reference = SeenWindow(TTL, cap), Reference(TTL + window_module._HALF_MS, cap)
+    for sighting in sightings.split():
+        k, at = key(sighting[0]), (1_000_000 + int(sighting[1:])) / 1000
+        assert window.observe(k, at) == reference.observe(k, at), sighting
+        assert window._last.keys() == reference.last.keys(), sighting
+        assert_queued_in_order(window)
+
+
+class CountingTimes(array):  # type: ignore[type-arg]
+    """A queue's times that count the slots read: each slot examined reads its time once."""
+
+    reads = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        CountingTimes.reads += 1
+        return super().__getitem__(index)
+
+
+def test_no_sighting_examines_more_than_a_bounded_number_of_slots() -> None:
+    # Ids seen three times each (webhook, feed, call log), a new one a ms. Dropping the stale
+    # slots in one pass examined the whole queue in one sighting (1.8M slots, 1.3 s, at 600k
+    # live ids): the event loop held, and the webhooks and probes of the process with it.
+    live = 5_000
+    window = SeenWindow(live / 1000, 10 * live)
+    window._times = CountingTimes("d")
+    most = queued = 0
+    for i in range(3 * live):
+        for n, at in ((i, i), (i - 200, i + 0.3), (i - 400, i + 0.6)):  # copies 0.2, 0.4 s late
+            if n >= 0:
+                before = CountingTimes.reads
+                window.observe(key(f"evt-{n}"), 1000.0 + at / 1000)
+                most = max(most, CountingTimes.reads - before)
+                queued = max(queued, len(window._times) - window._head)
+    # A pass's step (_COMPACT_STEP), and the one or two slots stream time expires, and the next.
+    assert most <= 64 + 3
+    assert len(window) == live + 401  # and the 400 newest are seen again within the TTL
+    # Stale slots were dropped all along: 45k sightings, at most 3 slots an id within the TTL.
+    assert queued <= (2 * len(window) + 4_096 + 1) * 64 // 63 + 1
