@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import importlib.metadata
+import json
 import logging
 import os
 import shlex
@@ -151,7 +152,7 @@ def _check(_: argparse.Namespace) -> int:
     # An unknown variable fails the check: a CI gate must catch a typo, which `run` only warns of.
     settings = _settings_or_exit(unknown_is_invalid=True)
     print("configuration is valid:", file=sys.stderr)  # stdout is the settings as JSON, for tools
-    print(jsoncodec.dumps(describe(settings)).decode())
+    print(_settings_json(describe(settings)))
     for name, origin in secret_origins(os.environ, dotenv_variables()).items():
         print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
     overridden = overridden_variables(os.environ, dotenv_variables())
@@ -166,6 +167,15 @@ def _check(_: argparse.Namespace) -> int:
     )
     _check_memory(settings)
     return 0
+
+
+def _settings_json(described: dict[str, Any]) -> str:
+    """The settings as compact JSON, a byte or entry limit past 64 bits (1e20: as good as none,
+    and taken) included: orjson cannot write one, and `check` said valid, then a traceback."""
+    try:
+        return jsoncodec.dumps(described).decode()
+    except jsoncodec.JSONEncodeError:
+        return json.dumps(described, separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_memory(settings: Settings) -> None:

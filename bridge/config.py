@@ -495,6 +495,16 @@ class KafkaSettings(_Section):
                 f"BRIDGE_KAFKA__MAX_BATCH_BYTES ({self.max_batch_bytes}) must not exceed"
                 f" BRIDGE_KAFKA__MAX_REQUEST_BYTES ({self.max_request_bytes})"
             )
+        if self.linger_ms > self.publish_timeout_seconds * 500:
+            # Every record waits the linger before it is sent: at the publish timeout (the
+            # linger's maximum is the default timeout) every delivery was answered 503 and the
+            # pod unready, with Kafka up; half leaves the other half for Kafka's answer.
+            raise ValueError(
+                f"BRIDGE_KAFKA__LINGER_MS ({self.linger_ms}) must be at most half of"
+                f" BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS ({self.publish_timeout_seconds:g} s):"
+                " each record waits the linger before it is sent, and a delivery not"
+                " acknowledged within the publish timeout is answered 503"
+            )
         # Settings the protocol would ignore mean a forgotten security_protocol: refuse them
         # rather than connect without the TLS or credentials the operator asked for.
         uses_tls = self.security_protocol in {"SSL", "SASL_SSL"}
@@ -731,6 +741,12 @@ class WebhookSettings(_Section):
         return self
 
 
+# BRIDGE_TOPICS__PARTITIONS: a KRaft controller refuses to create a topic of 10000 partitions or
+# more (at most 10000 records an operation: one a partition, the topic's and its configs'), at
+# every start; 9000 with the bridge's configs is taken (measured, Kafka 4.4).
+MAX_TOPIC_PARTITIONS = 9000
+
+
 class TopicSettings(_Section):
     events: str = "pinecall.events"
     alerts: str = "pinecall.alerts"
@@ -742,7 +758,7 @@ class TopicSettings(_Section):
     # Internal: a one-partition topic whose group membership elects the WebSocket feed's reader.
     feed_lease: str = "pinecall.feed-lease"
     create: bool = True
-    partitions: int = Field(default=3, ge=1, le=10_000)
+    partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=-1, ge=-1, le=32)
 
     @field_validator("events", "alerts", "dlq", "ingest", "feed_lease")
@@ -757,6 +773,17 @@ class TopicSettings(_Section):
             return None
         # Not a string (a section given as JSON): pydantic's own type check names it.
         return _check_topic(name) if isinstance(name, str) else name
+
+    @field_validator("partitions")
+    @classmethod
+    def _creatable(cls, partitions: int) -> int:
+        if partitions > MAX_TOPIC_PARTITIONS:
+            raise ValueError(
+                f"must be at most {MAX_TOPIC_PARTITIONS}: a KRaft controller refuses to create a"
+                " topic of 10000 partitions or more (at most 10000 records an operation), so the"
+                " topics would never be made"
+            )
+        return partitions
 
     @field_validator("replication_factor")
     @classmethod

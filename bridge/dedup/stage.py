@@ -104,6 +104,10 @@ MAX_RECORDS_PER_STEP = 256
 # what waits on it is a partition resumed or sought meanwhile, whose fetch goes to that broker
 # only once the held one returns: at a takeover, after its restore.
 IDLE_FETCH_WAIT_MS = 500
+# The longest the loop waits for records, and the broker holds an empty fetch, whatever the commit
+# interval (up to 60 s): a stop waits for both (the drain's end offsets queue behind a held fetch
+# on the broker's connection), and at an interval's length a stop missed its grace period.
+MAX_FETCH_WAIT_MS = 1000
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -304,7 +308,7 @@ class DedupStage:
             # default). Waiting for 64 KiB held each record up to an interval before it was
             # decided, and the commit due meanwhile for a fetch more: end-to-end p99 190 ms at
             # 1,400/s, now 120 (bench/OPTIMISATIONS.md). With none there the broker holds the
-            # fetch longer than an interval: commits are timed by getmany's own wait, not by it.
+            # fetch half a second to a second: commits are timed by getmany's own wait, not by it.
             fetch_max_wait_ms=broker_fetch_wait_ms(s.commit_interval_ms),
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
@@ -493,6 +497,8 @@ class DedupStage:
         assert self._consumer is not None
         consumer = self._consumer
         interval = self._settings.commit_interval_ms / 1000
+        # A pause after a failed fetch: no longer than a wait for records, so a stop is not held.
+        pause = min(interval, MAX_FETCH_WAIT_MS / 1000)
         refused = 0  # fetches in a row the group was refused at
         try:
             while self._running:
@@ -505,7 +511,10 @@ class DedupStage:
                     continue
                 try:
                     batches = await consumer.getmany(
-                        timeout_ms=fetch_wait_ms(self._settings.commit_interval_ms, self._out.age),
+                        timeout_ms=min(
+                            fetch_wait_ms(self._settings.commit_interval_ms, self._out.age),
+                            MAX_FETCH_WAIT_MS,
+                        ),
                         max_records=self._size.room(self._out.sent, MAX_RECORDS_PER_STEP),
                     )
                 except OffsetOutOfRangeError as exc:
@@ -513,7 +522,7 @@ class DedupStage:
                         await self._out_of_range(consumer, exc.args[0])
                     except Exception:  # the offsets: the next fetch fails again and retries
                         log.exception("dedup stage could not read the log start offsets")
-                        await asyncio.sleep(interval)
+                        await asyncio.sleep(pause)
                     continue
                 except (GroupAuthorizationFailedError, TopicAuthorizationFailedError) as exc:
                     # aiokafka asks the coordinator (fetches the ingest topic) again at each
@@ -545,13 +554,13 @@ class DedupStage:
                 except NoOffsetForPartitionError:
                     # Assigned and not yet sought (assigned() seeks it): no position yet. Not
                     # expected to last; a pause keeps it from spinning if it does.
-                    await asyncio.sleep(interval)
+                    await asyncio.sleep(pause)
                     continue
                 except Exception:  # the group must outlive a fetch error; aiokafka retries inside
                     if consumer_died(consumer) is not None:
                         continue  # replaced at the top of the loop
                     log.exception("dedup stage fetch failed")
-                    await asyncio.sleep(interval)
+                    await asyncio.sleep(pause)
                     continue
                 refused = 0
                 async with self._lock:
@@ -1062,9 +1071,10 @@ def lag_seconds(now: float, behind_for: float | None, last_appended_at: float | 
 
 
 def broker_fetch_wait_ms(interval_ms: int) -> int:
-    """How long the broker may hold a fetch that finds no records: the longer of an interval
-    and IDLE_FETCH_WAIT_MS. Pure. At one interval an idle stage fetched ten times a second."""
-    return max(interval_ms, IDLE_FETCH_WAIT_MS)
+    """How long the broker may hold a fetch that finds no records: an interval, within
+    IDLE_FETCH_WAIT_MS and MAX_FETCH_WAIT_MS. Pure. At one interval an idle stage fetched ten
+    times a second."""
+    return min(max(interval_ms, IDLE_FETCH_WAIT_MS), MAX_FETCH_WAIT_MS)
 
 
 def fetch_wait_ms(interval_ms: int, age: float | None) -> int:

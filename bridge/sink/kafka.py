@@ -901,14 +901,20 @@ class KafkaSink:
             )
             for spec in missing
         ]
-        try:
-            response = await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            return {spec.name for spec in missing}
+        answers: list[Any] = []
+        for topic in new:
+            # One topic a request: a KRaft controller refuses a request of more than 10000
+            # partitions in all, and the output topics at a few thousand each were never made.
+            try:
+                response = await admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                answers.append((topic.name, TopicAlreadyExistsError.errno))
+                continue
+            answers.extend(getattr(response, "topic_errors", []))
         created: set[str] = set()
         too_many: list[str] = []
         refused: list[str] = []
-        for name, code, *said in getattr(response, "topic_errors", []):
+        for name, code, *said in answers:
             if code == InvalidReplicationFactorError.errno:
                 too_many.append(name)
             elif code in NOT_ALLOWED:

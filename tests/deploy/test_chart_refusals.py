@@ -152,6 +152,12 @@ REFUSALS = {
         # The chart sets the connect timeout (10000) as it sets every value.
         {"kafka": {"request_timeout_ms": 5000, "connect_timeout_ms": 10000}},
     ),
+    "linger over half the publish timeout": Refusal(
+        ("config.kafka.lingerMs=10000",),
+        "config.kafka.lingerMs (10000) must be at most half of"
+        " config.kafka.publishTimeoutSeconds (10 s)",
+        {"kafka": {"linger_ms": 10000}},
+    ),
     "webhook body with no room for the envelope": Refusal(
         ("config.webhook.maxBodyBytes=1000000",),
         "config.webhook.maxBodyBytes (1000000) leaves no room for the record's envelope",

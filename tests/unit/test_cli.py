@@ -330,6 +330,19 @@ def test_check_accepts_limits_that_fit_and_prints_them(
     assert "fit in Kafka records of up to 2097152 bytes" in capsys.readouterr().err
 
 
+def test_check_prints_a_limit_past_64_bits_as_the_number_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unbounded above, such a limit is taken by `run`; `check` said the configuration was
+    # valid, then died of orjson's "Integer exceeds 64-bit range" (exit 1).
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES", str(10**20))
+    assert main(["check"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # jsoncodec refuses such integers to read
+    assert printed["webhook"]["max_in_flight_bytes"] == 10**20
+    assert printed["topics"]["events"] == "pinecall.events"
+
+
 def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_TOPICS__EVENTS", "bad topic")
     assert exit_code(["run"]) == 2

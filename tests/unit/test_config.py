@@ -1237,6 +1237,38 @@ def test_the_connect_timeout_must_not_exceed_the_request_timeout(
     assert load_settings().kafka.connect_timeout_ms == 5000
 
 
+def test_the_linger_must_leave_half_the_publish_timeout_for_kafkas_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At its maximum (10000) and the default publish timeout (10 s) every webhook got 503 and
+    # the pod went unready, Kafka up: each record waits the linger before it is sent.
+    setenv(monkeypatch, {"BRIDGE_KAFKA__LINGER_MS": "10000"})
+    [problem] = problems()
+    assert (
+        "BRIDGE_KAFKA__LINGER_MS (10000) must be at most half of"
+        " BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS (10 s)" in problem
+    )
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGER_MS", "5001")
+    assert len(problems()) == 1
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGER_MS", "5000")  # at the bound
+    assert load_settings().kafka.linger_ms == 5000
+    monkeypatch.setenv("BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS", "20")  # its maximum fits then
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGER_MS", "10000")
+    assert load_settings().kafka.linger_ms == 10_000
+
+
+def test_topic_partitions_stop_short_of_what_a_kraft_controller_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10000 was taken, and the broker refused to create every topic at every start.
+    setenv(monkeypatch, {"BRIDGE_TOPICS__PARTITIONS": "10000"})
+    [problem] = problems()
+    assert "BRIDGE_TOPICS__PARTITIONS" in problem
+    assert "must be at most 9000: a KRaft controller refuses to create a topic" in problem
+    monkeypatch.setenv("BRIDGE_TOPICS__PARTITIONS", "9000")  # at the bound
+    assert load_settings().topics.partitions == 9000
+
+
 def test_the_connect_timeouts_default_is_bounded_by_a_lower_request_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

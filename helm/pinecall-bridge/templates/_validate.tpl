@@ -155,6 +155,12 @@ left null, the bridge takes 10000 or the request timeout if lower. */}}
 {{- if gt (float64 $k.maxBatchBytes) $request }}
 {{- $problems = append $problems (printf "config.kafka.maxBatchBytes (%s) must not exceed config.kafka.maxRequestBytes (%s)" (include "pinecall-bridge.envValue" (float64 $k.maxBatchBytes)) (include "pinecall-bridge.envValue" $request)) }}
 {{- end }}
+{{- /* Every record waits the linger before it is sent: half the publish timeout is left for the
+ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
+{{- $sending := include "pinecall-bridge.withDefaults" (list $c.kafka (dict "lingerMs" 5 "publishTimeoutSeconds" 10)) | fromJson }}
+{{- if gt (float64 $sending.lingerMs) (mulf (float64 $sending.publishTimeoutSeconds) 500) }}
+{{- $problems = append $problems (printf "config.kafka.lingerMs (%s) must be at most half of config.kafka.publishTimeoutSeconds (%s s): each record waits the linger before it is sent, and a delivery not acknowledged within the publish timeout is answered 503" (include "pinecall-bridge.envValue" (float64 $sending.lingerMs)) (include "pinecall-bridge.envValue" (float64 $sending.publishTimeoutSeconds))) }}
+{{- end }}
 {{- $bodyLimit := (include "pinecall-bridge.withDefaults" (list $c.webhook (dict "maxBodyBytes" 983040)) | fromJson).maxBodyBytes }}
 {{- range $name, $limit := dict "config.webhook.maxBodyBytes" $bodyLimit "config.websocket.maxFrameBytes" $websocket.maxFrameBytes "config.sse.maxEventBytes" $sse.maxEventBytes }}
 {{- if gt (addf (float64 $limit) $reserve) $request }}

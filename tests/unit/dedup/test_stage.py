@@ -940,9 +940,31 @@ def test_fetch_wait_ms(age: float | None, wait: int) -> None:
     assert fetch_wait_ms(100, age) == wait
 
 
-@pytest.mark.parametrize(("interval", "wait"), [(25, 500), (100, 500), (500, 500), (2000, 2000)])
-def test_the_broker_holds_an_empty_fetch_at_least_half_a_second(interval: int, wait: int) -> None:
+@pytest.mark.parametrize(
+    ("interval", "wait"),
+    [(25, 500), (100, 500), (500, 500), (800, 800), (2000, 1000), (60_000, 1000)],
+)
+def test_the_broker_holds_an_empty_fetch_half_a_second_to_a_second(
+    interval: int, wait: int
+) -> None:
+    # Held a whole interval (up to 60 s), it held the stop's end offsets request behind it.
     assert broker_fetch_wait_ms(interval) == wait
+
+
+async def test_a_stop_at_the_longest_commit_interval_ends_within_its_grace_period() -> None:
+    # The loop waited a whole interval for records before it saw the stop: at 60 s, past the
+    # grace period, so nothing was committed and the group was never left.
+    h = Harness()
+    h.stage._settings = DedupSettings(
+        commit_interval_ms=60_000, transaction_timeout_ms=60_001, session_timeout_ms=300_000
+    )
+    consumer = FiniteConsumer(tp(1), count=3)
+    task = running_over(h, consumer)
+    await until(lambda: task.position == consumer.count, what="the records decided")
+    async with asyncio.timeout(5):
+        await h.stage.stop(drain_by=asyncio.get_running_loop().time() + 20)
+    assert steps(h.producer)[-3:] == ["offsets", "commit", "stop"]
+    assert consumer.stopped
 
 
 def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:

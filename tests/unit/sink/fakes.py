@@ -328,6 +328,7 @@ class FakeAdmin:
         self.asked: list[list[str]] = []  # the topics of each read, in order
         self._missed: dict[str, int] = {}
         self.closed = False  # its close() over
+        self.creates: list[dict[str, int]] = []  # each CreateTopics: its topics' partitions
         FakeAdmin.made.append(self)
 
     async def start(self) -> None:
@@ -352,6 +353,17 @@ class FakeAdmin:
             self._missed[name] = self._missed.get(name, 0) + 1
             return 3
         return 0
+
+    async def list_topics(self) -> list[str]:
+        return []
+
+    async def create_topics(self, new: list[Any]) -> Any:
+        """As a KRaft controller answers: each topic refused (PolicyViolation) when the request
+        holds more than 10000 partitions in all."""
+        asked = {topic.name: topic.num_partitions for topic in new}
+        self.creates.append(asked)
+        code = 44 if sum(asked.values()) > 10_000 else 0
+        return SimpleNamespace(topic_errors=[(name, code, None) for name in asked])
 
     async def describe_cluster(self) -> dict[str, Any]:
         return {"brokers": [{"node_id": n} for n in sorted(self.brokers)]}

@@ -25,13 +25,14 @@ from aiokafka.errors import (
 from aiokafka.protocol.commit import OffsetFetchResponse_v3
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from bridge.config import KafkaSettings
+from bridge.config import KafkaSettings, TopicSettings
 from bridge.metrics import Metrics
 from bridge.sink import kafka
 from bridge.sink.clienttasks import REPLACE_ATTEMPTS, producer_died
 from bridge.sink.kafka import (
     KafkaSink,
     Record,
+    TopicSpec,
     admin_client,
     brokers_config_ints,
     brokers_least_config_int,
@@ -570,6 +571,24 @@ async def test_one_timed_out_record_among_acknowledged_ones_is_not_an_outage() -
 
 OPTIONS = client_options(KafkaSettings())
 INSYNC = ("min.insync.replicas",)
+
+
+@pytest.mark.usefixtures("fake_admin")
+async def test_topics_are_created_one_a_request_so_their_partitions_never_add_up() -> None:
+    # In one request, three output topics of 4000 partitions each were refused by a KRaft
+    # controller (at most 10000 partitions a request), every start: none was ever made.
+    FakeAdmin.brokers = {1: {}}
+    sink = KafkaSink(KafkaSettings(), Metrics())
+    names = ["events", "alerts", "dlq"]
+    specs = [TopicSpec(name) for name in names] + [TopicSpec("ingest", partitions=1000)]
+    created = await sink.ensure_topics(TopicSettings(partitions=4000), specs)
+    assert created == {*names, "ingest"}
+    assert FakeAdmin.made[0].creates == [
+        {"events": 4000},
+        {"alerts": 4000},
+        {"dlq": 4000},
+        {"ingest": 1000},
+    ]
 
 
 @pytest.mark.usefixtures("fake_admin")
