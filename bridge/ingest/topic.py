@@ -11,6 +11,7 @@ running is followed the same way (PartitionWatch), without a setting to compare 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -136,14 +137,19 @@ def ingest_topic_findings(
     # A restore reads back a TTL from the last decided record, which is at least a session
     # timeout old after a crash (the partition waits that long for its next owner), more if
     # the stage lagged.
-    if 0 <= retention < dedup.ttl_seconds * 1000 + dedup.session_timeout_ms:
+    least = dedup.ttl_seconds * 1000 + dedup.session_timeout_ms
+    if 0 <= retention < least:
+        # The value advised passes this check: with a margin under a session timeout (0 is
+        # allowed), the bridge's own retention does not, and the advice was the topic's value.
+        advised = max(dedup.ingest_retention_ms(), math.ceil(least))
         problems.append(
             (
                 "retention_ms",
                 "the ingest topic's retention.ms is shorter than the dedup TTL plus a session"
                 " timeout: a restore after a crash cannot see a whole TTL of ids, so a late copy"
-                f" can be output twice; set it to {dedup.ingest_retention_ms()}, the TTL plus"
-                " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS (room for a lagging stage)",
+                f" can be output twice; set it to {advised}, the TTL plus"
+                " BRIDGE_DEDUP__INGEST_RETENTION_MARGIN_SECONDS (room for a lagging stage), and"
+                " that margin to at least BRIDGE_DEDUP__SESSION_TIMEOUT_MS",
             )
         )
     if _number(configs.get(RETENTION_BYTES)) >= 0:

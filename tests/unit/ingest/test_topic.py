@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from bridge.config import DedupSettings
 from bridge.ingest.topic import (
@@ -133,6 +134,19 @@ def test_a_retention_must_outlast_the_ttl_by_a_session_and_an_unreadable_one_is_
     assert ingest_topic_problems({"retention.ms": "910000"}, dedup) == []
     assert len(ingest_topic_problems({"retention.ms": "900000"}, dedup)) == 1
     assert ingest_topic_problems({"retention.ms": "lots"}, dedup) == []
+
+
+def test_the_retention_advised_passes_the_check_whatever_the_margin() -> None:
+    # With a margin under a session timeout (0 is allowed), the advice named the retention the
+    # bridge had created the topic with, which this check refuses, at every start.
+    dedup = DedupSettings(
+        ttl_seconds=900, session_timeout_ms=45_000, ingest_retention_margin_seconds=0
+    )
+    [problem] = ingest_topic_problems({"retention.ms": str(dedup.ingest_retention_ms())}, dedup)
+    advised = re.search(r"set it to (\d+)", problem)
+    assert advised is not None
+    assert advised[1] == "945000"
+    assert ingest_topic_problems({"retention.ms": advised[1]}, dedup) == []
 
 
 def test_a_problem_is_said_once_while_it_lasts_and_its_fix_once() -> None:
