@@ -1189,6 +1189,10 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("lifecycle.preStopAction=shell", "/lifecycle/preStopAction"),
         ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),
         ("config.topics.ingestPartitions=0", "/config/topics/ingestPartitions"),
+        # A KRaft controller refuses to create a topic of 10000 partitions or more, the Topic
+        # Operator's KafkaTopic as the bridge's own request (bridge/config.py).
+        ("config.topics.partitions=9001", "'/config/topics/partitions': maximum: got 9,001"),
+        ("strimzi.topics.partitions=10000", "'/strimzi/topics/partitions': maximum: got 10,000"),
         ("config.dedup.group=two words", "/config/dedup/group"),
         # Blank: the bridge refuses to start (nothing names its Kafka clients; no token field).
         ("config.kafka.clientId=", "/config/kafka/clientId"),
