@@ -169,7 +169,8 @@ async def until_alerts(
             return False
         # Fired, not pending: a throttled process on a loaded box misses a 1 s worker scrape or
         # a 0.5 s metadata probe now and then, which is what an alert's `for` window absorbs.
-        assert not {name for name in never if active.get(name) == "firing"}, active
+        fired_never = {name for name in never if active.get(name) == "firing"}
+        assert not fired_never, f"{active}\n{gameday.logs()}"
         fired = all(active.get(name) == "firing" for name in firing)
         return fired and not set(active) & set(resolved)
 

@@ -18,7 +18,7 @@ import yaml
 
 from bridge.service import Bridge
 from tests.deploy.generate import rules
-from tests.deploy.prometheus import PrometheusServer, Scraped, scalar
+from tests.deploy.prometheus import PrometheusServer, Scraped, scalar, until_scraping
 from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
 from tests.polling import until
 
@@ -48,6 +48,8 @@ async def test_an_ephemeral_event_of_a_type_ingested_before_is_no_publishing_sta
         call = f"CA_young_{uuid.uuid4().hex[:8]}"
         # An entry of its call, ingested; its increase then leaves the rules' window.
         assert (await running.post(entry(1, call=call, ts=time.time())))[0] == 200
+        # Prometheus may not even listen yet on a loaded box: a query refused failed the test.
+        await until_scraping(prometheus, server, 1)
 
         async def ingested_out_of_window() -> bool:
             server.check_alive()
