@@ -330,7 +330,7 @@ async def _progress_past(
         for record in batch:
             event_id = decided_id(record.value, record.headers)
             if event_id is not None:
-                progress.observe(event_id, record.headers)
+                progress.observe(event_id, record.headers, record.timestamp / 1000)
     left = high - await consumer.position(tp)
     if left > 0:
         log.warning(
@@ -387,7 +387,7 @@ async def _replay(
                 if event_id is not None:
                     observe(digest(event_id), record.timestamp / 1000)
                     if progress is not None:
-                        progress.observe(event_id, record.headers)
+                        progress.observe(event_id, record.headers, record.timestamp / 1000)
                     read += 1
     except RestoreStalledError as stall:
         stall.read = read

@@ -11,10 +11,11 @@ stage drops the copies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.ingest.record import CHANNEL
+from bridge.ingest.record import CHANNEL, EVENT_TIME
 from bridge.normalise.binding import CE_PREFIX, TYPE_HEADER
 
 TERMINAL_TYPE = "call.score"
@@ -25,10 +26,12 @@ _CALL_LOG = b"sse"
 
 @dataclass(slots=True)
 class CallProgress:
-    """A call's highest seq seen in the partition, and whether its terminal entry was."""
+    """A call's highest seq seen in the partition, whether its terminal entry was, and when
+    the call ended (the terminal entry's time)."""
 
     seq: int
     ended: bool = False
+    ended_at: float | None = None
 
 
 def call_and_seq(event_id: str) -> tuple[str, int] | None:
@@ -49,6 +52,20 @@ def is_terminal(headers: Sequence[tuple[str, bytes]]) -> bool:
     return False
 
 
+def end_time(headers: Sequence[tuple[str, bytes]], appended_at: float) -> float:
+    """When a terminal record's call ended: its entry's `ts` (the event-time header), never
+    later than the record was appended, as a follower dates it never later than it read it."""
+    for name, raw in headers:
+        if name == EVENT_TIME:
+            try:
+                said = float(raw)
+            except ValueError:
+                break
+            # A Pinecall clock ahead of ours must not date the end past its record.
+            return min(said, appended_at) if math.isfinite(said) else appended_at
+    return appended_at  # a backfill's record carries no event time
+
+
 def from_call_log(headers: Sequence[tuple[str, bytes]]) -> bool:
     """The record was read from the call's own log (`pinecall-ingest-channel: sse`)."""
     for name, raw in headers:
@@ -63,23 +80,28 @@ class PartitionProgress:
     def __init__(self) -> None:
         self.calls: dict[str, CallProgress] = {}
 
-    def observe(self, event_id: str, headers: Sequence[tuple[str, bytes]]) -> None:
+    def observe(
+        self, event_id: str, headers: Sequence[tuple[str, bytes]], appended_at: float
+    ) -> None:
+        """One record; `appended_at`: its Kafka timestamp (epoch seconds)."""
         parsed = call_and_seq(event_id)
         if parsed is None or not from_call_log(headers):
             return
         call, seq = parsed
         known = self.calls.get(call)
         if known is None:
-            self.calls[call] = CallProgress(seq, is_terminal(headers))
-            return
-        if seq > known.seq:
+            known = self.calls[call] = CallProgress(seq)
+        elif seq > known.seq:
             known.seq = seq
         if not known.ended and is_terminal(headers):
             known.ended = True
+            known.ended_at = end_time(headers, appended_at)
 
     def live(self) -> dict[str, int]:
         """Calls whose end is not in the partition, with the seq to resume after."""
         return {call: p.seq for call, p in self.calls.items() if not p.ended}
 
-    def ended(self) -> set[str]:
-        return {call for call, p in self.calls.items() if p.ended}
+    def ended(self) -> dict[str, float]:
+        """Calls whose end is in the partition, each with when it ended: the roster remembers
+        them by it (dated "now", a takeover's calls outlasted every call that ended since)."""
+        return {call: p.ended_at for call, p in self.calls.items() if p.ended_at is not None}

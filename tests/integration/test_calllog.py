@@ -652,6 +652,31 @@ async def test_a_call_list_answered_404_is_read_again_and_finds_the_calls(
     assert caplog.text.count("Pinecall has no call list here") == 1
 
 
+async def test_a_live_call_that_started_before_the_lookback_is_found_and_followed(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    # The list comes newest first by start, with no `live` filter: a read that stopped at the
+    # lookback (6 h) never reached a call started 7 h ago and still live, here started before
+    # the bridge (no notice reaches it), behind pages of short calls that ended long ago.
+    rng = random.Random(23)
+    now, hour = time.time(), 3_600.0
+    async with Simulator(sim_config()) as sim:
+        calls = Calls(sim, "CA_long")
+        [long] = ["CA_long_000"]
+        sim.calllogs.append(entry(1, "call.started", call=long, ts=now - 7 * hour, data={}))
+        calls.next_seq[long] = 2
+        calls.durable[long].append(1)
+        for n in range(450):
+            short, started = f"CA_short_{n:03d}", now - 6.9 * hour + 6 * n
+            sim.calllogs.append(entry(1, "call.started", call=short, ts=started, data={}))
+            sim.calllogs.append(entry(2, "call.score", call=short, ts=started + 60, data={}))
+        await play(calls, [long], 3, rng)
+        await following(start_bridge, sim)
+        await until(lambda: followed_once(sim, [long]), 30, 0.05, "the long call followed")
+        await play(calls, [long], 3, rng)
+        await end_and_check(kafka_bootstrap, topics, calls, [long])
+
+
 async def test_a_graceful_restart_resumes_live_calls_where_they_were(
     kafka_bootstrap: str,
     topics: Topics,

@@ -1,13 +1,16 @@
 """Pinecall's call list (`GET /v1/sessions`): the calls that no notice announced to this process.
 
-Pages come newest first (`{calls, total, next}`, `next` = the call id to pass as `before`); the
-list has no `since` filter, so reading stops at the first call older than the lookback. Its times
-are read as the log's (`to_epoch`: seconds or milliseconds, ISO 8601; none before 1973). The
-parser is pure; `list_calls` is the thin aiohttp shell.
+Pages come newest first by start (`{calls, total, next}`, `next` = the call id to pass as
+`before`); the list has no `since` or `live` filter (pinecall-runtime's ListQuery: `limit`, `q`,
+`agent`, `channel`, `before`), so reading stops at the first call older than a bound: the
+lookback, or further back where a live call may have started (`Horizon`). Its times are read as
+the log's (`to_epoch`: seconds or milliseconds, ISO 8601; none before 1973). The parser is pure;
+`list_calls` is the thin aiohttp shell.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +92,32 @@ def parse_call_page(body: bytes) -> CallPage:
         )
     nxt = decoded.get("next")
     return CallPage(tuple(calls), nxt if isinstance(nxt, str) and nxt else None)
+
+
+class Horizon:
+    """How far back (by start time) a sweep reads: a call of any length is found while live.
+
+    A call started before the lookback (a long call, or one started while no bridge ran) was
+    never read: the list can only be read down to it. So a sweep also reads down to the start
+    of every call the last read showed live, and to the start of that read (calls since may be
+    live); the first read of a process, knowing neither, reads to the page cap. Pure.
+    """
+
+    def __init__(self) -> None:
+        self._since: float | None = None  # None: no read yet
+
+    def oldest(self, now: float, lookback: float) -> float:
+        """The start time a read that begins at `now` reads down to."""
+        return -math.inf if self._since is None else min(now - lookback, self._since)
+
+    def read(self, rows: list[CallRow], began: float) -> None:
+        """A read that began at `began` showed `rows`: every live call is at least this old.
+
+        A read cut short by the page cap counts too: asking again only meets the cap again.
+        """
+        starts = [r.started_at for r in rows if r.live and r.started_at is not None]
+        # Pinecall dates the starts: behind ours, its clock lists a call started since as earlier.
+        self._since = min([began - SKEW_ALLOWANCE_SECONDS, *starts])
 
 
 def retry_delay(exc: CallListError, backoff: float) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.sink.kafka import partition_for
@@ -155,8 +155,11 @@ class Roster:
             self._ends = [(when, c) for c, when in self._ended.items()]
             heapq.heapify(self._ends)
 
-    def own(self, partition: int, live: dict[str, int], ended: set[str]) -> list[Start]:
-        """A partition taken over: follow its live calls from where its records got to."""
+    def own(self, partition: int, live: dict[str, int], ended: Mapping[str, float]) -> list[Start]:
+        """A partition taken over: follow its live calls from where its records got to.
+
+        `ended`: the calls its records show ended, each with its end (wall time).
+        """
         self.owned.add(partition)
         starts: list[Start] = []
         done = [call for call in ended if partition_of(call, self.partitions) == partition]
@@ -171,8 +174,9 @@ class Roster:
                 self.offer(call, after)
         for call in done:
             # A call still followed (its partition handed straight back) frees its slot
-            # for one that waited: that one starts now.
-            starts.extend(self.finished(call, ended=True))
+            # for one that waited: that one starts now. Remembered by its own end, not by
+            # now: else every ended call of the partition outlasted those that ended since.
+            starts.extend(self.finished(call, ended=True, at=ended[call]))
         for call, after in live.items():
             starts.extend(self.offer(call, after))
         return starts

@@ -27,6 +27,7 @@ from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import (
     MAX_PAGES,
     CallListError,
+    Horizon,
     list_calls,
     read_by,
     retry_delay,
@@ -90,6 +91,8 @@ class CallLogSource:
         self._call_list = settings.call_list_path is not None
         # The list answered 404/405 (logged once): it is asked again now and then, not given up.
         self._list_missing = False
+        # How far back the list is read: past the lookback, to every call still live.
+        self._horizon = Horizon()
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
         # A refused key holds every follower back at once; one of them asks again.
@@ -241,7 +244,7 @@ class CallLogSource:
                     self._session,
                     self._api.api_url + self._settings.call_list_path,
                     api_headers(self._api, "application/json"),
-                    oldest=now - self._settings.call_list_lookback_seconds,
+                    oldest=self._horizon.oldest(now, self._settings.call_list_lookback_seconds),
                     timeout_seconds=self._api.request_timeout_seconds,
                 )
             except CallListError as exc:
@@ -265,6 +268,7 @@ class CallLogSource:
                 await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
+                self._horizon.read(listing.rows, now)
                 self._list_backoff.reset()
                 if self._list_missing:
                     self._list_missing = False
@@ -272,8 +276,8 @@ class CallLogSource:
                 if listing.more is not None:
                     log.warning(
                         "call list read only to its page cap: calls older than these are not"
-                        " found by this sweep (a shorter BRIDGE_SSE__CALL_LIST_LOOKBACK_SECONDS"
-                        " reads less)",
+                        " found by this sweep (the first sweep of a process reads to the cap;"
+                        " later ones, to the lookback or the oldest live call if older)",
                         extra={"calls": len(listing.rows), "pages": MAX_PAGES},
                     )
                 # The window's start is measured from before the read: never too generous.

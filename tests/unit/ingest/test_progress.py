@@ -1,12 +1,16 @@
 from bridge.ingest.progress import PartitionProgress, call_and_seq, is_terminal
 
 
-def headers(kind: str, *, binary: bool = False, channel: str = "sse") -> list[tuple[str, bytes]]:
+def headers(
+    kind: str, *, binary: bool = False, channel: str = "sse", event_time: bytes | None = None
+) -> list[tuple[str, bytes]]:
     base = [
         ("pinecall-ingest-id", b"x"),
         ("pinecall-ingest-channel", channel.encode()),
         ("content-type", b"application/json"),
     ]
+    if event_time is not None:
+        base.append(("pinecall-ingest-event-time", event_time))
     if binary:
         base.append(("ce_type", kind.encode()))
     return [*base, ("pinecall-id", b"x"), ("pinecall-type", kind.encode())]
@@ -28,29 +32,53 @@ def test_terminal_in_either_mode() -> None:
 
 def test_progress_keeps_the_highest_seq_and_the_end() -> None:
     progress = PartitionProgress()
-    progress.observe("CA_1:1", headers("call.started"))
-    progress.observe("CA_1:3", headers("turn.user"))
-    progress.observe("CA_1:2", headers("turn.agent"))  # a late copy
-    progress.observe("CA_2:5", headers("call.score"))
-    progress.observe("CA_2:4", headers("call.summary"))
-    progress.observe("CA_3:9", headers("turn.user"))
-    progress.observe("CA_3:10", headers("call.score"))
-    progress.observe("@agent:7", headers("agent.registered"))
-    progress.observe("sha256:ff", headers("monitor.fired"))
+    progress.observe("CA_1:1", headers("call.started"), 100.0)
+    progress.observe("CA_1:3", headers("turn.user"), 100.0)
+    progress.observe("CA_1:2", headers("turn.agent"), 100.0)  # a late copy
+    progress.observe("CA_2:5", headers("call.score"), 100.0)
+    progress.observe("CA_2:4", headers("call.summary"), 100.0)
+    progress.observe("CA_3:9", headers("turn.user"), 100.0)
+    progress.observe("CA_3:10", headers("call.score"), 100.0)
+    progress.observe("@agent:7", headers("agent.registered"), 100.0)
+    progress.observe("sha256:ff", headers("monitor.fired"), 100.0)
     assert progress.live() == {"CA_1": 3}
-    assert progress.ended() == {"CA_2", "CA_3"}
+    assert progress.ended() == {"CA_2": 100.0, "CA_3": 100.0}
 
 
 def test_only_the_call_log_moves_the_resume_point() -> None:
     progress = PartitionProgress()
     for seq in range(1, 31):
-        progress.observe(f"CA_1:{seq}", headers("turn.user"))
+        progress.observe(f"CA_1:{seq}", headers("turn.user"), 100.0)
     # The feed carried 31-36 but lost 34: resuming after 36 would never read it.
     for seq in (31, 32, 33, 35, 36):
-        progress.observe(f"CA_1:{seq}", headers("turn.user", channel="websocket"))
-    progress.observe("CA_2:3", headers("turn.user"))
-    progress.observe("CA_2:9", headers("call.score", channel="webhook"))
-    progress.observe("CA_3:1", headers("turn.user", channel="websocket"))
-    progress.observe("CA_4:1", [("pinecall-ingest-id", b"x"), ("pinecall-type", b"turn.user")])
+        progress.observe(f"CA_1:{seq}", headers("turn.user", channel="websocket"), 100.0)
+    progress.observe("CA_2:3", headers("turn.user"), 100.0)
+    progress.observe("CA_2:9", headers("call.score", channel="webhook"), 100.0)
+    progress.observe("CA_3:1", headers("turn.user", channel="websocket"), 100.0)
+    progress.observe(
+        "CA_4:1", [("pinecall-ingest-id", b"x"), ("pinecall-type", b"turn.user")], 100.0
+    )
     assert progress.live() == {"CA_1": 30, "CA_2": 3}
-    assert progress.ended() == set()
+    assert progress.ended() == {}
+
+
+def test_an_ended_call_is_dated_by_its_terminal_entry() -> None:
+    # The roster remembers a takeover's ended calls by these: dated "now", a partition's ended
+    # calls outlasted every call that ended since, and those were read again from their start.
+    progress = PartitionProgress()
+    progress.observe("CA_1:3", headers("turn.user", event_time=b"50.0"), 60.0)
+    progress.observe("CA_1:4", headers("call.score", event_time=b"70.5"), 80.0)
+    progress.observe("CA_1:4", headers("call.score", event_time=b"75.0"), 90.0)  # a copy
+    # Pinecall's clock ahead of ours: never later than the record was appended.
+    progress.observe("CA_2:9", headers("call.score", event_time=b"500.0"), 200.0)
+    # A backfill's record (no event time) or a damaged header: its append time.
+    progress.observe("CA_3:2", headers("call.score"), 300.0)
+    progress.observe("CA_4:2", headers("call.score", event_time=b"nan"), 400.0)
+    progress.observe("CA_5:2", headers("call.score", event_time=b"soon"), 500.0)
+    assert progress.ended() == {
+        "CA_1": 70.5,
+        "CA_2": 200.0,
+        "CA_3": 300.0,
+        "CA_4": 400.0,
+        "CA_5": 500.0,
+    }

@@ -9,6 +9,7 @@ from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import (
     CallListError,
     CallRow,
+    Horizon,
     list_calls,
     page_is_last,
     parse_call_page,
@@ -102,6 +103,20 @@ def test_reading_stops_past_the_lookback_or_at_the_end() -> None:
     assert not page_is_last(newer, oldest=T)
     assert page_is_last(older, oldest=T)
     assert page_is_last(last, oldest=T)
+
+
+def test_the_horizon_reaches_back_to_every_call_the_last_read_showed_live() -> None:
+    horizon = Horizon()
+    # Nothing read yet: a live call may have started at any time, so the read goes to the cap.
+    assert horizon.oldest(T, 3_600) == float("-inf")
+    long_call = CallRow("long", True, 9, T - 7 * 3_600, None)
+    ended_long_ago = CallRow("old", False, 9, T - 30 * 3_600, T - 20 * 3_600)
+    horizon.read([CallRow("new", True, 2, T - 60, None), long_call, ended_long_ago], T)
+    assert horizon.oldest(T + 60, 3_600) == T - 7 * 3_600
+    # Every call ended: back to the lookback, or to the last read (calls since may be live).
+    horizon.read([CallRow("new", False, 2, T - 60, T + 30)], T + 60)
+    assert horizon.oldest(T + 120, 3_600) == T + 120 - 3_600
+    assert horizon.oldest(T + 9_000, 3_600) == T + 60 - SKEW_ALLOWANCE_SECONDS
 
 
 def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:

@@ -26,7 +26,7 @@ def test_partition_of_matches_kafkas_murmur2_vectors() -> None:
 def test_only_owned_calls_are_followed() -> None:
     roster = Roster(6, capacity=10)
     mine, other = calls_in(1, 1)[0], calls_in(2, 1)[0]
-    assert roster.own(1, {}, set()) == []
+    assert roster.own(1, {}, {}) == []
     assert roster.offer(mine) == [Start(mine, 0)]
     assert roster.offer(other) == []
     assert roster.offer(mine) == []  # already followed
@@ -35,7 +35,7 @@ def test_only_owned_calls_are_followed() -> None:
 def test_excess_calls_wait_in_arrival_order() -> None:
     roster = Roster(6, capacity=2)
     a, b, c, d = calls_in(0, 4)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(a) + roster.offer(b) == [Start(a, 0), Start(b, 0)]
     assert roster.offer(c, 4) == []
     assert roster.offer(d) == []
@@ -50,7 +50,7 @@ def test_excess_calls_wait_in_arrival_order() -> None:
 def test_takeover_follows_live_calls_from_their_progress() -> None:
     roster = Roster(6, capacity=10)
     live, done = calls_in(3, 2)
-    assert roster.own(3, {live: 12}, {done}) == [Start(live, 12)]
+    assert roster.own(3, {live: 12}, {done: 0.0}) == [Start(live, 12)]
     assert roster.has_ended(done)
     assert roster.offer(done) == []
 
@@ -60,11 +60,11 @@ def test_a_takeover_that_ends_a_followed_call_starts_the_one_that_waited() -> No
     # its records say one of them ended: the call waiting for a slot takes that slot.
     roster = Roster(6, capacity=1)
     a, b, c = calls_in(0, 3)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b) == []
     assert roster.offer(c) == []
-    assert roster.own(0, {}, {a, c}) == [Start(b, 0)]
+    assert roster.own(0, {}, dict.fromkeys((a, c), 0.0)) == [Start(b, 0)]
     assert roster.following == {b: 0}
     assert list(roster.waiting) == []  # c ended while it waited: never started
 
@@ -73,8 +73,8 @@ def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
     roster = Roster(6, capacity=2)
     a1, a2, a3 = calls_in(0, 3)
     b1 = calls_in(1, 1)[0]
-    roster.own(0, {}, set())
-    roster.own(1, {}, set())
+    roster.own(0, {}, {})
+    roster.own(1, {}, {})
     roster.offer(a1)
     roster.offer(b1)
     roster.offer(a2)
@@ -90,7 +90,7 @@ def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
 def test_keep_only_the_same_partitions_stops_nothing() -> None:
     roster = Roster(6, capacity=2)
     a = calls_in(0, 1)[0]
-    roster.own(0, {a: 1}, set())
+    roster.own(0, {a: 1}, {})
     assert roster.keep_only({0, 5}) == []
     assert roster.following == {a: 0}
 
@@ -107,7 +107,7 @@ def test_every_ended_call_one_sweep_can_list_is_remembered() -> None:
     # One sweep lists up to MAX_PAGES pages of PAGE_LIMIT calls, and `wanted` offers each one that
     # ended within the dedup window again: one forgotten was read from its start at every sweep.
     roster = Roster(1, capacity=1)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     listed = [f"CA_{n}" for n in range(MAX_PAGES * PAGE_LIMIT)]
     for call in listed:
         assert roster.offer(call) == [Start(call, 0)]
@@ -122,7 +122,7 @@ def test_every_ended_call_one_sweep_can_list_is_remembered() -> None:
 def test_every_call_has_one_owner(partitions: int) -> None:
     rosters = [Roster(partitions, capacity=1000) for _ in range(2)]
     for p in range(partitions):
-        rosters[p % 2].own(p, {}, set())
+        rosters[p % 2].own(p, {}, {})
     for i in range(200):
         call = f"CA_{i}"
         assert len([r for r in rosters if r.offer(call)]) == 1
@@ -132,7 +132,7 @@ def test_past_ten_waiting_per_slot_a_call_is_dropped_and_counted() -> None:
     dropped: list[str] = []
     roster = Roster(6, capacity=2, on_drop=dropped.append)
     calls = calls_in(0, 23)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     for call in calls:
         roster.offer(call)
     assert list(roster.following) == calls[:2]
@@ -155,7 +155,7 @@ def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
         6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
     )
     busy, a, b, c, d = calls_in(0, 5)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(a, until=1_100.0) == []
     assert roster.offer(b, until=1_050.0) == []
@@ -181,10 +181,10 @@ def test_a_takeover_never_starts_a_call_its_records_say_ended() -> None:
     calls = calls_in(0, 60)
     for a, b, c in zip(calls[0::3], calls[1::3], calls[2::3], strict=True):
         roster = Roster(6, capacity=1)
-        roster.own(0, {}, set())
+        roster.own(0, {}, {})
         assert roster.offer(a) == [Start(a, 0)]
         assert roster.offer(b) + roster.offer(c) == []
-        assert roster.own(0, {}, {a, b}) == [Start(c, 0)]
+        assert roster.own(0, {}, dict.fromkeys((a, b), 0.0)) == [Start(c, 0)]
         assert roster.following == {c: 0}
         assert not roster.waiting
         assert roster.has_ended(a)
@@ -196,10 +196,10 @@ def test_a_takeover_starts_a_call_that_waited_from_where_its_records_got_to() ->
     # comes back with a ended: b takes a's slot from seq 7, not from the announcement's 0.
     roster = Roster(6, capacity=1)
     a, b = calls_in(0, 2)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b) == []
-    assert roster.own(0, {b: 7}, {a}) == [Start(b, 7)]
+    assert roster.own(0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
 
 
 def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bound() -> None:
@@ -209,11 +209,11 @@ def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bo
     expired: list[str] = []
     roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
     a, b = calls_in(0, 2)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b, 0, until=1_010.0) == []
     now[0] = 1_020.0
-    assert roster.own(0, {b: 7}, {a}) == [Start(b, 7)]
+    assert roster.own(0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
     assert expired == []
 
 
@@ -226,7 +226,7 @@ def test_a_waiting_call_announced_live_is_bounded_once_its_end_is_known() -> Non
         6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
     )
     busy, a, b, c = calls_in(0, 4)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(a) == []
     assert roster.offer(a, until=1_050.0) == []
@@ -250,11 +250,21 @@ def test_the_ended_call_forgotten_first_is_the_one_that_ended_first() -> None:
     assert [call for call in "abcd" if roster.has_ended(call)] == ["b", "d"]
 
 
+def test_a_takeovers_ended_calls_are_remembered_by_their_own_ends() -> None:
+    # Dated "now", the calls a takeover found ended outlasted b, which ended after them: b was
+    # forgotten first, and the next sweep read it again from its start.
+    roster = Roster(1, capacity=1, remember_ended=2, clock=lambda: 1_000.0)
+    roster.finished("b", ended=True, at=900.0)
+    roster.own(0, {}, {"a": 100.0})
+    roster.finished("c", ended=True, at=950.0)
+    assert [call for call in "abc" if roster.has_ended(call)] == ["b", "c"]
+
+
 def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> None:
     # Each takeover of a partition ends every ended call its records show, again: a pair
     # pushed per call and takeover, over weeks of rebalances, unless stale pairs are dropped.
     roster = Roster(1, capacity=1, remember_ended=100)
-    ended = {f"CA_{n}" for n in range(100)}
+    ended = {f"CA_{n}": 0.0 for n in range(100)}
     for _ in range(50):
         roster.own(0, {}, ended)
         roster.lose(0)
@@ -295,7 +305,7 @@ def test_a_wall_clock_step_neither_expires_nor_extends_an_ended_call_waiting(
         ticks=lambda: clocks.ticks,
     )
     busy, ended = calls_in(0, 2)
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(ended, until=1_050.0) == []  # 50 s of the window left
     clocks.step(step)

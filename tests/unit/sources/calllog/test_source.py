@@ -22,6 +22,7 @@ from bridge.ingest.record import CHANNEL
 from bridge.metrics import Metrics
 from bridge.normalise.ids import shown
 from bridge.pipeline import Pipeline
+from bridge.simulator.calllog import CallLogs
 from bridge.sources.calllog import calllist as calllist_module
 from bridge.sources.calllog import source as source_module
 from bridge.sources.calllog.calllist import CallListError, CallListing, CallRow
@@ -30,6 +31,7 @@ from bridge.sources.calllog.roster import Roster, Start
 from bridge.sources.calllog.source import SWEEP_ROWS_PER_STEP, CallLogSource, stream_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
+from tests.entries import entry
 from tests.metrics import sample, series
 from tests.sockets import refusing_address
 
@@ -112,7 +114,7 @@ def test_a_call_id_that_would_change_the_calls_url_is_refused_counted_and_logged
     monkeypatch.setattr(source, "_schedule_sweep", lambda: None)  # no call list read here
     progress = PartitionProgress()
     for call in (bad, "CA_1"):
-        progress.observe(f"{call}:3", [(CHANNEL, b"sse")])
+        progress.observe(f"{call}:3", [(CHANNEL, b"sse")], 100.0)
     source.partition_owned(0, progress)  # the takeover's live calls
     source.announce(bad)  # the org feed, the call list
     source.announce("CA_2")
@@ -234,7 +236,7 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     metrics = Metrics()
     source = call_log_source(metrics, max_calls=1)
     source.roster = Roster(1, 1, on_drop=source._dropped)
-    source.roster.own(0, {}, set())
+    source.roster.own(0, {}, {})
     sweeps: list[None] = []
     monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(None))
     source._session = cast(aiohttp.ClientSession, object())  # followers are faked below
@@ -291,7 +293,7 @@ def one_slot_source(
         clock=lambda: time.time() + waited[0],
         ticks=lambda: time.monotonic() + waited[0],
     )
-    roster.own(0, {}, set())
+    roster.own(0, {}, {})
     launched: list[Start] = []
     monkeypatch.setattr(source, "_launch", launched.extend)
     return source, roster, waited, launched
@@ -428,3 +430,48 @@ async def test_a_long_call_list_is_announced_in_slices_with_the_loop_free_betwee
         other.cancel()
     assert announced == [row.call for row in rows]
     assert max(per_turn) == SWEEP_ROWS_PER_STEP
+
+
+async def test_a_live_call_that_started_before_the_lookback_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The list has no `live` filter and comes newest first by start: a sweep that stopped at the
+    # lookback (6 h) never reached a call still live that started 7 h ago (a long call, or one
+    # started while no bridge ran), at any sweep, nor its end once a notice of it was missed.
+    now, hour = time.time(), 3_600.0
+    logs = CallLogs()
+
+    def call(name: str, started: float, ended: float | None = None) -> None:
+        logs.append(entry(1, "call.started", call=name, ts=started, data={}))
+        if ended is not None:
+            logs.append(entry(2, "call.ended", call=name, ts=ended, data={}))
+            logs.append(entry(3, "call.score", call=name, ts=ended, data={}))
+
+    call("CA_long", now - 7 * hour)
+    call("CA_old", now - 8 * hour, now - 7.5 * hour)  # ended before the window: left alone
+    call("CA_new", now - hour)
+    for n in range(450):  # two pages and more of short calls between, as the simulator lists them
+        started = now - 6.9 * hour + 6 * n
+        call(f"CA_short_{n:03d}", started, started + 60)
+
+    async def sessions(request: web.Request) -> web.Response:
+        limit = int(request.query["limit"])
+        return web.json_response(logs.listing(limit, before=request.query.get("before")))
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions", sessions)
+    source = call_log_source(Metrics(), call_list_lookback_seconds=6 * hour)
+    announced: list[str] = []
+    monkeypatch.setattr(source, "announce", lambda call, until=None: announced.append(call))
+    source.roster = Roster(1, 10)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        base = str(server.make_url("")).rstrip("/")
+        source._api = source._api.model_copy(update={"api_url": base})
+        source._session = session
+        for _ in range(2):  # the first sweep of the process, and one that knows the last read
+            announced.clear()
+            source._schedule_sweep()
+            assert source._sweep is not None
+            await asyncio.wait_for(source._sweep, 10)
+            assert {"CA_new", "CA_long"} <= set(announced)
+            assert "CA_old" not in announced
