@@ -8,6 +8,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -175,7 +176,22 @@ def _settings_json(described: dict[str, Any]) -> str:
     try:
         return jsoncodec.dumps(described).decode()
     except jsoncodec.JSONEncodeError:
-        return json.dumps(described, separators=(",", ":"), ensure_ascii=False)
+        # A float that is no number as orjson writes it (null), not json's `Infinity` (no JSON):
+        # the same settings print alike, whichever encoder writes them.
+        return json.dumps(
+            _finite(described), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+
+
+def _finite(value: Any) -> Any:
+    """`value` with each infinite or NaN float in it as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _check_memory(settings: Settings) -> None:

@@ -40,7 +40,7 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
-from bridge.redaction import without_password
+from bridge.redaction import split_authority, without_password
 from bridge.secretfiles import (
     SECRETS_DIR_VARIABLE,
     has_control_character,
@@ -212,10 +212,12 @@ def _check_uri_reference(value: str) -> str:
         raise ValueError(
             "must be a URI-reference (RFC 3986): its host's '[' (an IPv6 address) is not closed"
         ) from None
-    # A password holding `/`, `?` or `#` (base64's `/`) pasted unencoded ends the authority
-    # there (`user:pa` of `user:pa/ss@host`): a port that is no number, an `@` after it.
-    _, colon, port = parts.netloc.rpartition("]")[2].partition(":")
-    userinfo = "@" in parts.netloc or (bool(colon) and not port.isdigit() and "@" in value)
+    # The authority as an error quoting a URL reads it: its `@` after a `?` or `#` (a password
+    # holding one, pasted unencoded) is still in it. A `/` (base64's) ends it there (`user:pa`
+    # of `user:pa/ss@host`): a port that is no number, an `@` after it.
+    _, authority, rest = split_authority(value)
+    _, colon, port = authority.rpartition("]")[2].partition(":")
+    userinfo = "@" in authority or (bool(colon) and not port.isdigit() and "@" in rest)
     if userinfo or any(
         _credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)
     ):

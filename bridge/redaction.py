@@ -102,14 +102,21 @@ _AUTHORITY = re.compile(
 _QUERY = re.compile(r"[?#]")
 
 
+def split_authority(url: str) -> tuple[str, str, str]:
+    """`url`'s scheme and `//`, its authority as given (not cut at a `?` or `#`) and the rest; a
+    relative reference has no authority (all of it is the rest)."""
+    # Split by hand, not urlsplit: a server's Location may be no URL (`http://[x` raises). Not
+    # cut at a `?` or `#`: the cut would hide an `@` after one (a password holding one).
+    authority = _AUTHORITY.match(url)
+    if authority is None:
+        return "", "", url
+    return authority["before"], authority["host"], authority["path"]
+
+
 def without_query(url: str) -> str:
     """`url` as an error may quote it: without its query or fragment, nor a user's name and
     password before its host (credentials ride there: a token kept by a redirect, a signature)."""
-    # Split by hand, not urlsplit: a server's Location may be no URL (`http://[x` raises).
-    # The authority as given, not cut at a `?` or `#`: the cut would hide an `@` after one (an
-    # ambiguous `@`). A relative reference has none: all of it is the path, with no user info.
-    authority = _AUTHORITY.match(url)
-    before, host, path = authority.group("before", "host", "path") if authority else ("", "", url)
+    before, host, path = split_authority(url)
     if "@" in host and _QUERY.search(host):
         # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed) or
         # `h?t=a@b` (cut at the `@`, `b` showed): neither side is shown.

@@ -417,6 +417,15 @@ async def _topic_layouts(
     return TopicReads(found, errors)
 
 
+async def _create(admin: AIOKafkaAdminClient, topic: NewTopic) -> list[Any]:
+    """A CreateTopics request of `topic`: its answer, (name, error code[, message]) a topic."""
+    try:
+        response = await admin.create_topics([topic])
+    except TopicAlreadyExistsError:
+        return [(topic.name, TopicAlreadyExistsError.errno)]
+    return list(getattr(response, "topic_errors", []))
+
+
 def _said(rest: list[Any]) -> str | None:
     """A CreateTopics answer's error message, when its version carries one."""
     return rest[0] if rest and isinstance(rest[0], str) else None
@@ -638,6 +647,9 @@ class KafkaSink:
         self._min_insync = 1
         self._insync_read = float("-inf")
         self._insync_stale = False
+        # The topics ensure_topics made: a start retried after a later creation failed (a
+        # timeout, a broker gone) finds them existing, yet not every broker may know them.
+        self._created: set[str] = set()
 
     @property
     def alive(self) -> bool:
@@ -860,27 +872,27 @@ class KafkaSink:
     async def ensure_topics(self, topics: TopicSettings, specs: list[TopicSpec]) -> set[str]:
         """Create missing topics; a cluster that forbids it is fine, other errors are raised.
 
-        Returns the topics created just now (here or by another process): not every broker
-        may know them yet.
+        Returns the topics created by this and earlier tries (here or by another process): not
+        every broker may know them yet.
         """
         try:
             async with admin_client(client_options(self._settings)) as admin:
-                return await self._create_missing(admin, topics, specs)
+                await self._create_missing(admin, topics, specs)
         except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
             # Locked-down clusters pre-create topics; the bridge then only needs to write.
             log.warning(
                 "not allowed to create topics; they must exist already",
                 extra={"error": type(exc).__name__},
             )
-            return set()
+        return set(self._created)
 
     async def _create_missing(
         self, admin: AIOKafkaAdminClient, topics: TopicSettings, specs: list[TopicSpec]
-    ) -> set[str]:
+    ) -> None:
         existing = set(await admin.list_topics())
         missing = [spec for spec in specs if spec.name not in existing]
         if not missing:
-            return set()
+            return
         factor = topics.replication_factor
         if factor == -1:
             # aiokafka refuses -1 (the broker's default) client-side: take min(3, brokers).
@@ -901,46 +913,39 @@ class KafkaSink:
             )
             for spec in missing
         ]
-        answers: list[Any] = []
-        for topic in new:
-            # One topic a request: a KRaft controller refuses a request of more than 10000
-            # partitions in all, and the output topics at a few thousand each were never made.
-            try:
-                response = await admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                answers.append((topic.name, TopicAlreadyExistsError.errno))
-                continue
-            answers.extend(getattr(response, "topic_errors", []))
-        created: set[str] = set()
         too_many: list[str] = []
         refused: list[str] = []
-        for name, code, *said in answers:
-            if code == InvalidReplicationFactorError.errno:
-                too_many.append(name)
-            elif code in NOT_ALLOWED:
-                refused.append(name)
-            elif code == InvalidTopicError.errno:
-                # Asked again at every start and refused again: a name alike but for `.` and `_`
-                # to an existing topic's, which only the broker's own words name.
-                log.error(
-                    "could not create topic: the broker refuses its name (is there a topic"
-                    " alike but for '.' and '_'?); until it exists, nothing is written to it:"
-                    " rename one of the two",
-                    extra={"topic": name, "broker_said": _said(said)},
-                )
-            elif code not in (0, TopicAlreadyExistsError.errno):
-                log.warning(
-                    "could not create topic",
-                    extra={
-                        "topic": name,
-                        "error_code": code,
-                        "error": for_code(code).__name__,
-                        "broker_said": _said(said),
-                    },
-                )
-            else:
-                created.add(name)
-                log.info("topic ready", extra={"topic": name})
+        # One topic a request: a KRaft controller refuses a request of more than 10000
+        # partitions in all, and the output topics at a few thousand each were never made. Each
+        # answer is taken before the next request, which may fail (raised, the start retried).
+        for topic in new:
+            for name, code, *said in await _create(admin, topic):
+                if code == InvalidReplicationFactorError.errno:
+                    too_many.append(name)
+                elif code in NOT_ALLOWED:
+                    refused.append(name)
+                elif code == InvalidTopicError.errno:
+                    # Asked again at every start and refused again: a name alike but for `.` and `_`
+                    # to an existing topic's, which only the broker's own words name.
+                    log.error(
+                        "could not create topic: the broker refuses its name (is there a topic"
+                        " alike but for '.' and '_'?); until it exists, nothing is written to it:"
+                        " rename one of the two",
+                        extra={"topic": name, "broker_said": _said(said)},
+                    )
+                elif code not in (0, TopicAlreadyExistsError.errno):
+                    log.warning(
+                        "could not create topic",
+                        extra={
+                            "topic": name,
+                            "error_code": code,
+                            "error": for_code(code).__name__,
+                            "broker_said": _said(said),
+                        },
+                    )
+                else:
+                    self._created.add(name)
+                    log.info("topic ready", extra={"topic": name})
         if too_many:
             await _say_too_few_brokers(admin, factor, too_many)
         if refused:
@@ -951,7 +956,6 @@ class KafkaSink:
                 " Create on the Cluster (or on each topic), or create them beforehand",
                 extra={"topics": refused},
             )
-        return created
 
     async def learn_limits(
         self,

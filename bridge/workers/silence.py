@@ -17,10 +17,10 @@ from typing import NamedTuple
 START_UP_SECONDS = 60.0
 
 
-def answered_since(spawned: float, answered: float | None) -> bool:
+def answered_since(spawned: float, answered: float) -> bool:
     """Whether the answer is this worker's: one to a round asked before its spawn (the round
     outlasting its predecessor's exit and restart pause) was its predecessor's."""
-    return answered is not None and answered >= spawned
+    return answered >= spawned
 
 
 class Silence(NamedTuple):

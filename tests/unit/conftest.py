@@ -120,6 +120,8 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.refused = set()
     FakeAdmin.values = {}
     FakeAdmin.brokers = {}
+    FakeAdmin.topics = set()
+    FakeAdmin.lost = set()
     FakeAdmin.silent = False
     FakeAdmin.offset_errors = []
     FakeAdmin.committed = {}

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from bridge import jsoncodec
-from bridge.cli import main, sample_event
+from bridge.cli import _settings_json, main, sample_event
 from bridge.gctuning import GEN0_THRESHOLD
 from bridge.tail import render as render_record
 from tests.environ import without_bridge_variables
@@ -341,6 +341,13 @@ def test_check_prints_a_limit_past_64_bits_as_the_number_it_is(
     printed = json.loads(capsys.readouterr().out)  # jsoncodec refuses such integers to read
     assert printed["webhook"]["max_in_flight_bytes"] == 10**20
     assert printed["topics"]["events"] == "pinecall.events"
+
+
+def test_checks_json_past_64_bits_writes_a_float_that_is_no_number_as_orjson_does() -> None:
+    # json's fallback wrote `Infinity`, which is no JSON; orjson (the settings otherwise) null.
+    described = {"limit": 10**20, "seconds": float("inf"), "rates": [float("nan"), 1.5]}
+    printed = _settings_json(described)
+    assert printed == '{"limit":100000000000000000000,"seconds":null,"rates":[null,1.5]}'
 
 
 def test_run_with_invalid_config_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:

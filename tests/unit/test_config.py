@@ -1101,6 +1101,12 @@ def test_the_cloudevents_source_is_a_uri_reference(
         "https://bridge:s3/cr3t+0paste==@api.pinecall.io",
         "https://bridge:s3?cr3t-0paste@api.pinecall.io/x",
         "https://bridge:s3#cr3t-0paste@api.pinecall.io",
+        # Its `?` or `#` after digits, read as a port: the authority as given holds the `@`.
+        "https://bridge:12?34-0paste@api.pinecall.io",
+        "https://bridge:12#34-0paste@api.pinecall.io",
+        "https://bridge:12?34/0paste@api.pinecall.io",
+        # An `@` after a `?` straight after the host: where the user info ends is unclear.
+        "https://api.pinecall.io?by=0paste@pinecall.io",
     ],
 )
 def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
@@ -1119,8 +1125,10 @@ def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
         "/calls/a@b",
         "mailto:ops@pinecall.io",
         "urn:x?keyframe=1",
+        # As a password of digits before a `/` would read (`bridge:12/34@h`): not told apart.
         "https://api.pinecall.io:443/calls/a@b",
         "https://[::1]:8443/calls/a@b",
+        "https://api.pinecall.io/calls?by=ops@pinecall.io",
     ],
 )
 def test_an_at_sign_outside_a_sources_authority_is_no_credential(

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.protocol.commit import (
     OffsetFetchRequest,
@@ -314,6 +314,8 @@ class FakeAdmin:
     refused: ClassVar[set[str]] = set()  # answered TopicAuthorizationFailed: an ACL
     values: ClassVar[dict[str, str]] = {}  # a config key's value; "1" for any other
     brokers: ClassVar[dict[int, dict[str, str]]] = {}  # those listed, each overriding `values`
+    topics: ClassVar[set[str]] = set()  # the cluster's, as listed: each one created joins them
+    lost: ClassVar[set[str]] = set()  # their creation fails once, unanswered (a broker gone)
     silent = False  # describe_configs and the group's offsets never answered
     # OffsetFetch (v3): the group-level error code of each answer in turn (GroupLoadInProgress:
     # a coordinator still loading), then the committed offsets and metadata.
@@ -355,14 +357,19 @@ class FakeAdmin:
         return 0
 
     async def list_topics(self) -> list[str]:
-        return []
+        return sorted(self.topics)
 
     async def create_topics(self, new: list[Any]) -> Any:
         """As a KRaft controller answers: each topic refused (PolicyViolation) when the request
         holds more than 10000 partitions in all."""
         asked = {topic.name: topic.num_partitions for topic in new}
         self.creates.append(asked)
+        if lost := self.lost & set(asked):
+            FakeAdmin.lost -= lost
+            raise KafkaConnectionError("the connection to the controller was lost")
         code = 44 if sum(asked.values()) > 10_000 else 0
+        if not code:
+            self.topics.update(asked)
         return SimpleNamespace(topic_errors=[(name, code, None) for name in asked])
 
     async def describe_cluster(self) -> dict[str, Any]:

@@ -592,6 +592,20 @@ async def test_topics_are_created_one_a_request_so_their_partitions_never_add_up
 
 
 @pytest.mark.usefixtures("fake_admin")
+async def test_topics_created_before_a_later_creation_failed_are_fresh_at_the_next_try() -> None:
+    # The retried start finds them existing: unless still said created, its reads did not wait
+    # for a broker to know them, and took one not known yet for a missing topic.
+    FakeAdmin.brokers, FakeAdmin.lost = {1: {}}, {"alerts"}
+    sink = KafkaSink(KafkaSettings(), Metrics())
+    specs = [TopicSpec(name) for name in ("events", "alerts", "dlq")]
+    with pytest.raises(KafkaConnectionError):
+        await sink.ensure_topics(TopicSettings(), specs)
+    created = await sink.ensure_topics(TopicSettings(), specs)
+    assert created == {"events", "alerts", "dlq"}
+    assert FakeAdmin.made[1].creates == [{"alerts": 3}, {"dlq": 3}]
+
+
+@pytest.mark.usefixtures("fake_admin")
 async def test_a_topic_just_created_is_read_again_until_its_broker_knows_it() -> None:
     # The metadata of a topic just created takes a moment to reach every broker: a read before
     # that says UnknownTopicOrPartition, which used to pass for a refused DescribeConfigs.
