@@ -78,6 +78,18 @@ MIN_WEBHOOK_SECRET_CHARS = 16
 # Pinecall's `: ping` on every event stream, and its wait per webhook attempt (pinecall-wire.md).
 PINECALL_PING_SECONDS = 25.0
 PINECALL_ATTEMPT_SECONDS = 5.0
+# BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS bounds a dedup producer's start and each commit:
+# a replacement's InitProducerId waits for the abort of the transaction it replaces, aiokafka
+# asking again every retry_backoff_ms (100 ms) meanwhile, and measured on a single-node broker on
+# the same box a first start took 289 ms and the stage's commit 319 ms at p99
+# (bench/results/2026-12-01-two-stage.md). Below this every end timed out, the producer was
+# replaced, and its start timed out too: the stage retried for ever.
+MIN_END_TRANSACTION_SECONDS = 0.5
+# BRIDGE_KAFKA__METADATA_PROBE_SECONDS: a probe gives aiokafka's metadata update half of it, and a
+# metadata round trip to a broker on the same box took up to 10 ms (p50 2 ms): at 0.001 s no probe
+# was ever answered and the pod never turned ready. It is also the dedup group's
+# metadata.max.age.ms, which int() made 0 below 1 ms: a metadata request back to back, for ever.
+MIN_METADATA_PROBE_SECONDS = 0.1
 # BRIDGE_KAFKA__BOOTSTRAP_SERVERS unset: the local broker (`make kafka-up`, the demo's).
 DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
@@ -270,6 +282,17 @@ def _check_host(host: str) -> str:
     return host
 
 
+def _at_least(floor: float, why: str) -> Callable[[float], float]:
+    """An after-validator: a number (seconds) below `floor` is refused, saying `why`."""
+
+    def check(value: float) -> float:
+        if not value >= floor:
+            raise ValueError(f"must be at least {floor:g} s (got {value:g}): {why}")
+        return value
+
+    return check
+
+
 def _is(names: str) -> str:
     return "are" if "," in names else "is"
 
@@ -358,7 +381,7 @@ class KafkaSettings(_Section):
     connect_timeout_ms: int = Field(default=10_000, gt=0)
     # Also the dedup group's metadata.max.age.ms (int(s * 1000): 1e306 overflowed at start-up)
     # and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
-    metadata_probe_seconds: float = Field(default=5.0, gt=0, le=300)
+    metadata_probe_seconds: float = Field(default=5.0, le=300)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
     sasl_username: str | None = None
@@ -372,6 +395,15 @@ class KafkaSettings(_Section):
     ssl_key_password: SecretStr | None = None
 
     _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
+
+    _probe_floor = field_validator("metadata_probe_seconds")(
+        _at_least(
+            MIN_METADATA_PROBE_SECONDS,
+            "each probe gives aiokafka's metadata update half of it, and a metadata round trip"
+            " takes milliseconds even to a broker on the same box (up to 10 ms measured): below"
+            " it no probe is answered and the bridge is never ready",
+        )
+    )
 
     # The brokers' only name for the bridge's clients (their logs, client-id quotas, the dedup
     # group's member ids): an empty one names nothing and is no default.
@@ -700,6 +732,20 @@ class WebhookSettings(_Section):
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
+    @field_validator("max_age_seconds")
+    @classmethod
+    def _off_or_past_a_retry(cls, seconds: float) -> float:
+        # Pinecall sends its retry once its first attempt timed out, 5 s after it, with the same
+        # body and time: a window that short refuses that retry as stale, a final 400.
+        if 0 < seconds <= PINECALL_ATTEMPT_SECONDS:
+            raise ValueError(
+                f"must be 0 (off) or more than {PINECALL_ATTEMPT_SECONDS:g} s (got {seconds:g}):"
+                f" Pinecall retries an attempt it gave up after {PINECALL_ATTEMPT_SECONDS:g} s"
+                " with the same body, which would then be refused as stale (400, final: the"
+                " alert is lost)"
+            )
+        return seconds
+
     @field_validator("secrets")
     @classmethod
     def _one_line_each(cls, secrets: list[SecretStr]) -> list[SecretStr]:
@@ -830,7 +876,7 @@ class DedupSettings(_Section):
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     transaction_timeout_ms: int = Field(default=8_000, ge=1000)
     # A commit or abort that takes longer means the partition is lost: never written again here.
-    end_transaction_timeout_seconds: float = Field(default=5.0, gt=0)
+    end_transaction_timeout_seconds: float = Field(default=5.0)
     # The ingest topic keeps records this much longer than the TTL, so a restore finds them all.
     ingest_retention_margin_seconds: float = Field(default=3600.0, ge=0)
     # How often the output topics' stable offsets are read (0: never), and how long one may stay
@@ -852,6 +898,16 @@ class DedupSettings(_Section):
     # The stage (and the call-log source, which follows its partitions) in a worker process of
     # its own beside the HTTP workers, whose event loops then carry only the ingest stage.
     own_process: bool = False
+
+    _end_floor = field_validator("end_transaction_timeout_seconds")(
+        _at_least(
+            MIN_END_TRANSACTION_SECONDS,
+            "it bounds the dedup producer's start and each commit, which took up to 0.3 s on a"
+            " broker on the same box (a replacement's start waits for the abort of the"
+            " transaction it replaces): below it every end times out, the producer is replaced"
+            " and the stage retries for ever",
+        )
+    )
 
     @field_validator("group", "instance_id")
     @classmethod

@@ -86,6 +86,23 @@ def fitted_limit(
     return max(1, min(max_connections, open_files - reserved - refusing))
 
 
+def fitted_calls(
+    calls: int, connections: int, open_files: int | None, reserved: int, refusing: int
+) -> int:
+    """BRIDGE_SSE__MAX_CALLS in force beside a webhook port capped at `connections` (0: none) with
+    `refusing` refusals and `reserved` descriptors for the rest: as set while both fit under the
+    open-files limit (None: unlimited), else what leaves the port its cap or, if that is more than
+    half of what the two share, half; at least 1."""
+    if open_files is None:
+        return calls
+    room = open_files - reserved - refusing
+    # Fitted first and alone, 100,000 followers under a limit of 20,000 left the webhook port one
+    # connection: a balancer's keep-alive connection held it, every other webhook and probe was
+    # refused. Followers past the fit wait in the source's queue; a refused webhook is retried
+    # once by Pinecall, then lost.
+    return max(1, min(calls, max(room - connections, room // 2)))
+
+
 def beyond_reserved(gap_pages: int, restores: int, bootstrap_servers: int) -> int:
     """Descriptors that `gap_pages` in flight (0: no call-log source) and `restores` at once (0: no
     dedup stage), against a cluster `bootstrap_servers` names, may hold past RESERVED_FDS."""

@@ -452,23 +452,31 @@ class Bridge:
 
     def _call_limit(self) -> int:
         """BRIDGE_SSE__MAX_CALLS, lowered (and said) so the followers leave the rest of the process
-        and the ports it serves (the admin port, one webhook connection with its refusals) under
-        the open-files limit."""
+        and the ports it serves (the admin port; the webhook port its cap, or at least half of
+        what the two share, with its refusals) under the open-files limit."""
         sse = self.settings.sse
         open_files = connlimit.open_files_limit()
         serves = self.stages != "dedup"
-        # A dedup-only process has no webhook connection, nor refusals, to leave room for.
-        reserved = self._admin_fds() + (1 if serves else 0)
+        # A dedup-only process has no webhook connections, nor refusals, to leave room for.
+        connections = self.settings.http.max_connections if serves else 0
+        reserved = self._admin_fds()
         refusing = connlimit.REFUSING_MAX if serves else 0
-        limit = connlimit.fitted_limit(sse.max_calls, open_files, reserved, refusing)
+        limit = connlimit.fitted_calls(sse.max_calls, connections, open_files, reserved, refusing)
         if limit < sse.max_calls:
+            assert open_files is not None  # unlimited, nothing is lowered
+            left = min(connections, open_files - reserved - refusing - limit)
             log.warning(
-                "BRIDGE_SSE__MAX_CALLS lowered to fit the open-files limit (ulimit -n)",
+                "BRIDGE_SSE__MAX_CALLS lowered to fit the open-files limit (ulimit -n):"
+                f" {limit} of {sse.max_calls} calls followed at once (the rest wait in the"
+                f" queue), leaving {left} webhook connections of BRIDGE_HTTP__MAX_CONNECTIONS"
+                f" {connections} under the limit of {open_files}; raise the container's"
+                " open-files limit or lower BRIDGE_SSE__MAX_CALLS",
                 extra={
                     "max_calls": limit,
                     "setting": sse.max_calls,
                     "open_files_limit": open_files,
                     "reserved": reserved + refusing,
+                    "webhook_connections": left,
                 },
             )
         return limit

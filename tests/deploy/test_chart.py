@@ -1189,6 +1189,13 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
         ("lifecycle.preStopAction=shell", "/lifecycle/preStopAction"),
         ("alerts.rejectedRatio=5", "/alerts/rejectedRatio"),
         ("config.topics.ingestPartitions=0", "/config/topics/ingestPartitions"),
+        # The bridge's floors (bridge/config.py): below a round trip to Kafka, or Pinecall's 5 s.
+        ("config.kafka.metadataProbeSeconds=0", "'/config/kafka/metadataProbeSeconds': minimum"),
+        (
+            "config.dedup.endTransactionTimeoutSeconds=0",
+            "'/config/dedup/endTransactionTimeoutSeconds': minimum",
+        ),
+        ("config.webhook.maxAgeSeconds=5", "'/config/webhook/maxAgeSeconds': 'anyOf' failed"),
         # A KRaft controller refuses to create a topic of 10000 partitions or more, the Topic
         # Operator's KafkaTopic as the bridge's own request (bridge/config.py).
         ("config.topics.partitions=9001", "'/config/topics/partitions': maximum: got 9,001"),

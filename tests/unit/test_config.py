@@ -1779,3 +1779,43 @@ def test_a_token_given_for_its_file_is_not_echoed(
     oauth_env(monkeypatch, tmp_path, **{TOKEN_FILE: A_TOKEN + "\n"})
     [line] = problems()
     assert line == f"{TOKEN_FILE}: holds a token, not a path: give the path of its file"
+
+
+@pytest.mark.parametrize(
+    ("variable", "floor", "below", "why"),
+    [
+        # 0.001 s: every end timed out, the replacement's start too; the stage retried for ever.
+        ("BRIDGE_DEDUP__END_TRANSACTION_TIMEOUT_SECONDS", "0.5", "0.001", "retries for ever"),
+        # 0.001 s: no probe was answered within half of it; the bridge was never ready.
+        ("BRIDGE_KAFKA__METADATA_PROBE_SECONDS", "0.1", "0.001", "never ready"),
+    ],
+)
+def test_a_timeout_below_a_round_trip_to_kafka_is_refused_naming_its_floor(
+    monkeypatch: pytest.MonkeyPatch, variable: str, floor: str, below: str, why: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(variable, floor)
+    load_settings()  # the floor itself is taken
+    for bad in (below, "0", "-1"):
+        monkeypatch.setenv(variable, bad)
+        [problem] = problems()
+        assert problem.startswith(f"{variable}: must be at least {floor} s (got {bad}): "), problem
+        assert why in problem
+
+
+def test_the_replay_window_is_off_or_longer_than_pinecalls_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pinecall retries an attempt it gave up after 5 s with the same body: a shorter window
+    # refused that retry as stale, a final 400.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for good in ("0", "5.5", "300"):
+        monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", good)
+        assert load_settings().webhook.max_age_seconds == float(good)
+    for bad in ("0.001", "5"):
+        monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_AGE_SECONDS", bad)
+        [problem] = problems()
+        assert problem.startswith(
+            f"BRIDGE_WEBHOOK__MAX_AGE_SECONDS: must be 0 (off) or more than 5 s (got {bad}):"
+        ), problem
+        assert "refused as stale" in problem

@@ -14,6 +14,7 @@ from bridge.connlimit import (
     ConnectionCap,
     Listener,
     admission,
+    fitted_calls,
     fitted_limit,
     raise_open_files_limit,
 )
@@ -59,6 +60,17 @@ def test_the_cap_fits_the_open_files_limit() -> None:
     assert fitted_limit(1000, 1024, 256) == 1024 - 256 - REFUSING_MAX
     assert fitted_limit(1000, 100, 256) == 1  # never 0: the probes must get in
     assert fitted_limit(1000, 1024, 256, refusing=0) == 1024 - 256  # no port: no refusals
+
+
+def test_followers_leave_the_webhook_port_its_cap_or_half_of_what_they_share() -> None:
+    assert fitted_calls(100_000, 4096, None, 256, REFUSING_MAX) == 100_000  # unlimited
+    assert fitted_calls(500, 4096, 1_048_576, 256, REFUSING_MAX) == 500  # both fit
+    # 100,000 under 20,000 left the port one connection: now the port keeps its 4096.
+    assert fitted_calls(100_000, 4096, 20_000, 256, REFUSING_MAX) == 20_000 - 320 - 4096
+    # A cap larger than half of what is left: each gets half.
+    assert fitted_calls(500, 4096, 1024, 256, REFUSING_MAX) == (1024 - 320) // 2
+    assert fitted_calls(500, 0, 600, 256, 0) == 600 - 256  # no port: the followers take it all
+    assert fitted_calls(500, 4096, 100, 256, REFUSING_MAX) == 1  # never 0
 
 
 def capped(metrics: Metrics, limit: int, listener: Listener = "webhook") -> ConnectionCap:

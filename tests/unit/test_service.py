@@ -943,8 +943,9 @@ def test_more_dedup_workers_than_ingest_partitions_are_warned_of_once(
     [
         (None, 4096),  # unlimited
         (1_048_576, 4096),
-        # every_source follows call logs: their 500 followers are kept descriptors too.
-        (1024, 1024 - connlimit.RESERVED_FDS - 500 - connlimit.REFUSING_MAX),
+        # every_source follows call logs: 500 followers and 4096 connections do not both fit,
+        # so each gets half of what is left after the 256 and the refusals.
+        (1024, (1024 - connlimit.RESERVED_FDS - connlimit.REFUSING_MAX) // 2),
     ],
 )
 async def test_the_connection_cap_in_force_fits_the_open_files_limit(
@@ -974,18 +975,18 @@ async def test_the_call_log_followers_in_force_fit_the_open_files_limit(
     caplog.set_level(logging.WARNING, logger="bridge.service")
     bridge, _ = await started_with_a_stand()
     try:
-        calls = 600 - connlimit.RESERVED_FDS - 1 - connlimit.REFUSING_MAX
+        calls = (600 - connlimit.RESERVED_FDS - connlimit.REFUSING_MAX) // 2
         assert bridge.calllog is not None
         assert bridge.calllog.max_calls == calls
         cap = sample(bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook")
-        assert cap == 1  # what the followers leave: one connection and its refusals
+        assert cap == calls  # the other half: the followers no longer leave the port one
         lowered = [r for r in caplog.records if "MAX_CALLS lowered" in r.getMessage()]
         assert [r.__dict__["max_calls"] for r in lowered] == [calls]
     finally:
         await bridge.stop()
 
 
-@pytest.mark.parametrize(("stages", "in_force"), [("both", 200), ("ingest", 4096)])
+@pytest.mark.parametrize(("stages", "in_force"), [("both", 350), ("ingest", 4096)])
 async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_cap(
     monkeypatch: pytest.MonkeyPatch, stages: Stages, in_force: int
 ) -> None:
@@ -1000,9 +1001,9 @@ async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_ca
             "dedup": every.dedup.model_copy(update={"restore_concurrency": 1000}),
         }
     )
-    # Both stages: 5000 less the 256 and 64 refusals, 500 followers, 992 pages past the 8 kept
-    # and 996 restores past the 4 kept, 3 connections each (one bootstrap server: three at
-    # least). Ingest only: neither runs here.
+    # Both stages: 5000 less the 256 and 64 refusals, 992 pages past the 8 kept and 996 restores
+    # past the 4 kept, 3 connections each (one bootstrap server: three at least), 700 left,
+    # half for the followers and half for the port. Ingest only: neither runs here.
     if stages == "both":
         bridge, _ = await started_with_a_stand(settings)
     else:
@@ -1018,9 +1019,9 @@ async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_ca
 @pytest.mark.parametrize(
     ("stages", "calls", "cap"),
     [
-        # 600 less the 256, the admin port's 64 and its 64 refusals: the followers fitted to
-        # leave one webhook connection and its refusals, which is then all the cap gets.
-        ("both", 600 - 256 - 128 - 1 - 64, 1),
+        # 600 less the 256, the admin port's 64 and its 64 refusals, and the webhook port's 64
+        # refusals: 152, half for the followers and half for the webhook port.
+        ("both", 76, 76),
         # No followers run beside the ingest stage alone: 500 kept for them left a cap of 1.
         ("ingest", None, 600 - 256 - 128 - 64),
         # No port at all: the admin port's share and a webhook connection's left 151 followers.
@@ -1045,6 +1046,32 @@ async def test_each_process_keeps_descriptors_only_for_what_it_runs(
         assert cap == sample(
             bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook"
         )
+    finally:
+        await bridge.stop()
+
+
+async def test_followers_set_past_the_open_files_limit_leave_the_webhook_port_its_cap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 100,000 followers under a limit of 20,000 were fitted first and alone: the webhook port was
+    # left one connection, which a balancer's keep-alive connection holds (every other webhook,
+    # and the probes on that port, refused 503).
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 20_000)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    every = every_source(free_port())
+    settings = every.model_copy(update={"sse": every.sse.model_copy(update={"max_calls": 100_000})})
+    bridge = Bridge(settings, stages="both")
+    calls = 20_000 - connlimit.RESERVED_FDS - connlimit.REFUSING_MAX - 4096
+    assert bridge.calllog is not None
+    assert bridge.calllog.max_calls == calls
+    [lowered] = [r for r in caplog.records if "MAX_CALLS lowered" in r.getMessage()]
+    assert f"{calls} of 100000 calls followed at once" in lowered.getMessage()
+    assert "leaving 4096 webhook connections" in lowered.getMessage()
+    assert "raise the container's open-files limit" in lowered.getMessage()
+    await bridge.start()
+    try:
+        cap = sample(bridge.metrics, "pinecall_bridge_http_connections_max", listener="webhook")
+        assert cap == 4096
     finally:
         await bridge.stop()
 

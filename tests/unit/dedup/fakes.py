@@ -161,10 +161,11 @@ def entry_of(record: FakeRecord) -> IngestEntry:
 def stage_producer(
     limits: TopicLimits | None = None, **settings: Any
 ) -> tuple[StageProducer, FakeProducer, Metrics]:
-    """A StageProducer holding a FakeProducer, as start() leaves it."""
+    """A StageProducer holding a FakeProducer, as start() leaves it. `settings` are not validated:
+    a fake answers at once, so timeouts below the settings' floors (a broker's round trip) serve."""
     metrics = Metrics()
     out = StageProducer(
-        DedupSettings(group="g", ttl_seconds=60, **settings),
+        DedupSettings(group="g", ttl_seconds=60).model_copy(update=settings),
         {},
         metrics,
         limits if limits is not None else TopicLimits(1_048_576),

@@ -322,7 +322,9 @@ async def test_a_producer_that_cannot_be_replaced_loses_every_owned_partition_at
     # partition's next step waited for it up to the step deadline and was lost alone, reason
     # `timeout`: one ERROR and one step deadline of stall per partition, for one fault.
     h = Harness(1, 2, 3, 4, 5, 6)
-    h.stage._out._settings = DedupSettings(end_transaction_timeout_seconds=0.2)
+    h.stage._out._settings = DedupSettings().model_copy(
+        update={"end_transaction_timeout_seconds": 0.2}  # below the floor: a fake answers at once
+    )
     h.running(monkeypatch)
     caplog.set_level(logging.INFO, "bridge.dedup.stage")
     factory.block_start = True

@@ -452,7 +452,9 @@ async def test_an_idle_producers_replacement_that_cannot_start_is_a_producer_los
     # under the step's deadline, the renewal's start was cut by it first: lost as `timeout`, the
     # one partition alone, instead of `producer`, every owned partition's loss at once.
     out, _ = await learned(monkeypatch, 10_000)
-    out._settings = DedupSettings(group="g", ttl_seconds=60, end_transaction_timeout_seconds=0.2)
+    out._settings = DedupSettings(group="g", ttl_seconds=60).model_copy(
+        update={"end_transaction_timeout_seconds": 0.2}  # below the floor: a fake answers at once
+    )
     out._ended -= 5.5
     factory.block_start = True
     with pytest.raises(TransactionLostError) as lost:
