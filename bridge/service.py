@@ -464,19 +464,25 @@ class Bridge:
         limit = connlimit.fitted_calls(sse.max_calls, connections, open_files, reserved, refusing)
         if limit < sse.max_calls:
             assert open_files is not None  # unlimited, nothing is lowered
-            left = min(connections, open_files - reserved - refusing - limit)
+            # The cap _connection_limit will set (at least 1): under a limit smaller than the
+            # reserve, what is left is negative, and this line said "leaving -65 connections".
+            left = connlimit.fitted_limit(connections, open_files, reserved + limit, refusing)
+            port = (
+                f"leaving {left} webhook connections of BRIDGE_HTTP__MAX_CONNECTIONS {connections} "
+                if serves
+                else ""  # a dedup-only process serves no port
+            )
             log.warning(
                 "BRIDGE_SSE__MAX_CALLS lowered to fit the open-files limit (ulimit -n):"
                 f" {limit} of {sse.max_calls} calls followed at once (the rest wait in the"
-                f" queue), leaving {left} webhook connections of BRIDGE_HTTP__MAX_CONNECTIONS"
-                f" {connections} under the limit of {open_files}; raise the container's"
+                f" queue), {port}under the limit of {open_files}; raise the container's"
                 " open-files limit or lower BRIDGE_SSE__MAX_CALLS",
                 extra={
                     "max_calls": limit,
                     "setting": sse.max_calls,
                     "open_files_limit": open_files,
                     "reserved": reserved + refusing,
-                    "webhook_connections": left,
+                    "webhook_connections": left if serves else 0,
                 },
             )
         return limit

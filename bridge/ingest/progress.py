@@ -59,7 +59,9 @@ def end_time(headers: Sequence[tuple[str, bytes]], appended_at: float) -> float:
         if name == EVENT_TIME:
             try:
                 said = float(raw)
-            except ValueError:
+            # TypeError: a header without a value (Kafka allows it), as decode's _facts; raised,
+            # it failed the restore, and the partition, at every restart.
+            except (ValueError, TypeError):
                 break
             # A Pinecall clock ahead of ours must not date the end past its record.
             return min(said, appended_at) if math.isfinite(said) else appended_at

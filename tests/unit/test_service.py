@@ -1024,7 +1024,7 @@ async def test_gap_pages_and_restores_set_high_are_kept_out_of_the_connection_ca
         ("both", 76, 76),
         # No followers run beside the ingest stage alone: 500 kept for them left a cap of 1.
         ("ingest", None, 600 - 256 - 128 - 64),
-        # No port at all: the admin port's share and a webhook connection's left 151 followers.
+        # No port at all: no admin port's share, no webhook connections nor refusals to leave.
         ("dedup", 600 - 256, None),
     ],
 )
@@ -1074,6 +1074,29 @@ async def test_followers_set_past_the_open_files_limit_leave_the_webhook_port_it
         assert cap == 4096
     finally:
         await bridge.stop()
+
+
+@pytest.mark.parametrize(
+    ("stages", "port"),
+    [
+        ("both", "leaving 1 webhook connections of BRIDGE_HTTP__MAX_CONNECTIONS 4096 "),
+        ("dedup", ""),
+    ],
+)
+def test_followers_fitted_under_a_limit_below_the_reserve_name_the_cap_in_force(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stages: Stages, port: str
+) -> None:
+    # Under 256 open files the reserve alone does not fit: the webhook cap in force is 1, yet
+    # the line said "leaving -65 webhook connections" (and named them in a dedup-only process).
+    monkeypatch.setattr(connlimit, "open_files_limit", lambda: 256)
+    caplog.set_level(logging.WARNING, logger="bridge.service")
+    bridge = Bridge(every_source(free_port()), stages=stages)
+    assert bridge.calllog is not None
+    assert bridge.calllog.max_calls == 1
+    [lowered] = [r for r in caplog.records if "MAX_CALLS lowered" in r.getMessage()]
+    said = lowered.getMessage()
+    assert f"(the rest wait in the queue), {port}under the limit of 256;" in said
+    assert lowered.__dict__["webhook_connections"] == (1 if stages == "both" else 0)
 
 
 @pytest.mark.parametrize(("brokers", "max_calls"), [(1, 500), (3, 500), (6, 268)])

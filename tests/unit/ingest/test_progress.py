@@ -1,4 +1,7 @@
+from typing import cast
+
 from bridge.ingest.progress import PartitionProgress, call_and_seq, is_terminal
+from bridge.ingest.record import EVENT_TIME, ID, VERSION, decided_id
 
 
 def headers(
@@ -82,3 +85,20 @@ def test_an_ended_call_is_dated_by_its_terminal_entry() -> None:
         "CA_4": 400.0,
         "CA_5": 500.0,
     }
+
+
+def test_a_null_event_time_dates_the_end_by_its_append() -> None:
+    # A later release's record (a rollback) is decided by its id header alone, its other headers
+    # unchecked: a header without a value (Kafka allows it) raised here, failing the restore and
+    # the partition at every restart.
+    record = [
+        (VERSION, b"2"),
+        (ID, b"CA_1:4"),
+        *headers("call.score"),
+        (EVENT_TIME, cast(bytes, None)),
+    ]
+    event_id = decided_id(b"{}", record)
+    assert event_id == "CA_1:4"
+    progress = PartitionProgress()
+    progress.observe(event_id, record, 80.0)
+    assert progress.ended() == {"CA_1": 80.0}
