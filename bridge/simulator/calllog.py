@@ -4,8 +4,8 @@ As in pinecall-runtime's `log/logs.py`: a reader subscribes before its backlog i
 nothing written in between is lost; ephemeral entries use a seq and reach live readers but are
 never stored, so a replay has holes; a reader whose bounded buffer overflows loses what it held
 and is told so by a `log.gap {from_seq, to_seq, snapshot}` marker (the call's state so far), then
-goes on live. The org feed carries the lifecycle entries only, `call.summary`/`call.score`
-without their data.
+goes on live. The org feed carries the lifecycle entries only, whole: never `call.summary` or
+`call.score` (a call's end is its `call.ended` there).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 TERMINAL_EVENT = "call.score"
-# The org feed's types (pinecall-runtime log/logs.py ORG_EVENTS).
+# The org feed's types: pinecall-runtime log/logs.py ORG_EVENTS, "the lifecycle, never the
+# content of a call". No more than the platform feeds: a test passing on a notice production
+# never sends proves nothing.
 ORG_EVENTS = frozenset(
     {
         "agent.registered",
@@ -33,11 +35,8 @@ ORG_EVENTS = frozenset(
         "attention.answered",
         "supervisor.took_over",
         "supervisor.released",
-        "call.summary",
-        "call.score",
     }
 )
-ONLY_THAT_IT_HAPPENED = frozenset({"call.summary", "call.score"})
 Entry = dict[str, Any]
 
 
@@ -344,9 +343,8 @@ class CallLogs:
             log = self.logs[call] = CallLog(call, entry["agent"])
         log.append(entry)
         if entry["type"] in ORG_EVENTS:
-            fed = {**entry, "data": {}} if entry["type"] in ONLY_THAT_IT_HAPPENED else entry
             for reader in list(self.feed_readers):
-                reader.offer(fed)
+                reader.offer(entry)
         if log.sealed:
             self._evict()
         return log

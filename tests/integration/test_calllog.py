@@ -611,7 +611,7 @@ async def test_a_call_whose_first_notice_is_its_end_is_not_read_once_past_the_wi
         calls.write(busy, "call.started", {"direction": "inbound"})
         await play(calls, [busy], 3, rng)
         await all_followed(sim, [busy])
-        calls.end(late)  # its notices: call.ended, call.summary, call.score
+        calls.end(late)  # its one notice: call.ended (the feed carries no summary or score)
 
         def queued() -> bool:
             return sample(handle.metrics, "pinecall_bridge_sse_calls_queued") == 1

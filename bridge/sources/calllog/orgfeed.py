@@ -2,9 +2,11 @@
 
 Every process reads it; each announced call goes to `announce`, which follows it only where this
 process owns the call. The feed has no resume: a notice missed while disconnected is made up for
-by the next notice of the same call (every call log ends with `call.score`, which the feed
-carries too) and by the call list on start-up and takeover. A notice of the call's end bounds
-how long it may wait for a follower slot, as the call list's `read_by` does for an ended row.
+by the call's next notice, if any (the platform's feed carries the lifecycle only, ORG_EVENTS:
+its last word of a call is `call.ended`, never `call.summary` or `call.score`), and by the call
+list, read at start-up, on takeover and each time the feed connects. A notice of the call's end
+bounds how long it may wait for a follower slot, as the call list's `read_by` does for an ended
+row.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 flood = LogThrottle(log)
 
 
-# The lifecycle notices written once the call is over: its log is complete.
+# The notices written once the call is over. The platform's feed sends only `call.ended` of
+# these; the other two, should a feed ever carry them, mean the same end, so they are kept.
 ENDINGS = frozenset({"call.ended", "call.summary", "call.score"})
 
 

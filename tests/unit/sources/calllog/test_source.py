@@ -337,7 +337,7 @@ async def test_a_call_a_notice_of_its_end_announced_is_not_read_after_waiting_pa
     metrics = Metrics()
     source, roster, waited, launched = one_slot_source(metrics, monkeypatch)
     source.noticed(Notice("CA_busy", "call.started", time.time()))
-    source.noticed(Notice("CA_done", "call.score", time.time()))
+    source.noticed(Notice("CA_done", "call.ended", time.time()))
     source.noticed(Notice("CA_live", "call.started", time.time() - 2 * source._ttl))
     assert launched == [Start("CA_busy", 0)]
     assert list(roster.waiting) == ["CA_done", "CA_live"]
