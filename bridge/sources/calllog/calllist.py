@@ -3,9 +3,10 @@
 Pages come newest first by start (`{calls, total, next}`, `next` = the call id to pass as
 `before`); the list has no `since` or `live` filter (pinecall-runtime's ListQuery: `limit`, `q`,
 `agent`, `channel`, `before`), so reading stops at the first call older than a bound: the
-lookback, or further back where a live call may have started (`Horizon`). Its times are read as
-the log's (`to_epoch`: seconds or milliseconds, ISO 8601; none before 1973). The parser is pure;
-`list_calls` is the thin aiohttp shell.
+lookback, or further back where a live call may have started (`Horizon`). The pages within the
+lookback must all be read; those past it are best effort (`ListRead`). Its times are read as the
+log's (`to_epoch`: seconds or milliseconds, ISO 8601; none before 1973). The parser, `Horizon` and
+`ListRead` are pure; `list_calls` is the thin aiohttp shell.
 """
 
 from __future__ import annotations
@@ -50,10 +51,16 @@ class CallPage:
 @dataclass(frozen=True, slots=True)
 class CallListing:
     """The calls read, newest first; `more`: the `before` cursor to read on from, when the
-    page cap came before the lookback's end (the older calls were not read)."""
+    page cap came before the read's end (the older calls were not read).
+
+    `past_lookback`: the rows reach past the lookback, so a cut (the cap, `failed`: the error
+    that ended a best-effort page) missed only calls started before it.
+    """
 
     rows: list[CallRow]
     more: str | None = None
+    past_lookback: bool = False
+    failed: str | None = None
 
 
 class CallListError(Exception):
@@ -110,14 +117,19 @@ class Horizon:
         """The start time a read that begins at `now` reads down to."""
         return -math.inf if self._since is None else min(now - lookback, self._since)
 
-    def read(self, rows: list[CallRow], began: float) -> None:
+    def read(self, rows: list[CallRow], began: float, *, failed: bool = False) -> None:
         """A read that began at `began` showed `rows`: every live call is at least this old.
 
-        A read cut short by the page cap counts too: asking again only meets the cap again.
+        A read cut short past the lookback counts too: by the page cap, asking again only meets
+        the cap again; by a failed page (a rate limit), asking again deep may never finish.
         """
         starts = [r.started_at for r in rows if r.live and r.started_at is not None]
         # Pinecall dates the starts: behind ours, its clock lists a call started since as earlier.
-        self._since = min([began - SKEW_ALLOWANCE_SECONDS, *starts])
+        since = min([began - SKEW_ALLOWANCE_SECONDS, *starts])
+        if failed and self._since is not None:
+            # Ended at a failed page, it may not have reached a call the last read showed live.
+            since = min(since, self._since)
+        self._since = since
 
 
 def retry_delay(exc: CallListError, backoff: float) -> float:
@@ -128,10 +140,41 @@ def retry_delay(exc: CallListError, backoff: float) -> float:
 
 def page_is_last(page: CallPage, oldest: float) -> bool:
     """Nothing after this page started within the lookback (or there is nothing after it)."""
-    if page.next is None:
-        return True
+    return page.next is None or _reaches(page, oldest)
+
+
+def _reaches(page: CallPage, bound: float) -> bool:
+    """A call on this page started before `bound`: every later page starts before it too."""
     started = [row.started_at for row in page.calls if row.started_at is not None]
-    return bool(started) and min(started) < oldest
+    return bool(started) and min(started) < bound
+
+
+class ListRead:
+    """One read of the list, page by page: where it stops and which failure ends it. Pure.
+
+    The pages down to the first that reaches `lookback` are the read's contract: a failure there
+    fails it. Past it (down to `oldest`, where a live call may have started) a failure only ends
+    the read: under a rate limit a deep read may never finish, and then nothing was announced.
+    """
+
+    def __init__(self, oldest: float, lookback: float) -> None:
+        self.oldest = oldest
+        self.lookback = lookback
+        self.rows: list[CallRow] = []
+        self.past_lookback = False
+
+    def page(self, page: CallPage) -> bool:
+        """Take one page; True when the read is done."""
+        self.rows.extend(page.calls)
+        self.past_lookback = self.past_lookback or _reaches(page, self.lookback)
+        return page_is_last(page, self.oldest)
+
+    def fatal(self) -> bool:
+        """Whether a page failing now fails the read (else the read ends there)."""
+        return not self.past_lookback
+
+    def listing(self, *, more: str | None = None, failed: str | None = None) -> CallListing:
+        return CallListing(self.rows, more, self.past_lookback, failed)
 
 
 def started_since(rows: list[CallRow], since: float) -> list[str]:
@@ -173,39 +216,57 @@ async def list_calls(
     timeout_seconds: float,
     max_pages: int = MAX_PAGES,
     before: str | None = None,
+    lookback: float | None = None,
 ) -> CallListing:
     """The calls the list shows, newest first (from `before`, a call id, when given), down to
-    the first started before `oldest` or to `max_pages` pages."""
-    found: list[CallRow] = []
+    the first started before `oldest` or to `max_pages` pages.
+
+    Pages past the first started before `lookback` (default `oldest`: none) are best effort.
+    """
+    read = ListRead(oldest, oldest if lookback is None else lookback)
     for _ in range(max_pages):
-        params = {"limit": str(PAGE_LIMIT)}
-        if before is not None:
-            params["before"] = before
         try:
-            async with session.get(
-                url,
-                params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                refused = redirected(response)
-                body = b"" if refused is not None else await read_capped(response, MAX_PAGE_BYTES)
-        except BodyTooLargeError as exc:
-            raise CallListError(f"the call list page is too large: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise CallListError(f"the call list failed ({type(exc).__name__})") from exc
-        if refused is not None:
-            raise CallListError(f"the call list was refused: {refused}", retriable=False)
-        if status in (404, 405):
-            raise CallListError(f"no call list here ({status})", unsupported=True)
-        if status != 200:
-            retriable = status == 429 or status >= 500
-            raise CallListError(f"the call list answered {status}", retriable=retriable)
-        page = parse_call_page(body)
-        found.extend(page.calls)
-        if page_is_last(page, oldest):
-            return CallListing(found)
+            page = await _page(session, url, headers, before, timeout_seconds)
+        except CallListError as exc:
+            if read.fatal():
+                raise
+            return read.listing(failed=str(exc))
+        if read.page(page):
+            return read.listing()
         before = page.next
-    return CallListing(found, more=before)
+    return read.listing(more=before)
+
+
+async def _page(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    before: str | None,
+    timeout_seconds: float,
+) -> CallPage:
+    params = {"limit": str(PAGE_LIMIT)}
+    if before is not None:
+        params["before"] = before
+    try:
+        async with session.get(
+            url,
+            params=params,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            allow_redirects=False,
+        ) as response:
+            status = response.status
+            refused = redirected(response)
+            body = b"" if refused is not None else await read_capped(response, MAX_PAGE_BYTES)
+    except BodyTooLargeError as exc:
+        raise CallListError(f"the call list page is too large: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise CallListError(f"the call list failed ({type(exc).__name__})") from exc
+    if refused is not None:
+        raise CallListError(f"the call list was refused: {refused}", retriable=False)
+    if status in (404, 405):
+        raise CallListError(f"no call list here ({status})", unsupported=True)
+    if status != 200:
+        retriable = status == 429 or status >= 500
+        raise CallListError(f"the call list answered {status}", retriable=retriable)
+    return parse_call_page(body)

@@ -27,6 +27,7 @@ from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import (
     MAX_PAGES,
     CallListError,
+    CallListing,
     Horizon,
     list_calls,
     read_by,
@@ -93,6 +94,9 @@ class CallLogSource:
         self._list_missing = False
         # How far back the list is read: past the lookback, to every call still live.
         self._horizon = Horizon()
+        # A page past the lookback failed (a WARNING once, until a read ends well): a call the
+        # platform shows live for ever keeps every sweep reading back to it, each maybe refused.
+        self._deep_failing = False
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
         # A refused key holds every follower back at once; one of them asks again.
@@ -239,12 +243,14 @@ class CallLogSource:
         while True:
             self._sweep_again = False
             now = time.time()
+            lookback = self._settings.call_list_lookback_seconds
             try:
                 listing = await list_calls(
                     self._session,
                     self._api.api_url + self._settings.call_list_path,
                     api_headers(self._api, "application/json"),
-                    oldest=self._horizon.oldest(now, self._settings.call_list_lookback_seconds),
+                    oldest=self._horizon.oldest(now, lookback),
+                    lookback=now - lookback,
                     timeout_seconds=self._api.request_timeout_seconds,
                 )
             except CallListError as exc:
@@ -268,18 +274,12 @@ class CallLogSource:
                 await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
-                self._horizon.read(listing.rows, now)
+                self._horizon.read(listing.rows, now, failed=listing.failed is not None)
                 self._list_backoff.reset()
                 if self._list_missing:
                     self._list_missing = False
                     log.info("the call list answers again")
-                if listing.more is not None:
-                    log.warning(
-                        "call list read only to its page cap: calls older than these are not"
-                        " found by this sweep (the first sweep of a process reads to the cap;"
-                        " later ones, to the lookback or the oldest live call if older)",
-                        extra={"calls": len(listing.rows), "pages": MAX_PAGES},
-                    )
+                self._said_cut_short(listing)
                 # The window's start is measured from before the read: never too generous.
                 for done, row in enumerate(listing.rows, 1):
                     if wanted(row, now, self._ttl):
@@ -290,6 +290,39 @@ class CallLogSource:
                         await asyncio.sleep(0)
             if not self._sweep_again:
                 return
+
+    def _said_cut_short(self, listing: CallListing) -> None:
+        """A read that stopped before its bound: a WARNING when calls within the lookback were
+        missed or a best-effort page failed (once until a read ends well), else INFO."""
+        if listing.failed is not None:
+            level = logging.INFO if self._deep_failing else logging.WARNING
+            self._deep_failing = True
+            log.log(
+                level,
+                "call list read past its lookback ended at a failed page: older calls are not"
+                " found by this sweep (the next reads only to the lookback or the oldest live"
+                " call this read showed)",
+                extra={"calls": len(listing.rows), "error": listing.failed},
+            )
+            return
+        self._deep_failing = False
+        if listing.more is None:
+            return
+        extra = {"calls": len(listing.rows), "pages": MAX_PAGES}
+        if listing.past_lookback:
+            # The first read of a process (or one back to a call live for ever) goes to the cap:
+            # an org with more calls than it holds meets it each start, as it should.
+            log.info(
+                "call list read past its lookback to its page cap: older calls are not found by"
+                " this sweep",
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "call list read only to its page cap: calls within the lookback are not found"
+                " by this sweep (a shorter BRIDGE_SSE__CALL_LIST_LOOKBACK_SECONDS reads less)",
+                extra=extra,
+            )
 
     # Followers.
 

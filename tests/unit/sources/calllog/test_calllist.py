@@ -8,8 +8,10 @@ from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import (
     CallListError,
+    CallPage,
     CallRow,
     Horizon,
+    ListRead,
     list_calls,
     page_is_last,
     parse_call_page,
@@ -117,6 +119,67 @@ def test_the_horizon_reaches_back_to_every_call_the_last_read_showed_live() -> N
     horizon.read([CallRow("new", False, 2, T - 60, T + 30)], T + 60)
     assert horizon.oldest(T + 120, 3_600) == T + 120 - 3_600
     assert horizon.oldest(T + 9_000, 3_600) == T + 60 - SKEW_ALLOWANCE_SECONDS
+
+
+def test_a_read_ended_at_a_failed_page_keeps_reaching_back_to_the_last_reads_live_calls() -> None:
+    horizon = Horizon()
+    horizon.read([CallRow("long", True, 9, T - 7 * 3_600, None)], T)
+    # Cut short before it reached the long call: that call may still be live.
+    horizon.read([CallRow("new", True, 2, T + 30, None)], T + 60, failed=True)
+    assert horizon.oldest(T + 120, 3_600) == T - 7 * 3_600
+    # A read that ended well showed every live call: the long one has ended.
+    horizon.read([CallRow("new", True, 2, T + 30, None)], T + 120)
+    assert horizon.oldest(T + 180, 3_600) == T + 180 - 3_600
+
+
+def test_a_read_owes_the_pages_to_the_lookback_and_tries_those_past_it() -> None:
+    def page(call: str, started: float) -> CallPage:
+        return CallPage((CallRow(call, False, 3, started, started + 60),), call)
+
+    read = ListRead(oldest=T - 10_000, lookback=T - 1_000)
+    assert read.fatal()  # nothing read yet: the lookback's calls are owed
+    assert not read.page(page("a", T - 500))
+    assert read.fatal()
+    assert not read.page(page("b", T - 1_500))  # reaches past the lookback, not the horizon
+    assert not read.fatal()  # what follows is best effort: a failure ends the read there
+    assert read.page(page("c", T - 20_000))
+    cut = read.listing(failed="the call list answered 429")
+    assert [r.call for r in cut.rows] == ["a", "b", "c"]
+    assert (cut.past_lookback, cut.more, cut.failed) == (True, None, "the call list answered 429")
+    # Without a lookback of its own (a backfill), every page down to `oldest` is owed.
+    backfill = ListRead(oldest=T - 1_000, lookback=T - 1_000)
+    assert backfill.page(page("b", T - 1_500))
+    assert not ListRead(oldest=T - 10_000, lookback=T - 1_000).listing(more="x").past_lookback
+
+
+async def test_a_page_past_the_lookback_that_fails_ends_the_read_with_what_it_read() -> None:
+    # One 429 past the lookback threw the whole read away: a deep read under a rate limit never
+    # finished, and the calls of its first pages were never announced.
+    status = {"CA_7": 429}  # the page after CA_7: CA_6's
+
+    async def sessions(request: web.Request) -> web.Response:
+        before = request.query.get("before")
+        if before in status:
+            return web.Response(status=status[before])
+        n = int(before[3:]) if before else 10
+        rows = [row(f"CA_{n - 1}", started_at=T + n - 1)]
+        return web.json_response({"calls": rows, "next": f"CA_{n - 1}" if n > 1 else None})
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions", sessions)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        url = str(server.make_url("/v1/sessions"))
+        cut = await list_calls(session, url, {}, oldest=0, lookback=T + 8.5, timeout_seconds=5)
+        assert [r.call for r in cut.rows] == ["CA_9", "CA_8", "CA_7"]  # CA_8's reached T + 8.5
+        assert (cut.past_lookback, cut.failed) == (True, "the call list answered 429")
+        with pytest.raises(CallListError, match="429"):  # CA_6's page is the one reaching it
+            await list_calls(session, url, {}, oldest=0, lookback=T + 6.5, timeout_seconds=5)
+        with pytest.raises(CallListError, match="429"):  # no lookback given: every page owed
+            await list_calls(session, url, {}, oldest=0, timeout_seconds=5)
+        status.clear()
+        whole = await list_calls(session, url, {}, oldest=0, lookback=T + 8.5, timeout_seconds=5)
+    assert len(whole.rows) == 10
+    assert (whole.past_lookback, whole.more, whole.failed) == (True, None, None)
 
 
 def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:

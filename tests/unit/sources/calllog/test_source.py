@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -432,6 +433,45 @@ async def test_a_long_call_list_is_announced_in_slices_with_the_loop_free_betwee
     assert max(per_turn) == SWEEP_ROWS_PER_STEP
 
 
+def logged_call(logs: CallLogs, name: str, started: float, ended: float | None = None) -> None:
+    """A call in `logs` started at `started`; ended and scored (sealed: not live) at `ended`."""
+    logs.append(entry(1, "call.started", call=name, ts=started, data={}))
+    if ended is not None:
+        logs.append(entry(2, "call.ended", call=name, ts=ended, data={}))
+        logs.append(entry(3, "call.score", call=name, ts=ended, data={}))
+
+
+@contextlib.asynccontextmanager
+async def listing_from(
+    source: CallLogSource, logs: CallLogs, limited: Callable[[str | None], bool] = lambda _: False
+) -> AsyncIterator[list[str | None]]:
+    """`source` reads its call list from `logs` over HTTP, each page's `before` collected (one
+    list per sweep's worth: cleared by the caller); a page whose `before` is `limited` is a 429."""
+    asked: list[str | None] = []
+
+    async def sessions(request: web.Request) -> web.Response:
+        before = request.query.get("before")
+        asked.append(before)
+        if limited(before):
+            return web.Response(status=429)
+        limit = int(request.query["limit"])
+        return web.json_response(logs.listing(limit, before=before))
+
+    app = web.Application()
+    app.router.add_get("/v1/sessions", sessions)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        base = str(server.make_url("")).rstrip("/")
+        source._api = source._api.model_copy(update={"api_url": base})
+        source._session = session
+        yield asked
+
+
+async def sweep(source: CallLogSource, within: float = 10) -> None:
+    source._schedule_sweep()
+    assert source._sweep is not None
+    await asyncio.wait_for(source._sweep, within)
+
+
 async def test_a_live_call_that_started_before_the_lookback_is_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -440,38 +480,145 @@ async def test_a_live_call_that_started_before_the_lookback_is_found(
     # started while no bridge ran), at any sweep, nor its end once a notice of it was missed.
     now, hour = time.time(), 3_600.0
     logs = CallLogs()
-
-    def call(name: str, started: float, ended: float | None = None) -> None:
-        logs.append(entry(1, "call.started", call=name, ts=started, data={}))
-        if ended is not None:
-            logs.append(entry(2, "call.ended", call=name, ts=ended, data={}))
-            logs.append(entry(3, "call.score", call=name, ts=ended, data={}))
-
-    call("CA_long", now - 7 * hour)
-    call("CA_old", now - 8 * hour, now - 7.5 * hour)  # ended before the window: left alone
-    call("CA_new", now - hour)
+    logged_call(logs, "CA_long", now - 7 * hour)
+    logged_call(logs, "CA_old", now - 8 * hour, now - 7.5 * hour)  # ended before the window
+    logged_call(logs, "CA_new", now - hour)
     for n in range(450):  # two pages and more of short calls between, as the simulator lists them
         started = now - 6.9 * hour + 6 * n
-        call(f"CA_short_{n:03d}", started, started + 60)
-
-    async def sessions(request: web.Request) -> web.Response:
-        limit = int(request.query["limit"])
-        return web.json_response(logs.listing(limit, before=request.query.get("before")))
-
-    app = web.Application()
-    app.router.add_get("/v1/sessions", sessions)
+        logged_call(logs, f"CA_short_{n:03d}", started, started + 60)
     source = call_log_source(Metrics(), call_list_lookback_seconds=6 * hour)
-    announced: list[str] = []
-    monkeypatch.setattr(source, "announce", lambda call, until=None: announced.append(call))
-    source.roster = Roster(1, 10)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        base = str(server.make_url("")).rstrip("/")
-        source._api = source._api.model_copy(update={"api_url": base})
-        source._session = session
+    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    async with listing_from(source, logs):
         for _ in range(2):  # the first sweep of the process, and one that knows the last read
             announced.clear()
-            source._schedule_sweep()
-            assert source._sweep is not None
-            await asyncio.wait_for(source._sweep, 10)
+            await sweep(source)
             assert {"CA_new", "CA_long"} <= set(announced)
             assert "CA_old" not in announced
+
+
+async def test_a_page_past_the_lookback_rate_limited_ends_the_read_not_the_sweep(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first read of a process goes past the lookback to the page cap: one 429 down there
+    # threw the whole read away and left the horizon unset, so every retry went deep again; under
+    # a rate limit no sweep announced anything, not even the first page's live calls.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    monkeypatch.setattr(calllist_module, "PAGE_LIMIT", 5)
+    now, hour = time.time(), 3_600.0
+    logs = CallLogs()
+    logged_call(logs, "CA_live", now - 60)
+    for n in range(4):  # the rest of page 1: ended within the dedup window
+        logged_call(logs, f"CA_recent_{n}", now - 600 - n, now - 300)
+    for n in range(20):  # page 2 reaches past the lookback (1 h); the rest is best effort
+        started = now - 0.9 * hour - 600 * n
+        logged_call(logs, f"CA_old_{n:02d}", started, started + 60)
+    page_2_last = "CA_old_04"
+    source = call_log_source(
+        Metrics(),
+        call_list_lookback_seconds=hour,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
+    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    async with listing_from(source, logs, lambda before: before == page_2_last) as asked:
+        await sweep(source, within=5)
+        assert asked == [None, "CA_recent_3", page_2_last]  # the 429 asked once, not again
+        assert {"CA_live", "CA_recent_0", "CA_recent_3"} <= set(announced)
+        [cut] = [r for r in caplog.records if "ended at a failed page" in r.getMessage()]
+        assert cut.levelno == logging.WARNING
+        assert cut.__dict__["error"] == "the call list answered 429"
+        asked.clear()
+        caplog.clear()
+        await sweep(source, within=5)
+        # Back to the lookback only: every call past it ended, none live to reach back to.
+        assert asked == [None, "CA_recent_3"]
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+
+
+async def test_a_page_within_the_lookback_that_fails_fails_the_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The read's contract within the lookback is unchanged: a failure there is retried whole.
+    monkeypatch.setattr(calllist_module, "PAGE_LIMIT", 5)
+    now, hour = time.time(), 3_600.0
+    logs = CallLogs()
+    for n in range(20):
+        logged_call(logs, f"CA_{n:02d}", now - 60 - 600 * n)
+    source = call_log_source(
+        Metrics(),
+        call_list_lookback_seconds=hour,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
+    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    refusals = [1]
+
+    def limited(before: str | None) -> bool:
+        if before == "CA_04" and refusals:  # page 2, which reaches the lookback: refused once
+            refusals.pop()
+            return True
+        return False
+
+    async with listing_from(source, logs, limited) as asked:
+        await sweep(source, within=5)
+    assert asked[:3] == [None, "CA_04", None]  # the read asked again from its start
+    assert caplog.text.count("call list not read; retrying") == 1
+    assert "ended at a failed page" not in caplog.text
+    assert {f"CA_{n:02d}" for n in range(20)} <= set(announced)
+
+
+async def test_a_read_past_the_lookback_to_the_page_cap_is_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A process's first read goes to the page cap: an organisation with more calls than the cap
+    # holds (20,000) warned at every start, for the read working as meant; and a call the
+    # platform shows live for ever, however far back, must not make a sweep warn either.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    monkeypatch.setattr(calllist_module, "PAGE_LIMIT", 2)  # the cap: 100 pages of 2
+    now, hour = time.time(), 3_600.0
+    logs = CallLogs()
+    logged_call(logs, "CA_for_ever", now - 40 * hour)  # marked live, past the cap
+    for n in range(300):
+        started = now - 60 - 60 * n
+        logged_call(logs, f"CA_{n:03d}", started, started + 30)
+    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
+    sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    async with listing_from(source, logs) as asked:
+        await sweep(source)
+        assert len(asked) == calllist_module.MAX_PAGES
+        [capped] = [r for r in caplog.records if "page cap" in r.getMessage()]
+        assert capped.levelno == logging.INFO
+        asked.clear()
+        await sweep(source)
+        assert len(asked) == 30  # to the lookback: the 30th page's CA_059 started before it
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    source._settings = source._settings.model_copy(update={"call_list_lookback_seconds": 5 * hour})
+    async with listing_from(source, logs):
+        await sweep(source)
+    # Within the lookback the cap still warns: calls the read owes were not found.
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "read only to its page cap" in warning.getMessage()
+
+
+async def test_a_deep_read_cut_by_a_failure_warns_once_until_a_read_ends_well(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A call kept live for ever keeps each sweep reading back to it: under a lasting rate limit
+    # every sweep would warn again for the same cut.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    source = call_log_source(Metrics())
+    live = [CallRow("CA_1", True, 3, 1.0, None)]
+    cut = CallListing(live, past_lookback=True, failed="the call list answered 429")
+    listings = [cut, cut, CallListing(live, past_lookback=True), cut]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return listings.pop(0)
+
+    announced = sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for _ in range(4):
+            await sweep(source)
+    assert announced == ["CA_1"] * 4
+    levels = [r.levelno for r in caplog.records if "ended at a failed page" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
