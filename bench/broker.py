@@ -38,11 +38,14 @@ def default_port() -> int:
     return int(os.environ.get("BENCH_KAFKA_PORT", "19092"))
 
 
-def kafka(port: int, action: str) -> None:
-    """`tools/kafka/kafka.sh <action>` for the broker on `port`."""
+def kafka(port: int, action: str, *, stop_with: int | None = None) -> None:
+    """`tools/kafka/kafka.sh <action>` for the broker on `port`; one `up` starts is stopped once
+    process `stop_with` is gone (KAFKA_STOP_WITH)."""
     if port == TEST_PORT:
         raise SystemExit(f"port {TEST_PORT} is the tests' broker; benchmarks use their own")
     env = {**os.environ, **jvm(), "KAFKA_PORT": str(port)}
+    if stop_with is not None:
+        env["KAFKA_STOP_WITH"] = str(stop_with)
     subprocess.run([str(ROOT / "tools/kafka/kafka.sh"), action], env=env, check=True)
 
 
@@ -78,7 +81,9 @@ def session(port: int, *, keep: bool = False) -> Iterator[tuple[str, bool]]:
         # held in the heap and sent in metadata: each run starts from an empty broker. Only the
         # bench's own per-port directory: one named by KAFKA_DATA_DIR may be another broker's.
         shutil.rmtree(data_dir(port), ignore_errors=True)
-    kafka(port, "up")
+    # Not kept: it dies with this process however it ends, else a killed run's broker would be
+    # the next run's, reused with every topic of the killed one.
+    kafka(port, "up", stop_with=os.getpid() if started and not keep else None)
     try:
         yield f"127.0.0.1:{port}", not started
     finally:

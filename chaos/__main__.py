@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,9 @@ def main() -> None:
         print(f"rewrote {args.out}")
         return
     names = args.only or list(SCENARIOS)
+    # The scenarios' brokers (kafka.sh, cluster.sh) stop once this process is gone, however it
+    # ends: a killed run left them holding their ports and heaps.
+    os.environ["KAFKA_STOP_WITH"] = str(os.getpid())
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     log.info("scratch dir (broker data, replica logs): %s", workdir)
     outcomes = asyncio.run(

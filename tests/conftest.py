@@ -1,4 +1,5 @@
-"""Session-wide test set-up (none, unless the session has fuzz tests) and shared fixtures.
+"""Session-wide test set-up (a broker kafka.sh starts dies with the session; Hypothesis's profiles
+when the session has fuzz tests) and shared fixtures.
 
 The Hypothesis profiles are registered when tests/fuzz.py is first imported, which every fuzz test
 does before its @given reads them; a session without fuzz tests imports neither it nor Hypothesis.
@@ -7,6 +8,7 @@ does before its @given reads them; a session without fuzz tests imports neither 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,6 +20,11 @@ HYPOTHESIS_PLUGIN = "hypothesispytest"  # its pytest11 entry point
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # Every broker the session starts through kafka.sh (the session's, a test's own, a cluster's)
+    # is stopped once this process is gone, however it ends: a SIGKILLed session or a CI job's
+    # timeout left it holding its port and data dir for the next run. Set, not defaulted: a
+    # session started by a test's session inherits that one's pid.
+    os.environ["KAFKA_STOP_WITH"] = str(os.getpid())
     # `--hypothesis-profile=long` names one of our profiles: they must exist before Hypothesis's
     # plugin loads it, which is before any test module is imported.
     if config.getoption("--hypothesis-profile", default=None):

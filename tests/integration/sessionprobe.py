@@ -1,13 +1,14 @@
 """A session of its own for tests/integration/test_session_broker.py (not collected by itself).
 
 Its one test takes the session's broker, writes its port to $SESSION_PROBE_PORT_FILE and, when
-$SESSION_PROBE_END is `ctrl-c`, interrupts its session as Ctrl-C does.
+$SESSION_PROBE_END is `ctrl-c`, interrupts its session as Ctrl-C does; `hang`, waits to be killed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,5 @@ def test_the_sessions_broker(kafka_bootstrap: str) -> None:
         # Python then installs no KeyboardInterrupt for it: the session passed, uninterrupted.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
+    elif os.environ.get("SESSION_PROBE_END") == "hang":
+        time.sleep(3600)  # the killed session's end: no teardown runs

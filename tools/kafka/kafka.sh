@@ -9,6 +9,9 @@
 #      brokers on different ports coexist), KAFKA_HEAP (-Xmx512m -Xms256m),
 #      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s: then SIGKILL),
 #      PYTHON (python3),
+#      KAFKA_STOP_WITH (unset): a pid; a broker this `up` starts is stopped (`down`) once that
+#        process is gone, however it ended (a test session SIGKILLed, a CI job timed out), by a
+#        watcher beside it, which leaves with the broker. Unset: it runs until `down`.
 #      MAVEN_REPO_URL (Maven Central; see fetch_jars.py),
 #      KAFKA_VERSION (unset: the version pinned in pom.xml/jars.lock, Kafka 4.4): another broker
 #        version, one with a directory versions/<version>/ (pom.xml, jars.lock, its log config),
@@ -59,6 +62,8 @@ jvm_opts="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -Djava.awt.headless=true}"
 start_timeout="${KAFKA_START_TIMEOUT:-90}"
 stop_timeout="${KAFKA_STOP_TIMEOUT:-30}"
 python="${PYTHON:-python3}"
+owner="${KAFKA_STOP_WITH:-}"
+[[ -z "$owner" || "$owner" =~ ^[0-9]+$ ]] || { echo "KAFKA_STOP_WITH=$owner: not a pid" >&2; exit 2; }
 
 jars_lock="$jars_dir/jars.lock"
 # Kafka 4 logs through log4j 2; Kafka 3 through log4j 1 (reload4j), with its own config file.
@@ -115,6 +120,17 @@ broker_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "kafka.Kafka $props" || return 1
   echo "$pid"
+}
+
+# A process's start time (clock ticks after boot), empty when it is gone: with its pid, it names
+# the process (a pid alone may be reused by the time the watcher looks).
+started_at() {
+  local stat
+  { stat="$(<"/proc/$1/stat")"; } 2>/dev/null || return 0
+  stat="${stat##*) }"  # after "pid (comm) ", comm may hold spaces; starttime is field 22
+  # shellcheck disable=SC2086  # split into fields on purpose
+  set -- $stat
+  echo "${20}"
 }
 
 # Runs in a subshell so the lock fd never leaks into the broker JVM.
@@ -189,6 +205,9 @@ render_config() {
 
 cmd_up() {
   answering && { say "already up"; return 0; }
+  # Taken now: an owner gone before the broker starts must not look alive to its watcher.
+  local owner_start=""
+  if [[ -n "$owner" ]]; then owner_start="$(started_at "$owner")"; fi
   cmd_fetch
   local java
   java="$(find_java)" || exit 1
@@ -231,6 +250,12 @@ cmd_up() {
       -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
     # Until bash has exec'd java, the pid's cmdline is not yet the broker's.
     for _ in $(seq 50); do broker_pid >/dev/null && break; sleep 0.1; done
+    # Before the wait below: an owner killed while the broker starts leaves no broker either.
+    # setsid: a kill of the owner's process group (a CI timeout's) must not take the watcher.
+    if [[ -n "$owner" ]] && pid="$(broker_pid)"; then
+      setsid "${BASH_SOURCE[0]}" stop-with "$owner" "${owner_start:-gone}" "$pid" \
+        </dev/null >>"$data/stop-with.log" 2>&1 9>&- &
+    fi
   fi
   exec 9>&-
 
@@ -272,6 +297,20 @@ cmd_down() {
   rm -f "$pidfile"
 }
 
+# The watcher of KAFKA_STOP_WITH: stops broker `pid` once process `owner` (started at `since`)
+# is gone; leaves once that broker is, stopped otherwise (a restart gets a watcher of its own).
+cmd_stop_with() {
+  local owner="$1" since="$2" pid="$3"
+  while [[ "$(broker_pid || true)" == "$pid" ]]; do
+    if [[ "$(started_at "$owner")" != "$since" ]]; then
+      say "pid $owner (KAFKA_STOP_WITH) is gone: stopping its broker"
+      cmd_down
+      return 0
+    fi
+    sleep 0.5
+  done
+}
+
 cmd_kill() {
   local pid
   if ! pid="$(broker_pid)"; then
@@ -300,5 +339,6 @@ case "${1:-}" in
   # Silent: whether this port's broker process (of this script) runs, answering or not yet.
   running) broker_pid >/dev/null ;;
   fetch) cmd_fetch ;;
+  stop-with) cmd_stop_with "$2" "$3" "$4" ;;  # started by `up` under KAFKA_STOP_WITH
   *) echo "usage: $0 up|down|kill|status|running|fetch" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, di
     monkeypatch.delenv("KAFKA_DATA_DIR", raising=False)
     monkeypatch.delenv("KAFKA_HEAP", raising=False)
     monkeypatch.delenv("KAFKA_JVM_OPTS", raising=False)
+    monkeypatch.delenv("KAFKA_STOP_WITH", raising=False)  # the test session's (tests/conftest.py)
     return seen
 
 
@@ -46,6 +48,19 @@ def test_a_broker_the_run_starts_begins_empty_with_kafkas_jvm(
     env = calls[0][1]
     assert "-XX:+UseG1GC" in env["KAFKA_JVM_OPTS"]
     assert env["KAFKA_HEAP"] == "-Xmx1G -Xms1G"
+
+
+def test_a_broker_the_run_starts_dies_with_it_unless_kept(
+    calls: list[tuple[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A killed run's broker, left on the port, was the next run's with all its topics.
+    monkeypatch.setattr(broker, "answering", lambda _port: False)
+    with broker.running(19092):
+        pass
+    with broker.running(19092, keep=True):
+        pass
+    ups = [env.get("KAFKA_STOP_WITH") for action, env in calls if action == "up"]
+    assert ups == [str(os.getpid()), None]
 
 
 def test_a_data_dir_named_by_the_environment_is_never_emptied(
