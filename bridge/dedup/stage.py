@@ -61,6 +61,7 @@ from bridge.dedup.restore import GapUnreadableError
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import LossReason, StageProducer, TransactionLostError
 from bridge.dedup.txnsize import TransactionSize, timeout_warning
+from bridge.dedup.window import drop_expired_in
 from bridge.groups import (
     Claim,
     GrowthWatch,
@@ -575,6 +576,9 @@ class DedupStage:
                         await self._commit()
                     self._update_lag(consumer)
                     self._drop_aged()
+                    # A sighting drops a few expired ids: the rest of a window expired at once
+                    # (a gap longer than the TTL) goes a bounded step a poll, idle ones included.
+                    drop_expired_in(task.window for task in self._windows())
                 self._stepped.set()
                 # getmany hands out records already fetched without suspending, and neither does a
                 # send that fits the buffer: without this a backlog is worked off in one go.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from bridge.ingest.record import CHANNEL, EVENT_TIME
 from bridge.normalise.binding import CE_PREFIX, TYPE_HEADER
+from bridge.sink.kafka import key_hash
 
 TERMINAL_TYPE = "call.score"
 _CE_TYPE = CE_PREFIX + "type"
@@ -26,10 +27,13 @@ _CALL_LOG = b"sse"
 
 @dataclass(slots=True)
 class CallProgress:
-    """A call's highest seq seen in the partition, whether its terminal entry was, and when
-    the call ended (the terminal entry's time)."""
+    """A call's highest seq seen in the partition, whether its terminal entry was, when the call
+    ended (the terminal entry's time), and its key's murmur2 (`key_hash`): computed here, a call
+    at a time as a restore reads, so a takeover finds every call's partition without hashing tens
+    of thousands at once (aiokafka's murmur2 is pure Python)."""
 
     seq: int
+    key_hash: int
     ended: bool = False
     ended_at: float | None = None
 
@@ -92,7 +96,7 @@ class PartitionProgress:
         call, seq = parsed
         known = self.calls.get(call)
         if known is None:
-            known = self.calls[call] = CallProgress(seq)
+            known = self.calls[call] = CallProgress(seq, key_hash(call.encode()))
         elif seq > known.seq:
             known.seq = seq
         if not known.ended and is_terminal(headers):
@@ -107,3 +111,7 @@ class PartitionProgress:
         """Calls whose end is in the partition, each with when it ended: the roster remembers
         them by it (dated "now", a takeover's calls outlasted every call that ended since)."""
         return {call: p.ended_at for call, p in self.calls.items() if p.ended_at is not None}
+
+    def key_hashes(self) -> dict[str, int]:
+        """Each call's key hash (`partition_of`'s murmur2), as computed when it was first seen."""
+        return {call: p.key_hash for call, p in self.calls.items()}

@@ -199,9 +199,12 @@ async def missing_ingest(settings: KafkaSettings, topic: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=65_536)
-def _key_hash(key: bytes) -> int:
+def key_hash(key: bytes) -> int:
+    """The positive murmur2 of a record key: its partition is this modulo the partition count."""
     return int(murmur2(key)) & 0x7FFFFFFF
+
+
+_key_hash = functools.lru_cache(maxsize=65_536)(key_hash)
 
 
 def partition_states(cluster: Any, topic: str) -> list[PartitionState]:
@@ -272,6 +275,7 @@ __all__ = [
     "TopicSpec",
     "client_options",
     "for_role",
+    "key_hash",
     "max_message_bytes",
     "partition_for",
     "topic_configs",

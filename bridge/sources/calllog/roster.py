@@ -86,6 +86,11 @@ class Roster:
     def owns(self, call: str) -> bool:
         return partition_of(call, self.partitions) in self.owned
 
+    def _partition(self, call: str, hashes: Mapping[str, int]) -> int:
+        """The call's partition, by its key hash in `hashes` where known."""
+        hashed = hashes.get(call)
+        return partition_of(call, self.partitions) if hashed is None else hashed % self.partitions
+
     def has_ended(self, call: str) -> bool:
         return call in self._ended
 
@@ -94,7 +99,15 @@ class Roster:
 
         `until`: the wall time past which it must not start (a call known to have ended).
         """
-        if call in self.following or call in self._ended or not self.owns(call):
+        return self._offer(call, after, until, {})
+
+    def _offer(
+        self, call: str, after: int, until: float | None, hashes: Mapping[str, int]
+    ) -> list[Start]:
+        if call in self.following or call in self._ended:
+            return []
+        partition = self._partition(call, hashes)
+        if partition not in self.owned:
             return []
         if call in self.waiting:
             after = self.waiting[call] = max(self.waiting[call], after)
@@ -120,7 +133,7 @@ class Roster:
             if until is not None:
                 self._until[call] = self._by_ticks(until)
             return []
-        self.following[call] = partition_of(call, self.partitions)
+        self.following[call] = partition
         return [Start(call, after)]
 
     def _by_ticks(self, until: float) -> float:
@@ -144,9 +157,23 @@ class Roster:
         since, and one of those forgotten is read again from its start by the next offer."""
         now = self._clock()
         end = now if at is None else min(at, now)  # a clock ahead of ours must not pin it
+        heapq.heappush(self._ends, self._ended_by(call, end))
+        self._forget_past_bound()
+
+    def _remember_ends(self, ends: list[tuple[str, float]]) -> None:
+        """`_remember_end` of many calls, the heap ordered once: a takeover's are tens of
+        thousands (40 ms at 40,000 one by one). Those kept past the bound are the latest ends."""
+        now = self._clock()
+        self._ends.extend([self._ended_by(call, min(at, now)) for call, at in ends])
+        heapq.heapify(self._ends)
+        self._forget_past_bound()
+
+    def _ended_by(self, call: str, end: float) -> tuple[float, str]:
         end = max(end, self._ended.get(call, end))
         self._ended[call] = end
-        heapq.heappush(self._ends, (end, call))
+        return end, call
+
+    def _forget_past_bound(self) -> None:
         while len(self._ended) > self._remember:
             first, oldest = heapq.heappop(self._ends)
             if self._ended.get(oldest) == first:
@@ -155,14 +182,22 @@ class Roster:
             self._ends = [(when, c) for c, when in self._ended.items()]
             heapq.heapify(self._ends)
 
-    def own(self, partition: int, live: dict[str, int], ended: Mapping[str, float]) -> list[Start]:
+    def own(
+        self,
+        partition: int,
+        live: dict[str, int],
+        ended: Mapping[str, float],
+        hashes: Mapping[str, int] | None = None,
+    ) -> list[Start]:
         """A partition taken over: follow its live calls from where its records got to.
 
-        `ended`: the calls its records show ended, each with its end (wall time).
+        `ended`: the calls its records show ended, each with its end (wall time); `hashes`: the
+        calls' key hashes, as the restore computed them (else hashed here).
         """
+        hashes = hashes or {}
         self.owned.add(partition)
         starts: list[Start] = []
-        done = [call for call in ended if partition_of(call, self.partitions) == partition]
+        done = [call for call in ended if self._partition(call, hashes) == partition]
         # Out of the queue before any slot is freed: else a freed slot could start one of them.
         for call in done:
             self.waiting.pop(call, None)
@@ -171,14 +206,16 @@ class Roster:
         # nothing): a freed slot starts one where its records got to, not from an older offer's.
         for call, after in live.items():
             if call in self.waiting:
-                self.offer(call, after)
-        for call in done:
-            # A call still followed (its partition handed straight back) frees its slot
-            # for one that waited: that one starts now. Remembered by its own end, not by
-            # now: else every ended call of the partition outlasted those that ended since.
+                self._offer(call, after, None, hashes)
+        # A call still followed (its partition handed straight back) frees its slot for one that
+        # waited: that one starts now. The others are only remembered, all at once. Each by its
+        # own end, not by now: else every ended call of the partition outlasted those that ended
+        # since.
+        self._remember_ends([(call, ended[call]) for call in done if call not in self.following])
+        for call in [call for call in done if call in self.following]:
             starts.extend(self.finished(call, ended=True, at=ended[call]))
         for call, after in live.items():
-            starts.extend(self.offer(call, after))
+            starts.extend(self._offer(call, after, None, hashes))
         return starts
 
     def keep_only(self, partitions: set[int]) -> list[str]:

@@ -177,7 +177,9 @@ class CallLogSource:
             self.roster.owned.add(partition)
             return
         live = {call: after for call, after in progress.live().items() if self._usable(call)}
-        self._launch(self.roster.own(partition, live, progress.ended()))
+        # The calls' hashes as the restore computed them, a call at a time: hashing each here
+        # held the loop 100-450 ms at a takeover of 20k-40k ended calls.
+        self._launch(self.roster.own(partition, live, progress.ended(), progress.key_hashes()))
         log.info(
             "call-log partition taken over",
             extra={"partition": partition, "live_calls": len(progress.live())},

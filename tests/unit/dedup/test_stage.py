@@ -39,7 +39,7 @@ from bridge.dedup.stage import (
 )
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, TransactionLostError
-from bridge.dedup.window import SeenWindow, digest
+from bridge.dedup.window import EXPIRE_POLL_STEP, SeenWindow, digest
 from bridge.groups import Claim, GroupMetadata, GrowthWatch, StickyAssignor
 from bridge.groupsession import Session
 from bridge.metrics import Metrics
@@ -933,6 +933,30 @@ async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_inte
         interval,
     ]
     assert steps(h.producer).count("commit") == 1
+
+
+async def test_each_poll_drops_a_bounded_step_of_the_windows_expired_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first record after an idle gap longer than the TTL dropped the whole window in one
+    # sighting; a sighting now drops a step of it, and each poll of the loop a bounded step more
+    # (a quiet partition's window is emptied, not held until its records come back).
+    clock = FakeClock()
+    monkeypatch.setattr(
+        transaction_module, "time", SimpleNamespace(monotonic=clock.monotonic, time=time.time)
+    )
+    h = Harness()
+    consumer = TrickleConsumer(tp(1), h.stage, clock, gap_ms=10, calls=5)
+    h.stage._consumer = consumer
+    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
+    before_gap = 100.0 - h.stage._settings.ttl_seconds - 60.0  # the trickle's records are at 100
+    for i in range(2 * EXPIRE_POLL_STEP):
+        task.window.observe(digest(f"old-{i}"), before_gap)
+    h.stage._tasks[task.tp] = task
+    h.stage._running = True
+    await h.stage._run()
+    assert len(task.window) == 2  # the trickle's two ids
+    assert sample(h.metrics, "pinecall_bridge_dedup_entries") == 2
 
 
 @pytest.mark.parametrize(

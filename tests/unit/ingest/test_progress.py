@@ -2,6 +2,7 @@ from typing import cast
 
 from bridge.ingest.progress import PartitionProgress, call_and_seq, is_terminal
 from bridge.ingest.record import EVENT_TIME, ID, VERSION, decided_id
+from bridge.sources.calllog.roster import partition_of
 
 
 def headers(
@@ -102,3 +103,16 @@ def test_a_null_event_time_dates_the_end_by_its_append() -> None:
     progress = PartitionProgress()
     progress.observe(event_id, record, 80.0)
     assert progress.ended() == {"CA_1": 80.0}
+
+
+def test_each_calls_key_hash_gives_its_partition_as_the_producer_chose_it() -> None:
+    # Computed once per call as the restore reads: the takeover hashes nothing in one go.
+    progress = PartitionProgress()
+    calls = [f"CA_{n:04x}" for n in range(50)]
+    for call in calls:
+        progress.observe(f"{call}:1", headers("call.started"), 100.0)
+        progress.observe(f"{call}:2", headers("call.score"), 100.0)
+    hashes = progress.key_hashes()
+    assert set(hashes) == set(calls)
+    for partitions in (1, 12, 997):
+        assert all(hashes[call] % partitions == partition_of(call, partitions) for call in calls)
