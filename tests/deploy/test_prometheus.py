@@ -165,6 +165,8 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
     """Enough samples for rate() over the traffic, the dedup stage and the feed lease settled
     (every ingest partition owned, one lease holder), and every rule evaluated since."""
 
+    seen: dict[str, object] = {}
+
     async def enough() -> bool:
         server.check_alive()
         try:
@@ -183,9 +185,12 @@ async def until_scraped(scraped: Scraped, server: PrometheusServer) -> None:
             for rule in group["rules"]
         ]
         settled = owned == INGEST_PARTITIONS and holders == 1
+        seen.update(samples=counts, owned=owned, lease_holders=holders, evaluated=evaluated)
         return bool(counts and min(counts) >= 5 and settled and evaluated and all(evaluated))
 
-    await until(enough, 60, 0.5, lambda: f"Prometheus scraped enough:\n{server.log()}")
+    await until(
+        enough, 60, 0.5, lambda: f"Prometheus scraped enough (last seen {seen}):\n{server.log()}"
+    )
 
 
 def exposed_names(exposition: str) -> set[str]:
