@@ -44,6 +44,9 @@ def kafka(port: int, action: str, *, stop_with: int | None = None) -> None:
     if port == TEST_PORT:
         raise SystemExit(f"port {TEST_PORT} is the tests' broker; benchmarks use their own")
     env = {**os.environ, **jvm(), "KAFKA_PORT": str(port)}
+    # Never inherited: run from a test session or `make chaos` (which set it to their own pid), a
+    # broker kept (`--keep-broker`, bench.takeover) died with that process.
+    env.pop("KAFKA_STOP_WITH", None)
     if stop_with is not None:
         env["KAFKA_STOP_WITH"] = str(stop_with)
     subprocess.run([str(ROOT / "tools/kafka/kafka.sh"), action], env=env, check=True)

@@ -302,8 +302,8 @@ class CallLogSource:
             log.log(
                 level,
                 "call list read past its lookback ended at a failed page: older calls are not"
-                " found by this sweep (the next reads only to the lookback or the oldest live"
-                " call this read showed)",
+                " found by this sweep (the next reads to the lookback, or to the oldest live"
+                " call this read or the one before showed)",
                 extra={"calls": len(listing.rows), "error": listing.failed},
             )
             return

@@ -63,6 +63,20 @@ def test_a_broker_the_run_starts_dies_with_it_unless_kept(
     assert ups == [str(os.getpid()), None]
 
 
+def test_a_kept_broker_outlives_a_process_named_by_the_environment(
+    calls: list[tuple[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A benchmark run from a test session or `make chaos` inherits their KAFKA_STOP_WITH.
+    monkeypatch.setenv("KAFKA_STOP_WITH", "1")
+    monkeypatch.setattr(broker, "answering", lambda _port: False)
+    with broker.running(19092, keep=True):
+        pass
+    with broker.running(19092):
+        pass
+    ups = [env.get("KAFKA_STOP_WITH") for action, env in calls if action == "up"]
+    assert ups == [None, str(os.getpid())]
+
+
 def test_a_data_dir_named_by_the_environment_is_never_emptied(
     calls: list[tuple[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
