@@ -40,7 +40,7 @@ from pydantic_settings import (
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.configerror import ConfigError as ConfigError  # re-exported: the settings' error
-from bridge.redaction import split_authority, without_password
+from bridge.redaction import has_userinfo, without_password
 from bridge.secretfiles import (
     SECRETS_DIR_VARIABLE,
     has_control_character,
@@ -158,19 +158,23 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
     if any(c.isspace() for c in url):
         raise ValueError("must not contain whitespace (percent-encode it in a path)")
     parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError("has no host")
-    try:
-        _ = parts.port  # a port that is no number, or out of range, raises
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    if "@" in parts.netloc:
+    # Before the host and port: a password holding a `/` reads as a port (`user:pa/ss@host`),
+    # refused as one, or taken when empty (`user:/ss@host`). urllib's netloc as well: it reads a
+    # `\` as part of the authority, split_authority as its end (websockets sends `user:12\ss@h`
+    # with the password `12\ss`).
+    if "@" in parts.netloc or has_userinfo(url):
         # These URLs are no secrets: `check` prints them and the logs name them. Pinecall's API
         # takes the key as a bearer token, which aiohttp refuses to combine with URL credentials.
         raise ValueError(
             "must not carry credentials (user:password@): `check` prints this URL and the logs"
             " name it; Pinecall's API key is BRIDGE_PINECALL__API_KEY"
         )
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        _ = parts.port  # a port that is no number, or out of range, raises
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
     if "#" in url:
         # websockets refuses the feed's URL with one, quoting it token and all; the API's paths
         # and the webhook's, appended after it, would be cut off as part of it.
@@ -225,12 +229,8 @@ def _check_uri_reference(value: str) -> str:
             "must be a URI-reference (RFC 3986): its host's '[' (an IPv6 address) is not closed"
         ) from None
     # The authority as an error quoting a URL reads it: its `@` after a `?` or `#` (a password
-    # holding one, pasted unencoded) is still in it. A `/` (base64's) ends it there (`user:pa`
-    # of `user:pa/ss@host`): a port that is no number, an `@` after it.
-    _, authority, rest = split_authority(value)
-    _, colon, port = authority.rpartition("]")[2].partition(":")
-    userinfo = "@" in authority or (bool(colon) and not port.isdigit() and "@" in rest)
-    if userinfo or any(
+    # holding one, pasted unencoded) is still in it; a `/` in one reads as a port.
+    if has_userinfo(value) or any(
         _credential_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)
     ):
         # Stamped on every event published, and printed by `check`: as for the URL settings.

@@ -113,13 +113,25 @@ def split_authority(url: str) -> tuple[str, str, str]:
     return authority["before"], authority["host"], authority["path"]
 
 
+def has_userinfo(url: str) -> bool:
+    """Whether `url` may carry a user's name or password before its host: an `@` in its
+    authority as given, or after a port that is no number (a password holding a `/`)."""
+    _, authority, rest = split_authority(url)
+    # A `/` (base64's) in a password ends the authority there: `user:pa/ss@host` reads as host
+    # `user`, port `pa`, the `@` left in the rest. A port of digits is not told apart from a
+    # path's `@` (`host:443/calls/a@b`).
+    _, colon, port = authority.rpartition("]")[2].partition(":")
+    return "@" in authority or (bool(colon) and not port.isdigit() and "@" in rest)
+
+
 def without_query(url: str) -> str:
     """`url` as an error may quote it: without its query or fragment, nor a user's name and
     password before its host (credentials ride there: a token kept by a redirect, a signature)."""
     before, host, path = split_authority(url)
-    if "@" in host and _QUERY.search(host):
-        # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed) or
-        # `h?t=a@b` (cut at the `@`, `b` showed): neither side is shown.
+    if has_userinfo(url) and ("@" not in host or _QUERY.search(host)):
+        # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed),
+        # `h?t=a@b` (cut at the `@`, `b` showed) or `u:pa/ss@h` (cut at the `/`, all of it
+        # showed): neither side is shown.
         return before + "…"
     return before + _QUERY.split(host.rpartition("@")[2] + path, maxsplit=1)[0]
 

@@ -1001,6 +1001,15 @@ def test_a_url_with_a_query_naming_no_credential_is_taken(monkeypatch: pytest.Mo
         ("BRIDGE_PINECALL__API_URL", "https://key:s3cret@api.pinecall.io", "must not carry"),
         ("BRIDGE_PINECALL__PUBLIC_URL", "https://s3cret@bridge.example.com", "must not carry"),
         ("BRIDGE_WEBSOCKET__URL", "wss://:s3cret@api.pinecall.io/v1/ws", "must not carry"),
+        # A password holding a `/` (base64's), unencoded: the authority ends there. Read as an
+        # empty port it was taken (and printed); as a port that is no number, refused as one.
+        ("BRIDGE_PINECALL__API_URL", "https://key:/s3cret@api.pinecall.io", "must not carry"),
+        ("BRIDGE_WEBSOCKET__URL", "wss://key:/s3cret@api.pinecall.io/v1/ws", "must not carry"),
+        ("BRIDGE_PINECALL__API_URL", "https://key:s3/cret@api.pinecall.io", "must not carry"),
+        ("BRIDGE_PINECALL__PUBLIC_URL", "https://[::1]:s3/cret@b.example.com", "must not"),
+        # A `\` ends the authority as a browser reads it; websockets sends `12\s3cret` as the
+        # password.
+        ("BRIDGE_WEBSOCKET__URL", "wss://key:12\\s3cret@api.pinecall.io/v1/ws", "must not"),
         # The older feed's URL pasted with its token: `check` printed it, the logs named it.
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/ws/stream?token=s3cret", "must not carry"),
         ("BRIDGE_WEBSOCKET__URL", "wss://api.pinecall.io/v1/ws?v=2&Access-Token=s3cret", "must"),
@@ -1027,6 +1036,23 @@ def test_urls_need_a_host_no_whitespace_and_no_credentials(
     [line] = problems()
     assert line.startswith(f"{name}: {problem}"), line
     assert "s3cret" not in line, "the problem names the variable, never its value"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # As a password of digits before a `/` would read (`key:12/34@h`): not told apart.
+        "https://api.pinecall.io:443/calls/a@b",
+        "https://[::1]:8443/calls/a@b",
+        "https://api.pinecall.io/calls?by=ops@pinecall.io",
+        "http://localhost:8080/x",
+    ],
+)
+def test_an_at_sign_outside_a_urls_authority_is_no_credential(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    setenv(monkeypatch, {"BRIDGE_PINECALL__API_URL": url})
+    assert load_settings().pinecall.api_url == url
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,12 @@ def test_a_user_name_shows_no_password_pasted_after_a_colon(username: str, shown
         ("http://h.example?token=abc@def", "http://…"),
         ("http://h.example/p?token=abc@def", "http://h.example/p"),
         ("http://h.example?token=abc#f", "http://h.example"),  # a query straight after the host
+        # A `/` (base64's) in a password: the authority ends there, its port no number.
+        ("https://u:pa/ss@h.example/p?q", "https://…"),
+        ("https://u:/ss@h.example", "https://…"),
+        ("https://[::1]:pa/ss@h.example", "https://…"),
+        # A port of digits before a path's `@` is a port (`u:12/34@h` is not told apart).
+        ("https://h.example:443/calls/a@b?q", "https://h.example:443/calls/a@b"),
     ],
 )
 def test_a_url_is_quoted_without_its_query_fragment_or_user_info(url: str, shown: str) -> None:
