@@ -277,6 +277,7 @@ class Bridge:
                 heartbeat_interval_ms=dedup.heartbeat_interval_ms,
                 supervisor=self.supervisor,
                 reading=lambda: self.feed is not None and self.feed.connected,
+                metadata_max_age_ms=int(settings.kafka.metadata_probe_seconds * 1000),
             )
             if settings.websocket.enabled and stages != "dedup"
             else None

@@ -88,6 +88,7 @@ class FeedLease:
         supervisor: Supervisor | None = None,
         reading: Callable[[], bool] = lambda: False,
         name: str | None = None,
+        metadata_max_age_ms: int = 5_000,
     ) -> None:
         """`reading`: whether this process's feed is connected now (what the notes say)."""
         self.topic = topic
@@ -98,6 +99,7 @@ class FeedLease:
         self._on_lost = on_lost
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._metadata_max_age_ms = metadata_max_age_ms
         self._supervisor = supervisor if supervisor is not None else Supervisor(metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -141,6 +143,10 @@ class FeedLease:
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             partition_assignment_strategy=(StickyAssignor(self._claim, self._group),),
+            # The bridge creates the topic just before: a broker not yet knowing it answers the
+            # join's metadata without it, and nobody is assigned the lease until the next refresh
+            # (aiokafka's default: 5 minutes). Its metadata names one topic: cheap to refresh.
+            metadata_max_age_ms=self._metadata_max_age_ms,
         )
         # A throttled heartbeat or join (a request quota) can cost the lease: counted.
         watch_throttle(consumer, counted(self._metrics, "feed_lease"))

@@ -178,7 +178,7 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_feed_stays_connected(
             simulator.run_traffic(calls=20, concurrency=5, rate=25, channel="websocket")
         )
         frames = "pinecall_bridge_websocket_frames_total"
-        await until(lambda: sample(bridge.metrics, frames, kind="event") >= 20)  # amid traffic
+        await until(lambda: sample(bridge.metrics, frames, kind="event") >= 20, 60)  # amid traffic
         [conn] = simulator.feed.subscribed()
         conn.push(Outgoing(big, "garbage"))  # not in the ledger: no event the traffic sent
         await traffic

@@ -45,6 +45,7 @@ GRACE_SECONDS = 15  # replica_env's BRIDGE_SHUTDOWN__GRACE_SECONDS
 STOP_MARGIN_SECONDS = 3  # the parent's wait past the grace before it kills
 OWNED = "pinecall_bridge_dedup_partitions_owned"
 INGESTED = "pinecall_bridge_events_ingested_total"
+INFLIGHT = "pinecall_bridge_inflight_events"  # sent to the ingest topic, not yet acknowledged
 
 
 async def a_pod(
@@ -674,7 +675,11 @@ async def test_workers_stop_within_the_grace_period_with_kafka_unresponsive(
         await owned_by(pod, session, {"0": 3, "1": 3})
         await until(lambda: len(acked) >= 60, 60)
         with broker.unresponsive():
-            await asyncio.sleep(1)  # requests now wait on Kafka
+
+            async def waiting_on_kafka() -> bool:
+                return total(await pod.metrics(session), INFLIGHT) >= 1
+
+            await until(waiting_on_kafka, 30, 0.1, "requests waiting on Kafka")
             stopping.set()
             code = await pod.stop()
         await asyncio.gather(*clients)
