@@ -87,7 +87,7 @@ PINECALL_ATTEMPT_SECONDS = 5.0
 MIN_END_TRANSACTION_SECONDS = 0.5
 # BRIDGE_KAFKA__METADATA_PROBE_SECONDS: a probe gives aiokafka's metadata update half of it, and a
 # metadata round trip to a broker on the same box took up to 10 ms (p50 2 ms): at 0.001 s no probe
-# was ever answered and the pod never turned ready. It is also the dedup group's
+# was ever answered and the pod never turned ready. It is also the dedup and lease groups'
 # metadata.max.age.ms, which int() made 0 below 1 ms: a metadata request back to back, for ever.
 MIN_METADATA_PROBE_SECONDS = 0.1
 # BRIDGE_KAFKA__BOOTSTRAP_SERVERS unset: the local broker (`make kafka-up`, the demo's).
@@ -379,8 +379,8 @@ class KafkaSettings(_Section):
     # How long a new connection's set-up (TCP, TLS, ApiVersions, SASL) may take: Kafka's
     # socket.connection.setup.timeout.ms, which aiokafka lacks (bridge/sink/connectsetup.py).
     connect_timeout_ms: int = Field(default=10_000, gt=0)
-    # Also the dedup group's metadata.max.age.ms (int(s * 1000): 1e306 overflowed at start-up)
-    # and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
+    # Also the dedup and lease groups' metadata.max.age.ms (int(s * 1000): 1e306 overflowed at
+    # start-up) and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
     metadata_probe_seconds: float = Field(default=5.0, le=300)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
