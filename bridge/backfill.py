@@ -34,7 +34,7 @@ from bridge.pipeline import (
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink, missing_ingest, stop_within
-from bridge.sources.calllog.calllist import CallListError, list_calls, started_since
+from bridge.sources.calllog.calllist import CallListError, dated, list_calls, started_since
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
 from bridge.sources.egress import pinecall_session
@@ -278,11 +278,11 @@ async def _calls_since(
             await asyncio.sleep(_backoff(attempt))
         else:
             rows = listing.rows
-            undated = sorted({row.call for row in rows if row.started_at is None})
+            undated = sorted({row.call for row in rows if dated(row) is None})
             if undated:
                 log.warning(
-                    "the call list gave no start time for some calls: they are not backfilled"
-                    " (name them with --call)",
+                    "the call list gave no start or end time for some calls: they are not"
+                    " backfilled (name them with --call)",
                     extra={"calls": undated[:20], "count": len(undated)},
                 )
             if listing.more is not None:

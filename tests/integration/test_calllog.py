@@ -551,6 +551,42 @@ async def test_calls_past_the_cap_wait_their_turn_and_lose_nothing(
         assert sample(metrics, "pinecall_bridge_sse_calls_queued") == 0
 
 
+async def test_calls_that_drop_without_an_end_or_a_score_are_ended_and_free_their_slots(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
+) -> None:
+    # A call that drops writes neither call.ended nor call.score: only its sealed log ends it,
+    # read to its end by a JSON page after its stream closed with nothing new. With one slot, a
+    # call not ended held it for good and the calls behind it were never read.
+    rng = random.Random(21)
+    async with Simulator(sim_config()) as sim:
+        handle = await following(start_bridge, sim, {**FAST_SSE, "max_calls": 1})
+        metrics = handle.metrics
+        calls = Calls(sim, "CA_drop")
+        names = calls.open(3)
+        await play(calls, names, 4, rng)
+        await until(
+            lambda: sample(metrics, "pinecall_bridge_sse_calls_queued") == 2, 60, 0.05, "2 queued"
+        )
+        for call in names:
+            calls.write(call, "user.transcript", {"text": "…"}, ephemeral=True)
+            sim.calllogs.seal(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=90)
+        read_to_end = "pinecall_bridge_sse_calls_read_to_end_total"
+
+        def ended() -> float:
+            # The one that saw its ephemeral last line live resumes from the log's last seq and is
+            # answered 204; the others are read to their end by a page.
+            return sample(metrics, read_to_end) + sim.stats.sealed_answers
+
+        await until(lambda: ended() == 3, 60, 0.05, "each call ended by its sealed log")
+        assert sample(metrics, read_to_end) >= 2
+        assert sample(metrics, "pinecall_bridge_sse_calls_followed") == 0
+        assert sample(metrics, "pinecall_bridge_sse_calls_queued") == 0
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        assert_exactly_once_in_order(calls, records)
+        assert not sim.calllogs.readers()  # no stream left open on a sealed log
+
+
 async def test_a_call_the_key_may_not_read_is_given_up_and_frees_its_slot(
     kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any]
 ) -> None:

@@ -76,14 +76,17 @@ def test_a_backfill_reaching_past_the_dedup_window_says_it_publishes_again(
     assert "drops those it saw in the last 900 s" in near
 
 
-async def test_calls_the_list_gives_no_start_time_are_named_not_dropped_silently(
+async def test_calls_the_list_gives_no_start_or_end_time_are_named_not_dropped_silently(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def list_calls(*_: Any, **__: Any) -> CallListing:
         return CallListing(
             [
                 CallRow("CA_1", live=True, last_seq=None, started_at=100.0, ended_at=None),
-                CallRow("CA_2", live=True, last_seq=None, started_at=None, ended_at=None),
+                CallRow("CA_2", live=False, last_seq=None, started_at=None, ended_at=None),
+                # Ringing now (no start yet), or rang unanswered since: taken, by now or its end.
+                CallRow("CA_3", live=True, last_seq=None, started_at=None, ended_at=None),
+                CallRow("CA_4", live=False, last_seq=None, started_at=None, ended_at=60.0),
             ]
         )
 
@@ -91,7 +94,8 @@ async def test_calls_the_list_gives_no_start_time_are_named_not_dropped_silently
     settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
     caplog.set_level(logging.WARNING, logger="bridge.backfill")
     async with aiohttp.ClientSession() as session:
-        assert await backfill._calls_since(settings, session, 50.0) == (["CA_1"], None)
+        calls = await backfill._calls_since(settings, session, 50.0)
+        assert calls == (["CA_4", "CA_1", "CA_3"], None)
     [warning] = caplog.records
     assert warning.__dict__["calls"] == ["CA_2"]
 

@@ -101,35 +101,83 @@ def parse_call_page(body: bytes) -> CallPage:
     return CallPage(tuple(calls), nxt if isinstance(nxt, str) and nxt else None)
 
 
+# A live call whose `last_seq` stood still this long no longer holds the reads back (Horizon):
+# at least this, whatever the lookback. The platform seals a spoken call quiet for 5 minutes and
+# closes a chat thread silent for 2 hours (pinecall-runtime's reaper), so a live row that wrote
+# nothing, not even an ephemeral line, for 6 hours is one it failed to seal.
+STILL_FLOOR_SECONDS = 6 * 3_600.0
+# Stuck calls remembered (so each is said once, and not followed back again): one sweep's worth.
+MAX_STUCK = 1_000
+
+
 class Horizon:
     """How far back (by start time) a sweep reads: a call of any length is found while live.
 
     A call started before the lookback (a long call, or one started while no bridge ran) was
-    never read: the list can only be read down to it. So a sweep also reads down to the start
-    of every call the last read showed live, and to the start of that read (calls since may be
-    live); the first read of a process, knowing neither, reads to the page cap. Pure.
+    never read: the list can only be read down to it. So a sweep also reads down to the place in
+    the list of every call the last read showed live, and to the start of that read (calls since
+    may be live); the first read of a process, knowing neither, reads to the page cap. A live call
+    whose `last_seq` stood still for `still_for` (a row the platform never sealed) no longer
+    counts. Pure.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, still_for: float = STILL_FLOOR_SECONDS) -> None:
         self._since: float | None = None  # None: no read yet
+        self._still_for = still_for
+        # Each live call's last_seq, and the start of the first read that showed it there.
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._stuck: dict[str, int] = {}  # call -> the last_seq it stood still at
 
     def oldest(self, now: float, lookback: float) -> float:
         """The start time a read that begins at `now` reads down to."""
         return -math.inf if self._since is None else min(now - lookback, self._since)
 
-    def read(self, rows: list[CallRow], began: float, *, failed: bool = False) -> None:
-        """A read that began at `began` showed `rows`: every live call is at least this old.
+    def read(self, rows: list[CallRow], began: float, *, failed: bool = False) -> list[CallRow]:
+        """A read that began at `began` showed `rows` (in the list's order): every live call is at
+        least this far down. Returns the live calls found stuck by this read (each once).
 
         A read cut short past the lookback counts too: by the page cap, asking again only meets
         the cap again; by a failed page (a rate limit), asking again deep may never finish.
         """
-        starts = [r.started_at for r in rows if r.live and r.started_at is not None]
         # Pinecall dates the starts: behind ours, its clock lists a call started since as earlier.
-        since = min([began - SKEW_ALLOWANCE_SECONDS, *starts])
+        since = began - SKEW_ALLOWANCE_SECONDS
+        # A read stops at the first page holding a start before its bound, so a live call is
+        # reached only if every row above it started at or after the bound: its place, not its
+        # own start (none while it rings; the list orders by the log's first line, not by it).
+        above = math.inf
+        seen: dict[str, tuple[int, float]] = dict(self._seen) if failed else {}
+        stuck: list[CallRow] = []
+        for row in rows:
+            if row.started_at is not None:
+                above = min(above, row.started_at)
+            if not row.live:
+                continue
+            if row.last_seq is not None:
+                if self._still(row, began, seen):
+                    if row.call not in self._stuck:
+                        stuck.append(row)
+                    self._stuck[row.call] = row.last_seq
+                    while len(self._stuck) > MAX_STUCK:
+                        del self._stuck[next(iter(self._stuck))]
+                    continue
+                self._stuck.pop(row.call, None)  # it moved: a long call after all
+            since = min(since, above)
         if failed and self._since is not None:
             # Ended at a failed page, it may not have reached a call the last read showed live.
             since = min(since, self._since)
         self._since = since
+        self._seen = seen
+        return stuck
+
+    def _still(self, row: CallRow, began: float, seen: dict[str, tuple[int, float]]) -> bool:
+        """Record `row`'s last_seq; whether it has stood still there for `still_for`."""
+        assert row.last_seq is not None
+        if self._stuck.get(row.call) == row.last_seq:
+            return True
+        last = self._seen.get(row.call)
+        since = last[1] if last is not None and last[0] == row.last_seq else began
+        seen[row.call] = (row.last_seq, since)
+        return began - since >= self._still_for
 
 
 def retry_delay(exc: CallListError, backoff: float) -> float:
@@ -178,10 +226,21 @@ class ListRead:
 
 
 def started_since(rows: list[CallRow], since: float) -> list[str]:
-    """The calls that started at or after `since`, oldest first, each once (a backfill's order)."""
-    found = [row for row in rows if row.started_at is not None and row.started_at >= since]
-    found.sort(key=lambda row: (row.started_at, row.call))
-    return list(dict.fromkeys(row.call for row in found))
+    """The calls that started at or after `since`, oldest first, each once (a backfill's order).
+
+    A call that never started (it rang unanswered, or rings now) has no `started_at`: it is
+    dated by its end, as Pinecall's own export dates it, and one still live is taken as now.
+    """
+    found = [(at, row.call) for row in rows if (at := dated(row)) is not None and at >= since]
+    found.sort()
+    return list(dict.fromkeys(call for _, call in found))
+
+
+def dated(row: CallRow) -> float | None:
+    """When a backfill takes `row` to have started: its start, else its end, else now if live."""
+    if row.started_at is not None:
+        return row.started_at
+    return math.inf if row.live else row.ended_at
 
 
 def wanted(row: CallRow, now: float, ttl: float) -> bool:

@@ -26,6 +26,7 @@ from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
 from bridge.sources.calllog.calllist import (
     MAX_PAGES,
+    STILL_FLOOR_SECONDS,
     CallListError,
     CallListing,
     Horizon,
@@ -92,10 +93,12 @@ class CallLogSource:
         self._call_list = settings.call_list_path is not None
         # The list answered 404/405 (logged once): it is asked again now and then, not given up.
         self._list_missing = False
-        # How far back the list is read: past the lookback, to every call still live.
-        self._horizon = Horizon()
-        # A page past the lookback failed (a WARNING once, until a read ends well): a call the
-        # platform shows live for ever keeps every sweep reading back to it, each maybe refused.
+        # How far back the list is read: past the lookback, to every call still live, but not
+        # for ever to a row the platform never sealed (still for the lookback, at least 6 h).
+        self._still_for = max(settings.call_list_lookback_seconds, STILL_FLOOR_SECONDS)
+        self._horizon = Horizon(self._still_for)
+        # A page past the lookback failed (a WARNING once, until a read ends well): a long live
+        # call keeps every sweep reading back to its start, each maybe refused.
         self._deep_failing = False
         # Failed reads back off like the streams; a read that succeeds starts the delays over.
         self._list_backoff = ReconnectPolicy.of(settings)
@@ -276,7 +279,18 @@ class CallLogSource:
                 await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
-                self._horizon.read(listing.rows, now, failed=listing.failed is not None)
+                stuck = self._horizon.read(listing.rows, now, failed=listing.failed is not None)
+                for row in stuck:
+                    log.warning(
+                        "the call list shows a call live that wrote nothing for hours: Pinecall"
+                        " may have left it open; the list is no longer read back to it",
+                        extra={
+                            "call": row.call,
+                            "started_at": row.started_at,
+                            "last_seq": row.last_seq,
+                            "still_for_s": self._still_for,
+                        },
+                    )
                 self._list_backoff.reset()
                 if self._list_missing:
                     self._list_missing = False
@@ -312,7 +326,7 @@ class CallLogSource:
             return
         extra = {"calls": len(listing.rows), "pages": MAX_PAGES}
         if listing.past_lookback:
-            # The first read of a process (or one back to a call live for ever) goes to the cap:
+            # The first read of a process (or one back to a long live call) goes to the cap:
             # an org with more calls than it holds meets it each start, as it should.
             log.info(
                 "call list read past its lookback to its page cap: older calls are not found by"

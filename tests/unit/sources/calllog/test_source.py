@@ -644,3 +644,36 @@ async def test_a_deep_read_cut_by_a_failure_warns_once_until_a_read_ends_well(
     assert announced == ["CA_1"] * 4
     levels = [r.levelno for r in caplog.records if "ended at a failed page" in r.getMessage()]
     assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
+
+
+async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_back_to(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A row the platform never sealed kept every sweep reading back to its start (to the page
+    # cap in a busy organisation), for the life of the process, and nothing named it.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    hour, start = 3_600.0, 1_780_000_000.0
+    clock = [start]
+    monkeypatch.setattr(source_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
+    stuck = CallRow("CA_stuck", True, 9, start - 30 * hour, None)
+    asked: list[float] = []
+
+    async def list_calls(*_: Any, oldest: float, **__: Any) -> CallListing:
+        asked.append(oldest)
+        return CallListing([stuck])
+
+    announced = sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for at in (0, 3, 6, 7):  # hours from the first sweep
+            clock[0] = start + at * hour
+            await sweep(source)
+    assert announced == ["CA_stuck"] * 4  # still followed while the list shows it
+    assert asked[1:3] == [start - 30 * hour] * 2
+    # Found stuck at 6 h: back to the last read's start only (calls since may be live).
+    assert asked[3] == start + 6 * hour - SKEW_ALLOWANCE_SECONDS
+    [said] = [r for r in caplog.records if "wrote nothing for hours" in r.getMessage()]
+    assert said.levelno == logging.WARNING
+    assert (said.__dict__["call"], said.__dict__["last_seq"]) == ("CA_stuck", 9)
+    assert said.__dict__["still_for_s"] == 6 * hour  # the lookback, at least 6 h
