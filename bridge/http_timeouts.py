@@ -18,6 +18,10 @@ connection cap); tests/unit/test_library_privates.py names every private this ta
 aiohttp answers a head its parser refuses (a header line over its limit, a malformed request
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
 
+A chunked body whose framing breaks after its request was parsed fails its reader at once (a 400
+`invalid_body`, the connection closed): aiohttp's C parser left it waiting for the body timeout
+(a 408). See _check_framing.
+
 The protocol also answers a client that half-closes (shutdown(SHUT_WR)) after its requests:
 asyncio closes a transport whose protocol's eof_received returns falsy, as aiohttp's does, so
 such a client got no answer (its webhook published all the same). See eof_received.
@@ -76,6 +80,7 @@ class HeadTimeoutHandler(RequestHandler):
         "_on_head_timeout",
         "_peer_eof",
         "_refusal",
+        "_refused_body",
     )
 
     def __init__(
@@ -102,6 +107,8 @@ class HeadTimeoutHandler(RequestHandler):
         self._answering = 0
         self._answered = 0
         self._peer_eof = False
+        # The body whose framing the parser refused before its request was answered.
+        self._refused_body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._admitted = self._cap.admit()
@@ -124,9 +131,11 @@ class HeadTimeoutHandler(RequestHandler):
         parsed = self._request_count
         if not starts_head and self._stopping():
             self._feed_body(data)
+            self._check_framing(payload, parsed)
             return
         super().data_received(data)
         if self._request_count != parsed:
+            self._check_framing(payload, parsed)
             self._cancel_head_timer()
             messages: deque[Any] = self._messages
             if messages:
@@ -135,6 +144,22 @@ class HeadTimeoutHandler(RequestHandler):
             self._head_timer = self._loop.call_later(
                 self._head_timeout, self._head_timed_out, parsed
             )
+
+    def _check_framing(self, payload: StreamReader | None, parsed: int) -> None:
+        """Fail the body under way if the parser refused its framing (a broken chunk) just now.
+
+        aiohttp's C parser raises without telling the body's reader, and queues the refusal as a
+        request of its own: the handler waited out the body timeout, then answered 408.
+        """
+        # A request counted while a body is unfinished is that refusal: a body ends before the
+        # next head is parsed.
+        if payload is None or payload.is_eof() or self._request_count == parsed:
+            return
+        if self._answering >= parsed:
+            return  # answered already: aiohttp's drain of the rest ends at its lingering time
+        self._refused_body = payload
+        if payload.exception() is None:  # aiohttp's pure-Python parser sets its own
+            payload.set_exception(web.RequestPayloadError("the chunked framing is invalid"))
 
     def eof_received(self) -> bool:  # type: ignore[override]  # aiohttp types its None
         """Keep a half-closed connection open (True) while a request sent before its end is
@@ -158,15 +183,19 @@ class HeadTimeoutHandler(RequestHandler):
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> tuple[StreamResponse, bool]:
         self._answering += 1
-        if self._peer_eof and not self._messages:
-            resp.force_close()  # the last answer a half-closed client gets says so
+        # The last answer a half-closed client gets says so; as does one to a body whose framing
+        # was refused, after which nothing on the connection can be read.
+        refused = self._refused_body is not None and request.content is self._refused_body
+        if refused or (self._peer_eof and not self._messages):
+            resp.force_close()
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
             self._answered += 1
-            if self._peer_eof and not self._messages:
+            if refused or (self._peer_eof and not self._messages):
                 # Nothing more can come: closed once the answer is flushed, not at the keep-alive
-                # timeout, and a body cut short is not drained (its read would raise, logged).
+                # timeout, and a body cut short or refused is not drained (its read would raise,
+                # logged), nor the parser's refusal answered as a request of its own.
                 self.force_close()
 
     def _stopping(self) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge import jsoncodec
@@ -215,8 +216,9 @@ class WebhookHandler:
             return self._reject(408, "body_timeout", detail, Connection="close")
         except web.HTTPRequestEntityTooLarge:  # no Content-Length: the stream passed the limit
             return self._too_large(limit)
-        except web.RequestPayloadError:
+        except (web.RequestPayloadError, HttpProcessingError):
             # Broken chunked framing or content encoding: the sender's fault, final, not a bug.
+            # (aiohttp's pure-Python parser hands the reader its own error, not the wrapper.)
             detail = "the body's chunked framing or content encoding is invalid"
             return self._reject(400, "invalid_body", detail)
         except ConnectionResetError:

@@ -257,6 +257,37 @@ async def test_a_body_cut_short_by_a_half_close_is_400_incomplete_and_closed(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def test_a_chunked_body_whose_framing_breaks_mid_body_is_400_invalid_and_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp's C parser raised at the broken chunk without telling the body's reader: the
+    # handler waited out the body timeout (60 s here), then answered 408 body_timeout.
+    async with edge() as e:
+        body, headers = signed(ENTRY, SECRET)
+        request = build_request(
+            "POST", PATH, list(headers.items()), body, framing="chunked", chunk_sizes=[10]
+        )
+        first_chunk_end = request.index(b"\r\n\r\n") + 4 + len(b"a\r\n") + 10 + 2
+        conn = await e.connect()
+        assert await conn.send(request[:first_chunk_end])
+        # The handler has its request, and reads the body, before the framing breaks.
+        await until(lambda: sample(e.metrics, "pinecall_bridge_webhook_in_flight_bytes") > 0)
+        assert await conn.send(b"zz\r\n")
+        response = await conn.response(within=CLOSED_WITHIN)
+        assert response is not None
+        assert (response.status, jsoncodec.loads(response.body)["error"]) == (400, "invalid_body")
+        assert response.headers.get("connection", "").lower() == "close"
+        assert await conn.closed(within=CLOSED_WITHIN) == b""
+        await conn.close()
+        assert e.rejected("invalid_body") == 1
+        assert e.rejected("body_timeout") == 0
+        assert e.sink.records == []
+    # Neither the body's drain after the answer (its read raises) nor the parser's refusal queued
+    # as a request of its own is logged as a bug or counted as a refused head.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert e.rejected(BAD_REQUEST_HEAD) == 0
+
+
 @pytest.mark.parametrize("sent", [b"", signed_post(ENTRY)[:20]], ids=["idle", "head_unfinished"])
 async def test_a_half_closed_connection_with_no_whole_request_is_closed_unanswered(
     sent: bytes,
