@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka.errors import KafkaError
+
+T = TypeVar("T")
 
 
 async def until(
@@ -51,6 +54,36 @@ async def until_kafka(
         return held
 
     await until(answered, within, every, lambda: f"{what()}, last error {unanswered!r}")
+
+
+class Deadline:
+    """One bound shared by a test's waits, well under its pytest timeout: a slow box fails at
+    the wait that overran, saying what it last saw, not at the timeout with a bare stack dump."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = asyncio.get_running_loop().time() + seconds
+
+    def left(self) -> float:
+        return max(self._at - asyncio.get_running_loop().time(), 0.0)
+
+    async def until(
+        self, condition: Callable[[], object], what: str | Callable[[], str], every: float = 0.05
+    ) -> None:
+        """As `until`, within what is left."""
+        await until(condition, self.left(), every, what)
+
+    async def of(self, awaitable: Awaitable[T], what: str | Callable[[], str]) -> T:
+        """`awaitable`'s result, failing the test with `what` if what is left runs out first."""
+        bound = asyncio.timeout(self.left())
+        try:
+            async with bound:
+                return await awaitable
+        except TimeoutError:
+            if not bound.expired():  # the awaitable's own timeout: not this deadline's to explain
+                raise
+            said = what() if callable(what) else what
+            raise AssertionError(f"not done within the test's {self.seconds:g} s: {said}") from None
 
 
 async def _holds(condition: Callable[[], object]) -> bool:

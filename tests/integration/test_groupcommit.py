@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     read_to_end,
 )
 from tests.loopreports import loop_reports
-from tests.polling import until, until_kafka
+from tests.polling import Deadline, until, until_kafka
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -252,6 +252,11 @@ async def test_the_generation_before_a_rebalance_is_refused(setup: Setup) -> Non
     assert await setup.output() == []
 
 
+# The fixture's join takes up to 20 s of the 60: the test's own waits share what is left, so a
+# slow box fails at the wait that overran, with what it last saw, not at pytest's timeout.
+DELETED_TOPIC_WAITS_SECONDS = 30.0
+
+
 @pytest.mark.timeout(60)
 async def test_a_deleted_topics_offset_is_left_out_not_committed_to_its_namesake(
     setup: Setup,
@@ -259,39 +264,59 @@ async def test_a_deleted_topics_offset_is_left_out_not_committed_to_its_namesake
     """Kafka drops a group's offsets with their topic, and answers a commit for it
     UNKNOWN_TOPIC_OR_PARTITION; it checks the name only, so a retried commit would land on a
     topic of that name made since, and its next owner would skip the new records below it."""
-    await setup.transaction(b"one", 5, setup.meta)
-    assert await setup.committed_offset() == 5
+    deadline = Deadline(DELETED_TOPIC_WAITS_SECONDS)
+    await deadline.of(setup.transaction(b"one", 5, setup.meta), "the first transaction")
+    assert await deadline.of(setup.committed_offset(), "the first commit read back") == 5
     async with admin_client(setup.bootstrap) as admin:
-        await admin.delete_topics([setup.names.ingest])
+        await deadline.of(admin.delete_topics([setup.names.ingest]), "the topic's deletion")
+
+    offsets: list[Any] = []
 
     async def offsets_gone() -> bool:
         async with admin_client(setup.bootstrap) as admin:
-            return not await admin.list_consumer_group_offsets(setup.names.group)
+            offsets[:] = [await admin.list_consumer_group_offsets(setup.names.group)]
+        return not offsets[0]
 
-    await until(offsets_gone, 20, 0.1, "the group's offsets went with the topic")
+    await deadline.until(
+        offsets_gone, lambda: f"the group's offsets went with the topic; last seen {offsets}"
+    )
 
     # The member's generation after the rebalance the deletion starts: still valid.
     def rejoined() -> GroupMetadata | None:
         now = group_metadata(setup.member, setup.names.group)
         return now if now is not None and now.generation_id > setup.meta.generation_id else None
 
-    await until(rejoined, 20, 0.05, "the member rejoined")
+    await deadline.until(
+        rejoined,
+        lambda: (
+            f"the member rejoined after {setup.meta};"
+            f" last seen {group_metadata(setup.member, setup.names.group)}"
+        ),
+    )
     meta = rejoined()
     assert meta is not None
-    await setup.producer.begin_transaction()
-    await setup.producer.send_and_wait(setup.names.events, b"two")
+    await deadline.of(setup.producer.begin_transaction(), "the second transaction's start")
+    await deadline.of(setup.producer.send_and_wait(setup.names.events, b"two"), "b'two' sent")
     sent = asyncio.create_task(
         setup.producer.send_offsets_with_group({setup.input: (70, mark(70))}, meta)
     )
     # Answered unknown, looked up, left out: milliseconds, more on a loaded box. A commit retried
     # instead would still be pending here, and land on the topic made next.
-    await asyncio.wait([sent], timeout=10)
-    await create_topic(setup.bootstrap, setup.names.ingest, 1)
-    left_out = await asyncio.wait_for(sent, 10)
-    await setup.producer.commit_transaction()
-    assert await setup.output() == [b"one", b"two"]
-    assert await setup.committed_offset() is None  # the new topic is read from its start
-    assert left_out == {setup.input}
+    await asyncio.wait([sent], timeout=min(10, deadline.left()))
+    pending_at_creation = not sent.done()
+    await deadline.of(create_topic(setup.bootstrap, setup.names.ingest, 1), "the topic made again")
+    left_out = await deadline.of(
+        sent,
+        lambda: (
+            "the offset commit for the deleted topic never returned"
+            f" (still pending when the topic was made again: {pending_at_creation})"
+        ),
+    )
+    await deadline.of(setup.producer.commit_transaction(), "the second transaction's commit")
+    assert await deadline.of(setup.output(), "the output read back") == [b"one", b"two"]
+    # The new topic is read from its start.
+    assert await deadline.of(setup.committed_offset(), "the offsets read back") is None
+    assert left_out == {setup.input}, f"pending when the topic was made: {pending_at_creation}"
 
 
 async def test_an_offset_a_lagging_coordinator_knows_no_partition_for_is_retried(

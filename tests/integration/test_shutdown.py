@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from tests.integration.conftest import (
 )
 from tests.metrics import scrape
 from tests.polling import until
-from tests.sockets import listening
+from tests.sockets import listening, refusing_address
 from tests.webhooks import signed
 
 GRACE_SECONDS = 15.0
@@ -230,6 +231,23 @@ async def drive(
         await asyncio.gather(*(worker(session, n) for n in range(workers)))
 
 
+async def readiness_seen(session: aiohttp.ClientSession, url: str) -> str:
+    """One poll of `url`: its status; "refused" only when the connect was refused, "dropped"
+    when the server closed a connection it took unanswered, "no answer" when it timed out."""
+    try:
+        response = await session.get(url)
+    except TimeoutError:  # first: aiohttp's own timeouts are connection errors too
+        return "no answer"
+    except aiohttp.ClientConnectorError:
+        return "refused"
+    except aiohttp.ClientConnectionError:
+        return "dropped"
+    # The status is the answer: an error closing the connection after it does not unmake it.
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        response.release()
+    return str(response.status)
+
+
 async def watch_readiness(daemon: Daemon, observed: list[str], hold: float) -> None:
     """Poll /readyz on fresh connections until it has stopped answering 200 for `hold` s."""
     connector = aiohttp.TCPConnector(force_close=True)
@@ -239,16 +257,39 @@ async def watch_readiness(daemon: Daemon, observed: list[str], hold: float) -> N
     until: float | None = None
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         while daemon.alive and (until is None or loop.time() < until):
-            try:
-                async with session.get(daemon.url + "/readyz") as response:
-                    observed.append(str(response.status))
-            except aiohttp.ClientConnectionError:
-                observed.append("refused")
-            except TimeoutError:
-                observed.append("no answer")
+            observed.append(await readiness_seen(session, daemon.url + "/readyz"))
             if until is None and observed[-1] != "200":
                 until = loop.time() + hold
             await asyncio.sleep(0.01)
+
+
+async def test_the_readiness_watcher_calls_refused_only_a_refused_connect() -> None:
+    """An answer is its status; a connection taken and closed unanswered, or left unanswered
+    past the client's timeout, is no refusal (aiohttp raises both as connection errors)."""
+    unblock = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /503 "):
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+        elif head.startswith(b"GET /silent "):
+            await unblock.wait()  # past the client's read timeout
+        writer.close()  # /dropped: closed, unanswered
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=GRACE_SECONDS, sock_read=0.5)
+    async with server, aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        seen = [
+            await readiness_seen(session, url + path) for path in ("/503", "/dropped", "/silent")
+        ]
+        seen.append(await readiness_seen(session, f"http://{refusing_address()}/readyz"))
+        unblock.set()
+    assert seen == ["503", "dropped", "no answer", "refused"]
 
 
 @pytest.mark.parametrize("drain_delay", [0.0, 1.0])

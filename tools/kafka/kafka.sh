@@ -10,8 +10,9 @@
 #      KAFKA_JVM_OPTS, KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s: then SIGKILL),
 #      PYTHON (python3),
 #      KAFKA_STOP_WITH (unset): a pid; a broker this `up` starts is stopped (`down`) once that
-#        process is gone, however it ended (a test session SIGKILLed, a CI job timed out), by a
-#        watcher beside it, which leaves with the broker. Unset: it runs until `down`.
+#        process is gone, however it ended (a test session SIGKILLed, a CI job timed out; a
+#        zombie counts as gone), by a watcher started with the JVM, which leaves with the
+#        broker. Unset: it runs until `down`.
 #      MAVEN_REPO_URL (Maven Central; see fetch_jars.py),
 #      KAFKA_VERSION (unset: the version pinned in pom.xml/jars.lock, Kafka 4.4): another broker
 #        version, one with a directory versions/<version>/ (pom.xml, jars.lock, its log config),
@@ -123,13 +124,21 @@ broker_pid() {
 }
 
 # A process's start time (clock ticks after boot), empty when it is gone: with its pid, it names
-# the process (a pid alone may be reused by the time the watcher looks).
+# the process (a pid alone may be reused by the time the watcher looks). A zombie (exited, not
+# yet reaped by its parent) is gone too, though its stat file stays and kill -0 still succeeds.
+# Without /proc (not Linux): "running" while kill -0 reaches it, zombies and reused pids included.
 started_at() {
   local stat
-  { stat="$(<"/proc/$1/stat")"; } 2>/dev/null || return 0
-  stat="${stat##*) }"  # after "pid (comm) ", comm may hold spaces; starttime is field 22
+  if ! { stat="$(<"/proc/$1/stat")"; } 2>/dev/null; then
+    if [[ ! -r /proc/self/stat ]] && kill -0 "$1" 2>/dev/null; then echo running; fi
+    return 0
+  fi
+  stat="${stat##*) }"  # after "pid (comm) ", comm may hold spaces
   # shellcheck disable=SC2086  # split into fields on purpose
   set -- $stat
+  # Fields 3 (state), 20 (num_threads), 22 (starttime). A main thread that ended before the
+  # process's other threads shows Z too: the process is gone only once it is the last thread.
+  if [[ "$1" == [ZX] ]] && (( ${18} <= 1 )); then return 0; fi
   echo "${20}"
 }
 
@@ -244,18 +253,21 @@ cmd_up() {
       say "formatted $data/kraft (cluster id $cluster_id)"
     fi
     say "starting (log: $logfile)"
+    # The launcher writes its pid (java's once it execs), starts the KAFKA_STOP_WITH watcher of
+    # that pid, then execs java: no broker runs without its watcher, even when this `up` is killed
+    # right after the fork (with its owner's process group, by a CI job's timeout), which a
+    # watcher started from here, once the pid file named the broker, left a window for. Its
+    # first look at the owner, before the wait below, stops a broker whose owner died meanwhile.
+    # setsid: a kill of the owner's process group must take neither; ( & ): the watcher is no
+    # child of the JVM.
     # shellcheck disable=SC2016,SC2086  # $$ is for the inner bash; heap/jvm_opts are word-split on purpose
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
-      "$java" $heap $jvm_opts "$log_opt" \
+    setsid bash -c 'echo $$ >"$0"
+      if [[ -n "$1" ]]; then ("$2" stop-with "$1" "$3" $$ </dev/null >>"$4" 2>&1 &); fi
+      shift 4; exec "$@"' "$pidfile" "$owner" "${BASH_SOURCE[0]}" "${owner_start:-gone}" \
+      "$data/stop-with.log" "$java" $heap $jvm_opts "$log_opt" \
       -cp "$lib/*" kafka.Kafka "$props" </dev/null >>"$logfile" 2>&1 9>&- &
-    # Until bash has exec'd java, the pid's cmdline is not yet the broker's.
+    # Until the launcher has written the pid file, broker_pid finds no broker.
     for _ in $(seq 50); do broker_pid >/dev/null && break; sleep 0.1; done
-    # Before the wait below: an owner killed while the broker starts leaves no broker either.
-    # setsid: a kill of the owner's process group (a CI timeout's) must not take the watcher.
-    if [[ -n "$owner" ]] && pid="$(broker_pid)"; then
-      setsid "${BASH_SOURCE[0]}" stop-with "$owner" "${owner_start:-gone}" "$pid" \
-        </dev/null >>"$data/stop-with.log" 2>&1 9>&- &
-    fi
   fi
   exec 9>&-
 
@@ -297,8 +309,9 @@ cmd_down() {
   rm -f "$pidfile"
 }
 
-# The watcher of KAFKA_STOP_WITH: stops broker `pid` once process `owner` (started at `since`)
-# is gone; leaves once that broker is, stopped otherwise (a restart gets a watcher of its own).
+# The watcher of KAFKA_STOP_WITH, started by `up`'s launcher: stops broker `pid` (the launcher,
+# java once it execs) once process `owner` (started at `since`) is gone; leaves once that broker
+# is, stopped otherwise (a restart gets a watcher of its own).
 cmd_stop_with() {
   local owner="$1" since="$2" pid="$3"
   while [[ "$(broker_pid || true)" == "$pid" ]]; do
@@ -339,6 +352,6 @@ case "${1:-}" in
   # Silent: whether this port's broker process (of this script) runs, answering or not yet.
   running) broker_pid >/dev/null ;;
   fetch) cmd_fetch ;;
-  stop-with) cmd_stop_with "$2" "$3" "$4" ;;  # started by `up` under KAFKA_STOP_WITH
+  stop-with) cmd_stop_with "$2" "$3" "$4" ;;  # started by `up`'s launcher under KAFKA_STOP_WITH
   *) echo "usage: $0 up|down|kill|status|running|fetch" >&2; exit 2 ;;
 esac
