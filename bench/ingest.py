@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench import events
 from bridge.ingest.record import encode
 from bridge.normalise import Event, binding, normalise
-from bridge.sink.kafka import partition_for
+from bridge.partitioning import partition_for
 from bridge.sink.record import Record
 
 SOURCE = "https://api.pinecall.io"

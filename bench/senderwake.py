@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.paired import paired, patched, report, run
+from bridge.partitioning import partition_for
 from bridge.sink import drain
-from bridge.sink.kafka import partition_for
 
 PARTITIONS = 12
 CALLS = 200

@@ -45,8 +45,9 @@ from bridge.dedup import transaction
 from bridge.dedup.groupcommit import GroupCommitProducer
 from bridge.dedup.stage import DedupStage
 from bridge.metrics import Metrics
+from bridge.partitioning import partition_for
 from bridge.sink import drain
-from bridge.sink.kafka import client_options, partition_for
+from bridge.sink.kafka import client_options
 
 INGEST_PARTITIONS = 12
 OUTPUT_PARTITIONS = 3

@@ -32,7 +32,7 @@ from bench.baselines.serving import serve_until_stopped
 
 # aiokafka's default partitioner with each key's murmur2 computed once, as the bridge's producers
 # use it: aiokafka's own hashes every key in pure Python, a cost that is no part of the contract.
-from bridge.sink.kafka import partition_for
+from bridge.partitioning import partition_for
 
 COMMIT_INTERVAL = 0.1  # BRIDGE_DEDUP__COMMIT_INTERVAL_MS's default
 BATCH_BYTES = 262_144  # BRIDGE_KAFKA__MAX_BATCH_BYTES's default, the bridge's producers' batches

@@ -58,6 +58,7 @@ from bridge.kafkarefusals import refused_wait
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.vocabulary import channel_label
+from bridge.partitioning import partition_for
 from bridge.routing import stage_output
 from bridge.sink.clienttasks import (
     bootstrapped,
@@ -74,7 +75,6 @@ from bridge.sink.kafka import (
     brokers_least_config_int,
     brokers_max_transaction_timeout_ms,
     max_message_bytes,
-    partition_for,
 )
 from bridge.sink.limits import TopicLimits, record_size, too_large
 from bridge.sink.quotas import counted, watch_throttle

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from bridge.ingest.record import CHANNEL, EVENT_TIME
 from bridge.normalise.binding import CE_PREFIX, TYPE_HEADER
-from bridge.sink.kafka import key_hash
+from bridge.partitioning import key_hash
 
 TERMINAL_TYPE = "call.score"
 _CE_TYPE = CE_PREFIX + "type"

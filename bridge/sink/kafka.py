@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from aiokafka.errors import (
     UnknownProducerId,
     for_code,
 )
-from aiokafka.partitioner import murmur2
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import OffsetAndMetadata
@@ -45,6 +43,7 @@ from bridge.config import KafkaSettings, TopicSettings
 from bridge.kafkarefusals import KAFKA_SESSION_TIMEOUT_BOUNDS_MS
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+from bridge.partitioning import partition_for
 from bridge.sink.acls import ACLS
 from bridge.sink.authorized import write_refused
 from bridge.sink.clienttasks import (
@@ -199,30 +198,12 @@ async def missing_ingest(settings: KafkaSettings, topic: str) -> str | None:
     return None
 
 
-def key_hash(key: bytes) -> int:
-    """The positive murmur2 of a record key: its partition is this modulo the partition count."""
-    return int(murmur2(key)) & 0x7FFFFFFF
-
-
-_key_hash = functools.lru_cache(maxsize=65_536)(key_hash)
-
-
 def partition_states(cluster: Any, topic: str) -> list[PartitionState]:
     """The topic's partitions in a client's metadata, with their in-sync replicas."""
     # aiokafka's ClusterMetadata exposes leaders only; the ISR of the MetadataResponse it keeps
     # in _partitions (PartitionMetadata), nowhere public.
     partitions: dict[int, Any] = getattr(cluster, "_partitions", {}).get(topic, {})
     return [PartitionState(p.leader, tuple(p.isr)) for p in partitions.values()]
-
-
-def partition_for(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """aiokafka's (and Java's) default partitioner, with each key's murmur2 computed once.
-
-    A call's events all share its key, and aiokafka's murmur2 is pure Python.
-    """
-    if key is None:
-        return random.choice(available or all_partitions)
-    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -275,9 +256,7 @@ __all__ = [
     "TopicSpec",
     "client_options",
     "for_role",
-    "key_hash",
     "max_message_bytes",
-    "partition_for",
     "topic_configs",
     "topic_configs_and_layouts",
     "topic_layouts",

@@ -38,6 +38,7 @@ from bridge.ingest.record import ID as INGEST_ID
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
 from bridge.normalise.binding import ID_HEADER
+from bridge.partitioning import partition_for
 from bridge.service import Bridge
 from bridge.sink import kafka
 from bridge.sink.record import Record
@@ -599,7 +600,7 @@ def call_on(partition: int, partitions: int, prefix: str) -> str:
     return next(
         f"{prefix}-{n}"
         for n in range(100_000)
-        if kafka.partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
+        if partition_for(f"{prefix}-{n}".encode(), everything, everything) == partition
     )
 
 

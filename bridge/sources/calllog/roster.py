@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bridge.sink.kafka import partition_for
+from bridge.partitioning import partition_for
 from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 
 from bridge.dedup import restore, task, transaction
-from tests.unit.dedup.fakes import FakeLog, ProducerFactory
+from tests.unit.dedup.fakes import FakeClock, FakeLog, ProducerFactory
 
 
 @pytest.fixture
@@ -23,3 +26,13 @@ def factory(monkeypatch: pytest.MonkeyPatch) -> ProducerFactory:
     made = ProducerFactory()
     monkeypatch.setattr(transaction, "GroupCommitProducer", made)
     return made
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The transactions' monotonic clock, moved only by the test (the wall clock left real)."""
+    fake = FakeClock()
+    monkeypatch.setattr(
+        transaction, "time", SimpleNamespace(monotonic=fake.monotonic, time=time.time)
+    )
+    return fake

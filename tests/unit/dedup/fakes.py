@@ -24,6 +24,16 @@ TP = TopicPartition("ingest", 4)
 GROUP = GroupMetadata("g", generation_id=3, member_id="member-1")
 
 
+class FakeClock:
+    """The transaction's clock (time.monotonic), in whole milliseconds: moves when told to."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
 @dataclass
 class FakeRecord:
     """The parts of an aiokafka ConsumerRecord the task reads."""

@@ -46,6 +46,7 @@ from bridge.metrics import Metrics
 from tests.metrics import sample
 from tests.polling import until
 from tests.unit.dedup.fakes import (
+    FakeClock,
     FakeProducer,
     ProducerFactory,
     ingest,
@@ -186,16 +187,6 @@ class FiniteConsumer(FakeConsumer):
         self.stopped = True
 
 
-class FakeClock:
-    """The transaction's clock (time.monotonic), in whole milliseconds: moves when told to."""
-
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 class TrickleConsumer(FakeConsumer):
     """A record now, another `gap_ms` later, then nothing: the few events a second of a quiet
     deployment. Notes each fetch's `timeout_ms`, and moves `clock` on by the time each fetch
@@ -270,6 +261,14 @@ class Harness:
 
         monkeypatch.setattr(self.stage, "_launch", launch)
         self.stage._running = True
+
+    def over(self, consumer: FakeConsumer, partition: TopicPartition) -> PartitionTask:
+        """The stage about to run over `consumer`, with a real task for `partition` at 0."""
+        self.stage._consumer = consumer
+        task = PartitionTask(partition, self.stage._settings, dict, self.metrics)
+        self.stage._tasks[task.tp] = task
+        self.stage._running = True
+        return task
 
     async def open(self, *partitions: int) -> None:
         """A transaction holding `partitions`."""
@@ -892,10 +891,7 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
     # The feed's burst, fetched at once, held the loop for the whole decide-and-send before.
     h = Harness()
     consumer = BackloggedConsumer(tp(1), h.stage, calls=4)
-    h.stage._consumer = consumer
-    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
-    h.stage._tasks[task.tp] = task
-    h.stage._running = True
+    task = h.over(consumer, tp(1))
     other = asyncio.create_task(consumer.other_coroutine())
     await asyncio.sleep(0)
     await h.stage._run()
@@ -908,22 +904,15 @@ async def test_a_backlog_is_worked_off_in_bounded_steps_that_yield_to_the_loop()
 
 
 async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_interval(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
 ) -> None:
     # It waited a whole interval whatever the transaction's age: with no record to end the wait,
     # a transaction committed up to an interval late, and at a few events a second most did.
-    clock = FakeClock()
-    monkeypatch.setattr(
-        transaction_module, "time", SimpleNamespace(monotonic=clock.monotonic, time=time.time)
-    )
     h = Harness()
     interval = h.stage._settings.commit_interval_ms
     gap = interval * 6 // 10
     consumer = TrickleConsumer(tp(1), h.stage, clock, gap_ms=gap, calls=5)
-    h.stage._consumer = consumer
-    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
-    h.stage._tasks[task.tp] = task
-    h.stage._running = True
+    h.over(consumer, tp(1))
     await h.stage._run()
     assert consumer.waits == [
         interval,  # nothing open
@@ -936,24 +925,16 @@ async def test_a_fetch_waits_only_for_what_is_left_of_the_open_transactions_inte
 
 
 async def test_each_poll_drops_a_bounded_step_of_the_windows_expired_ids(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
 ) -> None:
     # The first record after an idle gap longer than the TTL dropped the whole window in one
     # sighting; a sighting now drops a step of it, and each poll of the loop a bounded step more
     # (a quiet partition's window is emptied, not held until its records come back).
-    clock = FakeClock()
-    monkeypatch.setattr(
-        transaction_module, "time", SimpleNamespace(monotonic=clock.monotonic, time=time.time)
-    )
     h = Harness()
-    consumer = TrickleConsumer(tp(1), h.stage, clock, gap_ms=10, calls=5)
-    h.stage._consumer = consumer
-    task = PartitionTask(tp(1), h.stage._settings, dict, h.metrics)
+    task = h.over(TrickleConsumer(tp(1), h.stage, clock, gap_ms=10, calls=5), tp(1))
     before_gap = 100.0 - h.stage._settings.ttl_seconds - 60.0  # the trickle's records are at 100
     for i in range(2 * EXPIRE_POLL_STEP):
         task.window.observe(digest(f"old-{i}"), before_gap)
-    h.stage._tasks[task.tp] = task
-    h.stage._running = True
     await h.stage._run()
     assert len(task.window) == 2  # the trickle's two ids
     assert sample(h.metrics, "pinecall_bridge_dedup_entries") == 2
@@ -995,10 +976,7 @@ async def test_a_stop_at_the_longest_commit_interval_ends_within_its_grace_perio
 
 def running_over(h: Harness, consumer: FiniteConsumer) -> PartitionTask:
     """The stage's loop running over `consumer`, with a real task for its partition at 0."""
-    h.stage._consumer = consumer
-    task = PartitionTask(consumer.partition, h.stage._settings, dict, h.metrics)
-    h.stage._tasks[task.tp] = task
-    h.stage._running = True
+    task = h.over(consumer, consumer.partition)
     h.stage._loop = asyncio.create_task(h.stage._run())
     return task
 

@@ -141,20 +141,6 @@ async def test_send_without_producer_raises() -> None:
         await sink.send(Record("t", None, b"v"))
 
 
-def test_partitioner_matches_aiokafkas_default() -> None:
-    from aiokafka.partitioner import DefaultPartitioner
-
-    from bridge.sink.kafka import partition_for
-
-    partitions = list(range(12))
-    for n in range(500):
-        key = f"CA_{n:016x}".encode()
-        assert partition_for(key, partitions, partitions) == DefaultPartitioner()(
-            key, partitions, partitions
-        )
-    assert partition_for(None, partitions, [3]) == 3
-
-
 def restarts(metrics: Metrics, client: str = "ingest_producer") -> float | None:
     return metrics.registry.get_sample_value(
         "pinecall_bridge_kafka_client_restarts_total", {"client": client}

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from bridge.sink.kafka import key_hash, partition_for
+from bridge.partitioning import key_hash, partition_for
 from bridge.sources.calllog import roster as roster_module
 from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
 from bridge.sources.calllog.roster import Roster, Start, partition_of

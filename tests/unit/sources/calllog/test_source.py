@@ -51,6 +51,34 @@ def sweeps_with(
     return announced
 
 
+def served_list_source(
+    monkeypatch: pytest.MonkeyPatch, lookback: float
+) -> tuple[CallLogSource, list[str]]:
+    """A source reading the call list `listing_from` serves, looking back `lookback` seconds and
+    reading again within 10-20 ms after a failed read; the calls it announces."""
+    source = call_log_source(
+        Metrics(),
+        call_list_lookback_seconds=lookback,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
+    return source, sweeps_with(monkeypatch, source, calllist_module.list_calls)
+
+
+async def sweep(source: CallLogSource, within: float = 10) -> None:
+    source._schedule_sweep()
+    assert source._sweep is not None
+    await asyncio.wait_for(source._sweep, within)
+
+
+async def swept(source: CallLogSource, times: int = 1, within: float = 10) -> None:
+    """`times` sweeps of `source`, one after the other, over an HTTP session of its own."""
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for _ in range(times):
+            await sweep(source, within)
+
+
 def call_log_source(metrics: Metrics, **sse: float) -> CallLogSource:
     return CallLogSource(
         SseSettings(enabled=True, **sse),
@@ -79,11 +107,7 @@ async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
         return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
 
     announced = sweeps_with(monkeypatch, source, list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        source._schedule_sweep()
-        assert source._sweep is not None
-        await asyncio.wait_for(source._sweep, 5)
+    await swept(source, within=5)
     assert announced == ["CA_1"]
     crashes = metrics.registry.get_sample_value(
         "pinecall_bridge_task_crashes_total", {"task": "sse-call-list"}
@@ -226,7 +250,7 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
     metrics = Metrics()
     source = call_log_source(metrics)
     backoff = source._list_backoff = RecordedBackoff()
-    outcomes: list[CallListError | None] = [
+    outcomes: list[ListOutcome] = [
         *(CallListError("the call list answered 503") for _ in range(5)),
         CallListError("the call list answered 401", retriable=False),
         None,
@@ -235,12 +259,8 @@ async def test_a_failing_call_list_is_read_again_after_a_capped_growing_delay(
     ]
 
     announced = sweeps_with(monkeypatch, source, lists_in_turn(outcomes))
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        for _ in range(2):  # a second sweep, after a successful one, starts the delays over
-            source._schedule_sweep()
-            assert source._sweep is not None
-            await asyncio.wait_for(source._sweep, 2)
+    # A second sweep, after a successful one, starts the delays over.
+    await swept(source, 2, within=2)
     assert outcomes == []
     assert announced == ["CA_1", "CA_1"]
     retriable: list[tuple[str, float]] = [
@@ -290,14 +310,19 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     assert not source.roster.missed
 
 
-def lists_in_turn(outcomes: list[CallListError | None]) -> Callable[..., Any]:
-    """A `list_calls` that fails with each error in turn, and for each None lists CA_1 live."""
+# What a read of the call list gives: a listing, an error, or (None) CA_1 listed live.
+ListOutcome = CallListing | CallListError | None
+
+
+def lists_in_turn(outcomes: list[ListOutcome]) -> Callable[..., Any]:
+    """A `list_calls` taking each outcome in turn: a listing answered, an error raised, and for
+    None CA_1 listed live."""
 
     async def list_calls(*_: Any, **__: Any) -> CallListing:
         outcome = outcomes.pop(0)
-        if outcome is not None:
+        if isinstance(outcome, CallListError):
             raise outcome
-        return CallListing([CallRow("CA_1", True, 3, 1.0, None)])
+        return outcome or CallListing([CallRow("CA_1", True, 3, 1.0, None)])
 
     return list_calls
 
@@ -338,11 +363,7 @@ async def test_an_ended_call_the_list_found_is_not_read_again_after_waiting_past
         return CallListing([busy, CallRow("CA_done", False, 9, 1.0, ended_at)])
 
     monkeypatch.setattr(source_module, "list_calls", list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        source._schedule_sweep()
-        assert source._sweep is not None
-        await asyncio.wait_for(source._sweep, 5)
+    await swept(source, within=5)
     assert launched == [Start("CA_busy", 0)]
     assert list(roster.waiting) == ["CA_done"]
     waited[0] = 5 * SKEW_ALLOWANCE_SECONDS
@@ -380,15 +401,10 @@ async def test_a_call_list_answered_404_is_read_again_later_and_said_once(
     source = call_log_source(Metrics())
     backoff = source._list_backoff = RecordedBackoff()
     missing = CallListError("no call list here (404)", unsupported=True)
-    outcomes: list[CallListError | None] = [missing, missing, missing, None, missing, None]
+    outcomes: list[ListOutcome] = [missing, missing, missing, None, missing, None]
 
     announced = sweeps_with(monkeypatch, source, lists_in_turn(outcomes))
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        for _ in range(2):  # missing again after it answered: said again, read again
-            source._schedule_sweep()
-            assert source._sweep is not None
-            await asyncio.wait_for(source._sweep, 2)
+    await swept(source, 2, within=2)  # missing again after it answered: said again, read again
     assert outcomes == []
     assert announced == ["CA_1", "CA_1"]
     # Not hammered: each wait at least MISSING_RETRY_SECONDS, above the backoff's 10 to 40 ms.
@@ -403,21 +419,12 @@ async def test_a_sweep_cut_short_by_the_page_cap_says_so(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="bridge.sources.calllog.source")
     source = call_log_source(Metrics())
-    listings = [
+    listings: list[ListOutcome] = [
         CallListing([CallRow("CA_1", True, 3, 1.0, None)]),
         CallListing([CallRow("CA_2", True, 3, 1.0, None)], more="CA_2"),
     ]
-
-    async def list_calls(*_: Any, **__: Any) -> CallListing:
-        return listings.pop(0)
-
-    announced = sweeps_with(monkeypatch, source, list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        for _ in range(2):
-            source._schedule_sweep()
-            assert source._sweep is not None
-            await asyncio.wait_for(source._sweep, 2)
+    announced = sweeps_with(monkeypatch, source, lists_in_turn(listings))
+    await swept(source, 2, within=2)
     assert announced == ["CA_1", "CA_2"]
     [warning] = caplog.records
     assert "read only to its page cap" in warning.getMessage()
@@ -488,12 +495,6 @@ async def listing_from(
         yield asked
 
 
-async def sweep(source: CallLogSource, within: float = 10) -> None:
-    source._schedule_sweep()
-    assert source._sweep is not None
-    await asyncio.wait_for(source._sweep, within)
-
-
 async def test_a_live_call_that_started_before_the_lookback_is_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -508,8 +509,7 @@ async def test_a_live_call_that_started_before_the_lookback_is_found(
     for n in range(450):  # two pages and more of short calls between, as the simulator lists them
         started = now - 6.9 * hour + 6 * n
         logged_call(logs, f"CA_short_{n:03d}", started, started + 60)
-    source = call_log_source(Metrics(), call_list_lookback_seconds=6 * hour)
-    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    source, announced = served_list_source(monkeypatch, 6 * hour)
     async with listing_from(source, logs):
         for _ in range(2):  # the first sweep of the process, and one that knows the last read
             announced.clear()
@@ -535,13 +535,7 @@ async def test_a_page_past_the_lookback_rate_limited_ends_the_read_not_the_sweep
         started = now - 0.9 * hour - 600 * n
         logged_call(logs, f"CA_old_{n:02d}", started, started + 60)
     page_2_last = "CA_old_04"
-    source = call_log_source(
-        Metrics(),
-        call_list_lookback_seconds=hour,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.02,
-    )
-    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    source, announced = served_list_source(monkeypatch, hour)
     async with listing_from(source, logs, lambda before: before == page_2_last) as asked:
         await sweep(source, within=5)
         assert asked == [None, "CA_recent_3", page_2_last]  # the 429 asked once, not again
@@ -566,13 +560,7 @@ async def test_a_page_within_the_lookback_that_fails_fails_the_read(
     logs = CallLogs()
     for n in range(20):
         logged_call(logs, f"CA_{n:02d}", now - 60 - 600 * n)
-    source = call_log_source(
-        Metrics(),
-        call_list_lookback_seconds=hour,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.02,
-    )
-    announced = sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    source, announced = served_list_source(monkeypatch, hour)
     refusals = [1]
 
     def limited(before: str | None) -> bool:
@@ -603,8 +591,7 @@ async def test_a_read_past_the_lookback_to_the_page_cap_is_no_warning(
     for n in range(300):
         started = now - 60 - 60 * n
         logged_call(logs, f"CA_{n:03d}", started, started + 30)
-    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
-    sweeps_with(monkeypatch, source, calllist_module.list_calls)
+    source, _ = served_list_source(monkeypatch, hour)
     async with listing_from(source, logs) as asked:
         await sweep(source)
         assert len(asked) == calllist_module.MAX_PAGES
@@ -631,16 +618,9 @@ async def test_a_deep_read_cut_by_a_failure_warns_once_until_a_read_ends_well(
     source = call_log_source(Metrics())
     live = [CallRow("CA_1", True, 3, 1.0, None)]
     cut = CallListing(live, past_lookback=True, failed="the call list answered 429")
-    listings = [cut, cut, CallListing(live, past_lookback=True), cut]
-
-    async def list_calls(*_: Any, **__: Any) -> CallListing:
-        return listings.pop(0)
-
-    announced = sweeps_with(monkeypatch, source, list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
-        for _ in range(4):
-            await sweep(source)
+    listings: list[ListOutcome] = [cut, cut, CallListing(live, past_lookback=True), cut]
+    announced = sweeps_with(monkeypatch, source, lists_in_turn(listings))
+    await swept(source, 4)
     assert announced == ["CA_1"] * 4
     levels = [r.levelno for r in caplog.records if "ended at a failed page" in r.getMessage()]
     assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
