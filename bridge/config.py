@@ -159,10 +159,9 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
         raise ValueError("must not contain whitespace (percent-encode it in a path)")
     parts = urlsplit(url)
     # Before the host and port: a password holding a `/` reads as a port (`user:pa/ss@host`),
-    # refused as one, or taken when empty (`user:/ss@host`). urllib's netloc as well: it reads a
-    # `\` as part of the authority, split_authority as its end (websockets sends `user:12\ss@h`
-    # with the password `12\ss`).
-    if "@" in parts.netloc or has_userinfo(url):
+    # refused as one, or taken when empty (`user:/ss@host`); one holding a `\` is user info to
+    # urllib (websockets sends `user:12\ss@h` with the password `12\ss`).
+    if has_userinfo(url):
         # These URLs are no secrets: `check` prints them and the logs name them. Pinecall's API
         # takes the key as a bearer token, which aiohttp refuses to combine with URL credentials.
         raise ValueError(

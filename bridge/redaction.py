@@ -100,6 +100,10 @@ _AUTHORITY = re.compile(
 )
 # Where a query or a fragment starts.
 _QUERY = re.compile(r"[?#]")
+# What urllib and yarl (so websockets and aiohttp) drop before reading a URL, as browsers do:
+# C0 controls and spaces before it, a tab or newline anywhere (`https:/\t/u:p@h` has user info).
+_LEADING = "".join(map(chr, range(0x21)))
+_DROPPED = re.compile(r"[\t\n\r]")
 
 
 def split_authority(url: str) -> tuple[str, str, str]:
@@ -107,6 +111,7 @@ def split_authority(url: str) -> tuple[str, str, str]:
     relative reference has no authority (all of it is the rest)."""
     # Split by hand, not urlsplit: a server's Location may be no URL (`http://[x` raises). Not
     # cut at a `?` or `#`: the cut would hide an `@` after one (a password holding one).
+    url = _DROPPED.sub("", url.lstrip(_LEADING))
     authority = _AUTHORITY.match(url)
     if authority is None:
         return "", "", url
@@ -115,25 +120,33 @@ def split_authority(url: str) -> tuple[str, str, str]:
 
 def has_userinfo(url: str) -> bool:
     """Whether `url` may carry a user's name or password before its host: an `@` in its
-    authority as given, or after a port that is no number (a password holding a `/`)."""
-    _, authority, rest = split_authority(url)
+    authority as given or up to its first `/`, or after a port that is no number."""
+    before, authority, rest = split_authority(url)
     # A `/` (base64's) in a password ends the authority there: `user:pa/ss@host` reads as host
     # `user`, port `pa`, the `@` left in the rest. A port of digits is not told apart from a
-    # path's `@` (`host:443/calls/a@b`).
+    # path's `@` (`host:443/calls/a@b`), and need not be: urllib, yarl and websockets all read
+    # `key:12/34@h` as host `key`, port 12, path `/34@h`, and send no credentials.
     _, colon, port = authority.rpartition("]")[2].partition(":")
-    return "@" in authority or (bool(colon) and not port.isdigit() and "@" in rest)
+    # urllib (websockets' parser) reads a `\` as part of the authority, which ends at a `/`
+    # only: websockets sends `u:12\ss@h`'s password `12\ss`.
+    to_slash = (authority + rest).partition("/")[0] if before else ""
+    return "@" in to_slash or (bool(colon) and not port.isdigit() and "@" in rest)
 
 
 def without_query(url: str) -> str:
     """`url` as an error may quote it: without its query or fragment, nor a user's name and
     password before its host (credentials ride there: a token kept by a redirect, a signature)."""
     before, host, path = split_authority(url)
-    if has_userinfo(url) and ("@" not in host or _QUERY.search(host)):
+    if has_userinfo(url) and (
+        "@" not in host or _QUERY.search(host) or "@" in path.partition("/")[0]
+    ):
         # Where the user info ends is unclear: `u:p#w@h` (cut at `#`, `u:p` showed),
-        # `h?t=a@b` (cut at the `@`, `b` showed) or `u:pa/ss@h` (cut at the `/`, all of it
-        # showed): neither side is shown.
+        # `h?t=a@b` (cut at the `@`, `b` showed), `u:pa/ss@h` (cut at the `/`, all of it
+        # showed) or `u@p\ss@h` (cut at the `\`, urllib's `p\ss` showed): neither side is shown.
         return before + "…"
-    return before + _QUERY.split(host.rpartition("@")[2] + path, maxsplit=1)[0]
+    shown = before + _QUERY.split(host.rpartition("@")[2] + path, maxsplit=1)[0]
+    # A password holding an `@` and a `/` (`u@x:pa/ss@h`): what is left reads as user info again.
+    return before + "…" if has_userinfo(shown) else shown
 
 
 def _longest_first(spellings: set[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge.config import plain_to_another_host
+from bridge.redaction import has_userinfo
 
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
 
@@ -41,6 +42,10 @@ def feed_url(configured: str, server: object, *, allow_insecure: bool) -> str:
     # Checked on the text, before any parsing: urlsplit drops some whitespace silently.
     if any(c.isspace() or not c.isprintable() for c in server):
         raise ServerRefusedError("contains whitespace or control characters")
+    # The URL settings' rule, before any parsing: urlsplit reads a password holding a `/` as a
+    # port (`u:pa/ss@h`, refused as no valid port) or as a path (`u:/ss@h`, as having one).
+    if has_userinfo(server):
+        raise ServerRefusedError("carries credentials (user:password@)")
     try:
         parts = urlsplit(server)
         _ = parts.port  # one that is no number, or out of range, raises
@@ -48,8 +53,6 @@ def feed_url(configured: str, server: object, *, allow_insecure: bool) -> str:
         raise ServerRefusedError("is not a URL with a valid host and port") from None
     if not server.lower().startswith(("ws://", "wss://")):
         raise ServerRefusedError("is not a ws:// or wss:// URL")
-    if "@" in parts.netloc:
-        raise ServerRefusedError("carries credentials (user:password@)")
     if not parts.hostname:
         raise ServerRefusedError("has no host")
     if parts.path not in ("", "/") or parts.query or "?" in server or "#" in server:

@@ -121,7 +121,18 @@ def test_a_user_name_shows_no_password_pasted_after_a_colon(username: str, shown
         ("https:\\\\user:pass@h.example/p", "https:\\\\h.example/p"),
         ("https:/\\user:pass@h.example/p", "https:/\\h.example/p"),
         ("\\\\user:pass@h.example/p", "\\\\h.example/p"),
-        ("https://h.example\\a@b/c", "https://h.example\\a@b/c"),  # the host is h.example
+        # To urllib (websockets' parser) the authority runs to the `/`: user `h.example\a`,
+        # host `b`; to a browser, host `h.example`. Neither side is shown.
+        ("https://h.example\\a@b/c", "https://…"),
+        ("wss://u:12\\ss@h.example/p", "wss://…"),  # websockets sends the password `12\ss`
+        ("wss://u@x\\ss@h.example/p", "wss://…"),  # urllib's user `u@x\ss`: `x\ss` showed
+        # A password holding an `@` and a `/`: what follows the first `@` is user info again.
+        ("https://u@x:pa/ss@h.example/p", "https://…"),
+        # Dropped by urllib and yarl (and browsers) before they read a URL: leading C0 controls
+        # and spaces, a tab or newline anywhere. Read as no URL at all, it was quoted whole.
+        (" https://u:p@h.example/p?q", "https://h.example/p"),
+        ("\x01wss://u:p@h.example/p", "wss://h.example/p"),
+        ("https:/\t/u:p@h.example/p", "https://h.example/p"),
         # A `#` or `?` before an `@`: a password holding one, or a query holding an `@`.
         ("http://u:p#w@h.example/", "http://…"),
         ("http://h.example?token=abc@def", "http://…"),

@@ -41,6 +41,15 @@ def test_the_servers_origin_with_the_configured_path_and_query(server: str, url:
         ("wss://feed-7.pinecall.io/#x", "fragment"),
         ("wss://u:p@feed-7.pinecall.io", "credentials"),
         ("wss://@feed-7.pinecall.io", "credentials"),
+        # A password holding a `/` read as a path (`has a path`) or a port that is no number
+        # (`valid host and port`), and one holding a `\` (websockets sends it): the URL
+        # settings' rule.
+        ("wss://u:/s3cret@feed-7.pinecall.io", "credentials"),
+        ("wss://u:s3/cret@feed-7.pinecall.io", "credentials"),
+        ("wss://u:12\\s3cret@feed-7.pinecall.io", "credentials"),
+        # A password of digits before a `/` reads as a port and a path, to websockets too: no
+        # credentials are sent, and only `ws(s)://host[:port]` is taken.
+        ("wss://u:12/34@feed-7.pinecall.io", "has a path"),
         ("wss://", "no host"),
         ("wss://feed-7.pinecall.io:99999", "valid host and port"),
         ("wss://feed-7.pinecall.io:x", "valid host and port"),
@@ -56,6 +65,8 @@ def test_a_server_that_is_no_feed_origin_is_refused(server: object, why: str) ->
         feed_url(CONFIGURED, server, allow_insecure=False)
     # Never quoted whole: a userinfo or query may carry a credential.
     assert "p@" not in str(refused.value)
+    assert "cret" not in str(refused.value)
+    assert "34@" not in str(refused.value)
     assert "token=" not in str(refused.value)
 
 
