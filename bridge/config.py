@@ -90,6 +90,19 @@ MIN_END_TRANSACTION_SECONDS = 0.5
 # was ever answered and the pod never turned ready. It is also the dedup and lease groups'
 # metadata.max.age.ms, which int() made 0 below 1 ms: a metadata request back to back, for ever.
 MIN_METADATA_PROBE_SECONDS = 0.1
+# Timeouts that must outlast a network round trip: a Kafka connection's set-up (TCP, ApiVersions,
+# SASL), Pinecall's token request, the feed's opening handshake and a pong, a request's head or
+# body following its first packet (after a 100 Continue, a round trip later). Measured on the
+# same box, no TLS: a Kafka set-up took 3 to 12 ms (at 5 ms some failed, every start retried for
+# ever), a token request up to 8 ms, an opening handshake 15 ms and a pong 17 ms; at 0.001 s the
+# feed never connected, and a body sent after a 100 Continue was 408, final for Pinecall. Any
+# TLS or distance only adds to these.
+MIN_ROUND_TRIP_SECONDS = 0.1
+# What a webhook held through a Kafka stall costs beyond its body (aiohttp's protocol, request and
+# task, the pipeline's state: about 20 KiB, measured with tracemalloc), charged with its body
+# against BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES (bridge/sources/webhook.py), so small webhooks are
+# bounded too: by their bodies alone, 32 MiB let in over 300,000 webhooks of 100 bytes.
+REQUEST_OVERHEAD_BYTES = 20 * _KIB
 # BRIDGE_KAFKA__BOOTSTRAP_SERVERS unset: the local broker (`make kafka-up`, the demo's).
 DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
@@ -281,15 +294,19 @@ def _check_host(host: str) -> str:
     return host
 
 
-def _at_least(floor: float, why: str) -> Callable[[float], float]:
-    """An after-validator: a number (seconds) below `floor` is refused, saying `why`."""
+def _at_least(floor: float, why: str, unit: str = "s") -> Callable[[float], float]:
+    """An after-validator: a number (of `unit`) below `floor` is refused, saying `why`."""
 
     def check(value: float) -> float:
         if not value >= floor:
-            raise ValueError(f"must be at least {floor:g} s (got {value:g}): {why}")
+            raise ValueError(f"must be at least {floor:g} {unit} (got {value:g}): {why}")
         return value
 
     return check
+
+
+# Why each timeout that must outlast a network round trip has MIN_ROUND_TRIP_SECONDS' floor.
+_ROUND_TRIP = "a round trip takes milliseconds even on the same box (up to 17 ms measured)"
 
 
 def _is(names: str) -> str:
@@ -377,7 +394,7 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(default=30_000, ge=1000, le=_INT32_MAX)
     # How long a new connection's set-up (TCP, TLS, ApiVersions, SASL) may take: Kafka's
     # socket.connection.setup.timeout.ms, which aiokafka lacks (bridge/sink/connectsetup.py).
-    connect_timeout_ms: int = Field(default=10_000, gt=0)
+    connect_timeout_ms: int = Field(default=10_000)
     # Also the dedup and lease groups' metadata.max.age.ms (int(s * 1000): 1e306 overflowed at
     # start-up) and how late readiness sees Kafka gone: at most Kafka's own default age, 300 s.
     metadata_probe_seconds: float = Field(default=5.0, le=300)
@@ -401,6 +418,16 @@ class KafkaSettings(_Section):
             "each probe gives aiokafka's metadata update half of it, and a metadata round trip"
             " takes milliseconds even to a broker on the same box (up to 10 ms measured): below"
             " it no probe is answered and the bridge is never ready",
+        )
+    )
+
+    _connect_floor = field_validator("connect_timeout_ms")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS * 1000,
+            "a connection's set-up (TCP, TLS, ApiVersions, SASL) is several round trips and took"
+            " up to 12 ms to a broker on the same box without TLS: below it no connection is"
+            " made and every start retries for ever",
+            "ms",
         )
     )
 
@@ -624,9 +651,9 @@ class HttpSettings(_Section):
     # 90 s), so the balancer, never the bridge, closes an idle connection it may be reusing.
     keepalive_timeout_seconds: float = Field(default=120.0, gt=0, le=3630)
     # From a request's first byte to the end of its headers; then the connection is closed.
-    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    header_timeout_seconds: float = Field(default=10.0, le=300)
     # The whole body read (and any unread body drained after the answer); past it: 408, closed.
-    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=30.0, le=600)
     # Open connections per process (keep-alive ones while open); one more is answered 503 and
     # closed unread. Lowered at start if the open-files limit cannot hold it (bridge/connlimit.py).
     # 4096: above a retry storm's (250 webhooks/s, each held up to the 5 s publish timeout in a
@@ -641,6 +668,22 @@ class HttpSettings(_Section):
     # With worker processes: one answering no probe this long is killed and restarted
     # (bridge/workers/parent.py); 0: never (left to the orchestrator's liveness probe).
     worker_silence_seconds: float = Field(default=15.0, ge=0, le=MAX_WORKER_SILENCE_SECONDS)
+
+    _head_floor = field_validator("header_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            f"a head in more than one packet comes in over round trips, and {_ROUND_TRIP}:"
+            " below it such a request's connection is closed unanswered",
+        )
+    )
+    _body_floor = field_validator("body_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            "a body not in the head's packet (after a 100 Continue, a round trip later) comes"
+            f" in over round trips, and {_ROUND_TRIP}: below it such a webhook is answered 408,"
+            " final for Pinecall",
+        )
+    )
 
     @field_validator("host")
     @classmethod
@@ -772,6 +815,12 @@ class WebhookSettings(_Section):
                 " single '/', no '.' or '..' segment, no '{}', '?', '#', '%' or whitespace"
             )
         return path
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The bytes in flight enforced: at least one request's charge, which a lone request
+        always holds (below it the setting bounds no memory, and refuses only what comes beside)."""
+        return max(self.max_in_flight_bytes, self.max_body_bytes + REQUEST_OVERHEAD_BYTES)
 
     @property
     def signing_secret(self) -> str:
@@ -1028,7 +1077,7 @@ class PinecallSettings(_Section):
     # How often a registered bridge checks that the webhook still points at it (0: never).
     webhook_recheck_seconds: float = Field(default=300.0, ge=0)
     public_url: str | None = None
-    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    request_timeout_seconds: float = Field(default=10.0)
     # Lets api_url and the feed's URL be plain http:// and ws:// to a host other than loopback:
     # the API key, the feed's token and the webhook secret then cross the network unencrypted.
     allow_insecure_urls: bool = False
@@ -1062,6 +1111,15 @@ class PinecallSettings(_Section):
                 " it is sent as the pinecall-env HTTP header"
             )
         return env
+
+    _request_floor = field_validator("request_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            "each request to Pinecall's API (the feed's token, call lists and logs, the webhook's"
+            f" registration) is a connection and a round trip at least, and {_ROUND_TRIP}: below"
+            " it every request times out (the feed never got its token)",
+        )
+    )
 
     # Appended to api_url as it is: "v1/webhook" would name another host.
     _path = field_validator("webhook_path")(_rooted_path)
@@ -1104,8 +1162,8 @@ class WebSocketSettings(_Section):
     token_field: str = Field(default="token", min_length=1)
     events: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ping_interval_seconds: float = Field(default=20.0, gt=0)
-    ping_timeout_seconds: float = Field(default=20.0, gt=0)
-    open_timeout_seconds: float = Field(default=10.0, gt=0)
+    ping_timeout_seconds: float = Field(default=20.0)
+    open_timeout_seconds: float = Field(default=10.0)
     backoff_initial_seconds: float = Field(default=0.5, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
@@ -1123,6 +1181,21 @@ class WebSocketSettings(_Section):
         return _check_url(url, ("ws", "wss"))
 
     _path = field_validator("token_path")(_rooted_path)
+
+    _pong_floor = field_validator("ping_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            f"a pong comes a round trip after its ping, and {_ROUND_TRIP}: below it the feed is"
+            " dropped as dead at a ping and connected again, for ever",
+        )
+    )
+    _open_floor = field_validator("open_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            "the feed's opening (TCP, TLS, the HTTP upgrade) is several round trips and took up"
+            " to 15 ms on the same box without TLS: below it the feed never connects",
+        )
+    )
 
     # Looked up as it is in the token answer's JSON: " token" or a blank name is never there,
     # and every token fetch would fail, retried for ever.
@@ -1153,7 +1226,7 @@ class SseSettings(_Section):
     max_calls: int = Field(default=500, ge=1, le=100_000)
     # No byte, not even Pinecall's 25 s `: ping`, for this long: the connection is dead.
     read_timeout_seconds: float = Field(default=60.0, gt=0)
-    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    connect_timeout_seconds: float = Field(default=10.0)
     backoff_initial_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
@@ -1171,6 +1244,14 @@ class SseSettings(_Section):
     org_feed_path: str = "/v1/events"
     call_list_path: str | None = "/v1/sessions"
     call_list_lookback_seconds: float = Field(default=21_600.0, ge=0)
+
+    _connect_floor = field_validator("connect_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            "a connection to Pinecall (TCP, TLS) is a round trip or more, and"
+            f" {_ROUND_TRIP}: below it no call's log or org feed is ever read",
+        )
+    )
 
     @field_validator("org_feed_path")
     @classmethod
@@ -1675,6 +1756,22 @@ def setting_warnings(settings: Settings) -> list[str]:
         *webhook_secret_warnings(settings.webhook.secrets),
         *drain_delay_warnings(settings.shutdown),
         *pinecall_timing_warnings(settings),
+        *in_flight_warnings(settings.webhook),
+    ]
+
+
+def in_flight_warnings(webhook: WebhookSettings) -> list[str]:
+    """A bound on the webhooks in flight below one request's charge, raised to it (not refused:
+    a deployment that set it so ran, refusing only webhooks beside another)."""
+    given, limit = webhook.max_in_flight_bytes, webhook.in_flight_limit
+    if given >= limit:
+        return []
+    return [
+        f"BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES ({given}) is below one request's charge,"
+        f" BRIDGE_WEBHOOK__MAX_BODY_BYTES ({webhook.max_body_bytes}) plus"
+        f" {REQUEST_OVERHEAD_BYTES // _KIB} KiB: a lone request always gets in, so it bounds no"
+        f" memory below that and only answers webhooks beside another 503; {limit} is used"
+        " instead (raise it, or lower BRIDGE_WEBHOOK__MAX_BODY_BYTES)"
     ]
 
 

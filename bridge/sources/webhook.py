@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge import jsoncodec
-from bridge.config import HttpSettings, WebhookSettings
+from bridge.config import REQUEST_OVERHEAD_BYTES, HttpSettings, WebhookSettings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import event_time, split_body
@@ -27,11 +27,6 @@ flood = LogThrottle(log)
 
 SIGNATURE_HEADER = "X-Pinecall-Signature"
 RETRY_AFTER_SECONDS = "5"
-# What a request held through a Kafka stall costs beyond its body: aiohttp's protocol, request and
-# task, the pipeline's state (about 20 KiB, measured with tracemalloc). Charged against the bytes
-# in flight, so small webhooks are bounded too: by their bodies alone, 32 MiB let in over 300,000
-# webhooks of 100 bytes, gigabytes held before the first 503.
-REQUEST_OVERHEAD_BYTES = 20 * 1024
 # What each event of a body costs until Kafka answers (its record's future and the pipeline's
 # note of it: 600 to 800 bytes measured), charged once the body is parsed: a 960 KiB array of
 # half a million tiny items held 285 MB, 300 times its bytes.
@@ -157,7 +152,7 @@ class WebhookHandler:
         """Whether `charge` more would pass the bytes in flight, with other requests than the
         one holding `held` in flight: a lone request always gets in."""
         others = self._in_flight_bytes - held
-        return others > 0 and self._in_flight_bytes + charge > self._settings.max_in_flight_bytes
+        return others > 0 and self._in_flight_bytes + charge > self._settings.in_flight_limit
 
     def _overloaded_answer(self, **headers: str) -> web.Response:
         detail = "too many webhooks in flight; retry later"

@@ -1196,6 +1196,23 @@ def test_an_explicit_strimzi_min_insync_up_to_the_replicas_is_kept(tmp_path: Pat
             "'/config/dedup/endTransactionTimeoutSeconds': minimum",
         ),
         ("config.webhook.maxAgeSeconds=5", "'/config/webhook/maxAgeSeconds': 'anyOf' failed"),
+        # Below a network round trip (bridge/config.py's MIN_ROUND_TRIP_SECONDS).
+        ("config.kafka.connectTimeoutMs=50", "'/config/kafka/connectTimeoutMs': minimum"),
+        ("config.http.headerTimeoutSeconds=0", "'/config/http/headerTimeoutSeconds': minimum"),
+        ("config.http.bodyTimeoutSeconds=0", "'/config/http/bodyTimeoutSeconds': minimum"),
+        (
+            "config.pinecall.requestTimeoutSeconds=0",
+            "'/config/pinecall/requestTimeoutSeconds': minimum",
+        ),
+        (
+            "config.websocket.openTimeoutSeconds=0",
+            "'/config/websocket/openTimeoutSeconds': minimum",
+        ),
+        (
+            "config.websocket.pingTimeoutSeconds=0",
+            "'/config/websocket/pingTimeoutSeconds': minimum",
+        ),
+        ("config.sse.connectTimeoutSeconds=0", "'/config/sse/connectTimeoutSeconds': minimum"),
         # A KRaft controller refuses to create a topic of 10000 partitions or more, the Topic
         # Operator's KafkaTopic as the bridge's own request (bridge/config.py).
         ("config.topics.partitions=9001", "'/config/topics/partitions': maximum: got 9,001"),

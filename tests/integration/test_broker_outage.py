@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridge.sources.webhook import REQUEST_OVERHEAD_BYTES
+from bridge.config import REQUEST_OVERHEAD_BYTES
 from tests.integration.conftest import (
     SECRET,
     Broker,
@@ -240,7 +240,10 @@ async def test_small_webhooks_past_the_bytes_in_flight_are_refused_at_once_in_an
     real stall tens of thousands of them held gigabytes before the first 503.
     """
     await broker.up()
-    bridge = await launch(webhook={"max_in_flight_bytes": 4 * REQUEST_OVERHEAD_BYTES})
+    # A body limit within the bound: below one request's charge, the bound is raised to it.
+    bridge = await launch(
+        webhook={"max_in_flight_bytes": 4 * REQUEST_OVERHEAD_BYTES, "max_body_bytes": 4096}
+    )
     await wait_ready(bridge.url)
     for _ in range(10):
         if (await post(bridge, entry(1, call=unique_call)))[0] == 200:

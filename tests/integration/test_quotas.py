@@ -86,7 +86,9 @@ async def test_under_a_produce_quota_nothing_is_lost_or_doubled_and_overflow_is_
     client_id = f"quota-{uuid.uuid4().hex[:8]}"
     async with client_quotas(kafka_bootstrap, client_id, {"producer_byte_rate": PRODUCE_QUOTA}):
         handle = await start_bridge(
-            kafka={"client_id": client_id}, webhook={"max_in_flight_bytes": 512 * 1024}
+            kafka={"client_id": client_id},
+            # A body limit within the bound: below one request's charge, it is raised to it.
+            webhook={"max_in_flight_bytes": 512 * 1024, "max_body_bytes": 64 * 1024},
         )
         accepted, answers = await send_as_pinecall(handle, unique_call, SENDING_SECONDS)
         # Decided while still throttled: a dedup transaction of the whole backlog took longer

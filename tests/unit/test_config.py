@@ -7,6 +7,7 @@ import pytest
 from pydantic_settings import EnvSettingsSource
 
 from bridge.config import (
+    REQUEST_OVERHEAD_BYTES,
     ConfigError,
     Settings,
     describe,
@@ -1845,3 +1846,58 @@ def test_the_replay_window_is_off_or_longer_than_pinecalls_attempt(
             f"BRIDGE_WEBHOOK__MAX_AGE_SECONDS: must be 0 (off) or more than 5 s (got {bad}):"
         ), problem
         assert "refused as stale" in problem
+
+
+@pytest.mark.parametrize(
+    ("variable", "floor", "unit", "below", "why"),
+    [
+        # 1 ms: no connection was set up (3 to 12 ms on the same box); started for ever.
+        ("BRIDGE_KAFKA__CONNECT_TIMEOUT_MS", "100", "ms", "1", "retries for ever"),
+        # 0.001 s: the token request timed out, and the feed never connected.
+        ("BRIDGE_PINECALL__REQUEST_TIMEOUT_SECONDS", "0.1", "s", "0.001", "every request"),
+        ("BRIDGE_WEBSOCKET__OPEN_TIMEOUT_SECONDS", "0.1", "s", "0.001", "never connects"),
+        ("BRIDGE_WEBSOCKET__PING_TIMEOUT_SECONDS", "0.1", "s", "0.001", "dropped as dead"),
+        ("BRIDGE_SSE__CONNECT_TIMEOUT_SECONDS", "0.1", "s", "0.001", "is ever read"),
+        # 0.001 s: a body sent after its 100 Continue was answered 408.
+        ("BRIDGE_HTTP__BODY_TIMEOUT_SECONDS", "0.1", "s", "0.001", "408"),
+        ("BRIDGE_HTTP__HEADER_TIMEOUT_SECONDS", "0.1", "s", "0.001", "closed unanswered"),
+    ],
+)
+def test_a_timeout_below_a_network_round_trip_is_refused_naming_its_floor(
+    monkeypatch: pytest.MonkeyPatch, variable: str, floor: str, unit: str, below: str, why: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv(variable, floor)
+    load_settings()  # the floor itself is taken
+    for bad in (below, "0", "-1"):
+        monkeypatch.setenv(variable, bad)
+        [problem] = problems()
+        assert problem.startswith(f"{variable}: must be at least {floor} {unit} (got {bad}): ")
+        assert why in problem
+
+
+def test_bytes_in_flight_below_one_requests_charge_are_raised_to_it_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A lone request always gets in: a bound below its charge held no less memory and only
+    # answered a webhook beside another 503. Raised, not refused: deployments set so ran.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", "65536")
+    charge = 65536 + REQUEST_OVERHEAD_BYTES
+    for given in ("1024", str(charge - 1)):
+        monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES", given)
+        settings = load_settings()
+        assert settings.webhook.max_in_flight_bytes == int(given)  # `check` shows what was given
+        assert settings.webhook.in_flight_limit == charge
+        [warning] = [w for w in setting_warnings(settings) if "IN_FLIGHT" in w]
+        assert warning.startswith(
+            f"BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES ({given}) is below one request's charge,"
+            " BRIDGE_WEBHOOK__MAX_BODY_BYTES (65536) plus 20 KiB"
+        ), warning
+        assert f"{charge} is used instead" in warning
+    monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES", str(charge))
+    settings = load_settings()
+    assert settings.webhook.in_flight_limit == charge
+    assert not [w for w in setting_warnings(settings) if "IN_FLIGHT" in w]
+    monkeypatch.delenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES")  # the default, 32 MiB: kept
+    assert load_settings().webhook.in_flight_limit == 32 * 1_048_576

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
-from bridge.config import Settings, load_settings, load_tool_settings
+from bridge.config import REQUEST_OVERHEAD_BYTES, Settings, load_settings, load_tool_settings
 from bridge.http_timeouts import HeadTimeoutServer
 from bridge.ingest.record import decode
 from bridge.metrics import Metrics
@@ -25,7 +25,7 @@ from bridge.pipeline import Pipeline
 from bridge.service import Bridge, webhook_runner
 from bridge.sink.limits import TopicLimits
 from bridge.sources import signature
-from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, WebhookHandler
+from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, WebhookHandler
 from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
@@ -599,6 +599,25 @@ async def test_a_small_webhook_is_charged_its_request_not_only_its_body() -> Non
         harness.sink.ack_all()
         assert (await first).status == 200
         assert sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes") == 0
+
+
+async def test_bytes_in_flight_below_one_requests_charge_let_small_webhooks_in_beside() -> None:
+    # A lone request always gets in, so a bound below one request's charge held no less memory:
+    # it only answered every webhook beside another 503, and Pinecall's retry, sent at once, too.
+    charge = 64 * 1024 + REQUEST_OVERHEAD_BYTES
+    async with serving(settings(max_body_bytes=64 * 1024, max_in_flight_bytes=1024)) as harness:
+        first = await stalled_in_flight(harness)
+        beside = asyncio.create_task(harness.post(ENTRY))
+        await until(lambda: len(harness.sink.records) == 2)  # let in, not refused
+        assert harness.rejected("overloaded") == 0
+        # One request's charge, the bound in force, is what a large one alone would hold.
+        refused = await harness.post(b'{"type": "x", "data": {"pad": "' + b"a" * 40_000 + b'"}}')
+        assert (await refused.json())["error"] == "overloaded"
+        held = sample(harness.metrics, "pinecall_bridge_webhook_in_flight_bytes")
+        assert held is not None
+        assert held <= charge
+        harness.sink.ack_all()
+        assert ((await first).status, (await beside).status) == (200, 200)
 
 
 async def test_a_body_of_many_small_items_is_charged_each_item() -> None:
