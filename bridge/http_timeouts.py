@@ -19,12 +19,17 @@ aiohttp answers a head its parser refuses (a header line over its limit, a malfo
 line) with a 400 before any handler runs: only the protocol's handle_error sees it.
 
 A chunked body whose framing breaks after its request was parsed fails its reader at once (a 400
-`invalid_body`, the connection closed): aiohttp's C parser left it waiting for the body timeout
-(a 408). See _check_framing.
+`invalid_body`, the connection closed), whichever of aiohttp's parsers runs: its C parser left it
+waiting for the body timeout (a 408), its pure-Python one kept the connection open for some
+refusals. See _check_framing.
 
 The protocol also answers a client that half-closes (shutdown(SHUT_WR)) after its requests:
 asyncio closes a transport whose protocol's eof_received returns falsy, as aiohttp's does, so
 such a client got no answer (its webhook published all the same). See eof_received.
+
+Which request parser aiohttp's protocol builds, its C one (llhttp) or the pure-Python fallback
+(AIOHTTP_NO_EXTENSIONS, or no C extension for the platform), is read, not assumed: the fallback is
+slower and answers some malformed requests differently. See request_parser.
 
 The same protocol enforces the cap on open connections (bridge/connlimit.py) as each is made:
 one past it is refused without its parser ever running, and aiohttp's server never sees it.
@@ -33,12 +38,14 @@ one past it is refused without its parser ever running, and aiohttp's server nev
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import http_parser, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -62,6 +69,23 @@ def check_aiohttp() -> None:
             f"aiohttp {aiohttp.__version__}'s RequestHandler has no {', '.join(missing)}:"
             " bridge/http_timeouts.py needs updating for this aiohttp version"
         )
+
+
+def request_parser() -> tuple[str, str | None]:
+    """The request parser aiohttp's server builds: `llhttp` (its C extension), `python` or
+    `unknown`; and, unless llhttp, why."""
+    built = getattr(web_protocol, "HttpRequestParser", None)
+    if built is not None and built is getattr(http_parser, "HttpRequestParserC", None):
+        return "llhttp", None
+    if built is None or built is not getattr(http_parser, "HttpRequestParserPy", None):
+        return "unknown", f"aiohttp {aiohttp.__version__} has changed how it picks its parser"
+    if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
+        return "python", "AIOHTTP_NO_EXTENSIONS is set"
+    try:
+        importlib.import_module("aiohttp._http_parser")
+    except ImportError as exc:  # a wheel without it, or one built for another platform
+        return "python", f"aiohttp's C extension does not load: {exc}"
+    return "python", "aiohttp did not take its C extension"
 
 
 class HeadTimeoutHandler(RequestHandler):
@@ -129,13 +153,14 @@ class HeadTimeoutHandler(RequestHandler):
         # a pipelined head is left for the next chunk (the keep-alive timeout bounds it meanwhile).
         starts_head = payload is None or payload.is_eof()
         parsed = self._request_count
+        failed = payload is not None and payload.exception() is not None
         if not starts_head and self._stopping():
             self._feed_body(data)
-            self._check_framing(payload, parsed)
+            self._check_framing(payload, parsed, failed)
             return
         super().data_received(data)
+        self._check_framing(payload, parsed, failed)
         if self._request_count != parsed:
-            self._check_framing(payload, parsed)
             self._cancel_head_timer()
             messages: deque[Any] = self._messages
             if messages:
@@ -145,15 +170,21 @@ class HeadTimeoutHandler(RequestHandler):
                 self._head_timeout, self._head_timed_out, parsed
             )
 
-    def _check_framing(self, payload: StreamReader | None, parsed: int) -> None:
-        """Fail the body under way if the parser refused its framing (a broken chunk) just now.
+    def _check_framing(self, payload: StreamReader | None, parsed: int, failed: bool) -> None:
+        """Fail the body under way, and close once it is answered, if the parser refused its
+        framing (a broken chunk) just now; `failed`: its reader had failed before.
 
         aiohttp's C parser raises without telling the body's reader, and queues the refusal as a
-        request of its own: the handler waited out the body timeout, then answered 408.
+        request of its own: the handler waited out the body timeout, then answered 408. Its
+        pure-Python parser fails the reader, and for some refusals (a chunk-size or trailer line
+        over its limit, too many trailers) queues nothing: the answer kept the connection alive,
+        and aiohttp's drain of the failed body logged an ERROR with a traceback.
         """
-        # A request counted while a body is unfinished is that refusal: a body ends before the
-        # next head is parsed.
-        if payload is None or payload.is_eof() or self._request_count == parsed:
+        if payload is None or payload.is_eof():
+            return
+        # A request counted while a body is unfinished is the parser's refusal (a body ends
+        # before the next head is parsed); so is its reader failing during the parse.
+        if self._request_count == parsed and (failed or payload.exception() is None):
             return
         if self._answering >= parsed:
             return  # answered already: aiohttp's drain of the rest ends at its lingering time

@@ -347,6 +347,19 @@ def _unexplained(error: object) -> str:
     return name
 
 
+def _malformed(msg: str, exc: BaseException) -> bool:
+    """Whether aiohttp's server logged a request (head or body) its parser refused."""
+    if msg.startswith("Error handling request"):  # a head, answered 400 before any handler
+        return isinstance(exc, HttpProcessingError)
+    if msg.startswith("Unhandled exception"):
+        # A body's framing refused while aiohttp drained it after an early answer (413, 415):
+        # its pure-Python parser fails the body's reader, and the drain's read raises that.
+        from aiohttp.web_protocol import RequestPayloadError  # loaded: it is what raised
+
+        return isinstance(exc, HttpProcessingError | RequestPayloadError)
+    return False
+
+
 class MalformedRequestFilter(logging.Filter):
     """Turns aiohttp's ERROR-with-traceback for a malformed request into a short WARNING, at most
     one per `every` seconds: a hostile client must not be able to flood the logs."""
@@ -362,9 +375,7 @@ class MalformedRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError) or not str(record.msg).startswith(
-            "Error handling request"
-        ):
+        if exc is None or not _malformed(str(record.msg), exc):
             return True
         held = self._throttle.admit(self._MSG)
         if held is None:
@@ -372,7 +383,7 @@ class MalformedRequestFilter(logging.Filter):
         record.msg, record.args = self._MSG, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
-        record.error = f"{type(exc).__name__}: {exc.message}"
+        record.error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
         for name, value in held.fields().items():
             setattr(record, name, value)
         return True

@@ -28,7 +28,7 @@ from bridge.config import PinecallSettings, Settings, dotenv_variables
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
-from bridge.http_timeouts import HeadTimeoutAppRunner, admin_runner, timed_runner
+from bridge.http_timeouts import HeadTimeoutAppRunner, admin_runner, request_parser, timed_runner
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     Finding,
@@ -383,6 +383,7 @@ class Bridge:
         self.port = int(runner.addresses[0][1])
         if self.admin_app is not None and http.admin_port is not None and not self._admin_runner:
             await self._start_admin(http.admin_port)
+        parser, why_not_c = request_parser()
         log.info(
             "listening",
             extra={
@@ -390,8 +391,15 @@ class Bridge:
                 "port": self.port,
                 "path": self.settings.webhook.path,
                 "admin_port": self.admin_port,
+                "http_parser": parser,
             },
         )
+        if why_not_c is not None:
+            log.warning(
+                "aiohttp's C HTTP parser is not in use: the pure-Python one is slower and answers"
+                " some malformed requests differently",
+                extra={"http_parser": parser, "reason": why_not_c},
+            )
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
 

@@ -127,3 +127,20 @@ def fake_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeAdmin.committed = {}
     FakeAdmin.swallows = False
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", FakeAdmin)
+
+
+@pytest.fixture(params=["llhttp", "python"])
+def both_http_parsers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test run under aiohttp's C request parser (llhttp), which the bridge serves with, then
+    under its pure-Python fallback (AIOHTTP_NO_EXTENSIONS, or no C extension for the platform):
+    the two refuse malformed requests differently. aiohttp's protocol builds the class
+    web_protocol.HttpRequestParser names when a connection is made."""
+    from aiohttp import http_parser, web_protocol
+
+    if request.param == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    elif getattr(web_protocol, "HttpRequestParser", None) is not getattr(
+        http_parser, "HttpRequestParserC", None
+    ):
+        pytest.skip("aiohttp's C parser is not in use in this process")
+    return str(request.param)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.web_protocol import RequestHandler
 
 from bridge import connlimit, http_timeouts, jsoncodec
@@ -23,8 +23,10 @@ from bridge.http_timeouts import (
     HeadTimeoutServer,
     admin_runner,
     check_aiohttp,
+    request_parser,
     timed_runner,
 )
+from bridge.logsetup import MalformedRequestFilter
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookHandler
 from tests.metrics import sample
@@ -32,6 +34,9 @@ from tests.polling import until
 from tests.rawhttp import RawConnection, RawResponse, build_request, exchange
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import signed
+
+# Every test under aiohttp's C request parser and again under its pure-Python one.
+pytestmark = pytest.mark.usefixtures("both_http_parsers")
 
 PATH = "/webhooks/pinecall"
 # Generous: the timeouts under test are 0.5 s, the ones not under test 60 s.
@@ -257,22 +262,45 @@ async def test_a_body_cut_short_by_a_half_close_is_400_incomplete_and_closed(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+# Framing that breaks after a body's first chunk: a chunk size that is no number; a trailer line
+# over aiohttp's 8190-byte limit (its pure-Python parser fails the body's reader, queueing no
+# refusal, as for a chunk-size line over the limit or too many trailers).
+BROKEN_FRAMING = {
+    "chunk_size": b"zz\r\n",
+    "trailer_line": b"0\r\nX-Trailer: " + b"a" * 9000 + b"\r\n\r\n",
+}
+
+
+def first_chunk(content_type: str = "application/json") -> bytes:
+    """A signed keep-alive webhook, chunked, up to the end of its body's first chunk."""
+    body, headers = signed(ENTRY, SECRET)
+    headers["Content-Type"] = content_type
+    request = build_request(
+        "POST",
+        PATH,
+        list(headers.items()),
+        body,
+        framing="chunked",
+        chunk_sizes=[10],
+        keep_alive=True,
+    )
+    return request[: request.index(b"\r\n\r\n") + 4 + len(b"a\r\n") + 10 + 2]
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMING))
 async def test_a_chunked_body_whose_framing_breaks_mid_body_is_400_invalid_and_closed(
-    caplog: pytest.LogCaptureFixture,
+    broken: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # aiohttp's C parser raised at the broken chunk without telling the body's reader: the
-    # handler waited out the body timeout (60 s here), then answered 408 body_timeout.
+    # handler waited out the body timeout (60 s here), then answered 408 body_timeout. Its
+    # pure-Python parser, refusing a trailer line, answered 400 but kept the connection alive,
+    # then logged its drain of the failed body as an ERROR with a traceback.
     async with edge() as e:
-        body, headers = signed(ENTRY, SECRET)
-        request = build_request(
-            "POST", PATH, list(headers.items()), body, framing="chunked", chunk_sizes=[10]
-        )
-        first_chunk_end = request.index(b"\r\n\r\n") + 4 + len(b"a\r\n") + 10 + 2
         conn = await e.connect()
-        assert await conn.send(request[:first_chunk_end])
+        assert await conn.send(first_chunk())
         # The handler has its request, and reads the body, before the framing breaks.
         await until(lambda: sample(e.metrics, "pinecall_bridge_webhook_in_flight_bytes") > 0)
-        assert await conn.send(b"zz\r\n")
+        assert await conn.send(BROKEN_FRAMING[broken])
         response = await conn.response(within=CLOSED_WITHIN)
         assert response is not None
         assert (response.status, jsoncodec.loads(response.body)["error"]) == (400, "invalid_body")
@@ -286,6 +314,52 @@ async def test_a_chunked_body_whose_framing_breaks_mid_body_is_400_invalid_and_c
     # as a request of its own is logged as a bug or counted as a refused head.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert e.rejected(BAD_REQUEST_HEAD) == 0
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMING))
+async def test_framing_that_breaks_while_aiohttp_drains_an_answered_body_is_no_error(
+    broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Answered 415 before its body was read, the request's rest is drained for the lingering
+    # time. aiohttp's pure-Python parser fails the drained body's reader, and aiohttp logged
+    # that read as an "Unhandled exception", an ERROR with a traceback per request a client
+    # sends: under the bridge's log filter, a malformed request's throttled WARNING.
+    server_log = logging.getLogger("aiohttp.server")
+    malformed = MalformedRequestFilter()
+    server_log.addFilter(malformed)
+    try:
+        async with edge(body=1.0) as e:  # lingering for at most the body timeout
+            conn = await e.connect()
+            assert await conn.send(first_chunk(content_type="text/plain"))
+            response = await conn.response(within=CLOSED_WITHIN)
+            assert response is not None
+            assert response.status == 415
+            assert await conn.send(BROKEN_FRAMING[broken])
+            assert await conn.closed(within=CLOSED_WITHIN) == b""
+            await conn.close()
+    finally:
+        server_log.removeFilter(malformed)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_request_parser_aiohttp_builds_is_read_not_assumed(
+    both_http_parsers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIOHTTP_NO_EXTENSIONS", raising=False)
+    parser, why_not_c = request_parser()
+    assert parser == both_http_parsers
+    assert (why_not_c is None) == (parser == "llhttp")
+    if parser == "python":
+        monkeypatch.setenv("AIOHTTP_NO_EXTENSIONS", "1")
+        assert request_parser() == ("python", "AIOHTTP_NO_EXTENSIONS is set")
+
+
+def test_a_request_parser_picked_some_other_way_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", object)
+    parser, why_not_c = request_parser()
+    assert parser == "unknown"
+    assert why_not_c is not None
+    assert "has changed how it picks its parser" in why_not_c
 
 
 @pytest.mark.parametrize("sent", [b"", signed_post(ENTRY)[:20]], ids=["idle", "head_unfinished"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import aiokafka.client
 import aiokafka.conn
 import pytest
-from aiohttp import web, web_urldispatcher
+from aiohttp import http_parser, web, web_protocol, web_urldispatcher
 from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
@@ -398,6 +399,21 @@ async def test_aiohttps_privates_the_head_timeout_takes() -> None:
         need("aiohttp", handler, "_loop", users)
     finally:
         await runner.cleanup()
+
+
+def test_aiohttps_request_parser_choice() -> None:
+    # bridge/http_timeouts.py's request_parser says at start which parser serves (the unit tests'
+    # both_http_parsers swaps it: the edge's tests run under both).
+    users = "bridge/http_timeouts.py"
+    need("aiohttp", web_protocol, "HttpRequestParser", users, inspect.isclass, "a class")
+    need("aiohttp", http_parser, "HttpRequestParserPy", users, inspect.isclass, "a class")
+    if "HttpRequestParser(" not in inspect.getsource(RequestHandler.__init__):
+        pytest.fail(
+            f"aiohttp {version('aiohttp')}'s RequestHandler no longer builds the parser"
+            f" web_protocol.HttpRequestParser names, which {users} relies on"
+        )
+    if not os.environ.get("AIOHTTP_NO_EXTENSIONS"):  # else its C parser is never imported
+        need("aiohttp", http_parser, "HttpRequestParserC", users, inspect.isclass, "a class")
 
 
 def test_aiohttps_expect_handler() -> None:

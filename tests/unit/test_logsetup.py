@@ -440,6 +440,43 @@ def test_malformed_requests_log_one_short_warning_per_period() -> None:
     assert (bug.levelno, bug.exc_info is not None) == (logging.ERROR, True)
 
 
+def test_a_body_refused_while_aiohttp_drains_it_is_a_malformed_request_not_a_bug() -> None:
+    # aiohttp's pure-Python parser fails the reader of a body drained after an early answer, and
+    # aiohttp logs the drain's read as "Unhandled exception": an ERROR and traceback per request.
+    from aiohttp.http_exceptions import TransferEncodingError
+    from aiohttp.web_protocol import RequestPayloadError
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            "",
+            0,
+            "Unhandled exception",
+            (),
+            (type(exc), exc, None),
+        )
+
+    refusals = [
+        (RequestPayloadError("Got more than 8190 bytes"), "RequestPayloadError: Got more than"),
+        (TransferEncodingError("zz"), "TransferEncodingError: zz"),
+    ]
+    for exc, said in refusals:
+        flt = logsetup.MalformedRequestFilter(every=10.0, clock=lambda: 100.0)
+        refused = record(exc)
+        assert flt.filter(refused)
+        assert (refused.levelno, refused.getMessage(), refused.exc_info) == (
+            logging.WARNING,
+            "malformed HTTP request refused",
+            None,
+        )
+        assert refused.error.startswith(said)  # type: ignore[attr-defined]
+        assert not flt.filter(record(exc))  # the same throttle as refused heads
+    bug = record(RuntimeError("bug"))
+    assert logsetup.MalformedRequestFilter().filter(bug)
+    assert (bug.levelno, bug.exc_info is not None) == (logging.ERROR, True)
+
+
 def test_malformed_requests_held_back_are_said_at_stop(caplog: pytest.LogCaptureFixture) -> None:
     from aiohttp.http_exceptions import BadHttpMessage
 

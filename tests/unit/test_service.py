@@ -226,6 +226,27 @@ async def test_the_dedup_process_serves_no_port_the_others_do() -> None:
     assert not await stays_closed_while_started("both")
 
 
+async def test_a_process_serving_the_port_says_which_http_parser_it_runs(
+    both_http_parsers: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pure-Python parser (AIOHTTP_NO_EXTENSIONS, or a wheel whose C extension cannot load)
+    # is slower and refuses malformed requests differently: said at start, never assumed away.
+    monkeypatch.delenv("AIOHTTP_NO_EXTENSIONS", raising=False)
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    bridge = Bridge(every_source(free_port()), stages="ingest")
+    await bridge.start()
+    await bridge.stop()
+    [listening] = [r for r in caplog.records if r.getMessage() == "listening"]
+    assert listening.http_parser == both_http_parsers  # type: ignore[attr-defined]
+    warned = [
+        (r.http_parser, r.reason)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "C HTTP parser is not in use" in r.getMessage()
+    ]
+    expected = {"llhttp": [], "python": [("python", "aiohttp did not take its C extension")]}
+    assert warned == expected[both_http_parsers]
+
+
 class StageStand:
     """The dedup stage's place: notes the drain deadline its stop is given."""
 

@@ -34,6 +34,9 @@ from tests.sockets import free_port, refusing_address
 from tests.unit.fakes import ENTRY, ENTRY_TIME, SECRET, FakeSink, pipeline_with
 from tests.webhooks import SIGNATURE, signed
 
+# Every test under aiohttp's C request parser and again under its pure-Python one.
+pytestmark = pytest.mark.usefixtures("both_http_parsers")
+
 PATH = "/webhooks/pinecall"
 
 
