@@ -268,11 +268,23 @@ def _reset(exc_info: Any) -> bool:
 
 
 class _SenderCallbackFilter(logging.Filter):
-    """Demotes asyncio's ERROR for aiokafka's `Sender._fail_all` failing: a WARNING.
+    """Demotes asyncio's ERROR for aiokafka's `Sender._fail_all` failing: a WARNING, thinned.
 
     When an idempotent producer's sender dies, aiokafka's callback fails in turn (no transaction
     to fail: AttributeError). The death itself is the bridge's ERROR, the producer replaced.
     """
+
+    _MSG = "Exception in callback Sender._fail_all"
+
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        # Once per producer death, the same traceback each time: connections reset again and
+        # again gave one a death while the deaths' other lines (aiokafka's, the bridge's) were
+        # thinned.
+        self._throttle: Throttle[str] = Throttle(every, clock)
+        logthrottle.register(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
@@ -281,8 +293,21 @@ class _SenderCallbackFilter(logging.Filter):
             and msg.startswith("Exception in callback")
             and "Sender._fail_all" in msg.partition("\n")[0]
         ):
-            return _demote(record)
+            if not _demote(record):
+                return False
+            held = self._throttle.admit(self._MSG)
+            if held is None:
+                return False
+            for name, value in held.fields().items():
+                setattr(record, name, value)
         return True
+
+    def flush(self) -> None:
+        for _, held in self._throttle.drain():
+            say_held(logging.getLogger("asyncio"), logging.WARNING, self._MSG, held)
+
+    def forget(self) -> None:
+        self._throttle = Throttle(self._every, self._clock)
 
 
 class _AcceptOutOfDescriptorsFilter(logging.Filter):

@@ -303,6 +303,33 @@ async def test_aiokafkas_callback_failing_after_its_sender_died_is_a_warning(
     assert "AttributeError" in lines[0]["exc"]
 
 
+async def test_aiokafkas_callback_failing_after_each_sender_death_is_thinned(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One per producer death: with connections reset again and again, the bridge's own ERROR
+    # and aiokafka's sender death are thinned, and this, the same traceback each time, was not.
+    import asyncio
+
+    class Sender:
+        def _fail_all(self) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'done'")
+
+    logsetup.configure("INFO", "json")
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        loop.call_soon(Sender()._fail_all)
+    await asyncio.sleep(0.01)
+    logthrottle.flush_all()
+    lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"], "exc" in e) for e in lines] == [
+        ("warning", "asyncio", True),
+        ("warning", "asyncio", False),
+    ], lines
+    assert "Sender._fail_all" in lines[0]["msg"]
+    assert lines[1]["msg"].endswith("4 more like this in the last 0 s"), lines[1]
+    assert "Sender._fail_all" in lines[1]["msg"]
+
+
 def test_the_messages_demoted_on_a_reset_are_aiokafkas() -> None:
     # A reworded message in a new aiokafka would quietly be an ERROR again.
     from pathlib import Path
