@@ -34,7 +34,13 @@ from bridge.pipeline import (
 from bridge.progress import CountedBar, counted_bar
 from bridge.routing import Router
 from bridge.sink.kafka import KafkaSink, missing_ingest, stop_within
-from bridge.sources.calllog.calllist import CallListError, dated, list_calls, started_since
+from bridge.sources.calllog.calllist import (
+    RING_ALLOWANCE_SECONDS,
+    CallListError,
+    dated,
+    list_calls,
+    started_since,
+)
 from bridge.sources.calllog.follower import api_headers
 from bridge.sources.calllog.pages import PageError, fetch_pages
 from bridge.sources.egress import pinecall_session
@@ -266,7 +272,10 @@ async def _calls_since(
                 session,
                 api.api_url + path,
                 api_headers(api, "application/json"),
-                oldest=since,
+                # The list is ordered by each call's first line, not its start: a call ringing
+                # at `since` and answered (or given up) after it is listed below calls started
+                # before it.
+                oldest=since - RING_ALLOWANCE_SECONDS,
                 timeout_seconds=api.request_timeout_seconds,
                 max_pages=SINCE_MAX_PAGES,
                 before=before,

@@ -191,6 +191,9 @@ class CallLog:
         self.last_seq = 0
         self.sealed = False
         self.readers: set[LogReader] = set()
+        # The head's start as pinecall-runtime keeps it: the time of the log's first line,
+        # whatever its type. The call list orders by it; the row's `started_at` is `call.started`'s.
+        self.opened_at: float | None = None
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.facts: dict[str, Any] = {}
@@ -204,6 +207,8 @@ class CallLog:
         if seq <= self.last_seq:
             raise ValueError(f"seq {seq} is not past {self.last_seq} in call {self.call}")
         self.last_seq = seq
+        if self.opened_at is None:
+            self.opened_at = entry["ts"]
         if entry.get("ephemeral") is not True:
             self.stored.append(entry)
             self._seqs.append(seq)
@@ -365,17 +370,23 @@ class CallLogs:
     def listing(
         self, limit: int, *, before: str | None = None, agent: str | None = None
     ) -> dict[str, Any]:
-        """`GET /v1/sessions`: newest first by start time then call id; `next` is a `before`."""
+        """`GET /v1/sessions` as pinecall-runtime answers it: newest first by the log's first line
+        (not by `call.started`: a ringing call is in its place), then call id; `next` is a `before`.
+
+        A log with nothing stored is no row (`call_rows`) but keeps its place: `next` may name it.
+        """
         logs = [log for log in self.logs.values() if agent is None or log.agent == agent]
+        total = len(logs)
         logs.sort(key=_list_key, reverse=True)
         if before is not None:
+            # The platform bounds the page by the cursor's head: an unknown cursor matches nothing.
             bound = self.logs.get(before)
-            if bound is not None:
-                logs = [log for log in logs if _list_key(log) < _list_key(bound)]
+            key = None if bound is None else _list_key(bound)
+            logs = [log for log in logs if key is not None and _list_key(log) < key]
         page = logs[:limit]
         return {
-            "calls": [log.row() for log in page],
-            "total": sum(1 for log in self.logs.values() if agent is None or log.agent == agent),
+            "calls": [log.row() for log in page if log.stored],
+            "total": total,
             "next": page[-1].call if len(logs) > limit else None,
         }
 
@@ -414,4 +425,5 @@ class CallLogs:
 
 
 def _list_key(log: CallLog) -> tuple[float, str]:
-    return (log.started_at if log.started_at is not None else -1.0, log.call)
+    """facts.py A_PAGE_BEFORE: `(coalesce(head.started_at, -1), head.log)`."""
+    return (log.opened_at if log.opened_at is not None else -1.0, log.call)

@@ -18,6 +18,7 @@ from bridge.backfill import BackfillReport, CallOutcome, NoProgress, backfill_ca
 from bridge.config import Settings, load_settings
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
+from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import CallListing, CallRow
 from bridge.sources.calllog.pages import Page, PageAuthError
 from tests.entries import entry
@@ -98,6 +99,34 @@ async def test_calls_the_list_gives_no_start_or_end_time_are_named_not_dropped_s
         assert calls == (["CA_4", "CA_1", "CA_3"], None)
     [warning] = caplog.records
     assert warning.__dict__["calls"] == ["CA_2"]
+
+
+async def test_since_finds_the_calls_that_rang_before_it_and_started_or_ended_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The list orders by each log's first line (call.ringing) and a row's started_at is its
+    # call.started: a call that opened after another started may have started later. The read
+    # stopped at the first page with a start before --since, and the calls that were ringing
+    # then, answered, unanswered or ringing still, sat on the pages after it: never backfilled.
+    since = 1_780_000_000.0  # the list's times are read as the log's: none before 1973
+    monkeypatch.setattr(calllist, "PAGE_LIMIT", 2)
+    async with Simulator() as sim:
+        for call, opened in (("CA_new", 1), ("CA_quick", -3), ("CA_ringing", -5)):
+            sim.calllogs.append(entry(1, "call.ringing", call=call, ts=since + opened, data={}))
+        for call, opened in (("CA_unanswered", -15), ("CA_long", -20)):
+            sim.calllogs.append(entry(1, "call.ringing", call=call, ts=since + opened, data={}))
+        sim.calllogs.append(entry(2, "call.started", call="CA_new", ts=since + 2, data={}))
+        sim.calllogs.append(entry(2, "call.started", call="CA_quick", ts=since - 2, data={}))
+        sim.calllogs.append(entry(2, "call.ended", call="CA_unanswered", ts=since + 3, data={}))
+        sim.calllogs.seal("CA_unanswered")
+        sim.calllogs.append(entry(2, "call.started", call="CA_long", ts=since + 5, data={}))
+        settings = load_settings(
+            webhook={"secrets": ["s"]}, pinecall={"api_url": sim.url, "api_key": "sim-api-key"}
+        )
+        async with aiohttp.ClientSession() as session:
+            calls, more = await backfill._calls_since(settings, session, since)
+    assert calls == ["CA_new", "CA_unanswered", "CA_long", "CA_ringing"]
+    assert more is None
 
 
 class RevokedAfterTheFirstCall(NoProgress):

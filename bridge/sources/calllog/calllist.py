@@ -101,10 +101,16 @@ def parse_call_page(body: bytes) -> CallPage:
     return CallPage(tuple(calls), nxt if isinstance(nxt, str) and nxt else None)
 
 
+# How long a call's first line (call.ringing, call.dialing), which places it in the list, may
+# come before its call.started or its unanswered call.ended, the times its row shows: a phone
+# leg rings at most 25 s (pinecall-runtime telephony/service/legs.py RINGING_S); this leaves room
+# for dialing and a slow answer. A read for the calls started since a time goes this much further.
+RING_ALLOWANCE_SECONDS = 300.0
+
 # A live call whose `last_seq` stood still this long no longer holds the reads back (Horizon):
 # at least this, whatever the lookback. The platform seals a spoken call quiet for 5 minutes and
-# closes a chat thread silent for 2 hours (pinecall-runtime's reaper), so a live row that wrote
-# nothing, not even an ephemeral line, for 6 hours is one it failed to seal.
+# closes a chat thread silent for 2 hours (pinecall-runtime's reaper), so a live row whose
+# last_seq (its last stored entry's) stood still for 6 hours is one it failed to seal.
 STILL_FLOOR_SECONDS = 6 * 3_600.0
 # Stuck calls remembered (so each is said once, and not followed back again): one sweep's worth.
 MAX_STUCK = 1_000

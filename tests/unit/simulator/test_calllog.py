@@ -162,6 +162,30 @@ def test_the_call_list_is_newest_first_and_pages_with_before() -> None:
     assert logs.listing(5, agent="nobody") == {"calls": [], "total": 0, "next": None}
 
 
+def test_the_call_list_orders_by_the_logs_first_line_as_the_platform_does() -> None:
+    # pinecall-runtime orders by the head's start, the log's first line (call.ringing), not by
+    # call.started: a call still ringing sorted last here, so no test saw a bridge meet the
+    # platform's order. The row's own started_at is call.started's, null while it rings.
+    logs = CallLogs()
+    logs.append(entry(1, "call.ringing", call="CA_long", ts=10.0))  # answered last
+    logs.append(entry(1, "call.ringing", call="CA_quick", ts=20.0))
+    logs.append(entry(2, "call.started", call="CA_quick", ts=21.0))
+    logs.append(entry(1, "call.ringing", call="CA_ringing", ts=30.0))
+    logs.append(entry(1, "log.noise", call="CA_empty", ts=25.0))  # nothing stored: no row
+    logs.append(entry(2, "call.started", call="CA_long", ts=40.0))
+    first = logs.listing(2)
+    assert [row["call"] for row in first["calls"]] == ["CA_ringing"]
+    assert first["calls"][0]["started_at"] is None
+    assert (first["next"], first["total"]) == ("CA_empty", 4)
+    rest = logs.listing(2, before=first["next"])
+    assert [(row["call"], row["started_at"]) for row in rest["calls"]] == [
+        ("CA_quick", 21.0),
+        ("CA_long", 40.0),
+    ]
+    assert rest["next"] is None
+    assert logs.listing(2, before="CA_forgotten") == {"calls": [], "total": 4, "next": None}
+
+
 def test_sealed_logs_nobody_reads_are_forgotten_beyond_the_retention() -> None:
     logs = CallLogs(retain=2)
     kept = logs.append(entry(1, call="CA_read"))
