@@ -129,8 +129,12 @@ class Horizon:
 
     def __init__(self, still_for: float = STILL_FLOOR_SECONDS) -> None:
         self._since: float | None = None  # None: no read yet
+        # The bound of the reads' starts, and each live call's place (the oldest start listed
+        # above it): kept apart so that a failed read drops a call found stuck or ended since.
+        self._floor = math.inf
+        self._places: dict[str, float] = {}
         self._still_for = still_for
-        # Each live call's last_seq, and the start of the first read that showed it there.
+        # Each live call's last_seq, and the start (`ticks`) of the first read that showed it there.
         self._seen: dict[str, tuple[int, float]] = {}
         self._stuck: dict[str, int] = {}  # call -> the last_seq it stood still at
 
@@ -138,28 +142,40 @@ class Horizon:
         """The start time a read that begins at `now` reads down to."""
         return -math.inf if self._since is None else min(now - lookback, self._since)
 
-    def read(self, rows: list[CallRow], began: float, *, failed: bool = False) -> list[CallRow]:
+    def read(
+        self, rows: list[CallRow], began: float, *, failed: bool = False, ticks: float | None = None
+    ) -> list[CallRow]:
         """A read that began at `began` showed `rows` (in the list's order): every live call is at
         least this far down. Returns the live calls found stuck by this read (each once).
+
+        `ticks`: a monotonic clock at `began` (default `began`), which times how long a call
+        stood still: a wall-clock step between two reads is no time a call wrote nothing in.
 
         A read cut short past the lookback counts too: by the page cap, asking again only meets
         the cap again; by a failed page (a rate limit), asking again deep may never finish.
         """
         # Pinecall dates the starts: behind ours, its clock lists a call started since as earlier.
-        since = began - SKEW_ALLOWANCE_SECONDS
+        floor = began - SKEW_ALLOWANCE_SECONDS
+        # Ended at a failed page, it may not have reached a call the last read showed live: those
+        # it did not show keep their places (a call it showed ended, or found stuck, does not).
+        places: dict[str, float] = dict(self._places) if failed else {}
+        if failed:
+            floor = min(floor, self._floor)
         # A read stops at the first page holding a start before its bound, so a live call is
         # reached only if every row above it started at or after the bound: its place, not its
         # own start (none while it rings; the list orders by the log's first line, not by it).
         above = math.inf
         seen: dict[str, tuple[int, float]] = dict(self._seen) if failed else {}
         stuck: list[CallRow] = []
+        at = began if ticks is None else ticks
         for row in rows:
             if row.started_at is not None:
                 above = min(above, row.started_at)
+            places.pop(row.call, None)
             if not row.live:
                 continue
             if row.last_seq is not None:
-                if self._still(row, began, seen):
+                if self._still(row, at, seen):
                     if row.call not in self._stuck:
                         stuck.append(row)
                     self._stuck[row.call] = row.last_seq
@@ -167,23 +183,22 @@ class Horizon:
                         del self._stuck[next(iter(self._stuck))]
                     continue
                 self._stuck.pop(row.call, None)  # it moved: a long call after all
-            since = min(since, above)
-        if failed and self._since is not None:
-            # Ended at a failed page, it may not have reached a call the last read showed live.
-            since = min(since, self._since)
-        self._since = since
+            places[row.call] = above
+        self._floor = floor
+        self._places = places
+        self._since = min([floor, *places.values()])
         self._seen = seen
         return stuck
 
-    def _still(self, row: CallRow, began: float, seen: dict[str, tuple[int, float]]) -> bool:
-        """Record `row`'s last_seq; whether it has stood still there for `still_for`."""
+    def _still(self, row: CallRow, at: float, seen: dict[str, tuple[int, float]]) -> bool:
+        """Record `row`'s last_seq; whether it has stood still there for `still_for` by `at`."""
         assert row.last_seq is not None
         if self._stuck.get(row.call) == row.last_seq:
             return True
         last = self._seen.get(row.call)
-        since = last[1] if last is not None and last[0] == row.last_seq else began
+        since = last[1] if last is not None and last[0] == row.last_seq else at
         seen[row.call] = (row.last_seq, since)
-        return began - since >= self._still_for
+        return at - since >= self._still_for
 
 
 def retry_delay(exc: CallListError, backoff: float) -> float:

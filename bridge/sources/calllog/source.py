@@ -248,6 +248,8 @@ class CallLogSource:
         while True:
             self._sweep_again = False
             now = time.time()
+            # Stillness is timed apart from the list's dates: a wall-clock step is no wait.
+            ticks = time.monotonic()
             lookback = self._settings.call_list_lookback_seconds
             try:
                 listing = await list_calls(
@@ -279,7 +281,9 @@ class CallLogSource:
                 await asyncio.sleep(delay)
                 self._sweep_again = True
             else:
-                stuck = self._horizon.read(listing.rows, now, failed=listing.failed is not None)
+                stuck = self._horizon.read(
+                    listing.rows, now, failed=listing.failed is not None, ticks=ticks
+                )
                 for row in stuck:
                     log.warning(
                         "the call list shows a call live that wrote nothing for hours: Pinecall"

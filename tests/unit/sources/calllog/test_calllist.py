@@ -177,6 +177,28 @@ def test_a_call_the_list_shows_live_but_still_for_hours_stops_holding_reads_back
     assert horizon.oldest(T + 8 * hour, hour) == T - 30 * hour
 
 
+def test_a_stuck_call_stops_holding_reads_back_even_when_reads_end_at_failed_pages() -> None:
+    # A failed read kept the last read's whole bound, the stuck call's place in it: found stuck
+    # by a read cut by a rate limit past it, it held every read back until one ended well.
+    hour = 3_600.0
+    horizon = Horizon(still_for=6 * hour)
+    stuck = CallRow("stuck", True, 9, T - 30 * hour, None)
+    long_call = CallRow("long", True, 5, T - 20 * hour, None)
+    horizon.read([long_call, stuck], T)
+    # The read ended at a failed page past both: the stuck call is found, the long one moved.
+    moved = CallRow("long", True, 6, T - 20 * hour, None)
+    assert horizon.read([moved, stuck], T + 6 * hour, failed=True) == [stuck]
+    assert horizon.oldest(T + 7 * hour, hour) == T - 20 * hour
+    # Cut short before either: the long call may still be live, the stuck one still counts not.
+    fresh = CallRow("fresh", True, 2, T + 7 * hour, None)
+    assert horizon.read([fresh], T + 7 * hour, failed=True) == []
+    assert horizon.oldest(T + 8 * hour, hour) == T - 20 * hour
+    # The long call ended: no live call is left to reach back to but the stuck one.
+    ended = CallRow("long", False, 7, T - 20 * hour, T + 8 * hour)
+    assert horizon.read([fresh, ended], T + 8 * hour, failed=True) == []
+    assert horizon.oldest(T + 9 * hour, hour) == T - SKEW_ALLOWANCE_SECONDS
+
+
 def test_a_read_owes_the_pages_to_the_lookback_and_tries_those_past_it() -> None:
     def page(call: str, started: float) -> CallPage:
         return CallPage((CallRow(call, False, 3, started, started + 60),), call)

@@ -634,7 +634,8 @@ async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_b
     caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
     hour, start = 3_600.0, 1_780_000_000.0
     clock = [start]
-    monkeypatch.setattr(source_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    clocks = SimpleNamespace(time=lambda: clock[0], monotonic=lambda: clock[0])
+    monkeypatch.setattr(source_module, "time", clocks)
     source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
     stuck = CallRow("CA_stuck", True, 9, start - 30 * hour, None)
     asked: list[float] = []
@@ -657,3 +658,33 @@ async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_b
     assert said.levelno == logging.WARNING
     assert (said.__dict__["call"], said.__dict__["last_seq"]) == ("CA_stuck", 9)
     assert said.__dict__["still_for_s"] == 6 * hour  # the lookback, at least 6 h
+
+
+async def test_a_wall_clock_step_between_two_reads_finds_no_call_stuck(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # How long a call's last_seq stood still was timed by the wall clock: a step forward (NTP
+    # mending a clock that booted behind) between two reads a minute apart found every live call
+    # quiet for that minute stuck, said so, and no read reached back to it again.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    hour, start = 3_600.0, 1_780_000_000.0
+    wall, ticks = [start], [100.0]
+    clocks = SimpleNamespace(time=lambda: wall[0], monotonic=lambda: ticks[0])
+    monkeypatch.setattr(source_module, "time", clocks)
+    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
+    quiet = CallRow("CA_quiet", True, 9, start - 3 * hour, None)
+    asked: list[float] = []
+
+    async def list_calls(*_: Any, oldest: float, **__: Any) -> CallListing:
+        asked.append(oldest)
+        return CallListing([quiet])
+
+    sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for step in (0, 7 * hour, 0):  # the wall clock steps 7 h; a minute goes by each time
+            wall[0] += step + 60
+            ticks[0] += 60
+            await sweep(source)
+    assert not [r for r in caplog.records if "wrote nothing for hours" in r.getMessage()]
+    assert asked[2] == start - 3 * hour  # still read back to it
