@@ -27,13 +27,10 @@ _CALL_LOG = b"sse"
 
 @dataclass(slots=True)
 class CallProgress:
-    """A call's highest seq seen in the partition, whether its terminal entry was, when the call
-    ended (the terminal entry's time), and its key's murmur2 (`key_hash`): computed here, a call
-    at a time as a restore reads, so a takeover finds every call's partition without hashing tens
-    of thousands at once (aiokafka's murmur2 is pure Python)."""
+    """A call's highest seq seen in the partition, whether its terminal entry was, and when the
+    call ended (the terminal entry's time)."""
 
     seq: int
-    key_hash: int
     ended: bool = False
     ended_at: float | None = None
 
@@ -81,10 +78,19 @@ def from_call_log(headers: Sequence[tuple[str, bytes]]) -> bool:
 
 
 class PartitionProgress:
-    """Per call, from the records observed in append order; bounded by the calls in the TTL."""
+    """Per call, from the records observed in append order; bounded by the calls in the TTL.
+
+    What a takeover reads of it is kept up a call at a time as the restore reads: built then from
+    every call at once, it held the event loop some 8 ms at 40,000 calls.
+    """
 
     def __init__(self) -> None:
         self.calls: dict[str, CallProgress] = {}
+        self._live: dict[str, CallProgress] = {}  # the calls whose end is not in, yet
+        self._ended: dict[str, float] = {}  # call → its end
+        # Each call's key's murmur2, computed once: a takeover finds every call's partition
+        # without hashing tens of thousands at once (aiokafka's murmur2 is pure Python).
+        self._hashes: dict[str, int] = {}
 
     def observe(
         self, event_id: str, headers: Sequence[tuple[str, bytes]], appended_at: float
@@ -96,22 +102,26 @@ class PartitionProgress:
         call, seq = parsed
         known = self.calls.get(call)
         if known is None:
-            known = self.calls[call] = CallProgress(seq, key_hash(call.encode()))
+            known = self.calls[call] = self._live[call] = CallProgress(seq)
+            self._hashes[call] = key_hash(call.encode())
         elif seq > known.seq:
             known.seq = seq
         if not known.ended and is_terminal(headers):
             known.ended = True
-            known.ended_at = end_time(headers, appended_at)
+            known.ended_at = self._ended[call] = end_time(headers, appended_at)
+            del self._live[call]
 
     def live(self) -> dict[str, int]:
         """Calls whose end is not in the partition, with the seq to resume after."""
-        return {call: p.seq for call, p in self.calls.items() if not p.ended}
+        return {call: p.seq for call, p in self._live.items()}
 
     def ended(self) -> dict[str, float]:
         """Calls whose end is in the partition, each with when it ended: the roster remembers
-        them by it (dated "now", a takeover's calls outlasted every call that ended since)."""
-        return {call: p.ended_at for call, p in self.calls.items() if p.ended_at is not None}
+        them by it (dated "now", a takeover's calls outlasted every call that ended since).
+        The progress's own, not a copy: a takeover is handed it."""
+        return self._ended
 
     def key_hashes(self) -> dict[str, int]:
-        """Each call's key hash (`partition_of`'s murmur2), as computed when it was first seen."""
-        return {call: p.key_hash for call, p in self.calls.items()}
+        """Each call's key hash (`partition_of`'s murmur2), as computed when it was first seen;
+        the progress's own, not a copy."""
+        return self._hashes

@@ -13,8 +13,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 from bridge.partitioning import partition_for
 from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
@@ -41,6 +42,9 @@ WAITING_PER_SLOT = 10
 # `wanted` offers again any ended call whose end is within the dedup window, so a forgotten one
 # was read again from its start at every sweep (each feed reconnect, each takeover). Some MiB.
 REMEMBER_ENDED = 2 * MAX_PAGES * PAGE_LIMIT
+# Calls a takeover's step handles: a step holds the event loop 3-6 ms of CPU (a loaded 2-core
+# box), where 40,000 ended calls at once held it 40-95 ms (every webhook answer and probe waiting).
+TAKEOVER_STEP = 2048
 
 
 class Roster:
@@ -82,6 +86,8 @@ class Roster:
         self._ended: dict[str, float] = {}
         self._ends: list[tuple[float, str]] = []
         self._remember = remember_ended
+        # Takeovers under way (`take_over`), a step at a time.
+        self._taking: list[Takeover] = []
 
     def owns(self, call: str) -> bool:
         return partition_of(call, self.partitions) in self.owned
@@ -92,7 +98,7 @@ class Roster:
         return partition_of(call, self.partitions) if hashed is None else hashed % self.partitions
 
     def has_ended(self, call: str) -> bool:
-        return call in self._ended
+        return call in self._ended or (bool(self._taking) and self._taken_ended(call))
 
     def offer(self, call: str, after: int = 0, until: float | None = None) -> list[Start]:
         """A call this process may have to follow (announced, listed, or found on takeover).
@@ -106,6 +112,10 @@ class Roster:
     ) -> list[Start]:
         if call in self.following or call in self._ended:
             return []
+        if self._taking:
+            if self._taken_ended(call):
+                return []
+            after = self._taken_after(call, after)
         partition = self._partition(call, hashes)
         if partition not in self.owned:
             return []
@@ -161,11 +171,16 @@ class Roster:
         self._forget_past_bound()
 
     def _remember_ends(self, ends: list[tuple[str, float]]) -> None:
-        """`_remember_end` of many calls, the heap ordered once: a takeover's are tens of
-        thousands (40 ms at 40,000 one by one). Those kept past the bound are the latest ends."""
+        """`_remember_end` of many calls (a takeover's step), trimmed to the bound once: those
+        kept are the latest ends, whatever the order the steps came in."""
         now = self._clock()
-        self._ends.extend([self._ended_by(call, min(at, now)) for call, at in ends])
-        heapq.heapify(self._ends)
+        pairs = [self._ended_by(call, min(at, now)) for call, at in ends]
+        if len(pairs) * 8 < len(self._ends):  # a few into many: pushed, not the heap reordered
+            for pair in pairs:
+                heapq.heappush(self._ends, pair)
+        else:
+            self._ends.extend(pairs)
+            heapq.heapify(self._ends)
         self._forget_past_bound()
 
     def _ended_by(self, call: str, end: float) -> tuple[float, str]:
@@ -189,34 +204,40 @@ class Roster:
         ended: Mapping[str, float],
         hashes: Mapping[str, int] | None = None,
     ) -> list[Start]:
+        """`take_over`, all its steps at once."""
+        takeover = self.take_over(partition, live, ended, hashes)
+        starts: list[Start] = []
+        while not takeover.done:
+            starts.extend(takeover.step())
+        return starts
+
+    def take_over(
+        self,
+        partition: int,
+        live: dict[str, int],
+        ended: Mapping[str, float],
+        hashes: Mapping[str, int] | None = None,
+    ) -> Takeover:
         """A partition taken over: follow its live calls from where its records got to.
 
         `ended`: the calls its records show ended, each with its end (wall time); `hashes`: the
-        calls' key hashes, as the restore computed them (else hashed here).
+        calls' key hashes, as the restore computed them (else hashed here). Applied by the
+        returned takeover's steps; until its last, its calls are already taken as they leave them.
         """
-        hashes = hashes or {}
         self.owned.add(partition)
-        starts: list[Start] = []
-        done = [call for call in ended if self._partition(call, hashes) == partition]
-        # Out of the queue before any slot is freed: else a freed slot could start one of them.
-        for call in done:
-            self.waiting.pop(call, None)
-            self._until.pop(call, None)
-        # And the queued calls' resume points moved on first (an offer to a waiting call starts
-        # nothing): a freed slot starts one where its records got to, not from an older offer's.
-        for call, after in live.items():
-            if call in self.waiting:
-                self._offer(call, after, None, hashes)
-        # A call still followed (its partition handed straight back) frees its slot for one that
-        # waited: that one starts now. The others are only remembered, all at once. Each by its
-        # own end, not by now: else every ended call of the partition outlasted those that ended
-        # since.
-        self._remember_ends([(call, ended[call]) for call in done if call not in self.following])
-        for call in [call for call in done if call in self.following]:
-            starts.extend(self.finished(call, ended=True, at=ended[call]))
-        for call, after in live.items():
-            starts.extend(self._offer(call, after, None, hashes))
-        return starts
+        takeover = Takeover(self, partition, live, ended, hashes or {})
+        self._taking.append(takeover)
+        return takeover
+
+    def _taken_ended(self, call: str) -> bool:
+        """An ended call of a takeover under way: ended, whether or not its step came yet."""
+        return any(takeover.ends(call) for takeover in self._taking)
+
+    def _taken_after(self, call: str, after: int) -> int:
+        """A live call of a takeover under way resumes where its records got to, at least."""
+        for takeover in self._taking:
+            after = max(after, takeover.live.get(call, 0))
+        return after
 
     def keep_only(self, partitions: set[int]) -> list[str]:
         """The group's assignment: calls of any other partition stop (returned) or stop waiting."""
@@ -247,9 +268,88 @@ class Roster:
         while self.waiting and len(self.following) < self.capacity:
             call, after = self.waiting.popitem(last=False)
             until = self._until.pop(call, None)
+            if self._taking and self._taken_ended(call):
+                continue  # its takeover's step takes it out of the queue: ended, not started
             if until is not None and now > until:
                 self._on_expire(call)
                 continue
             self.following[call] = partition_of(call, self.partitions)
             starts.append(Start(call, after))
         return starts
+
+
+class Takeover:
+    """`Roster.take_over`'s work, `step` by step: the queued calls' resume points, then the ended
+    calls, then the live ones. Meanwhile the roster takes each call of it as the whole would
+    leave it (an ended one ended, a live one resumed from its records), whatever step is next.
+    """
+
+    def __init__(
+        self,
+        roster: Roster,
+        partition: int,
+        live: dict[str, int],
+        ended: Mapping[str, float],
+        hashes: Mapping[str, int],
+    ) -> None:
+        self.roster = roster
+        self.partition = partition
+        self.live = live
+        self._ended = ended
+        self._hashes = hashes
+        self.steps = 0
+        self.done = False
+        self._work = self._run()
+
+    def ends(self, call: str) -> bool:
+        """`call` is one of the partition's ended calls."""
+        return call in self._ended and self.roster._partition(call, self._hashes) == self.partition
+
+    def step(self) -> list[Start]:
+        """The next `TAKEOVER_STEP` calls' work: the calls it starts."""
+        starts = next(self._work, None)
+        self.steps += 1
+        if starts is None:
+            self.done = True
+            if self in self.roster._taking:
+                self.roster._taking.remove(self)
+            return []
+        return starts
+
+    def _run(self) -> Iterator[list[Start]]:
+        roster, live = self.roster, self.live
+        # The queued calls' resume points moved on first (an offer to a waiting call starts
+        # nothing): a slot freed below starts one where its records got to, not from an older
+        # offer's. The ended calls need not leave the queue first: until the last step the
+        # roster skips them as it fills a slot (`_fill`).
+        for chunk in _chunks(live):
+            for call in chunk:
+                if call in roster.waiting:
+                    roster._offer(call, live[call], None, self._hashes)
+            yield []
+        # A call still followed (its partition handed straight back) frees its slot for one that
+        # waited: that one starts now. The others are only remembered. Each by its own end, not
+        # by now: else every ended call of the partition outlasted those that ended since.
+        ended, hashes, partition_of_call = self._ended, self._hashes, roster._partition
+        for chunk in _chunks(ended):
+            done = [c for c in chunk if partition_of_call(c, hashes) == self.partition]
+            for call in done:
+                roster.waiting.pop(call, None)
+                roster._until.pop(call, None)
+            roster._remember_ends([(c, ended[c]) for c in done if c not in roster.following])
+            starts: list[Start] = []
+            for call in [call for call in done if call in roster.following]:
+                starts.extend(roster.finished(call, ended=True, at=ended[call]))
+            yield starts
+        for chunk in _chunks(live):
+            starts = []
+            for call in chunk:
+                starts.extend(roster._offer(call, live[call], None, self._hashes))
+            yield starts
+
+
+def _chunks(calls: Iterable[str]) -> Iterator[list[str]]:
+    """`calls` a `TAKEOVER_STEP` at a time."""
+    it = iter(calls)
+    while chunk := list(islice(it, TAKEOVER_STEP)):
+        yield chunk

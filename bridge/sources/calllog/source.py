@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 
 import aiohttp
 
@@ -41,7 +42,7 @@ from bridge.sources.calllog.keygate import KeyGate
 from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_until
 from bridge.sources.calllog.pageslots import PageSlots
 from bridge.sources.calllog.publish import Publisher
-from bridge.sources.calllog.roster import Roster, Start
+from bridge.sources.calllog.roster import TAKEOVER_STEP, Roster, Start, Takeover
 from bridge.sources.egress import pinecall_session
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.supervise import Supervisor
@@ -86,6 +87,8 @@ class CallLogSource:
         self._feed: asyncio.Task[None] | None = None
         self._sweep: asyncio.Task[None] | None = None
         self._sweep_again = False
+        self._takeovers: deque[Takeover] = deque()  # under way, their steps run by `_taking`
+        self._taking: asyncio.Task[None] | None = None
         self._followers: dict[str, tuple[Follower, asyncio.Task[bool]]] = {}
         self._retiring: set[asyncio.Task[bool]] = set()
         self._handovers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
@@ -151,7 +154,7 @@ class CallLogSource:
     async def stop(self, deadline: float) -> None:
         """Stop reading; a publish in flight may land until `deadline` (loop time)."""
         self._stopping.set()
-        for reader in (self._feed, self._sweep):
+        for reader in (self._feed, self._sweep, self._taking):
             if reader is not None:
                 await cancel_and_wait(reader)
         followers = list(self._followers.values())
@@ -168,7 +171,8 @@ class CallLogSource:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        self._session = self._feed = self._sweep = None
+        self._session = self._feed = self._sweep = self._taking = None
+        self._takeovers.clear()
         self._metrics.sse_enabled.set(0)
 
     # The dedup stage's PartitionListener.
@@ -180,14 +184,35 @@ class CallLogSource:
             self.roster.owned.add(partition)
             return
         live = {call: after for call, after in progress.live().items() if self._usable(call)}
+        ended = progress.ended()
         # The calls' hashes as the restore computed them, a call at a time: hashing each here
         # held the loop 100-450 ms at a takeover of 20k-40k ended calls.
-        self._launch(self.roster.own(partition, live, progress.ended(), progress.key_hashes()))
+        takeover = self.roster.take_over(partition, live, ended, progress.key_hashes())
         log.info(
             "call-log partition taken over",
-            extra={"partition": partition, "live_calls": len(progress.live())},
+            extra={"partition": partition, "live_calls": len(live), "ended_calls": len(ended)},
         )
-        self._schedule_sweep()
+        if len(live) + len(ended) <= TAKEOVER_STEP:
+            while not takeover.done:
+                self._launch(takeover.step())
+            self._schedule_sweep()
+            return
+        # A step at a time, the loop free between steps: 40,000 ended calls at once held it
+        # 40-95 ms of CPU, every webhook answer and probe waiting. The roster takes the calls as the
+        # whole takeover leaves them meanwhile.
+        self._takeovers.append(takeover)
+        if self._taking is None or self._taking.done():
+            self._taking = self._supervisor.spawn("sse-takeover", self._take_over)
+
+    async def _take_over(self) -> None:
+        """The takeovers' steps, one takeover after another; a sweep after each."""
+        while self._takeovers:
+            takeover = self._takeovers[0]
+            while not takeover.done:
+                self._launch(takeover.step())
+                await asyncio.sleep(0)
+            self._takeovers.popleft()
+            self._schedule_sweep()
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         if self.roster is None:

@@ -116,3 +116,18 @@ def test_each_calls_key_hash_gives_its_partition_as_the_producer_chose_it() -> N
     assert set(hashes) == set(calls)
     for partitions in (1, 12, 997):
         assert all(hashes[call] % partitions == partition_of(call, partitions) for call in calls)
+
+
+def test_what_a_takeover_reads_is_kept_up_as_the_restore_reads_not_built_at_once() -> None:
+    # Built from every call at the takeover, the ended calls and the hashes held the event loop
+    # some 8 ms at 40,000 calls: the takeover is handed the progress's own.
+    progress = PartitionProgress()
+    for n in range(3):
+        progress.observe(f"CA_{n}:1", headers("call.started"), 100.0)
+    progress.observe("CA_1:2", headers("call.score"), 101.0)
+    ended, hashes = progress.ended(), progress.key_hashes()
+    assert progress.ended() is ended
+    assert progress.key_hashes() is hashes
+    assert ended == {"CA_1": 101.0}
+    assert set(hashes) == {"CA_0", "CA_1", "CA_2"}
+    assert progress.live() == {"CA_0": 1, "CA_2": 1}

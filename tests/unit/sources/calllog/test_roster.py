@@ -316,6 +316,116 @@ def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> No
     assert len(roster._ends) <= 2 * 100
 
 
+def test_a_takeover_runs_in_steps_of_a_bounded_number_of_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 40,000 ended calls taken over at once held the event loop 40-95 ms. Counted, not timed:
+    # each step remembers at most TAKEOVER_STEP of them, and the calls are taken as ended from
+    # the start.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 4)
+    live, *ended = calls_in(0, 11)
+    roster = Roster(6, capacity=10)
+    takeover = roster.take_over(0, {live: 3}, dict.fromkeys(ended, 100.0))
+    assert all(roster.has_ended(call) for call in ended)
+    remembered = [len(roster._ended)]
+    starts: list[Start] = []
+    while not takeover.done:
+        starts.extend(takeover.step())
+        remembered.append(len(roster._ended))
+    assert remembered == [0, 0, 4, 8, 10, 10, 10]  # the queue's resume points; 4, 4, 2; live
+    assert starts == [Start(live, 3)]
+    assert not roster._taking
+
+
+def scenario(seed: int) -> tuple[Roster, int, dict[str, int], dict[str, float]]:
+    """A roster with calls followed and waiting, some of which a takeover shows live or ended."""
+    rng = random.Random(seed)
+    calls = calls_in(0, 30)
+    clock = [1_000.0]
+    roster = Roster(6, capacity=3, remember_ended=8, clock=lambda: clock[0], ticks=lambda: clock[0])
+    roster.own(0, {}, {})
+    for call in rng.sample(calls, 8):
+        roster.finished(call, ended=True, at=rng.uniform(900.0, 1_000.0))
+    for call in calls:
+        if rng.random() < 0.5 and not roster.has_ended(call):
+            roster.offer(call, rng.randrange(3), rng.choice((None, 2_000.0)))
+    clock[0] = 1_100.0
+    rest = [call for call in calls if rng.random() < 0.7]
+    live = {call: rng.randrange(1, 9) for call in rest[: len(rest) // 3]}
+    ended = {call: rng.uniform(800.0, 1_200.0) for call in rest[len(rest) // 3 :]}
+    ended.update(dict.fromkeys(calls_in(1, 2), 1_050.0))  # another partition's: left alone
+    return roster, 0, live, ended
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_takeover_in_small_steps_decides_as_one_in_a_single_step(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = []
+    for step in (10**9, 1, 2, 3):
+        monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
+        roster, partition, live, ended = scenario(seed)
+        starts = roster.own(partition, live, ended)
+        state = (roster.following, list(roster.waiting.items()), roster._until, roster._ended)
+        outcomes.append((starts, state))
+    assert outcomes[1:] == outcomes[:1] * 3
+
+
+def test_an_ended_call_offered_while_its_takeover_is_under_way_is_not_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A notice of its end, or the call list, between two steps: its log is not read from 0.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
+    first, last = calls_in(0, 2)
+    roster = Roster(6, capacity=10)
+    takeover = roster.take_over(0, {}, {first: 100.0, last: 100.0})
+    takeover.step()
+    assert roster._ended == {first: 100.0}
+    assert roster.offer(last) == []
+    while not takeover.done:
+        takeover.step()
+    assert roster.offer(last) == []
+    assert not roster.following
+
+
+def test_a_slot_freed_while_a_takeover_is_under_way_starts_no_call_it_shows_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A follower ends by itself between two steps: the call that waited longest is one the
+    # takeover's later step shows ended; the next one starts instead.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
+    busy, first, waited, then = calls_in(0, 4)
+    roster = Roster(6, capacity=1)
+    roster.own(0, {}, {})
+    assert roster.offer(busy) == [Start(busy, 0)]
+    assert roster.offer(waited) == []
+    assert roster.offer(then) == []
+    takeover = roster.take_over(0, {}, {first: 100.0, waited: 100.0})
+    takeover.step()
+    assert roster.finished(busy, ended=False) == [Start(then, 0)]
+    while not takeover.done:
+        takeover.step()
+    assert roster.following == {then: 0}
+    assert not roster.waiting
+
+
+def test_a_live_call_offered_while_its_takeover_is_under_way_resumes_from_its_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A notice or the call list before the takeover's step offers it: not read from its start.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
+    live, *ended = calls_in(0, 3)
+    roster = Roster(6, capacity=10)
+    takeover = roster.take_over(0, {live: 7}, dict.fromkeys(ended, 100.0))
+    takeover.step()
+    assert roster.offer(live) == [Start(live, 7)]
+    starts = []
+    while not takeover.done:
+        starts.extend(takeover.step())
+    assert starts == []
+    assert roster.following == {live: 0}
+
+
 class SteppingClocks:
     """A wall clock an operator (NTP, a resumed VM) can step, and a monotonic one it cannot."""
 
