@@ -165,6 +165,8 @@ class HeadTimeoutHandler(RequestHandler):
             messages: deque[Any] = self._messages
             if messages:
                 self._last_payload = messages[-1][1]
+                # A body that came with its head may have failed in this same parse.
+                self._check_framing(self._last_payload, self._request_count, False)
         elif data and starts_head and self._head_timer is None and self.transport is not None:
             self._head_timer = self._loop.call_later(
                 self._head_timeout, self._head_timed_out, parsed
