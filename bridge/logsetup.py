@@ -8,16 +8,17 @@ import re
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from types import ModuleType, TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka.errors import KafkaConnectionError
 
 from bridge import jsoncodec, logthrottle
 from bridge.connlimit import out_of_descriptors, say_out_of_descriptors
-from bridge.logthrottle import EVERY, Throttle, say_held
+from bridge.logthrottle import EVERY, K, Throttle, say_held
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -156,7 +157,34 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-class _TransientKafkaFilter(logging.Filter):
+class _ThrottledFilter(logging.Filter, ABC, Generic[K]):
+    """A filter whose lines are thinned by key (bridge.logthrottle): each states what it matches,
+    its key, and in `flush` what it says at stop of what it still holds back."""
+
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._throttle: Throttle[K] = Throttle(every, clock)
+        logthrottle.register(self)
+
+    def _admit(self, record: logging.LogRecord, key: K) -> bool:
+        """Whether to log the record, which then carries the count held back before it."""
+        held = self._throttle.admit(key)
+        if held is None:
+            return False
+        for name, value in held.fields().items():
+            setattr(record, name, value)
+        return True
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    def forget(self) -> None:
+        self._throttle = Throttle(self._every, self._clock)
+
+
+class _TransientKafkaFilter(_ThrottledFilter[tuple[str, int, str, str]]):
     """Holds back aiokafka's ERRORs for what passes by itself and the bridge reports anyway.
 
     A topic not yet in metadata is routine right after creating it, and one that stays missing
@@ -195,15 +223,7 @@ class _TransientKafkaFilter(logging.Filter):
         "Unexpected error in fetcher routine",
     )
 
-    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self._every = every
-        self._clock = clock
-        # By logger, level, message template (aiokafka's fixed set) and, for a connection, the
-        # broker: a 60 s outage logged some 100 lines/s of retries, each the same few messages.
-        self._throttle: Throttle[tuple[str, int, str, str]] = Throttle(every, clock)
-        self._flushing = False
-        logthrottle.register(self)
+    _flushing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._flushing:  # the count of what was held back, through this logger: said
@@ -230,12 +250,9 @@ class _TransientKafkaFilter(logging.Filter):
             # And by the errors it names (aiokafka's classes: a fixed set): a broker refusing
             # with NotEnoughReplicas after a run of NotLeaderForPartition is news, not a repeat.
             where = ",".join(_error_kinds(record.args))
-        held = self._throttle.admit((record.name, record.levelno, msg, where))
-        if held is None:
-            return False
-        for name, value in held.fields().items():
-            setattr(record, name, value)
-        return True
+        # By logger, level, message template (aiokafka's fixed set) and, for a connection, the
+        # broker: a 60 s outage logged some 100 lines/s of retries, each the same few messages.
+        return self._admit(record, (record.name, record.levelno, msg, where))
 
     def flush(self) -> None:
         self._flushing = True
@@ -246,9 +263,6 @@ class _TransientKafkaFilter(logging.Filter):
                 say_held(logging.getLogger(name), level, said, held)
         finally:
             self._flushing = False
-
-    def forget(self) -> None:
-        self._throttle = Throttle(self._every, self._clock)
 
     def _retried(self, record: logging.LogRecord) -> bool:
         at = self._DEMOTED[str(record.msg)]
@@ -267,7 +281,7 @@ def _reset(exc_info: Any) -> bool:
     return isinstance(exc, RuntimeError) and "the handler is closed" in str(exc)
 
 
-class _SenderCallbackFilter(logging.Filter):
+class _SenderCallbackFilter(_ThrottledFilter[str]):
     """Demotes asyncio's ERROR for aiokafka's `Sender._fail_all` failing: a WARNING, thinned.
 
     When an idempotent producer's sender dies, aiokafka's callback fails in turn (no transaction
@@ -276,16 +290,6 @@ class _SenderCallbackFilter(logging.Filter):
 
     _MSG = "Exception in callback Sender._fail_all"
 
-    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self._every = every
-        self._clock = clock
-        # Once per producer death, the same traceback each time: connections reset again and
-        # again gave one a death while the deaths' other lines (aiokafka's, the bridge's) were
-        # thinned.
-        self._throttle: Throttle[str] = Throttle(every, clock)
-        logthrottle.register(self)
-
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         if (
@@ -293,21 +297,15 @@ class _SenderCallbackFilter(logging.Filter):
             and msg.startswith("Exception in callback")
             and "Sender._fail_all" in msg.partition("\n")[0]
         ):
-            if not _demote(record):
-                return False
-            held = self._throttle.admit(self._MSG)
-            if held is None:
-                return False
-            for name, value in held.fields().items():
-                setattr(record, name, value)
+            # Once per producer death, the same traceback each time: connections reset again and
+            # again gave one a death while the deaths' other lines (aiokafka's, the bridge's) were
+            # thinned.
+            return _demote(record) and self._admit(record, self._MSG)
         return True
 
     def flush(self) -> None:
         for _, held in self._throttle.drain():
             say_held(logging.getLogger("asyncio"), logging.WARNING, self._MSG, held)
-
-    def forget(self) -> None:
-        self._throttle = Throttle(self._every, self._clock)
 
 
 class _AcceptOutOfDescriptorsFilter(logging.Filter):
@@ -385,40 +383,27 @@ def _malformed(msg: str, exc: BaseException) -> bool:
     return False
 
 
-class MalformedRequestFilter(logging.Filter):
+class MalformedRequestFilter(_ThrottledFilter[str]):
     """Turns aiohttp's ERROR-with-traceback for a malformed request into a short WARNING, at most
     one per `every` seconds: a hostile client must not be able to flood the logs."""
 
     _MSG = "malformed HTTP request refused"
 
-    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self._every = every
-        self._clock = clock
-        self._throttle: Throttle[str] = Throttle(every, clock)
-        logthrottle.register(self)
-
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None or not _malformed(str(record.msg), exc):
             return True
-        held = self._throttle.admit(self._MSG)
-        if held is None:
+        if not self._admit(record, self._MSG):
             return False
         record.msg, record.args = self._MSG, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
         record.error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
-        for name, value in held.fields().items():
-            setattr(record, name, value)
         return True
 
     def flush(self) -> None:
         for _, held in self._throttle.drain():
             say_held(logging.getLogger("aiohttp.server"), logging.WARNING, self._MSG, held)
-
-    def forget(self) -> None:
-        self._throttle = Throttle(self._every, self._clock)
 
 
 class StaticFields(logging.Filter):

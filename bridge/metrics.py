@@ -247,9 +247,10 @@ class Metrics:
         )
         self.webhook_in_flight_bytes = Gauge(
             f"{PREFIX}_webhook_in_flight_bytes",
-            "What the webhooks being handled are charged against max_in_flight_bytes: each its"
-            " Content-Length (max_body_bytes when chunked) plus a request's overhead, and once"
-            " parsed an overhead per event.",
+            "What the webhooks being handled are charged against the bound in force,"
+            " max_in_flight_bytes raised to one request's charge (max_body_bytes plus a request's"
+            " overhead) when below it: each its Content-Length (max_body_bytes when chunked) plus"
+            " a request's overhead, and once parsed an overhead per event.",
             registry=r,
         )
         # The dedup stage. Partition labels are bounded by the ingest topic's partition count.

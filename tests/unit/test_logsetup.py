@@ -10,8 +10,8 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
-from pathlib import PurePosixPath
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 
 import pytest
 from aiohttp import web
@@ -275,25 +275,31 @@ def test_a_client_task_dead_of_a_reset_is_aiokafkas_warning_any_other_death_its_
     assert all("Traceback" in e["exc"] for e in lines)
 
 
+class Sender:
+    """aiokafka's, as asyncio names its callback: `_fail_all` fails for an idempotent producer."""
+
+    def _fail_all(self) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'done'")
+
+
+async def failing_callbacks(*callbacks: Callable[[], None]) -> None:
+    """Logging configured as the bridge's, `callbacks` run on the loop: each failure logged."""
+    logsetup.configure("INFO", "json")
+    loop = asyncio.get_running_loop()
+    for callback in callbacks:
+        loop.call_soon(callback)
+    await asyncio.sleep(0.01)
+
+
 async def test_aiokafkas_callback_failing_after_its_sender_died_is_a_warning(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # aiokafka's Sender._fail_all fails for an idempotent producer (no transaction waiter): an
     # asyncio ERROR with traceback after every sender death the bridge reports at ERROR itself.
-    import asyncio
-
-    class Sender:
-        def _fail_all(self) -> None:
-            raise AttributeError("'NoneType' object has no attribute 'done'")
-
     def other() -> None:
         raise AttributeError("another callback's bug")
 
-    logsetup.configure("INFO", "json")
-    loop = asyncio.get_running_loop()
-    loop.call_soon(Sender()._fail_all)
-    loop.call_soon(other)
-    await asyncio.sleep(0.01)
+    await failing_callbacks(Sender()._fail_all, other)
     lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["level"], e["logger"]) for e in lines] == [
         ("warning", "asyncio"),
@@ -308,17 +314,7 @@ async def test_aiokafkas_callback_failing_after_each_sender_death_is_thinned(
 ) -> None:
     # One per producer death: with connections reset again and again, the bridge's own ERROR
     # and aiokafka's sender death are thinned, and this, the same traceback each time, was not.
-    import asyncio
-
-    class Sender:
-        def _fail_all(self) -> None:
-            raise AttributeError("'NoneType' object has no attribute 'done'")
-
-    logsetup.configure("INFO", "json")
-    loop = asyncio.get_running_loop()
-    for _ in range(5):
-        loop.call_soon(Sender()._fail_all)
-    await asyncio.sleep(0.01)
+    await failing_callbacks(*(Sender()._fail_all for _ in range(5)))
     logthrottle.flush_all()
     lines = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["level"], e["logger"], "exc" in e) for e in lines] == [
@@ -330,13 +326,16 @@ async def test_aiokafkas_callback_failing_after_each_sender_death_is_thinned(
     assert "Sender._fail_all" in lines[1]["msg"]
 
 
-def test_the_messages_demoted_on_a_reset_are_aiokafkas() -> None:
-    # A reworded message in a new aiokafka would quietly be an ERROR again.
-    from pathlib import Path
-
+def aiokafka_source() -> str:
+    """Every module of the aiokafka installed, as one text."""
     import aiokafka
 
-    source = "".join(p.read_text() for p in Path(aiokafka.__file__).parent.rglob("*.py"))
+    return "".join(p.read_text() for p in Path(aiokafka.__file__).parent.rglob("*.py"))
+
+
+def test_the_messages_demoted_on_a_reset_are_aiokafkas() -> None:
+    # A reworded message in a new aiokafka would quietly be an ERROR again.
+    source = aiokafka_source()
     for message in logsetup._TransientKafkaFilter._RESET_DEATHS:
         assert f'"{message}"' in source, message
     assert "self._sender_task.add_done_callback(self._fail_all)" in source
@@ -344,11 +343,7 @@ def test_the_messages_demoted_on_a_reset_are_aiokafkas() -> None:
 
 def test_the_demoted_kafka_messages_are_aiokafkas() -> None:
     # A reworded message in a new aiokafka would quietly be an ERROR again.
-    from pathlib import Path
-
-    import aiokafka
-
-    source = "".join(p.read_text() for p in Path(aiokafka.__file__).parent.rglob("*.py"))
+    source = aiokafka_source()
     for message in logsetup._TransientKafkaFilter._DEMOTED:
         assert f'"{message}"' in source or f"'{message}'" in source, message
 
@@ -429,6 +424,13 @@ def test_a_new_kind_of_error_in_a_thinned_message_is_said_at_once(
     ]
 
 
+def server_error(exc: BaseException, msg: str, *args: object) -> logging.LogRecord:
+    """aiohttp's server logging `msg` at ERROR with `exc`'s traceback, as it does a request's."""
+    return logging.LogRecord(
+        "aiohttp.server", logging.ERROR, "", 0, msg, args, (type(exc), exc, None)
+    )
+
+
 def test_malformed_requests_log_one_short_warning_per_period() -> None:
     from aiohttp.http_exceptions import BadHttpMessage
 
@@ -436,15 +438,7 @@ def test_malformed_requests_log_one_short_warning_per_period() -> None:
     flt = logsetup.MalformedRequestFilter(every=10.0, clock=lambda: now[0])
 
     def record(exc: BaseException) -> logging.LogRecord:
-        return logging.LogRecord(
-            "aiohttp.server",
-            logging.ERROR,
-            "",
-            0,
-            "Error handling request from %s",
-            ("1.2.3.4",),
-            (type(exc), exc, None),
-        )
+        return server_error(exc, "Error handling request from %s", "1.2.3.4")
 
     first = record(BadHttpMessage("bad header"))
     assert flt.filter(first)
@@ -474,15 +468,7 @@ def test_a_body_refused_while_aiohttp_drains_it_is_a_malformed_request_not_a_bug
     from aiohttp.web_protocol import RequestPayloadError
 
     def record(exc: BaseException) -> logging.LogRecord:
-        return logging.LogRecord(
-            "aiohttp.server",
-            logging.ERROR,
-            "",
-            0,
-            "Unhandled exception",
-            (),
-            (type(exc), exc, None),
-        )
+        return server_error(exc, "Unhandled exception")
 
     refusals = [
         (RequestPayloadError("Got more than 8190 bytes"), "RequestPayloadError: Got more than"),
@@ -509,18 +495,7 @@ def test_malformed_requests_held_back_are_said_at_stop(caplog: pytest.LogCapture
 
     flt = logsetup.MalformedRequestFilter(every=10.0, clock=lambda: 100.0)
     for _ in range(4):
-        exc = BadHttpMessage("bad header")
-        flt.filter(
-            logging.LogRecord(
-                "aiohttp.server",
-                logging.ERROR,
-                "",
-                0,
-                "Error handling request",
-                (),
-                (type(exc), exc, None),
-            )
-        )
+        flt.filter(server_error(BadHttpMessage("bad header"), "Error handling request"))
     with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
         logthrottle.flush_all()
     assert [(r.getMessage(), getattr(r, "suppressed", None)) for r in caplog.records] == [
