@@ -115,7 +115,7 @@ class Roster:
         if self._taking:
             if self._taken_ended(call):
                 return []
-            after = self._taken_after(call, after)
+            after, until = self._taken_after(call, after, until)
         partition = self._partition(call, hashes)
         if partition not in self.owned:
             return []
@@ -233,11 +233,11 @@ class Roster:
         """An ended call of a takeover under way: ended, whether or not its step came yet."""
         return any(takeover.ends(call) for takeover in self._taking)
 
-    def _taken_after(self, call: str, after: int) -> int:
-        """A live call of a takeover under way resumes where its records got to, at least."""
-        for takeover in self._taking:
-            after = max(after, takeover.live.get(call, 0))
-        return after
+    def _taken_after(self, call: str, after: int, until: float | None) -> tuple[int, float | None]:
+        """A live call of a takeover under way resumes where its records got to, at least; and
+        needs no window then, as reading on from there publishes nothing the window forgot."""
+        taken = max([after, *(takeover.live.get(call, 0) for takeover in self._taking)])
+        return (taken, None) if taken > after else (after, until)
 
     def keep_only(self, partitions: set[int]) -> list[str]:
         """The group's assignment: calls of any other partition stop (returned) or stop waiting."""
@@ -268,8 +268,12 @@ class Roster:
         while self.waiting and len(self.following) < self.capacity:
             call, after = self.waiting.popitem(last=False)
             until = self._until.pop(call, None)
-            if self._taking and self._taken_ended(call):
-                continue  # its takeover's step takes it out of the queue: ended, not started
+            if self._taking:
+                if self._taken_ended(call):
+                    continue  # its takeover's step takes it out of the queue: ended, not started
+                # Queued before its takeover and not reached by its first steps yet: it starts,
+                # or expires, as those steps would have left it.
+                after, until = self._taken_after(call, after, until)
             if until is not None and now > until:
                 self._on_expire(call)
                 continue
@@ -307,7 +311,14 @@ class Takeover:
 
     def step(self) -> list[Start]:
         """The next `TAKEOVER_STEP` calls' work: the calls it starts."""
-        starts = next(self._work, None)
+        try:
+            starts = next(self._work, None)
+        except Exception:
+            # A step that raised ended its generator: the next step (the supervisor's restart)
+            # would find it done and the rest of the takeover lost. Run again from the start
+            # instead: each of its acts is idempotent (an offer, a max of ends, a pop).
+            self._work = self._run()
+            raise
         self.steps += 1
         if starts is None:
             self.done = True

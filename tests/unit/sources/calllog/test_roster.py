@@ -1,4 +1,6 @@
+import functools
 import random
+from collections import deque
 
 import pytest
 
@@ -424,6 +426,129 @@ def test_a_live_call_offered_while_its_takeover_is_under_way_resumes_from_its_re
         starts.extend(takeover.step())
     assert starts == []
     assert roster.following == {live: 0}
+
+
+def test_a_slot_freed_before_a_takeovers_step_reaches_a_queued_call_resumes_it_from_its_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The partition comes back (a full restore) while a and b wait: a announced (from seq 0), b
+    # listed as ended and bounded by the window, both live to seq 7 and 9 in its records. A
+    # follower ends before the takeover's first steps reach them: a starts from 7, not its whole
+    # log again, and b is not expired (its records lift the bound), as after the whole takeover.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(
+        6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
+    )
+    busy, a, b, *others = calls_in(0, 8)
+    roster.own(0, {}, {})
+    assert roster.offer(busy) == [Start(busy, 0)]
+    assert roster.offer(a) + roster.offer(b, 0, until=1_010.0) == []
+    now[0] = 1_020.0
+    takeover = roster.take_over(0, {**dict.fromkeys(others, 1), a: 7, b: 9}, {})
+    takeover.step()
+    assert roster.finished(busy, ended=False) == [Start(a, 7)]
+    assert roster.finished(a, ended=False) == [Start(b, 9)]
+    assert expired == []
+
+
+def test_a_call_announced_ended_long_ago_while_its_takeover_is_under_way_is_not_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its records show it live (a resume point needs no window): counted as dropped and said
+    # "not read again", then started by the takeover's next step, it was neither.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
+    expired: list[str] = []
+    roster = Roster(6, capacity=10, on_expire=expired.append, clock=lambda: 1_000.0)
+    first, live = calls_in(0, 2)
+    takeover = roster.take_over(0, {first: 1, live: 7}, {})
+    takeover.step()
+    assert roster.offer(live, 0, until=900.0) == [Start(live, 7)]
+    assert expired == []
+
+
+@functools.cache
+def some_calls() -> tuple[list[str], list[str]]:
+    """30 calls of partition 0 of 6 and 5 of partition 1, found once (murmur2 is pure Python)."""
+    return calls_in(0, 30), calls_in(1, 5)
+
+
+def interleaved(seed: int) -> list[tuple[str, object]]:
+    """A takeover stepped with a follower ending, an offer, a refill, its partition lost and
+    taken over again between its steps: what starts or expires unlike after the whole."""
+    rng = random.Random(seed)
+    calls, others = some_calls()
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(
+        6,
+        capacity=rng.randint(1, 5),
+        on_expire=expired.append,
+        clock=lambda: now[0],
+        ticks=lambda: now[0],
+    )
+    roster.own(1, {}, {})
+    if rng.random() < 0.7:  # handed back and restored whole: its calls followed and queued
+        roster.own(0, {}, {})
+    for call in calls + others:
+        if rng.random() < 0.5:
+            until = rng.choice((None, 1_010.0, 2_000.0))
+            roster.offer(call, rng.randrange(3) if until is None else 0, until)
+    now[0] = 1_020.0
+    rest = [call for call in calls if rng.random() < 0.8]
+    split = rng.randrange(len(rest) + 1)
+    records = ({c: rng.randrange(1, 9) for c in rest[:split]}, dict.fromkeys(rest[split:], 900.0))
+    queue = deque([roster.take_over(0, *records)])
+    takeovers = 1
+    wrong: list[tuple[str, object]] = []
+
+    def judge(starts: list[Start]) -> None:
+        live, ended = records  # the latest takeover's: the others' are older
+        for start in starts:
+            if partition_of(start.call, 6) == 0 and 0 not in roster.owned:
+                wrong.append(("started unowned", start))
+            elif queue and start.call in ended:
+                wrong.append(("started ended", start))
+            elif queue and start.after < live.get(start.call, 0):
+                wrong.append(("started behind its records", start))
+
+    while queue:
+        judge(queue[0].step())
+        if queue[0].done:
+            queue.popleft()
+        for _ in range(rng.randrange(4) if queue else 0):
+            what = rng.random()
+            if what < 0.35 and roster.following:
+                call = rng.choice(sorted(roster.following))
+                judge(roster.finished(call, ended=rng.random() < 0.5, at=950.0))
+            elif what < 0.6:
+                until = rng.choice((None, 1_010.0, 2_000.0))
+                judge(roster.offer(rng.choice(calls + others), 0, until))
+            elif what < 0.7:
+                judge(roster.refill())
+            elif what < 0.8 and 0 in roster.owned:
+                roster.lose(0) if rng.random() < 0.5 else roster.keep_only({1})
+                judge(roster.refill())
+            elif what < 0.9 and 0 not in roster.owned and takeovers < 3:
+                takeovers += 1
+                live = {
+                    c: s + rng.randrange(3) for c, s in records[0].items() if rng.random() < 0.8
+                }
+                gone = [c for c in records[0] if c not in live]
+                ended = {**records[1], **dict.fromkeys(gone, 1_000.0)}
+                records = (live, ended)
+                queue.append(roster.take_over(0, live, ended))
+    wrong += [("expired", call) for call in expired if call in records[0]]
+    return wrong
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_whatever_comes_between_a_takeovers_steps_it_starts_calls_as_the_whole_would(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", random.Random(seed).choice((1, 2, 3)))
+    assert interleaved(seed) == []
 
 
 class SteppingClocks:

@@ -235,6 +235,42 @@ async def test_a_stop_ends_a_takeover_under_way(monkeypatch: pytest.MonkeyPatch)
     assert len(source.roster._ended) < 5
 
 
+async def test_a_takeover_whose_step_crashed_is_run_again_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The supervisor restarts `sse-takeover`; the step's exception had ended the takeover's
+    # generator, so the restart found it done: its live call was never followed.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
+    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 10)
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    live, *done = calls_in(0, 7)
+    progress = PartitionProgress()
+    progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
+    ended_in(progress, done)
+    remember = roster._remember_ends
+    crashed: list[list[tuple[str, float]]] = []
+
+    def crashing_once(ends: list[tuple[str, float]]) -> None:
+        if not crashed:
+            crashed.append(ends)
+            raise KeyError("a bug in a step")
+        remember(ends)
+
+    monkeypatch.setattr(roster, "_remember_ends", crashing_once)
+    source.partition_owned(0, progress)
+    assert source._taking is not None
+    await asyncio.wait_for(source._taking, 5)
+    assert sample(metrics, "pinecall_bridge_task_crashes_total", task="sse-takeover") == 1
+    assert launched == [Start(live, 3)]
+    assert sorted(roster._ended) == sorted(done)
+    assert not roster._taking
+
+
 def test_distinct_refused_call_ids_are_logged_a_bounded_number_of_times(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
