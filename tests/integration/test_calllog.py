@@ -29,7 +29,9 @@ from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.frames import event_frame
 from bridge.simulator.wire import encode
 from bridge.sources.calllog import calllist
-from bridge.sources.calllog.roster import partition_of
+from bridge.sources.calllog import roster as roster_module
+from bridge.sources.calllog import source as source_module
+from bridge.sources.calllog.roster import Start, Takeover, partition_of
 from tests.entries import entry
 from tests.integration.conftest import (
     SECRET,
@@ -735,14 +737,95 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
         )
         await owns_all(second)
         await end_and_check(kafka_bootstrap, topics, calls, names)
-        resumed = {
-            r.__dict__["call"]: r.__dict__["after"]
-            for r in caplog.records
-            if r.getMessage() == "following call log"
-        }
+        resumed = dict(followed_from(caplog))
         assert set(resumed) == set(names)
         # From the last published entry (ephemerals after it are not published), not the start.
         assert all(resumed[call] == published[call] for call in names), (resumed, published)
+
+
+async def test_a_takeover_in_steps_resumes_live_calls_from_their_records_and_not_ended_ones(
+    kafka_bootstrap: str,
+    topics: Topics,
+    start_bridge: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The graceful restart's takeover with a step of 3 calls: a partition's 9-15 calls (live and
+    # ended) go through the `sse-takeover` task, the loop free between steps, where the other
+    # tests' few calls are taken all at once.
+    step = 3
+    rng = random.Random(24)
+    async with Simulator(sim_config()) as sim:
+        first = await following(start_bridge, sim)
+        calls = Calls(sim, "CA_stepped")
+        names = calls.open(36)
+        await play(calls, names, 3, rng)
+        ended = names[::3]
+        live = [call for call in names if call not in ended]
+        for call in ended:
+            calls.end(call)
+        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
+        published = {call: calls.durable[call][-1] for call in live}
+        await first.bridge.stop()
+        await play(calls, live, 3, rng)  # written while no bridge runs
+        # Both modules' step: the source picks the path by its name, the roster's chunks by its own.
+        monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
+        monkeypatch.setattr(source_module, "TAKEOVER_STEP", step)
+        takeovers: list[Takeover] = []
+        stepped = asyncio.Event()
+        step_of = Takeover.step
+
+        def steps(takeover: Takeover) -> list[Start]:
+            if takeover not in takeovers:
+                takeovers.append(takeover)
+            starts = step_of(takeover)
+            stepped.set()
+            return starts
+
+        monkeypatch.setattr(Takeover, "step", steps)
+        # The first call list's answer lands between a takeover's first and second steps (the
+        # task yields after each), as a sweep does in a takeover of thousands: its rows offer
+        # live and ended calls whose steps have not come yet.
+        list_calls = calllist.list_calls
+        under_way: list[list[int]] = []  # at the first answer: the unfinished takeovers' steps
+
+        async def listed(*args: Any, **kwargs: Any) -> calllist.CallListing:
+            listing = await list_calls(*args, **kwargs)
+            if not under_way:
+                stepped.clear()  # the next step's, whenever the answer came
+                await stepped.wait()
+                under_way.append([t.steps for t in takeovers if not t.done])
+            return listing
+
+        monkeypatch.setattr(source_module, "list_calls", listed)
+        caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+        second: RunningBridge = await start_bridge(
+            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
+        )
+        await owns_all(second)
+        await until(lambda: followed_once(sim, live), 10, 0.05, "the live calls followed again")
+        assert under_way[0], "the listed calls were offered after the takeovers"
+        assert sorted(t.partition for t in takeovers) == [0, 1, 2]
+        for takeover in takeovers:
+            mine = [call for call in names if partition_of(call, 3) == takeover.partition]
+            assert len(mine) > step  # the stepped path, not all at once
+            assert set(takeover.live) == set(mine) & set(live)
+            assert all(takeover.ends(call) for call in set(mine) & set(ended))
+            assert takeover.done
+            assert takeover.steps > 4
+        # Each live call once, from its last published entry; no ended call read again.
+        assert sorted(followed_from(caplog)) == sorted(published.items())
+        await end_and_check(kafka_bootstrap, topics, calls, live)
+        assert sorted(followed_from(caplog)) == sorted(published.items())
+
+
+def followed_from(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int]]:
+    """(call, after) of each `following call log` line captured: each follower started."""
+    return [
+        (r.__dict__["call"], r.__dict__["after"])
+        for r in caplog.records
+        if r.getMessage() == "following call log"
+    ]
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["one-process", "dedup-stage-apart"])
