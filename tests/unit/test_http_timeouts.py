@@ -301,12 +301,7 @@ async def test_a_chunked_body_whose_framing_breaks_mid_body_is_400_invalid_and_c
         # The handler has its request, and reads the body, before the framing breaks.
         await until(lambda: sample(e.metrics, "pinecall_bridge_webhook_in_flight_bytes") > 0)
         assert await conn.send(BROKEN_FRAMING[broken])
-        response = await conn.response(within=CLOSED_WITHIN)
-        assert response is not None
-        assert (response.status, jsoncodec.loads(response.body)["error"]) == (400, "invalid_body")
-        assert response.headers.get("connection", "").lower() == "close"
-        assert await conn.closed(within=CLOSED_WITHIN) == b""
-        await conn.close()
+        await answered_invalid_body_and_closed(conn)
         assert e.rejected("invalid_body") == 1
         assert e.rejected("body_timeout") == 0
         assert e.sink.records == []
@@ -314,6 +309,16 @@ async def test_a_chunked_body_whose_framing_breaks_mid_body_is_400_invalid_and_c
     # as a request of its own is logged as a bug or counted as a refused head.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert e.rejected(BAD_REQUEST_HEAD) == 0
+
+
+async def answered_invalid_body_and_closed(conn: RawConnection) -> None:
+    """`conn` is answered 400 `invalid_body`, told the connection closes, and closed."""
+    response = await conn.response(within=CLOSED_WITHIN)
+    assert response is not None
+    assert (response.status, jsoncodec.loads(response.body)["error"]) == (400, "invalid_body")
+    assert response.headers.get("connection", "").lower() == "close"
+    assert await conn.closed(within=CLOSED_WITHIN) == b""
+    await conn.close()
 
 
 # Lines over aiohttp's 8190-byte limit, which its pure-Python parser refuses by failing the body's
@@ -336,12 +341,7 @@ async def test_a_line_over_the_limit_sent_with_the_head_is_400_invalid_and_close
     async with edge() as e:
         conn = await e.connect()
         assert await conn.send(first_chunk() + LINE_OVER_THE_LIMIT[broken])
-        response = await conn.response(within=CLOSED_WITHIN)
-        assert response is not None
-        assert (response.status, jsoncodec.loads(response.body)["error"]) == (400, "invalid_body")
-        assert response.headers.get("connection", "").lower() == "close"
-        assert await conn.closed(within=CLOSED_WITHIN) == b""
-        await conn.close()
+        await answered_invalid_body_and_closed(conn)
         assert e.rejected("invalid_body") == 1
         assert e.sink.records == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
