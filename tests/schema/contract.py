@@ -72,9 +72,13 @@ def messages() -> dict[str, dict[str, Any]]:
 
 
 @functools.cache
-def channels() -> dict[str, dict[str, dict[str, Any]]]:
+def channels(routed: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """Per output channel with an address, by its last dotted part ("events" for
-    pinecall.events, as the tests' topics end too): its kinds of record and their schemas."""
+    pinecall.events, as the tests' topics end too): its kinds of record and their schemas.
+
+    `routed`: the messages a routing rule naming the channel's topic brings (those named
+    `routed...`) in place of its own, for the channels that have such messages; else its own.
+    """
     document = yaml.safe_load(DOCUMENT.read_text())
     call_key = document["components"]["schemas"]["callKey"]
     found: dict[str, dict[str, dict[str, Any]]] = {}
@@ -82,8 +86,13 @@ def channels() -> dict[str, dict[str, dict[str, Any]]]:
         address = channel.get("address")
         if address is None or {"name": "output"} not in channel.get("tags", []):
             continue
+        named = channel["messages"]
+        if not routed or not any(name.startswith("routed") for name in named):
+            named = {n: ref for n, ref in named.items() if not n.startswith("routed")}
+        else:
+            named = {n: ref for n, ref in named.items() if n.startswith("routed")}
         kinds: dict[str, dict[str, Any]] = {}
-        for ref in channel["messages"].values():
+        for ref in named.values():
             message = _resolve(ref, DOCUMENT, document)
             kind = message.get("x-cloudevents-mode") or "dead-letter"
             key = _resolve(message["bindings"]["kafka"]["key"], DOCUMENT, document)
@@ -142,21 +151,27 @@ def kind_of(headers: Mapping[str, bytes]) -> str | None:
 
 
 def check(
-    key: bytes | None, value: bytes | None, headers: Mapping[str, bytes], topic: str = ""
+    key: bytes | None,
+    value: bytes | None,
+    headers: Mapping[str, bytes],
+    topic: str = "",
+    *,
+    routed: bool = False,
 ) -> None:
     """Raise ContractError unless an output record matches its message in asyncapi.yaml.
 
     A record without any header is a test's own raw write, left alone; one with headers that
     name no message (a bridge record that lost its CloudEvents headers) is refused. On a topic
     named like an output channel (its last dotted part), the record must be one of that
-    channel's messages, with its key; elsewhere (routing rules' topics) any message.
+    channel's messages, with its key; elsewhere (routing rules' topics) any message. `routed`:
+    a routing rule names the topic, so the channel's messages for what a rule brings apply.
     """
     kind = kind_of(headers)
     if kind is None:
         if headers and not _ingest(headers):
             raise ContractError(f"headers {sorted(headers)} name no message of asyncapi.yaml")
         return
-    channel = channels().get(topic.rsplit(".", 1)[-1])
+    channel = channels(routed).get(topic.rsplit(".", 1)[-1])
     if channel is not None and kind not in channel:
         raise ContractError(f"a {kind} record on {topic}: not a message of its channel")
     schemas = messages()[kind] if channel is None else channel[kind]

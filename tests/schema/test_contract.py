@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from bridge import jsoncodec
+from bridge.config import RoutingRule, TopicSettings
 from bridge.normalise import Event, normalise
 from bridge.normalise.binding import Mode, encode
+from bridge.routing import Route, Router
 from tests.schema import contract
 
 SOURCE = "https://api.pinecall.io"
@@ -166,6 +168,22 @@ def test_each_topic_takes_its_own_messages_and_keys(mode: Mode) -> None:
     ):
         with pytest.raises(contract.ContractError):
             contract.check(*bad, topic)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_a_rule_naming_the_events_topic_sends_what_its_channel_describes(mode: Mode) -> None:
+    """README: a rule's topic may be the events topic, and it takes every event the rule matches,
+    of a call or not: the events channel must describe those of no call too (key, no subject)."""
+    events = TopicSettings().events
+    router = Router(TopicSettings(), [RoutingRule(match="*", topic=events)])
+    for ev in (CALL, ALERT, NOTICE):
+        route = router.route(ev)
+        assert isinstance(route, Route)
+        assert route.topic == events
+        contract.check(*record(ev, route.key, mode), events, routed=True)
+    # Without a rule naming it, the topic holds a call's events only, keyed by the call id.
+    with pytest.raises(contract.ContractError):
+        contract.check(*record(NOTICE, None, mode), events)
 
 
 def test_the_schemas_are_the_ones_the_document_names() -> None:
