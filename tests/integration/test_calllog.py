@@ -715,6 +715,24 @@ async def test_a_live_call_that_started_before_the_lookback_is_found_and_followe
         await end_and_check(kafka_bootstrap, topics, calls, [long])
 
 
+async def stopped_behind(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bridge: RunningBridge,
+    calls: Calls,
+    live: list[str],
+    rounds: int,
+    rng: random.Random,
+) -> dict[str, int]:
+    """Once all of `calls` is published, `bridge` stopped and `rounds` more of `live` written
+    while no bridge runs: each live call's last published seq."""
+    await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
+    published = {call: calls.durable[call][-1] for call in live}
+    await bridge.bridge.stop()  # followers stop after what is in flight is acknowledged
+    await play(calls, live, rounds, rng)
+    return published
+
+
 async def test_a_graceful_restart_resumes_live_calls_where_they_were(
     kafka_bootstrap: str,
     topics: Topics,
@@ -727,15 +745,9 @@ async def test_a_graceful_restart_resumes_live_calls_where_they_were(
         calls = Calls(sim, "CA_restart")
         names = calls.open(10)
         await play(calls, names, 5, rng)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
-        published = {call: calls.durable[call][-1] for call in names}
-        await first.bridge.stop()  # followers stop after what is in flight is acknowledged
-        await play(calls, names, 5, rng)  # written while no bridge runs
+        published = await stopped_behind(kafka_bootstrap, topics, first, calls, names, 5, rng)
         caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
-        second: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
-        )
-        await owns_all(second)
+        await following(start_bridge, sim)
         await end_and_check(kafka_bootstrap, topics, calls, names)
         resumed = dict(followed_from(caplog))
         assert set(resumed) == set(names)
@@ -764,10 +776,7 @@ async def test_a_takeover_in_steps_resumes_live_calls_from_their_records_and_not
         live = [call for call in names if call not in ended]
         for call in ended:
             calls.end(call)
-        await consume_until(kafka_bootstrap, [topics.events], has(calls.expected), within=60)
-        published = {call: calls.durable[call][-1] for call in live}
-        await first.bridge.stop()
-        await play(calls, live, 3, rng)  # written while no bridge runs
+        published = await stopped_behind(kafka_bootstrap, topics, first, calls, live, 3, rng)
         # Both modules' step: the source picks the path by its name, the roster's chunks by its own.
         monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
         monkeypatch.setattr(source_module, "TAKEOVER_STEP", step)
@@ -799,10 +808,7 @@ async def test_a_takeover_in_steps_resumes_live_calls_from_their_records_and_not
 
         monkeypatch.setattr(source_module, "list_calls", listed)
         caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
-        second: RunningBridge = await start_bridge(
-            pinecall={"api_url": sim.url, "api_key": API_KEY}, sse=FAST_SSE
-        )
-        await owns_all(second)
+        await following(start_bridge, sim)
         await until(lambda: followed_once(sim, live), 10, 0.05, "the live calls followed again")
         assert under_way[0], "the listed calls were offered after the takeovers"
         assert sorted(t.partition for t in takeovers) == [0, 1, 2]

@@ -318,15 +318,21 @@ def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> No
     assert len(roster._ends) <= 2 * 100
 
 
+def stepping(monkeypatch: pytest.MonkeyPatch, step: int, n: int) -> tuple[Roster, str, list[str]]:
+    """A roster of 10 slots taking over in steps of `step` calls, and `n` calls of partition 0:
+    the first for a takeover to show live, the rest ended."""
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
+    live, *ended = calls_in(0, n)
+    return Roster(6, capacity=10), live, ended
+
+
 def test_a_takeover_runs_in_steps_of_a_bounded_number_of_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # 40,000 ended calls taken over at once held the event loop 40-95 ms. Counted, not timed:
     # each step remembers at most TAKEOVER_STEP of them, and the calls are taken as ended from
     # the start.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 4)
-    live, *ended = calls_in(0, 11)
-    roster = Roster(6, capacity=10)
+    roster, live, ended = stepping(monkeypatch, 4, 11)
     takeover = roster.take_over(0, {live: 3}, dict.fromkeys(ended, 100.0))
     assert all(roster.has_ended(call) for call in ended)
     remembered = [len(roster._ended)]
@@ -415,9 +421,7 @@ def test_a_live_call_offered_while_its_takeover_is_under_way_resumes_from_its_re
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A notice or the call list before the takeover's step offers it: not read from its start.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
-    live, *ended = calls_in(0, 3)
-    roster = Roster(6, capacity=10)
+    roster, live, ended = stepping(monkeypatch, 1, 3)
     takeover = roster.take_over(0, {live: 7}, dict.fromkeys(ended, 100.0))
     takeover.step()
     assert roster.offer(live) == [Start(live, 7)]

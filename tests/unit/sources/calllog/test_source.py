@@ -722,6 +722,46 @@ async def test_a_deep_read_cut_by_a_failure_warns_once_until_a_read_ends_well(
     assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
 
 
+class Listed:
+    """A source whose call list shows one row at every read, on clocks the test sets: the
+    `oldest` each read asked for and the calls announced."""
+
+    def __init__(self, source: CallLogSource, wall: float, ticks: float) -> None:
+        self.source, self.wall, self.ticks = source, wall, ticks
+        self.asked: list[float] = []
+        self.announced: list[str] = []
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.ticks
+
+    async def sweep_at(self, wall: float, ticks: float) -> None:
+        """A sweep with the wall clock at `wall` and the monotonic clock at `ticks`."""
+        self.wall, self.ticks = wall, ticks
+        await sweep(self.source)
+
+
+@contextlib.asynccontextmanager
+async def always_listed(
+    monkeypatch: pytest.MonkeyPatch, row: CallRow, wall: float, ticks: float
+) -> AsyncIterator[Listed]:
+    """A source looking back an hour whose call list is only `row`, its clocks (the source
+    module's `time`) starting at `wall` and `ticks`, over an HTTP session of its own."""
+    listed = Listed(call_log_source(Metrics(), call_list_lookback_seconds=3_600), wall, ticks)
+    monkeypatch.setattr(source_module, "time", listed)
+
+    async def list_calls(*_: Any, oldest: float, **__: Any) -> CallListing:
+        listed.asked.append(oldest)
+        return CallListing([row])
+
+    listed.announced = sweeps_with(monkeypatch, listed.source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        listed.source._session = session
+        yield listed
+
+
 async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_back_to(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -729,27 +769,14 @@ async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_b
     # cap in a busy organisation), for the life of the process, and nothing named it.
     caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
     hour, start = 3_600.0, 1_780_000_000.0
-    clock = [start]
-    clocks = SimpleNamespace(time=lambda: clock[0], monotonic=lambda: clock[0])
-    monkeypatch.setattr(source_module, "time", clocks)
-    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
     stuck = CallRow("CA_stuck", True, 9, start - 30 * hour, None)
-    asked: list[float] = []
-
-    async def list_calls(*_: Any, oldest: float, **__: Any) -> CallListing:
-        asked.append(oldest)
-        return CallListing([stuck])
-
-    announced = sweeps_with(monkeypatch, source, list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
+    async with always_listed(monkeypatch, stuck, start, start) as listed:
         for at in (0, 3, 6, 7):  # hours from the first sweep
-            clock[0] = start + at * hour
-            await sweep(source)
-    assert announced == ["CA_stuck"] * 4  # still followed while the list shows it
-    assert asked[1:3] == [start - 30 * hour] * 2
+            await listed.sweep_at(start + at * hour, start + at * hour)
+    assert listed.announced == ["CA_stuck"] * 4  # still followed while the list shows it
+    assert listed.asked[1:3] == [start - 30 * hour] * 2
     # Found stuck at 6 h: back to the last read's start only (calls since may be live).
-    assert asked[3] == start + 6 * hour - SKEW_ALLOWANCE_SECONDS
+    assert listed.asked[3] == start + 6 * hour - SKEW_ALLOWANCE_SECONDS
     [said] = [r for r in caplog.records if "wrote nothing for hours" in r.getMessage()]
     assert said.levelno == logging.WARNING
     assert (said.__dict__["call"], said.__dict__["last_seq"]) == ("CA_stuck", 9)
@@ -764,23 +791,9 @@ async def test_a_wall_clock_step_between_two_reads_finds_no_call_stuck(
     # quiet for that minute stuck, said so, and no read reached back to it again.
     caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
     hour, start = 3_600.0, 1_780_000_000.0
-    wall, ticks = [start], [100.0]
-    clocks = SimpleNamespace(time=lambda: wall[0], monotonic=lambda: ticks[0])
-    monkeypatch.setattr(source_module, "time", clocks)
-    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
     quiet = CallRow("CA_quiet", True, 9, start - 3 * hour, None)
-    asked: list[float] = []
-
-    async def list_calls(*_: Any, oldest: float, **__: Any) -> CallListing:
-        asked.append(oldest)
-        return CallListing([quiet])
-
-    sweeps_with(monkeypatch, source, list_calls)
-    async with aiohttp.ClientSession() as session:
-        source._session = session
+    async with always_listed(monkeypatch, quiet, start, 100.0) as listed:
         for step in (0, 7 * hour, 0):  # the wall clock steps 7 h; a minute goes by each time
-            wall[0] += step + 60
-            ticks[0] += 60
-            await sweep(source)
+            await listed.sweep_at(listed.wall + step + 60, listed.ticks + 60)
     assert not [r for r in caplog.records if "wrote nothing for hours" in r.getMessage()]
-    assert asked[2] == start - 3 * hour  # still read back to it
+    assert listed.asked[2] == start - 3 * hour  # still read back to it
