@@ -167,7 +167,19 @@ def _check(_: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _check_memory(settings)
+    _check_http_parser()
     return 0
+
+
+def _check_http_parser() -> None:
+    """The HTTP parser `run` would serve with, as its `listening` line says; a warning if not
+    llhttp."""
+    from bridge.http_timeouts import NOT_LLHTTP, request_parser
+
+    parser, why_not_c = request_parser()
+    print(f"http parser: {parser}", file=sys.stderr)
+    if why_not_c is not None:
+        print(f"warning: {NOT_LLHTTP} (http_parser={parser}: {why_not_c})", file=sys.stderr)
 
 
 def _settings_json(described: dict[str, Any]) -> str:

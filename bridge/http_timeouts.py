@@ -33,12 +33,16 @@ slower and answers some malformed requests differently. See request_parser.
 
 The same protocol enforces the cap on open connections (bridge/connlimit.py) as each is made:
 one past it is refused without its parser ever running, and aiohttp's server never sees it.
+
+The server is the listener's protocol factory: one that raises stops a uvloop listener for good
+(it is still `is_serving()`), so a failure there closes that one connection instead. See __call__.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 from collections import deque
 from collections.abc import Callable
@@ -54,11 +58,21 @@ from aiohttp.web_response import StreamResponse
 
 from bridge.config import HttpSettings
 from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Listener, Refusal
+from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+# A protocol that fails to build fails for every connection: one line per 10 s, not one each.
+_said = LogThrottle(log)
 
 _INTERNALS = ("_request_count", "_messages", "_close", "_force_close")
 # events_rejected_total{channel="webhook"}'s reason for a head aiohttp's parser refused.
 BAD_REQUEST_HEAD = "bad_request_head"
+# Said by `listening`'s WARNING and by `check` when the parser is not llhttp.
+NOT_LLHTTP = (
+    "aiohttp's C HTTP parser is not in use: the pure-Python one is slower and answers"
+    " some malformed requests differently"
+)
 
 
 def check_aiohttp() -> None:
@@ -299,6 +313,8 @@ class HeadTimeoutServer(web.Server):
         on_head_timeout: Callable[[], None],
         on_bad_head: Callable[[], None],
         cap: ConnectionCap,
+        on_failed: Callable[[], None],
+        listener: Listener,
     ) -> None:
         super().__init__(
             base.request_handler,
@@ -310,8 +326,28 @@ class HeadTimeoutServer(web.Server):
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
         self.cap = cap
+        self._on_failed = on_failed
+        self._listener = listener
 
     def __call__(self) -> RequestHandler:
+        """The protocol of a connection just accepted; a _Closing one if it cannot be built.
+
+        The listening loop calls this. uvloop, the loop the bridge runs, stops accepting on a
+        listener whose factory raises, for good and unsaid (its server still `is_serving()`):
+        one failure would leave a live, ready process refusing every webhook. asyncio's own
+        loop closes the connection and goes on; so does this, logged and counted.
+        """
+        try:
+            return self._handler()
+        except Exception:
+            self._on_failed()
+            _said.exception(
+                "an HTTP connection's protocol could not be built; the connection is closed",
+                extra={"listener": self._listener},
+            )
+            return cast(RequestHandler, _Closing())  # any protocol will do for the loop
+
+    def _handler(self) -> RequestHandler:
         # Unlike aiohttp's, no fallback dropping unknown arguments: a mistake fails at start.
         return HeadTimeoutHandler(
             self,
@@ -324,10 +360,24 @@ class HeadTimeoutServer(web.Server):
         )
 
 
+class _Closing(asyncio.Protocol):
+    """The protocol of a connection whose own could not be built: closed as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 class HeadTimeoutAppRunner(web.AppRunner):
     """An AppRunner whose server closes connections that send a request head too slowly."""
 
-    __slots__ = ("_cap", "_head_timeout", "_on_bad_head", "_on_head_timeout")
+    __slots__ = (
+        "_cap",
+        "_head_timeout",
+        "_listener",
+        "_on_bad_head",
+        "_on_failed",
+        "_on_head_timeout",
+    )
 
     def __init__(
         self,
@@ -337,6 +387,8 @@ class HeadTimeoutAppRunner(web.AppRunner):
         on_head_timeout: Callable[[], None],
         on_bad_head: Callable[[], None],
         cap: ConnectionCap,
+        on_failed: Callable[[], None],
+        listener: Listener,
         **kwargs: Any,
     ) -> None:
         check_aiohttp()
@@ -345,6 +397,8 @@ class HeadTimeoutAppRunner(web.AppRunner):
         self._head_timeout = head_timeout
         self._on_head_timeout = on_head_timeout
         self._on_bad_head = on_bad_head
+        self._on_failed = on_failed
+        self._listener = listener
 
     async def setup(self) -> None:
         """aiohttp's setup; refused (cleaned up) where aiohttp built its server otherwise."""
@@ -359,7 +413,13 @@ class HeadTimeoutAppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # starts the app up and builds aiohttp's server
         return HeadTimeoutServer(
-            base, self._head_timeout, self._on_head_timeout, self._on_bad_head, self._cap
+            base,
+            self._head_timeout,
+            self._on_head_timeout,
+            self._on_bad_head,
+            self._cap,
+            self._on_failed,
+            self._listener,
         )
 
 
@@ -404,12 +464,15 @@ def _runner(
         metrics.http_connections_refused,
     )
     head_timed_out = metrics.http_timed_out.labels(listener, "header")  # from 0, for increase()
+    failed = metrics.http_connections_failed.labels(listener)  # from 0, for increase()
     return HeadTimeoutAppRunner(
         app,
         head_timeout=http.header_timeout_seconds,
         on_head_timeout=head_timed_out.inc,
         on_bad_head=on_bad_head,
         cap=cap,
+        on_failed=failed.inc,
+        listener=listener,
         # aiohttp's default (3630 s) outlasts any balancer; a bounded one frees idle sockets.
         keepalive_timeout=http.keepalive_timeout_seconds,
         # After answering without reading the whole body (413, 415, 408...) aiohttp drains the

@@ -167,6 +167,13 @@ class Metrics:
             ["listener", "how"],
             registry=r,
         )
+        self.http_connections_failed = Counter(
+            f"{PREFIX}_http_connections_failed_total",
+            "Connections closed as they were made because their HTTP protocol could not be"
+            " built (a bug, logged): the listener keeps accepting.",
+            ["listener"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             f"{PREFIX}_events_dead_lettered_total",
             "Authenticated input that is not an event, sent to the dead-letter topic.",

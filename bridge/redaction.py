@@ -94,9 +94,13 @@ def without_password(username: str) -> str:
 
 
 # A URL's scheme and `//`, its authority (user info and host), and the rest. A `\` counts as a
-# `/`, as browsers read it (WHATWG URL): `https:\\user:pass@host` showed the password.
+# `/`, as browsers read it (WHATWG URL): `https:\\user:pass@host` showed the password. After a
+# scheme browsers treat as special (not `file`) any run of slashes, none included, comes before
+# the authority: a browser reads `https:///u:p@h` (and `https:u:p@h`) as user `u`, password `p`.
 _AUTHORITY = re.compile(
-    r"(?P<before>(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2})(?P<host>[^/\\]*)(?P<path>.*)", re.S
+    r"(?P<before>(?:https?|wss?|ftp):[/\\]*|(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2})"
+    r"(?P<host>[^/\\]*)(?P<path>.*)",
+    re.S | re.I,
 )
 # Where a query or a fragment starts.
 _QUERY = re.compile(r"[?#]")

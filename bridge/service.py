@@ -28,7 +28,13 @@ from bridge.config import PinecallSettings, Settings, dotenv_variables
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
-from bridge.http_timeouts import HeadTimeoutAppRunner, admin_runner, request_parser, timed_runner
+from bridge.http_timeouts import (
+    NOT_LLHTTP,
+    HeadTimeoutAppRunner,
+    admin_runner,
+    request_parser,
+    timed_runner,
+)
 from bridge.ingest.topic import (
     CONFIG_KEYS,
     Finding,
@@ -395,11 +401,7 @@ class Bridge:
             },
         )
         if why_not_c is not None:
-            log.warning(
-                "aiohttp's C HTTP parser is not in use: the pure-Python one is slower and answers"
-                " some malformed requests differently",
-                extra={"http_parser": parser, "reason": why_not_c},
-            )
+            log.warning(NOT_LLHTTP, extra={"http_parser": parser, "reason": why_not_c})
         if not self.settings.webhook.secrets:
             log.warning("WEBHOOK SIGNATURES ARE NOT CHECKED (allow_unsigned): anyone can publish")
 

@@ -959,3 +959,21 @@ def test_the_demo_shows_a_character_the_terminal_cannot_show_escaped_not_a_trace
         latin1.close()
         assert shown.read() == b"t not a CloudEvent: \\U0001f600\n"
     assert code == 0
+
+
+def test_check_says_which_http_parser_run_serves_with_and_warns_unless_llhttp(
+    both_http_parsers: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `run`'s `listening` line (http_parser) and its WARNING: the pure-Python parser answers
+    # some malformed requests differently, which a CI gate running `check` should see.
+    monkeypatch.delenv("AIOHTTP_NO_EXTENSIONS", raising=False)
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "a-long-enough-secret-value")
+    assert main(["check"]) == 0  # a warning, never a refusal
+    err = capsys.readouterr().err.splitlines()
+    assert f"http parser: {both_http_parsers}" in err
+    warned = [line for line in err if "C HTTP parser is not in use" in line]
+    if both_http_parsers == "llhttp":
+        assert warned == []
+    else:
+        assert [line.startswith("warning: ") for line in warned] == [True]
+        assert "http_parser=python: aiohttp did not take its C extension" in warned[0]

@@ -1134,6 +1134,11 @@ def test_the_cloudevents_source_is_a_uri_reference(
         "https://bridge:12?34/0paste@api.pinecall.io",
         # An `@` after a `?` straight after the host: where the user info ends is unclear.
         "https://api.pinecall.io?by=0paste@pinecall.io",
+        # An empty authority, or none, before it: after `https:` a browser (WHATWG URL) skips
+        # every slash, none included, and reads user `bridge`, password `s3cr3t-0paste`.
+        "https:///bridge:s3cr3t-0paste@api.pinecall.io",
+        "https:/bridge:s3cr3t-0paste@api.pinecall.io",
+        "HTTPS:bridge:s3cr3t-0paste@api.pinecall.io",
     ],
 )
 def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
@@ -1156,6 +1161,9 @@ def test_a_cloudevents_source_with_credentials_is_refused_unechoed(
         "https://api.pinecall.io:443/calls/a@b",
         "https://[::1]:8443/calls/a@b",
         "https://api.pinecall.io/calls?by=ops@pinecall.io",
+        # A browser reads host `calls`, path `/a@b`; `file` URLs have no user info.
+        "https:/calls/a@b",
+        "file:///calls/a@b",
     ],
 )
 def test_an_at_sign_outside_a_sources_authority_is_no_credential(

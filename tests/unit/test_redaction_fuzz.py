@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
@@ -65,3 +65,25 @@ def test_a_quoted_url_carries_no_user_info_for_any_reader(url: str) -> None:
     shown = without_query(url)
     assert not read_userinfo(shown), shown
     assert not has_userinfo(shown), shown
+
+
+# Schemes a browser (WHATWG URL) reads an authority after whatever slashes follow, none included.
+_SPECIAL = ["https:", "http:", "WSS:", "ws:", "ftp:"]
+# What may follow them: _PIECES without the tab and newline every reader drops first.
+rests = st.builds(
+    lambda middle, end: "".join(middle) + end,
+    st.lists(st.sampled_from([p for p in _PIECES if p not in "\t\n"]), max_size=10),
+    st.sampled_from(["@h", "@h/p", "@h?q", ""]),
+)
+
+
+@given(st.sampled_from(_SPECIAL), st.lists(st.sampled_from(["/", "\\"]), max_size=4), rests)
+@example("https:", ["/", "/", "/"], "u:p@h")  # an empty authority first: a browser's `u:p`
+@example("https:", [], "u:p@h")
+def test_after_a_special_scheme_the_slashes_change_no_user_info(
+    scheme: str, slashes: list[str], rest: str
+) -> None:
+    assume(not rest.startswith(("/", "\\")))
+    url = scheme + "".join(slashes) + rest
+    assert has_userinfo(url) == has_userinfo(scheme + "//" + rest), url
+    assert not has_userinfo(without_query(url)), without_query(url)
