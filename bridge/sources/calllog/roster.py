@@ -14,7 +14,7 @@ import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 from bridge.partitioning import partition_for
@@ -32,6 +32,8 @@ class Start:
 
     call: str
     after: int
+    # An ended call's bound (the roster's `_until`, monotonic): kept for a start handed back.
+    until: float | None = field(default=None, compare=False)
 
 
 # Calls that may wait for a slot, per slot: ten call lengths of waiting. Past that an
@@ -97,9 +99,6 @@ class Roster:
         hashed = hashes.get(call)
         return partition_of(call, self.partitions) if hashed is None else hashed % self.partitions
 
-    def has_ended(self, call: str) -> bool:
-        return call in self._ended or (bool(self._taking) and self._taken_ended(call))
-
     def offer(self, call: str, after: int = 0, until: float | None = None) -> list[Start]:
         """A call this process may have to follow (announced, listed, or found on takeover).
 
@@ -144,7 +143,7 @@ class Roster:
                 self._until[call] = self._by_ticks(until)
             return []
         self.following[call] = partition
-        return [Start(call, after)]
+        return [Start(call, after, None if until is None else self._by_ticks(until))]
 
     def _by_ticks(self, until: float) -> float:
         """The wall time `until` as the monotonic time the same distance from now."""
@@ -196,20 +195,6 @@ class Roster:
         if len(self._ends) > 2 * max(self._remember, 1):  # stale pairs: rebuilt, in O(n)
             self._ends = [(when, c) for c, when in self._ended.items()]
             heapq.heapify(self._ends)
-
-    def own(
-        self,
-        partition: int,
-        live: dict[str, int],
-        ended: Mapping[str, float],
-        hashes: Mapping[str, int] | None = None,
-    ) -> list[Start]:
-        """`take_over`, all its steps at once."""
-        takeover = self.take_over(partition, live, ended, hashes)
-        starts: list[Start] = []
-        while not takeover.done:
-            starts.extend(takeover.step())
-        return starts
 
     def take_over(
         self,
@@ -278,8 +263,19 @@ class Roster:
                 self._on_expire(call)
                 continue
             self.following[call] = partition_of(call, self.partitions)
-            starts.append(Start(call, after))
+            starts.append(Start(call, after, until))
         return starts
+
+    def handed_back(self, starts: list[Start]) -> None:
+        """Starts the source did not launch (it stops, or a launch raised): their slots freed,
+        the calls first in the queue again, so the next fill starts them as they were offered."""
+        for start in reversed(starts):
+            if self.following.pop(start.call, None) is None:
+                continue  # dropped since (its partition moved): not ours to queue
+            self.waiting[start.call] = start.after
+            self.waiting.move_to_end(start.call, last=False)
+            if start.until is not None:
+                self._until[start.call] = start.until
 
 
 class Takeover:

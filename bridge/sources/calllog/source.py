@@ -206,6 +206,9 @@ class CallLogSource:
 
     async def _take_over(self) -> None:
         """The takeovers' steps, one takeover after another; a sweep after each."""
+        if self.roster is not None:
+            # Run again after a crash: the calls a raising launch handed back start first.
+            self._launch(self.roster.refill())
         while self._takeovers:
             takeover = self._takeovers[0]
             while not takeover.done:
@@ -372,26 +375,38 @@ class CallLogSource:
     # Followers.
 
     def _launch(self, starts: list[Start]) -> None:
-        if self._session is None or self._stopping.is_set():
-            return
-        for start in starts:
-            follower = Follower(
-                start.call,
-                start.after,
-                session=self._session,
-                api=self._api,
-                settings=self._settings,
-                publisher=self._publisher,
-                metrics=self._metrics,
-                stopping=self._stopping,
-                gate=self._gate,
-                pages=self._pages,
-            )
-            previous = [t for t in self._retiring if t.get_name() == _task_name(start.call)]
-            name = _task_name(start.call)
-            task = asyncio.create_task(self._follow(follower, previous), name=name)
-            self._followers[start.call] = (follower, task)
-            task.add_done_callback(functools.partial(self._finished, start.call))
+        """A follower task for each start; those not launched are handed back to the roster."""
+        launched = 0
+        try:
+            if self._session is None or self._stopping.is_set():
+                return
+            for start in starts:
+                self._launch_one(start, self._session)
+                launched += 1
+        finally:
+            if launched < len(starts) and self.roster is not None:
+                # Else the roster counts them followed with no follower: never followed, nor
+                # finished, their slots held until the partition moves.
+                self.roster.handed_back(starts[launched:])
+
+    def _launch_one(self, start: Start, session: aiohttp.ClientSession) -> None:
+        follower = Follower(
+            start.call,
+            start.after,
+            session=session,
+            api=self._api,
+            settings=self._settings,
+            publisher=self._publisher,
+            metrics=self._metrics,
+            stopping=self._stopping,
+            gate=self._gate,
+            pages=self._pages,
+        )
+        previous = [t for t in self._retiring if t.get_name() == _task_name(start.call)]
+        name = _task_name(start.call)
+        task = asyncio.create_task(self._follow(follower, previous), name=name)
+        self._followers[start.call] = (follower, task)
+        task.add_done_callback(functools.partial(self._finished, start.call))
 
     async def _follow(self, follower: Follower, previous: list[asyncio.Task[bool]]) -> bool:
         # A follower of the same call stopped a moment ago may still be publishing: one at a time.

@@ -1,6 +1,7 @@
 import functools
 import random
 from collections import deque
+from collections.abc import Mapping
 
 import pytest
 
@@ -8,6 +9,26 @@ from bridge.partitioning import key_hash, partition_for
 from bridge.sources.calllog import roster as roster_module
 from bridge.sources.calllog.calllist import MAX_PAGES, PAGE_LIMIT
 from bridge.sources.calllog.roster import Roster, Start, partition_of
+
+
+def own(
+    roster: Roster,
+    partition: int,
+    live: dict[str, int],
+    ended: Mapping[str, float],
+    hashes: Mapping[str, int] | None = None,
+) -> list[Start]:
+    """`roster.take_over`, all its steps at once: the calls it starts."""
+    takeover = roster.take_over(partition, live, ended, hashes)
+    starts: list[Start] = []
+    while not takeover.done:
+        starts.extend(takeover.step())
+    return starts
+
+
+def has_ended(roster: Roster, call: str) -> bool:
+    """`call` is taken as ended: remembered, or an ended call of a takeover under way."""
+    return call in roster._ended or any(takeover.ends(call) for takeover in roster._taking)
 
 
 def calls_in(partition: int, n: int, partitions: int = 6) -> list[str]:
@@ -31,7 +52,7 @@ def test_partition_of_matches_kafkas_murmur2_vectors() -> None:
 def test_only_owned_calls_are_followed() -> None:
     roster = Roster(6, capacity=10)
     mine, other = calls_in(1, 1)[0], calls_in(2, 1)[0]
-    assert roster.own(1, {}, {}) == []
+    assert own(roster, 1, {}, {}) == []
     assert roster.offer(mine) == [Start(mine, 0)]
     assert roster.offer(other) == []
     assert roster.offer(mine) == []  # already followed
@@ -40,7 +61,7 @@ def test_only_owned_calls_are_followed() -> None:
 def test_excess_calls_wait_in_arrival_order() -> None:
     roster = Roster(6, capacity=2)
     a, b, c, d = calls_in(0, 4)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(a) + roster.offer(b) == [Start(a, 0), Start(b, 0)]
     assert roster.offer(c, 4) == []
     assert roster.offer(d) == []
@@ -49,14 +70,14 @@ def test_excess_calls_wait_in_arrival_order() -> None:
     assert roster.finished(a, ended=True) == [Start(c, 7)]
     assert roster.finished(b, ended=False) == [Start(d, 0)]
     assert roster.offer(a) == []  # ended: a late notice does not restart it
-    assert not roster.has_ended(b)
+    assert not has_ended(roster, b)
 
 
 def test_takeover_follows_live_calls_from_their_progress() -> None:
     roster = Roster(6, capacity=10)
     live, done = calls_in(3, 2)
-    assert roster.own(3, {live: 12}, {done: 0.0}) == [Start(live, 12)]
-    assert roster.has_ended(done)
+    assert own(roster, 3, {live: 12}, {done: 0.0}) == [Start(live, 12)]
+    assert has_ended(roster, done)
     assert roster.offer(done) == []
 
 
@@ -65,11 +86,11 @@ def test_a_takeover_that_ends_a_followed_call_starts_the_one_that_waited() -> No
     # its records say one of them ended: the call waiting for a slot takes that slot.
     roster = Roster(6, capacity=1)
     a, b, c = calls_in(0, 3)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b) == []
     assert roster.offer(c) == []
-    assert roster.own(0, {}, dict.fromkeys((a, c), 0.0)) == [Start(b, 0)]
+    assert own(roster, 0, {}, dict.fromkeys((a, c), 0.0)) == [Start(b, 0)]
     assert roster.following == {b: 0}
     assert list(roster.waiting) == []  # c ended while it waited: never started
 
@@ -78,8 +99,8 @@ def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
     roster = Roster(6, capacity=2)
     a1, a2, a3 = calls_in(0, 3)
     b1 = calls_in(1, 1)[0]
-    roster.own(0, {}, {})
-    roster.own(1, {}, {})
+    own(roster, 0, {}, {})
+    own(roster, 1, {}, {})
     roster.offer(a1)
     roster.offer(b1)
     roster.offer(a2)
@@ -95,7 +116,7 @@ def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
 def test_keep_only_the_same_partitions_stops_nothing() -> None:
     roster = Roster(6, capacity=2)
     a = calls_in(0, 1)[0]
-    roster.own(0, {a: 1}, {})
+    own(roster, 0, {a: 1}, {})
     assert roster.keep_only({0, 5}) == []
     assert roster.following == {a: 0}
 
@@ -104,15 +125,15 @@ def test_ended_calls_are_remembered_boundedly() -> None:
     roster = Roster(1, capacity=1, remember_ended=2)
     for call in ("a", "b", "c"):
         roster.finished(call, ended=True)
-    assert not roster.has_ended("a")
-    assert roster.has_ended("c")
+    assert not has_ended(roster, "a")
+    assert has_ended(roster, "c")
 
 
 def test_every_ended_call_one_sweep_can_list_is_remembered() -> None:
     # One sweep lists up to MAX_PAGES pages of PAGE_LIMIT calls, and `wanted` offers each one that
     # ended within the dedup window again: one forgotten was read from its start at every sweep.
     roster = Roster(1, capacity=1)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     listed = [f"CA_{n}" for n in range(MAX_PAGES * PAGE_LIMIT)]
     for call in listed:
         assert roster.offer(call) == [Start(call, 0)]
@@ -127,7 +148,7 @@ def test_every_ended_call_one_sweep_can_list_is_remembered() -> None:
 def test_every_call_has_one_owner(partitions: int) -> None:
     rosters = [Roster(partitions, capacity=1000) for _ in range(2)]
     for p in range(partitions):
-        rosters[p % 2].own(p, {}, {})
+        own(rosters[p % 2], p, {}, {})
     for i in range(200):
         call = f"CA_{i}"
         assert len([r for r in rosters if r.offer(call)]) == 1
@@ -137,7 +158,7 @@ def test_past_ten_waiting_per_slot_a_call_is_dropped_and_counted() -> None:
     dropped: list[str] = []
     roster = Roster(6, capacity=2, on_drop=dropped.append)
     calls = calls_in(0, 23)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     for call in calls:
         roster.offer(call)
     assert list(roster.following) == calls[:2]
@@ -151,6 +172,29 @@ def test_past_ten_waiting_per_slot_a_call_is_dropped_and_counted() -> None:
     assert list(roster.waiting)[-1] == calls[22]
 
 
+def test_starts_handed_back_wait_first_in_the_queue_bound_as_offered() -> None:
+    # The source did not launch them (it stops, or a launch raised): their slots are free again,
+    # and an ended call still expires once its time passes, wherever it was started from.
+    now = [1_000.0]
+    expired: list[str] = []
+    roster = Roster(
+        6, capacity=3, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
+    )
+    busy, a, b, c, waited = calls_in(0, 5)
+    own(roster, 0, {}, {})
+    offered = roster.offer(busy) + roster.offer(a, 3) + roster.offer(b, until=1_050.0)
+    assert roster.offer(c, until=1_050.0) == []
+    filled = roster.finished(busy, ended=True)
+    assert filled == [Start(c, 0)]
+    assert roster.offer(waited) == []
+    roster.handed_back([*offered, *filled])  # busy: no longer followed, not queued
+    assert not roster.following
+    assert list(roster.waiting) == [a, b, c, waited]
+    now[0] = 1_060.0
+    assert roster.refill() == [Start(a, 3), Start(waited, 0)]
+    assert expired == [b, c]
+
+
 def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
     # The call list offers an ended call only while re-reading it cannot double it; the queue
     # can hold it for longer than the list's skew allowance.
@@ -160,7 +204,7 @@ def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
         6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
     )
     busy, a, b, c, d = calls_in(0, 5)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(a, until=1_100.0) == []
     assert roster.offer(b, until=1_050.0) == []
@@ -186,14 +230,14 @@ def test_a_takeover_never_starts_a_call_its_records_say_ended() -> None:
     calls = calls_in(0, 60)
     for a, b, c in zip(calls[0::3], calls[1::3], calls[2::3], strict=True):
         roster = Roster(6, capacity=1)
-        roster.own(0, {}, {})
+        own(roster, 0, {}, {})
         assert roster.offer(a) == [Start(a, 0)]
         assert roster.offer(b) + roster.offer(c) == []
-        assert roster.own(0, {}, dict.fromkeys((a, b), 0.0)) == [Start(c, 0)]
+        assert own(roster, 0, {}, dict.fromkeys((a, b), 0.0)) == [Start(c, 0)]
         assert roster.following == {c: 0}
         assert not roster.waiting
-        assert roster.has_ended(a)
-        assert roster.has_ended(b)
+        assert has_ended(roster, a)
+        assert has_ended(roster, b)
 
 
 def test_a_takeover_starts_a_call_that_waited_from_where_its_records_got_to() -> None:
@@ -201,10 +245,10 @@ def test_a_takeover_starts_a_call_that_waited_from_where_its_records_got_to() ->
     # comes back with a ended: b takes a's slot from seq 7, not from the announcement's 0.
     roster = Roster(6, capacity=1)
     a, b = calls_in(0, 2)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b) == []
-    assert roster.own(0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
+    assert own(roster, 0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
 
 
 def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bound() -> None:
@@ -214,11 +258,11 @@ def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bo
     expired: list[str] = []
     roster = Roster(6, capacity=1, on_expire=expired.append, clock=lambda: now[0])
     a, b = calls_in(0, 2)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b, 0, until=1_010.0) == []
     now[0] = 1_020.0
-    assert roster.own(0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
+    assert own(roster, 0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
     assert expired == []
 
 
@@ -231,7 +275,7 @@ def test_a_waiting_call_announced_live_is_bounded_once_its_end_is_known() -> Non
         6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
     )
     busy, a, b, c = calls_in(0, 4)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(a) == []
     assert roster.offer(a, until=1_050.0) == []
@@ -250,9 +294,9 @@ def test_the_ended_call_forgotten_first_is_the_one_that_ended_first() -> None:
     roster.finished("a", ended=True, at=900.0)
     roster.finished("b", ended=True)  # no end known: now
     roster.finished("c", ended=True, at=100.0)
-    assert [call for call in "abc" if roster.has_ended(call)] == ["a", "b"]
+    assert [call for call in "abc" if has_ended(roster, call)] == ["a", "b"]
     roster.finished("d", ended=True, at=5_000.0)  # a clock ahead of ours: taken as now
-    assert [call for call in "abcd" if roster.has_ended(call)] == ["b", "d"]
+    assert [call for call in "abcd" if has_ended(roster, call)] == ["b", "d"]
 
 
 def test_a_takeovers_ended_calls_are_remembered_by_their_own_ends() -> None:
@@ -260,9 +304,9 @@ def test_a_takeovers_ended_calls_are_remembered_by_their_own_ends() -> None:
     # forgotten first, and the next sweep read it again from its start.
     roster = Roster(1, capacity=1, remember_ended=2, clock=lambda: 1_000.0)
     roster.finished("b", ended=True, at=900.0)
-    roster.own(0, {}, {"a": 100.0})
+    own(roster, 0, {}, {"a": 100.0})
     roster.finished("c", ended=True, at=950.0)
-    assert [call for call in "abc" if roster.has_ended(call)] == ["b", "c"]
+    assert [call for call in "abc" if has_ended(roster, call)] == ["b", "c"]
 
 
 def unhashable(key: bytes | None, partitions: list[int], available: list[int]) -> int:
@@ -278,10 +322,10 @@ def test_a_takeover_hashes_no_call_the_restore_hashed(monkeypatch: pytest.Monkey
     roster = Roster(6, capacity=10)
     monkeypatch.setattr(roster_module, "partition_for", unhashable)
     ends = dict.fromkeys([moved, *ended], 100.0)
-    assert roster.own(2, {live: 4}, ends, hashes) == [Start(live, 4)]
+    assert own(roster, 2, {live: 4}, ends, hashes) == [Start(live, 4)]
     assert roster.following == {live: 2}
-    assert all(roster.has_ended(call) for call in ended)
-    assert not roster.has_ended(moved)
+    assert all(has_ended(roster, call) for call in ended)
+    assert not has_ended(roster, moved)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -293,7 +337,7 @@ def test_a_takeover_remembers_the_calls_that_ended_last_past_the_bound(seed: int
     calls = calls_in(0, 40)
     clock = [1_000.0]
     roster = Roster(6, capacity=1, remember_ended=15, clock=lambda: clock[0])
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     for call in rng.sample(calls, 12):
         roster.finished(call, ended=True, at=rng.choice((900.0, 950.0, 990.0)))
     known = dict(roster._ended)
@@ -302,7 +346,7 @@ def test_a_takeover_remembers_the_calls_that_ended_last_past_the_bound(seed: int
     for call, at in ended.items():
         known[call] = max(min(at, 2_000.0), known.get(call, 0.0))
     latest = sorted(known.items(), key=lambda pair: (pair[1], pair[0]))[-15:]
-    roster.own(0, {}, ended)
+    own(roster, 0, {}, ended)
     assert roster._ended == dict(latest)
 
 
@@ -312,9 +356,9 @@ def test_takeovers_ending_the_same_calls_again_keep_the_end_heap_bounded() -> No
     roster = Roster(1, capacity=1, remember_ended=100)
     ended = {f"CA_{n}": 0.0 for n in range(100)}
     for _ in range(50):
-        roster.own(0, {}, ended)
+        own(roster, 0, {}, ended)
         roster.lose(0)
-    assert all(roster.has_ended(call) for call in ended)
+    assert all(has_ended(roster, call) for call in ended)
     assert len(roster._ends) <= 2 * 100
 
 
@@ -334,7 +378,7 @@ def test_a_takeover_runs_in_steps_of_a_bounded_number_of_calls(
     # the start.
     roster, live, ended = stepping(monkeypatch, 4, 11)
     takeover = roster.take_over(0, {live: 3}, dict.fromkeys(ended, 100.0))
-    assert all(roster.has_ended(call) for call in ended)
+    assert all(has_ended(roster, call) for call in ended)
     remembered = [len(roster._ended)]
     starts: list[Start] = []
     while not takeover.done:
@@ -351,11 +395,11 @@ def scenario(seed: int) -> tuple[Roster, int, dict[str, int], dict[str, float]]:
     calls = calls_in(0, 30)
     clock = [1_000.0]
     roster = Roster(6, capacity=3, remember_ended=8, clock=lambda: clock[0], ticks=lambda: clock[0])
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     for call in rng.sample(calls, 8):
         roster.finished(call, ended=True, at=rng.uniform(900.0, 1_000.0))
     for call in calls:
-        if rng.random() < 0.5 and not roster.has_ended(call):
+        if rng.random() < 0.5 and not has_ended(roster, call):
             roster.offer(call, rng.randrange(3), rng.choice((None, 2_000.0)))
     clock[0] = 1_100.0
     rest = [call for call in calls if rng.random() < 0.7]
@@ -373,7 +417,7 @@ def test_a_takeover_in_small_steps_decides_as_one_in_a_single_step(
     for step in (10**9, 1, 2, 3):
         monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
         roster, partition, live, ended = scenario(seed)
-        starts = roster.own(partition, live, ended)
+        starts = own(roster, partition, live, ended)
         state = (roster.following, list(roster.waiting.items()), roster._until, roster._ended)
         outcomes.append((starts, state))
     assert outcomes[1:] == outcomes[:1] * 3
@@ -404,7 +448,7 @@ def test_a_slot_freed_while_a_takeover_is_under_way_starts_no_call_it_shows_ende
     monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
     busy, first, waited, then = calls_in(0, 4)
     roster = Roster(6, capacity=1)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(waited) == []
     assert roster.offer(then) == []
@@ -446,7 +490,7 @@ def test_a_slot_freed_before_a_takeovers_step_reaches_a_queued_call_resumes_it_f
         6, capacity=1, on_expire=expired.append, clock=lambda: now[0], ticks=lambda: now[0]
     )
     busy, a, b, *others = calls_in(0, 8)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(a) + roster.offer(b, 0, until=1_010.0) == []
     now[0] = 1_020.0
@@ -492,9 +536,9 @@ def interleaved(seed: int) -> list[tuple[str, object]]:
         clock=lambda: now[0],
         ticks=lambda: now[0],
     )
-    roster.own(1, {}, {})
+    own(roster, 1, {}, {})
     if rng.random() < 0.7:  # handed back and restored whole: its calls followed and queued
-        roster.own(0, {}, {})
+        own(roster, 0, {}, {})
     for call in calls + others:
         if rng.random() < 0.5:
             until = rng.choice((None, 1_010.0, 2_000.0))
@@ -588,7 +632,7 @@ def test_a_wall_clock_step_neither_expires_nor_extends_an_ended_call_waiting(
         ticks=lambda: clocks.ticks,
     )
     busy, ended = calls_in(0, 2)
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     assert roster.offer(busy) == [Start(busy, 0)]
     assert roster.offer(ended, until=1_050.0) == []  # 50 s of the window left
     clocks.step(step)

@@ -38,7 +38,7 @@ from bridge.supervise import Supervisor
 from tests.entries import entry
 from tests.metrics import sample, series
 from tests.sockets import refusing_address
-from tests.unit.sources.calllog.test_roster import calls_in, unhashable
+from tests.unit.sources.calllog.test_roster import calls_in, has_ended, own, unhashable
 
 
 def sweeps_with(
@@ -173,7 +173,7 @@ def test_a_takeover_finds_its_calls_partitions_by_the_restores_hashes(
     monkeypatch.setattr(roster_module, "partition_for", unhashable)
     source.partition_owned(2, progress)
     assert launched == [Start(live, 3)]
-    assert source.roster.has_ended(done)
+    assert has_ended(source.roster, done)
 
 
 def ended_in(progress: PartitionProgress, calls: list[str]) -> None:
@@ -208,7 +208,7 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
     other = asyncio.create_task(other_task())
     await asyncio.sleep(0)
     source.partition_owned(0, progress)
-    assert all(source.roster.has_ended(call) for call in done)  # from the start
+    assert all(has_ended(source.roster, call) for call in done)  # from the start
     assert source._taking is not None
     await asyncio.wait_for(source._taking, 2)
     other.cancel()
@@ -269,6 +269,80 @@ async def test_a_takeover_whose_step_crashed_is_run_again_not_lost(
     assert launched == [Start(live, 3)]
     assert sorted(roster._ended) == sorted(done)
     assert not roster._taking
+
+
+def faked_followers(
+    monkeypatch: pytest.MonkeyPatch, source: CallLogSource, raising: set[str]
+) -> None:
+    """`source` launches followers that wait for ever; constructing one of a call in `raising`
+    raises, once each."""
+    source._session = cast(aiohttp.ClientSession, object())  # the followers are faked
+
+    def follower(call: str, after: int, **_: Any) -> Any:
+        if call in raising:
+            raising.discard(call)
+            raise RuntimeError("a bug in a launch")
+        state = SimpleNamespace(acked=after, ended_at=None)
+        return SimpleNamespace(call=call, state=state, publishing=False)
+
+    async def follow(*_: Any) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    monkeypatch.setattr(source_module, "Follower", follower)
+    monkeypatch.setattr(source, "_follow", follow)
+
+
+async def cancel_followers(source: CallLogSource) -> None:
+    tasks = [task for _, task in source._followers.values()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_takeovers_launch_that_raised_follows_its_calls_once_run_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The supervisor restarts `sse-takeover` at its next step: the calls its crashed launch had
+    # not started were counted followed by the roster, with no follower, until a restart.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
+    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 10)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    a, b, c = calls_in(0, 3)
+    faked_followers(monkeypatch, source, {a})
+    progress = PartitionProgress()
+    for n, call in enumerate((a, b, c), 1):
+        progress.observe(f"{call}:{n}", [(CHANNEL, b"sse")], 100.0)
+    source.partition_owned(0, progress)
+    assert source._taking is not None
+    await asyncio.wait_for(source._taking, 5)
+    assert sample(metrics, "pinecall_bridge_task_crashes_total", task="sse-takeover") == 1
+    assert set(source._followers) == set(roster.following) == {a, b, c}
+    assert source._followers[a][0].state.acked == 1  # from its records, as taken over
+    await cancel_followers(source)
+
+
+async def test_a_call_whose_launch_raised_starts_when_a_slot_frees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = call_log_source(Metrics())
+    roster = source.roster = Roster(6, 2)
+    own(roster, 0, {}, {})
+    a, b = calls_in(0, 2)
+    faked_followers(monkeypatch, source, {b})
+    source.announce(a)
+    with pytest.raises(RuntimeError, match="a bug in a launch"):
+        source.announce(b)
+    assert set(roster.following) == set(source._followers) == {a}
+    assert list(roster.waiting) == [b]
+    source._followers[a][1].cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert set(roster.following) == set(source._followers) == {b}
+    await cancel_followers(source)
 
 
 def test_distinct_refused_call_ids_are_logged_a_bounded_number_of_times(
@@ -375,7 +449,7 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     metrics = Metrics()
     source = call_log_source(metrics, max_calls=1)
     source.roster = Roster(1, 1, on_drop=source._dropped)
-    source.roster.own(0, {}, {})
+    own(source.roster, 0, {}, {})
     sweeps: list[None] = []
     monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(None))
     source._session = cast(aiohttp.ClientSession, object())  # followers are faked below
@@ -437,7 +511,7 @@ def one_slot_source(
         clock=lambda: time.time() + waited[0],
         ticks=lambda: time.monotonic() + waited[0],
     )
-    roster.own(0, {}, {})
+    own(roster, 0, {}, {})
     launched: list[Start] = []
     monkeypatch.setattr(source, "_launch", launched.extend)
     return source, roster, waited, launched
