@@ -74,7 +74,7 @@ def snapshot(log: CallLog) -> dict[str, Any]:
             states[kind] = data.get("state")
     return {
         "seq": log.last_seq,
-        "status": "ended" if log.ended_at is not None else "active",
+        "status": log.status,
         "user_state": states["user.state"],
         "agent_state": states["agent.state"],
         "live": not log.sealed,
@@ -198,6 +198,8 @@ class CallLog:
         self.ended_at: float | None = None
         self.facts: dict[str, Any] = {}
         self.end_reason: str | None = None
+        # pinecall-runtime's reducer: idle until call.ringing/call.dialing, then active, ended.
+        self.status = "idle"
 
     def append(self, entry: Entry) -> None:
         """Write an entry; the terminal entry seals the log."""
@@ -244,14 +246,22 @@ class CallLog:
     def unsubscribe(self, reader: LogReader) -> None:
         self.readers.discard(reader)
 
+    @property
+    def stored_seq(self) -> int:
+        """The last stored line's seq (0: none), which ephemeral lines after it do not move."""
+        return self._seqs[-1] if self._seqs else 0
+
     def row(self) -> dict[str, Any]:
-        """The call as `GET /v1/sessions` lists it (pinecall-runtime's CallRow)."""
+        """The call as `GET /v1/sessions` lists it (pinecall-runtime's CallRow).
+
+        Folded from the stored lines, as the platform's is: `last_seq` is the last stored one's.
+        """
         return {
             "call": self.call,
             "agent": self.agent,
             "live": not self.sealed,
-            "last_seq": self.last_seq,
-            "status": "ended" if self.ended_at is not None else "active",
+            "last_seq": self.stored_seq,
+            "status": self.status,
             "channel": "phone",
             "direction": self.facts.get("direction"),
             "from": self.facts.get("from"),
@@ -269,10 +279,14 @@ class CallLog:
 
     def _learn(self, entry: Entry) -> None:
         data = entry.get("data") or {}
-        if entry["type"] == "call.started":
+        if entry["type"] in ("call.ringing", "call.dialing"):
+            self.status = entry["type"].removeprefix("call.")
+        elif entry["type"] == "call.started":
+            self.status = "active"
             self.started_at = entry["ts"]
             self.facts = {key: data.get(key) for key in ("direction", "from", "to")}
         elif entry["type"] == "call.ended":
+            self.status = "ended"
             self.ended_at = entry["ts"]
             reason = data.get("reason")
             self.end_reason = reason if isinstance(reason, str) else None

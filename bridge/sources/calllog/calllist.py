@@ -110,10 +110,13 @@ RING_ALLOWANCE_SECONDS = 300.0
 # A live call whose `last_seq` stood still this long no longer holds the reads back (Horizon):
 # at least this, whatever the lookback. The platform seals a spoken call quiet for 5 minutes and
 # closes a chat thread silent for 2 hours (pinecall-runtime's reaper), so a live row whose
-# last_seq (its last stored entry's) stood still for 6 hours is one it failed to seal.
+# last_seq (its last stored entry's) stood still for 6 hours is one it failed to seal. A row
+# with no last_seq (the platform always sends one) stands still at "none" the same way.
 STILL_FLOOR_SECONDS = 6 * 3_600.0
-# Stuck calls remembered (so each is said once, and not followed back again): one sweep's worth.
-MAX_STUCK = 1_000
+# Stuck calls remembered (so each is said once, and not read back to again): as many rows as one
+# read can show, so a read never shows more than are kept. Past it the least recently shown is
+# forgotten: more than this many stuck rows shown since means it is below the page cap (some MiB).
+MAX_STUCK = MAX_PAGES * PAGE_LIMIT
 
 
 class Horizon:
@@ -123,8 +126,8 @@ class Horizon:
     never read: the list can only be read down to it. So a sweep also reads down to the place in
     the list of every call the last read showed live, and to the start of that read (calls since
     may be live); the first read of a process, knowing neither, reads to the page cap. A live call
-    whose `last_seq` stood still for `still_for` (a row the platform never sealed) no longer
-    counts. Pure.
+    whose `last_seq` stood still for `still_for` (a row the platform never sealed), or showed
+    none for as long, no longer counts. Pure.
     """
 
     def __init__(self, still_for: float = STILL_FLOOR_SECONDS) -> None:
@@ -135,8 +138,10 @@ class Horizon:
         self._places: dict[str, float] = {}
         self._still_for = still_for
         # Each live call's last_seq, and the start (`ticks`) of the first read that showed it there.
-        self._seen: dict[str, tuple[int, float]] = {}
-        self._stuck: dict[str, int] = {}  # call -> the last_seq it stood still at
+        self._seen: dict[str, tuple[int | None, float]] = {}
+        # Call -> the last_seq it stood still at, least recently shown first (MAX_STUCK).
+        self._stuck: dict[str, int | None] = {}
+        self.forgotten = 0  # stuck calls forgotten past MAX_STUCK, since the start
 
     def oldest(self, now: float, lookback: float) -> float:
         """The start time a read that begins at `now` reads down to."""
@@ -165,40 +170,52 @@ class Horizon:
         # reached only if every row above it started at or after the bound: its place, not its
         # own start (none while it rings; the list orders by the log's first line, not by it).
         above = math.inf
-        seen: dict[str, tuple[int, float]] = dict(self._seen) if failed else {}
+        seen: dict[str, tuple[int | None, float]] = dict(self._seen) if failed else {}
         stuck: list[CallRow] = []
+        shown: list[CallRow] = []  # the stuck calls this read showed, in the list's order
         at = began if ticks is None else ticks
         for row in rows:
             if row.started_at is not None:
                 above = min(above, row.started_at)
             places.pop(row.call, None)
             if not row.live:
+                self._stuck.pop(row.call, None)  # sealed at last: nothing to remember
                 continue
-            if row.last_seq is not None:
-                if self._still(row, at, seen):
-                    if row.call not in self._stuck:
-                        stuck.append(row)
-                    self._stuck[row.call] = row.last_seq
-                    while len(self._stuck) > MAX_STUCK:
-                        del self._stuck[next(iter(self._stuck))]
-                    continue
-                self._stuck.pop(row.call, None)  # it moved: a long call after all
+            if self._still(row, at, seen):
+                if row.call not in self._stuck:
+                    stuck.append(row)
+                shown.append(row)
+                continue
+            self._stuck.pop(row.call, None)  # it moved: a long call after all
             places[row.call] = above
+        self._remember(shown)
         self._floor = floor
         self._places = places
         self._since = min([floor, *places.values()])
         self._seen = seen
         return stuck
 
-    def _still(self, row: CallRow, at: float, seen: dict[str, tuple[int, float]]) -> bool:
+    def _still(self, row: CallRow, at: float, seen: dict[str, tuple[int | None, float]]) -> bool:
         """Record `row`'s last_seq; whether it has stood still there for `still_for` by `at`."""
-        assert row.last_seq is not None
-        if self._stuck.get(row.call) == row.last_seq:
+        if row.call in self._stuck and self._stuck[row.call] == row.last_seq:
             return True
         last = self._seen.get(row.call)
         since = last[1] if last is not None and last[0] == row.last_seq else at
         seen[row.call] = (row.last_seq, since)
         return at - since >= self._still_for
+
+    def _remember(self, shown: list[CallRow]) -> None:
+        """Keep the stuck calls a read showed as the most recently shown; forget past MAX_STUCK."""
+        # The deepest first: a call is then forgotten only once MAX_STUCK stuck calls above it
+        # were shown since (a read reaching it shows those too), i.e. below the page cap. Kept by
+        # when first found, those past the bound were forgotten while reads still reached them,
+        # timed afresh, held reads back and were said again, each pushing out the next.
+        for row in reversed(shown):
+            self._stuck.pop(row.call, None)
+            self._stuck[row.call] = row.last_seq
+        while len(self._stuck) > MAX_STUCK:
+            del self._stuck[next(iter(self._stuck))]
+            self.forgotten += 1
 
 
 def retry_delay(exc: CallListError, backoff: float) -> float:
@@ -271,7 +288,8 @@ def wanted(row: CallRow, now: float, ttl: float) -> bool:
     read (its notices came while no process owned it): reading it again is safe, as the dedup
     drops what was published. One that ended before the window is left alone: re-reading it
     would publish copies. `ended_at` is Pinecall's clock and the window the broker's: the window
-    is taken a skew allowance short, so a clock ahead of ours never makes it too generous.
+    is taken a skew allowance short, so a clock ahead of ours never makes it too generous. A
+    sealed row with no `ended_at` is dated by its start, before its end: never too generous.
     """
     until = read_by(row, ttl)
     return row.live or (until is not None and now <= until)
@@ -282,9 +300,15 @@ def read_by(row: CallRow, ttl: float) -> float | None:
 
     A call waits for a follower slot after the list was read: its turn is checked against this.
     """
-    if row.live or row.ended_at is None:
+    if row.live:
         return None
-    return row.ended_at + ttl - SKEW_ALLOWANCE_SECONDS
+    # Sealed with no end (its call.ended unreadable or never written): it ended after it started,
+    # so its start bounds the end from below. Never wanted, its follower lost, only a backfill
+    # read its last lines. With neither it cannot be dated: None, and not wanted.
+    ended = row.ended_at if row.ended_at is not None else row.started_at
+    if ended is None:
+        return None
+    return ended + ttl - SKEW_ALLOWANCE_SECONDS
 
 
 async def list_calls(

@@ -25,6 +25,7 @@ from bridge.metrics import Metrics
 from bridge.normalise.ids import shown, valid_call_id
 from bridge.pipeline import Pipeline
 from bridge.sink.kafka import topic_partitions
+from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import (
     MAX_PAGES,
     STILL_FLOOR_SECONDS,
@@ -100,6 +101,8 @@ class CallLogSource:
         # for ever to a row the platform never sealed (still for the lookback, at least 6 h).
         self._still_for = max(settings.call_list_lookback_seconds, STILL_FLOOR_SECONDS)
         self._horizon = Horizon(self._still_for)
+        # Stuck calls forgotten past calllist.MAX_STUCK so far (a WARNING the first time).
+        self._forgotten = 0
         # A page past the lookback failed (a WARNING once, until a read ends well): a long live
         # call keeps every sweep reading back to its start, each maybe refused.
         self._deep_failing = False
@@ -323,6 +326,7 @@ class CallLogSource:
                             "still_for_s": self._still_for,
                         },
                     )
+                self._said_forgotten()
                 self._list_backoff.reset()
                 if self._list_missing:
                     self._list_missing = False
@@ -338,6 +342,21 @@ class CallLogSource:
                         await asyncio.sleep(0)
             if not self._sweep_again:
                 return
+
+    def _said_forgotten(self) -> None:
+        """The stuck calls outgrew what is kept: a WARNING the first time, INFO after."""
+        forgotten = self._horizon.forgotten
+        if forgotten == self._forgotten:
+            return
+        level = logging.INFO if self._forgotten else logging.WARNING
+        self._forgotten = forgotten
+        log.log(
+            level,
+            "the call list shows more calls stuck live than are kept: the least recently shown"
+            " are forgotten (one shown again holds the reads back until found stuck again);"
+            " raise it with Pinecall",
+            extra={"forgotten": forgotten, "kept": calllist.MAX_STUCK},
+        )
 
     def _said_cut_short(self, listing: CallListing) -> None:
         """A read that stopped before its bound: a WARNING when calls within the lookback were

@@ -186,6 +186,31 @@ def test_the_call_list_orders_by_the_logs_first_line_as_the_platform_does() -> N
     assert logs.listing(2, before="CA_forgotten") == {"calls": [], "total": 4, "next": None}
 
 
+def test_a_rows_status_and_last_seq_are_folded_from_the_stored_lines_as_the_platforms() -> None:
+    # pinecall-runtime folds a row from the stored lines (calls/service/lists.py, reducer.py):
+    # `last_seq` is the last stored line's seq, and a call not yet answered is "ringing" or
+    # "dialing". The simulator counted ephemeral lines and called every unended call "active".
+    logs = CallLogs()
+    logs.append(entry(1, "call.ringing", call="CA_in", ts=10.0))
+    logs.append(entry(2, "user.transcript", call="CA_in", ts=11.0, ephemeral=True))
+    logs.append(entry(1, "call.dialing", call="CA_out", ts=20.0))
+    logs.append(entry(1, "turn.user", call="CA_chat", ts=30.0))
+    rows = {row["call"]: row for row in logs.listing(10)["calls"]}
+    assert {call: (row["status"], row["last_seq"]) for call, row in rows.items()} == {
+        "CA_in": ("ringing", 1),
+        "CA_out": ("dialing", 1),
+        "CA_chat": ("idle", 1),
+    }
+    logs.append(entry(3, "call.started", call="CA_in", ts=12.0))
+    logs.append(entry(4, "agent.transcript", call="CA_in", ts=13.0, ephemeral=True))
+    [answered] = [row for row in logs.listing(10)["calls"] if row["call"] == "CA_in"]
+    assert (answered["status"], answered["last_seq"]) == ("active", 3)
+    assert logs.logs["CA_in"].last_seq == 4  # the seq given out still counts every line
+    logs.append(entry(5, "call.ended", call="CA_in", ts=14.0))
+    [ended] = [row for row in logs.listing(10)["calls"] if row["call"] == "CA_in"]
+    assert ended["status"] == "ended"
+
+
 def test_sealed_logs_nobody_reads_are_forgotten_beyond_the_retention() -> None:
     logs = CallLogs(retain=2)
     kept = logs.append(entry(1, call="CA_read"))

@@ -15,6 +15,7 @@ from bridge.sources.calllog.calllist import (
     list_calls,
     page_is_last,
     parse_call_page,
+    read_by,
     retry_delay,
     started_since,
     wanted,
@@ -199,6 +200,62 @@ def test_a_stuck_call_stops_holding_reads_back_even_when_reads_end_at_failed_pag
     assert horizon.oldest(T + 9 * hour, hour) == T - SKEW_ALLOWANCE_SECONDS
 
 
+def test_a_live_row_with_no_last_seq_is_timed_as_one_whose_last_seq_stands_still() -> None:
+    # Only a row whose last_seq stood still was timed: a live row with none (a proxy or a
+    # platform version that leaves it out) held every sweep back to its start for ever.
+    hour = 3_600.0
+    horizon = Horizon(still_for=6 * hour)
+    blank = CallRow("blank", True, None, T - 30 * hour, None)
+    assert horizon.read([blank], T) == []  # no last_seq is not "stuck at once"
+    assert horizon.oldest(T + 5 * hour, hour) == T - 30 * hour
+    assert horizon.read([blank], T + 5 * hour) == []
+    assert horizon.oldest(T + 5 * hour, hour) == T - 30 * hour
+    # Absent for 6 h: said once, and no longer read back to.
+    assert horizon.read([blank], T + 6 * hour) == [blank]
+    assert horizon.oldest(T + 7 * hour, hour) == T + 6 * hour - SKEW_ALLOWANCE_SECONDS
+    assert horizon.read([blank], T + 7 * hour) == []
+    # A last_seq appears: it moved, so it holds the reads back again.
+    assert horizon.read([CallRow("blank", True, 4, T - 30 * hour, None)], T + 8 * hour) == []
+    assert horizon.oldest(T + 9 * hour, hour) == T - 30 * hour
+
+
+def test_stuck_rows_past_a_thousand_are_each_said_once_and_hold_no_read_back() -> None:
+    # At most 1,000 stuck calls were kept, the first found forgotten: a read reaching it again
+    # (a long call deeper down) timed it afresh, so it held the reads back for 6 h once that
+    # call ended, was said again, and pushed out the next one, round and round.
+    hour = 3_600.0
+    horizon = Horizon(still_for=6 * hour)
+    stuck = [CallRow(f"stuck{n}", True, 9, T - 30 * hour + n, None) for n in range(1_001, 0, -1)]
+    deep = CallRow("deep", True, 5, T - 40 * hour, None)
+    horizon.read([*stuck, deep], T)
+    said = horizon.read([*stuck, CallRow("deep", True, 6, T - 40 * hour, None)], T + 6 * hour)
+    assert said == stuck
+    for at in range(7, 20):  # the long call writes on: every read reaches the stuck rows
+        moving = CallRow("deep", True, 6 + at, T - 40 * hour, None)
+        assert horizon.read([*stuck, moving], T + at * hour) == []
+    # The long call ended: no stuck row holds the reads back.
+    ended = CallRow("deep", False, 40, T - 40 * hour, T + 20 * hour)
+    assert horizon.read([*stuck, ended], T + 20 * hour) == []
+    assert horizon.oldest(T + 21 * hour, hour) == T + 20 * hour - SKEW_ALLOWANCE_SECONDS
+    assert horizon.forgotten == 0
+
+
+def test_past_its_bound_the_stuck_call_shown_least_recently_is_forgotten_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(calllist, "MAX_STUCK", 2)
+    hour = 3_600.0
+    horizon = Horizon(still_for=6 * hour)
+    a, b, c = (
+        CallRow(call, True, 9, T - n * hour, None) for n, call in ((10, "a"), (20, "b"), (30, "c"))
+    )
+    horizon.read([a, b, c], T)
+    assert horizon.read([a, b, c], T + 6 * hour) == [a, b, c]
+    assert horizon.forgotten == 1  # c, the deepest: a read reaching it shows a and b too
+    assert horizon.read([a, b], T + 7 * hour) == []
+    assert horizon.forgotten == 1
+
+
 def test_a_read_owes_the_pages_to_the_lookback_and_tries_those_past_it() -> None:
     def page(call: str, started: float) -> CallPage:
         return CallPage((CallRow(call, False, 3, started, started + 60),), call)
@@ -255,6 +312,20 @@ def test_wanted_are_live_calls_and_calls_ended_within_the_window() -> None:
     assert wanted(CallRow("recent", False, 9, 1.0, now - 600), now, ttl)
     assert not wanted(CallRow("old", False, 9, 1.0, now - 1000), now, ttl)
     assert not wanted(CallRow("unknown end", False, 9, 1.0, None), now, ttl)
+
+
+def test_a_sealed_call_with_no_end_is_wanted_while_its_start_is_within_the_window() -> None:
+    # A sealed row whose ended_at is null (its call.ended unreadable, or never written) was never
+    # wanted: its follower lost, only a backfill read its last lines. It ended after it started,
+    # so a start within the window puts its end there too; one with neither is left alone.
+    now, ttl = 10_000.0, 900.0
+    recent = CallRow("recent start", False, 9, now - 600, None)
+    assert wanted(recent, now, ttl)
+    assert read_by(recent, ttl) == now - 600 + ttl - SKEW_ALLOWANCE_SECONDS
+    assert not wanted(CallRow("old start", False, 9, now - 1_000, None), now, ttl)
+    assert not wanted(CallRow("no times", False, 9, None, None), now, ttl)
+    # Its end, where known, dates it: a start is only the bound when the end is missing.
+    assert not wanted(CallRow("long call", False, 9, now - 600, now - 1_000), now, ttl)
 
 
 def test_a_call_ended_at_the_windows_edge_by_a_clock_ahead_is_left_alone() -> None:

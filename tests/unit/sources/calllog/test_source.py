@@ -857,6 +857,35 @@ async def test_a_call_live_but_still_for_hours_is_said_once_and_no_longer_read_b
     assert said.__dict__["still_for_s"] == 6 * hour  # the lookback, at least 6 h
 
 
+async def test_stuck_calls_outgrowing_what_is_kept_are_said_once_as_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    monkeypatch.setattr(calllist_module, "MAX_STUCK", 1)
+    hour, start = 3_600.0, 1_780_000_000.0
+    clock = [start]
+    clocks = SimpleNamespace(time=lambda: clock[0], monotonic=lambda: clock[0])
+    monkeypatch.setattr(source_module, "time", clocks)
+    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
+    rows = [CallRow(f"CA_stuck{n}", True, 9, start - n * hour, None) for n in (20, 30)]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return CallListing(rows)
+
+    sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for at in (0, 6, 7):  # hours from the first sweep
+            clock[0] = start + at * hour
+            await sweep(source)
+    said = [r for r in caplog.records if "more calls stuck live than are kept" in r.getMessage()]
+    assert [(r.levelno, r.__dict__["forgotten"]) for r in said] == [
+        (logging.WARNING, 1),
+        (logging.INFO, 2),
+    ]
+    assert said[0].__dict__["kept"] == 1
+
+
 async def test_a_wall_clock_step_between_two_reads_finds_no_call_stuck(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
