@@ -413,6 +413,48 @@ def test_a_scrape_timeout_within_the_interval_is_rendered(interval: str, timeout
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
 
 
+@pytest.mark.parametrize(
+    ("sets", "short"),
+    [
+        # A window of half adminConnectionsRefusedMinutes at the default 30 s scrape: one sample.
+        (
+            ["alerts.adminConnectionsRefusedMinutes=1"],
+            "PinecallBridgeAdminConnectionsRefused [30s]",
+        ),
+        (
+            ["alerts.publishStalledMinutes=1", "serviceMonitor.interval=45s"],
+            "PinecallBridgeDedupStalled [1m]",
+        ),
+        # The rules' own shortest range, DedupRestoreSlow's rate over 2 minutes.
+        (["serviceMonitor.interval=61s"], "PinecallBridgeDedupRestoreSlow [2m]"),
+        (["serviceMonitor.interval=5m"], "PinecallBridgeWebSocketDown [5m]"),
+    ],
+)
+def test_alert_ranges_of_fewer_than_two_scrapes_are_refused(sets: list[str], short: str) -> None:
+    # rate() and increase() over a range holding one scrape have no value: the alert never fires.
+    on = ("prometheusRule.enabled=true", "serviceMonitor.enabled=true", *sets)
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in on), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "leaves these alert rules' ranges fewer than two scrapes" in done.stderr
+    assert short in done.stderr
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["serviceMonitor.interval=1m"],
+        ["alerts.adminConnectionsRefusedMinutes=2"],
+        # Without the chart's ServiceMonitor the scrape interval is not the chart's to know.
+        ["serviceMonitor.enabled=false", "serviceMonitor.interval=10m"],
+    ],
+)
+def test_alert_ranges_of_two_scrapes_or_more_are_rendered(sets: list[str]) -> None:
+    on = ("prometheusRule.enabled=true", "serviceMonitor.enabled=true", *sets)
+    one(render(SIGNED, *on), "PrometheusRule")
+
+
 @pytest.mark.parametrize("duration", ["30", "1.5s", "10 s", ""])
 def test_a_scrape_duration_prometheus_cannot_read_is_refused(duration: str) -> None:
     done = helm(
