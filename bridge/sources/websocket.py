@@ -220,11 +220,13 @@ def _expired(opened: _Opened | None, now: float) -> bool:
 
 
 class TokenError(Exception):
-    """The token request failed; `auth` when the API refused the key."""
+    """The token request failed; `auth` when the API refused the key, `kind` what failed (a
+    status, an error's class, a fixed word: a fixed set, so its log lines are thinned by it)."""
 
-    def __init__(self, message: str, *, auth: bool) -> None:
+    def __init__(self, message: str, *, auth: bool, kind: str | int) -> None:
         super().__init__(message)
         self.auth = auth
+        self.kind = kind
 
 
 class Token(NamedTuple):
@@ -258,18 +260,29 @@ class TokenClient:
                 allow_redirects=False,
             ) as response:
                 if (refused := redirected(response)) is not None:
-                    raise TokenError(f"token request refused: {refused}", auth=False)
+                    raise TokenError(
+                        f"token request refused: {refused}", auth=False, kind=response.status
+                    )
                 if response.status in (401, 403):
-                    raise TokenError(f"token request refused ({response.status})", auth=True)
+                    raise TokenError(
+                        f"token request refused ({response.status})", auth=True, kind="auth"
+                    )
                 if response.status >= 300:
-                    raise TokenError(f"token request failed ({response.status})", auth=False)
+                    raise TokenError(
+                        f"token request failed ({response.status})",
+                        auth=False,
+                        kind=response.status,
+                    )
                 body: Any = jsoncodec.loads(await read_capped(response, MAX_TOKEN_ANSWER_BYTES))
         # ValueError: not JSON, or over the size cap (BodyTooLargeError).
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TokenError(f"token request failed ({type(exc).__name__})", auth=False) from exc
+            failed = type(exc).__name__
+            raise TokenError(f"token request failed ({failed})", auth=False, kind=failed) from exc
         token = body.get(self._ws.token_field) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise TokenError(f"no {self._ws.token_field!r} in the token response", auth=False)
+            raise TokenError(
+                f"no {self._ws.token_field!r} in the token response", auth=False, kind="no_token"
+            )
         expires_in = body.get("expires_in")
         # Relative, so the monotonic clock: by the wall clock a step (NTP, a resumed VM) back put
         # the refresh past the expiry, and one forward gave up a failed refresh at once. One of 0
@@ -467,8 +480,7 @@ class WebSocketSource:
                     opened.settle_unless_awaited()  # a refresh's successor: answered
                     self._downtime.up(opened_at)
                     refresher = self._refresh_later(tokens, opened)
-                for message in opened.early:
-                    self._take(opened, message)
+                self._take_early(opened)
                 reason = await self._read(opened)
             except SubscribeRefusedError as exc:
                 reason, refused = "subscribe_refused", True
@@ -482,7 +494,9 @@ class WebSocketSource:
                     refusals.warning(
                         "feed token unavailable",
                         extra={"error": str(exc)},
-                        kind="auth" if exc.auth else None,
+                        # By what failed: a DNS failure fixed, the TLS error (or 404) behind it
+                        # was held back for 5 min as more of the same.
+                        kind=exc.kind,
                     )
             except InvalidStatus as exc:
                 status = exc.response.status_code
@@ -670,7 +684,9 @@ class WebSocketSource:
             url = feed_url(configured, server, allow_insecure=self._api.allow_insecure_urls)
         except ServerRefusedError as exc:
             # Its text never quotes the server whole: it may carry a credential.
-            raise TokenError(f"the token answer's server refused: it {exc}", auth=False) from None
+            raise TokenError(
+                f"the token answer's server refused: it {exc}", auth=False, kind="server"
+            ) from None
         where = origin(url)
         if where == origin(configured):
             self._server_said = None
@@ -909,6 +925,13 @@ class WebSocketSource:
                     "sample": _sample(message, opened.credential),
                 },
             )
+
+    def _take_early(self, opened: _Opened) -> None:
+        """Take the frames read ahead, and let them go: kept, they outlived their publishing for
+        the connection's whole life, up to the backlog's bound again beside the backlog."""
+        early, opened.early, opened.early_bytes = opened.early, [], 0
+        for message in early:
+            self._take(opened, message)
 
     def _too_large(self, message: str) -> None:
         """A note of an oversized frame, in its place: not decoded, the connection kept."""
