@@ -1,5 +1,6 @@
 """kafka.sh's KAFKA_STOP_WITH watcher: the broker an `up` starts stops once its owner is gone,
-a zombie owner included, and an `up` killed right after launching the JVM leaves no broker."""
+a zombie owner included, an `up` killed right after launching the JVM leaves no broker, and a
+first look inside the launcher's execve of java does not lose the broker."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.integration.conftest import (
     kafka_sh,
 )
 from tests.polling import until
+from tests.processes import tied_to_this_process
 
 # The owner's main thread ends while another thread runs on: its stat shows Z, yet it lives.
 LEADER_GONE = """
@@ -30,10 +32,30 @@ threading.Thread(target=time.sleep, args=(600,)).start()
 ctypes.CDLL(None).pthread_exit(None)
 """
 
+# The launcher held inside its execve of java: the cmdline is empty (its main thread has ended,
+# as the old image's arguments are gone mid-execve) until `gate` exists; then another thread execs
+# a stand-in broker under the same pid, with the cmdline kafka.sh looks for (kafka.Kafka <props>).
+MID_EXEC = """
+import ctypes, os, sys, threading, time
+gate, props = sys.argv[1:]
+def become_broker():
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    broker = ["-c", "import time; time.sleep(600)", "kafka.Kafka", props]
+    os.execv(sys.executable, [sys.executable, *broker])
+threading.Thread(target=become_broker).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (state) on: after the parenthesised command name."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+
 
 def stat_state(pid: int) -> str:
-    """Field 3 of /proc/<pid>/stat (R, S, Z...): after the parenthesised command name."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    """Field 3 of /proc/<pid>/stat (R, S, Z...)."""
+    return stat_fields(pid)[0]
 
 
 def kafka_env(broker: Broker) -> dict[str, str]:
@@ -66,9 +88,9 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def owner(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
     """A process to tie a broker to (`sleep 600` unless parametrized with another command),
-    reaped only at the test's end: killed before, it stays a zombie."""
+    reaped only at the test's end: killed before, it stays a zombie. It dies with the session."""
     command = getattr(request, "param", ["sleep", "600"])
-    process = subprocess.Popen(command)
+    process = tied_to_this_process(command)
     try:
         yield process
     finally:
@@ -131,3 +153,60 @@ async def test_an_up_killed_with_its_owner_just_after_the_launch_leaves_no_broke
     await until_stopped(
         broker, lambda: f"the broker outlived its owner and `up`: pid {pidfile.read_text()}"
     )
+
+
+@pytest.fixture
+def mid_exec(tmp_path: Path) -> Iterator[tuple[Broker, subprocess.Popen[bytes], Path]]:
+    """A data dir whose pid file names a launcher held inside its execve of java (MID_EXEC), and
+    the gate that lets it exec; no real broker."""
+    broker = Broker(free_port_pair(), tmp_path / "kafka")
+    broker.data_dir.mkdir()
+    gate = tmp_path / "gate"
+    props = broker.data_dir / "server.properties"
+    launcher = tied_to_this_process([sys.executable, "-c", MID_EXEC, str(gate), str(props)])
+    try:
+        (broker.data_dir / "broker.pid").write_text(f"{launcher.pid}\n")
+        yield broker, launcher, gate
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def start_watcher(broker: Broker, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`kafka.sh stop-with <owner> <since> <pid>`, as `up`'s launcher starts it."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(KAFKA_SH), "stop-with", *args], env=kafka_env(broker), stdout=out, stderr=out
+        )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("owner_gone_first", [False, True])
+async def test_a_first_look_inside_the_launchers_execve_keeps_its_broker_watched(
+    mid_exec: tuple[Broker, subprocess.Popen[bytes], Path],
+    owner: subprocess.Popen[bytes],
+    owner_gone_first: bool,
+) -> None:
+    # The watcher starts as the launcher execs java: its first look may find an empty cmdline.
+    # Taken for "no broker", the watcher left (an owner alive: the broker was never stopped) or,
+    # its owner gone, `down` dropped the pid file and left the broker running.
+    broker, launcher, gate = mid_exec
+    await until(lambda: stat_state(launcher.pid) == "Z", within=10, what="main thread still on")
+    since = stat_fields(owner.pid)[19]  # field 22, starttime: as `up` passes it
+    if owner_gone_first:
+        owner.kill()
+        owner.wait()
+    log = broker.data_dir / "stop-with.log"
+    watcher = start_watcher(broker, [str(owner.pid), since, str(launcher.pid)], log)
+    try:
+        await asyncio.sleep(0.5)  # its first look comes a few ms in: at an empty cmdline
+        gate.touch()
+        await until(lambda: "kafka.Kafka" in Path(f"/proc/{launcher.pid}/cmdline").read_text())
+        owner.kill()
+        owner.wait()
+        await until(lambda: launcher.poll() is not None, within=10, what=log.read_text)
+        assert launcher.returncode == -signal.SIGTERM, log.read_text()
+        assert await asyncio.to_thread(watcher.wait, 10) == 0, log.read_text()
+    finally:
+        watcher.kill()
+        watcher.wait()

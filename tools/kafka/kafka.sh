@@ -114,12 +114,20 @@ ports_free() {
 }
 
 # The pid file only counts if that pid is still our broker (pids get reused).
+# An empty cmdline is a zombie's (gone), or the launcher's for an instant inside its execve of
+# java (the new image's arguments not yet laid out), or a process whose main thread ended first:
+# looked at again for up to 2 s unless gone, else the watcher left a live broker unwatched, and
+# `down` called then (the watcher's first look, its owner gone) dropped its pid file.
 broker_pid() {
-  local pid
+  local pid cmdline tries=0
   [[ -f "$pidfile" ]] || return 1
   pid="$(<"$pidfile")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "kafka.Kafka $props" || return 1
+  while cmdline="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" && [[ -z "$cmdline" ]]; do
+    [[ -n "$(started_at "$pid")" ]] && (( ++tries <= 40 )) || return 1
+    sleep 0.05
+  done
+  [[ "$cmdline" == *"kafka.Kafka $props"* ]] || return 1
   echo "$pid"
 }
 
@@ -151,7 +159,9 @@ cmd_fetch() (
   [[ -f "$home/$lock_hash/.complete" ]] && exit 0   # a concurrent fetch finished it
   say "fetching the Kafka jars pinned in ${jars_lock#"$repo"/} into $lib"
   tmp="$home/$lock_hash.tmp.$$"
-  rm -rf "$tmp" "${home:?}/$lock_hash"
+  # Any other .tmp. dir is a fetch killed midway (a Ctrl-C, a CI timeout): every fetch holds this
+  # lock, so none is under way; nothing else removes one (not `make clean`), up to all the jars.
+  rm -rf "${home:?}"/*.tmp.* "${home:?}/$lock_hash"
   # fetch_jars.py prints its own one-line reason on failure.
   "$python" "$here/fetch_jars.py" "$jars_lock" "$tmp/lib" || { rm -rf "$tmp"; exit 1; }
   touch "$tmp/.complete"

@@ -128,3 +128,26 @@ def test_an_unpinned_kafka_version_fails_in_one_line(tmp_path: Path) -> None:
     assert "3.9.2" in done.stderr, done.stderr  # the versions there are
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fetch_killed_midway_leaves_no_partial_jars_behind(tmp_path: Path) -> None:
+    # A Ctrl-C or a CI timeout during the first fetch: its temporary dir was kept for good.
+    locked = (KAFKA_TOOLS / "jars.lock").read_text().splitlines(keepends=True)
+    lock_hash = hashlib.sha256("".join(x for x in locked if not x.startswith("#")).encode())
+    stale = tmp_path / f"{lock_hash.hexdigest()[:16]}.tmp.99999" / "lib"
+    stale.mkdir(parents=True)
+    (stale / "partial.jar").write_bytes(JAR)
+    done = subprocess.run(
+        [str(KAFKA_TOOLS / "kafka.sh"), "fetch"],
+        env={
+            **os.environ,
+            "KAFKA_HOME_DIR": str(tmp_path),
+            "MAVEN_REPO_URL": f"http://{refusing_address()}/",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr  # this fetch fails too, and removes its own
+    assert sorted(x.name for x in tmp_path.iterdir()) == [".fetch.lock"]
