@@ -133,15 +133,18 @@ class Roster:
         if until is not None and self._clock() > until:
             self._on_expire(call)
             return []
-        if len(self.following) >= self.capacity:
+        if len(self.following) >= self.capacity or self.waiting:
+            # Behind the calls that wait, also with a slot free (a start handed back): one let
+            # past them was handed back ahead of them, and a launch raising for every call
+            # grew the queue by each call offered, past its cap, without end.
             if len(self.waiting) >= self.max_waiting:
                 self._on_drop(call)
                 self.missed = True
-                return []
-            self.waiting[call] = after
-            if until is not None:
-                self._until[call] = self._by_ticks(until)
-            return []
+            else:
+                self.waiting[call] = after
+                if until is not None:
+                    self._until[call] = self._by_ticks(until)
+            return self._fill()
         self.following[call] = partition
         return [Start(call, after, None if until is None else self._by_ticks(until))]
 

@@ -195,6 +195,21 @@ def test_starts_handed_back_wait_first_in_the_queue_bound_as_offered() -> None:
     assert expired == [b, c]
 
 
+def test_starts_handed_back_over_and_over_never_grow_the_queue_past_its_cap() -> None:
+    # A launch that raises for every call (a bug) hands each start back, its slot free again:
+    # each new call was started past the queue, handed back ahead of it, and kept, without end.
+    dropped: list[str] = []
+    roster = Roster(6, capacity=1, on_drop=dropped.append)
+    own(roster, 0, {}, {})
+    calls = calls_in(0, 15)
+    for call in calls:
+        roster.handed_back(roster.offer(call))
+    assert roster.max_waiting == 10
+    assert list(roster.waiting) == calls[:10]  # in arrival order, the first retried first
+    assert dropped == calls[10:]
+    assert roster.missed  # the call list is read again once the queue drains
+
+
 def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
     # The call list offers an ended call only while re-reading it cannot double it; the queue
     # can hold it for longer than the list's skew allowance.

@@ -345,6 +345,34 @@ async def test_a_call_whose_launch_raised_starts_when_a_slot_frees(
     await cancel_followers(source)
 
 
+async def test_a_call_handed_back_before_a_takeover_starts_where_the_takeovers_records_got_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The takeover's task starts by filling the slot a raising launch freed: before its first
+    # step has moved the queued call's resume point on from the announcement's 0.
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
+    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
+    source = call_log_source(Metrics())
+    roster = source.roster = Roster(6, 3)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    own(roster, 0, {}, {})
+    a, b, c = calls_in(0, 3)
+    faked_followers(monkeypatch, source, {a})
+    with pytest.raises(RuntimeError, match="a bug in a launch"):
+        source.announce(a)
+    assert list(roster.waiting) == [a]
+    assert not roster.following
+    progress = PartitionProgress()
+    for n, call in enumerate((a, b, c), 5):
+        progress.observe(f"{call}:{n}", [(CHANNEL, b"sse")], 100.0)
+    source.partition_owned(0, progress)
+    assert source._taking is not None  # in steps: more calls than TAKEOVER_STEP
+    await asyncio.wait_for(source._taking, 5)
+    assert set(source._followers) == set(roster.following) == {a, b, c}
+    assert source._followers[a][0].state.acked == 5
+    await cancel_followers(source)
+
+
 def test_distinct_refused_call_ids_are_logged_a_bounded_number_of_times(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
