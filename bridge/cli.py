@@ -600,9 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser("tail", help="print the events on the bridge's Kafka topics")
     where = tail.add_mutually_exclusive_group()
     where.add_argument("--topic", action="append", help="default: the events and alerts topics")
+    # A dead letter's are those its event would have had, where its value tells them.
     tail.add_argument("--type", default="*", help="type glob, e.g. 'call.*'")
-    tail.add_argument("--call", help="only this call id (a dead letter: one that mentions it)")
-    tail.add_argument("--id", help="only this event id (a dead letter: one that mentions it)")
+    tail.add_argument(
+        "--call", help="only this call id (a dead letter: its event's, else one that mentions it)"
+    )
+    tail.add_argument(
+        "--id", help="only this event id (a dead letter: its event's, else one that mentions it)"
+    )
     where.add_argument(
         "--everywhere",
         action="store_true",

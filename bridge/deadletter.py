@@ -7,14 +7,14 @@ a call-log entry not JSON): a note is no input, and is only reported.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
 from bridge import jsoncodec
-from bridge.normalise import Channel, Unrecognised, normalise
-from bridge.normalise.shapes import UnrecognisedReason
+from bridge.normalise import Channel, Event, Unrecognised, normalise
+from bridge.normalise.event import renderable
+from bridge.normalise.shapes import Names, UnrecognisedReason, names
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER, DLQ_RECEIVED_AT_HEADER
 
 CHANNELS: frozenset[str] = frozenset(get_args(Channel))
@@ -62,7 +62,8 @@ class DeadLetter:
             received = float(self.headers.get(DLQ_RECEIVED_AT_HEADER, ""))
         except ValueError:
             return self.timestamp
-        return received if math.isfinite(received) and received > 0 else self.timestamp
+        # A damaged header's time past year 9999 made the redriven CloudEvent's time raise.
+        return received if received > 0 and renderable(received) else self.timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +136,44 @@ def classify(letter: DeadLetter) -> Verdict:
     except jsoncodec.JSONDecodeError:
         return Unreadable("its value is not JSON")
     received_at = letter.received_at
+    if not renderable(received_at):
+        # Its header and its record's time both damaged: offered, its CloudEvent would raise.
+        return Unreadable("no receipt time that is a time")
     known = cast(Channel, channel)  # one of CHANNELS
     normalised = normalise(item, channel=known, received_at=received_at)
-    if channel in NOTE_CHANNELS and (
-        letter.reason == "invalid_json"
-        or (isinstance(normalised, Unrecognised) and letter.reason in NOTE_REASONS)
-    ):
-        # An event too large for Kafka is dead-lettered whole, and reads as an event: an input.
+    if _is_note(letter, normalised):
         return _note(item, known)
     if isinstance(normalised, Unrecognised):
         return StillUnrecognised(normalised.reason)
     return Redrive(item, known, received_at)
+
+
+def named(letter: DeadLetter) -> Names | None:
+    """The id, type and call the bridge would have given the event a dead letter stands for, as
+    far as its value tells; None for one the bridge did not write (no channel, not JSON)."""
+    if letter.channel not in CHANNELS:
+        return None
+    try:
+        item = jsoncodec.loads(letter.value)
+    except jsoncodec.JSONDecodeError:
+        return None
+    # The time names nothing: any will do, and a damaged header's is never rendered here.
+    normalised = normalise(item, channel=cast(Channel, letter.channel), received_at=0.0)
+    if _is_note(letter, normalised):
+        # A note's own content is not the input's: only the seq and call it kept name that.
+        return names(item, content=False)
+    if isinstance(normalised, Unrecognised):
+        return names(item)
+    return Names(normalised.id, normalised.type, normalised.call, call_known=True)
+
+
+def _is_note(letter: DeadLetter, normalised: Event | Unrecognised) -> bool:
+    """A source's note of what it could not read, standing in for that input."""
+    # An event too large for Kafka is dead-lettered whole, and reads as an event: an input.
+    return letter.channel in NOTE_CHANNELS and (
+        letter.reason == "invalid_json"
+        or (isinstance(normalised, Unrecognised) and letter.reason in NOTE_REASONS)
+    )
 
 
 def deliveries(

@@ -22,9 +22,10 @@ from rich.text import Text
 
 from bridge import jsoncodec
 from bridge.config import Settings
+from bridge.deadletter import DeadLetter, named
 from bridge.ingest import record as ingest_record
 from bridge.normalise.binding import decode
-from bridge.normalise.event import rfc3339
+from bridge.normalise.event import renderable, rfc3339
 from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER
 from bridge.sink.clienttasks import start_consumer, stop_consumer
 from bridge.sink.connectsetup import for_role
@@ -112,12 +113,27 @@ class TailFilter:
             return False
         return self.call is None or event.get("subject") == self.call
 
-    def matches_raw(self, value: bytes | None) -> bool:
-        """A record that is no CloudEvent (a dead letter): kept if it mentions the call and id."""
-        # A dead letter is what the bridge could not read, so no field is sure to hold the call:
-        # any string of it equal to the call (or id) is taken as naming it.
-        wanted = [w for w in (self.call, self.event_id) if w is not None]
-        return not wanted or all(_mentions(value or b"", w) for w in wanted)
+    def matches_raw(self, value: bytes | None, headers: Iterable[tuple[str, bytes]] = ()) -> bool:
+        """A record that is no CloudEvent (a dead letter): kept by the type, call and id the bridge
+        would have given its event, each where its value tells (`deadletter.named`); else if a
+        string of it equals the call (or id), and whatever its type."""
+        # A call-log entry's id (`CA_1:57`) is no string of it, its seq a number: only the
+        # normaliser's own rules find it. What they cannot read (no JSON, a note of a frame, a
+        # call id refused) may still hold the call anywhere: any string equal to it names it.
+        raw = value or b""
+        found = named(DeadLetter.of(raw, headers, 0))
+        if found is None:
+            wanted = [w for w in (self.call, self.event_id) if w is not None]
+            return all(_mentions(raw, w) for w in wanted)
+        if found.type is not None and not fnmatchcase(found.type, self.type_glob):
+            return False
+        if self.event_id is not None and not (
+            found.id == self.event_id if found.id is not None else _mentions(raw, self.event_id)
+        ):
+            return False
+        if self.call is None:
+            return True
+        return found.call == self.call if found.call_known else _mentions(raw, self.call)
 
 
 def _mentions(raw: bytes, text: str) -> bool:
@@ -160,7 +176,12 @@ def ingest_note(
             "" if version is None else f"-> ingest format {version}, a later release's, {decided}"
         )
     redriven = ", redriven" if entry.redriven else ""
-    return f"-> {entry.output.topic} received {rfc3339(entry.received_at)}{redriven}, {decided}"
+    return f"-> {entry.output.topic} received {shown_time(entry.received_at)}{redriven}, {decided}"
+
+
+def shown_time(epoch_seconds: float) -> str:
+    """A header's time as RFC 3339; one no date is (a damaged header's 1e20) as it is stored."""
+    return rfc3339(epoch_seconds) if renderable(epoch_seconds) else f"{epoch_seconds!r} (no time)"
 
 
 def printable(text: str) -> str:
@@ -453,7 +474,7 @@ async def _read(
                     # Structured or binary mode alike; anything else (dead letters) shown raw.
                     event: Any = decode(headers, message.value)
                     if event is None:
-                        if not wanted.matches_raw(message.value):
+                        if not wanted.matches_raw(message.value, headers):
                             continue
                         event = message.value
                     elif not wanted.matches(event):

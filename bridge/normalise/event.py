@@ -103,6 +103,18 @@ def rfc3339(epoch_seconds: float) -> str:
     return f"{_second(seconds)}.{micros // 1000:03d}Z"
 
 
+def renderable(epoch_seconds: float) -> bool:
+    """Whether rfc3339() writes it as a time: from 1970 to the end of year 9999, where a damaged
+    header's (1e20, a negative, nan) made it raise or write nonsense."""
+    if not epoch_seconds >= 0:  # nan too
+        return False
+    try:
+        rfc3339(epoch_seconds)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=256)
 def _second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")

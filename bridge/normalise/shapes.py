@@ -175,13 +175,8 @@ def _entry(
     if agent is not None and not isinstance(agent, str):
         return Unrecognised("invalid_id", item)
     call, agent = call or None, agent or None
-    natural_id = None
-    if seq >= 1 and call is not None:
-        natural_id = f"{call}:{seq}"
-    elif seq >= 1 and agent is not None:
-        natural_id = f"@{agent}:{seq}"
     return Event(
-        id=payload_id or natural_id or content_id(item),
+        id=payload_id or natural_id(call, agent, seq) or content_id(item),
         type=event_type,
         data=data,
         channel=channel,
@@ -281,6 +276,75 @@ def _legacy(
         agent=_str_or_none(item.get("agent")),
         marker=event_type in MARKER_TYPES,
     )
+
+
+def natural_id(call: str | None, agent: str | None, seq: int) -> str | None:
+    """A log entry's id from its place in its log: `<call>:<seq>`, an agent's `@<agent>:<seq>`."""
+    if seq >= 1 and call is not None:
+        return f"{call}:{seq}"
+    if seq >= 1 and agent is not None:
+        return f"@{agent}:{seq}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """An item's id, type and call as normalise() reads them, None where they cannot be read;
+    `call_known`: whether `call` was (None then means an event of no call)."""
+
+    id: str | None = None
+    type: str | None = None
+    call: str | None = None
+    call_known: bool = False
+
+
+def names(item: Any, *, content: bool = True) -> Names:
+    """What normalise() would name `item`, field by field, so that one it refuses still names
+    what it can. `content`: an item without an id of its own gets its content id (not a note's)."""
+    if not isinstance(item, dict):
+        return Names()
+    shape = _shape(item)
+    kind = item.get("event" if shape == "legacy" else "type")
+    event_type = kind if isinstance(kind, str) and valid_id(kind, MAX_TYPE_LENGTH) else None
+    call, call_known = _named_call(item, shape)
+    payload_id = _payload_id(item)
+    event_id: str | None
+    if payload_id is not None:
+        event_id = payload_id if valid_id(payload_id) else None
+    elif shape == "entry":
+        event_id = _entry_id(item, content)
+    else:
+        event_id = content_id(item) if content else None
+    return Names(event_id, event_type, call, call_known)
+
+
+def _entry_id(item: dict[str, Any], content: bool) -> str | None:
+    """A log entry's natural id, else its content id; None where its seq, call or agent is none."""
+    seq, call, agent = item["seq"], item.get("call"), item.get("agent")
+    if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
+        return None
+    if not (call is None or isinstance(call, str)) or not (agent is None or isinstance(agent, str)):
+        return None
+    found = natural_id(call or None, agent or None, seq)
+    return found if found is not None or not content else content_id(item)
+
+
+def _named_call(item: dict[str, Any], shape: Shape) -> tuple[str | None, bool]:
+    """The call the shape names (None: none), and whether it could be read as a call id."""
+    if shape == "alert":
+        return None, True
+    if shape == "documented":
+        data = item.get("data")
+        if not isinstance(data, dict):
+            return None, False  # normalise reads the call from the data
+        value = data.get("call_id")
+    else:
+        value = item.get("call" if shape == "entry" else "callId")
+    if value is None or value == "":
+        return None, True
+    if isinstance(value, str) and valid_call_id(value):
+        return value, True
+    return None, False
 
 
 def _payload_id(item: dict[str, Any]) -> str | None:

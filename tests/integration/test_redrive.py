@@ -15,6 +15,7 @@ from bridge import jsoncodec
 from bridge.config import Settings
 from bridge.deadletter import Selection
 from bridge.normalise.event import rfc3339
+from bridge.normalise.shapes import to_epoch
 from bridge.redrive import UNTIL_SLACK_SECONDS, NoProgress, redrive, run_redrive
 from bridge.sink.record import Record
 from tests.integration.conftest import (
@@ -106,6 +107,26 @@ async def test_a_dead_letter_the_bridge_now_reads_is_published_once_and_the_dlq_
     assert len(await read_decided(kafka_bootstrap, topics, [topics.events])) == 1
     dlq = await read_to_end(kafka_bootstrap, [topics.dlq])
     assert len(dlq) == 3, "what is still unrecognised is not dead-lettered again"
+
+
+async def test_a_dead_letter_received_past_year_9999_is_published_at_its_records_time(
+    kafka_bootstrap: str, topics: Topics, start_bridge: Callable[..., Any], unique_call: str
+) -> None:
+    """A damaged `pinecall-received-at` (1e20): its CloudEvent's receipt time raised, and the
+    command with it; it is the dead letter's own time instead."""
+    await start_bridge()
+    settings = bridge_settings(kafka_bootstrap, topics)
+    since = time.time() - 1
+    damaged = dead_letter(topics, entry(5, call=unique_call), "invalid_data", "webhook", 1e20)
+    await write_ingest(kafka_bootstrap, [damaged])
+    code, said = await run_command(settings, Selection(since))
+    assert code == 0, said
+    [published] = await read_decided(kafka_bootstrap, topics, [topics.events])
+    event = published.json()
+    assert event["id"] == f"{unique_call}:5"
+    received = to_epoch(event["pinecallreceivedat"])
+    assert received is not None
+    assert since - 1 <= received <= time.time() + 1
 
 
 async def test_events_still_too_large_are_counted_and_left_in_the_dlq_the_rest_published(

@@ -332,6 +332,46 @@ async def test_tail_everywhere_shows_where_a_calls_event_went(
     assert sum(line.startswith(f"{topics.dlq}[") and dead in line for line in lines) == 1
 
 
+async def test_tail_everywhere_finds_a_dead_letter_by_the_id_and_type_its_event_would_have(
+    start_bridge: Callable[..., Any], topics: Topics, unique_call: str, kafka_bootstrap: str
+) -> None:
+    """README's `--id CA_123:57`: the call log entry's dead letter, though no string of it is
+    its id (the seq is a number); `--type` keeps it, or leaves it out."""
+    bridge: RunningBridge = await start_bridge()
+    refused = entry(57, "call.ended", call=unique_call, data="not an object")
+    bodies = (entry(56, call=unique_call), refused)
+    assert [(await bridge.post(body))[0] for body in bodies] == [200, 202]
+    await until_decided(kafka_bootstrap, topics)
+
+    async def everywhere(wanted: TailFilter) -> tuple[int, list[str]]:
+        console = Console(record=True, width=600)
+        shown = await tail(
+            bridge.bridge.settings,
+            [topics.ingest, topics.events, topics.dlq],
+            wanted,
+            from_beginning=True,
+            to_end=True,
+            limit=None,
+            console=console,
+        )
+        return shown, console.export_text().splitlines()
+
+    dead = "dead letter invalid_data via webhook: " + '{"seq":57,'
+    for wanted in (
+        TailFilter(event_id=f"{unique_call}:57"),
+        TailFilter(type_glob="call.ended", call=unique_call),
+    ):
+        shown, lines = await everywhere(wanted)
+        assert shown == 2, lines  # its ingest copy and the dead letter
+        assert sum(f"-> {topics.dlq} received " in line and dead in line for line in lines) == 1
+        assert sum(line.startswith(f"{topics.dlq}[") and dead in line for line in lines) == 1
+    shown, lines = await everywhere(TailFilter(type_glob="call.ended", call="CA_other"))
+    assert shown == 0, lines
+    shown, lines = await everywhere(TailFilter(type_glob="turn.*", call=unique_call))
+    assert shown == 2, lines  # entry 56, its ingest copy and its output
+    assert not any(dead in line for line in lines)
+
+
 async def test_tail_skips_records_of_aborted_transactions(
     kafka_bootstrap: str, topics: Topics
 ) -> None:

@@ -16,7 +16,9 @@ from bridge.deadletter import (
     Unreadable,
     classify,
     deliveries,
+    named,
 )
+from bridge.normalise.shapes import Names, content_id
 from tests import entries
 
 WRITTEN = 1_790_000_500.0  # when the dedup stage wrote the dead letter (the record's timestamp)
@@ -49,6 +51,17 @@ def test_without_a_readable_receipt_time_it_is_when_it_was_dead_lettered() -> No
     for header in (None, "soon", "nan", "-1"):
         verdict = classify(letter(item, received_at=header))
         assert verdict == Redrive(item, "webhook", WRITTEN)
+
+
+def test_a_receipt_time_past_year_9999_is_damage_not_a_crash() -> None:
+    # Taken as it was, the redriven CloudEvent's `pinecallreceivedat` raised (OverflowError).
+    item = entries.entry(4, call="CA_up")
+    for header in ("1e20", "253402300800", "inf"):
+        assert letter(item, received_at=header).received_at == WRITTEN
+        assert classify(letter(item, received_at=header)) == Redrive(item, "webhook", WRITTEN)
+    # Its record's time damaged too: counted as unreadable, never offered.
+    damaged = letter(item, received_at="1e20", timestamp=1e17)
+    assert classify(damaged) == Unreadable("no receipt time that is a time")
 
 
 def test_a_header_without_a_value_is_left_out() -> None:
@@ -162,3 +175,77 @@ def test_deliveries_group_what_arrived_together_in_order() -> None:
     ]
     assert list(deliveries(wanted[:2], size=1)) == [("webhook", 10.0, [a]), ("webhook", 10.0, [b])]
     assert list(deliveries([])) == []
+
+
+ENDED = entries.entry(57, "call.ended", call="CA_123", data="not an object")
+ALERT = {"type": "agent.down", "org": "org_1", "env": "prod", "at": 1.8e9, "data": "x"}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "channel", "names"),
+    [
+        # A webhook's or the feed's entry refused for its data: named as its event would be.
+        (ENDED, "invalid_data", "webhook", Names("CA_123:57", "call.ended", "CA_123", True)),
+        (ENDED, "invalid_data", "websocket", Names("CA_123:57", "call.ended", "CA_123", True)),
+        # A documented event without a type: its call is in its data, its id its content's.
+        (
+            {"data": {"call_id": "CA_123"}},
+            "missing_type",
+            "webhook",
+            Names(content_id({"data": {"call_id": "CA_123"}}), None, "CA_123", True),
+        ),
+        # Too large for Kafka, dead-lettered whole: what normalise gives it, exactly.
+        (
+            entries.entry(57, "call.ended", call="CA_123"),
+            "too_large",
+            "sse",
+            Names("CA_123:57", "call.ended", "CA_123", True),
+        ),
+        # The call log's notes (follow or backfill) of an entry too large, or not JSON: its seq.
+        (
+            {"call": "CA_123", "seq": 57, "type": "call.ended", "bytes": 2_000_000},
+            "too_large",
+            "sse",
+            Names("CA_123:57", "call.ended", "CA_123", True),
+        ),
+        (
+            {"call": "CA_123", "seq": 57, "type": "call.ended", "data": "{not json"},
+            "invalid_json",
+            "sse",
+            Names("CA_123:57", "call.ended", "CA_123", True),
+        ),
+        # Without its own seq, a note names no id: its content is not the entry's.
+        (
+            {"call": "CA_123", "seq": None, "type": "call.ended", "bytes": 9, "sha256": "ab"},
+            "too_large",
+            "sse",
+            Names(None, "call.ended", "CA_123", True),
+        ),
+        # The feed's note of a frame too large: only a head of text, nothing read.
+        (
+            {"bytes": 9_000_000, "sha256": "ab" * 32, "data": '{"type": "tu', "truncated": True},
+            "too_large",
+            "websocket",
+            Names(),
+        ),
+        # An alert envelope is no call's, whatever its data says.
+        (ALERT, "invalid_data", "webhook", Names(content_id(ALERT), "agent.down", None, True)),
+        (
+            {**ALERT, "id": "AL_1"},
+            "invalid_data",
+            "webhook",
+            Names("AL_1", "agent.down", None, True),
+        ),
+    ],
+)
+def test_a_dead_letter_is_named_as_the_bridge_would_have_named_its_event(
+    value: Any, reason: str, channel: str, names: Names
+) -> None:
+    assert named(letter(value, reason=reason, channel=channel)) == names
+
+
+@pytest.mark.parametrize(
+    ("raw", "channel"), [(b"{not json", "webhook"), (b"{}", ""), (b"{}", "fax")]
+)
+def test_a_record_the_bridge_did_not_write_names_nothing(raw: bytes, channel: str) -> None:
+    assert named(letter(raw, channel=channel)) is None

@@ -23,6 +23,7 @@ from bridge.normalise.binding import encode
 from bridge.sink import kafka as kafka_module
 from bridge.sink.record import Record
 from bridge.tail import TailFilter, ingest_note, render, since_offsets, tail, unfinished
+from tests import entries
 from tests.unit.sink.fakes import FakeAdmin, stop_cut_by_a_retry
 
 EVENT = {
@@ -71,6 +72,56 @@ def test_a_dead_letter_is_kept_for_an_id_only_with_the_call_too() -> None:
     assert not TailFilter(event_id="E_8").matches_raw(value)
 
 
+def dead(reason: str, channel: str) -> list[tuple[str, bytes]]:
+    """A dead letter's headers, as the dedup stage writes them."""
+    return [("pinecall-dlq-reason", reason.encode()), ("pinecall-channel", channel.encode())]
+
+
+@pytest.mark.parametrize(
+    ("value", "headers"),
+    [
+        # A call log's entry refused for its data (webhook, feed or call log alike)...
+        (entries.entry(57, "call.ended", call="CA_123", data="x"), dead("invalid_data", "webhook")),
+        # ...and the call log's note of one too large to read, or not JSON.
+        ({"call": "CA_123", "seq": 57, "type": "call.ended", "bytes": 9}, dead("too_large", "sse")),
+        (
+            {"call": "CA_123", "seq": 57, "type": "call.ended", "data": "{"},
+            dead("invalid_json", "sse"),
+        ),
+    ],
+)
+def test_a_dead_letter_is_found_by_the_id_type_and_call_its_event_would_have_had(
+    value: Any, headers: list[tuple[str, bytes]]
+) -> None:
+    raw = jsoncodec.dumps(value)
+    # Its id `CA_123:57` is no string of it: its seq is a number.
+    assert TailFilter(event_id="CA_123:57").matches_raw(raw, headers)
+    assert TailFilter(type_glob="call.*", call="CA_123", event_id="CA_123:57").matches_raw(
+        raw, headers
+    )
+    assert not TailFilter(event_id="CA_123:58").matches_raw(raw, headers)
+    assert not TailFilter(type_glob="turn.*").matches_raw(raw, headers)
+    assert not TailFilter(call="CA_12").matches_raw(raw, headers)
+
+
+def test_a_dead_letter_whose_names_cannot_be_read_is_kept_by_what_it_mentions() -> None:
+    # Its call id refused, its type none: a string of it equal to the call names it, any type.
+    value = jsoncodec.dumps({"seq": 57, "call": "CA/1", "type": 7, "data": {}})
+    headers = dead("invalid_call_id", "webhook")
+    assert TailFilter(type_glob="call.*", call="CA/1").matches_raw(value, headers)
+    assert not TailFilter(call="CA/2").matches_raw(value, headers)
+    # A feed frame's note: only a head of its text, no type read, so none that leaves it out.
+    note = jsoncodec.dumps({"bytes": 9, "sha256": "ab", "data": '{"type": "tu', "truncated": True})
+    assert TailFilter(type_glob="turn.*").matches_raw(note, dead("too_large", "websocket"))
+
+
+def test_an_alert_dead_letter_is_no_calls_whatever_its_data_mentions() -> None:
+    alert = {"type": "agent.down", "org": "o", "at": 1.8e9, "data": {"last_call": "CA_1"}, "id": 5}
+    value, headers = jsoncodec.dumps({**alert, "env": ["prod"]}), dead("invalid_id", "webhook")
+    assert TailFilter(type_glob="agent.*", event_id="5").matches_raw(value, headers)
+    assert not TailFilter(call="CA_1").matches_raw(value, headers)
+
+
 def ingest_headers(*, redriven: bool = False) -> tuple[bytes | None, bytes, list[Any]]:
     output = Record("pinecall.events", b"CA_1", b"{}", (("ce_id", b"CA_1:3"),))
     encoded = ingest_record.encode(
@@ -87,6 +138,15 @@ def test_an_ingest_record_says_where_it_is_bound_when_received_and_whether_decid
     assert ingest_note(key, value, headers, 0, None) == f"{bound}, not yet decided"
     key, value, headers = ingest_headers(redriven=True)
     assert ingest_note(key, value, headers, 4, 5) == f"{bound}, redriven, decided"
+
+
+def test_an_ingest_record_received_past_year_9999_is_shown_not_a_crash() -> None:
+    # A damaged header: rfc3339 raised OverflowError, and tail --everywhere ended there.
+    output = Record("pinecall.events", b"CA_1", b"{}", (("ce_id", b"CA_1:3"),))
+    for received, shown in ((1e20, "1e+20"), (-5.0, "-5.0"), (253402300800.0, "253402300800.0")):
+        encoded = ingest_record.encode("pinecall.ingest", "CA_1:3", output, "webhook", received)
+        note = ingest_note(encoded.key, encoded.value, list(encoded.headers), 4, 5)
+        assert note == f"-> pinecall.events received {shown} (no time), decided"
 
 
 def test_an_ingest_record_of_a_later_format_is_named_as_such() -> None:

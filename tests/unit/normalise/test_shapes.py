@@ -481,3 +481,56 @@ def test_the_payload_id_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shapes, "_payload_id", counted)
     assert norm({"type": "x.y", "data": {}, "id": "evt_1"}).id == "evt_1"
     assert reads == ["evt_1"]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"seq": 57, "ts": 1.0, "call": "CA_1", "agent": "a", "type": "call.ended", "data": {}},
+        {"seq": 3, "ts": 1.0, "agent": "a", "type": "log.line", "data": {}},
+        {"seq": 0, "ts": 1.0, "call": "CA_1", "type": "turn.user", "data": {}},
+        {"seq": 4, "id": "E_4", "call": "CA_1", "type": "turn.user", "data": {}},
+        {"type": "agent.down", "org": "o", "env": "prod", "at": 1.8e9, "data": {}},
+        {"type": "call.ended", "data": {"call_id": "CA_2"}},
+        {"type": "call.ended", "id": 12, "data": {}},
+        {"event": "transcript", "callId": "CA_3", "text": "hi"},
+    ],
+)
+def test_names_are_those_normalise_gives_what_it_reads(item: dict[str, Any]) -> None:
+    event = normalise(item, channel="webhook", received_at=1.0)
+    assert isinstance(event, Event)
+    assert shapes.names(item) == shapes.Names(event.id, event.type, event.call, call_known=True)
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        # Refused for its data: its seq and call still name it, as its published copy would be.
+        (
+            {"seq": 57, "call": "CA_1", "type": "call.ended", "data": "x"},
+            shapes.Names("CA_1:57", "call.ended", "CA_1", call_known=True),
+        ),
+        # A seq past CloudEvents' Integer, a call id that is no call's: none read.
+        ({"seq": 2**40, "call": "CA_1", "type": "t"}, shapes.Names(None, "t", "CA_1", True)),
+        ({"seq": 1, "call": 7, "type": 9}, shapes.Names(None, None, None, False)),
+        ({"seq": 1, "call": "a/b", "type": "t"}, shapes.Names("a/b:1", "t", None, False)),
+        # The documented shape's call is in its data: none there, none read.
+        (
+            {"type": "t", "data": "x"},
+            shapes.Names(shapes.content_id({"type": "t", "data": "x"}), "t"),
+        ),
+        ({"id": {"no": "id"}, "data": {"call_id": "CA_1"}}, shapes.Names(None, None, "CA_1", True)),
+        ([1, 2], shapes.Names()),
+    ],
+)
+def test_names_of_what_normalise_refuses_are_those_it_can_read(
+    item: Any, named: shapes.Names
+) -> None:
+    assert isinstance(normalise(item, channel="webhook", received_at=1.0), Unrecognised)
+    assert shapes.names(item) == named
+
+
+def test_a_notes_names_leave_out_its_own_content_id() -> None:
+    note = {"call": "CA_1", "seq": None, "type": "turn.user", "bytes": 9}
+    assert shapes.names(note, content=False) == shapes.Names(None, "turn.user", "CA_1", True)
+    assert shapes.names({"data": "head", "truncated": True}, content=False) == shapes.Names()
