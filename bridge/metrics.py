@@ -291,8 +291,9 @@ class Metrics:
             f"{PREFIX}_topic_problem",
             "1 while the dedup stage's topic check finds this problem with one of the bridge's"
             " topics (missing, not_allowed, unreadable; for the ingest topic also timestamp_type,"
-            " retention_ms, retention_bytes, cleanup_policy; for an output topic compacted), 0"
-            " once it is gone.",
+            " retention_ms, retention_bytes, cleanup_policy; for an output topic compacted; for"
+            " any, by its replicas and min.insync.replicas, unwritable, all_in_sync or"
+            " leader_alone), 0 once it is gone.",
             ["topic", "problem"],
             registry=r,
         )
@@ -390,7 +391,8 @@ class Metrics:
         )
         self.dedup_partitions_lost = Counter(
             f"{PREFIX}_dedup_partitions_lost_total",
-            "Partitions given up without a clean revocation: fenced, timeout or error.",
+            "Partitions given up without a clean revocation: fenced, timeout, error or producer"
+            " (the stage's transactional producer could not be started or replaced).",
             ["reason"],
             registry=r,
         )
@@ -579,9 +581,9 @@ class Metrics:
         )
         self.sse_calls_given_up = Counter(
             f"{PREFIX}_sse_calls_given_up_total",
-            "Calls whose log was left before its end, by reason: not_found (404), gone (410) or"
-            " refused (other refusals for BRIDGE_SSE__GIVE_UP_AFTER_SECONDS); the rest of their"
-            " entries is not read.",
+            "Calls whose log was left before its end, by reason: not_found (404), gone (410),"
+            " forbidden (403s) or refused (other refusals), those two after"
+            " BRIDGE_SSE__GIVE_UP_AFTER_SECONDS of them; the rest of their entries is not read.",
             ["reason"],
             registry=r,
         )

@@ -70,6 +70,6 @@ def timeout_warning(missing: Iterable[str], outputs: Collection[str]) -> str:
     return (
         "a dedup transaction timed out; bounding them in records. Likely cause: its output"
         f" topic{'s' if many else ''} {', '.join(gone)} {'are' if many else 'is'} missing"
-        ' (deleted while running? topic_problem{kind="missing"}): its events wait in the ingest'
+        ' (deleted while running? topic_problem{problem="missing"}): its events wait in the ingest'
         " topic until it exists again"
     )

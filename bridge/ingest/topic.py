@@ -106,7 +106,7 @@ class TopicProblems:
         return new, gone
 
     def missing(self) -> list[str]:
-        """The topics the last check found missing (`topic_problem{kind="missing"}`)."""
+        """The topics the last check found missing (`topic_problem{problem="missing"}`)."""
         return sorted(topic for topic, kind in self.present if kind == "missing")
 
 

@@ -29,11 +29,13 @@ from tests.deploy.tools import (
     GROUP,
     SIGNED,
     Manifest,
+    find_tool,
     helm,
     load_yaml,
     one,
     render,
     render_text,
+    run,
     template_args,
 )
 
@@ -1484,6 +1486,54 @@ def test_the_feed_call_log_webhook_and_downstream_alert_windows_may_be_fractions
     assert "[5m]" in defaults["PinecallBridgeWebSocketDown"]["expr"]
     assert defaults["PinecallBridgeWebhookNotRegistered"]["for"] == "10m"
     assert defaults["PinecallBridgeDownstreamLagHigh"]["for"] == "15m"
+
+
+# A number printed with an exponent (1e+06, 5e-05) or a float's binary residue (7.000000000000001).
+UNWRITTEN_NUMBER = re.compile(r"\d[eE][+-]?\d|\.\d*(?:0{6}|9{6})\d")
+
+
+@pytest.mark.parametrize(
+    ("large", "ratio", "percent"), [(1000000, 0.07, "7"), (2500000.5, 0.00005, "0.005")]
+)
+def test_alert_thresholds_from_a_values_file_print_as_written(
+    tmp_path: Path, large: float, ratio: float, percent: str
+) -> None:
+    # A values file's numbers reach the templates as float64, which print 1e+06 from a million
+    # up and 5e-05 below 0.0001 (--set gives int64s instead: a file is what users write).
+    schema = load_yaml(CHART / "values.schema.json")["properties"]["alerts"]["properties"]
+    thresholds = {
+        key: ratio if key.endswith("Ratio") else int(large) if spec["type"] == "integer" else large
+        for key, spec in schema.items()
+        if spec.get("type") in ("number", "integer")
+    }
+    values = tmp_path / "alerts.yaml"
+    values.write_text(yaml.safe_dump({"alerts": thresholds}))
+    rendered = render(
+        SIGNED,
+        "prometheusRule.enabled=true",
+        "prometheusRule.downstreamLag.enabled=true",
+        values=values,
+    )
+    groups = one(rendered, "PrometheusRule")["spec"]["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    for name, rule in rules.items():
+        for text in (rule["expr"], rule.get("for", ""), *rule["annotations"].values()):
+            assert not UNWRITTEN_NUMBER.search(text), (name, text)
+    written = f"{large:.0f}" if large == int(large) else str(large)
+    lag = rules["PinecallBridgeDedupLagGrowing"]
+    assert f"> {written}\n" in lag["expr"], lag["expr"]
+    assert f"more than {written}s or {int(large)} records" in lag["annotations"]["description"]
+    rejected = rules["PinecallBridgeRejectionRateHigh"]
+    assert f"> {ratio:f}".rstrip("0") + "\n" in rejected["expr"], rejected["expr"]
+    assert f"More than {percent}% of one channel" in rejected["annotations"]["description"]
+    assert (
+        f"{written} minutes"
+        in rules["PinecallBridgeKafkaDisconnected"]["annotations"]["description"]
+    )
+    file = tmp_path / "rules.yaml"
+    file.write_text(yaml.safe_dump({"groups": groups}))
+    done = run(find_tool("promtool"), "check", "rules", file)
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout
 
 
 def test_downstream_lag_alert_is_optional_and_watches_the_output_topics() -> None:

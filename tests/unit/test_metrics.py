@@ -4,13 +4,18 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
 from prometheus_client import Counter, Gauge, Histogram
 
+from bridge.config import DedupSettings
 from bridge.connlimit import Listener
 from bridge.http_timeouts import BAD_REQUEST_HEAD
+from bridge.ingest.topic import ingest_topic_findings
 from bridge.metrics import Metrics, observe_all
 from bridge.normalise.shapes import UnrecognisedReason
 from bridge.routing import DropReason
+from bridge.sink.durability import durability_problem
+from bridge.sink.topicreads import NOT_YET_VISIBLE, unread_kind
 from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
@@ -89,6 +94,31 @@ def test_every_metric_the_docs_name_is_one_the_code_exports() -> None:
         assert not unknown, f"{doc} names metrics the code never exports: {unknown}"
 
 
+# `name{label=` or `name{label!~`: a selector in prose, a query or a log line.
+_SELECTOR = re.compile(r"\b([a-z][a-z0-9_]*)\{([a-z_]+)\s*(?:=~|!~|!=|=)")
+
+
+def test_every_selector_the_docs_and_the_code_write_uses_a_label_of_its_metric() -> None:
+    # A log line sent the SRE to topic_problem{kind="missing"}: its label is `problem`, so the
+    # query they typed from it selected nothing.
+    labels = {
+        name: set(metric._labelnames) if metric is not None else set()
+        for name, metric in _exported().items()
+    }
+    texts = [README.parent / doc for doc in DOCS] + sorted((README.parent / "bridge").rglob("*.py"))
+    wrong = []
+    for path in texts:
+        for name, label in _SELECTOR.findall(path.read_text()):
+            full = re.sub(r"_(bucket|count|sum)$", "", name)
+            full = full if full.startswith("pinecall_bridge_") else f"pinecall_bridge_{full}"
+            scrape = {"namespace", "pod", "worker", "job", "instance", "le"}
+            if full in labels and label not in labels[full] | scrape:
+                wrong.append(
+                    f"{path.name}: {name}{{{label}=...}}, not one of {sorted(labels[full])}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
 def test_a_metric_named_in_prose_or_a_query_is_found() -> None:
     text = (
         '`events_rejected_total{channel="webhook"}`, `rate(pinecall_bridge_x_seconds_bucket[5m])`'
@@ -101,22 +131,43 @@ def test_a_metric_named_in_prose_or_a_query_is_found() -> None:
     }
 
 
-def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
-    rows = _rows()
-    closed: dict[str, set[str]] = {
-        "pinecall_bridge_websocket_reconnects_total": set(get_args(DisconnectReason)),
-        "pinecall_bridge_sse_reconnects_total": set(REASONS) | {"call", "org_feed"},
-        "pinecall_bridge_sse_calls_given_up_total": set(GIVE_UP_REASONS),
-        "pinecall_bridge_events_dead_lettered_total": set(get_args(UnrecognisedReason)),
-        "pinecall_bridge_events_dropped_total": set(get_args(DropReason)),
-        "pinecall_bridge_websocket_frames_total": set(get_args(FrameKind)),
+def _topic_problems() -> set[str]:
+    """Every `problem` of topic_problem, from the checks that name them (no one list holds them)."""
+    worst = {"message.timestamp.type": "CreateTime", "retention.ms": "0", "retention.bytes": "1"}
+    findings = ingest_topic_findings({**worst, "cleanup.policy": "compact"}, DedupSettings())
+    errors = (None, TopicAuthorizationFailedError.errno, *NOT_YET_VISIBLE)
+    durability = (durability_problem(*case) for case in ((1, "2"), (3, "3"), (3, "1")))
+    return (
+        {kind for kind, _ in findings}
+        | {unread_kind(code) for code in errors}
+        | {found[2] for found in durability if found is not None}
+        | {"compacted"}  # bridge/service.py's, of an output topic
+    )
+
+
+def _label_values() -> dict[str, dict[str, set[str]]]:
+    """The values the code names for each metric's labels, by metric and label."""
+    listeners = set(get_args(Listener))
+    closed: dict[str, dict[str, set[str]]] = {
+        "pinecall_bridge_websocket_reconnects_total": {"reason": set(get_args(DisconnectReason))},
+        "pinecall_bridge_sse_reconnects_total": {
+            "reason": set(REASONS),
+            "stream": {"call", "org_feed"},
+        },
+        "pinecall_bridge_sse_calls_given_up_total": {"reason": set(GIVE_UP_REASONS)},
+        "pinecall_bridge_events_dead_lettered_total": {"reason": set(get_args(UnrecognisedReason))},
+        "pinecall_bridge_events_dropped_total": {"reason": set(get_args(DropReason))},
+        "pinecall_bridge_websocket_frames_total": {"kind": set(get_args(FrameKind))},
         "pinecall_bridge_events_rejected_total": {
-            v.value for v in Verdict if v is not Verdict.VALID
-        }
-        | {BAD_REQUEST_HEAD},
-        "pinecall_bridge_secret_reloads_total": set(get_args(Result)) | set(get_args(Label)),
+            "reason": {v.value for v in Verdict if v is not Verdict.VALID} | {BAD_REQUEST_HEAD}
+        },
+        "pinecall_bridge_secret_reloads_total": {
+            "result": set(get_args(Result)),
+            "secret": set(get_args(Label)),
+        },
+        "pinecall_bridge_topic_problem": {"problem": _topic_problems()},
         **{
-            f"pinecall_bridge_http_connections_{name}": set(get_args(Listener))
+            f"pinecall_bridge_http_connections_{name}": {"listener": set(listeners)}
             for name in ("timed_out_total", "open", "max", "refused_total")
         },
     }
@@ -124,13 +175,35 @@ def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
     for family in _metrics().registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         for sample in family.samples:
-            named = (v for label, v in sample.labels.items() if label != "le")
-            closed.setdefault(name, set()).update(named)
-    for name, values in closed.items():
+            for label, value in sample.labels.items():
+                if label != "le":
+                    closed.setdefault(name, {}).setdefault(label, set()).add(value)
+    return closed
+
+
+def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
+    rows = _rows()
+    for name, labels in _label_values().items():
         assert name in rows, f"{name} is not in README.md's Metrics table"
         meaning = rows[name][1]
-        missing = sorted(v for v in values if f"`{v}`" not in meaning)
+        missing = sorted(v for values in labels.values() for v in values if f"`{v}`" not in meaning)
         assert not missing, f"{name}: README's Metrics table does not name {missing}"
+
+
+def test_a_help_text_listing_a_labels_values_lists_them_all() -> None:
+    # sse_calls_given_up_total's help listed not_found, gone and refused but not forbidden, and
+    # dedup_partitions_lost_total's fenced, timeout and error but not producer: a reader of
+    # /metrics took the list for the whole vocabulary.
+    helps = {name: m._documentation for name, m in _exported().items() if m is not None}
+    partial = []
+    for name, labels in _label_values().items():
+        words = set(re.findall(r"\w+", helps[name]))
+        for label, values in labels.items():
+            if values & words and not values <= words:
+                partial.append(f"{name} {label}: {sorted(values - words)}")
+    assert not partial, "help texts leave out label values they list the others of:\n" + "\n".join(
+        partial
+    )
 
 
 def _histogram_samples(histogram: Histogram) -> dict[str, float]:

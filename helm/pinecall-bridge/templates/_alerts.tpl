@@ -12,6 +12,27 @@ which PromQL takes only in a smaller unit) in whole seconds, rounded up. */}}
 {{- $seconds := mulf . 60 | ceil | int -}}
 {{- if mod $seconds 60 }}{{ $seconds }}s{{ else }}{{ div $seconds 60 }}m{{ end -}}
 {{- end }}
+{{- /* A threshold as a person writes it: Helm reads a values file's numbers as float64, which
+print with an exponent from a million up (1e+06) or below 0.0001 (5e-05). A whole number
+without a point, else JSON's shortest form, its exponent (only below 1e-6) spelled out in zeros. */}}
+{{- define "pinecall-bridge.number" -}}
+{{- if not (kindIs "float64" .) }}{{ . }}
+{{- else if eq . (floor .) }}{{ printf "%.0f" . }}
+{{- else }}
+{{- $text := toJson . }}
+{{- if contains "e-" $text }}
+{{- $sign := ternary "-" "" (hasPrefix "-" $text) }}
+{{- $parts := splitList "e-" (trimPrefix "-" $text) }}
+{{- $sign }}0.{{ repeat (sub (atoi (index $parts 1)) 1 | int) "0" }}{{ replace "." "" (index $parts 0) }}
+{{- else }}{{ $text }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* A ratio (at most 1) as a percentage: mulf multiplies in decimal; rounding to 8 places
+keeps a float product's residue (0.07 x 100 = 7.000000000000001) out all the same. */}}
+{{- define "pinecall-bridge.percent" -}}
+{{- include "pinecall-bridge.number" (round (mulf . 100) 8) }}
+{{- end }}
 {{- /* A regex of the names of the Deployment's pods (the argument: its name), not another
 Deployment's (<name>-canary-...): <name>-<ReplicaSet hash, up to 10>-<5 random>, except that
 Kubernetes cuts the part before the random 5 at 58 characters (names.SimpleNameGenerator), so with
@@ -62,8 +83,8 @@ groups:
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "Pod %s received events but wrote none to the ingest topic for %vm" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
-          description: {{ printf "%s/%s received events in the last %v minutes and Kafka acknowledged none of them in the ingest topic: webhooks are answered 503, and Pinecall tries each webhook only twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.publishStalledMinutes | quote }}
+          summary: {{ printf "Pod %s received events but wrote none to the ingest topic for %vm" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.publishStalledMinutes) | quote }}
+          description: {{ printf "%s/%s received events in the last %v minutes and Kafka acknowledged none of them in the ingest topic: webhooks are answered 503, and Pinecall tries each webhook only twice." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.publishStalledMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepublishingstalled" $a.runbookUrl }}
       - alert: PinecallBridgeDedupStalled
         # The ingest topic fills but the dedup stage commits nothing: no output and no duplicate
@@ -80,8 +101,8 @@ groups:
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "pinecall-bridge in %s ingested events but output none for %vm" "{{ $labels.namespace }}" $a.publishStalledMinutes | quote }}
-          description: {{ printf "Events reached the ingest topic in the last %v minutes but the dedup stage committed no output record and dropped no duplicate: consumers see nothing new. Webhooks are still answered 200; the events wait in the ingest topic." $a.publishStalledMinutes | quote }}
+          summary: {{ printf "pinecall-bridge in %s ingested events but output none for %vm" "{{ $labels.namespace }}" (include "pinecall-bridge.number" $a.publishStalledMinutes) | quote }}
+          description: {{ printf "Events reached the ingest topic in the last %v minutes but the dedup stage committed no output record and dropped no duplicate: consumers see nothing new. Webhooks are still answered 200; the events wait in the ingest topic." (include "pinecall-bridge.number" $a.publishStalledMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
         # Rejected input is lost (Pinecall does not retry a 4xx); 503s (kafka_unavailable,
@@ -96,13 +117,13 @@ groups:
             sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
             + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m])) * 0)
           )
-          > {{ $a.rejectedRatio }}
+          > {{ include "pinecall-bridge.number" $a.rejectedRatio }}
         for: 10m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "%s of %s input to pinecall-bridge in %s is rejected" "{{ $value | humanizePercentage }}" "{{ $labels.channel }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "More than %v%% of one channel's input was refused for 10 minutes (webhooks: a bad signature, body or content type; the feed: a full backlog). Pinecall does not send these again: their events are lost." (mulf $a.rejectedRatio 100) | quote }}
+          description: {{ printf "More than %v%% of one channel's input was refused for 10 minutes (webhooks: a bad signature, body or content type; the feed: a full backlog). Pinecall does not send these again: their events are lost." (include "pinecall-bridge.percent" $a.rejectedRatio) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgerejectionratehigh" $a.runbookUrl }}
       - alert: PinecallBridgeDeadLettersHigh
         expr: |
@@ -112,44 +133,44 @@ groups:
             sum by (namespace) (rate(pinecall_bridge_events_dead_lettered_total[5m]))
             + (sum by (namespace) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace) (rate(pinecall_bridge_events_dead_lettered_total[5m])) * 0)
           )
-          > {{ $a.deadLetterRatio }}
+          > {{ include "pinecall-bridge.number" $a.deadLetterRatio }}
         for: 15m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "%s of Pinecall input in %s goes to the dead-letter topic" "{{ $value | humanizePercentage }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "More than %v%% of authenticated input was not a recognisable event for 15 minutes: Pinecall may have changed its payloads." (mulf $a.deadLetterRatio 100) | quote }}
+          description: {{ printf "More than %v%% of authenticated input was not a recognisable event for 15 minutes: Pinecall may have changed its payloads." (include "pinecall-bridge.percent" $a.deadLetterRatio) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgedeadlettershigh" $a.runbookUrl }}
       - alert: PinecallBridgePublishLatencyHigh
         expr: |
           histogram_quantile(0.99, sum by (namespace, le) (rate(pinecall_bridge_publish_duration_seconds_bucket[5m])))
-          > {{ $a.publishLatencyP99Seconds }}
+          > {{ include "pinecall-bridge.number" $a.publishLatencyP99Seconds }}
         for: 10m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "pinecall-bridge p99 publish latency in %s is %s" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile from receipt to the ingest topic's acknowledgement (what a webhook's answer waits for) has been above %vs for 10 minutes." $a.publishLatencyP99Seconds | quote }}
+          description: {{ printf "The 99th percentile from receipt to the ingest topic's acknowledgement (what a webhook's answer waits for) has been above %vs for 10 minutes." (include "pinecall-bridge.number" $a.publishLatencyP99Seconds) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepublishlatencyhigh" $a.runbookUrl }}
       - alert: PinecallBridgeEventLagHigh
         expr: |
           histogram_quantile(0.99, sum by (namespace, le) (rate(pinecall_bridge_event_lag_seconds_bucket[5m])))
-          > {{ $a.eventLagP99Seconds }}
+          > {{ include "pinecall-bridge.number" $a.eventLagP99Seconds }}
         for: 15m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "pinecall-bridge p99 event lag in %s is %s" "{{ $labels.namespace }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The 99th percentile from an event's own time to its output record's committed transaction has been above %vs for 15 minutes: consumers see events late (Pinecall retries, a slow cluster, or dedup lag)." $a.eventLagP99Seconds | quote }}
+          description: {{ printf "The 99th percentile from an event's own time to its output record's committed transaction has been above %vs for 15 minutes: consumers see events late (Pinecall retries, a slow cluster, or dedup lag)." (include "pinecall-bridge.number" $a.eventLagP99Seconds) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeeventlaghigh" $a.runbookUrl }}
       - alert: PinecallBridgeDedupLagGrowing
         # The lag SREs watch: an owned ingest partition whose oldest unprocessed record stayed
         # old for the whole window, or whose backlog stayed large and grew.
         expr: |
-          max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_seconds[{{ $dedupLag }}])) > {{ $a.dedupLagSeconds }}
+          max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_seconds[{{ $dedupLag }}])) > {{ include "pinecall-bridge.number" $a.dedupLagSeconds }}
           or
           (
-            max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_records[{{ $dedupLag }}])) > {{ $a.dedupLagRecords }}
+            max by (namespace, pod, partition) (min_over_time(pinecall_bridge_dedup_lag_records[{{ $dedupLag }}])) > {{ include "pinecall-bridge.number" $a.dedupLagRecords }}
             and
             max by (namespace, pod, partition) (delta(pinecall_bridge_dedup_lag_records[{{ $dedupLag }}])) > 0
           )
@@ -158,7 +179,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Dedup stage of pod %s is behind on ingest partition %s" "{{ $labels.pod }}" "{{ $labels.partition }}" | quote }}
-          description: {{ printf "%s/%s has been more than %vs or %v records behind on ingest partition %s for %v minutes: its events reach the output topics late." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupLagSeconds $a.dedupLagRecords "{{ $labels.partition }}" $a.dedupLagMinutes | quote }}
+          description: {{ printf "%s/%s has been more than %vs or %v records behind on ingest partition %s for %v minutes: its events reach the output topics late." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.dedupLagSeconds) (include "pinecall-bridge.number" $a.dedupLagRecords) "{{ $labels.partition }}" (include "pinecall-bridge.number" $a.dedupLagMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuplaggrowing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupPartitionsUnowned
         # A partition no pod processes has no lag series at all (lag is per owned partition).
@@ -201,7 +222,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "%s ingest partitions are processed by no pod in %s" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) or being started (restored, or waiting their turn) by no pod: the events on them are not output at all." $a.dedupPartitionsUnownedMinutes "{{ $value }}" | quote }}
+          description: {{ printf "For %v minutes %s of the ingest topic's partitions have been owned (restored and running) or being started (restored, or waiting their turn) by no pod: the events on them are not output at all." (include "pinecall-bridge.number" $a.dedupPartitionsUnownedMinutes) "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsunowned" $a.runbookUrl }}
       - alert: PinecallBridgeDedupPartitionsHeld
         # A pod holds an owned partition at an ingest record of a later release's format (README,
@@ -216,7 +237,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "%s ingest partitions in %s are held at records of a later release" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "For %v minutes pods in %s have held %s ingest partitions at a record written by a newer release, in a format they do not know: nothing after it on those partitions is output until a pod of that release owns them. A rolling upgrade left unfinished, a rollback after the newer release wrote, or a newer release writing beside this one. The log names each partition (message: dedup partition held at an ingest record of a later release's format)." $a.dedupPartitionsHeldMinutes "{{ $labels.namespace }}" "{{ $value }}" | quote }}
+          description: {{ printf "For %v minutes pods in %s have held %s ingest partitions at a record written by a newer release, in a format they do not know: nothing after it on those partitions is output until a pod of that release owns them. A rolling upgrade left unfinished, a rollback after the newer release wrote, or a newer release writing beside this one. The log names each partition (message: dedup partition held at an ingest record of a later release's format)." (include "pinecall-bridge.number" $a.dedupPartitionsHeldMinutes) "{{ $labels.namespace }}" "{{ $value }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuppartitionsheld" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRestoreSlow
         # What a pod's restores still have to read over what they read of late: the time they
@@ -235,13 +256,13 @@ groups:
             * (1 + pinecall_bridge_dedup_restore_partitions_waiting / clamp_min(pinecall_bridge_dedup_restore_partitions_reading, 1))
           )
           / sum by (namespace, pod, worker) (rate(pinecall_bridge_dedup_restore_records_read_total[2m]))
-          > {{ mulf $a.dedupRestoreRemainingMinutes 60 }}
+          > {{ include "pinecall-bridge.number" (mulf $a.dedupRestoreRemainingMinutes 60) }}
         for: {{ include "pinecall-bridge.minutes" $a.dedupRestoreSlowMinutes }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Dedup restores of pod %s need %s more at their read rate" "{{ $labels.pod }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "For %v minutes the ingest-partition restores %s/%s runs would have needed more than %v minutes more at the rate they read in the last 2 minutes (+Inf: reading nothing). A restoring partition outputs nothing until its restore ends." $a.dedupRestoreSlowMinutes "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupRestoreRemainingMinutes | quote }}
+          description: {{ printf "For %v minutes the ingest-partition restores %s/%s runs would have needed more than %v minutes more at the rate they read in the last 2 minutes (+Inf: reading nothing). A restoring partition outputs nothing until its restore ends." (include "pinecall-bridge.number" $a.dedupRestoreSlowMinutes) "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.dedupRestoreRemainingMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprestoreslow" $a.runbookUrl }}
       - alert: PinecallBridgeDedupRepeatedFencing
         # The times the counter went up, not increase: one fence loses every partition of the
@@ -251,12 +272,12 @@ groups:
             changes(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m])
             - resets(pinecall_bridge_dedup_partitions_lost_total{reason="fenced"}[15m])
           )
-          > {{ $a.dedupFencingsPer15Minutes }}
+          > {{ include "pinecall-bridge.number" $a.dedupFencingsPer15Minutes }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s keeps being fenced out of its ingest partitions" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s was fenced out of its ingest partitions more than %v times in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.dedupFencingsPer15Minutes | quote }}
+          description: {{ printf "%s/%s was fenced out of its ingest partitions more than %v times in 15 minutes: it keeps stalling past the session timeout (CPU throttling, pauses, a flaky network) and another pod takes over. Exactly once holds; each takeover costs a restore." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.dedupFencingsPer15Minutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuprepeatedfencing" $a.runbookUrl }}
       - alert: PinecallBridgeDedupTransactionsFailing
         # Any failure but a fence (a refused send, a commit timing out, a missing ACL, a producer
@@ -336,7 +357,7 @@ groups:
         # dead producer's after its timeout: a stable offset held this long is neither.
         expr: |
           max by (namespace, topic) (pinecall_bridge_output_stable_offset_held_seconds)
-          > {{ $a.outputTransactionHangingSeconds }}
+          > {{ include "pinecall-bridge.number" $a.outputTransactionHangingSeconds }}
         labels:
           severity: critical
         annotations:
@@ -349,7 +370,7 @@ groups:
         # DedupPartitionsUnowned fires too, later, without the cause.
         expr: |
           max by (namespace, pod) (pinecall_bridge_dedup_offsets_unstable_seconds)
-          > {{ $a.dedupOffsetsUnstableSeconds }}
+          > {{ include "pinecall-bridge.number" $a.dedupOffsetsUnstableSeconds }}
         labels:
           severity: critical
         annotations:
@@ -440,7 +461,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "No pod in %s reads Pinecall's WebSocket feed" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "The WebSocket feed is enabled and its lease has had no holder for %v minutes: the feed's events of the gap are missed unless Pinecall replays them or also sends them by webhook." $a.feedLeaseMissingMinutes | quote }}
+          description: {{ printf "The WebSocket feed is enabled and its lease has had no holder for %v minutes: the feed's events of the gap are missed unless Pinecall replays them or also sends them by webhook." (include "pinecall-bridge.number" $a.feedLeaseMissingMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgenofeedleaseholder" $a.runbookUrl }}
       - alert: PinecallBridgeFeedLeaseSplitBrain
         expr: |
@@ -450,7 +471,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "%s pods in %s hold the feed lease" "{{ $value }}" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "More than one pod has held the WebSocket feed lease for %v minutes: each reads the whole feed. The dedup stage still outputs each event once, but Pinecall sees several connections and the ingest topic gets every feed event several times." $a.feedLeaseSplitBrainMinutes | quote }}
+          description: {{ printf "More than one pod has held the WebSocket feed lease for %v minutes: each reads the whole feed. The dedup stage still outputs each event once, but Pinecall sees several connections and the ingest topic gets every feed event several times." (include "pinecall-bridge.number" $a.feedLeaseSplitBrainMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgefeedleasesplitbrain" $a.runbookUrl }}
       - alert: PinecallBridgeKafkaDisconnected
         # Every process of the pod counts, the dedup-only one too: its stage waits on Kafka.
@@ -461,7 +482,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "Pod %s cannot reach Kafka" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes: unready and answering webhooks 503 if a process serving the port lost it; if only its dedup process did, webhooks are still taken and wait in the ingest topic." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.kafkaDisconnectedMinutes | quote }}
+          description: {{ printf "%s/%s has not reached the Kafka cluster for %v minutes: unready and answering webhooks 503 if a process serving the port lost it; if only its dedup process did, webhooks are still taken and wait in the ingest topic." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.kafkaDisconnectedMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgekafkadisconnected" $a.runbookUrl }}
       - alert: PinecallBridgeClockSkew
         # The broker's LogAppendTime against the pod's clock at each ingest ack: past the skew
@@ -534,7 +555,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s keeps refusing connections to its admin port" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has refused connections to config.http.adminPort (probes and /metrics) in every %v minutes for %v minutes (%s in the last %v) because 64 were open (per process): the kubelet's probes or Prometheus' scrapes on them fail, so the pod may be restarted or marked unready for no fault of its own, and its metrics have gaps." "{{ $labels.namespace }}" "{{ $labels.pod }}" (divf $a.adminConnectionsRefusedMinutes 2) $a.adminConnectionsRefusedMinutes "{{ $value | humanize }}" (divf $a.adminConnectionsRefusedMinutes 2) | quote }}
+          description: {{ printf "%s/%s has refused connections to config.http.adminPort (probes and /metrics) in every %v minutes for %v minutes (%s in the last %v) because 64 were open (per process): the kubelet's probes or Prometheus' scrapes on them fail, so the pod may be restarted or marked unready for no fault of its own, and its metrics have gaps." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" (divf $a.adminConnectionsRefusedMinutes 2)) (include "pinecall-bridge.number" $a.adminConnectionsRefusedMinutes) "{{ $value | humanize }}" (include "pinecall-bridge.number" (divf $a.adminConnectionsRefusedMinutes 2)) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeadminconnectionsrefused" $a.runbookUrl }}
       - alert: PinecallBridgeOutOfDescriptors
         # EMFILE/ENFILE (bridge/connlimit.py): the by-reason panels showed it beside Pinecall's
@@ -569,13 +590,13 @@ groups:
           max by (namespace, pod, worker) (
             process_open_fds / process_max_fds
             and on (namespace, pod, instance, worker) pinecall_bridge_event_loop_lag_seconds_count
-          ) > {{ $a.descriptorsNearLimitRatio }}
+          ) > {{ include "pinecall-bridge.number" $a.descriptorsNearLimitRatio }}
         for: {{ include "pinecall-bridge.minutes" $a.descriptorsNearLimitMinutes }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s holds %s of its open-files limit" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" | quote }}
-          description: {{ printf "A process of %s/%s%s has held more than %v%% of its file descriptor limit (ulimit -n) for %v minutes. At the limit it accepts no webhook connection and opens no new connection to Kafka, the feed or the call logs (EMFILE): a descriptor leak, or a limit too low for the connections it is configured for." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ with $labels.worker }} (worker {{ . }}){{ end }}" (mulf $a.descriptorsNearLimitRatio 100) $a.descriptorsNearLimitMinutes | quote }}
+          description: {{ printf "A process of %s/%s%s has held more than %v%% of its file descriptor limit (ulimit -n) for %v minutes. At the limit it accepts no webhook connection and opens no new connection to Kafka, the feed or the call logs (EMFILE): a descriptor leak, or a limit too low for the connections it is configured for." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ with $labels.worker }} (worker {{ . }}){{ end }}" (include "pinecall-bridge.percent" $a.descriptorsNearLimitRatio) (include "pinecall-bridge.number" $a.descriptorsNearLimitMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgedescriptorsnearlimit" $a.runbookUrl }}
       - alert: PinecallBridgeFeedBacklogDropping
         # The feed's reader never waits (a blocked reader would miss pongs and lose the
@@ -636,21 +657,21 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s has no WebSocket connection to Pinecall" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has not been connected to Pinecall's WebSocket feed for %v minutes and keeps reconnecting; events still arrive by webhook, if Pinecall sends them." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.websocketDownMinutes | quote }}
+          description: {{ printf "%s/%s has not been connected to Pinecall's WebSocket feed for %v minutes and keeps reconnecting; events still arrive by webhook, if Pinecall sends them." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.websocketDownMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketdown" $a.runbookUrl }}
       - alert: PinecallBridgeWebSocketGaps
         # Connected at times, yet down (no subscribed connection) for much of the window: a
         # flapping feed, or a subscription refused again and again. A feed never connected in
         # the window is PinecallBridgeWebSocketDown's.
         expr: |
-          sum by (namespace, pod) (rate(pinecall_bridge_websocket_down_seconds_total[{{ $websocketGap }}])) > {{ $a.websocketGapRatio }}
+          sum by (namespace, pod) (rate(pinecall_bridge_websocket_down_seconds_total[{{ $websocketGap }}])) > {{ include "pinecall-bridge.number" $a.websocketGapRatio }}
           and on (namespace, pod)
           max by (namespace, pod) (max_over_time(pinecall_bridge_websocket_connected[{{ $websocketGap }}])) == 1
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s's WebSocket feed keeps dropping" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s's WebSocket feed had no subscribed connection for %s of the last %v minutes (reconnects, or its subscription refused): what Pinecall sent meanwhile is missed unless webhooks or the call logs carry it." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" $a.websocketGapMinutes | quote }}
+          description: {{ printf "%s/%s's WebSocket feed had no subscribed connection for %s of the last %v minutes (reconnects, or its subscription refused): what Pinecall sent meanwhile is missed unless webhooks or the call logs carry it." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" (include "pinecall-bridge.number" $a.websocketGapMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketgaps" $a.runbookUrl }}
       - alert: PinecallBridgeWebSocketGarbage
         # Frames that are no JSON object are dropped (the feed's framing changed, or a proxy
@@ -661,13 +682,13 @@ groups:
           sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total{kind="garbage"}[15m]))
           /
           sum by (namespace, pod) (rate(pinecall_bridge_websocket_frames_total{kind!="control"}[15m]))
-          > {{ $a.websocketGarbageRatio }}
+          > {{ include "pinecall-bridge.number" $a.websocketGarbageRatio }}
         for: 10m
         labels:
           severity: warning
         annotations:
           summary: {{ printf "%s of pod %s's WebSocket frames are not JSON objects" "{{ $value | humanizePercentage }}" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "More than %v%% of the data frames (events and garbage) %s/%s read from Pinecall's WebSocket feed for 15 minutes were not JSON objects and were dropped: Pinecall may have changed its framing, and the events it sends only by the feed are lost." (mulf $a.websocketGarbageRatio 100) "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "More than %v%% of the data frames (events and garbage) %s/%s read from Pinecall's WebSocket feed for 15 minutes were not JSON objects and were dropped: Pinecall may have changed its framing, and the events it sends only by the feed are lost." (include "pinecall-bridge.percent" $a.websocketGarbageRatio) "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebsocketgarbage" $a.runbookUrl }}
       - alert: PinecallBridgeWebhookNotRegistered
         # Only processes that register the webhook (config.pinecall.registerWebhook) export the
@@ -679,7 +700,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pinecall's webhook does not point at the bridge in %s" "{{ $labels.namespace }}" | quote }}
-          description: {{ printf "For %v minutes no pod in %s has had the organisation's Pinecall webhook pointing at it: Pinecall posts its webhooks elsewhere or nowhere. The pods log why as `webhook registration failed; retrying`." $a.webhookNotRegisteredMinutes "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "For %v minutes no pod in %s has had the organisation's Pinecall webhook pointing at it: Pinecall posts its webhooks elsewhere or nowhere. The pods log why as `webhook registration failed; retrying`." (include "pinecall-bridge.number" $a.webhookNotRegisteredMinutes) "{{ $labels.namespace }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgewebhooknotregistered" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogSourceDown
         # Only where the source is on: the org feed never connected in the window while still
@@ -706,7 +727,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s reads no Pinecall call logs" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has not read the org feed, or its call-log streams have failed with nothing ingested, for %v minutes: the calls of its ingest partitions are not followed (they are read from where they got to once it recovers)." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.callLogDownMinutes | quote }}
+          description: {{ printf "%s/%s has not read the org feed, or its call-log streams have failed with nothing ingested, for %v minutes: the calls of its ingest partitions are not followed (they are read from where they got to once it recovers)." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.callLogDownMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecalllogsourcedown" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogGapsNotFilled
         expr: |
@@ -717,7 +738,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s cannot fill call-log gaps" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s fell behind call logs (log.gap) and could not read the missing entries from the JSON pages for %v minutes; it re-reads the streams from the last published entry instead, which delays those calls." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.callLogGapsMinutes | quote }}
+          description: {{ printf "%s/%s fell behind call logs (log.gap) and could not read the missing entries from the JSON pages for %v minutes; it re-reads the streams from the last published entry instead, which delays those calls." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.callLogGapsMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgecallloggapsnotfilled" $a.runbookUrl }}
       - alert: PinecallBridgeCallLogGivenUp
         # A call's log left before its end: 404, 410, or refused with no stream between for
@@ -758,7 +779,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s is not ready" "{{ $labels.pod }}" | quote }}
-          description: {{ printf "%s/%s has answered /readyz 503 for %v minutes, so it receives no webhooks." "{{ $labels.namespace }}" "{{ $labels.pod }}" $a.notReadyMinutes | quote }}
+          description: {{ printf "%s/%s has answered /readyz 503 for %v minutes, so it receives no webhooks." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.notReadyMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgepodnotready" $a.runbookUrl }}
       - alert: PinecallBridgeWorkerNotListening
         # A restarted worker binds the webhook port only once ready, and PinecallBridgePodNotReady
@@ -794,7 +815,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Prometheus cannot scrape %s" "{{ $labels.instance }}" | quote }}
-          description: {{ printf "The pinecall-bridge target %s (job %s) has been down for %v minutes." "{{ $labels.instance }}" $job $a.notReadyMinutes | quote }}
+          description: {{ printf "The pinecall-bridge target %s (job %s) has been down for %v minutes." "{{ $labels.instance }}" $job (include "pinecall-bridge.number" $a.notReadyMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgetargetdown" $a.runbookUrl }}
 {{- if .Values.serviceMonitor.enabled }}
       - alert: PinecallBridgeMetricsAbsent
@@ -821,7 +842,7 @@ groups:
           severity: warning
         annotations:
           summary: {{ printf "Deployment %s has unavailable replicas" "{{ $labels.namespace }}/{{ $labels.deployment }}" | quote }}
-          description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (mulf $a.notReadyMinutes 2) | quote }}
+          description: {{ printf "Fewer replicas are available than wanted for %v minutes (pods not ready, crash-looping or unschedulable)." (include "pinecall-bridge.number" (mulf $a.notReadyMinutes 2)) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgereplicasunavailable" $a.runbookUrl }}
       - alert: PinecallBridgePodRestarting
         # Needs kube-state-metrics. A crash loop restarts faster than TargetDown's window, and the
@@ -844,13 +865,13 @@ groups:
           max by (namespace, pod, container) (container_memory_working_set_bytes{container="bridge", pod=~"{{ $pods }}"})
           / on (namespace, pod, container)
           (max by (namespace, pod, container) (kube_pod_container_resource_limits{resource="memory", container="bridge", pod=~"{{ $pods }}"}) > 0)
-          > {{ $a.memoryNearLimitRatio }}
+          > {{ include "pinecall-bridge.number" $a.memoryNearLimitRatio }}
         for: {{ include "pinecall-bridge.minutes" $a.memoryNearLimitMinutes }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Pod %s uses %s of its memory limit" "{{ $labels.pod }}" "{{ $value | humanizePercentage }}" | quote }}
-          description: {{ printf "The bridge container of %s/%s has used more than %v%% of its memory limit for %v minutes. At the limit it is OOM-killed and its ingest partitions, with the dedup window they need, move to the pods left, which may follow it." "{{ $labels.namespace }}" "{{ $labels.pod }}" (mulf $a.memoryNearLimitRatio 100) $a.memoryNearLimitMinutes | quote }}
+          description: {{ printf "The bridge container of %s/%s has used more than %v%% of its memory limit for %v minutes. At the limit it is OOM-killed and its ingest partitions, with the dedup window they need, move to the pods left, which may follow it." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.percent" $a.memoryNearLimitRatio) (include "pinecall-bridge.number" $a.memoryNearLimitMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgememorynearlimit" $a.runbookUrl }}
 {{- if (.Values.prometheusRule.downstreamLag | default dict).enabled }}
 {{- /* The output topics, as a regular expression (a raw PromQL string: no escaping twice). */}}
@@ -868,13 +889,13 @@ groups:
         # Lag per consumer group and output topic, summed over the topic's partitions.
         expr: |
           sum by (consumergroup, topic) (kafka_consumergroup_lag{topic=~`{{ join "|" $quoted }}`})
-          > {{ $a.downstreamLagRecords }}
+          > {{ include "pinecall-bridge.number" $a.downstreamLagRecords }}
         for: {{ include "pinecall-bridge.minutes" $a.downstreamLagMinutes }}
         labels:
           severity: warning
         annotations:
           summary: {{ printf "Consumer group %s is %s records behind on %s" "{{ $labels.consumergroup }}" "{{ $value | humanize }}" "{{ $labels.topic }}" | quote }}
-          description: {{ printf "Consumer group %s has been more than %v records behind on the bridge's output topic %s for %v minutes (Kafka Exporter's kafka_consumergroup_lag, all partitions): that downstream team sees Pinecall's events late. The bridge itself is not behind." "{{ $labels.consumergroup }}" $a.downstreamLagRecords "{{ $labels.topic }}" $a.downstreamLagMinutes | quote }}
+          description: {{ printf "Consumer group %s has been more than %v records behind on the bridge's output topic %s for %v minutes (Kafka Exporter's kafka_consumergroup_lag, all partitions): that downstream team sees Pinecall's events late. The bridge itself is not behind." "{{ $labels.consumergroup }}" (include "pinecall-bridge.number" $a.downstreamLagRecords) "{{ $labels.topic }}" (include "pinecall-bridge.number" $a.downstreamLagMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgedownstreamlaghigh" $a.runbookUrl }}
 {{- end }}
 {{- end }}
