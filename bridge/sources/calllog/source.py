@@ -196,16 +196,44 @@ class CallLogSource:
             extra={"partition": partition, "live_calls": len(live), "ended_calls": len(ended)},
         )
         if len(live) + len(ended) <= TAKEOVER_STEP:
-            while not takeover.done:
-                self._launch(takeover.step())
+            try:
+                while not takeover.done:
+                    self._launch(takeover.step())
+            except Exception:
+                # Raised into the dedup stage's install (its mark step skipped), it left this
+                # takeover unfinished in the roster with no task to go on: the task finishes it.
+                self._takeovers.append(takeover)
+                self._crashed_in_stage()
+                return
             self._schedule_sweep()
             return
         # A step at a time, the loop free between steps: 40,000 ended calls at once held it
         # 40-95 ms of CPU, every webhook answer and probe waiting. The roster takes the calls as the
         # whole takeover leaves them meanwhile.
         self._takeovers.append(takeover)
+        self._run_takeovers()
+
+    def _run_takeovers(self) -> None:
+        """The supervised task that fills freed slots, then steps the queued takeovers."""
         if self._taking is None or self._taking.done():
             self._taking = self._supervisor.spawn("sse-takeover", self._take_over)
+
+    def _crashed_in_stage(self) -> None:
+        """A launch raised in a dedup stage callback: counted and logged as the takeover task's
+        crash, never raised into the stage; that task starts the calls handed back."""
+        self._metrics.task_crashes.labels("sse-takeover").inc()
+        log.exception("call-log launch crashed in a partition change; its task retries it")
+        self._run_takeovers()
+
+    def _refill(self) -> None:
+        """Start the calls that freed slots let in, from a dedup stage callback."""
+        assert self.roster is not None
+        try:
+            self._launch(self.roster.refill())
+        except Exception:
+            # Raised into the stage, it skipped the rest of its rebalance or its partition's
+            # loss (no pause, no restart); the calls handed back waited for the next offer.
+            self._crashed_in_stage()
 
     async def _take_over(self) -> None:
         """The takeovers' steps, one takeover after another; a sweep after each."""
@@ -224,13 +252,13 @@ class CallLogSource:
         if self.roster is None:
             return
         self._retire(self.roster.keep_only(partitions))
-        self._launch(self.roster.refill())
+        self._refill()
 
     def partition_lost(self, partition: int) -> None:
         if self.roster is None:
             return
         self._retire(self.roster.lose(partition))
-        self._launch(self.roster.refill())
+        self._refill()
 
     # Discovery.
 

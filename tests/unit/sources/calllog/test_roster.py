@@ -654,3 +654,134 @@ def test_a_wall_clock_step_neither_expires_nor_extends_an_ended_call_waiting(
     clocks.advance(waited)
     assert roster.finished(busy, ended=True) == ([Start(ended, 0)] if starts else [])
     assert expired == ([] if starts else [ended])
+
+
+class QueueModel:
+    """What the roster promises outside takeovers, kept simply: at most `capacity` followed, the
+    rest first in first out (a start handed back first again), an ended call not started past its
+    bound, a full queue dropping the call offered, a partition's calls gone with it."""
+
+    def __init__(self, capacity: int, max_waiting: int) -> None:
+        self.capacity, self.max_waiting = capacity, max_waiting
+        self.owned: set[int] = set()
+        self.following: set[str] = set()
+        self.queue: list[tuple[str, int, float | None]] = []  # call, after, until
+        self.ended: set[str] = set()
+        self.expired: list[str] = []
+        self.dropped: list[str] = []
+
+    def offer(self, call: str, after: int, until: float | None, now: float) -> list[Start]:
+        if call in self.following or call in self.ended or partition_of(call, 6) not in self.owned:
+            return []
+        for n, (queued, was, bound) in enumerate(self.queue):
+            if queued == call:
+                after = max(was, after)
+                if after > 0:
+                    bound = None
+                elif until is not None:
+                    bound = until if bound is None else max(bound, until)
+                self.queue[n] = (call, after, bound)
+                return []
+        if until is not None and now > until:
+            self.expired.append(call)
+            return []
+        if len(self.following) < self.capacity and not self.queue:
+            self.following.add(call)
+            return [Start(call, after, until)]
+        if len(self.queue) >= self.max_waiting:
+            self.dropped.append(call)
+        else:
+            self.queue.append((call, after, until))
+        return self.fill(now)
+
+    def fill(self, now: float) -> list[Start]:
+        starts = []
+        while self.queue and len(self.following) < self.capacity:
+            call, after, until = self.queue.pop(0)
+            if until is not None and now > until:
+                self.expired.append(call)
+                continue
+            self.following.add(call)
+            starts.append(Start(call, after, until))
+        return starts
+
+    def finished(self, call: str, ended: bool, now: float) -> list[Start]:
+        if ended:
+            self.ended.add(call)
+        if call not in self.following:
+            return []
+        self.following.discard(call)
+        return self.fill(now)
+
+    def handed_back(self, starts: list[Start]) -> None:
+        back = [(s.call, s.after, s.until) for s in starts if s.call in self.following]
+        self.following -= {call for call, _, _ in back}
+        self.queue[:0] = back
+
+    def lose(self, partition: int) -> None:
+        self.owned.discard(partition)
+        self.following = {c for c in self.following if partition_of(c, 6) != partition}
+        self.queue = [q for q in self.queue if partition_of(q[0], 6) != partition]
+
+
+def queue_run(seed: int) -> None:
+    """Random offers, finishes, hand-backs (a launch raising partway), expiries and partition
+    changes, the roster's every answer and state compared with the model's."""
+    rng = random.Random(seed)
+    calls = some_calls()[0][:12] + some_calls()[1]
+    now = [1_000.0]
+    expired: list[str] = []
+    dropped: list[str] = []
+    capacity = rng.randint(1, 4)
+    roster = Roster(
+        6,
+        capacity,
+        on_drop=dropped.append,
+        on_expire=expired.append,
+        clock=lambda: now[0],
+        ticks=lambda: now[0],
+    )
+    roster.max_waiting = rng.randint(1, 6)
+    model = QueueModel(capacity, roster.max_waiting)
+    for partition in (0, 1):
+        own(roster, partition, {}, {})
+        model.owned.add(partition)
+    for _ in range(120):
+        what = rng.random()
+        if what < 0.45:
+            call, after = rng.choice(calls), rng.randrange(3)
+            until = rng.choice((None, None, now[0] - 1, now[0] + 5, now[0] + 30))
+            got, want = roster.offer(call, after, until), model.offer(call, after, until, now[0])
+        elif what < 0.7 and model.following:
+            call, ended = rng.choice(sorted(model.following)), rng.random() < 0.3
+            got, want = roster.finished(call, ended=ended), model.finished(call, ended, now[0])
+        elif what < 0.8:
+            partition = rng.choice((0, 1))
+            if partition in model.owned:
+                roster.lose(partition) if rng.random() < 0.5 else roster.keep_only({1 - partition})
+                model.lose(partition)
+            else:
+                own(roster, partition, {}, {})
+                model.owned.add(partition)
+            got, want = roster.refill(), model.fill(now[0])
+        else:
+            now[0] += rng.choice((1.0, 10.0))
+            got, want = roster.refill(), model.fill(now[0])
+        assert [(s.call, s.after, s.until) for s in got] == [
+            (s.call, s.after, s.until) for s in want
+        ]
+        if got and rng.random() < 0.4:  # the source's launch raised at one of them
+            back = got[rng.randrange(len(got)) :]
+            roster.handed_back(back)
+            model.handed_back(back)
+        assert set(roster.following) == model.following
+        assert len(roster.following) <= capacity
+        assert list(roster.waiting.items()) == [(c, a) for c, a, _ in model.queue]
+        assert roster._until == {c: u for c, _, u in model.queue if u is not None}
+        assert len(roster.waiting) <= roster.max_waiting
+        assert (expired, dropped) == (model.expired, model.dropped)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_queue_is_first_in_first_out_bounded_and_expiring_as_a_simple_model(seed: int) -> None:
+    queue_run(seed)

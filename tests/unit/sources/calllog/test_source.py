@@ -325,6 +325,62 @@ async def test_a_takeovers_launch_that_raised_follows_its_calls_once_run_again(
     await cancel_followers(source)
 
 
+async def test_a_small_takeovers_launch_that_raised_is_finished_by_its_supervised_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stepped at once in partition_owned (TAKEOVER_STEP calls or fewer), the launch's exception
+    # went into the dedup stage's install (its mark step skipped, its start task dead) and left
+    # the takeover in the roster unfinished, with no task to go on: its calls never followed.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 10)
+    sweeps: list[int] = []
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(len(source._followers)))
+    a, b, c = calls_in(0, 3)
+    faked_followers(monkeypatch, source, {a})
+    progress = PartitionProgress()
+    for n, call in enumerate((a, b, c), 1):
+        progress.observe(f"{call}:{n}", [(CHANNEL, b"sse")], 100.0)
+    source.partition_owned(0, progress)  # returns: the stage's install goes on
+    assert source._taking is not None
+    await asyncio.wait_for(source._taking, 5)
+    assert sample(metrics, "pinecall_bridge_task_crashes_total", task="sse-takeover") == 1
+    assert set(source._followers) == set(roster.following) == {a, b, c}
+    assert source._followers[a][0].state.acked == 1  # from its records, as taken over
+    assert not roster._taking
+    assert sweeps == [3]  # once it is done
+    await cancel_followers(source)
+
+
+@pytest.mark.parametrize("change", ["lost", "assigned"])
+async def test_a_launch_that_raised_as_a_partition_left_is_retried_by_its_task_not_the_stage(
+    monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # The dedup stage calls these from its rebalance and its loss of a partition: the raise
+    # skipped the rest of them (a lost partition neither paused nor restarted), and the call
+    # handed back waited for the next offer with a slot free.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 1)
+    own(roster, 0, {}, {})
+    own(roster, 1, {}, {})
+    (gone,), (kept,) = calls_in(1, 1), calls_in(0, 1)
+    faked_followers(monkeypatch, source, {kept})
+    source.announce(gone)
+    source.announce(kept)
+    assert list(roster.waiting) == [kept]
+    if change == "lost":
+        source.partition_lost(1)
+    else:
+        source.partitions_assigned({0})
+    assert sample(metrics, "pinecall_bridge_task_crashes_total", task="sse-takeover") == 1
+    assert source._taking is not None
+    await asyncio.wait_for(source._taking, 5)
+    assert set(source._followers) == set(roster.following) == {kept}
+    await cancel_followers(source)
+    await asyncio.gather(*source._handovers, return_exceptions=True)
+
+
 async def test_a_call_whose_launch_raised_starts_when_a_slot_frees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
