@@ -45,10 +45,15 @@ def _portable(text: str) -> str:
     return "\n".join(lines).strip().removeprefix("---").strip() + "\n"
 
 
-def rules(values: Path | None = None) -> str:
+def rules(values: Path | None = None, interval: str | None = None) -> str:
     """The PrometheusRule's spec as a plain Prometheus rules file (`groups:` at the top);
-    `values`: a values file over deploy/'s settings (a test's shorter windows)."""
-    text = render_text(*SETS, values=values, show_only="templates/prometheusrule.yaml")
+    `values`: a values file over deploy/'s settings (a test's shorter windows), `interval`: the
+    scrape interval they are read at (the chart refuses ranges of fewer than two scrapes)."""
+    scrape: tuple[str, ...] = ()
+    if interval is not None:
+        # The chart's 10 s scrapeTimeout is refused over a shorter interval.
+        scrape = (f"serviceMonitor.interval={interval}", f"serviceMonitor.scrapeTimeout={interval}")
+    text = render_text(*SETS, *scrape, values=values, show_only="templates/prometheusrule.yaml")
     spec = text.split("\nspec:\n", 1)[1]
     return "".join(line.removeprefix("  ") + "\n" for line in spec.splitlines())
 

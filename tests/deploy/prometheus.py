@@ -17,6 +17,8 @@ from tests.polling import until
 from tests.sockets import free_port
 
 RULES = DEPLOY / "prometheus" / "pinecall-bridge.rules.yaml"
+# PrometheusServer's scrape (and rule evaluation) interval unless given another.
+SCRAPE_INTERVAL = "1s"
 
 
 @dataclass
@@ -61,7 +63,7 @@ class PrometheusServer:
         workdir: Path,
         bridges: Mapping[str, int],
         rules: Path = RULES,
-        interval: str = "1s",
+        interval: str = SCRAPE_INTERVAL,
     ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"

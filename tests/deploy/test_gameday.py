@@ -118,7 +118,7 @@ async def gameday(
     workdir = tmp_path_factory.mktemp("gameday")
     values = workdir / "short-windows.yaml"
     values.write_text(yaml.safe_dump({"alerts": SHORT_WINDOWS}))
-    (workdir / "rules.yaml").write_text(rules(values))
+    (workdir / "rules.yaml").write_text(rules(values, SCRAPE_INTERVAL))
     port = free_port()
     env = {f"BRIDGE_KAFKA__{key.upper()}": str(value) for key, value in KAFKA.items()}
     # No watchdog: it would kill and restart the SIGSTOPped dedup process after its 15 s, racing

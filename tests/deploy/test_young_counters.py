@@ -18,7 +18,13 @@ import yaml
 
 from bridge.service import Bridge
 from tests.deploy.generate import rules
-from tests.deploy.prometheus import PrometheusServer, Scraped, scalar, until_scraping
+from tests.deploy.prometheus import (
+    SCRAPE_INTERVAL,
+    PrometheusServer,
+    Scraped,
+    scalar,
+    until_scraping,
+)
 from tests.integration.conftest import RunningBridge, Topics, bridge_settings, entry, wait_ready
 from tests.polling import until
 
@@ -35,7 +41,7 @@ async def test_an_ephemeral_event_of_a_type_ingested_before_is_no_publishing_sta
 ) -> None:
     values = tmp_path / "short-windows.yaml"
     values.write_text(yaml.safe_dump({"alerts": SHORT_WINDOWS}))
-    (tmp_path / "rules.yaml").write_text(rules(values))
+    (tmp_path / "rules.yaml").write_text(rules(values, SCRAPE_INTERVAL))
     bridge = Bridge(bridge_settings(kafka_bootstrap, Topics.fresh("young")))
     await bridge.start()
     server = PrometheusServer(tmp_path, {NAMESPACE: int(bridge.port or 0)}, tmp_path / "rules.yaml")
