@@ -344,6 +344,8 @@ class HeadTimeoutServer(web.Server):
             _said.exception(
                 "an HTTP connection's protocol could not be built; the connection is closed",
                 extra={"listener": self._listener},
+                # By listener: the webhook port's failures held back the admin port's line.
+                kind=self._listener,
             )
             return cast(RequestHandler, _Closing())  # any protocol will do for the loop
 

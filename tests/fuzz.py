@@ -28,6 +28,7 @@ from bridge.normalise.binding import decode as decode_cloudevent
 from bridge.normalise.vocabulary import KNOWN_TYPES, MARKER_TYPES
 from bridge.pipeline import Pipeline
 from bridge.routing import Router
+from bridge.sink.record import Record
 from tests.unit.fakes import FakeSink
 from tests.webhooks import SIGNATURE, signed
 
@@ -144,6 +145,19 @@ legacy = _shape({"event": _types}, {"callId": _names, "id": _ids, "ts": _times})
 # Every shape the bridge recognises, near misses of them, and any JSON at all.
 pinecall_items: st.SearchStrategy[Any] = st.one_of(
     log_entries, alerts, documented, legacy, json_values
+)
+# Each shape with a call id where it reads one, valid or not: names are read from these.
+_calls = st.one_of(st.sampled_from(["CA_1", "", "a/b", "CA_1\n"]), _names)
+_known_types = st.sampled_from(sorted(KNOWN_TYPES))
+named_items: st.SearchStrategy[Any] = st.one_of(
+    st.tuples(log_entries, _known_types, _calls, _calls, st.integers(-1, 2**31), json_objects).map(
+        lambda t: {**t[0], "type": t[1], "call": t[2], "agent": t[3], "seq": t[4], "data": t[5]}
+    ),
+    st.tuples(documented, _known_types, _calls).map(
+        lambda t: {**t[0], "type": t[1], "data": {"call_id": t[2]}}
+    ),
+    st.tuples(legacy, _known_types, _calls).map(lambda t: {**t[0], "event": t[1], "callId": t[2]}),
+    st.tuples(alerts, _known_types).map(lambda t: {**t[0], "type": t[1]}),
 )
 # An item whose `data` (or an unknown field) nests containers around the JSON codec's limits:
 # orjson reads 1024 levels but writes only 254.
@@ -285,8 +299,8 @@ def signatures(secret: bytes, body: bytes) -> st.SearchStrategy[tuple[str | None
 # --- The ingest stage's core, as a property --------------------------------------------------
 
 
-def submit_checked(items: list[Any], channel: Channel, raw: bytes | None = None) -> None:
-    """Submit a delivery through a real Pipeline into a FakeSink and check what it wrote.
+def submit_checked(items: list[Any], channel: Channel, raw: bytes | None = None) -> list[Record]:
+    """Submit a delivery through a real Pipeline into a FakeSink, check what it wrote, return it.
 
     Every item is accepted, dropped or dead-lettered, never failed; every record is an ingest
     record whose output is a schema-valid CloudEvent or a dead letter.
@@ -316,3 +330,4 @@ def submit_checked(items: list[Any], channel: Channel, raw: bytes | None = None)
         assert event is not None
         jsonschema.validate(event, SCHEMA)
         assert event["id"] == entry.event_id
+    return sink.records

@@ -41,6 +41,7 @@ from aiokafka.errors import (
     TransactionCoordinatorFenced,
 )
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
 from bridge.deadline import by_deadline
 from bridge.dedup.groupcommit import GroupCommitFailedError, GroupCommitProducer
@@ -699,7 +700,10 @@ class StageProducer:
             m.ingest_invalid.inc(txn.invalid)
         now = time.time()
         # Each histogram's buckets counted over the transaction, then incremented once each.
-        observe_all(m.end_to_end, [max(now - received, 0.0) for received, _ in txn.timings])
+        latencies = [now - received for received, _ in txn.timings]
+        if min(latencies, default=0.0) < -SKEW_ALLOWANCE_SECONDS:
+            latencies = _receipts_ahead_said(latencies, now)
+        observe_all(m.end_to_end, [max(latency, 0.0) for latency in latencies])
         lags = [max(now - sent, 0.0) for _, sent in txn.timings if sent is not None]
         observe_all(m.event_lag, lags)
 
@@ -837,6 +841,24 @@ async def _stop_quietly(producer: GroupCommitProducer) -> None:
         # which asyncio would log unread when the producer is collected, as close_now's do not.
         read_failed_batches(producer)
     await cut_short(producer, _CUT_SECONDS)
+
+
+def _receipts_ahead_said(latencies: list[float], now: float) -> list[float]:
+    """The latencies less those of receipt times ahead of `now` past the clocks' skew, said."""
+    # No receipt is later than its record's decision: a damaged header (1e20) or a writer's clock
+    # far ahead. Clamped to 0, each read as the fastest latency there is, unsaid.
+    kept = [latency for latency in latencies if latency >= -SKEW_ALLOWANCE_SECONDS]
+    flood.warning(
+        "ingest records' receipt times are ahead of this clock by more than the skew allowance"
+        " (a damaged pinecall-ingest-received-at header, or its writer's clock): left out of"
+        " end_to_end_seconds",
+        extra={
+            "records": len(latencies) - len(kept),
+            "received_at": now - min(latencies),
+            "allowance_s": SKEW_ALLOWANCE_SECONDS,
+        },
+    )
+    return kept
 
 
 def _skipped(why: str, tp: TopicPartition, offset: int, entry: IngestEntry, **more: int) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge import jsoncodec
 from bridge.deadletter import (
@@ -18,8 +21,11 @@ from bridge.deadletter import (
     deliveries,
     named,
 )
-from bridge.normalise.shapes import Names, content_id
+from bridge.ingest.record import decode as decode_ingest
+from bridge.normalise.binding import decode as decode_cloudevent
+from bridge.normalise.shapes import Names, content_id, names
 from tests import entries
+from tests.fuzz import named_items, pinecall_items, submit_checked
 
 WRITTEN = 1_790_000_500.0  # when the dedup stage wrote the dead letter (the record's timestamp)
 
@@ -249,3 +255,26 @@ def test_a_dead_letter_is_named_as_the_bridge_would_have_named_its_event(
 )
 def test_a_record_the_bridge_did_not_write_names_nothing(raw: bytes, channel: str) -> None:
     assert named(letter(raw, channel=channel)) is None
+
+
+@given(
+    st.lists(st.one_of(named_items, pinecall_items), min_size=1, max_size=6),
+    st.sampled_from(["webhook", "websocket"]),
+)
+def test_each_record_of_a_batch_is_named_as_its_item(items: list[Any], channel: Any) -> None:
+    # A batch's dead letter holds its one item: named as names() names that item, as the
+    # event of an item read is. So `tail` finds each by what the item says, batched or not.
+    records = submit_checked(items, channel)
+    found: Counter[Names | None] = Counter()
+    for record in records:
+        entry = decode_ingest(record.key, record.value, record.headers)
+        assert entry is not None
+        event = decode_cloudevent(entry.output.headers, entry.output.value)
+        if event is None:
+            found[named(DeadLetter.of(entry.output.value, entry.output.headers, 0))] += 1
+        else:
+            found[Names(event["id"], event["type"], event.get("subject"), call_known=True)] += 1
+    expected: Counter[Names | None] = Counter(
+        names(jsoncodec.loads(jsoncodec.dumps(item))) for item in items
+    )
+    assert not found - expected

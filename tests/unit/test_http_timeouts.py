@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from bridge import connlimit, http_timeouts, jsoncodec
 from bridge.app import Readiness, build_app
-from bridge.config import ConfigError, Settings, load_settings
+from bridge.config import ConfigError, HttpSettings, Settings, load_settings
 from bridge.http_timeouts import (
     BAD_REQUEST_HEAD,
     HeadTimeoutAppRunner,
@@ -632,3 +632,31 @@ def test_timeouts_must_be_positive(key: str) -> None:
     floor = "greater than 0" if key.startswith("keepalive") else "at least 0.1 s"
     with pytest.raises(ConfigError, match=f"BRIDGE_HTTP__{key.upper()}: .*{floor}"):
         load_settings(http={key: 0}, webhook={"allow_unsigned": True})
+
+
+async def test_a_protocol_failure_on_one_listener_holds_back_no_other_listeners_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One line per 10 s for both: the webhook port's failures held back the admin port's (the
+    # one serving /metrics and the probes), as if they were more of the same.
+    def failing(self: HeadTimeoutHandler, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug building the protocol")
+
+    monkeypatch.setattr(HeadTimeoutHandler, "__init__", failing)
+    metrics = Metrics()
+    runners = [
+        make(web.Application(), HttpSettings(), metrics, access_log=None)
+        for make in (timed_runner, timed_runner, admin_runner)
+    ]
+    for runner in runners:
+        await runner.setup()
+    try:
+        with caplog.at_level(logging.ERROR, logger=http_timeouts.__name__):
+            for runner in runners:
+                assert runner.server is not None
+                runner.server()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    said = [r.__dict__["listener"] for r in caplog.records if r.name == http_timeouts.__name__]
+    assert said == ["webhook", "admin"]  # the webhook's second held back, the admin's said

@@ -179,6 +179,31 @@ async def test_a_redriven_event_is_published_but_not_timed_from_its_first_receip
     assert sample(metrics, "pinecall_bridge_event_lag_seconds_count") == 1
 
 
+async def test_a_receipt_time_ahead_of_the_clocks_skew_is_said_and_not_timed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A damaged header (1e20) was observed as a latency of 0, unsaid: the histogram read faster.
+    out, _, metrics = stage_producer()
+    monkeypatch.setattr(time, "time", lambda: 102.0)
+    await out.join(TP)
+    await publish(out, TP, 0, "CA_1:1")
+    skewed = entry_of(ingest(1, "CA_1:2", 100.0))
+    skewed.received_at = 102.0 + 30  # a writer's clock ahead, within the allowance: timed
+    await out.publish(skewed, TP, 1)
+    for offset, received in ((2, 1e20), (3, 102.0 + 61)):
+        damaged = entry_of(ingest(offset, f"CA_1:{offset + 1}", 100.0))
+        damaged.received_at = received
+        await out.publish(damaged, TP, offset)
+    with caplog.at_level(logging.WARNING, logger=transaction.__name__):
+        await out.commit({TP: 4}, GROUP)
+    assert sample(metrics, PUBLISHED, topic="pinecall.events") == 4
+    assert sample(metrics, "pinecall_bridge_end_to_end_seconds_count") == 2
+    assert sample(metrics, "pinecall_bridge_event_lag_seconds_count") == 4
+    [said] = [r for r in caplog.records if r.name == transaction.__name__]
+    assert said.levelno == logging.WARNING
+    assert (said.__dict__["records"], said.__dict__["received_at"]) == (2, 1e20)
+
+
 async def test_commit_without_an_open_transaction_does_nothing() -> None:
     out, producer, metrics = stage_producer()
     await out.commit({TP: 3}, GROUP)

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from bridge import jsoncodec
 from bridge.normalise import Event, Unrecognised, event_time, normalise, split_body
 from bridge.normalise.binding import decode, encode
+from bridge.normalise.shapes import Names, names
 from bridge.routing import record_key
-from tests.fuzz import hostile_json, pinecall_items, reserialised
+from tests.fuzz import hostile_json, named_items, pinecall_items, reserialised
 from tests.unit.normalise.test_binding import SCHEMA, SOURCE, header_strings
 
 RECEIVED = 1_790_000_000.25
@@ -93,3 +94,11 @@ def test_event_time_is_the_time_normalise_reads(item: Any) -> None:
     event = normalise(item, channel="webhook", received_at=RECEIVED)
     if isinstance(event, Event):
         assert event_time(item) == event.event_time
+
+
+@given(st.one_of(named_items, pinecall_items).map(as_read))
+def test_names_are_the_id_type_and_call_of_the_event_normalise_makes(item: Any) -> None:
+    # `tail` finds a dead letter by names(): of an item the bridge reads, they are its event's.
+    event = normalise(item, channel="webhook", received_at=RECEIVED)
+    if isinstance(event, Event):
+        assert names(item) == Names(event.id, event.type, event.call, call_known=True)
