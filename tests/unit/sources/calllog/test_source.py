@@ -93,6 +93,17 @@ def call_log_source(metrics: Metrics, **sse: float) -> CallLogSource:
     )
 
 
+def stepping(
+    monkeypatch: pytest.MonkeyPatch, step: int, metrics: Metrics | None = None, capacity: int = 10
+) -> tuple[CallLogSource, Roster]:
+    """A source whose takeovers run `step` calls at a time, and its roster (6 partitions)."""
+    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", step)
+    monkeypatch.setattr(source_module, "TAKEOVER_STEP", step)
+    source = call_log_source(Metrics() if metrics is None else metrics)
+    roster = source.roster = Roster(6, capacity)
+    return source, roster
+
+
 async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -186,10 +197,7 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
 ) -> None:
     # 40,000 ended calls taken over at once held the loop 40-95 ms, every webhook and probe
     # waiting: counted, not timed, as the calls remembered between two turns of another task.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 4)
-    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 4)
-    source = call_log_source(Metrics())
-    source.roster = Roster(6, 10)
+    source, roster = stepping(monkeypatch, 4)
     launched: list[Start] = []
     monkeypatch.setattr(source, "_launch", launched.extend)
     sweeps: list[int] = []
@@ -202,13 +210,13 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
 
     async def other_task() -> None:
         while True:
-            remembered.append(len(source.roster._ended) if source.roster else 0)
+            remembered.append(len(roster._ended))
             await asyncio.sleep(0)
 
     other = asyncio.create_task(other_task())
     await asyncio.sleep(0)
     source.partition_owned(0, progress)
-    assert all(has_ended(source.roster, call) for call in done)  # from the start
+    assert all(has_ended(roster, call) for call in done)  # from the start
     assert source._taking is not None
     await asyncio.wait_for(source._taking, 2)
     other.cancel()
@@ -220,10 +228,7 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
 
 
 async def test_a_stop_ends_a_takeover_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 1)
-    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 1)
-    source = call_log_source(Metrics())
-    source.roster = Roster(6, 10)
+    source, roster = stepping(monkeypatch, 1)
     progress = PartitionProgress()
     ended_in(progress, calls_in(0, 5))
     source.partition_owned(0, progress)
@@ -232,7 +237,7 @@ async def test_a_stop_ends_a_takeover_under_way(monkeypatch: pytest.MonkeyPatch)
     await source.stop(asyncio.get_running_loop().time())
     assert taking.cancelled()
     assert source._taking is None
-    assert len(source.roster._ended) < 5
+    assert len(roster._ended) < 5
 
 
 async def test_a_takeover_whose_step_crashed_is_run_again_not_lost(
@@ -240,11 +245,8 @@ async def test_a_takeover_whose_step_crashed_is_run_again_not_lost(
 ) -> None:
     # The supervisor restarts `sse-takeover`; the step's exception had ended the takeover's
     # generator, so the restart found it done: its live call was never followed.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
-    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
     metrics = Metrics()
-    source = call_log_source(metrics)
-    roster = source.roster = Roster(6, 10)
+    source, roster = stepping(monkeypatch, 2, metrics)
     launched: list[Start] = []
     monkeypatch.setattr(source, "_launch", launched.extend)
     monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
@@ -305,11 +307,8 @@ async def test_a_takeovers_launch_that_raised_follows_its_calls_once_run_again(
 ) -> None:
     # The supervisor restarts `sse-takeover` at its next step: the calls its crashed launch had
     # not started were counted followed by the roster, with no follower, until a restart.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
-    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
     metrics = Metrics()
-    source = call_log_source(metrics)
-    roster = source.roster = Roster(6, 10)
+    source, roster = stepping(monkeypatch, 2, metrics)
     monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
     a, b, c = calls_in(0, 3)
     faked_followers(monkeypatch, source, {a})
@@ -406,10 +405,7 @@ async def test_a_call_handed_back_before_a_takeover_starts_where_the_takeovers_r
 ) -> None:
     # The takeover's task starts by filling the slot a raising launch freed: before its first
     # step has moved the queued call's resume point on from the announcement's 0.
-    monkeypatch.setattr(roster_module, "TAKEOVER_STEP", 2)
-    monkeypatch.setattr(source_module, "TAKEOVER_STEP", 2)
-    source = call_log_source(Metrics())
-    roster = source.roster = Roster(6, 3)
+    source, roster = stepping(monkeypatch, 2, capacity=3)
     monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
     own(roster, 0, {}, {})
     a, b, c = calls_in(0, 3)
