@@ -115,8 +115,8 @@ class TailFilter:
 
     def matches_raw(self, value: bytes | None, headers: Iterable[tuple[str, bytes]] = ()) -> bool:
         """A record that is no CloudEvent (a dead letter): kept by the type, call and id the bridge
-        would have given its event, each where its value tells (`deadletter.named`); else if a
-        string of it equals the call (or id), and whatever its type."""
+        would have given its event, each where its value tells (`deadletter.named`); else (no
+        JSON, no type read) if a string of it equals the call (or id), and whatever its type."""
         # A call-log entry's id (`CA_1:57`) is no string of it, its seq a number: only the
         # normaliser's own rules find it. What they cannot read (no JSON, a note of a frame, a
         # call id refused) may still hold the call anywhere: any string equal to it names it.
@@ -125,7 +125,16 @@ class TailFilter:
         if found is None:
             wanted = [w for w in (self.call, self.event_id) if w is not None]
             return all(_mentions(raw, w) for w in wanted)
-        if found.type is not None and not fnmatchcase(found.type, self.type_glob):
+        if found.type is None:
+            # No type read: a malformed item, whose call and id as read are a guess (`{"data":
+            # {"callId": "CA_1"}}` reads as no call's). Whoever chases a call or event it
+            # mentions is shown it; its id as read still counts (a seq's `CA_1:57`, an `id` 5).
+            if self.call is not None and not _mentions(raw, self.call):
+                return False
+            return (
+                self.event_id is None or self.event_id == found.id or _mentions(raw, self.event_id)
+            )
+        if not fnmatchcase(found.type, self.type_glob):
             return False
         if self.event_id is not None and not (
             found.id == self.event_id if found.id is not None else _mentions(raw, self.event_id)

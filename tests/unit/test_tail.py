@@ -115,6 +115,37 @@ def test_a_dead_letter_whose_names_cannot_be_read_is_kept_by_what_it_mentions() 
     assert TailFilter(type_glob="turn.*").matches_raw(note, dead("too_large", "websocket"))
 
 
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({"data": {"callId": "CA_1", "note": "E_7"}}, "missing_type"),  # reads as no call's
+        ({"type": 7, "data": {"call_id": "CA_1", "note": "E_7"}}, "invalid_type"),
+        ({"event": "x" * 300, "callId": "CA_1", "note": "E_7"}, "invalid_type"),  # legacy
+    ],
+)
+def test_a_dead_letter_with_no_type_read_is_kept_by_what_it_mentions(
+    item: dict[str, Any], reason: str
+) -> None:
+    # Its call and id as read are a guess: one chasing a call or event it mentions sees it.
+    value, headers = jsoncodec.dumps(item), dead(reason, "webhook")
+    assert TailFilter(call="CA_1").matches_raw(value, headers)
+    assert TailFilter(event_id="E_7").matches_raw(value, headers)
+    assert TailFilter(type_glob="call.*", call="CA_1", event_id="E_7").matches_raw(value, headers)
+    assert not TailFilter(call="CA_2").matches_raw(value, headers)
+    assert not TailFilter(event_id="E_8").matches_raw(value, headers)
+    assert not TailFilter(call="CA_2", event_id="E_7").matches_raw(value, headers)
+
+
+def test_a_dead_letter_with_no_type_read_keeps_the_id_it_was_read_to_have() -> None:
+    # A log entry's `CA_1:57` and an `id` of 5 are no string of it: its id as read finds them.
+    entry = jsoncodec.dumps({"seq": 57, "call": "CA_1", "data": {}})
+    assert TailFilter(call="CA_1", event_id="CA_1:57").matches_raw(
+        entry, dead("missing_type", "sse")
+    )
+    numbered = jsoncodec.dumps({"id": 5, "data": {"call_id": "CA_1"}})
+    assert TailFilter(event_id="5").matches_raw(numbered, dead("missing_type", "webhook"))
+
+
 def test_an_alert_dead_letter_is_no_calls_whatever_its_data_mentions() -> None:
     alert = {"type": "agent.down", "org": "o", "at": 1.8e9, "data": {"last_call": "CA_1"}, "id": 5}
     value, headers = jsoncodec.dumps({**alert, "env": ["prod"]}), dead("invalid_id", "webhook")

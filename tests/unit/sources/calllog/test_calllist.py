@@ -256,6 +256,39 @@ def test_past_its_bound_the_stuck_call_shown_least_recently_is_forgotten_and_cou
     assert horizon.forgotten == 1
 
 
+def _overflowing_reads(horizon: Horizon) -> tuple[list[list[str]], list[int], float]:
+    """What a horizon keeping 10 stuck calls says (calls said, forgotten counts, the bound of
+    the next read) through reads that show 100 stuck calls at once."""
+    hour = 3_600.0
+    rows = [CallRow(f"c{n}", True, 9, T - 10 * hour - n * 60, None) for n in range(100)]
+    reads = [
+        (rows, T),
+        (rows, T + 6 * hour),  # 90 forgotten in one read
+        # A kept call shown again with a forgotten one: the next forgotten is the deepest kept.
+        ([rows[0], rows[10]], T + 7 * hour),
+        (rows[1:10], T + 8 * hour),
+    ]
+    said, forgotten = [], []
+    for shown, began in reads:
+        said.append([row.call for row in horizon.read(shown, began)])
+        forgotten.append(horizon.forgotten)
+    return said, forgotten, horizon.oldest(T + 9 * hour, hour)
+
+
+def test_many_stuck_calls_past_the_bound_in_one_read_are_forgotten_as_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(calllist, "MAX_STUCK", 10)
+    rebuilt = _overflowing_reads(Horizon(still_for=6 * 3_600.0))
+    monkeypatch.setattr(calllist, "_FORGET_IN_PLACE", 1_000)  # every one deleted in place
+    assert rebuilt == _overflowing_reads(Horizon(still_for=6 * 3_600.0))
+    said, forgotten, oldest = rebuilt
+    assert [len(calls) for calls in said] == [0, 100, 1, 0]
+    assert forgotten == [0, 90, 91, 91]  # c10..c99, the deepest; then c9 for c10, said again
+    assert said[2] == ["c10"]
+    assert oldest == T - 10 * 3_600.0 - 9 * 60  # c9, forgotten, timed afresh: it holds back
+
+
 def test_a_read_owes_the_pages_to_the_lookback_and_tries_those_past_it() -> None:
     def page(call: str, started: float) -> CallPage:
         return CallPage((CallRow(call, False, 3, started, started + 60),), call)
