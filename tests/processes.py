@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from bridge.workers.worker import die_with_parent
+from bridge.workers.worker import die_with_parent, prctl
 
 
 def process_gone(pid: int) -> bool:
@@ -26,6 +26,7 @@ def tied_to_this_process(command: Sequence[str]) -> subprocess.Popen[bytes]:
     A finaliser misses a SIGKILLed session: a `sleep 600` outlived it by up to 10 minutes.
     """
     parent = os.getpid()
+    prctl()  # looked up here: the child, forked from a threaded session, only calls it
 
     def die_with_session() -> None:
         # The session was gone before the child asked: nobody would send the signal.

@@ -6,9 +6,11 @@ A worker taking webhooks serves the shared port; the dedup stage's own process s
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -24,13 +26,23 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+@functools.cache
+def prctl() -> Callable[..., int]:
+    """libc's prctl, looked up on first use (not at import: this module loads off Linux too).
+
+    Call it before a fork whose child calls die_with_parent: in a threaded parent, dlopen/dlsym
+    after the fork may wait for ever on a loader lock another thread held at the fork.
+    """
+    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return function
+
+
 def die_with_parent(parent_pid: int) -> bool:
     """Have Linux send this process SIGTERM (a graceful stop) when its parent dies.
 
     False when the parent is gone already (this process was re-parented before asking).
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if prctl()(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getppid() == parent_pid
 

@@ -1,11 +1,13 @@
 """kafka.sh's KAFKA_STOP_WITH watcher: the broker an `up` starts stops once its owner is gone,
-a zombie owner included, an `up` killed right after launching the JVM leaves no broker, and a
-first look inside the launcher's execve of java does not lose the broker."""
+a zombie owner included, an `up` killed right after launching the JVM leaves no broker, a
+first look inside the launcher's execve of java does not lose the broker, and a pid file's pid
+reused by a kernel thread is no broker at once."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +58,18 @@ def stat_fields(pid: int) -> list[str]:
 def stat_state(pid: int) -> str:
     """Field 3 of /proc/<pid>/stat (R, S, Z...)."""
     return stat_fields(pid)[0]
+
+
+def kernel_thread() -> int | None:
+    """A kernel thread's pid (PF_KTHREAD in its stat flags, field 9), if this container has one."""
+    for entry in Path("/proc").iterdir():
+        try:
+            flags = int(stat_fields(int(entry.name))[6]) if entry.name.isdigit() else 0
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if flags & 0x00200000:
+            return int(entry.name)
+    return None
 
 
 def kafka_env(broker: Broker) -> dict[str, str]:
@@ -210,3 +224,22 @@ async def test_a_first_look_inside_the_launchers_execve_keeps_its_broker_watched
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_a_pid_file_naming_a_kernel_thread_is_no_broker_at_once(tmp_path: Path) -> None:
+    # A stale pid reused by a kernel thread: its cmdline is empty for ever, as a zombie's or a
+    # launcher's mid-execve, yet it lives; looked at again for 2 s, `status` and `down` waited.
+    pid = kernel_thread()
+    if pid is None:
+        pytest.skip("no kernel thread visible in /proc here")
+    broker = Broker(free_port_pair(), tmp_path / "kafka")
+    broker.data_dir.mkdir()
+    (broker.data_dir / "broker.pid").write_text(f"{pid}\n")
+    command = ["bash", "-x", str(KAFKA_SH), "status"]
+    status = subprocess.run(
+        command, env=kafka_env(broker), capture_output=True, text=True, check=False
+    )
+    assert status.returncode == 1, status.stderr
+    assert "no broker process of ours" in status.stderr
+    # The trace (bash -x): no second look at the cmdline, which comes after a sleep.
+    assert not re.search(r"^\++ sleep ", status.stderr, re.MULTILINE), status.stderr

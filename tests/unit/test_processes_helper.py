@@ -1,14 +1,18 @@
 """tests.processes.tied_to_this_process: what it starts dies with the session, even a SIGKILLed
 one, whose finalisers never run."""
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bridge.workers.worker import prctl
 from tests.polling import until
-from tests.processes import process_gone
+from tests.processes import process_gone, tied_to_this_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,3 +45,18 @@ async def test_what_it_starts_dies_with_a_sigkilled_session(tmp_path: Path) -> N
     finally:
         if not process_gone(sleeper):
             os.kill(sleeper, signal.SIGKILL)
+
+
+def test_the_child_looks_nothing_up_after_the_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    # dlopen in the forked child of a threaded session may wait for ever on the loader's lock.
+    parent, real = os.getpid(), ctypes.CDLL
+
+    def in_the_parent_only(*args: object, **kwargs: object) -> ctypes.CDLL:
+        if os.getpid() != parent:
+            raise AssertionError("dlopen after the fork")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    prctl.cache_clear()  # as in a session that has tied no process yet
+    monkeypatch.setattr(ctypes, "CDLL", in_the_parent_only)
+    child = tied_to_this_process(["true"])
+    assert child.wait(10) == 0

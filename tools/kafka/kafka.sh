@@ -118,12 +118,14 @@ ports_free() {
 # java (the new image's arguments not yet laid out), or a process whose main thread ended first:
 # looked at again for up to 2 s unless gone, else the watcher left a live broker unwatched, and
 # `down` called then (the watcher's first look, its owner gone) dropped its pid file.
+# A kernel thread's cmdline is empty for ever: a stale pid reused by one is no broker, at once.
 broker_pid() {
   local pid cmdline tries=0
   [[ -f "$pidfile" ]] || return 1
   pid="$(<"$pidfile")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   while cmdline="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" && [[ -z "$cmdline" ]]; do
+    (( tries )) || ! kernel_thread "$pid" || return 1  # once: a kernel thread stays one
     [[ -n "$(started_at "$pid")" ]] && (( ++tries <= 40 )) || return 1
     sleep 0.05
   done
@@ -149,6 +151,18 @@ started_at() {
   if [[ "$1" == [ZX] ]] && (( ${18} <= 1 )); then return 0; fi
   echo "${20}"
 }
+
+# Whether pid $1 is a kernel thread: PF_KTHREAD (0x00200000) in field 9 (flags) of its stat,
+# set for kthreadd's children and kthreadd itself, never for a user process (a zombie included).
+# A subshell, as started_at's callers': under set -e a failed $(<file) (the process reaped since
+# its cmdline was read) ends the shell, even on the left of ||.
+kernel_thread() (
+  stat="$(<"/proc/$1/stat")"
+  stat="${stat##*) }"  # after "pid (comm) ", comm may hold spaces
+  # shellcheck disable=SC2086  # split into fields on purpose
+  set -- $stat
+  (( ${7:-0} & 0x00200000 ))
+) 2>/dev/null
 
 # Runs in a subshell so the lock fd never leaks into the broker JVM.
 cmd_fetch() (
