@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     free_port_pair,
     kafka_sh,
 )
+from tests.missing import skip_or_fail
 from tests.polling import until
 from tests.processes import tied_to_this_process
 
@@ -231,7 +232,7 @@ def test_a_pid_file_naming_a_kernel_thread_is_no_broker_at_once(tmp_path: Path) 
     # launcher's mid-execve, yet it lives; looked at again for 2 s, `status` and `down` waited.
     pid = kernel_thread()
     if pid is None:
-        pytest.skip("no kernel thread visible in /proc here")
+        skip_or_fail("no kernel thread visible in /proc here")
     broker = Broker(free_port_pair(), tmp_path / "kafka")
     broker.data_dir.mkdir()
     (broker.data_dir / "broker.pid").write_text(f"{pid}\n")
