@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from bridge import jsoncodec
-from bridge.deadline import by_deadline
+from bridge.deadline import by_deadline, sooner
 from bridge.ingest.record import ID, encode
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
@@ -208,6 +208,9 @@ class Pipeline:
         # waiting on Kafka; the waiters of those under way, released then.
         self._answer_by: float | None = None
         self._answer_waiters: set[asyncio.Future[None]] = set()
+        # The timers of their sends suspended (no room in the producer) and of their reads of the
+        # limits after a size refusal: brought forward then too.
+        self._answer_timers: set[asyncio.Timeout] = set()
         # Read at scrape time: a gauge update (and its lock) per event showed up in the profile.
         metrics.inflight.set_function(lambda: self._records_in_flight)
 
@@ -235,9 +238,7 @@ class Pipeline:
         the wait on Kafka.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        if answered and self._answer_by is not None:
-            deadline = min(deadline, self._answer_by)
+        deadline = self._answer_deadline(loop.time() + self._timeout, answered)
         again = retry is not None
         first = retry if retry is not None else Delivery(self._clock(), loop.time())
         received_at = first.received_at
@@ -313,14 +314,16 @@ class Pipeline:
                 # fails, and the retry sends it all in order through the new producer.
                 self._fail("producer_replaced", result)
                 continue
-            delivery = await self._send(record, deadline, result)
+            # Again at each send: a stop may have set the answer deadline since the last one.
+            deadline = self._answer_deadline(deadline, answered)
+            delivery = await self._send(record, deadline, result, answered)
             original = record  # its id and size for the lines below: looked up only for them
             if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
                 reason = TOO_LARGE
                 record = self._dead_letter(item, exact, reason, channel, received_at)
-                delivery = await self._send(record, deadline, result)
+                delivery = await self._send(record, deadline, result, answered)
                 if delivery is not _REFUSED:
                     # Said once it is: a dead letter refused too is a loss, said below.
                     flood.error(
@@ -353,6 +356,9 @@ class Pipeline:
                     settled.add(n)
             elif record.key is not None:
                 held_back.add(record.key)
+        # A stop's answer deadline set since the last send (the items after it dropped, say):
+        # its release may have passed already.
+        deadline = self._answer_deadline(deadline, answered)
         await self._wait_until(
             {s.delivery for s in sent}, deadline, self._answer_waiters if answered else None
         )
@@ -365,21 +371,31 @@ class Pipeline:
             # The topic's limit was lowered while running: read again before the answer, so
             # the retry this delivery gets is dead-lettered or refused (final), not sent again
             # to the same refusal for ever (a feed batch or call log retried in a loop).
+            # By a stop's answer deadline too, set during the wait or during the read.
+            deadline = self._answer_deadline(deadline, answered)
+            armed = self._answer_timers if answered else None
             with contextlib.suppress(TimeoutError):
-                await by_deadline(deadline, self._sink.relearn_limits())
+                await by_deadline(deadline, self._sink.relearn_limits(), armed)
         if stored:
             # One update per delivery, not per item: nothing can scrape between the two.
             self._sink.mark_reachable()
             self._metrics.ingested_by(channel).inc(stored)
         return result
 
+    def _answer_deadline(self, deadline: float, answered: bool) -> float:
+        """`deadline`, or a stop's sooner answer deadline for a delivery a request waits on."""
+        if answered and self._answer_by is not None and self._answer_by < deadline:
+            return self._answer_by
+        return deadline
+
     async def _send(
-        self, record: Record, deadline: float, result: BatchResult
+        self, record: Record, deadline: float, result: BatchResult, answered: bool = False
     ) -> asyncio.Future[Any] | _Refused | None:
         try:
             # Not wait_for: no task per record, and the send stays in arrival order. The timer is
             # armed only if the send suspends (a full batch, metadata): rarely, and it costs.
-            delivery = await by_deadline(deadline, self._sink.send(record))
+            armed = self._answer_timers if answered else None
+            delivery = await by_deadline(deadline, self._sink.send(record), armed)
         except TimeoutError:
             self._fail("timeout", result)
             return None
@@ -403,6 +419,7 @@ class Pipeline:
             return
         self._answer_by = deadline
         asyncio.get_running_loop().call_at(deadline, self._release_answered)
+        sooner(self._answer_timers, deadline)
 
     def _release_answered(self) -> None:
         for waiter in list(self._answer_waiters):

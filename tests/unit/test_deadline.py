@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.deadline import by_deadline
+from bridge.deadline import by_deadline, sooner
 
 
 class _Timers:
@@ -176,3 +176,43 @@ async def test_closing_it_closes_the_coroutine_it_awaits() -> None:
     awaiting.close()
     assert events == ["closed"]
     assert inspect.getcoroutinestate(held) == inspect.CORO_CLOSED
+
+
+async def test_a_suspended_wait_is_cut_at_a_deadline_brought_forward() -> None:
+    """`sooner` cuts a wait armed for later at the new deadline; the timer leaves `armed` then."""
+    loop = asyncio.get_running_loop()
+    armed: set[asyncio.Timeout] = set()
+    task = asyncio.create_task(by_deadline(loop.time() + 60, _waits(loop.create_future()), armed))
+    await asyncio.sleep(0)
+    assert len(armed) == 1
+    sooner(armed, loop.time() + 0.01)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(task, 5)
+    assert armed == set()
+
+
+async def test_a_deadline_brought_forward_leaves_sooner_and_expiring_timers_as_they_are() -> None:
+    loop = asyncio.get_running_loop()
+    armed: set[asyncio.Timeout] = set()
+    task = asyncio.create_task(by_deadline(loop.time() + 30, _waits(loop.create_future()), armed))
+    await asyncio.sleep(0)
+    (timer,) = armed
+    sooner(armed, loop.time() + 60)
+    assert timer.when() == pytest.approx(loop.time() + 30, abs=1)
+    sooner(armed, loop.time() - 1)  # its expiry runs next, then the check below, then the task
+    outcome: list[tuple[bool, bool, RuntimeError | None]] = []
+
+    def again() -> None:
+        # Expiring: its task not yet cancelled, so its timer still in `armed`.
+        expiring = (timer.expired(), timer in armed)
+        try:
+            sooner(armed, loop.time() - 10)  # sooner still than the expiring one
+        except RuntimeError as exc:
+            outcome.append((*expiring, exc))
+        else:
+            outcome.append((*expiring, None))
+
+    loop.call_soon(again)
+    with pytest.raises(TimeoutError):
+        await task
+    assert outcome == [(True, True, None)]

@@ -310,6 +310,38 @@ async def test_a_stop_releases_the_deliveries_a_request_waits_on_at_its_answer_d
     assert (await asyncio.wait_for(feed, timeout=5)).accepted == 1
 
 
+async def test_a_stop_releases_a_request_whose_send_waits_on_kafka() -> None:
+    """A webhook whose send waits for room in the producer (Kafka slow) when a stop sets the
+    answer deadline is answered by then, not at its own publish timeout."""
+    sink = FakeSink()
+    sink.block_send = True
+    pipeline, metrics = make(sink, timeout=60)
+    answered = asyncio.create_task(pipeline.submit([entry(1)], "webhook", answered=True))
+    feed = asyncio.create_task(pipeline.submit([entry(2)], "websocket"))
+    await asyncio.sleep(0)  # both sends suspended
+    pipeline.answer_by(asyncio.get_running_loop().time() + 0.05)
+    result = await asyncio.wait_for(answered, timeout=5)
+    assert (result.ok, result.failure_reasons) == (False, {"timeout"})
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 1
+    assert not feed.done()  # a source that answers nobody keeps its own deadline
+    feed.cancel()
+
+
+async def test_a_stop_releases_a_request_still_sending_at_its_answer_deadline() -> None:
+    """A webhook still handing its events to the producer when the stop's answer deadline
+    passes (a large body, yielding to other requests) is answered at once once they are sent,
+    not at its own publish timeout."""
+    sink = FakeSink(auto_ack=False)
+    pipeline, _ = make(sink, timeout=60)
+    items = [entry(n, call=f"CA_{n}") for n in range(1, 201)]
+    answered = asyncio.create_task(pipeline.submit(items, "webhook", answered=True))
+    await asyncio.sleep(0)  # its first yield, 64 records sent: the deadline passes meanwhile
+    assert 0 < len(sink.records) < len(items)
+    pipeline.answer_by(asyncio.get_running_loop().time())
+    result = await asyncio.wait_for(answered, timeout=5)
+    assert (result.ok, result.failed, result.failure_reasons) == (False, 200, {"timeout"})
+
+
 async def test_sends_that_do_not_suspend_arm_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     armed: list[float | None] = []
     real = asyncio.timeout_at
@@ -733,6 +765,42 @@ async def test_a_size_refusal_by_the_broker_is_retried_not_final_and_the_limit_r
     assert (result.ok, result.failed, result.refused) == (False, 1, 0)
     # Before the answer: the retry is then checked against the lowered limit, not refused again.
     assert sink.relearned == 1
+
+
+class _SlowRelearn(FakeSink):
+    """A sink whose read of the limits after a size refusal waits (an admin client to Kafka)."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_ack=False)
+        self.relearning = asyncio.Event()
+
+    async def relearn_limits(self) -> None:
+        self.relearned += 1
+        self.relearning.set()
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("stop_during", ["wait", "relearn"])
+async def test_a_stop_releases_a_request_whose_size_refusal_reads_the_limits_again(
+    stop_during: str,
+) -> None:
+    """A webhook reading the limits again after a size refusal is answered by a stop's answer
+    deadline, whether it was set during the read or before it (a record still unacked then)."""
+    sink = _SlowRelearn()
+    pipeline, _ = make(sink, timeout=60)
+    items = [entry(1, call="CA_1"), entry(1, call="CA_2")]
+    task = asyncio.create_task(pipeline.submit(items, "webhook", answered=True))
+    await until(lambda: len(sink.futures) == 2)
+    sink.futures[0].set_exception(MessageSizeTooLargeError())
+    loop = asyncio.get_running_loop()
+    if stop_during == "relearn":
+        sink.futures[1].set_result(None)
+        await asyncio.wait_for(sink.relearning.wait(), 5)
+        pipeline.answer_by(loop.time() + 0.05)
+    else:
+        pipeline.answer_by(loop.time() + 0.05)  # releases the wait: the second is unacked
+    result = await asyncio.wait_for(task, 5)
+    assert (result.ok, sink.relearned) == (False, 1)
 
 
 async def test_a_batch_counts_what_kafka_stored_and_only_that() -> None:
