@@ -219,16 +219,27 @@ def _check_memory(settings: Settings) -> None:
             file=sys.stderr,
         )
         return
-    processes = max(settings.http.workers, 1) + settings.dedup.own_process
     fit = WindowFit(
         settings.topics.ingest_partitions,
         settings.dedup.max_entries_per_partition,
         limit.limit,
-        processes,
+        _pod_processes(settings),
         settings.dedup.restore_concurrency,
     )
     warning = fit.warning()
     print(f"warning: {warning}" if warning else f"dedup memory: {fit.summary()}", file=sys.stderr)
+
+
+def _pod_processes(settings: Settings) -> int:
+    """The processes `run` would start here, each with memory of its own: the workers (0: one per
+    CPU available, as `run` counts them; it refuses 0 off Linux) and the dedup stage's own."""
+    workers = settings.http.workers
+    if workers == 0 and hasattr(os, "sched_getaffinity"):
+        from bridge.workers.cpus import resolve_workers
+
+        # Counted as 1, a pod of several workers was said to fit a limit it outgrows.
+        workers = resolve_workers(0, dedup_process=settings.dedup.own_process)
+    return max(workers, 1) + settings.dedup.own_process
 
 
 def sample_event() -> dict[str, object]:

@@ -1450,10 +1450,29 @@ def _problem(
     msg = msg.removeprefix("Value error, ")
     if kind == "bool_parsing":
         msg = "must be true or false (or 1/0, yes/no, on/off, t/f, y/n; any case)"
-    # A section's or the whole object's own check names its variables itself.
+    # A section's or the whole object's own check names its variables itself: those read from a
+    # section's JSON as given there too, not as variables nobody set.
+    msg = _as_given(msg, sections or {})
     if not loc or msg.startswith("BRIDGE_"):
         return msg
     return f"{_json_name(loc, sections or {}) or _env_name(loc)}: {msg}"
+
+
+# A variable a message names; a routing rule's field with its index: `..._RULES[0].topic`.
+_NAMED_VARIABLE_RE = re.compile(r"BRIDGE_([A-Z]+)__([A-Z0-9_]+)((?:\[\d+\])?(?:\.[a-z_]+)?)")
+
+
+def _as_given(text: str, sections: Mapping[str, set[str]]) -> str:
+    """`text` with each variable whose value was read from its section's JSON named as
+    `_json_name` names it: `BRIDGE_DEDUP (JSON key commit_interval_ms)`."""
+
+    def named(variable: re.Match[str]) -> str:
+        section, key, item = variable[1].lower(), variable[2].lower(), variable[3]
+        if key not in sections.get(section, set()):
+            return variable[0]
+        return f"BRIDGE_{section.upper()} (JSON key {key}{item})"
+
+    return _NAMED_VARIABLE_RE.sub(named, text)
 
 
 def _json_name(loc: tuple[int | str, ...], sections: Mapping[str, set[str]]) -> str | None:

@@ -381,6 +381,25 @@ REFUSALS = {
         " config.kafka.securityProtocol=PLAINTEXT",
         {"kafka": {"ssl_cafile": FILE}},
     ),
+    # A stand-in inside the cluster, without allowInsecureUrls: rendered, every pod exited 2.
+    "plain http API URL to another host": Refusal(
+        ("config.pinecall.apiUrl=http://pinecall-stub.default.svc:8080",),
+        "config.pinecall.apiUrl (http://pinecall-stub.default.svc:8080) is a plain http:// URL to"
+        " another host: it would send the API key and the webhook secret unencrypted",
+        {"pinecall": {"api_url": "http://pinecall-stub.default.svc:8080"}},
+    ),
+    "plain ws feed URL to another host": Refusal(
+        (
+            "config.websocket.enabled=true",
+            "secrets.pinecallApiKey.value=k",
+            "config.websocket.url=ws://feed.example/v1/ws",
+        ),
+        "config.websocket.url (ws://feed.example/v1/ws) is a plain ws:// URL to another host",
+        {
+            "websocket": {"enabled": True, "url": "ws://feed.example/v1/ws"},
+            "pinecall": {"api_key": "k"},
+        },
+    ),
     # A CA mounted from extraVolumes, named in extraEnv, with the protocol left PLAINTEXT.
     "TLS file paths in extraEnv without TLS": Refusal(
         ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=/etc/ca/ca.crt",),
@@ -429,6 +448,28 @@ def test_kept_windows_up_to_the_ttl_are_accepted_by_both(bridge_problems: Any) -
         assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
         told = {"dedup": {"keep_revoked_seconds": float(keep)}}
         assert bridge_problems(merged(BRIDGE_SECRET, told)) == []
+
+
+@pytest.mark.parametrize(
+    ("sets", "bridge"),
+    [
+        (("config.pinecall.apiUrl=http://localhost:8080",), {"api_url": "http://localhost:8080"}),
+        (("config.pinecall.apiUrl=http://127.0.0.2",), {"api_url": "http://127.0.0.2"}),
+        (("config.pinecall.apiUrl=http://[::1]:8080",), {"api_url": "http://[::1]:8080"}),
+        (
+            ("config.pinecall.apiUrl=http://stub.svc", "config.pinecall.allowInsecureUrls=true"),
+            {"api_url": "http://stub.svc", "allow_insecure_urls": True},
+        ),
+    ],
+)
+def test_plain_urls_the_bridge_takes_are_rendered(
+    sets: tuple[str, ...], bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    # Loopback, or told: and a feed's plain URL while the feed is off is never read.
+    feed = "config.websocket.url=ws://feed.example/v1/ws"
+    assert {m["kind"] for m in render(SECRET, *sets, feed)} >= {"Deployment"}
+    told = {"pinecall": bridge, "websocket": {"url": "ws://feed.example/v1/ws"}}
+    assert bridge_problems(merged(BRIDGE_SECRET, told)) == []
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -924,6 +924,32 @@ def test_check_warns_when_the_dedup_window_outgrows_the_memory_limit(
     assert "to at most 609572" in line
 
 
+@pytest.mark.parametrize("own_process", [False, True])
+def test_check_sizes_the_dedup_window_for_a_worker_per_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    own_process: bool,
+) -> None:
+    # BRIDGE_HTTP__WORKERS=0 on 4 CPUs is 4 processes (3 and the dedup stage's own): `check`
+    # counted 1 (or 2) and said fits where `run` warned that the pod outgrows its limit.
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{2 * 1024**3}\n")
+    monkeypatch.setattr("bridge.dedup.memoryfit.CGROUP_ROOT", cgroup)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(4)), raising=False)
+    monkeypatch.setattr("bridge.workers.cpus.read_cpu_max", lambda root: None)
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "a-long-enough-secret-value")
+    monkeypatch.setenv("BRIDGE_HTTP__WORKERS", "0")
+    monkeypatch.setenv("BRIDGE_DEDUP__OWN_PROCESS", str(own_process).lower())
+    # Fits one process's reserve (256 MiB) in 2 GiB, not four's.
+    monkeypatch.setenv("BRIDGE_DEDUP__MAX_ENTRIES_PER_PARTITION", "600000")
+    assert main(["check"]) == 0
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "dedup window" in x]
+    assert line.startswith("warning: the dedup window's worst case"), line
+    assert "1,024 MiB for the processes" in line, line  # 256 MiB each
+
+
 def test_run_freezes_what_start_up_allocated_and_collects_gen0_less_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

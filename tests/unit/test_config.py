@@ -1608,6 +1608,47 @@ def test_a_bad_value_in_a_sections_json_names_the_variable_given_and_its_key(
 
 
 @pytest.mark.parametrize(
+    ("env", "named", "unset"),
+    [
+        # A section's own check (values that must nest).
+        (
+            {"BRIDGE_DEDUP": '{"commit_interval_ms": 9000}'},
+            "BRIDGE_DEDUP (JSON key commit_interval_ms) (9000) < BRIDGE_DEDUP__TRANSACTION_",
+            "BRIDGE_DEDUP__COMMIT_INTERVAL_MS",
+        ),
+        # Beside a field's own variable, which keeps its name.
+        (
+            {"BRIDGE_KAFKA": '{"linger_ms": 6000}', "BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS": "10"},
+            "BRIDGE_KAFKA (JSON key linger_ms) (6000) must be at most half of"
+            " BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS (10 s)",
+            "BRIDGE_KAFKA__LINGER_MS",
+        ),
+        # The whole settings' check, across sections.
+        (
+            {"BRIDGE_WEBHOOK": '{"max_age_seconds": 600}'},
+            "BRIDGE_WEBHOOK (JSON key max_age_seconds) (600) is too long for",
+            "BRIDGE_WEBHOOK__MAX_AGE_SECONDS",
+        ),
+        (
+            {"BRIDGE_ROUTING": '{"rules": [{"match": "*", "topic": "pinecall.ingest"}]}'},
+            "BRIDGE_TOPICS__INGEST must not be an output topic ('pinecall.ingest' is"
+            " BRIDGE_ROUTING (JSON key rules[0].topic) too)",
+            "BRIDGE_ROUTING__RULES",
+        ),
+    ],
+)
+def test_a_rule_across_settings_names_those_from_a_sections_json_as_given(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str, unset: str
+) -> None:
+    # A rule over two or more settings named each by its own variable: one set as a key of its
+    # section's JSON was named as a variable nobody set (which, set to fix it, wins over the key).
+    setenv(monkeypatch, env)
+    [line] = problems()
+    assert line.startswith(named), line
+    assert unset not in line
+
+
+@pytest.mark.parametrize(
     ("environ", "dotenv", "read"),
     [
         ({"BRIDGE_KAFKA__LINGER_MS": "3", "BRIDGE_KAFKA": '{"linger_ms": 7}'}, "", 3),

@@ -29,14 +29,31 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
 {{- end }}
 {{- $apiKey := printf "the Pinecall API key: set secrets.pinecallApiKey.value or secrets.pinecallApiKey.secretName, or secrets.existingSecret (a Secret with the key %q)" $s.pinecallApiKey.key }}
-{{- $pinecall := include "pinecall-bridge.withDefaults" (list $c.pinecall (dict "registerWebhook" false)) | fromJson }}
+{{- $pinecall := include "pinecall-bridge.withDefaults" (list $c.pinecall (dict "registerWebhook" false "apiUrl" "https://api.pinecall.io")) | fromJson }}
 {{- if and $pinecall.registerWebhook (not $pinecall.publicUrl) }}
 {{- $problems = append $problems "config.pinecall.registerWebhook=true needs config.pinecall.publicUrl (the bridge's public base URL, e.g. https://bridge.example.com)" }}
 {{- end }}
 {{- if and $pinecall.registerWebhook (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.pinecall.registerWebhook=true needs %s" $apiKey) }}
 {{- end }}
-{{- $websocket := include "pinecall-bridge.withDefaults" (list $c.websocket (dict "enabled" false "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30)) | fromJson }}
+{{- $websocket := include "pinecall-bridge.withDefaults" (list $c.websocket (dict "enabled" false "url" "wss://api.pinecall.io/v1/ws" "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30)) | fromJson }}
+{{- /* A plain http:// or ws:// URL to a host other than loopback would carry the API key, the feed's
+token and the webhook secret unencrypted: the bridge refuses it unless allowInsecureUrls (the API's
+always, the feed's when it is on). An IPv6 literal is left to the bridge (loopback has more than
+one spelling there): refused here only what the bridge surely refuses. */}}
+{{- $plain := dict }}
+{{- $_ := set $plain "config.pinecall.apiUrl" (list $pinecall.apiUrl "http" "the API key and the webhook secret") }}
+{{- if $websocket.enabled }}{{ $_ := set $plain "config.websocket.url" (list $websocket.url "ws" "the API key or feed token") }}{{ end }}
+{{- if not (($c.pinecall | default dict).allowInsecureUrls) }}
+{{- range $where, $spec := $plain }}
+{{- $url := urlParse (index $spec 0) }}
+{{- $host := regexReplaceAll ":[0-9]*$" $url.host "" | trimSuffix "." | lower }}
+{{- $loopback := or (eq $host "localhost") (regexMatch "^127\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host) (contains ":" $host) (contains "[" $url.host) }}
+{{- if and (eq $url.scheme (index $spec 1)) (not $loopback) }}
+{{- $problems = append $problems (printf "%s (%s) is a plain %s:// URL to another host: it would send %s unencrypted; use %ss://, or on a trusted network set config.pinecall.allowInsecureUrls=true" $where (index $spec 0) $url.scheme (index $spec 2) $url.scheme) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.websocket.enabled=true needs %s" $apiKey) }}
 {{- end }}
