@@ -274,6 +274,13 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.dedup_fetch_age = Gauge(
+            f"{PREFIX}_dedup_fetch_age_seconds",
+            "Seconds since the broker last answered the dedup stage's fetch for an owned ingest"
+            " partition (0 while it is held, not fetched on purpose), by owned partition.",
+            ["partition"],
+            registry=r,
+        )
         self.ingest_partitions = Gauge(
             f"{PREFIX}_ingest_partitions",
             "Partitions of the ingest topic in this process's Kafka metadata (0 until known).",

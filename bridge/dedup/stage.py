@@ -178,9 +178,13 @@ class DedupStage:
         # caught up (before that, its backlog is as old as its last processed record says).
         # Monotonic: by the wall clock a step back hid the lag for as long, one forward was lag.
         self._behind_since: dict[TopicPartition, float | None] = {}
-        # Each partition's two lag gauges, resolved once (labels() for each at every step was 1%
-        # of the bridge at 980/s); dropped with the series by _forget_lag.
-        self._lag_gauges: dict[TopicPartition, tuple[Any, Any]] = {}
+        # Each partition's lag and fetch-age gauges, resolved once (labels() for each at every
+        # step was 1% of the bridge at 980/s); dropped with the series by _forget_lag.
+        self._lag_gauges: dict[TopicPartition, tuple[Any, Any, Any]] = {}
+        # Per partition: aiokafka's time of its last fetch answer as last seen, and when (by the
+        # monotonic clock) a look found it new. Compared, never subtracted from our clock: it is
+        # the wall clock's, which a step would turn into a fetch age or hide one.
+        self._answers: dict[TopicPartition, tuple[int | None, float]] = {}
         self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
         # The starts in their first attempt: assigned and on their way, so not unowned (a
         # takeover at the cap restores for minutes, a few at a time); a failed one is no longer.
@@ -523,7 +527,7 @@ class DedupStage:
                         await self._out_of_range(consumer, exc.args[0])
                     except Exception:  # the offsets: the next fetch fails again and retries
                         log.exception("dedup stage could not read the log start offsets")
-                        await asyncio.sleep(pause)
+                        await self._fetch_failed(consumer, pause)
                     continue
                 except (GroupAuthorizationFailedError, TopicAuthorizationFailedError) as exc:
                     # aiokafka asks the coordinator (fetches the ingest topic) again at each
@@ -535,7 +539,7 @@ class DedupStage:
                         refusal(exc, self._settings, self._out.transactional_id),
                         extra={"error": repr(exc), "retry_in_s": wait},
                     )
-                    await asyncio.sleep(wait)
+                    await self._fetch_failed(consumer, wait)
                     continue
                 except InvalidSessionTimeoutError:
                     # Every JoinGroup is refused until the setting or the brokers' bounds change:
@@ -550,18 +554,18 @@ class DedupStage:
                         ),
                     )
                     log.error(why, extra={"retry_in_s": wait})
-                    await asyncio.sleep(wait)
+                    await self._fetch_failed(consumer, wait)
                     continue
                 except NoOffsetForPartitionError:
                     # Assigned and not yet sought (assigned() seeks it): no position yet. Not
                     # expected to last; a pause keeps it from spinning if it does.
-                    await asyncio.sleep(pause)
+                    await self._fetch_failed(consumer, pause)
                     continue
                 except Exception:  # the group must outlive a fetch error; aiokafka retries inside
                     if consumer_died(consumer) is not None:
                         continue  # replaced at the top of the loop
                     log.exception("dedup stage fetch failed")
-                    await asyncio.sleep(pause)
+                    await self._fetch_failed(consumer, pause)
                     continue
                 refused = 0
                 async with self._lock:
@@ -585,6 +589,13 @@ class DedupStage:
                 await asyncio.sleep(0)
         finally:
             self._stepped.set()  # a drain waiting on the loop is not left waiting for its end
+
+    async def _fetch_failed(self, consumer: AIOKafkaConsumer, wait: float) -> None:
+        """The lag gauges set, then a pause: a fetch that raised leaves the records where they
+        were, and a partition behind at the last answer keeps waiting (its age grows)."""
+        async with self._lock:
+            self._update_lag(consumer)
+        await asyncio.sleep(wait)
 
     async def _out_of_range(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
@@ -1030,13 +1041,21 @@ class DedupStage:
             if tp not in assigned:  # mid-rebalance: revocation is about to take the task
                 continue
             pair = gauges.get(tp)
+            stamp = consumer.last_poll_timestamp(tp)
             if pair is None:
                 m = self._metrics
                 label = task.label
                 pair = gauges[tp] = (
                     m.dedup_lag_records.labels(label),
                     m.dedup_lag_seconds.labels(label),
+                    m.dedup_fetch_age.labels(label),
                 )
+                # An answer from before this owner fetched it (a start after a loss) is none.
+                self._answers[tp] = (stamp, ticks)
+            seen, heard = self._answers[tp]
+            heard = heard_at(heard, seen, stamp, ticks, asked=not task.held)
+            self._answers[tp] = (stamp, heard)
+            pair[2].set(ticks - heard)
             high = consumer.highwater(tp)
             behind = max(high - task.position, 0) if high is not None else 0
             pair[0].set(behind)
@@ -1053,8 +1072,10 @@ class DedupStage:
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         self._behind_since.pop(tp, None)
+        self._answers.pop(tp, None)
         self._lag_gauges.pop(tp, None)  # removed below: a cached child would be set unexported
-        for gauge in (self._metrics.dedup_lag_records, self._metrics.dedup_lag_seconds):
+        m = self._metrics
+        for gauge in (m.dedup_lag_records, m.dedup_lag_seconds, m.dedup_fetch_age):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(tp.partition))
 
@@ -1072,6 +1093,19 @@ def lag_seconds(now: float, behind_for: float | None, last_appended_at: float | 
     appended_for = None if last_appended_at is None else now - last_appended_at
     waits = [w for w in (behind_for, appended_for) if w is not None and w >= 0]
     return max(min(waits), 0.0) if waits else 0.0
+
+
+def heard_at(
+    heard: float, seen: int | None, stamp: int | None, now: float, *, asked: bool
+) -> float:
+    """When the broker last answered a fetch for a partition, by the monotonic clock `now`. Pure.
+
+    `stamp` is aiokafka's time of its last answer (last_poll_timestamp, set by every answer
+    without an error, an empty one too), `seen` that time at the last look, `heard` when the
+    broker was last known to answer. A partition not fetched on purpose (not `asked`: held at a
+    later release's record, paused) waits for nobody: heard now.
+    """
+    return now if stamp != seen or not asked else heard
 
 
 def broker_fetch_wait_ms(interval_ms: int) -> int:

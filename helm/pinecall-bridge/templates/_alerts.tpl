@@ -181,6 +181,22 @@ groups:
           summary: {{ printf "Dedup stage of pod %s is behind on ingest partition %s" "{{ $labels.pod }}" "{{ $labels.partition }}" | quote }}
           description: {{ printf "%s/%s has been more than %vs or %v records behind on ingest partition %s for %v minutes: its events reach the output topics late." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.dedupLagSeconds) (include "pinecall-bridge.number" $a.dedupLagRecords) "{{ $labels.partition }}" (include "pinecall-bridge.number" $a.dedupLagMinutes) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededuplaggrowing" $a.runbookUrl }}
+      - alert: PinecallBridgeDedupFetchesUnanswered
+        # One pod's dedup stage whose fetches of an owned ingest partition go unanswered or fail
+        # (a broker out of its reach, a refused ACL) while the other pods output theirs:
+        # DedupStalled is namespace-wide, and the pod's lag gauges count from its last answered
+        # fetch, so its lag reads as it was. Healthy, an answer comes every second at least (the
+        # broker holds an empty fetch up to 1 s); a held partition reads 0 (DedupPartitionsHeld).
+        # A gauge, no range: `for` restarts at the first answer.
+        expr: |
+          max by (namespace, pod, partition) (pinecall_bridge_dedup_fetch_age_seconds) > {{ include "pinecall-bridge.number" $a.dedupFetchAgeSeconds }}
+        for: {{ $stalledFor }}
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Kafka answers no dedup fetch of pod %s on ingest partition %s" "{{ $labels.pod }}" "{{ $labels.partition }}" | quote }}
+          description: {{ printf "%s/%s owns ingest partition %s but Kafka has answered none of its fetches for it for more than %vs: its events are not output, and its lag in records reads as at the last answer. The log says why (message: dedup stage fetch failed, or a refusal naming the ACL to grant)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.partition }}" (include "pinecall-bridge.number" $a.dedupFetchAgeSeconds) | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgededupfetchesunanswered" $a.runbookUrl }}
       - alert: PinecallBridgeDedupPartitionsUnowned
         # A partition no pod processes has no lag series at all (lag is per owned partition).
         # The count is the topic's, from the pods' Kafka metadata: a topic made elsewhere or

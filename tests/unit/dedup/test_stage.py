@@ -17,7 +17,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
-from aiokafka.errors import KafkaConnectionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    OffsetOutOfRangeError,
+    TopicAuthorizationFailedError,
+)
 
 from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.config import DedupSettings
@@ -35,6 +39,7 @@ from bridge.dedup.stage import (
     behind,
     broker_fetch_wait_ms,
     fetch_wait_ms,
+    heard_at,
     lag_seconds,
 )
 from bridge.dedup.task import PartitionTask
@@ -113,6 +118,9 @@ class FakeConsumer:
         self.paused.extend(partitions)
 
     def highwater(self, partition: TopicPartition) -> int | None:
+        return None
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
         return None
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
@@ -1247,6 +1255,135 @@ def test_a_wall_clock_step_forward_does_not_become_a_partitions_lag(
     # A VM resumed, its clock behind until NTP steps it. Fails on the old code: 720 s, the
     # spell's start by the wall clock an hour early, so the last record's append time won.
     assert stepped_lag(monkeypatch, 3_600.0) == 120.0
+
+
+class FailingFetches(LaggingConsumer):
+    """Answers the first fetch (partition p's high watermark `ahead` past 10 * p), then raises
+    `error` from `failures` fetches, each 10 s after the last, then answers again and ends the
+    stage. Notes partition p's gauges as each fetch begins."""
+
+    def __init__(
+        self, stage: DedupStage, clocks: list[float], ahead: int, failures: int, error: Exception
+    ) -> None:
+        super().__init__({tp(1), tp(2)}, base=10, ahead=0)
+        self.stage, self.clocks, self.error = stage, clocks, error
+        self.behind, self.failures = ahead, failures
+        self.fetches = 0
+        self.stamp: int | None = None
+        self.seen: list[tuple[float, float, float]] = []
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        ahead = self.behind if partition == tp(1) else 0  # partition 2 caught up
+        return 10 * int(partition.partition) + ahead
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
+        return self.stamp
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        m = self.stage._metrics
+        self.seen.append(
+            (
+                sample(m, "pinecall_bridge_dedup_lag_seconds", partition="1"),
+                sample(m, "pinecall_bridge_dedup_lag_seconds", partition="2"),
+                sample(m, "pinecall_bridge_dedup_fetch_age_seconds", partition="1"),
+            )
+        )
+        self.fetches += 1
+        if self.fetches > 1:
+            self.clocks[0] += 10.0
+            self.clocks[1] += 10.0
+        if 1 < self.fetches <= 1 + self.failures:
+            raise self.error
+        if self.fetches > 1:
+            self.stage._running = False
+        self.stamp = int(self.clocks[0] * 1000)  # aiokafka's: the wall clock at the answer
+        return {}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KafkaConnectionError("no broker"), TopicAuthorizationFailedError("ingest")],
+    ids=["failed", "refused"],
+)
+async def test_a_partition_behind_keeps_ageing_while_fetches_fail(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    # Fails on the old code: a fetch that raised skipped the lag's update, so a partition behind
+    # read the age it had at the last answer for as long as the fetches failed (and a refused ACL
+    # forever), and nothing told how long the broker had not answered.
+    clocks = [100_000.0, 5_000.0]  # wall, monotonic
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: clocks[0], monotonic=lambda: clocks[1])
+    )
+    monkeypatch.setattr(stage_module, "refused_wait", lambda refused: 0.0)
+    h = Harness(1, 2)
+    h.tasks[1].last_appended_at = clocks[0] - 5  # the last record processed, 5 s ago
+    h.tasks[2].last_appended_at = clocks[0] - 5
+    consumer = FailingFetches(h.stage, clocks, ahead=3, failures=3, error=error)
+    h.stage._consumer = cast(AIOKafkaConsumer, consumer)
+    h.stage._running = True
+    await h.stage._run()
+    lag_1, lag_2, age_1 = zip(*consumer.seen, strict=True)
+    # Noted as each fetch begins: the first answer, three failures, the answer after them.
+    assert lag_1[1:] == (5.0, 15.0, 25.0, 35.0)  # the record behind keeps waiting
+    assert lag_2[1:] == (0.0, 0.0, 0.0, 0.0)  # caught up: nothing known to wait
+    assert age_1[1:] == (0.0, 10.0, 20.0, 30.0)  # the broker's last answer, ever further back
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.0
+    assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 3
+
+
+def test_a_held_partition_waits_for_no_fetch_and_counts_from_its_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Paused on purpose (dedup_partitions_held says why): no unanswered fetch to page for.
+    ticks = [5_000.0]
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
+    )
+    h = Harness(1)
+    consumer = LaggingConsumer({tp(1)}, base=10, ahead=0)
+    h.tasks[1].held = True
+    for _ in range(2):
+        ticks[0] += 600.0
+        h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+        assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.0
+    h.tasks[1].held = False
+    ticks[0] += 7.0
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 7.0
+
+
+@pytest.mark.parametrize(
+    ("seen", "stamp", "asked", "heard"),
+    [
+        (1_000, 1_000, True, 40.0),  # no answer since the last look: still 40
+        (1_000, 1_700, True, 90.0),  # answered since (an empty answer too): now
+        (None, 1_700, True, 90.0),  # the first answer
+        (None, None, True, 40.0),  # none yet: since it was first owned
+        (1_700, 1_000, True, 90.0),  # a wall clock stepped back: still an answer, not an age
+        (1_000, 1_000, False, 90.0),  # held, fetched by nobody: waits for nothing
+    ],
+)
+def test_heard_at(seen: int | None, stamp: int | None, asked: bool, heard: float) -> None:
+    assert heard_at(40.0, seen, stamp, 90.0, asked=asked) == heard
+
+
+def fetch_age_series(metrics: Metrics) -> list[dict[str, str]]:
+    name = "pinecall_bridge_dedup_fetch_age_seconds"
+    return [s.labels for f in metrics.registry.collect() for s in f.samples if s.name == name]
+
+
+async def test_a_revoked_partition_loses_its_fetch_age_series() -> None:
+    h = Harness(3)
+    consumer = LaggingConsumer({tp(3)}, base=10, ahead=0)
+    h.stage._consumer = cast(AIOKafkaConsumer, consumer)
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert fetch_age_series(h.metrics) == [{"partition": "3"}]
+    await h.stage.revoked({tp(3)})
+    assert fetch_age_series(h.metrics) == []
+    assert tp(3) not in h.stage._answers
 
 
 class ThrottledClient(AIOKafkaClient):  # type: ignore[misc]
