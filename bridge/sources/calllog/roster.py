@@ -133,10 +133,12 @@ class Roster:
         if until is not None and self._clock() > until:
             self._on_expire(call)
             return []
+        # A slot free while calls wait (starts handed back) is theirs, and filled first: a full
+        # queue then has room, and the call offered is not dropped (counted, said) for nothing.
+        starts = self._fill()
         if len(self.following) >= self.capacity or self.waiting:
-            # Behind the calls that wait, also with a slot free (a start handed back): one let
-            # past them was handed back ahead of them, and a launch raising for every call
-            # grew the queue by each call offered, past its cap, without end.
+            # Behind the calls that wait: one let past them was handed back ahead of them, and a
+            # launch raising for every call grew the queue by each call offered, past its cap.
             if len(self.waiting) >= self.max_waiting:
                 self._on_drop(call)
                 self.missed = True
@@ -144,9 +146,9 @@ class Roster:
                 self.waiting[call] = after
                 if until is not None:
                     self._until[call] = self._by_ticks(until)
-            return self._fill()
+            return starts
         self.following[call] = partition
-        return [Start(call, after, None if until is None else self._by_ticks(until))]
+        return [*starts, Start(call, after, None if until is None else self._by_ticks(until))]
 
     def _by_ticks(self, until: float) -> float:
         """The wall time `until` as the monotonic time the same distance from now."""
@@ -238,6 +240,8 @@ class Roster:
         if not gone:
             return []
         self.owned -= gone
+        for takeover in [t for t in self._taking if t.partition in gone]:
+            takeover.stop()  # nothing left for it: its calls are no longer ours
         stopped = [call for call, p in self.following.items() if p in gone]
         for call in stopped:
             del self.following[call]
@@ -279,6 +283,13 @@ class Roster:
             self.waiting.move_to_end(start.call, last=False)
             if start.until is not None:
                 self._until[start.call] = start.until
+        # A call queued in the room their fill had made (`_offer`) is past the cap again: the
+        # last offered is dropped, as a full queue drops a call offered.
+        while len(self.waiting) > self.max_waiting:
+            call, _ = self.waiting.popitem()
+            self._until.pop(call, None)
+            self._on_drop(call)
+            self.missed = True
 
 
 class Takeover:
@@ -320,11 +331,16 @@ class Takeover:
             raise
         self.steps += 1
         if starts is None:
-            self.done = True
-            if self in self.roster._taking:
-                self.roster._taking.remove(self)
+            self.stop()
             return []
         return starts
+
+    def stop(self) -> None:
+        """Done, at its end or its partition lost: the roster no longer takes calls by it."""
+        self.done = True
+        self._work = iter(())
+        if self in self.roster._taking:
+            self.roster._taking.remove(self)
 
     def _run(self) -> Iterator[list[Start]]:
         roster, live = self.roster, self.live
@@ -337,20 +353,18 @@ class Takeover:
                 if call in roster.waiting:
                     roster._offer(call, live[call], None, self._hashes)
             yield []
-        # A call still followed (its partition handed straight back) frees its slot for one that
-        # waited: that one starts now. The others are only remembered. Each by its own end, not
-        # by now: else every ended call of the partition outlasted those that ended since.
+        # Each remembered by its own end, not by now: else every ended call of the partition
+        # outlasted those that ended since. One still followed (its partition restored whole
+        # while owned) keeps its slot: its follower reads on to the end its records show, and
+        # a call started in that slot meanwhile was a stream past `max_calls`; `finished` frees it.
         ended, hashes, partition_of_call = self._ended, self._hashes, roster._partition
         for chunk in _chunks(ended):
             done = [c for c in chunk if partition_of_call(c, hashes) == self.partition]
             for call in done:
                 roster.waiting.pop(call, None)
                 roster._until.pop(call, None)
-            roster._remember_ends([(c, ended[c]) for c in done if c not in roster.following])
-            starts: list[Start] = []
-            for call in [call for call in done if call in roster.following]:
-                starts.extend(roster.finished(call, ended=True, at=ended[call]))
-            yield starts
+            roster._remember_ends([(c, ended[c]) for c in done])
+            yield []
         for chunk in _chunks(live):
             starts = []
             for call in chunk:

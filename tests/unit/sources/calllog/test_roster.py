@@ -81,20 +81,6 @@ def test_takeover_follows_live_calls_from_their_progress() -> None:
     assert roster.offer(done) == []
 
 
-def test_a_takeover_that_ends_a_followed_call_starts_the_one_that_waited() -> None:
-    # The partition comes back (a restart of it on this member) while its calls are followed;
-    # its records say one of them ended: the call waiting for a slot takes that slot.
-    roster = Roster(6, capacity=1)
-    a, b, c = calls_in(0, 3)
-    own(roster, 0, {}, {})
-    assert roster.offer(a) == [Start(a, 0)]
-    assert roster.offer(b) == []
-    assert roster.offer(c) == []
-    assert own(roster, 0, {}, dict.fromkeys((a, c), 0.0)) == [Start(b, 0)]
-    assert roster.following == {b: 0}
-    assert list(roster.waiting) == []  # c ended while it waited: never started
-
-
 def test_losing_a_partition_stops_its_calls_and_empties_its_queue() -> None:
     roster = Roster(6, capacity=2)
     a1, a2, a3 = calls_in(0, 3)
@@ -239,16 +225,17 @@ def test_a_call_offered_until_a_time_is_not_started_past_it() -> None:
 
 def test_a_takeover_never_starts_a_call_its_records_say_ended() -> None:
     # The partition comes back while a is followed and b, then c, wait; its records say a and b
-    # ended. Freeing a's slot must not start b, whatever order the ended set iterates in: b would
-    # be read again from seq 0, on a stream outside the roster's count. Many rosters, as a set's
-    # order varies with the string hash seed: each order is met.
+    # ended. a's slot, freed once its follower stops, must not start b, whatever order the ended
+    # set iterates in: b would be read again from seq 0. Many rosters, as a set's order varies
+    # with the string hash seed: each order is met.
     calls = calls_in(0, 60)
     for a, b, c in zip(calls[0::3], calls[1::3], calls[2::3], strict=True):
         roster = Roster(6, capacity=1)
         own(roster, 0, {}, {})
         assert roster.offer(a) == [Start(a, 0)]
         assert roster.offer(b) + roster.offer(c) == []
-        assert own(roster, 0, {}, dict.fromkeys((a, b), 0.0)) == [Start(c, 0)]
+        assert own(roster, 0, {}, dict.fromkeys((a, b), 0.0)) == []
+        assert roster.finished(a, ended=True) == [Start(c, 0)]
         assert roster.following == {c: 0}
         assert not roster.waiting
         assert has_ended(roster, a)
@@ -257,13 +244,15 @@ def test_a_takeover_never_starts_a_call_its_records_say_ended() -> None:
 
 def test_a_takeover_starts_a_call_that_waited_from_where_its_records_got_to() -> None:
     # b waited, announced (from seq 0), while another member read it to seq 7; the partition
-    # comes back with a ended: b takes a's slot from seq 7, not from the announcement's 0.
+    # comes back with a ended: b takes a's slot (once a's follower stops) from seq 7, not from
+    # the announcement's 0.
     roster = Roster(6, capacity=1)
     a, b = calls_in(0, 2)
     own(roster, 0, {}, {})
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b) == []
-    assert own(roster, 0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
+    assert own(roster, 0, {b: 7}, {a: 0.0}) == []
+    assert roster.finished(a, ended=True) == [Start(b, 7)]
 
 
 def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bound() -> None:
@@ -277,7 +266,8 @@ def test_a_takeover_starts_a_listed_call_its_records_show_live_past_the_lists_bo
     assert roster.offer(a) == [Start(a, 0)]
     assert roster.offer(b, 0, until=1_010.0) == []
     now[0] = 1_020.0
-    assert own(roster, 0, {b: 7}, {a: 0.0}) == [Start(b, 7)]
+    assert own(roster, 0, {b: 7}, {a: 0.0}) == []
+    assert roster.finished(a, ended=True) == [Start(b, 7)]
     assert expired == []
 
 
@@ -539,7 +529,8 @@ def some_calls() -> tuple[list[str], list[str]]:
 
 def interleaved(seed: int) -> list[tuple[str, object]]:
     """A takeover stepped with a follower ending, an offer, a refill, its partition lost and
-    taken over again between its steps: what starts or expires unlike after the whole."""
+    taken over again between its steps: what starts or expires unlike after the whole, and
+    more followers running at once than the roster's slots."""
     rng = random.Random(seed)
     calls, others = some_calls()
     now = [1_000.0]
@@ -565,9 +556,14 @@ def interleaved(seed: int) -> list[tuple[str, object]]:
     queue = deque([roster.take_over(0, *records)])
     takeovers = 1
     wrong: list[tuple[str, object]] = []
+    # The calls whose followers run: started, and not yet stopped by themselves or retired.
+    running = set(roster.following)
 
     def judge(starts: list[Start]) -> None:
         live, ended = records  # the latest takeover's: the others' are older
+        running.update(start.call for start in starts)
+        if len(running) > roster.capacity:
+            wrong.append(("followed past the slots", sorted(running)))
         for start in starts:
             if partition_of(start.call, 6) == 0 and 0 not in roster.owned:
                 wrong.append(("started unowned", start))
@@ -582,8 +578,9 @@ def interleaved(seed: int) -> list[tuple[str, object]]:
             queue.popleft()
         for _ in range(rng.randrange(4) if queue else 0):
             what = rng.random()
-            if what < 0.35 and roster.following:
-                call = rng.choice(sorted(roster.following))
+            if what < 0.35 and running:
+                call = rng.choice(sorted(running))
+                running.discard(call)
                 judge(roster.finished(call, ended=rng.random() < 0.5, at=950.0))
             elif what < 0.6:
                 until = rng.choice((None, 1_010.0, 2_000.0))
@@ -591,7 +588,9 @@ def interleaved(seed: int) -> list[tuple[str, object]]:
             elif what < 0.7:
                 judge(roster.refill())
             elif what < 0.8 and 0 in roster.owned:
-                roster.lose(0) if rng.random() < 0.5 else roster.keep_only({1})
+                running.difference_update(
+                    roster.lose(0) if rng.random() < 0.5 else roster.keep_only({1})
+                )
                 judge(roster.refill())
             elif what < 0.9 and 0 not in roster.owned and takeovers < 3:
                 takeovers += 1
@@ -657,9 +656,11 @@ def test_a_wall_clock_step_neither_expires_nor_extends_an_ended_call_waiting(
 
 
 class QueueModel:
-    """What the roster promises outside takeovers, kept simply: at most `capacity` followed, the
-    rest first in first out (a start handed back first again), an ended call not started past its
-    bound, a full queue dropping the call offered, a partition's calls gone with it."""
+    """What the roster promises outside a takeover's steps, kept simply: at most `capacity`
+    followed, the rest first in first out (a start handed back first again), an ended call not
+    started past its bound, a full queue dropping the call offered (once no slot is free), a
+    partition's calls gone with it, a takeover's ended calls out of the queue (a followed one
+    keeping its slot until its follower stops) and its live ones offered from their records."""
 
     def __init__(self, capacity: int, max_waiting: int) -> None:
         self.capacity, self.max_waiting = capacity, max_waiting
@@ -685,14 +686,26 @@ class QueueModel:
         if until is not None and now > until:
             self.expired.append(call)
             return []
+        starts = self.fill(now)
         if len(self.following) < self.capacity and not self.queue:
             self.following.add(call)
-            return [Start(call, after, until)]
+            return [*starts, Start(call, after, until)]
         if len(self.queue) >= self.max_waiting:
             self.dropped.append(call)
         else:
             self.queue.append((call, after, until))
-        return self.fill(now)
+        return starts
+
+    def take_over(
+        self, partition: int, live: dict[str, int], ended: dict[str, float], now: float
+    ) -> list[Start]:
+        self.owned.add(partition)
+        for call in live:  # the queued calls' resume points first
+            if any(queued == call for queued, _, _ in self.queue):
+                self.offer(call, live[call], None, now)
+        self.queue = [q for q in self.queue if q[0] not in ended]
+        self.ended |= set(ended)
+        return [start for call in live for start in self.offer(call, live[call], None, now)]
 
     def fill(self, now: float) -> list[Start]:
         starts = []
@@ -717,6 +730,8 @@ class QueueModel:
         back = [(s.call, s.after, s.until) for s in starts if s.call in self.following]
         self.following -= {call for call, _, _ in back}
         self.queue[:0] = back
+        while len(self.queue) > self.max_waiting:
+            self.dropped.append(self.queue.pop()[0])
 
     def lose(self, partition: int) -> None:
         self.owned.discard(partition)
@@ -757,13 +772,21 @@ def queue_run(seed: int) -> None:
             got, want = roster.finished(call, ended=ended), model.finished(call, ended, now[0])
         elif what < 0.8:
             partition = rng.choice((0, 1))
-            if partition in model.owned:
+            if partition in model.owned and rng.random() < 0.6:
                 roster.lose(partition) if rng.random() < 0.5 else roster.keep_only({1 - partition})
                 model.lose(partition)
+                got, want = [], []
             else:
-                own(roster, partition, {}, {})
-                model.owned.add(partition)
-            got, want = roster.refill(), model.fill(now[0])
+                # Taken over, or restored whole while owned (revoked, then assigned back): its
+                # records show some of its calls live, some ended, followed ones included.
+                theirs = [c for c in calls if partition_of(c, 6) == partition]
+                mine = rng.sample(theirs, rng.randint(0, len(theirs) // 2))
+                split = rng.randrange(len(mine) + 1)
+                live = {call: rng.randrange(1, 5) for call in mine[:split]}
+                ends = dict.fromkeys(mine[split:], now[0] - 5)
+                got = own(roster, partition, live, ends)
+                want = model.take_over(partition, live, ends, now[0])
+            got, want = got + roster.refill(), want + model.fill(now[0])
         else:
             now[0] += rng.choice((1.0, 10.0))
             got, want = roster.refill(), model.fill(now[0])
@@ -785,3 +808,56 @@ def queue_run(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(200))
 def test_the_queue_is_first_in_first_out_bounded_and_expiring_as_a_simple_model(seed: int) -> None:
     queue_run(seed)
+
+
+def test_a_takeover_that_ends_a_followed_call_keeps_its_slot_until_its_follower_stops() -> None:
+    # A revoked partition assigned back and restored whole while its calls are followed: its
+    # records say a ended, but a's follower reads on until it finds the end itself. b started in
+    # a's slot meanwhile made two streams of one slot: more followed than `max_calls`.
+    roster = Roster(6, capacity=1)
+    a, b, c = calls_in(0, 3)
+    own(roster, 0, {}, {})
+    assert roster.offer(a) == [Start(a, 0)]
+    assert roster.offer(b) + roster.offer(c) == []
+    assert own(roster, 0, {}, dict.fromkeys((a, c), 0.0)) == []
+    assert roster.following == {a: 0}
+    assert list(roster.waiting) == [b]
+    assert has_ended(roster, a)  # a late notice does not restart it, however its follower ends
+    assert roster.finished(a, ended=False) == [Start(b, 0)]
+    assert roster.offer(a) == []
+
+
+def test_a_full_queue_with_a_slot_free_starts_a_call_before_dropping_one() -> None:
+    # A start handed back (a launch raised) frees its slot and waits first in a queue now full:
+    # the next offer dropped its call before the fill that made room for it, counted and said
+    # as a full queue (and the call list read again) for nothing.
+    dropped: list[str] = []
+    roster = Roster(6, capacity=1, on_drop=dropped.append)
+    roster.max_waiting = 2
+    own(roster, 0, {}, {})
+    a, b, c, d = calls_in(0, 4)
+    assert roster.offer(a) == [Start(a, 0)]
+    assert roster.offer(b) == []
+    roster.handed_back([Start(a, 0)])
+    assert list(roster.waiting) == [a, b]  # full, a slot free
+    assert roster.offer(c) == [Start(a, 0)]
+    assert list(roster.waiting) == [b, c]
+    assert dropped == []
+    assert not roster.missed
+    assert roster.offer(d) == []  # full, no slot free: dropped
+    assert dropped == [d]
+
+
+def test_losing_a_partition_ends_its_takeover_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its steps had nothing left to do for a partition gone (its calls not owned): they offered,
+    # remembered and looked up every call of its records all the same, and held every offer and
+    # fill to their records until the last.
+    roster, live, ended = stepping(monkeypatch, 1, 6)
+    kept = roster.take_over(1, {}, {})
+    takeover = roster.take_over(0, {live: 3}, dict.fromkeys(ended, 100.0))
+    takeover.step()
+    assert roster.lose(0) == []
+    assert takeover.done
+    assert roster._taking == [kept]
+    assert takeover.step() == []
+    assert roster._ended == {}

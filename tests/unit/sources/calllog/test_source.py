@@ -980,3 +980,53 @@ async def test_a_wall_clock_step_between_two_reads_finds_no_call_stuck(
             await listed.sweep_at(listed.wall + step + 60, listed.ticks + 60)
     assert not [r for r in caplog.records if "wrote nothing for hours" in r.getMessage()]
     assert listed.asked[2] == start - 3 * hour  # still read back to it
+
+
+async def test_a_partition_restored_whole_never_follows_more_calls_than_max_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Revoked and assigned back, restored whole, while a is followed and b waits: its records
+    # say a ended. b was started in a's slot while a's follower still ran: two streams, one slot.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 1)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    metrics.sse_calls_followed.set_function(lambda: len(source._followers))
+    own(roster, 0, {}, {})
+    a, b = calls_in(0, 2)
+    faked_followers(monkeypatch, source, set())
+    source.announce(a)
+    source.announce(b)
+    progress = PartitionProgress()
+    ended_in(progress, [a])
+    source.partition_owned(0, progress)
+    assert set(source._followers) == set(roster.following) == {a}
+    assert sample(metrics, "pinecall_bridge_sse_calls_followed") == 1
+    source._followers[a][1].cancel()  # its follower stops: b takes its slot
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert set(source._followers) == set(roster.following) == {b}
+    await cancel_followers(source)
+
+
+async def test_a_partition_lost_during_its_takeover_ends_the_takeovers_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its steps went on to the last, for calls no longer ours: each looked up, offered, refused.
+    source, roster = stepping(monkeypatch, 1)
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    live, *done = calls_in(0, 11)
+    progress = PartitionProgress()
+    progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
+    ended_in(progress, done)
+    source.partition_owned(0, progress)
+    assert source._taking is not None
+    await asyncio.sleep(0)
+    source.partition_lost(0)
+    (takeover,) = source._takeovers
+    await asyncio.wait_for(source._taking, 2)
+    assert takeover.steps < 3
+    assert not roster._taking
+    assert launched == []
