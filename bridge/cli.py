@@ -160,10 +160,12 @@ def _check(_: argparse.Namespace) -> int:
     for warning in [*overridden, *setting_warnings(settings)]:
         print(f"warning: {warning}", file=sys.stderr)
     k = settings.kafka
+    # Each of the three limits is refused at start unless it fits with the envelope (config.py).
     print(
-        f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes and feed"
-        f" frames up to {settings.websocket.max_frame_bytes} fit in Kafka records of up to"
-        f" {k.max_request_bytes} bytes (every topic needs max.message.bytes >= that)",
+        f"record limits: webhook bodies up to {settings.webhook.max_body_bytes} bytes, feed"
+        f" frames up to {settings.websocket.max_frame_bytes} and call-log entries up to"
+        f" {settings.sse.max_event_bytes} fit in Kafka records of up to {k.max_request_bytes}"
+        " bytes (every topic needs max.message.bytes >= that)",
         file=sys.stderr,
     )
     _check_memory(settings)

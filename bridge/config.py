@@ -1769,14 +1769,22 @@ def reloaded_api_key(api: PinecallSettings, key: str) -> PinecallSettings:
     return fresh
 
 
-def setting_warnings(settings: Settings) -> list[str]:
-    """Valid settings that are weak in production, one line each, naming no secret's value."""
-    return [
+def setting_warnings(
+    settings: Settings, sections: Mapping[str, set[str]] | None = None
+) -> list[str]:
+    """Valid settings that are weak in production, one line each, naming no secret's value; one
+    read from a section's JSON (`sections`, by default the environment's) named as given there."""
+    if sections is None:
+        sections = _sections_given(os.environ, dotenv_variables())
+    warnings = [
         *webhook_secret_warnings(settings.webhook.secrets),
         *drain_delay_warnings(settings.shutdown),
         *pinecall_timing_warnings(settings),
         *in_flight_warnings(settings.webhook),
     ]
+    # As the errors name them: the variable itself, set to act on the warning, would win over
+    # the key and leave the value given where it is.
+    return [_as_given(warning, sections) for warning in warnings]
 
 
 def in_flight_warnings(webhook: WebhookSettings) -> list[str]:

@@ -287,6 +287,35 @@ REFUSALS = {
         'config.topics.dlq: "." is not a valid Kafka topic name',
         {"topics": {"dlq": "."}},
     ),
+    # Kafka reads '.' as '_' in metric names: the second topic is never created (every
+    # topics' list the bridge compares, internal ones and routing rules' included).
+    "output topics alike but for . and _": Refusal(
+        ("config.topics.alerts=pinecall_events",),
+        "config.topics.alerts (pinecall_events) and config.topics.events (pinecall.events)"
+        " collide: Kafka reads '.' as '_' in a topic's metric names",
+        {"topics": {"alerts": "pinecall_events"}},
+    ),
+    "a routing rule's topic alike the ingest topic": Refusal(
+        (
+            "config.routing.rules[0].match=metrics.*",
+            "config.routing.rules[0].topic=pinecall_ingest",
+        ),
+        "config.routing.rules[0].topic (pinecall_ingest) and config.topics.ingest"
+        " (pinecall.ingest) collide",
+        {"routing": {"rules": [{"match": "metrics.*", "topic": "pinecall_ingest"}]}},
+    ),
+    "dead-letter topic alike the feed lease": Refusal(
+        ("config.topics.dlq=pinecall_feed-lease",),
+        "config.topics.dlq (pinecall_feed-lease) and config.topics.feedLease"
+        " (pinecall.feed-lease) collide",
+        {"topics": {"dlq": "pinecall_feed-lease"}},
+    ),
+    "ephemeral topic alike the alerts topic": Refusal(
+        ("config.topics.ephemeral=pinecall_alerts",),
+        "config.topics.alerts (pinecall.alerts) and config.topics.ephemeral (pinecall_alerts)"
+        " collide",
+        {"topics": {"ephemeral": "pinecall_alerts"}},
+    ),
     "bootstrap port 0": Refusal(
         ("config.kafka.bootstrapServers=kafka:0",),
         'config.kafka.bootstrapServers: "kafka:0" has no port between 1 and 65535',
@@ -400,6 +429,43 @@ REFUSALS = {
             "pinecall": {"api_key": "k"},
         },
     ),
+    # Per-value rules of the URLs the schema's patterns do not hold: rendered, every pod exited 2.
+    "API URL with credentials": Refusal(
+        ("config.pinecall.apiUrl=https://user:pw@api.example",),
+        "config.pinecall.apiUrl must not carry credentials (user:password@)",
+        {"pinecall": {"api_url": "https://user:pw@api.example"}},
+    ),
+    # The older feed's URL pasted whole, its token and all; refused with the feed off too.
+    "feed URL with a token in its query": Refusal(
+        ("config.websocket.url=wss://api.pinecall.io/ws/stream?token=abc",),
+        "config.websocket.url must not carry a token or key in its query",
+        {"websocket": {"url": "wss://api.pinecall.io/ws/stream?token=abc"}},
+    ),
+    "public URL with a key in its query": Refusal(
+        ("config.pinecall.publicUrl=https://b.example/?X-Api_Key=k",),
+        "config.pinecall.publicUrl must not carry a token or key in its query",
+        {"pinecall": {"public_url": "https://b.example/?X-Api_Key=k"}},
+    ),
+    "API URL with a fragment": Refusal(
+        ("config.pinecall.apiUrl=https://api.example/#v1",),
+        "config.pinecall.apiUrl must not have a fragment",
+        {"pinecall": {"api_url": "https://api.example/#v1"}},
+    ),
+    "bootstrap server with credentials": Refusal(
+        ("config.kafka.bootstrapServers=user:pw@kafka:9092",),
+        "config.kafka.bootstrapServers: a server is given with credentials (user:password@)",
+        {"kafka": {"bootstrap_servers": ["user:pw@kafka:9092"]}},
+    ),
+    "bootstrap server an IPv6 address without brackets": Refusal(
+        ("config.kafka.bootstrapServers=fd00::1:9092",),
+        '"fd00::1:9092" is not host:port: an IPv6 address goes in brackets',
+        {"kafka": {"bootstrap_servers": ["fd00::1:9092"]}},
+    ),
+    "webhook path with a .. segment": Refusal(
+        ("config.webhook.path=/hooks/../pinecall",),
+        "config.webhook.path (/hooks/../pinecall) must be a plain path: no '.' or '..' segment",
+        {"webhook": {"path": "/hooks/../pinecall"}},
+    ),
     # A CA mounted from extraVolumes, named in extraEnv, with the protocol left PLAINTEXT.
     "TLS file paths in extraEnv without TLS": Refusal(
         ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=/etc/ca/ca.crt",),
@@ -470,6 +536,60 @@ def test_plain_urls_the_bridge_takes_are_rendered(
     assert {m["kind"] for m in render(SECRET, *sets, feed)} >= {"Deployment"}
     told = {"pinecall": bridge, "websocket": {"url": "ws://feed.example/v1/ws"}}
     assert bridge_problems(merged(BRIDGE_SECRET, told)) == []
+
+
+@pytest.mark.parametrize(
+    ("sets", "bridge"),
+    [
+        # One name twice is one topic; '-' is no '.' to Kafka's metric names.
+        (("config.topics.alerts=pinecall.events",), {"topics": {"alerts": "pinecall.events"}}),
+        (
+            ("config.routing.rules[0].match=m.*", "config.routing.rules[0].topic=pinecall.events"),
+            {"routing": {"rules": [{"match": "m.*", "topic": "pinecall.events"}]}},
+        ),
+        (("config.topics.alerts=pinecall-events",), {"topics": {"alerts": "pinecall-events"}}),
+    ],
+)
+def test_topics_kafka_tells_apart_are_rendered(
+    sets: tuple[str, ...], bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
+    assert bridge_problems(merged(BRIDGE_SECRET, bridge)) == []
+
+
+@pytest.mark.parametrize(
+    ("sets", "bridge"),
+    [
+        # Query names that hold no credential word; an `@` past the host's first `/`.
+        (
+            ("config.pinecall.apiUrl=https://api.example/calls/a@b?author=x&keyframe=1",),
+            {"pinecall": {"api_url": "https://api.example/calls/a@b?author=x&keyframe=1"}},
+        ),
+        (
+            ("config.websocket.url=wss://feed.example/v1/ws?region=eu",),
+            {"websocket": {"url": "wss://feed.example/v1/ws?region=eu"}},
+        ),
+        (
+            ("config.kafka.bootstrapServers=[fd00::1]:9092",),
+            {"kafka": {"bootstrap_servers": ["[fd00::1]:9092"]}},
+        ),
+        (
+            ("config.webhook.path=/hooks/pinecall.v2/",),
+            {"webhook": {"path": "/hooks/pinecall.v2/"}},
+        ),
+    ],
+)
+def test_urls_servers_and_paths_the_bridge_takes_are_rendered(
+    sets: tuple[str, ...], bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
+    assert bridge_problems(merged(BRIDGE_SECRET, bridge)) == []
+
+
+def test_a_url_refused_for_its_credentials_is_not_echoed() -> None:
+    error = refused(SECRET, "config.pinecall.apiUrl=https://user:s3cr3t-pw@api.example")
+    assert "must not carry credentials" in error
+    assert "s3cr3t-pw" not in error
 
 
 def test_every_problem_is_listed_at_once() -> None:

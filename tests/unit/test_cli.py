@@ -326,8 +326,15 @@ def test_check_accepts_limits_that_fit_and_prints_them(
     monkeypatch.setenv("BRIDGE_KAFKA__MAX_REQUEST_BYTES", "2097152")
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_BODY_BYTES", str(2097152 - 65536))
     monkeypatch.setenv("BRIDGE_WEBSOCKET__MAX_FRAME_BYTES", str(2097152 - 65536))
+    monkeypatch.setenv("BRIDGE_SSE__MAX_EVENT_BYTES", "1500000")
     assert main(["check"]) == 0
-    assert "fit in Kafka records of up to 2097152 bytes" in capsys.readouterr().err
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("record limits:")]
+    # Every limit the record's size is refused by, the call logs' too (left out, a raised one
+    # went unsaid).
+    assert line.startswith(
+        "record limits: webhook bodies up to 2031616 bytes, feed frames up to 2031616 and"
+        " call-log entries up to 1500000 fit in Kafka records of up to 2097152 bytes"
+    ), line
 
 
 def test_check_prints_a_limit_past_64_bits_as_the_number_it_is(

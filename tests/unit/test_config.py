@@ -1909,6 +1909,53 @@ def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
         assert why in problem
 
 
+@pytest.mark.parametrize(
+    ("env", "named", "unset"),
+    [
+        (
+            {
+                "BRIDGE_WEBHOOK": '{"max_in_flight_bytes": 1024, "max_body_bytes": 65536,'
+                ' "secrets": "0123456789abcdef"}'
+            },
+            "BRIDGE_WEBHOOK (JSON key max_in_flight_bytes) (1024) is below one request's charge,"
+            " BRIDGE_WEBHOOK (JSON key max_body_bytes) (65536) plus 20 KiB",
+            "BRIDGE_WEBHOOK__MAX_",
+        ),
+        # Beside a field's own variable, which keeps its name.
+        (
+            {
+                "BRIDGE_SHUTDOWN": '{"drain_delay_seconds": 20}',
+                "BRIDGE_SHUTDOWN__GRACE_SECONDS": "25",
+            },
+            "BRIDGE_SHUTDOWN (JSON key drain_delay_seconds) (20) leaves a stop within"
+            " BRIDGE_SHUTDOWN__GRACE_SECONDS (25)",
+            "BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS",
+        ),
+        (
+            {"BRIDGE_KAFKA": '{"publish_timeout_seconds": 4}'},
+            "BRIDGE_KAFKA (JSON key publish_timeout_seconds) (4) is under Pinecall's 5 s",
+            "BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS",
+        ),
+        (
+            {"BRIDGE_WEBHOOK": '{"secrets": "short"}'},
+            "BRIDGE_WEBHOOK (JSON key secrets): the secret is shorter than 16 characters",
+            "BRIDGE_WEBHOOK__SECRETS",
+        ),
+    ],
+)
+def test_a_warning_names_a_value_from_a_sections_json_as_given(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str, unset: str
+) -> None:
+    # As the errors do: the variable a warning named was set by nobody, and set to act on the
+    # warning it would win over the key, leaving the value warned of where it is.
+    setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "0123456789abcdef", **env})
+    if "BRIDGE_WEBHOOK" in env:  # the secrets too are the JSON's
+        monkeypatch.delenv("BRIDGE_WEBHOOK__SECRETS")
+    [warning] = setting_warnings(load_settings())
+    assert warning.startswith(named), warning
+    assert unset not in warning
+
+
 def test_bytes_in_flight_below_one_requests_charge_are_raised_to_it_with_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -24,7 +24,13 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- $_ := set $given $item (ternary true false (not (not $sure))) }}
 {{- $_ := set $possible $item (ternary true false (not (not (or $sure $s.existingSecret)))) }}
 {{- end }}
-{{- $webhook := include "pinecall-bridge.withDefaults" (list $c.webhook (dict "allowUnsigned" false)) | fromJson }}
+{{- $webhook := include "pinecall-bridge.withDefaults" (list $c.webhook (dict "allowUnsigned" false "path" "/webhooks/pinecall")) | fromJson }}
+{{- /* A sender normalises `.` and `..` away: every webhook would be 404 (the rest of the path's
+rules are values.schema.json's pattern). */}}
+{{- $segments := splitList "/" (trimAll "/" (toString $webhook.path)) }}
+{{- if or (has "." $segments) (has ".." $segments) }}
+{{- $problems = append $problems (printf "config.webhook.path (%s) must be a plain path: no '.' or '..' segment (a sender normalises them away, and every webhook would be 404)" $webhook.path) }}
+{{- end }}
 {{- if not (or (get $possible "webhookSecrets") $webhook.allowUnsigned) }}
 {{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
 {{- end }}
@@ -52,6 +58,37 @@ one spelling there): refused here only what the bridge surely refuses. */}}
 {{- if and (eq $url.scheme (index $spec 1)) (not $loopback) }}
 {{- $problems = append $problems (printf "%s (%s) is a plain %s:// URL to another host: it would send %s unencrypted; use %ss://, or on a trusted network set config.pinecall.allowInsecureUrls=true" $where (index $spec 0) $url.scheme (index $spec 2) $url.scheme) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- /* Each URL as the bridge checks it (bridge/config.py's _check_url), the feed's whether on or
+off: `check` prints it and the logs name it, so no credentials before the host nor in the query
+(the older feed's `?token=...` pasted whole); no fragment, no whitespace. Never echoed: it may
+hold a secret. A query name percent-encoded or with a `+` is left to the bridge, which decodes it. */}}
+{{- $urls := dict "config.pinecall.apiUrl" $pinecall.apiUrl "config.websocket.url" $websocket.url }}
+{{- $publicUrl := toString ($pinecall.publicUrl | default "") }}
+{{- if trim $publicUrl }}{{ $_ := set $urls "config.pinecall.publicUrl" $publicUrl }}{{ end }}
+{{- range $where, $url := $urls }}
+{{- $url = toString $url }}
+{{- $authority := index (splitList "/" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" $url "")) 0 }}
+{{- $names := list }}
+{{- if contains "?" $url }}
+{{- range splitList "&" (index (splitList "#" (index (splitn "?" 2 $url) "_1")) 0) }}
+{{- $name := index (splitList "=" .) 0 }}
+{{- if not (regexMatch "[%+]" $name) }}{{ $names = append $names (replace "_" "" $name | replace "-" "" | lower) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $credential := false }}
+{{- range $names }}
+{{- if or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" .) (regexMatch "(key|sig|auth|authorization)$" .) }}{{ $credential = true }}{{ end }}
+{{- end }}
+{{- if regexMatch "\\s" $url }}
+{{- $problems = append $problems (printf "%s must not contain whitespace (percent-encode it in a path)" $where) }}
+{{- else if contains "@" $authority }}
+{{- $problems = append $problems (printf "%s must not carry credentials (user:password@): `check` prints it and the logs name it; the API key goes in secrets.pinecallApiKey" $where) }}
+{{- else if contains "#" $url }}
+{{- $problems = append $problems (printf "%s must not have a fragment (#...)" $where) }}
+{{- else if $credential }}
+{{- $problems = append $problems (printf "%s must not carry a token or key in its query (?token=...): `check` prints it and the logs name it; the bridge fetches the feed's token with secrets.pinecallApiKey" $where) }}
 {{- end }}
 {{- end }}
 {{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
@@ -140,9 +177,23 @@ seconds of terminationGracePeriodSeconds. */}}
 {{- if eq $t.ingest $t.feedLease }}
 {{- $problems = append $problems (printf "config.topics.ingest and config.topics.feedLease must differ (both %s)" $t.ingest) }}
 {{- end }}
-{{- range $where, $name := merge (dict "config.topics.ingest" $t.ingest "config.topics.feedLease" $t.feedLease) $outputs }}
+{{- $topics := merge (dict "config.topics.ingest" $t.ingest "config.topics.feedLease" $t.feedLease) $outputs }}
+{{- range $where, $name := $topics }}
 {{- if or (eq $name ".") (eq $name "..") }}
 {{- $problems = append $problems (printf "%s: %q is not a valid Kafka topic name" $where $name) }}
+{{- end }}
+{{- end }}
+{{- /* Kafka names a topic's metrics with '.' as '_', so it refuses to create a topic alike but for
+those while the other exists: the second stays missing and what is routed to it stalls. One name
+given twice is one topic. */}}
+{{- $alike := dict }}
+{{- range $where, $name := $topics }}
+{{- $key := replace "." "_" $name }}
+{{- $first := get $alike $key }}
+{{- if not $first }}
+{{- $_ := set $alike $key (list $where $name) }}
+{{- else if ne (index $first 1) $name }}
+{{- $problems = append $problems (printf "%s (%s) and %s (%s) collide: Kafka reads '.' as '_' in a topic's metric names and refuses to create either while the other exists; use the same separator in both" (index $first 0) (index $first 1) $where $name) }}
 {{- end }}
 {{- end }}
 {{- /* Kafka: ports in range, and security settings the protocol uses, all of them. */}}
@@ -156,6 +207,14 @@ seconds of terminationGracePeriodSeconds. */}}
 {{- end }}
 {{- if contains "/" . }}
 {{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q is not host:port: no scheme (e.g. kafka-0:9092)" (trim .)) }}
+{{- end }}
+{{- /* Never echoed: the part before the @ is a password. */}}
+{{- if contains "@" . }}
+{{- $problems = append $problems "config.kafka.bootstrapServers: a server is given with credentials (user:password@), which `check` prints and the logs name: SASL's go in config.kafka.saslUsername and secrets.kafkaSaslPassword" }}
+{{- end }}
+{{- $host := regexReplaceAll ":[^:]*$" (trim .) "" }}
+{{- if and (contains ":" $host) (not (and (hasPrefix "[" $host) (hasSuffix "]" $host))) }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q is not host:port: an IPv6 address goes in brackets (e.g. [fd00::1]:9092)" (trim .)) }}
 {{- end }}
 {{- end }}
 {{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
