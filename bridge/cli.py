@@ -619,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--call", help="only this call id (a dead letter: its event's, else one that mentions it)"
     )
     tail.add_argument(
-        "--id", help="only this event id (a dead letter: its event's, else one that mentions it)"
+        "--id",
+        help="only this event id (a dead letter: its event's, its own dlq:<sha256>, else one that"
+        " mentions it)",
     )
     where.add_argument(
         "--everywhere",

@@ -15,7 +15,13 @@ from bridge import jsoncodec
 from bridge.normalise import Channel, Event, Unrecognised, normalise
 from bridge.normalise.event import renderable
 from bridge.normalise.shapes import Names, UnrecognisedReason, names
-from bridge.pipeline import DLQ_CHANNEL_HEADER, DLQ_REASON_HEADER, DLQ_RECEIVED_AT_HEADER
+from bridge.pipeline import (
+    DEAD_LETTER_ID_PREFIX,
+    DLQ_CHANNEL_HEADER,
+    DLQ_REASON_HEADER,
+    DLQ_RECEIVED_AT_HEADER,
+    dead_letter_id,
+)
 
 CHANNELS: frozenset[str] = frozenset(get_args(Channel))
 # The reasons this version writes (`pinecall-dlq-reason`); older versions may have written others.
@@ -165,6 +171,18 @@ def named(letter: DeadLetter) -> Names | None:
     if isinstance(normalised, Unrecognised):
         return names(item)
     return Names(normalised.id, normalised.type, normalised.call, call_known=True)
+
+
+def is_own_id(value: bytes, event_id: str) -> bool:
+    """Whether `event_id` is the dedup id the bridge gave the dead letter of `value` (`dlq:...`),
+    as its ingest record and the dedup stage name it."""
+    if not event_id.startswith(DEAD_LETTER_ID_PREFIX):
+        return False  # the common case: no hash of the value
+    try:
+        item = jsoncodec.loads(value)
+    except jsoncodec.JSONDecodeError:
+        return False  # every value the bridge dead-letters is JSON
+    return dead_letter_id(item) == event_id
 
 
 def _is_note(letter: DeadLetter, normalised: Event | Unrecognised) -> bool:

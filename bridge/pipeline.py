@@ -50,6 +50,8 @@ SUBMIT_ATTEMPTS = 5
 DLQ_REASON_HEADER = "pinecall-dlq-reason"
 DLQ_CHANNEL_HEADER = "pinecall-channel"
 DLQ_RECEIVED_AT_HEADER = "pinecall-received-at"
+# A dead letter's dedup id: this, then the sha256 of its item's canonical JSON.
+DEAD_LETTER_ID_PREFIX = "dlq:"
 
 
 class _Refused:
@@ -545,7 +547,7 @@ class Pipeline:
     ) -> Record:
         """The ingest record of a dead letter: the item's bytes, bound for the dead-letter topic."""
         value = exact if exact is not None else jsoncodec.dumps(item)
-        event_id = "dlq:" + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
+        event_id = dead_letter_id(item)
         output = self._dead_letter_record(reason, value, channel, received_at)
         return encode(self._ingest, event_id, output, channel, received_at)
 
@@ -564,6 +566,11 @@ class Pipeline:
                 (DLQ_RECEIVED_AT_HEADER, str(received_at).encode()),
             ),
         )
+
+
+def dead_letter_id(item: Any) -> str:
+    """A dead letter's own dedup id: its item's content, whatever its key order or whitespace."""
+    return DEAD_LETTER_ID_PREFIX + hashlib.sha256(jsoncodec.canonical(item)).hexdigest()
 
 
 def _failure_reason(error: BaseException) -> PublishFailure:

@@ -9,7 +9,7 @@ import os
 import signal
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -22,7 +22,7 @@ from rich.text import Text
 
 from bridge import jsoncodec
 from bridge.config import Settings
-from bridge.deadletter import DeadLetter, named
+from bridge.deadletter import DeadLetter, is_own_id, named
 from bridge.ingest import record as ingest_record
 from bridge.normalise.binding import decode
 from bridge.normalise.event import renderable, rfc3339
@@ -116,11 +116,15 @@ class TailFilter:
     def matches_raw(self, value: bytes | None, headers: Iterable[tuple[str, bytes]] = ()) -> bool:
         """A record that is no CloudEvent (a dead letter): kept by the type, call and id the bridge
         would have given its event, each where its value tells (`deadletter.named`); else (no
-        JSON, no type read) if a string of it equals the call (or id), and whatever its type."""
+        JSON, no type read) if a string of it equals the call (or id), and whatever its type.
+        Its own dedup id (`dlq:<sha256>`) stands for the id too."""
         # A call-log entry's id (`CA_1:57`) is no string of it, its seq a number: only the
         # normaliser's own rules find it. What they cannot read (no JSON, a note of a frame, a
         # call id refused) may still hold the call anywhere: any string equal to it names it.
         raw = value or b""
+        if self.event_id is not None and is_own_id(raw, self.event_id):
+            # Its own dedup id (`dlq:<sha256>`, its ingest record's), not its event's: found by it.
+            return replace(self, event_id=None).matches_raw(value, headers)
         found = named(DeadLetter.of(raw, headers, 0))
         if found is None:
             wanted = [w for w in (self.call, self.event_id) if w is not None]

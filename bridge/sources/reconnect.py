@@ -21,6 +21,9 @@ DisconnectReason = Literal[
 # Refusals (auth, and a subscription the platform refused) come from a human's mistake or a
 # revoked key: never retry them in a tight loop.
 AUTH_MIN_DELAY = 5.0
+# A refusal's floor (5 s, 10 s, ... up to the cap) is drawn from its top fifth: alone it was the
+# same for everyone, and after a platform outage every feed's token requests came back together.
+AUTH_JITTER_SHARE = 0.2
 _REFUSALS = frozenset({"auth", "token_error", "subscribe_refused"})
 # 2.0**1024 overflows a float: past this many doublings any sane cap has long been reached, and
 # the feed must go on reconnecting forever (a Pinecall outage of hours is ~1,000 attempts).
@@ -84,5 +87,12 @@ class ReconnectPolicy:
         self.attempt += 1
         delay = self._rand(0.0, ceiling)
         if self.auth_failures:
-            delay = max(delay, min(self._cap, AUTH_MIN_DELAY * self.auth_failures))
+            floor = min(self._cap, AUTH_MIN_DELAY * self.auth_failures)
+            floor -= self._rand(0.0, floor * AUTH_JITTER_SHARE)
+            delay = max(delay, floor, min(self._cap, AUTH_MIN_DELAY))
         return delay
+
+    @property
+    def rand(self) -> Callable[[float, float], float]:
+        """The draw its jitter takes, for a backoff of another schedule to jitter alike."""
+        return self._rand

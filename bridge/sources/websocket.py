@@ -9,8 +9,8 @@ backlog's bounds (events and bytes) a frame is dropped and counted instead.
 
 The platform answers the subscription; an error frame in answer, or a close before any answer,
 is a refusal (bad event names, a key without the feed's scope): counted, logged at ERROR with the
-platform's reason, and retried like an auth failure (5 s at least, growing), never left as a
-connection that delivers nothing. The time without a subscribed connection is counted too.
+platform's reason, and retried like an auth failure (5 s at least, growing, jittered), never left
+as a connection that delivers nothing. The time without a subscribed connection is counted too.
 
 A frame over BRIDGE_WEBSOCKET__MAX_FRAME_BYTES is read (up to READ_LIMIT_FACTOR times that) and
 a note of it is dead-lettered in its place, the connection kept: closing it would lose the
@@ -110,6 +110,9 @@ REFRESH_SHARE = 0.2
 # connection, and a token said to live a second or less had them made twice a second, for good.
 # Low enough that a token of 4 s (the simulator's in tests) is still refreshed before it expires.
 MIN_REFRESH_SECONDS = 2.0
+# A failed refresh is tried again after a wait drawn up to this, doubling to that (full jitter),
+# while the current connection's token lasts.
+REFRESH_RETRY_SECONDS = (0.25, 5.0)
 # How long before its token's expiry (as we reckon it) an auth close is taken for that expiry.
 EXPIRY_SLACK_SECONDS = 0.25
 # How often a refused key or token, an auth close, or an unreachable feed is said while it
@@ -720,7 +723,8 @@ class WebSocketSource:
 
     async def _refresh(self, tokens: TokenClient, current: _Opened, after: float) -> _Opened:
         await asyncio.sleep(after)
-        attempt = 0
+        # Jittered as the reconnects are: alike for every feed, their retries came back together.
+        retry = ReconnectPolicy(*REFRESH_RETRY_SECONDS, math.inf, rand=self._policy.rand)
         while True:
             try:
                 successor = await self._open_answered(tokens)
@@ -737,15 +741,14 @@ class WebSocketSource:
                 # tried again meanwhile, or its frames are lost until a reconnect after expiry.
                 # A successor closed before its answer with an auth or a server's code (a
                 # stale token, a deploy draining that server) is no refusal, and fails so too.
-                delay = min(0.25 * 2**attempt, 5.0)
-                attempt += 1
+                delay = retry.next_delay("error", None)
                 if current.expires_at is None or time.monotonic() + delay >= current.expires_at:
                     raise
                 if isinstance(exc, SubscribeRefusedError):
                     _log_refusal(exc, self._settings.events)
                 log.warning(
                     "feed token refresh failed; retrying",
-                    extra={"error": self._failure(exc), "retry_in_s": delay},
+                    extra={"error": self._failure(exc), "retry_in_s": round(delay, 3)},
                 )
                 await asyncio.sleep(delay)
         # Only now the old one is closed: the reader drains what it holds, then takes this one.
@@ -860,21 +863,18 @@ class WebSocketSource:
 
     def _lost_unread(self, ws: ClientConnection, early: Sequence[str | bytes] = ()) -> None:
         """The stop cancelled the reader past its share: the connection (or a refresh's successor,
-        with `early` frames read ahead) is cut, and what the reader had not read is counted lost."""
+        with `early` frames read ahead) is cut, and the events the reader had not read are lost."""
         # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
         # so the count is final (websockets has no public count of its buffer).
         ws.transport.abort()
-        try:
-            unread = len(ws.recv_messages.frames)
-        except (AttributeError, TypeError):  # websockets' internals moved: uncounted, as before
-            unread = 0
-        # Read ahead, each frame is known: its subscription's ack (or a pong) is no event lost.
-        unread += sum(1 for message in early if classify(message).kind == "event")
+        # Counted as events_rejected_total counts: events, not a message's fragments (websockets
+        # buffers frames) nor a subscription's ack or a pong.
+        unread = sum(1 for message in (*_buffered(ws), *early) if classify(message).kind == "event")
         if unread:
             self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
             log.error(
-                "feed frames received but not read before the stop's deadline: lost",
-                extra={"frames": unread},
+                "feed events received but not read before the stop's deadline: lost",
+                extra={"events": unread},
             )
 
     def _answer(self, opened: _Opened, frame: Frame) -> None:
@@ -1137,6 +1137,26 @@ async def _recv(ws: ClientConnection) -> str | bytes:
         return data.decode()
     except UnicodeDecodeError:
         return data
+
+
+def _buffered(ws: ClientConnection) -> list[str | bytes]:
+    """The whole messages websockets holds received and unread, as `_recv` would return them
+    (a message whose last fragment never came was never received)."""
+    try:
+        frames = list(ws.recv_messages.frames.queue)
+    except (AttributeError, TypeError):  # websockets' internals moved: uncounted, as before
+        return []
+    messages: list[str | bytes] = []
+    parts: list[bytes] = []
+    for frame in frames:
+        parts.append(bytes(frame.data))
+        if frame.fin:
+            data, parts = b"".join(parts), []
+            try:
+                messages.append(data.decode())
+            except UnicodeDecodeError:
+                messages.append(data)
+    return messages
 
 
 def _size(message: str | bytes) -> int:

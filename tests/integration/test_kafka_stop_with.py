@@ -1,7 +1,8 @@
 """kafka.sh's KAFKA_STOP_WITH watcher: the broker an `up` starts stops once its owner is gone,
 a zombie owner included, an `up` killed right after launching the JVM leaves no broker, a
-first look inside the launcher's execve of java does not lose the broker, and a pid file's pid
-reused by a kernel thread is no broker at once."""
+first look inside the launcher's execve of java does not lose the broker, a pid file's pid
+reused by a kernel thread is no broker at once, and a process's start time is read safely
+outside a subshell."""
 
 from __future__ import annotations
 
@@ -244,3 +245,27 @@ def test_a_pid_file_naming_a_kernel_thread_is_no_broker_at_once(tmp_path: Path) 
     assert "no broker process of ours" in status.stderr
     # The trace (bash -x): no second look at the cmdline, which comes after a sleep.
     assert not re.search(r"^\++ sleep ", status.stderr, re.MULTILINE), status.stderr
+
+
+def test_started_at_says_a_gone_process_is_gone_outside_a_subshell() -> None:
+    # Its callers all run it in $(...), where errexit is off. Called by itself under set -e, a
+    # process gone before its stat was read (a failed $(<file)) ended the script, even in `if !`.
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process (a reuse this soon is unlikely)
+    alive = tied_to_this_process(["sleep", "600"])
+    try:
+        script = (
+            "set -euo pipefail\n"
+            f"source <(sed -n '/^started_at() {{/,/^}}/p' {KAFKA_SH})\n"
+            f"started_at {gone.pid}\n"
+            f'echo "gone:[$(started_at {gone.pid})]"\n'
+            f"started_at {alive.pid}\n"
+        )
+        ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+        assert ran.returncode == 0, ran.stderr
+        # Nothing for the gone one, either way; the live one's starttime, field 22, as before.
+        assert ran.stdout == f"gone:[]\n{stat_fields(alive.pid)[19]}\n", ran.stderr
+        assert ran.stderr == ""
+    finally:
+        alive.kill()
+        alive.wait()

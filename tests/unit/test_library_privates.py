@@ -9,6 +9,8 @@ The README's "Library privates" lists them; a case names the behaviour test that
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import inspect
 import os
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +39,9 @@ from aiokafka.protocol.metadata import MetadataRequest, MetadataRequest_v5, Meta
 from prometheus_client import Histogram
 from pydantic_settings import NestedSecretsSettingsSource
 from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.messages import Assembler
+from websockets.frames import Frame
 
 from bridge.config import HttpSettings
 from bridge.http_timeouts import timed_runner
@@ -429,6 +434,21 @@ def test_websockets_redirect_hook() -> None:
     method("websockets", connect, "process_redirect", users, "exc", aio=False)
     if "self.process_redirect(" not in inspect.getsource(connect):
         pytest.fail(f"websockets {version('websockets')}'s connect never calls process_redirect")
+
+
+async def test_websockets_receive_buffer() -> None:
+    # bridge/sources/websocket.py counts the events a connection it cuts held unread
+    # (tests/unit/sources/test_websocket.py: ..._counted_by_its_events_not_its_frames).
+    users, library = "bridge/sources/websocket.py", "websockets"
+    if "self.recv_messages = Assembler(" not in inspect.getsource(Connection.connection_made):
+        pytest.fail(f"{library} {version(library)}'s connection keeps no recv_messages Assembler")
+    frames = need(library, Assembler(), "frames", users)
+    need(library, frames, "queue", users, lambda q: isinstance(q, collections.deque), "a deque")
+    fields = {f.name for f in dataclasses.fields(Frame)}
+    if not {"data", "fin"} <= fields:
+        pytest.fail(
+            f"{library} {version(library)}'s Frame has no data and fin, which {users} reads"
+        )
 
 
 def test_prometheus_clients_histogram_privates() -> None:

@@ -146,6 +146,22 @@ def test_a_dead_letter_with_no_type_read_keeps_the_id_it_was_read_to_have() -> N
     assert TailFilter(event_id="5").matches_raw(numbered, dead("missing_type", "webhook"))
 
 
+def test_a_dead_letter_is_found_by_its_own_dedup_id() -> None:
+    # `dlq:<sha256>` is what the ingest record and the dedup stage name a dead letter by (its
+    # `pinecall-ingest-id`, the dedup stage's logs): `--id` with it found nothing.
+    own = "dlq:93a23971a914e5eacbf0a8d25154cda309c3c1c72fbb9914d47c60f3cb681588"  # test_pipeline
+    value, headers = b'{ "hello": "world" }', dead("missing_type", "webhook")
+    assert TailFilter(event_id=own).matches_raw(value, headers)
+    # The ingest copy, its value the same.
+    ingest = [("pinecall-ingest-id", own.encode()), *headers]
+    assert TailFilter(event_id=own).matches_raw(b'{"hello":"world"}', ingest)
+    assert not TailFilter(event_id=own).matches_raw(b'{"hello": "world!"}', headers)
+    assert not TailFilter(event_id="dlq:" + "0" * 64).matches_raw(value, headers)
+    # The other filters still apply.
+    assert not TailFilter(call="CA_1", event_id=own).matches_raw(value, headers)
+    assert not TailFilter(event_id=own).matches_raw(b"not json", [])
+
+
 def test_an_alert_dead_letter_is_no_calls_whatever_its_data_mentions() -> None:
     alert = {"type": "agent.down", "org": "o", "at": 1.8e9, "data": {"last_call": "CA_1"}, "id": 5}
     value, headers = jsoncodec.dumps({**alert, "env": ["prod"]}), dead("invalid_id", "webhook")

@@ -137,9 +137,13 @@ broker_pid() {
 # the process (a pid alone may be reused by the time the watcher looks). A zombie (exited, not
 # yet reaped by its parent) is gone too, though its stat file stays and kill -0 still succeeds.
 # Without /proc (not Linux): "running" while kill -0 reaches it, zombies and reused pids included.
+# Read by `read`, not $(<file): under set -e a failed $(<file) (the process reaped since its
+# caller looked) ends the shell even in `if !`, safe only in its callers' $(...), where errexit is
+# off. `read -d ''` reads the whole file (it has no NUL, so it returns 1 even then): empty, none.
 started_at() {
-  local stat
-  if ! { stat="$(<"/proc/$1/stat")"; } 2>/dev/null; then
+  local stat=""
+  IFS= read -r -d '' stat 2>/dev/null <"/proc/$1/stat" || true
+  if [[ -z "$stat" ]]; then
     if [[ ! -r /proc/self/stat ]] && kill -0 "$1" 2>/dev/null; then echo running; fi
     return 0
   fi

@@ -31,6 +31,7 @@ from bridge.sources.calllog.calllist import (
     STILL_FLOOR_SECONDS,
     CallListError,
     CallListing,
+    CallRow,
     Horizon,
     list_calls,
     read_by,
@@ -57,6 +58,9 @@ _LOGGED_REFUSALS = 16
 # A sweep's rows announced between yields to the event loop: a list read to its page cap (20,000
 # rows) held the loop some 110 ms of CPU in one pass (5 µs a row), every webhook and probe waiting.
 SWEEP_ROWS_PER_STEP = 256
+# Calls newly found stuck that one read names each in a WARNING of its own; the rest, one line
+# with their count: a platform that stopped sealing rows left thousands stuck at once.
+STUCK_SAID_BY_NAME = 5
 
 
 class CallLogSource:
@@ -343,17 +347,7 @@ class CallLogSource:
                 stuck = self._horizon.read(
                     listing.rows, now, failed=listing.failed is not None, ticks=ticks
                 )
-                for row in stuck:
-                    log.warning(
-                        "the call list shows a call live that wrote nothing for hours: Pinecall"
-                        " may have left it open; the list is no longer read back to it",
-                        extra={
-                            "call": row.call,
-                            "started_at": row.started_at,
-                            "last_seq": row.last_seq,
-                            "still_for_s": self._still_for,
-                        },
-                    )
+                self._said_stuck(stuck)
                 self._said_forgotten()
                 self._list_backoff.reset()
                 if self._list_missing:
@@ -370,6 +364,26 @@ class CallLogSource:
                         await asyncio.sleep(0)
             if not self._sweep_again:
                 return
+
+    def _said_stuck(self, stuck: list[CallRow]) -> None:
+        """The calls a read newly found stuck: the first few by name, the rest in one line."""
+        for row in stuck[:STUCK_SAID_BY_NAME]:
+            log.warning(
+                "the call list shows a call live that wrote nothing for hours: Pinecall"
+                " may have left it open; the list is no longer read back to it",
+                extra={
+                    "call": row.call,
+                    "started_at": row.started_at,
+                    "last_seq": row.last_seq,
+                    "still_for_s": self._still_for,
+                },
+            )
+        if (more := len(stuck) - STUCK_SAID_BY_NAME) > 0:
+            log.warning(
+                "the call list shows more calls live that wrote nothing for hours, not named:"
+                " the list is no longer read back to them either",
+                extra={"calls": more, "found_stuck": len(stuck), "still_for_s": self._still_for},
+            )
 
     def _said_forgotten(self) -> None:
         """The stuck calls outgrew what is kept: a WARNING the first time, INFO after."""

@@ -67,3 +67,19 @@ def test_a_stable_connection_closed_for_its_token_reconnects_at_once_every_time(
     assert [policy.next_delay("auth", 3600.0) for _ in range(8)] == [0.5] * 8
     # A refusal right after it is a streak again.
     assert policy.next_delay("auth", None) == AUTH_MIN_DELAY
+
+
+def test_refusal_streaks_that_began_together_do_not_retry_together() -> None:
+    # A refusal's wait was its floor alone (5, 10, ... s, then the cap every time): after a
+    # platform outage every feed's token requests came back at the same instants, for good.
+    seen: list[tuple[float, float]] = []
+
+    def highest(low: float, high: float) -> float:
+        seen.append((low, high))
+        return high
+
+    policy = ReconnectPolicy(0.5, 30, 60, rand=highest)
+    delays = [policy.next_delay("token_error", None) for _ in range(8)]
+    # Each floor less up to a fifth of it (never under the first's 5 s); past it, the full jitter.
+    assert delays == [AUTH_MIN_DELAY, 8, 12, 16, 20, 24, 30, 30]
+    assert (0.0, 6.0) in seen  # the cap's fifth: never above the cap

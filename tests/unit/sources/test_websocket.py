@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import Assembler
+from websockets.frames import Frame, Opcode
 
 from bridge import connlimit, jsoncodec
 from bridge.config import PinecallSettings, WebSocketSettings
@@ -33,7 +34,8 @@ from bridge.normalise import Channel
 from bridge.pipeline import BatchResult
 from bridge.sink.record import Record
 from bridge.sources import websocket
-from bridge.sources.reconnect import DisconnectReason
+from bridge.sources.frames import classify
+from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.websocket import TokenClient, TokenError, WebSocketSource, with_token
 from tests import entries
 from tests.environ import proxied_env
@@ -1543,6 +1545,26 @@ async def test_a_refused_refresh_keeps_the_old_connection_and_tries_again(
     assert len(refusal_logs(caplog)) == 1
 
 
+async def test_a_failed_refresh_is_tried_again_after_a_jittered_wait(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its waits were 0.25 s, 0.5 s, ... to 5 s for every feed alike: after a platform outage
+    # their token requests came back together. Drawn as the reconnects' are (full jitter).
+    feed = await make_feed(sending(0))
+    feed.expires_in = 4.0
+    sink, metrics = FakeSink(), Metrics()
+    with caplog.at_level(logging.WARNING, logger=websocket.__name__):
+        async with running(feed.settings(), sink, metrics) as source:
+            source._policy = ReconnectPolicy(0.5, 30, 60, rand=lambda low, high: high / 2)
+            await until(lambda: len(feed.subscriptions) == 1)  # the first one answered
+            feed.refusals = ["error"]  # the refresh's first successor
+            await until(lambda: feed.connections == 3, within=4)  # before the 4 s expiry
+    [retried] = [
+        r for r in caplog.records if r.getMessage() == "feed token refresh failed; retrying"
+    ]
+    assert retried.__dict__["retry_in_s"] == 0.125  # drawn from [0, 0.25]
+
+
 @pytest.mark.parametrize("code", [4001, 1012, 1013])
 async def test_a_refresh_whose_successor_is_closed_at_once_is_tried_again(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
@@ -1935,6 +1957,46 @@ async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_coun
     read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert received - 1 > read  # frames were left unread (1: the subscription's ack)
     assert rejected(fed.metrics, "shutdown") == received - 1
+
+
+async def test_what_websockets_holds_at_the_cut_is_counted_by_its_events_not_its_frames(
+    feeding: Feeding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its frames were counted as events lost: a message in two fragments as two, and a pong
+    # (no event) as one. Here every message comes in two fragments, every other one a pong.
+    events, cut = 0, False
+    fed: Fed | None = None
+    put = Assembler.put
+
+    def fragmented(assembler: Assembler, frame: Frame) -> None:
+        nonlocal events, cut
+        if frame.opcode is not Opcode.TEXT or not frame.fin:
+            put(assembler, frame)
+            return
+        events += classify(bytes(frame.data).decode()).kind == "event"
+        half = len(frame.data) // 2
+        put(assembler, Frame(Opcode.TEXT, frame.data[:half], fin=False))
+        put(assembler, Frame(Opcode.CONT, frame.data[half:]))
+        if events == 300 and not cut and fed is not None and fed.source._reader is not None:
+            cut = True
+            fed.source._reader.cancel()  # as the stop does past the reader's share
+
+    monkeypatch.setattr(Assembler, "put", fragmented)
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        with contextlib.suppress(ConnectionError):
+            for seq in itertools.count(1):
+                await ws.send_json(entry(seq))
+                await ws.send_json({"type": "pong"})
+                await asyncio.sleep(0)
+        await hold_open(ws)
+
+    fed = await feeding(script, sink=FakeSink(auto_ack=False))  # nothing is published
+    await until(lambda: events >= 300)
+    await fed.stop(1)
+    read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
+    assert events > read  # some were left unread
+    assert rejected(fed.metrics, "shutdown") == events
 
 
 @pytest.mark.parametrize(

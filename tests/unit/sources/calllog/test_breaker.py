@@ -7,7 +7,8 @@ from bridge.sources.reconnect import ReconnectPolicy
 
 
 def breaker() -> AuthBreaker:
-    # No jitter (the top of each range): an auth refusal waits 5 s, then 10 s, ... up to 30 s.
+    # The top of each range: an auth refusal waits 5 s, then its floor less its whole jittered
+    # fifth, 8 s, 12 s, ... up to 24 s.
     return AuthBreaker(ReconnectPolicy(1.0, 30.0, 60.0, rand=lambda _low, high: high))
 
 
@@ -38,7 +39,8 @@ def test_a_refused_probe_reopens_it_for_a_longer_backoff_without_a_new_opening()
     b.refused(0.0)
     b.admit(5.0)
     assert not b.refused(5.0)
-    assert b.admit(6.0) == Wait(9.0)  # 10 s from the probe's refusal
+    assert b.admit(6.0) == Wait(7.0)  # 8 s from the probe's refusal
+    assert b.admit(12.9) == Wait(b.retry_at - 12.9)
     assert b.admit(15.0) == Go(2)
 
 

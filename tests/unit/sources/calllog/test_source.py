@@ -966,6 +966,42 @@ async def test_stuck_calls_outgrowing_what_is_kept_are_said_once_as_a_warning(
     assert said[0].__dict__["kept"] == 1
 
 
+async def test_many_calls_newly_stuck_in_one_read_are_said_by_a_bounded_number_of_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read that newly found thousands of calls stuck (a platform that stopped sealing rows)
+    # logged a WARNING per call, thousands of lines in one pass.
+    caplog.set_level(logging.INFO, logger="bridge.sources.calllog.source")
+    hour, start = 3_600.0, 1_780_000_000.0
+    clock = [start]
+    clocks = SimpleNamespace(time=lambda: clock[0], monotonic=lambda: clock[0])
+    monkeypatch.setattr(source_module, "time", clocks)
+    source = call_log_source(Metrics(), call_list_lookback_seconds=hour)
+    many = source_module.STUCK_SAID_BY_NAME + 3_000
+    rows = [CallRow(f"CA_stuck{n}", True, 9, start - 30 * hour + n, None) for n in range(many)]
+
+    async def list_calls(*_: Any, **__: Any) -> CallListing:
+        return CallListing(rows)
+
+    sweeps_with(monkeypatch, source, list_calls)
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        for at in (0, 6, 7):  # hours from the first sweep: found stuck at 6 h, once
+            clock[0] = start + at * hour
+            await sweep(source)
+    named = [r for r in caplog.records if "shows a call live that wrote" in r.getMessage()]
+    assert [r.__dict__["call"] for r in named] == [
+        row.call for row in rows[: source_module.STUCK_SAID_BY_NAME]
+    ]
+    [more] = [r for r in caplog.records if "more calls live that wrote nothing" in r.getMessage()]
+    assert more.levelno == logging.WARNING
+    assert more.__dict__["calls"] == 3_000
+    assert more.__dict__["found_stuck"] == many
+    # Remembered all the same: the next read says none of them again, nor reads back to them.
+    assert source._horizon.oldest(start + 8 * hour, hour) > start  # not back to 30 h before
+    assert len(named) == source_module.STUCK_SAID_BY_NAME
+
+
 async def test_a_wall_clock_step_between_two_reads_finds_no_call_stuck(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
