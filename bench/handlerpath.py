@@ -88,10 +88,11 @@ MAX_AGE_SECONDS = 300.0
 
 
 async def _old_send(
-    self: Pipeline, record: Record, deadline: float, result: BatchResult
+    self: Pipeline, record: Record, deadline: float, result: BatchResult, answered: bool = False
 ) -> asyncio.Future[Any] | _Refused | None:
     """A copy, on purpose (the A/B's old side), of bridge/pipeline.py's `Pipeline._send` before
-    the timer was armed only for a send that suspends."""
+    the timer was armed only for a send that suspends. `answered` is today's signature only: a
+    stop's sooner answer deadline (`Pipeline.answer_by`) is not what this pair measures."""
     from bridge.pipeline import _REFUSED, PublishFailure, flood
 
     try:

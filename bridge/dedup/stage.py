@@ -38,7 +38,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -578,7 +578,7 @@ class DedupStage:
                     age = self._out.age
                     if age is not None and (age >= interval or self._size.full(self._out.sent)):
                         await self._commit()
-                    self._update_lag(consumer)
+                    self._update_lag(consumer, batches)
                     self._drop_aged()
                     # A sighting drops a few expired ids: the rest of a window expired at once
                     # (a gap longer than the TTL) goes a bounded step a poll, idle ones included.
@@ -1033,7 +1033,10 @@ class DedupStage:
         if self._first_attempts.get(tp) is start:
             del self._first_attempts[tp]
 
-    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+    def _update_lag(
+        self, consumer: AIOKafkaConsumer, served: Collection[TopicPartition] = ()
+    ) -> None:
+        """`served`: the partitions this step was handed records of."""
         now, ticks = time.time(), time.monotonic()
         assigned = consumer.assignment()
         gauges = self._lag_gauges
@@ -1053,7 +1056,10 @@ class DedupStage:
                 # An answer from before this owner fetched it (a start after a loss) is none.
                 self._answers[tp] = (stamp, ticks)
             seen, heard = self._answers[tp]
-            heard = heard_at(heard, seen, stamp, ticks, asked=not task.held)
+            # Handed records of a fetched batch: aiokafka fetches it again only once that batch
+            # is worked off (a slow transaction's minutes), so no answer is awaited meanwhile.
+            asked = not task.held and tp not in served
+            heard = heard_at(heard, seen, stamp, ticks, asked=asked)
             self._answers[tp] = (stamp, heard)
             pair[2].set(ticks - heard)
             high = consumer.highwater(tp)
@@ -1103,7 +1109,7 @@ def heard_at(
     `stamp` is aiokafka's time of its last answer (last_poll_timestamp, set by every answer
     without an error, an empty one too), `seen` that time at the last look, `heard` when the
     broker was last known to answer. A partition not fetched on purpose (not `asked`: held at a
-    later release's record, paused) waits for nobody: heard now.
+    later release's record, paused, or working off a batch fetched) waits for nobody: heard now.
     """
     return now if stamp != seen or not asked else heard
 

@@ -45,18 +45,20 @@ listener.name.sasl_plaintext.plain.sasl.jaas.config=\\
 TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID = 2, 3, 4, 5
 ALL, READ, WRITE, CREATE, DESCRIBE, DESCRIBE_CONFIGS, IDEMPOTENT_WRITE = 2, 3, 4, 5, 8, 10, 12
 LITERAL, PREFIXED = 3, 4
-ALLOW = 3
+DENY, ALLOW = 2, 3
 CLUSTER_NAME = "kafka-cluster"
 
 
 @dataclass(frozen=True)
 class Acl:
-    """One operation allowed on one resource (all of them by default)."""
+    """One operation allowed (or with `permission` DENY, refused) on one resource (all of them
+    by default)."""
 
     kind: int
     name: str
     operation: int = ALL
     pattern: int = LITERAL
+    permission: int = ALLOW
 
 
 class _CreateAclsResponse(Response):  # type: ignore[misc]
@@ -98,7 +100,7 @@ class _CreateAcls(Request[_CreateAclsStruct]):  # type: ignore[misc]
     def build(self, struct: type[_CreateAclsStruct]) -> _CreateAclsStruct:
         return struct(
             [
-                (a.kind, a.name, a.pattern, f"User:{self._user}", "*", a.operation, ALLOW)
+                (a.kind, a.name, a.pattern, f"User:{self._user}", "*", a.operation, a.permission)
                 for a in self._acls
             ]
         )

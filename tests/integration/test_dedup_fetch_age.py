@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bridge.ingest import record as ingest_record
+from tests.integration.acls import DENY, READ, TOPIC, Acl, acl_broker, grant, sasl
 from tests.integration.conftest import (
     Broker,
     RunningBridge,
@@ -28,10 +29,13 @@ from tests.integration.conftest import (
     until_metrics,
     write_ingest,
 )
+from tests.integration.test_topic_refused import _prepare
 from tests.metrics import sample
 from tests.polling import until
 
-FROZEN = 6.0  # well within the session timeout (10 s): the member keeps its partitions
+FROZEN = 6.0
+# Past a refused fetch's pauses (1 s, doubling) and the broker's hold of an empty fetch (1 s).
+REFUSED_FOR = 8.0  # well within the session timeout (10 s): the member keeps its partitions
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,6 +43,12 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     with own_broker(tmp_path_factory.mktemp("kafka-fetch-age")) as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
+def authorizing_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, str]]:
+    with acl_broker(tmp_path_factory.mktemp("kafka-fetch-refused"), ("refused",)) as own:
         yield own
 
 
@@ -88,3 +98,44 @@ async def test_unanswered_fetches_age_each_partition_and_one_behind_keeps_ageing
     assert ages[held] == 0.0, ages  # fetched by nobody on purpose: no answer is awaited
     assert waited >= behind_for + FROZEN - 2, (behind_for, waited)
     await until(lambda: all(fetch_age(bridge, p) < 3 for p in others), 30, 0.1, "answered again")
+
+
+async def test_refused_fetches_age_each_partition_and_one_behind_keeps_ageing(
+    authorizing_broker: tuple[Broker, str],
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+) -> None:
+    """Read on the ingest topic denied while running: each fetch raises (the path a frozen
+    broker never takes, where getmany just returns nothing), and the gauges still move."""
+    plain, sasl_bootstrap = authorizing_broker
+    await _prepare(plain, topics, "refused", set())
+    bridge: RunningBridge = await start_bridge(
+        bootstrap=sasl_bootstrap, kafka=sasl("refused"), topics={"create": False}
+    )
+    await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
+    first, later, after = ingest_records(topics, unique_call, [1, 2, 3])
+    later = replace(later, headers=((ingest_record.VERSION, b"2"), *later.headers))
+    async with ingest_ends(plain.bootstrap, topics) as (_admin, before):
+        pass
+    await write_ingest(plain.bootstrap, [first, later, after])
+    async with ingest_ends(plain.bootstrap, topics) as (_admin, ends):
+        (held,) = [tp.partition for tp, end in ends.items() if end > before[tp]]
+    others = [p for p in range(3) if p != held]
+
+    def settled() -> bool:
+        lag = sample(bridge.metrics, "pinecall_bridge_dedup_lag_records", partition=str(held))
+        return lag >= 1 and lag_seconds(bridge, held) > 0
+
+    await until(settled, 30, 0.1, f"partition {held} held behind")
+    await grant(plain.bootstrap, "refused", [Acl(TOPIC, topics.ingest, READ, permission=DENY)])
+    denied_at = lag_seconds(bridge, held)
+    await until(
+        lambda: all(fetch_age(bridge, p) >= REFUSED_FOR for p in others),
+        60,
+        0.1,
+        "every fetched partition ageing while its fetches are refused",
+    )
+    # Without the fix a refused fetch skipped the gauges: both stood as at the last answer.
+    assert lag_seconds(bridge, held) >= denied_at + REFUSED_FOR, (denied_at, bridge.metrics)
+    assert fetch_age(bridge, held) == 0.0  # fetched by nobody on purpose: no answer is awaited

@@ -1334,6 +1334,58 @@ async def test_a_partition_behind_keeps_ageing_while_fetches_fail(
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 3
 
 
+class DrainingTask(FakeTask):
+    """Works off what it is handed: one record a step."""
+
+    async def process(self, records: list[object], out: object) -> None:
+        self.position += len(records)
+
+
+class BufferedBatch(LaggingConsumer):
+    """Partition 1's one fetch answered before the stage's first look; its records then handed
+    out one a step, `steps` steps each 60 s after the last (a transaction bounded to a record
+    after timeouts): aiokafka fetches a partition again only once its batch is drained, so no
+    answer comes meanwhile. Notes partition 1's fetch age as each step begins."""
+
+    def __init__(self, stage: DedupStage, clocks: list[float], steps: int) -> None:
+        super().__init__({tp(1)}, base=10, ahead=steps)
+        self.stage, self.clocks, self.steps = stage, clocks, steps
+        self.ages: list[float] = []
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
+        return 99_000_000
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        m = self.stage._metrics
+        self.ages.append(sample(m, "pinecall_bridge_dedup_fetch_age_seconds", partition="1"))
+        if len(self.ages) > self.steps:
+            self.stage._running = False
+            return {}
+        self.clocks[1] += 60.0
+        return {tp(1): [object()]}
+
+
+async def test_a_partition_working_off_a_fetched_batch_waits_on_no_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fails without `served`: its age grew a minute a step while records flowed, past the
+    # alert's 120 s, and paged "Kafka answers no dedup fetch" for a slow transaction instead.
+    clocks = [100_000.0, 5_000.0]  # wall, monotonic
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: clocks[0], monotonic=lambda: clocks[1])
+    )
+    h = Harness()
+    h.stage._tasks[tp(1)] = cast(PartitionTask, DrainingTask(1, 10))
+    consumer = BufferedBatch(h.stage, clocks, steps=4)
+    h.stage._consumer = cast(AIOKafkaConsumer, consumer)
+    h.stage._running = True
+    await h.stage._run()
+    assert consumer.ages[1:] == [0.0, 0.0, 0.0, 0.0]
+    assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 0
+
+
 def test_a_held_partition_waits_for_no_fetch_and_counts_from_its_release(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
