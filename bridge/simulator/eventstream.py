@@ -4,13 +4,15 @@ Wire as pinecall-runtime 0.10 serves it (gateway/api/calls.py, gateway/_streams.
 opens with `retry:`, then per entry `id: <seq>` / `event: <type>` / `data: <entry JSON>`, a
 `: ping` comment after each quiet interval, `log.caught_up` after the replay, and ends after the
 log is sealed (`call.score`). Resume with `Last-Event-ID` or `?after=`; a sealed call already read
-to the end answers 204.
+to the end answers 204. SSE data is the stdlib's JSON (ASCII, `\\u` escapes); pages and the call
+list are FastAPI's (UTF-8 as is); both compact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -52,17 +54,18 @@ DEFAULT_LIST = 20
 # Which call-log requests an injected 5xx answers: any, only streams, or only JSON pages.
 FailOn = Literal["any", "stream", "page"]
 FAIL_ON: tuple[FailOn, ...] = ("any", "stream", "page")
+# pinecall-runtime's SSE data (gateway/_streams.py frame()): json.dumps, compact, ensure_ascii
+# left on, so é is `\u00e9` and an emoji a surrogate pair (12 bytes), which is what
+# BRIDGE_SSE__MAX_EVENT_BYTES meets. Built once: json.dumps builds an encoder per call.
+_SSE_JSON = json.JSONEncoder(separators=(",", ":"))
 # How often an idle or silent stream looks whether its client went away.
 _POLL_SECONDS = 0.2
 
 
 def frame(entry: Entry) -> bytes:
     """One SSE event: the entry's seq as its id, its type as the event, itself as the data."""
-    return (
-        f"id: {entry['seq']}\nevent: {entry['type']}\ndata: ".encode()
-        + jsoncodec.dumps(entry)
-        + b"\n\n"
-    )
+    data = _SSE_JSON.encode(entry)
+    return f"id: {entry['seq']}\nevent: {entry['type']}\ndata: {data}\n\n".encode()
 
 
 def cursor_of(after: str | None, last_event_id: str | None) -> int | None:

@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 AGENTS = ("support", "sales", "billing")
+# Two answers hold non-ASCII (é, €, an emoji: a surrogate pair when escaped): edited in place, so
+# seeds keep their calls. The call log's SSE sends them as \u escapes, webhooks as UTF-8.
 TOPICS = (
     ("move my appointment to Friday", "I can move it to Friday at ten, does that work?"),
     ("check the status of my order", "Your order shipped yesterday and arrives on Thursday."),
     ("cancel my subscription", "I have cancelled it; you keep access until the month ends."),
     ("update my billing address", "Done, the new address is on your account now."),
-    ("speak to someone about an invoice", "I see the invoice; the late fee has been waived."),
+    ("speak to someone about an invoice", "I see it, José: the 15 € late fee has been waived."),
     ("know your opening hours", "We are open from nine to six, Monday to Saturday."),
 )
 FOLLOW_UPS = (
-    ("yes that works for me", "Great, anything else I can help with?"),
+    ("yes that works for me", "Great 👍 anything else I can help with?"),
     ("can you send me a confirmation", "I have sent a confirmation to your email."),
     ("what was the reference number", "The reference is on its way by text message."),
     ("no that is all thanks", "Thank you for calling, have a good day."),

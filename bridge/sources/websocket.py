@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -867,9 +867,10 @@ class WebSocketSource:
         # Cut first: nothing reads it any more, and an abort stops the frames arriving at once,
         # so the count is final (websockets has no public count of its buffer).
         ws.transport.abort()
-        # Counted as events_rejected_total counts: events, not a message's fragments (websockets
-        # buffers frames) nor a subscription's ack or a pong.
-        unread = sum(1 for message in (*_buffered(ws), *early) if classify(message).kind == "event")
+        # Counted as events_rejected_total counts: what `_take` would hold (events, an oversized
+        # frame's note), not a message's fragments (websockets buffers frames) nor an ack or a pong.
+        limit = self._settings.max_frame_bytes
+        unread = sum(1 for message in (*_buffered(ws), *early) if _held_if_read(message, limit))
         if unread:
             self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
             log.error(
@@ -893,9 +894,7 @@ class WebSocketSource:
 
     def _take(self, opened: _Opened, message: str | bytes) -> None:
         """One frame: an event joins the backlog unless it is full. Never waits."""
-        # A frame's UTF-8 size is at most 4 bytes a character: most need no count at all.
-        limit = self._settings.max_frame_bytes
-        if isinstance(message, str) and len(message) * 4 > limit and utf8_size(message) > limit:
+        if _oversized(message, self._settings.max_frame_bytes):
             self._too_large(message)
             return
         frame = classify(message)
@@ -981,8 +980,7 @@ class WebSocketSource:
     def _drop_early(self, message: str | bytes) -> None:
         """A frame read ahead past the bounds: an event (or an oversized frame, which would be
         noted) is counted lost, as the full backlog counts it."""
-        limit = self._settings.max_frame_bytes
-        if not (isinstance(message, str) and _size(message) > limit):
+        if not _oversized(message, self._settings.max_frame_bytes):
             frame = classify(message)
             self._metrics.frames_by(frame.kind).inc()
             if frame.kind != "event":
@@ -1157,6 +1155,17 @@ def _buffered(ws: ClientConnection) -> list[str | bytes]:
             except UnicodeDecodeError:
                 messages.append(data)
     return messages
+
+
+def _oversized(message: str | bytes, limit: int) -> TypeGuard[str]:
+    """A text frame over `limit` bytes: `_take` holds a note of it, never decoded."""
+    # At most 4 bytes a character: most need no count at all.
+    return isinstance(message, str) and len(message) * 4 > limit and utf8_size(message) > limit
+
+
+def _held_if_read(message: str | bytes, limit: int) -> bool:
+    """`_take` would hold it in the backlog: an event, or an oversized frame's note."""
+    return _oversized(message, limit) or classify(message).kind == "event"
 
 
 def _size(message: str | bytes) -> int:

@@ -413,8 +413,8 @@ REFUSALS = {
     # A stand-in inside the cluster, without allowInsecureUrls: rendered, every pod exited 2.
     "plain http API URL to another host": Refusal(
         ("config.pinecall.apiUrl=http://pinecall-stub.default.svc:8080",),
-        "config.pinecall.apiUrl (http://pinecall-stub.default.svc:8080) is a plain http:// URL to"
-        " another host: it would send the API key and the webhook secret unencrypted",
+        "config.pinecall.apiUrl is a plain http:// URL to another host: it would send the API key"
+        " and the webhook secret unencrypted",
         {"pinecall": {"api_url": "http://pinecall-stub.default.svc:8080"}},
     ),
     "plain ws feed URL to another host": Refusal(
@@ -423,7 +423,7 @@ REFUSALS = {
             "secrets.pinecallApiKey.value=k",
             "config.websocket.url=ws://feed.example/v1/ws",
         ),
-        "config.websocket.url (ws://feed.example/v1/ws) is a plain ws:// URL to another host",
+        "config.websocket.url is a plain ws:// URL to another host",
         {
             "websocket": {"enabled": True, "url": "ws://feed.example/v1/ws"},
             "pinecall": {"api_key": "k"},
@@ -445,6 +445,23 @@ REFUSALS = {
         ("config.pinecall.publicUrl=https://b.example/?X-Api_Key=k",),
         "config.pinecall.publicUrl must not carry a token or key in its query",
         {"pinecall": {"public_url": "https://b.example/?X-Api_Key=k"}},
+    ),
+    # 127.0.0.0/8 as the bridge reads an address (Python's ipaddress): no leading zeros.
+    "plain http API URL to an address no loopback to the bridge": Refusal(
+        ("config.pinecall.apiUrl=http://127.000.000.001:8080",),
+        "config.pinecall.apiUrl is a plain http:// URL to another host",
+        {"pinecall": {"api_url": "http://127.000.000.001:8080"}},
+    ),
+    "API URL with a port out of range": Refusal(
+        ("config.pinecall.apiUrl=https://api.example:99999/v1",),
+        "config.pinecall.apiUrl has a port that is not a number from 0 to 65535",
+        {"pinecall": {"api_url": "https://api.example:99999/v1"}},
+    ),
+    # Whitespace as Python's isspace() has it, not only RE2's \s (a no-break space pasted).
+    "API URL with a no-break space": Refusal(
+        ("config.pinecall.apiUrl=https://api.example/v1\u00a0",),
+        "config.pinecall.apiUrl must not contain whitespace",
+        {"pinecall": {"api_url": "https://api.example/v1\u00a0"}},
     ),
     "API URL with a fragment": Refusal(
         ("config.pinecall.apiUrl=https://api.example/#v1",),
@@ -577,6 +594,32 @@ def test_topics_kafka_tells_apart_are_rendered(
             ("config.webhook.path=/hooks/pinecall.v2/",),
             {"webhook": {"path": "/hooks/pinecall.v2/"}},
         ),
+        # A `%` that escapes nothing, and characters Go's URL parser refuses in a host: the
+        # bridge starts with them (urllib and yarl take them); helm failed in urlParse.
+        (
+            ("config.pinecall.apiUrl=https://api.example/v1/100%",),
+            {"pinecall": {"api_url": "https://api.example/v1/100%"}},
+        ),
+        (
+            (
+                "config.websocket.enabled=true",
+                "secrets.pinecallApiKey.value=k",
+                "config.websocket.url=wss://feed.example/v1/%zz",
+            ),
+            {
+                "websocket": {"enabled": True, "url": "wss://feed.example/v1/%zz"},
+                "pinecall": {"api_key": "k"},
+            },
+        ),
+        (
+            ("config.pinecall.apiUrl=https://api{eu}.example",),
+            {"pinecall": {"api_url": "https://api{eu}.example"}},
+        ),
+        # Loopback, every trailing dot off as the bridge takes them off.
+        (
+            ("config.pinecall.apiUrl=http://localhost..:8080",),
+            {"pinecall": {"api_url": "http://localhost..:8080"}},
+        ),
     ],
 )
 def test_urls_servers_and_paths_the_bridge_takes_are_rendered(
@@ -590,6 +633,55 @@ def test_a_url_refused_for_its_credentials_is_not_echoed() -> None:
     error = refused(SECRET, "config.pinecall.apiUrl=https://user:s3cr3t-pw@api.example")
     assert "must not carry credentials" in error
     assert "s3cr3t-pw" not in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message", "bridge"),
+    [
+        # A plain URL's refusal quoted it whole, its token or password too.
+        (
+            ("config.pinecall.apiUrl=http://stub.svc/v1?token=S3CRET",),
+            "config.pinecall.apiUrl is a plain http:// URL to another host",
+            {"pinecall": {"api_url": "http://stub.svc/v1?token=S3CRET"}},
+        ),
+        (
+            ("config.pinecall.apiUrl=http://bridge:S3CRET@stub.svc",),
+            "config.pinecall.apiUrl must not carry credentials",
+            {"pinecall": {"api_url": "http://bridge:S3CRET@stub.svc"}},
+        ),
+        # Passwords Go's URL parser fails on (a `/`, a `%`, a `#`): its error quoted them, and
+        # the refusal (authority cut at the `/`) was never reached.
+        (
+            ("config.pinecall.apiUrl=https://bridge:S3CRET/x@api.example",),
+            "config.pinecall.apiUrl must not carry credentials",
+            {"pinecall": {"api_url": "https://bridge:S3CRET/x@api.example"}},
+        ),
+        (
+            ("config.pinecall.apiUrl=https://bridge:S3CRET%x@api.example",),
+            "config.pinecall.apiUrl must not carry credentials",
+            {"pinecall": {"api_url": "https://bridge:S3CRET%x@api.example"}},
+        ),
+        (
+            (
+                "config.websocket.enabled=true",
+                "secrets.pinecallApiKey.value=k",
+                "config.websocket.url=wss://u:S3CRET#x@feed.example/ws",
+            ),
+            "config.websocket.url must not carry credentials",
+            {
+                "websocket": {"enabled": True, "url": "wss://u:S3CRET#x@feed.example/ws"},
+                "pinecall": {"api_key": "k"},
+            },
+        ),
+    ],
+)
+def test_a_refused_url_is_never_echoed(
+    sets: tuple[str, ...], message: str, bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    error = refused(SECRET, *sets)
+    assert message in error, error
+    assert "S3CRET" not in error
+    assert bridge_problems(merged(BRIDGE_SECRET, bridge)), "the bridge accepts it"
 
 
 def test_every_problem_is_listed_at_once() -> None:

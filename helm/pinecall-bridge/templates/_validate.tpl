@@ -45,31 +45,54 @@ rules are values.schema.json's pattern). */}}
 {{- $websocket := include "pinecall-bridge.withDefaults" (list $c.websocket (dict "enabled" false "url" "wss://api.pinecall.io/v1/ws" "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30)) | fromJson }}
 {{- /* A plain http:// or ws:// URL to a host other than loopback would carry the API key, the feed's
 token and the webhook secret unencrypted: the bridge refuses it unless allowInsecureUrls (the API's
-always, the feed's when it is on). An IPv6 literal is left to the bridge (loopback has more than
-one spelling there): refused here only what the bridge surely refuses. */}}
+always, the feed's when it is on). Its host as urllib reads it: past any user info, before a port;
+an IPv6 literal is left to the bridge (loopback has more than one spelling there), and 127.0.0.0/8
+as Python's ipaddress reads it (no leading zeros). Not urlParse: Go's parser fails where urllib
+does not (a `%` that escapes nothing), and its error quotes the URL, password and token too. */}}
 {{- $plain := dict }}
 {{- $_ := set $plain "config.pinecall.apiUrl" (list $pinecall.apiUrl "http" "the API key and the webhook secret") }}
 {{- if $websocket.enabled }}{{ $_ := set $plain "config.websocket.url" (list $websocket.url "ws" "the API key or feed token") }}{{ end }}
 {{- if not (($c.pinecall | default dict).allowInsecureUrls) }}
 {{- range $where, $spec := $plain }}
-{{- $url := urlParse (index $spec 0) }}
-{{- $host := regexReplaceAll ":[0-9]*$" $url.host "" | trimSuffix "." | lower }}
-{{- $loopback := or (eq $host "localhost") (regexMatch "^127\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host) (contains ":" $host) (contains "[" $url.host) }}
-{{- if and (eq $url.scheme (index $spec 1)) (not $loopback) }}
-{{- $problems = append $problems (printf "%s (%s) is a plain %s:// URL to another host: it would send %s unencrypted; use %ss://, or on a trusted network set config.pinecall.allowInsecureUrls=true" $where (index $spec 0) $url.scheme (index $spec 2) $url.scheme) }}
+{{- $scheme := index $spec 1 }}
+{{- $url := toString (index $spec 0) }}
+{{- if hasPrefix (printf "%s://" $scheme) $url }}
+{{- $hostinfo := trimPrefix (printf "%s://" $scheme) $url | regexFind "^[^/?#]*" | splitList "@" | last }}
+{{- $host := regexReplaceAll "\\.+$" (index (splitList ":" $hostinfo) 0 | lower) "" }}
+{{- $octet := "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" }}
+{{- $loopback := or (eq $host "localhost") (regexMatch (printf "^127(\\.%s){3}$" $octet) $host) (contains "[" $hostinfo) }}
+{{- if not $loopback }}
+{{- /* Never echoed: the URL may hold a password or a token (refused below). */}}
+{{- $problems = append $problems (printf "%s is a plain %s:// URL to another host: it would send %s unencrypted; use %ss://, or on a trusted network set config.pinecall.allowInsecureUrls=true" $where $scheme (index $spec 2) $scheme) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
 {{- /* Each URL as the bridge checks it (bridge/config.py's _check_url), the feed's whether on or
 off: `check` prints it and the logs name it, so no credentials before the host nor in the query
-(the older feed's `?token=...` pasted whole); no fragment, no whitespace. Never echoed: it may
-hold a secret. A query name percent-encoded or with a `+` is left to the bridge, which decodes it. */}}
+(the older feed's `?token=...` pasted whole); no fragment, no whitespace (Python's isspace()), a
+port from 0 to 65535. Never echoed: it may hold a secret. A query name percent-encoded or with a
+`+` is left to the bridge, which decodes it. */}}
 {{- $urls := dict "config.pinecall.apiUrl" $pinecall.apiUrl "config.websocket.url" $websocket.url }}
 {{- $publicUrl := toString ($pinecall.publicUrl | default "") }}
 {{- if trim $publicUrl }}{{ $_ := set $urls "config.pinecall.publicUrl" $publicUrl }}{{ end }}
 {{- range $where, $url := $urls }}
 {{- $url = toString $url }}
-{{- $authority := index (splitList "/" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" $url "")) 0 }}
+{{- /* User info as bridge/redaction.py's has_userinfo finds it: an `@` before the first `/` past
+the scheme's slashes (a password's `#` or `?` does not end it), or past a port that is no number
+(a password's `/` ends the host there: `user:pa/ss@host`). */}}
+{{- $after := regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*:[/\\\\]*" $url "" }}
+{{- $authority := regexFind "^[^/\\\\]*" $after }}
+{{- $afterBracket := last (splitList "]" $authority) }}
+{{- $badPort := and (contains ":" $afterBracket) (not (regexMatch "^[0-9]+$" (index (splitn ":" 2 $afterBracket) "_1"))) }}
+{{- $userinfo := or (contains "@" (index (splitList "/" $after) 0)) (and $badPort (contains "@" (trimPrefix $authority $after))) }}
+{{- /* The port as urllib reads it: after the host's first `:` (an IPv6 literal's `]`), no sign. */}}
+{{- $hostinfo := regexFind "^[^/?#]*" $after | splitList "@" | last }}
+{{- if contains "[" $hostinfo }}{{ $hostinfo = last (splitList "]" $hostinfo) }}{{ end }}
+{{- $port := "" }}
+{{- if contains ":" $hostinfo }}{{ $port = index (splitn ":" 2 $hostinfo) "_1" }}{{ end }}
+{{- $digits := regexReplaceAll "^0+" $port "" }}
+{{- $portOk := or (eq $port "") (and (regexMatch "^[0-9]+$" $port) (le (len $digits) 5) (le (atoi (default "0" $digits)) 65535)) }}
 {{- $names := list }}
 {{- if contains "?" $url }}
 {{- range splitList "&" (index (splitList "#" (index (splitn "?" 2 $url) "_1")) 0) }}
@@ -81,10 +104,12 @@ hold a secret. A query name percent-encoded or with a `+` is left to the bridge,
 {{- range $names }}
 {{- if or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" .) (regexMatch "(key|sig|auth|authorization)$" .) }}{{ $credential = true }}{{ end }}
 {{- end }}
-{{- if regexMatch "\\s" $url }}
+{{- if regexMatch "[\\s\\v\\x1c-\\x1f\\x85\\p{Z}]" $url }}
 {{- $problems = append $problems (printf "%s must not contain whitespace (percent-encode it in a path)" $where) }}
-{{- else if contains "@" $authority }}
+{{- else if $userinfo }}
 {{- $problems = append $problems (printf "%s must not carry credentials (user:password@): `check` prints it and the logs name it; the API key goes in secrets.pinecallApiKey" $where) }}
+{{- else if not $portOk }}
+{{- $problems = append $problems (printf "%s has a port that is not a number from 0 to 65535" $where) }}
 {{- else if contains "#" $url }}
 {{- $problems = append $problems (printf "%s must not have a fragment (#...)" $where) }}
 {{- else if $credential }}

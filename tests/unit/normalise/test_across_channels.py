@@ -144,6 +144,13 @@ def seq_zero_notice(call: str | None) -> Entry:
             "ephemeral": False, "data": {"release": "r_41"}}  # fmt: skip
 
 
+def said_in_full(kind: str) -> Entry:
+    """The call's first line of this type, saying é, € and an emoji: the call log's SSE escapes
+    them (`\\u00e9`, a surrogate pair), a webhook and a page carry them in UTF-8."""
+    line = call_step(kind)
+    return {**line, "data": {**line["data"], "text": "Jos\u00e9: 15 \u20ac \U0001f389"}}
+
+
 CALL_KEY = script().call.encode()
 AGENT_KEY = f"@{script().agent}".encode()
 # (case, the copies of one event, the ingest key they must share)
@@ -156,6 +163,7 @@ CASES: list[tuple[str, Callable[[], list[Copy]], bytes]] = [
         CALL_KEY,
     ),
     ("interim", lambda: log_entry_copies(call_step("user.transcript", ephemeral=True)), CALL_KEY),
+    ("non-ASCII turn.agent", lambda: log_entry_copies(said_in_full("turn.agent")), CALL_KEY),
     ("call.summary", lambda: log_entry_copies(call_step("call.summary")), CALL_KEY),
     ("call.score", lambda: log_entry_copies(call_step("call.score")), CALL_KEY),
     ("monitor.fired", lambda: alert_copies(agent_alert("monitor.fired")), AGENT_KEY),
@@ -250,3 +258,14 @@ def test_a_frame_without_an_id_matches_only_its_own_bytes(shape: FrameShape, kin
     assert frame.record.key == entry_copy.record.key == CALL_KEY
     assert frame.route.topic == entry_copy.route.topic
     assert (frame.event.call, frame.event.seq) == (entry["call"], None)
+
+
+def test_escaped_and_utf8_copies_carry_the_same_data() -> None:
+    """The SSE copy was `\\u` escapes on the wire, the others UTF-8: one id, one data."""
+    copies = log_entry_copies(said_in_full("turn.user"))
+    assert {copy.how for copy in copies} >= {"webhook", "call-log sse", "call-log page"}
+    done = [ingested(copy) for copy in copies]
+    for copy, each in zip(copies, done, strict=True):
+        assert each.event.id == done[0].event.id, copy.how
+        assert each.event.data == done[0].event.data, copy.how
+    assert done[0].event.data["text"] == "Jos\u00e9: 15 \u20ac \U0001f389"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
@@ -16,7 +17,7 @@ import pytest
 from bridge import jsoncodec
 from bridge.simulator import Channel, Simulator, eventstream
 from bridge.simulator.eventstream import cursor_of, frame
-from bridge.sources.calllog.eventstream import Event, Item, KeepAlive, Retry
+from bridge.sources.calllog.eventstream import Event, EventStreamParser, Item, KeepAlive, Retry
 from bridge.sources.calllog.pages import fetch_pages
 from tests import entries
 from tests.polling import until
@@ -70,6 +71,40 @@ def test_a_frame_is_id_event_and_the_entry_as_one_line_of_json() -> None:
     assert head == b"id: 7\nevent: turn.user\n"
     assert data.endswith(b"\n\n")
     assert jsoncodec.loads(data) == entry(7)
+
+
+# é, €, emoji: on pinecall-runtime's SSE as `\u` escapes, an emoji as a surrogate pair.
+SAID = "Jos\u00e9 pag\u00f3 15 \u20ac \U0001f389"
+
+
+def test_sse_data_is_the_platforms_json_ascii_with_escapes_and_compact() -> None:
+    """pinecall-runtime's gateway/_streams.py writes json.dumps(data, separators=(",", ":"))."""
+    said = entry(7, text=SAID)
+    data = frame(said).split(b"data: ")[1]
+    assert data == json.dumps(said, separators=(",", ":")).encode() + b"\n\n"
+    assert data.isascii()
+    assert b"Jos\\u00e9" in data
+    assert b"\\ud83c\\udf89" in data
+    [event] = EventStreamParser().feed(frame(said))
+    assert isinstance(event, Event)
+    assert jsoncodec.loads(event.data) == said
+
+
+async def test_a_stream_escapes_what_a_page_sends_as_utf8(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    # Pages (and the call list) are FastAPI's JSON answers: UTF-8 as is, compact.
+    write(sim, entry(1, text=SAID), entry(2, "call.score"))
+    asked = {**AUTH, "Accept": "text/event-stream"}
+    async with client.get(events_url(sim), headers=asked) as answer:
+        streamed = await answer.read()  # a sealed log's stream ends after call.score
+    async with client.get(events_url(sim), headers=AUTH) as answer:
+        page = await answer.read()
+    assert streamed.isascii()
+    assert json.dumps(SAID).encode() in streamed
+    assert SAID.encode() in page
+    entries = [entry(1, text=SAID), entry(2, "call.score")]
+    assert page == jsoncodec.dumps({"entries": entries, "live": False, "next": 2})
 
 
 @pytest.mark.parametrize(

@@ -186,7 +186,8 @@ async def test_a_seed_plays_the_calls_it_always_played(receiver: Receiver) -> No
 
 
 EVENTS_OF_SEED_11 = 128
-FINGERPRINT_OF_SEED_11 = "5079a8b4369174f87d50588feaa84b7e4c375f602849344941f12aff79e7f23d"
+# Re-recorded when two answers of script.py took é, € and an emoji: only their text moved.
+FINGERPRINT_OF_SEED_11 = "7d5d81522320a18af79283f2b372b9ffc9ff87b763a1cd8b53a2efdcd08ebc5c"
 
 
 async def traffic_peak(calls: int) -> int:

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, cast, get_args
 
 import aiohttp
@@ -1997,6 +1998,23 @@ async def test_what_websockets_holds_at_the_cut_is_counted_by_its_events_not_its
     read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert events > read  # some were left unread
     assert rejected(fed.metrics, "shutdown") == events
+
+
+async def test_an_oversized_frame_unread_at_the_cut_is_counted_as_the_note_it_was_to_be() -> None:
+    # Read, a frame over max_frame_bytes is a note in the dead-letter topic, whatever it holds
+    # (read ahead past the backlog's bounds it is counted so): unread at the cut, one not an
+    # event object (not JSON, a padded pong) was lost uncounted.
+    metrics = Metrics()
+    source = idle_source(metrics)
+    limit = source._settings.max_frame_bytes
+    event = jsoncodec.dumps(entry(1)).decode()
+    pong = jsoncodec.dumps({"type": "pong", "pad": "x" * limit}).decode()
+    buffered = Assembler()
+    for message in (event, pong, "y" * (limit + 1), '{"type": "pong"}', "garbage{"):
+        buffered.put(Frame(Opcode.TEXT, message.encode()))
+    ws = SimpleNamespace(transport=SimpleNamespace(abort=lambda: None), recv_messages=buffered)
+    source._lost_unread(cast(ClientConnection, ws), ["z" * (limit + 1), event])
+    assert rejected(metrics, "shutdown") == 5  # the events and the oversized frames
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,8 +19,8 @@ from pydantic import SecretStr
 from bridge import connlimit, jsoncodec, logthrottle
 from bridge.config import PinecallSettings, SseSettings
 from bridge.metrics import Metrics
-from bridge.normalise import Unrecognised
-from bridge.simulator import Simulator, SimulatorConfig
+from bridge.normalise import Event, Unrecognised, normalise, split_body
+from bridge.simulator import Simulator, SimulatorConfig, wire
 from bridge.sources.calllog import follower as follower_module
 from bridge.sources.calllog.follow import REASONS
 from bridge.sources.calllog.follower import Follower
@@ -1373,13 +1374,17 @@ async def test_a_gap_page_entry_past_any_real_seq_does_not_skip_the_rest_of_the_
     assert follower.state.acked == 4
 
 
-async def follow_simulated(sim: Simulator, call: str) -> tuple[bool, Follower, Metrics]:
-    """A follower of `call` from its start against the simulator, run to its end or for 3 s."""
+async def follow_simulated(
+    sim: Simulator, call: str, publisher: FakePublisher | None = None, **sse: Any
+) -> tuple[bool, Follower, Metrics]:
+    """A follower of `call` from its start against the simulator, run to its end or for 3 s;
+    `sse`: settings other than the quick timeouts and backoffs."""
     settings = SseSettings(
         read_timeout_seconds=0.3,
         connect_timeout_seconds=0.2,
         backoff_initial_seconds=0.01,
         backoff_max_seconds=0.05,
+        **sse,
     )
     metrics = Metrics()
     async with aiohttp.ClientSession() as session:
@@ -1389,7 +1394,7 @@ async def follow_simulated(sim: Simulator, call: str) -> tuple[bool, Follower, M
             session=session,
             api=PinecallSettings(api_url=sim.url, api_key=SecretStr("sim-api-key")),
             settings=settings,
-            publisher=cast(Publisher, FakePublisher()),
+            publisher=cast(Publisher, publisher or FakePublisher()),
             metrics=metrics,
             stopping=asyncio.Event(),
             gate=KeyGate(ReconnectPolicy.of(settings)),
@@ -1415,6 +1420,56 @@ async def test_a_sealed_call_whose_last_line_is_ephemeral_ends_once_read_to_its_
         assert follower.state.acked == 1
         assert sample(metrics, "pinecall_bridge_sse_calls_read_to_end_total") == 1
         assert sim.stats.log_pages_served == 1
+
+
+# What the platform's callers say: é, €, and emoji, which its SSE (json.dumps, ensure_ascii)
+# escapes as a surrogate pair, `\\ud83c\\udf89`, 12 bytes where UTF-8 takes 4.
+SAID = "Jos\u00e9 pag\u00f3 15 \u20ac \U0001f389\U0001f44d"
+
+
+async def test_escaped_entries_read_over_sse_are_the_webhooks_entries_with_their_ids() -> None:
+    written = [
+        entry(1, "call.started"),
+        entry(2, "turn.user", text=SAID),
+        entry(3, "turn.agent", text="\U0001f600" * 40),
+        entry(4, "call.score"),
+    ]
+    publisher = FakePublisher()
+    async with Simulator(SimulatorConfig(sse_retry_ms=10)) as sim:
+        for item in written:
+            sim.calllogs.append(item)
+        ended, _, _ = await follow_simulated(sim, "CA_1", publisher)
+    assert ended
+    read = [item for batch in publisher.batches for item in batch]
+    assert read == written
+    for over_sse, sent in zip(read, written, strict=True):
+        [posted] = split_body(jsoncodec.loads(wire.encode(sent)))  # a webhook's UTF-8 body
+        by_log = normalise(over_sse, channel="sse", received_at=2.0)
+        by_hook = normalise(posted, channel="webhook", received_at=2.0)
+        assert isinstance(by_log, Event)
+        assert isinstance(by_hook, Event)
+        assert by_log.id == by_hook.id == f"CA_1:{sent['seq']}"
+        assert by_log.data == by_hook.data
+
+
+async def test_the_event_size_limit_meets_the_escaped_bytes_on_the_wire() -> None:
+    # 200 emoji: 800 bytes in UTF-8, within 1 KiB; 2,400 as the platform's \\u escapes, not.
+    big = entry(2, "turn.user", text="\U0001f389" * 200)
+    sent = json.dumps(big, separators=(",", ":"))
+    assert len(jsoncodec.dumps(big)) < 1024 < len(sent)
+    publisher = FakePublisher()
+    async with Simulator(SimulatorConfig(sse_retry_ms=10)) as sim:
+        for item in (entry(1, "call.started"), big, entry(3, "call.score")):
+            sim.calllogs.append(item)
+        ended, _, _ = await follow_simulated(sim, "CA_1", publisher, max_event_bytes=1024)
+    assert ended
+    assert publisher.seqs == [1, 2, 3]
+    [note] = [
+        item for batch in publisher.batches for item in batch if isinstance(item, Unrecognised)
+    ]
+    assert note.reason == "too_large"
+    # Its line, past the line cap, is counted whole: the bytes the platform sent, not their UTF-8.
+    assert (note.item["seq"], note.item["bytes"]) == (2, len(f"data: {sent}"))
 
 
 async def test_a_live_calls_stream_closed_after_catching_up_is_resumed_not_ended(
