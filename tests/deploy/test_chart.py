@@ -969,12 +969,12 @@ def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str
     ("sets", "where", "port"),
     [
         (("config.websocket.enabled=true", "config.websocket.url=wss://proxy:8443/v1/ws"),
-         'config.websocket.url "wss://proxy:8443/v1/ws"', 8443),
-        (("config.sse.enabled=true", "config.pinecall.apiUrl=https://proxy:8443"),
-         'config.pinecall.apiUrl "https://proxy:8443"', 8443),
+         "config.websocket.url (8443)", 8443),
+        (("config.sse.enabled=true", "config.pinecall.apiUrl=https://proxy:8443/S3CRET"),
+         "config.pinecall.apiUrl (8443)", 8443),
         (("config.sse.enabled=true", "config.pinecall.allowInsecureUrls=true",
           "config.pinecall.apiUrl=http://stand-in"),
-         'config.pinecall.apiUrl "http://stand-in"', 80),
+         "config.pinecall.apiUrl (80)", 80),
     ],
 )  # fmt: skip
 def test_a_network_policy_blocking_the_pinecall_api_is_refused(
@@ -988,12 +988,31 @@ def test_a_network_policy_blocking_the_pinecall_api_is_refused(
     assert done.returncode != 0
     assert f"networkPolicy.pinecallApi.ports [443] leaves out the port of {where}" in done.stderr
     assert f"(add {port})" in done.stderr
+    # Never the URL itself: it may hold a password or a token.
+    assert "S3CRET" not in done.stderr
+    assert sets[-1].partition("=")[2] not in done.stderr
     opened = one(
         render(SIGNED, *sets, f"networkPolicy.pinecallApi.ports={{443,{port}}}"), "NetworkPolicy"
     )
     assert {p["port"] for p in opened["spec"]["egress"][2]["ports"]} == {443, port}
     # Nothing reaches the API (no feed, call logs nor registration): nothing to open.
     render(SIGNED, "networkPolicy.enabled=true", *(s for s in sets if "url" in s.lower()))
+
+
+def test_a_network_policy_leaves_a_url_the_bridge_refuses_to_the_listing() -> None:
+    # Its port out of range (or no number): refused with the rest, not as a port to open first.
+    sets = (
+        "networkPolicy.enabled=true",
+        "config.sse.enabled=true",
+        "config.pinecall.apiUrl=https://proxy:99999",
+    )
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "config.pinecall.apiUrl has a port that is not a number from 0 to 65535" in done.stderr
+    assert "leaves out the port" not in done.stderr
+    assert "proxy:99999" not in done.stderr
 
 
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:

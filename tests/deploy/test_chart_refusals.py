@@ -490,6 +490,131 @@ REFUSALS = {
         " config.kafka.securityProtocol=PLAINTEXT",
         {"kafka": {"ssl_cafile": FILE}},
     ),
+    # Per-value rules the schema's types and patterns do not hold: rendered, every pod exited 2.
+    "bind address with a port": Refusal(
+        ("config.http.host=0.0.0.0:8080",),
+        "config.http.host is neither an IP address (e.g. 0.0.0.0 or ::) nor a hostname: no scheme,"
+        " port, brackets or whitespace (the port is config.http.port)",
+        {"http": {"host": "0.0.0.0:8080"}},
+    ),
+    "bind address as a URL": Refusal(
+        ("config.http.host=http://0.0.0.0",),
+        "config.http.host is neither an IP address",
+        {"http": {"host": "http://0.0.0.0"}},
+    ),
+    "bind address an IPv6 address in brackets": Refusal(
+        ("config.http.host=[::]",),
+        "config.http.host is neither an IP address",
+        {"http": {"host": "[::]"}},
+    ),
+    "CloudEvents source that is no URI-reference": Refusal(
+        ("config.cloudevents.source=pinecall bridge",),
+        "config.cloudevents.source must be a URI-reference (RFC 3986)",
+        {"cloudevents": {"source": "pinecall bridge"}},
+    ),
+    "CloudEvents source with no scheme before its ':'": Refusal(
+        ("config.cloudevents.source=1pinecall:events",),
+        "config.cloudevents.source must be a URI-reference (RFC 3986): the part before the first"
+        " ':' is no scheme",
+        {"cloudevents": {"source": "1pinecall:events"}},
+    ),
+    "CloudEvents source with credentials": Refusal(
+        ("config.cloudevents.source=https://user:pw@pinecall.example",),
+        "config.cloudevents.source must not carry credentials (user:password@, or a token or key"
+        " in its query)",
+        {"cloudevents": {"source": "https://user:pw@pinecall.example"}},
+    ),
+    "CloudEvents source with a token in its query": Refusal(
+        ("config.cloudevents.source=https://pinecall.example/?token=abc",),
+        "config.cloudevents.source must not carry credentials",
+        {"cloudevents": {"source": "https://pinecall.example/?token=abc"}},
+    ),
+    # User info as the bridge finds it: after `https:` with no slashes too (as a browser reads it).
+    "CloudEvents source with user info and no slashes": Refusal(
+        ("config.cloudevents.source=https:user:pw@pinecall.example",),
+        "config.cloudevents.source must not carry credentials",
+        {"cloudevents": {"source": "https:user:pw@pinecall.example"}},
+    ),
+    # urllib refuses a netloc with a `[` and no `]` ("Invalid IPv6 URL").
+    "API URL with an IPv6 address not closed": Refusal(
+        ("config.pinecall.apiUrl=https://[fd00::1/v1",),
+        "config.pinecall.apiUrl has a '[' or ']' (an IPv6 address in brackets) without the other",
+        {"pinecall": {"api_url": "https://[fd00::1/v1"}},
+    ),
+    "API URL with a port above 65535": Refusal(
+        ("config.pinecall.apiUrl=https://api.example:70000",),
+        "config.pinecall.apiUrl has a port that is not a number from 0 to 65535",
+        {"pinecall": {"api_url": "https://api.example:70000"}},
+    ),
+    "API URL with no host": Refusal(
+        ("config.pinecall.apiUrl=https://:443/",),
+        "config.pinecall.apiUrl has no host",
+        {"pinecall": {"api_url": "https://:443/"}},
+    ),
+    "public URL with no host": Refusal(
+        ("config.pinecall.publicUrl=https:///hooks",),
+        "config.pinecall.publicUrl has no host",
+        {"pinecall": {"public_url": "https:///hooks"}},
+    ),
+    # Checked with the feed off too, as the bridge checks it.
+    "feed URL with a port above 65535": Refusal(
+        ("config.websocket.url=wss://feed.example:99999/v1/ws",),
+        "config.websocket.url has a port that is not a number from 0 to 65535",
+        {"websocket": {"url": "wss://feed.example:99999/v1/ws"}},
+    ),
+    "feed events as a JSON list in a string": Refusal(
+        ('config.websocket.events=["call.started"\\,"call.ended"]',),
+        "config.websocket.events is a JSON list given as a string",
+        {"websocket": {"events": '["call.started","call.ended"]'}},
+    ),
+    "API key value with whitespace inside": Refusal(
+        ("secrets.pinecallApiKey.value=key one",),
+        "secrets.pinecallApiKey.value must not contain whitespace or control characters",
+        {"pinecall": {"api_key": "key one"}},
+    ),
+    "webhook secrets value with a line break": Refusal(
+        ("secrets.webhookSecrets.value=old\nnew",),
+        "secrets.webhookSecrets.value: a secret holds a line break or another control character",
+        {"webhook": {"secrets": "old\nnew"}},
+    ),
+    "webhook secrets value as a JSON list": Refusal(
+        ('secrets.webhookSecrets.value=["old"\\,"new"]',),
+        "secrets.webhookSecrets.value is a JSON list",
+        {"webhook": {"secrets": '["old","new"]'}},
+    ),
+    "dedup TTL past Kafka's retention": Refusal(
+        ("config.dedup.ttlSeconds=10000000000000000",),
+        "config.dedup.ttlSeconds (10000000000000000) plus"
+        " config.dedup.ingestRetentionMarginSeconds (3600) is the ingest topic's retention",
+        {"dedup": {"ttl_seconds": 1e16}},
+    ),
+    # A client certificate mounted from extraVolumes, named in extraEnv, without its key.
+    "client certificate in extraEnv without its key": Refusal(
+        (
+            "config.kafka.securityProtocol=SSL",
+            "extraEnv[0].name=BRIDGE_KAFKA__SSL_CERTFILE,extraEnv[0].value=/etc/tls/client.crt",
+        ),
+        "kafkaTls.cert and kafkaTls.key go together",
+        {"kafka": {"security_protocol": "SSL", "ssl_certfile": FILE}},
+    ),
+    "OAUTHBEARER token file in extraEnv with another mechanism": Refusal(
+        (
+            "config.kafka.securityProtocol=SASL_SSL",
+            "config.kafka.saslUsername=u",
+            "secrets.kafkaSaslPassword.value=p",
+            "extraEnv[0].name=BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE,extraEnv[0].value=/run/token",
+        ),
+        "extraEnv sets BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE, ignored with"
+        " config.kafka.securityProtocol=SASL_SSL and config.kafka.saslMechanism=PLAIN",
+        {
+            "kafka": {
+                "security_protocol": "SASL_SSL",
+                "sasl_username": "u",
+                "sasl_password": "p",
+                "sasl_oauth_token_file": FILE,
+            }
+        },
+    ),
 }
 
 
@@ -620,6 +745,55 @@ def test_topics_kafka_tells_apart_are_rendered(
             ("config.pinecall.apiUrl=http://localhost..:8080",),
             {"pinecall": {"api_url": "http://localhost..:8080"}},
         ),
+        # A port with leading zeros, an empty one (the scheme's), an IPv6 host.
+        (
+            ("config.pinecall.apiUrl=https://api.example:0443/v1",),
+            {"pinecall": {"api_url": "https://api.example:0443/v1"}},
+        ),
+        (
+            ("config.pinecall.publicUrl=https://[fd00::1]:/",),
+            {"pinecall": {"public_url": "https://[fd00::1]:/"}},
+        ),
+        # Bind addresses: IPv6 bare, with a zone, a hostname with its root dot, an underscore.
+        (("config.http.host=::",), {"http": {"host": "::"}}),
+        (("config.http.host=fe80::1%eth0",), {"http": {"host": "fe80::1%eth0"}}),
+        (("config.http.host=bridge_0.svc.local.",), {"http": {"host": "bridge_0.svc.local."}}),
+        # Relative references, a URN, an `@` in a path and a query name holding no credential word.
+        (("config.cloudevents.source=/pinecall",), {"cloudevents": {"source": "/pinecall"}}),
+        (
+            ("config.cloudevents.source=urn:pinecall:org-1",),
+            {"cloudevents": {"source": "urn:pinecall:org-1"}},
+        ),
+        (
+            ("config.cloudevents.source=https://pinecall.example/o/a@b?author=x",),
+            {"cloudevents": {"source": "https://pinecall.example/o/a@b?author=x"}},
+        ),
+        # A `?` after the `#`: in the fragment, no query to urllib.
+        (
+            ("config.cloudevents.source=https://pinecall.example/#?token=x",),
+            {"cloudevents": {"source": "https://pinecall.example/#?token=x"}},
+        ),
+        # Items that only start with `[`: no JSON list as a whole.
+        (
+            ("config.websocket.events=[1]\\,[2]",),
+            {"websocket": {"events": "[1],[2]"}},
+        ),
+        # Surrounding whitespace (a file's line end) is dropped: no whitespace inside.
+        (("secrets.pinecallApiKey.value= key\n",), {"pinecall": {"api_key": " key\n"}}),
+        (("secrets.webhookSecrets.value=old\\,new\n",), {"webhook": {"secrets": "old,new\n"}}),
+        (("secrets.webhookSecrets.value=[1]\\,",), {"webhook": {"secrets": "[1],"}}),
+        # Just inside a 64-bit retention.ms with the default margin.
+        (
+            ("config.dedup.ttlSeconds=9223372036850000",),
+            {"dedup": {"ttl_seconds": 9223372036850000}},
+        ),
+        # Empty is unset to the bridge, as null: no env header.
+        (("config.pinecall.env=",), {"pinecall": {"env": ""}}),
+        # A blank path in extraEnv is unset: no TLS file to ignore.
+        (
+            ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=",),
+            {"kafka": {"ssl_cafile": ""}},
+        ),
     ],
 )
 def test_urls_servers_and_paths_the_bridge_takes_are_rendered(
@@ -627,6 +801,47 @@ def test_urls_servers_and_paths_the_bridge_takes_are_rendered(
 ) -> None:
     assert {m["kind"] for m in render(SECRET, *sets)} >= {"Deployment"}
     assert bridge_problems(merged(BRIDGE_SECRET, bridge)) == []
+
+
+# Paths of extraEnv[0] (files mounted from extraVolumes).
+CERT = "extraEnv[0].value=/etc/tls/client.crt"
+KEY = "extraEnv[0].value=/etc/tls/client.key"
+
+
+@pytest.mark.parametrize(
+    ("sets", "bridge"),
+    [
+        # A client certificate from kafkaTls, its key a path in extraEnv (mounted from
+        # extraVolumes), and the other way round; an encrypted key there with its password.
+        (
+            ("kafkaTls.cert.value=PEM", f"extraEnv[0].name=BRIDGE_KAFKA__SSL_KEYFILE,{KEY}"),
+            {"ssl_certfile": FILE, "ssl_keyfile": FILE},
+        ),
+        (
+            ("kafkaTls.key.value=PEM", f"extraEnv[0].name=BRIDGE_KAFKA__SSL_CERTFILE,{CERT}"),
+            {"ssl_certfile": FILE, "ssl_keyfile": FILE},
+        ),
+        (
+            (
+                "secrets.kafkaSslKeyPassword.value=p",
+                f"extraEnv[0].name=BRIDGE_KAFKA__SSL_CERTFILE,{CERT}",
+                f"extraEnv[1].name=BRIDGE_KAFKA__SSL_KEYFILE,{KEY.replace('[0]', '[1]')}",
+            ),
+            {"ssl_certfile": FILE, "ssl_keyfile": FILE, "ssl_key_password": "p"},
+        ),
+    ],
+)
+def test_a_client_certificate_split_between_kafka_tls_and_extra_env_is_rendered(
+    sets: tuple[str, ...], bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    # Refused as half a certificate before, which the bridge takes. Its only problem here is the
+    # stand-in files' contents (no PEM): it loads them at start.
+    ssl = "config.kafka.securityProtocol=SSL"
+    assert {m["kind"] for m in render(SECRET, ssl, *sets)} >= {"Deployment"}
+    told = {"kafka": {"security_protocol": "SSL", **bridge}}
+    problems = bridge_problems(merged(BRIDGE_SECRET, told))
+    assert problems, "the stand-in files load"
+    assert all("the TLS files could not be loaded" in p for p in problems), problems
 
 
 def test_a_url_refused_for_its_credentials_is_not_echoed() -> None:
@@ -682,6 +897,16 @@ def test_a_refused_url_is_never_echoed(
     assert message in error, error
     assert "S3CRET" not in error
     assert bridge_problems(merged(BRIDGE_SECRET, bridge)), "the bridge accepts it"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["secrets.pinecallApiKey.value=s3cr3t-k y", "secrets.webhookSecrets.value=s3cr3t-k\ny"],
+)
+def test_a_secret_value_refused_is_not_echoed(value: str) -> None:
+    error = refused(SECRET, value)
+    assert "the bridge would refuse to start" in error
+    assert "s3cr3t-k" not in error
 
 
 def test_every_problem_is_listed_at_once() -> None:

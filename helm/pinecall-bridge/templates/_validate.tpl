@@ -15,6 +15,9 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- $problems := list }}
 {{- $extraEnv := list }}
 {{- range .Values.extraEnv }}{{ $extraEnv = append $extraEnv .name }}{{ end }}
+{{- /* Those set to something: a blank value is no setting to the bridge (an empty path is unset). */}}
+{{- $extraSet := list }}
+{{- range .Values.extraEnv }}{{ if or .valueFrom (trim (toString (.value | default ""))) }}{{ $extraSet = append $extraSet .name }}{{ end }}{{ end }}
 {{- /* Each secret: "given" when the chart sets it for sure, "possible" when it may be set. */}}
 {{- $given := dict }}
 {{- $possible := dict }}
@@ -34,6 +37,35 @@ rules are values.schema.json's pattern). */}}
 {{- if not (or (get $possible "webhookSecrets") $webhook.allowUnsigned) }}
 {{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
 {{- end }}
+{{- /* A secret given as a value in the chart, read as the bridge reads it (a Secret's contents are
+not visible here). Never echoed. The API key goes in an HTTP header: whitespace inside it, or a
+control character (Unicode's C, Z), is refused; surrounding whitespace is dropped (what Python's
+str.strip() drops), and a leading byte order mark too (a secret file loses it). Webhook secrets
+are comma-separated, each stripped, none holding a control character (Cc); not a JSON list. */}}
+{{- $chartValue := dict }}
+{{- range $item, $var := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
+{{- $spec := get $s $item }}
+{{- if and $spec.value (not $spec.secretName) (not $s.existingSecret) (not (has $var $extraEnv)) }}{{ $_ := set $chartValue $item (toString $spec.value) }}{{ end }}
+{{- end }}
+{{- $space := "[\\t-\\r\\x1c-\\x20\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}]" }}
+{{- with $chartValue.pinecallApiKey }}
+{{- if regexMatch "[\\p{C}\\p{Z}]" (regexReplaceAll (printf "^%s+|%s+$" $space $space) (trimPrefix "\ufeff" .) "") }}
+{{- $problems = append $problems "secrets.pinecallApiKey.value must not contain whitespace or control characters: it is sent in an HTTP header (is it two values, or a file with two lines?)" }}
+{{- end }}
+{{- end }}
+{{- with $chartValue.webhookSecrets }}
+{{- if eq (include "pinecall-bridge.jsonList" .) "true" }}
+{{- $problems = append $problems "secrets.webhookSecrets.value is a JSON list: give the secrets comma-separated, without brackets or quotes (e.g. old,new; a single secret that is itself a JSON list, such as [1], with a trailing comma: [1],)" }}
+{{- else }}
+{{- $broken := false }}
+{{- range splitList "," . }}
+{{- if regexMatch "\\p{Cc}" (regexReplaceAll (printf "^%s+|%s+$" $space $space) . "") }}{{ $broken = true }}{{ end }}
+{{- end }}
+{{- if $broken }}
+{{- $problems = append $problems "secrets.webhookSecrets.value: a secret holds a line break or another control character (is it one secret a line?): give them comma-separated, e.g. old,new" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $apiKey := printf "the Pinecall API key: set secrets.pinecallApiKey.value or secrets.pinecallApiKey.secretName, or secrets.existingSecret (a Secret with the key %q)" $s.pinecallApiKey.key }}
 {{- $pinecall := include "pinecall-bridge.withDefaults" (list $c.pinecall (dict "registerWebhook" false "apiUrl" "https://api.pinecall.io")) | fromJson }}
 {{- if and $pinecall.registerWebhook (not $pinecall.publicUrl) }}
@@ -45,76 +77,48 @@ rules are values.schema.json's pattern). */}}
 {{- $websocket := include "pinecall-bridge.withDefaults" (list $c.websocket (dict "enabled" false "url" "wss://api.pinecall.io/v1/ws" "maxFrameBytes" 983040 "maxBacklogBytes" 67108864 "backoffInitialSeconds" 0.5 "backoffMaxSeconds" 30)) | fromJson }}
 {{- /* A plain http:// or ws:// URL to a host other than loopback would carry the API key, the feed's
 token and the webhook secret unencrypted: the bridge refuses it unless allowInsecureUrls (the API's
-always, the feed's when it is on). Its host as urllib reads it: past any user info, before a port;
-an IPv6 literal is left to the bridge (loopback has more than one spelling there), and 127.0.0.0/8
-as Python's ipaddress reads it (no leading zeros). Not urlParse: Go's parser fails where urllib
-does not (a `%` that escapes nothing), and its error quotes the URL, password and token too. */}}
+always, the feed's when it is on). Its host as pinecall-bridge.url reads it (urllib's): past any
+user info, before a port. Never echoed: the URL may hold a password or a token (refused below). */}}
 {{- $plain := dict }}
 {{- $_ := set $plain "config.pinecall.apiUrl" (list $pinecall.apiUrl "http" "the API key and the webhook secret") }}
 {{- if $websocket.enabled }}{{ $_ := set $plain "config.websocket.url" (list $websocket.url "ws" "the API key or feed token") }}{{ end }}
 {{- if not (($c.pinecall | default dict).allowInsecureUrls) }}
 {{- range $where, $spec := $plain }}
+{{- $url := include "pinecall-bridge.url" (toString (index $spec 0)) | fromJson }}
 {{- $scheme := index $spec 1 }}
-{{- $url := toString (index $spec 0) }}
-{{- if hasPrefix (printf "%s://" $scheme) $url }}
-{{- $hostinfo := trimPrefix (printf "%s://" $scheme) $url | regexFind "^[^/?#]*" | splitList "@" | last }}
-{{- $host := regexReplaceAll "\\.+$" (index (splitList ":" $hostinfo) 0 | lower) "" }}
-{{- $octet := "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" }}
-{{- $loopback := or (eq $host "localhost") (regexMatch (printf "^127(\\.%s){3}$" $octet) $host) (contains "[" $hostinfo) }}
-{{- if not $loopback }}
-{{- /* Never echoed: the URL may hold a password or a token (refused below). */}}
+{{- if and (eq $url.scheme $scheme) (not $url.loopback) }}
 {{- $problems = append $problems (printf "%s is a plain %s:// URL to another host: it would send %s unencrypted; use %ss://, or on a trusted network set config.pinecall.allowInsecureUrls=true" $where $scheme (index $spec 2) $scheme) }}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- end }}
-{{- /* Each URL as the bridge checks it (bridge/config.py's _check_url), the feed's whether on or
-off: `check` prints it and the logs name it, so no credentials before the host nor in the query
-(the older feed's `?token=...` pasted whole); no fragment, no whitespace (Python's isspace()), a
-port from 0 to 65535. Never echoed: it may hold a secret. A query name percent-encoded or with a
-`+` is left to the bridge, which decodes it. */}}
+{{- /* Each URL as the bridge checks it (bridge/config.py's _check_url, pinecall-bridge.url's
+problem), the feed's whether on or off. Never echoed: it may hold a secret. */}}
 {{- $urls := dict "config.pinecall.apiUrl" $pinecall.apiUrl "config.websocket.url" $websocket.url }}
 {{- $publicUrl := toString ($pinecall.publicUrl | default "") }}
 {{- if trim $publicUrl }}{{ $_ := set $urls "config.pinecall.publicUrl" $publicUrl }}{{ end }}
 {{- range $where, $url := $urls }}
-{{- $url = toString $url }}
-{{- /* User info as bridge/redaction.py's has_userinfo finds it: an `@` before the first `/` past
-the scheme's slashes (a password's `#` or `?` does not end it), or past a port that is no number
-(a password's `/` ends the host there: `user:pa/ss@host`). */}}
-{{- $after := regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*:[/\\\\]*" $url "" }}
-{{- $authority := regexFind "^[^/\\\\]*" $after }}
-{{- $afterBracket := last (splitList "]" $authority) }}
-{{- $badPort := and (contains ":" $afterBracket) (not (regexMatch "^[0-9]+$" (index (splitn ":" 2 $afterBracket) "_1"))) }}
-{{- $userinfo := or (contains "@" (index (splitList "/" $after) 0)) (and $badPort (contains "@" (trimPrefix $authority $after))) }}
-{{- /* The port as urllib reads it: after the host's first `:` (an IPv6 literal's `]`), no sign. */}}
-{{- $hostinfo := regexFind "^[^/?#]*" $after | splitList "@" | last }}
-{{- if contains "[" $hostinfo }}{{ $hostinfo = last (splitList "]" $hostinfo) }}{{ end }}
-{{- $port := "" }}
-{{- if contains ":" $hostinfo }}{{ $port = index (splitn ":" 2 $hostinfo) "_1" }}{{ end }}
-{{- $digits := regexReplaceAll "^0+" $port "" }}
-{{- $portOk := or (eq $port "") (and (regexMatch "^[0-9]+$" $port) (le (len $digits) 5) (le (atoi (default "0" $digits)) 65535)) }}
-{{- $names := list }}
-{{- if contains "?" $url }}
-{{- range splitList "&" (index (splitList "#" (index (splitn "?" 2 $url) "_1")) 0) }}
-{{- $name := index (splitList "=" .) 0 }}
-{{- if not (regexMatch "[%+]" $name) }}{{ $names = append $names (replace "_" "" $name | replace "-" "" | lower) }}{{ end }}
+{{- with (include "pinecall-bridge.url" (toString $url) | fromJson).problem }}
+{{- $problems = append $problems (printf "%s %s" $where .) }}
 {{- end }}
 {{- end }}
-{{- $credential := false }}
-{{- range $names }}
-{{- if or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" .) (regexMatch "(key|sig|auth|authorization)$" .) }}{{ $credential = true }}{{ end }}
+{{- /* Given as one string, a JSON list would be split at its commas into items like `["a"`, which
+match no event: the bridge refuses it (bridge/config.py's _split_csv). */}}
+{{- $events := ($c.websocket | default dict).events }}
+{{- if and (not (kindIs "invalid" $events)) (eq (include "pinecall-bridge.jsonList" (include "pinecall-bridge.envValue" $events)) "true") }}
+{{- $problems = append $problems "config.websocket.events is a JSON list given as a string: give a YAML list, or the event types comma-separated without brackets or quotes (e.g. call.started,call.ended)" }}
 {{- end }}
-{{- if regexMatch "[\\s\\v\\x1c-\\x1f\\x85\\p{Z}]" $url }}
-{{- $problems = append $problems (printf "%s must not contain whitespace (percent-encode it in a path)" $where) }}
-{{- else if $userinfo }}
-{{- $problems = append $problems (printf "%s must not carry credentials (user:password@): `check` prints it and the logs name it; the API key goes in secrets.pinecallApiKey" $where) }}
-{{- else if not $portOk }}
-{{- $problems = append $problems (printf "%s has a port that is not a number from 0 to 65535" $where) }}
-{{- else if contains "#" $url }}
-{{- $problems = append $problems (printf "%s must not have a fragment (#...)" $where) }}
-{{- else if $credential }}
-{{- $problems = append $problems (printf "%s must not carry a token or key in its query (?token=...): `check` prints it and the logs name it; the bridge fetches the feed's token with secrets.pinecallApiKey" $where) }}
-{{- end }}
+{{- /* CloudEvents' `source`, stamped on every event: a URI-reference (RFC 3986), no credentials
+(bridge/config.py's _check_uri_reference). An IPv6 host's form is left to the bridge. */}}
+{{- $source := toString (include "pinecall-bridge.withDefaults" (list $c.cloudevents (dict "source" "https://api.pinecall.io")) | fromJson).source }}
+{{- $sourceUrl := include "pinecall-bridge.url" $source | fromJson }}
+{{- if not (regexMatch "^(?:[A-Za-z0-9._~:/?#\\[\\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+$" $source) }}
+{{- $problems = append $problems "config.cloudevents.source must be a URI-reference (RFC 3986), e.g. https://api.pinecall.io or /pinecall: no whitespace; other characters than [A-Za-z0-9-._~:/?#[]@!$&'()*+,;=] percent-encoded" }}
+{{- else if and (contains ":" (index (regexSplit "[/?#]" $source 2) 0)) (not (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*:" $source)) }}
+{{- $problems = append $problems "config.cloudevents.source must be a URI-reference (RFC 3986): the part before the first ':' is no scheme (a relative reference has no ':' before its first '/')" }}
+{{- else if $sourceUrl.unclosed }}
+{{- $problems = append $problems "config.cloudevents.source must be a URI-reference (RFC 3986): its host's '[' (an IPv6 address) is not closed" }}
+{{- else if $sourceUrl.credentials }}
+{{- $problems = append $problems "config.cloudevents.source must not carry credentials (user:password@, or a token or key in its query): it is the `source` of every event published, and `check` prints it" }}
 {{- end }}
 {{- if and $websocket.enabled (not (get $possible "pinecallApiKey")) }}
 {{- $problems = append $problems (printf "config.websocket.enabled=true needs %s" $apiKey) }}
@@ -164,6 +168,13 @@ clocks disagreeing (60 s, bridge/clocks.py) and a copy appended up to the publis
 {{- $keep := ($c.dedup | default dict).keepRevokedSeconds }}
 {{- if and (not (kindIs "invalid" $keep)) (gt (float64 $keep) $ttl) }}
 {{- $problems = append $problems (printf "config.dedup.keepRevokedSeconds (%s) must not exceed config.dedup.ttlSeconds (%s): a window kept longer reads a gap at least as long as a full restore's and holds its memory meanwhile (leave it null for the TTL)" (include "pinecall-bridge.envValue" (float64 $keep)) (include "pinecall-bridge.envValue" $ttl)) }}
+{{- end }}
+{{- /* The ingest topic keeps records ttlSeconds + ingestRetentionMarginSeconds, as retention.ms: a
+64-bit count the broker refuses beyond 2^63 - 1. Refused from 2^63 + 4096 ms: sprig's arithmetic is
+exact where the bridge's rounds at each step, which that leaves room for. */}}
+{{- $retention := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ttlSeconds" 900 "ingestRetentionMarginSeconds" 3600)) | fromJson }}
+{{- if ge (mulf (addf (float64 $retention.ttlSeconds) (float64 $retention.ingestRetentionMarginSeconds)) 1000) 9223372036854779904.0 }}
+{{- $problems = append $problems (printf "config.dedup.ttlSeconds (%s) plus config.dedup.ingestRetentionMarginSeconds (%s) is the ingest topic's retention: at most 9223372036854775 s (Kafka's 64-bit retention.ms)" (include "pinecall-bridge.envValue" (float64 $retention.ttlSeconds)) (include "pinecall-bridge.envValue" (float64 $retention.ingestRetentionMarginSeconds))) }}
 {{- end }}
 {{- $shutdown := include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25 "drainDelaySeconds" 0)) | fromJson }}
 {{- if ge (float64 $shutdown.drainDelaySeconds) (float64 $shutdown.graceSeconds) }}
@@ -282,6 +293,8 @@ ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
 {{- end }}
 {{- else if $token.audience }}
 {{- $problems = append $problems (printf "serviceAccount.kafkaOauthAudience is ignored with config.kafka.securityProtocol=%s and config.kafka.saslMechanism=%s: use SASL_PLAINTEXT or SASL_SSL with OAUTHBEARER, or unset it" $protocol (toString $k.saslMechanism)) }}
+{{- else if has "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE" $extraSet }}
+{{- $problems = append $problems (printf "extraEnv sets BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE, ignored with config.kafka.securityProtocol=%s and config.kafka.saslMechanism=%s: use SASL_PLAINTEXT or SASL_SSL with OAUTHBEARER, or unset it" $protocol (toString $k.saslMechanism)) }}
 {{- end }}
 {{- if and $sasl (not $oauth) (not $k.saslUsername) }}
 {{- $problems = append $problems (printf "config.kafka.securityProtocol=%s needs config.kafka.saslUsername" $protocol) }}
@@ -297,11 +310,18 @@ ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
 {{- $spec := get $tls $file }}
 {{- $_ := set $hasFile $file (ternary true false (not (not (or $spec.secretName $spec.value)))) }}
 {{- end }}
-{{- if ne $hasFile.cert $hasFile.key }}
-{{- $problems = append $problems "kafkaTls.cert and kafkaTls.key go together (a client certificate): set both or neither" }}
+{{- /* A client certificate or key may also be a path in extraEnv (mounted from extraVolumes). */}}
+{{- $sureFile := dict }}
+{{- $possibleFile := dict }}
+{{- range $file, $var := dict "cert" "BRIDGE_KAFKA__SSL_CERTFILE" "key" "BRIDGE_KAFKA__SSL_KEYFILE" }}
+{{- $_ := set $sureFile $file (or (get $hasFile $file) (has $var $extraSet)) }}
+{{- $_ := set $possibleFile $file (or (get $hasFile $file) (has $var $extraEnv)) }}
 {{- end }}
-{{- if and (get $given "kafkaSslKeyPassword") (not $hasFile.key) }}
-{{- $problems = append $problems "secrets.kafkaSslKeyPassword needs kafkaTls.key (the encrypted client key)" }}
+{{- if or (and $sureFile.cert (not $possibleFile.key)) (and $sureFile.key (not $possibleFile.cert)) }}
+{{- $problems = append $problems "kafkaTls.cert and kafkaTls.key go together (a client certificate; or extraEnv's BRIDGE_KAFKA__SSL_CERTFILE and BRIDGE_KAFKA__SSL_KEYFILE, one of each): set both or neither" }}
+{{- end }}
+{{- if and (get $given "kafkaSslKeyPassword") (not $possibleFile.key) }}
+{{- $problems = append $problems "secrets.kafkaSslKeyPassword needs kafkaTls.key or extraEnv's BRIDGE_KAFKA__SSL_KEYFILE (the encrypted client key)" }}
 {{- end }}
 {{- if and (not $usesTls) (or $hasFile.ca $hasFile.cert (get $given "kafkaSslKeyPassword")) }}
 {{- $problems = append $problems (printf "kafkaTls and secrets.kafkaSslKeyPassword are ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" $protocol) }}
@@ -309,12 +329,25 @@ ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
 {{- /* The same files given as paths in extraEnv (a CA mounted from extraVolumes). */}}
 {{- $tlsVars := list }}
 {{- range $var := list "BRIDGE_KAFKA__SSL_CAFILE" "BRIDGE_KAFKA__SSL_CERTFILE" "BRIDGE_KAFKA__SSL_KEYFILE" }}
-{{- if has $var $extraEnv }}{{ $tlsVars = append $tlsVars $var }}{{ end }}
+{{- if has $var $extraSet }}{{ $tlsVars = append $tlsVars $var }}{{ end }}
 {{- end }}
 {{- if and (not $usesTls) $tlsVars }}
 {{- $problems = append $problems (printf "extraEnv sets %s, ignored with config.kafka.securityProtocol=%s: use SSL or SASL_SSL, or unset them" (join ", " $tlsVars) $protocol) }}
 {{- end }}
-{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "port" 8080)) | fromJson }}
+{{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "port" 8080 "host" "0.0.0.0")) | fromJson }}
+{{- /* The address the server binds (bridge/config.py's _check_host): an IPv4 address, a hostname,
+or an IPv6 address written bare (::). One with a ':' is left to the bridge but for what no IPv6
+address is: fewer than two colons (host:port), or other characters than its own (a scheme, brackets). */}}
+{{- $bind := toString $http.host }}
+{{- $labels := splitList "." (trimSuffix "." $bind) }}
+{{- $hostname := and (le (len $bind) 253) (not (regexMatch "^[0-9]+$" (last $labels))) }}
+{{- range $labels }}{{ if not (regexMatch "^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$" .) }}{{ $hostname = false }}{{ end }}{{ end }}
+{{- $octet := "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" }}
+{{- $ipv4 := regexMatch (printf "^%s(?:\\.%s){3}$" $octet $octet) $bind }}
+{{- $ipv6 := and (ge (len (regexFindAll ":" $bind -1)) 2) (regexMatch "^[0-9A-Fa-f:.]+$" (index (splitList "%" $bind) 0)) }}
+{{- if not (or $ipv4 $hostname $ipv6) }}
+{{- $problems = append $problems "config.http.host is neither an IP address (e.g. 0.0.0.0 or ::) nor a hostname: no scheme, port, brackets or whitespace (the port is config.http.port)" }}
+{{- end }}
 {{- if and $http.adminPort (eq (int $http.adminPort) (int $http.port)) }}
 {{- $problems = append $problems (printf "config.http.adminPort (%d) must differ from config.http.port: the probes and /metrics need a port of their own (null turns it off)" (int $http.adminPort)) }}
 {{- end }}
@@ -407,5 +440,108 @@ Pod Security Standard allows, are values.schema.json's.
 {{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nextraVolumes/extraVolumeMounts would clash with the chart's own:\n  - %s" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A URL (a string) read as the bridge reads it, as JSON; the chart's one URL reader. Not urlParse:
+Go's parser fails where urllib does not (a `%` that escapes nothing, a `{` in a host), and its
+error quotes the URL, password and token too. As urllib's urlsplit reads it: scheme (lower case),
+netloc, hostname (lower case, an IPv6 literal without its brackets), port ("" for none), unclosed
+(a `[` or `]` in the netloc without the other: urllib refuses it); loopback (localhost or
+127.0.0.0/8 as Python's ipaddress reads it, no leading zeros, every trailing dot off, as
+bridge/config.py's is_loopback; an IPv6 literal is left to the bridge, which has more than one
+spelling of it: taken for loopback here); credentials ("userinfo" as bridge/redaction.py's
+has_userinfo finds it, else "query" for a query name holding a credential word, else ""); and
+problem, why bridge/config.py's _check_url refuses it ("" when it would not, or when only the
+bridge can tell: a query name percent-encoded or with a `+`, which it decodes). `check` prints
+these URLs and the logs name them: no credentials before the host nor in the query (the older
+feed's `?token=...` pasted whole); no fragment, no whitespace (Python's isspace()); a host, a
+port from 0 to 65535.
+*/}}
+{{- define "pinecall-bridge.url" -}}
+{{- $url := toString . }}
+{{- /* What urllib drops before reading a URL: C0 controls and spaces before it, a tab or line
+break anywhere. */}}
+{{- $read := regexReplaceAll "[\\t\\n\\r]" (regexReplaceAll "^[\\x00-\\x20]+" $url "") "" }}
+{{- $schemePart := regexFind "^[A-Za-z][A-Za-z0-9+.-]*:" $read }}
+{{- $rest := substr (len $schemePart) -1 $read }}
+{{- /* urlsplit's netloc: after `//`, up to the first `/`, `?` or `#`; its query: after the first
+`?` of what follows, before the first `#`. */}}
+{{- $netloc := "" }}
+{{- if hasPrefix "//" $rest }}
+{{- $netloc = regexFind "^[^/?#]*" (substr 2 -1 $rest) }}
+{{- $rest = substr (add 2 (len $netloc) | int) -1 $rest }}
+{{- end }}
+{{- $query := "" }}
+{{- $beforeFragment := index (splitn "#" 2 $rest) "_0" }}
+{{- if contains "?" $beforeFragment }}{{ $query = index (splitn "?" 2 $beforeFragment) "_1" }}{{ end }}
+{{- /* The host past any user info (the last `@`), before a port: after an IPv6 literal's `]`. */}}
+{{- $hostinfo := splitList "@" $netloc | last }}
+{{- $hostname := "" }}
+{{- $port := "" }}
+{{- if contains "[" $hostinfo }}
+{{- $bracketed := index (splitn "[" 2 $hostinfo) "_1" }}
+{{- $hostname = index (splitn "]" 2 $bracketed) "_0" }}
+{{- $afterBracket := index (splitn "]" 2 $bracketed) "_1" | default "" }}
+{{- if contains ":" $afterBracket }}{{ $port = index (splitn ":" 2 $afterBracket) "_1" }}{{ end }}
+{{- else }}
+{{- $hostname = index (splitn ":" 2 $hostinfo) "_0" }}
+{{- if contains ":" $hostinfo }}{{ $port = index (splitn ":" 2 $hostinfo) "_1" }}{{ end }}
+{{- end }}
+{{- $unclosed := ne (contains "[" $netloc) (contains "]" $netloc) }}
+{{- $host := regexReplaceAll "\\.+$" (lower $hostname) "" }}
+{{- $octet := "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" }}
+{{- $loopback := or (eq $host "localhost") (regexMatch (printf "^127(?:\\.%s){3}$" $octet) $host) (contains "[" $hostinfo) }}
+{{- /* User info as has_userinfo finds it: past the scheme and its slashes (any run of `/` or `\`
+after http, https, ws, wss or ftp; two after another scheme or none), an `@` before the first `/`
+(a password's `#`, `?` or `\` does not end it), or past a port that is no number (a password's
+`/` ends the host there: `user:pa/ss@host`). */}}
+{{- $userinfo := false }}
+{{- $before := regexFind "(?i)^(?:(?:https?|wss?|ftp):[/\\\\]*|(?:[a-z][a-z0-9+.-]*:)?[/\\\\]{2})" $read }}
+{{- if $before }}
+{{- $after := substr (len $before) -1 $read }}
+{{- $authority := regexFind "^[^/\\\\]*" $after }}
+{{- $afterBracket := splitList "]" $authority | last }}
+{{- /* Python's isdigit(): decimal digits, and superscript, subscript and circled ones. */}}
+{{- $isdigit := "^[\\p{Nd}\\x{b2}-\\x{b3}\\x{b9}\\x{1369}-\\x{1371}\\x{19da}\\x{2070}\\x{2074}-\\x{2079}\\x{2080}-\\x{2089}\\x{2460}-\\x{2468}\\x{2474}-\\x{247c}\\x{2488}-\\x{2490}\\x{24ea}\\x{24f5}-\\x{24fd}\\x{24ff}\\x{2776}-\\x{277e}\\x{2780}-\\x{2788}\\x{278a}-\\x{2792}\\x{10a40}-\\x{10a43}\\x{10e60}-\\x{10e68}\\x{11052}-\\x{1105a}\\x{1f100}-\\x{1f10a}]+$" }}
+{{- $badPort := and (contains ":" $afterBracket) (not (regexMatch $isdigit (index (splitn ":" 2 $afterBracket) "_1"))) }}
+{{- $userinfo = or (contains "@" (index (splitList "/" $after) 0)) (and $badPort (contains "@" (substr (len $authority) -1 $after))) }}
+{{- end }}
+{{- $credentials := "" }}
+{{- range splitList "&" $query }}
+{{- $name := index (splitList "=" .) 0 | replace "_" "" | replace "-" "" | lower }}
+{{- if and (not (regexMatch "[%+]" $name)) (or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" $name) (regexMatch "(key|sig|auth|authorization)$" $name)) }}{{ $credentials = "query" }}{{ end }}
+{{- end }}
+{{- if $userinfo }}{{ $credentials = "userinfo" }}{{ end }}
+{{- /* A port of ASCII digits, leading zeros aside, at most 65535 (urllib: 0 included, no sign). */}}
+{{- $number := regexReplaceAll "^0+([0-9])" $port "${1}" }}
+{{- $badPort := and $port (or (not (regexMatch "^[0-9]+$" $port)) (gt (len $number) 5) (gt (atoi $number) 65535)) }}
+{{- $problem := "" }}
+{{- if regexMatch "[\\t-\\r\\x1c-\\x20\\x{85}\\p{Z}]" $url }}
+{{- $problem = "must not contain whitespace (percent-encode it in a path)" }}
+{{- else if $unclosed }}
+{{- $problem = "has a '[' or ']' (an IPv6 address in brackets) without the other" }}
+{{- else if $userinfo }}
+{{- $problem = "must not carry credentials (user:password@): `check` prints it and the logs name it; the API key goes in secrets.pinecallApiKey" }}
+{{- else if not $hostname }}
+{{- $problem = "has no host (scheme://host[:port]/...)" }}
+{{- else if $badPort }}
+{{- $problem = "has a port that is not a number from 0 to 65535" }}
+{{- else if contains "#" $url }}
+{{- $problem = "must not have a fragment (#...)" }}
+{{- else if eq $credentials "query" }}
+{{- $problem = "must not carry a token or key in its query (?token=...): `check` prints it and the logs name it; the bridge fetches the feed's token with secrets.pinecallApiKey" }}
+{{- end }}
+{{- dict "scheme" (trimSuffix ":" $schemePart | lower) "netloc" $netloc "hostname" (lower $hostname) "port" $port "unclosed" $unclosed "loopback" $loopback "credentials" $credentials "problem" $problem | toJson }}
+{{- end }}
+
+{{/* "true" when TEXT (a string) is a JSON list as the bridge tells one (bridge/config.py's
+_is_json_list): it starts with `[` and the whole of it parses as one JSON array. */}}
+{{- define "pinecall-bridge.jsonList" -}}
+{{- $text := toString . }}
+{{- if hasPrefix "[" (trim $text) }}
+{{- $parsed := fromJsonArray (printf "[%s]" $text) }}
+{{- and (eq (len $parsed) 1) (kindIs "slice" (index $parsed 0)) }}
 {{- end }}
 {{- end }}
