@@ -28,7 +28,7 @@ from bridge.dedup.restore import RestoreMeter, restore
 from bridge.dedup.transaction import StageProducer
 from bridge.dedup.window import SeenWindow, digest
 from bridge.ingest.progress import PartitionProgress
-from bridge.ingest.record import decode, newer_version
+from bridge.ingest.record import decode, event_id_of, newer_version
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.sink.clienttasks import start_consumer, stop_consumer
@@ -304,9 +304,16 @@ class PartitionTask:
             self.last_appended_at = record.timestamp / 1000
             if entry is None:
                 out.invalid()
-                flood.warning(
+                # An ERROR: damaged, it may be an event answered 2xx, now published nowhere. Its
+                # id, when that header reads, is what `tail --id` and the sender know it by.
+                event_id = event_id_of(record.headers)
+                flood.error(
                     "skipped an ingest record not written by the bridge",
-                    extra={"partition": self.tp.partition, "offset": record.offset},
+                    extra={
+                        "partition": self.tp.partition,
+                        "offset": record.offset,
+                        **({} if event_id is None else {"event_id": event_id}),
+                    },
                 )
                 continue
             if not observe(digest(entry.event_id), self.last_appended_at):

@@ -614,6 +614,9 @@ class KafkaSink:
         self._broker_offset = float("nan")  # the clock gauge's last value: unset, so set first
         self.generation = 0  # the producers replaced so far
         self._last_ack = float("-inf")  # monotonic: Kafka's last acknowledgement of a record
+        # Monotonic: until when a broker said, answering under a quota, it holds the producer's
+        # next requests: no answer meanwhile is that broker's throttle, not its absence.
+        self._held_until = float("-inf")
         # A dead producer's replacement is tried at every probe (2-5 s) while Kafka is away: its
         # lines are thinned as the dedup consumer's tries are, and said by this module's logger.
         self._replacement = Replacement("Kafka producer", log)
@@ -669,7 +672,13 @@ class KafkaSink:
         drain_whole_brokers(producer, lambda: self.limits.request_bytes)
         wake_only_when_needed(producer)
         fail_all_quietly(producer)
-        watch_throttle(producer, counted(self._metrics, self._role))
+        count = counted(self._metrics, self._role)
+
+        def throttled(seconds: float) -> None:
+            count(seconds)
+            self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+        watch_throttle(producer, throttled)
         await start_client(producer, producer.start, producer.stop)
         return producer
 
@@ -815,7 +824,7 @@ class KafkaSink:
         One slow partition (no leader, say) while the others answer is not an outage: readiness
         flapping with it would take every pod out of the Service over a fraction of the calls.
         """
-        if time.monotonic() - self._last_ack > self._settings.publish_timeout_seconds:
+        if not self._answered_lately():
             # Said: else a broker gone (halted on a full disk) turned the pod unready, and every
             # webhook 503, without a line.
             self._set_connected(
@@ -823,6 +832,12 @@ class KafkaSink:
                 "Kafka unreachable: no record acknowledged within the publish timeout; not ready",
                 {"publish_timeout_s": self._settings.publish_timeout_seconds},
             )
+
+    def _answered_lately(self) -> bool:
+        """Whether Kafka acknowledged a record within the publish timeout, or a broker's throttle
+        (a client quota) holding the producer's requests ended within it."""
+        answered = max(self._last_ack, self._held_until)
+        return time.monotonic() - answered <= self._settings.publish_timeout_seconds
 
     def mark_reachable(self) -> None:
         """Kafka acknowledged a record: ready, unless the producer cannot send (its replacement,
@@ -1120,7 +1135,7 @@ class KafkaSink:
             # A throttled broker (a client quota) holds the probe behind the produce requests it
             # delays, for seconds, while it acknowledges records: slow, not unreachable. Every
             # pod shares the quota: unready, all would leave the Service at once.
-            acked = time.monotonic() - self._last_ack <= self._settings.publish_timeout_seconds
+            acked = self._answered_lately()
             # Brokers asked directly answering count: aiokafka's update held by one gone silent
             # is no Kafka refusing the credentials (a restart would not help).
             self.answering = listed is not None or acked

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     SECRET,
     RunningBridge,
     Topics,
+    answers_ready,
     call_on,
     client_quotas,
     create_topic,
@@ -47,6 +48,11 @@ RESTORE_QUOTA = 2_000.0
 # Webhooks whose ingest producer alone a produce quota on its own client id throttles.
 ROLE_QUOTA = 10_000.0
 ROLE_EVENTS = 30
+# Under that quota, senders offering several times it for long enough that the broker's throttle
+# (up to its quota window, about 11 s) outlasts a publish timeout far shorter than 10 s.
+THROTTLED_SENDERS = 8
+THROTTLED_SECONDS = 20.0
+THROTTLED_PUBLISH_TIMEOUT = 2.0
 # Pinecall waits Retry-After (5 s) before a retry: shorter here, so the test takes seconds.
 RETRY_SECONDS = 0.5
 
@@ -227,3 +233,46 @@ async def test_with_client_ids_per_role_a_quota_on_the_ingest_producer_throttles
     assert throttled["ingest_producer"] > 0, throttled
     assert throttled["dedup_producer"] == 0, throttled
     assert members == [f"{base}-dedup_consumer"]
+
+
+async def test_a_throttle_longer_than_the_publish_timeout_leaves_the_pod_ready(
+    start_bridge: Callable[..., Any], kafka_bootstrap: str, unique_call: str
+) -> None:
+    # Every pod's ingest producer shares its client id's quota: one turning unready under it has
+    # every pod turn unready, and the load balancer then has no pod to send the webhooks to.
+    base = f"quota-{uuid.uuid4().hex[:8]}"
+    role_id = f"{base}-ingest_producer"
+    async with client_quotas(kafka_bootstrap, role_id, {"producer_byte_rate": ROLE_QUOTA}):
+        handle = await start_bridge(
+            kafka={
+                "client_id": base,
+                "client_id_per_role": True,
+                "publish_timeout_seconds": THROTTLED_PUBLISH_TIMEOUT,
+            }
+        )
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + THROTTLED_SECONDS
+        seqs = iter(range(1, 1_000_000))
+        statuses: Counter[int] = Counter()
+        unready: list[float] = []
+
+        async def sender() -> None:
+            while loop.time() < stop:
+                event = entry(next(seqs), call=unique_call, data={"text": "x" * 4096})
+                statuses[(await handle.post(event))[0]] += 1
+
+        async def watcher() -> None:
+            while loop.time() < stop:
+                if not await answers_ready(handle.session, handle.url):
+                    unready.append(round(THROTTLED_SECONDS - (stop - loop.time()), 1))
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(watcher(), *(sender() for _ in range(THROTTLED_SENDERS)))
+        throttled = sample(
+            handle.metrics, "pinecall_bridge_kafka_throttle_seconds_total", client="ingest_producer"
+        )
+    # The throttle outlasted the publish timeout: webhooks were answered 503 meanwhile.
+    assert statuses[503] > 0, statuses
+    assert throttled > THROTTLED_PUBLISH_TIMEOUT, throttled
+    # Kafka answered throughout, each answer naming how long it holds the connection: ready.
+    assert unready == [], (unready, statuses)

@@ -368,6 +368,18 @@ groups:
           summary: {{ printf "Pod %s skipped %s output records their topic refuses" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s output records their output topic refuses (it takes smaller records than the ingest topic, or it compacts and they have no key) or that name a topic it is not configured with and that does not exist, or that this user may not describe: they were answered 2xx and are published nowhere. The log names each one's ingest partition, offset and id (message: output record too large for its topic, output record without a key for a topic that compacts, or output record for a topic the dedup stage is not configured with)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputrecordsskipped" $a.runbookUrl }}
+      - alert: PinecallBridgeIngestRecordsSkipped
+        # An ingest record the dedup stage cannot decode (damaged, or written by something other
+        # than the bridge) is skipped so its partition goes on: an event answered 2xx, published
+        # nowhere. Any one: the counter is at 0 from the start, so a first skip is an increase.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_ingest_invalid_total[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s skipped %s ingest records it could not decode" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes the dedup stage of %s/%s skipped %s records of the ingest topic that the bridge did not write as they are (damaged headers, no value, or another producer writing to the topic): if they were events answered 2xx, those events are published nowhere. The log names the partition and offset (message: skipped an ingest record not written by the bridge)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeingestrecordsskipped" $a.runbookUrl }}
       - alert: PinecallBridgeOutputTransactionHanging
         # The bridge's own transactions end within the commit interval, and the broker aborts a
         # dead producer's after its timeout: a stable offset held this long is neither.
@@ -625,6 +637,19 @@ groups:
           summary: {{ printf "Pod %s drops WebSocket feed events: its backlog is full" "{{ $labels.pod }}" | quote }}
           description: {{ printf "%s/%s dropped %s feed events in 5 minutes because Kafka took them slower than the feed sent them; they are lost unless they also arrive by webhook or call log." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgefeedbacklogdropping" $a.runbookUrl }}
+      - alert: PinecallBridgeInputTooLargeLost
+        # Input Kafka refuses even as a dead letter (the ingest topic's max.message.bytes below
+        # what the input limits let in): a webhook's 413 (final), a feed event dropped, a call-log
+        # entry passed. Any one is a loss: RejectionRateHigh's ratio never sees a few.
+        # publish_failures_total{reason="too_large"} counts these alone, at 0 from the start.
+        expr: |
+          sum by (namespace, pod) (increase(pinecall_bridge_publish_failures_total{reason="too_large"}[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: {{ printf "Pod %s lost %s input too large for Kafka even as a dead letter" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes %s/%s lost %s events (or dead letters) that the ingest topic refuses even as a dead letter: they are in no topic and no one sends them again. Raise the ingest topic's max.message.bytes. The log names each one's channel, id and sizes (message: input too large for Kafka even as a dead letter is lost)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          runbook_url: {{ printf "%s#pinecallbridgeinputtoolargelost" $a.runbookUrl }}
       - alert: PinecallBridgeTaskCrashing
         # A long-lived task (feed reader, dedup loop, lease, ...) crashed and was restarted: a bug
         # or an unexpected answer; repeated crashes make the process exit (a pod restart).

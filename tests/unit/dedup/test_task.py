@@ -138,6 +138,20 @@ async def test_foreign_records_are_skipped_and_counted_at_commit() -> None:
     assert sample(metrics, "pinecall_bridge_ingest_invalid_total") == 1
 
 
+async def test_a_damaged_record_skipped_is_an_error_naming_where_it_is_and_its_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its headers damaged, it may be an event answered 2xx: lost, not a warning.
+    task, out, producer, _ = make()
+    with caplog.at_level(logging.WARNING, "bridge.dedup.task"):
+        await task.process([damaged(3, "CA_1:1", 100.0, "garbled received-at")], out)
+    assert sends(producer) == []
+    [line] = caplog.records
+    assert line.levelno == logging.ERROR
+    fields = (line.partition, line.offset, line.event_id)  # type: ignore[attr-defined]
+    assert fields == (TP.partition, 3, "CA_1:1")
+
+
 @pytest.mark.parametrize("readable", [True, False])
 async def test_a_record_of_a_later_format_holds_the_partition_neither_skipped_nor_misread(
     readable: bool, caplog: pytest.LogCaptureFixture
