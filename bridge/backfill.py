@@ -313,7 +313,8 @@ class BarProgress:
         self._bar.total(total)
 
     def call_started(self, call: str) -> None:
-        self._bar.describe(call)
+        # Before its id is checked, and the call list's are Pinecall's: shown inert, as said.
+        self._bar.describe(_shown(call))
 
     def entries_read(self, call: str, count: int) -> None:
         self._bar.count(count)

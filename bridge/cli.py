@@ -435,6 +435,10 @@ def _tail(args: argparse.Namespace) -> int:
     if args.everywhere:
         t = settings.topics
         topics = [t.ingest, t.events, t.alerts, *([t.ephemeral] if t.ephemeral else []), t.dlq]
+        # A routing rule's topic is an output topic too: left out, an ingest copy bound for it,
+        # decided, with no output line beside it read as "decided and none published".
+        rules = [rule.topic for rule in settings.routing.rules]
+        topics = list(dict.fromkeys([*topics, *rules]))
     wanted = TailFilter(type_glob=args.type, call=args.call, event_id=args.id)
 
     def run() -> int:

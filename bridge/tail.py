@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.markup import escape
@@ -66,6 +66,10 @@ class _Escapes(dict[int, str]):
 
 
 _ESCAPES = _Escapes()
+
+
+class ReadStalledError(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is untyped
+    """A read to the end moved no further for a while though records were left: Kafka is gone."""
 
 
 class OutputClosedError(Exception):
@@ -433,7 +437,9 @@ async def _read(
         **for_role(client_options(settings.kafka), "tail"),
         group_id=None,
         enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        # `--since` seeks each partition itself: a position retention deleted meanwhile goes on
+        # from what is left, never from the end (every record left skipped, as redrive's read).
+        auto_offset_reset="earliest" if from_beginning or since is not None else "latest",
         # The dedup stage writes in transactions: only committed records are real output.
         isolation_level="read_committed",
     )
@@ -465,6 +471,11 @@ async def _read(
                     consumer.seek(tp, offset)
             ends = now if to_end else None
         look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
+        # aiokafka retries a lost broker (or a partition's missing leader) for ever, each fetch
+        # answering empty: a read to the end that moves no further this long fails, as redrive's
+        # does, where it waited for ever.
+        stall_limit = 2 * settings.kafka.request_timeout_ms / 1000
+        read, moved_at = -1, loop.time()
         while limit is None or shown.count < limit:
             if following and loop.time() >= look_again:
                 # A look Kafka did not answer is only late: the next one tries again.
@@ -473,8 +484,18 @@ async def _read(
                 look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
                 positions = {tp: await consumer.position(tp) for tp in ends}
-                if not unfinished(positions, ends):
+                left = unfinished(positions, ends)
+                if not left:
                     break
+                done = sum(min(positions[tp], end) for tp, end in ends.items())
+                if done > read:
+                    read, moved_at = done, loop.time()
+                elif loop.time() - moved_at > stall_limit:
+                    unread = sum(ends[tp] - positions[tp] for tp in left)
+                    raise ReadStalledError(
+                        f"no record read for {stall_limit:g} s with {unread} left before the end"
+                        " tail started with: is Kafka reachable?"
+                    )
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
                 for message in batch:

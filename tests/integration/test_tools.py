@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,18 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewPartitions
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewPartitions, RecordsToDelete
 from pydantic import SecretStr
 from rich.console import Console
 
 from bridge import jsoncodec
+from bridge import tail as tail_module
 from bridge.cli import main
 from bridge.config import PinecallSettings
 from bridge.service import Bridge
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.sink.record import Record
 from bridge.sources.registration import WebhookRegistry
-from bridge.tail import TailFilter, tail
+from bridge.tail import ReadStalledError, TailFilter, tail
 from tests.environ import without_bridge_variables
 from tests.integration.conftest import (
     SECRET,
@@ -42,6 +45,7 @@ from tests.integration.conftest import (
     entry,
     own_broker,
     until_decided,
+    write_ingest,
 )
 from tests.integration.replicas import Replica
 from tests.polling import until
@@ -372,6 +376,43 @@ async def test_tail_everywhere_finds_a_dead_letter_by_the_id_and_type_its_event_
     assert not any(dead in line for line in lines)
 
 
+async def test_tail_everywhere_shows_an_event_a_routing_rule_sent_to_its_own_topic(
+    start_bridge: Callable[..., Any],
+    topics: Topics,
+    unique_call: str,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    """The command as the deployment runs it: the rule's topic is read with the others, so the
+    ingest copy bound there has its output line beside it, never "decided, none published"."""
+    routed = f"{topics.events}-metrics"
+    rules = [{"match": "metrics.*", "topic": routed}]
+    bridge: RunningBridge = await start_bridge(routing={"rules": rules})
+    assert (await bridge.post(entry(4, "metrics.tick", call=unique_call)))[0] == 200
+    await until_decided(kafka_bootstrap, topics)
+    env = daemon_env(kafka_bootstrap, topics, BRIDGE_ROUTING__RULES=jsoncodec.dumps(rules).decode())
+    command = ["tail", "--everywhere", "--from-beginning", "--to-end", "--call", unique_call]
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bridge", *command),
+        env={**env, "COLUMNS": "600"},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = out.decode().splitlines()
+    assert proc.returncode == 0, err.decode()
+    bound = f"-> {routed} received "
+    assert sum(f" {topics.ingest}[" in line and bound in line for line in lines) == 1, lines
+    published = rf" {re.escape(routed)}\[\d+\]@\d+ metrics\.tick {unique_call} {unique_call}:4 via "
+    assert sum(bool(re.search(published, line)) for line in lines) == 1, lines
+
+
 async def test_tail_skips_records_of_aborted_transactions(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -483,6 +524,50 @@ async def test_tail_to_end_stops_at_the_last_stable_offsets_of_every_partition(
     assert "open:1" not in text
 
 
+async def test_tail_to_end_fails_once_kafka_stops_answering_mid_read(
+    topics: Topics, tmp_path: Path
+) -> None:
+    """aiokafka retries a broker that stopped answering for ever, each fetch answering empty:
+    `--to-end` waited for ever. It fails once nothing was read for twice the request timeout."""
+    big = {"text": "x" * 400_000}  # a fetch (1 MiB a partition) takes two or three of them
+    with own_broker(tmp_path) as broker:
+        await create_topic(broker.bootstrap, topics.events, 1)
+        values = [
+            jsoncodec.dumps({"id": f"big:{n}", "type": "turn.user", "subject": "CA_t", "data": big})
+            for n in range(20)
+        ]
+        await write_ingest(
+            broker.bootstrap, [Record(topics.events, b"CA_t", v, tuple(STRUCTURED)) for v in values]
+        )
+        settings = bridge_settings(broker.bootstrap, topics, kafka={"request_timeout_ms": 1000})
+        with contextlib.ExitStack() as stack:
+
+            class StopsKafkaAtTheFirstLine(Console):
+                stopped = False
+
+                def print(self, *objects: Any, **options: Any) -> None:
+                    if not self.stopped:
+                        self.stopped = True
+                        stack.enter_context(broker.unresponsive())
+                    super().print(*objects, **options)
+
+            console = StopsKafkaAtTheFirstLine(record=True, width=400)
+            started = time.monotonic()
+            with pytest.raises(ReadStalledError, match=r"no record read for 2 s with \d+ left"):
+                async with asyncio.timeout(30):
+                    await tail(
+                        settings,
+                        [topics.events],
+                        TailFilter(),
+                        from_beginning=True,
+                        to_end=True,
+                        limit=None,
+                        console=console,
+                    )
+            assert time.monotonic() - started < 15
+    assert "big:0" in console.export_text()
+
+
 async def test_tail_since_starts_each_partition_at_that_time(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
@@ -509,6 +594,34 @@ async def test_tail_since_starts_each_partition_at_that_time(
     lines = text.splitlines()
     assert shown == 2
     assert [line.split()[4] for line in lines] == ["new:1", "new:2"]
+
+
+async def test_tail_since_goes_on_from_what_retention_left_never_from_the_end(
+    kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention moving a partition's log start past the record `--since` found (a `--since`
+    near the topic's retention) put the read out of range, and it went on from the end: every
+    record left skipped, `--to-end` exiting 0 as though there were none."""
+    await create_topic(kafka_bootstrap, topics.events, 1)
+    at = int(time.time() * 1000) - 60_000
+    await send_committed(
+        kafka_bootstrap,
+        topics.events,
+        [(f"kept:{n}", at + n) for n in range(6)],
+        transactional_id=f"{topics.group}-retention",
+    )
+
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.delete_records({TopicPartition(topics.events, 0): RecordsToDelete(3)})
+
+    def found_before_retention(found: Any, ends: dict[TopicPartition, int]) -> dict[Any, int]:
+        """The look-up's answer from before retention moved the log start past it."""
+        return dict.fromkeys(ends, 0)
+
+    monkeypatch.setattr(tail_module, "since_offsets", found_before_retention)
+    shown, text = await tail_to_end(kafka_bootstrap, topics, since=at / 1000)
+    assert shown == 3, text
+    assert [f"kept:{n}" in text for n in range(6)] == [False] * 3 + [True] * 3
 
 
 async def second_partition(bootstrap: str, topic: str) -> None:

@@ -358,3 +358,31 @@ def test_the_command_fails_when_what_kafka_held_was_not_delivered(
     )
     assert code == 1
     assert "error: not delivered" in said
+
+
+def test_the_bar_shows_each_call_as_said_never_read_as_markup_and_controls_escaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bar names the call being read before its id is checked, and the call list's ids are
+    # Pinecall's text: a `[/` ended the command with rich's MarkupError after every call was
+    # read, its summary never said; a `[bold]` vanished, an ESC drove the terminal.
+    async def one_page(
+        session: Any, url: str, key: str, call: str, **_: Any
+    ) -> AsyncIterator[Page]:
+        yield Page(entries=(entry(1, "call.started", call=call, data={}),), live=False, next=None)
+
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    for call, shown, code_wanted in (
+        ("[bold]CA_1", "[bold]CA_1 ", 0),
+        ("CA_\x1b[2J2", "CA_\\x1b[2J2 ", 1),  # refused, as a call id with a / is
+        ("CA_[/]3", "CA_[/]3 ", 1),
+    ):
+        out = io.StringIO()
+        code = run_backfill(settings, [call], Console(file=out, width=400))
+        said = out.getvalue()
+        assert code == code_wanted, said
+        [bar] = [line for line in said.splitlines() if "entries submitted" in line]
+        assert bar.startswith(shown), bar
+        assert "\x1b" not in said

@@ -732,11 +732,19 @@ def test_demo_refuses_a_bad_number_before_starting_anything(
     assert f"argument {option}: {said}" in capsys.readouterr().err
 
 
-def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(
+def test_tail_everywhere_reads_the_ingest_every_output_and_the_dead_letter_topics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s")
     monkeypatch.setenv("BRIDGE_TOPICS__EPHEMERAL", "pinecall.ephemeral")
+    # A rule's topic is an output topic too: without it, an ingest copy bound there, decided,
+    # with no output line beside it, read as "decided and none published".
+    monkeypatch.setenv(
+        "BRIDGE_ROUTING__RULES",
+        '[{"match": "metrics.*", "topic": "pinecall.metrics"},'
+        ' {"match": "call.*", "topic": "pinecall.events"},'
+        ' {"match": "usage.*", "topic": "pinecall.metrics"}]',
+    )
     asked: list[Any] = []
 
     async def tail(settings: Any, topics: list[str], wanted: Any, **options: Any) -> int:
@@ -752,6 +760,7 @@ def test_tail_everywhere_reads_the_ingest_output_and_dead_letter_topics(
         "pinecall.alerts",
         "pinecall.ephemeral",
         "pinecall.dlq",
+        "pinecall.metrics",
     ]
     assert (wanted.call, wanted.event_id) == ("CA_1", "CA_1:2")
 

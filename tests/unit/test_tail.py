@@ -3,12 +3,13 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import GroupLoadInProgressError, KafkaError
+from aiokafka.errors import GroupLoadInProgressError, KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndTimestamp
 from rich.console import Console
 from rich.text import Text
@@ -316,13 +317,14 @@ def fake_consumer(
     stop_cut: bool = False,
     partitions: int = 1,
     start_hangs: bool = False,
+    ends: int = 0,
 ) -> dict[str, Any]:
     """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics of `partitions`
     partitions each, and `messages`.
 
     `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
     `start_hangs`: its start never ends, as against a Kafka that takes connections but never
-    answers; `seen["starting"]` is set once it began.
+    answers; `seen["starting"]` is set once it began. `ends`: each partition's end offset.
 
     Returns what the consumer was made with (its options, `topics`), its `assigned` partitions,
     `sought`: each seek, (partition, offset or "beginning"), `looks`: how many times the
@@ -363,6 +365,9 @@ def fake_consumer(
 
         async def position(self, tp: TopicPartition) -> int:
             return 10 + int(tp.partition)
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return dict.fromkeys(tps, ends)
 
         def seek(self, tp: TopicPartition, offset: int) -> None:
             seen["sought"].append((tp, offset))
@@ -603,6 +608,29 @@ async def test_a_cancelled_error_from_inside_the_consumers_stop_is_no_traceback(
         settings, ["t"], TailFilter(), from_beginning=True, limit=0, console=Console()
     )
     assert shown == 0
+
+
+async def test_to_end_fails_once_nothing_is_read_for_twice_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka gone away mid-read (or a partition left without a leader): aiokafka retries for
+    ever and each fetch answers empty. `--to-end` waited for ever; it fails, as redrive does."""
+    fake_consumer(monkeypatch, existing={"t"}, partitions=2, ends=20)
+    settings = load_tool_settings(kafka={"request_timeout_ms": 1000})
+    started = time.monotonic()
+    with pytest.raises(KafkaConnectionError) as raised:
+        async with asyncio.timeout(10):
+            await tail(
+                settings,
+                ["t"],
+                TailFilter(),
+                from_beginning=True,
+                to_end=True,
+                limit=None,
+                console=Console(),
+            )
+    assert 2 <= time.monotonic() - started < 5
+    assert "no record read for 2 s with 19 left before the end" in str(raised.value)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
