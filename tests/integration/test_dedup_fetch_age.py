@@ -62,19 +62,25 @@ def lag_seconds(bridge: RunningBridge, partition: int) -> float:
     return sample(bridge.metrics, "pinecall_bridge_dedup_lag_seconds", partition=str(partition))
 
 
+async def hold_one_partition(bootstrap: str, topics: Topics, call: str) -> tuple[int, list[int]]:
+    """Writes a call's three records, the second of a later release's format: its partition is
+    held behind at it. That partition, and the others."""
+    first, later, after = ingest_records(topics, call, [1, 2, 3])
+    later = replace(later, headers=((ingest_record.VERSION, b"2"), *later.headers))
+    async with ingest_ends(bootstrap, topics) as (_admin, before):
+        pass
+    await write_ingest(bootstrap, [first, later, after])
+    async with ingest_ends(bootstrap, topics) as (_admin, ends):
+        (held,) = [tp.partition for tp, end in ends.items() if end > before[tp]]
+    return held, [p for p in range(3) if p != held]
+
+
 async def test_unanswered_fetches_age_each_partition_and_one_behind_keeps_ageing(
     broker: Broker, start_bridge: Callable[..., Any], topics: Topics, unique_call: str
 ) -> None:
     bridge: RunningBridge = await start_bridge(bootstrap=broker.bootstrap)
     await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
-    first, later, after = ingest_records(topics, unique_call, [1, 2, 3])
-    later = replace(later, headers=((ingest_record.VERSION, b"2"), *later.headers))
-    async with ingest_ends(broker.bootstrap, topics) as (_admin, before):
-        pass
-    await write_ingest(broker.bootstrap, [first, later, after])
-    async with ingest_ends(broker.bootstrap, topics) as (_admin, ends):
-        (held,) = [tp.partition for tp, end in ends.items() if end > before[tp]]
-    others = [p for p in range(3) if p != held]
+    held, others = await hold_one_partition(broker.bootstrap, topics, unique_call)
 
     def settled() -> bool:
         lag = sample(bridge.metrics, "pinecall_bridge_dedup_lag_records", partition=str(held))
@@ -114,14 +120,7 @@ async def test_refused_fetches_age_each_partition_and_one_behind_keeps_ageing(
         bootstrap=sasl_bootstrap, kafka=sasl("refused"), topics={"create": False}
     )
     await until_metrics(bridge, lambda m: m.get("pinecall_bridge_dedup_partitions_owned") == 3)
-    first, later, after = ingest_records(topics, unique_call, [1, 2, 3])
-    later = replace(later, headers=((ingest_record.VERSION, b"2"), *later.headers))
-    async with ingest_ends(plain.bootstrap, topics) as (_admin, before):
-        pass
-    await write_ingest(plain.bootstrap, [first, later, after])
-    async with ingest_ends(plain.bootstrap, topics) as (_admin, ends):
-        (held,) = [tp.partition for tp, end in ends.items() if end > before[tp]]
-    others = [p for p in range(3) if p != held]
+    held, others = await hold_one_partition(plain.bootstrap, topics, unique_call)
 
     def settled() -> bool:
         lag = sample(bridge.metrics, "pinecall_bridge_dedup_lag_records", partition=str(held))
