@@ -483,7 +483,17 @@ async def _read(
                     partitions = await _take_up_added(consumer, topics, partitions, console)
                 look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
-                positions = {tp: await consumer.position(tp) for tp in ends}
+                # Within what is left of the limit: aiokafka's position() waits for ever on a
+                # reset (`--from-beginning`, retention) that a partition without a leader, or a
+                # Kafka gone, never answers.
+                try:
+                    async with asyncio.timeout(max(moved_at + stall_limit - loop.time(), 0.0)):
+                        positions = {tp: await consumer.position(tp) for tp in ends}
+                except TimeoutError:
+                    raise ReadStalledError(
+                        f"no position in the partitions read for {stall_limit:g} s: is Kafka"
+                        " reachable, and has each partition a leader?"
+                    ) from None
                 left = unfinished(positions, ends)
                 if not left:
                     break

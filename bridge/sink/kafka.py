@@ -676,7 +676,10 @@ class KafkaSink:
 
         def throttled(seconds: float) -> None:
             count(seconds)
-            self._held_until = max(self._held_until, time.monotonic() + seconds)
+            # At most the request timeout: a request held longer fails at the client anyway, and
+            # a broker (or proxy) answering 2^31 ms would have a dead Kafka "answering" for weeks.
+            held = min(seconds, self._settings.request_timeout_ms / 1000)
+            self._held_until = max(self._held_until, time.monotonic() + held)
 
         watch_throttle(producer, throttled)
         await start_client(producer, producer.start, producer.stop)
@@ -833,10 +836,10 @@ class KafkaSink:
                 {"publish_timeout_s": self._settings.publish_timeout_seconds},
             )
 
-    def _answered_lately(self) -> bool:
-        """Whether Kafka acknowledged a record within the publish timeout, or a broker's throttle
-        (a client quota) holding the producer's requests ended within it."""
-        answered = max(self._last_ack, self._held_until)
+    def _answered_lately(self, *, throttles: bool = True) -> bool:
+        """Whether Kafka acknowledged a record within the publish timeout, or (`throttles`) a
+        broker's throttle (a client quota) holding the producer's requests ended within it."""
+        answered = max(self._last_ack, self._held_until) if throttles else self._last_ack
         return time.monotonic() - answered <= self._settings.publish_timeout_seconds
 
     def mark_reachable(self) -> None:
@@ -1139,6 +1142,10 @@ class KafkaSink:
             # Brokers asked directly answering count: aiokafka's update held by one gone silent
             # is no Kafka refusing the credentials (a restart would not help).
             self.answering = listed is not None or acked
+            # A throttle excuses only a probe it held, never metadata saying no partition takes
+            # writes: a broker throttles its refusals too (NOT_ENOUGH_REPLICAS, retried for ever).
+            if verdict is not None:
+                acked = self._answered_lately(throttles=False)
             if not reachable and acked:
                 continue
             if verdict is not None:

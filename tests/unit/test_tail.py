@@ -318,6 +318,7 @@ def fake_consumer(
     partitions: int = 1,
     start_hangs: bool = False,
     ends: int = 0,
+    position_hangs: bool = False,
 ) -> dict[str, Any]:
     """Stand in for AIOKafkaConsumer in tail: the cluster has `existing` topics of `partitions`
     partitions each, and `messages`.
@@ -325,6 +326,7 @@ def fake_consumer(
     `stop_cut`: its stop raises a stray CancelledError, as aiokafka's can (a fetch's backoff).
     `start_hangs`: its start never ends, as against a Kafka that takes connections but never
     answers; `seen["starting"]` is set once it began. `ends`: each partition's end offset.
+    `position_hangs`: its position() never returns, as aiokafka's awaiting a reset no one answers.
 
     Returns what the consumer was made with (its options, `topics`), its `assigned` partitions,
     `sought`: each seek, (partition, offset or "beginning"), `looks`: how many times the
@@ -364,6 +366,8 @@ def fake_consumer(
             seen["assigned"] = list(assigned)
 
         async def position(self, tp: TopicPartition) -> int:
+            if position_hangs:
+                await asyncio.Event().wait()
             return 10 + int(tp.partition)
 
         async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -631,6 +635,29 @@ async def test_to_end_fails_once_nothing_is_read_for_twice_the_request_timeout(
             )
     assert 2 <= time.monotonic() - started < 5
     assert "no record read for 2 s with 19 left before the end" in str(raised.value)
+
+
+async def test_to_end_fails_once_no_position_is_read_for_twice_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--from-beginning` resets each position: a partition without a leader (or Kafka gone)
+    never answers it, and aiokafka's position() waits for ever: so did `--to-end`."""
+    fake_consumer(monkeypatch, existing={"t"}, partitions=2, ends=20, position_hangs=True)
+    settings = load_tool_settings(kafka={"request_timeout_ms": 1000})
+    started = time.monotonic()
+    with pytest.raises(KafkaConnectionError) as raised:
+        async with asyncio.timeout(6):
+            await tail(
+                settings,
+                ["t"],
+                TailFilter(),
+                from_beginning=True,
+                to_end=True,
+                limit=None,
+                console=Console(),
+            )
+    assert 2 <= time.monotonic() - started < 5
+    assert "no position in the partitions read for 2 s" in str(raised.value)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

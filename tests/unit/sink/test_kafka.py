@@ -182,17 +182,22 @@ async def test_a_dead_sender_is_found_by_the_next_send_and_the_producer_replaced
     await sink.stop()
 
 
-async def test_a_tools_producer_counts_its_throttle_under_its_own_role(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A backfill's producer (client id `<id>-backfill`) is not the webhooks' ingest producer."""
+def throttling(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
+    """The sink's producers built with a broker answering each request throttled `ms` ms."""
 
     class Throttled(FakeProducer):
         def __init__(self, **options: Any) -> None:
             super().__init__(**options)
-            self.client.send = Connections(throttled(120)).send  # type: ignore[method-assign]
+            self.client.send = Connections(throttled(ms)).send  # type: ignore[method-assign]
 
     monkeypatch.setattr(kafka, "AIOKafkaProducer", Throttled)
+
+
+async def test_a_tools_producer_counts_its_throttle_under_its_own_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backfill's producer (client id `<id>-backfill`) is not the webhooks' ingest producer."""
+    throttling(monkeypatch, 120)
     metrics = Metrics()
     sink = KafkaSink(KafkaSettings(client_id_per_role=True), metrics, role="backfill")
     await sink.start()
@@ -680,6 +685,42 @@ async def test_metadata_answered_while_no_ingest_partition_takes_writes_keeps_it
     assert seen == [False] * 5
     client.up = {1, 2, 3}  # no publish needed: an unready pod gets none
     await until(lambda: sink.connected)
+    await sink.stop()
+
+
+async def test_a_throttle_keeps_no_pod_ready_whose_ingest_partitions_take_no_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under a quota a broker throttles its refusals too (NOT_ENOUGH_REPLICAS, retried for ever):
+    # a throttle says the broker answers, not that the ingest topic takes writes.
+    throttling(monkeypatch, 10_000)
+    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    client = FakeProducer.made[0].client
+    client.cluster.set_partitions("ingest", [(2, [2, 3]), (3, [3, 2])])
+    sink.watch_writes("ingest", 2)
+    await probed(sink)
+    assert sink.connected
+    client.up = {3}
+    await client.send(0, "produce")  # refused, throttled 10 s
+    await until(lambda: not sink.connected, within=3.0)
+    await sink.stop()
+
+
+async def test_a_throttle_counts_as_kafka_answering_no_longer_than_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A broker (or a proxy) answering a throttle of 2^31 ms: then gone, it kept the pod ready
+    # for 24 days.
+    throttling(monkeypatch, 2**31 - 1)
+    settings = KafkaSettings(publish_timeout_seconds=0.3, request_timeout_ms=1000)
+    sink = KafkaSink(settings.model_copy(update={"metadata_probe_seconds": 0.01}), Metrics())
+    await sink.start()
+    client = FakeProducer.made[0].client
+    await client.send(0, "produce")
+    client.answers = False  # every probe unanswered from now on
+    await asyncio.sleep(0.5)
+    assert sink.connected  # held past the publish timeout: the broker's throttle, not its absence
+    await until(lambda: not sink.connected, within=3.0)
     await sink.stop()
 
 
