@@ -789,6 +789,9 @@ def test_topics_kafka_tells_apart_are_rendered(
         ),
         # Empty is unset to the bridge, as null: no env header.
         (("config.pinecall.env=",), {"pinecall": {"env": ""}}),
+        # So is a blank public URL (`publicUrl: ""`): no registration URL; refused by the schema.
+        (("config.pinecall.publicUrl=",), {"pinecall": {"public_url": ""}}),
+        (("config.pinecall.publicUrl= ",), {"pinecall": {"public_url": " "}}),
         # A blank path in extraEnv is unset: no TLS file to ignore.
         (
             ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=",),
