@@ -54,8 +54,9 @@ class Readiness:
         self.credentials_stale = credentials_stale
         self.started = False
         self.stopping = False
-        # False while a restarted worker (listen_when_ready) has not bound the webhook port yet:
-        # it takes no webhook, so the pod's /readyz does not wait for it (bridge/workers/pod.py).
+        # False while a restarted worker (listen_when_ready) has not bound the webhook port yet,
+        # and once a pod's worker closed it as it stops: it takes no webhook, so the pod's
+        # /readyz does not wait for it (bridge/workers/pod.py).
         self.listening = True
 
     def alive(self) -> bool:
@@ -104,12 +105,14 @@ def probe_routes(readiness: Readiness, metrics: Metrics) -> list[web.RouteDef]:
     async def readyz(_: web.Request) -> web.Response:
         if readiness.ready():
             return json_response({"status": "ready"})
+        # Not listening first: a pod's worker that closed its listener as it stops holds no
+        # share of the port, so the pod counts it as down, as it does a restarted one.
         state = (
-            "stopping"
+            NOT_LISTENING
+            if not readiness.listening
+            else "stopping"
             if readiness.stopping
             else "waiting_for_kafka"
-            if readiness.listening
-            else NOT_LISTENING
         )
         return json_response({"status": state}, status=503)
 

@@ -18,9 +18,15 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn, get_args
 
-from bridge import jsoncodec
-from bridge.argtypes import port, positive, rate
-from bridge.config import (
+from bridge.stopsignals import hold_until_handled
+
+# First: the imports below are most of a start-up (seconds on a throttled CPU), and PID 1 loses
+# a stop signal that comes before a handler (bridge/stopsignals.py).
+hold_until_handled()
+
+from bridge import jsoncodec  # noqa: E402
+from bridge.argtypes import port, positive, rate  # noqa: E402
+from bridge.config import (  # noqa: E402
     ConfigError,
     Settings,
     describe,
@@ -33,9 +39,9 @@ from bridge.config import (
     setting_warnings,
     unknown_variables,
 )
-from bridge.normalise.event import Channel
-from bridge.secretfiles import has_control_character, named_path, secret_origins
-from bridge.sources.signature import signature_header
+from bridge.normalise.event import Channel  # noqa: E402
+from bridge.secretfiles import has_control_character, named_path, secret_origins  # noqa: E402
+from bridge.sources.signature import signature_header  # noqa: E402
 
 EXIT_CONFIG = 2
 

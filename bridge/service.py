@@ -71,7 +71,7 @@ from bridge.sources.secretwatch import API_KEY, WEBHOOK, SecretWatch, watch
 from bridge.sources.webhook import WebhookHandler
 from bridge.sources.websocket import WebSocketSource
 from bridge.stopbudget import StopBudget, drain_delay_seconds
-from bridge.stopsignals import stop_signals
+from bridge.stopsignals import held_stop, stop_signals
 from bridge.supervise import Supervisor
 from bridge.workers.role import Stages
 
@@ -904,6 +904,11 @@ class Bridge:
         # that starts after aiohttp's cleanup began can wait out the whole shutdown timeout.
         for site in list(self._runner.sites):
             await site.stop()
+        if self._reuse_port:
+            # A pod's worker: the kernel hands the port's new connections to the other workers
+            # now, so its stop (the flush, the dedup stage's drain) must not unready the pod.
+            # A single process's stop is the pod's: it stays `stopping`.
+            self.readiness.listening = False
         for _ in range(3):
             await asyncio.sleep(0)
         await self._runner.cleanup()
@@ -1115,6 +1120,8 @@ async def run_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
+    if held_stop() is not None:  # came during the start-up, as PID 1: nothing to start for
+        stop.set()
     try:
         await bridge.start()
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback

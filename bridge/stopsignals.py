@@ -6,7 +6,12 @@ SIGHUP's default action kills at once, losing what is in flight; there is nothin
 
 from __future__ import annotations
 
+import os
 import signal
+from types import FrameType
+
+# Stop signals that came before the event loop's handlers, as PID 1 (see hold_until_handled).
+_held: list[signal.Signals] = []
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
@@ -17,3 +22,29 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     # nohup (or a parent) ignoring SIGHUP asked for the process to outlive its terminal.
     hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
     return (signal.SIGTERM, signal.SIGINT, *hangup)
+
+
+def hold_until_handled() -> None:
+    """As PID 1 (a container's entrypoint), keep a stop signal that comes before the loop's
+    handlers for `held_stop`: the kernel drops one PID 1 has no handler for, so a pod deleted
+    during its start-up (its imports) ran on, serving, until killed at its grace period's end.
+
+    Elsewhere the default action ends a process that has started nothing yet: left alone. So
+    is SIGINT, whose KeyboardInterrupt reaches PID 1 too (and stops a tool run there).
+    """
+    if os.getpid() != 1:
+        return
+    for sig in stop_signals():
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _hold)
+
+
+def _hold(signum: int, _: FrameType | None) -> None:
+    _held.append(signal.Signals(signum))
+
+
+def held_stop() -> signal.Signals | None:
+    """The first stop signal held since start-up (hold_until_handled), if any, once."""
+    held = _held[0] if _held else None
+    _held.clear()
+    return held

@@ -30,7 +30,7 @@ from bridge import listen
 from bridge.cancelling import cancel_and_wait
 from bridge.config import Settings
 from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, StopBudget
-from bridge.stopsignals import stop_signals
+from bridge.stopsignals import held_stop, stop_signals
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.pod import PodView
 from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
@@ -125,6 +125,8 @@ class Parent:
                 "runtime_dir": str(self._runtime_dir),
             },
         )
+        if (held := held_stop()) is not None:  # came during the start-up, as PID 1
+            self.stop(held)  # before any worker is spawned
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(self._count)]
         # Off (0): a silent worker is left to the orchestrator's liveness probe, or to whoever
         # stopped it (a SIGSTOP for a debugger, a game day) to resume it.

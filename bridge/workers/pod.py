@@ -121,7 +121,8 @@ class PodView:
                 answers[worker] = answer[0], _status(answer[1])
             else:
                 answers[worker] = None
-            # A restarted worker not ready yet holds no listener either (bridge/service.py).
+            # A restarted worker not ready yet holds no listener either, nor a stopping one
+            # once it closed it (bridge/service.py).
             unbound = answers[worker] == (503, NOT_LISTENING)
             if (answer == DOWN or unbound) and excuse_down:
                 down.append(worker)

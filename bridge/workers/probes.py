@@ -6,7 +6,8 @@ does a serving worker that is down (its process exited, its listener with it: th
 new connections only to the others) while another is ready; one that answers no longer, or
 answers 503, still holds its listener and its share of connections, so it does. Nor does one
 that has not started yet, which will take its share before it is ready. A restarted worker
-binds the port only once ready: until then (`not_listening`) it counts as down.
+binds the port only once ready: until then (`not_listening`) it counts as down, as does a
+stopping one once it has closed its listener.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from tests.integration.conftest import (
     write_ingest,
 )
 from tests.metrics import scrape
+from tests.missing import skip_or_fail
 from tests.polling import until
 from tests.sockets import listening, refusing_address
 from tests.webhooks import signed
@@ -418,6 +421,74 @@ async def test_a_signal_while_the_stage_starts_leaves_no_kafka_client_open(
     assert code == 0, f"exit code {code}{daemon.log()}"
     assert "Unclosed" not in daemon.stderr.read_text(errors="replace"), daemon.log()
     assert daemon.error_logs() == [], daemon.log()
+
+
+# On PYTHONPATH as sitecustomize: the import of the bridge's settings module (where most of a
+# start-up's time goes) says it has begun, in a file, and takes 3 s more.
+SLOW_START = """
+import importlib.abc, os, sys, time
+
+class SlowSettings(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "bridge.config":
+            open(os.environ["SLOW_START_MARKER"], "w").close()
+            time.sleep(3)
+
+sys.meta_path.insert(0, SlowSettings())
+"""
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_stop_signal_during_the_start_up_of_pid_1_is_not_lost(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: str
+) -> None:
+    """A container's entrypoint is PID 1, to which the kernel delivers no signal it has no
+    handler for: a pod deleted while it imported ran on, serving, until killed."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        skip_or_fail("unshare (util-linux) is needed to run the bridge as PID 1")
+    tried = await asyncio.create_subprocess_exec(
+        unshare, "--pid", "--fork", "true", stderr=asyncio.subprocess.PIPE
+    )
+    _, refused = await tried.communicate()
+    if tried.returncode != 0:
+        skip_or_fail(f"no PID namespace for the bridge: {refused.decode().strip()}")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_START)
+    importing = tmp_path / "importing"
+    env = shutdown_env(kafka_bootstrap, topics, BRIDGE_HTTP__WORKERS=workers)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    env["SLOW_START_MARKER"] = str(importing)
+    out = tmp_path / "bridge.out"
+    with out.open("wb") as written:
+        outer = await asyncio.create_subprocess_exec(
+            *(unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "bridge", "run"),
+            env=env,
+            cwd=tmp_path,  # out of the repository: a developer's .env stays out of the test
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=written,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        await until(importing.exists, 30, 0.02, "the bridge importing its settings")
+        [pid_1] = children(outer.pid)
+        os.kill(pid_1, signal.SIGTERM)
+        # Lost, it ran on: it listened, its workers started, it stopped only when killed.
+        code = await asyncio.wait_for(outer.wait(), 30)
+    finally:
+        if outer.returncode is None:
+            outer.kill()  # --kill-child: its PID 1 with it
+            await outer.wait()
+    assert code == 0, tail(out)
+    said = [line for line in out.read_text().splitlines() if line.startswith("{")]
+    messages = [jsoncodec.loads(line).get("msg") for line in said]
+    assert ("all workers stopped" if workers != "1" else "stopped") in messages, tail(out)
+    assert "worker started" not in messages, tail(out)
 
 
 async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> None:

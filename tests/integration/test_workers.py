@@ -359,6 +359,36 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     assert sum(n for status, n in answers.items() if 200 <= status < 300) > 0, answers
 
 
+async def test_a_worker_stopping_on_its_own_leaves_the_pod_ready_once_its_port_is_closed(
+    pod: Replica,
+) -> None:
+    # A worker stopping alone (a task that kept crashing, a kill) answered `stopping` for its
+    # whole flush and drain, its listener long closed: the pod was unready, worker 0 serving.
+    await pod.start()
+    # The pod's answers, and worker 1's state in them, while worker 1 stops.
+    seen: list[tuple[int, str]] = []
+    async with new_connections() as session:
+
+        async def owns_some() -> bool:
+            return total(await pod.metrics(session), OWNED, worker="1") > 0
+
+        # Its stage's commit and leave then keep its stop going well after the port's close.
+        await until(owns_some, 60, 0.2, "worker 1 owning ingest partitions")
+        stopped = pod.worker_pids()[1]
+        os.kill(stopped, signal.SIGTERM)
+        while not process_gone(stopped):
+            status, body = await probe_json(session, pod.url + "/readyz")
+            if not process_gone(stopped):  # its answer, not its successor's
+                seen.append((status, body["workers"]["1"]))
+            await asyncio.sleep(0.02)
+    await until_restarted(pod, 1, stopped)
+    # Before it closed its listener (milliseconds) it held its share: `stopping`, unready then.
+    closed = [status for status, said in seen if said == "not_listening"]
+    assert closed, f"worker 1 never said it had closed the port: {seen}"
+    assert set(closed) == {200}, seen
+    assert await pod.stop() == 0
+
+
 async def test_workers_stop_when_their_parent_dies(pod: Replica) -> None:
     # A SIGKILLed parent cannot remove its runtime directory (its workers' sockets): in /tmp it
     # outlived every CI run. Under a TMPDIR of the test's it goes with the test; tmp_path could

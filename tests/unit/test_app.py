@@ -117,6 +117,19 @@ async def test_a_worker_waiting_to_bind_the_port_exports_that_it_takes_no_webhoo
         assert "pinecall_bridge_listening 1.0" in text
 
 
+async def test_a_stopping_worker_that_closed_the_port_answers_not_listening() -> None:
+    # Its siblings take the port's connections: the pod excuses it as down (bridge/workers/pod.py).
+    metrics = Metrics()
+    readiness = Readiness(metrics, lambda: True)
+    readiness.started = readiness.stopping = True
+    app = build_admin_app(probe_routes(readiness, metrics))
+    async with TestClient(TestServer(app)) as client:
+        assert await (await client.get("/readyz")).json() == {"status": "stopping"}
+        readiness.listening = False  # its stop closed the listener (bridge/service.py)
+        answer = await client.get("/readyz")
+        assert (answer.status, await answer.json()) == (503, {"status": "not_listening"})
+
+
 async def test_once_the_stop_has_begun_each_answer_closes_its_connection() -> None:
     # A kept-alive connection left open through the drain delay is closed idle by the
     # listener's close, racing the balancer's next request on it.

@@ -769,6 +769,33 @@ async def test_a_restarted_worker_that_cannot_bind_once_connected_exits_as_at_st
     assert not bridge.readiness.listening
 
 
+@pytest.mark.parametrize(("reuse_port", "listening_after"), [(True, False), (False, True)])
+async def test_a_pod_worker_that_closed_its_port_as_it_stops_says_it_no_longer_listens(
+    reuse_port: bool, listening_after: bool
+) -> None:
+    # The pod counts a worker answering `stopping` as holding its share of the port: one stopping
+    # on its own (a task that kept crashing, a kill) kept the pod unready, its siblings serving,
+    # for its whole flush and drain. A single process's stop stays `stopping` throughout.
+    port = free_port()
+    bridge = Bridge(every_source(port), reuse_port=reuse_port)
+    await bridge.start()
+    flushing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_flush() -> None:
+        flushing.set()
+        await go_on.wait()
+
+    bridge.sink.stop = held_flush  # type: ignore[method-assign]
+    stopping = asyncio.create_task(bridge.stop())
+    try:
+        await asyncio.wait_for(flushing.wait(), 10)
+        assert not listening(port)
+        assert bridge.readiness.listening is listening_after
+    finally:
+        go_on.set()
+        await stopping
+
+
 async def test_a_webhook_port_that_cannot_listen_leaves_no_server_behind() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 
 import pytest
 
-from bridge.stopsignals import stop_signals
+from bridge.stopsignals import held_stop, hold_until_handled, stop_signals
 
 
 @pytest.fixture
@@ -27,3 +28,34 @@ def test_a_hangup_ignored_at_the_start_stays_ignored(hangup_disposition: None) -
     # nohup: the process was asked to outlive its terminal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     assert stop_signals() == (signal.SIGTERM, signal.SIGINT)
+
+
+@pytest.fixture
+def stop_dispositions() -> Iterator[None]:
+    """Restore this process's stop signals' dispositions after the test changed them."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_as_pid_1_a_stop_signal_before_the_loops_handlers_is_held_once(
+    stop_dispositions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel drops a signal PID 1 has no handler for: a pod deleted mid-start ran on.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup: stays ignored
+    interrupt = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    hold_until_handled()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == interrupt  # KeyboardInterrupt reaches PID 1 too
+    signal.raise_signal(signal.SIGTERM)
+    assert held_stop() == signal.SIGTERM
+    assert held_stop() is None
+
+
+def test_elsewhere_nothing_is_held(stop_dispositions: None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    hold_until_handled()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
