@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from rich.markup import escape
@@ -41,7 +41,7 @@ from bridge.sources.calllog.calllist import (
     list_calls,
     started_since,
 )
-from bridge.sources.calllog.follower import api_headers
+from bridge.sources.calllog.follower import api_headers, entry_time
 from bridge.sources.calllog.pages import PageError, fetch_pages
 from bridge.sources.egress import pinecall_session
 from bridge.tail import printable
@@ -67,6 +67,8 @@ class Progress(Protocol):
 
     def entries_read(self, call: str, count: int) -> None: ...
 
+    def entries_older_than_ttl(self, call: str, oldest: float) -> None: ...
+
     def call_done(self, call: str) -> None: ...
 
 
@@ -80,6 +82,9 @@ class NoProgress:
         pass
 
     def entries_read(self, call: str, count: int) -> None:
+        pass
+
+    def entries_older_than_ttl(self, call: str, oldest: float) -> None:
         pass
 
     def call_done(self, call: str) -> None:
@@ -214,6 +219,7 @@ async def _backfill_call(
     api = settings.pinecall
     key = api.api_key.get_secret_value() if api.api_key else ""
     after = 0
+    looked = False  # at the age of its first entries: seq order, the oldest come first
     for attempt in range(1, PAGE_ATTEMPTS + 1):
         try:
             async for page in fetch_pages(
@@ -226,6 +232,12 @@ async def _backfill_call(
                 timeout_seconds=api.request_timeout_seconds,
             ):
                 outcome.live = page.live
+                if page.entries and not looked:
+                    looked = True
+                    # Said before they are published: the dedup stage publishes them again.
+                    oldest = oldest_entry(page.entries)
+                    if oldest is not None and oldest < time.time() - settings.dedup.ttl_seconds:
+                        progress.entries_older_than_ttl(call, oldest)
                 if page.entries:
                     result = await submit_retrying(pipeline, list(page.entries), "sse")
                     outcome.submitted.add(result)
@@ -251,6 +263,20 @@ async def _backfill_call(
             log.warning("call log page failed; retrying", extra={"call": call, "error": str(exc)})
             await asyncio.sleep(delay)
     return outcome
+
+
+def oldest_entry(entries: Sequence[dict[str, Any]]) -> float | None:
+    """The earliest time of `entries` (epoch seconds), None when none carries one."""
+    return min((t for t in map(entry_time, entries) if t is not None), default=None)
+
+
+def republish_note(ttl: float) -> str:
+    """The note that entries older than the dedup window are published again."""
+    return (
+        f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
+        " (BRIDGE_DEDUP__TTL_SECONDS): entries published longer ago than that are published"
+        " again, with the same CloudEvent ids"
+    )
 
 
 def _backoff(attempt: int) -> float:
@@ -304,10 +330,14 @@ async def _calls_since(
 
 
 class BarProgress:
-    """One bar over the calls, entries counted as they are submitted."""
+    """One bar over the calls, entries counted as they are submitted; the republish note said
+    once (above the bar) at the first call whose entries are older than the dedup window."""
 
-    def __init__(self, bar: CountedBar) -> None:
+    def __init__(self, bar: CountedBar, console: Console, ttl: float, *, noted: bool) -> None:
         self._bar = bar
+        self._console = console
+        self._ttl = ttl
+        self._noted = noted  # `--since` said it already
 
     def calls_found(self, total: int) -> None:
         self._bar.total(total)
@@ -318,6 +348,16 @@ class BarProgress:
 
     def entries_read(self, call: str, count: int) -> None:
         self._bar.count(count)
+
+    def entries_older_than_ttl(self, call: str, oldest: float) -> None:
+        if self._noted:
+            return
+        self._noted = True
+        age = time.time() - oldest
+        self._console.print(
+            f"{republish_note(self._ttl)} ({_shown(call)}'s entries go back {age:.0f} s)",
+            highlight=False,
+        )
 
     def call_done(self, call: str) -> None:
         self._bar.advance()
@@ -333,17 +373,15 @@ def run_backfill(
 ) -> int:
     """The command: backfill with a progress bar, print what became of each call; 1 on errors."""
     ttl = settings.dedup.ttl_seconds
-    if since is not None and since < time.time() - ttl:
-        console.print(
-            f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
-            " (BRIDGE_DEDUP__TTL_SECONDS): entries published longer ago than that are published"
-            " again, with the same CloudEvent ids",
-            highlight=False,
-        )
+    # `--since` knows its reach up front; a call given by id, from its first page (BarProgress).
+    noted = since is not None and since < time.time() - ttl
+    if noted:
+        console.print(republish_note(ttl), highlight=False)
     total = len(set(calls)) if since is None else None  # known once the list is read
     with counted_bar(console, "calls", total, unit="calls", counted="entries submitted") as bar:
+        progress = BarProgress(bar, console, ttl, noted=noted)
         report = asyncio.run(
-            backfill_calls(settings, calls, since=since, before=before, progress=BarProgress(bar))
+            backfill_calls(settings, calls, since=since, before=before, progress=progress)
         )
     # Calls and errors escaped (_shown): the operator's, Pinecall's or Kafka's text.
     if report.ingest_error is not None:

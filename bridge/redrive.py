@@ -327,11 +327,17 @@ def run_redrive(
 ) -> int:
     """The command: redrive with a progress bar, then a summary; 1 when Kafka failed."""
     ttl = settings.dedup.ttl_seconds
-    if not dry_run and selection.since < time.time() - ttl:
+    if selection.since < time.time() - ttl:
+        # A dry run too: it is what the run it tries out would do.
         console.print(
             f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
-            " (BRIDGE_DEDUP__TTL_SECONDS): events published longer ago than that are published"
-            " again, with the same CloudEvent ids",
+            " (BRIDGE_DEDUP__TTL_SECONDS): "
+            + (
+                "without --dry-run, events published longer ago than that would be published"
+                if dry_run
+                else "events published longer ago than that are published"
+            )
+            + " again, with the same CloudEvent ids",
             highlight=False,
         )
     # Offsets, not dead letters: each transaction's commit marker takes one too (5 dead letters
@@ -404,6 +410,11 @@ def summary(report: RedriveReport, ttl: float) -> list[str]:
         lines.append(
             f"the dedup stage drops those it saw in the last {ttl:g} s, and publishes the rest"
             " (again, for events published before that)."
+        )
+    elif report.dry_run and report.redriven:
+        lines.append(
+            f"without --dry-run, the dedup stage would drop those it saw in the last {ttl:g} s,"
+            " and publish the rest (again, for events published before that)."
         )
     # A dead letter's ESC would drive the operator's terminal, its newline forge a line.
     return [printable(line) for line in lines]

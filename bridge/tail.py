@@ -322,20 +322,31 @@ async def _take_up_added(
     topics: list[str],
     assigned: list[TopicPartition],
     console: Console,
+    within: float = PARTITIONS_RELOOK_SECONDS,
 ) -> list[TopicPartition]:
     """Assign the partitions of `topics` that appeared since `assigned` was read (a raised
     partition count, a topic created); each is read from its beginning, as all its records are
-    newer than the start. Returns the new assignment."""
-    added = sorted(set(await _existing(consumer, topics)) - set(assigned))
-    if not added:
-        return assigned
-    # assign() replaces the assignment and forgets its positions: the old ones are kept.
-    positions = {tp: await consumer.position(tp) for tp in assigned}
+    newer than the start. Returns the new assignment.
+
+    Each wait on Kafka takes `within` seconds at most: one unanswered by then is left to a later
+    look (TimeoutError before anything changed), or, the assignment made, to the fetcher."""
+    # aiokafka's position() waits for ever on a reset (`--from-beginning`, retention, a partition
+    # never read yet) that a partition without a leader, or a Kafka gone, never answers.
+    async with asyncio.timeout(within):
+        added = sorted(set(await _existing(consumer, topics)) - set(assigned))
+        if not added:
+            return assigned
+        # assign() replaces the assignment and forgets its positions: the old ones are kept.
+        positions = {tp: await consumer.position(tp) for tp in assigned}
     partitions = [*assigned, *added]
     consumer.assign(partitions)
     for tp, offset in positions.items():
         consumer.seek(tp, offset)
-    await consumer.seek_to_beginning(*added)
+    # Asked for before its first wait, the reset to the beginning is the fetcher's to finish:
+    # only its answer is left unwaited, the assignment is made and said.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await consumer.seek_to_beginning(*added)
     known = {tp.topic for tp in assigned}
     for topic in sorted({tp.topic for tp in added} - known):
         console.print(f"[yellow]topic {topic} now exists: reading it from its beginning[/]")
@@ -478,9 +489,12 @@ async def _read(
         read, moved_at = -1, loop.time()
         while limit is None or shown.count < limit:
             if following and loop.time() >= look_again:
-                # A look Kafka did not answer is only late: the next one tries again.
-                with contextlib.suppress(KafkaError):
-                    partitions = await _take_up_added(consumer, topics, partitions, console)
+                # A look Kafka did not answer (in time) is only late: the next one tries again,
+                # and the partitions assigned are read meanwhile.
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    partitions = await _take_up_added(
+                        consumer, topics, partitions, console, PARTITIONS_RELOOK_SECONDS
+                    )
                 look_again = loop.time() + PARTITIONS_RELOOK_SECONDS
             if ends is not None:
                 # Within what is left of the limit: aiokafka's position() waits for ever on a

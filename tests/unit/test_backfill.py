@@ -77,6 +77,60 @@ def test_a_backfill_reaching_past_the_dedup_window_says_it_publishes_again(
     assert "drops those it saw in the last 900 s" in near
 
 
+def backfilled_from(
+    monkeypatch: pytest.MonkeyPatch, ts: float, since: float | None = None
+) -> tuple[list[str], str]:
+    """`backfill --call CA_1` (with `since`, if given, and a TTL of 900 s) over one page of two
+    entries, the first at `ts`: what its progress was told, in order, and what it said."""
+    told: list[str] = []
+
+    async def one_page(
+        session: Any, url: str, key: str, call: str, **_: Any
+    ) -> AsyncIterator[Page]:
+        entries = (entry(1, "call.started", call=call, ts=ts), entry(2, call=call, ts=time.time()))
+        yield Page(entries=entries, live=False, next=None)
+
+    class Told(backfill.BarProgress):
+        def entries_older_than_ttl(self, call: str, oldest: float) -> None:
+            told.append(f"old {call} {(time.time() - oldest) // 3600:.0f} h")
+            super().entries_older_than_ttl(call, oldest)
+
+        def entries_read(self, call: str, count: int) -> None:
+            told.append(f"read {call} {count}")
+            super().entries_read(call, count)
+
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    monkeypatch.setattr(backfill, "BarProgress", Told)
+
+    async def none_listed(*_: Any) -> tuple[list[str], None]:
+        return [], None
+
+    monkeypatch.setattr(backfill, "_calls_since", none_listed)
+    settings = load_settings(
+        webhook={"secrets": ["s"]}, pinecall={"api_key": "k"}, dedup={"ttl_seconds": 900}
+    )
+    out = io.StringIO()
+    assert run_backfill(settings, ["CA_1"], Console(file=out, width=400), since=since) == 0
+    return told, out.getvalue()
+
+
+def test_a_call_older_than_the_dedup_window_says_it_publishes_again_before_publishing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only `--since` said it: `--call` on an old call republished it without a word up front.
+    told, said = backfilled_from(monkeypatch, ts=time.time() - 7 * 86_400)
+    assert told == ["old CA_1 168 h", "read CA_1 2"]  # before its entries are submitted
+    assert said.count("published again, with the same CloudEvent ids") == 1
+    assert "CA_1's entries go back 6048" in said
+    fresh, said = backfilled_from(monkeypatch, ts=time.time() - 60)
+    assert fresh == ["read CA_1 2"]
+    assert "published again, with the same CloudEvent ids" not in said
+    # `--since` said it already: once is enough.
+    _, said = backfilled_from(monkeypatch, ts=time.time() - 7 * 86_400, since=time.time() - 86_400)
+    assert said.count("published again, with the same CloudEvent ids") == 1
+
+
 async def test_calls_the_list_gives_no_start_or_end_time_are_named_not_dropped_silently(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

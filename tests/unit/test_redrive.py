@@ -63,9 +63,14 @@ def test_a_redrive_reaching_past_the_dedup_window_says_it_publishes_again(
     near = told(monkeypatch, time.time() - 60, published)
     assert "published again, with the same CloudEvent ids" not in near[1]
     assert "drops those it saw in the last 900 s" in near[1]
-    # A dry run publishes nothing: nothing to warn of.
+    # A dry run says what the run it tries out would do.
     dry = told(monkeypatch, time.time() - 7 * 86_400, RedriveReport(dry_run=True), dry_run=True)
-    assert "CloudEvent ids" not in dry[1]
+    assert (
+        "without --dry-run, events published longer ago than that would be published again"
+        in dry[1]
+    )
+    near_dry = told(monkeypatch, time.time() - 60, RedriveReport(dry_run=True), dry_run=True)
+    assert "CloudEvent ids" not in near_dry[1]
 
 
 def test_the_bar_counts_offsets_not_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,6 +186,14 @@ def test_a_dry_run_says_nothing_was_published() -> None:
     assert lines == [
         "2 dead letters read, 2 selected",
         "2 the bridge reads now: dry run, nothing was published",
+        # As the real run says it: the events it offers may be published again.
+        "without --dry-run, the dedup stage would drop those it saw in the last 900 s, and"
+        " publish the rest (again, for events published before that).",
+    ]
+    # Nothing the bridge reads now: nothing a real run would offer.
+    assert summary(RedriveReport(dry_run=True, read=2, selected=2), 900) == [
+        "2 dead letters read, 2 selected",
+        "0 the bridge reads now: dry run, nothing was published",
     ]
 
 

@@ -25,6 +25,7 @@ from bridge.sink import kafka as kafka_module
 from bridge.sink.record import Record
 from bridge.tail import TailFilter, ingest_note, render, since_offsets, tail, unfinished
 from tests import entries
+from tests.polling import until
 from tests.unit.sink.fakes import FakeAdmin, stop_cut_by_a_retry
 
 EVENT = {
@@ -658,6 +659,47 @@ async def test_to_end_fails_once_no_position_is_read_for_twice_the_request_timeo
             )
     assert 2 <= time.monotonic() - started < 5
     assert "no position in the partitions read for 2 s" in str(raised.value)
+
+
+async def test_a_following_tail_looks_again_when_a_look_for_new_partitions_is_not_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look for added partitions asks the positions read so far, which aiokafka's
+    position() waits for ever to answer while a reset goes unanswered (Kafka gone): a following
+    tail froze at its first look. Unanswered within its bound, a look is only late."""
+    existing = {"t"}
+    seen = fake_consumer(monkeypatch, existing=existing, position_hangs=True)
+    monkeypatch.setattr(tail_module, "PARTITIONS_RELOOK_SECONDS", 0.05)
+    reading = asyncio.ensure_future(
+        tail(load_tool_settings(), ["t", "u"], TailFilter(), limit=None, console=Console())
+    )
+    await asyncio.wait_for(seen["starting"].wait(), 5)
+    existing.add("u")  # created since: each look finds it, and asks the positions of t's
+    await until(lambda: seen["looks"] >= 4, 5, 0.01, "looked again")
+    assert seen["assigned"] == [TopicPartition("t", 0)]  # a look not answered changed nothing
+    # Ctrl-C still ends it, whether a look is under way or not.
+    signal.raise_signal(signal.SIGINT)
+    assert await asyncio.wait_for(reading, 5) == 0
+
+
+async def test_partitions_added_stay_assigned_when_their_reset_is_not_answered_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reset is asked for before seek_to_beginning first waits: the fetcher finishes it.
+    Waited for unbounded, a Kafka gone froze the tail there; given up, the same partitions were
+    found added again at the next look and read again from their beginning."""
+    t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    seen = fake_consumer(monkeypatch, existing={"t"}, partitions=2)
+    consumer = seen["consumer"]()
+
+    async def unanswered(*tps: TopicPartition) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(consumer, "seek_to_beginning", unanswered)
+    console = Console(record=True, width=200)
+    took = tail_module._take_up_added(consumer, ["t"], [t0], console, 0.05)
+    assert await asyncio.wait_for(took, 5) == seen["assigned"] == [t0, t1]
+    assert "topic t has a new partition 1: reading it too" in console.export_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -119,6 +119,9 @@ class CallLogSource:
         # PinecallBridgeRejectionRateHigh's share for the call logs: from 0, for rate() (a series
         # born at its first count shows none).
         metrics.rejected.labels("sse", "invalid_call_id")
+        # From 0 for TaskCrashing's increase(): a first small takeover's launch raising in the
+        # dedup stage is counted (_crashed_in_stage) before the task is ever spawned.
+        metrics.task_crashes.labels("sse-takeover")
 
     @property
     def max_calls(self) -> int:

@@ -642,13 +642,21 @@ groups:
         # what the input limits let in): a webhook's 413 (final), a feed event dropped, a call-log
         # entry passed. Any one is a loss: RejectionRateHigh's ratio never sees a few.
         # publish_failures_total{reason="too_large"} counts these alone, at 0 from the start.
+        # So is a feed frame over the read limit (four times BRIDGE_WEBSOCKET__MAX_FRAME_BYTES):
+        # never read, no dead letter of it. Counted by its reconnect, which counts nothing else;
+        # events_rejected_total{channel="websocket",reason="too_large"} also counts the feed's
+        # share of the failures above. Both at 0 from the start (the feed's once it is on).
         expr: |
-          sum by (namespace, pod) (increase(pinecall_bridge_publish_failures_total{reason="too_large"}[15m])) > 0
+          sum by (namespace, pod) (
+            increase(pinecall_bridge_publish_failures_total{reason="too_large"}[15m])
+            or
+            increase(pinecall_bridge_websocket_reconnects_total{reason="frame_too_large"}[15m])
+          ) > 0
         labels:
           severity: critical
         annotations:
-          summary: {{ printf "Pod %s lost %s input too large for Kafka even as a dead letter" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
-          description: {{ printf "In the last 15 minutes %s/%s lost %s events (or dead letters) that the ingest topic refuses even as a dead letter: they are in no topic and no one sends them again. Raise the ingest topic's max.message.bytes. The log names each one's channel, id and sizes (message: input too large for Kafka even as a dead letter is lost)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          summary: {{ printf "Pod %s lost %s input too large to keep, even as a dead letter" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
+          description: {{ printf "In the last 15 minutes %s/%s lost %s events (or dead letters) for their size: the ingest topic refuses them even as a dead letter, or the WebSocket feed sent a frame too large even to read. They are in no topic and no one sends them again. Raise the ingest topic's max.message.bytes, or for a feed frame config.websocket.maxFrameBytes. The log names each one (messages: input too large for Kafka even as a dead letter is lost; feed sent a frame too large to read)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $value | humanize }}" | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeinputtoolargelost" $a.runbookUrl }}
       - alert: PinecallBridgeTaskCrashing
         # A long-lived task (feed reader, dedup loop, lease, ...) crashed and was restarted: a bug

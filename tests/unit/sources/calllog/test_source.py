@@ -351,6 +351,15 @@ async def test_a_small_takeovers_launch_that_raised_is_finished_by_its_supervise
     await cancel_followers(source)
 
 
+def test_the_takeover_tasks_crashes_are_at_0_before_its_first_spawn() -> None:
+    # A first small takeover's launch raising in the dedup stage is counted before the task is
+    # spawned: a series born at 1 shows TaskCrashing's increase() nothing.
+    metrics = Metrics()
+    call_log_source(metrics)
+    samples = series(metrics.render().decode())
+    assert samples.get('pinecall_bridge_task_crashes_total{task="sse-takeover"}') == 0
+
+
 @pytest.mark.parametrize("change", ["lost", "assigned"])
 async def test_a_launch_that_raised_as_a_partition_left_is_retried_by_its_task_not_the_stage(
     monkeypatch: pytest.MonkeyPatch, change: str
