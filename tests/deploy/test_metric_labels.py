@@ -24,6 +24,11 @@ SELECTOR = re.compile(r"\b(pinecall_bridge_[a-z0-9_]+)\b(\{[^}]*\})?")
 MATCHER = re.compile(r"""(\w+)\s*(=~|!~|!=|=)\s*(?:"([^"]*)"|`([^`]*)`)""")
 GROUPING = re.compile(r"\b(by|on|without|ignoring)\s*\(([^)]*)\)")
 LITERALS = re.compile(r"[a-z0-9_]+(?:\|[a-z0-9_]+)*")
+# Functions that read a range as a counter: a drop is taken for a restart from 0.
+COUNTER_FUNCTIONS = re.compile(r"\b(rate|irate|increase|resets)\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)")
+# Counters by Prometheus' naming convention, for series of other exporters (kube-state-metrics',
+# cAdvisor's, Kafka Exporter's), whose types are not known here.
+COUNTER_NAMED = re.compile(r".+_(total|count|sum|bucket)")
 
 
 def series_labels() -> dict[str, frozenset[str]]:
@@ -44,6 +49,20 @@ def series_labels() -> dict[str, frozenset[str]]:
         else:
             found[name] = labels
     return found
+
+
+def counter_series() -> frozenset[str]:
+    """Each series name of the bridge's counters and histograms (any process), process_* too."""
+    metrics = Metrics()
+    metrics.register_feed()
+    metrics.register_registration()
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    return frozenset(names)
 
 
 @cache
@@ -131,3 +150,20 @@ def test_every_series_selected_has_those_labels_and_values() -> None:
         ]
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_rate_and_increase_read_only_counters() -> None:
+    """rate() reads a gauge's fall as a restart from 0: Kafka Exporter's offsets moved back read
+    as a burst. A bridge series by its type, another exporter's by Prometheus' naming."""
+    known, counters = series_labels(), counter_series()
+    wrong = [
+        f"{where}: {function}({name}) of a gauge"
+        for where, expr in queries()
+        for function, name in COUNTER_FUNCTIONS.findall(expr)
+        if (
+            name not in counters
+            if name in known or name.startswith("process_")
+            else not COUNTER_NAMED.fullmatch(name)
+        )
+    ]
+    assert not wrong, "\n".join(wrong)
