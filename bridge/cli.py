@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn, get_args
 
-from bridge.stopsignals import hold_until_handled
+from bridge.stopsignals import hold_until_handled, interrupt_on_stop
 
 # First: the imports below are most of a start-up (seconds on a throttled CPU), and PID 1 loses
 # a stop signal that comes before a handler (bridge/stopsignals.py).
@@ -759,6 +759,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ende
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.func is not _run:  # `run` acts on a held stop signal itself, as it stops
+            interrupt_on_stop()
         code: int = args.func(args)
     except KeyboardInterrupt:
         # Ctrl-C is the operator's own: one line, no traceback. What backfill or redrive

@@ -26,8 +26,9 @@ def stop_signals() -> tuple[signal.Signals, ...]:
 
 def hold_until_handled() -> None:
     """As PID 1 (a container's entrypoint), keep a stop signal that comes before the loop's
-    handlers for `held_stop`: the kernel drops one PID 1 has no handler for, so a pod deleted
-    during its start-up (its imports) ran on, serving, until killed at its grace period's end.
+    handlers for `held_stop` (a tool's: `interrupt_on_stop`): the kernel drops one PID 1 has no
+    handler for, so a pod deleted during its start-up (its imports) ran on, serving, until killed
+    at its grace period's end.
 
     Elsewhere the default action ends a process that has started nothing yet: left alone. So
     is SIGINT, whose KeyboardInterrupt reaches PID 1 too (and stops a tool run there).
@@ -41,6 +42,17 @@ def hold_until_handled() -> None:
 
 def _hold(signum: int, _: FrameType | None) -> None:
     _held.append(signal.Signals(signum))
+
+
+def interrupt_on_stop() -> None:
+    """A tool (any command but `run`) as PID 1: a stop signal held since start-up, or one to come
+    that it does not handle itself, interrupts it as Ctrl-C does, as its default action would."""
+    # Held, it was never acted on: the tool ran on (a `tail`, a `redrive`) until SIGKILL.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is _hold:
+            signal.signal(sig, signal.default_int_handler)
+    if held_stop() is not None:
+        raise KeyboardInterrupt
 
 
 def held_stop() -> signal.Signals | None:

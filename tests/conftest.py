@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -58,6 +59,24 @@ def keep_logging() -> Iterator[None]:
     root.setLevel(level)
     logging.captureWarnings(False)
     sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+
+
+@pytest.fixture
+def stop_dispositions() -> Iterator[None]:
+    """Restore this process's stop signals' dispositions after the test changed them."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def as_pid_1(stop_dispositions: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process taken for a container's PID 1 (bridge/stopsignals.py), SIGTERM and SIGHUP
+    at their default dispositions, as there at its start."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    monkeypatch.setattr(os, "getpid", lambda: 1)
 
 
 @pytest.fixture(autouse=True)

@@ -442,12 +442,11 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_a_stop_signal_during_the_start_up_of_pid_1_is_not_lost(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: str
-) -> None:
-    """A container's entrypoint is PID 1, to which the kernel delivers no signal it has no
-    handler for: a pod deleted while it imported ran on, serving, until killed."""
+async def pid_1_stopped_while_importing(
+    env: dict[str, str], tmp_path: Path, *command: str
+) -> tuple[int, Path]:
+    """`pinecall-bridge <command>` run as a PID namespace's PID 1, sent SIGTERM while it imports
+    its settings module: its exit code, and the file of its output."""
     unshare = shutil.which("unshare")
     if unshare is None:
         skip_or_fail("unshare (util-linux) is needed to run the bridge as PID 1")
@@ -461,13 +460,13 @@ async def test_a_stop_signal_during_the_start_up_of_pid_1_is_not_lost(
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_START)
     importing = tmp_path / "importing"
-    env = shutdown_env(kafka_bootstrap, topics, BRIDGE_HTTP__WORKERS=workers)
+    env = {**env, "SLOW_START_MARKER": str(importing)}
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
-    env["SLOW_START_MARKER"] = str(importing)
     out = tmp_path / "bridge.out"
     with out.open("wb") as written:
         outer = await asyncio.create_subprocess_exec(
-            *(unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "bridge", "run"),
+            *(unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "bridge"),
+            *command,
             env=env,
             cwd=tmp_path,  # out of the repository: a developer's .env stays out of the test
             stdin=asyncio.subprocess.DEVNULL,
@@ -478,17 +477,39 @@ async def test_a_stop_signal_during_the_start_up_of_pid_1_is_not_lost(
         await until(importing.exists, 30, 0.02, "the bridge importing its settings")
         [pid_1] = children(outer.pid)
         os.kill(pid_1, signal.SIGTERM)
-        # Lost, it ran on: it listened, its workers started, it stopped only when killed.
+        # Lost, it ran on (a `run` served, its workers started) until killed.
         code = await asyncio.wait_for(outer.wait(), 30)
     finally:
         if outer.returncode is None:
             outer.kill()  # --kill-child: its PID 1 with it
             await outer.wait()
+    return code, out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_stop_signal_during_the_start_up_of_pid_1_is_not_lost(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, workers: str
+) -> None:
+    """A container's entrypoint is PID 1, to which the kernel delivers no signal it has no
+    handler for: a pod deleted while it imported ran on, serving, until killed."""
+    env = shutdown_env(kafka_bootstrap, topics, BRIDGE_HTTP__WORKERS=workers)
+    code, out = await pid_1_stopped_while_importing(env, tmp_path, "run")
     assert code == 0, tail(out)
     said = [line for line in out.read_text().splitlines() if line.startswith("{")]
     messages = [jsoncodec.loads(line).get("msg") for line in said]
     assert ("all workers stopped" if workers != "1" else "stopped") in messages, tail(out)
     assert "worker started" not in messages, tail(out)
+
+
+async def test_a_tool_run_as_pid_1_ends_on_a_stop_signal_during_its_start_up(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    # Held for a `run` that never came, it was never acted on: `tail` followed the topics on
+    # (a container deleted, or `docker stop`, killed it at the end of its grace period).
+    env = shutdown_env(kafka_bootstrap, topics)
+    code, out = await pid_1_stopped_while_importing(env, tmp_path, "tail")
+    assert code == 130, tail(out)
+    assert out.read_text().endswith("pinecall-bridge tail: interrupted\n"), tail(out)
 
 
 async def until_owned(daemon: Daemon, partitions: int, within: float = 60) -> None:

@@ -5,6 +5,7 @@ import hmac
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from rich.console import Console
 from bridge import jsoncodec
 from bridge.cli import _settings_json, main, sample_event
 from bridge.gctuning import GEN0_THRESHOLD
+from bridge.stopsignals import hold_until_handled
 from bridge.tail import render as render_record
 from tests.environ import without_bridge_variables
 from tests.sockets import refusing_address
@@ -663,6 +665,24 @@ def test_ctrl_c_ends_a_tool_with_one_line_and_exit_130(
         pytest.fail("Ctrl-C ended the command with a traceback")
     assert code == 130
     assert capsys.readouterr().err.endswith(f"pinecall-bridge {command[0]}: interrupted\n")
+
+
+def test_a_tool_as_pid_1_ends_on_a_stop_signal_that_came_during_its_start_up(
+    as_pid_1: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Held for a `run` (bridge/stopsignals.py), it was never acted on: a `tail` or a `redrive`
+    # in a container being deleted ran on until killed at the end of its grace period.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value")
+    hold_until_handled()
+    signal.raise_signal(signal.SIGTERM)
+    try:
+        code = main(["check"])
+    except KeyboardInterrupt:  # pytest would take it as its own Ctrl-C and stop the run
+        pytest.fail("the stop signal ended the command with a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.endswith("pinecall-bridge check: interrupted\n")
+    assert "configuration is valid" not in err
 
 
 @pytest.mark.parametrize("command", [["run"], ["check"]])

@@ -796,6 +796,22 @@ async def test_a_pod_worker_that_closed_its_port_as_it_stops_says_it_no_longer_l
         await stopping
 
 
+async def test_a_pod_worker_keeps_its_port_and_says_so_through_the_drain_delay() -> None:
+    # `not_listening` in the delay, the pod would excuse it (ready on its siblings, or, all of
+    # them stopping, unready for the wrong reason) while it still takes its share of the port.
+    port = free_port()
+    shutdown = ShutdownSettings(grace_seconds=4, drain_delay_seconds=1.0)
+    bridge = Bridge(every_source(port).model_copy(update={"shutdown": shutdown}), reuse_port=True)
+    await bridge.start()
+    stopping = asyncio.create_task(bridge.stop())
+    await asyncio.sleep(0.5)
+    assert listening(port)
+    assert bridge.readiness.listening
+    assert not bridge.readiness.ready()
+    await stopping
+    assert not bridge.readiness.listening
+
+
 async def test_a_webhook_port_that_cannot_listen_leaves_no_server_behind() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.stopsignals import held_stop, hold_until_handled, stop_signals
+from bridge.stopsignals import held_stop, hold_until_handled, interrupt_on_stop, stop_signals
 
 
 @pytest.fixture
@@ -30,15 +30,6 @@ def test_a_hangup_ignored_at_the_start_stays_ignored(hangup_disposition: None) -
     assert stop_signals() == (signal.SIGTERM, signal.SIGINT)
 
 
-@pytest.fixture
-def stop_dispositions() -> Iterator[None]:
-    """Restore this process's stop signals' dispositions after the test changed them."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for sig, handler in before.items():
-        signal.signal(sig, handler)
-
-
 def test_as_pid_1_a_stop_signal_before_the_loops_handlers_is_held_once(
     stop_dispositions: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,4 +49,25 @@ def test_as_pid_1_a_stop_signal_before_the_loops_handlers_is_held_once(
 def test_elsewhere_nothing_is_held(stop_dispositions: None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     hold_until_handled()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_tool_as_pid_1_is_interrupted_by_a_stop_signal_held_or_to_come(
+    as_pid_1: None, sig: signal.Signals
+) -> None:
+    # Held for a `run` that never came, it was never acted on: the tool (a `tail`) ran on.
+    hold_until_handled()
+    signal.raise_signal(sig)
+    with pytest.raises(KeyboardInterrupt):
+        interrupt_on_stop()
+    assert held_stop() is None
+    with pytest.raises(KeyboardInterrupt):  # as its default action would end it elsewhere
+        signal.raise_signal(sig)
+
+
+def test_a_tool_elsewhere_keeps_its_dispositions(stop_dispositions: None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    hold_until_handled()
+    interrupt_on_stop()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

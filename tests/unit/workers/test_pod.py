@@ -158,6 +158,27 @@ async def test_a_restarted_worker_not_listening_yet_leaves_readiness_to_the_othe
         await worker.cleanup()
 
 
+async def test_a_pod_whose_workers_all_closed_their_port_as_they_stop_is_unready(
+    pod_app: tuple[str, Readiness, Metrics, Path],
+) -> None:
+    # The pod's stop: each worker is `not_listening` once past its drain delay, all excused as
+    # down, yet none ready: the pod must not turn ready again as it stops.
+    url, readiness, _, other = pod_app
+    worker, other_ready = await another_worker(other)
+    try:
+        for stopped in (readiness, other_ready):
+            stopped.started = stopped.stopping = True
+            stopped.listening = False
+        status, body = await get(url + "/readyz")
+        assert (status, body) == (
+            503,
+            '{"status":"not_ready","failing":["0","1"],'
+            '"workers":{"0":"not_listening","1":"not_listening"}}',
+        )
+    finally:
+        await worker.cleanup()
+
+
 async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> None:
     # A crashed worker leaves its socket file behind: refused, as a missing one.
     stale = tmp_path / "worker-0.sock"
