@@ -1,17 +1,34 @@
 """One reader of a Prometheus sample for every test: a misspelt name fails instead of reading 0.
 
 Also the one scraper of a /metrics endpoint, for the bridges a test runs as processes.
+And the label values the code writes, for the tests that check the docs and dashboard name them.
 """
 
 from __future__ import annotations
 
 import difflib
+from typing import get_args
 
 import aiohttp
+from aiokafka.errors import TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from bridge.config import DedupSettings
+from bridge.connlimit import Listener
+from bridge.http_timeouts import BAD_REQUEST_HEAD
+from bridge.ingest.topic import ingest_topic_findings
 from bridge.metrics import Metrics
+from bridge.normalise.shapes import UnrecognisedReason
+from bridge.pipeline import TOO_LARGE, PublishFailure
+from bridge.routing import DropReason
+from bridge.sink.durability import durability_problem
+from bridge.sink.topicreads import NOT_YET_VISIBLE, unread_kind
+from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
+from bridge.sources.frames import FrameKind
+from bridge.sources.reconnect import DisconnectReason
+from bridge.sources.secretwatch import Label, Result
+from bridge.sources.signature import Verdict
 
 # The samples a family of each type exports, besides `_created` (off in the bridge; counted from
 # the samples when on). A labelled metric without children yet exports no sample at all: its
@@ -77,3 +94,65 @@ async def scrape(
 ) -> dict[str, float]:
     """The samples `url`/metrics answers, as `series` reads them."""
     return series(await exposition(session, url, within))
+
+
+def every_metric() -> Metrics:
+    """A Metrics with every series a process can export registered (the feed's, registration's)."""
+    metrics = Metrics()
+    metrics.register_feed()
+    metrics.register_registration()
+    return metrics
+
+
+def _topic_problems() -> set[str]:
+    """Every `problem` of topic_problem, from the checks that name them (no one list holds them)."""
+    worst = {"message.timestamp.type": "CreateTime", "retention.ms": "0", "retention.bytes": "1"}
+    findings = ingest_topic_findings({**worst, "cleanup.policy": "compact"}, DedupSettings())
+    errors = (None, TopicAuthorizationFailedError.errno, *NOT_YET_VISIBLE)
+    durability = (durability_problem(*case) for case in ((1, "2"), (3, "3"), (3, "1")))
+    return (
+        {kind for kind, _ in findings}
+        | {unread_kind(code) for code in errors}
+        | {found[2] for found in durability if found is not None}
+        | {"compacted"}  # bridge/service.py's, of an output topic
+    )
+
+
+def label_values() -> dict[str, dict[str, set[str]]]:
+    """The values the code writes for each metric's labels, where it names them all, by metric and
+    label."""
+    listeners = set(get_args(Listener))
+    closed: dict[str, dict[str, set[str]]] = {
+        "pinecall_bridge_websocket_reconnects_total": {"reason": set(get_args(DisconnectReason))},
+        "pinecall_bridge_sse_reconnects_total": {
+            "reason": set(REASONS),
+            "stream": {"call", "org_feed"},
+        },
+        "pinecall_bridge_sse_calls_given_up_total": {"reason": set(GIVE_UP_REASONS)},
+        "pinecall_bridge_events_dead_lettered_total": {"reason": set(get_args(UnrecognisedReason))},
+        "pinecall_bridge_events_dropped_total": {"reason": set(get_args(DropReason))},
+        "pinecall_bridge_websocket_frames_total": {"kind": set(get_args(FrameKind))},
+        "pinecall_bridge_events_rejected_total": {
+            "reason": {v.value for v in Verdict if v is not Verdict.VALID} | {BAD_REQUEST_HEAD}
+        },
+        "pinecall_bridge_secret_reloads_total": {
+            "result": set(get_args(Result)),
+            "secret": set(get_args(Label)),
+        },
+        "pinecall_bridge_topic_problem": {"problem": _topic_problems()},
+        "pinecall_bridge_publish_failures_total": {
+            "reason": {*get_args(PublishFailure), TOO_LARGE}
+        },
+        **{
+            f"pinecall_bridge_http_connections_{name}": {"listener": set(listeners)}
+            for name in ("timed_out_total", "open", "max", "refused_total")
+        },
+    }
+    # The values created at 0 from the start (for increase()) are named by the code too.
+    for family in every_metric().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                if label != "le":
+                    closed.setdefault(name, {}).setdefault(label, set()).add(value)
+    return closed

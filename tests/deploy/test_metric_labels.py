@@ -16,6 +16,7 @@ from bridge.metrics import Metrics
 from bridge.workers.merge import WORKER_LABEL
 from tests.deploy.prometheus import RULES
 from tests.deploy.tools import DEPLOY, REPO, load_yaml
+from tests.metrics import label_values
 
 DASHBOARD = DEPLOY / "grafana" / "pinecall-bridge.json"
 # Added by the scrape (Kubernetes service discovery, Prometheus) or a pod of several workers.
@@ -167,3 +168,28 @@ def test_rate_and_increase_read_only_counters() -> None:
         )
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def grouped(expr: str) -> Iterator[tuple[str, str]]:
+    """(series, label) for each bridge series `sum by (label) (...)` and its kin group in expr."""
+    for found in GROUPING.finditer(expr):
+        if found.group(1) == "by":
+            scope = inner(expr, expr.index("(", found.end()))
+            for name, _ in SELECTOR.findall(scope):
+                for label in found.group(2).split(","):
+                    yield name, label.strip()
+
+
+def test_a_panel_description_naming_values_of_a_label_it_groups_by_names_them_all() -> None:
+    """Transactions by outcome named committed and aborted, not unknown: a reader of the panel
+    took the list for all its legend can show. Descriptions naming none are not checked."""
+    vocabulary = label_values()
+    partial: set[str] = set()
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        words = set(re.findall(r"\w+", panel.get("description", "")))
+        for target in panel.get("targets", []):
+            for name, label in grouped(target["expr"]):
+                values = vocabulary.get(name, {}).get(label, set())
+                if values & words and not values <= words:
+                    partial.add(f"{panel['title']}: {name} {label} {sorted(values - words)}")
+    assert not partial, "panel descriptions leave out label values:\n" + "\n".join(sorted(partial))

@@ -1,26 +1,13 @@
 import math
 import re
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import pytest
-from aiokafka.errors import TopicAuthorizationFailedError
 from prometheus_client import Counter, Gauge, Histogram
 
-from bridge.config import DedupSettings
-from bridge.connlimit import Listener
-from bridge.http_timeouts import BAD_REQUEST_HEAD
-from bridge.ingest.topic import ingest_topic_findings
-from bridge.metrics import Metrics, observe_all
-from bridge.normalise.shapes import UnrecognisedReason
-from bridge.routing import DropReason
-from bridge.sink.durability import durability_problem
-from bridge.sink.topicreads import NOT_YET_VISIBLE, unread_kind
-from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
-from bridge.sources.frames import FrameKind
-from bridge.sources.reconnect import DisconnectReason
-from bridge.sources.secretwatch import Label, Result
-from bridge.sources.signature import Verdict
+from bridge.metrics import observe_all
+from tests.metrics import every_metric, label_values
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -33,17 +20,10 @@ def _rows() -> dict[str, tuple[set[str], str]]:
     return {name: (set(re.findall(r"`(\w+)`", labels)), meaning) for name, labels, meaning in rows}
 
 
-def _metrics() -> Metrics:
-    metrics = Metrics()
-    metrics.register_feed()
-    metrics.register_registration()
-    return metrics
-
-
 def _exported() -> dict[str, Counter | Gauge | Histogram | None]:
     """Every metric a process can export (the feed's and registration's too, and the standard
     process_* ones, unlabelled: None), by its name."""
-    bridge = _metrics()
+    bridge = every_metric()
     metrics = [m for m in vars(bridge).values() if isinstance(m, Counter | Gauge | Histogram)]
     found: dict[str, Counter | Gauge | Histogram | None] = {
         m._name + ("_total" if isinstance(m, Counter) else ""): m for m in metrics
@@ -131,59 +111,9 @@ def test_a_metric_named_in_prose_or_a_query_is_found() -> None:
     }
 
 
-def _topic_problems() -> set[str]:
-    """Every `problem` of topic_problem, from the checks that name them (no one list holds them)."""
-    worst = {"message.timestamp.type": "CreateTime", "retention.ms": "0", "retention.bytes": "1"}
-    findings = ingest_topic_findings({**worst, "cleanup.policy": "compact"}, DedupSettings())
-    errors = (None, TopicAuthorizationFailedError.errno, *NOT_YET_VISIBLE)
-    durability = (durability_problem(*case) for case in ((1, "2"), (3, "3"), (3, "1")))
-    return (
-        {kind for kind, _ in findings}
-        | {unread_kind(code) for code in errors}
-        | {found[2] for found in durability if found is not None}
-        | {"compacted"}  # bridge/service.py's, of an output topic
-    )
-
-
-def _label_values() -> dict[str, dict[str, set[str]]]:
-    """The values the code names for each metric's labels, by metric and label."""
-    listeners = set(get_args(Listener))
-    closed: dict[str, dict[str, set[str]]] = {
-        "pinecall_bridge_websocket_reconnects_total": {"reason": set(get_args(DisconnectReason))},
-        "pinecall_bridge_sse_reconnects_total": {
-            "reason": set(REASONS),
-            "stream": {"call", "org_feed"},
-        },
-        "pinecall_bridge_sse_calls_given_up_total": {"reason": set(GIVE_UP_REASONS)},
-        "pinecall_bridge_events_dead_lettered_total": {"reason": set(get_args(UnrecognisedReason))},
-        "pinecall_bridge_events_dropped_total": {"reason": set(get_args(DropReason))},
-        "pinecall_bridge_websocket_frames_total": {"kind": set(get_args(FrameKind))},
-        "pinecall_bridge_events_rejected_total": {
-            "reason": {v.value for v in Verdict if v is not Verdict.VALID} | {BAD_REQUEST_HEAD}
-        },
-        "pinecall_bridge_secret_reloads_total": {
-            "result": set(get_args(Result)),
-            "secret": set(get_args(Label)),
-        },
-        "pinecall_bridge_topic_problem": {"problem": _topic_problems()},
-        **{
-            f"pinecall_bridge_http_connections_{name}": {"listener": set(listeners)}
-            for name in ("timed_out_total", "open", "max", "refused_total")
-        },
-    }
-    # The values created at 0 from the start (for increase()) are named by the code too.
-    for family in _metrics().registry.collect():
-        name = family.name + ("_total" if family.type == "counter" else "")
-        for sample in family.samples:
-            for label, value in sample.labels.items():
-                if label != "le":
-                    closed.setdefault(name, {}).setdefault(label, set()).add(value)
-    return closed
-
-
 def test_every_label_value_the_code_names_is_in_its_metrics_row() -> None:
     rows = _rows()
-    for name, labels in _label_values().items():
+    for name, labels in label_values().items():
         assert name in rows, f"{name} is not in README.md's Metrics table"
         meaning = rows[name][1]
         missing = sorted(v for values in labels.values() for v in values if f"`{v}`" not in meaning)
@@ -196,7 +126,7 @@ def test_a_help_text_listing_a_labels_values_lists_them_all() -> None:
     # /metrics took the list for the whole vocabulary.
     helps = {name: m._documentation for name, m in _exported().items() if m is not None}
     partial = []
-    for name, labels in _label_values().items():
+    for name, labels in label_values().items():
         words = set(re.findall(r"\w+", helps[name]))
         for label, values in labels.items():
             if values & words and not values <= words:
