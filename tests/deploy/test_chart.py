@@ -959,6 +959,9 @@ def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str
     assert done.returncode != 0
     assert "networkPolicy.kafka.ports [9092,9093] leaves out the port of" in done.stderr
     assert "(add 9094," in done.stderr
+    # Named by its position, never quoted: a server may hold a password (refused with the rest).
+    assert "b:9094" not in done.stderr
+    assert "kafka-bootstrap" not in done.stderr
     opened = one(render(SIGNED, *sets, "networkPolicy.kafka.ports={9092,9094}"), "NetworkPolicy")
     assert {p["port"] for p in opened["spec"]["egress"][0]["ports"]} == {9092, 9094}
     # Without the policy there is nothing to open.
@@ -1013,6 +1016,18 @@ def test_a_network_policy_leaves_a_url_the_bridge_refuses_to_the_listing() -> No
     assert "config.pinecall.apiUrl has a port that is not a number from 0 to 65535" in done.stderr
     assert "leaves out the port" not in done.stderr
     assert "proxy:99999" not in done.stderr
+
+
+def test_a_network_policy_leaves_a_server_with_credentials_to_the_listing() -> None:
+    # Its port not opened either: refused for its credentials with the rest, never quoted.
+    sets = ("networkPolicy.enabled=true", "config.kafka.bootstrapServers=u:S3CRET@kafka:9094")
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "config.kafka.bootstrapServers: the server is given with credentials" in done.stderr
+    assert "leaves out the port" not in done.stderr
+    assert "S3CRET" not in done.stderr
 
 
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:

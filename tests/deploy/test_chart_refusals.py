@@ -318,17 +318,17 @@ REFUSALS = {
     ),
     "bootstrap port 0": Refusal(
         ("config.kafka.bootstrapServers=kafka:0",),
-        'config.kafka.bootstrapServers: "kafka:0" has no port between 1 and 65535',
+        "config.kafka.bootstrapServers: the server has no port between 1 and 65535",
         {"kafka": {"bootstrap_servers": ["kafka:0"]}},
     ),
     "bootstrap port above 65535": Refusal(
         ("config.kafka.bootstrapServers=a:9092\\,b:70000",),
-        '"b:70000" has no port between 1 and 65535',
+        "config.kafka.bootstrapServers: server 2 of 2 has no port between 1 and 65535",
         {"kafka": {"bootstrap_servers": ["a:9092", "b:70000"]}},
     ),
     "bootstrap server as a URL": Refusal(
         ("config.kafka.bootstrapServers=PLAINTEXT://kafka:9092",),
-        'config.kafka.bootstrapServers: "PLAINTEXT://kafka:9092" is not host:port: no scheme',
+        "config.kafka.bootstrapServers: the server is not host:port: no scheme",
         {"kafka": {"bootstrap_servers": ["PLAINTEXT://kafka:9092"]}},
     ),
     "SASL without a username": Refusal(
@@ -470,17 +470,18 @@ REFUSALS = {
     ),
     "bootstrap server with credentials": Refusal(
         ("config.kafka.bootstrapServers=user:pw@kafka:9092",),
-        "config.kafka.bootstrapServers: a server is given with credentials (user:password@)",
+        "config.kafka.bootstrapServers: the server is given with credentials (user:password@)",
         {"kafka": {"bootstrap_servers": ["user:pw@kafka:9092"]}},
     ),
     "bootstrap server an IPv6 address without brackets": Refusal(
         ("config.kafka.bootstrapServers=fd00::1:9092",),
-        '"fd00::1:9092" is not host:port: an IPv6 address goes in brackets',
+        "config.kafka.bootstrapServers: the server is not host:port: an IPv6 address goes in"
+        " brackets",
         {"kafka": {"bootstrap_servers": ["fd00::1:9092"]}},
     ),
     "webhook path with a .. segment": Refusal(
         ("config.webhook.path=/hooks/../pinecall",),
-        "config.webhook.path (/hooks/../pinecall) must be a plain path: no '.' or '..' segment",
+        "config.webhook.path must be a plain path: no '.' or '..' segment",
         {"webhook": {"path": "/hooks/../pinecall"}},
     ),
     # A CA mounted from extraVolumes, named in extraEnv, with the protocol left PLAINTEXT.
@@ -587,6 +588,46 @@ REFUSALS = {
         "config.dedup.ttlSeconds (10000000000000000) plus"
         " config.dedup.ingestRetentionMarginSeconds (3600) is the ingest topic's retention",
         {"dedup": {"ttl_seconds": 1e16}},
+    ),
+    # A blank extraEnv value is unset to the bridge (and the chart leaves its own sources of that
+    # variable out): it was taken for a secret or a file given, and rendered.
+    "webhook secrets blank in extraEnv": Refusal(
+        ("extraEnv[0].name=BRIDGE_WEBHOOK__SECRETS,extraEnv[0].value=",),
+        "no webhook secret: set secrets.webhookSecrets.value",
+        {"webhook": {"secrets": ""}},
+    ),
+    "OAUTHBEARER token file blank in extraEnv": Refusal(
+        (
+            "config.kafka.securityProtocol=SASL_SSL",
+            "config.kafka.saslMechanism=OAUTHBEARER",
+            "extraEnv[0].name=BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE,extraEnv[0].value=",
+        ),
+        "config.kafka.saslMechanism=OAUTHBEARER needs its token",
+        {
+            "kafka": {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "sasl_oauth_token_file": "",
+            }
+        },
+    ),
+    "client certificate with its key blank in extraEnv": Refusal(
+        (
+            "config.kafka.securityProtocol=SSL",
+            "kafkaTls.cert.value=PEM",
+            "extraEnv[0].name=BRIDGE_KAFKA__SSL_KEYFILE,extraEnv[0].value=",
+        ),
+        "kafkaTls.cert and kafkaTls.key go together",
+        {"kafka": {"security_protocol": "SSL", "ssl_certfile": FILE, "ssl_keyfile": ""}},
+    ),
+    "key password with the key blank in extraEnv": Refusal(
+        (
+            "config.kafka.securityProtocol=SSL",
+            "secrets.kafkaSslKeyPassword.value=p",
+            "extraEnv[0].name=BRIDGE_KAFKA__SSL_KEYFILE,extraEnv[0].value=",
+        ),
+        "secrets.kafkaSslKeyPassword needs kafkaTls.key",
+        {"kafka": {"security_protocol": "SSL", "ssl_key_password": "p", "ssl_keyfile": ""}},
     ),
     # A client certificate mounted from extraVolumes, named in extraEnv, without its key.
     "client certificate in extraEnv without its key": Refusal(
@@ -797,6 +838,16 @@ def test_topics_kafka_tells_apart_are_rendered(
             ("extraEnv[0].name=BRIDGE_KAFKA__SSL_CAFILE,extraEnv[0].value=",),
             {"kafka": {"ssl_cafile": ""}},
         ),
+        # So is a blank secret there: no SASL password to ignore.
+        (
+            ("extraEnv[0].name=BRIDGE_KAFKA__SASL_PASSWORD,extraEnv[0].value=",),
+            {"kafka": {"sasl_password": ""}},
+        ),
+        # Python lower-cases "İ" to "i" and a combining dot, Go to "i": `SİG` ends in no `sig`.
+        (
+            ("config.pinecall.apiUrl=https://api.example/v1?S\u0130G=1&CRED\u0130ENT\u0130AL=2",),
+            {"pinecall": {"api_url": "https://api.example/v1?S\u0130G=1&CRED\u0130ENT\u0130AL=2"}},
+        ),
     ],
 )
 def test_urls_servers_and_paths_the_bridge_takes_are_rendered(
@@ -894,6 +945,46 @@ def test_a_url_refused_for_its_credentials_is_not_echoed() -> None:
     ],
 )
 def test_a_refused_url_is_never_echoed(
+    sets: tuple[str, ...], message: str, bridge: dict[str, Any], bridge_problems: Any
+) -> None:
+    error = refused(SECRET, *sets)
+    assert message in error, error
+    assert "S3CRET" not in error
+    assert bridge_problems(merged(BRIDGE_SECRET, bridge)), "the bridge accepts it"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message", "bridge"),
+    [
+        # A server with credentials was also refused as an IPv6 address without brackets (the
+        # password's `:`), or as a URL (a `/` in it), or for its port: each quoted it whole.
+        *(
+            (
+                (f"config.kafka.bootstrapServers={servers}",),
+                f"config.kafka.bootstrapServers: {which} is given with credentials",
+                {"kafka": {"bootstrap_servers": servers.replace("\\", "").split(",")}},
+            )
+            for servers, which in [
+                ("bridge:S3CRET@kafka:9092", "the server"),
+                ("bridge:S3/CRET@kafka:9092", "the server"),
+                ("bridge:S3CRET@kafka:0", "the server"),
+                ("a:9092\\,bridge:S3CRET@[fd00::1]:9092", "server 2 of 2"),
+            ]
+        ),
+        (
+            ("config.kafka.bootstrapServers={a:9092,PLAINTEXT://S3CRET:9092}",),
+            "config.kafka.bootstrapServers: server 2 of 2 is not host:port: no scheme",
+            {"kafka": {"bootstrap_servers": ["a:9092", "PLAINTEXT://S3CRET:9092"]}},
+        ),
+        # A webhook path may be a secret of its own: the bridge does not echo it either.
+        (
+            ("config.webhook.path=/hooks/S3CRET/..",),
+            "config.webhook.path must be a plain path",
+            {"webhook": {"path": "/hooks/S3CRET/.."}},
+        ),
+    ],
+)
+def test_a_refused_server_or_path_is_never_echoed(
     sets: tuple[str, ...], message: str, bridge: dict[str, Any], bridge_problems: Any
 ) -> None:
     error = refused(SECRET, *sets)

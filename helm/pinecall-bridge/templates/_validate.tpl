@@ -18,21 +18,25 @@ secret it could supply is never refused for missing, nor refused as superfluous.
 {{- /* Those set to something: a blank value is no setting to the bridge (an empty path is unset). */}}
 {{- $extraSet := list }}
 {{- range .Values.extraEnv }}{{ if or .valueFrom (trim (toString (.value | default ""))) }}{{ $extraSet = append $extraSet .name }}{{ end }}{{ end }}
-{{- /* Each secret: "given" when the chart sets it for sure, "possible" when it may be set. */}}
+{{- /* Each secret: "given" when the chart sets it for sure, "possible" when it may be set. One
+extraEnv names is its alone (secretItems leaves the chart's sources out): a blank value there is
+unset to the bridge, as in $extraSet, not set nor possibly set by existingSecret. */}}
 {{- $given := dict }}
 {{- $possible := dict }}
 {{- range $item, $var := include "pinecall-bridge.secretEnvNames" . | fromYaml }}
 {{- $spec := get $s $item }}
-{{- $sure := or $spec.value $spec.secretName (has $var $extraEnv) }}
-{{- $_ := set $given $item (ternary true false (not (not $sure))) }}
-{{- $_ := set $possible $item (ternary true false (not (not (or $sure $s.existingSecret)))) }}
+{{- $named := has $var $extraEnv }}
+{{- $sure := ternary (has $var $extraSet) (not (not (or $spec.value $spec.secretName))) $named }}
+{{- $_ := set $given $item $sure }}
+{{- $_ := set $possible $item (or $sure (and (not $named) (not (not $s.existingSecret)))) }}
 {{- end }}
 {{- $webhook := include "pinecall-bridge.withDefaults" (list $c.webhook (dict "allowUnsigned" false "path" "/webhooks/pinecall")) | fromJson }}
 {{- /* A sender normalises `.` and `..` away: every webhook would be 404 (the rest of the path's
-rules are values.schema.json's pattern). */}}
+rules are values.schema.json's pattern). Not echoed, as the bridge does not: a path may be a
+secret of its own (an unguessable webhook URL). */}}
 {{- $segments := splitList "/" (trimAll "/" (toString $webhook.path)) }}
 {{- if or (has "." $segments) (has ".." $segments) }}
-{{- $problems = append $problems (printf "config.webhook.path (%s) must be a plain path: no '.' or '..' segment (a sender normalises them away, and every webhook would be 404)" $webhook.path) }}
+{{- $problems = append $problems "config.webhook.path must be a plain path: no '.' or '..' segment (a sender normalises them away, and every webhook would be 404)" }}
 {{- end }}
 {{- if not (or (get $possible "webhookSecrets") $webhook.allowUnsigned) }}
 {{- $problems = append $problems (printf "no webhook secret: set secrets.webhookSecrets.value or secrets.webhookSecrets.secretName, or secrets.existingSecret (a Secret with the key %q); only for local testing, config.webhook.allowUnsigned=true accepts unsigned webhooks" $s.webhookSecrets.key) }}
@@ -236,21 +240,26 @@ given twice is one topic. */}}
 {{- $k := include "pinecall-bridge.withDefaults" (list $c.kafka (dict "securityProtocol" "PLAINTEXT" "bootstrapServers" "127.0.0.1:9092" "maxRequestBytes" 1048576 "maxBatchBytes" 262144)) | fromJson }}
 {{- $servers := $k.bootstrapServers }}
 {{- if kindIs "string" $servers }}{{ $servers = splitList "," $servers }}{{ end }}
-{{- range $servers }}
-{{- $port := regexFind "[0-9]+$" (trim .) | default "0" | atoi }}
+{{- /* Each server named by its position, never echoed: one given with credentials (user:password@)
+holds a password, which helm's error would put in CI logs and terminals. One with an `@` is
+refused for it alone: its other problems (a password's `:` or `/`) are the password's. */}}
+{{- range $i, $server := $servers }}
+{{- $server = trim $server }}
+{{- $which := ternary "the server" (printf "server %d of %d" (add1 $i) (len $servers)) (eq (len $servers) 1) }}
+{{- if contains "@" $server }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %s is given with credentials (user:password@), which `check` prints and the logs name: SASL's go in config.kafka.saslUsername and secrets.kafkaSaslPassword" $which) }}
+{{- continue }}
+{{- end }}
+{{- $port := regexFind "[0-9]+$" $server | default "0" | atoi }}
 {{- if or (lt $port 1) (gt $port 65535) }}
-{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q has no port between 1 and 65535" (trim .)) }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %s has no port between 1 and 65535" $which) }}
 {{- end }}
-{{- if contains "/" . }}
-{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q is not host:port: no scheme (e.g. kafka-0:9092)" (trim .)) }}
+{{- if contains "/" $server }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %s is not host:port: no scheme (e.g. kafka-0:9092)" $which) }}
 {{- end }}
-{{- /* Never echoed: the part before the @ is a password. */}}
-{{- if contains "@" . }}
-{{- $problems = append $problems "config.kafka.bootstrapServers: a server is given with credentials (user:password@), which `check` prints and the logs name: SASL's go in config.kafka.saslUsername and secrets.kafkaSaslPassword" }}
-{{- end }}
-{{- $host := regexReplaceAll ":[^:]*$" (trim .) "" }}
+{{- $host := regexReplaceAll ":[^:]*$" $server "" }}
 {{- if and (contains ":" $host) (not (and (hasPrefix "[" $host) (hasSuffix "]" $host))) }}
-{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %q is not host:port: an IPv6 address goes in brackets (e.g. [fd00::1]:9092)" (trim .)) }}
+{{- $problems = append $problems (printf "config.kafka.bootstrapServers: %s is not host:port: an IPv6 address goes in brackets (e.g. [fd00::1]:9092)" $which) }}
 {{- end }}
 {{- end }}
 {{- /* Record sizes: an input within its limit plus the envelope the bridge adds (bridge/config.py's
@@ -288,7 +297,7 @@ ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
 {{- if or $k.saslUsername (get $given "kafkaSaslPassword") }}
 {{- $problems = append $problems "config.kafka.saslUsername and secrets.kafkaSaslPassword are ignored with config.kafka.saslMechanism=OAUTHBEARER (it authenticates with a token): unset them" }}
 {{- end }}
-{{- if not (or $token.audience (has "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE" $extraEnv)) }}
+{{- if not (or $token.audience (has "BRIDGE_KAFKA__SASL_OAUTH_TOKEN_FILE" $extraSet)) }}
 {{- $problems = append $problems "config.kafka.saslMechanism=OAUTHBEARER needs its token: set serviceAccount.kafkaOauthAudience (the audience the broker's validator expects)" }}
 {{- end }}
 {{- else if $token.audience }}
@@ -310,17 +319,16 @@ ack, or deliveries are answered 503 with Kafka up (bridge/config.py). */}}
 {{- $spec := get $tls $file }}
 {{- $_ := set $hasFile $file (ternary true false (not (not (or $spec.secretName $spec.value)))) }}
 {{- end }}
-{{- /* A client certificate or key may also be a path in extraEnv (mounted from extraVolumes). */}}
-{{- $sureFile := dict }}
-{{- $possibleFile := dict }}
+{{- /* A client certificate or key may also be a path in extraEnv (mounted from extraVolumes): a
+blank one is unset to the bridge. */}}
+{{- $setFile := dict }}
 {{- range $file, $var := dict "cert" "BRIDGE_KAFKA__SSL_CERTFILE" "key" "BRIDGE_KAFKA__SSL_KEYFILE" }}
-{{- $_ := set $sureFile $file (or (get $hasFile $file) (has $var $extraSet)) }}
-{{- $_ := set $possibleFile $file (or (get $hasFile $file) (has $var $extraEnv)) }}
+{{- $_ := set $setFile $file (or (get $hasFile $file) (has $var $extraSet)) }}
 {{- end }}
-{{- if or (and $sureFile.cert (not $possibleFile.key)) (and $sureFile.key (not $possibleFile.cert)) }}
+{{- if ne $setFile.cert $setFile.key }}
 {{- $problems = append $problems "kafkaTls.cert and kafkaTls.key go together (a client certificate; or extraEnv's BRIDGE_KAFKA__SSL_CERTFILE and BRIDGE_KAFKA__SSL_KEYFILE, one of each): set both or neither" }}
 {{- end }}
-{{- if and (get $given "kafkaSslKeyPassword") (not $possibleFile.key) }}
+{{- if and (get $given "kafkaSslKeyPassword") (not $setFile.key) }}
 {{- $problems = append $problems "secrets.kafkaSslKeyPassword needs kafkaTls.key or extraEnv's BRIDGE_KAFKA__SSL_KEYFILE (the encrypted client key)" }}
 {{- end }}
 {{- if and (not $usesTls) (or $hasFile.ca $hasFile.cert (get $given "kafkaSslKeyPassword")) }}
@@ -510,7 +518,8 @@ after http, https, ws, wss or ftp; two after another scheme or none), an `@` bef
 {{- end }}
 {{- $credentials := "" }}
 {{- range splitList "&" $query }}
-{{- $name := index (splitList "=" .) 0 | replace "_" "" | replace "-" "" | lower }}
+{{- /* Lower case as Python's str.lower(): "İ" is "i̇" (i and a combining dot) there, "i" to Go's. */}}
+{{- $name := index (splitList "=" .) 0 | replace "_" "" | replace "-" "" | replace "\u0130" "i\u0307" | lower }}
 {{- if and (not (regexMatch "[%+]" $name)) (or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" $name) (regexMatch "(key|sig|auth|authorization)$" $name)) }}{{ $credentials = "query" }}{{ end }}
 {{- end }}
 {{- if $userinfo }}{{ $credentials = "userinfo" }}{{ end }}
