@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from bridge import logthrottle
 from bridge.config import Settings
+from bridge.dedupnote import republish_note
 from bridge.metrics import Metrics
 from bridge.normalise.ids import CALL_ID_REFUSED, valid_call_id
 from bridge.pipeline import (
@@ -270,15 +271,6 @@ def oldest_entry(entries: Sequence[dict[str, Any]]) -> float | None:
     return min((t for t in map(entry_time, entries) if t is not None), default=None)
 
 
-def republish_note(ttl: float) -> str:
-    """The note that entries older than the dedup window are published again."""
-    return (
-        f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
-        " (BRIDGE_DEDUP__TTL_SECONDS): entries published longer ago than that are published"
-        " again, with the same CloudEvent ids"
-    )
-
-
 def _backoff(attempt: int) -> float:
     return min(RETRY_BASE_SECONDS * 2.0**attempt, RETRY_MAX_SECONDS)
 
@@ -355,7 +347,8 @@ class BarProgress:
         self._noted = True
         age = time.time() - oldest
         self._console.print(
-            f"{republish_note(self._ttl)} ({_shown(call)}'s entries go back {age:.0f} s)",
+            republish_note(self._ttl, "entries")
+            + f" ({_shown(call)}'s entries go back {age:.0f} s)",
             highlight=False,
         )
 
@@ -376,7 +369,7 @@ def run_backfill(
     # `--since` knows its reach up front; a call given by id, from its first page (BarProgress).
     noted = since is not None and since < time.time() - ttl
     if noted:
-        console.print(republish_note(ttl), highlight=False)
+        console.print(republish_note(ttl, "entries"), highlight=False)
     total = len(set(calls)) if since is None else None  # known once the list is read
     with counted_bar(console, "calls", total, unit="calls", counted="entries submitted") as bar:
         progress = BarProgress(bar, console, ttl, noted=noted)

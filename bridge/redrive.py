@@ -34,6 +34,7 @@ from bridge.deadletter import (
     classify,
     deliveries,
 )
+from bridge.dedupnote import republish_note
 from bridge.metrics import Metrics
 from bridge.normalise.ids import CALL_ID_REFUSED, valid_call_id
 from bridge.pipeline import (
@@ -329,17 +330,7 @@ def run_redrive(
     ttl = settings.dedup.ttl_seconds
     if selection.since < time.time() - ttl:
         # A dry run too: it is what the run it tries out would do.
-        console.print(
-            f"[yellow]note[/]: the dedup stage remembers ids for {ttl:g} s"
-            " (BRIDGE_DEDUP__TTL_SECONDS): "
-            + (
-                "without --dry-run, events published longer ago than that would be published"
-                if dry_run
-                else "events published longer ago than that are published"
-            )
-            + " again, with the same CloudEvent ids",
-            highlight=False,
-        )
+        console.print(republish_note(ttl, "events", dry_run=dry_run), highlight=False)
     # Offsets, not dead letters: each transaction's commit marker takes one too (5 dead letters
     # may end at offset 10), and counting records instead would cost a read of them all first.
     with counted_bar(

@@ -1,10 +1,10 @@
-"""Test doubles for the Kafka sink (records in memory, acks controlled by the test), and the
-pipeline and webhook body that unit tests share."""
+"""Test doubles for the Kafka sink (records in memory, acks controlled by the test) and for a
+call log's pages, and the pipeline and webhook body that unit tests share."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bridge import jsoncodec
@@ -14,6 +14,7 @@ from bridge.pipeline import Pipeline
 from bridge.routing import Router
 from bridge.sink.kafka import Record
 from bridge.sink.limits import TopicLimits
+from bridge.sources.calllog.pages import Page
 from tests.entries import entry
 
 SECRET = b"whsec_test"
@@ -22,6 +23,24 @@ SECRET = b"whsec_test"
 ENTRY_TIME = 1_700_000_000
 # A webhook body: one durable call-log entry.
 ENTRY = jsoncodec.dumps(entry(1, "call.started", agent="a", ts=ENTRY_TIME, data={}))
+
+PageFetcher = Callable[..., AsyncIterator[Page]]
+
+
+def _started(call: str) -> tuple[dict[str, Any], ...]:
+    return (entry(1, "call.started", call=call, data={}),)
+
+
+def one_page(
+    entries: Callable[[str], tuple[dict[str, Any], ...]] = _started,
+) -> PageFetcher:
+    """A stand-in for `fetch_pages`: each call's log is one sealed page, `entries(call)` (by
+    default its call.started alone)."""
+
+    async def fetch(session: Any, url: str, key: str, call: str, **_: Any) -> AsyncIterator[Page]:
+        yield Page(entries=entries(call), live=False, next=None)
+
+    return fetch
 
 
 class FakeSink:

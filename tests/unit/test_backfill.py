@@ -12,17 +12,19 @@ from typing import Any
 import aiohttp
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 from bridge import backfill
 from bridge.backfill import BackfillReport, CallOutcome, NoProgress, backfill_calls, run_backfill
 from bridge.config import Settings, load_settings
+from bridge.dedupnote import republish_note
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
 from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import CallListing, CallRow
 from bridge.sources.calllog.pages import Page, PageAuthError
 from tests.entries import entry
-from tests.unit.fakes import GoneKafka, IdleKafka
+from tests.unit.fakes import GoneKafka, IdleKafka, one_page
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +35,10 @@ def ingest_topic_exists(monkeypatch: pytest.MonkeyPatch) -> None:
         return None
 
     monkeypatch.setattr(backfill, "missing_ingest", writable)
+
+
+# What the command prints of the note, its markup rendered (a TTL of 900 s).
+NOTE = Text.from_markup(republish_note(900, "entries")).plain
 
 
 def said_by_run(
@@ -70,9 +76,9 @@ def test_a_backfill_reaching_past_the_dedup_window_says_it_publishes_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     far = told(monkeypatch, since=time.time() - 7 * 86_400)
-    assert "published again, with the same CloudEvent ids" in far
+    assert NOTE in far
     near = told(monkeypatch, since=time.time() - 60)
-    assert "published again, with the same CloudEvent ids" not in near
+    assert "CloudEvent ids" not in near
     # Whatever the reach, the summary does not promise what the window cannot keep.
     assert "drops those it saw in the last 900 s" in near
 
@@ -84,11 +90,8 @@ def backfilled_from(
     entries, the first at `ts`: what its progress was told, in order, and what it said."""
     told: list[str] = []
 
-    async def one_page(
-        session: Any, url: str, key: str, call: str, **_: Any
-    ) -> AsyncIterator[Page]:
-        entries = (entry(1, "call.started", call=call, ts=ts), entry(2, call=call, ts=time.time()))
-        yield Page(entries=entries, live=False, next=None)
+    def entries(call: str) -> tuple[dict[str, Any], ...]:
+        return (entry(1, "call.started", call=call, ts=ts), entry(2, call=call, ts=time.time()))
 
     class Told(backfill.BarProgress):
         def entries_older_than_ttl(self, call: str, oldest: float) -> None:
@@ -100,7 +103,7 @@ def backfilled_from(
             super().entries_read(call, count)
 
     monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
-    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page(entries))
     monkeypatch.setattr(backfill, "BarProgress", Told)
 
     async def none_listed(*_: Any) -> tuple[list[str], None]:
@@ -121,14 +124,14 @@ def test_a_call_older_than_the_dedup_window_says_it_publishes_again_before_publi
     # Only `--since` said it: `--call` on an old call republished it without a word up front.
     told, said = backfilled_from(monkeypatch, ts=time.time() - 7 * 86_400)
     assert told == ["old CA_1 168 h", "read CA_1 2"]  # before its entries are submitted
-    assert said.count("published again, with the same CloudEvent ids") == 1
-    assert "CA_1's entries go back 6048" in said
+    assert said.count(NOTE) == 1
+    assert f"{NOTE} (CA_1's entries go back 6048" in said
     fresh, said = backfilled_from(monkeypatch, ts=time.time() - 60)
     assert fresh == ["read CA_1 2"]
-    assert "published again, with the same CloudEvent ids" not in said
+    assert "CloudEvent ids" not in said
     # `--since` said it already: once is enough.
     _, said = backfilled_from(monkeypatch, ts=time.time() - 7 * 86_400, since=time.time() - 86_400)
-    assert said.count("published again, with the same CloudEvent ids") == 1
+    assert said.count(NOTE) == 1
 
 
 async def test_calls_the_list_gives_no_start_or_end_time_are_named_not_dropped_silently(
@@ -383,13 +386,8 @@ async def test_a_kafka_gone_away_at_the_end_fails_the_backfill_instead_of_hangin
 ) -> None:
     # The producer's flush to a Kafka gone away never ends: the command hung for good, its
     # report never said.
-    async def one_page(
-        session: Any, url: str, key: str, call: str, **_: Any
-    ) -> AsyncIterator[Page]:
-        yield Page(entries=(entry(1, "call.started", call=call, data={}),), live=False, next=None)
-
     monkeypatch.setattr(backfill, "KafkaSink", GoneKafka)
-    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page())
     settings = load_settings(
         webhook={"secrets": ["s"]},
         pinecall={"api_key": "k"},
@@ -420,13 +418,8 @@ def test_the_bar_shows_each_call_as_said_never_read_as_markup_and_controls_escap
     # The bar names the call being read before its id is checked, and the call list's ids are
     # Pinecall's text: a `[/` ended the command with rich's MarkupError after every call was
     # read, its summary never said; a `[bold]` vanished, an ESC drove the terminal.
-    async def one_page(
-        session: Any, url: str, key: str, call: str, **_: Any
-    ) -> AsyncIterator[Page]:
-        yield Page(entries=(entry(1, "call.started", call=call, data={}),), live=False, next=None)
-
     monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
-    monkeypatch.setattr(backfill, "fetch_pages", one_page)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page())
     settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
     for call, shown, code_wanted in (
         ("[bold]CA_1", "[bold]CA_1 ", 0),
