@@ -1120,8 +1120,12 @@ async def run_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
-    if held_stop() is not None:  # came during the start-up, as PID 1: nothing to start for
-        stop.set()
+    if (held := held_stop()) is not None:
+        # Came during the start-up, as PID 1: nothing to start for, as the workers' supervisor
+        # spawns none. Started, it opened the listener and connected to Kafka only to stop,
+        # serving out the drain delay for a pod already deleted.
+        log.info("stopped", extra={"signal": held.name, "started": False})
+        return
     try:
         await bridge.start()
     except OSError as exc:  # e.g. the port is taken: say so plainly, not with a traceback

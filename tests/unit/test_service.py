@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from pathlib import Path
 from typing import Any, get_args
@@ -26,6 +27,7 @@ from bridge.sink.topicreads import why_unread
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
 from bridge.stopbudget import drain_delay_seconds, first_phase_seconds
+from bridge.stopsignals import hold_until_handled
 from bridge.workers.role import Stages
 from tests.metrics import sample, series
 from tests.polling import until
@@ -735,6 +737,27 @@ async def test_cannot_listen_names_the_host_and_port(caplog: pytest.LogCaptureFi
     [record] = [r for r in caplog.records if r.getMessage().startswith("cannot listen")]
     assert (record.__dict__["host"], record.__dict__["port"]) == ("127.0.0.1", port)
     assert "BRIDGE_HTTP__HOST" in record.getMessage()
+
+
+@pytest.mark.usefixtures("as_pid_1")
+async def test_a_stop_signal_held_through_the_start_up_of_pid_1_starts_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Started anyway, it opened the listener and connected to Kafka only to stop, serving out
+    # the drain delay for a pod already deleted (the workers' supervisor spawns none).
+    bridge = Bridge(every_source())
+    hold_until_handled()
+    signal.raise_signal(signal.SIGTERM)
+    try:
+        with caplog.at_level(logging.INFO, logger="bridge.service"):
+            async with asyncio.timeout(5):
+                await run_until_stopped(bridge)
+    finally:
+        if bridge.port is not None:
+            await bridge.stop()
+    assert bridge.port is None
+    assert [r.getMessage() for r in caplog.records] == ["stopped"]
+    assert caplog.records[0].__dict__["signal"] == "SIGTERM"
 
 
 async def test_a_restarted_worker_that_cannot_bind_once_connected_exits_as_at_start(
