@@ -23,6 +23,7 @@ from bridge import logthrottle
 from bridge.config import Settings
 from bridge.dedupnote import republish_note
 from bridge.metrics import Metrics
+from bridge.normalise import Unrecognised
 from bridge.normalise.ids import CALL_ID_REFUSED, valid_call_id
 from bridge.pipeline import (
     BACKFILL,
@@ -42,6 +43,7 @@ from bridge.sources.calllog.calllist import (
     list_calls,
     started_since,
 )
+from bridge.sources.calllog.follow import TOO_LARGE_SAID, page_entry
 from bridge.sources.calllog.follower import api_headers, entry_time
 from bridge.sources.calllog.pages import PageError, fetch_pages
 from bridge.sources.egress import pinecall_session
@@ -240,7 +242,8 @@ async def _backfill_call(
                     if oldest is not None and oldest < time.time() - settings.dedup.ttl_seconds:
                         progress.entries_older_than_ttl(call, oldest)
                 if page.entries:
-                    result = await submit_retrying(pipeline, list(page.entries), "sse")
+                    items = _bounded(call, page.entries, settings.sse.max_event_bytes)
+                    result = await submit_retrying(pipeline, items, "sse")
                     outcome.submitted.add(result)
                     if not result.ok:
                         outcome.error = "Kafka did not take every entry: " + ", ".join(
@@ -264,6 +267,15 @@ async def _backfill_call(
             log.warning("call log page failed; retrying", extra={"call": call, "error": str(exc)})
             await asyncio.sleep(delay)
     return outcome
+
+
+def _bounded(call: str, entries: Sequence[dict[str, Any]], max_bytes: int) -> list[Any]:
+    """The entries as the live stream takes them: one over `max_bytes` a `too_large` note, said."""
+    items = [page_entry(call, entry, max_bytes) for entry in entries]
+    for item in items:
+        if isinstance(item, Unrecognised):
+            log.warning(TOO_LARGE_SAID, extra=item.item)
+    return items
 
 
 def oldest_entry(entries: Sequence[dict[str, Any]]) -> float | None:

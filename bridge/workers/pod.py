@@ -124,15 +124,19 @@ class PodView:
             # A restarted worker not ready yet holds no listener either, nor a stopping one
             # once it closed it (bridge/service.py).
             unbound = answers[worker] == (503, NOT_LISTENING)
-            if (answer == DOWN or unbound) and excuse_down:
+            # Shown in both probes: /healthz calling a restarting worker `unreachable` read as a
+            # wedged one. Only /readyz excuses it.
+            if answer == DOWN or unbound:
                 down.append(worker)
-            if answer == STARTING and excuse_down:
+            if answer == STARTING:
                 starting.append(worker)
-        status, body = pod_answer(answers, ok, not_ok, counted, down=down, starting=starting)
+        status, body = pod_answer(
+            answers, ok, not_ok, counted, down=down, starting=starting, excuse_down=excuse_down
+        )
         return json_response(body, status=status)
 
     async def healthz(self, _: web.Request) -> web.Response:
-        """Alive only when every worker is: a worker down (restarting) counts, as ever."""
+        """Alive only when every worker is: a worker down (restarting) counts, shown as down."""
         return await self._probe("/healthz", "alive", "not_alive")
 
     async def readyz(self, _: web.Request) -> web.Response:

@@ -32,21 +32,25 @@ def pod_answer(
     *,
     down: Collection[str] = (),
     starting: Collection[str] = (),
+    excuse_down: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """200 and `ok` when every worker answered 200; else 503, `not_ok` and the failing workers.
 
     `counted`: the workers that decide (all by default); the others' states are shown only.
-    `down`: workers holding no listener (no process, or one not bound yet), excused while a
-    counted one is ok.
+    `down`: workers holding no listener (no process, or one not bound yet), shown as such and,
+    with `excuse_down` (readiness, not liveness), excused while a counted one is ok.
     `starting`: workers with no answer yet, shown as such (never excused).
     """
     workers = {
         worker: answer[1] if answer else _missing(worker, down, starting)
         for worker, answer in answers.items()
     }
+    excused = down if excuse_down else ()
     deciding = [worker for worker in answers if counted is None or worker in counted]
-    failing = [worker for worker in deciding if worker not in down and not _fine(answers[worker])]
-    if not failing and any(worker not in down for worker in deciding):
+    failing = [
+        worker for worker in deciding if worker not in excused and not _fine(answers[worker])
+    ]
+    if not failing and any(worker not in excused for worker in deciding):
         return 200, {"status": ok, "workers": workers}
     return 503, {"status": not_ok, "failing": failing or deciding, "workers": workers}
 

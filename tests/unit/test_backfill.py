@@ -24,6 +24,7 @@ from bridge.sources.calllog import calllist
 from bridge.sources.calllog.calllist import CallListing, CallRow
 from bridge.sources.calllog.pages import Page, PageAuthError
 from tests.entries import entry
+from tests.metrics import sample
 from tests.unit.fakes import GoneKafka, IdleKafka, one_page
 
 
@@ -343,6 +344,35 @@ async def test_a_403_is_one_calls_refusal_and_the_others_are_still_read(
     assert [o.error is None for o in report.calls] == [False, True]
     assert not report.key_refused
     assert report.not_asked == []
+
+
+async def test_an_entry_over_the_event_limit_is_noted_as_the_stream_notes_it_not_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pages passed it whole: over BRIDGE_SSE__MAX_EVENT_BYTES, which leaves room for a dead
+    # letter, it was refused by Kafka even as one, lost, and the command failed the call.
+    big = entry(1, "call.summary", call="CA_1", data={"text": "x" * 2_000_000})
+    sinks: list[IdleKafka] = []
+
+    def kafka(*args: Any, **kwargs: Any) -> IdleKafka:
+        sinks.append(IdleKafka(*args, **kwargs))
+        return sinks[-1]
+
+    monkeypatch.setattr(backfill, "KafkaSink", kafka)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page(lambda call: (big, entry(2, call=call))))
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    metrics = Metrics()
+    with caplog.at_level(logging.WARNING, logger="bridge.backfill"):
+        report = await backfill_calls(settings, ["CA_1"], metrics=metrics)
+    [outcome] = report.calls
+    assert outcome.entries == 2
+    assert (outcome.submitted.refused, outcome.submitted.dead_lettered) == (0, 1)
+    assert report.ok
+    # The entry and a note of it, not its 2 MB.
+    assert [len(r.value) < 4096 for r in sinks[0].acked()] == [True, True]
+    assert sample(metrics, "pinecall_bridge_events_dead_lettered_total", reason="too_large") == 1
+    [said] = [r for r in caplog.records if "BRIDGE_SSE__MAX_EVENT_BYTES" in r.message]
+    assert (said.call, said.seq) == ("CA_1", 1)  # type: ignore[attr-defined]
 
 
 async def backfill_broken_pages(monkeypatch: pytest.MonkeyPatch, broken: int) -> BackfillReport:

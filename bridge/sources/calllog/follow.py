@@ -150,6 +150,38 @@ def _noted(kind: str) -> str:
     return f"{kind[:MAX_TYPE_LENGTH]}… ({len(kind)} chars, sha256 {digest})"
 
 
+# What a `too_large` note's entry is said as, in the log (a follower's, and `backfill`'s).
+TOO_LARGE_SAID = (
+    "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it goes to"
+    " the dead-letter topic in its place"
+)
+
+
+def page_entry(call: str, entry: dict[str, Any], max_bytes: int) -> Any:
+    """A JSON page's entry as the stream takes it: over `max_bytes`, a `too_large` note instead.
+
+    Measured as the bridge writes it (compact JSON), with a line feed as the stream counts it.
+    """
+    # A page holds up to 64 MiB: passed whole, an entry the stream notes at its seq was refused
+    # by Kafka even as a dead letter, lost without a trace and paged as a topic set too small.
+    text = jsoncodec.dumps(entry)
+    size = len(text) + 1
+    if size <= max_bytes:
+        return entry
+    kind = entry.get("type")
+    seq = readable_seq(entry.get("seq"))
+    note: dict[str, Any] = {
+        "call": call,
+        "type": _noted(kind) if isinstance(kind, str) else None,
+        "bytes": size,
+        "seq": seq,
+    }
+    if seq is None:
+        # Its own dead-letter id, as the stream's note without an id: told apart by content.
+        note["sha256"] = hashlib.sha256(text).hexdigest()
+    return Unrecognised("too_large", note)
+
+
 class CallFollow:
     """Not thread-safe; one per followed call, driven by its follower task."""
 

@@ -27,11 +27,13 @@ from bridge.normalise.ids import shown
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Item, TooLarge
 from bridge.sources.calllog.follow import (
+    TOO_LARGE_SAID,
     CallFollow,
     CaughtUp,
     Fill,
     Publish,
     Reason,
+    page_entry,
     readable_seq,
 )
 from bridge.sources.calllog.keygate import KeyGate
@@ -477,12 +479,18 @@ class Follower:
                 return None
             self._gate.accepted()  # a page came: the key was taken
             entries = [e for e in page.entries if _in_gap(e["seq"], gap)]
-            times = [moment for e in entries if (moment := entry_time(e)) is not None]
             self._metrics.sse_gap_entries.inc(len(entries))
             self.state.paged(entries)
             # The last a resume point may move to: one past any real seq is dead-lettered only.
             seqs = [seq for e in entries if (seq := readable_seq(e["seq"])) is not None]
-            await self._publish(entries, times, seqs[-1] if seqs else None)
+            items = [page_entry(self.call, e, self._settings.max_event_bytes) for e in entries]
+            times: list[float] = []
+            for item in items:
+                if isinstance(item, Unrecognised):
+                    flood.warning(_UNREADABLE[item.reason], extra={**self._ctx(), **item.item})
+                elif (moment := entry_time(item)) is not None:
+                    times.append(moment)
+            await self._publish(items, times, seqs[-1] if seqs else None)
             return page.next
 
     @contextlib.asynccontextmanager
@@ -507,8 +515,7 @@ class Follower:
 
 
 _UNREADABLE = {
-    "too_large": "call log entry larger than BRIDGE_SSE__MAX_EVENT_BYTES; a note of it goes to"
-    " the dead-letter topic in its place",
+    "too_large": TOO_LARGE_SAID,
     "invalid_json": "call log entry is not JSON; it goes to the dead-letter topic with its text",
 }
 

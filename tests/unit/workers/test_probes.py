@@ -63,3 +63,12 @@ def test_a_worker_starting_is_shown_and_not_excused() -> None:
     answers = {"0": (200, "ready"), "1": None}
     status, body = pod_answer(answers, "ready", "not_ready", down=(), starting=["1"])
     assert (status, body["failing"], body["workers"]["1"]) == (503, ["1"], "starting")
+
+
+def test_a_worker_down_is_shown_but_not_excused_for_liveness() -> None:
+    answers = {"0": (200, "alive"), "1": None}
+    status, body = pod_answer(answers, "alive", "not_alive", down=["1"], excuse_down=False)
+    assert (status, body) == (
+        503,
+        {"status": "not_alive", "failing": ["1"], "workers": {"0": "alive", "1": "down"}},
+    )

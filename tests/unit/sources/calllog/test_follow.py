@@ -20,6 +20,7 @@ from bridge.sources.calllog.follow import (
     Nothing,
     Publish,
     fit_json_text,
+    page_entry,
 )
 from bridge.sources.reconnect import ReconnectPolicy
 
@@ -448,3 +449,50 @@ def test_the_calls_end_is_its_scores_time_once_acknowledged() -> None:
     f.published(9)
     assert f.ended
     assert f.ended_at == 1_700_000_000.5
+
+
+def streamed(item: dict[str, Any], max_bytes: int) -> Any:
+    """What a follower publishes for `item` read from the stream, as its compact JSON."""
+    parser = EventStreamParser.for_events_of(max_bytes)
+    wire = f"id: {item['seq']}\nevent: {item['type']}\ndata: ".encode() + jsoncodec.dumps(item)
+    [read] = parser.feed(wire + b"\n\n")
+    step = follow().step(read)
+    assert isinstance(step, Publish)
+    return step.item
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1, 50, 500_000])
+def test_a_page_entry_is_bounded_as_the_stream_bounds_it_into_a_note_alike(over: int) -> None:
+    # Pages passed every entry whole: one the stream notes at its seq was refused by Kafka even
+    # as a dead letter, lost.
+    limit = 4096
+    item = {"seq": 7, "ts": 1.0, "call": "CA_1", "agent": "a", "type": "call.summary"}
+    item["data"] = {"text": ""}
+    item["data"] = {"text": "x" * (limit - len(jsoncodec.dumps(item)) - 1 + over)}
+    size = len(jsoncodec.dumps(item)) + 1  # with its line feed, as streamed
+    assert size == limit + over
+    paged, on_stream = page_entry("CA_1", item, limit), streamed(item, limit)
+    if over <= 0:
+        assert paged is item
+        assert on_stream == item
+        return
+    note = {"call": "CA_1", "seq": 7, "type": "call.summary", "bytes": size}
+    assert paged == Unrecognised("too_large", note)
+    assert isinstance(on_stream, Unrecognised)
+    if size <= limit + 64:
+        # Within the parser's line cap it counts the same bytes: the same note, one dead letter.
+        assert on_stream == paged
+    else:
+        # Past it the stream counts the whole line, `data: ` too: about the same.
+        assert {**on_stream.item, "bytes": size} == note
+        assert abs(on_stream.item["bytes"] - size) <= 8
+
+
+def test_a_page_entry_too_large_past_any_seq_is_noted_with_its_digest_and_type_cut() -> None:
+    item = {"seq": 2**31, "type": "t" * 300, "data": {"text": "x" * 2000}}
+    paged = page_entry("CA_1", item, 1024)
+    assert isinstance(paged, Unrecognised)
+    assert paged.reason == "too_large"
+    assert paged.item["seq"] is None
+    assert paged.item["sha256"] == hashlib.sha256(jsoncodec.dumps(item)).hexdigest()
+    assert paged.item["type"].startswith("t" * 256 + "… (300 chars, sha256 ")

@@ -699,6 +699,34 @@ async def test_a_gap_is_read_from_the_pages_before_what_follows(
     assert sample(metrics, "pinecall_bridge_sse_gap_entries_total") == 2
 
 
+async def test_a_gap_page_entry_too_large_to_read_is_noted_as_the_stream_notes_it(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pages passed it whole: one over BRIDGE_SSE__MAX_EVENT_BYTES the stream notes at its seq
+    # was refused by Kafka even as a dead letter, and lost.
+    big = entry(2, "call.summary", transcript="x" * 2_000_000)  # over the 960 KiB default
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return web.json_response({"entries": [big, entry(3)], "live": True, "next": 3})
+        gap = entry(3, "log.gap", from_seq=2, to_seq=3, snapshot=None)
+        return await stream(request, frame(entry(1)) + frame(gap) + frame(entry(4, "call.score")))
+
+    with caplog.at_level(logging.WARNING):
+        ended, _server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1, 2, 3, 4]
+    [note] = [
+        item for batch in publisher.batches for item in batch if isinstance(item, Unrecognised)
+    ]
+    assert note.reason == "too_large"
+    assert (note.item["seq"], note.item["type"]) == (2, "call.summary")
+    assert note.item["bytes"] == len(jsoncodec.dumps(big)) + 1
+    said = [r for r in caplog.records if "larger than BRIDGE_SSE__MAX_EVENT_BYTES" in r.message]
+    assert [(r.call, r.seq) for r in said] == [("CA_1", 2)]  # type: ignore[attr-defined]
+    assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 1
+
+
 async def test_a_score_read_in_a_gap_ends_the_call_without_asking_again(
     run_follower: Callable[..., Any],
 ) -> None:
