@@ -28,11 +28,10 @@ from bridge import jsoncodec  # noqa: E402
 from bridge.argtypes import port, positive, rate  # noqa: E402
 from bridge.config import (  # noqa: E402
     ConfigError,
+    Loaded,
     Settings,
     describe,
-    dotenv_variables,
-    load_settings,
-    load_tool_settings,
+    load,
     log_setting_warnings,
     log_unknown_variables,
     overridden_variables,
@@ -46,35 +45,37 @@ from bridge.sources.signature import signature_header  # noqa: E402
 EXIT_CONFIG = 2
 
 
-def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Settings:
+def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Loaded:
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
     is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret
     (`load_tool_settings`)."""
-    unknown: list[str] = []
     try:
-        unknown = unknown_variables(os.environ, dotenv_variables())
-        settings = load_settings() if serving else load_tool_settings()
-        problems = unknown if unknown_is_invalid else []
+        loaded = load(serving=serving)
     except ConfigError as exc:
+        # None: `.env` could not be read, which is the problem named.
+        unknown = unknown_variables(os.environ, exc.dotenv) if exc.dotenv is not None else []
         problems = unknown + exc.problems
+    else:
+        problems = unknown_variables(os.environ, loaded.dotenv) if unknown_is_invalid else []
     if problems:
         print("pinecall-bridge: invalid configuration:", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
-    return settings
+    return loaded
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(loaded: Loaded) -> None:
     """Log as the settings say, then warn of each unknown `BRIDGE_*` variable: a likely typo."""
     from bridge import logsetup
 
-    logsetup.configure(settings.log.level, settings.log.format)
-    log_unknown_variables()
+    logsetup.configure(loaded.settings.log.level, loaded.settings.log.format)
+    log_unknown_variables(loaded.dotenv)
 
 
 def _run(_: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
+    loaded = _settings_or_exit()
+    settings = loaded.settings
     from bridge import logsetup
     from bridge.connlimit import raise_open_files_limit
     from bridge.gctuning import tune_for_serving
@@ -92,21 +93,21 @@ def _run(_: argparse.Namespace) -> int:
         from bridge.workers.worker import serve_worker
 
         logsetup.configure(settings.log.level, settings.log.format, {"worker": role.index})
-        _run_loop(serve_worker(settings, role))
+        _run_loop(serve_worker(settings, role, loaded.dotenv))
         _exit_stopped()
-    _configure_logging(settings)
+    _configure_logging(loaded)
     logging.getLogger("bridge.connlimit").info(
         "open files limit", extra={"soft": open_files[0], "hard": open_files[1]}
     )
     # Only where webhooks are taken: once, by the parent of any workers.
-    log_setting_warnings(settings)
+    log_setting_warnings(loaded)
     if settings.http.workers != 1 or settings.dedup.own_process:
         processes = _workers(settings) + settings.dedup.own_process
         if processes > 1:
             from bridge.workers.parent import run_parent
 
             return run_parent(settings, processes)
-    _run_loop(serve(settings))
+    _run_loop(serve(settings, loaded.dotenv))
     return 0
 
 
@@ -157,13 +158,14 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def _check(_: argparse.Namespace) -> int:
     # An unknown variable fails the check: a CI gate must catch a typo, which `run` only warns of.
-    settings = _settings_or_exit(unknown_is_invalid=True)
+    loaded = _settings_or_exit(unknown_is_invalid=True)
+    settings = loaded.settings
     print("configuration is valid:", file=sys.stderr)  # stdout is the settings as JSON, for tools
     print(_settings_json(describe(settings)))
-    for name, origin in secret_origins(os.environ, dotenv_variables()).items():
+    for name, origin in secret_origins(os.environ, loaded.dotenv).items():
         print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
-    overridden = overridden_variables(os.environ, dotenv_variables())
-    for warning in [*overridden, *setting_warnings(settings)]:
+    overridden = overridden_variables(os.environ, loaded.dotenv)
+    for warning in [*overridden, *setting_warnings(settings, loaded.dotenv)]:
         print(f"warning: {warning}", file=sys.stderr)
     k = settings.kafka
     # Each of the three limits is refused at start unless it fits with the envelope (config.py).
@@ -324,8 +326,9 @@ def _send(args: argparse.Namespace) -> int:
     secret = _given_secret(args)
     if secret is None:
         # A tool's settings: the serving refusal of a missing secret names no option of send's.
-        settings = _settings_or_exit(serving=False)
-        _configure_logging(settings)
+        loaded = _settings_or_exit(serving=False)
+        settings = loaded.settings
+        _configure_logging(loaded)
         secret = settings.webhook.signing_secret
         if not secret and not settings.webhook.allow_unsigned:
             print(
@@ -365,8 +368,9 @@ def _webhooks(args: argparse.Namespace) -> int:
     # Only `register` sends a secret (Pinecall signs `test` with the one it keeps), and only
     # when none is passed does it need the setting's.
     given = _given_secret(args) if args.action == "register" else None
-    settings = _settings_or_exit(serving=args.action == "register" and given is None)
-    _configure_logging(settings)
+    loaded = _settings_or_exit(serving=args.action == "register" and given is None)
+    settings = loaded.settings
+    _configure_logging(loaded)
     if settings.pinecall.api_key is None:  # every call of the webhook API is authenticated
         print(
             f"pinecall-bridge: webhooks {args.action} needs BRIDGE_PINECALL__API_KEY",
@@ -433,8 +437,9 @@ def _tail(args: argparse.Namespace) -> int:
         # From the end to the end: it would print nothing, as if the event were nowhere.
         print("pinecall-bridge tail: --to-end needs --from-beginning or --since", file=sys.stderr)
         return EXIT_CONFIG
-    settings = _settings_or_exit(serving=False)
-    _configure_logging(settings)
+    loaded = _settings_or_exit(serving=False)
+    settings = loaded.settings
+    _configure_logging(loaded)
     from bridge.tail import TailConsole, TailFilter, tail
 
     topics = args.topic or [settings.topics.events, settings.topics.alerts]
@@ -466,8 +471,9 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit(serving=False)
-    _configure_logging(settings)
+    loaded = _settings_or_exit(serving=False)
+    settings = loaded.settings
+    _configure_logging(loaded)
     from rich.console import Console
 
     from bridge.backfill import run_backfill
@@ -484,8 +490,9 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit(serving=False)
-    _configure_logging(settings)
+    loaded = _settings_or_exit(serving=False)
+    settings = loaded.settings
+    _configure_logging(loaded)
     if args.until is not None and args.until < args.since:
         print("pinecall-bridge redrive: --until is before --since", file=sys.stderr)
         return EXIT_CONFIG

@@ -13,6 +13,7 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qsl, urlsplit
@@ -108,6 +109,11 @@ DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
 # variable: pydantic-settings passes no validation context from `Settings(...)` to a section.
 _SERVING: ContextVar[bool] = ContextVar("_SERVING", default=True)
+# Where a load puts the `.env` variables its settings are read from (`load`): the warnings about
+# them then name that read, not another one of a file that may have changed since.
+_DOTENV_READ: ContextVar[list[Mapping[str, str | None]] | None] = ContextVar(
+    "_DOTENV_READ", default=None
+)
 
 
 def _split_csv(value: Any) -> Any:
@@ -1317,6 +1323,8 @@ class Settings(BaseSettings):
         # another kind, the settings' own env_file is checked rather than failing at start-up.
         if isinstance(dotenv_settings, DotEnvSettingsSource):
             _check_dotenv(dotenv_settings.env_file)
+            if (read := _DOTENV_READ.get()) is not None:
+                read.append(dotenv_settings.env_vars)
         else:
             _check_dotenv(settings_cls.model_config.get("env_file"))
         return with_secret_files(init_settings, env_settings, dotenv_settings, file_secret_settings)
@@ -1555,36 +1563,55 @@ def overridden_variables(
     return warnings
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """Settings and the `.env` variables (`dotenv_variables`) they were read from."""
+
+    settings: Settings
+    dotenv: Mapping[str, str | None]
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise ConfigError listing every problem by its variable name."""
-    return _load(overrides, serving=True)
+    return load(**overrides).settings
 
 
 def load_tool_settings(**overrides: Any) -> Settings:
     """`load_settings` for the tools (tail, redrive, backfill, webhooks but a secretless register):
     no webhook secret required, since they never serve webhooks nor send one."""
-    return _load(overrides, serving=False)
+    return load(serving=False, **overrides).settings
 
 
-def _load(overrides: dict[str, Any], *, serving: bool) -> Settings:
+def load(*, serving: bool = True, **overrides: Any) -> Loaded:
+    """`load_settings` (`load_tool_settings` unless `serving`) with the `.env` variables it read,
+    for the warnings about them: `.env` is read once a start, however it changes meanwhile."""
     token = _SERVING.set(serving)
+    read: list[Mapping[str, str | None]] = []
+    read_token = _DOTENV_READ.set(read)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
-        sections = _sections_given(os.environ, dotenv_variables())
+        dotenv = read[-1] if read else {}
+        sections = _sections_given(os.environ, dotenv)
         problems = [_problem(err["loc"], err["type"], err["msg"], sections) for err in exc.errors()]
-        raise ConfigError(problems) from None
+        raise ConfigError(problems, dotenv) from None
+    except ConfigError as exc:  # e.g. a secret both in a file and in .env (bridge/secretfiles.py)
+        exc.dotenv = read[-1] if read and exc.dotenv is None else exc.dotenv
+        raise
     except (OSError, UnicodeDecodeError) as exc:  # the .env file, read as the settings load
         raise ConfigError([_unreadable_dotenv(exc)]) from None
     except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
         raise ConfigError(
-            [f"{where}: a value could not be parsed (lists of objects are JSON)"]
+            [f"{where}: a value could not be parsed (lists of objects are JSON)"],
+            read[-1] if read else None,
         ) from None
     finally:
+        _DOTENV_READ.reset(read_token)
         _SERVING.reset(token)
+    return Loaded(settings, read[-1] if read else {})
 
 
 def known_variables() -> set[str]:
@@ -1717,9 +1744,10 @@ def unknown_variables(
     return problems
 
 
-def log_unknown_variables() -> None:
-    """Log each unknown `BRIDGE_*` variable, of the environment or `.env`, as a WARNING."""
-    for problem in unknown_variables(os.environ, dotenv_variables()):
+def log_unknown_variables(dotenv: Mapping[str, str | None]) -> None:
+    """Log each unknown `BRIDGE_*` variable, of the environment or `dotenv` (`Loaded.dotenv`),
+    as a WARNING."""
+    for problem in unknown_variables(os.environ, dotenv):
         logging.getLogger(__name__).warning(problem)
 
 
@@ -1770,12 +1798,11 @@ def reloaded_api_key(api: PinecallSettings, key: str) -> PinecallSettings:
 
 
 def setting_warnings(
-    settings: Settings, sections: Mapping[str, set[str]] | None = None
+    settings: Settings, dotenv: Mapping[str, str | None] | None = None
 ) -> list[str]:
     """Valid settings that are weak in production, one line each, naming no secret's value; one
-    read from a section's JSON (`sections`, by default the environment's) named as given there."""
-    if sections is None:
-        sections = _sections_given(os.environ, dotenv_variables())
+    read from a section's JSON, of the environment or `dotenv` (`Loaded.dotenv`), named so."""
+    sections = _sections_given(os.environ, dotenv or {})
     warnings = [
         *webhook_secret_warnings(settings.webhook.secrets),
         *drain_delay_warnings(settings.shutdown),
@@ -1854,11 +1881,11 @@ def _nth(n: int, of: int) -> str:
     return "the secret" if of == 1 else f"secret {n} of {of}"
 
 
-def log_setting_warnings(settings: Settings) -> None:
+def log_setting_warnings(loaded: Loaded) -> None:
     """Log each of `setting_warnings`, and each of `overridden_variables`, as a WARNING."""
     for warning in [
-        *overridden_variables(os.environ, dotenv_variables()),
-        *setting_warnings(settings),
+        *overridden_variables(os.environ, loaded.dotenv),
+        *setting_warnings(loaded.settings, loaded.dotenv),
     ]:
         logging.getLogger(__name__).warning(warning)
 

@@ -43,7 +43,9 @@ flood = LogThrottle(log)
 _YIELD_EVERY = 64
 TOO_LARGE = "too_large"
 # publish_failures_total's reasons (TOO_LARGE's too: _too_large).
-PublishFailure = Literal["timeout", "retriable", "error", "held_back", "producer_replaced"]
+PublishFailure = Literal[
+    "timeout", "retriable", "error", "held_back", "producer_replaced", "stopping"
+]
 # A command's delivery Kafka did not take is offered again this many times before it gives up.
 SUBMIT_ATTEMPTS = 5
 # A dead letter's headers: why it is not an event, and the channel it came through.
@@ -240,7 +242,9 @@ class Pipeline:
         the wait on Kafka.
         """
         loop = asyncio.get_running_loop()
-        deadline = self._answer_deadline(loop.time() + self._timeout, answered)
+        # Its own publish deadline: a wait cut before it was cut by a stop, not by Kafka.
+        own = loop.time() + self._timeout
+        deadline = self._answer_deadline(own, answered)
         again = retry is not None
         first = retry if retry is not None else Delivery(self._clock(), loop.time())
         received_at = first.received_at
@@ -318,14 +322,14 @@ class Pipeline:
                 continue
             # Again at each send: a stop may have set the answer deadline since the last one.
             deadline = self._answer_deadline(deadline, answered)
-            delivery = await self._send(record, deadline, result, answered)
+            delivery = await self._send(record, deadline, result, answered, own)
             original = record  # its id and size for the lines below: looked up only for them
             if delivery is _REFUSED and reason is None and self._dead_letters:
                 # Too large for Kafka as it is: its raw bytes fit as a dead letter (the input
                 # limits leave room for that), so it is kept, not retried forever.
                 reason = TOO_LARGE
                 record = self._dead_letter(item, exact, reason, channel, received_at)
-                delivery = await self._send(record, deadline, result, answered)
+                delivery = await self._send(record, deadline, result, answered, own)
                 if delivery is not _REFUSED:
                     # Said once it is: a dead letter refused too is a loss, said below.
                     flood.error(
@@ -366,8 +370,9 @@ class Pipeline:
         )
         stored = 0
         refused_for_size = False
+        stopped = self._stopped(own, answered)
         for s in sent:
-            stored += self._settle(s, channel, result)
+            stored += self._settle(s, channel, result, stopped)
             refused_for_size |= _refused_for_size(s.delivery)
         if refused_for_size:
             # The topic's limit was lowered while running: read again before the answer, so
@@ -390,8 +395,17 @@ class Pipeline:
             return self._answer_by
         return deadline
 
+    def _stopped(self, own: float, answered: bool) -> bool:
+        """Whether a stop's answer deadline, before its own (`own`), ends a delivery's wait."""
+        return answered and self._answer_by is not None and self._answer_by < own
+
     async def _send(
-        self, record: Record, deadline: float, result: BatchResult, answered: bool = False
+        self,
+        record: Record,
+        deadline: float,
+        result: BatchResult,
+        answered: bool,
+        own: float,
     ) -> asyncio.Future[Any] | _Refused | None:
         try:
             # Not wait_for: no task per record, and the send stays in arrival order. The timer is
@@ -399,7 +413,7 @@ class Pipeline:
             armed = self._answer_timers if answered else None
             delivery = await by_deadline(deadline, self._sink.send(record), armed)
         except TimeoutError:
-            self._fail("timeout", result)
+            self._fail("stopping" if self._stopped(own, answered) else "timeout", result)
             return None
         except Exception as exc:  # a refused record must not become a 500
             if too_large(exc):
@@ -467,16 +481,19 @@ class Pipeline:
             if releasers is not None:
                 releasers.discard(waiter)
 
-    def _settle(self, s: _Sent, channel: Channel, result: BatchResult) -> bool:
-        """Count what became of one sent record; True when Kafka has it."""
+    def _settle(self, s: _Sent, channel: Channel, result: BatchResult, stopped: bool) -> bool:
+        """Count what became of one sent record; True when Kafka has it. `stopped`: a stop, not
+        its publish timeout, ended the wait on it."""
         delivery = s.delivery
         if not delivery.done():
             # Kafka may still take it: the dedup stage drops the copy a retry then writes.
-            self._sink.mark_unreachable()
+            if not stopped:
+                self._sink.mark_unreachable()
             # Its late ack is Kafka answering all the same: under a quota whose throttle passes
             # the publish timeout every ack is late, and counting none turned every pod unready.
             delivery.add_done_callback(self._acked_late)
-            self._fail("timeout", result)
+            # Released by a stop before its publish timeout: no sign of Kafka's, no verdict on it.
+            self._fail("stopping" if stopped else "timeout", result)
             return False
         if delivery.cancelled():
             self._fail("error", result)

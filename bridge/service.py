@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from bridge import connlimit, listen, logthrottle, looplag
 from bridge.app import Readiness, build_admin_app, build_app, probe_routes
 from bridge.cancelling import cancel_and_wait
-from bridge.config import PinecallSettings, Settings, dotenv_variables
+from bridge.config import PinecallSettings, Settings
 from bridge.dedup.hangwatch import HangingTransactions
 from bridge.dedup.memoryfit import MemoryLimit, WindowFit, read_limit
 from bridge.dedup.stage import DedupStage
@@ -1077,17 +1077,18 @@ def lease_leave_reserve(left: float) -> float:
     return min(LEASE_LEAVE_SECONDS, max(left, 0.0) / 4)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM, SIGINT or SIGHUP (`stop_signals`), then stop gracefully."""
-    await run_until_stopped(Bridge(settings, secret_files=reloaded_secret_files()))
+async def serve(settings: Settings, dotenv: Mapping[str, str | None]) -> None:
+    """Run until SIGTERM, SIGINT or SIGHUP (`stop_signals`), then stop gracefully; `dotenv`: the
+    `.env` variables the settings were read from (`Loaded.dotenv`)."""
+    await run_until_stopped(Bridge(settings, secret_files=reloaded_secret_files(dotenv)))
 
 
-def reloaded_secret_files() -> dict[str, Path]:
+def reloaded_secret_files(dotenv: Mapping[str, str | None]) -> dict[str, Path]:
     """The files (BRIDGE_SECRETS_DIR) of the secrets read again while running, by variable: the
-    webhook secrets and API key to take them, the Kafka passwords to see them rotated."""
-    environ, dotenv = os.environ, dotenv_variables()
+    webhook secrets and API key to take them, the Kafka passwords to see them rotated. `dotenv`:
+    `Loaded.dotenv`, as the settings found BRIDGE_SECRETS_DIR, not `.env` read again."""
     names = (WEBHOOK_SECRETS, API_KEY_FILE, *PASSWORDS)
-    files = {name: secret_file(name, environ, dotenv) for name in names}
+    files = {name: secret_file(name, os.environ, dotenv) for name in names}
     return {name: path for name, path in files.items() if path is not None}
 
 

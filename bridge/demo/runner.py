@@ -23,8 +23,9 @@ from bridge import logsetup
 from bridge.config import (
     DEFAULT_BOOTSTRAP_SERVERS,
     KafkaSettings,
+    Loaded,
     Settings,
-    load_settings,
+    load,
     log_unknown_variables,
 )
 from bridge.demo.stats import Snapshot, take
@@ -75,7 +76,12 @@ def demo_simulator_config(options: DemoOptions) -> SimulatorConfig:
 
 def demo_settings(options: DemoOptions, simulator: Simulator) -> Settings:
     """The environment's settings (Kafka and so on), with every source wired to the simulator."""
-    return load_settings(
+    return demo_loaded(options, simulator).settings
+
+
+def demo_loaded(options: DemoOptions, simulator: Simulator) -> Loaded:
+    """`demo_settings` with the `.env` variables read for them (`load`)."""
+    return load(
         webhook={"secrets": [DEV_SECRET]},
         http={"host": "127.0.0.1", "port": options.http_port},
         pinecall={"api_url": simulator.url, "api_key": simulator.config.api_key},
@@ -177,9 +183,10 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         )
         return EXIT_CANNOT_LISTEN
     async with simulator:  # started: entering starts nothing more, leaving stops it
-        settings = demo_settings(options, simulator)
+        loaded = demo_loaded(options, simulator)
+        settings = loaded.settings
         logsetup.configure(settings.log.level, settings.log.format)
-        log_unknown_variables()
+        log_unknown_variables(loaded.dotenv)
         bridge = Bridge(settings)
         try:
             await bridge.start()

@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -69,8 +69,11 @@ def worker_settings(settings: Settings, role: WorkerRole) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-async def serve_worker(settings: Settings, role: WorkerRole) -> None:
-    """Run one worker until a stop signal (or its parent's death), then stop gracefully."""
+async def serve_worker(
+    settings: Settings, role: WorkerRole, dotenv: Mapping[str, str | None]
+) -> None:
+    """Run one worker until a stop signal (or its parent's death), then stop gracefully;
+    `dotenv`: the `.env` variables the settings were read from (`Loaded.dotenv`)."""
     if not die_with_parent(role.parent_pid):
         log.error("the supervisor is gone before this worker started; exiting")
         raise SystemExit(1)
@@ -86,7 +89,7 @@ async def serve_worker(settings: Settings, role: WorkerRole) -> None:
         pod_processes=role.count,
         # The last worker always runs the dedup stage: it alone says the window's fit.
         memory_check=role.index == role.count - 1,
-        secret_files=reloaded_secret_files(),
+        secret_files=reloaded_secret_files(dotenv),
         # A restarted worker's siblings serve meanwhile: bound before it is ready, it took its
         # share of new connections only to answer each 503 while its producer started. At the
         # pod's first start every worker binds at once (the pod is unready until all are).

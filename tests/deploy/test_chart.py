@@ -948,20 +948,26 @@ def test_the_network_policy_lets_dns_reach_the_node_local_resolvers_too() -> Non
     ]
 
 
+def refused_with_policy(sets: tuple[str, ...]) -> str:
+    """helm's error for a render of `sets` (with SIGNED) that must fail."""
+    done = helm(
+        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
+    )  # fmt: skip
+    assert done.returncode != 0
+    return done.stderr
+
+
 # As --set takes them: one server, a comma-separated string, a list.
 @pytest.mark.parametrize("servers", ["kafka-bootstrap:9094", r"a:9092\,b:9094", "{a:9092,b:9094}"])
 def test_a_network_policy_blocking_the_bootstrap_servers_is_refused(servers: str) -> None:
     # The pods would never reach Kafka and stay unready for good, with nothing saying why.
     sets = ("networkPolicy.enabled=true", f"config.kafka.bootstrapServers={servers}")
-    done = helm(
-        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert "networkPolicy.kafka.ports [9092,9093] leaves out the port of" in done.stderr
-    assert "(add 9094," in done.stderr
+    error = refused_with_policy(sets)
+    assert "networkPolicy.kafka.ports [9092,9093] leaves out the port of" in error
+    assert "(add 9094," in error
     # Named by its position, never quoted: a server may hold a password (refused with the rest).
-    assert "b:9094" not in done.stderr
-    assert "kafka-bootstrap" not in done.stderr
+    assert "b:9094" not in error
+    assert "kafka-bootstrap" not in error
     opened = one(render(SIGNED, *sets, "networkPolicy.kafka.ports={9092,9094}"), "NetworkPolicy")
     assert {p["port"] for p in opened["spec"]["egress"][0]["ports"]} == {9092, 9094}
     # Without the policy there is nothing to open.
@@ -985,15 +991,12 @@ def test_a_network_policy_blocking_the_pinecall_api_is_refused(
 ) -> None:
     # The feed and call logs would retry for good (registration never take), nothing saying why.
     sets = ("networkPolicy.enabled=true", *sets)
-    done = helm(
-        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert f"networkPolicy.pinecallApi.ports [443] leaves out the port of {where}" in done.stderr
-    assert f"(add {port})" in done.stderr
+    error = refused_with_policy(sets)
+    assert f"networkPolicy.pinecallApi.ports [443] leaves out the port of {where}" in error
+    assert f"(add {port})" in error
     # Never the URL itself: it may hold a password or a token.
-    assert "S3CRET" not in done.stderr
-    assert sets[-1].partition("=")[2] not in done.stderr
+    assert "S3CRET" not in error
+    assert sets[-1].partition("=")[2] not in error
     opened = one(
         render(SIGNED, *sets, f"networkPolicy.pinecallApi.ports={{443,{port}}}"), "NetworkPolicy"
     )
@@ -1002,32 +1005,33 @@ def test_a_network_policy_blocking_the_pinecall_api_is_refused(
     render(SIGNED, "networkPolicy.enabled=true", *(s for s in sets if "url" in s.lower()))
 
 
-def test_a_network_policy_leaves_a_url_the_bridge_refuses_to_the_listing() -> None:
-    # Its port out of range (or no number): refused with the rest, not as a port to open first.
-    sets = (
-        "networkPolicy.enabled=true",
-        "config.sse.enabled=true",
-        "config.pinecall.apiUrl=https://proxy:99999",
-    )
-    done = helm(
-        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert "config.pinecall.apiUrl has a port that is not a number from 0 to 65535" in done.stderr
-    assert "leaves out the port" not in done.stderr
-    assert "proxy:99999" not in done.stderr
-
-
-def test_a_network_policy_leaves_a_server_with_credentials_to_the_listing() -> None:
-    # Its port not opened either: refused for its credentials with the rest, never quoted.
-    sets = ("networkPolicy.enabled=true", "config.kafka.bootstrapServers=u:S3CRET@kafka:9094")
-    done = helm(
-        "template", "x", CHART, "--set", SIGNED, *(f"--set={s}" for s in sets), check=False
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert "config.kafka.bootstrapServers: the server is given with credentials" in done.stderr
-    assert "leaves out the port" not in done.stderr
-    assert "S3CRET" not in done.stderr
+@pytest.mark.parametrize(
+    ("sets", "refusal", "unquoted"),
+    [
+        # Its port out of range (or no number): refused with the rest, not as a port to open first.
+        pytest.param(
+            ("config.sse.enabled=true", "config.pinecall.apiUrl=https://proxy:99999"),
+            "config.pinecall.apiUrl has a port that is not a number from 0 to 65535",
+            "proxy:99999",
+            id="url-port-out-of-range",
+        ),
+        # Its port not opened either: refused for its credentials with the rest, never quoted.
+        pytest.param(
+            ("config.kafka.bootstrapServers=u:S3CRET@kafka:9094",),
+            "config.kafka.bootstrapServers: the server is given with credentials",
+            "S3CRET",
+            id="server-with-credentials",
+        ),
+    ],
+)
+def test_a_network_policy_leaves_what_the_bridge_refuses_to_the_listing(
+    sets: tuple[str, ...], refusal: str, unquoted: str
+) -> None:
+    sets = ("networkPolicy.enabled=true", *sets)
+    error = refused_with_policy(sets)
+    assert refusal in error
+    assert "leaves out the port" not in error
+    assert unquoted not in error
 
 
 def acl_set(manifests: list[Manifest]) -> set[tuple[str, str, str, tuple[str, ...]]]:

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from bridge import jsoncodec
-from bridge.cli import _settings_json, main, sample_event
+from bridge.cli import _settings_json, _settings_or_exit, main, sample_event
 from bridge.gctuning import GEN0_THRESHOLD
 from bridge.stopsignals import hold_until_handled
 from bridge.tail import render as render_record
@@ -70,7 +70,7 @@ def test_check_fails_on_unknown_variables_and_run_warns(
         " (did you mean BRIDGE_WEBHOOK__SECRETS?)"
     ) in err
     started: list[object] = []
-    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.service.serve", lambda settings, dotenv: settings)
     monkeypatch.setattr("bridge.cli._run_loop", started.append)
     assert main(["run"]) == 0
     assert len(started) == 1
@@ -78,6 +78,45 @@ def test_check_fails_on_unknown_variables_and_run_warns(
     assert (limit["level"], limit["msg"]) == ("info", "open files limit")
     assert (warning["level"], warning["logger"]) == ("warning", "bridge.config")
     assert "did you mean BRIDGE_WEBHOOK__SECRETS?" in warning["msg"]
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_the_warnings_are_of_the_dotenv_the_settings_were_read_from(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each warning read .env again: one changed meanwhile (a ConfigMap updated, a file edited)
+    # gave warnings about other settings than those the bridge runs with, here about none.
+    Path(".env").write_text(
+        "BRIDGE_WEBHOOK__SECRETS=s3cr3t-value-long-enough\n"
+        'BRIDGE_KAFKA={"linger_ms": 7}\nBRIDGE_KAFKA__LINGER_MS=3\n'
+        'BRIDGE_SHUTDOWN={"drain_delay_seconds": 20, "grace_seconds": 21}\n'
+    )
+    loaded = _settings_or_exit
+
+    def then_emptied(**kwargs: Any) -> Any:
+        settings = loaded(**kwargs)
+        Path(".env").write_text("")
+        return settings
+
+    monkeypatch.setattr("bridge.cli._settings_or_exit", then_emptied)
+    served: list[Any] = []
+    monkeypatch.setattr("bridge.service.serve", lambda *args: served.append(args))
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
+    assert main([command]) == 0
+    err = capsys.readouterr().err
+    if command == "run":
+        logged = [jsoncodec.loads(line) for line in err.splitlines()]
+        err = "".join(f"warning: {e['msg']}\n" for e in logged if e["level"] == "warning")
+    else:
+        assert "BRIDGE_WEBHOOK__SECRETS: .env\n" in err
+    assert (
+        "warning: BRIDGE_KAFKA__LINGER_MS (in .env) and key 'linger_ms' of BRIDGE_KAFKA (in .env)"
+        " both set this setting: BRIDGE_KAFKA__LINGER_MS (in .env) is read"
+    ) in err
+    assert "warning: BRIDGE_SHUTDOWN (JSON key drain_delay_seconds) (20) leaves a stop" in err
+    if command == "run":  # for the secret files' directory, BRIDGE_SECRETS_DIR, were it in .env
+        [(_, dotenv)] = served
+        assert dotenv["bridge_webhook__secrets"] == "s3cr3t-value-long-enough"
 
 
 @pytest.mark.parametrize(
@@ -151,7 +190,7 @@ def test_check_and_run_warn_of_a_field_also_in_its_sections_json(
     )
     assert main(["check"]) == 0
     assert f"warning: {warning}\n" in capsys.readouterr().err
-    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.service.serve", lambda settings, dotenv: settings)
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
     assert main(["run"]) == 0
     logged = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
@@ -276,7 +315,7 @@ def test_no_secret_is_ever_printed_by_check_or_run(
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.service.serve", lambda settings, dotenv: settings)
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
     try:
         done: object = main([command])
@@ -921,7 +960,7 @@ def test_check_and_run_warn_of_a_short_webhook_secret(
     assert main(["check"]) == 0  # a warning, not a problem: local testing uses short secrets
     err = capsys.readouterr().err
     assert (f"warning: {said}" in err) is warned, err
-    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.service.serve", lambda settings, dotenv: settings)
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
     assert main(["run"]) == 0
     logged = [jsoncodec.loads(line) for line in capsys.readouterr().err.splitlines()]
@@ -993,7 +1032,7 @@ def test_run_freezes_what_start_up_allocated_and_collects_gen0_less_often(
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
-    monkeypatch.setattr("bridge.service.serve", lambda settings: settings)
+    monkeypatch.setattr("bridge.service.serve", lambda settings, dotenv: settings)
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: None)
     assert main(["run"]) == 0
     assert gc.get_threshold() == (GEN0_THRESHOLD, 10, 10)

@@ -295,16 +295,20 @@ async def test_a_stop_releases_the_deliveries_a_request_waits_on_at_its_answer_d
     """A webhook's wait on Kafka ends at the stop's answer deadline, under way or to come; a
     source that answers nobody (the feed) keeps its own deadline."""
     sink = FakeSink(auto_ack=False)
-    pipeline, _ = make(sink, timeout=60)
+    pipeline, metrics = make(sink, timeout=60)
     answered = asyncio.create_task(pipeline.submit([entry(1)], "webhook", answered=True))
     feed = asyncio.create_task(pipeline.submit([entry(2)], "websocket"))
     await until(lambda: len(sink.futures) == 2)
     loop = asyncio.get_running_loop()
     pipeline.answer_by(loop.time() + 0.05)
     result = await asyncio.wait_for(answered, timeout=5)
-    assert (result.ok, result.failure_reasons) == (False, {"timeout"})
+    assert (result.ok, result.failure_reasons) == (False, {"stopping"})
     late = await asyncio.wait_for(pipeline.submit([entry(3)], "webhook", answered=True), 5)
-    assert (late.ok, late.failure_reasons) == (False, {"timeout"})
+    assert (late.ok, late.failure_reasons) == (False, {"stopping"})
+    # Released before their publish timeout: a stop, not Kafka timing out.
+    assert reachable(sink) is None
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="stopping") == 2
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 0
     assert not feed.done()
     sink.ack_all()
     assert (await asyncio.wait_for(feed, timeout=5)).accepted == 1
@@ -321,8 +325,9 @@ async def test_a_stop_releases_a_request_whose_send_waits_on_kafka() -> None:
     await asyncio.sleep(0)  # both sends suspended
     pipeline.answer_by(asyncio.get_running_loop().time() + 0.05)
     result = await asyncio.wait_for(answered, timeout=5)
-    assert (result.ok, result.failure_reasons) == (False, {"timeout"})
-    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 1
+    assert (result.ok, result.failure_reasons) == (False, {"stopping"})
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="stopping") == 1
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 0
     assert not feed.done()  # a source that answers nobody keeps its own deadline
     feed.cancel()
 
@@ -339,7 +344,21 @@ async def test_a_stop_releases_a_request_still_sending_at_its_answer_deadline() 
     assert 0 < len(sink.records) < len(items)
     pipeline.answer_by(asyncio.get_running_loop().time())
     result = await asyncio.wait_for(answered, timeout=5)
-    assert (result.ok, result.failed, result.failure_reasons) == (False, 200, {"timeout"})
+    assert (result.ok, result.failed, result.failure_reasons) == (False, 200, {"stopping"})
+    assert reachable(sink) is None
+
+
+async def test_a_stop_answering_after_the_publish_timeout_leaves_a_timeout_one() -> None:
+    """A webhook whose own publish timeout comes before the stop's answer deadline timed out
+    on Kafka: counted so, and Kafka judged unreachable, as without a stop."""
+    sink = FakeSink(auto_ack=False)
+    pipeline, metrics = make(sink, timeout=0.05)
+    pipeline.answer_by(asyncio.get_running_loop().time() + 60)
+    result = await pipeline.submit([entry(1)], "webhook", answered=True)
+    assert (result.ok, result.failure_reasons) == (False, {"timeout"})
+    assert reachable(sink) is False
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="timeout") == 1
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="stopping") == 0
 
 
 async def test_sends_that_do_not_suspend_arm_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:

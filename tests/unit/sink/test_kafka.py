@@ -148,11 +148,15 @@ def restarts(metrics: Metrics, client: str = "ingest_producer") -> float | None:
 
 
 async def started_sink(
-    metrics: Metrics, probe_seconds: float = 60.0, role: str = "ingest_producer"
+    metrics: Metrics,
+    probe_seconds: float = 60.0,
+    role: str = "ingest_producer",
+    settings: KafkaSettings | None = None,
 ) -> KafkaSink:
     # Not validated: the fakes answer at once, so probes below the setting's floor serve.
-    settings = KafkaSettings().model_copy(update={"metadata_probe_seconds": probe_seconds})
-    sink = KafkaSink(settings, metrics, role=role)
+    base = settings if settings is not None else KafkaSettings()
+    chosen = base.model_copy(update={"metadata_probe_seconds": probe_seconds})
+    sink = KafkaSink(chosen, metrics, role=role)
     await sink.start()
     return sink
 
@@ -642,13 +646,8 @@ async def test_the_replication_factor_of_a_topic_just_created_is_read_again() ->
 async def test_a_probe_unanswered_while_records_are_acknowledged_keeps_it_connected() -> None:
     # A broker throttling the client id (a quota) holds the probe for seconds while it still
     # acknowledges records: every pod turned unready at once.
-    sink = KafkaSink(
-        KafkaSettings(publish_timeout_seconds=0.3).model_copy(
-            update={"metadata_probe_seconds": 0.01}  # below the floor: the fake answers at once
-        ),
-        Metrics(),
-    )
-    await sink.start()
+    settings = KafkaSettings(publish_timeout_seconds=0.3)
+    sink = await started_sink(Metrics(), probe_seconds=0.01, settings=settings)
     client = FakeProducer.made[0].client
     sink.mark_reachable()  # an acknowledgement, as the pipeline reports it
     client.answers = False
@@ -667,15 +666,23 @@ async def probed(sink: KafkaSink, probes: int = 5) -> None:
     await until(lambda: client.updates >= updates + probes)
 
 
-async def test_metadata_answered_while_no_ingest_partition_takes_writes_keeps_it_unready() -> None:
-    # Two of three brokers down: the one left answers metadata, its ISR still names a dead one
-    # (no controller quorum to shrink it). The probe used to say ready, a publish unready, ...
+async def ready_on_ingest_leaders_2_and_3() -> KafkaSink:
+    """A sink probing every 10 ms, ready: its ingest partitions led by brokers 2 and 3, each the
+    other's only follower."""
     sink = await started_sink(Metrics(), probe_seconds=0.01)
     client = FakeProducer.made[0].client
     client.cluster.set_partitions("ingest", [(2, [2, 3]), (3, [3, 2])])
     sink.watch_writes("ingest", 2)
     await probed(sink)
     assert sink.connected
+    return sink
+
+
+async def test_metadata_answered_while_no_ingest_partition_takes_writes_keeps_it_unready() -> None:
+    # Two of three brokers down: the one left answers metadata, its ISR still names a dead one
+    # (no controller quorum to shrink it). The probe used to say ready, a publish unready, ...
+    sink = await ready_on_ingest_leaders_2_and_3()
+    client = FakeProducer.made[0].client
     client.up = {3}
     await until(lambda: not sink.connected)
     seen = []
@@ -694,12 +701,8 @@ async def test_a_throttle_keeps_no_pod_ready_whose_ingest_partitions_take_no_wri
     # Under a quota a broker throttles its refusals too (NOT_ENOUGH_REPLICAS, retried for ever):
     # a throttle says the broker answers, not that the ingest topic takes writes.
     throttling(monkeypatch, 10_000)
-    sink = await started_sink(Metrics(), probe_seconds=0.01)
+    sink = await ready_on_ingest_leaders_2_and_3()
     client = FakeProducer.made[0].client
-    client.cluster.set_partitions("ingest", [(2, [2, 3]), (3, [3, 2])])
-    sink.watch_writes("ingest", 2)
-    await probed(sink)
-    assert sink.connected
     client.up = {3}
     await client.send(0, "produce")  # refused, throttled 10 s
     await until(lambda: not sink.connected, within=3.0)
@@ -713,8 +716,7 @@ async def test_a_throttle_counts_as_kafka_answering_no_longer_than_the_request_t
     # for 24 days.
     throttling(monkeypatch, 2**31 - 1)
     settings = KafkaSettings(publish_timeout_seconds=0.3, request_timeout_ms=1000)
-    sink = KafkaSink(settings.model_copy(update={"metadata_probe_seconds": 0.01}), Metrics())
-    await sink.start()
+    sink = await started_sink(Metrics(), probe_seconds=0.01, settings=settings)
     client = FakeProducer.made[0].client
     await client.send(0, "produce")
     client.answers = False  # every probe unanswered from now on
@@ -830,13 +832,20 @@ async def judged_unready_after(sink: KafkaSink) -> float:
     return asyncio.get_running_loop().time() - client.asked_at[0]
 
 
-async def test_a_probe_unanswered_everywhere_is_judged_within_its_interval() -> None:
-    # aiokafka's update and the brokers asked directly after it each had a whole interval:
-    # readiness was judged two intervals after the probe began.
+async def held_by_silent_broker_1() -> KafkaSink:
+    """A sink probing every PROBE_SECONDS whose metadata updates broker 1 holds unanswered."""
     sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
     client = FakeProducer.made[0].client
     client.held = True
     client.silent = {1}
+    return sink
+
+
+async def test_a_probe_unanswered_everywhere_is_judged_within_its_interval() -> None:
+    # aiokafka's update and the brokers asked directly after it each had a whole interval:
+    # readiness was judged two intervals after the probe began.
+    sink = await held_by_silent_broker_1()
+    client = FakeProducer.made[0].client
     client._conns[(1, 0)] = FakeConnection()
     assert await judged_unready_after(sink) < JUDGED_WITHIN
     assert not sink.answering
@@ -860,10 +869,8 @@ async def test_a_probe_whose_writability_takes_long_is_judged_within_its_interva
 async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_in_time() -> None:
     # Part of the interval is kept for the brokers asked directly: the update taking all of it
     # would leave a fenced broker's connections open for as long as it holds the update.
-    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    sink = await held_by_silent_broker_1()
     client = FakeProducer.made[0].client
-    client.held = True
-    client.silent = {1}
     gone, answering = FakeConnection(), FakeConnection()
     client._conns.update({(1, 0): gone, (2, 0): answering})
     client.cluster.listed = {2, 3}
@@ -880,10 +887,8 @@ async def test_a_probe_whose_update_a_silent_broker_holds_still_asks_the_others_
 async def test_a_probe_whose_update_a_silent_broker_holds_counts_kafka_answering() -> None:
     # Unready (the update held), yet broker 2 answered with the credentials in use: counted
     # unanswered, a rotated credential file failed /healthz and restarted every pod for nothing.
-    sink = await started_sink(Metrics(), probe_seconds=PROBE_SECONDS)
+    sink = await held_by_silent_broker_1()
     client = FakeProducer.made[0].client
-    client.held = True
-    client.silent = {1}
     client._conns.update({(1, 0): FakeConnection(), (2, 0): FakeConnection()})
     client.cluster.listed = {1, 2}
     assert await judged_unready_after(sink) < JUDGED_WITHIN

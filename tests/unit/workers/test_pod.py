@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
@@ -59,16 +60,18 @@ async def serve_pod(view: PodView) -> tuple[str, web.AppRunner]:
 ANSWERS_WITHIN = 10.0
 
 
-@pytest.fixture
-async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics, Path]]:
-    """Worker 0 answers on its socket; worker 1's socket has nobody behind it (yet)."""
+@asynccontextmanager
+async def pod_of_two(
+    tmp_path: Path, serving: list[str] | None = None
+) -> AsyncIterator[tuple[str, Readiness, Metrics, Path]]:
+    """Worker 0 answers on its socket; worker 1's socket has nobody behind it (yet): the pod's
+    URL, worker 0's readiness and metrics, worker 1's socket."""
     metrics = Metrics()
-    metrics.ingested_by("webhook").inc(4)
     readiness = Readiness(metrics, lambda: True)
     readiness.started = True
     sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
     worker = await serve_worker(sockets["0"], metrics, readiness)
-    view = PodView(sockets, timeout=ANSWERS_WITHIN)
+    view = PodView(sockets, timeout=ANSWERS_WITHIN, serving=serving)
     url, runner = await serve_pod(view)
     try:
         yield url, readiness, metrics, sockets["1"]
@@ -76,6 +79,28 @@ async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics
         await view.close()
         await runner.cleanup()
         await worker.cleanup()
+
+
+@pytest.fixture
+async def pod_app(tmp_path: Path) -> AsyncIterator[tuple[str, Readiness, Metrics, Path]]:
+    """A pod of two workers, worker 1 not started (pod_of_two), worker 0 having ingested 4."""
+    async with pod_of_two(tmp_path) as (url, readiness, metrics, missing):
+        metrics.ingested_by("webhook").inc(4)
+        yield url, readiness, metrics, missing
+
+
+@asynccontextmanager
+async def view_of(
+    app: web.Application, sockets: dict[str, Path], answers_within: float
+) -> AsyncIterator[PodView]:
+    """A pod view of `sockets`, each served by `app`; both closed on leaving."""
+    runner = await serve_on(app, *sockets.values())
+    view = PodView(sockets, timeout=answers_within)
+    try:
+        yield view
+    finally:
+        await view.close()
+        await runner.cleanup()
 
 
 def slow_readyz(seconds: float) -> web.Application:
@@ -205,14 +230,8 @@ async def test_a_socket_nobody_listens_on_is_a_worker_down(tmp_path: Path) -> No
 
 async def test_a_worker_that_does_not_answer_keeps_the_pod_unready(tmp_path: Path) -> None:
     # Stopped or wedged, it still holds its listener and its share of new connections.
-    path = tmp_path / "worker-0.sock"
-    runner = await serve_on(slow_readyz(1.0), path)
-    view = PodView({"0": path}, timeout=0.2)
-    try:
+    async with view_of(slow_readyz(1.0), {"0": tmp_path / "worker-0.sock"}, 0.2) as view:
         response = await view.readyz(cast(web.Request, None))
-    finally:
-        await view.close()
-        await runner.cleanup()
     assert response.status == 503
     assert response.text == '{"status":"not_ready","failing":["0"],"workers":{"0":"unreachable"}}'
 
@@ -251,14 +270,9 @@ async def test_once_every_worker_answers_the_pod_is_ready(
 
 
 async def test_a_worker_too_slow_to_answer_counts_as_unreachable(tmp_path: Path) -> None:
-    path = tmp_path / "slow.sock"
-    runner = await serve_on(slow_readyz(1.0), path)  # past the view's 0.2 s
-    view = PodView({"0": path}, timeout=0.2)
-    try:
+    # Answers after 1 s: past the view's 0.2 s.
+    async with view_of(slow_readyz(1.0), {"0": tmp_path / "slow.sock"}, 0.2) as view:
         assert await view.ask("/readyz") == {"0": None}
-    finally:
-        await view.close()
-        await runner.cleanup()
 
 
 async def test_every_worker_is_asked_at_once(tmp_path: Path) -> None:
@@ -280,13 +294,8 @@ async def test_every_worker_is_asked_at_once(tmp_path: Path) -> None:
     app = web.Application()
     app.router.add_get("/healthz", once_all_are_asked)
     sockets = {str(n): tmp_path / f"worker-{n}.sock" for n in range(count)}
-    runner = await serve_on(app, *sockets.values())
-    view = PodView(sockets, timeout=5.0)
-    try:
+    async with view_of(app, sockets, 5.0) as view:
         answers = await view.ask("/healthz")
-    finally:
-        await view.close()
-        await runner.cleanup()
     assert [answer and answer[0] for answer in answers.values()] == [200] * count
 
 
@@ -294,14 +303,7 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
     tmp_path: Path,
 ) -> None:
     # Worker 1 is the dedup stage's own process, not up: webhooks are still taken by worker 0.
-    metrics = Metrics()
-    readiness = Readiness(metrics, lambda: True)
-    readiness.started = True
-    sockets = {"0": tmp_path / "worker-0.sock", "1": tmp_path / "worker-1.sock"}
-    worker = await serve_worker(sockets["0"], metrics, readiness)
-    view = PodView(sockets, timeout=ANSWERS_WITHIN, serving=["0"])
-    url, runner = await serve_pod(view)
-    try:
+    async with pod_of_two(tmp_path, serving=["0"]) as (url, readiness, _, _):
         status, body = await get(url + "/readyz")
         assert (status, body) == (
             200,
@@ -312,10 +314,6 @@ async def test_a_worker_serving_no_port_is_shown_but_leaves_readiness_to_the_oth
         assert '"failing":["1"]' in body
         readiness.stopping = True  # the serving worker is what decides
         assert (await get(url + "/readyz"))[0] == 503
-    finally:
-        await view.close()
-        await runner.cleanup()
-        await worker.cleanup()
 
 
 async def test_a_worker_answer_over_its_cap_counts_as_unreachable_and_is_logged(
@@ -323,7 +321,6 @@ async def test_a_worker_answer_over_its_cap_counts_as_unreachable_and_is_logged(
 ) -> None:
     monkeypatch.setattr(pod, "MAX_PROBE_BYTES", 1024)
     monkeypatch.setattr(pod, "MAX_METRICS_BYTES", 64 * 1024)
-    path = tmp_path / "huge.sock"
 
     async def endless(request: web.Request) -> web.StreamResponse:
         # Chunked, no length ahead: only what is read shows it too large.
@@ -336,16 +333,11 @@ async def test_a_worker_answer_over_its_cap_counts_as_unreachable_and_is_logged(
     app = web.Application()
     app.router.add_get("/readyz", endless)
     app.router.add_get("/metrics", endless)
-    runner = await serve_on(app, path)
-    view = PodView({"0": path}, timeout=5.0)
-    try:
+    async with view_of(app, {"0": tmp_path / "huge.sock"}, 5.0) as view:
         assert await view.ask("/readyz") == {"0": None}
         assert await view.ask("/metrics") == {"0": None}
         merged = await view.metrics(cast(web.Request, None))
         assert isinstance(merged.body, bytes)
         assert b"pinecall_bridge_workers_unreachable 1.0" in merged.body
-    finally:
-        await view.close()
-        await runner.cleanup()
     too_large = [r for r in caplog.records if "answer is too large" in r.getMessage()]
     assert [r.path for r in too_large] == ["/readyz", "/metrics", "/metrics"]  # type: ignore[attr-defined]
