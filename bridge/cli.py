@@ -48,7 +48,7 @@ EXIT_CONFIG = 2
 def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Loaded:
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
     is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret
-    (`load_tool_settings`)."""
+    (`load`)."""
     try:
         loaded = load(serving=serving)
     except ConfigError as exc:
@@ -165,7 +165,7 @@ def _check(_: argparse.Namespace) -> int:
     for name, origin in secret_origins(os.environ, loaded.dotenv).items():
         print(f"{name}: {origin}", file=sys.stderr)  # where from, never the value
     overridden = overridden_variables(os.environ, loaded.dotenv)
-    for warning in [*overridden, *setting_warnings(settings, loaded.dotenv)]:
+    for warning in [*overridden, *setting_warnings(loaded)]:
         print(f"warning: {warning}", file=sys.stderr)
     k = settings.kafka
     # Each of the three limits is refused at start unless it fits with the envelope (config.py).

@@ -1565,7 +1565,8 @@ def overridden_variables(
 
 @dataclass(frozen=True)
 class Loaded:
-    """Settings and the `.env` variables (`dotenv_variables`) they were read from."""
+    """Settings and the variables of the `.env` file they were read from (none without one), in
+    lower case."""
 
     settings: Settings
     dotenv: Mapping[str, str | None]
@@ -1677,17 +1678,6 @@ def _unknown_json_keys(upper: str, value: str | None, where: str) -> list[str]:
     return _unknown_keys(model, parsed, where)
 
 
-def dotenv_variables() -> Mapping[str, str | None]:
-    """The variables of the `.env` file the settings read (none without one), in lower case;
-    ConfigError when it cannot be read."""
-    try:
-        source = DotEnvSettingsSource(Settings)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([_unreadable_dotenv(exc)]) from None
-    _check_dotenv(source.env_file)
-    return source.env_vars
-
-
 def _check_dotenv(env_file: Any) -> None:
     """ConfigError when `.env` is there but is no file: pydantic-settings skips it, and every
     setting in it, without a word (a ConfigMap mounted at `.env` is a directory)."""
@@ -1797,12 +1787,11 @@ def reloaded_api_key(api: PinecallSettings, key: str) -> PinecallSettings:
     return fresh
 
 
-def setting_warnings(
-    settings: Settings, dotenv: Mapping[str, str | None] | None = None
-) -> list[str]:
+def setting_warnings(loaded: Loaded) -> list[str]:
     """Valid settings that are weak in production, one line each, naming no secret's value; one
-    read from a section's JSON, of the environment or `dotenv` (`Loaded.dotenv`), named so."""
-    sections = _sections_given(os.environ, dotenv or {})
+    read from a section's JSON, of the environment or the `.env` read, named so."""
+    settings = loaded.settings
+    sections = _sections_given(os.environ, loaded.dotenv)
     warnings = [
         *webhook_secret_warnings(settings.webhook.secrets),
         *drain_delay_warnings(settings.shutdown),
@@ -1885,7 +1874,7 @@ def log_setting_warnings(loaded: Loaded) -> None:
     """Log each of `setting_warnings`, and each of `overridden_variables`, as a WARNING."""
     for warning in [
         *overridden_variables(os.environ, loaded.dotenv),
-        *setting_warnings(loaded.settings, loaded.dotenv),
+        *setting_warnings(loaded),
     ]:
         logging.getLogger(__name__).warning(warning)
 

@@ -74,13 +74,8 @@ def demo_simulator_config(options: DemoOptions) -> SimulatorConfig:
     )
 
 
-def demo_settings(options: DemoOptions, simulator: Simulator) -> Settings:
-    """The environment's settings (Kafka and so on), with every source wired to the simulator."""
-    return demo_loaded(options, simulator).settings
-
-
 def demo_loaded(options: DemoOptions, simulator: Simulator) -> Loaded:
-    """`demo_settings` with the `.env` variables read for them (`load`)."""
+    """The environment's settings (Kafka and so on), with every source wired to the simulator."""
     return load(
         webhook={"secrets": [DEV_SECRET]},
         http={"host": "127.0.0.1", "port": options.http_port},

@@ -177,6 +177,33 @@ def test_check_reads_the_dotenv_file_for_unknown_variables_too(
     ) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("dotenv", "problem"),
+    [
+        ("BRIDGE_KAFKA__LINGER_MS=abc", "BRIDGE_KAFKA__LINGER_MS: Input should be a valid integer"),
+        ("BRIDGE_KAFKA={bad", "BRIDGE_KAFKA__*: a value could not be parsed"),
+        (
+            "BRIDGE_SECRETS_DIR=secrets\nBRIDGE_WEBHOOK__SECRETS=s",
+            "BRIDGE_WEBHOOK__SECRETS: set both as a file in BRIDGE_SECRETS_DIR and in the .env",
+        ),
+    ],
+)
+def test_an_invalid_configuration_names_the_unknown_variables_of_the_dotenv_it_read(
+    dotenv: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The failed load's read of .env is the one searched for typos: each kind of failure carries it.
+    Path("secrets").mkdir()
+    Path("secrets/BRIDGE_WEBHOOK__SECRETS").write_text("s3cr3t-value-long-enough")
+    Path(".env").write_text(f"BRIDGE_HTTP__PROT=8081\n{dotenv}\n")
+    assert exit_code(["run"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1] == (
+        "  - BRIDGE_HTTP__PROT (in .env) is not a setting and is ignored"
+        " (did you mean BRIDGE_HTTP__PORT?)"
+    )
+    assert lines[2].startswith(f"  - {problem}"), lines
+
+
 def test_check_and_run_warn_of_a_field_also_in_its_sections_json(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,8 +11,8 @@ from bridge.config import (
     ConfigError,
     Settings,
     describe,
-    dotenv_variables,
     known_variables,
+    load,
     load_settings,
     overridden_variables,
     setting_warnings,
@@ -272,7 +272,7 @@ def test_a_short_webhook_secret_is_warned_of_but_valid(
     monkeypatch: pytest.MonkeyPatch, secrets: str, warned: list[str]
 ) -> None:
     setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": secrets})
-    warnings = setting_warnings(load_settings())
+    warnings = setting_warnings(load())
     assert [w.split(" is shorter than 16 characters:")[0] for w in warnings] == [
         f"BRIDGE_WEBHOOK__SECRETS: {which}" for which in warned
     ]
@@ -300,7 +300,7 @@ def test_timeouts_pinecall_cannot_meet_are_warned_of_by_check_and_at_start(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], warned: list[str]
 ) -> None:
     setenv(monkeypatch, {"BRIDGE_PINECALL__API_KEY": "k", **env})
-    found = [w for w in setting_warnings(load_settings()) if "Pinecall" in w]
+    found = [w for w in setting_warnings(load()) if "Pinecall" in w]
     assert len(found) == len(warned)
     for warning, start in zip(found, warned, strict=True):
         assert warning.startswith(start)
@@ -320,7 +320,7 @@ def test_a_drain_delay_each_stop_would_cut_is_warned_of_at_start(
             "BRIDGE_SHUTDOWN__DRAIN_DELAY_SECONDS": delay,
         },
     )
-    warned = [w for w in setting_warnings(load_settings()) if "DRAIN_DELAY" in w]
+    warned = [w for w in setting_warnings(load()) if "DRAIN_DELAY" in w]
     assert warned == (
         []
         if cut_to is None
@@ -1664,7 +1664,7 @@ def test_a_field_also_in_its_sections_json_is_warned_of_naming_the_one_read(
     # settings really read.
     setenv(monkeypatch, environ)
     Path(".env").write_text(dotenv + "\n")
-    [warning] = overridden_variables(os.environ, dotenv_variables())
+    [warning] = overridden_variables(os.environ, load().dotenv)
     assert "BRIDGE_KAFKA__LINGER_MS" in warning
     assert "'linger_ms' of BRIDGE_KAFKA" in warning
     winner = "BRIDGE_KAFKA__LINGER_MS" if read == 3 else "BRIDGE_KAFKA"
@@ -1951,7 +1951,7 @@ def test_a_warning_names_a_value_from_a_sections_json_as_given(
     setenv(monkeypatch, {"BRIDGE_WEBHOOK__SECRETS": "0123456789abcdef", **env})
     if "BRIDGE_WEBHOOK" in env:  # the secrets too are the JSON's
         monkeypatch.delenv("BRIDGE_WEBHOOK__SECRETS")
-    [warning] = setting_warnings(load_settings())
+    [warning] = setting_warnings(load())
     assert warning.startswith(named), warning
     assert unset not in warning
 
@@ -1966,18 +1966,18 @@ def test_bytes_in_flight_below_one_requests_charge_are_raised_to_it_with_a_warni
     charge = 65536 + REQUEST_OVERHEAD_BYTES
     for given in ("1024", str(charge - 1)):
         monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES", given)
-        settings = load_settings()
-        assert settings.webhook.max_in_flight_bytes == int(given)  # `check` shows what was given
-        assert settings.webhook.in_flight_limit == charge
-        [warning] = [w for w in setting_warnings(settings) if "IN_FLIGHT" in w]
+        loaded = load()
+        assert loaded.settings.webhook.max_in_flight_bytes == int(given)  # `check` shows it
+        assert loaded.settings.webhook.in_flight_limit == charge
+        [warning] = [w for w in setting_warnings(loaded) if "IN_FLIGHT" in w]
         assert warning.startswith(
             f"BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES ({given}) is below one request's charge,"
             " BRIDGE_WEBHOOK__MAX_BODY_BYTES (65536) plus 20 KiB"
         ), warning
         assert f"{charge} is used instead" in warning
     monkeypatch.setenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES", str(charge))
-    settings = load_settings()
-    assert settings.webhook.in_flight_limit == charge
-    assert not [w for w in setting_warnings(settings) if "IN_FLIGHT" in w]
+    loaded = load()
+    assert loaded.settings.webhook.in_flight_limit == charge
+    assert not [w for w in setting_warnings(loaded) if "IN_FLIGHT" in w]
     monkeypatch.delenv("BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES")  # the default, 32 MiB: kept
     assert load_settings().webhook.in_flight_limit == 32 * 1_048_576

@@ -330,7 +330,7 @@ async def test_every_source_is_pointed_at_the_simulators_port(
     without_bridge_variables(monkeypatch, tmp_path)
     options = runner.DemoOptions(http_port=29998, simulator_port=0)
     async with Simulator(SimulatorConfig(port=options.simulator_port)) as simulator:
-        settings = runner.demo_settings(options, simulator)
+        settings = runner.demo_loaded(options, simulator).settings
         port = simulator.port
     assert port != 8765
     assert settings.pinecall.api_url == f"http://127.0.0.1:{port}"
