@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 log = logging.getLogger(__name__)
+# A page may hold 500 entries too large to read: not a line each.
+flood = logthrottle.LogThrottle(log)
 PAGE_ATTEMPTS = 5
 # A retried page waits RETRY_BASE_SECONDS * 2**attempt (1, 2, 4, 8 s), at most RETRY_MAX_SECONDS.
 RETRY_BASE_SECONDS = 0.5
@@ -274,7 +276,7 @@ def _bounded(call: str, entries: Sequence[dict[str, Any]], max_bytes: int) -> li
     items = [page_entry(call, entry, max_bytes) for entry in entries]
     for item in items:
         if isinstance(item, Unrecognised):
-            log.warning(TOO_LARGE_SAID, extra=item.item)
+            flood.warning(TOO_LARGE_SAID, extra=item.item)
     return items
 
 

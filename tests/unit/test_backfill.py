@@ -375,6 +375,26 @@ async def test_an_entry_over_the_event_limit_is_noted_as_the_stream_notes_it_not
     assert (said.call, said.seq) == ("CA_1", 1)  # type: ignore[attr-defined]
 
 
+async def test_a_page_of_entries_over_the_event_limit_is_said_in_a_line_not_one_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A line each: a page of 500 such entries was 500 warnings, per page.
+    bigs = [
+        entry(n, "call.summary", call="CA_1", data={"text": "x" * 2_000_000}) for n in (1, 2, 3)
+    ]
+    monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)
+    monkeypatch.setattr(backfill, "fetch_pages", one_page(lambda call: tuple(bigs)))
+    settings = load_settings(webhook={"secrets": ["s"]}, pinecall={"api_key": "k"})
+    with caplog.at_level(logging.WARNING, logger="bridge.backfill"):
+        report = await backfill_calls(settings, ["CA_1"], metrics=Metrics())
+    [outcome] = report.calls
+    assert outcome.submitted.dead_lettered == 3
+    said = [r.message for r in caplog.records if "BRIDGE_SSE__MAX_EVENT_BYTES" in r.message]
+    # The first, then those held back, said before the report.
+    assert len(said) == 2
+    assert said[1].endswith("2 more like this in the last 0 s")
+
+
 async def backfill_broken_pages(monkeypatch: pytest.MonkeyPatch, broken: int) -> BackfillReport:
     """Backfill one sealed call of two entries while the next `broken` pages come cut short."""
     monkeypatch.setattr(backfill, "KafkaSink", IdleKafka)

@@ -25,6 +25,8 @@ from bridge.sources.textsize import utf8_size
 _LINE_END = re.compile(r"\r\n|\r|\n")
 MAX_LINE_BYTES = 1_048_576
 MAX_EVENT_BYTES = 1_048_576
+# A call log's line cap over its event cap (for_events_of): a line past it counts whole.
+LINE_ROOM = 64
 # The longest `retry:` taken, as a `Retry-After` is (pages.MAX_RETRY_AFTER): a server's year
 # would stall a stream for as long, and thousands of digits would not even parse.
 MAX_RETRY_MILLISECONDS = 300_000
@@ -146,7 +148,7 @@ class EventStreamParser:
     def for_events_of(cls, max_event_bytes: int) -> EventStreamParser:
         """A parser for events of up to `max_event_bytes` of data (BRIDGE_SSE__MAX_EVENT_BYTES)."""
         # The line cap leaves room for `data: `, so the event's own cap decides and counts it.
-        return cls(max_line_bytes=max_event_bytes + 64, max_event_bytes=max_event_bytes)
+        return cls(max_line_bytes=max_event_bytes + LINE_ROOM, max_event_bytes=max_event_bytes)
 
     def feed(self, chunk: bytes) -> list[Item]:
         replaced = self.replaced

@@ -11,6 +11,7 @@ goes on past it.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -19,6 +20,7 @@ from bridge import jsoncodec
 from bridge.normalise import Unrecognised
 from bridge.normalise.shapes import MAX_SEQ, MAX_TYPE_LENGTH, UnrecognisedReason, to_epoch
 from bridge.sources.calllog.eventstream import (
+    LINE_ROOM,
     MAX_EVENT_BYTES,
     Event,
     Item,
@@ -158,14 +160,15 @@ TOO_LARGE_SAID = (
 
 
 def page_entry(call: str, entry: dict[str, Any], max_bytes: int) -> Any:
-    """A JSON page's entry as the stream takes it: over `max_bytes`, a `too_large` note instead.
-
-    Measured as the bridge writes it (compact JSON), with a line feed as the stream counts it.
-    """
+    """A JSON page's entry as the stream takes it: over `max_bytes`, the stream's note of it."""
     # A page holds up to 64 MiB: passed whole, an entry the stream notes at its seq was refused
     # by Kafka even as a dead letter, lost without a trace and paged as a topic set too small.
-    text = jsoncodec.dumps(entry)
-    size = len(text) + 1
+    # Escaping takes at most 6 bytes for one written: an entry this small fits however sent.
+    if (len(jsoncodec.dumps(entry)) + 1) * _MOST_ESCAPED <= max_bytes:
+        return entry
+    # Measured as the stream measures it (as sent: see _as_streamed), so that the same entry
+    # read either way is one note, one dead-letter id (its content's), not two dead letters.
+    line, size = _as_streamed(entry, max_bytes)
     if size <= max_bytes:
         return entry
     kind = entry.get("type")
@@ -177,9 +180,24 @@ def page_entry(call: str, entry: dict[str, Any], max_bytes: int) -> Any:
         "seq": seq,
     }
     if seq is None:
-        # Its own dead-letter id, as the stream's note without an id: told apart by content.
-        note["sha256"] = hashlib.sha256(text).hexdigest()
+        # Its own dead-letter id, as the stream's note without an id: the digest of its line.
+        note["sha256"] = hashlib.sha256(line.encode()).hexdigest()
     return Unrecognised("too_large", note)
+
+
+_MOST_ESCAPED = 6  # `\u00e9` for a 1-byte control or a 2-byte é, `\ud83d\ude00` for 4 bytes
+# Pinecall's SSE data (pinecall-runtime's frame(), bridge/simulator/eventstream.py): compact
+# json.dumps, non-ASCII escaped.
+_SSE_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _as_streamed(entry: dict[str, Any], max_bytes: int) -> tuple[str, int]:
+    """`entry`'s data line as the parser hashes it, and its size as the parser counts it."""
+    data = _SSE_JSON.encode(entry)
+    line = f"data: {data}"
+    if len(line) > max_bytes + LINE_ROOM:
+        return line + "\n", len(line)  # past the line cap: the whole line, `data: ` too
+    return data + "\n", len(data) + 1
 
 
 class CallFollow:

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import random
 from typing import Any
 
@@ -6,6 +7,8 @@ import pytest
 
 from bridge import jsoncodec
 from bridge.normalise import Unrecognised
+from bridge.pipeline import dead_letter_id
+from bridge.simulator.eventstream import frame
 from bridge.sources.calllog.eventstream import (
     Event,
     EventStreamParser,
@@ -452,40 +455,43 @@ def test_the_calls_end_is_its_scores_time_once_acknowledged() -> None:
 
 
 def streamed(item: dict[str, Any], max_bytes: int) -> Any:
-    """What a follower publishes for `item` read from the stream, as its compact JSON."""
+    """What a follower publishes for `item` read from the stream, framed as Pinecall sends it."""
     parser = EventStreamParser.for_events_of(max_bytes)
-    wire = f"id: {item['seq']}\nevent: {item['type']}\ndata: ".encode() + jsoncodec.dumps(item)
-    [read] = parser.feed(wire + b"\n\n")
+    [read] = parser.feed(frame(item))
     step = follow().step(read)
     assert isinstance(step, Publish)
     return step.item
 
 
+def sent_size(item: dict[str, Any]) -> int:
+    """`item`'s data as Pinecall sends it (non-ASCII escaped), with its line feed."""
+    return len(json.dumps(item, separators=(",", ":"))) + 1
+
+
+@pytest.mark.parametrize("char", ["x", "é", "😀"])
+@pytest.mark.parametrize("seq", [7, 2**31])
 @pytest.mark.parametrize("over", [-1, 0, 1, 50, 500_000])
-def test_a_page_entry_is_bounded_as_the_stream_bounds_it_into_a_note_alike(over: int) -> None:
+def test_a_page_entry_is_bounded_as_the_stream_bounds_it_into_the_same_note(
+    over: int, seq: int, char: str
+) -> None:
     # Pages passed every entry whole: one the stream notes at its seq was refused by Kafka even
-    # as a dead letter, lost.
+    # as a dead letter, lost. Then measured as the bridge writes it, not as sent: past the
+    # parser's line cap (`data: ` counted) or with non-ASCII (`\u00e9`, 6 bytes) the note's size
+    # differed, so its dead-letter id (its content's) did: one entry read from the stream and
+    # from a page was two dead letters; or an entry from a page, a note from the stream.
     limit = 4096
-    item = {"seq": 7, "ts": 1.0, "call": "CA_1", "agent": "a", "type": "call.summary"}
-    item["data"] = {"text": ""}
-    item["data"] = {"text": "x" * (limit - len(jsoncodec.dumps(item)) - 1 + over)}
-    size = len(jsoncodec.dumps(item)) + 1  # with its line feed, as streamed
-    assert size == limit + over
+    item: dict[str, Any] = {"seq": seq, "ts": 1.0, "call": "CA_1", "agent": "a"}
+    item |= {"type": "call.summary", "data": {"text": ""}}
+    width = sent_size({"text": char}) - sent_size({"text": ""})
+    item["data"] = {"text": char * ((limit - sent_size(item) + over) // width)}
     paged, on_stream = page_entry("CA_1", item, limit), streamed(item, limit)
-    if over <= 0:
-        assert paged is item
-        assert on_stream == item
-        return
-    note = {"call": "CA_1", "seq": 7, "type": "call.summary", "bytes": size}
-    assert paged == Unrecognised("too_large", note)
-    assert isinstance(on_stream, Unrecognised)
-    if size <= limit + 64:
-        # Within the parser's line cap it counts the same bytes: the same note, one dead letter.
-        assert on_stream == paged
-    else:
-        # Past it the stream counts the whole line, `data: ` too: about the same.
-        assert {**on_stream.item, "bytes": size} == note
-        assert abs(on_stream.item["bytes"] - size) <= 8
+    assert paged == on_stream
+    assert (paged is item) == (sent_size(item) <= limit)
+    if isinstance(paged, Unrecognised):
+        assert paged.reason == "too_large"
+        assert paged.item["seq"] == (7 if seq == 7 else None)
+        assert "sha256" in paged.item or seq == 7
+        assert dead_letter_id(paged.item) == dead_letter_id(on_stream.item)
 
 
 def test_a_page_entry_too_large_past_any_seq_is_noted_with_its_digest_and_type_cut() -> None:
@@ -494,5 +500,7 @@ def test_a_page_entry_too_large_past_any_seq_is_noted_with_its_digest_and_type_c
     assert isinstance(paged, Unrecognised)
     assert paged.reason == "too_large"
     assert paged.item["seq"] is None
-    assert paged.item["sha256"] == hashlib.sha256(jsoncodec.dumps(item)).hexdigest()
+    # Past the line cap, as the parser hashes it: the whole line.
+    line = b"data: " + jsoncodec.dumps(item) + b"\n"
+    assert paged.item["sha256"] == hashlib.sha256(line).hexdigest()
     assert paged.item["type"].startswith("t" * 256 + "… (300 chars, sha256 ")

@@ -721,7 +721,8 @@ async def test_a_gap_page_entry_too_large_to_read_is_noted_as_the_stream_notes_i
     ]
     assert note.reason == "too_large"
     assert (note.item["seq"], note.item["type"]) == (2, "call.summary")
-    assert note.item["bytes"] == len(jsoncodec.dumps(big)) + 1
+    # As the stream counts it: past the parser's line cap, the whole line, `data: ` too.
+    assert note.item["bytes"] == len(b"data: " + jsoncodec.dumps(big))
     said = [r for r in caplog.records if "larger than BRIDGE_SSE__MAX_EVENT_BYTES" in r.message]
     assert [(r.call, r.seq) for r in said] == [("CA_1", 2)]  # type: ignore[attr-defined]
     assert sample(metrics, "pinecall_bridge_sse_gaps_filled_total") == 1
