@@ -117,6 +117,13 @@ class BatchResult:
     def ok(self) -> bool:
         return self.failed == 0
 
+    @property
+    def stopped(self) -> bool:
+        """Failed only where a stop released it: no failure of Kafka's (a held-back event's
+        follows a failure that names its own reason)."""
+        reasons = self.failure_reasons
+        return not self.ok and "stopping" in reasons and reasons <= {"stopping", "held_back"}
+
     def add(self, part: BatchResult) -> None:
         """Count `part` in this total (a command's sum over its deliveries)."""
         self.accepted += part.accepted

@@ -76,6 +76,7 @@ class WebhookHandler:
         # At 0 from the start, for increase(): a first 503 or replay must count as an increase.
         for reason in (
             "kafka_unavailable",
+            "stopping",
             "overloaded",
             "stale_timestamp",
             "future_timestamp",
@@ -258,10 +259,13 @@ class WebhookHandler:
         finally:
             self._in_flight_bytes -= charge
         if not result.ok:
-            self._metrics.rejected.labels("webhook", "kafka_unavailable").inc()
+            # Released by a stop, Kafka failing nothing: its own reason, as every rolling update
+            # answers some so, and PinecallBridgeWebhooksRefused503 pages on kafka_unavailable.
+            reason = "stopping" if result.stopped else "kafka_unavailable"
+            self._metrics.rejected.labels("webhook", reason).inc()
             return json_response(
                 {
-                    "error": "kafka_unavailable",
+                    "error": reason,
                     "detail": "not stored; retry later",
                     **result.as_dict(),
                 },

@@ -106,16 +106,17 @@ groups:
           runbook_url: {{ printf "%s#pinecallbridgededupstalled" $a.runbookUrl }}
       - alert: PinecallBridgeRejectionRateHigh
         # Rejected input is lost (Pinecall does not retry a 4xx); 503s (kafka_unavailable,
-        # overloaded and internal_error, retried once) are PinecallBridgeWebhooksRefused503's;
+        # overloaded and internal_error, retried once) are PinecallBridgeWebhooksRefused503's,
+        # but stopping's (a webhook a pod's stop released, retried to another pod) nobody's;
         # requests to no webhook route (a scanner's too) PinecallBridgeWebhooksUnrouted's. `or ... * 0`:
         # no events received at all is 100 %.
         # Per channel: the call logs' volume must not hide every webhook being refused.
         expr: |
-          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
+          sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
           /
           (
-            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
-            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|overloaded|internal_error|not_found|method_not_allowed"}[5m])) * 0)
+            sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
+            + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m])) * 0)
           )
           > {{ include "pinecall-bridge.number" $a.rejectedRatio }}
         for: 10m
@@ -527,6 +528,8 @@ groups:
       - alert: PinecallBridgeWebhooksRefused503
         # Pinecall retries a webhook once, seconds later, after a 5xx: two 503s lose the alert.
         # Left out of PinecallBridgeRejectionRateHigh, which only counts what no retry cures.
+        # Not stopping: a pod's stop answers a webhook still waiting on Kafka so at every
+        # rolling update, Kafka failing nothing (one Kafka failed is kafka_unavailable).
         expr: |
           sum by (namespace, pod) (increase(pinecall_bridge_events_rejected_total{channel="webhook", reason=~"kafka_unavailable|overloaded|internal_error"}[10m])) > 0
         labels:

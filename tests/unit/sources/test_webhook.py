@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiokafka.errors import NotEnoughReplicasError
 
 from bridge import jsoncodec
 from bridge.app import Readiness, build_app
@@ -49,6 +50,7 @@ class Harness:
         metrics: Metrics,
         readiness: Readiness,
         handler: WebhookHandler,
+        pipeline: Pipeline,
     ) -> None:
         self.client = client
         self.runner = runner
@@ -57,6 +59,7 @@ class Harness:
         self.metrics = metrics
         self.readiness = readiness
         self.handler = handler
+        self.pipeline = pipeline
 
     async def post(
         self,
@@ -127,7 +130,7 @@ async def serving(s: Settings, *, publish_timeout: float = UNTIL_ACKED) -> Async
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         async with aiohttp.ClientSession(url) as client:
-            yield Harness(client, runner, sink, metrics, readiness, handler)
+            yield Harness(client, runner, sink, metrics, readiness, handler, pipeline)
     finally:
         await runner.cleanup()
 
@@ -545,6 +548,30 @@ async def test_kafka_down_503_with_retry_after() -> None:
         assert response.headers["Retry-After"] == "5"
         body = await response.json()
         assert (body["error"], body["accepted"], body["failed"]) == ("kafka_unavailable", 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("kafka_failed", "reason"), [(False, "stopping"), (True, "kafka_unavailable")]
+)
+async def test_a_webhook_a_stop_released_is_refused_as_stopping_unless_kafka_failed_it(
+    kafka_failed: bool, reason: str
+) -> None:
+    # Counted kafka_unavailable, every rolling update's few fired PinecallBridgeWebhooksRefused503;
+    # one of whose records Kafka refused meanwhile must still page.
+    async with serving(settings()) as harness:
+        harness.sink.auto_ack = False
+        body = [entry(n, call=f"CA_{n}", ts=ENTRY_TIME) for n in (1, 2)]
+        waiting = asyncio.create_task(harness.post(jsoncodec.dumps(body)))
+        await until(lambda: len(harness.sink.futures) == 2)
+        if kafka_failed:
+            harness.sink.futures[0].set_exception(NotEnoughReplicasError())
+        harness.pipeline.answer_by(asyncio.get_running_loop().time())
+        response = await waiting
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert (await response.json())["error"] == reason
+        rejected = {r: harness.rejected(r) for r in ("stopping", "kafka_unavailable")}
+        assert rejected == {r: float(r == reason) for r in rejected}
 
 
 # An entry of about 800 bytes: one in flight fills most of a 1024-byte in-flight budget.
