@@ -99,6 +99,13 @@ MIN_METADATA_PROBE_SECONDS = 0.1
 # feed never connected, and a body sent after a 100 Continue was 408, final for Pinecall. Any
 # TLS or distance only adds to these.
 MIN_ROUND_TRIP_SECONDS = 0.1
+# The periods of what the bridge repeats while it runs: the secret files' and the webhook's
+# rechecks, the dedup stage's topic and hanging-transaction checks, the feed's pings. Each waits
+# only its period between runs, so at 0.000001 s it ran back to back: the secret files were read
+# 35,000 times a second, a core's worth on the event loop serving webhooks, and the others sent
+# Kafka or Pinecall a request (a ping) as soon as the last was answered. At this floor they are
+# ten a second at most; 0 still turns each check off.
+MIN_PERIOD_SECONDS = 0.1
 # What a webhook held through a Kafka stall costs beyond its body (aiohttp's protocol, request and
 # task, the pipeline's state: about 20 KiB, measured with tracemalloc), charged with its body
 # against BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES (bridge/sources/webhook.py), so small webhooks are
@@ -313,6 +320,22 @@ def _at_least(floor: float, why: str, unit: str = "s") -> Callable[[float], floa
 
 # Why each timeout that must outlast a network round trip has MIN_ROUND_TRIP_SECONDS' floor.
 _ROUND_TRIP = "a round trip takes milliseconds even on the same box (up to 17 ms measured)"
+
+
+def _off_or_at_least(floor: float, why: str) -> Callable[[float], float]:
+    """An after-validator: 0 (off) is taken; a number of seconds between 0 and `floor` is
+    refused, saying `why`."""
+
+    def check(value: float) -> float:
+        if 0 < value < floor:
+            raise ValueError(f"must be 0 (off) or at least {floor:g} s (got {value:g}): {why}")
+        return value
+
+    return check
+
+
+# Why each period of a check repeated while running has MIN_PERIOD_SECONDS' floor.
+_BACK_TO_BACK = "shorter, the check runs back to back for ever"
 
 
 def _is(names: str) -> str:
@@ -780,6 +803,14 @@ class WebhookSettings(_Section):
 
     _split = field_validator("secrets", mode="before")(_split_csv)
 
+    _secrets_check_floor = field_validator("secrets_check_seconds")(
+        _off_or_at_least(
+            MIN_PERIOD_SECONDS,
+            f"each check reads the secret files on the event loop serving webhooks; {_BACK_TO_BACK}"
+            " (35,000 reads a second measured at 0.000001 s, a core's worth)",
+        )
+    )
+
     @field_validator("max_age_seconds")
     @classmethod
     def _off_or_past_a_retry(cls, seconds: float) -> float:
@@ -963,6 +994,21 @@ class DedupSettings(_Section):
         )
     )
 
+    _hanging_check_floor = field_validator("hanging_check_seconds")(
+        _off_or_at_least(
+            MIN_PERIOD_SECONDS,
+            f"each check asks Kafka for every output partition's offsets; {_BACK_TO_BACK},"
+            " flooding the brokers with requests",
+        )
+    )
+    _topic_check_floor = field_validator("topic_check_seconds")(
+        _off_or_at_least(
+            MIN_PERIOD_SECONDS,
+            "each check opens an admin connection to Kafka and reads the topics' configs;"
+            f" {_BACK_TO_BACK}, flooding the brokers with connections",
+        )
+    )
+
     @field_validator("group", "instance_id")
     @classmethod
     def _id_part(cls, name: str | None) -> str | None:
@@ -1127,6 +1173,13 @@ class PinecallSettings(_Section):
         )
     )
 
+    _recheck_floor = field_validator("webhook_recheck_seconds")(
+        _off_or_at_least(
+            MIN_PERIOD_SECONDS,
+            f"each recheck is a request to Pinecall's API; {_BACK_TO_BACK}, flooding it",
+        )
+    )
+
     # Appended to api_url as it is: "v1/webhook" would name another host.
     _path = field_validator("webhook_path")(_rooted_path)
 
@@ -1167,7 +1220,7 @@ class WebSocketSettings(_Section):
     token_path: str = "/v1/auth/websocket-token"
     token_field: str = Field(default="token", min_length=1)
     events: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ping_interval_seconds: float = Field(default=20.0)
     ping_timeout_seconds: float = Field(default=20.0)
     open_timeout_seconds: float = Field(default=10.0)
     backoff_initial_seconds: float = Field(default=0.5, gt=0)
@@ -1188,6 +1241,13 @@ class WebSocketSettings(_Section):
 
     _path = field_validator("token_path")(_rooted_path)
 
+    _ping_floor = field_validator("ping_interval_seconds")(
+        _at_least(
+            MIN_PERIOD_SECONDS,
+            "the next ping is sent this long after the last one's pong: below it the feed pings"
+            " Pinecall back to back, once a round trip, for ever",
+        )
+    )
     _pong_floor = field_validator("ping_timeout_seconds")(
         _at_least(
             MIN_ROUND_TRIP_SECONDS,
@@ -1231,7 +1291,7 @@ class SseSettings(_Section):
     # Calls followed at once by one process; more wait in a first-in-first-out queue.
     max_calls: int = Field(default=500, ge=1, le=100_000)
     # No byte, not even Pinecall's 25 s `: ping`, for this long: the connection is dead.
-    read_timeout_seconds: float = Field(default=60.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0)
     connect_timeout_seconds: float = Field(default=10.0)
     backoff_initial_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
@@ -1256,6 +1316,15 @@ class SseSettings(_Section):
             MIN_ROUND_TRIP_SECONDS,
             "a connection to Pinecall (TCP, TLS) is a round trip or more, and"
             f" {_ROUND_TRIP}: below it no call's log or org feed is ever read",
+        )
+    )
+
+    _read_floor = field_validator("read_timeout_seconds")(
+        _at_least(
+            MIN_ROUND_TRIP_SECONDS,
+            f"a stream's first bytes come a round trip after its request, and {_ROUND_TRIP}:"
+            " below it every call's log and the org feed are dropped as silent and read again,"
+            " for ever",
         )
     )
 

@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bridge.config import ConfigError, load_settings
 from bridge.sink.durability import durability_problem
-from tests.deploy.tools import ALL_ON, CHART, GROUP, SIGNED, helm, merged, render
+from tests.deploy.tools import (
+    ALL_ON,
+    CHART,
+    GROUP,
+    SIGNED,
+    helm,
+    merged,
+    render,
+    template_args,
+)
 from tests.environ import without_bridge_variables
 
 # A webhook secret the chart knows for sure (existingSecret might hold any secret, so the
@@ -692,6 +702,37 @@ def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) 
     sets = ("config.webhook.maxAgeSeconds=215", "config.dedup.ttlSeconds=500")
     bound = {"webhook": {"max_age_seconds": 215}, "dedup": {"ttl_seconds": 500}}
     accepted_by_both(bridge_problems, sets, bound)
+
+
+# Periods the bridge refuses below 0.1 s (bridge/config.py's MIN_PERIOD_SECONDS and
+# MIN_ROUND_TRIP_SECONDS), and whether 0 turns the thing off. Fractions, so given in a values
+# file: `--set` passes 0.05 as a string.
+PERIOD_FLOORS = [
+    ("webhook", "secrets_check_seconds", "secretsCheckSeconds", True),
+    ("dedup", "hanging_check_seconds", "hangingCheckSeconds", True),
+    ("dedup", "topic_check_seconds", "topicCheckSeconds", True),
+    ("pinecall", "webhook_recheck_seconds", "webhookRecheckSeconds", True),
+    ("websocket", "ping_interval_seconds", "pingIntervalSeconds", False),
+    ("sse", "read_timeout_seconds", "readTimeoutSeconds", False),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "name", "off"), PERIOD_FLOORS)
+def test_a_period_below_its_floor_is_refused_by_both(
+    section: str, key: str, name: str, off: bool, bridge_problems: Any, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    for value in (0.1, 0, 0.05):
+        values.write_text(yaml.safe_dump({"config": {section: {name: value}}}))
+        chart = helm(*template_args(SECRET, values=values), check=False)
+        bridge = bridge_problems(merged(BRIDGE_SECRET, {section: {key: value}}))
+        if value == 0.1 or (value == 0 and off):
+            assert chart.returncode == 0, chart.stderr
+            assert bridge == []
+        else:
+            assert f"'/config/{section}/{name}'" in chart.stderr, chart.stderr
+            [problem] = bridge
+            assert problem.startswith(f"BRIDGE_{section.upper()}__{key.upper()}: must be"), problem
 
 
 def test_kept_windows_up_to_the_ttl_are_accepted_by_both(bridge_problems: Any) -> None:

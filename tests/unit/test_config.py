@@ -1892,6 +1892,10 @@ def test_the_replay_window_is_off_or_longer_than_pinecalls_attempt(
         # 0.001 s: a body sent after its 100 Continue was answered 408.
         ("BRIDGE_HTTP__BODY_TIMEOUT_SECONDS", "0.1", "s", "0.001", "408"),
         ("BRIDGE_HTTP__HEADER_TIMEOUT_SECONDS", "0.1", "s", "0.001", "closed unanswered"),
+        # 0.001 s: every stream dropped as silent before its first bytes, read again for ever.
+        ("BRIDGE_SSE__READ_TIMEOUT_SECONDS", "0.1", "s", "0.001", "dropped as silent"),
+        # 0.001 s: a ping sent as soon as the last one's pong came, for ever.
+        ("BRIDGE_WEBSOCKET__PING_INTERVAL_SECONDS", "0.1", "s", "0.001", "back to back"),
     ],
 )
 def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
@@ -1907,6 +1911,33 @@ def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
             problem
         )
         assert why in problem
+
+
+@pytest.mark.parametrize(
+    ("variable", "why"),
+    [
+        # 0.000001 s: the secret files were read 35,000 times a second on the webhooks' loop.
+        ("BRIDGE_WEBHOOK__SECRETS_CHECK_SECONDS", "35,000 reads a second"),
+        ("BRIDGE_DEDUP__HANGING_CHECK_SECONDS", "flooding the brokers with requests"),
+        ("BRIDGE_DEDUP__TOPIC_CHECK_SECONDS", "flooding the brokers with connections"),
+        ("BRIDGE_PINECALL__WEBHOOK_RECHECK_SECONDS", "request to Pinecall's API"),
+    ],
+)
+def test_a_check_repeated_while_running_is_off_or_no_more_than_ten_a_second(
+    monkeypatch: pytest.MonkeyPatch, variable: str, why: str
+) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    for good in ("0", "0.1", "30"):  # off, the floor itself, a usual period
+        monkeypatch.setenv(variable, good)
+        load_settings()
+    for bad in ("0.000001", "0.05"):
+        monkeypatch.setenv(variable, bad)
+        [problem] = problems()
+        assert problem.startswith(
+            f"{variable}: must be 0 (off) or at least 0.1 s (got {float(bad):g}): "
+        ), problem
+        assert why in problem
+        assert "back to back" in problem
 
 
 @pytest.mark.parametrize(

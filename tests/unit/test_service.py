@@ -879,7 +879,7 @@ async def test_a_topic_whose_replication_factor_is_not_read_is_said_to_be_unchec
 @pytest.mark.usefixtures("fake_admin")
 async def test_the_topic_check_while_running_hands_the_ingest_min_insync_to_readiness() -> None:
     # The ingest topic made again with another min.insync.replicas: readiness kept the start's.
-    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"topic_check_seconds": 0.01})
+    settings = load_settings(webhook={"secrets": ["s"]}, dedup={"topic_check_seconds": 0.1})
     bridge = Bridge(settings)
     bridge.sink.watch_writes(settings.topics.ingest, 1)
     FakeAdmin.values = {"min.insync.replicas": "2"}
