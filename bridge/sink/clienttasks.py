@@ -31,6 +31,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge import stopbudget
 from bridge.logthrottle import LogThrottle
+from bridge.sink.connectsetup import ConnectionTally, run_tallied
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,17 @@ async def start_client(
     A cancelled start first runs on, for up to START_SETTLE_SECONDS: aiokafka's bootstrap cut
     short while its metadata request is out drops that connection unclosed (nothing else refers
     to it: "Unclosed AIOKafkaConnection" when collected), which no stop of the client can reach.
-    Against a live broker that request takes milliseconds. The undo (the client's stop or close)
-    runs in a task of its own for up to UNDO_SECONDS, less what the settle took; one cut there,
-    failed, or ended by a CancelledError from inside aiokafka leaves `client` cut short.
+    Against a live broker that request takes milliseconds, unless the loop is starved: a start
+    cut all the same has every connection it set up closed (connectsetup.ConnectionTally). The
+    undo (the client's stop or close) runs in a task of its own for up to UNDO_SECONDS, less
+    what the settle took; one cut there, failed, or ended by a CancelledError from inside
+    aiokafka leaves `client` cut short.
     """
-    starting = asyncio.ensure_future(start())
+    # The start's connections, held until it ends: a start still running when the settle is
+    # over is cancelled, on a starved loop (a loaded node) even against a live broker, and one
+    # cut in its bootstrap's metadata request would drop that connection unclosed.
+    tally = ConnectionTally()
+    starting = run_tallied(start, tally)
     try:
         await asyncio.shield(starting)
     except BaseException:
@@ -206,13 +213,19 @@ async def start_client(
         # What the start raised is what the caller must see, not a failure of this undo. Begun
         # even with no time left, so that the client counts closed; then cut short.
         within = max(undo_by - loop.time(), 0.0)
-        _, timed_out = await _stop(client, within, 0.0, undo)
+        try:
+            _, timed_out = await _stop(client, within, 0.0, undo)
+        finally:
+            # The client's close reaches only the connections it keeps (not a bootstrap's).
+            tally.close_open()
         if timed_out:
             log.warning(
                 "a Kafka client's failed start was not undone in time; cut short",
                 extra={"client": type(client).__name__, "within_s": round(within, 3)},
             )
         raise
+    finally:
+        tally.end()
 
 
 async def _settle(starting: asyncio.Future[Any], within: float) -> None:

@@ -11,16 +11,18 @@ gives every client the bridge builds; aiokafka.client's create_conn, wrapped onc
 The wrap also keeps whether the process's last connection set-up refused for its credentials
 was followed by none that succeeded (`AUTHENTICATION`): aiokafka logs such a refusal and raises
 only "Unable to bootstrap", or retries it unseen (a rebalance's coordinator), so the clients'
-own errors cannot tell it.
+own errors cannot tell it. And it holds each connection set up while a client starts in a
+`ConnectionTally` (clienttasks.start_client): one a cut start would drop unclosed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiokafka.client
 from aiokafka.errors import KafkaConnectionError
@@ -29,6 +31,7 @@ from bridge.kafkarefusals import refused_authentication
 
 log = logging.getLogger(__name__)
 CreateConn = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 _installed: list[bool] = []  # whether the wrap was tried; its outcome
 
 
@@ -89,6 +92,49 @@ class AuthenticationOutcome:
 AUTHENTICATION = AuthenticationOutcome()
 
 
+class ConnectionTally:
+    """The connections set up by a client's start (its task and the tasks it makes), held while
+    the tally is open; closed by whoever cut the start short (clienttasks.start_client).
+
+    aiokafka's bootstrap keeps its connection in a local variable until the metadata answers:
+    cancelled meanwhile, it drops it unclosed ("Unclosed AIOKafkaConnection" when collected).
+    """
+
+    def __init__(self) -> None:
+        self._held: list[Any] | None = []
+
+    def add(self, conn: Any) -> None:
+        if self._held is not None:
+            self._held.append(conn)
+
+    def close_open(self) -> int:
+        """Close each connection held that is still open; how many were."""
+        left = [conn for conn in self._held or () if conn.connected()]
+        for conn in left:
+            conn.close()
+        return len(left)
+
+    def end(self) -> None:
+        """Hold nothing more: the client's tasks run on, and their later connections are its."""
+        self._held = None
+
+
+_TALLY: contextvars.ContextVar[ConnectionTally | None] = contextvars.ContextVar(
+    "kafka_connection_tally", default=None
+)
+
+
+def run_tallied(start: Callable[[], Awaitable[T]], tally: ConnectionTally) -> asyncio.Task[T]:
+    """`start` in a task of its own whose connection set-ups (and its tasks') `tally` holds."""
+    context = contextvars.copy_context()
+    context.run(_TALLY.set, tally)
+
+    async def run() -> T:
+        return await start()
+
+    return asyncio.get_running_loop().create_task(run(), context=context)
+
+
 def bounded(create_conn: CreateConn, outcome: AuthenticationOutcome = AUTHENTICATION) -> CreateConn:
     """`create_conn`, its set-up given up after the client id's connect timeout (if it has one),
     each outcome told to `outcome`.
@@ -106,6 +152,9 @@ def bounded(create_conn: CreateConn, outcome: AuthenticationOutcome = AUTHENTICA
             outcome.settled(exc)
             raise
         outcome.settled(None)
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.add(conn)
         return conn
 
     async def create_timed(host: str, port: int, **options: Any) -> Any:

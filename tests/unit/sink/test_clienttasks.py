@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any
 
+import aiokafka.client
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
@@ -15,7 +16,7 @@ from aiokafka.cluster import BrokerMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
 
-from bridge.sink import clienttasks
+from bridge.sink import clienttasks, connectsetup
 from bridge.sink.clienttasks import (
     REPLACE_ATTEMPTS,
     Listed,
@@ -165,6 +166,78 @@ async def test_a_start_whose_caller_is_cancelled_settles_then_is_undone(
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert (client.finished, client.undone) == (finished, True)
+
+
+class _Unanswered(FakeConnection):
+    """A connection whose requests are never answered: a broker held up, or a starved loop."""
+
+    def __init__(self, asked: asyncio.Event) -> None:
+        super().__init__()
+        self._asked = asked
+
+    async def send(self, request: object, expect_response: bool = True) -> object:
+        self._asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_start_cut_in_its_bootstraps_metadata_request_leaves_no_connection_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loaded CI node's starved loop kept a consumer's bootstrap past the settle time: cut in
+    # its metadata request, aiokafka dropped that connection unclosed, and asyncio logged
+    # "Unclosed AIOKafkaConnection" at ERROR (the scaling test's flapping replicas).
+    monkeypatch.setattr(clienttasks, "START_SETTLE_SECONDS", 0.05)
+    asked = asyncio.Event()
+    made: list[_Unanswered] = []
+
+    async def create_conn(host: str, port: int, **_: object) -> _Unanswered:
+        made.append(conn := _Unanswered(asked))
+        return conn
+
+    wrapped = connectsetup.bounded(create_conn, connectsetup.AuthenticationOutcome())
+    monkeypatch.setattr(aiokafka.client, "create_conn", wrapped)  # as connectsetup.install does
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+    caller = asyncio.create_task(start_client(client, client.bootstrap, client.close))
+    await asked.wait()  # aiokafka's bootstrap waits for its metadata answer
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert [conn.connected() for conn in made] == [False]
+
+
+async def test_a_started_clients_later_connections_are_left_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The tally holds a start's connections only until it ends: the client's tasks run on.
+    made: list[FakeConnection] = []
+
+    async def create_conn(host: str, port: int, **_: object) -> FakeConnection:
+        made.append(conn := FakeConnection())
+        return conn
+
+    wrapped = connectsetup.bounded(create_conn, connectsetup.AuthenticationOutcome())
+    later: list[asyncio.Task[connectsetup.ConnectionTally | None]] = []
+
+    async def start() -> None:
+        await wrapped("127.0.0.1", 9)
+
+        async def connect_later() -> connectsetup.ConnectionTally | None:
+            await asyncio.sleep(0.01)
+            await wrapped("127.0.0.1", 9)
+            return connectsetup._TALLY.get()  # inherited from the start's task
+
+        later.append(asyncio.create_task(connect_later()))
+
+    await start_client(SimpleNamespace(), start, _never_undone)
+    tally = await later[0]
+    assert tally is not None
+    assert tally.close_open() == 0  # it holds none: they are the client's own
+    assert [conn.connected() for conn in made] == [True, True]
+
+
+async def _never_undone() -> None:
+    raise AssertionError("a start that succeeded is not undone")
 
 
 async def test_a_failed_start_is_undone_and_its_error_raised() -> None:
