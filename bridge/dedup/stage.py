@@ -15,9 +15,10 @@ none), as Kafka Streams suspends them, for BRIDGE_DEDUP__KEEP_REVOKED_SECONDS: a
 once when nobody committed for it since, and when others decided records meanwhile only those
 are replayed into its window (kept.py decides, restore.py reads); anything else restores it
 whole. A member that has not heard from the group coordinator for longer than the session
-timeout (cut off from Kafka) counts no partition owned (groupsession.py): the
-group will have handed them on. It keeps its tasks, which can commit nothing meanwhile; the rejoin's
-revocation and assignment settle them once Kafka answers, as after any rebalance.
+timeout (cut off from Kafka) counts no partition owned (groupsession.py) and exports no lag
+for them: the group will have handed them on. It keeps its tasks, which can commit nothing
+meanwhile; the rejoin's revocation and assignment settle them once Kafka answers, as after any
+rebalance.
 Each metadata probe interval the stage closes its clients' connections to brokers gone from the
 metadata (a fenced broker whose host vanished), whose requests would otherwise wait out the
 request timeout (README: a vanished broker).
@@ -1038,6 +1039,13 @@ class DedupStage:
     ) -> None:
         """`served`: the partitions this step was handed records of."""
         now, ticks = time.time(), time.monotonic()
+        if self._session.expired(ticks):
+            # Owned by nobody here, as dedup_partitions_owned says: the group has handed them on,
+            # and aiokafka revokes nothing until the coordinator answers, so their fetch ages
+            # grew and paged for partitions another member serves. Counted afresh once heard.
+            for tp in list(self._lag_gauges):
+                self._forget_lag(tp)
+            return
         assigned = consumer.assignment()
         gauges = self._lag_gauges
         for tp, task in self._tasks.items():

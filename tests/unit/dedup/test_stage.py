@@ -6,6 +6,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import math
 import time
 import weakref
 from dataclasses import replace
@@ -1141,6 +1142,12 @@ def cut_off(h: Harness) -> None:
     h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=0.0)
 
 
+def heard_throughout(h: Harness) -> None:
+    """The coordinator answers every heartbeat: the session holds however far a fake clock
+    moves (past it, the stage exports no lag for partitions the group has handed on)."""
+    h.stage._session = Session(math.inf, now=0.0)
+
+
 async def test_a_member_cut_off_past_the_session_timeout_counts_no_partition_owned() -> None:
     h = Harness(1, 2, consumer=FakeConsumer({tp(1), tp(2)}))
     cut_off(h)
@@ -1227,6 +1234,7 @@ def stepped_lag(monkeypatch: pytest.MonkeyPatch, step: float) -> float:
         stage_module, "time", SimpleNamespace(time=lambda: wall[0], monotonic=lambda: mono[0])
     )
     h = Harness(1)
+    heard_throughout(h)
     h.tasks[1].last_appended_at = 99_400.0
     consumer = LaggingConsumer({tp(1)}, base=10, ahead=0)
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))  # caught up: a spell starts next
@@ -1319,6 +1327,7 @@ async def test_a_partition_behind_keeps_ageing_while_fetches_fail(
     )
     monkeypatch.setattr(stage_module, "refused_wait", lambda refused: 0.0)
     h = Harness(1, 2)
+    heard_throughout(h)
     h.tasks[1].last_appended_at = clocks[0] - 5  # the last record processed, 5 s ago
     h.tasks[2].last_appended_at = clocks[0] - 5
     consumer = FailingFetches(h.stage, clocks, ahead=3, failures=3, error=error)
@@ -1377,6 +1386,7 @@ async def test_a_partition_working_off_a_fetched_batch_waits_on_no_fetch(
         stage_module, "time", SimpleNamespace(time=lambda: clocks[0], monotonic=lambda: clocks[1])
     )
     h = Harness()
+    heard_throughout(h)
     h.stage._tasks[tp(1)] = cast(PartitionTask, DrainingTask(1, 10))
     consumer = BufferedBatch(h.stage, clocks, steps=4)
     h.stage._consumer = cast(AIOKafkaConsumer, consumer)
@@ -1395,6 +1405,7 @@ def test_a_held_partition_waits_for_no_fetch_and_counts_from_its_release(
         stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
     )
     h = Harness(1)
+    heard_throughout(h)
     consumer = LaggingConsumer({tp(1)}, base=10, ahead=0)
     h.tasks[1].held = True
     for _ in range(2):
@@ -1436,6 +1447,62 @@ async def test_a_revoked_partition_loses_its_fetch_age_series() -> None:
     await h.stage.revoked({tp(3)})
     assert fetch_age_series(h.metrics) == []
     assert tp(3) not in h.stage._answers
+
+
+def lag_series(metrics: Metrics) -> list[tuple[str, str]]:
+    """Every per-partition lag and fetch-age series exported: (name, partition)."""
+    names = {
+        "pinecall_bridge_dedup_lag_records",
+        "pinecall_bridge_dedup_lag_seconds",
+        "pinecall_bridge_dedup_fetch_age_seconds",
+    }
+    return sorted(
+        (s.name, s.labels["partition"])
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name in names
+    )
+
+
+@pytest.mark.parametrize("back", ["heard", "rejoined"])
+async def test_a_member_cut_off_past_the_session_exports_no_fetch_age_until_it_is_back(
+    monkeypatch: pytest.MonkeyPatch, back: str
+) -> None:
+    # Fails without the session check: aiokafka revokes nothing until the coordinator answers
+    # (a rejoin's on_partitions_revoked), so the ages grew past the alert's 120 s and paged
+    # "Kafka answers no dedup fetch" for partitions the group had handed to another member.
+    ticks = [5_000.0]
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
+    )
+    h = Harness(1, 2)
+    consumer = LaggingConsumer({tp(1), tp(2)}, base=10, ahead=3)  # no answer ever comes
+    h.stage._consumer = cast(AIOKafkaConsumer, consumer)
+    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=ticks[0])
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    ticks[0] += 8.0  # within the session: owned, and its fetches unanswered that long
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 8.0
+    for _ in range(20):  # 200 s cut off from Kafka, the session expired after the first 10
+        ticks[0] += 10.0
+        h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+        assert lag_series(h.metrics) == []
+    assert h.owned() == [1, 2]  # its tasks kept meanwhile (groupsession.py)
+    if back == "heard":
+        h.stage._heard()  # a heartbeat answered: still in its generation, still the owner
+    else:
+        # The coordinator answers that the member is gone: aiokafka rejoins, revoking all it had.
+        await h.stage.revoked({tp(1), tp(2)})
+        await h.stage.assigned(set())
+        h.stage._tasks[tp(1)] = h.task(1)  # handed back, installed
+        consumer.assigned = {tp(1)}
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.0
+    ticks[0] += 4.0
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    # Counted from when it was owned again, not from the last answer before the cut.
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 4.0
+    assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 3
 
 
 class ThrottledClient(AIOKafkaClient):  # type: ignore[misc]
