@@ -122,6 +122,13 @@ class CallLogSource:
         # From 0 for TaskCrashing's increase(): a first small takeover's launch raising in the
         # dedup stage is counted (_crashed_in_stage) before the task is ever spawned.
         metrics.task_crashes.labels("sse-takeover")
+        # Alerts take increase() of these: from 0 here, as start() runs only once the bridge is
+        # ready (retried while the ingest topic has no partitions), scraped absent until then.
+        for reason in REASONS:
+            metrics.sse_reconnects.labels("call", reason)
+            metrics.sse_reconnects.labels("org_feed", reason)
+        for given_up in GIVE_UP_REASONS:
+            metrics.sse_calls_given_up.labels(given_up)
 
     @property
     def max_calls(self) -> int:
@@ -145,11 +152,6 @@ class CallLogSource:
         m.sse_calls_queued.set_function(
             lambda: len(self.roster.waiting) if self.roster is not None else 0
         )
-        for reason in REASONS:  # alerts take increase() of these
-            m.sse_reconnects.labels("call", reason)
-            m.sse_reconnects.labels("org_feed", reason)
-        for given_up in GIVE_UP_REASONS:
-            m.sse_calls_given_up.labels(given_up)
         # After each (re)connect, the call list makes up for the notices missed meanwhile.
         feed = OrgFeed(
             self._session, self._api, self._settings, m, self.noticed, self._schedule_sweep
