@@ -106,6 +106,15 @@ MIN_ROUND_TRIP_SECONDS = 0.1
 # Kafka or Pinecall a request (a ping) as soon as the last was answered. At this floor they are
 # ten a second at most; 0 still turns each check off.
 MIN_PERIOD_SECONDS = 0.1
+# The reconnect backoffs (BRIDGE_WEBSOCKET__BACKOFF_*, BRIDGE_SSE__BACKOFF_*). In a Pinecall outage
+# every reconnecting source of every replica retries: the feed, the org feed and up to
+# BRIDGE_SSE__MAX_CALLS (500) call logs, each waiting half the cap on average once its delays
+# reach it (full jitter). At a 0.05 s cap that is 20,000 requests a second per replica (100,000
+# at 0.01 s); at 0.5 s, Firefox's floor under an event stream's reconnection time whatever its
+# `retry:` asks, 2,000. The initial delay bounds the first retries after a cut: at 0.1 s
+# (aiokafka's retry_backoff_ms) streams cut together come back over a tenth of a second at least.
+MIN_BACKOFF_INITIAL_SECONDS = 0.1
+MIN_BACKOFF_MAX_SECONDS = 0.5
 # What a webhook held through a Kafka stall costs beyond its body (aiohttp's protocol, request and
 # task, the pipeline's state: about 20 KiB, measured with tracemalloc), charged with its body
 # against BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES (bridge/sources/webhook.py), so small webhooks are
@@ -336,6 +345,15 @@ def _off_or_at_least(floor: float, why: str) -> Callable[[float], float]:
 
 # Why each period of a check repeated while running has MIN_PERIOD_SECONDS' floor.
 _BACK_TO_BACK = "shorter, the check runs back to back for ever"
+
+
+def _backoff_floor(floor: float, retries: str) -> Callable[[float], float]:
+    """An after-validator of a reconnecting source's backoff; `retries`, what each retry asks."""
+    return _at_least(
+        floor,
+        f"each retry of {retries} of Pinecall, and the retries go on through its outage:"
+        " shorter delays storm it with requests",
+    )
 
 
 def _is(names: str) -> str:
@@ -1223,8 +1241,8 @@ class WebSocketSettings(_Section):
     ping_interval_seconds: float = Field(default=20.0)
     ping_timeout_seconds: float = Field(default=20.0)
     open_timeout_seconds: float = Field(default=10.0)
-    backoff_initial_seconds: float = Field(default=0.5, gt=0)
-    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    backoff_initial_seconds: float = Field(default=0.5)
+    backoff_max_seconds: float = Field(default=30.0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
     # The backlog of feed events read and not yet in Kafka, in events and bytes: enough for a
     # minute's Kafka stall at a busy feed's pace; past either bound a frame is dropped (counted).
@@ -1254,6 +1272,12 @@ class WebSocketSettings(_Section):
             f"a pong comes a round trip after its ping, and {_ROUND_TRIP}: below it the feed is"
             " dropped as dead at a ping and connected again, for ever",
         )
+    )
+    _initial_floor = field_validator("backoff_initial_seconds")(
+        _backoff_floor(MIN_BACKOFF_INITIAL_SECONDS, "the feed asks a token and a connection")
+    )
+    _max_floor = field_validator("backoff_max_seconds")(
+        _backoff_floor(MIN_BACKOFF_MAX_SECONDS, "the feed asks a token and a connection")
     )
     _open_floor = field_validator("open_timeout_seconds")(
         _at_least(
@@ -1293,8 +1317,8 @@ class SseSettings(_Section):
     # No byte, not even Pinecall's 25 s `: ping`, for this long: the connection is dead.
     read_timeout_seconds: float = Field(default=60.0)
     connect_timeout_seconds: float = Field(default=10.0)
-    backoff_initial_seconds: float = Field(default=1.0, gt=0)
-    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    backoff_initial_seconds: float = Field(default=1.0)
+    backoff_max_seconds: float = Field(default=30.0)
     stable_after_seconds: float = Field(default=60.0, gt=0)
     # A call's log refused (a 4xx other than 401/403/404/429, or a 200 that is not an event
     # stream) with no stream that read between for this long is left: counted and logged, not
@@ -1325,6 +1349,19 @@ class SseSettings(_Section):
             f"a stream's first bytes come a round trip after its request, and {_ROUND_TRIP}:"
             " below it every call's log and the org feed are dropped as silent and read again,"
             " for ever",
+        )
+    )
+
+    _initial_floor = field_validator("backoff_initial_seconds")(
+        _backoff_floor(
+            MIN_BACKOFF_INITIAL_SECONDS,
+            "the org feed and of each of up to MAX_CALLS call logs asks a stream",
+        )
+    )
+    _max_floor = field_validator("backoff_max_seconds")(
+        _backoff_floor(
+            MIN_BACKOFF_MAX_SECONDS,
+            "the org feed and of each of up to MAX_CALLS call logs asks a stream",
         )
     )
 

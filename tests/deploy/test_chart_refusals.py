@@ -704,29 +704,51 @@ def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) 
     accepted_by_both(bridge_problems, sets, bound)
 
 
-# Periods the bridge refuses below 0.1 s (bridge/config.py's MIN_PERIOD_SECONDS and
-# MIN_ROUND_TRIP_SECONDS), and whether 0 turns the thing off. Fractions, so given in a values
-# file: `--set` passes 0.05 as a string.
+# Periods and delays the bridge refuses below a floor (bridge/config.py's MIN_PERIOD_SECONDS,
+# MIN_ROUND_TRIP_SECONDS and MIN_BACKOFF_*_SECONDS), whether 0 turns the thing off, and what is
+# set beside it, chart's and bridge's names (the SSE cap at its floor is under the default
+# initial delay: that one is lowered too). Fractions, so given in a values file: `--set` passes
+# 0.05 as a string.
+BESIDE_NOTHING: tuple[dict[str, float], dict[str, float]] = ({}, {})
 PERIOD_FLOORS = [
-    ("webhook", "secrets_check_seconds", "secretsCheckSeconds", True),
-    ("dedup", "hanging_check_seconds", "hangingCheckSeconds", True),
-    ("dedup", "topic_check_seconds", "topicCheckSeconds", True),
-    ("pinecall", "webhook_recheck_seconds", "webhookRecheckSeconds", True),
-    ("websocket", "ping_interval_seconds", "pingIntervalSeconds", False),
-    ("sse", "read_timeout_seconds", "readTimeoutSeconds", False),
+    ("webhook", "secrets_check_seconds", "secretsCheckSeconds", 0.1, True, BESIDE_NOTHING),
+    ("dedup", "hanging_check_seconds", "hangingCheckSeconds", 0.1, True, BESIDE_NOTHING),
+    ("dedup", "topic_check_seconds", "topicCheckSeconds", 0.1, True, BESIDE_NOTHING),
+    ("pinecall", "webhook_recheck_seconds", "webhookRecheckSeconds", 0.1, True, BESIDE_NOTHING),
+    ("websocket", "ping_interval_seconds", "pingIntervalSeconds", 0.1, False, BESIDE_NOTHING),
+    ("sse", "read_timeout_seconds", "readTimeoutSeconds", 0.1, False, BESIDE_NOTHING),
+    ("websocket", "backoff_initial_seconds", "backoffInitialSeconds", 0.1, False, BESIDE_NOTHING),
+    ("websocket", "backoff_max_seconds", "backoffMaxSeconds", 0.5, False, BESIDE_NOTHING),
+    ("sse", "backoff_initial_seconds", "backoffInitialSeconds", 0.1, False, BESIDE_NOTHING),
+    (
+        "sse",
+        "backoff_max_seconds",
+        "backoffMaxSeconds",
+        0.5,
+        False,
+        ({"backoffInitialSeconds": 0.1}, {"backoff_initial_seconds": 0.1}),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("section", "key", "name", "off"), PERIOD_FLOORS)
+@pytest.mark.parametrize(("section", "key", "name", "floor", "off", "beside"), PERIOD_FLOORS)
 def test_a_period_below_its_floor_is_refused_by_both(
-    section: str, key: str, name: str, off: bool, bridge_problems: Any, tmp_path: Path
+    section: str,
+    key: str,
+    name: str,
+    floor: float,
+    off: bool,
+    beside: tuple[dict[str, float], dict[str, float]],
+    bridge_problems: Any,
+    tmp_path: Path,
 ) -> None:
     values = tmp_path / "values.yaml"
-    for value in (0.1, 0, 0.05):
-        values.write_text(yaml.safe_dump({"config": {section: {name: value}}}))
+    chart_beside, bridge_beside = beside
+    for value in (floor, 0, floor / 2):
+        values.write_text(yaml.safe_dump({"config": {section: {**chart_beside, name: value}}}))
         chart = helm(*template_args(SECRET, values=values), check=False)
-        bridge = bridge_problems(merged(BRIDGE_SECRET, {section: {key: value}}))
-        if value == 0.1 or (value == 0 and off):
+        bridge = bridge_problems(merged(BRIDGE_SECRET, {section: {**bridge_beside, key: value}}))
+        if value == floor or (value == 0 and off):
             assert chart.returncode == 0, chart.stderr
             assert bridge == []
         else:

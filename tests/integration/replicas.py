@@ -52,7 +52,7 @@ def feed_env(simulator: Simulator) -> dict[str, str]:
     return {
         "BRIDGE_WEBSOCKET__ENABLED": "true",
         "BRIDGE_WEBSOCKET__URL": simulator.ws_url,
-        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.05",
+        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS": "0.1",
         "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS": "0.5",
         "BRIDGE_PINECALL__API_URL": simulator.url,
         "BRIDGE_PINECALL__API_KEY": "sim-api-key",
@@ -64,7 +64,7 @@ FAST_SSE: dict[str, Any] = {
     "enabled": True,
     "read_timeout_seconds": 1.5,
     "connect_timeout_seconds": 2.0,
-    "backoff_initial_seconds": 0.05,
+    "backoff_initial_seconds": 0.1,
     "backoff_max_seconds": 0.5,
 }
 

@@ -852,7 +852,7 @@ async def test_the_same_calls_by_webhook_feed_and_call_log_are_published_once_pe
             "websocket": {
                 "enabled": True,
                 "url": sim.ws_url,
-                "backoff_initial_seconds": 0.05,
+                "backoff_initial_seconds": 0.1,
                 "backoff_max_seconds": 0.5,
             },
         }

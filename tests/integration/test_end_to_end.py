@@ -52,7 +52,7 @@ async def test_both_channels_with_faults_match_the_ledger(
         websocket={
             "enabled": True,
             "url": simulator.ws_url,
-            "backoff_initial_seconds": 0.05,
+            "backoff_initial_seconds": 0.1,
             "backoff_max_seconds": 0.5,
         },
         # The replay check on: the simulator's webhooks, retries too, are current.

@@ -69,7 +69,7 @@ def feed_settings(simulator: Simulator, **websocket: Any) -> dict[str, Any]:
         "websocket": {
             "enabled": True,
             "url": simulator.ws_url,
-            "backoff_initial_seconds": 0.05,
+            "backoff_initial_seconds": 0.1,
             "backoff_max_seconds": 0.5,
             **websocket,
         },

@@ -1913,6 +1913,28 @@ def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
         assert why in problem
 
 
+@pytest.mark.parametrize(("section", "asks"), [("WEBSOCKET", "a token"), ("SSE", "a stream")])
+def test_a_reconnect_backoff_below_its_floor_is_refused(
+    monkeypatch: pytest.MonkeyPatch, section: str, asks: str
+) -> None:
+    # At a 0.01 s cap 500 call logs retried a Pinecall outage 100,000 times a second per replica.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "x")
+    initial = f"BRIDGE_{section}__BACKOFF_INITIAL_SECONDS"
+    cap = f"BRIDGE_{section}__BACKOFF_MAX_SECONDS"
+    setenv(monkeypatch, {initial: "0.1", cap: "0.5"})
+    load_settings()  # both floors themselves are taken
+    for variable, floor, below in ((initial, "0.1", "0.01"), (cap, "0.5", "0.05")):
+        for bad in (below, "0", "-1"):
+            monkeypatch.setenv(variable, bad)
+            [problem] = problems()
+            assert problem.startswith(f"{variable}: must be at least {floor} s (got {bad}): "), (
+                problem
+            )
+            assert asks in problem
+            assert "storm it with requests" in problem
+        monkeypatch.setenv(variable, floor)
+
+
 @pytest.mark.parametrize(
     ("variable", "why"),
     [

@@ -20,6 +20,7 @@ from bridge.sources.registration import RegistrationError, WebhookRegistry
 from bridge.sources.websocket import TokenClient, TokenError
 from tests.metrics import sample
 from tests.polling import until
+from tests.unit.sources.backoffs import QUICK_BACKOFF
 
 SIGNED = {"X-Amz-Signature": "sig-0123456789abcdef"}
 
@@ -109,7 +110,7 @@ async def test_the_org_feed_does_not_follow_a_redirect(
     moved: tuple[Moved, aiohttp.ClientSession], caplog: pytest.LogCaptureFixture
 ) -> None:
     api, session = moved
-    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    settings = SseSettings().model_copy(update=QUICK_BACKOFF)
     metrics = Metrics()
     feed = OrgFeed(session, api.api, settings, metrics, lambda call: None, lambda: None)
     task = asyncio.create_task(feed.run())

@@ -44,6 +44,7 @@ from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import SpentDescriptors, refusing_address
 from tests.unit.fakes import FakeSink, pipeline_with
+from tests.unit.sources.backoffs import QUICK_BACKOFF
 
 API_KEY = "key-1"
 REFUSAL = "unknown event type 'turn.nope'"
@@ -135,12 +136,8 @@ class FakeFeed:
     def settings(self, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
         base = str(self.server.make_url("")).rstrip("/")
         ws = WebSocketSettings(
-            enabled=True,
-            url=base.replace("http", "ws", 1) + "/v1/ws",
-            backoff_initial_seconds=0.05,
-            backoff_max_seconds=0.2,
-            **over,
-        )
+            enabled=True, url=base.replace("http", "ws", 1) + "/v1/ws", **over
+        ).model_copy(update={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2})
         return ws, PinecallSettings(api_url=base, api_key=API_KEY)
 
 
@@ -259,13 +256,8 @@ async def feeding(
 
 def bearer(url: str, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
     """Settings for a feed at `url` taking the API key itself, retried quickly; no API behind."""
-    ws = WebSocketSettings(
-        enabled=True,
-        url=url,
-        auth="bearer",
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.05,
-        **over,
+    ws = WebSocketSettings(enabled=True, url=url, auth="bearer", **over).model_copy(
+        update=QUICK_BACKOFF
     )
     return ws, PinecallSettings(api_url=f"http://{refusing_address()}", api_key=API_KEY)
 

@@ -32,6 +32,7 @@ from tests.entries import entry
 from tests.metrics import sample
 from tests.polling import until
 from tests.sockets import SpentDescriptors
+from tests.unit.sources.backoffs import QUICK_BACKOFF
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 
@@ -147,10 +148,8 @@ async def run_followers() -> AsyncIterator[Callable[..., Any]]:
         settings = SseSettings(
             read_timeout_seconds=read_timeout,
             connect_timeout_seconds=connect_timeout,
-            backoff_initial_seconds=0.01,
-            backoff_max_seconds=0.05,
             give_up_after_seconds=give_up_after_seconds,
-        )
+        ).model_copy(update=QUICK_BACKOFF)
         gate = gate or KeyGate(ReconnectPolicy.of(settings))
         pages = pages or PageSlots(settings.max_gap_pages_in_flight)
         followers = [
@@ -1408,12 +1407,8 @@ async def follow_simulated(
 ) -> tuple[bool, Follower, Metrics]:
     """A follower of `call` from its start against the simulator, run to its end or for 3 s;
     `sse`: settings other than the quick timeouts and backoffs."""
-    settings = SseSettings(
-        read_timeout_seconds=0.3,
-        connect_timeout_seconds=0.2,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.05,
-        **sse,
+    settings = SseSettings(read_timeout_seconds=0.3, connect_timeout_seconds=0.2, **sse).model_copy(
+        update=QUICK_BACKOFF
     )
     metrics = Metrics()
     async with aiohttp.ClientSession() as session:

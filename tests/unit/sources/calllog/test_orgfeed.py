@@ -22,6 +22,7 @@ from bridge.sources.calllog.eventstream import Event
 from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_until
 from tests.polling import until
 from tests.sockets import SpentDescriptors
+from tests.unit.sources.backoffs import QUICK_BACKOFF
 from tests.unit.sources.calllog.test_follower import first_heads_time_out
 
 NOW = 1_800_000_000.0
@@ -86,7 +87,7 @@ async def reading(
 async def test_a_request_never_answered_is_left_and_asked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    settings = SseSettings().model_copy(update=QUICK_BACKOFF)
     first_heads_time_out(monkeypatch, orgfeed, 1)
     requests = 0
 
@@ -113,7 +114,7 @@ async def test_a_request_never_answered_is_left_and_asked_again(
 async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_a_connect_error(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    settings = SseSettings().model_copy(update=QUICK_BACKOFF)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -142,7 +143,9 @@ async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_a_connect_
 
 async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_line_cap() -> None:
     # The feed's parser kept the default 1 MiB line cap whatever BRIDGE_SSE__MAX_EVENT_BYTES said.
-    settings = SseSettings(max_event_bytes=2 * 1_048_576, backoff_initial_seconds=0.01)
+    settings = SseSettings(max_event_bytes=2 * 1_048_576).model_copy(
+        update={"backoff_initial_seconds": 0.01}
+    )
     pad = "x" * (1_048_576 + 1)
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -166,7 +169,9 @@ async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_l
 async def test_a_notice_too_large_to_read_is_logged_and_the_feed_goes_on(
     kind: str, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = SseSettings(max_event_bytes=1024, backoff_initial_seconds=0.01)
+    settings = SseSettings(max_event_bytes=1024).model_copy(
+        update={"backoff_initial_seconds": 0.01}
+    )
     pad = "x" * 2048
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -187,7 +192,7 @@ async def test_a_notice_too_large_to_read_is_logged_and_the_feed_goes_on(
 
 
 async def test_the_servers_retry_is_kept_for_the_connections_after_the_one_that_said_it() -> None:
-    settings = SseSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+    settings = SseSettings().model_copy(update=QUICK_BACKOFF)
     times: list[float] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:

@@ -59,9 +59,8 @@ def served_list_source(
     reading again within 10-20 ms after a failed read; the calls it announces."""
     source = call_log_source(
         Metrics(),
+        backoff={"backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.02},
         call_list_lookback_seconds=lookback,
-        backoff_initial_seconds=0.01,
-        backoff_max_seconds=0.02,
     )
     return source, sweeps_with(monkeypatch, source, calllist_module.list_calls)
 
@@ -80,9 +79,13 @@ async def swept(source: CallLogSource, times: int = 1, within: float = 10) -> No
             await sweep(source, within)
 
 
-def call_log_source(metrics: Metrics, **sse: float) -> CallLogSource:
+def call_log_source(
+    metrics: Metrics, backoff: dict[str, float] | None = None, **sse: float
+) -> CallLogSource:
+    """A call-log source with `sse` settings; `backoff`'s delays are taken below the floors a
+    load enforces, for a test of the re-reads to run fast."""
     return CallLogSource(
-        SseSettings(enabled=True, **sse),
+        SseSettings(enabled=True, **sse).model_copy(update=backoff or {}),
         PinecallSettings(api_url=f"http://{refusing_address()}", api_key=SecretStr("k")),
         KafkaSettings(),
         "ingest",
