@@ -44,7 +44,7 @@ from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import SpentDescriptors, refusing_address
 from tests.unit.fakes import FakeSink, pipeline_with
-from tests.unit.sources.backoffs import QUICK_BACKOFF
+from tests.unit.sources.backoffs import FAKE_FEED_BACKOFF, QUICK_BACKOFF
 
 API_KEY = "key-1"
 REFUSAL = "unknown event type 'turn.nope'"
@@ -137,7 +137,7 @@ class FakeFeed:
         base = str(self.server.make_url("")).rstrip("/")
         ws = WebSocketSettings(
             enabled=True, url=base.replace("http", "ws", 1) + "/v1/ws", **over
-        ).model_copy(update={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2})
+        ).model_copy(update=FAKE_FEED_BACKOFF)
         return ws, PinecallSettings(api_url=base, api_key=API_KEY)
 
 

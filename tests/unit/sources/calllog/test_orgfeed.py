@@ -143,9 +143,7 @@ async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_a_connect_
 
 async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_line_cap() -> None:
     # The feed's parser kept the default 1 MiB line cap whatever BRIDGE_SSE__MAX_EVENT_BYTES said.
-    settings = SseSettings(max_event_bytes=2 * 1_048_576).model_copy(
-        update={"backoff_initial_seconds": 0.01}
-    )
+    settings = SseSettings(max_event_bytes=2 * 1_048_576).model_copy(update=QUICK_BACKOFF)
     pad = "x" * (1_048_576 + 1)
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -169,9 +167,7 @@ async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_l
 async def test_a_notice_too_large_to_read_is_logged_and_the_feed_goes_on(
     kind: str, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = SseSettings(max_event_bytes=1024).model_copy(
-        update={"backoff_initial_seconds": 0.01}
-    )
+    settings = SseSettings(max_event_bytes=1024).model_copy(update=QUICK_BACKOFF)
     pad = "x" * 2048
 
     async def handle(request: web.Request) -> web.StreamResponse:

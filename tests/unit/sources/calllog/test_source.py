@@ -38,6 +38,7 @@ from bridge.supervise import Supervisor
 from tests.entries import entry
 from tests.metrics import sample, series
 from tests.sockets import refusing_address
+from tests.unit.sources.backoffs import QUICK_BACKOFF
 from tests.unit.sources.calllog.test_roster import calls_in, has_ended, own, unhashable
 
 
@@ -56,10 +57,10 @@ def served_list_source(
     monkeypatch: pytest.MonkeyPatch, lookback: float
 ) -> tuple[CallLogSource, list[str]]:
     """A source reading the call list `listing_from` serves, looking back `lookback` seconds and
-    reading again within 10-20 ms after a failed read; the calls it announces."""
+    reading again within 10-50 ms after a failed read; the calls it announces."""
     source = call_log_source(
         Metrics(),
-        backoff={"backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.02},
+        backoff=QUICK_BACKOFF,
         call_list_lookback_seconds=lookback,
     )
     return source, sweeps_with(monkeypatch, source, calllist_module.list_calls)
