@@ -88,11 +88,17 @@ MAX_AGE_SECONDS = 300.0
 
 
 async def _old_send(
-    self: Pipeline, record: Record, deadline: float, result: BatchResult, answered: bool = False
+    self: Pipeline,
+    record: Record,
+    deadline: float,
+    result: BatchResult,
+    answered: bool = False,
+    own: float | None = None,
 ) -> asyncio.Future[Any] | _Refused | None:
     """A copy, on purpose (the A/B's old side), of bridge/pipeline.py's `Pipeline._send` before
-    the timer was armed only for a send that suspends. `answered` is today's signature only: a
-    stop's sooner answer deadline (`Pipeline.answer_by`) is not what this pair measures."""
+    the timer was armed only for a send that suspends. `answered` and `own` are today's
+    signature only: a stop's sooner answer deadline (`Pipeline.answer_by`) is not what this pair
+    measures."""
     from bridge.pipeline import _REFUSED, PublishFailure, flood
 
     try:
