@@ -92,8 +92,8 @@ async def _old_send(
     record: Record,
     deadline: float,
     result: BatchResult,
-    answered: bool = False,
-    own: float | None = None,
+    answered: bool,
+    own: float,
 ) -> asyncio.Future[Any] | _Refused | None:
     """A copy, on purpose (the A/B's old side), of bridge/pipeline.py's `Pipeline._send` before
     the timer was armed only for a send that suspends. `answered` and `own` are today's
