@@ -1273,12 +1273,19 @@ class WebSocketSettings(_Section):
             " dropped as dead at a ping and connected again, for ever",
         )
     )
-    _initial_floor = field_validator("backoff_initial_seconds")(
-        _backoff_floor(MIN_BACKOFF_INITIAL_SECONDS, "the feed asks a token and a connection")
-    )
-    _max_floor = field_validator("backoff_max_seconds")(
-        _backoff_floor(MIN_BACKOFF_MAX_SECONDS, "the feed asks a token and a connection")
-    )
+
+    @field_validator("backoff_initial_seconds", "backoff_max_seconds")
+    @classmethod
+    def _backoff_floors(cls, value: float, info: ValidationInfo) -> float:
+        floor = (
+            MIN_BACKOFF_INITIAL_SECONDS
+            if info.field_name == "backoff_initial_seconds"
+            else MIN_BACKOFF_MAX_SECONDS
+        )
+        # Under bearer auth the API key rides on the upgrade: no token is asked.
+        asks = "a connection" if info.data.get("auth") == "bearer" else "a token and a connection"
+        return _backoff_floor(floor, f"the feed asks {asks}")(value)
+
     _open_floor = field_validator("open_timeout_seconds")(
         _at_least(
             MIN_ROUND_TRIP_SECONDS,

@@ -217,7 +217,13 @@ async def start_client(
             _, timed_out = await _stop(client, within, 0.0, undo)
         finally:
             # The client's close reaches only the connections it keeps (not a bootstrap's).
-            tally.close_open()
+            closed = tally.close_open()
+            if closed:
+                # Else the only trace of a start cut in its bootstrap is the connection's close.
+                log.info(
+                    "a Kafka client's cut start left connections open; closed",
+                    extra={"client": type(client).__name__, "connections": closed},
+                )
         if timed_out:
             log.warning(
                 "a Kafka client's failed start was not undone in time; cut short",

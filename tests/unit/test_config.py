@@ -1936,6 +1936,35 @@ def test_a_reconnect_backoff_below_its_floor_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("auth", "asks"),
+    [
+        ("query-token", "the feed asks a token and a connection"),
+        ("bearer", "the feed asks a connection"),
+    ],
+)
+def test_the_feeds_backoff_floor_says_what_its_auth_mode_asks(
+    monkeypatch: pytest.MonkeyPatch, auth: str, asks: str
+) -> None:
+    # Under bearer auth no token is asked: the message said one was, whatever the mode.
+    setenv(
+        monkeypatch,
+        {
+            "BRIDGE_WEBHOOK__SECRETS": "x",
+            "BRIDGE_PINECALL__API_KEY": "k",
+            "BRIDGE_WEBSOCKET__AUTH": auth,
+        },
+    )
+    for variable in (
+        "BRIDGE_WEBSOCKET__BACKOFF_INITIAL_SECONDS",
+        "BRIDGE_WEBSOCKET__BACKOFF_MAX_SECONDS",
+    ):
+        monkeypatch.setenv(variable, "0.01")
+        [problem] = problems()
+        assert f"each retry of {asks} of Pinecall" in problem, problem
+        monkeypatch.delenv(variable)
+
+
+@pytest.mark.parametrize(
     ("variable", "why"),
     [
         # 0.000001 s: the secret files were read 35,000 times a second on the webhooks' loop.

@@ -182,7 +182,7 @@ class _Unanswered(FakeConnection):
 
 
 async def test_a_start_cut_in_its_bootstraps_metadata_request_leaves_no_connection_open(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A loaded CI node's starved loop kept a consumer's bootstrap past the settle time: cut in
     # its metadata request, aiokafka dropped that connection unclosed, and asyncio logged
@@ -201,9 +201,14 @@ async def test_a_start_cut_in_its_bootstraps_metadata_request_leaves_no_connecti
     caller = asyncio.create_task(start_client(client, client.bootstrap, client.close))
     await asked.wait()  # aiokafka's bootstrap waits for its metadata answer
     caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with (
+        caplog.at_level(logging.INFO, logger="bridge.sink.clienttasks"),
+        pytest.raises(asyncio.CancelledError),
+    ):
         await caller
     assert [conn.connected() for conn in made] == [False]
+    said = [r.__dict__ for r in caplog.records if "cut start" in r.getMessage()]
+    assert [(r["client"], r["connections"]) for r in said] == [("AIOKafkaClient", 1)]
 
 
 async def test_a_started_clients_later_connections_are_left_to_it(
