@@ -938,9 +938,11 @@ groups:
   - name: pinecall-bridge-downstream
     rules:
       - alert: PinecallBridgeDownstreamLagHigh
-        # Lag per consumer group and output topic, summed over the topic's partitions.
+        # Lag per consumer group and output topic, summed over the topic's partitions. Kafka
+        # Exporter says -1 for a partition the group has no offset of: clamped, or each takes one
+        # record off the lag of the partitions behind.
         expr: |
-          sum by (consumergroup, topic) (kafka_consumergroup_lag{topic=~`{{ join "|" $quoted }}`})
+          sum by (consumergroup, topic) (clamp_min(kafka_consumergroup_lag{topic=~`{{ join "|" $quoted }}`}, 0))
           > {{ include "pinecall-bridge.number" $a.downstreamLagRecords }}
         for: {{ include "pinecall-bridge.minutes" $a.downstreamLagMinutes }}
         labels:
