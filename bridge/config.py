@@ -227,7 +227,8 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
 # What the name of a query parameter that carries a credential holds, spelt without `-` and `_`,
 # lower case: words anywhere in it, or at its end (`keyframe`, `author` carry none). Not whole
 # names: `api_token`, `access_key`, `client_secret`, `X-Amz-Signature` were taken, and `check`
-# printed them.
+# printed them. The chart's pinecall-bridge.url (templates/_validate.tpl) holds a copy, which
+# tests/deploy/test_chart_refusals.py compares with these.
 _CREDENTIAL_WORDS = ("token", "secret", "passw", "pwd", "jwt", "credential", "signature")
 _CREDENTIAL_ENDS = ("key", "sig", "auth", "authorization")
 

@@ -1526,6 +1526,31 @@ def test_the_feed_call_log_webhook_and_downstream_alert_windows_may_be_fractions
     assert defaults["PinecallBridgeDownstreamLagHigh"]["for"] == "15m"
 
 
+FRACTIONS = {"alerts.rejectedRatio": "0.5", "config.kafka.publishTimeoutSeconds": "2.5"}
+
+
+@pytest.mark.parametrize(("key", "fraction"), FRACTIONS.items())
+def test_a_fraction_given_with_set_is_refused_and_with_set_json_rendered(
+    key: str, fraction: str
+) -> None:
+    # Helm's --set types only int64, bool and null (strvals' typedVal): a fraction is a string,
+    # and the schema's "number" refuses it. The READMEs send operators to --set-json.
+    on = template_args(SIGNED, "prometheusRule.enabled=true")
+    path = "/" + key.replace(".", "/")
+    refused = helm(*on, "--set", f"{key}={fraction}", check=False)
+    assert refused.returncode != 0
+    assert re.search(f"at '{path}': got string, want (null or )?number", refused.stderr)
+    text = helm(*on, "--set-json", f"{key}={fraction}").stdout
+    manifests = [doc for doc in yaml.safe_load_all(text) if doc]
+    if key.startswith("alerts."):
+        rule = one(manifests, "PrometheusRule")["spec"]["groups"]
+        rules = {r["alert"]: r for group in rule for r in group["rules"]}
+        assert f"> {fraction}\n" in rules["PinecallBridgeRejectionRateHigh"]["expr"]
+    else:
+        env = one(manifests, "ConfigMap", "pinecall-bridge")["data"]
+        assert env["BRIDGE_KAFKA__PUBLISH_TIMEOUT_SECONDS"] == fraction
+
+
 # A number printed with an exponent (1e+06, 5e-05) or a float's binary residue (7.000000000000001).
 UNWRITTEN_NUMBER = re.compile(r"\d[eE][+-]?\d|\.\d*(?:0{6}|9{6})\d")
 

@@ -8,6 +8,7 @@ them, but logs an ERROR, and Kafka refuses every write."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import ConfigError, load_settings
+from bridge.config import _CREDENTIAL_ENDS, _CREDENTIAL_WORDS, ConfigError, load_settings
 from bridge.sink.durability import durability_problem
 from tests.deploy.tools import (
     ALL_ON,
@@ -599,6 +600,17 @@ REFUSALS = {
         "secrets.webhookSecrets.value is a JSON list",
         {"webhook": {"secrets": '["old","new"]'}},
     ),
+    # Python's json reads NaN and ±Infinity as numbers, Go's refused them: rendered, exited 2.
+    "feed events as a JSON list of NaN": Refusal(
+        ("config.websocket.events=[NaN]",),
+        "config.websocket.events is a JSON list given as a string",
+        {"websocket": {"events": "[NaN]"}},
+    ),
+    "webhook secrets value as a JSON list of infinities": Refusal(
+        ("secrets.webhookSecrets.value=[Infinity\\,-Infinity]",),
+        "secrets.webhookSecrets.value is a JSON list",
+        {"webhook": {"secrets": "[Infinity,-Infinity]"}},
+    ),
     "dedup TTL past Kafka's retention": Refusal(
         ("config.dedup.ttlSeconds=10000000000000000",),
         "config.dedup.ttlSeconds (10000000000000000) plus"
@@ -887,6 +899,8 @@ def test_topics_kafka_tells_apart_are_rendered(
         (("secrets.pinecallApiKey.value= key\n",), {"pinecall": {"api_key": " key\n"}}),
         (("secrets.webhookSecrets.value=old\\,new\n",), {"webhook": {"secrets": "old,new\n"}}),
         (("secrets.webhookSecrets.value=[1]\\,",), {"webhook": {"secrets": "[1],"}}),
+        # NaN joined to a number: no JSON to Python either.
+        (("secrets.webhookSecrets.value=[1NaN]",), {"webhook": {"secrets": "[1NaN]"}}),
         # Just inside a 64-bit retention.ms with the default margin.
         (
             ("config.dedup.ttlSeconds=9223372036850000",),
@@ -959,6 +973,17 @@ def test_a_client_certificate_split_between_kafka_tls_and_extra_env_is_rendered(
     problems = bridge_problems(merged(BRIDGE_SECRET, told))
     assert problems, "the stand-in files load"
     assert all("the TLS files could not be loaded" in p for p in problems), problems
+
+
+def test_the_charts_credential_query_names_are_the_bridges() -> None:
+    # The chart's copy (pinecall-bridge.url) of what a query name holding a credential holds: a
+    # word added on one side only was refused by one and taken by the other.
+    template = (CHART / "templates" / "_validate.tpl").read_text()
+    words = re.findall(r'regexMatch "\(([^()"]*)\)" \$name', template)
+    ends = re.findall(r'regexMatch "\(([^()"]*)\)\$" \$name', template)
+    assert len(words) == len(ends) == 1, (words, ends)
+    assert sorted(words[0].split("|")) == sorted(_CREDENTIAL_WORDS)
+    assert sorted(ends[0].split("|")) == sorted(_CREDENTIAL_ENDS)
 
 
 def test_a_url_refused_for_its_credentials_is_not_echoed() -> None:

@@ -546,11 +546,14 @@ after http, https, ws, wss or ftp; two after another scheme or none), an `@` bef
 {{- end }}
 
 {{/* "true" when TEXT (a string) is a JSON list as the bridge tells one (bridge/config.py's
-_is_json_list): it starts with `[` and the whole of it parses as one JSON array. */}}
+_is_json_list): it starts with `[` and the whole of it parses as one JSON array. Python's json
+takes NaN, Infinity and -Infinity as numbers, Go's none: each is a number here, spaced so that it
+joins no neighbour (`[1NaN]` stays no list). */}}
 {{- define "pinecall-bridge.jsonList" -}}
 {{- $text := toString . }}
 {{- if hasPrefix "[" (trim $text) }}
-{{- $parsed := fromJsonArray (printf "[%s]" $text) }}
+{{- $json := $text | replace "-Infinity" " 0 " | replace "Infinity" " 0 " | replace "NaN" " 0 " }}
+{{- $parsed := fromJsonArray (printf "[%s]" $json) }}
 {{- and (eq (len $parsed) 1) (kindIs "slice" (index $parsed 0)) }}
 {{- end }}
 {{- end }}
