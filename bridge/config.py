@@ -115,6 +115,11 @@ MIN_PERIOD_SECONDS = 0.1
 # (aiokafka's retry_backoff_ms) streams cut together come back over a tenth of a second at least.
 MIN_BACKOFF_INITIAL_SECONDS = 0.1
 MIN_BACKOFF_MAX_SECONDS = 0.5
+# BRIDGE_DEDUP__COMMIT_INTERVAL_MS: the shortest interval measured (bench/results/
+# 2026-12-04-commit-interval-10.md: 850 events/s sustained, e2e p99 66 ms; below 25 ms the commits
+# already cost the webhook path). The interval is also the stage's pause after a failed fetch: at
+# 1 ms a fetch failing for good would log its traceback and ask Kafka again 1000 times a second.
+MIN_COMMIT_INTERVAL_MS = 10
 # What a webhook held through a Kafka stall costs beyond its body (aiohttp's protocol, request and
 # task, the pipeline's state: about 20 KiB, measured with tracemalloc), charged with its body
 # against BRIDGE_WEBHOOK__MAX_IN_FLIGHT_BYTES (bridge/sources/webhook.py), so small webhooks are
@@ -975,7 +980,7 @@ class DedupSettings(_Section):
     # each partition at most once, and memoryfit budgets every partition of the topic already.
     keep_revoked_seconds: float | None = Field(default=None, ge=0)
     group: str = Field(default="pinecall-bridge", min_length=1, max_length=200)
-    commit_interval_ms: int = Field(default=100, ge=1, le=60_000)
+    commit_interval_ms: int = Field(default=100, le=60_000)
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     transaction_timeout_ms: int = Field(default=8_000, ge=1000)
@@ -1013,6 +1018,15 @@ class DedupSettings(_Section):
         )
     )
 
+    _commit_floor = field_validator("commit_interval_ms")(
+        _at_least(
+            MIN_COMMIT_INTERVAL_MS,
+            "each interval with traffic commits a Kafka transaction (several round trips to the"
+            " coordinator), and a failed fetch is retried after one interval: shorter, the stage"
+            " commits and retries back to back against the brokers",
+            unit="ms",
+        )
+    )
     _hanging_check_floor = field_validator("hanging_check_seconds")(
         _off_or_at_least(
             MIN_PERIOD_SECONDS,
@@ -1513,6 +1527,17 @@ class Settings(BaseSettings):
                 " at the far end of the accepted window, more than the TTL after the first copy,"
                 f" would be published again (at most {max(ttl - margin, 0) / 2:g} here; lower"
                 " it, 0 turns the check off, or raise the TTL)"
+            )
+        if self.sse.enabled and ttl <= SKEW_ALLOWANCE_SECONDS:
+            # An ended call is read only until its end plus the TTL less the allowance
+            # (calllist.read_by, orgfeed.notice_until): at or under it, never.
+            raise ValueError(
+                f"BRIDGE_DEDUP__TTL_SECONDS ({ttl:g}) must be more than"
+                f" {SKEW_ALLOWANCE_SECONDS:g} s with BRIDGE_SSE__ENABLED: the call-log source"
+                f" reads an ended call only until its end plus the TTL less a"
+                f" {SKEW_ALLOWANCE_SECONDS:g} s clock skew allowance, so a call that ended"
+                " before its log was read (waiting for a follower, or found by the call list)"
+                " would never be read, and the entries only its log carries would be lost"
             )
         grace = self.shutdown.grace_seconds
         if (self.http.workers != 1 or self.dedup.own_process) and not supervised_fits(grace):

@@ -214,6 +214,15 @@ REFUSALS = {
         "config.sse.maxEventBytes (990000) leaves no room",
         {"sse": {"max_event_bytes": 990000}},
     ),
+    "dedup TTL within the clock skew allowance with the call logs on": Refusal(
+        (
+            "secrets.pinecallApiKey.value=k",
+            "config.sse.enabled=true",
+            "config.dedup.ttlSeconds=60",
+        ),
+        "config.dedup.ttlSeconds (60) must be more than 60 s with config.sse.enabled=true",
+        {"pinecall": {"api_key": "k"}, "sse": {"enabled": True}, "dedup": {"ttl_seconds": 60}},
+    ),
     "commit interval not below the transaction timeout": Refusal(
         ("config.dedup.commitIntervalMs=8000",),
         "commitIntervalMs < transactionTimeoutMs < sessionTimeoutMs (got 8000, 8000, 10000)",
@@ -709,6 +718,46 @@ def test_a_zero_is_not_taken_for_an_unset_value(bridge_problems: Any) -> None:
     accepted_by_both(bridge_problems, sets, off)
 
 
+def test_a_short_ttl_is_refused_only_with_the_call_logs_on(bridge_problems: Any) -> None:
+    # No call log is read by the TTL without them; with them, just past the allowance is taken.
+    accepted_by_both(
+        bridge_problems, ("config.dedup.ttlSeconds=60",), {"dedup": {"ttl_seconds": 60}}
+    )
+    sets = ("secrets.pinecallApiKey.value=k", "config.sse.enabled=true")
+    told = {"pinecall": {"api_key": "k"}, "sse": {"enabled": True}}
+    accepted_by_both(
+        bridge_problems,
+        (*sets, "config.dedup.ttlSeconds=61"),
+        merged(told, {"dedup": {"ttl_seconds": 61}}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "name"),
+    [
+        ("dedup", "ttl_seconds", "ttlSeconds"),
+        ("kafka", "publish_timeout_seconds", "publishTimeoutSeconds"),
+        ("sse", "read_timeout_seconds", "readTimeoutSeconds"),
+        ("dedup", "keep_revoked_seconds", "keepRevokedSeconds"),
+    ],
+)
+def test_an_infinity_is_refused_by_both(
+    section: str, key: str, name: str, bridge_problems: Any, tmp_path: Path
+) -> None:
+    # `--set` passes inf as a string, which the schema refuses; a values file's YAML `.inf` is a
+    # float that helm cannot turn into JSON. The bridge refuses every non-finite float.
+    error = helm(*template_args(SECRET, f"config.{section}.{name}=inf"), check=False).stderr
+    assert f"'/config/{section}/{name}': got string, want null or number" in error, error
+    values = tmp_path / "values.yaml"
+    values.write_text(f"config:\n  {section}:\n    {name}: .inf\n")
+    error = helm(*template_args(SECRET, values=values), check=False).stderr
+    assert "unsupported value: +Inf" in error, error
+    for value in ("inf", "nan"):
+        [problem] = bridge_problems(merged(BRIDGE_SECRET, {section: {key: value}}))
+        variable = f"BRIDGE_{section.upper()}__{key.upper()}"
+        assert problem == f"{variable}: Input should be a finite number"
+
+
 def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) -> None:
     # 2 x 215 + 60 s of clock skew + the 10 s publish timeout: exactly the TTL.
     sets = ("config.webhook.maxAgeSeconds=215", "config.dedup.ttlSeconds=500")
@@ -717,10 +766,10 @@ def test_a_replay_window_at_its_bound_is_accepted_by_both(bridge_problems: Any) 
 
 
 # Periods and delays the bridge refuses below a floor (bridge/config.py's MIN_PERIOD_SECONDS,
-# MIN_ROUND_TRIP_SECONDS and MIN_BACKOFF_*_SECONDS), whether 0 turns the thing off, and what is
-# set beside it, chart's and bridge's names (the SSE cap at its floor is under the default
-# initial delay: that one is lowered too). Fractions, so given in a values file: `--set` passes
-# 0.05 as a string.
+# MIN_ROUND_TRIP_SECONDS, MIN_BACKOFF_*_SECONDS and MIN_COMMIT_INTERVAL_MS), whether 0 turns the
+# thing off, and what is set beside it, chart's and bridge's names (the SSE cap at its floor is
+# under the default initial delay: that one is lowered too). Fractions, so given in a values
+# file: `--set` passes 0.05 as a string.
 BESIDE_NOTHING: tuple[dict[str, float], dict[str, float]] = ({}, {})
 PERIOD_FLOORS = [
     ("webhook", "secrets_check_seconds", "secretsCheckSeconds", 0.1, True, BESIDE_NOTHING),
@@ -729,6 +778,7 @@ PERIOD_FLOORS = [
     ("pinecall", "webhook_recheck_seconds", "webhookRecheckSeconds", 0.1, True, BESIDE_NOTHING),
     ("websocket", "ping_interval_seconds", "pingIntervalSeconds", 0.1, False, BESIDE_NOTHING),
     ("sse", "read_timeout_seconds", "readTimeoutSeconds", 0.1, False, BESIDE_NOTHING),
+    ("dedup", "commit_interval_ms", "commitIntervalMs", 10, False, BESIDE_NOTHING),
     ("websocket", "backoff_initial_seconds", "backoffInitialSeconds", 0.1, False, BESIDE_NOTHING),
     ("websocket", "backoff_max_seconds", "backoffMaxSeconds", 0.5, False, BESIDE_NOTHING),
     ("sse", "backoff_initial_seconds", "backoffInitialSeconds", 0.1, False, BESIDE_NOTHING),

@@ -951,7 +951,7 @@ def float_settings() -> list[str]:
         names += [
             f"BRIDGE_{section.upper()}__{name.upper()}"
             for name, inner in model.model_fields.items()
-            if inner.annotation is float
+            if inner.annotation in (float, float | None)
         ]
     return names
 
@@ -1896,6 +1896,8 @@ def test_the_replay_window_is_off_or_longer_than_pinecalls_attempt(
         ("BRIDGE_SSE__READ_TIMEOUT_SECONDS", "0.1", "s", "0.001", "dropped as silent"),
         # 0.001 s: a ping sent as soon as the last one's pong came, for ever.
         ("BRIDGE_WEBSOCKET__PING_INTERVAL_SECONDS", "0.1", "s", "0.001", "back to back"),
+        # 1 ms: a transaction each step, a failing fetch retried and logged 1000 times a second.
+        ("BRIDGE_DEDUP__COMMIT_INTERVAL_MS", "10", "ms", "1", "back to back against the brokers"),
     ],
 )
 def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
@@ -1911,6 +1913,25 @@ def test_a_timeout_below_a_round_trip_is_refused_naming_its_floor(
             problem
         )
         assert why in problem
+
+
+def test_a_ttl_within_the_clock_skew_allowance_is_refused_with_the_call_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At 60 s an ended call's log was wanted only until its end: a call that ended waiting for a
+    # follower, or found by the call list, was never read.
+    setenv(monkeypatch, {"BRIDGE_DEDUP__TTL_SECONDS": "60"})
+    assert load_settings().dedup.ttl_seconds == 60  # no call logs: nothing read by the TTL
+    setenv(monkeypatch, {"BRIDGE_SSE__ENABLED": "true", "BRIDGE_PINECALL__API_KEY": "k"})
+    for bad in ("60", "0.001"):
+        monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", bad)
+        [problem] = problems()
+        assert problem.startswith(
+            f"BRIDGE_DEDUP__TTL_SECONDS ({bad}) must be more than 60 s with BRIDGE_SSE__ENABLED:"
+        ), problem
+        assert "would never be read" in problem
+    monkeypatch.setenv("BRIDGE_DEDUP__TTL_SECONDS", "60.5")
+    assert load_settings().dedup.ttl_seconds == 60.5
 
 
 @pytest.mark.parametrize(("section", "asks"), [("WEBSOCKET", "a token"), ("SSE", "a stream")])

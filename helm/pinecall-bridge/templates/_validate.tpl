@@ -168,6 +168,11 @@ clocks disagreeing (60 s, bridge/clocks.py) and a copy appended up to the publis
 {{- if and (gt $maxAge 0.0) (gt (addf (mulf $maxAge 2) $margin) $ttl) }}
 {{- $problems = append $problems (printf "config.webhook.maxAgeSeconds (%s) is too long for config.dedup.ttlSeconds (%s): 2 x maxAgeSeconds + %s s (a 60 s clock skew allowance plus config.kafka.publishTimeoutSeconds) must not exceed the TTL, or a replay later than the TTL after the first copy would be published again (lower it, 0 turns the check off, or raise the TTL)" (include "pinecall-bridge.envValue" $maxAge) (include "pinecall-bridge.envValue" $ttl) (include "pinecall-bridge.envValue" $margin)) }}
 {{- end }}
+{{- /* The call-log source reads an ended call until its end plus the TTL less the 60 s clock skew
+allowance: at a TTL of 60 s or less, never. */}}
+{{- if and $sse.enabled (le $ttl 60.0) }}
+{{- $problems = append $problems (printf "config.dedup.ttlSeconds (%s) must be more than 60 s with config.sse.enabled=true: the call-log source reads an ended call only until its end plus the TTL less a 60 s clock skew allowance, so a call that ended before its log was read would never be read, and the entries only its log carries would be lost" (include "pinecall-bridge.envValue" $ttl)) }}
+{{- end }}
 {{- /* A window kept past the TTL reads a gap at least as long as a full restore's: refused. */}}
 {{- $keep := ($c.dedup | default dict).keepRevokedSeconds }}
 {{- if and (not (kindIs "invalid" $keep)) (gt (float64 $keep) $ttl) }}
