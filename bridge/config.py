@@ -130,11 +130,18 @@ DEFAULT_BOOTSTRAP_SERVERS = ("127.0.0.1:9092",)
 # Whether the settings being loaded are to serve webhooks (see `load_settings`). A context
 # variable: pydantic-settings passes no validation context from `Settings(...)` to a section.
 _SERVING: ContextVar[bool] = ContextVar("_SERVING", default=True)
+
+
+@dataclass
+class _DotenvRead:
+    """The `.env` variables one load's settings were read from; None while none were read."""
+
+    variables: Mapping[str, str | None] | None = None
+
+
 # Where a load puts the `.env` variables its settings are read from (`load`): the warnings about
 # them then name that read, not another one of a file that may have changed since.
-_DOTENV_READ: ContextVar[list[Mapping[str, str | None]] | None] = ContextVar(
-    "_DOTENV_READ", default=None
-)
+_DOTENV_READ: ContextVar[_DotenvRead | None] = ContextVar("_DOTENV_READ", default=None)
 
 
 def _split_csv(value: Any) -> Any:
@@ -1452,7 +1459,7 @@ class Settings(BaseSettings):
         if isinstance(dotenv_settings, DotEnvSettingsSource):
             _check_dotenv(dotenv_settings.env_file)
             if (read := _DOTENV_READ.get()) is not None:
-                read.append(dotenv_settings.env_vars)
+                read.variables = dotenv_settings.env_vars
         else:
             _check_dotenv(settings_cls.model_config.get("env_file"))
         return with_secret_files(init_settings, env_settings, dotenv_settings, file_secret_settings)
@@ -1725,19 +1732,19 @@ def load_tool_settings(**overrides: Any) -> Settings:
 def load(*, serving: bool = True, **overrides: Any) -> Loaded:
     """`load_settings` (`load_tool_settings` unless `serving`) with the `.env` variables it read,
     for the warnings about them: `.env` is read once a start, however it changes meanwhile."""
-    token = _SERVING.set(serving)
-    read: list[Mapping[str, str | None]] = []
-    read_token = _DOTENV_READ.set(read)
+    read = _DotenvRead()
+    token, read_token = _SERVING.set(serving), _DOTENV_READ.set(read)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
-        dotenv = read[-1] if read else {}
+        dotenv = read.variables or {}
         sections = _sections_given(os.environ, dotenv)
         problems = [_problem(err["loc"], err["type"], err["msg"], sections) for err in exc.errors()]
         raise ConfigError(problems, dotenv) from None
     except ConfigError as exc:  # e.g. a secret both in a file and in .env (bridge/secretfiles.py)
-        exc.dotenv = read[-1] if read and exc.dotenv is None else exc.dotenv
+        if exc.dotenv is None:
+            exc.dotenv = read.variables
         raise
     except (OSError, UnicodeDecodeError) as exc:  # the .env file, read as the settings load
         raise ConfigError([_unreadable_dotenv(exc)]) from None
@@ -1745,13 +1752,12 @@ def load(*, serving: bool = True, **overrides: Any) -> Loaded:
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
         raise ConfigError(
-            [f"{where}: a value could not be parsed (lists of objects are JSON)"],
-            read[-1] if read else None,
+            [f"{where}: a value could not be parsed (lists of objects are JSON)"], read.variables
         ) from None
     finally:
         _DOTENV_READ.reset(read_token)
         _SERVING.reset(token)
-    return Loaded(settings, read[-1] if read else {})
+    return Loaded(settings, read.variables or {})
 
 
 def known_variables() -> set[str]:

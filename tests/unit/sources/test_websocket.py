@@ -134,10 +134,12 @@ class FakeFeed:
         return ws
 
     def settings(self, **over: Any) -> tuple[WebSocketSettings, PinecallSettings]:
+        """The feed's settings for this server, `over` validated and kept over the quick backoff."""
         base = str(self.server.make_url("")).rstrip("/")
+        quick = {key: value for key, value in FAKE_FEED_BACKOFF.items() if key not in over}
         ws = WebSocketSettings(
             enabled=True, url=base.replace("http", "ws", 1) + "/v1/ws", **over
-        ).model_copy(update=FAKE_FEED_BACKOFF)
+        ).model_copy(update=quick)
         return ws, PinecallSettings(api_url=base, api_key=API_KEY)
 
 
@@ -366,6 +368,17 @@ async def test_auth_close_refetches_token_and_resubscribes(
     assert reconnects(metrics, "closed") == 1
 
 
+async def test_the_fake_feeds_settings_keep_a_callers_own_backoff(
+    make_feed: Callable[[Script], Awaitable[FakeFeed]],
+) -> None:
+    # Its quick backoff replaced the caller's: a 30 s cap set to catch a 5 s wait became 0.2 s,
+    # and the test it guarded passed whatever the wait.
+    feed = await make_feed(sending(1))
+    ws, _ = feed.settings(backoff_max_seconds=30.0)
+    quick_initial = FAKE_FEED_BACKOFF["backoff_initial_seconds"]
+    assert (ws.backoff_initial_seconds, ws.backoff_max_seconds) == (quick_initial, 30.0)
+
+
 async def test_a_token_expiring_on_stable_connections_costs_no_auth_backoff(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -379,8 +392,7 @@ async def test_a_token_expiring_on_stable_connections_costs_no_auth_backoff(
             await hold_open(ws)
 
     feed = await make_feed(script)
-    ws, api = feed.settings()
-    ws = ws.model_copy(update={"stable_after_seconds": 0.3, "backoff_max_seconds": 30.0})
+    ws, api = feed.settings(stable_after_seconds=0.3, backoff_max_seconds=30.0)
     sink, metrics = FakeSink(), Metrics()
     async with running((ws, api), sink, metrics):
         await until(lambda: len(sink.acked()) == 4, within=4)
@@ -451,8 +463,7 @@ async def test_a_reloaded_key_ends_the_wait_after_a_refusal_and_is_the_one_sent(
 ) -> None:
     feed = await make_feed(sending(1))
     # A refusal waits 5 s at least (AUTH_MIN_DELAY), here up to 30 s: longer than the test waits.
-    quick, api = feed.settings()
-    ws = quick.model_copy(update={"backoff_initial_seconds": 30.0, "backoff_max_seconds": 60.0})
+    ws, api = feed.settings(backoff_initial_seconds=30.0, backoff_max_seconds=60.0)
     api.api_key = SecretStr("a-revoked-key")
     sink, metrics = FakeSink(), Metrics()
     async with running((ws, api), sink, metrics) as source:
@@ -472,8 +483,7 @@ async def test_a_reloaded_key_ends_the_wait_after_a_refused_subscription_too(
     # (5 s at least, up to the cap) outlived the reloaded key that cured it.
     feed = await make_feed(sending(1))
     feed.refusals = ["error"]
-    quick, api = feed.settings()
-    ws = quick.model_copy(update={"backoff_initial_seconds": 30.0, "backoff_max_seconds": 60.0})
+    ws, api = feed.settings(backoff_initial_seconds=30.0, backoff_max_seconds=60.0)
     sink, metrics = FakeSink(), Metrics()
     async with running((ws, api), sink, metrics) as source:
         await until(lambda: reconnects(metrics, "subscribe_refused") == 1, what="the refusal")
@@ -901,8 +911,8 @@ async def test_a_token_answers_server_that_is_no_feed_origin_is_refused_and_back
     feed = await make_feed(sending(1))
     host = feed.server.make_url("").raw_authority
     feed.server_named = server.format(host=host) if isinstance(server, str) else server
-    ws, api = feed.settings()
-    ws.backoff_max_seconds = 10.0  # the refusal's 5 s wait, not cut to the tests' 0.2 s
+    # The refusal's 5 s wait, not cut to the tests' 0.2 s.
+    ws, api = feed.settings(backoff_max_seconds=10.0)
     sink, metrics = FakeSink(), Metrics()
     with caplog.at_level(logging.INFO, logger=websocket.__name__):
         async with running((ws, api), sink, metrics, grace=0.5):
@@ -1025,8 +1035,7 @@ async def test_a_token_too_short_to_refresh_reconnects_at_its_expiry_without_bac
     # cap, the connection never stable): a feed with 1.5 s tokens was up 15% of the time.
     feed = await make_feed(expiring)
     feed.expires_in = 0.3  # under the (tests') 0.5 s floor between refreshes
-    ws, api = feed.settings()
-    ws = ws.model_copy(update={"backoff_max_seconds": 30.0})
+    ws, api = feed.settings(backoff_max_seconds=30.0)
     sink, metrics = FakeSink(), Metrics()
     async with running((ws, api), sink, metrics):
         began = time.monotonic()
