@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, get_args
 
 from bridge.stopsignals import hold_until_handled, interrupt_on_stop
@@ -45,24 +45,37 @@ from bridge.sources.signature import signature_header  # noqa: E402
 EXIT_CONFIG = 2
 
 
-def _settings_or_exit(*, unknown_is_invalid: bool = False, serving: bool = True) -> Loaded:
+def _settings_or_exit(
+    *,
+    unknown_is_invalid: bool = False,
+    serving: bool = True,
+    dotenv: Mapping[str, str | None] | None = None,
+) -> Loaded:
     """The settings, or exit 2 listing every problem, unknown `BRIDGE_*` variables first: a typo
-    is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret
-    (`load`)."""
+    is often why a setting looks missing. `serving=False`: a tool's, which needs no webhook secret;
+    `dotenv`: `.env` as read already (`load`)."""
     try:
-        loaded = load(serving=serving)
+        loaded = load(serving=serving, dotenv=dotenv)
     except ConfigError as exc:
-        # None: `.env` could not be read, which is the problem named.
-        unknown = unknown_variables(os.environ, exc.dotenv) if exc.dotenv is not None else []
-        problems = unknown + exc.problems
-    else:
-        problems = unknown_variables(os.environ, loaded.dotenv) if unknown_is_invalid else []
+        _exit_invalid(exc)
+    problems = unknown_variables(os.environ, loaded.dotenv) if unknown_is_invalid else []
     if problems:
-        print("pinecall-bridge: invalid configuration:", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG)
+        _exit_with(problems)
     return loaded
+
+
+def _exit_invalid(exc: ConfigError) -> NoReturn:
+    """Exit 2 listing the problems of a failed load, unknown `BRIDGE_*` variables first."""
+    # None: `.env` could not be read, which is the problem named.
+    unknown = unknown_variables(os.environ, exc.dotenv) if exc.dotenv is not None else []
+    _exit_with(unknown + exc.problems)
+
+
+def _exit_with(problems: list[str]) -> NoReturn:
+    print("pinecall-bridge: invalid configuration:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def _configure_logging(loaded: Loaded) -> None:
@@ -74,13 +87,16 @@ def _configure_logging(loaded: Loaded) -> None:
 
 
 def _run(_: argparse.Namespace) -> int:
-    loaded = _settings_or_exit()
+    from bridge.workers.role import WorkerRole, read_dotenv
+
+    role = WorkerRole.from_env(os.environ)
+    # A worker takes the `.env` its parent read at its start: the file may have changed since.
+    loaded = _settings_or_exit(dotenv=None if role is None else read_dotenv(role.dotenv_file))
     settings = loaded.settings
     from bridge import logsetup
     from bridge.connlimit import raise_open_files_limit
     from bridge.gctuning import tune_for_serving
     from bridge.service import serve
-    from bridge.workers.role import WorkerRole
 
     # After the imports: the modules' objects are most of what a serving process holds.
     tune_for_serving()
@@ -88,7 +104,6 @@ def _run(_: argparse.Namespace) -> int:
     # A container's soft limit is often 1024 under a far higher hard one: raised, the cap on
     # HTTP connections (BRIDGE_HTTP__MAX_CONNECTIONS) is not lowered to fit it.
     open_files = raise_open_files_limit()
-    role = WorkerRole.from_env(os.environ)
     if role is not None:  # one of several worker processes, started by the parent below
         from bridge.workers.worker import serve_worker
 
@@ -106,7 +121,7 @@ def _run(_: argparse.Namespace) -> int:
         if processes > 1:
             from bridge.workers.parent import run_parent
 
-            return run_parent(settings, processes)
+            return run_parent(settings, processes, loaded.dotenv)
     _run_loop(serve(settings, loaded.dotenv))
     return 0
 
@@ -565,8 +580,12 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         headless=args.headless,
     )
-    # It shows callers' words as tail does: a terminal lacking one of their characters escapes it.
-    return asyncio.run(run_demo(options, EscapingConsole()))
+    try:
+        # It shows callers' words as tail does: a terminal lacking one of their characters
+        # escapes it.
+        return asyncio.run(run_demo(options, EscapingConsole()))
+    except ConfigError as exc:  # its settings load once the simulator is up (its URLs)
+        _exit_invalid(exc)
 
 
 def _version() -> str:

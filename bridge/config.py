@@ -142,6 +142,10 @@ class _DotenvRead:
 # Where a load puts the `.env` variables its settings are read from (`load`): the warnings about
 # them then name that read, not another one of a file that may have changed since.
 _DOTENV_READ: ContextVar[_DotenvRead | None] = ContextVar("_DOTENV_READ", default=None)
+# The `.env` variables a load takes instead of reading the file (`load`'s `dotenv`).
+_DOTENV_GIVEN: ContextVar[Mapping[str, str | None] | None] = ContextVar(
+    "_DOTENV_GIVEN", default=None
+)
 
 
 def _split_csv(value: Any) -> Any:
@@ -1457,6 +1461,8 @@ class Settings(BaseSettings):
         # The dotenv source knows an `_env_file` given at init; should pydantic-settings hand in
         # another kind, the settings' own env_file is checked rather than failing at start-up.
         if isinstance(dotenv_settings, DotEnvSettingsSource):
+            if (given := _DOTENV_GIVEN.get()) is not None:
+                dotenv_settings.env_vars = dict(given)  # its file unread (`_env_file=None`)
             _check_dotenv(dotenv_settings.env_file)
             if (read := _DOTENV_READ.get()) is not None:
                 read.variables = dotenv_settings.env_vars
@@ -1729,25 +1735,35 @@ def load_tool_settings(**overrides: Any) -> Settings:
     return load(serving=False, **overrides).settings
 
 
-def load(*, serving: bool = True, **overrides: Any) -> Loaded:
+def load(
+    *, serving: bool = True, dotenv: Mapping[str, str | None] | None = None, **overrides: Any
+) -> Loaded:
     """`load_settings` (`load_tool_settings` unless `serving`) with the `.env` variables it read,
-    for the warnings about them: `.env` is read once a start, however it changes meanwhile."""
+    for the warnings about them: `.env` is read once a start, however it changes meanwhile.
+    `dotenv`: those variables as another load read them (`Loaded.dotenv`), the file left unread."""
     read = _DotenvRead()
     token, read_token = _SERVING.set(serving), _DOTENV_READ.set(read)
+    given_token = _DOTENV_GIVEN.set(dotenv)
+    if dotenv is not None:
+        overrides["_env_file"] = None
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         # Input values are left out on purpose: they may be secrets.
-        dotenv = read.variables or {}
-        sections = _sections_given(os.environ, dotenv)
+        variables = read.variables or {}
+        sections = _sections_given(os.environ, variables)
         problems = [_problem(err["loc"], err["type"], err["msg"], sections) for err in exc.errors()]
-        raise ConfigError(problems, dotenv) from None
+        raise ConfigError(problems, variables) from None
     except ConfigError as exc:  # e.g. a secret both in a file and in .env (bridge/secretfiles.py)
         if exc.dotenv is None:
             exc.dotenv = read.variables
         raise
-    except (OSError, UnicodeDecodeError) as exc:  # the .env file, read as the settings load
-        raise ConfigError([_unreadable_dotenv(exc)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # Nothing read yet: the `.env` file's own read (or its check), which comes before the
+        # settings' sources reach settings_customise_sources. After it: another file, named.
+        if read.variables is None:
+            raise ConfigError([_unreadable_dotenv(exc)]) from None
+        raise ConfigError([_unreadable_file(exc)], read.variables) from None
     except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
@@ -1755,6 +1771,7 @@ def load(*, serving: bool = True, **overrides: Any) -> Loaded:
             [f"{where}: a value could not be parsed (lists of objects are JSON)"], read.variables
         ) from None
     finally:
+        _DOTENV_GIVEN.reset(given_token)
         _DOTENV_READ.reset(read_token)
         _SERVING.reset(token)
     return Loaded(settings, read.variables or {})
@@ -1847,6 +1864,15 @@ def _unreadable_dotenv(exc: OSError | UnicodeDecodeError) -> str:
         # Windows PowerShell's `>` writes UTF-16, for one.
         return ".env cannot be read: it is not UTF-8 text (save it as UTF-8)"
     return f".env cannot be read: {exc.strerror}"
+
+
+def _unreadable_file(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a file other than `.env` cannot be read as the settings load: its path, no content."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "a file the settings name cannot be read: it is not UTF-8 text"
+    reason = exc.strerror or type(exc).__name__
+    where = "a file the settings name" if exc.filename is None else named_path(str(exc.filename))
+    return f"{where} cannot be read: {reason}"
 
 
 def unknown_variables(

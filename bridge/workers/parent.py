@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bridge import listen
@@ -33,7 +33,14 @@ from bridge.stopbudget import SUPERVISOR_MARGIN_SECONDS, StopBudget
 from bridge.stopsignals import held_stop, stop_signals
 from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.pod import PodView
-from bridge.workers.role import WorkerRole, stages_of, stop_by_file, write_stop_by
+from bridge.workers.role import (
+    WorkerRole,
+    dotenv_file,
+    stages_of,
+    stop_by_file,
+    write_dotenv,
+    write_stop_by,
+)
 from bridge.workers.silence import START_UP_SECONDS, Silence, silent_past_bound
 
 log = logging.getLogger(__name__)
@@ -337,10 +344,11 @@ class Parent:
                 await asyncio.wait_for(self._stop.wait(), decision.delay)
 
 
-def run_parent(settings: Settings, count: int) -> int:
+def run_parent(settings: Settings, count: int, dotenv: Mapping[str, str | None]) -> int:
     """Supervise `count` workers until SIGTERM, SIGINT or SIGHUP; the process's exit code.
 
-    `count` includes the dedup stage's own process when BRIDGE_DEDUP__OWN_PROCESS is set.
+    `count` includes the dedup stage's own process when BRIDGE_DEDUP__OWN_PROCESS is set;
+    `dotenv`: the `.env` variables `settings` were read from (`Loaded.dotenv`).
     """
     http = settings.http
     for port in (http.port, http.admin_port):
@@ -367,6 +375,9 @@ def run_parent(settings: Settings, count: int) -> int:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         return 1
     try:
+        # Each worker's settings are read with these, never the file: one restarted after `.env`
+        # changed would run other settings than its siblings (and the parent's checks).
+        write_dotenv(dotenv_file(runtime_dir), dotenv)
         parent = Parent(
             count,
             runtime_dir,

@@ -1,4 +1,5 @@
-"""What the parent tells a worker process, through one environment variable of its own."""
+"""What the parent tells a worker process, through one environment variable of its own and
+files in the pod's runtime directory."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ class WorkerRole:
         return stop_by_file(self.runtime_dir)
 
     @property
+    def dotenv_file(self) -> Path:
+        """Where the parent put the `.env` variables its settings were read from."""
+        return dotenv_file(self.runtime_dir)
+
+    @property
     def sockets(self) -> dict[str, Path]:
         """Every worker's socket, by the `worker` label value."""
         return {str(i): self.socket(i) for i in range(self.count)}
@@ -88,6 +94,24 @@ def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
     if not dedup_process:
         return "both"
     return "dedup" if index == count - 1 else "ingest"
+
+
+def dotenv_file(runtime_dir: Path) -> Path:
+    return runtime_dir / "dotenv.json"
+
+
+def write_dotenv(path: Path, dotenv: Mapping[str, str | None]) -> None:
+    """Write the parent's `.env` variables for its workers: a file only this user reads, since
+    they may be secrets (kept out of the workers' environment, which /proc shows)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(descriptor, "w", encoding="utf-8") as file:
+        json.dump(dict(dotenv), file)
+
+
+def read_dotenv(path: Path) -> dict[str, str | None]:
+    """The `.env` variables `write_dotenv` wrote: what a worker's settings are read with."""
+    dotenv: dict[str, str | None] = json.loads(path.read_text(encoding="utf-8"))
+    return dotenv
 
 
 # A float's repr is at most 24 characters.

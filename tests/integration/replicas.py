@@ -95,6 +95,8 @@ class Replica:
     open_files: int | None = None
     # The hard one lowered to `open_files` too: the limit then in force (run raises the soft one).
     hard_open_files: bool = False
+    # Its working directory, where it reads `.env` (None: the test's own).
+    cwd: Path | None = None
 
     @property
     def url(self) -> str:
@@ -115,6 +117,7 @@ class Replica:
             return subprocess.Popen(
                 [str(COMMAND), "run"],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.open_files is None else self._lower_open_files,

@@ -46,6 +46,7 @@ STOP_MARGIN_SECONDS = 3  # the parent's wait past the grace before it kills
 OWNED = "pinecall_bridge_dedup_partitions_owned"
 INGESTED = "pinecall_bridge_events_ingested_total"
 INFLIGHT = "pinecall_bridge_inflight_events"  # sent to the ingest topic, not yet acknowledged
+CONNECTIONS_MAX = "pinecall_bridge_http_connections_max"
 
 
 async def a_pod(
@@ -357,6 +358,35 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     ]
     assert said == ["listening", "connecting to Kafka", "connecting to Kafka", "listening"], said
     assert sum(n for status, n in answers.items() if 200 <= status < 300) > 0, answers
+
+
+async def test_a_worker_restarted_after_dotenv_changed_runs_the_settings_of_its_siblings(
+    pod: Replica, tmp_path: Path
+) -> None:
+    # Each worker read `.env` at its own start: the parent's checks and the siblings ran one
+    # file, a worker restarted later another. It is handed what the parent read instead.
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("BRIDGE_HTTP__MAX_CONNECTIONS=100\n")
+    pod.cwd = tmp_path
+    await pod.start()
+    dotenv.write_text("BRIDGE_HTTP__MAX_CONNECTIONS=200\n")
+    killed = pod.worker_pids()[1]
+    os.kill(killed, signal.SIGKILL)
+    await until_restarted(pod, 1, killed)
+
+    def ready_twice() -> bool:
+        said = [e for e in pod.log_entries() if e.get("msg") == "ready" and e.get("worker") == 1]
+        return len(said) == 2
+
+    await until(ready_twice, 60, 0.1, "worker 1's successor ready")
+    async with new_connections() as session:
+        samples = await pod.metrics(session)
+    capped = {
+        worker: total(samples, CONNECTIONS_MAX, listener="webhook", worker=worker)
+        for worker in ("0", "1")
+    }
+    assert capped == {"0": 100, "1": 100}
+    assert await pod.stop() == 0
 
 
 async def test_a_worker_stopping_on_its_own_leaves_the_pod_ready_once_its_port_is_closed(

@@ -21,7 +21,7 @@ from bridge.gctuning import GEN0_THRESHOLD
 from bridge.stopsignals import hold_until_handled
 from bridge.tail import render as render_record
 from tests.environ import without_bridge_variables
-from tests.sockets import refusing_address
+from tests.sockets import free_port, refusing_address
 
 # `run` tunes the process's garbage collector (bridge/gctuning.py): put back after each test.
 pytestmark = pytest.mark.usefixtures("gc_as_it_was")
@@ -816,6 +816,23 @@ def test_demo_refuses_a_bad_number_before_starting_anything(
     monkeypatch.setattr("bridge.demo.runner.run_demo", lambda *args: pytest.fail("demo ran"))
     assert exit_code(["demo", "--headless", option, value]) == 2
     assert f"argument {option}: {said}" in capsys.readouterr().err
+
+
+def test_demo_says_a_bad_setting_as_check_does_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its settings load once its simulator is up: a bad one was a ConfigError traceback, exit 1.
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "whsec-check-needs-one-4e1a")
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGER_MS", "-1")
+    monkeypatch.setenv("BRIDGE_KAFKA__LINGERMS", "5")  # unknown: named first, as by check
+    assert exit_code(["check"]) == 2
+    said_by_check = capsys.readouterr().err
+    ports = ["--http-port", str(free_port()), "--simulator-port", str(free_port())]
+    assert exit_code(["demo", "--headless", *ports]) == 2
+    said = capsys.readouterr().err
+    assert said == said_by_check
+    assert said.startswith("pinecall-bridge: invalid configuration:\n  - BRIDGE_KAFKA__LINGERMS ")
+    assert "  - BRIDGE_KAFKA__LINGER_MS: Input should be greater than or equal to 0\n" in said
 
 
 def test_tail_everywhere_reads_the_ingest_every_output_and_the_dead_letter_topics(

@@ -143,6 +143,23 @@ def test_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     assert s.webhook.secrets[0].get_secret_value() == "fromfile"
 
 
+def test_a_load_given_dotenv_reads_no_file_and_the_environment_still_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pod's workers: their parent's read of `.env`, not the file as it is now (unreadable here).
+    Path(".env").write_text("BRIDGE_HTTP__PORT=7000\n", encoding="utf-16")
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "9001")
+    given = {
+        "bridge_webhook__secrets": "fromparent",
+        "bridge_http__port": "7001",
+        "bridge_http__admin_port": "9000",
+    }
+    loaded = load(dotenv=given)
+    assert (loaded.settings.http.port, loaded.settings.http.admin_port) == (7001, 9001)
+    assert loaded.settings.webhook.secrets[0].get_secret_value() == "fromparent"
+    assert loaded.dotenv == given
+
+
 def test_a_dotenv_file_that_is_not_utf8_is_named_as_such() -> None:
     Path(".env").write_text("BRIDGE_WEBHOOK__SECRETS=fromfile\n", encoding="utf-16")
     assert problems() == [".env cannot be read: it is not UTF-8 text (save it as UTF-8)"]

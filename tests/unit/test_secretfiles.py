@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,27 @@ def test_a_secrets_dir_that_cannot_be_looked_at_is_named_not_a_traceback(
     directory = str(tmp_path / ("x" * 300))
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", directory)
     assert problems() == [f"BRIDGE_SECRETS_DIR: {directory!r} cannot be read: File name too long"]
+
+
+def test_a_secret_file_that_cannot_be_looked_at_is_named_not_said_to_be_dotenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A directory whose path fits PATH_MAX (4096 bytes, its NUL included) and a secret's file
+    # in it whose does not: the directory is listed, the file's is_file() raises (as root, no
+    # EACCES). The settings' load read no .env here, yet said ".env cannot be read".
+    deep = tmp_path
+    while len(str(deep)) < 3800:
+        deep /= "d" * 200
+    deep /= "e" * (4090 - len(str(deep)) - 1)
+    deep.mkdir(parents=True)
+    directory = os.open(deep, os.O_RDONLY)
+    try:
+        os.close(os.open("BRIDGE_WEBHOOK__SECRETS", os.O_WRONLY | os.O_CREAT, dir_fd=directory))
+    finally:
+        os.close(directory)
+    monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(deep))
+    secret = f"{deep}/BRIDGE_WEBHOOK__SECRETS"
+    assert problems() == [f"{secret!r} cannot be read: File name too long"]
 
 
 def test_an_unreadable_secret_file_is_named_without_its_content(

@@ -432,7 +432,7 @@ def test_a_tmpdir_too_long_for_unix_sockets_is_refused_at_once(
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
     settings = load_settings(webhook={"secrets": ["s"]})
     with caplog.at_level(logging.ERROR):
-        assert run_parent(settings, 2) == 1
+        assert run_parent(settings, 2, {}) == 1
     assert [r.msg for r in caplog.records] == ["TMPDIR is too long for the workers' unix sockets"]
     assert list(deep.iterdir()) == []  # its runtime directory removed again
 
@@ -453,7 +453,7 @@ def test_an_admin_port_another_process_listens_on_is_refused_before_any_worker(
             http={"host": "127.0.0.1", "port": free_port(), "admin_port": admin, "workers": 2},
         )
         with caplog.at_level(logging.ERROR):
-            assert run_parent(settings, 2) == 1
+            assert run_parent(settings, 2, {}) == 1
     [refused] = caplog.records
     assert refused.msg.startswith("cannot listen")
     assert refused.__dict__["admin_port"] == admin
@@ -476,5 +476,5 @@ def test_the_pod_supervisor_gets_the_configured_silence_bound(
         webhook={"secrets": ["s"]},
         http={"port": free_port(), "workers": 2, "worker_silence_seconds": seconds},
     )
-    assert run_parent(settings, 2) == 0
+    assert run_parent(settings, 2, {}) == 0
     assert bounds == [seconds]
