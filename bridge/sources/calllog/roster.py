@@ -241,7 +241,7 @@ class Roster:
             return []
         self.owned -= gone
         for takeover in [t for t in self._taking if t.partition in gone]:
-            takeover.stop()  # nothing left for it: its calls are no longer ours
+            takeover.stop(lost=True)  # nothing left for it: its calls are no longer ours
         stopped = [call for call, p in self.following.items() if p in gone]
         for call in stopped:
             del self.following[call]
@@ -313,6 +313,8 @@ class Takeover:
         self._hashes = hashes
         self.steps = 0
         self.done = False
+        # Stopped by its partition's loss, not at its end: no call-list read is owed for it.
+        self.lost = False
         self._work = self._run()
 
     def ends(self, call: str) -> bool:
@@ -335,9 +337,10 @@ class Takeover:
             return []
         return starts
 
-    def stop(self) -> None:
+    def stop(self, *, lost: bool = False) -> None:
         """Done, at its end or its partition lost: the roster no longer takes calls by it."""
         self.done = True
+        self.lost = self.lost or lost
         self._work = iter(())
         if self in self.roster._taking:
             self.roster._taking.remove(self)

@@ -245,7 +245,7 @@ class CallLogSource:
             self._crashed_in_stage()
 
     async def _take_over(self) -> None:
-        """The takeovers' steps, one takeover after another; a sweep after each."""
+        """The takeovers' steps, one takeover after another; a sweep after each not lost."""
         if self.roster is not None:
             # Run again after a crash: the calls a raising launch handed back start first.
             self._launch(self.roster.refill())
@@ -255,7 +255,11 @@ class CallLogSource:
                 self._launch(takeover.step())
                 await asyncio.sleep(0)
             self._takeovers.popleft()
-            self._schedule_sweep()
+            if not takeover.lost:
+                # A lost one's read would offer its partition's calls to a roster that no longer
+                # owns it (up to MAX_PAGES requests for nothing): the new owner reads the list
+                # after its own takeover, and this process after one of its own if it comes back.
+                self._schedule_sweep()
 
     def partitions_assigned(self, partitions: set[int]) -> None:
         if self.roster is None:

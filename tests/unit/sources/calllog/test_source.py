@@ -231,6 +231,35 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
     assert max(per_turn) == 4
 
 
+async def test_a_takeover_whose_partition_is_lost_under_way_reads_no_call_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its stop ended the task's loop as its end did: a sweep (up to 100 pages) announced the
+    # lost partition's calls to a roster that no longer owns it. The one that finishes reads it.
+    source, roster = stepping(monkeypatch, 1)
+    launched: list[Start] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    sweeps: list[set[int]] = []
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(set(roster.owned)))
+    progresses: dict[int, PartitionProgress] = {}
+    for partition in (0, 1):
+        live, *done = calls_in(partition, 4)
+        progress = progresses[partition] = PartitionProgress()
+        progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
+        ended_in(progress, done)
+    source.partition_owned(0, progresses[0])
+    source.partition_owned(1, progresses[1])
+    await asyncio.sleep(0)  # partition 0's first step
+    first = roster._taking[0]
+    assert first.partition == 0
+    assert first.steps  # under way, not done
+    source.partition_lost(0)
+    assert source._taking is not None
+    await asyncio.wait_for(source._taking, 2)
+    assert [start.after for start in launched] == [3]  # partition 1's live call
+    assert sweeps == [{1}]  # once, for the takeover that finished
+
+
 async def test_a_stop_ends_a_takeover_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
     source, roster = stepping(monkeypatch, 1)
     progress = PartitionProgress()
