@@ -171,6 +171,10 @@ def _is_json_list(value: str) -> bool:
         return isinstance(json.loads(value), list)
     except ValueError:
         return False
+    except RecursionError:
+        # Nested past Python's recursion limit (Go, the chart's reader, takes 10,000 levels):
+        # starting with `[`, a list too deep to read, refused as one rather than a traceback.
+        return True
 
 
 def is_loopback(host: str) -> bool:

@@ -615,6 +615,12 @@ REFUSALS = {
         "config.websocket.events is a JSON list given as a string",
         {"websocket": {"events": "[NaN]"}},
     ),
+    # Past Python's recursion limit (Go reads 10,000 levels): the bridge's reading raised.
+    "feed events as a JSON list nested 5000 deep": Refusal(
+        ("config.websocket.events=" + "[" * 5000 + "]" * 5000,),
+        "config.websocket.events is a JSON list given as a string",
+        {"websocket": {"events": "[" * 5000 + "]" * 5000}},
+    ),
     "webhook secrets value as a JSON list of infinities": Refusal(
         ("secrets.webhookSecrets.value=[Infinity\\,-Infinity]",),
         "secrets.webhookSecrets.value is a JSON list",

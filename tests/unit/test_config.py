@@ -1517,12 +1517,21 @@ def test_a_bootstrap_ipv6_address_in_brackets_is_kept(monkeypatch: pytest.Monkey
     "name",
     ["BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "BRIDGE_WEBHOOK__SECRETS", "BRIDGE_WEBSOCKET__EVENTS"],
 )
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Split at its commas it became `["s3cr3t-one"` and `"s3cr3t-two"]`: webhook secrets
+        # that failed every signature, feed events that matched none, all without a word.
+        ' ["s3cr3t-one", "s3cr3t-two"]',
+        # Past Python's recursion limit json.loads raised RecursionError: a traceback at start.
+        "[" * 5000 + "]" * 5000,
+    ],
+    ids=["flat", "deep"],
+)
 def test_a_json_list_for_a_comma_separated_setting_is_refused_unechoed(
-    monkeypatch: pytest.MonkeyPatch, name: str
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    # Split at its commas it became `["s3cr3t-one"` and `"s3cr3t-two"]`: webhook secrets that
-    # failed every signature, feed events that matched none, all without a word.
-    setenv(monkeypatch, {name: ' ["s3cr3t-one", "s3cr3t-two"]'})
+    setenv(monkeypatch, {name: value})
     assert problems() == [
         f"{name}: is a JSON list: give the items comma-separated, without brackets or quotes"
         " (e.g. a,b; a single item that is itself a JSON list, such as a secret [1],"
