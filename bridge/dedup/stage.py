@@ -16,9 +16,9 @@ once when nobody committed for it since, and when others decided records meanwhi
 are replayed into its window (kept.py decides, restore.py reads); anything else restores it
 whole. A member that has not heard from the group coordinator for longer than the session
 timeout (cut off from Kafka) counts no partition owned (groupsession.py) and exports no lag
-for them: the group will have handed them on. It keeps its tasks, which can commit nothing
-meanwhile; the rejoin's revocation and assignment settle them once Kafka answers, as after any
-rebalance.
+for them: the group will have handed them on (heard again in the same generation, it counts on
+from where it was). It keeps its tasks, which can commit nothing meanwhile; the rejoin's
+revocation and assignment settle them once Kafka answers, as after any rebalance.
 Each metadata probe interval the stage closes its clients' connections to brokers gone from the
 metadata (a fenced broker whose host vanished), whose requests would otherwise wait out the
 request timeout (README: a vanished broker).
@@ -1039,40 +1039,31 @@ class DedupStage:
     ) -> None:
         """`served`: the partitions this step was handed records of."""
         now, ticks = time.time(), time.monotonic()
-        if self._session.expired(ticks):
-            # Owned by nobody here, as dedup_partitions_owned says: the group has handed them on,
-            # and aiokafka revokes nothing until the coordinator answers, so their fetch ages
-            # grew and paged for partitions another member serves. Counted afresh once heard.
+        # Expired: owned by nobody here, as dedup_partitions_owned says (the group may have
+        # handed them on; aiokafka revokes nothing until the coordinator answers), so no series:
+        # their fetch ages paged for partitions another member serves. What they count from
+        # stays: a heartbeat answered late finds the member still in its generation, the owner
+        # throughout, whose ages go on from the last real answer (restarted at 0, a member that
+        # flapped at each heartbeat never reached the alert). A rejoin's revocation forgets it.
+        expired = self._session.expired(ticks)
+        if expired:
             for tp in list(self._lag_gauges):
-                self._forget_lag(tp)
-            return
+                self._withdraw_lag(tp)
         assigned = consumer.assignment()
         gauges = self._lag_gauges
         for tp, task in self._tasks.items():
             if tp not in assigned:  # mid-rebalance: revocation is about to take the task
                 continue
-            pair = gauges.get(tp)
             stamp = consumer.last_poll_timestamp(tp)
-            if pair is None:
-                m = self._metrics
-                label = task.label
-                pair = gauges[tp] = (
-                    m.dedup_lag_records.labels(label),
-                    m.dedup_lag_seconds.labels(label),
-                    m.dedup_fetch_age.labels(label),
-                )
-                # An answer from before this owner fetched it (a start after a loss) is none.
-                self._answers[tp] = (stamp, ticks)
-            seen, heard = self._answers[tp]
+            # An answer from before this owner fetched it (a start after a loss) is none.
+            seen, heard = self._answers.get(tp, (stamp, ticks))
             # Handed records of a fetched batch: aiokafka fetches it again only once that batch
             # is worked off (a slow transaction's minutes), so no answer is awaited meanwhile.
             asked = not task.held and tp not in served
             heard = heard_at(heard, seen, stamp, ticks, asked=asked)
             self._answers[tp] = (stamp, heard)
-            pair[2].set(ticks - heard)
             high = consumer.highwater(tp)
             behind = max(high - task.position, 0) if high is not None else 0
-            pair[0].set(behind)
             if behind:
                 since = self._behind_since.get(tp)
                 if since is None and tp in self._behind_since:
@@ -1082,11 +1073,29 @@ class DedupStage:
             else:
                 self._behind_since[tp] = None
                 age = 0.0
+            if expired:
+                continue
+            pair = gauges.get(tp)
+            if pair is None:
+                m = self._metrics
+                label = task.label
+                pair = gauges[tp] = (
+                    m.dedup_lag_records.labels(label),
+                    m.dedup_lag_seconds.labels(label),
+                    m.dedup_fetch_age.labels(label),
+                )
+            pair[0].set(behind)
             pair[1].set(age)
+            pair[2].set(ticks - heard)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
+        """`tp` is no longer this member's: its series and what they were counted from go."""
         self._behind_since.pop(tp, None)
         self._answers.pop(tp, None)
+        self._withdraw_lag(tp)
+
+    def _withdraw_lag(self, tp: TopicPartition) -> None:
+        """`tp`'s series go unexported; what they count from stays (the same owner's)."""
         self._lag_gauges.pop(tp, None)  # removed below: a cached child would be set unexported
         m = self._metrics
         for gauge in (m.dedup_lag_records, m.dedup_lag_seconds, m.dedup_fetch_age):

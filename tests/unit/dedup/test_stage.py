@@ -1174,14 +1174,18 @@ async def test_an_assignment_after_a_loss_restores_the_session() -> None:
 
 class LaggingConsumer(FakeConsumer):
     """Partition p's high watermark is `ahead` records past `base` * p (the Harness's position
-    with `base` 10)."""
+    with `base` 10); every partition's last fetch answer is at `stamp` (None: none yet)."""
 
     def __init__(self, assigned: set[TopicPartition], base: int, ahead: int) -> None:
         super().__init__(assigned)
         self.base, self.ahead = base, ahead
+        self.stamp: int | None = None
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return self.base * int(partition.partition) + self.ahead
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
+        return self.stamp
 
 
 def count_labels(monkeypatch: pytest.MonkeyPatch, metrics: Metrics) -> list[tuple[str, ...]]:
@@ -1277,15 +1281,11 @@ class FailingFetches(LaggingConsumer):
         self.stage, self.clocks, self.error = stage, clocks, error
         self.behind, self.failures = ahead, failures
         self.fetches = 0
-        self.stamp: int | None = None
         self.seen: list[tuple[float, float, float]] = []
 
     def highwater(self, partition: TopicPartition) -> int | None:
         ahead = self.behind if partition == tp(1) else 0  # partition 2 caught up
         return 10 * int(partition.partition) + ahead
-
-    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
-        return self.stamp
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
@@ -1464,9 +1464,17 @@ def lag_series(metrics: Metrics) -> list[tuple[str, str]]:
     )
 
 
-@pytest.mark.parametrize("back", ["heard", "rejoined"])
+@pytest.mark.parametrize(
+    ("back", "ages"),
+    [
+        # Fails with the ages restarted at the heartbeat (0, then 4): still the owner, unanswered
+        # since it took the partition 208 s before, a late heartbeat put off the page by 120 s.
+        ("heard", (208.0, 212.0)),
+        ("rejoined", (0.0, 4.0)),  # counted from when it was owned again
+    ],
+)
 async def test_a_member_cut_off_past_the_session_exports_no_fetch_age_until_it_is_back(
-    monkeypatch: pytest.MonkeyPatch, back: str
+    monkeypatch: pytest.MonkeyPatch, back: str, ages: tuple[float, float]
 ) -> None:
     # Fails without the session check: aiokafka revokes nothing until the coordinator answers
     # (a rejoin's on_partitions_revoked), so the ages grew past the alert's 120 s and paged
@@ -1497,12 +1505,43 @@ async def test_a_member_cut_off_past_the_session_exports_no_fetch_age_until_it_i
         h.stage._tasks[tp(1)] = h.task(1)  # handed back, installed
         consumer.assigned = {tp(1)}
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
-    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.0
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == ages[0]
     ticks[0] += 4.0
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
-    # Counted from when it was owned again, not from the last answer before the cut.
-    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 4.0
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == ages[1]
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 3
+
+
+async def test_a_member_flapping_at_each_heartbeat_ages_from_its_last_answered_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fails with the ages restarted at each heartbeat heard past the session timeout: 0 at every
+    # return, so fetches unanswered for minutes never reached the alert's 120 s.
+    ticks = [5_000.0]
+    monkeypatch.setattr(
+        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
+    )
+    h = Harness(1)
+    consumer = LaggingConsumer({tp(1)}, base=10, ahead=3)
+    consumer.stamp = 99_000_000  # answered at the first look
+    h.stage._consumer = cast(AIOKafkaConsumer, consumer)
+    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=ticks[0])
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    for _ in range(12):  # each heartbeat answered 11 s after the last: 1 s expired each time
+        ticks[0] += 11.0
+        h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+        assert lag_series(h.metrics) == []
+        h.stage._heard()  # the same generation: aiokafka kept the assignment
+        h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 132.0
+    # An answer seen while expired counts once the series is back: from that look, not the return.
+    ticks[0] += 11.0
+    consumer.stamp = 99_100_000
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    ticks[0] += 0.5
+    h.stage._heard()
+    h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
+    assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.5
 
 
 class ThrottledClient(AIOKafkaClient):  # type: ignore[misc]
