@@ -87,11 +87,19 @@ def _configure_logging(loaded: Loaded) -> None:
 
 
 def _run(_: argparse.Namespace) -> int:
-    from bridge.workers.role import WorkerRole, read_dotenv
+    from bridge.workers.role import EXIT_NO_DOTENV, DotenvFileError, WorkerRole, read_dotenv
 
     role = WorkerRole.from_env(os.environ)
     # A worker takes the `.env` its parent read at its start: the file may have changed since.
-    loaded = _settings_or_exit(dotenv=None if role is None else read_dotenv(role.dotenv_file))
+    dotenv = None
+    if role is not None:
+        try:
+            dotenv = read_dotenv(role.dotenv_file)
+        except DotenvFileError as exc:
+            # Before the settings, so before logging is set up: stderr, as a configuration error.
+            print(f"pinecall-bridge: worker {role.index}: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_NO_DOTENV) from None
+    loaded = _settings_or_exit(dotenv=dotenv)
     settings = loaded.settings
     from bridge import logsetup
     from bridge.connlimit import raise_open_files_limit

@@ -209,6 +209,13 @@ def with_secret_files(
         # The library's limits on the directory (16 MiB, its entries), which it checks before any
         # file is read: its words name no content. Left to _load, they read as a parse error.
         raise ConfigError([f"{SECRETS_DIR_VARIABLE}: {directory} is refused: {exc}"]) from None
+    except OSError as exc:
+        # The library looks at every entry as it sizes the directory: a name too long, a
+        # permission refused. Named as the directory's other problems are, not as any file.
+        entry = directory if exc.filename is None else exc.filename
+        raise ConfigError(
+            [f"{SECRETS_DIR_VARIABLE}: {named_path(entry)} cannot be read: {exc.strerror}"]
+        ) from None
     # Empty is unset for these settings: an empty variable is no second value, and left in, its ""
     # would win over the file (an earlier source wins).
     for source in (env_settings, dotenv_settings):

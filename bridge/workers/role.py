@@ -108,9 +108,29 @@ def write_dotenv(path: Path, dotenv: Mapping[str, str | None]) -> None:
         json.dump(dict(dotenv), file)
 
 
+# A worker's exit when it cannot read the `.env` variables its supervisor left it: not 1 (a
+# crash's traceback) nor 2 (a configuration the operator gave), so the supervisor's log says it.
+EXIT_NO_DOTENV = 3
+
+
+class DotenvFileError(Exception):
+    """The file `write_dotenv` wrote is missing or damaged; the message names it and why."""
+
+
 def read_dotenv(path: Path) -> dict[str, str | None]:
     """The `.env` variables `write_dotenv` wrote: what a worker's settings are read with."""
-    dotenv: dict[str, str | None] = json.loads(path.read_text(encoding="utf-8"))
+    what = f"{path} (the .env variables its supervisor read)"
+    try:
+        dotenv = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DotenvFileError(f"{what} cannot be read: {exc.strerror}") from None
+    except ValueError:  # UnicodeDecodeError is one too
+        raise DotenvFileError(f"{what} is not JSON") from None
+    # JSON's keys are always strings: only the values need a look.
+    if not isinstance(dotenv, dict) or not all(
+        isinstance(value, str | None) for value in dotenv.values()
+    ):
+        raise DotenvFileError(f"{what} is not a JSON object of names to strings or null")
     return dotenv
 
 

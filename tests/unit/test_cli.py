@@ -20,6 +20,7 @@ from bridge.cli import _settings_json, _settings_or_exit, main, sample_event
 from bridge.gctuning import GEN0_THRESHOLD
 from bridge.stopsignals import hold_until_handled
 from bridge.tail import render as render_record
+from bridge.workers.role import EXIT_NO_DOTENV, WorkerRole
 from tests.environ import without_bridge_variables
 from tests.sockets import free_port, refusing_address
 
@@ -246,6 +247,25 @@ def test_a_dotenv_that_is_a_directory_exits_2_not_ignored(
     err = capsys.readouterr().err
     assert "  - .env cannot be read: it is a directory" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [None, b"{not json", b'{"bridge_http__port": 7001}'])
+def test_a_worker_without_its_supervisors_dotenv_says_so_in_one_line_and_exits_3(
+    content: bytes | None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The runtime directory's file removed (a /tmp cleaner) or damaged: it was a traceback.
+    role = WorkerRole(index=1, count=2, runtime_dir=tmp_path, parent_pid=os.getppid())
+    if content is not None:
+        role.dotenv_file.write_bytes(content)
+    monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
+    monkeypatch.setenv(*role.env().popitem())
+    monkeypatch.setattr("bridge.cli._run_loop", lambda main: pytest.fail("the worker served"))
+    assert exit_code(["run"]) == EXIT_NO_DOTENV
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"pinecall-bridge: worker 1: {role.dotenv_file} (the .env variables")
 
 
 def test_check_invalid_exits_2_listing_each_problem(

@@ -129,12 +129,12 @@ def test_a_secrets_dir_that_cannot_be_looked_at_is_named_not_a_traceback(
     assert problems() == [f"BRIDGE_SECRETS_DIR: {directory!r} cannot be read: File name too long"]
 
 
-def test_a_secret_file_that_cannot_be_looked_at_is_named_not_said_to_be_dotenv(
+def test_a_secret_file_that_cannot_be_looked_at_is_named_with_the_secrets_dir(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A directory whose path fits PATH_MAX (4096 bytes, its NUL included) and a secret's file
-    # in it whose does not: the directory is listed, the file's is_file() raises (as root, no
-    # EACCES). The settings' load read no .env here, yet said ".env cannot be read".
+    # in it whose does not: the directory is listed, the file's stat raises (as root, no
+    # EACCES). The settings' load once said ".env cannot be read", then named the file alone.
     deep = tmp_path
     while len(str(deep)) < 3800:
         deep /= "d" * 200
@@ -147,7 +147,7 @@ def test_a_secret_file_that_cannot_be_looked_at_is_named_not_said_to_be_dotenv(
         os.close(directory)
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(deep))
     secret = f"{deep}/BRIDGE_WEBHOOK__SECRETS"
-    assert problems() == [f"{secret!r} cannot be read: File name too long"]
+    assert problems() == [f"BRIDGE_SECRETS_DIR: {secret!r} cannot be read: File name too long"]
 
 
 def test_an_unreadable_secret_file_is_named_without_its_content(

@@ -9,9 +9,13 @@ import pytest
 from bridge.config import unknown_variables
 from bridge.workers.role import (
     MAX_STOP_BY_BYTES,
+    DotenvFileError,
     WorkerRole,
+    dotenv_file,
+    read_dotenv,
     read_stop_by,
     stop_by_file,
+    write_dotenv,
     write_stop_by,
 )
 
@@ -69,3 +73,32 @@ def test_a_stop_deadline_file_too_large_is_not_read_whole(
     assert "the stop deadline file is too large" in caplog.text
     path.write_text("1" * MAX_STOP_BY_BYTES)
     assert read_stop_by(path) == float("1" * MAX_STOP_BY_BYTES)
+
+
+def test_the_dotenv_handed_to_workers_is_read_as_written(tmp_path: Path) -> None:
+    path = dotenv_file(tmp_path)
+    written = {"bridge_http__port": "7001", "bridge_log__level": None}
+    write_dotenv(path, written)
+    assert read_dotenv(path) == written
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "cannot be read: No such file or directory"),
+        (b"", "is not JSON"),
+        (b'{"bridge_http__port": "70', "is not JSON"),
+        (b"\xff\xfe{}", "is not JSON"),
+        (b'["bridge_http__port"]', "is not a JSON object of names to strings or null"),
+        (b'{"bridge_http__port": 7001}', "is not a JSON object of names to strings or null"),
+    ],
+)
+def test_a_missing_or_damaged_dotenv_file_is_named_with_why(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    path = dotenv_file(tmp_path)
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DotenvFileError) as raised:
+        read_dotenv(path)
+    assert str(raised.value) == f"{path} (the .env variables its supervisor read) {why}"
