@@ -1,5 +1,6 @@
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from bridge.config import (
     setting_warnings,
     unknown_variables,
 )
+from bridge.workers.role import read_dotenv, write_dotenv
 from tests.environ import settings_problems as problems
 from tests.environ import without_bridge_variables
 
@@ -158,6 +160,65 @@ def test_a_load_given_dotenv_reads_no_file_and_the_environment_still_wins(
     assert (loaded.settings.http.port, loaded.settings.http.admin_port) == (7001, 9001)
     assert loaded.settings.webhook.secrets[0].get_secret_value() == "fromparent"
     assert loaded.dotenv == given
+
+
+def test_a_worker_given_its_parents_dotenv_reads_the_settings_its_parent_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pod's worker loads with the parent's `.env` variables handed over (bridge/workers/role.py)
+    # and the file unread: as pydantic-settings keeps them (lower case, prefix kept, sections as
+    # JSON, unknown and valueless ones too), they must give the settings the file gives.
+    Path("secrets").mkdir()
+    Path("secrets/BRIDGE_PINECALL__API_KEY").write_text("from-a-file\n")
+    Path(".env").write_text(
+        "# a comment\n"
+        'export BRIDGE_WEBHOOK__SECRETS="s1,s2"\n'
+        "bridge_http__port=7001\n"
+        "BRIDGE_Http__Admin_Port=9001\n"
+        'BRIDGE_KAFKA={"linger_ms": 7, "bootstrap_servers": "a:1,b:2", "client_id": "json"}\n'
+        "BRIDGE_KAFKA__CLIENT_ID=own\n"
+        'BRIDGE_ROUTING__RULES=\'[{"match": "call.*", "topic": "calls"}]\'\n'
+        'BRIDGE_DEDUP={"ttl_seconds": 1200}\n'
+        "BRIDGE_LOG__LEVEL=debug\n"
+        "BRIDGE_NO_SUCH_THING=1\n"
+        "BRIDGE_TOPICS__NOPE=2\n"
+        "BRIDGE_EMPTY=\n"
+        "BRIDGE_BARE\n"
+        "OTHER_VARIABLE=x\n"
+        "BRIDGE_SECRETS_DIR=secrets\n"
+    )
+    monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "9002")
+    monkeypatch.setenv("BRIDGE_DEDUP", '{"group": "from-env"}')
+    parents = load()
+    handed = Path("dotenv.json")
+    write_dotenv(handed, parents.dotenv)
+    assert stat.S_IMODE(handed.stat().st_mode) == 0o600  # it may hold secrets
+    Path(".env").write_text("BRIDGE_HTTP__PORT=7002\n")  # changed since: not read
+    workers = load(dotenv=read_dotenv(handed))
+    assert workers.settings == parents.settings
+    assert workers.dotenv == parents.dotenv
+    s = workers.settings
+    assert (s.http.port, s.http.admin_port, s.kafka.client_id, s.kafka.linger_ms) == (
+        7001,
+        9002,
+        "own",
+        7,
+    )
+    assert (s.dedup.group, s.dedup.ttl_seconds, s.routing.rules[0].topic) == (
+        "from-env",
+        1200,
+        "calls",
+    )
+    assert s.pinecall.api_key is not None
+    assert s.pinecall.api_key.get_secret_value() == "from-a-file"
+    unknown = unknown_variables(os.environ, workers.dotenv)
+    assert unknown == unknown_variables(os.environ, parents.dotenv)
+    assert [line.split()[0] for line in unknown] == [
+        "BRIDGE_BARE",
+        "BRIDGE_EMPTY",
+        "BRIDGE_NO_SUCH_THING",
+        "BRIDGE_TOPICS__NOPE",
+    ]
 
 
 def test_a_dotenv_file_that_is_not_utf8_is_named_as_such() -> None:
