@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 from bridge.config import Settings
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.rejections import RejectReason
 from bridge.sources.webhook import WebhookHandler, error, json_response
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WEBHOOK_BUGS = web.AppKey("webhook_bugs", tuple[str, Callable[[], None]])
 # A webhook URL misconfigured at Pinecall (a wrong path, a proxy's GET) answers these, and Pinecall
 # does not retry a 4xx: counted on the webhook port, by status only (a path label is unbounded).
-UNROUTED = {404: "not_found", 405: "method_not_allowed"}
+UNROUTED: dict[int, RejectReason] = {404: "not_found", 405: "method_not_allowed"}
 WEBHOOK_UNROUTED = web.AppKey("webhook_unrouted", dict[int, Callable[[], None]])
 # What an error answer's own JSON body sets: not taken from aiohttp's exception.
 _BODY_HEADERS = frozenset({"content-type", "content-length"})
@@ -142,11 +143,11 @@ def build_app(
     )
     app.add_routes(probes if probes is not None else probe_routes(readiness, metrics))
     app.router.add_post(settings.webhook.path, webhook.handle, expect_handler=webhook.expect)
-    bugs = metrics.rejected.labels("webhook", "internal_error")  # exists from 0, for increase()
+    bugs = metrics.rejection("webhook", "internal_error")  # exists from 0, for increase()
     app[WEBHOOK_BUGS] = (settings.webhook.path, bugs.inc)
     # The admin app has no such key: its probes' 404s and 405s stay uncounted.
     unrouted: dict[int, Callable[[], None]] = {
-        code: metrics.rejected.labels("webhook", why).inc for code, why in UNROUTED.items()
+        code: metrics.rejection("webhook", why).inc for code, why in UNROUTED.items()
     }
     app[WEBHOOK_UNROUTED] = unrouted
     return app

@@ -60,6 +60,7 @@ from bridge.config import HttpSettings
 from bridge.connlimit import ADMIN_MAX_CONNECTIONS, Admission, ConnectionCap, Listener, Refusal
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
+from bridge.rejections import RejectReason
 
 log = logging.getLogger(__name__)
 # A protocol that fails to build fails for every connection: one line per 10 s, not one each.
@@ -67,7 +68,7 @@ _said = LogThrottle(log)
 
 _INTERNALS = ("_request_count", "_messages", "_close", "_force_close")
 # events_rejected_total{channel="webhook"}'s reason for a head aiohttp's parser refused.
-BAD_REQUEST_HEAD = "bad_request_head"
+BAD_REQUEST_HEAD: RejectReason = "bad_request_head"
 # Said by `listening`'s WARNING and by `check` when the parser is not llhttp.
 NOT_LLHTTP = (
     "aiohttp's C HTTP parser is not in use: the pure-Python one is slower and answers"
@@ -437,7 +438,7 @@ def timed_runner(
     the cap on open connections (`max_connections`, else the setting's)."""
     limit = http.max_connections if max_connections is None else max_connections
     # The edge serves the webhook path (and probes): a refused head may be a lost webhook.
-    bad_head = metrics.rejected.labels("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
+    bad_head = metrics.rejection("webhook", BAD_REQUEST_HEAD)  # from 0, for increase()
     return _runner(app, http, metrics, "webhook", limit, bad_head.inc, **kwargs)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,8 +18,12 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.dedup.kept import DropReason
+from bridge.rejections import RejectReason
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
+
+if TYPE_CHECKING:
+    from bridge.normalise.event import Channel
 
 # `*_created` series double the exposition and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -43,7 +47,7 @@ THROTTLE_WATCHED = (
     "dedup_hangwatch_consumer",
 )
 # Feed events lost (events_rejected_total{channel="websocket"}): PinecallBridgeFeedBacklogDropping.
-FEED_LOSSES = ("backlog_full", "shutdown", "too_large")
+FEED_LOSSES: tuple[RejectReason, ...] = ("backlog_full", "shutdown", "too_large")
 # Why a kept window could not serve: kept.py's reasons, or "torn" (its gap's read failed, or
 # the stage producer it needs did not start).
 KEPT_DROP_REASONS = (*get_args(DropReason), "torn")
@@ -632,6 +636,10 @@ class Metrics:
         self.duplicates_by = Children(self.duplicates)
         self.frames_by = Children(self.websocket_frames)
 
+    def rejection(self, channel: Channel, reason: RejectReason) -> Counter:
+        """`events_rejected_total`'s child: every count comes through here, for mypy to check."""
+        return self.rejected.labels(channel, reason)
+
     def register_feed(self) -> None:
         """Export the WebSocket feed's series (idempotent): a process with the feed enabled."""
         if self._feed_registered:
@@ -654,7 +662,7 @@ class Metrics:
         self.kafka_throttle.labels("feed_lease")
         self.kafka_throttled_responses.labels("feed_lease")
         for lost in FEED_LOSSES:
-            self.rejected.labels("websocket", lost)
+            self.rejection("websocket", lost)
         for reason in get_args(DisconnectReason):
             self.websocket_reconnects.labels(reason)
         for kind in get_args(FrameKind):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from aiokafka.errors import TopicAuthorizationFailedError
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # Its lines that can come once per record: thinned (bridge.logthrottle), the metrics count each.
 flood = LogThrottle(log)
 _YIELD_EVERY = 64
-TOO_LARGE = "too_large"
+TOO_LARGE: Final = "too_large"
 # publish_failures_total's reasons (TOO_LARGE's too: _too_large).
 PublishFailure = Literal[
     "timeout", "retriable", "error", "held_back", "producer_replaced", "stopping"
@@ -529,7 +529,7 @@ class Pipeline:
         result.refused += 1
         result.too_large_for.update(topics)
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
-        self._metrics.rejected.labels(channel, TOO_LARGE).inc()
+        self._metrics.rejection(channel, TOO_LARGE).inc()
 
     def _fail(
         self, reason: PublishFailure, result: BatchResult, error: BaseException | None = None

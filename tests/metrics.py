@@ -16,11 +16,11 @@ from prometheus_client.metrics_core import Metric
 
 from bridge.config import DedupSettings
 from bridge.connlimit import Listener
-from bridge.http_timeouts import BAD_REQUEST_HEAD
 from bridge.ingest.topic import ingest_topic_findings
 from bridge.metrics import Metrics
 from bridge.normalise.shapes import UnrecognisedReason
 from bridge.pipeline import TOO_LARGE, PublishFailure
+from bridge.rejections import RejectReason
 from bridge.routing import DropReason
 from bridge.sink.durability import durability_problem
 from bridge.sink.topicreads import NOT_YET_VISIBLE, unread_kind
@@ -28,7 +28,6 @@ from bridge.sources.calllog.follow import GIVE_UP_REASONS, REASONS
 from bridge.sources.frames import FrameKind
 from bridge.sources.reconnect import DisconnectReason
 from bridge.sources.secretwatch import Label, Result
-from bridge.sources.signature import Verdict
 
 # The samples a family of each type exports, besides `_created` (off in the bridge; counted from
 # the samples when on). A labelled metric without children yet exports no sample at all: its
@@ -132,9 +131,7 @@ def label_values() -> dict[str, dict[str, set[str]]]:
         "pinecall_bridge_events_dead_lettered_total": {"reason": set(get_args(UnrecognisedReason))},
         "pinecall_bridge_events_dropped_total": {"reason": set(get_args(DropReason))},
         "pinecall_bridge_websocket_frames_total": {"kind": set(get_args(FrameKind))},
-        "pinecall_bridge_events_rejected_total": {
-            "reason": {v.value for v in Verdict if v is not Verdict.VALID} | {BAD_REQUEST_HEAD}
-        },
+        "pinecall_bridge_events_rejected_total": {"reason": set(get_args(RejectReason))},
         "pinecall_bridge_secret_reloads_total": {
             "result": set(get_args(Result)),
             "secret": set(get_args(Label)),

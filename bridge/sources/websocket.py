@@ -448,7 +448,7 @@ class WebSocketSource:
         self._held, self._held_bytes, self._batch_bytes, self._settled = 0, 0, 0, set()
         self._queue = asyncio.Queue()
         if left:
-            self._metrics.rejected.labels("websocket", "shutdown").inc(left)
+            self._metrics.rejection("websocket", "shutdown").inc(left)
             log.error(
                 "feed events not published before the grace period ended",
                 extra={"events": left},
@@ -511,7 +511,7 @@ class WebSocketSource:
                 reason = _close_reason(exc)
                 if reason == "frame_too_large":
                     # Not even read: the frame, an event or not, is lost.
-                    self._metrics.rejected.labels("websocket", "too_large").inc()
+                    self._metrics.rejection("websocket", "too_large").inc()
                     log.error(
                         "feed sent a frame too large to read: it is lost, the connection closed",
                         extra={
@@ -872,7 +872,7 @@ class WebSocketSource:
         limit = self._settings.max_frame_bytes
         unread = sum(1 for message in (*_buffered(ws), *early) if _held_if_read(message, limit))
         if unread:
-            self._metrics.rejected.labels("websocket", "shutdown").inc(unread)
+            self._metrics.rejection("websocket", "shutdown").inc(unread)
             log.error(
                 "feed events received but not read before the stop's deadline: lost",
                 extra={"events": unread},
@@ -985,7 +985,7 @@ class WebSocketSource:
             self._metrics.frames_by(frame.kind).inc()
             if frame.kind != "event":
                 return
-        self._metrics.rejected.labels("websocket", "backlog_full").inc()
+        self._metrics.rejection("websocket", "backlog_full").inc()
         flood.error(
             "feed refresh: frames read ahead on the new connection, while the old one's close went"
             " unanswered, past the backlog's bounds: events dropped",
@@ -996,7 +996,7 @@ class WebSocketSource:
         )
 
     def _drop(self) -> None:
-        self._metrics.rejected.labels("websocket", "backlog_full").inc()
+        self._metrics.rejection("websocket", "backlog_full").inc()
         flood.error(
             "feed backlog full (Kafka slow or down): events dropped",
             extra={

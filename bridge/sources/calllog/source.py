@@ -118,7 +118,7 @@ class CallLogSource:
         self._pages = PageSlots(settings.max_gap_pages_in_flight)
         # PinecallBridgeRejectionRateHigh's share for the call logs: from 0, for rate() (a series
         # born at its first count shows none).
-        metrics.rejected.labels("sse", "invalid_call_id")
+        metrics.rejection("sse", "invalid_call_id")
         # From 0 for TaskCrashing's increase(): a first small takeover's launch raising in the
         # dedup stage is counted (_crashed_in_stage) before the task is ever spawned.
         metrics.task_crashes.labels("sse-takeover")
@@ -292,7 +292,7 @@ class CallLogSource:
         """False for an id that is no call id (`..`, `a/b`, 1 MB): counted, logged once."""
         if valid_call_id(call):
             return True
-        self._metrics.rejected.labels("sse", "invalid_call_id").inc()
+        self._metrics.rejection("sse", "invalid_call_id").inc()
         short = shown(call)  # a 1 MB id is not kept, nor logged, whole
         # Not a LogThrottle: that would name one id per 10 s however many differ, and the same
         # id again at each later sweep; this names each of the first ids once, to look them up.

@@ -1,0 +1,40 @@
+"""Every reason `events_rejected_total` counts a refusal under: mypy holds each count to these."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# The README's metrics row, the dashboard and the alerts name these; a new one is added here.
+RejectReason = Literal[
+    # The webhook's: a request refused (4xx) or answered 503.
+    "unsupported_media_type",
+    "body_too_large",
+    "missing_signature",
+    "malformed_signature",
+    "invalid_signature",
+    "invalid_utf8",
+    "invalid_json",
+    "empty_body",
+    "invalid_body",
+    "incomplete_body",
+    "body_timeout",
+    "stale_timestamp",
+    "future_timestamp",
+    "missing_timestamp",
+    "kafka_unavailable",
+    "stopping",
+    "overloaded",
+    "too_many_events",
+    "expectation_failed",
+    "internal_error",
+    "not_found",
+    "method_not_allowed",
+    "bad_request_head",
+    # Any channel's: an event Kafka refuses even as a dead letter (or a feed frame too big to read).
+    "too_large",
+    # The call logs': an id that is no call id.
+    "invalid_call_id",
+    # The feed's other losses.
+    "backlog_full",
+    "shutdown",
+]
