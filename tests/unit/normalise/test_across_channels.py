@@ -107,7 +107,8 @@ def log_entry_copies(entry: Entry) -> list[Copy]:
 
 def alert_copies(body: Entry) -> list[Copy]:
     """Pinecall posts an alert by webhook alone, the same bytes on a retry or a duplicate."""
-    posted = encode(body)
+    # The bytes the simulator posts (the platform's: `\u` escapes), not a log entry's encoding.
+    posted = wire.alert_wire(body)
     return [Copy(f"webhook copy {n}", "webhook", item) for n in (1, 2) for item in webhook(posted)]
 
 
