@@ -8,7 +8,8 @@ does, and the parent exits 0 once all have stopped cleanly; workers still runnin
 restarted after a pause, and so is one killed for answering no probe for `silent` seconds
 (BRIDGE_HTTP__WORKER_SILENCE_SECONDS: stopped, or its event loop wedged; 0: never killed), or
 none since its spawn for its start-up allowance (silence.py); too many such exits (budget.py)
-stop the pod with exit code 1.
+stop the pod with exit code 1. Before each restart the `.env` variables are written to the runtime
+directory afresh: a cleaner of /tmp may have removed them in a long-lived pod.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Parent:
         silent: float = SILENT_SECONDS,
         probe_every: float = PROBE_EVERY_SECONDS,
         start_up: float = START_UP_SECONDS,
+        dotenv: Mapping[str, str | None] | None = None,
     ) -> None:
         self._grace = grace_seconds
         self._margin = margin
@@ -114,6 +116,7 @@ class Parent:
         self._silent = silent
         self._probe_every = probe_every
         self._start_up = start_up
+        self._dotenv = dotenv
         # Each worker's spawn and last answer (none yet: starting), clock time.
         self._spawned: dict[int, float] = {}
         self._answered: dict[int, float] = {}
@@ -219,7 +222,25 @@ class Parent:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
 
+    def _rewrite_dotenv(self, index: int) -> None:
+        """Write the `.env` variables again before a restart: their file is the worker's start.
+
+        systemd-tmpfiles-clean removes files in /tmp untouched for 10 days: without this, every
+        restart after that exited 3 until the restart budget stopped the pod.
+        """
+        if self._dotenv is None:
+            return
+        try:
+            write_dotenv(dotenv_file(self._runtime_dir), self._dotenv)
+        except OSError as exc:  # the file there, if any, is still whole: the worker may read it
+            log.error(
+                "could not write the .env variables for a restarted worker",
+                extra={"worker": index, "error": repr(exc)},
+            )
+
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        if self._restarts[index]:  # a first start reads what run_parent wrote
+            self._rewrite_dotenv(index)
         role = WorkerRole(
             index=index,
             count=self._count,
@@ -384,6 +405,7 @@ def run_parent(settings: Settings, count: int, dotenv: Mapping[str, str | None])
             settings.shutdown.grace_seconds,
             dedup_process=settings.dedup.own_process,
             silent=settings.http.worker_silence_seconds,
+            dotenv=dotenv,
         )
         return asyncio.run(parent.run())
     finally:

@@ -101,11 +101,17 @@ def dotenv_file(runtime_dir: Path) -> Path:
 
 
 def write_dotenv(path: Path, dotenv: Mapping[str, str | None]) -> None:
-    """Write the parent's `.env` variables for its workers: a file only this user reads, since
-    they may be secrets (kept out of the workers' environment, which /proc shows)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Write (or replace, whole) the parent's `.env` variables for its workers: a file only this
+    user reads, since they may be secrets (kept out of the workers' environment, which /proc shows).
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    # Made anew, never opened as found: O_EXCL keeps the mode 0600 and the file this process's.
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with open(descriptor, "w", encoding="utf-8") as file:
         json.dump(dict(dotenv), file)
+    # A worker starting meanwhile reads the old file or the new one, never half of one.
+    os.replace(temporary, path)
 
 
 # A worker's exit when it cannot read the `.env` variables its supervisor left it: not 1 (a

@@ -20,6 +20,7 @@ import pytest
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
 from bridge.workers.parent import SAME_STOP_SECONDS, Parent, run_parent
+from bridge.workers.role import dotenv_file, write_dotenv
 from tests.polling import until
 from tests.processes import process_gone
 from tests.sockets import free_port
@@ -28,7 +29,7 @@ from tests.sockets import free_port
 # SIGTERM handler is in place: a test that saw the start may stop it at once.
 STAND_IN = """
 import json, os, signal, sys, time
-from bridge.workers.role import WorkerRole, read_stop_by
+from bridge.workers.role import DotenvFileError, WorkerRole, read_dotenv, read_stop_by
 role = json.loads(os.environ["PINECALL_BRIDGE_WORKER"])
 stages = WorkerRole.from_env(os.environ).stages
 stop_by_file = WorkerRole.from_env(os.environ).stop_by_file
@@ -65,8 +66,14 @@ if mode in ("serve", "slow-serve"):  # answers its probes, as a worker does on i
         os.unlink(path)
     server = socketserver.UnixStreamServer(str(path), Probe)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+seen = {}
+if mode == "dotenv":  # as bridge/cli.py: a worker that cannot read them exits 3
+    try:
+        seen["dotenv"] = read_dotenv(WorkerRole.from_env(os.environ).dotenv_file)
+    except DotenvFileError:
+        sys.exit(3)
 with open(out, "a") as f:
-    f.write(json.dumps({**role, "stages": stages, "pid": os.getpid()}) + "\\n")
+    f.write(json.dumps({**role, **seen, "stages": stages, "pid": os.getpid()}) + "\\n")
 if mode == "crash" or (mode == "crash-once" and role["index"] == 1 and role["restarts"] == 0):
     sys.exit(3)
 while True:
@@ -398,6 +405,33 @@ async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
     assert getattr(crash, "restarts", None) == 1
 
 
+@pytest.mark.parametrize("cleaned", ["removed", "damaged"])
+async def test_a_worker_restarted_after_its_dotenv_file_was_cleaned_gets_it_again(
+    tmp_path: Path, cleaned: str
+) -> None:
+    dotenv = {"bridge_http__port": "7001", "bridge_log__level": None}
+    write_dotenv(dotenv_file(tmp_path), dotenv)  # as run_parent does
+    supervisor, started = parent(tmp_path, "dotenv", dotenv=dotenv)
+    running = asyncio.create_task(supervisor.run())
+    first = await until_started(started, 2)
+    # What systemd-tmpfiles-clean does to a file in /tmp untouched for 10 days, or a damage.
+    if cleaned == "removed":
+        dotenv_file(tmp_path).unlink()
+    else:
+        dotenv_file(tmp_path).write_text("{")
+    [one] = [r for r in first if r["index"] == 1]
+    os.kill(one["pid"], signal.SIGKILL)
+    # Without the file written again, each restart exits 3 until the budget stops the pod.
+    third = asyncio.create_task(until_started(started, 3))
+    await asyncio.wait([third, running], return_when=asyncio.FIRST_COMPLETED)
+    assert third.done(), "the pod stopped: its restarted worker could not read the .env"
+    restarted = third.result()[2]
+    assert (restarted["index"], restarted["restarts"], restarted["dotenv"]) == (1, 1, dotenv)
+    supervisor.stop(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await running == 0
+
+
 async def test_workers_that_keep_exiting_stop_the_pod_with_exit_1(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -478,3 +512,20 @@ def test_the_pod_supervisor_gets_the_configured_silence_bound(
     )
     assert run_parent(settings, 2, {}) == 0
     assert bounds == [seconds]
+
+
+def test_the_pod_supervisor_gets_the_dotenv_it_writes_again_before_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed: list[object] = []
+
+    async def no_workers(supervisor: Parent) -> int:
+        handed.append(supervisor._dotenv)
+        return 0
+
+    monkeypatch.setattr(Parent, "run", no_workers)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = load_settings(webhook={"secrets": ["s"]}, http={"port": free_port(), "workers": 2})
+    dotenv = {"bridge_log__level": "debug"}
+    assert run_parent(settings, 2, dotenv) == 0
+    assert handed == [dotenv]

@@ -82,6 +82,17 @@ def test_the_dotenv_handed_to_workers_is_read_as_written(tmp_path: Path) -> None
     assert read_dotenv(path) == written
 
 
+def test_the_dotenv_file_is_replaced_whole_and_kept_private(tmp_path: Path) -> None:
+    path = dotenv_file(tmp_path)
+    path.write_text("{")  # damaged, or a previous write's
+    path.with_name(path.name + ".tmp").write_text("left by a write cut short")
+    written = {"bridge_http__port": "7001"}
+    write_dotenv(path, written)
+    assert read_dotenv(path) == written
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [
