@@ -1768,6 +1768,13 @@ def load(
         if read.variables is None:
             raise ConfigError([_unreadable_dotenv(exc)]) from None
         raise ConfigError([_unreadable_file(exc)], read.variables) from None
+    except RecursionError:
+        # A section's JSON nested past Python's recursion limit: pydantic-settings' read of it
+        # raised this, naming no field.
+        deep = _too_deep({**os.environ, **(read.variables or {})}) or ["BRIDGE_*"]
+        raise ConfigError(
+            [f"{name}: a JSON value nested too deep to read" for name in deep], read.variables
+        ) from None
     except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in a list)
         field = re.search(r'field "(\w+)"', str(exc))
         where = f"BRIDGE_{field.group(1).upper()}__*" if field else "BRIDGE_*"
@@ -1779,6 +1786,20 @@ def load(
         _DOTENV_READ.reset(read_token)
         _SERVING.reset(token)
     return Loaded(settings, read.variables or {})
+
+
+def _too_deep(variables: Mapping[str, str | None]) -> list[str]:
+    """The `BRIDGE_*` variables whose JSON is nested past Python's recursion limit."""
+    deep = set()
+    for name, value in variables.items():
+        if name.upper().startswith("BRIDGE_") and value:
+            try:
+                json.loads(value)
+            except RecursionError:
+                deep.add(name.upper())
+            except ValueError:
+                pass
+    return sorted(deep)
 
 
 def known_variables() -> set[str]:
@@ -1839,7 +1860,7 @@ def _unknown_json_keys(upper: str, value: str | None, where: str) -> list[str]:
         return []
     try:
         parsed = json.loads(value)  # the stdlib's, as pydantic-settings reads it
-    except ValueError:  # not JSON: load_settings names the variable
+    except (ValueError, RecursionError):  # not JSON, or too deep: load_settings names it
         return []
     return _unknown_keys(model, parsed, where)
 

@@ -183,6 +183,11 @@ def test_check_reads_the_dotenv_file_for_unknown_variables_too(
     [
         ("BRIDGE_KAFKA__LINGER_MS=abc", "BRIDGE_KAFKA__LINGER_MS: Input should be a valid integer"),
         ("BRIDGE_KAFKA={bad", "BRIDGE_KAFKA__*: a value could not be parsed"),
+        # Past Python's recursion limit every JSON read of it raised RecursionError: a traceback.
+        (
+            "BRIDGE_SECRETS_DIR=secrets\nBRIDGE_WEBHOOK=" + '{"a":' * 5000 + "1" + "}" * 5000,
+            "BRIDGE_WEBHOOK: a JSON value nested too deep to read",
+        ),
         (
             "BRIDGE_SECRETS_DIR=secrets\nBRIDGE_WEBHOOK__SECRETS=s",
             "BRIDGE_WEBHOOK__SECRETS: set both as a file in BRIDGE_SECRETS_DIR and in the .env",

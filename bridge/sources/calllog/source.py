@@ -243,12 +243,17 @@ class CallLogSource:
             # Raised into the stage, it skipped the rest of its rebalance or its partition's
             # loss (no pause, no restart); the calls handed back waited for the next offer.
             self._crashed_in_stage()
+            return  # its task starts the calls handed back, and checks the queue then
+        # The moved partitions' calls left the queue: it may have drained here, not only when a
+        # follower finishes (a live call's follower runs for its whole length).
+        self._read_if_drained()
 
     async def _take_over(self) -> None:
         """The takeovers' steps, one takeover after another; a sweep after each not lost."""
         if self.roster is not None:
             # Run again after a crash: the calls a raising launch handed back start first.
             self._launch(self.roster.refill())
+            self._read_if_drained()
         while self._takeovers:
             takeover = self._takeovers[0]
             while not takeover.done:
@@ -496,11 +501,18 @@ class CallLogSource:
         if self.roster is not None and not self._stopping.is_set():
             at = current[0].state.ended_at  # its end, by which the roster remembers it
             self._launch(self.roster.finished(call, ended=ended, at=at))
-            if self.roster.missed and not self.roster.waiting:
-                # Calls were dropped from a full queue, which has now drained: the call list
-                # finds those still live or recently ended (the org feed will not repeat them).
-                self.roster.missed = False
-                self._schedule_sweep()
+            self._read_if_drained()
+
+    def _read_if_drained(self) -> None:
+        """Calls were dropped from a full queue, which has now drained: the call list finds those
+        still live or recently ended (the org feed will not repeat them)."""
+        roster = self.roster
+        if roster is None or self._stopping.is_set() or not roster.missed or roster.waiting:
+            return
+        roster.missed = False
+        # With no partition left, none of them is ours: their new owners read the list.
+        if roster.owned:
+            self._schedule_sweep()
 
     def _dropped(self, call: str) -> None:
         """A call the full waiting queue did not take: counted; logged once until it drains."""

@@ -602,6 +602,54 @@ async def test_calls_dropped_from_a_full_queue_are_swept_for_once_it_drains(
     assert not source.roster.missed
 
 
+@pytest.mark.parametrize("change", ["lost", "assigned"])
+async def test_a_full_queue_drained_by_a_partition_leaving_is_swept_for_at_once(
+    monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # Only a follower's finish checked the queue: a long live call's follower kept the sweep
+    # back for its whole length, and a dropped call that ended meanwhile left the dedup window.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 1, on_drop=source._dropped)
+    own(roster, 0, {}, {})
+    own(roster, 1, {}, {})
+    sweeps: list[None] = []
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(None))
+    faked_followers(monkeypatch, source, set())
+    (long_call, dropped), gone = calls_in(0, 2), calls_in(1, roster.max_waiting)
+    for call in [long_call, *gone, dropped]:
+        source.announce(call)
+    assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
+    assert list(roster.waiting) == gone
+    if change == "lost":
+        source.partition_lost(1)
+    else:
+        source.partitions_assigned({0})
+    assert set(source._followers) == {long_call}  # still followed, not finished
+    assert sweeps == [None]
+    assert not roster.missed
+    await cancel_followers(source)
+
+
+def test_a_queue_drained_by_every_partition_leaving_reads_no_call_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None of the dropped calls is ours any more: their new owners read the list.
+    metrics = Metrics()
+    source = call_log_source(metrics)
+    roster = source.roster = Roster(6, 1, on_drop=source._dropped)
+    own(roster, 0, {}, {})
+    sweeps: list[None] = []
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(None))
+    for call in calls_in(0, 2 + roster.max_waiting):
+        roster.offer(call)
+    assert sample(metrics, "pinecall_bridge_sse_calls_dropped_total") == 1
+    source.partitions_assigned(set())
+    assert not roster.waiting
+    assert not sweeps
+    assert not roster.missed
+
+
 # What a read of the call list gives: a listing, an error, or (None) CA_1 listed live.
 ListOutcome = CallListing | CallListError | None
 
