@@ -10,7 +10,8 @@ steps of `--step` records handed to 12 partitions in turn, a commit (`StageProdu
 counts the transaction's metrics) every `--commit-every` records, as one at 1,000/s every 100 ms
 would. The producer is the unit tests' `FakeProducer` (sends that do not suspend, no Kafka I/O),
 the metrics real; uvloop. The old variant is today's code with one change undone by patching (the
-old functions are copied below); `control` runs today's code against itself. `--profile` ranks
+old functions are copied below), each variant its own stage (its own windows: `window` swaps the
+class the tasks make); `control` runs today's code against itself. `--profile` ranks
 today's code's own time instead (cProfile on `time.process_time`). Nothing expires from the windows
 (the default TTL): past its TTL a window expires about a record per record. Rounds, order and
 report as in `bench.handlerpath`, whose machinery this shares: µs per record, not per event.
@@ -24,15 +25,28 @@ import cProfile
 import gc
 import io
 import pstats
+import sys
 import time
+from array import array
 from collections.abc import Callable
 
 from aiokafka import TopicPartition
 
 from bench.handlerpath import Outcome, _patched, _run, report
 from bridge.config import DedupSettings
+from bridge.dedup import task as task_module
 from bridge.dedup.task import PartitionTask
 from bridge.dedup.transaction import StageProducer, _Transaction
+from bridge.dedup.window import (
+    _COMPACT_AFTER,
+    _COMPACT_SHARE,
+    _COMPACT_STEP,
+    _ENTRY_OBJECTS,
+    _EXPIRE_STEP,
+    _HALF_MS,
+    _LOW,
+    ttl_ms,
+)
 from bridge.groups import GroupMetadata
 from bridge.ingest.record import encode
 from bridge.metrics import Metrics
@@ -67,8 +81,146 @@ def _old_count(self: StageProducer, txn: _Transaction) -> None:
             m.event_lag.observe(max(now - event_time, 0.0))
 
 
+class _OldSeenWindow:
+    """A copy, on purpose (the A/B's old side), of bridge/dedup/window.py's `SeenWindow` before
+    its ids were split over `_SHARDS` dicts: one dict, rebuilt whole by CPython when used up."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        if ttl <= 0 or max_entries < 1:
+            raise ValueError("ttl must be > 0 and max_entries >= 1")
+        # Half a ms over the TTL in whole ms: append times are whole ms (k / 1000 s), so a copy
+        # exactly TTL after its first, a float difference off by ~1e-7 s either way, stays a
+        # duplicate and one a ms later does not. Decided as in integer ms, at no cost a record.
+        self._ttl = ttl_ms(ttl) / 1000 + _HALF_MS
+        self._max = max_entries
+        # digest → its last-seen time; the arrays queue its sightings (one per id and time) in
+        # arrival order, which is expiry order because stream time never goes back (`observe`).
+        self._last: dict[int, float] = {}
+        self._high = array("Q")
+        self._low = array("Q")
+        self._times = array("d")
+        self._head = 0
+        # While a pass dropping stale slots runs (`_drop_stale`, started past twice the live ids'
+        # slots, a few slots a sighting, shifting the latest sightings down in place, in order):
+        # the slots from the head up to `_kept` are those it kept, from there up to `_read`
+        # garbage, from `_read` on not yet examined. Both -1 when none runs.
+        self._kept = self._read = -1
+        self.stream_time = float("-inf")
+        self.evicted_early = 0
+
+    def __len__(self) -> int:
+        """Ids held: those whose TTL passed by stream time too, until `_evict` reaches them."""
+        return len(self._last)
+
+    def size_bytes(self) -> int:
+        """Estimated bytes held: the table and queues as allocated, plus each id's objects. O(1)."""
+        # sys.getsizeof counts a dict's or array's allocation, not its length: the slack a
+        # growth or a takeover left behind shows too.
+        tables = sys.getsizeof(self._last) + sys.getsizeof(self._high)
+        queues = sys.getsizeof(self._low) + sys.getsizeof(self._times)
+        return tables + queues + len(self._last) * _ENTRY_OBJECTS
+
+    def __contains__(self, key: int) -> bool:
+        seen = self._last.get(key)
+        return seen is not None and seen >= self.stream_time - self._ttl
+
+    def observe(self, key: int, appended_at: float) -> bool:
+        """Record a sighting; True when the id is new (not seen within the TTL before it)."""
+        # A broker clock step back must not reorder the queue: time only moves forward here.
+        now = appended_at if appended_at > self.stream_time else self.stream_time
+        self.stream_time = now
+        self._evict(now, _EXPIRE_STEP)
+        previous = self._last.get(key)
+        if previous == now:
+            # Its slot at this time stands for it already. A second one would outlive the id's
+            # eviction by the cap and, the id back at this same time, evict it again at once:
+            # the id just seen forgotten, an older one kept.
+            return False
+        fresh = previous is None or previous < now - self._ttl
+        self._last[key] = now
+        self._high.append(key >> 64)
+        self._low.append(key & _LOW)
+        self._times.append(now)
+        if len(self._last) > self._max:
+            self._evict(now, 0, over_cap=True)
+        if self._read >= 0 or len(self._times) - self._head > 2 * len(self._last) + _COMPACT_AFTER:
+            self._drop_stale()
+        return fresh
+
+    def drop_expired(self, limit: int) -> int:
+        """Drop ids whose TTL passed by stream time, examining at most `limit` slots (returned)."""
+        return self._evict(self.stream_time, limit)
+
+    def _drop_stale(self) -> None:
+        """Examine the next `_COMPACT_STEP` slots of a pass keeping only each id's latest sighting.
+
+        Else copies of a few ids (a retry storm) grow the queue a slot each for a whole TTL.
+        """
+        last, high, low, times = self._last, self._high, self._low, self._times
+        if self._read < 0:
+            self._kept = self._read = self._head
+        kept, read, end = self._kept, self._read, len(times)
+        stop = min(read + _COMPACT_STEP, end)
+        while read < stop:
+            when = times[read]
+            # An id has one slot at its latest time (`observe`): any other of its slots is stale.
+            if last.get((high[read] << 64) | low[read]) == when:
+                if kept != read:
+                    high[kept], low[kept], times[kept] = high[read], low[read], when
+                kept += 1
+            read += 1
+        if read == end:  # the pass is done: what follows what it kept is garbage
+            del high[kept:]
+            del low[kept:]
+            del times[kept:]
+            self._kept = self._read = -1
+        elif kept == self._head:  # nothing kept before the garbage: the queue starts after it
+            self._head = self._kept = self._read = read
+        else:
+            self._kept, self._read = kept, read
+
+    def _evict(self, now: float, limit: int, *, over_cap: bool = False) -> int:
+        """Drop the slots expired at `now`, at most `limit`; `over_cap`, as many more as bring the
+        ids down to the cap, oldest first (the expired ones are). Returns the slots examined."""
+        last, high, low, times = self._last, self._high, self._low, self._times
+        head, end, horizon = self._head, len(times), now - self._ttl
+        garbage = self._kept  # where a running pass's garbage starts (-1: no pass runs)
+        examined = 0
+        while head < end:
+            when = times[head]
+            if (when >= horizon or examined >= limit) and not (over_cap and len(last) > self._max):
+                break
+            examined += 1
+            key = (high[head] << 64) | low[head]
+            head += 1
+            if head == garbage:
+                # Every slot the pass kept is gone: on to those it has not read. Its garbage holds
+                # the slots it moved down as they were: one could pass for the latest sighting of
+                # an id evicted by the cap and seen again at that time, and forget it.
+                head = self._read
+            if last.get(key) == when:  # its latest sighting: nothing later keeps it
+                del last[key]
+                if when >= horizon:
+                    self.evicted_early += 1
+        if garbage >= 0 and head >= garbage:  # the pass goes on from the head
+            self._kept = self._read = head
+        if head > _COMPACT_AFTER and head * _COMPACT_SHARE > end:
+            # Amortised O(1): a compaction moves the live slots, at most three times the
+            # consumed ones that set it off.
+            del high[:head]
+            del low[:head]
+            del times[:head]
+            if self._read >= 0:
+                self._kept -= head
+                self._read -= head
+            head = 0
+        self._head = head
+        return examined
+
+
 VARIANTS: dict[str, Patch] = {
     "histograms": lambda: _patched((StageProducer, "_count", _old_count)),
+    "window": lambda: _patched((task_module, "SeenWindow", _OldSeenWindow)),
     "control": contextlib.nullcontext,
 }
 
@@ -156,13 +308,20 @@ async def measure(
     variant: str, rounds: int, per_round: int, step: int, commit_every: int
 ) -> Outcome:
     """`rounds` paired rounds of `per_round` records of the old and the new variant each."""
-    stage = _Stage()
     old_patch = VARIANTS[variant]
-    await _timed(stage, _steps(_records(stage, 0, per_round), step), commit_every)  # warm-up
+    # A stage each, the old one made under its patch: its windows are the old class, and each
+    # side's windows hold its own rounds' ids (as many on either side).
+    with old_patch():
+        stages = {"old": _Stage()}
+    stages["new"] = _Stage()
+    for which, stage in stages.items():
+        with old_patch() if which == "old" else contextlib.nullcontext():
+            await _timed(stage, _steps(_records(stage, 0, per_round), step), commit_every)
     outcome = Outcome([], [])
     for n in range(rounds):
         order = ("old", "new") if n % 2 == 0 else ("new", "old")
         for k, which in enumerate(order):
+            stage = stages[which]
             # Made just before its turn: the tasks' positions move with every batch.
             steps = _steps(_records(stage, 2 * n + k + 1, per_round), step)
             gc.collect()

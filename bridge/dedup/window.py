@@ -37,6 +37,12 @@ _EXPIRE_STEP = 64
 # (`drop_expired_in`), so a window left idle after its gap is emptied too.
 EXPIRE_POLL_STEP = 4096
 _LOW = (1 << 64) - 1
+# The ids' dicts, chosen by a digest's low bits. CPython rebuilds a dict whose entries table is
+# used up (by deleted keys, at steady state), all of it in one insert: ~35 ms at 600k ids, about
+# every 800k new ids, the event loop held. Split, a rebuild moves a 16th (~2 ms, as the head cut's
+# memmove); 64 dicts cost 10% more CPU per sighting, 16 about 3% (bench/OPTIMISATIONS.md).
+_SHARDS = 16
+_SHARD = _SHARDS - 1
 # Each remembered id's own objects as the allocator hands them out (16-byte blocks): its digest,
 # a 128-bit int (44 bytes), and its last-seen time, a float (24).
 _ENTRY_OBJECTS = 48 + 32
@@ -72,9 +78,11 @@ class SeenWindow:
         # duplicate and one a ms later does not. Decided as in integer ms, at no cost a record.
         self._ttl = ttl_ms(ttl) / 1000 + _HALF_MS
         self._max = max_entries
-        # digest → its last-seen time; the arrays queue its sightings (one per id and time) in
-        # arrival order, which is expiry order because stream time never goes back (`observe`).
-        self._last: dict[int, float] = {}
+        # digest → its last-seen time, in the dict of its low bits (`_SHARDS`); the arrays queue
+        # its sightings (one per id and time) in arrival order, which is expiry order because
+        # stream time never goes back (`observe`).
+        self._shards: list[dict[int, float]] = [{} for _ in range(_SHARDS)]
+        self._ids = 0  # over all the dicts
         self._high = array("Q")
         self._low = array("Q")
         self._times = array("d")
@@ -89,18 +97,18 @@ class SeenWindow:
 
     def __len__(self) -> int:
         """Ids held: those whose TTL passed by stream time too, until `_evict` reaches them."""
-        return len(self._last)
+        return self._ids
 
     def size_bytes(self) -> int:
-        """Estimated bytes held: the table and queues as allocated, plus each id's objects. O(1)."""
+        """Estimated bytes held: the tables and queues as allocated, plus each id's objects."""
         # sys.getsizeof counts a dict's or array's allocation, not its length: the slack a
         # growth or a takeover left behind shows too.
-        tables = sys.getsizeof(self._last) + sys.getsizeof(self._high)
-        queues = sys.getsizeof(self._low) + sys.getsizeof(self._times)
-        return tables + queues + len(self._last) * _ENTRY_OBJECTS
+        tables = sum(map(sys.getsizeof, self._shards)) + sys.getsizeof(self._shards)
+        queues = sys.getsizeof(self._high) + sys.getsizeof(self._low) + sys.getsizeof(self._times)
+        return tables + queues + self._ids * _ENTRY_OBJECTS
 
     def __contains__(self, key: int) -> bool:
-        seen = self._last.get(key)
+        seen = self._shards[key & _SHARD].get(key)
         return seen is not None and seen >= self.stream_time - self._ttl
 
     def observe(self, key: int, appended_at: float) -> bool:
@@ -109,20 +117,25 @@ class SeenWindow:
         now = appended_at if appended_at > self.stream_time else self.stream_time
         self.stream_time = now
         self._evict(now, _EXPIRE_STEP)
-        previous = self._last.get(key)
+        last = self._shards[key & _SHARD]
+        previous = last.get(key)
         if previous == now:
             # Its slot at this time stands for it already. A second one would outlive the id's
             # eviction by the cap and, the id back at this same time, evict it again at once:
             # the id just seen forgotten, an older one kept.
             return False
-        fresh = previous is None or previous < now - self._ttl
-        self._last[key] = now
+        if previous is None:
+            self._ids += 1
+            fresh = True
+        else:
+            fresh = previous < now - self._ttl
+        last[key] = now
         self._high.append(key >> 64)
         self._low.append(key & _LOW)
         self._times.append(now)
-        if len(self._last) > self._max:
+        if self._ids > self._max:
             self._evict(now, 0, over_cap=True)
-        if self._read >= 0 or len(self._times) - self._head > 2 * len(self._last) + _COMPACT_AFTER:
+        if self._read >= 0 or len(self._times) - self._head > 2 * self._ids + _COMPACT_AFTER:
             self._drop_stale()
         return fresh
 
@@ -135,17 +148,17 @@ class SeenWindow:
 
         Else copies of a few ids (a retry storm) grow the queue a slot each for a whole TTL.
         """
-        last, high, low, times = self._last, self._high, self._low, self._times
+        shards, high, low, times = self._shards, self._high, self._low, self._times
         if self._read < 0:
             self._kept = self._read = self._head
         kept, read, end = self._kept, self._read, len(times)
         stop = min(read + _COMPACT_STEP, end)
         while read < stop:
-            when = times[read]
+            when, lo = times[read], low[read]
             # An id has one slot at its latest time (`observe`): any other of its slots is stale.
-            if last.get((high[read] << 64) | low[read]) == when:
+            if shards[lo & _SHARD].get((high[read] << 64) | lo) == when:
                 if kept != read:
-                    high[kept], low[kept], times[kept] = high[read], low[read], when
+                    high[kept], low[kept], times[kept] = high[read], lo, when
                 kept += 1
             read += 1
         if read == end:  # the pass is done: what follows what it kept is garbage
@@ -161,24 +174,27 @@ class SeenWindow:
     def _evict(self, now: float, limit: int, *, over_cap: bool = False) -> int:
         """Drop the slots expired at `now`, at most `limit`; `over_cap`, as many more as bring the
         ids down to the cap, oldest first (the expired ones are). Returns the slots examined."""
-        last, high, low, times = self._last, self._high, self._low, self._times
+        shards, high, low, times = self._shards, self._high, self._low, self._times
         head, end, horizon = self._head, len(times), now - self._ttl
         garbage = self._kept  # where a running pass's garbage starts (-1: no pass runs)
         examined = 0
         while head < end:
             when = times[head]
-            if (when >= horizon or examined >= limit) and not (over_cap and len(last) > self._max):
+            if (when >= horizon or examined >= limit) and not (over_cap and self._ids > self._max):
                 break
             examined += 1
-            key = (high[head] << 64) | low[head]
+            lo = low[head]
+            key = (high[head] << 64) | lo
             head += 1
             if head == garbage:
                 # Every slot the pass kept is gone: on to those it has not read. Its garbage holds
                 # the slots it moved down as they were: one could pass for the latest sighting of
                 # an id evicted by the cap and seen again at that time, and forget it.
                 head = self._read
+            last = shards[lo & _SHARD]
             if last.get(key) == when:  # its latest sighting: nothing later keeps it
                 del last[key]
+                self._ids -= 1
                 if when >= horizon:
                     self.evicted_early += 1
         if garbage >= 0 and head >= garbage:  # the pass goes on from the head
