@@ -5,12 +5,15 @@ import subprocess
 import sys
 import tracemalloc
 from array import array
+from typing import cast
 from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench import dedupstep
+from bench.dedupstep import _OldSeenWindow
 from bridge.dedup import SeenWindow, digest
 from bridge.dedup import window as window_module
 from bridge.dedup.window import drop_expired_in
@@ -572,3 +575,77 @@ def test_no_sighting_rebuilds_more_than_a_small_share_of_the_ids_dicts() -> None
     assert len(window) == live + 1
     # One dict: a sighting allocated 38% of the window's bytes at once; a 16th of the ids: ~3%.
     assert most <= window.size_bytes() / 16
+
+
+# Ids for the differential test: digests, and ids that share their low 64 bits (so their dict and
+# their queue's `_low`) but not their high ones, the widest ones too.
+_DIFF_KEYS = [key(f"CA_{n}") for n in range(16)] + [
+    (high << 64) | low for high in (0, 1, (1 << 64) - 1) for low in (5, (1 << 64) - 1)
+]
+
+
+@pytest.mark.parametrize(
+    ("compact_after", "step", "expire_step"),
+    [(4096, 64, 64), (2, 3, 2), (0, 2, 0)],
+    ids=["as-shipped", "small-steps", "expiry-by-polls"],
+)
+@pytest.mark.parametrize(("seed", "cap"), [(1, 1), (2, 3), (3, 8), (4, 20), (5, 1_000)])
+def test_decides_and_holds_exactly_as_the_one_dict_window_it_replaced(
+    seed: int,
+    cap: int,
+    compact_after: int,
+    step: int,
+    expire_step: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The split over dicts changed where an id is kept and how the ids are counted, nothing
+    # else: any step where the two disagree, in a decision or in what they hold, is a drift.
+    # Small steps: passes dropping stale slots meet evictions; at an expire step of 0 expired
+    # ids stay held until a poll drops them.
+    for module in (window_module, dedupstep):  # the copy bound the constants at its import
+        monkeypatch.setattr(module, "_COMPACT_AFTER", compact_after)
+        monkeypatch.setattr(module, "_COMPACT_STEP", step)
+        monkeypatch.setattr(module, "_EXPIRE_STEP", expire_step)
+    rng = random.Random(seed)
+    ttl = 0.03
+    # Two partitions' windows each, as the stage polls them together (`drop_expired_in`).
+    new = [SeenWindow(ttl, cap) for _ in range(2)]
+    old = [_OldSeenWindow(ttl, cap) for _ in range(2)]
+    decisions: set[bool] = set()
+    ms = 1_000_000
+    for n in range(3_000):
+        # Mostly a ms or none, now and then back; rarely exactly the TTL, a ms past it, or three.
+        ms += (
+            rng.choice((0, 0, 0, 1, 1, 2, 3, -2))
+            if rng.random() < 0.97
+            else rng.choice((30, 31, 90))
+        )
+        # A few hot ids (a retry storm) leave the stale slots that start passes.
+        i, k = rng.randrange(2), rng.choice(_DIFF_KEYS[:3] if rng.random() < 0.4 else _DIFF_KEYS)
+        action = rng.random()
+        if action < 0.6:
+            at = (ms - rng.choice((0, 0, 0, 1, 4))) / 1000
+            decided = new[i].observe(k, at)
+            assert decided == old[i].observe(k, at), n
+            decisions.add(decided)
+        elif action < 0.8:
+            assert (k in new[i]) == (k in old[i]), n
+        elif action < 0.93:
+            limit = rng.randrange(4)
+            assert new[i].drop_expired(limit) == old[i].drop_expired(limit), n
+        else:
+            limit = rng.randrange(1, 6)
+            drop_expired_in(new, limit)
+            # It only calls each window's `drop_expired`, which the copy has as it was.
+            drop_expired_in(cast("list[SeenWindow]", old), limit)
+        for now, then in zip(new, old, strict=True):
+            assert len(now) == len(then) == sum(map(len, now._shards)), n
+            assert now.evicted_early == then.evicted_early, n
+            assert now.stream_time == then.stream_time, n
+            assert held(now) == then._last, n
+            assert (now._head, now._kept, now._read) == (then._head, then._kept, then._read), n
+            queued = (now._high, now._low, now._times)
+            assert queued == (then._high, then._low, then._times), n
+    # The stream did what it is for: new ids and duplicates; the small caps evicted.
+    assert decisions == {True, False}
+    assert (sum(w.evicted_early for w in new) > 0) == (cap <= 8)
