@@ -494,38 +494,39 @@ def test_an_admin_port_another_process_listens_on_is_refused_before_any_worker(
     assert list(tmp_path.iterdir()) == []  # no runtime directory made
 
 
-@pytest.mark.parametrize("seconds", [0.0, 40.0])
-def test_the_pod_supervisor_gets_the_configured_silence_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float
-) -> None:
-    bounds: list[float] = []
+def supervisor_of(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dotenv: dict[str, str | None],
+    **http: object,
+) -> Parent:
+    """The Parent `run_parent` makes for a pod of 2 workers, run to nothing."""
+    made: list[Parent] = []
 
     async def no_workers(supervisor: Parent) -> int:
-        bounds.append(supervisor._silent)
+        made.append(supervisor)
         return 0
 
     monkeypatch.setattr(Parent, "run", no_workers)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     settings = load_settings(
-        webhook={"secrets": ["s"]},
-        http={"port": free_port(), "workers": 2, "worker_silence_seconds": seconds},
+        webhook={"secrets": ["s"]}, http={"port": free_port(), "workers": 2, **http}
     )
-    assert run_parent(settings, 2, {}) == 0
-    assert bounds == [seconds]
+    assert run_parent(settings, 2, dotenv) == 0
+    [supervisor] = made
+    return supervisor
+
+
+@pytest.mark.parametrize("seconds", [0.0, 40.0])
+def test_the_pod_supervisor_gets_the_configured_silence_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
+    supervisor = supervisor_of(tmp_path, monkeypatch, {}, worker_silence_seconds=seconds)
+    assert supervisor._silent == seconds
 
 
 def test_the_pod_supervisor_gets_the_dotenv_it_writes_again_before_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handed: list[object] = []
-
-    async def no_workers(supervisor: Parent) -> int:
-        handed.append(supervisor._dotenv)
-        return 0
-
-    monkeypatch.setattr(Parent, "run", no_workers)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    settings = load_settings(webhook={"secrets": ["s"]}, http={"port": free_port(), "workers": 2})
-    dotenv = {"bridge_log__level": "debug"}
-    assert run_parent(settings, 2, dotenv) == 0
-    assert handed == [dotenv]
+    dotenv: dict[str, str | None] = {"bridge_log__level": "debug"}
+    assert supervisor_of(tmp_path, monkeypatch, dotenv)._dotenv == dotenv
