@@ -239,7 +239,7 @@ async def _old_handle(
     finally:
         self._in_flight_bytes -= charge
     if not result.ok:
-        self._metrics.rejected.labels("webhook", "kafka_unavailable").inc()
+        self._metrics.rejection("webhook", "kafka_unavailable").inc()
         return json_response(
             {
                 "error": "kafka_unavailable",

@@ -1,3 +1,4 @@
+import ast
 import math
 import re
 from pathlib import Path
@@ -127,6 +128,54 @@ def test_a_refused_signature_verdict_is_a_rejection_reason() -> None:
     # would be a reason the README, the dashboard and the alerts never name.
     refused = {v.value for v in Verdict if v is not Verdict.VALID}
     assert refused <= set(get_args(RejectReason)), refused - set(get_args(RejectReason))
+
+
+# The project's Python outside tests: any of it may be handed a Metrics.
+SOURCE_ROOTS = ("bridge", "bench", "chaos", "tools")
+# Reads of an attribute named `rejected` that is no counter: the demo's total, read off /metrics.
+NOT_THE_COUNTER = {("bridge/demo/view.py", "now.rejected")}
+
+
+def _rejected_past_rejection(source: str, name: str) -> list[str]:
+    """Each read of a `.rejected` attribute in `source` (file `name`) but Metrics.rejection's."""
+    tree = ast.parse(source, name)
+    allowed: set[ast.AST] = set()
+    if name == "bridge/metrics.py":
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "rejection":
+                allowed.update(ast.walk(node))
+    reads = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "rejected"
+        and isinstance(node.ctx, ast.Load)
+        and node not in allowed
+        and (name, ast.unparse(node)) not in NOT_THE_COUNTER
+    ]
+    return [f"{name}:{n.lineno}: {ast.unparse(n)}" for n in sorted(reads, key=lambda n: n.lineno)]
+
+
+def test_every_rejection_is_counted_through_metrics_rejection() -> None:
+    # `rejected.labels(...)` takes any string, past mypy: a reason outside RejectReason counts a
+    # series the README, the dashboard and the alerts never name.
+    root = README.parent
+    paths = sorted(p for top in SOURCE_ROOTS for p in (root / top).rglob("*.py"))
+    assert root / "bridge" / "metrics.py" in paths
+    found = [
+        hit
+        for path in paths
+        for hit in _rejected_past_rejection(path.read_text(), path.relative_to(root).as_posix())
+    ]
+    assert not found, "count these through Metrics.rejection(channel, reason):\n" + "\n".join(found)
+
+
+def test_the_rejection_guard_finds_a_direct_count_and_an_alias() -> None:
+    source = 'm.rejected.labels("sse", "x").inc()\ncounter = self._metrics.rejected\n'
+    assert _rejected_past_rejection(source, "bridge/x.py") == [
+        "bridge/x.py:1: m.rejected",
+        "bridge/x.py:2: self._metrics.rejected",
+    ]
 
 
 def test_a_help_text_listing_a_labels_values_lists_them_all() -> None:

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 import weakref
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -1230,13 +1230,30 @@ async def test_a_partition_handed_back_after_a_revocation_exports_its_lag_again(
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="3") == 6
 
 
+@dataclass
+class StageClocks:
+    """The stage's wall and monotonic clocks, moved only by the test."""
+
+    wall: float = 100_000.0
+    ticks: float = 5_000.0
+
+
+def ticking(monkeypatch: pytest.MonkeyPatch) -> StageClocks:
+    """The stage's time.time and time.monotonic read from the clocks returned."""
+    clocks = StageClocks()
+    monkeypatch.setattr(
+        stage_module,
+        "time",
+        SimpleNamespace(time=lambda: clocks.wall, monotonic=lambda: clocks.ticks),
+    )
+    return clocks
+
+
 def stepped_lag(monkeypatch: pytest.MonkeyPatch, step: float) -> float:
     """Partition 1's lag gauge 120 s into a spell behind, its last record appended 10 minutes
     before the spell; this replica's wall clock off by -`step` until stepped right 60 s in."""
-    wall, mono = [100_000.0 - step], [5_000.0]  # the broker's clock (append times) is right
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: wall[0], monotonic=lambda: mono[0])
-    )
+    clocks = ticking(monkeypatch)
+    clocks.wall -= step  # the broker's clock (append times) is right
     h = Harness(1)
     heard_throughout(h)
     h.tasks[1].last_appended_at = 99_400.0
@@ -1244,11 +1261,11 @@ def stepped_lag(monkeypatch: pytest.MonkeyPatch, step: float) -> float:
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))  # caught up: a spell starts next
     consumer.ahead = 3
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))  # behind from now
-    wall[0] += 60 + step
-    mono[0] += 60
+    clocks.wall += 60 + step
+    clocks.ticks += 60
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
-    wall[0] += 60
-    mono[0] += 60
+    clocks.wall += 60
+    clocks.ticks += 60
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     return sample(h.metrics, "pinecall_bridge_dedup_lag_seconds", partition="1")
 
@@ -1275,7 +1292,7 @@ class FailingFetches(LaggingConsumer):
     stage. Notes partition p's gauges as each fetch begins."""
 
     def __init__(
-        self, stage: DedupStage, clocks: list[float], ahead: int, failures: int, error: Exception
+        self, stage: DedupStage, clocks: StageClocks, ahead: int, failures: int, error: Exception
     ) -> None:
         super().__init__({tp(1), tp(2)}, base=10, ahead=0)
         self.stage, self.clocks, self.error = stage, clocks, error
@@ -1300,13 +1317,13 @@ class FailingFetches(LaggingConsumer):
         )
         self.fetches += 1
         if self.fetches > 1:
-            self.clocks[0] += 10.0
-            self.clocks[1] += 10.0
+            self.clocks.wall += 10.0
+            self.clocks.ticks += 10.0
         if 1 < self.fetches <= 1 + self.failures:
             raise self.error
         if self.fetches > 1:
             self.stage._running = False
-        self.stamp = int(self.clocks[0] * 1000)  # aiokafka's: the wall clock at the answer
+        self.stamp = int(self.clocks.wall * 1000)  # aiokafka's: the wall clock at the answer
         return {}
 
 
@@ -1321,15 +1338,12 @@ async def test_a_partition_behind_keeps_ageing_while_fetches_fail(
     # Fails on the old code: a fetch that raised skipped the lag's update, so a partition behind
     # read the age it had at the last answer for as long as the fetches failed (and a refused ACL
     # forever), and nothing told how long the broker had not answered.
-    clocks = [100_000.0, 5_000.0]  # wall, monotonic
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: clocks[0], monotonic=lambda: clocks[1])
-    )
+    clocks = ticking(monkeypatch)
     monkeypatch.setattr(stage_module, "refused_wait", lambda refused: 0.0)
     h = Harness(1, 2)
     heard_throughout(h)
-    h.tasks[1].last_appended_at = clocks[0] - 5  # the last record processed, 5 s ago
-    h.tasks[2].last_appended_at = clocks[0] - 5
+    h.tasks[1].last_appended_at = clocks.wall - 5  # the last record processed, 5 s ago
+    h.tasks[2].last_appended_at = clocks.wall - 5
     consumer = FailingFetches(h.stage, clocks, ahead=3, failures=3, error=error)
     h.stage._consumer = cast(AIOKafkaConsumer, consumer)
     h.stage._running = True
@@ -1356,7 +1370,7 @@ class BufferedBatch(LaggingConsumer):
     after timeouts): aiokafka fetches a partition again only once its batch is drained, so no
     answer comes meanwhile. Notes partition 1's fetch age as each step begins."""
 
-    def __init__(self, stage: DedupStage, clocks: list[float], steps: int) -> None:
+    def __init__(self, stage: DedupStage, clocks: StageClocks, steps: int) -> None:
         super().__init__({tp(1)}, base=10, ahead=steps)
         self.stage, self.clocks, self.steps = stage, clocks, steps
         self.ages: list[float] = []
@@ -1372,7 +1386,7 @@ class BufferedBatch(LaggingConsumer):
         if len(self.ages) > self.steps:
             self.stage._running = False
             return {}
-        self.clocks[1] += 60.0
+        self.clocks.ticks += 60.0
         return {tp(1): [object()]}
 
 
@@ -1381,10 +1395,7 @@ async def test_a_partition_working_off_a_fetched_batch_waits_on_no_fetch(
 ) -> None:
     # Fails without `served`: its age grew a minute a step while records flowed, past the
     # alert's 120 s, and paged "Kafka answers no dedup fetch" for a slow transaction instead.
-    clocks = [100_000.0, 5_000.0]  # wall, monotonic
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: clocks[0], monotonic=lambda: clocks[1])
-    )
+    clocks = ticking(monkeypatch)
     h = Harness()
     heard_throughout(h)
     h.stage._tasks[tp(1)] = cast(PartitionTask, DrainingTask(1, 10))
@@ -1400,20 +1411,17 @@ def test_a_held_partition_waits_for_no_fetch_and_counts_from_its_release(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Paused on purpose (dedup_partitions_held says why): no unanswered fetch to page for.
-    ticks = [5_000.0]
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
-    )
+    clocks = ticking(monkeypatch)
     h = Harness(1)
     heard_throughout(h)
     consumer = LaggingConsumer({tp(1)}, base=10, ahead=0)
     h.tasks[1].held = True
     for _ in range(2):
-        ticks[0] += 600.0
+        clocks.ticks += 600.0
         h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
         assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.0
     h.tasks[1].held = False
-    ticks[0] += 7.0
+    clocks.ticks += 7.0
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 7.0
 
@@ -1479,20 +1487,17 @@ async def test_a_member_cut_off_past_the_session_exports_no_fetch_age_until_it_i
     # Fails without the session check: aiokafka revokes nothing until the coordinator answers
     # (a rejoin's on_partitions_revoked), so the ages grew past the alert's 120 s and paged
     # "Kafka answers no dedup fetch" for partitions the group had handed to another member.
-    ticks = [5_000.0]
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
-    )
+    clocks = ticking(monkeypatch)
     h = Harness(1, 2)
     consumer = LaggingConsumer({tp(1), tp(2)}, base=10, ahead=3)  # no answer ever comes
     h.stage._consumer = cast(AIOKafkaConsumer, consumer)
-    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=ticks[0])
+    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=clocks.ticks)
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
-    ticks[0] += 8.0  # within the session: owned, and its fetches unanswered that long
+    clocks.ticks += 8.0  # within the session: owned, and its fetches unanswered that long
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 8.0
     for _ in range(20):  # 200 s cut off from Kafka, the session expired after the first 10
-        ticks[0] += 10.0
+        clocks.ticks += 10.0
         h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
         assert lag_series(h.metrics) == []
     assert h.owned() == [1, 2]  # its tasks kept meanwhile (groupsession.py)
@@ -1506,7 +1511,7 @@ async def test_a_member_cut_off_past_the_session_exports_no_fetch_age_until_it_i
         consumer.assigned = {tp(1)}
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == ages[0]
-    ticks[0] += 4.0
+    clocks.ticks += 4.0
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == ages[1]
     assert sample(h.metrics, "pinecall_bridge_dedup_lag_records", partition="1") == 3
@@ -1517,28 +1522,25 @@ async def test_a_member_flapping_at_each_heartbeat_ages_from_its_last_answered_f
 ) -> None:
     # Fails with the ages restarted at each heartbeat heard past the session timeout: 0 at every
     # return, so fetches unanswered for minutes never reached the alert's 120 s.
-    ticks = [5_000.0]
-    monkeypatch.setattr(
-        stage_module, "time", SimpleNamespace(time=lambda: 100_000.0, monotonic=lambda: ticks[0])
-    )
+    clocks = ticking(monkeypatch)
     h = Harness(1)
     consumer = LaggingConsumer({tp(1)}, base=10, ahead=3)
     consumer.stamp = 99_000_000  # answered at the first look
     h.stage._consumer = cast(AIOKafkaConsumer, consumer)
-    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=ticks[0])
+    h.stage._session = Session(DedupSettings().session_timeout_ms / 1000, now=clocks.ticks)
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     for _ in range(12):  # each heartbeat answered 11 s after the last: 1 s expired each time
-        ticks[0] += 11.0
+        clocks.ticks += 11.0
         h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
         assert lag_series(h.metrics) == []
         h.stage._heard()  # the same generation: aiokafka kept the assignment
         h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 132.0
     # An answer seen while expired counts once the series is back: from that look, not the return.
-    ticks[0] += 11.0
+    clocks.ticks += 11.0
     consumer.stamp = 99_100_000
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
-    ticks[0] += 0.5
+    clocks.ticks += 0.5
     h.stage._heard()
     h.stage._update_lag(cast(AIOKafkaConsumer, consumer))
     assert sample(h.metrics, "pinecall_bridge_dedup_fetch_age_seconds", partition="1") == 0.5

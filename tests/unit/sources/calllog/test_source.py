@@ -108,6 +108,20 @@ def stepping(
     return source, roster
 
 
+def started_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+    source: CallLogSource,
+    at_sweep: Callable[[list[Start]], object] = lambda _: None,
+) -> tuple[list[Start], list[object]]:
+    """The calls `source` starts, collected not run, and what `at_sweep` makes of them at each
+    sweep it schedules (no call list read)."""
+    launched: list[Start] = []
+    sweeps: list[object] = []
+    monkeypatch.setattr(source, "_launch", launched.extend)
+    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(at_sweep(launched)))
+    return launched, sweeps
+
+
 async def test_a_call_list_read_that_crashes_is_restarted_and_still_announces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -153,9 +167,7 @@ def test_a_call_id_that_would_change_the_calls_url_is_refused_counted_and_logged
     metrics = Metrics()
     source = call_log_source(metrics)
     source.roster = Roster(1, 10)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)  # no call list read here
+    launched, _ = started_not_run(monkeypatch, source)
     progress = PartitionProgress()
     for call in (bad, "CA_1"):
         progress.observe(f"{call}:3", [(CHANNEL, b"sse")], 100.0)
@@ -178,9 +190,7 @@ def test_a_takeover_finds_its_calls_partitions_by_the_restores_hashes(
     # Not by murmur2 again, for every ended call at once: 100-450 ms at 20k-40k calls.
     source = call_log_source(Metrics())
     source.roster = Roster(6, 10)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    launched, _ = started_not_run(monkeypatch, source)
     live, done = calls_in(2, 2)
     progress = PartitionProgress()
     progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
@@ -202,10 +212,7 @@ async def test_a_large_takeover_runs_in_steps_with_the_loop_free_between_them(
     # 40,000 ended calls taken over at once held the loop 40-95 ms, every webhook and probe
     # waiting: counted, not timed, as the calls remembered between two turns of another task.
     source, roster = stepping(monkeypatch, 4)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    sweeps: list[int] = []
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(len(launched)))
+    launched, sweeps = started_not_run(monkeypatch, source, len)
     live, *done = calls_in(0, 11)
     progress = PartitionProgress()
     progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
@@ -237,10 +244,7 @@ async def test_a_takeover_whose_partition_is_lost_under_way_reads_no_call_list(
     # Its stop ended the task's loop as its end did: a sweep (up to 100 pages) announced the
     # lost partition's calls to a roster that no longer owns it. The one that finishes reads it.
     source, roster = stepping(monkeypatch, 1)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    sweeps: list[set[int]] = []
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: sweeps.append(set(roster.owned)))
+    launched, sweeps = started_not_run(monkeypatch, source, lambda _: set(roster.owned))
     progresses: dict[int, PartitionProgress] = {}
     for partition in (0, 1):
         live, *done = calls_in(partition, 4)
@@ -280,9 +284,7 @@ async def test_a_takeover_whose_step_crashed_is_run_again_not_lost(
     # generator, so the restart found it done: its live call was never followed.
     metrics = Metrics()
     source, roster = stepping(monkeypatch, 2, metrics)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    launched, _ = started_not_run(monkeypatch, source)
     live, *done = calls_in(0, 7)
     progress = PartitionProgress()
     progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
@@ -1140,9 +1142,7 @@ async def test_a_partition_lost_during_its_takeover_ends_the_takeovers_task(
 ) -> None:
     # Its steps went on to the last, for calls no longer ours: each looked up, offered, refused.
     source, roster = stepping(monkeypatch, 1)
-    launched: list[Start] = []
-    monkeypatch.setattr(source, "_launch", launched.extend)
-    monkeypatch.setattr(source, "_schedule_sweep", lambda: None)
+    launched, _ = started_not_run(monkeypatch, source)
     live, *done = calls_in(0, 11)
     progress = PartitionProgress()
     progress.observe(f"{live}:3", [(CHANNEL, b"sse")], 100.0)
