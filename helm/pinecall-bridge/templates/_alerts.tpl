@@ -196,10 +196,14 @@ groups:
         # DedupStalled is namespace-wide, and the pod's lag gauges count from its last answered
         # fetch, so its lag reads as it was. Healthy, an answer comes every second at least (the
         # broker holds an empty fetch up to 1 s); a held partition reads 0 (DedupPartitionsHeld).
-        # A gauge, no range: `for` restarts at the first answer.
+        # The age is itself how long no answer came, so it is held stalledForMinutes by adding
+        # them to it, not by `for`: a member whose session flaps has no series at some scrapes
+        # (the ages of an expired session are withdrawn), each gap would restart `for`, and its
+        # age, back, goes on from the last answer. last_over_time bridges such gaps; a partition
+        # handed on (withdrawn for good) ages no further: it pages only if its age had passed the
+        # sum while owned, and then for up to the range past the handover.
         expr: |
-          max by (namespace, pod, partition) (pinecall_bridge_dedup_fetch_age_seconds) > {{ include "pinecall-bridge.number" $a.dedupFetchAgeSeconds }}
-        for: {{ $stalledFor }}
+          max by (namespace, pod, partition) (last_over_time(pinecall_bridge_dedup_fetch_age_seconds[2m])) > {{ include "pinecall-bridge.number" $a.dedupFetchAgeSeconds }} + {{ mulf $a.stalledForMinutes 60 | ceil | int }}
         labels:
           severity: critical
         annotations:
