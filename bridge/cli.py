@@ -94,7 +94,7 @@ def _run(_: argparse.Namespace) -> int:
     dotenv = None
     if role is not None:
         try:
-            dotenv = read_dotenv(role.dotenv_file)
+            dotenv = read_dotenv(role.dotenv_fd)
         except DotenvFileError as exc:
             # Before the settings, so before logging is set up: stderr, as a configuration error.
             print(f"pinecall-bridge: worker {role.index}: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Every descriptor of the test's process taken, under a real open-files limit (EMFILE)."""
+"""Descriptors for tests: every one of the process taken (EMFILE), one of a file with no name
+holding given bytes, one not open."""
 
 from __future__ import annotations
 
@@ -32,3 +33,17 @@ def every_descriptor_taken() -> Iterator[None]:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def unnamed_file_holding(content: bytes) -> int:
+    """A descriptor of a file with no name holding `content`, its offset at the end."""
+    descriptor = os.memfd_create("test")
+    os.write(descriptor, content)
+    return descriptor
+
+
+def not_open() -> int:
+    """A descriptor number this process has not open (just closed: nothing took it since)."""
+    descriptor = os.open(os.devnull, os.O_RDONLY)
+    os.close(descriptor)
+    return descriptor

@@ -8,8 +8,8 @@ does, and the parent exits 0 once all have stopped cleanly; workers still runnin
 restarted after a pause, and so is one killed for answering no probe for `silent` seconds
 (BRIDGE_HTTP__WORKER_SILENCE_SECONDS: stopped, or its event loop wedged; 0: never killed), or
 none since its spawn for its start-up allowance (silence.py); too many such exits (budget.py)
-stop the pod with exit code 1. Before each restart the `.env` variables are written to the runtime
-directory afresh: a cleaner of /tmp may have removed them in a long-lived pod.
+stop the pod with exit code 1. Each spawn hands the worker the `.env` variables the parent read on
+a descriptor of its own, of a file with no name (role.dotenv_descriptor).
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from bridge.workers.budget import GiveUp, RestartBudget
 from bridge.workers.pod import PodView
 from bridge.workers.role import (
     WorkerRole,
-    dotenv_file,
+    dotenv_descriptor,
     stages_of,
     stop_by_file,
-    write_dotenv,
     write_stop_by,
 )
 from bridge.workers.silence import START_UP_SECONDS, Silence, silent_past_bound
@@ -222,25 +221,9 @@ class Parent:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
 
-    def _rewrite_dotenv(self, index: int) -> None:
-        """Write the `.env` variables again before a restart: their file is the worker's start.
-
-        systemd-tmpfiles-clean removes files in /tmp untouched for 10 days: without this, every
-        restart after that exited 3 until the restart budget stopped the pod.
-        """
-        if self._dotenv is None:
-            return
-        try:
-            write_dotenv(dotenv_file(self._runtime_dir), self._dotenv)
-        except OSError as exc:  # the file there, if any, is still whole: the worker may read it
-            log.error(
-                "could not write the .env variables for a restarted worker",
-                extra={"worker": index, "error": repr(exc)},
-            )
-
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
-        if self._restarts[index]:  # a first start reads what run_parent wrote
-            self._rewrite_dotenv(index)
+        # Fresh for each spawn, a restart's too: the worker reads it from its start, then closes it.
+        dotenv_fd = None if self._dotenv is None else dotenv_descriptor(self._dotenv)
         role = WorkerRole(
             index=index,
             count=self._count,
@@ -248,16 +231,23 @@ class Parent:
             parent_pid=os.getpid(),
             restarts=self._restarts[index],
             dedup_process=self._dedup_process,
+            dotenv_fd=dotenv_fd,
         )
-        # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
-        process = await asyncio.create_subprocess_exec(
-            *self._command,
-            env={**os.environ, **role.env()},
-            stdin=subprocess.DEVNULL,
-            # A group of its own: a terminal's Ctrl-C reaches only the parent, which stops the
-            # workers in two phases (a dedup process last); PDEATHSIG still ties them to it.
-            process_group=0,
-        )
+        try:
+            # Spawned from this (the main) thread: a worker's PR_SET_PDEATHSIG follows this thread.
+            process = await asyncio.create_subprocess_exec(
+                *self._command,
+                env={**os.environ, **role.env()},
+                stdin=subprocess.DEVNULL,
+                # Under the same number in the worker, as its role says.
+                pass_fds=() if dotenv_fd is None else (dotenv_fd,),
+                # A group of its own: a terminal's Ctrl-C reaches only the parent, which stops the
+                # workers in two phases (a dedup process last); PDEATHSIG still ties them to it.
+                process_group=0,
+            )
+        finally:
+            if dotenv_fd is not None:  # the worker has its own copy once exec'd
+                os.close(dotenv_fd)
         self._processes[index] = process
         self._spawned[index] = self._clock()
         self._answered.pop(index, None)  # its predecessor's
@@ -398,7 +388,6 @@ def run_parent(settings: Settings, count: int, dotenv: Mapping[str, str | None])
     try:
         # Each worker's settings are read with these, never the file: one restarted after `.env`
         # changed would run other settings than its siblings (and the parent's checks).
-        write_dotenv(dotenv_file(runtime_dir), dotenv)
         parent = Parent(
             count,
             runtime_dir,

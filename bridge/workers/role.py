@@ -1,8 +1,9 @@
-"""What the parent tells a worker process, through one environment variable of its own and
-files in the pod's runtime directory."""
+"""What the parent tells a worker process, through one environment variable of its own, files
+in the pod's runtime directory, and the `.env` variables on an inherited descriptor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,8 @@ class WorkerRole:
     restarts: int = 0
     # The pod's last worker runs the dedup stage alone, the others only the ingest stage.
     dedup_process: bool = False
+    # The descriptor, inherited, of the `.env` variables the parent read (`dotenv_descriptor`).
+    dotenv_fd: int | None = None
 
     @property
     def stages(self) -> Stages:
@@ -58,11 +61,6 @@ class WorkerRole:
         return stop_by_file(self.runtime_dir)
 
     @property
-    def dotenv_file(self) -> Path:
-        """Where the parent put the `.env` variables its settings were read from."""
-        return dotenv_file(self.runtime_dir)
-
-    @property
     def sockets(self) -> dict[str, Path]:
         """Every worker's socket, by the `worker` label value."""
         return {str(i): self.socket(i) for i in range(self.count)}
@@ -79,6 +77,7 @@ class WorkerRole:
         if not raw:
             return None
         fields = json.loads(raw)
+        dotenv_fd = fields.get("dotenv_fd")
         return cls(
             index=int(fields["index"]),
             count=int(fields["count"]),
@@ -86,6 +85,7 @@ class WorkerRole:
             parent_pid=int(fields["parent_pid"]),
             restarts=int(fields["restarts"]),
             dedup_process=bool(fields["dedup_process"]),
+            dotenv_fd=None if dotenv_fd is None else int(dotenv_fd),
         )
 
 
@@ -96,38 +96,39 @@ def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
     return "dedup" if index == count - 1 else "ingest"
 
 
-def dotenv_file(runtime_dir: Path) -> Path:
-    return runtime_dir / "dotenv.json"
+def dotenv_descriptor(dotenv: Mapping[str, str | None]) -> int:
+    """A descriptor of the parent's `.env` variables for one worker, on a file with no name.
 
-
-def write_dotenv(path: Path, dotenv: Mapping[str, str | None]) -> None:
-    """Write (or replace, whole) the parent's `.env` variables for its workers: a file only this
-    user reads, since they may be secrets (kept out of the workers' environment, which /proc shows).
+    They may be secrets: kept out of the workers' environment (which /proc shows) and off every
+    file system, where a supervisor killed by SIGKILL would leave them. Linux only, as pods are.
     """
-    temporary = path.with_name(path.name + ".tmp")
-    # Made anew, never opened as found: O_EXCL keeps the mode 0600 and the file this process's.
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(descriptor, "w", encoding="utf-8") as file:
-        json.dump(dict(dotenv), file)
-    # A worker starting meanwhile reads the old file or the new one, never half of one.
-    os.replace(temporary, path)
+    descriptor = os.memfd_create("pinecall-bridge-dotenv", os.MFD_CLOEXEC)
+    try:
+        with open(descriptor, "wb", closefd=False) as file:  # written whole, however long
+            file.write(json.dumps(dict(dotenv)).encode())
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
-# A worker's exit when it cannot read the `.env` variables its supervisor left it: not 1 (a
+# A worker's exit when it cannot read the `.env` variables its supervisor handed it: not 1 (a
 # crash's traceback) nor 2 (a configuration the operator gave), so the supervisor's log says it.
 EXIT_NO_DOTENV = 3
 
 
 class DotenvFileError(Exception):
-    """The file `write_dotenv` wrote is missing or damaged; the message names it and why."""
+    """The descriptor `dotenv_descriptor` made is missing or damaged; the message says why."""
 
 
-def read_dotenv(path: Path) -> dict[str, str | None]:
-    """The `.env` variables `write_dotenv` wrote: what a worker's settings are read with."""
-    what = f"{path} (the .env variables its supervisor read)"
+def read_dotenv(descriptor: int | None) -> dict[str, str | None]:
+    """The `.env` variables on `descriptor` (`dotenv_descriptor`), which is closed: what a
+    worker's settings are read with."""
+    if descriptor is None:
+        raise DotenvFileError("the .env variables its supervisor read: no descriptor in its role")
+    what = f"descriptor {descriptor} (the .env variables its supervisor read)"
     try:
-        dotenv = json.loads(path.read_text(encoding="utf-8"))
+        dotenv = json.loads(_read_all(descriptor).decode())
     except OSError as exc:
         raise DotenvFileError(f"{what} cannot be read: {exc.strerror}") from None
     except ValueError:  # UnicodeDecodeError is one too
@@ -138,6 +139,18 @@ def read_dotenv(path: Path) -> dict[str, str | None]:
     ):
         raise DotenvFileError(f"{what} is not a JSON object of names to strings or null")
     return dotenv
+
+
+def _read_all(descriptor: int) -> bytes:
+    """Everything on `descriptor` from its start (where its writer left the offset is no matter)."""
+    read = bytearray()
+    try:
+        while chunk := os.pread(descriptor, 1 << 16, len(read)):
+            read += chunk
+        return bytes(read)
+    finally:
+        with contextlib.suppress(OSError):  # not open at all: pread said so already
+            os.close(descriptor)
 
 
 # A float's repr is at most 24 characters.

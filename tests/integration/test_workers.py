@@ -360,6 +360,11 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     assert sum(n for status, n in answers.items() if 200 <= status < 300) > 0, answers
 
 
+def files_holding(directory: Path, text: bytes) -> list[Path]:
+    """The files under `directory` holding `text`, in any case (its sockets are no files)."""
+    return [p for p in directory.rglob("*") if p.is_file() and text in p.read_bytes().lower()]
+
+
 async def test_a_worker_restarted_after_dotenv_changed_runs_the_settings_of_its_siblings(
     pod: Replica, tmp_path: Path
 ) -> None:
@@ -386,6 +391,12 @@ async def test_a_worker_restarted_after_dotenv_changed_runs_the_settings_of_its_
         for worker in ("0", "1")
     }
     assert capped == {"0": 100, "1": 100}
+    # Handed over on a file with no name: none in the runtime directory, which a SIGKILLed
+    # supervisor leaves behind (its `dotenv.json` held every `.env` variable for the whole run).
+    [runtime_dir] = [
+        e["runtime_dir"] for e in pod.log_entries() if e.get("msg") == "starting worker processes"
+    ]
+    assert files_holding(Path(runtime_dir), b"max_connections") == []
     assert await pod.stop() == 0
 
 

@@ -21,6 +21,7 @@ from bridge.gctuning import GEN0_THRESHOLD
 from bridge.stopsignals import hold_until_handled
 from bridge.tail import render as render_record
 from bridge.workers.role import EXIT_NO_DOTENV, WorkerRole
+from tests.descriptors import not_open, unnamed_file_holding
 from tests.environ import without_bridge_variables
 from tests.sockets import free_port, refusing_address
 
@@ -261,16 +262,19 @@ def test_a_worker_without_its_supervisors_dotenv_says_so_in_one_line_and_exits_3
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The runtime directory's file removed (a /tmp cleaner) or damaged: it was a traceback.
-    role = WorkerRole(index=1, count=2, runtime_dir=tmp_path, parent_pid=os.getppid())
-    if content is not None:
-        role.dotenv_file.write_bytes(content)
+    # The descriptor its role names not open (not handed over) or damaged: it was a traceback.
+    descriptor = not_open() if content is None else unnamed_file_holding(content)
+    role = WorkerRole(
+        index=1, count=2, runtime_dir=tmp_path, parent_pid=os.getppid(), dotenv_fd=descriptor
+    )
     monkeypatch.setenv("BRIDGE_WEBHOOK__SECRETS", "s3cr3t-value-long-enough")
     monkeypatch.setenv(*role.env().popitem())
     monkeypatch.setattr("bridge.cli._run_loop", lambda main: pytest.fail("the worker served"))
     assert exit_code(["run"]) == EXIT_NO_DOTENV
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"pinecall-bridge: worker 1: {role.dotenv_file} (the .env variables")
+    assert line.startswith(
+        f"pinecall-bridge: worker 1: descriptor {descriptor} (the .env variables"
+    )
 
 
 def test_check_invalid_exits_2_listing_each_problem(

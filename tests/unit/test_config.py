@@ -1,6 +1,5 @@
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from bridge.config import (
     setting_warnings,
     unknown_variables,
 )
-from bridge.workers.role import read_dotenv, write_dotenv
+from bridge.workers.role import dotenv_descriptor, read_dotenv
 from tests.environ import settings_problems as problems
 from tests.environ import without_bridge_variables
 
@@ -190,9 +189,7 @@ def test_a_worker_given_its_parents_dotenv_reads_the_settings_its_parent_read(
     monkeypatch.setenv("BRIDGE_HTTP__ADMIN_PORT", "9002")
     monkeypatch.setenv("BRIDGE_DEDUP", '{"group": "from-env"}')
     parents = load()
-    handed = Path("dotenv.json")
-    write_dotenv(handed, parents.dotenv)
-    assert stat.S_IMODE(handed.stat().st_mode) == 0o600  # it may hold secrets
+    handed = dotenv_descriptor(parents.dotenv)
     Path(".env").write_text("BRIDGE_HTTP__PORT=7002\n")  # changed since: not read
     workers = load(dotenv=read_dotenv(handed))
     assert workers.settings == parents.settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,6 @@ import pytest
 from bridge.config import load_settings
 from bridge.workers.budget import RestartBudget
 from bridge.workers.parent import SAME_STOP_SECONDS, Parent, run_parent
-from bridge.workers.role import dotenv_file, write_dotenv
 from tests.polling import until
 from tests.processes import process_gone
 from tests.sockets import free_port
@@ -68,8 +68,10 @@ if mode in ("serve", "slow-serve"):  # answers its probes, as a worker does on i
     threading.Thread(target=server.serve_forever, daemon=True).start()
 seen = {}
 if mode == "dotenv":  # as bridge/cli.py: a worker that cannot read them exits 3
+    fd = WorkerRole.from_env(os.environ).dotenv_fd
+    seen["dotenv_link"] = os.readlink(f"/proc/self/fd/{fd}")
     try:
-        seen["dotenv"] = read_dotenv(WorkerRole.from_env(os.environ).dotenv_file)
+        seen["dotenv"] = read_dotenv(fd)
     except DotenvFileError:
         sys.exit(3)
 with open(out, "a") as f:
@@ -405,31 +407,40 @@ async def test_a_worker_that_exits_is_restarted_logged_and_told_its_restarts(
     assert getattr(crash, "restarts", None) == 1
 
 
-@pytest.mark.parametrize("cleaned", ["removed", "damaged"])
-async def test_a_worker_restarted_after_its_dotenv_file_was_cleaned_gets_it_again(
-    tmp_path: Path, cleaned: str
+def dotenv_descriptors() -> list[str]:
+    """This process's open descriptors of `.env` variables for a worker (role.dotenv_descriptor)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [link for link in links if "pinecall-bridge-dotenv" in link]
+
+
+async def test_every_worker_a_restarted_one_too_reads_the_dotenv_from_a_file_with_no_name(
+    tmp_path: Path,
 ) -> None:
     dotenv = {"bridge_http__port": "7001", "bridge_log__level": None}
-    write_dotenv(dotenv_file(tmp_path), dotenv)  # as run_parent does
     supervisor, started = parent(tmp_path, "dotenv", dotenv=dotenv)
     running = asyncio.create_task(supervisor.run())
-    first = await until_started(started, 2)
-    # What systemd-tmpfiles-clean does to a file in /tmp untouched for 10 days, or a damage.
-    if cleaned == "removed":
-        dotenv_file(tmp_path).unlink()
-    else:
-        dotenv_file(tmp_path).write_text("{")
-    [one] = [r for r in first if r["index"] == 1]
-    os.kill(one["pid"], signal.SIGKILL)
-    # Without the file written again, each restart exits 3 until the budget stops the pod.
-    third = asyncio.create_task(until_started(started, 3))
-    await asyncio.wait([third, running], return_when=asyncio.FIRST_COMPLETED)
-    assert third.done(), "the pod stopped: its restarted worker could not read the .env"
-    restarted = third.result()[2]
-    assert (restarted["index"], restarted["restarts"], restarted["dotenv"]) == (1, 1, dotenv)
-    supervisor.stop(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        assert await running == 0
+    try:  # stopped whatever fails: the stand-ins have no PR_SET_PDEATHSIG
+        first = await until_started(started, 2)
+        [one] = [r for r in first if r["index"] == 1]
+        os.kill(one["pid"], signal.SIGKILL)
+        third = asyncio.create_task(until_started(started, 3))
+        await asyncio.wait([third, running], return_when=asyncio.FIRST_COMPLETED)
+        assert third.done(), "the pod stopped: its restarted worker could not read the .env"
+        workers = third.result()
+        assert [(r["index"], r["restarts"]) for r in workers[2:]] == [(1, 1)]
+        assert [r["dotenv"] for r in workers] == [dotenv] * 3
+        # Nothing in the runtime directory, nor anywhere else: a SIGKILLed parent leaves nothing.
+        links = {r["dotenv_link"].split(" ")[0] for r in workers}
+        assert links == {"/memfd:pinecall-bridge-dotenv"}
+        assert dotenv_descriptors() == []  # the parent's copy closed once each worker started
+    finally:
+        supervisor.stop(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            stopped_with = await running
+    assert stopped_with == 0
 
 
 async def test_workers_that_keep_exiting_stop_the_pod_with_exit_1(
@@ -525,7 +536,7 @@ def test_the_pod_supervisor_gets_the_configured_silence_bound(
     assert supervisor._silent == seconds
 
 
-def test_the_pod_supervisor_gets_the_dotenv_it_writes_again_before_restarts(
+def test_the_pod_supervisor_gets_the_dotenv_it_hands_to_every_spawn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dotenv: dict[str, str | None] = {"bridge_log__level": "debug"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,18 +12,24 @@ from bridge.workers.role import (
     MAX_STOP_BY_BYTES,
     DotenvFileError,
     WorkerRole,
-    dotenv_file,
+    dotenv_descriptor,
     read_dotenv,
     read_stop_by,
     stop_by_file,
-    write_dotenv,
     write_stop_by,
 )
+from tests.descriptors import not_open, unnamed_file_holding
 
 
 def test_the_role_travels_through_the_environment() -> None:
     role = WorkerRole(
-        index=1, count=3, runtime_dir=Path("/tmp/x"), parent_pid=42, restarts=2, dedup_process=True
+        index=1,
+        count=3,
+        runtime_dir=Path("/tmp/x"),
+        parent_pid=42,
+        restarts=2,
+        dedup_process=True,
+        dotenv_fd=7,
     )
     env = role.env()
     assert WorkerRole.from_env(env) == role
@@ -75,28 +82,28 @@ def test_a_stop_deadline_file_too_large_is_not_read_whole(
     assert read_stop_by(path) == float("1" * MAX_STOP_BY_BYTES)
 
 
-def test_the_dotenv_handed_to_workers_is_read_as_written(tmp_path: Path) -> None:
-    path = dotenv_file(tmp_path)
+def test_the_dotenv_handed_to_workers_is_read_as_written_and_its_descriptor_closed() -> None:
     written = {"bridge_http__port": "7001", "bridge_log__level": None}
-    write_dotenv(path, written)
-    assert read_dotenv(path) == written
+    descriptor = dotenv_descriptor(written)
+    assert read_dotenv(descriptor) == written
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(descriptor)
 
 
-def test_the_dotenv_file_is_replaced_whole_and_kept_private(tmp_path: Path) -> None:
-    path = dotenv_file(tmp_path)
-    path.write_text("{")  # damaged, or a previous write's
-    path.with_name(path.name + ".tmp").write_text("left by a write cut short")
-    written = {"bridge_http__port": "7001"}
-    write_dotenv(path, written)
-    assert read_dotenv(path) == written
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+def test_the_dotenv_handed_to_workers_is_on_a_file_with_no_name() -> None:
+    # They may be secrets: a named file outlived a supervisor killed by SIGKILL.
+    descriptor = dotenv_descriptor({"bridge_webhook__secrets": "s3cr3t"})
+    try:
+        assert os.readlink(f"/proc/self/fd/{descriptor}").startswith("/memfd:")
+        assert os.fstat(descriptor).st_nlink == 0
+    finally:
+        os.close(descriptor)
 
 
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (None, "cannot be read: No such file or directory"),
+        (None, "cannot be read: Bad file descriptor"),
         (b"", "is not JSON"),
         (b'{"bridge_http__port": "70', "is not JSON"),
         (b"\xff\xfe{}", "is not JSON"),
@@ -104,12 +111,20 @@ def test_the_dotenv_file_is_replaced_whole_and_kept_private(tmp_path: Path) -> N
         (b'{"bridge_http__port": 7001}', "is not a JSON object of names to strings or null"),
     ],
 )
-def test_a_missing_or_damaged_dotenv_file_is_named_with_why(
-    tmp_path: Path, content: bytes | None, why: str
+def test_a_bad_or_damaged_dotenv_descriptor_is_named_with_why(
+    content: bytes | None, why: str
 ) -> None:
-    path = dotenv_file(tmp_path)
-    if content is not None:
-        path.write_bytes(content)
+    descriptor = not_open() if content is None else unnamed_file_holding(content)
     with pytest.raises(DotenvFileError) as raised:
-        read_dotenv(path)
-    assert str(raised.value) == f"{path} (the .env variables its supervisor read) {why}"
+        read_dotenv(descriptor)
+    assert (
+        str(raised.value)
+        == f"descriptor {descriptor} (the .env variables its supervisor read) {why}"
+    )
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(descriptor)  # closed, read or not
+
+
+def test_a_worker_role_without_a_dotenv_descriptor_is_named() -> None:
+    with pytest.raises(DotenvFileError, match="no descriptor in its role"):
+        read_dotenv(None)
