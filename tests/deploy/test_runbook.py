@@ -6,6 +6,8 @@ A command is a backquoted span starting with `pinecall-bridge ` or `kafka-`; a p
 `<...>`. The bridge's commands are parsed by its own CLI parser; Kafka's tools are not in this
 repository, so their commands are checked for what made them fail as written (tried by hand
 against a Kafka 4.4 broker): the script's name and the `--bootstrap-server` every one needs.
+Every setting and chart value they (and the rules' annotations) name is one that exists, and
+every log line they quote is one the bridge's code spells.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import shlex
 import pytest
 
 from bridge.cli import build_parser
+from bridge.config import known_variables
 from tests.deploy.test_deploy_files import alerts
-from tests.deploy.tools import DEPLOY
+from tests.deploy.test_metric_labels import code_strings
+from tests.deploy.tools import CHART, DEPLOY, load_yaml
 
 RUNBOOKS = (DEPLOY / "README.md").read_text().split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
 SPANS = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", RUNBOOKS)]
@@ -83,3 +87,94 @@ def test_each_kafka_tool_command_is_whole(command: str) -> None:
         assert words[words.index("--bootstrap-server") + 1] == "x", (
             f"{command}: --bootstrap-server <broker>"
         )
+
+
+# What an SRE is told to set: a bridge setting, or a chart value under one of its top-level keys.
+SETTING = re.compile(r"\bBRIDGE_[A-Z_]+__[A-Z_]+\b")
+CHART_VALUES = load_yaml(CHART / "values.yaml")
+CHART_VALUE = re.compile(
+    rf"\b(?:{'|'.join(k for k, v in CHART_VALUES.items() if isinstance(v, dict))})\.[A-Za-z0-9.]*\w"
+)
+# A log line quoted: three words or more of lowercase prose, not a command, `...`, `…` or
+# `<...>` standing for what the line goes on with or puts in (a field's value after a colon).
+COMMANDS = ("kubectl ", "helm ")
+LOG_LINE = re.compile(r"[a-z][a-z',;:() ]*(?:(?:\.\.\.|…|<[^>]*>)[a-z',;:() ]*)*")
+ELIDED = re.compile(r"\.\.\.|…|<[^>]*>")
+
+
+def unknown_names(text: str) -> list[str]:
+    """The settings and chart values `text` names that neither the bridge nor the chart has."""
+    unknown = sorted(set(SETTING.findall(text)) - known_variables())
+    for path in sorted(set(CHART_VALUE.findall(text))):
+        node = CHART_VALUES
+        for key in path.split("."):
+            if not isinstance(node, dict) or key not in node:
+                unknown.append(path)
+                break
+            node = node[key]
+    return unknown
+
+
+def log_lines(spans: list[str]) -> list[str]:
+    """The spans that quote a log line (see LOG_LINE)."""
+    return [
+        s
+        for s in spans
+        if LOG_LINE.fullmatch(s)
+        and not s.startswith(COMMANDS)
+        and len(ELIDED.sub(" ", s).split()) >= 3
+    ]
+
+
+def unlogged(quoted: list[str]) -> list[str]:
+    """The quoted lines some piece of which (between the elisions) is in no string of bridge/."""
+    strings = code_strings()
+    return [
+        line
+        for line in quoted
+        if any(
+            piece and not any(piece in s for s in strings)
+            for piece in (p.strip(" :") for p in ELIDED.split(line))
+        )
+    ]
+
+
+def test_every_setting_and_chart_value_a_runbook_names_exists() -> None:
+    # What the SRE sets at night: a name the bridge does not read is silently ignored.
+    annotations = " ".join(str(rule["annotations"]) for rule in alerts())
+    assert len(SETTING.findall(RUNBOOKS)) >= 40
+    assert len(CHART_VALUE.findall(RUNBOOKS)) >= 40
+    assert unknown_names(RUNBOOKS + annotations) == []
+
+
+def test_a_setting_or_chart_value_of_no_such_name_is_found() -> None:
+    text = "raise `BRIDGE_DEDUP__SESSION_TIMEOUT_MS`, `BRIDGE_DEDUP__SESSION_TIMEOUT`, `config.sse"
+    text += ".maxCalls` or `config.sse.maxCall`, `alerts.dedupLagMinutes`, `resources.limit.memory`"
+    assert unknown_names(text) == [
+        "BRIDGE_DEDUP__SESSION_TIMEOUT",
+        "config.sse.maxCall",
+        "resources.limit.memory",
+    ]
+
+
+def test_every_log_line_a_runbook_quotes_is_one_the_bridge_logs() -> None:
+    # The SRE greps the pod's log for it: a line reworded in the code finds nothing, and reads
+    # as "not this cause".
+    quoted = log_lines(SPANS)
+    assert len(quoted) >= 40
+    assert unlogged(quoted) == []
+
+
+def test_a_quoted_log_line_the_bridge_does_not_log_is_found() -> None:
+    spans = [
+        "dedup partition's committed offset ...",
+        "webhook secrets not reloaded, the previous ones are kept: <rule>",
+        "dedup partition could not be started; retrying",
+        "dedup partition could not be begun",
+        "webhook secrets were not reloaded ...",
+        "kubectl logs deploy/pinecall-bridge",
+        "helm rollback",
+        "Too many open files in system",
+    ]
+    assert log_lines(spans) == spans[:5]  # not a command, nor a span of two words or capitals
+    assert unlogged(log_lines(spans)) == spans[3:5]
