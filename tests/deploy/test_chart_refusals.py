@@ -534,6 +534,40 @@ REFUSALS = {
         "config.http.host is neither an IP address",
         {"http": {"host": "[::]"}},
     ),
+    # Colons and hex digits, but no IPv6 address to Python's ipaddress.
+    **{
+        f"bind address {host} ({why})": Refusal(
+            (f"config.http.host={host}",),
+            "config.http.host is neither an IP address",
+            {"http": {"host": host}},
+        )
+        for host, why in [
+            (":::", "three colons"),
+            ("1::2::3", "two ::"),
+            ("12345::", "a five-digit hextet"),
+            ("1:2:3:4:5:6:7:8:9", "nine hextets"),
+            ("1:2:3:4:5:6:7", "seven hextets"),
+            ("::256.1.1.1", "no IPv4 address after them"),
+            ("fe80::1%", "an empty zone"),
+            ("fe80::1%a%b", "a zone with a %"),
+        ]
+    },
+    # Query names as the bridge decodes them: %74 is t, a + a space.
+    "API URL with a token percent-encoded in its query": Refusal(
+        ("config.pinecall.apiUrl=https://api.example/v1?%74oken=x",),
+        "config.pinecall.apiUrl must not carry a token or key in its query",
+        {"pinecall": {"api_url": "https://api.example/v1?%74oken=x"}},
+    ),
+    "public URL with a key after a + in its query": Refusal(
+        ("config.pinecall.publicUrl=https://b.example/?api+key=k",),
+        "config.pinecall.publicUrl must not carry a token or key in its query",
+        {"pinecall": {"public_url": "https://b.example/?api+key=k"}},
+    ),
+    "CloudEvents source with a Kelvin sign percent-encoded: a key": Refusal(
+        ("config.cloudevents.source=https://pinecall.example/?api%E2%84%AAey=k",),
+        "config.cloudevents.source must not carry credentials",
+        {"cloudevents": {"source": "https://pinecall.example/?api%E2%84%AAey=k"}},
+    ),
     "CloudEvents source that is no URI-reference": Refusal(
         ("config.cloudevents.source=pinecall bridge",),
         "config.cloudevents.source must be a URI-reference (RFC 3986)",
@@ -625,6 +659,29 @@ REFUSALS = {
         ("secrets.webhookSecrets.value=[Infinity\\,-Infinity]",),
         "secrets.webhookSecrets.value is a JSON list",
         {"webhook": {"secrets": "[Infinity,-Infinity]"}},
+    ),
+    # Go's float64 fails on a number past its range, Python's json takes it (as inf, or an int).
+    "feed events as a JSON list of a number past a float": Refusal(
+        ("config.websocket.events=[1e400]",),
+        "config.websocket.events is a JSON list given as a string",
+        {"websocket": {"events": "[1e400]"}},
+    ),
+    "webhook secrets value as a JSON list of a 401-digit number": Refusal(
+        ("secrets.webhookSecrets.value=[1" + "0" * 400 + "]",),
+        "secrets.webhookSecrets.value is a JSON list",
+        {"webhook": {"secrets": "[1" + "0" * 400 + "]"}},
+    ),
+    # The numbers' stand-in must not split an escape: a list of one string, U+1E40.
+    "webhook secrets value as a JSON list of an escaped string": Refusal(
+        ('secrets.webhookSecrets.value=["\\\\u1e40"]',),
+        "secrets.webhookSecrets.value is a JSON list",
+        {"webhook": {"secrets": '["\\u1e40"]'}},
+    ),
+    # The bridge's float arithmetic reaches 2^63 ms, one past Kafka's 64-bit retention.ms.
+    "dedup TTL just past Kafka's retention": Refusal(
+        ("config.dedup.ttlSeconds=9223372036851176",),
+        "config.dedup.ttlSeconds (9223372036851176) plus",
+        {"dedup": {"ttl_seconds": 9223372036851176}},
     ),
     "dedup TTL past Kafka's retention": Refusal(
         ("config.dedup.ttlSeconds=10000000000000000",),
@@ -961,6 +1018,21 @@ def test_topics_kafka_tells_apart_are_rendered(
         (
             ("config.dedup.ttlSeconds=9223372036850000",),
             {"dedup": {"ttl_seconds": 9223372036850000}},
+        ),
+        # Just inside it in the bridge's float arithmetic (2^63 - 2048 ms).
+        (
+            ("config.dedup.ttlSeconds=9223372036851174",),
+            {"dedup": {"ttl_seconds": 9223372036851174}},
+        ),
+        # No JSON to Python: an exponent after an exponent.
+        (("config.websocket.events=[1e1e5]",), {"websocket": {"events": "[1e1e5]"}}),
+        # IPv6 bind addresses: an IPv4 address in the last two hextets, a `::` for the last one.
+        (("config.http.host=::ffff:10.0.0.1",), {"http": {"host": "::ffff:10.0.0.1"}}),
+        (("config.http.host=1:2:3:4:5:6:7::",), {"http": {"host": "1:2:3:4:5:6:7::"}}),
+        # Query names decoded that hold no credential word: `to ken`, `keyé`, `%74oken`.
+        (
+            ("config.pinecall.apiUrl=https://api.example/v1?to+ken=1&key%C3%A9=2&%2574oken=3",),
+            {"pinecall": {"api_url": "https://api.example/v1?to+ken=1&key%C3%A9=2&%2574oken=3"}},
         ),
         # Empty is unset to the bridge, as null: no env header.
         (("config.pinecall.env=",), {"pinecall": {"env": ""}}),

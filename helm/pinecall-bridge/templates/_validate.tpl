@@ -179,10 +179,11 @@ allowance: at a TTL of 60 s or less, never. */}}
 {{- $problems = append $problems (printf "config.dedup.keepRevokedSeconds (%s) must not exceed config.dedup.ttlSeconds (%s): a window kept longer reads a gap at least as long as a full restore's and holds its memory meanwhile (leave it null for the TTL)" (include "pinecall-bridge.envValue" (float64 $keep)) (include "pinecall-bridge.envValue" $ttl)) }}
 {{- end }}
 {{- /* The ingest topic keeps records ttlSeconds + ingestRetentionMarginSeconds, as retention.ms: a
-64-bit count the broker refuses beyond 2^63 - 1. Refused from 2^63 + 4096 ms: sprig's arithmetic is
-exact where the bridge's rounds at each step, which that leaves room for. */}}
+64-bit count the broker refuses beyond 2^63 - 1. addf and mulf round each step to a float64 as the
+bridge's float arithmetic does (their decimal inputs are shortest forms, which change no result
+near the bound), so refused from the bridge's first float past it: 2^63 ms. */}}
 {{- $retention := include "pinecall-bridge.withDefaults" (list $c.dedup (dict "ttlSeconds" 900 "ingestRetentionMarginSeconds" 3600)) | fromJson }}
-{{- if ge (mulf (addf (float64 $retention.ttlSeconds) (float64 $retention.ingestRetentionMarginSeconds)) 1000) 9223372036854779904.0 }}
+{{- if ge (mulf (addf (float64 $retention.ttlSeconds) (float64 $retention.ingestRetentionMarginSeconds)) 1000) 9223372036854775808.0 }}
 {{- $problems = append $problems (printf "config.dedup.ttlSeconds (%s) plus config.dedup.ingestRetentionMarginSeconds (%s) is the ingest topic's retention: at most 9223372036854775 s (Kafka's 64-bit retention.ms)" (include "pinecall-bridge.envValue" (float64 $retention.ttlSeconds)) (include "pinecall-bridge.envValue" (float64 $retention.ingestRetentionMarginSeconds))) }}
 {{- end }}
 {{- $shutdown := include "pinecall-bridge.withDefaults" (list $c.shutdown (dict "graceSeconds" 25 "drainDelaySeconds" 0)) | fromJson }}
@@ -349,15 +350,25 @@ blank one is unset to the bridge. */}}
 {{- end }}
 {{- $http := include "pinecall-bridge.withDefaults" (list $c.http (dict "port" 8080 "host" "0.0.0.0")) | fromJson }}
 {{- /* The address the server binds (bridge/config.py's _check_host): an IPv4 address, a hostname,
-or an IPv6 address written bare (::). One with a ':' is left to the bridge but for what no IPv6
-address is: fewer than two colons (host:port), or other characters than its own (a scheme, brackets). */}}
+or an IPv6 address written bare (::) as Python's ipaddress reads one: eight hextets, the last two
+maybe an IPv4 address; or a `::` for at least one, after $a of them (0 to 7) and before at most
+7 - $a; then maybe a zone (`%`, then no `%` or `/`). */}}
 {{- $bind := toString $http.host }}
 {{- $labels := splitList "." (trimSuffix "." $bind) }}
 {{- $hostname := and (le (len $bind) 253) (not (regexMatch "^[0-9]+$" (last $labels))) }}
 {{- range $labels }}{{ if not (regexMatch "^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$" .) }}{{ $hostname = false }}{{ end }}{{ end }}
 {{- $octet := "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" }}
 {{- $ipv4 := regexMatch (printf "^%s(?:\\.%s){3}$" $octet $octet) $bind }}
-{{- $ipv6 := and (ge (len (regexFindAll ":" $bind -1)) 2) (regexMatch "^[0-9A-Fa-f:.]+$" (index (splitList "%" $bind) 0)) }}
+{{- $h := "[0-9A-Fa-f]{1,4}" }}
+{{- $dotted := printf "%s(?:\\.%s){3}" $octet $octet }}
+{{- $forms := list (printf "(?:%s:){7}%s" $h $h) (printf "(?:%s:){6}%s" $h $dotted) }}
+{{- range $a := until 8 }}
+{{- $left := ternary "" (printf "%s(?::%s){%d}" $h $h (sub $a 1)) (eq $a 0) }}
+{{- $forms = append $forms (printf "%s::" $left) }}
+{{- if lt $a 7 }}{{ $forms = append $forms (printf "%s::%s(?::%s){0,%d}" $left $h $h (sub 6 $a)) }}{{ end }}
+{{- if lt $a 6 }}{{ $forms = append $forms (printf "%s::(?:%s:){0,%d}%s" $left $h (sub 5 $a) $dotted) }}{{ end }}
+{{- end }}
+{{- $ipv6 := regexMatch (printf "^(?:%s)(?:%%[^%%/]+)?$" (join "|" $forms)) $bind }}
 {{- if not (or $ipv4 $hostname $ipv6) }}
 {{- $problems = append $problems "config.http.host is neither an IP address (e.g. 0.0.0.0 or ::) nor a hostname: no scheme, port, brackets or whitespace (the port is config.http.port)" }}
 {{- end }}
@@ -466,8 +477,7 @@ netloc, hostname (lower case, an IPv6 literal without its brackets), port ("" fo
 bridge/config.py's is_loopback; an IPv6 literal is left to the bridge, which has more than one
 spelling of it: taken for loopback here); credentials ("userinfo" as bridge/redaction.py's
 has_userinfo finds it, else "query" for a query name holding a credential word, else ""); and
-problem, why bridge/config.py's _check_url refuses it ("" when it would not, or when only the
-bridge can tell: a query name percent-encoded or with a `+`, which it decodes). `check` prints
+problem, why bridge/config.py's _check_url refuses it ("" when it would not). `check` prints
 these URLs and the logs name them: no credentials before the host nor in the query (the older
 feed's `?token=...` pasted whole); no fragment, no whitespace (Python's isspace()); a host, a
 port from 0 to 65535.
@@ -523,9 +533,19 @@ after http, https, ws, wss or ftp; two after another scheme or none), an `@` bef
 {{- end }}
 {{- $credentials := "" }}
 {{- range splitList "&" $query }}
+{{- /* The name as parse_qsl decodes it: a `+` is a space, each %XX its byte (ASCII's as a
+character, the others read as UTF-8 where they run unbroken: pinecall-bridge.utf8). */}}
+{{- $name := "" }}
+{{- $bytes := "" }}
+{{- range regexFindAll "%[0-9A-Fa-f]{2}|[^%]+|%" (index (splitList "=" .) 0 | replace "+" " ") -1 }}
+{{- $byte := ternary (int64 (printf "0x%s" (trimPrefix "%" .))) -1 (regexMatch "^%[0-9A-Fa-f]{2}$" .) }}
+{{- if ge $byte 128 }}{{ $bytes = printf "%s%s" $bytes (lower (trimPrefix "%" .)) }}
+{{- else }}{{ $name = printf "%s%s%s" $name (include "pinecall-bridge.utf8" $bytes) (ternary (printf "%c" $byte) . (ge $byte 0)) }}{{ $bytes = "" }}
+{{- end }}
+{{- end }}
 {{- /* Lower case as Python's str.lower(): "İ" is "i̇" (i and a combining dot) there, "i" to Go's. */}}
-{{- $name := index (splitList "=" .) 0 | replace "_" "" | replace "-" "" | replace "\u0130" "i\u0307" | lower }}
-{{- if and (not (regexMatch "[%+]" $name)) (or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" $name) (regexMatch "(key|sig|auth|authorization)$" $name)) }}{{ $credentials = "query" }}{{ end }}
+{{- $name = printf "%s%s" $name (include "pinecall-bridge.utf8" $bytes) | replace "_" "" | replace "-" "" | replace "\u0130" "i\u0307" | lower }}
+{{- if (or (regexMatch "(token|secret|passw|pwd|jwt|credential|signature)" $name) (regexMatch "(key|sig|auth|authorization)$" $name)) }}{{ $credentials = "query" }}{{ end }}
 {{- end }}
 {{- if $userinfo }}{{ $credentials = "userinfo" }}{{ end }}
 {{- /* A port of ASCII digits, leading zeros aside, at most 65535 (urllib: 0 included, no sign). */}}
@@ -550,14 +570,27 @@ after http, https, ws, wss or ftp; two after another scheme or none), an `@` bef
 {{- dict "scheme" (trimSuffix ":" $schemePart | lower) "netloc" $netloc "hostname" (lower $hostname) "port" $port "unclosed" $unclosed "loopback" $loopback "credentials" $credentials "problem" $problem | toJson }}
 {{- end }}
 
+{{/* Bytes not ASCII (lower-case hex, two digits each) as Python's UTF-8 decoding reads them for a
+query name, as far as pinecall-bridge.url's words can tell: of the characters not ASCII only İ and
+K (the Kelvin sign) lower-case to ASCII letters; any other, or an undecodable byte (U+FFFD), is a
+character no word spans. A lead byte ends any sequence before it: "c4b0" and "e284aa" are those
+characters wherever they are. */}}
+{{- define "pinecall-bridge.utf8" -}}
+{{- regexReplaceAll "[0-9a-f]{2}" (. | replace "c4b0" "\u0130" | replace "e284aa" "\u212a") "\ufffd" }}
+{{- end }}
+
 {{/* "true" when TEXT (a string) is a JSON list as the bridge tells one (bridge/config.py's
 _is_json_list): it starts with `[` and the whole of it parses as one JSON array. Python's json
-takes NaN, Infinity and -Infinity as numbers, Go's none: each is a number here, spaced so that it
-joins no neighbour (`[1NaN]` stays no list). */}}
+takes NaN, Infinity and -Infinity as numbers, Go's none; and any number, where Go's float64 fails on
+one past its range (1e400, or 400 digits). Each is a 0 here, spaced so that it joins no neighbour
+(`[1NaN]`, `[1e1e5]` stay no list); in a string that changes nothing but its text, once each
+\uXXXX escape is one without digits (which the 0s would split). */}}
 {{- define "pinecall-bridge.jsonList" -}}
 {{- $text := toString . }}
 {{- if hasPrefix "[" (trim $text) }}
 {{- $json := $text | replace "-Infinity" " 0 " | replace "Infinity" " 0 " | replace "NaN" " 0 " }}
+{{- $json = regexReplaceAll "\\\\u[0-9A-Fa-f]{4}" $json "\\uaaaa" }}
+{{- $json = regexReplaceAll "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?" $json " 0 " }}
 {{- $parsed := fromJsonArray (printf "[%s]" $json) }}
 {{- and (eq (len $parsed) 1) (kindIs "slice" (index $parsed 0)) }}
 {{- end }}
