@@ -47,7 +47,13 @@ THROTTLE_WATCHED = (
     "dedup_hangwatch_consumer",
 )
 # Feed events lost (events_rejected_total{channel="websocket"}): PinecallBridgeFeedBacklogDropping.
-FEED_LOSSES: tuple[RejectReason, ...] = ("backlog_full", "shutdown", "too_large")
+FEED_LOSSES: tuple[RejectReason, ...] = (
+    "backlog_full",
+    "shutdown",
+    "shutdown_unreceived",
+    "too_large",
+    "too_large_unreceived",
+)
 # Why a kept window could not serve: kept.py's reasons, or "torn" (its gap's read failed, or
 # the stage producer it needs did not start).
 KEPT_DROP_REASONS = (*get_args(DropReason), "torn")

@@ -233,6 +233,7 @@ class Pipeline:
         raw: bytes | None = None,
         retry: Delivery | None = None,
         settled: set[int] | None = None,
+        counted: set[int] | None = None,
         event_times: Sequence[float | None] | None = None,
         answered: bool = False,
     ) -> BatchResult:
@@ -243,6 +244,8 @@ class Pipeline:
         its receipt time and latencies stay the first submit's.
         `settled` gains, as it happens, the index of each item Kafka acknowledged or that needs no
         retry (dropped, refused): what a source cut off mid-delivery did not lose.
+        `counted` gains the index of each item counted in events_received_total (by the first
+        submit of a delivery): of those a source loses, which its rejection reason counts received.
         `event_times` are the items' times as `event_time` read them, when the source did (the
         webhook's replay check): not read twice.
         `answered`: a request waits for the result (a webhook's), so a stop's `answer_by` bounds
@@ -290,6 +293,8 @@ class Pipeline:
             else:
                 if not again:
                     self._metrics.received_by(channel, type_label(normalised.type)).inc()
+                    if counted is not None:
+                        counted.add(n)
                 route = self._router.route(normalised)
                 if isinstance(route, Drop):
                     if not again:
@@ -311,7 +316,7 @@ class Pipeline:
                 )
                 over = [] if self._limits is None else _over(self._limits, record, output)
                 if over:
-                    self._refuse(channel, result, over)
+                    self._refuse(channel, result, over, received=True)
                     if settled is not None:
                         settled.add(n)
                     continue
@@ -348,7 +353,10 @@ class Pipeline:
                 if settled is not None:
                     delivery.add_done_callback(_noting_ack(settled, n))
             elif delivery is _REFUSED:
-                self._refuse(channel, result, [record.topic])
+                # Only an event is in events_received_total: a note or an item not understood
+                # is not, and PinecallBridgeRejectionRateHigh's denominator must tell them apart.
+                received = not isinstance(normalised, Unrecognised)
+                self._refuse(channel, result, [record.topic], received=received)
                 if self._say_losses and reason is not None:
                     # Final, not retried (a webhook's 413; the feed and a call log go on): only
                     # the counters and this line say the input is gone.
@@ -525,11 +533,13 @@ class Pipeline:
             result.accepted += 1
         return True
 
-    def _refuse(self, channel: Channel, result: BatchResult, topics: list[str]) -> None:
+    def _refuse(
+        self, channel: Channel, result: BatchResult, topics: list[str], *, received: bool
+    ) -> None:
         result.refused += 1
         result.too_large_for.update(topics)
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
-        self._metrics.rejection(channel, TOO_LARGE).inc()
+        self._metrics.rejection(channel, TOO_LARGE if received else "too_large_unreceived").inc()
 
     def _fail(
         self, reason: PublishFailure, result: BatchResult, error: BaseException | None = None

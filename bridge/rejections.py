@@ -30,11 +30,17 @@ RejectReason = Literal[
     "not_found",
     "method_not_allowed",
     "bad_request_head",
-    # Any channel's: an event Kafka refuses even as a dead letter (or a feed frame too big to read).
+    # Any channel's: an event (in events_received_total) Kafka refuses even as a dead letter.
     "too_large",
+    # Never in events_received_total: a dead letter of what is no event (a note of an entry or
+    # frame too large, an item not understood) refused too, or a feed frame too large to read.
+    "too_large_unreceived",
     # The call logs': an id that is no call id.
     "invalid_call_id",
-    # The feed's other losses.
+    # The feed's other losses. shutdown: events of the batch a stop cut off, in
+    # events_received_total already (as too_large's); the rest never were, and only those
+    # PinecallBridgeRejectionRateHigh's denominator adds to it.
     "backlog_full",
     "shutdown",
+    "shutdown_unreceived",
 ]

@@ -360,6 +360,9 @@ class WebSocketSource:
         # Indexes of the batch being published that Kafka took (or that need no retry): a stop
         # cutting the batch off lost only the rest of it.
         self._settled: set[int] = set()
+        # Of the batch, those the pipeline counted in events_received_total: a stop losing them
+        # counts them `shutdown`, the rest (never received) `shutdown_unreceived`.
+        self._counted: set[int] = set()
         self._downtime = Downtime(metrics.websocket_down_seconds.inc)
         self._policy = ReconnectPolicy.of(settings)
         self._session: aiohttp.ClientSession | None = None
@@ -445,10 +448,15 @@ class WebSocketSource:
         if self._publisher is None:
             return
         left = self._held - len(self._settled)
+        received = len(self._counted - self._settled)
         self._held, self._held_bytes, self._batch_bytes, self._settled = 0, 0, 0, set()
+        self._counted = set()
         self._queue = asyncio.Queue()
+        if received:
+            self._metrics.rejection("websocket", "shutdown").inc(received)
+        if left - received:
+            self._metrics.rejection("websocket", "shutdown_unreceived").inc(left - received)
         if left:
-            self._metrics.rejection("websocket", "shutdown").inc(left)
             log.error(
                 "feed events not published before the grace period ended",
                 extra={"events": left},
@@ -511,7 +519,7 @@ class WebSocketSource:
                 reason = _close_reason(exc)
                 if reason == "frame_too_large":
                     # Not even read: the frame, an event or not, is lost.
-                    self._metrics.rejection("websocket", "too_large").inc()
+                    self._metrics.rejection("websocket", "too_large_unreceived").inc()
                     log.error(
                         "feed sent a frame too large to read: it is lost, the connection closed",
                         extra={
@@ -872,7 +880,7 @@ class WebSocketSource:
         limit = self._settings.max_frame_bytes
         unread = sum(1 for message in (*_buffered(ws), *early) if _held_if_read(message, limit))
         if unread:
-            self._metrics.rejection("websocket", "shutdown").inc(unread)
+            self._metrics.rejection("websocket", "shutdown_unreceived").inc(unread)
             log.error(
                 "feed events received but not read before the stop's deadline: lost",
                 extra={"events": unread},
@@ -1021,13 +1029,13 @@ class WebSocketSource:
                     break
                 batch.append(item)
                 held_bytes += item[1]
-            self._settled = set()
+            self._settled, self._counted = set(), set()
             self._batch_bytes = held_bytes
             await self._publish([_decoded(held) for held, _ in batch])
             self._held -= len(batch)
             self._held_bytes -= held_bytes
             self._batch_bytes = 0
-            self._settled = set()
+            self._settled, self._counted = set(), set()
             if last:
                 return
 
@@ -1038,7 +1046,11 @@ class WebSocketSource:
         while True:
             try:
                 result = await self._pipeline.submit(
-                    batch, "websocket", retry=delivery, settled=self._settled
+                    batch,
+                    "websocket",
+                    retry=delivery,
+                    settled=self._settled,
+                    counted=self._counted,
                 )
                 delivery = result.delivery
             except Exception:  # a bug must not end publishing silently, nor drop the batch

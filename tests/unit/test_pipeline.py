@@ -686,13 +686,34 @@ async def test_too_large_even_as_a_dead_letter_is_refused_for_good() -> None:
     assert result.ok, "a refusal for good is no reason to retry"
     assert (result.accepted, result.dead_lettered, result.refused) == (0, 0, 1)
     assert sink.records == []
-    assert (
-        sample(
-            metrics, "pinecall_bridge_events_rejected_total", channel="webhook", reason="too_large"
-        )
-        == 1
-    )
+    # Its data no object: no event, never received (its dead letter would say invalid_data).
+    name = "pinecall_bridge_events_rejected_total"
+    assert sample(metrics, name, channel="webhook", reason="too_large_unreceived") == 1
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
+
+
+async def test_a_refusal_says_whether_its_item_was_counted_received() -> None:
+    # PinecallBridgeRejectionRateHigh adds a refusal to received only if it is not there already:
+    # a note (or an item not understood) refused even as a dead letter was never received, yet
+    # counted too_large as a refused event (which is received) was.
+    event = entry(1, data={"text": "x" * 6000})
+    note = Unrecognised("too_large", {"call": "CA_1", "seq": 2, "data": "y" * 6000})
+    sink = limited_to(FakeSink(), 5000)
+    pipeline, metrics = make(sink)
+    counted: set[int] = set()
+    result = await pipeline.submit([event, note, entry(3)], "sse", counted=counted)
+    assert (result.accepted, result.refused) == (1, 2)
+    assert counted == {0, 2}
+
+    def refused(reason: str) -> float:
+        name = "pinecall_bridge_events_rejected_total"
+        return sample(metrics, name, channel="sse", reason=reason)
+
+    assert (refused("too_large"), refused("too_large_unreceived")) == (1, 1)
+    received = sample(
+        metrics, "pinecall_bridge_events_received_total", channel="sse", type="turn.user"
+    )
+    assert received == 2  # the refused event and entry 3; not the note
 
 
 async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> None:

@@ -111,17 +111,17 @@ groups:
         # requests to no webhook route (a scanner's too) PinecallBridgeWebhooksUnrouted's. `or ... * 0`:
         # no events received at all is 100 %.
         # Per channel: the call logs' volume must not hide every webhook being refused.
-        # The denominator counts a refusal only if its event is not in received already: a
-        # webhook's or call log's too_large (the pipeline's, after receipt) counts 0 there, or the
-        # ratio read r/(1+r) and fired at 5.26 %. The feed's too_large and shutdown mix events
-        # received and not (a frame too large to read, a queue cut off): counted whole, so the
-        # feed's ratio reads a little low; telling them apart would take new reason labels.
+        # The denominator counts a refusal only if its event is not in received already: too_large
+        # (an event refused after receipt) and shutdown (the feed's batch a stop cut off) count 0
+        # there, or the ratio read r/(1+r) and fired at 5.26 %; their never-received kin
+        # (too_large_unreceived, shutdown_unreceived: a note or a frame too large, a queue cut
+        # off) count whole, as every other reason does.
         expr: |
           sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m]))
           /
           (
             sum by (namespace, channel) (
-              rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m]) unless rate(pinecall_bridge_events_rejected_total{channel!="websocket", reason="too_large"}[5m])
+              rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed|too_large|shutdown"}[5m])
               or rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m]) * 0
             )
             + (sum by (namespace, channel) (rate(pinecall_bridge_events_received_total[5m])) or sum by (namespace, channel) (rate(pinecall_bridge_events_rejected_total{reason!~"kafka_unavailable|stopping|overloaded|internal_error|not_found|method_not_allowed"}[5m])) * 0)
@@ -659,8 +659,9 @@ groups:
         # publish_failures_total{reason="too_large"} counts these alone, at 0 from the start.
         # So is a feed frame over the read limit (four times BRIDGE_WEBSOCKET__MAX_FRAME_BYTES):
         # never read, no dead letter of it. Counted by its reconnect, which counts nothing else;
-        # events_rejected_total{channel="websocket",reason="too_large"} also counts the feed's
-        # share of the failures above. Both at 0 from the start (the feed's once it is on).
+        # events_rejected_total{channel="websocket",reason="too_large_unreceived"} also counts
+        # it, and with too_large the feed's share of the failures above. Both at 0 from the start
+        # (the feed's once it is on).
         expr: |
           sum by (namespace, pod) (
             increase(pinecall_bridge_publish_failures_total{reason="too_large"}[15m])

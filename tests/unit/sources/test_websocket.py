@@ -279,6 +279,11 @@ def rejected(metrics: Metrics, reason: str) -> float:
     )
 
 
+def lost_at_stop(metrics: Metrics) -> float:
+    """WebSocket events a stop lost: received (the batch it cut off) or not (queued, unread)."""
+    return rejected(metrics, "shutdown") + rejected(metrics, "shutdown_unreceived")
+
+
 async def test_reads_in_order_and_skips_control_and_garbage(
     make_feed: Callable[[Script], Awaitable[FakeFeed]],
 ) -> None:
@@ -574,7 +579,7 @@ async def test_an_oversized_frame_is_dead_lettered_and_the_connection_kept(
     assert feed.connections == 2  # the frame past the read limit, not the dead-lettered one
     assert reconnects(metrics, "frame_too_large") == 1
     assert reconnects(metrics, "closed") == 0
-    assert rejected(metrics, "too_large") == 1
+    assert rejected(metrics, "too_large_unreceived") == 1
 
 
 async def test_the_byte_bound_is_on_the_memory_the_backlog_holds(
@@ -811,8 +816,10 @@ async def test_what_the_grace_period_could_not_publish_is_counted_as_lost(
     metrics = fed.metrics
     await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
     await fed.stop(0.3)
-    # The batch being published counts as much as what was still queued behind it.
-    assert rejected(metrics, "shutdown") == 5
+    # The batch being published counts as much as what was still queued behind it; of them,
+    # shutdown counts those in events_received_total (the batch's), shutdown_unreceived the rest.
+    assert rejected(metrics, "shutdown") + rejected(metrics, "shutdown_unreceived") == 5
+    assert rejected(metrics, "shutdown") == received_events(metrics)
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
 
 
@@ -826,7 +833,38 @@ async def test_of_a_batch_cut_off_by_the_stop_only_what_kafka_did_not_take_is_lo
         future.set_result(None)
     await fed.stop(0.3)
     assert rejected(metrics, "shutdown") == 2
+    assert rejected(metrics, "shutdown_unreceived") == 0  # all five in events_received_total
     assert sample(metrics, "pinecall_bridge_websocket_backlog_events") == 0
+
+
+def received_events(metrics: Metrics) -> float:
+    """The feed's events_received_total, over every event type."""
+    prefix = 'pinecall_bridge_events_received_total{channel="websocket",'
+    return sum(v for k, v in series(metrics.render().decode()).items() if k.startswith(prefix))
+
+
+async def test_a_stop_counts_lost_events_received_apart_from_those_never_received(
+    feeding: Feeding,
+) -> None:
+    # PinecallBridgeRejectionRateHigh adds shutdown_unreceived, not shutdown, to received: the
+    # batch in flight is in events_received_total, the events queued behind it are not.
+    more = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(entry(1))
+        await more.wait()
+        for seq in range(2, 6):
+            await ws.send_json(entry(seq))
+        await hold_open(ws)
+
+    fed = await feeding(script, sink=FakeSink(auto_ack=False))  # Kafka never acknowledges
+    metrics = fed.metrics
+    await until(lambda: len(fed.sink.records) == 1)  # the first batch: entry 1 alone
+    more.set()
+    await until(lambda: sample(metrics, "pinecall_bridge_websocket_backlog_events") == 5)
+    await fed.stop(0.3)
+    assert received_events(metrics) == 1
+    assert (rejected(metrics, "shutdown"), rejected(metrics, "shutdown_unreceived")) == (1, 4)
 
 
 async def test_unreachable_feed_keeps_retrying_without_crashing() -> None:
@@ -1178,7 +1216,14 @@ def test_the_series_alerts_take_increase_of_exist_from_0() -> None:
         for s in samples
         if s.name == "pinecall_bridge_events_rejected_total" and s.labels["channel"] == "websocket"
     }
-    assert lost == {"backlog_full": 0.0, "shutdown": 0.0, "too_large": 0.0}
+    reasons = [
+        "backlog_full",
+        "shutdown",
+        "shutdown_unreceived",
+        "too_large",
+        "too_large_unreceived",
+    ]
+    assert lost == dict.fromkeys(reasons, 0.0)
 
 
 def refusal_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -1615,7 +1660,7 @@ async def test_frames_received_when_the_stop_begins_are_published(feeding: Feedi
     await streaming.wait()
     await fed.stop(5)
     assert seqs(sink) == list(range(1, 2 * burst + 1))
-    assert rejected(fed.metrics, "shutdown") == 0
+    assert lost_at_stop(fed.metrics) == 0
 
 
 async def test_a_close_left_unanswered_is_cut_and_the_stop_keeps_its_deadline(
@@ -1668,7 +1713,7 @@ async def test_a_refreshed_connection_opened_when_the_stop_begins_is_read_to_its
     loop.call_soon(answer_old_close.set)  # after the stop's first step: callbacks run in order
     await stopping
     assert seqs(fed.sink) == list(range(1, 51))
-    assert rejected(fed.metrics, "shutdown") == 0
+    assert lost_at_stop(fed.metrics) == 0
 
 
 async def test_a_refresh_whose_old_connection_leaves_its_close_unanswered_keeps_the_new_one(
@@ -1887,9 +1932,9 @@ async def test_a_refresh_the_stop_cuts_counts_its_successors_events_not_its_ack_
     await asyncio.sleep(0.2)  # its two events read ahead
     assert fed.source._reader is not None
     fed.source._reader.cancel()  # as the stop does past the reader's share
-    await until(lambda: rejected(fed.metrics, "shutdown") > 0, what="the successor counted")
+    await until(lambda: lost_at_stop(fed.metrics) > 0, what="the successor counted")
     await asyncio.sleep(0.1)
-    assert rejected(fed.metrics, "shutdown") == 2
+    assert rejected(fed.metrics, "shutdown_unreceived") == 2  # never published: not received
 
 
 def feed_tasks() -> list[asyncio.Task[Any]]:
@@ -1958,7 +2003,7 @@ async def test_frames_websockets_holds_when_the_stop_cancels_the_reader_are_coun
     await fed.stop(1)
     read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert received - 1 > read  # frames were left unread (1: the subscription's ack)
-    assert rejected(fed.metrics, "shutdown") == received - 1
+    assert lost_at_stop(fed.metrics) == received - 1
 
 
 async def test_what_websockets_holds_at_the_cut_is_counted_by_its_events_not_its_frames(
@@ -1998,7 +2043,7 @@ async def test_what_websockets_holds_at_the_cut_is_counted_by_its_events_not_its
     await fed.stop(1)
     read = sample(fed.metrics, "pinecall_bridge_websocket_frames_total", kind="event")
     assert events > read  # some were left unread
-    assert rejected(fed.metrics, "shutdown") == events
+    assert lost_at_stop(fed.metrics) == events
 
 
 async def test_an_oversized_frame_unread_at_the_cut_is_counted_as_the_note_it_was_to_be() -> None:
@@ -2015,7 +2060,7 @@ async def test_an_oversized_frame_unread_at_the_cut_is_counted_as_the_note_it_wa
         buffered.put(Frame(Opcode.TEXT, message.encode()))
     ws = SimpleNamespace(transport=SimpleNamespace(abort=lambda: None), recv_messages=buffered)
     source._lost_unread(cast(ClientConnection, ws), ["z" * (limit + 1), event])
-    assert rejected(metrics, "shutdown") == 5  # the events and the oversized frames
+    assert rejected(metrics, "shutdown_unreceived") == 5  # the events and the oversized frames
 
 
 @pytest.mark.parametrize(

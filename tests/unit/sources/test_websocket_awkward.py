@@ -130,7 +130,7 @@ async def test_a_compressed_bomb_is_cut_at_the_read_limit_after_inflating() -> N
         tracemalloc.stop()
     assert peak < 16 * limit  # about twice the read limit (4 MiB): not the 64 MiB inflated
     assert seqs(sink) == [1, 2]
-    assert rejected(metrics, "too_large") == 1
+    assert rejected(metrics, "too_large_unreceived") == 1
     assert (taken, ended(metrics)) == ([1, 2], {"frame_too_large": 1})
 
 
