@@ -427,8 +427,12 @@ def test_a_scrape_timeout_within_the_interval_is_rendered(interval: str, timeout
             ["alerts.publishStalledMinutes=1", "serviceMonitor.interval=45s"],
             "PinecallBridgeDedupStalled [1m]",
         ),
-        # The rules' own shortest range, DedupRestoreSlow's rate over 2 minutes.
+        # The rules' own shortest ranges, fixed: DedupRestoreSlow's rate over 2 minutes and
+        # DedupFetchesUnanswered's last age of 2 minutes, which fires on one scrape but bridges
+        # no scrape that finds no series.
         (["serviceMonitor.interval=61s"], "PinecallBridgeDedupRestoreSlow [2m]"),
+        (["serviceMonitor.interval=61s"], "last_over_time() to bridge a scrape"),
+        (["serviceMonitor.interval=61s"], "(a [2m] range is fixed)"),
         (["serviceMonitor.interval=5m"], "PinecallBridgeWebSocketDown [5m]"),
     ],
 )
