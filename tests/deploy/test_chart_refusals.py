@@ -671,6 +671,17 @@ REFUSALS = {
         "secrets.webhookSecrets.value is a JSON list",
         {"webhook": {"secrets": "[1" + "0" * 400 + "]"}},
     ),
+    # Python's json takes an integer of up to 4300 digits, and a float of more.
+    "feed events as a JSON list of a 4300-digit integer": Refusal(
+        ("config.websocket.events=[1" + "0" * 4299 + "]",),
+        "config.websocket.events is a JSON list given as a string",
+        {"websocket": {"events": "[1" + "0" * 4299 + "]"}},
+    ),
+    "webhook secrets value as a JSON list of a 4301-digit float": Refusal(
+        ('secrets.webhookSecrets.value=["a"\\,1' + "0" * 4300 + ".5]",),
+        "secrets.webhookSecrets.value is a JSON list",
+        {"webhook": {"secrets": '["a",1' + "0" * 4300 + ".5]"}},
+    ),
     # The numbers' stand-in must not split an escape: a list of one string, U+1E40.
     "webhook secrets value as a JSON list of an escaped string": Refusal(
         ('secrets.webhookSecrets.value=["\\\\u1e40"]',),
@@ -1026,6 +1037,15 @@ def test_topics_kafka_tells_apart_are_rendered(
         ),
         # No JSON to Python: an exponent after an exponent.
         (("config.websocket.events=[1e1e5]",), {"websocket": {"events": "[1e1e5]"}}),
+        # No JSON to Python either: its int() takes at most 4300 digits (a float takes more).
+        (
+            ("config.websocket.events=[1" + "0" * 4300 + "]",),
+            {"websocket": {"events": "[1" + "0" * 4300 + "]"}},
+        ),
+        (
+            ("secrets.webhookSecrets.value=[[-1" + "0" * 4300 + "]]",),
+            {"webhook": {"secrets": "[[-1" + "0" * 4300 + "]]"}},
+        ),
         # IPv6 bind addresses: an IPv4 address in the last two hextets, a `::` for the last one.
         (("config.http.host=::ffff:10.0.0.1",), {"http": {"host": "::ffff:10.0.0.1"}}),
         (("config.http.host=1:2:3:4:5:6:7::",), {"http": {"host": "1:2:3:4:5:6:7::"}}),

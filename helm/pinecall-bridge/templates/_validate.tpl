@@ -584,14 +584,20 @@ _is_json_list): it starts with `[` and the whole of it parses as one JSON array.
 takes NaN, Infinity and -Infinity as numbers, Go's none; and any number, where Go's float64 fails on
 one past its range (1e400, or 400 digits). Each is a 0 here, spaced so that it joins no neighbour
 (`[1NaN]`, `[1e1e5]` stay no list); in a string that changes nothing but its text, once each
-\uXXXX escape is one without digits (which the 0s would split). */}}
+\uXXXX escape is one without digits (which the 0s would split). But an integer of more than 4300
+digits (no fraction, no exponent) is no number to Python's json, whose int() refuses it: no list
+then; its tokens read left to right, strings apart, are JSON's wherever Python reads a list. */}}
 {{- define "pinecall-bridge.jsonList" -}}
 {{- $text := toString . }}
 {{- if hasPrefix "[" (trim $text) }}
+{{- $longInt := false }}
+{{- range regexFindAll "\"(?:[^\"\\\\]|\\\\.)*\"|-?[0-9]+(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?" $text -1 }}
+{{- if and (regexMatch "^-?[0-9]+$" .) (gt (len (trimPrefix "-" .)) 4300) }}{{ $longInt = true }}{{ end }}
+{{- end }}
 {{- $json := $text | replace "-Infinity" " 0 " | replace "Infinity" " 0 " | replace "NaN" " 0 " }}
 {{- $json = regexReplaceAll "\\\\u[0-9A-Fa-f]{4}" $json "\\uaaaa" }}
 {{- $json = regexReplaceAll "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?" $json " 0 " }}
 {{- $parsed := fromJsonArray (printf "[%s]" $json) }}
-{{- and (eq (len $parsed) 1) (kindIs "slice" (index $parsed 0)) }}
+{{- and (not $longInt) (eq (len $parsed) 1) (kindIs "slice" (index $parsed 0)) }}
 {{- end }}
 {{- end }}
