@@ -88,6 +88,9 @@ class Delivery:
     # The event loop's monotonic clock, which latencies run from: a wall-clock step mid-publish
     # (NTP, a resumed VM) must not become a latency.
     started: float
+    # Indexes of its items refused for good: a retry (the whole batch again) refuses them again,
+    # and must not count or say the loss twice (once per retry through a Kafka outage).
+    refused: set[int] = field(default_factory=set, compare=False, hash=False)
 
     @classmethod
     def redriven(cls, received_at: float) -> Delivery:
@@ -316,7 +319,7 @@ class Pipeline:
                 )
                 over = [] if self._limits is None else _over(self._limits, record, output)
                 if over:
-                    self._refuse(channel, result, over, received=True)
+                    self._refuse(channel, result, over, received=True, new=_first_refusal(first, n))
                     if settled is not None:
                         settled.add(n)
                     continue
@@ -356,8 +359,9 @@ class Pipeline:
                 # Only an event is in events_received_total: a note or an item not understood
                 # is not, and PinecallBridgeRejectionRateHigh's denominator must tell them apart.
                 received = not isinstance(normalised, Unrecognised)
-                self._refuse(channel, result, [record.topic], received=received)
-                if self._say_losses and reason is not None:
+                new = _first_refusal(first, n)
+                self._refuse(channel, result, [record.topic], received=received, new=new)
+                if self._say_losses and reason is not None and new:
                     # Final, not retried (a webhook's 413; the feed and a call log go on): only
                     # the counters and this line say the input is gone.
                     flood.error(
@@ -534,10 +538,13 @@ class Pipeline:
         return True
 
     def _refuse(
-        self, channel: Channel, result: BatchResult, topics: list[str], *, received: bool
+        self, channel: Channel, result: BatchResult, topics: list[str], *, received: bool, new: bool
     ) -> None:
+        """`new`: not refused in an earlier attempt of the delivery, whose count stands."""
         result.refused += 1
         result.too_large_for.update(topics)
+        if not new:
+            return
         self._metrics.publish_failures.labels(TOO_LARGE).inc()
         self._metrics.rejection(channel, TOO_LARGE if received else "too_large_unreceived").inc()
 
@@ -657,6 +664,13 @@ def _refused_for_size(delivery: asyncio.Future[Any]) -> bool:
         return False
     error = delivery.exception()
     return error is not None and too_large(error)
+
+
+def _first_refusal(delivery: Delivery, n: int) -> bool:
+    """Whether item `n` is refused for good the first time in `delivery` (noted now)."""
+    new = n not in delivery.refused
+    delivery.refused.add(n)
+    return new
 
 
 def _noting_ack(settled: set[int], n: int) -> Callable[[asyncio.Future[Any]], None]:

@@ -716,6 +716,24 @@ async def test_a_refusal_says_whether_its_item_was_counted_received() -> None:
     assert received == 2  # the refused event and entry 3; not the note
 
 
+async def test_a_retry_refusing_an_item_again_counts_its_loss_once() -> None:
+    # The feed and a call log retry the whole batch (through a Kafka outage, every few seconds):
+    # each retry refused the too-large event again and counted it lost again, so one event
+    # grew too_large without bound and PinecallBridgeRejectionRateHigh read far above its ratio.
+    sink = limited_to(FakeSink(), 5000)
+    pipeline, metrics = make(sink)
+    items = [entry(1, data={"text": "x" * 6000}), entry(2)]
+    result = await pipeline.submit(items, "sse")
+    for _ in range(3):
+        again = await pipeline.submit(items, "sse", retry=result.delivery)
+        assert again.refused == 1  # still refused: the batch's answer is unchanged
+    name = "pinecall_bridge_events_rejected_total"
+    assert sample(metrics, name, channel="sse", reason="too_large") == 1
+    assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
+    received = "pinecall_bridge_events_received_total"
+    assert sample(metrics, received, channel="sse", type="turn.user") == 2  # once each
+
+
 async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> None:
     # A redrive reads the dead-letter topic: what it cannot publish must not be written there
     # again, or every run would grow it.
