@@ -1,6 +1,7 @@
 """CPU per event of the webhook handler path, in-process: two variants paired in ABBA rounds.
 
-    python -m bench.handlerpath [--variant timer|payload-id|event-time|hmac|read|all|control]
+    python -m bench.handlerpath [--variant timer|payload-id|event-time|hmac|read|content-type|all|
+                                 control]
                                 [--rounds 40] [--per-round 300] [--gc-threshold 700]
 
 What runs: `WebhookHandler.handle` on prepared `make_mocked_request`s (signed one-event bodies
@@ -287,6 +288,25 @@ def _old_verify(header: str | None, body: bytes, secrets: Sequence[bytes]) -> Ve
     return Verdict.VALID if matched else Verdict.INVALID
 
 
+def _old_refused_media(
+    self: WebhookHandler, request: web.Request, **headers: str
+) -> web.Response | None:
+    """A copy, on purpose (the A/B's old side), of bridge/sources/webhook.py's
+    `WebhookHandler._refused_media` before the media type was read by the header's text,
+    remembered: it read `request.content_type`, set up afresh per request."""
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        return self._reject(415, "unsupported_media_type", "send application/json", **headers)
+    if webhook._coded_body(request):
+        return self._reject(
+            415,
+            "unsupported_media_type",
+            "send the body unencoded",
+            **{**headers, "Connection": "close"},
+        )
+    return None
+
+
 VARIANTS: dict[str, Patch] = {
     "timer": lambda: _patched((Pipeline, "_send", _old_send)),
     "payload-id": lambda: _patched((shapes, "_checked", _old_checked)),
@@ -298,6 +318,7 @@ VARIANTS: dict[str, Patch] = {
     ),
     "hmac": lambda: _patched((webhook, "verify", _old_verify)),
     "read": lambda: _patched((WebhookHandler, "_handle", _old_handle)),
+    "content-type": lambda: _patched((WebhookHandler, "_refused_media", _old_refused_media)),
     "stop-middleware": lambda: _patched((_path, "call", _path.old)),
     "gc-threshold": lambda: gc_threshold(CPYTHON_GEN0_THRESHOLD),
     "gc-freeze": gc_unfrozen,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import parse_content_type
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
@@ -171,8 +173,7 @@ class WebhookHandler:
 
     def _refused_media(self, request: web.Request, **headers: str) -> web.Response | None:
         """The 415 for a body that is not JSON or is encoded, if it is so; `headers` added."""
-        content_type = request.content_type
-        if content_type != "application/json" and not content_type.endswith("+json"):
+        if not _json_media(request.headers.get(hdrs.CONTENT_TYPE)):
             return self._reject(415, "unsupported_media_type", "send application/json", **headers)
         if _coded_body(request):
             return self._reject(
@@ -298,6 +299,17 @@ def _signature(request: web.Request) -> str | Verdict | None:
     if len(values) > 1:
         return Verdict.MALFORMED
     return values[0] if values else None
+
+
+@functools.lru_cache(maxsize=64)
+def _json_media(raw: str | None) -> bool:
+    """Whether a Content-Type header's value names JSON, as `request.content_type` reads it.
+
+    By the header's text, remembered: `content_type` sets its parsed form up again on every
+    request (a copy of the parameters, three attributes of a new object), 2-4 µs a webhook.
+    """
+    media = "application/octet-stream" if raw is None else parse_content_type(raw)[0]
+    return media == "application/json" or media.endswith("+json")
 
 
 def _coded_body(request: web.Request) -> bool:

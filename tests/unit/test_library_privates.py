@@ -22,7 +22,7 @@ from typing import Any
 import aiokafka.client
 import aiokafka.conn
 import pytest
-from aiohttp import http_parser, web, web_protocol, web_urldispatcher
+from aiohttp import helpers, http_parser, web, web_protocol, web_urldispatcher
 from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
@@ -420,6 +420,18 @@ def test_aiohttps_request_parser_choice() -> None:
         )
     if not os.environ.get("AIOHTTP_NO_EXTENSIONS"):  # else its C parser is never imported
         need("aiohttp", http_parser, "HttpRequestParserC", users, inspect.isclass, "a class")
+
+
+def test_aiohttps_content_type_parse() -> None:
+    # bridge/sources/webhook.py judges the media type by the header's text with the parse
+    # request.content_type makes (tests/unit/sources/test_webhook.py compares the verdicts).
+    users = "bridge/sources/webhook.py"
+    parse = need("aiohttp", helpers, "parse_content_type", users, callable, "callable")
+    if parse("Application/JSON; charset=utf-8")[0] != "application/json":
+        pytest.fail(
+            f"aiohttp {version('aiohttp')}'s helpers.parse_content_type no longer returns the"
+            f" media type, lower-cased, first, which {users} relies on"
+        )
 
 
 def test_aiohttps_expect_handler() -> None:

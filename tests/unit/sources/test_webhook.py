@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from aiokafka.errors import NotEnoughReplicasError
 
 from bridge import jsoncodec
@@ -25,7 +26,7 @@ from bridge.normalise import shapes
 from bridge.pipeline import Pipeline
 from bridge.service import Bridge, webhook_runner
 from bridge.sink.limits import TopicLimits
-from bridge.sources import signature
+from bridge.sources import signature, webhook
 from bridge.sources.webhook import ITEM_OVERHEAD_BYTES, WebhookHandler
 from tests.entries import entry
 from tests.metrics import sample
@@ -493,6 +494,37 @@ async def test_wrong_content_type_415(harness: Harness, content_type: str) -> No
 async def test_json_variants_accepted(harness: Harness) -> None:
     response = await harness.post(ENTRY, content_type="application/json; charset=utf-8")
     assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "application/json",
+        "Application/JSON",
+        " application/json ; charset=utf-8",
+        'application/json; charset="utf-8"; x=1',
+        "application/cloudevents+json",
+        "application/problem+JSON; q=1",
+        "application/jsonx",
+        "application/json+xml",
+        "text/json",
+        "json",
+        "application/json/x",
+        "",
+        ";application/json",
+        "application/x-www-form-urlencoded",
+    ],
+)
+def test_the_media_type_is_judged_by_the_header_as_request_content_type_reads_it(
+    value: str | None,
+) -> None:
+    # Remembered by the header's text (no per-request parse): the same verdict as aiohttp's own.
+    request = make_mocked_request("POST", "/", {} if value is None else {"Content-Type": value})
+    media = request.content_type
+    expected = media == "application/json" or media.endswith("+json")
+    assert webhook._json_media(value) is expected
+    assert webhook._json_media(value) is expected  # the remembered answer, the same
 
 
 @pytest.mark.parametrize(
