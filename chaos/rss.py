@@ -1,7 +1,8 @@
-"""Peak resident memory of the bridge processes, from /proc via `Replica.rss_bytes` (no psutil).
+"""Peak resident memory of the bridge processes, from /proc via `rss_bytes` (no psutil).
 
 VmHWM vanishes with the process, so a sampler reads it while the processes live; a replica
-that is killed keeps the last peak read before its death.
+that is killed keeps the last peak read before its death. A pod's workers are its children:
+each is sampled as a process of its own, the supervisor too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 from chaos.background import Background
-from tests.integration.replicas import Replica
+from tests.integration.replicas import Replica, rss_bytes
 
 
 class PeakRss(Background):
@@ -26,15 +27,16 @@ class PeakRss(Background):
         for replica in self._replicas():
             if replica.process is None or not replica.alive:
                 continue
-            # It may exit between the check and the read.
-            with contextlib.suppress(OSError, StopIteration):
-                value = replica.rss_bytes(peak=True)
-                pid = replica.process.pid
-                self.peaks[pid] = max(value, self.peaks.get(pid, 0))
+            for pid in [replica.process.pid, *replica.children()]:
+                # It may exit between the check and the read.
+                with contextlib.suppress(OSError, StopIteration):
+                    value = rss_bytes(pid, peak=True)
+                    self.peaks[pid] = max(value, self.peaks.get(pid, 0))
 
     @property
     def peak_mib(self) -> float:
-        """The largest single process's peak, MiB (replicas are separate pods, not summed)."""
+        """The largest single process's peak, MiB (replicas are separate pods, a pod's workers
+        separate processes: not summed)."""
         return max(self.peaks.values(), default=0) / 2**20
 
     async def _run(self) -> None:

@@ -10,6 +10,7 @@ from chaos.scenarios.calllog import calllog
 from chaos.scenarios.cluster import cluster
 from chaos.scenarios.feed import feed
 from chaos.scenarios.network import network, resets
+from chaos.scenarios.pod import pod
 from chaos.scenarios.replicas import replicas
 from chaos.scenarios.slow_clients import slow_clients
 
@@ -20,6 +21,7 @@ SCENARIOS: dict[str, Scenario] = {
     "network": network,
     "resets": resets,
     "replicas": replicas,
+    "pod": pod,
     "feed": feed,
     "slow-clients": slow_clients,
     "cluster": cluster,

@@ -18,6 +18,7 @@ from bridge import jsoncodec
 from bridge.simulator import Simulator
 from tests.integration.conftest import SECRET, Topics, daemon_env, wait_ready
 from tests.metrics import exposition, scrape
+from tests.polling import until
 from tests.webhooks import signed
 
 COMMAND = Path(sys.executable).parent / "pinecall-bridge"
@@ -140,10 +141,18 @@ class Replica:
     def rss_bytes(self, *, peak: bool = False) -> int:
         """The process's resident set size now, or its peak so far, from /proc (Linux)."""
         assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        key = "VmHWM:" if peak else "VmRSS:"
-        line = next(line for line in status.splitlines() if line.startswith(key))
-        return int(line.split()[1]) * 1024
+        return rss_bytes(self.process.pid, peak=peak)
+
+    def children(self) -> list[int]:
+        """The pids of its child processes (with BRIDGE_HTTP__WORKERS > 1: its workers), from
+        /proc (Linux); none once it is gone."""
+        assert self.process is not None
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(child) for child in children.split()]
 
     def kill(self) -> None:
         """SIGKILL: no flush, no LeaveGroup, no abort; the group notices after the session."""
@@ -211,6 +220,23 @@ class Replica:
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         """The replica's /metrics as {series: value}, labels in Prometheus text form."""
         return await scrape(session, self.url, within=SCRAPE_SECONDS)
+
+
+def rss_bytes(pid: int, *, peak: bool = False) -> int:
+    """Process `pid`'s resident set size now, or its peak so far, from /proc (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    key = "VmHWM:" if peak else "VmRSS:"
+    line = next(line for line in status.splitlines() if line.startswith(key))
+    return int(line.split()[1]) * 1024
+
+
+async def until_restarted(pod: Replica, worker: int, killed: int, within: float = 30) -> None:
+    """Until the parent logged a new process for `worker`, whose process `killed` was."""
+
+    def restarted() -> bool:
+        return pod.worker_pids().get(worker, killed) != killed
+
+    await until(restarted, within, 0.1, f"worker {worker} restarted")
 
 
 def _told(line: str) -> bool:

@@ -35,7 +35,14 @@ from tests.integration.conftest import (
     read_to_end,
     wait_ready,
 )
-from tests.integration.replicas import Replica, calllog_env, post_signed, replica_env, total
+from tests.integration.replicas import (
+    Replica,
+    calllog_env,
+    post_signed,
+    replica_env,
+    total,
+    until_restarted,
+)
 from tests.polling import until
 from tests.processes import process_gone
 from tests.sockets import free_port, listening, refusing_address
@@ -125,15 +132,6 @@ async def probe_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any
 
 async def until_gone(pid: int, within: float) -> None:
     await until(lambda: process_gone(pid), within, 0.05, f"process {pid} gone")
-
-
-async def until_restarted(pod: Replica, worker: int, killed: int) -> None:
-    """Until the parent logged a new process for `worker`, whose process `killed` was."""
-
-    def restarted() -> bool:
-        return pod.worker_pids().get(worker, killed) != killed
-
-    await until(restarted, 30, 0.1, f"worker {worker} restarted")
 
 
 async def output_once(kafka_bootstrap: str, topics: Topics, answered: set[str]) -> None:

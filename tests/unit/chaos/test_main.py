@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+import chaos.scenarios
 from chaos.__main__ import commit, parser
+from chaos.scenarios import SCENARIOS
+from chaos.scenarios.pod import pod
+
+
+def test_every_scenario_module_is_registered() -> None:
+    # A scenario written but not listed would never run, in `make chaos` or with `--only`.
+    modules = {module.name for module in pkgutil.iter_modules(chaos.scenarios.__path__)}
+    registered = {scenario.__module__.rsplit(".", 1)[1] for scenario in SCENARIOS.values()}
+    assert registered == modules
+
+
+def test_only_pod_selects_the_pod_scenario_alone() -> None:
+    assert parser().parse_args(["--only", "pod"]).only == ["pod"]
+    assert SCENARIOS["pod"] is pod
 
 
 def test_base_port_is_off_unless_given() -> None:
