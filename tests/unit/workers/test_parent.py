@@ -443,6 +443,21 @@ async def test_every_worker_a_restarted_one_too_reads_the_dotenv_from_a_file_wit
     assert stopped_with == 0
 
 
+async def test_a_worker_that_cannot_be_spawned_stops_the_pod_and_leaves_no_dotenv_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its descriptor is made before the spawn: a failed exec must close the parent's copy too.
+    command = [str(tmp_path / "no-such-interpreter")]
+    supervisor = Parent(1, tmp_path, 5.0, command=command, dotenv={"bridge_log__level": "debug"})
+    with caplog.at_level(logging.INFO, logger="bridge.workers.parent"):
+        async with asyncio.timeout(20):
+            assert await supervisor.run() == 1
+    assert [r.msg for r in caplog.records if r.levelno == logging.CRITICAL] == [
+        "cannot run a worker process; stopping the pod"
+    ]
+    assert dotenv_descriptors() == []
+
+
 async def test_workers_that_keep_exiting_stop_the_pod_with_exit_1(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
