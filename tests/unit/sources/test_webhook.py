@@ -491,6 +491,20 @@ async def test_wrong_content_type_415(harness: Harness, content_type: str) -> No
     assert harness.sink.records == []
 
 
+async def test_a_content_type_nested_past_the_parsers_recursion_is_415_not_an_internal_error(
+    harness: Harness,
+) -> None:
+    # The email header parser aiohttp's parse_content_type uses recurses once per nested
+    # comment: 4,000 (within the 8,190-byte header bound) raised RecursionError, a 503
+    # internal_error (retried, alerting) to an unsigned request.
+    content_type = "application/json (" + "(" * 4000
+    response = await harness.post(ENTRY, content_type=content_type, sign_it=False)
+    assert response.status == 415
+    assert harness.rejected("unsupported_media_type") == 1
+    assert harness.rejected("internal_error") == 0
+    assert harness.sink.records == []
+
+
 async def test_json_variants_accepted(harness: Harness) -> None:
     response = await harness.post(ENTRY, content_type="application/json; charset=utf-8")
     assert response.status == 200
