@@ -209,6 +209,20 @@ async def webhook_counts(
     return counts, doubles
 
 
+def doubles_check(doubles: int, extra: str = "extra ingest copies") -> Check:
+    """The producer's retries wrote no event to the ingest topic twice."""
+    return Check("producer retries double nothing", doubles == 0, f"{doubles} {extra}")
+
+
+def clean_exits_check(exits: Mapping[str, int | None]) -> Check:
+    """Every process SIGTERMed exited 0."""
+    return Check(
+        "SIGTERM exits cleanly",
+        set(exits.values()) == {0},
+        ", ".join(f"{k}: exit {v}" for k, v in exits.items()),
+    )
+
+
 def completion_check(loads: list[WebhookLoad]) -> Check:
     """Every call got through in the end: none gave up after its retries ran out."""
     gave_up = [event for load in loads for event in load.abandoned]

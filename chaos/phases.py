@@ -199,6 +199,15 @@ def load_check(phase: Phase, attempts: Sequence[Attempt], rate: float) -> Check:
     )
 
 
+def lasted_check(ran_out: bool, count: int) -> Check:
+    """The load ran by time until its last phase ended: no phase judged on a load already gone."""
+    return Check(
+        "the load lasted until the last phase ended",
+        not ran_out,
+        "stopped at the end" if not ran_out else f"all {count} events sent earlier",
+    )
+
+
 def summary(timeline: Timeline, attempts: Sequence[Attempt]) -> str:
     """`name 4.5s (N started), ...`: every phase with the requests started in it, for notes."""
     return ", ".join(

@@ -11,6 +11,7 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
+    doubles_check,
     retry_after_check,
     webhook_counts,
 )
@@ -73,9 +74,7 @@ async def broker_stop(ctx: Context) -> Outcome:
                 bool(after_up) and 200 in watch.statuses("/readyz", up_at),
                 f"{len(after_up)} events acknowledged after the broker was back",
             ),
-            Check(
-                "producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"
-            ),
+            doubles_check(doubles),
         ]
         await replica.stop()
     return Outcome(

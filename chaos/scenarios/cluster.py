@@ -36,6 +36,7 @@ from chaos.harness import (
     HealthWatch,
     Outcome,
     Starvation,
+    doubles_check,
     retry_after_check,
     webhook_counts,
 )
@@ -48,6 +49,7 @@ from chaos.phases import (
     crash_seconds,
     failover_check,
     fenced_after,
+    lasted_check,
     load_check,
     started_during,
     summary,
@@ -174,11 +176,7 @@ async def cluster(ctx: Context) -> Outcome:
         checks = [
             *decided,
             *(load_check(phases[name], load.attempts, ctx.rate) for name in JUDGED),
-            Check(
-                "the load lasted until the last phase ended",
-                not ran_out,
-                "stopped at the end" if not ran_out else f"all {load.count} events sent earlier",
-            ),
+            lasted_check(ran_out, load.count),
             Check(
                 "with one broker of three left, nothing is acknowledged (min ISR 2)",
                 acked_alone == 0 and 503 in alone,
@@ -202,9 +200,7 @@ async def cluster(ctx: Context) -> Outcome:
                 bool(after),
                 f"{len(after)} events acknowledged after the two brokers returned",
             ),
-            Check(
-                "producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"
-            ),
+            doubles_check(doubles),
         ]
         await replica.stop()
     finally:

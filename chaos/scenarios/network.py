@@ -14,6 +14,7 @@ from chaos.harness import (
     Context,
     HealthWatch,
     Outcome,
+    doubles_check,
     retry_after_check,
     webhook_counts,
 )
@@ -128,11 +129,7 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
             checks = [
                 *decided,
                 retry_after_check(load, fault_at, cpu.waits()),
-                Check(
-                    "producer retries double nothing",
-                    doubles == 0,
-                    f"{doubles} ingest copies beyond the requests that carried them",
-                ),
+                doubles_check(doubles, "ingest copies beyond the requests that carried them"),
                 watch.liveness(),
                 Check(
                     "no request hangs without an answer",

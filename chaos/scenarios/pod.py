@@ -17,9 +17,17 @@ import time
 from collections import Counter
 
 from chaos.checker import TRANSPORT_ERROR
-from chaos.harness import Check, Context, Outcome, stop_all, webhook_counts
+from chaos.harness import (
+    Check,
+    Context,
+    Outcome,
+    clean_exits_check,
+    doubles_check,
+    stop_all,
+    webhook_counts,
+)
 from chaos.load import WebhookLoad
-from chaos.phases import Timeline, load_check, summary
+from chaos.phases import Timeline, lasted_check, load_check, summary
 from chaos.rss import PeakRss
 from tests.integration.conftest import Topics, wait_ready
 from tests.integration.replicas import Replica, until_restarted
@@ -94,22 +102,14 @@ async def pod(ctx: Context) -> Outcome:
     checks = [
         *decided,
         *(load_check(phase, load.attempts, ctx.rate) for phase in timeline.phases),
-        Check(
-            "the load lasted until the last phase ended",
-            not ran_out,
-            "stopped at the end" if not ran_out else f"all {load.count} events sent earlier",
-        ),
+        lasted_check(ran_out, load.count),
         Check(
             "the supervisor restarted each killed worker",
             restarted == wanted,
             f"unexpected exits logged {restarted}, SIGKILLed {wanted}",
         ),
-        Check(
-            "SIGTERM exits cleanly",
-            set(exits.values()) == {0},
-            ", ".join(f"{k}: exit {v}" for k, v in exits.items()),
-        ),
-        Check("producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"),
+        clean_exits_check(exits),
+        doubles_check(doubles),
     ]
     return Outcome(
         "pod",

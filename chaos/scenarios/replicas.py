@@ -8,7 +8,15 @@ import time
 from collections import Counter
 
 from chaos.checker import TRANSPORT_ERROR
-from chaos.harness import Check, Context, Outcome, stop_all, webhook_counts
+from chaos.harness import (
+    Check,
+    Context,
+    Outcome,
+    clean_exits_check,
+    doubles_check,
+    stop_all,
+    webhook_counts,
+)
 from chaos.load import WebhookLoad
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
@@ -73,12 +81,8 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
             failed_by_phase[phase[-1] if phase else "steady"] += 1
     checks = [
         *decided,
-        Check(
-            "SIGTERM exits cleanly",
-            set(exits.values()) == {0},
-            ", ".join(f"{k}: exit {v}" for k, v in exits.items()),
-        ),
-        Check("producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"),
+        clean_exits_check(exits),
+        doubles_check(doubles),
     ]
     return Outcome(
         "replicas",

@@ -8,7 +8,7 @@ import random
 import statistics
 import time
 
-from chaos.harness import Check, Context, HealthWatch, Outcome, webhook_counts
+from chaos.harness import Check, Context, HealthWatch, Outcome, doubles_check, webhook_counts
 from chaos.load import WebhookLoad
 from chaos.rss import PeakRss
 from tests.integration.conftest import Topics
@@ -110,7 +110,7 @@ async def slow_clients(ctx: Context) -> Outcome:
             growth < 256,
             f"peak RSS {rss.peak_mib:.0f} MiB, {growth:.0f} MiB above the idle process",
         ),
-        Check("producer retries double nothing", doubles == 0, f"{doubles} extra ingest copies"),
+        doubles_check(doubles),
     ]
     return Outcome(
         "slow-clients",
