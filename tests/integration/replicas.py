@@ -8,6 +8,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,16 @@ def total(samples: dict[str, float], name: str, **labels: str) -> float:
     )
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A webhook POST's answer: status 0 when none came (refused, timed out)."""
+
+    status: int
+    headers: dict[str, str]
+    error: str | None  # an error answer's JSON `error` field: which refusal it was
+    at: float  # the wall clock when it came (or did not): to place it in a replica's log
+
+
 async def post_signed(
     session: aiohttp.ClientSession,
     url: str,
@@ -269,8 +280,7 @@ async def post_signed(
     secret: str = SECRET,
 ) -> int:
     """POST a signed webhook body; the status, or 0 when no answer came (refused, timed out)."""
-    status, _ = await post_signed_answer(session, url, body, within=within, secret=secret)
-    return status
+    return (await post_signed_reply(session, url, body, within=within, secret=secret)).status
 
 
 async def post_signed_answer(
@@ -282,6 +292,19 @@ async def post_signed_answer(
     secret: str = SECRET,
 ) -> tuple[int, dict[str, str]]:
     """post_signed, with the answer's headers (empty when no answer came)."""
+    reply = await post_signed_reply(session, url, body, within=within, secret=secret)
+    return reply.status, reply.headers
+
+
+async def post_signed_reply(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any,
+    *,
+    within: float = 5.0,
+    secret: str = SECRET,
+) -> Reply:
+    """post_signed, with the answer's headers, its `error` and when it came."""
     raw, headers = signed(body, secret)
     try:
         async with session.post(
@@ -290,7 +313,18 @@ async def post_signed_answer(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=within),
         ) as response:
-            await response.read()
-            return response.status, dict(response.headers)
+            answer = await response.read()
+            return Reply(response.status, dict(response.headers), _error(answer), time.time())
     except (aiohttp.ClientError, TimeoutError):
-        return 0, {}
+        return Reply(0, {}, None, time.time())
+
+
+def _error(answer: bytes) -> str | None:
+    """The `error` field of a JSON error answer; None for another (a 2xx, the connection cap's
+    plain-text 503)."""
+    try:
+        document = jsoncodec.loads(answer)
+    except jsoncodec.JSONDecodeError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    return error if isinstance(error, str) else None

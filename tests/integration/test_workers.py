@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import tempfile
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -37,8 +38,10 @@ from tests.integration.conftest import (
 )
 from tests.integration.replicas import (
     Replica,
+    Reply,
     calllog_env,
     post_signed,
+    post_signed_reply,
     replica_env,
     total,
     until_restarted,
@@ -309,6 +312,7 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     run = pod.url.rsplit(":", 1)[-1]
     await pod.start()
     answers: Counter[int] = Counter()
+    refused: list[Reply] = []  # the 503s, said with their reason and time if the test fails
     probed: Counter[int] = Counter()
     stopping = asyncio.Event()
 
@@ -321,7 +325,10 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
         sent = 0
         while not stopping.is_set():
             body = entry(1, call=f"CA_{run}_r{client}_{sent}")
-            answers[await post_signed(pod_session, pod.url, body)] += 1
+            reply = await post_signed_reply(pod_session, pod.url, body)
+            answers[reply.status] += 1
+            if reply.status == 503:
+                refused.append(reply)
             sent += 1
 
     def ready_twice() -> bool:
@@ -333,6 +340,7 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
         clients.append(asyncio.create_task(keep_probing()))
         await until(lambda: sum(answers.values()) >= 20, 30, 0.05, "webhooks flowing")
         killed = pod.worker_pids()[1]
+        killed_at = time.time()
         os.kill(killed, signal.SIGKILL)
         await until_restarted(pod, 1, killed)
         await until(ready_twice, 30, 0.05, "worker 1's successor ready")
@@ -345,7 +353,7 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
         stopping.set()
         await asyncio.gather(*clients)
     # 0: a connection the kernel had queued on the killed worker's socket, reset with it.
-    assert answers[503] == 0, answers
+    assert answers[503] == 0, f"{answers}: {refusals(refused, killed_at, pod)}"
     assert list(probed) == [200], probed
     # The two above hold without the fix whenever the local broker lets the successor connect
     # between two probes: its own log says whether it bound the port before or after Kafka.
@@ -356,6 +364,31 @@ async def test_a_restarted_worker_takes_no_webhook_before_it_is_ready(pod: Repli
     ]
     assert said == ["listening", "connecting to Kafka", "connecting to Kafka", "listening"], said
     assert sum(n for status, n in answers.items() if 200 <= status < 300) > 0, answers
+
+
+def refusals(replies: list[Reply], killed_at: float, pod: Replica) -> str:
+    """Each 503's reason and time, and who could have answered it: until worker 1's successor
+    said `listening`, only worker 0 held the port."""
+
+    def successor(msg: str) -> float | None:
+        said = [
+            logged_at(e).timestamp() - killed_at
+            for e in pod.log_entries()
+            if e.get("worker") == 1 and e.get("msg") == msg and logged_at(e).timestamp() > killed_at
+        ]
+        return said[0] if said else None
+
+    listening, ready = successor("listening"), successor("ready")
+    said = [
+        f"{r.error} at kill+{r.at - killed_at:.3f}s"
+        f" ({'worker 0' if listening is None or r.at - killed_at < listening else 'either'})"
+        for r in replies
+    ]
+    at = {
+        msg: "never" if t is None else f"kill+{t:.3f}s"
+        for msg, t in (("l", listening), ("r", ready))
+    }
+    return f"503s: {said}; worker 1's successor listening {at['l']}, ready {at['r']}\n{pod.told()}"
 
 
 def files_holding(directory: Path, text: bytes) -> list[Path]:
