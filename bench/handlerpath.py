@@ -292,8 +292,7 @@ def _old_refused_media(
     self: WebhookHandler, request: web.Request, **headers: str
 ) -> web.Response | None:
     """A copy, on purpose (the A/B's old side), of bridge/sources/webhook.py's
-    `WebhookHandler._refused_media` before the media type was read by the header's text,
-    remembered: it read `request.content_type`, set up afresh per request."""
+    `WebhookHandler._refused_media` before issue 12: it read `request.content_type`."""
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         return self._reject(415, "unsupported_media_type", "send application/json", **headers)

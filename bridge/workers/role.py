@@ -96,12 +96,10 @@ def stages_of(index: int, count: int, dedup_process: bool) -> Stages:
     return "dedup" if index == count - 1 else "ingest"
 
 
+# They may be secrets: kept out of the workers' environment (which /proc shows) and off every
+# file system, where a supervisor killed by SIGKILL would leave them. Linux only, as pods are.
 def dotenv_descriptor(dotenv: Mapping[str, str | None]) -> int:
-    """A descriptor of the parent's `.env` variables for one worker, on a file with no name.
-
-    They may be secrets: kept out of the workers' environment (which /proc shows) and off every
-    file system, where a supervisor killed by SIGKILL would leave them. Linux only, as pods are.
-    """
+    """A descriptor of the parent's `.env` variables for one worker, on a file with no name."""
     descriptor = os.memfd_create("pinecall-bridge-dotenv", os.MFD_CLOEXEC)
     try:
         with open(descriptor, "wb", closefd=False) as file:  # written whole, however long
