@@ -1,7 +1,7 @@
 """CPU per event of the webhook handler path, in-process: two variants paired in ABBA rounds.
 
-    python -m bench.handlerpath [--variant timer|payload-id|event-time|hmac|read|content-type|all|
-                                 control]
+    python -m bench.handlerpath [--variant timer|payload-id|event-time|hmac|read|content-type|
+                                 rfc3339|all|control]
                                 [--rounds 40] [--per-round 300] [--gc-threshold 700]
 
 What runs: `WebhookHandler.handle` on prepared `make_mocked_request`s (signed one-event bodies
@@ -60,6 +60,7 @@ from bridge.app import Handler, Readiness, closing_while_stopping, json_errors
 from bridge.config import load_settings
 from bridge.metrics import Metrics
 from bridge.normalise import Channel, Event, Unrecognised, event_time, shapes, split_body
+from bridge.normalise import event as event_module
 from bridge.normalise.ids import valid_call_id, valid_id
 from bridge.pipeline import BatchResult, Pipeline, _Refused, pipeline_for
 from bridge.routing import Router
@@ -306,6 +307,16 @@ def _old_refused_media(
     return None
 
 
+def _old_rfc3339(epoch_seconds: float) -> str:
+    """A copy, on purpose (the A/B's old side), of bridge/normalise/event.py's `rfc3339` before
+    the milliseconds' text was looked up: it formatted them per call."""
+    seconds = int(epoch_seconds)
+    micros = round((epoch_seconds - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{event_module._second(seconds)}.{micros // 1000:03d}Z"
+
+
 VARIANTS: dict[str, Patch] = {
     "timer": lambda: _patched((Pipeline, "_send", _old_send)),
     "payload-id": lambda: _patched((shapes, "_checked", _old_checked)),
@@ -318,6 +329,7 @@ VARIANTS: dict[str, Patch] = {
     "hmac": lambda: _patched((webhook, "verify", _old_verify)),
     "read": lambda: _patched((WebhookHandler, "_handle", _old_handle)),
     "content-type": lambda: _patched((WebhookHandler, "_refused_media", _old_refused_media)),
+    "rfc3339": lambda: _patched((event_module, "rfc3339", _old_rfc3339)),
     "stop-middleware": lambda: _patched((_path, "call", _path.old)),
     "gc-threshold": lambda: gc_threshold(CPYTHON_GEN0_THRESHOLD),
     "gc-freeze": gc_unfrozen,
