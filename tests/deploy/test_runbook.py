@@ -12,6 +12,9 @@ every log line they quote is one the bridge's code spells.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import re
 import shlex
 
@@ -95,11 +98,17 @@ CHART_VALUES = load_yaml(CHART / "values.yaml")
 CHART_VALUE = re.compile(
     rf"\b(?:{'|'.join(k for k, v in CHART_VALUES.items() if isinstance(v, dict))})\.[A-Za-z0-9.]*\w"
 )
-# A log line quoted: three words or more of lowercase prose, not a command, `...`, `…` or
-# `<...>` standing for what the line goes on with or puts in (a field's value after a colon).
-COMMANDS = ("kubectl ", "helm ")
-LOG_LINE = re.compile(r"[a-z][a-z',;:() ]*(?:(?:\.\.\.|…|<[^>]*>)[a-z',;:() ]*)*")
+# A log line quoted: three words or more of prose (letters, no digits, slashes or dots: not a
+# URL, a metric's value or a setting's), not a command, `...`, `…` or `<...>` standing for what
+# the line goes on with or puts in (a field's value after a colon).
+COMMANDS = ("kubectl ", "helm ", "pinecall-bridge ", "kafka-")
+LOG_LINE = re.compile(r"[A-Za-z][A-Za-z_',;:() -]*(?:(?:\.\.\.|…|<[^>]*>)[A-Za-z_',;:() -]*)*")
 ELIDED = re.compile(r"\.\.\.|…|<[^>]*>")
+# Prose quoted that is not the bridge's log: a dashboard panel's title (or its head), and what
+# others print: the node's ENFILE and Kafka's consumer-groups tool on a group it does not know.
+DASHBOARD = json.loads((DEPLOY / "grafana" / "pinecall-bridge.json").read_text())
+PANELS = [q["title"] for p in DASHBOARD["panels"] for q in [p, *p.get("panels", [])]]
+NOT_LOGGED = {os.strerror(errno.ENFILE), "GroupIdNotFoundException: Group <group> not found"}
 
 
 def unknown_names(text: str) -> list[str]:
@@ -122,6 +131,8 @@ def log_lines(spans: list[str]) -> list[str]:
         for s in spans
         if LOG_LINE.fullmatch(s)
         and not s.startswith(COMMANDS)
+        and s not in NOT_LOGGED
+        and not any(title.startswith(s) for title in PANELS)
         and len(ELIDED.sub(" ", s).split()) >= 3
     ]
 
@@ -172,9 +183,16 @@ def test_a_quoted_log_line_the_bridge_does_not_log_is_found() -> None:
         "dedup partition could not be started; retrying",
         "dedup partition could not be begun",
         "webhook secrets were not reloaded ...",
+        "Kafka is not ready yet (unreachable ...",
+        "Pinecall API key not reloaded, the previous one is kept",
         "kubectl logs deploy/pinecall-bridge",
         "helm rollback",
+        "pinecall-bridge webhooks show",
         "Too many open files in system",
+        "Published by topic",
+        "Open file descriptors by process",
+        "Kafka unreachable",
     ]
-    assert log_lines(spans) == spans[:5]  # not a command, nor a span of two words or capitals
-    assert unlogged(log_lines(spans)) == spans[3:5]
+    # Not a command, another program's line, a panel's title nor a span of two words.
+    assert log_lines(spans) == spans[:7]
+    assert unlogged(log_lines(spans)) == spans[3:6]

@@ -64,6 +64,14 @@ def api_headers(api: PinecallSettings, accept: str) -> dict[str, str]:
     return bearer_headers(key, api.env, accept)
 
 
+def is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    """Whether the answer is an event stream; one whose Content-Type cannot be parsed is not."""
+    try:
+        return response.content_type == EVENT_STREAM
+    except RecursionError:  # email's header parser recurses per nested comment: no media type
+        return False
+
+
 def entry_time(item: dict[str, Any]) -> float | None:
     """An entry's `ts` read as its event's time is (milliseconds, numeric strings, none before
     1973), so `sse_behind_live` measures from the time the CloudEvent carries."""
@@ -220,7 +228,7 @@ class Follower:
                 if response.status == 204:
                     state.sealed()
                     raise _EndedError(ended=True)
-                if response.status == 200 and response.content_type == EVENT_STREAM:
+                if response.status == 200 and is_event_stream(response):
                     self._opened_at = self._clock()
                     state.connected()
                     read, empty = await self._read(response)

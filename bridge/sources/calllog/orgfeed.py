@@ -30,7 +30,13 @@ from bridge.normalise.ids import shown
 from bridge.normalise.shapes import to_epoch
 from bridge.sources.calllog.eventstream import Event, EventStreamParser, Retry, TooLarge
 from bridge.sources.calllog.follow import Reason
-from bridge.sources.calllog.follower import EVENT_STREAM, api_headers, head_timeout, undecodable
+from bridge.sources.calllog.follower import (
+    EVENT_STREAM,
+    api_headers,
+    head_timeout,
+    is_event_stream,
+    undecodable,
+)
 from bridge.sources.reconnect import DisconnectReason, ReconnectPolicy
 from bridge.sources.redirects import redirect_note
 
@@ -129,7 +135,7 @@ class OrgFeed:
                         reason = "auth"
                     elif response.status == 429 or response.status >= 500:
                         reason = "server_error"
-                    elif response.status != 200 or response.content_type != EVENT_STREAM:
+                    elif response.status != 200 or not is_event_stream(response):
                         # A 204 included: for a call's log it means sealed, but the feed has no
                         # end (pinecall-wire.md), and giving it up would end discovery here.
                         reason = "protocol"

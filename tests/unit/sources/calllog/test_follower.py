@@ -520,6 +520,30 @@ async def test_a_server_refusing_every_call_is_said_thinned_not_per_call_and_ret
     assert said[0].levelno == logging.WARNING
 
 
+# A Content-Type of comments nested deeper than the stack: aiohttp's parser (the email
+# package's) recurses once per comment, so reading it raises RecursionError.
+NESTED_CONTENT_TYPE = "text/event-stream; x=" + "(" * 1000 + ")" * 1000
+
+
+async def test_a_content_type_too_nested_to_parse_is_refused_as_a_wrong_one(
+    run_follower: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            response = web.StreamResponse(headers={"Content-Type": NESTED_CONTENT_TYPE})
+            await response.prepare(request)
+            await response.write(frame(entry(1, "call.score")))
+            return response
+        return await stream(request, frame(entry(1, "call.score")))
+
+    caplog.set_level(logging.WARNING)
+    ended, server, publisher, _, metrics = await run_follower(handler)
+    assert ended
+    assert publisher.seqs == [1]  # from the second answer: the first is no event stream
+    assert (len(server.requests), reconnects(metrics, "protocol")) == (2, 1)
+    assert [r.getMessage() for r in caplog.records] == ["call log stream refused"]
+
+
 async def test_a_redirect_is_not_followed(run_follower: Callable[..., Any]) -> None:
     # Followed, it would take the key along (to the same origin, as here, or, without it, to
     # another one).

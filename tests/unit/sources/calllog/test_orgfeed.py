@@ -23,7 +23,7 @@ from bridge.sources.calllog.orgfeed import Notice, OrgFeed, notice_of, notice_un
 from tests.polling import until
 from tests.sockets import SpentDescriptors
 from tests.unit.sources.backoffs import QUICK_BACKOFF
-from tests.unit.sources.calllog.test_follower import first_heads_time_out
+from tests.unit.sources.calllog.test_follower import NESTED_CONTENT_TYPE, first_heads_time_out
 
 NOW = 1_800_000_000.0
 TTL = 3_600.0
@@ -139,6 +139,30 @@ async def test_a_process_out_of_descriptors_is_said_so_not_counted_as_a_connect_
     said = [r for r in caplog.records if r.getMessage() == connlimit.OUT_OF_DESCRIPTORS]
     assert [(r.levelname, r.__dict__["source"]) for r in said] == [("WARNING", "org_feed")]
     assert not [r for r in caplog.records if r.getMessage() == "org feed unreachable"]
+
+
+async def test_a_content_type_too_nested_to_parse_is_refused_as_a_wrong_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = SseSettings().model_copy(update=QUICK_BACKOFF)
+    requests = 0
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        kind = NESTED_CONTENT_TYPE if requests == 1 else "text/event-stream"
+        response = web.StreamResponse(headers={"Content-Type": kind})
+        await response.prepare(request)
+        await response.write(b'event: call.started\ndata: {"call": "CA_1"}\n\n')
+        await asyncio.sleep(2.0)
+        return response
+
+    caplog.set_level(logging.WARNING, logger="bridge")
+    async with reading(settings, handle) as (announced, metrics):
+        assert await asyncio.wait_for(announced.get(), 5) == Notice("CA_1", "call.started", None)
+    labels = {"stream": "org_feed", "reason": "protocol"}
+    assert metrics.registry.get_sample_value("pinecall_bridge_sse_reconnects_total", labels) == 1
+    assert [r.getMessage() for r in caplog.records] == ["org feed refused"]
 
 
 async def test_an_event_as_long_as_the_setting_allows_is_read_past_the_default_line_cap() -> None:
