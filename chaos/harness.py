@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -20,6 +21,8 @@ from chaos.starvation import Series, accrued, excused
 from tests.integration.conftest import Broker, Topics, free_port_pair, read_to_end, until_decided
 from tests.integration.replicas import Replica, replica_env
 from tests.sockets import free_port
+
+T = TypeVar("T")
 
 PUBLISH_TIMEOUT = 5.0
 DECIDE_SECONDS = 90.0  # after the load: long enough for a restarted group to catch up
@@ -103,10 +106,32 @@ class Context:
             await own.down()
 
 
+@contextlib.asynccontextmanager
+async def running(work: Coroutine[Any, Any, T]) -> AsyncIterator[asyncio.Task[T]]:
+    """`work` as a task for the block: cancelled and awaited if the block leaves it running.
+
+    A phase that raises would otherwise leave its load retrying into the next scenario.
+    """
+    task = asyncio.create_task(work)
+    try:
+        yield task
+    finally:
+        task.cancel()  # nothing once it is done
+        # Its own error or cancellation must not hide the block's.
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def stop_all(replicas: Iterable[Replica]) -> None:
+    """SIGTERM each live replica, all of them even if one fails to stop; then the first error."""
+    errors: list[Exception] = []
     for replica in replicas:
         if replica.alive:
-            await replica.stop()
+            try:
+                await replica.stop()
+            except Exception as error:  # the rest must still be stopped
+                errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 class HealthWatch(Background):

@@ -13,6 +13,7 @@ from chaos.harness import (
     Outcome,
     doubles_check,
     retry_after_check,
+    running,
     webhook_counts,
 )
 from chaos.load import WebhookLoad
@@ -41,8 +42,8 @@ async def broker_stop(ctx: Context) -> Outcome:
             PeakRss(lambda: [replica]) as rss,
             HealthWatch([replica]) as watch,
             RunQueueWatch(lambda: [replica]) as cpu,
+            running(load.run()) as flowing,
         ):
-            flowing = asyncio.create_task(load.run())
             await asyncio.sleep(before)
             down_at = time.monotonic()
             await broker.down()

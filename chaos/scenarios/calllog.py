@@ -10,7 +10,15 @@ import aiohttp
 
 from bridge.simulator import Simulator, SimulatorConfig
 from chaos.checker import call_log_history, check
-from chaos.harness import Check, Context, HealthWatch, Outcome, read_output, stop_all
+from chaos.harness import (
+    Check,
+    Context,
+    HealthWatch,
+    Outcome,
+    read_output,
+    running,
+    stop_all,
+)
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
 from tests.integration.conftest import Topics, read_to_end, wait_ready
@@ -52,8 +60,10 @@ async def calllog(ctx: Context) -> Outcome:
             await asyncio.gather(*(r.start() for r in fleet))
             async with asyncio.timeout(FOLLOWED_WITHIN):
                 await sim.calllogs.wait_for_feed_readers(REPLICAS)
-            async with PeakRss(lambda: fleet) as rss, HealthWatch(fleet) as watch:
-                traffic = asyncio.create_task(
+            async with (
+                PeakRss(lambda: fleet) as rss,
+                HealthWatch(fleet) as watch,
+                running(
                     sim.run_traffic(
                         calls=int(ctx.rate * ctx.seconds(TRAFFIC_SECONDS) / EVENTS_PER_CALL),
                         concurrency=50,
@@ -61,7 +71,8 @@ async def calllog(ctx: Context) -> Outcome:
                         channel="sse",
                         seed=8,
                     )
-                )
+                ) as traffic,
+            ):
 
                 async def fault(name: str, action: Callable[[], Awaitable[object]]) -> None:
                     """After a steady gap, `action`; then until every live call is read again."""

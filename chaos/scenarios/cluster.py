@@ -38,6 +38,7 @@ from chaos.harness import (
     Starvation,
     doubles_check,
     retry_after_check,
+    running,
     webhook_counts,
 )
 from chaos.load import WebhookLoad
@@ -117,8 +118,8 @@ async def cluster(ctx: Context) -> Outcome:
             PeakRss(lambda: [replica]) as rss,
             HealthWatch([replica]) as watch,
             RunQueueWatch(lambda: [replica]) as cpu,
+            running(load.run()) as flowing,
         ):
-            flowing = asyncio.create_task(load.run())
             timeline.enter("steady", time.monotonic())
             await asyncio.sleep(steady)
             leader = await leader_of(nodes.bootstrap, topics.ingest, 0)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from bridge.simulator import Simulator, SimulatorConfig
 from chaos.checker import History, check, feed_tail_losses
-from chaos.harness import Check, Context, HealthWatch, Outcome, read_output
+from chaos.harness import Check, Context, HealthWatch, Outcome, read_output, running
 from chaos.proxy import TcpProxy
 from chaos.rss import PeakRss
 from tests.integration.conftest import Topics
@@ -51,8 +51,10 @@ async def feed(ctx: Context) -> Outcome:
             await replica.start()
             async with asyncio.timeout(60):
                 await sim.wait_for_subscribers(1)
-            async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
-                traffic = asyncio.create_task(
+            async with (
+                PeakRss(lambda: [replica]) as rss,
+                HealthWatch([replica]) as watch,
+                running(
                     sim.run_traffic(
                         calls=int(ctx.rate * ctx.seconds(45) / 20),
                         concurrency=50,
@@ -61,7 +63,8 @@ async def feed(ctx: Context) -> Outcome:
                         duplicates=0.1,
                         seed=9,
                     )
-                )
+                ) as traffic,
+            ):
 
                 async def fault(name: str, action: Callable[[], Awaitable[object]]) -> None:
                     await asyncio.sleep(gap)

@@ -16,6 +16,7 @@ from chaos.harness import (
     Outcome,
     doubles_check,
     retry_after_check,
+    running,
     webhook_counts,
 )
 from chaos.load import WebhookLoad
@@ -115,8 +116,8 @@ async def _behind_proxy(ctx: Context, name: str, faults: Faults, fault_seconds: 
                 PeakRss(lambda: [replica]) as rss,
                 HealthWatch([replica]) as watch,
                 RunQueueWatch(lambda: [replica]) as cpu,
+                running(load.run()) as flowing,
             ):
-                flowing = asyncio.create_task(load.run())
                 await asyncio.sleep(clean)
                 fault_at, healed_at = await faults(proxy)
                 await flowing

@@ -23,6 +23,7 @@ from chaos.harness import (
     Outcome,
     clean_exits_check,
     doubles_check,
+    running,
     stop_all,
     webhook_counts,
 )
@@ -69,8 +70,7 @@ async def pod(ctx: Context) -> Outcome:
         killed: list[tuple[int, int]] = []
         exits: dict[str, int] = {}
         try:
-            async with PeakRss(lambda: [replica]) as rss:
-                flowing = asyncio.create_task(load.run())
+            async with PeakRss(lambda: [replica]) as rss, running(load.run()) as flowing:
                 timeline.enter("steady", time.monotonic())
                 await asyncio.sleep(steady)
                 for worker in range(WORKERS):

@@ -14,6 +14,7 @@ from chaos.harness import (
     Outcome,
     clean_exits_check,
     doubles_check,
+    running,
     stop_all,
     webhook_counts,
 )
@@ -44,8 +45,7 @@ async def replicas(ctx: Context, *, rolling: bool = True) -> Outcome:
         exits: dict[str, int] = {}
         phases: list[tuple[str, float]] = [("steady", time.monotonic())]
         try:
-            async with PeakRss(lambda: fleet) as rss:
-                flowing = asyncio.create_task(load.run())
+            async with PeakRss(lambda: fleet) as rss, running(load.run()) as flowing:
                 await asyncio.sleep(steady)
                 phases.append(("SIGTERM r0 and its restart", time.monotonic()))
                 exits["SIGTERM r0"] = await fleet[0].stop()

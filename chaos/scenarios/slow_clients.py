@@ -8,7 +8,15 @@ import random
 import statistics
 import time
 
-from chaos.harness import Check, Context, HealthWatch, Outcome, doubles_check, webhook_counts
+from chaos.harness import (
+    Check,
+    Context,
+    HealthWatch,
+    Outcome,
+    doubles_check,
+    running,
+    webhook_counts,
+)
 from chaos.load import WebhookLoad
 from chaos.rss import PeakRss
 from tests.integration.conftest import Topics
@@ -72,8 +80,11 @@ async def slow_clients(ctx: Context) -> Outcome:
             count=int(FLOOD_RATE * ctx.seconds(5)),
             salt=random.getrandbits(32),
         )
-        async with PeakRss(lambda: [replica]) as rss, HealthWatch([replica]) as watch:
-            flowing = asyncio.create_task(steady.run())
+        async with (
+            PeakRss(lambda: [replica]) as rss,
+            HealthWatch([replica]) as watch,
+            running(steady.run()) as flowing,
+        ):
             await asyncio.sleep(3)
             # Half dribble their headers, half send headers and dribble the body.
             slow = [

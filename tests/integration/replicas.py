@@ -38,6 +38,8 @@ SCRAPE_SECONDS = 60.0
 # lines, the last this many. CI keeps only the test's output, not its tmp_path.
 TOLD_LINES = 300
 TOLD_LEVELS = frozenset({"warning", "error", "critical"})
+# How long a SIGTERMed replica may take to exit: its shutdown grace (15 s) and then some.
+STOP_SECONDS = 30.0
 
 
 def replica_env(bootstrap: str, topics: Topics, port: int, **extra: str) -> dict[str, str]:
@@ -80,6 +82,10 @@ def calllog_env(api_url: str, api_key: str = "sim-api-key") -> dict[str, str]:
         "BRIDGE_PINECALL__API_KEY": api_key,
         "BRIDGE_LOG__LEVEL": "INFO",
     }
+
+
+class SigtermIgnoredError(RuntimeError):
+    """A replica still running after SIGTERM and its stop timeout: it was SIGKILLed."""
 
 
 @dataclass
@@ -174,14 +180,26 @@ class Replica:
         self.paused = False
         self.history.append("resumed")
 
-    async def stop(self) -> int:
-        """SIGTERM, then wait for the graceful shutdown; returns the exit code."""
+    async def stop(self, within: float = STOP_SECONDS) -> int:
+        """SIGTERM, then wait for the graceful shutdown; returns the exit code.
+
+        Still running after `within` s: SIGKILLed, so it holds no port; SigtermIgnoredError then.
+        """
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process is not None else 0
         if self.paused:
             self.resume()
         self.process.terminate()
-        code = await asyncio.to_thread(self.process.wait, 30)
+        try:
+            code = await asyncio.to_thread(self.process.wait, within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            killed = await asyncio.to_thread(self.process.wait, 10)
+            self.history.append("killed after ignoring SIGTERM")
+            raise SigtermIgnoredError(
+                f"{self.name} (pid {self.process.pid}) still running {within:g}s after SIGTERM;"
+                f" SIGKILLed (exit {killed})"
+            ) from None
         self.history.append("stopped")
         return code
 

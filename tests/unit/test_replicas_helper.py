@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.integration.replicas import Replica
+import pytest
+
+from tests.integration.replicas import Replica, SigtermIgnoredError
 
 
 def line(level: str, logger: str, msg: str) -> str:
@@ -30,3 +35,30 @@ def test_a_failed_test_is_told_the_warnings_and_the_dedup_stages_lines_last(
 
     assert told[0] == f"bridge's log {log} (3 of 4 lines told):"
     assert told[1:] == [said[2], said[3], said[5]]
+
+
+def deaf_to_sigterm(tmp_path: Path) -> Replica:
+    """A Replica whose process ignores SIGTERM, as a wedged bridge does."""
+    replica = Replica("wedged", {}, tmp_path / "wedged.log", 0)
+    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    replica.process = subprocess.Popen(
+        [sys.executable, "-c", f"{ignore}; print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    assert replica.process.stdout is not None
+    assert replica.process.stdout.readline() == b"ready\n"  # SIGTERM is ignored from here on
+    return replica
+
+
+async def test_a_replica_that_ignores_sigterm_is_killed_and_reported(tmp_path: Path) -> None:
+    replica = deaf_to_sigterm(tmp_path)
+    assert replica.process is not None
+    try:
+        with pytest.raises(SigtermIgnoredError, match=r"still running 0.3s after SIGTERM"):
+            await replica.stop(within=0.3)
+        assert not replica.alive
+        assert replica.process.returncode == -signal.SIGKILL
+        assert replica.history == ["killed after ignoring SIGTERM"]
+    finally:
+        replica.process.kill()
+        replica.process.communicate()

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from chaos.harness import HealthWatch, completion_check, retry_after_check
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+
+from chaos.harness import HealthWatch, completion_check, retry_after_check, running, stop_all
 from chaos.load import Attempt, WebhookLoad
+from tests.integration.replicas import Replica, SigtermIgnoredError
 
 
 def load_with(attempts: list[Attempt]) -> WebhookLoad:
@@ -96,3 +104,74 @@ def test_a_restarting_replica_unanswered_is_excused_only_in_its_window() -> None
     assert not watch.liveness([("r0", 1.5, 2.5)]).ok  # another replica's window excuses nothing
     watch.timeline.append((4.0, "r1", "/healthz", 0))
     assert not watch.liveness(restarting).ok  # unanswered after its window: not excused
+
+
+async def failing_phase(load: Coroutine[Any, Any, object], ran: list[asyncio.Task[object]]) -> None:
+    """A scenario whose phase raises while its load runs; `ran` gets the load's task."""
+    async with running(load) as flowing:
+        ran.append(flowing)
+        await asyncio.sleep(0.05)
+        raise RuntimeError("phase failed")
+
+
+async def test_a_phase_that_raises_cancels_the_load_it_ran() -> None:
+    sent: list[int] = []
+
+    async def load() -> None:
+        while True:  # a load retrying forever, as one against a dead bridge does
+            sent.append(len(sent))
+            await asyncio.sleep(0.01)
+
+    ran: list[asyncio.Task[object]] = []
+    with pytest.raises(RuntimeError, match="phase failed"):
+        await failing_phase(load(), ran)
+    assert ran[0].cancelled()
+    before = len(sent)
+    await asyncio.sleep(0.05)
+    assert len(sent) == before  # nothing sent into the next scenario
+
+
+async def test_a_load_awaited_in_the_block_keeps_its_result_and_its_error() -> None:
+    async def finished() -> int:
+        return 7
+
+    async with running(finished()) as flowing:
+        assert await flowing == 7
+    assert flowing.result() == 7
+
+    async def failing() -> None:
+        raise ValueError("load broke")
+
+    with pytest.raises(ValueError, match="load broke"):
+        async with running(failing()) as broken:
+            await broken
+
+
+async def test_a_failing_load_does_not_hide_the_phase_error() -> None:
+    async def failing() -> None:
+        raise ValueError("load broke")
+
+    ran: list[asyncio.Task[object]] = []
+    with pytest.raises(RuntimeError, match="phase failed"):
+        await failing_phase(failing(), ran)  # the load fails first, unawaited
+    assert isinstance(ran[0].exception(), ValueError)
+
+
+@dataclass
+class FakeReplica:
+    name: str
+    wedged: bool = False
+    alive: bool = True
+
+    async def stop(self) -> int:
+        self.alive = False
+        if self.wedged:
+            raise SigtermIgnoredError(f"{self.name} ignored SIGTERM")
+        return 0
+
+
+async def test_stop_all_stops_every_replica_when_one_ignores_sigterm() -> None:
+    fleet = [FakeReplica("r0", wedged=True), FakeReplica("r1"), FakeReplica("r2", wedged=True)]
+    with pytest.raises(SigtermIgnoredError, match="r0 ignored SIGTERM"):
+        await stop_all(cast(list[Replica], fleet))
+    assert [r.alive for r in fleet] == [False, False, False]
