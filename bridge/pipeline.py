@@ -91,6 +91,11 @@ class Delivery:
     # Indexes of its items refused for good: a retry (the whole batch again) refuses them again,
     # and must not count or say the loss twice (once per retry through a Kafka outage).
     refused: set[int] = field(default_factory=set, compare=False, hash=False)
+    # Indexes of its items Kafka acknowledged in an attempt that counted them: a retry sends them
+    # again (the dedup stage drops the copy), and must not count a dead letter or a latency twice.
+    stored: set[int] = field(default_factory=set, compare=False, hash=False)
+    # Indexes of its items said dead-lettered for their size: a retry dead-letters them again.
+    said_too_large: set[int] = field(default_factory=set, compare=False, hash=False)
 
     @classmethod
     def redriven(cls, received_at: float) -> Delivery:
@@ -149,6 +154,7 @@ class BatchResult:
 
 @dataclass(slots=True)
 class _Sent:
+    n: int  # its item's index in the delivery
     delivery: asyncio.Future[Any]
     started: float
     dead_letter_reason: str | None
@@ -319,7 +325,7 @@ class Pipeline:
                 )
                 over = [] if self._limits is None else _over(self._limits, record, output)
                 if over:
-                    self._refuse(channel, result, over, received=True, new=_first_refusal(first, n))
+                    self._refuse(channel, result, over, received=True, new=_first(first.refused, n))
                     if settled is not None:
                         settled.add(n)
                     continue
@@ -345,21 +351,21 @@ class Pipeline:
                 reason = TOO_LARGE
                 record = self._dead_letter(item, exact, reason, channel, received_at)
                 delivery = await self._send(record, deadline, result, answered, own)
-                if delivery is not _REFUSED:
+                if delivery is not _REFUSED and _first(first.said_too_large, n):
                     # Said once it is: a dead letter refused too is a loss, said below.
                     flood.error(
                         "an event too large for Kafka is dead-lettered",
                         extra={"event_id": record_id(original), "bytes": len(original.value)},
                     )
             if isinstance(delivery, asyncio.Future):
-                sent.append(_Sent(delivery, first.started, reason))
+                sent.append(_Sent(n, delivery, first.started, reason))
                 if settled is not None:
                     delivery.add_done_callback(_noting_ack(settled, n))
             elif delivery is _REFUSED:
                 # Only an event is in events_received_total: a note or an item not understood
                 # is not, and PinecallBridgeRejectionRateHigh's denominator must tell them apart.
                 received = not isinstance(normalised, Unrecognised)
-                new = _first_refusal(first, n)
+                new = _first(first.refused, n)
                 self._refuse(channel, result, [record.topic], received=received, new=new)
                 if self._say_losses and reason is not None and new:
                     # Final, not retried (a webhook's 413; the feed and a call log go on): only
@@ -391,7 +397,7 @@ class Pipeline:
         refused_for_size = False
         stopped = self._stopped(own, answered)
         for s in sent:
-            stored += self._settle(s, channel, result, stopped)
+            stored += self._settle(s, channel, result, stopped, first.stored)
             refused_for_size |= _refused_for_size(s.delivery)
         if refused_for_size:
             # The topic's limit was lowered while running: read again before the answer, so
@@ -500,9 +506,11 @@ class Pipeline:
             if releasers is not None:
                 releasers.discard(waiter)
 
-    def _settle(self, s: _Sent, channel: Channel, result: BatchResult, stopped: bool) -> bool:
+    def _settle(
+        self, s: _Sent, channel: Channel, result: BatchResult, stopped: bool, stored: set[int]
+    ) -> bool:
         """Count what became of one sent record; True when Kafka has it. `stopped`: a stop, not
-        its publish timeout, ended the wait on it."""
+        its publish timeout, ended the wait on it; `stored`: its delivery's items counted stored."""
         delivery = s.delivery
         if not delivery.done():
             # Kafka may still take it: the dedup stage drops the copy a retry then writes.
@@ -528,11 +536,14 @@ class Pipeline:
                 )
             self._fail(_failure_reason(error), result, error)
             return False
-        latency = asyncio.get_running_loop().time() - s.started
-        self._metrics.publish_duration.observe(max(latency, 0.0))
+        new = _first(stored, s.n)
+        if new:
+            latency = asyncio.get_running_loop().time() - s.started
+            self._metrics.publish_duration.observe(max(latency, 0.0))
         if s.dead_letter_reason is not None:
             result.dead_lettered += 1
-            self._metrics.dead_lettered.labels(s.dead_letter_reason).inc()
+            if new:
+                self._metrics.dead_lettered.labels(s.dead_letter_reason).inc()
         else:
             result.accepted += 1
         return True
@@ -666,10 +677,10 @@ def _refused_for_size(delivery: asyncio.Future[Any]) -> bool:
     return error is not None and too_large(error)
 
 
-def _first_refusal(delivery: Delivery, n: int) -> bool:
-    """Whether item `n` is refused for good the first time in `delivery` (noted now)."""
-    new = n not in delivery.refused
-    delivery.refused.add(n)
+def _first(seen: set[int], n: int) -> bool:
+    """Whether item `n` is not in a delivery's `seen` yet (added now): its first time."""
+    new = n not in seen
+    seen.add(n)
     return new
 
 

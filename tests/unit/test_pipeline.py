@@ -159,9 +159,11 @@ async def test_a_wall_clock_step_mid_publish_is_no_publish_latency() -> None:
 
 async def test_a_retry_measures_its_publish_latency_from_the_first_submit() -> None:
     sink = FakeSink()
+    sink.refuse = KafkaTimeoutError()
     pipeline, metrics = make(sink)
     first = await pipeline.submit([entries.entry(1)], "webhook")
     await asyncio.sleep(0.05)
+    sink.refuse = None
     await pipeline.submit([entries.entry(1)], "webhook", retry=first.delivery)
     assert sample(metrics, "pinecall_bridge_publish_duration_seconds_sum") >= 0.05
 
@@ -732,6 +734,47 @@ async def test_a_retry_refusing_an_item_again_counts_its_loss_once() -> None:
     assert sample(metrics, "pinecall_bridge_publish_failures_total", reason="too_large") == 1
     received = "pinecall_bridge_events_received_total"
     assert sample(metrics, received, channel="sse", type="turn.user") == 2  # once each
+
+
+async def test_a_retry_counts_what_an_earlier_attempt_stored_once() -> None:
+    # The feed and a call log retry the whole batch while Kafka fails part of it: the dead letter
+    # Kafka took at each attempt was counted again (PinecallBridgeDeadLettersHigh's ratio, over
+    # events received once, grew with the retries), and its latency observed again.
+    sink = FakeSink()
+    sink.refuse = KafkaTimeoutError()
+    sink.refuse_if = lambda record: dict(record.headers)[ID] == b"CA_1:2"
+    pipeline, metrics = make(sink)
+    items = [["no", "event"], entry(2)]
+    result = await pipeline.submit(items, "sse")
+    for _ in range(3):
+        result = await pipeline.submit(items, "sse", retry=result.delivery)
+        assert (result.dead_lettered, result.failed) == (1, 1)  # the batch's answer is unchanged
+    sink.refuse = None
+    assert (await pipeline.submit(items, "sse", retry=result.delivery)).ok
+    name = "pinecall_bridge_events_dead_lettered_total"
+    assert sample(metrics, name, reason="not_an_object") == 1
+    assert sample(metrics, "pinecall_bridge_publish_duration_seconds_count") == 2  # one an item
+    assert sample(metrics, "pinecall_bridge_events_ingested_total", channel="sse") == 6  # records
+
+
+async def test_a_retry_says_an_event_too_large_is_dead_lettered_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = entry(1, call="CA_" + "x" * 253, data={"text": "y" * 3800})
+    sink = limited_to(FakeSink(), 5000)
+    sink.refuse = KafkaTimeoutError()
+    sink.refuse_if = lambda record: dict(record.headers)[ID] == b"CA_2:1"
+    pipeline, metrics = make(sink)
+    items = [big, entry(1, call="CA_2")]
+    with caplog.at_level(logging.ERROR, logger="bridge.pipeline"):
+        result = await pipeline.submit(items, "websocket")
+        for _ in range(3):
+            result = await pipeline.submit(items, "websocket", retry=result.delivery)
+        logthrottle.flush_all()
+    said = [r for r in caplog.records if r.getMessage().startswith("an event too large")]
+    assert [getattr(r, "suppressed", None) for r in said] == [None]  # no line held back either
+    name = "pinecall_bridge_events_dead_lettered_total"
+    assert sample(metrics, name, reason="too_large") == 1
 
 
 async def test_without_dead_letters_nothing_goes_to_the_dead_letter_topic() -> None:
