@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from chaos.checker import Counts
-from chaos.harness import Check, Context, Outcome
+from chaos.harness import Check, Context, Outcome, run_scenario
 from chaos.report import embedded, merge, render, row
 from chaos.scenarios import SCENARIOS
 from tests.integration.cluster import PORTS
@@ -49,7 +49,7 @@ async def run(names: list[str], ctx: Context) -> list[Outcome]:
         log.info("scenario %s: starting", name)
         started = time.monotonic()
         try:
-            outcome = await SCENARIOS[name](ctx)
+            outcome = await run_scenario(SCENARIOS[name], ctx)
         except Exception as exc:  # a scenario that breaks is a row that says so, not a lost run
             traceback.print_exc()
             empty = Counts(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)

@@ -6,7 +6,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,18 +80,27 @@ class Context:
     existing_bootstrap: str | None = None
     # The first of the cluster scenario's ports (it takes six from here); None: free ones.
     base_port: int | None = None
+    # Every replica made since the last stop_replicas: what a scenario's end must leave stopped.
+    made: list[Replica] = field(default_factory=list)
 
     def seconds(self, full: float) -> float:
         return full * self.scale
 
     def replica(self, name: str, bootstrap: str, topics: Topics, **extra: str) -> Replica:
         port = free_port()
-        return Replica(
+        replica = Replica(
             name,
             replica_env(bootstrap, topics, port, **{**CHAOS_ENV, **extra}),
             self.workdir / f"{name}.log",
             port,
         )
+        self.made.append(replica)
+        return replica
+
+    async def stop_replicas(self) -> None:
+        """Stop every replica made so far that still runs (stop_all), and forget them all."""
+        made, self.made = self.made, []
+        await stop_all(made)
 
     @contextlib.asynccontextmanager
     async def broker(
@@ -119,6 +136,24 @@ async def running(work: Coroutine[Any, Any, T]) -> AsyncIterator[asyncio.Task[T]
         task.cancel()  # nothing once it is done
         # Its own error or cancellation must not hide the block's.
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_scenario(scenario: Callable[[Context], Awaitable[Outcome]], ctx: Context) -> Outcome:
+    """`scenario(ctx)`, then every replica it made stopped, however it ended.
+
+    A phase that raises would otherwise leave its bridges running, holding ports, for the rest
+    of the run; a scenario's own stops, ordered before its broker goes, come first.
+    """
+    try:
+        outcome = await scenario(ctx)
+    except BaseException as failed:
+        try:
+            await ctx.stop_replicas()
+        except Exception as stopping:  # the scenario's own error is the one to report
+            failed.add_note(f"and stopping its replicas failed: {stopping!r}")
+        raise
+    await ctx.stop_replicas()
+    return outcome
 
 
 async def stop_all(replicas: Iterable[Replica]) -> None:

@@ -1,4 +1,4 @@
-"""Scenario 1: the broker stopped for 30 s under load."""
+"""The broker stopped for 30 s under load."""
 
 from __future__ import annotations
 

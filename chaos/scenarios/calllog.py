@@ -1,4 +1,4 @@
-"""Scenario 8: call logs (SSE) cut, refused, slowed, their follower killed, Kafka stopped."""
+"""Call logs (SSE) cut, refused, slowed, their follower killed, Kafka stopped."""
 
 from __future__ import annotations
 

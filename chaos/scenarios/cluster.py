@@ -1,4 +1,4 @@
-"""Scenario 3: a three-broker cluster (RF 3, min ISR 2): the leader killed, then two brokers.
+"""A three-broker cluster (RF 3, min ISR 2): the leader killed, then two brokers.
 
 The load runs by time until the last phase ends, and each judged phase must have seen load sent
 during it (chaos/phases.py): slow broker restarts cannot leave a phase judged on nothing.

@@ -1,4 +1,4 @@
-"""Scenario 5: the WebSocket feed dropped, fed garbage, its token expired, its pings unanswered."""
+"""The WebSocket feed dropped, fed garbage, its token expired, its pings unanswered."""
 
 from __future__ import annotations
 

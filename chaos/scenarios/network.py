@@ -1,4 +1,4 @@
-"""Scenario 2: latency, a black hole, and resets between the bridge and the broker."""
+"""Latency, a black hole, and resets between the bridge and the broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scenario 9: one pod of 2 worker processes: SIGKILL each worker, then SIGTERM the supervisor.
+"""One pod of 2 worker processes: SIGKILL each worker, then SIGTERM the supervisor.
 
 As production runs a pod (BRIDGE_HTTP__WORKERS): a supervisor and its workers sharing the port
 (SO_REUSEPORT), each running both stages (config.dedup.ownProcess is off by default), so a killed

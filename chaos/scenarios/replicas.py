@@ -1,4 +1,4 @@
-"""Scenario 4: SIGTERM and SIGKILL mid-stream, then a rolling restart behind a round robin."""
+"""SIGTERM and SIGKILL mid-stream, then a rolling restart behind a round robin."""
 
 from __future__ import annotations
 

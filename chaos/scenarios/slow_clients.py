@@ -1,4 +1,4 @@
-"""Scenario 6: hundreds of clients sending a byte a second, and a request flood, under load."""
+"""Hundreds of clients sending a byte a second, and a request flood, under load."""
 
 from __future__ import annotations
 

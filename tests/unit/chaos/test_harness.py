@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from chaos.harness import HealthWatch, completion_check, retry_after_check, running, stop_all
+from chaos.__main__ import run
+from chaos.checker import Counts
+from chaos.harness import (
+    Context,
+    HealthWatch,
+    Outcome,
+    completion_check,
+    retry_after_check,
+    run_scenario,
+    running,
+    stop_all,
+)
 from chaos.load import Attempt, WebhookLoad
+from chaos.scenarios import SCENARIOS
+from tests.integration.conftest import Topics
 from tests.integration.replicas import Replica, SigtermIgnoredError
+from tests.processes import tied_to_this_process
 
 
 def load_with(attempts: list[Attempt]) -> WebhookLoad:
@@ -162,9 +178,11 @@ class FakeReplica:
     name: str
     wedged: bool = False
     alive: bool = True
+    stops: int = 0
 
     async def stop(self) -> int:
         self.alive = False
+        self.stops += 1
         if self.wedged:
             raise SigtermIgnoredError(f"{self.name} ignored SIGTERM")
         return 0
@@ -175,3 +193,60 @@ async def test_stop_all_stops_every_replica_when_one_ignores_sigterm() -> None:
     with pytest.raises(SigtermIgnoredError, match="r0 ignored SIGTERM"):
         await stop_all(cast(list[Replica], fleet))
     assert [r.alive for r in fleet] == [False, False, False]
+
+
+async def test_a_scenario_whose_phase_raises_leaves_no_replica_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Replica] = []
+
+    async def broken(ctx: Context) -> Outcome:
+        replica = ctx.replica("broken-r0", "127.0.0.1:1", Topics.fresh("chaos"))
+        replica.process = tied_to_this_process(["sleep", "600"])  # a real process, as started
+        made.append(replica)
+        raise RuntimeError("phase failed")  # before the scenario's own stop
+
+    monkeypatch.setitem(SCENARIOS, "broken", broken)
+    try:
+        [outcome] = await run(["broken"], Context(tmp_path))
+        assert outcome.verdict == "FAIL"
+        assert "phase failed" in outcome.failures[0]
+        assert not made[0].alive  # its port free for the next scenario
+        assert made[0].history == ["stopped"]
+        assert made[0].process is not None
+        assert made[0].process.returncode == -signal.SIGTERM
+    finally:
+        if made and made[0].process is not None:
+            made[0].process.kill()
+            made[0].process.wait()
+
+
+async def test_a_failed_stop_at_the_end_does_not_hide_the_scenarios_error(tmp_path: Path) -> None:
+    ctx = Context(tmp_path)
+    fleet = [FakeReplica("r0", wedged=True), FakeReplica("r1")]
+
+    async def broken(ctx: Context) -> Outcome:
+        ctx.made.extend(cast(list[Replica], fleet))
+        raise RuntimeError("phase failed")
+
+    with pytest.raises(RuntimeError, match="phase failed") as raised:
+        await run_scenario(broken, ctx)
+    assert raised.value.__notes__ == [
+        "and stopping its replicas failed: SigtermIgnoredError('r0 ignored SIGTERM')"
+    ]
+    assert [r.alive for r in fleet] == [False, False]
+    assert ctx.made == []  # the next scenario's end stops only its own
+
+
+async def test_a_replica_a_scenario_that_ends_left_running_is_stopped(tmp_path: Path) -> None:
+    ctx = Context(tmp_path)
+    left = FakeReplica("r0")
+    stopped = FakeReplica("r1", alive=False)  # stopped by the scenario itself: not again
+
+    async def finished(ctx: Context) -> Outcome:
+        ctx.made.extend(cast(list[Replica], [left, stopped]))
+        return Outcome("finished", "", Counts(0, 0, 0, 0, 0, 0, 0, 0, 0, 0), 0.0)
+
+    assert (await run_scenario(finished, ctx)).scenario == "finished"
+    assert not left.alive
+    assert stopped.stops == 0
