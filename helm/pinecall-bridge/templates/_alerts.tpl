@@ -208,7 +208,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "Kafka answers no dedup fetch of pod %s on ingest partition %s" "{{ $labels.pod }}" "{{ $labels.partition }}" | quote }}
-          description: {{ printf "%s/%s owns ingest partition %s but Kafka has answered none of its fetches for it for more than %vs: its events are not output, and its lag in records reads as at the last answer. The log says why (message: dedup stage fetch failed, or a refusal naming the ACL to grant)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.partition }}" (include "pinecall-bridge.number" $a.dedupFetchAgeSeconds) | quote }}
+          description: {{ printf "%s/%s owns ingest partition %s but Kafka has answered none of its fetches for it for more than %vs: its events are not output, and its lag in records reads as at the last answer. The log says why (message: dedup stage fetch failed, or a refusal naming the ACL to grant)." "{{ $labels.namespace }}" "{{ $labels.pod }}" "{{ $labels.partition }}" (include "pinecall-bridge.number" (addf $a.dedupFetchAgeSeconds (mulf $a.stalledForMinutes 60 | ceil))) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupfetchesunanswered" $a.runbookUrl }}
       - alert: PinecallBridgeDedupPartitionsUnowned
         # A partition no pod processes has no lag series at all (lag is per owned partition).
@@ -403,7 +403,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "A transaction on output topic %s has not ended for %s" "{{ $labels.topic }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody ends; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" | quote }}
+          description: {{ printf "read_committed consumers of a partition of %s (in %s) stop at a transaction nobody has ended for more than %vs; nothing newer reaches them until it is aborted. The bridge's log names the partition and the offset to abort from." "{{ $labels.topic }}" "{{ $labels.namespace }}" (include "pinecall-bridge.number" $a.outputTransactionHangingSeconds) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgeoutputtransactionhanging" $a.runbookUrl }}
       - alert: PinecallBridgeDedupOffsetsUnstable
         # A transaction holding the group's offsets (one of duplicates only holds nothing else)
@@ -416,7 +416,7 @@ groups:
           severity: critical
         annotations:
           summary: {{ printf "Pod %s has waited %s for an ingest partition's committed offset" "{{ $labels.pod }}" "{{ $value | humanizeDuration }}" | quote }}
-          description: {{ printf "The group coordinator has answered UNSTABLE_OFFSET_COMMIT to %s/%s for an ingest partition that long: a transaction holding an offset commit for the dedup group has not ended, and the partition is not processed until it does. The bridge's log names the group, the partition and the __consumer_offsets partition." "{{ $labels.namespace }}" "{{ $labels.pod }}" | quote }}
+          description: {{ printf "The group coordinator has answered UNSTABLE_OFFSET_COMMIT to %s/%s for an ingest partition for more than %vs: a transaction holding an offset commit for the dedup group has not ended, and the partition is not processed until it does. The bridge's log names the group, the partition and the __consumer_offsets partition." "{{ $labels.namespace }}" "{{ $labels.pod }}" (include "pinecall-bridge.number" $a.dedupOffsetsUnstableSeconds) | quote }}
           runbook_url: {{ printf "%s#pinecallbridgededupoffsetsunstable" $a.runbookUrl }}
       - alert: PinecallBridgeTopicUnreadable
         # The dedup stage's topic check (at its start, then every config.dedup.topicCheckSeconds)
