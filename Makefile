@@ -102,7 +102,7 @@ integration: venv kafka-up  ## integration tests against the local broker
 fuzz: venv kafka-up  ## the fuzz tests with the long Hypothesis profile (~20 min; `make test` runs a short one)
 	FUZZ=long KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest -m hypothesis -o timeout=3600
 
-test: venv kafka-up lint typecheck deploy-tools asyncapi kcat iptables  ## lint, type checks and every test, unit and integration
+test: venv kafka-up lint typecheck deploy-tools asyncapi kcat iptables faketime  ## lint, type checks and every test, unit and integration
 	KAFKA_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(BIN)/pytest
 
 # Every local broker first: their data is removed from under them.
@@ -137,6 +137,10 @@ kcat:  ## install Debian's kcat when missing (as root; else says how): the READM
 .PHONY: iptables
 iptables:  ## install Debian's iptables and iproute2 (ss) when missing (as root; else says how): a cluster node cut off the network, and Kafka connections closed, are tested
 	@tools/iptables/install.sh
+
+.PHONY: faketime
+faketime:  ## install Debian's faketime (libfaketime) when missing (as root; else says how): a step of a running bridge's wall clock is tested
+	@tools/faketime/install.sh
 
 deploy-tools: venv helm prometheus  ## every tool the deploy checks need
 

