@@ -88,6 +88,11 @@ class Delivery:
     # The event loop's monotonic clock, which latencies run from: a wall-clock step mid-publish
     # (NTP, a resumed VM) must not become a latency.
     started: float
+    # Counted in events_received_total when first received, long ago (a redrive's): none is now.
+    received_before: bool = False
+    # Indexes of its items counted received (or dropped): an attempt a bug cut off mid-batch
+    # counted some, and its retry counts only the rest.
+    received: set[int] = field(default_factory=set, compare=False, hash=False)
     # Indexes of its items refused for good: a retry (the whole batch again) refuses them again,
     # and must not count or say the loss twice (once per retry through a Kafka outage).
     refused: set[int] = field(default_factory=set, compare=False, hash=False)
@@ -100,7 +105,7 @@ class Delivery:
     @classmethod
     def redriven(cls, received_at: float) -> Delivery:
         """A dead letter's, received long ago: counted then, timed from now."""
-        return cls(received_at, asyncio.get_running_loop().time())
+        return cls(received_at, asyncio.get_running_loop().time(), received_before=True)
 
 
 @dataclass(slots=True)
@@ -249,12 +254,13 @@ class Pipeline:
         """Write a delivery's items to the ingest topic; returns once each is acked or failed.
 
         `raw` is the exact body when it holds a single item, so a dead letter keeps its bytes.
-        `retry` is an earlier result's `delivery`: its items were counted as received then, and
-        its receipt time and latencies stay the first submit's.
+        `retry` is the delivery's own (`delivery()`, made before its first submit, so that one
+        that raised is not received again), or an earlier result's `delivery`: its items are
+        counted received once, and its receipt time and latencies stay the first submit's.
         `settled` gains, as it happens, the index of each item Kafka acknowledged or that needs no
         retry (dropped, refused): what a source cut off mid-delivery did not lose.
         `counted` gains the index of each item counted in events_received_total (by the first
-        submit of a delivery): of those a source loses, which its rejection reason counts received.
+        attempt to reach it): of those a source loses, which its rejection reason counts received.
         `event_times` are the items' times as `event_time` read them, when the source did (the
         webhook's replay check): not read twice.
         `answered`: a request waits for the result (a webhook's), so a stop's `answer_by` bounds
@@ -264,8 +270,7 @@ class Pipeline:
         # Its own publish deadline: a wait cut before it was cut by a stop, not by Kafka.
         own = loop.time() + self._timeout
         deadline = self._answer_deadline(own, answered)
-        again = retry is not None
-        first = retry if retry is not None else Delivery(self._clock(), loop.time())
+        first = retry if retry is not None else self.delivery()
         received_at = first.received_at
         result = BatchResult(delivery=first)
         sent: list[_Sent] = []
@@ -300,13 +305,14 @@ class Pipeline:
                     normalised.item, exact, normalised.reason, channel, received_at
                 )
             else:
-                if not again:
+                new = not first.received_before and _first(first.received, n)
+                if new:
                     self._metrics.received_by(channel, type_label(normalised.type)).inc()
                     if counted is not None:
                         counted.add(n)
                 route = self._router.route(normalised)
                 if isinstance(route, Drop):
-                    if not again:
+                    if new:
                         self._metrics.dropped.labels(route.reason).inc()
                     result.dropped += 1
                     if settled is not None:
@@ -413,6 +419,10 @@ class Pipeline:
             self._sink.mark_reachable()
             self._metrics.ingested_by(channel).inc(stored)
         return result
+
+    def delivery(self) -> Delivery:
+        """A delivery received now: a source retrying it passes it to each submit."""
+        return Delivery(self._clock(), asyncio.get_running_loop().time())
 
     def _answer_deadline(self, deadline: float, answered: bool) -> float:
         """`deadline`, or a stop's sooner answer deadline for a delivery a request waits on."""

@@ -62,7 +62,7 @@ from bridge.connlimit import out_of_descriptors, say_out_of_descriptors
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
-from bridge.pipeline import Delivery, Pipeline
+from bridge.pipeline import Pipeline
 from bridge.redaction import echo_spellings, hidden, without_query
 from bridge.sources.capped import read_capped
 from bridge.sources.downtime import Downtime
@@ -1042,7 +1042,9 @@ class WebSocketSource:
     async def _publish(self, batch: list[Any]) -> None:
         """Retry until Kafka acknowledges the whole batch; dedup makes retries publish the rest."""
         attempt = 0
-        delivery: Delivery | None = None  # a retry is the same delivery, received then
+        # Each retry is the same delivery, received now: made here, not by the first submit, so
+        # that a submit a bug cut off mid-batch does not leave its retry counting it received.
+        delivery = self._pipeline.delivery()
         while True:
             try:
                 result = await self._pipeline.submit(
@@ -1052,7 +1054,6 @@ class WebSocketSource:
                     settled=self._settled,
                     counted=self._counted,
                 )
-                delivery = result.delivery
             except Exception:  # a bug must not end publishing silently, nor drop the batch
                 log.exception("feed batch failed unexpectedly; retrying it")
                 failed = len(batch)

@@ -96,6 +96,21 @@ class FakeSink:
         ]
 
 
+class BuggySink(FakeSink):
+    """Its first delivery Kafka acknowledged ends in a bug (its `mark_reachable` raises): the
+    pipeline's submit raises after counting every item."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bugs = 1
+
+    def mark_reachable(self) -> None:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug")
+        super().mark_reachable()
+
+
 class IdleKafka(FakeSink):
     """A command's KafkaSink (backfill, redrive): records kept in memory, acknowledged at once."""
 

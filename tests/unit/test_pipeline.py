@@ -17,6 +17,7 @@ from bridge.ingest.record import ID, decode
 from bridge.metrics import Metrics
 from bridge.normalise import Unrecognised
 from bridge.normalise.binding import Mode
+from bridge.normalise.event import Event
 from bridge.pipeline import (
     BACKFILL,
     DAEMON,
@@ -26,7 +27,7 @@ from bridge.pipeline import (
     Purpose,
     _error_fields,
 )
-from bridge.routing import Router
+from bridge.routing import Drop, Route, Router
 from bridge.sink.limits import TopicLimits
 from bridge.sink.record import Record
 from tests import entries
@@ -817,6 +818,46 @@ async def test_a_refused_event_is_counted_for_each_topic_too_small_for_it() -> N
     result = await pipeline.submit([entry(1), output_only, both], "webhook")
     assert (result.accepted, result.refused) == (1, 2)
     assert result.too_large_for == {TopicSettings().events: 2, INGEST: 1}
+
+
+class BuggyRouter(Router):
+    """Raises once, at the event with id `at`: a bug cutting a submit off mid-batch."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__(TopicSettings(), [])
+        self.at: str | None = at
+
+    def route(self, event: Event) -> Route | Drop:
+        if event.id == self.at:
+            self.at = None
+            raise RuntimeError("a bug")
+        return super().route(event)
+
+
+async def test_each_item_of_a_delivery_is_received_once_whichever_attempt_reaches_it() -> None:
+    # A source retrying a submit that raised passes the same delivery: what the cut-off attempt
+    # counted is not counted again, and what it never reached is counted by the retry.
+    metrics = Metrics()
+    pipeline = Pipeline(
+        FakeSink(),
+        BuggyRouter(at="CA_1:2"),
+        metrics,
+        source="test",
+        ingest_topic=INGEST,
+        dlq_topic="pinecall.dlq",
+        publish_timeout=UNTIL_ACKED,
+    )
+    items = [entry(1), entry(2), entry(3)]
+    delivery = pipeline.delivery()
+    with pytest.raises(RuntimeError):
+        await pipeline.submit(items, "sse", retry=delivery)
+    received = "pinecall_bridge_events_received_total"
+    assert sample(metrics, received, channel="sse", type="turn.user") == 2  # 1, and 2 at the bug
+    assert (await pipeline.submit(items, "sse", retry=delivery)).accepted == 3
+    assert sample(metrics, received, channel="sse", type="turn.user") == 3
+    # A redrive's dead letters were received when first received: never again.
+    await pipeline.submit(items, "sse", retry=Delivery.redriven(1_699_000_000.0))
+    assert sample(metrics, received, channel="sse", type="turn.user") == 3
 
 
 async def test_a_redrive_marks_its_records_so_the_dedup_stage_does_not_time_them() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from bridge.logthrottle import LogThrottle
 from bridge.metrics import Metrics
-from bridge.pipeline import Delivery, Pipeline
+from bridge.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 # One publisher per call followed: a Kafka outage made each of them say each retry (81 lines in
@@ -34,11 +34,12 @@ class Publisher:
         """
         attempt = 0
         batch = list(items)
-        delivery: Delivery | None = None  # a retry is the same delivery, received then
+        # Each retry is the same delivery, received now: made here, not by the first submit, so
+        # that a submit a bug cut off mid-batch does not leave its retry counting it received.
+        delivery = self._pipeline.delivery()
         while True:
             try:
                 result = await self._pipeline.submit(batch, "sse", retry=delivery)
-                delivery = result.delivery
             except Exception:  # a bug must not drop entries silently: retry, then re-read
                 log.exception("call log batch failed unexpectedly; retrying it")
                 failed = len(batch)

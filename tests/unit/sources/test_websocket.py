@@ -43,7 +43,7 @@ from tests.environ import proxied_env
 from tests.metrics import sample, series
 from tests.polling import until
 from tests.sockets import SpentDescriptors, refusing_address
-from tests.unit.fakes import FakeSink, pipeline_with
+from tests.unit.fakes import BuggySink, FakeSink, pipeline_with
 from tests.unit.sources.backoffs import FAKE_FEED_BACKOFF, QUICK_BACKOFF
 
 API_KEY = "key-1"
@@ -1025,6 +1025,17 @@ async def test_a_publishing_bug_retries_the_batch_instead_of_ending_the_publishe
     finally:
         await source.stop(asyncio.get_running_loop().time() + 2)
     assert seqs(sink) == [1]
+
+
+async def test_a_batch_a_bug_cut_off_is_received_once_across_its_retries(
+    feeding: Feeding,
+) -> None:
+    # The retry of a submit that raised was a new delivery: its events counted received again.
+    fed = await feeding(sending(2), sink=BuggySink())
+    sink = fed.sink
+    # Reachable once a submit got past the bug: the retry of the batch it cut off.
+    await until(lambda: sorted(set(seqs(sink))) == [1, 2] and sink.reachable is True)
+    assert received_events(fed.metrics) == 2
 
 
 async def test_the_token_is_refreshed_before_it_expires_without_missing_a_frame(

@@ -13,13 +13,20 @@ from bridge.pipeline import BatchResult, Delivery, Pipeline
 from bridge.sources.calllog import publish
 from bridge.sources.calllog.publish import Publisher
 from tests.entries import entry
+from tests.metrics import sample
+from tests.unit.fakes import BuggySink, pipeline_with
 
 
 class FlakyPipeline:
     """Fails the first submit of a delivery, takes the second; notes what each was told."""
 
     def __init__(self) -> None:
-        self.told: list[float | None] = []
+        self.made: list[Delivery] = []
+        self.told: list[Delivery | None] = []
+
+    def delivery(self) -> Delivery:
+        self.made.append(Delivery(100.0, 0.0))
+        return self.made[-1]
 
     async def submit(
         self,
@@ -28,9 +35,9 @@ class FlakyPipeline:
         *,
         retry: Delivery | None = None,
     ) -> BatchResult:
-        self.told.append(None if retry is None else retry.received_at)
+        self.told.append(retry)
         if len(self.told) == 1:
-            return BatchResult(failed=len(items), delivery=Delivery(100.0, 0.0))
+            return BatchResult(failed=len(items), delivery=retry)
         return BatchResult(accepted=len(items), delivery=retry)
 
 
@@ -41,8 +48,9 @@ async def test_a_retry_is_the_same_delivery_received_at_its_first_submit(
     pipeline = FlakyPipeline()
     publisher = Publisher(cast(Pipeline, pipeline), Metrics(), asyncio.Event())
     assert await publisher.publish([entry(1), entry(2)])
-    # None: a new delivery, received now; then the time the pipeline said it was received.
-    assert pipeline.told == [None, 100.0]
+    # One delivery, made before the first submit: each attempt is told it.
+    [made] = pipeline.made
+    assert [told is made for told in pipeline.told] == [True, True]
 
 
 async def test_a_kafka_outage_is_one_retry_line_not_one_per_call_and_retry(
@@ -58,3 +66,16 @@ async def test_a_kafka_outage_is_one_retry_line_not_one_per_call_and_retry(
     assert all(await asyncio.gather(*(p.publish([entry(1)]) for p in publishers)))
     said = [r for r in caplog.records if r.getMessage().startswith("call log entries not ack")]
     assert len(said) == 1
+
+
+async def test_a_batch_a_bug_cut_off_is_received_once_across_its_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The retry of a submit that raised was a new delivery: its entries counted received again.
+    monkeypatch.setattr(publish, "RETRY_DELAYS", (0.0,))
+    sink, metrics = BuggySink(), Metrics()
+    publisher = Publisher(pipeline_with(sink, metrics), metrics, asyncio.Event())
+    assert await publisher.publish([entry(1), entry(2)])
+    assert len(sink.acked()) == 4, "sent, then sent again by the retry"
+    received = "pinecall_bridge_events_received_total"
+    assert sample(metrics, received, channel="sse", type="turn.user") == 2
