@@ -175,5 +175,5 @@ bench-quick: $(BIN)/.bench-installed  ## a ~6 minute smoke run of the benchmarks
 .PHONY: chaos
 CHAOS_ARGS ?=
 
-chaos: venv  ## the fault matrix → docs/reliability.md (about 13 minutes; CHAOS_ARGS="--only broker-stop")
+chaos: venv  ## the fault matrix → docs/reliability.md (about 15 minutes; CHAOS_ARGS="--only broker-stop")
 	$(BIN)/python -m chaos $(CHAOS_ARGS)

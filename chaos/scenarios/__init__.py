@@ -10,7 +10,7 @@ from chaos.scenarios.calllog import calllog
 from chaos.scenarios.cluster import cluster
 from chaos.scenarios.feed import feed
 from chaos.scenarios.network import network, resets
-from chaos.scenarios.pod import pod
+from chaos.scenarios.pod import pod, pod_dedup_process
 from chaos.scenarios.replicas import replicas
 from chaos.scenarios.slow_clients import slow_clients
 
@@ -22,6 +22,7 @@ SCENARIOS: dict[str, Scenario] = {
     "resets": resets,
     "replicas": replicas,
     "pod": pod,
+    "pod-dedup-process": pod_dedup_process,
     "feed": feed,
     "slow-clients": slow_clients,
     "cluster": cluster,

@@ -2,9 +2,14 @@
 
 As production runs a pod (BRIDGE_HTTP__WORKERS): a supervisor and its workers sharing the port
 (SO_REUSEPORT), each running both stages (config.dedup.ownProcess is off by default), so a killed
-worker takes a dedup group member mid-transaction with it. The supervisor restarts a worker that
+worker takes a dedup group member with it, mid-transaction only if one was open (a random moment
+often falls between two; the variant below waits for one). The supervisor restarts a worker that
 exits; what a killed one held, the load's client retries as Pinecall does. Every phase, the
 transitions too, must see load (chaos/phases.py).
+
+`pod-dedup-process` is the same pod with BRIDGE_DEDUP__OWN_PROCESS: a third worker runs the dedup
+stage alone, the two others only the ingest stage, so its SIGKILL takes the group's one member
+mid-transaction while the webhook workers answer on, and theirs happen while it runs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from chaos.checker import TRANSPORT_ERROR
 from chaos.harness import (
@@ -30,10 +37,19 @@ from chaos.harness import (
 from chaos.load import WebhookLoad
 from chaos.phases import Timeline, lasted_check, load_check, summary
 from chaos.rss import PeakRss
-from tests.integration.conftest import Topics, wait_ready
+from tests.integration.conftest import (
+    Topics,
+    ingest_backlog,
+    open_output,
+    read_to_end,
+    wait_ready,
+)
 from tests.integration.replicas import Replica, until_restarted
 
 WORKERS = 2
+# As the chart sets the pod's name: a restarted dedup process (same `-w<index>` transactional id
+# and static member) fences and aborts the transaction its killed predecessor left open.
+INSTANCE_ID = "chaos-pod"
 
 
 async def kill_worker(pod: Replica, worker: int) -> int:
@@ -43,6 +59,41 @@ async def kill_worker(pod: Replica, worker: int) -> int:
     await until_restarted(pod, worker, killed)
     await wait_ready(pod.url)
     return killed
+
+
+async def kill_mid_transaction(
+    pod: Replica, worker: int, bootstrap: str, topics: Topics, within: float = 60
+) -> tuple[int, list[str]]:
+    """SIGKILL the dedup worker `worker` while an output transaction of its is open; return its
+    pid and the output partitions open then, once the supervisor restarted it.
+
+    A random moment may fall between two transactions: the worker is stopped (SIGSTOP) until the
+    broker shows one open (its last stable offset short of the high watermark), let go on if not.
+    """
+    killed = pod.worker_pids()[worker]
+    deadline = time.monotonic() + within
+    while True:
+        os.kill(killed, signal.SIGSTOP)
+        try:
+            held = await open_output(bootstrap, topics)
+        except BaseException:  # left stopped, it would wait for the watchdog's kill
+            os.kill(killed, signal.SIGCONT)
+            raise
+        if held or time.monotonic() > deadline:  # past it: killed anyway, and the check says so
+            break
+        os.kill(killed, signal.SIGCONT)
+        await asyncio.sleep(random.uniform(0.0, 0.1))
+    os.kill(killed, signal.SIGKILL)
+    await until_restarted(pod, worker, killed)
+    await wait_ready(pod.url)
+    return killed, [f"{tp.topic}-{tp.partition}" for tp in held]
+
+
+def stages(entries: Iterable[Mapping[str, Any]]) -> dict[int, str]:
+    """Each worker's stages, as the supervisor logged its newest start (`worker started`)."""
+    return {
+        int(e["worker"]): str(e.get("stages")) for e in entries if e.get("msg") == "worker started"
+    }
 
 
 def crashes(pod: Replica) -> list[tuple[int, int, str]]:
@@ -55,11 +106,25 @@ def crashes(pod: Replica) -> list[tuple[int, int, str]]:
 
 
 async def pod(ctx: Context) -> Outcome:
+    return await _pod(ctx, dedup_process=False)
+
+
+async def pod_dedup_process(ctx: Context) -> Outcome:
+    return await _pod(ctx, dedup_process=True)
+
+
+async def _pod(ctx: Context, *, dedup_process: bool) -> Outcome:
+    name = "pod-dedup-process" if dedup_process else "pod"
     steady = ctx.seconds(8)
-    async with ctx.broker("pod") as broker:
+    processes = WORKERS + dedup_process
+    extra = {"BRIDGE_HTTP__WORKERS": str(WORKERS)}
+    if dedup_process:
+        extra |= {"BRIDGE_DEDUP__OWN_PROCESS": "true", "BRIDGE_DEDUP__INSTANCE_ID": INSTANCE_ID}
+    async with ctx.broker(name) as broker:
         topics = Topics.fresh("chaos")
-        replica = ctx.replica("pod", broker.bootstrap, topics, BRIDGE_HTTP__WORKERS=str(WORKERS))
+        replica = ctx.replica(name, broker.bootstrap, topics, **extra)
         await replica.start()
+        layout = stages(replica.log_entries())
         load = WebhookLoad(
             url=lambda: replica.url,
             rate=ctx.rate,
@@ -69,15 +134,36 @@ async def pod(ctx: Context) -> Outcome:
         timeline = Timeline()
         killed: list[tuple[int, int]] = []
         exits: dict[str, int] = {}
+        backlogs: dict[str, int] = {}  # the ingest records the group had yet to commit, by when
+        dedup_crash: list[str] = []  # the phases of the dedup process's SIGKILL and restore
+        # The output partitions its transaction had open at its SIGKILL.
+        open_at_kill: list[str] = []
+        aborted = 0
         try:
             async with PeakRss(lambda: [replica]) as rss, running(load.run()) as flowing:
                 timeline.enter("steady", time.monotonic())
                 await asyncio.sleep(steady)
-                for worker in range(WORKERS):
-                    timeline.enter(f"SIGKILL worker {worker} and its restart", time.monotonic())
-                    killed.append((worker, await kill_worker(replica, worker)))
-                    timeline.enter(f"steady after worker {worker}", time.monotonic())
-                    await asyncio.sleep(steady)
+                for worker in range(processes):
+                    what = f"worker {worker}" + (
+                        f" ({layout.get(worker)})" if dedup_process else ""
+                    )
+                    crash = [f"SIGKILL {what} and its restart", f"steady after {what}"]
+                    timeline.enter(crash[0], time.monotonic())
+                    if layout.get(worker) != "dedup":
+                        killed.append((worker, await kill_worker(replica, worker)))
+                        timeline.enter(crash[1], time.monotonic())
+                        await asyncio.sleep(steady)
+                        continue
+                    pid, open_at_kill = await kill_mid_transaction(
+                        replica, worker, broker.bootstrap, topics
+                    )
+                    killed.append((worker, pid))
+                    timeline.enter(crash[1], time.monotonic())
+                    dedup_crash += crash
+                    began = time.monotonic()
+                    backlogs["at its restart"] = await backlog(broker.bootstrap, topics)
+                    await asyncio.sleep(max(0.0, steady - (time.monotonic() - began)))
+                    backlogs[f"{steady:.0f}s later"] = await backlog(broker.bootstrap, topics)
                 timeline.enter("SIGTERM the supervisor and the pod's restart", time.monotonic())
                 exits["SIGTERM supervisor"] = await replica.stop()
                 await replica.start()
@@ -89,6 +175,8 @@ async def pod(ctx: Context) -> Outcome:
                 await flowing
             decided: list[Check] = []
             counts, doubles = await webhook_counts(broker.bootstrap, topics, [load], decided)
+            if dedup_process:
+                aborted = await aborted_records(broker.bootstrap, topics)
         finally:
             await stop_all([replica])
     restarted = crashes(replica)
@@ -111,19 +199,71 @@ async def pod(ctx: Context) -> Outcome:
         clean_exits_check(exits),
         doubles_check(doubles),
     ]
-    return Outcome(
-        "pod",
+    notes = [
+        f"phases: {summary(timeline, load.attempts)}",
+        f"{counts.transport_errors} requests failed at the transport level and {retried}"
+        " events were retried by the client (as Pinecall does)",
+        "failed attempts (no answer or 5xx) by the phase they were sent in (one sent just"
+        " before a kill fails in the phase before it): "
+        + (", ".join(f"{k}: {v}" for k, v in failed_by_phase.items()) or "none"),
+    ]
+    fault = (
         f"1 pod of {WORKERS} worker processes (BRIDGE_HTTP__WORKERS): SIGKILL each worker in"
-        f" turn, then SIGTERM the supervisor and restart the pod, under {ctx.rate:.0f} events/s",
-        counts,
-        rss.peak_mib,
-        checks,
-        [
-            f"phases: {summary(timeline, load.attempts)}",
-            f"{counts.transport_errors} requests failed at the transport level and {retried}"
-            " events were retried by the client (as Pinecall does)",
-            "failed attempts (no answer or 5xx) by the phase they were sent in (one sent just"
-            " before a kill fails in the phase before it): "
-            + (", ".join(f"{k}: {v}" for k, v in failed_by_phase.items()) or "none"),
-        ],
+        f" turn, then SIGTERM the supervisor and restart the pod, under {ctx.rate:.0f} events/s"
     )
+    if dedup_process:
+        checks += dedup_process_checks(layout, dedup_crash, failed_by_phase)
+        checks.append(
+            Check(
+                "the dedup process was SIGKILLed mid-transaction, and that transaction aborted",
+                bool(open_at_kill) and aborted > 0,
+                f"output partitions open at the kill: {open_at_kill or 'none seen'};"
+                f" {aborted} output records in aborted transactions (read_uncommitted less"
+                " read_committed)",
+            )
+        )
+        fault = (
+            f"1 pod of {WORKERS} webhook worker processes and the dedup stage in a process of its"
+            f" own (BRIDGE_DEDUP__OWN_PROCESS, BRIDGE_DEDUP__INSTANCE_ID set as the chart does):"
+            " SIGKILL each worker in turn, the dedup one mid-transaction last, then SIGTERM the"
+            f" supervisor and restart the pod, under {ctx.rate:.0f} events/s"
+        )
+        notes += [
+            "ingest records the dedup group had yet to commit: "
+            + ", ".join(f"{k}: {v}" for k, v in backlogs.items()),
+        ]
+    return Outcome(name, fault, counts, rss.peak_mib, checks, notes)
+
+
+def dedup_process_checks(
+    layout: Mapping[int, str], crash: Sequence[str], failed_by_phase: Mapping[str, int]
+) -> list[Check]:
+    """The layout asked for ran, and no webhook failed in the phases of the dedup process's
+    `crash`: its records wait in the ingest topic meanwhile (README, "A crashed dedup process")."""
+    wanted = dict.fromkeys(range(WORKERS), "ingest") | {WORKERS: "dedup"}
+    failed = sum(failed_by_phase.get(phase, 0) for phase in crash)
+    return [
+        Check(
+            "the pod ran the dedup stage in a process of its own",
+            dict(layout) == wanted,
+            f"stages by worker {dict(layout)}, wanted {wanted}",
+        ),
+        Check(
+            "webhooks answered 2xx through the dedup process's crash and restore",
+            bool(crash) and failed == 0,
+            f"{failed} attempts failed (no answer or 5xx) sent during {list(crash)}",
+        ),
+    ]
+
+
+async def backlog(bootstrap: str, topics: Topics) -> int:
+    """The ingest records the dedup group has yet to commit."""
+    return sum((await ingest_backlog(bootstrap, topics)).values())
+
+
+async def aborted_records(bootstrap: str, topics: Topics) -> int:
+    """Output records only a read_uncommitted reader sees: those of aborted transactions."""
+    outputs = [topics.events, topics.alerts, topics.dlq]
+    everything = await read_to_end(bootstrap, outputs, committed=False, within=120)
+    committed = await read_to_end(bootstrap, outputs, within=120)
+    return len(everything) - len(committed)

@@ -11,7 +11,7 @@ import pytest
 import chaos.scenarios
 from chaos.__main__ import commit, parser
 from chaos.scenarios import SCENARIOS
-from chaos.scenarios.pod import pod
+from chaos.scenarios.pod import pod, pod_dedup_process
 
 
 def test_every_scenario_module_is_registered() -> None:
@@ -24,6 +24,11 @@ def test_every_scenario_module_is_registered() -> None:
 def test_only_pod_selects_the_pod_scenario_alone() -> None:
     assert parser().parse_args(["--only", "pod"]).only == ["pod"]
     assert SCENARIOS["pod"] is pod
+
+
+def test_only_pod_dedup_process_selects_the_pod_with_its_dedup_process_alone() -> None:
+    assert parser().parse_args(["--only", "pod-dedup-process"]).only == ["pod-dedup-process"]
+    assert SCENARIOS["pod-dedup-process"] is pod_dedup_process
 
 
 def test_base_port_is_off_unless_given() -> None:
