@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bridge.workers.parent import SILENT_SECONDS
 from chaos.checker import TRANSPORT_ERROR
 from chaos.harness import (
     Check,
@@ -40,7 +41,7 @@ from chaos.rss import PeakRss
 from tests.integration.conftest import (
     Topics,
     ingest_backlog,
-    open_output,
+    output_watch,
     read_to_end,
     wait_ready,
 )
@@ -50,6 +51,10 @@ WORKERS = 2
 # As the chart sets the pod's name: a restarted dedup process (same `-w<index>` transactional id
 # and static member) fences and aborts the transaction its killed predecessor left open.
 INSTANCE_ID = "chaos-pod"
+# How long kill_mid_transaction may hold the dedup worker mostly stopped: well inside the
+# supervisor's watchdog bound, whose own SIGKILL would pass for the scenario's.
+HUNT_SECONDS = SILENT_SECONDS / 2
+WATCHDOG_KILL = "worker answered no probe; killing it to restart it"
 
 
 async def kill_worker(pod: Replica, worker: int) -> int:
@@ -62,7 +67,7 @@ async def kill_worker(pod: Replica, worker: int) -> int:
 
 
 async def kill_mid_transaction(
-    pod: Replica, worker: int, bootstrap: str, topics: Topics, within: float = 60
+    pod: Replica, worker: int, bootstrap: str, topics: Topics, within: float = HUNT_SECONDS
 ) -> tuple[int, list[str]]:
     """SIGKILL the dedup worker `worker` while an output transaction of its is open; return its
     pid and the output partitions open then, once the supervisor restarted it.
@@ -72,17 +77,19 @@ async def kill_mid_transaction(
     """
     killed = pod.worker_pids()[worker]
     deadline = time.monotonic() + within
-    while True:
-        os.kill(killed, signal.SIGSTOP)
-        try:
-            held = await open_output(bootstrap, topics)
-        except BaseException:  # left stopped, it would wait for the watchdog's kill
+    async with output_watch(bootstrap, topics) as still_open:
+        while True:
+            os.kill(killed, signal.SIGSTOP)
+            try:
+                held = await still_open()
+            except BaseException:  # left stopped, it would wait for the watchdog's kill
+                os.kill(killed, signal.SIGCONT)
+                raise
+            if held or time.monotonic() > deadline:  # past it: killed anyway; the check says so
+                break
             os.kill(killed, signal.SIGCONT)
-            raise
-        if held or time.monotonic() > deadline:  # past it: killed anyway, and the check says so
-            break
-        os.kill(killed, signal.SIGCONT)
-        await asyncio.sleep(random.uniform(0.0, 0.1))
+            # Running most of the time, so it answers the supervisor's probes while hunted.
+            await asyncio.sleep(random.uniform(0.05, 0.2))
     os.kill(killed, signal.SIGKILL)
     await until_restarted(pod, worker, killed)
     await wait_ready(pod.url)
@@ -94,6 +101,17 @@ def stages(entries: Iterable[Mapping[str, Any]]) -> dict[int, str]:
     return {
         int(e["worker"]): str(e.get("stages")) for e in entries if e.get("msg") == "worker started"
     }
+
+
+def watchdog_check(entries: Iterable[Mapping[str, Any]]) -> Check:
+    """No worker killed by the supervisor's watchdog: a kill the scenario would count as its own
+    (a SIGSTOP held past WORKER_SILENCE_SECONDS), or a worker wedged by the faults."""
+    kills = [(e.get("worker"), e.get("pid")) for e in entries if e.get("msg") == WATCHDOG_KILL]
+    return Check(
+        "the supervisor's watchdog killed no worker",
+        not kills,
+        f"(worker, pid) killed as silent: {kills or 'none'}",
+    )
 
 
 def crashes(pod: Replica) -> list[tuple[int, int, str]]:
@@ -196,6 +214,7 @@ async def _pod(ctx: Context, *, dedup_process: bool) -> Outcome:
             restarted == wanted,
             f"unexpected exits logged {restarted}, SIGKILLed {wanted}",
         ),
+        watchdog_check(replica.log_entries()),
         clean_exits_check(exits),
         doubles_check(doubles),
     ]

@@ -27,8 +27,8 @@ _MINUTES = [7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 7
 _RATIOS = [0.07, 0.11, 0.13, 0.17, 0.19, 0.23, 0.29, 0.31]
 _AMOUNTS = [77, 7777, 101, 103, 107, 109, 113, 127, 8887, 131, 137]
 
-# HTTP statuses the texts name (a webhook's answer): no measure.
-HTTP_STATUSES = {"200", "404", "405", "503"}
+# HTTP statuses and status classes the texts name (a webhook's answer): no measure.
+HTTP_STATUSES = {"200", "404", "405", "503", "2xx", "4xx", "5xx"}
 # Numbers a text states that no expr holds, each a fact of the bridge's, not a threshold.
 NOT_FROM_THE_RULE = {
     # The admin port's connection cap, and a worker's time to answer the pod's scrape.
@@ -40,13 +40,20 @@ NOT_FROM_THE_RULE = {
     "PinecallBridgePodRestarting": {"1"},
 }
 
-# A number in a text, with its unit if it has one: "77s", "7 minutes", "7%", "10000 records".
+# A number in a text, with its unit if it has one: "77s", "7 minutes", "7%", "99th", "10000
+# records"; anything else glued to it ("10k", "500ms", "1h30m") is kept as its unit, so that a
+# number the check cannot read fails it rather than going unchecked.
 _NUMBER = re.compile(
-    r"(?<![\w.])(\d+(?:\.\d+)?)(?:(%)|\s?(s|m|h)\b|\s(minutes?|hours?)\b)?(?![\w.]\w|\w)"
+    r"(?<![\w.])(\d+(?:\.\d+)?)"
+    r"(?:(%)|\s?(s|m|h)\b|\s(seconds?|minutes?|hours?)\b|(st|nd|rd|th)\b|([\w.]*\w))?"
 )
 _RANGE = re.compile(r"\[(\d+)([smh])(?::(\d+)([smh]))?\]")
 _THRESHOLD = re.compile(r"(?:>=?|<=?|==)\s*(\d+(?:\.\d+)?(?:\s*[-+*]\s*\d+(?:\.\d+)?)*)")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "minute": 60, "minutes": 60, "hour": 3600, "hours": 3600}
+_QUANTILE = re.compile(r"histogram_quantile\(\s*(\d+(?:\.\d+)?)")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "second": 1, "seconds": 1}
+_SECONDS |= {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600}
+# A fraction of the rule's: "7%" of 0.07, the "99th" percentile of histogram_quantile(0.99, ...).
+_HUNDREDTHS = {"%", "st", "nd", "rd", "th"}
 
 
 def unusual_values() -> dict[str, Any]:
@@ -83,6 +90,7 @@ def rule_numbers(rule: dict[str, Any]) -> tuple[set[float], set[float]]:
     """The expr's thresholds as compared, and its ranges and `for` in seconds."""
     expr = rule["expr"]
     thresholds = {_arithmetic(match) for match in _THRESHOLD.findall(expr)}
+    thresholds |= {float(quantile) for quantile in _QUANTILE.findall(expr)}
     durations: set[float] = set()
     for amount, unit, step, step_unit in _RANGE.findall(expr):
         durations.add(float(amount) * _SECONDS[unit])
@@ -99,8 +107,8 @@ def stated(text: str) -> list[tuple[str, float, str]]:
     text = re.sub(r"\{\{.*?\}\}", " ", text)
     found = []
     for match in _NUMBER.finditer(text):
-        number, percent, short, long = match.groups()
-        found.append((match.group(0), float(number), percent or short or long or ""))
+        number, *units = match.groups()
+        found.append((match.group(0), float(number), next((u for u in units if u), "")))
     return found
 
 
@@ -117,11 +125,13 @@ def unused_numbers(name: str, rule: dict[str, Any]) -> list[str]:
         for written, number, unit in stated(rule["annotations"].get(key, "")):
             if written in exempt or written in HTTP_STATUSES:
                 continue
-            if unit == "%":
+            if unit in _HUNDREDTHS:
                 ok = _close(number / 100, thresholds)
-            elif unit:
+            elif unit in _SECONDS:
                 seconds = number * _SECONDS[unit]
                 ok = _close(seconds, durations | thresholds)
+            elif unit:  # "10k", "500ms": a unit this check cannot read
+                ok = False
             else:
                 # A count (records, times), or minutes named before ("in the last 5").
                 ok = _close(number, thresholds) or _close(number * 60, durations)
@@ -174,3 +184,31 @@ def test_the_numbers_check_catches_a_default_left_in_a_text() -> None:
     assert unused_numbers("PinecallBridgeDedupFetchesUnanswered", rule) == ["description: '77s'"]
     rule["annotations"]["description"] = "none answered for more than 257s (for 2 minutes)"
     assert unused_numbers("PinecallBridgeDedupFetchesUnanswered", rule) == []
+
+
+@pytest.mark.parametrize(
+    ("description", "unread"),
+    [
+        ("more than 10k records", "10k"),
+        ("slower than 500ms", "500ms"),
+        ("for 1h30m", "1h30m"),
+        ("the 95th percentile", "95th"),  # the expr's is the 99th
+        ("for 90 seconds", "90 seconds"),  # not 90 minutes: the `for` is 90s
+    ],
+)
+def test_the_numbers_check_fails_a_number_it_cannot_match(description: str, unread: str) -> None:
+    rule: dict[str, Any] = {
+        "expr": "histogram_quantile(0.99, rate(x_bucket[5m])) > 7",
+        "for": "90m",
+        "annotations": {"summary": "", "description": description},
+    }
+    assert unused_numbers("PinecallBridgePublishLatencyHigh", rule) == [f"description: {unread!r}"]
+
+
+def test_the_numbers_check_reads_percentiles_and_seconds_in_words() -> None:
+    rule: dict[str, Any] = {
+        "expr": "histogram_quantile(0.99, rate(x_bucket[5m])) > 7",
+        "for": "90s",
+        "annotations": {"summary": "", "description": "the 99th percentile for 90 seconds"},
+    }
+    assert unused_numbers("PinecallBridgePublishLatencyHigh", rule) == []

@@ -11,7 +11,15 @@ import socket
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -747,6 +755,17 @@ async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
     A crashed process's transaction stays open until the broker times it out, after its
     partitions' new owner has committed their records.
     """
+    async with output_watch(bootstrap, names) as still_open:
+        return await still_open()
+
+
+@asynccontextmanager
+async def output_watch(
+    bootstrap: str, names: Topics
+) -> AsyncIterator[Callable[[], Awaitable[list[TopicPartition]]]]:
+    """`open_output` to ask again and again: its clients started once, so each ask is one
+    ListOffsets round trip per isolation level (a process held SIGSTOPped meanwhile is held
+    milliseconds, not the clients' start)."""
     async with admin_client(bootstrap) as admin:
         existing = set(await admin.list_topics())
         outputs = [t for t in (names.events, names.alerts, names.dlq) if t in existing]
@@ -754,18 +773,26 @@ async def open_output(bootstrap: str, names: Topics) -> list[TopicPartition]:
     partitions = [
         TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
     ]
-    ends: list[dict[TopicPartition, int]] = []
-    for isolation in ("read_committed", "read_uncommitted"):
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation
-        )
-        await consumer.start()
-        try:
-            ends.append(await consumer.end_offsets(partitions) if partitions else {})
-        finally:
+    consumers = [
+        AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation)
+        for isolation in ("read_committed", "read_uncommitted")
+    ]
+    started: list[AIOKafkaConsumer] = []
+    try:
+        for consumer in consumers:
+            await consumer.start()
+            started.append(consumer)
+
+        async def still_open() -> list[TopicPartition]:
+            if not partitions:
+                return []
+            stable, high = [await c.end_offsets(partitions) for c in consumers]
+            return [tp for tp in partitions if stable[tp] < high[tp]]
+
+        yield still_open
+    finally:
+        for consumer in started:
             await consumer.stop()
-    stable, high = ends
-    return [tp for tp in partitions if stable[tp] < high[tp]]
 
 
 async def until_decided(bootstrap: str, names: Topics, within: float = 60) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chaos.scenarios.pod import dedup_process_checks, stages
+from chaos.scenarios.pod import WATCHDOG_KILL, dedup_process_checks, stages, watchdog_check
 
 LAYOUT = {0: "ingest", 1: "ingest", 2: "dedup"}
 CRASH = ["SIGKILL worker 2 (dedup) and its restart", "steady after worker 2 (dedup)"]
@@ -45,3 +45,16 @@ def test_a_pod_whose_workers_all_run_both_stages_fails_the_layout_check() -> Non
 def test_no_dedup_crash_phase_judged_nothing_and_fails() -> None:
     _, answered = dedup_process_checks(LAYOUT, [], {})
     assert not answered.ok
+
+
+def test_a_worker_the_watchdog_killed_fails_the_watchdog_check() -> None:
+    # Its SIGKILL logs as the scenario's own would: only this line tells them apart.
+    entries = [
+        started(2, 12, "dedup"),
+        {"msg": WATCHDOG_KILL, "worker": 2, "pid": 12, "silent_s": 15.2},
+        {"msg": "worker exited unexpectedly; restarting it", "worker": 2, "pid": 12},
+    ]
+    check = watchdog_check(entries)
+    assert not check.ok
+    assert "(2, 12)" in check.detail
+    assert watchdog_check(entries[:1]).ok
