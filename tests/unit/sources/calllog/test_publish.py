@@ -79,3 +79,17 @@ async def test_a_batch_a_bug_cut_off_is_received_once_across_its_retries(
     assert len(sink.acked()) == 4, "sent, then sent again by the retry"
     received = "pinecall_bridge_events_received_total"
     assert sample(metrics, received, channel="sse", type="turn.user") == 2
+
+
+async def test_a_batch_a_bug_cut_off_counts_its_dead_letters_and_latencies_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The retry of a submit that raised was a new delivery: what the first stored, counted again.
+    monkeypatch.setattr(publish, "RETRY_DELAYS", (0.0,))
+    sink, metrics = BuggySink(), Metrics()
+    publisher = Publisher(pipeline_with(sink, metrics), metrics, asyncio.Event())
+    assert await publisher.publish([entry(1), {"no": "type"}])
+    assert len(sink.acked()) == 4, "sent, then sent again by the retry"
+    dead = "pinecall_bridge_events_dead_lettered_total"
+    assert sample(metrics, dead, reason="missing_type") == 1
+    assert sample(metrics, "pinecall_bridge_publish_duration_seconds_count") == 2
