@@ -54,7 +54,8 @@ async def run(names: list[str], ctx: Context) -> list[Outcome]:
             traceback.print_exc()
             empty = Counts(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
             outcome = Outcome(name, "the scenario itself failed", empty, 0.0)
-            outcome.checks.append(Check("scenario ran to the end", False, repr(exc)[:300]))
+            said = " ".join([repr(exc)[:300], *getattr(exc, "__notes__", [])])
+            outcome.checks.append(Check("scenario ran to the end", False, said))
         outcome.seconds = time.monotonic() - started
         log.info("scenario %s: %s %s", name, outcome.verdict, outcome.failures)
         outcomes.append(outcome)

@@ -238,6 +238,45 @@ async def test_a_failed_stop_at_the_end_does_not_hide_the_scenarios_error(tmp_pa
     assert ctx.made == []  # the next scenario's end stops only its own
 
 
+async def test_a_failed_rows_detail_says_its_replicas_stop_failed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(ctx: Context) -> Outcome:
+        ctx.made.append(cast(Replica, FakeReplica("r0", wedged=True)))
+        raise RuntimeError("phase failed")
+
+    monkeypatch.setitem(SCENARIOS, "broken", broken)
+    [outcome] = await run(["broken"], Context(tmp_path))
+    assert outcome.checks[-1].detail == (
+        "RuntimeError('phase failed') and stopping its replicas failed:"
+        " SigtermIgnoredError('r0 ignored SIGTERM')"
+    )
+
+
+@dataclass
+class SlowReplica:
+    name: str
+    stopping: list[str]
+    alive: bool = True
+
+    async def stop(self) -> int:
+        self.stopping.append(self.name)
+        await asyncio.sleep(0.05)  # a shutdown grace, waited out
+        self.alive = False
+        return 0
+
+
+async def test_stop_all_stops_the_replicas_at_once() -> None:
+    stopping: list[str] = []
+    fleet = [SlowReplica(f"r{n}", stopping) for n in range(3)]
+    task = asyncio.ensure_future(stop_all(cast(list[Replica], fleet)))
+    await asyncio.sleep(0.01)
+    assert stopping == ["r0", "r1", "r2"]  # each began before any ended
+    assert all(r.alive for r in fleet)
+    await task
+    assert not any(r.alive for r in fleet)
+
+
 async def test_a_replica_a_scenario_that_ends_left_running_is_stopped(tmp_path: Path) -> None:
     ctx = Context(tmp_path)
     left = FakeReplica("r0")
