@@ -139,11 +139,9 @@ async def running(work: Coroutine[Any, Any, T]) -> AsyncIterator[asyncio.Task[T]
 
 
 async def run_scenario(scenario: Callable[[Context], Awaitable[Outcome]], ctx: Context) -> Outcome:
-    """`scenario(ctx)`, then every replica it made stopped, however it ended.
-
-    A phase that raises would otherwise leave its bridges running, holding ports, for the rest
-    of the run; a scenario's own stops, ordered before its broker goes, come first.
-    """
+    """`scenario(ctx)`, then every replica it made stopped, however it ended."""
+    # A phase that raises would otherwise leave its bridges running, holding ports, for the rest
+    # of the run; a scenario's own stops, ordered before its broker goes, come first.
     try:
         outcome = await scenario(ctx)
     except BaseException as failed:
@@ -158,8 +156,9 @@ async def run_scenario(scenario: Callable[[Context], Awaitable[Outcome]], ctx: C
 
 async def stop_all(replicas: Iterable[Replica]) -> None:
     """SIGTERM each live replica at once, all of them even if one fails to stop; then the first
-    error. At once: after a phase that raised, the broker may be gone, and each may wait out its
-    whole shutdown grace."""
+    error."""
+    # At once: after a phase that raised, the broker may be gone, and each may wait out its whole
+    # shutdown grace.
     stops = [replica.stop() for replica in replicas if replica.alive]
     results = await asyncio.gather(*stops, return_exceptions=True)
     for result in results:

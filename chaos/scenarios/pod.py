@@ -70,11 +70,10 @@ async def kill_mid_transaction(
     pod: Replica, worker: int, bootstrap: str, topics: Topics, within: float = HUNT_SECONDS
 ) -> tuple[int, list[str]]:
     """SIGKILL the dedup worker `worker` while an output transaction of its is open; return its
-    pid and the output partitions open then, once the supervisor restarted it.
-
-    A random moment may fall between two transactions: the worker is stopped (SIGSTOP) until the
-    broker shows one open (its last stable offset short of the high watermark), let go on if not.
-    """
+    pid and the output partitions open then, once the supervisor restarted it."""
+    # A random moment may fall between two transactions: the worker is stopped (SIGSTOP) until
+    # the broker shows one open (its last stable offset short of the high watermark), let go on
+    # if not.
     killed = pod.worker_pids()[worker]
     deadline = time.monotonic() + within
     async with output_watch(bootstrap, topics) as still_open:

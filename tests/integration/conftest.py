@@ -764,8 +764,9 @@ async def output_watch(
     bootstrap: str, names: Topics
 ) -> AsyncIterator[Callable[[], Awaitable[list[TopicPartition]]]]:
     """`open_output` to ask again and again: its clients started once, so each ask is one
-    ListOffsets round trip per isolation level (a process held SIGSTOPped meanwhile is held
-    milliseconds, not the clients' start)."""
+    ListOffsets round trip per isolation level."""
+    # Cheap asks: a process held SIGSTOPped meanwhile (chaos's kill_mid_transaction) is held
+    # milliseconds, not the clients' start.
     async with admin_client(bootstrap) as admin:
         existing = set(await admin.list_topics())
         outputs = [t for t in (names.events, names.alerts, names.dlq) if t in existing]

@@ -29,7 +29,8 @@ LIBFAKETIME = (
 )
 # The replica's clock against the real one, set in turn: steps of +5 s, -10 s, +1 h 5 s, -2 h.
 OFFSETS = (5.0, -5.0, 3600.0, -3600.0)
-# New ids per offset; each is posted twice, and once more after the next step.
+# New ids per offset; each is posted twice, and once more after the next offset is set (the
+# last offset's: not again).
 PER_STEP = 15
 # pinecallreceivedat is cut to milliseconds.
 SLACK = 0.01
