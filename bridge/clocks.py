@@ -47,6 +47,12 @@ class BrokerClock:
         """A time the broker's clock has passed at monotonic `ticks`; None before any read."""
         return None if self._lead is None else self._lead + ticks * (1 - RATE_TOLERANCE)
 
+    def stamp(self, ticks: float) -> int | None:
+        """floor(ticks) as a Kafka record timestamp (ms): one no broker refuses as in its future,
+        whatever this replica's clock says (message.timestamp.after.max.ms)."""
+        floor = self.floor(ticks)
+        return None if floor is None else int(floor * 1000)
+
     def look_back(self, ttl: float, ours: float, ticks: float) -> float:
         """look_back_from our clock `ours` and the floor at monotonic `ticks`, less `ttl`. Pure."""
         return look_back_from(ours, self.floor(ticks)) - ttl

@@ -65,12 +65,14 @@ if TYPE_CHECKING:
 # Calls named in the hint to backfill them; the rest are counted.
 SHOWN_CALLS = 20
 # How far a partition's record times may go back: a dead letter's time is its CreateTime, the
-# writer's clock at send (the bridge creates the topic with Kafka's default; LogAppendTime would
-# not make it safe either, a broker's clock can step back or a leader with another take over),
-# and several writers append to one partition (each webhook replica, the dedup stage):
-# a later record may be older by their clocks' skew and by how long a batch waited to be
-# appended (aiokafka expires it after the request timeout). Far more than these, and cheap:
-# some minutes of dead letters read for nothing, where reading on meant the rest of the topic.
+# broker's clock as the dedup replica that wrote it last read it (bridge/clocks.py; the bridge
+# creates the topic with Kafka's default; LogAppendTime would not make it safe either, a broker's
+# clock can step back or a leader with another take over), and several replicas append to one
+# partition: a later record may be older by the brokers' clocks' skew, by how long a batch waited
+# to be appended (aiokafka expires it after the request timeout), and by how far behind its
+# writer's last read was (a fetch's wait; a backlog's lag while one is worked off, with no fresh
+# record read on any of its partitions). Far more than the first ones, and cheap: some minutes of
+# dead letters read for nothing, where reading on meant the rest of the topic.
 UNTIL_SLACK_SECONDS = 600.0
 
 

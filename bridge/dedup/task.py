@@ -291,6 +291,9 @@ class PartitionTask:
         if not records or records[-1].offset < self.position or self.held:
             return  # all from before a seek: already processed; or held
         await out.join(self.tp)
+        # The broker's clock, not ours: one an hour ahead (Kafka 4's after.max default) would have
+        # every output record refused, and every transaction of this replica fail, until fixed.
+        stamp = self.broker_clock.stamp(time.monotonic())
         observe = self.window.observe
         for record in records:
             if record.offset < self.position:
@@ -319,7 +322,7 @@ class PartitionTask:
             if not observe(digest(entry.event_id), self.last_appended_at):
                 out.duplicate(entry.channel)
                 continue
-            await out.publish(entry, self.tp, record.offset)
+            await out.publish(entry, self.tp, record.offset, stamp)
 
     def _hold(self, offset: int, version: str) -> None:
         """Stop before a record of a later format: skipped it is lost, decided by a guess it may

@@ -452,11 +452,12 @@ class StageProducer:
         assert self._txn is not None
         self._txn.invalid += 1
 
-    async def publish(self, entry: IngestEntry, tp: TopicPartition, offset: int) -> None:
-        """Send `entry`'s output in the open transaction, unless its topic cannot take it.
-
-        Run it inside `guard`: a failed send fails the transaction.
-        """
+    async def publish(
+        self, entry: IngestEntry, tp: TopicPartition, offset: int, timestamp_ms: int | None = None
+    ) -> None:
+        """Send `entry`'s output in the open transaction, unless its topic cannot take it;
+        stamped `timestamp_ms` (None: this replica's clock). Run it inside `guard`: a failed send
+        fails the transaction."""
         txn, producer, out = self._txn, self._producer, entry.output
         if txn is None or producer is None:
             raise TransactionLostError("error", self.partitions)
@@ -500,7 +501,11 @@ class StageProducer:
             )
             return
         delivery = await producer.send(
-            out.topic, value=out.value, key=out.key, headers=list(out.headers)
+            out.topic,
+            value=out.value,
+            key=out.key,
+            headers=list(out.headers),
+            timestamp_ms=timestamp_ms,
         )
         # Its outcome is the transaction's: a fenced one fails every send, and an unread
         # failure would be logged by asyncio as an error of its own.

@@ -431,6 +431,7 @@ class Consumed:
     headers: dict[str, bytes]
     partition: int
     offset: int
+    timestamp: int | None = None  # the record's Kafka timestamp, ms
 
     @classmethod
     def read(cls, m: Any) -> Consumed:
@@ -442,7 +443,7 @@ class Consumed:
     @classmethod
     def unchecked(cls, m: Any) -> Consumed:
         """A record of a topic no bridge writes (a benchmark baseline's): no contract to hold."""
-        return cls(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset)
+        return cls(m.topic, m.key, m.value, dict(m.headers), m.partition, m.offset, m.timestamp)
 
     def json(self) -> Any:
         return jsoncodec.loads(self.value)

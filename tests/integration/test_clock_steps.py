@@ -1,6 +1,7 @@
 """A step of a running replica's wall clock (NTP, a resumed VM), made with libfaketime: every id
 output once, no error logged, and the step seen where the bridge reads its clock. Also a takeover
-by a replica whose clock is an hour off, stepped between its restores."""
+by a replica whose clock is an hour off, stepped between its restores, and a replica two hours
+ahead, past what Kafka takes as a record's CreateTime."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ PER_STEP = 15
 SLACK = 0.01
 # Past the 60 s skew allowance: the broker's clock offset must read an hour step.
 HOUR = 3600.0
+# Past Kafka 4's message.timestamp.after.max.ms default (1 h): its clock's CreateTime is refused.
+FAR_AHEAD = 2 * HOUR + 5.0
+# How far an output record's Kafka timestamp may be from the real clock while the test runs.
+STAMP_SLACK = 5.0
 # BRIDGE_TOPICS__INGEST_PARTITIONS of replicas(): the takeover's replica owns them all in the end.
 INGEST_PARTITIONS = 6
 
@@ -218,3 +223,40 @@ async def test_a_takeover_by_a_replica_an_hour_off_loses_and_doubles_nothing(
     assert sum(e["restored_ids"] for e in restores) >= PER_STEP, b.told()
     errors = [e for r in (a, b) for e in r.log_entries() if e.get("level") in {"error", "critical"}]
     assert not errors, f"{a.told()}\n{b.told()}"
+
+
+async def test_a_replica_two_hours_ahead_stamps_its_output_with_the_brokers_clock(
+    kafka_bootstrap: str,
+    topics: Topics,
+    replicas: Callable[..., Replica],
+    unique_call: str,
+    tmp_path: Path,
+) -> None:
+    """Its output records' Kafka timestamps are the broker's clock, not its own: stamped with its
+    own, each one past message.timestamp.after.max.ms, every transaction failed."""
+    rc = tmp_path / "faketimerc"
+    replica = replicas("far-ahead", **faked_clock(rc))
+    set_offset(rc, FAR_AHEAD)
+    posted: dict[int, Posted] = {}
+    began = time.time()
+    async with aiohttp.ClientSession() as session:
+        await replica.start()
+        for seq in range(1, PER_STEP + 1):
+            sent = time.time()
+            for _ in range(2):
+                body = entry(seq, call=unique_call)
+                status = await post_signed(session, replica.url, body, within=30)
+                assert status == 200, f"seq {seq}: {status}"
+            posted[seq] = Posted(FAR_AHEAD, sent, time.time())
+        records = await read_decided(kafka_bootstrap, topics, [topics.events])
+        ended = time.time()
+        set_offset(rc, 0.0)
+        assert await replica.stop() == 0
+
+    assert_once_on_their_clocks([r.json() for r in records], posted)
+    stamps = [r.timestamp / 1000 for r in records if r.timestamp is not None]
+    assert len(stamps) == len(records), "records without a Kafka timestamp"
+    off = [s - ended for s in stamps if not began - STAMP_SLACK <= s <= ended + STAMP_SLACK]
+    assert not off, f"output timestamps off the real clock by {off[:5]} s"
+    errors = [e for e in replica.log_entries() if e.get("level") in {"error", "critical"}]
+    assert not errors, replica.told()

@@ -208,7 +208,13 @@ def test_the_integration_tests_reading_helpers_apply_the_check() -> None:
 
     def read(key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Consumed:
         m = SimpleNamespace(
-            topic="t", key=key, value=value, headers=list(headers.items()), partition=0, offset=0
+            topic="t",
+            key=key,
+            value=value,
+            headers=list(headers.items()),
+            partition=0,
+            offset=0,
+            timestamp=0,
         )
         return Consumed.read(m)
 

@@ -42,6 +42,17 @@ def test_the_broker_clock_carries_the_freshest_append_time_forward_a_little_slow
     assert 1099.9 < floor < 1100.0  # never past the broker's now, whichever clock is faster
 
 
+def test_a_stamp_is_the_floor_in_whole_milliseconds_and_none_before_a_read() -> None:
+    clock = BrokerClock()
+    assert clock.stamp(5.0) is None
+    clock.saw(1000.0007, ticks=0.0)
+    # Cut, not rounded: 1000000.7 ms rounded up would be past what the broker's clock passed.
+    assert clock.stamp(0.0) == 1_000_000
+    floor = clock.floor(12.0)
+    assert floor is not None
+    assert clock.stamp(12.0) == int(floor * 1000)
+
+
 def test_the_broker_time_passed_is_the_earlier_clock_less_the_allowance() -> None:
     # Ours 10 minutes ahead of the broker's, or 10 minutes behind it: the earlier counts.
     assert broker_passed(1600.0, 1000.0) == 1000.0 - SKEW_ALLOWANCE_SECONDS

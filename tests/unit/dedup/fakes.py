@@ -67,6 +67,8 @@ class FakeProducer:
     # The topics the cluster's metadata names (the stage looks up those it is not configured with).
     topics: set[str] = field(default_factory=lambda: {"pinecall.events", "pinecall.alerts"})
     metadata_requests: int = 0
+    # Each send's timestamp_ms (None: aiokafka stamps it with this host's clock).
+    stamps: list[int | None] = field(default_factory=list)
 
     @property
     def client(self) -> Any:
@@ -92,6 +94,7 @@ class FakeProducer:
 
     async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
         await self._step("send", topic, kw["key"], kw["value"])
+        self.stamps.append(kw.get("timestamp_ms"))
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.deliveries.append(delivery)
         return delivery

@@ -72,6 +72,21 @@ async def test_new_ids_are_sent_in_order_and_copies_dropped_and_counted_at_commi
     assert sample(metrics, "pinecall_bridge_events_duplicate_total", channel="webhook") == 1
 
 
+async def test_output_records_are_stamped_with_the_brokers_clock_not_this_replicas() -> None:
+    # Appended at 100.5 s by the broker's clock: this host's, decades ahead of it, would be
+    # refused by a broker past message.timestamp.after.max.ms.
+    task, out, producer, _ = make()
+    records = [ingest(0, "CA_1:1", 100.0), ingest(1, "CA_1:2", 100.5)]
+    started = time.monotonic()
+    await task.process(records, out)
+    waited = time.monotonic() - started
+    assert len(producer.stamps) == 2
+    assert len(set(producer.stamps)) == 1, producer.stamps  # one floor per fetched batch
+    stamp = producer.stamps[0]
+    assert stamp is not None
+    assert 100_500 <= stamp <= 100_500 + int(waited * 1000) + 1, stamp
+
+
 async def test_channel_headers_the_bridge_does_not_know_share_one_duplicate_series() -> None:
     # The channel is read back from a header anyone writing to the ingest topic can set.
     task, out, _, metrics = make()
