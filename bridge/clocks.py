@@ -47,11 +47,14 @@ class BrokerClock:
         """A time the broker's clock has passed at monotonic `ticks`; None before any read."""
         return None if self._lead is None else self._lead + ticks * (1 - RATE_TOLERANCE)
 
-    def stamp(self, ticks: float) -> int | None:
-        """floor(ticks) as a Kafka record timestamp (ms): one no broker refuses as in its future,
-        whatever this replica's clock says (message.timestamp.after.max.ms)."""
+    def stamp(self, ours: float, ticks: float) -> int | None:
+        """floor(ticks) as a Kafka record timestamp (ms), at most the skew allowance past our
+        clock `ours`; None before any read."""
         floor = self.floor(ticks)
-        return None if floor is None else int(floor * 1000)
+        # Refused only past the leader's clock by message.timestamp.after.max.ms (1 h in Kafka
+        # 4): now only when both clocks are. The floor alone can be (another broker's clock,
+        # or one stepped back since), and records read again after each abort kept it there.
+        return None if floor is None else int(min(floor, ours + SKEW_ALLOWANCE_SECONDS) * 1000)
 
     def look_back(self, ttl: float, ours: float, ticks: float) -> float:
         """look_back_from our clock `ours` and the floor at monotonic `ticks`, less `ttl`. Pure."""

@@ -293,7 +293,7 @@ class PartitionTask:
         await out.join(self.tp)
         # The broker's clock, not ours: one an hour ahead (Kafka 4's after.max default) would have
         # every output record refused, and every transaction of this replica fail, until fixed.
-        stamp = self.broker_clock.stamp(time.monotonic())
+        stamp = self.broker_clock.stamp(time.time(), time.monotonic())
         observe = self.window.observe
         for record in records:
             if record.offset < self.position:

@@ -44,13 +44,22 @@ def test_the_broker_clock_carries_the_freshest_append_time_forward_a_little_slow
 
 def test_a_stamp_is_the_floor_in_whole_milliseconds_and_none_before_a_read() -> None:
     clock = BrokerClock()
-    assert clock.stamp(5.0) is None
+    assert clock.stamp(1000.0, 5.0) is None
     clock.saw(1000.0007, ticks=0.0)
     # Cut, not rounded: 1000000.7 ms rounded up would be past what the broker's clock passed.
-    assert clock.stamp(0.0) == 1_000_000
+    assert clock.stamp(1000.0, 0.0) == 1_000_000
     floor = clock.floor(12.0)
     assert floor is not None
-    assert clock.stamp(12.0) == int(floor * 1000)
+    assert clock.stamp(1012.0, 12.0) == int(floor * 1000)
+    assert clock.stamp(1000.0 + 7200.0, 12.0) == int(floor * 1000)  # ours 2 h ahead: the floor
+
+
+def test_a_stamp_is_at_most_the_allowance_past_our_clock() -> None:
+    # Appended by a broker 2 h ahead, stepped back since (or another broker than the output
+    # partition's leader): the floor alone would be refused as past message.timestamp.after.max.ms.
+    clock = BrokerClock()
+    clock.saw(1000.0 + 7200.0, ticks=0.0)
+    assert clock.stamp(1000.0, 0.0) == int((1000.0 + SKEW_ALLOWANCE_SECONDS) * 1000)
 
 
 def test_the_broker_time_passed_is_the_earlier_clock_less_the_allowance() -> None:

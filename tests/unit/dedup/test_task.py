@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from bridge.clocks import SKEW_ALLOWANCE_SECONDS
 from bridge.dedup.committed import Found
 from bridge.dedup.kept import Kept
 from bridge.dedup.offsetmark import RESET_KINDS
@@ -85,6 +86,18 @@ async def test_output_records_are_stamped_with_the_brokers_clock_not_this_replic
     stamp = producer.stamps[0]
     assert stamp is not None
     assert 100_500 <= stamp <= 100_500 + int(waited * 1000) + 1, stamp
+
+
+async def test_a_broker_clock_read_far_ahead_stamps_at_most_the_allowance_past_ours() -> None:
+    # Appended by a broker 2 h ahead (stepped back since, or another broker than the output
+    # leader): the floor alone, past the leader's message.timestamp.after.max.ms (1 h), had every
+    # transaction refused, and these records, read again after each abort, kept it there.
+    task, out, producer, _ = make()
+    ahead = time.time() + 7200.0
+    await task.process([ingest(0, "CA_1:1", ahead), ingest(1, "CA_1:2", ahead)], out)
+    stamp = producer.stamps[0]
+    assert stamp is not None
+    assert stamp <= (time.time() + SKEW_ALLOWANCE_SECONDS) * 1000, stamp - time.time() * 1000
 
 
 async def test_channel_headers_the_bridge_does_not_know_share_one_duplicate_series() -> None:
