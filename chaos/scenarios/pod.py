@@ -54,6 +54,9 @@ INSTANCE_ID = "chaos-pod"
 # How long kill_mid_transaction may hold the dedup worker mostly stopped: well inside the
 # supervisor's watchdog bound, whose own SIGKILL would pass for the scenario's.
 HUNT_SECONDS = SILENT_SECONDS / 2
+# How long a transaction seen open must stay so, its worker stopped, to be one it had not ended:
+# a commit's markers take the coordinator milliseconds.
+SETTLE_SECONDS = 0.3
 WATCHDOG_KILL = "worker answered no probe; killing it to restart it"
 
 
@@ -81,6 +84,11 @@ async def kill_mid_transaction(
             os.kill(killed, signal.SIGSTOP)
             try:
                 held = await still_open()
+                if held:
+                    # Open a moment later still, the worker stopped meanwhile: not one it had
+                    # asked to commit, whose markers the coordinator was still writing.
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    held = [tp for tp in await still_open() if tp in held]
             except BaseException:  # left stopped, it would wait for the watchdog's kill
                 os.kill(killed, signal.SIGCONT)
                 raise
